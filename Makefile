@@ -1,0 +1,49 @@
+# visage-ml — the README's two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VISAGE := $(VENV)/bin/visage
+STAMP := $(VENV)/.visage-installed
+
+# No internet on the target machines: keep every tool from phoning home.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: setup demo test test-all lint lab ui bench clean-demo
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes, so a second `make setup` returns at once.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# facenet-pytorch pins torch<2.3 and numpy<2 in its metadata; its code runs on ours.
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
+	@touch $(STAMP)
+
+demo: setup
+	$(VISAGE) demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+test-all: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "" --run-slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "# $$b"; $(PY) $$b; done

@@ -1,0 +1,40 @@
+"""``visage config``: show the resolved, validated configuration."""
+
+from __future__ import annotations
+
+import typer
+import yaml
+
+from visage_ml.cli.common import console, emit_json, project, user_errors
+from visage_ml.config import load_params, to_dict
+
+app = typer.Typer(help="Inspect params.yaml as visage-ml reads it.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+    section: str = typer.Argument(None, help="Only this section (e.g. train_embedder)."),
+) -> None:
+    """Validate params.yaml and print every value, defaults filled in. Writes nothing."""
+    with user_errors():
+        params = load_params(project().params)
+        data = to_dict(params)
+        if section:
+            if section not in data:
+                raise ValueError(
+                    f"no section '{section}' in params.yaml; sections: {', '.join(data)}"
+                )
+            data = {section: data[section]}
+    if as_json:
+        emit_json(data)
+    else:
+        console.print(yaml.safe_dump(data, sort_keys=False), end="", highlight=False)
+
+
+@app.command("validate")
+def validate() -> None:
+    """Check params.yaml and exit non-zero naming the first bad key. Writes nothing."""
+    with user_errors():
+        load_params(project().params)
+    console.print("params.yaml is valid")

@@ -1,0 +1,654 @@
+"""Project paths and the typed, validated view of ``params.yaml``.
+
+Every knob of the pipeline lives in ``params.yaml`` (one top-level section per stage plus shared
+sections) and is read through :func:`load_params`, which returns frozen dataclasses. A key that
+is unknown, of the wrong type or out of range is refused with a message naming the file, the key,
+what was found and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+PURPOSES: tuple[str, ...] = ("training", "evaluation", "identification")
+GROUPS: tuple[str, ...] = ("g1", "g2", "g3", "g4")
+GENDERS: tuple[str, ...] = ("female", "male")
+
+
+class ConfigError(ValueError):
+    """A configuration file holds a key, type or value that visage-ml does not accept."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Where a visage-ml project keeps each kind of data, relative to its root.
+
+    The root is the directory holding ``params.yaml`` and ``dvc.yaml``; ``VISAGE_PROJECT``
+    overrides the current directory.
+    """
+
+    root: Path
+
+    @classmethod
+    def discover(cls, root: str | os.PathLike[str] | None = None) -> ProjectPaths:
+        """Return the paths of the project at ``root``, ``$VISAGE_PROJECT`` or the cwd."""
+        chosen = root if root is not None else os.environ.get("VISAGE_PROJECT") or Path.cwd()
+        return cls(Path(chosen).resolve())
+
+    # acquisition (DVC-tracked sources)
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def subjects(self) -> Path:
+        return self.raw / "subjects.parquet"
+
+    @property
+    def scenes(self) -> Path:
+        return self.root / "data" / "scenes"
+
+    @property
+    def protocols(self) -> Path:
+        return self.root / "data" / "protocols"
+
+    # pipeline
+    @property
+    def registry_dir(self) -> Path:
+        return self.root / "data" / "registry"
+
+    @property
+    def consents(self) -> Path:
+        return self.registry_dir / "consents.parquet"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def gallery(self) -> Path:
+        return self.root / "gallery"
+
+    # privacy core
+    @property
+    def privacy(self) -> Path:
+        return self.root / "privacy"
+
+    @property
+    def ledger(self) -> Path:
+        return self.privacy / "ledger.jsonl"
+
+    @property
+    def ledger_public_key(self) -> Path:
+        return self.privacy / "ledger.pub"
+
+    @property
+    def vault(self) -> Path:
+        return self.privacy / "vault"
+
+    @property
+    def requests(self) -> Path:
+        return self.privacy / "requests"
+
+    @property
+    def certificates(self) -> Path:
+        return self.privacy / "certificates"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.secrets / "ledger.key"
+
+    @property
+    def master_key(self) -> Path:
+        return self.secrets / "master.key"
+
+    @property
+    def api_keys(self) -> Path:
+        return self.secrets / "api_keys.json"
+
+    @property
+    def params(self) -> Path:
+        return self.root / PARAMS_FILE
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow backend store: SQLite under ``mlruns/`` (file stores are refused by MLflow 3)."""
+        return f"sqlite:///{self.mlruns / 'mlflow.db'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def rng(
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> dict[str, float | None]:
+    """Field metadata bounding a number (or every number of a list) to a range."""
+    return {"ge": ge, "gt": gt, "le": le, "lt": lt}
+
+
+def _bounds_text(meta: Mapping[str, Any]) -> str:
+    parts = []
+    for key, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        if meta.get(key) is not None:
+            parts.append(f"{sym} {meta[key]}")
+    return " and ".join(parts)
+
+
+def _in_bounds(value: float, meta: Mapping[str, Any]) -> bool:
+    if meta.get("ge") is not None and value < meta["ge"]:
+        return False
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        return False
+    if meta.get("le") is not None and value > meta["le"]:
+        return False
+    return not (meta.get("lt") is not None and value >= meta["lt"])
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} items ({', '.join(_type_name(a) for a in args)})"
+        return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+class _InvalidError(Exception):
+    def __init__(self, key: str, found: Any, accepted: str) -> None:
+        super().__init__(key)
+        self.key, self.found, self.accepted = key, found, accepted
+
+
+def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in its dataclass form."""
+    origin = typing.get_origin(tp)
+    accepted = _type_name(tp)
+    if meta and _bounds_text(meta):
+        accepted += f" {_bounds_text(meta)}"
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, meta, key)
+            except _InvalidError:
+                continue
+        raise _InvalidError(key, value, accepted)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _InvalidError(key, value, accepted)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _InvalidError(key, value, accepted)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _InvalidError(key, value, accepted)
+        return _build(tp, value, prefix=key + ".")
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise _InvalidError(key, value, accepted)
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise _InvalidError(key, value, accepted)
+            return tuple(
+                _coerce(v, a, meta, f"{key}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        return tuple(_coerce(v, args[0], meta, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _InvalidError(key, value, accepted)
+        vtype = typing.get_args(tp)[1]
+        return types.MappingProxyType(
+            {str(k): _coerce(v, vtype, meta, f"{key}.{k}") for k, v in value.items()}
+        )
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _InvalidError(key, value, accepted)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _InvalidError(key, value, accepted)
+        if meta and not _in_bounds(value, meta):
+            raise _InvalidError(key, value, accepted)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _InvalidError(key, value, accepted)
+        if not math.isfinite(value) or (meta and not _in_bounds(value, meta)):
+            raise _InvalidError(key, value, accepted + " (finite)")
+        return float(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _InvalidError(key, value, accepted)
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _build(cls: type, raw: Mapping[str, Any], *, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise _InvalidError(
+            prefix + str(unknown[0]), raw[unknown[0]], "known keys: " + ", ".join(fields)
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(value, hints[name], fields[name].metadata, prefix + name)
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        problem = check()
+        if problem is not None:
+            key, found, accepted = problem
+            raise _InvalidError(prefix + key, found, accepted)
+    return obj
+
+
+def parse_section(cls: type, raw: Mapping[str, Any], *, source: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, raising :class:`ConfigError` on any bad key."""
+    try:
+        return _build(cls, raw, prefix=prefix)
+    except _InvalidError as exc:
+        raise ConfigError(
+            f"{source}: key '{exc.key}': found {exc.found!r}; accepted: {exc.accepted}. "
+            f"Fix the value in {source} (see README, 'Configuration') and run again."
+        ) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-Python (JSON/YAML-ready) form of a params dataclass."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` view of a params dataclass (for MLflow params)."""
+    out: dict[str, Any] = {}
+    plain = to_dict(obj)
+    if isinstance(plain, dict):
+        for k, v in plain.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections of params.yaml
+# ---------------------------------------------------------------------------------------------
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class ProjectParams:
+    """Shared: identity of the controller and the base seed."""
+
+    seed: int = field(default=20261126, metadata=rng(ge=0))
+    controller: str = "Example Controller Ltd"
+    controller_contact: str = "dpo@example.org"
+
+
+@dataclass(frozen=True)
+class SynthDifficulty:
+    """Per-image nuisance strengths of SynthFaces, 0 = none, 1 = strong."""
+
+    pose: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    scale_shift: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    illumination: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    expression: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    occlusion: float = field(default=0.15, metadata=rng(ge=0, le=1))
+    blur: float = field(default=0.3, metadata=rng(ge=0, le=1))
+    noise: float = field(default=0.3, metadata=rng(ge=0, le=1))
+    jpeg_quality: tuple[int, int] = field(default=(55, 95), metadata=rng(ge=5, le=100))
+    clutter: float = field(default=0.5, metadata=rng(ge=0, le=1))
+
+    def check(self) -> tuple[str, Any, str] | None:
+        lo, hi = self.jpeg_quality
+        if lo > hi:
+            return "jpeg_quality", list(self.jpeg_quality), "[low, high] with low <= high"
+        return None
+
+
+@dataclass(frozen=True)
+class SynthConsentShares:
+    """Shares of simulated subjects with each consent / state at acquisition."""
+
+    training: float = field(default=0.9, metadata=rng(ge=0, le=1))
+    evaluation: float = field(default=0.9, metadata=rng(ge=0, le=1))
+    identification: float = field(default=0.6, metadata=rng(ge=0, le=1))
+    restricted: float = field(default=0.05, metadata=rng(ge=0, le=1))
+    objected: float = field(default=0.03, metadata=rng(ge=0, le=1))
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """SynthFaces, the embedded default data set (acquisition, outside the DVC pipeline)."""
+
+    n_identities: int = field(default=300, metadata=rng(ge=2, le=1_000_000))
+    images_per_identity: tuple[int, int] = field(default=(4, 20), metadata=rng(ge=1, le=1000))
+    image_size: int = field(default=160, metadata=rng(ge=64, le=1024))
+    group_shares: tuple[float, ...] = field(
+        default=(0.5, 0.25, 0.15, 0.10), metadata=rng(ge=0, le=1)
+    )
+    female_share: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    age_range: tuple[int, int] = field(default=(18, 80), metadata=rng(ge=0, le=120))
+    difficulty: SynthDifficulty = SynthDifficulty()
+    # Multiplier of the illumination contrast per skin-tone group (1 = as others): a knob that
+    # plants a known bias for tests and demonstrations.
+    group_contrast: tuple[float, ...] = field(
+        default=(1.0, 1.0, 1.0, 1.0), metadata=rng(gt=0, le=4)
+    )
+    # Extra per-group difficulty (0 = as others) added to every nuisance strength.
+    group_difficulty: tuple[float, ...] = field(
+        default=(0.0, 0.0, 0.0, 0.0), metadata=rng(ge=0, le=1)
+    )
+    n_scenes: int = field(default=40, metadata=rng(ge=0, le=1_000_000))
+    scene_size: tuple[int, int] = field(default=(640, 480), metadata=rng(ge=128, le=8192))
+    faces_per_scene: tuple[int, int] = field(default=(0, 8), metadata=rng(ge=0, le=64))
+    consent: SynthConsentShares = SynthConsentShares()
+
+    def check(self) -> tuple[str, Any, str] | None:
+        if len(self.group_shares) != len(GROUPS) or abs(sum(self.group_shares) - 1) > 1e-6:
+            return "group_shares", list(self.group_shares), f"{len(GROUPS)} shares summing to 1"
+        for name in ("group_contrast", "group_difficulty"):
+            if len(getattr(self, name)) != len(GROUPS):
+                return name, list(getattr(self, name)), f"{len(GROUPS)} values, one per group"
+        for name in ("images_per_identity", "age_range", "faces_per_scene"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                return name, [lo, hi], "[low, high] with low <= high"
+        return None
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Fractions of identities held out (identity-disjoint splits)."""
+
+    val: float = field(default=0.1, metadata=rng(ge=0, lt=1))
+    test: float = field(default=0.25, metadata=rng(gt=0, lt=1))
+
+    def check(self) -> tuple[str, Any, str] | None:
+        if self.val + self.test >= 1:
+            return "test", self.test, "val + test < 1"
+        return None
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """Stage ``prepare``: purpose filter, MTCNN detection and alignment, splits."""
+
+    image_size: int = field(default=112, metadata=rng(ge=32, le=512))
+    min_face_prob: float = field(default=0.9, metadata=rng(ge=0, le=1))
+    min_face_size: int = field(default=20, metadata=rng(ge=8, le=1024))
+    detect_batch: int = field(default=64, metadata=rng(ge=1, le=4096))
+    split: SplitParams = SplitParams()
+    device: Device = "cpu"
+
+
+@dataclass(frozen=True)
+class MarginParams:
+    """``CombinedMarginLoss(s, m1, m2, m3)``: cos(m1*theta + m2) - m3, scaled by s."""
+
+    s: float = field(default=32.0, metadata=rng(gt=0, le=256))
+    m1: float = field(default=1.0, metadata=rng(ge=0.5, le=4))
+    m2: float = field(default=0.3, metadata=rng(ge=0, le=1.5))
+    m3: float = field(default=0.0, metadata=rng(ge=0, le=1))
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: bool = True
+    color_jitter: float = field(default=0.2, metadata=rng(ge=0, le=1))
+    crop_scale: tuple[float, float] = field(default=(0.85, 1.0), metadata=rng(gt=0, le=1))
+
+
+@dataclass(frozen=True)
+class TrainEmbedderParams:
+    """Stage ``train_embedder``: identity embedding network and its margin loss."""
+
+    backbone: str = "mobilefacenet"
+    init: str = "scratch"
+    input_size: int = field(default=112, metadata=rng(ge=32, le=512))
+    embedding_dim: int = field(default=128, metadata=rng(ge=8, le=2048))
+    head: Literal["arcface", "cosface", "combined", "softmax"] = "arcface"
+    margin: MarginParams = MarginParams()
+    sampling: Literal["uniform", "class_balanced", "group_balanced"] = "uniform"
+    epochs: int = field(default=10, metadata=rng(ge=1, le=10_000))
+    batch_size: int = field(default=128, metadata=rng(ge=2, le=65_536))
+    lr: float = field(default=3e-3, metadata=rng(gt=0, le=10))
+    weight_decay: float = field(default=0.05, metadata=rng(ge=0, le=10))
+    warmup_epochs: float = field(default=1.0, metadata=rng(ge=0, le=1000))
+    early_stopping_patience: int = field(default=4, metadata=rng(ge=1, le=1000))
+    val_far: float = field(default=1e-2, metadata=rng(gt=0, lt=1))
+    augment: AugmentParams = AugmentParams()
+    device: Device = "auto"
+    num_workers: int = field(default=0, metadata=rng(ge=0, le=256))
+    max_minutes: float = field(default=0.0, metadata=rng(ge=0))
+
+
+@dataclass(frozen=True)
+class TrainDemographicsParams:
+    """Stage ``train_demographics``: the separate age / gender / group network."""
+
+    backbone: str = "demographic_cnn"
+    input_size: int = field(default=64, metadata=rng(ge=32, le=512))
+    epochs: int = field(default=8, metadata=rng(ge=1, le=10_000))
+    batch_size: int = field(default=128, metadata=rng(ge=2, le=65_536))
+    lr: float = field(default=3e-3, metadata=rng(gt=0, le=10))
+    weight_decay: float = field(default=0.01, metadata=rng(ge=0, le=10))
+    warmup_epochs: float = field(default=0.5, metadata=rng(ge=0, le=1000))
+    group_balanced_loss: bool = False
+    age_bands: tuple[int, ...] = field(default=(18, 30, 45, 60), metadata=rng(ge=0, le=120))
+    augment: AugmentParams = AugmentParams()
+    device: Device = "auto"
+    num_workers: int = field(default=0, metadata=rng(ge=0, le=256))
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """Stage ``export``: ONNX opset and the parity bar with torch."""
+
+    opset: int = field(default=17, metadata=rng(ge=11, le=23))
+    parity_samples: int = field(default=64, metadata=rng(ge=1, le=100_000))
+    min_cosine: float = field(default=0.9999, metadata=rng(gt=0, le=1))
+    max_abs_diff: float = field(default=1e-3, metadata=rng(gt=0))
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Fairness gate: bounds on demographic differentials at the global threshold."""
+
+    enforce: bool = False
+    max_fmr_ratio: float = field(default=10.0, metadata=rng(ge=1))
+    max_fnmr_ratio: float = field(default=3.0, metadata=rng(ge=1))
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Stage ``evaluate``: verification, identification and demographic differentials."""
+
+    target_fmr: float = field(default=1e-3, metadata=rng(gt=0, lt=1))
+    impostor_pairs: int = field(default=200_000, metadata=rng(ge=100, le=100_000_000))
+    bootstrap: int = field(default=200, metadata=rng(ge=0, le=100_000))
+    fdr_alpha: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    gate: GateParams = GateParams()
+    batch_size: int = field(default=64, metadata=rng(ge=1, le=65_536))
+
+
+@dataclass(frozen=True)
+class GalleryParams:
+    """Stage ``gallery`` and the serving gallery."""
+
+    images_per_subject: int = field(default=3, metadata=rng(ge=1, le=1000))
+    top_k: int = field(default=5, metadata=rng(ge=1, le=1000))
+
+
+@dataclass(frozen=True)
+class AnalyticsParams:
+    k_min: int = field(default=5, metadata=rng(ge=1, le=10_000))
+    window_seconds: float = field(default=60.0, metadata=rng(gt=0))
+    epsilon: float = field(default=0.0, metadata=rng(ge=0))
+
+
+@dataclass(frozen=True)
+class ServingParams:
+    """``visage serve``: HTTP limits and analytics mode."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata=rng(ge=1, le=65535))
+    max_request_bytes: int = field(default=10_000_000, metadata=rng(ge=1024))
+    max_image_pixels: int = field(default=40_000_000, metadata=rng(ge=1024))
+    max_faces: int = field(default=32, metadata=rng(ge=1, le=4096))
+    analytics: AnalyticsParams = AnalyticsParams()
+
+
+@dataclass(frozen=True)
+class PrivacyParams:
+    """Data-subject rights: deadlines and how erasure treats derived data."""
+
+    deadline_days: int = field(default=30, metadata=rng(ge=1, le=366))
+    processed_on_erasure: Literal["rebuild", "purge"] = "purge"
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of ``params.yaml``."""
+
+    project: ProjectParams = ProjectParams()
+    synth: SynthParams = SynthParams()
+    prepare: PrepareParams = PrepareParams()
+    train_embedder: TrainEmbedderParams = TrainEmbedderParams()
+    train_demographics: TrainDemographicsParams = TrainDemographicsParams()
+    export: ExportParams = ExportParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gallery: GalleryParams = GalleryParams()
+    serving: ServingParams = ServingParams()
+    privacy: PrivacyParams = PrivacyParams()
+
+
+def load_params(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Params:
+    """Read and validate ``params.yaml``.
+
+    Parameters
+    ----------
+    path
+        The params file; by default ``params.yaml`` of the discovered project.
+    overrides
+        Dotted keys to replace after reading, e.g. ``{"train_embedder.epochs": 1}``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is unreadable or a key is unknown, of the wrong type or out of range.
+    """
+    p = Path(path) if path is not None else ProjectPaths.discover().params
+    source = str(p)
+    raw: dict[str, Any] = {}
+    if p.exists():
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{source}: not valid YAML ({exc.__class__.__name__}); fix the syntax and run again"
+            ) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{source}: top level must be a mapping of sections, found {type(loaded).__name__}"
+            )
+        raw = loaded
+    else:
+        raise ConfigError(
+            f"{source}: file not found; run visage from the project root or set VISAGE_PROJECT"
+        )
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_section(Params, raw, source=source)
+
+
+def params_from_dict(raw: Mapping[str, Any], *, source: str = "<params>") -> Params:
+    """Validate an in-memory params mapping (tests, notebooks)."""
+    return parse_section(Params, raw, source=source)
+
+
+def write_params(params: Params, path: str | os.PathLike[str]) -> None:
+    """Write ``params`` as YAML (used by tests and ``visage config init``)."""
+    from visage_ml.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(params), sort_keys=False))
