@@ -515,10 +515,14 @@ class TrainDemographicsParams:
 class ExportParams:
     """Stage ``export``: ONNX opset and the parity bar with torch."""
 
-    opset: int = field(default=17, metadata=rng(ge=11, le=23))
+    # torch's TorchScript ONNX exporter (the one used; see visage_ml.export) writes opset <= 20.
+    opset: int = field(default=17, metadata=rng(ge=11, le=20))
     parity_samples: int = field(default=64, metadata=rng(ge=1, le=100_000))
     min_cosine: float = field(default=0.9999, metadata=rng(gt=0, le=1))
     max_abs_diff: float = field(default=1e-3, metadata=rng(gt=0))
+
+
+Breakdown = Literal["group", "gender", "group_gender"]
 
 
 @dataclass(frozen=True)
@@ -528,6 +532,13 @@ class GateParams:
     enforce: bool = False
     max_fmr_ratio: float = field(default=10.0, metadata=rng(ge=1))
     max_fnmr_ratio: float = field(default=3.0, metadata=rng(ge=1))
+    # Demographic partitions whose max/min ratios the bounds apply to.
+    breakdowns: tuple[Breakdown, ...] = ("group",)
+
+    def check(self) -> tuple[str, Any, str] | None:
+        if not self.breakdowns:
+            return "breakdowns", [], "at least one of 'group', 'gender', 'group_gender'"
+        return None
 
 
 @dataclass(frozen=True)
@@ -540,6 +551,13 @@ class EvaluateParams:
     fdr_alpha: float = field(default=0.5, metadata=rng(ge=0, le=1))
     gate: GateParams = GateParams()
     batch_size: int = field(default=64, metadata=rng(ge=1, le=65_536))
+    fars: tuple[float, ...] = field(default=(1e-2, 1e-3, 1e-4), metadata=rng(gt=0, lt=1))
+    fpirs: tuple[float, ...] = field(default=(1e-2, 1e-1), metadata=rng(gt=0, lt=1))
+    ci_level: float = field(default=0.95, metadata=rng(gt=0, lt=1))
+    # Open-set identification: share of test identities enrolled, gallery images per identity.
+    enrolled_share: float = field(default=0.5, metadata=rng(gt=0, lt=1))
+    gallery_images: int = field(default=1, metadata=rng(ge=1, le=1000))
+    max_curve_points: int = field(default=500, metadata=rng(ge=10, le=100_000))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from visage_ml.cli import config_cmd
+from visage_ml.cli import config_cmd, privacy_cmd
 
 app = typer.Typer(
     name="visage",
@@ -18,3 +18,4 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(privacy_cmd.app, name="privacy")

@@ -11,11 +11,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from visage_ml.config import ConfigError, ProjectPaths
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class UserError(Exception):
@@ -41,15 +42,33 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from visage_ml.privacy.core import UnknownSubjectError
+    from visage_ml.privacy.keys import MasterKeyError
+    from visage_ml.privacy.ledger import LedgerError
+    from visage_ml.privacy.vault import VaultError
+
+    return (
+        UserError,
+        ConfigError,
+        OSError,
+        ValueError,
+        MasterKeyError,
+        UnknownSubjectError,
+        LedgerError,
+        VaultError,
+    )
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected errors into a one-line message and exit code 2 (no traceback)."""
+    """Turn expected errors into a one-line message and exit code 2 (no traceback).
+
+    Library code raises these with messages that say what to do; anything else is a bug and
+    keeps its traceback.
+    """
     try:
         yield
-    except (UserError, ConfigError, PermissionError, FileNotFoundError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-        raise typer.Exit(2) from None
-    except ValueError as exc:
-        # Library code raises ValueError with user-facing messages for bad input.
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    except _expected_errors() as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None

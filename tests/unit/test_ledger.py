@@ -1,0 +1,180 @@
+"""The signed ledger: chain, signatures, tamper detection, torn tails, concurrent writers."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visage_ml.config import ProjectPaths
+from visage_ml.privacy.keys import new_pid
+from visage_ml.privacy.ledger import Ledger, inclusion_for, verify_inclusion_record
+
+
+def make_ledger(root: Path) -> Ledger:
+    paths = ProjectPaths(root)
+    return Ledger(paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key)
+
+
+def fill(ledger: Ledger, n: int = 6) -> list[str]:
+    pids = [new_pid() for _ in range(n)]
+    for pid in pids:
+        ledger.append("subject.added", pid, {"source": "test"})
+    return pids
+
+
+def test_append_builds_a_verifiable_chain_with_published_key(tmp_path):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 5)
+    entries = list(ledger.entries())
+    assert [e.seq for e in entries] == [0, 1, 2, 3, 4]
+    lines = ledger.path.read_bytes().splitlines()
+    # Each entry's prev_hash is the SHA-256 of the whole previous line, signature included.
+    assert all(
+        e.prev_hash == hashlib.sha256(line).hexdigest()
+        for line, e in zip(lines, entries[1:], strict=False)
+    )
+    assert ledger.verify().ok
+    assert (tmp_path / "privacy" / "ledger.pub").read_text().startswith("-----BEGIN PUBLIC KEY")
+    assert (tmp_path / "secrets" / "ledger.key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("all_signatures", [True, False])
+def test_any_single_byte_change_is_detected_and_names_that_entry(tmp_path, all_signatures):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 4)
+    ledger.checkpoint()
+    ledger.append("consent.withdrawn", new_pid().replace("p", "p", 1), {"purposes": ["training"]})
+    original = ledger.path.read_bytes()
+    lines = original.split(b"\n")[:-1]
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    # the first entry, an ordinary one, the tree head, the last
+    for lineno in (1, 2, len(lines) - 1, len(lines)):
+        lo, hi = starts[lineno - 1], starts[lineno] - 1  # every byte of the line but its newline
+        for pos in range(lo, hi):
+            data = bytearray(original)
+            data[pos] ^= 0x01
+            ledger.path.write_bytes(bytes(data))
+            result = ledger.verify(all_signatures=all_signatures)
+            assert not result.ok, f"byte {pos} change not detected"
+            assert result.bad_line == lineno, (pos, result)
+    ledger.path.write_bytes(original)
+    assert ledger.verify().ok
+
+
+def test_forged_entry_with_recomputed_hash_fails_signature(tmp_path):
+    from visage_ml.privacy.ledger import entry_hash
+
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 3)
+    lines = ledger.path.read_bytes().splitlines()
+    obj = json.loads(lines[1])
+    obj["payload"]["source"] = "forged"
+    obj["hash"] = entry_hash(
+        obj["seq"], obj["time"], obj["type"], obj["pid"], obj["payload"], obj["prev_hash"]
+    )
+    lines[1] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    ledger.path.write_bytes(b"\n".join(lines) + b"\n")
+    result = ledger.verify()
+    assert (result.ok, result.bad_line) == (False, 2)
+    assert "signature" in result.reason
+
+
+def test_deleted_entry_is_a_sequence_gap(tmp_path):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 4)
+    lines = ledger.path.read_bytes().splitlines(keepends=True)
+    ledger.path.write_bytes(b"".join(lines[:2] + lines[3:]))
+    result = ledger.verify()
+    assert (result.ok, result.bad_line) == (False, 3)
+
+
+def test_torn_last_line_is_reported_then_quarantined_without_losing_entries(tmp_path):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 3)
+    intact = ledger.path.read_bytes()
+    with open(ledger.path, "ab") as fh:
+        fh.write(b'{"seq":3,"time":"2026-')  # a crash mid-write
+    result = ledger.verify()
+    assert not result.ok and result.bad_line == 4 and "torn" in result.reason
+    entry = ledger.append("subject.added", new_pid(), {"source": "after-crash"})
+    assert ledger.verify().ok
+    data = ledger.path.read_bytes()
+    assert data.startswith(intact)  # nothing earlier lost
+    types = [e.type for e in ledger.entries()]
+    assert types == ["subject.added"] * 3 + ["ledger.repaired", "subject.added"]
+    assert entry.seq == 4
+    quarantined = list(tmp_path.joinpath("privacy").glob("ledger.jsonl.torn-*"))
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == b'{"seq":3,"time":"2026-'
+
+
+def test_personal_data_keys_and_unknown_types_are_refused(tmp_path):
+    ledger = make_ledger(tmp_path)
+    pid = new_pid()
+    with pytest.raises(ValueError, match="identity vault"):
+        ledger.append("subject.added", pid, {"source": "x", "meta": {"email": "a@b.c"}})
+    with pytest.raises(ValueError, match="unknown ledger event type"):
+        ledger.append("subject.renamed", pid, {})
+    with pytest.raises(ValueError, match="not a visage pid"):
+        ledger.append("subject.added", "Alice", {})
+    assert not ledger.path.exists() or ledger.path.read_bytes() == b""
+
+
+def test_tree_head_inclusion_and_consistency(tmp_path):
+    from visage_ml.privacy import merkle
+
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 5)
+    head1 = ledger.checkpoint()
+    fill(ledger, 4)
+    head2 = ledger.checkpoint()
+    assert ledger.verify().tree_heads == 2
+    lines = ledger.path.read_bytes().splitlines()
+    record = inclusion_for(ledger, 3, head2.payload["size"])
+    assert record["root"] == head2.payload["root"]
+    assert verify_inclusion_record(record, lines[3])
+    assert not verify_inclusion_record(record, lines[4])
+    hashes = ledger.leaf_hashes(head2.payload["size"])
+    proof = merkle.consistency_proof(hashes, head1.payload["size"])
+    assert merkle.verify_consistency(
+        head1.payload["size"],
+        head2.payload["size"],
+        proof,
+        bytes.fromhex(head1.payload["root"]),
+        bytes.fromhex(head2.payload["root"]),
+    )
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from visage_ml.config import ProjectPaths
+from visage_ml.privacy.ledger import Ledger
+paths = ProjectPaths(Path(sys.argv[1]))
+ledger = Ledger(paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key)
+pid = "p" + sys.argv[2] * 16
+for i in range(int(sys.argv[3])):
+    ledger.append("rectification", pid, {"i": i})
+"""
+
+
+def test_four_processes_append_concurrently_without_lost_or_duplicated_seq(tmp_path):
+    ledger = make_ledger(tmp_path)
+    ledger.append("dataset.acquired", None, {"n": 0})  # creates the key before the race
+    per_writer = 60
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), digit, str(per_writer)])
+        for digit in "1234"
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    result = ledger.verify()
+    assert result.ok, result.message()
+    entries = list(ledger.entries())
+    assert [e.seq for e in entries] == list(range(1 + 4 * per_writer))
+    for digit in "1234":
+        mine = [e.payload["i"] for e in entries if e.pid == "p" + digit * 16]
+        assert mine == list(range(per_writer))

@@ -1,0 +1,142 @@
+"""PrivacyCore end to end: vault, consent, snapshot, master key errors, no personal data leaks."""
+
+import base64
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from visage_ml.cli import app
+from visage_ml.config import ProjectPaths
+from visage_ml.privacy.consent import ConsentReceipt, sha256_text
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.keys import KeyDestroyedError, MasterKeyError
+from visage_ml.privacy.vault import IdentityVault
+
+REF = "Zelda Q. Testperson-4711"
+CONTACT = "zelda.testperson@example.invalid"
+
+
+def receipt(purposes=("training", "evaluation", "identification")) -> ConsentReceipt:
+    return ConsentReceipt(
+        controller="Example Controller Ltd",
+        controller_contact="dpo@example.org",
+        purposes=purposes,
+        notice_version="v1",
+        notice_hash=sha256_text("notice"),
+        collection_method="web-form",
+        given_at="2026-11-26T07:00:00.000Z",
+        evidence_hash=sha256_text(b"signed form"),
+    )
+
+
+def scan(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_external_reference_never_appears_in_ledger_snapshot_logs_or_any_file(project, caplog):
+    caplog.set_level(logging.DEBUG)
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(external_ref=REF, contact=CONTACT, source="manual")
+    core.give_consent(pid, receipt())
+    core.withdraw_consent(pid, ["training"])
+    core.ledger.checkpoint()
+    assert core.vault.get(pid) == {"external_ref": REF, "contact": CONTACT, "source": "manual"}
+    for needle in (REF, CONTACT, "Zelda"):
+        assert scan(project, needle.encode()) == []
+        assert needle not in caplog.text
+    snap = pd.read_parquet(project / "data" / "registry" / "consents.parquet")
+    assert set(snap.columns) == {"pid", "purpose", "allowed", "reason", "as_of_seq"}
+    row = snap[(snap.pid == pid) & (snap.purpose == "training")].iloc[0]
+    assert (bool(row.allowed), row.reason) == (False, "consent_withdrawn")
+
+
+def test_same_reference_keeps_its_pid_and_vault_finds_it(project):
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(external_ref=REF)
+    assert core.add_subject(external_ref="  zelda q.  testperson-4711 ") == pid
+    assert core.vault.find(REF) == pid
+
+
+def test_destroy_makes_the_record_unrecoverable(project):
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(external_ref=REF, contact=CONTACT)
+    ciphertext = (project / "privacy" / "vault" / "records" / f"{pid}.bin").read_bytes()
+    result = core.vault.destroy(pid)
+    assert len(result.removed) == 2
+    with pytest.raises(KeyError):
+        core.vault.get(pid)
+    assert core.vault.find(REF) is None
+    # A backup of the ciphertext is useless without the destroyed key.
+    backup = project / "privacy" / "vault" / "records" / f"{pid}.bin"
+    backup.write_bytes(ciphertext)
+    with pytest.raises(KeyDestroyedError):
+        core.vault.get(pid)
+
+
+def test_wrong_master_key_is_a_clear_error_not_an_empty_result(project, monkeypatch):
+    core = PrivacyCore(ProjectPaths(project))
+    core.add_subject(external_ref=REF)
+    monkeypatch.setenv("VISAGE_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(MasterKeyError, match="does not open"):
+        IdentityVault(project / "privacy" / "vault", project / "secrets" / "master.key")
+
+
+def test_missing_master_key_is_a_clear_error(project):
+    core = PrivacyCore(ProjectPaths(project))
+    core.add_subject(external_ref=REF)
+    (project / "secrets" / "master.key").unlink()
+    with pytest.raises(MasterKeyError, match="missing"):
+        IdentityVault(project / "privacy" / "vault", project / "secrets" / "master.key")
+    result = CliRunner().invoke(app, ["privacy", "subject", "add", "--ref", "someone"])
+    assert result.exit_code != 0
+    assert "master key is missing" in result.output
+
+
+def test_malformed_master_key_from_env_says_how_to_make_one(project, monkeypatch):
+    monkeypatch.setenv("VISAGE_MASTER_KEY", "too-short")
+    with pytest.raises(MasterKeyError, match="32 bytes"):
+        PrivacyCore(ProjectPaths(project)).add_subject(external_ref=REF)
+
+
+def test_cli_scripted_scenario_then_tamper(project):
+    run = CliRunner().invoke
+
+    def ok(*args):
+        result = run(app, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output.strip()
+
+    pids = [ok("privacy", "subject", "add", "--ref", f"person {i}") for i in range(3)]
+    for pid in pids:
+        ok("privacy", "consent", "give", pid, "-p", "training", "-p", "evaluation")
+    ok("privacy", "consent", "withdraw", pids[0], "-p", "training")
+    ok("privacy", "restrict", pids[1])
+    ok("privacy", "snapshot")
+    assert "ledger OK" in ok("privacy", "verify-ledger")
+    snap = pd.read_parquet(project / "data" / "registry" / "consents.parquet")
+    allowed = snap[snap.allowed & (snap.purpose == "training")].pid.tolist()
+    assert allowed == [pids[2]]
+
+    ledger = project / "privacy" / "ledger.jsonl"
+    data = bytearray(ledger.read_bytes())
+    fourth_line_start = [i for i, b in enumerate(data) if b == ord("\n")][2] + 1
+    data[fourth_line_start + 30] ^= 0x02
+    ledger.write_bytes(bytes(data))
+    result = run(app, ["privacy", "verify-ledger"])
+    assert result.exit_code == 1
+    assert "line 4" in result.output and "seq 3" in result.output
+
+
+def test_commands_refuse_unknown_subject_and_purpose(project):
+    run = CliRunner().invoke
+    result = run(app, ["privacy", "consent", "give", "p" + "0" * 16])
+    assert result.exit_code == 2 and "no subject" in result.output
+    pid = run(app, ["privacy", "subject", "add"]).output.strip()
+    result = run(app, ["privacy", "consent", "give", pid, "-p", "marketing"])
+    assert result.exit_code == 2 and "unknown purpose" in result.output
+    result = run(app, ["privacy", "lift", pid])
+    assert result.exit_code == 2 and "not restricted" in result.output

@@ -1,0 +1,1 @@
+"""The privacy core: signed ledger, subject registry, identity vault, consent snapshot, rights."""

@@ -1,0 +1,262 @@
+"""Keys of the privacy core: the ledger's Ed25519 signing key, the master key, per-subject keys.
+
+- The signing key lives in ``secrets/ledger.key`` (PKCS#8 PEM, mode 0600) and is created on first
+  use; its public key is written to ``privacy/ledger.pub`` where any verifier can find it.
+- The master key (32 bytes) comes from ``VISAGE_MASTER_KEY`` (base64 or hex) or
+  ``secrets/master.key``. It only wraps per-subject data keys; it never encrypts records itself.
+- A :class:`KeyRing` holds one AES-256 data key per subject, each wrapped (AES-GCM) by the master
+  key in its own file. Destroying that file is a cryptographic erase of everything encrypted
+  under the subject's key, in every copy and backup of the ciphertext.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from visage_ml.io import atomic_write_bytes, file_lock, secure_unlink, sha256_file
+
+PID_RE = re.compile(r"^p[0-9a-f]{16}$")
+MASTER_KEY_ENV = "VISAGE_MASTER_KEY"
+_CHECK_PLAINTEXT = b"visage-ml master key check v1"
+
+MISSING_MASTER_KEY = (
+    "the master key is missing: {what} is encrypted under a master key that is not available. "
+    "Set VISAGE_MASTER_KEY (base64 or hex of 32 bytes) or restore secrets/master.key from your "
+    "key backup; visage-ml never invents a new key for existing data."
+)
+WRONG_MASTER_KEY = (
+    "the master key does not open {what} (key check failed). Set VISAGE_MASTER_KEY or "
+    "secrets/master.key to the key this project was created with."
+)
+BAD_MASTER_KEY_FORMAT = (
+    "the master key from {source} is not 32 bytes of base64 or hex; generate one with "
+    "`python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'`."
+)
+BAD_PID = (
+    "'{pid}' is not a visage pid (p + 16 lowercase hex characters); pids come from the registry"
+)
+
+
+class MasterKeyError(RuntimeError):
+    """The master key is missing, malformed or not the one the data was encrypted with."""
+
+
+class KeyDestroyedError(KeyError):
+    """The subject's data key was destroyed (cryptographic erase); the data is unrecoverable."""
+
+
+def check_pid(pid: str) -> str:
+    """Return ``pid`` if it is a well-formed pseudonymous id, else raise ``ValueError``."""
+    if not isinstance(pid, str) or not PID_RE.fullmatch(pid):
+        raise ValueError(BAD_PID.format(pid=str(pid)[:40]))
+    return pid
+
+
+def new_pid() -> str:
+    """A fresh random pseudonymous subject id."""
+    return "p" + os.urandom(8).hex()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ed25519 signing key
+# ---------------------------------------------------------------------------------------------
+
+
+def load_or_create_signing_key(key_path: Path, public_path: Path) -> Ed25519PrivateKey:
+    """Load the ledger signing key, creating it (and its public key file) on first use."""
+    key_path, public_path = Path(key_path), Path(public_path)
+    if not key_path.exists():
+        with file_lock(key_path.parent / ".keys.lock"):
+            if not key_path.exists():
+                key = Ed25519PrivateKey.generate()
+                pem = key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+                os.chmod(key_path.parent, 0o700)
+                atomic_write_bytes(key_path, pem, mode=0o600)
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise MasterKeyError(f"{key_path} is not an Ed25519 private key")
+    pub_pem = public_pem(key.public_key())
+    if not public_path.exists() or public_path.read_bytes() != pub_pem:
+        atomic_write_bytes(public_path, pub_pem, mode=0o644)
+    return key
+
+
+def public_pem(public_key: Ed25519PublicKey) -> bytes:
+    """PEM (SubjectPublicKeyInfo) encoding of an Ed25519 public key."""
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_public_key(path_or_pem: Path | bytes) -> Ed25519PublicKey:
+    """Read an Ed25519 public key from a PEM file or PEM bytes."""
+    pem = path_or_pem if isinstance(path_or_pem, bytes) else Path(path_or_pem).read_bytes()
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key; pass the ledger's privacy/ledger.pub")
+    return key
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Short fingerprint of a public key: first 16 hex of SHA-256 of its raw bytes."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Master key
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode_key(text: str, source: str) -> bytes:
+    text = text.strip()
+    for decode in (bytes.fromhex, base64.b64decode, base64.urlsafe_b64decode):
+        with contextlib.suppress(ValueError, binascii.Error):
+            raw = decode(text)
+            if len(raw) == 32:
+                return raw
+    raise MasterKeyError(BAD_MASTER_KEY_FORMAT.format(source=source))
+
+
+def load_master_key(key_path: Path, *, create: bool) -> bytes:
+    """The master key from ``$VISAGE_MASTER_KEY`` or ``key_path``.
+
+    Parameters
+    ----------
+    key_path
+        ``secrets/master.key`` of the project.
+    create
+        Create ``key_path`` (mode 0600) when neither source exists. Callers pass ``True`` only
+        when no data encrypted under a master key exists yet.
+    """
+    env = os.environ.get(MASTER_KEY_ENV)
+    if env:
+        return _decode_key(env, MASTER_KEY_ENV)
+    key_path = Path(key_path)
+    if key_path.exists():
+        return _decode_key(key_path.read_text(encoding="ascii", errors="replace"), str(key_path))
+    if not create:
+        raise MasterKeyError(MISSING_MASTER_KEY.format(what="this project's data"))
+    with file_lock(key_path.parent / ".keys.lock"):
+        if not key_path.exists():
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(key_path.parent, 0o700)
+            atomic_write_bytes(key_path, base64.b64encode(os.urandom(32)) + b"\n", mode=0o600)
+    return _decode_key(key_path.read_text(encoding="ascii"), str(key_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-subject data keys
+# ---------------------------------------------------------------------------------------------
+
+
+class KeyRing:
+    """One wrapped AES-256 data key per subject in ``directory/<pid>.key``.
+
+    Parameters
+    ----------
+    directory
+        Folder of wrapped keys (created on first write).
+    master_key
+        32-byte key that wraps the data keys.
+    context
+        Bound into each wrapping as associated data, so a key file moved between key rings
+        (vault, gallery) does not unwrap.
+    """
+
+    def __init__(self, directory: Path, master_key: bytes, *, context: str) -> None:
+        self.directory = Path(directory)
+        self._aead = AESGCM(master_key)
+        self._context = context
+        self._check_master_key()
+
+    def _check_master_key(self) -> None:
+        check = self.directory / ".check"
+        aad = f"{self._context}:check".encode()
+        if check.exists():
+            blob = check.read_bytes()
+            try:
+                self._aead.decrypt(blob[:12], blob[12:], aad)
+            except InvalidTag:
+                raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(self.directory))) from None
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            nonce = os.urandom(12)
+            blob = nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, aad)
+            atomic_write_bytes(check, blob, mode=0o600)
+
+    def path(self, pid: str) -> Path:
+        """File holding ``pid``'s wrapped key."""
+        return self.directory / f"{check_pid(pid)}.key"
+
+    def exists(self, pid: str) -> bool:
+        """Whether ``pid`` has a (not destroyed) key here."""
+        return self.path(pid).exists()
+
+    def get(self, pid: str, *, create: bool = False) -> bytes:
+        """``pid``'s data key; created when missing and ``create`` is true.
+
+        Raises
+        ------
+        KeyDestroyedError
+            When the key does not exist (never created, or destroyed) and ``create`` is false.
+        """
+        path = self.path(pid)
+        aad = f"{self._context}:{pid}".encode()
+        if not path.exists():
+            if not create:
+                raise KeyDestroyedError(pid)
+            with file_lock(self.directory / ".lock"):
+                if not path.exists():
+                    key = AESGCM.generate_key(bit_length=256)
+                    nonce = os.urandom(12)
+                    atomic_write_bytes(
+                        path, nonce + self._aead.encrypt(nonce, key, aad), mode=0o600
+                    )
+                    return key
+        blob = path.read_bytes()
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], aad)
+        except InvalidTag:
+            raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
+
+    def destroy(self, pid: str) -> str | None:
+        """Overwrite and delete ``pid``'s key file; return its SHA-256 before deletion (or None)."""
+        path = self.path(pid)
+        if not path.exists():
+            return None
+        digest = sha256_file(path)
+        secure_unlink(path)
+        return digest
+
+    def pids(self) -> list[str]:
+        """Subjects that currently hold a key."""
+        if not self.directory.exists():
+            return []
+        return sorted(p.stem for p in self.directory.glob("p*.key"))
+
+
+def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
+    """AES-256-GCM encrypt: ``nonce (12) || ciphertext+tag``."""
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(key: bytes, blob: bytes, *, aad: bytes) -> bytes:
+    """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` on any change."""
+    return AESGCM(key).decrypt(blob[:12], blob[12:], aad)

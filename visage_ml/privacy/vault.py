@@ -1,0 +1,180 @@
+"""The identity vault: pid <-> external reference and contact, one encrypted record per subject.
+
+Each record is AES-256-GCM encrypted under the subject's own data key (a :class:`KeyRing` entry
+wrapped by the master key). :meth:`IdentityVault.destroy` deletes that key: every copy of the
+record, backups included, becomes unreadable (cryptographic erase, NIST SP 800-88).
+
+A blind index (HMAC-SHA256 of the normalised external reference under a key derived from the
+master key) lets the vault find a subject's pid from their reference without decrypting every
+record and without storing the reference in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from visage_ml.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    file_lock,
+    secure_unlink,
+    sha256_file,
+)
+from visage_ml.privacy.keys import (
+    KeyDestroyedError,
+    KeyRing,
+    check_pid,
+    load_master_key,
+    open_sealed,
+    seal,
+)
+
+RECORD_FIELDS = ("external_ref", "contact", "source", "notes")
+
+
+class VaultError(RuntimeError):
+    """A vault record cannot be read or written."""
+
+
+@dataclass(frozen=True)
+class DestroyResult:
+    """What :meth:`IdentityVault.destroy` removed: each path with its SHA-256 before deletion."""
+
+    pid: str
+    removed: dict[str, str]
+
+
+class IdentityVault:
+    """Encrypted pid -> identity records under ``directory``.
+
+    Parameters
+    ----------
+    directory
+        ``privacy/vault`` of the project.
+    master_key_path
+        ``secrets/master.key``; ``$VISAGE_MASTER_KEY`` takes precedence.
+    """
+
+    def __init__(self, directory: Path, master_key_path: Path) -> None:
+        self.directory = Path(directory)
+        self.records_dir = self.directory / "records"
+        keys_dir = self.directory / "keys"
+        has_data = keys_dir.exists() and any(keys_dir.iterdir())
+        master = load_master_key(master_key_path, create=not has_data)
+        self.keys = KeyRing(keys_dir, master, context="vault")
+        self._index_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"visage-ml vault blind index"
+        ).derive(master)
+        self._index_path = self.directory / "index.json"
+        self._lock = self.directory / ".lock"
+
+    # -- blind index ---------------------------------------------------------------------------
+    def _blind(self, external_ref: str) -> str:
+        norm = " ".join(external_ref.strip().casefold().split())
+        return hmac.new(self._index_key, norm.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _read_index(self) -> dict[str, str]:
+        if not self._index_path.exists():
+            return {}
+        return json.loads(self._index_path.read_text(encoding="utf-8"))
+
+    def find(self, external_ref: str) -> str | None:
+        """The pid recorded for ``external_ref``, or None."""
+        return self._read_index().get(self._blind(external_ref))
+
+    # -- records -------------------------------------------------------------------------------
+    def _record_path(self, pid: str) -> Path:
+        return self.records_dir / f"{check_pid(pid)}.bin"
+
+    def put(self, pid: str, record: Mapping[str, Any]) -> None:
+        """Store (or replace) ``pid``'s record atomically."""
+        self.put_many({pid: record})
+
+    def put_many(self, records: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store several records, updating the blind index once."""
+        for pid, record in records.items():
+            check_pid(pid)
+            unknown = set(record) - set(RECORD_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"unknown vault record field(s) {sorted(unknown)}; allowed: {RECORD_FIELDS}"
+                )
+        with file_lock(self._lock):
+            index = self._read_index()
+            for pid, record in records.items():
+                key = self.keys.get(pid, create=True)
+                blob = seal(
+                    key, json.dumps(dict(record), sort_keys=True).encode(), aad=pid.encode()
+                )
+                atomic_write_bytes(self._record_path(pid), blob, mode=0o600)
+                ref = record.get("external_ref")
+                if ref:
+                    index = {k: v for k, v in index.items() if v != pid}
+                    index[self._blind(str(ref))] = pid
+            atomic_write_json(self._index_path, index, mode=0o600, indent=None)
+
+    def get(self, pid: str) -> dict[str, Any]:
+        """Decrypt ``pid``'s record.
+
+        Raises
+        ------
+        KeyError
+            No record for ``pid``.
+        KeyDestroyedError
+            The record's key was destroyed: the data is gone for good.
+        """
+        path = self._record_path(pid)
+        try:
+            key = self.keys.get(pid)
+        except KeyDestroyedError:
+            if path.exists():
+                raise
+            raise KeyError(pid) from None
+        if not path.exists():
+            raise KeyError(pid)
+        try:
+            return json.loads(open_sealed(key, path.read_bytes(), aad=pid.encode()))
+        except InvalidTag:
+            raise VaultError(
+                f"vault record {path.name} fails authentication (altered or truncated); "
+                "restore it from a backup"
+            ) from None
+
+    def __contains__(self, pid: object) -> bool:
+        return isinstance(pid, str) and self.keys.exists(pid)
+
+    def pids(self) -> list[str]:
+        """Subjects whose record is still readable."""
+        return self.keys.pids()
+
+    def destroy(self, pid: str) -> DestroyResult:
+        """Cryptographically erase ``pid``: destroy the data key, then record and index entry."""
+        removed: dict[str, str] = {}
+        with file_lock(self._lock):
+            key_path = self.keys.path(pid)
+            digest = self.keys.destroy(pid)
+            if digest:
+                removed[str(key_path)] = digest
+            rec = self._record_path(pid)
+            if rec.exists():
+                removed[str(rec)] = sha256_file(rec)
+                secure_unlink(rec)
+            index = self._read_index()
+            kept = {k: v for k, v in index.items() if v != pid}
+            if len(kept) != len(index):
+                atomic_write_json(self._index_path, kept, mode=0o600, indent=None)
+        return DestroyResult(pid, removed)
+
+    def destroyed(self, pids: Iterable[str]) -> list[str]:
+        """Those of ``pids`` whose key no longer exists."""
+        return [p for p in pids if not self.keys.exists(p)]
