@@ -1,0 +1,107 @@
+import base64
+import re
+
+import numpy as np
+import pytest
+
+from visage_ml.evaluation.fairness import demographic_differentials, fairness_gate, make_breakdown
+from visage_ml.evaluation.pairs import PairSet
+from visage_ml.evaluation.report import fmt_ci, fmt_rate, make_figures, render_html
+from visage_ml.evaluation.verification import SortedScores, threshold_at_far
+
+PNG = b"\x89PNG\r\n\x1a\n"
+LABELS = ("g1", "g<2>")  # a label with markup must come out escaped
+
+
+@pytest.fixture(scope="module")
+def report_inputs():
+    rng = np.random.default_rng(0)
+    k = 20
+    group_of = np.repeat([0, 1], k // 2)
+    gen_ids = np.repeat(np.arange(k), 10)
+    ia = rng.integers(0, k, 5000)
+    ib = (ia + rng.integers(1, k, 5000)) % k
+    id_a, id_b = np.r_[gen_ids, ia], np.r_[gen_ids, ib]
+    score = np.r_[rng.normal(0.5, 0.15, gen_ids.size), rng.normal(0, 0.15, 5000)]
+    n = id_a.size
+    pairs = PairSet(np.arange(n), np.arange(n), id_a, id_b, id_a == id_b, score, k)
+    b = make_breakdown("group", [LABELS[g] for g in group_of], LABELS)
+    t = threshold_at_far(score[~pairs.genuine], 1e-2)
+    diffs = demographic_differentials(pairs, [b], threshold=t, rounds=20, seed=1)
+    gate = fairness_gate(diffs, max_fmr_ratio=10, max_fnmr_ratio=3)
+    curve = SortedScores(score, pairs.genuine).roc()
+    curves = {"group": {"all": curve, "g1": curve, "g<2>": None}}
+    fairness = {
+        "threshold": t,
+        "target_fmr": 1e-2,
+        "n_identities": k,
+        "n_images": 200,
+        "verification": {"auc": {"value": 0.99, "ci_low": 0.98, "ci_high": 1.0}},
+        "identification": {"rank1": 0.9, "n_enrolled": 10.0},
+        "breakdowns": {"group": diffs["group"].to_dict()},
+        "demographic_model": {
+            "gender_accuracy": {
+                "group": {
+                    "overall": 0.9,
+                    "by_group": {"g1": 0.95, "g<2>": 0.85},
+                    "n": {"g1": 100, "g<2>": 100},
+                    "difference": 0.1,
+                    "ratio": 0.85 / 0.95,
+                }
+            }
+        },
+        "detection": None,
+        "lfw": {"accuracy": 0.97, "std": 0.01},
+        "gate": {**gate.to_dict(), "enforce": True},
+    }
+    return fairness, curves
+
+
+def test_figures_are_png_images(report_inputs):
+    fairness, curves = report_inputs
+    figs = make_figures(fairness=fairness, curves=curves)
+    assert {"roc_group.png", "det_group.png", "cross_fmr_group.png", "rates_group.png"} <= set(figs)
+    assert "demographics_gender_accuracy.png" in figs
+    for name, data in figs.items():
+        assert data.startswith(PNG), name
+        assert len(data) > 2000, name
+
+
+def test_html_is_self_contained_escaped_and_explains_itself(report_inputs):
+    fairness, curves = report_inputs
+    figs = make_figures(fairness=fairness, curves=curves)
+    lineage = {
+        "eval_data_md5": "d" * 32,
+        "embedder_model_version": "emb-7",
+        "demographics_model_version": "dem-3",
+        "git_rev": "abc123",
+    }
+    page = render_html(
+        fairness=fairness,
+        metrics={"verification": {"auc": 0.99}, "fairness": {"gate_passed": 1}},
+        figures=figs,
+        lineage=lineage,
+        params={"evaluate.target_fmr": 0.01},
+    )
+    assert page.startswith("<!DOCTYPE html>")
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 5
+    assert all(base64.b64decode(img).startswith(PNG) for img in images)
+    # Nothing fetched from elsewhere.
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
+    assert "<script" not in page and "<link" not in page
+    assert "g&lt;2&gt;" in page and "g<2>" not in page
+    assert "How to read this report" in page
+    for value in lineage.values():
+        assert value in page
+    assert "fairness gate" in page
+    assert "LFW 10-fold accuracy" in page
+
+
+def test_number_formatting():
+    assert fmt_rate(None) == "n/a"
+    assert fmt_rate(0.0) == "0"
+    assert fmt_rate(0.01234) == "0.0123"
+    assert fmt_rate(0.0001234) == "1.23e-04"
+    assert fmt_ci({"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}) == "0.5 [0.4, 0.6]"
+    assert fmt_ci({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.5"

@@ -1,0 +1,1 @@
+"""Accuracy and demographic-differential metrics for the exported models."""
