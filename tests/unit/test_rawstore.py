@@ -1,0 +1,262 @@
+"""RawStore: atomic swap of data/raw, untouched tree on failure, crash recovery, table merge."""
+
+import errno
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from visage_ml.config import ProjectPaths
+from visage_ml.data import rawstore
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+
+PID_A = "p" + "a" * 16
+PID_B = "p" + "b" * 16
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of content (folders as '<dir>'): a byte-level fingerprint."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def leftovers(paths: ProjectPaths) -> list[str]:
+    return sorted(p.name for p in paths.data.iterdir() if p.name.startswith("raw."))
+
+
+def image_row(pid: str, image_id: str, png: bytes, **attrs) -> dict:
+    return {
+        "pid": pid,
+        "image_id": image_id,
+        "sha256": hashlib.sha256(png).hexdigest(),
+        "source_sha256": None,
+        "width": 40,
+        "height": 40,
+        **attrs,
+    }
+
+
+def commit_one(store: RawStore, pid: str, png: bytes, **subject) -> str:
+    with store.transaction() as txn:
+        image_id = txn.write_image(pid, png)
+        txn.add_subjects([{"pid": pid, "source": "test", **subject}])
+        txn.add_images([image_row(pid, image_id, png)])
+    assert txn.committed
+    return image_id
+
+
+@pytest.fixture
+def store(project: Path) -> RawStore:
+    return RawStore(ProjectPaths(project))
+
+
+def test_commit_writes_files_and_tables_and_leaves_no_staging(store, caplog):
+    caplog.set_level(logging.WARNING)
+    paths = store.paths
+    a1 = commit_one(store, PID_A, b"png-a1", age=31, gender="female", group="g2")
+    b1 = commit_one(store, PID_B, b"png-b1")
+    assert (paths.raw / PID_A / f"{a1}.png").read_bytes() == b"png-a1"
+    assert (paths.raw / PID_B / f"{b1}.png").read_bytes() == b"png-b1"
+    assert rawstore.IMAGE_ID_RE.fullmatch(a1) and a1 != b1
+    subjects = read_subjects(paths.raw)
+    assert list(subjects["pid"]) == [PID_A, PID_B]
+    a = subjects.set_index("pid").loc[PID_A]
+    assert (int(a["age"]), a["gender"], a["group"], int(a["n_images"])) == (31, "female", "g2", 1)
+    assert list(read_images(paths.raw)["image_id"]) == [a1, b1]
+    assert leftovers(paths) == []
+    # Outside a DVC repository: a warning, not a failure; the consent snapshot is refreshed.
+    assert "not a DVC repository" in caplog.text
+    assert paths.consents.exists()
+
+
+def test_tables_have_the_documented_arrow_schema(store):
+    commit_one(store, PID_A, b"x", age=40)
+    assert pq.read_schema(store.paths.subjects).remove_metadata().equals(rawstore.SUBJECTS_SCHEMA)
+    images_schema = pq.read_schema(store.paths.raw / "images.parquet").remove_metadata()
+    assert images_schema.equals(rawstore.IMAGES_SCHEMA)
+    assert images_schema.field("age").type == pa.int16()
+
+
+def test_existing_files_are_hard_linked_not_rewritten(store):
+    a1 = commit_one(store, PID_A, b"first")
+    inode = (store.paths.raw / PID_A / f"{a1}.png").stat().st_ino
+    commit_one(store, PID_B, b"second")
+    assert (store.paths.raw / PID_A / f"{a1}.png").stat().st_ino == inode
+
+
+def test_copies_when_the_file_system_refuses_hard_links(store, monkeypatch):
+    a1 = commit_one(store, PID_A, b"first")
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(rawstore.os, "link", no_links)
+    commit_one(store, PID_B, b"second")
+    assert (store.paths.raw / PID_A / f"{a1}.png").read_bytes() == b"first"
+    assert int(read_subjects(store.paths.raw)["n_images"].sum()) == 2
+
+
+def test_exception_inside_the_block_leaves_raw_byte_identical(store):
+    commit_one(store, PID_A, b"keep me")
+    before = tree(store.paths.raw)
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as txn:
+        image_id = txn.write_image(PID_B, b"new")
+        txn.add_subjects([{"pid": PID_B, "source": "test"}])
+        txn.add_images([image_row(PID_B, image_id, b"new")])
+        raise RuntimeError("boom")
+    assert tree(store.paths.raw) == before
+    assert leftovers(store.paths) == []
+
+
+def test_failure_while_writing_tables_leaves_raw_byte_identical(store, monkeypatch):
+    commit_one(store, PID_A, b"keep me")
+    before = tree(store.paths.raw)
+    calls = {"n": 0}
+    real = rawstore.table_bytes
+
+    def second_table_fails(df, schema):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(df, schema)
+
+    monkeypatch.setattr(rawstore, "table_bytes", second_table_fails)
+    with pytest.raises(OSError, match="No space"):
+        commit_one(store, PID_B, b"new")
+    assert tree(store.paths.raw) == before
+    assert leftovers(store.paths) == []
+
+
+def test_failed_second_rename_puts_the_old_tree_back(store, monkeypatch):
+    commit_one(store, PID_A, b"keep me")
+    before = tree(store.paths.raw)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(rawstore.STAGING_PREFIX):
+            raise OSError(errno.EIO, "I/O error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(rawstore.os, "rename", rename)
+    with pytest.raises(OSError, match="I/O error"):
+        commit_one(store, PID_B, b"new")
+    assert tree(store.paths.raw) == before
+    assert leftovers(store.paths) == []
+
+
+def test_rows_without_files_are_refused_before_the_swap(store):
+    commit_one(store, PID_A, b"keep me")
+    before = tree(store.paths.raw)
+    with pytest.raises(ValueError, match="has no file"), store.transaction() as txn:
+        txn.add_subjects([{"pid": PID_B, "source": "test"}])
+        txn.add_images([image_row(PID_B, txn.new_image_id(), b"ghost")])
+    with pytest.raises(ValueError, match="no subjects row"), store.transaction() as txn:
+        image_id = txn.write_image(PID_B, b"orphan")
+        txn.add_images([image_row(PID_B, image_id, b"orphan")])
+    assert tree(store.paths.raw) == before
+
+
+def test_recovery_rolls_forward_a_swap_interrupted_between_the_renames(store):
+    paths = store.paths
+    commit_one(store, PID_A, b"old")
+    # A crash after `raw -> raw.old-T` and before `staging-T -> raw`: staging is complete.
+    complete = paths.data / "raw.staging-t1"
+    os.rename(paths.raw, paths.data / "raw.old-t1")
+    (complete / PID_B).mkdir(parents=True)
+    (complete / PID_B / "i000000000001.png").write_bytes(b"new")
+    actions = store.recover()
+    assert actions[0].startswith("rolled forward")
+    assert (paths.raw / PID_B / "i000000000001.png").read_bytes() == b"new"
+    assert leftovers(paths) == []
+
+
+def test_recovery_rolls_back_when_no_staging_survived(store):
+    paths = store.paths
+    commit_one(store, PID_A, b"old")
+    before = tree(paths.raw)
+    os.rename(paths.raw, paths.data / "raw.old-t2")
+    assert store.recover()[0].startswith("rolled back")
+    assert tree(paths.raw) == before
+
+
+def test_next_transaction_removes_stale_staging_and_old_folders(store):
+    paths = store.paths
+    commit_one(store, PID_A, b"old")
+    before = tree(paths.raw)
+    (paths.data / "raw.staging-dead" / PID_B).mkdir(parents=True)
+    (paths.data / "raw.old-done").mkdir()
+    with store.transaction() as txn:
+        txn.discard()
+    assert leftovers(paths) == []
+    assert tree(paths.raw) == before
+
+
+def test_merge_adds_images_to_a_known_pid_and_fills_unknown_attributes(store):
+    commit_one(store, PID_A, b"one", age=30)
+    with store.transaction() as txn:
+        image_id = txn.write_image(PID_A, b"two")
+        txn.add_subjects([{"pid": PID_A, "age": 99, "gender": "male", "source": "other"}])
+        txn.add_images([image_row(PID_A, image_id, b"two", gender="male")])
+    row = read_subjects(store.paths.raw).set_index("pid").loc[PID_A]
+    # Recorded values are kept, unknown ones filled, the image count adds up.
+    assert (int(row["age"]), row["gender"], row["source"], int(row["n_images"])) == (
+        30,
+        "male",
+        "test",
+        2,
+    )
+    assert len(read_images(store.paths.raw)) == 2
+
+
+def test_merge_keeps_columns_written_by_another_writer(store):
+    commit_one(store, PID_A, b"one")
+    images = read_images(store.paths.raw).assign(landmarks_ok=True)
+    (store.paths.raw / "images.parquet").unlink()
+    images.to_parquet(store.paths.raw / "images.parquet", index=False)
+    commit_one(store, PID_B, b"two")
+    merged = read_images(store.paths.raw)
+    assert "landmarks_ok" in merged.columns
+    assert bool(merged["landmarks_ok"].iloc[0])
+    assert pd.isna(merged["landmarks_ok"].iloc[1])
+
+
+def test_staged_images_are_placed_or_dropped(store):
+    with store.transaction() as txn:
+        kept, dropped = txn.stage(b"kept"), txn.stage(b"dropped")
+        txn.place(kept, PID_A)
+        txn.add_subjects([{"pid": PID_A, "source": "test"}])
+        txn.add_images([image_row(PID_A, kept, b"kept")])
+        assert dropped != kept
+    files = sorted(
+        p.relative_to(store.paths.raw).as_posix() for p in store.paths.raw.rglob("*.png")
+    )
+    assert files == [f"{PID_A}/{kept}.png"]
+    assert not (store.paths.raw / rawstore.PENDING_DIR).exists()
+
+
+def test_replace_starts_from_an_empty_tree(store):
+    commit_one(store, PID_A, b"old")
+    with store.transaction(replace=True) as txn:
+        image_id = txn.write_image(PID_B, b"new")
+        txn.add_subjects([{"pid": PID_B, "source": "test"}])
+        txn.add_images([image_row(PID_B, image_id, b"new")])
+    assert list(read_subjects(store.paths.raw)["pid"]) == [PID_B]
+    assert not (store.paths.raw / PID_A).exists()
+
+
+def test_bad_gender_and_pid_are_refused(store):
+    with pytest.raises(ValueError, match="gender"), store.transaction() as txn:
+        image_id = txn.write_image(PID_A, b"x")
+        txn.add_subjects([{"pid": PID_A, "gender": "f", "source": "test"}])
+        txn.add_images([image_row(PID_A, image_id, b"x")])
+    with pytest.raises(ValueError, match="not a visage pid"), store.transaction() as txn:
+        txn.write_image("Alice", b"x")
+    assert not store.paths.raw.exists()

@@ -1,0 +1,611 @@
+"""The one writer of ``data/raw``: a transaction that stages a new tree and swaps it in atomically.
+
+Layout of ``data/raw`` (the contract shared by acquisition, ``prepare`` and erasure)::
+
+    data/raw/<pid>/<image_id>.png     8-bit RGB PNG without metadata; image_id = "i" + 12 hex
+    data/raw/subjects.parquet         one row per subject
+    data/raw/images.parquet           one row per image
+
+``subjects.parquet`` (:data:`SUBJECTS_SCHEMA`)
+
+=========  ===========  ============================================================
+column     arrow type   meaning
+=========  ===========  ============================================================
+pid        string       pseudonymous subject id (``p`` + 16 hex), the only subject key
+age        int16, null  age in years (a band's midpoint where only a band is known)
+gender     string, null ``"female"`` or ``"male"``
+group      string, null the data set's demographic group label (SynthFaces ``g1``..``g4``;
+                        UTKFace / FairFace race labels in snake_case)
+n_images   int64        images of the subject in ``data/raw``
+source     string       where the subject came from: ``synthfaces``, ``import:<format>``
+=========  ===========  ============================================================
+
+``images.parquet`` (:data:`IMAGES_SCHEMA`)
+
+=============  ===========  ========================================================
+column         arrow type   meaning
+=============  ===========  ========================================================
+pid            string       the subject (a row of ``subjects.parquet``)
+image_id       string       file ``<pid>/<image_id>.png``; unique in the table
+sha256         string       SHA-256 of the stored PNG
+source_sha256  string, null SHA-256 of the original file's bytes (duplicate detection
+                            across imports); null for images made here (SynthFaces)
+width          int32        pixels
+height         int32        pixels
+age            int16, null  per-image age where the source gives one
+age_band       string, null per-image age band as the source states it (FairFace
+                            ``20-29``, ``more than 70``)
+gender         string, null per-image gender where the source gives one
+group          string, null per-image group label where the source gives one
+=============  ===========  ========================================================
+
+Writers may add columns of their own; a merge keeps them (null for rows that lack them).
+
+Transactions (:meth:`RawStore.transaction`) take the exclusive lock
+``.visage/locks/raw.lock``; anything else that changes ``data/raw`` (erasure) must take it too.
+A transaction builds ``data/raw.staging-<token>/`` holding hard links (copies where the file
+system refuses links) of every existing file plus the new files and the merged tables, fsyncs it,
+then swaps with two renames: ``data/raw`` -> ``data/raw.old-<token>``, staging -> ``data/raw``,
+and removes the old tree. Existing files are never written through their links (tables are
+replaced by rename), so until the first rename ``data/raw`` is byte-for-byte untouched: any
+exception before the swap only removes the staging folder. After the swap the store runs
+``dvc add data/raw`` (a warning outside a DVC repository) and refreshes the consent snapshot.
+
+Recovery rule, applied under the lock when a transaction starts (:meth:`RawStore.recover`):
+
+- ``data/raw`` is missing and ``data/raw.old-<t>`` exists: a crash fell between the two renames.
+  The first rename happens only after ``raw.staging-<t>`` is complete and fsynced, so when that
+  staging folder exists it is renamed to ``data/raw`` (roll forward: the ledger events of the
+  transaction were already written); otherwise ``raw.old-<t>`` is renamed back (roll back).
+- Then every remaining ``data/raw.staging-*`` (a transaction that never swapped) and
+  ``data/raw.old-*`` (a swap whose clean-up did not finish) is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from visage_ml.config import GENDERS, ProjectPaths
+from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir
+from visage_ml.privacy.keys import check_pid
+
+if TYPE_CHECKING:
+    from visage_ml.privacy.core import PrivacyCore
+
+log = logging.getLogger(__name__)
+
+SUBJECTS_FILE = "subjects.parquet"
+IMAGES_FILE = "images.parquet"
+IMAGE_EXT = ".png"
+IMAGE_ID_RE = re.compile(r"^i[0-9a-f]{12}$")
+LOCK_FILE = Path(".visage") / "locks" / "raw.lock"
+STAGING_PREFIX = "raw.staging-"
+OLD_PREFIX = "raw.old-"
+PENDING_DIR = ".pending"
+
+SUBJECTS_SCHEMA = pa.schema(
+    [
+        ("pid", pa.string()),
+        ("age", pa.int16()),
+        ("gender", pa.string()),
+        ("group", pa.string()),
+        ("n_images", pa.int64()),
+        ("source", pa.string()),
+    ]
+)
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("pid", pa.string()),
+        ("image_id", pa.string()),
+        ("sha256", pa.string()),
+        ("source_sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("age", pa.int16()),
+        ("age_band", pa.string()),
+        ("gender", pa.string()),
+        ("group", pa.string()),
+    ]
+)
+_PANDAS_DTYPE = {
+    pa.string(): "string",
+    pa.int16(): "Int16",
+    pa.int32(): "int32",
+    pa.int64(): "int64",
+}
+_NULLABLE = {"age", "gender", "group", "age_band", "source_sha256"}
+
+BAD_GENDER = "gender must be one of {allowed} or null, found {found!r}"
+BAD_IMAGE_ID = "image id {image_id!r} is not 'i' + 12 lowercase hex characters"
+MISSING_IMAGE_FILE = "images row {image_id} has no file {pid}/{image_id}.png in the transaction"
+UNKNOWN_IMAGE_SUBJECT = "images row {image_id} names subject {pid}, which has no subjects row"
+DUPLICATE_IMAGE_ID = "image id {image_id} appears twice; use RawTransaction.new_image_id()"
+NOT_PENDING = "image {image_id} is not staged in this transaction"
+
+
+class RawStoreError(RuntimeError):
+    """``data/raw`` is in a state the store cannot repair on its own."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def empty_table(schema: pa.Schema) -> pd.DataFrame:
+    """An empty frame with the columns and pandas dtypes of ``schema``."""
+    return pd.DataFrame({f.name: pd.Series(dtype=_PANDAS_DTYPE[f.type]) for f in schema})
+
+
+def normalise_table(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """``df`` with every column of ``schema`` present and in its pandas dtype.
+
+    Missing nullable columns become null; extra columns are kept as they are.
+    """
+    out = df.copy()
+    for f in schema:
+        dtype = _PANDAS_DTYPE[f.type]
+        if f.name not in out.columns:
+            if f.name not in _NULLABLE:
+                raise ValueError(f"table lacks the required column '{f.name}'")
+            out[f.name] = pd.Series([pd.NA] * len(out), index=out.index, dtype=dtype)
+        elif dtype == "string":
+            out[f.name] = out[f.name].astype("string")
+        else:
+            out[f.name] = pd.array(out[f.name], dtype=dtype)
+    extras = [c for c in out.columns if c not in schema.names]
+    return out[[*schema.names, *extras]].reset_index(drop=True)
+
+
+def table_bytes(df: pd.DataFrame, schema: pa.Schema) -> bytes:
+    """Parquet bytes of ``df`` with the canonical arrow types of ``schema`` (extras inferred)."""
+    df = normalise_table(df, schema)
+    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    for name in df.columns[len(schema.names) :]:
+        table = table.append_column(name, pa.array(df[name], from_pandas=True))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _read(path: Path, schema: pa.Schema) -> pd.DataFrame:
+    if not path.is_file():
+        return empty_table(schema)
+    return normalise_table(pq.read_table(path).to_pandas(), schema)
+
+
+def read_subjects(raw_dir: Path) -> pd.DataFrame:
+    """``<raw_dir>/subjects.parquet`` as a typed frame (empty with the schema when absent)."""
+    return _read(Path(raw_dir) / SUBJECTS_FILE, SUBJECTS_SCHEMA)
+
+
+def read_images(raw_dir: Path) -> pd.DataFrame:
+    """``<raw_dir>/images.parquet`` as a typed frame (empty with the schema when absent)."""
+    return _read(Path(raw_dir) / IMAGES_FILE, IMAGES_SCHEMA)
+
+
+def _check_gender(values: pd.Series) -> None:
+    bad = values.dropna()
+    bad = bad[~bad.isin(GENDERS)]
+    if len(bad):
+        raise ValueError(BAD_GENDER.format(allowed=", ".join(GENDERS), found=bad.iloc[0]))
+
+
+def merge_subjects(
+    existing: pd.DataFrame, new: pd.DataFrame, added: Mapping[str, int]
+) -> pd.DataFrame:
+    """Merge subject rows: a new pid is appended, a known pid gains images and missing values.
+
+    Parameters
+    ----------
+    existing
+        The current ``subjects.parquet``.
+    new
+        Rows of the subjects touched by the transaction (``n_images`` is ignored).
+    added
+        Images added per pid in the transaction.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Existing rows in their order, then new pids in the order given; ``n_images`` is the
+        old count plus the images added.
+    """
+    existing = normalise_table(existing, SUBJECTS_SCHEMA)
+    new = normalise_table(
+        new.assign(n_images=0) if "n_images" not in new else new, SUBJECTS_SCHEMA
+    ).drop_duplicates("pid", keep="last")
+    _check_gender(new["gender"])
+    for pid in new["pid"]:
+        check_pid(pid)
+    out = existing.set_index("pid", drop=False)
+    incoming = new.set_index("pid", drop=False)
+    known = incoming.index.intersection(out.index)
+    for col in ("age", "gender", "group", "source"):
+        # Keep what is recorded; fill only what was unknown.
+        current = out.loc[known, col]
+        out.loc[known, col] = current.where(current.notna(), incoming.loc[known, col])
+    fresh = incoming.loc[~incoming.index.isin(out.index)].assign(n_images=0)
+    out = pd.concat([out, fresh]) if len(fresh) else out
+    counts = pd.Series(added, dtype="int64").reindex(out.index, fill_value=0)
+    out["n_images"] = out["n_images"].astype("int64") + counts.to_numpy()
+    return normalise_table(out.reset_index(drop=True), SUBJECTS_SCHEMA)
+
+
+def new_image_id(taken: Iterable[str] | set[str] = ()) -> str:
+    """A fresh random image id (``i`` + 12 lowercase hex) not in ``taken``."""
+    taken_set = taken if isinstance(taken, set) else set(taken)
+    while True:
+        image_id = "i" + secrets.token_hex(6)
+        if image_id not in taken_set:
+            return image_id
+
+
+# ---------------------------------------------------------------------------------------------
+# File-tree helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_tree(src: Path, dst: Path) -> tuple[int, int]:
+    """Mirror ``src`` into the new folder ``dst`` by hard links; returns (linked, copied)."""
+    linked = copied = 0
+    dst.mkdir()
+    shutil.copymode(src, dst)
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        rel = Path(dirpath).relative_to(src)
+        target_dir = dst / rel
+        for name in dirnames:
+            s = Path(dirpath) / name
+            if s.is_symlink():
+                # os.walk lists a symlink to a folder among the folders; mirror the link.
+                os.symlink(os.readlink(s), target_dir / name)
+                continue
+            (target_dir / name).mkdir()
+            shutil.copymode(s, target_dir / name)
+        for name in filenames:
+            s, d = Path(dirpath) / name, target_dir / name
+            if s.is_symlink():
+                os.symlink(os.readlink(s), d)  # e.g. a DVC cache link: keep it a link
+                continue
+            try:
+                os.link(s, d, follow_symlinks=False)
+                linked += 1
+            except OSError:
+                # Cross-device, no hard-link support, or too many links: copy instead.
+                shutil.copy2(s, d, follow_symlinks=False)
+                with open(d, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                copied += 1
+        dirnames[:] = [n for n in dirnames if not (Path(dirpath) / n).is_symlink()]
+    return linked, copied
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, _filenames in os.walk(root, topdown=False, followlinks=False):
+        fsync_dir(Path(dirpath))
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_symlink() or not path.exists():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transaction
+# ---------------------------------------------------------------------------------------------
+
+
+class RawTransaction:
+    """Changes to ``data/raw`` staged in ``staging``; applied by :meth:`RawStore.transaction`.
+
+    Two ways to add an image: :meth:`write_image` when the subject's pid is known, or
+    :meth:`stage` first and :meth:`place` once the pid is known (an import registers subjects
+    only after their images were accepted). Staged images never placed are dropped at commit.
+    """
+
+    def __init__(
+        self, staging: Path, subjects: pd.DataFrame, images: pd.DataFrame, token: str
+    ) -> None:
+        self.staging = staging
+        self.token = token
+        self._subjects = subjects
+        self._images = images
+        self._taken: set[str] = set(images["image_id"].astype(str))
+        self._pending: dict[str, Path] = {}
+        self._new_subjects: list[dict[str, Any]] = []
+        self._new_images: list[dict[str, Any]] = []
+        self.discarded = False
+        self.committed = False
+        self.dvc_md5: str | None = None
+        self.dvc_error: str | None = None
+
+    @property
+    def subjects(self) -> pd.DataFrame:
+        """``subjects.parquet`` as it was when the transaction started (a copy)."""
+        return self._subjects.copy()
+
+    @property
+    def images(self) -> pd.DataFrame:
+        """``images.parquet`` as it was when the transaction started (a copy)."""
+        return self._images.copy()
+
+    @property
+    def n_new_images(self) -> int:
+        """Image rows added so far."""
+        return len(self._new_images)
+
+    def new_image_id(self) -> str:
+        """A fresh image id, unique among existing and staged images."""
+        image_id = new_image_id(self._taken)
+        self._taken.add(image_id)
+        return image_id
+
+    def _image_path(self, pid: str, image_id: str) -> Path:
+        check_pid(pid)
+        if not IMAGE_ID_RE.fullmatch(image_id):
+            raise ValueError(BAD_IMAGE_ID.format(image_id=image_id))
+        return self.staging / pid / f"{image_id}{IMAGE_EXT}"
+
+    def write_image(self, pid: str, png: bytes, *, image_id: str | None = None) -> str:
+        """Write PNG bytes as ``<pid>/<image_id>.png`` (fsynced); return the image id."""
+        if image_id is None:
+            image_id = self.new_image_id()
+        else:
+            self._taken.add(image_id)
+        path = self._image_path(pid, image_id)
+        path.parent.mkdir(exist_ok=True)
+        _write_durable(path, png)
+        return image_id
+
+    def stage(self, png: bytes) -> str:
+        """Write PNG bytes for a subject not registered yet; return the image id."""
+        image_id = self.new_image_id()
+        folder = self.staging / PENDING_DIR
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{image_id}{IMAGE_EXT}"
+        _write_durable(path, png)
+        self._pending[image_id] = path
+        return image_id
+
+    def place(self, image_id: str, pid: str) -> None:
+        """Move a staged image into its subject's folder."""
+        src = self._pending.pop(image_id, None)
+        if src is None:
+            raise KeyError(NOT_PENDING.format(image_id=image_id))
+        dst = self._image_path(pid, image_id)
+        dst.parent.mkdir(exist_ok=True)
+        os.rename(src, dst)
+
+    def drop(self, image_id: str) -> None:
+        """Forget a staged image (it will not enter ``data/raw``)."""
+        src = self._pending.pop(image_id, None)
+        if src is not None:
+            src.unlink()
+
+    def add_subjects(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Subject rows to merge (``pid``, ``age``, ``gender``, ``group``, ``source``)."""
+        self._new_subjects.extend(dict(r) for r in rows)
+
+    def add_images(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Image rows (columns of :data:`IMAGES_SCHEMA`) for files written in this transaction."""
+        self._new_images.extend(dict(r) for r in rows)
+
+    def discard(self) -> None:
+        """End without changing ``data/raw`` (nothing worth committing)."""
+        self.discarded = True
+
+    # -- commit (called by RawStore) -------------------------------------------------------------
+    def _finalise(self) -> None:
+        """Write the merged tables into staging and check that rows and files agree."""
+        for image_id in list(self._pending):
+            self.drop(image_id)
+        pending = self.staging / PENDING_DIR
+        if pending.exists():
+            pending.rmdir()
+        new_images = (
+            normalise_table(pd.DataFrame(self._new_images), IMAGES_SCHEMA)
+            if self._new_images
+            else empty_table(IMAGES_SCHEMA)
+        )
+        _check_gender(new_images["gender"])
+        subjects_new = (
+            pd.DataFrame(self._new_subjects) if self._new_subjects else empty_table(SUBJECTS_SCHEMA)
+        )
+        known_pids = set(self._subjects["pid"].astype(str)) | set(subjects_new["pid"].astype(str))
+        seen: set[str] = set(self._images["image_id"].astype(str))
+        for pid, image_id in zip(new_images["pid"], new_images["image_id"], strict=True):
+            if image_id in seen:
+                raise ValueError(DUPLICATE_IMAGE_ID.format(image_id=image_id))
+            seen.add(image_id)
+            if pid not in known_pids:
+                raise ValueError(UNKNOWN_IMAGE_SUBJECT.format(image_id=image_id, pid=pid))
+            if not self._image_path(pid, image_id).is_file():
+                raise ValueError(MISSING_IMAGE_FILE.format(image_id=image_id, pid=pid))
+        added = new_images["pid"].astype(str).value_counts().to_dict()
+        subjects = merge_subjects(self._subjects, subjects_new, added)
+        images = (
+            pd.concat([self._images, new_images], ignore_index=True)
+            if len(self._images)
+            else new_images
+        )
+        atomic_write_bytes(self.staging / SUBJECTS_FILE, table_bytes(subjects, SUBJECTS_SCHEMA))
+        atomic_write_bytes(self.staging / IMAGES_FILE, table_bytes(images, IMAGES_SCHEMA))
+        _fsync_tree(self.staging)
+
+
+class RawStore:
+    """Transactional writer of the project's ``data/raw``.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    core
+        The privacy core whose consent snapshot is refreshed after a commit (one is opened when
+        needed).
+    track
+        Run ``dvc add data/raw`` after a commit.
+    """
+
+    def __init__(
+        self, paths: ProjectPaths, *, core: PrivacyCore | None = None, track: bool = True
+    ) -> None:
+        self.paths = paths
+        self._core = core
+        self.track = track
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock every writer of ``data/raw`` takes."""
+        return self.paths.root / LOCK_FILE
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the ``data/raw`` lock (for other writers, e.g. erasure)."""
+        with file_lock(self.lock_path):
+            yield
+
+    def recover(self) -> list[str]:
+        """Repair what a crashed transaction left (see the module docstring); return actions.
+
+        Call with the lock held (:meth:`transaction` does).
+        """
+        data, raw = self.paths.data, self.paths.raw
+        if not data.is_dir():
+            return []
+        actions: list[str] = []
+        olds = sorted(p for p in data.iterdir() if p.name.startswith(OLD_PREFIX))
+        if not raw.exists() and not raw.is_symlink() and olds:
+            old = max(olds, key=lambda p: p.lstat().st_mtime)
+            token = old.name[len(OLD_PREFIX) :]
+            staging = data / f"{STAGING_PREFIX}{token}"
+            if staging.is_dir():
+                os.rename(staging, raw)
+                actions.append(f"rolled forward: {staging.name} -> raw")
+            else:
+                os.rename(old, raw)
+                actions.append(f"rolled back: {old.name} -> raw")
+            fsync_dir(data)
+        for p in sorted(data.iterdir()):
+            if p.name.startswith((STAGING_PREFIX, OLD_PREFIX)):
+                _rmtree(p)
+                actions.append(f"removed {p.name}")
+        for action in actions:
+            log.warning("data/raw recovery after an interrupted transaction: %s", action)
+        return actions
+
+    @contextlib.contextmanager
+    def transaction(self, *, replace: bool = False) -> Iterator[RawTransaction]:
+        """Stage changes to ``data/raw`` and swap them in atomically when the block ends.
+
+        Parameters
+        ----------
+        replace
+            Start from an empty tree (the new ``data/raw`` holds only what the transaction
+            adds) instead of the current one.
+
+        Yields
+        ------
+        RawTransaction
+            Where to write images and rows. After the block, ``committed``, ``dvc_md5`` and
+            ``dvc_error`` say what happened.
+
+        Notes
+        -----
+        An exception inside the block, or while the tables are written, removes the staging
+        folder and leaves ``data/raw`` as it was, byte for byte.
+        """
+        paths = self.paths
+        with self.lock():
+            self.recover()
+            paths.data.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_hex(6)
+            staging = paths.data / f"{STAGING_PREFIX}{token}"
+            try:
+                if paths.raw.is_dir() and not replace:
+                    linked, copied = _link_tree(paths.raw, staging)
+                    log.debug("staged data/raw: %d hard links, %d copies", linked, copied)
+                    subjects, images = read_subjects(staging), read_images(staging)
+                else:
+                    staging.mkdir()
+                    subjects = empty_table(SUBJECTS_SCHEMA)
+                    images = empty_table(IMAGES_SCHEMA)
+                txn = RawTransaction(staging, subjects, images, token)
+                yield txn
+                if txn.discarded:
+                    _rmtree(staging)
+                    return
+                txn._finalise()
+                self._swap(staging, token)
+            except BaseException:
+                _rmtree(staging)
+                raise
+            txn.committed = True
+            log.info(
+                "data/raw committed: %d images added, %d in total",
+                txn.n_new_images,
+                len(images) + txn.n_new_images,
+            )
+            self._after_commit(txn)
+
+    def _swap(self, staging: Path, token: str) -> None:
+        data, raw = self.paths.data, self.paths.raw
+        old = data / f"{OLD_PREFIX}{token}"
+        fsync_dir(data)
+        had_raw = raw.exists() or raw.is_symlink()
+        if had_raw:
+            os.rename(raw, old)
+        try:
+            os.rename(staging, raw)
+        except BaseException:
+            if had_raw:
+                os.rename(old, raw)  # put the untouched tree back before anything else
+            raise
+        fsync_dir(data)
+        if had_raw:
+            _rmtree(old)
+
+    def _after_commit(self, txn: RawTransaction) -> None:
+        from visage_ml import dvcops
+
+        if self.track:
+            try:
+                txn.dvc_md5 = dvcops.track(self.paths.root, self.paths.raw)
+            except dvcops.DvcError as exc:
+                txn.dvc_error = str(exc)
+                log.warning(
+                    "data/raw was written but `dvc add data/raw` failed; run it by hand: %s", exc
+                )
+        core = self._core
+        if core is None:
+            from visage_ml.privacy.core import PrivacyCore
+
+            core = PrivacyCore(self.paths)
+        core.snapshot()
