@@ -818,17 +818,15 @@ def _record_basis(
             given_at=utc_now(),
             evidence_hash=basis.evidence_hash,
         )
-        for pid in pids:
-            core.give_consent(pid, receipt, snapshot=False)
+        core.give_consents(pids, receipt, snapshot=False)
     else:
-        for pid in pids:
-            core.record_basis(
-                pid,
-                purposes=basis.purposes,
-                legal_basis=basis.legal_basis,
-                evidence_hash=basis.evidence_hash,
-                snapshot=False,
-            )
+        core.record_bases(
+            pids,
+            purposes=basis.purposes,
+            legal_basis=basis.legal_basis,
+            evidence_hash=basis.evidence_hash,
+            snapshot=False,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,10 +100,12 @@ class PrivacyCore:
         records: dict[str, dict[str, Any]] = {}
         events: list[tuple[str, str | None, Mapping[str, Any]]] = []
         seen: dict[str, str] = {}
+        refs = [s.external_ref for s in subjects if s.external_ref]
+        known = self.vault.find_many(refs) if refs else {}
         for s in subjects:
             existing = None
             if s.external_ref:
-                existing = seen.get(s.external_ref) or self.vault.find(s.external_ref)
+                existing = seen.get(s.external_ref) or known.get(s.external_ref)
             if existing is not None:
                 pids.append(existing)
                 continue
@@ -145,13 +147,19 @@ class PrivacyCore:
     # -- consent and bases ---------------------------------------------------------------------
     def give_consent(self, pid: str, receipt: ConsentReceipt, *, snapshot: bool = True) -> Entry:
         """Record consent for the receipt's purposes."""
-        self._live(pid)
-        entry = self.ledger.append(
-            "consent.given", pid, {"receipt": receipt.to_dict(), "receipt_hash": receipt.digest()}
-        )
+        return self.give_consents([pid], receipt, snapshot=snapshot)[0]
+
+    def give_consents(
+        self, pids: Sequence[str], receipt: ConsentReceipt, *, snapshot: bool = True
+    ) -> list[Entry]:
+        """Record the same consent receipt for several subjects (one lock, one fsync)."""
+        for pid in pids:
+            self._live(pid)
+        payload = {"receipt": receipt.to_dict(), "receipt_hash": receipt.digest()}
+        entries = self.ledger.append_many([("consent.given", pid, payload) for pid in pids])
         if snapshot:
             self.snapshot()
-        return entry
+        return entries
 
     def record_basis(
         self,
@@ -163,19 +171,35 @@ class PrivacyCore:
         snapshot: bool = True,
     ) -> Entry:
         """Record a legal basis other than consent (e.g. Art. 9(2)(j) research) for purposes."""
-        self._live(pid)
-        entry = self.ledger.append(
-            "basis.recorded",
-            pid,
-            {
-                "purposes": list(check_purposes(purposes)),
-                "legal_basis": list(check_basis(legal_basis)),
-                "evidence_hash": evidence_hash,
-            },
-        )
+        return self.record_bases(
+            [pid],
+            purposes=purposes,
+            legal_basis=legal_basis,
+            evidence_hash=evidence_hash,
+            snapshot=snapshot,
+        )[0]
+
+    def record_bases(
+        self,
+        pids: Sequence[str],
+        *,
+        purposes: Iterable[str],
+        legal_basis: Iterable[str],
+        evidence_hash: str | None = None,
+        snapshot: bool = True,
+    ) -> list[Entry]:
+        """:meth:`record_basis` for several subjects (one lock, one fsync)."""
+        for pid in pids:
+            self._live(pid)
+        payload = {
+            "purposes": list(check_purposes(purposes)),
+            "legal_basis": list(check_basis(legal_basis)),
+            "evidence_hash": evidence_hash,
+        }
+        entries = self.ledger.append_many([("basis.recorded", pid, payload) for pid in pids])
         if snapshot:
             self.snapshot()
-        return entry
+        return entries
 
     def withdraw_consent(
         self, pid: str, purposes: Iterable[str] | None = None, *, snapshot: bool = True

@@ -92,6 +92,16 @@ class IdentityVault:
         """The pid recorded for ``external_ref``, or None."""
         return self._read_index().get(self._blind(external_ref))
 
+    def find_many(self, external_refs: Iterable[str]) -> dict[str, str]:
+        """``{external_ref: pid}`` for the references already in the vault (one index read)."""
+        index = self._read_index()
+        found = {}
+        for ref in external_refs:
+            pid = index.get(self._blind(ref))
+            if pid is not None:
+                found[ref] = pid
+        return found
+
     # -- records -------------------------------------------------------------------------------
     def _record_path(self, pid: str) -> Path:
         return self.records_dir / f"{check_pid(pid)}.bin"
@@ -111,6 +121,7 @@ class IdentityVault:
                 )
         with file_lock(self._lock):
             index = self._read_index()
+            by_pid = {v: k for k, v in index.items()}
             for pid, record in records.items():
                 key = self.keys.get(pid, create=True)
                 blob = seal(
@@ -119,8 +130,12 @@ class IdentityVault:
                 atomic_write_bytes(self._record_path(pid), blob, mode=0o600)
                 ref = record.get("external_ref")
                 if ref:
-                    index = {k: v for k, v in index.items() if v != pid}
-                    index[self._blind(str(ref))] = pid
+                    old = by_pid.get(pid)
+                    if old is not None:
+                        index.pop(old, None)
+                    blind = self._blind(str(ref))
+                    index[blind] = pid
+                    by_pid[pid] = blind
             atomic_write_json(self._index_path, index, mode=0o600, indent=None)
 
     def get(self, pid: str) -> dict[str, Any]:
