@@ -1,0 +1,150 @@
+"""MTCNN wrapper: faces found where SynthFaces put them, landmark order, alignment, input modes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visage_ml.config import SynthDifficulty, SynthParams
+from visage_ml.data.detect import Detection, FaceDetector, detect_and_align, pick_face
+from visage_ml.data.synth import make_population, render_face
+from visage_ml.preprocess import similarity_transform, template
+
+pytest.importorskip("facenet_pytorch")
+
+# Mild nuisance: these tests check the wrapper, not SynthFaces' difficulty.
+EASY = SynthParams(
+    difficulty=SynthDifficulty(
+        pose=0.2,
+        scale_shift=0.2,
+        illumination=0.2,
+        expression=0.2,
+        occlusion=0.0,
+        blur=0.0,
+        noise=0.1,
+        jpeg_quality=(90, 95),
+        clutter=0.2,
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[tuple[Image.Image, np.ndarray]]:
+    people = make_population(EASY, seed=21)[:6]
+    return [
+        render_face(p, rng=np.random.default_rng([21, k]), params=EASY)
+        for k, p in enumerate(people)
+    ]
+
+
+def test_finds_each_face_with_landmarks_in_template_order(detector, faces):
+    results = detector.detect([im for im, _ in faces])
+    assert len(results) == len(faces)
+    for dets, (_, truth) in zip(results, faces, strict=True):
+        assert dets, "no face found"
+        best = dets[0]
+        assert best.prob >= 0.9
+        assert [d.prob for d in dets] == sorted((d.prob for d in dets), reverse=True)
+        iod = np.linalg.norm(truth[1] - truth[0])
+        # same order as TEMPLATE_112: each detected point is nearest to its own true point
+        dist = np.linalg.norm(best.landmarks[:, None, :] - truth[None, :, :], axis=2)
+        assert (dist.argmin(axis=1) == np.arange(5)).all()
+        assert np.linalg.norm(best.landmarks - truth, axis=1).mean() < 0.2 * iod
+        x1, y1, x2, y2 = best.box
+        assert x1 < truth[:, 0].min() and truth[:, 0].max() < x2
+        assert y1 < truth[:, 1].min() and truth[:, 1].max() < y2
+
+
+def test_detect_and_align_returns_uint8_crops_and_zero_rows_for_misses(detector, faces):
+    blank = Image.new("RGB", (160, 160), (120, 120, 120))
+    images = [faces[0][0], blank, faces[1][0]]
+    crops, chosen = detect_and_align(detector, images, size=112, min_prob=0.9)
+    assert crops.shape == (3, 112, 112, 3) and crops.dtype == np.uint8
+    assert chosen[1] is None and not crops[1].any()
+    assert isinstance(chosen[0], Detection) and crops[0].std() > 10
+    # alignment maps the face's true landmarks onto the template
+    for k, face in ((0, faces[0]), (2, faces[1])):
+        m = similarity_transform(chosen[k].landmarks, template(112))
+        mapped = face[1] @ m[:, :2].T + m[:, 2]
+        assert np.linalg.norm(mapped - template(112), axis=1).max() < 8.0
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda im: im.convert("L"),
+        lambda im: im.convert("RGBA"),
+        lambda im: np.asarray(im.convert("L")),
+        lambda im: np.asarray(im.convert("RGBA")),
+        lambda im: np.asarray(im.convert("L"))[:, :, None],
+    ],
+    ids=["pil-grey", "pil-rgba", "array-grey", "array-rgba", "array-grey-1ch"],
+)
+def test_grey_and_rgba_inputs_are_converted(detector, faces, convert):
+    image, truth = faces[0]
+    crops, chosen = detect_and_align(detector, [convert(image)], size=64, min_prob=0.5)
+    assert chosen[0] is not None
+    assert crops.shape == (1, 64, 64, 3)
+    iod = np.linalg.norm(truth[1] - truth[0])
+    assert np.linalg.norm(chosen[0].landmarks - truth, axis=1).mean() < 0.25 * iod
+
+
+def test_images_of_different_sizes_keep_their_order(detector, faces):
+    small = faces[2][0].resize((120, 120))
+    results = detector.detect([faces[0][0], small, faces[1][0]])
+    assert all(results)
+    scale = 120 / 160
+    np.testing.assert_allclose(results[1][0].landmarks, faces[2][1] * scale, atol=0.2 * 35 * scale)
+
+
+def test_empty_input_and_images_smaller_than_the_smallest_face(detector):
+    assert detector.detect([]) == []
+    crops, chosen = detect_and_align(detector, [], size=112, min_prob=0.9)
+    assert crops.shape == (0, 112, 112, 3) and chosen == []
+    tiny = Image.new("RGB", (12, 12), (200, 150, 120))
+    assert detector.detect([tiny]) == [[]]
+
+
+def test_bad_arrays_are_refused_with_a_hint(detector):
+    with pytest.raises(ValueError, match="uint8"):
+        detector.detect([np.zeros((32, 32, 3), dtype=np.float32)])
+
+
+def test_pick_face_takes_the_largest_confident_face():
+    lm = np.zeros((5, 2))
+    small = Detection((0, 0, 10, 10), 0.99, lm)
+    big = Detection((0, 0, 50, 50), 0.95, lm)
+    unsure = Detection((0, 0, 90, 90), 0.5, lm)
+    assert pick_face([small, big, unsure], min_prob=0.9) is big
+    assert pick_face([unsure], min_prob=0.9) is None
+
+
+@pytest.mark.slow
+def test_planted_group_contrast_raises_that_groups_miss_rate(detector):
+    base = SynthParams(n_identities=400)
+    planted = dataclasses.replace(base, group_contrast=(1.0, 1.0, 1.0, 0.35))
+    people = make_population(base, seed=8)
+    g1 = [p for p in people if p.group == "g1"][:40]
+    g4 = [p for p in people if p.group == "g4"][:40]
+
+    def miss_rate(group: list, params: SynthParams) -> float:
+        images = [
+            render_face(p, rng=np.random.default_rng([8, k]), params=params)[0]
+            for k, p in enumerate(group)
+        ]
+        _, chosen = detect_and_align(detector, images, size=112, min_prob=0.9)
+        return sum(c is None for c in chosen) / len(chosen)
+
+    assert miss_rate(g4, planted) >= miss_rate(g4, base) + 0.1
+    assert miss_rate(g4, planted) >= miss_rate(g1, planted) + 0.1

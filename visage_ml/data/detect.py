@@ -1,0 +1,214 @@
+"""Face detection with facenet-pytorch's MTCNN, and 5-point alignment of the detected faces.
+
+MTCNN returns, per face, a box, a probability and 5 landmarks ``(x, y)``: the eye on the
+image's left, the eye on the image's right, the nose tip, the mouth corner on the image's left
+and the one on the image's right. That is the order of
+:data:`visage_ml.preprocess.TEMPLATE_112`, so the landmarks go to
+:func:`visage_ml.preprocess.align_face` unchanged (``tests/unit/test_detect.py`` checks the
+order against SynthFaces' true landmarks).
+
+MTCNN batches only images of one size, so :meth:`FaceDetector.detect` groups its input by size.
+The MTCNN weights ship inside the facenet-pytorch wheel; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visage_ml.preprocess import align_face
+
+logger = logging.getLogger(__name__)
+
+MSG_NO_FACENET = (
+    "facenet-pytorch is not installed; install it with "
+    "`pip install --no-deps facenet-pytorch==2.6.0` (see the Makefile's setup target)"
+)
+MSG_BAD_ARRAY = (
+    "image {index}: expected an 8-bit image (H x W, H x W x 1, 3 or 4 channels, dtype uint8), "
+    "got shape {shape} and dtype {dtype}; convert it to uint8 RGB first"
+)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected face: box (x1, y1, x2, y2), probability, and 5x2 landmarks (x, y)."""
+
+    box: tuple[float, float, float, float]
+    prob: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+
+def to_rgb_array(image: Image.Image | np.ndarray, *, index: int = 0) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB view of a PIL image or array (grey is repeated, alpha dropped)."""
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ValueError(MSG_BAD_ARRAY.format(index=index, shape=a.shape, dtype=a.dtype))
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[:, :, :3]
+    return np.ascontiguousarray(a)
+
+
+def _resolve_device(device: str) -> Any:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+class FaceDetector:
+    """All faces in a batch of images, by facenet-pytorch's MTCNN.
+
+    Parameters
+    ----------
+    device
+        ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"``.
+    min_face_size
+        Smallest face (pixels) the image pyramid looks for; larger is faster.
+    thresholds
+        Acceptance thresholds of MTCNN's three stages (P-Net, R-Net, O-Net).
+    batch_size
+        Images per forward pass (within one image size).
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        min_face_size: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        batch_size: int = 64,
+    ) -> None:
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(MSG_NO_FACENET) from exc
+        if min_face_size < 1:
+            raise ValueError(f"min_face_size must be >= 1, got {min_face_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = _resolve_device(device)
+        self.min_face_size = int(min_face_size)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.batch_size = int(batch_size)
+        self._mtcnn = MTCNN(
+            keep_all=True,
+            select_largest=False,
+            min_face_size=self.min_face_size,
+            thresholds=list(self.thresholds),
+            post_process=False,
+            device=self.device,
+        )
+        self._mtcnn.eval()
+
+    def detect(self, images: Sequence[Image.Image | np.ndarray]) -> list[list[Detection]]:
+        """Detect every face in each image.
+
+        Parameters
+        ----------
+        images
+            PIL images or uint8 arrays; grey and RGBA inputs are converted to RGB.
+
+        Returns
+        -------
+        list of list of Detection
+            Per input image, all faces sorted by probability (highest first); empty if none.
+        """
+        arrays = [to_rgb_array(im, index=i) for i, im in enumerate(images)]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, a in enumerate(arrays):
+            by_size.setdefault(a.shape[:2], []).append(i)
+        results: list[list[Detection]] = [[] for _ in arrays]
+        for (h, w), indices in by_size.items():
+            if min(h, w) < self.min_face_size:
+                continue  # no face can be this small; MTCNN's image pyramid would be empty
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                batch = np.stack([arrays[i] for i in chunk])
+                boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+                for k, i in enumerate(chunk):
+                    results[i] = _detections(boxes[k], probs[k], points[k])
+        return results
+
+
+def _detections(boxes: Any, probs: Any, points: Any) -> list[Detection]:
+    if boxes is None:
+        return []
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    lm = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2)
+    order = np.argsort(-p, kind="stable")
+    return [
+        Detection(
+            box=(float(b[j, 0]), float(b[j, 1]), float(b[j, 2]), float(b[j, 3])),
+            prob=float(p[j]),
+            landmarks=lm[j].copy(),
+        )
+        for j in order
+    ]
+
+
+def pick_face(detections: Sequence[Detection], *, min_prob: float) -> Detection | None:
+    """The largest face with probability >= ``min_prob``, or ``None``."""
+    confident = [d for d in detections if d.prob >= min_prob]
+    if not confident:
+        return None
+    return max(confident, key=lambda d: d.area)
+
+
+def detect_and_align(
+    detector: FaceDetector,
+    images: Sequence[Image.Image | np.ndarray],
+    *,
+    size: int,
+    min_prob: float,
+) -> tuple[np.ndarray, list[Detection | None]]:
+    """Detect, keep the largest confident face per image and align it to the 5-point template.
+
+    Parameters
+    ----------
+    detector
+        The MTCNN wrapper.
+    images
+        PIL images or uint8 arrays (grey and RGBA are converted to RGB).
+    size
+        Side of the aligned square crops.
+    min_prob
+        Faces below this probability are ignored.
+
+    Returns
+    -------
+    crops, faces
+        ``(N, size, size, 3)`` uint8 crops (all zeros where no face was found) and the chosen
+        detection per image (``None`` for a miss).
+    """
+    arrays = [to_rgb_array(im, index=i) for i, im in enumerate(images)]
+    crops = np.zeros((len(arrays), size, size, 3), dtype=np.uint8)
+    chosen: list[Detection | None] = []
+    for i, dets in enumerate(detector.detect(arrays)):
+        face = pick_face(dets, min_prob=min_prob)
+        chosen.append(face)
+        if face is not None:
+            crops[i] = align_face(arrays[i], face.landmarks, size)
+    misses = sum(f is None for f in chosen)
+    if misses:
+        logger.debug("no face with prob >= %.2f in %d of %d images", min_prob, misses, len(chosen))
+    return crops, chosen
