@@ -28,3 +28,75 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VISAGE_PROJECT", str(root))
     monkeypatch.delenv("VISAGE_MASTER_KEY", raising=False)
     return root
+
+
+# Tiny SynthFaces: small enough that a stage runs in seconds, large enough for every group.
+TINY = {
+    "synth.n_identities": 16,
+    "synth.images_per_identity": [3, 4],
+    "synth.n_scenes": 2,
+    "synth.consent.training": 1.0,
+    "synth.consent.evaluation": 1.0,
+    "synth.consent.identification": 1.0,
+    "synth.consent.restricted": 0.0,
+    "synth.consent.objected": 0.0,
+    "prepare.split.val": 0.15,
+    "prepare.split.test": 0.3,
+}
+
+
+def write_overrides(params_file: Path, overrides: dict) -> None:
+    """Apply dotted-key overrides to a params.yaml in place."""
+    import yaml
+
+    raw = yaml.safe_load(params_file.read_text())
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def init_dvc_repo(root: Path) -> None:
+    """Make ``root`` a git + DVC repository running the repository's dvc.yaml.
+
+    ``visage_ml`` is linked in because dvc.yaml lists the stage code as dependencies.
+    """
+    import subprocess
+    import sys
+
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
+    (root / "visage_ml").symlink_to(REPO / "visage_ml")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    for cmd in (
+        ["git", "init", "-q"],
+        [dvc, "init", "-q"],
+        [dvc, "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "project"],
+    ):
+        subprocess.run(cmd, cwd=root, check=True, env=env, capture_output=True)
+
+
+@pytest.fixture
+def tiny_project(project: Path):
+    """Factory: the `project` root with TINY params (+ overrides), optionally DVC-backed."""
+
+    def make(overrides: dict | None = None, *, dvc: bool = False) -> Path:
+        write_overrides(project / "params.yaml", {**TINY, **(overrides or {})})
+        if dvc:
+            init_dvc_repo(project)
+        return project
+
+    return make

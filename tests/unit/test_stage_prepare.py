@@ -1,0 +1,79 @@
+"""Stage prepare on a tiny SynthFaces set: consent filtering, outputs, DVC staleness."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.stages import prepare
+
+
+def test_prepare_outputs_and_withdrawn_subject_is_absent(tiny_project):
+    root = tiny_project()
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    report = prepare.run(paths)
+    faces = np.load(paths.processed / "faces.u8.npy", mmap_mode="r")
+    manifest = pd.read_parquet(paths.processed / "manifest.parquet")
+    assert faces.shape == (len(manifest), 112, 112, 3) and faces.dtype == np.uint8
+    assert (manifest["row"].to_numpy() == np.arange(len(manifest))).all()
+    assert report["faces_aligned"] == len(manifest) > 30
+    assert report["miss_rate"] < 0.1
+    # identity-disjoint splits
+    by_split = manifest.groupby("split")["pid"].apply(set)
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"])
+    splits = json.loads((paths.processed / "splits.json").read_text())
+    assert set(splits["test"]) == by_split["test"]
+
+    victim = manifest.loc[manifest.split == "train", "pid"].iloc[0]
+    PrivacyCore(paths).withdraw_consent(victim, ["training"])
+    report2 = prepare.run(paths)
+    manifest2 = pd.read_parquet(paths.processed / "manifest.parquet")
+    assert victim not in set(manifest2.pid)
+    assert len(np.load(paths.processed / "faces.u8.npy", mmap_mode="r")) < len(faces)
+    assert report2["subjects_excluded"] == {"no_training_basis": 1}
+    detection = pd.read_parquet(paths.processed / "detection.parquet")
+    assert victim not in set(detection.pid)  # not even opened
+
+
+def test_prepare_without_data_says_what_to_do(tiny_project, capsys, monkeypatch):
+    root = tiny_project()
+    monkeypatch.chdir(root)
+    assert prepare.main() == 2
+    assert "visage data synth" in capsys.readouterr().err
+
+
+@pytest.mark.pipeline
+def test_dvc_repro_prepare_then_consent_change_makes_it_stale(tiny_project):
+    root = tiny_project(dvc=True)
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "DVC_NO_ANALYTICS": "1",
+        "HOME": str(root),
+    }
+
+    def run(*args):
+        return subprocess.run([dvc, *args], cwd=root, env=env, capture_output=True, text=True)
+
+    first = run("repro", "prepare")
+    assert first.returncode == 0, first.stderr
+    again = run("repro", "prepare")
+    assert "didn't change, skipping" in again.stdout + again.stderr
+    before = len(pd.read_parquet(paths.processed / "manifest.parquet"))
+    victim = pd.read_parquet(paths.processed / "manifest.parquet").pid.iloc[0]
+    PrivacyCore(paths).withdraw_consent(victim)
+    status = run("status", "prepare")
+    assert "consents.parquet" in status.stdout
+    assert run("repro", "prepare").returncode == 0
+    manifest = pd.read_parquet(paths.processed / "manifest.parquet")
+    assert victim not in set(manifest.pid) and len(manifest) < before
