@@ -454,12 +454,16 @@ class PrepareParams:
 
 @dataclass(frozen=True)
 class MarginParams:
-    """``CombinedMarginLoss(s, m1, m2, m3)``: cos(m1*theta + m2) - m3, scaled by s."""
+    """``CombinedMarginLoss(s, m1, m2, m3)``: cos(m1*theta + m2) - m3, scaled by s.
+
+    ``head: arcface`` uses ``(1, m2, 0)``, ``cosface`` ``(1, 0, m3)``, ``combined`` all three;
+    ``softmax`` only ``s`` (the scale of the embeddings fed to its linear classifier).
+    """
 
     s: float = field(default=32.0, metadata=rng(gt=0, le=256))
     m1: float = field(default=1.0, metadata=rng(ge=0.5, le=4))
     m2: float = field(default=0.3, metadata=rng(ge=0, le=1.5))
-    m3: float = field(default=0.0, metadata=rng(ge=0, le=1))
+    m3: float = field(default=0.35, metadata=rng(ge=0, le=1))
 
 
 @dataclass(frozen=True)
@@ -475,21 +479,22 @@ class TrainEmbedderParams:
 
     backbone: str = "mobilefacenet"
     init: str = "scratch"
-    input_size: int = field(default=112, metadata=rng(ge=32, le=512))
+    input_size: int = field(default=96, metadata=rng(ge=32, le=512))
     embedding_dim: int = field(default=128, metadata=rng(ge=8, le=2048))
     head: Literal["arcface", "cosface", "combined", "softmax"] = "arcface"
     margin: MarginParams = MarginParams()
     sampling: Literal["uniform", "class_balanced", "group_balanced"] = "uniform"
-    epochs: int = field(default=10, metadata=rng(ge=1, le=10_000))
-    batch_size: int = field(default=128, metadata=rng(ge=2, le=65_536))
-    lr: float = field(default=3e-3, metadata=rng(gt=0, le=10))
+    epochs: int = field(default=6, metadata=rng(ge=1, le=10_000))
+    batch_size: int = field(default=64, metadata=rng(ge=2, le=65_536))
+    lr: float = field(default=6e-3, metadata=rng(gt=0, le=10))
     weight_decay: float = field(default=0.05, metadata=rng(ge=0, le=10))
     warmup_epochs: float = field(default=1.0, metadata=rng(ge=0, le=1000))
-    early_stopping_patience: int = field(default=4, metadata=rng(ge=1, le=1000))
+    early_stopping_patience: int = field(default=3, metadata=rng(ge=1, le=1000))
     val_far: float = field(default=1e-2, metadata=rng(gt=0, lt=1))
     augment: AugmentParams = AugmentParams()
     device: Device = "auto"
-    num_workers: int = field(default=0, metadata=rng(ge=0, le=256))
+    # autocast: auto = bf16 on CUDA, fp32 on the CPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_minutes: float = field(default=0.0, metadata=rng(ge=0))
 
 
@@ -499,16 +504,18 @@ class TrainDemographicsParams:
 
     backbone: str = "demographic_cnn"
     input_size: int = field(default=64, metadata=rng(ge=32, le=512))
-    epochs: int = field(default=8, metadata=rng(ge=1, le=10_000))
-    batch_size: int = field(default=128, metadata=rng(ge=2, le=65_536))
+    epochs: int = field(default=12, metadata=rng(ge=1, le=10_000))
+    batch_size: int = field(default=64, metadata=rng(ge=2, le=65_536))
     lr: float = field(default=3e-3, metadata=rng(gt=0, le=10))
     weight_decay: float = field(default=0.01, metadata=rng(ge=0, le=10))
     warmup_epochs: float = field(default=0.5, metadata=rng(ge=0, le=1000))
     group_balanced_loss: bool = False
     age_bands: tuple[int, ...] = field(default=(18, 30, 45, 60), metadata=rng(ge=0, le=120))
+    early_stopping_patience: int = field(default=12, metadata=rng(ge=1, le=1000))
     augment: AugmentParams = AugmentParams()
     device: Device = "auto"
-    num_workers: int = field(default=0, metadata=rng(ge=0, le=256))
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    max_minutes: float = field(default=0.0, metadata=rng(ge=0))
 
 
 @dataclass(frozen=True)
@@ -570,9 +577,22 @@ class GalleryParams:
 
 @dataclass(frozen=True)
 class AnalyticsParams:
+    """Analytics mode: counts per window, cells below ``k_min`` suppressed, Laplace noise."""
+
     k_min: int = field(default=5, metadata=rng(ge=1, le=10_000))
     window_seconds: float = field(default=60.0, metadata=rng(gt=0))
+    # Privacy budget per released count table (0 = no noise).
     epsilon: float = field(default=0.0, metadata=rng(ge=0))
+    # Closed windows kept in memory for GET /v1/analytics/windows.
+    keep_windows: int = field(default=60, metadata=rng(ge=1, le=100_000))
+
+
+@dataclass(frozen=True)
+class AuthParams:
+    """Failed API-key attempts allowed per client address within a sliding window."""
+
+    max_failures: int = field(default=10, metadata=rng(ge=1, le=1_000_000))
+    window_seconds: float = field(default=60.0, metadata=rng(gt=0))
 
 
 @dataclass(frozen=True)
@@ -581,17 +601,27 @@ class ServingParams:
 
     host: str = "127.0.0.1"
     port: int = field(default=8000, metadata=rng(ge=1, le=65535))
+    # full: identification, verification, enrolment and analytics; analytics: counts only
+    # (the embedder is never loaded).
+    mode: Literal["full", "analytics"] = "full"
     max_request_bytes: int = field(default=10_000_000, metadata=rng(ge=1024))
     max_image_pixels: int = field(default=40_000_000, metadata=rng(ge=1024))
     max_faces: int = field(default=32, metadata=rng(ge=1, le=4096))
+    batch_size: int = field(default=32, metadata=rng(ge=1, le=4096))
     analytics: AnalyticsParams = AnalyticsParams()
+    auth: AuthParams = AuthParams()
 
 
 @dataclass(frozen=True)
 class PrivacyParams:
     """Data-subject rights: deadlines and how erasure treats derived data."""
 
+    # Art. 12(3): answer within one month of receipt (30 days) ...
     deadline_days: int = field(default=30, metadata=rng(ge=1, le=366))
+    # ... extendable by up to two further months where necessary, with a reason.
+    max_extension_days: int = field(default=60, metadata=rng(ge=0, le=366))
+    # Erasure: `purge` rewrites data/processed without the subject's rows (seconds);
+    # `rebuild` runs `dvc repro prepare` (detection again, minutes on large sets).
     processed_on_erasure: Literal["rebuild", "purge"] = "purge"
 
 

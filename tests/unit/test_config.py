@@ -40,7 +40,7 @@ def test_bad_value_names_file_key_found_and_accepted(snippet, key, accepted):
 
 
 def test_cli_exits_nonzero_naming_the_key(project: Path):
-    text = (project / "params.yaml").read_text().replace("lr: 0.003", "lr: -0.5", 1)
+    text = (project / "params.yaml").read_text().replace("lr: 0.006", "lr: -0.5", 1)
     (project / "params.yaml").write_text(text)
     result = CliRunner().invoke(app, ["config", "show"])
     assert result.exit_code == 2

@@ -1,0 +1,102 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_fakes import write_processed
+
+from visage_ml.config import ProjectPaths, load_params, write_params
+from visage_ml.models.checkpoint import load_model, resume_files
+
+TINY = {
+    "train_embedder.input_size": 48,
+    "train_embedder.embedding_dim": 32,
+    "train_embedder.epochs": 2,
+    "train_embedder.batch_size": 16,
+    "train_embedder.margin.s": 16.0,
+    "train_embedder.sampling": "group_balanced",
+    "train_demographics.input_size": 32,  # crops are 48 px: resized once at load
+    "train_demographics.epochs": 2,
+    "train_demographics.batch_size": 16,
+    "train_demographics.group_balanced_loss": True,
+}
+
+
+def _configure(project: Path, **extra) -> None:
+    params = load_params(project / "params.yaml", overrides={**TINY, **extra})
+    write_params(params, project / "params.yaml")
+
+
+@pytest.fixture
+def tiny_project(project: Path) -> Path:
+    write_processed(project, n_ids=12, per_id=6, size=48)
+    _configure(project)
+    return project
+
+
+def test_training_stages_write_models_reports_and_checkpoints(tiny_project: Path, caplog):
+    from visage_ml.stages import train_demographics, train_embedder
+
+    paths = ProjectPaths.discover()
+    report = train_embedder.run(paths, progress=False)
+    saved = json.loads((tiny_project / "reports" / "train_embedder.json").read_text())
+    assert saved == pytest.approx(report)
+    assert saved["epochs_run"] == 2
+    assert 0.0 <= saved["best_val_tar_at_far"] <= 1.0
+    assert saved["train_images"] == 6 * 9  # 2 val identities and 1 test identity held out
+    assert {"final_loss", "images_per_second", "train_seconds"} <= saved.keys()
+
+    model, meta = load_model(tiny_project / "models" / "embedder.pt")
+    assert meta["kind"] == "embedder"
+    assert meta["preprocess"]["input_size"] == 48
+    assert len(meta["data_md5"]) == 32
+    with torch.no_grad():
+        emb = model(torch.zeros(2, 3, 48, 48))
+    assert emb.shape == (2, 32)
+    ckpts = resume_files(tiny_project / "models" / "checkpoints" / "embedder")
+    assert [p.name for p in ckpts] == ["epoch-0001.pt", "epoch-0002.pt"]
+
+    rep = train_demographics.run(paths, progress=False)
+    assert {"val_gender_accuracy", "val_group_accuracy", "val_age_mae"} <= rep.keys()
+    demo, dmeta = load_model(tiny_project / "models" / "demographics.pt")
+    assert dmeta["labels"]["group"] == ["g1", "g2", "g3", "g4"]
+    with torch.no_grad():
+        age, gender, group = demo(torch.zeros(3, 3, 32, 32))
+    assert age.shape == (3,) and gender.shape == (3, 2) and group.shape == (3, 4)
+
+    # Re-running with the same params and data resumes the finished run: same model.
+    version = meta["model_version"]
+    with caplog.at_level("INFO"):
+        train_embedder.run(paths, progress=False)
+    assert "resuming from" in caplog.text
+    assert load_model(tiny_project / "models" / "embedder.pt")[1]["model_version"] == version
+
+    # Changed params: the old checkpoints are not resumed, and the log says so.
+    caplog.clear()
+    _configure(tiny_project, **{"train_embedder.epochs": 1})
+    with caplog.at_level("INFO"):
+        train_embedder.run(paths, progress=False)
+    assert "starting fresh" in caplog.text
+    assert (
+        json.loads((tiny_project / "reports" / "train_embedder.json").read_text())["epochs_run"]
+        == 1
+    )
+
+    import mlflow
+
+    mlflow.set_tracking_uri(paths.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["visage"])
+    stages = set(runs["tags.visage.stage"])
+    assert stages == {"train_embedder", "train_demographics"}
+    emb_run = runs[runs["tags.visage.stage"] == "train_embedder"].iloc[-1]
+    assert emb_run["params.train_embedder.backbone"] == "mobilefacenet"
+    assert np.isfinite(emb_run["metrics.images_per_second"])
+
+
+def test_missing_processed_data_says_to_run_prepare(project: Path):
+    from visage_ml.stages import train_embedder
+
+    assert train_embedder.main() == 2
+    with pytest.raises(FileNotFoundError, match="dvc repro prepare"):
+        train_embedder.run(ProjectPaths.discover(), progress=False)

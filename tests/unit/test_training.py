@@ -1,0 +1,208 @@
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from train_fakes import fake_faces
+
+from visage_ml.models.backbones import create_backbone
+from visage_ml.models.demographic import create_demographic_net
+from visage_ml.models.heads import create_head
+from visage_ml.preprocess import standardize
+from visage_ml.training import (
+    AugmentConfig,
+    DemographicTargets,
+    LoopConfig,
+    augment_batch,
+    epoch_batches,
+    fit_demographics,
+    fit_embedder,
+    lr_factor,
+    resolve_device,
+    seed_everything,
+    verification_pairs,
+)
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def faces():
+    imgs, ids = fake_faces(10, 6, SIZE)
+    return imgs, ids
+
+
+def _fit(faces, *, epochs=3, resume=None, on_epoch_end=None, **cfg):
+    imgs, ids = faces
+    train, val = np.where(ids >= 3)[0], np.where(ids < 3)[0]
+    seed_everything(1)
+    model = create_backbone("mobilefacenet", embedding_dim=32, input_size=SIZE)
+    head = create_head("arcface", embedding_dim=32, num_classes=7, s=16.0, m2=0.2)
+    config = LoopConfig(
+        epochs=epochs, batch_size=8, lr=3e-3, progress=False, seed=5, device="cpu", **cfg
+    )
+    return fit_embedder(
+        model,
+        head,
+        images=imgs,
+        rows=train,
+        labels=ids[train] - 3,
+        val_rows=val,
+        val_labels=ids[val],
+        config=config,
+        resume=resume,
+        on_epoch_end=on_epoch_end,
+    )
+
+
+def _roundtrip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_tiny_run_lowers_the_loss_and_resumes_exactly(faces):
+    saved = {}
+    first = _fit(faces, on_epoch_end=lambda rec, st: saved.update({rec["epoch"]: _roundtrip(st)}))
+    losses = [h["loss"] for h in first.history]
+    assert losses[-1] < 0.6 * losses[0]
+    assert first.epochs_run == 3 and first.stopped == "completed"
+    assert 0.0 <= first.best_metric <= 1.0
+    assert first.images_per_second > 0
+
+    # Resuming after epoch 1 (from a weights_only round trip) repeats epochs 2-3 bit for bit.
+    resumed = _fit(faces, resume=saved[1])
+    steps = len(first.step_losses) // 3
+    assert resumed.step_losses[0] == first.step_losses[steps]
+    assert resumed.step_losses == first.step_losses[steps:]
+    assert [h["loss"] for h in resumed.history] == losses
+    for k, v in first.best_state.items():
+        assert torch.equal(v, resumed.best_state[k]), k
+
+
+def test_a_finished_run_resumes_to_its_result(faces):
+    saved = {}
+    first = _fit(faces, epochs=1, on_epoch_end=lambda rec, st: saved.update(st=_roundtrip(st)))
+    again = _fit(faces, epochs=1, resume=saved["st"])
+    assert again.step_losses == []
+    assert again.history == first.history
+    assert again.best_metric == first.best_metric
+
+
+def test_step_and_time_budgets_stop_early(faces):
+    result = _fit(faces, epochs=5, max_steps=3)
+    assert result.stopped == "max_steps"
+    assert len(result.step_losses) == 3
+    result = _fit(faces, epochs=50, max_minutes=1e-6)
+    assert result.stopped == "time_budget"
+    assert result.epochs_run == 1
+
+
+def test_group_balanced_sampling_evens_out_groups():
+    rng = np.random.default_rng(0)
+    groups = np.array([0] * 900 + [1] * 60 + [2] * 30 + [3] * 10)
+    drawn = np.concatenate(
+        epoch_batches(n=1000, batch_size=100, sampling="group_balanced", rng=rng, groups=groups)
+    )
+    shares = np.bincount(groups[drawn], minlength=4) / len(drawn)
+    assert np.all(np.abs(shares - 0.25) < 0.05)
+    uniform = np.concatenate(epoch_batches(n=1000, batch_size=100, sampling="uniform", rng=rng))
+    assert sorted(uniform.tolist()) == list(range(1000))
+
+
+def test_class_balanced_sampling_and_bad_choice():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 90 + [1] * 10)
+    drawn = np.concatenate(
+        epoch_batches(n=100, batch_size=10, sampling="class_balanced", rng=rng, labels=labels)
+    )
+    assert 0.35 < np.mean(labels[drawn] == 1) < 0.65
+    with pytest.raises(ValueError, match="uniform, class_balanced, group_balanced"):
+        epoch_batches(n=10, batch_size=2, sampling="balanced", rng=rng)
+
+
+def test_augmentation_is_seeded_and_off_means_standardise_only():
+    x = torch.from_numpy(fake_faces(2, 2, 24)[0])
+    cfg = AugmentConfig(flip=True, color_jitter=0.3, crop_scale=(0.7, 1.0))
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    b = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    assert a.shape == (4, 3, 24, 24) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    plain = augment_batch(x, AugmentConfig(False, 0.0, (1.0, 1.0)), torch.Generator())
+    assert torch.equal(plain, standardize(x.permute(0, 3, 1, 2).float()))
+    flipped = augment_batch(
+        x, AugmentConfig(True, 0.0, (1.0, 1.0)), torch.Generator().manual_seed(0)
+    )
+    for i in range(4):
+        assert torch.equal(flipped[i], plain[i]) or torch.equal(flipped[i], plain[i].flip(2))
+
+
+def test_lr_warms_up_then_decays():
+    f = [lr_factor(s, warmup_steps=10, total_steps=100) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(f[10:]))
+    assert f[-1] < 0.05
+
+
+def test_verification_pairs_hold_all_genuine_and_sampled_impostors():
+    labels = np.repeat(np.arange(20), 5)
+    pairs, genuine = verification_pairs(labels, max_impostors=300, seed=0)
+    assert genuine.sum() == 20 * 10
+    assert (~genuine).sum() == 300
+    assert np.all(labels[pairs[genuine, 0]] == labels[pairs[genuine, 1]])
+    assert np.all(labels[pairs[~genuine, 0]] != labels[pairs[~genuine, 1]])
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="'auto' or 'cpu'"):
+        resolve_device("cuda")
+
+
+def test_demographic_training_reports_validation_metrics(faces):
+    imgs, ids = faces
+    train, val = np.where(ids >= 3)[0], np.where(ids < 3)[0]
+    age = (20 + 5 * ids).astype(np.float32)
+    targets = DemographicTargets(age=age, gender=ids % 2, group=ids % 4)
+
+    def sub(rows):
+        return DemographicTargets(age[rows], (ids % 2)[rows], (ids % 4)[rows])
+
+    seed_everything(0)
+    net = create_demographic_net("demographic_cnn", input_size=SIZE, age_mean=40, age_std=15)
+    result = fit_demographics(
+        net,
+        images=imgs,
+        rows=train,
+        targets=sub(train),
+        val_rows=val,
+        val_targets=sub(val),
+        group_balanced_loss=True,
+        config=LoopConfig(epochs=3, batch_size=8, lr=3e-3, progress=False, device="cpu"),
+    )
+    assert targets.age.shape == ids.shape
+    assert set(result.val_metrics) >= {"val_gender_accuracy", "val_group_accuracy", "val_age_mae"}
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.best_state.keys() == net.state_dict().keys()
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_runs_and_learns():
+    imgs, ids = fake_faces(16, 8, 64)
+    seed_everything(0)
+    model = create_backbone("resnet18", embedding_dim=64, input_size=64)
+    head = create_head("arcface", embedding_dim=64, num_classes=16, s=16.0, m2=0.2)
+    result = fit_embedder(
+        model,
+        head,
+        images=imgs,
+        rows=np.arange(len(ids)),
+        labels=ids,
+        config=LoopConfig(epochs=4, batch_size=32, lr=2e-3, device="cuda", progress=False),
+    )
+    assert result.device.startswith("cuda")
+    assert np.isfinite(result.step_losses).all()
+    assert result.history[-1]["loss"] < result.history[0]["loss"]

@@ -1,0 +1,68 @@
+"""Fake processed data for the training tests: learnable 'faces' without real images.
+
+Each identity is a smooth random colour pattern; its images add noise and a brightness shift,
+so a small network can tell identities apart within a few epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+GROUPS = ("g1", "g2", "g3", "g4")
+
+
+def fake_faces(
+    n_ids: int, per_id: int, size: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(faces (n_ids*per_id, size, size, 3) uint8, identity (n,) int)``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    faces, ids = [], []
+    for i in range(n_ids):
+        proto = rng.uniform(0, 255, size=(6, 6, 3)).astype(np.uint8)
+        base = np.asarray(
+            Image.fromarray(proto).resize((size, size), Image.Resampling.BILINEAR), np.float32
+        )
+        for _ in range(per_id):
+            img = base + rng.normal(0, 20, base.shape) + rng.uniform(-30, 30)
+            faces.append(np.clip(img, 0, 255).astype(np.uint8))
+            ids.append(i)
+    return np.stack(faces), np.asarray(ids)
+
+
+def write_processed(root: Path, *, n_ids: int = 12, per_id: int = 6, size: int = 48) -> None:
+    """A ``data/processed`` folder as the prepare stage writes it (faces memmap + manifest)."""
+    import pandas as pd
+
+    faces, ids = fake_faces(n_ids, per_id, size)
+    rng = np.random.default_rng(1)
+    processed = root / "data" / "processed"
+    processed.mkdir(parents=True, exist_ok=True)
+    np.save(processed / "faces.u8.npy", faces)
+    pids = [f"p{rng.integers(0, 2**63):016x}" for _ in range(n_ids)]
+    n_val = max(2, n_ids // 5)
+    split_of = ["val" if i < n_val else "train" for i in range(n_ids)]
+    split_of[-1] = "test"
+    # Attributes vary with the identity so the demographic net has something to learn.
+    age_of = rng.integers(18, 80, n_ids)
+    manifest = pd.DataFrame(
+        {
+            "row": np.arange(len(ids)),
+            "pid": [pids[i] for i in ids],
+            "image_id": [f"i{k:06d}" for k in range(len(ids))],
+            "source_sha256": ["0" * 64] * len(ids),
+            "split": [split_of[i] for i in ids],
+            "age": [int(age_of[i]) for i in ids],
+            "gender": ["female" if i % 2 else "male" for i in ids],
+            "group": [GROUPS[i % 4] for i in ids],
+            "det_prob": np.ones(len(ids)),
+            "box_x1": np.zeros(len(ids)),
+            "box_y1": np.zeros(len(ids)),
+            "box_x2": np.full(len(ids), float(size)),
+            "box_y2": np.full(len(ids), float(size)),
+        }
+    )
+    manifest.to_parquet(processed / "manifest.parquet", index=False)

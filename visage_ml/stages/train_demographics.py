@@ -1,0 +1,194 @@
+"""Stage ``train_demographics``: the separate age / gender / group network.
+
+Reads ``data/processed/{faces.u8.npy, manifest.parquet}`` (crops resized once to
+``train_demographics.input_size``); writes ``models/demographics.pt``, resume checkpoints in
+``models/checkpoints/demographics/`` and ``reports/train_demographics.json``; logs params and
+per-epoch metrics to MLflow. It never loads the identity embedder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from visage_ml.config import GENDERS, GROUPS, ProjectPaths, flatten, load_params, to_dict
+from visage_ml.io import atomic_write_json
+from visage_ml.stages._train_common import (
+    code_hash,
+    epoch_logger,
+    images_at_size,
+    load_processed,
+    start_or_resume,
+)
+
+logger = logging.getLogger(__name__)
+STAGE = "train_demographics"
+KIND = "demographics"
+
+
+def _targets(frame: Any) -> Any:
+    from visage_ml.training import DemographicTargets
+
+    gender = frame["gender"].map({g: i for i, g in enumerate(GENDERS)})
+    group = frame["group"].map({g: i for i, g in enumerate(GROUPS)})
+    if gender.isna().any() or group.isna().any():
+        raise ValueError(
+            f"manifest holds a gender outside {list(GENDERS)} or a group outside {list(GROUPS)}; "
+            "re-run the prepare stage"
+        )
+    return DemographicTargets(
+        age=frame["age"].to_numpy(dtype=np.float32),
+        gender=gender.to_numpy(dtype=np.int64),
+        group=group.to_numpy(dtype=np.int64),
+    )
+
+
+def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Train the demographic net as ``params.yaml`` says; return the report's metrics."""
+    from visage_ml.models.checkpoint import fingerprint, inference_payload, save_checkpoint
+    from visage_ml.models.demographic import create_demographic_net
+    from visage_ml.preprocess import PreprocessSpec
+    from visage_ml.tracking import log_metrics, stage_run
+    from visage_ml.training import AugmentConfig, LoopConfig, fit_demographics, seed_everything
+
+    t_start = time.perf_counter()
+    paths = paths or ProjectPaths.discover()
+    params = load_params(paths.params)
+    p = params.train_demographics
+    seed = params.project.seed
+    data = load_processed(paths)
+    train, val = data.split("train"), data.split("val")
+    if len(train) < 2:
+        raise ValueError("the training split holds fewer than 2 images; add data and re-run")
+    targets, val_targets = _targets(train), _targets(val)
+    n_train = len(train)
+    rows = np.concatenate([train["row"].to_numpy(), val["row"].to_numpy()])
+    images, local = images_at_size(data.faces, rows, p.input_size)
+    train_rows, val_rows = local[:n_train], local[n_train:]
+
+    section = to_dict(p)
+    fp = fingerprint({**section, "code": code_hash()}, data.data_md5, seed=seed)
+    ckpt_dir = paths.models / "checkpoints" / KIND
+    resume = start_or_resume(ckpt_dir, fp)
+
+    seed_everything(seed)
+    age_mean = float(np.mean(targets.age))
+    age_std = max(1.0, float(np.std(targets.age)))
+    model = create_demographic_net(
+        p.backbone, input_size=p.input_size, age_mean=age_mean, age_std=age_std
+    )
+    config = LoopConfig(
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        weight_decay=p.weight_decay,
+        warmup_epochs=p.warmup_epochs,
+        patience=p.early_stopping_patience,
+        augment=AugmentConfig(
+            flip=p.augment.flip,
+            color_jitter=p.augment.color_jitter,
+            crop_scale=tuple(p.augment.crop_scale),
+        ),
+        device=p.device,
+        precision=p.precision,
+        max_minutes=p.max_minutes,
+        seed=seed,
+        progress=progress,
+        desc=KIND,
+    )
+    mlflow_params = {**flatten(p, STAGE), "project.seed": seed}
+    tags = {"visage.data_md5": data.data_md5, "visage.kind": KIND}
+    with stage_run(paths, STAGE, params=mlflow_params, tags=tags):
+        result = fit_demographics(
+            model,
+            images=images,
+            rows=train_rows,
+            targets=targets,
+            val_rows=val_rows if len(val_rows) else None,
+            val_targets=val_targets if len(val_rows) else None,
+            group_balanced_loss=p.group_balanced_loss,
+            config=config,
+            resume=resume,
+            on_epoch_end=epoch_logger(
+                kind=KIND,
+                folder=ckpt_dir,
+                fingerprint=fp,
+                metric_keys=(
+                    "loss",
+                    "val_gender_accuracy",
+                    "val_group_accuracy",
+                    "val_age_mae",
+                    "images_per_s",
+                    "lr",
+                ),
+            ),
+        )
+        val = result.val_metrics
+        report = {
+            "final_loss": result.final_loss,
+            "val_gender_accuracy": val.get("val_gender_accuracy"),
+            "val_group_accuracy": val.get("val_group_accuracy"),
+            "val_age_mae": val.get("val_age_mae"),
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "images_per_second": result.images_per_second,
+            "train_seconds": result.train_seconds,
+            "stage_seconds": time.perf_counter() - t_start,
+            "train_images": n_train,
+            "val_images": len(val_rows),
+        }
+        payload = inference_payload(
+            kind=KIND,
+            config={
+                "backbone": p.backbone,
+                "input_size": p.input_size,
+                "age_mean": age_mean,
+                "age_std": age_std,
+                "age_bands": list(p.age_bands),
+            },
+            preprocess=PreprocessSpec(input_size=p.input_size).to_dict(),
+            state_dict=result.best_state,
+            data_md5=data.data_md5,
+            labels={"gender": list(GENDERS), "group": list(GROUPS), "age_bands": list(p.age_bands)},
+            metrics={k: v for k, v in report.items() if v is not None},
+            params=section,
+        )
+        save_checkpoint(paths.models / f"{KIND}.pt", payload)
+        atomic_write_json(paths.reports / f"{STAGE}.json", report)
+        log_metrics({k: v for k, v in report.items() if isinstance(v, int | float)})
+        import mlflow
+
+        mlflow.set_tags(
+            {
+                "visage.model_version": payload["model_version"],
+                "visage.stopped": result.stopped,
+                "visage.device": result.device,
+            }
+        )
+    logger.info(
+        "demographics %s: val gender acc %s, group acc %s, age MAE %s after %d epochs",
+        payload["model_version"],
+        report["val_gender_accuracy"],
+        report["val_group_accuracy"],
+        report["val_age_mae"],
+        result.epochs_run,
+    )
+    return report
+
+
+def main() -> int:
+    """Entry point of ``python -m visage_ml.stages.train_demographics``; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run()
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Stage ``train_embedder``: the identity embedder on the training split, early-stopped on val.
+
+Reads ``data/processed/{faces.u8.npy, manifest.parquet}``; writes ``models/embedder.pt``,
+resume checkpoints in ``models/checkpoints/embedder/`` and ``reports/train_embedder.json``;
+logs params and per-epoch metrics to MLflow. Paths are those of ``dvc.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from visage_ml.config import GROUPS, ProjectPaths, flatten, load_params, to_dict
+from visage_ml.io import atomic_write_json
+from visage_ml.stages._train_common import (
+    code_hash,
+    epoch_logger,
+    images_at_size,
+    load_processed,
+    start_or_resume,
+)
+
+logger = logging.getLogger(__name__)
+STAGE = "train_embedder"
+KIND = "embedder"
+
+
+def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Train the embedder as ``params.yaml`` says; return the metrics written to the report."""
+    from visage_ml.models.backbones import create_backbone
+    from visage_ml.models.checkpoint import (
+        fingerprint,
+        inference_payload,
+        save_checkpoint,
+    )
+    from visage_ml.models.heads import create_head
+    from visage_ml.preprocess import PreprocessSpec
+    from visage_ml.tracking import log_metrics, stage_run
+    from visage_ml.training import AugmentConfig, LoopConfig, fit_embedder, seed_everything
+
+    t_start = time.perf_counter()
+    paths = paths or ProjectPaths.discover()
+    params = load_params(paths.params)
+    p = params.train_embedder
+    seed = params.project.seed
+    data = load_processed(paths)
+    train, val = data.split("train"), data.split("val")
+    if train["pid"].nunique() < 2:
+        raise ValueError(
+            "the training split holds fewer than 2 identities; add data or lower "
+            "prepare.split.val / prepare.split.test, then run `dvc repro`"
+        )
+    # Identity classes of the training split, in sorted pid order (pids are pseudonymous).
+    _, labels = np.unique(train["pid"].to_numpy(), return_inverse=True)
+    _, val_labels = np.unique(val["pid"].to_numpy(), return_inverse=True)
+    groups = train["group"].map({g: i for i, g in enumerate(GROUPS)}).to_numpy()
+    n_train = len(train)
+    rows = np.concatenate([train["row"].to_numpy(), val["row"].to_numpy()])
+    images, local = images_at_size(data.faces, rows, p.input_size)
+    train_rows, val_rows = local[:n_train], local[n_train:]
+
+    section = to_dict(p)
+    fp = fingerprint({**section, "code": code_hash()}, data.data_md5, seed=seed)
+    ckpt_dir = paths.models / "checkpoints" / KIND
+    resume = start_or_resume(ckpt_dir, fp)
+
+    seed_everything(seed)
+    model = create_backbone(
+        p.backbone, embedding_dim=p.embedding_dim, input_size=p.input_size, init=p.init
+    )
+    head = create_head(
+        p.head,
+        embedding_dim=p.embedding_dim,
+        num_classes=int(labels.max()) + 1,
+        s=p.margin.s,
+        m1=p.margin.m1,
+        m2=p.margin.m2,
+        m3=p.margin.m3,
+    )
+    config = LoopConfig(
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        weight_decay=p.weight_decay,
+        warmup_epochs=p.warmup_epochs,
+        patience=p.early_stopping_patience,
+        sampling=p.sampling,
+        augment=AugmentConfig(
+            flip=p.augment.flip,
+            color_jitter=p.augment.color_jitter,
+            crop_scale=tuple(p.augment.crop_scale),
+        ),
+        device=p.device,
+        precision=p.precision,
+        max_minutes=p.max_minutes,
+        seed=seed,
+        progress=progress,
+        desc=KIND,
+    )
+    mlflow_params = {**flatten(p, STAGE), "project.seed": seed}
+    tags = {"visage.data_md5": data.data_md5, "visage.kind": KIND}
+    with stage_run(paths, STAGE, params=mlflow_params, tags=tags):
+        result = fit_embedder(
+            model,
+            head,
+            images=images,
+            rows=train_rows,
+            labels=labels,
+            groups=groups,
+            val_rows=val_rows if len(val_rows) else None,
+            val_labels=val_labels if len(val_rows) else None,
+            val_far=p.val_far,
+            config=config,
+            resume=resume,
+            on_epoch_end=epoch_logger(
+                kind=KIND,
+                folder=ckpt_dir,
+                fingerprint=fp,
+                metric_keys=("loss", "val_tar", "images_per_s", "lr"),
+            ),
+        )
+        report = {
+            "final_loss": result.final_loss,
+            "best_val_tar_at_far": result.best_metric,
+            "val_far": p.val_far,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "images_per_second": result.images_per_second,
+            "train_seconds": result.train_seconds,
+            "stage_seconds": time.perf_counter() - t_start,
+            "train_identities": int(labels.max()) + 1,
+            "train_images": n_train,
+            "val_images": len(val_rows),
+        }
+        payload = inference_payload(
+            kind=KIND,
+            config={
+                "backbone": p.backbone,
+                "embedding_dim": p.embedding_dim,
+                "input_size": p.input_size,
+            },
+            preprocess=PreprocessSpec(input_size=p.input_size).to_dict(),
+            state_dict=result.best_state,
+            data_md5=data.data_md5,
+            labels={"group": list(GROUPS)},
+            metrics={k: v for k, v in report.items() if v is not None},
+            params=section,
+        )
+        save_checkpoint(paths.models / f"{KIND}.pt", payload)
+        atomic_write_json(paths.reports / f"{STAGE}.json", report)
+        log_metrics({k: v for k, v in report.items() if isinstance(v, int | float)})
+        import mlflow
+
+        mlflow.set_tags(
+            {
+                "visage.model_version": payload["model_version"],
+                "visage.stopped": result.stopped,
+                "visage.device": result.device,
+            }
+        )
+    logger.info(
+        "embedder %s: best val TAR@FAR=%g %s after %d epochs (%s), %.0f images/s",
+        payload["model_version"],
+        p.val_far,
+        "n/a" if result.best_metric is None else f"{result.best_metric:.4f}",
+        result.epochs_run,
+        result.stopped,
+        result.images_per_second,
+    )
+    return report
+
+
+def main() -> int:
+    """Entry point of ``python -m visage_ml.stages.train_embedder``; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run()
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
