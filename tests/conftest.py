@@ -100,3 +100,54 @@ def tiny_project(project: Path):
         return project
 
     return make
+
+
+# A whole pipeline run, shared by the tests that need real trained and exported models.
+PIPELINE = {
+    "synth.n_identities": 24,
+    "synth.images_per_identity": [6, 8],
+    "synth.n_scenes": 3,
+    "train_embedder.epochs": 6,
+    "train_demographics.epochs": 3,
+    "evaluate.bootstrap": 20,
+    "evaluate.impostor_pairs": 5000,
+}
+
+
+def pipeline_env(root: Path) -> dict[str, str]:
+    """Environment for CLI / DVC subprocesses acting on the project at ``root``."""
+    import sys
+
+    return {
+        **os.environ,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "VISAGE_PROJECT": str(root),
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny SynthFaces project after `visage data synth` and a full `dvc repro`.
+
+    Session-scoped and read-only for its users: tests that change it must copy it first.
+    """
+    import subprocess
+    import sys
+
+    from visage_ml.config import ProjectPaths
+
+    root = tmp_path_factory.mktemp("pipeline") / "proj"
+    root.mkdir()
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    write_overrides(root / "params.yaml", {**TINY, **PIPELINE})
+    init_dvc_repo(root)
+    env = pipeline_env(root)
+    bindir = Path(sys.executable).parent
+    for cmd in ([str(bindir / "visage"), "data", "synth"], [str(bindir / "dvc"), "repro"]):
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (
+            f"{cmd[-2:]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return ProjectPaths(root)
