@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from visage_ml.cli import config_cmd, privacy_cmd
+from visage_ml.cli import config_cmd, data_cmd, demo_cmd, privacy_cmd, serve_cmd
 
 app = typer.Typer(
     name="visage",
@@ -19,3 +19,8 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(privacy_cmd.app, name="privacy")
+app.add_typer(data_cmd.app, name="data")
+app.command("demo")(demo_cmd.demo)
+app.command("serve")(serve_cmd.serve)
+app.add_typer(serve_cmd.gallery_app, name="gallery")
+app.add_typer(serve_cmd.apikey_app, name="apikey")

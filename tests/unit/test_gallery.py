@@ -1,0 +1,381 @@
+"""The consent-aware encrypted gallery: enrolment, search, consent changes, erasure, restarts."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from serving_fakes import DIM, THRESHOLD, fake_engine, make_person, make_world, receipt
+
+from visage_ml.config import ProjectPaths
+from visage_ml.io import sha256_file
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.serving.gallery import (
+    EnrolmentRefusedError,
+    Gallery,
+    GalleryVersionError,
+    NotEnrolledError,
+    TemplateIndex,
+    load_threshold,
+    select_enrolment_rows,
+    template_of,
+)
+
+VERSION = "emb-test-1"
+
+
+def open_gallery(world, engine=None, *, core=None, version=VERSION):
+    return Gallery.open(
+        world.paths,
+        model_version=version,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=core or world.core,
+        embed=engine.embed if engine is not None else None,
+    )
+
+
+@pytest.fixture
+def world(project):
+    return make_world(project, n_subjects=20, without_identification=2)
+
+
+@pytest.fixture
+def engine(world):
+    return fake_engine(world.paths.root)
+
+
+@pytest.fixture
+def enrolled(world, engine):
+    """A gallery with the 18 subjects allowed for identification enrolled (3 photos each)."""
+    gallery = open_gallery(world, engine)
+    pids = list(world.people)[:18]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 3)) for pid in pids})
+    return gallery, pids
+
+
+def top1(gallery, engine, world, pid):
+    matches = gallery.identify(engine.embed(world.photo(pid))[0], top_k=3)
+    return matches[0].pid if matches else None
+
+
+def ledger_events(world, type_):
+    return [e for e in world.core.ledger.entries() if e.type == type_]
+
+
+def test_held_out_photos_identify_their_subject_and_strangers_match_nobody(world, engine, enrolled):
+    gallery, pids = enrolled
+    assert gallery.size == 18
+    for pid in pids:
+        emb = engine.embed(world.photo(pid))[0]
+        matches = gallery.identify(emb, top_k=3)
+        assert matches[0].pid == pid
+        assert all(m.score >= THRESHOLD for m in matches)
+        assert gallery.verify(emb, pid)[0] is True
+        other = pids[(pids.index(pid) + 1) % len(pids)]
+        assert gallery.verify(emb, other)[0] is False
+    stranger = make_person("p" + "0" * 16, world.rng, "g1", "female")
+    from serving_fakes import face_tile
+
+    emb = engine.embed(face_tile(stranger, world.rng)[None])[0]
+    assert gallery.identify(emb) == []
+
+
+def test_templates_are_encrypted_per_subject_and_ledger_holds_only_hashes(world, engine):
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+    emb = engine.embed(world.photo(pid, 3))
+    gallery.enroll(pid, emb)
+    path = gallery.template_path(pid)
+    template = template_of(emb, DIM)
+    assert template.tobytes() not in path.read_bytes()
+    assert gallery.keys.exists(pid)
+    (event,) = ledger_events(world, "gallery.enrolled")
+    assert event.pid == pid and event.payload["template_sha256"] == sha256_file(path)
+    assert set(event.payload) == {"template_sha256", "model_version", "n_images", "replaced"}
+    meta = json.loads((world.paths.gallery / "gallery.json").read_text())
+    assert meta["model_version"] == VERSION
+    assert meta["embedding_dim"] == DIM
+    # The access right gets the decrypted template back, with the model that made it.
+    vector, header = gallery.template(pid)
+    np.testing.assert_array_equal(vector, template)
+    assert (header["model_version"], header["n_images"]) == (VERSION, 3)
+
+
+def test_stored_template_is_exportable_while_restricted_but_not_after_erasure(world, enrolled):
+    gallery, pids = enrolled
+    world.core.restrict(pids[0])
+    vector, _ = gallery.template(pids[0])
+    assert vector.shape == (DIM,)
+    gallery.erase(pids[1])
+    with pytest.raises(NotEnrolledError):
+        gallery.template(pids[1])
+    gallery.keys.destroy(pids[2])  # an erasure interrupted after its commit point
+    with pytest.raises(NotEnrolledError):
+        gallery.template(pids[2])
+
+
+def test_subject_without_identification_consent_is_refused_and_nothing_is_written(world, engine):
+    gallery = open_gallery(world, engine)
+    pid = list(world.people)[-1]
+    with pytest.raises(EnrolmentRefusedError) as err:
+        gallery.enroll(pid, crops=world.photo(pid, 2))
+    assert err.value.reason == "no_consent"
+    assert "no_consent" in str(err.value) and pid in str(err.value)
+    assert not gallery.template_path(pid).exists()
+    assert not gallery.keys.exists(pid)
+    assert ledger_events(world, "gallery.enrolled") == []
+    with pytest.raises(EnrolmentRefusedError) as err:
+        gallery.enroll("p" + "1" * 16, crops=world.photo(pid, 1))
+    assert err.value.reason == "unknown_subject"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda core, pid: core.restrict(pid), "restricted"),
+        (lambda core, pid: core.object(pid, ["identification"]), "objected"),
+        (lambda core, pid: core.withdraw_consent(pid, ["identification"]), "consent_withdrawn"),
+    ],
+)
+def test_subject_who_may_no_longer_be_identified_is_not_even_scored(
+    world, engine, enrolled, change, reason
+):
+    gallery, pids = enrolled
+    pid = pids[3]
+    # A separate core, as the CLI in another process would use: the gallery sees the ledger.
+    change(PrivacyCore(world.paths), pid)
+    emb = engine.embed(world.photo(pid))[0]
+    assert all(m.pid != pid for m in gallery.identify(emb, top_k=18))
+    assert pid not in gallery.searchable()
+    assert gallery.size == 17
+    # The matrix itself no longer holds the row: nothing of theirs is scored.
+    assert gallery.size == 17
+    with pytest.raises(NotEnrolledError):
+        gallery.verify(emb, pid)
+    assert world.core.may_process(pid, "identification").reason == reason
+    with pytest.raises(EnrolmentRefusedError):
+        gallery.enroll(pid, crops=world.photo(pid, 1))
+    # The template stays stored (restriction keeps data); the others are unaffected.
+    assert gallery.status(pid) == {
+        "enrolled": True,
+        "searchable": False,
+        "template_model_version": VERSION,
+    }
+    assert top1(gallery, engine, world, pids[4]) == pids[4]
+
+
+def test_withdrawing_other_purposes_keeps_identification_and_lift_restores(world, engine, enrolled):
+    gallery, pids = enrolled
+    pid = pids[5]
+    world.core.withdraw_consent(pid, ["training"])
+    assert top1(gallery, engine, world, pid) == pid
+    world.core.restrict(pid)
+    assert top1(gallery, engine, world, pid) != pid
+    world.core.lift(pid)
+    assert top1(gallery, engine, world, pid) == pid
+    assert gallery.size == 18
+
+
+def test_erase_removes_row_key_and_ciphertext_durably_and_survives_restart(world, engine, enrolled):
+    gallery, pids = enrolled
+    pid = pids[7]
+    tpl, key = gallery.template_path(pid), gallery.keys.path(pid)
+    before = {p: sha256_file(p) for p in (tpl, key)}
+    removal = gallery.erase(pid)
+    root = world.paths.root
+    assert removal.removed == {p.relative_to(root).as_posix(): h for p, h in before.items()}
+    assert not tpl.exists() and not key.exists()
+    assert not gallery.keys.exists(pid)
+    assert top1(gallery, engine, world, pid) != pid
+    assert gallery.size == 17
+    (event,) = ledger_events(world, "gallery.removed")
+    assert event.pid == pid
+    assert event.payload["template_sha256"] == before[tpl]
+    # Erasing again finds nothing left and records nothing.
+    assert gallery.erase(pid).removed == {}
+    assert len(ledger_events(world, "gallery.removed")) == 1
+    # A restart (new process: new core, new gallery) does not bring it back.
+    restarted = open_gallery(world, engine, core=PrivacyCore(ProjectPaths(root)))
+    assert restarted.size == 17
+    assert pid not in restarted.searchable()
+    assert top1(restarted, engine, world, pids[8]) == pids[8]
+
+
+def test_restart_loads_only_allowed_subjects(world, engine, enrolled):
+    _gallery, pids = enrolled
+    world.core.restrict(pids[0])
+    restarted = open_gallery(world, engine, core=PrivacyCore(world.paths))
+    assert set(restarted.searchable()) == set(pids[1:])
+    assert restarted.stats()["stored"] == 18
+    assert restarted.stats()["not_searchable"] == 1
+
+
+def test_erasure_interrupted_after_key_destruction_is_finished_at_start_up(world, engine, enrolled):
+    gallery, pids = enrolled
+    pid = pids[2]
+    gallery.keys.destroy(pid)  # the commit point of an erasure, then a crash
+    assert gallery.template_path(pid).exists()
+    restarted = open_gallery(world, engine, core=PrivacyCore(world.paths))
+    assert not restarted.template_path(pid).exists()
+    assert pid not in restarted.searchable()
+    (event,) = ledger_events(world, "gallery.removed")
+    assert event.payload["reason"] == "interrupted_erasure_completed"
+
+
+def test_other_embedder_version_is_refused_with_rebuild_instruction(world, engine, enrolled):
+    gallery, pids = enrolled
+    with pytest.raises(GalleryVersionError, match="visage gallery rebuild"):
+        open_gallery(world, engine, version="emb-test-2")
+    with pytest.raises(GalleryVersionError, match="visage gallery rebuild"):
+        gallery.enroll(pids[0], engine.embed(world.photo(pids[0])), model_version="emb-test-2")
+
+
+def test_rebuild_in_another_process_makes_a_running_gallery_refuse_queries(world, engine, enrolled):
+    gallery, pids = enrolled
+    Gallery.open(
+        world.paths,
+        model_version="emb-test-2",
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=PrivacyCore(world.paths),
+        rebuild=True,
+    ).write_meta()
+    with pytest.raises(GalleryVersionError, match="restart"):
+        gallery.identify(engine.embed(world.photo(pids[0]))[0])
+
+
+def test_enrolment_by_another_process_is_picked_up(world, engine):
+    serving = open_gallery(world, engine)
+    other = open_gallery(world, engine, core=PrivacyCore(world.paths))
+    pid = next(iter(world.people))
+    other.enroll(pid, crops=world.photo(pid, 3))
+    assert top1(serving, engine, world, pid) == pid
+
+
+def test_same_template_again_writes_nothing_new_template_replaces(world, engine):
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+    emb = engine.embed(world.photo(pid, 3))
+    first = gallery.enroll(pid, emb)
+    again = gallery.enroll(pid, emb)
+    assert not again.changed and again.template_sha256 == first.template_sha256
+    assert len(ledger_events(world, "gallery.enrolled")) == 1
+    third = gallery.enroll(pid, engine.embed(world.photo(pid, 2)))
+    assert third.changed and third.replaced
+    assert gallery.size == 1
+
+
+def test_failed_ledger_append_leaves_the_gallery_as_it_was(world, engine, monkeypatch):
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+
+    def fail(events):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(world.core.ledger, "append_many", fail)
+    with pytest.raises(OSError):
+        gallery.enroll(pid, crops=world.photo(pid, 2))
+    assert not gallery.template_path(pid).exists()
+    assert gallery.size == 0
+
+
+def test_altered_template_is_skipped_not_fatal(world, engine, enrolled, caplog):
+    gallery, pids = enrolled
+    path = gallery.template_path(pids[0])
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1
+    path.write_bytes(bytes(blob))
+    caplog.set_level(logging.ERROR)
+    restarted = open_gallery(world, engine, core=PrivacyCore(world.paths))
+    assert pids[0] not in restarted.searchable()
+    assert restarted.size == 17
+    assert "fails authentication" in caplog.text
+
+
+def test_purge_erases_templates_without_basis_and_keeps_restricted(world, engine, enrolled):
+    gallery, pids = enrolled
+    world.core.withdraw_consent(pids[0], ["identification"])
+    world.core.restrict(pids[1])
+    removed = gallery.purge_without_basis()
+    assert [r.pid for r in removed] == [pids[0]]
+    assert not gallery.template_path(pids[0]).exists()
+    assert gallery.template_path(pids[1]).exists()
+
+
+def test_bad_embeddings_are_refused(world, engine):
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+    with pytest.raises(ValueError, match="64"):
+        gallery.enroll(pid, np.ones((2, DIM + 1), np.float32))
+    with pytest.raises(ValueError):
+        gallery.enroll(pid, np.full((1, DIM), np.nan, np.float32))
+    with pytest.raises(ValueError):
+        gallery.identify(np.zeros(DIM, np.float32))
+
+
+def test_index_removal_keeps_rows_and_pids_consistent():
+    rng = np.random.default_rng(1)
+    index = TemplateIndex(8)
+    reference: dict[str, np.ndarray] = {}
+    for _step in range(400):
+        pid = f"p{rng.integers(0, 40):016x}"
+        if rng.random() < 0.6:
+            v = rng.normal(size=8).astype(np.float32)
+            index.put(pid, v)
+            reference[pid] = v
+        else:
+            assert index.remove(pid) == (pid in reference)
+            reference.pop(pid, None)
+        assert len(index) == len(reference)
+    for pid, row in zip(index.pids(), index.matrix, strict=True):
+        np.testing.assert_array_equal(row, reference[pid])
+    pids = list(reference)
+    m = np.stack([reference[p] for p in pids])
+    for n_queries in (1, 3, 6):  # one-thread loop and BLAS paths
+        q = rng.normal(size=(n_queries, 8)).astype(np.float32)
+        got = index.search(q, top_k=4, threshold=-10.0)
+        for qi, row in zip(q, got, strict=True):
+            want = [pids[i] for i in np.argsort(-(m @ qi))[:4]]
+            assert [p for p, _ in row] == want
+            np.testing.assert_allclose([v for _, v in row], np.sort(m @ qi)[::-1][:4], rtol=1e-5)
+
+
+def test_enrolment_prefers_train_and_val_images_so_test_stays_held_out():
+    import pandas as pd
+
+    manifest = pd.DataFrame(
+        {
+            "row": range(7),
+            "pid": ["pa"] * 5 + ["pb"] * 2,
+            "image_id": ["a1", "a2", "a3", "a4", "a5", "b1", "b2"],
+            "split": ["test", "val", "train", "test", "train", "test", "test"],
+            "det_prob": [0.99, 0.98, 0.95, 0.99, 0.999, 0.9, 0.95],
+        }
+    )
+    rows = select_enrolment_rows(manifest, {"pa", "pb", "pc"}, per_subject=3)
+    assert rows["pa"].tolist() == [4, 2, 1]
+    assert rows["pb"].tolist() == [6, 5]
+    assert "pc" not in rows
+
+
+def test_threshold_of_another_embedder_is_refused(world):
+    reports = world.paths.reports
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "threshold.json").write_text(
+        json.dumps({"threshold": 0.4, "target_fmr": 0.001, "embedder_model_version": "other"})
+    )
+    with pytest.raises(GalleryVersionError, match="dvc repro evaluate"):
+        load_threshold(world.paths, VERSION)
+    thr = load_threshold(world.paths, "other")
+    assert (thr.value, thr.target_fmr, thr.source) == (0.4, 0.001, "reports/threshold.json")
+
+
+def test_consent_given_later_makes_a_stored_template_searchable(world, engine):
+    gallery = open_gallery(world, engine)
+    pid = list(world.people)[-1]  # no identification consent yet
+    world.core.give_consent(pid, receipt(["identification"]))
+    gallery.enroll(pid, crops=world.photo(pid, 2))
+    assert top1(gallery, engine, world, pid) == pid

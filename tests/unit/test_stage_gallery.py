@@ -1,0 +1,135 @@
+"""Stage ``gallery``: enrol consented subjects from processed data; counts-only report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from evaluate_fakes import make_dataset, write_models
+from serving_fakes import receipt
+
+from visage_ml.config import ProjectPaths, load_params, write_params
+from visage_ml.privacy.core import NewSubject, PrivacyCore
+from visage_ml.serving.gallery import Gallery, GalleryVersionError
+from visage_ml.stages import gallery as stage
+
+SIZE = 32
+DIM = 64
+
+
+@pytest.fixture
+def setup(project):
+    rows = make_dataset(project, n_identities=12, size=SIZE, images=(4, 8))
+    write_models(project, size=SIZE, dim=DIM)
+    params = load_params(
+        project / "params.yaml",
+        overrides={
+            "train_embedder.input_size": SIZE,
+            "train_embedder.embedding_dim": DIM,
+            "train_demographics.input_size": SIZE,
+        },
+    )
+    write_params(params, project / "params.yaml")
+    paths = ProjectPaths(project)
+    (paths.reports).mkdir(parents=True, exist_ok=True)
+    (paths.reports / "threshold.json").write_text(
+        json.dumps({"threshold": 0.5, "target_fmr": 0.001, "embedder_model_version": "emb-test-1"})
+    )
+    core = PrivacyCore(paths)
+    pids = sorted(set(rows["pid"]))
+    core.add_subjects([NewSubject(pid=p) for p in pids], source="test", snapshot=False)
+    for i, pid in enumerate(pids):
+        purposes = ["training", "evaluation"] + (["identification"] if i < 8 else [])
+        core.give_consent(pid, receipt(purposes), snapshot=False)
+    core.snapshot()
+    return paths, params, core, pids
+
+
+def events(core, type_):
+    return [e for e in core.ledger.entries() if e.type == type_]
+
+
+def test_stage_enrols_allowed_subjects_and_reports_counts_only(setup):
+    paths, params, core, pids = setup
+    report = stage.run(paths, params)
+    assert report.subjects_allowed == 8
+    assert report.subjects_enrolled == report.templates_written == report.searchable == 8
+    assert report.images_used == 8 * params.gallery.images_per_subject
+    assert report.model_version == "emb-test-1" and report.threshold == 0.5
+    text = (paths.reports / "gallery.json").read_text()
+    assert json.loads(text) == report.to_dict()
+    assert not re.search(r"p[0-9a-f]{16}", text)
+    assert {e.pid for e in events(core, "gallery.enrolled")} == set(pids[:8])
+    meta = json.loads((paths.gallery / "gallery.json").read_text())
+    assert meta["threshold"]["source"] == "reports/threshold.json"
+    assert meta["preprocess"]["input_size"] == SIZE
+
+
+def test_rerun_changes_nothing_and_consent_changes_are_applied(setup):
+    paths, params, core, pids = setup
+    stage.run(paths, params)
+    again = stage.run(paths, params)
+    assert (again.templates_written, again.templates_unchanged) == (0, 8)
+    assert len(events(core, "gallery.enrolled")) == 8
+    core.withdraw_consent(pids[0], ["identification"])
+    core.restrict(pids[1])
+    third = stage.run(paths, params)
+    assert third.removed_without_basis == 1
+    assert third.searchable == 6
+    gallery = Gallery.open(
+        paths, model_version="emb-test-1", embedding_dim=DIM, threshold=0.5, create=False
+    )
+    assert not gallery.status(pids[0])["enrolled"]  # no basis: erased
+    assert gallery.status(pids[1]) == {  # restricted: kept, not used
+        "enrolled": True,
+        "searchable": False,
+        "template_model_version": "emb-test-1",
+    }
+
+
+class _NewVersion:
+    def __init__(self, model):
+        self._m = model
+        self.spec = model.spec
+        self.embedding_dim = model.embedding_dim
+        self.model_version = "emb-test-2"
+
+    def embed(self, crops, *, batch_size=64):
+        return self._m.embed(crops, batch_size=batch_size)
+
+
+def test_new_embedder_version_re_enrols_and_the_old_one_is_refused(setup):
+    paths, params, _, _ = setup
+    stage.run(paths, params)
+    old = stage.load_embedder(paths, params)
+    (paths.reports / "threshold.json").write_text(
+        json.dumps({"threshold": 0.5, "target_fmr": 0.001, "embedder_model_version": "emb-test-2"})
+    )
+    report = stage.run(paths, params, embedder=_NewVersion(old))
+    assert report.model_version == "emb-test-2"
+    assert report.templates_written == 8 and report.stale_templates == 0
+    with pytest.raises(GalleryVersionError, match="visage gallery rebuild"):
+        Gallery.open(paths, model_version="emb-test-1", embedding_dim=DIM, threshold=0.5)
+
+
+def test_main_exits_2_with_what_to_do_when_the_threshold_is_missing(setup, capsys):
+    paths, _, _, _ = setup
+    (paths.reports / "threshold.json").unlink()
+    assert stage.main() == 2
+    assert "dvc repro evaluate" in capsys.readouterr().err
+
+
+def test_main_builds_the_gallery(setup, capsys):
+    assert stage.main() == 0
+    assert "8 searchable subjects" in capsys.readouterr().out
+
+
+def test_cli_rebuild_reports_counts(setup):
+    from typer.testing import CliRunner
+
+    from visage_ml.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["gallery", "rebuild", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["searchable"] == 8

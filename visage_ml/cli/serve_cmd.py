@@ -1,0 +1,212 @@
+"""``visage serve``, ``visage gallery`` and ``visage apikey``: run and manage serving."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import typer
+
+from visage_ml.cli.common import (
+    UserError,
+    console,
+    emit_json,
+    project,
+    setup_logging,
+    user_errors,
+)
+from visage_ml.config import load_params
+
+if TYPE_CHECKING:
+    from visage_ml.serving.gallery import Gallery
+
+gallery_app = typer.Typer(
+    help=(
+        "The encrypted identification gallery (gallery/): rebuild it from consented processed "
+        "data, list and count its templates."
+    ),
+    no_args_is_help=True,
+)
+apikey_app = typer.Typer(
+    help=(
+        "API keys of the HTTP API (secrets/api_keys.json holds ids, roles and hashes only). "
+        "Roles: operator (identify, verify, enroll, analytics), dpo (subject rights), auditor "
+        "(ledger, certificates)."
+    ),
+    no_args_is_help=True,
+)
+JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
+
+
+@contextlib.contextmanager
+def _serving_errors() -> Iterator[None]:
+    """Serving's own errors as one-line user errors (besides the common ones)."""
+    from visage_ml.serving.auth import ApiKeyFileError
+    from visage_ml.serving.engine import ModelMismatchError
+    from visage_ml.serving.gallery import GalleryError
+
+    with user_errors():
+        try:
+            yield
+        except (GalleryError, ModelMismatchError, ApiKeyFileError) as exc:
+            raise UserError(str(exc)) from None
+
+
+def serve(
+    host: str = typer.Option(None, help="Address to listen on (default serving.host)."),
+    port: int = typer.Option(None, help="Port (default serving.port)."),
+    mode: str = typer.Option(
+        None,
+        help="full (identify, verify, enroll, analytics) or analytics (counts only; the "
+        "embedder is never loaded). Default serving.mode.",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
+) -> None:
+    """Start the HTTP API (uvicorn) on the project's models and gallery.
+
+    Loads the ONNX models and decrypts the searchable templates (subjects whose consent covers
+    identification) into memory before accepting requests. Every request is written to
+    privacy/audit.jsonl; /metrics serves Prometheus metrics and /docs the OpenAPI schema.
+    """
+    import uvicorn
+
+    from visage_ml.serving.api import create_app
+
+    setup_logging(verbose)
+    with _serving_errors():
+        paths = project()
+        params = load_params(paths.params)
+        if mode is not None and mode not in ("full", "analytics"):
+            raise UserError(f"--mode must be 'full' or 'analytics', not '{mode}'")
+        app = create_app(paths, params=params, mode=mode)
+    uvicorn.run(
+        app,
+        host=host or params.serving.host,
+        port=port or params.serving.port,
+        # The audit log records each request; uvicorn's access log would repeat paths (pids).
+        access_log=False,
+        log_level="debug" if verbose else "info",
+    )
+
+
+@gallery_app.command("rebuild")
+def gallery_rebuild(
+    as_json: bool = JSON_OPT,
+    verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
+) -> None:
+    """Re-enrol every subject allowed for identification with the current embedder.
+
+    Uses gallery.images_per_subject crops per subject from data/processed (train and
+    validation images first, so test images stay held out), models/embedder.onnx and the
+    threshold in reports/threshold.json. Templates without a legal basis any more are erased;
+    unchanged ones are not rewritten. Run it after a new embedder was exported.
+    """
+    from visage_ml.stages.gallery import run
+
+    setup_logging(verbose)
+    with _serving_errors():
+        paths = project()
+        report = run(paths, load_params(paths.params))
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    console.print(
+        f"gallery rebuilt for embedder {report.model_version}: {report.searchable} searchable, "
+        f"{report.templates_written} written, {report.templates_unchanged} unchanged, "
+        f"{report.removed_without_basis} removed without a legal basis, "
+        f"{report.stale_templates} stale, {report.allowed_without_images} allowed subjects "
+        "without processed images",
+        highlight=False,
+    )
+
+
+def _open_gallery() -> Gallery:
+    from visage_ml.serving.gallery import Gallery, GalleryError, read_meta
+
+    paths = project()
+    meta = read_meta(paths.gallery)
+    if meta is None:
+        raise GalleryError(f"no gallery at {paths.gallery}; run `visage gallery rebuild`")
+    thr = meta.threshold.get("value", 1.0) if meta.threshold else 1.0
+    return Gallery.open(
+        paths,
+        model_version=meta.model_version,
+        embedding_dim=meta.embedding_dim,
+        threshold=float(thr),
+        create=False,
+    )
+
+
+@gallery_app.command("list")
+def gallery_list(as_json: bool = JSON_OPT) -> None:
+    """List stored templates by pid: searchable or not, and the embedder that made them."""
+    with _serving_errors():
+        gallery = _open_gallery()
+        pids = gallery.stored()
+        rows = [{"pid": pid, **gallery.status(pid)} for pid in pids]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        state = "searchable" if r["searchable"] else "not searchable"
+        console.print(f"{r['pid']}  {state}  {r['template_model_version']}", highlight=False)
+    console.print(f"{len(rows)} templates")
+
+
+@gallery_app.command("stats")
+def gallery_stats(as_json: bool = JSON_OPT) -> None:
+    """Counts only: stored, searchable and stale templates; embedder and threshold."""
+    with _serving_errors():
+        stats = _open_gallery().stats()
+    if as_json:
+        emit_json(stats)
+        return
+    for k, v in stats.items():
+        console.print(f"{k:<16} {v}", highlight=False)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    role: str = typer.Option(..., "--role", help="operator, dpo or auditor."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create an API key and print it once; only its SHA-256 is stored."""
+    from visage_ml.serving.auth import KeyStore
+
+    with _serving_errors():
+        record, key = KeyStore(project().api_keys).create(role)
+    if as_json:
+        emit_json({"key": key, **record.public()})
+        return
+    console.print(f"key id {record.key_id}, role {record.role}", highlight=False)
+    console.print(key, highlight=False)
+    console.print("Store the key now: it is not kept and cannot be shown again.")
+
+
+@apikey_app.command("list")
+def apikey_list(as_json: bool = JSON_OPT) -> None:
+    """List API key ids, roles, creation times and revocation (never keys or hashes)."""
+    from visage_ml.serving.auth import KeyStore
+
+    with _serving_errors():
+        keys = [k.public() for k in KeyStore(project().api_keys).list()]
+    if as_json:
+        emit_json(keys)
+        return
+    for k in keys:
+        flag = "  revoked" if k["revoked"] else ""
+        console.print(f"{k['key_id']}  {k['role']:<8}  {k['created']}{flag}", highlight=False)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: str = typer.Argument(..., help="The key id to revoke.")) -> None:
+    """Revoke an API key (a running server refuses it from its next request)."""
+    from visage_ml.serving.auth import KeyStore
+
+    with _serving_errors():
+        try:
+            KeyStore(project().api_keys).revoke(key_id)
+        except KeyError as exc:
+            raise UserError(str(exc.args[0])) from None
+    console.print(f"key {key_id} revoked", highlight=False)

@@ -1,0 +1,445 @@
+"""The serving engine: image -> MTCNN detect + align -> ONNX embed or ONNX demographics.
+
+Models are ONNX Runtime sessions (:class:`visage_ml.inference.OnnxModel`) fed through the one
+preprocessing (:func:`visage_ml.preprocess.align_face`, then
+:func:`visage_ml.preprocess.to_model_input` inside the model). torch is never imported for
+embeddings; it is only used inside MTCNN detection, which is serialised by a lock because one
+MTCNN module is not safe to call from several threads at once. ONNX Runtime sessions accept
+concurrent ``run`` calls, so embedding and demographic inference run unserialised.
+
+Each model is loaded on first use (or by :meth:`Engine.load`), so an engine in analytics mode
+never loads the embedder, and is checked against what the configuration and the gallery expect
+(input size, standardisation, embedding size, model version) before it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from visage_ml.preprocess import MEAN, STD, PreprocessSpec, align_face
+
+logger = logging.getLogger(__name__)
+
+EMBEDDER = "embedder"
+DEMOGRAPHICS = "demographics"
+DETECTOR = "detector"
+
+MSG_MISMATCH = "{what} model {path} does not fit {source}: {details}. {fix}"
+FIX_PARAMS = (
+    "Re-run `dvc repro export` so the model matches params.yaml, or point serving at the "
+    "right model file"
+)
+FIX_GALLERY = (
+    "The gallery's templates were made with another embedder; run `visage gallery rebuild` to "
+    "re-enrol consented subjects with this model"
+)
+MSG_NOT_CONFIGURED = (
+    "this engine has no {what} model (serving.mode is '{mode}'); start `visage serve` in full "
+    "mode to identify, verify or enrol"
+)
+MSG_NO_FACE = "no face found in the image (minimum detection probability {min_prob})"
+MSG_TOO_MANY = (
+    "{n} faces found in the image but at most {max_faces} are processed per image "
+    "(serving.max_faces); crop the image or raise the limit"
+)
+
+
+class ModelMismatchError(ValueError):
+    """A model's self-description does not match what the configuration or gallery expects."""
+
+
+class NoFaceError(ValueError):
+    """The image holds no face above the detection threshold."""
+
+
+class TooManyFacesError(ValueError):
+    """The image holds more faces than ``serving.max_faces``."""
+
+
+class ModelUnavailableError(RuntimeError):
+    """The engine was built without the model a call needs (e.g. analytics mode)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What the engine needs of its parts (dependency injection: tests pass fakes)
+# ---------------------------------------------------------------------------------------------
+
+
+class Embedder(Protocol):
+    """What the engine needs of :class:`visage_ml.inference.OnnxModel` of kind ``embedder``."""
+
+    @property
+    def spec(self) -> PreprocessSpec: ...
+
+    @property
+    def embedding_dim(self) -> int | None: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+    def embed(self, crops_u8_nhwc: np.ndarray, *, batch_size: int = ...) -> np.ndarray: ...
+
+
+class DemographicModel(Protocol):
+    """What the engine needs of :class:`visage_ml.inference.OnnxModel` of kind ``demographics``."""
+
+    @property
+    def spec(self) -> PreprocessSpec: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def labels(self) -> Any: ...
+
+    def predict(
+        self, crops_u8_nhwc: np.ndarray, *, batch_size: int = ...
+    ) -> dict[str, np.ndarray]: ...
+
+
+class DetectionLike(Protocol):
+    """One detected face: ``box`` (x1, y1, x2, y2), ``prob`` and 5x2 ``landmarks``."""
+
+    box: Any
+    prob: float
+    landmarks: Any
+
+
+class Detector(Protocol):
+    """What the engine needs of :class:`visage_ml.data.detect.FaceDetector`."""
+
+    def detect(self, images: Sequence[Image.Image]) -> list[list[Any]]: ...
+
+
+@dataclass(frozen=True)
+class ModelExpectation:
+    """What a model must declare to be accepted (``None`` fields are not checked).
+
+    Parameters
+    ----------
+    input_size, mean, std
+        The preprocessing the model must have been trained with.
+    embedding_dim
+        Length of an embedding (embedders only).
+    model_version
+        Exact model version (set from ``gallery/gallery.json``: templates only match the
+        embedder that made them).
+    source
+        Who expects it, for the error message (``params.yaml``, ``gallery/gallery.json``).
+    """
+
+    input_size: int | None = None
+    mean: float | None = None
+    std: float | None = None
+    embedding_dim: int | None = None
+    model_version: str | None = None
+    source: str = "params.yaml"
+
+
+def check_model(
+    model: Any, expected: ModelExpectation | None, *, what: str, path: str = "(in memory)"
+) -> None:
+    """Refuse ``model`` when its metadata differs from ``expected``.
+
+    Raises
+    ------
+    ModelMismatchError
+        Naming every field that differs, the source of the expectation and what to do.
+    """
+    if expected is None:
+        return
+    spec: PreprocessSpec = model.spec
+    problems: list[str] = []
+    fix = FIX_PARAMS
+    if expected.input_size is not None and spec.input_size != expected.input_size:
+        problems.append(f"input size {spec.input_size}, expected {expected.input_size}")
+    if expected.mean is not None and not np.isclose(spec.mean, expected.mean):
+        problems.append(f"mean {spec.mean}, expected {expected.mean}")
+    if expected.std is not None and not np.isclose(spec.std, expected.std):
+        problems.append(f"std {spec.std}, expected {expected.std}")
+    if expected.embedding_dim is not None:
+        dim = getattr(model, "embedding_dim", None)
+        if dim != expected.embedding_dim:
+            problems.append(f"embedding size {dim}, expected {expected.embedding_dim}")
+    if expected.model_version is not None and model.model_version != expected.model_version:
+        problems.append(
+            f"model version {model.model_version!r}, expected {expected.model_version!r}"
+        )
+    if not problems:
+        return
+    if expected.source.startswith("gallery"):
+        fix = FIX_GALLERY
+    raise ModelMismatchError(
+        MSG_MISMATCH.format(
+            what=what, path=path, source=expected.source, details="; ".join(problems), fix=fix
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face: its box in the image, detection probability and aligned crop."""
+
+    box: tuple[float, float, float, float]
+    prob: float
+    crop: np.ndarray
+
+
+class Engine:
+    """Detection, alignment and ONNX inference for serving.
+
+    Parameters
+    ----------
+    embedder, demographics, detector
+        Zero-argument callables returning the model (loaded on first use, once); ``None`` when
+        this engine does not offer it. Tests inject fakes here.
+    crop_size
+        Side of the aligned crops (``prepare.image_size``: the crops the models were trained
+        on); each model resizes them to its own input size.
+    min_face_prob
+        Detections below this probability are ignored (``prepare.min_face_prob``).
+    max_faces
+        More faces than this in one image is refused (:class:`TooManyFacesError`).
+    batch_size
+        Crops per ONNX Runtime call.
+    expect_embedder, expect_demographics
+        Checked against each model when it is loaded.
+    mode
+        Named in the message when a model that was not configured is asked for.
+    """
+
+    def __init__(
+        self,
+        *,
+        embedder: Callable[[], Embedder] | None = None,
+        demographics: Callable[[], DemographicModel] | None = None,
+        detector: Callable[[], Detector] | None = None,
+        crop_size: int = 112,
+        min_face_prob: float = 0.9,
+        max_faces: int = 32,
+        batch_size: int = 32,
+        expect_embedder: ModelExpectation | None = None,
+        expect_demographics: ModelExpectation | None = None,
+        mode: str = "full",
+    ) -> None:
+        if crop_size < 8 or max_faces < 1 or batch_size < 1:
+            raise ValueError("crop_size >= 8, max_faces >= 1 and batch_size >= 1 are required")
+        self._factories: dict[str, Callable[[], Any] | None] = {
+            EMBEDDER: embedder,
+            DEMOGRAPHICS: demographics,
+            DETECTOR: detector,
+        }
+        self._expect = {EMBEDDER: expect_embedder, DEMOGRAPHICS: expect_demographics}
+        self._models: dict[str, Any] = {}
+        self._load_lock = threading.Lock()
+        # One MTCNN instance is not thread-safe (torch modules keep per-call state); serialise.
+        self._detect_lock = threading.Lock()
+        self.crop_size = int(crop_size)
+        self.min_face_prob = float(min_face_prob)
+        self.max_faces = int(max_faces)
+        self.batch_size = int(batch_size)
+        self.mode = mode
+
+    # -- construction from a project -----------------------------------------------------------
+
+    @classmethod
+    def from_project(
+        cls,
+        paths: Any,
+        params: Any,
+        *,
+        mode: str | None = None,
+        gallery_meta: Any = None,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+    ) -> Engine:
+        """The engine of a project: ``models/*.onnx`` and MTCNN, as ``params.yaml`` says.
+
+        Parameters
+        ----------
+        paths
+            :class:`visage_ml.config.ProjectPaths`.
+        params
+            :class:`visage_ml.config.Params`.
+        mode
+            ``"full"`` (embedder, demographics, detector) or ``"analytics"`` (no embedder);
+            ``serving.mode`` by default.
+        gallery_meta
+            :class:`visage_ml.serving.gallery.GalleryMeta` whose model version and embedding
+            size the embedder must match (``None``: checked against params.yaml only).
+        providers, intra_op_threads
+            Passed to :class:`visage_ml.inference.OnnxModel`.
+        """
+        mode = mode or params.serving.mode
+        if mode not in ("full", "analytics"):
+            raise ValueError(f"mode must be 'full' or 'analytics', not {mode!r}")
+        models_dir = Path(paths.models)
+
+        def onnx(kind: str) -> Callable[[], Any]:
+            def load() -> Any:
+                from visage_ml.inference import OnnxModel
+
+                return OnnxModel(
+                    models_dir / f"{kind}.onnx",
+                    expected_kind=kind,
+                    providers=providers,
+                    intra_op_threads=intra_op_threads,
+                )
+
+            return load
+
+        def detector() -> Detector:
+            from visage_ml.data.detect import FaceDetector
+
+            return FaceDetector(
+                device=params.prepare.device, min_face_size=params.prepare.min_face_size
+            )
+
+        te = params.train_embedder
+        expect_emb = ModelExpectation(
+            input_size=te.input_size, mean=MEAN, std=STD, embedding_dim=te.embedding_dim
+        )
+        if gallery_meta is not None:
+            expect_emb = ModelExpectation(
+                input_size=gallery_meta.preprocess.get("input_size", te.input_size),
+                mean=gallery_meta.preprocess.get("mean", MEAN),
+                std=gallery_meta.preprocess.get("std", STD),
+                embedding_dim=gallery_meta.embedding_dim,
+                model_version=gallery_meta.model_version,
+                source="gallery/gallery.json",
+            )
+        expect_dem = ModelExpectation(
+            input_size=params.train_demographics.input_size, mean=MEAN, std=STD
+        )
+        return cls(
+            embedder=onnx(EMBEDDER) if mode == "full" else None,
+            demographics=onnx(DEMOGRAPHICS),
+            detector=detector,
+            crop_size=params.prepare.image_size,
+            min_face_prob=params.prepare.min_face_prob,
+            max_faces=params.serving.max_faces,
+            batch_size=params.serving.batch_size,
+            expect_embedder=expect_emb,
+            expect_demographics=expect_dem,
+            mode=mode,
+        )
+
+    # -- models --------------------------------------------------------------------------------
+
+    def _get(self, name: str) -> Any:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        factory = self._factories[name]
+        if factory is None:
+            raise ModelUnavailableError(MSG_NOT_CONFIGURED.format(what=name, mode=self.mode))
+        with self._load_lock:
+            model = self._models.get(name)
+            if model is None:
+                model = factory()
+                if name in self._expect:
+                    check_model(
+                        model,
+                        self._expect[name],
+                        what=name,
+                        path=str(getattr(model, "path", "(in memory)")),
+                    )
+                self._models[name] = model
+                logger.info("serving engine loaded its %s", name)
+        return model
+
+    def has(self, name: str) -> bool:
+        """Whether this engine can offer ``name`` (``embedder``, ``demographics``, ``detector``)."""
+        return self._factories.get(name) is not None
+
+    def load(self, *names: str) -> Engine:
+        """Load (and check) the named models now, all configured ones when none are named."""
+        for name in names or tuple(n for n, f in self._factories.items() if f is not None):
+            self._get(name)
+        return self
+
+    @property
+    def loaded(self) -> frozenset[str]:
+        """Names of the models loaded so far."""
+        return frozenset(self._models)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder (loaded and checked on first use)."""
+        return self._get(EMBEDDER)
+
+    @property
+    def demographics(self) -> DemographicModel:
+        """The demographic model (loaded and checked on first use)."""
+        return self._get(DEMOGRAPHICS)
+
+    @property
+    def detector(self) -> Detector:
+        """The face detector (loaded on first use)."""
+        return self._get(DETECTOR)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def detect(self, image: Image.Image | np.ndarray) -> list[Face]:
+        """Faces of one RGB image, most probable first, each aligned to ``crop_size``.
+
+        Raises
+        ------
+        TooManyFacesError
+            When more than ``max_faces`` faces pass ``min_face_prob``.
+        """
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        if pil.mode != "RGB":
+            pil = pil.convert("RGB")
+        detector = self.detector
+        with self._detect_lock:
+            found = detector.detect([pil])[0]
+        kept = [
+            d
+            for d in found
+            if d is not None and d.landmarks is not None and float(d.prob) >= self.min_face_prob
+        ]
+        if len(kept) > self.max_faces:
+            raise TooManyFacesError(MSG_TOO_MANY.format(n=len(kept), max_faces=self.max_faces))
+        kept.sort(key=lambda d: -float(d.prob))
+        faces = []
+        for d in kept:
+            crop = align_face(pil, np.asarray(d.landmarks, dtype=np.float64), self.crop_size)
+            box = tuple(float(v) for v in np.asarray(d.box, dtype=np.float64).reshape(4))
+            faces.append(Face(box=box, prob=float(d.prob), crop=crop))  # type: ignore[arg-type]
+        return faces
+
+    def detect_one(self, image: Image.Image | np.ndarray) -> list[Face]:
+        """Faces of ``image``, refusing an image without any (:class:`NoFaceError`)."""
+        faces = self.detect(image)
+        if not faces:
+            raise NoFaceError(MSG_NO_FACE.format(min_prob=self.min_face_prob))
+        return faces
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """L2-normalised float32 embeddings ``(N, D)`` of aligned uint8 crops ``(N, S, S, 3)``."""
+        crops = np.asarray(crops)
+        if crops.ndim == 3:
+            crops = crops[None]
+        out = np.asarray(self.embedder.embed(crops, batch_size=self.batch_size), np.float32)
+        return out
+
+    def embed_image(self, image: Image.Image | np.ndarray) -> tuple[list[Face], np.ndarray]:
+        """Detect, align and embed every face of ``image`` (at least one, else NoFaceError)."""
+        faces = self.detect_one(image)
+        return faces, self.embed(np.stack([f.crop for f in faces]))
+
+    def predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """Demographic estimates (``age``, ``gender_probs``, ``group_probs``) of aligned crops."""
+        crops = np.asarray(crops)
+        if crops.ndim == 3:
+            crops = crops[None]
+        return self.demographics.predict(crops, batch_size=self.batch_size)

@@ -1,0 +1,1344 @@
+"""The consent-aware, encrypted gallery: one template per subject, exact cosine search.
+
+Storage (under ``gallery/``)
+----------------------------
+- ``gallery.json``: the embedder ``model_version``, the embedding size, the preprocessing and
+  where the match threshold came from; written atomically.
+- ``keys/<pid>.key``: the subject's own AES-256 data key, wrapped by the master key
+  (:class:`visage_ml.privacy.keys.KeyRing`, context ``"gallery"``).
+- ``templates/<pid[1:3]>/<pid>.tpl``: the subject's template, AES-GCM encrypted under that key.
+  A file is ``MAGIC | u32 header length | header JSON | nonce | ciphertext+tag``; the header
+  (pid, model version, size; nothing personal) is authenticated as associated data, the
+  plaintext is the float32 template.
+
+Why one file per subject rather than shared segment files: an erasure then touches only that
+subject's two files (no other subject's ciphertext is ever rewritten, nothing waits for a
+compaction, no copy of the erased ciphertext survives in a segment), its cost does not grow with
+the gallery, and each removed artefact is exactly one file whose SHA-256 goes into the erasure
+certificate and whose absence a verifier can check. The price is start-up time (two small files
+per subject, about 50 µs warm); the per-subject key files that crypto-shredding needs cost most
+of that in either design. The 256 shard folders keep directories small.
+
+Template: the L2-normalised mean of the subject's L2-normalised enrolment embeddings (one
+template per subject; a new enrolment replaces it). Averaging is the usual multi-image fusion
+for cosine-trained embedders and keeps search to one row per subject.
+
+Consent: only subjects the registry allows for ``identification`` are ever decrypted into the
+in-memory matrix. Before each query the gallery reads the ledger lines appended since the last
+query (a ``stat`` when nothing changed) and adds or drops the subjects they touch, so a
+restricted, objected, withdrawn or erased subject is not even scored, rather than masked.
+
+Erasure: the row leaves memory, the key file is destroyed (the commit point: from then on the
+ciphertext is unreadable in every copy), the template file is overwritten and unlinked, each with
+fsync, and a ``gallery.removed`` event is appended. A crash after the key is destroyed leaves a
+template without a key, which the next start-up finishes removing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from cryptography.exceptions import InvalidTag
+
+from visage_ml.config import ProjectPaths
+from visage_ml.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    file_lock,
+    fsync_dir,
+    secure_unlink,
+    sha256_bytes,
+    sha256_file,
+)
+from visage_ml.privacy.keys import (
+    KeyDestroyedError,
+    KeyRing,
+    check_pid,
+    load_master_key,
+    open_sealed,
+    seal,
+)
+from visage_ml.privacy.ledger import utc_now
+from visage_ml.privacy.registry import REASON_TEXT
+
+logger = logging.getLogger(__name__)
+
+PURPOSE = "identification"
+META_FILE = "gallery.json"
+KEYS_DIR = "keys"
+TEMPLATES_DIR = "templates"
+KEY_CONTEXT = "gallery"
+SUFFIX = ".tpl"
+MAGIC = b"VGT1"
+FORMAT_VERSION = 1
+TEMPLATE_RULE = "normalised mean of L2-normalised enrolment embeddings, one per subject"
+# Below this many matrix bytes (and at most this many queries at once) search runs on one
+# thread without BLAS; above it BLAS streams the matrix with all cores.
+SMALL_MATRIX_BYTES = 24 << 20
+SMALL_MATRIX_QUERIES = 4
+# Start-up loading: threads reading and decrypting templates, subjects per task, and the
+# gallery size from which threads are used at all.
+LOAD_THREADS = 8
+LOAD_CHUNK = 1024
+LOAD_PARALLEL_MIN = 4096
+# Decisions under which a stored template has no legal basis any more and a rebuild removes it;
+# a restriction (Art. 18) keeps data stored, objections and pending erasures are left to the
+# rights workflows.
+NO_BASIS_REASONS: frozenset[str] = frozenset({"consent_withdrawn", "no_consent", "unknown_subject"})
+
+MSG_REBUILD = (
+    "the gallery's templates were made by embedder {found!r} but the serving embedder is "
+    "{expected!r}; run `visage gallery rebuild` to re-enrol consented subjects with it"
+)
+MSG_REBUILT_WHILE_RUNNING = (
+    "the gallery was rebuilt with embedder {found!r} while this server runs {expected!r}; "
+    "restart `visage serve` to load the new embedder and templates"
+)
+MSG_DIM = "embeddings have {found} values but the gallery's embedder makes {expected}"
+MSG_REFUSED = "subject {pid} may not be enrolled for identification: {text} ({reason})"
+MSG_NOT_ENROLLED = (
+    "subject {pid} has no usable template in the gallery (not enrolled, not available for "
+    "identification, or erased)"
+)
+MSG_NO_EMBEDDER = "this gallery has no embedder to turn crops into embeddings; pass embeddings"
+MSG_BAD_EMBEDDINGS = "embeddings must be finite, non-zero float vectors of shape (N, {dim})"
+MSG_NO_THRESHOLD = (
+    "{path} is missing: the match threshold comes from evaluation; run `dvc repro evaluate`"
+)
+MSG_THRESHOLD_MODEL = (
+    "{path} was computed for embedder {found!r} but the gallery uses {expected!r}; run "
+    "`dvc repro evaluate` for this embedder (or `visage gallery rebuild` for that one)"
+)
+MSG_NO_META = "no gallery at {path}; build it with `dvc repro gallery` or `visage gallery rebuild`"
+MSG_TAMPERED = (
+    "template {name} fails authentication (altered, truncated or moved); it is not used. "
+    "Restore it from a backup or re-enrol the subject"
+)
+
+
+class GalleryError(RuntimeError):
+    """The gallery cannot be opened or used as asked."""
+
+
+class GalleryVersionError(GalleryError):
+    """Templates were made by another embedder version than the one serving."""
+
+
+class EnrolmentRefusedError(PermissionError):
+    """The registry does not allow the subject to be processed for identification."""
+
+    def __init__(self, pid: str, reason: str) -> None:
+        self.pid = pid
+        self.reason = reason
+        text = REASON_TEXT.get(reason, reason)
+        super().__init__(MSG_REFUSED.format(pid=pid, text=text, reason=reason))
+
+
+class NotEnrolledError(KeyError):
+    """The subject has no searchable template."""
+
+    def __str__(self) -> str:
+        return MSG_NOT_ENROLLED.format(pid=self.args[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and metadata
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """One identification candidate at or above the threshold."""
+
+    pid: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What :meth:`Gallery.enroll` stored (no template values)."""
+
+    pid: str
+    template_sha256: str
+    images: int
+    replaced: bool
+    changed: bool = True
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What :meth:`Gallery.erase` removed: project-relative path -> SHA-256 before deletion."""
+
+    pid: str
+    removed: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The match threshold and where it came from."""
+
+    value: float
+    source: str
+    target_fmr: float | None = None
+    sha256: str | None = None
+    embedder_model_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GalleryMeta:
+    """Contents of ``gallery/gallery.json``."""
+
+    model_version: str
+    embedding_dim: int
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    threshold: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    updated: str = ""
+    format: int = FORMAT_VERSION
+    purpose: str = PURPOSE
+    template: str = TEMPLATE_RULE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GalleryMeta:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def read_meta(directory: Path) -> GalleryMeta | None:
+    """``gallery.json`` of the gallery at ``directory``, or None when there is none."""
+    path = Path(directory) / META_FILE
+    if not path.exists():
+        return None
+    try:
+        return GalleryMeta.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise GalleryError(
+            f"{path} is unreadable ({type(exc).__name__}); run `visage gallery rebuild`"
+        ) from None
+
+
+def load_threshold(paths: ProjectPaths, model_version: str | None = None) -> Threshold:
+    """The match threshold from ``reports/threshold.json`` (written by ``evaluate``).
+
+    Parameters
+    ----------
+    paths
+        The project.
+    model_version
+        When given, the threshold must have been computed for this embedder version.
+
+    Raises
+    ------
+    FileNotFoundError
+        No threshold report.
+    GalleryVersionError
+        The report belongs to another embedder.
+    """
+    path = paths.reports / "threshold.json"
+    if not path.is_file():
+        raise FileNotFoundError(MSG_NO_THRESHOLD.format(path=path))
+    raw = path.read_bytes()
+    doc = json.loads(raw)
+    found = doc.get("embedder_model_version")
+    if model_version is not None and found is not None and found != model_version:
+        raise GalleryVersionError(
+            MSG_THRESHOLD_MODEL.format(path=path, found=found, expected=model_version)
+        )
+    return Threshold(
+        value=float(doc["threshold"]),
+        source="reports/threshold.json",
+        target_fmr=float(doc["target_fmr"]) if doc.get("target_fmr") is not None else None,
+        sha256=sha256_bytes(raw),
+        embedder_model_version=found,
+    )
+
+
+def template_of(embeddings: np.ndarray, dim: int) -> np.ndarray:
+    """One template from enrolment embeddings: normalised mean of normalised rows.
+
+    Raises
+    ------
+    ValueError
+        Wrong size, non-finite or zero vectors.
+    """
+    e = np.asarray(embeddings, dtype=np.float32)
+    if e.ndim == 1:
+        e = e[None]
+    if e.ndim != 2 or e.shape[0] == 0:
+        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
+    if e.shape[1] != dim:
+        raise ValueError(MSG_DIM.format(found=e.shape[1], expected=dim))
+    norms = np.linalg.norm(e, axis=1, keepdims=True)
+    if not np.all(np.isfinite(e)) or np.any(norms <= 1e-12):
+        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
+    mean = (e / norms).mean(axis=0)
+    n = float(np.linalg.norm(mean))
+    if not np.isfinite(n) or n <= 1e-6:
+        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
+    return (mean / n).astype(np.float32)
+
+
+def normalize_queries(embeddings: np.ndarray, dim: int) -> np.ndarray:
+    """Query embeddings as a C-contiguous float32 ``(Q, dim)`` array of unit rows."""
+    q = np.asarray(embeddings, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(MSG_DIM.format(found=q.shape[-1] if q.ndim else 0, expected=dim))
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    if not np.all(np.isfinite(q)) or np.any(norms <= 1e-12):
+        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
+    return np.ascontiguousarray(q / norms, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory index
+# ---------------------------------------------------------------------------------------------
+
+
+class TemplateIndex:
+    """Rows ``[0, n)`` of a float32 matrix of unit templates, with pid <-> row maps.
+
+    Removal moves the last row into the freed slot (O(D), whatever the size) and zeroes the old
+    last row, so the matrix only ever holds searchable subjects. Not thread-safe by itself: the
+    gallery serialises access.
+    """
+
+    def __init__(self, dim: int, capacity: int = 0) -> None:
+        self.dim = int(dim)
+        self._m = np.zeros((max(int(capacity), 16), self.dim), dtype=np.float32)
+        self._pids: list[str] = []
+        self._row: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._pids)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._row
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The searchable rows (a view; do not keep it across changes)."""
+        return self._m[: len(self._pids)]
+
+    def pids(self) -> list[str]:
+        """Pids in row order."""
+        return list(self._pids)
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` rows without further copies."""
+        if capacity > self._m.shape[0]:
+            grown = np.zeros((capacity, self.dim), dtype=np.float32)
+            grown[: len(self._pids)] = self._m[: len(self._pids)]
+            self._m = grown
+
+    def put(self, pid: str, vector: np.ndarray) -> None:
+        """Add ``pid``'s template or replace it."""
+        row = self._row.get(pid)
+        if row is None:
+            n = len(self._pids)
+            if n == self._m.shape[0]:
+                self.reserve(max(16, n * 2))
+            row = n
+            self._pids.append(pid)
+            self._row[pid] = row
+        self._m[row] = vector
+
+    def extend(self, pids: list[str], vectors: np.ndarray) -> None:
+        """Append many new subjects at once (one block copy); ``pids`` must not be present."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(pids), self.dim):
+            raise ValueError(f"expected vectors of shape ({len(pids)}, {self.dim})")
+        if any(p in self._row for p in pids) or len(set(pids)) != len(pids):
+            raise ValueError("extend() takes new, distinct pids; use put() to replace")
+        n = len(self._pids)
+        self.reserve(n + len(pids))
+        self._m[n : n + len(pids)] = vectors
+        self._row.update((p, n + i) for i, p in enumerate(pids))
+        self._pids.extend(pids)
+
+    def remove(self, pid: str) -> bool:
+        """Drop ``pid``'s row; returns whether it was there."""
+        row = self._row.pop(pid, None)
+        if row is None:
+            return False
+        last = len(self._pids) - 1
+        if row != last:
+            moved = self._pids[last]
+            self._m[row] = self._m[last]
+            self._pids[row] = moved
+            self._row[moved] = row
+        self._m[last] = 0.0
+        self._pids.pop()
+        return True
+
+    def score(self, pid: str, query: np.ndarray) -> float:
+        """Cosine of ``pid``'s template with one unit query."""
+        return float(self._m[self._row[pid]] @ query)
+
+    def search(
+        self, queries: np.ndarray, *, top_k: int, threshold: float
+    ) -> list[list[tuple[str, float]]]:
+        """Exact cosine top-``top_k`` at or above ``threshold`` for each unit query row.
+
+        One BLAS pass streams the matrix once per call (matrix-vector product for a single
+        query, matrix-matrix for several); only scores at or above the threshold are ranked.
+        """
+        n = len(self._pids)
+        if n == 0 or top_k < 1:
+            return [[] for _ in range(queries.shape[0])]
+        m = self._m[:n]
+        if m.nbytes < SMALL_MATRIX_BYTES and queries.shape[0] <= SMALL_MATRIX_QUERIES:
+            # Small matrices: numpy's own single-threaded loop. Waking BLAS threads costs more
+            # than the product itself (milliseconds when cores are shared with other work).
+            scores = np.stack([np.einsum("ij,j->i", m, q) for q in queries])
+        elif queries.shape[0] == 1:
+            scores = (m @ queries[0])[None]  # BLAS gemv: one pass over the matrix
+        else:
+            scores = queries @ m.T  # BLAS gemm: still one pass for all the queries
+        out: list[list[tuple[str, float]]] = []
+        for s in scores:
+            cand = np.flatnonzero(s >= threshold)
+            if cand.size > top_k:
+                cand = cand[np.argpartition(s[cand], -top_k)[-top_k:]]
+            order = cand[np.argsort(-s[cand], kind="stable")]
+            out.append([(self._pids[i], float(s[i])) for i in order])
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The gallery
+# ---------------------------------------------------------------------------------------------
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class Gallery:
+    """Consent-aware encrypted gallery of one project (use :meth:`open`).
+
+    Thread-safe: queries and changes are serialised by ``lock`` (an ``RLock``; pass the one that
+    also guards other users of the same :class:`~visage_ml.privacy.core.PrivacyCore`, whose
+    registry is not thread-safe). Changes to files also take ``gallery/.lock`` so that the CLI
+    and a running server do not interleave.
+    """
+
+    def __init__(
+        self,
+        paths: ProjectPaths,
+        *,
+        core: Any,
+        meta: GalleryMeta,
+        threshold: float,
+        master_key: bytes,
+        embed: Callable[[np.ndarray], np.ndarray] | None = None,
+        lock: Any = None,
+    ) -> None:
+        self.paths = paths
+        self.directory = paths.gallery
+        self.core = core
+        self.meta = meta
+        self.threshold = float(threshold)
+        self._embed = embed
+        self.lock = lock if lock is not None else threading.RLock()
+        self.keys = KeyRing(self.directory / KEYS_DIR, master_key, context=KEY_CONTEXT)
+        self._file_lock = self.directory / ".lock"
+        self._templates_root = str(self.directory / TEMPLATES_DIR)
+        self._index = TemplateIndex(meta.embedding_dim)
+        self._hashes: dict[str, str] = {}
+        self._stored: set[str] = set()
+        self._stale: set[str] = set()
+        self._offset = 0
+        self._meta_stat: tuple[int, int] | None = None
+        self._rebuilt_to: str | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        paths: ProjectPaths,
+        *,
+        model_version: str,
+        embedding_dim: int,
+        threshold: Threshold | float,
+        preprocess: Mapping[str, Any] | None = None,
+        core: Any = None,
+        embed: Callable[[np.ndarray], np.ndarray] | None = None,
+        lock: Any = None,
+        create: bool = True,
+        rebuild: bool = False,
+        load: bool = True,
+    ) -> Gallery:
+        """Open (or create) the gallery of ``paths`` for the given embedder.
+
+        Parameters
+        ----------
+        paths
+            The project.
+        model_version, embedding_dim, preprocess
+            The serving embedder's identity; templates of another version are refused.
+        threshold
+            The match threshold (:func:`load_threshold`) or a number.
+        core
+            The project's :class:`~visage_ml.privacy.core.PrivacyCore` (a new one when None).
+        embed
+            Turns aligned crops into embeddings, for :meth:`enroll` with ``crops``.
+        lock
+            Shared ``RLock`` (see the class docstring).
+        create
+            Create an empty gallery when there is none (else :class:`GalleryError`).
+        rebuild
+            Accept a gallery of another embedder version: its metadata is replaced and old
+            templates stay unused until re-enrolled (``visage gallery rebuild``).
+        load
+            Decrypt the searchable templates into memory now.
+
+        Raises
+        ------
+        GalleryVersionError
+            ``gallery.json`` names another embedder version (and ``rebuild`` is false).
+        """
+        from visage_ml.privacy.core import PrivacyCore
+
+        directory = paths.gallery
+        existing = read_meta(directory)
+        thr = threshold if isinstance(threshold, Threshold) else Threshold(float(threshold), "")
+        now = utc_now()
+        if existing is None and not create:
+            raise GalleryError(MSG_NO_META.format(path=directory))
+        if existing is not None and not rebuild:
+            if existing.model_version != model_version:
+                raise GalleryVersionError(
+                    MSG_REBUILD.format(found=existing.model_version, expected=model_version)
+                )
+            if existing.embedding_dim != embedding_dim:
+                raise GalleryVersionError(
+                    MSG_REBUILD.format(
+                        found=f"{existing.model_version} (dim {existing.embedding_dim})",
+                        expected=f"{model_version} (dim {embedding_dim})",
+                    )
+                )
+        meta = GalleryMeta(
+            model_version=model_version,
+            embedding_dim=int(embedding_dim),
+            preprocess=dict(preprocess or (existing.preprocess if existing else {})),
+            threshold=thr.to_dict(),
+            created=existing.created if existing else now,
+            updated=now,
+        )
+        keys_dir = directory / KEYS_DIR
+        vault_keys = paths.vault / "keys"
+        has_data = any(d.exists() and any(d.glob("p*.key")) for d in (keys_dir, vault_keys))
+        master = load_master_key(paths.master_key, create=not has_data)
+        gallery = cls(
+            paths,
+            core=core if core is not None else PrivacyCore(paths),
+            meta=meta,
+            threshold=thr.value,
+            master_key=master,
+            embed=embed,
+            lock=lock,
+        )
+        if existing is None:
+            gallery.write_meta()
+        elif rebuild and existing.model_version != model_version:
+            logger.info(
+                "gallery: switching from embedder %s to %s; templates are re-enrolled",
+                existing.model_version,
+                model_version,
+            )
+        if not rebuild:
+            gallery._meta_stat = gallery._stat_meta()
+        if load:
+            gallery.reload()
+        return gallery
+
+    def write_meta(self) -> None:
+        """Write ``gallery.json`` atomically from :attr:`meta`."""
+        with self.lock:
+            atomic_write_json(self.directory / META_FILE, self.meta.to_dict())
+            self._meta_stat = self._stat_meta()
+
+    def _stat_meta(self) -> tuple[int, int] | None:
+        try:
+            st = (self.directory / META_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def template_path(self, pid: str) -> Path:
+        """File holding ``pid``'s encrypted template."""
+        check_pid(pid)
+        return self.directory / TEMPLATES_DIR / pid[1:3] / f"{pid}{SUFFIX}"
+
+    def _scan(self) -> list[str]:
+        root = self.directory / TEMPLATES_DIR
+        if not root.exists():
+            return []
+        out = []
+        with os.scandir(root) as shards:
+            for shard in shards:
+                if not shard.is_dir():
+                    continue
+                with os.scandir(shard.path) as files:
+                    for f in files:
+                        name = f.name
+                        if name.endswith(SUFFIX) and not name.startswith("."):
+                            out.append(name[: -len(SUFFIX)])
+        return sorted(out)
+
+    def _seal(self, pid: str, key: bytes, vector: np.ndarray, images: int) -> bytes:
+        header = orjson.dumps(
+            {
+                "pid": pid,
+                "model_version": self.meta.model_version,
+                "dim": int(vector.shape[0]),
+                "n_images": int(images),
+                "format": FORMAT_VERSION,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        body = seal(key, vector.astype("<f4").tobytes(), aad=MAGIC + header)
+        return MAGIC + struct.pack("<I", len(header)) + header + body
+
+    @staticmethod
+    def _parse(blob: bytes) -> tuple[dict[str, Any], bytes, bytes]:
+        if len(blob) < 8 or blob[:4] != MAGIC:
+            raise ValueError("not a visage gallery template")
+        (n,) = struct.unpack("<I", blob[4:8])
+        header_bytes = blob[8 : 8 + n]
+        return orjson.loads(header_bytes), header_bytes, blob[8 + n :]
+
+    def _decrypt(self, pid: str, blob: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """(template or None when of another version, header); raises on damage/destroyed key."""
+        header, header_bytes, body = self._parse(blob)
+        if header.get("pid") != pid:
+            raise ValueError("template header names another subject")
+        if header.get("model_version") != self.meta.model_version:
+            return None, header
+        key = self.keys.get(pid)
+        plain = open_sealed(key, body, aad=MAGIC + header_bytes)
+        vec = np.frombuffer(plain, dtype="<f4").astype(np.float32)
+        if vec.shape[0] != self.meta.embedding_dim:
+            return None, header
+        return vec, header
+
+    # -- loading and consent refresh -----------------------------------------------------------
+
+    def reload(self) -> None:
+        """Rebuild the in-memory matrix from disk: searchable subjects only."""
+        with self.lock:
+            ledger_path = self.core.ledger.path
+            offset = ledger_path.stat().st_size if ledger_path.exists() else 0
+            registry = self.core.registry.refresh()
+            allowed = registry.allowed(PURPOSE)
+            stored = self._scan()
+            self._stored = set(stored)
+            self._stale = set()
+            self._hashes = {}
+            searchable = [p for p in stored if p in allowed]
+            self._index = TemplateIndex(self.meta.embedding_dim, capacity=len(searchable))
+            self._load_many(searchable)
+            # Lines before `offset` are folded; later ones are re-read by the next refresh
+            # (re-applying an event is harmless).
+            self._offset = self._offset_floor(ledger_path, offset)
+            logger.info(
+                "gallery loaded: %d searchable of %d stored templates (%d of another embedder)",
+                len(self._index),
+                len(self._stored),
+                len(self._stale),
+            )
+
+    @staticmethod
+    def _offset_floor(path: Path, offset: int) -> int:
+        # Offsets must fall on a line boundary: back off to the last newline before `offset`.
+        if offset == 0 or not path.exists():
+            return 0
+        with open(path, "rb") as fh:
+            start = max(0, offset - (1 << 16))
+            fh.seek(start)
+            chunk = fh.read(offset - start)
+        nl = chunk.rfind(b"\n")
+        return start + nl + 1 if nl != -1 else start
+
+    def _read(self, pid: str) -> tuple[str, bytes | None, np.ndarray | None]:
+        """Read and decrypt ``pid``'s template without touching any state (thread-safe).
+
+        Returns ``(status, file bytes, template)`` with status ``ok``, ``stale`` (another
+        embedder), ``missing``, ``destroyed`` (key gone) or ``damaged``.
+        """
+        # Plain string paths: pathlib costs a third of the start-up time at a million subjects.
+        path = f"{self._templates_root}/{pid[1:3]}/{pid}{SUFFIX}"
+        try:
+            with open(path, "rb") as fh:
+                blob = fh.read()
+        except FileNotFoundError:
+            return "missing", None, None
+        try:
+            vec, _ = self._decrypt(pid, blob)
+        except KeyDestroyedError:
+            return "destroyed", blob, None
+        except (InvalidTag, ValueError, orjson.JSONDecodeError, struct.error):
+            return "damaged", blob, None
+        return ("ok" if vec is not None else "stale"), blob, vec
+
+    def _apply(self, pid: str, status: str, blob: bytes | None, vec: np.ndarray | None) -> bool:
+        """Put the outcome of :meth:`_read` into the index and sets (under the lock)."""
+        if status == "missing":
+            self._drop(pid)
+            self._stored.discard(pid)
+            return False
+        assert blob is not None
+        if status == "destroyed":
+            self._finish_interrupted_erase(pid, self.template_path(pid), blob)
+            return False
+        if status == "damaged":
+            logger.error(MSG_TAMPERED.format(name=self.template_path(pid).name))
+            self._drop(pid)
+            return False
+        self._stored.add(pid)
+        if vec is None:
+            self._stale.add(pid)
+            self._drop(pid)
+            return False
+        self._stale.discard(pid)
+        self._index.put(pid, vec)
+        self._hashes[pid] = sha256_bytes(blob)
+        return True
+
+    def _load_one(self, pid: str) -> bool:
+        """Decrypt ``pid``'s template into the index; returns whether it is searchable now."""
+        return self._apply(pid, *self._read(pid))
+
+    def _load_many(self, pids: list[str]) -> None:
+        """:meth:`_load_one` for many subjects, reading and decrypting on a few threads.
+
+        Start-up is two small file reads and two AES-GCM decryptions per subject; file reads
+        release the GIL, so a handful of threads overlap the waits (most of the time on a cold
+        page cache). State changes stay on the calling thread.
+        """
+        if len(pids) < LOAD_PARALLEL_MIN:
+            for pid in pids:
+                self._load_one(pid)
+            return
+        chunks = [pids[i : i + LOAD_CHUNK] for i in range(0, len(pids), LOAD_CHUNK)]
+        with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="gallery-load") as pool:
+            for chunk, results in zip(
+                chunks, pool.map(lambda c: [self._read(p) for p in c], chunks), strict=True
+            ):
+                for pid, result in zip(chunk, results, strict=True):
+                    self._apply(pid, *result)
+
+    def _drop(self, pid: str) -> None:
+        self._index.remove(pid)
+        self._hashes.pop(pid, None)
+
+    def _finish_interrupted_erase(self, pid: str, path: Path, blob: bytes) -> None:
+        """A template whose key is gone: an erasure stopped after its commit point; finish it."""
+        digest = sha256_bytes(blob)
+        with file_lock(self._file_lock):
+            secure_unlink(path)
+        self._drop(pid)
+        self._stored.discard(pid)
+        self._stale.discard(pid)
+        self.core.ledger.append(
+            "gallery.removed",
+            pid,
+            {"template_sha256": digest, "reason": "interrupted_erasure_completed"},
+        )
+        logger.warning("gallery: finished an interrupted erasure (template without key removed)")
+
+    def refresh(self) -> None:
+        """Apply registry and gallery changes made since the last call (cheap when none).
+
+        Reads the ledger lines appended since the last refresh, folds them into the registry and
+        re-decides every subject they name: a subject no longer allowed for identification
+        leaves the matrix, one allowed again (or enrolled by another process) is loaded.
+        """
+        with self.lock:
+            self._check_meta()
+            path = self.core.ledger.path
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return
+            if size == self._offset:
+                return
+            if size < self._offset:
+                # The ledger was replaced (restored from a backup): start over.
+                self.reload()
+                return
+            touched: set[str] = set()
+            for end, line in self.core.ledger.iter_lines(start_offset=self._offset):
+                pid = orjson.loads(line).get("pid")
+                if pid:
+                    touched.add(pid)
+                self._offset = end
+            # The registry reads at least as far as we did (the file only grows).
+            registry = self.core.registry.refresh()
+            for pid in touched:
+                self._reconcile(pid, registry)
+
+    def _reconcile(self, pid: str, registry: Any) -> None:
+        if not registry.may_process(pid, PURPOSE).allowed:
+            self._drop(pid)
+            if not self.template_path(pid).exists():
+                self._stored.discard(pid)
+                self._stale.discard(pid)
+            return
+        path = self.template_path(pid)
+        if not path.exists():
+            self._drop(pid)
+            self._stored.discard(pid)
+            self._stale.discard(pid)
+            return
+        if pid in self._index and self._hashes.get(pid) == sha256_file(path):
+            return
+        self._load_one(pid)
+
+    def _check_meta(self) -> None:
+        if self._rebuilt_to is not None:
+            raise GalleryVersionError(
+                MSG_REBUILT_WHILE_RUNNING.format(
+                    found=self._rebuilt_to, expected=self.meta.model_version
+                )
+            )
+        if self._meta_stat is None:
+            return
+        stat = self._stat_meta()
+        if stat == self._meta_stat:
+            return
+        current = read_meta(self.directory)
+        self._meta_stat = stat
+        if current is not None and current.model_version != self.meta.model_version:
+            self._rebuilt_to = current.model_version
+            self._check_meta()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Searchable subjects (rows of the in-memory matrix)."""
+        with self.lock:
+            return len(self._index)
+
+    @property
+    def model_version(self) -> str:
+        return self.meta.model_version
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.meta.embedding_dim
+
+    def searchable(self) -> list[str]:
+        """Pids currently in the matrix (after applying pending registry changes)."""
+        self.refresh()
+        with self.lock:
+            return self._index.pids()
+
+    def is_searchable(self, pid: str) -> bool:
+        """Whether ``pid`` is in the matrix now (after applying pending registry changes)."""
+        with self.lock:
+            self.refresh()
+            return pid in self._index
+
+    def stored(self) -> list[str]:
+        """Pids that have a template file (searchable or not)."""
+        self.refresh()
+        with self.lock:
+            return sorted(self._stored)
+
+    def identify_many(self, embeddings: np.ndarray, *, top_k: int = 5) -> list[list[Match]]:
+        """Top-``top_k`` matches at or above the threshold for each embedding row.
+
+        Only subjects allowed for identification at the time of the call are scored.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, not {top_k}")
+        q = normalize_queries(embeddings, self.meta.embedding_dim)
+        # Refresh and search under one lock: a consent change recorded through the same lock
+        # is either before this query (and applied) or after it.
+        with self.lock:
+            self.refresh()
+            found = self._index.search(q, top_k=top_k, threshold=self.threshold)
+        return [[Match(pid, score) for pid, score in row] for row in found]
+
+    def identify(self, embedding: np.ndarray, *, top_k: int = 5) -> list[Match]:
+        """Top-``top_k`` (pid, score) at or above the threshold for one embedding."""
+        return self.identify_many(np.asarray(embedding).reshape(1, -1), top_k=top_k)[0]
+
+    def verify(self, embedding: np.ndarray, pid: str) -> tuple[bool, float]:
+        """Is ``embedding`` subject ``pid``? Returns ``(score >= threshold, score)``.
+
+        Raises
+        ------
+        NotEnrolledError
+            ``pid`` has no searchable template (never enrolled, restricted, objected,
+            withdrawn, erased): such a subject is not scored at all.
+        """
+        check_pid(pid)
+        q = normalize_queries(np.asarray(embedding).reshape(1, -1), self.meta.embedding_dim)
+        with self.lock:
+            self.refresh()
+            if pid not in self._index:
+                raise NotEnrolledError(pid)
+            score = self._index.score(pid, q[0])
+        return score >= self.threshold, score
+
+    def status(self, pid: str) -> dict[str, Any]:
+        """Gallery state of ``pid``: enrolled (a template is stored), searchable, its version."""
+        path = self.template_path(pid)
+        self.refresh()
+        version = None
+        if path.exists():
+            with contextlib.suppress(OSError, ValueError, orjson.JSONDecodeError, struct.error):
+                version = self._parse(path.read_bytes())[0].get("model_version")
+        with self.lock:
+            return {
+                "enrolled": path.exists(),
+                "searchable": pid in self._index,
+                "template_model_version": version,
+            }
+
+    def template(self, pid: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """``pid``'s decrypted template and its file header, for the subject's own copy.
+
+        Used by the access/portability export (Art. 15, 20); any embedder version is returned
+        (the header names it). Never logged, never served over the identification API.
+
+        Raises
+        ------
+        NotEnrolledError
+            No template file (never enrolled, or erased), or its key was destroyed (an
+            erasure that stopped after its commit point).
+        GalleryError
+            The file fails authentication (altered or truncated).
+        """
+        path = self.template_path(pid)
+        try:
+            blob = path.read_bytes()
+            header, header_bytes, body = self._parse(blob)
+            if header.get("pid") != pid:
+                raise ValueError("template header names another subject")
+            plain = open_sealed(self.keys.get(pid), body, aad=MAGIC + header_bytes)
+        except (FileNotFoundError, KeyDestroyedError):
+            raise NotEnrolledError(pid) from None
+        except (InvalidTag, ValueError, orjson.JSONDecodeError, struct.error):
+            raise GalleryError(MSG_TAMPERED.format(name=path.name)) from None
+        return np.frombuffer(plain, dtype="<f4").astype(np.float32), header
+
+    def stats(self) -> dict[str, Any]:
+        """Counts only: stored, searchable and stale templates, the embedder and threshold."""
+        self.refresh()
+        with self.lock:
+            return {
+                "stored": len(self._stored),
+                "searchable": len(self._index),
+                "stale": len(self._stale),
+                "not_searchable": len(self._stored) - len(self._index) - len(self._stale),
+                "model_version": self.meta.model_version,
+                "embedding_dim": self.meta.embedding_dim,
+                "threshold": self.threshold,
+            }
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def _embeddings(self, embeddings: np.ndarray | None, crops: np.ndarray | None) -> np.ndarray:
+        if (embeddings is None) == (crops is None):
+            raise ValueError("pass either embeddings or crops")
+        if embeddings is not None:
+            return np.asarray(embeddings, dtype=np.float32)
+        if self._embed is None:
+            raise GalleryError(MSG_NO_EMBEDDER)
+        return np.asarray(self._embed(np.asarray(crops)), dtype=np.float32)
+
+    def enroll(
+        self,
+        pid: str,
+        embeddings: np.ndarray | None = None,
+        *,
+        crops: np.ndarray | None = None,
+        model_version: str | None = None,
+    ) -> Enrolment:
+        """Store ``pid``'s template (replacing an existing one) if identification is allowed.
+
+        Parameters
+        ----------
+        pid
+            The subject.
+        embeddings
+            ``(N, D)`` embeddings of the subject's enrolment images, or
+        crops
+            ``(N, S, S, 3)`` aligned uint8 crops, embedded with the gallery's embedder.
+        model_version
+            The embedder that made ``embeddings``; refused when it is not the gallery's.
+
+        Raises
+        ------
+        EnrolmentRefusedError
+            The registry does not allow ``pid`` for identification (the reason is named).
+        GalleryVersionError
+            ``model_version`` is not the gallery's embedder.
+        """
+        return self.enroll_many(
+            {pid: self._embeddings(embeddings, crops)}, model_version=model_version
+        )[0]
+
+    def enroll_many(
+        self, items: Mapping[str, np.ndarray], *, model_version: str | None = None
+    ) -> list[Enrolment]:
+        """Enrol several subjects under one lock and one ledger append.
+
+        Nothing is written unless every subject is allowed. A template equal to the stored one
+        is left alone (no write, no event), so a repeated rebuild changes nothing. On a failed
+        ledger append the template files are restored to what they were.
+        """
+        if model_version is not None and model_version != self.meta.model_version:
+            raise GalleryVersionError(
+                MSG_REBUILD.format(found=model_version, expected=self.meta.model_version)
+            )
+        dim = self.meta.embedding_dim
+        vectors: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        for pid, e in items.items():
+            vectors[check_pid(pid)] = template_of(e, dim)
+            counts[pid] = int(np.asarray(e).reshape(-1, dim).shape[0])
+        with self.lock, file_lock(self._file_lock):
+            self.refresh()
+            registry = self.core.registry
+            for pid in vectors:
+                decision = registry.may_process(pid, PURPOSE)
+                if not decision.allowed:
+                    raise EnrolmentRefusedError(pid, decision.reason)
+            results: list[Enrolment] = []
+            undo: list[tuple[Path, bytes | None]] = []
+            events: list[tuple[str, str | None, Mapping[str, Any]]] = []
+            written: dict[str, tuple[np.ndarray, str]] = {}
+            try:
+                for pid, vec in vectors.items():
+                    path = self.template_path(pid)
+                    old = path.read_bytes() if path.exists() else None
+                    if old is not None and self._same_template(pid, old, vec):
+                        digest = sha256_bytes(old)
+                        results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
+                        written[pid] = (vec, digest)
+                        continue
+                    key = self.keys.get(pid, create=True)
+                    blob = self._seal(pid, key, vec, counts[pid])
+                    undo.append((path, old))
+                    atomic_write_bytes(path, blob, mode=0o600)
+                    digest = sha256_bytes(blob)
+                    written[pid] = (vec, digest)
+                    results.append(Enrolment(pid, digest, counts[pid], old is not None))
+                    events.append(
+                        (
+                            "gallery.enrolled",
+                            pid,
+                            {
+                                "template_sha256": digest,
+                                "model_version": self.meta.model_version,
+                                "n_images": counts[pid],
+                                "replaced": old is not None,
+                            },
+                        )
+                    )
+                if events:
+                    self.core.ledger.append_many(events)
+            except BaseException:
+                self._undo(undo)
+                raise
+            for pid, (vec, digest) in written.items():
+                self._stored.add(pid)
+                self._stale.discard(pid)
+                self._index.put(pid, vec)
+                self._hashes[pid] = digest
+        return results
+
+    def _same_template(self, pid: str, blob: bytes, vec: np.ndarray) -> bool:
+        try:
+            old, _ = self._decrypt(pid, blob)
+        except (KeyDestroyedError, InvalidTag, ValueError, orjson.JSONDecodeError, struct.error):
+            return False
+        return old is not None and np.array_equal(old, vec)
+
+    @staticmethod
+    def _undo(undo: Iterable[tuple[Path, bytes | None]]) -> None:
+        for path, old in undo:
+            with contextlib.suppress(OSError):
+                if old is None:
+                    if path.exists():
+                        path.unlink()
+                        fsync_dir(path.parent)
+                else:
+                    atomic_write_bytes(path, old, mode=0o600)
+
+    def erase(self, pid: str, *, reason: str = "erasure") -> Removal:
+        """Remove ``pid`` from the gallery for good: row, key, ciphertext; durable.
+
+        Order: the row leaves memory (never scored again), the key file is destroyed (commit
+        point: the ciphertext is unreadable from here on, in every copy), the template file is
+        overwritten and unlinked, each step fsync'd, then ``gallery.removed`` is appended.
+
+        Returns
+        -------
+        Removal
+            Each removed file (project-relative path) with its SHA-256 taken before deletion;
+            empty when the subject had nothing in the gallery.
+        """
+        check_pid(pid)
+        root = self.paths.root
+        with self.lock, file_lock(self._file_lock):
+            removed: dict[str, str] = {}
+            path = self.template_path(pid)
+            template_hash = sha256_file(path) if path.exists() else None
+            self._drop(pid)
+            key_path = self.keys.path(pid)
+            key_hash = self.keys.destroy(pid)
+            if key_hash is not None:
+                removed[_rel(key_path, root)] = key_hash
+            if template_hash is not None:
+                secure_unlink(path)
+                removed[_rel(path, root)] = template_hash
+            self._stored.discard(pid)
+            self._stale.discard(pid)
+            if removed:
+                self.core.ledger.append(
+                    "gallery.removed",
+                    pid,
+                    {
+                        "template_sha256": template_hash,
+                        "key_sha256": key_hash,
+                        "reason": reason,
+                    },
+                )
+        return Removal(pid, removed)
+
+    def purge_without_basis(self) -> list[Removal]:
+        """Erase stored templates whose subject no longer has any legal basis for them.
+
+        Consent withdrawn (or never given) for identification, or unknown subjects: the template
+        has no basis to be kept. Restricted subjects keep theirs (Art. 18: stored, not used);
+        objections and pending erasures are left to the rights workflows.
+        """
+        self.refresh()
+        registry = self.core.registry
+        out = []
+        with self.lock:
+            for pid in sorted(self._stored):
+                if registry.may_process(pid, PURPOSE).reason in NO_BASIS_REASONS:
+                    out.append(self.erase(pid, reason="no_legal_basis"))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Rebuild from processed data (`visage gallery rebuild`, stage `gallery`)
+# ---------------------------------------------------------------------------------------------
+
+SPLIT_PREFERENCE: Mapping[str, int] = {"train": 0, "val": 1, "test": 2}
+MSG_NO_PROCESSED = "{path} is missing; run `dvc repro prepare` first"
+MSG_ROWS = (
+    "manifest.parquet has {rows} rows but faces.u8.npy holds {faces} crops; re-run "
+    "`dvc repro prepare` to rebuild both together"
+)
+# Embedding is chunked so that only this many crops are in memory at once.
+EMBED_CHUNK = 2048
+ENROL_BATCH = 512
+
+
+def select_enrolment_rows(
+    manifest: Any, allowed: Iterable[str], *, per_subject: int
+) -> dict[str, np.ndarray]:
+    """Rows of ``faces.u8.npy`` to enrol each allowed subject from.
+
+    Up to ``per_subject`` images per subject, train images first, then validation, then test
+    (so that test images stay held out whenever a subject has others), the most confidently
+    detected first, then by image id (deterministic).
+    """
+    allowed = set(allowed)
+    df = manifest[manifest["pid"].astype(str).isin(allowed)].copy()
+    if df.empty:
+        return {}
+    df["pid"] = df["pid"].astype(str)
+    df["_rank"] = df["split"].map(dict(SPLIT_PREFERENCE)).fillna(len(SPLIT_PREFERENCE))
+    df["_prob"] = df.get("det_prob", 1.0)
+    df = df.sort_values(
+        ["pid", "_rank", "_prob", "image_id"], ascending=[True, True, False, True], kind="stable"
+    )
+    heads = df.groupby("pid", sort=True).head(per_subject)
+    return {
+        str(pid): rows["row"].to_numpy(dtype=np.int64)
+        for pid, rows in heads.groupby("pid", sort=True)
+    }
+
+
+@dataclass
+class RebuildReport:
+    """Counts of a rebuild (no pids: this goes to ``reports/gallery.json``)."""
+
+    model_version: str
+    embedding_dim: int
+    threshold: float
+    subjects_allowed: int
+    subjects_enrolled: int
+    templates_written: int
+    templates_unchanged: int
+    images_used: int
+    allowed_without_images: int
+    removed_without_basis: int
+    stale_templates: int
+    searchable: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rebuild(
+    paths: ProjectPaths,
+    *,
+    embedder: Any,
+    images_per_subject: int,
+    threshold: Threshold | float | None = None,
+    core: Any = None,
+    progress: bool = False,
+) -> RebuildReport:
+    """Re-enrol every subject allowed for identification from ``data/processed``.
+
+    Parameters
+    ----------
+    paths
+        The project (reads ``data/processed/{faces.u8.npy, manifest.parquet}``).
+    embedder
+        The serving embedder (:class:`visage_ml.inference.OnnxModel`); its version becomes the
+        gallery's.
+    images_per_subject
+        ``gallery.images_per_subject``.
+    threshold
+        The match threshold; ``reports/threshold.json`` for this embedder when None.
+    core
+        The project's privacy core (a new one when None).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    RebuildReport
+        Counts only.
+    """
+    import time
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from visage_ml.privacy.core import PrivacyCore
+
+    t0 = time.perf_counter()
+    manifest_path = paths.processed / "manifest.parquet"
+    faces_path = paths.processed / "faces.u8.npy"
+    for p in (manifest_path, faces_path):
+        if not p.is_file():
+            raise FileNotFoundError(MSG_NO_PROCESSED.format(path=p))
+    thr = threshold if threshold is not None else load_threshold(paths, embedder.model_version)
+    core = core if core is not None else PrivacyCore(paths)
+    dim = int(embedder.embedding_dim)
+    gallery = Gallery.open(
+        paths,
+        model_version=embedder.model_version,
+        embedding_dim=dim,
+        threshold=thr,
+        preprocess=embedder.spec.to_dict(),
+        core=core,
+        rebuild=True,
+    )
+    manifest = pd.read_parquet(manifest_path)
+    faces = np.load(faces_path, mmap_mode="r")
+    if len(manifest) != faces.shape[0]:
+        raise ValueError(MSG_ROWS.format(rows=len(manifest), faces=faces.shape[0]))
+    allowed = core.registry.allowed(PURPOSE)
+    selection = select_enrolment_rows(manifest, allowed, per_subject=images_per_subject)
+    pids = sorted(selection)
+    written = unchanged = images = 0
+    bar = tqdm(total=len(pids), desc="gallery: enrol", unit="subject", disable=not progress)
+    batch: dict[str, np.ndarray] = {}
+    pending_rows: list[int] = []
+    pending_pids: list[str] = []
+
+    def flush_batch() -> None:
+        nonlocal written, unchanged
+        if not batch:
+            return
+        for e in gallery.enroll_many(batch, model_version=embedder.model_version):
+            written += int(e.changed)
+            unchanged += int(not e.changed)
+        bar.update(len(batch))
+        batch.clear()
+
+    def embed_pending() -> None:
+        if not pending_rows:
+            return
+        order = np.asarray(pending_rows, dtype=np.int64)
+        emb = np.asarray(embedder.embed(np.ascontiguousarray(faces[order])), dtype=np.float32)
+        start = 0
+        for pid in pending_pids:
+            n = selection[pid].size
+            batch[pid] = emb[start : start + n]
+            start += n
+            if len(batch) >= ENROL_BATCH:
+                flush_batch()
+        pending_rows.clear()
+        pending_pids.clear()
+
+    for pid in pids:
+        rows = selection[pid]
+        if len(pending_rows) + rows.size > EMBED_CHUNK:
+            embed_pending()
+        pending_rows.extend(rows.tolist())
+        pending_pids.append(pid)
+        images += rows.size
+    embed_pending()
+    flush_batch()
+    bar.close()
+    gallery.write_meta()
+    purged = gallery.purge_without_basis()
+    gallery.reload()
+    stats = gallery.stats()
+    return RebuildReport(
+        model_version=embedder.model_version,
+        embedding_dim=dim,
+        threshold=gallery.threshold,
+        subjects_allowed=len(allowed),
+        subjects_enrolled=len(pids),
+        templates_written=written,
+        templates_unchanged=unchanged,
+        images_used=int(images),
+        allowed_without_images=len(allowed - set(pids)),
+        removed_without_basis=len(purged),
+        stale_templates=int(stats["stale"]),
+        searchable=int(stats["searchable"]),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
