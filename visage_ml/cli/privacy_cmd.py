@@ -1,12 +1,22 @@
-"""``visage privacy``: subjects, consent, restriction, objection, and the signed ledger."""
+"""``visage privacy``: subjects, consent, rights requests, erasure certificates, the ledger."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from visage_ml.cli.common import console, emit_json, project, user_errors
+from visage_ml.cli.common import (
+    UserError,
+    console,
+    emit_json,
+    project,
+    setup_logging,
+    user_errors,
+)
 from visage_ml.config import PURPOSES, load_params
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
 from visage_ml.privacy.core import PrivacyCore
@@ -14,7 +24,8 @@ from visage_ml.privacy.ledger import utc_now
 
 app = typer.Typer(
     help=(
-        "Data-subject rights and their proof: subjects, consent, restriction, objection, the "
+        "Data-subject rights and their proof: subjects, consent, requests with deadlines, "
+        "export, rectification, restriction, objection, erasure with signed certificates, the "
         "signed ledger (privacy/ledger.jsonl) and the consent snapshot the pipeline reads."
     ),
     no_args_is_help=True,
@@ -266,3 +277,439 @@ def snapshot(as_json: bool = JSON_OPT) -> None:
         f"{core.paths.consents} {'updated' if changed else 'unchanged'} "
         f"(as of seq {core.registry.as_of_seq})",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests and rights (Art. 12, 15-21): lifecycle, export, rectification, erasure, certificates
+# ---------------------------------------------------------------------------------------------
+
+request_app = typer.Typer(
+    help=(
+        "Data-subject requests: record, verify, extend, deny, run. Each transition is a signed "
+        "ledger event; state is folded from the ledger."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(request_app, name="request")
+REQUEST_OPT = typer.Option(
+    None,
+    "--request",
+    "-r",
+    help="The verified request this answers (default: record one for the DPO now).",
+)
+
+
+@contextlib.contextmanager
+def _rights_errors() -> Iterator[None]:
+    """Request lookups and state errors as one-line user errors."""
+    from visage_ml.privacy.requests import UnknownRequestError
+
+    with user_errors():
+        try:
+            yield
+        except UnknownRequestError as exc:
+            raise UserError(str(exc)) from None
+
+
+def _book() -> Any:
+    from visage_ml.privacy.requests import RequestBook
+
+    return RequestBook(_core())
+
+
+def _request_line(st: Any, now: Any) -> str:
+    if st.is_open:
+        days = st.days_left(now)
+        when = f"[red]OVERDUE by {-days} day(s)[/]" if st.overdue(now) else f"{days} day(s) left"
+    else:
+        when = st.status
+    return (
+        f"{st.request_id}  {st.pid}  {st.right:<13} {st.status:<11} "
+        f"deadline {st.deadline[:10]}  {when}"
+    )
+
+
+@app.command("requests")
+def requests_list(
+    all_: bool = typer.Option(False, "--all", help="Also closed (completed, denied) requests."),
+    pid: str = typer.Option(None, "--pid", help="Only this subject's requests."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List open requests, nearest deadline first, with days left; flag overdue ones.
+
+    Writes nothing. Exit code 0 (overdue requests are flagged, not an error).
+    """
+    with _rights_errors():
+        book = _book()
+        now = book.now()
+        items = book.all(pid=pid) if all_ else book.open(pid=pid)
+    if as_json:
+        emit_json([s.to_dict(now) for s in items])
+        return
+    for st in items:
+        console.print(_request_line(st, now), highlight=False)
+    overdue = sum(1 for s in items if s.overdue(now))
+    console.print(f"{len(items)} request(s){f', {overdue} overdue' if overdue else ''}")
+
+
+@request_app.command("new")
+def request_new(
+    pid: str = typer.Argument(..., help="The subject's pid."),
+    right: str = typer.Option(
+        ...,
+        "--right",
+        help="access, portability, rectification, erasure, restriction or objection.",
+    ),
+    received_at: str = typer.Option(
+        None, "--received-at", help="When it arrived (ISO 8601; default now)."
+    ),
+    channel: str = typer.Option("unspecified", help="How it arrived, as a code (email, ...)."),
+    purpose: list[str] = typer.Option(None, "--purpose", "-p", help="Objection: " + PURPOSE_HELP),
+    lift: bool = typer.Option(False, "--lift", help="Restriction: the subject asks to lift it."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Record a request (status received); the deadline is one month from receipt."""
+    details: dict[str, Any] = {}
+    if right == "objection":
+        details["purposes"] = list(purpose or PURPOSES)
+    if right == "restriction":
+        details["action"] = "lift" if lift else "set"
+    with _rights_errors():
+        st = _book().receive(pid, right, received_at=received_at, details=details, channel=channel)
+    _done(
+        as_json,
+        st.to_dict(),
+        f"request {st.request_id} ({right}) received; deadline {st.deadline}",
+    )
+
+
+@request_app.command("verify")
+def request_verify(
+    request_id: str = typer.Argument(..., help="The request id."),
+    method: str = typer.Option("identity_verified", help="How identity was verified (a code)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Record that the requester's identity was verified (Art. 12(6))."""
+    with _rights_errors():
+        st = _book().verify(request_id, method=method)
+    _done(as_json, st.to_dict(), f"request {request_id} verified")
+
+
+@request_app.command("extend")
+def request_extend(
+    request_id: str = typer.Argument(..., help="The request id."),
+    days: int = typer.Option(..., "--days", help="Days added to the deadline."),
+    reason: str = typer.Option(..., "--reason", help="Why, as a code (e.g. complex_request)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Extend the deadline (Art. 12(3): by two further months at most, with a reason)."""
+    with _rights_errors():
+        st = _book().extend(request_id, days=days, reason_code=reason)
+    _done(as_json, st.to_dict(), f"request {request_id}: new deadline {st.deadline}")
+
+
+@request_app.command("deny")
+def request_deny(
+    request_id: str = typer.Argument(..., help="The request id."),
+    reason: str = typer.Option(
+        ..., "--reason", help="Why, as a code (e.g. manifestly_unfounded, art17_3_b)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Refuse a request with a reason code; a denied erasure lifts its processing stop."""
+    with _rights_errors():
+        st = _book().deny(request_id, reason_code=reason)
+    _done(as_json, st.to_dict(), f"request {request_id} denied ({reason})")
+
+
+@request_app.command("show")
+def request_show(
+    request_id: str = typer.Argument(..., help="The request id."), as_json: bool = JSON_OPT
+) -> None:
+    """Show a request: status, deadline, history, outcome. Writes nothing."""
+    with _rights_errors():
+        book = _book()
+        st = book.get(request_id)
+        doc = st.to_dict(book.now())
+    if as_json:
+        emit_json(doc)
+        return
+    console.print(_request_line(st, book.now()), highlight=False)
+    for h in doc["history"]:
+        console.print(f"  seq {h['seq']:>6}  {h['time']}  {h['event']}", highlight=False)
+
+
+@request_app.command("run")
+def request_run(
+    request_id: str = typer.Argument(..., help="A verified request."), as_json: bool = JSON_OPT
+) -> None:
+    """Carry out a verified request: export, restriction, objection or erasure.
+
+    Rectification needs the corrected values: use `visage privacy rectify PID --request ID`.
+    """
+    from visage_ml.privacy.rights import run_request
+
+    setup_logging()
+    with _rights_errors():
+        result = run_request(project(), request_id)
+    obj = result.to_dict() if hasattr(result, "to_dict") else {"result": str(result)}
+    _done(as_json, obj, f"request {request_id} done")
+
+
+@app.command("export")
+def export(
+    pid: str = typer.Argument(..., help="The subject's pid."),
+    request_id: str = REQUEST_OPT,
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Zip to write (default privacy/exports/<request id>.zip)."
+    ),
+    portability: bool = typer.Option(
+        False, "--portability", help="Record the request as Art. 20 portability."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Access / portability export (Art. 15, 20): one zip with everything about the subject.
+
+    manifest.json (hashes), subject.json (identity, consents, attributes), images/, the
+    biometric template(s) (base64 float32, model id and version, how to compare them),
+    processing records, and schema.json. Written atomically with mode 0600; completes the
+    request with a signed receipt.
+    """
+    from visage_ml.privacy.rights import export_subject
+
+    with _rights_errors():
+        result = export_subject(
+            project(),
+            pid,
+            out=out,
+            request_id=request_id,
+            core=_core(),
+            right="portability" if portability else "access",
+        )
+    _done(
+        as_json,
+        result.to_dict(),
+        f"{result.path} written ({result.images} images, {result.templates} template(s); "
+        f"sha256 {result.sha256}); request {result.request_id} completed",
+    )
+
+
+@app.command("rectify")
+def rectify(
+    pid: str = typer.Argument(..., help="The subject's pid."),
+    request_id: str = REQUEST_OPT,
+    age: int = typer.Option(None, "--age", help="Corrected age in years."),
+    gender: str = typer.Option(None, "--gender", help="Corrected gender (female, male)."),
+    group: str = typer.Option(None, "--group", help="Corrected demographic group label."),
+    image: list[str] = typer.Option(
+        None, "--image", help="IMAGE_ID=FILE: replace an image (repeat for several)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Rectification (Art. 16): correct attributes or replace images through the raw store.
+
+    The ledger records before/after hashes; `dvc add data/raw` makes derived data stale; the
+    subject is re-enrolled in the gallery from the corrected images.
+    """
+    from visage_ml.privacy.rights import rectify as do_rectify
+
+    attributes = {
+        k: v for k, v in {"age": age, "gender": gender, "group": group}.items() if v is not None
+    }
+    setup_logging()
+    with _rights_errors():
+        images = {}
+        for item in image or []:
+            image_id, sep, file = item.partition("=")
+            if not sep:
+                raise UserError(f"--image takes IMAGE_ID=FILE, not {item!r}")
+            images[image_id] = Path(file).read_bytes()
+        result = do_rectify(
+            project(),
+            pid,
+            attributes=attributes,
+            images=images,
+            request_id=request_id,
+            core=_core(),
+        )
+    _done(
+        as_json,
+        result.to_dict(),
+        f"{pid} rectified ({', '.join(result.fields) or 'images'}); gallery: {result.gallery}; "
+        f"request {result.request_id} completed",
+    )
+
+
+@app.command("erase")
+def erase(
+    pid: str = typer.Argument(..., help="The subject's pid."),
+    request_id: str = REQUEST_OPT,
+    received_at: str = typer.Option(
+        None, "--received-at", help="When the request arrived (ISO 8601; default now)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Erasure (Art. 17) everywhere, ending with a signed certificate.
+
+    Gallery template and key, identity vault, data/raw (and `dvc add`), DVC cache, remotes and
+    site cache, processed data, MLflow; the certificate goes to privacy/certificates/.
+    Interrupted? `visage privacy resume` finishes it.
+    """
+    from visage_ml.privacy.erasure import Erasure
+
+    setup_logging()
+    with _rights_errors():
+        er = Erasure(project(), core=_core())
+        result = er.run(request_id) if request_id else er.erase(pid, received_at=received_at)
+    _done(
+        as_json,
+        result.to_dict(),
+        f"{pid} erased: {result.artefacts} artefacts removed; certificate "
+        f"{result.certificate_path}",
+    )
+
+
+@app.command("resume")
+def resume(as_json: bool = JSON_OPT) -> None:
+    """Finish every interrupted erasure (after a crash or kill at any step)."""
+    from visage_ml.privacy.erasure import Erasure
+
+    setup_logging()
+    with _rights_errors():
+        results = Erasure(project(), core=_core()).resume()
+    if as_json:
+        emit_json([r.to_dict() for r in results])
+        return
+    for r in results:
+        resumed = ", ".join(r.resumed_steps) or "from a step boundary"
+        console.print(
+            f"{r.request_id} finished (resumed: {resumed}): {r.certificate_path}",
+            highlight=False,
+        )
+    console.print(f"{len(results)} erasure(s) finished")
+
+
+@app.command("verify-certificate")
+def verify_certificate_cmd(
+    cert: Path = typer.Argument(..., help="The certificate (privacy/certificates/<id>.json)."),
+    public_key: Path = typer.Option(
+        None, help="The controller's ledger public key (default privacy/ledger.pub)."
+    ),
+    no_scan: bool = typer.Option(
+        False, "--no-scan", help="Skip hashing the checkout's files (signature and proof only)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Verify an erasure certificate with only the certificate, the public key and the checkout.
+
+    Checks the encoding, the Ed25519 signature, the ledger entries and the Merkle inclusion
+    proof, then hashes every file under data/, gallery/, mlruns/, privacy/exports, the DVC cache,
+    the configured remotes and DVC's site cache for the listed content hashes, and says whether
+    the models in use were trained without the subject. Exit code 0 when valid, 1 when not.
+    """
+    from visage_ml.privacy.certificate import verify_certificate
+
+    with _rights_errors():
+        report = verify_certificate(
+            cert, root=project().root, public_key=public_key, scan=not no_scan
+        )
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        for c in report.checks:
+            mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+            console.print(f"{mark} {c.name}: {c.detail}", highlight=False)
+        for f in report.findings[:20]:
+            console.print(f"     found: {f['path']} ({f['why']})", highlight=False)
+        if report.models:
+            console.print(f"models: {report.models['status']}", highlight=False)
+        console.print("certificate VALID" if report.ok else "certificate INVALID")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("lineage")
+def lineage_cmd(
+    pid: str = typer.Argument(None, help="The subject's pid (optional with --refresh)."),
+    refresh: bool = typer.Option(
+        False,
+        "--refresh",
+        help="Record erasure.models_retrained for erasures whose stale models were retrained.",
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Which data versions and models saw the subject (DVC lineage, ONNX metadata, MLflow).
+
+    For an erased subject, the models their certificate lists and whether the models in use
+    were retrained without them.
+    """
+    from visage_ml.privacy import lineage
+
+    if pid is None and not refresh:
+        raise typer.BadParameter("give a PID, or --refresh")
+    with _rights_errors():
+        paths = project()
+        core = _core()
+        out: dict[str, Any] = {}
+        if refresh:
+            out["upgraded"] = lineage.refresh(paths, core=core)
+        if pid is not None:
+            out["lineage"] = _lineage_of(paths, core, pid)
+    if as_json:
+        emit_json(out)
+        return
+    if refresh:
+        ups = out["upgraded"]
+        console.print(
+            f"models retrained: certificate(s) {', '.join(ups)} upgraded"
+            if ups
+            else "no certificate to upgrade (models still stale, or none listed)",
+            highlight=False,
+        )
+    if pid is not None:
+        doc = out["lineage"]
+        for d in doc.get("data_versions", []):
+            console.print(f"data   {d['kind']:<9} {d['md5']}  ({d['source']})", highlight=False)
+        for m in doc.get("models", []):
+            status = m.get("status", "")
+            console.print(
+                f"model  {m['kind']:<12} {m['model']} v{m['version']}  data {m['data_md5']}"
+                f"  {status}",
+                highlight=False,
+            )
+        if not doc.get("models"):
+            console.print("no model was trained on data containing the subject")
+        for n in doc.get("notes", []):
+            console.print(f"note: {n}", highlight=False)
+
+
+def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
+    import json
+
+    from visage_ml.privacy import lineage
+    from visage_ml.privacy.requests import RequestBook
+
+    state = core.subject(pid)
+    if not state.erased:
+        return lineage.subject_lineage(paths, pid).to_dict()
+    for st in RequestBook(core).all(pid=pid):
+        cert = paths.certificates / f"{st.request_id}.json"
+        if st.right == "erasure" and cert.is_file():
+            claims = json.loads(cert.read_text(encoding="utf-8")).get("claims") or {}
+            models = claims.get("models") or []
+            contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
+            check = lineage.check_retrained(paths, pid, contained)
+            status = "retrained" if st.models_retrained_seq is not None else "stale"
+            if status == "stale" and check.clean:
+                status = "retrained (run --refresh to record it)"
+            return {
+                "pid": pid,
+                "erased": True,
+                "certificate": str(cert),
+                "data_versions": (claims.get("dataset") or {}).get("data_versions_with_subject")
+                or [],
+                "models": [{**m, "status": status} for m in models],
+                "current_models_clean": check.clean,
+                "notes": claims.get("lineage_notes") or [],
+            }
+    return {"pid": pid, "erased": True, "data_versions": [], "models": [], "notes": []}

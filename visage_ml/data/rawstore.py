@@ -421,6 +421,66 @@ class RawTransaction:
         """End without changing ``data/raw`` (nothing worth committing)."""
         self.discarded = True
 
+    # -- data-subject rights (erasure, rectification) ---------------------------------------------
+    def remove_subject(self, pid: str) -> list[str]:
+        """Leave ``pid`` out of the new tree: their folder and their table rows (Art. 17).
+
+        Only the staging links are removed; ``data/raw`` is untouched until the swap. Returns
+        the removed files' paths relative to ``data/raw``.
+        """
+        check_pid(pid)
+        folder = self.staging / pid
+        removed = []
+        if folder.is_dir():
+            removed = sorted(
+                p.relative_to(self.staging).as_posix() for p in folder.rglob("*") if p.is_file()
+            )
+            _rmtree(folder)
+        self._subjects = self._subjects[self._subjects["pid"].astype(str) != pid]
+        self._images = self._images[self._images["pid"].astype(str) != pid]
+        self._subjects = self._subjects.reset_index(drop=True)
+        self._images = self._images.reset_index(drop=True)
+        self._new_subjects = [r for r in self._new_subjects if r.get("pid") != pid]
+        self._new_images = [r for r in self._new_images if r.get("pid") != pid]
+        return removed
+
+    def update_subject(self, pid: str, values: Mapping[str, Any]) -> None:
+        """Overwrite ``age``, ``gender``, ``group`` of an existing subject (Art. 16)."""
+        check_pid(pid)
+        unknown = set(values) - {"age", "gender", "group"}
+        if unknown:
+            raise ValueError(f"only age, gender and group can be corrected, not {sorted(unknown)}")
+        if "gender" in values:
+            _check_gender(pd.Series([values["gender"]], dtype="object"))
+        mask = self._subjects["pid"].astype(str) == pid
+        if not mask.any():
+            raise KeyError(f"subject {pid} has no row in subjects.parquet")
+        subjects = self._subjects.copy()
+        for col, value in values.items():
+            subjects.loc[mask, col] = pd.NA if value is None else value
+        self._subjects = normalise_table(subjects, SUBJECTS_SCHEMA)
+
+    def replace_image(self, pid: str, image_id: str, png: bytes, row: Mapping[str, Any]) -> None:
+        """Replace an existing image's file and its ``images.parquet`` values (Art. 16).
+
+        The staging link is removed before the new file is written, so the file in ``data/raw``
+        (and every other link to it) is never written through.
+        """
+        path = self._image_path(pid, image_id)
+        mask = (self._images["pid"].astype(str) == pid) & (
+            self._images["image_id"].astype(str) == image_id
+        )
+        if not mask.any() or not path.is_file():
+            raise KeyError(f"image {image_id} of subject {pid} is not in data/raw")
+        path.unlink()
+        _write_durable(path, png)
+        images = self._images.copy()
+        for col, value in row.items():
+            if col in ("pid", "image_id"):
+                continue
+            images.loc[mask, col] = pd.NA if value is None else value
+        self._images = normalise_table(images, IMAGES_SCHEMA)
+
     # -- commit (called by RawStore) -------------------------------------------------------------
     def _finalise(self) -> None:
         """Write the merged tables into staging and check that rows and files agree."""

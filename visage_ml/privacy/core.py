@@ -50,6 +50,7 @@ class PrivacyCore:
 
     def __init__(self, paths: ProjectPaths) -> None:
         self.paths = paths
+        self._snapshot_written: tuple[int, int, int, int] | None = None
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -245,8 +246,27 @@ class PrivacyCore:
 
     # -- outputs -------------------------------------------------------------------------------
     def snapshot(self) -> bool:
-        """Refresh ``data/registry/consents.parquet``; returns whether it changed."""
-        changed = write_snapshot(self.registry.refresh(), self.paths.consents)
+        """Refresh ``data/registry/consents.parquet``; returns whether it changed.
+
+        Skipped when no subject's state changed since this core last wrote it and the file is
+        as written then: every state change sets that subject's ``last_seq`` to the newest seq,
+        so (subjects, largest ``last_seq``) identifies the snapshot's content.
+        """
+        registry = self.registry.refresh()
+        key = self._snapshot_key(registry)
+        if key is not None and key == self._snapshot_written:
+            return False
+        changed = write_snapshot(registry, self.paths.consents)
+        self._snapshot_written = self._snapshot_key(registry)
         if changed:
             log.info("consent snapshot refreshed (as of ledger seq %d)", self.registry.as_of_seq)
         return changed
+
+    def _snapshot_key(self, registry: Registry) -> tuple[int, int, int, int] | None:
+        try:
+            st = self.paths.consents.stat()
+        except FileNotFoundError:
+            return None
+        states = registry.states()
+        last = max((s.last_seq for s in states.values()), default=-1)
+        return (len(states), last, st.st_mtime_ns, st.st_size)

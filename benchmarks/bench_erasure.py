@@ -1,0 +1,310 @@
+"""Erasure of one subject, every step but retraining, on a default-size project; one JSON object.
+
+Goal (issue: data-subject rights): <= 5 s for one subject on the default SynthFaces set (300
+identities, 4-20 images each) with a 100k-template gallery.
+
+The project is built once in a temporary folder (or ``--scratch``) and is a real one: a git +
+DVC repository running the repository's ``dvc.yaml``, SynthFaces acquired through the raw store
+(``dvc add data/raw``), a local DVC remote with everything pushed, ``data/processed`` of the
+full size (``faces.u8.npy`` with one 112 px crop per image, manifest, detection table, splits)
+recorded in ``dvc.lock`` with ``dvc commit prepare`` (the crops are the images resized rather
+than MTCNN-aligned: detection is not part of erasure and would take many minutes on a CPU), an
+MLflow run and registered model version tagged with the data md5, and a gallery of
+``--gallery`` extra subjects plus the acquired ones. The extra subjects are registered in the
+ledger with a legal basis for identification (so the registry fold and the consent snapshot
+are full-size too); their random unit templates are written without per-file fsync and synced
+once before anything is timed.
+
+Then one subject who is in ``data/raw``, the processed data, the remote and the gallery is
+erased with a cold privacy core (as ``visage privacy erase`` does), and the certificate is
+verified. Reported: the time of each step, the total, the certificate verification.
+
+    python benchmarks/bench_erasure.py [--identities 300] [--gallery 100000] [--dim 128]
+        [--scratch DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _run(root: Path, *args: str) -> None:
+    exe = str(Path(sys.executable).with_name("dvc")) if args[0] == "dvc" else args[0]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    }
+    proc = subprocess.run([exe, *args[1:]], cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def unsynced_writes() -> Iterator[None]:
+    """Write gallery files without per-file fsync (bulk construction only), then one sync."""
+    import visage_ml.privacy.keys as keys_mod
+    import visage_ml.serving.gallery as gallery_mod
+
+    def fast(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    saved = (keys_mod.atomic_write_bytes, gallery_mod.atomic_write_bytes)
+    keys_mod.atomic_write_bytes = fast
+    gallery_mod.atomic_write_bytes = fast
+    try:
+        yield
+    finally:
+        keys_mod.atomic_write_bytes, gallery_mod.atomic_write_bytes = saved
+        os.sync()
+
+
+def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
+    """The project described in the module docstring; returns build timings and sizes."""
+    import pandas as pd
+    import yaml
+    from PIL import Image
+
+    from visage_ml.config import ProjectPaths, load_params
+    from visage_ml.data.acquire import acquire_synthfaces
+    from visage_ml.data.rawstore import read_images, read_subjects
+    from visage_ml.privacy.core import NewSubject, PrivacyCore
+    from visage_ml.serving.gallery import Gallery
+
+    info: dict = {}
+    root.mkdir(parents=True)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["synth"]["n_identities"] = identities
+    raw["synth"]["n_scenes"] = 0
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "visage_ml").symlink_to(REPO / "visage_ml")
+    for cmd in (("git", "init", "-q"), ("dvc", "init", "-q")):
+        _run(root, *cmd)
+    paths = ProjectPaths(root)
+    t = time.perf_counter()
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    info["acquire_s"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    images = read_images(paths.raw).sort_values(["pid", "image_id"]).reset_index(drop=True)
+    subjects = read_subjects(paths.raw).set_index("pid")
+    size = 112
+    paths.processed.mkdir(parents=True)
+    faces = np.lib.format.open_memmap(
+        paths.processed / "faces.u8.npy",
+        mode="w+",
+        dtype=np.uint8,
+        shape=(len(images), size, size, 3),
+    )
+    rows = []
+    pids = sorted(images["pid"].unique())
+    split_of = {
+        p: ("train", "train", "train", "val", "test", "test")[i % 6] for i, p in enumerate(pids)
+    }
+    for i, r in enumerate(images.itertuples(index=False)):
+        with Image.open(paths.raw / r.pid / f"{r.image_id}.png") as im:
+            faces[i] = np.asarray(im.convert("RGB").resize((size, size)))
+        a = subjects.loc[r.pid]
+        rows.append(
+            {
+                "row": i,
+                "pid": r.pid,
+                "image_id": r.image_id,
+                "source_sha256": r.sha256,
+                "split": split_of[r.pid],
+                "age": a["age"],
+                "gender": a["gender"],
+                "group": a["group"],
+                "det_prob": 0.99,
+                "box_x1": 0.0,
+                "box_y1": 0.0,
+                "box_x2": 160.0,
+                "box_y2": 160.0,
+            }
+        )
+    faces.flush()
+    del faces
+    manifest = pd.DataFrame(rows)
+    manifest.to_parquet(paths.processed / "manifest.parquet", index=False)
+    manifest.assign(detected=True, prob=0.99)[
+        ["pid", "image_id", "split", "age", "gender", "group", "detected", "prob"]
+    ].to_parquet(paths.processed / "detection.parquet", index=False)
+    splits = {s: sorted(p for p in pids if split_of[p] == s) for s in ("train", "val", "test")}
+    (paths.processed / "splits.json").write_text(json.dumps({"seed": 1, **splits}))
+    paths.reports.mkdir(exist_ok=True)
+    (paths.reports / "prepare.json").write_text("{}")
+    _run(root, "dvc", "commit", "-f", "prepare")
+    _run(root, "git", "add", "-A")
+    _run(root, "git", "commit", "-qm", "data")
+    info["processed_s"] = round(time.perf_counter() - t, 1)
+    info["images"] = len(images)
+    info["subjects"] = len(pids)
+    info["faces_mb"] = round((paths.processed / "faces.u8.npy").stat().st_size / 1e6, 1)
+
+    t = time.perf_counter()
+    remote = root.parent / "remote"
+    _run(root, "dvc", "remote", "add", "-d", "store", str(remote))
+    _run(root, "dvc", "push", "-q")
+    info["push_s"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    from visage_ml.privacy.lineage import workspace_processed_md5
+
+    data_md5 = workspace_processed_md5(paths)
+    import mlflow
+
+    from visage_ml.tracking import configure
+
+    configure(paths)
+    with mlflow.start_run(run_name="train_embedder") as run:
+        mlflow.set_tag("visage.data_md5", data_md5)
+        mlflow.log_metric("val_tar", 0.9)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("visage-embedder")
+    mv = client.create_model_version(
+        "visage-embedder", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    )
+    client.set_model_version_tag("visage-embedder", mv.version, "visage.data_md5", data_md5)
+    info["mlflow_s"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    core = PrivacyCore(paths)
+    extra_pids = [f"p{0xE000000000000000 + i:016x}" for i in range(extra)]
+    step = 20000
+    for s in range(0, extra, step):
+        chunk = extra_pids[s : s + step]
+        core.add_subjects([NewSubject(pid=p) for p in chunk], source="bench", snapshot=False)
+        core.record_bases(
+            chunk,
+            purposes=["identification"],
+            legal_basis=["art6(1)(f)", "art9(2)(g)"],
+            snapshot=False,
+        )
+    core.snapshot()
+    info["ledger_s"] = round(time.perf_counter() - t, 1)
+    info["ledger_entries"] = len(core.ledger)
+
+    t = time.perf_counter()
+    gallery = Gallery.open(
+        paths, model_version="bench-embedder", embedding_dim=dim, threshold=0.5, core=core
+    )
+    rng = np.random.default_rng(0)
+    allowed = sorted(core.registry.allowed("identification") & set(pids))
+    gallery.enroll_many(
+        {p: rng.standard_normal((2, dim)).astype(np.float32) for p in allowed},
+        model_version="bench-embedder",
+    )
+    import visage_ml.serving.gallery as gallery_mod
+
+    with unsynced_writes():
+        for s in range(0, extra, 4096):
+            chunk = extra_pids[s : s + 4096]
+            m = rng.standard_normal((len(chunk), dim), dtype=np.float32)
+            m /= np.linalg.norm(m, axis=1, keepdims=True)
+            for pid, vec in zip(chunk, m, strict=True):
+                key = gallery.keys.get(pid, create=True)
+                path = gallery.template_path(pid)
+                gallery_mod.atomic_write_bytes(path, gallery._seal(pid, key, vec, 1), mode=0o600)
+    info["gallery_s"] = round(time.perf_counter() - t, 1)
+    info["gallery_templates"] = len(allowed) + extra
+    info["victim"] = next(p for p in allowed if split_of[p] == "train" and (paths.raw / p).is_dir())
+    info["raw_files"] = sum(1 for _ in paths.raw.rglob("*.png"))
+    return info
+
+
+def erase(root: Path, victim: str) -> dict:
+    """Erase ``victim`` with a cold core (as the CLI does) and verify the certificate."""
+    from visage_ml.config import ProjectPaths
+    from visage_ml.privacy.certificate import verify_certificate
+    from visage_ml.privacy.erasure import Erasure
+
+    paths = ProjectPaths(root)
+    t, cpu = time.perf_counter(), time.process_time()
+    result = Erasure(paths).erase(victim)
+    total, cpu = time.perf_counter() - t, time.process_time() - cpu
+    t = time.perf_counter()
+    report = verify_certificate(result.certificate_path, root=root)
+    verify_s = time.perf_counter() - t
+    assert report.ok, report.findings
+    claims = result.certificate["claims"]
+    return {
+        "total_s": round(total, 3),
+        # CPU time of this process (DVC runs in it): what the wall time approaches on an idle
+        # machine, apart from waiting for fsync.
+        "cpu_s": round(cpu, 3),
+        "steps_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "artefacts": len(claims["artefacts"]),
+        "models_stale": len(claims["models"]),
+        "verify_certificate_s": round(verify_s, 3),
+        "verify_files_hashed": report.files_hashed,
+        "verify_bytes_hashed": report.bytes_hashed,
+        "goal_s": 5.0,
+        "within_goal": total <= 5.0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--identities", type=int, default=300)
+    ap.add_argument("--gallery", type=int, default=100_000, help="extra gallery subjects")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--scratch", default=None, help="Folder for the project (default: tmp).")
+    ap.add_argument("--keep", action="store_true", help="Keep the project afterwards.")
+    ap.add_argument(
+        "--build-only", action="store_true", help="Build, keep, print the folder; erase nothing."
+    )
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-erasure-", dir=args.scratch))
+    try:
+        t = time.perf_counter()
+        info = build(base / "proj", identities=args.identities, extra=args.gallery, dim=args.dim)
+        info["build_s"] = round(time.perf_counter() - t, 1)
+        victim = info.pop("victim")
+        if args.build_only:
+            args.keep = True
+            print(json.dumps({"project": str(base / "proj"), "victim": victim, **info}))
+            return
+        out = {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "project": info,
+            "erasure": erase(base / "proj", victim),
+        }
+        print(json.dumps(out, indent=2))
+    finally:
+        if args.keep:
+            print(f"project kept in {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""A small project for the rights tests: raw images, processed crops, gallery, vault, fake models.
+
+Subjects come from ``serving_fakes.make_world`` (registered, consent to every purpose, tiny real
+ONNX models). Each has a few 32x32 "face" tiles stored through the real :class:`RawStore`, the
+same tiles as processed crops (``faces.u8.npy`` + manifest, as ``prepare`` writes them) and a
+template in the real encrypted gallery, embedded by the fake engine. Not a test module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from serving_fakes import DIM, THRESHOLD, World, face_tile, fake_engine, make_world
+
+from visage_ml.config import ProjectPaths
+from visage_ml.data.rawstore import RawStore
+from visage_ml.io import sha256_bytes
+from visage_ml.serving.gallery import Gallery
+
+VERSION = "emb-test-1"
+REF = "Zelda Q. Testperson-4711"
+CONTACT = "zelda.testperson@example.invalid"
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class RightsProject:
+    world: World
+    engine: object
+    pids: list[str]
+    images: dict[str, dict[str, bytes]]  # pid -> image_id -> png bytes
+
+    @property
+    def paths(self) -> ProjectPaths:
+        return self.world.paths
+
+    @property
+    def core(self):
+        return self.world.core
+
+    def gallery(self, core=None) -> Gallery:
+        return Gallery.open(
+            self.paths,
+            model_version=VERSION,
+            embedding_dim=DIM,
+            threshold=THRESHOLD,
+            core=core or self.core,
+            embed=self.engine.embed,
+        )
+
+
+def write_processed(paths: ProjectPaths, images: dict[str, dict[str, bytes]]) -> None:
+    """``data/processed`` as ``prepare`` writes it: crops = the tiles, manifest, splits."""
+    rows, crops, det = [], [], []
+    splits = {"train": [], "val": [], "test": []}
+    for i, pid in enumerate(sorted(images)):
+        split = ("train", "train", "val", "test")[i % 4]
+        splits[split].append(pid)
+        for image_id, data in sorted(images[pid].items()):
+            crops.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+            rows.append(
+                {
+                    "row": len(rows),
+                    "pid": pid,
+                    "image_id": image_id,
+                    "source_sha256": sha256_bytes(data),
+                    "split": split,
+                    "age": 30,
+                    "gender": "female",
+                    "group": "g1",
+                    "det_prob": 0.99,
+                    "box_x1": 0.0,
+                    "box_y1": 0.0,
+                    "box_x2": 32.0,
+                    "box_y2": 32.0,
+                }
+            )
+            det.append({"pid": pid, "image_id": image_id, "split": split, "detected": True})
+    processed = paths.processed
+    processed.mkdir(parents=True, exist_ok=True)
+    np.save(processed / "faces.u8.npy", np.stack(crops))
+    pd.DataFrame(rows).to_parquet(processed / "manifest.parquet", index=False)
+    pd.DataFrame(det).to_parquet(processed / "detection.parquet", index=False)
+    (processed / "splits.json").write_text(json.dumps({"seed": 1, **splits}))
+
+
+def make_project(
+    root: Path,
+    *,
+    n_subjects: int = 6,
+    n_images: int = 3,
+    track: bool = False,
+    processed: bool = True,
+    enrol: bool = True,
+    seed: int = 0,
+) -> RightsProject:
+    """Subjects with raw images (through RawStore), processed crops, gallery templates."""
+    world = make_world(root, n_subjects=n_subjects, seed=seed)
+    engine = fake_engine(root)
+    pids = list(world.people)
+    images: dict[str, dict[str, bytes]] = {}
+    store = RawStore(world.paths, core=world.core, track=track)
+    with store.transaction() as txn:
+        txn.add_subjects(
+            {
+                "pid": pid,
+                "age": 20 + i,
+                "gender": world.people[pid].gender,
+                "group": world.people[pid].group,
+                "source": "test",
+            }
+            for i, pid in enumerate(pids)
+        )
+        rows = []
+        for pid in pids:
+            images[pid] = {}
+            for _ in range(n_images):
+                data = png(face_tile(world.people[pid], world.rng))
+                image_id = txn.write_image(pid, data)
+                images[pid][image_id] = data
+                rows.append(
+                    {
+                        "pid": pid,
+                        "image_id": image_id,
+                        "sha256": sha256_bytes(data),
+                        "width": 32,
+                        "height": 32,
+                    }
+                )
+        txn.add_images(rows)
+    if processed:
+        write_processed(world.paths, images)
+    proj = RightsProject(world, engine, pids, images)
+    if enrol:
+        g = proj.gallery()
+        g.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in pids})
+    world.core.vault.put(pids[0], {"external_ref": REF, "contact": CONTACT, "source": "test"})
+    return proj
+
+
+def scan(roots, needles: dict[str, bytes]) -> dict[str, list[str]]:
+    """``{needle name: [files holding it]}`` over every file under ``roots``."""
+    hits: dict[str, list[str]] = {k: [] for k in needles}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            continue
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for f in files:
+            if f.is_symlink():
+                continue
+            data = f.read_bytes()
+            for name, needle in needles.items():
+                if needle in data:
+                    hits[name].append(str(f))
+    return {k: v for k, v in hits.items() if v}

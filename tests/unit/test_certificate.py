@@ -1,0 +1,211 @@
+"""Erasure certificates: signature, canonical bytes, inclusion proof, hash scan, model lineage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rights_fakes import make_project
+from typer.testing import CliRunner
+
+from visage_ml.cli import app
+from visage_ml.io import canonical_json, md5_file
+from visage_ml.privacy.certificate import render, verify_certificate
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.erasure import Erasure
+from visage_ml.privacy.lineage import subject_lineage
+
+
+@pytest.fixture
+def erased(project):
+    proj = make_project(project, n_subjects=4)
+    victim = proj.pids[0]
+    removed = dict(proj.images[victim])
+    result = Erasure(proj.paths).erase(victim)
+    return proj, victim, removed, result
+
+
+def failed(report) -> set[str]:
+    return {c.name for c in report.checks if not c.ok}
+
+
+def test_valid_certificate_verifies_with_the_public_key_and_the_checkout(erased):
+    proj, victim, _, result = erased
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok and report.pid == victim
+    names = {c.name for c in report.checks}
+    assert {"signature", "inclusion proof", "tree head", "no erased content remains"} <= names
+    assert report.files_hashed > 10 and report.findings == []
+    doc = json.loads(result.certificate_path.read_text())
+    assert doc["claims"]["dataset"]["raw_md5_before"] is None  # not a DVC project here
+    assert doc["ledger"]["inclusion"]["leaf_index"] == doc["ledger"]["erasure_completed"]["seq"]
+
+
+def test_altering_any_single_byte_fails_verification(erased):
+    proj, _, _, result = erased
+    original = result.certificate_path.read_bytes()
+    tampered = proj.paths.root / "tampered.json"
+    positions = sorted(
+        {*range(0, len(original), max(1, len(original) // 60)), original.index(b"\n  "), 1}
+    )
+    for pos in positions:
+        data = bytearray(original)
+        data[pos] = data[pos] ^ 0x01 if data[pos] not in (0x20, 0x0A) else 0x09
+        tampered.write_bytes(bytes(data))
+        report = verify_certificate(tampered, root=proj.paths.root, scan=False, models=False)
+        assert not report.ok, f"a change at byte {pos} went unnoticed"
+
+
+def test_another_key_or_a_forged_resigned_certificate_fails(erased, tmp_path):
+    proj, _, _, result = erased
+    other = Ed25519PrivateKey.generate()
+    pem = other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "other.pub").write_bytes(pem)
+    report = verify_certificate(
+        result.certificate_path, root=proj.paths.root, public_key=tmp_path / "other.pub"
+    )
+    assert {"signature", "erasure.completed entry", "tree head"} <= failed(report)
+    # A forger with the real key's output but edited claims cannot re-sign, and even a
+    # re-signed document (simulated with the project key) no longer matches the ledger entry.
+    doc = json.loads(result.certificate_path.read_text())
+    doc["claims"]["artefacts"] = doc["claims"]["artefacts"][1:]
+    from visage_ml.privacy.certificate import sign
+
+    forged = tmp_path / "forged.json"
+    forged.write_text(render(sign(doc, proj.paths)))
+    report = verify_certificate(forged, root=proj.paths.root, scan=False)
+    assert failed(report) == {"claims committed in the ledger"}
+    doc = json.loads(result.certificate_path.read_text())
+    doc["ledger"]["inclusion"]["path"][0] = "00" * 32
+    forged.write_text(render(sign(doc, proj.paths)))
+    report = verify_certificate(forged, root=proj.paths.root, scan=False)
+    assert failed(report) == {"inclusion proof"}
+
+
+def test_restored_content_or_a_manifest_naming_the_subject_is_found(erased):
+    proj, victim, removed, result = erased
+    restored = proj.paths.root / "data" / "backup" / "old.png"
+    restored.parent.mkdir(parents=True)
+    restored.write_bytes(next(iter(removed.values())))
+    manifest = proj.paths.root / "data" / "stale.dir"
+    manifest.write_text(json.dumps([{"md5": "0" * 32, "relpath": f"{victim}/i000000000000.png"}]))
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert failed(report) == {"no erased content remains"}
+    assert {f["path"] for f in report.findings} == {str(restored), str(manifest)}
+
+
+def test_certificate_and_key_alone_verify_the_proof_without_the_checkout(erased, tmp_path):
+    proj, _, _, result = erased
+    shutil.copy(result.certificate_path, tmp_path / "cert.json")
+    shutil.copy(proj.paths.ledger_public_key, tmp_path / "ledger.pub")
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    report = verify_certificate(
+        tmp_path / "cert.json", root=empty, public_key=tmp_path / "ledger.pub", models=False
+    )
+    assert report.ok
+    # A checkout whose ledger disagrees with the certificate is reported.
+    ledger = proj.paths.ledger
+    lines = ledger.read_bytes().split(b"\n")
+    seq = json.loads(result.certificate_path.read_text())["ledger"]["erasure_completed"]["seq"]
+    lines[seq] = lines[seq].replace(b'"erasure.completed"', b'"erasure.completed "')
+    ledger.write_bytes(b"\n".join(lines))
+    report = verify_certificate(result.certificate_path, root=proj.paths.root, scan=False)
+    assert failed(report) == {"ledger in checkout"}
+
+
+def test_cli_verify_certificate_exit_codes(erased):
+    proj, _, _, result = erased
+    runner = CliRunner()
+    ok = runner.invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
+    assert ok.exit_code == 0 and "certificate VALID" in ok.output
+    data = bytearray(result.certificate_path.read_bytes())
+    data[-5] ^= 1
+    bad = proj.paths.root / "bad.json"
+    bad.write_bytes(bytes(data))
+    out = runner.invoke(app, ["privacy", "verify-certificate", str(bad), "--json", "--no-scan"])
+    assert out.exit_code == 1 and json.loads(out.output)["ok"] is False
+
+
+def _mlflow_db(paths, versions):
+    db = paths.mlruns / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE IF NOT EXISTS model_version_tags (key TEXT, value TEXT, name TEXT, "
+        "version INTEGER, workspace TEXT);"
+        "CREATE TABLE IF NOT EXISTS runs (run_uuid TEXT, name TEXT, lifecycle_stage TEXT);"
+        "CREATE TABLE IF NOT EXISTS tags (key TEXT, value TEXT, run_uuid TEXT);"
+    )
+    for version, md5 in versions:
+        con.execute(
+            "INSERT INTO model_version_tags VALUES ('visage.data_md5', ?, 'visage-embedder', ?, "
+            "'default')",
+            (md5, version),
+        )
+    con.commit()
+    con.close()
+
+
+def _lock(paths, faces_md5, model_md5):
+    doc = {
+        "schema": "2.0",
+        "stages": {
+            "train_embedder": {
+                "cmd": "python -m visage_ml.stages.train_embedder",
+                "deps": [{"path": "data/processed/faces.u8.npy", "md5": faces_md5}],
+                "outs": [{"path": "models/embedder.pt", "md5": model_md5}],
+            }
+        },
+    }
+    (paths.root / "dvc.lock").write_text(yaml.safe_dump(doc))
+
+
+def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded(project):
+    proj = make_project(project, n_subjects=4)
+    paths, victim = proj.paths, proj.pids[1]
+    data_md5 = md5_file(paths.processed / "faces.u8.npy")
+    _lock(paths, data_md5, "a" * 32)
+    _mlflow_db(paths, [(1, data_md5)])
+    lin = subject_lineage(paths, victim)
+    assert {(m.kind, m.model, m.version) for m in lin.models} == {
+        ("dvc", "train_embedder:models/embedder.pt", "a" * 32),
+        ("mlflow_model", "visage-embedder", "1"),
+    }
+    assert subject_lineage(paths, victim).processed_md5s == {data_md5}
+    result = Erasure(paths).erase(victim)
+    claims = result.certificate["claims"]
+    assert {m["status"] for m in claims["models"]} == {"stale"}
+    report = verify_certificate(result.certificate_path, root=paths.root)
+    assert report.ok and report.models["status"].startswith("stale")
+    runner = CliRunner()
+    shown = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).output)
+    assert {m["status"] for m in shown["lineage"]["models"]} == {"stale"}
+    # Nothing retrained yet: --refresh records nothing.
+    refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
+    assert json.loads(refresh.output)["upgraded"] == []
+    # `dvc repro` retrains on the purged data: new lock, new MLflow version.
+    new_md5 = claims["dataset"]["processed_md5_after"]
+    assert new_md5 == md5_file(paths.processed / "faces.u8.npy") != data_md5
+    _lock(paths, new_md5, "b" * 32)
+    _mlflow_db(paths, [(2, new_md5)])
+    refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
+    assert json.loads(refresh.output)["upgraded"] == [result.request_id]
+    (event,) = [
+        e for e in PrivacyCore(paths).ledger.entries() if e.type == "erasure.models_retrained"
+    ]
+    assert event.payload["request_id"] == result.request_id
+    assert canonical_json(event.payload).count(b"visage-embedder") == 1
+    report = verify_certificate(result.certificate_path, root=paths.root)
+    assert report.ok and report.models["status"].startswith("retrained (signed")
+    assert report.models["current_models_clean"] is True
+    shown = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).output)
+    assert {m["status"] for m in shown["lineage"]["models"]} == {"retrained"}
+    assert PrivacyCore(paths).ledger.verify().ok

@@ -1,0 +1,386 @@
+"""Erasure across every store: steps, ledger records, DVC purge by hash, MLflow, resumability."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rights_fakes import REF, make_project, png
+from serving_fakes import face_tile, png_b64
+from typer.testing import CliRunner
+
+from visage_ml.cli import app
+from visage_ml.config import ProjectPaths
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.io import sha256_bytes
+from visage_ml.privacy import erasure as erasure_mod
+from visage_ml.privacy.certificate import verify_certificate
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.erasure import STEPS, Erasure, purge_mlflow, purge_processed, scan_mlflow
+from visage_ml.privacy.requests import RequestBook, RequestStateError
+from visage_ml.privacy.rights import export_subject
+
+
+@pytest.fixture
+def proj(project):
+    return make_project(project)
+
+
+def identified(proj, gallery, pid) -> bool:
+    emb = proj.engine.embed(proj.world.photo(pid))[0]
+    return any(m.pid == pid for m in gallery.identify(emb, top_k=3))
+
+
+def test_erasure_removes_the_subject_everywhere_and_certifies_it(proj):
+    victim, other = proj.pids[0], proj.pids[1]
+    export = export_subject(proj.paths, victim, core=proj.core)  # an in-project bundle
+    faces_before = np.load(proj.paths.processed / "faces.u8.npy")
+    manifest_before = pd.read_parquet(proj.paths.processed / "manifest.parquet")
+    # What an interrupted `prepare` leaves behind: a temporary file of crops.
+    leftover = proj.paths.processed / ".faces.all.4242.tmp"
+    leftover.write_bytes(faces_before.tobytes())
+    result = Erasure(proj.paths).erase(victim)
+    assert not leftover.exists()
+    paths = proj.paths
+    gallery = proj.gallery(core=PrivacyCore(paths))
+    assert victim not in gallery.stored() and not identified(proj, gallery, victim)
+    assert identified(proj, gallery, other)
+    with pytest.raises(KeyError):
+        PrivacyCore(paths).vault.get(victim)
+    assert not (paths.raw / victim).exists() and (paths.raw / other).is_dir()
+    assert victim not in set(read_subjects(paths.raw)["pid"])
+    assert victim not in set(read_images(paths.raw)["pid"])
+    # Processed data rewritten without the subject; rows still index the crops.
+    manifest = pd.read_parquet(paths.processed / "manifest.parquet")
+    faces = np.load(paths.processed / "faces.u8.npy")
+    assert victim not in set(manifest["pid"]) and len(faces) == len(manifest)
+    kept = manifest_before[manifest_before.pid != victim].sort_values("row")
+    assert np.array_equal(faces, faces_before[kept["row"].to_numpy()])
+    assert (manifest["row"].to_numpy() == np.arange(len(manifest))).all()
+    assert victim.encode() not in (paths.processed / "splits.json").read_bytes()
+    assert victim not in set(pd.read_parquet(paths.processed / "detection.parquet")["pid"])
+    assert not export.path.exists()
+    state = PrivacyCore(paths).subject(victim)
+    assert state.erased and not state.erasure_pending
+    snap = pd.read_parquet(paths.consents)
+    assert set(snap[snap.pid == victim]["reason"]) == {"erased"}
+    # Every step recorded, planned before acting where it deletes anything.
+    steps = [
+        (e.payload["step"], e.payload["phase"])
+        for e in PrivacyCore(paths).ledger.entries()
+        if e.type == "erasure.step"
+    ]
+    done = [s for s, phase in steps if phase == "done"]
+    assert done == list(STEPS[:-1])
+    assert ("raw", "planned") in steps and steps.index(("raw", "planned")) < steps.index(
+        ("raw", "done")
+    )
+    # The certificate lists each image with its hash taken before deletion.
+    claims = result.certificate["claims"]
+    hashes = {a["sha256"] for a in claims["artefacts"]}
+    assert {sha256_bytes(b) for b in proj.images[victim].values()} <= hashes
+    assert {a["step"] for a in claims["artefacts"]} >= {"gallery", "vault", "raw", "processed"}
+    report = verify_certificate(result.certificate_path, root=paths.root)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    assert REF.encode() not in paths.ledger.read_bytes()
+    st = RequestBook(PrivacyCore(paths)).get(result.request_id)
+    assert st.status == "completed" and st.receipt_sha256
+    with pytest.raises(ValueError, match="erased"):
+        Erasure(paths).erase(victim)
+
+
+def test_a_running_gallery_never_matches_the_subject_once_the_gallery_step_returned(
+    proj, monkeypatch
+):
+    victim = proj.pids[2]
+    server = proj.gallery(core=PrivacyCore(proj.paths))  # another process's gallery, loaded
+    assert identified(proj, server, victim)
+    seen = []
+
+    def hook(step: str, where: str = "") -> None:
+        if step == "gallery" and where == "":
+            seen.append(identified(proj, server, victim))
+
+    monkeypatch.setattr(erasure_mod, "_fault", hook)
+    Erasure(proj.paths).erase(victim)
+    assert seen == [False]
+
+
+def _erase_in_child(root: Path, pid: str, fault: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys; from visage_ml.config import ProjectPaths; "
+        "from visage_ml.privacy.erasure import Erasure; "
+        "Erasure(ProjectPaths.discover(sys.argv[1])).erase(sys.argv[2])"
+    )
+    env = {**os.environ, "VISAGE_FAULT": f"erasure:{fault}", "VISAGE_PROJECT": str(root)}
+    return subprocess.run(
+        [sys.executable, "-c", code, str(root), pid], env=env, capture_output=True, text=True
+    )
+
+
+FAULTS = [
+    "raw",
+    "processed",
+    "certificate:completed",
+    pytest.param("lineage", marks=pytest.mark.slow),
+    pytest.param("gallery", marks=pytest.mark.slow),
+    pytest.param("vault", marks=pytest.mark.slow),
+    pytest.param("raw:planned", marks=pytest.mark.slow),
+    pytest.param("dvc", marks=pytest.mark.slow),
+    pytest.param("mlflow", marks=pytest.mark.slow),
+    pytest.param("snapshot", marks=pytest.mark.slow),
+    pytest.param("certificate", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_killed_at_any_step_then_resume_completes_with_a_valid_certificate(proj, fault):
+    victim = proj.pids[0]
+    image_hashes = {sha256_bytes(b) for b in proj.images[victim].values()}
+    child = _erase_in_child(proj.paths.root, victim, fault)
+    assert child.returncode == erasure_mod.FAULT_EXIT, child.stderr[-2000:]
+    core = PrivacyCore(proj.paths)
+    pending = Erasure(proj.paths, core=core).pending()
+    assert [p.pid for p in pending] == [victim]
+    # Processing is already stopped for the subject while the request is open.
+    assert not core.may_process(victim, "identification").allowed
+    result = CliRunner().invoke(app, ["privacy", "resume", "--json"])
+    assert result.exit_code == 0, result.output
+    (done,) = json.loads(result.output[result.output.index("[") :])
+    cert = Path(done["certificate"])
+    report = verify_certificate(cert, root=proj.paths.root)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    claims = json.loads(cert.read_text())["claims"]
+    assert image_hashes <= {a["sha256"] for a in claims["artefacts"]}
+    assert not (proj.paths.raw / victim).exists()
+    assert PrivacyCore(proj.paths).subject(victim).erased
+    assert Erasure(proj.paths).pending() == []
+
+
+def test_unverified_or_closed_requests_are_not_run(proj):
+    book = RequestBook(proj.core)
+    st = book.receive(proj.pids[1], "erasure")
+    er = Erasure(proj.paths, core=proj.core)
+    with pytest.raises(RequestStateError, match="verify"):
+        er.run(st.request_id)
+    book.verify(st.request_id)
+    book.deny(st.request_id, reason_code="art17_3_b")
+    with pytest.raises(RequestStateError, match="denied"):
+        er.run(st.request_id)
+    assert (proj.paths.raw / proj.pids[1]).is_dir()
+
+
+def test_processed_purge_is_safe_to_repeat_after_an_interruption(proj):
+    paths = proj.paths
+    victim = proj.pids[4]
+    manifest = pd.read_parquet(paths.processed / "manifest.parquet")
+    expected = np.load(paths.processed / "faces.u8.npy")[
+        manifest[manifest.pid != victim].sort_values("row")["row"].to_numpy()
+    ]
+    # Crash after the crops were replaced but before the tables: faces short, manifest old.
+    np.save(paths.processed / "faces.u8.npy", expected)
+    purge_processed(paths, victim)
+    purge_processed(paths, victim)
+    assert np.array_equal(np.load(paths.processed / "faces.u8.npy"), expected)
+    after = pd.read_parquet(paths.processed / "manifest.parquet")
+    assert victim not in set(after.pid) and len(after) == len(expected)
+
+
+def test_mlflow_rows_artefacts_and_freed_pages_naming_the_subject_are_purged(project):
+    paths = ProjectPaths(project)
+    pid, other = "p" + "1" * 16, "p" + "2" * 16
+    paths.mlruns.mkdir(parents=True)
+    db = paths.mlruns / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT, lifecycle_stage TEXT);"
+        "CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT);"
+        "CREATE TABLE params (key TEXT, value TEXT, run_uuid TEXT);"
+    )
+    con.execute("INSERT INTO runs VALUES ('r1', ?, 'active')", (f"debug {pid}",))
+    con.execute("INSERT INTO tags VALUES ('subject', ?, 'r1')", (pid,))
+    con.execute("INSERT INTO params VALUES ('lr', '0.1', 'r1')")
+    con.execute("INSERT INTO params VALUES ('note', ?, 'r1')", (f"dropped {pid}",))
+    con.commit()
+    # A row deleted earlier without secure_delete leaves its bytes in a freed page.
+    con.execute("DELETE FROM params WHERE key = 'note'")
+    con.commit()
+    con.close()
+    art = paths.mlruns / "artifacts" / "r1" / "rows.csv"
+    art.parent.mkdir(parents=True)
+    art.write_text(f"pid\n{pid}\n")
+    image = paths.mlruns / "artifacts" / "r1" / "face.png"
+    image.write_bytes(b"\x89PNG-not-really")
+    clean = paths.mlruns / "artifacts" / "r1" / "metrics.json"
+    clean.write_text(json.dumps({"pid_count": 3, "other": other}))
+    found = scan_mlflow(paths, pid, {hashlib.sha256(b"\x89PNG-not-really").hexdigest()})
+    assert {Path(a["path"]).name for a in found} == {"rows.csv", "face.png", "mlflow.db"}
+    purge_mlflow(paths, pid, found)
+    assert not art.exists() and not image.exists() and clean.exists()
+    assert pid.encode() not in db.read_bytes()
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT key, value FROM params").fetchall() == [("lr", "0.1")]
+    assert con.execute("SELECT name FROM runs").fetchall() == [("debug [erased]",)]
+    assert con.execute("SELECT COUNT(*) FROM tags").fetchone()[0] == 0
+    con.close()
+    assert scan_mlflow(paths, pid, set()) == []
+
+
+def md5_bytes(data: bytes) -> str:
+    """DVC's object name of ``data``."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, env=env)
+
+
+def _objects(folder: Path) -> dict[str, bytes]:
+    return {
+        p.parent.name + p.name: p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and len(p.parent.name) == 2
+    }
+
+
+@pytest.mark.pipeline
+def test_dvc_cache_remote_and_site_cache_are_purged_by_hash_keeping_shared_objects(
+    tiny_project, tmp_path
+):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    victim, other = proj.pids[0], proj.pids[1]
+    paths = proj.paths
+    # A second version of data/raw: the victim gains an image, and another subject gets a
+    # byte-identical copy of one of the victim's images (the object must survive).
+    shared_id = sorted(proj.images[victim])[0]
+    shared = proj.images[victim][shared_id]
+    extra = png(face_tile(proj.world.people[victim], proj.world.rng))
+    size = {"width": 32, "height": 32}
+    with RawStore(paths, core=proj.core).transaction() as txn:
+        extra_id = txn.write_image(victim, extra)
+        copy_id = txn.write_image(other, shared)
+        txn.add_images(
+            [
+                {"pid": victim, "image_id": extra_id, "sha256": sha256_bytes(extra), **size},
+                {"pid": other, "image_id": copy_id, "sha256": sha256_bytes(shared), **size},
+            ]
+        )
+    remote = tmp_path / "remote"
+    assert _dvc(root, "remote", "add", "-d", "store", str(remote)).returncode == 0
+    assert _dvc(root, "push").returncode == 0
+    assert _dvc(root, "status", "-c").returncode == 0  # fills the site cache's indexes
+    from visage_ml.privacy import dvc_purge
+
+    setup = dvc_purge.open_setup(root)
+    site = setup.site_cache_dir
+    assert any(victim.encode() in p.read_bytes() for p in site.rglob("*") if p.is_file())
+    md5 = {n: md5_bytes(b) for n, b in (("shared", shared), ("extra", extra))}
+    cache = root / ".dvc" / "cache"
+    assert md5["extra"] in _objects(cache) and md5["extra"] in _objects(remote)
+    result = Erasure(paths).erase(victim)
+    for folder in (cache, remote):
+        objs = _objects(folder)
+        assert md5["extra"] not in objs
+        assert md5["shared"] in objs  # still referenced through the other subject
+        for oid, data in objs.items():
+            if oid.endswith(".dir"):
+                assert victim.encode() not in data
+            assert data not in set(proj.images[victim].values()) - {shared}
+    kept = result.certificate["claims"]["dvc"]["kept_still_referenced"]
+    assert md5["shared"] in kept
+    retained = result.certificate["claims"]["retained_shared_content"]
+    assert [r["sha256"] for r in retained] == [sha256_bytes(shared)]
+    assert not any(victim.encode() in p.read_bytes() for p in site.rglob("*") if p.is_file())
+    # DVC still works on what is left, and the remote is complete for the current version.
+    assert _dvc(root, "push").returncode == 0
+    status = _dvc(root, "status", "-c")
+    assert status.returncode == 0 and "new:" not in status.stdout
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
+
+
+def test_http_erasure_stops_matching_at_once_and_auditors_fetch_the_certificate(proj):
+    from fastapi.testclient import TestClient
+
+    from visage_ml.config import load_params
+    from visage_ml.serving.api import create_app
+    from visage_ml.serving.auth import ROLES, KeyStore
+
+    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
+    gallery = proj.gallery()
+    app = create_app(
+        proj.paths,
+        params=load_params(proj.paths.params),
+        engine=proj.engine,
+        gallery=gallery,
+        core=proj.core,
+        mode="full",
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+
+    def call(method, path, role, **kw):
+        return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
+
+    victim = proj.pids[3]
+    photo = {"image": png_b64(proj.world.photo(victim)[0])}
+    matches = call("POST", "/v1/identify", "operator", json=photo).json()["faces"][0]["matches"]
+    assert matches[0]["pid"] == victim
+    assert call("POST", f"/v1/subjects/{victim}/erasure", "auditor").status_code == 403
+    r = call("POST", f"/v1/subjects/{victim}/erasure", "dpo")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["artefacts"] > 5 and set(body["timings_s"]) >= set(STEPS)
+    matches = call("POST", "/v1/identify", "operator", json=photo).json()["faces"][0]["matches"]
+    assert victim not in {m["pid"] for m in matches}
+    assert gallery.size == len(proj.pids) - 1
+    cert = call("GET", f"/v1/certificates/{body['request_id']}", "auditor")
+    assert cert.status_code == 200
+    assert hashlib.sha256(cert.content).hexdigest() == body["certificate_sha256"]
+    assert call("GET", f"/v1/certificates/{body['request_id']}", "dpo").status_code == 403
+    again = call("POST", f"/v1/subjects/{victim}/erasure", "dpo")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "subject_erased"
+    path = proj.paths.root / "cert.json"
+    path.write_bytes(cert.content)
+    assert verify_certificate(path, root=proj.paths.root).ok
+
+
+@pytest.mark.slow
+def test_rebuild_mode_reruns_prepare_through_dvc(tiny_project, monkeypatch):
+    from visage_ml.config import load_params
+    from visage_ml.data.acquire import acquire_synthfaces
+
+    root = tiny_project(
+        {
+            "synth.n_identities": 8,
+            "synth.images_per_identity": [2, 3],
+            "privacy.processed_on_erasure": "rebuild",
+        },
+        dvc=True,
+    )
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    # `dvc repro` runs `python -m visage_ml.stages.prepare`: this interpreter's.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    assert _dvc(root, "repro", "prepare").returncode == 0
+    victim = str(pd.read_parquet(paths.processed / "manifest.parquet")["pid"].iloc[0])
+    result = Erasure(paths).erase(victim)
+    assert victim not in set(pd.read_parquet(paths.processed / "manifest.parquet")["pid"])
+    dataset = result.certificate["claims"]["dataset"]
+    assert dataset["processed_on_erasure"] == "rebuild"
+    assert dataset["processed_md5_after"] != dataset["processed_md5_before"]
+    # dvc.lock records the rebuilt outputs and the new data/raw; only the snapshot's final
+    # "erased" rows (written after the rebuild) are newer.
+    status = _dvc(root, "status", "prepare").stdout
+    assert "changed outs" not in status and "data/raw" not in status
+    assert verify_certificate(result.certificate_path, root=root).ok

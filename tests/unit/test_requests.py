@@ -1,0 +1,180 @@
+"""Data-subject requests: lifecycle as ledger events, deadlines, extensions, receipts, CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from visage_ml.cli import app
+from visage_ml.config import PrivacyParams, ProjectPaths
+from visage_ml.privacy.certificate import render, signature_ok
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.keys import load_public_key
+from visage_ml.privacy.requests import (
+    RequestBook,
+    RequestStateError,
+    UnknownRequestError,
+    fold_requests,
+)
+
+RECEIVED = "2026-10-01T09:00:00.000Z"
+
+
+class Clock:
+    def __init__(self, t: datetime) -> None:
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+@pytest.fixture
+def setup(project):
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(source="test")
+    clock = Clock(datetime(2026, 10, 10, 12, 0, tzinfo=UTC))
+    return core, pid, RequestBook(core, params=PrivacyParams(), now=clock), clock
+
+
+def events(core, rid):
+    return [e.type for e in core.ledger.entries() if e.payload.get("request_id") == rid]
+
+
+def test_lifecycle_is_one_signed_event_per_transition_and_ends_with_a_signed_receipt(setup):
+    core, pid, book, _ = setup
+    st = book.receive(pid, "access", received_at=RECEIVED, channel="email")
+    assert (st.status, st.right, st.article) == ("received", "access", "Art. 15")
+    book.verify(st.request_id, method="id_document")
+    book.start(st.request_id)
+    receipt = book.complete(st.request_id, outcome={"bundle_sha256": "ab" * 32})
+    assert events(core, st.request_id) == [
+        "request.received",
+        "request.verified",
+        "request.in_progress",
+        "request.completed",
+        "notification.sent",
+    ]
+    assert core.ledger.verify().ok
+    # The receipt is signed by the ledger key, stored in its canonical form, and its hash is
+    # what the completion event recorded.
+    text = receipt.path.read_text()
+    doc = json.loads(text)
+    assert render(doc) == text
+    assert signature_ok(doc, load_public_key(core.paths.ledger_public_key))
+    assert doc["outcome"] == {"bundle_sha256": "ab" * 32} and doc["pid"] == pid
+    done = book.get(st.request_id)
+    assert done.status == "completed" and done.receipt_sha256 == receipt.sha256
+    tampered = {**doc, "right": "erasure"}
+    assert not signature_ok(tampered, load_public_key(core.paths.ledger_public_key))
+
+
+def test_state_is_a_fold_over_the_ledger_not_a_separate_database(setup):
+    core, pid, book, _ = setup
+    a = book.receive(pid, "objection", details={"purposes": ["training"]})
+    b = book.receive(pid, "erasure")
+    book.verify(b.request_id)
+    book.deny(b.request_id, reason_code="art17_3_b")
+    fresh = RequestBook(PrivacyCore(core.paths))
+    assert {s.request_id: s.status for s in fresh.all()} == {
+        a.request_id: "received",
+        b.request_id: "denied",
+    }
+    lines = [orjson.loads(line) for _, line in core.ledger.iter_lines()]
+    folded = fold_requests(lines)
+    assert folded[b.request_id].denied_reason == "art17_3_b"
+    assert folded[a.request_id].details == {"purposes": ["training"]}
+    # Nothing but the ledger (and receipts, written at completion) holds request state.
+    assert not core.paths.requests.exists()
+
+
+def test_deadline_is_one_month_after_receipt_and_overdue_requests_are_flagged(setup):
+    _, pid, book, clock = setup
+    st = book.receive(pid, "access", received_at=RECEIVED)
+    assert st.deadline == "2026-10-31T09:00:00.000Z"
+    assert st.days_left(clock()) == 21 and not st.overdue(clock())
+    clock.t = datetime(2026, 11, 2, tzinfo=UTC)
+    assert st.overdue(clock()) and st.days_left(clock()) == -1
+    assert [s.request_id for s in book.overdue()] == [st.request_id]
+    # Closed requests are never overdue.
+    book.deny(st.request_id, reason_code="manifestly_unfounded")
+    assert book.overdue() == []
+
+
+def test_extension_up_to_two_more_months_with_a_reason_code(setup):
+    _, pid, book, _ = setup
+    st = book.receive(pid, "erasure", received_at=RECEIVED)
+    st = book.extend(st.request_id, days=30, reason_code="complex_request")
+    assert st.deadline == "2026-11-30T09:00:00.000Z" and st.extended_days == 30
+    st = book.extend(st.request_id, days=30, reason_code="number_of_requests")
+    assert st.extension_reasons == ["complex_request", "number_of_requests"]
+    with pytest.raises(ValueError, match="0 more day"):
+        book.extend(st.request_id, days=1, reason_code="complex_request")
+    with pytest.raises(ValueError, match="code"):
+        book.extend(st.request_id, days=1, reason_code="Because the subject is John Smith")
+
+
+def test_invalid_transitions_are_refused_with_what_is_allowed(setup):
+    _, pid, book, _ = setup
+    st = book.receive(pid, "access")
+    with pytest.raises(RequestStateError, match="allowed next: denied, verified"):
+        book.complete(st.request_id, outcome={})
+    with pytest.raises(RequestStateError):
+        book.start(st.request_id)
+    with pytest.raises(UnknownRequestError):
+        book.get("r20260101-00000000")
+    with pytest.raises(ValueError, match="unknown right"):
+        book.receive(pid, "forgetting")
+    with pytest.raises(ValueError, match="future"):
+        book.receive(pid, "access", received_at=datetime.now(UTC) + timedelta(days=2))
+
+
+def test_started_erasure_stops_processing_and_a_denial_restores_it(setup):
+    core, pid, book, _ = setup
+    from serving_fakes import receipt
+
+    core.give_consent(pid, receipt(["training", "identification"]))
+    st = book.receive(pid, "erasure")
+    assert core.may_process(pid, "training").allowed  # a mere request changes nothing
+    book.verify(st.request_id)
+    book.start(st.request_id)
+    assert core.may_process(pid, "training").reason == "erasure_pending"
+    import pandas as pd
+
+    snap = pd.read_parquet(core.paths.consents)
+    assert not snap[(snap.pid == pid)]["allowed"].any()  # the pipeline's input says so too
+    book.deny(st.request_id, reason_code="art17_3_e")
+    assert core.may_process(pid, "training").allowed
+
+
+def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
+    runner = CliRunner()
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(source="test")
+    old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    r = runner.invoke(
+        app, ["privacy", "request", "new", pid, "--right", "access", "--received-at", old]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["privacy", "request", "new", pid, "--right", "erasure", "--json"])
+    recent = json.loads(r.output)["request_id"]
+    listing = runner.invoke(app, ["privacy", "requests"])
+    assert listing.exit_code == 0
+    assert "OVERDUE by 10 day(s)" in listing.output and "30 day(s) left" in listing.output
+    assert "2 request(s), 1 overdue" in listing.output
+    data = json.loads(runner.invoke(app, ["privacy", "requests", "--json"]).output)
+    assert [d["overdue"] for d in data] == [True, False]
+    assert runner.invoke(app, ["privacy", "request", "verify", recent]).exit_code == 0
+    shown = runner.invoke(app, ["privacy", "request", "show", recent, "--json"])
+    assert [h["event"] for h in json.loads(shown.output)["history"]] == [
+        "request.received",
+        "request.verified",
+    ]
+    denied = runner.invoke(app, ["privacy", "request", "deny", recent, "--reason", "art17_3_b"])
+    assert denied.exit_code == 0
+    assert "1 request(s), 1 overdue" in runner.invoke(app, ["privacy", "requests"]).output
+    unknown = runner.invoke(app, ["privacy", "request", "show", "r20260101-0000abcd"])
+    assert unknown.exit_code == 2 and "visage privacy requests" in unknown.output

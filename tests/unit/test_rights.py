@@ -1,0 +1,341 @@
+"""Access/portability export, rectification, restriction and objection as requests."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from rights_fakes import REF, make_project, png
+from serving_fakes import THRESHOLD, TileDetector, face_tile
+
+from visage_ml.data.detect import Detection
+from visage_ml.data.rawstore import read_images, read_subjects
+from visage_ml.privacy.erasure import Erasure
+from visage_ml.privacy.requests import RequestBook, RequestStateError
+from visage_ml.privacy.rights import (
+    export_subject,
+    object_to,
+    read_bundle,
+    rectify,
+    restrict,
+    validate_bundle,
+)
+from visage_ml.stages import prepare
+
+
+@pytest.fixture
+def proj(project):
+    return make_project(project)
+
+
+def test_export_bundle_has_everything_and_validates_against_its_own_schema(proj, tmp_path):
+    pid = proj.pids[0]
+    out = tmp_path / "out" / "bundle.zip"
+    result = export_subject(proj.paths, pid, out=out, core=proj.core)
+    assert out.stat().st_mode & 0o777 == 0o600
+    doc = validate_bundle(out)
+    manifest = doc["manifest"]
+    assert manifest["pid"] == pid and manifest["controller"]["name"]
+    assert manifest["schema_version"] == "1.0" and manifest["request_id"] == result.request_id
+    subject = doc["subject"]
+    assert subject["identity"]["external_ref"] == REF
+    assert subject["attributes"]["age"] == 20 and subject["attributes"]["n_images"] == 3
+    assert {h["type"] for h in subject["history"]} >= {"subject.added", "consent.given"}
+    with zipfile.ZipFile(out) as z:
+        for item in subject["images"]:
+            assert z.read(item["file"]) == proj.images[pid][item["image_id"]]
+    # The biometric template, decodable with the documented recipe, is the gallery's own.
+    (tpl,) = doc["templates"]["templates"]
+    vec = np.frombuffer(base64.b64decode(tpl["vector"]), "<f4")
+    stored, _ = proj.gallery().template(pid)
+    np.testing.assert_array_equal(vec, stored)
+    assert tpl["model_version"] == "emb-test-1" and tpl["metric"] == "cosine"
+    assert tpl["threshold"] == THRESHOLD and tpl["embedding_dim"] == vec.shape[0]
+    assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+    processing = doc["processing"]
+    assert [e["type"] for e in processing["gallery_enrolments"]] == ["gallery.enrolled"]
+    assert processing["processed"]["in_processed_data"] is True
+    # The ledger holds the bundle's hash, never its content.
+    (exported,) = [e for e in proj.core.ledger.entries() if e.type == "access.exported"]
+    assert exported.payload["bundle_sha256"] == result.sha256
+    assert REF.encode() not in proj.paths.ledger.read_bytes()
+    st = RequestBook(proj.core).get(result.request_id)
+    assert st.status == "completed" and st.right == "access"
+
+
+def test_altered_bundle_fails_validation(proj, tmp_path):
+    out = tmp_path / "b.zip"
+    export_subject(proj.paths, proj.pids[1], out=out, core=proj.core)
+    parts = {}
+    with zipfile.ZipFile(out) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    # Content that breaks the schema, with the manifest hash updated to match.
+    templates = json.loads(parts["templates.json"])
+    templates["templates"][0]["dtype"] = "float64"
+    parts["templates.json"] = json.dumps(templates).encode()
+    manifest = json.loads(parts["manifest.json"])
+    manifest["files"]["templates.json"] = hashlib.sha256(parts["templates.json"]).hexdigest()
+    parts["manifest.json"] = json.dumps(manifest).encode()
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, data in parts.items():
+            z.writestr(n, data)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_bundle(bad)
+    # A file changed without updating the manifest is caught by its hash.
+    parts["subject.json"] = parts["subject.json"].replace(b"test", b"tost")
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, data in parts.items():
+            z.writestr(n, data)
+    with pytest.raises(ValueError, match=r"subject\.json"):
+        validate_bundle(bad)
+
+
+def test_export_answers_a_verified_request_and_refuses_an_unverified_one(proj):
+    book = RequestBook(proj.core)
+    pid = proj.pids[2]
+    st = book.receive(pid, "portability", channel="web_form")
+    with pytest.raises(RequestStateError, match="verify"):
+        export_subject(proj.paths, pid, request_id=st.request_id, core=proj.core)
+    book.verify(st.request_id)
+    result = export_subject(proj.paths, pid, request_id=st.request_id, core=proj.core)
+    assert result.path == proj.paths.root / "privacy" / "exports" / f"{st.request_id}.zip"
+    assert read_bundle(result.path)["manifest"]["request_id"] == st.request_id
+    assert book.get(st.request_id).status == "completed"
+    Erasure(proj.paths, core=proj.core).erase(pid)
+    with pytest.raises(ValueError, match="erased"):
+        export_subject(proj.paths, pid, core=proj.core)
+
+
+def test_rectification_records_hashes_replaces_images_and_reenrols(proj):
+    pid = proj.pids[1]
+    gallery = proj.gallery()
+    image_id = sorted(proj.images[pid])[0]
+    old_bytes = proj.images[pid][image_id]
+    new_photo = face_tile(proj.world.people[pid], np.random.default_rng(7), noise=3.0)
+    new_bytes = png(new_photo)
+    before_tpl = gallery.template(pid)[0]
+    result = rectify(
+        proj.paths,
+        pid,
+        attributes={"age": 41, "gender": "male"},
+        images={image_id: new_bytes},
+        core=proj.core,
+        gallery=gallery,
+        engine=proj.engine,
+    )
+    row = read_subjects(proj.paths.raw).set_index("pid").loc[pid]
+    assert (int(row["age"]), row["gender"]) == (41, "male")
+    stored = (proj.paths.raw / pid / f"{image_id}.png").read_bytes()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), new_photo)
+    images = read_images(proj.paths.raw).set_index("image_id")
+    assert images.loc[image_id, "sha256"] == hashlib.sha256(stored).hexdigest()
+    (event,) = [e for e in proj.core.ledger.entries() if e.type == "rectification"]
+    assert event.payload["fields"] == ["age", "gender"]
+    assert event.payload["attributes_sha256_before"] != event.payload["attributes_sha256_after"]
+    (change,) = event.payload["files"]
+    assert change["sha256_before"] == hashlib.sha256(old_bytes).hexdigest()
+    assert change["sha256_after"] == hashlib.sha256(stored).hexdigest()
+    assert b"41" not in json.dumps(event.payload).encode()  # hashes, not values
+    # Re-enrolled from the corrected images: a new template that still identifies them.
+    assert result.gallery == "reenrolled"
+    assert not np.array_equal(gallery.template(pid)[0], before_tpl)
+    match = gallery.identify(proj.engine.embed(new_photo[None])[0])
+    assert match and match[0].pid == pid
+    assert RequestBook(proj.core).get(result.request_id).status == "completed"
+
+
+def test_rectification_without_an_embedder_removes_the_outdated_template(project):
+    proj = make_project(project, n_subjects=3)
+    (proj.paths.models / "embedder.onnx").unlink()
+    pid = proj.pids[2]
+    image_id = sorted(proj.images[pid])[0]
+    result = rectify(
+        proj.paths, pid, images={image_id: png(face_tile(proj.world.people[pid], proj.world.rng))}
+    )
+    assert result.gallery == "template_removed_until_reenrolment"
+    assert pid not in proj.gallery().stored()
+
+
+@pytest.mark.pipeline
+def test_rectification_makes_derived_data_stale_through_dvc(tiny_project):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True)
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports" / "prepare.json").write_text("{}")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+
+    def run(*args):
+        return subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True)
+
+    assert run("commit", "-f", "prepare").returncode == 0
+    assert "up to date" in run("status", "prepare").stdout
+    pid = proj.pids[0]
+    result = rectify(proj.paths, pid, attributes={"age": 55}, core=proj.core, engine=proj.engine)
+    assert result.raw_md5_before != result.raw_md5_after
+    status = run("status", "prepare").stdout
+    assert "data/raw" in status and "modified" in status
+
+
+class _TileDetector:
+    """MTCNN stand-in for ``prepare``: every face tile, as visage Detections."""
+
+    def __init__(self, **_: object) -> None:
+        self._inner = TileDetector()
+
+    def detect(self, images):
+        return [
+            [Detection(d.box, d.prob, d.landmarks) for d in found]
+            for found in self._inner.detect(images)
+        ]
+
+
+def _prepared_pids(proj, monkeypatch) -> set[str]:
+    monkeypatch.setattr(prepare, "FaceDetector", _TileDetector)
+    prepare.run(proj.paths)
+    return set(pd.read_parquet(proj.paths.processed / "manifest.parquet")["pid"])
+
+
+def _identified(proj, gallery, pid) -> bool:
+    emb = proj.engine.embed(proj.world.photo(pid))[0]
+    return any(m.pid == pid for m in gallery.identify(emb, top_k=3))
+
+
+def test_restriction_request_excludes_from_prepare_and_identify_and_lift_restores(
+    proj, monkeypatch
+):
+    pid = proj.pids[0]
+    gallery = proj.gallery()
+    assert pid in _prepared_pids(proj, monkeypatch) and _identified(proj, gallery, pid)
+    book = RequestBook(proj.core)
+    st = book.receive(pid, "restriction", details={"action": "set"})
+    book.verify(st.request_id)
+    restrict(proj.paths, pid, request_id=st.request_id, core=proj.core)
+    assert book.get(st.request_id).status == "completed"
+    assert pid not in _prepared_pids(proj, monkeypatch)
+    assert not _identified(proj, gallery, pid)
+    # Data kept: raw images and the template are still there.
+    assert (proj.paths.raw / pid).is_dir() and pid in gallery.stored()
+    lifted = restrict(proj.paths, pid, lift=True, core=proj.core)
+    assert lifted.status == "completed" and lifted.details == {"action": "lift"}
+    assert pid in _prepared_pids(proj, monkeypatch) and _identified(proj, gallery, pid)
+
+
+def test_objection_to_identification_keeps_training_but_stops_matching(proj, monkeypatch):
+    pid = proj.pids[3]
+    gallery = proj.gallery()
+    st = object_to(proj.paths, pid, purposes=["identification"], core=proj.core)
+    assert st.status == "completed" and st.details == {"purposes": ["identification"]}
+    assert not _identified(proj, gallery, pid)
+    assert pid in _prepared_pids(proj, monkeypatch)
+    object_to(proj.paths, pid, core=proj.core)  # all purposes
+    assert pid not in _prepared_pids(proj, monkeypatch)
+    proj.core.withdraw_objection(pid)
+    assert _identified(proj, gallery, pid)
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+def _client(proj):
+    from fastapi.testclient import TestClient
+
+    from visage_ml.config import load_params
+    from visage_ml.serving.api import create_app
+    from visage_ml.serving.auth import ROLES, KeyStore
+
+    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
+    app = create_app(
+        proj.paths,
+        params=load_params(proj.paths.params),
+        engine=proj.engine,
+        gallery=proj.gallery(),
+        core=proj.core,
+        mode="full",
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+
+    def call(method, path, role, **kw):
+        return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
+
+    return call
+
+
+def test_http_requests_lifecycle_and_export_for_the_dpo_only(proj, tmp_path):
+    call = _client(proj)
+    pid = proj.pids[1]
+    r = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "portability"})
+    assert r.status_code == 200, r.text
+    rid = r.json()["request_id"]
+    assert r.json()["days_left"] == 30 and r.json()["status"] == "received"
+    assert call("GET", "/v1/requests", "operator").status_code == 403
+    listed = call("GET", "/v1/requests", "dpo").json()["requests"]
+    assert [x["request_id"] for x in listed] == [rid]
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid})
+    assert r.status_code == 409 and "verify" in r.json()["error"]["message"]
+    assert call("POST", f"/v1/requests/{rid}/verify", "dpo").json()["status"] == "verified"
+    r = call("POST", f"/v1/requests/{rid}/extend", "dpo", json={"days": 61, "reason_code": "x"})
+    assert r.status_code == 409
+    for role in ("operator", "auditor"):
+        assert call("GET", f"/v1/subjects/{pid}/export", role).status_code == 403
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid})
+    assert r.status_code == 200, r.text
+    bundle = r.json()["bundle"]
+    data = base64.b64decode(bundle["zip_base64"])
+    assert (
+        hashlib.sha256(data).hexdigest() == bundle["sha256"] and bundle["filename"] == f"{rid}.zip"
+    )
+    (tmp_path / "b.zip").write_bytes(data)
+    doc = validate_bundle(tmp_path / "b.zip")
+    assert doc["manifest"]["request_id"] == rid and len(doc["templates"]["templates"]) == 1
+    assert not (proj.paths.root / "privacy" / "exports").exists()  # not kept on the server
+    assert call("GET", "/v1/requests", "dpo").json()["requests"] == []
+    closed = call("GET", "/v1/requests", "dpo", params={"all": True}).json()["requests"]
+    assert closed[0]["status"] == "completed" and closed[0]["receipt_sha256"]
+    r = call("POST", "/v1/requests/r20260101-00000000/deny", "dpo", json={"reason_code": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_request"
+
+
+def test_cli_request_run_export_and_rectify(proj, tmp_path):
+    from typer.testing import CliRunner
+
+    from visage_ml.cli import app
+
+    runner = CliRunner()
+    pid = proj.pids[4]
+
+    def invoke(*args):
+        r = runner.invoke(app, ["privacy", *args])
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    rid = json.loads(invoke("request", "new", pid, "--right", "restriction", "--json"))[
+        "request_id"
+    ]
+    invoke("request", "verify", rid)
+    invoke("request", "run", rid)
+    assert proj.core.subject(pid).restricted
+    assert RequestBook(proj.core).get(rid).status == "completed"
+    out = tmp_path / "copy.zip"
+    done = json.loads(invoke("export", pid, "--portability", "--out", str(out), "--json"))
+    assert done["path"] == str(out) and validate_bundle(out)["manifest"]["pid"] == pid
+    photo = tmp_path / "new.png"
+    photo.write_bytes(png(face_tile(proj.world.people[pid], proj.world.rng)))
+    (proj.paths.models / "embedder.onnx").unlink()  # no MTCNN start-up in this test
+    image_id = sorted(proj.images[pid])[1]
+    text = invoke("rectify", pid, "--age", "33", "--image", f"{image_id}={photo}")
+    assert "rectified" in text
+    assert int(read_subjects(proj.paths.raw).set_index("pid").loc[pid, "age"]) == 33
+    bad = runner.invoke(app, ["privacy", "rectify", pid, "--image", "nonsense"])
+    assert bad.exit_code == 2 and "IMAGE_ID=FILE" in bad.output

@@ -1,0 +1,542 @@
+"""Purge one subject from DVC's storage by hash: cache, every configured remote, site cache.
+
+DVC cannot forget one object (treeverse/dvc#4903, #4218): ``dvc gc`` keeps everything a commit,
+branch or tag still names, which is exactly the history an erasure must break. So the subject
+is purged by hash, here:
+
+- the **objects** of the subject's files: every ``.dir`` manifest (in the cache and in each
+  remote) whose entries list a path under ``<pid>/`` names them, and the raw-store step passes
+  the md5 of each file it removed;
+- the **manifests** themselves (``<md5>.dir``), which hold the subject's paths;
+- the **old versions of tables** that name the pid (``subjects.parquet``, ``images.parquet``,
+  any Parquet object whose ``pid`` column holds it);
+- in DVC's **site cache** (``dvc.repo.Repo(root).site_cache_dir``, by default
+  ``/var/tmp/dvc/repo/<hash>``): the rows of its key-value databases (file-hash state,
+  links, remote indexes) whose key or value names the pid or a purged object, and any other
+  index database that does (DVC rebuilds those on demand).
+
+An object the workspace still references (through a ``.dvc`` file or ``dvc.lock``, directly or
+inside a referenced ``.dir``) is never removed, even when an old manifest of the subject listed
+the same content.
+
+Purging is two-phase so that the erasure can record what it is about to delete, with each
+object's SHA-256 taken before deletion, before deleting anything: :func:`plan` finds and hashes,
+:func:`execute` deletes what a plan lists (idempotent: absent objects are skipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visage_ml.io import CHUNK, fsync_dir, secure_unlink
+
+log = logging.getLogger(__name__)
+
+PARQUET_MAGIC = b"PAR1"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Hash layouts: DVC 3 (``files/md5``) and the DVC 2 layout still read for old objects.
+HASH_NAMES = ("md5", "md5-dos2unix")
+
+MSG_NOT_REPO = "{root} is not a DVC repository; nothing to purge from DVC storage"
+MSG_STILL_LISTED = (
+    "the current data/raw manifest ({md5}) still lists subject {pid}; run the raw-store step "
+    "of the erasure first (`visage privacy resume`)"
+)
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """One place DVC keeps objects: the local cache or a remote, in one hash layout."""
+
+    name: str
+    kind: str  # "cache" or "remote"
+    odb: Any  # dvc_data HashFileDB
+    local_path: Path | None  # the folder when the store is on the local file system
+
+    def oid_path(self, oid: str) -> str:
+        return str(self.odb.oid_to_path(oid))
+
+    def exists(self, oid: str) -> bool:
+        if self.local_path is not None:
+            return os.path.exists(self.oid_path(oid))
+        return bool(self.odb.fs.exists(self.oid_path(oid)))
+
+    def read(self, oid: str) -> bytes:
+        if self.local_path is not None:
+            with open(self.oid_path(oid), "rb") as fh:
+                return fh.read()
+        return bytes(self.odb.fs.cat_file(self.oid_path(oid)))
+
+    def sha256(self, oid: str) -> str:
+        h = hashlib.sha256()
+        if self.local_path is not None:
+            with open(self.oid_path(oid), "rb") as fh:
+                for chunk in iter(lambda: fh.read(CHUNK), b""):
+                    h.update(chunk)
+        else:
+            h.update(self.read(oid))
+        return h.hexdigest()
+
+    def remove(self, oid: str) -> bool:
+        path = self.oid_path(oid)
+        if self.local_path is not None:
+            return secure_unlink(Path(path))
+        if self.odb.fs.exists(path):
+            self.odb.fs.rm(path)
+            return True
+        return False
+
+    def oids(self) -> Iterator[str]:
+        """Every object id in the store (``<md5>`` or ``<md5>.dir``)."""
+        if self.local_path is not None:
+            root = self.local_path
+            if not root.is_dir():
+                return
+            with os.scandir(root) as shards:
+                for shard in shards:
+                    if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                        continue
+                    with os.scandir(shard.path) as files:
+                        for f in files:
+                            if f.is_file(follow_symlinks=False) and not f.name.startswith("."):
+                                yield shard.name + f.name
+            return
+        with contextlib.suppress(FileNotFoundError):
+            for path in self.odb.fs.find(self.odb.path):
+                parts = str(path).replace("\\", "/").rsplit("/", 2)
+                if len(parts) == 3 and len(parts[1]) == 2:
+                    yield parts[1] + parts[2]
+
+    def display(self, oid: str, root: Path) -> str:
+        """Where the object is, relative to the project when it lies inside it."""
+        path = self.oid_path(oid)
+        with contextlib.suppress(ValueError):
+            return Path(path).resolve().relative_to(root.resolve()).as_posix()
+        return path
+
+
+@dataclass
+class DvcSetup:
+    """The DVC repository's object stores and site cache."""
+
+    root: Path
+    stores: list[ObjectStore] = field(default_factory=list)
+    site_cache_dir: Path | None = None
+    remote_urls: dict[str, str] = field(default_factory=dict)
+
+
+def is_dvc_repo(root: Path) -> bool:
+    """Whether ``root`` holds a ``.dvc`` folder."""
+    return (Path(root) / ".dvc").is_dir()
+
+
+def open_setup(root: Path) -> DvcSetup:
+    """Find the cache, every configured remote (both hash layouts) and the site cache.
+
+    Returns an empty setup outside a DVC repository.
+    """
+    root = Path(root)
+    if not is_dvc_repo(root):
+        log.info(MSG_NOT_REPO.format(root=root))
+        return DvcSetup(root)
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    from dvc.repo import Repo
+
+    setup = DvcSetup(root)
+    with Repo(str(root)) as repo:
+        setup.site_cache_dir = Path(repo.site_cache_dir)
+        cache_layouts = (("cache", repo.cache.local), ("cache(legacy)", repo.cache.legacy))
+        seen: set[str] = set()
+        for name, odb in cache_layouts:
+            if odb is None or odb.path in seen:
+                continue
+            seen.add(odb.path)
+            setup.stores.append(ObjectStore(name, "cache", odb, Path(odb.path)))
+        for remote, conf in (repo.config.get("remote") or {}).items():
+            setup.remote_urls[remote] = str(conf.get("url", ""))
+            for hash_name in HASH_NAMES:
+                try:
+                    odb = repo.cloud.get_remote_odb(remote, hash_name=hash_name)
+                except Exception as exc:  # an unreachable or misconfigured remote
+                    log.warning("DVC remote %s cannot be opened (%s)", remote, type(exc).__name__)
+                    break
+                if odb.path in seen:
+                    continue
+                seen.add(odb.path)
+                local = _is_local(odb)
+                label = f"remote:{remote}" + ("" if hash_name == "md5" else "(legacy)")
+                setup.stores.append(
+                    ObjectStore(label, "remote", odb, Path(odb.path) if local else None)
+                )
+    return setup
+
+
+def add(root: Path, target: Path) -> str | None:
+    """``dvc add`` ``target`` in this process (DVC's Python API); return its new md5.
+
+    Same effect as :func:`visage_ml.dvcops.track`, without starting another interpreter: the
+    erasure has DVC imported already for the purge.
+    """
+    from visage_ml.dvcops import tracked_md5
+
+    root = Path(root)
+    if not is_dvc_repo(root):
+        return None
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo, warnings.catch_warnings():
+        # DVC 3.67's own DeprecationWarnings (its trie API), not actionable here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        repo.scm_context.quiet = True  # no "git add" hint on stdout (JSON output, servers)
+        repo.add(str(Path(target).resolve()))
+    return tracked_md5(root, Path(target))
+
+
+def _is_local(odb: Any) -> bool:
+    return type(odb.fs).__name__ == "LocalFileSystem"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the workspace references
+# ---------------------------------------------------------------------------------------------
+
+
+def _outs_md5s(doc: Any) -> Iterator[str]:
+    """md5 of every output a ``.dvc`` file or ``dvc.lock`` names.
+
+    Dependencies are left out on purpose: DVC needs no object for them (``dvc gc`` keeps outputs
+    only), and ``dvc.lock`` names the old ``data/raw`` manifest as a dependency of ``prepare``
+    until the stage runs again.
+    """
+    if not isinstance(doc, dict):
+        return
+    sections = [doc.get("outs")]
+    stages = doc.get("stages")
+    if isinstance(stages, dict):
+        sections.extend(s.get("outs") for s in stages.values() if isinstance(s, dict))
+    for outs in sections:
+        for out in outs if isinstance(outs, list) else []:
+            if isinstance(out, dict) and isinstance(out.get("md5"), str):
+                yield out["md5"]
+
+
+def workspace_files(root: Path) -> list[Path]:
+    """The ``.dvc`` files and ``dvc.lock`` files of the workspace (not under .dvc, .git)."""
+    out: list[Path] = []
+    skip = {".git", ".dvc", ".venv", "node_modules", "__pycache__"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [
+            d for d in dirnames if d not in skip and not os.path.islink(os.path.join(dirpath, d))
+        ]
+        for name in filenames:
+            if name.endswith(".dvc") or name == "dvc.lock":
+                out.append(Path(dirpath) / name)
+    return sorted(out)
+
+
+def read_manifest(data: bytes) -> list[dict[str, Any]] | None:
+    """Entries of a ``.dir`` manifest (``[{"md5", "relpath"}, ...]``), or None if not one."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, list):
+        return None
+    return [e for e in doc if isinstance(e, dict) and "relpath" in e]
+
+
+def read_object(stores: Iterable[ObjectStore], oid: str) -> bytes | None:
+    """The bytes of object ``oid`` from the first store holding it (None when none does)."""
+    for store in stores:
+        with contextlib.suppress(OSError, FileNotFoundError):
+            if store.exists(oid):
+                return store.read(oid)
+    return None
+
+
+def current_references(setup: DvcSetup) -> set[str]:
+    """Object ids the workspace references: outs of .dvc files and dvc.lock, and their entries."""
+    refs: set[str] = set()
+    for f in workspace_files(setup.root):
+        try:
+            doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            log.warning("%s is unreadable; its objects are kept", f.name)
+            continue
+        refs.update(_outs_md5s(doc))
+    for oid in [r for r in refs if r.endswith(".dir")]:
+        data = read_object(setup.stores, oid)
+        entries = read_manifest(data) if data is not None else None
+        for e in entries or []:
+            if isinstance(e.get("md5"), str):
+                refs.add(e["md5"])
+    return refs
+
+
+def manifest_lists(entries: Iterable[dict[str, Any]], pid: str) -> list[dict[str, Any]]:
+    """Entries of a manifest under the subject's folder (``<pid>/...``, at any depth)."""
+    out = []
+    for e in entries:
+        rel = str(e.get("relpath", "")).replace("\\", "/")
+        if rel.split("/")[0] == pid or f"/{pid}/" in f"/{rel}":
+            out.append(e)
+    return out
+
+
+def parquet_names(data: bytes, pid: str) -> bool:
+    """Whether Parquet bytes hold ``pid`` in a ``pid`` column (or, lacking one, anywhere)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+        names = pf.schema_arrow.names
+        if "pid" in names:
+            col = pf.read(columns=["pid"]).column("pid")
+            return pid in {str(v) for v in col.to_pylist()}
+        table = pf.read()
+    except Exception:  # not readable as Parquet: fall back to the bytes
+        return pid.encode() in data
+    return any(pid in str(v) for c in table.columns for v in c.to_pylist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan and execute
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PurgePlan:
+    """What to delete: objects per store (with SHA-256 before deletion) and site-cache files."""
+
+    pid: str
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    site_cache: list[dict[str, Any]] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    def artefacts(self) -> list[dict[str, Any]]:
+        return [*self.objects, *self.site_cache]
+
+
+def find_subject_objects(
+    setup: DvcSetup, pid: str, *, known_md5s: Iterable[str] = ()
+) -> tuple[set[str], set[str]]:
+    """Object ids that hold or name the subject, and those kept because still referenced.
+
+    Raises
+    ------
+    RuntimeError
+        The workspace's current manifest still lists the subject (the raw files are not gone).
+    """
+    keep = current_references(setup)
+    targets: set[str] = set(known_md5s)
+    tables: set[str] = set()
+    for store in setup.stores:
+        for oid in list(store.oids()):
+            if not oid.endswith(".dir"):
+                continue
+            try:
+                entries = read_manifest(store.read(oid))
+            except OSError:
+                continue
+            if entries is None:
+                continue
+            listed = manifest_lists(entries, pid)
+            if listed:
+                if oid in keep:
+                    raise RuntimeError(MSG_STILL_LISTED.format(md5=oid, pid=pid))
+                targets.add(oid)
+                targets.update(str(e["md5"]) for e in listed if e.get("md5"))
+            tables.update(
+                str(e["md5"])
+                for e in entries
+                if str(e.get("relpath", "")).endswith(".parquet") and e.get("md5")
+            )
+    # Parquet objects no manifest names any more (an earlier purge removed it): found by magic.
+    for store in setup.stores:
+        if store.local_path is None:
+            continue
+        for oid in store.oids():
+            if oid.endswith(".dir") or oid in tables:
+                continue
+            with contextlib.suppress(OSError), open(store.oid_path(oid), "rb") as fh:
+                if fh.read(4) == PARQUET_MAGIC:
+                    tables.add(oid)
+    for oid in tables - keep - targets:
+        data = read_object(setup.stores, oid)
+        if data is not None and parquet_names(data, pid):
+            targets.add(oid)
+    kept = targets & keep
+    return targets - keep, kept
+
+
+def plan(setup: DvcSetup, pid: str, *, known_md5s: Iterable[str] = ()) -> PurgePlan:
+    """Find and hash everything of the subject in DVC's stores and site cache; delete nothing."""
+    out = PurgePlan(pid)
+    targets, kept = find_subject_objects(setup, pid, known_md5s=known_md5s)
+    out.targets = sorted(targets)
+    out.kept = sorted(kept)
+    for store in setup.stores:
+        for oid in out.targets:
+            try:
+                if not store.exists(oid):
+                    continue
+                digest = store.sha256(oid)
+            except OSError:
+                continue
+            out.objects.append(
+                {
+                    "store": "dvc-" + store.name,
+                    "path": store.display(oid, setup.root),
+                    "md5": oid,
+                    "sha256": digest,
+                }
+            )
+    if setup.site_cache_dir is not None:
+        out.site_cache = plan_site_cache(setup.site_cache_dir, _needles(pid, out.targets))
+    return out
+
+
+def execute(setup: DvcSetup, purge_plan: PurgePlan) -> list[dict[str, Any]]:
+    """Delete what ``purge_plan`` lists (absent objects are skipped); return what was removed."""
+    removed = []
+    by_name = {"dvc-" + s.name: s for s in setup.stores}
+    for art in purge_plan.objects:
+        store = by_name.get(art["store"])
+        if store is None:
+            continue
+        if store.remove(art["md5"]):
+            removed.append(art)
+    if setup.site_cache_dir is not None:
+        needles = _needles(purge_plan.pid, purge_plan.targets)
+        removed.extend(purge_site_cache(setup.site_cache_dir, needles))
+    for store in setup.stores:
+        if store.local_path is not None and store.local_path.is_dir():
+            with contextlib.suppress(OSError):
+                fsync_dir(store.local_path)
+    return removed
+
+
+def _needles(pid: str, targets: Iterable[str]) -> list[bytes]:
+    out = [pid.encode()]
+    for oid in targets:
+        out.append(oid.encode())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Site cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _site_files(site: Path) -> Iterator[Path]:
+    if not site.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(site):
+        for name in filenames:
+            yield Path(dirpath) / name
+
+
+def _contains(path: Path, needles: list[bytes]) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return any(n in data for n in needles)
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _kv_tables(con: sqlite3.Connection) -> list[str]:
+    """Tables of a diskcache-style key-value database (``key`` and ``value`` columns)."""
+    out = []
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        cols = {r[1] for r in con.execute(f'PRAGMA table_info("{name}")')}
+        if {"key", "value"} <= cols:
+            out.append(name)
+    return out
+
+
+def plan_site_cache(site: Path, needles: list[bytes]) -> list[dict[str, Any]]:
+    """Site-cache files (and their companions) that name the subject or a purged object."""
+    from visage_ml.io import sha256_file
+
+    out = []
+    for path in sorted(_site_files(site)):
+        if _contains(path, needles):
+            out.append({"store": "dvc-site-cache", "path": str(path), "sha256": sha256_file(path)})
+    return out
+
+
+def purge_site_cache(site: Path, needles: list[bytes]) -> list[dict[str, Any]]:
+    """Remove the subject from DVC's site cache; return the files changed or deleted.
+
+    Key-value databases lose the rows whose key or value holds a needle (``secure_delete`` and
+    ``VACUUM``, so no freed page keeps them); any other file that holds one is deleted (DVC
+    rebuilds its indexes on demand).
+    """
+    from visage_ml.io import sha256_file
+
+    changed = []
+    for path in sorted(_site_files(site)):
+        if path.name.endswith(("-wal", "-shm", "-journal")) or not _contains(path, needles):
+            continue
+        before = sha256_file(path)
+        if _is_sqlite(path) and _purge_kv(path, needles) and not _contains(path, needles):
+            changed.append({"store": "dvc-site-cache", "path": str(path), "sha256": before})
+            continue
+        for companion in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
+            secure_unlink(companion)
+        changed.append({"store": "dvc-site-cache", "path": str(path), "sha256": before})
+    return changed
+
+
+def _purge_kv(path: Path, needles: list[bytes]) -> bool:
+    """Delete matching rows of a key-value database in place; False when it is not one."""
+    try:
+        con = sqlite3.connect(path, timeout=30)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = _kv_tables(con)
+        if not tables:
+            return False
+        con.execute("PRAGMA secure_delete = ON")
+        for table in tables:
+            for needle in needles:
+                # Table names come from the database's own schema; values are bound.
+                con.execute(
+                    f'DELETE FROM "{table}" WHERE instr(CAST(key AS BLOB), ?) > 0 '  # noqa: S608
+                    "OR instr(CAST(value AS BLOB), ?) > 0",
+                    (needle, needle),
+                )
+        con.commit()
+        con.execute("VACUUM")
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return True
+    except sqlite3.Error as exc:
+        log.warning("site cache database %s could not be edited (%s)", path.name, exc)
+        return False
+    finally:
+        con.close()

@@ -1,0 +1,489 @@
+"""Which data versions and models saw a subject, read from DVC lineage, ONNX metadata and MLflow.
+
+The chain is the project's own lineage: a model records the md5 of the ``prepare`` output it
+was trained on (``data/processed/faces.u8.npy``: ``dvc.lock`` deps of the training stages, the
+``visage.data_md5`` metadata of the ONNX files, the ``visage.data_md5`` tag of MLflow runs and
+registered model versions). A processed data version contained the subject when
+
+- it is the workspace's and ``manifest.parquet`` lists the pid (exact), or
+- a ``dvc.lock`` (the workspace's or one in git history) produced it from a ``data/raw``
+  manifest that lists the subject's folder (conservative: the consent filter may have left the
+  subject out, but raw data containing them went in).
+
+Erasure calls :func:`subject_lineage` before deleting anything (afterwards the manifests that
+prove presence are purged) and puts the result into the certificate. Models in it stay
+``stale`` until retrained: :func:`current_models` and :func:`check_retrained` say whether the
+models now in use were trained on data without the subject, and :func:`refresh` appends the
+signed ``erasure.models_retrained`` event that upgrades a certificate's model status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visage_ml.config import ProjectPaths
+from visage_ml.io import md5_file
+
+log = logging.getLogger(__name__)
+
+FACES = "data/processed/faces.u8.npy"
+MANIFEST = "data/processed/manifest.parquet"
+RAW = "data/raw"
+MAX_REVISIONS = 500
+STALE = "stale"
+RETRAINED = "retrained"
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """A version of the data that contained the subject."""
+
+    kind: str  # "raw" (a data/raw .dir md5) or "processed" (md5 of faces.u8.npy)
+    md5: str
+    source: str  # "workspace", "dvc.lock", "dvc.lock@<rev>"
+    exact: bool  # the subject's rows are known to be in it (else: raw data contained them)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A model and the data version it was trained on."""
+
+    kind: str  # "dvc" (a stage output), "onnx", "mlflow_model", "mlflow_run"
+    model: str  # stage:path, file, registered model name or run name
+    version: str
+    data_md5: str | None
+    source: str
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.model, self.version)
+
+
+@dataclass
+class Lineage:
+    """What saw a subject: data versions and the models trained on them."""
+
+    pid: str
+    data: list[DataVersion] = field(default_factory=list)
+    models: list[ModelVersion] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def processed_md5s(self) -> set[str]:
+        return {d.md5 for d in self.data if d.kind == "processed"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "data_versions": [asdict(d) for d in self.data],
+            "models": [asdict(m) for m in self.models],
+            "notes": list(self.notes),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# dvc.lock documents: the workspace's and those in git history
+# ---------------------------------------------------------------------------------------------
+
+
+def lock_documents(root: Path, *, history: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, dvc.lock document)``: the workspace's first, then each git revision's."""
+    root = Path(root)
+    out: list[tuple[str, dict[str, Any]]] = []
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError, OSError):
+            out.append(("dvc.lock", yaml.safe_load(lock.read_text(encoding="utf-8")) or {}))
+    if not history or not (root / ".git").exists():
+        return out
+    try:
+        revs = subprocess.run(
+            ["git", "log", f"--max-count={MAX_REVISIONS}", "--format=%H", "--", "dvc.lock"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return out
+    for rev in revs:
+        try:
+            text = subprocess.run(
+                ["git", "show", f"{rev}:dvc.lock"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            ).stdout
+            doc = yaml.safe_load(text) or {}
+        except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict):
+            out.append((f"dvc.lock@{rev[:12]}", doc))
+    return out
+
+
+def _entries(stage: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
+    items = stage.get(kind) or []
+    return [i for i in items if isinstance(i, dict) and i.get("path")]
+
+
+def _md5_of(stage: Mapping[str, Any], kind: str, path: str) -> str | None:
+    for item in _entries(stage, kind):
+        if item.get("path") == path and item.get("md5"):
+            return str(item["md5"])
+    return None
+
+
+def _stages(doc: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    stages = doc.get("stages") or {}
+    return {k: v for k, v in stages.items() if isinstance(v, Mapping)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Presence of the subject in data versions
+# ---------------------------------------------------------------------------------------------
+
+
+def workspace_processed_md5(paths: ProjectPaths) -> str | None:
+    """md5 of the workspace's ``faces.u8.npy`` (``dvc.lock``'s when it matches, else computed)."""
+    faces = paths.root / FACES
+    if not faces.is_file():
+        return None
+    lock = paths.root / "dvc.lock"
+    if lock.is_file():
+        with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError, OSError):
+            doc = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+            prepare = _stages(doc).get("prepare") or {}
+            locked_manifest = _md5_of(prepare, "outs", MANIFEST)
+            locked_faces = _md5_of(prepare, "outs", FACES)
+            manifest = paths.root / MANIFEST
+            if (
+                locked_faces
+                and locked_manifest
+                and manifest.is_file()
+                and md5_file(manifest) == locked_manifest
+                and faces.stat().st_size == _size_of(prepare, FACES)
+            ):
+                return locked_faces
+    return md5_file(faces)
+
+
+def _size_of(stage: Mapping[str, Any], path: str) -> int | None:
+    for item in _entries(stage, "outs"):
+        if item.get("path") == path:
+            return item.get("size")
+    return None
+
+
+def processed_has(paths: ProjectPaths, pid: str) -> bool:
+    """Whether the workspace's processed manifest lists ``pid``."""
+    manifest = paths.root / MANIFEST
+    if not manifest.is_file():
+        return False
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(manifest, columns=["pid"]).column("pid")
+    return pid in {str(v) for v in col.to_pylist()}
+
+
+def raw_has(paths: ProjectPaths, pid: str) -> bool:
+    """Whether ``data/raw`` holds the subject's folder."""
+    return (paths.raw / pid).is_dir()
+
+
+def _manifest_lists_pid(setup: Any, md5: str, pid: str) -> bool | None:
+    """Whether the cached ``.dir`` manifest ``md5`` lists the subject (None: not available)."""
+    from visage_ml.privacy import dvc_purge
+
+    if setup is None or not md5.endswith(".dir"):
+        return None
+    data = dvc_purge.read_object(setup.stores, md5)
+    if data is None:
+        return None
+    entries = dvc_purge.read_manifest(data)
+    if entries is None:
+        return None
+    return bool(dvc_purge.manifest_lists(entries, pid))
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def onnx_models(paths: ProjectPaths) -> list[ModelVersion]:
+    """ONNX files under ``models/`` with their ``visage.model_version`` and ``visage.data_md5``."""
+    out = []
+    folder = paths.models
+    if not folder.is_dir():
+        return out
+    files = sorted(folder.glob("*.onnx"))
+    if not files:
+        return out
+    import onnx
+
+    for f in files:
+        try:
+            model = onnx.load(str(f), load_external_data=False)
+        except Exception:  # not a readable ONNX file: nothing to say about its lineage
+            log.warning("%s is not a readable ONNX model; its lineage is unknown", f.name)
+            continue
+        meta = {p.key: p.value for p in model.metadata_props}
+        out.append(
+            ModelVersion(
+                kind="onnx",
+                model=f.relative_to(paths.root).as_posix(),
+                version=meta.get("visage.model_version", "unknown"),
+                data_md5=meta.get("visage.data_md5"),
+                source="models",
+            )
+        )
+    return out
+
+
+def mlflow_models(paths: ProjectPaths) -> tuple[list[ModelVersion], list[ModelVersion]]:
+    """(registered model versions, runs) with a ``visage.data_md5`` tag, from ``mlflow.db``.
+
+    Read straight from the SQLite store, read-only (no MLflow import, no server).
+    """
+    db = paths.mlruns / "mlflow.db"
+    if not db.is_file():
+        return [], []
+    versions: list[ModelVersion] = []
+    runs: list[ModelVersion] = []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return [], []
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "model_version_tags" in tables:
+            for name, version, value in con.execute(
+                "SELECT name, version, value FROM model_version_tags WHERE key = 'visage.data_md5'"
+            ):
+                versions.append(
+                    ModelVersion("mlflow_model", str(name), str(version), str(value), "mlflow")
+                )
+        if "tags" in tables and "runs" in tables:
+            for run_id, run_name, value in con.execute(
+                "SELECT t.run_uuid, r.name, t.value FROM tags t JOIN runs r "
+                "ON r.run_uuid = t.run_uuid WHERE t.key = 'visage.data_md5' "
+                "AND r.lifecycle_stage = 'active'"
+            ):
+                runs.append(
+                    ModelVersion("mlflow_run", str(run_name), str(run_id), str(value), "mlflow")
+                )
+    except sqlite3.Error as exc:
+        log.warning("mlflow.db could not be read (%s); MLflow lineage is unknown", exc)
+    finally:
+        con.close()
+    return versions, runs
+
+
+def dvc_models(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> list[ModelVersion]:
+    """Outputs of stages that depend on the processed faces, with that dependency's md5."""
+    out = []
+    for source, doc in docs:
+        for name, stage in _stages(doc).items():
+            data = _md5_of(stage, "deps", FACES)
+            if data is None or name == "prepare":
+                continue
+            for item in _entries(stage, "outs"):
+                if item.get("md5"):
+                    out.append(
+                        ModelVersion(
+                            "dvc", f"{name}:{item['path']}", str(item["md5"]), data, source
+                        )
+                    )
+    return out
+
+
+def _dedupe(models: Iterable[ModelVersion]) -> list[ModelVersion]:
+    seen: dict[tuple[str, str, str], ModelVersion] = {}
+    for m in models:
+        seen.setdefault(m.key(), m)
+    return list(seen.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Public questions
+# ---------------------------------------------------------------------------------------------
+
+
+def subject_lineage(
+    paths: ProjectPaths, pid: str, *, setup: Any = None, history: bool = True
+) -> Lineage:
+    """Data versions that contained ``pid`` and the models trained on them.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    pid
+        The subject.
+    setup
+        :class:`visage_ml.privacy.dvc_purge.DvcSetup` to read cached ``.dir`` manifests from
+        (opened here when None and the project is a DVC repository).
+    history
+        Also read ``dvc.lock`` from git history.
+    """
+    from visage_ml.privacy import dvc_purge
+
+    if setup is None and dvc_purge.is_dvc_repo(paths.root):
+        setup = dvc_purge.open_setup(paths.root)
+    lin = Lineage(pid)
+    raw_md5 = None
+    raw_dvc = Path(str(paths.raw) + ".dvc")
+    if raw_dvc.is_file():
+        with contextlib.suppress(yaml.YAMLError, OSError):
+            doc = yaml.safe_load(raw_dvc.read_text(encoding="utf-8")) or {}
+            outs = doc.get("outs") or []
+            raw_md5 = str(outs[0].get("md5")) if outs else None
+    if raw_has(paths, pid) and raw_md5:
+        lin.data.append(DataVersion("raw", raw_md5, "workspace", True))
+    if processed_has(paths, pid):
+        md5 = workspace_processed_md5(paths)
+        if md5:
+            lin.data.append(DataVersion("processed", md5, "workspace", True))
+    docs = lock_documents(paths.root, history=history)
+    for source, doc in docs:
+        prepare = _stages(doc).get("prepare")
+        if not prepare:
+            continue
+        raw_dep = _md5_of(prepare, "deps", RAW)
+        faces = _md5_of(prepare, "outs", FACES)
+        if not raw_dep or not faces:
+            continue
+        listed = _manifest_lists_pid(setup, raw_dep, pid)
+        if listed is None:
+            if faces not in lin.processed_md5s:
+                lin.notes.append(
+                    f"{source}: the data/raw manifest {raw_dep} is not in any DVC store, so "
+                    "whether its models saw the subject is unknown"
+                )
+            continue
+        if listed:
+            lin.data.append(DataVersion("raw", raw_dep, source, True))
+            if faces not in lin.processed_md5s:
+                lin.data.append(DataVersion("processed", faces, source, False))
+    contained = lin.processed_md5s
+    versions, runs = mlflow_models(paths)
+    candidates = [*dvc_models(docs), *onnx_models(paths), *versions, *runs]
+    lin.models = _dedupe(m for m in candidates if m.data_md5 in contained)
+    lin.data = list({(d.kind, d.md5): d for d in lin.data}.values())
+    return lin
+
+
+def current_models(paths: ProjectPaths) -> list[ModelVersion]:
+    """The models in use now: workspace ``dvc.lock`` outputs, ONNX files, latest MLflow versions."""
+    docs = lock_documents(paths.root, history=False)
+    versions, _runs = mlflow_models(paths)
+    latest: dict[str, ModelVersion] = {}
+    for v in versions:
+        cur = latest.get(v.model)
+        if cur is None or _version_number(v.version) > _version_number(cur.version):
+            latest[v.model] = v
+    return _dedupe([*dvc_models(docs), *onnx_models(paths), *latest.values()])
+
+
+def _version_number(v: str) -> int:
+    try:
+        return int(v)
+    except ValueError:
+        return -1
+
+
+@dataclass
+class RetrainCheck:
+    """Whether the models in use were trained on data without the subject."""
+
+    clean: bool
+    current: list[ModelVersion]
+    stale: list[ModelVersion]
+    processed_contains_subject: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "current": [asdict(m) for m in self.current],
+            "stale": [asdict(m) for m in self.stale],
+            "processed_contains_subject": self.processed_contains_subject,
+        }
+
+
+def check_retrained(paths: ProjectPaths, pid: str, contained_md5s: Iterable[str]) -> RetrainCheck:
+    """Are the current models free of data versions in ``contained_md5s``?"""
+    contained = set(contained_md5s)
+    current = current_models(paths)
+    stale = [m for m in current if m.data_md5 in contained]
+    in_processed = processed_has(paths, pid)
+    return RetrainCheck(not stale and not in_processed, current, stale, in_processed)
+
+
+def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
+    """Append ``erasure.models_retrained`` for each erasure whose stale models were replaced.
+
+    For every completed erasure whose certificate lists models trained on the subject and that
+    has no such event yet: when the current models (``dvc.lock``, ONNX files, latest MLflow
+    versions) were all trained on data versions without the subject, and the processed data no
+    longer holds them, a signed event names the certificate and the current models, and a tree
+    head is appended so that the event can be proven included.
+
+    Returns
+    -------
+    list of str
+        The request ids whose certificate was upgraded.
+    """
+    from visage_ml.io import sha256_file
+    from visage_ml.privacy.core import PrivacyCore
+    from visage_ml.privacy.requests import RequestBook
+
+    core = core if core is not None else PrivacyCore(paths)
+    book = RequestBook(core)
+    upgraded = []
+    for st in book.all():
+        if st.right != "erasure" or st.erasure_completed_seq is None:
+            continue
+        if st.models_retrained_seq is not None:
+            continue
+        cert_path = paths.certificates / f"{st.request_id}.json"
+        if not cert_path.is_file():
+            continue
+        import json
+
+        cert = json.loads(cert_path.read_text(encoding="utf-8"))
+        claims = cert.get("claims") or {}
+        models = claims.get("models") or []
+        if not models:
+            continue
+        contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
+        contained.update(m.get("data_md5") for m in models if m.get("data_md5"))
+        check = check_retrained(paths, st.pid, contained)
+        if not check.clean:
+            continue
+        core.ledger.append(
+            "erasure.models_retrained",
+            st.pid,
+            {
+                "request_id": st.request_id,
+                "certificate_sha256": sha256_file(cert_path),
+                "stale_models": len(models),
+                "current_models": [asdict(m) for m in check.current],
+            },
+        )
+        upgraded.append(st.request_id)
+    if upgraded:
+        core.ledger.checkpoint()
+    return upgraded

@@ -1,0 +1,600 @@
+"""Data-subject requests: one lifecycle for every right, folded from the signed ledger.
+
+A request (access, portability, rectification, erasure, restriction, objection) has an id, a
+subject (pid), a received time and a deadline: one month from receipt (``privacy.deadline_days``),
+extendable by up to two further months with a reason (``privacy.max_extension_days``, Art.
+12(3)). Its lifecycle is::
+
+    received -> verified -> in_progress -> completed
+        \\-----------\\-------------\\--------> denied (with a reason code)
+
+Each transition is one signed ledger event (``request.received``, ``request.verified``,
+``request.in_progress``, ``request.extended``, ``request.completed``, ``request.denied``); the
+state of every request is a fold over those events, exactly like the subject registry, so
+there is no second, mutable database to keep in step with the ledger. Completion writes a
+receipt signed with the ledger key (``privacy/requests/<id>.receipt.json``) whose SHA-256 the
+``request.completed`` event carries, and appends ``notification.sent`` (Art. 12(3), Art. 19).
+
+Erasure progress (``erasure.step`` events with the request id) is folded here too, which is
+what makes an interrupted erasure resumable: :class:`RequestState.steps` says which steps were
+planned (with the content hashes taken before deletion) and which finished.
+
+Payloads hold codes, pids and hashes only: no names, values or free text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from visage_ml.config import PrivacyParams, ProjectPaths, load_params
+from visage_ml.io import atomic_write_text, sha256_bytes
+from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
+from visage_ml.privacy.keys import check_pid
+
+log = logging.getLogger(__name__)
+
+RIGHTS: dict[str, str] = {
+    "access": "Art. 15",
+    "portability": "Art. 20",
+    "rectification": "Art. 16",
+    "erasure": "Art. 17",
+    "restriction": "Art. 18",
+    "objection": "Art. 21",
+}
+RECEIVED, VERIFIED, IN_PROGRESS, COMPLETED, DENIED = (
+    "received",
+    "verified",
+    "in_progress",
+    "completed",
+    "denied",
+)
+OPEN_STATUSES: frozenset[str] = frozenset({RECEIVED, VERIFIED, IN_PROGRESS})
+# Allowed next statuses; "denied" is reachable from every open status.
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    RECEIVED: frozenset({VERIFIED, DENIED}),
+    VERIFIED: frozenset({IN_PROGRESS, DENIED}),
+    IN_PROGRESS: frozenset({COMPLETED, DENIED}),
+    COMPLETED: frozenset(),
+    DENIED: frozenset(),
+}
+EVENT_STATUS: Mapping[str, str] = {
+    "request.verified": VERIFIED,
+    "request.in_progress": IN_PROGRESS,
+    "request.completed": COMPLETED,
+    "request.denied": DENIED,
+}
+REQUEST_ID_RE = re.compile(r"^r\d{8}-[0-9a-f]{8}$")
+CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+RECEIPT_FORMAT = "visage-request-receipt/1"
+DAY = timedelta(days=1)
+
+MSG_UNKNOWN_REQUEST = (
+    "no request {rid}; list open requests with `visage privacy requests` (all with --all)"
+)
+MSG_BAD_RIGHT = "unknown right '{right}'; rights are: " + ", ".join(RIGHTS)
+MSG_TRANSITION = "request {rid} is {status}; it cannot become {target} (allowed next: {allowed})"
+MSG_CODE = (
+    "{what} must be a short code of lowercase letters, digits and '_' (the ledger keeps it for "
+    "ever, so no free text), e.g. 'manifestly_unfounded'"
+)
+MSG_EXTENSION = (
+    "request {rid} may be extended by {left} more day(s) at most (privacy.max_extension_days = "
+    "{max}, Art. 12(3): two further months); ask for fewer days"
+)
+MSG_BAD_TIME = "'{text}' is not an ISO 8601 time (e.g. 2026-11-26T09:30:00Z)"
+MSG_FUTURE = "received time {text} is in the future; give the time the request arrived"
+
+
+class UnknownRequestError(KeyError):
+    """No request with this id in the ledger."""
+
+    def __str__(self) -> str:
+        return MSG_UNKNOWN_REQUEST.format(rid=self.args[0])
+
+
+class RequestStateError(ValueError):
+    """The request's status does not allow the asked transition."""
+
+
+def check_code(value: str, what: str) -> str:
+    """Return ``value`` if it is a ledger-safe code (``[a-z0-9_]{1,64}``)."""
+    if not isinstance(value, str) or not CODE_RE.fullmatch(value):
+        raise ValueError(MSG_CODE.format(what=what))
+    return value
+
+
+def check_right(right: str) -> str:
+    """Return ``right`` if it is one of :data:`RIGHTS`."""
+    if right not in RIGHTS:
+        raise ValueError(MSG_BAD_RIGHT.format(right=right))
+    return right
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time as an aware UTC datetime (a naive time is taken as UTC)."""
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ValueError(MSG_BAD_TIME.format(text=str(text)[:40])) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC)
+
+
+def format_time(t: datetime) -> str:
+    """The ledger's time format: UTC, milliseconds, ``Z``."""
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_request_id(received: datetime) -> str:
+    """``r<YYYYMMDD>-<8 hex>``: sortable by receipt day, unguessable."""
+    return f"r{received.astimezone(UTC):%Y%m%d}-{os.urandom(4).hex()}"
+
+
+@dataclass
+class StepRecord:
+    """Progress of one erasure step as the ledger records it."""
+
+    name: str
+    planned: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+    artefacts: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = -1
+
+
+@dataclass
+class RequestState:
+    """One request as folded from the ledger."""
+
+    request_id: str
+    pid: str
+    right: str
+    received_at: str
+    deadline: str
+    received_seq: int
+    status: str = RECEIVED
+    details: dict[str, Any] = field(default_factory=dict)
+    extended_days: int = 0
+    extension_reasons: list[str] = field(default_factory=list)
+    verification: str | None = None
+    denied_reason: str | None = None
+    outcome: dict[str, Any] = field(default_factory=dict)
+    receipt_sha256: str | None = None
+    completed_at: str | None = None
+    history: list[tuple[int, str, str]] = field(default_factory=list)
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    erasure_completed_seq: int | None = None
+    models_retrained_seq: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def article(self) -> str:
+        return RIGHTS.get(self.right, "")
+
+    def days_left(self, now: datetime | None = None) -> int:
+        """Whole days until the deadline (negative when overdue); rounded up."""
+        now = now or datetime.now(UTC)
+        seconds = (parse_time(self.deadline) - now).total_seconds()
+        return math.ceil(seconds / 86400.0)
+
+    def overdue(self, now: datetime | None = None) -> bool:
+        """Open and past its deadline."""
+        now = now or datetime.now(UTC)
+        return self.is_open and now > parse_time(self.deadline)
+
+    def to_dict(self, now: datetime | None = None) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "pid": self.pid,
+            "right": self.right,
+            "article": self.article,
+            "status": self.status,
+            "received_at": self.received_at,
+            "deadline": self.deadline,
+            "days_left": self.days_left(now) if self.is_open else None,
+            "overdue": self.overdue(now),
+            "extended_days": self.extended_days,
+            "extension_reasons": list(self.extension_reasons),
+            "verification": self.verification,
+            "denied_reason": self.denied_reason,
+            "completed_at": self.completed_at,
+            "receipt_sha256": self.receipt_sha256,
+            "details": dict(self.details),
+            "outcome": dict(self.outcome),
+            "steps_done": [s.name for s in self.steps.values() if s.done],
+            "history": [{"seq": s, "event": t, "time": tm} for s, t, tm in self.history],
+        }
+
+
+def _apply(states: dict[str, RequestState], obj: Mapping[str, Any]) -> None:
+    """Fold one ledger entry (as a mapping) into ``states``; other events are ignored."""
+    type_ = obj["type"]
+    if not (type_.startswith("request.") or type_.startswith("erasure.")):
+        return
+    payload = obj.get("payload") or {}
+    rid = payload.get("request_id")
+    if not isinstance(rid, str):
+        return
+    seq, time = obj["seq"], obj["time"]
+    if type_ == "request.received":
+        states[rid] = RequestState(
+            request_id=rid,
+            pid=obj["pid"],
+            right=payload.get("right", ""),
+            received_at=payload.get("received_at", time),
+            deadline=payload.get("deadline", time),
+            received_seq=seq,
+            details=dict(payload.get("details") or {}),
+            history=[(seq, type_, time)],
+        )
+        return
+    st = states.get(rid)
+    if st is None:
+        return
+    st.history.append((seq, type_, time))
+    if type_ in EVENT_STATUS:
+        st.status = EVENT_STATUS[type_]
+    if type_ == "request.verified":
+        st.verification = payload.get("method")
+    elif type_ == "request.extended":
+        st.extended_days += int(payload.get("days", 0))
+        st.deadline = payload.get("deadline", st.deadline)
+        st.extension_reasons.append(payload.get("reason_code", ""))
+    elif type_ == "request.denied":
+        st.denied_reason = payload.get("reason_code")
+        st.completed_at = time
+    elif type_ == "request.completed":
+        st.receipt_sha256 = payload.get("receipt_sha256")
+        st.outcome = dict(payload.get("outcome") or {})
+        st.completed_at = time
+    elif type_ == "erasure.step":
+        name = payload.get("step", "")
+        rec = st.steps.setdefault(name, StepRecord(name))
+        if payload.get("phase") == "planned":
+            rec.planned = list(payload.get("artefacts") or [])
+            rec.info.update(payload.get("info") or {})
+        else:
+            rec.done = True
+            rec.artefacts = list(payload.get("artefacts") or [])
+            rec.info.update(payload.get("info") or {})
+        rec.seq = seq
+    elif type_ == "erasure.completed":
+        st.erasure_completed_seq = seq
+    elif type_ == "erasure.models_retrained":
+        st.models_retrained_seq = seq
+
+
+def fold_requests(entries: Iterable[Mapping[str, Any]]) -> dict[str, RequestState]:
+    """Fold ledger entries (mappings with seq, time, type, pid, payload) into request states."""
+    states: dict[str, RequestState] = {}
+    for obj in entries:
+        _apply(states, obj)
+    return states
+
+
+class RequestBook:
+    """The requests of a project: an incrementally folded view of the ledger, plus transitions.
+
+    Parameters
+    ----------
+    core
+        The project's privacy core (its ledger is read and appended to).
+    params
+        The ``privacy`` section (read from ``params.yaml`` when None).
+    now
+        Clock returning an aware UTC datetime (tests pass a fixed one).
+    """
+
+    def __init__(
+        self,
+        core: PrivacyCore,
+        *,
+        params: PrivacyParams | None = None,
+        now: Any = None,
+    ) -> None:
+        self.core = core
+        self.paths: ProjectPaths = core.paths
+        self._params = params
+        self._now = now or (lambda: datetime.now(UTC))
+        self._states: dict[str, RequestState] = {}
+        self._offset = 0
+
+    @property
+    def params(self) -> PrivacyParams:
+        if self._params is None:
+            self._params = (
+                load_params(self.paths.params).privacy
+                if self.paths.params.exists()
+                else PrivacyParams()
+            )
+        return self._params
+
+    def now(self) -> datetime:
+        return self._now()
+
+    # -- reading -------------------------------------------------------------------------------
+    def refresh(self) -> RequestBook:
+        """Fold ledger lines appended since the last call."""
+        path = self.core.ledger.path
+        if not path.exists():
+            return self
+        size = path.stat().st_size
+        if size < self._offset:
+            self._states, self._offset = {}, 0
+        if size == self._offset:
+            return self
+        for end, line in self.core.ledger.iter_lines(start_offset=self._offset):
+            # Only request.* and erasure.* events name a request: skip the rest unparsed.
+            if b'"request_id"' in line:
+                _apply(self._states, orjson.loads(line))
+            self._offset = end
+        return self
+
+    def get(self, request_id: str) -> RequestState:
+        """The request, or :class:`UnknownRequestError`."""
+        self.refresh()
+        st = self._states.get(request_id)
+        if st is None:
+            raise UnknownRequestError(request_id)
+        return st
+
+    def all(self, *, pid: str | None = None) -> list[RequestState]:
+        """Every request (of ``pid`` when given), oldest first."""
+        self.refresh()
+        out = [s for s in self._states.values() if pid is None or s.pid == pid]
+        return sorted(out, key=lambda s: s.received_seq)
+
+    def open(self, *, pid: str | None = None) -> list[RequestState]:
+        """Open requests (received, verified or in progress), the nearest deadline first."""
+        return sorted(
+            (s for s in self.all(pid=pid) if s.is_open), key=lambda s: parse_time(s.deadline)
+        )
+
+    def overdue(self) -> list[RequestState]:
+        """Open requests past their deadline."""
+        now = self.now()
+        return [s for s in self.open() if s.overdue(now)]
+
+    # -- transitions ---------------------------------------------------------------------------
+    def _transition(self, st: RequestState, target: str) -> None:
+        allowed = TRANSITIONS[st.status]
+        if target not in allowed:
+            raise RequestStateError(
+                MSG_TRANSITION.format(
+                    rid=st.request_id,
+                    status=st.status,
+                    target=target,
+                    allowed=", ".join(sorted(allowed)) or "none (closed)",
+                )
+            )
+
+    def receive(
+        self,
+        pid: str,
+        right: str,
+        *,
+        received_at: str | datetime | None = None,
+        details: Mapping[str, Any] | None = None,
+        channel: str = "unspecified",
+    ) -> RequestState:
+        """Record a new request; returns its state (status ``received``).
+
+        Parameters
+        ----------
+        pid
+            The subject (must be registered and not erased).
+        right
+            One of :data:`RIGHTS`.
+        received_at
+            When the request reached the controller (default now): the deadline counts from it.
+        details
+            Codes only (purposes, fields, an action), never values: the ledger keeps them.
+        channel
+            How it arrived, as a code (``email``, ``web_form``, ``letter``, ``api``, ...).
+        """
+        check_pid(pid)
+        check_right(right)
+        check_code(channel, "channel")
+        st = self.core.subject(pid)
+        if st.erased:
+            raise ValueError(ALREADY_ERASED.format(pid=pid))
+        now = self.now()
+        if received_at is None:
+            received = now
+        elif isinstance(received_at, datetime):
+            received = received_at.astimezone(UTC)
+        else:
+            received = parse_time(received_at)
+        if received > now + timedelta(minutes=5):
+            raise ValueError(MSG_FUTURE.format(text=format_time(received)))
+        rid = new_request_id(received)
+        deadline = received + self.params.deadline_days * DAY
+        self.core.ledger.append(
+            "request.received",
+            pid,
+            {
+                "request_id": rid,
+                "right": right,
+                "article": RIGHTS[right],
+                "received_at": format_time(received),
+                "deadline": format_time(deadline),
+                "channel": channel,
+                "details": dict(details or {}),
+            },
+        )
+        log.info("request %s (%s) received", rid, right)
+        return self.get(rid)
+
+    def verify(self, request_id: str, *, method: str = "identity_verified") -> RequestState:
+        """The requester's identity was verified (Art. 12(6)); ``method`` is a code."""
+        st = self.get(request_id)
+        self._transition(st, VERIFIED)
+        check_code(method, "verification method")
+        self.core.ledger.append(
+            "request.verified", st.pid, {"request_id": request_id, "method": method}
+        )
+        return self.get(request_id)
+
+    def start(self, request_id: str) -> RequestState:
+        """Work on the request begins; an erasure request also stops all processing now.
+
+        For erasure, ``erasure.requested`` is appended with ``request.in_progress`` (one
+        append): from then on the registry refuses every purpose for the subject, so the
+        pipeline and serving exclude them while the erasure runs.
+        """
+        st = self.get(request_id)
+        self._transition(st, IN_PROGRESS)
+        events: list[tuple[str, str | None, Mapping[str, Any]]] = [
+            ("request.in_progress", st.pid, {"request_id": request_id, "right": st.right})
+        ]
+        if st.right == "erasure":
+            events.append(("erasure.requested", st.pid, {"request_id": request_id}))
+        self.core.ledger.append_many(events)
+        if st.right == "erasure":
+            self.core.snapshot()
+        return self.get(request_id)
+
+    def extend(self, request_id: str, *, days: int, reason_code: str) -> RequestState:
+        """Extend the deadline by ``days`` (in total at most ``privacy.max_extension_days``)."""
+        st = self.get(request_id)
+        if not st.is_open:
+            raise RequestStateError(
+                MSG_TRANSITION.format(
+                    rid=request_id, status=st.status, target="extended", allowed="none (closed)"
+                )
+            )
+        check_code(reason_code, "extension reason")
+        limit = self.params.max_extension_days
+        if days < 1 or st.extended_days + days > limit:
+            raise ValueError(
+                MSG_EXTENSION.format(
+                    rid=request_id, left=max(0, limit - st.extended_days), max=limit
+                )
+            )
+        deadline = parse_time(st.deadline) + days * DAY
+        self.core.ledger.append(
+            "request.extended",
+            st.pid,
+            {
+                "request_id": request_id,
+                "days": int(days),
+                "reason_code": reason_code,
+                "deadline": format_time(deadline),
+            },
+        )
+        return self.get(request_id)
+
+    def deny(self, request_id: str, *, reason_code: str) -> RequestState:
+        """Refuse the request with a reason code (e.g. ``manifestly_unfounded``, Art. 12(5)).
+
+        A denied erasure lifts the processing stop that ``erasure.requested`` put in place.
+        """
+        st = self.get(request_id)
+        self._transition(st, DENIED)
+        check_code(reason_code, "denial reason")
+        self.core.ledger.append(
+            "request.denied",
+            st.pid,
+            {"request_id": request_id, "right": st.right, "reason_code": reason_code},
+        )
+        self.core.snapshot()
+        return self.get(request_id)
+
+    def complete(self, request_id: str, *, outcome: Mapping[str, Any]) -> Receipt:
+        """Close the request: write its signed receipt, then ``request.completed``.
+
+        Parameters
+        ----------
+        outcome
+            What was done, as codes and hashes (e.g. the export bundle's SHA-256).
+
+        Returns
+        -------
+        Receipt
+            The signed receipt (also written to ``privacy/requests/<id>.receipt.json``).
+        """
+        st = self.get(request_id)
+        self._transition(st, COMPLETED)
+        receipt = self._write_receipt(st, dict(outcome))
+        self.core.ledger.append_many(
+            [
+                (
+                    "request.completed",
+                    st.pid,
+                    {
+                        "request_id": request_id,
+                        "right": st.right,
+                        "receipt_sha256": receipt.sha256,
+                        "outcome": dict(outcome),
+                    },
+                ),
+                (
+                    "notification.sent",
+                    st.pid,
+                    {
+                        "request_id": request_id,
+                        "recipient": "data_subject",
+                        "receipt_sha256": receipt.sha256,
+                    },
+                ),
+            ]
+        )
+        log.info("request %s (%s) completed", request_id, st.right)
+        return receipt
+
+    def receipt_path(self, request_id: str) -> Path:
+        """Where the signed receipt of ``request_id`` is kept."""
+        if not REQUEST_ID_RE.fullmatch(request_id):
+            raise ValueError(f"'{request_id[:40]}' is not a request id (r<YYYYMMDD>-<8 hex>)")
+        return self.paths.requests / f"{request_id}.receipt.json"
+
+    def _write_receipt(self, st: RequestState, outcome: dict[str, Any]) -> Receipt:
+        from visage_ml.privacy.certificate import render, sign
+
+        params = load_params(self.paths.params) if self.paths.params.exists() else None
+        controller = params.project if params is not None else None
+        doc = {
+            "format": RECEIPT_FORMAT,
+            "request_id": st.request_id,
+            "pid": st.pid,
+            "right": st.right,
+            "article": st.article,
+            "received_at": st.received_at,
+            "deadline": st.deadline,
+            "extended_days": st.extended_days,
+            "completed_at": format_time(self.now()),
+            "outcome": outcome,
+            "controller": {
+                "name": controller.controller if controller else "",
+                "contact": controller.controller_contact if controller else "",
+            },
+            "ledger": {"received_seq": st.received_seq},
+        }
+        signed = sign(doc, self.paths)
+        text = render(signed)
+        path = self.receipt_path(st.request_id)
+        atomic_write_text(path, text)
+        return Receipt(path=path, document=signed, sha256=sha256_bytes(text.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A signed completion receipt."""
+
+    path: Path
+    document: dict[str, Any]
+    sha256: str
