@@ -166,6 +166,44 @@ def gallery_stats(as_json: bool = JSON_OPT) -> None:
         console.print(f"{k:<16} {v}", highlight=False)
 
 
+@gallery_app.command("holdout")
+def gallery_holdout(
+    count: int = typer.Option(1, min=1, help="How many images to list."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Raw images of searchable subjects that were NOT used to enrol them (to try identify).
+
+    Reads data/processed/manifest.parquet and the gallery; writes nothing.
+    """
+    import pandas as pd
+
+    from visage_ml.serving.gallery import select_enrolment_rows
+
+    with _serving_errors():
+        paths = project()
+        params = load_params(paths.params)
+        gallery = _open_gallery()
+        manifest = pd.read_parquet(paths.processed / "manifest.parquet")
+        searchable = set(gallery.searchable())
+        enrolled = select_enrolment_rows(
+            manifest, searchable, per_subject=params.gallery.images_per_subject
+        )
+        used = {int(r) for rows in enrolled.values() for r in rows}
+        spare = manifest[manifest["pid"].astype(str).isin(searchable) & ~manifest["row"].isin(used)]
+        if spare.empty:
+            raise UserError("no held-out image of an enrolled subject: every image was enrolled")
+        picks = spare.sort_values(["split", "image_id"]).groupby("pid").head(1).head(count)
+        rows = [
+            {"pid": str(r.pid), "image": str(paths.raw / str(r.pid) / f"{r.image_id}.png")}
+            for r in picks.itertuples()
+        ]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        console.print(f"{r['pid']}  {r['image']}", highlight=False)
+
+
 @apikey_app.command("create")
 def apikey_create(
     role: str = typer.Option(..., "--role", help="operator, dpo or auditor."),
