@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-all lint lab ui bench clean-demo
+.PHONY: setup demo test test-all lint lab ui bench
 
 setup: $(STAMP)
 
@@ -31,9 +31,11 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
+# Everything but the GPU tests (`pytest -m gpu` on a CUDA machine), slow ones included.
 test-all: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -m "" --run-slow
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -m "not gpu"
 
 lint: setup
 	$(VENV)/bin/ruff check .

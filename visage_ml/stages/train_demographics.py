@@ -9,6 +9,7 @@ per-epoch metrics to MLflow. It never loads the identity embedder.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -183,7 +184,8 @@ def main() -> int:
     """Entry point of ``python -m visage_ml.stages.train_demographics``; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run()
+        # Progress bars only on a terminal: in logs (CI, dvc repro > file) they are noise.
+        run(progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

@@ -8,6 +8,7 @@ logs params and per-epoch metrics to MLflow. Paths are those of ``dvc.yaml``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -177,7 +178,8 @@ def main() -> int:
     """Entry point of ``python -m visage_ml.stages.train_embedder``; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run()
+        # Progress bars only on a terminal: in logs (CI, dvc repro > file) they are noise.
+        run(progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
