@@ -108,17 +108,25 @@ def locked_md5(root: Path, stage: str, path: str, *, kind: str = "outs") -> str 
     return None
 
 
-def git_revision(root: Path) -> str:
-    """``git rev-parse HEAD`` of ``root`` (``"unknown"`` outside git or before a commit)."""
+def _git(root: Path, *args: str) -> str | None:
     try:
         proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=20
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.SubprocessError):
+        return None
+    out = proc.stdout.strip()
+    return out if proc.returncode == 0 else None
+
+
+def git_revision(root: Path, *, mark_dirty: bool = False) -> str:
+    """``git rev-parse HEAD`` of ``root`` (``"unknown"`` outside git or before a commit).
+
+    With ``mark_dirty``, ``+dirty`` is appended when tracked files differ from the commit.
+    """
+    rev = _git(root, "rev-parse", "HEAD")
+    if not rev:
         return "unknown"
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+    if mark_dirty and _git(root, "status", "--porcelain", "--untracked-files=no"):
+        return rev + "+dirty"
+    return rev

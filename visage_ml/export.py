@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from visage_ml.config import GENDERS, GROUPS
+from visage_ml.dvcops import git_revision
 from visage_ml.inference import (
     DEMOGRAPHICS,
     EMBEDDER,
@@ -111,23 +111,6 @@ class ParityError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
-def git_rev(root: str | os.PathLike[str]) -> str:
-    """``git rev-parse HEAD`` of the repository holding ``root``; ``"unknown"`` outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=str(root),
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return UNKNOWN
-    rev = out.stdout.strip()
-    return rev if out.returncode == 0 and rev else UNKNOWN
-
-
 def read_prepare_outs(lock_path: str | os.PathLike[str]) -> dict[str, str]:
     """``{path: md5}`` of the ``prepare`` stage's outputs in ``dvc.lock`` (empty when absent)."""
     import yaml
@@ -175,7 +158,7 @@ def build_metadata(
     metadata = {
         META_BACKBONE: str(config.get("backbone") or UNKNOWN),
         META_MODEL_VERSION: str(checkpoint_meta.get("model_version") or UNKNOWN),
-        META_GIT_REV: git_rev(root),
+        META_GIT_REV: git_revision(Path(root)),
     }
     trained_on = str(checkpoint_meta.get("data_md5") or UNKNOWN)
     outs = read_prepare_outs(Path(root) / "dvc.lock")

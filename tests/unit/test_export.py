@@ -16,13 +16,13 @@ from onnx import numpy_helper
 from torch import nn
 
 from visage_ml.config import ExportParams, ProjectPaths
+from visage_ml.dvcops import git_revision
 from visage_ml.export import (
     ExportError,
     ParityError,
     build_metadata,
     check_parity,
     export_with_parity,
-    git_rev,
     read_prepare_outs,
     to_onnx,
 )
@@ -343,10 +343,13 @@ def test_git_rev_inside_a_repository(tmp_path: Path):
     }
     for cmd in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "x"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
-    rev = git_rev(repo)
+    rev = git_revision(repo)
     assert len(rev) == 40
     assert all(c in "0123456789abcdef" for c in rev)
-    assert git_rev(tmp_path / "missing-folder") == "unknown"
+    assert git_revision(tmp_path / "missing-folder") == "unknown"
+    (repo / "f").write_text("x")
+    subprocess.run(["git", "add", "f"], cwd=repo, env=env, check=True)
+    assert git_revision(repo, mark_dirty=True) == rev + "+dirty"
 
 
 # --------------------------------------------------------------------------------------------

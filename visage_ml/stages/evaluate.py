@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from visage_ml.config import GENDERS, GROUPS, Params, ProjectPaths, flatten, load_params
+from visage_ml.dvcops import git_revision
 from visage_ml.evaluation import demographics as demo
 from visage_ml.evaluation.bootstrap import finite_or_none
 from visage_ml.evaluation.fairness import (
@@ -128,12 +128,22 @@ def _require(path: Path, stage: str) -> Path:
 
 
 def load_models(paths: ProjectPaths) -> tuple[Embedder, DemographicModel]:
-    """Both exported ONNX models through :class:`visage_ml.inference.OnnxModel`."""
-    from visage_ml.inference import OnnxModel
+    """Both exported ONNX models, each refused unless it is the file export recorded.
 
-    emb = OnnxModel(_require(paths.models / "embedder.onnx", "export"), expected_kind="embedder")
+    The SHA-256 in ``reports/export.json`` is checked when one is recorded
+    (:class:`visage_ml.inference.ModelHashError`, a ``ValueError``, when the file differs).
+    """
+    from visage_ml.inference import OnnxModel, recorded_sha256
+
+    emb = OnnxModel(
+        _require(paths.models / "embedder.onnx", "export"),
+        expected_kind="embedder",
+        expected_sha256=recorded_sha256(paths.reports, "embedder"),
+    )
     dem = OnnxModel(
-        _require(paths.models / "demographics.onnx", "export"), expected_kind="demographics"
+        _require(paths.models / "demographics.onnx", "export"),
+        expected_kind="demographics",
+        expected_sha256=recorded_sha256(paths.reports, "demographics"),
     )
     return emb, dem
 
@@ -203,30 +213,6 @@ def data_md5(processed: Path) -> tuple[str, dict[str, str]]:
         if (processed / name).is_file()
     }
     return files.get("data/processed/faces.u8.npy", "unknown"), files
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            cwd=str(root),
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_revision(root: Path) -> str:
-    """Commit of the project, ``+dirty`` when tracked files differ; ``unknown`` outside git."""
-    rev = _git(root, "rev-parse", "HEAD")
-    if not rev:
-        return "unknown"
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return rev + ("+dirty" if status else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +571,7 @@ def run(
     # -- documents ---------------------------------------------------------------------------
     t = time.perf_counter()
     eval_md5, eval_files = data_md5(processed)
-    rev = git_revision(paths.root)
+    rev = git_revision(paths.root, mark_dirty=True)
     lineage = {
         "eval_data_md5": eval_md5,
         **{f"md5 {k}": v for k, v in eval_files.items()},
