@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -303,13 +304,19 @@ def _build(cls: type, raw: Mapping[str, Any], *, prefix: str = "") -> Any:
     return obj
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 2, 6, 6, 80
+
+
 def parse_section(cls: type, raw: Mapping[str, Any], *, source: str, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``raw``, raising :class:`ConfigError` on any bad key."""
     try:
         return _build(cls, raw, prefix=prefix)
     except _InvalidError as exc:
+        # reprlib keeps the message short even for a huge value (a YAML alias bomb).
         raise ConfigError(
-            f"{source}: key '{exc.key}': found {exc.found!r}; accepted: {exc.accepted}. "
+            f"{source}: key '{exc.key}': found {_SHORT.repr(exc.found)}; "
+            f"accepted: {exc.accepted}. "
             f"Fix the value in {source} (see README, 'Configuration') and run again."
         ) from None
 
@@ -641,6 +648,39 @@ class Params:
     privacy: PrivacyParams = PrivacyParams()
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping key given twice."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, typing.Hashable) and key in seen:
+            raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+        if isinstance(key, typing.Hashable):
+            seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _load_yaml(text: str) -> Any:
+    """Safe YAML, refusing duplicate keys (a second ``prepare:`` would replace the first)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_params(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -665,8 +705,13 @@ def load_params(
     raw: dict[str, Any] = {}
     if p.exists():
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            loaded = _load_yaml(p.read_text(encoding="utf-8"))
+        except _DuplicateKeyError as exc:
+            raise ConfigError(
+                f"{source}: key '{exc.key}' is given twice (line {exc.line}); YAML would keep "
+                "only the last one silently. Keep one and run again."
+            ) from None
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigError(
                 f"{source}: not valid YAML ({exc.__class__.__name__}); fix the syntax and run again"
             ) from None

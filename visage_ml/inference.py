@@ -9,6 +9,7 @@ accepts a file, then runs aligned crops through the one preprocessing function,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -83,6 +84,53 @@ class ModelHashError(ValueError):
     """A model file's content differs from the hash recorded at export."""
 
 
+EXPORT_REPORT = "export.json"
+MSG_EXPORT_REPORT = (
+    "{path} is unreadable ({reason}); it records the hashes the models are checked against: "
+    "restore it or re-run `dvc repro export`"
+)
+MSG_NONFINITE = (
+    "{path} produced non-finite values (NaN or infinity) for {n} of {total} crops: the model "
+    "is damaged or was exported wrongly; " + _REEXPORT
+)
+
+
+def recorded_sha256(reports_dir: str | os.PathLike[str], kind: str) -> str | None:
+    """The SHA-256 that the export stage recorded for ``models/<kind>.onnx``, if any.
+
+    Parameters
+    ----------
+    reports_dir
+        The project's ``reports/`` folder (``export.json`` is read from it).
+    kind
+        ``"embedder"`` or ``"demographics"``.
+
+    Returns
+    -------
+    str or None
+        The lowercase hex digest, or None when no export report exists or it names no hash.
+
+    Raises
+    ------
+    ModelHashError
+        When ``export.json`` exists but cannot be read as JSON.
+    """
+    path = Path(reports_dir) / EXPORT_REPORT
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelHashError(
+            MSG_EXPORT_REPORT.format(path=path, reason=type(exc).__name__)
+        ) from None
+    entry = doc.get(kind) if isinstance(doc, dict) else None
+    digest = entry.get("onnx_sha256") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or len(digest) != 64:
+        return None
+    return digest.lower()
+
+
 def verify_model_hash(path: str | os.PathLike[str], expected_sha256: str) -> None:
     """Check that the model file at ``path`` is byte-for-byte the one that was exported.
 
@@ -138,11 +186,16 @@ class OnnxModel:
         ONNX Runtime execution providers, in order of preference; CPU by default.
     intra_op_threads
         Threads ONNX Runtime may use inside one operator; ``None`` lets it choose.
+    expected_sha256
+        The hash recorded at export (:func:`recorded_sha256`): the file is read once, refused
+        when its SHA-256 differs, and the session is built from exactly the bytes checked.
 
     Raises
     ------
     FileNotFoundError
         When ``path`` does not exist.
+    ModelHashError
+        When ``expected_sha256`` is given and the file's hash differs.
     ModelFileError
         When the file is not ONNX, not a visage-ml model, of the wrong kind, or its graph
         disagrees with its metadata.
@@ -155,6 +208,7 @@ class OnnxModel:
         expected_kind: str | None = None,
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
+        expected_sha256: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -172,10 +226,16 @@ class OnnxModel:
             options.intra_op_num_threads = intra_op_threads
             options.inter_op_num_threads = 1
         chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
+        source: str | bytes = str(self._path)
+        if expected_sha256 is not None:
+            source = self._path.read_bytes()
+            found = hashlib.sha256(source).hexdigest()
+            if found != expected_sha256.strip().lower():
+                raise ModelHashError(
+                    MSG_HASH.format(path=self._path, found=found, expected=expected_sha256)
+                )
         try:
-            self._session = ort.InferenceSession(
-                str(self._path), sess_options=options, providers=chosen
-            )
+            self._session = ort.InferenceSession(source, sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own, unexported exception types
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise ModelFileError(MSG_UNREADABLE.format(path=self._path, reason=reason)) from None
@@ -389,7 +449,7 @@ class OnnxModel:
         arr = np.asarray(crops)
         if arr.ndim == 3:
             arr = arr[None]
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape[1:3]:
             raise ValueError(MSG_CROPS.format(dtype=arr.dtype, shape=tuple(arr.shape)))
         return [
             self.run(to_model_input(arr[i : i + batch_size], self._spec))
@@ -401,6 +461,14 @@ class OnnxModel:
             raise ModelFileError(
                 f"{method}() needs a {kind} model but {self._path} holds a {self._kind} model; "
                 f"load models/{kind}.onnx for it"
+            )
+
+    def _check_finite(self, rows: np.ndarray) -> None:
+        """Refuse outputs holding NaN or infinity (a damaged model), naming the file."""
+        bad = ~np.isfinite(rows).reshape(rows.shape[0], -1).all(axis=1)
+        if bad.any():
+            raise ModelFileError(
+                MSG_NONFINITE.format(path=self._path, n=int(bad.sum()), total=rows.shape[0])
             )
 
     def embed(self, crops_u8_nhwc: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
@@ -424,7 +492,9 @@ class OnnxModel:
         parts = [out["embedding"] for out in self._batches(crops_u8_nhwc, batch_size)]
         if not parts:
             return np.zeros((0, dim), dtype=np.float32)
-        return l2_normalize(np.concatenate(parts, axis=0))
+        emb = np.concatenate(parts, axis=0)
+        self._check_finite(emb)
+        return l2_normalize(emb)
 
     def predict(self, crops_u8_nhwc: np.ndarray, *, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Age, gender and group estimates for aligned face crops.
@@ -455,4 +525,5 @@ class OnnxModel:
         age = np.concatenate([o["age"].reshape(-1) for o in outs]).astype(np.float32)
         gender = np.concatenate([o["gender_logits"] for o in outs], axis=0)
         group = np.concatenate([o["group_logits"] for o in outs], axis=0)
+        self._check_finite(np.concatenate([age[:, None], gender, group], axis=1))
         return {"age": age, "gender_probs": _softmax(gender), "group_probs": _softmax(group)}

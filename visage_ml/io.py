@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from visage_ml import faults
+
 CHUNK = 1 << 20
 
 
@@ -26,6 +28,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def private_dir(path: Path) -> Path:
+    """Create folder ``path`` readable and writable by its owner only (0700, whatever umask).
+
+    Missing parents are created as usual; an existing folder is left as it is.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -81,6 +95,7 @@ def secure_unlink(path: Path) -> bool:
     except PermissionError:
         os.chmod(path, 0o600)
         return secure_unlink(path)
+    faults.crash_point("io:secure-unlink:zeroed")
     os.unlink(path)
     fsync_dir(path.parent)
     return True

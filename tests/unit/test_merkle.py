@@ -71,3 +71,13 @@ def test_proofs_hold_for_many_sizes():
         for old in range(1, size + 1):
             proof = merkle.consistency_proof(hashes[:size], old)
             assert merkle.verify_consistency(old, size, proof, merkle.root(leaves[:old]), root)
+
+
+def test_tree_object_gives_the_same_roots_and_paths_as_the_rfc_definition():
+    hashes = [merkle.leaf_hash(bytes([i]) * 3) for i in range(45)]
+    for size in range(1, 46):
+        tree = merkle.MerkleTree(hashes[:size])
+        assert tree.root() == merkle.root_from_leaf_hashes(hashes[:size])
+        for i in range(size):
+            assert tree.inclusion_proof(i) == merkle.inclusion_proof(hashes[:size], i)
+    assert merkle.MerkleTree([]).root() == merkle.EMPTY_ROOT

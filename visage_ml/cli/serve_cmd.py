@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -53,6 +54,50 @@ def _serving_errors() -> Iterator[None]:
             raise UserError(str(exc)) from None
 
 
+MSG_TLS_PAIR = "give both --ssl-keyfile and --ssl-certfile (or neither, behind a TLS proxy)"
+MSG_TLS_MISSING = "{what} {path} does not exist; give the PEM file of the server's TLS {what}"
+MSG_TLS_KEY_MODE = (
+    "TLS private key {path} is readable by other users (mode {mode:o}); restrict it with "
+    "`chmod 600 {path}` and start again"
+)
+MSG_PLAIN_HTTP = (
+    "serving plain HTTP on %s, not a loopback address: API keys and face images cross the "
+    "network unencrypted. Give --ssl-keyfile/--ssl-certfile or put a TLS proxy in front "
+    "(docs/security.md)"
+)
+
+
+def tls_options(keyfile: Path | None, certfile: Path | None) -> dict[str, str]:
+    """uvicorn's TLS arguments, after checking the files (the key must be private: 0600).
+
+    Parameters
+    ----------
+    keyfile, certfile
+        PEM private key and certificate chain; both or neither.
+
+    Returns
+    -------
+    dict
+        ``{"ssl_keyfile": ..., "ssl_certfile": ...}``, or ``{}`` for plain HTTP.
+
+    Raises
+    ------
+    UserError
+        Only one of the two given, a file missing, or a key readable by group or others.
+    """
+    if keyfile is None and certfile is None:
+        return {}
+    if keyfile is None or certfile is None:
+        raise UserError(MSG_TLS_PAIR)
+    for what, path in (("private key", keyfile), ("certificate", certfile)):
+        if not Path(path).is_file():
+            raise UserError(MSG_TLS_MISSING.format(what=what, path=path))
+    mode = Path(keyfile).stat().st_mode & 0o777
+    if mode & 0o077:
+        raise UserError(MSG_TLS_KEY_MODE.format(path=keyfile, mode=mode))
+    return {"ssl_keyfile": str(keyfile), "ssl_certfile": str(certfile)}
+
+
 def serve(
     host: str = typer.Option(None, help="Address to listen on (default serving.host)."),
     port: int = typer.Option(None, help="Port (default serving.port)."),
@@ -61,6 +106,12 @@ def serve(
         help="full (identify, verify, enroll, analytics) or analytics (counts only; the "
         "embedder is never loaded). Default serving.mode.",
     ),
+    ssl_keyfile: Path = typer.Option(
+        None, "--ssl-keyfile", help="TLS private key (PEM, mode 0600): serve HTTPS."
+    ),
+    ssl_certfile: Path = typer.Option(
+        None, "--ssl-certfile", help="TLS certificate chain (PEM), with --ssl-keyfile."
+    ),
     verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
 ) -> None:
     """Start the HTTP API (uvicorn) on the project's models and gallery.
@@ -68,25 +119,33 @@ def serve(
     Loads the ONNX models and decrypts the searchable templates (subjects whose consent covers
     identification) into memory before accepting requests. Every request is written to
     privacy/audit.jsonl; /metrics serves Prometheus metrics and /docs the OpenAPI schema.
+    Serve HTTPS with --ssl-keyfile/--ssl-certfile, or behind a TLS proxy (docs/security.md).
     """
+    import logging
+
     import uvicorn
 
     from visage_ml.serving.api import create_app
 
     setup_logging(verbose)
     with _serving_errors():
+        tls = tls_options(ssl_keyfile, ssl_certfile)
         paths = project()
         params = load_params(paths.params)
         if mode is not None and mode not in ("full", "analytics"):
             raise UserError(f"--mode must be 'full' or 'analytics', not '{mode}'")
         app = create_app(paths, params=params, mode=mode)
+    bind = host or params.serving.host
+    if not tls and bind not in ("127.0.0.1", "::1", "localhost"):
+        logging.getLogger(__name__).warning(MSG_PLAIN_HTTP, bind)
     uvicorn.run(
         app,
-        host=host or params.serving.host,
+        host=bind,
         port=port or params.serving.port,
         # The audit log records each request; uvicorn's access log would repeat paths (pids).
         access_log=False,
         log_level="debug" if verbose else "info",
+        **tls,
     )
 
 

@@ -57,6 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
+from visage_ml import faults
 from visage_ml.config import ProjectPaths
 from visage_ml.io import atomic_write_text, sha256_bytes
 from visage_ml.privacy.consent import CONSENT_BASES, check_purposes, parse_basis, sha256_text
@@ -1122,6 +1123,7 @@ def import_dataset(
                 key_to_image[item.key] = image_id
 
         registered = _register(core, txn, accepted, basis=basis, spec=spec, result=result)
+        faults.crash_point("import:registered")
         valid_ids.update(registered)
         if registered:
             # Before the swap: a crash after it never leaves data without a recorded basis.
@@ -1132,6 +1134,7 @@ def import_dataset(
                 fmt=fmt,
                 controller=params.project,
             )
+            faults.crash_point("import:basis-recorded")
         else:
             txn.discard()
     result.dvc_md5, result.dvc_error = txn.dvc_md5, txn.dvc_error

@@ -77,6 +77,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from visage_ml import faults
 from visage_ml.config import GENDERS, ProjectPaths
 from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir
 from visage_ml.privacy.keys import check_pid
@@ -623,10 +624,12 @@ class RawStore:
                     _rmtree(staging)
                     return
                 txn._finalise()
+                faults.crash_point("rawstore:staged")
                 self._swap(staging, token)
             except BaseException:
                 _rmtree(staging)
                 raise
+            faults.crash_point("rawstore:committed")
             txn.committed = True
             log.info(
                 "data/raw committed: %d images added, %d in total",
@@ -642,6 +645,7 @@ class RawStore:
         had_raw = raw.exists() or raw.is_symlink()
         if had_raw:
             os.rename(raw, old)
+        faults.crash_point("rawstore:swap:between")
         try:
             os.rename(staging, raw)
         except BaseException:
@@ -649,6 +653,7 @@ class RawStore:
                 os.rename(old, raw)  # put the untouched tree back before anything else
             raise
         fsync_dir(data)
+        faults.crash_point("rawstore:swap:done")
         if had_raw:
             _rmtree(old)
 

@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 KINDS = ("embedder", "demographics")
 _RESUME_NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+MSG_BAD_CHECKPOINT = (
+    "{path} is not a readable visage-ml checkpoint ({reason}): it is damaged, truncated or holds "
+    "objects other than tensors and plain data, which are refused without running any code; "
+    "re-create it with `dvc repro` (the training stage that writes it)"
+)
 
 
 def model_version(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -102,13 +107,29 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no code is unpickled)."""
+    """Read a checkpoint with ``weights_only=True`` (no code is unpickled).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        The file is not a checkpoint dictionary: damaged, truncated, or holding objects other
+        than tensors and plain data (which are refused, never executed).
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
             f"checkpoint {p} not found; run `dvc repro` (or the training stage) to create it"
         )
-    return torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or damaged file
+        # torch's own message suggests weights_only=False: never do that for an unknown file.
+        raise ValueError(MSG_BAD_CHECKPOINT.format(path=p, reason=type(exc).__name__)) from None
+    if not isinstance(payload, dict):
+        raise ValueError(MSG_BAD_CHECKPOINT.format(path=p, reason=type(payload).__name__))
+    return payload
 
 
 def _build_embedder(config: Mapping[str, Any]) -> nn.Module:

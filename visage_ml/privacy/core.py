@@ -103,12 +103,19 @@ class PrivacyCore:
         seen: dict[str, str] = {}
         refs = [s.external_ref for s in subjects if s.external_ref]
         known = self.vault.find_many(refs) if refs else {}
+        # Vault records whose subject.added never reached the ledger (a crash between the two
+        # writes below): such a subject is registered under its pid now.
+        states = self.registry.states() if known else {}
+        orphans = {pid for pid in known.values() if pid not in states}
         for s in subjects:
             existing = None
             if s.external_ref:
                 existing = seen.get(s.external_ref) or known.get(s.external_ref)
             if existing is not None:
                 pids.append(existing)
+                if existing in orphans:
+                    orphans.discard(existing)
+                    events.append(("subject.added", existing, {"source": source}))
                 continue
             pid = check_pid(s.pid) if s.pid else new_pid()
             if pid in self.registry:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from visage_ml.io import atomic_write_bytes, file_lock, secure_unlink, sha256_file
+from visage_ml.io import atomic_write_bytes, file_lock, private_dir, secure_unlink, sha256_file
 
 PID_RE = re.compile(r"^p[0-9a-f]{16}$")
 MASTER_KEY_ENV = "VISAGE_MASTER_KEY"
@@ -195,7 +195,8 @@ class KeyRing:
             except InvalidTag:
                 raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(self.directory))) from None
         else:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            # Nobody but the owner may list, add, replace or delete key files.
+            private_dir(self.directory)
             nonce = os.urandom(12)
             blob = nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, aad)
             atomic_write_bytes(check, blob, mode=0o600)

@@ -29,6 +29,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from visage_ml import faults
 from visage_ml.io import atomic_write_bytes, canonical_json, file_lock, fsync_dir
 from visage_ml.privacy import merkle
 from visage_ml.privacy.keys import check_pid, load_or_create_signing_key, load_public_key
@@ -335,9 +336,14 @@ class Ledger:
                     out.append(entry)
                     lines.append(line + b"\n")
                 data = b"".join(lines)
+                faults.crash_point("ledger:append:before-write")
+                if faults.armed("ledger:append:torn"):
+                    os.write(fd, data[: max(1, len(data) // 2)])
+                    faults.die()
                 written = os.write(fd, data)
                 if written != len(data):
                     raise LedgerError(f"{self.path}: short write ({written} of {len(data)} bytes)")
+                faults.crash_point("ledger:append:before-fsync")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -450,10 +456,14 @@ class Ledger:
 
         def sig_ok(obj: dict[str, Any]) -> bool:
             try:
-                pub.verify(base64.b64decode(obj["sig"], validate=True), obj["hash"].encode())
+                raw = base64.b64decode(obj["sig"], validate=True)
+                pub.verify(raw, obj["hash"].encode())
             except (InvalidSignature, ValueError, TypeError, AttributeError):
                 return False
-            return True
+            # Base64 has spare bits: another last character can decode to the same signature.
+            # Only the canonical encoding is accepted, so that no byte of the last entry (which
+            # no later prev_hash covers) can change unnoticed.
+            return base64.b64encode(raw).decode("ascii") == obj["sig"]
 
         for i, line in enumerate(lines):
             body = _body_of(line)

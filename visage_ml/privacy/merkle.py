@@ -45,6 +45,41 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
+class MerkleTree:
+    """All levels of the tree over ``hashes``, built once: root and audit paths in O(n) total.
+
+    Level 0 holds the leaf hashes; each level pairs nodes left to right and carries an odd last
+    node up unchanged, which is RFC 9162's tree (see :func:`root_from_leaf_hashes`).
+    """
+
+    def __init__(self, hashes: Sequence[bytes]) -> None:
+        levels = [list(hashes)]
+        while len(levels[-1]) > 1:
+            level = levels[-1]
+            nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            levels.append(nxt)
+        self.levels = levels
+        self.size = len(hashes)
+
+    def root(self) -> bytes:
+        """The tree head's root hash."""
+        return self.levels[-1][0] if self.size else EMPTY_ROOT
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        """Audit path of leaf ``index``, leaf first (equal to :func:`inclusion_proof`)."""
+        if not 0 <= index < self.size:
+            raise ValueError(f"leaf index {index} outside a tree of {self.size} leaves")
+        path = []
+        for level in self.levels[:-1]:
+            sibling = index ^ 1
+            if sibling < len(level):
+                path.append(level[sibling])
+            index >>= 1
+        return path
+
+
 def root(leaves: Sequence[bytes]) -> bytes:
     """``MTH(D[n])`` of the raw leaves."""
     return root_from_leaf_hashes([leaf_hash(d) for d in leaves])

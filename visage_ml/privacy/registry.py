@@ -75,6 +75,9 @@ class SubjectState:
     erasure_pending: bool = False
     erased: bool = False
     last_seq: int = -1
+    # SHA-256 of the gallery template last recorded as enrolled (None once removed): the
+    # gallery only searches the template file that the ledger vouches for.
+    template_sha256: str | None = None
 
     def decision(self, purpose: str) -> Decision:
         if self.erased:
@@ -121,11 +124,21 @@ def _apply(states: dict[str, SubjectState], seq: int, type_: str, pid: Any, payl
     if pid is None:
         return
     if type_ == "subject.added":
+        if pid in states:
+            # A second registration of a pid must not reset its state: that would lift a
+            # restriction or objection, or bring an erased subject back.
+            return
         states[pid] = SubjectState(pid=pid, added_seq=seq, source=payload.get("source", ""))
         states[pid].last_seq = seq
         return
     st = states.get(pid)
     if st is None:
+        return
+    if type_ == "gallery.enrolled":
+        st.template_sha256 = payload.get("template_sha256")
+        return
+    if type_ == "gallery.removed":
+        st.template_sha256 = None
         return
     if type_ == "consent.given" or type_ == "basis.recorded":
         receipt = payload.get("receipt") or {}
@@ -228,6 +241,10 @@ class Registry:
 
     def get(self, pid: str) -> SubjectState | None:
         self.refresh()
+        return self._states.get(pid)
+
+    def peek(self, pid: str) -> SubjectState | None:
+        """``pid``'s state as of the last refresh, without reading the ledger (bulk loops)."""
         return self._states.get(pid)
 
     def __contains__(self, pid: object) -> bool:

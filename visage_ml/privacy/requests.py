@@ -91,7 +91,9 @@ MSG_EXTENSION = (
     "request {rid} may be extended by {left} more day(s) at most (privacy.max_extension_days = "
     "{max}, Art. 12(3): two further months); ask for fewer days"
 )
-MSG_BAD_TIME = "'{text}' is not an ISO 8601 time (e.g. 2026-11-26T09:30:00Z)"
+MSG_BAD_TIME = (
+    "'{text}' is not an ISO 8601 time between years 1 and 9999 (e.g. 2026-11-26T09:30:00Z)"
+)
 MSG_FUTURE = "received time {text} is in the future; give the time the request arrived"
 
 
@@ -124,11 +126,12 @@ def parse_time(text: str) -> datetime:
     """An ISO 8601 time as an aware UTC datetime (a naive time is taken as UTC)."""
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=UTC)
+        # A time near year 1 or 9999 can leave the datetime range once converted to UTC.
+        return t.astimezone(UTC)
+    except (ValueError, AttributeError, OverflowError):
         raise ValueError(MSG_BAD_TIME.format(text=str(text)[:40])) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC)
 
 
 def format_time(t: datetime) -> str:
@@ -138,7 +141,9 @@ def format_time(t: datetime) -> str:
 
 def new_request_id(received: datetime) -> str:
     """``r<YYYYMMDD>-<8 hex>``: sortable by receipt day, unguessable."""
-    return f"r{received.astimezone(UTC):%Y%m%d}-{os.urandom(4).hex()}"
+    day = received.astimezone(UTC)
+    # The year is zero-padded by hand: strftime's %Y drops leading zeros before year 1000.
+    return f"r{day.year:04d}{day.month:02d}{day.day:02d}-{os.urandom(4).hex()}"
 
 
 @dataclass

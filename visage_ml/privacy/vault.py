@@ -27,6 +27,7 @@ from visage_ml.io import (
     atomic_write_bytes,
     atomic_write_json,
     file_lock,
+    private_dir,
     secure_unlink,
     sha256_file,
 )
@@ -66,7 +67,7 @@ class IdentityVault:
     """
 
     def __init__(self, directory: Path, master_key_path: Path) -> None:
-        self.directory = Path(directory)
+        self.directory = private_dir(Path(directory))
         self.records_dir = self.directory / "records"
         keys_dir = self.directory / "keys"
         has_data = keys_dir.exists() and any(keys_dir.iterdir())
@@ -119,6 +120,7 @@ class IdentityVault:
                 raise ValueError(
                     f"unknown vault record field(s) {sorted(unknown)}; allowed: {RECORD_FIELDS}"
                 )
+        private_dir(self.records_dir)
         with file_lock(self._lock):
             index = self._read_index()
             by_pid = {v: k for k, v in index.items()}

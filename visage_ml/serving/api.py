@@ -53,6 +53,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
+from visage_ml.inference import ModelFileError
 from visage_ml.serving import metrics as metrics_mod
 from visage_ml.serving.analytics import SUPPRESSED, Analytics
 from visage_ml.serving.audit import AuditLog
@@ -116,7 +117,12 @@ MSG_FORBIDDEN = "an API key with role '{role}' may not call this endpoint; it ne
 MSG_RATE = "too many failed authentications from this client; retry in {s} s"
 MSG_TOO_LARGE = "request body over {limit} bytes (serving.max_request_bytes); send a smaller image"
 MSG_IMAGE_PIXELS = (
-    "image of {w}x{h} pixels is over serving.max_image_pixels ({limit}); downscale it"
+    "field '{field}' holds an image of {w}x{h} pixels, over serving.max_image_pixels ({limit}); "
+    "downscale it"
+)
+MSG_IMAGE_BOMB = (
+    "field '{field}' holds an image of more pixels than serving.max_image_pixels ({limit}) "
+    "allows (a decompression bomb?); downscale it"
 )
 MSG_BASE64 = "field '{field}' is not valid base64; send the image file's bytes base64-encoded"
 MSG_IMAGE = "field '{field}' is not a readable image ({reason}); send a JPEG, PNG, WebP or BMP file"
@@ -128,6 +134,10 @@ MSG_NOT_RESTRICTED = "subject {pid} is not restricted; nothing to lift"
 MSG_UNKNOWN = "no subject {pid} in the registry"
 MSG_INTERNAL = "internal error; the request was not completed (see the server log, request {rid})"
 MSG_CERT = "no certificate named {name}"
+MSG_UNKNOWN_QUERY = (
+    "{n} query parameter(s) that this endpoint does not define; it accepts: {known} "
+    "(unknown parameters are refused, not ignored, like unknown body fields)"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,9 +183,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown subject, certificate or template.",
         409: "The subject's state does not allow this.",
         413: "Request or image too large.",
-        422: "Invalid input: bad base64, not an image, no face, too many faces.",
+        422: "Invalid input: a malformed or unknown field or query parameter, bad base64, not an "
+        "image, no face, too many faces.",
         429: "Too many failed authentications from this client.",
-        503: "The gallery was rebuilt for another embedder; restart the server.",
+        503: "The gallery was rebuilt for another embedder, or a model is damaged; restart "
+        "the server (after `visage gallery rebuild` or `dvc repro export`).",
     }
     return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
 
@@ -197,7 +209,8 @@ PidPath = Annotated[str, Path(pattern=PID_PATTERN, description="Pseudonymous sub
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No unknown fields, and no coercion: "5" is not an integer, 0 is not false.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class IdentifyRequest(_Strict):
@@ -478,7 +491,7 @@ class Service:
             im = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
         except Image.DecompressionBombError:
             raise ApiError(
-                413, "image_too_large", MSG_IMAGE_PIXELS.format(w="?", h="?", limit=limit)
+                413, "image_too_large", MSG_IMAGE_BOMB.format(field=field, limit=limit)
             ) from None
         except UnidentifiedImageError:
             raise ApiError(
@@ -490,7 +503,9 @@ class Service:
             ) from None
         w, h = im.size
         if w * h > limit:
-            raise ApiError(413, "image_too_large", MSG_IMAGE_PIXELS.format(w=w, h=h, limit=limit))
+            raise ApiError(
+                413, "image_too_large", MSG_IMAGE_PIXELS.format(field=field, w=w, h=h, limit=limit)
+            )
         try:
             im.load()
             with contextlib.suppress(Exception):
@@ -499,7 +514,7 @@ class Service:
             rgb = im.convert("RGB")
         except Image.DecompressionBombError:
             raise ApiError(
-                413, "image_too_large", MSG_IMAGE_PIXELS.format(w=w, h=h, limit=limit)
+                413, "image_too_large", MSG_IMAGE_PIXELS.format(field=field, w=w, h=h, limit=limit)
             ) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
             raise ApiError(
@@ -812,6 +827,7 @@ def create_app(
         version=API_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(_known_query_only)],
     )
     app.state.visage = service
     _install_error_handlers(app)
@@ -839,9 +855,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         _info(request)["error"] = code
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
+        if code == "malformed_json":
+            # FastAPI's 400 for a body it cannot parse (not UTF-8, nested too deeply).
+            message = "the request body is not valid JSON (UTF-8, not nested thousands deep)"
         return _error_json(exc.status_code, code, message, getattr(exc, "headers", None))
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -869,9 +890,32 @@ def _install_error_handlers(app: FastAPI) -> None:
         (GalleryVersionError, 503, "gallery_version_mismatch"),
         (ModelMismatchError, 503, "model_mismatch"),
         (ModelUnavailableError, 404, "not_available"),
+        (ModelFileError, 503, "model_error"),
         (ApiKeyFileError, 503, "api_keys_unreadable"),
     ):
         app.add_exception_handler(exc_type, handler(status, code))
+
+
+def _known_query_only(request: Request) -> None:
+    """Refuse query parameters the route does not define (a typo must not be ignored)."""
+    if not request.query_params:
+        return
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    known: set[str] = set()
+    stack = [dependant]
+    while stack:  # the route's own query parameters and those of its dependencies
+        d = stack.pop()
+        known.update(str(getattr(f, "alias", None) or f.name) for f in d.query_params)
+        stack.extend(d.dependencies)
+    unknown = set(request.query_params.keys()) - known
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid_request",
+            MSG_UNKNOWN_QUERY.format(n=len(unknown), known=", ".join(sorted(known)) or "none"),
+        )
 
 
 def _add_routes(app: FastAPI, svc: Service) -> None:
@@ -881,7 +925,13 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     auditor = Depends(require(AUDITOR))
     auth_errors = (401, 403, 429)
 
-    @app.get("/healthz", name="health", response_model=HealthResponse, tags=["service"])
+    @app.get(
+        "/healthz",
+        name="health",
+        response_model=HealthResponse,
+        tags=["service"],
+        responses=_errors(422),
+    )
     def health() -> dict[str, Any]:
         """Liveness: the server answers and its models are loaded (no authentication)."""
         models: dict[str, str | None] = {"embedder": None, "demographics": None}
@@ -897,7 +947,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         name="metrics",
         response_class=Response,
         tags=["service"],
-        responses={200: {"content": {metrics_mod.CONTENT_TYPE: {}}}},
+        responses={200: {"content": {metrics_mod.CONTENT_TYPE: {}}}, **_errors(422)},
     )
     def metrics() -> Response:
         """Prometheus metrics: request counts and latencies per endpoint, gallery size."""
@@ -924,7 +974,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         name="analytics",
         response_model=AnalyticsResponse,
         tags=["analytics"],
-        responses=_errors(400, *auth_errors, 413, 422),
+        responses=_errors(400, *auth_errors, 413, 422, 503),
     )
     def analytics(body: AnalyticsRequest, request: Request, _: ApiKey = operator) -> Any:
         """Demographic counts of one frame (no identity is computed; nothing is stored per face).
@@ -939,7 +989,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         name="analytics_windows",
         response_model=WindowsResponse,
         tags=["analytics"],
-        responses=_errors(*auth_errors),
+        responses=_errors(*auth_errors, 422),
     )
     def analytics_windows(_: ApiKey = operator) -> dict[str, Any]:
         """Closed aggregation windows, oldest first (each released once)."""
@@ -997,7 +1047,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         name="certificates",
         response_model=CertificatesResponse,
         tags=["audit"],
-        responses=_errors(*auth_errors),
+        responses=_errors(*auth_errors, 422),
     )
     def certificates(_: ApiKey = auditor) -> dict[str, Any]:
         """Erasure certificates and receipts kept under ``privacy/certificates``."""
@@ -1022,7 +1072,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
                 "content": {"application/json": {"schema": {"type": "object"}}},
                 "description": "The certificate, byte for byte as stored.",
             },
-            **_errors(*auth_errors, 404),
+            **_errors(*auth_errors, 404, 422),
         },
     )
     def certificate(name: str, _: ApiKey = auditor) -> Response:

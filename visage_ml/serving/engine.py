@@ -45,6 +45,10 @@ MSG_NOT_CONFIGURED = (
     "this engine has no {what} model (serving.mode is '{mode}'); start `visage serve` in full "
     "mode to identify, verify or enrol"
 )
+MSG_NO_HASH = (
+    "models/{kind}.onnx has no hash recorded in reports/export.json, so it is used without an "
+    "integrity check; run `dvc repro export` to record one"
+)
 MSG_NO_FACE = "no face found in the image (minimum detection probability {min_prob})"
 MSG_TOO_MANY = (
     "{n} faces found in the image but at most {max_faces} are processed per image "
@@ -277,6 +281,10 @@ class Engine:
             size the embedder must match (``None``: checked against params.yaml only).
         providers, intra_op_threads
             Passed to :class:`visage_ml.inference.OnnxModel`.
+
+        Each ONNX file is checked against the SHA-256 the export stage recorded in
+        ``reports/export.json`` when it is loaded (:class:`visage_ml.inference.ModelHashError`
+        when it differs).
         """
         mode = mode or params.serving.mode
         if mode not in ("full", "analytics"):
@@ -285,13 +293,18 @@ class Engine:
 
         def onnx(kind: str) -> Callable[[], Any]:
             def load() -> Any:
-                from visage_ml.inference import OnnxModel
+                from visage_ml.inference import OnnxModel, recorded_sha256
 
+                # The file must be the one the export stage wrote (reports/export.json).
+                digest = recorded_sha256(paths.reports, kind)
+                if digest is None:
+                    logger.warning(MSG_NO_HASH.format(kind=kind))
                 return OnnxModel(
                     models_dir / f"{kind}.onnx",
                     expected_kind=kind,
                     providers=providers,
                     intra_op_threads=intra_op_threads,
+                    expected_sha256=digest,
                 )
 
             return load
@@ -393,12 +406,18 @@ class Engine:
 
         Raises
         ------
+        ValueError
+            When an array is not an 8-bit image (H x W, or H x W x 1, 3 or 4 channels).
         TooManyFacesError
             When more than ``max_faces`` faces pass ``min_face_prob``.
         """
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-        if pil.mode != "RGB":
-            pil = pil.convert("RGB")
+        if isinstance(image, Image.Image):
+            pil = image if image.mode == "RGB" else image.convert("RGB")
+        else:
+            from visage_ml.data.detect import to_rgb_array
+
+            # Refuses what is not an 8-bit image (float, NaN, 5 channels) with a clear message.
+            pil = Image.fromarray(to_rgb_array(image))
         detector = self.detector
         with self._detect_lock:
             found = detector.detect([pil])[0]

@@ -28,6 +28,11 @@ in-memory matrix. Before each query the gallery reads the ledger lines appended 
 query (a ``stat`` when nothing changed) and adds or drops the subjects they touch, so a
 restricted, objected, withdrawn or erased subject is not even scored, rather than masked.
 
+Accountability: only the template file that the ledger vouches for (the ``template_sha256`` of
+the subject's last ``gallery.enrolled``) is searched. A file the ledger does not record, such as
+one left by an enrolment killed before its event was appended, stays unused (and is counted as
+``unrecorded``) until the subject is enrolled again.
+
 Erasure: the row leaves memory, the key file is destroyed (the commit point: from then on the
 ciphertext is unreadable in every copy), the template file is overwritten and unlinked, each with
 fsync, and a ``gallery.removed`` event is appended. A crash after the key is destroyed leaves a
@@ -52,12 +57,14 @@ import numpy as np
 import orjson
 from cryptography.exceptions import InvalidTag
 
+from visage_ml import faults
 from visage_ml.config import ProjectPaths
 from visage_ml.io import (
     atomic_write_bytes,
     atomic_write_json,
     file_lock,
     fsync_dir,
+    private_dir,
     secure_unlink,
     sha256_bytes,
     sha256_file,
@@ -122,6 +129,11 @@ MSG_THRESHOLD_MODEL = (
     "`dvc repro evaluate` for this embedder (or `visage gallery rebuild` for that one)"
 )
 MSG_NO_META = "no gallery at {path}; build it with `dvc repro gallery` or `visage gallery rebuild`"
+MSG_UNRECORDED = (
+    "template {name} is not the one the ledger records as enrolled (an enrolment interrupted "
+    "before it was recorded, or a file put there by hand); it is not used. Enrol the subject "
+    "again to replace it"
+)
 MSG_TAMPERED = (
     "template {name} fails authentication (altered, truncated or moved); it is not used. "
     "Restore it from a backup or re-enrol the subject"
@@ -470,6 +482,7 @@ class Gallery:
         self._hashes: dict[str, str] = {}
         self._stored: set[str] = set()
         self._stale: set[str] = set()
+        self._unrecorded: set[str] = set()
         self._offset = 0
         self._meta_stat: tuple[int, int] | None = None
         self._rebuilt_to: str | None = None
@@ -660,6 +673,7 @@ class Gallery:
             stored = self._scan()
             self._stored = set(stored)
             self._stale = set()
+            self._unrecorded = set()
             self._hashes = {}
             searchable = [p for p in stored if p in allowed]
             self._index = TemplateIndex(self.meta.embedding_dim, capacity=len(searchable))
@@ -727,8 +741,18 @@ class Gallery:
             self._drop(pid)
             return False
         self._stale.discard(pid)
+        digest = sha256_bytes(blob)
+        state = self.core.registry.peek(pid)
+        if state is None or state.template_sha256 != digest:
+            # Only the template the ledger vouches for is searched (Art. 30 record).
+            if pid not in self._unrecorded:
+                logger.warning(MSG_UNRECORDED.format(name=self.template_path(pid).name))
+            self._unrecorded.add(pid)
+            self._drop(pid)
+            return False
+        self._unrecorded.discard(pid)
         self._index.put(pid, vec)
-        self._hashes[pid] = sha256_bytes(blob)
+        self._hashes[pid] = digest
         return True
 
     def _load_one(self, pid: str) -> bool:
@@ -960,6 +984,7 @@ class Gallery:
                 "stored": len(self._stored),
                 "searchable": len(self._index),
                 "stale": len(self._stale),
+                "unrecorded": len(self._unrecorded & self._stored),
                 "not_searchable": len(self._stored) - len(self._index) - len(self._stale),
                 "model_version": self.meta.model_version,
                 "embedding_dim": self.meta.embedding_dim,
@@ -1043,15 +1068,24 @@ class Gallery:
                 for pid, vec in vectors.items():
                     path = self.template_path(pid)
                     old = path.read_bytes() if path.exists() else None
-                    if old is not None and self._same_template(pid, old, vec):
+                    state = registry.peek(pid)
+                    recorded = state is not None and state.template_sha256 == (
+                        sha256_bytes(old) if old is not None else None
+                    )
+                    if old is not None and recorded and self._same_template(pid, old, vec):
                         digest = sha256_bytes(old)
                         results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                         written[pid] = (vec, digest)
                         continue
                     key = self.keys.get(pid, create=True)
+                    faults.crash_point("gallery:enroll:key-created")
                     blob = self._seal(pid, key, vec, counts[pid])
                     undo.append((path, old))
+                    if not path.parent.is_dir():
+                        private_dir(self.directory / TEMPLATES_DIR)
+                        private_dir(path.parent)
                     atomic_write_bytes(path, blob, mode=0o600)
+                    faults.crash_point("gallery:enroll:template-written")
                     digest = sha256_bytes(blob)
                     written[pid] = (vec, digest)
                     results.append(Enrolment(pid, digest, counts[pid], old is not None))
@@ -1069,12 +1103,14 @@ class Gallery:
                     )
                 if events:
                     self.core.ledger.append_many(events)
+                    faults.crash_point("gallery:enroll:recorded")
             except BaseException:
                 self._undo(undo)
                 raise
             for pid, (vec, digest) in written.items():
                 self._stored.add(pid)
                 self._stale.discard(pid)
+                self._unrecorded.discard(pid)
                 self._index.put(pid, vec)
                 self._hashes[pid] = digest
         return results
@@ -1117,15 +1153,19 @@ class Gallery:
             path = self.template_path(pid)
             template_hash = sha256_file(path) if path.exists() else None
             self._drop(pid)
+            faults.crash_point("gallery:erase:dropped")
             key_path = self.keys.path(pid)
             key_hash = self.keys.destroy(pid)
+            faults.crash_point("gallery:erase:key-destroyed")
             if key_hash is not None:
                 removed[_rel(key_path, root)] = key_hash
             if template_hash is not None:
                 secure_unlink(path)
                 removed[_rel(path, root)] = template_hash
+            faults.crash_point("gallery:erase:template-removed")
             self._stored.discard(pid)
             self._stale.discard(pid)
+            self._unrecorded.discard(pid)
             if removed:
                 self.core.ledger.append(
                     "gallery.removed",

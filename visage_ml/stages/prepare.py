@@ -45,6 +45,25 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+MSG_RAW_IMAGE = (
+    "{path} cannot be read as an image ({reason}): data/raw was changed outside visage-ml. "
+    "Restore it (`dvc checkout data/raw`) or re-import the subject's images, then run again"
+)
+
+
+def open_raw_image(path: Path, root: Path) -> Image.Image:
+    """One ``data/raw`` image as RGB, or a ``ValueError`` naming the file (pid and image id)."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        try:
+            shown = path.relative_to(root).as_posix()
+        except ValueError:
+            shown = str(path)
+        raise ValueError(MSG_RAW_IMAGE.format(path=shown, reason=type(exc).__name__)) from None
+
+
 def run(paths: ProjectPaths) -> dict:
     """Run the stage for the project at ``paths``; return the report written to prepare.json."""
     params = load_params(paths.params)
@@ -72,61 +91,69 @@ def run(paths: ProjectPaths) -> dict:
     size = pp.image_size
     n = len(images)
     paths.processed.mkdir(parents=True, exist_ok=True)
+    for stale in paths.processed.glob(".faces.all.*.tmp"):
+        # Left by a run that was killed: face crops nobody will read.
+        stale.unlink(missing_ok=True)
     tmp_faces = paths.processed / f".faces.all.{os.getpid()}.tmp"
-    faces = np.lib.format.open_memmap(
-        tmp_faces, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
-    )
-    det_rows = []
-    kept = 0
-    keep_rows: list[dict] = []
-    bar = tqdm(total=n, desc="prepare: detect + align", unit="img", disable=None)
-    for start in range(0, n, pp.detect_batch):
-        chunk = images.iloc[start : start + pp.detect_batch]
-        pil = [Image.open(p).convert("RGB") for p in chunk["path"]]
-        crops, dets = detect_and_align(detector, pil, size=size, min_prob=pp.min_face_prob)
-        for (_, img), crop, det in zip(chunk.iterrows(), crops, dets, strict=True):
-            a = attrs.loc[img.pid]
-            detected = det is not None
-            det_rows.append(
-                {
-                    "pid": img.pid,
-                    "image_id": img.image_id,
-                    "split": img.split,
-                    "age": a["age"],
-                    "gender": a["gender"],
-                    "group": a["group"],
-                    "detected": detected,
-                    "prob": float(det.prob) if detected else 0.0,
-                }
-            )
-            if not detected:
-                continue
-            faces[kept] = crop
-            x1, y1, x2, y2 = det.box
-            keep_rows.append(
-                {
-                    "row": kept,
-                    "pid": img.pid,
-                    "image_id": img.image_id,
-                    "source_sha256": sha256_file(Path(img.path)),
-                    "split": img.split,
-                    "age": a["age"],
-                    "gender": a["gender"],
-                    "group": a["group"],
-                    "det_prob": float(det.prob),
-                    "box_x1": float(x1),
-                    "box_y1": float(y1),
-                    "box_x2": float(x2),
-                    "box_y2": float(y2),
-                }
-            )
-            kept += 1
-        bar.update(len(chunk))
-    bar.close()
-    faces.flush()
-    del faces
+    try:
+        faces = np.lib.format.open_memmap(
+            tmp_faces, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
+        )
+        det_rows = []
+        kept = 0
+        keep_rows: list[dict] = []
+        bar = tqdm(total=n, desc="prepare: detect + align", unit="img", disable=None)
+        for start in range(0, n, pp.detect_batch):
+            chunk = images.iloc[start : start + pp.detect_batch]
+            pil = [open_raw_image(Path(p), paths.root) for p in chunk["path"]]
+            crops, dets = detect_and_align(detector, pil, size=size, min_prob=pp.min_face_prob)
+            for (_, img), crop, det in zip(chunk.iterrows(), crops, dets, strict=True):
+                a = attrs.loc[img.pid]
+                detected = det is not None
+                det_rows.append(
+                    {
+                        "pid": img.pid,
+                        "image_id": img.image_id,
+                        "split": img.split,
+                        "age": a["age"],
+                        "gender": a["gender"],
+                        "group": a["group"],
+                        "detected": detected,
+                        "prob": float(det.prob) if detected else 0.0,
+                    }
+                )
+                if not detected:
+                    continue
+                faces[kept] = crop
+                x1, y1, x2, y2 = det.box
+                keep_rows.append(
+                    {
+                        "row": kept,
+                        "pid": img.pid,
+                        "image_id": img.image_id,
+                        "source_sha256": sha256_file(Path(img.path)),
+                        "split": img.split,
+                        "age": a["age"],
+                        "gender": a["gender"],
+                        "group": a["group"],
+                        "det_prob": float(det.prob),
+                        "box_x1": float(x1),
+                        "box_y1": float(y1),
+                        "box_x2": float(x2),
+                        "box_y2": float(y2),
+                    }
+                )
+                kept += 1
+            bar.update(len(chunk))
+        bar.close()
+        faces.flush()
+        del faces
 
-    _shrink_into(tmp_faces, paths.processed / "faces.u8.npy", kept)
+        _shrink_into(tmp_faces, paths.processed / "faces.u8.npy", kept)
+    except BaseException:
+        # Nothing of a failed run stays in data/processed (the crops are face pixels).
+        tmp_faces.unlink(missing_ok=True)
+        raise
 
     manifest = pd.DataFrame(keep_rows, columns=list(MANIFEST_COLUMNS))
     manifest = manifest.astype({"age": "Int16", "gender": "string", "group": "string"})
