@@ -58,13 +58,15 @@ def test_erasure_removes_the_subject_everywhere_and_certifies_it(proj):
     assert not (paths.raw / victim).exists() and (paths.raw / other).is_dir()
     assert victim not in set(read_subjects(paths.raw)["pid"])
     assert victim not in set(read_images(paths.raw)["pid"])
-    # Processed data rewritten without the subject; rows still index the crops.
+    # The subject's crops are overwritten with zeros in place; every other crop is untouched
+    # and still addressed by its manifest row.
     manifest = pd.read_parquet(paths.processed / "manifest.parquet")
     faces = np.load(paths.processed / "faces.u8.npy")
-    assert victim not in set(manifest["pid"]) and len(faces) == len(manifest)
-    kept = manifest_before[manifest_before.pid != victim].sort_values("row")
-    assert np.array_equal(faces, faces_before[kept["row"].to_numpy()])
-    assert (manifest["row"].to_numpy() == np.arange(len(manifest))).all()
+    assert victim not in set(manifest["pid"]) and len(faces) == len(faces_before)
+    gone = manifest_before.loc[manifest_before.pid == victim, "row"].to_numpy()
+    assert gone.size and not faces[gone].any()
+    rows = manifest["row"].to_numpy()
+    assert np.array_equal(faces[rows], faces_before[rows])
     assert victim.encode() not in (paths.processed / "splits.json").read_bytes()
     assert victim not in set(pd.read_parquet(paths.processed / "detection.parquet")["pid"])
     assert not export.path.exists()
@@ -182,16 +184,17 @@ def test_processed_purge_is_safe_to_repeat_after_an_interruption(proj):
     paths = proj.paths
     victim = proj.pids[4]
     manifest = pd.read_parquet(paths.processed / "manifest.parquet")
-    expected = np.load(paths.processed / "faces.u8.npy")[
-        manifest[manifest.pid != victim].sort_values("row")["row"].to_numpy()
-    ]
-    # Crash after the crops were replaced but before the tables: faces short, manifest old.
+    faces = np.load(paths.processed / "faces.u8.npy")
+    rows = manifest.loc[manifest.pid == victim, "row"].to_numpy()
+    expected = faces.copy()
+    expected[rows] = 0
+    # Crash after the crops were zeroed but before the tables: crops done, manifest old.
     np.save(paths.processed / "faces.u8.npy", expected)
     purge_processed(paths, victim)
     purge_processed(paths, victim)
     assert np.array_equal(np.load(paths.processed / "faces.u8.npy"), expected)
     after = pd.read_parquet(paths.processed / "manifest.parquet")
-    assert victim not in set(after.pid) and len(after) == len(expected)
+    assert victim not in set(after.pid) and len(after) == len(manifest) - len(rows)
 
 
 def test_mlflow_rows_artefacts_and_freed_pages_naming_the_subject_are_purged(project):

@@ -361,7 +361,8 @@ def make_project(root: Path, splits: list[str]) -> ProjectPaths:
     paths = ProjectPaths(root)
     paths.processed.mkdir(parents=True)
     np.save(paths.processed / "faces.u8.npy", u8(len(splits), size=40))
-    pd.DataFrame({"split": splits}).to_parquet(paths.processed / "manifest.parquet")
+    manifest = pd.DataFrame({"row": np.arange(len(splits)), "split": splits})
+    manifest.to_parquet(paths.processed / "manifest.parquet")
     return paths
 
 
@@ -397,7 +398,14 @@ def test_stage_exports_both_models_and_writes_the_report(tmp_path: Path):
 def test_stage_falls_back_to_training_crops_and_checks_alignment(tmp_path: Path):
     paths = make_project(tmp_path, ["train"] * 3 + ["test"] * 2)
     assert stage.parity_crops(paths.processed, 10).shape == (3, 40, 40, 3)
-    pd.DataFrame({"split": ["train"] * 2}).to_parquet(paths.processed / "manifest.parquet")
+    # rows left by an erasure (zeroed crops, no manifest row) are simply not addressed
+    pd.DataFrame({"row": [0, 2], "split": ["train", "train"]}).to_parquet(
+        paths.processed / "manifest.parquet"
+    )
+    assert stage.parity_crops(paths.processed, 10).shape == (2, 40, 40, 3)
+    pd.DataFrame({"row": [0, 7], "split": ["train"] * 2}).to_parquet(
+        paths.processed / "manifest.parquet"
+    )
     with pytest.raises(ValueError, match="dvc repro prepare"):
         stage.parity_crops(paths.processed, 10)
 

@@ -178,3 +178,24 @@ def test_four_processes_append_concurrently_without_lost_or_duplicated_seq(tmp_p
     for digit in "1234":
         mine = [e.payload["i"] for e in entries if e.pid == "p" + digit * 16]
         assert mine == list(range(per_writer))
+
+
+def test_leaf_hash_cache_matches_a_fresh_computation_and_notices_replacement(tmp_path):
+    from visage_ml.privacy import merkle
+
+    ledger = make_ledger(tmp_path)
+    ledger.append_many([("rectification", new_pid(), {"i": i}) for i in range(1500)])
+
+    def fresh():
+        return [merkle.leaf_hash(line) for line in ledger.path.read_bytes().splitlines()]
+
+    assert ledger.leaf_hashes() == fresh()
+    cache = ledger.path.with_name("ledger.jsonl.leaves")
+    assert cache.exists()
+    fill(ledger, 3)
+    assert ledger.leaf_hashes() == fresh()  # cached prefix + the new lines
+    assert ledger.leaf_hashes(10) == fresh()[:10]
+    # A different ledger under the same name (e.g. restored from a backup) is rehashed.
+    ledger.path.unlink()
+    fill(ledger, 2)
+    assert ledger.leaf_hashes() == fresh()

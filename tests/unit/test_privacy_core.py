@@ -140,3 +140,20 @@ def test_commands_refuse_unknown_subject_and_purpose(project):
     assert result.exit_code == 2 and "unknown purpose" in result.output
     result = run(app, ["privacy", "lift", pid])
     assert result.exit_code == 2 and "not restricted" in result.output
+
+
+def test_snapshot_patch_is_byte_identical_to_a_full_rebuild(project):
+    from visage_ml.privacy.snapshot import snapshot_frame, write_snapshot
+
+    core = PrivacyCore(ProjectPaths(project))
+    pids = [core.add_subject(source="manual") for _ in range(12)]
+    for pid in pids[::2]:
+        core.give_consent(pid, receipt())
+    core.withdraw_consent(pids[4], ["training"])
+    core.restrict(pids[7])
+    path = project / "data" / "registry" / "consents.parquet"
+    patched = path.read_bytes()
+    full = project / "full.parquet"
+    snapshot_frame(core.registry).to_parquet(full, index=False, engine="pyarrow")
+    assert patched == full.read_bytes()
+    assert write_snapshot(core.registry, path) is False  # nothing changed: nothing written

@@ -57,7 +57,6 @@ from visage_ml.io import (
     atomic_write_bytes,
     atomic_write_json,
     file_lock,
-    fsync_dir,
     md5_file,
     secure_unlink,
     sha256_file,
@@ -92,6 +91,7 @@ FAULT_EXIT = 137
 LOCK = Path(".visage") / "locks" / "erasure.lock"
 EXPORTS_DIR = Path("privacy") / "exports"
 PROCESSED_FILES = ("faces.u8.npy", "manifest.parquet", "detection.parquet", "splits.json")
+FACES_FILE = PROCESSED_FILES[0]
 MLFLOW_LEAF_TABLES = frozenset(
     {
         "tags",
@@ -519,7 +519,6 @@ class Erasure:
 
     def _processed(self, st: RequestState, previous: list[dict[str, Any]]) -> None:
         from visage_ml.privacy import dvc_purge
-        from visage_ml.privacy.lineage import workspace_processed_md5
 
         root = self.paths.root
         processed = self.paths.processed
@@ -533,6 +532,9 @@ class Erasure:
         # by hash like raw objects; a stale dvc.lock naming them does not keep them.
         old_md5s = {a["md5"] for a in [*previous, *found] if a.get("md5")}
         stores = self._dvc_setup().stores if dvc_purge.is_dvc_repo(root) else []
+        # An object with the md5 of a file hashed above has its content: reuse its SHA-256
+        # rather than read another 100 MB per store.
+        known = {a["md5"]: a["sha256"] for a in found}
         for store in stores:
             for md5 in sorted(old_md5s):
                 with contextlib.suppress(OSError):
@@ -542,7 +544,7 @@ class Erasure:
                                 "store": "dvc-" + store.name,
                                 "path": store.display(md5, root),
                                 "md5": md5,
-                                "sha256": store.sha256(md5),
+                                "sha256": known.get(md5) or store.sha256(md5),
                             }
                         )
         for f in _export_bundles(self.paths, st.pid):
@@ -564,17 +566,13 @@ class Erasure:
                 purge_processed(self.paths, st.pid)
         by_name = {"dvc-" + s.name: s for s in stores}
         in_dvc = [a for a in planned if a["store"] in by_name]
-        current = (
-            {md5_file(f) for f in (processed / n for n in PROCESSED_FILES) if f.is_file()}
-            if in_dvc
-            else set()
-        )
+        now = {n: md5_file(processed / n) for n in PROCESSED_FILES if (processed / n).is_file()}
         for a in in_dvc:
-            if a["md5"] not in current:
+            if a["md5"] not in now.values():
                 by_name[a["store"]].remove(a["md5"])
         for f in _export_bundles(self.paths, st.pid):
             secure_unlink(f)
-        after = workspace_processed_md5(self.paths) if faces else None
+        after = now.get(FACES_FILE) if faces else None
         _fault("processed")
         info = {"mode": mode, "processed_md5_before": before, "processed_md5_after": after}
         self._record(st, "processed", "done", planned, info)
@@ -675,10 +673,11 @@ class Erasure:
         _fault("certificate", "completed")
         # One pass over the ledger gives the tree head and the inclusion proof.
         hashes = ledger.leaf_hashes(int(head.payload["size"]) if head is not None else None)
-        root = merkle.root_from_leaf_hashes(hashes).hex()
+        tree = merkle.MerkleTree(hashes)
+        root = tree.root().hex()
         if head is None:
             head = ledger.append("tree_head", None, {"size": len(hashes), "root": root})
-        inclusion = _inclusion(hashes, completed.seq, root)
+        inclusion = _inclusion(tree, completed.seq)
         project = self.params.project
         doc = build_certificate(
             self.paths,
@@ -732,15 +731,15 @@ def _completion_entries(ledger: Any, seq: int) -> tuple[Any, Any]:
     return completed, head
 
 
-def _inclusion(hashes: list[bytes], seq: int, root: str) -> dict[str, Any]:
-    """RFC 9162 inclusion proof of leaf ``seq`` in the tree of ``hashes`` whose root is ``root``
-    (the record :func:`visage_ml.privacy.ledger.inclusion_for` makes, from hashes in hand)."""
+def _inclusion(tree: merkle.MerkleTree, seq: int) -> dict[str, Any]:
+    """RFC 9162 inclusion proof of leaf ``seq`` in ``tree`` (the record
+    :func:`visage_ml.privacy.ledger.inclusion_for` makes, from a tree in hand)."""
     return {
         "leaf_index": seq,
-        "tree_size": len(hashes),
-        "leaf_hash": hashes[seq].hex(),
-        "path": [p.hex() for p in merkle.inclusion_proof(hashes, seq)],
-        "root": root,
+        "tree_size": tree.size,
+        "leaf_hash": tree.levels[0][seq].hex(),
+        "path": [p.hex() for p in tree.inclusion_proof(seq)],
+        "root": tree.root().hex(),
     }
 
 
@@ -784,11 +783,12 @@ def _export_bundles(paths: ProjectPaths, pid: str) -> list[Path]:
 
 
 def purge_processed(paths: ProjectPaths, pid: str) -> dict[str, int]:
-    """Rewrite ``data/processed`` without ``pid``: crops, manifest, detection table, splits.
+    """Remove ``pid`` from ``data/processed``: crops, manifest, detection table, splits.
 
-    Rows are renumbered so that ``manifest.row`` still indexes ``faces.u8.npy``. Safe to run
-    again after an interruption: when the crops were already rewritten (their count equals the
-    manifest's rows without the subject), only the tables are rewritten.
+    The subject's crops are overwritten with zeros in place (their bytes do not survive in
+    freed disk blocks, as they would after a copy-and-rename, and the other 100 MB are not
+    rewritten); the manifest loses their rows and keeps every other ``row`` index, which is how
+    consumers address ``faces.u8.npy``. Safe to run again after an interruption.
 
     Returns
     -------
@@ -803,30 +803,18 @@ def purge_processed(paths: ProjectPaths, pid: str) -> dict[str, int]:
     faces_path = processed / "faces.u8.npy"
     manifest = pd.read_parquet(manifest_path)
     mask = manifest["pid"].astype(str) == pid
-    kept = manifest.loc[~mask].sort_values("row")
+    kept = manifest.loc[~mask]
     removed = int(mask.sum())
     if faces_path.is_file() and removed:
-        src = np.load(faces_path, mmap_mode="r")
-        if src.shape[0] == len(manifest):
-            rows = kept["row"].to_numpy(dtype=np.int64)
-            staging = processed / f".faces.u8.npy.erasure-{os.getpid()}.tmp"
-            dst = np.lib.format.open_memmap(
-                staging, mode="w+", dtype=src.dtype, shape=(len(rows), *src.shape[1:])
-            )
-            step = 2048
-            for s in range(0, len(rows), step):
-                dst[s : s + step] = src[rows[s : s + step]]
-            dst.flush()
-            del dst, src
-            with open(staging, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(staging, faces_path)
-            fsync_dir(processed)
-        else:
-            del src
+        faces = np.load(faces_path, mmap_mode="r+")
+        rows = manifest.loc[mask, "row"].to_numpy(dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < faces.shape[0])]
+        faces[rows] = 0
+        faces.flush()
+        del faces
+        with open(faces_path, "rb+") as fh:
+            os.fsync(fh.fileno())
     if removed:
-        kept = kept.copy()
-        kept["row"] = np.arange(len(kept), dtype=manifest["row"].dtype)
         _write_parquet(kept.reset_index(drop=True), manifest_path)
     detection_path = processed / "detection.parquet"
     if detection_path.is_file():

@@ -16,6 +16,7 @@ quarantine file and records a ``ledger.repaired`` event before continuing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -395,13 +396,50 @@ class Ledger:
 
     # -- tree heads ----------------------------------------------------------------------------
     def leaf_hashes(self, size: int | None = None) -> list[bytes]:
-        """RFC 9162 leaf hashes of the first ``size`` entries (all when None)."""
-        out = []
-        for _, line in self.iter_lines():
-            if size is not None and len(out) >= size:
-                break
-            out.append(merkle.leaf_hash(line))
-        return out
+        """RFC 9162 leaf hashes of the first ``size`` entries (all when None).
+
+        Hashes of lines already seen are kept in ``<ledger>.leaves`` (derived data: 8 bytes of
+        covered offset, then 32 bytes per entry), so a tree head over a large ledger hashes only
+        the lines appended since. The cache is used only when the line it ends with still
+        hashes to its last leaf; :meth:`verify` never uses it.
+        """
+        hashes, offset = self._cached_leaves()
+        fresh = 0
+        for end, line in self.iter_lines(start_offset=offset):
+            hashes.append(merkle.leaf_hash(line))
+            offset, fresh = end, fresh + 1
+        if fresh > 1000:
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(
+                    self._leaves_path, offset.to_bytes(8, "big") + b"".join(hashes), mode=0o600
+                )
+        return hashes if size is None else hashes[:size]
+
+    @property
+    def _leaves_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".leaves")
+
+    def _cached_leaves(self) -> tuple[list[bytes], int]:
+        try:
+            blob = self._leaves_path.read_bytes()
+        except OSError:
+            return [], 0
+        offset = int.from_bytes(blob[:8], "big")
+        body = blob[8:]
+        if not body or len(body) % 32 or not self.path.exists():
+            return [], 0
+        with open(self.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if offset > size:
+                return [], 0
+            start = max(0, offset - (1 << 16))
+            chunk = os.pread(fh.fileno(), offset - start, start)
+        if not chunk.endswith(b"\n"):
+            return [], 0
+        last = chunk[:-1].rsplit(b"\n", 1)[-1]
+        if (start > 0 and b"\n" not in chunk[:-1]) or merkle.leaf_hash(last) != body[-32:]:
+            return [], 0
+        return [body[i : i + 32] for i in range(0, len(body), 32)], offset
 
     def checkpoint(self) -> Entry:
         """Append a signed Merkle tree head over every entry before it."""
@@ -537,13 +575,13 @@ def inclusion_for(ledger: Ledger, seq: int, tree_size: int) -> dict[str, Any]:
     hashes = ledger.leaf_hashes(tree_size)
     if len(hashes) < tree_size:
         raise LedgerError(f"the ledger has only {len(hashes)} entries, not {tree_size}")
-    proof = merkle.inclusion_proof(hashes, seq)
+    tree = merkle.MerkleTree(hashes)
     return {
         "leaf_index": seq,
         "tree_size": tree_size,
         "leaf_hash": hashes[seq].hex(),
-        "path": [p.hex() for p in proof],
-        "root": merkle.root_from_leaf_hashes(hashes).hex(),
+        "path": [p.hex() for p in tree.inclusion_proof(seq)],
+        "root": tree.root().hex(),
     }
 
 

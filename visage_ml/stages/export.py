@@ -31,7 +31,7 @@ Loader = Callable[[Path], tuple[Any, dict[str, Any]]]
 def parity_crops(processed: Path, n: int) -> np.ndarray:
     """``n`` validation crops (train when there is no validation split), spread evenly.
 
-    ``manifest.parquet`` row ``i`` describes ``faces.u8.npy`` row ``i``.
+    ``manifest.parquet``'s ``row`` column indexes ``faces.u8.npy``.
     """
     import pandas as pd
 
@@ -40,16 +40,18 @@ def parity_crops(processed: Path, n: int) -> np.ndarray:
         if not p.is_file():
             raise FileNotFoundError(f"{p} is missing; run `dvc repro prepare` first")
     faces = np.load(faces_path, mmap_mode="r")
-    split = pd.read_parquet(manifest_path, columns=["split"])["split"].to_numpy()
-    if len(split) != faces.shape[0]:
+    manifest = pd.read_parquet(manifest_path, columns=["row", "split"]).sort_values("row")
+    index = manifest["row"].to_numpy(dtype=np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= faces.shape[0]):
         raise ValueError(
-            f"{manifest_path.name} has {len(split)} rows but {faces_path.name} holds "
-            f"{faces.shape[0]} crops; re-run `dvc repro prepare` to rebuild both together"
+            f"{manifest_path.name} points at rows outside {faces_path.name} "
+            f"({faces.shape[0]} crops); re-run `dvc repro prepare` to rebuild both together"
         )
-    rows = np.flatnonzero(split == "val")
+    split = manifest["split"].to_numpy()
+    rows = index[split == "val"]
     if rows.size == 0:
         logger.info("no validation crops; checking parity on training crops")
-        rows = np.flatnonzero(split == "train")
+        rows = index[split == "train"]
     if rows.size == 0:
         raise ValueError(f"{manifest_path.name} has no val or train rows; nothing to check")
     pick = rows[np.unique(np.linspace(0, rows.size - 1, num=min(n, rows.size)).astype(int))]
