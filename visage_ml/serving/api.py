@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -1199,6 +1200,9 @@ def _rights_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int,
     :func:`_request_routes`, under the same ``/v1/subjects/{pid}/`` prefix and ``dpo`` role.
     """
     errors = _errors(400, *auth_errors, 404, 409, 422)
+    post = functools.partial(
+        app.post, response_model=RightsResponse, tags=["rights"], responses=errors
+    )
 
     def done(pid: str, entry: Any) -> dict[str, Any]:
         if svc.gallery is not None:
@@ -1210,13 +1214,18 @@ def _rights_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int,
             "subject": svc.subject_state(pid),
         }
 
-    @app.post(
-        "/v1/subjects/{pid}/consent/withdraw",
-        name="consent_withdraw",
-        response_model=RightsResponse,
-        tags=["rights"],
-        responses=errors,
-    )
+    def for_purposes(
+        pid: str, request: Request, body: PurposesRequest | None, record: Callable[..., Any]
+    ) -> dict[str, Any]:
+        """Record a per-purpose event (the purposes given, all when omitted) for a live pid."""
+        _info(request)["pid"] = pid
+        with svc.lock:
+            svc.live_subject(pid)
+            purposes = body.purposes if body is not None and body.purposes else list(PURPOSES)
+            entry = record(pid, purposes)
+        return done(pid, entry)
+
+    @post("/v1/subjects/{pid}/consent/withdraw", name="consent_withdraw")
     def consent_withdraw(
         pid: PidPath,
         request: Request,
@@ -1224,20 +1233,9 @@ def _rights_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int,
         _: ApiKey = dpo,
     ) -> dict[str, Any]:
         """Withdraw consent (Art. 7(3)) for the purposes given (all when omitted)."""
-        _info(request)["pid"] = pid
-        with svc.lock:
-            svc.live_subject(pid)
-            purposes = body.purposes if body is not None and body.purposes else list(PURPOSES)
-            entry = svc.core.withdraw_consent(pid, purposes)
-        return done(pid, entry)
+        return for_purposes(pid, request, body, svc.core.withdraw_consent)
 
-    @app.post(
-        "/v1/subjects/{pid}/restrict",
-        name="restrict",
-        response_model=RightsResponse,
-        tags=["rights"],
-        responses=errors,
-    )
+    @post("/v1/subjects/{pid}/restrict", name="restrict")
     def restrict(
         pid: PidPath,
         request: Request,
@@ -1252,13 +1250,7 @@ def _rights_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int,
             entry = svc.core.restrict(pid, reason_code=reason)
         return done(pid, entry)
 
-    @app.post(
-        "/v1/subjects/{pid}/lift",
-        name="lift",
-        response_model=RightsResponse,
-        tags=["rights"],
-        responses=errors,
-    )
+    @post("/v1/subjects/{pid}/lift", name="lift")
     def lift(pid: PidPath, request: Request, _: ApiKey = dpo) -> dict[str, Any]:
         """Lift a restriction."""
         _info(request)["pid"] = pid
@@ -1268,13 +1260,7 @@ def _rights_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int,
             entry = svc.core.lift(pid)
         return done(pid, entry)
 
-    @app.post(
-        "/v1/subjects/{pid}/object",
-        name="object",
-        response_model=RightsResponse,
-        tags=["rights"],
-        responses=errors,
-    )
+    @post("/v1/subjects/{pid}/object", name="object")
     def object_(
         pid: PidPath,
         request: Request,
@@ -1282,12 +1268,7 @@ def _rights_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int,
         _: ApiKey = dpo,
     ) -> dict[str, Any]:
         """Record an objection (Art. 21) to the purposes given (all when omitted)."""
-        _info(request)["pid"] = pid
-        with svc.lock:
-            svc.live_subject(pid)
-            purposes = body.purposes if body is not None and body.purposes else list(PURPOSES)
-            entry = svc.core.object(pid, purposes)
-        return done(pid, entry)
+        return for_purposes(pid, request, body, svc.core.object)
 
 
 def _request_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int, ...]) -> None:
@@ -1302,6 +1283,7 @@ def _request_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int
     from visage_ml.privacy.requests import RequestBook, RequestStateError, UnknownRequestError
 
     errors = _errors(400, *auth_errors, 404, 409, 422)
+    post = functools.partial(app.post, response_model=RequestOut, tags=["rights"], responses=errors)
 
     @contextlib.contextmanager
     def answered() -> Any:
@@ -1338,13 +1320,7 @@ def _request_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int
         items = b.all() if all else b.open()
         return {"requests": [out(st, b) for st in items]}
 
-    @app.post(
-        "/v1/subjects/{pid}/requests",
-        name="request_new",
-        response_model=RequestOut,
-        tags=["rights"],
-        responses=errors,
-    )
+    @post("/v1/subjects/{pid}/requests", name="request_new")
     def request_new(
         pid: PidPath, body: NewRequestBody, request: Request, _: ApiKey = dpo
     ) -> dict[str, Any]:
@@ -1370,13 +1346,7 @@ def _request_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int
             svc.gallery.refresh()
         return out(st, b)
 
-    @app.post(
-        "/v1/requests/{request_id}/verify",
-        name="request_verify",
-        response_model=RequestOut,
-        tags=["rights"],
-        responses=errors,
-    )
+    @post("/v1/requests/{request_id}/verify", name="request_verify")
     def request_verify(
         request_id: RequestId, body: VerifyRequestBody | None = None, _: ApiKey = dpo
     ) -> dict[str, Any]:
@@ -1384,13 +1354,7 @@ def _request_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int
         method = body.method if body is not None else "identity_verified"
         return transition(request_id, lambda b: b.verify(request_id, method=method))
 
-    @app.post(
-        "/v1/requests/{request_id}/extend",
-        name="request_extend",
-        response_model=RequestOut,
-        tags=["rights"],
-        responses=errors,
-    )
+    @post("/v1/requests/{request_id}/extend", name="request_extend")
     def request_extend(
         request_id: RequestId, body: ExtendRequestBody, _: ApiKey = dpo
     ) -> dict[str, Any]:
@@ -1400,13 +1364,7 @@ def _request_routes(app: FastAPI, svc: Service, dpo: Any, auth_errors: tuple[int
             lambda b: b.extend(request_id, days=body.days, reason_code=body.reason_code),
         )
 
-    @app.post(
-        "/v1/requests/{request_id}/deny",
-        name="request_deny",
-        response_model=RequestOut,
-        tags=["rights"],
-        responses=errors,
-    )
+    @post("/v1/requests/{request_id}/deny", name="request_deny")
     def request_deny(
         request_id: RequestId, body: DenyRequestBody, _: ApiKey = dpo
     ) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,3 +140,89 @@ def start_or_resume(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     if state is None:
         logger.info("training from scratch (no matching resume checkpoint in %s)", folder)
     return state
+
+
+def train_val_images(
+    data: ProcessedData, train: Any, val: Any, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images, train_rows, val_rows)``: the array the loop reads and each split's rows in it."""
+    rows = np.concatenate([train["row"].to_numpy(), val["row"].to_numpy()])
+    images, local = images_at_size(data.faces, rows, size)
+    return images, local[: len(train)], local[len(train) :]
+
+
+def resume_point(
+    paths: ProjectPaths, kind: str, section: Mapping[str, Any], data_md5: str, seed: int
+) -> tuple[str, Path, dict[str, Any] | None]:
+    """``(fingerprint, folder, state)`` of ``kind``'s resume checkpoints for these settings."""
+    from visage_ml.models.checkpoint import fingerprint
+
+    fp = fingerprint({**section, "code": code_hash()}, data_md5, seed=seed)
+    folder = paths.models / "checkpoints" / kind
+    return fp, folder, start_or_resume(folder, fp)
+
+
+def loop_config(p: Any, *, seed: int, progress: bool, desc: str, **extra: Any) -> Any:
+    """The training loop's settings from a ``train_*`` params section (plus ``extra`` fields)."""
+    from visage_ml.training import AugmentConfig, LoopConfig
+
+    return LoopConfig(
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        weight_decay=p.weight_decay,
+        warmup_epochs=p.warmup_epochs,
+        patience=p.early_stopping_patience,
+        augment=AugmentConfig(
+            flip=p.augment.flip,
+            color_jitter=p.augment.color_jitter,
+            crop_scale=tuple(p.augment.crop_scale),
+        ),
+        device=p.device,
+        precision=p.precision,
+        max_minutes=p.max_minutes,
+        seed=seed,
+        progress=progress,
+        desc=desc,
+        **extra,
+    )
+
+
+def save_outputs(
+    paths: ProjectPaths,
+    *,
+    stage: str,
+    kind: str,
+    payload: Mapping[str, Any],
+    report: Mapping[str, Any],
+    result: Any,
+) -> None:
+    """Inside the stage's MLflow run: write the model and the report, log metrics and tags."""
+    import mlflow
+
+    from visage_ml.io import atomic_write_json
+    from visage_ml.models.checkpoint import save_checkpoint
+    from visage_ml.tracking import log_metrics
+
+    save_checkpoint(paths.models / f"{kind}.pt", dict(payload))
+    atomic_write_json(paths.reports / f"{stage}.json", dict(report))
+    log_metrics({k: v for k, v in report.items() if isinstance(v, int | float)})
+    mlflow.set_tags(
+        {
+            "visage.model_version": payload["model_version"],
+            "visage.stopped": result.stopped,
+            "visage.device": result.device,
+        }
+    )
+
+
+def stage_main(run: Callable[..., Any]) -> int:
+    """Entry point of a training stage: log to stderr, map bad input to exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        # Progress bars only on a terminal: in logs (CI, dvc repro > file) they are noise.
+        run(progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0

@@ -9,20 +9,20 @@ per-epoch metrics to MLflow. It never loads the identity embedder.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
 from visage_ml.config import GENDERS, GROUPS, ProjectPaths, flatten, load_params, to_dict
-from visage_ml.io import atomic_write_json
 from visage_ml.stages._train_common import (
-    code_hash,
     epoch_logger,
-    images_at_size,
     load_processed,
-    start_or_resume,
+    loop_config,
+    resume_point,
+    save_outputs,
+    stage_main,
+    train_val_images,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ def _targets(frame: Any) -> Any:
 
 def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Train the demographic net as ``params.yaml`` says; return the report's metrics."""
-    from visage_ml.models.checkpoint import fingerprint, inference_payload, save_checkpoint
+    from visage_ml.models.checkpoint import inference_payload
     from visage_ml.models.demographic import create_demographic_net
     from visage_ml.preprocess import PreprocessSpec
-    from visage_ml.tracking import log_metrics, stage_run
-    from visage_ml.training import AugmentConfig, LoopConfig, fit_demographics, seed_everything
+    from visage_ml.tracking import stage_run
+    from visage_ml.training import fit_demographics, seed_everything
 
     t_start = time.perf_counter()
     paths = paths or ProjectPaths.discover()
@@ -65,15 +65,9 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     if len(train) < 2:
         raise ValueError("the training split holds fewer than 2 images; add data and re-run")
     targets, val_targets = _targets(train), _targets(val)
-    n_train = len(train)
-    rows = np.concatenate([train["row"].to_numpy(), val["row"].to_numpy()])
-    images, local = images_at_size(data.faces, rows, p.input_size)
-    train_rows, val_rows = local[:n_train], local[n_train:]
-
+    images, train_rows, val_rows = train_val_images(data, train, val, p.input_size)
     section = to_dict(p)
-    fp = fingerprint({**section, "code": code_hash()}, data.data_md5, seed=seed)
-    ckpt_dir = paths.models / "checkpoints" / KIND
-    resume = start_or_resume(ckpt_dir, fp)
+    fp, ckpt_dir, resume = resume_point(paths, KIND, section, data.data_md5, seed)
 
     seed_everything(seed)
     age_mean = float(np.mean(targets.age))
@@ -81,25 +75,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     model = create_demographic_net(
         p.backbone, input_size=p.input_size, age_mean=age_mean, age_std=age_std
     )
-    config = LoopConfig(
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        weight_decay=p.weight_decay,
-        warmup_epochs=p.warmup_epochs,
-        patience=p.early_stopping_patience,
-        augment=AugmentConfig(
-            flip=p.augment.flip,
-            color_jitter=p.augment.color_jitter,
-            crop_scale=tuple(p.augment.crop_scale),
-        ),
-        device=p.device,
-        precision=p.precision,
-        max_minutes=p.max_minutes,
-        seed=seed,
-        progress=progress,
-        desc=KIND,
-    )
+    config = loop_config(p, seed=seed, progress=progress, desc=KIND)
     mlflow_params = {**flatten(p, STAGE), "project.seed": seed}
     tags = {"visage.data_md5": data.data_md5, "visage.kind": KIND}
     with stage_run(paths, STAGE, params=mlflow_params, tags=tags):
@@ -138,7 +114,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
             "images_per_second": result.images_per_second,
             "train_seconds": result.train_seconds,
             "stage_seconds": time.perf_counter() - t_start,
-            "train_images": n_train,
+            "train_images": len(train_rows),
             "val_images": len(val_rows),
         }
         payload = inference_payload(
@@ -157,18 +133,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
             metrics={k: v for k, v in report.items() if v is not None},
             params=section,
         )
-        save_checkpoint(paths.models / f"{KIND}.pt", payload)
-        atomic_write_json(paths.reports / f"{STAGE}.json", report)
-        log_metrics({k: v for k, v in report.items() if isinstance(v, int | float)})
-        import mlflow
-
-        mlflow.set_tags(
-            {
-                "visage.model_version": payload["model_version"],
-                "visage.stopped": result.stopped,
-                "visage.device": result.device,
-            }
-        )
+        save_outputs(paths, stage=STAGE, kind=KIND, payload=payload, report=report, result=result)
     logger.info(
         "demographics %s: val gender acc %s, group acc %s, age MAE %s after %d epochs",
         payload["model_version"],
@@ -182,14 +147,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
 
 def main() -> int:
     """Entry point of ``python -m visage_ml.stages.train_demographics``; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        # Progress bars only on a terminal: in logs (CI, dvc repro > file) they are noise.
-        run(progress=sys.stderr.isatty())
-    except (FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
-    return 0
+    return stage_main(run)
 
 
 if __name__ == "__main__":

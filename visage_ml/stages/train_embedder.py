@@ -8,20 +8,20 @@ logs params and per-epoch metrics to MLflow. Paths are those of ``dvc.yaml``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
 from visage_ml.config import GROUPS, ProjectPaths, flatten, load_params, to_dict
-from visage_ml.io import atomic_write_json
 from visage_ml.stages._train_common import (
-    code_hash,
     epoch_logger,
-    images_at_size,
     load_processed,
-    start_or_resume,
+    loop_config,
+    resume_point,
+    save_outputs,
+    stage_main,
+    train_val_images,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,15 +32,11 @@ KIND = "embedder"
 def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Train the embedder as ``params.yaml`` says; return the metrics written to the report."""
     from visage_ml.models.backbones import create_backbone
-    from visage_ml.models.checkpoint import (
-        fingerprint,
-        inference_payload,
-        save_checkpoint,
-    )
+    from visage_ml.models.checkpoint import inference_payload
     from visage_ml.models.heads import create_head
     from visage_ml.preprocess import PreprocessSpec
-    from visage_ml.tracking import log_metrics, stage_run
-    from visage_ml.training import AugmentConfig, LoopConfig, fit_embedder, seed_everything
+    from visage_ml.tracking import stage_run
+    from visage_ml.training import fit_embedder, seed_everything
 
     t_start = time.perf_counter()
     paths = paths or ProjectPaths.discover()
@@ -58,15 +54,9 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     _, labels = np.unique(train["pid"].to_numpy(), return_inverse=True)
     _, val_labels = np.unique(val["pid"].to_numpy(), return_inverse=True)
     groups = train["group"].map({g: i for i, g in enumerate(GROUPS)}).to_numpy()
-    n_train = len(train)
-    rows = np.concatenate([train["row"].to_numpy(), val["row"].to_numpy()])
-    images, local = images_at_size(data.faces, rows, p.input_size)
-    train_rows, val_rows = local[:n_train], local[n_train:]
-
+    images, train_rows, val_rows = train_val_images(data, train, val, p.input_size)
     section = to_dict(p)
-    fp = fingerprint({**section, "code": code_hash()}, data.data_md5, seed=seed)
-    ckpt_dir = paths.models / "checkpoints" / KIND
-    resume = start_or_resume(ckpt_dir, fp)
+    fp, ckpt_dir, resume = resume_point(paths, KIND, section, data.data_md5, seed)
 
     seed_everything(seed)
     model = create_backbone(
@@ -81,26 +71,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
         m2=p.margin.m2,
         m3=p.margin.m3,
     )
-    config = LoopConfig(
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        weight_decay=p.weight_decay,
-        warmup_epochs=p.warmup_epochs,
-        patience=p.early_stopping_patience,
-        sampling=p.sampling,
-        augment=AugmentConfig(
-            flip=p.augment.flip,
-            color_jitter=p.augment.color_jitter,
-            crop_scale=tuple(p.augment.crop_scale),
-        ),
-        device=p.device,
-        precision=p.precision,
-        max_minutes=p.max_minutes,
-        seed=seed,
-        progress=progress,
-        desc=KIND,
-    )
+    config = loop_config(p, seed=seed, progress=progress, desc=KIND, sampling=p.sampling)
     mlflow_params = {**flatten(p, STAGE), "project.seed": seed}
     tags = {"visage.data_md5": data.data_md5, "visage.kind": KIND}
     with stage_run(paths, STAGE, params=mlflow_params, tags=tags):
@@ -133,7 +104,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
             "train_seconds": result.train_seconds,
             "stage_seconds": time.perf_counter() - t_start,
             "train_identities": int(labels.max()) + 1,
-            "train_images": n_train,
+            "train_images": len(train_rows),
             "val_images": len(val_rows),
         }
         payload = inference_payload(
@@ -150,18 +121,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
             metrics={k: v for k, v in report.items() if v is not None},
             params=section,
         )
-        save_checkpoint(paths.models / f"{KIND}.pt", payload)
-        atomic_write_json(paths.reports / f"{STAGE}.json", report)
-        log_metrics({k: v for k, v in report.items() if isinstance(v, int | float)})
-        import mlflow
-
-        mlflow.set_tags(
-            {
-                "visage.model_version": payload["model_version"],
-                "visage.stopped": result.stopped,
-                "visage.device": result.device,
-            }
-        )
+        save_outputs(paths, stage=STAGE, kind=KIND, payload=payload, report=report, result=result)
     logger.info(
         "embedder %s: best val TAR@FAR=%g %s after %d epochs (%s), %.0f images/s",
         payload["model_version"],
@@ -176,14 +136,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
 
 def main() -> int:
     """Entry point of ``python -m visage_ml.stages.train_embedder``; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        # Progress bars only on a terminal: in logs (CI, dvc repro > file) they are noise.
-        run(progress=sys.stderr.isatty())
-    except (FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
-    return 0
+    return stage_main(run)
 
 
 if __name__ == "__main__":
