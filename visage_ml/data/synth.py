@@ -38,12 +38,14 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image
 
-from visage_ml.config import GROUPS, SynthParams
+from visage_ml.config import GROUPS, SynthDifficulty, SynthParams
 from visage_ml.data.synth_identity import Identity, derive_hex, sample_identity
 from visage_ml.data.synth_render import (
     View,
@@ -196,10 +198,16 @@ def consent_plan(people: list[Identity], params: SynthParams, seed: int) -> dict
     return plan
 
 
+@lru_cache(maxsize=64)
+def _group_difficulty(
+    difficulty: SynthDifficulty, extra: float
+) -> dict[str, float | tuple[int, int]]:
+    return effective_difficulty(dataclasses.asdict(difficulty), extra)
+
+
 def _difficulty(params: SynthParams, group_index: int) -> dict[str, float | tuple[int, int]]:
-    return effective_difficulty(
-        dataclasses.asdict(params.difficulty), params.group_difficulty[group_index]
-    )
+    # A fresh copy: callers may change it (scenes zero the scale shift).
+    return dict(_group_difficulty(params.difficulty, params.group_difficulty[group_index]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,17 +254,15 @@ def render_face(
 
 
 def encode_png(image: Image.Image | np.ndarray, *, level: int = 1) -> bytes:
-    """Encode an RGB image as PNG (``Up`` filter, zlib run-length strategy): lossless.
+    """Encode an RGB image as PNG (``Up`` filter, ISA-L deflate at ``level`` 0-3): lossless.
 
     Pillow's encoder tries every row filter with full LZ77 matching; for noisy photographs one
-    fixed filter and zlib's RLE strategy compress as well (slightly better) at a quarter of
-    the time, which keeps SynthFaces generation fast. The output is deterministic.
+    fixed filter and a fast deflate compress as well at a small fraction of the time, which
+    keeps SynthFaces generation fast. The output is deterministic.
     """
-    a = np.ascontiguousarray(
-        np.asarray(
-            image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8
-        )
-    )
+    if isinstance(image, Image.Image) and image.mode != "RGB":
+        image = image.convert("RGB")
+    a = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {a.shape}")
     h, w, _ = a.shape
@@ -281,8 +287,12 @@ def encode_png(image: Image.Image | np.ndarray, *, level: int = 1) -> bytes:
 
 
 def _deflate(data: bytes, level: int) -> bytes:
-    z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    return z.compress(data) + z.flush()
+    """A zlib stream of ``data`` from ISA-L's deflate (``level`` 0-3).
+
+    At level 1 it compresses filtered SynthFaces rows as well as zlib's RLE strategy (about
+    33 KB per 160 px face) in a fifth of the time, which was a third of generation time.
+    """
+    return isal_zlib.compress(data, max(0, min(level, isal_zlib.ISAL_BEST_COMPRESSION)))
 
 
 def render_scene(

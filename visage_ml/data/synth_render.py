@@ -5,27 +5,35 @@ face outline is the silhouette of an ellipsoid cut to the identity's jaw shape, 
 its surface, the nose tip stands out. A :class:`View` (head rotation, scale and shift, light,
 expression, glasses, occluder, blur, sensor noise, JPEG quality, background clutter) is drawn
 per photograph. All points are lifted to 3-D and projected by a weak-perspective camera in one
-vectorised step, rasterised by Pillow at twice the output size and box-filtered down, then lit
-(Lambert shading of the head ellipsoid plus a gradient over the frame), optionally flattened by
-the group's contrast knob, blurred, noised and JPEG-compressed. The true 5 landmarks (eye
-centres, nose tip, mouth corners; the subject's right eye on the image's left, as in
-:data:`visage_ml.preprocess.TEMPLATE_112`) go through the same projection.
+vectorised step and rasterised by Pillow: the background and the large shapes at the output
+size, the eyes, brows, nose and mouth at twice the size and box-filtered down (so they keep
+their anti-aliasing). The image is then lit (Lambert shading of the head ellipsoid plus a
+gradient over the frame), blurred, optionally flattened by the group's contrast knob, noised
+and JPEG-compressed. The true 5 landmarks (eye centres, nose tip, mouth corners; the subject's
+right eye on the image's left, as in :data:`visage_ml.preprocess.TEMPLATE_112`) go through the
+same projection.
+
+Speed (SynthFaces must render hundreds of faces per second per core): what no photograph
+changes is prepared once per identity (:func:`_kit`), the nuisance is drawn in two random
+calls, and the float pipeline works in place on per-thread scratch arrays.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from visage_ml.data.synth_identity import Appearance, Identity
 
-SS = 2  # supersampling factor of the rasteriser
+SS = 2  # supersampling factor of the facial features (see _Painter)
 RGB = tuple[float, float, float]
 SURF, SIL, FLAT = 0, 1, 2  # how a 2-D face-plane point is lifted to 3-D
 
@@ -45,6 +53,16 @@ OCCLUDERS: tuple[str, ...] = ("hand", "scarf", "cap", "object", "sunglasses")
 _OCCLUDER_P = np.array([0.3, 0.22, 0.2, 0.2, 0.08])
 EXPRESSIONS: tuple[str, ...] = ("neutral", "smile", "open", "frown", "surprise")
 _EXPRESSION_P = np.array([0.2, 0.38, 0.18, 0.12, 0.12])
+_SIDES = (-1.0, 1.0)
+
+
+def _cdf(p: np.ndarray) -> np.ndarray:
+    cdf = np.cumsum(p)
+    return cdf / cdf[-1]
+
+
+_OCCLUDER_CDF = _cdf(_OCCLUDER_P)
+_EXPRESSION_CDF = _cdf(_EXPRESSION_P)
 
 
 @dataclass(frozen=True)
@@ -108,9 +126,9 @@ def effective_difficulty(
     return out
 
 
-def _tri(rng: np.random.Generator) -> float:
-    """A draw in [-1, 1] concentrated near 0 (clipped normal, sd 0.5)."""
-    return float(np.clip(rng.normal(0.0, 0.5), -1.0, 1.0))
+def _choose(q: float, cdf: np.ndarray) -> int:
+    """Index drawn with probabilities ``p`` (``cdf = _cdf(p)``) for a uniform draw ``q``."""
+    return int(cdf.searchsorted(q, side="right"))
 
 
 def sample_view(
@@ -144,48 +162,52 @@ def sample_view(
     illum = float(d["illumination"])
     expr = float(d["expression"])
     occ = float(d["occlusion"])
-    u = rng.uniform
+    lo, hi = d["jpeg_quality"]  # type: ignore[misc]
+    lo, hi = min(lo, hi), max(lo, hi)
+    # All draws at once, always the same number (one call each instead of thirty).
+    q = rng.random(23).tolist()
+    z = rng.standard_normal(10).tolist()
+    tri = [min(1.0, max(-1.0, 0.5 * v)) for v in z[:7]]  # in [-1, 1], concentrated near 0
 
     expression, amount = "neutral", 0.0
-    if rng.random() < 0.25 + 0.75 * expr:
-        expression = EXPRESSIONS[int(rng.choice(len(EXPRESSIONS), p=_EXPRESSION_P))]
-        amount = float(u(0.3, 1.0)) * min(1.0, 0.4 + expr)
+    if q[0] < 0.25 + 0.75 * expr:
+        expression = EXPRESSIONS[_choose(q[1], _EXPRESSION_CDF)]
+        amount = (0.3 + 0.7 * q[2]) * min(1.0, 0.4 + expr)
     occluder, occ_amount = "none", 0.0
-    if rng.random() < occ:
-        occluder = OCCLUDERS[int(rng.choice(len(OCCLUDERS), p=_OCCLUDER_P))]
-        occ_amount = float(u(0.3, 1.0)) * min(1.0, 0.5 + occ)
-    lo, hi = d["jpeg_quality"]  # type: ignore[misc]
+    if q[3] < occ:
+        occluder = OCCLUDERS[_choose(q[4], _OCCLUDER_CDF)]
+        occ_amount = (0.3 + 0.7 * q[5]) * min(1.0, 0.5 + occ)
     blur = 0.0
-    if rng.random() < float(d["blur"]):
-        blur = float(u(0.3, 0.5 + 1.5 * float(d["blur"])))
-    warm = float(rng.normal(0.0, 0.06 * illum))
+    if q[6] < float(d["blur"]):
+        blur = 0.3 + (0.2 + 1.5 * float(d["blur"])) * q[7]
+    warm = 0.06 * illum * z[7]
     return View(
-        yaw=_tri(rng) * math.radians(44) * pose,
-        pitch=_tri(rng) * math.radians(28) * pose,
-        roll=_tri(rng) * math.radians(30) * pose,
-        scale=math.exp(_tri(rng) * 0.3 * ss),
-        shift=(_tri(rng) * 0.12 * ss, _tri(rng) * 0.1 * ss),
-        light_azimuth=float(u(0.0, 2 * math.pi)),
-        light_side=float(u(0.0, 1.0)) * (0.15 + 1.4 * illum),
-        light_level=math.exp(_tri(rng) * 0.8 * illum),
-        ambient=float(u(0.68, 0.85)) - 0.2 * illum,
+        yaw=tri[0] * math.radians(44) * pose,
+        pitch=tri[1] * math.radians(28) * pose,
+        roll=tri[2] * math.radians(30) * pose,
+        scale=math.exp(tri[3] * 0.3 * ss),
+        shift=(tri[4] * 0.12 * ss, tri[5] * 0.1 * ss),
+        light_azimuth=2 * math.pi * q[8],
+        light_side=q[9] * (0.15 + 1.4 * illum),
+        light_level=math.exp(tri[6] * 0.8 * illum),
+        ambient=0.68 + 0.17 * q[10] - 0.2 * illum,
         tint=(1.0 + warm, 1.0, 1.0 - warm),
         expression=expression,
         expression_amount=amount,
-        gaze=(float(rng.normal(0.0, 0.25)), float(rng.normal(0.0, 0.15))),
-        blink=bool(rng.random() < 0.03 * (1.0 + expr)),
-        glasses=bool(rng.random() < appearance.glasses_p),
-        makeup=bool(rng.random() < appearance.makeup_p),
+        gaze=(0.25 * z[8], 0.15 * z[9]),
+        blink=q[11] < 0.03 * (1.0 + expr),
+        glasses=q[12] < appearance.glasses_p,
+        makeup=q[13] < appearance.makeup_p,
         occluder=occluder,
         occluder_amount=occ_amount,
-        occluder_colour=(float(u(20, 235)), float(u(20, 235)), float(u(20, 235))),
-        occluder_side=float(rng.choice([-1.0, 1.0])),
-        occluder_angle=float(u(-0.6, 0.6)),
-        clothes=CLOTHES[int(rng.integers(len(CLOTHES)))],
-        hair_mess=float(u(-1.0, 1.0)),
+        occluder_colour=(20 + 215 * q[14], 20 + 215 * q[15], 20 + 215 * q[16]),
+        occluder_side=_SIDES[int(2 * q[17])],
+        occluder_angle=-0.6 + 1.2 * q[18],
+        clothes=CLOTHES[int(len(CLOTHES) * q[19])],
+        hair_mess=-1.0 + 2.0 * q[20],
         blur=blur,
-        noise=float(u(0.0, 1.0)) * 10.0 * float(d["noise"]),
-        jpeg_quality=int(rng.integers(min(lo, hi), max(lo, hi) + 1)),
+        noise=q[21] * 10.0 * float(d["noise"]),
+        jpeg_quality=lo + int((hi - lo + 1) * q[22]),
         clutter=float(d["clutter"]),
         contrast=float(contrast),
     )
@@ -197,13 +219,17 @@ def sample_view(
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """``R_roll @ R_pitch @ R_yaw`` (yaw about y, pitch about x, roll about z), multiplied out."""
     cy, sy = math.cos(yaw), math.sin(yaw)
     cp, sp = math.cos(pitch), math.sin(pitch)
     cr, sr = math.cos(roll), math.sin(roll)
-    r_yaw = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
-    r_pitch = np.array([[1.0, 0.0, 0.0], [0.0, cp, sp], [0.0, -sp, cp]])
-    r_roll = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
-    return r_roll @ r_pitch @ r_yaw
+    return np.array(
+        [
+            [cr * cy + sr * sp * sy, -sr * cp, cr * sy - sr * sp * cy],
+            [sr * cy - cr * sp * sy, cr * cp, sr * sy + cr * sp * cy],
+            [-cp * sy, -sp, cp * cy],
+        ]
+    )
 
 
 @lru_cache(maxsize=64)
@@ -217,11 +243,17 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 20) -> np.ndar
     return _xy(cx + rx * c, cy + ry * s)
 
 
+@lru_cache(maxsize=64)
+def _arc_trig(a0: float, a1: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    t = np.linspace(a0, a1, n)
+    return np.cos(t), np.sin(t)
+
+
 def _arc(
     cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int = 16
 ) -> np.ndarray:
-    t = np.linspace(a0, a1, n)
-    return _xy(cx + rx * np.cos(t), cy + ry * np.sin(t))
+    c, s = _arc_trig(a0, a1, n)
+    return _xy(cx + rx * c, cy + ry * s)
 
 
 def _xy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -246,9 +278,15 @@ def _tufts() -> np.ndarray:
     return _xy(rng.uniform(-1.0, 1.0, 70), rng.uniform(0.0, 1.0, 70))
 
 
+@lru_cache(maxsize=16)
+def _ramp(n: int) -> np.ndarray:
+    """``n`` points from 0 to 1."""
+    return np.linspace(0.0, 1.0, n)
+
+
 @lru_cache(maxsize=64)
 def _bell(n: int) -> tuple[np.ndarray, np.ndarray]:
-    t = np.linspace(0.0, 1.0, n)
+    t = _ramp(n)
     return t, np.sin(math.pi * t)
 
 
@@ -268,52 +306,80 @@ def _mix(a: RGB, b: RGB, t: float) -> RGB:
     return (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t)
 
 
-class _Painter:
-    """Collects face-unit primitives, then lifts, projects and rasterises them in one pass."""
+@dataclass(frozen=True)
+class _Layer:
+    """Recorded primitives that no photograph changes, replayed into each photograph."""
 
-    def __init__(
-        self,
-        *,
-        app: Appearance,
-        view: View,
-        centre: tuple[float, float],
-        unit: float,
-    ) -> None:
-        self.app = app
-        self.cx, self.cy = centre
-        self.unit = unit
-        self.rot = _rotation(view.yaw, view.pitch, view.roll)
-        self.body_rot = _rotation(0.3 * view.yaw, 0.0, 0.35 * view.roll)
-        # Direction towards the camera in head coordinates, for the silhouette.
-        self.view_dir = self.rot.T @ np.array([0.0, 0.0, 1.0])
-        self.focal = 9.0
+    pts: np.ndarray  # (n, 2) face-plane points
+    modes: np.ndarray  # (n,) how each point is lifted
+    dz: np.ndarray  # (n,) depth offsets
+    ops: tuple[tuple[str, int, int, float, bool], ...]  # kind, start, end, size, silhouette
+    colours: tuple[tuple[float, float, float, float], ...]
+
+
+class _Recorder:
+    """Face-unit primitives in drawing order: points, how to lift them, and what to draw.
+
+    Sizes (line widths, dot radii) stay in face units until rasterising, so a recording does
+    not depend on the photograph's scale and can be replayed (:class:`_Layer`).
+    """
+
+    def __init__(self) -> None:
         self._pts: list[np.ndarray] = []
         self._counts: list[int] = []
         self._modes: list[int] = []
+        self._dz: list[float] = []
         self._bodies: list[bool] = []
-        self._dz_scalar: list[float] = []
-        self._dz_arrays: list[tuple[int, np.ndarray]] = []
-        self._ops: list[tuple] = []
+        # Points whose mode or depth is given per point: (start, modes, dz).
+        self._patches: list[tuple[int, np.ndarray | None, np.ndarray | None]] = []
+        self._ops: list[tuple[str, int, int, float, bool]] = []
         self._colours: list[tuple[float, float, float, float]] = []
         self._n = 0
 
-    # -- recording -------------------------------------------------------------------------
     def _add(
-        self, pts: np.ndarray, mode: int, dz: float | np.ndarray, body: bool
+        self,
+        pts: np.ndarray,
+        mode: int | np.ndarray,
+        dz: float | np.ndarray,
+        body: bool = False,
     ) -> tuple[int, int]:
-        k = len(pts)
-        self._pts.append(pts)
-        self._counts.append(k)
-        self._modes.append(mode)
-        self._bodies.append(body)
-        if isinstance(dz, np.ndarray):
-            self._dz_scalar.append(0.0)
-            self._dz_arrays.append((self._n, dz))
-        else:
-            self._dz_scalar.append(dz)
         start = self._n
-        self._n += k
+        self._n += len(pts)
+        self._pts.append(pts)
+        self._counts.append(len(pts))
+        self._bodies.append(body)
+        mode_array, dz_array = isinstance(mode, np.ndarray), isinstance(dz, np.ndarray)
+        self._modes.append(0 if mode_array else mode)  # type: ignore[arg-type]
+        self._dz.append(0.0 if dz_array else dz)  # type: ignore[arg-type]
+        if mode_array or dz_array:
+            self._patches.append(
+                (start, mode if mode_array else None, dz if dz_array else None)  # type: ignore[arg-type]
+            )
         return start, self._n
+
+    @property
+    def count(self) -> int:
+        """Points recorded so far."""
+        return self._n
+
+    def block(self, pts: np.ndarray, mode: int | np.ndarray, dz: float | np.ndarray) -> int:
+        """Add points for several primitives (see :meth:`op`); returns the first row."""
+        return self._add(pts, mode, dz)[0]
+
+    def op(
+        self,
+        kind: str,
+        rows: tuple[int, int],
+        colour: RGB,
+        alpha: float = 255.0,
+        *,
+        size: float = 0.0,
+        sil: bool = False,
+    ) -> None:
+        """Draw recorded rows: a ``"poly"``, a ``"line"`` ``size`` wide or ``"dots"`` of
+        radius ``size`` (face units)."""
+        self._ops.append((kind, rows[0], rows[1], size, sil))
+        self._colours.append((*colour, alpha))
 
     def poly(
         self,
@@ -321,13 +387,13 @@ class _Painter:
         colour: RGB,
         alpha: float = 255.0,
         *,
-        mode: int = SURF,
+        mode: int | np.ndarray = SURF,
         dz: float | np.ndarray = 0.0,
         sil: bool = False,
         body: bool = False,
     ) -> None:
         s, e = self._add(pts, mode, dz, body)
-        self._ops.append(("poly", s, e, sil))
+        self._ops.append(("poly", s, e, 0.0, sil))
         self._colours.append((*colour, alpha))
 
     def line(
@@ -337,15 +403,14 @@ class _Painter:
         alpha: float,
         width: float,
         *,
-        mode: int = SURF,
+        mode: int | np.ndarray = SURF,
         dz: float | np.ndarray = 0.0,
         closed: bool = False,
     ) -> None:
         if closed:
-            pts = np.vstack([pts, pts[:1]])
-        s, e = self._add(pts, mode, dz, False)
-        w = max(1, round(width * self.unit))
-        self._ops.append(("line", s, e, w))
+            pts = np.concatenate([pts, pts[:1]])
+        s, e = self._add(pts, mode, dz)
+        self._ops.append(("line", s, e, width, False))
         self._colours.append((*colour, alpha))
 
     def dots(
@@ -358,9 +423,86 @@ class _Painter:
         mode: int = SURF,
         dz: float | np.ndarray = 0.0,
     ) -> None:
-        s, e = self._add(pts, mode, dz, False)
-        self._ops.append(("dots", s, e, max(0.6, radius * self.unit)))
+        s, e = self._add(pts, mode, dz)
+        self._ops.append(("dots", s, e, radius, False))
         self._colours.append((*colour, alpha))
+
+    def mark(self, pts: np.ndarray, mode: int, dz: float | np.ndarray = 0.0) -> slice:
+        """Points to project but not draw (landmarks, the face box); their rows in ``flush``'s
+        result."""
+        s, e = self._add(pts, mode, dz)
+        return slice(s, e)
+
+    def replay(self, layer: _Layer) -> None:
+        """Record a layer's primitives again (after what is recorded so far)."""
+        s, _ = self._add(layer.pts, layer.modes, layer.dz)
+        self._ops.extend((k, a + s, b + s, size, sil) for k, a, b, size, sil in layer.ops)
+        self._colours.extend(layer.colours)
+
+    def freeze(self) -> _Layer:
+        """What was recorded, as a read-only layer to replay."""
+        if any(self._bodies):
+            raise ValueError("a layer cannot hold body parts (they turn with the body)")
+        pts, modes, dz, _ = self._arrays()
+        for a in (pts, modes, dz):
+            a.flags.writeable = False
+        return _Layer(pts, modes, dz, tuple(self._ops), tuple(self._colours))
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        counts = self._counts
+        pts = np.concatenate(self._pts) if self._pts else np.empty((0, 2))
+        modes = np.repeat(np.asarray(self._modes, dtype=np.int8), counts)
+        dz = np.repeat(np.asarray(self._dz, dtype=np.float64), counts)
+        bodies = np.repeat(np.asarray(self._bodies), counts)
+        for start, m, d in self._patches:
+            if m is not None:
+                modes[start : start + len(m)] = m
+            if d is not None:
+                dz[start : start + len(d)] += d
+        return pts, modes, dz, bodies
+
+
+class _Painter(_Recorder):
+    """Records face-unit primitives, then lifts, projects and rasterises them in one pass.
+
+    Positions are output pixels. Primitives recorded after :meth:`detail` that reach into the
+    detail box (around the points named by :meth:`cover`: eyes, brows, nose, mouth) are drawn
+    ``SS`` times larger into a patch that is box-filtered down and pasted over the box; those
+    that reach outside it are (also) drawn at the output size. The facial features keep their
+    anti-aliasing, while the large shapes (hair, head, body), which took most of the time of a
+    fully supersampled frame, are drawn once.
+    """
+
+    def __init__(
+        self,
+        *,
+        app: Appearance,
+        view: View,
+        centre: tuple[float, float],
+        unit: float,
+    ) -> None:
+        super().__init__()
+        self.app = app
+        self.cx, self.cy = centre
+        self.unit = unit
+        self.rot = _rotation(view.yaw, view.pitch, view.roll)
+        self.body_rot = _rotation(0.3 * view.yaw, 0.0, 0.35 * view.roll)
+        # Direction towards the camera in head coordinates, for the silhouette.
+        self.view_dir = self.rot[2]
+        self.focal = 9.0
+        self._detail_from: int | None = None
+        self._cover: list[tuple[int, int]] = []
+        self._whole = False
+
+    def detail(self, *, whole: bool = False) -> None:
+        """Primitives recorded from now on are drawn supersampled where they reach the detail
+        box; ``whole`` makes the box the whole frame (everything supersampled)."""
+        self._detail_from = len(self._ops)
+        self._whole = whole
+
+    def cover(self, rows: tuple[int, int]) -> None:
+        """The detail box must cover the points of ``rows``."""
+        self._cover.append(rows)
 
     # -- geometry ----------------------------------------------------------------------------
     def lift(self, pts: np.ndarray, mode: np.ndarray | int, dz: np.ndarray | float) -> np.ndarray:
@@ -369,7 +511,7 @@ class _Painter:
         x, y = pts[:, 0], pts[:, 1]
         b = np.where(y < 0.0, a.face_top, a.chin)
         r2 = (x / a.face_w) ** 2 + (y / b) ** 2
-        z_surf = a.depth * np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))
+        z_surf = a.depth * np.sqrt(np.maximum(1.0 - r2, 0.0))
         v = self.view_dir
         d2 = a.depth**2
         z_sil = -(x * v[0] / a.face_w**2 + y * v[1] / b**2) * d2 / max(v[2], 1e-3)
@@ -388,56 +530,222 @@ class _Painter:
         k = self.focal / (self.focal - q[:, 2])
         return _xy(self.cx + self.unit * q[:, 0] * k, self.cy + self.unit * q[:, 1] * k)
 
-    def to_pixels(
-        self, pts: np.ndarray, mode: int = SURF, dz: float | np.ndarray = 0.0
-    ) -> np.ndarray:
-        """Canvas pixel positions of face-plane points (not recorded for drawing)."""
-        pts = np.asarray(pts, dtype=np.float64)
-        return self.project(self.lift(pts, np.full(len(pts), mode), dz))
-
     # -- rasterising -------------------------------------------------------------------------
-    def flush(self, canvas: Image.Image, mask: Image.Image | None) -> None:
-        if not self._ops:
-            return
-        pts = np.concatenate(self._pts)
-        counts = np.asarray(self._counts)
-        dz = np.repeat(np.asarray(self._dz_scalar), counts)
-        for start, arr in self._dz_arrays:
-            dz[start : start + len(arr)] += arr
-        modes = np.repeat(np.asarray(self._modes, dtype=np.int8), counts)
-        p3 = self.lift(pts, modes, dz)
-        xy = self.project(p3, np.repeat(np.asarray(self._bodies), counts))
-        flat = xy.ravel().tolist()
-        # Opaque fills skip alpha blending, which halves Pillow's fill time.
-        blend = ImageDraw.Draw(canvas, "RGBA")
-        opaque = ImageDraw.Draw(canvas)
-        mdraw = ImageDraw.Draw(mask) if mask is not None else None
+    def flush(self, canvas: Image.Image, mask: Image.Image | None) -> np.ndarray:
+        """Draw everything recorded; returns the canvas positions of all recorded points."""
+        pts, modes, dz, bodies = self._arrays()
+        xy = self.project(self.lift(pts, modes, dz), bodies)
+        ops = self._ops
         fills = np.clip(np.asarray(self._colours), 0.0, 255.0).astype(np.int64).tolist()
-        for (kind, s, e, extra), fill in zip(self._ops, fills, strict=True):
-            seg = flat[2 * s : 2 * e]
-            draw = opaque if fill[3] == 255 else blend
-            colour = tuple(fill[:3]) if fill[3] == 255 else tuple(fill)
-            if kind == "poly":
-                draw.polygon(seg, fill=colour)
-                if extra and mdraw is not None:
-                    mdraw.polygon(seg, fill=255)
-            elif kind == "line":
-                draw.line(seg, fill=colour, width=extra)
-            else:
-                r = extra
-                for i in range(0, len(seg), 2):
-                    x, y = seg[i], seg[i + 1]
-                    draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-        for store in (self._ops, self._colours, self._pts, self._counts, self._modes, self._bodies):
-            store.clear()
-        self._dz_scalar.clear()
-        self._dz_arrays.clear()
-        self._n = 0
+        start = len(ops) if self._detail_from is None else self._detail_from
+        box = self._box(xy, canvas.size) if start < len(ops) else None
+        base = _Target(canvas, mask, xy, self.unit, supersampled=False)
+        for op, fill in zip(ops[:start], fills[:start], strict=True):
+            base.draw(op, fill)
+        if box is None:
+            for op, fill in zip(ops[start:], fills[start:], strict=True):
+                base.draw(op, fill)
+            return xy
+        # The patch starts as what is drawn so far, enlarged.
+        x0, y0, x1, y1 = box
+        big = ((x1 - x0) * SS, (y1 - y0) * SS)
+        patch = _Target(
+            canvas.crop(box).resize(big, Image.Resampling.NEAREST),
+            mask.crop(box).resize(big, Image.Resampling.NEAREST) if mask is not None else None,
+            (xy - (x0, y0)) * SS,
+            self.unit * SS,
+            supersampled=True,
+        )
+        where = self._placement(xy, ops[start:], box)
+        for op, fill, at in zip(ops[start:], fills[start:], where, strict=True):
+            if at != 2:  # not inside the box
+                base.draw(op, fill)
+            if at != 0:  # inside the box or across its edge
+                patch.draw(op, fill)
+        canvas.paste(patch.image.reduce(SS), (x0, y0))
+        if mask is not None and patch.mask is not None:
+            mask.paste(patch.mask.reduce(SS), (x0, y0))
+        return xy
+
+    def _box(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """The detail box (whole pixels, inside the frame), or None if it is empty."""
+        w, h = size
+        if self._whole:
+            return (0, 0, w, h)
+        if not self._cover:
+            return None
+        covered = xy[self._cover[0][0] : self._cover[0][1]]
+        if len(self._cover) > 1:
+            covered = np.concatenate([xy[s:e] for s, e in self._cover])
+        (x_lo, y_lo), (x_hi, y_hi) = covered.min(axis=0).tolist(), covered.max(axis=0).tolist()
+        x0, y0 = max(0, math.floor(x_lo) - 2), max(0, math.floor(y_lo) - 2)
+        x1, y1 = min(w, math.ceil(x_hi) + 3), min(h, math.ceil(y_hi) + 3)
+        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+    def _placement(
+        self,
+        xy: np.ndarray,
+        ops: list[tuple[str, int, int, float, bool]],
+        box: tuple[int, int, int, int],
+    ) -> list[int]:
+        """Per primitive: 0 outside the box, 1 across its edge, 2 inside it."""
+        if not ops:
+            return []
+        _, starts, ends, sizes, _ = zip(*ops, strict=True)
+        bounds = np.array(starts + ends, dtype=np.intp).reshape(2, -1).T.ravel()
+        if bounds[-1] >= len(xy):  # reduceat needs every bound below the length
+            xy = np.concatenate([xy, xy[-1:]])
+        lo = np.minimum.reduceat(xy, bounds, axis=0)[0::2]
+        hi = np.maximum.reduceat(xy, bounds, axis=0)[0::2]
+        # Lines and dots reach up to half their width (and a pixel) beyond their points.
+        reach = (np.array(sizes) * self.unit + 1.0)[:, None]
+        lo -= reach
+        hi += reach
+        x0, y0, x1, y1 = box
+        inside = (lo[:, 0] >= x0) & (lo[:, 1] >= y0) & (hi[:, 0] <= x1) & (hi[:, 1] <= y1)
+        outside = (hi[:, 0] < x0) | (hi[:, 1] < y0) | (lo[:, 0] > x1) | (lo[:, 1] > y1)
+        return (2 * inside + (~inside & ~outside)).tolist()
+
+
+class _Target:
+    """An image being drawn on, with the positions of all recorded points on it.
+
+    ``supersampled``: the image is ``SS`` times the output size (and will be box-filtered down).
+    """
+
+    def __init__(
+        self,
+        image: Image.Image,
+        mask: Image.Image | None,
+        xy: np.ndarray,
+        unit: float,
+        *,
+        supersampled: bool,
+    ) -> None:
+        self.image, self.mask, self.xy, self.unit = image, mask, xy, unit
+        self.supersampled = supersampled
+        self.flat = xy.ravel().tolist()
+        # Opaque fills skip alpha blending, which halves Pillow's fill time.
+        self.blend = ImageDraw.Draw(image, "RGBA")
+        self.opaque = ImageDraw.Draw(image)
+        self.mdraw = ImageDraw.Draw(mask) if mask is not None else None
+
+    def draw(self, op: tuple[str, int, int, float, bool], fill: list[int]) -> None:
+        kind, s, e, size, sil = op
+        if e <= s:
+            return
+        alpha = fill[3]
+        width = 0
+        if kind == "line":
+            px = size * self.unit
+            width = max(1, round(px))
+            # A line thinner than a pixel is drawn a pixel wide and as much fainter as it would
+            # look drawn at twice the resolution and box-filtered down.
+            coverage = max(1, round(SS * px)) / (SS * width)
+            if coverage < 1.0 and not self.supersampled:
+                alpha = round(alpha * coverage)
+        draw = self.opaque if alpha == 255 else self.blend
+        colour = (fill[0], fill[1], fill[2]) if alpha == 255 else (fill[0], fill[1], fill[2], alpha)
+        if kind == "poly":
+            seg = self.flat[2 * s : 2 * e]
+            draw.polygon(seg, fill=colour)
+            if sil and self.mdraw is not None:
+                self.mdraw.polygon(seg, fill=255)
+        elif kind == "line":
+            draw.line(self.flat[2 * s : 2 * e], fill=colour, width=width)
+        elif e - s == 1:  # one dot
+            r = max(0.6, size * self.unit)
+            x, y = self.flat[2 * s : 2 * e]
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        else:
+            draw.point(_disc_pixels(self.xy[s:e], max(0.6, size * self.unit)), fill=colour)
+
+
+@lru_cache(maxsize=16)
+def _window(reach: int) -> np.ndarray:
+    """Integer offsets of the ``(2 reach + 1)^2`` pixels around a pixel, the centre first."""
+    d = np.arange(-reach, reach + 1)
+    off = np.stack(np.meshgrid(d, d), axis=-1).reshape(-1, 2)
+    return off[np.argsort(np.abs(off).sum(axis=1), kind="stable")]
+
+
+def _disc_pixels(centres: np.ndarray, r: float) -> list[int]:
+    """Flat x, y list of the pixels of discs of radius ``r`` around ``centres``.
+
+    The pixels Pillow's ``ellipse`` fills for the box ``centre -+ r`` (its box is inclusive, so
+    the disc reaches half a pixel further), but one ``point`` call draws every dot of a
+    primitive (freckles, curls, beard tufts) instead of one ``ellipse`` call each.
+    """
+    reach = r + 0.5
+    base = np.rint(centres)
+    cand = base[:, None, :] + _window(math.ceil(reach))[None, :, :]
+    keep = ((cand - centres[:, None, :]) ** 2).sum(axis=2) <= reach * reach
+    keep[:, 0] = True
+    return cand[keep].astype(np.int64).ravel().tolist()
 
 
 # ---------------------------------------------------------------------------------------------
 # Face parts
 # ---------------------------------------------------------------------------------------------
+#
+# Whatever no photograph changes is prepared once per identity (:func:`_kit`): fixed parts are
+# recorded as layers, and parts that move with the expression, the gaze, the light or the hair
+# volume are kept as shapes, points linear in a few numbers. A photograph then costs one small
+# matrix product per part instead of dozens of tiny numpy operations.
+
+_Part = tuple[str, np.ndarray, int, float | np.ndarray]  # name, points, lift mode, depth
+
+
+class _Shape(NamedTuple):
+    """Face-plane points that depend linearly on a few per-photograph numbers."""
+
+    basis: np.ndarray  # (1 + k, 2 n): the points for zeros, then the change per unit number
+    modes: np.ndarray  # (n,) how each point is lifted
+    dz: np.ndarray  # (n,) depth offsets
+    parts: dict[str, tuple[int, int]]  # name -> its rows
+
+    def points(self, *numbers: float) -> np.ndarray:
+        return (np.array((1.0, *numbers)) @ self.basis).reshape(-1, 2)
+
+    def record(self, p: _Recorder, pts: np.ndarray) -> _Rows:
+        """Add ``pts`` (from :meth:`points`) to ``p``; returns where each part went."""
+        return _Rows(self.parts, p.block(pts, self.modes, self.dz))
+
+
+class _Rows:
+    """Rows of a shape's parts in a recording."""
+
+    __slots__ = ("offset", "parts")
+
+    def __init__(self, parts: dict[str, tuple[int, int]], offset: int) -> None:
+        self.parts, self.offset = parts, offset
+
+    def __getitem__(self, name: str) -> tuple[int, int]:
+        a, b = self.parts[name]
+        return a + self.offset, b + self.offset
+
+
+def _shape(geometry: Callable[..., list[_Part]], k: int) -> _Shape:
+    """Tabulate ``geometry`` (points linear in its ``k`` arguments) as a :class:`_Shape`."""
+    evaluations = [geometry(*row) for row in np.concatenate([np.zeros((1, k)), np.eye(k)]).tolist()]
+    parts: dict[str, tuple[int, int]] = {}
+    modes, dz = [], []
+    n = 0
+    for name, pts, mode, depth in evaluations[0]:
+        parts[name] = (n, n + len(pts))
+        n += len(pts)
+        modes.append(np.full(len(pts), mode, dtype=np.int8))
+        dz.append(np.full(len(pts), depth, dtype=np.float64))
+    no_points = [np.empty((0, 2))]
+    basis = np.array([np.concatenate([q[1] for q in e] or no_points).ravel() for e in evaluations])
+    basis[1:] -= basis[0]
+    none = [np.empty(0)]
+    shape = _Shape(
+        basis, np.concatenate(modes or none).astype(np.int8), np.concatenate(dz or none), parts
+    )
+    for a in shape[:3]:
+        a.flags.writeable = False
+    return shape
 
 
 def _outline(app: Appearance, n: int = 64) -> np.ndarray:
@@ -484,19 +792,16 @@ def _hair_volume(app: Appearance, view: View) -> tuple[float, float]:
     }[app.hair_style]
 
 
-def _draw_hair_back(p: _Painter, app: Appearance, view: View) -> None:
+def _hair_back(app: Appearance, vside: float, vtop: float) -> list[_Part]:
+    """Hair behind the head (curly, bun, bob, long), in the hair volume (vside, vtop)."""
     style = app.hair_style
-    hair = _shade(app.hair_colour, 0.8)
-    vside, vtop = _hair_volume(app, view)
     if style == "curly":
         pts = _ellipse(0.0, 0.1, app.face_w + vside + 0.06, app.face_top + vtop + 0.25, 40)
-        pts = pts * (1.0 + 0.03 * np.sin(np.arange(40) * 2.9))[:, None]
-        pts[:, 1] = np.minimum(pts[:, 1], 0.9)
-        p.poly(pts, hair, mode=FLAT, dz=-0.5, sil=True)
-    elif style == "bun":
-        bun = _ellipse(0.0, -app.face_top - 0.16, 0.34, 0.28, 24)
-        p.poly(bun, hair, mode=FLAT, dz=-0.35, sil=True)
-    elif style in ("bob", "long"):
+        # The bottom is cut at y = 0.9 after the volume is applied (see _draw_hair_back).
+        return [("back", pts * (1.0 + 0.03 * np.sin(np.arange(40) * 2.9))[:, None], FLAT, -0.5)]
+    if style == "bun":
+        return [("back", _ellipse(0.0, -app.face_top - 0.16, 0.34, 0.28, 24), FLAT, -0.35)]
+    if style in ("bob", "long"):
         length = 0.8 if style == "bob" else app.hair_length
         w_top = app.face_w + vside + 0.04
         w_bot = w_top + (0.1 if style == "bob" else 0.28)
@@ -504,15 +809,25 @@ def _draw_hair_back(p: _Painter, app: Appearance, view: View) -> None:
         right = np.array([[w_top + 0.02, 0.4], [w_bot, length - 0.12], [w_bot - 0.12, length]])
         bottom = np.array([[0.6, length + 0.05], [-0.6, length + 0.05]])
         left = right[::-1] * np.array([-1.0, 1.0])
-        p.poly(np.vstack([top, right, bottom, left]), hair, mode=FLAT, dz=-0.4, sil=True)
+        return [("back", np.concatenate([top, right, bottom, left]), FLAT, -0.4)]
+    return []
 
 
-def _draw_body(p: _Painter, app: Appearance, view: View) -> None:
+def _draw_hair_back(p: _Recorder, kit: _Kit, vside: float, vtop: float) -> None:
+    if kit.hair_back is None:
+        return
+    pts = kit.hair_back.points(vside, vtop)
+    if kit.app.hair_style == "curly":
+        np.minimum(pts[:, 1], 0.9, out=pts[:, 1])
+    rows = kit.hair_back.record(p, pts)
+    p.op("poly", rows["back"], _shade(kit.app.hair_colour, 0.8), sil=True)
+
+
+def _body_parts(app: Appearance) -> tuple[np.ndarray, ...]:
+    """Neck, shoulders, collar and the two folds of the clothes."""
     nw = app.neck_w
-    skin_dark = _shade(app.skin, 0.8)
     neck = np.array([[-nw, 0.6], [nw, 0.6], [nw * 1.08, 2.3], [-nw * 1.08, 2.3]])
-    p.poly(neck, skin_dark, mode=FLAT, dz=-0.25, sil=True)
-    sh = np.array(
+    shoulders = np.array(
         [
             [-nw * 1.15, 1.85],
             [nw * 1.15, 1.85],
@@ -524,15 +839,25 @@ def _draw_body(p: _Painter, app: Appearance, view: View) -> None:
             [-2.1, 2.2],
         ]
     )
-    p.poly(sh, view.clothes, mode=FLAT, dz=-0.3, sil=True, body=True)
-    collar = np.array([[-nw * 0.95, 1.86], [nw * 0.95, 1.86], [0.0, 2.3]])
-    p.poly(collar, _shade(skin_dark, 0.95), mode=FLAT, dz=-0.28, body=True)
+    # The collar starts just above the shoulders' edge: a sliver of clothes between the two
+    # would show as a hard line at the output size.
+    collar = np.array([[-nw * 0.95, 1.84], [nw * 0.95, 1.84], [0.0, 2.3]])
     fold = np.array([[-1.6, 2.5], [-1.2, 3.3]])
-    p.line(fold, _shade(view.clothes, 0.6), 120, 0.03, mode=FLAT, dz=-0.28)
-    p.line(fold * np.array([-1.0, 1.0]), _shade(view.clothes, 0.6), 120, 0.03, mode=FLAT, dz=-0.28)
+    return neck, shoulders, collar, fold, fold * np.array([-1.0, 1.0])
 
 
-def _draw_ears(p: _Painter, app: Appearance) -> None:
+def _draw_body(p: _Recorder, kit: _Kit, view: View) -> None:
+    neck, shoulders, collar, fold_l, fold_r = kit.body
+    skin_dark = _shade(kit.app.skin, 0.8)
+    p.poly(neck, skin_dark, mode=FLAT, dz=-0.25, sil=True)
+    p.poly(shoulders, view.clothes, mode=FLAT, dz=-0.3, sil=True, body=True)
+    p.poly(collar, _shade(skin_dark, 0.95), mode=FLAT, dz=-0.28, body=True)
+    crease = _shade(view.clothes, 0.6)
+    p.line(fold_l, crease, 120, 0.03, mode=FLAT, dz=-0.28)
+    p.line(fold_r, crease, 120, 0.03, mode=FLAT, dz=-0.28)
+
+
+def _draw_ears(p: _Recorder, app: Appearance) -> None:
     es = app.ear_size
     for s in (-1.0, 1.0):
         cx = s * app.face_w * 0.97
@@ -543,7 +868,7 @@ def _draw_ears(p: _Painter, app: Appearance) -> None:
         p.poly(inner, _shade(app.skin, 0.68), 150, mode=FLAT, dz=-0.04)
 
 
-def _face_shading(p: _Painter, app: Appearance) -> None:
+def _face_shading(p: _Recorder, app: Appearance) -> None:
     """Soft shadows that make a face read as a face: eye sockets, under the nose and lip."""
     dark = _shade(app.skin, 0.45)
     for s in (-1.0, 1.0):
@@ -557,7 +882,12 @@ def _face_shading(p: _Painter, app: Appearance) -> None:
     p.poly(_ellipse(0.0, my + app.lip_lower + 0.07, app.mouth_w * 0.65, 0.06, 14), dark, 34)
 
 
-def _draw_beard(p: _Painter, app: Appearance, outline: np.ndarray) -> None:
+def _cheeks(app: Appearance) -> tuple[np.ndarray, ...]:
+    y = app.eye_y + app.nose_y * 0.75
+    return tuple(_ellipse(s * (app.eye_sep + 0.05), y, 0.2, 0.13, 14) for s in (-1.0, 1.0))
+
+
+def _draw_beard(p: _Recorder, app: Appearance, outline: np.ndarray) -> None:
     """Stubble or a full beard along the jaw (lips and moustache are drawn over it)."""
     if app.beard not in ("stubble", "full"):
         return
@@ -577,16 +907,14 @@ def _draw_beard(p: _Painter, app: Appearance, outline: np.ndarray) -> None:
             [app.face_w * 0.92, top_y],
         ]
     )
-    pts = np.vstack([lower, inner])
+    pts = np.concatenate([lower, inner])
     modes = np.concatenate([np.full(len(lower), SIL), np.full(len(inner), SURF)])
-    p3 = p.lift(pts, modes, 0.01)
     hair = app.hair_colour
     if app.beard == "stubble":
         colour, alpha = _mix(_shade(app.skin, 0.45), hair, 0.3), 30 + 40 * app.beard_density
     else:
         colour, alpha = hair, 100 + 90 * app.beard_density
-    # The lifted polygon is recorded as flat points that carry their own depth.
-    p.poly(p3[:, :2], colour, alpha, mode=FLAT, dz=p3[:, 2])
+    p.poly(pts, colour, alpha, mode=modes, dz=0.01)
     # Texture: a fixed scatter of hair tufts over the jaw, clear of the mouth.
     u, v = _tufts()[:, 0], _tufts()[:, 1]
     ys = top_y + 0.15 + v * (app.chin - top_y - 0.1)
@@ -601,37 +929,11 @@ def _draw_beard(p: _Painter, app: Appearance, outline: np.ndarray) -> None:
     p.dots(_xy(xs[keep], ys[keep]), 0.02, tuft, 0.6 * alpha)
 
 
-def _draw_moustache(p: _Painter, app: Appearance, view: View, outline: np.ndarray) -> None:
-    if app.beard not in ("moustache", "goatee", "full"):
-        return
-    hair = _shade(app.hair_colour, 0.9)
-    alpha = 110 + 90 * app.beard_density
-    top, _, _, bottom = _mouth_shape(app, view)
-    w = float(top[-1, 0])
-    xs = top[:, 0] * 1.08
-    thick = 0.03 + 0.055 * (1.0 - (top[:, 0] / w) ** 2)
-    lower = _xy(xs, top[:, 1] - 0.004 + 0.02 * (top[:, 0] / w) ** 4)
-    upper = _xy(xs, lower[:, 1] - thick)
-    p.poly(np.vstack([upper, lower[::-1]]), hair, alpha, dz=0.035)
-    if app.beard == "goatee":
-        chin = outline[(outline[:, 1] > 0.5) & (np.abs(outline[:, 0]) < 0.5 * w)]
-        chin = chin[np.argsort(-chin[:, 0])]  # right -> left along the chin
-        y0 = float(bottom[6, 1]) + 0.05
-        cap = np.array([[-0.42 * w, y0 + 0.04], [0.0, y0], [0.42 * w, y0 + 0.04]])
-        pts = np.vstack([chin, cap])
-        modes = np.concatenate([np.full(len(chin), SIL), np.full(len(cap), SURF)])
-        p3 = p.lift(pts, modes, 0.02)
-        p.poly(p3[:, :2], hair, alpha, mode=FLAT, dz=p3[:, 2])
-
-
-def _draw_age(p: _Painter, app: Appearance, view: View) -> None:
-    w = app.wrinkles
-    smile = view.expression_amount if view.expression == "smile" else 0.0
-    dark = _shade(app.skin, 0.55)
+def _folds(app: Appearance) -> tuple[np.ndarray, ...]:
+    """Nasolabial folds, from beside the nose to beyond the mouth corners."""
     ny = app.eye_y + app.nose_y
     my = app.eye_y + app.mouth_y
-    # Nasolabial folds deepen with age and with a smile.
-    a_fold = 35 + 90 * w + 60 * smile
+    folds = []
     for s in (-1.0, 1.0):
         fold = _curve(
             (s * (app.nose_w + 0.07), ny - 0.03),
@@ -640,9 +942,18 @@ def _draw_age(p: _Painter, app: Appearance, view: View) -> None:
             7,
         )
         fold[:, 0] += s * 0.04 * _bell(7)[1]
-        p.line(fold, dark, a_fold, 0.018, dz=0.01)
+        folds.append(fold)
+    return tuple(folds)
+
+
+def _draw_age(p: _Recorder, app: Appearance) -> None:
+    """Age lines: forehead, crow's feet, eye bags, marionette lines (same colour as the folds,
+    so the order of the two does not matter)."""
+    w = app.wrinkles
     if w <= 0.05:
         return
+    dark = _shade(app.skin, 0.55)
+    my = app.eye_y + app.mouth_y
     brow_y = app.eye_y - app.brow_gap
     for k in range(1 + int(2.5 * w)):
         y = brow_y - 0.17 - 0.1 * k
@@ -668,7 +979,42 @@ def _draw_age(p: _Painter, app: Appearance, view: View) -> None:
             p.line(mar, dark, 130 * (w - 0.5), 0.014, dz=0.01)
 
 
-def _draw_eyes(p: _Painter, app: Appearance, view: View, light: np.ndarray) -> None:
+def _eyes(app: Appearance, eh: float) -> list[_Part]:
+    """Both eyes for an opening ``eh``; irises and glints centred (the gaze moves them)."""
+    t, bell = _bell(11)
+    hump = bell**0.9
+    r = app.iris_r
+    lids: list[_Part] = []
+    irises: list[_Part] = []
+    for i, s in enumerate((-1.0, 1.0)):
+        cx, cy = s * app.eye_sep, app.eye_y
+        inner = (cx - s * app.eye_w, cy + 0.2 * app.eye_tilt * app.eye_w)
+        outer = (cx + s * app.eye_w, cy - app.eye_tilt * app.eye_w)
+        xs = inner[0] + (outer[0] - inner[0]) * t
+        base = inner[1] + (outer[1] - inner[1]) * t + 0.35 * eh
+        upper = _xy(xs, base - eh * hump * (1.15 - 0.15 * t) * 1.35)
+        lower = _xy(xs, base + 0.5 * eh * bell)
+        crease = upper[2:-1, 1] - 0.045 * (1 + 0.3 * app.wrinkles)
+        lids += [
+            (f"white{i}", np.concatenate([upper, lower[::-1]]), SURF, -0.02),
+            # Lids cover the parts of the iris outside the opening.
+            (f"lid{i}", np.concatenate([_xy(xs, upper[:, 1] - 0.1), upper[::-1]]), SURF, 0.0),
+            (f"under{i}", np.concatenate([lower, _xy(xs, lower[:, 1] + 0.07)[::-1]]), SURF, 0.0),
+            (f"lash{i}", upper, SURF, 0.005),
+            (f"low{i}", lower[1:-1], SURF, 0.005),
+            (f"crease{i}", _xy(xs[2:-1], crease), SURF, 0.005),
+        ]
+        irises += [
+            (f"iris{i}", _ellipse(cx, cy, r, r, 16), SURF, -0.015),
+            (f"ring{i}", _ellipse(cx, cy, r * 0.7, r * 0.7, 12), SURF, -0.014),
+            (f"pupil{i}", _ellipse(cx, cy, r * 0.4, r * 0.4, 10), SURF, -0.012),
+            (f"glint{i}", np.array([[cx, cy - 0.35 * r]]), SURF, 0.0),
+        ]
+    return lids + irises  # the irises last: one block that the gaze moves
+
+
+def _draw_eyes(p: _Recorder, kit: _Kit, view: View, light: np.ndarray) -> None:
+    app = kit.app
     amt = view.expression_amount
     open_k = {
         "smile": 1.0 - 0.35 * amt,
@@ -678,44 +1024,31 @@ def _draw_eyes(p: _Painter, app: Appearance, view: View, light: np.ndarray) -> N
     if view.blink:
         open_k = 0.08
     eh = app.eye_h * open_k
+    pts = kit.eyes.points(eh)
+    # The gaze moves the irises, the light the glints on them.
+    pts[kit.eyes.parts["iris0"][0] :] += (view.gaze[0] * app.eye_w * 0.3, view.gaze[1] * eh * 0.3)
+    for g in ("glint0", "glint1"):
+        pts[kit.eyes.parts[g][0], 0] += 0.35 * app.iris_r * float(light[0])
+    rows = kit.eyes.record(p, pts)
     skin = app.skin
-    lid = _shade(skin, 0.84)
-    lash = (18.0, 14.0, 13.0)
-    t, bell = _bell(11)
-    hump = bell**0.9
-    for s in (-1.0, 1.0):
-        cx, cy = s * app.eye_sep, app.eye_y
-        inner = (cx - s * app.eye_w, cy + 0.2 * app.eye_tilt * app.eye_w)
-        outer = (cx + s * app.eye_w, cy - app.eye_tilt * app.eye_w)
-        xs = inner[0] + (outer[0] - inner[0]) * t
-        base = inner[1] + (outer[1] - inner[1]) * t + 0.35 * eh
-        upper = _xy(xs, base - eh * hump * (1.15 - 0.15 * t) * 1.35)
-        lower = _xy(xs, base + 0.5 * eh * bell)
-        p.poly(np.vstack([upper, lower[::-1]]), (226.0, 222.0, 216.0), dz=-0.02)
+    lid, dark, crease = _shade(skin, 0.84), _shade(skin, 0.55), _shade(skin, 0.6)
+    lash = 0.03 if view.makeup else 0.022
+    for i in (0, 1):
+        p.op("poly", rows[f"white{i}"], (226.0, 222.0, 216.0))
         if open_k > 0.2:
-            ix = cx + view.gaze[0] * app.eye_w * 0.3
-            iy = cy + view.gaze[1] * eh * 0.3
-            r = app.iris_r
-            p.poly(_ellipse(ix, iy, r, r, 16), app.iris, dz=-0.015)
-            p.poly(_ellipse(ix, iy, r * 0.7, r * 0.7, 12), _shade(app.iris, 0.6), 150, dz=-0.014)
-            p.poly(_ellipse(ix, iy, r * 0.4, r * 0.4, 10), (8.0, 8.0, 10.0), dz=-0.012)
-            hx = ix + 0.35 * r * float(light[0])
-            p.dots(np.array([[hx, iy - 0.35 * r]]), 0.012, (255.0, 255.0, 255.0), 210)
-        # Lids cover the parts of the iris outside the opening.
-        lid_top = _xy(xs, upper[:, 1] - 0.1)
-        p.poly(np.vstack([lid_top, upper[::-1]]), lid)
-        lid_bot = _xy(xs, lower[:, 1] + 0.07)
-        p.poly(np.vstack([lower, lid_bot[::-1]]), skin)
-        p.line(upper, lash, 245, 0.03 if view.makeup else 0.022, dz=0.005)
-        p.line(lower[1:-1], _shade(skin, 0.55), 110, 0.01, dz=0.005)
-        crease = _xy(xs[2:-1], (upper[:, 1] - 0.045 * (1 + 0.3 * app.wrinkles))[2:-1])
-        p.line(crease, _shade(skin, 0.6), 100, 0.01, dz=0.005)
+            p.op("poly", rows[f"iris{i}"], app.iris)
+            p.op("poly", rows[f"ring{i}"], _shade(app.iris, 0.6), 150)
+            p.op("poly", rows[f"pupil{i}"], (8.0, 8.0, 10.0))
+            p.op("dots", rows[f"glint{i}"], (255.0, 255.0, 255.0), 210, size=0.012)
+        p.op("poly", rows[f"lid{i}"], lid)
+        p.op("poly", rows[f"under{i}"], skin)
+        p.op("line", rows[f"lash{i}"], (18.0, 14.0, 13.0), 245, size=lash)
+        p.op("line", rows[f"low{i}"], dark, 110, size=0.01)
+        p.op("line", rows[f"crease{i}"], crease, 100, size=0.01)
 
 
-def _draw_brows(p: _Painter, app: Appearance, view: View) -> None:
-    amt = view.expression_amount
-    lift = 0.07 * amt if view.expression == "surprise" else 0.0
-    inner_drop = 0.06 * amt if view.expression == "frown" else 0.0
+def _brows(app: Appearance, lift: float, drop: float) -> list[_Part]:
+    """Both brows, raised by ``lift`` and with their inner ends lowered by ``drop``."""
     t = np.linspace(0.0, 1.0, 10)
     arch = (
         app.brow_arch
@@ -723,29 +1056,49 @@ def _draw_brows(p: _Painter, app: Appearance, view: View) -> None:
         * np.where(t < 0.65, 1.0, 1.0 - (t - 0.65) * 2.2)
     )
     thick = app.brow_thick * (1.1 - 0.65 * t)
-    for s in (-1.0, 1.0):
+    parts: list[_Part] = []
+    for i, s in enumerate((-1.0, 1.0)):
         y0 = app.eye_y - app.brow_gap - lift
         x_in = s * (app.eye_sep - app.eye_w * 1.15)
         x_out = s * (app.eye_sep + app.eye_w * 1.25 * app.brow_len)
         xs = x_in + (x_out - x_in) * t
-        ys = y0 - arch - app.brow_tilt * (t - 0.5) * 0.3 + inner_drop * (1 - t) + 0.04 * t**2
+        ys = y0 - arch - app.brow_tilt * (t - 0.5) * 0.3 + drop * (1 - t) + 0.04 * t**2
         top = _xy(xs, ys - thick / 2)
         bot = _xy(xs, ys + thick / 2)
-        p.poly(np.vstack([top, bot[::-1]]), app.brow_colour, 235, dz=0.02)
+        parts.append((f"brow{i}", np.concatenate([top, bot[::-1]]), SURF, 0.02))
+    return parts
 
 
-def _draw_nose(p: _Painter, app: Appearance, light: np.ndarray) -> None:
+def _draw_brows(p: _Recorder, kit: _Kit, view: View) -> None:
+    amt = view.expression_amount
+    lift = 0.07 * amt if view.expression == "surprise" else 0.0
+    drop = 0.06 * amt if view.expression == "frown" else 0.0
+    rows = kit.brows.record(p, kit.brows.points(lift, drop))
+    for i in (0, 1):
+        p.op("poly", rows[f"brow{i}"], kit.app.brow_colour, 235)
+
+
+def _bridges(app: Appearance) -> tuple[np.ndarray, ...]:
+    ny = app.eye_y + app.nose_y
+    return tuple(
+        np.array(
+            [
+                [s * 0.07, app.eye_y + 0.06],
+                [s * 0.08, ny - 0.16],
+                [s * app.nose_w * 0.75, ny - 0.04],
+            ]
+        )
+        for s in (-1.0, 1.0)
+    )
+
+
+def _draw_nose_tip(p: _Recorder, app: Appearance) -> None:
+    """Nostril wings, their rims, the nostrils, the tip and the shadow line below it."""
     ny = app.eye_y + app.nose_y
     nw = app.nose_w
     skin = app.skin
     dark = _shade(skin, 0.5)
     tip = app.nose_proj
-    for s in (-1.0, 1.0):
-        away = 0.5 + 0.5 * float(-s * light[0])  # the bridge's shadow falls away from the light
-        bridge = np.array(
-            [[s * 0.07, app.eye_y + 0.06], [s * 0.08, ny - 0.16], [s * nw * 0.75, ny - 0.04]]
-        )
-        p.line(bridge, dark, 35 + 95 * away, 0.022, dz=np.array([0.05, 0.6, 0.8]) * tip)
     for s in (-1.0, 1.0):
         p.poly(
             _ellipse(s * nw * 0.78, ny - 0.005, nw * 0.36, 0.06, 14),
@@ -761,7 +1114,6 @@ def _draw_nose(p: _Painter, app: Appearance, light: np.ndarray) -> None:
             dz=tip * 0.6,
         )
     p.poly(_ellipse(0.0, ny - 0.03, nw * 0.48, 0.065, 16), _shade(skin, 1.04), dz=tip * 0.9)
-    p.dots(np.array([[0.02 * float(light[0]), ny - 0.05]]), 0.02, (255.0, 250.0, 245.0), 55, dz=tip)
     p.line(
         _curve((-nw * 0.5, ny + 0.075), (nw * 0.5, ny + 0.075), 0.01, 7),
         dark,
@@ -771,12 +1123,69 @@ def _draw_nose(p: _Painter, app: Appearance, light: np.ndarray) -> None:
     )
 
 
-def _mouth_shape(
-    app: Appearance, view: View
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Upper lip top edge, upper and lower inner edges and lower lip edge (left to right)."""
-    amt = view.expression_amount
+def _draw_nose(p: _Recorder, kit: _Kit, light: np.ndarray) -> None:
+    app = kit.app
+    tip = app.nose_proj
+    dark = _shade(app.skin, 0.5)
+    for s, bridge in zip((-1.0, 1.0), kit.bridges, strict=True):
+        away = 0.5 + 0.5 * float(-s * light[0])  # the bridge's shadow falls away from the light
+        p.line(bridge, dark, 35 + 95 * away, 0.022, dz=np.array([0.05, 0.6, 0.8]) * tip)
+    p.replay(kit.nose)
+    ny = app.eye_y + app.nose_y
+    p.dots(np.array([[0.02 * float(light[0]), ny - 0.05]]), 0.02, (255.0, 250.0, 245.0), 55, dz=tip)
+
+
+def _mouth(
+    app: Appearance, w: float, corner_dy: float, curve: float, opening: float
+) -> list[_Part]:
+    """Lips, mouth opening, teeth, moustache and the 5 landmarks, for a mouth ``w`` half-wide
+    with its corners raised by ``-corner_dy``, its line bent by ``curve``, open by ``opening``."""
     my = app.eye_y + app.mouth_y
+    t, bell = _bell(13)
+    u = 2.0 * t - 1.0  # -1 .. 1 across the mouth
+    xs = w * u
+    line_y = my + corner_dy * (1 - bell) + curve * bell
+    bow = 0.35 * np.exp(-(((t - 0.5) / 0.08) ** 2))  # cupid's bow
+    top = _xy(xs, line_y - app.lip_upper * bell**0.6 * (1.4 - bow) / 1.4 - 0.004)
+    mid_up = _xy(xs, line_y - opening * 0.35 * bell)
+    mid_lo = _xy(xs, line_y + opening * 0.65 * bell)
+    bottom = _xy(xs, mid_lo[:, 1] + app.lip_lower * bell**0.7 + 0.004)
+    teeth = _xy(mid_up[:, 0] * 0.85, mid_up[:, 1] + 0.002)
+    teeth_lo = _xy(teeth[:, 0], teeth[:, 1] + 0.035 * bell)
+    shine = _curve(
+        (bottom[4, 0], bottom[4, 1] - 0.025), (bottom[-5, 0], bottom[-5, 1] - 0.025), 0.005, 5
+    )
+    # The moustache follows the upper lip, thickest in the middle.
+    m_lower = _xy(xs * 1.08, top[:, 1] - 0.004 + 0.02 * u**4)
+    m_upper = _xy(xs * 1.08, m_lower[:, 1] - (0.03 + 0.055 * (1.0 - u**2)))
+    y0 = bottom[6, 1] + 0.05
+    cap = np.array([[-0.42 * w, y0 + 0.04], [0.0, y0], [0.42 * w, y0 + 0.04]])
+    ny = app.eye_y + app.nose_y
+    landmarks = np.array(
+        [
+            [-app.eye_sep, app.eye_y],
+            [app.eye_sep, app.eye_y],
+            [0.0, ny - 0.02],
+            [mid_up[0, 0], mid_up[0, 1]],
+            [mid_up[-1, 0], mid_up[-1, 1]],
+        ]
+    )
+    return [
+        ("inside", np.concatenate([mid_up, mid_lo[::-1]]), SURF, -0.02),
+        ("teeth", np.concatenate([teeth, teeth_lo[::-1]]), SURF, -0.01),
+        ("upper", np.concatenate([top, mid_up[::-1]]), SURF, 0.03),
+        ("lower", np.concatenate([mid_lo, bottom[::-1]]), SURF, 0.03),
+        ("line", mid_up, SURF, 0.035),
+        ("shine", shine, SURF, 0.036),
+        ("moustache", np.concatenate([m_upper, m_lower[::-1]]), SURF, 0.035),
+        ("cap", cap, SURF, 0.02),
+        ("landmarks", landmarks, SURF, np.array([0.0, 0.0, 0.95 * app.nose_proj, 0.03, 0.03])),
+    ]
+
+
+def _mouth_numbers(app: Appearance, view: View) -> tuple[float, float, float, float]:
+    """Half-width, corner lift, line curve and opening of the mouth for the expression."""
+    amt = view.expression_amount
     corner_dy, widen, opening, curve = 0.0, 1.0, 0.0, 0.012
     if view.expression == "smile":
         corner_dy, widen, curve = -0.09 * amt, 1.0 + 0.2 * amt, 0.05 * amt
@@ -787,81 +1196,51 @@ def _mouth_shape(
         opening, widen = 0.12 * amt + 0.03, 1.0 - 0.28 * amt
     elif view.expression == "frown":
         corner_dy, curve = 0.05 * amt, -0.03 * amt
-    w = app.mouth_w * widen
-    t, bell = _bell(13)
-    xs = -w + 2 * w * t
-    line_y = my + corner_dy * (1 - bell) + curve * bell
-    bow = 0.35 * np.exp(-(((t - 0.5) / 0.08) ** 2))  # cupid's bow
-    top = _xy(xs, line_y - app.lip_upper * bell**0.6 * (1.4 - bow) / 1.4 - 0.004)
-    mid_up = _xy(xs, line_y - opening * 0.35 * bell)
-    mid_lo = _xy(xs, line_y + opening * 0.65 * bell)
-    bottom = _xy(xs, mid_lo[:, 1] + app.lip_lower * bell**0.7 + 0.004)
-    return top, mid_up, mid_lo, bottom
+    return app.mouth_w * widen, corner_dy, curve, opening
 
 
-def _draw_mouth(p: _Painter, app: Appearance, view: View) -> None:
-    top, mid_up, mid_lo, bottom = _mouth_shape(app, view)
+def _draw_mouth(p: _Recorder, kit: _Kit, view: View) -> slice:
+    """Mouth and moustache; returns the rows of the 5 landmarks."""
+    app = kit.app
+    w, corner_dy, curve, opening = _mouth_numbers(app, view)
+    pts = kit.mouth.points(w, corner_dy, curve, opening)
+    rows = kit.mouth.record(p, pts)
     lip = app.lip_colour
     if view.makeup:
         lip = _mix(lip, (170.0, 40.0, 60.0), 0.35)
-    if np.any(mid_lo[:, 1] - mid_up[:, 1] > 0.005):
-        p.poly(np.vstack([mid_up, mid_lo[::-1]]), (45.0, 18.0, 20.0), dz=-0.02)
+    if opening > 0.005:  # the widest gap between the inner lip edges
+        p.op("poly", rows["inside"], (45.0, 18.0, 20.0))
         if view.expression in ("smile", "open"):
-            teeth = _xy(mid_up[:, 0] * 0.85, mid_up[:, 1] + 0.002)
-            teeth_lo = teeth + _xy(np.zeros(len(teeth)), 0.035 * _bell(len(teeth))[1])
-            p.poly(np.vstack([teeth, teeth_lo[::-1]]), (232.0, 228.0, 214.0), dz=-0.01)
-    p.poly(np.vstack([top, mid_up[::-1]]), _shade(lip, 0.9), dz=0.03)
-    p.poly(np.vstack([mid_lo, bottom[::-1]]), lip, dz=0.03)
-    p.line(mid_up, _shade(lip, 0.4), 210, 0.014, dz=0.035)
-    hl = _curve(
-        (bottom[4, 0], bottom[4, 1] - 0.025), (bottom[-5, 0], bottom[-5, 1] - 0.025), 0.005, 5
-    )
-    p.line(hl, (255.0, 235.0, 230.0), 45, 0.014, dz=0.036)
+            p.op("poly", rows["teeth"], (232.0, 228.0, 214.0))
+    p.op("poly", rows["upper"], _shade(lip, 0.9))
+    p.op("poly", rows["lower"], lip)
+    p.op("line", rows["line"], _shade(lip, 0.4), 210, size=0.014)
+    p.op("line", rows["shine"], (255.0, 235.0, 230.0), 45, size=0.014)
+    if app.beard in ("moustache", "goatee", "full"):
+        hair = _shade(app.hair_colour, 0.9)
+        alpha = 110 + 90 * app.beard_density
+        p.op("poly", rows["moustache"], hair, alpha)
+        if app.beard == "goatee":
+            outline = kit.outline
+            chin = outline[(outline[:, 1] > 0.5) & (np.abs(outline[:, 0]) < 0.5 * w)]
+            chin = chin[np.argsort(-chin[:, 0])]  # right -> left along the chin
+            a, b = kit.mouth.parts["cap"]
+            goatee = np.concatenate([chin, pts[a:b]])
+            modes = np.concatenate([np.full(len(chin), SIL), np.full(b - a, SURF)])
+            p.poly(goatee, hair, alpha, mode=modes, dz=0.02)
+    return slice(*rows["landmarks"])
 
 
-def _draw_front_hair(p: _Painter, app: Appearance, view: View) -> None:
+def _hair_front(app: Appearance, vside: float, vtop: float) -> list[_Part]:
+    """Curtains and strands (bob, long), curls, sheen and top strands, the parting; for the
+    hair volume (vside, vtop). The outline of the front hair is not linear in the volume and
+    is made per photograph (:func:`_draw_front_hair`)."""
     style = app.hair_style
-    hair = app.hair_colour
-    if style == "bald":
-        if app.grey < 0.95:
-            for s in (-1.0, 1.0):
-                fw = app.face_w
-                patch = np.array(
-                    [
-                        [s * fw * 1.03, app.eye_y - 0.3],
-                        [s * fw * 1.03, app.eye_y + 0.15],
-                        [s * fw * 0.9, app.eye_y + 0.1],
-                        [s * fw * 0.9, app.eye_y - 0.25],
-                    ]
-                )
-                p.poly(patch, hair, 150, mode=SIL)
-        return
-    vside, vtop = _hair_volume(app, view)
-    temple_y = app.eye_y - 0.05
     rx, ry = app.face_w + vside, app.face_top + vtop
-    a_r = math.asin(max(-0.99, temple_y / ry))
-    outer = _arc(0.0, 0.0, rx, ry, math.pi - a_r, 2 * math.pi + a_r, 26)  # left temple -> right
-    k = np.arange(len(outer))
-    wave = 0.035 if style == "curly" else 0.012
-    outer = outer * (1.0 + wave * np.sin(k * 2.4 + 3.0 * app.hair_part))[:, None]
-    hl = _hairline(app)
-    right_burn = np.array(
-        [[app.face_w * 0.99, app.eye_y + 0.17], [app.face_w * 0.87, app.eye_y + 0.14]]
-    )
-    left_burn = right_burn[::-1] * np.array([-1.0, 1.0])
-    inner = np.vstack([right_burn, hl, left_burn])
-    pts = np.vstack([outer, inner])
-    modes = np.concatenate([np.full(len(outer), SIL), np.full(len(inner), SURF)])
-    p3 = p.lift(pts, modes, 0.0)
-    p3[len(outer) :, 2] += 0.03
-    alpha = 150.0 if style == "buzz" else 255.0
-    p.poly(p3[:, :2], hair, alpha, mode=FLAT, dz=p3[:, 2], sil=True)
-    # A soft shadow under the hairline and a sheen on top give the hair volume.
-    shadow = _xy(hl[:, 0] * 0.97, hl[:, 1] + 0.045)
-    p.line(shadow, (0.0, 0.0, 0.0), 45, 0.05, dz=0.02)
+    parts: list[_Part] = []
     if style in ("bob", "long"):
         length = 0.8 if style == "bob" else min(app.hair_length, 1.6)
-        for s in (-1.0, 1.0):
+        for i, s in enumerate((-1.0, 1.0)):
             curtain = np.array(
                 [
                     [s * app.face_w * 0.84, app.eye_y - 0.18],
@@ -872,31 +1251,25 @@ def _draw_front_hair(p: _Painter, app: Appearance, view: View) -> None:
                     [s * (app.face_w + vside), app.eye_y - 0.3],
                 ]
             )
-            p.poly(curtain, _shade(hair, 0.94), mode=SIL, sil=True)
+            parts.append((f"curtain{i}", curtain, SIL, 0.0))
             # Strands run down each curtain, between its inner and outer edge.
             ys = np.linspace(app.eye_y - 0.2, length, 7)
             x_in = np.interp(ys, curtain[[0, 1, 2], 1], curtain[[0, 1, 2], 0] * s)
             x_out = np.interp(ys, curtain[[5, 4, 3], 1], curtain[[5, 4, 3], 0] * s)
             for j, f in enumerate((0.15, 0.4, 0.65, 0.88)):
                 xs = s * (x_in + (x_out - x_in) * f) + 0.02 * np.sin(ys * 7 + j)
-                shade = _shade(hair, 1.25 if j % 2 else 0.7)
-                p.line(_xy(xs, ys), shade, 60, 0.014, mode=SIL)
-            edge = _xy(s * x_in, ys)
-            p.line(edge, (0.0, 0.0, 0.0), 40, 0.03, mode=SIL)
+                parts.append((f"strand{i}{j}", _xy(xs, ys), SIL, 0.0))
+            parts.append((f"edge{i}", _xy(s * x_in, ys), SIL, 0.0))
     if style == "curly":  # ringlets: a fixed scatter of darker and lighter curls
         t, r = _curls()[:, 0], _curls()[:, 1]
-        cx = (app.face_w + vside * r) * np.cos(t)
-        cy = np.minimum((app.face_top + vtop * r) * np.sin(t), 0.6)
-        pts = _xy(cx, cy)
-        p.dots(pts[::2], 0.045, _shade(hair, 0.6), 90, mode=SIL)
-        p.dots(pts[1::2], 0.035, _shade(hair, 1.4) if sum(hair) < 330 else hair, 70, mode=SIL)
-    if style != "buzz":
-        light = _shade(hair, 1.3) if sum(hair) < 330 else _shade(hair, 1.1)
-        dark = _shade(hair, 0.7)
+        # The tops are cut at y = 0.6 after the volume is applied (see _draw_front_hair).
+        pts = _xy((app.face_w + vside * r) * np.cos(t), (app.face_top + vtop * r) * np.sin(t))
+        parts += [("curls_dark", pts[::2], SIL, 0.0), ("curls_light", pts[1::2], SIL, 0.0)]
+    if style not in ("buzz", "bald"):
         sheen = _arc(
             0.1 * app.hair_part, 0.0, rx * 0.7, ry * 0.93, math.pi + 0.8, 2 * math.pi - 0.8, 9
         )
-        p.line(sheen, (255.0, 255.0, 255.0), 20, 0.1, mode=SIL)
+        parts.append(("sheen", sheen, SIL, 0.0))
         for j in range(6):
             f = 0.5 + 0.08 * j
             arc = _arc(
@@ -908,20 +1281,114 @@ def _draw_front_hair(p: _Painter, app: Appearance, view: View) -> None:
                 2 * math.pi - 0.45,
                 9,
             )
-            arc = arc[arc[:, 1] < app.hairline - 0.04]
-            if len(arc) >= 2:
-                p.line(arc, light if j % 2 else dark, 70, 0.014, dz=0.05)
-    if style == "side_part":
+            parts.append((f"arc{j}", arc, SURF, 0.05))
+    return parts
+
+
+class _HairKit(NamedTuple):
+    """The parts of the front hair that do not change: hairline, its modes and depths, the
+    wave along the outer edge, the shadow under the hairline, and the parting."""
+
+    inner: np.ndarray
+    modes: np.ndarray
+    dz: np.ndarray
+    wave: np.ndarray
+    shadow: np.ndarray
+    part: np.ndarray | None
+    shape: _Shape
+
+
+_OUTER = 26  # points along the outer edge of the front hair
+
+
+def _hair_kit(app: Appearance) -> _HairKit:
+    hl = _hairline(app)
+    right_burn = np.array(
+        [[app.face_w * 0.99, app.eye_y + 0.17], [app.face_w * 0.87, app.eye_y + 0.14]]
+    )
+    left_burn = right_burn[::-1] * np.array([-1.0, 1.0])
+    inner = np.concatenate([right_burn, hl, left_burn])
+    # The outer edge on the silhouette, the hairline on the skin (standing out a little).
+    modes = np.concatenate([np.full(_OUTER, SIL), np.full(len(inner), SURF)]).astype(np.int8)
+    dz = np.concatenate([np.zeros(_OUTER), np.full(len(inner), 0.03)])
+    wave = 0.035 if app.hair_style == "curly" else 0.012
+    wave_k = 1.0 + wave * np.sin(np.arange(_OUTER) * 2.4 + 3.0 * app.hair_part)
+    part = None
+    if app.hair_style == "side_part":
         part = np.array(
             [
                 [0.45 * app.hair_part, app.hairline - 0.02],
                 [0.4 * app.hair_part, -app.face_top - 0.02],
             ]
         )
-        p.line(part, _shade(hair, 0.55), 130, 0.016, dz=0.05)
+    return _HairKit(
+        inner,
+        modes,
+        dz,
+        wave_k,
+        _xy(hl[:, 0] * 0.97, hl[:, 1] + 0.045),
+        part,
+        _shape(lambda vside, vtop: _hair_front(app, vside, vtop), 2),
+    )
 
 
-def _draw_glasses(p: _Painter, app: Appearance, light: np.ndarray) -> None:
+def _draw_front_hair(p: _Recorder, kit: _Kit, vside: float, vtop: float) -> None:
+    app = kit.app
+    style = app.hair_style
+    hair = app.hair_colour
+    if style == "bald":
+        if app.grey < 0.95:
+            for patch in kit.bald:
+                p.poly(patch, hair, 150, mode=SIL)
+        return
+    hk = kit.hair
+    temple_y = app.eye_y - 0.05
+    rx, ry = app.face_w + vside, app.face_top + vtop
+    a_r = math.asin(max(-0.99, temple_y / ry))
+    angles = (math.pi - a_r) + (math.pi + 2.0 * a_r) * _ramp(_OUTER)  # left temple -> right
+    outer = np.empty((_OUTER, 2))
+    np.multiply(np.cos(angles), rx * hk.wave, out=outer[:, 0])
+    np.multiply(np.sin(angles), ry * hk.wave, out=outer[:, 1])
+    s = p.block(np.concatenate([outer, hk.inner]), hk.modes, hk.dz)
+    p.op("poly", (s, s + len(hk.modes)), hair, 150.0 if style == "buzz" else 255.0, sil=True)
+    # A soft shadow under the hairline and a sheen on top give the hair volume.
+    p.line(hk.shadow, (0.0, 0.0, 0.0), 45, 0.05, dz=0.02)
+    pts = hk.shape.points(vside, vtop)
+    if style == "curly":
+        a, b = hk.shape.parts["curls_dark"][0], hk.shape.parts["curls_light"][1]
+        np.minimum(pts[a:b, 1], 0.6, out=pts[a:b, 1])
+    rows = hk.shape.record(p, pts)
+    if style in ("bob", "long"):
+        for i in (0, 1):
+            p.op("poly", rows[f"curtain{i}"], _shade(hair, 0.94), sil=True)
+            for j in range(4):
+                shade = _shade(hair, 1.25 if j % 2 else 0.7)
+                p.op("line", rows[f"strand{i}{j}"], shade, 60, size=0.014)
+            p.op("line", rows[f"edge{i}"], (0.0, 0.0, 0.0), 40, size=0.03)
+    if style == "curly":
+        p.op("dots", rows["curls_dark"], _shade(hair, 0.6), 90, size=0.045)
+        light = _shade(hair, 1.4) if sum(hair) < 330 else hair
+        p.op("dots", rows["curls_light"], light, 70, size=0.035)
+    if style != "buzz":
+        light = _shade(hair, 1.3) if sum(hair) < 330 else _shade(hair, 1.1)
+        dark = _shade(hair, 0.7)
+        p.op("line", rows["sheen"], (255.0, 255.0, 255.0), 20, size=0.1)
+        # Top strands, only above the hairline (a middle stretch of each arc).
+        a = rows["arc0"][0]
+        above = pts[a - rows.offset : a - rows.offset + 54, 1].reshape(6, 9) < app.hairline - 0.04
+        first = above.argmax(axis=1).tolist()
+        end = (9 - above[:, ::-1].argmax(axis=1)).tolist()
+        some = above.any(axis=1).tolist()
+        for j, (lo, hi, kept) in enumerate(zip(first, end, some, strict=True)):
+            if kept and hi - lo >= 2:
+                shade = light if j % 2 else dark
+                p.op("line", (a + 9 * j + lo, a + 9 * j + hi), shade, 70, size=0.014)
+    if hk.part is not None:
+        p.line(hk.part, _shade(hair, 0.55), 130, 0.016, dz=0.05)
+
+
+def _draw_glasses(p: _Recorder, app: Appearance) -> None:
+    """Frames, lenses, arms and bridge (the glints on the lenses depend on the light)."""
     size = app.glasses_size
     col = app.glasses_colour
     width = 0.025
@@ -936,8 +1403,6 @@ def _draw_glasses(p: _Painter, app: Appearance, light: np.ndarray) -> None:
             rim = _xy(cx + r[:, 0] * 0.21 * size, cy + r[:, 1] * 0.15 * size)
         p.poly(rim, (200.0, 220.0, 235.0), 26, dz=0.12)
         p.line(rim, col, 235, width, dz=0.12, closed=True)
-        glint = _curve((cx - 0.1 * size, cy - 0.05), (cx - 0.02 * size, cy - 0.12), 0.0, 3)
-        p.line(glint, (255.0, 255.0, 255.0), 60 + 60 * abs(float(light[0])), 0.012, dz=0.13)
         arm = np.array(
             [[s * (app.eye_sep + 0.2 * size), cy - 0.05], [s * app.face_w * 0.97, cy + 0.02]]
         )
@@ -951,7 +1416,40 @@ def _draw_glasses(p: _Painter, app: Appearance, light: np.ndarray) -> None:
     p.line(bridge, col, 235, width, dz=0.16)
 
 
-def _draw_occluder(p: _Painter, app: Appearance, view: View) -> None:
+@lru_cache(maxsize=256)
+def _glasses(app: Appearance) -> _Layer:
+    """The glasses of an identity (made on first wear; the docs grid puts them on anyone)."""
+    recorder = _Recorder()
+    _draw_glasses(recorder, app)
+    return recorder.freeze()
+
+
+def _glints(app: Appearance) -> tuple[np.ndarray, ...]:
+    size = app.glasses_size
+    cy = app.eye_y + 0.01
+    return tuple(
+        _curve((cx - 0.1 * size, cy - 0.05), (cx - 0.02 * size, cy - 0.12), 0.0, 3)
+        for cx in (-app.eye_sep, app.eye_sep)
+    )
+
+
+def _bald_patches(app: Appearance) -> tuple[np.ndarray, ...]:
+    """The fringe of hair left at the temples of a bald head."""
+    fw = app.face_w
+    return tuple(
+        np.array(
+            [
+                [s * fw * 1.03, app.eye_y - 0.3],
+                [s * fw * 1.03, app.eye_y + 0.15],
+                [s * fw * 0.9, app.eye_y + 0.1],
+                [s * fw * 0.9, app.eye_y - 0.25],
+            ]
+        )
+        for s in (-1.0, 1.0)
+    )
+
+
+def _draw_occluder(p: _Recorder, app: Appearance, view: View) -> None:
     k = view.occluder_amount
     s = view.occluder_side
     col = view.occluder_colour
@@ -1020,57 +1518,140 @@ def _draw_occluder(p: _Painter, app: Appearance, view: View) -> None:
 
 def draw_background(canvas: Image.Image, clutter: float, rng: np.random.Generator) -> None:
     """Paint a gradient wall plus ``clutter``-many rectangles, blobs, shards and stripes."""
-    w, h = canvas.size
+    canvas.paste(_wall(canvas.size, rng))
+    _draw_clutter(canvas, clutter, rng)
+
+
+_BANDS = 24  # flat bands of the wall's gradient
+
+
+@lru_cache(maxsize=16)
+def _band_index(n: int) -> np.ndarray:
+    """Band of each of ``n`` pixels across the wall."""
+    edges = np.linspace(0, n, _BANDS + 1).round().astype(int)
+    return np.repeat(np.arange(_BANDS), np.diff(edges))
+
+
+def _wall(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A gradient wall in flat bands: invisible steps once blurred, noised and compressed."""
+    w, h = size
     c1 = rng.uniform(35, 235, 3)
     c2 = np.clip(c1 + rng.normal(0, 40, 3), 0, 255)
     vertical = bool(rng.random() < 0.7)
-    # A gradient in 24 flat bands: invisible steps once blurred, noised and compressed.
-    n_bands = 24
-    ramp = np.clip(c1 + (c2 - c1) * (np.arange(n_bands) + 0.5)[:, None] / n_bands, 0, 255)
-    edges = np.linspace(0, h if vertical else w, n_bands + 1).round().astype(int)
-    for k, colour in enumerate(ramp.astype(int).tolist()):
-        a, b = int(edges[k]), int(edges[k + 1])
-        canvas.paste(tuple(colour), (0, a, w, b) if vertical else (a, 0, b, h))
+    t = (np.arange(_BANDS) + 0.5)[:, None] / _BANDS
+    ramp = (c1 + (c2 - c1) * t).astype(np.uint8)  # between c1 and c2: no clipping needed
+    strip = ramp[_band_index(h if vertical else w)].tobytes()
+    line = Image.frombytes("RGB", (1, h) if vertical else (w, 1), strip)
+    return line.resize((w, h), Image.Resampling.NEAREST)
+
+
+def _draw_clutter(canvas: Image.Image, clutter: float, rng: np.random.Generator) -> None:
+    """``clutter``-many translucent rectangles, blobs, shards and stripes."""
+    w, h = canvas.size
+    n = int(rng.poisson(1.0 + 12.0 * clutter))
+    if n == 0:
+        return
     draw = ImageDraw.Draw(canvas, "RGBA")
     scale = np.array([w, h], dtype=float)
-    for _ in range(int(rng.poisson(1.0 + 12.0 * clutter))):
-        kind = int(rng.integers(4))
-        c = rng.integers(0, 256, 4)
-        col = (int(c[0]), int(c[1]), int(c[2]), 90 + int(c[3]) * 165 // 255)
-        x0, y0 = rng.uniform(-0.2, 1.0, 2) * scale
-        sx, sy = rng.uniform(0.04, 0.5, 2) * scale
+    kinds = rng.integers(4, size=n).tolist()
+    colours = rng.integers(0, 256, (n, 4))
+    colours[:, 3] = 90 + colours[:, 3] * 165 // 255
+    boxes = np.concatenate(
+        [rng.uniform(-0.2, 1.0, (n, 2)) * scale, rng.uniform(0.04, 0.5, (n, 2)) * scale], axis=1
+    )
+    boxes[:, 2:] += boxes[:, :2]  # x0, y0, x1, y1
+    for kind, col, (x0, y0, x1, y1) in zip(
+        kinds, map(tuple, colours.tolist()), boxes.tolist(), strict=True
+    ):
         if kind == 0:
-            draw.rectangle((float(x0), float(y0), float(x0 + sx), float(y0 + sy)), fill=col)
+            draw.rectangle((x0, y0, x1, y1), fill=col)
         elif kind == 1:
-            draw.ellipse((float(x0), float(y0), float(x0 + sx), float(y0 + sy)), fill=col)
+            draw.ellipse((x0, y0, x1, y1), fill=col)
         elif kind == 2:
             pts = rng.uniform(-0.1, 1.1, (int(rng.integers(3, 6)), 2)) * scale
             draw.polygon(pts.ravel().tolist(), fill=col)
         else:
             width = int(rng.integers(1, max(2, w // 40)))
+            slant = (x1 - x0) * 0.3
             for j in range(int(rng.integers(2, 6))):
-                off = float(x0 + j * width * 3)
-                draw.line((off, 0.0, off + float(sx) * 0.3, float(h)), fill=col, width=width)
+                off = x0 + j * width * 3
+                draw.line((off, 0.0, off + slant, float(h)), fill=col, width=width)
 
 
 # ---------------------------------------------------------------------------------------------
 # Photometric pipeline
 # ---------------------------------------------------------------------------------------------
 
+
+class _Scratch(threading.local):
+    """Per-thread float arrays reused from one photograph to the next.
+
+    The photometric pipeline works on a few arrays of a few hundred kilobytes. Fresh ones
+    would cost page faults on every photograph (the allocator maps such blocks anew and hands
+    them back when freed), about as much as the arithmetic itself.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        """The array called ``name``, with undefined contents; reallocated on a new shape."""
+        a = self.arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = self.arrays[name] = np.empty(shape, dtype)
+        return a
+
+
+_SCRATCH = _Scratch()
 _LIGHT_DOWN = 4  # the shading field is smooth: compute it at 1/4 resolution
 _GAMMA = 0.6  # shading exponent: about a linear-light multiply seen in sRGB
 
 
-@lru_cache(maxsize=8)
-def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    return xs + 0.5, ys + 0.5
+@lru_cache(maxsize=16)
+def _lerp_index(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """A linear upscale from ``n_in`` to ``n_out`` pixels, as Pillow's bilinear resize.
+
+    Returns, per output pixel, its left neighbour ``i0`` and the weight of the right one
+    (zero where the edge pixel is held).
+    """
+    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    x0 = np.floor(x)
+    i0 = np.clip(x0.astype(np.intp), 0, n_in - 1)
+    i1 = np.clip(x0.astype(np.intp) + 1, 0, n_in - 1)
+    return i0, np.where(i1 > i0, x - x0, 0.0).astype(np.float32)
+
+
+def _upsample(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upscale of a ``(lh, lw)`` field to ``(h, w)`` (the thread's ``"shade"`` array)."""
+    w, h = size
+    lh, lw = small.shape
+    i0, fy = _lerp_index(lh, h)
+    j0, fx = _lerp_index(lw, w)
+    cols = small[:, j0] * (1.0 - fx)
+    cols += small[:, np.minimum(j0 + 1, lw - 1)] * fx
+    # Rows: cols[i0] + (cols[i0 + 1] - cols[i0]) * fy.
+    step = np.zeros_like(cols)
+    np.subtract(cols[1:], cols[:-1], out=step[:-1])
+    out = _SCRATCH.get("shade", (h, w))
+    k = _LIGHT_DOWN
+    if h == k * lh:  # the usual case: k output rows per grid row, the edge rows held
+        inner = out[k // 2 : h - k // 2].reshape(lh - 1, k, w)
+        np.multiply(step[:-1, None, :], fy[k // 2 : k // 2 + k, None], out=inner)
+        inner += cols[:-1, None, :]
+        out[: k // 2] = cols[0]
+        out[h - k // 2 :] = cols[-1]
+    else:
+        np.take(step, i0, axis=0, out=out, mode="clip")
+        out *= fy[:, None]
+        out += cols[i0]
+    return out
 
 
 @lru_cache(maxsize=4)
 def _noise_bank() -> np.ndarray:
-    """Fixed unit-variance noise, cropped at random offsets (cheaper than fresh noise)."""
-    return np.random.default_rng(0x5EED).standard_normal((768, 768, 3), dtype=np.float32)
+    """Fixed unit-variance noise (channel, y, x), cropped at random offsets (cheaper than
+    fresh noise)."""
+    return np.random.default_rng(0x5EED).standard_normal((3, 768, 768), dtype=np.float32)
 
 
 def light_vector(view: View) -> np.ndarray:
@@ -1092,7 +1673,7 @@ def _lighting(
     light: np.ndarray,
     level: float,
 ) -> np.ndarray:
-    """Per-pixel brightness multiplier.
+    """Brightness multiplier on a grid ``_LIGHT_DOWN`` times coarser than ``size`` (smooth).
 
     Lambert shading (plus ambient) of the head ellipsoid and a gentle gradient elsewhere,
     raised to ``_GAMMA`` because light adds up in linear intensity, not in sRGB values (a
@@ -1100,32 +1681,57 @@ def _lighting(
     """
     w, h = size
     lw, lh = max(2, -(-w // _LIGHT_DOWN)), max(2, -(-h // _LIGHT_DOWN))
-    xs, ys = _grid(lw, lh)
-    fx, fy = w / lw, h / lh
+    xs, ys = (np.arange(lw) + 0.5)[None, :], (np.arange(lh) + 0.5)[:, None]
     cr, sr = math.cos(view.roll), math.sin(view.roll)
-    dx = (xs * fx - centre[0]) / unit
-    dy = (ys * fy - centre[1]) / unit
-    u = (cr * dx + sr * dy) / app.face_w
+    # Pixel offsets from the head centre, in face units: a row and a column, broadcast.
+    dx = (xs * (w / lw) - centre[0]) / unit
+    dy = (ys * (h / lh) - centre[1]) / unit
+    u = (cr / app.face_w) * dx + (sr / app.face_w) * dy
     v = -sr * dx + cr * dy
-    v = v / np.where(v < 0, app.face_top + 0.1, app.chin)
+    v /= np.where(v < 0, app.face_top + 0.1, app.chin)
     r2 = u * u + v * v
     nz = np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))
+    # Lambert: the ellipsoid normal (u, v, nz), turned by yaw then pitch, dotted with the
+    # light (turned by the roll); the same as the normal dotted with the light turned back.
     cy_, sy_ = math.cos(view.yaw), math.sin(view.yaw)
     cp, sp = math.cos(view.pitch), math.sin(view.pitch)
-    nx = u * cy_ + nz * sy_
-    nz2 = -u * sy_ + nz * cy_
-    ny = v * cp + nz2 * sp
-    nz3 = -v * sp + nz2 * cp
     lx = cr * light[0] + sr * light[1]
     ly = -sr * light[0] + cr * light[1]
-    lam = np.clip(nx * lx + ny * ly + nz3 * light[2], 0.0, 1.0)
+    lz = light[2]
+    back = sp * ly + cp * lz
+    lam = u * (cy_ * lx - sy_ * back)
+    lam += v * (cp * ly - sp * lz)
+    lam += nz * (sy_ * lx + cy_ * back)
+    np.clip(lam, 0.0, 1.0, out=lam)
     amb = view.ambient
-    face = (amb + (1.0 - amb) * lam) / (amb + (1.0 - amb) * light[2])
+    norm = amb + (1.0 - amb) * lz
+    face = amb / norm + ((1.0 - amb) / norm) * lam
     inside = np.clip((1.1 - np.sqrt(r2)) / 0.2, 0.0, 1.0)
     ca, sa = math.cos(view.light_azimuth), math.sin(view.light_azimuth)
-    grad = 1.0 + 0.3 * view.light_side * ((xs / lw - 0.5) * ca + (ys / lh - 0.5) * sa)
-    small = (level * (inside * face + (1.0 - inside) * grad) ** _GAMMA).astype(np.float32)
-    return np.asarray(Image.fromarray(small, "F").resize((w, h), Image.Resampling.BILINEAR))
+    k = 0.3 * view.light_side
+    grad = (1.0 + k * ca * (xs / lw - 0.5)) + k * sa * (ys / lh - 0.5)
+    small = grad + inside * (face - grad)
+    small **= _GAMMA
+    small *= level
+    return small.astype(np.float32)
+
+
+def _blur3(planes: np.ndarray, radius: float) -> None:
+    """Box blur of a radius below one pixel, in place on ``(c, h, w)`` planes.
+
+    Each pixel becomes ``(p + radius * (left + right)) / (1 + 2 radius)``, rows then columns;
+    beyond the border the edge pixel repeats (as in Pillow's ``BoxBlur``).
+    """
+    side = _SCRATCH.get("blur", planes.shape)
+    for axis in (2, 1):
+        a = np.moveaxis(planes, axis, 0)
+        b = np.moveaxis(side, axis, 0)
+        np.add(a[:-2], a[2:], out=b[1:-1])
+        np.add(a[0], a[1], out=b[0])
+        np.add(a[-2], a[-1], out=b[-1])
+        b *= np.float32(radius)
+        planes += side
+        planes *= np.float32(1.0 / (1.0 + 2.0 * radius))
 
 
 def finish(
@@ -1134,54 +1740,116 @@ def finish(
     view: View,
     rng: np.random.Generator,
 ) -> Image.Image:
-    """Blur, then light (``shade``), tint, group contrast and sensor noise, then JPEG."""
-    if view.blur > 0.0:
+    """Light and tint, lens blur, group contrast and sensor noise, then JPEG.
+
+    ``shade`` is the coarse brightness field from :func:`_lighting` (None: tint only). The
+    arithmetic runs on colour planes, so the field multiplies without being repeated per
+    channel. The blur is one pass of a box of ``view.blur`` pixels' radius, as Pillow's
+    ``BoxBlur`` (a third of the cost of a Gaussian); Pillow does the rare radii of a pixel and
+    more, before the light.
+    """
+    if view.blur >= 1.0:
         # One box pass: about a third of the cost of Pillow's Gaussian (three box passes).
         img = img.filter(ImageFilter.BoxBlur(view.blur))
-    a = np.array(img, dtype=np.float32)
-    if shade is not None:
-        a *= shade[:, :, None]
-    if view.tint != (1.0, 1.0, 1.0):
-        a *= np.asarray(view.tint, dtype=np.float32)
+    w, h = img.size
+    planes = np.asarray(img).transpose(2, 0, 1)
+    lit = _SCRATCH.get("lit", (3, h, w))
+    tint = np.asarray(view.tint, dtype=np.float32)[:, None, None]
+    if shade is None:
+        np.multiply(planes, tint, out=lit)
+    else:
+        np.multiply(planes, _upsample(shade, (w, h)), out=lit)
+        lit *= tint
+    if 0.0 < view.blur < 1.0:
+        _blur3(lit, view.blur)
+    offset = 0.5  # rounds on the cast to uint8
     if view.contrast != 1.0:
-        m = float(a.mean())
-        a -= np.float32(m)
-        a *= np.float32(view.contrast)
-        a += np.float32(m * min(1.0, view.contrast) ** 0.6)
+        m = float(lit.mean())
+        lit *= np.float32(view.contrast)
+        offset += m * (min(1.0, view.contrast) ** 0.6 - view.contrast)
     if view.noise > 0.0:
         bank = _noise_bank()
-        h, w = a.shape[:2]
-        if h <= bank.shape[0] and w <= bank.shape[1]:
-            oy = int(rng.integers(0, bank.shape[0] - h + 1))
-            ox = int(rng.integers(0, bank.shape[1] - w + 1))
-            noise = bank[oy : oy + h, ox : ox + w]
+        if h <= bank.shape[1] and w <= bank.shape[2]:
+            oy = int(rng.integers(0, bank.shape[1] - h + 1))
+            ox = int(rng.integers(0, bank.shape[2] - w + 1))
+            noise = bank[:, oy : oy + h, ox : ox + w]
         else:
-            noise = rng.standard_normal(a.shape, dtype=np.float32)
-        a += noise * np.float32(view.noise)
-    a += np.float32(0.5)
-    np.clip(a, 0.0, 255.0, out=a)
-    out = Image.fromarray(a.astype(np.uint8))
+            noise = rng.standard_normal((3, h, w), dtype=np.float32)
+        scaled = _SCRATCH.get("tmp", (3, h, w))
+        np.multiply(noise, np.float32(view.noise), out=scaled)
+        lit += scaled
+    lit += np.float32(offset)
+    np.clip(lit, 0.0, 255.0, out=lit)
+    u8 = lit.astype(np.uint8)
+    out = Image.merge("RGB", [Image.fromarray(u8[c]) for c in range(3)])
     if view.jpeg_quality < 100:
         buf = io.BytesIO()
         out.save(buf, format="JPEG", quality=int(view.jpeg_quality))
-        buf.seek(0)
-        with Image.open(buf) as dec:
-            out = dec.convert("RGB")
+        # Decode straight from the bytes: Image.open's format sniffing costs more than
+        # decoding a 160 px frame.
+        out = Image.frombytes("RGB", out.size, buf.getvalue(), "jpeg", "RGB", "")
     return out
 
 
-def _landmarks_2d(app: Appearance, view: View) -> np.ndarray:
-    """The 5 landmarks on the face plane: eye centres, nose tip, mouth corners."""
-    _, mid_up, _, _ = _mouth_shape(app, view)
-    ny = app.eye_y + app.nose_y
-    return np.array(
-        [
-            [-app.eye_sep, app.eye_y],
-            [app.eye_sep, app.eye_y],
-            [0.0, ny - 0.02],
-            [mid_up[0, 0], mid_up[0, 1]],
-            [mid_up[-1, 0], mid_up[-1, 1]],
-        ]
+class _Kit(NamedTuple):
+    """Everything about drawing one identity that no photograph changes."""
+
+    app: Appearance
+    outline: np.ndarray  # the face outline (face units)
+    box_outline: np.ndarray  # its part from the forehead down, for the face box
+    face: _Layer  # ears, face and its soft shadows
+    cheeks: tuple[np.ndarray, ...]
+    skin: _Layer  # moles, freckles, beard, age lines
+    folds: tuple[np.ndarray, ...]
+    body: tuple[np.ndarray, ...]
+    eyes: _Shape
+    brows: _Shape
+    bridges: tuple[np.ndarray, ...]
+    nose: _Layer  # nostrils and tip
+    mouth: _Shape  # also the moustache and the 5 landmarks
+    hair_back: _Shape | None
+    hair: _HairKit | None  # None when bald
+    bald: tuple[np.ndarray, ...]
+    glints: tuple[np.ndarray, ...]
+
+
+@lru_cache(maxsize=256)
+def _kit(app: Appearance) -> _Kit:
+    """Prepare the drawing of an identity (cached: each is photographed several times)."""
+    outline = _outline(app)
+    outline.flags.writeable = False
+    face = _Recorder()
+    _draw_ears(face, app)
+    face.poly(outline, app.skin, mode=SIL, sil=True)
+    _face_shading(face, app)
+    skin = _Recorder()
+    for x, y, r in app.moles:
+        skin.dots(np.array([[x, y]]), r, _shade(app.skin, 0.45), 200)
+    if app.freckles:
+        skin.dots(np.asarray(app.freckles), 0.012, _shade(app.skin, 0.7), 110)
+    _draw_beard(skin, app, outline)
+    _draw_age(skin, app)
+    nose = _Recorder()
+    _draw_nose_tip(nose, app)
+    has_back = app.hair_style in ("curly", "bun", "bob", "long")
+    return _Kit(
+        app=app,
+        outline=outline,
+        box_outline=outline[outline[:, 1] >= app.eye_y - 0.7],
+        face=face.freeze(),
+        cheeks=_cheeks(app),
+        skin=skin.freeze(),
+        folds=_folds(app),
+        body=_body_parts(app),
+        eyes=_shape(lambda eh: _eyes(app, eh), 1),
+        brows=_shape(lambda lift, drop: _brows(app, lift, drop), 2),
+        bridges=_bridges(app),
+        nose=nose.freeze(),
+        mouth=_shape(lambda w, dy, curve, opening: _mouth(app, w, dy, curve, opening), 4),
+        hair_back=_shape(lambda vs, vt: _hair_back(app, vs, vt), 2) if has_back else None,
+        hair=_hair_kit(app) if app.hair_style != "bald" else None,
+        bald=_bald_patches(app),
+        glints=_glints(app),
     )
 
 
@@ -1223,50 +1891,54 @@ def render(
         (0.7 face units above the eyes) to the chin and cheek to cheek, and the optional mask.
     """
     app = identity.appearance
-    c = size * SS
     height = round(size * tall)
-    canvas = Image.new("RGB", (c, height * SS), (128, 128, 128))
     if background:
-        draw_background(canvas, view.clutter, rng)
+        canvas = _wall((size, height), rng)
+        _draw_clutter(canvas, view.clutter, rng)
+    else:
+        canvas = Image.new("RGB", (size, height), (128, 128, 128))
     mask = Image.new("L", canvas.size, 0) if with_mask else None
-    unit = 0.235 * c * view.scale
-    centre = (c * (0.5 + view.shift[0]), c * (0.52 + view.shift[1]))
+    unit = 0.235 * size * view.scale
+    centre = (size * (0.5 + view.shift[0]), size * (0.52 + view.shift[1]))
     p = _Painter(app=app, view=view, centre=centre, unit=unit)
+    if with_mask:  # a cut-out for a scene: supersample everything, for smooth edges
+        p.detail(whole=True)
     light = light_vector(view)
-    outline = _outline(app)
+    kit = _kit(app)
+    vside, vtop = _hair_volume(app, view)
 
-    _draw_hair_back(p, app, view)
-    _draw_body(p, app, view)
-    _draw_ears(p, app)
-    p.poly(outline, app.skin, mode=SIL, sil=True)
-    _face_shading(p, app)
+    _draw_hair_back(p, kit, vside, vtop)
+    _draw_body(p, kit, view)
+    p.replay(kit.face)
     if app.blush > 0.0:
-        k = 1.6 if view.makeup else 1.0
-        for s in (-1.0, 1.0):
-            cheek = _ellipse(s * (app.eye_sep + 0.05), app.eye_y + app.nose_y * 0.75, 0.2, 0.13, 14)
-            p.poly(cheek, (205.0, 95.0, 95.0), 170 * app.blush * k)
-    for x, y, r in app.moles:
-        p.dots(np.array([[x, y]]), r, _shade(app.skin, 0.45), 200)
-    if app.freckles:
-        p.dots(np.asarray(app.freckles), 0.012, _shade(app.skin, 0.7), 110)
-    _draw_beard(p, app, outline)
-    _draw_age(p, app, view)
-    _draw_eyes(p, app, view, light)
-    _draw_brows(p, app, view)
-    _draw_nose(p, app, light)
-    _draw_mouth(p, app, view)
-    _draw_moustache(p, app, view, outline)
-    _draw_front_hair(p, app, view)
+        blush = 170 * app.blush * (1.6 if view.makeup else 1.0)
+        for cheek in kit.cheeks:
+            p.poly(cheek, (205.0, 95.0, 95.0), blush)
+    if not with_mask:
+        p.detail()
+    p.replay(kit.skin)
+    # Nasolabial folds deepen with age and with a smile.
+    smile = view.expression_amount if view.expression == "smile" else 0.0
+    for fold in kit.folds:
+        p.line(fold, _shade(app.skin, 0.55), 35 + 90 * app.wrinkles + 60 * smile, 0.018, dz=0.01)
+    features = p.count
+    _draw_eyes(p, kit, view, light)
+    _draw_brows(p, kit, view)
+    _draw_nose(p, kit, light)
+    lm_rows = _draw_mouth(p, kit, view)
+    p.cover((features, p.count))
+    _draw_front_hair(p, kit, vside, vtop)
     if view.glasses and view.occluder != "sunglasses":
-        _draw_glasses(p, app, light)
+        p.replay(_glasses(app))
+        for glint in kit.glints:
+            p.line(glint, (255.0, 255.0, 255.0), 60 + 60 * abs(float(light[0])), 0.012, dz=0.13)
     if view.occluder != "none":
         _draw_occluder(p, app, view)
-    p.flush(canvas, mask)
+    box_rows = p.mark(kit.box_outline, SIL)
+    xy = p.flush(canvas, mask)
 
-    lm_dz = np.array([0.0, 0.0, 0.95 * app.nose_proj, 0.03, 0.03])
-    lm = p.to_pixels(_landmarks_2d(app, view), SURF, lm_dz) / SS
-    face_part = outline[outline[:, 1] >= app.eye_y - 0.7]
-    sil = p.to_pixels(face_part, SIL) / SS
+    lm = xy[lm_rows]
+    sil = xy[box_rows]
     box = (
         float(sil[:, 0].min()),
         float(sil[:, 1].min()),
@@ -1274,7 +1946,6 @@ def render(
         float(sil[:, 1].max()),
     )
 
-    small = canvas.reduce(SS)
     # Cameras meter the scene: part of the skin's lightness is exposed away, so neither dark
     # nor light skin ends up far from mid-grey unless the light (or a planted knob) says so.
     lum = 0.3 * app.skin[0] + 0.59 * app.skin[1] + 0.11 * app.skin[2]
@@ -1283,15 +1954,15 @@ def render(
         (size, height),
         app=app,
         view=view,
-        centre=(centre[0] / SS, centre[1] / SS),
-        unit=unit / SS,
+        centre=centre,
+        unit=unit,
         light=light,
         level=view.light_level * exposure,
     )
-    out = finish(small, shade, view, rng)
+    out = finish(canvas, shade, view, rng)
     return Rendered(
         image=out,
         landmarks=lm.astype(np.float64),
         box=box,
-        mask=mask.reduce(SS) if mask is not None else None,
+        mask=mask,
     )
