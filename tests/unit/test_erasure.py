@@ -313,6 +313,35 @@ def test_dvc_cache_remote_and_site_cache_are_purged_by_hash_keeping_shared_objec
     assert report.ok, report.findings
 
 
+@pytest.mark.pipeline
+def test_in_process_dvc_add_records_what_the_dvc_command_records(tiny_project, tmp_path):
+    """The erasure updates data/raw.dvc from that file alone: same .dir md5, cache and status
+    as `dvc add data/raw` in a copy of the project."""
+    import shutil
+
+    from visage_ml.dvcops import tracked_md5
+    from visage_ml.privacy import dvc_purge
+
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    before = tracked_md5(root, root / "data" / "raw")
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, symlinks=True)
+    for r in (root, copy):
+        # The same change in both: a subject leaves data/raw and a table is rewritten.
+        shutil.rmtree(r / "data" / "raw" / proj.pids[0])
+        table = r / "data" / "raw" / "images.parquet"
+        images = pd.read_parquet(table)
+        images[images["pid"] != proj.pids[0]].to_parquet(table, index=False)
+    md5 = dvc_purge.add(root, root / "data" / "raw")
+    assert _dvc(copy, "add", "data/raw").returncode == 0
+    assert md5 == tracked_md5(copy, copy / "data" / "raw") != before
+    assert (root / "data" / "raw.dvc").read_text() == (copy / "data" / "raw.dvc").read_text()
+    assert set(_objects(root / ".dvc" / "cache")) == set(_objects(copy / ".dvc" / "cache"))
+    status = _dvc(root, "status", "data/raw.dvc")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+
+
 def test_http_erasure_stops_matching_at_once_and_auditors_fetch_the_certificate(proj):
     from fastapi.testclient import TestClient
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from visage_ml.cli import app
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
-from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.core import NewSubject, PrivacyCore
 from visage_ml.privacy.keys import KeyDestroyedError, MasterKeyError
 from visage_ml.privacy.vault import IdentityVault
 
@@ -157,3 +157,32 @@ def test_snapshot_patch_is_byte_identical_to_a_full_rebuild(project):
     snapshot_frame(core.registry).to_parquet(full, index=False, engine="pyarrow")
     assert patched == full.read_bytes()
     assert write_snapshot(core.registry, path) is False  # nothing changed: nothing written
+
+
+def test_snapshot_patches_in_place_and_after_new_or_gone_subjects_match_a_full_rebuild(project):
+    from visage_ml.privacy.snapshot import snapshot_frame, write_snapshot
+
+    core = PrivacyCore(ProjectPaths(project))
+    pids = core.add_subjects([NewSubject() for _ in range(20)], source="manual")
+    core.give_consents(pids, receipt())
+    path = project / "data" / "registry" / "consents.parquet"
+    full = project / "full.parquet"
+
+    def check() -> None:
+        snapshot_frame(core.registry).to_parquet(full, index=False, engine="pyarrow")
+        assert path.read_bytes() == full.read_bytes()
+
+    check()
+    # Same subjects, some states changed: rows rewritten where they are.
+    core.withdraw_consent(pids[3], ["training"])
+    core.restrict(pids[11])
+    check()
+    # New subjects between existing pids.
+    core.add_subjects([NewSubject() for _ in range(5)], source="manual")
+    check()
+    # A snapshot naming a subject the registry does not know (another project's file).
+    foreign = pd.read_parquet(path)
+    extra = foreign.iloc[:3].assign(pid="p" + "0" * 16)
+    pd.concat([extra, foreign], ignore_index=True).to_parquet(path, index=False)
+    assert write_snapshot(core.registry, path) is True
+    check()

@@ -92,6 +92,26 @@ def test_existing_files_are_hard_linked_not_rewritten(store):
     assert (store.paths.raw / PID_A / f"{a1}.png").stat().st_ino == inode
 
 
+def test_links_folders_and_modes_survive_a_transaction(store, tmp_path):
+    """What else sits in data/raw (a DVC cache link, a linked folder, a private folder) is
+    mirrored as it is."""
+    commit_one(store, PID_A, b"first")
+    raw = store.paths.raw
+    (tmp_path / "notes.txt").write_text("n")
+    (tmp_path / "extra").mkdir()
+    os.symlink(tmp_path / "notes.txt", raw / "notes.txt")
+    os.symlink(tmp_path / "extra", raw / "extra")
+    (raw / "private" / "deep").mkdir(parents=True)
+    (raw / "private" / "deep" / "f.bin").write_bytes(b"x")
+    os.chmod(raw / "private", 0o700)
+    commit_one(store, PID_B, b"second")
+    assert os.readlink(raw / "notes.txt") == str(tmp_path / "notes.txt")
+    assert os.readlink(raw / "extra") == str(tmp_path / "extra")
+    assert (raw / "private" / "deep" / "f.bin").read_bytes() == b"x"
+    assert (raw / "private").stat().st_mode & 0o777 == 0o700
+    assert int(read_subjects(raw)["n_images"].sum()) == 2
+
+
 def test_copies_when_the_file_system_refuses_hard_links(store, monkeypatch):
     a1 = commit_one(store, PID_A, b"first")
 

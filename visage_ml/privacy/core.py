@@ -274,6 +274,5 @@ class PrivacyCore:
             st = self.paths.consents.stat()
         except FileNotFoundError:
             return None
-        states = registry.states()
-        last = max((s.last_seq for s in states.values()), default=-1)
-        return (len(states), last, st.st_mtime_ns, st.st_size)
+        # changed_seq is the largest last_seq of any subject.
+        return (len(registry), registry.changed_seq, st.st_mtime_ns, st.st_size)

@@ -34,7 +34,7 @@ import logging
 import os
 import sqlite3
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,9 @@ class DvcSetup:
     stores: list[ObjectStore] = field(default_factory=list)
     site_cache_dir: Path | None = None
     remote_urls: dict[str, str] = field(default_factory=dict)
+    # DVC's .dvcignore test for folders (None: nothing ignored): DVC reads no .dvc file in an
+    # ignored folder, so none of them references an object.
+    is_ignored_dir: Callable[[str], bool] | None = None
 
 
 def is_dvc_repo(root: Path) -> bool:
@@ -158,6 +161,7 @@ def open_setup(root: Path) -> DvcSetup:
     setup = DvcSetup(root)
     with Repo(str(root)) as repo:
         setup.site_cache_dir = Path(repo.site_cache_dir)
+        setup.is_ignored_dir = repo.dvcignore.is_ignored_dir
         cache_layouts = (("cache", repo.cache.local), ("cache(legacy)", repo.cache.legacy))
         seen: set[str] = set()
         for name, odb in cache_layouts:
@@ -188,7 +192,10 @@ def add(root: Path, target: Path) -> str | None:
     """``dvc add`` ``target`` in this process (DVC's Python API); return its new md5.
 
     Same effect as :func:`visage_ml.dvcops.track`, without starting another interpreter: the
-    erasure has DVC imported already for the purge.
+    erasure has DVC imported already for the purge. A folder that ``<target>.dvc`` tracks
+    already is updated from that file alone: ``dvc add`` would first load every stage of the
+    project (``dvc.yaml``, ``dvc.lock``, each ``.dvc`` file) to find the one that owns the path,
+    which is this one, and then do the same (hash, cache, relink, rewrite the ``.dvc`` file).
     """
     from visage_ml.dvcops import tracked_md5
 
@@ -196,14 +203,28 @@ def add(root: Path, target: Path) -> str | None:
     if not is_dvc_repo(root):
         return None
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    from dvc.repo import Repo
+    from dvc.dvcfile import load_file
+    from dvc.repo import Repo, lock_repo
 
+    target = Path(target).resolve()
+    dvcfile = Path(f"{target}.dvc")
     with Repo(str(root)) as repo, warnings.catch_warnings():
         # DVC 3.67's own DeprecationWarnings (its trie API), not actionable here.
         warnings.simplefilter("ignore", DeprecationWarning)
         repo.scm_context.quiet = True  # no "git add" hint on stdout (JSON output, servers)
-        repo.add(str(Path(target).resolve()))
-    return tracked_md5(root, Path(target))
+        stage = load_file(repo, str(dvcfile)).stage if dvcfile.is_file() else None
+        if (
+            stage is None
+            or not stage.is_data_source
+            or len(stage.outs) != 1
+            or Path(stage.outs[0].fs_path).resolve() != target
+        ):
+            repo.add(str(target))
+        else:
+            with lock_repo(repo), repo.scm_context:
+                stage.add_outs()
+                stage.dump()
+    return tracked_md5(root, target)
 
 
 def _is_local(odb: Any) -> bool:
@@ -234,13 +255,23 @@ def _outs_md5s(doc: Any) -> Iterator[str]:
                 yield out["md5"]
 
 
-def workspace_files(root: Path) -> list[Path]:
-    """The ``.dvc`` files and ``dvc.lock`` files of the workspace (not under .dvc, .git)."""
+def workspace_files(
+    root: Path, *, is_ignored_dir: Callable[[str], bool] | None = None
+) -> list[Path]:
+    """The ``.dvc`` files and ``dvc.lock`` files of the workspace (not under .dvc, .git).
+
+    ``is_ignored_dir`` (DVC's ``.dvcignore`` test) skips the folders DVC never reads, such as a
+    gallery of 100k templates.
+    """
     out: list[Path] = []
     skip = {".git", ".dvc", ".venv", "node_modules", "__pycache__"}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [
-            d for d in dirnames if d not in skip and not os.path.islink(os.path.join(dirpath, d))
+            d
+            for d in dirnames
+            if d not in skip
+            and not os.path.islink(os.path.join(dirpath, d))
+            and not (is_ignored_dir and is_ignored_dir(os.path.join(dirpath, d)))
         ]
         for name in filenames:
             if name.endswith(".dvc") or name == "dvc.lock":
@@ -271,7 +302,7 @@ def read_object(stores: Iterable[ObjectStore], oid: str) -> bytes | None:
 def current_references(setup: DvcSetup) -> set[str]:
     """Object ids the workspace references: outs of .dvc files and dvc.lock, and their entries."""
     refs: set[str] = set()
-    for f in workspace_files(setup.root):
+    for f in workspace_files(setup.root, is_ignored_dir=setup.is_ignored_dir):
         try:
             doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError, OSError):
@@ -367,11 +398,12 @@ def find_subject_objects(
                 if str(e.get("relpath", "")).endswith(".parquet") and e.get("md5")
             )
     # Parquet objects no manifest names any more (an earlier purge removed it): found by magic.
+    # Objects the workspace references are kept whatever they hold, so they are not opened.
     for store in setup.stores:
         if store.local_path is None:
             continue
         for oid in store.oids():
-            if oid.endswith(".dir") or oid in tables:
+            if oid.endswith(".dir") or oid in tables or oid in keep:
                 continue
             with contextlib.suppress(OSError), open(store.oid_path(oid), "rb") as fh:
                 if fh.read(4) == PARQUET_MAGIC:

@@ -38,6 +38,8 @@ from visage_ml.privacy.keys import check_pid, load_or_create_signing_key, load_p
 log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+# An append of at least this many entries refreshes the leaf-hash cache (see leaf_hashes).
+LEAF_CACHE_BATCH = 1000
 
 EVENT_TYPES: frozenset[str] = frozenset(
     {
@@ -348,6 +350,12 @@ class Ledger:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        if len(out) >= LEAF_CACHE_BATCH:
+            # A bulk append (an import, a batch of consents) brings the leaf-hash cache up to
+            # date while the lines are fresh, so that the next tree head or erasure certificate
+            # hashes only what was appended after it, not the whole ledger.
+            with contextlib.suppress(OSError, LedgerError):
+                self.leaf_hashes()
         return out
 
     def _make(
@@ -408,7 +416,7 @@ class Ledger:
         for end, line in self.iter_lines(start_offset=offset):
             hashes.append(merkle.leaf_hash(line))
             offset, fresh = end, fresh + 1
-        if fresh > 1000:
+        if fresh >= LEAF_CACHE_BATCH:
             with contextlib.suppress(OSError):
                 atomic_write_bytes(
                     self._leaves_path, offset.to_bytes(8, "big") + b"".join(hashes), mode=0o600

@@ -3,11 +3,35 @@
 The pipeline and serving ask one question, :meth:`Registry.may_process`, and never a flag stored
 anywhere else. The fold is incremental: :meth:`Registry.refresh` reads only the ledger lines
 appended since the last call.
+
+A cold registry starts from the fold cache ``<ledger>.fold`` when it matches the ledger, and
+folds only the lines appended after it. The cache is derived data, like the ledger's
+``.leaves``: the states of the first ``offset`` bytes of the ledger (pids and consent states
+only, nothing the ledger does not hold), with the SHA-256 of the last line they cover. It is
+used only when
+
+- it was written by this fold code (a fingerprint of this module's source, so that a changed
+  fold never reads states an older one computed),
+- its body still hashes to the digest in its header (a damaged cache is ignored), and
+- the ledger line that ends at ``offset`` still hashes to that digest. Every line commits to the
+  one before it (``prev_hash``), so this line commits to the whole prefix: a truncated,
+  replaced or rewritten ledger does not match, and the registry folds the ledger from the
+  start. (An edit before that line that leaves it in place breaks the hash chain, which
+  ``visage privacy verify-ledger`` reports; finding it here would mean reading the whole file.)
+
+Like the ledger itself, whose signatures the fold does not check either, the cache is trusted
+as a file of the project's ``privacy/`` folder. Cached states are unpacked when first asked
+for, so a cold process that needs a few subjects (an erasure, one rights request) does not
+build 100k objects.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import hashlib
+import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +40,9 @@ from typing import Any
 import orjson
 
 from visage_ml.config import PURPOSES
+from visage_ml.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 # Reason codes of a Decision (stable strings: the snapshot and the API expose them).
 ALLOWED = "allowed"
@@ -119,27 +146,30 @@ class SubjectState:
         }
 
 
-def _apply(states: dict[str, SubjectState], seq: int, type_: str, pid: Any, payload: Any) -> None:
-    """Fold one event into ``states``. Unknown subjects and irrelevant events are ignored."""
+def _apply(states: dict[str, SubjectState], seq: int, type_: str, pid: Any, payload: Any) -> bool:
+    """Fold one event into ``states``. Unknown subjects and irrelevant events are ignored.
+
+    Returns whether the subject's state (what :attr:`SubjectState.last_seq` tracks) changed.
+    """
     if pid is None:
-        return
+        return False
     if type_ == "subject.added":
         if pid in states:
             # A second registration of a pid must not reset its state: that would lift a
             # restriction or objection, or bring an erased subject back.
-            return
+            return False
         states[pid] = SubjectState(pid=pid, added_seq=seq, source=payload.get("source", ""))
         states[pid].last_seq = seq
-        return
+        return True
     st = states.get(pid)
     if st is None:
-        return
+        return False
     if type_ == "gallery.enrolled":
         st.template_sha256 = payload.get("template_sha256")
-        return
+        return False
     if type_ == "gallery.removed":
         st.template_sha256 = None
-        return
+        return False
     if type_ == "consent.given" or type_ == "basis.recorded":
         receipt = payload.get("receipt") or {}
         basis = tuple(receipt.get("legal_basis") or payload.get("legal_basis") or ())
@@ -167,8 +197,9 @@ def _apply(states: dict[str, SubjectState], seq: int, type_: str, pid: Any, payl
     elif type_ == "request.denied" and payload.get("right") == "erasure":
         st.erasure_pending = False
     else:
-        return
+        return False
     st.last_seq = seq
+    return True
 
 
 def fold(events: Iterable[tuple[int, str, Any, Any]]) -> dict[str, SubjectState]:
@@ -179,14 +210,156 @@ def fold(events: Iterable[tuple[int, str, Any, Any]]) -> dict[str, SubjectState]
     return states
 
 
-class Registry:
-    """Incrementally folded view of the ledger at ``ledger_path``."""
+# ---------------------------------------------------------------------------------------------
+# The fold cache
+# ---------------------------------------------------------------------------------------------
 
-    def __init__(self, ledger_path: Path) -> None:
+CACHE_FORMAT = "visage-registry-fold/1"
+CACHE_SUFFIX = ".fold"
+# A refresh that folded at least this many lines (a cold start, a bulk import) writes the cache;
+# the small refreshes of a running server do not.
+CACHE_EVERY = 10_000
+
+
+class _Tables:
+    """Strings (sources, purposes) and legal-basis tuples of packed states, by index; grow only."""
+
+    def __init__(self, strings: Iterable[str] = (), bases: Iterable[Iterable[str]] = ()) -> None:
+        self.strings: list[str] = list(strings)
+        self.bases: list[tuple[str, ...]] = [tuple(b) for b in bases]
+        self._strings = {s: i for i, s in enumerate(self.strings)}
+        self._bases = {b: i for i, b in enumerate(self.bases)}
+
+    def string(self, value: str) -> int:
+        i = self._strings.get(value)
+        if i is None:
+            i = self._strings[value] = len(self.strings)
+            self.strings.append(value)
+        return i
+
+    def basis(self, value: tuple[str, ...]) -> int:
+        i = self._bases.get(value)
+        if i is None:
+            i = self._bases[value] = len(self.bases)
+            self.bases.append(value)
+        return i
+
+
+def _pack(st: SubjectState, t: _Tables) -> list[Any]:
+    """One subject as a cache row: ``[pid, added_seq, last_seq, source, flags, objected,
+    template_sha256, permissions]``, strings and bases as indexes into ``t``."""
+    perms: list[Any] = []
+    for purpose, p in st.permissions.items():
+        pflags = p.granted | p.withdrawn << 1
+        perms += (t.string(purpose), pflags, t.basis(p.basis), p.seq, p.receipt_hash)
+    flags = st.restricted | st.erasure_pending << 1 | st.erased << 2
+    objected = [t.string(o) for o in sorted(st.objected)]
+    source = t.string(st.source)
+    return [st.pid, st.added_seq, st.last_seq, source, flags, objected, st.template_sha256, perms]
+
+
+def _unpack(row: list[Any], t: _Tables) -> SubjectState:
+    """The :class:`SubjectState` of a row made by :func:`_pack`."""
+    pid, added_seq, last_seq, source, flags, objected, template_sha256, perms = row
+    strings, bases = t.strings, t.bases
+    permissions = {}
+    for i in range(0, len(perms), 5):
+        pflags = perms[i + 1]
+        permissions[strings[perms[i]]] = Permission(
+            bool(pflags & 1), bases[perms[i + 2]], perms[i + 3], perms[i + 4], bool(pflags & 2)
+        )
+    return SubjectState(
+        pid,
+        added_seq,
+        strings[source],
+        permissions,
+        bool(flags & 1),
+        {strings[o] for o in objected},
+        bool(flags & 2),
+        bool(flags & 4),
+        last_seq,
+        template_sha256,
+    )
+
+
+@functools.cache
+def fold_fingerprint() -> str | None:
+    """SHA-256 of this module's source and the purposes (None when the source cannot be read).
+
+    Any change to the fold or to the cache rows changes it, and a cache written by other code
+    is never read.
+    """
+    try:
+        source = Path(__file__).read_bytes()
+    except OSError:
+        return None
+    h = hashlib.sha256(CACHE_FORMAT.encode("utf-8"))
+    h.update(source)
+    h.update(repr(tuple(PURPOSES)).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _line_ending_at(path: Path, offset: int) -> bytes | None:
+    """The ledger line whose newline is byte ``offset - 1`` (None when that is no newline)."""
+    with open(path, "rb") as fh:
+        fd = fh.fileno()
+        end = offset - 1
+        if end < 0 or os.pread(fd, 1, end) != b"\n":
+            return None
+        buf, pos = b"", end
+        while True:
+            start = max(0, pos - (1 << 16))
+            buf = os.pread(fd, pos - start, start) + buf
+            pos = start
+            nl = buf.rfind(b"\n")
+            if nl != -1:
+                return buf[nl + 1 :]
+            if pos == 0:
+                return buf
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------
+
+
+class Registry:
+    """Incrementally folded view of the ledger at ``ledger_path``.
+
+    Parameters
+    ----------
+    ledger_path
+        The ledger.
+    cache
+        Start a cold registry from the fold cache ``<ledger>.fold`` when it matches the ledger,
+        and write it after a large refresh (see the module docstring).
+    cache_every
+        How many lines one refresh must fold before it writes the cache.
+    """
+
+    def __init__(
+        self, ledger_path: Path, *, cache: bool = True, cache_every: int = CACHE_EVERY
+    ) -> None:
         self.ledger_path = Path(ledger_path)
-        self._states: dict[str, SubjectState] = {}
+        self.cache = cache
+        self.cache_every = cache_every
+        # Values are SubjectStates, or rows of the fold cache not unpacked yet (lists).
+        self._states: dict[str, Any] = {}
+        self._packed = 0
+        self._tables = _Tables()
         self._offset = 0
         self.as_of_seq = -1
+        # The seq of the last event that changed a subject's state: the largest last_seq.
+        self.changed_seq = -1
+
+    @property
+    def cache_path(self) -> Path:
+        """Where the fold cache is kept."""
+        return self.ledger_path.with_name(self.ledger_path.name + CACHE_SUFFIX)
+
+    def _reset(self) -> None:
+        self._states, self._packed, self._tables = {}, 0, _Tables()
+        self._offset, self.as_of_seq, self.changed_seq = 0, -1, -1
 
     def refresh(self) -> Registry:
         """Fold entries appended since the last refresh; returns self."""
@@ -196,7 +369,9 @@ class Registry:
         size = path.stat().st_size
         if size < self._offset:
             # The ledger is append-only; a shorter file means it was replaced: start over.
-            self._states, self._offset, self.as_of_seq = {}, 0, -1
+            self._reset()
+        if self._offset == 0 and self.cache and size:
+            self._load_cache(size)
         if size == self._offset:
             return self
         with open(path, "rb") as fh:
@@ -205,31 +380,143 @@ class Registry:
         end = data.rfind(b"\n")
         if end == -1:
             return self
+        lines = data[: end + 1].splitlines()
+        last_line = data[data.rfind(b"\n", 0, end) + 1 : end]
+        del data
         loads = orjson.loads
         states = self._states
-        seq = self.as_of_seq
+        seq, changed = self.as_of_seq, self.changed_seq
         # The fold allocates many small containers; the cyclic GC would rescan them all
         # repeatedly (they hold no cycles), tripling the time of a large fold.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for line in data[: end + 1].splitlines():
+            for line in lines:
                 obj = loads(line)
                 seq = obj["seq"]
-                _apply(states, seq, obj["type"], obj["pid"], obj["payload"])
+                pid = obj["pid"]
+                if self._packed and states.get(pid).__class__ is list:
+                    self._unpack_one(pid)
+                if _apply(states, seq, obj["type"], pid, obj["payload"]):
+                    changed = seq
         finally:
             if gc_was_enabled:
                 gc.enable()
         self._offset += end + 1
-        self.as_of_seq = seq
+        self.as_of_seq, self.changed_seq = seq, changed
+        if self.cache and len(lines) >= self.cache_every:
+            self._write_cache(last_line)
         return self
+
+    # -- the fold cache ------------------------------------------------------------------------
+    def _write_cache(self, last_line: bytes) -> None:
+        """Store the states as of ``self._offset``, whose last line is ``last_line``."""
+        fingerprint = fold_fingerprint()
+        if fingerprint is None:
+            return
+        t = self._tables
+        try:
+            rows = [v if v.__class__ is list else _pack(v, t) for v in self._states.values()]
+            body = orjson.dumps({"strings": t.strings, "bases": t.bases, "states": rows})
+        except (TypeError, ValueError) as exc:  # a payload value the rows cannot hold
+            log.debug("registry fold cache not written (%s)", type(exc).__name__)
+            return
+        header = {
+            "format": CACHE_FORMAT,
+            "fold": fingerprint,
+            "offset": self._offset,
+            "seq": self.as_of_seq,
+            "changed_seq": self.changed_seq,
+            "subjects": len(rows),
+            "head_sha256": hashlib.sha256(last_line).hexdigest(),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+        try:
+            atomic_write_bytes(self.cache_path, orjson.dumps(header) + b"\n" + body, mode=0o600)
+        except OSError as exc:  # a read-only project: the next cold start folds in full
+            log.debug("registry fold cache not written (%s)", type(exc).__name__)
+
+    def _load_cache(self, size: int) -> bool:
+        """Start from the fold cache when it matches the ledger of ``size`` bytes."""
+        fingerprint = fold_fingerprint()
+        if fingerprint is None:
+            return False
+        try:
+            blob = self.cache_path.read_bytes()
+        except OSError:
+            return False
+        try:
+            head, _, body = blob.partition(b"\n")
+            h = orjson.loads(head)
+            offset = h["offset"]
+            if (
+                h["format"] != CACHE_FORMAT
+                or h["fold"] != fingerprint
+                or not isinstance(offset, int)
+                or not 0 < offset <= size
+                or hashlib.sha256(body).hexdigest() != h["body_sha256"]
+            ):
+                return self._stale("it does not match this fold or is damaged")
+            line = _line_ending_at(self.ledger_path, offset)
+            if line is None or hashlib.sha256(line).hexdigest() != h["head_sha256"]:
+                return self._stale("the ledger no longer holds the line it ends with")
+            # 100k small lists and no cycles: see the note on the GC in refresh.
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                doc = orjson.loads(body)
+                states = {row[0]: row for row in doc["states"]}
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            tables = _Tables(doc["strings"], doc["bases"])
+            if len(states) != h["subjects"]:
+                return self._stale("it is damaged")
+            seq, changed = int(h["seq"]), int(h["changed_seq"])
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return self._stale("it is unreadable")
+        self._states, self._packed, self._tables = states, len(states), tables
+        self._offset, self.as_of_seq, self.changed_seq = offset, seq, changed
+        return True
+
+    def _stale(self, why: str) -> bool:
+        log.info("registry fold cache not used (%s); folding the whole ledger", why)
+        return False
+
+    # -- states --------------------------------------------------------------------------------
+    def _unpack_one(self, pid: str) -> SubjectState:
+        st = self._states[pid] = _unpack(self._states[pid], self._tables)
+        self._packed -= 1
+        return st
+
+    def _get(self, pid: str) -> SubjectState | None:
+        st = self._states.get(pid)
+        if st.__class__ is list:
+            st = self._unpack_one(pid)
+        return st
+
+    def _all(self) -> dict[str, SubjectState]:
+        """Every state, unpacked (in the order a full fold gives)."""
+        if self._packed:
+            states, t = self._states, self._tables
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for pid, v in states.items():
+                    if v.__class__ is list:
+                        states[pid] = _unpack(v, t)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            self._packed = 0
+        return self._states
 
     def may_process(self, pid: str, purpose: str) -> Decision:
         """May ``pid``'s data be processed for ``purpose`` now?"""
         if purpose not in PURPOSES:
             raise ValueError(f"unknown purpose '{purpose}'; purposes are: {', '.join(PURPOSES)}")
         self.refresh()
-        st = self._states.get(pid)
+        st = self._get(pid)
         if st is None:
             return Decision(False, UNKNOWN)
         return st.decision(purpose)
@@ -237,15 +524,20 @@ class Registry:
     def allowed(self, purpose: str) -> set[str]:
         """Every pid currently allowed for ``purpose``."""
         self.refresh()
-        return {pid for pid, st in self._states.items() if st.decision(purpose).allowed}
+        return {pid for pid, st in self._all().items() if st.decision(purpose).allowed}
 
     def get(self, pid: str) -> SubjectState | None:
         self.refresh()
-        return self._states.get(pid)
+        return self._get(pid)
 
     def peek(self, pid: str) -> SubjectState | None:
         """``pid``'s state as of the last refresh, without reading the ledger (bulk loops)."""
-        return self._states.get(pid)
+        return self._get(pid)
+
+    def last_seqs(self) -> dict[str, int]:
+        """Each subject's ``last_seq`` (what the consent snapshot compares), nothing unpacked."""
+        self.refresh()
+        return {pid: v[2] if v.__class__ is list else v.last_seq for pid, v in self._states.items()}
 
     def __contains__(self, pid: object) -> bool:
         self.refresh()
@@ -253,7 +545,7 @@ class Registry:
 
     def __iter__(self) -> Iterator[SubjectState]:
         self.refresh()
-        return iter(list(self._states.values()))
+        return iter(list(self._all().values()))
 
     def __len__(self) -> int:
         self.refresh()
@@ -261,4 +553,4 @@ class Registry:
 
     def states(self) -> Mapping[str, SubjectState]:
         self.refresh()
-        return dict(self._states)
+        return dict(self._all())
