@@ -42,11 +42,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from visage_ml.config import ProjectPaths
+from visage_ml.io import sha256_bytes
 from visage_ml.privacy.ledger import Ledger
 from visage_ml.privacy.registry import ALLOWED, Decision
 from visage_ml.serving import gallery as gallery_mod
@@ -224,11 +226,17 @@ def bench_search(n: int, d: int, n_queries: int, pool: ThreadPoolExecutor) -> di
 
 
 class _AllowAll:
-    """Registry stand-in: every pid may be processed (the fold is not what is measured here)."""
+    """Registry stand-in: every pid may be processed (the fold is not what is measured here),
+    and the ledger vouches for each template written by :func:`build_store` (its SHA-256)."""
 
-    def __init__(self, pids: set[str]) -> None:
-        self._pids = pids
+    def __init__(self, vouched: dict[str, str]) -> None:
+        self._pids = set(vouched)
+        self._vouched = vouched
         self.as_of_seq = -1
+
+    def peek(self, pid: str) -> SimpleNamespace | None:
+        digest = self._vouched.get(pid)
+        return None if digest is None else SimpleNamespace(template_sha256=digest)
 
     def refresh(self) -> _AllowAll:
         return self
@@ -241,12 +249,12 @@ class _AllowAll:
 
 
 class _Core:
-    def __init__(self, paths: ProjectPaths, pids: set[str]) -> None:
+    def __init__(self, paths: ProjectPaths, vouched: dict[str, str]) -> None:
         self.paths = paths
         self.ledger = Ledger(
             paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key
         )
-        self.registry = _AllowAll(pids)
+        self.registry = _AllowAll(vouched)
 
 
 @contextlib.contextmanager
@@ -273,13 +281,15 @@ def unsynced_writes() -> Iterator[None]:
         os.sync()
 
 
-def build_store(root: Path, n: int, d: int) -> tuple[ProjectPaths, list[str]]:
-    """``n`` subjects' keys and encrypted templates under ``root/gallery`` (no ledger events)."""
+def build_store(root: Path, n: int, d: int) -> tuple[ProjectPaths, dict[str, str]]:
+    """``n`` subjects' keys and encrypted templates under ``root/gallery`` (no ledger events);
+    returns each pid's template SHA-256 (what its ``gallery.enrolled`` event would record)."""
     paths = ProjectPaths(root)
     pids = [f"p{i:016x}" for i in range(n)]
-    core = _Core(paths, set(pids))
+    core = _Core(paths, dict.fromkeys(pids, ""))
     g = Gallery.open(paths, model_version="bench", embedding_dim=d, threshold=THRESHOLD, core=core)
     rng = np.random.default_rng(0)
+    vouched: dict[str, str] = {}
     with unsynced_writes():
         for s in range(0, n, 4096):
             chunk = pids[s : s + 4096]
@@ -287,19 +297,20 @@ def build_store(root: Path, n: int, d: int) -> tuple[ProjectPaths, list[str]]:
             m /= np.linalg.norm(m, axis=1, keepdims=True)
             for pid, vec in zip(chunk, m, strict=True):
                 key = g.keys.get(pid, create=True)
-                gallery_mod.atomic_write_bytes(
-                    g.template_path(pid), g._seal(pid, key, vec, 1), mode=0o600
-                )
-    return paths, pids
+                blob = g._seal(pid, key, vec, 1)
+                gallery_mod.atomic_write_bytes(g.template_path(pid), blob, mode=0o600)
+                vouched[pid] = sha256_bytes(blob)
+    return paths, vouched
 
 
 def bench_store(n: int, d: int, erasures: int, n_queries: int, scratch: Path) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"gallery-{n}-", dir=scratch))
     try:
         t = time.perf_counter()
-        paths, pids = build_store(root, n, d)
+        paths, vouched = build_store(root, n, d)
         build_s = time.perf_counter() - t
-        core = _Core(paths, set(pids))
+        pids = list(vouched)
+        core = _Core(paths, vouched)
         t = time.perf_counter()
         g = Gallery.open(
             paths, model_version="bench", embedding_dim=d, threshold=THRESHOLD, core=core
