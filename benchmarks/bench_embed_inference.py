@@ -32,7 +32,8 @@ import onnxruntime
 import torch
 
 from visage_ml.config import ProjectPaths, TrainEmbedderParams, load_params
-from visage_ml.export import git_rev, to_onnx
+from visage_ml.dvcops import git_revision
+from visage_ml.export import to_onnx
 from visage_ml.inference import OnnxModel
 from visage_ml.models.backbones import create_backbone
 from visage_ml.preprocess import PreprocessSpec, to_model_input
@@ -80,7 +81,7 @@ def bench_backbone(
         "visage.backbone": name,
         "visage.model_version": "benchmark-random-init",
         "visage.data_md5": "none",
-        "visage.git_rev": git_rev(REPO),
+        "visage.git_rev": git_revision(REPO),
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.onnx"
