@@ -181,20 +181,13 @@ def gallery_rebuild(
 
 
 def _open_gallery() -> Gallery:
-    from visage_ml.serving.gallery import Gallery, GalleryError, read_meta
+    from visage_ml.serving.gallery import Gallery, GalleryError
 
     paths = project()
-    meta = read_meta(paths.gallery)
-    if meta is None:
+    gallery = Gallery.open_existing(paths)
+    if gallery is None:
         raise GalleryError(f"no gallery at {paths.gallery}; run `visage gallery rebuild`")
-    thr = meta.threshold.get("value", 1.0) if meta.threshold else 1.0
-    return Gallery.open(
-        paths,
-        model_version=meta.model_version,
-        embedding_dim=meta.embedding_dim,
-        threshold=float(thr),
-        create=False,
-    )
+    return gallery
 
 
 @gallery_app.command("list")

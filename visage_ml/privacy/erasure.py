@@ -409,21 +409,9 @@ class Erasure:
         self._record(st, "gallery", "done", done)
 
     def _open_gallery(self) -> Any:
-        from visage_ml.serving.gallery import Gallery, read_meta
+        from visage_ml.serving.gallery import Gallery
 
-        meta = read_meta(self.paths.gallery)
-        if meta is None:
-            return None
-        threshold = float((meta.threshold or {}).get("value", 1.0))
-        return Gallery.open(
-            self.paths,
-            model_version=meta.model_version,
-            embedding_dim=meta.embedding_dim,
-            threshold=threshold,
-            core=self.core,
-            create=False,
-            load=False,
-        )
+        return Gallery.open_existing(self.paths, core=self.core, load=False)
 
     def _vault(self, st: RequestState, previous: list[dict[str, Any]]) -> None:
         root = self.paths.root

@@ -346,15 +346,7 @@ def _templates(paths: ProjectPaths, pid: str, core: PrivacyCore, gallery: Any) -
         return []
     g = gallery
     if g is None:
-        g = Gallery.open(
-            paths,
-            model_version=meta.model_version,
-            embedding_dim=meta.embedding_dim,
-            threshold=float((meta.threshold or {}).get("value", 1.0)),
-            core=core,
-            create=False,
-            load=False,
-        )
+        g = Gallery.open_existing(paths, core=core, load=False)
     try:
         vector, header = g.template(pid)
     except NotEnrolledError:
@@ -785,15 +777,7 @@ def _reenrol(paths: ProjectPaths, pid: str, *, core: PrivacyCore, gallery: Any, 
         return "no_gallery"
     g = gallery
     if g is None:
-        g = Gallery.open(
-            paths,
-            model_version=meta.model_version,
-            embedding_dim=meta.embedding_dim,
-            threshold=float((meta.threshold or {}).get("value", 1.0)),
-            core=core,
-            create=False,
-            load=False,
-        )
+        g = Gallery.open_existing(paths, core=core, load=False)
     if not g.template_path(pid).exists():
         return "not_enrolled"
     if engine is None and (paths.models / "embedder.onnx").is_file():

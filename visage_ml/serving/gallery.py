@@ -582,6 +582,25 @@ class Gallery:
             gallery.reload()
         return gallery
 
+    @classmethod
+    def open_existing(
+        cls, paths: ProjectPaths, *, core: Any = None, load: bool = True
+    ) -> Gallery | None:
+        """Open the gallery of ``paths`` as its ``gallery.json`` describes it (embedder version,
+        size, threshold); None when there is none. Never creates one."""
+        meta = read_meta(paths.gallery)
+        if meta is None:
+            return None
+        return cls.open(
+            paths,
+            model_version=meta.model_version,
+            embedding_dim=meta.embedding_dim,
+            threshold=float((meta.threshold or {}).get("value", 1.0)),
+            core=core,
+            create=False,
+            load=load,
+        )
+
     def write_meta(self) -> None:
         """Write ``gallery.json`` atomically from :attr:`meta`."""
         with self.lock:
