@@ -49,7 +49,7 @@ from visage_ml.config import GROUPS, SynthDifficulty, SynthParams
 from visage_ml.data.synth_identity import Identity, derive_hex, sample_identity
 from visage_ml.data.synth_render import (
     View,
-    draw_background,
+    backdrop,
     effective_difficulty,
     finish,
     render,
@@ -312,8 +312,8 @@ def render_scene(
     """
     w, h = params.scene_size
     lo, hi = params.faces_per_scene
-    scene = Image.new("RGB", (w, h))
-    draw_background(scene, params.difficulty.clutter, rng)
+    wall = backdrop((w, h), params.difficulty.clutter, rng)
+    scene = Image.fromarray((wall.transpose(1, 2, 0) + 0.5).astype(np.uint8))
     n_wanted = int(rng.integers(lo, hi + 1))
     short = min(w, h)
     # Face widths, log-uniform; drawn largest last so nearer people overlap farther ones.

@@ -5,17 +5,15 @@ face outline is the silhouette of an ellipsoid cut to the identity's jaw shape, 
 its surface, the nose tip stands out. A :class:`View` (head rotation, scale and shift, light,
 expression, glasses, occluder, blur, sensor noise, JPEG quality, background clutter) is drawn
 per photograph. All points are lifted to 3-D and projected by a weak-perspective camera in one
-vectorised step and rasterised by Pillow: the background and the large shapes at the output
-size, the eyes, brows, nose and mouth at twice the size and box-filtered down (so they keep
-their anti-aliasing). The image is then lit (Lambert shading of the head ellipsoid plus a
-gradient over the frame), blurred, optionally flattened by the group's contrast knob, noised
-and JPEG-compressed. The true 5 landmarks (eye centres, nose tip, mouth corners; the subject's
-right eye on the image's left, as in :data:`visage_ml.preprocess.TEMPLATE_112`) go through the
-same projection.
+compiled step and rasterised, anti-aliased, in one call (:mod:`visage_ml.data.raster`). The
+image is then lit (Lambert shading of the head ellipsoid plus a gradient over the frame),
+blurred, optionally flattened by the group's contrast knob, noised and JPEG-compressed. The
+true 5 landmarks (eye centres, nose tip, mouth corners; the subject's right eye on the image's
+left, as in :data:`visage_ml.preprocess.TEMPLATE_112`) go through the same projection.
 
 Speed (SynthFaces must render hundreds of faces per second per core): what no photograph
 changes is prepared once per identity (:func:`_kit`), the nuisance is drawn in two random
-calls, and the float pipeline works in place on per-thread scratch arrays.
+calls, the pixel work is compiled (numba), and the float canvas is a per-thread scratch array.
 """
 
 from __future__ import annotations
@@ -29,11 +27,11 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
+from visage_ml.data import raster
 from visage_ml.data.synth_identity import Appearance, Identity
 
-SS = 2  # supersampling factor of the facial features (see _Painter)
 RGB = tuple[float, float, float]
 SURF, SIL, FLAT = 0, 1, 2  # how a 2-D face-plane point is lifted to 3-D
 
@@ -450,7 +448,7 @@ class _Recorder:
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         counts = self._counts
-        pts = np.concatenate(self._pts) if self._pts else np.empty((0, 2))
+        pts = self.points()
         modes = np.repeat(np.asarray(self._modes, dtype=np.int8), counts)
         dz = np.repeat(np.asarray(self._dz, dtype=np.float64), counts)
         bodies = np.repeat(np.asarray(self._bodies), counts)
@@ -461,16 +459,50 @@ class _Recorder:
                 dz[start : start + len(d)] += d
         return pts, modes, dz, bodies
 
+    def points(self) -> np.ndarray:
+        """All recorded points, ``(n, 2)``, in recording order."""
+        return np.concatenate(self._pts) if self._pts else np.empty((0, 2))
+
+    def rasterise(
+        self,
+        canvas: np.ndarray,
+        mask: np.ndarray | None,
+        *,
+        xy: np.ndarray,
+        unit: float,
+        sub: int = raster.SUB,
+    ) -> None:
+        """Draw the recorded primitives at pixel positions ``xy`` (one row per point), sizes
+        scaled by ``unit`` pixels, onto ``canvas`` and (silhouettes) ``mask``, sampling
+        ``sub`` rows per pixel."""
+        if not self._ops:
+            return
+        kinds, starts, ends, sizes, sils = zip(*self._ops, strict=True)
+        code = np.array([_KIND[k] for k in kinds], dtype=np.int8)
+        size = np.array(sizes) * unit
+        dots = code == raster.DOTS
+        # Pillow's ellipse filled the pixels of its inclusive box: a little more than r.
+        size[dots] = np.maximum(size[dots], 0.6) + 0.25
+        _, _h, _w = canvas.shape
+        raster.draw_all(
+            canvas,
+            mask if mask is not None else _NO_MASK,
+            xy,
+            code,
+            np.array(starts, dtype=np.intp),
+            np.array(ends, dtype=np.intp),
+            size,
+            np.array(sils, dtype=np.bool_) & (mask is not None),
+            np.clip(np.array(self._colours), 0.0, 255.0),
+            sub,
+        )
+
 
 class _Painter(_Recorder):
     """Records face-unit primitives, then lifts, projects and rasterises them in one pass.
 
-    Positions are output pixels. Primitives recorded after :meth:`detail` that reach into the
-    detail box (around the points named by :meth:`cover`: eyes, brows, nose, mouth) are drawn
-    ``SS`` times larger into a patch that is box-filtered down and pasted over the box; those
-    that reach outside it are (also) drawn at the output size. The facial features keep their
-    anti-aliasing, while the large shapes (hair, head, body), which took most of the time of a
-    fully supersampled frame, are drawn once.
+    Positions are output pixels; :func:`visage_ml.data.raster.draw_all` draws the whole list
+    anti-aliased in one call.
     """
 
     def __init__(
@@ -490,198 +522,31 @@ class _Painter(_Recorder):
         # Direction towards the camera in head coordinates, for the silhouette.
         self.view_dir = self.rot[2]
         self.focal = 9.0
-        self._detail_from: int | None = None
-        self._cover: list[tuple[int, int]] = []
-        self._whole = False
-
-    def detail(self, *, whole: bool = False) -> None:
-        """Primitives recorded from now on are drawn supersampled where they reach the detail
-        box; ``whole`` makes the box the whole frame (everything supersampled)."""
-        self._detail_from = len(self._ops)
-        self._whole = whole
-
-    def cover(self, rows: tuple[int, int]) -> None:
-        """The detail box must cover the points of ``rows``."""
-        self._cover.append(rows)
-
-    # -- geometry ----------------------------------------------------------------------------
-    def lift(self, pts: np.ndarray, mode: np.ndarray | int, dz: np.ndarray | float) -> np.ndarray:
-        """3-D points for face-plane points: on the surface, on the silhouette, or at z=dz."""
-        a = self.app
-        x, y = pts[:, 0], pts[:, 1]
-        b = np.where(y < 0.0, a.face_top, a.chin)
-        r2 = (x / a.face_w) ** 2 + (y / b) ** 2
-        z_surf = a.depth * np.sqrt(np.maximum(1.0 - r2, 0.0))
-        v = self.view_dir
-        d2 = a.depth**2
-        z_sil = -(x * v[0] / a.face_w**2 + y * v[1] / b**2) * d2 / max(v[2], 1e-3)
-        k = np.sqrt(r2 / np.maximum(r2 + z_sil**2 / d2, 1e-12))
-        is_sil = mode == SIL
-        xs = np.where(is_sil, x * k, x)
-        ys = np.where(is_sil, y * k, y)
-        zs = np.where(mode == SURF, z_surf, np.where(is_sil, z_sil * k, 0.0)) + dz
-        return np.stack([xs, ys, zs], axis=1)
-
-    def project(self, p3: np.ndarray, body: np.ndarray | bool = False) -> np.ndarray:
-        q = p3 @ self.rot.T
-        if np.any(body):
-            qb = p3 @ self.body_rot.T
-            q = np.where(np.asarray(body)[:, None], qb, q) if not isinstance(body, bool) else qb
-        k = self.focal / (self.focal - q[:, 2])
-        return _xy(self.cx + self.unit * q[:, 0] * k, self.cy + self.unit * q[:, 1] * k)
 
     # -- rasterising -------------------------------------------------------------------------
-    def flush(self, canvas: Image.Image, mask: Image.Image | None) -> np.ndarray:
-        """Draw everything recorded; returns the canvas positions of all recorded points."""
+    def flush(self, canvas: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """Draw everything recorded onto ``canvas`` (float32 planes ``(3, h, w)``) and the
+        silhouette onto ``mask`` (float32 ``(h, w)``, or None); returns the canvas positions of
+        all points."""
         pts, modes, dz, bodies = self._arrays()
-        xy = self.project(self.lift(pts, modes, dz), bodies)
-        ops = self._ops
-        fills = np.clip(np.asarray(self._colours), 0.0, 255.0).astype(np.int64).tolist()
-        start = len(ops) if self._detail_from is None else self._detail_from
-        box = self._box(xy, canvas.size) if start < len(ops) else None
-        base = _Target(canvas, mask, xy, self.unit, supersampled=False)
-        for op, fill in zip(ops[:start], fills[:start], strict=True):
-            base.draw(op, fill)
-        if box is None:
-            for op, fill in zip(ops[start:], fills[start:], strict=True):
-                base.draw(op, fill)
-            return xy
-        # The patch starts as what is drawn so far, enlarged.
-        x0, y0, x1, y1 = box
-        big = ((x1 - x0) * SS, (y1 - y0) * SS)
-        patch = _Target(
-            canvas.crop(box).resize(big, Image.Resampling.NEAREST),
-            mask.crop(box).resize(big, Image.Resampling.NEAREST) if mask is not None else None,
-            (xy - (x0, y0)) * SS,
-            self.unit * SS,
-            supersampled=True,
+        a = self.app
+        xy = raster.lift_project(
+            pts,
+            modes,
+            dz,
+            bodies,
+            np.array([a.face_w, a.face_top, a.chin, a.depth]),
+            self.view_dir,
+            self.rot,
+            self.body_rot,
+            np.array([self.focal, self.cx, self.cy, self.unit]),
         )
-        where = self._placement(xy, ops[start:], box)
-        for op, fill, at in zip(ops[start:], fills[start:], where, strict=True):
-            if at != 2:  # not inside the box
-                base.draw(op, fill)
-            if at != 0:  # inside the box or across its edge
-                patch.draw(op, fill)
-        canvas.paste(patch.image.reduce(SS), (x0, y0))
-        if mask is not None and patch.mask is not None:
-            mask.paste(patch.mask.reduce(SS), (x0, y0))
+        self.rasterise(canvas, mask, xy=xy, unit=self.unit)
         return xy
 
-    def _box(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
-        """The detail box (whole pixels, inside the frame), or None if it is empty."""
-        w, h = size
-        if self._whole:
-            return (0, 0, w, h)
-        if not self._cover:
-            return None
-        covered = xy[self._cover[0][0] : self._cover[0][1]]
-        if len(self._cover) > 1:
-            covered = np.concatenate([xy[s:e] for s, e in self._cover])
-        (x_lo, y_lo), (x_hi, y_hi) = covered.min(axis=0).tolist(), covered.max(axis=0).tolist()
-        x0, y0 = max(0, math.floor(x_lo) - 2), max(0, math.floor(y_lo) - 2)
-        x1, y1 = min(w, math.ceil(x_hi) + 3), min(h, math.ceil(y_hi) + 3)
-        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
-    def _placement(
-        self,
-        xy: np.ndarray,
-        ops: list[tuple[str, int, int, float, bool]],
-        box: tuple[int, int, int, int],
-    ) -> list[int]:
-        """Per primitive: 0 outside the box, 1 across its edge, 2 inside it."""
-        if not ops:
-            return []
-        _, starts, ends, sizes, _ = zip(*ops, strict=True)
-        bounds = np.array(starts + ends, dtype=np.intp).reshape(2, -1).T.ravel()
-        if bounds[-1] >= len(xy):  # reduceat needs every bound below the length
-            xy = np.concatenate([xy, xy[-1:]])
-        lo = np.minimum.reduceat(xy, bounds, axis=0)[0::2]
-        hi = np.maximum.reduceat(xy, bounds, axis=0)[0::2]
-        # Lines and dots reach up to half their width (and a pixel) beyond their points.
-        reach = (np.array(sizes) * self.unit + 1.0)[:, None]
-        lo -= reach
-        hi += reach
-        x0, y0, x1, y1 = box
-        inside = (lo[:, 0] >= x0) & (lo[:, 1] >= y0) & (hi[:, 0] <= x1) & (hi[:, 1] <= y1)
-        outside = (hi[:, 0] < x0) | (hi[:, 1] < y0) | (lo[:, 0] > x1) | (lo[:, 1] > y1)
-        return (2 * inside + (~inside & ~outside)).tolist()
-
-
-class _Target:
-    """An image being drawn on, with the positions of all recorded points on it.
-
-    ``supersampled``: the image is ``SS`` times the output size (and will be box-filtered down).
-    """
-
-    def __init__(
-        self,
-        image: Image.Image,
-        mask: Image.Image | None,
-        xy: np.ndarray,
-        unit: float,
-        *,
-        supersampled: bool,
-    ) -> None:
-        self.image, self.mask, self.xy, self.unit = image, mask, xy, unit
-        self.supersampled = supersampled
-        self.flat = xy.ravel().tolist()
-        # Opaque fills skip alpha blending, which halves Pillow's fill time.
-        self.blend = ImageDraw.Draw(image, "RGBA")
-        self.opaque = ImageDraw.Draw(image)
-        self.mdraw = ImageDraw.Draw(mask) if mask is not None else None
-
-    def draw(self, op: tuple[str, int, int, float, bool], fill: list[int]) -> None:
-        kind, s, e, size, sil = op
-        if e <= s:
-            return
-        alpha = fill[3]
-        width = 0
-        if kind == "line":
-            px = size * self.unit
-            width = max(1, round(px))
-            # A line thinner than a pixel is drawn a pixel wide and as much fainter as it would
-            # look drawn at twice the resolution and box-filtered down.
-            coverage = max(1, round(SS * px)) / (SS * width)
-            if coverage < 1.0 and not self.supersampled:
-                alpha = round(alpha * coverage)
-        draw = self.opaque if alpha == 255 else self.blend
-        colour = (fill[0], fill[1], fill[2]) if alpha == 255 else (fill[0], fill[1], fill[2], alpha)
-        if kind == "poly":
-            seg = self.flat[2 * s : 2 * e]
-            draw.polygon(seg, fill=colour)
-            if sil and self.mdraw is not None:
-                self.mdraw.polygon(seg, fill=255)
-        elif kind == "line":
-            draw.line(self.flat[2 * s : 2 * e], fill=colour, width=width)
-        elif e - s == 1:  # one dot
-            r = max(0.6, size * self.unit)
-            x, y = self.flat[2 * s : 2 * e]
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-        else:
-            draw.point(_disc_pixels(self.xy[s:e], max(0.6, size * self.unit)), fill=colour)
-
-
-@lru_cache(maxsize=16)
-def _window(reach: int) -> np.ndarray:
-    """Integer offsets of the ``(2 reach + 1)^2`` pixels around a pixel, the centre first."""
-    d = np.arange(-reach, reach + 1)
-    off = np.stack(np.meshgrid(d, d), axis=-1).reshape(-1, 2)
-    return off[np.argsort(np.abs(off).sum(axis=1), kind="stable")]
-
-
-def _disc_pixels(centres: np.ndarray, r: float) -> list[int]:
-    """Flat x, y list of the pixels of discs of radius ``r`` around ``centres``.
-
-    The pixels Pillow's ``ellipse`` fills for the box ``centre -+ r`` (its box is inclusive, so
-    the disc reaches half a pixel further), but one ``point`` call draws every dot of a
-    primitive (freckles, curls, beard tufts) instead of one ``ellipse`` call each.
-    """
-    reach = r + 0.5
-    base = np.rint(centres)
-    cand = base[:, None, :] + _window(math.ceil(reach))[None, :, :]
-    keep = ((cand - centres[:, None, :]) ** 2).sum(axis=2) <= reach * reach
-    keep[:, 0] = True
-    return cand[keep].astype(np.int64).ravel().tolist()
+_KIND = {"poly": raster.POLY, "line": raster.LINE, "dots": raster.DOTS}
+_NO_MASK = np.zeros((1, 1), dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1516,10 +1381,15 @@ def _draw_occluder(p: _Recorder, app: Appearance, view: View) -> None:
         p.poly(bar, col, mode=FLAT, dz=1.0, sil=True)
 
 
-def draw_background(canvas: Image.Image, clutter: float, rng: np.random.Generator) -> None:
-    """Paint a gradient wall plus ``clutter``-many rectangles, blobs, shards and stripes."""
-    canvas.paste(_wall(canvas.size, rng))
+def backdrop(size: tuple[int, int], clutter: float, rng: np.random.Generator) -> np.ndarray:
+    """A gradient wall plus ``clutter``-many rectangles, blobs, shards and stripes.
+
+    Returns the thread's float32 canvas, colour planes ``(3, h, w)`` (0-255), valid until the
+    next call.
+    """
+    canvas = _wall(size, rng)
     _draw_clutter(canvas, clutter, rng)
+    return canvas
 
 
 _BANDS = 24  # flat bands of the wall's gradient
@@ -1532,26 +1402,25 @@ def _band_index(n: int) -> np.ndarray:
     return np.repeat(np.arange(_BANDS), np.diff(edges))
 
 
-def _wall(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+def _wall(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A gradient wall in flat bands: invisible steps once blurred, noised and compressed."""
     w, h = size
     c1 = rng.uniform(35, 235, 3)
     c2 = np.clip(c1 + rng.normal(0, 40, 3), 0, 255)
     vertical = bool(rng.random() < 0.7)
     t = (np.arange(_BANDS) + 0.5)[:, None] / _BANDS
-    ramp = (c1 + (c2 - c1) * t).astype(np.uint8)  # between c1 and c2: no clipping needed
-    strip = ramp[_band_index(h if vertical else w)].tobytes()
-    line = Image.frombytes("RGB", (1, h) if vertical else (w, 1), strip)
-    return line.resize((w, h), Image.Resampling.NEAREST)
+    ramp = np.floor(c1 + (c2 - c1) * t).astype(np.float32)
+    canvas = _SCRATCH.get("canvas", (3, h, w))
+    raster.bands(canvas, ramp, _band_index(h if vertical else w), vertical)
+    return canvas
 
 
-def _draw_clutter(canvas: Image.Image, clutter: float, rng: np.random.Generator) -> None:
+def _draw_clutter(canvas: np.ndarray, clutter: float, rng: np.random.Generator) -> None:
     """``clutter``-many translucent rectangles, blobs, shards and stripes."""
-    w, h = canvas.size
+    _, h, w = canvas.shape
     n = int(rng.poisson(1.0 + 12.0 * clutter))
     if n == 0:
         return
-    draw = ImageDraw.Draw(canvas, "RGBA")
     scale = np.array([w, h], dtype=float)
     kinds = rng.integers(4, size=n).tolist()
     colours = rng.integers(0, 256, (n, 4))
@@ -1560,22 +1429,28 @@ def _draw_clutter(canvas: Image.Image, clutter: float, rng: np.random.Generator)
         [rng.uniform(-0.2, 1.0, (n, 2)) * scale, rng.uniform(0.04, 0.5, (n, 2)) * scale], axis=1
     )
     boxes[:, 2:] += boxes[:, :2]  # x0, y0, x1, y1
-    for kind, col, (x0, y0, x1, y1) in zip(
-        kinds, map(tuple, colours.tolist()), boxes.tolist(), strict=True
-    ):
+    shapes = _Recorder()
+    for kind, col, (x0, y0, x1, y1) in zip(kinds, colours.tolist(), boxes.tolist(), strict=True):
+        rgb, alpha = (col[0], col[1], col[2]), col[3]
         if kind == 0:
-            draw.rectangle((x0, y0, x1, y1), fill=col)
+            shapes.poly(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]), rgb, alpha)
         elif kind == 1:
-            draw.ellipse((x0, y0, x1, y1), fill=col)
+            shapes.poly(
+                _ellipse((x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2, 28),
+                rgb,
+                alpha,
+            )
         elif kind == 2:
             pts = rng.uniform(-0.1, 1.1, (int(rng.integers(3, 6)), 2)) * scale
-            draw.polygon(pts.ravel().tolist(), fill=col)
+            shapes.poly(pts, rgb, alpha)
         else:
-            width = int(rng.integers(1, max(2, w // 40)))
+            width = float(rng.integers(1, max(2, w // 40)))
             slant = (x1 - x0) * 0.3
             for j in range(int(rng.integers(2, 6))):
                 off = x0 + j * width * 3
-                draw.line((off, 0.0, off + slant, float(h)), fill=col, width=width)
+                shapes.line(np.array([[off, 0.0], [off + slant, float(h)]]), rgb, alpha, width)
+    # One sample row per pixel: the background is blurred and out of focus anyway.
+    shapes.rasterise(canvas, None, xy=shapes.points(), unit=1.0, sub=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1621,32 +1496,6 @@ def _lerp_index(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return i0, np.where(i1 > i0, x - x0, 0.0).astype(np.float32)
 
 
-def _upsample(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upscale of a ``(lh, lw)`` field to ``(h, w)`` (the thread's ``"shade"`` array)."""
-    w, h = size
-    lh, lw = small.shape
-    i0, fy = _lerp_index(lh, h)
-    j0, fx = _lerp_index(lw, w)
-    cols = small[:, j0] * (1.0 - fx)
-    cols += small[:, np.minimum(j0 + 1, lw - 1)] * fx
-    # Rows: cols[i0] + (cols[i0 + 1] - cols[i0]) * fy.
-    step = np.zeros_like(cols)
-    np.subtract(cols[1:], cols[:-1], out=step[:-1])
-    out = _SCRATCH.get("shade", (h, w))
-    k = _LIGHT_DOWN
-    if h == k * lh:  # the usual case: k output rows per grid row, the edge rows held
-        inner = out[k // 2 : h - k // 2].reshape(lh - 1, k, w)
-        np.multiply(step[:-1, None, :], fy[k // 2 : k // 2 + k, None], out=inner)
-        inner += cols[:-1, None, :]
-        out[: k // 2] = cols[0]
-        out[h - k // 2 :] = cols[-1]
-    else:
-        np.take(step, i0, axis=0, out=out, mode="clip")
-        out *= fy[:, None]
-        out += cols[i0]
-    return out
-
-
 @lru_cache(maxsize=4)
 def _noise_bank() -> np.ndarray:
     """Fixed unit-variance noise (channel, y, x), cropped at random offsets (cheaper than
@@ -1681,16 +1530,7 @@ def _lighting(
     """
     w, h = size
     lw, lh = max(2, -(-w // _LIGHT_DOWN)), max(2, -(-h // _LIGHT_DOWN))
-    xs, ys = (np.arange(lw) + 0.5)[None, :], (np.arange(lh) + 0.5)[:, None]
     cr, sr = math.cos(view.roll), math.sin(view.roll)
-    # Pixel offsets from the head centre, in face units: a row and a column, broadcast.
-    dx = (xs * (w / lw) - centre[0]) / unit
-    dy = (ys * (h / lh) - centre[1]) / unit
-    u = (cr / app.face_w) * dx + (sr / app.face_w) * dy
-    v = -sr * dx + cr * dy
-    v /= np.where(v < 0, app.face_top + 0.1, app.chin)
-    r2 = u * u + v * v
-    nz = np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))
     # Lambert: the ellipsoid normal (u, v, nz), turned by yaw then pitch, dotted with the
     # light (turned by the roll); the same as the normal dotted with the light turned back.
     cy_, sy_ = math.cos(view.yaw), math.sin(view.yaw)
@@ -1699,96 +1539,91 @@ def _lighting(
     ly = -sr * light[0] + cr * light[1]
     lz = light[2]
     back = sp * ly + cp * lz
-    lam = u * (cy_ * lx - sy_ * back)
-    lam += v * (cp * ly - sp * lz)
-    lam += nz * (sy_ * lx + cy_ * back)
-    np.clip(lam, 0.0, 1.0, out=lam)
     amb = view.ambient
     norm = amb + (1.0 - amb) * lz
-    face = amb / norm + ((1.0 - amb) / norm) * lam
-    inside = np.clip((1.1 - np.sqrt(r2)) / 0.2, 0.0, 1.0)
-    ca, sa = math.cos(view.light_azimuth), math.sin(view.light_azimuth)
     k = 0.3 * view.light_side
-    grad = (1.0 + k * ca * (xs / lw - 0.5)) + k * sa * (ys / lh - 0.5)
-    small = grad + inside * (face - grad)
-    small **= _GAMMA
-    small *= level
-    return small.astype(np.float32)
-
-
-def _blur3(planes: np.ndarray, radius: float) -> None:
-    """Box blur of a radius below one pixel, in place on ``(c, h, w)`` planes.
-
-    Each pixel becomes ``(p + radius * (left + right)) / (1 + 2 radius)``, rows then columns;
-    beyond the border the edge pixel repeats (as in Pillow's ``BoxBlur``).
-    """
-    side = _SCRATCH.get("blur", planes.shape)
-    for axis in (2, 1):
-        a = np.moveaxis(planes, axis, 0)
-        b = np.moveaxis(side, axis, 0)
-        np.add(a[:-2], a[2:], out=b[1:-1])
-        np.add(a[0], a[1], out=b[0])
-        np.add(a[-2], a[-1], out=b[-1])
-        b *= np.float32(radius)
-        planes += side
-        planes *= np.float32(1.0 / (1.0 + 2.0 * radius))
+    geometry = (w / lw, h / lh, centre[0], centre[1], unit, cr, sr)
+    return raster.shading(
+        lh,
+        lw,
+        np.array([*geometry, app.face_w, app.face_top, app.chin]),
+        np.array(
+            [
+                cy_ * lx - sy_ * back,
+                cp * ly - sp * lz,
+                sy_ * lx + cy_ * back,
+                amb / norm,
+                (1.0 - amb) / norm,
+            ]
+        ),
+        np.array(
+            [k * math.cos(view.light_azimuth), k * math.sin(view.light_azimuth), _GAMMA, level]
+        ),
+    )
 
 
 def finish(
-    img: Image.Image,
+    img: Image.Image | np.ndarray,
     shade: np.ndarray | None,
     view: View,
     rng: np.random.Generator,
 ) -> Image.Image:
     """Light and tint, lens blur, group contrast and sensor noise, then JPEG.
 
+    ``img`` is an image or float32 colour planes ``(3, h, w)`` (changed in place);
     ``shade`` is the coarse brightness field from :func:`_lighting` (None: tint only). The
-    arithmetic runs on colour planes, so the field multiplies without being repeated per
-    channel. The blur is one pass of a box of ``view.blur`` pixels' radius, as Pillow's
-    ``BoxBlur`` (a third of the cost of a Gaussian); Pillow does the rare radii of a pixel and
-    more, before the light.
+    blur is one pass of a box of ``view.blur`` pixels' radius, as Pillow's ``BoxBlur`` (a
+    third of the cost of a Gaussian). One compiled pass does all but the JPEG
+    (:func:`visage_ml.data.raster.finish`).
     """
-    if view.blur >= 1.0:
-        # One box pass: about a third of the cost of Pillow's Gaussian (three box passes).
-        img = img.filter(ImageFilter.BoxBlur(view.blur))
-    w, h = img.size
-    planes = np.asarray(img).transpose(2, 0, 1)
-    lit = _SCRATCH.get("lit", (3, h, w))
-    tint = np.asarray(view.tint, dtype=np.float32)[:, None, None]
-    if shade is None:
-        np.multiply(planes, tint, out=lit)
+    if isinstance(img, np.ndarray):
+        canvas = img
     else:
-        np.multiply(planes, _upsample(shade, (w, h)), out=lit)
-        lit *= tint
-    if 0.0 < view.blur < 1.0:
-        _blur3(lit, view.blur)
-    offset = 0.5  # rounds on the cast to uint8
-    if view.contrast != 1.0:
-        m = float(lit.mean())
-        lit *= np.float32(view.contrast)
-        offset += m * (min(1.0, view.contrast) ** 0.6 - view.contrast)
+        canvas = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
+    _, h, w = canvas.shape
+    if shade is None:
+        shade = _FLAT_SHADE
+    iy, fy = _lerp_index(shade.shape[0], h)
+    ix, fx = _lerp_index(shade.shape[1], w)
+    noise, oy, ox, sigma = _NO_NOISE, 0, 0, 0.0
     if view.noise > 0.0:
-        bank = _noise_bank()
-        if h <= bank.shape[1] and w <= bank.shape[2]:
-            oy = int(rng.integers(0, bank.shape[1] - h + 1))
-            ox = int(rng.integers(0, bank.shape[2] - w + 1))
-            noise = bank[:, oy : oy + h, ox : ox + w]
+        sigma = float(view.noise)
+        noise = _noise_bank()
+        if h <= noise.shape[1] and w <= noise.shape[2]:
+            oy = int(rng.integers(0, noise.shape[1] - h + 1))
+            ox = int(rng.integers(0, noise.shape[2] - w + 1))
         else:
             noise = rng.standard_normal((3, h, w), dtype=np.float32)
-        scaled = _SCRATCH.get("tmp", (3, h, w))
-        np.multiply(noise, np.float32(view.noise), out=scaled)
-        lit += scaled
-    lit += np.float32(offset)
-    np.clip(lit, 0.0, 255.0, out=lit)
-    u8 = lit.astype(np.uint8)
-    out = Image.merge("RGB", [Image.fromarray(u8[c]) for c in range(3)])
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    raster.finish(
+        canvas,
+        shade,
+        iy,
+        fy,
+        ix,
+        fx,
+        np.asarray(view.tint, dtype=np.float64),
+        float(view.blur),
+        float(view.contrast),
+        noise,
+        oy,
+        ox,
+        sigma,
+        _SCRATCH.get("side", canvas.shape, canvas.dtype),
+        out,
+    )
+    image = Image.frombuffer("RGB", (w, h), out, "raw", "RGB", 0, 1)
     if view.jpeg_quality < 100:
         buf = io.BytesIO()
-        out.save(buf, format="JPEG", quality=int(view.jpeg_quality))
+        image.save(buf, format="JPEG", quality=int(view.jpeg_quality))
         # Decode straight from the bytes: Image.open's format sniffing costs more than
         # decoding a 160 px frame.
-        out = Image.frombytes("RGB", out.size, buf.getvalue(), "jpeg", "RGB", "")
-    return out
+        image = Image.frombytes("RGB", image.size, buf.getvalue(), "jpeg", "RGB", "")
+    return image
+
+
+_FLAT_SHADE = np.ones((1, 1), dtype=np.float32)
+_NO_NOISE = np.zeros((3, 1, 1), dtype=np.float32)
 
 
 class _Kit(NamedTuple):
@@ -1893,16 +1728,13 @@ def render(
     app = identity.appearance
     height = round(size * tall)
     if background:
-        canvas = _wall((size, height), rng)
-        _draw_clutter(canvas, view.clutter, rng)
+        canvas = backdrop((size, height), view.clutter, rng)
     else:
-        canvas = Image.new("RGB", (size, height), (128, 128, 128))
-    mask = Image.new("L", canvas.size, 0) if with_mask else None
+        canvas = np.full((3, height, size), 128.0, dtype=np.float32)
+    mask = np.zeros((height, size), dtype=np.float32) if with_mask else None
     unit = 0.235 * size * view.scale
     centre = (size * (0.5 + view.shift[0]), size * (0.52 + view.shift[1]))
     p = _Painter(app=app, view=view, centre=centre, unit=unit)
-    if with_mask:  # a cut-out for a scene: supersample everything, for smooth edges
-        p.detail(whole=True)
     light = light_vector(view)
     kit = _kit(app)
     vside, vtop = _hair_volume(app, view)
@@ -1914,19 +1746,15 @@ def render(
         blush = 170 * app.blush * (1.6 if view.makeup else 1.0)
         for cheek in kit.cheeks:
             p.poly(cheek, (205.0, 95.0, 95.0), blush)
-    if not with_mask:
-        p.detail()
     p.replay(kit.skin)
     # Nasolabial folds deepen with age and with a smile.
     smile = view.expression_amount if view.expression == "smile" else 0.0
     for fold in kit.folds:
         p.line(fold, _shade(app.skin, 0.55), 35 + 90 * app.wrinkles + 60 * smile, 0.018, dz=0.01)
-    features = p.count
     _draw_eyes(p, kit, view, light)
     _draw_brows(p, kit, view)
     _draw_nose(p, kit, light)
     lm_rows = _draw_mouth(p, kit, view)
-    p.cover((features, p.count))
     _draw_front_hair(p, kit, vside, vtop)
     if view.glasses and view.occluder != "sunglasses":
         p.replay(_glasses(app))
@@ -1964,5 +1792,5 @@ def render(
         image=out,
         landmarks=lm.astype(np.float64),
         box=box,
-        mask=mask,
+        mask=None if mask is None else Image.fromarray((mask * 255.0 + 0.5).astype(np.uint8)),
     )
