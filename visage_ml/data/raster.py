@@ -196,7 +196,7 @@ def _draw_op(
     n = e - s
     if n <= 0 or (kind == POLY and n < 3) or (kind == LINE and n < 2):
         return 0
-    alpha = colour[3] / 255.0
+    alpha = min(max(colour[3], 0.0), 255.0) / 255.0
     reach = 0.0
     if kind == LINE:
         px = size
@@ -296,7 +296,7 @@ def _draw_op(
                 k = min(k, 1.0)
                 t = np.float32(alpha * k)
                 for c in range(3):
-                    col = np.float32(colour[c])
+                    col = np.float32(min(max(colour[c], 0.0), 255.0))
                     for u in range(u0, u1):
                         canvas[c, y, u] += (col - canvas[c, y, u]) * t
                 if sil:
@@ -331,7 +331,7 @@ def draw_all(
     kinds, starts, ends, sizes, sils, colours
         Per primitive: :data:`POLY`, :data:`LINE` or :data:`DOTS`; its rows of ``xy``; the
         stroke width or dot radius in pixels; whether it belongs to the silhouette; and its
-        RGBA colour (0-255).
+        RGBA colour (clipped to 0-255).
     sub
         Sample rows per pixel (coverage across a row is exact).
     """
