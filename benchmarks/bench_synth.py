@@ -1,11 +1,18 @@
 """SynthFaces generation speed: face images per second per core (rendering + PNG encoding).
 
 Goal (issue: SynthFaces): >= 300 face images/s per core at 160 px. Per-core throughput is
-measured in process CPU time, so it does not depend on how busy the other cores are; wall time
-is reported too. Also times :func:`write_synthfaces` end to end (files, fsync, parquet,
-scenes) on a small population. Prints one JSON object.
+measured in process CPU time, so it does not depend on how busy the other core is. The faces
+are rendered as the generator renders them: a fresh population per round, each person
+photographed ``--per-identity`` times in a row, so each round pays for preparing its people
+(:func:`~visage_ml.data.synth_render._kit`) as generation does.
 
-    python benchmarks/bench_synth.py [--images 600] [--size 160] [--identities 30]
+This machine's speed drifts by a third from minute to minute (other tenants): the rate is
+measured in ``--rounds`` rounds and reported per round, as the median (the figure held against
+the goal) and as the best (the code's own cost, as ``timeit`` reports). Also times
+:func:`write_synthfaces` end to end (files, fsync, parquet, scenes) on a small population.
+Prints one JSON object.
+
+    python benchmarks/bench_synth.py [--rounds 5] [--images 240] [--size 160]
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,32 +35,44 @@ from visage_ml.data.synth import encode_png, make_population, render_face, write
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=600, help="faces rendered for the rate")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--images", type=int, default=240, help="faces rendered per round")
+    ap.add_argument("--per-identity", type=int, default=12, help="photographs per person")
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--identities", type=int, default=30, help="population of the end-to-end run")
     ap.add_argument("--seed", type=int, default=20261126)
     args = ap.parse_args()
 
     params = dataclasses.replace(SynthParams(), image_size=args.size)
-    people = make_population(dataclasses.replace(params, n_identities=50), args.seed)
-    # warm caches (gradients, noise bank) outside the timed loop
-    render_face(people[0], rng=np.random.default_rng(0), params=params)
+    # Compile and warm the kernels and caches (noise bank) outside the timed rounds.
+    warm = make_population(dataclasses.replace(params, n_identities=1), args.seed)
+    render_face(warm[0], rng=np.random.default_rng(0), params=params)
 
+    n_people = max(1, -(-args.images // args.per_identity))
+    rounds = []
     render_cpu = png_cpu = 0.0
     n_bytes = 0
     wall0 = time.perf_counter()
-    for k in range(args.images):
-        t0 = time.process_time()
-        image, _ = render_face(
-            people[k % len(people)], rng=np.random.default_rng([args.seed, k]), params=params
+    for r in range(args.rounds):
+        people = make_population(
+            dataclasses.replace(params, n_identities=n_people), args.seed + 1 + r
         )
-        t1 = time.process_time()
-        n_bytes += len(encode_png(image))
-        t2 = time.process_time()
-        render_cpu += t1 - t0
-        png_cpu += t2 - t1
+        cpu = 0.0
+        for k in range(args.images):
+            person = people[k // args.per_identity]
+            t0 = time.process_time()
+            image, _ = render_face(
+                person, rng=np.random.default_rng([args.seed, r, k]), params=params
+            )
+            t1 = time.process_time()
+            n_bytes += len(encode_png(image))
+            t2 = time.process_time()
+            render_cpu += t1 - t0
+            png_cpu += t2 - t1
+            cpu += t2 - t0
+        rounds.append(args.images / cpu)
     wall = time.perf_counter() - wall0
-    cpu = render_cpu + png_cpu
+    total = args.rounds * args.images
 
     small = dataclasses.replace(params, n_identities=args.identities, n_scenes=10)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,12 +88,15 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
         "size_px": args.size,
-        "images": args.images,
-        "images_per_s_per_core": round(args.images / cpu, 1),
-        "render_ms_cpu": round(1e3 * render_cpu / args.images, 3),
-        "png_ms_cpu": round(1e3 * png_cpu / args.images, 3),
-        "images_per_s_wall": round(args.images / wall, 1),
-        "png_kb_mean": round(n_bytes / args.images / 1024, 1),
+        "images": total,
+        "per_identity": args.per_identity,
+        "images_per_s_per_core": round(statistics.median(rounds), 1),
+        "images_per_s_per_core_best": round(max(rounds), 1),
+        "images_per_s_per_core_rounds": [round(x, 1) for x in rounds],
+        "render_ms_cpu": round(1e3 * render_cpu / total, 3),
+        "png_ms_cpu": round(1e3 * png_cpu / total, 3),
+        "images_per_s_wall": round(total / wall, 1),
+        "png_kb_mean": round(n_bytes / total / 1024, 1),
         "goal_images_per_s_per_core": 300,
         "write_synthfaces": {
             "identities": summary.n_identities,

@@ -26,18 +26,12 @@ def _draw(
     xy = np.concatenate([p for _, p, _ in prims]).astype(np.float64)
     ends = np.cumsum([len(p) for _, p, _ in prims])
     starts = np.concatenate([[0], ends[:-1]])
-    raster.draw_all(
-        canvas,
-        m,
-        xy,
-        np.array([k for k, _, _ in prims], dtype=np.int8),
-        starts.astype(np.intp),
-        ends.astype(np.intp),
-        np.array([s for _, _, s in prims], dtype=np.float64),
-        np.full(len(prims), sil),
-        np.tile(np.array(colour, dtype=np.float64), (len(prims), 1)),
-        sub,
+    ops = np.array(
+        [(k, a, b, size, sil) for (k, _, size), a, b in zip(prims, starts, ends, strict=True)],
+        dtype=np.float64,
     )
+    colours = np.tile(np.array(colour, dtype=np.float64), (len(prims), 1))
+    raster.draw_all(canvas, m, xy, ops, colours, 1.0, sub)
     return canvas, m
 
 
@@ -84,9 +78,10 @@ def test_thin_lines_keep_their_ink_and_dots_their_area() -> None:
     thin, _ = _draw([(raster.LINE, np.array([[8.0, 20.25], [48.0, 20.25]]), 1 / 3)])
     assert _coverage(thin).sum() == pytest.approx(40 / 3, rel=2e-2)
     dots = np.array([[15.0, 15.0], [40.0, 40.0], [41.0, 40.0]])  # two of them overlap
-    canvas, _ = _draw([(raster.DOTS, dots, 4.0)], sub=8)
-    single = math.pi * 16
-    lens = 2 * 16 * math.acos(0.5 / 4) - 0.5 * math.sqrt(4 * 16 - 1)  # overlap of two discs
+    canvas, _ = _draw([(raster.DOTS, dots, 3.75)], sub=8)  # drawn a quarter pixel larger
+    r = 4.0
+    single = math.pi * r * r
+    lens = 2 * r * r * math.acos(0.5 / r) - 0.5 * math.sqrt(4 * r * r - 1)  # two discs overlap
     assert _coverage(canvas).sum() == pytest.approx(3 * single - lens, rel=1e-2)
 
 

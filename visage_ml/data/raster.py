@@ -311,12 +311,9 @@ def draw_all(
     canvas: np.ndarray,
     mask: np.ndarray,
     xy: np.ndarray,
-    kinds: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    sizes: np.ndarray,
-    sils: np.ndarray,
+    ops: np.ndarray,
     colours: np.ndarray,
+    unit: float,
     sub: int,
 ) -> None:
     """Draw primitives in order onto ``canvas`` (float32 colour planes ``(3, h, w)``, 0-255).
@@ -324,20 +321,22 @@ def draw_all(
     Parameters
     ----------
     canvas, mask
-        The image, and a float32 ``(h, w)`` coverage mask that silhouette polygons (``sils``) are
-        drawn into as well (``(1, 1)`` when unused: silhouettes are then not recorded).
+        The image, and a float32 ``(h, w)`` coverage mask that silhouette polygons are drawn
+        into as well (``(1, 1)`` when unused: silhouettes are then not recorded).
     xy
         ``(n, 2)`` pixel positions of all points (pixel ``(x, y)`` spans ``[x, x + 1)``).
-    kinds, starts, ends, sizes, sils, colours
-        Per primitive: :data:`POLY`, :data:`LINE` or :data:`DOTS`; its rows of ``xy``; the
-        stroke width or dot radius in pixels; whether it belongs to the silhouette; and its
-        RGBA colour (clipped to 0-255).
+    ops
+        One row per primitive: kind (:data:`POLY`, :data:`LINE` or :data:`DOTS`), its first
+        and end rows of ``xy``, the stroke width or dot radius in units of ``unit`` pixels, and
+        whether it belongs to the silhouette (non-zero).
+    colours
+        RGBA per primitive (clipped to 0-255).
     sub
         Sample rows per pixel (coverage across a row is exact).
     """
     longest = 4
-    for i in range(len(kinds)):
-        longest = max(longest, ends[i] - starts[i] + 2)
+    for i in range(len(ops)):
+        longest = max(longest, int(ops[i, 2]) - int(ops[i, 1]) + 2)
     quad = np.empty((longest, 8))
     h = canvas.shape[1]
     row_starts = np.empty(h * sub + 1, dtype=np.int64)
@@ -347,10 +346,14 @@ def draw_all(
     ev_x = np.empty(3 * cap + 3, dtype=np.int64)
     ev_run, ev_part = np.empty(3 * cap + 3, dtype=np.float32), np.empty(3 * cap + 3, np.float32)
     i = 0
-    while i < len(kinds):
+    while i < len(ops):
+        kind = int(ops[i, 0])
+        size = ops[i, 3] * unit
+        if kind == DOTS:  # Pillow's ellipse filled the pixels of its inclusive box: a bit more
+            size = max(size, 0.6) + 0.25
         need = _draw_op(
-            canvas, mask, xy, kinds[i], starts[i], ends[i], sizes[i], sils[i], colours[i],
-            sub, quad, row_starts, row_fill, xa_, xb_, ev_x, ev_run, ev_part,
+            canvas, mask, xy, kind, int(ops[i, 1]), int(ops[i, 2]), size, ops[i, 4] != 0.0,
+            colours[i], sub, quad, row_starts, row_fill, xa_, xb_, ev_x, ev_run, ev_part,
         )  # fmt: skip
         if need == 0:
             i += 1
@@ -385,28 +388,41 @@ def _box_blur(lit: np.ndarray, side: np.ndarray, radius: float) -> None:
 
     As Pillow's ``BoxBlur``: each pixel becomes the mean over ``2 radius + 1`` pixels, the two
     outermost weighted by the fraction of ``radius``, rows then columns; beyond the border the
-    edge pixel repeats.
+    edge pixel repeats. Rows go through a padded copy, so every sum is a shifted, vectorised
+    pass.
     """
     nc, h, w = lit.shape
     n = int(radius)
     f = np.float32(radius - n)
     norm = np.float32(1.0 / (2.0 * radius + 1.0))
+    pad = n + 1
+    buf = np.empty(w + 2 * pad, dtype=np.float32)
     for c in range(nc):
         for y in range(h):  # along rows
+            first, last = lit[c, y, 0], lit[c, y, w - 1]
+            for x in range(pad):
+                buf[x] = first
+                buf[np.uint64(pad + w + x)] = last
             for x in range(w):
-                acc = lit[c, y, x]
-                for k in range(1, n + 1):
-                    acc += lit[c, y, max(x - k, 0)] + lit[c, y, min(x + k, w - 1)]
-                acc += f * (lit[c, y, max(x - n - 1, 0)] + lit[c, y, min(x + n + 1, w - 1)])
-                side[c, y, x] = acc * norm
+                buf[np.uint64(pad + x)] = lit[c, y, x]
+            for x in range(w):
+                side[c, y, x] = buf[np.uint64(pad + x)]
+            for k in range(1, n + 1):
+                for x in range(w):
+                    side[c, y, x] += buf[np.uint64(pad + x - k)] + buf[np.uint64(pad + x + k)]
+            for x in range(w):
+                edge = buf[np.uint64(x)] + buf[np.uint64(x + 2 * pad)]
+                side[c, y, x] = (side[c, y, x] + f * edge) * norm
         for y in range(h):  # along columns
-            ya, yb = max(y - n - 1, 0), min(y + n + 1, h - 1)
             for x in range(w):
-                acc = side[c, y, x]
-                for k in range(1, n + 1):
-                    acc += side[c, max(y - k, 0), x] + side[c, min(y + k, h - 1), x]
-                acc += f * (side[c, ya, x] + side[c, yb, x])
-                lit[c, y, x] = acc * norm
+                lit[c, y, x] = side[c, y, x]
+            for k in range(1, n + 2):
+                ya, yb = max(y - k, 0), min(y + k, h - 1)
+                wk = np.float32(1.0) if k <= n else f
+                for x in range(w):
+                    lit[c, y, x] += wk * (side[c, ya, x] + side[c, yb, x])
+            for x in range(w):
+                lit[c, y, x] *= norm
 
 
 @njit(cache=True, nogil=True)

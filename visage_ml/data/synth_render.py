@@ -477,23 +477,13 @@ class _Recorder:
         ``sub`` rows per pixel."""
         if not self._ops:
             return
-        kinds, starts, ends, sizes, sils = zip(*self._ops, strict=True)
-        code = np.array(kinds, dtype=np.int8)
-        size = np.array(sizes) * unit
-        dots = code == raster.DOTS
-        # Pillow's ellipse filled the pixels of its inclusive box: a little more than r.
-        size[dots] = np.maximum(size[dots], 0.6) + 0.25
-        _, _h, _w = canvas.shape
         raster.draw_all(
             canvas,
             mask if mask is not None else _NO_MASK,
             xy,
-            code,
-            np.array(starts, dtype=np.intp),
-            np.array(ends, dtype=np.intp),
-            size,
-            np.array(sils, dtype=np.bool_) & (mask is not None),
+            np.array(self._ops, dtype=np.float64),
             np.array(self._colours),
+            unit,
             sub,
         )
 
