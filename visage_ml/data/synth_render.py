@@ -482,7 +482,7 @@ class _Recorder:
             mask if mask is not None else _NO_MASK,
             xy,
             np.array(self._ops, dtype=np.float64),
-            np.array(self._colours),
+            np.array(self._colours, dtype=np.float64),  # one compiled variant, not two
             unit,
             sub,
         )
