@@ -143,7 +143,7 @@ def test_an_existing_empty_destination_is_used(tmp_path):
 
 def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = synth.render_face
+    real = synth.photograph
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -151,7 +151,7 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "render_face", flaky)
+    monkeypatch.setattr(synth, "photograph", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_synthfaces(tmp_path / "raw", tmp_path / "scenes", TINY, seed=1, progress=False)
     assert list(tmp_path.iterdir()) == []

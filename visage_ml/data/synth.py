@@ -67,6 +67,7 @@ __all__ = [
     "consent_plan",
     "encode_png",
     "make_population",
+    "photograph",
     "render_face",
     "render_grid",
     "render_scene",
@@ -215,14 +216,16 @@ def _difficulty(params: SynthParams, group_index: int) -> dict[str, float | tupl
 # ---------------------------------------------------------------------------------------------
 
 
-def render_face(
+def photograph(
     identity: Identity,
     *,
     rng: np.random.Generator,
     params: SynthParams,
     size: int | None = None,
-) -> tuple[Image.Image, np.ndarray]:
-    """Render one photograph of ``identity`` with nuisance drawn from ``rng``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one photograph of ``identity`` with nuisance drawn from ``rng``, as pixels.
+
+    What :func:`write_synthfaces` stores; :func:`render_face` gives the same as an image.
 
     Parameters
     ----------
@@ -237,10 +240,10 @@ def render_face(
 
     Returns
     -------
-    image, landmarks
-        RGB image and the true 5x2 landmarks (x, y) in the order of
-        :data:`visage_ml.preprocess.TEMPLATE_112`: the subject's right eye (image left), left
-        eye, nose tip, right and left mouth corners (image left first).
+    pixels, landmarks
+        RGB pixels, ``uint8 (size, size, 3)``, and the true 5x2 landmarks (x, y) in the order
+        of :data:`visage_ml.preprocess.TEMPLATE_112`: the subject's right eye (image left),
+        left eye, nose tip, right and left mouth corners (image left first).
     """
     g = identity.group_index
     view = sample_view(
@@ -251,6 +254,18 @@ def render_face(
     )
     out = render(identity, view, rng, size=size or params.image_size)
     return out.image, out.landmarks
+
+
+def render_face(
+    identity: Identity,
+    *,
+    rng: np.random.Generator,
+    params: SynthParams,
+    size: int | None = None,
+) -> tuple[Image.Image, np.ndarray]:
+    """:func:`photograph` as an RGB image (same arguments, same landmarks)."""
+    pixels, landmarks = photograph(identity, rng=rng, params=params, size=size)
+    return Image.fromarray(pixels), landmarks
 
 
 def encode_png(image: Image.Image | np.ndarray, *, level: int = 1) -> bytes:
@@ -351,7 +366,7 @@ def render_scene(
         # The patch reaches the bottom of the frame, so bodies are not cut mid-frame.
         tall = min(7.5, max(1.0, (h - y0) / size))
         out = render(person, view, rng, size=size, with_mask=True, background=False, tall=tall)
-        scene.paste(out.image, (x0, y0), out.mask)
+        scene.paste(Image.fromarray(out.image), (x0, y0), out.mask)
         box = (out.box[0] + x0, out.box[1] + y0, out.box[2] + x0, out.box[3] + y0)
         taken.append(box)
         faces.append(
@@ -371,7 +386,7 @@ def render_scene(
         noise=float(rng.uniform(0.0, 1.0)) * 10.0 * d.noise,
         jpeg_quality=int(rng.integers(q_lo, q_hi + 1)),
     )
-    return finish(scene, None, camera, rng), faces
+    return Image.fromarray(finish(scene, None, camera, rng)), faces
 
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
@@ -515,8 +530,8 @@ def write_synthfaces(
                     )
                 seen_ids.add(image_id)
                 rng = np.random.default_rng([seed, _IMAGES, i, j])
-                image, _ = render_face(person, rng=rng, params=params)
-                _write_file(folder / f"{image_id}.png", encode_png(image))
+                pixels, _ = photograph(person, rng=rng, params=params)
+                _write_file(folder / f"{image_id}.png", encode_png(pixels))
                 bar.update(1)
             fsync_dir(folder)
         _write_parquet(
@@ -649,7 +664,7 @@ def render_grid(params: SynthParams, *, seed: int, path: Path) -> None:
             base = sample_view(rng, _difficulty(params, r), appearance=person.appearance)
             view = _grid_view(base, c)
             out = render(person, view, rng, size=size)
-            grid.paste(out.image, (c * size, r * size))
+            grid.paste(Image.fromarray(out.image), (c * size, r * size))
     buf = io.BytesIO()
     grid.save(buf, format="PNG", optimize=True)
     atomic_write_bytes(Path(path), buf.getvalue())

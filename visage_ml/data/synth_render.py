@@ -99,9 +99,9 @@ class View:
 
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered face: RGB image, true landmarks (5x2, x,y), face box, optional alpha mask."""
+    """A rendered face: RGB pixels, true landmarks (5x2, x,y), face box, optional alpha mask."""
 
-    image: Image.Image
+    image: np.ndarray  # uint8 (h, w, 3)
     landmarks: np.ndarray
     box: tuple[float, float, float, float]
     mask: Image.Image | None
@@ -1562,14 +1562,14 @@ def finish(
     shade: np.ndarray | None,
     view: View,
     rng: np.random.Generator,
-) -> Image.Image:
+) -> np.ndarray:
     """Light and tint, lens blur, group contrast and sensor noise, then JPEG.
 
     ``img`` is an image or float32 colour planes ``(3, h, w)`` (changed in place);
     ``shade`` is the coarse brightness field from :func:`_lighting` (None: tint only). The
     blur is one pass of a box of ``view.blur`` pixels' radius, as Pillow's ``BoxBlur`` (a
     third of the cost of a Gaussian). One compiled pass does all but the JPEG
-    (:func:`visage_ml.data.raster.finish`).
+    (:func:`visage_ml.data.raster.finish`). Returns the pixels, ``uint8 (h, w, 3)``.
     """
     if isinstance(img, np.ndarray):
         canvas = img
@@ -1614,7 +1614,7 @@ def finish(
             out, quality=int(view.jpeg_quality), colorspace="RGB", colorsubsampling="420"
         )
         out = simplejpeg.decode_jpeg(data, colorspace="RGB")
-    return Image.frombuffer("RGB", (w, h), out, "raw", "RGB", 0, 1)
+    return out
 
 
 _FLAT_SHADE = np.ones((1, 1), dtype=np.float32)
