@@ -1424,28 +1424,45 @@ def _draw_clutter(canvas: np.ndarray, clutter: float, rng: np.random.Generator) 
     shards = (u[:, 10:20] * 1.2 - 0.1).reshape(n, 5, 2) * scale
     widths = (1 + (u[:, 20] * (max(2, w // 40) - 1)).astype(np.intp)).tolist()
     stripes = (2 + (u[:, 21] * 4).astype(np.intp)).tolist()  # 2 to 5
-    shapes = _Recorder()
+    # Pixel-space shapes, straight into the draw call's tables (no recorder: no lifting).
+    pts: list[np.ndarray] = []
+    ops: list[tuple[int, int, int, float, bool]] = []
+    fills: list[list[int]] = []
+    n_pts = 0
+    c, s_ = _unit_circle(28)
     for i, (kind, col, (x0, y0, x1, y1)) in enumerate(
         zip(kinds, colours.tolist(), boxes.tolist(), strict=True)
     ):
-        rgb, alpha = (col[0], col[1], col[2]), col[3]
         if kind == 0:
-            shapes.poly(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]), rgb, alpha)
+            shape = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
         elif kind == 1:
-            shapes.poly(
-                _ellipse((x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2, 28),
-                rgb,
-                alpha,
-            )
+            shape = _xy((x0 + x1) / 2 + (x1 - x0) / 2 * c, (y0 + y1) / 2 + (y1 - y0) / 2 * s_)
         elif kind == 2:
-            shapes.poly(shards[i, : corners[i]], rgb, alpha)
+            shape = shards[i, : corners[i]]
         else:
             width, slant = float(widths[i]), (x1 - x0) * 0.3
             for j in range(stripes[i]):
                 off = x0 + j * width * 3
-                shapes.line(np.array([[off, 0.0], [off + slant, float(h)]]), rgb, alpha, width)
+                pts.append(np.array([[off, 0.0], [off + slant, float(h)]]))
+                ops.append((raster.LINE, n_pts, n_pts + 2, width, False))
+                fills.append(col)
+                n_pts += 2
+            continue
+        shape = np.asarray(shape, dtype=float)
+        pts.append(shape)
+        ops.append((raster.POLY, n_pts, n_pts + len(shape), 0.0, False))
+        fills.append(col)
+        n_pts += len(shape)
     # One sample row per pixel: the background is blurred and out of focus anyway.
-    shapes.rasterise(canvas, None, xy=shapes.points(), unit=1.0, sub=1)
+    raster.draw_all(
+        canvas,
+        _NO_MASK,
+        np.concatenate(pts),
+        np.array(ops, dtype=np.float64),
+        np.array(fills, dtype=np.float64),
+        1.0,
+        1,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
