@@ -84,6 +84,15 @@ def _fill(ledger, pids):
     )
 
 
+def _cached(tmp_path, n):
+    """A filled ledger of ``n`` subjects whose fold cache has just been written."""
+    ledger = _ledger(tmp_path)
+    pids = _pids(n)
+    _fill(ledger, pids)
+    Registry(ledger.path, cache_every=1).refresh()
+    return ledger, pids, ledger.path.with_name("ledger.jsonl.fold")
+
+
 def _view(reg, pids):
     """What the registry answers about ``pids``, one subject at a time (lazy path)."""
     out = {}
@@ -100,11 +109,7 @@ def _full(ledger, pids):
 def test_a_cold_registry_starts_from_the_cache_and_agrees_with_a_full_fold(tmp_path, monkeypatch):
     import visage_ml.privacy.registry as registry_mod
 
-    ledger = _ledger(tmp_path)
-    pids = _pids(40)
-    _fill(ledger, pids)
-    Registry(ledger.path, cache_every=1).refresh()
-    cache = ledger.path.with_name("ledger.jsonl.fold")
+    ledger, pids, cache = _cached(tmp_path, 40)
     assert cache.is_file()
     assert b"art6(1)(f)" in cache.read_bytes() and b"p0000000000000001" in cache.read_bytes()
 
@@ -127,11 +132,8 @@ def test_a_cold_registry_starts_from_the_cache_and_agrees_with_a_full_fold(tmp_p
 
 
 def test_events_appended_after_the_cache_are_folded(tmp_path):
-    ledger = _ledger(tmp_path)
-    pids = _pids(12)
-    _fill(ledger, pids)
-    Registry(ledger.path, cache_every=1).refresh()
-    written = ledger.path.with_name("ledger.jsonl.fold").read_bytes()
+    ledger, pids, cache = _cached(tmp_path, 12)
+    written = cache.read_bytes()
     new = "p00000000000000ff"
     ledger.append_many(
         [
@@ -175,11 +177,7 @@ def test_a_stale_or_damaged_cache_is_ignored(tmp_path, damage):
     import hashlib
     import json
 
-    ledger = _ledger(tmp_path)
-    pids = _pids(10)
-    _fill(ledger, pids)
-    Registry(ledger.path, cache_every=1).refresh()
-    cache = ledger.path.with_name("ledger.jsonl.fold")
+    ledger, pids, cache = _cached(tmp_path, 10)
     erased = pids[2]
     if damage == "cache body edited":
         # The erased subject's row made to look live again (flags 4 -> 0).

@@ -96,6 +96,18 @@ class LedgerError(RuntimeError):
     """The ledger cannot be read or written as asked."""
 
 
+def read_appended(path: Path, offset: int, size: int) -> bytes:
+    """The complete lines of ``path`` between byte ``offset`` and ``size``, each ending in a
+    newline (a torn last line is left for the next read); empty when there are none.
+
+    What the folds of the ledger (the registry, the request book) read on each refresh.
+    """
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size - offset)
+    return data[: data.rfind(b"\n") + 1]
+
+
 @dataclass(frozen=True)
 class Entry:
     """One verified-form ledger entry."""

@@ -27,6 +27,7 @@ build 100k objects.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -41,6 +42,7 @@ import orjson
 
 from visage_ml.config import PURPOSES
 from visage_ml.io import atomic_write_bytes
+from visage_ml.privacy.ledger import read_appended
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +301,19 @@ def fold_fingerprint() -> str | None:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC. Folds and cache loads allocate 100k small containers that hold no
+    cycles; the GC would rescan them all repeatedly, tripling the time of a large fold."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _line_ending_at(path: Path, offset: int) -> bytes | None:
     """The ledger line whose newline is byte ``offset - 1`` (None when that is no newline)."""
     with open(path, "rb") as fh:
@@ -343,6 +358,15 @@ class Registry:
         self.ledger_path = Path(ledger_path)
         self.cache = cache
         self.cache_every = cache_every
+        self._reset()
+
+    @property
+    def cache_path(self) -> Path:
+        """Where the fold cache is kept."""
+        return self.ledger_path.with_name(self.ledger_path.name + CACHE_SUFFIX)
+
+    def _reset(self) -> None:
+        """Nothing folded yet."""
         # Values are SubjectStates, or rows of the fold cache not unpacked yet (lists).
         self._states: dict[str, Any] = {}
         self._packed = 0
@@ -351,15 +375,6 @@ class Registry:
         self.as_of_seq = -1
         # The seq of the last event that changed a subject's state: the largest last_seq.
         self.changed_seq = -1
-
-    @property
-    def cache_path(self) -> Path:
-        """Where the fold cache is kept."""
-        return self.ledger_path.with_name(self.ledger_path.name + CACHE_SUFFIX)
-
-    def _reset(self) -> None:
-        self._states, self._packed, self._tables = {}, 0, _Tables()
-        self._offset, self.as_of_seq, self.changed_seq = 0, -1, -1
 
     def refresh(self) -> Registry:
         """Fold entries appended since the last refresh; returns self."""
@@ -374,23 +389,17 @@ class Registry:
             self._load_cache(size)
         if size == self._offset:
             return self
-        with open(path, "rb") as fh:
-            fh.seek(self._offset)
-            data = fh.read(size - self._offset)
-        end = data.rfind(b"\n")
-        if end == -1:
+        data = read_appended(path, self._offset, size)
+        if not data:
             return self
-        lines = data[: end + 1].splitlines()
-        last_line = data[data.rfind(b"\n", 0, end) + 1 : end]
+        read = len(data)
+        lines = data.splitlines()
+        last_line = lines[-1]
         del data
         loads = orjson.loads
         states = self._states
         seq, changed = self.as_of_seq, self.changed_seq
-        # The fold allocates many small containers; the cyclic GC would rescan them all
-        # repeatedly (they hold no cycles), tripling the time of a large fold.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with _gc_paused():
             for line in lines:
                 obj = loads(line)
                 seq = obj["seq"]
@@ -399,10 +408,7 @@ class Registry:
                     self._unpack_one(pid)
                 if _apply(states, seq, obj["type"], pid, obj["payload"]):
                     changed = seq
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        self._offset += end + 1
+        self._offset += read
         self.as_of_seq, self.changed_seq = seq, changed
         if self.cache and len(lines) >= self.cache_every:
             self._write_cache(last_line)
@@ -460,15 +466,9 @@ class Registry:
             line = _line_ending_at(self.ledger_path, offset)
             if line is None or hashlib.sha256(line).hexdigest() != h["head_sha256"]:
                 return self._stale("the ledger no longer holds the line it ends with")
-            # 100k small lists and no cycles: see the note on the GC in refresh.
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
+            with _gc_paused():
                 doc = orjson.loads(body)
                 states = {row[0]: row for row in doc["states"]}
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
             tables = _Tables(doc["strings"], doc["bases"])
             if len(states) != h["subjects"]:
                 return self._stale("it is damaged")
@@ -499,15 +499,10 @@ class Registry:
         """Every state, unpacked (in the order a full fold gives)."""
         if self._packed:
             states, t = self._states, self._tables
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
+            with _gc_paused():
                 for pid, v in states.items():
                     if v.__class__ is list:
                         states[pid] = _unpack(v, t)
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
             self._packed = 0
         return self._states
 

@@ -40,6 +40,7 @@ from visage_ml.config import PrivacyParams, ProjectPaths, load_params
 from visage_ml.io import atomic_write_text, sha256_bytes
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
+from visage_ml.privacy.ledger import read_appended
 
 log = logging.getLogger(__name__)
 
@@ -342,22 +343,17 @@ class RequestBook:
             self._states, self._offset = {}, 0
         if size == self._offset:
             return self
-        with open(path, "rb") as fh:
-            fh.seek(self._offset)
-            data = fh.read(size - self._offset)
-        end = data.rfind(b"\n")  # a torn last line is not read
-        if end == -1:
-            return self
+        data = read_appended(path, self._offset, size)
         # Only request.* and erasure.* events name a request: jump from one such line to the
         # next and leave the rest (nearly all of a large ledger) unparsed.
         needle = b'"request_id"'
-        pos = data.find(needle, 0, end)
+        pos = data.find(needle)
         while pos != -1:
             start = data.rfind(b"\n", 0, pos) + 1
             stop = data.find(b"\n", pos)
             _apply(self._states, orjson.loads(data[start:stop]))
-            pos = data.find(needle, stop, end)
-        self._offset += end + 1
+            pos = data.find(needle, stop)
+        self._offset += len(data)
         return self
 
     def get(self, request_id: str) -> RequestState:
