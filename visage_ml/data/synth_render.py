@@ -355,11 +355,6 @@ class _Recorder:
             )
         return start, self._n
 
-    @property
-    def count(self) -> int:
-        """Points recorded so far."""
-        return self._n
-
     def block(self, pts: np.ndarray, mode: int | np.ndarray, dz: float | np.ndarray) -> int:
         """Add points for several primitives (see :meth:`op`); returns the first row."""
         return self._add(pts, mode, dz)[0]
@@ -448,7 +443,7 @@ class _Recorder:
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         counts = self._counts
-        pts = self.points()
+        pts = np.concatenate(self._pts) if self._pts else np.empty((0, 2))
         modes = np.repeat(np.asarray(self._modes, dtype=np.int8), counts)
         dz = np.repeat(np.asarray(self._dz, dtype=np.float64), counts)
         bodies = np.repeat(np.asarray(self._bodies), counts)
@@ -458,34 +453,6 @@ class _Recorder:
             if d is not None:
                 dz[start : start + len(d)] += d
         return pts, modes, dz, bodies
-
-    def points(self) -> np.ndarray:
-        """All recorded points, ``(n, 2)``, in recording order."""
-        return np.concatenate(self._pts) if self._pts else np.empty((0, 2))
-
-    def rasterise(
-        self,
-        canvas: np.ndarray,
-        mask: np.ndarray | None,
-        *,
-        xy: np.ndarray,
-        unit: float,
-        sub: int = raster.SUB,
-    ) -> None:
-        """Draw the recorded primitives at pixel positions ``xy`` (one row per point), sizes
-        scaled by ``unit`` pixels, onto ``canvas`` and (silhouettes) ``mask``, sampling
-        ``sub`` rows per pixel."""
-        if not self._ops:
-            return
-        raster.draw_all(
-            canvas,
-            mask if mask is not None else _NO_MASK,
-            xy,
-            np.array(self._ops, dtype=np.float64),
-            np.array(self._colours, dtype=np.float64),  # one compiled variant, not two
-            unit,
-            sub,
-        )
 
 
 class _Painter(_Recorder):
@@ -531,7 +498,16 @@ class _Painter(_Recorder):
             self.body_rot,
             np.array([self.focal, self.cx, self.cy, self.unit]),
         )
-        self.rasterise(canvas, mask, xy=xy, unit=self.unit)
+        if self._ops:
+            raster.draw_all(
+                canvas,
+                mask if mask is not None else _NO_MASK,
+                xy,
+                np.array(self._ops, dtype=np.float64),
+                np.array(self._colours, dtype=np.float64),  # one compiled variant, not two
+                self.unit,
+                raster.SUB,
+            )
         return xy
 
 
