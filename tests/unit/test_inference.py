@@ -19,9 +19,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from visage_ml.inference import (
+    CACHE_BUDGET_BYTES,
+    MICRO_BATCH_RANGE,
     ModelFileError,
     ModelHashError,
     OnnxModel,
+    micro_batch_for,
+    peak_activation_bytes,
     verify_model_hash,
 )
 from visage_ml.io import sha256_file
@@ -159,6 +163,61 @@ def test_embed_batches_single_crops_and_resizes(embedder_path: Path):
     np.testing.assert_allclose(model.embed(batch[2]), whole[2:3], atol=1e-6)
     assert model.embed(crops(3, size=2 * SIZE)).shape == (3, DIM)
     assert model.embed(np.zeros((0, SIZE, SIZE, 3), dtype=np.uint8)).shape == (0, DIM)
+
+
+@pytest.mark.parametrize("kind", ["embedder", "demographics"])
+def test_large_inputs_run_in_micro_batches_with_the_same_results(tmp_path: Path, kind: str):
+    path = write_model(tmp_path / f"{kind}.onnx", kind)
+    x = to_model_input(crops(10), PreprocessSpec(input_size=SIZE))
+    whole = OnnxModel(path, micro_batch=64).run(x)
+    sliced = OnnxModel(path, micro_batch=3)
+    assert sliced.micro_batch == 3
+    got = sliced.run(x)
+    assert list(got) == list(whole)
+    for name, value in whole.items():
+        assert got[name].shape == value.shape
+        np.testing.assert_allclose(got[name], value, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
+        OnnxModel(path, micro_batch=0)
+
+
+def conv_model(path: Path, channels: int, side: int) -> bytes:
+    """input (N, 3, side, side) -> Conv 3x3 to ``channels`` -> mean over the image -> embedding."""
+    w = np.random.default_rng(4).normal(size=(channels, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["features"], pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["embedding"]),
+        ],
+        "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, side, side])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", channels])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {**base_metadata("embedder"), "visage.input_size": str(side)}
+    meta["visage.embedding_dim"] = str(channels)
+    helper.set_model_props(model, meta)
+    onnx.save(model, path)
+    return path.read_bytes()
+
+
+def test_micro_batch_keeps_the_largest_activation_near_the_cache_budget(tmp_path: Path):
+    lo, hi = MICRO_BATCH_RANGE
+    # 16 channels of 32x32 float32: 64 KiB per sample, the largest tensor of the graph.
+    small = conv_model(tmp_path / "small.onnx", 16, 32)
+    assert peak_activation_bytes(small) == 16 * 32 * 32 * 4
+    assert OnnxModel(tmp_path / "small.onnx").micro_batch == hi
+    # 64 channels of 96x96: 2.25 MiB per sample, so even two samples outgrow the budget.
+    large = conv_model(tmp_path / "large.onnx", 64, 96)
+    assert peak_activation_bytes(large) == 64 * 96 * 96 * 4 > CACHE_BUDGET_BYTES // 2
+    assert OnnxModel(tmp_path / "large.onnx").micro_batch == lo
+    between = CACHE_BUDGET_BYTES // (lo + 4)
+    assert micro_batch_for(between) == lo + 4
+    assert micro_batch_for(None) == lo
+    assert peak_activation_bytes(b"not an onnx model") is None
 
 
 def test_embed_refuses_float_or_grey_crops(embedder_path: Path):
