@@ -2,15 +2,18 @@
 
 Goal (issue: export): ONNX Runtime >= 2x the images/s of torch eager on the CPU. Both runtimes
 get the same thread count and the same standardised NCHW batch (preprocessing is outside the
-timed region for both); torch eager runs under ``torch.inference_mode`` in its faster memory
-format (contiguous or channels_last, both measured), ONNX Runtime with all graph optimisations
-through :class:`visage_ml.inference.OnnxModel`, as serving runs it. Calls of the candidates are
-interleaved so background load hits all alike; speedups use median times. Networks come from the
-backbone registry with random weights (speed does not depend on them). Prints one JSON object.
+timed region for both). ONNX Runtime runs through :class:`visage_ml.inference.OnnxModel`, as
+serving and evaluation run it: all graph optimisations, batches fed in cache-sized micro-batches
+(``OnnxModel.micro_batch``). Torch eager runs under ``torch.inference_mode`` and counts at its
+best of four ways: contiguous or channels_last memory, the whole batch in one call or in the
+same micro-batches. Each round runs every candidate for ``--iters`` calls in a block, in an
+order that rotates across rounds, and takes medians; the speedup reported is the median over
+``--rounds`` rounds (all of them are listed). Networks come from the backbone registry with
+random weights (speed does not depend on them). Prints one JSON object.
 
     python benchmarks/bench_embed_inference.py                       # default compact + IRv1
     python benchmarks/bench_embed_inference.py --backbone inception_resnet_v1 --input-size 160 \
-        --threads 2 --iters 10 --batch-sizes 1 32
+        --threads 2 --iters 10 --rounds 3 --batch-sizes 1 32
 """
 
 from __future__ import annotations
@@ -44,22 +47,34 @@ GOAL = 2.0
 IRV1 = ("inception_resnet_v1", 160, 512)
 
 
-def _time(fns: dict[str, Callable[[], Any]], *, iters: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each of ``fns``, calls interleaved round-robin.
+def _time(
+    fns: dict[str, Callable[[], Any]], *, iters: int, warmup: int, order: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns``: a block of ``warmup`` + ``iters`` calls each.
 
-    Interleaving exposes every candidate to the same background load, which matters on a
-    shared machine.
+    Each candidate runs its calls back to back. Interleaving single calls would let one
+    runtime's worker threads, still spinning after its call, take the cores from the next
+    runtime's call (torch's OpenMP pool and ONNX Runtime's both spin). ``order`` rotates which
+    candidate goes first, so that across rounds slow minutes hit all alike.
     """
-    for _ in range(warmup):
-        for fn in fns.values():
+    keys = list(fns)
+    keys = keys[order % len(keys) :] + keys[: order % len(keys)]
+    times: dict[str, list[float]] = {}
+    for key in keys:
+        fn = fns[key]
+        for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(iters):
-        for key, fn in fns.items():
+        times[key] = []
+        for _ in range(iters):
             t = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t)
     return times
+
+
+def _sliced(net: torch.nn.Module, x: torch.Tensor, step: int) -> list[torch.Tensor]:
+    """``net`` over ``x`` in slices of ``step`` samples (eager's share of micro-batching)."""
+    return [net(x[i : i + step]) for i in range(0, x.shape[0], step)]
 
 
 def bench_backbone(
@@ -69,6 +84,7 @@ def bench_backbone(
     embedding_dim: int,
     threads: int,
     iters: int,
+    n_rounds: int,
     warmup: int,
     batch_sizes: list[int],
     opset: int,
@@ -100,36 +116,46 @@ def bench_backbone(
         "onnx_bytes": onnx_bytes,
         "batches": {},
     }
-    contiguous = model
+    formats = {"contiguous": model}
     channels_last = create_backbone(name, embedding_dim=embedding_dim, input_size=input_size)
     channels_last.load_state_dict(model.state_dict())
-    channels_last = channels_last.eval().to(memory_format=torch.channels_last)
+    formats["channels_last"] = channels_last.eval().to(memory_format=torch.channels_last)
+    step = session.micro_batch
+    result["onnx_micro_batch"] = step
     for bs in batch_sizes:
         x = x_all[:bs]
         xt = torch.from_numpy(x)
-        xt_cl = xt.contiguous(memory_format=torch.channels_last)
+        inputs = {
+            "contiguous": xt,
+            "channels_last": xt.contiguous(memory_format=torch.channels_last),
+        }
+        eager: dict[str, Callable[[], Any]] = {}
+        for fmt, net in formats.items():
+            eager[fmt] = partial(net, inputs[fmt])
+            if bs > step:
+                eager[f"{fmt}/micro_batch"] = partial(_sliced, net, inputs[fmt], step)
         with torch.inference_mode():
-            ref = contiguous(xt).numpy()
-            times = _time(
-                {
-                    "contiguous": partial(contiguous, xt),
-                    "channels_last": partial(channels_last, xt_cl),
-                    "onnx": partial(session.run, x),
-                },
-                iters=iters,
-                warmup=warmup,
-            )
+            ref = model(xt).numpy()
+            candidates = {**eager, "onnx": partial(session.run, x)}
+            rounds = [
+                _time(candidates, iters=iters, warmup=warmup, order=r) for r in range(n_rounds)
+            ]
         got = session.run(x)["embedding"]
-        median = {k: statistics.median(v) for k, v in times.items()}
-        best = min(("contiguous", "channels_last"), key=median.__getitem__)
-        eager_ips, ort_ips = bs / median[best], bs / median["onnx"]
+        per_round = []
+        for times in rounds:
+            median = {k: statistics.median(v) for k, v in times.items()}
+            best = min(eager, key=median.__getitem__)
+            per_round.append((bs / median[best], bs / median["onnx"], best, median))
+        speedups = [ort_ips / eager_ips for eager_ips, ort_ips, _, _ in per_round]
+        mid = sorted(range(n_rounds), key=speedups.__getitem__)[n_rounds // 2]
+        eager_ips, ort_ips, best, median = per_round[mid]
         result["batches"][str(bs)] = {
             "eager_images_per_s": round(eager_ips, 1),
-            "eager_memory_format": best,
+            "eager_best_way": best,
             "onnx_images_per_s": round(ort_ips, 1),
-            "speedup": round(ort_ips / eager_ips, 2),
+            "speedup": round(speedups[mid], 2),
+            "speedup_rounds": [round(v, 2) for v in speedups],
             "ms_per_batch_median": {k: round(v * 1e3, 2) for k, v in median.items()},
-            "ms_per_batch_min": {k: round(min(v) * 1e3, 2) for k, v in times.items()},
             "max_abs_diff": float(np.abs(ref - got).max()),
         }
     return result
@@ -142,6 +168,7 @@ def main() -> None:
     ap.add_argument("--embedding-dim", type=int, help="embedding size (default: per backbone)")
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--iters", type=int, default=10, help="timed calls per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; the median speedup counts")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--opset", type=int, help="ONNX opset (default: params.yaml export.opset)")
@@ -169,6 +196,7 @@ def main() -> None:
             embedding_dim=dim,
             threads=args.threads,
             iters=args.iters,
+            n_rounds=args.rounds,
             warmup=args.warmup,
             batch_sizes=args.batch_sizes,
             opset=opset,
@@ -183,6 +211,7 @@ def main() -> None:
         "min_speedup": min(speedups),
         "threads": args.threads,
         "iters": args.iters,
+        "rounds": args.rounds,
         "opset": opset,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
