@@ -120,7 +120,7 @@ def bench_backbone(
     channels_last = create_backbone(name, embedding_dim=embedding_dim, input_size=input_size)
     channels_last.load_state_dict(model.state_dict())
     formats["channels_last"] = channels_last.eval().to(memory_format=torch.channels_last)
-    step = session.micro_batch
+    step = session.micro_batch or max(batch_sizes)
     result["onnx_micro_batch"] = step
     for bs in batch_sizes:
         x = x_all[:bs]

@@ -172,11 +172,12 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 # ONNX Runtime runs a batch one layer at a time: a layer writes its whole output before the next
 # one reads it. Once that output outgrows the cores' caches, every layer streams through main
 # memory. The compact embedder holds 0.6 MB of activations per crop at 96 px; with two threads
-# here it ran at about 1,650 crops/s in batches of 32 and 1,875 in batches of 8, and the
-# demographic model (66 kB per crop) was fastest at 32. OnnxModel.run therefore hands ONNX
-# Runtime micro-batches whose largest activation fills about CACHE_BUDGET_BYTES (the L2 of two
-# server cores), within MICRO_BATCH_RANGE: large convolutional models are bound by arithmetic,
-# not memory, and need a few crops per call to keep the matrix kernels busy.
+# here, batches of 8 ran 0-20% faster than batches of 32 (more while other tenants loaded the
+# machine), and the demographic model (66 kB per crop) was fastest at 32. On the CPU,
+# OnnxModel.run therefore hands ONNX Runtime micro-batches whose largest activation fills about
+# CACHE_BUDGET_BYTES (the L2 of two server cores), within MICRO_BATCH_RANGE: large convolutional
+# models are bound by arithmetic, not memory, and need a few crops per call to keep the matrix
+# kernels busy. A GPU gets whole batches.
 CACHE_BUDGET_BYTES = 4 << 20
 MICRO_BATCH_RANGE = (8, 32)
 
@@ -238,7 +239,8 @@ class OnnxModel:
     micro_batch
         The most samples :meth:`run` passes to ONNX Runtime in one call; larger inputs are run
         in slices of this size. ``None`` derives it from the model's activation sizes
-        (:func:`micro_batch_for`).
+        (:func:`micro_batch_for`) when the session runs on the CPU, and passes whole batches
+        to any other execution provider.
 
     Raises
     ------
@@ -297,7 +299,9 @@ class OnnxModel:
         )
         self._read_metadata(expected_kind)
         self._check_graph()
-        self._micro_batch = micro_batch or micro_batch_for(peak_activation_bytes(source))
+        self._micro_batch: int | None = micro_batch
+        if micro_batch is None and self.providers[0] == "CPUExecutionProvider":
+            self._micro_batch = micro_batch_for(peak_activation_bytes(source))
         logger.debug("loaded %s model %s", self._kind, self._path.name)
 
     # -- metadata ------------------------------------------------------------------------------
@@ -482,8 +486,8 @@ class OnnxModel:
         return self._metadata
 
     @property
-    def micro_batch(self) -> int:
-        """The most samples one ONNX Runtime call gets (see :meth:`run`)."""
+    def micro_batch(self) -> int | None:
+        """The most samples one ONNX Runtime call gets (see :meth:`run`); ``None``: no limit."""
         return self._micro_batch
 
     @property
@@ -504,7 +508,7 @@ class OnnxModel:
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         step = self._micro_batch
-        if x.shape[0] <= step:
+        if step is None or x.shape[0] <= step:
             outs = self._session.run(None, {INPUT_NAME: x})
         else:
             parts = [
