@@ -1,9 +1,11 @@
 """CPU embedding inference: the exported ONNX model (ONNX Runtime) vs torch eager, same weights.
 
-Goal (issue: export): ONNX Runtime >= 2x the images/s of torch eager on the CPU. Both runtimes
-get the same thread count and the same standardised NCHW batch (preprocessing is outside the
-timed region for both). ONNX Runtime runs through :class:`visage_ml.inference.OnnxModel`, as
-serving and evaluation run it: all graph optimisations, batches fed in cache-sized micro-batches
+Goal (issue: export): ONNX Runtime >= 2x the images/s of torch eager on the CPU, at batch 1 and
+32, for the embedder the pipeline exports (``params.yaml`` ``train_embedder``; top-level
+``meets_goal``); every backbone measured gets its own ``meets_goal``. Both runtimes get the
+same thread count and the same standardised NCHW batch (preprocessing is outside the timed
+region for both). ONNX Runtime runs through :class:`visage_ml.inference.OnnxModel`, as serving
+and evaluation run it: all graph optimisations, batches fed in cache-sized micro-batches
 (``OnnxModel.micro_batch``). Torch eager runs under ``torch.inference_mode`` and counts at its
 best of four ways: contiguous or channels_last memory, the whole batch in one call or in the
 same micro-batches. Each round runs every candidate for ``--iters`` calls in a block, in an
@@ -13,7 +15,7 @@ random weights (speed does not depend on them). Prints one JSON object.
 
     python benchmarks/bench_embed_inference.py                       # default compact + IRv1
     python benchmarks/bench_embed_inference.py --backbone inception_resnet_v1 --input-size 160 \
-        --threads 2 --iters 10 --rounds 3 --batch-sizes 1 32
+        --threads 2 --iters 10 --rounds 5 --batch-sizes 1 32
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def main() -> None:
     ap.add_argument("--embedding-dim", type=int, help="embedding size (default: per backbone)")
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--iters", type=int, default=10, help="timed calls per measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds; the median speedup counts")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds; the median speedup counts")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--opset", type=int, help="ONNX opset (default: params.yaml export.opset)")
@@ -203,12 +205,17 @@ def main() -> None:
         )
         for name, size, dim in configs
     ]
-    speedups = [b["speedup"] for r in results for b in r["batches"].values()]
+    for r in results:
+        r["meets_goal"] = all(b["speedup"] >= GOAL for b in r["batches"].values())
+    exported = [r for r in results if r["backbone"] == compact.backbone]
     out = {
         "benchmark": "embed_inference_cpu",
         "goal_speedup": GOAL,
-        "meets_goal": all(s >= GOAL for s in speedups),
-        "min_speedup": min(speedups),
+        # The goal is held against the embedder `dvc repro export` writes (params.yaml); other
+        # backbones (IRv1, the GPU preset's) are measured alongside.
+        "goal_backbone": compact.backbone,
+        "meets_goal": all(r["meets_goal"] for r in exported) if exported else None,
+        "min_speedup": min(b["speedup"] for r in results for b in r["batches"].values()),
         "threads": args.threads,
         "iters": args.iters,
         "rounds": args.rounds,
