@@ -175,6 +175,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--opset", type=int, help="ONNX opset (default: params.yaml export.opset)")
     args = ap.parse_args()
+    if min(args.rounds, args.iters, args.threads) < 1:
+        ap.error("--rounds, --iters and --threads must be at least 1")
 
     params_file = ProjectPaths.discover(REPO).params
     params = load_params(params_file) if params_file.exists() else None
