@@ -262,10 +262,10 @@ def decompose_prelu(model: onnx.ModelProto) -> int:
     the ``Add`` into the second, so a PReLU costs two passes over the tensor and the tensor
     never leaves that layout. Positive inputs come out exactly; a negative ``x`` comes out as
     ``x + (1 - slope) * -x``, within two roundings of ``slope * x``. Any other PReLU becomes
-    ``r + slope * (x - r)`` with ``r = Relu(x)``, which is exact. The first form made
-    MobileFaceNet about 3x faster at batch 1 and at batch 32 than ``PRelu`` (one thread,
-    ONNX Runtime 1.32); it replaced ``Relu(x) + BN_{-slope}(Relu(BN_{-1}(x)))``, which left a
-    third pass (the unfused ``Relu``, 14% of the time at batch 32). Names derive from the
+    ``r + slope * (x - r)`` with ``r = Relu(x)``, which is exact. Rewriting PReLU as
+    ``Relu(x) + BN_{-slope}(Relu(BN_{-1}(x)))`` made MobileFaceNet about 3x faster at batch 1
+    and at batch 32 (one thread, ONNX Runtime 1.32); that form left a third pass, the unfused
+    ``Relu`` (14% of the time at batch 32), which the form above saves. Names derive from the
     original nodes, so the export stays deterministic.
 
     Returns

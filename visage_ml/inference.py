@@ -555,7 +555,8 @@ class OnnxModel:
             uint8 RGB crops, shape ``(N, H, W, 3)`` (or one ``(H, W, 3)``); resized to the
             model's input size when they differ.
         batch_size
-            Crops per ONNX Runtime call.
+            Crops standardised at a time (bounds the float32 copy); :meth:`run` then hands them
+            to ONNX Runtime :attr:`micro_batch` at a time.
 
         Returns
         -------
@@ -579,7 +580,8 @@ class OnnxModel:
         crops_u8_nhwc
             uint8 RGB crops, shape ``(N, H, W, 3)`` (or one ``(H, W, 3)``).
         batch_size
-            Crops per ONNX Runtime call.
+            Crops standardised at a time (bounds the float32 copy); :meth:`run` then hands them
+            to ONNX Runtime :attr:`micro_batch` at a time.
 
         Returns
         -------

@@ -213,7 +213,7 @@ class Engine:
     max_faces
         More faces than this in one image is refused (:class:`TooManyFacesError`).
     batch_size
-        Crops per ONNX Runtime call.
+        Crops standardised at a time (:meth:`OnnxModel.run` splits them into micro-batches).
     expect_embedder, expect_demographics
         Checked against each model when it is loaded.
     mode
