@@ -2,7 +2,7 @@
 
 A temporary project gets the tiny ONNX models and tile-grid "faces" of the test suite
 (``tests/unit/serving_fakes.py``), ``--subjects`` registered subjects with identification
-consent and their encrypted templates. The server runs ``visage_ml.serving.api.create_app``
+consent and their encrypted templates. The server runs ``visage_ml.app.http.app.create_app``
 under uvicorn in a subprocess; ``--clients`` threads post ``/v1/identify`` (one face per image,
 base64 PNG in JSON) over keep-alive connections for ``--seconds``. Detection is the tile detector
 of the tests, so the numbers measure the serving stack (HTTP, JSON, image decoding, alignment,
@@ -51,9 +51,9 @@ def build_project(root: Path, n: int) -> dict[str, Any]:
         receipt,
     )
 
+    from visage_ml.app.http.auth import KeyStore
     from visage_ml.config import ProjectPaths
     from visage_ml.privacy.core import NewSubject, PrivacyCore
-    from visage_ml.serving.auth import KeyStore
     from visage_ml.serving.gallery import Gallery
 
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
@@ -99,9 +99,9 @@ def serve(root: Path, port: int) -> None:
     import uvicorn
     from serving_fakes import DIM, THRESHOLD, fake_engine
 
+    from visage_ml.app.http.app import create_app
     from visage_ml.config import ProjectPaths, load_params
     from visage_ml.privacy.core import PrivacyCore
-    from visage_ml.serving.api import create_app
     from visage_ml.serving.gallery import Gallery
 
     paths = ProjectPaths(root)

@@ -28,9 +28,13 @@ from harness import VERSION  # also puts tests/unit on the import path (rights_f
 from PIL import Image
 
 from visage_ml.config import ProjectPaths
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.faults import FAULT_EXIT
 from visage_ml.io import sha256_file
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.serving.gallery import Gallery
 
 CHILD = Path(__file__).with_name("crash_child.py")
 LEDGER = ["ledger:append:before-write", "ledger:append:torn", "ledger:append:before-fsync"]
@@ -127,8 +131,6 @@ class Crashed:
         return self.proj.engine.embed(self.proj.world.photo(pid, n))
 
     def gallery(self):
-        from visage_ml.serving.gallery import Gallery
-
         return Gallery.open(
             self.paths,
             model_version=VERSION,
@@ -223,9 +225,6 @@ def crash_and_recover(project: Path, tmp_path: Path, op: str, fault: str) -> Non
     check_consistent(c, after_resume=False)
 
     # Recovery as an operator runs it, then the interrupted operation again.
-    from visage_ml.data.rawstore import RawStore
-    from visage_ml.privacy.erasure import Erasure
-
     core = PrivacyCore(c.paths)
     Erasure(c.paths, core=core).resume()
     with RawStore(c.paths, core=core, track=False).lock():
@@ -244,8 +243,6 @@ def crash_and_recover(project: Path, tmp_path: Path, op: str, fault: str) -> Non
 
     gallery = c.gallery()
     if op == "erase":
-        from visage_ml.privacy.certificate import verify_certificate
-
         assert core.registry.get(target).erased
         certs = sorted(c.paths.certificates.glob("r*.json"))
         assert certs and verify_certificate(certs[-1], root=c.paths.root).ok
@@ -259,8 +256,6 @@ def crash_and_recover(project: Path, tmp_path: Path, op: str, fault: str) -> Non
 
 def check_import(c: Crashed) -> None:
     """Every imported image once, every person once, tables and files in agreement."""
-    from visage_ml.data.rawstore import read_images, read_subjects
-
     images, subjects = read_images(c.paths.raw), read_subjects(c.paths.raw)
     files = {p.stem for p in c.paths.raw.glob("p*/*.png")}
     assert set(images["image_id"]) == files and len(files) == len(images)

@@ -27,8 +27,8 @@ from serving_fakes import (  # noqa: E402 - after the path set-up above
     png_b64,
 )
 
+from visage_ml.app.http.auth import ROLES, KeyStore  # noqa: E402
 from visage_ml.config import Params, load_params  # noqa: E402
-from visage_ml.serving.auth import ROLES, KeyStore  # noqa: E402
 from visage_ml.serving.gallery import Gallery  # noqa: E402
 
 VERSION = "emb-test-1"
@@ -107,7 +107,8 @@ class Site:
         )
 
     def build_app(self) -> Any:
-        from visage_ml.serving.api import create_app
+        # Deferred: FastAPI is heavy and the crash tests use this module without the app.
+        from visage_ml.app.http.app import create_app
 
         self.app = create_app(
             self.paths,

@@ -31,6 +31,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from harness import VERSION, Site, make_site  # noqa: E402 - after the path set-up above
 
+from visage_ml.config import ProjectPaths, load_params  # noqa: E402
+from visage_ml.io import sha256_file  # noqa: E402
+from visage_ml.privacy.core import PrivacyCore  # noqa: E402
+from visage_ml.serving.gallery import Gallery  # noqa: E402
+
 
 @dataclass
 class Record:
@@ -68,10 +73,8 @@ def serve(root: Path, port: int) -> None:
     import uvicorn
     from serving_fakes import DIM, THRESHOLD, fake_engine
 
-    from visage_ml.config import ProjectPaths, load_params
-    from visage_ml.privacy.core import PrivacyCore
-    from visage_ml.serving.api import create_app
-    from visage_ml.serving.gallery import Gallery
+    # Deferred: FastAPI is heavy and only the server subprocess needs the app.
+    from visage_ml.app.http.app import create_app
 
     paths = ProjectPaths(root)
     params = load_params(paths.params)
@@ -256,10 +259,6 @@ def figures(result: LoadResult) -> dict[str, Any]:
 
 def audit(site: Site, result: LoadResult) -> dict[str, Any]:
     """Lost updates and leaks, from the client records and the stores after the run."""
-    from visage_ml.io import sha256_file
-    from visage_ml.privacy.core import PrivacyCore
-    from visage_ml.serving.gallery import Gallery
-
     recs = result.records
     erased_at: dict[str, float] = {}
     for r in recs:

@@ -931,8 +931,8 @@ def bad_param_files(original: str) -> dict[str, tuple[bytes, str]]:
 
 
 def test_bad_params_are_refused_by_every_entry_point(site, monkeypatch, tmp_path):
-    from visage_ml.cli import app
-    from visage_ml.stages import prepare
+    from visage_ml.app.cli import app
+    from visage_ml.app.stages import prepare
 
     monkeypatch.chdir(tmp_path)
     params_file = site.root / "params.yaml"
@@ -963,7 +963,7 @@ def test_bad_params_are_refused_by_every_entry_point(site, monkeypatch, tmp_path
 def test_prepare_names_a_damaged_raw_image_and_leaves_no_crops_behind(project, capsys):
     from rights_fakes import make_project
 
-    from visage_ml.stages import prepare
+    from visage_ml.app.stages import prepare
 
     proj = make_project(project, n_subjects=4, enrol=False)  # with an earlier data/processed
     paths = proj.paths

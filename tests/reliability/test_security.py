@@ -23,8 +23,8 @@ from harness import REPO, make_site
 from loadgen import free_port
 from typer.testing import CliRunner
 
-from visage_ml.serving import auth as auth_mod
-from visage_ml.serving.api import create_app
+from visage_ml.app.http import auth as auth_mod
+from visage_ml.app.http.app import create_app
 
 PACKAGE = REPO / "visage_ml"
 SECRET_STORES = ("secrets", "gallery/keys", "gallery/templates", "privacy/vault")
@@ -232,10 +232,10 @@ def test_every_torch_load_is_weights_only_and_no_pickle_is_read():
 def test_served_and_evaluated_models_must_match_the_export_hashes(tiny_pipeline, tmp_path):
     import json
 
+    from visage_ml.app.stages.evaluate import load_models
     from visage_ml.config import ProjectPaths, load_params
     from visage_ml.inference import ModelHashError
     from visage_ml.serving.engine import Engine
-    from visage_ml.stages.evaluate import load_models
 
     root = tmp_path / "proj"
     root.mkdir()
@@ -263,7 +263,7 @@ def test_served_and_evaluated_models_must_match_the_export_hashes(tiny_pipeline,
         Engine.from_project(paths, params).load("embedder")
     with pytest.raises(ModelHashError):
         load_models(paths)
-    from visage_ml.stages import evaluate
+    from visage_ml.app.stages import evaluate
 
     os.environ["VISAGE_PROJECT"] = str(root)
     try:
@@ -317,9 +317,9 @@ def test_serve_over_tls_with_a_private_key_only(project, tmp_path):
     import httpx
     import uvicorn
 
-    from visage_ml.cli import app as cli
-    from visage_ml.cli.common import UserError
-    from visage_ml.cli.serve_cmd import tls_options
+    from visage_ml.app.cli import app as cli
+    from visage_ml.app.cli.common import UserError
+    from visage_ml.app.cli.serve_cmd import tls_options
 
     key, cert = self_signed(tmp_path)
     runner = CliRunner()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from serving_fakes import (
     DIM,
     THRESHOLD,
@@ -27,11 +28,11 @@ from serving_fakes import (
 )
 from typer.testing import CliRunner
 
-from visage_ml.cli import app as cli
+from visage_ml.app.cli import app as cli
+from visage_ml.app.http.app import create_app
+from visage_ml.app.http.auth import ROLES, KeyStore
 from visage_ml.config import load_params
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.serving.api import create_app
-from visage_ml.serving.auth import ROLES, KeyStore
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery
 
@@ -475,16 +476,25 @@ def test_metrics_count_requests_per_endpoint_and_outcome_without_pids(enrolled):
     s.call("GET", f"/v1/subjects/{pid}", "dpo")
     s.call("GET", f"/v1/subjects/{pid}")
     r = s.call("GET", "/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    text = r.text
-    assert (
-        'visage_http_requests_total{endpoint="/v1/enroll",method="POST",outcome="200"} 18' in text
-    )
-    assert 'endpoint="/v1/subjects/{pid}",method="GET",outcome="401"} 1' in text
-    bucket = 'visage_http_request_duration_seconds_bucket{endpoint="/v1/identify",outcome="200"'
-    assert bucket + ',le="+Inf"} 1' in text
-    assert "visage_gallery_templates 18" in text
-    assert not PID_RE.search(text)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(r.text)
+        for sample in family.samples
+    }
+
+    def value(name, **labels):
+        return samples.get((name, frozenset(labels.items())))
+
+    requests = "visage_http_requests_total"
+    assert value(requests, endpoint="/v1/enroll", method="POST", outcome="200") == 18
+    assert value(requests, endpoint="/v1/subjects/{pid}", method="GET", outcome="401") == 1
+    bucket = "visage_http_request_duration_seconds_bucket"
+    assert value(bucket, endpoint="/v1/identify", outcome="200", le="+Inf") == 1
+    assert value("visage_gallery_templates") == 18
+    assert "_created" not in r.text  # only the series /metrics has always served
+    assert not PID_RE.search(r.text)
 
 
 def test_ledger_is_paged_for_auditors(enrolled):
@@ -642,12 +652,9 @@ def test_gallery_cli_lists_and_counts(enrolled):
 
 
 @pytest.fixture
-def pipeline_paths(request):
-    """The lead's trained tiny SynthFaces project (``tiny_pipeline`` in tests/conftest.py)."""
-    try:
-        return request.getfixturevalue("tiny_pipeline")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the tiny_pipeline fixture (tests/conftest.py)")
+def pipeline_paths(tiny_pipeline):
+    """The trained tiny SynthFaces project (``tiny_pipeline`` in tests/conftest.py)."""
+    return tiny_pipeline
 
 
 @pytest.mark.pipeline

@@ -1,0 +1,138 @@
+"""Errors of the HTTP API: one JSON shape, ``{"error": {"code", "message"}}``, for every failure.
+
+:class:`ApiError` is what routes raise; :func:`install_error_handlers` maps it, the framework's
+own errors and the library's exceptions (no face, model mismatch, ...) to that shape and records
+the code in the request's audit record; :func:`error_responses` documents the statuses a route
+may answer in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from visage_ml.app.http.auth import ApiKeyFileError
+from visage_ml.app.http.schemas import ErrorResponse
+from visage_ml.inference import ModelFileError
+from visage_ml.serving.engine import (
+    ModelMismatchError,
+    ModelUnavailableError,
+    NoFaceError,
+    TooManyFacesError,
+)
+from visage_ml.serving.gallery import EnrolmentRefusedError, GalleryVersionError, NotEnrolledError
+
+# Library exceptions answered directly: (exception, status, code).
+LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (NoFaceError, 422, "no_face"),
+    (TooManyFacesError, 422, "too_many_faces"),
+    (EnrolmentRefusedError, 409, "processing_not_allowed"),
+    (NotEnrolledError, 404, "not_enrolled"),
+    (GalleryVersionError, 503, "gallery_version_mismatch"),
+    (ModelMismatchError, 503, "model_mismatch"),
+    (ModelUnavailableError, 404, "not_available"),
+    (ModelFileError, 503, "model_error"),
+    (ApiKeyFileError, 503, "api_keys_unreadable"),
+)
+MSG_MALFORMED_JSON = "the request body is not valid JSON (UTF-8, not nested thousands deep)"
+MSG_INVALID_JSON = "the request body is not valid JSON"
+DOCUMENTED: dict[int, str] = {
+    400: "Malformed JSON body.",
+    401: "Missing or invalid API key.",
+    403: "The key's role may not call this endpoint.",
+    404: "Unknown subject, certificate or template.",
+    409: "The subject's state does not allow this.",
+    413: "Request or image too large.",
+    422: "Invalid input: a malformed or unknown field or query parameter, bad base64, not an "
+    "image, no face, too many faces.",
+    429: "Too many failed authentications from this client.",
+    503: "The gallery was rebuilt for another embedder, or a model is damaged; restart "
+    "the server (after `visage gallery rebuild` or `dvc repro export`).",
+}
+AUTH_ERRORS: tuple[int, ...] = (401, 403, 429)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def request_info(request: Request) -> dict[str, Any]:
+    """The request's audit record (``scope["visage"]``): routes and handlers fill it, the
+    boundary writes it to the audit log."""
+    return request.scope.setdefault("visage", {})
+
+
+def error_json(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error answer."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route may answer."""
+    return {s: {"model": ErrorResponse, "description": DOCUMENTED[s]} for s in statuses}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every known exception with :func:`error_json` and note its code for the audit."""
+
+    def handler(status: int, code: str) -> Callable[[Request, Exception], Any]:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            request_info(request)["error"] = code
+            return error_json(status, code, str(exc))
+
+        return handle
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        request_info(request)["error"] = exc.code
+        return error_json(exc.status, exc.code, exc.message, exc.headers)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        request_info(request)["error"] = code
+        message = str(exc.detail) if exc.detail else code.replace("_", " ")
+        if code == "malformed_json":
+            # FastAPI's 400 for a body it cannot parse (not UTF-8, nested too deeply).
+            message = MSG_MALFORMED_JSON
+        return error_json(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            request_info(request)["error"] = "malformed_json"
+            return error_json(400, "malformed_json", MSG_INVALID_JSON)
+        # Never echo the input: it may be an image.
+        parts = []
+        for e in errors[:10]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+        request_info(request)["error"] = "invalid_request"
+        return error_json(422, "invalid_request", "; ".join(parts))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for exc_type, status, code in LIBRARY_ERRORS:
+        app.add_exception_handler(exc_type, handler(status, code))

@@ -1,0 +1,42 @@
+"""Analytics routes for operators: demographic counts of a frame, closed aggregation windows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from visage_ml.app.http.auth import ApiKey
+from visage_ml.app.http.errors import AUTH_ERRORS, error_responses
+from visage_ml.app.http.schemas import AnalyticsRequest, AnalyticsResponse, WindowsResponse
+from visage_ml.app.http.service import OPERATOR_KEY, SERVICE, Service
+
+router = APIRouter(tags=["analytics"])
+
+
+@router.post(
+    "/v1/analytics",
+    name="analytics",
+    response_model=AnalyticsResponse,
+    responses=error_responses(400, *AUTH_ERRORS, 413, 422, 503),
+)
+def analytics(
+    body: AnalyticsRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
+) -> Any:
+    """Demographic counts of one frame (no identity is computed; nothing is stored per face).
+
+    Cells below ``serving.analytics.k_min`` read ``"suppressed"``; with
+    ``serving.analytics.epsilon`` > 0 counts carry Laplace noise.
+    """
+    return svc.analytics.analyze(svc.decode(body.image))
+
+
+@router.get(
+    "/v1/analytics/windows",
+    name="analytics_windows",
+    response_model=WindowsResponse,
+    responses=error_responses(*AUTH_ERRORS, 422),
+)
+def analytics_windows(_: ApiKey = OPERATOR_KEY, svc: Service = SERVICE) -> dict[str, Any]:
+    """Closed aggregation windows, oldest first (each released once)."""
+    return {"windows": svc.analytics.windows()}

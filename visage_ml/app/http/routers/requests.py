@@ -1,0 +1,242 @@
+"""Requests with deadlines (Art. 12), export (Art. 15, 20) and erasure (Art. 17), for DPOs.
+
+Each delegates to :mod:`visage_ml.privacy.requests`, :mod:`~visage_ml.rights.subject` and
+:mod:`~visage_ml.rights.erasure.orchestrator` with a privacy core of its own (the service's
+registry is only touched under its lock); erasure removes the template from this server's
+gallery, so the subject is never matched again once that step returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from visage_ml.app.http.auth import ApiKey
+from visage_ml.app.http.errors import AUTH_ERRORS, ApiError, error_responses, request_info
+from visage_ml.app.http.schemas import (
+    REQUEST_ID_PATTERN,
+    DenyRequestBody,
+    ErasureBody,
+    ErasureResponse,
+    ExportResponse,
+    ExtendRequestBody,
+    NewRequestBody,
+    PidPath,
+    RequestId,
+    RequestOut,
+    RequestsResponse,
+    VerifyRequestBody,
+)
+from visage_ml.app.http.service import DPO_KEY, SERVICE, Service
+from visage_ml.config import PURPOSES
+from visage_ml.io import sha256_file
+from visage_ml.privacy.core import PrivacyCore, UnknownSubjectError
+from visage_ml.privacy.requests import RequestBook, RequestStateError, UnknownRequestError
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.export import export_subject
+
+MSG_OTHER_SUBJECT = "request {request_id} is about another subject"
+
+router = APIRouter(tags=["rights"])
+ERRORS = error_responses(400, *AUTH_ERRORS, 404, 409, 422)
+post = functools.partial(router.post, response_model=RequestOut, responses=ERRORS)
+
+
+@contextlib.contextmanager
+def _answered() -> Iterator[None]:
+    """The request book's and registry's refusals as API errors (404 or 409)."""
+    try:
+        yield
+    except UnknownRequestError as exc:
+        raise ApiError(404, "unknown_request", str(exc)) from None
+    except UnknownSubjectError as exc:
+        raise ApiError(404, "unknown_subject", str(exc)) from None
+    except RequestStateError as exc:
+        raise ApiError(409, "request_state", str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(409, "not_allowed", str(exc)) from None
+
+
+def _book(svc: Service) -> RequestBook:
+    return RequestBook(PrivacyCore(svc.paths), params=svc.params.privacy)
+
+
+def _out(st: Any, b: RequestBook) -> dict[str, Any]:
+    return st.to_dict(b.now())
+
+
+def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str, Any]:
+    """Apply ``action`` to a fresh request book and answer the request's new state."""
+    b = _book(svc)
+    with _answered():
+        st = action(b)
+    if svc.gallery is not None:
+        svc.gallery.refresh()
+    return _out(st, b)
+
+
+@router.get(
+    "/v1/requests",
+    name="requests",
+    response_model=RequestsResponse,
+    responses=error_responses(*AUTH_ERRORS, 422),
+)
+def requests_(
+    all: Annotated[bool, Query(description="Also completed and denied requests.")] = False,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Open requests, nearest deadline first, with days left and overdue flags."""
+    b = _book(svc)
+    items = b.all() if all else b.open()
+    return {"requests": [_out(st, b) for st in items]}
+
+
+@post("/v1/subjects/{pid}/requests", name="request_new")
+def request_new(
+    pid: PidPath,
+    body: NewRequestBody,
+    request: Request,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Record a request (status received); its deadline is one month from receipt."""
+    request_info(request)["pid"] = pid
+    details: dict[str, Any] = {}
+    if body.right == "objection":
+        details["purposes"] = list(body.purposes or PURPOSES)
+    if body.right == "restriction":
+        details["action"] = "lift" if body.lift else "set"
+    b = _book(svc)
+    with _answered():
+        st = b.receive(
+            pid, body.right, received_at=body.received_at, details=details, channel=body.channel
+        )
+    return _out(st, b)
+
+
+@post("/v1/requests/{request_id}/verify", name="request_verify")
+def request_verify(
+    request_id: RequestId,
+    body: VerifyRequestBody | None = None,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Record that the requester's identity was verified (Art. 12(6))."""
+    method = body.method if body is not None else "identity_verified"
+    return _transition(svc, lambda b: b.verify(request_id, method=method))
+
+
+@post("/v1/requests/{request_id}/extend", name="request_extend")
+def request_extend(
+    request_id: RequestId, body: ExtendRequestBody, _: ApiKey = DPO_KEY, svc: Service = SERVICE
+) -> dict[str, Any]:
+    """Extend the deadline by up to two further months in total, with a reason code."""
+    return _transition(
+        svc, lambda b: b.extend(request_id, days=body.days, reason_code=body.reason_code)
+    )
+
+
+@post("/v1/requests/{request_id}/deny", name="request_deny")
+def request_deny(
+    request_id: RequestId, body: DenyRequestBody, _: ApiKey = DPO_KEY, svc: Service = SERVICE
+) -> dict[str, Any]:
+    """Refuse a request with a reason code (a denied erasure lifts its processing stop)."""
+    return _transition(svc, lambda b: b.deny(request_id, reason_code=body.reason_code))
+
+
+@router.post(
+    "/v1/subjects/{pid}/erasure",
+    name="erasure",
+    response_model=ErasureResponse,
+    responses=ERRORS,
+)
+def erasure(
+    pid: PidPath,
+    request: Request,
+    body: ErasureBody | None = None,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Erase the subject from every store and return the signed certificate's name.
+
+    Without ``request_id`` a request is recorded and verified by the calling DPO. The
+    subject is never matched again from the gallery step on; the certificate is served to
+    auditors at ``GET /v1/certificates/{request_id}``.
+    """
+    request_info(request)["pid"] = pid
+    with svc.lock:
+        svc.live_subject(pid)
+    er = Erasure(svc.paths, core=PrivacyCore(svc.paths), gallery=svc.gallery, params=svc.params)
+    with _answered():
+        if body is not None and body.request_id:
+            if er.book.get(body.request_id).pid != pid:
+                raise RequestStateError(MSG_OTHER_SUBJECT.format(request_id=body.request_id))
+            result = er.run(body.request_id)
+        else:
+            received = body.received_at if body is not None else None
+            result = er.erase(pid, received_at=received, channel="api")
+    if svc.gallery is not None:
+        svc.gallery.refresh()
+    claims = result.certificate.get("claims") or {}
+    path = result.certificate_path
+    return {
+        "request_id": result.request_id,
+        "pid": pid,
+        "certificate": path.name if path else "",
+        "certificate_sha256": sha256_file(path) if path else "",
+        "artefacts": result.artefacts,
+        "models_stale": len(claims.get("models") or []),
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+
+
+@router.get(
+    "/v1/subjects/{pid}/export",
+    name="export",
+    response_model=ExportResponse,
+    responses=ERRORS,
+)
+def export(
+    pid: PidPath,
+    request: Request,
+    request_id: Annotated[
+        str | None, Query(pattern=REQUEST_ID_PATTERN, description="A verified request.")
+    ] = None,
+    portability: Annotated[bool, Query(description="Record as Art. 20 portability.")] = False,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Access / portability export (Art. 15, 20): the zip bundle, base64 in JSON.
+
+    The bundle is built in memory and not kept on the server; the request is completed
+    with a signed receipt and ``access.exported`` records the bundle's hash.
+    """
+    request_info(request)["pid"] = pid
+    with svc.lock:
+        svc.live_subject(pid)
+    with _answered():
+        result = export_subject(
+            svc.paths,
+            pid,
+            request_id=request_id,
+            core=PrivacyCore(svc.paths),
+            gallery=svc.gallery,
+            right="portability" if portability else "access",
+            keep=False,
+        )
+    return {
+        "request_id": result.request_id,
+        "pid": pid,
+        "bundle": {
+            "filename": f"{result.request_id}.zip",
+            "sha256": result.sha256,
+            "bytes": len(result.data),
+            "zip_base64": base64.b64encode(result.data).decode("ascii"),
+        },
+    }

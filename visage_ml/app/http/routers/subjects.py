@@ -1,0 +1,131 @@
+"""Subject state and the rights that are one signed ledger event each, for DPOs (auditors read).
+
+``GET /v1/subjects/{pid}``, consent withdrawal (Art. 7(3)), restriction (Art. 18) and its
+lifting, objection (Art. 21). Requests with deadlines, export and erasure live in
+:mod:`visage_ml.app.http.routers.requests`, under the same ``/v1/subjects/{pid}/`` prefix.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from visage_ml.app.http.auth import ApiKey
+from visage_ml.app.http.errors import AUTH_ERRORS, ApiError, error_responses, request_info
+from visage_ml.app.http.schemas import (
+    PidPath,
+    PurposesRequest,
+    RestrictRequest,
+    RightsResponse,
+    SubjectResponse,
+)
+from visage_ml.app.http.service import DPO_KEY, READER_KEY, SERVICE, Service
+from visage_ml.config import PURPOSES
+
+MSG_NOT_RESTRICTED = "subject {pid} is not restricted; nothing to lift"
+
+router = APIRouter(tags=["rights"])
+post = functools.partial(
+    router.post,
+    response_model=RightsResponse,
+    responses=error_responses(400, *AUTH_ERRORS, 404, 409, 422),
+)
+
+
+@router.get(
+    "/v1/subjects/{pid}",
+    name="subject_state",
+    response_model=SubjectResponse,
+    responses=error_responses(*AUTH_ERRORS, 404, 422),
+)
+def subject_state(
+    pid: PidPath, request: Request, _: ApiKey = READER_KEY, svc: Service = SERVICE
+) -> dict[str, Any]:
+    """A subject's processing state per purpose and in the gallery (no identity data)."""
+    request_info(request)["pid"] = pid
+    return svc.subject_state(pid)
+
+
+def _done(svc: Service, pid: str, entry: Any) -> dict[str, Any]:
+    """The answer to a rights event: the entry appended and the subject's new state."""
+    if svc.gallery is not None:
+        svc.gallery.refresh()
+    return {
+        "pid": pid,
+        "event": entry.type,
+        "seq": entry.seq,
+        "subject": svc.subject_state(pid),
+    }
+
+
+def _for_purposes(
+    svc: Service,
+    pid: str,
+    request: Request,
+    body: PurposesRequest | None,
+    record: Callable[..., Any],
+) -> dict[str, Any]:
+    """Record a per-purpose event (the purposes given, all when omitted) for a live pid."""
+    request_info(request)["pid"] = pid
+    with svc.lock:
+        svc.live_subject(pid)
+        purposes = body.purposes if body is not None and body.purposes else list(PURPOSES)
+        entry = record(pid, purposes)
+    return _done(svc, pid, entry)
+
+
+@post("/v1/subjects/{pid}/consent/withdraw", name="consent_withdraw")
+def consent_withdraw(
+    pid: PidPath,
+    request: Request,
+    body: PurposesRequest | None = None,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Withdraw consent (Art. 7(3)) for the purposes given (all when omitted)."""
+    return _for_purposes(svc, pid, request, body, svc.core.withdraw_consent)
+
+
+@post("/v1/subjects/{pid}/restrict", name="restrict")
+def restrict(
+    pid: PidPath,
+    request: Request,
+    body: RestrictRequest | None = None,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Restrict processing (Art. 18): data kept, never searched until lifted."""
+    request_info(request)["pid"] = pid
+    with svc.lock:
+        svc.live_subject(pid)
+        reason = body.reason_code if body is not None else "subject_request"
+        entry = svc.core.restrict(pid, reason_code=reason)
+    return _done(svc, pid, entry)
+
+
+@post("/v1/subjects/{pid}/lift", name="lift")
+def lift(
+    pid: PidPath, request: Request, _: ApiKey = DPO_KEY, svc: Service = SERVICE
+) -> dict[str, Any]:
+    """Lift a restriction."""
+    request_info(request)["pid"] = pid
+    with svc.lock:
+        if not svc.live_subject(pid).restricted:
+            raise ApiError(409, "not_restricted", MSG_NOT_RESTRICTED.format(pid=pid))
+        entry = svc.core.lift(pid)
+    return _done(svc, pid, entry)
+
+
+@post("/v1/subjects/{pid}/object", name="object")
+def object_(
+    pid: PidPath,
+    request: Request,
+    body: PurposesRequest | None = None,
+    _: ApiKey = DPO_KEY,
+    svc: Service = SERVICE,
+) -> dict[str, Any]:
+    """Record an objection (Art. 21) to the purposes given (all when omitted)."""
+    return _for_purposes(svc, pid, request, body, svc.core.object)

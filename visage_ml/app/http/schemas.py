@@ -1,0 +1,288 @@
+"""Request and response models of the HTTP API (pydantic); they are its OpenAPI schema.
+
+Request bodies are strict (no unknown fields, no coercion); responses describe what the routes
+return. Images travel as base64 strings inside JSON (see :mod:`visage_ml.app.http.app`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from visage_ml.serving.analytics import SUPPRESSED
+
+PID_PATTERN = r"^p[0-9a-f]{16}$"
+REQUEST_ID_PATTERN = r"^r\d{8}-[0-9a-f]{8}$"
+MAX_ENROL_IMAGES = 20
+MAX_TOP_K = 100
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable error code.")
+    message: str = Field(description="What went wrong and what to do.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+Pid = Annotated[str, Field(pattern=PID_PATTERN, description="Pseudonymous subject id.")]
+Base64Image = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="The image file (JPEG, PNG, WebP or BMP) encoded as base64.",
+    ),
+]
+Purpose = Literal["training", "evaluation", "identification"]
+PidPath = Annotated[str, Path(pattern=PID_PATTERN, description="Pseudonymous subject id.")]
+
+
+class _Strict(BaseModel):
+    # No unknown fields, and no coercion: "5" is not an integer, 0 is not false.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class IdentifyRequest(_Strict):
+    image: Base64Image
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="Most candidates per face.")
+
+
+class VerifyRequest(_Strict):
+    image: Base64Image
+    pid: Pid
+
+
+class EnrollRequest(_Strict):
+    pid: Pid
+    images: list[Base64Image] = Field(
+        min_length=1,
+        max_length=MAX_ENROL_IMAGES,
+        description="Enrolment images, one face each; their embeddings are averaged.",
+    )
+
+
+class AnalyticsRequest(_Strict):
+    image: Base64Image
+
+
+class PurposesRequest(_Strict):
+    purposes: list[Purpose] | None = Field(
+        None, description="Purposes concerned; all when omitted."
+    )
+
+
+class RestrictRequest(_Strict):
+    reason_code: str = Field(
+        "subject_request",
+        pattern=r"^[a-z0-9_]{1,64}$",
+        description="Why, as a code (no free text: the ledger keeps it for ever).",
+    )
+
+
+class MatchOut(BaseModel):
+    pid: str
+    score: float = Field(description="Cosine similarity, at or above the threshold.")
+
+
+class FaceMatches(BaseModel):
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in pixels.")
+    detection_prob: float
+    matches: list[MatchOut]
+
+
+class IdentifyResponse(BaseModel):
+    faces: list[FaceMatches]
+    threshold: float
+    model_version: str
+
+
+class VerifyResponse(BaseModel):
+    pid: str
+    match: bool
+    score: float
+    threshold: float
+    model_version: str
+
+
+class EnrollResponse(BaseModel):
+    pid: str
+    template_sha256: str = Field(description="SHA-256 of the stored ciphertext file.")
+    images_used: int
+    replaced: bool
+    model_version: str
+
+
+Cell = int | Literal["suppressed"]
+
+
+class CountsOut(BaseModel):
+    faces: Cell
+    age_band: dict[str, Cell]
+    gender: dict[str, Cell]
+    group: dict[str, Cell]
+
+
+class AnalyticsResponse(BaseModel):
+    counts: CountsOut = Field(
+        description=f"This frame's counts; a cell under k_min reads '{SUPPRESSED}'."
+    )
+    window_start: str
+    window_seconds: float
+    k_min: int
+    epsilon: float
+
+
+class WindowOut(BaseModel):
+    start: str
+    end: str
+    frames: int
+    counts: CountsOut
+
+
+class WindowsResponse(BaseModel):
+    windows: list[WindowOut]
+
+
+class PurposeState(BaseModel):
+    allowed: bool
+    reason: str
+    basis: list[str]
+    receipt_hash: str | None
+
+
+class GalleryState(BaseModel):
+    enrolled: bool
+    searchable: bool
+    template_model_version: str | None
+
+
+class SubjectResponse(BaseModel):
+    pid: str
+    source: str
+    added_seq: int
+    last_seq: int
+    restricted: bool
+    objected: list[str]
+    erasure_pending: bool
+    erased: bool
+    purposes: dict[str, PurposeState]
+    gallery: GalleryState | None = Field(
+        None, description="Gallery state (null in analytics mode)."
+    )
+
+
+class RightsResponse(BaseModel):
+    pid: str
+    event: str = Field(description="Type of the ledger event appended.")
+    seq: int = Field(description="Its sequence number in the ledger.")
+    subject: SubjectResponse
+
+
+class LedgerEntryOut(BaseModel):
+    seq: int
+    time: str
+    type: str
+    pid: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+    sig: str
+
+
+class LedgerResponse(BaseModel):
+    entries: list[LedgerEntryOut]
+    next_after_seq: int | None = Field(description="Pass as after_seq for the next page.")
+
+
+class CertificateInfo(BaseModel):
+    name: str
+    sha256: str
+    bytes: int
+
+
+class CertificatesResponse(BaseModel):
+    certificates: list[CertificateInfo]
+
+
+Code = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$", description="A code, no free text.")]
+RequestId = Annotated[str, Path(pattern=REQUEST_ID_PATTERN, description="Request id.")]
+
+
+class NewRequestBody(_Strict):
+    right: Literal["access", "portability", "rectification", "erasure", "restriction", "objection"]
+    received_at: str | None = Field(None, description="ISO 8601 receipt time (default now).")
+    channel: Code = "api"
+    purposes: list[Purpose] | None = Field(None, description="Objection: purposes concerned.")
+    lift: bool = Field(False, description="Restriction: the subject asks to lift it.")
+
+
+class VerifyRequestBody(_Strict):
+    method: Code = "identity_verified"
+
+
+class ExtendRequestBody(_Strict):
+    days: int = Field(ge=1, le=366, description="Days added to the deadline.")
+    reason_code: Code
+
+
+class DenyRequestBody(_Strict):
+    reason_code: Code
+
+
+class ErasureBody(_Strict):
+    request_id: str | None = Field(
+        None, pattern=REQUEST_ID_PATTERN, description="A verified erasure request."
+    )
+    received_at: str | None = Field(None, description="ISO 8601 receipt time (default now).")
+
+
+class RequestOut(BaseModel):
+    request_id: str
+    pid: str
+    right: str
+    article: str
+    status: str
+    received_at: str
+    deadline: str
+    days_left: int | None
+    overdue: bool
+    extended_days: int
+    denied_reason: str | None
+    completed_at: str | None
+    receipt_sha256: str | None
+
+
+class RequestsResponse(BaseModel):
+    requests: list[RequestOut]
+
+
+class ErasureResponse(BaseModel):
+    request_id: str
+    pid: str
+    certificate: str = Field(description="Name under GET /v1/certificates/{name}.")
+    certificate_sha256: str
+    artefacts: int = Field(description="Artefacts removed (hashes in the certificate).")
+    models_stale: int = Field(description="Models trained with the subject, stale until retrained.")
+    timings_s: dict[str, float]
+
+
+class ExportBundle(BaseModel):
+    filename: str
+    sha256: str
+    bytes: int
+    zip_base64: str = Field(description="The zip bundle (manifest.json, schema.json, ...).")
+
+
+class ExportResponse(BaseModel):
+    request_id: str
+    pid: str
+    bundle: ExportBundle
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    mode: str
+    models: dict[str, str | None]
