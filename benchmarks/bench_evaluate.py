@@ -27,17 +27,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visage_ml.app.stages.evaluate import run
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.export import to_onnx
+from visage_ml.preprocess import PreprocessSpec
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 60.0
 
 
 def _backbone_embedder(root: Path, params: Any) -> None:
     """Replace ``models/embedder.onnx`` with the configured backbone (random weights)."""
+    # Deferred: torch (imported by the backbones) is slow to load and only this option needs it.
     import torch
 
-    from visage_ml.export import to_onnx
     from visage_ml.models.backbones import create_backbone
-    from visage_ml.preprocess import PreprocessSpec
 
     cfg = params.train_embedder
     torch.manual_seed(0)
@@ -71,10 +75,7 @@ def main() -> None:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(REPO / "tests" / "unit"))
-    import evaluate_fakes
-
-    from visage_ml.config import ProjectPaths, load_params
-    from visage_ml.stages.evaluate import run
+    import evaluate_fakes  # the test helpers' folder is on sys.path only from here on
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     try:

@@ -8,9 +8,13 @@ no image, template, name or per-subject row ever reaches MLflow.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visage_ml.config import ProjectPaths
@@ -30,7 +34,7 @@ def sanitize_key(key: str) -> str:
 def configure(paths: ProjectPaths, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the project's store and make sure ``experiment`` exists; return its id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
+    import mlflow  # deferred: slow to import, and only stages that log need it
 
     paths.mlruns.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(paths.tracking_uri)
@@ -55,7 +59,7 @@ def stage_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Open an MLflow run named after ``stage`` with flattened ``params`` and ``tags``."""
     configure(paths)
-    import mlflow
+    import mlflow  # deferred: slow to import, and only stages that log need it
 
     with mlflow.start_run(run_name=stage) as run:
         mlflow.set_tag("visage.stage", stage)
@@ -68,9 +72,7 @@ def stage_run(
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log finite numeric metrics with sanitised keys (non-finite values are skipped)."""
-    import math
-
-    import mlflow
+    import mlflow  # deferred: slow to import, and only stages that log need it
 
     clean = {
         sanitize_key(k): float(v)
@@ -79,6 +81,48 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     }
     if clean:
         mlflow.log_metrics(clean, step=step)
+
+
+def flat_metrics(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a nested document as ``{"a.b.c": value}`` (booleans and text left out)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flat_metrics(v, key))
+        elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
+def log_contents(files: Mapping[str, bytes | str], artifact_path: str) -> None:
+    """Log in-memory files (bytes, or UTF-8 text) under ``artifact_path`` of the active run."""
+    import mlflow  # deferred: slow to import, and only stages that log need it
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "contents"
+        folder.mkdir()
+        for name, content in files.items():
+            target = folder / sanitize_key(name)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content, encoding="utf-8")
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def pinned_requirements(packages: Sequence[str]) -> list[str]:
+    """``pkg==installed version`` per package (bare name when not installed).
+
+    Given to MLflow's model flavours so they do not infer requirements, which is slow.
+    """
+    out = []
+    for pkg in packages:
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            out.append(pkg)
+    return out
 
 
 def _param_value(v: Any) -> str:

@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 
+from visage_ml.data.pairs import PairSet, threshold_at_far
 from visage_ml.evaluation.demographics import (
     band_accuracy,
     demographic_model_report,
     detection_report,
-    frame_summary,
     mean_absolute_error,
     miss_rate,
 )
@@ -23,8 +23,7 @@ from visage_ml.evaluation.fairness import (
     skewed_error_ratio,
     summarize,
 )
-from visage_ml.evaluation.pairs import PairSet
-from visage_ml.evaluation.verification import threshold_at_far
+from visage_ml.evaluation.groups import frame_summary
 
 GROUPS = ("g1", "g2", "g3", "g4")
 

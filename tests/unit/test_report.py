@@ -4,10 +4,11 @@ import re
 import numpy as np
 import pytest
 
+from visage_ml.data.pairs import PairSet, threshold_at_far
 from visage_ml.evaluation.fairness import demographic_differentials, fairness_gate, make_breakdown
-from visage_ml.evaluation.pairs import PairSet
-from visage_ml.evaluation.report import fmt_ci, fmt_rate, make_figures, render_html
-from visage_ml.evaluation.verification import SortedScores, threshold_at_far
+from visage_ml.evaluation.figures import make_figures
+from visage_ml.evaluation.report import fmt_ci, fmt_rate, render_html
+from visage_ml.evaluation.verification import SortedScores
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LABELS = ("g1", "g<2>")  # a label with markup must come out escaped

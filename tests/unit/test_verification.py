@@ -2,23 +2,23 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from visage_ml.evaluation.bootstrap import pair_weights, percentile_interval
-from visage_ml.evaluation.lfw import best_threshold, ten_fold_accuracy
-from visage_ml.evaluation.pairs import (
+from visage_ml.data.pairs import (
     PairSet,
     build_pairs,
     genuine_pairs,
     impostor_pairs,
     pair_scores,
+    tar_at_far,
+    threshold_at_far,
 )
+from visage_ml.evaluation.bootstrap import pair_weights, percentile_interval
+from visage_ml.evaluation.lfw import best_threshold, ten_fold_accuracy
 from visage_ml.evaluation.verification import (
     SortedScores,
     area_under_curve,
     curve_points,
     equal_error_rate,
-    tar_at_far,
     tar_at_fmr,
-    threshold_at_far,
     verification_metrics,
     verification_with_intervals,
 )

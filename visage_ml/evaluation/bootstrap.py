@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from visage_ml.evaluation.pairs import PairSet
+from visage_ml.data.pairs import PairSet
 
 
 def identity_multiplicities(n_identities: int, rounds: int, *, seed: int) -> np.ndarray:

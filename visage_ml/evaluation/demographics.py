@@ -1,24 +1,22 @@
-"""Per-group quality of the demographic model and of face detection (fairlearn MetricFrame).
+"""Per-group quality of the demographic model and of face detection.
 
-Metrics are plain callables ``fn(y_true, y_pred, **kw)``; :func:`frame_summary` aggregates one
-of them per demographic group with :class:`fairlearn.metrics.MetricFrame` and keeps
-``overall``, ``by_group``, ``difference()`` and ``ratio()``.
+Metrics are plain callables ``fn(y_true, y_pred, **kw)``;
+:func:`visage_ml.evaluation.groups.frame_summary` aggregates one of them per demographic group
+(``overall``, ``by_group``, ``difference()``, ``ratio()``, as fairlearn's ``MetricFrame``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from visage_ml.evaluation.bootstrap import finite_or_none
+from visage_ml.evaluation.groups import Metric, frame_summary
 
 logger = logging.getLogger(__name__)
-
-Metric = Callable[..., float]
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -47,53 +45,6 @@ def miss_rate(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     t = np.asarray(y_true, dtype=bool)
     p = np.asarray(y_pred, dtype=bool)
     return float(np.mean(~p[t])) if t.any() else float("nan")
-
-
-def frame_summary(
-    metric: Metric,
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    sensitive: np.ndarray,
-    *,
-    name: str,
-) -> dict[str, Any]:
-    """One metric per group through fairlearn's MetricFrame.
-
-    Parameters
-    ----------
-    metric
-        ``fn(y_true, y_pred) -> float``.
-    y_true, y_pred
-        Per-sample truth and prediction.
-    sensitive
-        Per-sample group label.
-    name
-        Metric name (the MetricFrame column).
-
-    Returns
-    -------
-    dict
-        ``overall``, ``by_group`` (group -> value), ``n`` (group -> samples), ``difference``
-        (max - min between groups) and ``ratio`` (min / max); non-finite values are ``None``.
-    """
-    from fairlearn.metrics import MetricFrame
-
-    sens = np.asarray(sensitive).astype(str)
-    mf = MetricFrame(
-        metrics={name: metric},
-        y_true=np.asarray(y_true),
-        y_pred=np.asarray(y_pred),
-        sensitive_features=sens,
-    )
-    by_group = mf.by_group[name]
-    labels, counts = np.unique(sens, return_counts=True)
-    return {
-        "overall": finite_or_none(float(mf.overall[name])),
-        "by_group": {str(k): finite_or_none(float(v)) for k, v in by_group.items()},
-        "n": {str(k): int(c) for k, c in zip(labels, counts, strict=True)},
-        "difference": finite_or_none(float(mf.difference()[name])),
-        "ratio": finite_or_none(float(mf.ratio()[name])),
-    }
 
 
 def demographic_model_report(

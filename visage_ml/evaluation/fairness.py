@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from visage_ml.data.pairs import PairSet
 from visage_ml.evaluation.bootstrap import estimate, finite_or_none, identity_multiplicities
 from visage_ml.evaluation.bootstrap import pair_weights as _pair_weights
-from visage_ml.evaluation.pairs import PairSet
+from visage_ml.evaluation.groups import Partition
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +189,17 @@ class Breakdown:
 
 def make_breakdown(name: str, identity_values: Sequence[Any], labels: Sequence[str]) -> Breakdown:
     """Build a :class:`Breakdown` from each identity's value (values not in ``labels`` -> -1)."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    codes = np.array([index.get(str(v), -1) for v in identity_values], dtype=np.int64)
+    codes = Partition.from_values(identity_values, labels).codes
     return Breakdown(name=name, labels=tuple(labels), identity_label=codes)
 
 
 class _Cells:
-    """Each comparison's cell (impostor pair of groups, or genuine group) and error flag."""
+    """Comparisons partitioned into cells: an impostor pair of groups, or a genuine group.
+
+    Impostor cells are unordered (``lo * G + hi``), genuine cells follow them (``G * G + g``);
+    comparisons with a subject of unknown group are left out. A comparison errs when a genuine
+    one is rejected or an impostor one accepted at the threshold.
+    """
 
     def __init__(self, pairs: PairSet, breakdown: Breakdown, threshold: float) -> None:
         g = len(breakdown.labels)
@@ -202,25 +207,20 @@ class _Cells:
         lb = breakdown.identity_label[pairs.id_b]
         lo, hi = np.minimum(la, lb), np.maximum(la, lb)
         cell = np.where(pairs.genuine, g * g + la, lo * g + hi)
-        keep = lo >= 0
         accepted = pairs.score >= threshold
-        error = np.where(pairs.genuine, ~accepted, accepted)
         self.g = g
-        self.keep = keep
-        self.cell = cell[keep]
-        self.error = error[keep].astype(np.float64)
-        self.size = g * g + g
+        self.partition = Partition(np.where(lo >= 0, cell, -1), range(g * g + g))
+        self.error = np.where(pairs.genuine, ~accepted, accepted).astype(np.float64)
 
     def rates(self, weights: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """``(cross_fmr (G,G), fnmr (G,), cross_n (G,G), genuine_n (G,))`` (weighted)."""
+        # Counts and bootstrap multiplicities are integers: the vectorised sums are exact.
         if weights is None:
-            w = None
-            we = self.error
+            n = self.partition.n.astype(np.float64)
+            e = self.partition.sums(self.error)
         else:
-            w = weights[self.keep]
-            we = w * self.error
-        n = np.bincount(self.cell, weights=w, minlength=self.size)
-        e = np.bincount(self.cell, weights=we, minlength=self.size)
+            n = self.partition.sums(weights)
+            e = self.partition.sums(weights * self.error)
         g = self.g
         n_imp = n[: g * g].reshape(g, g)
         e_imp = e[: g * g].reshape(g, g)
@@ -379,12 +379,11 @@ def demographic_differentials(
     out: dict[str, Differentials] = {}
     for b in breakdowns:
         p = _point(cells[b.name], None, alpha)
-        known = b.identity_label[b.identity_label >= 0]
         out[b.name] = Differentials(
             breakdown=b.name,
             labels=b.labels,
             threshold=float(threshold),
-            n_identities=np.bincount(known, minlength=len(b.labels)),
+            n_identities=Partition(b.identity_label, b.labels).n,
             n_genuine=np.rint(p["n_gen"]).astype(np.int64),
             n_impostor=np.rint(p["n_same"]).astype(np.int64),
             fmr=p["fmr"],

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visage_ml.evaluation.verification import far_key, threshold_at_far
+from visage_ml.data.pairs import threshold_at_far
+from visage_ml.evaluation.verification import far_key
 
 DEFAULT_FPIRS: tuple[float, ...] = (1e-2, 1e-1)
 

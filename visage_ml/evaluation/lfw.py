@@ -7,7 +7,15 @@ the form the LFW benchmark page asks for).
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import numpy as np
+import pandas as pd
+
+from visage_ml.data.pairs import pair_scores
+
+logger = logging.getLogger(__name__)
 
 MSG_NO_FOLDS = "the LFW protocol needs at least two folds with pairs; re-import the protocol file"
 
@@ -77,3 +85,47 @@ def ten_fold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -
         "n_pairs": float(s.size),
         "threshold": float(np.mean(thresholds)),
     }
+
+
+def protocol_accuracy(
+    protocol: pd.DataFrame, image_ids: np.ndarray, embeddings: np.ndarray
+) -> dict[str, Any]:
+    """10-fold accuracy of the protocol pairs whose two images are among the embedded ones.
+
+    Parameters
+    ----------
+    protocol
+        ``data/protocols/lfw_pairs.parquet`` content: ``fold``, ``image_id_a``, ``image_id_b``,
+        ``same``. Folds below 0 are LFW View 1 (pairsDevTest/DevTrain, see
+        :mod:`visage_ml.data.importers`) and are left out.
+    image_ids
+        Image id of each row of ``embeddings``.
+    embeddings
+        Unit-norm embeddings.
+
+    Returns
+    -------
+    dict
+        ``pairs_in_protocol``, ``pairs_used`` and the :func:`ten_fold_accuracy` keys, or
+        ``skipped`` (the reason) when fewer than two folds have usable pairs.
+    """
+    table = protocol[protocol["fold"] >= 0].reset_index(drop=True)
+    position = pd.Series(np.arange(len(image_ids)), index=pd.Index(image_ids.astype(str)))
+    a = position.reindex(table["image_id_a"].astype(str)).to_numpy()
+    b = position.reindex(table["image_id_b"].astype(str)).to_numpy()
+    usable = ~(np.isnan(a.astype(float)) | np.isnan(b.astype(float)))
+    out: dict[str, Any] = {"pairs_in_protocol": len(table), "pairs_used": int(usable.sum())}
+    folds = table["fold"].to_numpy()[usable]
+    if usable.sum() == 0 or np.unique(folds).size < 2:
+        logger.warning(
+            "LFW protocol: %d of %d pairs have both images among the test crops; too few to "
+            "report 10-fold accuracy",
+            int(usable.sum()),
+            len(table),
+        )
+        out["skipped"] = "fewer than two folds have both images among the test crops"
+        return out
+    scores = pair_scores(embeddings, a[usable].astype(np.int64), b[usable].astype(np.int64))
+    same = table["same"].to_numpy(dtype=bool)[usable]
+    out.update(ten_fold_accuracy(scores, same, folds))
+    return out

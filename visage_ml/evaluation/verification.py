@@ -15,38 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from visage_ml.data.pairs import (
+    MSG_NO_GENUINE,
+    MSG_NO_IMPOSTORS,
+    PairSet,
+)
 from visage_ml.evaluation.bootstrap import (
     estimate,
     finite_or_none,
     identity_multiplicities,
     pair_weights,
 )
-from visage_ml.evaluation.pairs import PairSet
 
-MSG_NO_IMPOSTORS = "no impostor scores: cannot place a threshold"
-MSG_NO_GENUINE = "no genuine scores: cannot compute TAR"
 DEFAULT_FARS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
-
-
-def threshold_at_far(impostor_scores: np.ndarray, far: float) -> float:
-    """Smallest threshold ``t`` with ``mean(impostor >= t) <= far`` (scores: higher = closer)."""
-    imp = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
-    if imp.size == 0:
-        raise ValueError(MSG_NO_IMPOSTORS)
-    k = int(np.floor(far * imp.size))
-    if k >= imp.size:
-        return float(imp[-1])
-    # Accept strictly above the (k+1)-th highest impostor score.
-    return float(np.nextafter(imp[k], np.inf))
-
-
-def tar_at_far(genuine_scores: np.ndarray, impostor_scores: np.ndarray, far: float) -> float:
-    """True accept rate of genuine pairs at the threshold that gives false accept rate ``far``."""
-    gen = np.asarray(genuine_scores, dtype=np.float64)
-    if gen.size == 0:
-        raise ValueError(MSG_NO_GENUINE)
-    t = threshold_at_far(impostor_scores, far)
-    return float(np.mean(gen >= t))
 
 
 def far_key(far: float) -> str:
@@ -265,10 +246,9 @@ def verification_with_intervals(
     )
 
 
-def subset_curve(pairs: PairSet, mask: np.ndarray) -> RocCurve | None:
-    """ROC of the comparisons selected by ``mask`` (``None`` when a side is empty)."""
-    mask = np.asarray(mask, dtype=bool)
-    gen = pairs.genuine[mask]
-    if not gen.any() or gen.all():
+def roc_curve(y_true: np.ndarray, y_score: np.ndarray) -> RocCurve | None:
+    """ROC of comparisons (``y_true``: genuine); ``None`` when either side is empty."""
+    genuine = np.asarray(y_true, dtype=bool)
+    if not genuine.any() or genuine.all():
         return None
-    return SortedScores(pairs.score[mask], gen).roc()
+    return SortedScores(y_score, genuine).roc()

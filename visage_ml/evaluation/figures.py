@@ -1,0 +1,252 @@
+"""The report's figures: PNG bytes drawn with matplotlib (Agg, no display), only aggregates.
+
+Nothing here touches files: :func:`make_figures` returns ``{file name: PNG bytes}``; the HTML
+report embeds them and the ``evaluate`` stage logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from visage_ml.evaluation.verification import RocCurve
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Cut-off of the DET axes: error rates below this are drawn at the edge.
+DET_FLOOR = 1e-5
+DET_TICKS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
+COLORS: tuple[str, ...] = ("#1b6ca8", "#e07b00", "#2a9d3a", "#c0392b", "#7d3c98", "#8c564b")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure(width: float = 6.4, height: float = 4.4) -> Figure:
+    from matplotlib.figure import Figure  # deferred: slow to import, only drawing needs it
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _probit(p: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtri  # the normal quantile; much lighter to import than stats
+
+    return ndtri(np.clip(np.asarray(p, dtype=np.float64), DET_FLOOR, 1 - DET_FLOOR))
+
+
+def roc_figure(
+    curves: Mapping[str, RocCurve | None],
+    *,
+    points: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "ROC",
+) -> bytes:
+    """ROC (TAR against FMR, log FMR axis) per group; ``points`` marks ``(fmr, tar)`` each."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, (name, curve) in enumerate(curves.items()):
+        if curve is None:
+            continue
+        color = COLORS[i % len(COLORS)]
+        fmr = np.maximum(curve.fmr, DET_FLOOR)
+        ax.plot(fmr, curve.tar, color=color, label=name, lw=1.5)
+        if points and name in points:
+            x, y = points[name]
+            ax.plot([max(x, DET_FLOOR)], [y], "o", color=color, ms=5)
+    ax.set_xscale("log")
+    ax.set_xlim(DET_FLOOR, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false match rate (FMR)")
+    ax.set_ylabel("true accept rate (1 - FNMR)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def det_figure(
+    curves: Mapping[str, RocCurve | None],
+    *,
+    points: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "DET",
+) -> bytes:
+    """DET (FNMR against FMR on normal-deviate axes) per group; ``points`` marks ``(fmr, fnmr)``."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, (name, curve) in enumerate(curves.items()):
+        if curve is None:
+            continue
+        color = COLORS[i % len(COLORS)]
+        ax.plot(_probit(curve.fmr), _probit(curve.fnmr), color=color, label=name, lw=1.5)
+        if points and name in points:
+            x, y = points[name]
+            ax.plot(_probit(np.array([x])), _probit(np.array([y])), "o", color=color, ms=5)
+    ticks = _probit(np.array(DET_TICKS))
+    labels = [f"{t:g}" for t in DET_TICKS]
+    ax.set_xticks(ticks, labels)
+    ax.set_yticks(ticks, labels)
+    lim = (_probit(np.array([DET_FLOOR]))[0], _probit(np.array([0.5]))[0])
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_xlabel("false match rate (FMR)")
+    ax.set_ylabel("false non-match rate (FNMR)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return _png(fig)
+
+
+def heatmap_figure(
+    matrix: np.ndarray, labels: Sequence[str], *, title: str = "Cross-group FMR"
+) -> bytes:
+    """log10 heat map of the cross-group FMR matrix, each cell annotated with its value."""
+    m = np.asarray(matrix, dtype=np.float64)
+    fig = _figure(5.2, 4.4)
+    ax = fig.add_subplot()
+    positive = m[np.isfinite(m) & (m > 0)]
+    floor = positive.min() / 10 if positive.size else 1e-6
+    shown = np.log10(np.where(np.isfinite(m), np.maximum(m, floor), np.nan))
+    im = ax.imshow(shown, cmap="viridis")
+    n = len(labels)
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    finite = shown[np.isfinite(shown)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for r in range(n):
+        for c in range(n):
+            v = m[r, c]
+            text = "n/a" if not np.isfinite(v) else ("0" if v == 0 else f"{v:.1e}")
+            # Dark text on the bright end of viridis, light text on the dark end.
+            dark = np.isfinite(shown[r, c]) and shown[r, c] > middle
+            ax.text(
+                c,
+                r,
+                text,
+                ha="center",
+                va="center",
+                color="black" if dark else "white",
+                fontsize=7,
+            )
+    fig.colorbar(im, ax=ax, label="log10 FMR")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _errs(entries: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    vals = np.array([_num(e.get("value")) for e in entries])
+    lo = np.array([_num(e.get("ci_low"), v) for e, v in zip(entries, vals, strict=True)])
+    hi = np.array([_num(e.get("ci_high"), v) for e, v in zip(entries, vals, strict=True)])
+    return vals, np.vstack([np.maximum(vals - lo, 0), np.maximum(hi - vals, 0)])
+
+
+def _num(x: Any, default: float = float("nan")) -> float:
+    return float(x) if x is not None and math.isfinite(float(x)) else default
+
+
+def rates_figure(
+    differential: Mapping[str, Any], *, target_fmr: float | None = None, title: str = ""
+) -> bytes:
+    """Per-group FMR and FNMR bars with their bootstrap intervals (from ``to_dict`` form)."""
+    labels = list(differential["labels"])
+    groups = differential["groups"]
+    fig = _figure(8.0, 3.6)
+    for k, (metric, name) in enumerate((("fmr", "FMR"), ("fnmr", "FNMR"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        vals, err = _errs([groups[g][metric] for g in labels])
+        x = np.arange(len(labels))
+        ax.bar(x, np.nan_to_num(vals), yerr=err, capsize=4, color=COLORS[k])
+        if metric == "fmr" and target_fmr is not None:
+            ax.axhline(target_fmr, color="black", ls="--", lw=1, label="target FMR")
+            ax.legend(fontsize=8)
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} at the global threshold")
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _png(fig)
+
+
+def group_metric_figure(summary: Mapping[str, Any], *, title: str, ylabel: str) -> bytes:
+    """Bars of one metric per group (a :func:`frame_summary` result), overall as a line."""
+    by_group = summary["by_group"]
+    labels = list(by_group)
+    vals = np.array([_num(by_group[g]) for g in labels])
+    fig = _figure(5.2, 3.4)
+    ax = fig.add_subplot()
+    ax.bar(np.arange(len(labels)), np.nan_to_num(vals), color=COLORS[2])
+    overall = _num(summary.get("overall"))
+    if math.isfinite(overall):
+        ax.axhline(overall, color="black", ls="--", lw=1, label="overall")
+        ax.legend(fontsize=8)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def make_figures(
+    *,
+    fairness: Mapping[str, Any],
+    curves: Mapping[str, Mapping[str, RocCurve | None]],
+) -> dict[str, bytes]:
+    """Every figure of the report, by file name.
+
+    Parameters
+    ----------
+    fairness
+        The ``reports/fairness.json`` content (see the ``evaluate`` stage).
+    curves
+        ROC curves per breakdown name and group (plus ``"all"`` under each breakdown).
+
+    Returns
+    -------
+    dict
+        ``{"roc_group.png": bytes, ...}``.
+    """
+    out: dict[str, bytes] = {}
+    target = fairness.get("target_fmr")
+    for name, diff in fairness["breakdowns"].items():
+        groups = diff["groups"]
+        roc_points = {
+            g: (_num(groups[g]["fmr"]["value"]), 1 - _num(groups[g]["fnmr"]["value"]))
+            for g in diff["labels"]
+        }
+        det_points = {
+            g: (_num(groups[g]["fmr"]["value"]), _num(groups[g]["fnmr"]["value"]))
+            for g in diff["labels"]
+        }
+        by = curves.get(name, {})
+        if by:
+            out[f"roc_{name}.png"] = roc_figure(by, points=roc_points, title=f"ROC by {name}")
+            out[f"det_{name}.png"] = det_figure(by, points=det_points, title=f"DET by {name}")
+        out[f"cross_fmr_{name}.png"] = heatmap_figure(
+            np.array([[_num(v) for v in row] for row in diff["cross_fmr"]["value"]]),
+            diff["labels"],
+            title=f"Cross-{name} FMR at the global threshold",
+        )
+        out[f"rates_{name}.png"] = rates_figure(diff, target_fmr=target, title=f"By {name}")
+    model = fairness.get("demographic_model") or {}
+    for task, by in model.items():
+        if "group" in by:
+            ylabel = "years" if task == "age_mae" else "accuracy"
+            out[f"demographics_{task}.png"] = group_metric_figure(
+                by["group"], title=f"{task} by group", ylabel=ylabel
+            )
+    detection = fairness.get("detection") or {}
+    if "group" in detection:
+        out["detection_miss_rate.png"] = group_metric_figure(
+            detection["group"], title="MTCNN miss rate by group", ylabel="miss rate"
+        )
+    return out
