@@ -43,6 +43,18 @@ from pathlib import Path
 
 import numpy as np
 
+import visage_ml.privacy.sealed as keys_mod
+import visage_ml.serving.gallery as gallery_mod
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.data.rawstore import read_images, read_subjects
+from visage_ml.privacy.core import NewSubject, PrivacyCore
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.lineage import workspace_processed_md5
+from visage_ml.serving.gallery import Gallery
+from visage_ml.tracking import configure
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -66,8 +78,6 @@ def _run(root: Path, *args: str) -> None:
 @contextlib.contextmanager
 def unsynced_writes() -> Iterator[None]:
     """Write gallery files without per-file fsync (bulk construction only), then one sync."""
-    import visage_ml.privacy.keys as keys_mod
-    import visage_ml.serving.gallery as gallery_mod
 
     def fast(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         path = Path(path)
@@ -93,12 +103,6 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
     import pandas as pd
     import yaml
     from PIL import Image
-
-    from visage_ml.config import ProjectPaths, load_params
-    from visage_ml.data.acquire import acquire_synthfaces
-    from visage_ml.data.rawstore import read_images, read_subjects
-    from visage_ml.privacy.core import NewSubject, PrivacyCore
-    from visage_ml.serving.gallery import Gallery
 
     info: dict = {}
     root.mkdir(parents=True)
@@ -179,12 +183,8 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
     info["push_s"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    from visage_ml.privacy.lineage import workspace_processed_md5
-
     data_md5 = workspace_processed_md5(paths)
-    import mlflow
-
-    from visage_ml.tracking import configure
+    import mlflow  # deferred: heavy (seconds); the build's MLflow part alone needs it
 
     configure(paths)
     with mlflow.start_run(run_name="train_embedder") as run:
@@ -225,8 +225,6 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
         {p: rng.standard_normal((2, dim)).astype(np.float32) for p in allowed},
         model_version="bench-embedder",
     )
-    import visage_ml.serving.gallery as gallery_mod
-
     with unsynced_writes():
         for s in range(0, extra, 4096):
             chunk = extra_pids[s : s + 4096]
@@ -245,10 +243,6 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
 
 def erase(root: Path, victim: str) -> dict:
     """Erase ``victim`` with a cold core (as the CLI does) and verify the certificate."""
-    from visage_ml.config import ProjectPaths
-    from visage_ml.privacy.certificate import verify_certificate
-    from visage_ml.privacy.erasure import Erasure
-
     paths = ProjectPaths(root)
     t, cpu = time.perf_counter(), time.process_time()
     result = Erasure(paths).erase(victim)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import sqlite3
 
 import pytest
 import yaml
@@ -13,12 +13,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rights_fakes import make_project
 from typer.testing import CliRunner
 
-from visage_ml.cli import app
+from visage_ml.app.cli import app
 from visage_ml.io import canonical_json, md5_file
-from visage_ml.privacy.certificate import render, verify_certificate
+from visage_ml.privacy.certificate import render, sign
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.erasure import Erasure
-from visage_ml.privacy.lineage import subject_lineage
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.lineage import subject_lineage
 
 
 @pytest.fixture
@@ -76,8 +77,6 @@ def test_another_key_or_a_forged_resigned_certificate_fails(erased, tmp_path):
     # re-signed document (simulated with the project key) no longer matches the ledger entry.
     doc = json.loads(result.certificate_path.read_text())
     doc["claims"]["artefacts"] = doc["claims"]["artefacts"][1:]
-    from visage_ml.privacy.certificate import sign
-
     forged = tmp_path / "forged.json"
     forged.write_text(render(sign(doc, proj.paths)))
     report = verify_certificate(forged, root=proj.paths.root, scan=False)
@@ -135,23 +134,19 @@ def test_cli_verify_certificate_exit_codes(erased):
 
 
 def _mlflow_db(paths, versions):
-    db = paths.mlruns / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(db)
-    con.executescript(
-        "CREATE TABLE IF NOT EXISTS model_version_tags (key TEXT, value TEXT, name TEXT, "
-        "version INTEGER, workspace TEXT);"
-        "CREATE TABLE IF NOT EXISTS runs (run_uuid TEXT, name TEXT, lifecycle_stage TEXT);"
-        "CREATE TABLE IF NOT EXISTS tags (key TEXT, value TEXT, run_uuid TEXT);"
-    )
+    """Versions of a registered model in the project's MLflow store, tagged with a data md5."""
+    # Deferred: MLflow is heavy and only this test writes to a tracking store.
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    paths.mlruns.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    with contextlib.suppress(MlflowException):  # registered by an earlier call
+        client.create_registered_model("visage-embedder")
     for version, md5 in versions:
-        con.execute(
-            "INSERT INTO model_version_tags VALUES ('visage.data_md5', ?, 'visage-embedder', ?, "
-            "'default')",
-            (md5, version),
-        )
-    con.commit()
-    con.close()
+        mv = client.create_model_version("visage-embedder", str(paths.models / "embedder.onnx"))
+        assert int(mv.version) == version
+        client.set_model_version_tag("visage-embedder", mv.version, "visage.data_md5", md5)
 
 
 def _lock(paths, faces_md5, model_md5):
@@ -159,7 +154,7 @@ def _lock(paths, faces_md5, model_md5):
         "schema": "2.0",
         "stages": {
             "train_embedder": {
-                "cmd": "python -m visage_ml.stages.train_embedder",
+                "cmd": "python -m visage_ml.app.stages.train_embedder",
                 "deps": [{"path": "data/processed/faces.u8.npy", "md5": faces_md5}],
                 "outs": [{"path": "models/embedder.pt", "md5": model_md5}],
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,16 +18,22 @@ from rights_fakes import REF, make_project, png
 from serving_fakes import face_tile, png_b64
 from typer.testing import CliRunner
 
-from visage_ml.cli import app
-from visage_ml.config import ProjectPaths
+from visage_ml.app.cli import app
+from visage_ml.app.http.auth import ROLES, KeyStore
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.data.prepare import prepare, purge_subject
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.dvcops import tracked_md5
 from visage_ml.io import sha256_bytes
-from visage_ml.privacy import erasure as erasure_mod
-from visage_ml.privacy.certificate import verify_certificate
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.erasure import STEPS, Erasure, purge_mlflow, purge_processed, scan_mlflow
 from visage_ml.privacy.requests import RequestBook, RequestStateError
-from visage_ml.privacy.rights import export_subject
+from visage_ml.rights import dvc_objects
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import STEPS, Erasure
+from visage_ml.rights.erasure import orchestrator as erasure_mod
+from visage_ml.rights.erasure.mlflow import purge_mlflow, scan_mlflow
+from visage_ml.rights.export import export_subject
 
 
 @pytest.fixture
@@ -119,7 +126,7 @@ def test_a_running_gallery_never_matches_the_subject_once_the_gallery_step_retur
 def _erase_in_child(root: Path, pid: str, fault: str) -> subprocess.CompletedProcess:
     code = (
         "import sys; from visage_ml.config import ProjectPaths; "
-        "from visage_ml.privacy.erasure import Erasure; "
+        "from visage_ml.rights.erasure import Erasure; "
         "Erasure(ProjectPaths.discover(sys.argv[1])).erase(sys.argv[2])"
     )
     env = {**os.environ, "VISAGE_FAULT": f"erasure:{fault}", "VISAGE_PROJECT": str(root)}
@@ -167,6 +174,16 @@ def test_killed_at_any_step_then_resume_completes_with_a_valid_certificate(proj,
     assert Erasure(proj.paths).pending() == []
 
 
+def test_each_store_says_what_it_still_holds_until_the_subject_is_erased(proj):
+    victim = proj.pids[0]  # the subject with a vault record
+    export_subject(proj.paths, victim, core=proj.core)
+    before = Erasure(proj.paths).remaining(victim)
+    assert set(before) == set(STEPS) - {"lineage", "snapshot", "certificate"}
+    assert all(before[s] for s in ("gallery", "vault", "raw", "processed"))
+    Erasure(proj.paths).erase(victim)
+    assert Erasure(proj.paths).remaining(victim) == {s: [] for s in before}
+
+
 def test_unverified_or_closed_requests_are_not_run(proj):
     book = RequestBook(proj.core)
     st = book.receive(proj.pids[1], "erasure")
@@ -190,8 +207,8 @@ def test_processed_purge_is_safe_to_repeat_after_an_interruption(proj):
     expected[rows] = 0
     # Crash after the crops were zeroed but before the tables: crops done, manifest old.
     np.save(paths.processed / "faces.u8.npy", expected)
-    purge_processed(paths, victim)
-    purge_processed(paths, victim)
+    purge_subject(paths.processed, victim)
+    purge_subject(paths.processed, victim)
     assert np.array_equal(np.load(paths.processed / "faces.u8.npy"), expected)
     after = pd.read_parquet(paths.processed / "manifest.parquet")
     assert victim not in set(after.pid) and len(after) == len(manifest) - len(rows)
@@ -283,9 +300,7 @@ def test_dvc_cache_remote_and_site_cache_are_purged_by_hash_keeping_shared_objec
     assert _dvc(root, "remote", "add", "-d", "store", str(remote)).returncode == 0
     assert _dvc(root, "push").returncode == 0
     assert _dvc(root, "status", "-c").returncode == 0  # fills the site cache's indexes
-    from visage_ml.privacy import dvc_purge
-
-    setup = dvc_purge.open_setup(root)
+    setup = dvc_objects.open_setup(root)
     site = setup.site_cache_dir
     assert any(victim.encode() in p.read_bytes() for p in site.rglob("*") if p.is_file())
     md5 = {n: md5_bytes(b) for n, b in (("shared", shared), ("extra", extra))}
@@ -317,11 +332,6 @@ def test_dvc_cache_remote_and_site_cache_are_purged_by_hash_keeping_shared_objec
 def test_in_process_dvc_add_records_what_the_dvc_command_records(tiny_project, tmp_path):
     """The erasure updates data/raw.dvc from that file alone: same .dir md5, cache and status
     as `dvc add data/raw` in a copy of the project."""
-    import shutil
-
-    from visage_ml.dvcops import tracked_md5
-    from visage_ml.privacy import dvc_purge
-
     root = tiny_project(dvc=True)
     proj = make_project(root, n_subjects=3, track=True, processed=False)
     before = tracked_md5(root, root / "data" / "raw")
@@ -333,7 +343,7 @@ def test_in_process_dvc_add_records_what_the_dvc_command_records(tiny_project, t
         table = r / "data" / "raw" / "images.parquet"
         images = pd.read_parquet(table)
         images[images["pid"] != proj.pids[0]].to_parquet(table, index=False)
-    md5 = dvc_purge.add(root, root / "data" / "raw")
+    md5 = dvc_objects.add(root, root / "data" / "raw")
     assert _dvc(copy, "add", "data/raw").returncode == 0
     assert md5 == tracked_md5(copy, copy / "data" / "raw") != before
     assert (root / "data" / "raw.dvc").read_text() == (copy / "data" / "raw.dvc").read_text()
@@ -343,11 +353,10 @@ def test_in_process_dvc_add_records_what_the_dvc_command_records(tiny_project, t
 
 
 def test_http_erasure_stops_matching_at_once_and_auditors_fetch_the_certificate(proj):
+    # Deferred: FastAPI is an optional, heavy dependency only these HTTP checks need.
     from fastapi.testclient import TestClient
 
-    from visage_ml.config import load_params
-    from visage_ml.serving.api import create_app
-    from visage_ml.serving.auth import ROLES, KeyStore
+    from visage_ml.app.http.app import create_app
 
     keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
     gallery = proj.gallery()
@@ -389,9 +398,6 @@ def test_http_erasure_stops_matching_at_once_and_auditors_fetch_the_certificate(
 
 @pytest.mark.slow
 def test_rebuild_mode_reruns_prepare_through_dvc(tiny_project, monkeypatch):
-    from visage_ml.config import load_params
-    from visage_ml.data.acquire import acquire_synthfaces
-
     root = tiny_project(
         {
             "synth.n_identities": 8,
@@ -402,7 +408,7 @@ def test_rebuild_mode_reruns_prepare_through_dvc(tiny_project, monkeypatch):
     )
     paths = ProjectPaths(root)
     acquire_synthfaces(paths, load_params(paths.params), progress=False)
-    # `dvc repro` runs `python -m visage_ml.stages.prepare`: this interpreter's.
+    # `dvc repro` runs `python -m visage_ml.app.stages.prepare`: this interpreter's.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     assert _dvc(root, "repro", "prepare").returncode == 0
     victim = str(pd.read_parquet(paths.processed / "manifest.parquet")["pid"].iloc[0])
@@ -415,4 +421,29 @@ def test_rebuild_mode_reruns_prepare_through_dvc(tiny_project, monkeypatch):
     # "erased" rows (written after the rebuild) are newer.
     status = _dvc(root, "status", "prepare").stdout
     assert "changed outs" not in status and "data/raw" not in status
+    assert verify_certificate(result.certificate_path, root=root).ok
+
+
+@pytest.mark.slow
+def test_rebuild_mode_outside_dvc_runs_prepare_in_this_process(tiny_project):
+    root = tiny_project(
+        {
+            "synth.n_identities": 8,
+            "synth.images_per_identity": [2, 3],
+            "privacy.processed_on_erasure": "rebuild",
+        }
+    )
+    paths = ProjectPaths(root)
+    params = load_params(paths.params)
+    acquire_synthfaces(paths, params, progress=False)
+    prepare(paths, params)
+    before = json.loads((paths.reports / "prepare.json").read_text())
+    victim = str(pd.read_parquet(paths.processed / "manifest.parquet")["pid"].iloc[0])
+    result = Erasure(paths).erase(victim)
+    assert victim not in set(pd.read_parquet(paths.processed / "manifest.parquet")["pid"])
+    after = json.loads((paths.reports / "prepare.json").read_text())
+    assert after["subjects_total"] == before["subjects_total"] - 1
+    dataset = result.certificate["claims"]["dataset"]
+    assert dataset["processed_on_erasure"] == "rebuild"
+    assert dataset["processed_md5_after"] != dataset["processed_md5_before"]
     assert verify_certificate(result.certificate_path, root=root).ok

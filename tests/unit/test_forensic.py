@@ -26,13 +26,16 @@ from PIL import Image
 from rights_fakes import REF, scan
 from typer.testing import CliRunner
 
-from visage_ml.cli import app
+from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.acquire import acquire_synthfaces
-from visage_ml.privacy.certificate import verify_certificate
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.rights import export_subject, validate_bundle
+from visage_ml.rights import dvc_objects
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.export import export_subject, validate_bundle
+from visage_ml.rights.lineage import workspace_processed_md5
 from visage_ml.serving.gallery import Gallery
+from visage_ml.tracking import configure
 
 DIM = 64
 ROWS = 8  # decoded pixel rows of each source image searched for
@@ -62,9 +65,7 @@ def _fake_embedder(crops: np.ndarray) -> np.ndarray:
 
 
 def _log_mlflow(paths: ProjectPaths, data_md5: str, victim: str) -> None:
-    import mlflow
-
-    from visage_ml.tracking import configure
+    import mlflow  # deferred: heavy, and only this test logs a run
 
     configure(paths)
     with mlflow.start_run(run_name="train_embedder") as run:
@@ -104,8 +105,6 @@ def test_erased_subject_leaves_no_byte_in_any_store(tiny_project, tmp_path):
     )
     rows = manifest.groupby("pid")["row"].apply(list)
     gallery.enroll_many({pid: _fake_embedder(faces[r]) for pid, r in rows.items()})
-    from visage_ml.privacy.lineage import workspace_processed_md5
-
     _log_mlflow(paths, workspace_processed_md5(paths), victim)
     bundle = export_subject(paths, victim, core=core)  # inside the project, as a DPO would
     kept_bundle = shutil.copy(bundle.path, tmp_path / "bundle.zip")  # the subject's copy
@@ -122,9 +121,7 @@ def test_erased_subject_leaves_no_byte_in_any_store(tiny_project, tmp_path):
     template, _ = gallery.template(victim)
     needles["template"] = template.astype("<f4").tobytes()
     del faces
-    from visage_ml.privacy import dvc_purge
-
-    site = dvc_purge.open_setup(root).site_cache_dir
+    site = dvc_objects.open_setup(root).site_cache_dir
     places = [root, remote, site]
     before = scan(places, needles)
     # The scan does find the subject before the erasure: raw files, cache, remote, crops.

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from visage_ml.app.stages import prepare
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.acquire import acquire_synthfaces
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.stages import prepare
 
 
 def test_prepare_outputs_and_withdrawn_subject_is_absent(tiny_project):

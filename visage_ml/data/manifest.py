@@ -1,4 +1,5 @@
-"""What the ``prepare`` stage may use and how it splits it: inventory, purpose filter, splits.
+"""What the ``prepare`` stage may use and how it splits it: inventory, purpose filter, splits
+(and :func:`parquet_names`, whether a table names a subject).
 
 The purpose filter follows the consent snapshot only: training and validation identities come
 from subjects allowed for ``training``, test identities from subjects allowed for
@@ -11,12 +12,14 @@ whose split's purpose is no longer allowed is dropped, not moved).
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from visage_ml.privacy.registry import ALLOWED
 
@@ -71,6 +74,23 @@ def read_subjects(raw: Path) -> pd.DataFrame:
         if col not in df:
             df[col] = pd.NA
     return df
+
+
+def parquet_names(data: bytes, pid: str) -> bool:
+    """Whether Parquet bytes hold ``pid`` in a ``pid`` column (or, lacking one, anywhere).
+
+    Bytes that are not readable as Parquet are searched for the pid as they are.
+    """
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+        names = pf.schema_arrow.names
+        if "pid" in names:
+            col = pf.read(columns=["pid"]).column("pid")
+            return pid in {str(v) for v in col.to_pylist()}
+        table = pf.read()
+    except Exception:  # not readable as Parquet: fall back to the bytes
+        return pid.encode() in data
+    return any(pid in str(v) for c in table.columns for v in c.to_pylist())
 
 
 def inventory(raw: Path, pids: set[str] | None = None) -> pd.DataFrame:

@@ -71,19 +71,18 @@ import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from visage_ml import faults
+from visage_ml import dvcops, faults
 from visage_ml.config import GENDERS, ProjectPaths
+from visage_ml.data.manifest import parquet_names
 from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.keys import check_pid
-
-if TYPE_CHECKING:
-    from visage_ml.privacy.core import PrivacyCore
 
 log = logging.getLogger(__name__)
 
@@ -555,6 +554,21 @@ class RawStore:
         with file_lock(self.lock_path):
             yield
 
+    def files_of(self, pid: str) -> list[Path]:
+        """The subject's files in ``data/raw`` (sorted) and the tables whose rows name them.
+
+        What :meth:`RawTransaction.remove_subject` removes or rewrites, for an erasure to hash
+        first; only files that exist.
+        """
+        raw = self.paths.raw
+        folder = raw / pid
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        for name in (SUBJECTS_FILE, IMAGES_FILE):
+            table = raw / name
+            if table.is_file() and parquet_names(table.read_bytes(), pid):
+                files.append(table)
+        return files
+
     def recover(self) -> list[str]:
         """Repair what a crashed transaction left (see the module docstring); return actions.
 
@@ -660,8 +674,6 @@ class RawStore:
             _rmtree(old)
 
     def _after_commit(self, txn: RawTransaction) -> None:
-        from visage_ml import dvcops
-
         if self.track:
             try:
                 txn.dvc_md5 = dvcops.track(self.paths.root, self.paths.raw)
@@ -672,7 +684,5 @@ class RawStore:
                 )
         core = self._core
         if core is None:
-            from visage_ml.privacy.core import PrivacyCore
-
             core = PrivacyCore(self.paths)
         core.snapshot()

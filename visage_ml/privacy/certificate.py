@@ -14,24 +14,21 @@ The file is written in one deterministic form (:func:`render`: sorted keys, two-
 UTF-8, final newline) and a verifier re-renders what it parsed and compares bytes, so that
 changing any byte, even whitespace, fails verification rather than going unnoticed.
 
-:func:`verify_certificate` needs only the certificate, the public key and the checkout: it
-checks the encoding, the signature, both ledger entries (hash and signature), the inclusion
-proof, that the claims are the ones the ledger entry committed to, that none of the listed
-content hashes exists in any file under ``data/``, ``gallery/``, ``mlruns/``,
-``privacy/exports``, the DVC cache, the configured remotes and DVC's site cache (every file is
-hashed; ``.dir`` manifests are also read for the listed objects and the subject's folder), and
-whether the models in use were trained without the subject.
+:func:`verify_proof` needs only the certificate and the public key: it checks the encoding,
+the signature, both ledger entries (hash and signature), the inclusion proof and that the claims
+are the ones the ledger entry committed to. It needs nothing above the privacy core, so a
+verifier can run without the rest of visage-ml. Whether the listed content is still in any of
+the project's stores is checked above, in :mod:`visage_ml.rights.certify`.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from visage_ml.config import ProjectPaths
-from visage_ml.io import CHUNK, atomic_write_text, canonical_json
+from visage_ml.io import atomic_write_text, canonical_json
 from visage_ml.privacy.keys import key_id, load_or_create_signing_key, load_public_key
 from visage_ml.privacy.ledger import Entry, entry_hash, verify_inclusion_record
 
@@ -48,8 +45,6 @@ log = logging.getLogger(__name__)
 
 CERTIFICATE_FORMAT = "visage-erasure-certificate/1"
 SIGNATURE_ALG = "Ed25519"
-# Folders of the checkout that may hold subject data (hashed in full by the verifier).
-SCANNED_FOLDERS: tuple[str, ...] = ("data", "gallery", "mlruns", "privacy/exports")
 
 MSG_NO_KEY = (
     "no public key to verify with: pass --public-key (the controller's published ledger.pub) "
@@ -215,98 +210,38 @@ class CertificateReport:
         }
 
 
-def _sha256_stream(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
-def _walk_files(root: Path) -> Iterable[Path]:
-    if not root.exists():
-        return
-    if root.is_file():
-        yield root
-        return
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
-        for name in filenames:
-            p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                yield p
-
-
-def scan_for_hashes(
-    roots: Iterable[Path], sha256s: set[str], *, pid: str, md5s: set[str], report: CertificateReport
-) -> None:
-    """Hash every file under ``roots``; record any whose SHA-256 is listed, and any ``.dir``
-    manifest that names a listed md5 or the subject's folder."""
-    from visage_ml.privacy.dvc_purge import manifest_lists, read_manifest
-
-    seen: set[Path] = set()
-    for root in roots:
-        for path in _walk_files(Path(root)):
-            real = path.resolve()
-            if real in seen:
-                continue
-            seen.add(real)
-            try:
-                digest, n = _sha256_stream(path)
-            except OSError:
-                continue
-            report.files_hashed += 1
-            report.bytes_hashed += n
-            if digest in sha256s:
-                report.findings.append({"path": str(path), "sha256": digest, "why": "listed hash"})
-            if path.name.endswith(".dir") and n < (64 << 20):
-                with contextlib.suppress(OSError):
-                    entries = read_manifest(path.read_bytes())
-                    if entries is None:
-                        continue
-                    named = {str(e.get("md5")) for e in entries} & md5s
-                    if named or manifest_lists(entries, pid):
-                        report.findings.append(
-                            {
-                                "path": str(path),
-                                "why": "a .dir manifest lists an erased object or the subject",
-                                "md5s": sorted(named),
-                            }
-                        )
-
-
-def verify_certificate(
+def verify_proof(
     cert_path: str | os.PathLike[str],
     *,
-    root: str | os.PathLike[str] | None = None,
     public_key: Ed25519PublicKey | Path | None = None,
-    scan: bool = True,
-    models: bool = True,
-) -> CertificateReport:
-    """Verify an erasure certificate against the public key and the checkout at ``root``.
+    ledger_path: Path | None = None,
+    default_key_path: Path | None = None,
+) -> tuple[CertificateReport, dict[str, Any] | None, Ed25519PublicKey | None]:
+    """Check an erasure certificate as a proof, with nothing but the file and the public key.
+
+    The checks: canonical encoding, the signature, both ledger entries (hash and signature), the
+    inclusion proof and that the claims are the ones the ledger entry committed to; when
+    ``ledger_path`` names a ledger, its lines at those seqs must be the certificate's. Whether
+    the erased content is still in any store is the project's question
+    (:func:`visage_ml.rights.certify.verify_certificate` asks it).
 
     Parameters
     ----------
     cert_path
         The certificate file.
-    root
-        The checkout (default ``$VISAGE_PROJECT`` or the current folder).
     public_key
-        The ledger's public key (a key, or a PEM file); ``privacy/ledger.pub`` by default.
-    scan
-        Hash every file of the places the subject's data could be (see the module docstring).
-    models
-        Say whether the models in use were trained without the subject (informative: a stale
-        model does not fail verification; the certificate says models stay stale until
-        retrained).
+        The ledger's public key (a key, or a PEM file); ``default_key_path`` when None.
+    ledger_path
+        A ledger to compare the certificate's entries with (skipped when None or missing).
+    default_key_path
+        Where the checkout keeps its public key (``privacy/ledger.pub``).
 
     Returns
     -------
-    CertificateReport
-        ``ok`` is true when every check passed.
+    tuple
+        The report, the parsed certificate (None when unreadable) and the key used (None when
+        there was none).
     """
-    paths = ProjectPaths.discover(root)
     report = CertificateReport(path=str(cert_path))
     try:
         raw = Path(cert_path).read_bytes()
@@ -314,10 +249,10 @@ def verify_certificate(
         doc = json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         report.add("readable", False, f"not a readable JSON certificate ({type(exc).__name__})")
-        return report
+        return report, None, None
     if not isinstance(doc, dict):
         report.add("readable", False, "not a JSON object")
-        return report
+        return report, None, None
     report.request_id = doc.get("request_id")
     report.pid = doc.get("pid")
     report.add("format", doc.get("format") == CERTIFICATE_FORMAT, str(doc.get("format")))
@@ -329,10 +264,10 @@ def verify_certificate(
     if isinstance(public_key, Ed25519PublicKey):
         pub = public_key
     else:
-        key_path = Path(public_key) if public_key is not None else paths.ledger_public_key
-        if not key_path.is_file():
+        key_path = Path(public_key) if public_key is not None else default_key_path
+        if key_path is None or not key_path.is_file():
             report.add("public key", False, MSG_NO_KEY)
-            return report
+            return report, doc, None
         pub = load_public_key(key_path)
     sig = doc.get("signature") or {}
     report.add(
@@ -376,20 +311,15 @@ def verify_certificate(
     except (TypeError, KeyError, ValueError):
         included = False
     report.add("inclusion proof", included, f"leaf {inclusion.get('leaf_index')}")
-    _check_against_ledger(paths, completed, head, report)
-    if scan:
-        _scan(paths, doc, claims, report)
-    if models:
-        report.models = _models_status(paths, doc, claims, pub)
-    return report
+    _check_against_ledger(ledger_path, completed, head, report)
+    return report, doc, pub
 
 
 def _check_against_ledger(
-    paths: ProjectPaths, completed: Mapping[str, Any], head: Mapping[str, Any], report: Any
+    ledger: Path | None, completed: Mapping[str, Any], head: Mapping[str, Any], report: Any
 ) -> None:
     """When the checkout has the ledger, its lines at those seqs must be the certificate's."""
-    ledger = paths.ledger
-    if not ledger.is_file():
+    if ledger is None or not ledger.is_file():
         report.add("ledger in checkout", True, "no ledger in this checkout; proof checked alone")
         return
     wanted = {int(completed.get("seq", -1)): completed, int(head.get("seq", -1)): head}
@@ -406,90 +336,3 @@ def _check_against_ledger(
         same,
         "the checkout's ledger holds both entries" if same else "the ledger disagrees",
     )
-
-
-def _scan(
-    paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], report: Any
-) -> None:
-    from visage_ml.privacy import dvc_purge
-
-    artefacts = claims.get("artefacts") or []
-    sha256s = {a["sha256"] for a in artefacts if isinstance(a, Mapping) and a.get("sha256")}
-    md5s = {a["md5"] for a in artefacts if isinstance(a, Mapping) and a.get("md5")}
-    # Declared in the signed claims: identical content still referenced by current data.
-    retained = [r for r in claims.get("retained_shared_content") or [] if isinstance(r, Mapping)]
-    sha256s -= {r.get("sha256") for r in retained}
-    md5s -= {r.get("md5") for r in retained}
-    # An empty file carries no data and has one well-known hash: never a finding.
-    sha256s.discard(hashlib.sha256(b"").hexdigest())
-    roots = [paths.root / f for f in SCANNED_FOLDERS]
-    remote_objects: list[tuple[Any, str]] = []
-    if dvc_purge.is_dvc_repo(paths.root):
-        try:
-            setup = dvc_purge.open_setup(paths.root)
-        except Exception as exc:  # DVC unreadable: the local cache folder is still scanned
-            log.warning("DVC could not be opened (%s); scanning .dvc/cache only", exc)
-            roots.append(paths.root / ".dvc" / "cache")
-        else:
-            for store in setup.stores:
-                if store.local_path is not None:
-                    roots.append(store.local_path)
-                else:
-                    remote_objects.extend((store, m) for m in md5s)
-            if setup.site_cache_dir is not None:
-                roots.append(setup.site_cache_dir)
-    scan_for_hashes(roots, sha256s, pid=str(doc.get("pid")), md5s=md5s, report=report)
-    for store, md5 in remote_objects:
-        with contextlib.suppress(Exception):
-            if store.exists(md5):
-                report.findings.append(
-                    {"path": store.oid_path(md5), "md5": md5, "why": "object still in remote"}
-                )
-    declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
-    report.add(
-        "no erased content remains",
-        not report.findings,
-        f"{len(sha256s)} hashes looked for in {report.files_hashed} files "
-        f"({report.bytes_hashed} bytes): {len(report.findings)} found{declared}",
-    )
-
-
-def _models_status(
-    paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], pub: Any
-) -> dict[str, Any]:
-    from visage_ml.privacy import lineage
-
-    stale = list(claims.get("models") or [])
-    contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
-    contained.update(m.get("data_md5") for m in stale if m.get("data_md5"))
-    check = lineage.check_retrained(paths, str(doc.get("pid")), contained)
-    event = None
-    if paths.ledger.is_file():
-        import orjson
-
-        with open(paths.ledger, "rb") as fh:
-            for line in fh:
-                if b"erasure.models_retrained" not in line:
-                    continue
-                obj = orjson.loads(line)
-                if (
-                    obj.get("type") == "erasure.models_retrained"
-                    and (obj.get("payload") or {}).get("request_id") == doc.get("request_id")
-                    and entry_ok(obj, pub)
-                ):
-                    event = {"seq": obj["seq"], "time": obj["time"]}
-    if not stale:
-        status = "no model was trained on data containing the subject"
-    elif event is not None:
-        status = f"retrained (signed erasure.models_retrained, ledger seq {event['seq']})"
-    elif check.clean:
-        status = "retrained, not yet recorded: run `visage privacy lineage --refresh`"
-    else:
-        status = "stale until retrained (`dvc repro`)"
-    return {
-        "status": status,
-        "certified_stale": len(stale),
-        "current_models_clean": check.clean,
-        "retrained_event": event,
-        **check.to_dict(),
-    }

@@ -1,4 +1,6 @@
-"""Purge one subject from DVC's storage by hash: cache, every configured remote, site cache.
+"""DVC's object stores (cache, every configured remote, site cache), read and purged by hash.
+
+Lineage and certificate checks read them; the erasure's ``dvc`` store purges one subject.
 
 DVC cannot forget one object (treeverse/dvc#4903, #4218): ``dvc gc`` keeps everything a commit,
 branch or tag still names, which is exactly the history an erasure must break. So the subject
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -41,7 +42,9 @@ from typing import Any
 
 import yaml
 
-from visage_ml.io import CHUNK, fsync_dir, secure_unlink
+from visage_ml.data.manifest import parquet_names
+from visage_ml.dvcops import is_dvc_repo, tracked_md5
+from visage_ml.io import CHUNK, fsync_dir, secure_unlink, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +144,6 @@ class DvcSetup:
     is_ignored_dir: Callable[[str], bool] | None = None
 
 
-def is_dvc_repo(root: Path) -> bool:
-    """Whether ``root`` holds a ``.dvc`` folder."""
-    return (Path(root) / ".dvc").is_dir()
-
-
 def open_setup(root: Path) -> DvcSetup:
     """Find the cache, every configured remote (both hash layouts) and the site cache.
 
@@ -156,7 +154,7 @@ def open_setup(root: Path) -> DvcSetup:
         log.info(MSG_NOT_REPO.format(root=root))
         return DvcSetup(root)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # heavy (~1 s): only an erasure or a verifier in a DVC repo needs it
 
     setup = DvcSetup(root)
     with Repo(str(root)) as repo:
@@ -197,12 +195,11 @@ def add(root: Path, target: Path) -> str | None:
     project (``dvc.yaml``, ``dvc.lock``, each ``.dvc`` file) to find the one that owns the path,
     which is this one, and then do the same (hash, cache, relink, rewrite the ``.dvc`` file).
     """
-    from visage_ml.dvcops import tracked_md5
-
     root = Path(root)
     if not is_dvc_repo(root):
         return None
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    # Deferred: DVC is heavy and needed only in a DVC repository.
     from dvc.dvcfile import load_file
     from dvc.repo import Repo, lock_repo
 
@@ -326,22 +323,6 @@ def manifest_lists(entries: Iterable[dict[str, Any]], pid: str) -> list[dict[str
         if rel.split("/")[0] == pid or f"/{pid}/" in f"/{rel}":
             out.append(e)
     return out
-
-
-def parquet_names(data: bytes, pid: str) -> bool:
-    """Whether Parquet bytes hold ``pid`` in a ``pid`` column (or, lacking one, anywhere)."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(io.BytesIO(data))
-        names = pf.schema_arrow.names
-        if "pid" in names:
-            col = pf.read(columns=["pid"]).column("pid")
-            return pid in {str(v) for v in col.to_pylist()}
-        table = pf.read()
-    except Exception:  # not readable as Parquet: fall back to the bytes
-        return pid.encode() in data
-    return any(pid in str(v) for c in table.columns for v in c.to_pylist())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,8 +492,6 @@ def _kv_tables(con: sqlite3.Connection) -> list[str]:
 
 def plan_site_cache(site: Path, needles: list[bytes]) -> list[dict[str, Any]]:
     """Site-cache files (and their companions) that name the subject or a purged object."""
-    from visage_ml.io import sha256_file
-
     out = []
     for path in sorted(_site_files(site)):
         if _contains(path, needles):
@@ -527,8 +506,6 @@ def purge_site_cache(site: Path, needles: list[bytes]) -> list[dict[str, Any]]:
     ``VACUUM``, so no freed page keeps them); any other file that holds one is deleted (DVC
     rebuilds its indexes on demand).
     """
-    from visage_ml.io import sha256_file
-
     changed = []
     for path in sorted(_site_files(site)):
         if path.name.endswith(("-wal", "-shm", "-journal")) or not _contains(path, needles):

@@ -1,32 +1,37 @@
-"""Stage ``prepare``: purpose filter, MTCNN detection + alignment, identity-disjoint splits.
+"""The processed data: purpose filter, MTCNN detection + alignment, identity-disjoint splits.
 
-Reads ``data/raw`` and ``data/registry/consents.parquet``; writes ``data/processed/`` (aligned
-crops as a memory-mappable ``faces.u8.npy``, ``manifest.parquet``, ``detection.parquet``,
-``splits.json``) and ``reports/prepare.json``. Paths are those of ``dvc.yaml``; knobs come from
-``params.yaml`` (``project``, ``prepare``).
+This module owns the layout of ``data/processed`` (:data:`PROCESSED_FILES`): :func:`prepare`
+writes it from ``data/raw`` and the consent snapshot (aligned crops as a memory-mappable
+``faces.u8.npy``, ``manifest.parquet``, ``detection.parquet``, ``splits.json``, and the report
+``reports/prepare.json``); :func:`purge_subject` takes one subject out of it in place, and
+:func:`files_naming` / :func:`leftover_files` say what of it holds a subject or was left by an
+interrupted run. The ``prepare`` stage and an erasure's rebuild both call :func:`prepare`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from visage_ml.config import ProjectPaths, load_params
+from visage_ml.config import Params, ProjectPaths
 from visage_ml.data.detect import FaceDetector, detect_and_align
 from visage_ml.data.manifest import (
     MANIFEST_COLUMNS,
     SPLITS,
     assign_splits,
     inventory,
+    parquet_names,
     purpose_filter,
     read_subjects,
     usable_splits,
@@ -34,16 +39,17 @@ from visage_ml.data.manifest import (
 from visage_ml.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 from visage_ml.privacy.snapshot import read_snapshot
 
-log = logging.getLogger("visage_ml.stages.prepare")
+log = logging.getLogger(__name__)
 
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
-
+FACES_FILE = "faces.u8.npy"
+MANIFEST_FILE = "manifest.parquet"
+DETECTION_FILE = "detection.parquet"
+SPLITS_FILE = "splits.json"
+PROCESSED_FILES: tuple[str, ...] = (FACES_FILE, MANIFEST_FILE, DETECTION_FILE, SPLITS_FILE)
+REPORT_FILE = "prepare.json"
+# Temporary files of a run (or purge) that was killed: ``.faces.all.<pid>.tmp`` and the
+# staging files of atomic writes. They may hold anyone's crops.
+LEFTOVER_GLOB = ".*.tmp"
 
 MSG_RAW_IMAGE = (
     "{path} cannot be read as an image ({reason}): data/raw was changed outside visage-ml. "
@@ -64,9 +70,39 @@ def open_raw_image(path: Path, root: Path) -> Image.Image:
         raise ValueError(MSG_RAW_IMAGE.format(path=shown, reason=type(exc).__name__)) from None
 
 
-def run(paths: ProjectPaths) -> dict:
-    """Run the stage for the project at ``paths``; return the report written to prepare.json."""
-    params = load_params(paths.params)
+def prepare(
+    paths: ProjectPaths,
+    params: Params,
+    *,
+    progress: bool = False,
+    detector_factory: Callable[..., Any] = FaceDetector,
+) -> dict[str, Any]:
+    """Write ``data/processed`` and ``reports/prepare.json`` for the project at ``paths``.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    params
+        Its parameters (``project``, ``prepare``).
+    progress
+        Show a progress bar (on a terminal).
+    detector_factory
+        Makes the face detector from ``device`` and ``min_face_size`` (``params.prepare``),
+        once the inputs were read.
+
+    Returns
+    -------
+    dict
+        The report written to ``reports/prepare.json``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``data/raw`` or the consent snapshot is missing.
+    ValueError
+        A raw image cannot be read.
+    """
     pp = params.prepare
     t0 = time.perf_counter()
 
@@ -87,14 +123,15 @@ def run(paths: ProjectPaths) -> dict:
     n_images_of = subjects.set_index("pid")["n_images"]
     n_excluded_images = int(sum(int(n_images_of.get(pid, 0)) for pid in pools.excluded))
 
-    detector = FaceDetector(device=pp.device, min_face_size=pp.min_face_size)
+    detector = detector_factory(device=pp.device, min_face_size=pp.min_face_size)
     size = pp.image_size
     n = len(images)
-    paths.processed.mkdir(parents=True, exist_ok=True)
-    for stale in paths.processed.glob(".faces.all.*.tmp"):
+    processed = paths.processed
+    processed.mkdir(parents=True, exist_ok=True)
+    for stale in processed.glob(".faces.all.*.tmp"):
         # Left by a run that was killed: face crops nobody will read.
         stale.unlink(missing_ok=True)
-    tmp_faces = paths.processed / f".faces.all.{os.getpid()}.tmp"
+    tmp_faces = processed / f".faces.all.{os.getpid()}.tmp"
     try:
         faces = np.lib.format.open_memmap(
             tmp_faces, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
@@ -102,7 +139,9 @@ def run(paths: ProjectPaths) -> dict:
         det_rows = []
         kept = 0
         keep_rows: list[dict] = []
-        bar = tqdm(total=n, desc="prepare: detect + align", unit="img", disable=None)
+        bar = tqdm(
+            total=n, desc="prepare: detect + align", unit="img", disable=None if progress else True
+        )
         for start in range(0, n, pp.detect_batch):
             chunk = images.iloc[start : start + pp.detect_batch]
             pil = [open_raw_image(Path(p), paths.root) for p in chunk["path"]]
@@ -149,7 +188,7 @@ def run(paths: ProjectPaths) -> dict:
         faces.flush()
         del faces
 
-        _shrink_into(tmp_faces, paths.processed / "faces.u8.npy", kept)
+        _shrink_into(tmp_faces, processed / FACES_FILE, kept)
     except BaseException:
         # Nothing of a failed run stays in data/processed (the crops are face pixels).
         tmp_faces.unlink(missing_ok=True)
@@ -157,12 +196,12 @@ def run(paths: ProjectPaths) -> dict:
 
     manifest = pd.DataFrame(keep_rows, columns=list(MANIFEST_COLUMNS))
     manifest = manifest.astype({"age": "Int16", "gender": "string", "group": "string"})
-    _write_parquet(manifest, paths.processed / "manifest.parquet")
+    _write_parquet(manifest, processed / MANIFEST_FILE)
     detection = pd.DataFrame(det_rows)
-    _write_parquet(detection, paths.processed / "detection.parquet")
+    _write_parquet(detection, processed / DETECTION_FILE)
 
     split_ids = {s: sorted(p for p, v in splits.items() if v == s) for s in SPLITS}
-    atomic_write_json(paths.processed / "splits.json", {"seed": params.project.seed, **split_ids})
+    atomic_write_json(processed / SPLITS_FILE, {"seed": params.project.seed, **split_ids})
 
     seconds = time.perf_counter() - t0
     report = _report(
@@ -173,8 +212,14 @@ def run(paths: ProjectPaths) -> dict:
         n_excluded_images=n_excluded_images,
         seconds=seconds,
     )
-    atomic_write_json(paths.reports / "prepare.json", report)
+    atomic_write_json(paths.reports / REPORT_FILE, report)
     return report
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _shrink_into(tmp: Path, final: Path, rows: int, chunk: int = 1024) -> None:
@@ -203,7 +248,7 @@ def _report(
     n_subjects: int,
     n_excluded_images: int,
     seconds: float,
-) -> dict:
+) -> dict[str, Any]:
     n_img = len(detection)
     miss = {}
     if n_img:
@@ -231,22 +276,83 @@ def _report(
     }
 
 
-def main() -> int:
-    """Entry point of ``python -m visage_ml.stages.prepare``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    paths = ProjectPaths.discover()
-    try:
-        report = run(paths)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"prepare: {exc}", file=sys.stderr)
-        return 2
-    print(
-        json.dumps(
-            {k: report[k] for k in ("subjects_used", "faces_aligned", "miss_rate", "seconds")}
-        )
-    )
-    return 0
+# ---------------------------------------------------------------------------------------------
+# One subject in the processed data
+# ---------------------------------------------------------------------------------------------
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _names(processed: Path, name: str, pid: str) -> bool:
+    f = processed / name
+    if name.endswith(".parquet"):
+        return parquet_names(f.read_bytes(), pid)
+    if name == FACES_FILE:
+        # The crops name nobody: they hold the subject when the manifest lists their rows.
+        manifest = processed / MANIFEST_FILE
+        return manifest.is_file() and parquet_names(manifest.read_bytes(), pid)
+    return pid.encode() in f.read_bytes()
+
+
+def files_naming(processed_dir: Path, pid: str) -> list[Path]:
+    """The files of :data:`PROCESSED_FILES` in ``processed_dir`` that hold ``pid``, in order."""
+    processed = Path(processed_dir)
+    return [
+        processed / name
+        for name in PROCESSED_FILES
+        if (processed / name).is_file() and _names(processed, name, pid)
+    ]
+
+
+def leftover_files(processed_dir: Path) -> list[Path]:
+    """Temporary files an interrupted :func:`prepare` (or purge) left in ``processed_dir``."""
+    processed = Path(processed_dir)
+    return sorted(processed.glob(LEFTOVER_GLOB)) if processed.is_dir() else []
+
+
+def purge_subject(processed_dir: Path, pid: str) -> dict[str, int]:
+    """Remove ``pid`` from ``processed_dir``: crops, manifest, detection table, splits.
+
+    The subject's crops are overwritten with zeros in place (their bytes do not survive in
+    freed disk blocks, as they would after a copy-and-rename, and the other 100 MB are not
+    rewritten); the manifest loses their rows and keeps every other ``row`` index, which is how
+    consumers address ``faces.u8.npy``. Safe to run again after an interruption.
+
+    Returns
+    -------
+    dict
+        ``{"rows_removed": n, "rows_kept": m}``.
+    """
+    processed = Path(processed_dir)
+    manifest_path = processed / MANIFEST_FILE
+    faces_path = processed / FACES_FILE
+    manifest = pd.read_parquet(manifest_path)
+    mask = manifest["pid"].astype(str) == pid
+    kept = manifest.loc[~mask]
+    removed = int(mask.sum())
+    if faces_path.is_file() and removed:
+        faces = np.load(faces_path, mmap_mode="r+")
+        rows = manifest.loc[mask, "row"].to_numpy(dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < faces.shape[0])]
+        faces[rows] = 0
+        faces.flush()
+        del faces
+        with open(faces_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+    if removed:
+        _write_parquet(kept.reset_index(drop=True), manifest_path)
+    detection_path = processed / DETECTION_FILE
+    if detection_path.is_file():
+        det = pd.read_parquet(detection_path)
+        dmask = det["pid"].astype(str) == pid
+        if dmask.any():
+            _write_parquet(det.loc[~dmask].reset_index(drop=True), detection_path)
+    splits_path = processed / SPLITS_FILE
+    if splits_path.is_file():
+        doc = json.loads(splits_path.read_text(encoding="utf-8"))
+        changed = False
+        for k, v in list(doc.items()):
+            if isinstance(v, list) and pid in v:
+                doc[k] = [p for p in v if p != pid]
+                changed = True
+        if changed:
+            atomic_write_json(splits_path, doc)
+    return {"rows_removed": removed, "rows_kept": len(kept)}

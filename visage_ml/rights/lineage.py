@@ -3,7 +3,8 @@
 The chain is the project's own lineage: a model records the md5 of the ``prepare`` output it
 was trained on (``data/processed/faces.u8.npy``: ``dvc.lock`` deps of the training stages, the
 ``visage.data_md5`` metadata of the ONNX files, the ``visage.data_md5`` tag of MLflow runs and
-registered model versions). A processed data version contained the subject when
+registered model versions, read through MLflow's client from whatever backend the tracking URI
+names). A processed data version contained the subject when
 
 - it is the workspace's and ``manifest.parquet`` lists the pid (exact), or
 - a ``dvc.lock`` (the workspace's or one in git history) produced it from a ``data/raw``
@@ -20,25 +21,35 @@ signed ``erasure.models_retrained`` event that upgrades a certificate's model st
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import sqlite3
+import os
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import yaml
 
+from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
-from visage_ml.io import md5_file
+from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
+from visage_ml.io import md5_file, sha256_file
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.requests import RequestBook
+from visage_ml.rights import dvc_objects
 
 log = logging.getLogger(__name__)
 
-FACES = "data/processed/faces.u8.npy"
-MANIFEST = "data/processed/manifest.parquet"
+# Paths as dvc.yaml and dvc.lock name them.
+FACES = f"data/processed/{FACES_FILE}"
+MANIFEST = f"data/processed/{MANIFEST_FILE}"
 RAW = "data/raw"
 MAX_REVISIONS = 500
+DATA_MD5_TAG = "visage.data_md5"
+SQLITE_PREFIX = "sqlite:///"
 STALE = "stale"
 RETRAINED = "retrained"
 CLEAN = "clean"
@@ -192,8 +203,6 @@ def processed_has(paths: ProjectPaths, pid: str) -> bool:
     manifest = paths.root / MANIFEST
     if not manifest.is_file():
         return False
-    import pyarrow.parquet as pq
-
     col = pq.read_table(manifest, columns=["pid"]).column("pid")
     return pid in {str(v) for v in col.to_pylist()}
 
@@ -205,17 +214,15 @@ def raw_has(paths: ProjectPaths, pid: str) -> bool:
 
 def _manifest_lists_pid(setup: Any, md5: str, pid: str) -> bool | None:
     """Whether the cached ``.dir`` manifest ``md5`` lists the subject (None: not available)."""
-    from visage_ml.privacy import dvc_purge
-
     if setup is None or not md5.endswith(".dir"):
         return None
-    data = dvc_purge.read_object(setup.stores, md5)
+    data = dvc_objects.read_object(setup.stores, md5)
     if data is None:
         return None
-    entries = dvc_purge.read_manifest(data)
+    entries = dvc_objects.read_manifest(data)
     if entries is None:
         return None
-    return bool(dvc_purge.manifest_lists(entries, pid))
+    return bool(dvc_objects.manifest_lists(entries, pid))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +239,7 @@ def onnx_models(paths: ProjectPaths) -> list[ModelVersion]:
     files = sorted(folder.glob("*.onnx"))
     if not files:
         return out
-    import onnx
+    import onnx  # deferred: protobuf-heavy, and only projects with exported models need it
 
     for f in files:
         try:
@@ -253,42 +260,73 @@ def onnx_models(paths: ProjectPaths) -> list[ModelVersion]:
     return out
 
 
-def mlflow_models(paths: ProjectPaths) -> tuple[list[ModelVersion], list[ModelVersion]]:
-    """(registered model versions, runs) with a ``visage.data_md5`` tag, from ``mlflow.db``.
+def _paged(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Every item of an MLflow search, page after page."""
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
-    Read straight from the SQLite store, read-only (no MLflow import, no server).
+
+def mlflow_models(paths: ProjectPaths) -> tuple[list[ModelVersion], list[ModelVersion]]:
+    """(registered model versions, active runs) with a ``visage.data_md5`` tag.
+
+    Read through MLflow's client from the project's tracking store, whatever its backend:
+    versions in the order they were made, runs in run-id order. A SQLite store that does not
+    exist is not created.
     """
-    db = paths.mlruns / "mlflow.db"
-    if not db.is_file():
+    uri = paths.tracking_uri
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX) :]).is_file():
         return [], []
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Deferred: MLflow takes seconds to import and only projects with a tracking store get here.
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
     versions: list[ModelVersion] = []
     runs: list[ModelVersion] = []
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    except sqlite3.Error:
-        return [], []
-    try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "model_version_tags" in tables:
-            for name, version, value in con.execute(
-                "SELECT name, version, value FROM model_version_tags WHERE key = 'visage.data_md5'"
-            ):
-                versions.append(
-                    ModelVersion("mlflow_model", str(name), str(version), str(value), "mlflow")
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        tagged = [mv for mv in _paged(client.search_model_versions) if DATA_MD5_TAG in mv.tags]
+        tagged.sort(key=lambda mv: (mv.creation_timestamp or 0, mv.name, int(mv.version)))
+        versions = [
+            ModelVersion(
+                "mlflow_model", str(mv.name), str(mv.version), mv.tags[DATA_MD5_TAG], "mlflow"
+            )
+            for mv in tagged
+        ]
+        experiments = [
+            e.experiment_id for e in _paged(client.search_experiments, view_type=ViewType.ALL)
+        ]
+        found = (
+            _paged(
+                client.search_runs,
+                experiment_ids=experiments,
+                run_view_type=ViewType.ACTIVE_ONLY,
+            )
+            if experiments
+            else []
+        )
+        runs = sorted(
+            (
+                ModelVersion(
+                    "mlflow_run",
+                    str(run.info.run_name),
+                    str(run.info.run_id),
+                    str(run.data.tags[DATA_MD5_TAG]),
+                    "mlflow",
                 )
-        if "tags" in tables and "runs" in tables:
-            for run_id, run_name, value in con.execute(
-                "SELECT t.run_uuid, r.name, t.value FROM tags t JOIN runs r "
-                "ON r.run_uuid = t.run_uuid WHERE t.key = 'visage.data_md5' "
-                "AND r.lifecycle_stage = 'active'"
-            ):
-                runs.append(
-                    ModelVersion("mlflow_run", str(run_name), str(run_id), str(value), "mlflow")
-                )
-    except sqlite3.Error as exc:
-        log.warning("mlflow.db could not be read (%s); MLflow lineage is unknown", exc)
-    finally:
-        con.close()
+                for run in found
+                if DATA_MD5_TAG in run.data.tags
+            ),
+            key=lambda m: m.version,
+        )
+    except (MlflowException, OSError) as exc:
+        log.warning("the MLflow store could not be read (%s); MLflow lineage is unknown", exc)
     return versions, runs
 
 
@@ -334,15 +372,13 @@ def subject_lineage(
     pid
         The subject.
     setup
-        :class:`visage_ml.privacy.dvc_purge.DvcSetup` to read cached ``.dir`` manifests from
+        :class:`visage_ml.rights.dvc_objects.DvcSetup` to read cached ``.dir`` manifests from
         (opened here when None and the project is a DVC repository).
     history
         Also read ``dvc.lock`` from git history.
     """
-    from visage_ml.privacy import dvc_purge
-
-    if setup is None and dvc_purge.is_dvc_repo(paths.root):
-        setup = dvc_purge.open_setup(paths.root)
+    if setup is None and dvcops.is_dvc_repo(paths.root):
+        setup = dvc_objects.open_setup(paths.root)
     lin = Lineage(pid)
     raw_md5 = None
     raw_dvc = Path(str(paths.raw) + ".dvc")
@@ -379,8 +415,10 @@ def subject_lineage(
             if faces not in lin.processed_md5s:
                 lin.data.append(DataVersion("processed", faces, source, False))
     contained = lin.processed_md5s
-    versions, runs = mlflow_models(paths)
-    candidates = [*dvc_models(docs), *onnx_models(paths), *versions, *runs]
+    # No data version held the subject: no model can have seen them, and the model stores
+    # (ONNX files, MLflow, both slow to open) need not be read.
+    versions, runs = mlflow_models(paths) if contained else ([], [])
+    candidates = [*dvc_models(docs), *onnx_models(paths), *versions, *runs] if contained else []
     lin.models = _dedupe(m for m in candidates if m.data_md5 in contained)
     lin.data = list({(d.kind, d.md5): d for d in lin.data}.values())
     return lin
@@ -446,10 +484,6 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
     list of str
         The request ids whose certificate was upgraded.
     """
-    from visage_ml.io import sha256_file
-    from visage_ml.privacy.core import PrivacyCore
-    from visage_ml.privacy.requests import RequestBook
-
     core = core if core is not None else PrivacyCore(paths)
     book = RequestBook(core)
     upgraded = []
@@ -461,8 +495,6 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
         cert_path = paths.certificates / f"{st.request_id}.json"
         if not cert_path.is_file():
             continue
-        import json
-
         cert = json.loads(cert_path.read_text(encoding="utf-8"))
         claims = cert.get("claims") or {}
         models = claims.get("models") or []

@@ -1,0 +1,220 @@
+"""Verifying an erasure certificate against the project: the proof, then every store.
+
+:func:`verify_certificate` runs the proof checks of
+:func:`visage_ml.privacy.certificate.verify_proof`, then looks for the erased content: none of
+the listed content hashes may exist in any file under ``data/``, ``gallery/``, ``mlruns/``,
+``privacy/exports``, the DVC cache, the configured remotes and DVC's site cache (every file is
+hashed; ``.dir`` manifests are also read for the listed objects and the subject's folder); and
+it says whether the models in use were trained without the subject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from visage_ml import dvcops
+from visage_ml.config import ProjectPaths
+from visage_ml.io import CHUNK
+from visage_ml.privacy.certificate import CertificateReport, entry_ok, verify_proof
+from visage_ml.rights import dvc_objects, lineage
+
+log = logging.getLogger(__name__)
+
+# Folders of the checkout that may hold subject data (hashed in full by the verifier).
+SCANNED_FOLDERS: tuple[str, ...] = ("data", "gallery", "mlruns", "privacy/exports")
+
+
+def verify_certificate(
+    cert_path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    public_key: Ed25519PublicKey | Path | None = None,
+    scan: bool = True,
+    models: bool = True,
+) -> CertificateReport:
+    """Verify an erasure certificate against the public key and the checkout at ``root``.
+
+    Parameters
+    ----------
+    cert_path
+        The certificate file.
+    root
+        The checkout (default ``$VISAGE_PROJECT`` or the current folder).
+    public_key
+        The ledger's public key (a key, or a PEM file); ``privacy/ledger.pub`` by default.
+    scan
+        Hash every file of the places the subject's data could be (see the module docstring).
+    models
+        Say whether the models in use were trained without the subject (informative: a stale
+        model does not fail verification; the certificate says models stay stale until
+        retrained).
+
+    Returns
+    -------
+    CertificateReport
+        ``ok`` is true when every check passed.
+    """
+    paths = ProjectPaths.discover(root)
+    report, doc, pub = verify_proof(
+        cert_path,
+        public_key=public_key,
+        ledger_path=paths.ledger,
+        default_key_path=paths.ledger_public_key,
+    )
+    if doc is None or pub is None:
+        return report
+    claims = doc.get("claims") or {}
+    if scan:
+        _scan(paths, doc, claims, report)
+    if models:
+        report.models = _models_status(paths, doc, claims, pub)
+    return report
+
+
+def _sha256_stream(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _walk_files(root: Path) -> Iterable[Path]:
+    if not root.exists():
+        return
+    if root.is_file():
+        yield root
+        return
+    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+
+def scan_for_hashes(
+    roots: Iterable[Path], sha256s: set[str], *, pid: str, md5s: set[str], report: CertificateReport
+) -> None:
+    """Hash every file under ``roots``; record any whose SHA-256 is listed, and any ``.dir``
+    manifest that names a listed md5 or the subject's folder."""
+    seen: set[Path] = set()
+    for root in roots:
+        for path in _walk_files(Path(root)):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            try:
+                digest, n = _sha256_stream(path)
+            except OSError:
+                continue
+            report.files_hashed += 1
+            report.bytes_hashed += n
+            if digest in sha256s:
+                report.findings.append({"path": str(path), "sha256": digest, "why": "listed hash"})
+            if path.name.endswith(".dir") and n < (64 << 20):
+                with contextlib.suppress(OSError):
+                    entries = dvc_objects.read_manifest(path.read_bytes())
+                    if entries is None:
+                        continue
+                    named = {str(e.get("md5")) for e in entries} & md5s
+                    if named or dvc_objects.manifest_lists(entries, pid):
+                        report.findings.append(
+                            {
+                                "path": str(path),
+                                "why": "a .dir manifest lists an erased object or the subject",
+                                "md5s": sorted(named),
+                            }
+                        )
+
+
+def _scan(
+    paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], report: Any
+) -> None:
+    artefacts = claims.get("artefacts") or []
+    sha256s = {a["sha256"] for a in artefacts if isinstance(a, Mapping) and a.get("sha256")}
+    md5s = {a["md5"] for a in artefacts if isinstance(a, Mapping) and a.get("md5")}
+    # Declared in the signed claims: identical content still referenced by current data.
+    retained = [r for r in claims.get("retained_shared_content") or [] if isinstance(r, Mapping)]
+    sha256s -= {r.get("sha256") for r in retained}
+    md5s -= {r.get("md5") for r in retained}
+    # An empty file carries no data and has one well-known hash: never a finding.
+    sha256s.discard(hashlib.sha256(b"").hexdigest())
+    roots = [paths.root / f for f in SCANNED_FOLDERS]
+    remote_objects: list[tuple[Any, str]] = []
+    if dvcops.is_dvc_repo(paths.root):
+        try:
+            setup = dvc_objects.open_setup(paths.root)
+        except Exception as exc:  # DVC unreadable: the local cache folder is still scanned
+            log.warning("DVC could not be opened (%s); scanning .dvc/cache only", exc)
+            roots.append(paths.root / ".dvc" / "cache")
+        else:
+            for store in setup.stores:
+                if store.local_path is not None:
+                    roots.append(store.local_path)
+                else:
+                    remote_objects.extend((store, m) for m in md5s)
+            if setup.site_cache_dir is not None:
+                roots.append(setup.site_cache_dir)
+    scan_for_hashes(roots, sha256s, pid=str(doc.get("pid")), md5s=md5s, report=report)
+    for store, md5 in remote_objects:
+        with contextlib.suppress(Exception):
+            if store.exists(md5):
+                report.findings.append(
+                    {"path": store.oid_path(md5), "md5": md5, "why": "object still in remote"}
+                )
+    declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
+    report.add(
+        "no erased content remains",
+        not report.findings,
+        f"{len(sha256s)} hashes looked for in {report.files_hashed} files "
+        f"({report.bytes_hashed} bytes): {len(report.findings)} found{declared}",
+    )
+
+
+def _models_status(
+    paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], pub: Any
+) -> dict[str, Any]:
+    stale = list(claims.get("models") or [])
+    contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
+    contained.update(m.get("data_md5") for m in stale if m.get("data_md5"))
+    check = lineage.check_retrained(paths, str(doc.get("pid")), contained)
+    event = None
+    if paths.ledger.is_file():
+        with open(paths.ledger, "rb") as fh:
+            for line in fh:
+                if b"erasure.models_retrained" not in line:
+                    continue
+                obj = orjson.loads(line)
+                if (
+                    obj.get("type") == "erasure.models_retrained"
+                    and (obj.get("payload") or {}).get("request_id") == doc.get("request_id")
+                    and entry_ok(obj, pub)
+                ):
+                    event = {"seq": obj["seq"], "time": obj["time"]}
+    if not stale:
+        status = "no model was trained on data containing the subject"
+    elif event is not None:
+        status = f"retrained (signed erasure.models_retrained, ledger seq {event['seq']})"
+    elif check.clean:
+        status = "retrained, not yet recorded: run `visage privacy lineage --refresh`"
+    else:
+        status = "stale until retrained (`dvc repro`)"
+    return {
+        "status": status,
+        "certified_stale": len(stale),
+        "current_models_clean": check.clean,
+        "retrained_event": event,
+        **check.to_dict(),
+    }

@@ -1,0 +1,161 @@
+"""What every store of the erasure provides, and what the orchestrator hands them.
+
+A store module (``gallery``, ``vault``, ``raw``, ``dvc``, ``processed``, ``exports``,
+``mlflow``) has three functions, the :class:`Store` protocol:
+
+- ``plan(ctx, pid)``: find and hash what the store holds of the subject, deleting nothing
+  (a :class:`Plan`; None when the store is not part of the project, e.g. DVC outside a DVC
+  repository: nothing is planned or recorded as planned);
+- ``erase(ctx, pid, planned, plan)``: remove it; ``planned`` is the plan as the ledger records
+  it (merged with the plan of an interrupted earlier run), ``plan`` this run's
+  :class:`Plan`; returns an :class:`Outcome`;
+- ``verify(ctx, pid)``: what the store still holds of the subject (project-relative paths or
+  object names; empty once erased).
+
+An artefact is a dict ``{"store", "path", "sha256"[, "md5"]}``: the SHA-256 is taken before
+deletion, the path is project-relative where the file is inside the project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from visage_ml import dvcops
+from visage_ml.config import Params, ProjectPaths
+from visage_ml.io import CHUNK, sha256_file
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.rights import dvc_objects
+
+Artefact = dict[str, Any]
+
+
+@dataclass
+class Plan:
+    """What a store found of the subject.
+
+    Attributes
+    ----------
+    artefacts
+        What it is about to remove or rewrite, each hashed before.
+    info
+        Recorded with the ``planned`` entry (None: nothing).
+    state
+        What :func:`erase` needs from the planning and the ledger does not record.
+    """
+
+    artefacts: list[Artefact] = field(default_factory=list)
+    info: dict[str, Any] | None = None
+    state: Any = None
+
+
+@dataclass
+class Outcome:
+    """What a store's ``erase`` did: artefacts removed beyond the plan, and the step's info."""
+
+    artefacts: list[Artefact] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """The project an erasure runs in, shared by its stores.
+
+    Attributes
+    ----------
+    paths, core, params
+        The project, its privacy core and parameters.
+    gallery
+        An open :class:`~visage_ml.serving.gallery.Gallery` to erase from (a running server's),
+        or None (the gallery store opens the one on disk).
+    planned
+        Artefacts each step of the current request planned so far (from the ledger): the DVC
+        step purges the objects of the raw files, the MLflow step looks for their hashes.
+    """
+
+    paths: ProjectPaths
+    core: PrivacyCore
+    params: Params
+    gallery: Any = None
+    planned: Mapping[str, list[Artefact]] = field(default_factory=dict)
+    _setup: dvc_objects.DvcSetup | None = field(default=None, repr=False)
+
+    @property
+    def is_dvc(self) -> bool:
+        """Whether the project is a DVC repository."""
+        return dvcops.is_dvc_repo(self.paths.root)
+
+    def dvc_setup(self) -> dvc_objects.DvcSetup:
+        """DVC's stores and site cache, opened once per erasure."""
+        if self._setup is None:
+            self._setup = dvc_objects.open_setup(self.paths.root)
+        return self._setup
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the project (as given when outside it)."""
+        return rel(path, self.paths.root)
+
+
+class Store(Protocol):
+    """One store of the subject's data (a module with these three functions)."""
+
+    def plan(self, ctx: Context, pid: str) -> Plan | None: ...
+
+    def erase(
+        self, ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None
+    ) -> Outcome: ...
+
+    def verify(self, ctx: Context, pid: str) -> list[str]: ...
+
+
+def rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a POSIX string (as given when outside it)."""
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def file_artefact(ctx: Context, store: str, path: Path, *, md5: bool = False) -> Artefact:
+    """An artefact for file ``path`` of ``store``: its SHA-256 (and MD5, DVC's object name)."""
+    if not md5:
+        return {"store": store, "path": ctx.rel(path), "sha256": sha256_file(path)}
+    sha, digest = hash_pair(path)
+    return {"store": store, "path": ctx.rel(path), "sha256": sha, "md5": digest}
+
+
+def hash_pair(path: Path) -> tuple[str, str]:
+    """(SHA-256, MD5) of a file in one pass.
+
+    Past the first chunk the MD5 runs in a helper thread while this one computes the SHA-256
+    and reads ahead (hashlib releases the GIL on large buffers): the crops of a default project
+    (140 MB) take the time of their MD5 alone on two cores.
+    """
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        chunk = fh.read(CHUNK)
+        if len(chunk) < CHUNK:
+            sha.update(chunk)
+            md5.update(chunk)
+            return sha.hexdigest(), md5.hexdigest()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            while chunk:
+                job = pool.submit(md5.update, chunk)
+                sha.update(chunk)
+                ahead = fh.read(CHUNK)
+                job.result()
+                chunk = ahead
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def merge(*lists: Iterable[Mapping[str, Any]]) -> list[Artefact]:
+    """Artefact lists merged, each (store, path, sha256) once, in first-seen order."""
+    seen: dict[tuple[Any, Any, Any], Artefact] = {}
+    for items in lists:
+        for a in items:
+            seen.setdefault((a.get("store"), a.get("path"), a.get("sha256")), dict(a))
+    return list(seen.values())

@@ -1,0 +1,69 @@
+"""The DVC store: objects of the subject's files, ``.dir`` manifests listing them, old table
+versions naming the pid, purged by hash from the cache, every remote and the site cache.
+
+The machinery (finding, hashing and deleting objects) is :mod:`.dvc_objects`; this module plans
+with the MD5s of the files the raw step removed and records what was kept because the current
+data still references identical content.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from visage_ml.rights import dvc_objects
+from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
+
+log = logging.getLogger(__name__)
+
+
+def plan(ctx: Context, pid: str) -> Plan | None:
+    """The subject's objects in every DVC store and site-cache rows; None outside DVC."""
+    if not ctx.is_dvc:
+        return None
+    known = [a["md5"] for a in ctx.planned.get("raw", []) if a.get("md5")]
+    purge_plan = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known)
+    return Plan(
+        purge_plan.artefacts(), {"kept_still_referenced": purge_plan.kept}, state=purge_plan
+    )
+
+
+def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
+    """Delete what was planned, including what an interrupted run planned and left."""
+    if plan is None:
+        return Outcome(info={"dvc": False})
+    setup = ctx.dvc_setup()
+    purge_plan: dvc_objects.PurgePlan = plan.state
+    # Objects planned by an interrupted run and still present are deleted too.
+    by_store = {(a["store"], a["md5"]) for a in purge_plan.objects}
+    purge_plan.objects.extend(
+        a for a in planned if a.get("md5") and (a["store"], a["md5"]) not in by_store
+    )
+    purge_plan.targets = sorted(
+        set(purge_plan.targets) | {a["md5"] for a in planned if a.get("md5")}
+    )
+    removed = dvc_objects.execute(setup, purge_plan)
+    if purge_plan.kept:
+        log.warning(
+            "%d DVC object(s) of the subject are byte-identical to data still in use under "
+            "another path and were kept; the certificate declares them",
+            len(purge_plan.kept),
+        )
+    return Outcome(
+        removed,
+        {
+            "remotes": sorted(setup.remote_urls),
+            "site_cache": str(setup.site_cache_dir) if setup.site_cache_dir else None,
+            "kept_still_referenced": purge_plan.kept,
+        },
+    )
+
+
+def verify(ctx: Context, pid: str) -> list[str]:
+    """Objects and site-cache files of DVC's stores that still hold or name the subject."""
+    if not ctx.is_dvc:
+        return []
+    try:
+        found = dvc_objects.plan(ctx.dvc_setup(), pid)
+    except RuntimeError as exc:  # the current data/raw manifest still lists the subject
+        return [str(exc)]
+    return [a["path"] for a in found.artefacts()]

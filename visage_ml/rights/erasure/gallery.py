@@ -1,0 +1,39 @@
+"""The gallery store: the subject's template and gallery key (:meth:`Gallery.erase`).
+
+From the end of this step the subject is never matched again: a running server passes its own
+open gallery, whose memory is updated at once.
+"""
+
+from __future__ import annotations
+
+from visage_ml.io import secure_unlink, sha256_file
+from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
+from visage_ml.serving.gallery import Gallery, subject_files
+
+STORE = "gallery"
+
+
+def plan(ctx: Context, pid: str) -> Plan:
+    """The subject's template and key files, hashed (found without opening the gallery)."""
+    return Plan([file_artefact(ctx, STORE, p) for p in subject_files(ctx.paths.gallery, pid)])
+
+
+def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
+    """Remove the subject from the open gallery (or the files, when there is none on disk)."""
+    gallery = ctx.gallery
+    if gallery is None:
+        gallery = Gallery.open_existing(ctx.paths, core=ctx.core, load=False)
+    removed: dict[str, str] = {}
+    if gallery is not None:
+        removed = gallery.erase(pid, reason="erasure").removed
+    else:
+        # No gallery.json: nothing can load these files, they only need to go.
+        for p in reversed(subject_files(ctx.paths.gallery, pid)):
+            removed[ctx.rel(p)] = sha256_file(p)
+            secure_unlink(p)
+    return Outcome([{"store": STORE, "path": k, "sha256": v} for k, v in removed.items()])
+
+
+def verify(ctx: Context, pid: str) -> list[str]:
+    """The subject's gallery files that still exist."""
+    return [ctx.rel(p) for p in subject_files(ctx.paths.gallery, pid)]

@@ -1,0 +1,505 @@
+"""Erasure (Art. 17) across every store, orchestrated, resumable, and ending in a certificate.
+
+One erasure request runs these steps in order; each is idempotent and recorded:
+
+=============  =================================================================================
+step           what it does
+=============  =================================================================================
+lineage        (reads only) which data versions and models saw the subject; needed before the
+               manifests that prove presence are purged
+gallery        the subject's template and gallery key (:mod:`.gallery`): from the end of this
+               step the subject is never matched again
+vault          the identity-vault key, record and blind-index entry (:mod:`.vault`,
+               cryptographic erase)
+raw            the subject's files and rows leave ``data/raw`` (:mod:`.raw`)
+dvc            DVC objects of those files, ``.dir`` manifests that list them, old table versions
+               naming the pid, purged by hash from the cache, every remote and the site cache
+               (:mod:`.dvc`)
+processed      ``data/processed`` without the subject (:mod:`.processed`) and the subject's
+               export bundles under ``privacy/exports`` (:mod:`.exports`)
+mlflow         MLflow artefacts and rows naming the subject (by design none), SQLite pages
+               included (:mod:`.mlflow`)
+snapshot       the consent snapshot refreshed
+certificate    ``erasure.completed`` (committing to the claims), a tree head, the signed
+               certificate ``privacy/certificates/<request id>.json``, the request's receipt
+=============  =================================================================================
+
+This module knows the request lifecycle, the step order and the ledger records; what each store
+holds of a subject and how it goes is in the store's module (:mod:`.base` says what each one
+provides). Each destructive step appends ``erasure.step`` with ``phase: planned`` (the artefacts
+its stores are about to remove, each with its SHA-256 taken before deletion), acts, then appends
+``erasure.step`` with ``phase: done``. A process killed anywhere (``kill -9``) leaves either
+nothing, or a plan the next run (``visage privacy resume``) completes; the certificate's claims
+are built from the ledger alone, so a resumed run certifies exactly what the first one planned.
+
+Fault injection for tests: ``VISAGE_FAULT=erasure:<step>`` ends the process (``os._exit``)
+after the step acted and before it recorded ``done``; ``erasure:<step>:planned`` right after the
+plan was recorded; ``erasure:certificate:completed`` right after ``erasure.completed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visage_ml.config import Params, ProjectPaths, load_params
+from visage_ml.faults import FAULT_ENV, FAULT_EXIT
+from visage_ml.io import file_lock, sha256_file
+from visage_ml.privacy import merkle
+from visage_ml.privacy.certificate import build_certificate, claims_digest, write_certificate
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.keys import check_pid
+from visage_ml.privacy.ledger import Entry
+from visage_ml.privacy.requests import (
+    IN_PROGRESS,
+    RECEIVED,
+    VERIFIED,
+    RequestBook,
+    RequestState,
+    RequestStateError,
+)
+
+# A module, not its function: lineage imports this package's DVC machinery.
+from visage_ml.rights import lineage
+from visage_ml.rights.erasure import dvc, exports, gallery, mlflow, processed, raw, vault
+from visage_ml.rights.erasure.base import Artefact, Context, Plan, Store, merge
+
+log = logging.getLogger(__name__)
+
+STEPS: tuple[str, ...] = (
+    "lineage",
+    "gallery",
+    "vault",
+    "raw",
+    "dvc",
+    "processed",
+    "mlflow",
+    "snapshot",
+    "certificate",
+)
+# The stores each destructive step drives, in order (their artefacts are recorded under the
+# step): export bundles go with the processed data, as they always have in the ledger.
+STORES: Mapping[str, tuple[Store, ...]] = {
+    "gallery": (gallery,),
+    "vault": (vault,),
+    "raw": (raw,),
+    "dvc": (dvc,),
+    "processed": (processed, exports),
+    "mlflow": (mlflow,),
+}
+LOCK = Path(".visage") / "locks" / "erasure.lock"
+
+MSG_NOT_ERASURE = "request {rid} is a {right} request, not an erasure"
+MSG_NOT_VERIFIED = (
+    "erasure request {rid} is not verified yet; verify the requester's identity first "
+    "(`visage privacy request verify {rid}`)"
+)
+MSG_CLOSED = "erasure request {rid} is already {status}"
+MSG_NO_ENTRY = "the ledger has no entry {seq}; restore it from a backup"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ErasureResult:
+    """What one run of an erasure request did."""
+
+    request_id: str
+    pid: str
+    certificate_path: Path | None = None
+    certificate: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    resumed_steps: list[str] = field(default_factory=list)
+
+    @property
+    def artefacts(self) -> int:
+        return len((self.certificate.get("claims") or {}).get("artefacts") or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        claims = self.certificate.get("claims") or {}
+        return {
+            "request_id": self.request_id,
+            "pid": self.pid,
+            "certificate": str(self.certificate_path) if self.certificate_path else None,
+            "artefacts": self.artefacts,
+            "dataset": claims.get("dataset"),
+            "models": claims.get("models"),
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "resumed_steps": self.resumed_steps,
+        }
+
+
+def _fault(step: str, where: str = "") -> None:
+    """Die like ``kill -9`` when ``$VISAGE_FAULT`` names this point (tests only)."""
+    want = os.environ.get(FAULT_ENV)
+    if not want:
+        return
+    here = f"erasure:{step}" + (f":{where}" if where else "")
+    if want == here:
+        log.warning("fault injection: exiting at %s", here)
+        os._exit(FAULT_EXIT)
+
+
+# ---------------------------------------------------------------------------------------------
+# The orchestrator
+# ---------------------------------------------------------------------------------------------
+
+
+class Erasure:
+    """Runs erasure requests of the project at ``paths``.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    core
+        Its privacy core (a new one when None).
+    gallery
+        An open :class:`~visage_ml.serving.gallery.Gallery` to erase from (a running server
+        passes its own, so that its memory is updated at once); opened from disk when None.
+    params
+        The project's parameters (``params.yaml`` when None).
+    """
+
+    def __init__(
+        self,
+        paths: ProjectPaths,
+        *,
+        core: PrivacyCore | None = None,
+        gallery: Any = None,
+        params: Params | None = None,
+    ) -> None:
+        self.paths = paths
+        self.core = core if core is not None else PrivacyCore(paths)
+        self.gallery = gallery
+        self.params = params if params is not None else load_params(paths.params)
+        self.book = RequestBook(self.core, params=self.params.privacy)
+        self.ctx = Context(paths, self.core, self.params, gallery=gallery)
+
+    # -- requests ------------------------------------------------------------------------------
+    def request(
+        self,
+        pid: str,
+        *,
+        received_at: str | None = None,
+        channel: str = "unspecified",
+        verification: str | None = "identity_verified",
+    ) -> RequestState:
+        """Record an erasure request (and its verification, when ``verification`` is given)."""
+        st = self.book.receive(pid, "erasure", received_at=received_at, channel=channel)
+        if verification:
+            st = self.book.verify(st.request_id, method=verification)
+        return st
+
+    def erase(
+        self, pid: str, *, received_at: str | None = None, channel: str = "unspecified"
+    ) -> ErasureResult:
+        """Receive, verify and run an erasure request for ``pid`` in one go."""
+        check_pid(pid)
+        open_ = [s for s in self.book.open(pid=pid) if s.right == "erasure"]
+        st = open_[0] if open_ else self.request(pid, received_at=received_at, channel=channel)
+        if st.status == RECEIVED:
+            st = self.book.verify(st.request_id)
+        return self.run(st.request_id)
+
+    def pending(self) -> list[RequestState]:
+        """Erasure requests that were started and not finished (what :meth:`resume` runs)."""
+        return [s for s in self.book.open() if s.right == "erasure" and s.status == IN_PROGRESS]
+
+    def resume(self) -> list[ErasureResult]:
+        """Finish every interrupted erasure request."""
+        return [self.run(st.request_id) for st in self.pending()]
+
+    def remaining(self, pid: str) -> dict[str, list[str]]:
+        """What the stores of each step still hold of ``pid`` (all empty once it is erased)."""
+        check_pid(pid)
+        return {
+            step: [left for s in stores for left in s.verify(self.ctx, pid)]
+            for step, stores in STORES.items()
+        }
+
+    def run(self, request_id: str) -> ErasureResult:
+        """Run (or finish) erasure request ``request_id``; returns the certificate.
+
+        Raises
+        ------
+        RequestStateError
+            The request is not an erasure, not verified, or already closed.
+        """
+        with file_lock(self.paths.root / LOCK):
+            st = self.book.get(request_id)
+            if st.right != "erasure":
+                raise RequestStateError(MSG_NOT_ERASURE.format(rid=request_id, right=st.right))
+            if st.status == RECEIVED:
+                raise RequestStateError(MSG_NOT_VERIFIED.format(rid=request_id))
+            if st.status not in (VERIFIED, IN_PROGRESS):
+                raise RequestStateError(MSG_CLOSED.format(rid=request_id, status=st.status))
+            result = ErasureResult(request_id, st.pid)
+            if st.status == VERIFIED:
+                t = time.perf_counter()
+                self.book.start(request_id)
+                result.timings["start"] = time.perf_counter() - t
+            actions: dict[str, Callable[[RequestState, list[Artefact]], None]] = {
+                "lineage": self._lineage,
+                "snapshot": self._snapshot,
+            }
+            for step in STEPS[:-1]:
+                st = self.book.get(request_id)
+                rec = st.steps.get(step)
+                if rec is not None and rec.done:
+                    continue
+                if rec is not None:
+                    result.resumed_steps.append(step)
+                t = time.perf_counter()
+                previous = list(rec.planned) if rec is not None else []
+                if step in actions:
+                    actions[step](st, previous)
+                else:
+                    self._store_step(st, step, previous)
+                result.timings[step] = time.perf_counter() - t
+                log.info("erasure %s: step %s done", request_id, step)
+            t = time.perf_counter()
+            self._certificate(result)
+            result.timings["certificate"] = time.perf_counter() - t
+            return result
+
+    # -- recording -----------------------------------------------------------------------------
+    def _record(
+        self,
+        st: RequestState,
+        step: str,
+        phase: str,
+        artefacts: list[Artefact],
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.core.ledger.append(
+            "erasure.step",
+            st.pid,
+            {
+                "request_id": st.request_id,
+                "step": step,
+                "phase": phase,
+                "artefacts": [{**a, "step": step} for a in artefacts],
+                "info": dict(info or {}),
+            },
+        )
+
+    def _planned(
+        self,
+        st: RequestState,
+        step: str,
+        previous: list[Artefact],
+        found: list[Artefact],
+        info: Mapping[str, Any] | None = None,
+    ) -> list[Artefact]:
+        """Record the plan (unless an earlier run did and nothing new was found)."""
+        merged = merge(previous, found)
+        if not previous or len(merged) != len(previous):
+            self._record(st, step, "planned", merged, info)
+        _fault(step, "planned")
+        return merged
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _store_step(self, st: RequestState, step: str, previous: list[Artefact]) -> None:
+        """Plan with every store of ``step``, record the plan, erase, record what was done."""
+        ctx = self.ctx
+        ctx.planned = {name: list(rec.planned) for name, rec in st.steps.items()}
+        stores = STORES[step]
+        plans: list[Plan | None] = [s.plan(ctx, st.pid) for s in stores]
+        planned: list[Artefact] = []
+        if any(p is not None for p in plans):
+            found = [a for p in plans if p is not None for a in p.artefacts]
+            infos = [p.info for p in plans if p is not None and p.info is not None]
+            info = {k: v for i in infos for k, v in i.items()} if infos else None
+            planned = self._planned(st, step, previous, found, info)
+        outcomes = [s.erase(ctx, st.pid, planned, p) for s, p in zip(stores, plans, strict=True)]
+        _fault(step)
+        done = merge(planned, *(o.artefacts for o in outcomes))
+        self._record(st, step, "done", done, {k: v for o in outcomes for k, v in o.info.items()})
+
+    def _lineage(self, st: RequestState, previous: list[Artefact]) -> None:
+        setup = self.ctx.dvc_setup() if self.ctx.is_dvc else None
+        lin = lineage.subject_lineage(self.paths, st.pid, setup=setup)
+        info = {
+            "data_versions": [asdict(d) for d in lin.data],
+            "models": [asdict(m) for m in lin.models],
+            "notes": lin.notes,
+            "raw_md5_before": raw.tracked_md5(self.ctx),
+        }
+        _fault("lineage")
+        self._record(st, "lineage", "done", [], info)
+
+    def _snapshot(self, st: RequestState, previous: list[Artefact]) -> None:
+        self.core.snapshot()
+        _fault("snapshot")
+        digest = sha256_file(self.paths.consents) if self.paths.consents.is_file() else None
+        self._record(st, "snapshot", "done", [], {"consents_sha256": digest})
+
+    # -- certificate ---------------------------------------------------------------------------
+    def claims(self, st: RequestState) -> dict[str, Any]:
+        """The certificate's claims, from the ledger's step records alone (deterministic)."""
+        artefacts: list[dict[str, Any]] = []
+        for step in STEPS[:-1]:
+            rec = st.steps.get(step)
+            if rec is not None:
+                artefacts = merge(artefacts, [{**a, "step": step} for a in rec.artefacts])
+        info = {k: v.info for k, v in st.steps.items()}
+        lin = info.get("lineage", {})
+        data_versions = lin.get("data_versions") or []
+        processed_with = sorted({d["md5"] for d in data_versions if d.get("kind") == "processed"})
+        raw_info = info.get("raw", {})
+        proc = info.get("processed", {})
+        kept = set((info.get("dvc") or {}).get("kept_still_referenced") or [])
+        retained = sorted(
+            {(a["md5"], a["sha256"]) for a in artefacts if a.get("md5") in kept and a.get("sha256")}
+        )
+        return {
+            "artefacts": artefacts,
+            "dataset": {
+                "raw_md5_before": raw_info.get("raw_md5_before") or lin.get("raw_md5_before"),
+                "raw_md5_after": raw_info.get("raw_md5_after"),
+                "processed_md5_before": proc.get("processed_md5_before"),
+                "processed_md5_after": proc.get("processed_md5_after"),
+                "processed_on_erasure": proc.get("mode"),
+                "processed_md5s_with_subject": processed_with,
+                "data_versions_with_subject": data_versions,
+            },
+            "models": [
+                {**m, "status": "stale", "until": "retrained without the subject (dvc repro)"}
+                for m in lin.get("models") or []
+            ],
+            "lineage_notes": lin.get("notes") or [],
+            "steps": [
+                {"step": s, "seq": st.steps[s].seq, "artefacts": len(st.steps[s].artefacts)}
+                for s in STEPS[:-1]
+                if s in st.steps
+            ],
+            "dvc": {
+                "remotes": (info.get("dvc") or {}).get("remotes", []),
+                "kept_still_referenced": sorted(kept),
+            },
+            # Content byte-identical to a removed file that the current data still holds under
+            # another path (e.g. a duplicate photo filed under another subject): kept, because
+            # DVC objects the workspace references are never purged, and declared here.
+            "retained_shared_content": [
+                {
+                    "md5": m,
+                    "sha256": h,
+                    "why": "identical content is still referenced by the current data/raw",
+                }
+                for m, h in retained
+            ],
+        }
+
+    def _certificate(self, result: ErasureResult) -> None:
+        st = self.book.get(result.request_id)
+        claims = self.claims(st)
+        ledger = self.core.ledger
+        if st.erasure_completed_seq is not None:
+            completed, head = _completion_entries(ledger, st.erasure_completed_seq)
+        else:
+            completed = ledger.append(
+                "erasure.completed",
+                st.pid,
+                {
+                    "request_id": st.request_id,
+                    "claims_sha256": claims_digest(claims),
+                    "artefacts": len(claims["artefacts"]),
+                    "raw_md5_after": claims["dataset"]["raw_md5_after"],
+                },
+            )
+            head = None
+        self.core.snapshot()
+        _fault("certificate", "completed")
+        # One pass over the ledger gives the tree head and the inclusion proof.
+        hashes = ledger.leaf_hashes(int(head.payload["size"]) if head is not None else None)
+        tree = merkle.MerkleTree(hashes)
+        root = tree.root().hex()
+        if head is None:
+            head = ledger.append("tree_head", None, {"size": len(hashes), "root": root})
+        inclusion = _inclusion(tree, completed.seq)
+        project = self.params.project
+        doc = build_certificate(
+            self.paths,
+            request={
+                "request_id": st.request_id,
+                "pid": st.pid,
+                "received_at": st.received_at,
+            },
+            claims=claims,
+            completed=completed,
+            tree_head=head,
+            inclusion=inclusion,
+            controller={"name": project.controller, "contact": project.controller_contact},
+        )
+        path = write_certificate(self.paths, doc)
+        _fault("certificate")
+        st = self.book.get(result.request_id)
+        if st.status == IN_PROGRESS:
+            self.book.complete(
+                st.request_id,
+                outcome={
+                    "certificate_sha256": sha256_file(path),
+                    "artefacts": len(claims["artefacts"]),
+                    "models_stale": len(claims["models"]),
+                },
+            )
+        result.certificate_path = path
+        result.certificate = doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledger helpers of the certificate
+# ---------------------------------------------------------------------------------------------
+
+
+def _completion_entries(ledger: Any, seq: int) -> tuple[Any, Any]:
+    """The ``erasure.completed`` entry at ``seq`` and the first tree head after it (or None)."""
+    completed = head = None
+    for i, (_, line) in enumerate(ledger.iter_lines()):
+        if i == seq:
+            completed = Entry(**json.loads(line))
+        elif i > seq and b'"tree_head"' in line:
+            entry = Entry(**json.loads(line))
+            if entry.type == "tree_head":
+                head = entry
+                break
+    if completed is None:
+        raise RuntimeError(MSG_NO_ENTRY.format(seq=seq))
+    return completed, head
+
+
+def _inclusion(tree: merkle.MerkleTree, seq: int) -> dict[str, Any]:
+    """RFC 9162 inclusion proof of leaf ``seq`` in ``tree`` (the record
+    :func:`visage_ml.privacy.ledger.inclusion_for` makes, from a tree in hand)."""
+    return {
+        "leaf_index": seq,
+        "tree_size": tree.size,
+        "leaf_hash": tree.levels[0][seq].hex(),
+        "path": [p.hex() for p in tree.inclusion_proof(seq)],
+        "root": tree.root().hex(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Convenience
+# ---------------------------------------------------------------------------------------------
+
+
+def erase_subject(paths: ProjectPaths, pid: str, **kwargs: Any) -> ErasureResult:
+    """Receive, verify and run an erasure of ``pid`` (see :class:`Erasure`)."""
+    return Erasure(paths).erase(pid, **kwargs)
+
+
+def resume_all(paths: ProjectPaths) -> list[ErasureResult]:
+    """Finish every interrupted erasure of the project."""
+    return Erasure(paths).resume()
