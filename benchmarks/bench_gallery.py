@@ -52,7 +52,8 @@ from visage_ml.io import sha256_bytes
 from visage_ml.privacy.ledger import Ledger
 from visage_ml.privacy.registry import ALLOWED, Decision
 from visage_ml.serving import gallery as gallery_mod
-from visage_ml.serving.gallery import Gallery, TemplateIndex
+from visage_ml.serving.gallery import Gallery
+from visage_ml.serving.index import TemplateIndex
 
 TOP_K = 5
 THRESHOLD = 0.5
@@ -260,7 +261,7 @@ class _Core:
 @contextlib.contextmanager
 def unsynced_writes() -> Iterator[None]:
     """Write files without per-file fsync (bulk construction only), then one ``os.sync``."""
-    import visage_ml.privacy.keys as keys_mod
+    import visage_ml.privacy.sealed as keys_mod
 
     def fast(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         path = Path(path)

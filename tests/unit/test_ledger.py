@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from visage_ml.config import ProjectPaths
+from visage_ml.privacy import merkle
 from visage_ml.privacy.keys import new_pid
-from visage_ml.privacy.ledger import Ledger, inclusion_for, verify_inclusion_record
+from visage_ml.privacy.ledger import Ledger, entry_hash, inclusion_for, verify_inclusion_record
 
 
 def make_ledger(root: Path) -> Ledger:
@@ -67,8 +68,6 @@ def test_any_single_byte_change_is_detected_and_names_that_entry(tmp_path, all_s
 
 
 def test_forged_entry_with_recomputed_hash_fails_signature(tmp_path):
-    from visage_ml.privacy.ledger import entry_hash
-
     ledger = make_ledger(tmp_path)
     fill(ledger, 3)
     lines = ledger.path.read_bytes().splitlines()
@@ -125,8 +124,6 @@ def test_personal_data_keys_and_unknown_types_are_refused(tmp_path):
 
 
 def test_tree_head_inclusion_and_consistency(tmp_path):
-    from visage_ml.privacy import merkle
-
     ledger = make_ledger(tmp_path)
     fill(ledger, 5)
     head1 = ledger.checkpoint()
@@ -153,6 +150,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from visage_ml.config import ProjectPaths
+from visage_ml.privacy import merkle
 from visage_ml.privacy.ledger import Ledger
 paths = ProjectPaths(Path(sys.argv[1]))
 ledger = Ledger(paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key)
@@ -181,8 +179,6 @@ def test_four_processes_append_concurrently_without_lost_or_duplicated_seq(tmp_p
 
 
 def test_leaf_hash_cache_matches_a_fresh_computation_and_notices_replacement(tmp_path):
-    from visage_ml.privacy import merkle
-
     ledger = make_ledger(tmp_path)
     ledger.append_many([("rectification", new_pid(), {"i": i}) for i in range(1500)])
 

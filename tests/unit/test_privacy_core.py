@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from visage_ml.cli import app
+from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
 from visage_ml.privacy.core import NewSubject, PrivacyCore
-from visage_ml.privacy.keys import KeyDestroyedError, MasterKeyError
+from visage_ml.privacy.keys import MasterKeyError
+from visage_ml.privacy.sealed import KeyDestroyedError
+from visage_ml.privacy.snapshot import snapshot_frame, write_snapshot
 from visage_ml.privacy.vault import IdentityVault
 
 REF = "Zelda Q. Testperson-4711"
@@ -143,8 +145,6 @@ def test_commands_refuse_unknown_subject_and_purpose(project):
 
 
 def test_snapshot_patch_is_byte_identical_to_a_full_rebuild(project):
-    from visage_ml.privacy.snapshot import snapshot_frame, write_snapshot
-
     core = PrivacyCore(ProjectPaths(project))
     pids = [core.add_subject(source="manual") for _ in range(12)]
     for pid in pids[::2]:
@@ -160,8 +160,6 @@ def test_snapshot_patch_is_byte_identical_to_a_full_rebuild(project):
 
 
 def test_snapshot_patches_in_place_and_after_new_or_gone_subjects_match_a_full_rebuild(project):
-    from visage_ml.privacy.snapshot import snapshot_frame, write_snapshot
-
     core = PrivacyCore(ProjectPaths(project))
     pids = core.add_subjects([NewSubject() for _ in range(20)], source="manual")
     core.give_consents(pids, receipt())

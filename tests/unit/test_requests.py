@@ -9,7 +9,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from visage_ml.cli import app
+from visage_ml.app.cli import app
 from visage_ml.config import PrivacyParams, ProjectPaths
 from visage_ml.privacy.certificate import render, signature_ok
 from visage_ml.privacy.core import PrivacyCore

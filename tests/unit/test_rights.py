@@ -18,20 +18,18 @@ import pytest
 from PIL import Image
 from rights_fakes import REF, make_project, png
 from serving_fakes import THRESHOLD, TileDetector, face_tile
+from typer.testing import CliRunner
 
+from visage_ml.app.cli import app
+from visage_ml.app.stages import prepare
+from visage_ml.config import load_params
 from visage_ml.data.detect import Detection
 from visage_ml.data.rawstore import read_images, read_subjects
-from visage_ml.privacy.erasure import Erasure
 from visage_ml.privacy.requests import RequestBook, RequestStateError
-from visage_ml.privacy.rights import (
-    export_subject,
-    object_to,
-    read_bundle,
-    rectify,
-    restrict,
-    validate_bundle,
-)
-from visage_ml.stages import prepare
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.export import bundle_schema, export_subject, read_bundle, validate_bundle
+from visage_ml.rights.rectify import rectify
+from visage_ml.rights.runner import object_to, restrict
 
 
 @pytest.fixture
@@ -100,6 +98,37 @@ def test_altered_bundle_fails_validation(proj, tmp_path):
             z.writestr(n, data)
     with pytest.raises(ValueError, match=r"subject\.json"):
         validate_bundle(bad)
+
+
+def test_schema_json_is_the_generated_schema_and_rejects_malformed_content(proj, tmp_path):
+    out = tmp_path / "b.zip"
+    export_subject(proj.paths, proj.pids[0], out=out, core=proj.core)
+    doc = read_bundle(out)
+    schema = doc.pop("schema")
+    assert schema == bundle_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+
+    def broken(change):
+        bad = json.loads(json.dumps(doc))
+        change(bad)
+        return bad
+
+    malformed = [
+        broken(lambda d: d["subject"]["state"]["purposes"].pop("identification")),
+        broken(lambda d: d["subject"]["state"]["purposes"]["training"].pop("reason")),
+        broken(lambda d: d["manifest"].update(pid="Zelda")),
+        broken(lambda d: d["manifest"].update(files={})),
+        broken(lambda d: d["manifest"].update(articles=None)),
+        broken(lambda d: d["subject"]["images"][0].update(file="x.png")),
+        broken(lambda d: d["templates"]["templates"][0].update(embedding_dim=0)),
+        broken(lambda d: d["templates"]["templates"][0].update(stored_sha256=None)),
+        broken(lambda d: d["processing"].pop("ledger_events")),
+        broken(lambda d: d["subject"]["history"][0].update(seq=-1)),
+    ]
+    for bad in malformed:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema, cls=jsonschema.Draft202012Validator)
 
 
 def test_export_answers_a_verified_request_and_refuses_an_unverified_one(proj):
@@ -251,14 +280,14 @@ def test_objection_to_identification_keeps_training_but_stops_matching(proj, mon
 
 
 def _client(proj):
+    # fastapi, and the HTTP app built on it, load only for the HTTP test
     from fastapi.testclient import TestClient
 
-    from visage_ml.config import load_params
-    from visage_ml.serving.api import create_app
-    from visage_ml.serving.auth import ROLES, KeyStore
+    from visage_ml.app.http.app import create_app
+    from visage_ml.app.http.auth import ROLES, KeyStore
 
     keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
-    app = create_app(
+    http_app = create_app(
         proj.paths,
         params=load_params(proj.paths.params),
         engine=proj.engine,
@@ -266,7 +295,7 @@ def _client(proj):
         core=proj.core,
         mode="full",
     )
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(http_app, raise_server_exceptions=False)
 
     def call(method, path, role, **kw):
         return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
@@ -310,10 +339,6 @@ def test_http_requests_lifecycle_and_export_for_the_dpo_only(proj, tmp_path):
 
 
 def test_cli_request_run_export_and_rectify(proj, tmp_path):
-    from typer.testing import CliRunner
-
-    from visage_ml.cli import app
-
     runner = CliRunner()
     pid = proj.pids[4]
 

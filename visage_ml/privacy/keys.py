@@ -1,12 +1,11 @@
-"""Keys of the privacy core: the ledger's Ed25519 signing key, the master key, per-subject keys.
+"""Keys of the privacy core: pseudonymous ids, the ledger's Ed25519 signing key, the master key.
 
+- A pid (``p`` + 16 hex) is the only subject key anywhere; :func:`new_pid` draws one at random.
 - The signing key lives in ``secrets/ledger.key`` (PKCS#8 PEM, mode 0600) and is created on first
   use; its public key is written to ``privacy/ledger.pub`` where any verifier can find it.
 - The master key (32 bytes) comes from ``VISAGE_MASTER_KEY`` (base64 or hex) or
-  ``secrets/master.key``. It only wraps per-subject data keys; it never encrypts records itself.
-- A :class:`KeyRing` holds one AES-256 data key per subject, each wrapped (AES-GCM) by the master
-  key in its own file. Destroying that file is a cryptographic erase of everything encrypted
-  under the subject's key, in every copy and backup of the ciphertext.
+  ``secrets/master.key``. It only wraps per-subject data keys (the
+  :class:`~visage_ml.privacy.sealed.KeyRing`); it never encrypts records itself.
 """
 
 from __future__ import annotations
@@ -19,16 +18,13 @@ import os
 import re
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from visage_ml.io import atomic_write_bytes, file_lock, private_dir, secure_unlink, sha256_file
+from visage_ml.io import atomic_write_bytes, file_lock
 
 PID_RE = re.compile(r"^p[0-9a-f]{16}$")
 MASTER_KEY_ENV = "VISAGE_MASTER_KEY"
-_CHECK_PLAINTEXT = b"visage-ml master key check v1"
 
 MISSING_MASTER_KEY = (
     "the master key is missing: {what} is encrypted under a master key that is not available. "
@@ -50,10 +46,6 @@ BAD_PID = (
 
 class MasterKeyError(RuntimeError):
     """The master key is missing, malformed or not the one the data was encrypted with."""
-
-
-class KeyDestroyedError(KeyError):
-    """The subject's data key was destroyed (cryptographic erase); the data is unrecoverable."""
 
 
 def check_pid(pid: str) -> str:
@@ -158,106 +150,3 @@ def load_master_key(key_path: Path, *, create: bool) -> bytes:
             os.chmod(key_path.parent, 0o700)
             atomic_write_bytes(key_path, base64.b64encode(os.urandom(32)) + b"\n", mode=0o600)
     return _decode_key(key_path.read_text(encoding="ascii"), str(key_path))
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-subject data keys
-# ---------------------------------------------------------------------------------------------
-
-
-class KeyRing:
-    """One wrapped AES-256 data key per subject in ``directory/<pid>.key``.
-
-    Parameters
-    ----------
-    directory
-        Folder of wrapped keys (created on first write).
-    master_key
-        32-byte key that wraps the data keys.
-    context
-        Bound into each wrapping as associated data, so a key file moved between key rings
-        (vault, gallery) does not unwrap.
-    """
-
-    def __init__(self, directory: Path, master_key: bytes, *, context: str) -> None:
-        self.directory = Path(directory)
-        self._aead = AESGCM(master_key)
-        self._context = context
-        self._check_master_key()
-
-    def _check_master_key(self) -> None:
-        check = self.directory / ".check"
-        aad = f"{self._context}:check".encode()
-        if check.exists():
-            blob = check.read_bytes()
-            try:
-                self._aead.decrypt(blob[:12], blob[12:], aad)
-            except InvalidTag:
-                raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(self.directory))) from None
-        else:
-            # Nobody but the owner may list, add, replace or delete key files.
-            private_dir(self.directory)
-            nonce = os.urandom(12)
-            blob = nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, aad)
-            atomic_write_bytes(check, blob, mode=0o600)
-
-    def path(self, pid: str) -> Path:
-        """File holding ``pid``'s wrapped key."""
-        return self.directory / f"{check_pid(pid)}.key"
-
-    def exists(self, pid: str) -> bool:
-        """Whether ``pid`` has a (not destroyed) key here."""
-        return self.path(pid).exists()
-
-    def get(self, pid: str, *, create: bool = False) -> bytes:
-        """``pid``'s data key; created when missing and ``create`` is true.
-
-        Raises
-        ------
-        KeyDestroyedError
-            When the key does not exist (never created, or destroyed) and ``create`` is false.
-        """
-        path = self.path(pid)
-        aad = f"{self._context}:{pid}".encode()
-        if not path.exists():
-            if not create:
-                raise KeyDestroyedError(pid)
-            with file_lock(self.directory / ".lock"):
-                if not path.exists():
-                    key = AESGCM.generate_key(bit_length=256)
-                    nonce = os.urandom(12)
-                    atomic_write_bytes(
-                        path, nonce + self._aead.encrypt(nonce, key, aad), mode=0o600
-                    )
-                    return key
-        blob = path.read_bytes()
-        try:
-            return self._aead.decrypt(blob[:12], blob[12:], aad)
-        except InvalidTag:
-            raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
-
-    def destroy(self, pid: str) -> str | None:
-        """Overwrite and delete ``pid``'s key file; return its SHA-256 before deletion (or None)."""
-        path = self.path(pid)
-        if not path.exists():
-            return None
-        digest = sha256_file(path)
-        secure_unlink(path)
-        return digest
-
-    def pids(self) -> list[str]:
-        """Subjects that currently hold a key."""
-        if not self.directory.exists():
-            return []
-        return sorted(p.stem for p in self.directory.glob("p*.key"))
-
-
-def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
-    """AES-256-GCM encrypt: ``nonce (12) || ciphertext+tag``."""
-    nonce = os.urandom(12)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
-
-
-def open_sealed(key: bytes, blob: bytes, *, aad: bytes) -> bytes:
-    """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` on any change."""
-    return AESGCM(key).decrypt(blob[:12], blob[12:], aad)

@@ -3,6 +3,11 @@
 Leaves are byte strings (ledger lines). ``MTH({}) = SHA-256()``, a leaf hashes as
 ``SHA-256(0x00 || d)`` and an interior node as ``SHA-256(0x01 || left || right)``; a tree of
 ``n`` leaves splits at ``k``, the largest power of two smaller than ``n``.
+
+One implementation: :class:`MerkleTree` builds every level once (O(n) hashes), then serves the
+root and each proof in O(log n) node look-ups, which is what a ledger of ~100k entries needs.
+The module functions (:func:`root`, :func:`inclusion_proof`, :func:`consistency_proof`) are
+shorthands that build a tree; the verifiers need no tree at all.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import hashlib
 from collections.abc import Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+MSG_LEAF_INDEX = "leaf index {index} outside a tree of {size} leaves"
+MSG_OLD_SIZE = "old size {old} must be in 1..{size} (the new tree's size)"
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -28,49 +36,56 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
-    """Merkle tree head over leaves whose hashes are ``hashes``.
-
-    Iterative: combines left to right level by level, carrying an odd last node up unchanged,
-    which yields the same tree shape as RFC 9162's recursive definition.
-    """
-    if not hashes:
-        return EMPTY_ROOT
-    level = list(hashes)
-    while len(level) > 1:
-        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
-
-
 class MerkleTree:
-    """All levels of the tree over ``hashes``, built once: root and audit paths in O(n) total.
+    """All levels of the RFC 9162 tree over leaf hashes, built once.
 
     Level 0 holds the leaf hashes; each level pairs nodes left to right and carries an odd last
-    node up unchanged, which is RFC 9162's tree (see :func:`root_from_leaf_hashes`).
+    node up unchanged. Node ``i`` of level ``h`` is then ``MTH`` of the leaves
+    ``[i * 2**h, min((i + 1) * 2**h, size))``, so every subtree that RFC 9162's recursive
+    definitions name (root, audit path, consistency proof) is one stored node.
+
+    Parameters
+    ----------
+    hashes
+        Leaf hashes (:func:`leaf_hash` of each leaf), in log order.
     """
 
     def __init__(self, hashes: Sequence[bytes]) -> None:
-        levels = [list(hashes)]
-        while len(levels[-1]) > 1:
-            level = levels[-1]
-            nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = list(hashes)
+        levels = [level]
+        sha256 = hashlib.sha256  # bound once: this loop is the hot path of every tree head
+        while len(level) > 1:
+            nxt = [
+                sha256(b"\x01" + level[i] + level[i + 1]).digest()
+                for i in range(0, len(level) - 1, 2)
+            ]
             if len(level) % 2:
                 nxt.append(level[-1])
             levels.append(nxt)
+            level = nxt
         self.levels = levels
-        self.size = len(hashes)
+        self.size = len(levels[0])
 
     def root(self) -> bytes:
-        """The tree head's root hash."""
+        """``MTH(D[n])``: the tree head's root hash."""
         return self.levels[-1][0] if self.size else EMPTY_ROOT
 
+    def _subtree(self, lo: int, hi: int) -> bytes:
+        """``MTH(D[lo:hi])`` of a subtree of the recursion: ``lo`` is a multiple of ``2**h`` and
+        ``hi == min(lo + 2**h, size)`` for ``h = ceil(log2(hi - lo))``."""
+        h = (hi - lo - 1).bit_length()
+        return self.levels[h][lo >> h]
+
     def inclusion_proof(self, index: int) -> list[bytes]:
-        """Audit path of leaf ``index``, leaf first (equal to :func:`inclusion_proof`)."""
+        """``PATH(index, D[n])``: the audit path of leaf ``index``, leaf end first.
+
+        Raises
+        ------
+        ValueError
+            ``index`` is not a leaf of this tree.
+        """
         if not 0 <= index < self.size:
-            raise ValueError(f"leaf index {index} outside a tree of {self.size} leaves")
+            raise ValueError(MSG_LEAF_INDEX.format(index=index, size=self.size))
         path = []
         for level in self.levels[:-1]:
             sibling = index ^ 1
@@ -79,34 +94,52 @@ class MerkleTree:
             index >>= 1
         return path
 
+    def consistency_proof(self, old_size: int) -> list[bytes]:
+        """``PROOF(old_size, D[n])``: shows the tree of the first ``old_size`` leaves is a prefix.
+
+        Raises
+        ------
+        ValueError
+            ``old_size`` is not in ``1..size``.
+        """
+        if not 0 < old_size <= self.size:
+            raise ValueError(MSG_OLD_SIZE.format(old=old_size, size=self.size))
+        # SUBPROOF(m, D[lo:hi], complete) of RFC 9162 §2.1.4.1, unrolled: each step keeps the
+        # half holding the old tree's edge and records the other half's root (outermost first).
+        proof: list[bytes] = []
+        lo, hi, m, complete = 0, self.size, old_size, True
+        while m != hi - lo:
+            k = _split(hi - lo)
+            if m <= k:
+                proof.append(self._subtree(lo + k, hi))
+                hi = lo + k
+            else:
+                proof.append(self._subtree(lo, lo + k))
+                lo, m, complete = lo + k, m - k, False
+        if not complete:
+            proof.append(self._subtree(lo, hi))
+        proof.reverse()
+        return proof
+
+
+def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
+    """``MTH`` of the leaves whose hashes are ``hashes``."""
+    return MerkleTree(hashes).root()
+
 
 def root(leaves: Sequence[bytes]) -> bytes:
     """``MTH(D[n])`` of the raw leaves."""
-    return root_from_leaf_hashes([leaf_hash(d) for d in leaves])
-
-
-def _subroot(hashes: Sequence[bytes], lo: int, hi: int) -> bytes:
-    return root_from_leaf_hashes(hashes[lo:hi])
+    return MerkleTree([leaf_hash(d) for d in leaves]).root()
 
 
 def inclusion_proof(hashes: Sequence[bytes], index: int) -> list[bytes]:
     """``PATH(m, D[n])``: audit path for leaf ``index`` in the tree of ``len(hashes)`` leaves."""
-    n = len(hashes)
-    if not 0 <= index < n:
-        raise ValueError(f"leaf index {index} outside a tree of {n} leaves")
-    path: list[bytes] = []
-    lo, hi, m = 0, n, index
-    # Walk down from the root; collect the sibling subtree roots, then reverse (leaf first).
-    while hi - lo > 1:
-        k = _split(hi - lo)
-        if m < k:
-            path.append(_subroot(hashes, lo + k, hi))
-            hi = lo + k
-        else:
-            path.append(_subroot(hashes, lo, lo + k))
-            lo, m = lo + k, m - k
-    path.reverse()
-    return path
+    return MerkleTree(hashes).inclusion_proof(index)
+
+
+def consistency_proof(hashes: Sequence[bytes], old_size: int) -> list[bytes]:
+    """``PROOF(m, D[n])``: shows the tree of ``old_size`` leaves is a prefix of ``hashes``."""
+    return MerkleTree(hashes).consistency_proof(old_size)
 
 
 def verify_inclusion(
@@ -131,24 +164,6 @@ def verify_inclusion(
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == expected_root
-
-
-def consistency_proof(hashes: Sequence[bytes], old_size: int) -> list[bytes]:
-    """``PROOF(m, D[n])``: shows the tree of ``old_size`` leaves is a prefix of ``hashes``."""
-    n = len(hashes)
-    if not 0 < old_size <= n:
-        raise ValueError(f"old size {old_size} must be in 1..{n}")
-
-    def subproof(m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
-        size = hi - lo
-        if m == size:
-            return [] if complete else [_subroot(hashes, lo, hi)]
-        k = _split(size)
-        if m <= k:
-            return [*subproof(m, lo, lo + k, complete), _subroot(hashes, lo + k, hi)]
-        return [*subproof(m - k, lo + k, hi, False), _subroot(hashes, lo, lo + k)]
-
-    return subproof(old_size, 0, n, True)
 
 
 def verify_consistency(

@@ -38,6 +38,7 @@ import orjson
 
 from visage_ml.config import PrivacyParams, ProjectPaths, load_params
 from visage_ml.io import atomic_write_text, sha256_bytes
+from visage_ml.privacy.certificate import render, sign
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import read_appended
@@ -575,8 +576,6 @@ class RequestBook:
         return self.paths.requests / f"{request_id}.receipt.json"
 
     def _write_receipt(self, st: RequestState, outcome: dict[str, Any]) -> Receipt:
-        from visage_ml.privacy.certificate import render, sign
-
         params = load_params(self.paths.params) if self.paths.params.exists() else None
         controller = params.project if params is not None else None
         doc = {

@@ -1,7 +1,8 @@
 """The identity vault: pid <-> external reference and contact, one encrypted record per subject.
 
-Each record is AES-256-GCM encrypted under the subject's own data key (a :class:`KeyRing` entry
-wrapped by the master key). :meth:`IdentityVault.destroy` deletes that key: every copy of the
+Each record is a sealed file (:mod:`visage_ml.privacy.sealed`): AES-256-GCM under the subject's
+own data key (a :class:`~visage_ml.privacy.sealed.KeyRing` entry wrapped by the master key), the
+pid as associated data. :meth:`IdentityVault.destroy` deletes that key: every copy of the
 record, backups included, becomes unreadable (cryptographic erase, NIST SP 800-88).
 
 A blind index (HMAC-SHA256 of the normalised external reference under a key derived from the
@@ -23,22 +24,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from visage_ml.io import (
-    atomic_write_bytes,
-    atomic_write_json,
-    file_lock,
-    private_dir,
-    secure_unlink,
-    sha256_file,
-)
-from visage_ml.privacy.keys import (
-    KeyDestroyedError,
-    KeyRing,
-    check_pid,
-    load_master_key,
-    open_sealed,
-    seal,
-)
+from visage_ml.io import atomic_write_json, file_lock, private_dir, secure_unlink, sha256_file
+from visage_ml.privacy.keys import check_pid, load_master_key
+from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, read_sealed, write_sealed
 
 RECORD_FIELDS = ("external_ref", "contact", "source", "notes")
 
@@ -125,11 +113,12 @@ class IdentityVault:
             index = self._read_index()
             by_pid = {v: k for k, v in index.items()}
             for pid, record in records.items():
-                key = self.keys.get(pid, create=True)
-                blob = seal(
-                    key, json.dumps(dict(record), sort_keys=True).encode(), aad=pid.encode()
+                write_sealed(
+                    self._record_path(pid),
+                    self.keys.get(pid, create=True),
+                    json.dumps(dict(record), sort_keys=True).encode(),
+                    aad=pid.encode(),
                 )
-                atomic_write_bytes(self._record_path(pid), blob, mode=0o600)
                 ref = record.get("external_ref")
                 if ref:
                     old = by_pid.get(pid)
@@ -157,10 +146,10 @@ class IdentityVault:
             if path.exists():
                 raise
             raise KeyError(pid) from None
-        if not path.exists():
-            raise KeyError(pid)
         try:
-            return json.loads(open_sealed(key, path.read_bytes(), aad=pid.encode()))
+            return json.loads(read_sealed(path, key, aad=pid.encode()))
+        except FileNotFoundError:
+            raise KeyError(pid) from None
         except InvalidTag:
             raise VaultError(
                 f"vault record {path.name} fails authentication (altered or truncated); "
@@ -191,6 +180,16 @@ class IdentityVault:
             if len(kept) != len(index):
                 atomic_write_json(self._index_path, kept, mode=0o600, indent=None)
         return DestroyResult(pid, removed)
+
+    def files_of(self, pid: str) -> list[Path]:
+        """The vault's files that hold something of ``pid``: record, key, the index naming them.
+
+        What an erasure plans to remove (and hashes first); only files that exist.
+        """
+        out = [f for f in (self._record_path(pid), self.keys.path(pid)) if f.is_file()]
+        if pid in self._read_index().values():
+            out.append(self._index_path)
+        return out
 
     def destroyed(self, pids: Iterable[str]) -> list[str]:
         """Those of ``pids`` whose key no longer exists."""

@@ -1,0 +1,169 @@
+"""The KeyRing and sealed files used by vault and gallery.
+
+- A :class:`KeyRing` holds one AES-256 data key per subject, each wrapped (AES-GCM) by the master
+  key in its own file. Destroying that file is a cryptographic erase of everything sealed under
+  the subject's key, in every copy and backup of the ciphertext (NIST SP 800-88).
+- :func:`seal` / :func:`open_sealed` encrypt with AES-256-GCM and associated data (the pid and
+  the role of the bytes), so a ciphertext moved to another subject or role does not open.
+- :func:`write_sealed` / :func:`read_sealed` are the file form: ``prefix || nonce || ciphertext
+  + tag`` written atomically with mode 0600, and its inverse.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from visage_ml.io import atomic_write_bytes, file_lock, private_dir, secure_unlink, sha256_file
+from visage_ml.privacy.keys import WRONG_MASTER_KEY, MasterKeyError, check_pid
+
+NONCE_BYTES = 12
+_CHECK_PLAINTEXT = b"visage-ml master key check v1"
+
+
+class KeyDestroyedError(KeyError):
+    """The subject's data key was destroyed (cryptographic erase); the data is unrecoverable."""
+
+
+def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
+    """AES-256-GCM encrypt: ``nonce (12) || ciphertext+tag``."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(key: bytes, blob: bytes, *, aad: bytes) -> bytes:
+    """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` on any change."""
+    return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+
+
+def write_sealed(
+    path: Path, key: bytes, plaintext: bytes, *, aad: bytes, prefix: bytes = b""
+) -> bytes:
+    """Seal ``plaintext`` and write ``prefix || sealed`` to ``path`` atomically, mode 0600.
+
+    Parameters
+    ----------
+    path
+        The sealed file.
+    key
+        The subject's data key (:meth:`KeyRing.get`).
+    plaintext
+        What to protect.
+    aad
+        Associated data bound into the tag (pid, role, any clear header).
+    prefix
+        Clear bytes stored before the ciphertext (a header the reader parses before opening;
+        authenticate it by putting it in ``aad`` too).
+
+    Returns
+    -------
+    bytes
+        The file's content, for hashing without reading it back.
+    """
+    blob = prefix + seal(key, plaintext, aad=aad)
+    atomic_write_bytes(Path(path), blob, mode=0o600)
+    return blob
+
+
+def read_sealed(path: Path, key: bytes, *, aad: bytes, prefix_len: int = 0) -> bytes:
+    """The plaintext of a file written by :func:`write_sealed`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    cryptography.exceptions.InvalidTag
+        The file, its prefix-free part or ``aad`` differ from what was sealed, or ``key`` is
+        another key.
+    """
+    return open_sealed(key, Path(path).read_bytes()[prefix_len:], aad=aad)
+
+
+class KeyRing:
+    """One wrapped AES-256 data key per subject in ``directory/<pid>.key``.
+
+    Parameters
+    ----------
+    directory
+        Folder of wrapped keys (created on first write).
+    master_key
+        32-byte key that wraps the data keys.
+    context
+        Bound into each wrapping as associated data, so a key file moved between key rings
+        (vault, gallery) does not unwrap.
+    """
+
+    def __init__(self, directory: Path, master_key: bytes, *, context: str) -> None:
+        self.directory = Path(directory)
+        self._aead = AESGCM(master_key)
+        self._context = context
+        self._check_master_key()
+
+    def _check_master_key(self) -> None:
+        check = self.directory / ".check"
+        aad = f"{self._context}:check".encode()
+        if check.exists():
+            blob = check.read_bytes()
+            try:
+                self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+            except InvalidTag:
+                raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(self.directory))) from None
+        else:
+            # Nobody but the owner may list, add, replace or delete key files.
+            private_dir(self.directory)
+            nonce = os.urandom(NONCE_BYTES)
+            blob = nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, aad)
+            atomic_write_bytes(check, blob, mode=0o600)
+
+    def path(self, pid: str) -> Path:
+        """File holding ``pid``'s wrapped key."""
+        return self.directory / f"{check_pid(pid)}.key"
+
+    def exists(self, pid: str) -> bool:
+        """Whether ``pid`` has a (not destroyed) key here."""
+        return self.path(pid).exists()
+
+    def get(self, pid: str, *, create: bool = False) -> bytes:
+        """``pid``'s data key; created when missing and ``create`` is true.
+
+        Raises
+        ------
+        KeyDestroyedError
+            When the key does not exist (never created, or destroyed) and ``create`` is false.
+        """
+        path = self.path(pid)
+        aad = f"{self._context}:{pid}".encode()
+        if not path.exists():
+            if not create:
+                raise KeyDestroyedError(pid)
+            with file_lock(self.directory / ".lock"):
+                if not path.exists():
+                    key = AESGCM.generate_key(bit_length=256)
+                    nonce = os.urandom(NONCE_BYTES)
+                    atomic_write_bytes(
+                        path, nonce + self._aead.encrypt(nonce, key, aad), mode=0o600
+                    )
+                    return key
+        blob = path.read_bytes()
+        try:
+            return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
+
+    def destroy(self, pid: str) -> str | None:
+        """Overwrite and delete ``pid``'s key file; return its SHA-256 before deletion (or None)."""
+        path = self.path(pid)
+        if not path.exists():
+            return None
+        digest = sha256_file(path)
+        secure_unlink(path)
+        return digest
+
+    def pids(self) -> list[str]:
+        """Subjects that currently hold a key."""
+        if not self.directory.exists():
+            return []
+        return sorted(p.stem for p in self.directory.glob("p*.key"))

@@ -1,0 +1,162 @@
+"""Restriction and objection (Art. 18, 21) as requests, and the runner of any verified request.
+
+:func:`run_request` carries out a request of any right that needs no further input by
+dispatching to the module that answers it: export (access, portability), restriction,
+objection, erasure. A rectification needs the corrected values (:func:`~visage_ml.rights.
+rectify.rectify`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from visage_ml.config import PURPOSES, ProjectPaths
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, RequestStateError
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.export import export_subject
+from visage_ml.rights.lifecycle import begin
+
+log = logging.getLogger(__name__)
+
+MSG_COMPLETED = "request {rid} is already completed"
+MSG_RECTIFY = (
+    "request {rid} is a rectification: run `visage privacy rectify {pid} "
+    "--request {rid}` with the corrected values"
+)
+
+
+def restrict(
+    paths: ProjectPaths,
+    pid: str,
+    *,
+    request_id: str | None = None,
+    lift: bool = False,
+    core: PrivacyCore | None = None,
+) -> RequestState:
+    """Answer a restriction request: restrict (or lift) processing; complete the request.
+
+    The data is kept; the registry makes ``prepare`` leave the subject out and serving stop
+    scoring them until lifted.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    pid
+        The subject.
+    request_id
+        The verified restriction request answered (one is recorded when None).
+    lift
+        Lift the restriction instead of setting it.
+    core
+        Open privacy core (opened when None).
+
+    Returns
+    -------
+    RequestState
+        The completed request.
+    """
+    core = core if core is not None else PrivacyCore(paths)
+    book = RequestBook(core)
+    st = begin(
+        book, pid, ("restriction",), request_id, details={"action": "lift" if lift else "set"}
+    )
+    entry = core.lift(pid) if lift else core.restrict(pid, reason_code="subject_request")
+    book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})
+    return book.get(st.request_id)
+
+
+def object_to(
+    paths: ProjectPaths,
+    pid: str,
+    *,
+    purposes: list[str] | None = None,
+    request_id: str | None = None,
+    core: PrivacyCore | None = None,
+) -> RequestState:
+    """Answer an objection (Art. 21) to ``purposes`` (all when None); complete the request.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    pid
+        The subject.
+    purposes
+        Purposes objected to; every purpose when None.
+    request_id
+        The verified objection request answered (one is recorded when None).
+    core
+        Open privacy core (opened when None).
+
+    Returns
+    -------
+    RequestState
+        The completed request.
+    """
+    core = core if core is not None else PrivacyCore(paths)
+    book = RequestBook(core)
+    chosen = list(purposes or PURPOSES)
+    st = begin(book, pid, ("objection",), request_id, details={"purposes": chosen})
+    entry = core.object(pid, chosen)
+    book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})
+    return book.get(st.request_id)
+
+
+def _export(paths: ProjectPaths, st: RequestState, core: PrivacyCore) -> Any:
+    return export_subject(paths, st.pid, request_id=st.request_id, core=core, right=st.right)
+
+
+def _restrict(paths: ProjectPaths, st: RequestState, core: PrivacyCore) -> Any:
+    lift = st.details.get("action") == "lift"
+    return restrict(paths, st.pid, request_id=st.request_id, lift=lift, core=core)
+
+
+def _object(paths: ProjectPaths, st: RequestState, core: PrivacyCore) -> Any:
+    purposes = st.details.get("purposes") or None
+    return object_to(paths, st.pid, purposes=purposes, request_id=st.request_id, core=core)
+
+
+def _erase(paths: ProjectPaths, st: RequestState, core: PrivacyCore) -> Any:
+    return Erasure(paths, core=core).run(st.request_id)
+
+
+# Right -> what carries out a verified request of it (rectification needs values: not here).
+HANDLERS: dict[str, Callable[[ProjectPaths, RequestState, PrivacyCore], Any]] = {
+    "access": _export,
+    "portability": _export,
+    "restriction": _restrict,
+    "objection": _object,
+    "erasure": _erase,
+}
+
+
+def run_request(paths: ProjectPaths, request_id: str, *, core: PrivacyCore | None = None) -> Any:
+    """Carry out a verified request whose right needs no further input.
+
+    Access and portability export, restriction (set or lift, as recorded), objection (to the
+    recorded purposes) and erasure; rectification needs the corrected values
+    (:func:`~visage_ml.rights.rectify.rectify`).
+
+    Returns
+    -------
+    Any
+        What the handler returns: an :class:`~visage_ml.rights.export.ExportResult`, the
+        completed :class:`~visage_ml.privacy.requests.RequestState`, or the erasure's result.
+
+    Raises
+    ------
+    RequestStateError
+        The request is completed already, or is a rectification.
+    """
+    core = core if core is not None else PrivacyCore(paths)
+    st = RequestBook(core).get(request_id)
+    if st.status == COMPLETED:
+        raise RequestStateError(MSG_COMPLETED.format(rid=request_id))
+    handler = HANDLERS.get(st.right)
+    if handler is None:
+        raise RequestStateError(MSG_RECTIFY.format(rid=request_id, pid=st.pid))
+    return handler(paths, st, core)
