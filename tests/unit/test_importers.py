@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from visage_ml.cli import app
+from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths, SynthParams, load_params
 from visage_ml.data import imagecheck, importers
 from visage_ml.data.importers import (
@@ -553,7 +553,7 @@ def test_failure_after_registration_still_leaves_data_raw_untouched(project, tmp
     def ledger_down(*args, **kwargs):
         raise OSError("ledger volume unavailable")
 
-    monkeypatch.setattr(importers, "_record_basis", ledger_down)
+    monkeypatch.setattr(importers, "record_basis", ledger_down)
     with pytest.raises(OSError, match="ledger volume"):
         run_import(project, "imagefolder", second)
     assert tree(ProjectPaths(project).raw) == raw_before

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +211,48 @@ def test_noise_and_contrast() -> None:
     ramp = np.tile(np.linspace(50, 200, 32, dtype=np.float32), (3, 32, 1))
     flat = _finish(ramp.copy(), contrast=0.5).astype(float)
     assert np.ptp(flat) == pytest.approx(0.5 * 150, abs=2)  # the spread halves
+
+
+# Where numba caches, as a process that imports the kernels sees it.
+_WHERE = "import numba\nfrom visage_ml.data import raster\nprint(numba.config.CACHE_DIR)\n"
+# The same after compiling one small kernel (which writes its cache).
+_COMPILE = _WHERE + (
+    "import numpy as np\n"
+    "canvas = np.zeros((3, 4, 5), dtype=np.float32)\n"
+    "colours = np.array([[10, 20, 30], [40, 50, 60]], dtype=np.float32)\n"
+    "raster.bands(canvas, colours, np.array([0, 1, 0, 1]), True)\n"
+    "assert canvas[0, 1, 0] == 40.0\n"
+)
+
+
+def _numba_cache_files(root: Path) -> set[Path]:
+    return {p for pattern in ("*.nbi", "*.nbc") for p in root.rglob(pattern)}
+
+
+def _python(code: str, env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+def test_compiled_kernels_are_cached_in_the_user_cache_not_in_the_package(tmp_path) -> None:
+    package = Path(raster.__file__).resolve().parents[1]
+    in_package_before = _numba_cache_files(package)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+
+    used = Path(_python(_COMPILE, env))
+
+    assert used == tmp_path / "xdg" / "visage-ml" / "numba"
+    cached = _numba_cache_files(used)
+    assert {p.suffix for p in cached} == {".nbi", ".nbc"}
+    assert all(p.name.startswith("raster.") for p in cached)
+    assert _numba_cache_files(package) - in_package_before == set()
+
+
+def test_an_explicit_numba_cache_dir_is_kept(tmp_path) -> None:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "mine")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    assert Path(_python(_WHERE, env)) == tmp_path / "mine"

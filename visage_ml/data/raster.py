@@ -17,14 +17,31 @@ Two habits keep numba's loops fast: columns are unsigned where a loop should vec
 signed index costs a negative-index check that blocks it), and hot loops call no function that
 takes arrays (each such call costs reference counting).
 
-Kernels are compiled on first use and cached beside this file (``cache=True``): the first
-process on a machine pays about ten seconds of compiling, later ones load the cache.
+Kernels are compiled on first use and cached (``cache=True``) in the user's cache directory,
+``$XDG_CACHE_HOME/visage-ml/numba`` (``~/.cache/visage-ml/numba``), or in ``$NUMBA_CACHE_DIR``
+when set: never inside the installed package. The first process on a machine pays about ten
+seconds of compiling, later ones load the cache.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+
+# numba chooses where a kernel's cache goes when the kernel is decorated, from NUMBA_CACHE_DIR;
+# unset, it writes __pycache__/*.nbi|*.nbc beside this file, inside the installed package.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR",
+    str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "visage-ml" / "numba"),
+)
+
+import numba  # after the default above: numba reads its environment when imported
 from numba import njit
+
+# A process that imported numba before this module has read its environment without it.
+numba.config.reload_config()
 
 SUB = 2  # sample rows per pixel (as the 2x supersampling it replaced)
 POLY, LINE, DOTS = 0, 1, 2  # primitive kinds

@@ -1,0 +1,283 @@
+"""Import face data sets that teams already hold into ``data/raw``, pseudonymising every person.
+
+A format is a scanner in :data:`FORMATS` (one module per format: :mod:`.imagefolder`,
+:mod:`.lfw`, :mod:`.utkface`, :mod:`.fairface`): it walks the data set's tree (or reads its
+label file) and returns :class:`Item` s, one per image, each naming the person by an external
+reference (``"lfw:<Name>"``, ``"utkface:<file name>"``, ...) and carrying the attributes the
+format gives per image. :func:`import_dataset` then, for every item:
+
+1. reads the file without following links (symbolic links are refused, never followed);
+2. skips it as a duplicate when its bytes (or its decoded pixels) were imported before;
+3. validates and re-encodes it (:func:`visage_ml.data.imagecheck.check_image`) into a staging
+   area of a :class:`~visage_ml.data.rawstore.RawStore` transaction;
+
+and once every file is processed registers the persons with at least one accepted image in the
+privacy core (the external reference goes to the encrypted identity vault only; a person already
+in the vault keeps their pid), records consent or another legal basis for each, moves the files
+to ``data/raw/<pid>/<image_id>.png`` and swaps the new ``data/raw`` in atomically. LFW pairs
+files become ``data/protocols/lfw_pairs.parquet``.
+
+Names never reach ``data/``, the ledger or a log. The only place file names appear is the
+per-file import report under ``privacy/imports/`` (git-ignored, next to the vault): it lists the
+files that were *not* imported, with a reason code, and is not linked to any pid.
+
+Formats
+-------
+``imagefolder``  ``root/<person>/<image>``: one subject per folder.
+``lfw``          ``lfw/<Name>/<Name>_0001.jpg`` (PATH is the folder holding ``lfw/`` or the
+                 folder holding the names) and, next to it or given with ``--pairs``,
+                 ``pairs.txt`` / ``pairsDevTest.txt`` / ``pairsDevTrain.txt``.
+``utkface``      a flat folder of ``[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]``; one
+                 subject per image (UTKFace has no identities).
+``fairface``     a label CSV (``file,age,gender,race,...``; PATH is the CSV or the folder holding
+                 the CSVs) and the images it references, relative to the CSV's folder; one
+                 subject per image.
+
+LFW protocol folds
+------------------
+``pairs.txt`` (View 2) gives folds ``0..9``; ``pairsDevTest.txt`` fold ``-1`` and
+``pairsDevTrain.txt`` fold ``-2`` (View 1). The ``view`` column says which: ``view2``,
+``dev_test``, ``dev_train``. A new import replaces the rows of the folds it brings and keeps the
+others. Consumers computing the 10-fold accuracy use ``fold >= 0`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+from visage_ml import faults
+from visage_ml.config import Params, ProjectPaths, load_params
+from visage_ml.data import imagecheck
+from visage_ml.data.imagecheck import ImageRejectedError
+from visage_ml.data.importers import fairface, imagefolder, lfw, utkface
+from visage_ml.data.importers.basis import ImportBasis, record_basis
+from visage_ml.data.importers.common import (
+    DEFAULT_PURPOSES,
+    DUPLICATE,
+    NO_PATH,
+    NOT_A_FOLDER,
+    NOTHING_FOUND,
+    PAIRS_NOT_LFW,
+    REASON_TEXT,
+    UNKNOWN_FORMAT,
+    BasisRequiredError,
+    ImportFormat,
+    ImportInputError,
+    Item,
+    PairSpec,
+    Scan,
+    ScanOptions,
+    Skip,
+)
+from visage_ml.data.importers.fairface import band_midpoint, snake_case
+from visage_ml.data.importers.ingest import Accepted, FileRefused, read_untrusted, register_persons
+from visage_ml.data.importers.lfw import parse_lfw_pairs
+from visage_ml.data.importers.result import ImportResult, write_lfw_protocol, write_report
+from visage_ml.data.rawstore import RawStore
+from visage_ml.io import sha256_bytes
+from visage_ml.privacy.core import PrivacyCore
+
+__all__ = [
+    "DEFAULT_PURPOSES",
+    "FORMATS",
+    "REASON_TEXT",
+    "BasisRequiredError",
+    "ImportBasis",
+    "ImportFormat",
+    "ImportInputError",
+    "ImportResult",
+    "Item",
+    "PairSpec",
+    "Scan",
+    "ScanOptions",
+    "Skip",
+    "band_midpoint",
+    "get_format",
+    "import_dataset",
+    "parse_lfw_pairs",
+    "register_format",
+    "snake_case",
+    "write_lfw_protocol",
+]
+
+log = logging.getLogger(__name__)
+
+# The registry: format name -> format. A new format is a module holding a scanner and its
+# FORMAT, listed here (or added at run time with register_format).
+FORMATS: dict[str, ImportFormat] = {
+    f.name: f for f in (imagefolder.FORMAT, lfw.FORMAT, utkface.FORMAT, fairface.FORMAT)
+}
+
+
+def register_format(fmt: ImportFormat) -> ImportFormat:
+    """Add ``fmt`` to :data:`FORMATS` under its name (``ValueError`` when the name is taken)."""
+    if fmt.name in FORMATS:
+        raise ValueError(f"import format '{fmt.name}' is registered twice")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def get_format(name: str) -> ImportFormat:
+    """The registered format ``name`` (``ValueError`` listing the known ones otherwise)."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(UNKNOWN_FORMAT.format(name=name, known=", ".join(FORMATS))) from None
+
+
+def _duplicate(
+    result: ImportResult, item: Item, earlier: str, key_to_image: dict[str, str], what: str
+) -> None:
+    """Skip a duplicate; a protocol key still resolves to the image stored first."""
+    result.skipped.append(Skip(item.rel, DUPLICATE, f"{what} as a file imported before"))
+    if item.key:
+        key_to_image.setdefault(item.key, earlier)
+
+
+def import_dataset(
+    fmt: str,
+    root: str | os.PathLike[str],
+    *,
+    paths: ProjectPaths,
+    basis: ImportBasis,
+    pairs: Sequence[Path] = (),
+    params: Params | None = None,
+    core: PrivacyCore | None = None,
+    progress: bool = False,
+) -> ImportResult:
+    """Import the data set at ``root`` in format ``fmt`` into ``data/raw``.
+
+    Parameters
+    ----------
+    fmt
+        A name in :data:`FORMATS`.
+    root
+        The data set's folder (for ``fairface`` also a label CSV).
+    paths
+        The project.
+    basis
+        The legal basis recorded for every subject (:meth:`ImportBasis.from_options`).
+    pairs
+        LFW pairs files (default: ``pairs*.txt`` found next to the images).
+    params
+        The project's params (read from ``params.yaml`` when None); ``serving.max_image_pixels``
+        bounds the pixels of an image, ``project`` names the controller in consent receipts.
+    core
+        The privacy core to register subjects with (opened when None).
+    progress
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    ImportResult
+        Counts, skipped files with reasons, the DVC md5 and the path of the per-file report.
+
+    Raises
+    ------
+    ImportInputError
+        The data set as a whole cannot be read (missing folder, bad CSV header, bad pairs file).
+    """
+
+    spec = get_format(fmt)
+    root = Path(root)
+    if pairs and not spec.takes_pairs:
+        raise ImportInputError(PAIRS_NOT_LFW)
+    if not root.exists():
+        raise ImportInputError(NO_PATH.format(path=root))
+    if not root.is_dir() and not spec.file_ok:
+        raise ImportInputError(NOT_A_FOLDER.format(path=root, fmt=fmt))
+    params = params or load_params(paths.params)
+    core = core or PrivacyCore(paths)
+    core.vault  # noqa: B018 - opens the master key now: a key problem stops before any work
+    started = datetime.now(UTC)
+    scan = spec.scan(root, ScanOptions(pairs=tuple(Path(p) for p in pairs)))
+    if not scan.items and not scan.skipped:
+        raise ImportInputError(NOTHING_FOUND.format(path=root, fmt=fmt))
+    result = ImportResult(format=fmt, source=spec.source, basis=basis.to_dict())
+    result.skipped.extend(scan.skipped)
+    result.persons_found = len({it.ref for it in scan.items})
+    max_pixels = params.serving.max_image_pixels
+    log.info("import %s: %d candidate files", fmt, len(scan.items))
+
+    store = RawStore(paths, core=core)
+    key_to_image: dict[str, str] = {}
+    with store.transaction() as txn:
+        existing = txn.images
+        valid_ids = set(existing["image_id"].astype(str))
+        known = existing.dropna(subset=["source_sha256"])
+        by_source = dict(
+            zip(known["source_sha256"].astype(str), known["image_id"].astype(str), strict=True)
+        )
+        by_pixels = dict(
+            zip(existing["sha256"].astype(str), existing["image_id"].astype(str), strict=True)
+        )
+        accepted: dict[str, list[Accepted]] = {}
+        bar = tqdm(scan.items, desc=f"import {fmt}", unit="file", disable=not progress)
+        for item in bar:
+            try:
+                data = read_untrusted(item.path)
+            except FileRefused as refused:
+                result.skipped.append(Skip(item.rel, refused.reason, refused.detail))
+                continue
+            source_sha = sha256_bytes(data)
+            earlier = by_source.get(source_sha)
+            if earlier is not None:
+                _duplicate(result, item, earlier, key_to_image, "same bytes")
+                continue
+            try:
+                # Through the module: tests replace imagecheck.check_image to inject a failure.
+                checked = imagecheck.check_image(data, max_pixels=max_pixels)
+            except ImageRejectedError as exc:
+                result.skipped.append(Skip(item.rel, exc.reason, exc.detail))
+                continue
+            earlier = by_pixels.get(checked.sha256)
+            if earlier is not None:
+                _duplicate(result, item, earlier, key_to_image, "same pixels")
+                continue
+            image_id = txn.stage(checked.png)
+            by_source[source_sha] = by_pixels[checked.sha256] = image_id
+            result.conversions.update(checked.conversions)
+            accepted.setdefault(item.ref, []).append(
+                Accepted(image_id, item, checked.sha256, source_sha, checked.width, checked.height)
+            )
+            if item.key:
+                key_to_image[item.key] = image_id
+
+        registered = register_persons(core, txn, accepted, basis=basis, spec=spec, result=result)
+        faults.crash_point("import:registered")
+        valid_ids.update(registered)
+        if registered:
+            # Before the swap: a crash after it never leaves data without a recorded basis.
+            record_basis(
+                core,
+                list(dict.fromkeys(registered.values())),
+                basis,
+                fmt=fmt,
+                controller=params.project,
+            )
+            faults.crash_point("import:basis-recorded")
+        else:
+            txn.discard()
+    result.dvc_md5, result.dvc_error = txn.dvc_md5, txn.dvc_error
+    if scan.pairs:
+        result.pair_files = scan.pair_files
+        result.pairs_written, result.pairs_dropped = write_lfw_protocol(
+            paths, scan.pairs, key_to_image=key_to_image, valid_ids=valid_ids
+        )
+    result.report_path = write_report(paths, result, root=root, started=started)
+    log.info(
+        "import %s: %d images of %d subjects (%d added, %d updated); %d files skipped",
+        fmt,
+        result.images_imported,
+        result.subjects_added + result.subjects_updated,
+        result.subjects_added,
+        result.subjects_updated,
+        len(result.skipped),
+    )
+    return result
