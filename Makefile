@@ -26,20 +26,18 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VISAGE) demo
 
-test: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+test: lint
 	$(VENV)/bin/pytest
 
 # Everything but the GPU tests (`pytest -m gpu` on a CUDA machine), slow ones included.
-test-all: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+test-all: lint
 	$(VENV)/bin/pytest -m "not gpu"
 
+# ruff, then the architecture: layers import only from the layers below (docs/architecture.md).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

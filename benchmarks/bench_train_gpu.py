@@ -27,15 +27,13 @@ import torch
 
 from visage_ml.models.backbones import create_backbone
 from visage_ml.models.heads import create_head
-from visage_ml.training import (
+from visage_ml.training.config import (
     LoopConfig,
-    fit_embedder,
-    lr_factor,
-    make_optimizer,
     resolve_device,
     resolve_precision,
     seed_everything,
 )
+from visage_ml.training.loop import fit_embedder, lr_factor, make_optimizer
 
 GOAL = 0.90
 CLASSES = 1000
@@ -70,7 +68,7 @@ def _models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module]
 def real_loop(
     args: argparse.Namespace, images: np.ndarray, device: torch.device, precision: str
 ) -> float:
-    """Images/s of :func:`visage_ml.training.fit_embedder` between steps warmup and warmup+steps."""
+    """Images/s of :func:`~visage_ml.training.loop.fit_embedder` over steps warmup..warmup+steps."""
     model, head = _models(args)
     marks: dict[str, float] = {}
 

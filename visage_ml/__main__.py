@@ -1,6 +1,6 @@
 """``python -m visage_ml`` is the ``visage`` command."""
 
-from visage_ml.cli import app
+from visage_ml.app.cli import app
 
 if __name__ == "__main__":
     app()

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from visage_ml.io import atomic_write_text
+
 PARAMS_FILE = "params.yaml"
 TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 PURPOSES: tuple[str, ...] = ("training", "evaluation", "identification")
@@ -742,6 +744,4 @@ def params_from_dict(raw: Mapping[str, Any], *, source: str = "<params>") -> Par
 
 def write_params(params: Params, path: str | os.PathLike[str]) -> None:
     """Write ``params`` as YAML (used by tests and ``visage config init``)."""
-    from visage_ml.io import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(params), sort_keys=False))

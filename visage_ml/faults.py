@@ -7,7 +7,7 @@ no ``finally`` block, no ``atexit`` handler, no buffered write runs. The tests i
 the ledger verifies, the gallery agrees with the registry and no erased subject is matchable.
 
 Points (besides the erasure's own ``erasure:<step>[:planned]``, see
-:mod:`visage_ml.privacy.erasure`):
+:mod:`visage_ml.rights.erasure.orchestrator`):
 
 =====================================  ==========================================================
 point                                  where

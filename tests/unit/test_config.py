@@ -4,7 +4,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from visage_ml.cli import app
+from visage_ml.app.cli import app
 from visage_ml.config import ConfigError, Params, load_params, params_from_dict, to_dict
 
 REPO = Path(__file__).resolve().parents[2]

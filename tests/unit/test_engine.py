@@ -183,7 +183,7 @@ def test_serving_path_does_not_import_torch(world):
         person = make_person("p" + "a" * 16, rng, "g1", "male")
         faces, emb = engine.embed_image(scene([face_tile(person, rng)]))
         engine.predict(np.stack([f.crop for f in faces]))
-        import visage_ml.serving.api, visage_ml.serving.gallery, visage_ml.serving.analytics
+        import visage_ml.app.http.app, visage_ml.serving.gallery, visage_ml.serving.analytics
         assert emb.shape == (1, {DIM})
         print("torch" in sys.modules)
         """

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
+from visage_ml.app.stages import export as stage
 from visage_ml.config import ExportParams, ProjectPaths
 from visage_ml.dvcops import git_revision
 from visage_ml.export import (
@@ -29,7 +30,6 @@ from visage_ml.export import (
 from visage_ml.inference import OnnxModel
 from visage_ml.io import sha256_file
 from visage_ml.preprocess import PreprocessSpec, to_model_input
-from visage_ml.stages import export as stage
 
 SIZE = 32
 DIM = 16
@@ -286,7 +286,7 @@ DVC_LOCK = """\
 schema: '2.0'
 stages:
   prepare:
-    cmd: python -m visage_ml.stages.prepare
+    cmd: python -m visage_ml.app.stages.prepare
     outs:
     - path: data/processed/manifest.parquet
       hash: md5

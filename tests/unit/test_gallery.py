@@ -17,11 +17,9 @@ from visage_ml.serving.gallery import (
     Gallery,
     GalleryVersionError,
     NotEnrolledError,
-    TemplateIndex,
     load_threshold,
-    select_enrolment_rows,
-    template_of,
 )
+from visage_ml.serving.index import template_of
 
 VERSION = "emb-test-1"
 
@@ -314,51 +312,6 @@ def test_bad_embeddings_are_refused(world, engine):
         gallery.enroll(pid, np.full((1, DIM), np.nan, np.float32))
     with pytest.raises(ValueError):
         gallery.identify(np.zeros(DIM, np.float32))
-
-
-def test_index_removal_keeps_rows_and_pids_consistent():
-    rng = np.random.default_rng(1)
-    index = TemplateIndex(8)
-    reference: dict[str, np.ndarray] = {}
-    for _step in range(400):
-        pid = f"p{rng.integers(0, 40):016x}"
-        if rng.random() < 0.6:
-            v = rng.normal(size=8).astype(np.float32)
-            index.put(pid, v)
-            reference[pid] = v
-        else:
-            assert index.remove(pid) == (pid in reference)
-            reference.pop(pid, None)
-        assert len(index) == len(reference)
-    for pid, row in zip(index.pids(), index.matrix, strict=True):
-        np.testing.assert_array_equal(row, reference[pid])
-    pids = list(reference)
-    m = np.stack([reference[p] for p in pids])
-    for n_queries in (1, 3, 6):  # one-thread loop and BLAS paths
-        q = rng.normal(size=(n_queries, 8)).astype(np.float32)
-        got = index.search(q, top_k=4, threshold=-10.0)
-        for qi, row in zip(q, got, strict=True):
-            want = [pids[i] for i in np.argsort(-(m @ qi))[:4]]
-            assert [p for p, _ in row] == want
-            np.testing.assert_allclose([v for _, v in row], np.sort(m @ qi)[::-1][:4], rtol=1e-5)
-
-
-def test_enrolment_prefers_train_and_val_images_so_test_stays_held_out():
-    import pandas as pd
-
-    manifest = pd.DataFrame(
-        {
-            "row": range(7),
-            "pid": ["pa"] * 5 + ["pb"] * 2,
-            "image_id": ["a1", "a2", "a3", "a4", "a5", "b1", "b2"],
-            "split": ["test", "val", "train", "test", "train", "test", "test"],
-            "det_prob": [0.99, 0.98, 0.95, 0.99, 0.999, 0.9, 0.95],
-        }
-    )
-    rows = select_enrolment_rows(manifest, {"pa", "pb", "pc"}, per_subject=3)
-    assert rows["pa"].tolist() == [4, 2, 1]
-    assert rows["pb"].tolist() == [6, 5]
-    assert "pc" not in rows
 
 
 def test_threshold_of_another_embedder_is_refused(world):

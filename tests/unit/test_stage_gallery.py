@@ -9,10 +9,10 @@ import pytest
 from evaluate_fakes import make_dataset, write_models
 from serving_fakes import receipt
 
+from visage_ml.app.stages import gallery as stage
 from visage_ml.config import ProjectPaths, load_params, write_params
 from visage_ml.privacy.core import NewSubject, PrivacyCore
 from visage_ml.serving.gallery import Gallery, GalleryVersionError
-from visage_ml.stages import gallery as stage
 
 SIZE = 32
 DIM = 64
@@ -128,7 +128,7 @@ def test_main_builds_the_gallery(setup, capsys):
 def test_cli_rebuild_reports_counts(setup):
     from typer.testing import CliRunner
 
-    from visage_ml.cli import app as cli
+    from visage_ml.app.cli import app as cli
 
     result = CliRunner().invoke(cli, ["gallery", "rebuild", "--json"])
     assert result.exit_code == 0, result.output

@@ -10,7 +10,7 @@ Inference checkpoint (``models/embedder.pt``, ``models/demographics.pt``)::
      "metrics": {...}, "params": {...}, "format": 1}
 
 Resume checkpoints (``models/checkpoints/<kind>/epoch-NNNN.pt``) hold the training loop's state
-(:func:`visage_ml.training.fit_embedder`) plus a ``fingerprint`` of the params section and the
+(:func:`visage_ml.training.loop.fit_embedder`) plus a ``fingerprint`` of the params section and the
 data md5; :func:`load_resume` returns one only when the fingerprint matches.
 """
 
@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from visage_ml.io import atomic_write_bytes, canonical_json
+from visage_ml.models.backbones import create_backbone
+from visage_ml.models.demographic import create_demographic_net
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +135,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _build_embedder(config: Mapping[str, Any]) -> nn.Module:
-    from visage_ml.models.backbones import create_backbone
-
     return create_backbone(
         str(config["backbone"]),
         embedding_dim=int(config["embedding_dim"]),
@@ -144,8 +144,6 @@ def _build_embedder(config: Mapping[str, Any]) -> nn.Module:
 
 
 def _build_demographics(config: Mapping[str, Any]) -> nn.Module:
-    from visage_ml.models.demographic import create_demographic_net
-
     return create_demographic_net(
         str(config["backbone"]),
         input_size=int(config["input_size"]),

@@ -293,6 +293,7 @@ class Engine:
 
         def onnx(kind: str) -> Callable[[], Any]:
             def load() -> Any:
+                # onnxruntime loads only with a model: analytics mode never loads the embedder.
                 from visage_ml.inference import OnnxModel, recorded_sha256
 
                 # The file must be the one the export stage wrote (reports/export.json).
@@ -310,6 +311,7 @@ class Engine:
             return load
 
         def detector() -> Detector:
+            # torch + facenet-pytorch load only when a detector is first needed.
             from visage_ml.data.detect import FaceDetector
 
             return FaceDetector(
@@ -414,6 +416,7 @@ class Engine:
         if isinstance(image, Image.Image):
             pil = image if image.mode == "RGB" else image.convert("RGB")
         else:
+            # data.detect imports torch: only for arrays, never on the PIL path.
             from visage_ml.data.detect import to_rgb_array
 
             # Refuses what is not an 8-bit image (float, NaN, 5 channels) with a clear message.

@@ -69,16 +69,12 @@ from visage_ml.io import (
     sha256_bytes,
     sha256_file,
 )
-from visage_ml.privacy.keys import (
-    KeyDestroyedError,
-    KeyRing,
-    check_pid,
-    load_master_key,
-    open_sealed,
-    seal,
-)
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.keys import check_pid, load_master_key
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.registry import REASON_TEXT
+from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, open_sealed, seal
+from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +105,12 @@ MSG_REBUILT_WHILE_RUNNING = (
     "the gallery was rebuilt with embedder {found!r} while this server runs {expected!r}; "
     "restart `visage serve` to load the new embedder and templates"
 )
-MSG_DIM = "embeddings have {found} values but the gallery's embedder makes {expected}"
 MSG_REFUSED = "subject {pid} may not be enrolled for identification: {text} ({reason})"
 MSG_NOT_ENROLLED = (
     "subject {pid} has no usable template in the gallery (not enrolled, not available for "
     "identification, or erased)"
 )
 MSG_NO_EMBEDDER = "this gallery has no embedder to turn crops into embeddings; pass embeddings"
-MSG_BAD_EMBEDDINGS = "embeddings must be finite, non-zero float vectors of shape (N, {dim})"
 MSG_NO_THRESHOLD = (
     "{path} is missing: the match threshold comes from evaluation; run `dvc repro evaluate`"
 )
@@ -279,156 +273,6 @@ def load_threshold(paths: ProjectPaths, model_version: str | None = None) -> Thr
     )
 
 
-def template_of(embeddings: np.ndarray, dim: int) -> np.ndarray:
-    """One template from enrolment embeddings: normalised mean of normalised rows.
-
-    Raises
-    ------
-    ValueError
-        Wrong size, non-finite or zero vectors.
-    """
-    e = np.asarray(embeddings, dtype=np.float32)
-    if e.ndim == 1:
-        e = e[None]
-    if e.ndim != 2 or e.shape[0] == 0:
-        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
-    if e.shape[1] != dim:
-        raise ValueError(MSG_DIM.format(found=e.shape[1], expected=dim))
-    norms = np.linalg.norm(e, axis=1, keepdims=True)
-    if not np.all(np.isfinite(e)) or np.any(norms <= 1e-12):
-        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
-    mean = (e / norms).mean(axis=0)
-    n = float(np.linalg.norm(mean))
-    if not np.isfinite(n) or n <= 1e-6:
-        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
-    return (mean / n).astype(np.float32)
-
-
-def normalize_queries(embeddings: np.ndarray, dim: int) -> np.ndarray:
-    """Query embeddings as a C-contiguous float32 ``(Q, dim)`` array of unit rows."""
-    q = np.asarray(embeddings, dtype=np.float32)
-    if q.ndim == 1:
-        q = q[None]
-    if q.ndim != 2 or q.shape[1] != dim:
-        raise ValueError(MSG_DIM.format(found=q.shape[-1] if q.ndim else 0, expected=dim))
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    if not np.all(np.isfinite(q)) or np.any(norms <= 1e-12):
-        raise ValueError(MSG_BAD_EMBEDDINGS.format(dim=dim))
-    return np.ascontiguousarray(q / norms, dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# In-memory index
-# ---------------------------------------------------------------------------------------------
-
-
-class TemplateIndex:
-    """Rows ``[0, n)`` of a float32 matrix of unit templates, with pid <-> row maps.
-
-    Removal moves the last row into the freed slot (O(D), whatever the size) and zeroes the old
-    last row, so the matrix only ever holds searchable subjects. Not thread-safe by itself: the
-    gallery serialises access.
-    """
-
-    def __init__(self, dim: int, capacity: int = 0) -> None:
-        self.dim = int(dim)
-        self._m = np.zeros((max(int(capacity), 16), self.dim), dtype=np.float32)
-        self._pids: list[str] = []
-        self._row: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._pids)
-
-    def __contains__(self, pid: object) -> bool:
-        return pid in self._row
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """The searchable rows (a view; do not keep it across changes)."""
-        return self._m[: len(self._pids)]
-
-    def pids(self) -> list[str]:
-        """Pids in row order."""
-        return list(self._pids)
-
-    def reserve(self, capacity: int) -> None:
-        """Make room for ``capacity`` rows without further copies."""
-        if capacity > self._m.shape[0]:
-            grown = np.zeros((capacity, self.dim), dtype=np.float32)
-            grown[: len(self._pids)] = self._m[: len(self._pids)]
-            self._m = grown
-
-    def put(self, pid: str, vector: np.ndarray) -> None:
-        """Add ``pid``'s template or replace it."""
-        row = self._row.get(pid)
-        if row is None:
-            n = len(self._pids)
-            if n == self._m.shape[0]:
-                self.reserve(max(16, n * 2))
-            row = n
-            self._pids.append(pid)
-            self._row[pid] = row
-        self._m[row] = vector
-
-    def extend(self, pids: list[str], vectors: np.ndarray) -> None:
-        """Append many new subjects at once (one block copy); ``pids`` must not be present."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(pids), self.dim):
-            raise ValueError(f"expected vectors of shape ({len(pids)}, {self.dim})")
-        if any(p in self._row for p in pids) or len(set(pids)) != len(pids):
-            raise ValueError("extend() takes new, distinct pids; use put() to replace")
-        n = len(self._pids)
-        self.reserve(n + len(pids))
-        self._m[n : n + len(pids)] = vectors
-        self._row.update((p, n + i) for i, p in enumerate(pids))
-        self._pids.extend(pids)
-
-    def remove(self, pid: str) -> bool:
-        """Drop ``pid``'s row; returns whether it was there."""
-        row = self._row.pop(pid, None)
-        if row is None:
-            return False
-        last = len(self._pids) - 1
-        if row != last:
-            moved = self._pids[last]
-            self._m[row] = self._m[last]
-            self._pids[row] = moved
-            self._row[moved] = row
-        self._m[last] = 0.0
-        self._pids.pop()
-        return True
-
-    def score(self, pid: str, query: np.ndarray) -> float:
-        """Cosine of ``pid``'s template with one unit query."""
-        return float(self._m[self._row[pid]] @ query)
-
-    def search(
-        self, queries: np.ndarray, *, top_k: int, threshold: float
-    ) -> list[list[tuple[str, float]]]:
-        """Exact cosine top-``top_k`` at or above ``threshold`` for each unit query row.
-
-        One BLAS pass streams the matrix once per call (matrix-vector product for a single
-        query, matrix-matrix for several); only scores at or above the threshold are ranked.
-        """
-        n = len(self._pids)
-        if n == 0 or top_k < 1:
-            return [[] for _ in range(queries.shape[0])]
-        m = self._m[:n]
-        # BLAS at every size: measured here (benchmarks/bench_gallery.py) its matrix-vector
-        # product beats numpy's own loop from 145 to 1M templates, idle or with the cores
-        # shared, by 2-2.5x on cache-resident galleries.
-        # One query: gemv, one pass over the matrix; several: gemm, still one pass for all.
-        scores = (m @ queries[0])[None] if queries.shape[0] == 1 else queries @ m.T
-        out: list[list[tuple[str, float]]] = []
-        for s in scores:
-            cand = np.flatnonzero(s >= threshold)
-            if cand.size > top_k:
-                cand = cand[np.argpartition(s[cand], -top_k)[-top_k:]]
-            order = cand[np.argsort(-s[cand], kind="stable")]
-            out.append([(self._pids[i], float(s[i])) for i in order])
-        return out
-
-
 # ---------------------------------------------------------------------------------------------
 # The gallery
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +283,22 @@ def _rel(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def template_path(directory: Path, pid: str) -> Path:
+    """File holding ``pid``'s encrypted template in the gallery folder ``directory``."""
+    check_pid(pid)
+    return directory / TEMPLATES_DIR / pid[1:3] / f"{pid}{SUFFIX}"
+
+
+def subject_files(directory: Path, pid: str) -> list[Path]:
+    """The files of ``pid`` (template, then key) in the gallery folder ``directory`` that exist.
+
+    Needs no master key, so that an erasure can plan what it removes even when the gallery
+    cannot be opened.
+    """
+    key = directory / KEYS_DIR / f"{check_pid(pid)}.key"
+    return [f for f in (template_path(directory, pid), key) if f.is_file()]
 
 
 class Gallery:
@@ -527,8 +387,6 @@ class Gallery:
         GalleryVersionError
             ``gallery.json`` names another embedder version (and ``rebuild`` is false).
         """
-        from visage_ml.privacy.core import PrivacyCore
-
         directory = paths.gallery
         existing = read_meta(directory)
         thr = threshold if isinstance(threshold, Threshold) else Threshold(float(threshold), "")
@@ -618,8 +476,11 @@ class Gallery:
 
     def template_path(self, pid: str) -> Path:
         """File holding ``pid``'s encrypted template."""
-        check_pid(pid)
-        return self.directory / TEMPLATES_DIR / pid[1:3] / f"{pid}{SUFFIX}"
+        return template_path(self.directory, pid)
+
+    def files_of(self, pid: str) -> list[Path]:
+        """The gallery's files of ``pid`` (template, key) that exist: what an erasure removes."""
+        return subject_files(self.directory, pid)
 
     def _scan(self) -> list[str]:
         root = self.directory / TEMPLATES_DIR
@@ -1205,192 +1066,3 @@ class Gallery:
                 if registry.may_process(pid, PURPOSE).reason in NO_BASIS_REASONS:
                     out.append(self.erase(pid, reason="no_legal_basis"))
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Rebuild from processed data (`visage gallery rebuild`, stage `gallery`)
-# ---------------------------------------------------------------------------------------------
-
-SPLIT_PREFERENCE: Mapping[str, int] = {"train": 0, "val": 1, "test": 2}
-MSG_NO_PROCESSED = "{path} is missing; run `dvc repro prepare` first"
-MSG_ROWS = (
-    "manifest.parquet has {rows} rows but faces.u8.npy holds {faces} crops; re-run "
-    "`dvc repro prepare` to rebuild both together"
-)
-# Embedding is chunked so that only this many crops are in memory at once.
-EMBED_CHUNK = 2048
-ENROL_BATCH = 512
-
-
-def select_enrolment_rows(
-    manifest: Any, allowed: Iterable[str], *, per_subject: int
-) -> dict[str, np.ndarray]:
-    """Rows of ``faces.u8.npy`` to enrol each allowed subject from.
-
-    Up to ``per_subject`` images per subject, train images first, then validation, then test
-    (so that test images stay held out whenever a subject has others), the most confidently
-    detected first, then by image id (deterministic).
-    """
-    allowed = set(allowed)
-    df = manifest[manifest["pid"].astype(str).isin(allowed)].copy()
-    if df.empty:
-        return {}
-    df["pid"] = df["pid"].astype(str)
-    df["_rank"] = df["split"].map(dict(SPLIT_PREFERENCE)).fillna(len(SPLIT_PREFERENCE))
-    df["_prob"] = df.get("det_prob", 1.0)
-    df = df.sort_values(
-        ["pid", "_rank", "_prob", "image_id"], ascending=[True, True, False, True], kind="stable"
-    )
-    heads = df.groupby("pid", sort=True).head(per_subject)
-    return {
-        str(pid): rows["row"].to_numpy(dtype=np.int64)
-        for pid, rows in heads.groupby("pid", sort=True)
-    }
-
-
-@dataclass
-class RebuildReport:
-    """Counts of a rebuild (no pids: this goes to ``reports/gallery.json``)."""
-
-    model_version: str
-    embedding_dim: int
-    threshold: float
-    subjects_allowed: int
-    subjects_enrolled: int
-    templates_written: int
-    templates_unchanged: int
-    images_used: int
-    allowed_without_images: int
-    removed_without_basis: int
-    stale_templates: int
-    searchable: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def rebuild(
-    paths: ProjectPaths,
-    *,
-    embedder: Any,
-    images_per_subject: int,
-    threshold: Threshold | float | None = None,
-    core: Any = None,
-    progress: bool = False,
-) -> RebuildReport:
-    """Re-enrol every subject allowed for identification from ``data/processed``.
-
-    Parameters
-    ----------
-    paths
-        The project (reads ``data/processed/{faces.u8.npy, manifest.parquet}``).
-    embedder
-        The serving embedder (:class:`visage_ml.inference.OnnxModel`); its version becomes the
-        gallery's.
-    images_per_subject
-        ``gallery.images_per_subject``.
-    threshold
-        The match threshold; ``reports/threshold.json`` for this embedder when None.
-    core
-        The project's privacy core (a new one when None).
-    progress
-        Show a progress bar.
-
-    Returns
-    -------
-    RebuildReport
-        Counts only.
-    """
-    import time
-
-    import pandas as pd
-    from tqdm import tqdm
-
-    from visage_ml.privacy.core import PrivacyCore
-
-    t0 = time.perf_counter()
-    manifest_path = paths.processed / "manifest.parquet"
-    faces_path = paths.processed / "faces.u8.npy"
-    for p in (manifest_path, faces_path):
-        if not p.is_file():
-            raise FileNotFoundError(MSG_NO_PROCESSED.format(path=p))
-    thr = threshold if threshold is not None else load_threshold(paths, embedder.model_version)
-    core = core if core is not None else PrivacyCore(paths)
-    dim = int(embedder.embedding_dim)
-    gallery = Gallery.open(
-        paths,
-        model_version=embedder.model_version,
-        embedding_dim=dim,
-        threshold=thr,
-        preprocess=embedder.spec.to_dict(),
-        core=core,
-        rebuild=True,
-    )
-    manifest = pd.read_parquet(manifest_path)
-    faces = np.load(faces_path, mmap_mode="r")
-    if len(manifest) != faces.shape[0]:
-        raise ValueError(MSG_ROWS.format(rows=len(manifest), faces=faces.shape[0]))
-    allowed = core.registry.allowed(PURPOSE)
-    selection = select_enrolment_rows(manifest, allowed, per_subject=images_per_subject)
-    pids = sorted(selection)
-    written = unchanged = images = 0
-    bar = tqdm(total=len(pids), desc="gallery: enrol", unit="subject", disable=not progress)
-    batch: dict[str, np.ndarray] = {}
-    pending_rows: list[int] = []
-    pending_pids: list[str] = []
-
-    def flush_batch() -> None:
-        nonlocal written, unchanged
-        if not batch:
-            return
-        for e in gallery.enroll_many(batch, model_version=embedder.model_version):
-            written += int(e.changed)
-            unchanged += int(not e.changed)
-        bar.update(len(batch))
-        batch.clear()
-
-    def embed_pending() -> None:
-        if not pending_rows:
-            return
-        order = np.asarray(pending_rows, dtype=np.int64)
-        emb = np.asarray(embedder.embed(np.ascontiguousarray(faces[order])), dtype=np.float32)
-        start = 0
-        for pid in pending_pids:
-            n = selection[pid].size
-            batch[pid] = emb[start : start + n]
-            start += n
-            if len(batch) >= ENROL_BATCH:
-                flush_batch()
-        pending_rows.clear()
-        pending_pids.clear()
-
-    for pid in pids:
-        rows = selection[pid]
-        if len(pending_rows) + rows.size > EMBED_CHUNK:
-            embed_pending()
-        pending_rows.extend(rows.tolist())
-        pending_pids.append(pid)
-        images += rows.size
-    embed_pending()
-    flush_batch()
-    bar.close()
-    gallery.write_meta()
-    purged = gallery.purge_without_basis()
-    gallery.reload()
-    stats = gallery.stats()
-    return RebuildReport(
-        model_version=embedder.model_version,
-        embedding_dim=dim,
-        threshold=gallery.threshold,
-        subjects_allowed=len(allowed),
-        subjects_enrolled=len(pids),
-        templates_written=written,
-        templates_unchanged=unchanged,
-        images_used=int(images),
-        allowed_without_images=len(allowed - set(pids)),
-        removed_without_basis=len(purged),
-        stale_templates=int(stats["stale"]),
-        searchable=int(stats["searchable"]),
-        seconds=round(time.perf_counter() - t0, 3),
-    )

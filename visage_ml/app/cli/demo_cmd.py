@@ -12,13 +12,14 @@ from pathlib import Path
 import typer
 import yaml
 
-from visage_ml.cli.common import console, project, setup_logging, user_errors
+from visage_ml.app.cli.common import console, project, setup_logging, user_errors
 from visage_ml.config import load_params
+from visage_ml.data.acquire import acquire_synthfaces
 
 
 def _venv_env() -> dict[str, str]:
     env = dict(os.environ)
-    # dvc.yaml runs `python -m visage_ml.stages.<name>`: make it this interpreter.
+    # dvc.yaml runs `python -m visage_ml.app.stages.<name>`: make it this interpreter.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["DVC_NO_ANALYTICS"] = "1"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -73,8 +74,6 @@ def demo(
     with user_errors():
         params = load_params(paths.params)
         if not skip_synth:
-            from visage_ml.data.acquire import acquire_synthfaces
-
             t = time.perf_counter()
             result = acquire_synthfaces(paths, params)
             timings["synth"] = time.perf_counter() - t

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from visage_ml.cli.common import console, emit_json, err_console, project, user_errors
-from visage_ml.config import PURPOSES
-from visage_ml.data.importers import DEFAULT_PURPOSES, FORMATS, REASON_TEXT
-
-if TYPE_CHECKING:
-    from visage_ml.data.importers import ImportResult
+from visage_ml.app.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    project,
+    setup_logging,
+    user_errors,
+)
+from visage_ml.config import PURPOSES, load_params
+from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.data.importers import (
+    DEFAULT_PURPOSES,
+    FORMATS,
+    REASON_TEXT,
+    ImportBasis,
+    ImportResult,
+    import_dataset,
+)
 
 app = typer.Typer(
     help=(
@@ -103,10 +114,6 @@ def import_(
     privacy/imports/import-<time>.json, the only place file names are written.
     Exit code 1 when `dvc add` failed after data/raw was written.
     """
-    from visage_ml.cli.common import setup_logging
-    from visage_ml.config import load_params
-    from visage_ml.data.importers import ImportBasis, import_dataset
-
     setup_logging()
     with user_errors():
         paths = project()
@@ -213,21 +220,16 @@ def synth(
     in the ledger, refreshes data/registry/consents.parquet and runs `dvc add` on both folders.
     Deterministic for project.seed; when data/raw already holds SynthFaces it is reused.
     """
-    from visage_ml.cli.common import setup_logging
-    from visage_ml.config import load_params
-
     setup_logging()
     with user_errors():
         paths = project()
         params = load_params(paths.params)
         if grid is not None:
-            from visage_ml.data.synth import render_grid
+            from visage_ml.data.synth import render_grid  # deferred: loads numba (the renderer)
 
             render_grid(params.synth, seed=params.project.seed, path=grid)
             console.print(f"sample grid written to {grid}")
             return
-        from visage_ml.data.acquire import acquire_synthfaces
-
         result = acquire_synthfaces(paths, params, progress=sys.stderr.isatty())
     if as_json:
         emit_json(result.__dict__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from visage_ml.cli import config_cmd, data_cmd, demo_cmd, privacy_cmd, serve_cmd
+from visage_ml.app.cli import config_cmd, data_cmd, demo_cmd, privacy_cmd, serve_cmd
 
 app = typer.Typer(
     name="visage",

@@ -20,6 +20,7 @@ import numpy as np
 from visage_ml.config import ExportParams, ProjectPaths, load_params
 from visage_ml.export import ExportError, ParityError, build_metadata, export_with_parity
 from visage_ml.io import atomic_write_json
+from visage_ml.models.checkpoint import load_model
 from visage_ml.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def run(
         After the report is written, when a model failed parity (naming each that did).
     """
     if loader is None:
-        from visage_ml.models.checkpoint import load_model as loader
+        loader = load_model
     crops = parity_crops(paths.processed, params.parity_samples)
     summaries: dict[str, Any] = {}
     failed: list[str] = []
@@ -136,7 +137,7 @@ def run(
 
 
 def main() -> int:
-    """Entry point of ``python -m visage_ml.stages.export``; returns the exit status."""
+    """Entry point of ``python -m visage_ml.app.stages.export``; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     paths = ProjectPaths.discover()
     try:

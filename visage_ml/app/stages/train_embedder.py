@@ -13,16 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from visage_ml.app.stages._train_common import epoch_logger, save_outputs, stage_main
 from visage_ml.config import GROUPS, ProjectPaths, flatten, load_params, to_dict
-from visage_ml.stages._train_common import (
-    epoch_logger,
-    load_processed,
-    loop_config,
-    resume_point,
-    save_outputs,
-    stage_main,
-    train_val_images,
-)
+from visage_ml.data.processed import load_processed, train_val_images
+from visage_ml.models.backbones import create_backbone
+from visage_ml.models.checkpoint import inference_payload
+from visage_ml.models.heads import create_head
+from visage_ml.preprocess import PreprocessSpec
+from visage_ml.tracking import stage_run
+from visage_ml.training.config import LoopConfig, seed_everything
+from visage_ml.training.loop import fit_embedder
+from visage_ml.training.resume import resume_point
 
 logger = logging.getLogger(__name__)
 STAGE = "train_embedder"
@@ -31,13 +32,6 @@ KIND = "embedder"
 
 def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Train the embedder as ``params.yaml`` says; return the metrics written to the report."""
-    from visage_ml.models.backbones import create_backbone
-    from visage_ml.models.checkpoint import inference_payload
-    from visage_ml.models.heads import create_head
-    from visage_ml.preprocess import PreprocessSpec
-    from visage_ml.tracking import stage_run
-    from visage_ml.training import fit_embedder, seed_everything
-
     t_start = time.perf_counter()
     paths = paths or ProjectPaths.discover()
     params = load_params(paths.params)
@@ -71,7 +65,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
         m2=p.margin.m2,
         m3=p.margin.m3,
     )
-    config = loop_config(p, seed=seed, progress=progress, desc=KIND, sampling=p.sampling)
+    config = LoopConfig.from_params(p, seed=seed, progress=progress, desc=KIND, sampling=p.sampling)
     mlflow_params = {**flatten(p, STAGE), "project.seed": seed}
     tags = {"visage.data_md5": data.data_md5, "visage.kind": KIND}
     with stage_run(paths, STAGE, params=mlflow_params, tags=tags):
@@ -135,7 +129,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
 
 
 def main() -> int:
-    """Entry point of ``python -m visage_ml.stages.train_embedder``; returns the exit status."""
+    """Entry point of ``python -m visage_ml.app.stages.train_embedder``; returns the exit status."""
     return stage_main(run)
 
 

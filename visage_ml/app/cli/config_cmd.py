@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 import yaml
 
-from visage_ml.cli.common import console, emit_json, project, user_errors
+from visage_ml.app.cli.common import console, emit_json, project, user_errors
 from visage_ml.config import load_params, to_dict
 
 app = typer.Typer(help="Inspect params.yaml as visage-ml reads it.", no_args_is_help=True)

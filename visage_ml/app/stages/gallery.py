@@ -16,14 +16,15 @@ from typing import Any
 
 from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.io import atomic_write_json
-from visage_ml.serving.gallery import GalleryError, RebuildReport, rebuild
+from visage_ml.serving.engine import Engine
+from visage_ml.serving.gallery import GalleryError
+from visage_ml.serving.rebuild import RebuildReport, rebuild
 
 logger = logging.getLogger(__name__)
 
 
 def load_embedder(paths: ProjectPaths, params: Params) -> Any:
     """The exported embedder, checked against ``params.yaml`` (input size, embedding size)."""
-    from visage_ml.serving.engine import Engine
 
     return Engine.from_project(paths, params).embedder
 
@@ -42,7 +43,7 @@ def run(paths: ProjectPaths, params: Params, *, embedder: Any = None) -> Rebuild
 
 
 def main() -> int:
-    """Entry point of ``python -m visage_ml.stages.gallery``; returns the exit status."""
+    """Entry point of ``python -m visage_ml.app.stages.gallery``; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     paths = ProjectPaths.discover()
     try:

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from visage_ml.cli.common import (
+from visage_ml.app.cli.common import (
     UserError,
     console,
     emit_json,
@@ -20,7 +20,15 @@ from visage_ml.cli.common import (
 from visage_ml.config import PURPOSES, load_params
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.keys import load_public_key
 from visage_ml.privacy.ledger import utc_now
+from visage_ml.privacy.requests import RequestBook, UnknownRequestError
+from visage_ml.rights import lineage
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.export import export_subject
+from visage_ml.rights.rectify import rectify as do_rectify
+from visage_ml.rights.runner import run_request
 
 app = typer.Typer(
     help=(
@@ -235,7 +243,6 @@ def verify_ledger(
 
     Exit code 0 when valid, 1 when not. Writes nothing.
     """
-    from visage_ml.privacy.keys import load_public_key
 
     with user_errors():
         core = _core()
@@ -302,7 +309,6 @@ REQUEST_OPT = typer.Option(
 @contextlib.contextmanager
 def _rights_errors() -> Iterator[None]:
     """Request lookups and state errors as one-line user errors."""
-    from visage_ml.privacy.requests import UnknownRequestError
 
     with user_errors():
         try:
@@ -312,7 +318,6 @@ def _rights_errors() -> Iterator[None]:
 
 
 def _book() -> Any:
-    from visage_ml.privacy.requests import RequestBook
 
     return RequestBook(_core())
 
@@ -447,7 +452,6 @@ def request_run(
 
     Rectification needs the corrected values: use `visage privacy rectify PID --request ID`.
     """
-    from visage_ml.privacy.rights import run_request
 
     setup_logging()
     with _rights_errors():
@@ -475,7 +479,6 @@ def export(
     processing records, and schema.json. Written atomically with mode 0600; completes the
     request with a signed receipt.
     """
-    from visage_ml.privacy.rights import export_subject
 
     with _rights_errors():
         result = export_subject(
@@ -511,7 +514,6 @@ def rectify(
     The ledger records before/after hashes; `dvc add data/raw` makes derived data stale; the
     subject is re-enrolled in the gallery from the corrected images.
     """
-    from visage_ml.privacy.rights import rectify as do_rectify
 
     attributes = {
         k: v for k, v in {"age": age, "gender": gender, "group": group}.items() if v is not None
@@ -555,7 +557,6 @@ def erase(
     site cache, processed data, MLflow; the certificate goes to privacy/certificates/.
     Interrupted? `visage privacy resume` finishes it.
     """
-    from visage_ml.privacy.erasure import Erasure
 
     setup_logging()
     with _rights_errors():
@@ -572,7 +573,6 @@ def erase(
 @app.command("resume")
 def resume(as_json: bool = JSON_OPT) -> None:
     """Finish every interrupted erasure (after a crash or kill at any step)."""
-    from visage_ml.privacy.erasure import Erasure
 
     setup_logging()
     with _rights_errors():
@@ -607,7 +607,6 @@ def verify_certificate_cmd(
     the configured remotes and DVC's site cache for the listed content hashes, and says whether
     the models in use were trained without the subject. Exit code 0 when valid, 1 when not.
     """
-    from visage_ml.privacy.certificate import verify_certificate
 
     with _rights_errors():
         report = verify_certificate(
@@ -643,7 +642,6 @@ def lineage_cmd(
     For an erased subject, the models their certificate lists and whether the models in use
     were retrained without them.
     """
-    from visage_ml.privacy import lineage
 
     if pid is None and not refresh:
         raise typer.BadParameter("give a PID, or --refresh")
@@ -685,9 +683,6 @@ def lineage_cmd(
 
 def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
     import json
-
-    from visage_ml.privacy import lineage
-    from visage_ml.privacy.requests import RequestBook
 
     state = core.subject(pid)
     if not state.erased:

@@ -14,6 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from visage_ml.config import ConfigError, ProjectPaths
+from visage_ml.privacy.core import UnknownSubjectError
+from visage_ml.privacy.keys import MasterKeyError
+from visage_ml.privacy.ledger import LedgerError
+from visage_ml.privacy.vault import VaultError
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -43,10 +47,6 @@ def emit_json(obj: Any) -> None:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from visage_ml.privacy.core import UnknownSubjectError
-    from visage_ml.privacy.keys import MasterKeyError
-    from visage_ml.privacy.ledger import LedgerError
-    from visage_ml.privacy.vault import VaultError
 
     return (
         UserError,

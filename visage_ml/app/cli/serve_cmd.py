@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from visage_ml.cli.common import (
+from visage_ml.app.cli.common import (
     UserError,
     console,
     emit_json,
@@ -17,7 +17,12 @@ from visage_ml.cli.common import (
     setup_logging,
     user_errors,
 )
+from visage_ml.app.http.auth import ApiKeyFileError, KeyStore
+from visage_ml.app.stages.gallery import run
 from visage_ml.config import load_params
+from visage_ml.serving.engine import ModelMismatchError
+from visage_ml.serving.gallery import Gallery, GalleryError
+from visage_ml.serving.rebuild import select_enrolment_rows
 
 if TYPE_CHECKING:
     from visage_ml.serving.gallery import Gallery
@@ -43,9 +48,6 @@ JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
 @contextlib.contextmanager
 def _serving_errors() -> Iterator[None]:
     """Serving's own errors as one-line user errors (besides the common ones)."""
-    from visage_ml.serving.auth import ApiKeyFileError
-    from visage_ml.serving.engine import ModelMismatchError
-    from visage_ml.serving.gallery import GalleryError
 
     with user_errors():
         try:
@@ -125,7 +127,7 @@ def serve(
 
     import uvicorn
 
-    from visage_ml.serving.api import create_app
+    from visage_ml.app.http.app import create_app
 
     setup_logging(verbose)
     with _serving_errors():
@@ -161,7 +163,6 @@ def gallery_rebuild(
     threshold in reports/threshold.json. Templates without a legal basis any more are erased;
     unchanged ones are not rewritten. Run it after a new embedder was exported.
     """
-    from visage_ml.stages.gallery import run
 
     setup_logging(verbose)
     with _serving_errors():
@@ -181,7 +182,6 @@ def gallery_rebuild(
 
 
 def _open_gallery() -> Gallery:
-    from visage_ml.serving.gallery import Gallery, GalleryError
 
     paths = project()
     gallery = Gallery.open_existing(paths)
@@ -229,8 +229,6 @@ def gallery_holdout(
     """
     import pandas as pd
 
-    from visage_ml.serving.gallery import select_enrolment_rows
-
     with _serving_errors():
         paths = project()
         params = load_params(paths.params)
@@ -262,7 +260,6 @@ def apikey_create(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Create an API key and print it once; only its SHA-256 is stored."""
-    from visage_ml.serving.auth import KeyStore
 
     with _serving_errors():
         record, key = KeyStore(project().api_keys).create(role)
@@ -277,7 +274,6 @@ def apikey_create(
 @apikey_app.command("list")
 def apikey_list(as_json: bool = JSON_OPT) -> None:
     """List API key ids, roles, creation times and revocation (never keys or hashes)."""
-    from visage_ml.serving.auth import KeyStore
 
     with _serving_errors():
         keys = [k.public() for k in KeyStore(project().api_keys).list()]
@@ -292,7 +288,6 @@ def apikey_list(as_json: bool = JSON_OPT) -> None:
 @apikey_app.command("revoke")
 def apikey_revoke(key_id: str = typer.Argument(..., help="The key id to revoke.")) -> None:
     """Revoke an API key (a running server refuses it from its next request)."""
-    from visage_ml.serving.auth import KeyStore
 
     with _serving_errors():
         try:

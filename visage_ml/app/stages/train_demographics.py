@@ -14,46 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from visage_ml.app.stages._train_common import epoch_logger, save_outputs, stage_main
 from visage_ml.config import GENDERS, GROUPS, ProjectPaths, flatten, load_params, to_dict
-from visage_ml.stages._train_common import (
-    epoch_logger,
-    load_processed,
-    loop_config,
-    resume_point,
-    save_outputs,
-    stage_main,
-    train_val_images,
-)
+from visage_ml.data.processed import load_processed, train_val_images
+from visage_ml.models.checkpoint import inference_payload
+from visage_ml.models.demographic import create_demographic_net
+from visage_ml.preprocess import PreprocessSpec
+from visage_ml.tracking import stage_run
+from visage_ml.training.config import DemographicTargets, LoopConfig, seed_everything
+from visage_ml.training.loop import fit_demographics
+from visage_ml.training.resume import resume_point
 
 logger = logging.getLogger(__name__)
 STAGE = "train_demographics"
 KIND = "demographics"
 
 
-def _targets(frame: Any) -> Any:
-    from visage_ml.training import DemographicTargets
-
-    gender = frame["gender"].map({g: i for i, g in enumerate(GENDERS)})
-    group = frame["group"].map({g: i for i, g in enumerate(GROUPS)})
-    if gender.isna().any() or group.isna().any():
-        raise ValueError(
-            f"manifest holds a gender outside {list(GENDERS)} or a group outside {list(GROUPS)}; "
-            "re-run the prepare stage"
-        )
-    return DemographicTargets(
-        age=frame["age"].to_numpy(dtype=np.float32),
-        gender=gender.to_numpy(dtype=np.int64),
-        group=group.to_numpy(dtype=np.int64),
-    )
-
-
 def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Train the demographic net as ``params.yaml`` says; return the report's metrics."""
-    from visage_ml.models.checkpoint import inference_payload
-    from visage_ml.models.demographic import create_demographic_net
-    from visage_ml.preprocess import PreprocessSpec
-    from visage_ml.tracking import stage_run
-    from visage_ml.training import fit_demographics, seed_everything
 
     t_start = time.perf_counter()
     paths = paths or ProjectPaths.discover()
@@ -64,7 +42,8 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     train, val = data.split("train"), data.split("val")
     if len(train) < 2:
         raise ValueError("the training split holds fewer than 2 images; add data and re-run")
-    targets, val_targets = _targets(train), _targets(val)
+    targets = DemographicTargets.from_manifest(train)
+    val_targets = DemographicTargets.from_manifest(val)
     images, train_rows, val_rows = train_val_images(data, train, val, p.input_size)
     section = to_dict(p)
     fp, ckpt_dir, resume = resume_point(paths, KIND, section, data.data_md5, seed)
@@ -75,7 +54,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     model = create_demographic_net(
         p.backbone, input_size=p.input_size, age_mean=age_mean, age_std=age_std
     )
-    config = loop_config(p, seed=seed, progress=progress, desc=KIND)
+    config = LoopConfig.from_params(p, seed=seed, progress=progress, desc=KIND)
     mlflow_params = {**flatten(p, STAGE), "project.seed": seed}
     tags = {"visage.data_md5": data.data_md5, "visage.kind": KIND}
     with stage_run(paths, STAGE, params=mlflow_params, tags=tags):
@@ -146,7 +125,7 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
 
 
 def main() -> int:
-    """Entry point of ``python -m visage_ml.stages.train_demographics``; returns the exit status."""
+    """Entry point of ``python -m visage_ml.app.stages.train_demographics`` (the exit status)."""
     return stage_main(run)
 
 

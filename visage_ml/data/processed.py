@@ -1,0 +1,102 @@
+"""Reading the prepare stage's outputs: the crops (a memmap) and the manifest, checked.
+
+The training stages read ``data/processed`` through here; :mod:`visage_ml.data.prepare` owns
+the layout and writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from visage_ml.config import ProjectPaths
+from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
+from visage_ml.io import md5_file
+from visage_ml.preprocess import resize_batch
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("row", "pid", "split", "age", "gender", "group")
+
+
+@dataclass
+class ProcessedData:
+    """The prepare stage's faces (memmap) and manifest, with the data md5 for lineage."""
+
+    faces: np.ndarray
+    manifest: Any  # pandas.DataFrame
+    data_md5: str
+
+    def split(self, name: str) -> Any:
+        """Manifest rows of split ``name`` (``train``, ``val``, ``test``), ordered by ``row``."""
+        m = self.manifest
+        return m[m["split"] == name].sort_values("row").reset_index(drop=True)
+
+
+def data_md5(paths: ProjectPaths) -> str:
+    """md5 of ``faces.u8.npy``: as ``dvc.lock`` records it for the prepare stage, else computed."""
+    faces = paths.processed / FACES_FILE
+    rel = faces.relative_to(paths.root).as_posix()
+    lock = paths.root / "dvc.lock"
+    if lock.is_file():
+        try:
+            doc = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            doc = {}
+        stage = (doc.get("stages") or {}).get("prepare") or {}
+        for out in stage.get("outs") or []:
+            if isinstance(out, dict) and out.get("path") == rel and out.get("md5"):
+                return str(out["md5"])
+    return md5_file(faces)
+
+
+def load_processed(paths: ProjectPaths) -> ProcessedData:
+    """Open ``faces.u8.npy`` as a memmap and read ``manifest.parquet``, checking both."""
+    faces_path, manifest_path = paths.processed / FACES_FILE, paths.processed / MANIFEST_FILE
+    for p in (faces_path, manifest_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} not found; run the prepare stage first (`dvc repro prepare`)"
+            )
+    faces = np.load(faces_path, mmap_mode="r")
+    if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
+        raise ValueError(
+            f"{faces_path} holds {faces.dtype} {faces.shape}, expected uint8 (N, S, S, 3) crops; "
+            "re-run the prepare stage"
+        )
+    manifest = pd.read_parquet(manifest_path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"{manifest_path} lacks columns {missing}; re-run the prepare stage")
+    rows = manifest["row"].to_numpy()
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(faces)):
+        raise ValueError(f"{manifest_path} points at rows outside {faces_path}; re-run prepare")
+    return ProcessedData(faces=faces, manifest=manifest, data_md5=data_md5(paths))
+
+
+def images_at_size(faces: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, rows)`` the loop reads: the memmap itself when crops already have side ``size``,
+    else the needed rows resized once (with the same function inference uses) into memory."""
+    if faces.shape[1] == size and faces.shape[2] == size:
+        return faces, np.asarray(rows, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    logger.info("resizing %d crops from %d to %d px", len(unique), faces.shape[1], size)
+    out = np.empty((len(unique), size, size, 3), dtype=np.uint8)
+    for i in range(0, len(unique), 512):
+        out[i : i + 512] = resize_batch(np.asarray(faces[unique[i : i + 512]]), size)
+    return out, inverse.astype(np.int64)
+
+
+def train_val_images(
+    data: ProcessedData, train: Any, val: Any, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images, train_rows, val_rows)``: the array the loop reads and each split's rows in it."""
+    rows = np.concatenate([train["row"].to_numpy(), val["row"].to_numpy()])
+    images, local = images_at_size(data.faces, rows, size)
+    return images, local[: len(train)], local[len(train) :]

@@ -1,0 +1,192 @@
+"""Settings and results of a training run, and the device and precision it runs on."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from visage_ml.config import GENDERS, GROUPS
+
+Sampling = Literal["uniform", "class_balanced", "group_balanced"]
+SAMPLINGS: tuple[str, ...] = ("uniform", "class_balanced", "group_balanced")
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+# Impostor pairs sampled from the validation split (all of them when there are fewer).
+VAL_IMPOSTOR_PAIRS = 50_000
+MSG_LABELS = (
+    "manifest holds a gender outside {genders} or a group outside {groups}; "
+    "re-run the prepare stage"
+)
+EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]
+StepCallback = Callable[[int], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Batched, on-device augmentation: horizontal flip, colour jitter, random crop and scale.
+
+    ``crop_scale`` bounds the area of the random crop as a fraction of the image; the crop is
+    resampled to the full input size.
+    """
+
+    flip: bool = True
+    color_jitter: float = 0.2
+    crop_scale: tuple[float, float] = (0.85, 1.0)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Knobs of one training run (the stage builds it from ``params.yaml``).
+
+    ``patience`` ``None`` disables early stopping; ``max_minutes`` 0 means no time budget;
+    ``max_steps`` stops after that many optimizer steps (benchmarks and smoke runs).
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    patience: int | None = None
+    sampling: str = "uniform"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    device: str = "auto"
+    precision: str = "auto"
+    max_minutes: float = 0.0
+    max_steps: int | None = None
+    seed: int = 0
+    eval_batch_size: int = 256
+    progress: bool = True
+    desc: str = "train"
+
+    @classmethod
+    def from_params(
+        cls, section: Any, *, seed: int, progress: bool, desc: str, **extra: Any
+    ) -> LoopConfig:
+        """The loop's settings from a ``train_*`` params section (plus ``extra`` fields)."""
+        return cls(
+            epochs=section.epochs,
+            batch_size=section.batch_size,
+            lr=section.lr,
+            weight_decay=section.weight_decay,
+            warmup_epochs=section.warmup_epochs,
+            patience=section.early_stopping_patience,
+            augment=AugmentConfig(
+                flip=section.augment.flip,
+                color_jitter=section.augment.color_jitter,
+                crop_scale=tuple(section.augment.crop_scale),
+            ),
+            device=section.device,
+            precision=section.precision,
+            max_minutes=section.max_minutes,
+            seed=seed,
+            progress=progress,
+            desc=desc,
+            **extra,
+        )
+
+
+@dataclass
+class FitResult:
+    """What a training run produced.
+
+    ``best_state`` is the inference network's weights (CPU tensors) at the best validation epoch
+    (the last epoch without validation); ``history`` has one record per epoch; ``step_losses``
+    holds the loss of each optimizer step this call ran.
+    """
+
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    step_losses: list[float]
+    best_metric: float | None
+    best_epoch: int
+    epochs_run: int
+    final_loss: float
+    images_per_second: float
+    train_seconds: float
+    stopped: str
+    device: str
+    val_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class DemographicTargets:
+    """Per-image targets of the demographic net: age in years, gender and group indices."""
+
+    age: np.ndarray
+    gender: np.ndarray
+    group: np.ndarray
+
+    @classmethod
+    def from_manifest(cls, frame: Any) -> DemographicTargets:
+        """Targets of the manifest rows ``frame`` (labels as ``config.GENDERS`` / ``GROUPS``).
+
+        Raises
+        ------
+        ValueError
+            A gender or group outside the configured labels.
+        """
+        gender = frame["gender"].map({g: i for i, g in enumerate(GENDERS)})
+        group = frame["group"].map({g: i for i, g in enumerate(GROUPS)})
+        if gender.isna().any() or group.isna().any():
+            raise ValueError(MSG_LABELS.format(genders=list(GENDERS), groups=list(GROUPS)))
+        return cls(
+            age=frame["age"].to_numpy(dtype=np.float32),
+            gender=gender.to_numpy(dtype=np.int64),
+            group=group.to_numpy(dtype=np.int64),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device 'cuda' was requested but no CUDA device is available; set device to "
+            "'auto' or 'cpu'"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device '{name}'; choose one of: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` is bf16 on CUDA and full fp32 on the CPU (``None``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (model initialisation, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed % 2**63, *keys]).generate_state(1, np.uint64)[0] >> 1)
