@@ -6,7 +6,7 @@ identities, 4-20 images each) with a 100k-template gallery.
 The project is built once in a temporary folder (or ``--scratch``) and is a real one: a git +
 DVC repository running the repository's ``dvc.yaml``, SynthFaces acquired through the raw store
 (``dvc add data/raw``), a local DVC remote with everything pushed, ``data/processed`` of the
-full size (``faces.u8.npy`` with one 112 px crop per image, manifest, detection table, splits)
+full size (``faces.sealed`` with one 112 px crop per image, manifest, detection table, splits)
 recorded in ``dvc.lock`` with ``dvc commit prepare`` (the crops are the images resized rather
 than MTCNN-aligned: detection is not part of erasure and would take many minutes on a CPU), an
 MLflow run and registered model version tagged with the data md5, and a gallery of
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -47,7 +48,9 @@ import visage_ml.privacy.sealed as keys_mod
 import visage_ml.serving.gallery as gallery_mod
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.acquire import acquire_synthfaces
-from visage_ml.data.rawstore import read_images, read_subjects
+from visage_ml.data.crops import CropWriter
+from visage_ml.data.prepare import FACES_FILE
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.privacy.core import NewSubject, PrivacyCore
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -125,20 +128,17 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
     subjects = read_subjects(paths.raw).set_index("pid")
     size = 112
     paths.processed.mkdir(parents=True)
-    faces = np.lib.format.open_memmap(
-        paths.processed / "faces.u8.npy",
-        mode="w+",
-        dtype=np.uint8,
-        shape=(len(images), size, size, 3),
-    )
+    store = RawStore(paths, track=False)
+    # Crops sealed per subject as prepare writes them (images are sorted by pid).
+    writer = CropWriter(paths.processed / FACES_FILE, store.keys, size)
     rows = []
     pids = sorted(images["pid"].unique())
     split_of = {
         p: ("train", "train", "train", "val", "test", "test")[i % 6] for i, p in enumerate(pids)
     }
     for i, r in enumerate(images.itertuples(index=False)):
-        with Image.open(paths.raw / r.pid / f"{r.image_id}.png") as im:
-            faces[i] = np.asarray(im.convert("RGB").resize((size, size)))
+        with Image.open(io.BytesIO(store.read_image(r.pid, r.image_id))) as im:
+            writer.add(r.pid, np.asarray(im.convert("RGB").resize((size, size))))
         a = subjects.loc[r.pid]
         rows.append(
             {
@@ -157,8 +157,7 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
                 "box_y2": 160.0,
             }
         )
-    faces.flush()
-    del faces
+    writer.commit()
     manifest = pd.DataFrame(rows)
     manifest.to_parquet(paths.processed / "manifest.parquet", index=False)
     manifest.assign(detected=True, prob=0.99)[
@@ -174,7 +173,7 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
     info["processed_s"] = round(time.perf_counter() - t, 1)
     info["images"] = len(images)
     info["subjects"] = len(pids)
-    info["faces_mb"] = round((paths.processed / "faces.u8.npy").stat().st_size / 1e6, 1)
+    info["faces_mb"] = round((paths.processed / FACES_FILE).stat().st_size / 1e6, 1)
 
     t = time.perf_counter()
     remote = root.parent / "remote"
@@ -237,7 +236,7 @@ def build(root: Path, *, identities: int, extra: int, dim: int) -> dict:
     info["gallery_s"] = round(time.perf_counter() - t, 1)
     info["gallery_templates"] = len(allowed) + extra
     info["victim"] = next(p for p in allowed if split_of[p] == "train" and (paths.raw / p).is_dir())
-    info["raw_files"] = sum(1 for _ in paths.raw.rglob("*.png"))
+    info["raw_files"] = sum(1 for _ in paths.raw.rglob("*.sealed"))
     return info
 
 

@@ -25,6 +25,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from visage_ml.config import ProjectPaths
+from visage_ml.data.rawstore import RawStore
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -77,8 +80,8 @@ def main() -> None:
                     time.sleep(0.5)
             headers = {"X-API-Key": created["key"]}
 
-            def identify(path: Path) -> tuple[list[str], float]:
-                body = {"image": base64.b64encode(path.read_bytes()).decode(), "top_k": 1}
+            def identify(data: bytes) -> tuple[list[str], float]:
+                body = {"image": base64.b64encode(data).decode(), "top_k": 1}
                 t = time.perf_counter()
                 r = client.post("/v1/identify", json=body, headers=headers)
                 dt = time.perf_counter() - t
@@ -88,7 +91,7 @@ def main() -> None:
 
             hits, no_match, wrong, lat = 0, 0, 0, []
             for row in holdout:
-                got, dt = identify(Path(row["image"]))
+                got, dt = identify(Path(row["image"]).read_bytes())
                 lat.append(dt)
                 if got and got[0] == row["pid"]:
                     hits += 1
@@ -97,8 +100,10 @@ def main() -> None:
                 else:
                     wrong += 1
             false_matches = 0
+            store = RawStore(ProjectPaths(root), track=False)
             for r in strangers.itertuples():
-                got, dt = identify(root / "data" / "raw" / str(r.pid) / f"{r.image_id}.png")
+                # Raw images are sealed: decrypted in memory, never written in clear.
+                got, dt = identify(store.read_image(str(r.pid), str(r.image_id)))
                 lat.append(dt)
                 false_matches += bool(got)
         n = len(holdout)

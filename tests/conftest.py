@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from project_helpers import pipeline_env, write_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The default directory witness of test projects (privacy.witness) lives in a folder of this
+# test session, never in the user's ~/.local/share/visage-ml/witness.
+os.environ["VISAGE_WITNESS_DIR"] = tempfile.mkdtemp(prefix="visage-witness-")
 
 
 @pytest.fixture
@@ -39,20 +44,6 @@ TINY = {
     "prepare.split.val": 0.15,
     "prepare.split.test": 0.3,
 }
-
-
-def write_overrides(params_file: Path, overrides: dict) -> None:
-    """Apply dotted-key overrides to a params.yaml in place."""
-    import yaml
-
-    raw = yaml.safe_load(params_file.read_text())
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def init_dvc_repo(root: Path) -> None:
@@ -113,20 +104,15 @@ PIPELINE = {
     "train_demographics.epochs": 3,
     "evaluate.bootstrap": 20,
     "evaluate.impostor_pairs": 5000,
+    # A tiny evaluation population (every cell, both parts); a 3-epoch demographic net cannot
+    # pass the demographic gate, so it is advisory here.
+    "eval_population.identities_per_cell": 2,
+    "eval_population.calibration_identities_per_cell": 2,
+    "eval_population.images_per_identity": 2,
+    "evaluate.calibration.bootstrap": 10,
+    "evaluate.calibration.min_cluster_impostors": 50,
+    "evaluate.gate.demographics.enforce": False,
 }
-
-
-def pipeline_env(root: Path) -> dict[str, str]:
-    """Environment for CLI / DVC subprocesses acting on the project at ``root``."""
-    import sys
-
-    return {
-        **os.environ,
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-        "VISAGE_PROJECT": str(root),
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
 
 
 @pytest.fixture(scope="session")

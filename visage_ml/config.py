@@ -25,7 +25,9 @@ from visage_ml.io import atomic_write_text
 
 PARAMS_FILE = "params.yaml"
 TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-PURPOSES: tuple[str, ...] = ("training", "evaluation", "identification")
+# The purposes of the records of processing (privacy/records.yaml, Art. 30): every consent,
+# basis, withdrawal and objection names some of them.
+PURPOSES: tuple[str, ...] = ("training", "evaluation", "identification", "analytics")
 GROUPS: tuple[str, ...] = ("g1", "g2", "g3", "g4")
 GENDERS: tuple[str, ...] = ("female", "male")
 
@@ -90,6 +92,11 @@ class ProjectPaths:
         return self.root / "data" / "processed"
 
     @property
+    def eval_population(self) -> Path:
+        """The synthetic evaluation-only population (no data subjects; never trained on)."""
+        return self.root / "data" / "eval_population"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 
@@ -129,6 +136,24 @@ class ProjectPaths:
     @property
     def certificates(self) -> Path:
         return self.privacy / "certificates"
+
+    @property
+    def checkpoints(self) -> Path:
+        """The ledger's latest witnessed checkpoint (C2SP signed note) and its lock."""
+        return self.privacy / "checkpoints"
+
+    @property
+    def data_keys(self) -> Path:
+        """Per-subject data keys sealing raw images, crops and kept bundles (wrapped)."""
+        return self.privacy / "keys"
+
+    @property
+    def tombstones(self) -> Path:
+        return self.privacy / "tombstones.jsonl"
+
+    @property
+    def tombstone_key(self) -> Path:
+        return self.secrets / "tombstone.key"
 
     @property
     def secrets(self) -> Path:
@@ -459,6 +484,11 @@ class PrepareParams:
     detect_batch: int = field(default=64, metadata=rng(ge=1, le=4096))
     split: SplitParams = SplitParams()
     device: Device = "cpu"
+    # Where the detector finds no face: `none` leaves the image out (counted); `center` takes
+    # the centre square of an aligned, centred data set (LFW), counted as a fallback crop.
+    fallback_crop: Literal["none", "center"] = "none"
+    # Side of the fallback square as a share of the image's shorter side (LFW: ~0.55 of 250 px).
+    fallback_share: float = field(default=0.55, metadata=rng(gt=0, le=1))
 
 
 @dataclass(frozen=True)
@@ -480,6 +510,24 @@ class AugmentParams:
     flip: bool = True
     color_jitter: float = field(default=0.2, metadata=rng(ge=0, le=1))
     crop_scale: tuple[float, float] = field(default=(0.85, 1.0), metadata=rng(gt=0, le=1))
+
+
+@dataclass(frozen=True)
+class EvalPopulationParams:
+    """Stage ``eval_population``: the synthetic evaluation-only population (never trained on).
+
+    Synthetic people, not data subjects: balanced per skin-tone group x gender cell, drawn from
+    their own ``seed``, photographed with the ``synth`` nuisance and detected/aligned as
+    ``prepare`` does. The ``calibration`` part fits the label-free score calibration; only the
+    other identities are measured.
+    """
+
+    seed: int = field(default=97_531, metadata=rng(ge=0))
+    # Measured identities per group x gender cell (2 cells per group).
+    identities_per_cell: int = field(default=40, metadata=rng(ge=0, le=100_000))
+    # Identities per cell of the calibration part (k-means and calibration maps; never measured).
+    calibration_identities_per_cell: int = field(default=15, metadata=rng(ge=0, le=100_000))
+    images_per_identity: int = field(default=3, metadata=rng(ge=2, le=1000))
 
 
 @dataclass(frozen=True)
@@ -505,6 +553,8 @@ class TrainEmbedderParams:
     # autocast: auto = bf16 on CUDA, fp32 on the CPU
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_minutes: float = field(default=0.0, metadata=rng(ge=0))
+    # Stop after this many optimizer steps (0 = no limit): smoke runs of a preset.
+    max_steps: int = field(default=0, metadata=rng(ge=0))
 
 
 @dataclass(frozen=True)
@@ -525,6 +575,8 @@ class TrainDemographicsParams:
     device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_minutes: float = field(default=0.0, metadata=rng(ge=0))
+    # Stop after this many optimizer steps (0 = no limit): smoke runs of a preset.
+    max_steps: int = field(default=0, metadata=rng(ge=0))
 
 
 @dataclass(frozen=True)
@@ -541,20 +593,109 @@ class ExportParams:
 Breakdown = Literal["group", "gender", "group_gender"]
 
 
+DemographicTask = Literal["gender_accuracy", "group_accuracy", "age_band_accuracy"]
+
+
+def _frozen(d: dict[str, Any]) -> Mapping[str, Any]:
+    return types.MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class DemographicGateParams:
+    """The gate's checks of the demographic model, per skin-tone group, on identity-bootstrap
+    intervals (``evaluation.gate``): each listed task's lowest group accuracy and min/max."""
+
+    enforce: bool = True
+    min_accuracy: dict[DemographicTask, float] = field(
+        default_factory=lambda: _frozen({"gender_accuracy": 0.85}), metadata=rng(ge=0, le=1)
+    )
+    min_ratio: dict[DemographicTask, float] = field(
+        default_factory=lambda: _frozen({"gender_accuracy": 0.9}), metadata=rng(ge=0, le=1)
+    )
+    # Fewer identities in a group: the check is inconclusive.
+    min_identities: int = field(default=50, metadata=rng(ge=0))
+
+
 @dataclass(frozen=True)
 class GateParams:
-    """Fairness gate: bounds on demographic differentials at the global threshold."""
+    """Fairness gate: bounds on demographic differentials at the global threshold, decided on
+    bootstrap intervals (pass, fail or inconclusive; ``evaluation.gate``)."""
 
     enforce: bool = False
-    max_fmr_ratio: float = field(default=10.0, metadata=rng(ge=1))
-    max_fnmr_ratio: float = field(default=3.0, metadata=rng(ge=1))
+    # One limit for every breakdown, or one per breakdown ({group: 2.0, group_gender: 3.0}).
+    max_fmr_ratio: float | dict[Breakdown, float] = field(
+        default_factory=lambda: _frozen({"group": 2.0, "gender": 2.0, "group_gender": 3.0}),
+        metadata=rng(ge=1),
+    )
+    max_fnmr_ratio: float | dict[Breakdown, float] = field(default=3.0, metadata=rng(ge=1))
     # Demographic partitions whose max/min ratios the bounds apply to.
-    breakdowns: tuple[Breakdown, ...] = ("group",)
+    breakdowns: tuple[Breakdown, ...] = ("group", "group_gender")
+    # Fewer identities in any group of a breakdown: its checks are inconclusive.
+    min_identities: dict[Breakdown, int] = field(
+        default_factory=lambda: _frozen({"group": 50, "gender": 50, "group_gender": 25}),
+        metadata=rng(ge=0),
+    )
+    # What an enforced gate does when it cannot decide: warn (and go on) or fail the stage.
+    on_inconclusive: Literal["warn", "fail"] = "warn"
+    demographics: DemographicGateParams = DemographicGateParams()
 
     def check(self) -> tuple[str, Any, str] | None:
         if not self.breakdowns:
             return "breakdowns", [], "at least one of 'group', 'gender', 'group_gender'"
+        for name in ("max_fmr_ratio", "max_fnmr_ratio"):
+            limits = getattr(self, name)
+            if isinstance(limits, Mapping):
+                missing = [b for b in self.breakdowns if b not in limits]
+                if missing:
+                    return name, dict(limits), f"a limit for each of {list(self.breakdowns)}"
         return None
+
+
+ScoreCalibrationMethod = Literal["none", "fsn", "faircal"]
+
+
+@dataclass(frozen=True)
+class CalibrationParams:
+    """Label-free score calibration (``evaluation.calibration``), fitted at evaluation on the
+    calibration part of the evaluation population and applied by serving.
+
+    ``method`` is served (``reports/score_calibration.json``) and used for every figure of the
+    evaluation; ``compare`` are measured side by side in the report (``fairness.json``
+    ``score_calibration``) against the goals: the gate's FMR ratio limits at a TAR@target_fmr
+    cost of at most ``max_tar_cost``.
+    """
+
+    method: ScoreCalibrationMethod = "fsn"
+    compare: tuple[ScoreCalibrationMethod, ...] = ("none", "fsn", "faircal")
+    # k-means clusters of the embedding space.
+    n_clusters: int = field(default=4, metadata=rng(ge=1, le=1000))
+    # A cluster touched by fewer calibration impostor comparisons keeps the global behaviour.
+    min_cluster_impostors: int = field(default=1000, metadata=rng(ge=1))
+    # Impostor comparisons of the calibration images (a seeded sample beyond).
+    impostor_pairs: int = field(default=2_000_000, metadata=rng(ge=100, le=100_000_000))
+    # Identity resamples of the comparison's intervals.
+    bootstrap: int = field(default=100, metadata=rng(ge=0, le=100_000))
+    # Goal: TAR at evaluate.target_fmr lost to a method, at most (0.02 = 2 points).
+    max_tar_cost: float = field(default=0.02, metadata=rng(ge=0, le=1))
+
+
+@dataclass(frozen=True)
+class ScoreModelParams:
+    """The score model serving derives its 1:N threshold from (``reports/score_model.json``)."""
+
+    # Enrolment images averaged into a template: gallery.images_per_subject of the served gallery.
+    template_images: int = field(default=3, metadata=rng(ge=1, le=100))
+    # Share of impostor comparisons above the tail threshold the GPD is fitted over.
+    tail_share: float = field(default=0.003, metadata=rng(gt=0, lt=0.5))
+    min_exceedances: int = field(default=100, metadata=rng(ge=10, le=10_000_000))
+    # Identity resamples of the upper confidence bounds on FMR.
+    bootstrap: int = field(default=200, metadata=rng(ge=0, le=100_000))
+    # One-sided levels of the stored upper bounds (serving.identify.confidence picks one).
+    confidence_levels: tuple[float, ...] = field(
+        default=(0.5, 0.8, 0.9, 0.95), metadata=rng(gt=0, lt=1)
+    )
+    # The model bounds FMR down to 1/n_impostor times 10**-decades, no further.
+    max_extrapolation_decades: float = field(default=2.0, metadata=rng(ge=0, le=6))
 
 
 @dataclass(frozen=True)
@@ -574,6 +715,8 @@ class EvaluateParams:
     enrolled_share: float = field(default=0.5, metadata=rng(gt=0, lt=1))
     gallery_images: int = field(default=1, metadata=rng(ge=1, le=1000))
     max_curve_points: int = field(default=500, metadata=rng(ge=10, le=100_000))
+    score_model: ScoreModelParams = ScoreModelParams()
+    calibration: CalibrationParams = CalibrationParams()
 
 
 @dataclass(frozen=True)
@@ -594,6 +737,40 @@ class AnalyticsParams:
     epsilon: float = field(default=0.0, metadata=rng(ge=0))
     # Closed windows kept in memory for GET /v1/analytics/windows.
     keep_windows: int = field(default=60, metadata=rng(ge=1, le=100_000))
+    # Windows also report counts corrected for the demographic model's measured confusion
+    # (reports/demographic_confusion.json), with intervals from this many resamples.
+    correct: bool = True
+    correction_rounds: int = field(default=200, metadata=rng(ge=0, le=100_000))
+    # A face within this share of differing perceptual-hash bits of one already counted in the
+    # window counts once (tiled or replayed faces; serving/disclosure.py).
+    dedupe_distance: float = field(default=0.1, metadata=rng(ge=0, le=0.5))
+
+
+@dataclass(frozen=True)
+class IdentifyParams:
+    """1:N identification: the threshold is derived for ``target_fpir`` at the gallery's size."""
+
+    # False positive identification rate aimed at (a stranger matched to anyone).
+    target_fpir: float = field(default=0.01, metadata=rng(gt=0, lt=1))
+    # Upper confidence bound on FMR the threshold is placed with (a level the score model holds).
+    confidence: float = field(default=0.8, metadata=rng(gt=0, lt=1))
+    # A gallery whose expected FNIR exceeds this is flagged too large for the target.
+    max_expected_fnir: float = field(default=0.5, metadata=rng(gt=0, le=1))
+
+
+@dataclass(frozen=True)
+class QualityParams:
+    """Face-quality gate of enrolment and identification (``visage_ml.serving.quality``)."""
+
+    enabled: bool = True
+    # Shorter side of the detected face box, in pixels of the image.
+    min_face_px: float = field(default=32.0, metadata=rng(ge=0))
+    # Variance of the Laplacian of the aligned grey crop (sharpness).
+    min_sharpness: float = field(default=20.0, metadata=rng(ge=0))
+    # |nose offset from the eye midpoint| / eye distance (0 frontal, about 0.5 in profile).
+    max_yaw: float = field(default=0.3, metadata=rng(gt=0))
+    # Above prepare.min_face_prob (which decides what counts as a face at all).
+    min_detection_prob: float = field(default=0.92, metadata=rng(ge=0, le=1))
 
 
 @dataclass(frozen=True)
@@ -602,6 +779,10 @@ class AuthParams:
 
     max_failures: int = field(default=10, metadata=rng(ge=1, le=1_000_000))
     window_seconds: float = field(default=60.0, metadata=rng(gt=0))
+    # A new API key expires this many days after creation (`visage apikey create --expires-in`).
+    key_ttl_days: float = field(default=90.0, metadata=rng(gt=0, le=3650))
+    # `visage apikey rotate`: the old key keeps working this long, then expires.
+    rotation_grace_hours: float = field(default=24.0, metadata=rng(ge=0, le=24 * 365))
 
 
 @dataclass(frozen=True)
@@ -617,21 +798,130 @@ class ServingParams:
     max_image_pixels: int = field(default=40_000_000, metadata=rng(ge=1024))
     max_faces: int = field(default=32, metadata=rng(ge=1, le=4096))
     batch_size: int = field(default=32, metadata=rng(ge=1, le=4096))
+    # Requests in flight at once (authenticated ones; /healthz is not counted); more get 503.
+    max_concurrent: int = field(default=16, metadata=rng(ge=1, le=1024))
+    # A request body not received whole within this many seconds gets 408.
+    body_timeout_s: float = field(default=30.0, metadata=rng(gt=0, le=3600))
+    # Images are downscaled to this longest side before face detection.
+    max_detect_side: int = field(default=1280, metadata=rng(ge=64, le=16384))
+    # GET /openapi.json (for any valid API key); off by default. /docs and /redoc never exist.
+    openapi: bool = False
     analytics: AnalyticsParams = AnalyticsParams()
     auth: AuthParams = AuthParams()
+    identify: IdentifyParams = IdentifyParams()
+    quality: QualityParams = QualityParams()
+
+
+@dataclass(frozen=True)
+class WitnessSpec:
+    """One witness of the ledger's checkpoints (``privacy.witness.witnesses``).
+
+    ``kind: directory``: a folder (``path``; ``~`` and ``$VARS`` expanded; ``default`` is
+    ``$VISAGE_WITNESS_DIR`` or ``~/.local/share/visage-ml/witness``) holding the witness's key
+    and state, ideally on another volume. ``kind: http``: a ``visage witness serve`` (or any
+    C2SP tlog-witness) at ``url``, whose cosignature key ``key`` (a vkey) is pinned here.
+    """
+
+    kind: Literal["directory", "http"] = "directory"
+    path: str = ""
+    url: str = ""
+    key: str = ""
+
+    def check(self) -> tuple[str, Any, str] | None:
+        if self.kind == "directory" and not self.path:
+            return ("path", self.path, "a folder (or `default`) for a directory witness")
+        if self.kind == "http" and not self.url.startswith(("http://", "https://")):
+            return ("url", self.url, "an http:// or https:// URL for an http witness")
+        if self.kind == "http" and self.key.count("+") < 2:
+            return ("key", self.key, "the witness's verifier key (name+keyid+base64)")
+        return None
+
+
+@dataclass(frozen=True)
+class WitnessParams:
+    """Witnessed checkpoints of the privacy ledger (C2SP tlog-witness).
+
+    Events that narrow processing are witnessed before the command reports success; other
+    events when ``every_entries`` entries or ``every_seconds`` seconds passed since the last
+    witnessed checkpoint (checked when an event is appended).
+    """
+
+    witnesses: tuple[WitnessSpec, ...] = (WitnessSpec(kind="directory", path="default"),)
+    # The checkpoints' origin line (the log's name); empty: derived from the project folder.
+    # Set it when a project moves, to keep its witnesses' history.
+    origin: str = ""
+    every_entries: int = field(default=1000, metadata=rng(ge=1, le=10_000_000))
+    every_seconds: float = field(default=300.0, metadata=rng(gt=0))
+    # Cosignatures needed for a checkpoint to count as witnessed (0 = every witness).
+    quorum: int = field(default=0, metadata=rng(ge=0, le=100))
+    timeout_seconds: float = field(default=10.0, metadata=rng(gt=0, le=600))
+
+    def check(self) -> tuple[str, Any, str] | None:
+        if self.origin and ("+" in self.origin or any(c.isspace() for c in self.origin)):
+            return ("origin", self.origin, "a name without spaces or '+' (e.g. example.org/log)")
+        if self.quorum > len(self.witnesses):
+            return ("quorum", self.quorum, f"at most the {len(self.witnesses)} witnesses listed")
+        return None
+
+
+@dataclass(frozen=True)
+class RetentionParams:
+    """``visage privacy enforce``: consent expiry, kept files, and what policy carries out.
+
+    Retention of each data category (facial images, templates, ...) is in the records of
+    processing (``privacy/records.yaml``); these are the operational knobs.
+    """
+
+    # A consent lapses this many calendar months after it was given (0 = never).
+    consent_months: int = field(default=12, metadata=rng(ge=0, le=1200))
+    # Export bundles kept under privacy/exports are removed after this many days.
+    exports_days: int = field(default=30, metadata=rng(ge=1, le=36600))
+    # Signed request receipts (privacy/requests/*.receipt.json) are removed after this many
+    # months (their SHA-256 stays in the ledger).
+    receipts_months: int = field(default=36, metadata=rng(ge=1, le=1200))
+    # Erase a subject for whom no purpose has a legal basis any more (withdrawn, expired,
+    # objected to) without waiting for a request.
+    erase_without_basis: bool = True
+    # Restricted subjects (Art. 18): keep everything (stored, not used), or also remove their
+    # gallery template.
+    restricted: Literal["keep", "purge_template"] = "keep"
+    # `visage serve` runs enforcement and notification delivery this often (0 = never).
+    serve_interval_seconds: float = field(default=0.0, metadata=rng(ge=0))
+
+
+@dataclass(frozen=True)
+class NotifyParams:
+    """Delivery of notifications (``visage privacy notify``): SMTP and webhooks, retried.
+
+    The SMTP password, when the server needs one, comes from ``$VISAGE_SMTP_PASSWORD``.
+    """
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = field(default=25, metadata=rng(ge=1, le=65535))
+    smtp_from: str = "dpo@example.org"
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    # A message is tried this many times, waiting backoff_seconds, doubled each time, between.
+    max_attempts: int = field(default=8, metadata=rng(ge=1, le=1000))
+    backoff_seconds: float = field(default=60.0, metadata=rng(ge=0))
+    timeout_seconds: float = field(default=10.0, metadata=rng(gt=0, le=600))
 
 
 @dataclass(frozen=True)
 class PrivacyParams:
     """Data-subject rights: deadlines and how erasure treats derived data."""
 
-    # Art. 12(3): answer within one month of receipt (30 days) ...
-    deadline_days: int = field(default=30, metadata=rng(ge=1, le=366))
-    # ... extendable by up to two further months where necessary, with a reason.
-    max_extension_days: int = field(default=60, metadata=rng(ge=0, le=366))
+    # Art. 12(3): answer within one calendar month of receipt ...
+    deadline_months: int = field(default=1, metadata=rng(ge=1, le=12))
+    # ... extendable by up to two further months where necessary, with a reason, before the
+    # deadline passed.
+    max_extension_months: int = field(default=2, metadata=rng(ge=0, le=12))
     # Erasure: `purge` rewrites data/processed without the subject's rows (seconds);
     # `rebuild` runs `dvc repro prepare` (detection again, minutes on large sets).
     processed_on_erasure: Literal["rebuild", "purge"] = "purge"
+    witness: WitnessParams = WitnessParams()
+    retention: RetentionParams = RetentionParams()
+    notify: NotifyParams = NotifyParams()
 
 
 @dataclass(frozen=True)
@@ -641,6 +931,7 @@ class Params:
     project: ProjectParams = ProjectParams()
     synth: SynthParams = SynthParams()
     prepare: PrepareParams = PrepareParams()
+    eval_population: EvalPopulationParams = EvalPopulationParams()
     train_embedder: TrainEmbedderParams = TrainEmbedderParams()
     train_demographics: TrainDemographicsParams = TrainDemographicsParams()
     export: ExportParams = ExportParams()

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from visage_ml.procenv import child_env
+
 log = logging.getLogger(__name__)
 
 NOT_A_DVC_REPO = (
@@ -29,9 +31,8 @@ class DvcError(RuntimeError):
 
 
 def dvc_env() -> dict[str, str]:
-    """Environment for DVC subprocesses: no analytics, no update checks (no internet here)."""
-    env = dict(os.environ)
-    env["DVC_NO_ANALYTICS"] = "1"
+    """Environment for DVC subprocesses: no secrets, no analytics, no update checks."""
+    env = child_env({"DVC_NO_ANALYTICS": "1"})
     env.setdefault("DVC_UPDATER", "0")
     return env
 
@@ -111,7 +112,13 @@ def locked_md5(root: Path, stage: str, path: str, *, kind: str = "outs") -> str 
 def _git(root: Path, *args: str) -> str | None:
     try:
         proc = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=20
+            ["git", *args],
+            cwd=root,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
         return None

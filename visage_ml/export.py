@@ -67,7 +67,7 @@ MAX_OPSET = 20
 MIN_OPSET = 11
 META_DATA_FILES = "visage.data_files"
 # The prepare output whose md5 is "the data md5" (the checkpoint's ``data_md5`` is the same file's).
-DATA_FILE = "data/processed/faces.u8.npy"
+DATA_FILE = "data/processed/faces.sealed"
 REQUIRED_METADATA: tuple[str, ...] = (
     META_BACKBONE,
     META_MODEL_VERSION,
@@ -142,7 +142,7 @@ def build_metadata(
         The ``meta`` dict of ``visage_ml.models.checkpoint.load_model``.
     root
         The project root: ``dvc.lock`` there gives the data md5 (md5 of the prepare stage's
-        ``data/processed/faces.u8.npy``), falling back to the checkpoint's ``data_md5``; git
+        ``data/processed/faces.sealed``), falling back to the checkpoint's ``data_md5``; git
         there gives the code revision.
 
     Returns

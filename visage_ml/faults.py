@@ -28,6 +28,11 @@ point                                  where
 ``rawstore:swap:between``              ``data/raw`` renamed away, staging not renamed in
 ``rawstore:swap:done``                 new ``data/raw`` in place, old tree not removed
 ``rawstore:committed``                 swapped, before ``dvc add`` and the consent snapshot
+``seal:file:written``                  ``visage privacy seal``: a sealed copy written, the
+                                       plaintext not yet removed
+``keys:rewrap:file``                   a master-key rotation re-wrapped one key file
+``rotate:next-written``                the new master key waits in ``master.key.next``
+``rotate:rewrapped``                   every ring re-wrapped, ``master.key`` not yet replaced
 =====================================  ==========================================================
 """
 

@@ -257,7 +257,7 @@ def crash_and_recover(project: Path, tmp_path: Path, op: str, fault: str) -> Non
 def check_import(c: Crashed) -> None:
     """Every imported image once, every person once, tables and files in agreement."""
     images, subjects = read_images(c.paths.raw), read_subjects(c.paths.raw)
-    files = {p.stem for p in c.paths.raw.glob("p*/*.png")}
+    files = {p.stem for p in c.paths.raw.glob("p*/*.sealed")}
     assert set(images["image_id"]) == files and len(files) == len(images)
     assert images["sha256"].is_unique
     assert not list(c.paths.data.glob("raw.*"))  # no staging or old tree left

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from visage_ml.config import ConfigError, ProjectPaths, load_params
 from visage_ml.data.importers import ImportBasis, import_dataset
-from visage_ml.data.rawstore import read_images
+from visage_ml.data.rawstore import RawStore, read_images
 
 LEGAL = "art6(1)(f)+art9(2)(j)"
 KNOWN_API_CODES = {
@@ -143,13 +143,14 @@ def test_unusual_but_valid_kinds_are_stored_as_clean_rgb_png(project, tmp_path):
     assert result.images_imported == len(accepted) == result.subjects_added
     paths = ProjectPaths(project)
     images = read_images(paths.raw)
-    stored = sorted(paths.raw.rglob("*.png"))
+    stored = sorted(paths.raw.rglob("*.sealed"))
     assert len(stored) == len(images) == len(accepted)
+    raw_store = RawStore(paths, track=False)
     for png in stored:
-        data = png.read_bytes()
+        data = raw_store.read_image(png.parent.name, png.stem)  # the sealed PNG, decrypted
         for marker in PAYLOAD_MARKERS:
             assert marker not in data, (png.name, marker)
-        with Image.open(png) as im:
+        with Image.open(io.BytesIO(data)) as im:
             assert im.format == "PNG" and im.mode == "RGB"
             assert getattr(im, "n_frames", 1) == 1 and not im.getexif()
     # The EXIF-rotated 80x48 photos are stored upright (48 wide, 80 high) where 5..8 rotate.
@@ -967,12 +968,20 @@ def test_prepare_names_a_damaged_raw_image_and_leaves_no_crops_behind(project, c
 
     proj = make_project(project, n_subjects=4, enrol=False)  # with an earlier data/processed
     paths = proj.paths
-    victim = sorted(paths.raw.glob("p*/*.png"))[0]
+    victim = sorted(paths.raw.glob("p*/*.sealed"))[0]
     good = victim.read_bytes()
+    keys = proj.core.data_keys
+    png = RawStore(paths, core=proj.core).read_image(victim.parent.name, victim.stem)
+
+    def sealed(data: bytes) -> bytes:  # damaged image bytes, properly sealed
+        return keys.seal_raw(victim.parent.name, victim.stem, data)
+
     damages = {
-        "truncated_raw_png": good[: len(good) // 2],
-        "text_as_raw_png": b"not an image",
-        "raw_png_header_bomb": png_header_only(200_000, 200_000),
+        "truncated_raw_png": sealed(png[: len(png) // 2]),
+        "text_as_raw_png": sealed(b"not an image"),
+        "raw_png_header_bomb": sealed(png_header_only(200_000, 200_000)),
+        "truncated_ciphertext": good[: len(good) // 2],
+        "plain_text_file": b"not an image",
     }
     for kind, data in damages.items():
         victim.write_bytes(data)

@@ -428,7 +428,9 @@ def check_fold(events: list[tuple[str, str, dict]], cuts: list[int]) -> None:
     # fold of what the ledger holds, whether it unpacks one subject at a time or all at once.
     with scratch() as root:
         ledger = Ledger(root / "l.jsonl", key_path=root / "k", public_key_path=root / "k.pub")
-        registry = Registry(ledger.path, cache_every=1)
+        # Not the project layout: the public key and the fold cache's key are named here.
+        keys = {"public_key_path": root / "k.pub", "mac_key_path": root / "fold.key"}
+        registry = Registry(ledger.path, cache_every=1, **keys)
         start = 0
         for cut in [*sorted(set(cuts)), len(events)]:
             chunk = events[start:cut]
@@ -436,9 +438,9 @@ def check_fold(events: list[tuple[str, str, dict]], cuts: list[int]) -> None:
                 ledger.append_many(chunk)
             start = max(start, cut)
             want = reference_fold(events[:start])
-            cold = Registry(ledger.path, cache_every=10**9)
+            cold = Registry(ledger.path, cache_every=10**9, **keys)
             assert observed({p: cold.get(p) for p in PIDS if p in cold}) == want
-            assert observed(Registry(ledger.path, cache_every=10**9).states()) == want
+            assert observed(Registry(ledger.path, cache_every=10**9, **keys).states()) == want
             registry.refresh()
         assert observed(registry.states()) == expected
         assert ledger.path.with_name("l.jsonl.fold").is_file() or not events

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from visage_ml.config import ProjectPaths
+from visage_ml.data.crops import write_crops
+from visage_ml.privacy.datakeys import DataKeys
+
 GROUPS = ("g1", "g2", "g3", "g4")
 GENDERS = ("female", "male")
 GROUP_SHIFT = {"g1": -15.0, "g2": -5.0, "g3": 5.0, "g4": 15.0}
@@ -35,7 +39,7 @@ def make_dataset(
     miss_rate: Sequence[float] = (0.02, 0.02, 0.05, 0.1),
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Write ``data/processed/{faces.u8.npy, manifest.parquet, detection.parquet, splits.json}``.
+    """Write ``data/processed/{faces.sealed, manifest.parquet, detection.parquet, splits.json}``.
 
     Returns the per-row arrays (pid, split, group) for assertions.
     """
@@ -97,8 +101,9 @@ def make_dataset(
                 }
             )
     faces = np.stack(crops)
-    np.save(processed / "faces.u8.npy", faces)
     manifest = pd.DataFrame(rows)
+    keys = DataKeys.for_project(ProjectPaths(root))
+    write_crops(processed / "faces.sealed", keys, list(manifest["pid"]), faces)
     manifest.to_parquet(processed / "manifest.parquet", index=False)
     pd.DataFrame(det_rows).to_parquet(processed / "detection.parquet", index=False)
     splits = {
@@ -215,3 +220,72 @@ def write_models(root: Path, *, size: int = 16, dim: int = 64, seed: int = 1) ->
         },
     )
     onnx.save(dem, models / "demographics.onnx")
+
+
+def make_eval_population(
+    root: Path,
+    *,
+    per_cell: int = 6,
+    calibration_per_cell: int = 3,
+    images: int = 3,
+    size: int = 16,
+    noise: float = 18.0,
+    seed: int = 7,
+) -> object:
+    """Write ``data/eval_population`` (sealed, as the ``eval_population`` stage does) with faces
+    made like :func:`make_dataset`'s; returns its manifest."""
+    import pandas as pd
+
+    from visage_ml.data import eval_population as evalpop
+
+    rng = np.random.default_rng(seed)
+    rep = max(size // 8, 1)
+    rows, crops, det = [], [], []
+    k = 0
+    for group in GROUPS:
+        for gender in GENDERS:
+            for i in range(per_cell + calibration_per_cell):
+                pid = f"e{k:016x}"
+                part = evalpop.CALIBRATION if i < calibration_per_cell else evalpop.MEASURE
+                base = rng.normal(0.0, 40.0, size=(8, 8, 3))
+                base = np.repeat(np.repeat(base, rep, axis=0), rep, axis=1)[:size, :size]
+                shift = np.array([0.0, GROUP_SHIFT[group], GENDER_SHIFT[gender]])
+                for j in range(images):
+                    img = 127.5 + base + shift + rng.normal(0.0, noise, size=base.shape)
+                    crops.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+                    image_id = f"x{k:05d}{j:02d}"
+                    rows.append(
+                        {
+                            "row": len(rows),
+                            "pid": pid,
+                            "image_id": image_id,
+                            "group": group,
+                            "gender": gender,
+                            "age": int(rng.integers(18, 80)),
+                            "part": part,
+                            "source": evalpop.SOURCE,
+                            "role": evalpop.ROLE,
+                            "det_prob": 0.99,
+                            "fallback": False,
+                        }
+                    )
+                    det.append(
+                        {
+                            "detected": True,
+                            "group": group,
+                            "gender": gender,
+                            "image_id": image_id,
+                            "split": "test",
+                            "source": evalpop.SOURCE,
+                            "fallback": False,
+                            "part": part,
+                        }
+                    )
+                k += 1
+    manifest = evalpop._typed(pd.DataFrame(rows, columns=list(evalpop.MANIFEST_COLUMNS)))
+    population = evalpop.Population(
+        faces=np.stack(crops), manifest=manifest, detection=pd.DataFrame(det)
+    )
+    paths = ProjectPaths(root)
+    evalpop.write(paths.eval_population, DataKeys.for_project(paths), population)
+    return manifest

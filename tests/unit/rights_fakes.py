@@ -2,7 +2,7 @@
 
 Subjects come from ``serving_fakes.make_world`` (registered, consent to every purpose, tiny real
 ONNX models). Each has a few 32x32 "face" tiles stored through the real :class:`RawStore`, the
-same tiles as processed crops (``faces.u8.npy`` + manifest, as ``prepare`` writes them) and a
+same tiles as processed crops (sealed ``faces.sealed`` + manifest, as ``prepare`` writes them) and a
 template in the real encrypted gallery, embedded by the fake engine. Not a test module.
 """
 
@@ -19,8 +19,11 @@ from PIL import Image
 from serving_fakes import DIM, THRESHOLD, World, face_tile, fake_engine, make_world
 
 from visage_ml.config import ProjectPaths
+from visage_ml.data.crops import write_crops
+from visage_ml.data.prepare import FACES_FILE
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import sha256_bytes
+from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.serving.gallery import Gallery
 
 VERSION = "emb-test-1"
@@ -60,8 +63,10 @@ class RightsProject:
         )
 
 
-def write_processed(paths: ProjectPaths, images: dict[str, dict[str, bytes]]) -> None:
-    """``data/processed`` as ``prepare`` writes it: crops = the tiles, manifest, splits."""
+def write_processed(
+    paths: ProjectPaths, images: dict[str, dict[str, bytes]], keys: DataKeys | None = None
+) -> None:
+    """``data/processed`` as ``prepare`` writes it: crops = the tiles (sealed), manifest, splits."""
     rows, crops, det = [], [], []
     splits = {"train": [], "val": [], "test": []}
     for i, pid in enumerate(sorted(images)):
@@ -89,7 +94,8 @@ def write_processed(paths: ProjectPaths, images: dict[str, dict[str, bytes]]) ->
             det.append({"pid": pid, "image_id": image_id, "split": split, "detected": True})
     processed = paths.processed
     processed.mkdir(parents=True, exist_ok=True)
-    np.save(processed / "faces.u8.npy", np.stack(crops))
+    keys = keys if keys is not None else DataKeys.for_project(paths)
+    write_crops(processed / FACES_FILE, keys, [r["pid"] for r in rows], np.stack(crops))
     pd.DataFrame(rows).to_parquet(processed / "manifest.parquet", index=False)
     pd.DataFrame(det).to_parquet(processed / "detection.parquet", index=False)
     (processed / "splits.json").write_text(json.dumps({"seed": 1, **splits}))
@@ -140,7 +146,7 @@ def make_project(
                 )
         txn.add_images(rows)
     if processed:
-        write_processed(world.paths, images)
+        write_processed(world.paths, images, world.core.data_keys)
     proj = RightsProject(world, engine, pids, images)
     if enrol:
         g = proj.gallery()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,8 +19,9 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.io import canonical_json, md5_file
-from visage_ml.privacy.certificate import render, sign
+from visage_ml.privacy.certificate import render, sign, verify_offline
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.witness import Witness, default_witness_dir
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.lineage import subject_lineage
@@ -155,7 +160,7 @@ def _lock(paths, faces_md5, model_md5):
         "stages": {
             "train_embedder": {
                 "cmd": "python -m visage_ml.app.stages.train_embedder",
-                "deps": [{"path": "data/processed/faces.u8.npy", "md5": faces_md5}],
+                "deps": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
                 "outs": [{"path": "models/embedder.pt", "md5": model_md5}],
             }
         },
@@ -166,7 +171,7 @@ def _lock(paths, faces_md5, model_md5):
 def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded(project):
     proj = make_project(project, n_subjects=4)
     paths, victim = proj.paths, proj.pids[1]
-    data_md5 = md5_file(paths.processed / "faces.u8.npy")
+    data_md5 = md5_file(paths.processed / "faces.sealed")
     _lock(paths, data_md5, "a" * 32)
     _mlflow_db(paths, [(1, data_md5)])
     lin = subject_lineage(paths, victim)
@@ -188,7 +193,7 @@ def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded
     assert json.loads(refresh.output)["upgraded"] == []
     # `dvc repro` retrains on the purged data: new lock, new MLflow version.
     new_md5 = claims["dataset"]["processed_md5_after"]
-    assert new_md5 == md5_file(paths.processed / "faces.u8.npy") != data_md5
+    assert new_md5 == md5_file(paths.processed / "faces.sealed") != data_md5
     _lock(paths, new_md5, "b" * 32)
     _mlflow_db(paths, [(2, new_md5)])
     refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
@@ -204,3 +209,107 @@ def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded
     shown = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).output)
     assert {m["status"] for m in shown["lineage"]["models"]} == {"retrained"}
     assert PrivacyCore(paths).ledger.verify().ok
+
+
+# ---------------------------------------------------------------------------------------------
+# The offline proof bundle (witnessed checkpoint) and the stand-alone verifier of docs/verify.md
+# ---------------------------------------------------------------------------------------------
+
+
+def _witness_vkey() -> str:
+    return Witness(default_witness_dir()).verifier.vkey
+
+
+def _offline_copy(proj, result, tmp_path):
+    cert = tmp_path / "cert.json"
+    shutil.copy(result.certificate_path, cert)
+    pub = tmp_path / "ledger.pub"
+    shutil.copy(proj.paths.ledger_public_key, pub)
+    return cert, pub
+
+
+def test_the_certificate_carries_a_witnessed_tlog_proof_verified_offline(erased, tmp_path):
+    proj, _, _, result = erased
+    doc = json.loads(result.certificate_path.read_text())
+    proof = doc["proof"]
+    assert proof["tlog_proof"].startswith("c2sp.org/tlog-proof@v1\nextra ")
+    assert proof["witnesses"] and proof["log"]["fingerprint"] == proof["key_history"][-1]
+    cert, pub = _offline_copy(proj, result, tmp_path)
+    vkey = _witness_vkey()
+    report = verify_offline(cert, public_key=pub, witness_keys=[vkey])
+    assert report.ok, [c for c in report.checks if not c.ok]
+    names = {c.name for c in report.checks}
+    assert {"checkpoint signature", "checkpoint inclusion", "witness cosignatures"} <= names
+    # A witness the verifier trusts that did not cosign, or another controller key: refused.
+    stranger = Witness.create(tmp_path / "stranger").verifier.vkey
+    assert not verify_offline(cert, public_key=pub, witness_keys=[vkey, stranger]).ok
+    other = tmp_path / "other.pub"
+    other.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert not verify_offline(cert, public_key=other, witness_keys=[vkey]).ok
+    # Without pinned keys it says that the keys came from the certificate itself.
+    alone = verify_offline(cert)
+    assert alone.ok and any("taken from the certificate" in c.detail for c in alone.checks)
+    runner = CliRunner()
+    args = ["privacy", "verify-certificate", "--offline", str(cert), "--public-key", str(pub)]
+    ok = runner.invoke(app, [*args, "--witness-key", vkey])
+    assert ok.exit_code == 0 and "certificate VALID" in ok.output, ok.output
+    assert runner.invoke(app, [*args, "--witness-key", stranger]).exit_code == 1
+
+
+def _verifier_code() -> str:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "verify.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+def test_the_standalone_verifier_of_docs_accepts_a_real_certificate_and_rejects_a_changed_byte(
+    erased, tmp_path
+):
+    proj, _, _, result = erased
+    code = _verifier_code()
+    assert len(code.splitlines()) <= 150
+    imported = set(re.findall(r"^(?:from|import) (\w+)", code, re.M))
+    assert imported <= {"argparse", "base64", "hashlib", "json", "sys", "cryptography"}
+    script = tmp_path / "verify.py"
+    script.write_text(code)
+    cert, pub = _offline_copy(proj, result, tmp_path)
+    vkey = _witness_vkey()
+
+    def run(path):
+        args = [sys.executable, str(script), str(path), "--public-key", str(pub)]
+        return subprocess.run(
+            [*args, "--witness-key", vkey], capture_output=True, text=True, cwd=tmp_path
+        )
+
+    good = run(cert)
+    assert good.returncode == 0 and "certificate VALID" in good.stdout, good.stdout + good.stderr
+    original = cert.read_bytes()
+    doc = json.loads(original)
+    targets = {
+        "a claimed artefact hash": doc["claims"]["artefacts"][0]["sha256"][10:30],
+        "the tlog proof": doc["proof"]["tlog_proof"].split("\n")[3][5:25],
+        "the checkpoint root": doc["proof"]["tlog_proof"].split("\n\n")[1].split("\n")[2][3:20],
+        "the certificate signature": doc["signature"]["value"][5:25],
+    }
+    for what, needle in targets.items():
+        pos = original.index(needle.encode()) + 3
+        data = bytearray(original)
+        data[pos] = ord("A") if data[pos] != ord("A") else ord("B")
+        changed = tmp_path / "changed.json"
+        changed.write_bytes(bytes(data))
+        out = run(changed)
+        assert out.returncode == 1 and "certificate INVALID" in out.stdout, (what, out.stdout)
+
+
+def test_a_certificate_made_before_a_ledger_key_rotation_still_verifies(erased):
+    proj, _, _, result = erased
+    old_pub = proj.paths.ledger_public_key.read_bytes()
+    _, problems = PrivacyCore(proj.paths).rotate_ledger_key()
+    assert problems == [] and proj.paths.ledger_public_key.read_bytes() != old_pub
+    report = verify_certificate(result.certificate_path, root=proj.paths.root, scan=False)
+    assert report.ok, [c for c in report.checks if not c.ok]

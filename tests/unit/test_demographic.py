@@ -47,3 +47,45 @@ def test_group_weights_change_the_loss():
     assert torch.allclose(plain, same)
     rare_heavy = demographic_loss(outputs, weights=torch.tensor([1.0, 1.0, 1.0, 3.0]), **kw)
     assert not torch.allclose(plain, rare_heavy)
+
+
+def test_unknown_labels_never_reach_the_loss():
+    torch.manual_seed(0)
+    outputs = (torch.randn(4) * 10 + 40, torch.randn(4, 2), torch.randn(4, 4))
+    known = (
+        torch.tensor([True, True, False, True]),
+        torch.tensor([True, False, True, True]),
+        torch.tensor([False, False, False, False]),  # no group label in this batch
+    )
+    kw = dict(age_std=10.0, known=known)
+    a = demographic_loss(
+        outputs,
+        age=torch.tensor([20.0, 40.0, float("nan"), 40.0]),
+        gender=torch.tensor([0, -1, 0, 1]),
+        group=torch.tensor([-1, -1, -1, -1]),
+        **kw,
+    )
+    # Whatever stands where a label is unknown, the loss is the same (and finite).
+    b = demographic_loss(
+        outputs,
+        age=torch.tensor([20.0, 40.0, 99.0, 40.0]),
+        gender=torch.tensor([0, 1, 0, 1]),
+        group=torch.tensor([3, 2, 1, 0]),
+        **kw,
+    )
+    assert torch.isfinite(a) and torch.allclose(a, b)
+    # With every label known, the masked loss is the plain one.
+    full = dict(
+        age=torch.tensor([20.0, 40.0, 60.0, 40.0]),
+        gender=torch.tensor([0, 1, 0, 1]),
+        group=torch.tensor([0, 1, 2, 3]),
+        age_std=10.0,
+    )
+    all_known = tuple(torch.ones(4, dtype=torch.bool) for _ in range(3))
+    assert torch.allclose(
+        demographic_loss(outputs, **full), demographic_loss(outputs, known=all_known, **full)
+    )
+    # A masked-out label gets no gradient: the group head is untouched by this batch.
+    logits = outputs[2].clone().requires_grad_(True)
+    demographic_loss((outputs[0], outputs[1], logits), **{**full, "known": known}).backward()
+    assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0

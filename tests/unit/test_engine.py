@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from serving_fakes import DIM, MODEL_SIZE, TILE, TileDetector, fake_engine, make_world, scene
 
 from visage_ml.config import load_params, write_params
@@ -93,6 +94,36 @@ def test_detector_calls_never_overlap_but_embedding_runs_from_many_threads(world
     assert detector.calls == 8 and detector.max_concurrent == 1
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], atol=1e-6)
+
+
+@dataclass
+class SizeRecorder(TileDetector):
+    """The tile detector, recording the size of every image it is given."""
+
+    sizes: list = None  # type: ignore[assignment]
+
+    def detect(self, images):
+        self.sizes = (self.sizes or []) + [im.size for im in images]
+        return super().detect(images)
+
+
+def test_large_images_are_downscaled_before_detection_and_mapped_back(world):
+    detector = SizeRecorder()
+    engine = fake_engine(world.paths.root, detector=detector, max_detect_side=64)
+    pids = list(world.people)[:2]
+    small = scene([world.photo(p)[0] for p in pids], cols=2)  # 32 x 64: two tiles
+    big = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)  # 128 x 256, faces 128 px
+    faces, emb = engine.embed_image(big)
+    # The detector saw the image at 64 px on its longest side, not 256.
+    assert detector.sizes == [(64, 32)]
+    # Boxes are in the image's own coordinates ...
+    assert [f.box for f in faces] == [(0.0, 0.0, 128.0, 128.0), (128.0, 0.0, 256.0, 128.0)]
+    # ... and the faces, aligned from the full image, embed like the originals.
+    ref = engine.embed_image(small)[1]
+    assert detector.sizes[-1] == (64, 32)  # at the limit: not resized
+    assert np.all(np.sum(emb * ref, axis=1) > 0.95)
+    # At or under the limit nothing is resized.
+    assert engine.detection_view(Image.fromarray(small))[1] == 1.0
 
 
 @dataclass

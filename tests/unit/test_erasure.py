@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pyrage import x25519
 from rights_fakes import REF, make_project, png
 from serving_fakes import face_tile, png_b64
 from typer.testing import CliRunner
@@ -22,10 +23,12 @@ from visage_ml.app.cli import app
 from visage_ml.app.http.auth import ROLES, KeyStore
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.data.crops import iter_chunks, purge_chunks
 from visage_ml.data.prepare import prepare, purge_subject
+from visage_ml.data.processed import load_processed
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.dvcops import tracked_md5
-from visage_ml.io import sha256_bytes
+from visage_ml.io import sha256_bytes, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights import dvc_objects
@@ -33,7 +36,9 @@ from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import STEPS, Erasure
 from visage_ml.rights.erasure import orchestrator as erasure_mod
 from visage_ml.rights.erasure.mlflow import purge_mlflow, scan_mlflow
-from visage_ml.rights.export import export_subject
+from visage_ml.rights.export import Delivery, export_subject
+
+PLAIN = Delivery(plaintext=True)
 
 
 @pytest.fixture
@@ -46,15 +51,31 @@ def identified(proj, gallery, pid) -> bool:
     return any(m.pid == pid for m in gallery.identify(emb, top_k=3))
 
 
+def sealed_hashes(paths: ProjectPaths, pid: str) -> set[str]:
+    """SHA-256 of the subject's stored (sealed) raw files: what the erasure certifies."""
+    return {sha256_file(f) for f in (paths.raw / pid).glob("*.sealed")}
+
+
 def test_erasure_removes_the_subject_everywhere_and_certifies_it(proj):
     victim, other = proj.pids[0], proj.pids[1]
-    export = export_subject(proj.paths, victim, core=proj.core)  # an in-project bundle
-    faces_before = np.load(proj.paths.processed / "faces.u8.npy")
+    # An in-project bundle, encrypted for the requester.
+    recipient = str(x25519.Identity.generate().to_public())
+    export = export_subject(
+        proj.paths, victim, core=proj.core, delivery=Delivery(recipients=(recipient,))
+    )
+    assert export.path.name.endswith(".zip.age")
+    faces_before = load_processed(proj.paths).faces
     manifest_before = pd.read_parquet(proj.paths.processed / "manifest.parquet")
-    # What an interrupted `prepare` leaves behind: a temporary file of crops.
+    stored_before = sealed_hashes(proj.paths, victim)
+    # What an interrupted `prepare` of an older version leaves behind: plaintext crops.
     leftover = proj.paths.processed / ".faces.all.4242.tmp"
     leftover.write_bytes(faces_before.tobytes())
+    # A plaintext copy of one of the subject's photos logged to MLflow by mistake.
+    logged = proj.paths.mlruns / "artifacts" / "r9" / "face.png"
+    logged.parent.mkdir(parents=True)
+    logged.write_bytes(next(iter(proj.images[victim].values())))
     result = Erasure(proj.paths).erase(victim)
+    assert not logged.exists()
     assert not leftover.exists()
     paths = proj.paths
     gallery = proj.gallery(core=PrivacyCore(paths))
@@ -65,13 +86,19 @@ def test_erasure_removes_the_subject_everywhere_and_certifies_it(proj):
     assert not (paths.raw / victim).exists() and (paths.raw / other).is_dir()
     assert victim not in set(read_subjects(paths.raw)["pid"])
     assert victim not in set(read_images(paths.raw)["pid"])
-    # The subject's crops are overwritten with zeros in place; every other crop is untouched
-    # and still addressed by its manifest row.
+    # The subject's key is gone and their sealed chunks are overwritten with zeros in place;
+    # every other crop is untouched and still addressed by its manifest row.
+    assert not PrivacyCore(paths).data_keys.exists(victim)
     manifest = pd.read_parquet(paths.processed / "manifest.parquet")
-    faces = np.load(paths.processed / "faces.u8.npy")
+    faces = load_processed(paths).faces
     assert victim not in set(manifest["pid"]) and len(faces) == len(faces_before)
     gone = manifest_before.loc[manifest_before.pid == victim, "row"].to_numpy()
     assert gone.size and not faces[gone].any()
+    chunks = list(iter_chunks(paths.processed / "faces.sealed", manifest_before, pids={victim}))
+    with open(paths.processed / "faces.sealed", "rb") as fh:
+        for _, _, _, offset, length in chunks:
+            fh.seek(offset)
+            assert fh.read(length) == b"\0" * length
     rows = manifest["row"].to_numpy()
     assert np.array_equal(faces[rows], faces_before[rows])
     assert victim.encode() not in (paths.processed / "splits.json").read_bytes()
@@ -95,7 +122,14 @@ def test_erasure_removes_the_subject_everywhere_and_certifies_it(proj):
     # The certificate lists each image with its hash taken before deletion.
     claims = result.certificate["claims"]
     hashes = {a["sha256"] for a in claims["artefacts"]}
-    assert {sha256_bytes(b) for b in proj.images[victim].values()} <= hashes
+    assert stored_before <= hashes
+    # ... and how each went: the key destroyed, the sealed images crypto-shredded (and
+    # removed), the tables physically rewritten.
+    outcome = {a["path"]: a["outcome"] for a in claims["artefacts"] if a["step"] == "raw"}
+    assert outcome[f"privacy/keys/{victim}.key"] == "key destroyed"
+    raw_files = [p for p in outcome if p.startswith(f"data/raw/{victim}/")]
+    assert raw_files and {outcome[p] for p in raw_files} == {"crypto-shredded"}
+    assert outcome["data/raw/images.parquet"] == "physically removed"
     assert {a["step"] for a in claims["artefacts"]} >= {"gallery", "vault", "raw", "processed"}
     report = verify_certificate(result.certificate_path, root=paths.root)
     assert report.ok, [c for c in report.checks if not c.ok]
@@ -153,7 +187,7 @@ FAULTS = [
 @pytest.mark.parametrize("fault", FAULTS)
 def test_killed_at_any_step_then_resume_completes_with_a_valid_certificate(proj, fault):
     victim = proj.pids[0]
-    image_hashes = {sha256_bytes(b) for b in proj.images[victim].values()}
+    image_hashes = sealed_hashes(proj.paths, victim)
     child = _erase_in_child(proj.paths.root, victim, fault)
     assert child.returncode == erasure_mod.FAULT_EXIT, child.stderr[-2000:]
     core = PrivacyCore(proj.paths)
@@ -176,7 +210,7 @@ def test_killed_at_any_step_then_resume_completes_with_a_valid_certificate(proj,
 
 def test_each_store_says_what_it_still_holds_until_the_subject_is_erased(proj):
     victim = proj.pids[0]  # the subject with a vault record
-    export_subject(proj.paths, victim, core=proj.core)
+    export_subject(proj.paths, victim, core=proj.core, delivery=PLAIN)
     before = Erasure(proj.paths).remaining(victim)
     assert set(before) == set(STEPS) - {"lineage", "snapshot", "certificate"}
     assert all(before[s] for s in ("gallery", "vault", "raw", "processed"))
@@ -201,15 +235,15 @@ def test_processed_purge_is_safe_to_repeat_after_an_interruption(proj):
     paths = proj.paths
     victim = proj.pids[4]
     manifest = pd.read_parquet(paths.processed / "manifest.parquet")
-    faces = np.load(paths.processed / "faces.u8.npy")
+    faces = load_processed(paths).faces
     rows = manifest.loc[manifest.pid == victim, "row"].to_numpy()
     expected = faces.copy()
     expected[rows] = 0
     # Crash after the crops were zeroed but before the tables: crops done, manifest old.
-    np.save(paths.processed / "faces.u8.npy", expected)
+    purge_chunks(paths.processed / "faces.sealed", manifest, victim)
     purge_subject(paths.processed, victim)
     purge_subject(paths.processed, victim)
-    assert np.array_equal(np.load(paths.processed / "faces.u8.npy"), expected)
+    assert np.array_equal(load_processed(paths).faces, expected)
     after = pd.read_parquet(paths.processed / "manifest.parquet")
     assert victim not in set(after.pid) and len(after) == len(manifest) - len(rows)
 
@@ -281,21 +315,24 @@ def test_dvc_cache_remote_and_site_cache_are_purged_by_hash_keeping_shared_objec
     proj = make_project(root, n_subjects=3, track=True, processed=False)
     victim, other = proj.pids[0], proj.pids[1]
     paths = proj.paths
-    # A second version of data/raw: the victim gains an image, and another subject gets a
-    # byte-identical copy of one of the victim's images (the object must survive).
+    # A second version of data/raw: the victim gains an image, and someone filed a
+    # byte-identical copy of one of the victim's sealed files under another subject (the
+    # object must survive, declared; sealed under the victim's key, it is unreadable after).
+    store = RawStore(paths, core=proj.core)
     shared_id = sorted(proj.images[victim])[0]
-    shared = proj.images[victim][shared_id]
+    shared = store.image_path(victim, shared_id).read_bytes()
     extra = png(face_tile(proj.world.people[victim], proj.world.rng))
     size = {"width": 32, "height": 32}
-    with RawStore(paths, core=proj.core).transaction() as txn:
+    with store.transaction() as txn:
         extra_id = txn.write_image(victim, extra)
-        copy_id = txn.write_image(other, shared)
         txn.add_images(
-            [
-                {"pid": victim, "image_id": extra_id, "sha256": sha256_bytes(extra), **size},
-                {"pid": other, "image_id": copy_id, "sha256": sha256_bytes(shared), **size},
-            ]
+            [{"pid": victim, "image_id": extra_id, "sha256": sha256_bytes(extra), **size}]
         )
+    extra = store.image_path(victim, extra_id).read_bytes()  # what DVC stores: ciphertext
+    copy = paths.raw / other / "i0000000000aa.sealed"
+    copy.write_bytes(shared)
+    dvc_objects.add(root, paths.raw)
+    victim_files = {f.read_bytes() for f in (paths.raw / victim).glob("*.sealed")}
     remote = tmp_path / "remote"
     assert _dvc(root, "remote", "add", "-d", "store", str(remote)).returncode == 0
     assert _dvc(root, "push").returncode == 0
@@ -314,11 +351,13 @@ def test_dvc_cache_remote_and_site_cache_are_purged_by_hash_keeping_shared_objec
         for oid, data in objs.items():
             if oid.endswith(".dir"):
                 assert victim.encode() not in data
-            assert data not in set(proj.images[victim].values()) - {shared}
+            assert data not in victim_files - {shared}
     kept = result.certificate["claims"]["dvc"]["kept_still_referenced"]
     assert md5["shared"] in kept
     retained = result.certificate["claims"]["retained_shared_content"]
     assert [r["sha256"] for r in retained] == [sha256_bytes(shared)]
+    with pytest.raises(ValueError, match="erased"):
+        PrivacyCore(paths).data_keys.open(shared)
     assert not any(victim.encode() in p.read_bytes() for p in site.rglob("*") if p.is_file())
     # DVC still works on what is left, and the remote is complete for the current version.
     assert _dvc(root, "push").returncode == 0

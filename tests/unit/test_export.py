@@ -17,6 +17,7 @@ from torch import nn
 
 from visage_ml.app.stages import export as stage
 from visage_ml.config import ExportParams, ProjectPaths
+from visage_ml.data.crops import write_crops
 from visage_ml.dvcops import git_revision
 from visage_ml.export import (
     ExportError,
@@ -30,6 +31,7 @@ from visage_ml.export import (
 from visage_ml.inference import OnnxModel
 from visage_ml.io import sha256_file
 from visage_ml.preprocess import PreprocessSpec, to_model_input
+from visage_ml.privacy.datakeys import DataKeys
 
 SIZE = 32
 DIM = 16
@@ -292,7 +294,7 @@ stages:
       hash: md5
       md5: 22222222222222222222222222222222
       size: 10
-    - path: data/processed/faces.u8.npy
+    - path: data/processed/faces.sealed
       hash: md5
       md5: 11111111111111111111111111111111
       size: 20
@@ -322,7 +324,7 @@ def test_build_metadata_prefers_dvc_lock_and_falls_back_to_checkpoint(tmp_path: 
     (tmp_path / "dvc.lock").write_text(DVC_LOCK)
     outs = read_prepare_outs(tmp_path / "dvc.lock")
     assert outs == {
-        "data/processed/faces.u8.npy": "1" * 32,
+        "data/processed/faces.sealed": "1" * 32,
         "data/processed/manifest.parquet": "2" * 32,
     }
     meta = build_metadata(checkpoint_meta("demographics"), root=tmp_path)
@@ -357,11 +359,18 @@ def test_git_rev_inside_a_repository(tmp_path: Path):
 # --------------------------------------------------------------------------------------------
 
 
+def pids_of(n: int) -> list[str]:
+    return [f"p{k:016x}" for k in range(n)]
+
+
 def make_project(root: Path, splits: list[str]) -> ProjectPaths:
     paths = ProjectPaths(root)
     paths.processed.mkdir(parents=True)
-    np.save(paths.processed / "faces.u8.npy", u8(len(splits), size=40))
-    manifest = pd.DataFrame({"row": np.arange(len(splits)), "split": splits})
+    pids = pids_of(len(splits))
+    write_crops(
+        paths.processed / "faces.sealed", DataKeys.for_project(paths), pids, u8(len(splits), 40)
+    )
+    manifest = pd.DataFrame({"row": np.arange(len(splits)), "pid": pids, "split": splits})
     manifest.to_parquet(paths.processed / "manifest.parquet")
     return paths
 
@@ -397,17 +406,19 @@ def test_stage_exports_both_models_and_writes_the_report(tmp_path: Path):
 
 def test_stage_falls_back_to_training_crops_and_checks_alignment(tmp_path: Path):
     paths = make_project(tmp_path, ["train"] * 3 + ["test"] * 2)
-    assert stage.parity_crops(paths.processed, 10).shape == (3, 40, 40, 3)
+    keys = DataKeys.for_project(paths)
+    assert stage.parity_crops(paths.processed, 10, keys=keys).shape == (3, 40, 40, 3)
     # rows left by an erasure (zeroed crops, no manifest row) are simply not addressed
-    pd.DataFrame({"row": [0, 2], "split": ["train", "train"]}).to_parquet(
+    pids = pids_of(5)
+    pd.DataFrame({"row": [0, 2], "pid": [pids[0], pids[2]], "split": ["train"] * 2}).to_parquet(
         paths.processed / "manifest.parquet"
     )
-    assert stage.parity_crops(paths.processed, 10).shape == (2, 40, 40, 3)
-    pd.DataFrame({"row": [0, 7], "split": ["train"] * 2}).to_parquet(
+    assert stage.parity_crops(paths.processed, 10, keys=keys).shape == (2, 40, 40, 3)
+    pd.DataFrame({"row": [0, 7], "pid": [pids[0], pids[1]], "split": ["train"] * 2}).to_parquet(
         paths.processed / "manifest.parquet"
     )
     with pytest.raises(ValueError, match="dvc repro prepare"):
-        stage.parity_crops(paths.processed, 10)
+        stage.parity_crops(paths.processed, 10, keys=keys)
 
 
 def test_stage_fails_naming_the_model_and_the_number(tmp_path: Path):

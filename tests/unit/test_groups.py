@@ -71,3 +71,19 @@ def test_from_values_leaves_out_unlisted_values():
     assert part.codes.tolist() == [0, 1, -1, 0]
     assert part.n.tolist() == [2, 1]
     assert Partition.from_values(["b", "a", "b"]).labels == ("a", "b")
+
+
+def test_unlabeled_samples_count_overall_but_form_no_group():
+    y_true = np.array([1, 1, 0, 0, 1, 0])
+    y_pred = np.array([1, 0, 0, 0, 0, 1])
+    sens = np.array(["a", "a", "b", "b", "unlabeled", "unlabeled"])
+
+    def acc(t, p):
+        return float(np.mean(t == p))
+
+    out = frame_summary(acc, y_true, y_pred, sens, name="acc", unlabeled="unlabeled")
+    assert out["by_group"] == {"a": 0.5, "b": 1.0} and out["difference"] == 0.5
+    assert out["overall"] == pytest.approx(3 / 6)
+    assert out["unlabeled"] == {"n": 2, "share": pytest.approx(1 / 3), "value": 0.0}
+    # Without the option the unlabeled samples would be a group of their own.
+    assert "unlabeled" in frame_summary(acc, y_true, y_pred, sens, name="acc")["by_group"]

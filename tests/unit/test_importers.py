@@ -30,7 +30,7 @@ from visage_ml.data.importers import (
     import_dataset,
     parse_lfw_pairs,
 )
-from visage_ml.data.rawstore import read_images, read_subjects
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.data.synth import make_population, render_face
 from visage_ml.privacy.consent import sha256_text
 from visage_ml.privacy.core import PrivacyCore
@@ -171,11 +171,15 @@ def test_imagefolder_pseudonymises_every_person(project, tmp_path, caplog):
     vault = PrivacyCore(paths).vault
     refs = {vault.get(pid)["external_ref"] for pid in subjects["pid"]}
     assert refs == {f"imagefolder:{ZELDA}", f"imagefolder:{YORICK}"}
-    # Files are renamed to <pid>/<image_id>.png and hold PNG bytes whose hash is recorded.
+    # Files are renamed to <pid>/<image_id>.sealed and hold, sealed, PNG bytes whose hash is
+    # recorded; on disk they are ciphertext.
+    store = RawStore(paths)
     for row in images.itertuples():
-        stored = paths.raw / row.pid / f"{row.image_id}.png"
-        assert stored.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert hashlib.sha256(stored.read_bytes()).hexdigest() == row.sha256
+        sealed = store.image_path(row.pid, row.image_id).read_bytes()
+        assert b"\x89PNG" not in sealed
+        png = store.read_image(row.pid, row.image_id)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert hashlib.sha256(png).hexdigest() == row.sha256
     # No name anywhere in the project (data, ledger, snapshot, vault index), nor in the logs.
     for needle in ("Zelda", "Yorick", "Testperson"):
         assert files_mentioning(project, (needle,)) == []
@@ -484,17 +488,19 @@ def test_every_bad_input_is_reported_and_nothing_of_it_is_stored(project, tmp_pa
 
     paths = ProjectPaths(project)
     images = read_images(paths.raw)
-    stored = list(paths.raw.rglob("*.png"))
+    stored = list(paths.raw.rglob("*.sealed"))
     assert len(images) == len(stored) == 7
+    assert not list(paths.raw.rglob("*.png"))
     good_sha = hashlib.sha256((src / ZELDA / "good.jpg").read_bytes()).hexdigest()
     assert list(images["source_sha256"]).count(good_sha) == 1
     # The rotated photo is stored upright and no metadata (EXIF text, names) survives.
     rotated = images[(images.width == 48) & (images.height == 80)]
     assert len(rotated) == 1
-    for png in stored:
-        data = png.read_bytes()
+    store = RawStore(paths)
+    for sealed in stored:
+        data = store.read_image(sealed.parent.name, sealed.stem)
         assert b"Exif" not in data and b"Testperson" not in data and b"Yorick" not in data
-        with Image.open(png) as im:
+        with Image.open(io.BytesIO(data)) as im:
             assert im.mode == "RGB" and not im.getexif() and "icc_profile" not in im.info
     # The per-file report is the only place names appear: privacy/imports/, mode 0600.
     assert result.report_path.parent == paths.privacy / "imports"
@@ -643,3 +649,33 @@ def test_import_in_a_dvc_repository_tracks_data_raw(project, tmp_path):
     assert result.dvc_md5 and result.dvc_md5.endswith(".dir")
     assert result.dvc_md5 in dvcfile.read_text()
     assert ZELDA not in dvcfile.read_text()
+
+
+def test_a_protocol_set_is_evaluation_only_by_default_and_roles_are_recorded(project, tmp_path):
+    base = make_lfw(tmp_path / "download")
+    result = run_import(project, "lfw", base)
+    assert result.role == "evaluation" and result.summary()["role"] == "evaluation"
+    paths = ProjectPaths(project)
+    assert set(read_subjects(paths.raw)["role"]) == {"evaluation"}
+    src = tmp_path / "faces"
+    put(src / "Walter_Newcomer" / "a.jpg", jpeg(77))
+    assert run_import(project, "imagefolder", src).role == "both"
+    subjects = read_subjects(paths.raw)
+    assert sorted(subjects["role"]) == ["both", "evaluation", "evaluation", "evaluation"]
+
+
+def test_cli_role_option_and_bad_role(project, tmp_path):
+    base = make_lfw(tmp_path / "download")
+    runner = CliRunner()
+    bad = runner.invoke(
+        app, ["data", "import", "lfw", str(base), "--legal-basis", LEGAL, "--role", "benchmark"]
+    )
+    assert bad.exit_code == 2 and "training, evaluation, both" in bad.output
+    assert not (project / "data" / "raw").exists()
+    ok = runner.invoke(
+        app,
+        ["data", "import", "lfw", str(base), "--legal-basis", LEGAL, "--role", "both", "--json"],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["role"] == "both"
+    assert set(read_subjects(ProjectPaths(project).raw)["role"]) == {"both"}

@@ -1,5 +1,6 @@
 """The signed ledger: chain, signatures, tamper detection, torn tails, concurrent writers."""
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -7,11 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy import merkle
-from visage_ml.privacy.keys import new_pid
-from visage_ml.privacy.ledger import Ledger, entry_hash, inclusion_for, verify_inclusion_record
+from visage_ml.privacy.keys import LedgerKeyError, load_public_key, new_pid
+from visage_ml.privacy.ledger import (
+    SCHEDULER,
+    Ledger,
+    acting_as,
+    entry_hash,
+    inclusion_for,
+    os_actor,
+    raw_key,
+    verify_inclusion_record,
+)
 
 
 def make_ledger(root: Path) -> Ledger:
@@ -74,7 +85,13 @@ def test_forged_entry_with_recomputed_hash_fails_signature(tmp_path):
     obj = json.loads(lines[1])
     obj["payload"]["source"] = "forged"
     obj["hash"] = entry_hash(
-        obj["seq"], obj["time"], obj["type"], obj["pid"], obj["payload"], obj["prev_hash"]
+        obj["seq"],
+        obj["time"],
+        obj["type"],
+        obj["pid"],
+        obj["payload"],
+        obj["prev_hash"],
+        obj.get("actor"),
     )
     lines[1] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     ledger.path.write_bytes(b"\n".join(lines) + b"\n")
@@ -195,3 +212,90 @@ def test_leaf_hash_cache_matches_a_fresh_computation_and_notices_replacement(tmp
     ledger.path.unlink()
     fill(ledger, 2)
     assert ledger.leaf_hashes() == fresh()
+
+
+def test_key_rotation_is_followed_and_a_forged_rotation_is_caught(tmp_path):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 3)
+    old_pub = load_public_key(ledger.public_key_path)
+    entry, previous = ledger.rotate_key(Ed25519PrivateKey.generate())
+    fill(ledger, 2)
+    result = ledger.verify()
+    assert result.ok and len(result.keys) == 2, result.message()
+    assert ledger.verify(old_pub).ok  # the old published key is in the key history
+    assert ledger.key_chain().starts == [0, entry.seq + 1]
+    stranger = Ed25519PrivateKey.generate().public_key()
+    bad = ledger.verify(stranger)
+    assert not bad.ok and "signs no part of this ledger" in bad.reason
+    # A rotation whose new key was swapped (re-signed with the old, stolen key) is caught: the
+    # new key's own signature over the prefix is missing.
+    lines = ledger.path.read_bytes().splitlines(keepends=True)
+    obj = json.loads(lines[entry.seq])
+    thief = Ed25519PrivateKey.generate()
+    obj["payload"]["new_key"] = base64.b64encode(raw_key(thief.public_key())).decode()
+    obj["hash"] = entry_hash(
+        obj["seq"],
+        obj["time"],
+        obj["type"],
+        obj["pid"],
+        obj["payload"],
+        obj["prev_hash"],
+        obj.get("actor"),
+    )
+    obj["sig"] = base64.b64encode(previous.sign(obj["hash"].encode())).decode()
+    lines[entry.seq] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    ledger.path.write_bytes(b"".join(lines[: entry.seq + 1]))
+    result = ledger.verify(old_pub)
+    assert not result.ok and "not signed by the new key" in result.reason
+
+
+def test_a_missing_key_is_refused_while_a_ledger_exists(tmp_path):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 2)
+    pub = ledger.public_key_path.read_bytes()
+    ledger.key_path.unlink()
+    fresh = make_ledger(tmp_path)
+    with pytest.raises(LedgerKeyError, match="never creates a new ledger key"):
+        fresh.append("dataset.acquired", None, {"n": 1})
+    assert not ledger.key_path.exists() and ledger.public_key_path.read_bytes() == pub
+    # A new, empty ledger still gets its key on first use.
+    other = make_ledger(tmp_path / "new")
+    other.append("dataset.acquired", None, {"n": 1})
+    assert other.verify().ok
+
+
+def test_each_entry_names_its_actor_and_ledgers_without_actors_still_verify(tmp_path):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 2)
+    # An entry written before actors existed: no `actor` key, hashed without it.
+    key = ledger.signing_key()
+    lines = ledger.path.read_bytes().splitlines()
+    last = json.loads(lines[-1])
+    old = {k: v for k, v in last.items() if k not in ("actor", "hash", "sig")}
+    old["seq"], old["prev_hash"] = 2, hashlib.sha256(lines[-1]).hexdigest()
+    old["hash"] = entry_hash(
+        old["seq"], old["time"], old["type"], old["pid"], old["payload"], old["prev_hash"]
+    )
+    old["sig"] = base64.b64encode(key.sign(old["hash"].encode())).decode()
+    with open(ledger.path, "ab") as fh:
+        fh.write(json.dumps(old, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    with acting_as(SCHEDULER):
+        ledger.append("subject.added", new_pid(), {"source": "test"})
+    ledger.append("subject.added", new_pid(), {"source": "test"}, actor="api-key:a1b2c3d4e5f6")
+    entries = list(ledger.entries())
+    assert [e.actor for e in entries] == [
+        os_actor(),
+        os_actor(),
+        None,
+        SCHEDULER,
+        "api-key:a1b2c3d4e5f6",
+    ]
+    assert ledger.verify().ok, ledger.verify().message()
+    # The actor is hashed and signed: claiming someone else breaks the entry.
+    lines = ledger.path.read_bytes().splitlines()
+    lines[3] = lines[3].replace(b'"scheduler"', b'"os:mallory"')
+    ledger.path.write_bytes(b"\n".join(lines) + b"\n")
+    bad = ledger.verify()
+    assert not bad.ok and bad.bad_line == 4 and "altered" in bad.reason
+    with pytest.raises(ValueError, match="actor code"):
+        ledger.append("subject.added", new_pid(), {}, actor="Jane Doe <jane@example.org>")

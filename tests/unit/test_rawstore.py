@@ -63,8 +63,8 @@ def test_commit_writes_files_and_tables_and_leaves_no_staging(store, caplog):
     paths = store.paths
     a1 = commit_one(store, PID_A, b"png-a1", age=31, gender="female", group="g2")
     b1 = commit_one(store, PID_B, b"png-b1")
-    assert (paths.raw / PID_A / f"{a1}.png").read_bytes() == b"png-a1"
-    assert (paths.raw / PID_B / f"{b1}.png").read_bytes() == b"png-b1"
+    assert store.read_image(PID_A, a1) == b"png-a1"
+    assert store.read_image(PID_B, b1) == b"png-b1"
     assert rawstore.IMAGE_ID_RE.fullmatch(a1) and a1 != b1
     subjects = read_subjects(paths.raw)
     assert list(subjects["pid"]) == [PID_A, PID_B]
@@ -87,9 +87,9 @@ def test_tables_have_the_documented_arrow_schema(store):
 
 def test_existing_files_are_hard_linked_not_rewritten(store):
     a1 = commit_one(store, PID_A, b"first")
-    inode = (store.paths.raw / PID_A / f"{a1}.png").stat().st_ino
+    inode = store.image_path(PID_A, a1).stat().st_ino
     commit_one(store, PID_B, b"second")
-    assert (store.paths.raw / PID_A / f"{a1}.png").stat().st_ino == inode
+    assert store.image_path(PID_A, a1).stat().st_ino == inode
 
 
 def test_links_folders_and_modes_survive_a_transaction(store, tmp_path):
@@ -120,7 +120,7 @@ def test_copies_when_the_file_system_refuses_hard_links(store, monkeypatch):
 
     monkeypatch.setattr(rawstore.os, "link", no_links)
     commit_one(store, PID_B, b"second")
-    assert (store.paths.raw / PID_A / f"{a1}.png").read_bytes() == b"first"
+    assert store.read_image(PID_A, a1) == b"first"
     assert int(read_subjects(store.paths.raw)["n_images"].sum()) == 2
 
 
@@ -191,10 +191,10 @@ def test_recovery_rolls_forward_a_swap_interrupted_between_the_renames(store):
     complete = paths.data / "raw.staging-t1"
     os.rename(paths.raw, paths.data / "raw.old-t1")
     (complete / PID_B).mkdir(parents=True)
-    (complete / PID_B / "i000000000001.png").write_bytes(b"new")
+    (complete / PID_B / "i000000000001.sealed").write_bytes(b"new")
     actions = store.recover()
     assert actions[0].startswith("rolled forward")
-    assert (paths.raw / PID_B / "i000000000001.png").read_bytes() == b"new"
+    assert (paths.raw / PID_B / "i000000000001.sealed").read_bytes() == b"new"
     assert leftovers(paths) == []
 
 
@@ -256,9 +256,12 @@ def test_staged_images_are_placed_or_dropped(store):
         txn.add_images([image_row(PID_A, kept, b"kept")])
         assert dropped != kept
     files = sorted(
-        p.relative_to(store.paths.raw).as_posix() for p in store.paths.raw.rglob("*.png")
+        p.relative_to(store.paths.raw).as_posix()
+        for p in store.paths.raw.rglob("*")
+        if p.is_file() and not p.name.endswith(".parquet")
     )
-    assert files == [f"{PID_A}/{kept}.png"]
+    assert files == [f"{PID_A}/{kept}.sealed"]
+    assert store.read_image(PID_A, kept) == b"kept"
     assert not (store.paths.raw / rawstore.PENDING_DIR).exists()
 
 
@@ -280,3 +283,61 @@ def test_bad_gender_and_pid_are_refused(store):
     with pytest.raises(ValueError, match="not a visage pid"), store.transaction() as txn:
         txn.write_image("Alice", b"x")
     assert not store.paths.raw.exists()
+
+
+# -- sealing ----------------------------------------------------------------------------------
+
+
+def test_images_are_sealed_private_and_bound_to_their_subject(store):
+    png = b"\x89PNG\r\n\x1a\n" + b"face pixels " * 50
+    a1 = commit_one(store, PID_A, png)
+    path = store.image_path(PID_A, a1)
+    blob = path.read_bytes()
+    # Ciphertext on disk: not the PNG, not a byte run of it; 0600 in a 0700 folder.
+    assert png[:8] not in blob and b"face pixels" not in blob
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert store.paths.raw.stat().st_mode & 0o777 == 0o700
+    # The key lives in privacy/keys, never under data/ (which DVC pushes).
+    assert store.keys.path(PID_A).is_file()
+    assert not any(p.suffix == ".key" for p in store.paths.data.rglob("*"))
+    # An operator moving the file into another subject's folder gets a refusal, not the image.
+    commit_one(store, PID_B, b"other")
+    moved = store.paths.raw / PID_B / path.name
+    moved.write_bytes(blob)
+    with pytest.raises(ValueError, match="sealed as"):
+        store.read_image(PID_B, a1)
+    # One flipped byte: refused.
+    tampered = bytearray(blob)
+    tampered[-5] ^= 1
+    path.write_bytes(bytes(tampered))
+    with pytest.raises(ValueError, match="fails authentication"):
+        store.read_image(PID_A, a1)
+
+
+def test_staged_images_are_sealed_before_the_pid_is_known(store, monkeypatch):
+    """A crash during an import leaves no readable face in the staging folder."""
+    seen = {}
+    with store.transaction() as txn:
+        image_id = txn.stage(b"\x89PNG staged face")
+        staged = txn.staging / rawstore.PENDING_DIR / f"{image_id}{rawstore.STAGED_EXT}"
+        seen["blob"] = staged.read_bytes()
+        txn.discard()
+    assert b"staged face" not in seen["blob"] and b"PNG" not in seen["blob"]
+
+
+def test_a_plaintext_image_in_raw_is_refused_with_the_fix(store):
+    a1 = commit_one(store, PID_A, b"x")
+    store.image_path(PID_A, a1).unlink()
+    store.image_path(PID_A, a1).with_suffix(".png").write_bytes(b"\x89PNG plaintext")
+    with pytest.raises(ValueError, match="visage privacy seal"):
+        store.read_image(PID_A, a1)
+
+
+def test_a_destroyed_key_makes_the_image_unreadable(store):
+    from visage_ml.privacy.datakeys import NoDataKeyError
+
+    a1 = commit_one(store, PID_A, b"\x89PNG face")
+    store.keys.destroy(PID_A)
+    with pytest.raises(NoDataKeyError, match="was erased"):
+        store.read_image(PID_A, a1)

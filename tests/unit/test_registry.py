@@ -1,7 +1,14 @@
 """The registry fold and may_process."""
 
-import pytest
+import base64
+import hashlib
+import hmac
+import json
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from visage_ml.privacy.ledger import entry_hash
 from visage_ml.privacy.registry import (
     ALLOWED,
     ERASED,
@@ -10,6 +17,7 @@ from visage_ml.privacy.registry import (
     RESTRICTED,
     UNKNOWN,
     WITHDRAWN,
+    LedgerRefusedError,
     Registry,
     fold,
 )
@@ -209,6 +217,11 @@ def test_a_stale_or_damaged_cache_is_ignored(tmp_path, damage):
         ledger.path.write_bytes(b"".join(lines))
         assert hashlib.sha256(b"".join(lines)).digest() != hashlib.sha256(data).digest()
     cold = Registry(ledger.path, cache_every=10**9)
+    if damage == "last cached line altered":
+        # The altered line no longer matches its signed hash: nothing is folded from it.
+        with pytest.raises(LedgerRefusedError, match="hash does not match"):
+            cold.may_process(erased, "training")
+        return
     assert _view(cold, pids) == _full(ledger, pids)
     if damage != "ledger replaced":
         assert cold.may_process(erased, "training").reason == ERASED
@@ -252,3 +265,70 @@ def test_a_state_the_cache_cannot_hold_leaves_the_fold_as_it_was(tmp_path):
     reg = Registry(ledger.path, cache_every=1)
     assert reg.may_process(pid, "training").allowed
     assert not ledger.path.with_name("ledger.jsonl.fold").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Only verified lines are folded
+# ---------------------------------------------------------------------------------------------
+
+
+def _forged_line(ledger, type_, pid, payload, key):
+    """A well-formed next entry (right seq and prev_hash) signed with ``key``."""
+    last = ledger.path.read_bytes().splitlines()[-1]
+    seq = json.loads(last)["seq"] + 1
+    prev = hashlib.sha256(last).hexdigest()
+    time = "2026-11-26T07:00:00.000Z"
+    h = entry_hash(seq, time, type_, pid, payload, prev)
+    sig = base64.b64encode(key.sign(h.encode()) if key else b"\0" * 64).decode()
+    obj = {
+        "seq": seq,
+        "time": time,
+        "type": type_,
+        "pid": pid,
+        "payload": payload,
+        "prev_hash": prev,
+        "hash": h,
+        "sig": sig,
+    }
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+@pytest.mark.parametrize("signer", ["unsigned", "another key"])
+def test_an_appended_line_not_signed_by_the_ledger_key_is_refused(tmp_path, signer):
+    ledger = _ledger(tmp_path)
+    pids = _pids(6)
+    _fill(ledger, pids)
+    warm = Registry(ledger.path)
+    assert warm.may_process(pids[2], "training").reason == ERASED
+    key = None if signer == "unsigned" else Ed25519PrivateKey.generate()
+    # The attacker brings an erased subject back by "giving consent" again and un-erasing.
+    line = _forged_line(ledger, "subject.added", "p" + "e" * 16, {"source": "x"}, key)
+    with open(ledger.path, "ab") as fh:
+        fh.write(line)
+    for reg in (warm, Registry(ledger.path), Registry(ledger.path, cache=False)):
+        with pytest.raises(LedgerRefusedError, match="not signed by the ledger key"):
+            reg.may_process(pids[0], "training")
+    # Inserted in the middle (seq and prev_hash adjusted), the chain breaks instead.
+    lines = ledger.path.read_bytes().splitlines(keepends=True)
+    ledger.path.write_bytes(b"".join([*lines[:3], lines[-1], *lines[3:-1]]))
+    with pytest.raises(LedgerRefusedError, match="seq"):
+        Registry(ledger.path, cache=False).may_process(pids[0], "training")
+
+
+def test_a_fold_cache_forged_without_the_key_is_ignored(tmp_path):
+    ledger, pids, cache = _cached(tmp_path, 10)
+    head, _, body = cache.read_bytes().partition(b"\n")
+    doc = json.loads(body)
+    for row in doc["states"]:
+        row[4] = 0  # the erased subject looks live again
+    forged_body = json.dumps(doc).encode()
+    h = json.loads(head)
+    h.pop("mac")
+    # A plain SHA-256 (what anyone can recompute) and an HMAC under a guessed key both fail.
+    for mac in (
+        hashlib.sha256(forged_body).hexdigest(),
+        hmac.new(b"\0" * 32, forged_body, hashlib.sha256).hexdigest(),
+    ):
+        cache.write_bytes(json.dumps({**h, "mac": mac}).encode() + b"\n" + forged_body)
+        assert Registry(ledger.path).may_process(pids[2], "training").reason == ERASED
+    assert (tmp_path / "secrets" / "fold.key").stat().st_mode & 0o777 == 0o600

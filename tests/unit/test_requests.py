@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -18,6 +19,7 @@ from visage_ml.privacy.requests import (
     RequestBook,
     RequestStateError,
     UnknownRequestError,
+    add_months,
     fold_requests,
 )
 
@@ -51,12 +53,15 @@ def test_lifecycle_is_one_signed_event_per_transition_and_ends_with_a_signed_rec
     book.verify(st.request_id, method="id_document")
     book.start(st.request_id)
     receipt = book.complete(st.request_id, outcome={"bundle_sha256": "ab" * 32})
+    # The subject (no contact recorded) is owed a receipt and a completion notice: both are
+    # recorded, as undeliverable, with the hash of what would have been sent.
     assert events(core, st.request_id) == [
         "request.received",
+        "notification.queued",
         "request.verified",
         "request.in_progress",
         "request.completed",
-        "notification.sent",
+        "notification.queued",
     ]
     assert core.ledger.verify().ok
     # The receipt is signed by the ledger key, stored in its canonical form, and its hash is
@@ -91,12 +96,13 @@ def test_state_is_a_fold_over_the_ledger_not_a_separate_database(setup):
     assert not core.paths.requests.exists()
 
 
-def test_deadline_is_one_month_after_receipt_and_overdue_requests_are_flagged(setup):
+def test_deadline_is_one_calendar_month_after_receipt_and_overdue_requests_are_flagged(setup):
     _, pid, book, clock = setup
     st = book.receive(pid, "access", received_at=RECEIVED)
-    assert st.deadline == "2026-10-31T09:00:00.000Z"
-    assert st.days_left(clock()) == 21 and not st.overdue(clock())
-    clock.t = datetime(2026, 11, 2, tzinfo=UTC)
+    # Art. 12(3) counts a month, not 30 days: 1 October -> 1 November.
+    assert st.deadline == "2026-11-01T09:00:00.000Z"
+    assert st.days_left(clock()) == 22 and not st.overdue(clock())
+    clock.t = datetime(2026, 11, 2, 10, tzinfo=UTC)
     assert st.overdue(clock()) and st.days_left(clock()) == -1
     assert [s.request_id for s in book.overdue()] == [st.request_id]
     # Closed requests are never overdue.
@@ -107,14 +113,34 @@ def test_deadline_is_one_month_after_receipt_and_overdue_requests_are_flagged(se
 def test_extension_up_to_two_more_months_with_a_reason_code(setup):
     _, pid, book, _ = setup
     st = book.receive(pid, "erasure", received_at=RECEIVED)
-    st = book.extend(st.request_id, days=30, reason_code="complex_request")
-    assert st.deadline == "2026-11-30T09:00:00.000Z" and st.extended_days == 30
-    st = book.extend(st.request_id, days=30, reason_code="number_of_requests")
+    st = book.extend(st.request_id, months=1, reason_code="complex_request")
+    assert st.deadline == "2026-12-01T09:00:00.000Z" and st.extended_months == 1
+    st = book.extend(st.request_id, days=31, reason_code="number_of_requests")
+    assert st.deadline == "2027-01-01T09:00:00.000Z"
     assert st.extension_reasons == ["complex_request", "number_of_requests"]
-    with pytest.raises(ValueError, match="0 more day"):
+    with pytest.raises(ValueError, match="2027-01-01"):
         book.extend(st.request_id, days=1, reason_code="complex_request")
     with pytest.raises(ValueError, match="code"):
         book.extend(st.request_id, days=1, reason_code="Because the subject is John Smith")
+
+
+def test_month_arithmetic_ends_on_the_last_day_of_a_shorter_month(setup):
+    _, pid, book, clock = setup
+    clock.t = datetime(2027, 2, 1, tzinfo=UTC)
+    st = book.receive(pid, "access", received_at="2027-01-31T08:00:00Z")
+    assert st.deadline == "2027-02-28T08:00:00.000Z"
+    st = book.extend(st.request_id, months=2, reason_code="complex_request")
+    # Two months after the first deadline (28 Feb), not after 31 January.
+    assert st.deadline == "2027-04-28T08:00:00.000Z"
+
+
+def test_an_overdue_request_cannot_be_extended(setup):
+    _, pid, book, clock = setup
+    st = book.receive(pid, "access", received_at=RECEIVED)
+    clock.t = datetime(2026, 11, 1, 9, 0, 1, tzinfo=UTC)  # one second past the deadline
+    with pytest.raises(RequestStateError, match="only within the first month"):
+        book.extend(st.request_id, months=1, reason_code="complex_request")
+    assert book.get(st.request_id).deadline == "2026-11-01T09:00:00.000Z"
 
 
 def test_invalid_transitions_are_refused_with_what_is_allowed(setup):
@@ -154,7 +180,12 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     runner = CliRunner()
     core = PrivacyCore(ProjectPaths(project))
     pid = core.add_subject(source="test")
-    old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    now = datetime.now(UTC)
+    received = now - timedelta(days=40)
+    old = received.isoformat()
+    # The deadline is a calendar month after receipt: 9 to 12 days ago, depending on the month.
+    overdue = -math.ceil((add_months(received, 1) - now).total_seconds() / 86400)
+    left = math.ceil((add_months(now, 1) - now).total_seconds() / 86400)
     r = runner.invoke(
         app, ["privacy", "request", "new", pid, "--right", "access", "--received-at", old]
     )
@@ -163,7 +194,8 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     recent = json.loads(r.output)["request_id"]
     listing = runner.invoke(app, ["privacy", "requests"])
     assert listing.exit_code == 0
-    assert "OVERDUE by 10 day(s)" in listing.output and "30 day(s) left" in listing.output
+    assert f"OVERDUE by {overdue} day(s)" in listing.output, listing.output
+    assert f"{left} day(s) left" in listing.output
     assert "2 request(s), 1 overdue" in listing.output
     data = json.loads(runner.invoke(app, ["privacy", "requests", "--json"]).output)
     assert [d["overdue"] for d in data] == [True, False]

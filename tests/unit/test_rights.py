@@ -14,8 +14,10 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pandas as pd
+import pyrage
 import pytest
 from PIL import Image
+from pyrage import x25519
 from rights_fakes import REF, make_project, png
 from serving_fakes import THRESHOLD, TileDetector, face_tile
 from typer.testing import CliRunner
@@ -24,12 +26,26 @@ from visage_ml.app.cli import app
 from visage_ml.app.stages import prepare
 from visage_ml.config import load_params
 from visage_ml.data.detect import Detection
-from visage_ml.data.rawstore import read_images, read_subjects
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights.erasure import Erasure
-from visage_ml.rights.export import bundle_schema, export_subject, read_bundle, validate_bundle
+from visage_ml.rights.export import (
+    MSG_DELIVERY,
+    Delivery,
+    bundle_schema,
+    export_subject,
+    open_delivered,
+    read_bundle,
+    validate_bundle,
+)
 from visage_ml.rights.rectify import rectify
 from visage_ml.rights.runner import object_to, restrict
+
+# The requester's age key pair (they keep the secret; the controller gets the public key).
+IDENTITY = x25519.Identity.generate()
+SECRET, PUBLIC = str(IDENTITY), str(IDENTITY.to_public())
+FOR_REQUESTER = Delivery(recipients=(PUBLIC,))
+PLAIN = Delivery(plaintext=True)
 
 
 @pytest.fixture
@@ -39,18 +55,24 @@ def proj(project):
 
 def test_export_bundle_has_everything_and_validates_against_its_own_schema(proj, tmp_path):
     pid = proj.pids[0]
-    out = tmp_path / "out" / "bundle.zip"
-    result = export_subject(proj.paths, pid, out=out, core=proj.core)
+    out = tmp_path / "out" / "bundle.zip.age"
+    result = export_subject(proj.paths, pid, out=out, core=proj.core, delivery=FOR_REQUESTER)
     assert out.stat().st_mode & 0o777 == 0o600
-    doc = validate_bundle(out)
+    # Encrypted for the requester: no zip, no PNG, no reference readable without their key.
+    blob = out.read_bytes()
+    assert blob.startswith(b"age-encryption.org/v1") and b"PK\x03\x04" not in blob
+    assert b"\x89PNG" not in blob and REF.encode() not in blob
+    with pytest.raises(ValueError, match="AGE-SECRET-KEY"):
+        validate_bundle(out)
+    doc = validate_bundle(out, identity=SECRET)
     manifest = doc["manifest"]
     assert manifest["pid"] == pid and manifest["controller"]["name"]
-    assert manifest["schema_version"] == "1.0" and manifest["request_id"] == result.request_id
+    assert manifest["schema_version"] == "1.1" and manifest["request_id"] == result.request_id
     subject = doc["subject"]
     assert subject["identity"]["external_ref"] == REF
     assert subject["attributes"]["age"] == 20 and subject["attributes"]["n_images"] == 3
     assert {h["type"] for h in subject["history"]} >= {"subject.added", "consent.given"}
-    with zipfile.ZipFile(out) as z:
+    with zipfile.ZipFile(io.BytesIO(open_delivered(blob, identity=SECRET))) as z:
         for item in subject["images"]:
             assert z.read(item["file"]) == proj.images[pid][item["image_id"]]
     # The biometric template, decodable with the documented recipe, is the gallery's own.
@@ -66,15 +88,29 @@ def test_export_bundle_has_everything_and_validates_against_its_own_schema(proj,
     assert processing["processed"]["in_processed_data"] is True
     # The ledger holds the bundle's hash, never its content.
     (exported,) = [e for e in proj.core.ledger.entries() if e.type == "access.exported"]
-    assert exported.payload["bundle_sha256"] == result.sha256
+    assert exported.payload["bundle_sha256"] == result.bundle_sha256
+    assert exported.payload["delivered_sha256"] == result.sha256 == hashlib.sha256(blob).hexdigest()
+    assert exported.payload["delivery"] == "age-x25519"
+    assert not [e for e in proj.core.ledger.entries() if e.type == "export.plaintext_released"]
     assert REF.encode() not in proj.paths.ledger.read_bytes()
     st = RequestBook(proj.core).get(result.request_id)
     assert st.status == "completed" and st.right == "access"
+    # Art. 15(1): purposes, recipients, retention, source, the right to complain, from the
+    # records of processing, and a page a person can read beside the JSON.
+    info = doc["information"]
+    assert set(info["purposes"]) == {"identification", "training", "evaluation", "analytics"}
+    assert info["recipients"] and info["retention"]["biometric_template"].startswith("12 month")
+    assert "test" in info["source"] and "Art. 77" in info["right_to_complain"]["text"]
+    assert info["identification_events"] == []
+    with zipfile.ZipFile(io.BytesIO(open_delivered(blob, identity=SECRET))) as z:
+        page = z.read("index.html").decode()
+        assert hashlib.sha256(z.read("index.html")).hexdigest() == manifest["files"]["index.html"]
+    assert pid in page and "lodge a complaint" in page and "Your rights" in page
 
 
 def test_altered_bundle_fails_validation(proj, tmp_path):
     out = tmp_path / "b.zip"
-    export_subject(proj.paths, proj.pids[1], out=out, core=proj.core)
+    export_subject(proj.paths, proj.pids[1], out=out, core=proj.core, delivery=PLAIN)
     parts = {}
     with zipfile.ZipFile(out) as z:
         parts = {n: z.read(n) for n in z.namelist()}
@@ -102,7 +138,7 @@ def test_altered_bundle_fails_validation(proj, tmp_path):
 
 def test_schema_json_is_the_generated_schema_and_rejects_malformed_content(proj, tmp_path):
     out = tmp_path / "b.zip"
-    export_subject(proj.paths, proj.pids[0], out=out, core=proj.core)
+    export_subject(proj.paths, proj.pids[0], out=out, core=proj.core, delivery=PLAIN)
     doc = read_bundle(out)
     schema = doc.pop("schema")
     assert schema == bundle_schema()
@@ -136,15 +172,49 @@ def test_export_answers_a_verified_request_and_refuses_an_unverified_one(proj):
     pid = proj.pids[2]
     st = book.receive(pid, "portability", channel="web_form")
     with pytest.raises(RequestStateError, match="verify"):
-        export_subject(proj.paths, pid, request_id=st.request_id, core=proj.core)
+        export_subject(
+            proj.paths, pid, request_id=st.request_id, core=proj.core, delivery=FOR_REQUESTER
+        )
     book.verify(st.request_id)
-    result = export_subject(proj.paths, pid, request_id=st.request_id, core=proj.core)
-    assert result.path == proj.paths.root / "privacy" / "exports" / f"{st.request_id}.zip"
-    assert read_bundle(result.path)["manifest"]["request_id"] == st.request_id
+    result = export_subject(
+        proj.paths, pid, request_id=st.request_id, core=proj.core, delivery=FOR_REQUESTER
+    )
+    exports = proj.paths.root / "privacy" / "exports"
+    assert result.path == exports / f"{st.request_id}.zip.age"
+    assert exports.stat().st_mode & 0o777 == 0o700
+    assert read_bundle(result.path, identity=SECRET)["manifest"]["request_id"] == st.request_id
     assert book.get(st.request_id).status == "completed"
     Erasure(proj.paths, core=proj.core).erase(pid)
+    assert not result.path.exists()  # found through the owners index, though unreadable to us
     with pytest.raises(ValueError, match="erased"):
-        export_subject(proj.paths, pid, core=proj.core)
+        export_subject(proj.paths, pid, core=proj.core, delivery=FOR_REQUESTER)
+
+
+def test_export_needs_an_explicit_delivery_and_records_a_plaintext_one(proj, tmp_path):
+    pid = proj.pids[3]
+    seq = len(list(proj.core.ledger.entries()))
+    for bad, message in (
+        (Delivery(), "--recipient age1"),
+        (Delivery(recipients=(PUBLIC,), plaintext=True), "not several"),
+        (Delivery(recipients=("age1nonsense",)), "not an age X25519 recipient"),
+        (Delivery(passphrase=""), "empty"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            export_subject(proj.paths, pid, core=proj.core, delivery=bad)
+    assert MSG_DELIVERY.startswith("an export bundle holds")
+    # Refused before anything was recorded: no request, no event.
+    assert len(list(proj.core.ledger.entries())) == seq
+    # A passphrase (age scrypt) opens only with that passphrase.
+    result = export_subject(proj.paths, pid, core=proj.core, delivery=Delivery(passphrase="pw1"))
+    assert validate_bundle(result.path, passphrase="pw1")["manifest"]["pid"] == pid
+    with pytest.raises(pyrage.DecryptError):
+        validate_bundle(result.path, passphrase="wrong")
+    # --plaintext: the zip in clear, and the ledger says so with its hash.
+    plain = export_subject(proj.paths, pid, core=proj.core, delivery=PLAIN)
+    assert plain.path.suffix == ".zip" and zipfile.is_zipfile(plain.path)
+    (released,) = [e for e in proj.core.ledger.entries() if e.type == "export.plaintext_released"]
+    assert released.pid == pid
+    assert released.payload["bundle_sha256"] == plain.sha256 == plain.bundle_sha256
 
 
 def test_rectification_records_hashes_replaces_images_and_reenrols(proj):
@@ -166,7 +236,7 @@ def test_rectification_records_hashes_replaces_images_and_reenrols(proj):
     )
     row = read_subjects(proj.paths.raw).set_index("pid").loc[pid]
     assert (int(row["age"]), row["gender"]) == (41, "male")
-    stored = (proj.paths.raw / pid / f"{image_id}.png").read_bytes()
+    stored = RawStore(proj.paths, core=proj.core).read_image(pid, image_id)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), new_photo)
     images = read_images(proj.paths.raw).set_index("image_id")
     assert images.loc[image_id, "sha256"] == hashlib.sha256(stored).hexdigest()
@@ -309,26 +379,30 @@ def test_http_requests_lifecycle_and_export_for_the_dpo_only(proj, tmp_path):
     r = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "portability"})
     assert r.status_code == 200, r.text
     rid = r.json()["request_id"]
-    assert r.json()["days_left"] == 30 and r.json()["status"] == "received"
+    # One calendar month (Art. 12(3)): 28 to 31 days depending on the month.
+    assert 28 <= r.json()["days_left"] <= 31 and r.json()["status"] == "received"
     assert call("GET", "/v1/requests", "operator").status_code == 403
     listed = call("GET", "/v1/requests", "dpo").json()["requests"]
     assert [x["request_id"] for x in listed] == [rid]
     r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid})
+    assert r.status_code == 422 and "recipient" in r.json()["error"]["message"]
+    query = {"request_id": rid, "recipient": PUBLIC}
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params=query)
     assert r.status_code == 409 and "verify" in r.json()["error"]["message"]
     assert call("POST", f"/v1/requests/{rid}/verify", "dpo").json()["status"] == "verified"
     r = call("POST", f"/v1/requests/{rid}/extend", "dpo", json={"days": 61, "reason_code": "x"})
     assert r.status_code == 409
     for role in ("operator", "auditor"):
         assert call("GET", f"/v1/subjects/{pid}/export", role).status_code == 403
-    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid})
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params=query)
     assert r.status_code == 200, r.text
     bundle = r.json()["bundle"]
-    data = base64.b64decode(bundle["zip_base64"])
-    assert (
-        hashlib.sha256(data).hexdigest() == bundle["sha256"] and bundle["filename"] == f"{rid}.zip"
-    )
-    (tmp_path / "b.zip").write_bytes(data)
-    doc = validate_bundle(tmp_path / "b.zip")
+    assert bundle["zip_base64"] is None and bundle["delivery"] == "age-x25519"
+    data = base64.b64decode(bundle["age_base64"])
+    assert hashlib.sha256(data).hexdigest() == bundle["sha256"]
+    assert bundle["filename"] == f"{rid}.zip.age"
+    (tmp_path / "b.zip.age").write_bytes(data)
+    doc = validate_bundle(tmp_path / "b.zip.age", identity=SECRET)
     assert doc["manifest"]["request_id"] == rid and len(doc["templates"]["templates"]) == 1
     assert not (proj.paths.root / "privacy" / "exports").exists()  # not kept on the server
     assert call("GET", "/v1/requests", "dpo").json()["requests"] == []
@@ -354,9 +428,14 @@ def test_cli_request_run_export_and_rectify(proj, tmp_path):
     invoke("request", "run", rid)
     assert proj.core.subject(pid).restricted
     assert RequestBook(proj.core).get(rid).status == "completed"
-    out = tmp_path / "copy.zip"
-    done = json.loads(invoke("export", pid, "--portability", "--out", str(out), "--json"))
-    assert done["path"] == str(out) and validate_bundle(out)["manifest"]["pid"] == pid
+    out = tmp_path / "copy.zip.age"
+    done = json.loads(
+        invoke("export", pid, "--portability", "--out", str(out), "-r", PUBLIC, "--json")
+    )
+    assert done["path"] == str(out) and done["delivery"] == "age-x25519"
+    assert validate_bundle(out, identity=SECRET)["manifest"]["pid"] == pid
+    refused = runner.invoke(app, ["privacy", "export", pid])
+    assert refused.exit_code == 2 and "--plaintext" in refused.output
     photo = tmp_path / "new.png"
     photo.write_bytes(png(face_tile(proj.world.people[pid], proj.world.rng)))
     (proj.paths.models / "embedder.onnx").unlink()  # no MTCNN start-up in this test

@@ -12,6 +12,7 @@ import pytest
 from visage_ml.app.stages import prepare
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.data.processed import load_processed
 from visage_ml.privacy.core import PrivacyCore
 
 
@@ -20,7 +21,7 @@ def test_prepare_outputs_and_withdrawn_subject_is_absent(tiny_project):
     paths = ProjectPaths(root)
     acquire_synthfaces(paths, load_params(paths.params), progress=False)
     report = prepare.run(paths)
-    faces = np.load(paths.processed / "faces.u8.npy", mmap_mode="r")
+    faces = load_processed(paths).faces
     manifest = pd.read_parquet(paths.processed / "manifest.parquet")
     assert faces.shape == (len(manifest), 112, 112, 3) and faces.dtype == np.uint8
     assert (manifest["row"].to_numpy() == np.arange(len(manifest))).all()
@@ -37,7 +38,7 @@ def test_prepare_outputs_and_withdrawn_subject_is_absent(tiny_project):
     report2 = prepare.run(paths)
     manifest2 = pd.read_parquet(paths.processed / "manifest.parquet")
     assert victim not in set(manifest2.pid)
-    assert len(np.load(paths.processed / "faces.u8.npy", mmap_mode="r")) < len(faces)
+    assert len(load_processed(paths).faces) < len(faces)
     assert report2["subjects_excluded"] == {"no_training_basis": 1}
     detection = pd.read_parquet(paths.processed / "detection.parquet")
     assert victim not in set(detection.pid)  # not even opened

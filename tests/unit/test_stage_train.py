@@ -140,3 +140,95 @@ def test_the_tiny_pipeline_embedder_verifies_unseen_identities(tiny_pipeline):
         f"the tiny pipeline's embedder verifies held-out identities with AUC {auc:.3f}, below "
         f"{TINY_PIPELINE_AUC_FLOOR}: no better than an untrained network (0.71-0.77)"
     )
+
+
+def test_demographics_learn_from_labeled_images_only_and_the_embedder_from_all(
+    tiny_project: Path,
+):
+    import pandas as pd
+
+    from visage_ml.app.stages import train_demographics, train_embedder
+
+    path = tiny_project / "data" / "processed" / "manifest.parquet"
+    manifest = pd.read_parquet(path)
+    train_pids = list(dict.fromkeys(manifest.loc[manifest["split"] == "train", "pid"]))
+    unlabeled, partly = train_pids[:3], train_pids[3:5]
+    manifest["age"] = manifest["age"].astype("Int16")
+    for col in ("gender", "group"):
+        manifest[col] = manifest[col].astype("string")
+    manifest.loc[manifest["pid"].isin(unlabeled), ["age", "gender", "group"]] = pd.NA
+    manifest.loc[manifest["pid"].isin(partly), "group"] = "white"  # not one of the model's groups
+    manifest.to_parquet(path, index=False)
+    n_train = int((manifest["split"] == "train").sum())
+    n_unlabeled = int(manifest["pid"].isin(unlabeled).sum())
+    n_partly = int(manifest["pid"].isin(partly).sum())
+
+    paths = ProjectPaths.discover()
+    emb = train_embedder.run(paths, progress=False)
+    assert emb["train_images"] == n_train  # every consented subject trains the embedder
+    rep = train_demographics.run(paths, progress=False)
+    assert rep["train_images"] == n_train - n_unlabeled
+    assert rep["train_images_unlabeled"] == n_unlabeled
+    cov = rep["label_coverage"]["train"]
+    assert cov["images"] == n_train and cov["labeled"] == n_train - n_unlabeled
+    assert cov["group"] == n_train - n_unlabeled - n_partly
+
+    # No label at all in the training split: a clear refusal, not a crash.
+    manifest.loc[:, ["age", "gender", "group"]] = pd.NA
+    manifest.to_parquet(path, index=False)
+    with pytest.raises(ValueError, match="visage data import utkface"):
+        train_demographics.run(paths, progress=False)
+
+
+# docs/gpu.md's preset (InceptionResnetV1, 160 px, 512-d, fine-tuned from published weights),
+# shrunk to two optimizer steps on tiny data: the CPU smoke test of the preset.
+GPU_PRESET_SMOKE = {
+    "train_embedder.backbone": "inception_resnet_v1",
+    "train_embedder.init": "casia-webface",
+    "train_embedder.input_size": 160,
+    "train_embedder.embedding_dim": 512,
+    "train_embedder.margin.s": 64.0,
+    "train_embedder.margin.m2": 0.5,
+    "train_embedder.lr": 0.0003,
+    "train_embedder.batch_size": 2,
+    "train_embedder.sampling": "uniform",
+    "train_embedder.max_steps": 2,
+}
+
+
+def test_gpu_preset_fine_tunes_the_pinned_published_weights_on_cpu(
+    project: Path, tmp_path: Path, monkeypatch
+):
+    from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
+
+    from visage_ml.app.stages import train_embedder
+    from visage_ml.models.weights import PIN_FILE, WeightsHashError, fetch_weights
+
+    write_processed(project, n_ids=6, per_id=3, size=160)
+    _configure(project, **GPU_PRESET_SMOKE)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # Stands in for the published casia-webface file (no network): same architecture and keys.
+    torch.manual_seed(0)
+    published = InceptionResnetV1(pretrained=None, classify=False).state_dict()
+    fake = tmp_path / "casia.pt"
+    torch.save(published, fake)
+    installed = fetch_weights("casia-webface", pin_file=project / PIN_FILE, source_file=fake)
+
+    paths = ProjectPaths.discover()
+    report = train_embedder.run(paths, progress=False)
+    assert report["epochs_run"] == 1 and report["train_images"] == 9
+    model, meta = load_model(project / "models" / "embedder.pt")
+    assert (meta["config"]["backbone"], meta["config"]["embedding_dim"]) == (
+        "inception_resnet_v1",
+        512,
+    )
+    assert meta["preprocess"]["input_size"] == 160
+    # Fine-tuned from the published weights (two small steps away), not from a random start.
+    start = published["conv2d_1a.conv.weight"]
+    tuned = model.state_dict()["trunk.net.conv2d_1a.conv.weight"]
+    assert float((tuned - start).abs().max()) < 0.01 < float(start.abs().max())
+
+    # A swapped weights file is refused before it shapes a model.
+    installed.path.write_bytes(fake.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(WeightsHashError, match="does not match its pin"):
+        train_embedder.run(paths, progress=False)

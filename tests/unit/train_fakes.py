@@ -34,15 +34,20 @@ def fake_faces(
 
 
 def write_processed(root: Path, *, n_ids: int = 12, per_id: int = 6, size: int = 48) -> None:
-    """A ``data/processed`` folder as the prepare stage writes it (faces memmap + manifest)."""
+    """A ``data/processed`` folder as the prepare stage writes it (sealed crops + manifest)."""
     import pandas as pd
+
+    from visage_ml.config import ProjectPaths
+    from visage_ml.data.crops import write_crops
+    from visage_ml.privacy.datakeys import DataKeys
 
     faces, ids = fake_faces(n_ids, per_id, size)
     rng = np.random.default_rng(1)
     processed = root / "data" / "processed"
     processed.mkdir(parents=True, exist_ok=True)
-    np.save(processed / "faces.u8.npy", faces)
     pids = [f"p{rng.integers(0, 2**63):016x}" for _ in range(n_ids)]
+    keys = DataKeys.for_project(ProjectPaths(root))
+    write_crops(processed / "faces.sealed", keys, [pids[i] for i in ids], faces)
     n_val = max(2, n_ids // 5)
     split_of = ["val" if i < n_val else "train" for i in range(n_ids)]
     split_of[-1] = "test"

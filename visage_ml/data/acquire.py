@@ -4,12 +4,19 @@ Generates the images (``data/raw``, ``data/scenes``), registers every synthetic 
 privacy ledger with simulated consent events, writes the per-image table, refreshes the consent
 snapshot and puts both folders under DVC. Re-running with the data already present generates
 nothing and only completes registration steps a crash may have interrupted.
+
+Every photograph is sealed under its subject's data key and every scene under the ``scenes``
+collection key (:class:`~visage_ml.privacy.datakeys.DataKeys`): DVC tracks ciphertext only.
+The population is deterministic, so an erased subject would come back with the same pid on a
+regeneration: subjects the registry marks erased, or who left a tombstone, are never written
+nor registered (counted as ``erased_subject``).
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -21,21 +28,27 @@ from visage_ml.data.rawstore import (
     IMAGES_SCHEMA,
     SUBJECTS_SCHEMA,
     RawStore,
+    read_raw_image,
     read_subjects,
     table_bytes,
 )
-from visage_ml.io import atomic_write_bytes, canonical_json, sha256_file
+from visage_ml.io import atomic_write_bytes, canonical_json, sha256_bytes
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
 from visage_ml.privacy.core import NewSubject, PrivacyCore
+from visage_ml.privacy.datakeys import SUFFIX as SEALED
+from visage_ml.privacy.datakeys import DataKeys
+from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.ledger import utc_now
+from visage_ml.privacy.records import ensure_records
 
 log = logging.getLogger(__name__)
 
 SOURCE = "synthfaces"
-NOTICE_VERSION = "synthfaces-notice-v1"
+ERASED_SUBJECT = "erased_subject"
 NOT_SYNTH = (
-    "{path} holds imported data, not SynthFaces; `visage data synth` never mixes the two. "
-    "Use another project folder for the demo data set"
+    "{path} holds imported data and no SynthFaces; `visage data synth` never adds SynthFaces to "
+    "an existing data set (import into a SynthFaces project instead). Use another project "
+    "folder for the demo data set"
 )
 
 
@@ -50,34 +63,52 @@ class AcquireResult:
     registered: int
     raw_md5: str | None
     scenes_md5: str | None
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
-def image_table(raw: Path) -> pd.DataFrame:
-    """``data/raw/images.parquet`` rows (:data:`~visage_ml.data.rawstore.IMAGES_SCHEMA`)."""
+IMAGE_COLUMNS = ["pid", "image_id", "sha256", "width", "height"]
+
+
+def image_table(raw: Path, keys: DataKeys) -> pd.DataFrame:
+    """``data/raw/images.parquet`` rows (:data:`~visage_ml.data.rawstore.IMAGES_SCHEMA`) read
+    from the sealed files (decrypted in memory): SHA-256 of each PNG, its size."""
     rows = []
     for folder in sorted(p for p in raw.iterdir() if p.is_dir()):
-        for f in sorted(folder.glob("*.png")):
-            with Image.open(f) as im:
+        for f in sorted(folder.glob(f"*{SEALED}")):
+            png = read_raw_image(keys, f)
+            with Image.open(io.BytesIO(png)) as im:
                 w, h = im.size
-            rows.append((folder.name, f.stem, sha256_file(f), w, h))
-    return pd.DataFrame(rows, columns=["pid", "image_id", "sha256", "width", "height"])
+            rows.append((folder.name, f.stem, sha256_bytes(png), w, h))
+    return pd.DataFrame(rows, columns=IMAGE_COLUMNS)
 
 
-def _normalise_tables(raw: Path) -> None:
+def _normalise_tables(raw: Path, images: pd.DataFrame) -> None:
     """Give SynthFaces' tables the raw-store schemas (source column, images table)."""
     subjects = pd.read_parquet(raw / "subjects.parquet")
     subjects["source"] = SOURCE
-    atomic_write_bytes(raw / "subjects.parquet", table_bytes(subjects, SUBJECTS_SCHEMA))
-    atomic_write_bytes(raw / "images.parquet", table_bytes(image_table(raw), IMAGES_SCHEMA))
+    atomic_write_bytes(raw / "subjects.parquet", table_bytes(subjects, SUBJECTS_SCHEMA), mode=0o600)
+    atomic_write_bytes(raw / "images.parquet", table_bytes(images, IMAGES_SCHEMA), mode=0o600)
 
 
-def _receipt(params: Params, purposes: tuple[str, ...], pid: str, seed: int) -> ConsentReceipt:
+def erased_pids(core: PrivacyCore, pids: list[str]) -> set[str]:
+    """Those of ``pids`` that the registry marks erased or that left a tombstone."""
+    states = core.registry.states()
+    out = {pid for pid, st in states.items() if st.erased}
+    tombstones = core.tombstones
+    if len(tombstones):
+        out |= {pid for pid in pids if tombstones.has_subject(pid)}
+    return out & set(pids)
+
+
+def _receipt(
+    params: Params, purposes: tuple[str, ...], pid: str, seed: int, notice: tuple[str, str]
+) -> ConsentReceipt:
     return ConsentReceipt(
         controller=params.project.controller,
         controller_contact=params.project.controller_contact,
         purposes=purposes,
-        notice_version=NOTICE_VERSION,
-        notice_hash=sha256_text(NOTICE_VERSION),
+        notice_version=notice[0],
+        notice_hash=notice[1],
         collection_method="simulated (SynthFaces)",
         given_at=utc_now(),
         evidence_hash=sha256_text(f"synthfaces:{seed}:{pid}"),
@@ -93,12 +124,14 @@ def register_synth_subjects(core: PrivacyCore, params: Params, plan: dict, *, se
     if not missing:
         return 0
     core.add_subjects([NewSubject(pid=pid) for pid in missing], source=SOURCE, snapshot=False)
+    # The notice in force (rendered from privacy/records.yaml): what the receipts record.
+    notice = notice_for_receipts(core.paths)
     events = []
     for pid in missing:
         p = plan[pid]
-        purposes = tuple(x for x in PURPOSES if getattr(p, x))
+        purposes = tuple(x for x in PURPOSES if getattr(p, x, False))
         if purposes:
-            r = _receipt(params, purposes, pid, seed)
+            r = _receipt(params, purposes, pid, seed, notice)
             events.append(
                 ("consent.given", pid, {"receipt": r.to_dict(), "receipt_hash": r.digest()})
             )
@@ -119,30 +152,48 @@ def acquire_synthfaces(
     synth = params.synth
     seed = params.project.seed
     generated = False
-    store = RawStore(paths, track=False)
     core = PrivacyCore(paths)
+    ensure_records(paths)  # project set-up: the default records of processing
+    store = RawStore(paths, core=core, track=False)
+    keys = core.data_keys
+    population = [p.pid for p in make_population(synth, seed)]
+    erased = erased_pids(core, population)
     with store.lock():
         store.recover()
         if not paths.subjects.exists():
-            summary = write_synthfaces(paths.raw, paths.scenes, synth, seed=seed, progress=progress)
+            summary = write_synthfaces(
+                paths.raw,
+                paths.scenes,
+                synth,
+                seed=seed,
+                progress=progress,
+                keys=keys,
+                exclude=erased,
+            )
             plan = summary.consent_plan
             generated = True
-            _normalise_tables(paths.raw)
+            _normalise_tables(paths.raw, pd.DataFrame(summary.images, columns=IMAGE_COLUMNS))
         else:
             subjects = read_subjects(paths.raw)
-            if set(subjects["source"].dropna()) - {SOURCE}:
+            # SynthFaces imported into later (a mixed project) is reused; imports alone are
+            # never topped up with SynthFaces.
+            if SOURCE not in set(subjects["source"].dropna()):
                 raise FileExistsError(NOT_SYNTH.format(path=paths.raw))
             log.info(
                 "data/raw already holds SynthFaces: reusing it (delete data/raw to regenerate)"
             )
             plan = consent_plan(make_population(synth, seed), synth, seed)
         present = set(read_subjects(paths.raw)["pid"].astype(str))
-        # A crash after generation may have left subjects unregistered: register what is missing.
+        # A crash after generation may have left subjects unregistered: register what is
+        # missing, never an erased subject (a restored backup of data/raw may hold one).
         registered = register_synth_subjects(
-            core, params, {k: v for k, v in plan.items() if k in present}, seed=seed
+            core,
+            params,
+            {k: v for k, v in plan.items() if k in present and k not in erased},
+            seed=seed,
         )
         if not (paths.raw / "images.parquet").exists():
-            _normalise_tables(paths.raw)
+            _normalise_tables(paths.raw, image_table(paths.raw, keys))
     if registered:
         core.ledger.append(
             "dataset.acquired",
@@ -158,9 +209,16 @@ def acquire_synthfaces(
     raw_md5 = dvcops.track(paths.root, paths.raw)
     scenes_md5 = dvcops.track(paths.root, paths.scenes) if paths.scenes.exists() else None
     n_images = len(pd.read_parquet(paths.raw / "images.parquet"))
-    n_scenes = len(list(paths.scenes.glob("*.png"))) if paths.scenes.exists() else 0
+    n_scenes = (
+        len([p for p in paths.scenes.iterdir() if p.suffix in (SEALED, ".png")])
+        if paths.scenes.exists()
+        else 0
+    )
+    skipped = {ERASED_SUBJECT: len(erased)} if erased else {}
+    if erased:
+        log.info("SynthFaces: %d erased subject(s) left out (%s)", len(erased), ERASED_SUBJECT)
     return AcquireResult(
-        generated, len(present), n_images, n_scenes, registered, raw_md5, scenes_md5
+        generated, len(present), n_images, n_scenes, registered, raw_md5, scenes_md5, skipped
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visage_ml.preprocess import align_face
+from visage_ml.preprocess import align_face, template
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +212,34 @@ def detect_and_align(
     if misses:
         logger.debug("no face with prob >= %.2f in %d of %d images", min_prob, misses, len(chosen))
     return crops, chosen
+
+
+def center_crop(
+    image: Image.Image | np.ndarray, *, size: int, share: float
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The fallback crop of an aligned, centred data set where the detector found no face.
+
+    The face is assumed to fill the square of side ``share * min(height, width)`` at the
+    image's centre, with its landmarks where the template puts them; the crop goes through
+    :func:`visage_ml.preprocess.align_face` like every detected face (a pure scale and shift).
+
+    Parameters
+    ----------
+    image
+        PIL image or uint8 array (grey and RGBA are converted to RGB).
+    size
+        Side of the square crop.
+    share
+        Side of the assumed face square as a share of the image's shorter side.
+
+    Returns
+    -------
+    crop, box
+        ``(size, size, 3)`` uint8 crop and the square ``(x1, y1, x2, y2)`` it was cut from.
+    """
+    array = to_rgb_array(image)
+    h, w = array.shape[:2]
+    side = share * min(h, w)
+    x1, y1 = (w - side) / 2.0, (h - side) / 2.0
+    landmarks = template(size) * (side / size) + np.array([x1, y1])
+    return align_face(array, landmarks, size), (x1, y1, x1 + side, y1 + side)

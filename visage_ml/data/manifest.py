@@ -7,6 +7,12 @@ from subjects allowed for ``training``, test identities from subjects allowed fo
 stratified by demographic group, decided by a seeded hash of each pid over the acquired
 population: a consent change or an erasure never moves anyone into another split (a subject
 whose split's purpose is no longer allowed is dropped, not moved).
+
+Roles: every subject carries the role its import gave it (``subjects.parquet`` column ``role``):
+``training`` subjects only ever reach train/val, ``evaluation`` subjects (benchmark protocols
+such as LFW pairs) only ever reach test, ``both`` (SynthFaces, and any subject without a
+recorded role) are split as above. Subjects are stratified by source, role and group, so adding
+an imported set never moves a subject of another source into another split.
 """
 
 from __future__ import annotations
@@ -17,14 +23,28 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from visage_ml.config import GENDERS, GROUPS
 from visage_ml.privacy.registry import ALLOWED
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Sealed images (``.sealed``, the raw store's form) and plaintext ones of a project from before
+# sealing, which prepare refuses with the command that converts them.
+IMAGE_SUFFIXES = (".sealed", ".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
+
+# What an imported subject may be used for (``visage data import --role``).
+ROLE_TRAINING = "training"
+ROLE_EVALUATION = "evaluation"
+ROLE_BOTH = "both"
+ROLES: tuple[str, ...] = (ROLE_TRAINING, ROLE_EVALUATION, ROLE_BOTH)
+UNKNOWN_SOURCE = "unknown"
+# The label of a subject whose demographic attribute is unknown, in every per-group report.
+UNLABELED = "unlabeled"
+MSG_BAD_ROLE = "unknown role {role!r}; choose one of: {roles}"
 
 MANIFEST_COLUMNS = (
     "row",
@@ -40,6 +60,9 @@ MANIFEST_COLUMNS = (
     "box_y1",
     "box_x2",
     "box_y2",
+    "source",
+    "role",
+    "fallback",
 )
 
 NO_SUBJECTS_TABLE = (
@@ -73,7 +96,19 @@ def read_subjects(raw: Path) -> pd.DataFrame:
     for col in ("age", "gender", "group"):
         if col not in df:
             df[col] = pd.NA
+    # Subjects acquired before roles existed (and SynthFaces) are usable for both purposes.
+    df["role"] = df["role"].fillna(ROLE_BOTH).astype(str) if "role" in df else ROLE_BOTH
+    df["source"] = (
+        df["source"].fillna(UNKNOWN_SOURCE).astype(str) if "source" in df else UNKNOWN_SOURCE
+    )
     return df
+
+
+def check_role(role: str) -> str:
+    """``role`` when it is one of :data:`ROLES` (``ValueError`` naming the choices otherwise)."""
+    if role not in ROLES:
+        raise ValueError(MSG_BAD_ROLE.format(role=role, roles=", ".join(ROLES)))
+    return role
 
 
 def parquet_names(data: bytes, pid: str) -> bool:
@@ -154,22 +189,36 @@ def assign_splits(
     val: float,
     test: float,
     seed: int,
+    roles: Mapping[str, str] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Identity-disjoint splits of every acquired subject, stratified by group.
+    """Identity-disjoint splits of every acquired subject, stratified by source, role and group.
 
-    Within each group, subjects are ranked by a seeded hash of their pid: the first
-    ``round(test * n)`` go to test, the next ``round(val * n)`` to validation, the rest to
-    training. The split depends on the acquired population only, never on consent, so a
-    consent change removes a subject from its split instead of moving it into another one.
+    Within each stratum, subjects are ranked by a seeded hash of their pid. Role ``both`` (the
+    default for a subject missing from ``roles``): the first ``round(test * n)`` go to test,
+    the next ``round(val * n)`` to validation, the rest to training. Role ``evaluation``: all
+    go to test. Role ``training``: the first ``round(val / (1 - test) * n)`` go to validation,
+    the rest to training. The split depends on the acquired population only, never on
+    consent, so a consent change removes a subject from its split instead of moving it into
+    another one.
     """
-    by_group: dict[str, list[str]] = {}
+    roles = roles or {}
+    sources = sources or {}
+    strata: dict[tuple[str, str, str], list[str]] = {}
     for pid, group in groups.items():
-        by_group.setdefault(str(group), []).append(pid)
+        role = check_role(roles.get(pid, ROLE_BOTH))
+        key = (sources.get(pid, UNKNOWN_SOURCE), role, str(group))
+        strata.setdefault(key, []).append(pid)
     splits: dict[str, str] = {}
-    for members in by_group.values():
+    for (_, role, _), members in strata.items():
         members.sort(key=lambda p: _unit_hash(seed, p))
         n = len(members)
-        n_test, n_val = round(test * n), round(val * n)
+        if role == ROLE_EVALUATION:
+            n_test, n_val = n, 0
+        elif role == ROLE_TRAINING:
+            n_test, n_val = 0, round(val / (1.0 - test) * n)
+        else:
+            n_test, n_val = round(test * n), round(val * n)
         for i, p in enumerate(members):
             splits[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return splits
@@ -186,3 +235,80 @@ def usable_splits(splits: Mapping[str, str], pools: PurposeFilter) -> dict[str, 
         elif pid not in pools.excluded:
             pools.excluded[pid] = f"no_{'evaluation' if split == 'test' else 'training'}_basis"
     return kept
+
+
+def label_coverage(manifest: pd.DataFrame) -> dict[str, Any]:
+    """How many subjects of ``manifest`` carry each demographic label (subject-level).
+
+    A gender counts when it is one of ``config.GENDERS``, a group when it is one of
+    ``config.GROUPS`` (the demographic model's classes; other group labels, e.g. UTKFace's race
+    names, are counted apart as ``group_other``), an age when it is known.
+
+    Returns
+    -------
+    dict
+        ``subjects``; per label the subjects that have it (``age``, ``gender``, ``group``,
+        ``group_other``); ``complete`` (all three usable), ``unlabeled`` (none) and
+        ``unlabeled_share``.
+    """
+    first = manifest.drop_duplicates("pid")
+    n = len(first)
+    age = first["age"].notna()
+    gender = first["gender"].isin(GENDERS)
+    group = first["group"].isin(GROUPS)
+    group_other = first["group"].notna() & ~group
+    unlabeled = ~(age | gender | group)
+    return {
+        "subjects": n,
+        "age": int(age.sum()),
+        "gender": int(gender.sum()),
+        "group": int(group.sum()),
+        "group_other": int(group_other.sum()),
+        "complete": int((age & gender & group).sum()),
+        "unlabeled": int(unlabeled.sum()),
+        "unlabeled_share": round(float(unlabeled.mean()), 4) if n else 0.0,
+    }
+
+
+def source_summary(
+    detection: pd.DataFrame,
+    manifest: pd.DataFrame,
+    *,
+    excluded: Mapping[str, str] | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Per source: role(s), exclusions, subjects and images per split, detector misses,
+    fallback crops and label coverage.
+
+    ``detection`` and ``manifest`` are the prepare stage's tables (columns ``source``, ``role``,
+    ``detected``, ``fallback``, ``split``); ``excluded`` (pid -> reason) and ``sources``
+    (pid -> source) add the subjects the purpose filter left out, per reason.
+    """
+    excluded_by: dict[str, Counter[str]] = {}
+    for pid, reason in (excluded or {}).items():
+        source = (sources or {}).get(pid, UNKNOWN_SOURCE)
+        excluded_by.setdefault(str(source), Counter())[reason] += 1
+    seen = set(detection["source"].astype(str)) if len(detection) else set()
+    out: dict[str, Any] = {}
+    for source in sorted(seen | set(excluded_by)):
+        det = detection[detection["source"].astype(str) == source] if len(detection) else detection
+        man = manifest[manifest["source"].astype(str) == source]
+        n = len(det)
+        out[source] = {
+            "roles": sorted({str(r) for r in det["role"]}) if n else [],
+            "subjects_used": int(det["pid"].nunique()) if n else 0,
+            "subjects_excluded": dict(sorted(excluded_by.get(source, Counter()).items())),
+            "images_processed": n,
+            "faces_aligned": len(man),
+            "miss_rate": round(float((~det["detected"].astype(bool)).mean()), 4) if n else 0.0,
+            "fallback_crops": int(det["fallback"].astype(bool).sum()) if n else 0,
+            "splits": {
+                sp: {
+                    "subjects": int(man.loc[man["split"] == sp, "pid"].nunique()),
+                    "images": int((man["split"] == sp).sum()),
+                }
+                for sp in SPLITS
+            },
+            "labels": label_coverage(man),
+        }
+    return out

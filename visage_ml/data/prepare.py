@@ -1,9 +1,10 @@
 """The processed data: purpose filter, MTCNN detection + alignment, identity-disjoint splits.
 
 This module owns the layout of ``data/processed`` (:data:`PROCESSED_FILES`): :func:`prepare`
-writes it from ``data/raw`` and the consent snapshot (aligned crops as a memory-mappable
-``faces.u8.npy``, ``manifest.parquet``, ``detection.parquet``, ``splits.json``, and the report
-``reports/prepare.json``); :func:`purge_subject` takes one subject out of it in place, and
+writes it from ``data/raw`` and the consent snapshot (aligned crops sealed per subject in
+``faces.sealed``, see :mod:`visage_ml.data.crops`; ``manifest.parquet``,
+``detection.parquet``, ``splits.json``, and the report ``reports/prepare.json``);
+:func:`purge_subject` takes one subject out of it in place, and
 :func:`files_naming` / :func:`leftover_files` say what of it holds a subject or was left by an
 interrupted run. The ``prepare`` stage and an erasure's rebuild both call :func:`prepare`.
 """
@@ -13,42 +14,57 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
 from visage_ml.config import Params, ProjectPaths
-from visage_ml.data.detect import FaceDetector, detect_and_align
+from visage_ml.data.crops import CropWriter, purge_chunks
+from visage_ml.data.detect import FaceDetector, center_crop, detect_and_align
 from visage_ml.data.manifest import (
     MANIFEST_COLUMNS,
     SPLITS,
+    UNLABELED,
     assign_splits,
     inventory,
+    label_coverage,
     parquet_names,
     purpose_filter,
     read_subjects,
+    source_summary,
     usable_splits,
 )
-from visage_ml.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from visage_ml.data.rawstore import PLAIN_EXTS, read_raw_image
+from visage_ml.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    private_dir,
+    secure_unlink,
+    sha256_bytes,
+)
+from visage_ml.privacy.datakeys import DataKeys, SealedFileError
 from visage_ml.privacy.snapshot import read_snapshot
 
 log = logging.getLogger(__name__)
 
-FACES_FILE = "faces.u8.npy"
+FACES_FILE = "faces.sealed"
+# The plaintext crop array of projects from before sealing: removed by prepare and by
+# `visage privacy seal`.
+LEGACY_FACES_FILE = "faces.u8.npy"
+NO_DATA_KEY = "no_data_key"
 MANIFEST_FILE = "manifest.parquet"
 DETECTION_FILE = "detection.parquet"
 SPLITS_FILE = "splits.json"
 PROCESSED_FILES: tuple[str, ...] = (FACES_FILE, MANIFEST_FILE, DETECTION_FILE, SPLITS_FILE)
 REPORT_FILE = "prepare.json"
-# Temporary files of a run (or purge) that was killed: ``.faces.all.<pid>.tmp`` and the
-# staging files of atomic writes. They may hold anyone's crops.
+# Temporary files of a run (or purge) that was killed: the crop writer's ``.faces.sealed.<pid>
+# .tmp`` (ciphertext), an older version's ``.faces.all.<pid>.tmp`` and the staging files of
+# atomic writes. They may hold anyone's crops.
 LEFTOVER_GLOB = ".*.tmp"
 
 MSG_RAW_IMAGE = (
@@ -57,16 +73,25 @@ MSG_RAW_IMAGE = (
 )
 
 
-def open_raw_image(path: Path, root: Path) -> Image.Image:
-    """One ``data/raw`` image as RGB, or a ``ValueError`` naming the file (pid and image id)."""
+def open_raw_image(path: Path, root: Path, keys: DataKeys) -> tuple[Image.Image, bytes]:
+    """One sealed ``data/raw`` image decrypted in memory: (RGB image, its PNG bytes).
+
+    A file that is not a sealed image of the subject and image id its path names, or that does
+    not decode, raises a ``ValueError`` naming the file (pid and image id).
+    """
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        shown = path.relative_to(root).as_posix()
+    except ValueError:
+        shown = str(path)
+    try:
+        png = read_raw_image(keys, path)
+    except SealedFileError as exc:
+        # Altered, truncated or moved ciphertext: as damaged as a broken image.
+        raise ValueError(MSG_RAW_IMAGE.format(path=shown, reason=type(exc).__name__)) from None
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            return im.convert("RGB"), png
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        try:
-            shown = path.relative_to(root).as_posix()
-        except ValueError:
-            shown = str(path)
         raise ValueError(MSG_RAW_IMAGE.format(path=shown, reason=type(exc).__name__)) from None
 
 
@@ -76,8 +101,14 @@ def prepare(
     *,
     progress: bool = False,
     detector_factory: Callable[..., Any] = FaceDetector,
+    keys: DataKeys | None = None,
 ) -> dict[str, Any]:
     """Write ``data/processed`` and ``reports/prepare.json`` for the project at ``paths``.
+
+    Raw images are decrypted in memory and the crops sealed per subject as they are made
+    (:mod:`visage_ml.data.crops`): no face is written in clear. Subjects without a data key
+    (erased, or restored from a backup after their key was destroyed) are left out with reason
+    ``no_data_key``, like subjects the consent snapshot excludes.
 
     Parameters
     ----------
@@ -90,6 +121,8 @@ def prepare(
     detector_factory
         Makes the face detector from ``device`` and ``min_face_size`` (``params.prepare``),
         once the inputs were read.
+    keys
+        The project's data keys (opened from ``paths`` when None).
 
     Returns
     -------
@@ -101,10 +134,11 @@ def prepare(
     FileNotFoundError
         ``data/raw`` or the consent snapshot is missing.
     ValueError
-        A raw image cannot be read.
+        A raw image cannot be read, or is a plaintext file (run ``visage privacy seal``).
     """
     pp = params.prepare
     t0 = time.perf_counter()
+    keys = keys if keys is not None else DataKeys.for_project(paths)
 
     subjects = read_subjects(paths.raw)
     snapshot = read_snapshot(paths.consents)
@@ -115,9 +149,19 @@ def prepare(
         val=pp.split.val,
         test=pp.split.test,
         seed=params.project.seed,
+        roles=attrs["role"].to_dict(),
+        sources=attrs["source"].to_dict(),
     )
     splits = usable_splits(all_splits, pools)
     images = inventory(paths.raw, set(splits))
+    plain = images[images["path"].str.lower().str.endswith(PLAIN_EXTS)]
+    if len(plain):
+        read_raw_image(keys, Path(plain["path"].iloc[0]))  # raises MSG_PLAINTEXT
+    # No key, no processing: a subject whose key was destroyed never comes back from a backup.
+    for pid in sorted(p for p in splits if not keys.exists(p)):
+        del splits[pid]
+        pools.excluded[pid] = NO_DATA_KEY
+    images = images[images["pid"].isin(set(splits))].reset_index(drop=True)
     images["split"] = images["pid"].map(splits)
     # Counted from the table: the excluded subjects' files are never opened.
     n_images_of = subjects.set_index("pid")["n_images"]
@@ -126,16 +170,12 @@ def prepare(
     detector = detector_factory(device=pp.device, min_face_size=pp.min_face_size)
     size = pp.image_size
     n = len(images)
-    processed = paths.processed
-    processed.mkdir(parents=True, exist_ok=True)
-    for stale in processed.glob(".faces.all.*.tmp"):
+    processed = private_dir(paths.processed)
+    for stale in [*processed.glob(".faces.all.*.tmp"), *processed.glob(f".{FACES_FILE}.*.tmp")]:
         # Left by a run that was killed: face crops nobody will read.
-        stale.unlink(missing_ok=True)
-    tmp_faces = processed / f".faces.all.{os.getpid()}.tmp"
+        secure_unlink(stale)
+    writer = CropWriter(processed / FACES_FILE, keys, size)
     try:
-        faces = np.lib.format.open_memmap(
-            tmp_faces, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
-        )
         det_rows = []
         kept = 0
         keep_rows: list[dict] = []
@@ -144,11 +184,18 @@ def prepare(
         )
         for start in range(0, n, pp.detect_batch):
             chunk = images.iloc[start : start + pp.detect_batch]
-            pil = [open_raw_image(Path(p), paths.root) for p in chunk["path"]]
+            opened = [open_raw_image(Path(p), paths.root, keys) for p in chunk["path"]]
+            pil = [im for im, _ in opened]
+            shas = [sha256_bytes(png) for _, png in opened]
+            del opened
             crops, dets = detect_and_align(detector, pil, size=size, min_prob=pp.min_face_prob)
-            for (_, img), crop, det in zip(chunk.iterrows(), crops, dets, strict=True):
+            for (_, img), im, sha, crop, det in zip(
+                chunk.iterrows(), pil, shas, crops, dets, strict=True
+            ):
                 a = attrs.loc[img.pid]
                 detected = det is not None
+                # A miss stays a miss (detected False) even when a fallback crop stands in.
+                fallback = not detected and pp.fallback_crop == "center"
                 det_rows.append(
                     {
                         "pid": img.pid,
@@ -159,55 +206,80 @@ def prepare(
                         "group": a["group"],
                         "detected": detected,
                         "prob": float(det.prob) if detected else 0.0,
+                        "source": a["source"],
+                        "role": a["role"],
+                        "fallback": fallback,
                     }
                 )
-                if not detected:
+                if not detected and not fallback:
                     continue
-                faces[kept] = crop
-                x1, y1, x2, y2 = det.box
+                if fallback:
+                    crop, box = center_crop(im, size=size, share=pp.fallback_share)
+                else:
+                    box = det.box
+                writer.add(img.pid, crop)
+                x1, y1, x2, y2 = box
                 keep_rows.append(
                     {
                         "row": kept,
                         "pid": img.pid,
                         "image_id": img.image_id,
-                        "source_sha256": sha256_file(Path(img.path)),
+                        "source_sha256": sha,
                         "split": img.split,
                         "age": a["age"],
                         "gender": a["gender"],
                         "group": a["group"],
-                        "det_prob": float(det.prob),
+                        "det_prob": float(det.prob) if detected else 0.0,
                         "box_x1": float(x1),
                         "box_y1": float(y1),
                         "box_x2": float(x2),
                         "box_y2": float(y2),
+                        "source": a["source"],
+                        "role": a["role"],
+                        "fallback": fallback,
                     }
                 )
                 kept += 1
             bar.update(len(chunk))
         bar.close()
-        faces.flush()
-        del faces
-
-        _shrink_into(tmp_faces, processed / FACES_FILE, kept)
+        writer.commit()
     except BaseException:
-        # Nothing of a failed run stays in data/processed (the crops are face pixels).
-        tmp_faces.unlink(missing_ok=True)
+        # Nothing of a failed run stays in data/processed (ciphertext, but of no use).
+        writer.abort()
         raise
+    legacy = processed / LEGACY_FACES_FILE
+    if legacy.is_file():
+        # The plaintext crops of a run from before sealing: not an output any more.
+        secure_unlink(legacy)
 
     manifest = pd.DataFrame(keep_rows, columns=list(MANIFEST_COLUMNS))
-    manifest = manifest.astype({"age": "Int16", "gender": "string", "group": "string"})
+    manifest = manifest.astype(
+        {
+            "age": "Int16",
+            "gender": "string",
+            "group": "string",
+            "source": "string",
+            "role": "string",
+            "fallback": "bool",
+        }
+    )
     _write_parquet(manifest, processed / MANIFEST_FILE)
     detection = pd.DataFrame(det_rows)
     _write_parquet(detection, processed / DETECTION_FILE)
 
     split_ids = {s: sorted(p for p, v in splits.items() if v == s) for s in SPLITS}
-    atomic_write_json(processed / SPLITS_FILE, {"seed": params.project.seed, **split_ids})
+    atomic_write_json(
+        processed / SPLITS_FILE, {"seed": params.project.seed, **split_ids}, mode=0o600
+    )
 
     seconds = time.perf_counter() - t0
     report = _report(
         detection=detection,
         manifest=manifest,
         excluded=pools.exclusion_counts(),
+        by_source=source_summary(
+            detection, manifest, excluded=pools.excluded, sources=attrs["source"].to_dict()
+        ),
         n_subjects=len(subjects),
         n_excluded_images=n_excluded_images,
         seconds=seconds,
@@ -219,25 +291,7 @@ def prepare(
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _shrink_into(tmp: Path, final: Path, rows: int, chunk: int = 1024) -> None:
-    """Copy the first ``rows`` rows of memmap ``tmp`` into ``final`` atomically, in chunks."""
-    src = np.load(tmp, mmap_mode="r")
-    staging = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    dst = np.lib.format.open_memmap(
-        staging, mode="w+", dtype=src.dtype, shape=(rows, *src.shape[1:])
-    )
-    for start in range(0, rows, chunk):
-        dst[start : start + chunk] = src[start : min(rows, start + chunk)]
-    dst.flush()
-    del dst, src
-    with open(staging, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(staging, final)
-    os.unlink(tmp)
-    fsync_dir(final.parent)
+    atomic_write_bytes(path, buf.getvalue(), mode=0o600)
 
 
 def _report(
@@ -245,6 +299,7 @@ def _report(
     detection: pd.DataFrame,
     manifest: pd.DataFrame,
     excluded: dict[str, int],
+    by_source: dict[str, Any],
     n_subjects: int,
     n_excluded_images: int,
     seconds: float,
@@ -252,7 +307,10 @@ def _report(
     n_img = len(detection)
     miss = {}
     if n_img:
-        grp = detection.assign(missed=~detection["detected"]).groupby("group", dropna=False)
+        grp = detection.assign(
+            missed=~detection["detected"],
+            group=detection["group"].astype("string").fillna(UNLABELED),
+        ).groupby("group", dropna=False)
         miss = {str(g): round(float(v), 4) for g, v in grp["missed"].mean().items()}
     split_counts = {
         s: {
@@ -271,6 +329,9 @@ def _report(
         "miss_rate": round(float((~detection["detected"]).mean()), 4) if n_img else 0.0,
         "miss_rate_by_group": miss,
         "splits": split_counts,
+        "fallback_crops": int(detection["fallback"].sum()) if n_img else 0,
+        "labels": label_coverage(manifest),
+        "by_source": by_source,
         "seconds": round(seconds, 2),
         "faces_per_second": round(n_img / seconds, 1) if seconds > 0 else 0.0,
     }
@@ -311,10 +372,10 @@ def leftover_files(processed_dir: Path) -> list[Path]:
 def purge_subject(processed_dir: Path, pid: str) -> dict[str, int]:
     """Remove ``pid`` from ``processed_dir``: crops, manifest, detection table, splits.
 
-    The subject's crops are overwritten with zeros in place (their bytes do not survive in
-    freed disk blocks, as they would after a copy-and-rename, and the other 100 MB are not
+    The subject's sealed chunks are overwritten with zeros in place (their key is destroyed by
+    the erasure first, so this is defence in depth; the other subjects' chunks are not
     rewritten); the manifest loses their rows and keeps every other ``row`` index, which is how
-    consumers address ``faces.u8.npy``. Safe to run again after an interruption.
+    consumers address the crops. Safe to run again after an interruption.
 
     Returns
     -------
@@ -329,14 +390,7 @@ def purge_subject(processed_dir: Path, pid: str) -> dict[str, int]:
     kept = manifest.loc[~mask]
     removed = int(mask.sum())
     if faces_path.is_file() and removed:
-        faces = np.load(faces_path, mmap_mode="r+")
-        rows = manifest.loc[mask, "row"].to_numpy(dtype=np.int64)
-        rows = rows[(rows >= 0) & (rows < faces.shape[0])]
-        faces[rows] = 0
-        faces.flush()
-        del faces
-        with open(faces_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        purge_chunks(faces_path, manifest, pid)
     if removed:
         _write_parquet(kept.reset_index(drop=True), manifest_path)
     detection_path = processed / DETECTION_FILE

@@ -1,4 +1,4 @@
-"""Reading the prepare stage's outputs: the crops (a memmap) and the manifest, checked.
+"""Reading the prepare stage's outputs: the crops (decrypted into memory) and the manifest.
 
 The training stages read ``data/processed`` through here; :mod:`visage_ml.data.prepare` owns
 the layout and writes it.
@@ -7,6 +7,7 @@ the layout and writes it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +16,11 @@ import pandas as pd
 import yaml
 
 from visage_ml.config import ProjectPaths
+from visage_ml.data.crops import read_crops
 from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.io import md5_file
 from visage_ml.preprocess import resize_batch
+from visage_ml.privacy.datakeys import DataKeys
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ REQUIRED_COLUMNS = ("row", "pid", "split", "age", "gender", "group")
 
 @dataclass
 class ProcessedData:
-    """The prepare stage's faces (memmap) and manifest, with the data md5 for lineage."""
+    """The prepare stage's faces (in memory) and manifest, with the data md5 for lineage."""
 
     faces: np.ndarray
     manifest: Any  # pandas.DataFrame
@@ -39,7 +42,7 @@ class ProcessedData:
 
 
 def data_md5(paths: ProjectPaths) -> str:
-    """md5 of ``faces.u8.npy``: as ``dvc.lock`` records it for the prepare stage, else computed."""
+    """md5 of ``faces.sealed``: as ``dvc.lock`` records it for the prepare stage, else computed."""
     faces = paths.processed / FACES_FILE
     rel = faces.relative_to(paths.root).as_posix()
     lock = paths.root / "dvc.lock"
@@ -55,24 +58,39 @@ def data_md5(paths: ProjectPaths) -> str:
     return md5_file(faces)
 
 
-def load_processed(paths: ProjectPaths) -> ProcessedData:
-    """Open ``faces.u8.npy`` as a memmap and read ``manifest.parquet``, checking both."""
+def load_processed(
+    paths: ProjectPaths,
+    *,
+    splits: Collection[str] | None = None,
+    keys: DataKeys | None = None,
+) -> ProcessedData:
+    """Read ``manifest.parquet`` and decrypt the crops into memory, checking both.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    splits
+        Decrypt only the crops of these splits' subjects (the other rows stay zero): training
+        never opens the test subjects. All splits when None.
+    keys
+        The data keys (opened from ``paths`` when None).
+    """
     faces_path, manifest_path = paths.processed / FACES_FILE, paths.processed / MANIFEST_FILE
     for p in (faces_path, manifest_path):
         if not p.is_file():
             raise FileNotFoundError(
                 f"{p} not found; run the prepare stage first (`dvc repro prepare`)"
             )
-    faces = np.load(faces_path, mmap_mode="r")
-    if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
-        raise ValueError(
-            f"{faces_path} holds {faces.dtype} {faces.shape}, expected uint8 (N, S, S, 3) crops; "
-            "re-run the prepare stage"
-        )
     manifest = pd.read_parquet(manifest_path)
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"{manifest_path} lacks columns {missing}; re-run the prepare stage")
+    keys = keys if keys is not None else DataKeys.for_project(paths)
+    pids = None
+    if splits is not None:
+        pids = set(manifest.loc[manifest["split"].isin(list(splits)), "pid"].astype(str))
+    faces = read_crops(faces_path, keys, manifest, pids=pids)
     rows = manifest["row"].to_numpy()
     if len(rows) and (rows.min() < 0 or rows.max() >= len(faces)):
         raise ValueError(f"{manifest_path} points at rows outside {faces_path}; re-run prepare")
@@ -80,7 +98,7 @@ def load_processed(paths: ProjectPaths) -> ProcessedData:
 
 
 def images_at_size(faces: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(array, rows)`` the loop reads: the memmap itself when crops already have side ``size``,
+    """``(array, rows)`` the loop reads: the crops themselves when they already have side ``size``,
     else the needed rows resized once (with the same function inference uses) into memory."""
     if faces.shape[1] == size and faces.shape[2] == size:
         return faces, np.asarray(rows, dtype=np.int64)

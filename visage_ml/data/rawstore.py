@@ -2,7 +2,10 @@
 
 Layout of ``data/raw`` (the contract shared by acquisition, ``prepare`` and erasure)::
 
-    data/raw/<pid>/<image_id>.png     8-bit RGB PNG without metadata; image_id = "i" + 12 hex
+    data/raw/<pid>/<image_id>.sealed  an 8-bit RGB PNG without metadata, sealed (AES-256-GCM)
+                                      under the subject's data key, pid and image id bound as
+                                      associated data (:meth:`DataKeys.seal_raw`); image_id =
+                                      "i" + 12 hex. Folders 0700, files 0600.
     data/raw/subjects.parquet         one row per subject
     data/raw/images.parquet           one row per image
 
@@ -26,8 +29,8 @@ source     string       where the subject came from: ``synthfaces``, ``import:<f
 column         arrow type   meaning
 =============  ===========  ========================================================
 pid            string       the subject (a row of ``subjects.parquet``)
-image_id       string       file ``<pid>/<image_id>.png``; unique in the table
-sha256         string       SHA-256 of the stored PNG
+image_id       string       file ``<pid>/<image_id>.sealed``; unique in the table
+sha256         string       SHA-256 of the image's PNG bytes (the sealed file's plaintext)
 source_sha256  string, null SHA-256 of the original file's bytes (duplicate detection
                             across imports); null for images made here (SynthFaces)
 width          int32        pixels
@@ -40,6 +43,15 @@ group          string, null per-image group label where the source gives one
 =============  ===========  ========================================================
 
 Writers may add columns of their own; a merge keeps them (null for rows that lack them).
+Neither table holds image bytes: they stay in clear, and DVC tracks and pushes only ciphertext.
+
+Sealing: every image enters ``data/raw`` sealed under its subject's data key
+(:class:`~visage_ml.privacy.datakeys.DataKeys`, ``privacy/keys/<pid>.key``). An image staged
+before its subject's pid is known (an import registers persons last) is sealed under a key
+that lives only in the transaction's memory and re-sealed under the subject's key when placed,
+so even a crashed transaction's staging folder holds nothing readable. Readers decrypt in
+memory (:meth:`RawStore.read_image`); a plaintext image found in ``data/raw`` is refused
+(:data:`MSG_PLAINTEXT`, converted by ``visage privacy seal``).
 
 Transactions (:meth:`RawStore.transaction`) take the exclusive lock
 ``.visage/locks/raw.lock``; anything else that changes ``data/raw`` (erasure) must take it too.
@@ -76,19 +88,27 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from visage_ml import dvcops, faults
 from visage_ml.config import GENDERS, ProjectPaths
 from visage_ml.data.manifest import parquet_names
 from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.datakeys import SUFFIX as SEALED_SUFFIX
+from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.privacy.keys import check_pid
+from visage_ml.privacy.sealed import open_sealed, seal
 
 log = logging.getLogger(__name__)
 
 SUBJECTS_FILE = "subjects.parquet"
 IMAGES_FILE = "images.parquet"
-IMAGE_EXT = ".png"
+IMAGE_EXT = SEALED_SUFFIX
+# Plaintext images of a project from before sealing (``visage privacy seal`` converts them).
+PLAIN_EXTS = (".png", ".jpg", ".jpeg")
+STAGED_EXT = ".staged"
 IMAGE_ID_RE = re.compile(r"^i[0-9a-f]{12}$")
 LOCK_FILE = Path(".visage") / "locks" / "raw.lock"
 STAGING_PREFIX = "raw.staging-"
@@ -129,7 +149,12 @@ _NULLABLE = {"age", "gender", "group", "age_band", "source_sha256"}
 
 BAD_GENDER = "gender must be one of {allowed} or null, found {found!r}"
 BAD_IMAGE_ID = "image id {image_id!r} is not 'i' + 12 lowercase hex characters"
-MISSING_IMAGE_FILE = "images row {image_id} has no file {pid}/{image_id}.png in the transaction"
+MISSING_IMAGE_FILE = "images row {image_id} has no file {pid}/{image_id}.sealed in the transaction"
+MSG_PLAINTEXT = (
+    "{path} is a plaintext image: this project seals every face under its subject's key. "
+    "Run `visage privacy seal` to convert it (and any other plaintext file), then run again"
+)
+MSG_NO_IMAGE = "image {image_id} of subject {pid} is not in data/raw"
 UNKNOWN_IMAGE_SUBJECT = "images row {image_id} names subject {pid}, which has no subjects row"
 DUPLICATE_IMAGE_ID = "image id {image_id} appears twice; use RawTransaction.new_image_id()"
 NOT_PENDING = "image {image_id} is not staged in this transaction"
@@ -258,8 +283,34 @@ def new_image_id(taken: Iterable[str] | set[str] = ()) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def image_path(raw_dir: Path, pid: str, image_id: str) -> Path:
+    """Where ``pid``'s image ``image_id`` is stored under ``raw_dir`` (sealed)."""
+    check_pid(pid)
+    if not IMAGE_ID_RE.fullmatch(image_id):
+        raise ValueError(BAD_IMAGE_ID.format(image_id=image_id))
+    return Path(raw_dir) / pid / f"{image_id}{IMAGE_EXT}"
+
+
+def read_raw_image(keys: DataKeys, path: Path) -> bytes:
+    """The PNG bytes of a sealed raw image file ``<pid>/<image_id>.sealed``, decrypted in memory.
+
+    Raises
+    ------
+    ValueError
+        The file is a plaintext image (:data:`MSG_PLAINTEXT`), or it is not the sealed image
+        its path names (:class:`~visage_ml.privacy.datakeys.SealedFileError`).
+    visage_ml.privacy.datakeys.NoDataKeyError
+        The subject's key was destroyed.
+    """
+    path = Path(path)
+    shown = f"{path.parent.name}/{path.name}"
+    if path.suffix.lower() in PLAIN_EXTS:
+        raise ValueError(MSG_PLAINTEXT.format(path=shown))
+    return keys.open_raw(path.read_bytes(), path.parent.name, path.stem, what=shown)
+
+
 def _write_durable(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -277,8 +328,7 @@ def _link_tree(src: Path, dst: Path) -> tuple[int, int]:
     the thousands of files of a data set cost one ``link`` each and no ``stat``.
     """
     linked = copied = 0
-    dst.mkdir()
-    shutil.copymode(src, dst)
+    dst.mkdir(0o700)
     todo = [(str(src), str(dst))]
     while todo:
         src_dir, dst_dir = todo.pop()
@@ -290,8 +340,7 @@ def _link_tree(src: Path, dst: Path) -> tuple[int, int]:
                 # A link (to a folder, or e.g. a DVC cache link to a file) stays a link.
                 os.symlink(os.readlink(s), d)
             elif entry.is_dir(follow_symlinks=False):
-                os.mkdir(d)
-                shutil.copymode(s, d)
+                os.mkdir(d, 0o700)
                 todo.append((s, d))
             else:
                 try:
@@ -333,10 +382,19 @@ class RawTransaction:
     """
 
     def __init__(
-        self, staging: Path, subjects: pd.DataFrame, images: pd.DataFrame, token: str
+        self,
+        staging: Path,
+        subjects: pd.DataFrame,
+        images: pd.DataFrame,
+        token: str,
+        *,
+        keys: DataKeys,
     ) -> None:
         self.staging = staging
         self.token = token
+        self.keys = keys
+        # Seals images staged before their pid is known; never written anywhere.
+        self._staging_key = AESGCM.generate_key(bit_length=256)
         self._subjects = subjects
         self._images = images
         self._taken: set[str] = set(images["image_id"].astype(str))
@@ -376,34 +434,41 @@ class RawTransaction:
         return self.staging / pid / f"{image_id}{IMAGE_EXT}"
 
     def write_image(self, pid: str, png: bytes, *, image_id: str | None = None) -> str:
-        """Write PNG bytes as ``<pid>/<image_id>.png`` (fsynced); return the image id."""
+        """Seal PNG bytes under ``pid``'s key as ``<pid>/<image_id>.sealed`` (fsynced, 0600);
+        return the image id. The subject's data key is created when missing."""
         if image_id is None:
             image_id = self.new_image_id()
         else:
             self._taken.add(image_id)
         path = self._image_path(pid, image_id)
-        path.parent.mkdir(exist_ok=True)
-        _write_durable(path, png)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        _write_durable(path, self.keys.seal_raw(pid, image_id, png))
         return image_id
 
     def stage(self, png: bytes) -> str:
-        """Write PNG bytes for a subject not registered yet; return the image id."""
+        """Keep PNG bytes for a subject not registered yet (sealed under the transaction's own
+        in-memory key); return the image id."""
         image_id = self.new_image_id()
         folder = self.staging / PENDING_DIR
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{image_id}{IMAGE_EXT}"
-        _write_durable(path, png)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{image_id}{STAGED_EXT}"
+        _write_durable(path, seal(self._staging_key, png, aad=image_id.encode()))
         self._pending[image_id] = path
         return image_id
 
     def place(self, image_id: str, pid: str) -> None:
-        """Move a staged image into its subject's folder."""
+        """Seal a staged image under ``pid``'s key into the subject's folder."""
         src = self._pending.pop(image_id, None)
         if src is None:
             raise KeyError(NOT_PENDING.format(image_id=image_id))
+        try:
+            png = open_sealed(self._staging_key, src.read_bytes(), aad=image_id.encode())
+        except InvalidTag:
+            raise RawStoreError(f"staged image {image_id} was altered during the import") from None
         dst = self._image_path(pid, image_id)
-        dst.parent.mkdir(exist_ok=True)
-        os.rename(src, dst)
+        dst.parent.mkdir(mode=0o700, exist_ok=True)
+        _write_durable(dst, self.keys.seal_raw(pid, image_id, png))
+        src.unlink()
 
     def drop(self, image_id: str) -> None:
         """Forget a staged image (it will not enter ``data/raw``)."""
@@ -475,7 +540,7 @@ class RawTransaction:
         if not mask.any() or not path.is_file():
             raise KeyError(f"image {image_id} of subject {pid} is not in data/raw")
         path.unlink()
-        _write_durable(path, png)
+        _write_durable(path, self.keys.seal_raw(pid, image_id, png))
         images = self._images.copy()
         for col, value in row.items():
             if col in ("pid", "image_id"):
@@ -517,8 +582,12 @@ class RawTransaction:
             if len(self._images)
             else new_images
         )
-        atomic_write_bytes(self.staging / SUBJECTS_FILE, table_bytes(subjects, SUBJECTS_SCHEMA))
-        atomic_write_bytes(self.staging / IMAGES_FILE, table_bytes(images, IMAGES_SCHEMA))
+        atomic_write_bytes(
+            self.staging / SUBJECTS_FILE, table_bytes(subjects, SUBJECTS_SCHEMA), mode=0o600
+        )
+        atomic_write_bytes(
+            self.staging / IMAGES_FILE, table_bytes(images, IMAGES_SCHEMA), mode=0o600
+        )
         _fsync_tree(self.staging)
 
 
@@ -542,6 +611,43 @@ class RawStore:
         self.paths = paths
         self._core = core
         self.track = track
+
+    @property
+    def core(self) -> PrivacyCore:
+        """The privacy core (opened on first use)."""
+        if self._core is None:
+            self._core = PrivacyCore(self.paths)
+        return self._core
+
+    @property
+    def keys(self) -> DataKeys:
+        """The data keys that seal the images (needs the master key)."""
+        return self.core.data_keys
+
+    def image_path(self, pid: str, image_id: str) -> Path:
+        """Where ``pid``'s image ``image_id`` is stored (sealed)."""
+        return image_path(self.paths.raw, pid, image_id)
+
+    def read_image(self, pid: str, image_id: str) -> bytes:
+        """The PNG bytes of one stored image, decrypted in memory (never written in clear).
+
+        Raises
+        ------
+        KeyError
+            No such image file.
+        ValueError
+            A plaintext or altered file (the message says what to do).
+        visage_ml.privacy.datakeys.NoDataKeyError
+            The subject's key was destroyed (erased).
+        """
+        path = self.image_path(pid, image_id)
+        if not path.is_file():
+            for ext in PLAIN_EXTS:
+                legacy = path.with_suffix(ext)
+                if legacy.is_file():
+                    return read_raw_image(self.keys, legacy)  # raises MSG_PLAINTEXT
+            raise KeyError(MSG_NO_IMAGE.format(pid=pid, image_id=image_id))
+        return read_raw_image(self.keys, path)
 
     @property
     def lock_path(self) -> Path:
@@ -631,10 +737,10 @@ class RawStore:
                     log.debug("staged data/raw: %d hard links, %d copies", linked, copied)
                     subjects, images = read_subjects(staging), read_images(staging)
                 else:
-                    staging.mkdir()
+                    staging.mkdir(0o700)
                     subjects = empty_table(SUBJECTS_SCHEMA)
                     images = empty_table(IMAGES_SCHEMA)
-                txn = RawTransaction(staging, subjects, images, token)
+                txn = RawTransaction(staging, subjects, images, token, keys=self.keys)
                 yield txn
                 if txn.discarded:
                     _rmtree(staging)
@@ -682,7 +788,4 @@ class RawStore:
                 log.warning(
                     "data/raw was written but `dvc add data/raw` failed; run it by hand: %s", exc
                 )
-        core = self._core
-        if core is None:
-            core = PrivacyCore(self.paths)
-        core.snapshot()
+        self.core.snapshot()

@@ -17,8 +17,10 @@ smaller one (the first identities keep their pids and looks).
 On disk (:func:`write_synthfaces`)::
 
     raw_dir/<pid>/<image_id>.png        face photographs, image_size x image_size RGB
+                                        (``.sealed``: sealed under the subject's data key)
     raw_dir/subjects.parquet            pid, age, gender, group, n_images
-    scenes_dir/<scene_id>.png           frames with 0..n passers-by (not population members)
+    scenes_dir/<scene_id>.png           frames with 0..n passers-by (not population members;
+                                        ``.sealed``: sealed under the ``scenes`` key)
     scenes_dir/scenes.parquet           one row per face, one row per empty scene (see below)
 
 ``pid`` is ``p`` + 16 lowercase hex characters, ``image_id`` ``i`` + 12, ``scene_id`` ``s`` + 12.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import logging
 import math
@@ -36,7 +39,7 @@ import shutil
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -56,6 +59,8 @@ from visage_ml.data.synth_render import (
     sample_view,
 )
 from visage_ml.io import fsync_dir
+from visage_ml.privacy.datakeys import SUFFIX as SEALED
+from visage_ml.privacy.datakeys import DataKeys
 
 __all__ = [
     "GROUPS",
@@ -136,6 +141,10 @@ class SynthSummary:
     n_images: int
     n_scenes: int
     consent_plan: dict[str, ConsentPlan]
+    # (pid, image_id, sha256 of the PNG, width, height) per image written.
+    images: list[tuple[str, str, str, int, int]] = dataclasses.field(default_factory=list)
+    # Identities of the population left out (``exclude``: erased subjects).
+    excluded: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +418,7 @@ def _non_empty(path: Path) -> bool:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -448,7 +457,14 @@ def _publish(tmp: Path, target: Path) -> None:
 
 
 def write_synthfaces(
-    raw_dir: Path, scenes_dir: Path, params: SynthParams, *, seed: int, progress: bool = True
+    raw_dir: Path,
+    scenes_dir: Path,
+    params: SynthParams,
+    *,
+    seed: int,
+    progress: bool = True,
+    keys: DataKeys | None = None,
+    exclude: Collection[str] = (),
 ) -> SynthSummary:
     """Generate SynthFaces: the population's photographs and the scene frames.
 
@@ -462,6 +478,7 @@ def write_synthfaces(
     column                          type       meaning
     ==============================  =========  ===============================================
     scene_id                        string     ``s`` + 12 hex; the frame is ``<scene_id>.png``
+                                               (or ``.sealed``)
     width, height                   int32      frame size in pixels
     n_faces                         int32      faces in the frame
     face                            int32      face index within the frame, -1 for none
@@ -487,11 +504,18 @@ def write_synthfaces(
         Base seed (``project.seed``).
     progress
         Show a progress bar on stderr.
+    keys
+        Seal every photograph under its subject's data key (``<image_id>.sealed``) and every
+        scene under the ``scenes`` collection key (``<scene_id>.sealed``), as acquisition
+        does; None writes plain PNG files (a library user's own folders, benchmarks).
+    exclude
+        Pids of the population never to write (erased subjects: the population is
+        deterministic, so a regeneration would otherwise bring them back).
 
     Returns
     -------
     SynthSummary
-        Counts and the consent plan per pid.
+        Counts, the consent plan per pid and one row per image written.
 
     Raises
     ------
@@ -512,14 +536,20 @@ def write_synthfaces(
         int(np.random.default_rng([seed, _COUNTS, i]).integers(lo, hi + 1))
         for i in range(len(people))
     ]
-    total = sum(counts) + params.n_scenes
+    # Indices stay those of the whole population: every kept image is drawn as before.
+    skip = set(exclude)
+    kept_people = [(i, p, n) for i, (p, n) in enumerate(zip(people, counts, strict=True))]
+    kept_people = [(i, p, n) for i, p, n in kept_people if p.pid not in skip]
+    plan = {pid: v for pid, v in plan.items() if pid not in skip}
+    rows_written: list[tuple[str, str, str, int, int]] = []
+    total = sum(n for _, _, n in kept_people) + params.n_scenes
     bar = tqdm(total=total, unit="img", desc="SynthFaces", disable=not progress, leave=False)
 
     with _staging(raw_dir) as raw_tmp, _staging(scenes_dir) as scenes_tmp:
         seen_ids: set[str] = set()
-        for i, (person, n_images) in enumerate(zip(people, counts, strict=True)):
+        for i, person, n_images in kept_people:
             folder = raw_tmp / person.pid
-            folder.mkdir()
+            folder.mkdir(mode=0o700)
             for j in range(n_images):
                 image_id = "i" + derive_hex("synthfaces", "image", seed, person.pid, j, n_hex=12)
                 salt = 0
@@ -531,17 +561,25 @@ def write_synthfaces(
                 seen_ids.add(image_id)
                 rng = np.random.default_rng([seed, _IMAGES, i, j])
                 pixels, _ = photograph(person, rng=rng, params=params)
-                _write_file(folder / f"{image_id}.png", encode_png(pixels))
+                png = encode_png(pixels)
+                height, width = pixels.shape[:2]
+                sha = hashlib.sha256(png).hexdigest()
+                rows_written.append((person.pid, image_id, sha, int(width), int(height)))
+                if keys is None:
+                    _write_file(folder / f"{image_id}.png", png)
+                else:
+                    sealed = keys.seal_raw(person.pid, image_id, png)
+                    _write_file(folder / f"{image_id}{SEALED}", sealed)
                 bar.update(1)
             fsync_dir(folder)
         _write_parquet(
             raw_tmp / "subjects.parquet",
             {
-                "pid": [p.pid for p in people],
-                "age": [p.age for p in people],
-                "gender": [p.gender for p in people],
-                "group": [p.group for p in people],
-                "n_images": counts,
+                "pid": [p.pid for _, p, _ in kept_people],
+                "age": [p.age for _, p, _ in kept_people],
+                "gender": [p.gender for _, p, _ in kept_people],
+                "group": [p.group for _, p, _ in kept_people],
+                "n_images": [n for _, _, n in kept_people],
             },
             {
                 "pid": pa.string(),
@@ -557,7 +595,11 @@ def write_synthfaces(
         for k in range(params.n_scenes):
             scene_id = "s" + derive_hex("synthfaces", "scene", seed, k, n_hex=12)
             frame, faces = render_scene(params, np.random.default_rng([seed, _SCENES, k]))
-            _write_file(scenes_tmp / f"{scene_id}.png", encode_png(frame))
+            if keys is None:
+                _write_file(scenes_tmp / f"{scene_id}.png", encode_png(frame))
+            else:
+                sealed = keys.seal_scene(scene_id, encode_png(frame))
+                _write_file(scenes_tmp / f"{scene_id}{SEALED}", sealed)
             _append_scene_rows(rows, scene_id, frame.size, faces)
             bar.update(1)
         _write_parquet(scenes_tmp / "scenes.parquet", rows, _scene_types())
@@ -572,15 +614,20 @@ def write_synthfaces(
             with contextlib.suppress(OSError):
                 os.replace(scenes_dir, scenes_tmp)
             raise
-    n_images = sum(counts)
+    n_images = len(rows_written)
     logger.info(
         "SynthFaces written: %d identities, %d images, %d scenes",
-        len(people),
+        len(kept_people),
         n_images,
         params.n_scenes,
     )
     return SynthSummary(
-        n_identities=len(people), n_images=n_images, n_scenes=params.n_scenes, consent_plan=plan
+        n_identities=len(kept_people),
+        n_images=n_images,
+        n_scenes=params.n_scenes,
+        consent_plan=plan,
+        images=rows_written,
+        excluded=len(people) - len(kept_people),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from visage_ml.data.manifest import UNLABELED
 from visage_ml.evaluation.groups import Metric, frame_summary
 
 logger = logging.getLogger(__name__)
@@ -58,10 +59,15 @@ def demographic_model_report(
 ) -> dict[str, dict[str, Any]]:
     """Per-group gender and group accuracy, age MAE and age-band accuracy of the model.
 
+    Each task is scored on the images whose label for it is known: age not ``NaN``, gender and
+    group among the model's labels (an ``"unlabeled"`` or foreign label is left out of that
+    task). Images whose breakdown attribute is ``"unlabeled"`` count in ``overall`` and are
+    reported under ``unlabeled``, never as a group.
+
     Parameters
     ----------
     true_age, true_gender, true_group
-        Ground truth per image.
+        Ground truth per image (``NaN`` / ``"unlabeled"`` where unknown).
     predictions
         :meth:`visage_ml.inference.OnnxModel.predict` output: ``age``, ``gender_probs``,
         ``group_probs``.
@@ -81,22 +87,46 @@ def demographic_model_report(
     pred_gender = gender_names[np.argmax(predictions["gender_probs"], axis=1)]
     pred_group = group_names[np.argmax(predictions["group_probs"], axis=1)]
     pred_age = np.asarray(predictions["age"], dtype=np.float64)
-    tasks: dict[str, tuple[Metric, np.ndarray, np.ndarray]] = {
-        "gender_accuracy": (accuracy, np.asarray(true_gender).astype(str), pred_gender),
-        "group_accuracy": (accuracy, np.asarray(true_group).astype(str), pred_group),
-        "age_mae": (mean_absolute_error, np.asarray(true_age, dtype=np.float64), pred_age),
+    genders = np.asarray(true_gender).astype(str)
+    groups = np.asarray(true_group).astype(str)
+    ages = np.asarray(true_age, dtype=np.float64)
+    age_known = ~np.isnan(ages)
+    tasks: dict[str, tuple[Metric, np.ndarray, np.ndarray, np.ndarray]] = {
+        "gender_accuracy": (accuracy, genders, pred_gender, np.isin(genders, gender_names)),
+        "group_accuracy": (accuracy, groups, pred_group, np.isin(groups, group_names)),
+        "age_mae": (mean_absolute_error, ages, pred_age, age_known),
     }
     bands = labels.get("age_bands")
     if bands:
         metric = functools.partial(band_accuracy, bands=[float(b) for b in bands])
-        tasks["age_band_accuracy"] = (metric, np.asarray(true_age, dtype=np.float64), pred_age)
+        tasks["age_band_accuracy"] = (metric, ages, pred_age, age_known)
     out: dict[str, dict[str, Any]] = {}
-    for task, (metric, y_true, y_pred) in tasks.items():
+    for task, (metric, y_true, y_pred, known) in tasks.items():
         out[task] = {
-            b: frame_summary(metric, y_true, y_pred, sens, name=task)
+            b: frame_summary(
+                metric,
+                y_true[known],
+                y_pred[known],
+                np.asarray(sens).astype(str)[known],
+                name=task,
+                unlabeled=UNLABELED,
+            )
             for b, sens in breakdowns.items()
         }
     return out
+
+
+def label_counts(
+    *, true_age: np.ndarray, true_gender: np.ndarray, true_group: np.ndarray, labels: Mapping
+) -> dict[str, int]:
+    """Images in total and with each label the demographic model is scored on."""
+    ages = np.asarray(true_age, dtype=np.float64)
+    return {
+        "images": int(ages.size),
+        "age": int((~np.isnan(ages)).sum()),
+        "gender": int(np.isin(np.asarray(true_gender).astype(str), list(labels["gender"])).sum()),
+        "group": int(np.isin(np.asarray(true_group).astype(str), list(labels["group"])).sum()),
+    }
 
 
 def detection_report(
@@ -119,6 +149,6 @@ def detection_report(
     det = np.asarray(detected, dtype=bool)
     present = np.ones_like(det)
     return {
-        b: frame_summary(miss_rate, present, det, sens, name="miss_rate")
+        b: frame_summary(miss_rate, present, det, sens, name="miss_rate", unlabeled=UNLABELED)
         for b, sens in breakdowns.items()
     }

@@ -255,6 +255,7 @@ class Differentials:
     cross_n: np.ndarray
     summaries: dict[str, float]
     samples: dict[str, np.ndarray] = field(default_factory=dict)
+    n_unlabeled: int = 0  # identities without a value for this breakdown (in no group)
 
     def to_dict(self, level: float = 0.95) -> dict[str, Any]:
         """JSON-ready view: per-group rates, cross-group FMR and summaries with intervals."""
@@ -280,11 +281,18 @@ class Differentials:
                 lo = np.nanpercentile(cross, tail, axis=0)
                 hi = np.nanpercentile(cross, 100 - tail, axis=0)
             cross_ci = {"ci_low": _matrix(lo), "ci_high": _matrix(hi)}
+        n_all = int(self.n_identities.sum()) + self.n_unlabeled
         return {
             "breakdown": self.breakdown,
             "labels": list(self.labels),
             "threshold": self.threshold,
             "groups": groups,
+            "unlabeled": {
+                "n_identities": self.n_unlabeled,
+                "share": self.n_unlabeled / n_all if n_all else 0.0,
+                "note": "identities without this attribute: in no group, left out of every "
+                "differential",
+            },
             "cross_fmr": {
                 "labels": list(self.labels),
                 "value": _matrix(self.cross_fmr),
@@ -391,6 +399,7 @@ def demographic_differentials(
             cross_fmr=p["cross_fmr"],
             cross_n=np.rint(p["cross_n"]).astype(np.int64),
             summaries=p["summaries"],
+            n_unlabeled=int((np.asarray(b.identity_label) < 0).sum()),
         )
     if rounds <= 0:
         return out

@@ -196,6 +196,51 @@ def group_metric_figure(summary: Mapping[str, Any], *, title: str, ylabel: str) 
     return _png(fig)
 
 
+def fnir_gallery_size_figure(
+    sizes: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    *,
+    served: tuple[int, float] | None = None,
+    target_fpir: float = 0.01,
+    unbounded_from: float | None = None,
+) -> bytes:
+    """Expected FNIR at the target FPIR against gallery size (log axis), overall and per group.
+
+    ``curves`` maps ``"all"`` and each group to one FNIR per size; ``served`` marks the
+    ``(gallery size, FNIR)`` of the gallery the project serves; sizes from ``unbounded_from``
+    on need an FMR beyond what the score model can bound (shaded).
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    x = np.asarray(sizes, dtype=np.float64)
+    if unbounded_from is not None:
+        ax.axvspan(unbounded_from, x.max() * 1.5, color="#dddddd", alpha=0.6, lw=0)
+        ax.text(unbounded_from * 1.1, 0.04, "beyond what the\nevaluation can bound", fontsize=7)
+    for i, (name, values) in enumerate(curves.items()):
+        overall = name == "all"
+        ax.plot(
+            x,
+            np.asarray(values, dtype=np.float64),
+            color="black" if overall else COLORS[i % len(COLORS)],
+            lw=2.2 if overall else 1.3,
+            ls="-" if overall else "--",
+            marker="o",
+            ms=3,
+            label="all groups" if overall else name,
+        )
+    if served is not None:
+        n, fnir = served
+        ax.plot([n], [fnir], "*", color="#c0392b", ms=14, label=f"served: N = {n:,}", zorder=5)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("gallery size N (enrolled subjects)")
+    ax.set_ylabel(f"expected FNIR at FPIR {target_fpir:g}")
+    ax.set_title("1:N: misses at the threshold derived for the target FPIR")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
 def make_figures(
     *,
     fairness: Mapping[str, Any],

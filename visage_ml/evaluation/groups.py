@@ -209,6 +209,7 @@ def frame_summary(
     sensitive: np.ndarray,
     *,
     name: str,
+    unlabeled: str | None = None,
 ) -> dict[str, Any]:
     """One metric per group, JSON-ready (:meth:`GroupFrame.to_dict`).
 
@@ -222,12 +223,39 @@ def frame_summary(
         Per-sample group label (groups: its distinct values, sorted).
     name
         Metric name.
+    unlabeled
+        The label of samples whose group is unknown (e.g. ``"unlabeled"``): they count in
+        ``overall`` but form no group, so they never enter ``difference`` or ``ratio``; their
+        number, share and metric are reported under ``unlabeled``.
 
     Returns
     -------
     dict
         ``overall``, ``by_group`` (group -> value), ``n`` (group -> samples), ``difference``
         (max - min between groups) and ``ratio`` (min / max); non-finite values are ``None``.
+        With ``unlabeled``: also ``unlabeled`` (``n``, ``share``, ``value``).
     """
-    partition = Partition.from_values(sensitive)
-    return partition.frame(metric, np.asarray(y_true), np.asarray(y_pred), name=name).to_dict()
+    text = np.asarray(sensitive).astype(str)
+    if unlabeled is None:
+        partition = Partition.from_values(text)
+        return partition.frame(metric, np.asarray(y_true), np.asarray(y_pred), name=name).to_dict()
+    missing = text == unlabeled
+    labels = [str(v) for v in np.unique(text[~missing])]
+    partition = Partition.from_values(text, labels)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if labels:
+        out = partition.frame(metric, y_true, y_pred, name=name).to_dict()
+    else:
+        out = {"overall": None, "by_group": {}, "n": {}, "difference": None, "ratio": None}
+    n_missing = int(missing.sum())
+    if n_missing:
+        # The unlabeled samples are part of the population the metric describes.
+        out["overall"] = finite_or_none(float(metric(y_true, y_pred)))
+    out["unlabeled"] = {
+        "n": n_missing,
+        "share": n_missing / text.size if text.size else 0.0,
+        "value": finite_or_none(float(metric(y_true[missing], y_pred[missing])))
+        if n_missing
+        else None,
+    }
+    return out

@@ -23,6 +23,27 @@ HEADLINE_SUMMARIES: tuple[str, ...] = (
 )
 
 
+# The LFW figures of metrics.json: the 10-fold accuracy and how many pairs and images it rests on.
+LFW_KEYS: tuple[str, ...] = (
+    "accuracy",
+    "std",
+    "stderr",
+    "n_pairs",
+    "pairs_in_protocol",
+    "pairs_used",
+    "pairs_with_undetected_image",
+    "pairs_with_fallback_crop",
+    "pairs_not_evaluated",
+    "images",
+    "images_missed",
+    "images_fallback",
+    "miss_rate",
+    "accuracy_detected_pairs",
+    "source",
+    "skipped",
+)
+
+
 def json_ready(obj: Any) -> Any:
     """JSON-ready copy: numpy scalars to Python, non-finite floats to ``None``."""
     if isinstance(obj, Mapping):
@@ -65,6 +86,8 @@ def headline_metrics(
     model_report: Mapping[str, Any],
     detection: Mapping[str, Any] | None,
     lfw: Mapping[str, Any] | None,
+    sources: Mapping[str, Any] | None = None,
+    population: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``reports/metrics.json`` document: one flat-ish, JSON-ready view of the results.
 
@@ -84,12 +107,17 @@ def headline_metrics(
         Demographic model summaries per task and breakdown.
     detection, lfw
         Detector miss rates and LFW accuracy, when measured.
+    sources
+        Per-source verification figures (:func:`visage_ml.evaluation.sources.per_source`).
+    population
+        Who the pooled figures describe (sources, unlabeled shares).
 
     Returns
     -------
     dict
         Sections ``verification``, ``identification``, ``fairness``, ``demographics`` and,
-        when measured, ``detection`` and ``lfw``.
+        when measured, ``detection``, ``lfw`` (with its pairs and misses), ``sources`` and
+        ``population``.
     """
     ver = {k: v["value"] for k, v in verification.items() if isinstance(v, dict)}
     ver["threshold"] = threshold["threshold"]
@@ -121,6 +149,15 @@ def headline_metrics(
             "miss_rate_group_difference": detection["group"]["difference"],
             "miss_rate_group_ratio": detection["group"]["ratio"],
         }
-    if lfw and "accuracy" in lfw:
-        out["lfw"] = {k: lfw[k] for k in ("accuracy", "std", "stderr", "n_pairs")}
+    if lfw:
+        out["lfw"] = {k: v for k, v in lfw.items() if k in LFW_KEYS}
+    if sources:
+        out["sources"] = {name: dict(figures) for name, figures in sources.items()}
+    if population:
+        out["population"] = {
+            "sources": ", ".join(population["sources"]),
+            "identities_by_source": dict(population["identities_by_source"]),
+            "unlabeled_group_share": population["unlabeled"]["group_share"],
+            "unlabeled_gender_share": population["unlabeled"]["gender_share"],
+        }
     return json_ready(out)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visage_ml.data.pairs import threshold_at_far
+from visage_ml.evaluation.calibration import NO_CALIBRATION, ScoreCalibration
 from visage_ml.evaluation.verification import far_key
 
 DEFAULT_FPIRS: tuple[float, ...] = (1e-2, 1e-1)
@@ -108,6 +109,7 @@ def search_scores(
     n_enrolled: int,
     *,
     block: int = 4096,
+    calibration: ScoreCalibration = NO_CALIBRATION,
 ) -> np.ndarray:
     """Best cosine score of each probe against each enrolled identity.
 
@@ -121,6 +123,9 @@ def search_scores(
         Number of enrolled identities.
     block
         Probes per matrix product.
+    calibration
+        Score calibration applied to every comparison before the best is taken (as serving
+        applies it); none by default.
 
     Returns
     -------
@@ -134,8 +139,14 @@ def search_scores(
     if sorted_ids.size and (len(starts) != n_enrolled or sorted_ids[-1] != n_enrolled - 1):
         raise ValueError("every enrolled identity needs at least one gallery image")
     out = np.empty((len(probes), n_enrolled), dtype=np.float64)
+    gal_clusters = calibration.clusters(gal) if not calibration.identity else None
     for s in range(0, len(probes), block):
-        sims = np.asarray(probes[s : s + block], dtype=np.float32) @ gal.T
+        chunk = np.asarray(probes[s : s + block], dtype=np.float32)
+        sims = chunk @ gal.T
+        if gal_clusters is not None:
+            sims = calibration.apply(
+                sims, calibration.clusters(chunk)[:, None], gal_clusters[None, :]
+            )
         out[s : s + block] = np.maximum.reduceat(sims, starts, axis=1)
     return out
 

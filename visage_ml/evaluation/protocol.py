@@ -6,7 +6,10 @@ demographic breakdown at that one threshold and the fairness gate; the demograph
 detector per group; LFW 10-fold accuracy when a protocol is given. :func:`evaluate` returns the
 documents (``metrics.json``, ``fairness.json``, ``threshold.json``), the CSV tables, the
 figures and the HTML page as values; the ``evaluate`` stage reads the inputs and writes them.
-Only ``split == "test"`` identities are scored.
+Only ``split == "test"`` identities are scored. Subjects without a demographic label are
+evaluated like everyone else and appear in every per-group report as an explicit ``unlabeled``
+share, never as a group. In a project with several sources (SynthFaces and imports) the
+headline figures pool every test identity and ``sources`` gives each source's own.
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from visage_ml.config import GENDERS, GROUPS, EvaluateParams, flatten
+from visage_ml.data.manifest import UNLABELED
 from visage_ml.data.pairs import build_pairs, encode_labels, threshold_at_far
 from visage_ml.evaluation import demographics as demo
+from visage_ml.evaluation.calibration_report import compare_calibrations, rescored
+from visage_ml.evaluation.decision import decide_gates, fairness_headline, fit_calibrations
+from visage_ml.evaluation.demographic_intervals import accuracy_intervals, correct_predictions
 from visage_ml.evaluation.fairness import (
     Breakdown,
     GateOutcome,
     demographic_differentials,
-    fairness_gate,
     make_breakdown,
 )
 from visage_ml.evaluation.figures import make_figures
@@ -36,6 +41,8 @@ from visage_ml.evaluation.headline import headline_metrics, json_ready
 from visage_ml.evaluation.identification import open_set_metrics, search_scores, split_enrolment
 from visage_ml.evaluation.lfw import protocol_accuracy
 from visage_ml.evaluation.report import render_html
+from visage_ml.evaluation.serving_reports import ServedContext, serving_reports
+from visage_ml.evaluation.sources import per_source, source_column
 from visage_ml.evaluation.tables import fairness_tables, group_curves, plot_tables
 from visage_ml.evaluation.verification import (
     RocCurve,
@@ -53,13 +60,8 @@ MSG_NO_TEST = (
     "prepare.split.test in params.yaml or add identities) and re-run `dvc repro`"
 )
 MSG_ROWS = (
-    "manifest.parquet has {rows} rows but faces.u8.npy holds {faces} crops; re-run "
+    "manifest.parquet has {rows} rows but faces.sealed holds {faces} crops; re-run "
     "`dvc repro prepare` to rebuild both together"
-)
-MSG_GATE = (
-    "fairness gate failed: {details}. Reports were written to {reports} (open "
-    "fairness_report.html); improve the model (e.g. train_embedder.sampling: group_balanced) "
-    "or, after review, change evaluate.gate in params.yaml"
 )
 
 
@@ -100,7 +102,8 @@ class EvaluationInputs:
         ``eval_data_md5``, ``md5 <file>``, ``{embedder,demographics}_{model_version,data_md5}``
         and ``git_rev``.
     detection
-        Detector outcome per source image (``detected``, ``group``, ``gender``), if known.
+        Detector outcome per source image (``detected``, ``group``, ``gender`` and, from
+        current prepare runs, ``image_id``, ``split``, ``source``, ``fallback``), if known.
     lfw_pairs
         The LFW pairs protocol, if imported.
     """
@@ -112,6 +115,14 @@ class EvaluationInputs:
     lineage: Mapping[str, str]
     detection: pd.DataFrame | None = None
     lfw_pairs: pd.DataFrame | None = None
+    # Serving's target FPIR and gallery size, for the 1:N report (defaults when None).
+    served: ServedContext | None = None
+    # The calibration part of the evaluation population (embeddings and their synthetic ids):
+    # the label-free score calibrations are fitted on it; it is never measured.
+    calibration_embeddings: np.ndarray | None = None
+    calibration_ids: np.ndarray | None = None
+    # train_embedder.sampling of the evaluated embedder (the calibration comparison's row).
+    embedder_sampling: str | None = None
 
 
 @dataclass
@@ -129,6 +140,12 @@ class EvaluationResult:
     html: str
     params: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    # reports/score_model.json and reports/demographic_confusion.json (serving loads them).
+    score_model: dict[str, Any] = field(default_factory=dict)
+    confusion: dict[str, Any] = field(default_factory=dict)
+    # reports/score_calibration.json (serving applies it) and the gate's two parts.
+    score_calibration: dict[str, Any] = field(default_factory=dict)
+    gates: dict[str, GateOutcome] = field(default_factory=dict)
 
 
 def select_test_rows(manifest: pd.DataFrame, n_faces: int) -> pd.DataFrame:
@@ -178,16 +195,32 @@ def identity_values(codes: np.ndarray, values: np.ndarray, *, n: int, what: str)
     return per_id
 
 
+def labelled(values: pd.Series) -> np.ndarray:
+    """A demographic attribute as text, ``"unlabeled"`` where it is unknown."""
+    return values.astype("string").fillna(UNLABELED).astype(str).to_numpy()
+
+
 def _labels(config_labels: Sequence[str], observed: np.ndarray) -> tuple[str, ...]:
-    extra = sorted({str(v) for v in observed} - set(config_labels) - {"None", "nan", ""})
+    unknown = {"None", "nan", "", "<NA>", UNLABELED}
+    extra = sorted({str(v) for v in observed} - set(config_labels) - unknown)
     return tuple(config_labels) + tuple(extra)
 
 
 def demographic_breakdowns(id_group: np.ndarray, id_gender: np.ndarray) -> list[Breakdown]:
-    """The ``group``, ``gender`` and ``group_gender`` partitions of the identities."""
+    """The ``group``, ``gender`` and ``group_gender`` partitions of the identities.
+
+    Identities whose value is ``"unlabeled"`` belong to no group of the partition (code -1):
+    they are counted as the breakdown's unlabeled share and left out of every differential.
+    """
     groups = _labels(GROUPS, id_group)
     genders = _labels(GENDERS, id_gender)
-    combo = np.array([f"{g}_{s}" for g, s in zip(id_group, id_gender, strict=True)], dtype=object)
+    combo = np.array(
+        [
+            UNLABELED if UNLABELED in (g, s) else f"{g}_{s}"
+            for g, s in zip(id_group, id_gender, strict=True)
+        ],
+        dtype=object,
+    )
     return [
         make_breakdown("group", id_group, groups),
         make_breakdown("gender", id_gender, genders),
@@ -228,12 +261,10 @@ def _per_image_reports(
 ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """The demographic model and detector per group, and LFW accuracy."""
     test = inputs.test
-    sensitive = {
-        "group": test["group"].astype(str).to_numpy(),
-        "gender": test["gender"].astype(str).to_numpy(),
-    }
+    sensitive = {"group": labelled(test["group"]), "gender": labelled(test["gender"])}
+    true_age = test["age"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
     model_report = demo.demographic_model_report(
-        true_age=test["age"].to_numpy(dtype=np.float64),
+        true_age=true_age,
         true_gender=sensitive["gender"],
         true_group=sensitive["group"],
         predictions=inputs.predictions,
@@ -245,15 +276,28 @@ def _per_image_reports(
         det = inputs.detection
         detection = demo.detection_report(
             det["detected"].to_numpy(dtype=bool),
-            {
-                "group": det["group"].astype(str).to_numpy(),
-                "gender": det["gender"].astype(str).to_numpy(),
-            },
+            {"group": labelled(det["group"]), "gender": labelled(det["gender"])},
         )
     lfw = None
     if inputs.lfw_pairs is not None:
-        lfw = protocol_accuracy(inputs.lfw_pairs, test["image_id"].to_numpy(), inputs.embeddings)
+        fallback = test["fallback"].astype(bool) if "fallback" in test else None
+        lfw = protocol_accuracy(
+            inputs.lfw_pairs,
+            test["image_id"].to_numpy(),
+            inputs.embeddings,
+            detection=inputs.detection,
+            fallback_ids=None if fallback is None else test.loc[fallback, "image_id"].to_numpy(),
+        )
+        sources = sorted(set(source_column(test[test["image_id"].isin(_protocol_ids(inputs))])))
+        lfw["source"] = ", ".join(sources) if sources else None
     return model_report, detection, lfw
+
+
+def _protocol_ids(inputs: EvaluationInputs) -> set[str]:
+    pairs = inputs.lfw_pairs
+    if pairs is None:
+        return set()
+    return set(pairs["image_id_a"].astype(str)) | set(pairs["image_id_b"].astype(str))
 
 
 def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> EvaluationResult:
@@ -278,7 +322,18 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
     test, emb, lineage = inputs.test, inputs.embeddings, inputs.lineage
     codes, _ = encode_labels(test["pid"].astype(str).to_numpy())
     n_ids = int(codes.max()) + 1
-    pairs = build_pairs(emb, codes, impostor_limit=cfg.impostor_pairs, seed=seed)
+    calibrations = fit_calibrations(
+        inputs.calibration_embeddings,
+        inputs.calibration_ids,
+        cfg.calibration,
+        target_fmr=cfg.target_fmr,
+        seed=seed,
+        model_version=str(lineage.get("embedder_model_version", "")),
+    )
+    calibration = calibrations.served
+    raw_pairs = build_pairs(emb, codes, impostor_limit=cfg.impostor_pairs, seed=seed)
+    # Every figure below is of the served scores: calibrated as serving calibrates them.
+    pairs = rescored(raw_pairs, calibration, calibration.clusters(emb))
     ver = verification_with_intervals(pairs, fars=cfg.fars, rounds=cfg.bootstrap, seed=seed)
     ver_dict = ver.to_dict(cfg.ci_level)
     threshold_doc = threshold_document(
@@ -294,26 +349,43 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
         codes, enrolled_share=cfg.enrolled_share, gallery_images=cfg.gallery_images, seed=seed
     )
     search = search_scores(
-        emb[enrol.probe_rows], emb[enrol.gallery_rows], enrol.gallery_ids, enrol.n_enrolled
+        emb[enrol.probe_rows],
+        emb[enrol.gallery_rows],
+        enrol.gallery_ids,
+        enrol.n_enrolled,
+        calibration=calibration,
     )
     ident = open_set_metrics(search, enrol.probe_mate, fpirs=cfg.fpirs)
     timings["identification"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    id_group = identity_values(codes, test["group"].astype(str).to_numpy(), n=n_ids, what="group")
-    id_gender = identity_values(
-        codes, test["gender"].astype(str).to_numpy(), n=n_ids, what="gender"
-    )
+    id_group = identity_values(codes, labelled(test["group"]), n=n_ids, what="group")
+    id_gender = identity_values(codes, labelled(test["gender"]), n=n_ids, what="gender")
+    id_source = identity_values(codes, source_column(test), n=n_ids, what="source")
     breakdowns = demographic_breakdowns(id_group, id_gender)
     diffs = demographic_differentials(
         pairs, breakdowns, threshold=threshold, alpha=cfg.fdr_alpha, rounds=cfg.bootstrap, seed=seed
     )
-    gate = fairness_gate(
-        diffs,
-        max_fmr_ratio=cfg.gate.max_fmr_ratio,
-        max_fnmr_ratio=cfg.gate.max_fnmr_ratio,
-        breakdowns=cfg.gate.breakdowns,
-    )
+    model_intervals = _model_intervals(inputs, codes, cfg=cfg, seed=seed)
+    gate, gates = decide_gates(diffs, model_intervals, cfg.gate, ci_level=cfg.ci_level)
+    comparison = None
+    if len(calibrations.fitted) > 1:
+        gated = [b for b in breakdowns if b.name in cfg.gate.breakdowns]
+        comparison = compare_calibrations(
+            raw_pairs,
+            emb,
+            calibrations.fitted,
+            gated,
+            target_fmr=cfg.target_fmr,
+            fmr_limits=cfg.gate.max_fmr_ratio,
+            max_tar_cost=cfg.calibration.max_tar_cost,
+            served=cfg.calibration.method,
+            rounds=cfg.calibration.bootstrap,
+            seed=seed,
+            ci_level=cfg.ci_level,
+            fdr_alpha=cfg.fdr_alpha,
+            embedder_sampling=inputs.embedder_sampling,
+        )
     curves = {
         b.name: group_curves(pairs, b, overall=ver.curve, max_points=cfg.max_curve_points)
         for b in breakdowns
@@ -323,7 +395,26 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
 
     t = time.perf_counter()
     model_report, detection, lfw = _per_image_reports(inputs)
+    sources = per_source(
+        pairs, id_source, threshold=threshold, fars=cfg.fars, detection=inputs.detection
+    )
     timings["demographics"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    served = serving_reports(
+        test=test,
+        embeddings=emb,
+        codes=codes,
+        id_group=id_group,
+        predictions=inputs.predictions,
+        demographic_labels=inputs.demographic_labels,
+        lineage=lineage,
+        cfg=cfg,
+        seed=seed,
+        served=inputs.served,
+        calibration=calibration,
+    )
+    timings["serving_models"] = time.perf_counter() - t
 
     t = time.perf_counter()
     fairness: dict[str, Any] = json_ready(
@@ -336,13 +427,29 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
             "fdr_alpha": cfg.fdr_alpha,
             "n_identities": n_ids,
             "n_images": len(test),
+            "population": population(test, id_group, id_gender, id_source),
+            "sources": sources,
             "verification": ver_dict,
             "identification": ident,
+            "open_set_scale": served.summary,
             "breakdowns": {name: d.to_dict(cfg.ci_level) for name, d in diffs.items()},
             "demographic_model": model_report,
             "detection": detection,
             "lfw": lfw,
-            "gate": {**gate.to_dict(), "enforce": cfg.gate.enforce},
+            "gate": {
+                **gate.to_dict(),
+                "enforce": cfg.gate.enforce,
+                "parts": {name: g.to_dict() for name, g in gates.items()},
+                "enforce_demographics": cfg.gate.demographics.enforce,
+                "on_inconclusive": cfg.gate.on_inconclusive,
+            },
+            "demographic_intervals": model_intervals,
+            "score_calibration": {
+                "served": calibration.method,
+                "note": calibrations.note,
+                "fitted_on": dict(calibration.info),
+                "comparison": comparison,
+            },
             "lineage": dict(lineage),
         }
     )
@@ -355,13 +462,20 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
         model_report=model_report,
         detection=detection,
         lfw=lfw,
+        sources=sources,
+        population=fairness["population"],
     )
+    metrics["identification_served"] = json_ready(served.headline)
+    for section, figures in fairness_headline(
+        gate, gates, diffs, comparison, model_intervals, ci_level=cfg.ci_level
+    ).items():
+        metrics.setdefault(section, {}).update(json_ready(figures))
     threshold_doc = json_ready(
         {**threshold_doc, "git_rev": lineage["git_rev"], "eval_data_md5": lineage["eval_data_md5"]}
     )
     params = {f"evaluate.{k}": v for k, v in flatten(cfg).items()}
     params["project.seed"] = seed
-    figures = make_figures(fairness=fairness, curves=curves)
+    figures = {**make_figures(fairness=fairness, curves=curves), **served.figures}
     html = render_html(
         fairness=fairness, metrics=metrics, figures=figures, lineage=lineage, params=params
     )
@@ -378,14 +492,55 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
         html=html,
         params=params,
         seconds=timings,
+        score_model=json_ready(served.score_model),
+        confusion=json_ready(served.confusion),
+        score_calibration=json_ready(calibration.to_dict()),
+        gates=dict(gates),
     )
 
 
-def gate_message(gate: GateOutcome, reports: Path) -> str:
-    """The error a failed, enforced gate ends the stage with: every exceeded bound."""
-    details = "; ".join(
-        f"{f['metric']} across {f['breakdown']} is {f['measured']:.3g}, above "
-        f"evaluate.gate.{f['bound']} = {f['limit']:g}"
-        for f in gate.failures
+def _model_intervals(
+    inputs: EvaluationInputs, codes: np.ndarray, *, cfg: EvaluateParams, seed: int
+) -> dict[str, Any]:
+    """The demographic model's per-group accuracy with identity-bootstrap intervals."""
+    test = inputs.test
+    correct = correct_predictions(
+        true_age=test["age"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan),
+        true_gender=labelled(test["gender"]),
+        true_group=labelled(test["group"]),
+        predictions=inputs.predictions,
+        labels=inputs.demographic_labels,
     )
-    return MSG_GATE.format(details=details, reports=reports)
+    return json_ready(
+        accuracy_intervals(
+            correct,
+            codes,
+            labelled(test["group"]),
+            groups=_labels(GROUPS, labelled(test["group"])),
+            rounds=cfg.bootstrap,
+            seed=seed,
+            ci_level=cfg.ci_level,
+        )
+    )
+
+
+def population(
+    test: pd.DataFrame, id_group: np.ndarray, id_gender: np.ndarray, id_source: np.ndarray
+) -> dict[str, Any]:
+    """Who the pooled figures describe: test identities per source, and the unlabeled share."""
+    n = len(id_group)
+    unlabeled_group = int((np.asarray(id_group) == UNLABELED).sum())
+    unlabeled_gender = int((np.asarray(id_gender) == UNLABELED).sum())
+    names, counts = np.unique(np.asarray(id_source).astype(str), return_counts=True)
+    return {
+        "scope": "all test identities of every source (pooled)",
+        "sources": [str(s) for s in names],
+        "identities_by_source": {str(s): int(c) for s, c in zip(names, counts, strict=True)},
+        "images": len(test),
+        "unlabeled": {
+            "group_identities": unlabeled_group,
+            "gender_identities": unlabeled_gender,
+            "group_share": unlabeled_group / n if n else 0.0,
+            "gender_share": unlabeled_gender / n if n else 0.0,
+        },
+    }

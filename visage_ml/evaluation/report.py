@@ -34,9 +34,11 @@ SUMMARY_LABELS: Mapping[str, str] = {
 
 
 def fmt_rate(x: Any) -> str:
-    """A rate for tables: ``n/a`` when unknown, else 3 significant digits."""
+    """A rate for tables: ``n/a`` when unknown, else 3 significant digits (text as it is)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
+    if isinstance(x, str):
+        return x
     x = float(x)
     if x == 0:
         return "0"
@@ -119,6 +121,8 @@ def render_html(
             model=fairness.get("demographic_model") or {},
             detection=fairness.get("detection") or {},
             lfw=fairness.get("lfw"),
+            population=fairness.get("population") or {},
+            sources=fairness.get("sources") or {},
             lineage=lineage,
             lineage_rows=sorted(lineage.items()),
             param_rows=sorted(params.items()),

@@ -32,9 +32,10 @@ FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/tag/v2.2
 
 MISSING_WEIGHTS = (
     "pretrained weights '{name}' not found: expected the file {file} in the folder {folder}. "
-    "visage-ml never downloads at run time: on a machine with internet access, download {file} "
-    "from the facenet-pytorch release assets ({release}), copy it into {folder} (or set "
-    "TORCH_HOME to the folder that holds checkpoints/{file}), or set train_embedder.init to "
+    "visage-ml never downloads at run time: run `visage models fetch {name}` (downloads, checks "
+    "its SHA-256 and places it), or offline download {file} from the facenet-pytorch release "
+    "assets ({release}) on another machine and run `visage models fetch {name} --file PATH` "
+    "(or copy it into {folder}; TORCH_HOME moves the folder), or set train_embedder.init to "
     "'scratch' or to the path of a .pt state dict."
 )
 UNKNOWN_NAME = "unknown {what} '{name}'; choose one of: {choices}"

@@ -82,7 +82,7 @@ def inference_payload(
     preprocess
         ``PreprocessSpec.to_dict()`` of the input the model was trained on.
     state_dict, data_md5, labels, metrics, params
-        Weights, the md5 of ``faces.u8.npy``, label orders, final metrics, training params.
+        Weights, the md5 of ``faces.sealed``, label orders, final metrics, training params.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind '{kind}'; choose one of: {', '.join(KINDS)}")

@@ -81,13 +81,27 @@ def demographic_loss(
     group: torch.Tensor,
     age_std: float,
     weights: torch.Tensor | None = None,
+    known: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Sum of the three task losses, each a (optionally weighted) mean over the batch.
 
     Age uses the smooth-L1 loss of the error in units of ``age_std``; gender and group use
     cross-entropy. ``weights`` (N,) re-weights samples, e.g. inversely to their group's share.
+    ``known`` (three boolean (N,) masks: age, gender, group) marks where each label is known
+    for partly labeled data: each task is then the mean over its known samples only (0 when a
+    batch holds none), and the unknown targets (``NaN`` age, ``-1`` classes) are never read.
     """
     pred_age, gender_logits, group_logits = outputs
+    if known is not None:
+        return _masked_loss(
+            outputs,
+            age=age,
+            gender=gender,
+            group=group,
+            age_std=age_std,
+            weights=weights,
+            known=known,
+        )
     per = (
         F.smooth_l1_loss(
             (pred_age - age.float()) / age_std, torch.zeros_like(pred_age), reduction="none"
@@ -98,6 +112,38 @@ def demographic_loss(
     if weights is None:
         return per.mean()
     return (per * weights).sum() / weights.sum()
+
+
+def _masked_loss(
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    age: torch.Tensor,
+    gender: torch.Tensor,
+    group: torch.Tensor,
+    age_std: float,
+    weights: torch.Tensor | None,
+    known: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    pred_age, gender_logits, group_logits = outputs
+    k_age, k_gender, k_group = (k.to(pred_age.device, torch.bool) for k in known)
+    # Unknown targets are replaced by a valid placeholder, then masked out of the mean.
+    safe_age = torch.where(k_age, age.float(), pred_age.detach())
+    terms = (
+        (
+            F.smooth_l1_loss(
+                (pred_age - safe_age) / age_std, torch.zeros_like(pred_age), reduction="none"
+            ),
+            k_age,
+        ),
+        (F.cross_entropy(gender_logits, gender.clamp(min=0), reduction="none"), k_gender),
+        (F.cross_entropy(group_logits, group.clamp(min=0), reduction="none"), k_group),
+    )
+    w = torch.ones_like(pred_age) if weights is None else weights.float()
+    total = pred_age.new_zeros(())
+    for loss, mask in terms:
+        mw = w * mask.float()
+        total = total + (loss * mw).sum() / mw.sum().clamp(min=1e-12)
+    return total
 
 
 DemographicFactory = Callable[..., nn.Module]

@@ -8,6 +8,11 @@ A certificate (``privacy/certificates/<request id>.json``) holds
 - ``claims_sha256``, which the signed ``erasure.completed`` ledger entry also carries;
 - ``ledger``: that entry, a later ``tree_head`` entry (RFC 9162 Merkle root, signed) and the
   inclusion proof of the entry under that root;
+- ``proof``: the offline proof bundle in the spirit of c2sp.org/tlog-proof: a
+  ``c2sp.org/tlog-proof@v1`` text whose ``extra`` is the exact ledger line of
+  ``erasure.completed``, its inclusion proof and the checkpoint (C2SP signed note) signed by the
+  ledger key and cosigned by the witnesses; the log's key (vkey, fingerprint, key history) and
+  the witnesses' keys;
 - ``signature``: Ed25519 with the ledger key over the canonical JSON of everything else.
 
 The file is written in one deterministic form (:func:`render`: sorted keys, two-space indent,
@@ -16,8 +21,12 @@ changing any byte, even whitespace, fails verification rather than going unnotic
 
 :func:`verify_proof` needs only the certificate and the public key: it checks the encoding,
 the signature, both ledger entries (hash and signature), the inclusion proof and that the claims
-are the ones the ledger entry committed to. It needs nothing above the privacy core, so a
-verifier can run without the rest of visage-ml. Whether the listed content is still in any of
+are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
+checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
+log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
+pins (``docs/verify.md`` holds the same checks in ~150 lines that need only
+``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
+rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`.
 """
 
@@ -28,7 +37,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from visage_ml.config import ProjectPaths
 from visage_ml.io import atomic_write_text, canonical_json
+from visage_ml.privacy import merkle
+from visage_ml.privacy.checkpoint import (
+    ED25519,
+    NoteError,
+    TlogProof,
+    Verifier,
+    cosigner,
+    parse_checkpoint,
+    parse_note,
+    parse_tlog_proof,
+    parse_vkey,
+    verified_cosigners,
+    verify_note,
+)
 from visage_ml.privacy.keys import key_id, load_or_create_signing_key, load_public_key
 from visage_ml.privacy.ledger import Entry, entry_hash, verify_inclusion_record
 
@@ -45,6 +68,12 @@ log = logging.getLogger(__name__)
 
 CERTIFICATE_FORMAT = "visage-erasure-certificate/1"
 SIGNATURE_ALG = "Ed25519"
+PROOF_FORMAT = "c2sp.org/tlog-proof@v1"
+
+MSG_KEYS_FROM_CERT = (
+    "{what} taken from the certificate itself: this shows the certificate is consistent, not "
+    "who made it; pin {option} with the key the controller (or witness) published"
+)
 
 MSG_NO_KEY = (
     "no public key to verify with: pass --public-key (the controller's published ledger.pub) "
@@ -69,7 +98,9 @@ def unsigned(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def sign(doc: Mapping[str, Any], paths: ProjectPaths) -> dict[str, Any]:
     """``doc`` plus an Ed25519 ``signature`` (ledger key) over its canonical JSON."""
-    key = load_or_create_signing_key(paths.signing_key, paths.ledger_public_key)
+    key = load_or_create_signing_key(
+        paths.signing_key, paths.ledger_public_key, ledger_path=paths.ledger
+    )
     body = unsigned(doc)
     sig = key.sign(canonical_json(body))
     return {
@@ -100,7 +131,13 @@ def entry_ok(obj: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
     """A ledger entry (as a mapping) whose hash recomputes and whose signature verifies."""
     try:
         h = entry_hash(
-            obj["seq"], obj["time"], obj["type"], obj["pid"], obj["payload"], obj["prev_hash"]
+            obj["seq"],
+            obj["time"],
+            obj["type"],
+            obj["pid"],
+            obj["payload"],
+            obj["prev_hash"],
+            obj.get("actor"),
         )
         if h != obj["hash"]:
             return False
@@ -129,8 +166,12 @@ def build_certificate(
     tree_head: Entry,
     inclusion: Mapping[str, Any],
     controller: Mapping[str, str],
+    proof: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble and sign a certificate; returns the signed document (not yet written)."""
+    """Assemble and sign a certificate; returns the signed document (not yet written).
+
+    ``proof`` is the offline proof bundle of :func:`offline_proof` (left out when None).
+    """
     doc = {
         "format": CERTIFICATE_FORMAT,
         "request_id": request["request_id"],
@@ -151,7 +192,53 @@ def build_certificate(
             "in the controller's checkout"
         ),
     }
+    if proof is not None:
+        doc["proof"] = dict(proof)
+        doc["verify"] = (
+            "visage privacy verify-certificate --offline <this file> --public-key ledger.pub "
+            "--witness-key <witness vkey>; or the stand-alone verifier of docs/verify.md"
+        )
     return sign(doc, paths)
+
+
+def offline_proof(
+    completed: Entry,
+    *,
+    note: bytes,
+    path: Sequence[bytes],
+    log_key: Ed25519PublicKey,
+    key_history: Sequence[str],
+    witnesses: Sequence[Verifier],
+) -> dict[str, Any]:
+    """The certificate's offline proof bundle (see the module docstring).
+
+    Parameters
+    ----------
+    completed
+        The ``erasure.completed`` entry.
+    note
+        The cosigned checkpoint (signed note) whose tree contains the entry.
+    path
+        The entry's RFC 9162 inclusion proof in that tree.
+    log_key
+        The ledger key that signed the checkpoint and the entry.
+    key_history
+        Fingerprints of the ledger's keys so far, oldest first.
+    witnesses
+        The witnesses whose cosignatures the note carries (cosignature/v1 verifiers).
+    """
+    cp = parse_checkpoint(parse_note(note).text)
+    log_v = Verifier(cp.origin, ED25519, log_key)
+    text = TlogProof(completed.seq, tuple(path), note, extra=completed.line()).to_text()
+    return {
+        "format": PROOF_FORMAT,
+        "tlog_proof": text,
+        "log": {"origin": cp.origin, "vkey": log_v.vkey, "fingerprint": log_v.fingerprint},
+        "key_history": list(key_history),
+        "witnesses": [
+            {"name": w.name, "vkey": w.vkey, "fingerprint": w.fingerprint} for w in witnesses
+        ],
+    }
 
 
 def write_certificate(paths: ProjectPaths, doc: Mapping[str, Any]) -> Path:
@@ -336,3 +423,109 @@ def _check_against_ledger(
         same,
         "the checkout's ledger holds both entries" if same else "the ledger disagrees",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline verification (the proof bundle, with pinned keys only)
+# ---------------------------------------------------------------------------------------------
+
+
+def verify_offline(
+    cert_path: str | os.PathLike[str],
+    *,
+    public_key: Ed25519PublicKey | Path | None = None,
+    witness_keys: Sequence[str] = (),
+) -> CertificateReport:
+    """Check a certificate with nothing but the file and the keys the verifier pins.
+
+    Besides :func:`verify_proof` (encoding, signature, entries, claims, tree head): the
+    tlog-proof carries exactly the ``erasure.completed`` line, that line is included in the
+    checkpoint's tree, the checkpoint is signed by the ledger key and cosigned by the witnesses.
+
+    Parameters
+    ----------
+    cert_path
+        The certificate.
+    public_key
+        The controller's published ledger key (a key or a PEM file). Without it the key in the
+        certificate is used, and the report says so: that proves consistency, not origin.
+    witness_keys
+        Witness verifier keys (vkeys) to require: each must have cosigned. Without them the
+        certificate's own list is used (at least one must verify), and the report says so.
+    """
+    pub: Ed25519PublicKey | Path | None = public_key
+    from_cert: list[str] = []
+    if pub is None:
+        try:
+            doc = json.loads(Path(cert_path).read_text(encoding="utf-8"))
+            pub = parse_vkey(doc["proof"]["log"]["vkey"]).public_key
+            from_cert.append(MSG_KEYS_FROM_CERT.format(what="ledger key", option="--public-key"))
+        except (OSError, ValueError, KeyError, TypeError, NoteError):
+            pub = None
+    if pub is None:
+        report = CertificateReport(path=str(cert_path))
+        report.add("public key", False, MSG_NO_KEY)
+        return report
+    report, doc, key = verify_proof(cert_path, public_key=pub)
+    if doc is None or key is None:
+        return report
+    _check_witnessed(doc, key, witness_keys, report, from_cert)
+    return report
+
+
+def _check_witnessed(
+    doc: Mapping[str, Any],
+    pub: Ed25519PublicKey,
+    witness_keys: Sequence[str],
+    report: CertificateReport,
+    notes: list[str],
+) -> None:
+    proof = doc.get("proof")
+    if not isinstance(proof, Mapping) or proof.get("format") != PROOF_FORMAT:
+        report.add("witnessed checkpoint", False, "the certificate carries no tlog-proof")
+        return
+    completed = (doc.get("ledger") or {}).get("erasure_completed") or {}
+    try:
+        tp = parse_tlog_proof(str(proof.get("tlog_proof")))
+        note = parse_note(tp.checkpoint)
+        cp = parse_checkpoint(note.text)
+        line = Entry(**completed).line()
+    except (NoteError, TypeError, ValueError) as exc:
+        report.add("witnessed checkpoint", False, f"unreadable tlog-proof ({exc})")
+        return
+    report.add(
+        "tlog-proof entry",
+        tp.extra == line and tp.index == completed.get("seq"),
+        f"index {tp.index}: the exact erasure.completed ledger line",
+    )
+    try:
+        verify_note(note, [Verifier(cp.origin, ED25519, pub)])
+        log_ok = True
+    except NoteError:
+        log_ok = False
+    report.add(
+        "checkpoint signature",
+        log_ok,
+        f"{cp.origin} size {cp.size}, signed by the ledger key",
+    )
+    included = tp.extra is not None and merkle.verify_inclusion(
+        merkle.leaf_hash(tp.extra), tp.index, cp.size, list(tp.hashes), cp.root
+    )
+    report.add("checkpoint inclusion", included, f"leaf {tp.index} of {cp.size}")
+    try:
+        if witness_keys:
+            keys = [cosigner(k) for k in witness_keys]
+        else:
+            keys = [cosigner(str(w["vkey"])) for w in proof.get("witnesses") or []]
+            notes.append(MSG_KEYS_FROM_CERT.format(what="witness keys", option="--witness-key"))
+        cosigned = verified_cosigners(note, keys)
+    except (NoteError, KeyError, TypeError) as exc:
+        report.add("witness cosignatures", False, f"a cosignature does not verify ({exc})")
+        return
+    enough = bool(cosigned) and (not witness_keys or len(cosigned) == len(keys))
+    detail = f"{len(cosigned)} of {len(keys)} witnesses cosigned: " + (
+        ", ".join(v.name for v in cosigned) or "none"
+    )
+    report.add("witness cosignatures", enough, detail)
+    for text in notes:
+        report.add("keys pinned", True, text)

@@ -3,6 +3,10 @@
 CLI commands, HTTP handlers, acquisition and the rights workflows all go through
 :class:`PrivacyCore`, so every state change is a signed ledger event and refreshes the consent
 snapshot the pipeline reads.
+
+Opening a core checks the ledger against the newest witnessed checkpoints it can find and
+refuses a ledger that was rolled back or forked (:mod:`visage_ml.privacy.witnessed`); every
+append through it is witnessed as ``privacy.witness`` asks (narrowing events at once).
 """
 
 from __future__ import annotations
@@ -13,13 +17,28 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from visage_ml.config import PURPOSES, ProjectPaths
+from visage_ml.privacy.certificate import offline_proof
 from visage_ml.privacy.consent import ConsentReceipt, check_basis, check_purposes
-from visage_ml.privacy.keys import check_pid, new_pid
-from visage_ml.privacy.ledger import Entry, Ledger
+from visage_ml.privacy.datakeys import DataKeys, wrapped_keys_exist
+from visage_ml.privacy.keys import CACHE_KEY_FILE, check_pid, new_pid
+from visage_ml.privacy.ledger import ROTATION_TYPE, Entry, Ledger, LedgerError
+from visage_ml.privacy.records import records_of
 from visage_ml.privacy.registry import Decision, Registry, SubjectState
 from visage_ml.privacy.snapshot import write_snapshot
+from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.privacy.vault import IdentityVault
+from visage_ml.privacy.witnessed import (
+    Witnessed,
+    Witnessing,
+    WitnessUnavailableError,
+    forget_checks,
+    witness_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +65,148 @@ class NewSubject:
 
 
 class PrivacyCore:
-    """The privacy core of the project at ``paths``."""
+    """The privacy core of the project at ``paths``.
 
-    def __init__(self, paths: ProjectPaths) -> None:
+    Parameters
+    ----------
+    paths
+        The project.
+    check
+        Check the ledger against its witnessed checkpoints now (fail closed). Only the
+        diagnostics (`visage privacy verify-ledger`) open a core without it.
+
+    Raises
+    ------
+    LedgerRollbackError
+        The ledger is shorter than, or forked from, a checkpoint it signed.
+    """
+
+    def __init__(self, paths: ProjectPaths, *, check: bool = True) -> None:
         self.paths = paths
         self._snapshot_written: tuple[int, int, int, int] | None = None
+        if check:
+            self.check_ledger()
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(
+        ledger = Ledger(
             self.paths.ledger,
             key_path=self.paths.signing_key,
             public_key_path=self.paths.ledger_public_key,
         )
+        ledger.after_append = self._after_append
+        return ledger
 
     @cached_property
     def registry(self) -> Registry:
-        return Registry(self.paths.ledger)
+        return Registry(
+            self.paths.ledger,
+            public_key_path=self.paths.ledger_public_key,
+            mac_key_path=self.paths.secrets / CACHE_KEY_FILE,
+            on_replaced=self._ledger_replaced,
+        )
+
+    @cached_property
+    def witnessing(self) -> Witnessing:
+        """Witnessed checkpoints of the ledger (``privacy.witness`` of params.yaml)."""
+        return Witnessing(self.paths, witness_params(self.paths), self.ledger)
+
+    # -- the ledger's integrity ----------------------------------------------------------------
+    def check_ledger(self) -> list[dict[str, Any]]:
+        """Check the ledger against every witnessed checkpoint found; see
+        :meth:`~visage_ml.privacy.witnessed.Witnessing.check` (raises on rollback or fork)."""
+        return self.witnessing.check()
+
+    def checkpoint_and_witness(self) -> Witnessed:
+        """Sign a checkpoint of the whole ledger and have the witnesses cosign it now."""
+        return self.witnessing.checkpoint_and_witness()
+
+    def offline_proof(self, entry: Entry) -> dict[str, Any]:
+        """Witness a checkpoint covering ``entry`` now; return the offline proof bundle of
+        ``entry`` under it (what an erasure certificate carries, see
+        :func:`~visage_ml.privacy.certificate.offline_proof`)."""
+        witnessed = self.checkpoint_and_witness()
+        if witnessed.tree is None or witnessed.tree.size <= entry.seq:
+            raise LedgerError(f"the witnessed checkpoint does not cover entry {entry.seq}")
+        return offline_proof(
+            entry,
+            note=witnessed.note,
+            path=witnessed.tree.inclusion_proof(entry.seq),
+            log_key=self.ledger.signing_key().public_key(),
+            key_history=self.ledger.key_chain().fingerprints(),
+            witnesses=self.witnessing.cosigners_of(witnessed.note),
+        )
+
+    def _after_append(self, entries: list[Entry]) -> None:
+        try:
+            self.witnessing.after_append(entries)
+        except WitnessUnavailableError:
+            # The event is recorded and in force: the pipeline's consent snapshot must say so
+            # even though the command fails for want of cosignatures.
+            self.snapshot()
+            raise
+
+    def _ledger_replaced(self) -> None:
+        # The registry saw the ledger shrink under it: a rollback unless the checkpoints agree.
+        forget_checks(self.paths.ledger)
+        self.witnessing.check()
+
+    def rotate_ledger_key(self) -> tuple[Entry, list[str]]:
+        """Replace the ledger key: a ``ledger.key_rotated`` entry signed by the old key and
+        vouched for by the new one, then every witness is shown the entry and pins the new key.
+
+        Returns
+        -------
+        tuple
+            The rotation entry and the witnesses that did not accept it yet (retry with
+            :meth:`announce_rotation`).
+        """
+        self.check_ledger()
+        if not self.paths.ledger.exists() or not self.paths.ledger.stat().st_size:
+            raise LedgerError("the ledger is empty: there is no key to rotate yet")
+        new = Ed25519PrivateKey.generate()
+        entry, previous = self.ledger.rotate_key(new)
+        _, problems = self.witnessing.announce_rotation(entry, previous)
+        if not problems:
+            self.ledger.previous_key_path.unlink(missing_ok=True)
+        return entry, problems
+
+    def announce_rotation(self) -> list[str]:
+        """Show every witness the last key rotation again (after one was unreachable)."""
+        previous_path = self.ledger.previous_key_path
+        if not previous_path.exists():
+            raise LedgerError(
+                "no rotation waits for its witnesses (secrets/ledger.key.previous is gone)"
+            )
+        previous = serialization.load_pem_private_key(previous_path.read_bytes(), password=None)
+        if not isinstance(previous, Ed25519PrivateKey):
+            raise LedgerError(f"{previous_path} is not an Ed25519 private key")
+        entry = last_rotation(self.ledger)
+        if entry is None:
+            raise LedgerError("the ledger holds no key rotation")
+        _, problems = self.witnessing.announce_rotation(entry, previous)
+        if not problems:
+            previous_path.unlink(missing_ok=True)
+        return problems
 
     @cached_property
     def vault(self) -> IdentityVault:
         """Opened on first use: needs the master key."""
-        return IdentityVault(self.paths.vault, self.paths.master_key)
+        return IdentityVault(
+            self.paths.vault,
+            self.paths.master_key,
+            create_master=not wrapped_keys_exist(self.paths),
+        )
+
+    @cached_property
+    def data_keys(self) -> DataKeys:
+        """The per-subject data keys sealing biometric files (opened on first use)."""
+        return DataKeys.for_project(self.paths)
+
+    @cached_property
+    def tombstones(self) -> Tombstones:
+        """Keyed tombstones of erased subjects (:mod:`visage_ml.privacy.tombstones`)."""
+        return Tombstones.open(self.paths)
 
     # -- questions -----------------------------------------------------------------------------
     def may_process(self, pid: str, purpose: str) -> Decision:
@@ -163,6 +302,8 @@ class PrivacyCore:
         """Record the same consent receipt for several subjects (one lock, one fsync)."""
         for pid in pids:
             self._live(pid)
+        # Every consent names purposes of the records of processing, with a basis they allow.
+        records_of(self.paths).check_basis(receipt.purposes, receipt.legal_basis)
         payload = {"receipt": receipt.to_dict(), "receipt_hash": receipt.digest()}
         entries = self.ledger.append_many([("consent.given", pid, payload) for pid in pids])
         if snapshot:
@@ -204,6 +345,7 @@ class PrivacyCore:
             "legal_basis": list(check_basis(legal_basis)),
             "evidence_hash": evidence_hash,
         }
+        records_of(self.paths).check_basis(payload["purposes"], payload["legal_basis"])
         entries = self.ledger.append_many([("basis.recorded", pid, payload) for pid in pids])
         if snapshot:
             self.snapshot()
@@ -276,3 +418,14 @@ class PrivacyCore:
             return None
         # changed_seq is the largest last_seq of any subject.
         return (len(registry), registry.changed_seq, st.st_mtime_ns, st.st_size)
+
+
+def last_rotation(ledger: Ledger) -> Entry | None:
+    """The ledger's last ``ledger.key_rotated`` entry, if any."""
+    found = None
+    for _, line in ledger.iter_lines():
+        if ROTATION_TYPE.encode() in line:
+            entry = Entry(**orjson.loads(line))
+            if entry.type == ROTATION_TYPE:
+                found = entry
+    return found

@@ -65,10 +65,80 @@ def new_pid() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_or_create_signing_key(key_path: Path, public_path: Path) -> Ed25519PrivateKey:
-    """Load the ledger signing key, creating it (and its public key file) on first use."""
+MSG_LEDGER_KEY_MISSING = (
+    "the ledger signing key {key} is missing but the ledger {ledger} holds {size} bytes of "
+    "signed entries (published key privacy/ledger.pub, fingerprint {fingerprint}). Restore "
+    "{key} from your key backup (mode 0600) and run again. visage-ml never creates a new "
+    "ledger key while a ledger exists: the entries would no longer verify and the witnesses "
+    "would refuse its checkpoints. To change keys on purpose, restore the key first, then run "
+    "`visage privacy rotate-ledger-key`."
+)
+MSG_LEDGER_PUB_MISMATCH = (
+    "{pub} (fingerprint {published}) is not the public key of the ledger signing key {key} "
+    "(fingerprint {actual}): one of them was replaced. Restore both from your key backup; "
+    "`visage privacy verify-ledger` shows which key signs the ledger."
+)
+
+
+class LedgerKeyError(MasterKeyError):
+    """The ledger's signing key is missing, or its published public key was replaced."""
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """SHA-256 (hex) of the raw public key: the fingerprint witnesses and certificates pin."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _published_fingerprint(public_path: Path) -> str:
+    try:
+        return fingerprint(load_public_key(public_path))
+    except (OSError, ValueError):
+        return "unknown (privacy/ledger.pub missing or unreadable)"
+
+
+def _ledger_size(ledger_path: Path | None) -> int:
+    if ledger_path is None:
+        return 0
+    try:
+        return Path(ledger_path).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def load_or_create_signing_key(
+    key_path: Path, public_path: Path, *, ledger_path: Path | None = None
+) -> Ed25519PrivateKey:
+    """Load the ledger signing key; create it (and its public key file) only for a new ledger.
+
+    Parameters
+    ----------
+    key_path
+        ``secrets/ledger.key`` (PKCS#8 PEM, 0600).
+    public_path
+        ``privacy/ledger.pub``, written when missing.
+    ledger_path
+        The ledger the key signs. While it holds entries, a missing key is an error (never a
+        new key) and a ``ledger.pub`` that is not the key's public key is an error (never
+        overwritten).
+
+    Raises
+    ------
+    LedgerKeyError
+        The key is missing while the ledger exists, or ``ledger.pub`` was replaced.
+    """
     key_path, public_path = Path(key_path), Path(public_path)
+    size = _ledger_size(ledger_path)
     if not key_path.exists():
+        if size:
+            raise LedgerKeyError(
+                MSG_LEDGER_KEY_MISSING.format(
+                    key=key_path,
+                    ledger=ledger_path,
+                    size=size,
+                    fingerprint=_published_fingerprint(public_path),
+                )
+            )
         with file_lock(key_path.parent / ".keys.lock"):
             if not key_path.exists():
                 key = Ed25519PrivateKey.generate()
@@ -83,9 +153,53 @@ def load_or_create_signing_key(key_path: Path, public_path: Path) -> Ed25519Priv
     if not isinstance(key, Ed25519PrivateKey):
         raise MasterKeyError(f"{key_path} is not an Ed25519 private key")
     pub_pem = public_pem(key.public_key())
-    if not public_path.exists() or public_path.read_bytes() != pub_pem:
+    if not public_path.exists():
+        atomic_write_bytes(public_path, pub_pem, mode=0o644)
+    elif public_path.read_bytes() != pub_pem:
+        if size:
+            raise LedgerKeyError(
+                MSG_LEDGER_PUB_MISMATCH.format(
+                    pub=public_path,
+                    key=key_path,
+                    published=_published_fingerprint(public_path),
+                    actual=fingerprint(key.public_key()),
+                )
+            )
         atomic_write_bytes(public_path, pub_pem, mode=0o644)
     return key
+
+
+CACHE_KEY_FILE = "fold.key"
+
+
+def cache_mac_key(path: Path | None, *, create: bool) -> bytes | None:
+    """The HMAC key of the ledger's derived caches (``secrets/fold.key``, 32 random bytes).
+
+    The registry's fold cache and the ledger's leaf-hash cache are authenticated with it, so
+    that whoever can write ``privacy/`` but not read ``secrets/`` cannot forge them. Returns
+    None when ``path`` is None, or the key is missing and ``create`` is false.
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        key = path.read_bytes()
+        return key if len(key) == 32 else None
+    except FileNotFoundError:
+        if not create:
+            return None
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return cache_mac_key(path, create=False)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.urandom(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return cache_mac_key(path, create=False)
 
 
 def public_pem(public_key: Ed25519PublicKey) -> bytes:
@@ -125,7 +239,26 @@ def _decode_key(text: str, source: str) -> bytes:
     raise MasterKeyError(BAD_MASTER_KEY_FORMAT.format(source=source))
 
 
-def load_master_key(key_path: Path, *, create: bool) -> bytes:
+ROTATION_SUFFIX = ".next"
+MSG_ROTATION_IN_PROGRESS = (
+    "a master-key rotation was interrupted ({next} exists): some data keys are wrapped under "
+    "the new key, some under the old one. Run `visage privacy rotate-master-key` again to "
+    "finish it before anything else"
+)
+
+
+def next_master_key_path(key_path: Path) -> Path:
+    """Where a rotation keeps the new master key until every key ring is re-wrapped."""
+    key_path = Path(key_path)
+    return key_path.with_name(key_path.name + ROTATION_SUFFIX)
+
+
+def decode_master_key(text: str, source: str) -> bytes:
+    """32 key bytes from base64 or hex text (``MasterKeyError`` naming ``source`` otherwise)."""
+    return _decode_key(text, source)
+
+
+def load_master_key(key_path: Path, *, create: bool, rotating: bool = False) -> bytes:
     """The master key from ``$VISAGE_MASTER_KEY`` or ``key_path``.
 
     Parameters
@@ -135,7 +268,13 @@ def load_master_key(key_path: Path, *, create: bool) -> bytes:
     create
         Create ``key_path`` (mode 0600) when neither source exists. Callers pass ``True`` only
         when no data encrypted under a master key exists yet.
+    rotating
+        Called by the master-key rotation itself; everyone else is refused while an
+        interrupted rotation is unfinished (:data:`MSG_ROTATION_IN_PROGRESS`).
     """
+    pending = next_master_key_path(key_path)
+    if not rotating and pending.exists():
+        raise MasterKeyError(MSG_ROTATION_IN_PROGRESS.format(next=pending))
     env = os.environ.get(MASTER_KEY_ENV)
     if env:
         return _decode_key(env, MASTER_KEY_ENV)

@@ -1,9 +1,15 @@
 """The privacy ledger: an append-only, hash-chained, Ed25519-signed JSONL log of events.
 
-Each line is the canonical JSON of ``{seq, time, type, pid, payload, prev_hash, hash, sig}``:
-``hash`` is SHA-256 over the canonical JSON of the first six fields, ``sig`` an Ed25519
-signature of ``hash``, and ``prev_hash`` the SHA-256 of the previous entry's whole line
-(signature included), so the last entry's signed hash commits to every byte before it. The
+Each line is the canonical JSON of ``{seq, time, type, pid, payload, prev_hash, hash, sig}``
+plus, on entries written since actors were recorded, ``actor``: ``hash`` is SHA-256 over the
+canonical JSON of the content fields (the first six, and ``actor`` when present), ``sig`` an
+Ed25519 signature of ``hash``, and ``prev_hash`` the SHA-256 of the previous entry's whole line
+(signature included), so the last entry's signed hash commits to every byte before it.
+
+The actor says who caused the entry: ``api-key:<key id>`` (an HTTP request), ``os:<user>`` (a
+command run by that operating-system user) or ``scheduler`` (``visage privacy enforce``). It is
+taken from :func:`acting_as` (a context variable the HTTP boundary and the scheduler set), else
+the operating-system user. Entries without it (older ledgers) verify exactly as before. The
 ledger holds pids and hashes only, never names, contacts, images or templates, so it can be kept
 for ever as the record of what was done.
 
@@ -11,16 +17,26 @@ Appends take an exclusive ``flock``, write one whole line with a single ``write`
 ``O_APPEND`` descriptor and ``fsync`` it. A line left incomplete by a crash (a "torn" tail) is
 never accepted: :meth:`Ledger.verify` reports it, and the next append moves the torn bytes to a
 quarantine file and records a ``ledger.repaired`` event before continuing.
+
+The signing key changes only by a ``ledger.key_rotated`` entry, signed by the old key and
+carrying the new key's signature over both keys and the entry's ``prev_hash``; verification
+follows this key history (:meth:`Ledger.key_chain`). Witnessed checkpoints of the ledger are the
+business of :mod:`visage_ml.privacy.witnessed`.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
+import contextvars
+import getpass
 import hashlib
+import hmac
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,12 +44,20 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from visage_ml import faults
 from visage_ml.io import atomic_write_bytes, canonical_json, file_lock, fsync_dir
 from visage_ml.privacy import merkle
-from visage_ml.privacy.keys import check_pid, load_or_create_signing_key, load_public_key
+from visage_ml.privacy.keys import (
+    CACHE_KEY_FILE,
+    cache_mac_key,
+    check_pid,
+    load_or_create_signing_key,
+    load_public_key,
+    public_pem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +77,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "objection.withdrawn",
         "rectification",
         "access.exported",
+        "export.plaintext_released",  # a bundle handed out unencrypted (--plaintext), its hash
+        "keys.master_rotated",  # every key ring re-wrapped under a new master key
         "request.received",
         "request.verified",
         "request.in_progress",
@@ -64,12 +90,37 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "erasure.completed",
         "erasure.models_retrained",
         "notification.sent",
+        "notification.queued",  # a message put in the outbox: its SHA-256, channel, audience
+        "notification.failed",  # a delivery attempt failed (retried) or gave up, with a code
+        "consent.expired",  # a consent older than privacy.retention.consent_months lapsed
+        "retention.applied",  # `visage privacy enforce` carried out a policy (action, reason)
+        "recipient.registered",  # Art. 19 recipients register (ids and hashes only)
+        "recipient.removed",
+        "audit.exported",  # the HTTP audit log's chain head at an export (anchors the chain)
         "gallery.enrolled",
         "gallery.removed",
         "dataset.acquired",
+        "model.released",  # SHA-256 of served model / threshold files (serving/release.py)
         "tree_head",
         "ledger.repaired",
+        "ledger.key_rotated",
     }
+)
+
+# A rotation entry is signed by the old key and carries the new key's signature over this
+# context, both raw public keys and the entry's prev_hash (so it vouches for the whole prefix).
+ROTATION_TYPE = "ledger.key_rotated"
+ROTATION_CONTEXT = b"visage-ml ledger key rotation v1\n"
+_ROTATION_MARK = b'"type":"ledger.key_rotated"'
+
+MSG_NO_PUBLIC_KEY = (
+    "{pub} is missing but the ledger {ledger} holds entries: restore privacy/ledger.pub from "
+    "a backup (or the controller's published copy); it is the key every entry is checked with"
+)
+MSG_KEY_NOT_IN_HISTORY = (
+    "the public key given (fingerprint {fingerprint}) signs no part of this ledger: its keys "
+    "are {history}. privacy/ledger.pub was replaced, or the ledger is another one; restore "
+    "privacy/ledger.pub from a backup"
 )
 
 # Keys that would put personal data into the ledger: refused in any payload, at any depth.
@@ -92,8 +143,66 @@ FORBIDDEN_PAYLOAD_KEYS: frozenset[str] = frozenset(
 )
 
 
+# Who caused an entry (see the module docstring); a code, never free text.
+ACTOR_RE = re.compile(r"^[A-Za-z0-9._:@+-]{1,96}$")
+SCHEDULER = "scheduler"
+MSG_BAD_ACTOR = (
+    "actor {actor!r} is not an actor code (api-key:<id>, os:<user> or scheduler: letters, "
+    "digits and ._:@+- only)"
+)
+_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("visage_actor", default=None)
+
+
 class LedgerError(RuntimeError):
     """The ledger cannot be read or written as asked."""
+
+
+def check_actor(actor: str) -> str:
+    """Return ``actor`` if it is an actor code (:data:`ACTOR_RE`), else raise ValueError."""
+    if not isinstance(actor, str) or not ACTOR_RE.fullmatch(actor):
+        raise ValueError(MSG_BAD_ACTOR.format(actor=str(actor)[:40]))
+    return actor
+
+
+def os_actor() -> str:
+    """``os:<user>`` for the operating-system user running this process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER (a bare container)
+        user = str(os.getuid())
+    return "os:" + (re.sub(r"[^A-Za-z0-9._-]", "_", user)[:64] or "unknown")
+
+
+def api_key_actor(key_id: str) -> str:
+    """``api-key:<key id>``: the actor of an HTTP request made with that key."""
+    return check_actor(f"api-key:{key_id}")
+
+
+def current_actor() -> str:
+    """The actor new entries name: the one set by :func:`acting_as`, else :func:`os_actor`."""
+    return _ACTOR.get() or os_actor()
+
+
+@contextlib.contextmanager
+def acting_as(actor: str) -> Iterator[str]:
+    """Within the block (and the threads it starts with a copied context), entries name
+    ``actor``."""
+    token = _ACTOR.set(check_actor(actor))
+    try:
+        yield actor
+    finally:
+        _ACTOR.reset(token)
+
+
+def set_actor(actor: str | None) -> contextvars.Token[str | None]:
+    """Set the actor of this context (the HTTP boundary, for the rest of a request); returns
+    the token :func:`reset_actor` takes."""
+    return _ACTOR.set(check_actor(actor) if actor is not None else None)
+
+
+def reset_actor(token: contextvars.Token[str | None]) -> None:
+    """Undo :func:`set_actor`."""
+    _ACTOR.reset(token)
 
 
 def read_appended(path: Path, offset: int, size: int) -> bytes:
@@ -120,9 +229,11 @@ class Entry:
     prev_hash: str
     hash: str
     sig: str
+    # Who caused it (None on entries of ledgers older than actors).
+    actor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "seq": self.seq,
             "time": self.time,
             "type": self.type,
@@ -132,6 +243,9 @@ class Entry:
             "hash": self.hash,
             "sig": self.sig,
         }
+        if self.actor is not None:
+            d["actor"] = self.actor
+        return d
 
     def line(self) -> bytes:
         """The entry's exact bytes in the ledger (without the newline): the Merkle leaf."""
@@ -149,12 +263,15 @@ class VerifyResult:
     bad_seq: int | None = None
     reason: str = ""
     root: str = ""
+    # Fingerprints of the keys that sign the ledger, oldest first (rotations in between).
+    keys: list[str] = field(default_factory=list)
 
     def message(self) -> str:
         if self.ok:
+            rotated = f", {len(self.keys) - 1} key rotation(s)" if len(self.keys) > 1 else ""
             return (
                 f"ledger OK: {self.entries} entries, chain and signatures valid, "
-                f"{self.tree_heads} tree heads match; root {self.root}"
+                f"{self.tree_heads} tree heads match{rotated}; root {self.root}"
             )
         where = f"line {self.bad_line}"
         if self.bad_seq is not None:
@@ -163,10 +280,17 @@ class VerifyResult:
 
 
 def entry_hash(
-    seq: int, time: str, type_: str, pid: str | None, payload: Mapping[str, Any], prev: str
+    seq: int,
+    time: str,
+    type_: str,
+    pid: str | None,
+    payload: Mapping[str, Any],
+    prev: str,
+    actor: str | None = None,
 ) -> str:
-    """SHA-256 (hex) over the canonical JSON of an entry's content fields."""
-    body = {
+    """SHA-256 (hex) over the canonical JSON of an entry's content fields (``actor`` only
+    when the entry has one, so that entries written before actors hash as they always did)."""
+    body: dict[str, Any] = {
         "seq": seq,
         "time": time,
         "type": type_,
@@ -174,6 +298,8 @@ def entry_hash(
         "payload": payload,
         "prev_hash": prev,
     }
+    if actor is not None:
+        body["actor"] = actor
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
@@ -203,6 +329,104 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def raw_key(public_key: Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def rotation_message(old: bytes, new: bytes, prev_hash: str) -> bytes:
+    """What the new key signs in a ``ledger.key_rotated`` entry (both raw keys, prev_hash)."""
+    return ROTATION_CONTEXT + old + new + prev_hash.encode("ascii")
+
+
+def check_rotation(obj: Mapping[str, Any], active: bytes) -> bytes:
+    """Verify a ``ledger.key_rotated`` entry (as parsed) made while ``active`` signed; return
+    the new raw key.
+
+    The entry's hash must recompute, its signature verify with ``active`` (which the payload
+    must name as ``old_key``), and ``new_key_sig`` be the new key's signature of
+    :func:`rotation_message`.
+
+    Raises
+    ------
+    ValueError
+        Any of these does not hold (the message says which).
+    """
+    try:
+        payload = obj["payload"]
+        old = base64.b64decode(payload["old_key"], validate=True)
+        new = base64.b64decode(payload["new_key"], validate=True)
+        new_sig = base64.b64decode(payload["new_key_sig"], validate=True)
+        h = entry_hash(
+            obj["seq"],
+            obj["time"],
+            obj["type"],
+            obj["pid"],
+            payload,
+            obj["prev_hash"],
+            obj.get("actor"),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("key rotation entry is malformed") from None
+    if obj.get("type") != ROTATION_TYPE or h != obj.get("hash"):
+        raise ValueError("key rotation entry was altered")
+    if old != active:
+        raise ValueError("key rotation names another key than the one in force")
+    try:
+        Ed25519PublicKey.from_public_bytes(old).verify(
+            base64.b64decode(obj["sig"], validate=True), obj["hash"].encode("ascii")
+        )
+    except (InvalidSignature, ValueError, TypeError):
+        raise ValueError("key rotation is not signed by the key in force") from None
+    try:
+        Ed25519PublicKey.from_public_bytes(new).verify(
+            new_sig, rotation_message(old, new, obj["prev_hash"])
+        )
+    except (InvalidSignature, ValueError):
+        raise ValueError("key rotation is not signed by the new key") from None
+    return new
+
+
+def first_rotation_old_key(data: bytes) -> bytes | None:
+    """The ``old_key`` of the first ``ledger.key_rotated`` line in ledger bytes ``data``."""
+    pos = data.find(_ROTATION_MARK)
+    while pos != -1:
+        start = data.rfind(b"\n", 0, pos) + 1
+        end = data.find(b"\n", pos)
+        if end == -1:
+            return None
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            obj = orjson.loads(data[start:end])
+            if obj.get("type") == ROTATION_TYPE:
+                return base64.b64decode(obj["payload"]["old_key"], validate=True)
+        pos = data.find(_ROTATION_MARK, end)
+    return None
+
+
+@dataclass
+class KeyChain:
+    """The ledger's signing keys in order: ``keys[i]`` signs from seq ``starts[i]`` (the entry
+    after the rotation that introduced it; the rotation itself is signed by the key before)."""
+
+    keys: list[bytes]
+    starts: list[int]
+
+    def key_at(self, seq: int) -> bytes:
+        """The raw key that signs entry ``seq``."""
+        i = bisect.bisect_right(self.starts, seq) - 1
+        return self.keys[max(i, 0)]
+
+    @property
+    def current(self) -> bytes:
+        return self.keys[-1]
+
+    def fingerprints(self) -> list[str]:
+        return [hashlib.sha256(k).hexdigest() for k in self.keys]
+
+    def public_keys(self) -> list[Ed25519PublicKey]:
+        return [Ed25519PublicKey.from_public_bytes(k) for k in self.keys]
+
+
 @dataclass
 class _Tail:
     size: int
@@ -219,7 +443,9 @@ class Ledger:
     path
         The JSONL file (``privacy/ledger.jsonl``).
     key_path
-        The Ed25519 private key (``secrets/ledger.key``), created on first append.
+        The Ed25519 private key (``secrets/ledger.key``), created on the first append of a new
+        ledger and never again while a ledger exists (a missing key is an error); it changes
+        only through :meth:`rotate_key`.
     public_key_path
         Where the public key is published (``privacy/ledger.pub``).
     """
@@ -230,19 +456,180 @@ class Ledger:
         self.public_key_path = Path(public_key_path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._key: Ed25519PrivateKey | None = None
+        self._key_stat: tuple[int, int] | None = None
         self._tail: _Tail | None = None
+        # Called with the entries of every append once they are durable (the privacy core
+        # witnesses checkpoints from here); may raise to report that they are not witnessed.
+        self.after_append: Callable[[list[Entry]], None] | None = None
+        # The time entries are stamped with (tests of retention inject a simulated clock).
+        self.clock: Callable[[], str] = utc_now
 
     # -- keys ----------------------------------------------------------------------------------
-    def _signing_key(self) -> Ed25519PrivateKey:
-        if self._key is None:
-            self._key = load_or_create_signing_key(self.key_path, self.public_key_path)
+    @property
+    def _next_key_path(self) -> Path:
+        return self.key_path.with_name(self.key_path.name + ".next")
+
+    @property
+    def previous_key_path(self) -> Path:
+        """Where a rotation keeps the key it replaced (until every witness knows the new one)."""
+        return self.key_path.with_name(self.key_path.name + ".previous")
+
+    def _signing_key(self, *, locked: bool = False) -> Ed25519PrivateKey:
+        if self._key is not None and self._key_stat == _stat_of(self.key_path):
+            return self._key
+        # Another process may have rotated the key since: always sign with the file's key.
+        self._finish_rotation(locked=locked)
+        self._key = load_or_create_signing_key(
+            self.key_path, self.public_key_path, ledger_path=self.path
+        )
+        self._key_stat = _stat_of(self.key_path)
         return self._key
 
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The key that signs new entries and the ledger's checkpoints."""
+        return self._signing_key()
+
     def public_key(self) -> Ed25519PublicKey:
-        """The key that verifies this ledger (from ``ledger.pub``)."""
+        """The key that verifies this ledger (from ``ledger.pub``).
+
+        Raises
+        ------
+        LedgerError
+            ``ledger.pub`` is missing while the ledger holds entries.
+        """
         if self.public_key_path.exists():
             return load_public_key(self.public_key_path)
+        if self.path.exists() and self.path.stat().st_size:
+            raise LedgerError(MSG_NO_PUBLIC_KEY.format(pub=self.public_key_path, ledger=self.path))
         return self._signing_key().public_key()
+
+    def key_chain(self, anchor: Ed25519PublicKey | None = None) -> KeyChain:
+        """The keys that sign this ledger, following its ``ledger.key_rotated`` entries.
+
+        Each rotation is verified (signed by the key in force, vouched for by the new key);
+        ``anchor`` (default ``ledger.pub``) must be one of the keys.
+
+        Raises
+        ------
+        LedgerError
+            A rotation does not verify, or the anchor is not a key of this ledger.
+        """
+        anchor_raw = raw_key(anchor if anchor is not None else self.public_key())
+        keys, starts = [anchor_raw], [0]
+        if self.path.exists():
+            with open(self.path, "rb") as fh:
+                data = fh.read()
+            first = first_rotation_old_key(data)
+            if first is not None:
+                keys = [first]
+                pos = data.find(_ROTATION_MARK)
+                while pos != -1:
+                    start = data.rfind(b"\n", 0, pos) + 1
+                    end = data.find(b"\n", pos)
+                    if end == -1:
+                        break
+                    obj = orjson.loads(data[start:end])
+                    if obj.get("type") == ROTATION_TYPE:
+                        try:
+                            keys.append(check_rotation(obj, keys[-1]))
+                        except ValueError as exc:
+                            raise LedgerError(
+                                f"{self.path} seq {obj.get('seq')}: {exc}; run "
+                                "`visage privacy verify-ledger`"
+                            ) from None
+                        starts.append(int(obj["seq"]) + 1)
+                    pos = data.find(_ROTATION_MARK, end)
+        chain = KeyChain(keys, starts)
+        if anchor_raw not in keys:
+            raise LedgerError(
+                MSG_KEY_NOT_IN_HISTORY.format(
+                    fingerprint=hashlib.sha256(anchor_raw).hexdigest(),
+                    history=", ".join(chain.fingerprints()),
+                )
+            )
+        return chain
+
+    def rotate_key(self, new_key: Ed25519PrivateKey) -> tuple[Entry, Ed25519PrivateKey]:
+        """Append ``ledger.key_rotated`` (signed by the current key, vouched for by
+        ``new_key``) and make ``new_key`` the signing key; return the entry and the old key.
+
+        The new key is saved as ``ledger.key.next`` first; the entry is appended and the key
+        files swapped under the ledger lock, so no process signs with the old key after the
+        rotation. A crash in between is finished by the next process that loads the key
+        (:meth:`_finish_rotation`). The old key is kept as ``ledger.key.previous``.
+        """
+        old = self._signing_key()
+        old_raw, new_raw = raw_key(old.public_key()), raw_key(new_key.public_key())
+        if old_raw == new_raw:
+            raise ValueError("the new ledger key is the current one")
+        pem = new_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        atomic_write_bytes(self._next_key_path, pem, mode=0o600)
+        with file_lock(self._lock_path):
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size, seq, prev, torn = self._read_tail(fd)
+                if torn:
+                    seq, prev = self._repair(fd, size, torn, seq, prev, old)
+                payload = {
+                    "old_key": base64.b64encode(old_raw).decode("ascii"),
+                    "new_key": base64.b64encode(new_raw).decode("ascii"),
+                    "new_key_fingerprint": hashlib.sha256(new_raw).hexdigest(),
+                    "new_key_sig": base64.b64encode(
+                        new_key.sign(rotation_message(old_raw, new_raw, prev))
+                    ).decode("ascii"),
+                }
+                entry = self._make(seq + 1, ROTATION_TYPE, None, payload, prev, old)
+                data = entry.line() + b"\n"
+                if os.write(fd, data) != len(data):
+                    raise LedgerError(f"{self.path}: short write of the key rotation")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            faults.crash_point("ledger:rotate:before-swap")
+            self._install_next_key(new_key)
+        return entry, old
+
+    def _install_next_key(self, new_key: Ed25519PrivateKey) -> None:
+        """``ledger.key`` -> ``ledger.key.previous``, ``.next`` -> ``ledger.key``, new pub."""
+        if self.key_path.exists():
+            os.replace(self.key_path, self.previous_key_path)
+        os.replace(self._next_key_path, self.key_path)
+        fsync_dir(self.key_path.parent)
+        atomic_write_bytes(self.public_key_path, public_pem(new_key.public_key()), mode=0o644)
+        self._key, self._key_stat = new_key, _stat_of(self.key_path)
+
+    def _finish_rotation(self, *, locked: bool = False) -> None:
+        """Complete or undo a rotation a crash interrupted (``ledger.key.next`` left behind)."""
+        nxt = self._next_key_path
+        if not nxt.exists():
+            return
+        with contextlib.nullcontext() if locked else file_lock(self._lock_path):
+            if not nxt.exists():
+                return
+            key = serialization.load_pem_private_key(nxt.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise LedgerError(f"{nxt} is not an Ed25519 private key; remove it")
+            new_raw = raw_key(key.public_key())
+            last_new = None
+            if self.path.exists():
+                with open(self.path, "rb") as fh:
+                    data = fh.read()
+                pos = data.rfind(_ROTATION_MARK)
+                if pos != -1:
+                    start, end = data.rfind(b"\n", 0, pos) + 1, data.find(b"\n", pos)
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        obj = orjson.loads(data[start:end])
+                        last_new = base64.b64decode(obj["payload"]["new_key"])
+            if last_new == new_raw:
+                log.warning("finishing a ledger key rotation that was interrupted")
+                self._install_next_key(key)
+            else:
+                # The rotation never reached the ledger: the current key stays.
+                os.unlink(nxt)
 
     # -- reading -------------------------------------------------------------------------------
     def _read_tail(self, fd: int) -> tuple[int, int, str, bytes]:
@@ -310,21 +697,33 @@ class Ledger:
 
     # -- writing -------------------------------------------------------------------------------
     def append(
-        self, type_: str, pid: str | None = None, payload: Mapping[str, Any] | None = None
+        self,
+        type_: str,
+        pid: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        actor: str | None = None,
     ) -> Entry:
         """Sign and durably append one event; return it.
+
+        ``actor`` names who caused it (default :func:`current_actor`).
 
         Raises
         ------
         ValueError
-            Unknown event type, malformed pid, or a payload that would hold personal data.
+            Unknown event type, malformed pid or actor, or a payload that would hold personal
+            data.
         """
-        return self.append_many([(type_, pid, payload or {})])[0]
+        return self.append_many([(type_, pid, payload or {})], actor=actor)[0]
 
     def append_many(
-        self, events: Sequence[tuple[str, str | None, Mapping[str, Any]]]
+        self,
+        events: Sequence[tuple[str, str | None, Mapping[str, Any]]],
+        *,
+        actor: str | None = None,
     ) -> list[Entry]:
         """Append several events under one lock and one ``fsync`` (all or, on a crash, a prefix)."""
+        actor = check_actor(actor) if actor is not None else current_actor()
         for type_, pid, payload in events:
             if type_ not in EVENT_TYPES:
                 raise ValueError(
@@ -333,9 +732,10 @@ class Ledger:
             if pid is not None:
                 check_pid(pid)
             _check_payload(payload)
-        key = self._signing_key()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self._lock_path):
+            # Under the lock: a rotation swaps the key file under this same lock.
+            key = self._signing_key(locked=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 size, seq, prev, torn = self._read_tail(fd)
@@ -345,7 +745,7 @@ class Ledger:
                 lines: list[bytes] = []
                 for type_, pid, payload in events:
                     seq += 1
-                    entry = self._make(seq, type_, pid, dict(payload), prev, key)
+                    entry = self._make(seq, type_, pid, dict(payload), prev, key, actor)
                     line = entry.line()
                     prev = hashlib.sha256(line).hexdigest()
                     out.append(entry)
@@ -368,6 +768,8 @@ class Ledger:
             # hashes only what was appended after it, not the whole ledger.
             with contextlib.suppress(OSError, LedgerError):
                 self.leaf_hashes()
+        if self.after_append is not None and out:
+            self.after_append(out)
         return out
 
     def _make(
@@ -378,11 +780,13 @@ class Ledger:
         payload: dict[str, Any],
         prev: str,
         key: Ed25519PrivateKey,
+        actor: str | None = None,
     ) -> Entry:
-        time = utc_now()
-        h = entry_hash(seq, time, type_, pid, payload, prev)
+        time = self.clock()
+        actor = check_actor(actor) if actor is not None else current_actor()
+        h = entry_hash(seq, time, type_, pid, payload, prev, actor)
         sig = base64.b64encode(key.sign(h.encode("ascii"))).decode("ascii")
-        return Entry(seq, time, type_, pid, payload, prev, h, sig)
+        return Entry(seq, time, type_, pid, payload, prev, h, sig, actor)
 
     def _repair(
         self, fd: int, size: int, torn: bytes, seq: int, prev: str, key: Ed25519PrivateKey
@@ -419,9 +823,10 @@ class Ledger:
         """RFC 9162 leaf hashes of the first ``size`` entries (all when None).
 
         Hashes of lines already seen are kept in ``<ledger>.leaves`` (derived data: 8 bytes of
-        covered offset, then 32 bytes per entry), so a tree head over a large ledger hashes only
-        the lines appended since. The cache is used only when the line it ends with still
-        hashes to its last leaf; :meth:`verify` never uses it.
+        covered offset, 32 bytes per entry, then an HMAC-SHA256 under ``secrets/fold.key``), so
+        a tree head over a large ledger hashes only the lines appended since. The cache is used
+        only when its HMAC verifies and the line it ends with still hashes to its last leaf;
+        :meth:`verify` never uses it.
         """
         hashes, offset = self._cached_leaves()
         fresh = 0
@@ -430,10 +835,16 @@ class Ledger:
             offset, fresh = end, fresh + 1
         if fresh >= LEAF_CACHE_BATCH:
             with contextlib.suppress(OSError):
-                atomic_write_bytes(
-                    self._leaves_path, offset.to_bytes(8, "big") + b"".join(hashes), mode=0o600
-                )
+                mac_key = cache_mac_key(self._cache_key_path, create=True)
+                if mac_key is not None:
+                    blob = offset.to_bytes(8, "big") + b"".join(hashes)
+                    mac = hmac.new(mac_key, blob, hashlib.sha256).digest()
+                    atomic_write_bytes(self._leaves_path, blob + mac, mode=0o600)
         return hashes if size is None else hashes[:size]
+
+    @property
+    def _cache_key_path(self) -> Path:
+        return self.key_path.with_name(CACHE_KEY_FILE)
 
     @property
     def _leaves_path(self) -> Path:
@@ -442,7 +853,13 @@ class Ledger:
     def _cached_leaves(self) -> tuple[list[bytes], int]:
         try:
             blob = self._leaves_path.read_bytes()
+            mac_key = cache_mac_key(self._cache_key_path, create=False)
         except OSError:
+            return [], 0
+        blob, mac = blob[:-32], blob[-32:]
+        if mac_key is None or not hmac.compare_digest(
+            mac, hmac.new(mac_key, blob, hashlib.sha256).digest()
+        ):
             return [], 0
         offset = int.from_bytes(blob[:8], "big")
         body = blob[8:]
@@ -494,9 +911,14 @@ class Ledger:
             because each ``prev_hash`` commits to the whole previous line, signature included;
             a broken link then triggers the signature check that names the altered entry.
 
+        Key rotations are followed: each ``ledger.key_rotated`` entry must be signed by the key
+        in force and vouched for by the new key, and later entries verify with the new key. The
+        given key must be one of the ledger's keys (a replaced ``ledger.pub`` is reported).
+
         Returns the first problem found, naming its line (1-based) and seq.
         """
         pub = public_key or self.public_key()
+        anchor = raw_key(pub)
         if not self.path.exists():
             return VerifyResult(ok=True, entries=0, root=merkle.EMPTY_ROOT.hex())
         with open(self.path, "rb") as fh:
@@ -508,14 +930,16 @@ class Ledger:
         heads = 0
         leaves: list[bytes] = []
         parsed: list[dict[str, Any]] = []
+        active = first_rotation_old_key(data) or anchor
+        chain = [active]
 
         def bad(i: int, seq: int | None, reason: str) -> VerifyResult:
             return VerifyResult(False, i, heads, i + 1, seq, reason)
 
-        def sig_ok(obj: dict[str, Any]) -> bool:
+        def sig_ok(obj: dict[str, Any], key: bytes) -> bool:
             try:
                 raw = base64.b64decode(obj["sig"], validate=True)
-                pub.verify(raw, obj["hash"].encode())
+                Ed25519PublicKey.from_public_bytes(key).verify(raw, obj["hash"].encode())
             except (InvalidSignature, ValueError, TypeError, AttributeError):
                 return False
             # Base64 has spare bits: another last character can decode to the same signature.
@@ -523,11 +947,20 @@ class Ledger:
             # no later prev_hash covers) can change unnoticed.
             return base64.b64encode(raw).decode("ascii") == obj["sig"]
 
+        def bad_sig(i: int, seq: int | None, key: bytes) -> VerifyResult:
+            return bad(
+                i,
+                seq,
+                "bad signature (not signed by the key in force, fingerprint "
+                f"{hashlib.sha256(key).hexdigest()[:16]}; a forged entry or a replaced "
+                "privacy/ledger.pub)",
+            )
+
         for i, line in enumerate(lines):
             body = _body_of(line)
             try:
                 obj = orjson.loads(line)
-                if body is None or set(obj) != _FIELDS:
+                if body is None or (set(obj) != _FIELDS and set(obj) != _FIELDS_ACTOR):
                     raise KeyError("fields")
                 seq = obj["seq"]
             except (ValueError, KeyError, TypeError):
@@ -537,11 +970,23 @@ class Ledger:
             if hashlib.sha256(body).hexdigest() != obj["hash"]:
                 return bad(i, seq, "hash mismatch: the entry was altered")
             if obj["prev_hash"] != prev:
-                if i > 0 and not sig_ok(parsed[i - 1]):
+                if i > 0 and not sig_ok(parsed[i - 1], parsed[i - 1]["key"]):
                     return VerifyResult(False, i - 1, heads, i, i - 1, "bad signature")
                 return bad(i, seq, "prev_hash does not match the previous entry")
-            if (all_signatures or obj["type"] == "tree_head" or i == n - 1) and not sig_ok(obj):
-                return bad(i, seq, "bad signature")
+            rotation = obj["type"] == ROTATION_TYPE
+            if (
+                all_signatures or obj["type"] == "tree_head" or rotation or i == n - 1
+            ) and not sig_ok(obj, active):
+                return bad_sig(i, seq, active)
+            if rotation:
+                try:
+                    signer = active
+                    active = check_rotation(obj, active)
+                except ValueError as exc:
+                    return bad(i, seq, str(exc))
+                chain.append(active)
+            else:
+                signer = active
             if obj["type"] == "tree_head":
                 size, root = obj["payload"].get("size"), obj["payload"].get("root")
                 if (
@@ -552,8 +997,20 @@ class Ledger:
                     return bad(i, seq, "tree head does not match the entries")
                 heads += 1
             leaves.append(merkle.leaf_hash(line))
-            parsed.append({"sig": obj["sig"], "hash": obj["hash"]})
+            parsed.append({"sig": obj["sig"], "hash": obj["hash"], "key": signer})
             prev = hashlib.sha256(line).hexdigest()
+        fingerprints = [hashlib.sha256(k).hexdigest() for k in chain]
+        if n and anchor not in chain:
+            result = bad(
+                0,
+                0,
+                MSG_KEY_NOT_IN_HISTORY.format(
+                    fingerprint=hashlib.sha256(anchor).hexdigest(),
+                    history=", ".join(fingerprints),
+                ),
+            )
+            result.keys = fingerprints
+            return result
         if torn:
             return VerifyResult(
                 False,
@@ -563,22 +1020,51 @@ class Ledger:
                 None,
                 f"torn last line ({len(torn)} bytes without a newline), left by an interrupted "
                 "write; the next append quarantines it",
+                keys=fingerprints,
             )
-        return VerifyResult(True, n, heads, root=merkle.root_from_leaf_hashes(leaves).hex())
+        return VerifyResult(
+            True,
+            n,
+            heads,
+            root=merkle.root_from_leaf_hashes(leaves).hex(),
+            keys=fingerprints,
+        )
 
 
 _FIELDS = frozenset({"seq", "time", "type", "pid", "payload", "prev_hash", "hash", "sig"})
+_FIELDS_ACTOR = _FIELDS | {"actor"}
+
+
+def _stat_of(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 _HASH_PREFIX = b'{"hash":"'
+_ACTOR_PREFIX = b'{"actor":"'
 _SIG_KEY = b',"sig":"'
 
 
 def _body_of(line: bytes) -> bytes | None:
     """The canonical JSON of an entry's content fields, cut out of its canonical line.
 
-    Keys are sorted, so a line reads ``{"hash":"<64 hex>",<content...>,"sig":"<b64>",...}``;
-    dropping the ``hash`` and ``sig`` members leaves exactly the bytes :func:`entry_hash` hashes.
-    Returns None when the line is not in that form.
+    Keys are sorted, so a line reads ``{"hash":"<64 hex>",<content...>,"sig":"<b64>",...}``
+    (``{"actor":"<code>","hash":...`` on entries that name their actor: the code's characters
+    need no escaping); dropping the ``hash`` and ``sig`` members leaves exactly the bytes
+    :func:`entry_hash` hashes. Returns None when the line is not in that form.
     """
+    if line.startswith(_ACTOR_PREFIX):
+        end = line.find(b'"', len(_ACTOR_PREFIX))
+        if end == -1 or line[end + 1 : end + 2] != b",":
+            return None
+        rest = _body_of(b"{" + line[end + 2 :])
+        if rest is None:
+            return None
+        # '"actor":"<code>"' then the other content members.
+        return b"{" + line[1 : end + 1] + b"," + rest[1:]
     if not line.startswith(_HASH_PREFIX) or line[73:75] != b'",':
         return None
     i = line.rfind(_SIG_KEY)
@@ -588,6 +1074,10 @@ def _body_of(line: bytes) -> bytes | None:
     if j == -1:
         return None
     return b"{" + line[75:i] + line[j + 1 :]
+
+
+# Public name: the registry checks the last line of each batch it folds the same way.
+body_of = _body_of
 
 
 def inclusion_for(ledger: Ledger, seq: int, tree_size: int) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Data-subject requests: one lifecycle for every right, folded from the signed ledger.
 
 A request (access, portability, rectification, erasure, restriction, objection) has an id, a
-subject (pid), a received time and a deadline: one month from receipt (``privacy.deadline_days``),
-extendable by up to two further months with a reason (``privacy.max_extension_days``, Art.
-12(3)). Its lifecycle is::
+subject (pid), a received time and a deadline: one calendar month from receipt
+(``privacy.deadline_months``; the same day of the next month, or its last day when it has no
+such day), extendable before it passes by up to two further months with a reason
+(``privacy.max_extension_months``, Art. 12(3)). Its lifecycle is::
 
     received -> verified -> in_progress -> completed
         \\-----------\\-------------\\--------> denied (with a reason code)
@@ -13,7 +14,10 @@ Each transition is one signed ledger event (``request.received``, ``request.veri
 state of every request is a fold over those events, exactly like the subject registry, so
 there is no second, mutable database to keep in step with the ledger. Completion writes a
 receipt signed with the ledger key (``privacy/requests/<id>.receipt.json``) whose SHA-256 the
-``request.completed`` event carries, and appends ``notification.sent`` (Art. 12(3), Art. 19).
+``request.completed`` event carries. Each transition the subject must hear of (receipt,
+extension with its reasons, completion, denial with its reasons and the right to complain) and
+each Art. 19 notice to a registered recipient is put in the outbox
+(:mod:`visage_ml.privacy.outbox`), from which ``visage privacy notify`` delivers it.
 
 Erasure progress (``erasure.step`` events with the request id) is folded here too, which is
 what makes an interrupted erasure resumable: :class:`RequestState.steps` says which steps were
@@ -24,6 +28,7 @@ Payloads hold codes, pids and hashes only: no names, values or free text.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import math
 import os
@@ -42,6 +47,7 @@ from visage_ml.privacy.certificate import render, sign
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import read_appended
+from visage_ml.privacy.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +96,14 @@ MSG_CODE = (
     "ever, so no free text), e.g. 'manifestly_unfounded'"
 )
 MSG_EXTENSION = (
-    "request {rid} may be extended by {left} more day(s) at most (privacy.max_extension_days = "
-    "{max}, Art. 12(3): two further months); ask for fewer days"
+    "request {rid} may be extended to {limit} at most (privacy.max_extension_months = {max}, "
+    "Art. 12(3): two further months after the first); ask for less"
 )
+MSG_EXTEND_OVERDUE = (
+    "request {rid} passed its deadline {deadline}: Art. 12(3) allows an extension only within "
+    "the first month; answer the request now (or deny it with a reason)"
+)
+MSG_EXTEND_HOW = "give the extension in months or in days (one of them, at least 1)"
 MSG_BAD_TIME = (
     "'{text}' is not an ISO 8601 time between years 1 and 9999 (e.g. 2026-11-26T09:30:00Z)"
 )
@@ -141,6 +152,16 @@ def format_time(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def add_months(t: datetime, months: int) -> datetime:
+    """``t`` plus calendar months: the same day and time, or the month's last day when it has
+    no such day (31 January + 1 month = 28/29 February), as periods are counted in Union law
+    (Regulation 1182/71, Art. 3(2)(c))."""
+    index = t.month - 1 + months
+    year, month = t.year + index // 12, index % 12 + 1
+    last = calendar.monthrange(year, month)[1]
+    return t.replace(year=year, month=month, day=min(t.day, last))
+
+
 def new_request_id(received: datetime) -> str:
     """``r<YYYYMMDD>-<8 hex>``: sortable by receipt day, unguessable."""
     day = received.astimezone(UTC)
@@ -173,6 +194,8 @@ class RequestState:
     status: str = RECEIVED
     details: dict[str, Any] = field(default_factory=dict)
     extended_days: int = 0
+    extended_months: int = 0
+    first_deadline: str = ""
     extension_reasons: list[str] = field(default_factory=list)
     verification: str | None = None
     denied_reason: str | None = None
@@ -215,6 +238,7 @@ class RequestState:
             "days_left": self.days_left(now) if self.is_open else None,
             "overdue": self.overdue(now),
             "extended_days": self.extended_days,
+            "extended_months": self.extended_months,
             "extension_reasons": list(self.extension_reasons),
             "verification": self.verification,
             "denied_reason": self.denied_reason,
@@ -244,6 +268,7 @@ def _apply(states: dict[str, RequestState], obj: Mapping[str, Any]) -> None:
             right=payload.get("right", ""),
             received_at=payload.get("received_at", time),
             deadline=payload.get("deadline", time),
+            first_deadline=payload.get("deadline", time),
             received_seq=seq,
             details=dict(payload.get("details") or {}),
             history=[(seq, type_, time)],
@@ -259,6 +284,7 @@ def _apply(states: dict[str, RequestState], obj: Mapping[str, Any]) -> None:
         st.verification = payload.get("method")
     elif type_ == "request.extended":
         st.extended_days += int(payload.get("days", 0))
+        st.extended_months += int(payload.get("months", 0))
         st.deadline = payload.get("deadline", st.deadline)
         st.extension_reasons.append(payload.get("reason_code", ""))
     elif type_ == "request.denied":
@@ -303,7 +329,8 @@ class RequestBook:
     params
         The ``privacy`` section (read from ``params.yaml`` when None).
     now
-        Clock returning an aware UTC datetime (tests pass a fixed one).
+        Clock returning an aware UTC datetime (tests pass a fixed one); by default the time of
+        the ledger's clock.
     """
 
     def __init__(
@@ -316,9 +343,11 @@ class RequestBook:
         self.core = core
         self.paths: ProjectPaths = core.paths
         self._params = params
-        self._now = now or (lambda: datetime.now(UTC))
+        # By default the ledger's clock: requests and the entries recording them agree.
+        self._now = now or (lambda: parse_time(core.ledger.clock()))
         self._states: dict[str, RequestState] = {}
         self._offset = 0
+        self.outbox = Outbox(core)
 
     @property
     def params(self) -> PrivacyParams:
@@ -435,7 +464,7 @@ class RequestBook:
         if received > now + timedelta(minutes=5):
             raise ValueError(MSG_FUTURE.format(text=format_time(received)))
         rid = new_request_id(received)
-        deadline = received + self.params.deadline_days * DAY
+        deadline = add_months(received, self.params.deadline_months)
         self.core.ledger.append(
             "request.received",
             pid,
@@ -450,7 +479,9 @@ class RequestBook:
             },
         )
         log.info("request %s (%s) received", rid, right)
-        return self.get(rid)
+        st = self.get(rid)
+        self.outbox.for_request(st, "receipt")
+        return st
 
     def verify(self, request_id: str, *, method: str = "identity_verified") -> RequestState:
         """The requester's identity was verified (Art. 12(6)); ``method`` is a code."""
@@ -481,8 +512,27 @@ class RequestBook:
             self.core.snapshot()
         return self.get(request_id)
 
-    def extend(self, request_id: str, *, days: int, reason_code: str) -> RequestState:
-        """Extend the deadline by ``days`` (in total at most ``privacy.max_extension_days``)."""
+    def extend(
+        self,
+        request_id: str,
+        *,
+        months: int | None = None,
+        days: int | None = None,
+        reason_code: str,
+    ) -> RequestState:
+        """Extend the deadline by calendar ``months`` (or ``days``), with a reason code.
+
+        Art. 12(3): only while the request is open and its deadline has not passed, and to at
+        most ``privacy.max_extension_months`` months after the first deadline. The subject is
+        told (an ``extension`` message with the reasons goes to the outbox).
+
+        Raises
+        ------
+        RequestStateError
+            The request is closed, or its deadline passed.
+        ValueError
+            Neither or both of months and days, a bad reason code, or beyond the limit.
+        """
         st = self.get(request_id)
         if not st.is_open:
             raise RequestStateError(
@@ -490,26 +540,27 @@ class RequestBook:
                     rid=request_id, status=st.status, target="extended", allowed="none (closed)"
                 )
             )
+        if st.overdue(self.now()):
+            raise RequestStateError(MSG_EXTEND_OVERDUE.format(rid=request_id, deadline=st.deadline))
         check_code(reason_code, "extension reason")
-        limit = self.params.max_extension_days
-        if days < 1 or st.extended_days + days > limit:
+        if (months is None) == (days is None) or (months or days or 0) < 1:
+            raise ValueError(MSG_EXTEND_HOW)
+        current = parse_time(st.deadline)
+        deadline = add_months(current, months) if months else current + int(days or 0) * DAY
+        limit = add_months(parse_time(st.first_deadline), self.params.max_extension_months)
+        if deadline > limit:
             raise ValueError(
                 MSG_EXTENSION.format(
-                    rid=request_id, left=max(0, limit - st.extended_days), max=limit
+                    rid=request_id, limit=format_time(limit), max=self.params.max_extension_months
                 )
             )
-        deadline = parse_time(st.deadline) + days * DAY
-        self.core.ledger.append(
-            "request.extended",
-            st.pid,
-            {
-                "request_id": request_id,
-                "days": int(days),
-                "reason_code": reason_code,
-                "deadline": format_time(deadline),
-            },
-        )
-        return self.get(request_id)
+        payload: dict[str, Any] = {"request_id": request_id, "reason_code": reason_code}
+        payload["months" if months else "days"] = int(months or days or 0)
+        payload["deadline"] = format_time(deadline)
+        self.core.ledger.append("request.extended", st.pid, payload)
+        st = self.get(request_id)
+        self.outbox.for_request(st, "extension")
+        return st
 
     def deny(self, request_id: str, *, reason_code: str) -> RequestState:
         """Refuse the request with a reason code (e.g. ``manifestly_unfounded``, Art. 12(5)).
@@ -525,7 +576,9 @@ class RequestBook:
             {"request_id": request_id, "right": st.right, "reason_code": reason_code},
         )
         self.core.snapshot()
-        return self.get(request_id)
+        st = self.get(request_id)
+        self.outbox.for_request(st, "denial")
+        return st
 
     def complete(self, request_id: str, *, outcome: Mapping[str, Any]) -> Receipt:
         """Close the request: write its signed receipt, then ``request.completed``.
@@ -543,30 +596,22 @@ class RequestBook:
         st = self.get(request_id)
         self._transition(st, COMPLETED)
         receipt = self._write_receipt(st, dict(outcome))
-        self.core.ledger.append_many(
-            [
-                (
-                    "request.completed",
-                    st.pid,
-                    {
-                        "request_id": request_id,
-                        "right": st.right,
-                        "receipt_sha256": receipt.sha256,
-                        "outcome": dict(outcome),
-                    },
-                ),
-                (
-                    "notification.sent",
-                    st.pid,
-                    {
-                        "request_id": request_id,
-                        "recipient": "data_subject",
-                        "receipt_sha256": receipt.sha256,
-                    },
-                ),
-            ]
+        self.core.ledger.append(
+            "request.completed",
+            st.pid,
+            {
+                "request_id": request_id,
+                "right": st.right,
+                "receipt_sha256": receipt.sha256,
+                "outcome": dict(outcome),
+            },
         )
         log.info("request %s (%s) completed", request_id, st.right)
+        st = self.get(request_id)
+        # The subject hears of the completion; recipients of their data of a rectification,
+        # erasure or restriction (Art. 19).
+        self.outbox.for_request(st, "completion", receipt_sha256=receipt.sha256)
+        self.outbox.art19(st)
         return receipt
 
     def receipt_path(self, request_id: str) -> Path:

@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from visage_ml import faults
 from visage_ml.io import atomic_write_bytes, file_lock, private_dir, secure_unlink, sha256_file
 from visage_ml.privacy.keys import WRONG_MASTER_KEY, MasterKeyError, check_pid
 
@@ -167,3 +169,56 @@ class KeyRing:
         if not self.directory.exists():
             return []
         return sorted(p.stem for p in self.directory.glob("p*.key"))
+
+
+@dataclass
+class RewrapResult:
+    """What :func:`rewrap_keyring` did in one key-ring folder."""
+
+    directory: str
+    rewrapped: int = 0
+    already: int = 0
+
+
+def rewrap_keyring(
+    directory: Path, *, context: str, old_master: bytes, new_master: bytes
+) -> RewrapResult:
+    """Wrap every key file of a key-ring folder (and its check file) under ``new_master``.
+
+    The data keys themselves do not change, so nothing they seal is touched. Each file is
+    replaced atomically; a file that already opens under ``new_master`` is skipped, so an
+    interrupted run is finished by running it again. The check file goes last: while it still
+    opens under ``old_master`` the folder is not done.
+
+    Raises
+    ------
+    MasterKeyError
+        A file opens under neither key.
+    """
+    directory = Path(directory)
+    result = RewrapResult(str(directory))
+    if not directory.is_dir():
+        return result
+    old, new = AESGCM(old_master), AESGCM(new_master)
+    files = sorted(directory.glob("*.key"))
+    check = directory / ".check"
+    if check.exists():
+        files.append(check)
+    for path in files:
+        aad = f"{context}:{'check' if path == check else path.stem}".encode()
+        blob = path.read_bytes()
+        nonce, body = blob[:NONCE_BYTES], blob[NONCE_BYTES:]
+        try:
+            plain = old.decrypt(nonce, body, aad)
+        except InvalidTag:
+            try:
+                new.decrypt(nonce, body, aad)
+            except InvalidTag:
+                raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
+            result.already += 1
+            continue
+        fresh = os.urandom(NONCE_BYTES)
+        atomic_write_bytes(path, fresh + new.encrypt(fresh, plain, aad), mode=0o600)
+        faults.crash_point("keys:rewrap:file")
+        result.rewrapped += 1
+    return result

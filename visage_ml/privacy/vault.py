@@ -52,14 +52,31 @@ class IdentityVault:
         ``privacy/vault`` of the project.
     master_key_path
         ``secrets/master.key``; ``$VISAGE_MASTER_KEY`` takes precedence.
+    create_master
+        Whether a missing master key may be created (only where no key ring of the project
+        holds a key; default: where this vault holds none).
+    master_key
+        Use this master key instead of loading one (master-key rotation).
     """
 
-    def __init__(self, directory: Path, master_key_path: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        master_key_path: Path,
+        *,
+        create_master: bool | None = None,
+        master_key: bytes | None = None,
+    ) -> None:
         self.directory = private_dir(Path(directory))
         self.records_dir = self.directory / "records"
         keys_dir = self.directory / "keys"
-        has_data = keys_dir.exists() and any(keys_dir.iterdir())
-        master = load_master_key(master_key_path, create=not has_data)
+        if create_master is None:
+            create_master = not (keys_dir.exists() and any(keys_dir.iterdir()))
+        master = (
+            master_key
+            if master_key is not None
+            else load_master_key(master_key_path, create=create_master)
+        )
         self.keys = KeyRing(keys_dir, master, context="vault")
         self._index_key = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"visage-ml vault blind index"
@@ -190,6 +207,24 @@ class IdentityVault:
         if pid in self._read_index().values():
             out.append(self._index_path)
         return out
+
+    def reindex(self) -> int:
+        """Rebuild the blind index from the records under this vault's master key.
+
+        The index key derives from the master key, so a master-key rotation re-computes it;
+        records whose key was destroyed have no entry. Returns the entries written.
+        """
+        index: dict[str, str] = {}
+        with file_lock(self._lock):
+            for pid in self.keys.pids():
+                try:
+                    ref = self.get(pid).get("external_ref")
+                except (KeyError, VaultError):
+                    continue
+                if ref:
+                    index[self._blind(str(ref))] = pid
+            atomic_write_json(self._index_path, index, mode=0o600, indent=None)
+        return len(index)
 
     def destroyed(self, pids: Iterable[str]) -> list[str]:
         """Those of ``pids`` whose key no longer exists."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -25,6 +26,8 @@ from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
 from visage_ml.io import CHUNK
 from visage_ml.privacy.certificate import CertificateReport, entry_ok, verify_proof
+from visage_ml.privacy.keys import key_id
+from visage_ml.privacy.ledger import Ledger, LedgerError
 from visage_ml.rights import dvc_objects, lineage
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ def verify_certificate(
         ``ok`` is true when every check passed.
     """
     paths = ProjectPaths.discover(root)
+    if public_key is None:
+        public_key = _signer_in_history(paths, cert_path)
     report, doc, pub = verify_proof(
         cert_path,
         public_key=public_key,
@@ -78,6 +83,27 @@ def verify_certificate(
     if models:
         report.models = _models_status(paths, doc, claims, pub)
     return report
+
+
+def _signer_in_history(
+    paths: ProjectPaths, cert_path: str | os.PathLike[str]
+) -> Ed25519PublicKey | None:
+    """The key of the checkout's ledger history that signed the certificate (a certificate
+    made before a key rotation is signed by an earlier key than ``privacy/ledger.pub``)."""
+    if not paths.ledger.is_file() or not paths.ledger_public_key.is_file():
+        return None
+    try:
+        wanted = json.loads(Path(cert_path).read_text(encoding="utf-8")).get("signature") or {}
+        ledger = Ledger(
+            paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key
+        )
+        chain = ledger.key_chain()
+    except (OSError, ValueError, AttributeError, LedgerError):
+        return None
+    for key in chain.public_keys():
+        if key_id(key) == wanted.get("key_id"):
+            return key
+    return None
 
 
 def _sha256_stream(path: Path) -> tuple[str, int]:
@@ -143,7 +169,14 @@ def _scan(
     paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], report: Any
 ) -> None:
     artefacts = claims.get("artefacts") or []
-    sha256s = {a["sha256"] for a in artefacts if isinstance(a, Mapping) and a.get("sha256")}
+    # A sealed image's artefact also names its PNG (plain_sha256): a plaintext copy counts too.
+    sha256s = {
+        a[k]
+        for a in artefacts
+        if isinstance(a, Mapping)
+        for k in ("sha256", "plain_sha256")
+        if a.get(k)
+    }
     md5s = {a["md5"] for a in artefacts if isinstance(a, Mapping) and a.get("md5")}
     # Declared in the signed claims: identical content still referenced by current data.
     retained = [r for r in claims.get("retained_shared_content") or [] if isinstance(r, Mapping)]

@@ -1,6 +1,7 @@
 """Access and portability export (Art. 15, 20): build, write, read and validate the bundle.
 
-Export bundle (one zip, written atomically with mode 0600)::
+Export bundle (one zip, encrypted for the requester in the age format, written atomically
+with mode 0600)::
 
     manifest.json     schema version, controller, pid, request, generated at, SHA-256 of every
                       other file in the bundle
@@ -11,12 +12,26 @@ Export bundle (one zip, written atomically with mode 0600)::
                       compare two templates (cosine of L2-normalised vectors, the threshold)
     processing.json   dataset versions, model versions and gallery enrolments that involved the
                       subject, the subject's requests, every ledger event about them
+    information.json  the Art. 15(1) information from the records of processing (purposes,
+                      recipients, retention, source, rights, the right to complain) and the
+                      subject's identification events (:mod:`visage_ml.rights.information`)
     schema.json       the JSON Schema (draft 2020-12) of the object
-                      ``{manifest, subject, templates, processing}`` made of the files above
-    images/<id>.png   the source images as stored in ``data/raw``
+                      ``{manifest, subject, templates, processing, information}`` made of the
+                      files above
+    index.html        all of it as a page a person can read
+    images/<id>.png   the source images as stored in ``data/raw`` (decrypted in memory)
 
 The pydantic models below describe those files; ``schema.json`` is generated from them
 (:func:`bundle_schema`) and :func:`validate_bundle` checks a bundle against it.
+
+Delivery (:class:`Delivery`): the zip holds the subject's face and template, so it leaves
+encrypted for the requester with pyrage (the age format, https://age-encryption.org): for one
+or more X25519 recipients (``age1...``) or a passphrase (scrypt), as
+``privacy/exports/<request id>.zip.age``; the requester opens it with any age tool
+(``age -d -i key.txt``). A plaintext zip needs the explicit ``plaintext`` choice
+(``--plaintext``) and is recorded by its own ledger event, ``export.plaintext_released``, with
+its SHA-256. Bundles kept under ``privacy/exports`` are listed in ``.owners.json`` (file ->
+pid, mode 0600), so an erasure finds them without being able to open them.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,22 +51,37 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
-from visage_ml.data.rawstore import read_images, read_subjects
-from visage_ml.io import atomic_write_bytes, sha256_bytes, sha256_file
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    file_lock,
+    private_dir,
+    sha256_bytes,
+    sha256_file,
+)
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
+from visage_ml.privacy.datakeys import ROLE_BUNDLE, parse_header, sniff
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.requests import RequestBook
+from visage_ml.rights.information import access_page, subject_information
 from visage_ml.rights.lifecycle import begin
 from visage_ml.rights.lineage import subject_lineage
 from visage_ml.serving.gallery import Gallery, NotEnrolledError, read_meta
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 BUNDLE_FORMAT = "visage-subject-export"
 EXPORTS_DIR = Path("privacy") / "exports"
-JSON_FILES = ("subject.json", "templates.json", "processing.json", "schema.json")
+JSON_FILES = (
+    "subject.json",
+    "templates.json",
+    "processing.json",
+    "information.json",
+    "schema.json",
+)
 CONSENT_EVENTS = frozenset(
     {
         "subject.added",
@@ -71,13 +102,104 @@ COMPARISON = (
     "a match. Templates of different model versions are not comparable."
 )
 VALIDATION = (
-    "schema.json validates the object {manifest, subject, templates, processing} made "
-    "of the JSON files of those names; every file's SHA-256 is in manifest.files"
+    "schema.json validates the object {manifest, subject, templates, processing, information} "
+    "made of the JSON files of those names; every file's SHA-256 is in manifest.files"
 )
 MSG_HASH_MISMATCH = (
     "{name} in the bundle does not match manifest.json: the bundle was altered or damaged; "
     "ask the controller for a fresh export"
 )
+MSG_DELIVERY = (
+    "an export bundle holds the subject's face and template: encrypt it for the requester with "
+    "--recipient age1... (their age public key; repeatable) or --passphrase-file FILE, or pass "
+    "--plaintext to hand it out unencrypted (recorded in the ledger with the bundle's hash)"
+)
+MSG_ONE_DELIVERY = "choose one of --recipient, --passphrase-file and --plaintext, not several"
+MSG_BAD_RECIPIENT = (
+    "{recipient!r} is not an age X25519 recipient (age1... as `age-keygen` prints it); ask the "
+    "requester for their age public key"
+)
+MSG_BLANK_PHRASE = "the passphrase is empty; put the requester's passphrase in the file"
+MSG_AGE_LOCKED = (
+    "{path} is encrypted (age); give the requester's identity (AGE-SECRET-KEY-...) or "
+    "passphrase to read it"
+)
+OWNERS_FILE = ".owners.json"
+AGE = "age-x25519"
+AGE_SCRYPT = "age-scrypt"
+PLAINTEXT = "none"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How an export bundle leaves the project: encrypted for the requester, or plaintext.
+
+    Exactly one of ``recipients`` (age X25519 public keys), ``passphrase`` and ``plaintext``.
+    """
+
+    recipients: tuple[str, ...] = ()
+    passphrase: str | None = None
+    plaintext: bool = False
+
+    @property
+    def mode(self) -> str:
+        """``age-x25519``, ``age-scrypt`` or ``none``."""
+        return AGE if self.recipients else AGE_SCRYPT if self.passphrase else PLAINTEXT
+
+    def check(self) -> Delivery:
+        """Refuse no choice, several choices, a malformed recipient or an empty passphrase."""
+        chosen = sum([bool(self.recipients), self.passphrase is not None, self.plaintext])
+        if chosen == 0:
+            raise ValueError(MSG_DELIVERY)
+        if chosen > 1:
+            raise ValueError(MSG_ONE_DELIVERY)
+        if self.passphrase is not None and not self.passphrase:
+            raise ValueError(MSG_BLANK_PHRASE)
+        self._recipients()
+        return self
+
+    def _recipients(self) -> list[Any]:
+        from pyrage import x25519  # only when a bundle is encrypted
+
+        out = []
+        for r in self.recipients:
+            try:
+                out.append(x25519.Recipient.from_str(str(r).strip()))
+            except Exception:  # pyrage raises its own RecipientError (or ValueError)
+                raise ValueError(MSG_BAD_RECIPIENT.format(recipient=str(r)[:80])) from None
+        return out
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` as delivered: an age file, or unchanged for a plaintext delivery."""
+        import pyrage  # only when a bundle is encrypted
+
+        if self.recipients:
+            return pyrage.encrypt(data, self._recipients())
+        if self.passphrase:
+            return pyrage.passphrase.encrypt(data, self.passphrase)
+        return data
+
+    @property
+    def suffix(self) -> str:
+        """File suffix of the delivered bundle."""
+        return ".zip" if self.plaintext else ".zip.age"
+
+
+def open_delivered(
+    data: bytes, *, identity: str | None = None, passphrase: str | None = None, what: str = ""
+) -> bytes:
+    """The zip inside a delivered bundle (an age file opened with the requester's identity or
+    passphrase; a plaintext zip as it is). What a requester's tool does, for tests and DPOs."""
+    if not data.startswith(b"age-encryption.org/"):
+        return data
+    import pyrage  # only when a bundle is encrypted
+
+    if identity:
+        return pyrage.decrypt(data, [pyrage.x25519.Identity.from_str(identity.strip())])
+    if passphrase:
+        return pyrage.passphrase.decrypt(data, passphrase)
+    raise ValueError(MSG_AGE_LOCKED.format(path=what or "the bundle"))
+
 
 # ---------------------------------------------------------------------------------------------
 # The bundle's files, as models (their JSON Schema is the bundle's schema.json)
@@ -110,7 +232,7 @@ class Manifest(BaseModel):
     """manifest.json: what the bundle is, for whom, and the SHA-256 of every other file."""
 
     format: Literal["visage-subject-export"]
-    schema_version: Literal["1.0"]
+    schema_version: Literal["1.1"]
     controller: Controller
     pid: Pid
     request_id: str | None = None
@@ -232,6 +354,23 @@ class ProcessingFile(BaseModel):
     notes: Any = Field(default=None, description="lineage notes")
 
 
+class InformationFile(BaseModel):
+    """information.json: Art. 15(1) information and the subject's identification events."""
+
+    controller: dict[str, Any]
+    dpo: dict[str, Any]
+    purposes: dict[str, Any]
+    data_categories: dict[str, Any]
+    recipients: list[dict[str, Any]]
+    transfers: list[dict[str, Any]]
+    retention: dict[str, str]
+    source: str
+    rights: dict[str, str]
+    right_to_complain: dict[str, Any]
+    automated_decision_making: bool
+    identification_events: list[dict[str, Any]]
+
+
 class Bundle(BaseModel):
     """The object ``{manifest, subject, templates, processing}`` made of the bundle's files."""
 
@@ -239,6 +378,7 @@ class Bundle(BaseModel):
     subject: SubjectFile
     templates: TemplatesFile
     processing: ProcessingFile
+    information: InformationFile
 
 
 def bundle_schema() -> dict[str, Any]:
@@ -278,7 +418,11 @@ def row_dict(row: Any) -> dict[str, Any]:
 
 @dataclass
 class ExportResult:
-    """Where the bundle went and what it holds (no personal data)."""
+    """Where the bundle went and what it holds (no personal data).
+
+    ``sha256`` and ``data`` are the delivered file's (the age file, or the zip when plaintext);
+    ``bundle_sha256`` is the zip's.
+    """
 
     path: Path | None
     sha256: str
@@ -287,11 +431,15 @@ class ExportResult:
     templates: int
     images: int
     data: bytes = field(default=b"", repr=False)
+    bundle_sha256: str = ""
+    delivery: str = PLAINTEXT
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path) if self.path is not None else None,
             "sha256": self.sha256,
+            "bundle_sha256": self.bundle_sha256,
+            "delivery": self.delivery,
             "files": len(self.files),
             "images": self.images,
             "templates": self.templates,
@@ -413,11 +561,12 @@ def build_bundle(
     images = images[images["pid"].astype(str) == pid].sort_values("image_id")
     files: dict[str, bytes] = {}
     image_items = []
+    store = RawStore(paths, core=core, track=False)
     for _, img in images.iterrows():
-        f = paths.raw / pid / f"{img['image_id']}.png"
-        if not f.is_file():
+        try:
+            data = store.read_image(pid, str(img["image_id"]))  # decrypted in memory
+        except KeyError:
             continue
-        data = f.read_bytes()
         name = f"images/{img['image_id']}.png"
         files[name] = data
         image_items.append({**row_dict(img), "file": name, "sha256": sha256_bytes(data)})
@@ -454,9 +603,19 @@ def build_bundle(
             "notes": lineage.notes,
         },
     }
-    for name in ("subject", "templates", "processing"):
+    doc["information"] = subject_information(paths, pid, source=state.source)
+    for name in ("subject", "templates", "processing", "information"):
         files[f"{name}.json"] = _json_bytes(doc[name])
     files["schema.json"] = _json_bytes(bundle_schema())
+    files["index.html"] = access_page(
+        pid=pid,
+        information=doc["information"],
+        state=doc["subject"]["state"],
+        events=events,
+        images=len(image_items),
+        templates=len(templates),
+        generated=utc_now(),
+    )
     hashes = {name: sha256_bytes(data) for name, data in sorted(files.items())}
     project = params.project
     manifest = {
@@ -488,6 +647,7 @@ def export_subject(
     gallery: Gallery | None = None,
     right: str = "access",
     keep: bool = True,
+    delivery: Delivery | None = None,
 ) -> ExportResult:
     """Answer an access (Art. 15) or portability (Art. 20) request with one zip bundle.
 
@@ -498,8 +658,8 @@ def export_subject(
     pid
         The subject.
     out
-        Where to write the zip (default ``privacy/exports/<request id>.zip``); written
-        atomically, mode 0600.
+        Where to write the bundle (default ``privacy/exports/<request id>.zip.age``, ``.zip``
+        when plaintext); written atomically, mode 0600.
     request_id
         The verified request answered (one is recorded when None).
     core, gallery
@@ -507,41 +667,102 @@ def export_subject(
     right
         ``access`` or ``portability`` when a request is recorded here.
     keep
-        Write the zip (``out``); False keeps it in memory only (``ExportResult.data``), for
+        Write the bundle (``out``); False keeps it in memory only (``ExportResult.data``), for
         handing over directly (the HTTP API).
+    delivery
+        How the bundle leaves (:class:`Delivery`): for age recipients, with a passphrase, or
+        plaintext. Required: ``ValueError`` (:data:`MSG_DELIVERY`) without it, before any
+        request is recorded.
 
     Returns
     -------
     ExportResult
-        The bundle's path and SHA-256. The request is completed with a signed receipt and
-        ``access.exported`` is recorded (hashes only).
+        The delivered file's path and SHA-256, and the zip's. The request is completed with a
+        signed receipt and ``access.exported`` is recorded (hashes and the delivery mode); a
+        plaintext delivery also appends ``export.plaintext_released`` with the zip's hash.
     """
+    delivery = (delivery or Delivery()).check()
     core = core if core is not None else PrivacyCore(paths)
     params = load_params(paths.params)
     book = RequestBook(core, params=params.privacy)
     st = begin(book, pid, (right, "access", "portability"), request_id)
-    data, hashes, counts = build_bundle(
+    zipped, hashes, counts = build_bundle(
         paths, pid, core=core, gallery=gallery, request_id=st.request_id, params=params
     )
+    data = delivery.seal(zipped)
+    zip_digest = sha256_bytes(zipped)
     path = None
     if keep:
-        path = Path(out) if out is not None else paths.root / EXPORTS_DIR / f"{st.request_id}.zip"
+        exports = private_dir(paths.root / EXPORTS_DIR)
+        path = Path(out) if out is not None else exports / f"{st.request_id}{delivery.suffix}"
         atomic_write_bytes(path, data, mode=0o600)
+        if path.parent.resolve() == exports.resolve():
+            _record_owner(exports, path.name, pid)
     digest = sha256_bytes(data)
     core.ledger.append(
         "access.exported",
         pid,
         {
             "request_id": st.request_id,
-            "bundle_sha256": digest,
+            "bundle_sha256": zip_digest,
             "files": len(hashes) + 1,
             "schema_version": SCHEMA_VERSION,
+            "delivery": delivery.mode,
+            "delivered_sha256": digest,
         },
     )
-    book.complete(st.request_id, outcome={"bundle_sha256": digest, "files": len(hashes) + 1})
-    return ExportResult(
-        path, digest, hashes, st.request_id, counts["templates"], counts["images"], data
+    if delivery.plaintext:
+        core.ledger.append(
+            "export.plaintext_released",
+            pid,
+            {"request_id": st.request_id, "bundle_sha256": zip_digest, "kept": path is not None},
+        )
+        log.warning("export %s handed out unencrypted (--plaintext); recorded", st.request_id)
+    book.complete(
+        st.request_id,
+        outcome={"bundle_sha256": zip_digest, "files": len(hashes) + 1, "delivery": delivery.mode},
     )
+    return ExportResult(
+        path,
+        digest,
+        hashes,
+        st.request_id,
+        counts["templates"],
+        counts["images"],
+        data,
+        bundle_sha256=zip_digest,
+        delivery=delivery.mode,
+    )
+
+
+def _read_owners(exports: Path) -> dict[str, str]:
+    f = exports / OWNERS_FILE
+    if not f.is_file():
+        return {}
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+
+
+def _record_owner(exports: Path, name: str, pid: str) -> None:
+    with file_lock(exports / ".owners.lock"):
+        owners = _read_owners(exports)
+        owners[name] = pid
+        atomic_write_json(exports / OWNERS_FILE, owners, mode=0o600)
+
+
+def forget_owner(paths: ProjectPaths, names: Sequence[str]) -> None:
+    """Drop removed bundles from ``privacy/exports/.owners.json``."""
+    exports = paths.root / EXPORTS_DIR
+    if not (exports / OWNERS_FILE).is_file():
+        return
+    with file_lock(exports / ".owners.lock"):
+        owners = _read_owners(exports)
+        kept = {k: v for k, v in owners.items() if k not in set(names)}
+        if kept != owners:
+            atomic_write_json(exports / OWNERS_FILE, kept, mode=0o600)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,34 +770,69 @@ def export_subject(
 # ---------------------------------------------------------------------------------------------
 
 
+def bundle_owner(path: Path, owners: dict[str, str] | None = None) -> str | None:
+    """The pid an export bundle under ``privacy/exports`` belongs to, without decrypting it:
+    a sealed bundle's header, the owners index for an age file, a plaintext zip's manifest."""
+    path = Path(path)
+    owners = owners if owners is not None else _read_owners(path.parent)
+    kind = sniff(path)
+    if kind == "sealed":
+        try:
+            header, _ = parse_header(path.read_bytes()[:4096])
+        except ValueError:
+            return owners.get(path.name)
+        return str(header.get("pid")) if header.get("role") == ROLE_BUNDLE else None
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(path) as z:
+                return json.loads(z.read("manifest.json")).get("pid")
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            return owners.get(path.name)
+    return owners.get(path.name)
+
+
 def bundles_of(paths: ProjectPaths, pid: str) -> list[Path]:
-    """Export bundles under ``privacy/exports`` whose manifest names ``pid``."""
+    """Export bundles under ``privacy/exports`` of ``pid`` (plaintext, age-encrypted, sealed)."""
     folder = paths.root / EXPORTS_DIR
     out: list[Path] = []
     if not folder.is_dir():
         return out
-    for f in sorted(folder.glob("*.zip")):
-        try:
-            with zipfile.ZipFile(f) as z:
-                manifest = json.loads(z.read("manifest.json"))
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    owners = _read_owners(folder)
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.is_file():
             continue
-        if manifest.get("pid") == pid:
+        if bundle_owner(f, owners) == pid:
             out.append(f)
     return out
 
 
-def read_bundle(path: Path) -> dict[str, Any]:
-    """``{manifest, subject, templates, processing, schema}`` of an export zip."""
-    with zipfile.ZipFile(path) as z:
+def _zip_bytes(path: Path, *, identity: str | None = None, passphrase: str | None = None) -> bytes:
+    return open_delivered(
+        Path(path).read_bytes(), identity=identity, passphrase=passphrase, what=Path(path).name
+    )
+
+
+def read_bundle(
+    path: Path, *, identity: str | None = None, passphrase: str | None = None
+) -> dict[str, Any]:
+    """``{manifest, subject, templates, processing, schema}`` of an export bundle (an age file
+    is opened in memory with the requester's ``identity`` or ``passphrase``)."""
+    data = _zip_bytes(path, identity=identity, passphrase=passphrase)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
         return {
             "manifest": json.loads(z.read("manifest.json")),
-            **{n[: -len(".json")]: json.loads(z.read(n)) for n in JSON_FILES},
+            # A bundle of schema 1.0 has no information.json.
+            **{n[: -len(".json")]: json.loads(z.read(n)) for n in JSON_FILES if n in z.namelist()},
         }
 
 
-def validate_bundle(path: Path) -> dict[str, Any]:
-    """Check an export zip: file hashes against the manifest, content against the schema.
+def validate_bundle(
+    path: Path, *, identity: str | None = None, passphrase: str | None = None
+) -> dict[str, Any]:
+    """Check an export bundle: file hashes against the manifest, content against the schema.
+
+    An age-encrypted bundle is opened in memory with the requester's ``identity``
+    (``AGE-SECRET-KEY-...``) or ``passphrase``.
 
     The content is checked against :func:`bundle_schema` (the schema this version writes into
     ``schema.json``), not against the bundle's own copy, which an altered bundle could change.
@@ -595,7 +851,8 @@ def validate_bundle(path: Path) -> dict[str, Any]:
     jsonschema.ValidationError
         The content does not match the schema.
     """
-    with zipfile.ZipFile(path) as z:
+    data = _zip_bytes(path, identity=identity, passphrase=passphrase)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
         manifest = json.loads(z.read("manifest.json"))
         for name, digest in manifest["files"].items():
             if sha256_bytes(z.read(name)) != digest:
@@ -603,7 +860,7 @@ def validate_bundle(path: Path) -> dict[str, Any]:
     # jsonschema's format checkers take over a second to import: only when a bundle is checked.
     import jsonschema
 
-    doc = read_bundle(path)
+    doc = read_bundle(path, identity=identity, passphrase=passphrase)
     doc.pop("schema")
     jsonschema.validate(doc, bundle_schema(), cls=jsonschema.Draft202012Validator)
     return doc

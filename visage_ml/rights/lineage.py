@@ -1,7 +1,7 @@
 """Which data versions and models saw a subject, read from DVC lineage, ONNX metadata and MLflow.
 
 The chain is the project's own lineage: a model records the md5 of the ``prepare`` output it
-was trained on (``data/processed/faces.u8.npy``: ``dvc.lock`` deps of the training stages, the
+was trained on (``data/processed/faces.sealed``: ``dvc.lock`` deps of the training stages, the
 ``visage.data_md5`` metadata of the ONNX files, the ``visage.data_md5`` tag of MLflow runs and
 registered model versions, read through MLflow's client from whatever backend the tracking URI
 names). A processed data version contained the subject when
@@ -39,6 +39,7 @@ from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.io import md5_file, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook
+from visage_ml.procenv import child_env
 from visage_ml.rights import dvc_objects
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ CLEAN = "clean"
 class DataVersion:
     """A version of the data that contained the subject."""
 
-    kind: str  # "raw" (a data/raw .dir md5) or "processed" (md5 of faces.u8.npy)
+    kind: str  # "raw" (a data/raw .dir md5) or "processed" (md5 of faces.sealed)
     md5: str
     source: str  # "workspace", "dvc.lock", "dvc.lock@<rev>"
     exact: bool  # the subject's rows are known to be in it (else: raw data contained them)
@@ -120,6 +121,7 @@ def lock_documents(root: Path, *, history: bool = True) -> list[tuple[str, dict[
         revs = subprocess.run(
             ["git", "log", f"--max-count={MAX_REVISIONS}", "--format=%H", "--", "dvc.lock"],
             cwd=root,
+            env=child_env(),
             capture_output=True,
             text=True,
             check=False,
@@ -132,6 +134,7 @@ def lock_documents(root: Path, *, history: bool = True) -> list[tuple[str, dict[
             text = subprocess.run(
                 ["git", "show", f"{rev}:dvc.lock"],
                 cwd=root,
+                env=child_env(),
                 capture_output=True,
                 text=True,
                 check=False,
@@ -168,7 +171,7 @@ def _stages(doc: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 def workspace_processed_md5(paths: ProjectPaths) -> str | None:
-    """md5 of the workspace's ``faces.u8.npy`` (``dvc.lock``'s when it matches, else computed)."""
+    """md5 of the workspace's ``faces.sealed`` (``dvc.lock``'s when it matches, else computed)."""
     faces = paths.root / FACES
     if not faces.is_file():
         return None

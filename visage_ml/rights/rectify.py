@@ -10,6 +10,7 @@ enrols it again).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from visage_ml import dvcops
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.imagecheck import check_image
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
-from visage_ml.io import canonical_json, sha256_file
+from visage_ml.io import canonical_json, sha256_bytes
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.requests import RequestBook
@@ -123,18 +124,18 @@ def rectify(
         image_id: check_image(data, max_pixels=params.serving.max_image_pixels)
         for image_id, data in images.items()
     }
+    store = RawStore(paths, core=core, track=True)
     file_changes = []
     for image_id, c in checked.items():
-        f = paths.raw / pid / f"{image_id}.png"
+        try:
+            # The PNG's hash, as images.parquet records it (the file itself is sealed).
+            before = sha256_bytes(store.read_image(pid, image_id))
+        except KeyError:
+            before = ""
         file_changes.append(
-            {
-                "image_id": image_id,
-                "sha256_before": sha256_file(f) if f.is_file() else "",
-                "sha256_after": c.sha256,
-            }
+            {"image_id": image_id, "sha256_before": before, "sha256_after": c.sha256}
         )
     raw_before = _tracked(paths)
-    store = RawStore(paths, core=core, track=True)
     with store.transaction() as txn:
         if attributes:
             txn.update_subject(pid, attributes)
@@ -229,8 +230,10 @@ def reenrol(
     rows = rows[rows["pid"].astype(str) == pid].sort_values("image_id")
     per_subject = load_params(paths.params).gallery.images_per_subject
     crops = []
+    store = RawStore(paths, core=core, track=False)
     for image_id in rows["image_id"].astype(str):
-        with Image.open(paths.raw / pid / f"{image_id}.png") as im:
+        # Decrypted in memory only.
+        with Image.open(io.BytesIO(store.read_image(pid, image_id))) as im:
             faces = engine.detect(im.convert("RGB"))
         if len(faces) == 1:
             crops.append(faces[0].crop)

@@ -16,12 +16,17 @@ from visage_ml.config import PURPOSES, ProjectPaths
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, RequestStateError
 from visage_ml.rights.erasure import Erasure
-from visage_ml.rights.export import export_subject
+from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.rights.lifecycle import begin
 
 log = logging.getLogger(__name__)
 
 MSG_COMPLETED = "request {rid} is already completed"
+MSG_EXPORT_DELIVERY = (
+    "request {rid} asks for the subject's data, which leaves the project encrypted for the "
+    "requester: run `visage privacy export {pid} --request {rid} --recipient age1...` (or "
+    "--passphrase-file FILE, or --plaintext)"
+)
 MSG_RECTIFY = (
     "request {rid} is a rectification: run `visage privacy rectify {pid} "
     "--request {rid}` with the corrected values"
@@ -107,7 +112,18 @@ def object_to(
 
 
 def _export(paths: ProjectPaths, st: RequestState, core: PrivacyCore) -> Any:
-    return export_subject(paths, st.pid, request_id=st.request_id, core=core, right=st.right)
+    # A request that recorded the requester's age recipients can be answered as it is.
+    recipients = tuple(str(r) for r in st.details.get("recipients") or ())
+    if not recipients:
+        raise RequestStateError(MSG_EXPORT_DELIVERY.format(rid=st.request_id, pid=st.pid))
+    return export_subject(
+        paths,
+        st.pid,
+        request_id=st.request_id,
+        core=core,
+        right=st.right,
+        delivery=Delivery(recipients=recipients),
+    )
 
 
 def _restrict(paths: ProjectPaths, st: RequestState, core: PrivacyCore) -> Any:

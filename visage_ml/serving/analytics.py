@@ -1,29 +1,40 @@
 """Analytics mode: demographic counts of a frame, aggregated per time window; no identities.
 
 A frame goes through face detection and the demographic model only: no identity template is
-computed (the embedder is never touched), and nothing per face outlives the call, only integer
-counts per cell (total, each age band, each gender, each skin-tone group) in the current
-window.
+computed (the embedder is never touched). What a frame leaves behind is integer counts per cell
+(total, each age band, each gender, each skin-tone group) in the current window, and, for that
+window only and in memory, a perceptual hash of each face counted, so that a face seen again in
+the window (tiled in one frame, or a replayed frame) counts once
+(:class:`~visage_ml.serving.disclosure.FaceDeduper`).
 
-Release rules (applied to every table that leaves this module, the per-frame answer as well as
-each closed window):
+Only closed windows are released; a frame's answer carries no counts. Release rules
+(:mod:`visage_ml.serving.disclosure`):
 
-- optional Laplace noise: each cell gets ``Laplace(0, 4 / epsilon)``. One face changes four
-  cells by one (the total, its age band, gender and group), so the L1 sensitivity of a table is
-  4 and each released table is epsilon-differentially private with respect to one face
-  (event-level: a person seen in several frames or windows is protected per release, and
-  budgets add up over releases). ``epsilon = 0`` turns noise off;
+- optional differential privacy through OpenDP: every cell of the window's table gets discrete
+  Laplace noise from one measurement over the whole vector, at scale sensitivity / epsilon.
+  One face changes one cell per dimension and the total (its L1 sensitivity), and counts once
+  per window, so each window's release is epsilon-differentially private with respect to one
+  face; OpenDP's privacy map of the measurement is the epsilon spent, reported with the window
+  (``privacy``). ``epsilon = 0`` turns noise off;
 - k-suppression: a cell whose (noisy) count is below ``k_min`` is released as the string
   ``"suppressed"``, not as a number. Suppression looks at the noisy value, so that whether a cell
-  is suppressed does not itself reveal the exact count.
+  is suppressed does not itself reveal the exact count;
+- complementary suppression: further cells (and, if need be, the total) are withheld until no
+  suppressed cell can be worked out from the released ones (the total minus the others).
 
 A closed window is released once and kept (``keep_windows``); asking again returns the same
 numbers, so averaging repeated answers cannot remove the noise.
+
+Corrected counts (``serving.analytics.correct``): each closed window also reports its counts
+corrected for the demographic model's measured confusion per skin-tone group (adjusted
+classify-and-count, :mod:`visage_ml.serving.correction`), each with an interval, beside the raw
+counts. They are computed from the window's noisy raw counts only (post-processing: no further
+privacy budget). A corrected cell is suppressed when its estimate is under ``k_min`` or its raw
+cell is suppressed.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import secrets
 import threading
@@ -37,22 +48,20 @@ from typing import Any
 import numpy as np
 
 from visage_ml.config import GENDERS, GROUPS
+from visage_ml.evaluation.confusion import age_band_labels
+from visage_ml.serving.correction import ConfusionModel
+from visage_ml.serving.disclosure import (
+    Budget,
+    FaceDeduper,
+    complementary_suppression,
+    noised_table,
+    perceptual_hash,
+)
 
 SUPPRESSED = "suppressed"
 # Cells one face contributes to: total, age band, gender, group.
 SENSITIVITY = 4.0
 DIMENSIONS: tuple[str, ...] = ("age_band", "gender", "group")
-
-
-def age_band_labels(bands: Sequence[int]) -> list[str]:
-    """Labels of the bands cut at ``bands`` (``[18, 30]`` -> ``<18``, ``18-29``, ``30+``)."""
-    edges = [int(b) for b in bands]
-    if not edges:
-        return ["all"]
-    labels = [f"<{edges[0]}"]
-    labels += [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
-    labels.append(f"{edges[-1]}+")
-    return labels
 
 
 @dataclass
@@ -122,9 +131,25 @@ def count_predictions(
 
 
 def release(
-    table: CountTable, *, k_min: int, epsilon: float, rng: np.random.Generator | None = None
+    table: CountTable,
+    *,
+    k_min: int,
+    epsilon: float,
+    rng: np.random.Generator | None = None,
+    confusion: ConfusionModel | None = None,
+    rounds: int = 200,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
     """The publishable form of ``table``: noisy (if ``epsilon`` > 0) and k-suppressed.
+
+    Noise is one OpenDP draw over every cell, charged to ``budget``
+    (:func:`~visage_ml.serving.disclosure.noised_table`); after k-suppression, complementary
+    suppression withholds what a suppressed cell could be worked out from
+    (:func:`~visage_ml.serving.disclosure.complementary_suppression`).
+
+    With ``confusion``, also ``corrected``: per dimension, each cell's count corrected for the
+    model's confusion, ``{"count", "low", "high"}`` (the interval from ``rounds`` resamples), or
+    ``"suppressed"``.
 
     Returns
     -------
@@ -132,18 +157,68 @@ def release(
         ``faces`` and, per dimension, each cell as an integer >= ``k_min`` or ``"suppressed"``.
     """
     gen = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-    scale = SENSITIVITY / epsilon if epsilon > 0 else 0.0
+    if epsilon > 0:
+        table = noised_table(table, dims=DIMENSIONS, epsilon=epsilon, budget=budget)
+    scale = 0.0  # the noise is in the table already (OpenDP)
 
-    def cell(count: int) -> int | str:
-        value = float(count)
-        if scale > 0:
-            value += float(gen.laplace(0.0, scale))
+    def noisy(count: float) -> float:
+        return float(count) + (float(gen.laplace(0.0, scale)) if scale > 0 else 0.0)
+
+    def cell(value: float) -> int | str:
         shown = max(math.floor(value + 0.5), 0)
         return shown if shown >= k_min else SUPPRESSED
 
-    out: dict[str, Any] = {"faces": cell(table.faces)}
+    out: dict[str, Any] = {"faces": cell(noisy(table.faces))}
+    values: dict[str, dict[str, float]] = {}
     for dim in DIMENSIONS:
-        out[dim] = {k: cell(v) for k, v in getattr(table, dim).items()}
+        values[dim] = {k: noisy(v) for k, v in getattr(table, dim).items()}
+        out[dim] = {k: cell(v) for k, v in values[dim].items()}
+    complementary_suppression(out, dims=DIMENSIONS, k_min=k_min)
+    if confusion is not None:
+        out["corrected"] = corrected_counts(
+            confusion, values, raw=out, k_min=k_min, rounds=rounds, rng=gen
+        )
+    return out
+
+
+def corrected_counts(
+    confusion: ConfusionModel,
+    values: dict[str, dict[str, float]],
+    *,
+    raw: dict[str, Any],
+    k_min: int,
+    rounds: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Each dimension's counts corrected for ``confusion`` (see the module docstring).
+
+    ``values`` are the (noisy) raw counts per dimension; ``raw`` the released raw table, whose
+    suppressed cells stay suppressed here.
+    """
+    order = {
+        "group": confusion.groups,
+        "gender": confusion.genders,
+        "age_band": confusion.age_labels,
+    }
+    observed = {
+        dim: np.array([max(values[dim].get(k, 0.0), 0.0) for k in names])
+        for dim, names in order.items()
+    }
+    estimates = confusion.correct_all(observed, rounds=rounds, rng=rng)
+    out: dict[str, Any] = {}
+    for dim in DIMENSIONS:
+        est = estimates[dim]
+        cells: dict[str, Any] = {}
+        for name, count in est.estimate.items():
+            if count < k_min or raw[dim].get(name) == SUPPRESSED:
+                cells[name] = SUPPRESSED
+            else:
+                cells[name] = {
+                    "count": round(count, 1),
+                    "low": round(max(est.low[name], 0.0), 1),
+                    "high": round(est.high[name], 1),
+                }
+        out[dim] = cells
     return out
 
 
@@ -155,6 +230,8 @@ def _iso(t: float) -> str:
 class _Window:
     start: float
     table: CountTable
+    # Hashes of the faces counted in this window (memory only; dropped with the window).
+    seen: FaceDeduper = field(default_factory=FaceDeduper)
 
 
 @dataclass
@@ -168,6 +245,9 @@ class Analytics:
         are used.
     k_min, epsilon, window_seconds, keep_windows
         ``serving.analytics`` parameters.
+    confusion, correction_rounds
+        The demographic model's measured confusion (closed windows then also report corrected
+        counts with intervals from ``correction_rounds`` resamples); None: raw counts only.
     clock
         Wall-clock seconds (injected by tests).
     rng
@@ -181,6 +261,11 @@ class Analytics:
     keep_windows: int = 60
     clock: Callable[[], float] = time.time
     rng: np.random.Generator | None = None
+    confusion: ConfusionModel | None = None
+    correction_rounds: int = 200
+    # A face within this share of differing hash bits of one counted in the window is the same
+    # face (serving.analytics.dedupe_distance; :class:`~visage_ml.serving.disclosure.FaceDeduper`).
+    dedupe_distance: float = 0.1
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _current: _Window | None = field(default=None, init=False, repr=False)
     _closed: deque[dict[str, Any]] = field(default_factory=deque, init=False, repr=False)
@@ -215,43 +300,68 @@ class Analytics:
         return count_predictions(pred, age_bands=bands, genders=genders, groups=groups)
 
     def _roll(self, now: float) -> None:
-        """Close the current window when its time is up (called under the lock)."""
+        """Close the current window when its time is up (called under the lock): release it
+        once, with its privacy budget's accounting; its face hashes go with it."""
         cur = self._current
         if cur is not None and now >= cur.start + self.window_seconds:
+            budget = Budget(self.epsilon)
             self._closed.append(
                 {
                     "start": _iso(cur.start),
                     "end": _iso(cur.start + self.window_seconds),
                     "frames": cur.table.frames,
                     "counts": release(
-                        cur.table, k_min=self.k_min, epsilon=self.epsilon, rng=self.rng
+                        cur.table,
+                        k_min=self.k_min,
+                        epsilon=self.epsilon,
+                        rng=self.rng,
+                        confusion=self.confusion,
+                        rounds=self.correction_rounds,
+                        budget=budget,
                     ),
+                    "privacy": budget.to_dict(),
                 }
             )
             self._current = None
 
     def analyze(self, image: Any) -> dict[str, Any]:
-        """Count one frame, add it to the current window, release the frame's counts.
+        """Count one frame into the current window. Nothing about the frame is released: only
+        closed windows are (:meth:`windows`), so a frame's answer cannot single anyone out and
+        repeated frames cannot average noise away.
+
+        A face already counted in the window (tiled in the frame, or in a replayed frame)
+        counts once.
 
         Returns
         -------
         dict
-            ``counts`` (the frame's released table), ``window_start`` and ``window_seconds``
-            of the window it was added to, ``k_min`` and ``epsilon``.
+            ``window_start`` and ``window_seconds`` of the window the frame was added to,
+            ``k_min`` and ``epsilon``; ``counts`` is None.
         """
-        table = self.count(image)
+        faces = self.engine.detect(image)
+        crops = [f.crop for f in faces]
+        del faces
+        hashes = [perceptual_hash(c) for c in crops]
+        pred = self.engine.predict(np.stack(crops)) if crops else None
+        del crops
+        bands, genders, groups = self._labels()
         now = self.clock()
         with self._lock:
             self._roll(now)
             if self._current is None:
                 start = math.floor(now / self.window_seconds) * self.window_seconds
-                self._current = _Window(start=start, table=self._empty())
+                seen = FaceDeduper(self.dedupe_distance)
+                self._current = _Window(start=start, table=self._empty(), seen=seen)
+            keep = self._current.seen.fresh_hashes(hashes)
+            fresh = {"age": np.zeros(0)}
+            if pred is not None and keep:
+                fresh = {k: np.asarray(v)[keep] for k, v in pred.items()}
+            table = count_predictions(fresh, age_bands=bands, genders=genders, groups=groups)
             self._current.table.add(table)
             start = self._current.start
             self.frames_total += 1
-            counts = release(table, k_min=self.k_min, epsilon=self.epsilon, rng=self.rng)
         return {
-            "counts": counts,
+            "counts": None,
             "window_start": _iso(start),
             "window_seconds": self.window_seconds,
             "k_min": self.k_min,

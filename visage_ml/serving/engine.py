@@ -7,6 +7,11 @@ embeddings; it is only used inside MTCNN detection, which is serialised by a loc
 MTCNN module is not safe to call from several threads at once. ONNX Runtime sessions accept
 concurrent ``run`` calls, so embedding and demographic inference run unserialised.
 
+Images are downscaled to ``max_detect_side`` (longest side) before detection: a small,
+highly compressible file can decode to tens of megapixels, and MTCNN's cost grows with the
+pixel count while the lock makes every other request wait. Boxes and landmarks are mapped back
+to the image's own coordinates, and faces are aligned from the full-resolution image.
+
 Each model is loaded on first use (or by :meth:`Engine.load`), so an engine in analytics mode
 never loads the embedder, and is checked against what the configuration and the gallery expect
 (input size, standardisation, embedding size, model version) before it is used.
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +53,10 @@ MSG_NOT_CONFIGURED = (
 MSG_NO_HASH = (
     "models/{kind}.onnx has no hash recorded in reports/export.json, so it is used without an "
     "integrity check; run `dvc repro export` to record one"
+)
+MSG_NO_EXPECTED = (
+    "models/{kind}.onnx has no expected hash, so it is not loaded; run `dvc repro export` to "
+    "release it"
 )
 MSG_NO_FACE = "no face found in the image (minimum detection probability {min_prob})"
 MSG_TOO_MANY = (
@@ -189,12 +198,31 @@ def check_model(
 
 
 @dataclass(frozen=True)
+class _Detection:
+    box: Any
+    prob: float
+    landmarks: Any
+
+
+def _rescaled(d: Any, factor: float) -> _Detection:
+    """A detection's box and landmarks multiplied by ``factor`` (back to the full image)."""
+    box = None if d.box is None else np.asarray(d.box, dtype=np.float64) * factor
+    lm = None if d.landmarks is None else np.asarray(d.landmarks, dtype=np.float64) * factor
+    return _Detection(box=box, prob=float(d.prob), landmarks=lm)
+
+
+@dataclass(frozen=True)
 class Face:
-    """One detected face: its box in the image, detection probability and aligned crop."""
+    """One detected face: its box in the image, detection probability and aligned crop.
+
+    ``landmarks`` (5x2, image coordinates) are kept for the face-quality pose measurement
+    (:mod:`visage_ml.serving.quality`); like the crop, they live only for the request.
+    """
 
     box: tuple[float, float, float, float]
     prob: float
     crop: np.ndarray
+    landmarks: np.ndarray | None = None
 
 
 class Engine:
@@ -212,6 +240,8 @@ class Engine:
         Detections below this probability are ignored (``prepare.min_face_prob``).
     max_faces
         More faces than this in one image is refused (:class:`TooManyFacesError`).
+    max_detect_side
+        Longest side an image is downscaled to before detection (``serving.max_detect_side``).
     batch_size
         Crops standardised at a time (:meth:`OnnxModel.run` splits them into micro-batches).
     expect_embedder, expect_demographics
@@ -229,13 +259,17 @@ class Engine:
         crop_size: int = 112,
         min_face_prob: float = 0.9,
         max_faces: int = 32,
+        max_detect_side: int = 1280,
         batch_size: int = 32,
         expect_embedder: ModelExpectation | None = None,
         expect_demographics: ModelExpectation | None = None,
         mode: str = "full",
     ) -> None:
-        if crop_size < 8 or max_faces < 1 or batch_size < 1:
-            raise ValueError("crop_size >= 8, max_faces >= 1 and batch_size >= 1 are required")
+        if crop_size < 8 or max_faces < 1 or batch_size < 1 or max_detect_side < 16:
+            raise ValueError(
+                "crop_size >= 8, max_faces >= 1, batch_size >= 1 and max_detect_side >= 16 are "
+                "required"
+            )
         self._factories: dict[str, Callable[[], Any] | None] = {
             EMBEDDER: embedder,
             DEMOGRAPHICS: demographics,
@@ -249,6 +283,7 @@ class Engine:
         self.crop_size = int(crop_size)
         self.min_face_prob = float(min_face_prob)
         self.max_faces = int(max_faces)
+        self.max_detect_side = int(max_detect_side)
         self.batch_size = int(batch_size)
         self.mode = mode
 
@@ -264,6 +299,7 @@ class Engine:
         gallery_meta: Any = None,
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
+        expected_sha256: Mapping[str, str] | None = None,
     ) -> Engine:
         """The engine of a project: ``models/*.onnx`` and MTCNN, as ``params.yaml`` says.
 
@@ -281,10 +317,14 @@ class Engine:
             size the embedder must match (``None``: checked against params.yaml only).
         providers, intra_op_threads
             Passed to :class:`visage_ml.inference.OnnxModel`.
+        expected_sha256
+            ``{kind: sha256}`` each ONNX file must have (``visage serve`` passes the hashes
+            released in the ledger, :mod:`visage_ml.serving.release`); a kind missing from it
+            is refused. When None, the hashes the export stage wrote to ``reports/export.json``.
 
-        Each ONNX file is checked against the SHA-256 the export stage recorded in
-        ``reports/export.json`` when it is loaded (:class:`visage_ml.inference.ModelHashError`
-        when it differs).
+        Each ONNX file is checked against its expected SHA-256 when it is loaded
+        (:class:`visage_ml.inference.ModelHashError` when it differs), and the session is built
+        from exactly the bytes checked.
         """
         mode = mode or params.serving.mode
         if mode not in ("full", "analytics"):
@@ -294,12 +334,17 @@ class Engine:
         def onnx(kind: str) -> Callable[[], Any]:
             def load() -> Any:
                 # onnxruntime loads only with a model: analytics mode never loads the embedder.
-                from visage_ml.inference import OnnxModel, recorded_sha256
+                from visage_ml.inference import ModelHashError, OnnxModel, recorded_sha256
 
-                # The file must be the one the export stage wrote (reports/export.json).
-                digest = recorded_sha256(paths.reports, kind)
-                if digest is None:
-                    logger.warning(MSG_NO_HASH.format(kind=kind))
+                if expected_sha256 is not None:
+                    digest = expected_sha256.get(kind)
+                    if digest is None:
+                        raise ModelHashError(MSG_NO_EXPECTED.format(kind=kind))
+                else:
+                    # The file must be the one the export stage wrote (reports/export.json).
+                    digest = recorded_sha256(paths.reports, kind)
+                    if digest is None:
+                        logger.warning(MSG_NO_HASH.format(kind=kind))
                 return OnnxModel(
                     models_dir / f"{kind}.onnx",
                     expected_kind=kind,
@@ -341,6 +386,7 @@ class Engine:
             crop_size=params.prepare.image_size,
             min_face_prob=params.prepare.min_face_prob,
             max_faces=params.serving.max_faces,
+            max_detect_side=params.serving.max_detect_side,
             batch_size=params.serving.batch_size,
             expect_embedder=expect_emb,
             expect_demographics=expect_dem,
@@ -422,8 +468,11 @@ class Engine:
             # Refuses what is not an 8-bit image (float, NaN, 5 channels) with a clear message.
             pil = Image.fromarray(to_rgb_array(image))
         detector = self.detector
+        small, scale = self.detection_view(pil)
         with self._detect_lock:
-            found = detector.detect([pil])[0]
+            found = detector.detect([small])[0]
+        if scale != 1.0:
+            found = [_rescaled(d, 1.0 / scale) for d in found if d is not None]
         kept = [
             d
             for d in found
@@ -434,10 +483,30 @@ class Engine:
         kept.sort(key=lambda d: -float(d.prob))
         faces = []
         for d in kept:
-            crop = align_face(pil, np.asarray(d.landmarks, dtype=np.float64), self.crop_size)
+            lm = np.asarray(d.landmarks, dtype=np.float64).reshape(5, 2)
+            crop = align_face(pil, lm, self.crop_size)
             box = tuple(float(v) for v in np.asarray(d.box, dtype=np.float64).reshape(4))
-            faces.append(Face(box=box, prob=float(d.prob), crop=crop))  # type: ignore[arg-type]
+            faces.append(
+                Face(box=box, prob=float(d.prob), crop=crop, landmarks=lm)  # type: ignore[arg-type]
+            )
         return faces
+
+    def detection_view(self, image: Image.Image) -> tuple[Image.Image, float]:
+        """``image`` with its longest side at most ``max_detect_side``, and the scale applied.
+
+        Returns
+        -------
+        tuple
+            The image to detect on and its size relative to ``image`` (1.0 when unchanged).
+        """
+        w, h = image.size
+        longest = max(w, h)
+        if longest <= self.max_detect_side:
+            return image, 1.0
+        scale = self.max_detect_side / longest
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # reducing_gap: a fast integer reduction first, then a bilinear resize of what is left.
+        return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0), scale
 
     def detect_one(self, image: Image.Image | np.ndarray) -> list[Face]:
         """Faces of ``image``, refusing an image without any (:class:`NoFaceError`)."""

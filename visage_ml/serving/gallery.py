@@ -70,9 +70,10 @@ from visage_ml.io import (
     sha256_file,
 )
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.datakeys import wrapped_keys_exist
 from visage_ml.privacy.keys import check_pid, load_master_key
 from visage_ml.privacy.ledger import utc_now
-from visage_ml.privacy.registry import REASON_TEXT
+from visage_ml.privacy.registry import NO_BASIS_REASONS, REASON_TEXT
 from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, open_sealed, seal
 from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 
@@ -92,10 +93,10 @@ TEMPLATE_RULE = "normalised mean of L2-normalised enrolment embeddings, one per 
 LOAD_THREADS = 8
 LOAD_CHUNK = 1024
 LOAD_PARALLEL_MIN = 4096
-# Decisions under which a stored template has no legal basis any more and a rebuild removes it;
-# a restriction (Art. 18) keeps data stored, objections and pending erasures are left to the
-# rights workflows.
-NO_BASIS_REASONS: frozenset[str] = frozenset({"consent_withdrawn", "no_consent", "unknown_subject"})
+# Decisions under which a stored template has no legal basis any more and a rebuild (or
+# `visage privacy enforce`) removes it (registry.NO_BASIS_REASONS): withdrawn, expired or never
+# given consent, an objection (Art. 21), an unknown subject. A restriction (Art. 18) keeps data
+# stored; pending erasures are left to the erasure.
 
 MSG_REBUILD = (
     "the gallery's templates were made by embedder {found!r} but the serving embedder is "
@@ -328,6 +329,7 @@ class Gallery:
         self.threshold = float(threshold)
         self._embed = embed
         self.lock = lock if lock is not None else threading.RLock()
+        private_dir(self.directory)  # before the key ring creates it with the umask's mode
         self.keys = KeyRing(self.directory / KEYS_DIR, master_key, context=KEY_CONTEXT)
         self._file_lock = self.directory / ".lock"
         self._templates_root = str(self.directory / TEMPLATES_DIR)
@@ -413,10 +415,8 @@ class Gallery:
             created=existing.created if existing else now,
             updated=now,
         )
-        keys_dir = directory / KEYS_DIR
-        vault_keys = paths.vault / "keys"
-        has_data = any(d.exists() and any(d.glob("p*.key")) for d in (keys_dir, vault_keys))
-        master = load_master_key(paths.master_key, create=not has_data)
+        # Any key ring holding a key means existing data: a missing master key is never invented.
+        master = load_master_key(paths.master_key, create=not wrapped_keys_exist(paths))
         gallery = cls(
             paths,
             core=core if core is not None else PrivacyCore(paths),
@@ -549,7 +549,9 @@ class Gallery:
             self._unrecorded = set()
             self._hashes = {}
             searchable = [p for p in stored if p in allowed]
+            calibration = self._index.calibration  # a reload keeps the served calibration
             self._index = TemplateIndex(self.meta.embedding_dim, capacity=len(searchable))
+            self._index.set_calibration(calibration)
             self._load_many(searchable)
             # Lines before `offset` are folded; later ones are re-read by the next refresh
             # (re-applying an event is harmless).
@@ -738,6 +740,15 @@ class Gallery:
 
     # -- queries -------------------------------------------------------------------------------
 
+    def set_calibration(self, calibration: Any) -> None:
+        """Score every search and verification through ``calibration`` (the released
+        ``reports/score_calibration.json``, :func:`visage_ml.serving.score_calibration.
+        load_score_calibration`), as evaluation measured the thresholds; None: raw scores."""
+        if calibration is not None:
+            calibration.check_embedder(self.model_version)
+        with self.lock:
+            self._index.set_calibration(calibration)
+
     @property
     def size(self) -> int:
         """Searchable subjects (rows of the in-memory matrix)."""
@@ -770,10 +781,23 @@ class Gallery:
         with self.lock:
             return sorted(self._stored)
 
-    def identify_many(self, embeddings: np.ndarray, *, top_k: int = 5) -> list[list[Match]]:
-        """Top-``top_k`` matches at or above the threshold for each embedding row.
+    def search(
+        self,
+        embeddings: np.ndarray,
+        *,
+        top_k: int = 5,
+        threshold_for: Callable[[int], float],
+    ) -> tuple[list[list[Match]], int, float]:
+        """Top-``top_k`` matches at or above ``threshold_for(N)`` for each embedding row.
 
-        Only subjects allowed for identification at the time of the call are scored.
+        ``N`` is the number of searchable subjects when the search runs (read under the same
+        lock as the search), so a threshold that depends on the gallery's size
+        (:mod:`visage_ml.serving.operating_point`) follows every enrolment and erasure.
+
+        Returns
+        -------
+        matches, n, threshold
+            The matches per row, ``N`` and the threshold applied.
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {top_k}")
@@ -782,8 +806,18 @@ class Gallery:
         # is either before this query (and applied) or after it.
         with self.lock:
             self.refresh()
-            found = self._index.search(q, top_k=top_k, threshold=self.threshold)
-        return [[Match(pid, score) for pid, score in row] for row in found]
+            n = len(self._index)
+            threshold = float(threshold_for(n))
+            found = self._index.search(q, top_k=top_k, threshold=threshold)
+        return [[Match(pid, score) for pid, score in row] for row in found], n, threshold
+
+    def identify_many(self, embeddings: np.ndarray, *, top_k: int = 5) -> list[list[Match]]:
+        """Top-``top_k`` matches at or above the (1:1) threshold for each embedding row.
+
+        Only subjects allowed for identification at the time of the call are scored. The HTTP
+        API searches at the gallery-size-dependent 1:N threshold instead (:meth:`search`).
+        """
+        return self.search(embeddings, top_k=top_k, threshold_for=lambda _n: self.threshold)[0]
 
     def identify(self, embedding: np.ndarray, *, top_k: int = 5) -> list[Match]:
         """Top-``top_k`` (pid, score) at or above the threshold for one embedding."""
@@ -1054,9 +1088,9 @@ class Gallery:
     def purge_without_basis(self) -> list[Removal]:
         """Erase stored templates whose subject no longer has any legal basis for them.
 
-        Consent withdrawn (or never given) for identification, or unknown subjects: the template
-        has no basis to be kept. Restricted subjects keep theirs (Art. 18: stored, not used);
-        objections and pending erasures are left to the rights workflows.
+        Consent withdrawn, expired or never given for identification, an objection to it, or
+        unknown subjects: the template has no basis to be kept. Restricted subjects keep theirs
+        (Art. 18: stored, not used); pending erasures are left to the erasure.
         """
         self.refresh()
         registry = self.core.registry

@@ -1,12 +1,17 @@
 """The in-memory template index: unit templates in one float32 matrix, exact cosine search.
 
 The gallery (:mod:`visage_ml.serving.gallery`) decides who may be in it; this module only
-holds rows and scores them.
+holds rows and scores them. With a score calibration set (:meth:`TemplateIndex.set_calibration`,
+the released ``reports/score_calibration.json``) every score is calibrated before it is compared
+with a threshold or ranked, as evaluation measured the thresholds; each row's cluster is kept
+beside it, so a search costs one extra pass over the scores.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from visage_ml.evaluation.calibration import ScoreCalibration
 
 MSG_DIM = "embeddings have {found} values but the gallery's embedder makes {expected}"
 MSG_BAD_EMBEDDINGS = "embeddings must be finite, non-zero float vectors of shape (N, {dim})"
@@ -63,6 +68,8 @@ class TemplateIndex:
         self._m = np.zeros((max(int(capacity), 16), self.dim), dtype=np.float32)
         self._pids: list[str] = []
         self._row: dict[str, int] = {}
+        self.calibration: ScoreCalibration | None = None
+        self._cluster = np.zeros(self._m.shape[0], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._pids)
@@ -85,6 +92,19 @@ class TemplateIndex:
             grown = np.zeros((capacity, self.dim), dtype=np.float32)
             grown[: len(self._pids)] = self._m[: len(self._pids)]
             self._m = grown
+            clusters = np.zeros(capacity, dtype=np.int64)
+            clusters[: len(self._pids)] = self._cluster[: len(self._pids)]
+            self._cluster = clusters
+
+    def set_calibration(self, calibration: ScoreCalibration | None) -> None:
+        """Calibrate every score from now on (None or method ``none``: raw cosine scores)."""
+        if calibration is None or calibration.identity:
+            self.calibration = None
+            return
+        n = len(self._pids)
+        if n:
+            self._cluster[:n] = calibration.clusters(self._m[:n])
+        self.calibration = calibration
 
     def put(self, pid: str, vector: np.ndarray) -> None:
         """Add ``pid``'s template or replace it."""
@@ -97,6 +117,8 @@ class TemplateIndex:
             self._pids.append(pid)
             self._row[pid] = row
         self._m[row] = vector
+        if self.calibration is not None:
+            self._cluster[row] = self.calibration.clusters(self._m[row])[0]
 
     def extend(self, pids: list[str], vectors: np.ndarray) -> None:
         """Append many new subjects at once (one block copy); ``pids`` must not be present."""
@@ -108,6 +130,8 @@ class TemplateIndex:
         n = len(self._pids)
         self.reserve(n + len(pids))
         self._m[n : n + len(pids)] = vectors
+        if self.calibration is not None and len(pids):
+            self._cluster[n : n + len(pids)] = self.calibration.clusters(vectors)
         self._row.update((p, n + i) for i, p in enumerate(pids))
         self._pids.extend(pids)
 
@@ -120,6 +144,7 @@ class TemplateIndex:
         if row != last:
             moved = self._pids[last]
             self._m[row] = self._m[last]
+            self._cluster[row] = self._cluster[last]
             self._pids[row] = moved
             self._row[moved] = row
         self._m[last] = 0.0
@@ -127,8 +152,14 @@ class TemplateIndex:
         return True
 
     def score(self, pid: str, query: np.ndarray) -> float:
-        """Cosine of ``pid``'s template with one unit query."""
-        return float(self._m[self._row[pid]] @ query)
+        """Cosine of ``pid``'s template with one unit query (calibrated, with a calibration)."""
+        row = self._row[pid]
+        raw = float(self._m[row] @ query)
+        if self.calibration is None:
+            return raw
+        cal = self.calibration
+        calibrated = cal.apply(np.array([raw]), cal.clusters(query), self._cluster[row : row + 1])
+        return float(calibrated[0])
 
     def search(
         self, queries: np.ndarray, *, top_k: int, threshold: float
@@ -147,6 +178,10 @@ class TemplateIndex:
         # shared, by 2-2.5x on cache-resident galleries.
         # One query: gemv, one pass over the matrix; several: gemm, still one pass for all.
         scores = (m @ queries[0])[None] if queries.shape[0] == 1 else queries @ m.T
+        if self.calibration is not None:
+            scores = self.calibration.apply(
+                scores, self.calibration.clusters(queries)[:, None], self._cluster[None, :n]
+            )
         out: list[list[tuple[str, float]]] = []
         for s in scores:
             cand = np.flatnonzero(s >= threshold)

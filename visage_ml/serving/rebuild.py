@@ -17,13 +17,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from visage_ml.config import ProjectPaths
+from visage_ml.data.crops import crops_info, read_crops
+from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.serving.gallery import PURPOSE, Gallery, Threshold, load_threshold
 
 SPLIT_PREFERENCE: Mapping[str, int] = {"train": 0, "val": 1, "test": 2}
 MSG_NO_PROCESSED = "{path} is missing; run `dvc repro prepare` first"
 MSG_ROWS = (
-    "manifest.parquet has {rows} rows but faces.u8.npy holds {faces} crops; re-run "
+    "manifest.parquet has {rows} rows but faces.sealed holds {faces} crops; re-run "
     "`dvc repro prepare` to rebuild both together"
 )
 # Embedding is chunked so that only this many crops are in memory at once.
@@ -34,7 +36,7 @@ ENROL_BATCH = 512
 def select_enrolment_rows(
     manifest: Any, allowed: Iterable[str], *, per_subject: int
 ) -> dict[str, np.ndarray]:
-    """Rows of ``faces.u8.npy`` to enrol each allowed subject from.
+    """Rows of ``faces.sealed`` to enrol each allowed subject from.
 
     Up to ``per_subject`` images per subject, train images first, then validation, then test
     (so that test images stay held out whenever a subject has others), the most confidently
@@ -93,7 +95,7 @@ def rebuild(
     Parameters
     ----------
     paths
-        The project (reads ``data/processed/{faces.u8.npy, manifest.parquet}``).
+        The project (reads ``data/processed/{faces.sealed, manifest.parquet}``).
     embedder
         The serving embedder (:class:`visage_ml.inference.OnnxModel`); its version becomes the
         gallery's.
@@ -112,8 +114,8 @@ def rebuild(
         Counts only.
     """
     t0 = time.perf_counter()
-    manifest_path = paths.processed / "manifest.parquet"
-    faces_path = paths.processed / "faces.u8.npy"
+    manifest_path = paths.processed / MANIFEST_FILE
+    faces_path = paths.processed / FACES_FILE
     for p in (manifest_path, faces_path):
         if not p.is_file():
             raise FileNotFoundError(MSG_NO_PROCESSED.format(path=p))
@@ -130,11 +132,13 @@ def rebuild(
         rebuild=True,
     )
     manifest = pd.read_parquet(manifest_path)
-    faces = np.load(faces_path, mmap_mode="r")
-    if len(manifest) != faces.shape[0]:
-        raise ValueError(MSG_ROWS.format(rows=len(manifest), faces=faces.shape[0]))
+    n_crops = crops_info(faces_path).rows
+    if len(manifest) != n_crops:
+        raise ValueError(MSG_ROWS.format(rows=len(manifest), faces=n_crops))
     allowed = core.registry.allowed(PURPOSE)
     selection = select_enrolment_rows(manifest, allowed, per_subject=images_per_subject)
+    # Only the enrolled subjects' crops are decrypted, in memory.
+    faces = read_crops(faces_path, core.data_keys, manifest, pids=set(selection))
     pids = sorted(selection)
     written = unchanged = images = 0
     bar = tqdm(total=len(pids), desc="gallery: enrol", unit="subject", disable=not progress)

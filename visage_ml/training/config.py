@@ -18,9 +18,10 @@ SAMPLINGS: tuple[str, ...] = ("uniform", "class_balanced", "group_balanced")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 # Impostor pairs sampled from the validation split (all of them when there are fewer).
 VAL_IMPOSTOR_PAIRS = 50_000
-MSG_LABELS = (
-    "manifest holds a gender outside {genders} or a group outside {groups}; "
-    "re-run the prepare stage"
+MSG_NO_LABELS = (
+    "none of the {n} {split} images carries an age, gender ({genders}) or group ({groups}) label, "
+    "so the demographic model has nothing to learn from. Import a labeled data set (`visage data "
+    "import utkface|fairface ...`, or SynthFaces with `visage data synth`) and run `dvc repro`"
 )
 EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 StepCallback = Callable[[int], None]
@@ -89,6 +90,7 @@ class LoopConfig:
             device=section.device,
             precision=section.precision,
             max_minutes=section.max_minutes,
+            max_steps=getattr(section, "max_steps", 0) or None,
             seed=seed,
             progress=progress,
             desc=desc,
@@ -121,7 +123,12 @@ class FitResult:
 
 @dataclass(frozen=True)
 class DemographicTargets:
-    """Per-image targets of the demographic net: age in years, gender and group indices."""
+    """Per-image targets of the demographic net: age in years, gender and group indices.
+
+    A label may be unknown: age ``NaN``, gender or group ``-1`` (an unlabeled or partly labeled
+    data set, or a group label outside the model's classes such as UTKFace's race names). Each
+    head of the net learns and is scored only where its label is known.
+    """
 
     age: np.ndarray
     gender: np.ndarray
@@ -131,20 +138,55 @@ class DemographicTargets:
     def from_manifest(cls, frame: Any) -> DemographicTargets:
         """Targets of the manifest rows ``frame`` (labels as ``config.GENDERS`` / ``GROUPS``).
 
-        Raises
-        ------
-        ValueError
-            A gender or group outside the configured labels.
+        Missing ages become ``NaN``; genders and groups missing or outside the configured
+        labels become ``-1``.
         """
         gender = frame["gender"].map({g: i for i, g in enumerate(GENDERS)})
         group = frame["group"].map({g: i for i, g in enumerate(GROUPS)})
-        if gender.isna().any() or group.isna().any():
-            raise ValueError(MSG_LABELS.format(genders=list(GENDERS), groups=list(GROUPS)))
+        age = frame["age"].astype("Float64").to_numpy(dtype=np.float32, na_value=np.nan)
         return cls(
-            age=frame["age"].to_numpy(dtype=np.float32),
-            gender=gender.to_numpy(dtype=np.int64),
-            group=group.to_numpy(dtype=np.int64),
+            age=age,
+            gender=gender.fillna(-1).to_numpy(dtype=np.int64),
+            group=group.fillna(-1).to_numpy(dtype=np.int64),
         )
+
+    @property
+    def known(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boolean masks ``(age, gender, group)``: where each label is known."""
+        return (
+            ~np.isnan(np.asarray(self.age, dtype=np.float64)),
+            np.asarray(self.gender) >= 0,
+            np.asarray(self.group) >= 0,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every label of every image is known (the fully labeled case)."""
+        return all(bool(m.all()) for m in self.known)
+
+    def labeled(self) -> np.ndarray:
+        """Boolean mask of the images with at least one known label."""
+        age, gender, group = self.known
+        return age | gender | group
+
+    def take(self, mask: np.ndarray) -> DemographicTargets:
+        """The targets of the images selected by ``mask`` (or an index array)."""
+        return DemographicTargets(
+            age=np.asarray(self.age)[mask],
+            gender=np.asarray(self.gender)[mask],
+            group=np.asarray(self.group)[mask],
+        )
+
+    def coverage(self) -> dict[str, int]:
+        """Images with each label known, with at least one, and in total."""
+        age, gender, group = self.known
+        return {
+            "images": int(age.size),
+            "age": int(age.sum()),
+            "gender": int(gender.sum()),
+            "group": int(group.sum()),
+            "labeled": int((age | gender | group).sum()),
+        }
 
 
 # ---------------------------------------------------------------------------------------------

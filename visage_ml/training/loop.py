@@ -1,10 +1,10 @@
 """The training loop of the identity embedder and the demographic net (no file I/O).
 
-The stage hands in the face array (usually the ``faces.u8.npy`` memmap), row indices and labels,
-and gets back a :class:`~visage_ml.training.config.FitResult`; checkpoints leave through the
-``on_epoch_end`` callback. On CUDA the step runs under bf16 autocast with channels-last tensors;
-on the CPU it is seeded and deterministic, and resuming from the state saved after epoch ``k``
-reproduces the next step's loss bit for bit.
+The stage hands in the face array (the prepare stage's crops, decrypted into memory), row
+indices and labels, and gets back a :class:`~visage_ml.training.config.FitResult`; checkpoints
+leave through the ``on_epoch_end`` callback. On CUDA the step runs under bf16 autocast with
+channels-last tensors; on the CPU it is seeded and deterministic, and resuming from the state
+saved after epoch ``k`` reproduces the next step's loss bit for bit.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def fit_embedder(
         The embedder (``(N, 3, S, S)`` -> unit ``(N, D)``) and the head giving the loss from
         embeddings and labels (:func:`visage_ml.models.heads.create_head`).
     images
-        ``(N, S, S, 3)`` uint8 faces, typically the ``faces.u8.npy`` memmap.
+        ``(N, S, S, 3)`` uint8 faces, typically the decrypted crops of ``faces.sealed``.
     rows, labels, groups
         Training rows of ``images``, their identity class ``0..C-1`` and (for
         ``group_balanced`` sampling) their group.

@@ -117,6 +117,15 @@ class DemographicTask:
         self.age = torch.tensor(np.asarray(targets.age), dtype=torch.float32)
         self.gender = torch.tensor(np.asarray(targets.gender), dtype=torch.long)
         self.group = torch.tensor(np.asarray(targets.group), dtype=torch.long)
+        # Partly labeled data: per-task masks (fully labeled data keeps the plain loss).
+        self.known: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if not targets.complete:
+            age_k, gender_k, group_k = targets.known
+            self.known = (
+                torch.from_numpy(age_k),
+                torch.from_numpy(gender_k),
+                torch.from_numpy(group_k),
+            )
         self.weights: torch.Tensor | None = None
         if group_balanced_loss:
             _, inverse, counts = np.unique(
@@ -139,6 +148,18 @@ class DemographicTask:
             group=to_device(self.group[idx], device),
             age_std=float(self.model.age_std),
             weights=None if self.weights is None else to_device(self.weights[idx], device),
+            known=None if self.known is None else self._known_at(idx, device),
+        )
+
+    def _known_at(
+        self, idx: np.ndarray, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self.known is not None
+        age, gender, group = self.known
+        return (
+            to_device(age[idx], device),
+            to_device(gender[idx], device),
+            to_device(group[idx], device),
         )
 
     def evaluate(
@@ -169,7 +190,9 @@ def evaluate_demographics(
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Gender and group accuracy, age MAE (years) and ``val_score`` (their summary, higher is
-    better: mean accuracy minus MAE / 100) of ``model`` on ``images[rows]``."""
+    better: mean accuracy minus MAE / 100) of ``model`` on ``images[rows]``.
+
+    Each figure counts only the images whose label is known (``NaN`` when none is)."""
     was_training = model.training
     model.eval()
     ages, genders, groups = [], [], []
@@ -184,11 +207,25 @@ def evaluate_demographics(
             groups.append(r.argmax(1).cpu())
     finally:
         model.train(was_training)
-    age_mae = float(
-        (torch.cat(ages).numpy() - np.asarray(targets.age, np.float64)).__abs__().mean()
-    )
-    gender_acc = float((torch.cat(genders).numpy() == np.asarray(targets.gender)).mean())
-    group_acc = float((torch.cat(groups).numpy() == np.asarray(targets.group)).mean())
+    k_age, k_gender, k_group = targets.known
+    age_err = np.abs(torch.cat(ages).numpy() - np.asarray(targets.age, np.float64))[k_age]
+    age_mae = float(age_err.mean()) if age_err.size else float("nan")
+    gender_hit = (torch.cat(genders).numpy() == np.asarray(targets.gender))[k_gender]
+    group_hit = (torch.cat(groups).numpy() == np.asarray(targets.group))[k_group]
+    gender_acc = float(gender_hit.mean()) if gender_hit.size else float("nan")
+    group_acc = float(group_hit.mean()) if group_hit.size else float("nan")
+    if not (gender_hit.size and group_hit.size and age_err.size):
+        # A task without labels in the validation split does not enter the summary.
+        parts = [v for v, n in ((gender_acc, gender_hit.size), (group_acc, group_hit.size)) if n]
+        score = (float(np.mean(parts)) if parts else 0.0) - (
+            age_mae / 100.0 if age_err.size else 0.0
+        )
+        return {
+            "val_gender_accuracy": gender_acc,
+            "val_group_accuracy": group_acc,
+            "val_age_mae": age_mae,
+            "val_score": score,
+        }
     return {
         "val_gender_accuracy": gender_acc,
         "val_group_accuracy": group_acc,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from visage_ml.app import logsafe
 from visage_ml.config import ConfigError, ProjectPaths
 from visage_ml.privacy.core import UnknownSubjectError
 from visage_ml.privacy.keys import MasterKeyError
@@ -28,12 +28,9 @@ class UserError(Exception):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr at INFO (DEBUG with ``--verbose``); called by command entry points only."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr at INFO (visage_ml's own DEBUG with ``--verbose``, never a third-party
+    library's: see :mod:`visage_ml.app.logsafe`); called by command entry points only."""
+    logsafe.configure(verbose=verbose, stream=sys.stderr)
 
 
 def project() -> ProjectPaths:

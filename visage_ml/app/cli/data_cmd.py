@@ -23,6 +23,7 @@ from visage_ml.data.importers import (
     DEFAULT_PURPOSES,
     FORMATS,
     REASON_TEXT,
+    ROLES,
     ImportBasis,
     ImportResult,
     import_dataset,
@@ -30,7 +31,8 @@ from visage_ml.data.importers import (
 
 app = typer.Typer(
     help=(
-        "Acquire face data into data/raw/<pid>/<image_id>.png with subjects.parquet and "
+        "Acquire face data into data/raw/<pid>/<image_id>.sealed (each image sealed under its "
+        "subject's data key) with subjects.parquet and "
         "images.parquet, then `dvc add data/raw`. Identities go to the encrypted identity vault "
         "only; consent or another legal basis goes to the signed ledger."
     ),
@@ -90,6 +92,13 @@ def import_(
         dir_okay=False,
     ),
     notice_version: str = typer.Option("v1", help="Version of the privacy notice."),
+    role: str = typer.Option(
+        None,
+        "--role",
+        help=f"What the subjects are for: {', '.join(ROLES)} (training: train/val splits only; "
+        "evaluation: test only, never trained on). Default: evaluation for a set with protocol "
+        "pairs (lfw + pairs.txt), both otherwise.",
+    ),
     files: bool = typer.Option(
         False,
         "--files",
@@ -103,10 +112,11 @@ def import_(
     --legal-basis): faces processed for recognition are biometric data under
     GDPR Art. 9. Nothing is written then (exit code 2).
 
-    Writes data/raw/<pid>/<image_id>.png (decoded, EXIF orientation applied,
-    8-bit RGB PNG without any metadata), merges data/raw/subjects.parquet and
-    images.parquet, swaps data/raw in atomically and runs `dvc add data/raw`;
-    lfw pairs go to data/protocols/lfw_pairs.parquet.
+    Writes data/raw/<pid>/<image_id>.sealed (decoded, EXIF orientation applied,
+    8-bit RGB PNG without any metadata, sealed under the subject's data key; a
+    person or file of an erased subject is skipped as erased_subject), merges
+    data/raw/subjects.parquet and images.parquet, swaps data/raw in atomically
+    and runs `dvc add data/raw`; lfw pairs go to data/protocols/lfw_pairs.parquet.
 
     Person names go only into the encrypted identity vault (privacy/vault/);
     the ledger gets subject.added and consent.given or basis.recorded events.
@@ -134,6 +144,7 @@ def import_(
             pairs=tuple(pairs or ()),
             params=params,
             progress=not as_json and sys.stderr.isatty(),
+            role=role,
         )
     if as_json:
         summary = result.summary()
@@ -162,7 +173,7 @@ def _print_summary(result: ImportResult, *, show_files: bool) -> None:
         f"imported {s['images_imported']} images of "
         f"{s['subjects_added'] + s['subjects_updated']} subjects "
         f"({s['subjects_added']} added, {s['subjects_updated']} updated; "
-        f"{s['persons_found']} persons found) as {s['source']}",
+        f"{s['persons_found']} persons found) as {s['source']}, role {s['role']}",
         highlight=False,
     )
     basis = s["basis"]
@@ -215,7 +226,7 @@ def synth(
 ) -> None:
     """Generate SynthFaces, the embedded default data set, from params.yaml (`synth`).
 
-    Writes data/raw/<pid>/<image_id>.png, subjects.parquet, images.parquet and data/scenes/
+    Writes data/raw/<pid>/<image_id>.sealed, subjects.parquet, images.parquet and data/scenes/
     (frames + scenes.parquet), registers every synthetic subject with simulated consent events
     in the ledger, refreshes data/registry/consents.parquet and runs `dvc add` on both folders.
     Deterministic for project.seed; when data/raw already holds SynthFaces it is reused.

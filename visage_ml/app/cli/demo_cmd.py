@@ -13,17 +13,54 @@ import typer
 import yaml
 
 from visage_ml.app.cli.common import console, project, setup_logging, user_errors
-from visage_ml.config import load_params
+from visage_ml.app.cli.fairness_summary import fairness_lines
+from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.documents import write_documents
+from visage_ml.privacy.keys import MASTER_KEY_ENV
+from visage_ml.privacy.records import ensure_records
+from visage_ml.privacy.witness import Witness
+from visage_ml.privacy.witnessed import witness_folder, witness_params
+from visage_ml.procenv import child_env
 
 
 def _venv_env() -> dict[str, str]:
-    env = dict(os.environ)
+    # The stages `dvc repro` runs are visage's own and decrypt with the master key, so it is
+    # the one secret kept; every other secret stays out of DVC and what it starts.
+    env = child_env(keep=(MASTER_KEY_ENV,))
     # dvc.yaml runs `python -m visage_ml.app.stages.<name>`: make it this interpreter.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["DVC_NO_ANALYTICS"] = "1"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     return env
+
+
+def _witness_setup(paths: ProjectPaths) -> list[str]:
+    """Make sure the ledger's directory witnesses exist, and say where they are.
+
+    The default (params.yaml ``privacy.witness``) is a folder outside the project:
+    ``$VISAGE_WITNESS_DIR`` or ``~/.local/share/visage-ml/witness``. The ledger is checkpointed
+    and cosigned now, so that a rollback from here on is detected.
+    """
+    core = PrivacyCore(paths)
+    lines = []
+    for spec in witness_params(paths).witnesses:
+        if spec.kind == "directory":
+            folder = witness_folder(spec).resolve()
+            w = Witness.create(folder)
+            inside = folder.is_relative_to(paths.root)
+            note = "  [red](inside the project: move it to another volume)[/]" if inside else ""
+            lines.append(f"ledger witness: directory {folder} ({w.name}){note}")
+        else:
+            lines.append(f"ledger witness: {spec.url}")
+    if core.paths.ledger.exists():
+        witnessed = core.checkpoint_and_witness()
+        lines.append(
+            f"ledger checkpoint: {witnessed.checkpoint.size} entries, cosigned by "
+            f"{', '.join(witnessed.cosigners) or 'no witness'}"
+        )
+    return lines
 
 
 def _headline(root: Path) -> list[str]:
@@ -47,7 +84,6 @@ def _headline(root: Path) -> list[str]:
             ("rank-1", ("identification", "rank1")),
             ("FMR max/min ratio", ("fairness", "fmr_max_min_ratio")),
             ("FNMR max/min ratio", ("fairness", "fnmr_max_min_ratio")),
-            ("fairness gate passed", ("fairness", "gate_passed")),
         ):
             value = pick(*keys)
             if value is not None:
@@ -56,6 +92,8 @@ def _headline(root: Path) -> list[str]:
                     if isinstance(value, float)
                     else f"  {label:<20} {value}"
                 )
+    # The gate's three-way outcome, the served calibration, per-group demographic accuracy.
+    lines.extend(fairness_lines(root / "reports"))
     return lines
 
 
@@ -82,6 +120,14 @@ def demo(
                 f"SynthFaces {verb}: {result.n_subjects} subjects, {result.n_images} images, "
                 f"{result.n_scenes} scenes"
             )
+        for line in _witness_setup(paths):
+            console.print(line, highlight=False)
+        # The DPO's documents: records of processing, the full notice, a sample sign.
+        ensure_records(paths)
+        written = write_documents(paths, paths.reports / "privacy")
+        console.print(
+            f"privacy documents: {', '.join(p.name for p in written.values())} in reports/privacy/"
+        )
     dvc = str(Path(sys.executable).with_name("dvc"))
     # One `dvc repro STAGE` per stage of dvc.yaml (written in pipeline order), so each stage's
     # time can be shown; DVC skips an up-to-date stage in about a second.
@@ -104,8 +150,10 @@ def demo(
     console.print(
         "\nWhere to look:\n"
         "  reports/fairness_report.html   the fairness report (open in a browser)\n"
+        "  reports/privacy/               records of processing, the notice and the sign (DPO)\n"
         "  make ui                        MLflow UI: runs, the report, registered models\n"
         "  dvc metrics show / dvc plots show\n"
         "  visage serve                   HTTP API (README: identify and analytics with curl)\n"
-        "  visage privacy verify-ledger   the signed privacy ledger"
+        "  visage privacy verify-ledger   the signed ledger, checked against its witnesses\n"
+        "  visage witness status          the directory witness (README: a witness on another host)"
     )

@@ -8,25 +8,29 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from visage_ml.app.cli.common import (
     UserError,
     console,
     emit_json,
+    err_console,
     project,
     setup_logging,
     user_errors,
 )
 from visage_ml.config import PURPOSES, load_params
+from visage_ml.privacy.certificate import verify_offline
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.keys import load_public_key
-from visage_ml.privacy.ledger import utc_now
+from visage_ml.privacy.ledger import LedgerError, utc_now
 from visage_ml.privacy.requests import RequestBook, UnknownRequestError
 from visage_ml.rights import lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
-from visage_ml.rights.export import export_subject
+from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.rights.rectify import rectify as do_rectify
 from visage_ml.rights.runner import run_request
 
@@ -126,8 +130,14 @@ def subject_list(as_json: bool = JSON_OPT) -> None:
 def consent_give(
     pid: str = typer.Argument(..., help="The subject's pid."),
     purpose: list[str] = typer.Option(None, "--purpose", "-p", help=PURPOSE_HELP),
-    notice_version: str = typer.Option("v1", help="Version of the privacy notice shown."),
-    notice_file: Path = typer.Option(None, help="The notice text; its SHA-256 is recorded."),
+    notice_version: str = typer.Option(
+        None, help="Version of the notice shown (with --notice-file; default its hash)."
+    ),
+    notice_file: Path = typer.Option(
+        None,
+        help="The notice text shown; its SHA-256 is recorded. Default: the notice in force, "
+        "rendered from privacy/records.yaml (`visage privacy notice`).",
+    ),
     evidence: Path = typer.Option(
         None, help="Evidence (e.g. signed form); only its SHA-256 is recorded."
     ),
@@ -143,11 +153,11 @@ def consent_give(
     with user_errors():
         core = _core()
         params = load_params(core.paths.params)
-        notice_hash = (
-            sha256_text(notice_file.read_bytes())
-            if notice_file
-            else sha256_text(f"notice {notice_version}")
-        )
+        if notice_file:
+            notice_hash = sha256_text(notice_file.read_bytes())
+            notice_version = notice_version or f"file-{notice_hash[:16]}"
+        else:
+            notice_version, notice_hash = notice_for_receipts(core.paths)
         receipt = ConsentReceipt(
             controller=params.project.controller,
             controller_contact=params.project.controller_contact,
@@ -245,27 +255,97 @@ def verify_ledger(
     """
 
     with user_errors():
-        core = _core()
+        # The diagnostic itself must open a ledger the fail-closed check refuses.
+        core = PrivacyCore(project(), check=False)
         pub = load_public_key(public_key) if public_key else None
         result = core.ledger.verify(pub, all_signatures=not fast)
+        witnessed: list[dict[str, Any]] = []
+        problem = None
+        if result.ok:
+            try:
+                witnessed = core.witnessing.check(full=True)
+            except LedgerError as exc:
+                problem = str(exc)
     if as_json:
-        emit_json(result.__dict__)
+        emit_json({**result.__dict__, "checkpoints": witnessed, "checkpoint_problem": problem})
     else:
         console.print(result.message(), highlight=False)
-    if not result.ok:
+        for c in witnessed:
+            cosigned = ", ".join(c.get("cosigned_by") or []) or "-"
+            console.print(
+                f"  consistent with the checkpoint of size {c.get('size')} in {c['source']} "
+                f"(cosigned by {cosigned})",
+                highlight=False,
+            )
+        if problem:
+            console.print(f"[red]checkpoint check FAILED[/]: {escape(problem)}", highlight=False)
+    if not result.ok or problem:
         raise typer.Exit(1)
 
 
 @app.command("checkpoint")
 def checkpoint(as_json: bool = JSON_OPT) -> None:
-    """Append a signed Merkle tree head (RFC 9162) over all ledger entries so far."""
+    """Append a signed Merkle tree head (RFC 9162) and have the witnesses cosign a checkpoint.
+
+    The checkpoint (C2SP signed note) covers every entry so far and goes to
+    privacy/checkpoints/latest; each witness in params.yaml (privacy.witness) checks that it
+    extends the tree it saw last before cosigning. Exit code 2 when too few witnesses cosigned.
+    """
     with user_errors():
-        entry = _core().ledger.checkpoint()
+        core = _core()
+        entry = core.ledger.checkpoint()
+        witnessed = core.checkpoint_and_witness()
+    cp = witnessed.checkpoint
     _done(
         as_json,
-        {"seq": entry.seq, **entry.payload},
-        f"tree head: size {entry.payload['size']} root {entry.payload['root']} (seq {entry.seq})",
+        {
+            "seq": entry.seq,
+            **entry.payload,
+            "checkpoint": {"origin": cp.origin, "size": cp.size, "root": cp.root.hex()},
+            "cosigned_by": witnessed.cosigners,
+        },
+        f"tree head: size {entry.payload['size']} root {entry.payload['root']} (seq {entry.seq})"
+        f"\ncheckpoint {cp.origin} size {cp.size} cosigned by "
+        f"{', '.join(witnessed.cosigners) or 'no witness'}",
     )
+
+
+@app.command("rotate-ledger-key")
+def rotate_ledger_key(
+    announce: bool = typer.Option(
+        False,
+        "--announce",
+        help="Only show the last rotation to the witnesses that did not accept it yet.",
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Replace the ledger signing key, as a signed event, and tell the witnesses.
+
+    Appends ledger.key_rotated, signed by the old key and carrying the new key's signature;
+    secrets/ledger.key and privacy/ledger.pub become the new key (the old one is kept as
+    secrets/ledger.key.previous until every witness pinned the new key). Verification follows
+    the key history. Exit code 2 when a witness did not accept it (run again with --announce).
+    """
+    with user_errors():
+        core = _core()
+        if announce:
+            problems = core.announce_rotation()
+            seq = None
+        else:
+            entry, problems = core.rotate_ledger_key()
+            seq = entry.seq
+        fingerprint = core.ledger.key_chain().fingerprints()[-1]
+    _done(
+        as_json,
+        {"seq": seq, "fingerprint": fingerprint, "problems": problems},
+        (f"ledger key rotated (seq {seq}); " if seq is not None else "")
+        + f"new key fingerprint {fingerprint}",
+    )
+    if problems:
+        for p in problems:
+            err_console.print(f"[red]witness[/]: {escape(p)}", highlight=False)
+        err_console.print("run `visage privacy rotate-ledger-key --announce` when they answer")
+        raise typer.Exit(2)
 
 
 @app.command("snapshot")
@@ -403,13 +483,15 @@ def request_verify(
 @request_app.command("extend")
 def request_extend(
     request_id: str = typer.Argument(..., help="The request id."),
-    days: int = typer.Option(..., "--days", help="Days added to the deadline."),
+    months: int = typer.Option(None, "--months", help="Calendar months added to the deadline."),
+    days: int = typer.Option(None, "--days", help="Days added to the deadline (or --months)."),
     reason: str = typer.Option(..., "--reason", help="Why, as a code (e.g. complex_request)."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Extend the deadline (Art. 12(3): by two further months at most, with a reason)."""
+    """Extend the deadline (Art. 12(3): before it passes, by two further months at most, with a
+    reason); the subject is told, with the reasons."""
     with _rights_errors():
-        st = _book().extend(request_id, days=days, reason_code=reason)
+        st = _book().extend(request_id, months=months, days=days, reason_code=reason)
     _done(as_json, st.to_dict(), f"request {request_id}: new deadline {st.deadline}")
 
 
@@ -465,10 +547,28 @@ def export(
     pid: str = typer.Argument(..., help="The subject's pid."),
     request_id: str = REQUEST_OPT,
     out: Path = typer.Option(
-        None, "--out", "-o", help="Zip to write (default privacy/exports/<request id>.zip)."
+        None,
+        "--out",
+        "-o",
+        help="Bundle to write (default privacy/exports/<request id>.zip.age, .zip with "
+        "--plaintext).",
     ),
     portability: bool = typer.Option(
         False, "--portability", help="Record the request as Art. 20 portability."
+    ),
+    recipient: list[str] = typer.Option(
+        None,
+        "--recipient",
+        "-r",
+        help="The requester's age public key (age1...); repeat for several.",
+    ),
+    passphrase_file: Path = typer.Option(
+        None, "--passphrase-file", help="Encrypt with the passphrase in this file (age scrypt)."
+    ),
+    plaintext: bool = typer.Option(
+        False,
+        "--plaintext",
+        help="Hand the zip out unencrypted (recorded in the ledger with its hash).",
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -476,11 +576,18 @@ def export(
 
     manifest.json (hashes), subject.json (identity, consents, attributes), images/, the
     biometric template(s) (base64 float32, model id and version, how to compare them),
-    processing records, and schema.json. Written atomically with mode 0600; completes the
-    request with a signed receipt.
+    processing records, and schema.json, encrypted for the requester in the age format
+    (--recipient or --passphrase-file; open with `age -d`). Written atomically with mode 0600;
+    completes the request with a signed receipt.
     """
 
     with _rights_errors():
+        phrase = None
+        if passphrase_file is not None:
+            phrase = passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
+        delivery = Delivery(
+            recipients=tuple(recipient or ()), passphrase=phrase, plaintext=plaintext
+        )
         result = export_subject(
             project(),
             pid,
@@ -488,12 +595,13 @@ def export(
             request_id=request_id,
             core=_core(),
             right="portability" if portability else "access",
+            delivery=delivery,
         )
     _done(
         as_json,
         result.to_dict(),
         f"{result.path} written ({result.images} images, {result.templates} template(s); "
-        f"sha256 {result.sha256}); request {result.request_id} completed",
+        f"{result.delivery}; sha256 {result.sha256}); request {result.request_id} completed",
     )
 
 
@@ -598,6 +706,16 @@ def verify_certificate_cmd(
     no_scan: bool = typer.Option(
         False, "--no-scan", help="Skip hashing the checkout's files (signature and proof only)."
     ),
+    offline: bool = typer.Option(
+        False,
+        "--offline",
+        help="Check the proof bundle alone, with no access to a project: signature, entries, "
+        "the witnessed checkpoint and its cosignatures (pin keys with --public-key and "
+        "--witness-key).",
+    ),
+    witness_key: list[str] = typer.Option(
+        None, "--witness-key", help="A witness verifier key that must have cosigned (repeatable)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Verify an erasure certificate with only the certificate, the public key and the checkout.
@@ -609,9 +727,12 @@ def verify_certificate_cmd(
     """
 
     with _rights_errors():
-        report = verify_certificate(
-            cert, root=project().root, public_key=public_key, scan=not no_scan
-        )
+        if offline:
+            report = verify_offline(cert, public_key=public_key, witness_keys=witness_key or ())
+        else:
+            report = verify_certificate(
+                cert, root=project().root, public_key=public_key, scan=not no_scan
+            )
     if as_json:
         emit_json(report.to_dict())
     else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,12 +19,16 @@ from visage_ml.app.cli.common import (
     setup_logging,
     user_errors,
 )
-from visage_ml.app.http.auth import ApiKeyFileError, KeyStore
+from visage_ml.app.http.auth import ApiKeyFileError, KeyStore, parse_duration, parse_time
 from visage_ml.app.stages.gallery import run
 from visage_ml.config import load_params
+from visage_ml.data.rawstore import RawStore
+from visage_ml.io import atomic_write_bytes, private_dir
 from visage_ml.serving.engine import ModelMismatchError
 from visage_ml.serving.gallery import Gallery, GalleryError
+from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
 from visage_ml.serving.rebuild import select_enrolment_rows
+from visage_ml.serving.release import SCORE_MODEL_JSON, check_released, latest_releases
 
 if TYPE_CHECKING:
     from visage_ml.serving.gallery import Gallery
@@ -36,9 +42,10 @@ gallery_app = typer.Typer(
 )
 apikey_app = typer.Typer(
     help=(
-        "API keys of the HTTP API (secrets/api_keys.json holds ids, roles and hashes only). "
-        "Roles: operator (identify, verify, enroll, analytics), dpo (subject rights), auditor "
-        "(ledger, certificates)."
+        "API keys of the HTTP API (secrets/api_keys.json holds ids, roles, expiry and hashes "
+        "only). Roles: operator (identify, verify, enroll, analytics), dpo (subject rights), "
+        "auditor (ledger, certificates, metrics), metrics (/metrics only). Keys expire "
+        "(serving.auth.key_ttl_days); rotate them with `visage apikey rotate KEY_ID`."
     ),
     no_args_is_help=True,
 )
@@ -63,10 +70,41 @@ MSG_TLS_KEY_MODE = (
     "`chmod 600 {path}` and start again"
 )
 MSG_PLAIN_HTTP = (
-    "serving plain HTTP on %s, not a loopback address: API keys and face images cross the "
-    "network unencrypted. Give --ssl-keyfile/--ssl-certfile or put a TLS proxy in front "
-    "(docs/security.md)"
+    "serving plain HTTP on %s, not a loopback address, because --insecure-http was given: API "
+    "keys and face images cross the network unencrypted"
 )
+MSG_TLS_REQUIRED = (
+    "refusing to serve plain HTTP on {host}, which is not a loopback address: API keys and face "
+    "images would cross the network unencrypted. Give --ssl-keyfile KEY --ssl-certfile CERT, "
+    "or listen on 127.0.0.1 behind a TLS reverse proxy (docs/security.md); only if the network "
+    "is encrypted otherwise, add --insecure-http"
+)
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback interface only (``0.0.0.0`` and names do not)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(host: str, *, tls: bool, insecure_http: bool) -> None:
+    """Refuse plain HTTP off loopback unless ``insecure_http`` (then warn).
+
+    Raises
+    ------
+    UserError
+        Plain HTTP on a non-loopback address without ``--insecure-http``.
+    """
+    if tls or is_loopback(host):
+        return
+    if not insecure_http:
+        raise UserError(MSG_TLS_REQUIRED.format(host=host))
+    logging.getLogger(__name__).warning(MSG_PLAIN_HTTP, host)
 
 
 def tls_options(keyfile: Path | None, certfile: Path | None) -> dict[str, str]:
@@ -114,17 +152,25 @@ def serve(
     ssl_certfile: Path = typer.Option(
         None, "--ssl-certfile", help="TLS certificate chain (PEM), with --ssl-keyfile."
     ),
-    verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
+    insecure_http: bool = typer.Option(
+        False,
+        "--insecure-http",
+        help="Allow plain HTTP on a non-loopback address (refused otherwise): only where the "
+        "network is encrypted by other means.",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Debug logging of visage-ml (never of libraries: no EXIF)."
+    ),
 ) -> None:
     """Start the HTTP API (uvicorn) on the project's models and gallery.
 
     Loads the ONNX models and decrypts the searchable templates (subjects whose consent covers
-    identification) into memory before accepting requests. Every request is written to
-    privacy/audit.jsonl; /metrics serves Prometheus metrics and /docs the OpenAPI schema.
-    Serve HTTPS with --ssl-keyfile/--ssl-certfile, or behind a TLS proxy (docs/security.md).
+    identification) into memory before accepting requests, after checking that the ONNX
+    models and reports/threshold.json are the files released in the privacy ledger. Every
+    request is written to privacy/audit.jsonl; /metrics serves Prometheus metrics to keys of
+    role auditor or metrics. Off loopback it needs HTTPS (--ssl-keyfile/--ssl-certfile) or
+    --insecure-http; behind a TLS proxy, keep it on loopback (docs/security.md).
     """
-    import logging
-
     import uvicorn
 
     from visage_ml.app.http.app import create_app
@@ -134,19 +180,21 @@ def serve(
         tls = tls_options(ssl_keyfile, ssl_certfile)
         paths = project()
         params = load_params(paths.params)
+        bind = host or params.serving.host
+        check_transport(bind, tls=bool(tls), insecure_http=insecure_http)
         if mode is not None and mode not in ("full", "analytics"):
             raise UserError(f"--mode must be 'full' or 'analytics', not '{mode}'")
         app = create_app(paths, params=params, mode=mode)
-    bind = host or params.serving.host
-    if not tls and bind not in ("127.0.0.1", "::1", "localhost"):
-        logging.getLogger(__name__).warning(MSG_PLAIN_HTTP, bind)
     uvicorn.run(
-        app,
+        app,  # an app object: one process, no workers that would inherit the environment
         host=bind,
         port=port or params.serving.port,
         # The audit log records each request; uvicorn's access log would repeat paths (pids).
         access_log=False,
-        log_level="debug" if verbose else "info",
+        # uvicorn keeps our logging (log_config=None) and never logs below INFO: its debug and
+        # trace output describe connections and ASGI messages.
+        log_config=None,
+        log_level="info",
         **tls,
     )
 
@@ -218,15 +266,75 @@ def gallery_stats(as_json: bool = JSON_OPT) -> None:
         console.print(f"{k:<16} {v}", highlight=False)
 
 
+@gallery_app.command("info")
+def gallery_info(as_json: bool = JSON_OPT) -> None:
+    """The identification operating point of the gallery: its size, the target FPIR, the 1:N
+    threshold derived for them and the expected FNIR; flags a gallery too large for the target.
+
+    The threshold comes from the released reports/score_model.json (serving.identify in
+    params.yaml sets the target and the confidence of the bound); the 1:1 verification threshold
+    is shown beside it. Counts and rates only.
+    """
+    with _serving_errors():
+        paths = project()
+        params = load_params(paths.params)
+        gallery = _open_gallery()
+        model, digest = load_score_model(
+            paths,
+            model_version=gallery.model_version,
+            confidence=params.serving.identify.confidence,
+        )
+        check_released(latest_releases(gallery.core.ledger), SCORE_MODEL_JSON, digest)
+        stats = gallery.stats()
+        policy = IdentificationPolicy.from_params(model, params, fallback=gallery.threshold)
+        info = {
+            **policy.status(int(stats["searchable"])),
+            "stored": stats["stored"],
+            "verify_threshold": gallery.threshold,
+            "model_version": gallery.model_version,
+        }
+    if as_json:
+        emit_json(info)
+        return
+    rows = [
+        ("gallery size", f"{info['gallery_size']} searchable ({info['stored']} stored)"),
+        ("target FPIR", f"{info['target_fpir']:g}"),
+        ("1:N threshold", f"{info['threshold']:.4f} (upper {info['confidence']:g} bound on FMR)"),
+        ("required FMR", f"{info['required_fmr']:.3g} per comparison"),
+        ("expected FPIR", _rate(info["expected_fpir"])),
+        ("expected FNIR", _rate(info["expected_fnir"])),
+        ("1:1 threshold", f"{info['verify_threshold']:.4f} (verify)"),
+    ]
+    for name, value in rows:
+        console.print(f"{name:<16} {value}", highlight=False)
+    if info["too_large"]:
+        console.print(f"[bold red]too large:[/] {info['warning']}", highlight=False)
+    else:
+        console.print("size             within what the target allows at this accuracy")
+
+
+def _rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
 @gallery_app.command("holdout")
 def gallery_holdout(
     count: int = typer.Option(1, min=1, help="How many images to list."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Folder for the decrypted probe images (0700; default: a new private temporary "
+        "folder). They are faces in clear: delete them after use.",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Raw images of searchable subjects that were NOT used to enrol them (to try identify).
 
-    Reads data/processed/manifest.parquet and the gallery; writes nothing.
+    Reads data/processed/manifest.parquet and the gallery; the raw images are sealed, so the
+    chosen ones are decrypted into --out (files 0600) and those paths are printed.
     """
+    import tempfile
+
     import pandas as pd
 
     with _serving_errors():
@@ -243,10 +351,14 @@ def gallery_holdout(
         if spare.empty:
             raise UserError("no held-out image of an enrolled subject: every image was enrolled")
         picks = spare.sort_values(["split", "image_id"]).groupby("pid").head(1).head(count)
-        rows = [
-            {"pid": str(r.pid), "image": str(paths.raw / str(r.pid) / f"{r.image_id}.png")}
-            for r in picks.itertuples()
-        ]
+        folder = private_dir(out) if out else Path(tempfile.mkdtemp(prefix="visage-holdout-"))
+        store = RawStore(paths, track=False)
+        rows = []
+        for r in picks.itertuples():
+            target = folder / f"{r.image_id}.png"
+            png = store.read_image(str(r.pid), str(r.image_id))
+            atomic_write_bytes(target, png, mode=0o600)
+            rows.append({"pid": str(r.pid), "image": str(target)})
     if as_json:
         emit_json(rows)
         return
@@ -254,35 +366,111 @@ def gallery_holdout(
         console.print(f"{r['pid']}  {r['image']}", highlight=False)
 
 
+EXPIRES_OPT = typer.Option(
+    None,
+    "--expires-in",
+    help="Lifetime of the key: a number and a unit, s m h d w (e.g. 90d, 12h); default "
+    "serving.auth.key_ttl_days.",
+)
+
+
+def _key_store() -> tuple[KeyStore, float]:
+    """The project's key store (with its default lifetime) and the rotation grace in seconds."""
+    paths = project()
+    auth = load_params(paths.params).serving.auth
+    return KeyStore(paths.api_keys, ttl_days=auth.key_ttl_days), auth.rotation_grace_hours * 3600
+
+
+def _key_state(k: dict[str, object], now: float) -> str:
+    if k["revoked"]:
+        return "revoked"
+    if now >= parse_time(str(k["expires"])):
+        return "expired"
+    if k.get("replaced_by"):
+        return f"retiring (rotated to {k['replaced_by']})"
+    return "active"
+
+
 @apikey_app.command("create")
 def apikey_create(
-    role: str = typer.Option(..., "--role", help="operator, dpo or auditor."),
+    role: str = typer.Option(..., "--role", help="operator, dpo, auditor or metrics."),
+    expires_in: str = EXPIRES_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Create an API key and print it once; only its SHA-256 is stored."""
+    """Create an API key and print it once; only its SHA-256 is stored. Every key expires."""
 
     with _serving_errors():
-        record, key = KeyStore(project().api_keys).create(role)
+        store, _ = _key_store()
+        ttl = parse_duration(expires_in) if expires_in is not None else None
+        record, key = store.create(role, expires_in_s=ttl)
     if as_json:
         emit_json({"key": key, **record.public()})
         return
-    console.print(f"key id {record.key_id}, role {record.role}", highlight=False)
+    console.print(
+        f"key id {record.key_id}, role {record.role}, expires {record.expires}", highlight=False
+    )
     console.print(key, highlight=False)
     console.print("Store the key now: it is not kept and cannot be shown again.")
 
 
-@apikey_app.command("list")
-def apikey_list(as_json: bool = JSON_OPT) -> None:
-    """List API key ids, roles, creation times and revocation (never keys or hashes)."""
+@apikey_app.command("rotate")
+def apikey_rotate(
+    key_id: str = typer.Argument(..., help="The key id to replace."),
+    expires_in: str = EXPIRES_OPT,
+    grace: str = typer.Option(
+        None,
+        "--grace",
+        help="How long the old key keeps working (e.g. 24h); default "
+        "serving.auth.rotation_grace_hours.",
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Issue a new key (new id and secret, same role) for KEY_ID and retire the old one.
+
+    The old key keeps working for the grace period so clients can switch; then it expires.
+    """
+    import time
 
     with _serving_errors():
-        keys = [k.public() for k in KeyStore(project().api_keys).list()]
+        store, default_grace = _key_store()
+        ttl = parse_duration(expires_in) if expires_in is not None else None
+        grace_s = default_grace if grace is None else parse_duration(grace)
+        try:
+            record, key, old = store.rotate(key_id, grace_s=grace_s, expires_in_s=ttl)
+        except KeyError as exc:
+            raise UserError(str(exc.args[0])) from None
+    if as_json:
+        emit_json({"key": key, **record.public(), "old": old.public()})
+        return
+    console.print(
+        f"key id {record.key_id}, role {record.role}, expires {record.expires} "
+        f"(replaces {old.key_id})",
+        highlight=False,
+    )
+    console.print(key, highlight=False)
+    console.print("Store the key now: it is not kept and cannot be shown again.")
+    state = "expired" if time.time() >= parse_time(old.expires or "") else "works"
+    console.print(f"the old key {old.key_id} {state} until {old.expires}", highlight=False)
+
+
+@apikey_app.command("list")
+def apikey_list(as_json: bool = JSON_OPT) -> None:
+    """List API key ids, roles, creation and expiry times and state (never keys or hashes)."""
+    import time
+
+    with _serving_errors():
+        store, _ = _key_store()
+        now = time.time()
+        keys = [{**k.public(), "state": _key_state(k.public(), now)} for k in store.list()]
     if as_json:
         emit_json(keys)
         return
     for k in keys:
-        flag = "  revoked" if k["revoked"] else ""
-        console.print(f"{k['key_id']}  {k['role']:<8}  {k['created']}{flag}", highlight=False)
+        console.print(
+            f"{k['key_id']}  {k['role']:<8}  created {k['created']}  expires {k['expires']}  "
+            f"{k['state']}",
+            highlight=False,
+        )
 
 
 @apikey_app.command("revoke")

@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from visage_ml.app.http.auth import ApiKeyFileError
 from visage_ml.app.http.schemas import ErrorResponse
 from visage_ml.inference import ModelFileError
+from visage_ml.privacy.registry import LedgerRefusedError
+from visage_ml.privacy.witnessed import LedgerRollbackError, WitnessUnavailableError
 from visage_ml.serving.engine import (
     ModelMismatchError,
     ModelUnavailableError,
@@ -38,23 +40,33 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (ModelUnavailableError, 404, "not_available"),
     (ModelFileError, 503, "model_error"),
     (ApiKeyFileError, 503, "api_keys_unreadable"),
+    # The ledger failed its check against a witnessed checkpoint: nothing is processed.
+    (LedgerRollbackError, 503, "ledger_rollback"),
+    (LedgerRefusedError, 503, "ledger_refused"),
+    # A narrowing event is recorded and in force, but its witnesses did not cosign it yet.
+    (WitnessUnavailableError, 503, "not_witnessed"),
 )
 MSG_MALFORMED_JSON = "the request body is not valid JSON (UTF-8, not nested thousands deep)"
 MSG_INVALID_JSON = "the request body is not valid JSON"
 DOCUMENTED: dict[int, str] = {
     400: "Malformed JSON body.",
-    401: "Missing or invalid API key.",
+    401: "Missing, invalid or expired API key (checked before the body is read).",
     403: "The key's role may not call this endpoint.",
     404: "Unknown subject, certificate or template.",
+    408: "The request body did not arrive within serving.body_timeout_s.",
     409: "The subject's state does not allow this.",
     413: "Request or image too large.",
     422: "Invalid input: a malformed or unknown field or query parameter, bad base64, not an "
     "image, no face, too many faces.",
     429: "Too many failed authentications from this client.",
-    503: "The gallery was rebuilt for another embedder, or a model is damaged; restart "
+    503: "The server is answering serving.max_concurrent requests (retry after Retry-After); "
+    "or the gallery was rebuilt for another embedder, or a model is damaged: restart "
     "the server (after `visage gallery rebuild` or `dvc repro export`).",
 }
-AUTH_ERRORS: tuple[int, ...] = (401, 403, 429)
+# What the boundary may answer before a route runs: for every route with a key ...
+AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)
+# ... and, where a body is read, about the body.
+BODY_ERRORS: tuple[int, ...] = (400, 408, 413)
 
 
 class ApiError(Exception):

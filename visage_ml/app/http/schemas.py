@@ -87,22 +87,43 @@ class MatchOut(BaseModel):
     score: float = Field(description="Cosine similarity, at or above the threshold.")
 
 
+class QualityOut(BaseModel):
+    score: float = Field(description="0-1; 0.5 is the gate in every factor (serving.quality).")
+    passed: bool
+    failed: list[str] = Field(
+        description="Factors below their bound: size, sharpness, pose, detection."
+    )
+
+
 class FaceMatches(BaseModel):
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in pixels.")
     detection_prob: float
+    decision: Literal["match", "unknown", "quality_too_low"] = Field(
+        "match",
+        description="match: candidates at or above the 1:N threshold; unknown: nobody is; "
+        "quality_too_low: the face was not searched (no guess is made).",
+    )
+    quality: QualityOut | None = None
     matches: list[MatchOut]
 
 
 class IdentifyResponse(BaseModel):
     faces: list[FaceMatches]
-    threshold: float
+    threshold: float = Field(
+        description="The 1:N threshold, derived for target_fpir at this gallery_size."
+    )
+    gallery_size: int | None = Field(None, description="Searchable templates when searched.")
+    target_fpir: float | None = None
     model_version: str
 
 
 class VerifyResponse(BaseModel):
     pid: str
+    decision: Literal["match", "no_match", "quality_too_low"] = "match"
     match: bool
-    score: float
+    score: float | None = Field(
+        None, description="Cosine similarity: for dpo and auditor keys only (null for operators)."
+    )
     threshold: float
     model_version: str
 
@@ -118,16 +139,38 @@ class EnrollResponse(BaseModel):
 Cell = int | Literal["suppressed"]
 
 
+class CorrectedCell(BaseModel):
+    count: float = Field(description="Estimated true count (adjusted classify-and-count).")
+    low: float
+    high: float
+
+
+CorrectedValue = CorrectedCell | Literal["suppressed"]
+
+
+class CorrectedOut(BaseModel):
+    age_band: dict[str, CorrectedValue]
+    gender: dict[str, CorrectedValue]
+    group: dict[str, CorrectedValue]
+
+
 class CountsOut(BaseModel):
     faces: Cell
     age_band: dict[str, Cell]
     gender: dict[str, Cell]
     group: dict[str, Cell]
+    corrected: CorrectedOut | None = Field(
+        None,
+        description="Closed windows: counts corrected for the demographic model's measured "
+        "confusion per group, with 95% intervals (null without a confusion report).",
+    )
 
 
 class AnalyticsResponse(BaseModel):
-    counts: CountsOut = Field(
-        description=f"This frame's counts; a cell under k_min reads '{SUPPRESSED}'."
+    counts: None = Field(
+        None,
+        description="Always null: only closed windows are released (GET /v1/analytics/windows), "
+        "so no answer singles out the faces of one frame.",
     )
     window_start: str
     window_seconds: float
@@ -139,7 +182,13 @@ class WindowOut(BaseModel):
     start: str
     end: str
     frames: int
-    counts: CountsOut
+    counts: CountsOut = Field(
+        description=f"Distinct faces per cell; a cell under k_min, or one that would give such "
+        f"a cell away, reads '{SUPPRESSED}'."
+    )
+    privacy: dict[str, Any] | None = Field(
+        None, description="The window's privacy budget and what its release spent (OpenDP)."
+    )
 
 
 class WindowsResponse(BaseModel):
@@ -224,7 +273,10 @@ class VerifyRequestBody(_Strict):
 
 
 class ExtendRequestBody(_Strict):
-    days: int = Field(ge=1, le=366, description="Days added to the deadline.")
+    months: int | None = Field(
+        default=None, ge=1, le=12, description="Calendar months added to the deadline."
+    )
+    days: int | None = Field(default=None, ge=1, le=366, description="Or days added.")
     reason_code: Code
 
 
@@ -271,9 +323,18 @@ class ErasureResponse(BaseModel):
 
 class ExportBundle(BaseModel):
     filename: str
-    sha256: str
+    sha256: str = Field(description="SHA-256 of the delivered bytes (the age file, or the zip).")
     bytes: int
-    zip_base64: str = Field(description="The zip bundle (manifest.json, schema.json, ...).")
+    delivery: str = Field(
+        default="none", description="age-x25519 (encrypted for the recipients) or none."
+    )
+    zip_sha256: str | None = Field(default=None, description="SHA-256 of the zip inside.")
+    age_base64: str | None = Field(
+        default=None, description="The zip encrypted for the requester (an age file)."
+    )
+    zip_base64: str | None = Field(
+        default=None, description="The zip bundle in clear (plaintext=true only)."
+    )
 
 
 class ExportResponse(BaseModel):
@@ -282,7 +343,27 @@ class ExportResponse(BaseModel):
     bundle: ExportBundle
 
 
+class IdentificationStatus(BaseModel):
+    gallery_size: int
+    target_fpir: float
+    threshold: float = Field(description="The 1:N threshold at this gallery size.")
+    required_fmr: float | None
+    expected_fpir: float | None
+    expected_fnir: float | None
+    too_large: bool = Field(
+        description="The gallery is too large for the target at this model's accuracy."
+    )
+    warning: str | None
+    source: str
+    confidence: float | None = None
+    min_bounded_fmr: float | None = None
+    verify_threshold: float | None = Field(
+        None, description="The 1:1 threshold (at evaluate.target_fmr), unchanged by N."
+    )
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     mode: str
     models: dict[str, str | None]
+    identification: IdentificationStatus | None = None

@@ -2,9 +2,11 @@
 
 :class:`Service` holds what the routes need (engine, gallery, privacy core, keys, audit,
 metrics) and lives in ``app.state.visage``; routes get it with ``svc: Service = SERVICE``.
-:func:`require` is the API-key dependency (``OPERATOR_KEY``, ``DPO_KEY``, ``READER_KEY``,
-``AUDITOR_KEY``), checked before a body is read; :func:`known_query_only` refuses query
-parameters a route does not define.
+:func:`authorize` checks an API key (rate limit of failed attempts, hash, expiry, role); the
+ASGI boundary calls it before a body is read, and :func:`require` (``OPERATOR_KEY``,
+``DPO_KEY``, ``READER_KEY``, ``AUDITOR_KEY``, ``METRICS_KEY``, ``ANY_KEY``) declares each route's
+roles, which the boundary reads, and documents the key in the OpenAPI schema.
+:func:`known_query_only` refuses query parameters a route does not define.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import binascii
 import contextlib
 import io
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
@@ -23,7 +25,17 @@ from fastapi.security import APIKeyHeader
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visage_ml.app.http.audit import AuditLog
-from visage_ml.app.http.auth import AUDITOR, DPO, OPERATOR, ApiKey, FailureLimiter, KeyStore
+from visage_ml.app.http.auth import (
+    AUDITOR,
+    DPO,
+    EXPIRED,
+    METRICS,
+    OPERATOR,
+    ROLES,
+    ApiKey,
+    FailureLimiter,
+    KeyStore,
+)
 from visage_ml.app.http.errors import ApiError, request_info
 from visage_ml.app.http.metrics import Metrics
 from visage_ml.config import Params, ProjectPaths
@@ -31,12 +43,18 @@ from visage_ml.privacy.core import UnknownSubjectError
 from visage_ml.serving.analytics import Analytics
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery
+from visage_ml.serving.operating_point import IdentificationPolicy
+from visage_ml.serving.quality import QualityGate
 
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
 
 MSG_UNAUTHENTICATED = (
     "missing or invalid API key: send it in the X-API-Key header (a DPO creates keys with "
-    "`visage apikey create --role operator|dpo|auditor`)"
+    "`visage apikey create --role operator|dpo|auditor|metrics`)"
+)
+MSG_EXPIRED = (
+    "API key {key_id} expired at {when}; ask a DPO for its successor (`visage apikey rotate "
+    "{key_id}`) or a new key (`visage apikey create --role {role}`)"
 )
 MSG_FORBIDDEN = "an API key with role '{role}' may not call this endpoint; it needs role {need}"
 MSG_RATE = "too many failed authentications from this client; retry in {s} s"
@@ -75,6 +93,9 @@ class Service:
     limiter: FailureLimiter
     audit: AuditLog
     metrics: Metrics
+    # The 1:N threshold at the gallery's size (None in analytics mode), and the quality gate.
+    identification: IdentificationPolicy | None = None
+    quality: QualityGate = field(default_factory=QualityGate)
 
     def decode(self, data: str, field: str = "image") -> Image.Image:
         """A base64 image field as a loaded RGB image, within the size limits."""
@@ -159,34 +180,95 @@ api_key_header = APIKeyHeader(
 )
 
 
+def authorize(
+    svc: Service,
+    *,
+    client: str,
+    presented: str | None,
+    roles: Collection[str] | None,
+    info: dict[str, Any],
+) -> ApiKey:
+    """Check ``presented`` for a request from ``client`` that needs one of ``roles``.
+
+    In this order: the client's failed attempts (429 while over the limit, even with a good
+    key), the key (401, counted as a failure; an expired key is told so), the role (403). The
+    key id and role go into ``info`` (the request's audit record) once the key is known.
+
+    Parameters
+    ----------
+    svc
+        The service (keys and limiter).
+    client
+        The client address the limiter counts failures of.
+    presented
+        The key as sent (``X-API-Key`` or ``Authorization: Bearer``), or None.
+    roles
+        Roles allowed; None allows any valid key.
+    info
+        The request's audit record.
+
+    Raises
+    ------
+    ApiError
+        429, 401 or 403.
+    """
+    wait = svc.limiter.retry_after(client)
+    if wait > 0:
+        s = max(1, math.ceil(wait))
+        raise ApiError(
+            429, "too_many_failed_attempts", MSG_RATE.format(s=s), {"Retry-After": str(s)}
+        )
+    result = svc.keys.check(presented)
+    if result.record is None or result.outcome == EXPIRED:
+        svc.limiter.failure(client)
+        if result.outcome == EXPIRED and result.record is not None:
+            rec = result.record
+            info["key_id"], info["role"] = rec.key_id, rec.role
+            raise ApiError(
+                401,
+                "key_expired",
+                MSG_EXPIRED.format(key_id=rec.key_id, when=rec.expires, role=rec.role),
+            )
+        raise ApiError(401, "unauthenticated", MSG_UNAUTHENTICATED)
+    record = result.record
+    info["key_id"], info["role"] = record.key_id, record.role
+    if roles is not None and record.role not in roles:
+        raise ApiError(
+            403,
+            "forbidden",
+            MSG_FORBIDDEN.format(role=record.role, need=" or ".join(roles)),
+        )
+    return record
+
+
 def require(*roles: str) -> Callable[..., ApiKey]:
-    """Dependency: a valid API key whose role is one of ``roles``."""
+    """Dependency: a valid API key whose role is one of ``roles`` (any role when none given).
+
+    The ASGI boundary reads ``roles`` (an attribute of the returned dependency) and checks the
+    key before the body is read; the dependency then only hands the checked record to the
+    route. It checks the key itself only where no boundary did (an app built without it).
+    """
+    allowed: tuple[str, ...] | None = tuple(roles) or None
 
     def dependency(
         request: Request, key: Annotated[str | None, Security(api_key_header)] = None
     ) -> ApiKey:
-        svc = get_service(request)
-        client = request.client.host if request.client else "unknown"
-        wait = svc.limiter.retry_after(client)
-        if wait > 0:
-            s = max(1, math.ceil(wait))
-            raise ApiError(
-                429, "too_many_failed_attempts", MSG_RATE.format(s=s), {"Retry-After": str(s)}
-            )
-        record = svc.keys.authenticate(key)
-        if record is None:
-            svc.limiter.failure(client)
-            raise ApiError(401, "unauthenticated", MSG_UNAUTHENTICATED)
         info = request_info(request)
-        info["key_id"], info["role"] = record.key_id, record.role
-        if record.role not in roles:
-            raise ApiError(
-                403,
-                "forbidden",
-                MSG_FORBIDDEN.format(role=record.role, need=" or ".join(roles)),
-            )
-        return record
+        record = info.get("key")
+        if isinstance(record, ApiKey):
+            if allowed is not None and record.role not in allowed:  # the boundary refused it
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    MSG_FORBIDDEN.format(role=record.role, need=" or ".join(allowed)),
+                )
+            return record
+        client = request.client.host if request.client else "unknown"
+        return authorize(
+            get_service(request), client=client, presented=key, roles=allowed, info=info
+        )
 
+    dependency.roles = allowed  # type: ignore[attr-defined]
     return dependency
 
 
@@ -217,3 +299,5 @@ OPERATOR_KEY = Depends(require(OPERATOR))
 DPO_KEY = Depends(require(DPO))
 READER_KEY = Depends(require(DPO, AUDITOR))
 AUDITOR_KEY = Depends(require(AUDITOR))
+METRICS_KEY = Depends(require(AUDITOR, METRICS))
+ANY_KEY = Depends(require(*ROLES))

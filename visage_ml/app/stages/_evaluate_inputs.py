@@ -7,13 +7,17 @@ into an :class:`~visage_ml.evaluation.protocol.EvaluationInputs`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from visage_ml.config import EvaluateParams, ProjectPaths
-from visage_ml.data.prepare import PROCESSED_FILES
+from visage_ml.config import EvaluateParams, Params, ProjectPaths
+from visage_ml.data import eval_population as evalpop
+from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE, PROCESSED_FILES
+from visage_ml.data.processed import load_processed
 from visage_ml.dvcops import git_revision
 from visage_ml.evaluation.protocol import (
     DemographicModel,
@@ -22,8 +26,10 @@ from visage_ml.evaluation.protocol import (
     infer,
     select_test_rows,
 )
+from visage_ml.evaluation.serving_reports import ServedContext
 from visage_ml.inference import OnnxModel, recorded_sha256
 from visage_ml.io import md5_file
+from visage_ml.privacy.datakeys import DataKeys
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +59,19 @@ def load_models(paths: ProjectPaths) -> tuple[OnnxModel, OnnxModel]:
     return _model(paths, "embedder"), _model(paths, "demographics")
 
 
-def _read_optional(path: Path, columns: list[str], missing: str | None) -> pd.DataFrame | None:
+# Columns of detection.parquet that evaluation reads; the last four come from current prepare
+# runs (LFW misses, fallback crops and sources) and are read when present.
+DETECTION_COLUMNS = ("detected", "group", "gender", "image_id", "split", "source", "fallback")
+DETECTION_REQUIRED = 3
+
+
+def _read_optional(
+    path: Path, columns: list[str], missing: str | None, *, required: int | None = None
+) -> pd.DataFrame | None:
     if path.is_file():
+        if required is not None:
+            present = set(pq.read_schema(path).names)
+            columns = columns[:required] + [c for c in columns[required:] if c in present]
         return pd.read_parquet(path, columns=columns)
     if missing:
         logger.warning("%s is missing: %s", path, missing)
@@ -64,7 +81,7 @@ def _read_optional(path: Path, columns: list[str], missing: str | None) -> pd.Da
 def lineage(
     paths: ProjectPaths, embedder: Embedder, demographic: DemographicModel
 ) -> dict[str, str]:
-    """MD5 of each processed file (``faces.u8.npy``: the evaluated data), models, git revision."""
+    """MD5 of each processed file (``faces.sealed``: the evaluated data), models, git revision."""
     processed = paths.processed
     files = {
         f"data/processed/{name}": md5_file(processed / name)
@@ -72,7 +89,7 @@ def lineage(
         if (processed / name).is_file()
     }
     return {
-        "eval_data_md5": files.get("data/processed/faces.u8.npy", "unknown"),
+        "eval_data_md5": files.get(f"data/processed/{FACES_FILE}", "unknown"),
         **{f"md5 {k}": v for k, v in files.items()},
         "embedder_model_version": embedder.model_version,
         "embedder_data_md5": embedder.data_md5,
@@ -94,8 +111,11 @@ def read_inputs(
     Models not given are the exported ONNX files (:func:`load_models`).
     """
     processed = paths.processed
-    manifest = pd.read_parquet(_require(processed / "manifest.parquet", "prepare"))
-    faces = np.load(_require(processed / "faces.u8.npy", "prepare"), mmap_mode="r")
+    _require(processed / MANIFEST_FILE, "prepare")
+    _require(processed / FACES_FILE, "prepare")
+    # Decrypted in memory, the test subjects' crops only (the evaluation purpose's).
+    data = load_processed(paths, splits=("test",))
+    manifest, faces = data.manifest, data.faces
     test = select_test_rows(manifest, faces.shape[0])
     if embedder is None or demographic is None:
         loaded_emb, loaded_dem = load_models(paths)
@@ -105,20 +125,116 @@ def read_inputs(
     emb, pred = infer(
         faces, rows, embedder=embedder, demographic=demographic, batch_size=cfg.batch_size
     )
+    detection = _read_optional(
+        processed / "detection.parquet",
+        list(DETECTION_COLUMNS),
+        "no detector miss rates",
+        required=DETECTION_REQUIRED,
+    )
+    pooled = with_population(
+        paths, cfg, test, emb, pred, detection, embedder=embedder, demographic=demographic
+    )
     return EvaluationInputs(
-        test=test,
-        embeddings=emb,
-        predictions=pred,
+        test=pooled.test,
+        embeddings=pooled.embeddings,
+        predictions=pooled.predictions,
         demographic_labels=demographic.labels,
-        lineage=lineage(paths, embedder, demographic),
-        detection=_read_optional(
-            processed / "detection.parquet",
-            ["detected", "group", "gender"],
-            "no detector miss rates",
-        ),
+        lineage={**lineage(paths, embedder, demographic), **pooled.lineage},
+        detection=pooled.detection,
         lfw_pairs=_read_optional(
             paths.protocols / "lfw_pairs.parquet",
             ["fold", "image_id_a", "image_id_b", "same"],
             None,
         ),
+        calibration_embeddings=pooled.calibration_embeddings,
+        calibration_ids=pooled.calibration_ids,
+    )
+
+
+@dataclass
+class Pooled:
+    """The test split joined by the evaluation population's measured part."""
+
+    test: pd.DataFrame
+    embeddings: np.ndarray
+    predictions: dict[str, np.ndarray]
+    detection: pd.DataFrame | None
+    lineage: dict[str, str]
+    calibration_embeddings: np.ndarray | None = None
+    calibration_ids: np.ndarray | None = None
+
+
+def with_population(
+    paths: ProjectPaths,
+    cfg: EvaluateParams,
+    test: pd.DataFrame,
+    emb: np.ndarray,
+    pred: dict[str, np.ndarray],
+    detection: pd.DataFrame | None,
+    *,
+    embedder: Embedder,
+    demographic: DemographicModel,
+) -> Pooled:
+    """Add the synthetic evaluation population (``data/eval_population``) to the evaluated set.
+
+    Its ``measure`` part joins the test split (source ``synthfaces:evaluation``, role
+    ``evaluation``); its ``calibration`` part only fits the score calibration. Without the
+    population (a project from before the stage) the test split is evaluated alone.
+    """
+    folder = paths.eval_population
+    if not (folder / evalpop.MANIFEST_FILE).is_file():
+        logger.warning(
+            "%s is missing: fairness is decided on the test split alone (run `dvc repro "
+            "eval_population`)",
+            folder,
+        )
+        return Pooled(test, emb, pred, detection, {})
+    pop = evalpop.read(folder, DataKeys.for_project(paths))
+    rows = np.arange(len(pop.faces), dtype=np.int64)
+    pop_emb, pop_pred = infer(
+        pop.faces, rows, embedder=embedder, demographic=demographic, batch_size=cfg.batch_size
+    )
+    part = pop.manifest["part"].astype(str).to_numpy()
+    measure = part == evalpop.MEASURE
+    extra = pop.manifest.loc[measure].assign(split="test", row=-1)
+    # The population's rows say where they come from even when the test split's do not
+    # (a manifest from before sources: its rows read "unknown").
+    columns = [c for c in test.columns if c in extra.columns]
+    columns += [c for c in ("source", "role") if c not in columns]
+    pooled = pd.concat([test, extra[columns]], ignore_index=True)
+    for col in ("gender", "group", "source", "role"):
+        if col in pooled:
+            pooled[col] = pooled[col].astype("string")
+    det = detection
+    if detection is not None:
+        det = pd.concat(
+            [detection, pop.detection[[c for c in detection.columns if c in pop.detection]]],
+            ignore_index=True,
+        )
+    lineage = {
+        f"md5 data/eval_population/{name}": md5_file(folder / name) for name in evalpop.FILES
+    }
+    cal = part == evalpop.CALIBRATION
+    return Pooled(
+        test=pooled,
+        embeddings=np.concatenate([emb, pop_emb[measure]], axis=0),
+        predictions={k: np.concatenate([v, pop_pred[k][measure]], axis=0) for k, v in pred.items()},
+        detection=det,
+        lineage=lineage,
+        calibration_embeddings=pop_emb[cal] if cal.any() else None,
+        calibration_ids=pop.manifest.loc[cal, "pid"].astype(str).to_numpy() if cal.any() else None,
+    )
+
+
+def served_context(paths: ProjectPaths, params: Params) -> ServedContext:
+    """``serving.identify`` and the number of subjects allowed for identification (the gallery the
+    ``gallery`` stage builds), read from the consent snapshot when there is one."""
+    size = None
+    if paths.consents.is_file():
+        consents = pd.read_parquet(paths.consents, columns=["pid", "purpose", "allowed"])
+        allowed = consents[(consents["purpose"] == "identification") & consents["allowed"]]
+        size = int(allowed["pid"].nunique())
+    ident = params.serving.identify
+    return ServedContext(
+        target_fpir=ident.target_fpir, confidence=ident.confidence, gallery_size=size
     )

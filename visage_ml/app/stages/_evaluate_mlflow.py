@@ -32,6 +32,9 @@ REPORT_FILES: tuple[str, ...] = (
     "metrics.json",
     "fairness.json",
     "threshold.json",
+    "score_model.json",
+    "demographic_confusion.json",
+    "score_calibration.json",
     "fairness_report.html",
 )
 
@@ -40,6 +43,9 @@ def _gate_tags(gate: GateOutcome) -> dict[str, str]:
     return {
         "visage.fairness_gate": gate.describe(),
         "visage.fairness_gate_passed": str(gate.passed).lower(),
+        "visage.fairness_gate_outcome": str(
+            getattr(gate, "outcome", "pass" if gate.passed else "fail")
+        ),
     }
 
 

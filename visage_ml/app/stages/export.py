@@ -3,7 +3,8 @@
 Reads ``models/{embedder,demographics}.pt``, writes ``models/{embedder,demographics}.onnx`` and
 ``reports/export.json`` (per model: parity numbers, opset, SHA-256 and size of the file). A model
 that fails parity leaves its previous ONNX file untouched and the stage exits non-zero, naming
-the model and the number that failed.
+the model and the number that failed. When both pass, their SHA-256s are recorded in the privacy
+ledger as a ``model.released`` event: ``visage serve`` serves those files and no others.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from typing import Any
 import numpy as np
 
 from visage_ml.config import ExportParams, ProjectPaths, load_params
+from visage_ml.data.crops import read_crops
+from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.export import ExportError, ParityError, build_metadata, export_with_parity
 from visage_ml.io import atomic_write_json
 from visage_ml.models.checkpoint import load_model
 from visage_ml.preprocess import PreprocessSpec
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.datakeys import DataKeys
+from visage_ml.privacy.ledger import LedgerError
+from visage_ml.serving.release import ONNX_FILE_OF, record_release
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +36,24 @@ MODELS: tuple[str, ...] = ("embedder", "demographics")
 Loader = Callable[[Path], tuple[Any, dict[str, Any]]]
 
 
-def parity_crops(processed: Path, n: int) -> np.ndarray:
+def parity_crops(processed: Path, n: int, *, keys: DataKeys) -> np.ndarray:
     """``n`` validation crops (train when there is no validation split), spread evenly.
 
-    ``manifest.parquet``'s ``row`` column indexes ``faces.u8.npy``.
+    ``manifest.parquet``'s ``row`` column indexes the crops of ``faces.sealed``; only the
+    chosen split's subjects are decrypted, in memory.
     """
     import pandas as pd
 
-    faces_path, manifest_path = processed / "faces.u8.npy", processed / "manifest.parquet"
+    faces_path, manifest_path = processed / FACES_FILE, processed / MANIFEST_FILE
     for p in (faces_path, manifest_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} is missing; run `dvc repro prepare` first")
-    faces = np.load(faces_path, mmap_mode="r")
-    manifest = pd.read_parquet(manifest_path, columns=["row", "split"]).sort_values("row")
+    full = pd.read_parquet(manifest_path, columns=["row", "pid", "split"])
+    chosen = "val" if (full["split"] == "val").any() else "train"
+    faces = read_crops(
+        faces_path, keys, full, pids=set(full.loc[full["split"] == chosen, "pid"].astype(str))
+    )
+    manifest = full[["row", "split"]].sort_values("row")
     index = manifest["row"].to_numpy(dtype=np.int64)
     if len(index) and (index.min() < 0 or index.max() >= faces.shape[0]):
         raise ValueError(
@@ -104,7 +116,7 @@ def run(
     """
     if loader is None:
         loader = load_model
-    crops = parity_crops(paths.processed, params.parity_samples)
+    crops = parity_crops(paths.processed, params.parity_samples, keys=DataKeys.for_project(paths))
     summaries: dict[str, Any] = {}
     failed: list[str] = []
     for name in MODELS:
@@ -145,6 +157,17 @@ def main() -> int:
     except (ParityError, ExportError, FileNotFoundError, ValueError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1
+    try:
+        entry = record_release(
+            PrivacyCore(paths).ledger,
+            paths.root,
+            [ONNX_FILE_OF[name] for name in MODELS],
+            stage="export",
+        )
+    except (LedgerError, ValueError, OSError) as exc:
+        print(f"export: could not record the release in the privacy ledger: {exc}", file=sys.stderr)
+        return 2
+    print(f"export: released {', '.join(MODELS)} in ledger entry {entry.seq}")
     for name, s in summaries.items():
         print(f"export: {name} passed parity (max abs diff {s['max_abs_diff']:.3g})")
     return 0

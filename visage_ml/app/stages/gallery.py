@@ -1,7 +1,7 @@
 """Stage ``gallery``: enrol every subject allowed for identification from the processed crops.
 
 Reads ``models/embedder.onnx``, ``reports/threshold.json`` and
-``data/processed/{faces.u8.npy, manifest.parquet}``; asks the privacy registry (the ledger) who
+``data/processed/{faces.sealed, manifest.parquet}``; asks the privacy registry (the ledger) who
 may be identified; writes the encrypted gallery under ``gallery/`` (see
 :mod:`visage_ml.serving.gallery`) and ``reports/gallery.json`` (counts only, no pids). The
 gallery folder is not a DVC output: it holds per-subject keys and ciphertext that an erasure

@@ -14,10 +14,15 @@ import sys
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.detect import FaceDetector
 from visage_ml.data.prepare import prepare
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.ledger import LedgerError
 
 
 def run(paths: ProjectPaths) -> dict:
     """Run the stage for the project at ``paths``; return the report written to prepare.json."""
+    # Fail closed: a ledger rolled back behind its witnessed checkpoint (the consent snapshot
+    # may no longer say what the ledger said) stops the stage before any face is read.
+    PrivacyCore(paths)
     return prepare(paths, load_params(paths.params), progress=True, detector_factory=FaceDetector)
 
 
@@ -27,7 +32,7 @@ def main() -> int:
     paths = ProjectPaths.discover()
     try:
         report = run(paths)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, LedgerError) as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
     print(

@@ -1,6 +1,6 @@
 """Stage ``train_demographics``: the separate age / gender / group network.
 
-Reads ``data/processed/{faces.u8.npy, manifest.parquet}`` (crops resized once to
+Reads ``data/processed/{faces.sealed, manifest.parquet}`` (crops resized once to
 ``train_demographics.input_size``); writes ``models/demographics.pt``, resume checkpoints in
 ``models/checkpoints/demographics/`` and ``reports/train_demographics.json``; logs params and
 per-epoch metrics to MLflow. It never loads the identity embedder.
@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from visage_ml.app.stages._train_common import epoch_logger, save_outputs, stage_main
 from visage_ml.config import GENDERS, GROUPS, ProjectPaths, flatten, load_params, to_dict
@@ -21,13 +22,28 @@ from visage_ml.models.checkpoint import inference_payload
 from visage_ml.models.demographic import create_demographic_net
 from visage_ml.preprocess import PreprocessSpec
 from visage_ml.tracking import stage_run
-from visage_ml.training.config import DemographicTargets, LoopConfig, seed_everything
+from visage_ml.training.config import (
+    MSG_NO_LABELS,
+    DemographicTargets,
+    LoopConfig,
+    seed_everything,
+)
 from visage_ml.training.loop import fit_demographics
 from visage_ml.training.resume import resume_point
 
 logger = logging.getLogger(__name__)
 STAGE = "train_demographics"
 KIND = "demographics"
+
+
+def labeled_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, DemographicTargets, dict]:
+    """The manifest rows with at least one demographic label, their targets, the coverage."""
+    targets = DemographicTargets.from_manifest(frame)
+    coverage = targets.coverage()
+    keep = targets.labeled()
+    if keep.all():
+        return frame, targets, coverage
+    return frame[keep].reset_index(drop=True), targets.take(keep), coverage
 
 
 def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
@@ -38,19 +54,28 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     params = load_params(paths.params)
     p = params.train_demographics
     seed = params.project.seed
-    data = load_processed(paths)
-    train, val = data.split("train"), data.split("val")
-    if len(train) < 2:
+    # Training decrypts only the training and validation subjects' crops.
+    data = load_processed(paths, splits=("train", "val"))
+    all_train, all_val = data.split("train"), data.split("val")
+    if len(all_train) < 2:
         raise ValueError("the training split holds fewer than 2 images; add data and re-run")
-    targets = DemographicTargets.from_manifest(train)
-    val_targets = DemographicTargets.from_manifest(val)
+    # Only images with at least one demographic label: unlabeled sets train the embedder only.
+    train, targets, train_cov = labeled_rows(all_train)
+    val, val_targets, val_cov = labeled_rows(all_val)
+    if len(train) < 2:
+        raise ValueError(
+            MSG_NO_LABELS.format(
+                n=len(all_train), split="training", genders=list(GENDERS), groups=list(GROUPS)
+            )
+        )
     images, train_rows, val_rows = train_val_images(data, train, val, p.input_size)
     section = to_dict(p)
     fp, ckpt_dir, resume = resume_point(paths, KIND, section, data.data_md5, seed)
 
     seed_everything(seed)
-    age_mean = float(np.mean(targets.age))
-    age_std = max(1.0, float(np.std(targets.age)))
+    known_age = targets.age[targets.known[0]]
+    age_mean = float(np.mean(known_age)) if known_age.size else 45.0
+    age_std = max(1.0, float(np.std(known_age))) if known_age.size else 18.0
     model = create_demographic_net(
         p.backbone, input_size=p.input_size, age_mean=age_mean, age_std=age_std
     )
@@ -95,6 +120,9 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
             "stage_seconds": time.perf_counter() - t_start,
             "train_images": len(train_rows),
             "val_images": len(val_rows),
+            "train_images_unlabeled": len(all_train) - len(train),
+            "val_images_unlabeled": len(all_val) - len(val),
+            "label_coverage": {"train": train_cov, "val": val_cov},
         }
         payload = inference_payload(
             kind=KIND,

@@ -1,6 +1,6 @@
 """Stage ``train_embedder``: the identity embedder on the training split, early-stopped on val.
 
-Reads ``data/processed/{faces.u8.npy, manifest.parquet}``; writes ``models/embedder.pt``,
+Reads ``data/processed/{faces.sealed, manifest.parquet}``; writes ``models/embedder.pt``,
 resume checkpoints in ``models/checkpoints/embedder/`` and ``reports/train_embedder.json``;
 logs params and per-epoch metrics to MLflow. Paths are those of ``dvc.yaml``.
 """
@@ -19,6 +19,7 @@ from visage_ml.data.processed import load_processed, train_val_images
 from visage_ml.models.backbones import create_backbone
 from visage_ml.models.checkpoint import inference_payload
 from visage_ml.models.heads import create_head
+from visage_ml.models.weights import PIN_FILE, PUBLISHED, verify_installed
 from visage_ml.preprocess import PreprocessSpec
 from visage_ml.tracking import stage_run
 from visage_ml.training.config import LoopConfig, seed_everything
@@ -37,7 +38,8 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     params = load_params(paths.params)
     p = params.train_embedder
     seed = params.project.seed
-    data = load_processed(paths)
+    # Training decrypts only the training and validation subjects' crops.
+    data = load_processed(paths, splits=("train", "val"))
     train, val = data.split("train"), data.split("val")
     if train["pid"].nunique() < 2:
         raise ValueError(
@@ -47,11 +49,16 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     # Identity classes of the training split, in sorted pid order (pids are pseudonymous).
     _, labels = np.unique(train["pid"].to_numpy(), return_inverse=True)
     _, val_labels = np.unique(val["pid"].to_numpy(), return_inverse=True)
-    groups = train["group"].map({g: i for i, g in enumerate(GROUPS)}).to_numpy()
+    # Unlabeled subjects train the embedder too; for group_balanced sampling they form one
+    # more stratum (-1).
+    groups = train["group"].map({g: i for i, g in enumerate(GROUPS)}).fillna(-1).to_numpy(np.int64)
     images, train_rows, val_rows = train_val_images(data, train, val, p.input_size)
     section = to_dict(p)
     fp, ckpt_dir, resume = resume_point(paths, KIND, section, data.data_md5, seed)
 
+    if p.init in PUBLISHED:
+        # A swapped or corrupted published file is refused before it shapes a model.
+        verify_installed(p.init, pin_file=paths.root / PIN_FILE)
     seed_everything(seed)
     model = create_backbone(
         p.backbone, embedding_dim=p.embedding_dim, input_size=p.input_size, init=p.init

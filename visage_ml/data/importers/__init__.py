@@ -13,9 +13,11 @@ format gives per image. :func:`import_dataset` then, for every item:
 
 and once every file is processed registers the persons with at least one accepted image in the
 privacy core (the external reference goes to the encrypted identity vault only; a person already
-in the vault keeps their pid), records consent or another legal basis for each, moves the files
-to ``data/raw/<pid>/<image_id>.png`` and swaps the new ``data/raw`` in atomically. LFW pairs
-files become ``data/protocols/lfw_pairs.parquet``.
+in the vault keeps their pid), records consent or another legal basis for each, seals the files
+under each subject's data key as ``data/raw/<pid>/<image_id>.sealed`` and swaps the new
+``data/raw`` in atomically. LFW pairs files become ``data/protocols/lfw_pairs.parquet``. A
+person whose external reference, or any of whose files, matches the keyed tombstone of an
+erased subject is skipped (``erased_subject``).
 
 Names never reach ``data/``, the ledger or a log. The only place file names appear is the
 per-file import report under ``privacy/imports/`` (git-ignored, next to the vault): it lists the
@@ -32,6 +34,14 @@ Formats
 ``fairface``     a label CSV (``file,age,gender,race,...``; PATH is the CSV or the folder holding
                  the CSVs) and the images it references, relative to the CSV's folder; one
                  subject per image.
+
+Roles
+-----
+Every import carries a role, recorded per subject (``subjects.parquet`` column ``role``):
+``training`` (train/val only), ``evaluation`` (test only) or ``both``. A data set that brings a
+protocol (LFW pairs) is ``evaluation`` by default, so the benchmark never leaks into training;
+other data sets are ``both``. ``prepare`` splits by role
+(:func:`visage_ml.data.manifest.assign_splits`).
 
 LFW protocol folds
 ------------------
@@ -76,9 +86,16 @@ from visage_ml.data.importers.common import (
     Skip,
 )
 from visage_ml.data.importers.fairface import band_midpoint, snake_case
-from visage_ml.data.importers.ingest import Accepted, FileRefused, read_untrusted, register_persons
+from visage_ml.data.importers.ingest import (
+    Accepted,
+    ErasedFilter,
+    FileRefused,
+    read_untrusted,
+    register_persons,
+)
 from visage_ml.data.importers.lfw import parse_lfw_pairs
 from visage_ml.data.importers.result import ImportResult, write_lfw_protocol, write_report
+from visage_ml.data.manifest import ROLE_BOTH, ROLE_EVALUATION, ROLES, check_role
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import sha256_bytes
 from visage_ml.privacy.core import PrivacyCore
@@ -87,6 +104,7 @@ __all__ = [
     "DEFAULT_PURPOSES",
     "FORMATS",
     "REASON_TEXT",
+    "ROLES",
     "BasisRequiredError",
     "ImportBasis",
     "ImportFormat",
@@ -98,6 +116,7 @@ __all__ = [
     "ScanOptions",
     "Skip",
     "band_midpoint",
+    "default_role",
     "get_format",
     "import_dataset",
     "parse_lfw_pairs",
@@ -140,6 +159,11 @@ def _duplicate(
         key_to_image.setdefault(item.key, earlier)
 
 
+def default_role(scan: Scan) -> str:
+    """``evaluation`` for a data set that brings protocol pairs (a benchmark), else ``both``."""
+    return ROLE_EVALUATION if scan.pairs else ROLE_BOTH
+
+
 def import_dataset(
     fmt: str,
     root: str | os.PathLike[str],
@@ -150,6 +174,7 @@ def import_dataset(
     params: Params | None = None,
     core: PrivacyCore | None = None,
     progress: bool = False,
+    role: str | None = None,
 ) -> ImportResult:
     """Import the data set at ``root`` in format ``fmt`` into ``data/raw``.
 
@@ -172,6 +197,10 @@ def import_dataset(
         The privacy core to register subjects with (opened when None).
     progress
         Show a progress bar on stderr.
+    role
+        What the subjects may be used for: ``training``, ``evaluation`` or ``both``
+        (:data:`ROLES`); None: :func:`default_role` (``evaluation`` when the data set brings
+        protocol pairs). Recorded per new subject.
 
     Returns
     -------
@@ -185,6 +214,8 @@ def import_dataset(
     """
 
     spec = get_format(fmt)
+    if role is not None:
+        check_role(role)
     root = Path(root)
     if pairs and not spec.takes_pairs:
         raise ImportInputError(PAIRS_NOT_LFW)
@@ -199,7 +230,8 @@ def import_dataset(
     scan = spec.scan(root, ScanOptions(pairs=tuple(Path(p) for p in pairs)))
     if not scan.items and not scan.skipped:
         raise ImportInputError(NOTHING_FOUND.format(path=root, fmt=fmt))
-    result = ImportResult(format=fmt, source=spec.source, basis=basis.to_dict())
+    role = role or default_role(scan)
+    result = ImportResult(format=fmt, source=spec.source, basis=basis.to_dict(), role=role)
     result.skipped.extend(scan.skipped)
     result.persons_found = len({it.ref for it in scan.items})
     max_pixels = params.serving.max_image_pixels
@@ -218,14 +250,22 @@ def import_dataset(
             zip(existing["sha256"].astype(str), existing["image_id"].astype(str), strict=True)
         )
         accepted: dict[str, list[Accepted]] = {}
+        # Keyed tombstones of erased subjects: they never come back under a new pid.
+        erased = ErasedFilter(core.tombstones)
         bar = tqdm(scan.items, desc=f"import {fmt}", unit="file", disable=not progress)
         for item in bar:
+            if erased.person(item.ref):
+                erased.skip(result, item, "the person was erased")
+                continue
             try:
                 data = read_untrusted(item.path)
             except FileRefused as refused:
                 result.skipped.append(Skip(item.rel, refused.reason, refused.detail))
                 continue
             source_sha = sha256_bytes(data)
+            if erased.file(item.ref, source_sha):
+                erased.skip(result, item, "same bytes as a file of an erased subject")
+                continue
             earlier = by_source.get(source_sha)
             if earlier is not None:
                 _duplicate(result, item, earlier, key_to_image, "same bytes")
@@ -235,6 +275,9 @@ def import_dataset(
                 checked = imagecheck.check_image(data, max_pixels=max_pixels)
             except ImageRejectedError as exc:
                 result.skipped.append(Skip(item.rel, exc.reason, exc.detail))
+                continue
+            if erased.file(item.ref, checked.sha256):
+                erased.skip(result, item, "same pixels as a file of an erased subject")
                 continue
             earlier = by_pixels.get(checked.sha256)
             if earlier is not None:
@@ -249,7 +292,10 @@ def import_dataset(
             if item.key:
                 key_to_image[item.key] = image_id
 
-        registered = register_persons(core, txn, accepted, basis=basis, spec=spec, result=result)
+        erased.drop_accepted(txn, accepted, result, key_to_image)
+        registered = register_persons(
+            core, txn, accepted, basis=basis, spec=spec, result=result, role=role
+        )
         faults.crash_point("import:registered")
         valid_ids.update(registered)
         if registered:

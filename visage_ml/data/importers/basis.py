@@ -23,7 +23,9 @@ from visage_ml.privacy.consent import (
     sha256_text,
 )
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.ledger import utc_now
+from visage_ml.privacy.records import ensure_records
 
 
 @dataclass(frozen=True)
@@ -121,13 +123,17 @@ def record_basis(
     controller
         The project section of the params: the controller named in a consent receipt.
     """
+    ensure_records(core.paths)  # an import sets a project up: its records of processing
     if basis.kind == "consent":
+        notice_version, notice_hash = basis.notice_version, basis.notice_hash
+        if notice_hash is None:  # the notice in force, rendered from the records
+            notice_version, notice_hash = notice_for_receipts(core.paths)
         receipt = ConsentReceipt(
             controller=controller.controller,
             controller_contact=controller.controller_contact,
             purposes=basis.purposes,
-            notice_version=basis.notice_version,
-            notice_hash=basis.notice_hash or sha256_text(f"notice {basis.notice_version}"),
+            notice_version=notice_version,
+            notice_hash=notice_hash,
             collection_method=f"dataset-import:{fmt}",
             given_at=utc_now(),
             evidence_hash=basis.evidence_hash,

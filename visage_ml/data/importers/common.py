@@ -41,6 +41,7 @@ BAD_LABEL = "bad_label"
 MISSING_FILE = "missing_file"
 UNREADABLE = "unreadable"
 SUBJECT_RIGHTS = "subject_rights"
+ERASED_SUBJECT = "erased_subject"
 
 REASON_TEXT: dict[str, str] = {
     EMPTY_FILE: "zero-byte file",
@@ -62,6 +63,8 @@ REASON_TEXT: dict[str, str] = {
     BAD_LABEL: "a label the format does not define",
     MISSING_FILE: "listed in the labels but not found",
     UNREADABLE: "the file could not be read (permissions or I/O error)",
+    ERASED_SUBJECT: "the person, or this file, belonged to a subject who was erased (a keyed "
+    "tombstone matched their reference or the file's SHA-256)",
     SUBJECT_RIGHTS: "the person is a known subject who withdrew consent, objected, or whose "
     "processing is restricted or being erased",
 }

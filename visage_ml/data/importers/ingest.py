@@ -16,6 +16,7 @@ from typing import Any
 
 from visage_ml.data.importers.basis import ImportBasis
 from visage_ml.data.importers.common import (
+    ERASED_SUBJECT,
     MAX_FILE_BYTES,
     NOT_A_REGULAR_FILE,
     SUBJECT_RIGHTS,
@@ -27,9 +28,11 @@ from visage_ml.data.importers.common import (
     Skip,
 )
 from visage_ml.data.importers.result import ImportResult
+from visage_ml.data.manifest import ROLE_BOTH
 from visage_ml.data.rawstore import RawTransaction
 from visage_ml.privacy.core import NewSubject, PrivacyCore
 from visage_ml.privacy.registry import ERASED, ERASURE_PENDING, OBJECTED, RESTRICTED, WITHDRAWN
+from visage_ml.privacy.tombstones import Tombstones
 
 # Registry states that forbid adding data of an existing subject (the registry's reason codes).
 _BLOCKING_STATES = frozenset({ERASED, ERASURE_PENDING, OBJECTED, RESTRICTED, WITHDRAWN})
@@ -95,12 +98,14 @@ def register_persons(
     basis: ImportBasis,
     spec: ImportFormat,
     result: ImportResult,
+    role: str = ROLE_BOTH,
 ) -> dict[str, str]:
     """Register the persons of ``accepted``, place their images, add the table rows.
 
     A person who is a known subject and has withdrawn consent, objected, or is restricted or
-    being erased gets no new images (``subject_rights``). Returns image id -> pid of what was
-    placed.
+    being erased gets no new images (``subject_rights``). ``role`` (training, evaluation or
+    both) is recorded for new subjects; a known subject keeps the role recorded first. Returns
+    image id -> pid of what was placed.
     """
     if not accepted:
         return {}
@@ -143,8 +148,62 @@ def register_persons(
         common = {
             k: _common([a.item.attrs.get(k) for a in accs]) for k in ("age", "gender", "group")
         }
-        subject_rows.append({"pid": pid, "source": spec.source, **common})
+        subject_rows.append({"pid": pid, "source": spec.source, "role": role, **common})
     txn.add_subjects(subject_rows)
     txn.add_images(image_rows)
     result.images_imported = len(image_rows)
     return placed
+
+
+class ErasedFilter:
+    """Keeps erased people out of an import: the keyed tombstones of their erasure.
+
+    A file is refused when the person's external reference or the file's SHA-256 (as read, or
+    of its re-encoded PNG) matches a tombstone; a person any of whose files matched is refused
+    whole, files accepted before the match included (:meth:`drop_accepted`). All refusals carry
+    the reason ``erased_subject``.
+    """
+
+    def __init__(self, tombstones: Tombstones) -> None:
+        self.tombstones = tombstones
+        self.active = len(tombstones) > 0
+        self.refs: set[str] = set()
+        self._checked: dict[str, bool] = {}
+
+    def person(self, ref: str) -> bool:
+        """Whether the person ``ref`` is an erased subject (known so far)."""
+        if not self.active:
+            return False
+        if ref not in self._checked:
+            self._checked[ref] = self.tombstones.has_ref(ref)
+            if self._checked[ref]:
+                self.refs.add(ref)
+        return ref in self.refs
+
+    def file(self, ref: str, sha256: str) -> bool:
+        """Whether a file with this SHA-256 belonged to an erased subject (then so does ``ref``)."""
+        if not self.active or not self.tombstones.has_file(sha256):
+            return False
+        self.refs.add(ref)
+        return True
+
+    def skip(self, result: ImportResult, item: Item, detail: str) -> None:
+        """Record ``item`` as not imported with reason ``erased_subject``."""
+        result.skipped.append(Skip(item.rel, ERASED_SUBJECT, detail))
+
+    def drop_accepted(
+        self,
+        txn: RawTransaction,
+        accepted: dict[str, list[Accepted]],
+        result: ImportResult,
+        key_to_image: dict[str, str],
+    ) -> None:
+        """Drop the staged files of persons found erased after some of their files passed."""
+        for ref in sorted(self.refs & set(accepted)):
+            for acc in accepted.pop(ref):
+                txn.drop(acc.image_id)
+                self.skip(
+                    result, acc.item, "another file of this person belonged to an erased subject"
+                )
+                if acc.item.key and key_to_image.get(acc.item.key) == acc.image_id:
+                    del key_to_image[acc.item.key]

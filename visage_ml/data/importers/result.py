@@ -51,6 +51,7 @@ class ImportResult:
     dvc_error: str | None = None
     report_path: Path | None = None
     basis: dict[str, Any] = field(default_factory=dict)
+    role: str = "both"
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -77,6 +78,7 @@ class ImportResult:
                 "files": self.pair_files,
             },
             "basis": self.basis,
+            "role": self.role,
             "dvc_md5": self.dvc_md5,
             "dvc_error": self.dvc_error,
             "report": str(self.report_path) if self.report_path else None,

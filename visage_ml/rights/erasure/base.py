@@ -159,3 +159,45 @@ def merge(*lists: Iterable[Mapping[str, Any]]) -> list[Artefact]:
         for a in items:
             seen.setdefault((a.get("store"), a.get("path"), a.get("sha256")), dict(a))
     return list(seen.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# How each artefact was erased
+# ---------------------------------------------------------------------------------------------
+
+KEY_DESTROYED = "key destroyed"
+CRYPTO_SHREDDED = "crypto-shredded"
+PHYSICALLY_REMOVED = "physically removed"
+# Files sealed under a per-subject key (raw images, crops, kept bundles, gallery templates,
+# vault records): once that key is destroyed every copy is unreadable, wherever it is.
+SEALED_SUFFIXES: tuple[str, ...] = (".sealed", ".tpl", ".bin")
+
+
+def outcome_of(artefact: Mapping[str, Any], sealed_md5s: set[str]) -> str:
+    """``key destroyed``, ``crypto-shredded`` (ciphertext whose key is destroyed; physically
+    removed too where the project can reach it) or ``physically removed`` (plaintext: only the
+    deletion protects it).
+
+    A DVC object is crypto-shredded when its md5 is that of a sealed file of the erasure.
+    """
+    path = str(artefact.get("path", ""))
+    if path.endswith(".key"):
+        return KEY_DESTROYED
+    if str(artefact.get("store", "")).startswith("dvc-"):
+        return CRYPTO_SHREDDED if artefact.get("md5") in sealed_md5s else PHYSICALLY_REMOVED
+    return CRYPTO_SHREDDED if path.endswith(SEALED_SUFFIXES) else PHYSICALLY_REMOVED
+
+
+def label_outcomes(
+    artefacts: Iterable[Mapping[str, Any]], planned: Mapping[str, list[Artefact]]
+) -> list[Artefact]:
+    """``artefacts`` each with its ``outcome`` (:func:`outcome_of`), kept where already set."""
+    items = [dict(a) for a in artefacts]
+    sealed = {
+        str(a["md5"])
+        for a in [*items, *(x for rec in planned.values() for x in rec)]
+        if a.get("md5") and str(a.get("path", "")).endswith(SEALED_SUFFIXES)
+    }
+    for a in items:
+        a.setdefault("outcome", outcome_of(a, sealed))
+    return items

@@ -166,8 +166,10 @@ def purge_mlflow(paths: ProjectPaths, pid: str, artefacts: Iterable[Mapping[str,
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """What under ``mlruns/`` names the subject or holds one of their raw files."""
-    hashes = {a["sha256"] for a in ctx.planned.get("raw", []) if a.get("sha256")}
+    """What under ``mlruns/`` names the subject or holds one of their raw files (sealed, or a
+    plaintext copy of the image: ``plain_sha256``)."""
+    raw = ctx.planned.get("raw", [])
+    hashes = {a[k] for a in raw for k in ("sha256", "plain_sha256") if a.get(k)}
     return Plan(scan_mlflow(ctx.paths, pid, hashes))
 
 

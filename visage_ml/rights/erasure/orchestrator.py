@@ -9,9 +9,12 @@ lineage        (reads only) which data versions and models saw the subject; need
                manifests that prove presence are purged
 gallery        the subject's template and gallery key (:mod:`.gallery`): from the end of this
                step the subject is never matched again
-vault          the identity-vault key, record and blind-index entry (:mod:`.vault`,
-               cryptographic erase)
-raw            the subject's files and rows leave ``data/raw`` (:mod:`.raw`)
+vault          a keyed tombstone of the subject's reference and file hashes
+               (:mod:`.tombstone`: re-imports are refused), then the identity-vault key, record
+               and blind-index entry (:mod:`.vault`, cryptographic erase)
+raw            the subject's data key (:mod:`.datakey`: every sealed raw image, crop chunk and
+               kept bundle of theirs, in every copy, becomes unreadable), then their files and
+               rows leave ``data/raw`` (:mod:`.raw`)
 dvc            DVC objects of those files, ``.dir`` manifests that list them, old table versions
                naming the pid, purged by hash from the cache, every remote and the site cache
                (:mod:`.dvc`)
@@ -20,14 +23,17 @@ processed      ``data/processed`` without the subject (:mod:`.processed`) and th
 mlflow         MLflow artefacts and rows naming the subject (by design none), SQLite pages
                included (:mod:`.mlflow`)
 snapshot       the consent snapshot refreshed
-certificate    ``erasure.completed`` (committing to the claims), a tree head, the signed
-               certificate ``privacy/certificates/<request id>.json``, the request's receipt
+certificate    ``erasure.completed`` (committing to the claims), a tree head, a checkpoint
+               cosigned by the witnesses, the signed certificate
+               ``privacy/certificates/<request id>.json`` with its offline proof bundle
+               (c2sp.org/tlog-proof), the request's receipt
 =============  =================================================================================
 
 This module knows the request lifecycle, the step order and the ledger records; what each store
 holds of a subject and how it goes is in the store's module (:mod:`.base` says what each one
 provides). Each destructive step appends ``erasure.step`` with ``phase: planned`` (the artefacts
-its stores are about to remove, each with its SHA-256 taken before deletion), acts, then appends
+its stores are about to remove, each with its SHA-256 taken before deletion and its ``outcome``:
+``key destroyed``, ``crypto-shredded`` or ``physically removed``), acts, then appends
 ``erasure.step`` with ``phase: done``. A process killed anywhere (``kill -9``) leaves either
 nothing, or a plan the next run (``visage privacy resume``) completes; the certificate's claims
 are built from the ledger alone, so a resumed run certifies exactly what the first one planned.
@@ -67,8 +73,18 @@ from visage_ml.privacy.requests import (
 
 # A module, not its function: lineage imports this package's DVC machinery.
 from visage_ml.rights import lineage
-from visage_ml.rights.erasure import dvc, exports, gallery, mlflow, processed, raw, vault
-from visage_ml.rights.erasure.base import Artefact, Context, Plan, Store, merge
+from visage_ml.rights.erasure import (
+    datakey,
+    dvc,
+    exports,
+    gallery,
+    mlflow,
+    processed,
+    raw,
+    tombstone,
+    vault,
+)
+from visage_ml.rights.erasure.base import Artefact, Context, Plan, Store, label_outcomes, merge
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +103,10 @@ STEPS: tuple[str, ...] = (
 # step): export bundles go with the processed data, as they always have in the ledger.
 STORES: Mapping[str, tuple[Store, ...]] = {
     "gallery": (gallery,),
-    "vault": (vault,),
-    "raw": (raw,),
+    # The tombstone reads the vault record and the image hashes before they go.
+    "vault": (tombstone, vault),
+    # The data key first: destroying it crypto-shreds every copy of the sealed files.
+    "raw": (datakey, raw),
     "dvc": (dvc,),
     "processed": (processed, exports),
     "mlflow": (mlflow,),
@@ -317,13 +335,15 @@ class Erasure:
         plans: list[Plan | None] = [s.plan(ctx, st.pid) for s in stores]
         planned: list[Artefact] = []
         if any(p is not None for p in plans):
-            found = [a for p in plans if p is not None for a in p.artefacts]
+            found = label_outcomes(
+                (a for p in plans if p is not None for a in p.artefacts), ctx.planned
+            )
             infos = [p.info for p in plans if p is not None and p.info is not None]
             info = {k: v for i in infos for k, v in i.items()} if infos else None
             planned = self._planned(st, step, previous, found, info)
         outcomes = [s.erase(ctx, st.pid, planned, p) for s, p in zip(stores, plans, strict=True)]
         _fault(step)
-        done = merge(planned, *(o.artefacts for o in outcomes))
+        done = label_outcomes(merge(planned, *(o.artefacts for o in outcomes)), ctx.planned)
         self._record(st, step, "done", done, {k: v for o in outcomes for k, v in o.info.items()})
 
     def _lineage(self, st: RequestState, previous: list[Artefact]) -> None:
@@ -427,6 +447,8 @@ class Erasure:
         if head is None:
             head = ledger.append("tree_head", None, {"size": len(hashes), "root": root})
         inclusion = _inclusion(tree, completed.seq)
+        # A checkpoint covering the completion, cosigned by the witnesses: the offline proof.
+        proof = self.core.offline_proof(completed)
         project = self.params.project
         doc = build_certificate(
             self.paths,
@@ -440,6 +462,7 @@ class Erasure:
             tree_head=head,
             inclusion=inclusion,
             controller={"name": project.controller, "contact": project.controller_contact},
+            proof=proof,
         )
         path = write_certificate(self.paths, doc)
         _fault("certificate")

@@ -8,8 +8,10 @@ purges those objects.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from visage_ml import dvcops
-from visage_ml.data.rawstore import RawStore
+from visage_ml.data.rawstore import IMAGE_EXT, RawStore, read_images
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
 
@@ -26,9 +28,20 @@ def tracked_md5(ctx: Context) -> str | None:
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """The subject's files and the tables naming them, each with SHA-256 and MD5."""
+    """The subject's files and the tables naming them, each with SHA-256 and MD5.
+
+    A sealed image also carries ``plain_sha256``, the SHA-256 of its PNG as ``images.parquet``
+    records it, so that a plaintext copy of it elsewhere (an MLflow artefact) is found too.
+    """
     store = RawStore(ctx.paths, core=ctx.core, track=False)
     found = [file_artefact(ctx, STORE, f, md5=True) for f in store.files_of(pid)]
+    images = read_images(ctx.paths.raw)
+    rows = images[images["pid"].astype(str) == pid]
+    plain = dict(zip(rows["image_id"].astype(str), rows["sha256"].astype(str), strict=True))
+    for a in found:
+        image_id = Path(a["path"]).stem
+        if a["path"].endswith(IMAGE_EXT) and image_id in plain:
+            a["plain_sha256"] = plain[image_id]
     before = tracked_md5(ctx)
     return Plan(found, {"raw_md5_before": before}, state=before)
 

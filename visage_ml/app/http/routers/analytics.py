@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from visage_ml.app.http.auth import ApiKey
-from visage_ml.app.http.errors import AUTH_ERRORS, error_responses
+from visage_ml.app.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from visage_ml.app.http.schemas import AnalyticsRequest, AnalyticsResponse, WindowsResponse
 from visage_ml.app.http.service import OPERATOR_KEY, SERVICE, Service
 
@@ -18,15 +18,16 @@ router = APIRouter(tags=["analytics"])
     "/v1/analytics",
     name="analytics",
     response_model=AnalyticsResponse,
-    responses=error_responses(400, *AUTH_ERRORS, 413, 422, 503),
+    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 422),
 )
 def analytics(
     body: AnalyticsRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
 ) -> Any:
-    """Demographic counts of one frame (no identity is computed; nothing is stored per face).
+    """Count one frame's faces into the current window (no identity is computed).
 
-    Cells below ``serving.analytics.k_min`` read ``"suppressed"``; with
-    ``serving.analytics.epsilon`` > 0 counts carry Laplace noise.
+    Nothing about the frame is answered: only closed windows are released
+    (``/v1/analytics/windows``), k-suppressed with complementary suppression and, with
+    ``serving.analytics.epsilon`` > 0, OpenDP noise drawn once per window.
     """
     return svc.analytics.analyze(svc.decode(body.image))
 

@@ -1,6 +1,7 @@
-"""Service routes without authentication: liveness (``/healthz``) and Prometheus ``/metrics``.
+"""Service routes: liveness (``/healthz``, the one route without a key) and Prometheus
+``/metrics`` (for keys of role ``auditor`` or ``metrics``).
 
-(``/docs`` and ``/openapi.json`` are FastAPI's own.)
+(``/openapi.json`` is added by the app when ``serving.openapi`` is on; there is no ``/docs``.)
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from visage_ml.app.http.errors import error_responses
+from visage_ml.app.http.auth import ApiKey
+from visage_ml.app.http.errors import AUTH_ERRORS, error_responses
 from visage_ml.app.http.metrics import CONTENT_TYPE
 from visage_ml.app.http.schemas import HealthResponse
-from visage_ml.app.http.service import SERVICE, Service
+from visage_ml.app.http.service import METRICS_KEY, SERVICE, Service
 from visage_ml.serving.gallery import GalleryVersionError
 
 router = APIRouter(tags=["service"])
@@ -51,22 +53,37 @@ def register_gauges(svc: Service) -> None:
     responses=error_responses(422),
 )
 def health(svc: Service = SERVICE) -> dict[str, Any]:
-    """Liveness: the server answers and its models are loaded (no authentication)."""
+    """Liveness: the server answers and its models are loaded (no authentication).
+
+    In full mode also the identification operating point: gallery size, target FPIR, the 1:N
+    threshold derived for them, expected FNIR, and whether the gallery is too large for the
+    target at this model's accuracy (counts and rates only).
+    """
     models: dict[str, str | None] = {"embedder": None, "demographics": None}
     loaded = svc.engine.loaded
     if "embedder" in loaded:
         models["embedder"] = svc.engine.embedder.model_version
     if "demographics" in loaded:
         models["demographics"] = svc.engine.demographics.model_version
-    return {"status": "ok", "mode": svc.mode, "models": models}
+    out: dict[str, Any] = {"status": "ok", "mode": svc.mode, "models": models}
+    if svc.gallery is not None and svc.identification is not None:
+        gallery = svc.gallery
+        with contextlib.suppress(GalleryVersionError):
+            gallery.refresh()
+        out["identification"] = {
+            **svc.identification.status(gallery.size),
+            "verify_threshold": gallery.threshold,
+        }
+    return out
 
 
 @router.get(
     "/metrics",
     name="metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {}}}, **error_responses(422)},
+    responses={200: {"content": {CONTENT_TYPE: {}}}, **error_responses(*AUTH_ERRORS, 422)},
 )
-def metrics(svc: Service = SERVICE) -> Response:
-    """Prometheus metrics: request counts and latencies per endpoint, gallery size."""
+def metrics(_: ApiKey = METRICS_KEY, svc: Service = SERVICE) -> Response:
+    """Prometheus metrics: request counts and latencies per endpoint, gallery size, requests in
+    flight (a key of role `auditor` or `metrics`)."""
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)

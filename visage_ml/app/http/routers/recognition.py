@@ -1,14 +1,32 @@
-"""Identification routes for operators (full mode only): 1:N identify, 1:1 verify, enrol."""
+"""Identification routes (full mode only): 1:N identify, 1:1 verify, enrol.
+
+- identify (operators) searches at the 1:N threshold derived for ``serving.identify.target_fpir``
+  at the gallery's current size (:mod:`visage_ml.serving.operating_point`) and answers
+  ``"unknown"`` below it;
+- every face is measured by the quality gate (:mod:`visage_ml.serving.quality`) first: a face
+  too small, blurred, turned or faint is answered ``"quality_too_low"`` and never searched,
+  verified or enrolled;
+- verify gives operators a decision only; the score goes to dpo and auditor keys;
+- an operator gets one answer whether a subject is unknown, may not be processed, or already has
+  a template that the new images do not match (re-enrolment needs that match, or a dpo key): no
+  oracle for consent state.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from visage_ml.app.http.auth import ApiKey
-from visage_ml.app.http.errors import AUTH_ERRORS, ApiError, error_responses, request_info
+from visage_ml.app.http.auth import AUDITOR, DPO, OPERATOR, ApiKey
+from visage_ml.app.http.errors import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    ApiError,
+    error_responses,
+    request_info,
+)
 from visage_ml.app.http.schemas import (
     EnrollRequest,
     EnrollResponse,
@@ -17,12 +35,25 @@ from visage_ml.app.http.schemas import (
     VerifyRequest,
     VerifyResponse,
 )
-from visage_ml.app.http.service import OPERATOR_KEY, SERVICE, Service
-from visage_ml.serving.gallery import EnrolmentRefusedError, NotEnrolledError
+from visage_ml.app.http.service import OPERATOR_KEY, SERVICE, Service, require
+from visage_ml.serving.gallery import EnrolmentRefusedError, GalleryError, NotEnrolledError
+from visage_ml.serving.index import template_of
+from visage_ml.serving.quality import refusal
 
 MSG_MULTIPLE = (
     "{what} needs an image with exactly one face but {n} were found{where}; crop the image"
 )
+# One answer for an operator, whatever the reason: unknown subject, no identification
+# consent (withdrawn, never given, restricted, objected, erased), or a stored template the new
+# images do not match.
+MSG_NOT_AVAILABLE = (
+    "subject {pid} cannot be enrolled with these images under this key: the subject is not "
+    "available for identification, or already has a template these images do not match; a DPO "
+    "can check the subject's state and re-enrol (`POST /v1/enroll` with a dpo key)"
+)
+SCORE_ROLES: frozenset[str] = frozenset({DPO, AUDITOR})
+VERIFY_KEY = Depends(require(OPERATOR, DPO, AUDITOR))
+ENROL_KEY = Depends(require(OPERATOR, DPO))
 
 router = APIRouter(tags=["identification"])
 
@@ -31,30 +62,51 @@ router = APIRouter(tags=["identification"])
     "/v1/identify",
     name="identify",
     response_model=IdentifyResponse,
-    responses=error_responses(400, *AUTH_ERRORS, 413, 422, 503),
+    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 422),
 )
 def identify(
     body: IdentifyRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
-    """Who is in the image? For each face, the enrolled subjects at or above the threshold.
+    """Who is in the image? For each face, the enrolled subjects at or above the 1:N threshold.
 
-    Only subjects whose consent covers identification, and who are not restricted,
-    objecting or erased, are searched.
+    The threshold is derived for ``serving.identify.target_fpir`` at the gallery's size at the
+    time of the search; below it the face is ``"unknown"``. A face of too low quality is
+    ``"quality_too_low"`` and not searched. Only subjects whose consent covers identification,
+    and who are not restricted, objecting or erased, are searched.
     """
     gallery = svc.require_gallery()
-    faces, emb = svc.engine.embed_image(svc.decode(body.image))
-    found = gallery.identify_many(emb, top_k=body.top_k)
-    request_info(request)["pids"] = sorted({m.pid for row in found for m in row}) or None
-    return {
-        "faces": [
+    policy = svc.identification
+    faces = svc.engine.detect_one(svc.decode(body.image))
+    qualities = [svc.quality.assess_face(f) for f in faces]
+    searched = [i for i, q in enumerate(qualities) if q.passed]
+    found: dict[int, list[Any]] = {}
+    if searched:
+        emb = svc.engine.embed(np.stack([faces[i].crop for i in searched]))
+        threshold_for = policy.threshold if policy is not None else (lambda _n: gallery.threshold)
+        rows, n, threshold = gallery.search(emb, top_k=body.top_k, threshold_for=threshold_for)
+        found = dict(zip(searched, rows, strict=True))
+    else:
+        n = gallery.size
+        threshold = policy.threshold(n) if policy is not None else gallery.threshold
+    request_info(request)["pids"] = sorted({m.pid for row in found.values() for m in row}) or None
+    out = []
+    for i, (f, q) in enumerate(zip(faces, qualities, strict=True)):
+        matches = found.get(i, [])
+        decision = "quality_too_low" if i not in found else ("match" if matches else "unknown")
+        out.append(
             {
                 "box": f.box,
                 "detection_prob": f.prob,
-                "matches": [{"pid": m.pid, "score": m.score} for m in row],
+                "decision": decision,
+                "quality": {"score": q.score, "passed": q.passed, "failed": list(q.failed)},
+                "matches": [{"pid": m.pid, "score": m.score} for m in matches],
             }
-            for f, row in zip(faces, found, strict=True)
-        ],
-        "threshold": gallery.threshold,
+        )
+    return {
+        "faces": out,
+        "threshold": threshold,
+        "gallery_size": n,
+        "target_fpir": policy.target_fpir if policy is not None else None,
         "model_version": gallery.model_version,
     }
 
@@ -63,52 +115,74 @@ def identify(
     "/v1/verify",
     name="verify",
     response_model=VerifyResponse,
-    responses=error_responses(400, *AUTH_ERRORS, 404, 413, 422, 503),
+    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 404, 422),
 )
 def verify(
-    body: VerifyRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
+    body: VerifyRequest, request: Request, key: ApiKey = VERIFY_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
-    """Is the one face in the image subject ``pid``? (404 when ``pid`` is not searchable.)"""
+    """Is the one face in the image subject ``pid``? A decision at the 1:1 threshold.
+
+    404 when ``pid`` is not searchable (unknown, never enrolled, or not available for
+    identification: one answer). ``score`` only for dpo and auditor keys; an operator gets the
+    decision. A face of too low quality is ``"quality_too_low"`` and not compared.
+    """
     gallery = svc.require_gallery()
     request_info(request)["pid"] = body.pid
     # Refuse before looking at the image: a subject who is not searchable is not scored.
     if not gallery.is_searchable(body.pid):
         raise NotEnrolledError(body.pid)
-    faces, emb = svc.engine.embed_image(svc.decode(body.image))
+    faces = svc.engine.detect_one(svc.decode(body.image))
     if len(faces) != 1:
         raise ApiError(
             422, "multiple_faces", MSG_MULTIPLE.format(what="verify", n=len(faces), where="")
         )
-    match, score = gallery.verify(emb[0], body.pid)
-    return {
+    out: dict[str, Any] = {
         "pid": body.pid,
-        "match": match,
-        "score": score,
+        "decision": "quality_too_low",
+        "match": False,
+        "score": None,
         "threshold": gallery.threshold,
         "model_version": gallery.model_version,
     }
+    if not svc.quality.assess_face(faces[0]).passed:
+        return out
+    match, score = gallery.verify(svc.engine.embed(faces[0].crop)[0], body.pid)
+    out["decision"] = "match" if match else "no_match"
+    out["match"] = match
+    if key.role in SCORE_ROLES:
+        out["score"] = score
+    return out
+
+
+def _not_available(pid: str) -> ApiError:
+    return ApiError(409, "not_available", MSG_NOT_AVAILABLE.format(pid=pid))
 
 
 @router.post(
     "/v1/enroll",
     name="enroll",
     response_model=EnrollResponse,
-    responses=error_responses(400, *AUTH_ERRORS, 409, 413, 422, 503),
+    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 409, 422),
 )
 def enroll(
-    body: EnrollRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
+    body: EnrollRequest, request: Request, key: ApiKey = ENROL_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
     """Enrol (or re-enrol) a subject whose consent covers identification.
 
     The template is the normalised mean of the images' embeddings; it replaces any earlier
     one. Refused with 409 before any image is looked at when the subject may not be
-    processed for identification.
+    processed for identification (a dpo key is told why; an operator gets one answer for every
+    reason). Re-enrolling a subject who has a template needs a dpo key, or images whose template
+    matches the stored one at the 1:1 threshold. Every image must pass the quality gate.
     """
     gallery = svc.require_gallery()
     request_info(request)["pid"] = body.pid
+    operator = key.role != DPO
     with svc.lock:
         decision = svc.core.may_process(body.pid, "identification")
     if not decision.allowed:
+        if operator:
+            raise _not_available(body.pid)
         raise EnrolmentRefusedError(body.pid, decision.reason)
     crops = []
     for i, data in enumerate(body.images):
@@ -119,8 +193,17 @@ def enroll(
                 "multiple_faces",
                 MSG_MULTIPLE.format(what="enrol", n=len(faces), where=f" in images[{i}]"),
             )
+        quality = svc.quality.assess_face(faces[0])
+        if not quality.passed:
+            raise ApiError(
+                422,
+                "quality_too_low",
+                refusal(quality, what="enrol", where=f" in images[{i}]"),
+            )
         crops.append(faces[0].crop)
     emb = svc.engine.embed(np.stack(crops))
+    if operator and gallery.status(body.pid)["enrolled"]:
+        _check_same_person(svc, body.pid, emb)
     result = gallery.enroll(body.pid, emb, model_version=svc.engine.embedder.model_version)
     return {
         "pid": body.pid,
@@ -129,3 +212,18 @@ def enroll(
         "replaced": result.replaced,
         "model_version": gallery.model_version,
     }
+
+
+def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> None:
+    """Refuse (one answer) unless the new images' template matches the stored one at the 1:1
+    threshold; a stored template of another embedder cannot be compared, so it is refused too."""
+    gallery = svc.require_gallery()
+    try:
+        old, header = gallery.template(pid)
+    except (NotEnrolledError, GalleryError):
+        raise _not_available(pid) from None
+    if header.get("model_version") != gallery.model_version or old.shape[0] != emb.shape[1]:
+        raise _not_available(pid)
+    new = template_of(emb, gallery.embedding_dim)
+    if float(np.dot(old, new)) < gallery.threshold:
+        raise _not_available(pid)

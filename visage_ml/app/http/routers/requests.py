@@ -17,7 +17,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from visage_ml.app.http.auth import ApiKey
-from visage_ml.app.http.errors import AUTH_ERRORS, ApiError, error_responses, request_info
+from visage_ml.app.http.errors import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    ApiError,
+    error_responses,
+    request_info,
+)
 from visage_ml.app.http.schemas import (
     REQUEST_ID_PATTERN,
     DenyRequestBody,
@@ -38,13 +44,20 @@ from visage_ml.io import sha256_file
 from visage_ml.privacy.core import PrivacyCore, UnknownSubjectError
 from visage_ml.privacy.requests import RequestBook, RequestStateError, UnknownRequestError
 from visage_ml.rights.erasure import Erasure
-from visage_ml.rights.export import export_subject
+from visage_ml.rights.export import Delivery, export_subject
 
 MSG_OTHER_SUBJECT = "request {request_id} is about another subject"
 
 router = APIRouter(tags=["rights"])
-ERRORS = error_responses(400, *AUTH_ERRORS, 404, 409, 422)
+ERRORS = error_responses(*BODY_ERRORS, *AUTH_ERRORS, 404, 409, 422)
 post = functools.partial(router.post, response_model=RequestOut, responses=ERRORS)
+
+
+MSG_HTTP_DELIVERY = (
+    "an export bundle holds the subject's face and template: give recipient=age1... (the "
+    "requester's age public key; repeat for several), or plaintext=true to hand it out "
+    "unencrypted (recorded in the ledger with its hash)"
+)
 
 
 @contextlib.contextmanager
@@ -136,9 +149,13 @@ def request_verify(
 def request_extend(
     request_id: RequestId, body: ExtendRequestBody, _: ApiKey = DPO_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
-    """Extend the deadline by up to two further months in total, with a reason code."""
+    """Extend the deadline, before it passes, by up to two further months in total, with a
+    reason code (calendar ``months`` or ``days``); the subject is told why."""
     return _transition(
-        svc, lambda b: b.extend(request_id, days=body.days, reason_code=body.reason_code)
+        svc,
+        lambda b: b.extend(
+            request_id, months=body.months, days=body.days, reason_code=body.reason_code
+        ),
     )
 
 
@@ -209,15 +226,31 @@ def export(
         str | None, Query(pattern=REQUEST_ID_PATTERN, description="A verified request.")
     ] = None,
     portability: Annotated[bool, Query(description="Record as Art. 20 portability.")] = False,
+    recipient: Annotated[
+        list[str] | None,
+        Query(description="The requester's age public key (age1...); repeat for several."),
+    ] = None,
+    plaintext: Annotated[
+        bool, Query(description="Unencrypted zip (recorded in the ledger with its hash).")
+    ] = False,
     _: ApiKey = DPO_KEY,
     svc: Service = SERVICE,
 ) -> dict[str, Any]:
-    """Access / portability export (Art. 15, 20): the zip bundle, base64 in JSON.
+    """Access / portability export (Art. 15, 20): the bundle, base64 in JSON.
 
-    The bundle is built in memory and not kept on the server; the request is completed
-    with a signed receipt and ``access.exported`` records the bundle's hash.
+    The zip is encrypted for the requester's age ``recipient`` (``age_base64``: an age file,
+    opened with ``age -d -i key.txt``); a plaintext zip (``zip_base64``) only with
+    ``plaintext=true``, recorded by ``export.plaintext_released``. Built in memory and not
+    kept on the server; the request is completed with a signed receipt and
+    ``access.exported`` records the hashes.
     """
     request_info(request)["pid"] = pid
+    if not recipient and not plaintext:
+        raise ApiError(422, "delivery", MSG_HTTP_DELIVERY)
+    try:
+        delivery = Delivery(recipients=tuple(recipient or ()), plaintext=plaintext).check()
+    except ValueError as exc:
+        raise ApiError(422, "delivery", str(exc)) from None
     with svc.lock:
         svc.live_subject(pid)
     with _answered():
@@ -229,14 +262,18 @@ def export(
             gallery=svc.gallery,
             right="portability" if portability else "access",
             keep=False,
+            delivery=delivery,
         )
+    data = base64.b64encode(result.data).decode("ascii")
     return {
         "request_id": result.request_id,
         "pid": pid,
         "bundle": {
-            "filename": f"{result.request_id}.zip",
+            "filename": f"{result.request_id}{delivery.suffix}",
             "sha256": result.sha256,
             "bytes": len(result.data),
-            "zip_base64": base64.b64encode(result.data).decode("ascii"),
+            "delivery": result.delivery,
+            "zip_sha256": result.bundle_sha256,
+            **({"zip_base64": data} if delivery.plaintext else {"age_base64": data}),
         },
     }

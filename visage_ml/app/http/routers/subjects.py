@@ -14,7 +14,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from visage_ml.app.http.auth import ApiKey
-from visage_ml.app.http.errors import AUTH_ERRORS, ApiError, error_responses, request_info
+from visage_ml.app.http.errors import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    ApiError,
+    error_responses,
+    request_info,
+)
 from visage_ml.app.http.schemas import (
     PidPath,
     PurposesRequest,
@@ -31,7 +37,7 @@ router = APIRouter(tags=["rights"])
 post = functools.partial(
     router.post,
     response_model=RightsResponse,
-    responses=error_responses(400, *AUTH_ERRORS, 404, 409, 422),
+    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 404, 409, 422),
 )
 
 

@@ -1,0 +1,267 @@
+"""Analytics counts corrected for the demographic model's known error, on held-out SynthFaces
+scenes with ground truth; one JSON object.
+
+1. The **confusion** the correction uses: a balanced, evaluation-only SynthFaces portrait
+   population (``--per-group`` identities per skin-tone group, two photographs each, a seed the
+   project never trained on), detected and aligned by the project's MTCNN, classified by its
+   exported ``models/demographics.onnx``, counted per true group by
+   :func:`visage_ml.evaluation.confusion.demographic_confusion` (what the evaluate stage writes
+   to ``reports/demographic_confusion.json``); or ``--confusion`` names such a file.
+2. **Scenes**: ``--scenes`` frames of passers-by (:func:`visage_ml.data.synth.render_scene`,
+   another unseen seed) with their true age, gender and group. Each frame goes through what
+   ``/v1/analytics`` runs (the engine's detection, the demographic model, the per-frame count);
+   detected faces are matched to true faces (box overlap) for the truth of what was counted.
+3. **Windows** of ``--window`` consecutive frames: raw counts (predicted labels) and counts
+   corrected by :meth:`visage_ml.serving.correction.ConfusionModel.correct_all`, each against
+   the true counts of the detected faces (what a correction of the classifier can fix) and of
+   all faces in the frames (misses included).
+
+Reports the mean absolute error per cell (age band, gender, group) of raw and corrected counts,
+their ratio, and how often the 95% intervals hold the true count.
+
+    python benchmarks/bench_analytics_correction.py --project DIR [--scenes 300]
+        [--window 10 30 100] [--per-group 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from visage_ml.config import GROUPS, ProjectPaths, params_from_dict
+from visage_ml.data.synth import make_population, photograph, render_scene
+from visage_ml.evaluation.confusion import age_band_index, demographic_confusion
+from visage_ml.serving.analytics import CountTable, count_predictions
+from visage_ml.serving.correction import ConfusionModel
+
+SEED_CONFUSION = 920_001
+SEED_SCENES = 920_002
+DIMENSIONS = ("age_band", "gender", "group")
+
+
+# Sections of the project's params.yaml a benchmark reads; the others (privacy, ...) may be of an
+# older visage-ml and are not needed here.
+NEEDED = (
+    "project",
+    "synth",
+    "prepare",
+    "train_embedder",
+    "train_demographics",
+    "evaluate",
+    "gallery",
+    "serving",
+)
+
+
+def project_params(project: ProjectPaths) -> Any:
+    """The project's parameters, the sections this benchmark needs only."""
+    raw = yaml.safe_load(project.params.read_text(encoding="utf-8")) or {}
+    return params_from_dict(
+        {k: v for k, v in raw.items() if k in NEEDED}, source=str(project.params)
+    )
+
+
+def iou(a: Any, b: Any) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def measure_confusion(params: Any, engine: Any, per_group: int) -> dict[str, Any]:
+    """The demographic model's confusion on a balanced evaluation-only portrait population."""
+    synth = dataclasses.replace(
+        params.synth, n_identities=per_group * len(GROUPS), group_shares=(0.25,) * 4
+    )
+    people = make_population(synth, SEED_CONFUSION)
+    crops, ages, genders, groups = [], [], [], []
+    for i, person in enumerate(people):
+        for shot in range(2):
+            pixels, _ = photograph(
+                person, rng=np.random.default_rng([SEED_CONFUSION, 5, i, shot]), params=synth
+            )
+            faces = engine.detect(pixels)
+            if faces:
+                crops.append(faces[0].crop)
+                ages.append(person.age)
+                genders.append(person.gender)
+                groups.append(person.group)
+    pred = engine.predict(np.stack(crops))
+    return demographic_confusion(
+        true_age=np.asarray(ages, dtype=np.float64),
+        true_gender=np.asarray(genders),
+        true_group=np.asarray(groups),
+        predictions=pred,
+        labels=engine.demographics.labels,
+        model_version=engine.demographics.model_version,
+    )
+
+
+def truth_table(
+    faces: list[dict[str, Any]], *, bands: list[int], template: CountTable
+) -> CountTable:
+    """True counts of ``faces`` (scene dicts) in the cells of ``template``."""
+    out = CountTable.empty(
+        age_labels=list(template.age_band),
+        genders=list(template.gender),
+        groups=list(template.group),
+    )
+    labels = list(template.age_band)
+    for f in faces:
+        out.faces += 1
+        out.age_band[labels[int(age_band_index(np.array([f["age"]]), bands)[0])]] += 1
+        out.gender[str(f["gender"])] += 1
+        out.group[str(f["group"])] += 1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--project", default=os.environ.get("VISAGE_PROJECT") or ".")
+    ap.add_argument("--scenes", type=int, default=300)
+    ap.add_argument("--window", type=int, nargs="+", default=[10, 30, 100])
+    ap.add_argument("--per-group", type=int, default=100)
+    ap.add_argument("--confusion", default=None, help="a reports/demographic_confusion.json")
+    ap.add_argument("--rounds", type=int, default=200)
+    args = ap.parse_args()
+    from visage_ml.serving.engine import Engine
+
+    t0 = time.perf_counter()
+    project = ProjectPaths(Path(args.project).resolve())
+    params = project_params(project)
+    engine = Engine.from_project(project, params, mode="analytics")
+    bands = [int(b) for b in engine.demographics.labels.get("age_bands") or []]
+    genders = [str(x) for x in engine.demographics.labels["gender"]]
+    groups = [str(x) for x in engine.demographics.labels["group"]]
+    if args.confusion:
+        doc = json.loads(Path(args.confusion).read_text())
+        source = args.confusion
+    else:
+        doc = measure_confusion(params, engine, args.per_group)
+        source = (
+            f"balanced evaluation-only portraits: {args.per_group} identities per group x 2 "
+            f"photographs (seed {SEED_CONFUSION})"
+        )
+    confusion = ConfusionModel(doc)
+    t_conf = time.perf_counter() - t0
+
+    # Scenes: what the engine counts per frame, and the truth of what it detected.
+    t = time.perf_counter()
+    frames = []
+    for i in range(args.scenes):
+        image, faces = render_scene(params.synth, np.random.default_rng([SEED_SCENES, i]))
+        detected = engine.detect(image)
+        kwargs = {"age_bands": bands, "genders": genders, "groups": groups}
+        if detected:
+            table = count_predictions(
+                engine.predict(np.stack([f.crop for f in detected])), **kwargs
+            )
+        else:
+            table = count_predictions({"age": np.zeros(0)}, **kwargs)
+        matched = []
+        for d in detected:
+            best = max(faces, key=lambda f: iou(d.box, f["box"]), default=None)
+            if best is not None and iou(d.box, best["box"]) >= 0.3:
+                matched.append(best)
+        frames.append((table, matched, faces))
+    t_scenes = time.perf_counter() - t
+
+    n_faces = sum(len(f[2]) for f in frames)
+    n_detected = sum(f[0].faces for f in frames)
+    n_matched = sum(len(f[1]) for f in frames)
+    rng = np.random.default_rng(0)
+    results: dict[str, Any] = {}
+    for w in args.window:
+        errors: dict[str, dict[str, list[float]]] = {
+            dim: {"raw": [], "corrected": [], "raw_all": [], "corrected_all": []}
+            for dim in DIMENSIONS
+        }
+        covered = cells = 0
+        for start in range(0, len(frames) - w + 1, w):
+            part = frames[start : start + w]
+            raw = CountTable.empty(
+                age_labels=list(part[0][0].age_band), genders=genders, groups=groups
+            )
+            for table, _, _ in part:
+                raw.add(table)
+            truth = truth_table([f for p in part for f in p[1]], bands=bands, template=raw)
+            truth_all = truth_table([f for p in part for f in p[2]], bands=bands, template=raw)
+            observed = {
+                "group": np.array([raw.group[g] for g in confusion.groups], dtype=float),
+                "gender": np.array([raw.gender[g] for g in confusion.genders], dtype=float),
+                "age_band": np.array([raw.age_band[a] for a in confusion.age_labels], dtype=float),
+            }
+            est = confusion.correct_all(observed, rounds=args.rounds, rng=rng)
+            for dim in DIMENSIONS:
+                names = list(getattr(raw, dim))
+                r = np.array([getattr(raw, dim)[k] for k in names], dtype=float)
+                c = np.array([est[dim].estimate[k] for k in names])
+                tr = np.array([getattr(truth, dim)[k] for k in names], dtype=float)
+                ta = np.array([getattr(truth_all, dim)[k] for k in names], dtype=float)
+                lo = np.array([est[dim].low[k] for k in names])
+                hi = np.array([est[dim].high[k] for k in names])
+                errors[dim]["raw"].append(float(np.abs(r - tr).mean()))
+                errors[dim]["corrected"].append(float(np.abs(c - tr).mean()))
+                errors[dim]["raw_all"].append(float(np.abs(r - ta).mean()))
+                errors[dim]["corrected_all"].append(float(np.abs(c - ta).mean()))
+                covered += int(((tr >= lo - 0.5) & (tr <= hi + 0.5)).sum())
+                cells += len(names)
+        summary: dict[str, Any] = {"windows": len(errors["gender"]["raw"])}
+        raw_all_dims, cor_all_dims = [], []
+        for dim, e in errors.items():
+            raw_mae, cor_mae = float(np.mean(e["raw"])), float(np.mean(e["corrected"]))
+            raw_all_dims.append(raw_mae)
+            cor_all_dims.append(cor_mae)
+            summary[dim] = {
+                "mae_raw": round(raw_mae, 3),
+                "mae_corrected": round(cor_mae, 3),
+                "ratio": round(cor_mae / raw_mae, 3) if raw_mae else None,
+                "mae_raw_vs_all_faces": round(float(np.mean(e["raw_all"])), 3),
+                "mae_corrected_vs_all_faces": round(float(np.mean(e["corrected_all"])), 3),
+            }
+        summary["mae_raw"] = round(float(np.mean(raw_all_dims)), 3)
+        summary["mae_corrected"] = round(float(np.mean(cor_all_dims)), 3)
+        summary["ratio"] = round(summary["mae_corrected"] / summary["mae_raw"], 3)
+        summary["interval_coverage"] = round(covered / cells, 3) if cells else None
+        summary["faces_per_window"] = round(n_detected / max(1, len(frames)) * w, 1)
+        results[str(w)] = summary
+    out = {
+        "project": str(project.root),
+        "demographics_model_version": engine.demographics.model_version,
+        "confusion": {
+            "source": source,
+            "images": doc.get("n_images"),
+            "gender_accuracy_by_group": {g: doc["gender"][g]["accuracy"] for g in confusion.groups},
+            "group_accuracy": doc["group"]["accuracy"],
+        },
+        "scenes": {
+            "frames": len(frames),
+            "seed": SEED_SCENES,
+            "faces": n_faces,
+            "detected": n_detected,
+            "detected_matched_to_truth": n_matched,
+        },
+        "truth": "true labels of the detected faces (matched by box overlap >= 0.3); "
+        "*_vs_all_faces: of every face in the frames, misses included",
+        "windows": results,
+        "timings_s": {
+            "confusion": round(t_conf, 1),
+            "scenes": round(t_scenes, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Retention that enforces itself: a month of simulated time, then what the DPO would check.
+
+A small project (raw images, processed crops, gallery templates, identity vault with contacts)
+lives through a month of simulated time: consents expire, one subject withdraws consent to
+identification, one objects to everything, one is restricted, two renew their consent, an
+access bundle is exported. `enforce` runs after each event (dry run first, then --apply as the
+scheduler). At the end: every notification reached the real SMTP server or the webhook
+receiver on loopback, the ledger verifies and names who did what, and a forensic scan of the
+whole project agrees with what the ledger says was purged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import timedelta
+
+import orjson
+import pytest
+from notify_fakes import SimClock, SmtpServer, WebhookServer
+from project_helpers import write_overrides
+from rights_fakes import make_project, scan
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.config import load_params
+from visage_ml.privacy.consent import ConsentReceipt
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.outbox import Recipients
+from visage_ml.privacy.requests import RequestBook, add_months
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.enforce import Enforcer
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.export import Delivery, export_subject
+from visage_ml.rights.runner import object_to
+
+
+def _params(root, smtp_port: int):
+    """Consents last one month; notifications go to the SMTP server on loopback."""
+    overrides = {
+        "privacy.retention.consent_months": 1,
+        "privacy.notify.smtp_port": smtp_port,
+        "privacy.notify.backoff_seconds": 60.0,
+        "privacy.notify.max_attempts": 5,
+    }
+    write_overrides(root / "params.yaml", overrides)
+    return load_params(root / "params.yaml")
+
+
+def _receipt(clock: SimClock, purposes) -> ConsentReceipt:
+    return ConsentReceipt(
+        controller="Example Controller Ltd",
+        controller_contact="dpo@example.org",
+        purposes=tuple(purposes),
+        notice_version="v2",
+        notice_hash="ab" * 32,
+        collection_method="kiosk",
+        given_at=clock.iso(),
+    )
+
+
+def ledger_lines(core: PrivacyCore) -> list[dict]:
+    return [orjson.loads(line) for _, line in core.ledger.iter_lines()]
+
+
+@pytest.fixture
+def month(project):
+    clock = SimClock()
+    proj = make_project(project, n_subjects=6, n_images=2)
+    core = proj.core
+    core.ledger.clock = clock.iso
+    return proj, core, clock
+
+
+def test_a_month_of_retention_is_enforced_notified_and_provable(month, tmp_path):
+    proj, core, clock = month
+    paths = proj.paths
+    a, b, c, d, e, f = proj.pids
+    contacts = {pid: f"subject-{i}@example.invalid" for i, pid in enumerate(proj.pids) if pid != a}
+    with SmtpServer() as smtp, WebhookServer(fail_first=1) as hook:
+        # Subject a asked to be told through their own webhook.
+        contacts[a] = hook.url.replace("/hook", "/subject-a")
+        for pid, contact in contacts.items():
+            core.vault.put(pid, {"external_ref": f"REF-{pid}", "contact": contact})
+        params = _params(paths.root, smtp.port)
+        Recipients(core).add("processor", name="IT provider", address="privacy@processor.invalid")
+        Recipients(core).add("partner", name="Partner", address=hook.url)
+
+        def enforce():
+            enforcer = Enforcer(paths, core=core, params=params)
+            planned = enforcer.plan()
+            result = enforcer.apply()
+            assert [x.to_dict() for x in result.actions] == [x.to_dict() for x in planned]
+            return result
+
+        # Day 0: nothing is due yet.
+        assert Enforcer(paths, core=core, params=params).plan() == []
+        export = export_subject(paths, d, core=core, delivery=Delivery(plaintext=True))
+        # Day 2: f is restricted; day 3: b withdraws consent to identification.
+        clock.advance(days=2)
+        core.restrict(f)
+        clock.advance(days=1)
+        core.withdraw_consent(b, ["identification"])
+        out = enforce()
+        assert [(x.kind, x.pid, x.reason) for x in out.actions] == [
+            ("purge_template", b, "consent_withdrawn")
+        ]
+        # Day 5: c objects to every purpose (a request, answered at once): no basis is left.
+        clock.advance(days=2)
+        object_to(paths, c, core=core)
+        out = enforce()
+        assert [(x.kind, x.pid, x.reason) for x in out.actions] == [
+            ("erase_subject", c, "no_legal_basis")
+        ]
+        assert len(out.certificates) == 1
+        # Day 10: d and e renew their consent, b renews hers to training and evaluation.
+        clock.advance(days=5)
+        renewed = _receipt(clock, ("training", "evaluation", "identification"))
+        core.give_consents([d, e], renewed)
+        core.give_consent(b, _receipt(clock, ("training", "evaluation")))
+        assert enforce().actions == []
+        # One month after the start: the first consents lapse. a, whose every consent lapsed,
+        # is erased; f is restricted (kept); d and e keep their renewed consent; d's bundle is
+        # past its 30 days.
+        clock.t = add_months(clock.t - timedelta(days=10), 1)
+        clock.advance(minutes=5)
+        enforcer = Enforcer(paths, core=core, params=params)
+        dry = CliRunner().invoke(
+            app, ["privacy", "enforce", "--json", "--at", clock.iso()], env=_env(paths)
+        )
+        assert dry.exit_code == 0, dry.output
+        dry_actions = json.loads(dry.output)["actions"]
+        planned = enforcer.plan()
+        kinds = sorted((x.kind, x.pid or "", x.reason) for x in planned)
+        assert ("erase_subject", a, "no_legal_basis") in kinds
+        assert ("remove_export", "", "retention_expired") in kinds
+        expired = {x.pid for x in planned if x.kind == "expire_consent"}
+        assert expired == {a, f}  # c is erased; b, d and e renewed
+        assert not {b, d, e} & {x.pid for x in planned}
+        assert len(dry_actions) == len(planned)
+        # The dry run changed nothing.
+        assert not any(x["type"] == "consent.expired" for x in ledger_lines(core))
+        out = enforce()
+        assert not export.path.exists()
+        # Deliver what is left (the webhook refused its first post: it is retried later).
+        clock.advance(hours=2)
+        from visage_ml.rights.notify import Notifier
+
+        Notifier(paths, core=core, params=params.privacy.notify).deliver()
+
+        # -- every notification arrived ------------------------------------------------------
+        lines = ledger_lines(core)
+        queued = {
+            x["payload"]["message_id"]: x["payload"]
+            for x in lines
+            if x["type"] == "notification.queued" and x["payload"]["channel"] != "none"
+        }
+        sent = {
+            x["payload"]["message_id"]: x["payload"]
+            for x in lines
+            if x["type"] == "notification.sent"
+        }
+        assert queued and set(queued) == set(sent)
+        for mid, q in queued.items():
+            assert sent[mid]["sha256"] == q["sha256"]
+        arrived = {m.message_id for m in smtp.mails}
+        key = (paths.secrets / "notify.key").read_bytes()
+        for h in hook.received:
+            sig = "sha256=" + hmac.new(key, h.body, hashlib.sha256).hexdigest()
+            assert h.headers["x-visage-signature"] == sig
+            arrived.add(json.loads(h.body)["message_id"])
+        assert arrived == set(queued)
+        assert hook.refused == 1 and any(
+            x["type"] == "notification.failed" and x["payload"]["error"] == "http_503"
+            for x in lines
+        )
+        kinds_sent = [q["kind"] for q in queued.values()]
+        assert {"receipt", "completion", "art19"} <= set(kinds_sent)
+        # Art. 19: both registered recipients heard of both erasures (c, then a).
+        art19 = [q for q in queued.values() if q["kind"] == "art19"]
+        assert sorted(q["recipient_id"] for q in art19) == sorted(["partner", "processor"] * 2)
+        # The ledger holds hashes and states, never a body or an address.
+        text = core.paths.ledger.read_bytes()
+        for contact in contacts.values():
+            assert contact.encode() not in text
+        # The outbox is empty: delivered messages (and their addresses) are gone.
+        assert not [p for p in (paths.privacy / "outbox").rglob("*.json")]
+
+        # -- the ledger verifies and names its actors ------------------------------------------
+        result = CliRunner().invoke(app, ["privacy", "verify-ledger"], env=_env(paths))
+        assert result.exit_code == 0, result.output
+        by_type = {}
+        for x in lines:
+            by_type.setdefault(x["type"], set()).add(x.get("actor"))
+        assert by_type["consent.expired"] == {"scheduler"}
+        assert by_type["retention.applied"] == {"scheduler"}
+        assert by_type["consent.withdrawn"] == {next(iter(by_type["consent.withdrawn"]))}
+        assert next(iter(by_type["consent.withdrawn"])).startswith("os:")
+
+        # -- the forensic scan agrees with what was purged -------------------------------------
+        erased = {x["pid"] for x in lines if x["type"] == "erasure.completed"}
+        assert erased == {a, c}
+        state = {pid: core.subject(pid) for pid in proj.pids}
+        assert state[b].template_sha256 is None and not state[b].erased
+        assert state[f].restricted and not state[f].erased
+        assert state[f].template_sha256 is not None  # restriction keeps data stored
+        er = Erasure(paths, core=core, params=params)
+        for pid in erased:
+            assert all(not v for v in er.remaining(pid).values()), er.remaining(pid)
+        for pid in (b, d, e, f):
+            assert er.remaining(pid)["raw"], pid  # kept: their raw images are still there
+        needles = {}
+        for pid in erased:
+            needles.update({f"png:{pid}:{k}": v for k, v in proj.images[pid].items()})
+            needles[f"ref:{pid}"] = f"REF-{pid}".encode()
+            needles[f"contact:{pid}"] = contacts[pid].encode()
+        kept_needle = {"kept": next(iter(proj.images[d].values()))}
+        assert scan([paths.root], needles) == {}
+        # The scanner works: plaintext of a kept subject is found in an unsealed copy.
+        copy = tmp_path / "copy.bin"
+        copy.write_bytes(b"".join(kept_needle.values()))
+        assert scan([copy], kept_needle)
+        for cert in sorted(paths.certificates.glob("*.json")):
+            report = verify_certificate(cert, root=paths.root)
+            assert report.ok, (report.checks, report.findings)
+        # Every erasure by policy is a request recorded with its reason, by the scheduler.
+        book = RequestBook(core)
+        policy = [s for s in book.all() if s.right == "erasure"]
+        assert {s.pid for s in policy} == {a, c}
+        assert all(s.details.get("reason_code") == "no_legal_basis" for s in policy)
+
+
+def _env(paths) -> dict[str, str]:
+    return {"VISAGE_PROJECT": str(paths.root)}
+
+
+def test_the_serve_background_task_runs_every_interval_and_survives_a_failed_pass():
+    import threading
+
+    from visage_ml.rights.enforce import run_periodically
+
+    passes = []
+
+    class Fake:
+        def apply(self):
+            passes.append(1)
+            if len(passes) == 1:
+                raise RuntimeError("a witness was unreachable")
+            if len(passes) >= 3:
+                stop.set()
+
+    stop = threading.Event()
+    lock = threading.RLock()
+    t = threading.Thread(
+        target=run_periodically,
+        kwargs={"make": Fake, "interval_seconds": 0.01, "stop": stop, "lock": lock},
+    )
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive() and len(passes) == 3

@@ -1,0 +1,133 @@
+"""prepare with imported data: roles in the splits, label coverage, counted fallback crops."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from lfw_fakes import make_lfw_set
+
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.data.detect import Detection, center_crop
+from visage_ml.data.importers import ImportBasis, import_dataset
+from visage_ml.data.manifest import inventory
+from visage_ml.data.prepare import open_raw_image, prepare
+from visage_ml.data.processed import load_processed
+from visage_ml.preprocess import template
+from visage_ml.privacy.datakeys import DataKeys
+
+
+class HalfBlindDetector:
+    """A stand-in for MTCNN: a centred face in every image, except every third image it sees."""
+
+    def __init__(self, **kwargs):
+        self.seen = 0
+
+    def detect(self, arrays):
+        out = []
+        for a in arrays:
+            self.seen += 1
+            if self.seen % 3 == 0:
+                out.append([])
+                continue
+            h, w = a.shape[:2]
+            side = 0.7 * min(h, w)
+            lm = template(112) * (side / 112) + [(w - side) / 2, (h - side) / 2]
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            out.append([Detection(box=box, prob=0.99, landmarks=lm)])
+        return out
+
+
+def _project(tiny_project, tmp_path, **overrides):
+    root = tiny_project(overrides)
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    return paths
+
+
+def _import_lfw(paths, tmp_path, **kw):
+    base, _ = make_lfw_set(tmp_path / "lfw-download", n_people=6, per_person=3, pairs_per_fold=1)
+    basis = ImportBasis.from_options(legal_basis="art6(1)(f)+art9(2)(j)")
+    return import_dataset("lfw", base, paths=paths, basis=basis, **kw)
+
+
+def test_benchmark_subjects_only_reach_test_and_synthfaces_splits_do_not_move(
+    tiny_project, tmp_path
+):
+    paths = _project(tiny_project, tmp_path)
+    params = load_params(paths.params)
+    prepare(paths, params, detector_factory=HalfBlindDetector)
+    before = json.loads((paths.processed / "splits.json").read_text())
+    _import_lfw(paths, tmp_path)  # role: evaluation (it brings pairs), consent for training too
+    report = prepare(paths, params, detector_factory=HalfBlindDetector)
+
+    after = json.loads((paths.processed / "splits.json").read_text())
+    manifest = pd.read_parquet(paths.processed / "manifest.parquet")
+    lfw_pids = set(manifest.loc[manifest["source"] == "import:lfw", "pid"])
+    assert len(lfw_pids) == 6
+    assert not lfw_pids & (set(after["train"]) | set(after["val"]))
+    assert set(manifest.loc[manifest["source"] == "import:lfw", "split"]) == {"test"}
+    for split in ("train", "val", "test"):
+        assert set(after[split]) - lfw_pids == set(before[split])
+    # Label coverage: LFW subjects carry no labels; the report counts them, per source too.
+    assert report["labels"]["unlabeled"] == 6
+    assert report["labels"]["complete"] == report["labels"]["subjects"] - 6
+    lfw = report["by_source"]["import:lfw"]
+    assert lfw["roles"] == ["evaluation"] and lfw["splits"]["train"]["subjects"] == 0
+    assert lfw["labels"]["unlabeled_share"] == 1.0
+    assert report["by_source"]["synthfaces"]["labels"]["unlabeled"] == 0
+    assert "unlabeled" in report["miss_rate_by_group"]
+
+
+@pytest.mark.parametrize("fallback", ["none", "center"])
+def test_detector_misses_are_counted_and_the_fallback_crop_is_marked(
+    tiny_project, tmp_path, fallback
+):
+    paths = _project(tiny_project, tmp_path, **{"prepare.fallback_crop": fallback})
+    params = load_params(paths.params)
+    report = prepare(paths, params, detector_factory=HalfBlindDetector)
+    detection = pd.read_parquet(paths.processed / "detection.parquet")
+    data = load_processed(paths)
+    manifest, faces = data.manifest, data.faces
+    missed = detection[~detection["detected"]]
+    assert len(missed) == len(detection) // 3
+    assert report["miss_rate"] == round(len(missed) / len(detection), 4)
+    if fallback == "none":
+        assert report["fallback_crops"] == 0 and not detection["fallback"].any()
+        assert len(manifest) == len(detection) - len(missed)
+        assert not set(missed["image_id"]) & set(manifest["image_id"])
+        return
+    assert report["fallback_crops"] == len(missed) and detection["fallback"].sum() == len(missed)
+    assert len(manifest) == len(detection)
+    fb = manifest[manifest["fallback"]]
+    assert set(fb["image_id"]) == set(missed["image_id"]) and (fb["det_prob"] == 0).all()
+    # The stored crop is the centre square of the raw image, through the one align function.
+    row = fb.iloc[0]
+    files = inventory(paths.raw, {row["pid"]}).set_index("image_id")
+    raw, _ = open_raw_image(
+        Path(files.loc[row["image_id"], "path"]), paths.root, DataKeys.for_project(paths)
+    )
+    expected, _ = center_crop(raw, size=params.prepare.image_size, share=0.55)
+    assert np.array_equal(faces[int(row["row"])], expected)
+
+
+def test_mixed_project_consent_filter_is_reported_per_source(tiny_project, tmp_path):
+    paths = _project(tiny_project, tmp_path)
+    base, _ = make_lfw_set(tmp_path / "set", n_people=12, per_person=2, pairs_per_fold=1)
+    # Imported for both roles, but the basis covers evaluation only: whoever the split puts in
+    # train or val is left out (no training basis), never moved into test.
+    basis = ImportBasis.from_options(legal_basis="art6(1)(f)+art9(2)(j)", purposes=["evaluation"])
+    import_dataset("lfw", base, paths=paths, basis=basis, role="both")
+    report = prepare(paths, load_params(paths.params), detector_factory=HalfBlindDetector)
+    lfw = report["by_source"]["import:lfw"]
+    assert lfw["roles"] == ["both"]
+    left_out = lfw["subjects_excluded"].get("no_training_basis", 0)
+    assert left_out > 0 and lfw["subjects_used"] + left_out == 12
+    assert lfw["splits"]["train"]["subjects"] == lfw["splits"]["val"]["subjects"] == 0
+    assert lfw["splits"]["test"]["subjects"] == 12 - left_out
+    assert report["by_source"]["synthfaces"]["subjects_excluded"] == {}
+    # `visage data synth` (and `visage demo`) again on the mixed project: SynthFaces is reused.
+    again = acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    assert not again.generated and again.registered == 0

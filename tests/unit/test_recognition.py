@@ -1,0 +1,277 @@
+"""Identify, verify and enrol over HTTP: the 1:N threshold of the gallery served, the quality
+gate, decisions without scores for operators, and one answer for "not enrolled" and "not
+allowed"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageFilter
+from serving_fakes import DIM, THRESHOLD, face_tile, fake_engine, make_person, make_world, png_b64
+
+from visage_ml.app.http.app import create_app
+from visage_ml.app.http.auth import ROLES, KeyStore
+from visage_ml.config import load_params
+from visage_ml.evaluation.score_model import Comparisons, ScoreModel, build_score_model
+from visage_ml.serving.gallery import Gallery
+from visage_ml.serving.quality import QualityGate
+
+VERSION = "emb-test-1"
+UNKNOWN = "p" + "e" * 16
+
+
+def score_model(impostor_mean: float, *, n: int = 50_000, seed: int = 0) -> ScoreModel:
+    """A score model of independent normal impostor scores around ``impostor_mean``."""
+    rng = np.random.default_rng(seed)
+    imp = rng.normal(impostor_mean, 0.08, n)
+    gen = rng.normal(0.93, 0.03, 2000)
+    doc = build_score_model(
+        Comparisons(
+            genuine=gen,
+            impostor=imp,
+            genuine_probe=np.zeros(gen.size, dtype=np.int64),
+            impostor_probe=np.arange(n),
+            impostor_ref=np.full(n, -1),
+            n_identities=n,
+            template_images=3,
+        ),
+        bootstrap=20,
+        model_version=VERSION,
+    )
+    return ScoreModel(doc, confidence=0.8)
+
+
+class Api:
+    def __init__(self, root, *, model: ScoreModel | None, overrides=None) -> None:
+        self.world = make_world(root, n_subjects=20, without_identification=2)
+        self.pids = list(self.world.people)
+        self.params = load_params(root / "params.yaml", overrides=overrides or {})
+        self.engine = fake_engine(root)
+        self.gallery = Gallery.open(
+            self.world.paths,
+            model_version=VERSION,
+            embedding_dim=DIM,
+            threshold=THRESHOLD,
+            core=self.world.core,
+            embed=self.engine.embed,
+        )
+        app = create_app(
+            self.world.paths,
+            params=self.params,
+            engine=self.engine,
+            gallery=self.gallery,
+            core=self.world.core,
+            score_model=model,
+        )
+        self.svc = app.state.visage
+        self.client = TestClient(app, raise_server_exceptions=False)
+        self.keys = {role: KeyStore(self.world.paths.api_keys).create(role)[1] for role in ROLES}
+
+    def call(self, method, path, role=None, **kw):
+        headers = {"X-API-Key": self.keys[role]} if role else {}
+        return self.client.request(method, path, headers=headers, **kw)
+
+    def photos(self, pid, n=1, blur=0.0):
+        out = []
+        for tile in self.world.photo(pid, n):
+            im = Image.fromarray(tile)
+            if blur:
+                im = im.filter(ImageFilter.GaussianBlur(blur))
+            out.append(png_b64(np.asarray(im)))
+        return out
+
+    def enroll(self, pid, role="operator", images=None):
+        body = {"pid": pid, "images": images or self.photos(pid, 3)}
+        return self.call("POST", "/v1/enroll", role, json=body)
+
+    def identify(self, image):
+        return self.call("POST", "/v1/identify", "operator", json={"image": image, "top_k": 3})
+
+    def verify(self, pid, image, role="operator"):
+        return self.call("POST", "/v1/verify", role, json={"image": image, "pid": pid})
+
+    def health(self):
+        return self.call("GET", "/healthz").json()["identification"]
+
+
+def error(r):
+    return r.json()["error"]
+
+
+@pytest.fixture
+def lenient(project):
+    return Api(project, model=score_model(0.0))
+
+
+def test_the_1n_threshold_is_rederived_as_subjects_are_enrolled_and_erased(lenient):
+    s = lenient
+    policy = s.svc.identification
+    for pid in s.pids[:5]:
+        assert s.enroll(pid).status_code == 200
+    h5 = s.health()
+    assert h5["gallery_size"] == 5 and h5["target_fpir"] == 0.01
+    assert h5["threshold"] == pytest.approx(policy.threshold(5))
+    assert h5["required_fmr"] == pytest.approx(1 - 0.99 ** (1 / 5))
+    assert h5["verify_threshold"] == THRESHOLD and h5["too_large"] is False
+    r = s.identify(s.photos(s.pids[0])[0]).json()
+    assert r["gallery_size"] == 5 and r["threshold"] == pytest.approx(h5["threshold"])
+    assert r["faces"][0]["decision"] == "match"
+    assert r["faces"][0]["matches"][0]["pid"] == s.pids[0]
+    for pid in s.pids[5:18]:
+        assert s.enroll(pid).status_code == 200
+    h18 = s.health()
+    assert h18["gallery_size"] == 18 and h18["threshold"] > h5["threshold"]
+    assert h18["expected_fnir"] >= h5["expected_fnir"]
+    # An erasure and a withdrawal shrink the gallery: the threshold follows at once.
+    s.gallery.erase(s.pids[0])
+    r = s.call("POST", f"/v1/subjects/{s.pids[1]}/consent/withdraw", "dpo")
+    assert r.status_code == 200
+    h16 = s.health()
+    assert h16["gallery_size"] == 16
+    assert h5["threshold"] < h16["threshold"] < h18["threshold"]
+    r = s.identify(s.photos(s.pids[2])[0]).json()
+    assert r["gallery_size"] == 16 and r["threshold"] == pytest.approx(h16["threshold"])
+
+
+def test_below_the_1n_threshold_the_answer_is_unknown_and_1to1_verify_is_unchanged(project):
+    # Impostor scores near 0.7: a 1% FPIR needs a threshold far above the 1:1 one (0.7).
+    s = Api(project, model=score_model(0.7))
+    for pid in s.pids[:18]:
+        assert s.enroll(pid).status_code == 200
+    h = s.health()
+    assert h["threshold"] > 0.95
+    photo = s.photos(s.pids[3])[0]
+    r = s.identify(photo).json()
+    assert r["faces"][0]["decision"] == "unknown" and r["faces"][0]["matches"] == []
+    # The same photo verifies against its subject at the FMR-based 1:1 threshold.
+    v = s.verify(s.pids[3], photo).json()
+    assert v["decision"] == "match" and v["threshold"] == THRESHOLD
+    # The gallery is flagged: nearly every mate would be missed at this threshold.
+    assert h["too_large"] is True and "too large" in h["warning"]
+    assert "max_expected_fnir" in h["warning"]
+
+
+def test_a_target_beyond_what_the_evaluation_can_bound_is_flagged(project):
+    s = Api(
+        project, model=score_model(0.0, n=20_000), overrides={"serving.identify.target_fpir": 1e-6}
+    )
+    for pid in s.pids[:10]:
+        assert s.enroll(pid).status_code == 200
+    h = s.health()
+    assert h["too_large"] is True
+    assert h["required_fmr"] < h["min_bounded_fmr"] == pytest.approx(5e-7)
+    assert "can bound" in h["warning"] and "evaluate on more identities" in h["warning"]
+
+
+def test_without_a_score_model_the_fixed_threshold_is_used_and_said(project):
+    s = Api(project, model=None)
+    assert s.enroll(s.pids[0]).status_code == 200
+    h = s.health()
+    assert h["threshold"] == THRESHOLD and "no score model" in h["source"]
+    assert h["expected_fnir"] is None and h["required_fmr"] is None
+
+
+def test_an_operator_gets_a_decision_never_a_score(lenient):
+    s = lenient
+    a, b = s.pids[0], s.pids[1]
+    assert s.enroll(a).status_code == 200 and s.enroll(b).status_code == 200
+    photo = s.photos(a)[0]
+    for pid, decision in ((a, "match"), (b, "no_match")):
+        r = s.verify(pid, photo)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["decision"] == decision and body["match"] is (decision == "match")
+        assert body["score"] is None
+        # No number in the answer but the (published) threshold.
+        numbers = [v for v in body.values() if isinstance(v, float)]
+        assert numbers == [THRESHOLD]
+    for role in ("dpo", "auditor"):
+        body = s.verify(a, photo, role).json()
+        assert isinstance(body["score"], float) and body["score"] >= THRESHOLD
+    assert s.verify(a, photo, "metrics").status_code == 403
+
+
+def test_an_operator_cannot_tell_a_withdrawn_subject_from_an_unknown_one(lenient):
+    s = lenient
+    enrolled, withdrawn, other = s.pids[0], s.pids[1], s.pids[2]
+    no_consent = s.pids[-1]  # never consented to identification
+    for pid in (enrolled, withdrawn, other):
+        assert s.enroll(pid).status_code == 200
+    assert s.call("POST", f"/v1/subjects/{withdrawn}/consent/withdraw", "dpo").status_code == 200
+    photo = s.photos(withdrawn)[0]
+
+    def seen(r, pid):
+        return r.status_code, error(r)["code"], error(r)["message"].replace(pid, "PID")
+
+    verify = {pid: seen(s.verify(pid, photo), pid) for pid in (withdrawn, UNKNOWN, no_consent)}
+    assert len(set(verify.values())) == 1 and verify[UNKNOWN][0] == 404
+    images = s.photos(withdrawn, 2)
+    enrol = {
+        pid: seen(s.enroll(pid, images=images), pid)
+        for pid in (withdrawn, UNKNOWN, no_consent, enrolled)  # enrolled: another face
+    }
+    assert len(set(enrol.values())) == 1, enrol
+    assert enrol[UNKNOWN][:2] == (409, "not_available")
+    # Identification never returns the withdrawn subject either.
+    r = s.identify(photo).json()
+    assert withdrawn not in [m["pid"] for f in r["faces"] for m in f["matches"]]
+    # A DPO is told the reason.
+    r = s.enroll(withdrawn, role="dpo", images=images)
+    assert error(r)["code"] == "processing_not_allowed"
+    assert "consent_withdrawn" in error(r)["message"]
+
+
+def test_re_enrolment_needs_a_match_to_the_old_template_or_a_dpo(lenient):
+    s = lenient
+    a, b = s.pids[0], s.pids[1]
+    first = s.enroll(a).json()
+    # The same person again: accepted, the template replaced.
+    again = s.enroll(a)
+    assert again.status_code == 200 and again.json()["replaced"] is True
+    kept = again.json()["template_sha256"]
+    assert kept != first["template_sha256"]
+    # Someone else's face for a's pid: refused, a's template untouched.
+    r = s.enroll(a, images=s.photos(b, 3))
+    assert r.status_code == 409 and error(r)["code"] == "not_available"
+    assert s.gallery.status(a)["searchable"]
+    r = s.identify(s.photos(a)[0]).json()
+    assert r["faces"][0]["matches"][0]["pid"] == a
+    # A DPO may replace it (e.g. after a verified rectification request).
+    r = s.enroll(a, role="dpo", images=s.photos(b, 3))
+    assert r.status_code == 200 and r.json()["replaced"] is True
+    assert s.enroll(a, role="auditor").status_code == 403
+
+
+def test_a_low_quality_face_is_refused_not_matched(lenient):
+    s = lenient
+    a = s.pids[0]
+    for pid in s.pids[:18]:
+        assert s.enroll(pid).status_code == 200
+    blurred = s.photos(a, blur=2.0)[0]
+    r = s.identify(blurred).json()
+    face = r["faces"][0]
+    assert face["decision"] == "quality_too_low" and face["matches"] == []
+    assert "sharpness" in face["quality"]["failed"] and face["quality"]["score"] < 0.5
+    # Without the gate the same image is "identified": the guess the gate prevents.
+    gate = s.svc.quality
+    s.svc.quality = QualityGate(enabled=False)
+    try:
+        assert s.identify(blurred).json()["faces"][0]["matches"][0]["pid"] == a
+    finally:
+        s.svc.quality = gate
+    # A stranger's blurred face: refused, never "match" nor "unknown".
+    stranger = make_person("p" + "0" * 16, s.world.rng, "g2", "male")
+    tile = Image.fromarray(face_tile(stranger, s.world.rng)).filter(ImageFilter.GaussianBlur(2))
+    r = s.identify(png_b64(np.asarray(tile))).json()
+    assert [f["decision"] for f in r["faces"]] == ["quality_too_low"]
+    # Verify: a decision of its own, no comparison.
+    v = s.verify(a, blurred, "dpo").json()
+    assert v["decision"] == "quality_too_low" and v["match"] is False and v["score"] is None
+    # Re-enrolment with one blurred image: refused naming it; the template is not rewritten.
+    pid = s.pids[17]
+    before = s.gallery.template_path(pid).read_bytes()
+    r = s.enroll(pid, images=[*s.photos(pid, 1), *s.photos(pid, blur=2.0)])
+    assert r.status_code == 422 and error(r)["code"] == "quality_too_low"
+    assert "images[1]" in error(r)["message"] and "blurred" in error(r)["message"]
+    assert s.gallery.template_path(pid).read_bytes() == before

@@ -1,0 +1,312 @@
+"""`visage privacy seal`, `rotate-master-key`, `doctor`: a project's biometric files at rest."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from rights_fakes import REF, make_project
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.data.acquire import acquire_synthfaces
+from visage_ml.data.prepare import prepare
+from visage_ml.data.processed import load_processed
+from visage_ml.data.rawstore import RawStore
+from visage_ml.faults import FAULT_ENV, FAULT_EXIT
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.datakeys import IMAGE_KINDS, sniff
+from visage_ml.privacy.keys import MASTER_KEY_ENV, MasterKeyError
+from visage_ml.rights.export import Delivery, export_subject
+from visage_ml.rights.sealing import doctor, rotate_master_key, seal_project
+from visage_ml.serving.gallery import Gallery
+
+PLAIN = Delivery(plaintext=True)
+
+
+def _in_child(root: Path, code: str, fault: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, FAULT_ENV: fault, "VISAGE_PROJECT": str(root)}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _opens_as_image(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except Exception:  # any decoder refusal: not an image
+        return False
+
+
+def _plaintext_files(*roots: Path) -> list[str]:
+    out = []
+    for root in roots:
+        for f in root.rglob("*"):
+            if (
+                f.is_file()
+                and not f.is_symlink()
+                and (sniff(f) in IMAGE_KINDS | {"npy"} or _opens_as_image(f))
+            ):
+                out.append(str(f))
+    return out
+
+
+# -- the pipeline leaves no plaintext face at rest --------------------------------------------
+
+
+@pytest.mark.pipeline
+def test_after_synth_and_dvc_repro_no_file_under_data_or_the_cache_opens_as_an_image(
+    tiny_pipeline,
+):
+    root = tiny_pipeline.root
+    data, cache = root / "data", root / ".dvc" / "cache"
+    files = [f for f in [*data.rglob("*"), *cache.rglob("*")] if f.is_file()]
+    assert len(files) > 100
+    assert _plaintext_files(data, cache) == []
+    # Folders and files of personal data are the owner's only.
+    for rel in ("data/raw", "data/processed", "gallery", "privacy/keys", "secrets"):
+        assert (root / rel).stat().st_mode & 0o777 == 0o700, rel
+    for f in [*(root / "data" / "raw").rglob("*.sealed"), root / "data/processed/faces.sealed"]:
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert doctor(tiny_pipeline).ok
+
+
+# -- visage privacy seal ------------------------------------------------------------------------
+
+
+def _make_legacy(root: Path) -> dict:
+    """A project as visage-ml wrote it before sealing: plaintext PNGs in data/raw and
+    data/scenes, the crop array faces.u8.npy, a plaintext bundle; tracked and pushed by DVC."""
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    prepare(paths, load_params(paths.params))
+    core = PrivacyCore(paths)
+    store = RawStore(paths, core=core)
+    crops = load_processed(paths)
+    pid = str(crops.manifest["pid"].iloc[0])
+    bundle = export_subject(paths, pid, core=core, delivery=PLAIN)
+    pngs = {}
+    for f in sorted(paths.raw.glob("p*/*.sealed")):
+        png = store.read_image(f.parent.name, f.stem)
+        pngs[(f.parent.name, f.stem)] = png
+        f.with_suffix(".png").write_bytes(png)
+        f.unlink()
+    for f in sorted(paths.scenes.glob("*.sealed")):
+        f.with_suffix(".png").write_bytes(core.data_keys.open(f.read_bytes()))
+        f.unlink()
+    np.save(paths.processed / "faces.u8.npy", crops.faces)
+    (paths.processed / "faces.sealed").unlink()
+    for key in paths.data_keys.glob("p*.key"):  # nothing was sealed back then
+        key.unlink()
+    _dvc(root, "add", "data/raw", "data/scenes")
+    _dvc(root, "push")
+    return {"pngs": pngs, "faces": crops.faces, "bundle": bundle.path, "pid": pid}
+
+
+@pytest.mark.pipeline
+def test_seal_converts_a_legacy_project_resumably_and_purges_plaintext_from_dvc(
+    tiny_project, tmp_path
+):
+    root = tiny_project(dvc=True)
+    paths = ProjectPaths(root)
+    remote = tmp_path / "remote"
+    _dvc(root, "remote", "add", "-d", "store", str(remote))
+    legacy = _make_legacy(root)
+    cache = root / ".dvc" / "cache"
+    assert _plaintext_files(paths.raw) and _plaintext_files(cache) and _plaintext_files(remote)
+    found = doctor(paths)
+    assert {f.action for f in found.findings if f.kind == "plaintext"} == {"seal"}
+
+    # Killed right after the first file was sealed: the next run finishes the job.
+    code = "from visage_ml.config import ProjectPaths; from visage_ml.rights.sealing import "
+    code += "seal_project; seal_project(ProjectPaths.discover())"
+    child = _in_child(root, code, "seal:file:written")
+    assert child.returncode == FAULT_EXIT, child.stderr[-2000:]
+    assert len(list(paths.raw.glob("p*/*.sealed"))) == 1
+    report = seal_project(paths)
+    assert report.raw_sealed + report.raw_already == len(legacy["pngs"]) - 1 + report.raw_already
+    assert report.plaintext_crops_removed and report.bundles_sealed == 1
+    assert report.dvc_objects_removed >= len(legacy["pngs"])
+
+    # No plaintext face anywhere: data/, the cache, the remote; the plaintext bundle is sealed.
+    assert _plaintext_files(paths.data, cache, remote) == []
+    assert not legacy["bundle"].exists()
+    sealed_bundle = legacy["bundle"].with_name(legacy["bundle"].name + ".sealed")
+    keys = PrivacyCore(paths).data_keys
+    assert keys.open(sealed_bundle.read_bytes())[:4] == b"PK\x03\x04"
+    # Everything reads back as it was, decrypted in memory.
+    store = RawStore(paths)
+    for (pid, image_id), png in legacy["pngs"].items():
+        assert store.read_image(pid, image_id) == png
+    assert np.array_equal(load_processed(paths).faces, legacy["faces"])
+    assert doctor(paths).ok
+    # DVC tracks the sealed tree and the remote can be brought up to date.
+    _dvc(root, "push")
+    assert "new:" not in _dvc(root, "status", "-c").stdout
+    again = seal_project(paths)
+    assert again.raw_sealed == again.scenes_sealed == 0
+
+
+# -- visage privacy rotate-master-key ------------------------------------------------------
+
+
+def _tree_hashes(*roots: Path) -> dict[str, str]:
+    return {
+        str(f): hashlib.sha256(f.read_bytes()).hexdigest()
+        for root in roots
+        for f in root.rglob("*")
+        if f.is_file() and f.suffix != ".key" and f.name not in (".check", "index.json")
+    }
+
+
+def test_rotating_the_master_key_rewraps_every_key_and_touches_no_data_file(project):
+    proj = make_project(project, n_subjects=3)
+    paths = proj.paths
+    pid = proj.pids[0]
+    old = paths.master_key.read_bytes()
+    data_before = _tree_hashes(paths.raw, paths.processed, paths.gallery / "templates")
+    key_files = sorted(
+        f
+        for d in (paths.data_keys, paths.vault / "keys", paths.gallery / "keys")
+        for f in d.glob("p*.key")
+    )
+    wrapped_before = {f: f.read_bytes() for f in key_files}
+
+    # Killed after the first key file was re-wrapped: half the keys are under the new key.
+    code = "from visage_ml.config import ProjectPaths; from visage_ml.rights.sealing import "
+    code += "rotate_master_key; rotate_master_key(ProjectPaths.discover())"
+    child = _in_child(paths.root, code, "keys:rewrap:file")
+    assert child.returncode == FAULT_EXIT, child.stderr[-2000:]
+    # Meanwhile every other command refuses, saying how to finish.
+    with pytest.raises(MasterKeyError, match="rotate-master-key"):
+        PrivacyCore(paths).data_keys  # noqa: B018
+    report = rotate_master_key(paths)
+    assert report.resumed
+    assert sum(r["rewrapped"] + r["already"] for r in report.rings.values()) >= len(key_files)
+    new = paths.master_key.read_bytes()
+    assert new != old and not (paths.root / "secrets" / "master.key.next").exists()
+    assert all(f.read_bytes() != wrapped_before[f] for f in key_files)
+    assert _tree_hashes(paths.raw, paths.processed, paths.gallery / "templates") == data_before
+
+    # Everything opens under the new key: images, crops, templates, the vault and its index.
+    core = PrivacyCore(paths)
+    image_id = sorted(proj.images[pid])[0]
+    assert RawStore(paths, core=core).read_image(pid, image_id) == proj.images[pid][image_id]
+    assert load_processed(paths).faces.any()
+    assert core.vault.get(pid)["external_ref"] == REF and core.vault.find(REF) == pid
+    gallery = Gallery.open_existing(paths, core=core)
+    assert pid in gallery.searchable()
+    (event,) = [e for e in core.ledger.entries() if e.type == "keys.master_rotated"]
+    assert event.payload["new_fingerprint"] == report.new_fingerprint
+    assert base64.b64encode(new).decode() not in paths.ledger.read_text()
+    # The old master key opens nothing any more.
+    os.environ[MASTER_KEY_ENV] = old.decode().strip()
+    try:
+        with pytest.raises(MasterKeyError, match="does not open"):
+            PrivacyCore(paths).data_keys.key(pid)
+    finally:
+        del os.environ[MASTER_KEY_ENV]
+
+
+def test_rotation_with_the_key_in_the_environment_needs_the_new_key(project, monkeypatch):
+    proj = make_project(project, n_subjects=2, enrol=False)
+    paths = proj.paths
+    old = paths.master_key.read_text().strip()
+    paths.master_key.unlink()
+    monkeypatch.setenv(MASTER_KEY_ENV, old)
+    with pytest.raises(MasterKeyError, match="--new-key-file"):
+        rotate_master_key(paths)
+    new = os.urandom(32)
+    report = rotate_master_key(paths, new_key=new)
+    assert report.key_location == MASTER_KEY_ENV and "VISAGE_MASTER_KEY" in report.note
+    assert not paths.master_key.exists()
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(new).decode())
+    pid = proj.pids[1]
+    image_id = sorted(proj.images[pid])[0]
+    assert RawStore(paths).read_image(pid, image_id) == proj.images[pid][image_id]
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def test_cli_seal_doctor_decrypt_and_rotate(project, tmp_path, monkeypatch):
+    proj = make_project(project, n_subjects=3, enrol=False)
+    paths = proj.paths
+    monkeypatch.chdir(paths.root)
+    runner = CliRunner()
+    pid = proj.pids[1]
+    image_id = sorted(proj.images[pid])[0]
+    # A plaintext copy of a sealed image left in data/raw (a restored old backup).
+    leftover = paths.raw / pid / f"{image_id}.png"
+    leftover.write_bytes(proj.images[pid][image_id])
+    r = runner.invoke(app, ["privacy", "doctor", "--json"])
+    assert r.exit_code == 1
+    doc = json.loads(r.output)
+    assert doc["counts"] == {"plaintext": 1} and doc["findings"][0]["action"] == "purge"
+    r = runner.invoke(app, ["privacy", "doctor", "--purge"])
+    assert r.exit_code == 0, r.output
+    assert not leftover.exists()
+    assert runner.invoke(app, ["privacy", "doctor"]).exit_code == 0
+    r = runner.invoke(app, ["privacy", "seal", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["raw_sealed"] == 0
+    sealed = paths.raw / pid / f"{image_id}.sealed"
+    out = tmp_path / "probe.png"
+    r = runner.invoke(app, ["data", "decrypt", str(sealed), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == proj.images[pid][image_id]
+    assert out.stat().st_mode & 0o777 == 0o600
+    r = runner.invoke(app, ["data", "decrypt", str(sealed), "--out", str(paths.raw / "x.png")])
+    assert r.exit_code == 2 and "inside data/" in r.output
+    new_key = tmp_path / "new.key"
+    new_key.write_text(base64.b64encode(os.urandom(32)).decode())
+    r = runner.invoke(app, ["privacy", "rotate-master-key", "--new-key-file", str(new_key)])
+    assert r.exit_code == 0, r.output
+    assert paths.master_key.read_text().strip() == new_key.read_text().strip()
+    # An erased subject's file is refused even by the DPO's decrypt.
+    victim = proj.pids[2]
+    kept = paths.raw / victim / f"{sorted(proj.images[victim])[0]}.sealed"
+    copy = tmp_path / "kept.sealed"
+    copy.write_bytes(kept.read_bytes())
+    assert runner.invoke(app, ["privacy", "erase", victim]).exit_code == 0
+    r = runner.invoke(app, ["data", "decrypt", str(copy), "--out", str(tmp_path / "y.png")])
+    assert r.exit_code == 2 and "erased" in r.output
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_manifest_and_tables_stay_readable_without_any_key(project):
+    """subjects.parquet, images.parquet and the processed manifest hold no image bytes: they
+    stay in clear (DVC diffs them), and nothing in them decodes as an image."""
+    proj = make_project(project, n_subjects=2, enrol=False)
+    for f in (
+        proj.paths.raw / "subjects.parquet",
+        proj.paths.raw / "images.parquet",
+        proj.paths.processed / "manifest.parquet",
+    ):
+        df = pd.read_parquet(f)
+        assert len(df) and not _opens_as_image(f)
+        blob = f.read_bytes()
+        assert not any(png in blob for imgs in proj.images.values() for png in imgs.values())
+        assert not any(
+            np.asarray(Image.open(io.BytesIO(png)))[:2].tobytes() in blob
+            for imgs in proj.images.values()
+            for png in imgs.values()
+        )

@@ -1,0 +1,67 @@
+"""What evaluation hands to serving: score model, confusion, and the FNIR-against-size view."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from visage_ml.config import EvaluateParams, ScoreModelParams
+from visage_ml.evaluation.serving_reports import FIGURE, ServedContext, serving_reports
+
+
+def inputs(n_ids: int = 60, per_id: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    codes = np.repeat(np.arange(n_ids), per_id)
+    centres = rng.normal(size=(n_ids, 32))
+    emb = centres[codes] + 0.6 * rng.normal(size=(codes.size, 32))
+    groups = np.array(["g1", "g2", "g3", "g4"])[np.arange(n_ids) % 4]
+    genders = np.array(["female", "male"])[(np.arange(n_ids) // 4) % 2]
+    test = pd.DataFrame(
+        {"age": rng.uniform(20, 70, codes.size), "gender": genders[codes], "group": groups[codes]}
+    )
+    pred = {
+        "age": test["age"].to_numpy() + rng.normal(0, 5, codes.size),
+        "gender_probs": np.eye(2)[(genders[codes] == "male").astype(int)],
+        "group_probs": np.eye(4)[np.arange(n_ids)[codes] % 4],
+    }
+    labels = {"gender": ["female", "male"], "group": ["g1", "g2", "g3", "g4"], "age_bands": [30]}
+    return test, emb, codes, groups, pred, labels
+
+
+def test_serving_reports_make_the_released_documents_and_mark_the_served_point():
+    test, emb, codes, groups, pred, labels = inputs()
+    cfg = dataclasses.replace(
+        EvaluateParams(),
+        score_model=ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20),
+    )
+    out = serving_reports(
+        test=test,
+        embeddings=emb,
+        codes=codes,
+        id_group=groups,
+        predictions=pred,
+        demographic_labels=labels,
+        lineage={"embedder_model_version": "emb-9", "demographics_model_version": "dem-9"},
+        cfg=cfg,
+        seed=0,
+        served=ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=250),
+    )
+    doc = out.score_model
+    assert doc["embedder_model_version"] == "emb-9" and doc["template_images"] == 2
+    # 60 identities x 2 probe images each against their own template; every image against 59.
+    assert doc["n_genuine"] == 120 and doc["n_impostor"] == 240 * 59
+    assert set(doc["fmr_upper"]) == {"0.5", "0.8", "0.9", "0.95"}
+    assert set(doc["groups"]) == {"g1", "g2", "g3", "g4"}
+    s = out.summary
+    assert s["served"]["gallery_size"] == 250 and s["target_fpir"] == 0.01
+    assert s["thresholds"] == sorted(s["thresholds"])
+    assert set(s["fnir"]) == {"all", "g1", "g2", "g3", "g4"}
+    # 14,160 comparisons: FMR below ~7e-7 is beyond what they bound (N from 30,000 on).
+    assert s["unbounded_from"] == 30_000
+    assert out.headline["served_gallery_size"] == 250
+    assert out.figures[FIGURE].startswith(b"\x89PNG")
+    conf = out.confusion
+    assert conf["demographics_model_version"] == "dem-9"
+    assert conf["gender"]["g1"]["accuracy"] == 1.0 and conf["group"]["accuracy"] == 1.0

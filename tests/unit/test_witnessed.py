@@ -1,0 +1,424 @@
+"""Witnessed checkpoints of a project's ledger, and the attacks they stop.
+
+Each attack is what an operator with disk access (and, for a fork, the stolen ledger key) could
+try after a subject withdrew consent: make the ledger forget it. Each must be detected or
+refused, with a message naming the checkpoint and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from project_helpers import write_overrides
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.app.stages import prepare as prepare_stage
+from visage_ml.config import ConfigError, ProjectPaths, load_params
+from visage_ml.privacy.consent import ConsentReceipt, sha256_text
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.keys import LedgerKeyError, public_pem
+from visage_ml.privacy.ledger import Ledger, LedgerError
+from visage_ml.privacy.registry import LedgerRefusedError
+from visage_ml.privacy.witness import Witness, make_server
+from visage_ml.privacy.witnessed import (
+    LedgerRollbackError,
+    Witnessing,
+    WitnessUnavailableError,
+    forget_checks,
+)
+
+
+def receipt() -> ConsentReceipt:
+    return ConsentReceipt(
+        controller="Example Controller Ltd",
+        controller_contact="dpo@example.org",
+        purposes=("training", "evaluation", "identification"),
+        notice_version="v1",
+        notice_hash=sha256_text("notice"),
+        collection_method="web-form",
+        given_at="2026-11-26T07:00:00.000Z",
+    )
+
+
+@pytest.fixture
+def witness_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own default directory witness (outside the project folder)."""
+    folder = tmp_path / "other-volume" / "witness"
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(folder))
+    forget_checks()
+    return folder
+
+
+@pytest.fixture
+def withdrawn(project: Path, witness_dir: Path):
+    """Three subjects with consent; the second withdrew it (a witnessed narrowing event)."""
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pids = [core.add_subject(source="t") for _ in range(3)]
+    for pid in pids:
+        core.give_consent(pid, receipt())
+    core.withdraw_consent(pids[1])
+    return paths, pids
+
+
+def lines_of(paths: ProjectPaths) -> list[bytes]:
+    return paths.ledger.read_bytes().splitlines(keepends=True)
+
+
+def witness_size(paths: ProjectPaths, folder: Path) -> int:
+    origin = PrivacyCore(paths, check=False).witnessing.origin
+    return Witness(folder).log(origin).size
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+# ---------------------------------------------------------------------------------------------
+# Witnessing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_narrowing_event_is_witnessed_before_the_call_returns(project, witness_dir):
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pid = core.add_subject(source="t")
+    core.give_consent(pid, receipt())
+    for act in (
+        lambda: core.withdraw_consent(pid, ["training"]),
+        lambda: core.restrict(pid),
+        lambda: core.object(pid, ["identification"]),
+    ):
+        act()
+        n = len(lines_of(paths))
+        # The directory witness (another folder) already cosigned the whole ledger.
+        assert witness_size(paths, witness_dir) == n
+        latest = (paths.checkpoints / "latest").read_text()
+        assert latest.splitlines()[1] == str(n)
+        assert latest.count("\u2014 ") == 2  # the ledger's signature and the cosignature
+    assert not str(witness_dir).startswith(str(project))
+
+
+def test_other_events_are_witnessed_every_n_entries(project, witness_dir):
+    write_overrides(
+        project / "params.yaml",
+        {"privacy.witness.every_entries": 5, "privacy.witness.every_seconds": 3600.0},
+    )
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    sizes = []
+    for _ in range(12):
+        core.add_subject(source="t")
+        sizes.append(witness_size(paths, witness_dir))
+    # The first append is witnessed at once, then every fifth entry.
+    assert sizes == [1, 1, 1, 1, 1, 6, 6, 6, 6, 6, 11, 11]
+
+
+def test_a_narrowing_event_that_cannot_be_witnessed_fails_the_command_but_stays_in_force(
+    project, witness_dir
+):
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(source="t")
+    core.give_consent(pid, receipt())
+    write_overrides(
+        project / "params.yaml",
+        {
+            "privacy.witness.witnesses": [
+                {"kind": "directory", "path": "default"},
+                {
+                    "kind": "http",
+                    "url": "http://127.0.0.1:9",
+                    "key": Witness.create(project.parent / "w2").verifier.vkey,
+                },
+            ],
+            "privacy.witness.timeout_seconds": 2.0,
+        },
+    )
+    result = cli("privacy", "consent", "withdraw", pid)
+    assert result.exit_code == 2
+    assert "not witnessed: 1 of 2 cosignatures" in result.output
+    assert "unreachable" in result.output and "visage privacy checkpoint" in result.output
+    assert not PrivacyCore(ProjectPaths(project)).may_process(pid, "training").allowed
+    # The pipeline's consent snapshot says so too.
+    snap = pd.read_parquet(project / "data" / "registry" / "consents.parquet")
+    row = snap[(snap.pid == pid) & (snap.purpose == "training")].iloc[0]
+    assert (bool(row.allowed), row.reason) == (False, "consent_withdrawn")
+    # With a quorum of one, the directory witness alone suffices.
+    write_overrides(project / "params.yaml", {"privacy.witness.quorum": 1})
+    assert cli("privacy", "restrict", pid).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+@pytest.mark.parametrize("local_copy", ["kept", "deleted too"])
+def test_truncating_the_last_entries_is_detected(withdrawn, witness_dir, k, local_copy):
+    paths, pids = withdrawn
+    victim = pids[1]
+    # A long-lived process (a server) that folded the ledger before the attack.
+    running = PrivacyCore(paths)
+    assert not running.may_process(victim, "training").allowed
+    n = len(lines_of(paths))
+    paths.ledger.write_bytes(b"".join(lines_of(paths)[:-k]))
+    if local_copy == "deleted too":
+        (paths.checkpoints / "latest").unlink()
+    forget_checks()
+    with pytest.raises(LedgerRollbackError) as info:
+        PrivacyCore(paths)
+    msg = str(info.value)
+    assert f"holds {n - k} entries" in msg and f"covers {n}" in msg
+    assert "root " in msg and "restore privacy/ledger.jsonl" in msg
+    if local_copy == "deleted too":
+        assert "directory witness" in msg and str(witness_dir) in msg
+    # The running process never answers "allowed" either: it refuses.
+    with pytest.raises(LedgerRollbackError):
+        running.may_process(victim, "training")
+    result = cli("privacy", "verify-ledger")
+    assert result.exit_code == 1 and "rollback" in result.output
+    assert cli("privacy", "subject", "show", victim).exit_code == 2
+
+
+def test_dropping_a_middle_entry_is_detected(withdrawn):
+    paths, _ = withdrawn
+    lines = lines_of(paths)
+    paths.ledger.write_bytes(b"".join(lines[:2] + lines[3:]))
+    forget_checks()
+    with pytest.raises(LedgerRollbackError, match=r"fork|rollback"):
+        PrivacyCore(paths)
+    result = cli("privacy", "verify-ledger")
+    assert result.exit_code == 1 and "sequence gap" in result.output
+
+
+def _fork(paths: ProjectPaths, keep: int, extra: int) -> None:
+    """Rewrite history after entry ``keep`` with valid signatures of the stolen ledger key."""
+    lines = lines_of(paths)
+    paths.ledger.write_bytes(b"".join(lines[:keep]))
+    thief = Ledger(
+        paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key
+    )
+    for i in range(extra):
+        thief.append("rectification", None, {"forged": i})
+
+
+@pytest.mark.parametrize("local_copy", ["kept", "deleted too"])
+def test_a_fork_signed_with_the_stolen_key_is_refused_by_the_witness_and_the_open_check(
+    withdrawn, witness_dir, local_copy
+):
+    paths, _ = withdrawn
+    n = len(lines_of(paths))
+    witnessed_before = witness_size(paths, witness_dir)
+    # The withdrawal (the last entry) disappears; the forged ledger is even longer.
+    _fork(paths, n - 1, extra=4)
+    assert (
+        Ledger(paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key)
+        .verify()
+        .ok
+    )  # chain and signatures alone cannot tell
+    if local_copy == "deleted too":
+        (paths.checkpoints / "latest").unlink()
+    forget_checks()
+    with pytest.raises(LedgerRollbackError) as info:
+        PrivacyCore(paths)
+    assert "ledger fork" in str(info.value) and f"first {n} entries" in str(info.value)
+    result = cli("privacy", "verify-ledger")
+    assert result.exit_code == 1 and "checkpoint check FAILED" in result.output
+    # The thief asks the witness to cosign the forged ledger: refused, state unchanged.
+    core = PrivacyCore(paths, check=False)
+    thief = Witnessing(paths, load_params(paths.params).privacy.witness, core.ledger)
+    if local_copy == "kept":
+        # Our own code never signs a checkpoint that does not extend the last one it signed.
+        with pytest.raises(LedgerRollbackError, match="ledger fork"):
+            thief.checkpoint_and_witness()
+        (paths.checkpoints / "latest").unlink()
+    with pytest.raises(WitnessUnavailableError, match="fork or a rollback"):
+        thief.checkpoint_and_witness()
+    assert witness_size(paths, witness_dir) == witnessed_before
+
+
+def test_an_unsigned_line_appended_to_the_ledger_is_refused(withdrawn):
+    paths, pids = withdrawn
+    running = PrivacyCore(paths)
+    assert running.may_process(pids[0], "training").allowed
+    lines = lines_of(paths)
+    forged = lines[-1].replace(b'"consent.withdrawn"', b'"consent.given"')
+    paths.ledger.write_bytes(b"".join(lines) + forged)
+    forget_checks()
+    for core in (running, PrivacyCore(paths)):
+        with pytest.raises(LedgerRefusedError, match="refuses the ledger"):
+            core.may_process(pids[1], "training")
+
+
+def test_replacing_ledger_pub_is_detected(withdrawn):
+    paths, pids = withdrawn
+    paths.ledger_public_key.write_bytes(public_pem(Ed25519PrivateKey.generate().public_key()))
+    forget_checks()
+    with pytest.raises(LedgerError, match=r"not signed by any key .* privacy/ledger\.pub"):
+        PrivacyCore(paths)
+    with pytest.raises(LedgerError, match=r"ledger\.pub"):
+        PrivacyCore(paths, check=False).may_process(pids[0], "training")
+    assert cli("privacy", "verify-ledger").exit_code == 1
+    # And nothing is signed with a key ledger.pub does not publish.
+    with pytest.raises(LedgerKeyError, match="was replaced"):
+        PrivacyCore(paths, check=False).ledger.append("dataset.acquired", None, {"n": 1})
+
+
+def test_a_deleted_ledger_key_is_never_regenerated(withdrawn):
+    paths, pids = withdrawn
+    pub_before = paths.ledger_public_key.read_bytes()
+    paths.signing_key.unlink()
+    with pytest.raises(LedgerKeyError, match=r"Restore .*ledger\.key from your key backup"):
+        PrivacyCore(paths).withdraw_consent(pids[0])
+    result = cli("privacy", "restrict", pids[0])
+    assert result.exit_code == 2 and "never creates a new ledger key" in result.output
+    assert not paths.signing_key.exists()
+    assert paths.ledger_public_key.read_bytes() == pub_before
+
+
+def test_an_http_witness_witnesses_and_its_checkpoint_is_checked_on_open(project, tmp_path):
+    remote = Witness.create(tmp_path / "remote-host", name="witness.example.org/w1")
+    server = make_server(remote, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        paths = ProjectPaths(project)
+        write_overrides(
+            project / "params.yaml",
+            {
+                "privacy.witness.witnesses": [
+                    {
+                        "kind": "http",
+                        "url": f"http://127.0.0.1:{server.server_address[1]}",
+                        "key": remote.verifier.vkey,
+                    }
+                ]
+            },
+        )
+        core = PrivacyCore(paths)
+        # Its operator trusts this project's log key (`visage witness add-log`).
+        remote.add_log(core.witnessing.log_verifier().vkey)
+        pid = core.add_subject(source="t")
+        core.give_consent(pid, receipt())
+        core.withdraw_consent(pid)
+        n = len(lines_of(paths))
+        assert remote.log(core.witnessing.origin).size == n
+        paths.ledger.write_bytes(b"".join(lines_of(paths)[:-1]))
+        (paths.checkpoints / "latest").unlink()
+        forget_checks()
+        with pytest.raises(LedgerRollbackError, match="http witness"):
+            PrivacyCore(paths)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rotating_the_ledger_key_is_followed_by_verification_and_witnesses(withdrawn, witness_dir):
+    paths, pids = withdrawn
+    old_pub = paths.ledger_public_key.read_bytes()
+    result = cli("privacy", "rotate-ledger-key")
+    assert result.exit_code == 0, result.output
+    assert paths.ledger_public_key.read_bytes() != old_pub
+    assert not (paths.secrets / "ledger.key.previous").exists()  # every witness accepted it
+    core = PrivacyCore(paths)
+    core.restrict(pids[0])  # signed by the new key, witnessed against the new pinned key
+    origin = core.witnessing.origin
+    state = Witness(witness_dir).log(origin)
+    assert state.keys == [core.witnessing.log_verifier().vkey] and state.retired
+    verify = cli("privacy", "verify-ledger")
+    assert verify.exit_code == 0 and "1 key rotation(s)" in verify.output
+    # The old published key still verifies the ledger (it is in the key history) ...
+    old = paths.root / "old.pub"
+    old.write_bytes(old_pub)
+    assert cli("privacy", "verify-ledger", "--public-key", str(old)).exit_code == 0
+    # ... and a cold registry follows the rotation.
+    forget_checks()
+    for p in paths.privacy.glob("ledger.jsonl.fold"):
+        p.unlink()
+    assert PrivacyCore(paths).may_process(pids[0], "training").reason == "restricted"
+    assert PrivacyCore(paths).may_process(pids[2], "training").allowed
+
+
+def test_an_interrupted_rotation_is_finished_by_the_next_process(withdrawn):
+    paths, _ = withdrawn
+    core = PrivacyCore(paths)
+    new = Ed25519PrivateKey.generate()
+    pem = new.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # What `rotate_key` leaves when killed after the entry and before the key swap.
+    nxt = paths.secrets / "ledger.key.next"
+    nxt.write_bytes(pem)
+    nxt.chmod(0o600)
+    ledger = core.ledger
+    ledger._install_next_key = lambda key: None  # the crash: no swap
+    ledger.rotate_key(new)
+    nxt.write_bytes(pem)
+    fresh = Ledger(
+        paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key
+    )
+    fresh.append("dataset.acquired", None, {"n": 1})
+    assert fresh.verify().ok
+    assert paths.ledger_public_key.read_bytes() == public_pem(new.public_key())
+
+
+@pytest.mark.parametrize(
+    ("witness", "error"),
+    [
+        ({"kind": "http", "url": "ftp://x", "key": "w+00000000+AA"}, "http:// or https://"),
+        ({"kind": "http", "url": "https://w.example"}, "verifier key"),
+        ({"kind": "directory"}, "directory witness"),
+        ({"kind": "carrier-pigeon", "path": "x"}, "one of 'directory', 'http'"),
+    ],
+)
+def test_witness_params_are_validated(project, witness, error):
+    write_overrides(project / "params.yaml", {"privacy.witness.witnesses": [witness]})
+    with pytest.raises(ConfigError, match=error):
+        load_params(project / "params.yaml")
+
+
+def test_quorum_and_origin_are_validated(project):
+    write_overrides(project / "params.yaml", {"privacy.witness.quorum": 2})
+    with pytest.raises(ConfigError, match="at most the 1 witnesses"):
+        load_params(project / "params.yaml")
+    write_overrides(
+        project / "params.yaml", {"privacy.witness.quorum": 0, "privacy.witness.origin": "a b"}
+    )
+    with pytest.raises(ConfigError, match="without spaces"):
+        load_params(project / "params.yaml")
+
+
+def test_cli_checkpoint_witness_status_and_log_key(withdrawn, witness_dir):
+    paths, _ = withdrawn
+    result = cli("privacy", "checkpoint", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["cosigned_by"] and out["checkpoint"]["size"] == len(lines_of(paths))
+    status = json.loads(cli("witness", "status", "--json").output)
+    origin = PrivacyCore(paths).witnessing.origin
+    assert status["dir"] == str(witness_dir)
+    assert {"origin": origin, "size": out["checkpoint"]["size"]}.items() <= next(
+        log for log in status["logs"] if log["origin"] == origin
+    ).items()
+    vkey = cli("witness", "log-key").output.strip()
+    assert vkey.startswith(origin + "+") and vkey in status["logs"][0]["keys"]
+
+
+def test_serve_and_the_prepare_stage_refuse_a_rolled_back_ledger(withdrawn, witness_dir):
+    paths, _ = withdrawn
+    paths.ledger.write_bytes(b"".join(lines_of(paths)[:-1]))
+    forget_checks()
+    result = cli("serve", "--mode", "analytics")
+    assert result.exit_code == 2
+    assert "ledger rollback" in result.output and "directory witness" in result.output
+    with pytest.raises(LedgerRollbackError):
+        prepare_stage.run(paths)

@@ -1,0 +1,139 @@
+"""``visage privacy seal | rotate-master-key | doctor`` and ``visage data decrypt``: biometric
+files at rest, sealed under each subject's key (:mod:`visage_ml.rights.sealing`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from visage_ml.app.cli.common import (
+    UserError,
+    console,
+    emit_json,
+    project,
+    setup_logging,
+    user_errors,
+)
+from visage_ml.io import atomic_write_bytes
+from visage_ml.privacy.keys import decode_master_key
+from visage_ml.rights.sealing import doctor as run_doctor
+from visage_ml.rights.sealing import open_sealed_file, rotate_master_key, seal_project
+
+JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
+MSG_DOCTOR_FOUND = (
+    "{n} leftover(s) found; `visage privacy doctor --purge` removes those marked purge, "
+    "`visage privacy seal` converts those marked seal"
+)
+
+
+def seal(as_json: bool = JSON_OPT) -> None:
+    """Convert the project's plaintext biometric files to sealed ones (resumable).
+
+    Raw images, SynthFaces scenes, the crop array data/processed/faces.u8.npy and kept export
+    bundles are encrypted under their subject's data key (privacy/keys/); the plaintext is
+    overwritten and deleted, and its objects leave the DVC cache and every remote. Killed
+    anywhere, a second run finishes the job. Erased or unknown subjects get no key: see
+    `visage privacy doctor`.
+    """
+    setup_logging()
+    with user_errors():
+        report = seal_project(project())
+    d = report.to_dict()
+    if as_json:
+        emit_json(d)
+        return
+    console.print(
+        f"sealed: {report.raw_sealed} raw images ({report.raw_already} finished from an "
+        f"earlier run), {report.scenes_sealed} scenes, {report.crops_rows_sealed} crops, "
+        f"{report.bundles_sealed} bundles; {report.dvc_objects_removed} plaintext DVC objects "
+        f"deleted; {report.permissions_fixed} file modes tightened",
+        highlight=False,
+    )
+    if report.raw_left or report.bundles_left:
+        console.print(
+            "left for `visage privacy doctor`: "
+            f"{sum(report.raw_left.values())} raw files of erased/unknown subjects, "
+            f"{report.bundles_left} bundles",
+            highlight=False,
+        )
+
+
+def rotate_master_key_cmd(
+    new_key_file: Path = typer.Option(
+        None,
+        "--new-key-file",
+        help="File holding the new master key (base64 or hex of 32 bytes); default: drawn at "
+        "random and written to secrets/master.key. Required with $VISAGE_MASTER_KEY.",
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Re-wrap every data key (data, vault, gallery) under a new master key.
+
+    No data file is read or written; each key file is replaced atomically, and a killed run
+    is finished by running again (other commands refuse to run meanwhile). Recorded in the
+    ledger with both keys' fingerprints. Back up the new secrets/master.key.
+    """
+    setup_logging()
+    with user_errors():
+        new = None
+        if new_key_file is not None:
+            new = decode_master_key(new_key_file.read_text(encoding="ascii"), str(new_key_file))
+        report = rotate_master_key(project(), new_key=new)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    n = sum(r["rewrapped"] for r in report.rings.values())
+    console.print(
+        f"master key rotated ({report.old_fingerprint} -> {report.new_fingerprint}): {n} keys "
+        f"re-wrapped, vault index rebuilt ({report.vault_index_entries} entries); new key in "
+        f"{report.key_location}",
+        highlight=False,
+    )
+    if report.note:
+        console.print(report.note, highlight=False)
+
+
+def doctor(
+    purge: bool = typer.Option(
+        False, "--purge", help="Remove the leftovers marked purge (overwrite, then delete)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List biometric leftovers at rest: files of erased or unknown subjects (a restored backup
+    of data/raw, gallery/ or the key rings), sealed files without a key, plaintext faces in
+    data/, the DVC cache, local remotes and privacy/exports. Exit code 1 when any is left."""
+    setup_logging()
+    with user_errors():
+        report = run_doctor(project(), purge=purge)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        for f in report.findings:
+            console.print(f"{f.kind:<16} {f.action:<6} {f.path}", highlight=False)
+        console.print(
+            f"{len(report.findings)} finding(s) {report.counts()}; {report.purged} purged",
+            highlight=False,
+        )
+    remaining = [f for f in report.findings if not purge or f.action != "purge"]
+    if remaining:
+        if not as_json:
+            console.print(MSG_DOCTOR_FOUND.format(n=len(remaining)), highlight=False)
+        raise typer.Exit(1)
+
+
+def decrypt(
+    sealed: Path = typer.Argument(..., help="A sealed file of this project (*.sealed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the plaintext (0600)."),
+) -> None:
+    """Decrypt one sealed file (a raw image, a scene frame, a kept bundle) into --out.
+
+    The plaintext is a face in clear: keep it out of data/ and delete it after use. Files of
+    erased subjects are refused.
+    """
+    with user_errors():
+        paths = project()
+        if out.resolve().is_relative_to((paths.root / "data").resolve()):
+            raise UserError(f"{out} is inside data/: write plaintext elsewhere")
+        atomic_write_bytes(out, open_sealed_file(paths, sealed), mode=0o600)
+    console.print(f"{out} written (mode 0600)", highlight=False)

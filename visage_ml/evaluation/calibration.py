@@ -1,0 +1,453 @@
+"""Label-free score calibration: even out error rates across groups without knowing anyone's group.
+
+A face embedder's cosine scores do not mean the same in every region of its embedding space:
+on the SynthFaces evaluation population the share of impostor comparisons above the global
+threshold is several times higher among dark-skinned women than among light-skinned men. Two
+published post-hoc fixes learn, from unlabelled embeddings, clusters of the embedding space
+(k-means) and adjust each comparison's score by the clusters of its two sides:
+
+- **FSN**, Fair Score Normalisation (Terhörst et al., 2020): per cluster ``k``, the threshold
+  ``t_k`` at the target FMR over the calibration impostor comparisons that touch ``k``; a
+  comparison of clusters ``(i, j)`` gets ``s - ((t_i - t) + (t_j - t)) / 2`` with ``t`` the
+  global threshold at that FMR.
+- **FairCal**, Fairness Calibration (Salvador et al., ICLR 2022): per cluster ``k``, a beta
+  calibration map ``mu_k`` (Kull et al., 2017: a logistic regression on ``ln s'`` and
+  ``-ln(1 - s')``, ``s' = (s + 1) / 2``) fitted to the calibration comparisons that touch
+  ``k``; a comparison of clusters ``(i, j)`` gets the match probability
+  ``(n_i mu_i(s) + n_j mu_j(s)) / (n_i + n_j)`` (``n_k``: comparisons the map was fitted on).
+  Here the probability is mapped back to the cosine scale through the inverse of the global map
+  fitted on all calibration comparisons, so a threshold, the score model and every report keep
+  reading "a cosine score" (the score the uncalibrated model would have needed to give the same
+  match probability).
+
+Neither needs a demographic label: the clusters are learnt at evaluation from the calibration
+part of the synthetic evaluation population (people the embedder never saw, who are not data
+subjects), so the released model (``reports/score_calibration.json``: centroids and a few
+numbers per cluster) holds no one's biometric data. Serving applies the same
+:func:`calibrate` to its scores before thresholding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from visage_ml.data.pairs import genuine_pairs, impostor_pairs, pair_scores, threshold_at_far
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+METHODS: tuple[str, ...] = ("none", "fsn", "faircal")
+SCORE = "cosine scale: the calibrated score of a comparison (accept score >= threshold)"
+# Clip of s' = (s + 1) / 2 away from 0 and 1 (the logs of the beta map).
+_EPS = 1e-6
+# Grid of the inverse of the global beta map (cosine scale).
+_GRID = np.linspace(-1.0, 1.0, 20001)
+
+MSG_METHOD = "score calibration method {method!r} is unknown; use one of {choices}"
+MSG_FORMAT = (
+    "{what} has format {found}, this visage-ml reads format {expected}; run `dvc repro evaluate`"
+)
+MSG_DIM = (
+    "score calibration was fitted on {expected}-value embeddings, got {found}: it belongs to "
+    "another embedder; run `dvc repro evaluate`"
+)
+MSG_MODEL = (
+    "reports/score_calibration.json was fitted for embedder {expected}, but serving loaded "
+    "embedder {found}; run `dvc repro evaluate` to calibrate the current embedder"
+)
+MSG_FEW = (
+    "score calibration needs at least {need} calibration identities with two or more images; "
+    "found {found}. Raise eval_population.calibration_identities_per_cell in params.yaml"
+)
+MSG_SHAPES = (
+    "calibrate(scores, query_emb, gallery_emb): scores must be (Q, G) with query_emb (Q, D) and "
+    "gallery_emb (G, D), or (N,) with both (N, D); got {s}, {q}, {g}"
+)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def _features(scores: np.ndarray) -> np.ndarray:
+    """``[ln s', -ln(1 - s')]`` of cosine scores (``s' = (s + 1) / 2``, clipped)."""
+    s = np.clip((np.asarray(scores, dtype=np.float64) + 1.0) / 2.0, _EPS, 1.0 - _EPS)
+    return np.stack([np.log(s), -np.log1p(-s)], axis=-1)
+
+
+def beta_logit(scores: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Logit of the beta calibration map ``(a, b, c)`` at cosine ``scores`` (any shape)."""
+    f = _features(scores)
+    a, b, c = (float(v) for v in params)
+    return a * f[..., 0] + b * f[..., 1] + c
+
+
+def fit_beta(scores: np.ndarray, genuine: np.ndarray) -> np.ndarray:
+    """Beta calibration ``(a, b, c)`` of cosine scores (Kull et al., 2017), monotone.
+
+    A logistic regression on ``ln s'`` and ``-ln(1 - s')``; a negative coefficient (a map that
+    would not be monotone) is dropped and the other refitted, as the ``betacal`` package does.
+    """
+    # Deferred: scikit-learn is only needed to fit, never by serving, which imports this module.
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(genuine, dtype=bool)
+    if y.all() or not y.any():
+        raise ValueError("beta calibration needs genuine and impostor comparisons")
+    x = _features(scores)
+    cols = [0, 1]
+    while True:
+        lr = LogisticRegression(C=1e6, max_iter=1000)
+        lr.fit(x[:, cols], y)
+        coef = lr.coef_[0]
+        if np.all(coef >= 0) or len(cols) == 1:
+            break
+        cols = [cols[int(np.argmax(coef))]]
+    out = np.zeros(3, dtype=np.float64)
+    for col, value in zip(cols, coef, strict=True):
+        out[col] = max(float(value), 0.0)
+    out[2] = float(lr.intercept_[0])
+    return out
+
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+@dataclass(frozen=True)
+class ScoreCalibration:
+    """A fitted label-free score calibration (or the identity, ``method == "none"``).
+
+    Attributes
+    ----------
+    method
+        ``none``, ``fsn`` or ``faircal``.
+    centroids
+        ``(K, D)`` unit centroids of the embedding clusters (empty for ``none``).
+    shift
+        FSN: per cluster, its threshold at the target FMR minus the global one.
+    beta
+        FairCal: ``(K, 3)`` beta maps ``(a, b, c)`` per cluster.
+    weight
+        FairCal: calibration comparisons each cluster's map was fitted on.
+    global_beta
+        FairCal: the beta map of all calibration comparisons (its inverse gives the cosine
+        scale back).
+    info
+        What it was fitted on (counts, target FMR, seed, embedder version).
+    """
+
+    method: str = "none"
+    centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    beta: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    global_beta: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> bool:
+        """Whether scores pass through unchanged."""
+        return self.method == "none"
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def model_version(self) -> str:
+        """The embedder version the calibration was fitted for (``""`` when unknown)."""
+        return str(self.info.get("embedder_model_version", ""))
+
+    def clusters(self, embeddings: np.ndarray) -> np.ndarray:
+        """Cluster of each embedding row: the centroid of highest cosine similarity."""
+        if self.identity:
+            return np.zeros(len(np.atleast_2d(embeddings)), dtype=np.int64)
+        e = _unit(embeddings)
+        if e.shape[1] != self.centroids.shape[1]:
+            raise ValueError(MSG_DIM.format(expected=self.centroids.shape[1], found=e.shape[1]))
+        return np.argmax(e @ self.centroids.T, axis=1).astype(np.int64)
+
+    def apply(self, scores: np.ndarray, cluster_a: np.ndarray, cluster_b: np.ndarray) -> np.ndarray:
+        """Calibrated scores of comparisons whose sides are in clusters ``cluster_a``,
+        ``cluster_b`` (arrays broadcast against ``scores``)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if self.identity:
+            return s
+        ca, cb = np.asarray(cluster_a), np.asarray(cluster_b)
+        if self.method == "fsn":
+            return s - 0.5 * (self.shift[ca] + self.shift[cb])
+        f = _features(s)
+        beta = self.beta
+
+        def logit(c: np.ndarray) -> np.ndarray:
+            return beta[c, 0] * f[..., 0] + beta[c, 1] * f[..., 1] + beta[c, 2]
+
+        la, lb = logit(ca), logit(cb)
+        wa, wb = self.weight[ca], self.weight[cb]
+        # log p = log(wa * sigma(la) + wb * sigma(lb)) - log(wa + wb), without underflow.
+        log_p = np.logaddexp(np.log(wa) + _log_sigmoid(la), np.log(wb) + _log_sigmoid(lb))
+        log_p = np.minimum(log_p - np.log(wa + wb), -1e-12)
+        target = log_p - np.log(-np.expm1(log_p))  # logit(p)
+        return self._inverse_global(target)
+
+    def _inverse_global(self, logit_p: np.ndarray) -> np.ndarray:
+        grid_logit = beta_logit(_GRID, self.global_beta)
+        # The global map is non-decreasing; ties (flat ends) keep their first cosine value.
+        keep = np.r_[True, np.diff(grid_logit) > 0]
+        return np.interp(logit_p, grid_logit[keep], _GRID[keep])
+
+    def calibrate(
+        self, scores: np.ndarray, query_emb: np.ndarray, gallery_emb: np.ndarray
+    ) -> np.ndarray:
+        """Calibrated scores: see :func:`calibrate`."""
+        s = np.asarray(scores, dtype=np.float64)
+        if self.identity:
+            return s
+        q, g = np.atleast_2d(query_emb), np.atleast_2d(gallery_emb)
+        if s.ndim == 2 and s.shape == (q.shape[0], g.shape[0]):
+            return self.apply(s, self.clusters(q)[:, None], self.clusters(g)[None, :])
+        if s.ndim == 1 and q.shape[0] == g.shape[0] == s.shape[0]:
+            return self.apply(s, self.clusters(q), self.clusters(g))
+        raise ValueError(MSG_SHAPES.format(s=s.shape, q=q.shape, g=g.shape))
+
+    def check_embedder(self, model_version: str) -> None:
+        """Refuse an embedder other than the one the calibration was fitted for."""
+        if not self.identity and self.model_version and self.model_version != model_version:
+            raise ValueError(MSG_MODEL.format(expected=self.model_version, found=model_version))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready document (``reports/score_calibration.json``): no pid, image or template."""
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "score": SCORE,
+            "n_clusters": self.n_clusters,
+            "centroids": np.round(self.centroids.astype(np.float64), 7).tolist(),
+            "shift": self.shift.tolist(),
+            "beta": self.beta.tolist(),
+            "weight": self.weight.tolist(),
+            "global_beta": self.global_beta.tolist(),
+            "info": dict(self.info),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, doc: Mapping[str, Any], *, what: str = "score calibration"
+    ) -> ScoreCalibration:
+        """Read :meth:`to_dict` output (refusing another format or method)."""
+        if doc.get("format") != FORMAT:
+            raise ValueError(MSG_FORMAT.format(what=what, found=doc.get("format"), expected=FORMAT))
+        method = str(doc.get("method"))
+        if method not in METHODS:
+            raise ValueError(MSG_METHOD.format(method=method, choices=", ".join(METHODS)))
+        centroids = np.asarray(doc.get("centroids") or [], dtype=np.float32)
+        k = centroids.shape[0] if centroids.ndim == 2 else 0
+        return cls(
+            method=method,
+            centroids=_unit(centroids) if k else np.zeros((0, 0), np.float32),
+            shift=np.asarray(doc.get("shift") or np.zeros(k), dtype=np.float64),
+            beta=np.asarray(doc.get("beta") or np.zeros((k, 3)), dtype=np.float64).reshape(-1, 3),
+            weight=np.asarray(doc.get("weight") or np.zeros(k), dtype=np.float64),
+            global_beta=np.asarray(doc.get("global_beta") or np.zeros(3), dtype=np.float64),
+            info=dict(doc.get("info") or {}),
+        )
+
+
+NO_CALIBRATION = ScoreCalibration()
+
+
+def calibrate(
+    scores: np.ndarray,
+    query_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    *,
+    calibration: ScoreCalibration = NO_CALIBRATION,
+) -> np.ndarray:
+    """Calibrated comparison scores, on the cosine scale, to threshold as raw scores are.
+
+    Parameters
+    ----------
+    scores
+        Cosine scores: ``(Q, G)`` of every query against every gallery row, or ``(N,)`` of
+        paired rows.
+    query_emb, gallery_emb
+        The embeddings (or templates) behind the scores: ``(Q, D)`` and ``(G, D)``, or both
+        ``(N, D)``.
+    calibration
+        The released calibration (:func:`load_calibration` of
+        ``reports/score_calibration.json``); the identity by default.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 scores of the same shape (``scores`` unchanged for method ``none``).
+    """
+    return calibration.calibrate(scores, query_emb, gallery_emb)
+
+
+def load_calibration(doc: Mapping[str, Any] | None) -> ScoreCalibration:
+    """The calibration of a ``score_calibration.json`` document (the identity for None)."""
+    return NO_CALIBRATION if doc is None else ScoreCalibration.from_dict(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The calibration comparisons: scores, truth and the clusters of both sides."""
+
+    score: np.ndarray
+    genuine: np.ndarray
+    cluster_a: np.ndarray
+    cluster_b: np.ndarray
+    centroids: np.ndarray
+    n_identities: int
+    n_images: int
+
+
+def kmeans_centroids(embeddings: np.ndarray, n_clusters: int, *, seed: int) -> np.ndarray:
+    """``(K, D)`` unit centroids of k-means on the unit embeddings (scikit-learn)."""
+    # Deferred: scikit-learn is only needed to fit, never by serving.
+    from sklearn.cluster import KMeans
+
+    e = _unit(embeddings).astype(np.float64)
+    k = max(1, min(int(n_clusters), e.shape[0]))
+    km = KMeans(n_clusters=k, n_init=3, random_state=int(seed) % (2**31))
+    km.fit(e)
+    return _unit(km.cluster_centers_)
+
+
+def calibration_set(
+    embeddings: np.ndarray,
+    identity_codes: np.ndarray,
+    *,
+    n_clusters: int,
+    impostor_pairs_max: int,
+    seed: int,
+    min_identities: int = 4,
+) -> CalibrationSet:
+    """Clusters of the calibration embeddings and every comparison among them (scored).
+
+    All genuine comparisons and up to ``impostor_pairs_max`` impostor comparisons (a seeded
+    sample) of the calibration images.
+    """
+    codes = np.asarray(identity_codes, dtype=np.int64)
+    counts = np.bincount(codes) if codes.size else np.zeros(0, np.int64)
+    usable = int((counts >= 2).sum())
+    if usable < min_identities:
+        raise ValueError(MSG_FEW.format(need=min_identities, found=usable))
+    emb = _unit(embeddings)
+    centroids = kmeans_centroids(emb, n_clusters, seed=seed)
+    cl = np.argmax(emb @ centroids.T, axis=1)
+    ga, gb = genuine_pairs(codes)
+    ia, ib = impostor_pairs(codes, impostor_pairs_max, seed=seed)
+    a, b = np.concatenate([ga, ia]), np.concatenate([gb, ib])
+    genuine = np.zeros(a.size, dtype=bool)
+    genuine[: ga.size] = True
+    return CalibrationSet(
+        score=pair_scores(emb, a, b),
+        genuine=genuine,
+        cluster_a=cl[a],
+        cluster_b=cl[b],
+        centroids=centroids,
+        n_identities=int(np.unique(codes).size),
+        n_images=int(codes.size),
+    )
+
+
+def fit_calibration(
+    method: str,
+    cal: CalibrationSet,
+    *,
+    target_fmr: float,
+    min_cluster_impostors: int = 2000,
+    info: Mapping[str, Any] | None = None,
+) -> ScoreCalibration:
+    """Fit ``method`` (``none``, ``fsn``, ``faircal``) on the calibration comparisons.
+
+    A cluster touched by fewer than ``min_cluster_impostors`` impostor comparisons keeps the
+    global behaviour (no FSN shift; FairCal: the global map), so a thin cluster cannot move
+    anyone's scores on a handful of comparisons.
+    """
+    if method not in METHODS:
+        raise ValueError(MSG_METHOD.format(method=method, choices=", ".join(METHODS)))
+    k = cal.centroids.shape[0]
+    base = {
+        "method": method,
+        "n_clusters": k,
+        "target_fmr": float(target_fmr),
+        "calibration_identities": cal.n_identities,
+        "calibration_images": cal.n_images,
+        "calibration_genuine": int(cal.genuine.sum()),
+        "calibration_impostor": int((~cal.genuine).sum()),
+        "min_cluster_impostors": int(min_cluster_impostors),
+        **dict(info or {}),
+    }
+    if method == "none":
+        return ScoreCalibration(info=base)
+    imp = ~cal.genuine
+    touch = [(cal.cluster_a == c) | (cal.cluster_b == c) for c in range(k)]
+    n_imp = np.array([int((t & imp).sum()) for t in touch])
+    thin = n_imp < min_cluster_impostors
+    base["thin_clusters"] = int(thin.sum())
+    if method == "fsn":
+        global_t = threshold_at_far(cal.score[imp], target_fmr)
+        shift = np.zeros(k)
+        for c in range(k):
+            if not thin[c]:
+                shift[c] = threshold_at_far(cal.score[touch[c] & imp], target_fmr) - global_t
+        return ScoreCalibration(
+            method=method,
+            centroids=cal.centroids,
+            shift=shift,
+            info={**base, "global_threshold": float(global_t)},
+        )
+    global_beta = fit_beta(cal.score, cal.genuine)
+    beta = np.tile(global_beta, (k, 1))
+    weight = np.array([float(t.sum()) for t in touch])
+    for c in range(k):
+        if not thin[c] and cal.genuine[touch[c]].any():
+            beta[c] = fit_beta(cal.score[touch[c]], cal.genuine[touch[c]])
+    return ScoreCalibration(
+        method=method,
+        centroids=cal.centroids,
+        beta=beta,
+        weight=np.maximum(weight, 1.0),
+        global_beta=global_beta,
+        info=base,
+    )
+
+
+def fit_all(
+    cal: CalibrationSet,
+    methods: Sequence[str],
+    *,
+    target_fmr: float,
+    min_cluster_impostors: int,
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, ScoreCalibration]:
+    """:func:`fit_calibration` of each of ``methods`` on the same calibration comparisons."""
+    return {
+        m: fit_calibration(
+            m, cal, target_fmr=target_fmr, min_cluster_impostors=min_cluster_impostors, info=info
+        )
+        for m in methods
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None

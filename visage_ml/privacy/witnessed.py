@@ -1,0 +1,612 @@
+"""The project's side of witnessing: signed checkpoints of the ledger, cosigned by witnesses, and
+the fail-closed check every process runs when it opens the ledger.
+
+A checkpoint (:mod:`visage_ml.privacy.checkpoint`) names the ledger by its *origin*
+(``privacy.witness.origin``, by default ``visage-ml.local/ledger/<hash of the project folder>``)
+and commits to its RFC 9162 Merkle root at a size; the ledger key signs it, and each configured
+witness (:mod:`visage_ml.privacy.witness`) checks a consistency proof from the size it saw last
+and cosigns. The cosigned note is kept in ``privacy/checkpoints/latest``; the witnesses keep
+their own copy.
+
+- :meth:`Witnessing.after_append` runs after every append of the privacy core: an event that
+  narrows processing (:data:`NARROWING_EVENTS`) is covered by a witnessed checkpoint before the
+  append returns, so before any command or HTTP request reports success; other events at least
+  every ``every_entries`` entries or ``every_seconds`` seconds.
+- :meth:`Witnessing.check` is the open check. It gathers every checkpoint it can find (the
+  local one, each directory witness's, each HTTP witness's), keeps those the ledger's own keys
+  signed, and stops with :class:`LedgerRollbackError` when the ledger is shorter than one of
+  them or its root at that size differs (a fork). The check costs one root over the leaf-hash
+  cache; a process repeats it only when the ledger or a checkpoint changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from visage_ml.config import ProjectPaths, WitnessParams, WitnessSpec, load_params
+from visage_ml.io import atomic_write_bytes, file_lock
+from visage_ml.privacy import merkle
+from visage_ml.privacy.checkpoint import (
+    ED25519,
+    Checkpoint,
+    Note,
+    NoteError,
+    Signature,
+    Signer,
+    Verifier,
+    parse_checkpoint,
+    parse_note,
+    verified_cosigners,
+    verify_note,
+)
+from visage_ml.privacy.ledger import Entry, Ledger, LedgerError
+from visage_ml.privacy.witness import (
+    DirectoryWitness,
+    HttpWitness,
+    WitnessClient,
+    WitnessError,
+    default_witness_dir,
+)
+
+log = logging.getLogger(__name__)
+
+# Events after which the subject may be processed less: witnessed before success is reported.
+NARROWING_EVENTS: frozenset[str] = frozenset(
+    {
+        "consent.withdrawn",
+        "consent.expired",
+        "restriction.set",
+        "objection",
+        "erasure.requested",
+        "erasure.completed",
+    }
+)
+ORIGIN_PREFIX = "visage-ml.local/ledger/"
+LATEST = "latest"
+# How long an HTTP witness's answer to "your latest checkpoint?" is reused by a process.
+REMOTE_TTL_SECONDS = 60.0
+
+MSG_SHORTER = (
+    "ledger rollback: {ledger} holds {n} entries, but the checkpoint witnessed by {source} "
+    "covers {size} (root {root}, origin {origin}). Entries were removed or an old copy was "
+    "restored. Nothing is processed until this is resolved: restore privacy/ledger.jsonl from "
+    "a backup holding at least {size} entries (`visage privacy verify-ledger` checks it), "
+    "then run again."
+)
+MSG_FORK = (
+    "ledger fork: the first {size} entries of {ledger} do not have the root {root} that the "
+    "checkpoint witnessed by {source} commits to (origin {origin}); they hash to {actual}. The "
+    "history was rewritten or an entry was removed or altered. Nothing is processed until this "
+    "is resolved: restore privacy/ledger.jsonl from a backup consistent with that checkpoint "
+    "(`visage privacy verify-ledger` names the first bad entry)."
+)
+MSG_FOREIGN = (
+    "the checkpoint witnessed by {source} (size {size}, origin {origin}) is not signed by any "
+    "key of this ledger's key history ({keys}): the ledger, privacy/ledger.pub or the "
+    "checkpoint was replaced. Nothing is processed; restore privacy/ledger.jsonl and "
+    "privacy/ledger.pub from a backup."
+)
+MSG_UNREADABLE = (
+    "the checkpoint from {source} is unreadable ({why}); restore privacy/checkpoints/latest "
+    "from a backup, or remove it if this project's witnesses hold a newer one"
+)
+MSG_NOT_WITNESSED = (
+    "ledger entries up to seq {seq} are recorded but not witnessed: {got} of {needed} "
+    "cosignatures ({problems}). The change is in force locally; run `visage privacy "
+    "checkpoint` once the witnesses answer (README, 'Witnesses')."
+)
+MSG_WITNESS_AHEAD = (
+    "ledger rollback: {source} cosigned a tree of {size} entries for this ledger, which has only "
+    "{n}. Restore privacy/ledger.jsonl from a backup holding at least {size} entries."
+)
+
+
+class LedgerRollbackError(LedgerError):
+    """The ledger is shorter than, or inconsistent with, a checkpoint it signed (fail closed)."""
+
+
+class WitnessUnavailableError(LedgerError):
+    """Fewer witnesses cosigned a checkpoint than the quorum asks for."""
+
+
+def project_origin(paths: ProjectPaths, params: WitnessParams) -> str:
+    """The origin line of the project's checkpoints (see the module docstring)."""
+    if params.origin:
+        return params.origin
+    digest = hashlib.sha256(str(Path(paths.root).resolve()).encode("utf-8")).hexdigest()
+    return ORIGIN_PREFIX + digest[:16]
+
+
+def witness_folder(spec: WitnessSpec) -> Path:
+    """The folder of a directory witness (``default``: :func:`default_witness_dir`)."""
+    if spec.path == "default":
+        return default_witness_dir()
+    return Path(os.path.expandvars(spec.path)).expanduser()
+
+
+def make_client(spec: WitnessSpec, *, timeout: float) -> WitnessClient:
+    """The client of one configured witness."""
+    if spec.kind == "directory":
+        return DirectoryWitness(witness_folder(spec))
+    return HttpWitness(spec.url, spec.key, timeout=timeout)
+
+
+@dataclass
+class Witnessed:
+    """A checkpoint of the ledger, signed by its key and cosigned by witnesses."""
+
+    checkpoint: Checkpoint
+    note: bytes
+    cosigners: list[str] = field(default_factory=list)
+    tree: merkle.MerkleTree | None = None
+
+
+# Process-wide memory of checks that passed: (ledger inode, bytes covered, hash of the line
+# ending there, digests of the checkpoints checked). A check repeats only when that changed.
+_CHECKED: dict[str, tuple[int, int, str, frozenset[str]]] = {}
+_REMOTE: dict[tuple[str, str], tuple[float, bytes | None]] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+class Witnessing:
+    """Witnessed checkpoints of the ledger of the project at ``paths``.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    params
+        ``privacy.witness`` of its parameters.
+    ledger
+        Its ledger.
+    """
+
+    def __init__(self, paths: ProjectPaths, params: WitnessParams, ledger: Ledger) -> None:
+        self.paths = paths
+        self.params = params
+        self.ledger = ledger
+        self.origin = project_origin(paths, params)
+        self._clients: list[WitnessClient] | None = None
+        self._latest_cache: tuple[tuple[int, int], Checkpoint, float] | None = None
+        # When the next checkpoint is due on cadence: (ledger size, time.monotonic()).
+        self._due: tuple[int, float] | None = None
+        self.latest_path = paths.checkpoints / LATEST
+
+    @property
+    def clients(self) -> list[WitnessClient]:
+        if self._clients is None:
+            self._clients = [
+                make_client(s, timeout=self.params.timeout_seconds) for s in self.params.witnesses
+            ]
+        return self._clients
+
+    def log_verifier(self, key: Ed25519PrivateKey | None = None) -> Verifier:
+        """The ledger key (default: the current signing key) as this log's note verifier."""
+        k = key if key is not None else self.ledger.signing_key()
+        return Verifier(self.origin, ED25519, k.public_key())
+
+    def _local(self) -> bytes | None:
+        try:
+            return self.latest_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _latest_info(self) -> tuple[Checkpoint, float] | None:
+        """The local latest checkpoint and when it was written (cached by file stat)."""
+        try:
+            st = os.stat(self.latest_path)
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if self._latest_cache is None or self._latest_cache[0] != stamp:
+            try:
+                cp = parse_checkpoint(parse_note(self.latest_path.read_bytes()).text)
+            except (OSError, NoteError):
+                return None
+            self._latest_cache = (stamp, cp, st.st_mtime)
+        return self._latest_cache[1], self._latest_cache[2]
+
+    # -- witnessing ----------------------------------------------------------------------------
+    def after_append(self, entries: Sequence[Entry]) -> None:
+        """The ledger's append hook: witness now for a narrowing event, else on cadence.
+
+        Raises
+        ------
+        WitnessUnavailableError
+            A narrowing event could not be witnessed (it is recorded and in force).
+        LedgerRollbackError
+            A witness holds a larger tree than the ledger.
+        """
+        if any(e.type in NARROWING_EVENTS for e in entries):
+            self.checkpoint_and_witness()
+            return
+        if self._due is None:
+            info = self._latest_info()
+            if info is not None and info[0].origin == self.origin:
+                cp, written = info
+                age = time.time() - written
+                self._due = (
+                    cp.size + self.params.every_entries,
+                    time.monotonic() + self.params.every_seconds - age,
+                )
+            else:
+                self._due = (0, 0.0)
+        if entries[-1].seq + 1 < self._due[0] and time.monotonic() < self._due[1]:
+            return
+        try:
+            self.checkpoint_and_witness()
+        except WitnessUnavailableError as exc:
+            # Not a narrowing event: it is recorded; the next checkpoint will cover it.
+            log.warning("%s", exc)
+
+    def checkpoint_and_witness(
+        self, *, extra_signers: Iterable[Ed25519PrivateKey] = ()
+    ) -> Witnessed:
+        """Sign a checkpoint of the whole ledger and have every witness cosign it.
+
+        Parameters
+        ----------
+        extra_signers
+            Keys that sign the checkpoint besides the current one (a key rotation: witnesses
+            still pin the previous key until they see the rotation).
+
+        Returns
+        -------
+        Witnessed
+            The cosigned checkpoint (also written to ``privacy/checkpoints/latest``).
+
+        Raises
+        ------
+        WitnessUnavailableError
+            Fewer cosignatures than ``privacy.witness.quorum`` (0: every witness).
+        LedgerRollbackError
+            A witness already cosigned a larger tree of this log.
+        """
+        with file_lock(self.paths.checkpoints / ".lock"):
+            hashes = self.ledger.leaf_hashes()
+            size = len(hashes)
+            tree = merkle.MerkleTree(hashes)
+            cp = Checkpoint(self.origin, size, tree.root())
+            local = self._latest_info()
+            local_size = local[0].size if local and local[0].origin == self.origin else 0
+            if local is not None and local_size:
+                # A log never signs a checkpoint inconsistent with one it signed before.
+                self._check_extends(local[0], tree)
+            text = cp.text()
+            key = self.ledger.signing_key()
+            signers = [*extra_signers, key]
+            note = Note(text, tuple(Signer(self.origin, k).sign(text) for k in signers))
+            cosigs: list[Signature] = []
+            names: list[str] = []
+            problems: list[str] = []
+            for client in self.clients:
+                try:
+                    sig = self._witness_one(client, tree, note, local_size)
+                except WitnessError as exc:
+                    problems.append(f"{client.where}: {exc}")
+                    continue
+                except OSError as exc:  # a directory witness on a volume that is not there
+                    problems.append(f"{client.where}: not reachable ({exc.strerror or exc})")
+                    continue
+                cosigs.append(sig)
+                names.append(sig.name)
+            signed = note.with_signatures(cosigs).to_bytes()
+            if local is None or local[0].origin != self.origin or size >= local[0].size:
+                atomic_write_bytes(self.latest_path, signed, mode=0o644)
+            self._remember(hashes, [cp])
+        needed = self.params.quorum or len(self.clients)
+        if len(cosigs) < needed:
+            raise WitnessUnavailableError(
+                MSG_NOT_WITNESSED.format(
+                    seq=size - 1, got=len(cosigs), needed=needed, problems="; ".join(problems)
+                )
+            )
+        self._due = (size + self.params.every_entries, time.monotonic() + self.params.every_seconds)
+        log.debug("checkpoint of %d entries cosigned by %s", size, ", ".join(names) or "nobody")
+        return Witnessed(cp, signed, names, tree)
+
+    def _check_extends(self, previous: Checkpoint, tree: merkle.MerkleTree) -> None:
+        """Raise :class:`LedgerRollbackError` unless ``tree`` extends ``previous``."""
+        args = {
+            "ledger": self.ledger.path,
+            "source": self.latest_path,
+            "size": previous.size,
+            "root": previous.root.hex(),
+            "origin": previous.origin,
+        }
+        if previous.size > tree.size:
+            raise LedgerRollbackError(MSG_SHORTER.format(n=tree.size, **args))
+        proof = tree.consistency_proof(previous.size) if previous.size < tree.size else []
+        if not merkle.verify_consistency(
+            previous.size, tree.size, proof, previous.root, tree.root()
+        ):
+            raise LedgerRollbackError(MSG_FORK.format(actual="(another tree)", **args))
+
+    def _witness_one(
+        self, client: WitnessClient, tree: merkle.MerkleTree, note: Note, local_size: int
+    ) -> Signature:
+        """One witness's cosignature of ``note`` (``add-checkpoint`` with the right old size)."""
+        client.ensure_log(self.log_verifier().vkey)
+        known = client.known_size(self.origin)
+        old = known if known is not None else local_size
+        size = tree.size
+        for attempt in range(2):
+            if old > size:
+                raise LedgerRollbackError(
+                    MSG_WITNESS_AHEAD.format(source=client.where, size=old, n=size)
+                )
+            proof = tree.consistency_proof(old) if 0 < old < size else []
+            try:
+                sig = client.add_checkpoint(old, proof, note.to_bytes())
+            except WitnessError as exc:
+                # 409: the witness is at another size than we thought; retry once from there.
+                if exc.status == 409 and exc.size is not None and exc.size != old and not attempt:
+                    old = exc.size
+                    continue
+                if exc.status in (409, 422):
+                    raise WitnessError(
+                        exc.status,
+                        f"refused the checkpoint ({exc}): this ledger is not an extension of "
+                        "the tree the witness cosigned (a fork or a rollback)",
+                    ) from None
+                raise
+            expected = client.cosigner()
+            if expected is None or not verified_cosigners(Note(note.text, (sig,)), [expected]):
+                raise WitnessError(502, "returned a cosignature that does not verify")
+            return sig
+        raise WitnessError(409, "kept changing its size")  # pragma: no cover - loop returns
+
+    def announce_rotation(
+        self, entry: Entry, previous: Ed25519PrivateKey
+    ) -> tuple[Witnessed, list[str]]:
+        """Tell every witness about a key rotation; returns the checkpoint and the problems.
+
+        The checkpoint covering the rotation entry is signed by the previous key (which the
+        witnesses pin) and the new one; each witness then checks the entry's inclusion and
+        signatures and pins the new key (:meth:`~visage_ml.privacy.witness.Witness.rotate_log_key`).
+        """
+        problems: list[str] = []
+        try:
+            witnessed = self.checkpoint_and_witness(extra_signers=[previous])
+        except WitnessUnavailableError as exc:
+            problems.append(str(exc))
+            witnessed = self.checkpoint_and_witness_partial()
+        tree = witnessed.tree
+        if tree is None:  # pragma: no cover - checkpoint_and_witness always builds one
+            raise LedgerError("no tree for the rotation proof")
+        line = entry.line()
+        proof = tree.inclusion_proof(entry.seq)
+        for client in self.clients:
+            try:
+                client.rotate_log_key(self.origin, line, entry.seq, proof)
+            except WitnessError as exc:
+                problems.append(f"{client.where}: {exc}")
+        return witnessed, problems
+
+    def checkpoint_and_witness_partial(self) -> Witnessed:
+        """The local latest checkpoint with its tree (after a checkpoint short of quorum)."""
+        hashes = self.ledger.leaf_hashes()
+        tree = merkle.MerkleTree(hashes)
+        note = self._local() or b""
+        return Witnessed(Checkpoint(self.origin, tree.size, tree.root()), note, [], tree)
+
+    def cosigners_of(self, note: bytes) -> list[Verifier]:
+        """The configured witnesses whose cosignature on ``note`` verifies."""
+        keys = [c for c in (client.cosigner() for client in self.clients) if c is not None]
+        return verified_cosigners(parse_note(note), keys)
+
+    # -- the open check ------------------------------------------------------------------------
+    def candidates(self) -> list[tuple[str, bytes]]:
+        """``(where, note)`` of every checkpoint of this ledger that can be found now."""
+        out: list[tuple[str, bytes]] = []
+        local = self._local()
+        if local is not None:
+            out.append((str(self.latest_path), local))
+        for client in self.clients:
+            try:
+                note = self._latest_of(client)
+            except (WitnessError, OSError) as exc:
+                log.warning("%s: its latest checkpoint could not be read (%s)", client.where, exc)
+                continue
+            if note is not None:
+                out.append((client.where, note))
+        return out
+
+    def _latest_of(self, client: WitnessClient) -> bytes | None:
+        if isinstance(client, DirectoryWitness):
+            return client.latest(self.origin)
+        key = (client.where, self.origin)
+        now = time.monotonic()
+        with _MEMO_LOCK:
+            hit = _REMOTE.get(key)
+        if hit is not None and now - hit[0] < REMOTE_TTL_SECONDS:
+            return hit[1]
+        note = client.latest(self.origin)
+        with _MEMO_LOCK:
+            _REMOTE[key] = (now, note)
+        return note
+
+    def check(self, *, full: bool = False) -> list[dict[str, Any]]:
+        """Check the ledger against every checkpoint found; return what was checked.
+
+        ``full`` repeats the check even when this process already passed it for the ledger and
+        checkpoints as they are (the diagnostics do).
+
+        Raises
+        ------
+        LedgerRollbackError
+            The ledger is shorter than a checkpoint its keys signed, its root at that size
+            differs, or a checkpoint is signed by a key not in its history.
+        LedgerError
+            ``privacy/ledger.pub`` is not a key of the ledger's history.
+        """
+        found = self.candidates()
+        if not found:
+            return []
+        notes: list[tuple[str, bytes, Checkpoint, Note]] = []
+        for source, data in found:
+            try:
+                note = parse_note(data)
+                notes.append((source, data, parse_checkpoint(note.text), note))
+            except NoteError as exc:
+                raise LedgerRollbackError(MSG_UNREADABLE.format(source=source, why=exc)) from None
+        if not full and self._still_checked(frozenset(_tree_key(cp) for _, _, cp, _ in notes)):
+            return [{"source": s, "size": cp.size, "memo": True} for s, _, cp, _ in notes]
+        if not self.ledger.path.exists() or not self.ledger.path.stat().st_size:
+            # No ledger left at all (and perhaps no key to check signatures with).
+            source, _, cp, _ = max(notes, key=lambda t: t[2].size)
+            if cp.size:
+                raise LedgerRollbackError(
+                    MSG_SHORTER.format(
+                        ledger=self.ledger.path,
+                        n=0,
+                        source=source,
+                        size=cp.size,
+                        root=cp.root.hex(),
+                        origin=cp.origin,
+                    )
+                )
+        chain = self.ledger.key_chain()
+        report: list[dict[str, Any]] = []
+        parsed: list[tuple[str, bytes, Checkpoint, Note]] = []
+        for source, data, cp, note in notes:
+            keys = [Verifier(cp.origin, ED25519, k) for k in chain.public_keys()]
+            try:
+                verify_note(note, keys)
+            except NoteError:
+                raise LedgerRollbackError(
+                    MSG_FOREIGN.format(
+                        source=source,
+                        size=cp.size,
+                        origin=cp.origin,
+                        keys=", ".join(f[:16] for f in chain.fingerprints()),
+                    )
+                ) from None
+            parsed.append((source, data, cp, note))
+        hashes = self.ledger.leaf_hashes()
+        n = len(hashes)
+        roots: dict[int, bytes] = {}
+        witnesses = [c for c in (cl.cosigner() for cl in self.clients) if c is not None]
+        local = str(self.latest_path)
+        # Largest first; at equal size a witness's copy is named rather than our own.
+        for source, _data, cp, note in sorted(parsed, key=lambda p: (-p[2].size, p[0] == local)):
+            args = {
+                "ledger": self.ledger.path,
+                "source": source,
+                "size": cp.size,
+                "root": cp.root.hex(),
+                "origin": cp.origin,
+            }
+            if cp.size > n:
+                raise LedgerRollbackError(MSG_SHORTER.format(n=n, **args))
+            if cp.size not in roots:
+                roots[cp.size] = merkle.root_from_leaf_hashes(hashes[: cp.size])
+            if roots[cp.size] != cp.root:
+                raise LedgerRollbackError(MSG_FORK.format(actual=roots[cp.size].hex(), **args))
+            try:
+                cosigned = [v.name for v in verified_cosigners(note, witnesses)]
+            except NoteError:
+                cosigned = []
+            report.append({"source": source, "size": cp.size, "cosigned_by": cosigned})
+        self._remember(hashes, [cp for _, _, cp, _ in parsed])
+        return report
+
+    def _memo_key(self) -> str:
+        return str(self.ledger.path.resolve())
+
+    def _still_checked(self, digests: frozenset[str]) -> bool:
+        with _MEMO_LOCK:
+            memo = _CHECKED.get(self._memo_key())
+        if memo is None or not digests <= memo[3]:
+            return False
+        ino, covered, line_hash, _ = memo
+        try:
+            with open(self.ledger.path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_ino != ino or st.st_size < covered:
+                    return False
+                if covered == 0:
+                    return True
+                start = max(0, covered - (1 << 16))
+                chunk = os.pread(fh.fileno(), covered - start, start)
+        except FileNotFoundError:
+            return False
+        last = chunk[:-1].rsplit(b"\n", 1)[-1] if chunk.endswith(b"\n") else None
+        return last is not None and hashlib.sha256(last).hexdigest() == line_hash
+
+    def _remember(self, hashes: Sequence[bytes], checkpoints: Iterable[Checkpoint]) -> None:
+        """Record that the ledger as it is now is consistent with ``checkpoints``."""
+        try:
+            with open(self.ledger.path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data_end = st.st_size
+                start = max(0, data_end - (1 << 16))
+                chunk = os.pread(fh.fileno(), data_end - start, start)
+        except FileNotFoundError:
+            return
+        cut = chunk.rfind(b"\n")
+        if cut == -1:
+            return
+        covered = data_end - (len(chunk) - cut - 1)
+        last = chunk[:cut].rsplit(b"\n", 1)[-1]
+        if merkle.leaf_hash(last) != (hashes[-1] if hashes else None):
+            return  # the ledger moved on while we computed: check again next time
+        digests = {_tree_key(cp) for cp in checkpoints}
+        key = self._memo_key()
+        with _MEMO_LOCK:
+            old = _CHECKED.get(key)
+            if old is not None and old[0] == st.st_ino:
+                digests |= old[3]
+            _CHECKED[key] = (
+                st.st_ino,
+                covered,
+                hashlib.sha256(last).hexdigest(),
+                frozenset(digests),
+            )
+
+
+def _tree_key(cp: Checkpoint) -> str:
+    """What the open check compares of a checkpoint: its origin, size and root."""
+    return f"{cp.origin}\n{cp.size}\n{cp.root.hex()}"
+
+
+def forget_checks(ledger_path: Path | None = None) -> None:
+    """Drop the process's memory of passed checks (of one ledger, or all of them)."""
+    with _MEMO_LOCK:
+        if ledger_path is None:
+            _CHECKED.clear()
+            _REMOTE.clear()
+        else:
+            _CHECKED.pop(str(Path(ledger_path).resolve()), None)
+
+
+_PARAMS: dict[str, tuple[tuple[int, int], WitnessParams]] = {}
+
+
+def witness_params(paths: ProjectPaths) -> WitnessParams:
+    """``privacy.witness`` of the project's ``params.yaml`` (defaults when there is none);
+    read again only when the file changes."""
+    try:
+        st = os.stat(paths.params)
+    except FileNotFoundError:
+        return WitnessParams()
+    stamp = (st.st_mtime_ns, st.st_size)
+    key = str(paths.params)
+    with _MEMO_LOCK:
+        hit = _PARAMS.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    params = load_params(paths.params).privacy.witness
+    with _MEMO_LOCK:
+        _PARAMS[key] = (stamp, params)
+    return params

@@ -1,0 +1,399 @@
+"""Retention that enforces itself: ``visage privacy enforce``.
+
+One pass looks at every subject, kept export bundle and request receipt, and plans what the
+policies say must happen now (:meth:`Enforcer.plan`, the dry run); :meth:`Enforcer.apply`
+carries it out as the actor ``scheduler``, each action a ledger event with its reason:
+
+- ``expire_consent`` (reason ``consent_expired``): a consent older than
+  ``privacy.retention.consent_months``;
+- ``purge_template``: a stored gallery template whose identification basis is gone
+  (``consent_withdrawn``, ``consent_expired``, ``no_consent``, ``objected``), whose
+  ``biometric_template`` retention ended (``retention_expired``), or of a restricted subject
+  when ``privacy.retention.restricted`` is ``purge_template`` (``restricted``);
+- ``erase_subject``: no purpose has a basis any more and ``erase_without_basis`` is on
+  (``no_legal_basis``), or the ``facial_images`` retention ended since collection
+  (``retention_expired``);
+- ``remove_export`` / ``remove_receipt`` (``retention_expired``): a kept export bundle or a
+  request receipt older than the ``export_bundles`` / ``request_receipts`` retention.
+
+Periods come from the records of processing (``privacy/records.yaml``) and consent expiry from
+``privacy.retention``; times are the ledger's (when a consent was recorded, a subject added, a
+template enrolled, a bundle exported, a request completed), so a restored file cannot reset a
+clock. A restricted subject (Art. 18) is never erased by policy: restriction keeps data stored.
+Consent expiry is an event (``consent.expired``) the registry folds, so that the gallery,
+``prepare`` and serving stop using the subject exactly as for a withdrawal. An erasure by policy
+is a full erasure request (recorded with channel ``scheduler``, verified by ``retention_policy``)
+ending with its certificate and its Art. 19 notices; template purges go through the gallery's
+own erasure; every action also appends ``retention.applied`` with its reason. After a pass the
+notification outbox is delivered (:mod:`visage_ml.rights.notify`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
+from visage_ml.io import file_lock, secure_unlink, sha256_file
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.ledger import SCHEDULER, acting_as
+from visage_ml.privacy.records import Records, Retention, records_of
+from visage_ml.privacy.registry import NO_BASIS_REASONS, RESTRICTED, SubjectState
+from visage_ml.privacy.requests import RequestBook, add_months, parse_time
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
+from visage_ml.rights.notify import DeliveryReport, Notifier
+from visage_ml.serving.gallery import Gallery
+
+log = logging.getLogger(__name__)
+
+LOCK = Path(".visage") / "locks" / "enforce.lock"
+CONSENT_BASES = frozenset({"art6(1)(a)", "art9(2)(a)"})
+IDENTIFICATION = "identification"
+EXPIRED, NO_LEGAL_BASIS, RETENTION_EXPIRED = (
+    "consent_expired",
+    "no_legal_basis",
+    "retention_expired",
+)
+# Ledger events whose time the policies count from.
+_TIMED = (b'"consent.given"', b'"basis.recorded"', b'"subject.added"', b'"gallery.enrolled"')
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing a policy says must be done now."""
+
+    kind: str
+    reason: str
+    pid: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        who = f" {self.pid}" if self.pid else ""
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(self.detail.items()))
+        return f"{self.kind}{who} ({self.reason}{'; ' + extra if extra else ''})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "reason": self.reason, "pid": self.pid, **self.detail}
+
+
+@dataclass
+class EnforceResult:
+    """What :meth:`Enforcer.apply` did."""
+
+    actions: list[Action]
+    certificates: list[str] = field(default_factory=list)
+    delivery: DeliveryReport | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "actions": [a.to_dict() for a in self.actions],
+            "certificates": self.certificates,
+            "delivery": self.delivery.to_dict() if self.delivery else None,
+        }
+
+
+def _after(start: datetime, retention: Retention) -> datetime | None:
+    """When a period of ``retention`` that began at ``start`` ends (None: not time-limited)."""
+    if retention.months is not None:
+        return add_months(start, retention.months)
+    if retention.days is not None:
+        return start + timedelta(days=retention.days)
+    return None
+
+
+class Enforcer:
+    """Plans and carries out the retention policies of the project at ``paths``.
+
+    Parameters
+    ----------
+    paths
+        The project.
+    core
+        Its privacy core (opened when None).
+    params
+        The project's parameters (``params.yaml`` when None).
+    gallery
+        An open gallery to purge templates from (a running server passes its own); opened from
+        disk when needed and None.
+    now
+        Clock returning an aware UTC datetime (tests inject a simulated one).
+    """
+
+    def __init__(
+        self,
+        paths: ProjectPaths,
+        *,
+        core: PrivacyCore | None = None,
+        params: Params | None = None,
+        gallery: Gallery | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.core = core if core is not None else PrivacyCore(paths)
+        self.params = params if params is not None else load_params(paths.params)
+        self.gallery = gallery
+        # By default the ledger's clock (what its entries are stamped with).
+        self.now = now or (lambda: parse_time(self.core.ledger.clock()))
+
+    # -- planning ------------------------------------------------------------------------------
+    def _times(self) -> dict[int, datetime]:
+        """Ledger time of every entry a policy counts from, by seq."""
+        out: dict[int, datetime] = {}
+        for _, line in self.core.ledger.iter_lines():
+            if any(mark in line for mark in _TIMED):
+                obj = orjson.loads(line)
+                out[obj["seq"]] = parse_time(obj["time"])
+        return out
+
+    def _enrolled(self) -> dict[str, int]:
+        """Each subject's last ``gallery.enrolled`` seq."""
+        out: dict[str, int] = {}
+        for _, line in self.core.ledger.iter_lines():
+            if b'"gallery.enrolled"' in line:
+                obj = orjson.loads(line)
+                if obj["type"] == "gallery.enrolled" and obj["pid"]:
+                    out[obj["pid"]] = obj["seq"]
+        return out
+
+    def plan(self) -> list[Action]:
+        """Every action the policies call for now, in the order :meth:`apply` runs them."""
+        now = self.now()
+        records = records_of(self.paths)
+        retention = self.params.privacy.retention
+        times = self._times()
+        enrolled = self._enrolled()
+        actions: list[Action] = []
+        for st in self.core.registry.states().values():
+            if st.erased or st.erasure_pending:
+                continue
+            expiring = self._expiring(st, times, now, retention.consent_months)
+            actions += [
+                Action("expire_consent", EXPIRED, st.pid, {"purposes": ps, "consent_seq": seq})
+                for seq, ps in sorted(expiring.items())
+            ]
+            expired = {p for ps in expiring.values() for p in ps}
+            actions += self._subject_actions(st, expired, times, enrolled, records, now)
+        actions += self._file_actions(records, now)
+        return actions
+
+    @staticmethod
+    def _expiring(
+        st: SubjectState, times: dict[int, datetime], now: datetime, months: int
+    ) -> dict[int, list[str]]:
+        """Consents of ``st`` that lapsed by ``now``: ``{consent seq: [purposes]}``."""
+        out: dict[int, list[str]] = {}
+        if months <= 0:
+            return out
+        for purpose, perm in st.permissions.items():
+            if not perm.granted or not set(perm.basis) & CONSENT_BASES:
+                continue
+            given = times.get(perm.seq)
+            if given is not None and add_months(given, months) <= now:
+                out.setdefault(perm.seq, []).append(purpose)
+        return out
+
+    def _subject_actions(
+        self,
+        st: SubjectState,
+        expired: set[str],
+        times: dict[int, datetime],
+        enrolled: dict[str, int],
+        records: Records,
+        now: datetime,
+    ) -> list[Action]:
+        retention = self.params.privacy.retention
+        reasons = {
+            p: (EXPIRED if p in expired and st.decision(p).allowed else st.decision(p).reason)
+            for p in PURPOSES
+        }
+        if st.restricted:
+            # Art. 18: restricted data is stored, not used, and never erased by policy (a
+            # restriction may be what the subject asked for while an objection is examined).
+            if st.template_sha256 is not None and retention.restricted == "purge_template":
+                return [Action("purge_template", RESTRICTED, st.pid)]
+            return []
+        added = times.get(st.added_seq)
+        images_end = _after(added, records.retention("facial_images")) if added else None
+        if images_end is not None and images_end <= now:
+            detail = {"category": "facial_images"}
+            return [Action("erase_subject", RETENTION_EXPIRED, st.pid, detail)]
+        if retention.erase_without_basis and all(r in NO_BASIS_REASONS for r in reasons.values()):
+            why = {p: r for p, r in sorted(reasons.items())}
+            return [Action("erase_subject", NO_LEGAL_BASIS, st.pid, {"purposes": why})]
+        if st.template_sha256 is None:
+            return []
+        ident = reasons[IDENTIFICATION]
+        if ident in NO_BASIS_REASONS:
+            return [Action("purge_template", ident, st.pid)]
+        seq = enrolled.get(st.pid)
+        end = _after(times[seq], records.retention("biometric_template")) if seq in times else None
+        if end is not None and end <= now:
+            return [Action("purge_template", RETENTION_EXPIRED, st.pid)]
+        return []
+
+    def _file_actions(self, records: Records, now: datetime) -> list[Action]:
+        actions: list[Action] = []
+        book = RequestBook(self.core, params=self.params.privacy)
+        requests = {s.request_id: s for s in book.all()}
+        exported: dict[str, datetime] = {}
+        for _, line in self.core.ledger.iter_lines():
+            if b'"access.exported"' in line:
+                obj = orjson.loads(line)
+                rid = (obj.get("payload") or {}).get("request_id")
+                if obj["type"] == "access.exported" and rid:
+                    exported[rid] = parse_time(obj["time"])
+        folder = self.paths.root / EXPORTS_DIR
+        keep = records.retention("export_bundles")
+        if folder.is_dir():
+            for f in sorted(folder.iterdir()):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
+                rid = f.name.split(".", 1)[0]
+                made = exported.get(rid) or datetime.fromtimestamp(f.stat().st_mtime, UTC)
+                end = _after(made, keep)
+                if end is not None and end <= now:
+                    actions.append(
+                        Action("remove_export", RETENTION_EXPIRED, None, {"file": f.name})
+                    )
+        keep = records.retention("request_receipts")
+        if self.paths.requests.is_dir():
+            for f in sorted(self.paths.requests.glob("*.receipt.json")):
+                rid = f.name.split(".", 1)[0]
+                st = requests.get(rid)
+                done = parse_time(st.completed_at) if st and st.completed_at else None
+                end = _after(done, keep) if done else None
+                if end is not None and end <= now:
+                    actions.append(
+                        Action("remove_receipt", RETENTION_EXPIRED, None, {"request_id": rid})
+                    )
+        return actions
+
+    # -- carrying out --------------------------------------------------------------------------
+    def _gallery(self) -> Gallery | None:
+        if self.gallery is None:
+            self.gallery = Gallery.open_existing(self.paths, core=self.core, load=False)
+        return self.gallery
+
+    def apply(self, actions: list[Action] | None = None, *, deliver: bool = True) -> EnforceResult:
+        """Carry out ``actions`` (default: :meth:`plan` now) as the actor ``scheduler``; then
+        deliver the notification outbox (unless ``deliver`` is false)."""
+        with file_lock(self.paths.root / LOCK), acting_as(SCHEDULER):
+            actions = self.plan() if actions is None else actions
+            result = EnforceResult(actions)
+            for action in actions:
+                getattr(self, f"_do_{action.kind}")(action, result)
+                log.info("enforce: %s", action.describe())
+            if actions:
+                self.core.snapshot()
+            if deliver:
+                result.delivery = Notifier(
+                    self.paths, core=self.core, params=self.params.privacy.notify, now=self.now
+                ).deliver()
+        return result
+
+    def _applied(self, action: Action, **extra: Any) -> None:
+        self.core.ledger.append(
+            "retention.applied",
+            action.pid,
+            {"action": action.kind, "reason": action.reason, **extra},
+        )
+
+    def _do_expire_consent(self, action: Action, result: EnforceResult) -> None:
+        self.core.ledger.append(
+            "consent.expired",
+            action.pid,
+            {
+                "purposes": list(action.detail["purposes"]),
+                "consent_seq": action.detail["consent_seq"],
+                "reason": action.reason,
+                "consent_months": self.params.privacy.retention.consent_months,
+            },
+        )
+
+    def _do_purge_template(self, action: Action, result: EnforceResult) -> None:
+        gallery = self._gallery()
+        removed = gallery.erase(action.pid, reason=action.reason) if gallery else None
+        files = sorted(removed.removed.values()) if removed else []
+        self._applied(action, removed_sha256=files)
+
+    def _do_erase_subject(self, action: Action, result: EnforceResult) -> None:
+        book = RequestBook(self.core, params=self.params.privacy, now=self.now)
+        open_ = [s for s in book.open(pid=action.pid) if s.right == "erasure"]
+        if open_:
+            st = open_[0]
+        else:
+            st = book.receive(
+                action.pid,
+                "erasure",
+                channel="scheduler",
+                details={"reason_code": action.reason},
+            )
+        if st.status == "received":
+            book.verify(st.request_id, method="retention_policy")
+        self._applied(action, request_id=st.request_id)
+        erasure = Erasure(self.paths, core=self.core, gallery=self._gallery(), params=self.params)
+        erasure.book = book
+        out = erasure.run(st.request_id)
+        if out.certificate_path is not None:
+            result.certificates.append(str(out.certificate_path))
+
+    def _do_remove_export(self, action: Action, result: EnforceResult) -> None:
+        path = self.paths.root / EXPORTS_DIR / action.detail["file"]
+        if not path.is_file():
+            return
+        pid = bundle_owner(path)
+        digest = sha256_file(path)
+        secure_unlink(path)
+        forget_owner(self.paths, [path.name])
+        self.core.ledger.append(
+            "retention.applied",
+            pid,
+            {"action": action.kind, "reason": action.reason, "file": path.name, "sha256": digest},
+        )
+
+    def _do_remove_receipt(self, action: Action, result: EnforceResult) -> None:
+        rid = action.detail["request_id"]
+        book = RequestBook(self.core, params=self.params.privacy)
+        path = book.receipt_path(rid)
+        if not path.is_file():
+            return
+        digest = sha256_file(path)
+        path.unlink()
+        self.core.ledger.append(
+            "retention.applied",
+            book.get(rid).pid,
+            {
+                "action": action.kind,
+                "reason": action.reason,
+                "request_id": rid,
+                "sha256": digest,
+            },
+        )
+
+
+def run_periodically(
+    make: Callable[[], Enforcer],
+    *,
+    interval_seconds: float,
+    stop: threading.Event,
+    lock: Any = None,
+) -> None:
+    """Apply the policies every ``interval_seconds`` until ``stop`` is set (``visage serve``'s
+    background task); a failing pass is logged and the next one runs on time."""
+    while not stop.wait(interval_seconds):
+        try:
+            if lock is not None:
+                with lock:
+                    make().apply()
+            else:
+                make().apply()
+        except Exception:  # a background loop must not die of one bad pass
+            log.exception("retention enforcement pass failed; retrying in %.0f s", interval_seconds)

@@ -1,0 +1,47 @@
+"""The data-key store: the subject's data key in ``privacy/keys`` (cryptographic erase).
+
+Run first in the ``raw`` step. The key seals the subject's raw images, their chunks of the
+processed crops and kept export bundles, so destroying it is the commit point of the erasure of
+all of those, in every copy: the DVC cache, every remote, backups and clones the project cannot
+reach hold ciphertext that no one can open any more (NIST SP 800-88 cryptographic erase). The
+physical purge of the following steps is defence in depth.
+"""
+
+from __future__ import annotations
+
+from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
+
+STORE = "keys"
+
+
+def _has_keys(ctx: Context) -> bool:
+    # Opening the key ring of a project that never had one would create it (and perhaps a
+    # master key): without the folder there is nothing to destroy.
+    return ctx.paths.data_keys.is_dir()
+
+
+def plan(ctx: Context, pid: str) -> Plan:
+    """The subject's wrapped data key, hashed."""
+    if not _has_keys(ctx):
+        return Plan()
+    path = ctx.core.data_keys.path(pid)
+    return Plan([file_artefact(ctx, STORE, path)] if path.is_file() else [])
+
+
+def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
+    """Destroy the subject's data key (overwrite, fsync, unlink)."""
+    if not _has_keys(ctx):
+        return Outcome(info={"data_key": "none"})
+    keys = ctx.core.data_keys
+    path = keys.path(pid)
+    digest = keys.destroy(pid)
+    artefacts = [{"store": STORE, "path": ctx.rel(path), "sha256": digest}] if digest else []
+    return Outcome(artefacts, {"data_key": "destroyed" if digest or planned else "none"})
+
+
+def verify(ctx: Context, pid: str) -> list[str]:
+    """The subject's data key, while it exists."""
+    if not _has_keys(ctx):
+        return []
+    path = ctx.core.data_keys.path(pid)
+    return [ctx.rel(path)] if path.is_file() else []

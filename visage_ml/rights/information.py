@@ -1,0 +1,59 @@
+"""The Art. 15(1) information an access export carries, and its human-readable page.
+
+An access bundle (:mod:`visage_ml.rights.export`) holds the subject's data; Art. 15(1) also
+asks for the information about its processing: purposes, categories, recipients, retention,
+the source, the rights and the right to complain, and automated decisions. They come from the
+records of processing (:meth:`~visage_ml.privacy.records.Records.art15_information`), with the
+subject's own identification events from the HTTP audit log (when, by which API key, 1:N or
+1:1) and their state per purpose. ``information.json`` holds it; ``index.html`` renders the
+whole bundle for a person to read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visage_ml.config import ProjectPaths
+from visage_ml.privacy.auditlog import AUDIT_FILE, identification_events
+from visage_ml.privacy.documents import access_html
+from visage_ml.privacy.records import records_of
+
+
+def subject_information(paths: ProjectPaths, pid: str, *, source: str = "") -> dict[str, Any]:
+    """``information.json`` of ``pid``'s access bundle (see the module docstring)."""
+    records = records_of(paths)
+    where = (
+        records.data_categories["facial_images"].source
+        if "facial_images" in (records.data_categories)
+        else "the data subject"
+    )
+    info = records.art15_information(
+        source=f"{where} (recorded source: {source})" if source else where
+    )
+    return {
+        **info,
+        "identification_events": identification_events(paths.privacy / AUDIT_FILE, pid),
+    }
+
+
+def access_page(
+    *,
+    pid: str,
+    information: dict[str, Any],
+    state: dict[str, Any],
+    events: list[dict[str, Any]],
+    images: int,
+    templates: int,
+    generated: str,
+) -> bytes:
+    """``index.html`` of an access bundle (UTF-8)."""
+    return access_html(
+        pid=pid,
+        information=information,
+        state=state.get("purposes") or {},
+        identifications=information.get("identification_events") or [],
+        events=events,
+        images=images,
+        templates=templates,
+        generated=generated,
+    ).encode("utf-8")

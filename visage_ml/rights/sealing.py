@@ -1,0 +1,707 @@
+"""Sealing at rest across every store: converting a project, rotating the master key, the doctor.
+
+- :func:`seal_project` (``visage privacy seal``) converts a project from before sealing: every
+  plaintext raw image becomes ``<image_id>.sealed`` under its subject's data key, scene frames
+  go under the ``scenes`` collection key, the plaintext crop array ``faces.u8.npy`` becomes the
+  sealed ``faces.sealed``, kept plaintext export bundles become ``.zip.sealed`` under their
+  subject's key. Each file is converted atomically (sealed copy written, fsync'd, renamed, then
+  the plaintext overwritten and unlinked), so a run killed anywhere is finished by running it
+  again. The MD5s of the plaintext files are journaled first (``.visage/seal-journal.json``):
+  their objects are then deleted from the DVC cache and every remote, unless the workspace
+  still references them. Subjects the registry marks erased, or does not know, are never given
+  a key: their files are left to :func:`doctor`.
+- :func:`rotate_master_key` (``visage privacy rotate-master-key``) wraps every data key of every
+  key ring (data, collections, vault, gallery) under a new master key without touching a data
+  file; the vault's blind index, which derives from the master key, is recomputed. The new key
+  waits in ``secrets/master.key.next`` until every ring is done (atomic per key file; while it
+  exists every other command refuses to run), then replaces ``secrets/master.key``.
+- :func:`doctor` (``visage privacy doctor [--purge]``) lists what should not be at rest: files
+  of erased or unknown subjects (a restored backup of ``data/raw``, ``gallery/`` or the key
+  rings), sealed files whose key is gone, plaintext faces in ``data/``, the DVC cache and local
+  remotes, plaintext export bundles; ``--purge`` removes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from visage_ml import dvcops, faults
+from visage_ml.config import ProjectPaths
+from visage_ml.data.crops import CropWriter
+from visage_ml.data.prepare import FACES_FILE, LEGACY_FACES_FILE, MANIFEST_FILE, purge_subject
+from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore
+from visage_ml.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    md5_file,
+    secure_unlink,
+)
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.datakeys import (
+    IMAGE_KINDS,
+    SUFFIX,
+    DataKeys,
+    SealedFileError,
+    keyring_folders,
+    parse_header,
+    sniff,
+)
+from visage_ml.privacy.keys import (
+    MASTER_KEY_ENV,
+    PID_RE,
+    MasterKeyError,
+    decode_master_key,
+    load_master_key,
+    next_master_key_path,
+)
+from visage_ml.privacy.registry import SubjectState
+from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring
+from visage_ml.privacy.vault import IdentityVault
+from visage_ml.rights import dvc_objects
+from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
+from visage_ml.serving import gallery as gallery_store
+
+log = logging.getLogger(__name__)
+
+JOURNAL = Path(".visage") / "seal-journal.json"
+ERASED = "erased_subject"
+UNKNOWN = "unknown_subject"
+NO_KEY = "no_key"
+PLAINTEXT = "plaintext"
+LEFTOVER = "leftover"
+# Folders of personal data: 0700, their files 0600 (privacy/ itself holds the public key).
+PRIVATE_FOLDERS: tuple[str, ...] = (
+    "data/raw",
+    "data/scenes",
+    "data/processed",
+    "gallery",
+    "privacy/vault",
+    "privacy/keys",
+    "privacy/exports",
+    "privacy/imports",
+    "secrets",
+)
+
+MSG_SAME_KEY = "the new master key is the current one; give another (or none: one is drawn)"
+MSG_OTHER_NEW_KEY = (
+    "an interrupted rotation to another new key is pending ({next}); finish it first by "
+    "running `visage privacy rotate-master-key` without --new-key-file"
+)
+MSG_ENV_NEEDS_KEY = (
+    "the master key comes from $VISAGE_MASTER_KEY, which visage-ml cannot change: give the new "
+    "key with --new-key-file FILE (base64 or hex of 32 bytes), then set VISAGE_MASTER_KEY to it"
+)
+MSG_SET_ENV = "set VISAGE_MASTER_KEY to the new key now: the old one opens nothing any more"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _status(states: Any, pid: str) -> str | None:
+    """``erased_subject`` / ``unknown_subject`` for a pid the registry refuses, else None."""
+    st: SubjectState | None = states.get(pid)
+    if st is None:
+        return UNKNOWN
+    return ERASED if st.erased else None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _seal_file(src: Path, dst: Path, sealed: bytes, opens: Any) -> bool:
+    """Put ``sealed`` at ``dst`` (atomic, 0600) and remove the plaintext ``src``.
+
+    Returns False when an earlier, interrupted run had already written ``dst`` (``opens(dst)``
+    returns the plaintext): then only ``src`` goes.
+    """
+    plain = src.read_bytes()
+    if dst.is_file():
+        try:
+            if opens(dst) == plain:
+                secure_unlink(src)
+                return False
+        except (SealedFileError, KeyDestroyedError, ValueError, OSError):
+            pass  # a damaged or foreign file: replaced below
+    atomic_write_bytes(dst, sealed, mode=0o600)
+    faults.crash_point("seal:file:written")
+    secure_unlink(src)
+    return True
+
+
+def tighten_permissions(paths: ProjectPaths) -> int:
+    """Folders holding personal data to 0700 and their files to 0600; returns modes changed."""
+    changed = 0
+    for rel in PRIVATE_FOLDERS:
+        top = paths.root / rel
+        if not top.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            if os.stat(dirpath).st_mode & 0o777 != 0o700:
+                os.chmod(dirpath, 0o700)
+                changed += 1
+            for name in filenames:
+                f = os.path.join(dirpath, name)
+                if os.path.islink(f):
+                    continue
+                if os.stat(f).st_mode & 0o777 != 0o600:
+                    os.chmod(f, 0o600)
+                    changed += 1
+    return changed
+
+
+def _journal(paths: ProjectPaths, md5s: set[str]) -> set[str]:
+    """Merge ``md5s`` into the journal of plaintext objects to purge; return all of them."""
+    path = paths.root / JOURNAL
+    known: set[str] = set()
+    if path.is_file():
+        try:
+            known = set(json.loads(path.read_text(encoding="utf-8")).get("md5s", []))
+        except ValueError:
+            known = set()
+    if md5s - known:
+        known |= md5s
+        atomic_write_json(path, {"md5s": sorted(known)}, mode=0o600)
+    return known
+
+
+# ---------------------------------------------------------------------------------------------
+# visage privacy seal
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SealReport:
+    """What :func:`seal_project` converted (counts only)."""
+
+    raw_sealed: int = 0
+    raw_already: int = 0
+    raw_left: dict[str, int] = field(default_factory=dict)
+    scenes_sealed: int = 0
+    crops_rows_sealed: int = 0
+    plaintext_crops_removed: bool = False
+    bundles_sealed: int = 0
+    bundles_left: int = 0
+    dvc_objects_removed: int = 0
+    permissions_fixed: int = 0
+    dvc: dict[str, str | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _plain_raw(raw: Path) -> Iterator[tuple[str, Path]]:
+    if not raw.is_dir():
+        return
+    for folder in sorted(p for p in raw.iterdir() if p.is_dir() and PID_RE.fullmatch(p.name)):
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in PLAIN_EXTS and IMAGE_ID_RE.fullmatch(f.stem) and f.is_file():
+                yield folder.name, f
+
+
+def _plain_scenes(scenes: Path) -> list[Path]:
+    if not scenes.is_dir():
+        return []
+    return sorted(f for f in scenes.iterdir() if f.suffix.lower() in PLAIN_EXTS and f.is_file())
+
+
+def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> SealReport:
+    """Convert every plaintext biometric file of the project to its sealed form (resumable).
+
+    Returns
+    -------
+    SealReport
+        Counts; subjects left unsealed (erased or unknown to the registry) are counted in
+        ``raw_left`` for :func:`doctor`.
+    """
+    core = core if core is not None else PrivacyCore(paths)
+    keys = core.data_keys
+    states = core.registry.states()
+    report = SealReport()
+    raw_plain = list(_plain_raw(paths.raw))
+    scenes_plain = _plain_scenes(paths.scenes)
+    legacy = paths.processed / LEGACY_FACES_FILE
+    md5s = {md5_file(f) for _, f in raw_plain} | {md5_file(f) for f in scenes_plain}
+    if legacy.is_file():
+        md5s.add(md5_file(legacy))
+    journal = _journal(paths, md5s)
+
+    store = RawStore(paths, core=core, track=False)
+    with store.lock():
+        store.recover()
+        for pid, f in raw_plain:
+            why = _status(states, pid)
+            if why is not None:
+                report.raw_left[why] = report.raw_left.get(why, 0) + 1
+                continue
+            dst = f.with_suffix(SUFFIX)
+            sealed = keys.seal_raw(pid, f.stem, f.read_bytes())
+            opens = lambda p, pid=pid, f=f: keys.open_raw(p.read_bytes(), pid, f.stem)  # noqa: E731
+            if _seal_file(f, dst, sealed, opens):
+                report.raw_sealed += 1
+            else:
+                report.raw_already += 1
+    for f in scenes_plain:
+        dst = f.with_suffix(SUFFIX)
+        sealed = keys.seal_scene(f.stem, f.read_bytes())
+        _seal_file(f, dst, sealed, lambda p: keys.open(p.read_bytes()))
+        report.scenes_sealed += 1
+    if legacy.is_file():
+        report.crops_rows_sealed = _seal_crops(paths, keys, states)
+        secure_unlink(legacy)
+        report.plaintext_crops_removed = True
+    report.bundles_sealed, report.bundles_left = _seal_bundles(paths, keys, states)
+    report.permissions_fixed = tighten_permissions(paths)
+    if dvcops.is_dvc_repo(paths.root):
+        with store.lock():
+            for folder in (paths.raw, paths.scenes):
+                if folder.is_dir():
+                    report.dvc[_rel(folder, paths.root)] = dvc_objects.add(paths.root, folder)
+        report.dvc_objects_removed = _purge_objects(paths.root, journal)
+    (paths.root / JOURNAL).unlink(missing_ok=True)
+    log.info("seal: %s", report.to_dict())
+    return report
+
+
+def _seal_crops(paths: ProjectPaths, keys: DataKeys, states: Any) -> int:
+    """``faces.u8.npy`` -> ``faces.sealed`` (rows of subjects without a key stay empty)."""
+    legacy = paths.processed / LEGACY_FACES_FILE
+    manifest_path = paths.processed / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return 0  # crops nobody can attribute: removed by the caller, prepare rebuilds
+    manifest = pd.read_parquet(manifest_path, columns=["row", "pid"])
+    owners = dict(
+        zip(manifest["row"].astype(int).tolist(), manifest["pid"].astype(str).tolist(), strict=True)
+    )
+    faces = np.load(legacy, mmap_mode="r")
+    sealed = 0
+    with CropWriter(paths.processed / FACES_FILE, keys, int(faces.shape[1])) as writer:
+        for row in range(faces.shape[0]):
+            pid = owners.get(row)
+            if pid is None or _status(states, pid) is not None or not keys.exists(pid):
+                writer.skip(1)
+                continue
+            writer.add(pid, np.asarray(faces[row]))
+            sealed += 1
+        writer.commit()
+    del faces
+    return sealed
+
+
+def _seal_bundles(paths: ProjectPaths, keys: DataKeys, states: Any) -> tuple[int, int]:
+    folder = paths.root / EXPORTS_DIR
+    if not folder.is_dir():
+        return 0, 0
+    sealed = left = 0
+    for f in sorted(folder.glob("*.zip")):
+        pid = bundle_owner(f)
+        if pid is None or _status(states, pid) is not None or not keys.exists(pid):
+            left += 1
+            continue
+        dst = f.with_name(f.name + SUFFIX)
+        blob = keys.seal_bundle(pid, f.name, f.read_bytes())
+        _seal_file(f, dst, blob, lambda p: keys.open(p.read_bytes()))
+        forget_owner(paths, [f.name])
+        sealed += 1
+    return sealed, left
+
+
+def _purge_objects(root: Path, md5s: set[str]) -> int:
+    """Delete the journaled plaintext objects from the DVC cache and every remote."""
+    if not md5s:
+        return 0
+    setup = dvc_objects.open_setup(root)
+    refs = dvc_objects.current_references(setup)
+    removed = 0
+    for md5 in sorted(md5s - refs):
+        for store in setup.stores:
+            try:
+                if store.exists(md5) and store.remove(md5):
+                    removed += 1
+            except OSError as exc:
+                log.warning("DVC store %s: object not removed (%s)", store.name, exc)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# visage privacy rotate-master-key
+# ---------------------------------------------------------------------------------------------
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A public fingerprint of a master key (16 hex of a domain-separated SHA-256)."""
+    return hashlib.sha256(b"visage-ml master key fingerprint\0" + key).hexdigest()[:16]
+
+
+@dataclass
+class RotationReport:
+    """What :func:`rotate_master_key` did."""
+
+    rings: dict[str, dict[str, int]] = field(default_factory=dict)
+    vault_index_entries: int = 0
+    old_fingerprint: str = ""
+    new_fingerprint: str = ""
+    resumed: bool = False
+    key_location: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _key_rings(paths: ProjectPaths) -> dict[str, tuple[Path, str]]:
+    rings = dict(keyring_folders(paths))
+    # The gallery owns its layout; ask it.
+    rings["gallery"] = (paths.gallery / gallery_store.KEYS_DIR, gallery_store.KEY_CONTEXT)
+    return rings
+
+
+def rotate_master_key(
+    paths: ProjectPaths, *, new_key: bytes | None = None, core: PrivacyCore | None = None
+) -> RotationReport:
+    """Re-wrap every data key under a new master key (resumable; data files untouched).
+
+    Parameters
+    ----------
+    paths
+        The project.
+    new_key
+        The new master key (32 bytes); drawn at random when None. Required when the current
+        key comes from ``$VISAGE_MASTER_KEY``.
+    core
+        The privacy core whose ledger records ``keys.master_rotated``.
+
+    Raises
+    ------
+    MasterKeyError
+        The current key is missing or wrong, or an interrupted rotation to another key waits.
+    """
+    key_path = paths.master_key
+    pending = next_master_key_path(key_path)
+    from_env = bool(os.environ.get(MASTER_KEY_ENV))
+    old = load_master_key(key_path, create=False, rotating=True)
+    report = RotationReport(resumed=pending.exists())
+    if report.resumed:
+        new = decode_master_key(pending.read_text(encoding="ascii"), str(pending))
+        if new_key is not None and new_key != new:
+            raise MasterKeyError(MSG_OTHER_NEW_KEY.format(next=pending))
+    else:
+        if from_env and new_key is None:
+            raise MasterKeyError(MSG_ENV_NEEDS_KEY)
+        new = new_key if new_key is not None else os.urandom(32)
+        if new == old:
+            raise ValueError(MSG_SAME_KEY)
+        atomic_write_bytes(pending, base64.b64encode(new) + b"\n", mode=0o600)
+    faults.crash_point("rotate:next-written")
+    for name, (folder, context) in _key_rings(paths).items():
+        done = rewrap_keyring(folder, context=context, old_master=old, new_master=new)
+        report.rings[name] = {"rewrapped": done.rewrapped, "already": done.already}
+    if paths.vault.is_dir():
+        vault = IdentityVault(paths.vault, key_path, master_key=new)
+        report.vault_index_entries = vault.reindex()
+    faults.crash_point("rotate:rewrapped")
+    report.old_fingerprint, report.new_fingerprint = key_fingerprint(old), key_fingerprint(new)
+    core = core if core is not None else PrivacyCore(paths)
+    core.ledger.append(
+        "keys.master_rotated",
+        None,
+        {
+            "old_fingerprint": report.old_fingerprint,
+            "new_fingerprint": report.new_fingerprint,
+            "rings": report.rings,
+            "resumed": report.resumed,
+        },
+    )
+    if from_env:
+        secure_unlink(pending)
+        report.key_location = MASTER_KEY_ENV
+        report.note = MSG_SET_ENV
+    else:
+        os.replace(pending, key_path)
+        fsync_dir(key_path.parent)
+        report.key_location = _rel(key_path, paths.root)
+    log.info("master key rotated: %s -> %s", report.old_fingerprint, report.new_fingerprint)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# visage privacy doctor
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    """One thing at rest that should not be: what, where, and what ``--purge`` does."""
+
+    kind: str  # erased_subject, unknown_subject, no_key, plaintext, leftover
+    path: str
+    pid: str | None = None
+    action: str = "purge"  # purge, or "seal" (run `visage privacy seal`: live data)
+
+
+@dataclass
+class DoctorReport:
+    """What :func:`doctor` found (and removed, with ``purge``)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    purged: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.findings:
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "counts": self.counts(),
+            "purged": self.purged,
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+class _Doctor:
+    def __init__(self, paths: ProjectPaths, core: PrivacyCore) -> None:
+        self.paths = paths
+        self.root = paths.root
+        self.core = core
+        self.states = core.registry.states()
+        self.keys: DataKeys | None = core.data_keys if paths.data_keys.is_dir() else None
+        self.report = DoctorReport()
+        self.bad_pids: dict[str, str] = {}
+
+    def add(self, kind: str, path: Path, pid: str | None = None, action: str = "purge") -> None:
+        self.report.findings.append(Finding(kind, _rel(path, self.root), pid, action))
+
+    def has_key(self, pid: str) -> bool:
+        return self.keys is not None and self.keys.exists(pid)
+
+    # -- where to look ---------------------------------------------------------------------
+    def raw(self) -> None:
+        raw = self.paths.raw
+        if not raw.is_dir():
+            return
+        for folder in sorted(p for p in raw.iterdir() if p.is_dir() and PID_RE.fullmatch(p.name)):
+            pid = folder.name
+            files = sorted(f for f in folder.rglob("*") if f.is_file())
+            status = _status(self.states, pid)
+            if status is not None:
+                self.bad_pids[pid] = status
+                for f in files:
+                    self.add(status, f, pid)
+                continue
+            for f in files:
+                kind = sniff(f)
+                if kind in IMAGE_KINDS:
+                    twin = f.with_suffix(SUFFIX).is_file()
+                    self.add(PLAINTEXT, f, pid, "purge" if twin else "seal")
+                elif kind == "sealed" and not self.has_key(pid):
+                    self.bad_pids[pid] = NO_KEY
+                    self.add(NO_KEY, f, pid)
+
+    def scenes(self) -> None:
+        folder = self.paths.scenes
+        if not folder.is_dir():
+            return
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and sniff(f) in IMAGE_KINDS:
+                twin = f.with_suffix(SUFFIX).is_file()
+                self.add(PLAINTEXT, f, None, "purge" if twin else "seal")
+
+    def processed(self) -> None:
+        processed = self.paths.processed
+        legacy = processed / LEGACY_FACES_FILE
+        if legacy.is_file():
+            twin = (processed / FACES_FILE).is_file()
+            self.add(PLAINTEXT, legacy, None, "purge" if twin else "seal")
+        for f in sorted(processed.glob(".*.tmp")) if processed.is_dir() else []:
+            # Left by a killed run: crops (in clear from an older version) nobody reads.
+            self.add(PLAINTEXT if sniff(f) in IMAGE_KINDS | {"npy"} else LEFTOVER, f)
+        manifest = processed / MANIFEST_FILE
+        if manifest.is_file():
+            sealed = (processed / FACES_FILE).is_file()
+            pids = pd.read_parquet(manifest, columns=["pid"])["pid"].astype(str).unique()
+            for pid in sorted(pids):
+                why = _status(self.states, pid)
+                if why is None and sealed and not self.has_key(pid):
+                    why = NO_KEY  # their chunk of faces.sealed opens for nobody
+                if why is not None:
+                    self.add(why, manifest, pid)
+
+    def gallery(self) -> None:
+        templates = self.paths.gallery / gallery_store.TEMPLATES_DIR
+        keys_dir = self.paths.gallery / gallery_store.KEYS_DIR
+        seen: set[str] = set()
+        for f in sorted(templates.rglob(f"*{gallery_store.SUFFIX}")) if templates.is_dir() else []:
+            seen.add(f.stem)
+        for f in sorted(keys_dir.glob("p*.key")) if keys_dir.is_dir() else []:
+            seen.add(f.stem)
+        for pid in sorted(p for p in seen if PID_RE.fullmatch(p)):
+            files = gallery_store.subject_files(self.paths.gallery, pid)
+            status = _status(self.states, pid)
+            if status is None and not (keys_dir / f"{pid}.key").is_file():
+                status = NO_KEY
+            if status is not None:
+                for f in files:
+                    self.add(status, f, pid)
+
+    def key_rings(self) -> None:
+        for name, (folder, _) in _key_rings(self.paths).items():
+            if name in ("collections", "gallery") or not folder.is_dir():
+                continue
+            for f in sorted(folder.glob("p*.key")):
+                status = _status(self.states, f.stem)
+                if status == ERASED:
+                    self.add(ERASED, f, f.stem)
+
+    def exports(self) -> None:
+        folder = self.root / EXPORTS_DIR
+        if not folder.is_dir():
+            return
+        for f in sorted(folder.iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            pid = bundle_owner(f)
+            status = _status(self.states, pid) if pid else None
+            if status is not None:
+                self.add(status, f, pid)
+            elif sniff(f) == "zip":
+                self.add(PLAINTEXT, f, pid, "seal")
+            elif sniff(f) == "sealed" and pid and not self.has_key(pid):
+                self.add(NO_KEY, f, pid)
+
+    def dvc(self) -> list[tuple[dvc_objects.ObjectStore, str]]:
+        """Plaintext images among the objects of the cache and local remotes."""
+        if not dvcops.is_dvc_repo(self.root):
+            return []
+        setup = dvc_objects.open_setup(self.root)
+        refs = dvc_objects.current_references(setup)
+        found = []
+        for store in setup.stores:
+            if store.local_path is None:
+                continue
+            for oid in store.oids():
+                if oid.endswith(".dir") or oid in refs:
+                    continue
+                if sniff(Path(store.oid_path(oid))) in IMAGE_KINDS:
+                    found.append((store, oid))
+                    self.add(PLAINTEXT, Path(store.oid_path(oid)))
+        return found
+
+    # -- purge ------------------------------------------------------------------------------
+    def purge(self, objects: list[tuple[dvc_objects.ObjectStore, str]]) -> int:
+        purged = 0
+        todo = [f for f in self.report.findings if f.action == "purge"]
+        # Subjects whose whole folder goes (erased, unknown, keyless); a plaintext copy of a
+        # live subject's sealed image is only that file.
+        raw_pids = {
+            f.pid for f in todo if f.pid and f.path.startswith("data/raw/") and f.kind != PLAINTEXT
+        }
+        if raw_pids:
+            store = RawStore(self.paths, core=self.core, track=False)
+            with store.transaction() as txn:
+                for pid in sorted(raw_pids):
+                    purged += len(txn.remove_subject(pid))
+            if dvcops.is_dvc_repo(self.root):
+                with store.lock():
+                    dvc_objects.add(self.root, self.paths.raw)
+        processed_pids = {
+            f.pid for f in todo if f.pid and f.path == f"data/processed/{MANIFEST_FILE}"
+        }
+        for pid in sorted(processed_pids):
+            purge_subject(self.paths.processed, pid)
+            purged += 1
+        for f in todo:
+            path = self.root / f.path if not Path(f.path).is_absolute() else Path(f.path)
+            if f.path.startswith("data/raw/") and f.pid in raw_pids:
+                continue
+            if f.path == f"data/processed/{MANIFEST_FILE}":
+                continue
+            if f.path.endswith(".key") and f.path.startswith("privacy/") and f.pid:
+                purged += int(self._destroy_key(path, f.pid))
+                continue
+            if path.is_file() and secure_unlink(path):
+                purged += 1
+        exported = [Path(f.path).name for f in todo if f.path.startswith(f"{EXPORTS_DIR}/")]
+        if exported:
+            forget_owner(self.paths, exported)
+        for store, oid in objects:
+            purged += int(store.remove(oid))
+        return purged
+
+    def _destroy_key(self, path: Path, pid: str) -> bool:
+        if path.parent == self.paths.data_keys and self.keys is not None:
+            return self.keys.destroy(pid) is not None
+        if path.parent == self.paths.vault / "keys":
+            return bool(self.core.vault.destroy(pid).removed)
+        return secure_unlink(path)
+
+
+def doctor(
+    paths: ProjectPaths, *, purge: bool = False, core: PrivacyCore | None = None
+) -> DoctorReport:
+    """Find what should not be at rest (and remove it with ``purge``).
+
+    Looks at ``data/raw``, ``data/scenes``, ``data/processed``, ``gallery/``, the key rings,
+    ``privacy/exports``, the DVC cache and local remotes. Plaintext files of live data that have
+    no sealed twin are listed with action ``seal`` (``visage privacy seal`` converts them);
+    everything else is purged by ``purge``: files of subjects the registry marks erased or does
+    not know (a restored backup), sealed files without a key, plaintext copies of sealed data
+    and unreferenced plaintext objects in DVC.
+    """
+    core = core if core is not None else PrivacyCore(paths)
+    doc = _Doctor(paths, core)
+    doc.raw()
+    doc.scenes()
+    doc.processed()
+    doc.gallery()
+    doc.key_rings()
+    doc.exports()
+    objects = doc.dvc()
+    if purge:
+        doc.report.purged = doc.purge(objects)
+    return doc.report
+
+
+MSG_DECRYPT_ERASED = "{path} belongs to subject {pid}, who was erased; it is not opened"
+
+
+def open_sealed_file(paths: ProjectPaths, path: Path, *, core: PrivacyCore | None = None) -> bytes:
+    """The plaintext of one sealed file of the project (a raw image, a scene, a kept bundle).
+
+    A raw image must be the image its path names; a file of a subject the registry marks
+    erased is refused even if a key survived somewhere.
+    """
+    core = core if core is not None else PrivacyCore(paths)
+    path = Path(path)
+    blob = path.read_bytes()
+    shown = "/".join(path.parts[-2:])
+    header, _ = parse_header(blob, what=shown)
+    pid = header.get("pid")
+    if pid and _status(core.registry.states(), str(pid)) == ERASED:
+        raise ValueError(MSG_DECRYPT_ERASED.format(path=shown, pid=pid))
+    expect = {"pid": path.parent.name, "id": path.stem} if header.get("role") == "raw" else None
+    return core.data_keys.open(blob, expect=expect, what=shown)

@@ -1,0 +1,308 @@
+"""Disclosure control of analytics releases: duplicate faces, complementary suppression, noise.
+
+Analytics (:mod:`visage_ml.serving.analytics`) releases one table per closed window; this
+module makes sure that table reveals no cell below ``k_min``:
+
+- **Duplicate faces count once** (:class:`FaceDeduper`). The same face tiled several times in a
+  frame, or a frame replayed, would otherwise multiply one person into a cell of size k. Each
+  aligned face crop (the demographic model's input: no embedder is involved) gets a perceptual
+  hash, the low frequencies of its 2-D DCT compared with their median (256 bits); a crop
+  within ``max_distance`` (share of differing bits) of a crop already counted in the window is
+  not counted again. The hashes live in memory for the open window only and are dropped when
+  it closes: nothing per face is kept beyond the window, nothing is written.
+- **Complementary suppression** (:func:`complementary_suppression`). Each dimension (age band,
+  gender, group) partitions the same faces, so a suppressed cell is the total minus the
+  released cells of its dimension. After k-suppression, more cells (the smallest released
+  ones) and, if needed, the total are suppressed until, with the constraints an attacker knows
+  (every count >= 0, a suppressed cell < k, every dimension sums to the total), no suppressed
+  cell has a single possible value.
+- **Differential privacy through OpenDP** (:func:`noisy_counts`). With ``epsilon`` > 0 every
+  cell of a window's table is released with discrete Laplace noise from one OpenDP
+  measurement over the whole vector, drawn once when the window closes (asking again returns
+  the same release, so repeats cannot average it out). OpenDP's privacy map gives the epsilon
+  actually spent for the table's L1 sensitivity (the cells one face changes); a window is
+  released once and its spending is reported with it (:class:`Budget`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import opendp.prelude as dp
+from PIL import Image
+from scipy.fft import dctn
+
+log = logging.getLogger(__name__)
+
+SUPPRESSED = "suppressed"
+HASH_SIDE = 32  # crops are reduced to this square before the DCT
+HASH_FREQS = 16  # the low HASH_FREQS x HASH_FREQS frequencies make the hash
+MSG_BUDGET = (
+    "this release would spend epsilon {need:.4g} but the window's budget is {budget:.4g} "
+    "(serving.analytics.epsilon); a window is released once"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicate faces
+# ---------------------------------------------------------------------------------------------
+
+
+def perceptual_hash(crop: np.ndarray) -> np.ndarray:
+    """256-bit perceptual hash of an aligned face crop (HxWx3 or HxW, any dtype)."""
+    arr = np.asarray(crop)
+    if arr.dtype != np.uint8:
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = ((arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)).astype(np.uint8)
+    img = Image.fromarray(arr).convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX)
+    coeffs = dctn(np.asarray(img, dtype=np.float64), norm="ortho")[:HASH_FREQS, :HASH_FREQS]
+    flat = coeffs.reshape(-1)
+    return flat > np.median(flat[1:])  # the DC term would dominate the median
+
+
+@dataclass
+class FaceDeduper:
+    """Counts each face once per window (see the module docstring).
+
+    Parameters
+    ----------
+    max_distance
+        Largest share of differing hash bits under which two crops are the same face.
+    """
+
+    max_distance: float = 0.1
+    _seen: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def fresh(self, crops: Sequence[np.ndarray]) -> list[int]:
+        """Indexes of ``crops`` not seen before in this window (nor earlier in ``crops``);
+        remembers them."""
+        return self.fresh_hashes([perceptual_hash(c) for c in crops])
+
+    def fresh_hashes(self, hashes: Sequence[np.ndarray]) -> list[int]:
+        """:meth:`fresh` for hashes computed already (:func:`perceptual_hash`)."""
+        keep: list[int] = []
+        limit = self.max_distance * HASH_FREQS * HASH_FREQS
+        for i, h in enumerate(hashes):
+            if self._seen:
+                distance = np.count_nonzero(np.stack(self._seen) != h, axis=1)
+                if int(distance.min()) <= limit:
+                    continue
+            self._seen.append(h)
+            keep.append(i)
+        return keep
+
+    def reset(self) -> None:
+        """Forget every hash (the window closed)."""
+        self._seen = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+# ---------------------------------------------------------------------------------------------
+# Complementary suppression
+# ---------------------------------------------------------------------------------------------
+
+
+def _pinned(
+    out: Mapping[str, Any], dims: Sequence[str], k_min: int, secondary: set[str]
+) -> str | None:
+    """A dimension in which some suppressed cell has only one possible value, if any.
+
+    The attacker is assumed to know which cells were suppressed for being under k (each then
+    at most ``k_min - 1``) and which only to protect others (``secondary``: any size), which
+    is more than a release tells: what holds against them holds against anyone.
+    """
+    inf = float("inf")
+    cap = float(k_min - 1)
+
+    def caps(d: str) -> list[float]:
+        return [
+            inf if f"{d}.{n}" in secondary else cap for n, v in out[d].items() if v == SUPPRESSED
+        ]
+
+    total = out["faces"]
+    if total != SUPPRESSED:
+        t_lo = t_hi = float(total)
+    else:
+        t_lo, t_hi = 0.0, inf if "faces" in secondary else cap
+    for d in dims:
+        released = sum(v for v in out[d].values() if v != SUPPRESSED)
+        t_lo, t_hi = max(t_lo, released), min(t_hi, released + sum(caps(d)))
+    for d in dims:
+        cs = caps(d)
+        if not cs:
+            continue
+        released = sum(v for v in out[d].values() if v != SUPPRESSED)
+        s_lo, s_hi = max(t_lo - released, 0.0), min(t_hi - released, sum(cs))
+        for c in cs:
+            others = sum(cs) - c
+            lo = max(0.0, s_lo - others)
+            hi = min(c, s_hi)
+            if hi - lo < 1.0:
+                return d
+    return None
+
+
+def complementary_suppression(out: dict[str, Any], *, dims: Sequence[str], k_min: int) -> list[str]:
+    """Suppress more of ``out`` (in place) until no suppressed cell can be worked out.
+
+    ``out`` is a released table: ``faces`` and, per dimension in ``dims``, cells as numbers or
+    :data:`SUPPRESSED` (k-suppression done). Each round withholds the smallest released cell of
+    a dimension in which a suppressed cell has one possible value given the total and the
+    released cells (or the total, when that dimension has nothing left to withhold). Returns the
+    cells suppressed here (``dim.cell`` or ``faces``).
+    """
+    added: set[str] = set()
+    order: list[str] = []
+    if k_min <= 1:  # a cell suppressed under k = 1 is 0 whatever else is released
+        return order
+    for _ in range(1 + sum(len(out[d]) for d in dims)):
+        d = _pinned(out, dims, k_min, added)
+        if d is None:
+            break
+        released = sorted((v, n) for n, v in out[d].items() if v != SUPPRESSED)
+        if released:
+            name = f"{d}.{released[0][1]}"
+            out[d][released[0][1]] = SUPPRESSED
+        elif out["faces"] != SUPPRESSED:
+            name = "faces"
+            out["faces"] = SUPPRESSED
+        else:
+            rest = sorted((v, dd, n) for dd in dims for n, v in out[dd].items() if v != SUPPRESSED)
+            if not rest:
+                break
+            _, dd, n = rest[0]
+            name = f"{dd}.{n}"
+            out[dd][n] = SUPPRESSED
+        added.add(name)
+        order.append(name)
+    return order
+
+
+def reconstructable(out: Mapping[str, Any], *, dims: Sequence[str]) -> list[str]:
+    """The suppressed cells of ``out`` an outsider can work out: the dimension sums to the
+    total (released, or the sum of a dimension released whole), so a dimension with one
+    suppressed cell gives it away, and one whose suppressed cells sum to 0 gives them all away.
+    Empty for a release made by :func:`complementary_suppression`."""
+    total = out["faces"]
+    if total == SUPPRESSED:
+        whole = [d for d in dims if all(v != SUPPRESSED for v in out[d].values())]
+        total = sum(out[whole[0]].values()) if whole else None
+    found: list[str] = []
+    if total is None:
+        return found
+    for d in dims:
+        hidden = [n for n, v in out[d].items() if v == SUPPRESSED]
+        rest = total - sum(v for v in out[d].values() if v != SUPPRESSED)
+        if len(hidden) == 1 or (hidden and rest <= 0):
+            found += [f"{d}.{n}={rest if len(hidden) == 1 else 0}" for n in hidden]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise (OpenDP) and its accounting
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _measurement(scale: float) -> Any:
+    # make_laplace on an integer vector is discrete Laplace; it is a "contrib" constructor.
+    dp.enable_features("contrib")
+    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
+    return dp.m.make_laplace(*space, scale=scale)
+
+
+@dataclass
+class Budget:
+    """The privacy budget of one window: what was allowed, what a release spent."""
+
+    epsilon: float
+    spent: float = 0.0
+    releases: int = 0
+    sensitivity: int = 0
+    scale: float = 0.0
+
+    def charge(self, epsilon: float) -> None:
+        if self.spent + epsilon > self.epsilon * (1 + 1e-9):
+            raise RuntimeError(MSG_BUDGET.format(need=self.spent + epsilon, budget=self.epsilon))
+        self.spent += epsilon
+        self.releases += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mechanism": "discrete Laplace (OpenDP make_laplace)" if self.scale else "none",
+            "library": f"opendp {version('opendp')}",
+            "epsilon_budget": self.epsilon,
+            "epsilon_spent": round(self.spent, 6),
+            "releases": self.releases,
+            "sensitivity": self.sensitivity,
+            "scale": self.scale,
+        }
+
+
+def noisy_counts(
+    values: Sequence[int], *, epsilon: float, sensitivity: int, budget: Budget | None = None
+) -> list[int]:
+    """``values`` with discrete Laplace noise from one OpenDP measurement over the vector.
+
+    The scale is ``sensitivity / epsilon``; OpenDP's privacy map of the measurement at
+    ``sensitivity`` is what is charged to ``budget`` (refused when it would exceed it).
+    """
+    scale = float(sensitivity) / float(epsilon)
+    meas = _measurement(scale)
+    spent = float(meas.map(d_in=int(sensitivity)))
+    if budget is not None:
+        budget.charge(spent)
+        budget.sensitivity, budget.scale = int(sensitivity), scale
+    return list(meas([round(v) for v in values]))
+
+
+def sensitivity_of(table: Any, dims: Sequence[str]) -> int:
+    """Cells one face changes in ``table``: the total, one per dimension, one per joint
+    dimension (when the table keeps joint counts)."""
+    return 1 + len(dims) + len(getattr(table, "joint", None) or {})
+
+
+def _cells(table: Any, dims: Sequence[str]) -> list[tuple[str, ...]]:
+    cells: list[tuple[str, ...]] = [("faces",)]
+    cells += [(d, c) for d in dims for c in getattr(table, d)]
+    joint = getattr(table, "joint", None) or {}
+    cells += [("joint", d, k) for d in joint for k in joint[d]]
+    return cells
+
+
+def noised_table(
+    table: Any, *, dims: Sequence[str], epsilon: float, budget: Budget | None = None
+) -> Any:
+    """A copy of count ``table`` with every cell noised by one OpenDP draw over the whole
+    vector (:func:`noisy_counts`; negative counts become 0)."""
+    cells = _cells(table, dims)
+    out = copy.deepcopy(table)
+
+    def slot(t: Any, cell: tuple[str, ...]) -> tuple[Any, str]:
+        if cell[0] == "joint":
+            return t.joint[cell[1]], cell[2]
+        return getattr(t, cell[0]), cell[1]
+
+    values = [
+        int(table.faces) if c[0] == "faces" else int(slot(table, c)[0][slot(table, c)[1]])
+        for c in cells
+    ]
+    noisy = noisy_counts(
+        values, epsilon=epsilon, sensitivity=sensitivity_of(table, dims), budget=budget
+    )
+    for cell, v in zip(cells, noisy, strict=True):
+        if cell[0] == "faces":
+            out.faces = max(int(v), 0)
+        else:
+            holder, key = slot(out, cell)
+            holder[key] = max(int(v), 0)
+    return out
