@@ -50,6 +50,9 @@ FLOORS: dict[str, int] = {
     "mlflow": logging.INFO,
     "alembic": logging.INFO,
     "sqlalchemy": logging.INFO,
+    # fpdf2 subsets fonts for the notice and records PDFs; fontTools logs each table at INFO.
+    "fontTools": logging.WARNING,
+    "fpdf": logging.WARNING,
 }
 
 
