@@ -20,6 +20,15 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["VISAGE_WITNESS_DIR"] = tempfile.mkdtemp(prefix="visage-witness-")
 
 
+@pytest.fixture(autouse=True)
+def _own_witness(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test gets its own directory witness (the session's tiny pipeline was built with the
+    session's). A test that copies a project and extends the copy's ledger leaves a checkpoint
+    that makes the original look rolled back: what a witness must say of a copy that went its
+    own way (same ledger key, same log), and no business of the next test."""
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(tmp_path_factory.mktemp("witness")))
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project root holding a copy of the repository's params.yaml."""
@@ -109,6 +118,9 @@ PIPELINE = {
     "eval_population.identities_per_cell": 2,
     "eval_population.calibration_identities_per_cell": 2,
     "eval_population.images_per_identity": 2,
+    # A tiny demographic training population (every cell) from its own seed.
+    "demographic_population.identities_per_cell": 1,
+    "demographic_population.images_per_identity": 2,
     "evaluate.calibration.bootstrap": 10,
     "evaluate.calibration.min_cluster_impostors": 50,
     "evaluate.gate.demographics.enforce": False,

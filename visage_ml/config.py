@@ -97,6 +97,11 @@ class ProjectPaths:
         return self.root / "data" / "eval_population"
 
     @property
+    def demographic_population(self) -> Path:
+        """Synthetic training people of the demographic model (no data subjects; not evaluated)."""
+        return self.root / "data" / "demographic_population"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 
@@ -531,6 +536,22 @@ class EvalPopulationParams:
 
 
 @dataclass(frozen=True)
+class DemographicPopulationParams:
+    """Stage ``demographic_population``: synthetic training people of the demographic model.
+
+    Synthetic people, not data subjects, balanced per skin-tone group x gender cell (SynthFaces'
+    acquisition shares leave few people in some groups), rendered as the evaluation population is
+    but from their own ``seed`` and id namespace: never the evaluation population's people, never
+    evaluated. Only the demographic model trains on them; the embedder never does.
+    """
+
+    seed: int = field(default=86_421, metadata=rng(ge=0))
+    # Training identities per group x gender cell (0: train on the processed data alone).
+    identities_per_cell: int = field(default=80, metadata=rng(ge=0, le=100_000))
+    images_per_identity: int = field(default=2, metadata=rng(ge=1, le=1000))
+
+
+@dataclass(frozen=True)
 class TrainEmbedderParams:
     """Stage ``train_embedder``: identity embedding network and its margin loss."""
 
@@ -874,10 +895,12 @@ class RetentionParams:
 
     # A consent lapses this many calendar months after it was given (0 = never).
     consent_months: int = field(default=12, metadata=rng(ge=0, le=1200))
-    # Export bundles kept under privacy/exports are removed after this many days.
+    # Export bundles kept under privacy/exports are removed after this many days, or after the
+    # records' export_bundles retention when that ends first.
     exports_days: int = field(default=30, metadata=rng(ge=1, le=36600))
     # Signed request receipts (privacy/requests/*.receipt.json) are removed after this many
-    # months (their SHA-256 stays in the ledger).
+    # months, or after the records' request_receipts retention when that ends first (their
+    # SHA-256 stays in the ledger).
     receipts_months: int = field(default=36, metadata=rng(ge=1, le=1200))
     # Erase a subject for whom no purpose has a legal basis any more (withdrawn, expired,
     # objected to) without waiting for a request.
@@ -932,6 +955,7 @@ class Params:
     synth: SynthParams = SynthParams()
     prepare: PrepareParams = PrepareParams()
     eval_population: EvalPopulationParams = EvalPopulationParams()
+    demographic_population: DemographicPopulationParams = DemographicPopulationParams()
     train_embedder: TrainEmbedderParams = TrainEmbedderParams()
     train_demographics: TrainDemographicsParams = TrainDemographicsParams()
     export: ExportParams = ExportParams()
@@ -939,6 +963,20 @@ class Params:
     gallery: GalleryParams = GalleryParams()
     serving: ServingParams = ServingParams()
     privacy: PrivacyParams = PrivacyParams()
+
+    def check(self) -> tuple[str, Any, str] | None:
+        # The demographic model's synthetic training people come from a seed of their own:
+        # never the evaluation population's (it would be trained on what measures it) nor the
+        # acquisition population's (project.seed).
+        seed = self.demographic_population.seed
+        if seed in (self.eval_population.seed, self.project.seed):
+            return (
+                "demographic_population.seed",
+                seed,
+                f"a seed of its own, not eval_population.seed ({self.eval_population.seed}) "
+                f"nor project.seed ({self.project.seed})",
+            )
+        return None
 
 
 class _DuplicateKeyError(yaml.YAMLError):

@@ -509,6 +509,19 @@ def test_exif_of_uploaded_images_never_reaches_a_log(project, caplog):
         pil.setLevel(before)
 
 
+def test_mlflow_s_database_layer_never_logs_below_warning():
+    """An erasure edits MLflow's store: SQLAlchemy's INFO (mapper set-up, and each SQL
+    statement with its parameters: run names, tags) never reaches a command's log."""
+    import logging
+
+    from visage_ml.app import logsafe
+
+    logsafe.quiet_third_party()
+    for name in ("sqlalchemy.engine.Engine", "sqlalchemy.orm.mapper.Mapper", "alembic.runtime"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+
+
 def test_serve_verbose_logs_visage_debug_but_never_a_library_s(project):
     """The CLI's logging set-up in a fresh process, as `visage serve --verbose` makes it."""
     import subprocess

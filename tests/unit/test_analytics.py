@@ -285,6 +285,37 @@ def test_a_face_tiled_five_times_reveals_no_cell(world):
     assert reconstructable(counts, dims=DIMENSIONS) == []
 
 
+def test_a_face_tiled_mirrored_and_retouched_still_counts_once(world):
+    # The attacker varies the copies so that no two tiles are the same pixels: a mirror image,
+    # more contrast, light noise, a darker mirror image. Each would count as another person
+    # to a byte-for-byte deduplication; a hash blind to mirror images counts two, a cell of
+    # k at k = 2.
+    person = next(iter(world.people.values()))
+    tile = world.photo(person.pid)[0]
+    noise = np.random.default_rng(1).integers(-8, 9, tile.shape)
+
+    def grade(t, gain, offset):
+        return np.clip((t.astype(float) - 128) * gain + 128 + offset, 0, 255).astype(np.uint8)
+
+    tiles = [
+        tile,
+        tile[:, ::-1],
+        grade(tile, 1.3, 10),
+        np.clip(tile.astype(int) + noise, 0, 255).astype(np.uint8),
+        grade(tile[:, ::-1], 0.8, -10),
+    ]
+    assert len({t.tobytes() for t in tiles}) == 5
+    frame = scene(tiles, cols=5)
+    clock = Clock()
+    analytics = Analytics(fake_engine(world.paths.root), k_min=2, clock=clock)
+    exact = analytics.count(frame)
+    assert exact.faces == 5 and 5 in exact.gender.values()  # the model sees five faces alike
+    counts = closed(analytics, clock, frame)
+    assert counts["faces"] == SUPPRESSED
+    for dim in DIMENSIONS:
+        assert set(counts[dim].values()) == {SUPPRESSED}, counts
+
+
 @pytest.mark.parametrize("epsilon", [0.0, 1.0])
 def test_300_repeated_frames_reveal_no_cell(world, epsilon):
     people = list(world.people.values())[:2]

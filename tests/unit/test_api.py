@@ -37,6 +37,8 @@ from visage_ml.app.http.auth import ROLES, KeyStore, parse_time
 from visage_ml.config import load_params
 from visage_ml.data.rawstore import RawStore
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.outbox import Recipients
+from visage_ml.rights.information import subject_information
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery
 
@@ -231,6 +233,54 @@ def test_objection_and_withdrawal_stop_identification(enrolled):
         e for e in s.world.core.ledger.entries() if e.type in ("objection", "consent.withdrawn")
     ]
     assert [e.actor for e in done] == [f"api-key:{dpo_id}"] * 2
+
+
+def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipients(enrolled):
+    # What a DPO must be able to show: when the subject was identified (Art. 15), and that the
+    # recipients of their data heard of the restriction set over HTTP (Art. 19), by whom.
+    s = enrolled
+    pid = s.pids[7]
+    assert s.top1(pid) == pid
+    op_id, dpo_id = (s.keys[r].split("_")[1] for r in ("operator", "dpo"))
+    events = subject_information(s.world.paths, pid)["identification_events"]
+    assert [(e["action"], e["key_id"], e["status"]) for e in events] == [("identify", op_id, 200)]
+    Recipients(s.world.core).add("partner", name="Partner", address="privacy@partner.invalid")
+    r = s.call("POST", f"/v1/subjects/{pid}/restrict", "dpo")
+    assert r.status_code == 200 and r.json()["event"] == "restriction.set", r.text
+    queued = [e for e in s.world.core.ledger.entries() if e.type == "notification.queued"]
+    (art19,) = [e for e in queued if e.payload["kind"] == "art19"]
+    assert art19.pid == pid and art19.payload["recipient_id"] == "partner"
+    assert art19.actor == f"api-key:{dpo_id}"
+
+
+def test_serve_enforces_retention_in_the_background_as_the_scheduler(project):
+    # privacy.retention.serve_interval_seconds: the server purges the template of a subject
+    # who withdrew consent to identification, without anyone running `visage privacy enforce`.
+    s = Served(project, overrides={"privacy.retention.serve_interval_seconds": 0.2})
+    pid = s.pids[0]
+    assert s.enroll(pid).status_code == 200
+    with s.client:  # runs the app's lifespan, which starts the background task
+        r = s.call(
+            "POST",
+            f"/v1/subjects/{pid}/consent/withdraw",
+            "dpo",
+            json={"purposes": ["identification"]},
+        )
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = [
+                e
+                for e in s.world.core.ledger.entries()
+                if e.type == "retention.applied" and e.pid == pid
+            ]
+            if done:
+                break
+            time.sleep(0.1)
+    (entry,) = done
+    assert entry.payload["action"] == "purge_template" and entry.actor == "scheduler"
+    assert entry.payload["reason"] == "consent_withdrawn"
+    assert s.world.core.subject(pid).template_sha256 is None
 
 
 def test_erased_subject_is_gone_key_destroyed_and_stays_gone_after_restart(enrolled):

@@ -78,6 +78,38 @@ def test_export_is_refused_for_a_broken_chain_and_anchored_in_the_ledger(project
     assert r.exit_code == 2 and "line 5" in r.output and not (project / "x.jsonl").exists()
 
 
+def test_a_log_cut_short_or_replaced_after_an_export_is_caught_by_its_ledger_anchor(project):
+    # An operator with disk access drops the last lines (the chain of what is left is intact),
+    # or writes a fresh log of the same length: the export's anchor in the ledger catches both.
+    paths = ProjectPaths(project)
+    path = paths.privacy / auditlog.AUDIT_FILE
+    paths.privacy.mkdir(parents=True, exist_ok=True)
+    fill(path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["privacy", "audit", "export", "--out", str(project / "a.jsonl")])
+    assert r.exit_code == 0, r.output
+    fill(path, n=2)  # the log goes on after the export
+    assert runner.invoke(app, ["privacy", "audit", "verify"]).exit_code == 0
+    full = path.read_bytes()
+    lines = full.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:4]))
+    assert auditlog.verify(path).ok  # the chain alone cannot tell
+    r = runner.invoke(app, ["privacy", "audit", "verify"])
+    assert r.exit_code == 1 and "line 5" in r.output and "cut from its end" in r.output
+    r = runner.invoke(app, ["privacy", "audit", "export", "--out", str(project / "b.jsonl")])
+    assert r.exit_code == 2 and not (project / "b.jsonl").exists()
+    path.unlink()
+    log = AuditLog(path, fsync_interval=0)  # a fresh chain without the identifications
+    for i in range(8):
+        log.write({"request_id": f"x{i}", "action": "analytics", "status": 200})
+    log.close()
+    assert auditlog.verify(path).ok
+    r = runner.invoke(app, ["privacy", "audit", "verify"])
+    assert r.exit_code == 1 and "line 6" in r.output and "replaced" in r.output
+    path.write_bytes(full)  # restored from a backup: verifies again
+    assert runner.invoke(app, ["privacy", "audit", "verify"]).exit_code == 0
+
+
 def test_an_access_export_lists_when_the_subject_was_identified(project):
     paths = ProjectPaths(project)
     paths.privacy.mkdir(parents=True, exist_ok=True)

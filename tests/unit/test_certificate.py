@@ -295,6 +295,9 @@ def test_the_standalone_verifier_of_docs_accepts_a_real_certificate_and_rejects_
         "the tlog proof": doc["proof"]["tlog_proof"].split("\n")[3][5:25],
         "the checkpoint root": doc["proof"]["tlog_proof"].split("\n\n")[1].split("\n")[2][3:20],
         "the certificate signature": doc["signature"]["value"][5:25],
+        # alg and key_id sit outside the signed bytes: the verifier must pin them itself.
+        "the signature's algorithm": '"alg": "Ed25519"',
+        "the signature's key id": doc["signature"]["key_id"],
     }
     for what, needle in targets.items():
         pos = original.index(needle.encode()) + 3
@@ -304,6 +307,16 @@ def test_the_standalone_verifier_of_docs_accepts_a_real_certificate_and_rejects_
         changed.write_bytes(bytes(data))
         out = run(changed)
         assert out.returncode == 1 and "certificate INVALID" in out.stdout, (what, out.stdout)
+    # A change that breaks the JSON or drops a member is a named failure, not a traceback.
+    for what, data in (
+        ("not JSON", b"x" + original[1:]),
+        ("no tlog proof", original.replace(b'"tlog_proof"', b'"tlog_proog"')),
+    ):
+        changed = tmp_path / "changed.json"
+        changed.write_bytes(data)
+        out = run(changed)
+        assert out.returncode == 1 and "FAIL  readable certificate" in out.stdout, (what, out)
+        assert "certificate INVALID" in out.stdout and "Traceback" not in out.stderr, what
 
 
 def test_a_certificate_made_before_a_ledger_key_rotation_still_verifies(erased):

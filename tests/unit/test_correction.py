@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from visage_ml.evaluation.confusion import demographic_confusion
-from visage_ml.serving.analytics import Analytics, count_predictions, release
+from visage_ml.serving.analytics import Analytics, CountTable, count_predictions, release
 from visage_ml.serving.correction import ConfusionModel, acc_solve
 
 GROUPS = ["g1", "g2", "g3", "g4"]
@@ -170,3 +170,46 @@ def test_closed_windows_of_the_service_carry_corrected_counts(confusion):
     (window,) = analytics.windows()
     assert window["counts"]["faces"] == 36
     assert {"count", "low", "high"} <= set(window["counts"]["corrected"]["gender"]["female"])
+
+
+def test_corrected_counts_do_not_give_away_how_suppressed_cells_split(confusion):
+    # Two windows that release the same raw cells and differ only in how four faces split
+    # between the two suppressed groups: whatever is released must not tell them apart. The
+    # correction mixes every cell of a dimension, so corrected figures computed from the
+    # hidden cells (as they were) differed: 8.6 vs 9.5 for g2, which with the published
+    # confusion report gives the split away.
+    def table(g3: int, g4: int, g1: int = 26) -> CountTable:
+        return CountTable(
+            age_band={"<18": 0, "18-29": 10, "30-44": 10, "45-59": 10, "60+": 10},
+            gender={"female": 20, "male": 20},
+            group={"g1": g1, "g2": 10, "g3": g3, "g4": g4},
+            faces=40,
+        )
+
+    releases = [
+        release(
+            table(g3, 4 - g3),
+            k_min=5,
+            epsilon=0.0,
+            confusion=confusion,
+            rounds=20,
+            rng=np.random.default_rng(1),
+        )
+        for g3 in range(5)
+    ]
+    assert releases[0]["group"] == {"g1": 26, "g2": 10, "g3": "suppressed", "g4": "suppressed"}
+    assert all(r == releases[0] for r in releases[1:]), releases
+    # Nothing corrected is released while a group cell is hidden (gender and age are corrected
+    # with the corrected group shares).
+    for dim in ("group", "gender", "age_band"):
+        assert set(releases[0]["corrected"][dim].values()) == {"suppressed"}
+    # With every cell released, corrected counts are released (the rule is not "never").
+    full = release(
+        table(5, 5, g1=20),
+        k_min=5,
+        epsilon=0.0,
+        confusion=confusion,
+        rounds=20,
+        rng=np.random.default_rng(1),
+    )
+    assert full["group"]["g4"] == 5 and isinstance(full["corrected"]["gender"]["female"], dict)

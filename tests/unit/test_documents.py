@@ -15,7 +15,7 @@ from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.consent import sha256_text
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.documents import SIGN_SIZE, notice_path, render_notice
+from visage_ml.privacy.documents import SIGN_SIZE, notice_path, render_notice, sign_lines
 from visage_ml.privacy.records import ensure_records, records_of, records_path
 
 
@@ -69,3 +69,7 @@ def test_the_sign_is_an_a4_first_layer_with_a_qr_code_to_the_full_notice(project
     assert b"/Subtype /Image" in pdf  # the QR code
     with Image.open(io.BytesIO((folder / "sign.png").read_bytes())) as im:
         assert im.format == "PNG"
+    # A passer-by reads the legal basis in words, with the articles, not as codes.
+    recs = records_of(paths)
+    text = "\n".join(t for _, t in sign_lines(recs, render_notice(recs)))
+    assert "(legal basis: consent (Art. 6(1)(a), 9(2)(a)))" in text and "art6" not in text

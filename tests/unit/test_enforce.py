@@ -193,8 +193,12 @@ def test_a_month_of_retention_is_enforced_notified_and_provable(month, tmp_path)
         by_type = {}
         for x in lines:
             by_type.setdefault(x["type"], set()).add(x.get("actor"))
+        assert all(x.get("actor") for x in lines)
         assert by_type["consent.expired"] == {"scheduler"}
         assert by_type["retention.applied"] == {"scheduler"}
+        # The erasures by policy, from their request to their last step, were the scheduler's.
+        erasures = [x for x in lines if x["type"].startswith("erasure.")]
+        assert erasures and {x["actor"] for x in erasures} == {"scheduler"}
         assert by_type["consent.withdrawn"] == {next(iter(by_type["consent.withdrawn"]))}
         assert next(iter(by_type["consent.withdrawn"])).startswith("os:")
 
@@ -229,6 +233,69 @@ def test_a_month_of_retention_is_enforced_notified_and_provable(month, tmp_path)
         policy = [s for s in book.all() if s.right == "erasure"]
         assert {s.pid for s in policy} == {a, c}
         assert all(s.details.get("reason_code") == "no_legal_basis" for s in policy)
+
+
+def test_an_objection_to_identification_alone_purges_the_template_and_keeps_the_rest(project):
+    clock = SimClock()
+    proj = make_project(project, n_subjects=2, n_images=1, processed=False)
+    core, paths = proj.core, proj.paths
+    core.ledger.clock = clock.iso
+    a, b = proj.pids
+    assert core.subject(a).template_sha256 is not None
+    object_to(paths, a, purposes=["identification"], core=core)
+    params = load_params(paths.root / "params.yaml")
+    enforcer = Enforcer(paths, core=core, params=params)
+    assert [(x.kind, x.pid, x.reason) for x in enforcer.plan()] == [
+        ("purge_template", a, "objected")
+    ]
+    enforcer.apply(deliver=False)
+    st = core.subject(a)
+    assert st.template_sha256 is None and not st.erased
+    assert st.decision("training").allowed  # training still rests on its consent
+    assert Erasure(paths, core=core, params=params).remaining(a)["raw"]
+    assert core.subject(b).template_sha256 is not None
+    assert Enforcer(paths, core=core, params=params).plan() == []
+
+
+def test_old_exports_and_receipts_expire_and_the_knobs_only_shorten_the_records(project):
+    # The records keep export bundles 30 days and receipts 36 months; params.yaml asks for 7
+    # days and 2 months. The DPO who shortened them sees the files go then, each removal a
+    # ledger event by the scheduler with the hash of what was removed.
+    clock = SimClock()
+    proj = make_project(project, n_subjects=2, n_images=1, processed=False, enrol=False)
+    core, paths = proj.core, proj.paths
+    core.ledger.clock = clock.iso
+    overrides = {
+        "privacy.retention.consent_months": 0,
+        "privacy.retention.erase_without_basis": False,
+        "privacy.retention.exports_days": 7,
+        "privacy.retention.receipts_months": 2,
+    }
+    write_overrides(paths.root / "params.yaml", overrides)
+    params = load_params(paths.root / "params.yaml")
+    export = export_subject(paths, proj.pids[0], core=core, delivery=Delivery(plaintext=True))
+    (receipt,) = sorted(paths.requests.glob("*.receipt.json"))
+    receipt_sha = hashlib.sha256(receipt.read_bytes()).hexdigest()
+    export_sha = hashlib.sha256(export.path.read_bytes()).hexdigest()
+    clock.advance(days=6, hours=23)
+    assert Enforcer(paths, core=core, params=params).plan() == []
+    clock.advance(hours=2)
+    (action,) = Enforcer(paths, core=core, params=params).plan()
+    assert (action.kind, action.reason) == ("remove_export", "retention_expired")
+    assert export.path.exists()  # planning is a dry run
+    Enforcer(paths, core=core, params=params).apply(deliver=False)
+    assert not export.path.exists() and receipt.exists()
+    clock.t = add_months(clock.t - timedelta(days=7, hours=1), 2) + timedelta(minutes=1)
+    (action,) = Enforcer(paths, core=core, params=params).plan()
+    assert (action.kind, action.reason) == ("remove_receipt", "retention_expired")
+    Enforcer(paths, core=core, params=params).apply(deliver=False)
+    assert not receipt.exists()
+    applied = [x for x in ledger_lines(core) if x["type"] == "retention.applied"]
+    assert [(x["payload"]["action"], x["payload"]["sha256"], x["actor"]) for x in applied] == [
+        ("remove_export", export_sha, "scheduler"),
+        ("remove_receipt", receipt_sha, "scheduler"),
+    ]
+    assert Enforcer(paths, core=core, params=params).plan() == []
 
 
 def _env(paths) -> dict[str, str]:

@@ -142,6 +142,28 @@ def test_webhooks_are_signed_and_art19_reaches_every_registered_recipient(setup)
     assert [r.id for r in Recipients(core).all()] == ["processor"]
 
 
+def test_a_restriction_the_dpo_sets_directly_reaches_every_registered_recipient(setup):
+    # `visage privacy restrict` (no request first) is still a restriction under Art. 18: the
+    # recipient of the subject's data must hear of it (Art. 19), and the subject is told.
+    core, pid, _ = setup
+    env = {"VISAGE_PROJECT": str(core.paths.root)}
+    runner = CliRunner()
+    with SmtpServer() as smtp, WebhookServer() as hook:
+        Recipients(core).add("partner", name="Partner", address=hook.url)
+        r = runner.invoke(app, ["privacy", "restrict", pid, "--json"], env=env)
+        assert r.exit_code == 0, r.output
+        rid = json.loads(r.output)["request_id"]
+        Notifier(core.paths, core=core, params=NotifyParams(smtp_port=smtp.port)).deliver()
+    assert core.subject(pid).restricted
+    (posted,) = hook.received
+    body = orjson.loads(posted.body)
+    assert body["kind"] == "art19" and body["request_id"] == rid
+    assert "restriction" in body["body"] and pid in body["body"]
+    assert [m.to for m in smtp.mails] == [["zelda@example.invalid"]] * 2  # receipt, completion
+    (done,) = [s for s in RequestBook(core).all() if s.request_id == rid]
+    assert done.right == "restriction" and done.status == "completed"
+
+
 def test_a_subject_without_contact_is_recorded_as_unreachable_not_silently_skipped(project):
     core = PrivacyCore(ProjectPaths(project))
     pid = core.add_subject(source="test")

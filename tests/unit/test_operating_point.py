@@ -124,6 +124,8 @@ def test_serve_loads_only_the_released_score_model_and_confusion(project):
             "train_embedder.embedding_dim": DIM,
             "train_demographics.input_size": 32,
             "prepare.image_size": 32,
+            # Corrected analytics counts (off by default) need the released confusion.
+            "serving.analytics.correct": True,
         },
     )
     write_params(params, paths.params)

@@ -42,6 +42,8 @@ GPU_PRESET_SMOKE = {
     "eval_population.identities_per_cell": 2,
     "eval_population.calibration_identities_per_cell": 2,
     "eval_population.images_per_identity": 2,
+    "demographic_population.identities_per_cell": 1,
+    "demographic_population.images_per_identity": 2,
     "evaluate.calibration.bootstrap": 10,
     "evaluate.calibration.min_cluster_impostors": 50,
     "evaluate.gate.demographics.enforce": False,

@@ -27,12 +27,14 @@ from visage_ml.app.stages import prepare
 from visage_ml.config import load_params
 from visage_ml.data.detect import Detection
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.privacy.datakeys import NoDataKeyError
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import (
     MSG_DELIVERY,
     Delivery,
     bundle_schema,
+    bundles_of,
     export_subject,
     open_delivered,
     read_bundle,
@@ -40,6 +42,7 @@ from visage_ml.rights.export import (
 )
 from visage_ml.rights.rectify import rectify
 from visage_ml.rights.runner import object_to, restrict
+from visage_ml.rights.sealing import doctor, open_sealed_file
 
 # The requester's age key pair (they keep the secret; the controller gets the public key).
 IDENTITY = x25519.Identity.generate()
@@ -211,10 +214,21 @@ def test_export_needs_an_explicit_delivery_and_records_a_plaintext_one(proj, tmp
         validate_bundle(result.path, passphrase="wrong")
     # --plaintext: the zip in clear, and the ledger says so with its hash.
     plain = export_subject(proj.paths, pid, core=proj.core, delivery=PLAIN)
-    assert plain.path.suffix == ".zip" and zipfile.is_zipfile(plain.path)
     (released,) = [e for e in proj.core.ledger.entries() if e.type == "export.plaintext_released"]
     assert released.pid == pid
     assert released.payload["bundle_sha256"] == plain.sha256 == plain.bundle_sha256
+    # ... but the copy kept in the project is sealed under the subject's data key: an operator
+    # reading privacy/exports (or a backup of it) finds no zip; `visage data decrypt` opens it.
+    assert plain.path.name.endswith(".zip.sealed") and not zipfile.is_zipfile(plain.path)
+    assert plain.path.stat().st_mode & 0o777 == 0o600
+    zipped = open_sealed_file(proj.paths, plain.path)
+    assert hashlib.sha256(zipped).hexdigest() == plain.bundle_sha256
+    assert plain.path in bundles_of(proj.paths, pid)  # found by its header, for the erasure
+    assert not [f for f in doctor(proj.paths).findings if f.kind == "plaintext"]
+    assert plain.data == zipped  # the HTTP API hands the zip over from memory
+    proj.core.data_keys.destroy(pid)
+    with pytest.raises(NoDataKeyError):
+        open_sealed_file(proj.paths, plain.path)
 
 
 def test_rectification_records_hashes_replaces_images_and_reenrols(proj):

@@ -70,6 +70,15 @@ def _plaintext_files(*roots: Path) -> list[str]:
     return out
 
 
+def _chart(path: Path) -> bool:
+    """A PNG matplotlib drew (it names itself in the PNG's Software chunk): a plot, no face."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and str(im.info.get("Software", "")).startswith("Matplotlib")
+    except Exception:  # any decoder refusal: not a chart
+        return False
+
+
 # -- the pipeline leaves no plaintext face at rest --------------------------------------------
 
 
@@ -82,6 +91,11 @@ def test_after_synth_and_dvc_repro_no_file_under_data_or_the_cache_opens_as_an_i
     files = [f for f in [*data.rglob("*"), *cache.rglob("*")] if f.is_file()]
     assert len(files) > 100
     assert _plaintext_files(data, cache) == []
+    # Nor anywhere else the pipeline writes (models and checkpoints, reports and plots, MLflow
+    # artefacts, the gallery, privacy/): the only images are the charts matplotlib drew.
+    assert len([f for f in _plaintext_files(root) if _chart(Path(f))]) > 5
+    found = [f for f in _plaintext_files(root) if "/.git/" not in f and not _chart(Path(f))]
+    assert found == []
     # Folders and files of personal data are the owner's only.
     for rel in ("data/raw", "data/processed", "gallery", "privacy/keys", "secrets"):
         assert (root / rel).stat().st_mode & 0o777 == 0o700, rel
@@ -103,7 +117,10 @@ def _make_legacy(root: Path) -> dict:
     store = RawStore(paths, core=core)
     crops = load_processed(paths)
     pid = str(crops.manifest["pid"].iloc[0])
-    bundle = export_subject(paths, pid, core=core, delivery=PLAIN)
+    sealed_bundle = export_subject(paths, pid, core=core, delivery=PLAIN).path
+    bundle = sealed_bundle.with_name(sealed_bundle.name.removesuffix(".sealed"))
+    bundle.write_bytes(core.data_keys.open(sealed_bundle.read_bytes()))  # kept in clear back then
+    sealed_bundle.unlink()
     pngs = {}
     for f in sorted(paths.raw.glob("p*/*.sealed")):
         png = store.read_image(f.parent.name, f.stem)
@@ -119,7 +136,7 @@ def _make_legacy(root: Path) -> dict:
         key.unlink()
     _dvc(root, "add", "data/raw", "data/scenes")
     _dvc(root, "push")
-    return {"pngs": pngs, "faces": crops.faces, "bundle": bundle.path, "pid": pid}
+    return {"pngs": pngs, "faces": crops.faces, "bundle": bundle, "pid": pid}
 
 
 @pytest.mark.pipeline

@@ -103,6 +103,33 @@ def test_training_stages_write_models_reports_and_checkpoints(tiny_project: Path
     assert np.isfinite(emb_run["metrics.images_per_second"])
 
 
+def test_demographics_train_on_the_synthetic_people_beside_the_data(tiny_project: Path, caplog):
+    from test_demographic_population import CentredDetector
+
+    from visage_ml.app.stages import demographic_population, train_demographics
+
+    paths = ProjectPaths.discover()
+    # Without the population (a project from before the stage): the data alone, with a warning.
+    with caplog.at_level("WARNING"):
+        alone = train_demographics.run(paths, progress=False)
+    assert "dvc repro demographic_population" in caplog.text
+    assert alone["train_images_synthetic"] == 0
+    overrides = {
+        "demographic_population.identities_per_cell": 2,
+        "demographic_population.images_per_identity": 2,
+    }
+    params = load_params(paths.params, overrides=overrides)
+    pop = demographic_population.run(paths, params, detector_factory=CentredDetector)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        rep = train_demographics.run(paths, progress=False)
+    assert "starting fresh" in caplog.text  # other training images: no resume of the old run
+    assert rep["train_images_synthetic"] == pop["images_aligned"] == 32
+    assert rep["train_identities_synthetic"] == 16
+    assert rep["train_images"] == alone["train_images"] + 32
+    assert rep["val_images"] == alone["val_images"]  # validation stays the data's
+
+
 def test_missing_processed_data_says_to_run_prepare(project: Path):
     from visage_ml.app.stages import train_embedder
 

@@ -8,6 +8,7 @@ refused, with a message naming the checkpoint and what to do.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -188,6 +189,26 @@ def test_truncating_the_last_entries_is_detected(withdrawn, witness_dir, k, loca
     assert cli("privacy", "subject", "show", victim).exit_code == 2
 
 
+def test_a_backup_restored_into_another_folder_is_still_a_rollback(withdrawn, witness_dir):
+    """The operator keeps a copy of the project from before a withdrawal and restores it on
+    another path (a new server, another volume): the witnesses know it is the same ledger."""
+    paths, pids = withdrawn
+    backup = paths.root.parent / "backup"
+    shutil.copytree(paths.root, backup / "proj", symlinks=True)
+    core = PrivacyCore(paths)
+    core.withdraw_consent(pids[0])  # witnessed before it returns
+    n = len(lines_of(paths))
+    restored = shutil.move(backup / "proj", paths.root.parent / "restored-elsewhere")
+    forget_checks()
+    with pytest.raises(LedgerRollbackError) as info:
+        PrivacyCore(ProjectPaths(Path(restored)))
+    assert f"covers {n}" in str(info.value) and str(witness_dir) in str(info.value)
+    # Same ledger, same log, wherever it lies; the project itself goes on as before.
+    same = PrivacyCore(ProjectPaths(Path(restored)), check=False).witnessing.origin
+    assert same == core.witnessing.origin
+    assert not PrivacyCore(paths).may_process(pids[0], "training").allowed
+
+
 def test_dropping_a_middle_entry_is_detected(withdrawn):
     paths, _ = withdrawn
     lines = lines_of(paths)
@@ -243,6 +264,21 @@ def test_a_fork_signed_with_the_stolen_key_is_refused_by_the_witness_and_the_ope
     with pytest.raises(WitnessUnavailableError, match="fork or a rollback"):
         thief.checkpoint_and_witness()
     assert witness_size(paths, witness_dir) == witnessed_before
+
+
+def test_a_whole_history_re_signed_with_the_stolen_key_is_still_the_same_log(
+    withdrawn, witness_dir
+):
+    """Even the first line is forged (another genesis) and the local checkpoint deleted: the
+    log is named after its key, so the witness's checkpoint still applies."""
+    paths, _ = withdrawn
+    n = len(lines_of(paths))
+    _fork(paths, 0, extra=n + 3)
+    (paths.checkpoints / "latest").unlink()
+    forget_checks()
+    with pytest.raises(LedgerRollbackError) as info:
+        PrivacyCore(paths)
+    assert "ledger fork" in str(info.value) and str(witness_dir) in str(info.value)
 
 
 def test_an_unsigned_line_appended_to_the_ledger_is_refused(withdrawn):

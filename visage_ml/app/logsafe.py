@@ -48,8 +48,10 @@ FLOORS: dict[str, int] = {
     "dvc": logging.INFO,
     "git": logging.INFO,
     "mlflow": logging.INFO,
-    "alembic": logging.INFO,
-    "sqlalchemy": logging.INFO,
+    # MLflow's store: SQLAlchemy's INFO is mapper set-up chatter and, for the engine, every SQL
+    # statement with its parameters (run names, tags): an erasure's output drowned in it.
+    "alembic": logging.WARNING,
+    "sqlalchemy": logging.WARNING,
     # fpdf2 subsets fonts for the notice and records PDFs; fontTools logs each table at INFO.
     "fontTools": logging.WARNING,
     "fpdf": logging.WARNING,

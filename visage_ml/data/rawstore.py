@@ -756,7 +756,7 @@ class RawStore:
             log.info(
                 "data/raw committed: %d images added, %d in total",
                 txn.n_new_images,
-                len(images) + txn.n_new_images,
+                len(txn._images) + txn.n_new_images,  # after the transaction's removals
             )
             self._after_commit(txn)
 

@@ -5,7 +5,8 @@ role, action, pid(s) concerned, outcome, latency; never an image, template, scor
 client address) plus ``prev``, the SHA-256 of the previous line's bytes (:data:`GENESIS` for
 the first). Removing, inserting or changing a line breaks the chain at the next one
 (:func:`verify`); an exported copy carries its head hash, and the export is anchored in the
-signed ledger (``audit.exported``), so that a log cut short after an export is detected too.
+signed ledger (``audit.exported``): :func:`verify` given those anchors (:func:`ledger_anchors`)
+also detects a log cut short, or replaced, after an export.
 
 Writers append one whole line with one ``write`` on an ``O_APPEND`` descriptor under an
 exclusive ``flock`` and read the previous line's hash under the same lock, so concurrent
@@ -18,7 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ AUDIT_FILE = "audit.jsonl"
 # reports as their identification events.
 IDENTIFICATION_ACTIONS: frozenset[str] = frozenset({"identify", "verify"})
 EXPORT_FORMAT = "visage-audit-export/1"
+MSG_SHORTER = (
+    "the log holds {lines} chained lines but an export anchored in the ledger had {n}: lines "
+    "were cut from its end; restore privacy/audit.jsonl from a backup or the export"
+)
+MSG_ANCHOR = (
+    "line {n} is not the head an export anchored in the ledger recorded: the log was "
+    "replaced or rewritten; restore privacy/audit.jsonl from a backup or the export"
+)
 
 
 def _last_line_hash(fd: int, size: int) -> str:
@@ -107,8 +116,17 @@ def iter_lines(path: Path) -> Iterator[bytes]:
                 yield line[:-1]
 
 
-def verify(path: Path, *, keep: bool = False) -> ChainReport:
-    """Check the chain of the log at ``path``; name the first broken line (1-based)."""
+def verify(
+    path: Path, *, keep: bool = False, anchors: Sequence[Mapping[str, Any]] = ()
+) -> ChainReport:
+    """Check the chain of the log at ``path``; name the first broken line (1-based).
+
+    ``anchors`` are the ``{"lines", "head"}`` of earlier exports (the payloads of the ledger's
+    ``audit.exported`` entries): a chain cannot show that lines were cut from its end, so the
+    log must still hold each exported prefix, ending in the same head.
+    """
+    wanted = {int(a["lines"]) for a in anchors}
+    heads: dict[int, str] = {}
     report = ChainReport(ok=True, lines=0)
     prev: str | None = None
     chained = False
@@ -141,9 +159,23 @@ def verify(path: Path, *, keep: bool = False) -> ChainReport:
         chained = True
         report.lines += 1
         prev = digest
+        if report.lines in wanted:
+            heads[report.lines] = digest
         if keep:
             report.records.append(obj)
     report.head = prev or GENESIS
+    for a in anchors:
+        n, head = int(a["lines"]), str(a["head"])
+        if n == 0 or heads.get(n) == head:
+            continue
+        report.ok = False
+        if n > report.lines:
+            report.bad_line = report.lines + report.unchained + 1
+            report.reason = MSG_SHORTER.format(n=n, lines=report.lines)
+        else:
+            report.bad_line = n + report.unchained
+            report.reason = MSG_ANCHOR.format(n=n)
+        break
     return report
 
 
@@ -171,8 +203,21 @@ def identification_events(path: Path, pid: str) -> list[dict[str, Any]]:
     return out
 
 
+def ledger_anchors(entries: Iterable[Any]) -> list[dict[str, Any]]:
+    """The ``{"lines", "head"}`` of every ``audit.exported`` entry among ledger ``entries``."""
+    return [
+        {"lines": e.payload["lines"], "head": e.payload["head"]}
+        for e in entries
+        if e.type == "audit.exported"
+    ]
+
+
 def export(
-    path: Path, out: Path, *, fields: Sequence[str] | None = None
+    path: Path,
+    out: Path,
+    *,
+    fields: Sequence[str] | None = None,
+    anchors: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[ChainReport, dict[str, Any]]:
     """Copy the verified chain to ``out`` (JSONL, mode 0600) with a manifest
     ``<out>.manifest.json``: lines, head hash, SHA-256 of the copy.
@@ -180,9 +225,10 @@ def export(
     Raises
     ------
     ValueError
-        The chain does not verify (nothing is written).
+        The chain does not verify, or does not hold an earlier export (``anchors``); nothing
+        is written.
     """
-    report = verify(path)
+    report = verify(path, anchors=anchors)
     if not report.ok:
         raise ValueError(report.message() + "; restore privacy/audit.jsonl from a backup")
     data = b"".join(line + b"\n" for line in iter_lines(path))

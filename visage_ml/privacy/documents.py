@@ -132,8 +132,9 @@ def sign_lines(records: Records, notice: Notice) -> list[tuple[str, str]]:
     lines.append(("body", f"Data protection officer: {records.dpo.contact}"))
     lines.append(("head", "What happens here, and why"))
     for name, p in records.purposes.items():
-        basis = ", ".join(p.legal_bases)
-        lines.append(("body", f"- {name}: {p.description} (legal basis: {basis})"))
+        lines.append(
+            ("body", f"- {name}: {p.description} (legal basis: {basis_words(p.legal_bases)})")
+        )
     lines.append(("head", "How long"))
     for name in ("biometric_template", "facial_images", "transient_frames"):
         if name in records.data_categories:
@@ -152,6 +153,14 @@ def sign_lines(records: Records, notice: Notice) -> list[tuple[str, str]]:
     lines.append(("body", f"Scan the code or visit {records.notice_url}"))
     lines.append(("meta", f"Notice version {notice.sha256[:16]}"))
     return lines
+
+
+def basis_words(codes: list[str]) -> str:
+    """Legal-basis codes as a passer-by reads them: the Art. 6 grounds in words, then the
+    articles, e.g. ``consent (Art. 6(1)(a), 9(2)(a))``."""
+    words = [LEGAL_BASES[c] for c in codes if c.startswith("art6") and c in LEGAL_BASES]
+    articles = [c.removeprefix("art") for c in codes]
+    return f"{' or '.join(words) or 'see the full notice'} (Art. {', '.join(articles)})"
 
 
 def _qr(url: str) -> Image.Image:

@@ -107,6 +107,8 @@ class Retention(_Strict):
 
     def text(self) -> str:
         """Human-readable period (for the notice and the register)."""
+        if self.months == 0 or self.days == 0:  # kept for no time at all: say so, no "0 days"
+            return self.note or "not kept"
         if self.months is not None:
             period = f"{self.months} month(s)"
         elif self.days is not None:

@@ -2,11 +2,13 @@
 the fail-closed check every process runs when it opens the ledger.
 
 A checkpoint (:mod:`visage_ml.privacy.checkpoint`) names the ledger by its *origin*
-(``privacy.witness.origin``, by default ``visage-ml.local/ledger/<hash of the project folder>``)
-and commits to its RFC 9162 Merkle root at a size; the ledger key signs it, and each configured
-witness (:mod:`visage_ml.privacy.witness`) checks a consistency proof from the size it saw last
-and cosigns. The cosigned note is kept in ``privacy/checkpoints/latest``; the witnesses keep
-their own copy.
+(``privacy.witness.origin``, by default ``visage-ml.local/ledger/<hash of the ledger's first
+key>``: the same wherever a copy of the project is put, so that a pre-erasure backup restored
+into another folder, or a history re-signed with a stolen key, still meets the witnesses' newer
+checkpoints) and commits to its RFC 9162 Merkle root at a size; the ledger key signs it, and
+each configured witness (:mod:`visage_ml.privacy.witness`) checks a consistency proof from the
+size it saw last and cosigns. The cosigned note is kept in ``privacy/checkpoints/latest``; the
+witnesses keep their own copy.
 
 - :meth:`Witnessing.after_append` runs after every append of the privacy core: an event that
   narrows processing (:data:`NARROWING_EVENTS`) is covered by a witnessed checkpoint before the
@@ -49,7 +51,14 @@ from visage_ml.privacy.checkpoint import (
     verified_cosigners,
     verify_note,
 )
-from visage_ml.privacy.ledger import Entry, Ledger, LedgerError
+from visage_ml.privacy.keys import load_public_key
+from visage_ml.privacy.ledger import (
+    Entry,
+    Ledger,
+    LedgerError,
+    first_rotation_old_key,
+    raw_key,
+)
 from visage_ml.privacy.witness import (
     DirectoryWitness,
     HttpWitness,
@@ -119,12 +128,29 @@ class WitnessUnavailableError(LedgerError):
     """Fewer witnesses cosigned a checkpoint than the quorum asks for."""
 
 
-def project_origin(paths: ProjectPaths, params: WitnessParams) -> str:
-    """The origin line of the project's checkpoints (see the module docstring)."""
+def project_origin(
+    paths: ProjectPaths, params: WitnessParams, *, ledger_path: Path | None = None
+) -> tuple[str, bool]:
+    """The origin line of the project's checkpoints and whether it is final.
+
+    ``params.origin`` when set; else named after the ledger's first key (the old key of its
+    first ``ledger.key_rotated`` entry, else ``ledger.pub``), which no move, copy, restore or
+    re-signed history changes: every copy of the ledger is one log to the witnesses. Before
+    the ledger has a key, the project folder stands in (not final: nothing is signed yet).
+    """
     if params.origin:
-        return params.origin
+        return params.origin, True
+    try:
+        data = Path(ledger_path or paths.ledger).read_bytes()
+    except FileNotFoundError:
+        data = b""
+    first = first_rotation_old_key(data) if data else None
+    if first is None and paths.ledger_public_key.is_file():
+        first = raw_key(load_public_key(paths.ledger_public_key))
+    if first is not None:
+        return ORIGIN_PREFIX + hashlib.sha256(first).hexdigest()[:16], True
     digest = hashlib.sha256(str(Path(paths.root).resolve()).encode("utf-8")).hexdigest()
-    return ORIGIN_PREFIX + digest[:16]
+    return ORIGIN_PREFIX + digest[:16], False
 
 
 def witness_folder(spec: WitnessSpec) -> Path:
@@ -175,12 +201,22 @@ class Witnessing:
         self.paths = paths
         self.params = params
         self.ledger = ledger
-        self.origin = project_origin(paths, params)
+        self._origin: str | None = None
         self._clients: list[WitnessClient] | None = None
         self._latest_cache: tuple[tuple[int, int], Checkpoint, float] | None = None
         # When the next checkpoint is due on cadence: (ledger size, time.monotonic()).
         self._due: tuple[int, float] | None = None
         self.latest_path = paths.checkpoints / LATEST
+
+    @property
+    def origin(self) -> str:
+        """The log's origin line (:func:`project_origin`), fixed once the ledger has a line."""
+        if self._origin is None:
+            origin, final = project_origin(self.paths, self.params, ledger_path=self.ledger.path)
+            if not final:
+                return origin
+            self._origin = origin
+        return self._origin
 
     @property
     def clients(self) -> list[WitnessClient]:

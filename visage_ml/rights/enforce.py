@@ -14,7 +14,8 @@ carries it out as the actor ``scheduler``, each action a ledger event with its r
   (``no_legal_basis``), or the ``facial_images`` retention ended since collection
   (``retention_expired``);
 - ``remove_export`` / ``remove_receipt`` (``retention_expired``): a kept export bundle or a
-  request receipt older than the ``export_bundles`` / ``request_receipts`` retention.
+  request receipt older than the ``export_bundles`` / ``request_receipts`` retention, or than
+  ``privacy.retention.exports_days`` / ``receipts_months`` when those end first.
 
 Periods come from the records of processing (``privacy/records.yaml``) and consent expiry from
 ``privacy.retention``; times are the ledger's (when a consent was recorded, a subject added, a
@@ -107,6 +108,11 @@ def _after(start: datetime, retention: Retention) -> datetime | None:
     if retention.days is not None:
         return start + timedelta(days=retention.days)
     return None
+
+
+def _earliest(*ends: datetime | None) -> datetime | None:
+    """The first of the ``ends`` that are set (None when none is)."""
+    return min((e for e in ends if e is not None), default=None)
 
 
 class Enforcer:
@@ -240,6 +246,9 @@ class Enforcer:
         return []
 
     def _file_actions(self, records: Records, now: datetime) -> list[Action]:
+        # The records' period is what subjects were told; privacy.retention's exports_days and
+        # receipts_months may only shorten it (whichever ends first applies).
+        knobs = self.params.privacy.retention
         actions: list[Action] = []
         book = RequestBook(self.core, params=self.params.privacy)
         requests = {s.request_id: s for s in book.all()}
@@ -258,7 +267,7 @@ class Enforcer:
                     continue
                 rid = f.name.split(".", 1)[0]
                 made = exported.get(rid) or datetime.fromtimestamp(f.stat().st_mtime, UTC)
-                end = _after(made, keep)
+                end = _earliest(_after(made, keep), made + timedelta(days=knobs.exports_days))
                 if end is not None and end <= now:
                     actions.append(
                         Action("remove_export", RETENTION_EXPIRED, None, {"file": f.name})
@@ -269,7 +278,11 @@ class Enforcer:
                 rid = f.name.split(".", 1)[0]
                 st = requests.get(rid)
                 done = parse_time(st.completed_at) if st and st.completed_at else None
-                end = _after(done, keep) if done else None
+                end = (
+                    _earliest(_after(done, keep), add_months(done, knobs.receipts_months))
+                    if done
+                    else None
+                )
                 if end is not None and end <= now:
                     actions.append(
                         Action("remove_receipt", RETENTION_EXPIRED, None, {"request_id": rid})

@@ -30,8 +30,11 @@ or more X25519 recipients (``age1...``) or a passphrase (scrypt), as
 ``privacy/exports/<request id>.zip.age``; the requester opens it with any age tool
 (``age -d -i key.txt``). A plaintext zip needs the explicit ``plaintext`` choice
 (``--plaintext``) and is recorded by its own ledger event, ``export.plaintext_released``, with
-its SHA-256. Bundles kept under ``privacy/exports`` are listed in ``.owners.json`` (file ->
-pid, mode 0600), so an erasure finds them without being able to open them.
+its SHA-256; the project keeps it only sealed under the subject's data key
+(``<request id>.zip.sealed``, written out for hand-over by ``visage data decrypt``), so no face
+lies in clear under ``privacy/`` and the erasure's key destruction reaches every copy of it.
+Age bundles kept under ``privacy/exports`` are listed in ``.owners.json`` (file -> pid, mode
+0600), so an erasure finds them without being able to open them.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from visage_ml.io import (
     sha256_file,
 )
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
-from visage_ml.privacy.datakeys import ROLE_BUNDLE, parse_header, sniff
+from visage_ml.privacy.datakeys import ROLE_BUNDLE, SUFFIX, parse_header, sniff
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.requests import RequestBook
@@ -658,8 +661,10 @@ def export_subject(
     pid
         The subject.
     out
-        Where to write the bundle (default ``privacy/exports/<request id>.zip.age``, ``.zip``
-        when plaintext); written atomically, mode 0600.
+        Where to write the bundle (default ``privacy/exports/<request id>.zip.age``); written
+        atomically, mode 0600. A plaintext zip without ``out`` is kept only sealed under the
+        subject's data key, ``privacy/exports/<request id>.zip.sealed`` (opened for hand-over
+        with ``visage data decrypt``).
     request_id
         The verified request answered (one is recorded when None).
     core, gallery
@@ -692,7 +697,13 @@ def export_subject(
     data = delivery.seal(zipped)
     zip_digest = sha256_bytes(zipped)
     path = None
-    if keep:
+    if keep and out is None and delivery.plaintext:
+        # The zip in clear holds the subject's face: kept in the project only sealed under their
+        # data key (dies with it); `visage data decrypt` hands it out where the DPO says.
+        name = f"{st.request_id}{delivery.suffix}"
+        path = private_dir(paths.root / EXPORTS_DIR) / f"{name}{SUFFIX}"
+        atomic_write_bytes(path, core.data_keys.seal_bundle(pid, name, zipped), mode=0o600)
+    elif keep:
         exports = private_dir(paths.root / EXPORTS_DIR)
         path = Path(out) if out is not None else exports / f"{st.request_id}{delivery.suffix}"
         atomic_write_bytes(path, data, mode=0o600)

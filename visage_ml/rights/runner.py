@@ -40,11 +40,14 @@ def restrict(
     request_id: str | None = None,
     lift: bool = False,
     core: PrivacyCore | None = None,
+    reason_code: str = "subject_request",
 ) -> RequestState:
     """Answer a restriction request: restrict (or lift) processing; complete the request.
 
     The data is kept; the registry makes ``prepare`` leave the subject out and serving stop
-    scoring them until lifted.
+    scoring them until lifted. Completing a restriction sends the subject its completion and
+    every registered recipient its Art. 19 notice; so a restriction the DPO sets directly
+    (``visage privacy restrict``, ``POST /v1/subjects/{pid}/restrict``) comes here too.
 
     Parameters
     ----------
@@ -58,6 +61,8 @@ def restrict(
         Lift the restriction instead of setting it.
     core
         Open privacy core (opened when None).
+    reason_code
+        Why the restriction is set (a code, recorded with ``restriction.set``).
 
     Returns
     -------
@@ -69,7 +74,7 @@ def restrict(
     st = begin(
         book, pid, ("restriction",), request_id, details={"action": "lift" if lift else "set"}
     )
-    entry = core.lift(pid) if lift else core.restrict(pid, reason_code="subject_request")
+    entry = core.lift(pid) if lift else core.restrict(pid, reason_code=reason_code)
     book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})
     return book.get(st.request_id)
 

@@ -86,6 +86,7 @@ PRIVATE_FOLDERS: tuple[str, ...] = (
     "data/raw",
     "data/scenes",
     "data/processed",
+    "data/eval_population",
     "gallery",
     "privacy/vault",
     "privacy/keys",

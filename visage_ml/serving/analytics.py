@@ -28,9 +28,10 @@ numbers, so averaging repeated answers cannot remove the noise.
 Corrected counts (``serving.analytics.correct``): each closed window also reports its counts
 corrected for the demographic model's measured confusion per skin-tone group (adjusted
 classify-and-count, :mod:`visage_ml.serving.correction`), each with an interval, beside the raw
-counts. They are computed from the window's noisy raw counts only (post-processing: no further
-privacy budget). A corrected cell is suppressed when its estimate is under ``k_min`` or its raw
-cell is suppressed.
+counts. They are computed from the released raw counts only (post-processing: no further
+privacy budget, and nothing a suppressed cell holds): a dimension is corrected only when every
+one of its raw cells, and every group cell, was released; otherwise its corrected cells are all
+suppressed. A corrected cell under ``k_min`` is suppressed too.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ from visage_ml.serving.disclosure import (
     Budget,
     FaceDeduper,
     complementary_suppression,
+    face_hashes,
     noised_table,
-    perceptual_hash,
 )
 
 SUPPRESSED = "suppressed"
@@ -157,68 +158,67 @@ def release(
         ``faces`` and, per dimension, each cell as an integer >= ``k_min`` or ``"suppressed"``.
     """
     gen = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-    if epsilon > 0:
+    if epsilon > 0:  # the noise goes into the table itself (OpenDP), before anything is shown
         table = noised_table(table, dims=DIMENSIONS, epsilon=epsilon, budget=budget)
-    scale = 0.0  # the noise is in the table already (OpenDP)
-
-    def noisy(count: float) -> float:
-        return float(count) + (float(gen.laplace(0.0, scale)) if scale > 0 else 0.0)
 
     def cell(value: float) -> int | str:
         shown = max(math.floor(value + 0.5), 0)
         return shown if shown >= k_min else SUPPRESSED
 
-    out: dict[str, Any] = {"faces": cell(noisy(table.faces))}
-    values: dict[str, dict[str, float]] = {}
+    out: dict[str, Any] = {"faces": cell(table.faces)}
     for dim in DIMENSIONS:
-        values[dim] = {k: noisy(v) for k, v in getattr(table, dim).items()}
-        out[dim] = {k: cell(v) for k, v in values[dim].items()}
+        out[dim] = {k: cell(v) for k, v in getattr(table, dim).items()}
     complementary_suppression(out, dims=DIMENSIONS, k_min=k_min)
     if confusion is not None:
         out["corrected"] = corrected_counts(
-            confusion, values, raw=out, k_min=k_min, rounds=rounds, rng=gen
+            confusion, {d: out[d] for d in DIMENSIONS}, k_min=k_min, rounds=rounds, rng=gen
         )
     return out
 
 
 def corrected_counts(
     confusion: ConfusionModel,
-    values: dict[str, dict[str, float]],
+    released: Mapping[str, Mapping[str, int | str]],
     *,
-    raw: dict[str, Any],
     k_min: int,
     rounds: int,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
-    """Each dimension's counts corrected for ``confusion`` (see the module docstring).
+    """Each dimension's counts corrected for ``confusion``, from the released raw cells only.
 
-    ``values`` are the (noisy) raw counts per dimension; ``raw`` the released raw table, whose
-    suppressed cells stay suppressed here.
+    ``released`` is the released raw table per dimension (numbers or ``"suppressed"``). The
+    correction of a dimension mixes all of its cells (and gender and age are corrected with the
+    corrected group shares), so a corrected figure computed from a suppressed cell would give
+    that cell away: a dimension is corrected only when all of its raw cells were released (and,
+    for gender and age, all of the group's), otherwise every corrected cell of it is
+    suppressed. A corrected cell under ``k_min`` is suppressed too.
     """
     order = {
         "group": confusion.groups,
         "gender": confusion.genders,
         "age_band": confusion.age_labels,
     }
+    whole = {d: SUPPRESSED not in released[d].values() for d in DIMENSIONS}
+    usable = {d: whole["group"] and whole[d] for d in DIMENSIONS}
+    out: dict[str, Any] = {d: dict.fromkeys(order[d], SUPPRESSED) for d in DIMENSIONS}
+    if not usable["group"]:
+        return out
     observed = {
-        dim: np.array([max(values[dim].get(k, 0.0), 0.0) for k in names])
+        dim: np.array([float(released[dim].get(k, 0)) if usable[dim] else 0.0 for k in names])
         for dim, names in order.items()
     }
     estimates = confusion.correct_all(observed, rounds=rounds, rng=rng)
-    out: dict[str, Any] = {}
     for dim in DIMENSIONS:
+        if not usable[dim]:
+            continue
         est = estimates[dim]
-        cells: dict[str, Any] = {}
         for name, count in est.estimate.items():
-            if count < k_min or raw[dim].get(name) == SUPPRESSED:
-                cells[name] = SUPPRESSED
-            else:
-                cells[name] = {
+            if count >= k_min:
+                out[dim][name] = {
                     "count": round(count, 1),
                     "low": round(max(est.low[name], 0.0), 1),
                     "high": round(est.high[name], 1),
                 }
-        out[dim] = cells
     return out
 
 
@@ -341,7 +341,7 @@ class Analytics:
         faces = self.engine.detect(image)
         crops = [f.crop for f in faces]
         del faces
-        hashes = [perceptual_hash(c) for c in crops]
+        hashes = [face_hashes(c) for c in crops]
         pred = self.engine.predict(np.stack(crops)) if crops else None
         del crops
         bands, genders, groups = self._labels()

@@ -7,9 +7,13 @@ module makes sure that table reveals no cell below ``k_min``:
   frame, or a frame replayed, would otherwise multiply one person into a cell of size k. Each
   aligned face crop (the demographic model's input: no embedder is involved) gets a perceptual
   hash, the low frequencies of its 2-D DCT compared with their median (256 bits); a crop
-  within ``max_distance`` (share of differing bits) of a crop already counted in the window is
-  not counted again. The hashes live in memory for the open window only and are dropped when
-  it closes: nothing per face is kept beyond the window, nothing is written.
+  within ``max_distance`` (share of differing bits) of a crop already counted in the window, or
+  of its mirror image (a mirrored tile is the same face), is not counted again. Brightness and
+  contrast changes and light pixel noise leave the hash within that distance, while different
+  people stay far apart (see :data:`FaceDeduper.max_distance`). Different photographs of one
+  person are not recognised as one face (that would take the embedder). The hashes live in
+  memory for the open window only and are dropped when it closes: nothing per face is kept
+  beyond the window, nothing is written.
 - **Complementary suppression** (:func:`complementary_suppression`). Each dimension (age band,
   gender, group) partitions the same faces, so a suppressed cell is the total minus the
   released cells of its dimension. After k-suppression, more cells (the smallest released
@@ -67,6 +71,12 @@ def perceptual_hash(crop: np.ndarray) -> np.ndarray:
     return flat > np.median(flat[1:])  # the DC term would dominate the median
 
 
+def face_hashes(crop: np.ndarray) -> np.ndarray:
+    """The perceptual hashes of ``crop`` and of its mirror image, shape ``(2, 256)``."""
+    arr = np.asarray(crop)
+    return np.stack([perceptual_hash(arr), perceptual_hash(arr[:, ::-1])])
+
+
 @dataclass
 class FaceDeduper:
     """Counts each face once per window (see the module docstring).
@@ -74,27 +84,34 @@ class FaceDeduper:
     Parameters
     ----------
     max_distance
-        Largest share of differing hash bits under which two crops are the same face.
+        Largest share of differing hash bits under which two crops are the same face. At 0.1
+        (26 bits), measured on 600 aligned SynthFaces test crops of the demo: a crop's mirror
+        image, +-20 pixel noise, 30% more contrast or JPEG at quality 60 stay within it; two
+        different people never came closer than 46 bits (0.18), mirrored or not.
     """
 
     max_distance: float = 0.1
     _seen: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def fresh(self, crops: Sequence[np.ndarray]) -> list[int]:
-        """Indexes of ``crops`` not seen before in this window (nor earlier in ``crops``);
-        remembers them."""
-        return self.fresh_hashes([perceptual_hash(c) for c in crops])
+        """Indexes of ``crops`` not seen before in this window (nor earlier in ``crops``), as
+        they are or mirrored; remembers them."""
+        return self.fresh_hashes([face_hashes(c) for c in crops])
 
     def fresh_hashes(self, hashes: Sequence[np.ndarray]) -> list[int]:
-        """:meth:`fresh` for hashes computed already (:func:`perceptual_hash`)."""
+        """:meth:`fresh` for hashes computed already: each a :func:`perceptual_hash` or the
+        pair of :func:`face_hashes` (then a face matching one counted before, either way
+        round, is not fresh)."""
         keep: list[int] = []
         limit = self.max_distance * HASH_FREQS * HASH_FREQS
         for i, h in enumerate(hashes):
+            forms = np.atleast_2d(h)
             if self._seen:
-                distance = np.count_nonzero(np.stack(self._seen) != h, axis=1)
+                seen = np.stack(self._seen)
+                distance = np.count_nonzero(seen[None, :, :] != forms[:, None, :], axis=2)
                 if int(distance.min()) <= limit:
                     continue
-            self._seen.append(h)
+            self._seen.append(forms[0])
             keep.append(i)
         return keep
 

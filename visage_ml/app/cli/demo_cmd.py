@@ -23,6 +23,7 @@ from visage_ml.privacy.records import ensure_records
 from visage_ml.privacy.witness import Witness
 from visage_ml.privacy.witnessed import witness_folder, witness_params
 from visage_ml.procenv import child_env
+from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
 
 
 def _venv_env() -> dict[str, str]:
@@ -59,6 +60,34 @@ def _witness_setup(paths: ProjectPaths) -> list[str]:
         lines.append(
             f"ledger checkpoint: {witnessed.checkpoint.size} entries, cosigned by "
             f"{', '.join(witnessed.cosigners) or 'no witness'}"
+        )
+    return lines
+
+
+def _operating_point(paths: ProjectPaths) -> list[str]:
+    """The 1:N operating point ``visage serve`` derives for the demo's gallery (as
+    ``visage gallery info`` shows it), from ``reports/gallery.json`` and the score model."""
+    try:
+        gallery = json.loads((paths.reports / "gallery.json").read_text())
+        params = load_params(paths.params)
+        model, _ = load_score_model(
+            paths,
+            model_version=str(gallery["model_version"]),
+            confidence=params.serving.identify.confidence,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"  served 1:N point     n/a ({type(exc).__name__}: run `visage gallery info`)"]
+    policy = IdentificationPolicy.from_params(model, params, fallback=float(gallery["threshold"]))
+    s = policy.status(int(gallery["searchable"]))
+    fnir = "n/a" if s.get("expected_fnir") is None else f"{s['expected_fnir']:.3g}"
+    lines = [
+        f"  served 1:N point     {s['gallery_size']} enrolled, target FPIR {s['target_fpir']:g}: "
+        f"threshold {s['threshold']:.4f}, expected FNIR {fnir}"
+    ]
+    if s.get("too_large"):
+        lines.append(
+            "    gallery too large for the target at this model's accuracy "
+            "(`visage gallery info`; README: how the threshold is chosen)"
         )
     return lines
 
@@ -145,7 +174,7 @@ def demo(
         console.print(f"  {name:<20} {secs:6.1f}")
     console.print(f"  {'total':<20} {sum(timings.values()):6.1f}")
     console.print("headline metrics (reports/metrics.json):")
-    for line in _headline(paths.root):
+    for line in [*_headline(paths.root), *_operating_point(paths)]:
         console.print(line, highlight=False)
     console.print(
         "\nWhere to look:\n"

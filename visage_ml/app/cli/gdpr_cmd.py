@@ -18,7 +18,7 @@ from visage_ml.app.cli.common import (
     user_errors,
 )
 from visage_ml.config import ProjectPaths
-from visage_ml.io import sha256_file
+from visage_ml.io import atomic_write_bytes, atomic_write_text, sha256_file
 from visage_ml.privacy import auditlog
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import (
@@ -70,8 +70,8 @@ def records(
         folder = _out(paths, out)
         registered = [f"{r.id} ({r.name})" for r in Recipients(PrivacyCore(paths)).all()]
         html, pdf = folder / "records.html", folder / "records.pdf"
-        html.write_text(records_html(recs, registered=registered), encoding="utf-8")
-        pdf.write_bytes(records_pdf(recs, registered=registered))
+        atomic_write_text(html, records_html(recs, registered=registered))
+        atomic_write_bytes(pdf, records_pdf(recs, registered=registered))
     doc = {
         "records": str(records_path(paths)),
         "purposes": list(recs.purposes),
@@ -106,9 +106,9 @@ def notice(
             "sign_pdf": folder / "sign.pdf",
             "sign_png": folder / "sign.png",
         }
-        files["notice_html"].write_text(current.html, encoding="utf-8")
-        files["sign_pdf"].write_bytes(sign_pdf(recs, current))
-        files["sign_png"].write_bytes(sign_png(recs, current))
+        atomic_write_text(files["notice_html"], current.html)
+        atomic_write_bytes(files["sign_pdf"], sign_pdf(recs, current))
+        atomic_write_bytes(files["sign_png"], sign_png(recs, current))
     doc = {
         "version": current.version,
         "sha256": current.sha256,
@@ -241,9 +241,12 @@ def recipients_remove(
 
 @audit_app.command("verify")
 def audit_verify(as_json: bool = JSON_OPT) -> None:
-    """Check the audit log's hash chain; name the first broken line. Exit code 1 when broken."""
+    """Check the audit log's hash chain, and that it still holds every export anchored in the
+    ledger (nothing cut from its end); name the first broken line. Exit code 1 when broken."""
     with user_errors():
-        report = auditlog.verify(project().privacy / auditlog.AUDIT_FILE)
+        paths = project()
+        anchors = auditlog.ledger_anchors(PrivacyCore(paths).ledger.entries())
+        report = auditlog.verify(paths.privacy / auditlog.AUDIT_FILE, anchors=anchors)
     if as_json:
         emit_json({k: v for k, v in report.__dict__.items() if k != "records"})
     else:
@@ -267,7 +270,10 @@ def audit_export(
         if out is None:
             stamp = core.ledger.clock().replace(":", "").replace("-", "")[:15]
             out = _out(paths, None) / f"audit-{stamp}.jsonl"
-        report, manifest = auditlog.export(paths.privacy / auditlog.AUDIT_FILE, out)
+        anchors = auditlog.ledger_anchors(core.ledger.entries())
+        report, manifest = auditlog.export(
+            paths.privacy / auditlog.AUDIT_FILE, out, anchors=anchors
+        )
         entry = core.ledger.append(
             "audit.exported",
             None,

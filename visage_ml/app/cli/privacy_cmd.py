@@ -32,6 +32,7 @@ from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.rights.rectify import rectify as do_rectify
+from visage_ml.rights.runner import restrict as restrict_request
 from visage_ml.rights.runner import run_request
 
 app = typer.Typer(
@@ -205,11 +206,19 @@ def restrict(
 ) -> None:
     """Restrict processing (Art. 18): data kept, excluded from pipeline and serving.
 
-    Appends restriction.set and refreshes the consent snapshot.
+    Appends restriction.set and refreshes the consent snapshot. Recorded as a completed
+    restriction request: the subject is told, and each registered recipient gets its Art. 19
+    notice (`visage privacy notify` delivers them).
     """
     with user_errors():
-        entry = _core().restrict(pid, reason_code=reason_code)
-    _done(as_json, {"seq": entry.seq}, f"{pid} restricted (seq {entry.seq})")
+        core = _core()
+        st = restrict_request(core.paths, pid, core=core, reason_code=reason_code)
+    seq = st.outcome["seq"]
+    _done(
+        as_json,
+        {"seq": seq, "request_id": st.request_id},
+        f"{pid} restricted (seq {seq}, request {st.request_id})",
+    )
 
 
 @app.command("lift")
@@ -550,8 +559,8 @@ def export(
         None,
         "--out",
         "-o",
-        help="Bundle to write (default privacy/exports/<request id>.zip.age, .zip with "
-        "--plaintext).",
+        help="Bundle to write (default privacy/exports/<request id>.zip.age; with --plaintext "
+        "<request id>.zip.sealed, kept under the subject's data key).",
     ),
     portability: bool = typer.Option(
         False, "--portability", help="Record the request as Art. 20 portability."
@@ -601,7 +610,13 @@ def export(
         as_json,
         result.to_dict(),
         f"{result.path} written ({result.images} images, {result.templates} template(s); "
-        f"{result.delivery}; sha256 {result.sha256}); request {result.request_id} completed",
+        f"{result.delivery}; sha256 {result.sha256}); request {result.request_id} completed"
+        + (
+            f"\nkept sealed under the subject's data key: hand it out with `visage data decrypt "
+            f"{result.path} --out FILE`"
+            if result.path is not None and result.path.name.endswith(".sealed")
+            else ""
+        ),
     )
 
 

@@ -1,6 +1,8 @@
 """Stage ``train_demographics``: the separate age / gender / group network.
 
-Reads ``data/processed/{faces.sealed, manifest.parquet}`` (crops resized once to
+Reads ``data/processed/{faces.sealed, manifest.parquet}`` and the synthetic training people of
+``data/demographic_population`` (balanced per skin-tone group x gender; never the evaluation
+population, whose sealed crops do not open here) (crops resized once to
 ``train_demographics.input_size``); writes ``models/demographics.pt``, resume checkpoints in
 ``models/checkpoints/demographics/`` and ``reports/train_demographics.json``; logs params and
 per-epoch metrics to MLflow. It never loads the identity embedder.
@@ -17,10 +19,13 @@ import pandas as pd
 
 from visage_ml.app.stages._train_common import epoch_logger, save_outputs, stage_main
 from visage_ml.config import GENDERS, GROUPS, ProjectPaths, flatten, load_params, to_dict
-from visage_ml.data.processed import load_processed, train_val_images
+from visage_ml.data import eval_population as populations
+from visage_ml.data.processed import images_at_size, load_processed, train_val_images
+from visage_ml.io import md5_file
 from visage_ml.models.checkpoint import inference_payload
 from visage_ml.models.demographic import create_demographic_net
 from visage_ml.preprocess import PreprocessSpec
+from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.tracking import stage_run
 from visage_ml.training.config import (
     MSG_NO_LABELS,
@@ -34,6 +39,15 @@ from visage_ml.training.resume import resume_point
 logger = logging.getLogger(__name__)
 STAGE = "train_demographics"
 KIND = "demographics"
+LABELS = ("age", "gender", "group")
+MSG_NO_POPULATION = (
+    "%s is missing: the demographic model trains on the processed data alone; run `dvc repro "
+    "demographic_population` for its balanced synthetic training people"
+)
+MSG_EVALUATION_PEOPLE = (
+    "the demographic training population lists {n} identities of the evaluation population: "
+    "it would be trained on the people that measure it; re-run `dvc repro demographic_population`"
+)
 
 
 def labeled_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, DemographicTargets, dict]:
@@ -44,6 +58,27 @@ def labeled_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, DemographicTargets,
     if keep.all():
         return frame, targets, coverage
     return frame[keep].reset_index(drop=True), targets.take(keep), coverage
+
+
+def training_population(paths: ProjectPaths) -> populations.Population | None:
+    """The synthetic training people (``data/demographic_population``), or None without them.
+
+    Raises
+    ------
+    ValueError
+        The folder holds another population's files (the evaluation population's crops do not
+        open as these; rows with an evaluation id are refused), or they were altered.
+    """
+    folder = paths.demographic_population
+    if not (folder / populations.MANIFEST_FILE).is_file():
+        logger.warning(MSG_NO_POPULATION, folder)
+        return None
+    pop = populations.read(folder, DataKeys.for_project(paths), purpose=populations.TRAINING)
+    ids = pop.manifest["pid"].astype(str)
+    evaluation = ids.str.startswith(populations.EVALUATION.id_prefix)
+    if evaluation.any():
+        raise ValueError(MSG_EVALUATION_PEOPLE.format(n=ids[evaluation].nunique()))
+    return pop
 
 
 def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str, Any]:
@@ -69,8 +104,24 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
             )
         )
     images, train_rows, val_rows = train_val_images(data, train, val, p.input_size)
+    # Balanced synthetic training people beside the data (validation stays the data's).
+    pop = training_population(paths)
+    pop_doc: dict[str, Any] = {"images": 0, "identities": 0, "faces_md5": None}
+    if pop is not None and len(pop.faces):
+        extra, _ = images_at_size(pop.faces, np.arange(len(pop.faces)), p.input_size)
+        train_rows = np.concatenate([train_rows, len(images) + np.arange(len(extra))])
+        images = np.concatenate([images, extra])
+        frame = pd.concat([train[list(LABELS)], pop.manifest[list(LABELS)]], ignore_index=True)
+        targets = DemographicTargets.from_manifest(frame)
+        pop_doc = {
+            "images": len(extra),
+            "identities": int(pop.manifest["pid"].nunique()),
+            "faces_md5": md5_file(paths.demographic_population / populations.FACES_FILE),
+        }
     section = to_dict(p)
-    fp, ckpt_dir, resume = resume_point(paths, KIND, section, data.data_md5, seed)
+    fp, ckpt_dir, resume = resume_point(
+        paths, KIND, {**section, "population": pop_doc["faces_md5"]}, data.data_md5, seed
+    )
 
     seed_everything(seed)
     known_age = targets.age[targets.known[0]]
@@ -119,6 +170,8 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
             "train_seconds": result.train_seconds,
             "stage_seconds": time.perf_counter() - t_start,
             "train_images": len(train_rows),
+            "train_images_synthetic": pop_doc["images"],
+            "train_identities_synthetic": pop_doc["identities"],
             "val_images": len(val_rows),
             "train_images_unlabeled": len(all_train) - len(train),
             "val_images_unlabeled": len(all_val) - len(val),

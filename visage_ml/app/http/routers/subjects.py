@@ -30,6 +30,7 @@ from visage_ml.app.http.schemas import (
 )
 from visage_ml.app.http.service import DPO_KEY, READER_KEY, SERVICE, Service
 from visage_ml.config import PURPOSES
+from visage_ml.rights.runner import restrict as restrict_request
 
 MSG_NOT_RESTRICTED = "subject {pid} is not restricted; nothing to lift"
 
@@ -57,14 +58,14 @@ def subject_state(
 
 def _done(svc: Service, pid: str, entry: Any) -> dict[str, Any]:
     """The answer to a rights event: the entry appended and the subject's new state."""
+    return _answer(svc, pid, event=entry.type, seq=entry.seq)
+
+
+def _answer(svc: Service, pid: str, *, event: str, seq: int) -> dict[str, Any]:
+    """The answer to a rights event: its type and seq, and the subject's new state."""
     if svc.gallery is not None:
         svc.gallery.refresh()
-    return {
-        "pid": pid,
-        "event": entry.type,
-        "seq": entry.seq,
-        "subject": svc.subject_state(pid),
-    }
+    return {"pid": pid, "event": event, "seq": seq, "subject": svc.subject_state(pid)}
 
 
 def _for_purposes(
@@ -103,13 +104,16 @@ def restrict(
     _: ApiKey = DPO_KEY,
     svc: Service = SERVICE,
 ) -> dict[str, Any]:
-    """Restrict processing (Art. 18): data kept, never searched until lifted."""
+    """Restrict processing (Art. 18): data kept, never searched until lifted.
+
+    Recorded as a completed restriction request, so the subject and every registered
+    recipient (Art. 19) are told."""
     request_info(request)["pid"] = pid
     with svc.lock:
         svc.live_subject(pid)
         reason = body.reason_code if body is not None else "subject_request"
-        entry = svc.core.restrict(pid, reason_code=reason)
-    return _done(svc, pid, entry)
+        st = restrict_request(svc.paths, pid, core=svc.core, reason_code=reason)
+    return _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
 
 
 @post("/v1/subjects/{pid}/lift", name="lift")

@@ -1,0 +1,42 @@
+"""`visage demo`'s closing summary: the gate's three-way outcome, the served 1:N operating point
+and the demographic model's accuracy per group, as a user reads them after `make demo`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.app.cli.demo_cmd import _operating_point
+from visage_ml.app.cli.fairness_summary import fairness_lines
+from visage_ml.config import ProjectPaths
+
+
+@pytest.mark.pipeline
+def test_summary_shows_the_gate_outcome_the_served_point_and_group_accuracy(
+    tiny_pipeline, monkeypatch
+):
+    monkeypatch.setenv("VISAGE_PROJECT", str(tiny_pipeline.root))
+    r = CliRunner().invoke(app, ["gallery", "info", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output[r.output.index("{") : r.output.rindex("}") + 1])
+    lines = _operating_point(tiny_pipeline)
+    # The same operating point `visage gallery info` and /healthz show.
+    assert f"{info['gallery_size']} enrolled" in lines[0]
+    assert f"target FPIR {info['target_fpir']:g}" in lines[0]
+    assert f"threshold {info['threshold']:.4f}" in lines[0]
+    assert ("too large" in "\n".join(lines)) is bool(info["too_large"])
+
+    summary = "\n".join(fairness_lines(tiny_pipeline.reports))
+    metrics = json.loads((tiny_pipeline.reports / "metrics.json").read_text())
+    outcome = str(metrics["fairness"]["gate_outcome"]).upper()
+    assert f"fairness gate        {outcome}" in summary
+    for group in ("g1", "g2", "g3", "g4"):
+        assert f"{group} " in summary.split("gender accuracy")[1].splitlines()[0]
+
+
+def test_without_a_gallery_report_the_point_is_not_made_up(tmp_path):
+    lines = _operating_point(ProjectPaths(tmp_path))
+    assert lines == ["  served 1:N point     n/a (FileNotFoundError: run `visage gallery info`)"]
