@@ -4,14 +4,18 @@ and the demographic model's accuracy per group, as a user reads them after `make
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
-from visage_ml.app.cli.demo_cmd import _operating_point
+from visage_ml.app.cli.demo_cmd import _operating_point, _release_for_new_project
 from visage_ml.app.cli.fairness_summary import fairness_lines
 from visage_ml.config import ProjectPaths
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.witness import Witness, default_witness_dir, project_id
+from visage_ml.privacy.witnessed import forget_checks
 
 
 @pytest.mark.pipeline
@@ -40,3 +44,26 @@ def test_summary_shows_the_gate_outcome_the_served_point_and_group_accuracy(
 def test_without_a_gallery_report_the_point_is_not_made_up(tmp_path):
     lines = _operating_point(ProjectPaths(tmp_path))
     assert lines == ["  served 1:N point     n/a (FileNotFoundError: run `visage gallery info`)"]
+
+
+def test_a_demo_in_a_re_created_folder_releases_the_old_binding_only_when_nothing_is_left(
+    project, monkeypatch
+):
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    core.add_subject(source="t")
+    core.witnessing.checkpoint_and_witness()
+    witness = Witness(default_witness_dir())
+    assert witness.bound(project_id(project)) is not None
+    # A project still here (its ledger, or its raw data): nothing is released.
+    assert _release_for_new_project(paths) == []
+    shutil.rmtree(paths.privacy)
+    paths.signing_key.unlink()
+    (paths.raw / "p1").mkdir(parents=True)
+    assert _release_for_new_project(paths) == []
+    # The folder emptied (as a fresh clone where an earlier one stood): released, recorded.
+    shutil.rmtree(paths.raw)
+    (line,) = _release_for_new_project(paths)
+    assert "released" in line and witness.bound(project_id(project)) is None
+    forget_checks()
+    PrivacyCore(paths).add_subject(source="t")  # the new project's ledger is witnessed

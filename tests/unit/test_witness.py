@@ -29,7 +29,9 @@ from visage_ml.privacy.witness import (
     HttpWitness,
     Witness,
     WitnessError,
+    binding_text,
     make_server,
+    project_id,
 )
 
 ORIGIN = "example.org/test-log"
@@ -278,3 +280,56 @@ def test_a_witness_accepts_a_new_log_key_only_through_the_signed_rotation(tmp_pa
         status_of(lambda: witness.add_checkpoint(known, tree.consistency_proof(known), stale))[0]
         == 403
     )
+
+
+def binding(project: str, origin: str, signer: Signer) -> bytes:
+    text = binding_text(project, origin)
+    return Note(text, (signer.sign(text),)).to_bytes()
+
+
+def test_a_project_is_bound_to_one_log_only_by_that_log_s_key(witness, log, tmp_path):
+    project = project_id(tmp_path / "project")
+    other = Log()
+    # Not signed by the log's key, not a known log, not a binding note: refused.
+    forged = binding(project, ORIGIN, other.signer)
+    assert status_of(lambda: witness.bind(forged))[0] == 403
+    unknown = Signer("example.org/unknown", Ed25519PrivateKey.generate())
+    assert status_of(lambda: witness.bind(binding(project, unknown.name, unknown)))[0] == 404
+    assert status_of(lambda: witness.bind(log.note()))[0] == 400
+    assert witness.bound(project) is None
+    assert witness.bind(binding(project, ORIGIN, log.signer)) == ORIGIN
+    assert witness.bind(binding(project, ORIGIN, log.signer)) == ORIGIN  # idempotent
+    # Another log (a ledger rebuilt under a new key) for the same folder: 409, even though the
+    # witness knows and trusts that other log.
+    rebuilt = Signer("example.org/rebuilt", Ed25519PrivateKey.generate())
+    witness.add_log(rebuilt.verifier().vkey)
+    with pytest.raises(WitnessError) as info:
+        witness.bind(binding(project, rebuilt.name, rebuilt))
+    assert info.value.status == 409 and "visage witness release" in str(info.value)
+    assert witness.bound(project) == ORIGIN
+    # The operator's release is recorded; then the folder binds afresh.
+    assert witness.release(project, reason="re-created") == ORIGIN
+    assert witness.release(project) is None
+    released = (witness.root / "projects" / "released.jsonl").read_text().splitlines()
+    assert [json.loads(line)["origin"] for line in released] == [ORIGIN]
+    assert witness.bind(binding(project, rebuilt.name, rebuilt)) == rebuilt.name
+    # The id is a hash: the folder's name is not in the witness's files.
+    assert "project" not in " ".join(p.name for p in (witness.root / "projects").iterdir())
+
+
+def test_http_binding_endpoints(witness, log, tmp_path):
+    server = make_server(witness, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = HttpWitness(f"http://127.0.0.1:{server.server_address[1]}", witness.verifier.vkey)
+        project = project_id(tmp_path / "project")
+        assert client.bound(project) is None
+        assert client.bind(binding(project, ORIGIN, log.signer)) == ORIGIN
+        assert client.bound(project) == ORIGIN
+        rebuilt = Signer("example.org/rebuilt", Ed25519PrivateKey.generate())
+        witness.add_log(rebuilt.verifier().vkey)
+        assert status_of(lambda: client.bind(binding(project, rebuilt.name, rebuilt)))[0] == 409
+        assert status_of(lambda: client.bound("not-an-id"))[0] == 400
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -281,6 +281,52 @@ def test_a_whole_history_re_signed_with_the_stolen_key_is_still_the_same_log(
     assert "ledger fork" in str(info.value) and str(witness_dir) in str(info.value)
 
 
+def test_a_ledger_rebuilt_in_place_under_a_new_key_is_refused(withdrawn, witness_dir):
+    """The operator deletes the ledger, its keys and checkpoints and re-signs the history
+    without the withdrawal under a brand-new key: a new log, which the witness will not bind
+    to this folder."""
+    paths, _ = withdrawn
+    kept = [json.loads(line) for line in lines_of(paths)]
+    kept = [e for e in kept if e["type"] != "consent.withdrawn"]
+    for path in (paths.ledger, paths.ledger_public_key, paths.signing_key):
+        path.unlink()
+    shutil.rmtree(paths.checkpoints)
+    forger = Ledger(
+        paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key
+    )
+    for e in kept:
+        forger.append(e["type"], e.get("pid"), e.get("payload") or {})
+    assert forger.verify().ok  # chain and signatures alone cannot tell
+    forget_checks()
+    with pytest.raises(LedgerRollbackError) as info:
+        PrivacyCore(paths)
+    message = str(info.value)
+    assert "ledger replaced" in message and str(witness_dir) in message
+    assert "visage witness release" in message
+    # The forger cannot get the new log witnessed for this folder either.
+    with pytest.raises(LedgerRollbackError, match="ledger replaced"):
+        PrivacyCore(paths, check=False).witnessing.checkpoint_and_witness()
+    assert cli("privacy", "verify-ledger").exit_code == 1
+    # Only the witness's operator releases the binding, and the release is recorded.
+    result = cli("witness", "release", str(paths.root), "--dir", str(witness_dir))
+    assert result.exit_code == 0 and "released" in result.output
+    assert (witness_dir / "projects" / "released.jsonl").read_text().count("\n") == 1
+    forget_checks()
+    PrivacyCore(paths).witnessing.checkpoint_and_witness()  # now a new log of this folder
+
+
+def test_a_copy_of_the_project_in_another_folder_is_bound_on_its_own(withdrawn, witness_dir):
+    """Bindings are per folder: a copy is the same log (same origin), so it binds too."""
+    paths, pids = withdrawn
+    copy = paths.root.parent / "copy"
+    shutil.copytree(paths.root, copy)
+    forget_checks()
+    core = PrivacyCore(ProjectPaths(copy))
+    core.give_consent(pids[0], receipt())
+    core.witnessing.checkpoint_and_witness()
+    assert len(list((witness_dir / "projects").glob("*.json"))) == 2
+
+
 def test_an_unsigned_line_appended_to_the_ledger_is_refused(withdrawn):
     paths, pids = withdrawn
     running = PrivacyCore(paths)

@@ -6,7 +6,17 @@ A witness is a separate key and a separate store. Its folder holds
 - ``witness.key``: its Ed25519 key as Go's signer-key text (``PRIVATE+KEY+name+id+...``, 0600),
 - ``witness.vkey``: its cosignature verifier key (type 0x04), what a project pins,
 - ``logs/<sha256(origin)>/state.json``: per log (origin), the log keys it trusts (pinned vkeys),
-  the size and root of the latest checkpoint it cosigned and that cosigned checkpoint.
+  the size and root of the latest checkpoint it cosigned and that cosigned checkpoint,
+- ``projects/<project id>.json``: per project (an opaque id, the hash of its folder), the one
+  log it is bound to (:meth:`Witness.bind`), and ``projects/released.jsonl``, every binding the
+  witness's operator released.
+
+A project binds its folder to its log the first time it is witnessed, with a note signed by the
+log key. A ledger rebuilt in the same folder under a brand-new key is a new log (its origin is
+named after its first key), and the witness refuses to bind it (409): deleting the ledger, its
+keys and its checkpoints and re-signing a history without a withdrawal is detected, not
+trusted on first use. Only the witness's operator releases a binding (``visage witness
+release``), an act the witness records.
 
 :meth:`Witness.add_checkpoint` is ``add-checkpoint`` of c2sp.org/tlog-witness: the checkpoint
 must be signed by a pinned key of its origin (404 for an unknown origin, 403 for no valid
@@ -36,6 +46,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -96,6 +107,18 @@ MSG_PINNED = (
     "signed ledger.key_rotated entry (`visage privacy rotate-ledger-key`)"
 )
 MSG_NO_KEY = "{path} holds no witness key: create one with `visage witness init --dir {dir}`"
+MSG_REBOUND = (
+    "project {project} is bound to the log {bound}; this witness refuses the new log {origin} "
+    "for it: its ledger was replaced (rebuilt under a new key, or the project re-created in "
+    "the same folder). If the project was re-created on purpose and holds no personal data of "
+    "the old one, the witness's operator releases it: `visage witness release <project "
+    "folder>`"
+)
+BINDING_HEADER = "visage-ml/project-binding"
+PROJECTS_DIR = "projects"
+RELEASED_FILE = "released.jsonl"
+BIND_PATH = "/visage/bind"
+PROJECT_PATH = "/visage/project"
 
 
 class WitnessError(Exception):
@@ -278,6 +301,86 @@ class Witness:
                 raise WitnessError(409, MSG_PINNED.format(origin=v.name))
             return state
 
+    # -- project bindings ----------------------------------------------------------------------
+    def _project_file(self, project: str) -> Path:
+        if not _is_project_id(project):
+            raise WitnessError(400, "a project id is 64 lowercase hex digits")
+        return self.root / PROJECTS_DIR / f"{project}.json"
+
+    def bound(self, project: str) -> str | None:
+        """The origin of the log ``project`` is bound to (None when it is not bound)."""
+        path = self._project_file(project)
+        try:
+            return str(orjson.loads(path.read_bytes())["origin"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WitnessError(500, f"{path} is unreadable ({type(exc).__name__})") from None
+
+    def bind(self, note: bytes) -> str:
+        """Bind a project to its log, from a binding note signed by a key the log pins.
+
+        The note's text is ``visage-ml/project-binding``, the project id and the origin, one
+        per line (:func:`binding_text`). Binding the same log again is a no-op.
+
+        Returns
+        -------
+        str
+            The origin the project is bound to.
+
+        Raises
+        ------
+        WitnessError
+            400 malformed, 404 unknown log, 403 not signed by its key, 409 the project is bound
+            to another log (its ledger was replaced).
+        """
+        try:
+            parsed = parse_note(note)
+        except NoteError as exc:
+            raise WitnessError(400, str(exc)) from None
+        lines = parsed.text.decode("utf-8").split("\n")
+        if len(lines) != 4 or lines[0] != BINDING_HEADER or lines[3] != "":
+            raise WitnessError(400, "not a project-binding note")
+        project, origin = lines[1], lines[2]
+        path = self._project_file(project)
+        state = self.log(origin)
+        if state is None:
+            raise WitnessError(404, MSG_UNKNOWN_ORIGIN.format(origin=origin))
+        try:
+            verify_note(parsed, state.verifiers())
+        except NoteError:
+            raise WitnessError(403, MSG_NOT_SIGNED.format(origin=origin)) from None
+        folder = private_dir(self.root / PROJECTS_DIR)
+        with self._mutex, file_lock(folder / ".lock"):
+            bound = self.bound(project)
+            if bound is None:
+                doc = {"project": project, "origin": origin, "bound_at": _now()}
+                atomic_write_bytes(path, orjson.dumps(doc), mode=0o600)
+                log.info("witness %s: a project is now bound to %s", self.root, origin)
+            elif bound != origin:
+                log.warning("witness %s refused to rebind a project of %s", self.root, bound)
+                raise WitnessError(
+                    409, MSG_REBOUND.format(project=project[:16], bound=bound, origin=origin)
+                )
+        return origin
+
+    def release(self, project: str, *, reason: str = "") -> str | None:
+        """Release ``project``'s binding (the witness operator's act, recorded); returns the
+        origin it was bound to, or None when it was not bound."""
+        folder = private_dir(self.root / PROJECTS_DIR)
+        with self._mutex, file_lock(folder / ".lock"):
+            bound = self.bound(project)
+            if bound is None:
+                return None
+            record = {"project": project, "origin": bound, "released_at": _now(), "reason": reason}
+            with open(folder / RELEASED_FILE, "ab") as fh:
+                fh.write(orjson.dumps(record) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._project_file(project).unlink()
+            log.info("witness %s: a project's binding to %s released", self.root, bound)
+            return bound
+
     # -- add-checkpoint ------------------------------------------------------------------------
     def add_checkpoint(self, old_size: int, proof: Sequence[bytes], note: bytes) -> Signature:
         """Check and store checkpoint ``note``; return this witness's cosignature.
@@ -446,7 +549,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        if path not in ("/add-checkpoint", ROTATE_PATH):
+        if path not in ("/add-checkpoint", ROTATE_PATH, BIND_PATH):
             self._send(404, b"not found\n")
             return
         body = self._body()
@@ -455,6 +558,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/add-checkpoint":
                 self._send(200, self.witness.handle_add_checkpoint(body))
+            elif path == BIND_PATH:
+                self._send(200, (self.witness.bind(body) + "\n").encode("utf-8"))
             else:
                 doc = json.loads(body)
                 self.witness.rotate_log_key(
@@ -473,6 +578,18 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urllib.parse.urlsplit(self.path)
         if parts.path == "/visage/key":
             self._send(200, (self.witness.verifier.vkey + "\n").encode("ascii"))
+            return
+        if parts.path == PROJECT_PATH:
+            project = urllib.parse.parse_qs(parts.query).get("id", [""])[0]
+            try:
+                bound = self.witness.bound(project)
+            except WitnessError as exc:
+                self._error(exc)
+                return
+            if bound is None:
+                self._send(404, b"this project is not bound\n")
+            else:
+                self._send(200, (bound + "\n").encode("utf-8"))
             return
         if parts.path != CHECKPOINT_PATH:
             self._send(404, b"not found\n")
@@ -493,8 +610,9 @@ def make_server(witness: Witness, host: str, port: int) -> ThreadingHTTPServer:
     """An HTTP server speaking tlog-witness ``add-checkpoint`` for ``witness`` (not started).
 
     Besides the C2SP endpoint it answers ``GET /visage/checkpoint?origin=...`` (the latest
-    cosigned checkpoint, what a project checks when it opens its ledger), ``GET /visage/key``
-    and ``POST /visage/rotate-log-key`` (JSON: origin, entry, index, proof).
+    cosigned checkpoint, what a project checks when it opens its ledger), ``GET /visage/key``,
+    ``POST /visage/rotate-log-key`` (JSON: origin, entry, index, proof), ``POST /visage/bind``
+    (a signed project-binding note) and ``GET /visage/project?id=...`` (the bound origin).
     """
     server = ThreadingHTTPServer((host, port), _Handler)
     server.daemon_threads = True
@@ -526,6 +644,10 @@ class WitnessClient(Protocol):
     ) -> None: ...
 
     def ensure_log(self, vkey: str) -> None: ...
+
+    def bind(self, note: bytes) -> str: ...
+
+    def bound(self, project: str) -> str | None: ...
 
 
 class DirectoryWitness:
@@ -573,6 +695,14 @@ class DirectoryWitness:
         origin = parse_vkey(vkey).name
         if self.witness.log(origin) is None:
             self.witness.add_log(vkey)
+
+    def bind(self, note: bytes) -> str:
+        return self.witness.bind(note)
+
+    def bound(self, project: str) -> str | None:
+        if not (self.root / KEY_FILE).exists():
+            return None
+        return Witness(self.root).bound(project)
 
 
 class HttpWitness:
@@ -650,7 +780,43 @@ class HttpWitness:
     def ensure_log(self, vkey: str) -> None:
         """Nothing to do: a remote witness's operator adds logs (`visage witness add-log`)."""
 
+    def bind(self, note: bytes) -> str:
+        status, body, _ = self._request("POST", BIND_PATH, note)
+        if status != 200:
+            detail = body.decode("utf-8", "replace").strip()[:400]
+            raise WitnessError(status, f"{self.where} answered {status}: {detail}")
+        return body.decode("utf-8", "replace").strip()
+
+    def bound(self, project: str) -> str | None:
+        query = urllib.parse.urlencode({"id": project})
+        status, body, _ = self._request("GET", f"{PROJECT_PATH}?{query}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise WitnessError(status, f"{self.where} answered {status}")
+        return body.decode("utf-8", "replace").strip()
+
 
 def checkpoint_of(note: bytes) -> Checkpoint:
     """The checkpoint a signed note carries (signatures not verified)."""
     return parse_checkpoint(parse_note(note).text)
+
+
+def project_id(root: Path) -> str:
+    """The id under which witnesses bind the project in folder ``root`` (the hash of its
+    resolved path: a witness learns nothing of the folder's name)."""
+    text = "visage-ml project\n" + str(Path(root).resolve())
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def binding_text(project: str, origin: str) -> bytes:
+    """The text of the note that binds ``project`` to the log ``origin`` (signed by its key)."""
+    return f"{BINDING_HEADER}\n{project}\n{origin}\n".encode()
+
+
+def _is_project_id(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -17,8 +17,11 @@ witnesses keep their own copy.
 - :meth:`Witnessing.check` is the open check. It gathers every checkpoint it can find (the
   local one, each directory witness's, each HTTP witness's), keeps those the ledger's own keys
   signed, and stops with :class:`LedgerRollbackError` when the ledger is shorter than one of
-  them or its root at that size differs (a fork). The check costs one root over the leaf-hash
-  cache; a process repeats it only when the ledger or a checkpoint changed.
+  them or its root at that size differs (a fork). It also asks each witness which log the
+  project's folder is bound to (:meth:`~visage_ml.privacy.witness.Witness.bind`): a ledger
+  rebuilt in place under a brand-new key is another log, and stops there too. The check costs
+  one root over the leaf-hash cache; a process repeats it only when the ledger or a checkpoint
+  changed.
 """
 
 from __future__ import annotations
@@ -64,7 +67,9 @@ from visage_ml.privacy.witness import (
     HttpWitness,
     WitnessClient,
     WitnessError,
+    binding_text,
     default_witness_dir,
+    project_id,
 )
 
 log = logging.getLogger(__name__)
@@ -117,6 +122,17 @@ MSG_NOT_WITNESSED = (
 MSG_WITNESS_AHEAD = (
     "ledger rollback: {source} cosigned a tree of {size} entries for this ledger, which has only "
     "{n}. Restore privacy/ledger.jsonl from a backup holding at least {size} entries."
+)
+
+
+MSG_REBUILT = (
+    "ledger replaced: {source} binds this project folder to the log {bound}, but the ledger "
+    "here is the log {origin} (named after another first key). The ledger was rebuilt under a "
+    "new key, or the project re-created in this folder. Nothing is processed until this is "
+    "resolved: restore privacy/ (ledger.jsonl, ledger.pub, checkpoints/) and "
+    "secrets/ledger.key from a backup of the log {bound}; if the project was re-created on "
+    "purpose and holds none of the old personal data, the witness's operator releases it: "
+    "`visage witness release {root}`."
 )
 
 
@@ -181,6 +197,7 @@ class Witnessed:
 # ending there, digests of the checkpoints checked). A check repeats only when that changed.
 _CHECKED: dict[str, tuple[int, int, str, frozenset[str]]] = {}
 _REMOTE: dict[tuple[str, str], tuple[float, bytes | None]] = {}
+_BOUND: set[tuple[str, str, str]] = set()  # (witness, project, origin) bound by this process
 _MEMO_LOCK = threading.Lock()
 
 
@@ -207,6 +224,7 @@ class Witnessing:
         # When the next checkpoint is due on cadence: (ledger size, time.monotonic()).
         self._due: tuple[int, float] | None = None
         self.latest_path = paths.checkpoints / LATEST
+        self.project = project_id(paths.root)
 
     @property
     def origin(self) -> str:
@@ -373,6 +391,7 @@ class Witnessing:
     ) -> Signature:
         """One witness's cosignature of ``note`` (``add-checkpoint`` with the right old size)."""
         client.ensure_log(self.log_verifier().vkey)
+        self._bind(client)
         known = client.known_size(self.origin)
         old = known if known is not None else local_size
         size = tree.size
@@ -401,6 +420,64 @@ class Witnessing:
                 raise WitnessError(502, "returned a cosignature that does not verify")
             return sig
         raise WitnessError(409, "kept changing its size")  # pragma: no cover - loop returns
+
+    def _bind(self, client: WitnessClient) -> None:
+        """Bind the project's folder to this log at ``client`` (once per process)."""
+        key = (client.where, self.project, self.origin)
+        with _MEMO_LOCK:
+            if key in _BOUND:
+                return
+        text = binding_text(self.project, self.origin)
+        note = Note(text, (Signer(self.origin, self.ledger.signing_key()).sign(text),))
+        try:
+            client.bind(note.to_bytes())
+        except WitnessError as exc:
+            if exc.status == 409:
+                bound = client.bound(self.project) or "(another log)"
+                raise LedgerRollbackError(self._rebuilt(client.where, bound)) from None
+            if exc.status != 404:  # 404: a witness without bindings (a plain tlog-witness)
+                raise
+        with _MEMO_LOCK:
+            _BOUND.add(key)
+
+    def _rebuilt(self, source: str, bound: str) -> str:
+        return MSG_REBUILT.format(
+            source=source, bound=bound, origin=self.origin, root=self.paths.root
+        )
+
+    def check_binding(self) -> None:
+        """Stop when a witness binds the project's folder to another log than its ledger's.
+
+        Raises
+        ------
+        LedgerRollbackError
+            The ledger was rebuilt in place under a new key (another origin).
+        """
+        origin, final = project_origin(self.paths, self.params, ledger_path=self.ledger.path)
+        if not final:
+            return  # nothing signed yet: the first append binds (or is refused)
+        for client in self.clients:
+            try:
+                bound = self._bound_of(client)
+            except (WitnessError, OSError) as exc:
+                log.warning("%s: its project binding could not be read (%s)", client.where, exc)
+                continue
+            if bound is not None and bound != origin:
+                raise LedgerRollbackError(self._rebuilt(client.where, bound))
+
+    def _bound_of(self, client: WitnessClient) -> str | None:
+        if isinstance(client, DirectoryWitness):
+            return client.bound(self.project)
+        key = (client.where, "project:" + self.project)
+        now = time.monotonic()
+        with _MEMO_LOCK:
+            hit = _REMOTE.get(key)
+        if hit is not None and now - hit[0] < REMOTE_TTL_SECONDS:
+            return hit[1].decode("utf-8") if hit[1] is not None else None
+        bound = client.bound(self.project)
+        with _MEMO_LOCK:
+            _REMOTE[key] = (now, bound.encode("utf-8") if bound is not None else None)
+        return bound
 
     def announce_rotation(
         self, entry: Entry, previous: Ed25519PrivateKey
@@ -486,6 +563,12 @@ class Witnessing:
         LedgerError
             ``privacy/ledger.pub`` is not a key of the ledger's history.
         """
+        report = self._check_checkpoints(full=full)
+        # After the checkpoints, whose messages are more precise (a replaced ledger.pub, say).
+        self.check_binding()
+        return report
+
+    def _check_checkpoints(self, *, full: bool) -> list[dict[str, Any]]:
         found = self.candidates()
         if not found:
             return []
@@ -622,6 +705,7 @@ def forget_checks(ledger_path: Path | None = None) -> None:
         if ledger_path is None:
             _CHECKED.clear()
             _REMOTE.clear()
+            _BOUND.clear()
         else:
             _CHECKED.pop(str(Path(ledger_path).resolve()), None)
 

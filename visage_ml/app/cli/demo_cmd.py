@@ -20,7 +20,7 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import write_documents
 from visage_ml.privacy.keys import MASTER_KEY_ENV
 from visage_ml.privacy.records import ensure_records
-from visage_ml.privacy.witness import Witness
+from visage_ml.privacy.witness import KEY_FILE, Witness, project_id
 from visage_ml.privacy.witnessed import witness_folder, witness_params
 from visage_ml.procenv import child_env
 from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
@@ -35,6 +35,31 @@ def _venv_env() -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     return env
+
+
+def _release_for_new_project(paths: ProjectPaths) -> list[str]:
+    """A demo re-run in a folder emptied since (a fresh clone where an earlier one stood): its
+    directory witnesses still bind the folder to the earlier project's log, and would refuse
+    the new ledger as a rebuilt one. With no ledger, no ledger key and no raw data here there
+    is nothing of the old project to protect, so the binding is released (recorded by the
+    witness in ``projects/released.jsonl``)."""
+    has_data = paths.raw.is_dir() and any(paths.raw.iterdir())
+    if paths.ledger.exists() or paths.signing_key.exists() or has_data:
+        return []
+    lines = []
+    for spec in witness_params(paths).witnesses:
+        folder = witness_folder(spec) if spec.kind == "directory" else None
+        if folder is None or not (folder / KEY_FILE).exists():
+            continue
+        bound = Witness(folder).release(
+            project_id(paths.root), reason="visage demo: a new project in a folder with no ledger"
+        )
+        if bound is not None:
+            lines.append(
+                f"ledger witness: this folder was bound to an earlier project's log ({bound}); "
+                "released for the new project (recorded by the witness)"
+            )
+    return lines
 
 
 def _witness_setup(paths: ProjectPaths) -> list[str]:
@@ -140,6 +165,8 @@ def demo(
     timings: dict[str, float] = {}
     with user_errors():
         params = load_params(paths.params)
+        for line in _release_for_new_project(paths):
+            console.print(line, highlight=False)
         if not skip_synth:
             t = time.perf_counter()
             result = acquire_synthfaces(paths, params)

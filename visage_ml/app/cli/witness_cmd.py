@@ -20,7 +20,13 @@ from visage_ml.app.cli.common import (
 )
 from visage_ml.privacy.checkpoint import NoteError
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.witness import Witness, WitnessError, default_witness_dir, make_server
+from visage_ml.privacy.witness import (
+    Witness,
+    WitnessError,
+    default_witness_dir,
+    make_server,
+    project_id,
+)
 
 app = typer.Typer(
     help=(
@@ -76,6 +82,26 @@ def add_log(
     with _witness_errors():
         state = Witness.create(_folder(folder)).add_log(vkey)
     console.print(f"witnessing {state.origin} (size {state.size})", highlight=False)
+
+
+@app.command("release")
+def release(
+    project_dir: Path = typer.Argument(..., help="The project folder whose binding to release."),
+    folder: Path = DIR_OPT,
+    reason: str = typer.Option("", "--reason", help="Recorded with the release."),
+) -> None:
+    """Release a project folder's binding to its log (the witness operator's act, recorded).
+
+    A witness binds each project folder to one log. A ledger rebuilt in that folder under a
+    new key is refused until its operator releases the binding: do it only for a project
+    re-created on purpose that holds none of the old project's personal data.
+    """
+    with _witness_errors():
+        bound = Witness(_folder(folder)).release(project_id(project_dir), reason=reason)
+    if bound is None:
+        console.print("this witness holds no binding for that folder", highlight=False)
+    else:
+        console.print(f"released: the folder was bound to {bound} (recorded)", highlight=False)
 
 
 @app.command("status")
