@@ -8,9 +8,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from project_helpers import pipeline_env, write_overrides
-
-REPO = Path(__file__).resolve().parents[1]
+from project_helpers import (
+    REPO,
+    free_port_range,
+    init_dvc_repo,
+    pipeline_env,
+    write_overrides,
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -53,36 +57,6 @@ TINY = {
     "prepare.split.val": 0.15,
     "prepare.split.test": 0.3,
 }
-
-
-def init_dvc_repo(root: Path) -> None:
-    """Make ``root`` a git + DVC repository running the repository's dvc.yaml.
-
-    ``visage_ml`` is linked in because dvc.yaml lists the stage code as dependencies.
-    """
-    import subprocess
-    import sys
-
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    shutil.copy(REPO / ".gitignore", root / ".gitignore")
-    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
-    (root / "visage_ml").symlink_to(REPO / "visage_ml")
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    }
-    for cmd in (
-        ["git", "init", "-q"],
-        [dvc, "init", "-q"],
-        [dvc, "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "project"],
-    ):
-        subprocess.run(cmd, cwd=root, check=True, env=env, capture_output=True)
 
 
 @pytest.fixture
@@ -151,3 +125,105 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):
             f"{cmd[-2:]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     return ProjectPaths(root)
+
+
+# The stack's servers (issue 19). As root they run as `nobody`, who cannot enter pytest's
+# 0700 /tmp/pytest-of-root, so their folders are made with tempfile under /tmp (0711) and
+# removed at session end, after the servers stop.
+@pytest.fixture(scope="session")
+def stack_postgres():
+    """A PostgreSQL 18 + pgvector cluster on loopback for the whole session (~1 s to start).
+
+    Yields the :class:`visage_ml.stack.postgres.PostgresServer` (``.dsn`` with password,
+    ``.data_dir``; database ``visage`` with the ``vector`` extension). Stopped at session end.
+    """
+    import tempfile
+
+    from visage_ml.stack import proc
+    from visage_ml.stack.postgres import PostgresServer
+
+    base = Path(tempfile.mkdtemp(prefix="visage-stack-pg-"))
+    base.chmod(0o711)
+    server = PostgresServer(
+        root=base / "postgres", port=proc.free_port(), password=proc.generate_secret()
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_postgres):
+    """The whole stack, started the way `visage stack up` starts it, for the session.
+
+    A DVC project under /tmp (``.root_project``) runs :meth:`Stack.up`: PostgreSQL (the
+    session's `stack_postgres`, linked in as ``.stack/postgres``), SeaweedFS S3 and an MLflow
+    server, the project configured to use them. Yields a :class:`types.SimpleNamespace` with
+    ``.dsn``, ``.data_dir`` (PostgreSQL), ``.s3_endpoint``, ``.s3_access_key``,
+    ``.s3_secret_key``, ``.s3_bucket``, ``.s3_data_dir``, ``.mlflow_uri``, the service objects
+    ``.postgres``, ``.s3``, ``.mlflow``, ``.mlflow_backend`` (for ``mlflow gc``), ``.manager``
+    (the :class:`Stack`), and ``.root``, ``.overrides``, ``.creds`` for `stack_project_on`.
+
+    At session end :meth:`Stack.down` stops everything and fails (an error of the session)
+    when any process or port of the stack is left.
+    """
+    import json
+    import tempfile
+    import types
+
+    from visage_ml.config import ProjectPaths
+    from visage_ml.stack import proc
+    from visage_ml.stack.manager import Stack
+
+    pg = stack_postgres
+    base = Path(tempfile.mkdtemp(prefix="visage-stack-"))
+    base.chmod(0o711)
+    root = base / "proj"
+    root.mkdir()
+    root.chmod(0o755)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    s3_base = free_port_range(10)
+    overrides = {
+        "stack.postgres.port": pg.port,
+        "stack.s3.port": s3_base,
+        "stack.mlflow.port": proc.free_port(),
+    }
+    write_overrides(root / "params.yaml", overrides)
+    init_dvc_repo(root)
+    creds = {"postgres_password": pg.password}
+    (root / "secrets").mkdir(mode=0o700)
+    (root / "secrets" / "stack.json").write_text(json.dumps(creds))
+    (root / "secrets" / "stack.json").chmod(0o600)
+    (root / ".stack").mkdir()
+    (root / ".stack" / "postgres").symlink_to(pg.root)
+    manager = Stack.of(ProjectPaths(root), generate=True)
+    try:
+        manager.up()
+        s3, ml = manager.seaweed(), manager.mlflow()
+        yield types.SimpleNamespace(
+            root=root / ".stack",
+            root_project=root,
+            manager=manager,
+            overrides=overrides,
+            creds=dict(manager.creds),
+            dsn=pg.dsn,
+            data_dir=pg.data_dir,
+            postgres=pg,
+            s3=s3,
+            s3_endpoint=s3.endpoint,
+            s3_access_key=s3.access_key,
+            s3_secret_key=s3.secret_key,
+            s3_bucket=s3.bucket,
+            s3_data_dir=s3.data_dir,
+            mlflow=ml,
+            mlflow_uri=ml.uri,
+            mlflow_backend=manager.backend(),
+        )
+    finally:
+        try:
+            manager.down()  # raises when a process or port of the stack is left
+        finally:
+            shutil.rmtree(base, ignore_errors=True)

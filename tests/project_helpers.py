@@ -5,6 +5,7 @@ hold a conftest.py, and whichever was imported first answers to that name.
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,3 +33,66 @@ def pipeline_env(root: Path) -> dict[str, str]:
         "DVC_NO_ANALYTICS": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def init_dvc_repo(root: Path) -> None:
+    """Make ``root`` a git + DVC repository running the repository's dvc.yaml.
+
+    ``visage_ml`` is linked in because dvc.yaml lists the stage code as dependencies.
+    """
+    import subprocess
+    import sys
+
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
+    (root / "visage_ml").symlink_to(REPO / "visage_ml")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    for cmd in (
+        ["git", "init", "-q"],
+        [dvc, "init", "-q"],
+        [dvc, "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "project"],
+    ):
+        subprocess.run(cmd, cwd=root, check=True, env=env, capture_output=True)
+
+
+def free_port_range(n: int) -> int:
+    """The first of ``n`` consecutive loopback ports nothing listens on now."""
+    import random
+
+    from visage_ml.stack import proc
+
+    for _ in range(500):
+        base = random.randint(20000, 60000 - n)
+        if not any(proc.port_open(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free range of loopback ports")
+
+
+def stack_project_on(stack, root: Path, *, tracking: str = "server") -> Path:
+    """Make the project at ``root`` use the session's `stack` (its `.stack` linked there).
+
+    Writes the stack's ports into params.yaml (``stack.tracking`` = ``tracking``) and its
+    credentials into ``secrets/stack.json`` (0600), as `visage stack up` would.
+    """
+    import json
+
+    write_overrides(root / "params.yaml", {**stack.overrides, "stack.tracking": tracking})
+    secrets = root / "secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    (secrets / "stack.json").write_text(json.dumps(stack.creds))
+    (secrets / "stack.json").chmod(0o600)
+    (root / ".stack").symlink_to(stack.root)
+    return root

@@ -181,9 +181,37 @@ class ProjectPaths:
         return self.root / PARAMS_FILE
 
     @property
-    def tracking_uri(self) -> str:
-        """MLflow backend store: SQLite under ``mlruns/`` (file stores are refused by MLflow 3)."""
+    def sqlite_tracking_uri(self) -> str:
+        """The one-machine MLflow store: SQLite under ``mlruns/`` (MLflow 3 refuses file stores)."""
         return f"sqlite:///{self.mlruns / 'mlflow.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking (and registry) URI of the project, from ``stack.tracking``.
+
+        ``sqlite`` (the default): :attr:`sqlite_tracking_uri`. ``server``: ``stack.mlflow.uri``
+        in external mode, else the local stack's server on ``127.0.0.1:stack.mlflow.port``.
+        """
+        if not self.params.is_file():
+            return self.sqlite_tracking_uri
+        stack = load_params(self.params).stack
+        if stack.tracking == "sqlite":
+            return self.sqlite_tracking_uri
+        if stack.mode == "external" and stack.mlflow.uri:
+            return stack.mlflow.uri.rstrip("/")
+        return f"http://127.0.0.1:{stack.mlflow.port}"
+
+    @property
+    def stack_dir(self) -> Path:
+        """The local stack's servers (``stack.dir``; git- and dvc-ignored)."""
+        if self.params.is_file():
+            return self.root / load_params(self.params).stack.dir
+        return self.root / ".stack"
+
+    @property
+    def stack_secrets(self) -> Path:
+        """Generated stack credentials (PostgreSQL password, S3 keys), 0600."""
+        return self.secrets / "stack.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,7 +557,7 @@ class EvalPopulationParams:
 
     seed: int = field(default=97_531, metadata=rng(ge=0))
     # Measured identities per group x gender cell (2 cells per group).
-    identities_per_cell: int = field(default=40, metadata=rng(ge=0, le=100_000))
+    identities_per_cell: int = field(default=60, metadata=rng(ge=0, le=100_000))
     # Identities per cell of the calibration part (k-means and calibration maps; never measured).
     calibration_identities_per_cell: int = field(default=15, metadata=rng(ge=0, le=100_000))
     images_per_identity: int = field(default=3, metadata=rng(ge=2, le=1000))
@@ -549,6 +577,24 @@ class DemographicPopulationParams:
     # Training identities per group x gender cell (0: train on the processed data alone).
     identities_per_cell: int = field(default=80, metadata=rng(ge=0, le=100_000))
     images_per_identity: int = field(default=2, metadata=rng(ge=1, le=1000))
+
+
+@dataclass(frozen=True)
+class DistributedParams:
+    """Data-parallel training under torchrun DDP (docs/gpu.md, "Several processes").
+
+    ``nproc`` 1 is one process without ``torch.distributed``. With more, the stage re-launches
+    itself with ``torchrun --standalone --nproc-per-node=nproc``; each process trains on a
+    disjoint ``batch_size / nproc`` share of every global batch.
+    """
+
+    nproc: int = field(default=1, metadata=rng(ge=1, le=1024))
+    # auto: nccl on CUDA, gloo on the CPU
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # Batch-norm statistics over the global batch (what one process computes), not per process.
+    sync_batchnorm: bool = True
+    # A collective that waits longer than this (a hung or lost process) fails the whole job.
+    timeout_s: float = field(default=600.0, metadata=rng(gt=0, le=86_400))
 
 
 @dataclass(frozen=True)
@@ -576,6 +622,7 @@ class TrainEmbedderParams:
     max_minutes: float = field(default=0.0, metadata=rng(ge=0))
     # Stop after this many optimizer steps (0 = no limit): smoke runs of a preset.
     max_steps: int = field(default=0, metadata=rng(ge=0))
+    distributed: DistributedParams = DistributedParams()
 
 
 @dataclass(frozen=True)
@@ -807,6 +854,26 @@ class AuthParams:
 
 
 @dataclass(frozen=True)
+class ServingGalleryParams:
+    """Where the served gallery lives (``visage_ml.serving.pg_gallery`` for ``pgvector``)."""
+
+    # memory: sealed files under gallery/, searched in RAM; pgvector: one gallery in PostgreSQL
+    # shared by several `visage serve` replicas.
+    backend: Literal["memory", "pgvector"] = "memory"
+    # libpq URI of the pgvector gallery; "" = $VISAGE_GALLERY_DSN.
+    dsn: str = ""
+    table: str = "visage_gallery"
+    # Exact search by default; an HNSW index (approximate, recall measured by
+    # benchmarks/bench_identify_pgvector.py) when true.
+    hnsw: bool = False
+    ef_search: int = field(default=400, metadata=rng(ge=1, le=1000))
+    hnsw_m: int = field(default=16, metadata=rng(ge=2, le=100))
+    ef_construction: int = field(default=64, metadata=rng(ge=4, le=1000))
+    # Fallback poll of the shared change counter beside LISTEN/NOTIFY (seconds).
+    poll_interval_s: float = field(default=0.25, metadata=rng(gt=0, le=60))
+
+
+@dataclass(frozen=True)
 class ServingParams:
     """``visage serve``: HTTP limits and analytics mode."""
 
@@ -831,6 +898,7 @@ class ServingParams:
     auth: AuthParams = AuthParams()
     identify: IdentifyParams = IdentifyParams()
     quality: QualityParams = QualityParams()
+    gallery: ServingGalleryParams = ServingGalleryParams()
 
 
 @dataclass(frozen=True)
@@ -948,6 +1016,76 @@ class PrivacyParams:
 
 
 @dataclass(frozen=True)
+class StackPostgresParams:
+    """The stack's PostgreSQL (pgvector gallery, MLflow backend store)."""
+
+    port: int = field(default=55432, metadata=rng(ge=1, le=65535))
+    user: str = "visage"
+    database: str = "visage"
+    # external: a libpq URI without password (postgresql://user@host:port/db); the password
+    # comes from secrets/stack.json (postgres_password) or $VISAGE_STACK_POSTGRES_PASSWORD.
+    dsn: str = ""
+
+
+@dataclass(frozen=True)
+class StackS3Params:
+    """The stack's S3 object store (DVC remote, MLflow artefacts)."""
+
+    # local: S3 on this port, SeaweedFS's internal servers on the nine ports after it.
+    port: int = field(default=18333, metadata=rng(ge=1, le=65525))
+    bucket: str = "visage"
+    # external: the endpoint URL (https://s3.example.org); the keys come from
+    # secrets/stack.json (s3_access_key, s3_secret_key) or $VISAGE_STACK_S3_ACCESS_KEY/_SECRET_KEY.
+    endpoint: str = ""
+    dvc_prefix: str = "dvc"
+    mlflow_prefix: str = "mlflow"
+    # SeaweedFS volume size (local): a vacuum rewrites a whole volume, smaller is faster.
+    volume_size_mb: int = field(default=64, metadata=rng(ge=1, le=30000))
+
+
+@dataclass(frozen=True)
+class StackMlflowParams:
+    """The stack's MLflow tracking server."""
+
+    port: int = field(default=15000, metadata=rng(ge=1, le=65535))
+    database: str = "mlflow"
+    # external: the tracking server's URI (http://mlflow.example.org).
+    uri: str = ""
+
+
+@dataclass(frozen=True)
+class StackParams:
+    """``visage stack up | down | status`` (docs/deploy.md): PostgreSQL, S3, MLflow server.
+
+    ``mode: local`` starts the three on loopback in ``dir``; ``external`` uses a team's
+    services named below and starts nothing. ``tracking`` chooses the MLflow store of the
+    pipeline: ``sqlite`` (``mlruns/mlflow.db``, one machine) or ``server`` (the stack's);
+    ``visage stack up`` sets it to ``server``.
+    """
+
+    mode: Literal["local", "external"] = "local"
+    dir: str = ".stack"
+    tracking: Literal["sqlite", "server"] = "sqlite"
+    dvc_remote: str = "stack"
+    start_timeout_s: float = field(default=90.0, metadata=rng(gt=0, le=3600))
+    postgres: StackPostgresParams = StackPostgresParams()
+    s3: StackS3Params = StackS3Params()
+    mlflow: StackMlflowParams = StackMlflowParams()
+
+    def check(self) -> tuple[str, Any, str] | None:
+        if self.mode == "external":
+            if self.s3.endpoint and not self.s3.endpoint.startswith(("http://", "https://")):
+                return ("s3.endpoint", self.s3.endpoint, "an http:// or https:// URL")
+            if self.mlflow.uri and not self.mlflow.uri.startswith(("http://", "https://")):
+                return ("mlflow.uri", self.mlflow.uri, "an http:// or https:// URL")
+            if self.postgres.dsn and not self.postgres.dsn.startswith("postgresql://"):
+                return ("postgres.dsn", self.postgres.dsn, "a postgresql:// URI")
+        if Path(self.dir).is_absolute() or ".." in Path(self.dir).parts:
+            return ("dir", self.dir, "a folder inside the project (relative, no '..')")
+        return None
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of ``params.yaml``."""
 
@@ -963,6 +1101,7 @@ class Params:
     gallery: GalleryParams = GalleryParams()
     serving: ServingParams = ServingParams()
     privacy: PrivacyParams = PrivacyParams()
+    stack: StackParams = StackParams()
 
     def check(self) -> tuple[str, Any, str] | None:
         # The demographic model's synthetic training people come from a seed of their own:

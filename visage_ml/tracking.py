@@ -1,6 +1,7 @@
 """MLflow set-up and logging, called only from stages (nothing happens on import).
 
-The tracking store is SQLite at ``mlruns/mlflow.db`` with artefacts under ``mlruns/artifacts``;
+The tracking store is SQLite at ``mlruns/mlflow.db`` with artefacts under ``mlruns/artifacts``,
+or the stack's MLflow server (``stack.tracking: server``, artefacts in its S3);
 :func:`configure` is the one place that sets it. Only pseudonymous, aggregate values are logged:
 no image, template, name or per-subject row ever reaches MLflow.
 """
@@ -36,13 +37,17 @@ def configure(paths: ProjectPaths, experiment: str = EXPERIMENT) -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow  # deferred: slow to import, and only stages that log need it
 
-    paths.mlruns.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(paths.tracking_uri)
+    uri = paths.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    # SQLite: artefacts beside the database under mlruns/. A tracking server (the stack's,
+    # `stack.tracking: server`) keeps its own artefact root (S3 through the server's proxy).
+    local = uri.startswith("sqlite:")
+    if local:
+        paths.mlruns.mkdir(parents=True, exist_ok=True)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
-        exp_id = mlflow.create_experiment(
-            experiment, artifact_location=(paths.mlruns / "artifacts").as_uri()
-        )
+        location = (paths.mlruns / "artifacts").as_uri() if local else None
+        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import secrets
 
 import pytest
 from evaluate_fakes import make_dataset, write_models
@@ -13,6 +15,7 @@ from visage_ml.app.stages import gallery as stage
 from visage_ml.config import ProjectPaths, load_params, write_params
 from visage_ml.privacy.core import NewSubject, PrivacyCore
 from visage_ml.serving.gallery import Gallery, GalleryVersionError
+from visage_ml.serving.pg_gallery import PgGallery, open_project_gallery
 
 SIZE = 32
 DIM = 64
@@ -133,3 +136,28 @@ def test_cli_rebuild_reports_counts(setup):
     result = CliRunner().invoke(cli, ["gallery", "rebuild", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["searchable"] == 8
+
+
+def test_stage_builds_the_shared_gallery_in_postgres_and_a_new_embedder_replaces_it(
+    setup, stack_postgres
+):
+    paths, params, core, pids = setup
+    table = f"g_{secrets.token_hex(6)}"
+    g = dataclasses.replace(
+        params.serving.gallery, backend="pgvector", dsn=stack_postgres.dsn, table=table
+    )
+    params = dataclasses.replace(params, serving=dataclasses.replace(params.serving, gallery=g))
+    report = stage.run(paths, params)
+    assert report.searchable == report.templates_written == 8
+    assert not list((paths.gallery / "templates").rglob("*.tpl"))  # nothing in the folder
+    shared = open_project_gallery(paths, core=core, params=params)
+    assert isinstance(shared, PgGallery) and shared.stored() == sorted(pids[:8])
+    shared.close()
+    core.withdraw_consent(pids[0], ["identification"])
+    assert stage.run(paths, params).removed_without_basis == 1
+    # Another embedder: its templates replace the table's (another version, same size).
+    (paths.reports / "threshold.json").write_text(
+        json.dumps({"threshold": 0.5, "target_fmr": 0.001, "embedder_model_version": "emb-test-2"})
+    )
+    newer = stage.run(paths, params, embedder=_NewVersion(stage.load_embedder(paths, params)))
+    assert newer.model_version == "emb-test-2" and newer.searchable == 7

@@ -130,6 +130,49 @@ def test_demographics_train_on_the_synthetic_people_beside_the_data(tiny_project
     assert rep["val_images"] == alone["val_images"]  # validation stays the data's
 
 
+def test_the_embedder_trains_in_two_processes_and_rank_0_alone_writes(
+    tiny_project: Path, monkeypatch
+):
+    """``distributed.nproc: 2``: the stage starts torchrun itself (what `dvc repro` runs)."""
+    import mlflow
+    from train_fakes import fake_faces
+
+    from visage_ml.app.stages import train_embedder
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    paths = ProjectPaths.discover()
+    _configure(tiny_project, **{"train_embedder.distributed.nproc": 3})
+    with pytest.raises(ValueError, match=r"multiple of distributed\.nproc"):
+        train_embedder.run(paths, progress=False)  # batch 16 among 3: refused before starting
+    _configure(tiny_project, **{"train_embedder.distributed.nproc": 2})
+    report = train_embedder.run(paths, progress=False)
+    saved = json.loads((tiny_project / "reports" / "train_embedder.json").read_text())
+    assert saved == report and saved["processes"] == 2 and saved["epochs_run"] == 2
+    assert saved["train_images"] == 6 * 9
+    mlflow.set_tracking_uri(paths.tracking_uri)
+    (run_id,) = mlflow.search_runs(experiment_names=["visage"])["run_id"]  # one run, rank 0's
+    logged = mlflow.MlflowClient().get_metric_history(run_id, "val_tar")
+    assert sorted(m.step for m in logged) == [1, 2]  # once per epoch, not once per process
+    ckpts = resume_files(tiny_project / "models" / "checkpoints" / "embedder")
+    assert [p.name for p in ckpts] == ["epoch-0001.pt", "epoch-0002.pt"]
+    _, meta = load_model(tiny_project / "models" / "embedder.pt")
+    assert meta["params"]["distributed"]["nproc"] == 2
+    # Each process decrypted the crops in memory: no face is at rest in plaintext anywhere.
+    faces, _ = fake_faces(12, 6, 48)
+    needles = [faces[i, 24].tobytes() for i in range(0, len(faces), 7)]
+    for f in (p for p in tiny_project.rglob("*") if p.is_file()):
+        blob = f.read_bytes()
+        assert not any(n in blob for n in needles), f
+
+    # Run again with nothing changed: both processes resume the finished run, same model.
+    again = train_embedder.run(paths, progress=False)
+    assert (
+        load_model(tiny_project / "models" / "embedder.pt")[1]["model_version"]
+        == (meta["model_version"])
+    )
+    assert again["best_val_tar_at_far"] == saved["best_val_tar_at_far"]
+
+
 def test_missing_processed_data_says_to_run_prepare(project: Path):
     from visage_ml.app.stages import train_embedder
 
@@ -259,3 +302,11 @@ def test_gpu_preset_fine_tunes_the_pinned_published_weights_on_cpu(
     installed.path.write_bytes(fake.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsHashError, match="does not match its pin"):
         train_embedder.run(paths, progress=False)
+
+
+def test_a_failed_worker_fails_the_stage_naming_its_rank(tmp_path: Path, monkeypatch):
+    from visage_ml.app.stages._train_common import WorkersFailedError, launch_workers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.raises(WorkersFailedError, match=r"rank 0 exit code 1, rank 1 exit code 1"):
+        launch_workers("visage_ml.no_such_stage", nproc=2, root=tmp_path)

@@ -52,6 +52,7 @@ from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
 from visage_ml.rights.notify import DeliveryReport, Notifier
 from visage_ml.serving.gallery import Gallery
+from visage_ml.serving.pg_gallery import open_project_gallery
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ class Enforcer:
     # -- carrying out --------------------------------------------------------------------------
     def _gallery(self) -> Gallery | None:
         if self.gallery is None:
-            self.gallery = Gallery.open_existing(self.paths, core=self.core, load=False)
+            self.gallery = open_project_gallery(self.paths, core=self.core, load=False)
         return self.gallery
 
     def apply(self, actions: list[Action] | None = None, *, deliver: bool = True) -> EnforceResult:

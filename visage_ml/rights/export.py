@@ -61,7 +61,6 @@ from visage_ml.io import (
     file_lock,
     private_dir,
     sha256_bytes,
-    sha256_file,
 )
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.datakeys import ROLE_BUNDLE, SUFFIX, parse_header, sniff
@@ -72,6 +71,7 @@ from visage_ml.rights.information import access_page, subject_information
 from visage_ml.rights.lifecycle import begin
 from visage_ml.rights.lineage import subject_lineage
 from visage_ml.serving.gallery import Gallery, NotEnrolledError, read_meta
+from visage_ml.serving.pg_gallery import open_project_gallery
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +458,9 @@ def _templates(
         return []
     g = gallery
     if g is None:
-        g = Gallery.open_existing(paths, core=core, load=False)
+        g = open_project_gallery(paths, core=core, load=False)
+    if g is None:
+        return []
     try:
         vector, header = g.template(pid)
     except NotEnrolledError:
@@ -481,7 +483,7 @@ def _templates(
             "template_rule": meta.template,
             "preprocess": dict(meta.preprocess) if comparable else {},
             "images_enrolled": header.get("n_images"),
-            "stored_sha256": sha256_file(g.template_path(pid)),
+            "stored_sha256": g.stored_sha256(pid),
         }
     ]
 

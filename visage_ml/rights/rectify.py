@@ -31,6 +31,7 @@ from visage_ml.rights.export import jsonable, row_dict
 from visage_ml.rights.lifecycle import begin
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery, read_meta
+from visage_ml.serving.pg_gallery import open_project_gallery
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,8 @@ def reenrol(
         return "no_gallery"
     g = gallery
     if g is None:
-        g = Gallery.open_existing(paths, core=core, load=False)
-    if not g.template_path(pid).exists():
+        g = open_project_gallery(paths, core=core, load=False)
+    if g is None or pid not in g.stored():
         return "not_enrolled"
     if engine is None and (paths.models / "embedder.onnx").is_file():
         engine = Engine.from_project(paths, load_params(paths.params), gallery_meta=meta)

@@ -478,6 +478,10 @@ class Gallery:
         """File holding ``pid``'s encrypted template."""
         return template_path(self.directory, pid)
 
+    def stored_sha256(self, pid: str) -> str:
+        """SHA-256 of ``pid``'s template as stored (the sealed bytes)."""
+        return sha256_file(self.template_path(pid))
+
     def files_of(self, pid: str) -> list[Path]:
         """The gallery's files of ``pid`` (template, key) that exist: what an erasure removes."""
         return subject_files(self.directory, pid)

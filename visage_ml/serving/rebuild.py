@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,14 @@ from visage_ml.config import ProjectPaths
 from visage_ml.data.crops import crops_info, read_crops
 from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.serving.gallery import PURPOSE, Gallery, Threshold, load_threshold
+from visage_ml.serving.gallery import (
+    PURPOSE,
+    Gallery,
+    GalleryVersionError,
+    Threshold,
+    load_threshold,
+)
+from visage_ml.serving.pg_gallery import PgGallery, PgOptions, reset_table
 
 SPLIT_PREFERENCE: Mapping[str, int] = {"train": 0, "val": 1, "test": 2}
 MSG_NO_PROCESSED = "{path} is missing; run `dvc repro prepare` first"
@@ -89,6 +96,7 @@ def rebuild(
     threshold: Threshold | float | None = None,
     core: Any = None,
     progress: bool = False,
+    pg_options: PgOptions | None = None,
 ) -> RebuildReport:
     """Re-enrol every subject allowed for identification from ``data/processed``.
 
@@ -107,6 +115,10 @@ def rebuild(
         The project's privacy core (a new one when None).
     progress
         Show a progress bar.
+    pg_options
+        Rebuild the shared gallery in PostgreSQL (``serving.gallery.backend: pgvector``)
+        instead of the one under ``gallery/``; its tables are re-created when they hold another
+        embedder's templates.
 
     Returns
     -------
@@ -122,15 +134,23 @@ def rebuild(
     thr = threshold if threshold is not None else load_threshold(paths, embedder.model_version)
     core = core if core is not None else PrivacyCore(paths)
     dim = int(embedder.embedding_dim)
-    gallery = Gallery.open(
-        paths,
-        model_version=embedder.model_version,
-        embedding_dim=dim,
-        threshold=thr,
-        preprocess=embedder.spec.to_dict(),
-        core=core,
-        rebuild=True,
-    )
+    opening: dict[str, Any] = {
+        "model_version": embedder.model_version,
+        "embedding_dim": dim,
+        "threshold": thr,
+        "preprocess": embedder.spec.to_dict(),
+        "core": core,
+    }
+    gallery: Gallery
+    if pg_options is None:
+        gallery = Gallery.open(paths, rebuild=True, **opening)
+    else:
+        options = replace(pg_options, listen=False)
+        try:
+            gallery = PgGallery.open(paths, options=options, **opening)
+        except GalleryVersionError:
+            reset_table(options.dsn, table=options.table)
+            gallery = PgGallery.open(paths, options=options, **opening)
     manifest = pd.read_parquet(manifest_path)
     n_crops = crops_info(faces_path).rows
     if len(manifest) != n_crops:
@@ -185,6 +205,8 @@ def rebuild(
     purged = gallery.purge_without_basis()
     gallery.reload()
     stats = gallery.stats()
+    if isinstance(gallery, PgGallery):
+        gallery.close()
     return RebuildReport(
         model_version=embedder.model_version,
         embedding_dim=dim,

@@ -147,22 +147,38 @@ class BatchPrefetcher:
 
 
 def augment_batch(
-    batch: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+    batch: torch.Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+    *,
+    part: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Augment and standardise an ``(N, H, W, 3)`` uint8 batch; returns ``(N, 3, H, W)`` float.
 
     Random numbers come from ``generator`` (a CPU generator, so results do not depend on the
     device); the image work runs on the batch's device. The result is channels-last in memory.
+    ``part`` ``(offset, total)`` says that ``batch`` is images ``offset .. offset + N`` of a
+    global batch of ``total`` (one process's share in data-parallel training): the draws are
+    made for the whole global batch and this share takes its slice, so each image is augmented
+    exactly as one process augmenting the global batch would.
     """
     n = batch.shape[0]
+    offset, total = part if part is not None else (0, n)
+    if offset < 0 or offset + n > total:
+        raise ValueError(f"part {part} does not hold a batch of {n} images")
+
+    def draw(*shape: int) -> torch.Tensor:
+        values = torch.rand(total, *shape, generator=generator)
+        return values if part is None else values[offset : offset + n]
+
     dev = batch.device
     x = batch.permute(0, 3, 1, 2).float()
     lo, hi = cfg.crop_scale
-    flip = (torch.rand(n, generator=generator) < 0.5) if cfg.flip else torch.zeros(n, dtype=bool)
+    flip = (draw() < 0.5) if cfg.flip else torch.zeros(n, dtype=bool)
     if lo < 1.0:
-        area = lo + (hi - lo) * torch.rand(n, generator=generator)
+        area = lo + (hi - lo) * draw()
         side = area.sqrt()
-        shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (1 - side)[:, None]
+        shift = (draw(2) * 2 - 1) * (1 - side)[:, None]
         theta = torch.zeros(n, 2, 3)
         theta[:, 0, 0] = torch.where(flip, -side, side)
         theta[:, 1, 1] = side
@@ -173,7 +189,7 @@ def augment_batch(
         x = torch.where(to_device(flip, dev)[:, None, None, None], x.flip(3), x)
     j = cfg.color_jitter
     if j > 0:
-        factors = to_device(1 - j + 2 * j * torch.rand(n, 3, generator=generator), dev)
+        factors = to_device(1 - j + 2 * j * draw(3), dev)
         bright, contrast, sat = (factors[:, k, None, None, None] for k in range(3))
         x = x * bright
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).contiguous(

@@ -5,6 +5,12 @@ indices and labels, and gets back a :class:`~visage_ml.training.config.FitResult
 leave through the ``on_epoch_end`` callback. On CUDA the step runs under bf16 autocast with
 channels-last tensors; on the CPU it is seeded and deterministic, and resuming from the state
 saved after epoch ``k`` reproduces the next step's loss bit for bit.
+
+Given a :class:`~visage_ml.training.distributed.DistContext` (``dist``), the same loop runs in
+each of several torchrun processes: every process trains on its share of each global batch
+under DDP, rank 0 alone validates (the others receive its metrics) and alone gets the
+``on_epoch_end`` call, and the stop decisions are taken together so no process waits for one
+that has left the loop.
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ from visage_ml.training.config import (
     derived_seed,
     resolve_device,
     resolve_precision,
+)
+from visage_ml.training.distributed import (
+    DistContext,
+    check_global_batch,
+    convert_batchnorm,
+    revert_batchnorm,
+    wrap_task,
 )
 from visage_ml.training.tasks import DemographicTask, EmbedderTask
 
@@ -112,10 +125,11 @@ def _fit(
     resume: Mapping[str, Any] | None,
     on_epoch_end: EpochCallback | None,
     on_step: StepCallback | None,
+    dist: DistContext | None = None,
 ) -> FitResult:
     from tqdm.auto import tqdm
 
-    device = resolve_device(config.device)
+    device = dist.device if dist is not None else resolve_device(config.device)
     amp = resolve_precision(config.precision, device)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(
@@ -125,12 +139,18 @@ def _fit(
     n = len(rows)
     if n < 2:
         raise ValueError(f"need at least 2 training images, got {n}; check the training split")
+    if dist is not None:
+        check_global_batch(config.batch_size, dist.world_size, n_images=n)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     modules = task.modules()
     for m in modules.values():
         m.to(device=device, memory_format=torch.channels_last).train()
     model = modules["model"]
+    synced_bn = dist is not None and dist.sync_batchnorm and dist.world_size > 1
+    if synced_bn:
+        for m in modules.values():
+            convert_batchnorm(m, cuda=device.type == "cuda")
     opt = make_optimizer(list(modules.values()), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(
         epoch_batches(
@@ -168,6 +188,9 @@ def _fit(
         _set_rng_state(resume["rng"])
     else:
         torch.manual_seed(config.seed)
+    # DDP broadcasts rank 0's (resumed or initial) weights when it wraps them.
+    ddp = wrap_task(task, modules, dist) if dist is not None else None
+    main = dist is None or dist.is_main
 
     step_losses: list[float] = []
     train_seconds, images_seen = prior_seconds, prior_images
@@ -185,27 +208,34 @@ def _fit(
             labels=sampling_labels,
             groups=sampling_groups,
         )
+        parts: list[tuple[int, int] | None] = [None] * len(batches)
+        if dist is not None:
+            shares = [dist.shard(b) for b in batches]
+            parts = [(offset, len(b)) for (_, offset), b in zip(shares, batches, strict=True)]
+            batches = [share for share, _ in shares]
         losses: list[torch.Tensor] = []
         t0 = time.perf_counter()
         seen = 0
         bar = tqdm(
             total=len(batches),
             desc=f"{config.desc} {epoch + 1}/{config.epochs}",
-            disable=not config.progress,
+            disable=not config.progress or not main,
             leave=False,
             unit="step",
         )
-        for x_u8, idx in BatchPrefetcher(images, rows, batches, device=device):
-            x = augment_batch(x_u8, config.augment, aug_gen)
+        prefetch = BatchPrefetcher(images, rows, batches, device=device)
+        for step_in_epoch, (x_u8, idx) in enumerate(prefetch):
+            part = parts[step_in_epoch]
+            x = augment_batch(x_u8, config.augment, aug_gen, part=part)
             with autocast(device, amp):
-                loss = task.loss(x, idx, device)
+                loss = task.loss(x, idx, device) if ddp is None else ddp(x, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.detach())
             global_step += 1
-            seen += len(idx)
+            seen += len(idx) if part is None else part[1]
             bar.update(1)
             if len(losses) % 25 == 0:  # .item() waits for the device
                 bar.set_postfix(loss=f"{losses[-1].item():.3f}")
@@ -214,7 +244,10 @@ def _fit(
             if config.max_steps is not None and global_step >= config.max_steps:
                 stopped = "max_steps"
                 break
-            if budget > 0 and time.perf_counter() - t_begin > budget:
+            over = budget > 0 and time.perf_counter() - t_begin > budget
+            if budget > 0 and dist is not None:
+                over = dist.any(over)  # every rank leaves at the same step
+            if over:
                 stopped = "time_budget"
                 logger.info("time budget of %.1f min reached", config.max_minutes)
                 break
@@ -224,10 +257,20 @@ def _fit(
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         images_seen += seen
-        epoch_losses = torch.stack(losses).float().cpu().tolist() if losses else []
+        stacked = torch.stack(losses).float() if losses else None
+        if stacked is not None and dist is not None:
+            stacked = dist.mean(stacked)  # equal shares: the global batch's mean loss
+        epoch_losses = stacked.cpu().tolist() if stacked is not None else []
         step_losses.extend(epoch_losses)
         epoch += 1
-        metrics = task.evaluate(images, device, amp, config.eval_batch_size)
+        if dist is None:
+            metrics = task.evaluate(images, device, amp, config.eval_batch_size)
+        else:
+            # Every rank holds the same weights: rank 0 validates and tells the others, so
+            # best epoch and early stopping are decided alike everywhere.
+            metrics = dist.from_main(
+                task.evaluate(images, device, amp, config.eval_batch_size) if main else None
+            )
         record: dict[str, Any] = {
             "epoch": epoch,
             "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
@@ -255,7 +298,7 @@ def _fit(
             config.epochs,
             ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"),
         )
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and main:
             state = {
                 "epoch": epoch,
                 "global_step": global_step,
@@ -275,6 +318,9 @@ def _fit(
             on_epoch_end(record, state)
     if best_state is None:
         best_state = cpu_state_dict(model)
+    if synced_bn:
+        for m in modules.values():
+            revert_batchnorm(m)
     last = history[-1] if history else {}
     best_record = next((h for h in history if h["epoch"] == best_epoch), last)
     return FitResult(
@@ -308,6 +354,7 @@ def fit_embedder(
     resume: Mapping[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
     on_step: StepCallback | None = None,
+    dist: DistContext | None = None,
 ) -> FitResult:
     """Train an identity embedder with a margin head; early-stop on validation TAR@FAR.
 
@@ -333,6 +380,11 @@ def fit_embedder(
         (tensors and plain values only) is what ``resume`` accepts.
     on_step
         ``fn(global_step)`` after each optimizer step (benchmarks).
+    dist
+        This process's place among torchrun's data-parallel processes
+        (:func:`visage_ml.training.distributed.init_from_env`); ``None`` trains in this process
+        alone. ``config.batch_size`` is then the global batch, split evenly among the
+        processes; ``on_epoch_end`` is called on rank 0 only; every rank returns the result.
     """
     task = EmbedderTask(model, head, labels, val_rows, val_labels, far=val_far, seed=config.seed)
     return _fit(
@@ -345,6 +397,7 @@ def fit_embedder(
         resume=resume,
         on_epoch_end=on_epoch_end,
         on_step=on_step,
+        dist=dist,
     )
 
 

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 CODE_FILES = (
     "training/batches.py",
     "training/config.py",
+    "training/distributed.py",
     "training/loop.py",
     "training/tasks.py",
     "models/backbones.py",
@@ -41,10 +42,15 @@ def code_hash() -> str:
     return h.hexdigest()
 
 
-def start_or_resume(folder: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The matching resume state in ``folder``, or ``None`` after clearing stale ones."""
+def start_or_resume(
+    folder: Path, fingerprint: str, *, clear_stale: bool = True
+) -> dict[str, Any] | None:
+    """The matching resume state in ``folder``, or ``None`` after clearing stale ones.
+
+    ``clear_stale`` False only reads (the data-parallel ranks other than 0, which must not
+    delete files rank 0 manages)."""
     state = load_resume(folder, fingerprint=fingerprint)
-    if state is None and resume_files(folder):
+    if clear_stale and state is None and resume_files(folder):
         clear_resume(folder)
     if state is None:
         logger.info("training from scratch (no matching resume checkpoint in %s)", folder)
@@ -52,9 +58,19 @@ def start_or_resume(folder: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 def resume_point(
-    paths: ProjectPaths, kind: str, section: Mapping[str, Any], data_md5: str, seed: int
+    paths: ProjectPaths,
+    kind: str,
+    section: Mapping[str, Any],
+    data_md5: str,
+    seed: int,
+    *,
+    clear_stale: bool = True,
 ) -> tuple[str, Path, dict[str, Any] | None]:
-    """``(fingerprint, folder, state)`` of ``kind``'s resume checkpoints for these settings."""
+    """``(fingerprint, folder, state)`` of ``kind``'s resume checkpoints for these settings.
+
+    The settings include ``distributed``: a checkpoint resumes only under the process count
+    that wrote it (another count sums in another order, so "exactly from there" would not hold).
+    """
     fp = fingerprint({**section, "code": code_hash()}, data_md5, seed=seed)
     folder = paths.models / "checkpoints" / kind
-    return fp, folder, start_or_resume(folder, fp)
+    return fp, folder, start_or_resume(folder, fp, clear_stale=clear_stale)

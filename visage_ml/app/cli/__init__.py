@@ -13,6 +13,7 @@ from visage_ml.app.cli import (
     privacy_cmd,
     sealing_cmd,
     serve_cmd,
+    stack_cmd,
     witness_cmd,
 )
 
@@ -36,6 +37,7 @@ app.command("serve")(serve_cmd.serve)
 app.add_typer(serve_cmd.gallery_app, name="gallery")
 app.add_typer(serve_cmd.apikey_app, name="apikey")
 app.add_typer(witness_cmd.app, name="witness")
+app.add_typer(stack_cmd.app, name="stack")
 # Biometric files at rest (sealing_cmd): commands of the privacy and data groups.
 privacy_cmd.app.command("seal")(sealing_cmd.seal)
 privacy_cmd.app.command("rotate-master-key")(sealing_cmd.rotate_master_key_cmd)

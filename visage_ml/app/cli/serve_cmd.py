@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from visage_ml.io import atomic_write_bytes, private_dir
 from visage_ml.serving.engine import ModelMismatchError
 from visage_ml.serving.gallery import Gallery, GalleryError
 from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
+from visage_ml.serving.pg_gallery import open_configured
 from visage_ml.serving.rebuild import select_enrolment_rows
 from visage_ml.serving.release import SCORE_MODEL_JSON, check_released, latest_releases
 
@@ -232,7 +234,8 @@ def gallery_rebuild(
 def _open_gallery() -> Gallery:
 
     paths = project()
-    gallery = Gallery.open_existing(paths)
+    # serving.gallery.backend: the files under gallery/ or the shared pgvector gallery.
+    gallery = open_configured(paths, load_params(paths.params), environ=os.environ)
     if gallery is None:
         raise GalleryError(f"no gallery at {paths.gallery}; run `visage gallery rebuild`")
     return gallery

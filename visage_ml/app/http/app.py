@@ -42,6 +42,7 @@ module, which wires them.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -70,6 +71,7 @@ from visage_ml.serving.operating_point import (
     ScoreModel,
     load_score_model,
 )
+from visage_ml.serving.pg_gallery import PgGallery, PgOptions, resolve_dsn
 from visage_ml.serving.quality import QualityGate
 from visage_ml.serving.release import (
     DEMOGRAPHIC_CONFUSION_JSON,
@@ -198,8 +200,7 @@ def create_app(
             emb = engine.embedder
             threshold = load_threshold(paths, emb.model_version)
             check_released(releases or {}, THRESHOLD_JSON, threshold.sha256)
-            gallery = Gallery.open(
-                paths,
+            opened = dict(
                 model_version=emb.model_version,
                 embedding_dim=int(emb.embedding_dim or 0),
                 threshold=threshold,
@@ -208,6 +209,14 @@ def create_app(
                 embed=engine.embed,
                 lock=lock,
             )
+            if params.serving.gallery.backend == "pgvector":
+                # One gallery in PostgreSQL shared by every replica (serving/pg_gallery.py).
+                dsn = resolve_dsn(params, os.environ, paths=paths)
+                gallery = PgGallery.open(
+                    paths, options=PgOptions.from_params(params, dsn=dsn), **opened
+                )
+            else:
+                gallery = Gallery.open(paths, **opened)
             if score_model is None:
                 score_model, digest = load_score_model(
                     paths,
@@ -289,6 +298,8 @@ def create_app(
         yield
         stop.set()
         service.audit.close()
+        if isinstance(service.gallery, PgGallery):
+            service.gallery.close()  # its listener thread and connection
 
     app = FastAPI(
         title="visage-ml",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,67 @@ import mlflow
 from visage_ml.config import ProjectPaths
 from visage_ml.io import atomic_write_json
 from visage_ml.models.checkpoint import save_checkpoint, save_resume
+from visage_ml.privacy.keys import MASTER_KEY_ENV
+from visage_ml.procenv import child_env
 from visage_ml.tracking import log_metrics
 
 logger = logging.getLogger(__name__)
+
+MSG_WORKERS_FAILED = (
+    "distributed training failed: {failures}. Each failed process's error is in the log above "
+    "(torchrun stopped the others). Fix it and run again; the run resumes from the last "
+    "finished epoch when params, data and code are unchanged"
+)
+
+
+class WorkersFailedError(RuntimeError):
+    """A torchrun worker of a training stage failed (the job was stopped)."""
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment replaced by ``values`` while the block runs (torchrun's
+    workers inherit it), then restored."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def launch_workers(module: str, *, nproc: int, root: Path) -> None:
+    """Run ``python -m module`` in ``nproc`` torchrun processes on this host; wait for them.
+
+    The same as ``torchrun --standalone --nproc-per-node=nproc -m module`` with the project at
+    ``root`` (``$VISAGE_PROJECT``) and ``OMP_NUM_THREADS`` = cores / nproc unless set. The
+    workers inherit this environment without its secrets (:func:`visage_ml.procenv.child_env`)
+    but the master key: each decrypts the sealed crops into its own memory, as the single
+    process does. A worker that fails stops the job
+    (torchrun terminates the others) and raises :class:`WorkersFailedError`.
+    """
+    # Heavy optional dependency: torch's launcher (elastic agent), only for nproc > 1.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    argv = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", module]
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+    logger.info("starting %d processes: torchrun %s", nproc, " ".join(argv))
+    # The workers' environment: this one without secrets but the master key they decrypt with.
+    env = child_env(
+        {"VISAGE_PROJECT": str(root), "OMP_NUM_THREADS": threads}, keep=(MASTER_KEY_ENV,)
+    )
+    with _environ(env):
+        try:
+            torchrun(parse_args(argv))
+        except ChildFailedError as exc:
+            failures = ", ".join(
+                f"rank {rank} exit code {f.exitcode}" for rank, f in sorted(exc.failures.items())
+            )
+            raise WorkersFailedError(MSG_WORKERS_FAILED.format(failures=failures)) from exc
 
 
 def epoch_logger(
@@ -68,4 +128,7 @@ def stage_main(run: Callable[..., Any]) -> int:
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
+    except WorkersFailedError as exc:
+        logger.error("%s", exc)
+        return 1
     return 0

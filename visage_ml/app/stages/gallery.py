@@ -3,7 +3,9 @@
 Reads ``models/embedder.onnx``, ``reports/threshold.json`` and
 ``data/processed/{faces.sealed, manifest.parquet}``; asks the privacy registry (the ledger) who
 may be identified; writes the encrypted gallery under ``gallery/`` (see
-:mod:`visage_ml.serving.gallery`) and ``reports/gallery.json`` (counts only, no pids). The
+:mod:`visage_ml.serving.gallery`), or with ``serving.gallery.backend: pgvector`` into the
+shared gallery in PostgreSQL (:mod:`visage_ml.serving.pg_gallery`), and ``reports/gallery.json``
+(counts only, no pids). The
 gallery folder is not a DVC output: it holds per-subject keys and ciphertext that an erasure
 must be able to destroy in one place, and subjects enrolled through the API live there too.
 """
@@ -11,6 +13,7 @@ must be able to destroy in one place, and subjects enrolled through the API live
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,6 +21,7 @@ from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.io import atomic_write_json
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import GalleryError
+from visage_ml.serving.pg_gallery import BACKEND, PgOptions, resolve_dsn
 from visage_ml.serving.rebuild import RebuildReport, rebuild
 
 logger = logging.getLogger(__name__)
@@ -32,11 +36,16 @@ def load_embedder(paths: ProjectPaths, params: Params) -> Any:
 def run(paths: ProjectPaths, params: Params, *, embedder: Any = None) -> RebuildReport:
     """Rebuild the gallery and write ``reports/gallery.json``; returns the counts."""
     emb = embedder if embedder is not None else load_embedder(paths, params)
+    pg_options = None
+    if params.serving.gallery.backend == BACKEND:  # the shared gallery (docs/deploy.md)
+        dsn = resolve_dsn(params, os.environ, paths=paths)
+        pg_options = PgOptions.from_params(params, dsn=dsn, listen=False)
     report = rebuild(
         paths,
         embedder=emb,
         images_per_subject=params.gallery.images_per_subject,
         progress=sys.stderr.isatty(),
+        pg_options=pg_options,
     )
     atomic_write_json(paths.reports / "gallery.json", report.to_dict())
     return report

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from visage_ml.io import secure_unlink, sha256_file
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
-from visage_ml.serving.gallery import Gallery, subject_files
+from visage_ml.serving.gallery import subject_files
+from visage_ml.serving.pg_gallery import open_project_gallery
 
 STORE = "gallery"
 
@@ -22,7 +23,7 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     """Remove the subject from the open gallery (or the files, when there is none on disk)."""
     gallery = ctx.gallery
     if gallery is None:
-        gallery = Gallery.open_existing(ctx.paths, core=ctx.core, load=False)
+        gallery = open_project_gallery(ctx.paths, core=ctx.core, load=False, params=ctx.params)
     removed: dict[str, str] = {}
     if gallery is not None:
         removed = gallery.erase(pid, reason="erasure").removed

@@ -7,8 +7,10 @@ step           what it does
 =============  =================================================================================
 lineage        (reads only) which data versions and models saw the subject; needed before the
                manifests that prove presence are purged
-gallery        the subject's template and gallery key (:mod:`.gallery`): from the end of this
-               step the subject is never matched again
+gallery        with the shared gallery (``serving.gallery.backend: pgvector``) first its row,
+               revoked for every replica and deleted, then the table rewritten and the WAL
+               switched (:mod:`.pgvector`); the subject's template and gallery key
+               (:mod:`.gallery`): from the end of this step the subject is never matched again
 vault          a keyed tombstone of the subject's reference and file hashes
                (:mod:`.tombstone`: re-imports are refused), then the identity-vault key, record
                and blind-index entry (:mod:`.vault`, cryptographic erase)
@@ -17,11 +19,13 @@ raw            the subject's data key (:mod:`.datakey`: every sealed raw image, 
                rows leave ``data/raw`` (:mod:`.raw`)
 dvc            DVC objects of those files, ``.dir`` manifests that list them, old table versions
                naming the pid, purged by hash from the cache, every remote and the site cache
-               (:mod:`.dvc`)
+               (:mod:`.dvc`); on the stack's S3 remote deleted, then SeaweedFS's volumes
+               compacted so the bytes leave the disk (:mod:`.dvc_remote`)
 processed      ``data/processed`` without the subject (:mod:`.processed`) and the subject's
                export bundles under ``privacy/exports`` (:mod:`.exports`)
 mlflow         MLflow artefacts and rows naming the subject (by design none), SQLite pages
-               included (:mod:`.mlflow`)
+               included (:mod:`.mlflow`); on an MLflow server its runs deleted and
+               garbage-collected, its rows rewritten (:mod:`.mlflow_server`)
 snapshot       the consent snapshot refreshed
 certificate    ``erasure.completed`` (committing to the claims), a tree head, a checkpoint
                cosigned by the witnesses, the signed certificate
@@ -76,9 +80,12 @@ from visage_ml.rights import lineage
 from visage_ml.rights.erasure import (
     datakey,
     dvc,
+    dvc_remote,
     exports,
     gallery,
     mlflow,
+    mlflow_server,
+    pgvector,
     processed,
     raw,
     tombstone,
@@ -102,14 +109,19 @@ STEPS: tuple[str, ...] = (
 # The stores each destructive step drives, in order (their artefacts are recorded under the
 # step): export bundles go with the processed data, as they always have in the ledger.
 STORES: Mapping[str, tuple[Store, ...]] = {
-    "gallery": (gallery,),
+    # The shared gallery's row first: no replica returns the subject from then on, before the
+    # key that seals the row's template goes.
+    "gallery": (pgvector, gallery),
     # The tombstone reads the vault record and the image hashes before they go.
     "vault": (tombstone, vault),
     # The data key first: destroying it crypto-shreds every copy of the sealed files.
     "raw": (datakey, raw),
-    "dvc": (dvc,),
+    # The stack's S3 remote first (it notes where the objects sit in the volume files before
+    # they are deleted, then compacts them); then DVC's purge of the cache and every remote.
+    "dvc": (dvc_remote, dvc),
     "processed": (processed, exports),
-    "mlflow": (mlflow,),
+    # The local SQLite file, then the stack's MLflow server (client API, `mlflow gc`, vacuum).
+    "mlflow": (mlflow, mlflow_server),
 }
 LOCK = Path(".visage") / "locks" / "erasure.lock"
 
@@ -398,6 +410,10 @@ class Erasure:
                 for m in lin.get("models") or []
             ],
             "lineage_notes": lin.get("notes") or [],
+            # What a store could not guarantee (e.g. WAL the database server may still keep).
+            "store_notes": [
+                str(v["note"]) for v in info.values() if isinstance(v, dict) and v.get("note")
+            ],
             "steps": [
                 {"step": s, "seq": st.steps[s].seq, "artefacts": len(st.steps[s].artefacts)}
                 for s in STEPS[:-1]

@@ -1,0 +1,109 @@
+"""One erasure request across the whole stack: the shared gallery in PostgreSQL, the DVC remote
+on S3 and the MLflow server, each down to the bytes on disk, certified per store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from project_helpers import init_dvc_repo, stack_project_on, write_overrides
+from rights_fakes import VERSION, make_project
+from serving_fakes import DIM, THRESHOLD
+
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.serving.pg_gallery import PgGallery, PgOptions, resolve_dsn
+from visage_ml.stack.manager import Stack, configure_project
+from visage_ml.stack.seaweed import scan
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def _dvc(root: Path, *args: str) -> None:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run([DVC, *args], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _files_holding(root: Path, needle: bytes) -> list[str]:
+    hits = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path.relative_to(root)))
+            except OSError:
+                continue
+    return hits
+
+
+@pytest.mark.pipeline
+def test_one_request_erases_the_subject_from_every_store_of_the_stack(stack, project):
+    init_dvc_repo(project)
+    proj = make_project(project, n_subjects=4, track=True, enrol=False)
+    stack_project_on(stack, project)
+    table = f"g_{os.urandom(5).hex()}"
+    write_overrides(
+        project / "params.yaml",
+        {"serving.gallery.backend": "pgvector", "serving.gallery.table": table},
+    )
+    paths = ProjectPaths(project)
+    configure_project(Stack.of(paths))
+    # The gallery's DSN comes from the stack (secrets/stack.json), as `visage serve` finds it.
+    dsn = resolve_dsn(load_params(paths.params), {}, paths=paths)
+    gallery = PgGallery.open(
+        paths,
+        options=PgOptions(dsn=dsn, table=table, listen=False),
+        model_version=VERSION,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=proj.core,
+    )
+    gallery.enroll_many({pid: proj.engine.embed(proj.world.photo(pid, 2)) for pid in proj.pids})
+    gallery.write_meta()
+    victim, other = proj.pids[0], proj.pids[1]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    gallery.close()
+    _dvc(project, "push")
+    sealed = sorted((paths.raw / victim).glob("*.sealed"))[0].read_bytes()
+    probe = sealed[len(sealed) // 2 : len(sealed) // 2 + 64]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+    # The attack works before: the subject's bytes are in each service's data folder.
+    assert scan(stack.s3_data_dir, probe)
+    assert _files_holding(stack.data_dir, vector)
+
+    t = time.perf_counter()
+    result = Erasure(paths).erase(victim)
+    seconds = time.perf_counter() - t
+    claims = result.certificate["claims"]
+    by_store: dict[str, set[str]] = {}
+    for a in claims["artefacts"]:
+        by_store.setdefault(a["store"], set()).add(a["outcome"])
+    assert by_store["pgvector"] == {"crypto-shredded", "physically removed"}
+    # The sealed images on S3 are crypto-shredded; old table versions naming the pid, removed.
+    assert by_store["dvc-remote"] == {"crypto-shredded", "physically removed"}
+    assert verify_certificate(result.certificate_path, root=paths.root).ok
+    # ... and after: nothing of the subject in S3's volume files or PostgreSQL's data folder.
+    assert scan(stack.s3_data_dir, probe) == []
+    assert _files_holding(stack.data_dir, vector) == []
+    shared = PgGallery.open(
+        paths,
+        options=PgOptions(dsn=dsn, table=table, listen=False),
+        model_version=VERSION,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=PrivacyCore(paths),
+    )
+    assert shared.stored() == sorted(p for p in proj.pids if p != victim)
+    assert other in shared.stored()
+    shared.close()
+    print(f"whole-stack erasure: {seconds:.1f} s")

@@ -1,0 +1,345 @@
+"""The shared pgvector gallery: same answers as the in-memory one, consent honoured by every
+replica at query time, and erasure that leaves no template byte in PostgreSQL's data folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import psycopg.sql
+import pytest
+from project_helpers import write_overrides
+from rights_fakes import make_project
+from serving_fakes import DIM, THRESHOLD, fake_engine, make_world
+
+from visage_ml.config import load_params
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.erasure import pgvector as pg_store
+from visage_ml.rights.erasure.base import Context, label_outcomes
+from visage_ml.rights.export import Delivery, export_subject
+from visage_ml.serving import pg_gallery
+from visage_ml.serving.gallery import EnrolmentRefusedError, NotEnrolledError
+from visage_ml.serving.index import TemplateIndex, normalize_queries
+from visage_ml.serving.pg_gallery import PgGallery, PgOptions
+
+VERSION = "emb-test-1"
+PLAIN = Delivery(plaintext=True)
+
+
+@pytest.fixture
+def pg(stack_postgres):
+    """The session's PostgreSQL, as the stack configures it for erasure (WAL not recycled)."""
+    with psycopg.connect(stack_postgres.dsn, autocommit=True) as conn:
+        if conn.execute("SHOW wal_recycle").fetchone()[0] != "off":
+            # The stack writes this into visage.conf; an older cluster may lack it.
+            conn.execute("ALTER SYSTEM SET wal_recycle = off")
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.2)
+    return stack_postgres
+
+
+@pytest.fixture
+def table():
+    return f"g_{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def world(project):
+    # A seed of its own: other tests' tables in the shared cluster must not hold these templates.
+    return make_world(project, n_subjects=20, without_identification=2, seed=secrets.randbits(31))
+
+
+@pytest.fixture
+def engine(world):
+    return fake_engine(world.paths.root)
+
+
+def open_pg(world, pg, table, *, core=None, hnsw=False, listen=False, engine=None):
+    return PgGallery.open(
+        world.paths,
+        options=PgOptions(dsn=pg.dsn, table=table, hnsw=hnsw, listen=listen),
+        model_version=VERSION,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=core or world.core,
+        embed=engine.embed if engine is not None else None,
+    )
+
+
+@pytest.fixture
+def enrolled(world, engine, pg, table):
+    gallery = open_pg(world, pg, table)
+    pids = list(world.people)[:18]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 3)) for pid in pids})
+    yield gallery, pids
+    gallery.close()
+
+
+def test_answers_as_the_memory_gallery_does(world, engine, enrolled):
+    gallery, pids = enrolled
+    # The in-memory backend's index over the same templates.
+    memory = TemplateIndex(DIM)
+    for pid in pids:
+        memory.put(pid, gallery.template(pid)[0])
+    assert gallery.size == len(memory) == 18
+    for pid in pids:
+        emb = engine.embed(world.photo(pid))[0]
+        got = gallery.identify(emb, top_k=3)
+        want = memory.search(normalize_queries(emb, DIM), top_k=3, threshold=THRESHOLD)[0]
+        assert [m.pid for m in got] == [p for p, _ in want]
+        np.testing.assert_allclose([m.score for m in got], [s for _, s in want], atol=1e-5)
+        assert got[0].pid == pid
+        assert gallery.verify(emb, pid)[0] is True
+    refused = list(world.people)[-1]
+    with pytest.raises(EnrolmentRefusedError):
+        gallery.enroll(refused, engine.embed(world.photo(refused)))
+
+
+def test_sealed_column_holds_no_plaintext_and_opens_with_the_key(world, enrolled, pg, table):
+    gallery, pids = enrolled
+    sealed = _sealed(pg, table, pids[0])
+    vector, header = gallery.template(pids[0])
+    assert vector.astype("<f4").tobytes() not in sealed
+    assert header["pid"] == pids[0]
+    (event,) = [
+        e for e in world.core.ledger.entries() if e.type == "gallery.enrolled" and e.pid == pids[0]
+    ]
+    assert event.payload["template_sha256"] == hashlib.sha256(sealed).hexdigest()
+
+
+def test_a_replica_that_never_read_the_ledger_still_never_returns_a_withdrawn_subject(
+    world, engine, enrolled, pg, table
+):
+    gallery, pids = enrolled
+    # Replica B: its own privacy core, no listener, and it never refreshes from the ledger.
+    other = open_pg(world, pg, table, core=PrivacyCore(world.paths))
+    other.refresh = lambda: None
+    withdrawn, erased = pids[0], pids[1]
+    emb_w = engine.embed(world.photo(withdrawn))[0]
+    emb_e = engine.embed(world.photo(erased))[0]
+    assert other.identify(emb_w)[0].pid == withdrawn
+    world.core.withdraw_consent(withdrawn, ["identification"])
+    gallery.refresh()  # replica A handles the withdrawal (the HTTP route does this)
+    gallery.erase(erased)
+    rows, n, _ = other.search(np.stack([emb_w, emb_e]), top_k=18, threshold_for=lambda _n: -1.0)
+    assert withdrawn not in [m.pid for m in rows[0]]
+    assert erased not in [m.pid for m in rows[1]]
+    assert n == 16  # the threshold's N is the shared gallery's size in the search's snapshot
+    with pytest.raises(NotEnrolledError):
+        other.verify(emb_w, withdrawn)
+    assert other.status(erased) == {
+        "enrolled": False,
+        "searchable": False,
+        "template_model_version": None,
+    }
+    # Consent given again: searchable again, for every replica.
+    world.core.give_consent(withdrawn, _receipt())
+    gallery.refresh()
+    assert other.identify(emb_w)[0].pid == withdrawn
+    other.close()
+
+
+def _receipt():
+    from serving_fakes import receipt
+
+    return receipt(("training", "evaluation", "identification"))
+
+
+def test_listening_replica_sees_the_new_size_within_one_second(world, engine, enrolled, pg, table):
+    gallery, pids = enrolled
+    other = open_pg(world, pg, table, core=PrivacyCore(world.paths), listen=True)
+    try:
+        assert other.size == 18
+        t0 = time.perf_counter()
+        gallery.erase(pids[2])
+        while other.size != 17 and time.perf_counter() - t0 < 2.0:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+        assert other.size == 17, "the listening replica never saw the erasure"
+        assert elapsed < 1.0
+        assert other.notifications >= 1
+    finally:
+        other.close()
+
+
+def test_hnsw_finds_the_same_subjects_and_filters_revoked_ones(world, engine, enrolled, pg, table):
+    _gallery, pids = enrolled
+    approx = open_pg(world, pg, table, hnsw=True)
+    world.core.withdraw_consent(pids[3], ["identification"])
+    approx.refresh()
+    for pid in pids:
+        got = approx.identify(engine.embed(world.photo(pid))[0], top_k=3)
+        if pid == pids[3]:
+            assert pid not in [m.pid for m in got]
+        else:
+            assert got[0].pid == pid
+    approx.close()
+
+
+def _sealed(pg, table: str, pid: str) -> bytes:
+    query = psycopg.sql.SQL("SELECT sealed FROM {} WHERE pid = %s").format(
+        psycopg.sql.Identifier(table)
+    )
+    with psycopg.connect(pg.dsn) as conn:
+        return bytes(conn.execute(query, (pid,)).fetchone()[0])
+
+
+def _scan(data_dir: Path, needles: dict[str, bytes]) -> list[tuple[str, str]]:
+    """(needle name, file) for every file under the data folder holding a needle's bytes."""
+    hits = []
+    for root, _dirs, files in os.walk(data_dir):
+        for name in files:
+            path = Path(root) / name
+            try:
+                blob = path.read_bytes()
+            except OSError:
+                continue
+            hits += [(k, str(path.relative_to(data_dir))) for k, v in needles.items() if v in blob]
+    return hits
+
+
+def _needles(gallery, pg, table, pid):
+    vector = gallery.template(pid)[0].astype("<f4").tobytes()
+    sealed = _sealed(pg, table, pid)
+    # Windows of the ciphertext (a long value may be split into TOAST chunks; the head is the
+    # clear header, alike for every subject but the pid).
+    return {"vector": vector, "sealed_body": sealed[-200:-152], "sealed_tail": sealed[-48:]}
+
+
+@pytest.mark.parametrize("hnsw", [False, True])
+def test_erasure_leaves_no_template_byte_in_the_data_folder(world, engine, pg, table, hnsw):
+    gallery = open_pg(world, pg, table, hnsw=hnsw)
+    pids = list(world.people)[:18]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 3)) for pid in pids})
+    victim = pids[4]
+    needles = _needles(gallery, pg, table, victim)
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # the heap and index pages reach their files
+    before = _scan(pg.data_dir, needles)
+    # The attack works before the erasure: an operator reading the files finds the template.
+    assert {k for k, _ in before} == set(needles), before
+    assert any(f.startswith("base/") for _, f in before)
+
+    params = load_params(world.paths.params) if world.paths.params.exists() else None
+    params = params or _default_params()
+    g = dataclasses.replace(params.serving.gallery, backend="pgvector", dsn=pg.dsn, table=table)
+    params = dataclasses.replace(params, serving=dataclasses.replace(params.serving, gallery=g))
+    ctx = Context(paths=world.paths, core=world.core, params=params, gallery=gallery)
+    plan = pg_store.plan(ctx, victim)
+    assert sorted(a["path"] for a in plan.artefacts) == [
+        f"pgvector:{table}/{victim}.embedding",
+        f"pgvector:{table}/{victim}.tpl",
+    ]
+    outcome = pg_store.erase(ctx, victim, plan.artefacts, plan)
+    assert outcome.info["vacuum_full"] and outcome.info["wal_removed"], outcome.info
+    labelled = {a["path"]: a["outcome"] for a in label_outcomes(outcome.artefacts, {})}
+    assert labelled[f"pgvector:{table}/{victim}.tpl"] == "crypto-shredded"
+    assert labelled[f"pgvector:{table}/{victim}.embedding"] == "physically removed"
+    assert pg_store.verify(ctx, victim) == []
+    assert not gallery.keys.exists(victim)
+    after = _scan(pg.data_dir, needles)
+    assert after == [], f"template bytes survive erasure in {after}"
+    # Everyone else is still found.
+    assert gallery.identify(engine.embed(world.photo(pids[5]))[0])[0].pid == pids[5]
+    gallery.close()
+
+
+def test_wal_that_may_keep_old_pages_is_reported_not_claimed_removed(world, engine, pg, table):
+    gallery = open_pg(world, pg, table)
+    pid = next(iter(world.people))
+    gallery.enroll(pid, engine.embed(world.photo(pid, 2)))
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET wal_recycle = on")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.2)
+        try:
+            gallery.erase(pid)
+            report = gallery.purge_physically().to_dict()
+        finally:
+            conn.execute("ALTER SYSTEM SET wal_recycle = off")
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.2)
+    assert report["wal_removed"] is False
+    assert any("wal_recycle" in why for why in report["wal_retention"])
+    gallery.close()
+
+
+def _default_params():
+    return load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+
+
+def test_rows_hash_the_stored_vector(enrolled, pg, table):
+    gallery, pids = enrolled
+    rows = pg_gallery.subject_rows(pg.dsn, pids[0], table=table)
+    vector = gallery.template(pids[0])[0].astype("<f4").tobytes()
+    assert rows[f"pgvector:{table}/{pids[0]}.embedding"] == hashlib.sha256(vector).hexdigest()
+
+
+def _with_gallery(params, **kw):
+    g = dataclasses.replace(params.serving.gallery, **kw)
+    return dataclasses.replace(params, serving=dataclasses.replace(params.serving, gallery=g))
+
+
+def test_commands_open_the_configured_shared_gallery(world, enrolled, pg, table):
+    _gallery, pids = enrolled
+    params = _with_gallery(_default_params(), backend="pgvector", dsn="", table=table)
+    with pytest.raises(pg_gallery.GalleryError, match="VISAGE_GALLERY_DSN"):
+        pg_gallery.open_configured(world.paths, params, environ={})
+    opened = pg_gallery.open_configured(
+        world.paths, params, environ={pg_gallery.DSN_ENV: pg.dsn}, core=world.core
+    )
+    assert isinstance(opened, PgGallery)
+    assert opened.stats()["searchable"] == 18 and opened.stored() == sorted(pids)
+    opened.close()
+    params = _with_gallery(params, table=f"{table}_none", dsn=pg.dsn)
+    assert pg_gallery.open_configured(world.paths, params, environ={}) is None
+
+
+def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project, pg, table):
+    """The whole orchestrator on a project whose served gallery is in PostgreSQL: the row goes
+    before the key, the certificate lists both copies with how each went, the access bundle of
+    another subject still carries their template, and nothing of the victim is on disk."""
+    proj = make_project(project, enrol=False)
+    write_overrides(
+        project / "params.yaml",
+        {
+            "serving.gallery.backend": "pgvector",
+            "serving.gallery.dsn": pg.dsn,
+            "serving.gallery.table": table,
+        },
+    )
+    gallery = open_pg(proj.world, pg, table, core=proj.core)
+    gallery.enroll_many({pid: proj.engine.embed(proj.world.photo(pid, 2)) for pid in proj.pids})
+    gallery.write_meta()
+    victim, other = proj.pids[0], proj.pids[1]
+    needles = _needles(gallery, pg, table, victim)
+    gallery.close()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+    assert {k for k, _ in _scan(pg.data_dir, needles)} == set(needles)
+
+    result = Erasure(proj.paths).erase(victim)
+    claims = result.certificate["claims"]
+    outcome = {a["path"]: a["outcome"] for a in claims["artefacts"] if a["step"] == "gallery"}
+    assert outcome[f"pgvector:{table}/{victim}.tpl"] == "crypto-shredded"
+    assert outcome[f"pgvector:{table}/{victim}.embedding"] == "physically removed"
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert _scan(pg.data_dir, needles) == []
+    reopened = pg_gallery.open_project_gallery(proj.paths, core=PrivacyCore(proj.paths))
+    assert victim not in reopened.stored() and other in reopened.stored()
+    reopened.close()
+    out = project.parent / "bundle.zip"
+    export_subject(proj.paths, other, out=out, core=PrivacyCore(proj.paths), delivery=PLAIN)
+    with zipfile.ZipFile(out) as zf:
+        (template,) = json.loads(zf.read("templates.json"))["templates"]
+    assert template["stored_sha256"] == hashlib.sha256(_sealed(pg, table, other)).hexdigest()

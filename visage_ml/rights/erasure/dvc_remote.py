@@ -1,0 +1,134 @@
+"""The stack's S3 DVC remote down to disk: the subject's objects deleted, then SeaweedFS vacuumed.
+
+Deleting an S3 object on SeaweedFS only marks its needle deleted; its bytes stay in the volume
+file until the volume is compacted. This step runs before the ``dvc`` step: it plans the
+subject's objects on the stack remote (the same finding as :mod:`.dvc`, so objects still
+referenced by current data are kept alike), notes the volume needles that hold them, deletes
+the objects, waits until the volume server no longer serves those needles and compacts every
+volume holding deleted bytes (``/vol/vacuum``). ``verify`` reports any object still there and
+any deleted bytes still inside a volume file.
+
+An external S3 (``stack.mode: external``) gets the deletion through DVC's own step; compaction
+is the provider's, which this project cannot observe: the plan's info says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from visage_ml.rights import dvc_objects
+from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
+from visage_ml.stack.manager import Stack
+from visage_ml.stack.proc import StackError
+
+log = logging.getLogger(__name__)
+
+STORE = "dvc-remote"
+NOT_RUNNING = (
+    "the stack's S3 (SeaweedFS) is not running, so the subject's DVC objects on it cannot be "
+    "deleted and vacuumed; run `visage stack up` and resume the erasure"
+)
+EXTERNAL_NOTE = (
+    "external S3: objects are deleted through the S3 API (dvc step); the provider's compaction "
+    "removes their bytes from disk and is not observable from this project"
+)
+
+
+def _stack_remote(ctx: Context) -> tuple[Stack, Any] | None:
+    """The project's stack and its DVC remote's object stores, when that remote is configured."""
+    if not ctx.is_dvc or not ctx.paths.params.is_file():
+        return None
+    stack = Stack.of(ctx.paths)
+    name = stack.params.dvc_remote
+    setup = ctx.dvc_setup()
+    if name not in setup.remote_urls:
+        return None
+    stores = [s for s in setup.stores if s.name.startswith(f"remote:{name}")]
+    return stack, stores
+
+
+def _key(store: Any, oid: str, bucket: str) -> str:
+    path = store.oid_path(oid)
+    return path[len(bucket) + 1 :] if path.startswith(f"{bucket}/") else path
+
+
+def plan(ctx: Context, pid: str) -> Plan | None:
+    """The subject's objects on the stack remote and the volume needles holding them."""
+    found = _stack_remote(ctx)
+    if found is None:
+        return None
+    stack, stores = found
+    if not stack.local:
+        return Plan([], {"vacuum": EXTERNAL_NOTE})
+    seaweed = stack.seaweed()
+    if not seaweed.running():
+        raise StackError(NOT_RUNNING)
+    known = [a["md5"] for a in ctx.planned.get("raw", []) if a.get("md5")]
+    purge = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known)
+    names = {"dvc-" + s.name: s for s in stores}
+    artefacts: list[Artefact] = []
+    chunks: list[str] = []
+    for art in purge.objects:
+        store = names.get(art["store"])
+        if store is None:
+            continue
+        ids = seaweed.chunk_ids(_key(store, art["md5"], seaweed.bucket))
+        chunks.extend(ids)
+        artefacts.append({**art, "store": STORE, "needles": ids})
+    return Plan(artefacts, {"needles": len(chunks)}, state=(stores, chunks))
+
+
+def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
+    """Delete the planned objects, wait for their needles to go, compact the volumes."""
+    if plan is None or (not plan.artefacts and not planned):
+        return Outcome(info={"stack_remote": plan is not None})
+    found = _stack_remote(ctx)
+    if found is None:
+        return Outcome(info={"stack_remote": False})
+    stack, stores = found
+    if not stack.local:
+        return Outcome(info={"vacuum": EXTERNAL_NOTE})
+    seaweed = stack.seaweed()
+    if not seaweed.running():
+        raise StackError(NOT_RUNNING)
+    removed: list[Artefact] = []
+    needles: list[str] = []
+    # ``planned`` is the whole step's plan (the dvc store's artefacts too): this store's own.
+    mine = [a for a in [*planned, *plan.artefacts] if a.get("store") == STORE and a.get("md5")]
+    for art in mine:
+        needles.extend(art.get("needles") or [])
+        for store in stores:
+            if store.remove(art["md5"]):
+                removed.append(art)
+    vacuum = seaweed.vacuum(wait_for=sorted(set(needles)))
+    log.info(
+        "stack S3: %d object(s) deleted, %d volume(s) compacted in %.2f s",
+        len(removed),
+        len(vacuum["volumes_compacted"]),
+        vacuum["seconds"],
+    )
+    return Outcome(removed, {"vacuum": vacuum})
+
+
+def verify(ctx: Context, pid: str) -> list[str]:
+    """The subject's objects still on the stack remote, and deleted bytes left in volumes."""
+    found = _stack_remote(ctx)
+    if found is None:
+        return []
+    stack, stores = found
+    left: list[str] = []
+    if stack.local:
+        seaweed = stack.seaweed()
+        if not seaweed.running():
+            return [NOT_RUNNING]
+        garbage = seaweed.garbage_bytes()
+        if garbage:
+            left.append(f"{garbage} byte(s) of deleted objects still in SeaweedFS volume files")
+    try:
+        purge = dvc_objects.plan(ctx.dvc_setup(), pid)
+    except RuntimeError as exc:
+        return [*left, str(exc)]
+    names = {"dvc-" + s.name for s in stores}
+    left += [a["path"] for a in purge.objects if a["store"] in names]
+    return left

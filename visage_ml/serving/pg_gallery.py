@@ -1,0 +1,1305 @@
+"""The shared gallery in PostgreSQL + pgvector (``serving.gallery.backend: pgvector``).
+
+Several ``visage serve`` replicas search one gallery held in PostgreSQL instead of each holding
+the templates in memory. The public API is :class:`~visage_ml.serving.gallery.Gallery`'s
+(search, verify, enrol, erase, status, template, stats), so the HTTP app and the erasure use
+either backend unchanged.
+
+What is where
+-------------
+Table ``<table>`` (one row per subject): ``pid``, ``model_version``, ``embedding`` (pgvector
+``vector(D)``, the unit template as float32, **plaintext**: PostgreSQL must compute distances on
+it), ``cluster`` (the score-calibration cluster of the template), ``sealed`` (the template file
+of the in-memory backend byte for byte: AES-256-GCM under the subject's own data key, pid and
+model version as associated data), ``template_sha256`` (of ``sealed``; the ledger's
+``gallery.enrolled`` event records it) and ``n_images``.
+
+- Sealed: the ``sealed`` column. Its data key lives in the project's key ring
+  (``gallery/keys/<pid>.key``, wrapped by the master key), as for the in-memory gallery, so
+  destroying that key crypto-shreds every copy of the column (backups, replicas, WAL archives).
+- Not sealed: the ``embedding`` column. The in-memory backend holds the plaintext template only
+  in RAM; here it is at rest in the table's heap files, its HNSW index (when enabled), the WAL,
+  and in any base backup, WAL archive or streaming replica of the cluster. Only physical removal
+  protects it: an erasure deletes the row, then ``VACUUM FULL`` rewrites the table, its TOAST
+  table and its indexes, ``pg_switch_wal()`` closes the WAL segment and ``CHECKPOINT`` lets the
+  server remove the old segments (:meth:`PgGallery.purge_physically`). WAL segments are only
+  deleted (rather than renamed for reuse with the old bytes inside) with ``wal_recycle = off``,
+  and are kept longer by ``wal_keep_size``, replication slots and archiving:
+  :func:`wal_retention` names what would keep them, and the erasure certificate says so.
+
+Consent at query time
+---------------------
+Table ``<table>_revoked`` lists subjects that must not be returned (identification consent
+withdrawn, restricted, objecting, erased, or a template the ledger does not vouch for). Every
+search and verification excludes them in the same SQL statement, so a replica never returns a
+revoked subject, whatever the state of its notifications. Whichever replica (or CLI) reads a
+narrowing ledger event first writes the row; an erasure writes it in the same transaction as the
+``DELETE``.
+
+Change propagation
+------------------
+Every change bumps ``<table>_state.version`` and sends ``NOTIFY`` on the gallery's channel in the
+same transaction. Each replica listens on a connection of its own and, as a fallback, polls the
+counter every ``poll_interval_s``; on a change it re-counts the searchable templates, the ``N``
+of the 1:N threshold (:mod:`visage_ml.serving.operating_point`). A search also reads the counter
+in its own snapshot and re-counts at once when it moved, so the threshold always uses the shared
+gallery's size at that snapshot.
+
+Search
+------
+Exact by default: a sequential scan computing every inner product (the templates are unit
+vectors, so the inner product is the cosine), index scans disabled for the statement. With
+``hnsw: true`` an HNSW index (``vector_ip_ops``) answers with ``hnsw.ef_search`` candidates and
+``hnsw.iterative_scan = strict_order`` (so the revoked filter cannot starve the result). With a
+score calibration, the top ``top_k`` of each calibration cluster are fetched and calibrated in
+Python: exact, because every calibration map is monotone in the raw score for a given pair of
+clusters (FSN shifts, FairCal beta maps are fitted monotone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import psycopg
+from cryptography.exceptions import InvalidTag
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from visage_ml.config import ProjectPaths, load_params
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.datakeys import wrapped_keys_exist
+from visage_ml.privacy.keys import check_pid, load_master_key
+from visage_ml.privacy.ledger import utc_now
+from visage_ml.privacy.registry import NO_BASIS_REASONS
+from visage_ml.privacy.sealed import KeyDestroyedError, open_sealed
+from visage_ml.serving.gallery import (
+    MAGIC,
+    MSG_REBUILD,
+    MSG_TAMPERED,
+    PURPOSE,
+    Enrolment,
+    EnrolmentRefusedError,
+    Gallery,
+    GalleryError,
+    GalleryMeta,
+    GalleryVersionError,
+    Match,
+    NotEnrolledError,
+    Removal,
+    Threshold,
+    _rel,
+    read_meta,
+)
+from visage_ml.serving.index import normalize_queries, template_of
+from visage_ml.stack.manager import Stack
+from visage_ml.stack.proc import StackError
+
+logger = logging.getLogger(__name__)
+
+BACKEND = "pgvector"
+DEFAULT_TABLE = "visage_gallery"
+# Artefact names of an erasure (the suffix tells the certificate how each was erased:
+# ``.tpl`` sealed under the subject's key, ``.embedding`` plaintext physically removed).
+SEALED_SUFFIX = ".tpl"
+EMBEDDING_SUFFIX = ".embedding"
+REVOKED_ERASED = "erased"
+REVOKED_NO_CONSENT = "not_allowed"
+REVOKED_UNRECORDED = "unrecorded"
+DEFAULT_POLL_S = 0.25
+_TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+MSG_TABLE = "serving.gallery.table must be a lower-case SQL name of at most 41 characters"
+MSG_CONNECT = (
+    "cannot connect to the pgvector gallery's PostgreSQL ({error}); start it with `visage stack "
+    "up` or set serving.gallery.dsn / $VISAGE_GALLERY_DSN to a reachable server"
+)
+MSG_NO_EXTENSION = (
+    "the pgvector extension is not installed in the gallery's database; run `CREATE EXTENSION "
+    "vector` there as a superuser (`visage stack up` does it)"
+)
+MSG_DIM = (
+    "the pgvector gallery table {table} holds {found}-value templates but the serving embedder "
+    "makes {expected}; use another serving.gallery.table for this embedder"
+)
+MSG_MODEL = (
+    "the pgvector gallery {table} was built for embedder {found!r} but this server runs "
+    "{expected!r}; re-enrol the gallery for this embedder (`visage gallery rebuild`)"
+)
+
+
+MSG_NO_DSN = (
+    "serving.gallery.backend is pgvector but no PostgreSQL is named: set serving.gallery.dsn "
+    "or $VISAGE_GALLERY_DSN (a libpq URI), or start the stack (`visage stack up`)"
+)
+DSN_ENV = "VISAGE_GALLERY_DSN"
+
+
+def resolve_dsn(
+    params: Any, environ: Mapping[str, str], *, paths: ProjectPaths | None = None
+) -> str:
+    """The gallery's connection string: ``serving.gallery.dsn``, else ``$VISAGE_GALLERY_DSN``,
+    else the PostgreSQL of the project's stack (``visage stack up``: ``stack`` in params and
+    ``secrets/stack.json``).
+
+    Raises
+    ------
+    GalleryError
+        None is set.
+    """
+    dsn = params.serving.gallery.dsn or environ.get(DSN_ENV, "")
+    if not dsn and paths is not None and paths.stack_secrets.is_file():
+        try:
+            dsn = Stack.of(paths).postgres_dsn()
+        except StackError as exc:
+            raise GalleryError(f"{MSG_NO_DSN} ({exc})") from None
+    if not dsn:
+        raise GalleryError(MSG_NO_DSN)
+    return dsn
+
+
+def check_table(name: str) -> str:
+    """``name`` if it is a safe, lower-case SQL identifier (else :class:`ValueError`)."""
+    if not _TABLE_RE.match(name or ""):
+        raise ValueError(MSG_TABLE)
+    return name
+
+
+@dataclass(frozen=True)
+class PgOptions:
+    """How the gallery uses PostgreSQL (``serving.gallery`` in ``params.yaml``).
+
+    Attributes
+    ----------
+    dsn
+        libpq connection string (its password may also come from ``PGPASSWORD``/``.pgpass``).
+    table
+        Name of the gallery table (``<table>_revoked`` and ``<table>_state`` beside it).
+    hnsw
+        Search through an HNSW index (approximate) instead of an exact scan.
+    ef_search, hnsw_m, ef_construction
+        HNSW query breadth, graph degree and build breadth.
+    poll_interval_s
+        Fallback poll of the change counter, beside ``LISTEN``.
+    listen
+        Run the listener thread (off for one-shot CLI use).
+    """
+
+    dsn: str
+    table: str = DEFAULT_TABLE
+    hnsw: bool = False
+    ef_search: int = 400
+    hnsw_m: int = 16
+    ef_construction: int = 64
+    poll_interval_s: float = DEFAULT_POLL_S
+    listen: bool = True
+
+    @classmethod
+    def from_params(cls, params: Any, *, dsn: str, listen: bool = True) -> PgOptions:
+        """The options of ``params.serving.gallery`` with connection string ``dsn``."""
+        g = params.serving.gallery
+        return cls(
+            dsn=dsn,
+            table=check_table(g.table),
+            hnsw=bool(g.hnsw),
+            ef_search=int(g.ef_search),
+            hnsw_m=int(g.hnsw_m),
+            ef_construction=int(g.ef_construction),
+            poll_interval_s=float(g.poll_interval_s),
+            listen=listen,
+        )
+
+
+@dataclass(frozen=True)
+class Names:
+    """The SQL names of one gallery."""
+
+    table: str
+
+    @property
+    def t(self) -> sql.Identifier:
+        return sql.Identifier(self.table)
+
+    @property
+    def revoked(self) -> sql.Identifier:
+        return sql.Identifier(f"{self.table}_revoked")
+
+    @property
+    def state(self) -> sql.Identifier:
+        return sql.Identifier(f"{self.table}_state")
+
+    @property
+    def index(self) -> sql.Identifier:
+        return sql.Identifier(f"{self.table}_hnsw")
+
+    @property
+    def channel(self) -> str:
+        return f"{self.table}_changed"
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """A connection with the ``vector`` type registered (numpy arrays in and out)."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise GalleryError(MSG_CONNECT.format(error=type(exc).__name__)) from None
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError:
+        conn.close()
+        raise GalleryError(MSG_NO_EXTENSION) from None
+    return conn
+
+
+def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> None:
+    """Create the gallery's tables (idempotent); refuse a table of another dimension."""
+    n = names
+    with conn.transaction():
+        # One creator at a time across replicas.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (n.table,))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {t} (pid text PRIMARY KEY, model_version text NOT NULL,"
+                " embedding vector({dim}) NOT NULL, cluster integer NOT NULL DEFAULT 0,"
+                " sealed bytea NOT NULL, template_sha256 text NOT NULL,"
+                " n_images integer NOT NULL, enrolled timestamptz NOT NULL DEFAULT now())"
+            ).format(t=n.t, dim=sql.Literal(int(dim)))
+        )
+        # Vectors inline in the heap (a scan reads no TOAST); the ciphertext does not compress.
+        conn.execute(
+            sql.SQL("ALTER TABLE {t} ALTER COLUMN embedding SET STORAGE PLAIN").format(t=n.t)
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {t} ALTER COLUMN sealed SET STORAGE EXTERNAL").format(t=n.t)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {r} (pid text PRIMARY KEY, reason text NOT NULL,"
+                " at timestamptz NOT NULL DEFAULT now())"
+            ).format(r=n.revoked)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {s} (id integer PRIMARY KEY CHECK (id = 1),"
+                " version bigint NOT NULL, model_version text, calibration text)"
+            ).format(s=n.state)
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {s} (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING").format(
+                s=n.state
+            )
+        )
+        row = conn.execute(
+            "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attname = 'embedding'",
+            (n.table,),
+        ).fetchone()
+    if row is not None and int(row[0]) != int(dim):
+        raise GalleryVersionError(MSG_DIM.format(table=n.table, found=row[0], expected=dim))
+
+
+def reset_table(dsn: str, *, table: str = DEFAULT_TABLE) -> None:
+    """Drop the gallery's tables, for a rebuild with another embedder (its templates and
+    their dimension no longer apply). Replicas see the change counter gone and the tables
+    re-created by the rebuild; the revocations are re-derived from the ledger on load."""
+    names = Names(check_table(table))
+    with connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (names.table,))
+        for ident in (names.t, names.revoked, names.state):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=ident))
+    logger.info("gallery table %s dropped for a rebuild with another embedder", names.table)
+
+
+def ensure_hnsw(
+    conn: psycopg.Connection, names: Names, *, m: int = 16, ef_construction: int = 64
+) -> None:
+    """Build the HNSW index (inner product) unless it exists."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (names.table,))
+        conn.execute(
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_ip_ops) "
+                "WITH (m = {m}, ef_construction = {ef})"
+            ).format(
+                i=names.index,
+                t=names.t,
+                m=sql.Literal(int(m)),
+                ef=sql.Literal(int(ef_construction)),
+            )
+        )
+
+
+def wal_retention(conn: psycopg.Connection) -> list[str]:
+    """Server settings under which old WAL segments (with old row images) stay on disk.
+
+    Empty when ``pg_switch_wal()`` + ``CHECKPOINT`` removes every segment written before them:
+    ``wal_recycle`` off (a recycled segment is renamed and keeps its old bytes until
+    overwritten), ``wal_keep_size`` 0, no archiving, no replication slot, and the role may call
+    ``pg_switch_wal()`` and ``CHECKPOINT``.
+    """
+    out: list[str] = []
+
+    def setting(name: str) -> str:
+        row = conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()
+        return str(row[0]) if row and row[0] is not None else ""
+
+    if setting("wal_recycle") != "off":
+        out.append("wal_recycle is on: recycled WAL segments keep old bytes until overwritten")
+    if setting("wal_keep_size") not in ("0", "0MB", "0kB"):
+        out.append(f"wal_keep_size = {setting('wal_keep_size')} keeps old WAL segments")
+    if setting("archive_mode") != "off":
+        out.append("archive_mode is on: archived WAL segments are outside this server's reach")
+    slots = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()
+    if slots and int(slots[0]):
+        out.append(f"{slots[0]} replication slot(s) retain WAL and feed copies elsewhere")
+    return out
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    """What :meth:`PgGallery.purge_physically` did (no personal data)."""
+
+    vacuum_full: bool
+    wal_switched_from: str | None
+    checkpoint: bool
+    wal_retention: list[str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vacuum_full": self.vacuum_full,
+            "wal_switched_from": self.wal_switched_from,
+            "checkpoint": self.checkpoint,
+            "wal_retention": list(self.wal_retention),
+            "wal_removed": self.checkpoint and not self.wal_retention,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def purge_physically(dsn: str, *, table: str = DEFAULT_TABLE) -> PurgeReport:
+    """Rewrite the gallery's files without dead rows and let the server drop old WAL.
+
+    ``VACUUM FULL`` of the table (its TOAST table and every index are rebuilt with it) and of the
+    revoked table, ``pg_switch_wal()``, then ``CHECKPOINT`` (after which the server removes or
+    recycles the WAL segments before it). Needs a role allowed to run them (a superuser, or
+    ``pg_checkpoint`` and EXECUTE on ``pg_switch_wal``).
+    """
+    names = Names(check_table(table))
+    start = time.perf_counter()
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM FULL {t}").format(t=names.t))
+        conn.execute(sql.SQL("VACUUM FULL {r}").format(r=names.revoked))
+        conn.execute(sql.SQL("VACUUM FULL {s}").format(s=names.state))
+        row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
+        conn.execute("CHECKPOINT")
+        # The checkpoint record itself opened a new segment; a second switch and checkpoint
+        # make sure no segment before the purge is still the current one or needed for redo.
+        conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+        retention = wal_retention(conn)
+    return PurgeReport(
+        vacuum_full=True,
+        wal_switched_from=str(row[0]) if row else None,
+        checkpoint=True,
+        wal_retention=retention,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def subject_rows(dsn: str, pid: str, *, table: str = DEFAULT_TABLE) -> dict[str, str]:
+    """``{artefact name: sha256}`` of what the gallery table holds of ``pid`` (empty: nothing).
+
+    The names are ``pgvector:<table>/<pid>.tpl`` (the sealed template) and
+    ``pgvector:<table>/<pid>.embedding`` (the plaintext search vector, as float32 bytes).
+    """
+    check_pid(pid)
+    names = Names(check_table(table))
+    with connect(dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass(%s)", (names.table,)).fetchone()
+        if not exists or exists[0] is None:
+            return {}
+        row = conn.execute(
+            sql.SQL("SELECT sealed, embedding FROM {t} WHERE pid = %s").format(t=names.t), (pid,)
+        ).fetchone()
+    if row is None:
+        return {}
+    sealed, emb = bytes(row[0]), as_array(row[1])
+    return {
+        artefact_name(table, pid, SEALED_SUFFIX): hashlib.sha256(sealed).hexdigest(),
+        artefact_name(table, pid, EMBEDDING_SUFFIX): hashlib.sha256(emb.tobytes()).hexdigest(),
+    }
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A ``vector`` value as read back (pgvector's ``Vector``) as little-endian float32."""
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    return np.asarray(value, dtype="<f4")
+
+
+def artefact_name(table: str, pid: str, suffix: str) -> str:
+    """How an erasure names a row's column (``pgvector:<table>/<pid><suffix>``)."""
+    return f"{BACKEND}:{table}/{pid}{suffix}"
+
+
+def delete_subject(dsn: str, pid: str, *, table: str = DEFAULT_TABLE) -> bool:
+    """Revoke and delete ``pid``'s row in one transaction (notifying every replica)."""
+    check_pid(pid)
+    names = Names(check_table(table))
+    with connect(dsn) as conn, conn.transaction():
+        exists = conn.execute("SELECT to_regclass(%s)", (names.table,)).fetchone()
+        if not exists or exists[0] is None:
+            return False
+        return _revoke_delete(conn, names, pid)
+
+
+def _revoke_delete(conn: psycopg.Connection, names: Names, pid: str) -> bool:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {r} (pid, reason) VALUES (%s, %s) "
+            "ON CONFLICT (pid) DO UPDATE SET reason = EXCLUDED.reason, at = now()"
+        ).format(r=names.revoked),
+        (pid, REVOKED_ERASED),
+    )
+    cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE pid = %s").format(t=names.t), (pid,))
+    _bump(conn, names)
+    return cur.rowcount > 0
+
+
+def _bump(conn: psycopg.Connection, names: Names) -> int:
+    row = conn.execute(
+        sql.SQL("UPDATE {s} SET version = version + 1 WHERE id = 1 RETURNING version").format(
+            s=names.state
+        )
+    ).fetchone()
+    version = int(row[0]) if row else 0
+    # Delivered at commit, to every session listening (other replicas and this one).
+    conn.execute("SELECT pg_notify(%s, %s)", (names.channel, str(version)))
+    return version
+
+
+def open_configured(
+    paths: ProjectPaths,
+    params: Any,
+    *,
+    environ: Mapping[str, str],
+    core: Any = None,
+    load: bool = True,
+) -> Gallery | None:
+    """The project's gallery as ``serving.gallery.backend`` says, opened as it exists
+    (:meth:`Gallery.open_existing` or :meth:`PgGallery.open_existing`); None when none exists.
+
+    For the commands and rights that work on the gallery outside ``visage serve``.
+    """
+    if params.serving.gallery.backend != BACKEND:
+        return Gallery.open_existing(paths, core=core, load=load)
+    dsn = resolve_dsn(params, environ, paths=paths)
+    options = PgOptions.from_params(params, dsn=dsn, listen=False)
+    return PgGallery.open_existing(paths, options=options, core=core, load=load)
+
+
+def open_project_gallery(
+    paths: ProjectPaths, *, core: Any = None, load: bool = False, params: Any = None
+) -> Gallery | None:
+    """:func:`open_configured` with the project's ``params.yaml`` (unless given) and this
+    process's environment: the gallery the rights (export, rectification, retention, erasure)
+    work on, wherever ``serving.gallery.backend`` keeps it."""
+    chosen = params if params is not None else load_params(paths.params)
+    return open_configured(paths, chosen, environ=os.environ, core=core, load=load)
+
+
+class PgGallery(Gallery):
+    """The consent-aware gallery with its templates in PostgreSQL (use :meth:`open`).
+
+    Behaves as :class:`~visage_ml.serving.gallery.Gallery` for its callers. Thread-safe in the
+    same way: calls are serialised by ``lock``; the listener thread only touches the cached
+    gallery size, under its own lock.
+    """
+
+    def __init__(self, paths: ProjectPaths, *, options: PgOptions, **kw: Any) -> None:
+        super().__init__(paths, **kw)
+        self.options = options
+        self.names = Names(check_table(options.table))
+        self._conn = connect(options.dsn)
+        self._size_lock = threading.Lock()
+        self._size: tuple[int, int] = (-1, 0)  # (state version, searchable count)
+        self._calibration: Any = None
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._listening = threading.Event()
+        self.notifications = 0
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(  # type: ignore[override]
+        cls,
+        paths: ProjectPaths,
+        *,
+        options: PgOptions,
+        model_version: str,
+        embedding_dim: int,
+        threshold: Threshold | float,
+        preprocess: Mapping[str, Any] | None = None,
+        core: Any = None,
+        embed: Callable[[np.ndarray], np.ndarray] | None = None,
+        lock: Any = None,
+        load: bool = True,
+        **_: Any,
+    ) -> PgGallery:
+        """Open (creating its tables when needed) the pgvector gallery for an embedder.
+
+        Parameters
+        ----------
+        paths
+            The project (its ledger, key ring and master key).
+        options
+            Connection and search options (:class:`PgOptions`).
+        model_version, embedding_dim, preprocess, threshold, core, embed, lock
+            As for :meth:`Gallery.open`.
+        load
+            Reconcile the revoked table with the registry now and start the listener.
+
+        Raises
+        ------
+        GalleryError
+            The server is unreachable or lacks pgvector.
+        GalleryVersionError
+            The table holds templates of another dimension or embedder.
+        """
+        thr = threshold if isinstance(threshold, Threshold) else Threshold(float(threshold), "")
+        existing = read_meta(paths.gallery)
+        now = utc_now()
+        meta = GalleryMeta(
+            model_version=model_version,
+            embedding_dim=int(embedding_dim),
+            preprocess=dict(preprocess or (existing.preprocess if existing else {})),
+            threshold=thr.to_dict(),
+            created=existing.created if existing else now,
+            updated=now,
+        )
+        master = load_master_key(paths.master_key, create=not wrapped_keys_exist(paths))
+        gallery = cls(
+            paths,
+            options=options,
+            core=core if core is not None else PrivacyCore(paths),
+            meta=meta,
+            threshold=thr.value,
+            master_key=master,
+            embed=embed,
+            lock=lock,
+        )
+        try:
+            gallery._setup()
+        except BaseException:
+            gallery.close()
+            raise
+        if load:
+            gallery.reload()
+            if options.listen:
+                gallery.start_listener()
+        return gallery
+
+    @classmethod
+    def open_existing(  # type: ignore[override]
+        cls, paths: ProjectPaths, *, options: PgOptions, core: Any = None, load: bool = True
+    ) -> PgGallery | None:
+        """Open the shared gallery as its tables describe it (embedder, size); None when its
+        tables do not exist yet. The 1:1 threshold is the one in ``gallery/gallery.json`` if
+        the project has one (else 1.0: matches nothing until a server opens it)."""
+        names = Names(check_table(options.table))
+        with connect(options.dsn, autocommit=True) as conn:
+            found = conn.execute("SELECT to_regclass(%s)", (names.table,)).fetchone()
+            if not found or found[0] is None:
+                return None
+            row = conn.execute(
+                sql.SQL("SELECT model_version FROM {s} WHERE id = 1").format(s=names.state)
+            ).fetchone()
+            dim = conn.execute(
+                "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass "
+                "AND attname = 'embedding'",
+                (names.table,),
+            ).fetchone()
+        if not row or row[0] is None or not dim:
+            return None
+        meta = read_meta(paths.gallery)
+        threshold = float((meta.threshold or {}).get("value", 1.0)) if meta else 1.0
+        return cls.open(
+            paths,
+            options=dataclasses.replace(options, listen=False),
+            model_version=str(row[0]),
+            embedding_dim=int(dim[0]),
+            threshold=threshold,
+            core=core,
+            load=load,
+        )
+
+    def _setup(self) -> None:
+        conn, n = self._conn, self.names
+        ensure_schema(conn, n, self.meta.embedding_dim)
+        with conn.transaction():
+            row = conn.execute(
+                sql.SQL("SELECT model_version FROM {s} WHERE id = 1 FOR UPDATE").format(s=n.state)
+            ).fetchone()
+            found = row[0] if row else None
+            if found is None:
+                conn.execute(
+                    sql.SQL("UPDATE {s} SET model_version = %s WHERE id = 1").format(s=n.state),
+                    (self.meta.model_version,),
+                )
+            elif found != self.meta.model_version:
+                raise GalleryVersionError(
+                    MSG_MODEL.format(table=n.table, found=found, expected=self.meta.model_version)
+                )
+        if self.options.hnsw:
+            ensure_hnsw(
+                conn, n, m=self.options.hnsw_m, ef_construction=self.options.ef_construction
+            )
+
+    def close(self) -> None:
+        """Stop the listener and close the connection."""
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+    def __enter__(self) -> PgGallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- change propagation --------------------------------------------------------------------
+
+    def start_listener(self) -> None:
+        """``LISTEN`` on the gallery's channel, polling the change counter as a fallback."""
+        if self._listener is not None:
+            return
+        self._listener = threading.Thread(
+            target=self._listen, name="visage-pg-gallery-listen", daemon=True
+        )
+        self._listener.start()
+        # Changes made after open() returns are notified to this replica.
+        self._listening.wait(timeout=10)
+
+    def _listen(self) -> None:
+        n = self.names
+        while not self._stop.is_set():
+            try:
+                with connect(self.options.dsn, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {c}").format(c=sql.Identifier(n.channel)))
+                    self._recount(conn)
+                    self._listening.set()
+                    while not self._stop.is_set():
+                        got = False
+                        for _ in conn.notifies(timeout=self.options.poll_interval_s):
+                            got = True
+                            self.notifications += 1
+                            break
+                        # On a notification or a poll tick: the counter says whether to recount
+                        # (a notification lost with a dropped connection is caught here).
+                        self._recount(conn, notified=got)
+            except (psycopg.Error, GalleryError):
+                logger.warning("pgvector gallery listener lost its connection; reconnecting")
+                self._stop.wait(self.options.poll_interval_s)
+
+    def _recount(self, conn: psycopg.Connection, *, notified: bool = False) -> None:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            version = self._version(conn)
+            if version == self._size[0]:
+                return
+            count = self._count(conn)
+        with self._size_lock:
+            if version > self._size[0]:
+                self._size = (version, count)
+
+    def _version(self, conn: psycopg.Connection) -> int:
+        row = conn.execute(
+            sql.SQL("SELECT version FROM {s} WHERE id = 1").format(s=self.names.state)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _count(self, conn: psycopg.Connection) -> int:
+        n = self.names
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {t} t WHERE t.model_version = %s AND NOT EXISTS "
+                "(SELECT 1 FROM {r} r WHERE r.pid = t.pid)"
+            ).format(t=n.t, r=n.revoked),
+            (self.meta.model_version,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _size_in(self, conn: psycopg.Connection) -> int:
+        """Searchable subjects in the current snapshot (cached per change counter)."""
+        version = self._version(conn)
+        cached = self._size
+        if cached[0] == version:
+            return cached[1]
+        count = self._count(conn)
+        with self._size_lock:
+            if version >= self._size[0]:
+                self._size = (version, count)
+        return count
+
+    # -- consent: the revoked table follows the registry ---------------------------------------
+
+    def _decision(self, pid: str, registry: Any, sha: str | None) -> str | None:
+        """Why ``pid`` must not be returned (None: it may)."""
+        if not registry.may_process(pid, PURPOSE).allowed:
+            return REVOKED_NO_CONSENT
+        state = registry.peek(pid)
+        if sha is not None and (state is None or state.template_sha256 != sha):
+            return REVOKED_UNRECORDED
+        return None
+
+    def _sync(self, registry: Any, pids: Iterable[str] | None) -> None:
+        """Make the revoked table agree with the registry for ``pids`` (all stored: None)."""
+        conn, n = self._conn, self.names
+        with conn.transaction():
+            if pids is None:
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT t.pid, t.template_sha256, r.reason FROM {t} t "
+                        "LEFT JOIN {r} r ON r.pid = t.pid"
+                    ).format(t=n.t, r=n.revoked)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT p.pid, t.template_sha256, r.reason FROM unnest(%s::text[]) p(pid)"
+                        " LEFT JOIN {t} t ON t.pid = p.pid LEFT JOIN {r} r ON r.pid = p.pid"
+                    ).format(t=n.t, r=n.revoked),
+                    (sorted(pids),),
+                ).fetchall()
+            add: list[tuple[str, str]] = []
+            drop: list[str] = []
+            for pid, sha, reason in rows:
+                why = self._decision(pid, registry, sha)
+                if why is not None and reason is None:
+                    add.append((pid, why))
+                elif why is None and reason is not None and reason != REVOKED_ERASED:
+                    drop.append(pid)
+                elif why is not None and reason not in (None, why, REVOKED_ERASED):
+                    add.append((pid, why))
+            if not add and not drop:
+                return
+            with conn.cursor() as cur:
+                if add:
+                    cur.executemany(
+                        sql.SQL(
+                            "INSERT INTO {r} (pid, reason) VALUES (%s, %s) "
+                            "ON CONFLICT (pid) DO UPDATE SET reason = EXCLUDED.reason, at = now()"
+                        ).format(r=n.revoked),
+                        add,
+                    )
+                if drop:
+                    cur.execute(
+                        sql.SQL("DELETE FROM {r} WHERE pid = ANY(%s)").format(r=n.revoked), (drop,)
+                    )
+            _bump(conn, n)
+
+    def reload(self) -> None:
+        """Fold the whole ledger and make the revoked table agree with it for every subject."""
+        with self.lock:
+            ledger_path = self.core.ledger.path
+            offset = ledger_path.stat().st_size if ledger_path.exists() else 0
+            registry = self.core.registry.refresh()
+            self._sync(registry, None)
+            self._offset = self._offset_floor(ledger_path, offset)
+            self._size_in_tx()
+
+    def refresh(self) -> None:
+        """Apply ledger events appended since the last call (cheap when none).
+
+        A subject a new event touches is revoked or reinstated in the shared table, for every
+        replica, in one transaction.
+        """
+        with self.lock:
+            self._check_meta()
+            path = self.core.ledger.path
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return
+            if size == self._offset:
+                return
+            if size < self._offset:
+                self.reload()
+                return
+            touched: set[str] = set()
+            for end, line in self.core.ledger.iter_lines(start_offset=self._offset):
+                pid = orjson.loads(line).get("pid")
+                if pid:
+                    touched.add(pid)
+                self._offset = end
+            registry = self.core.registry.refresh()
+            if touched:
+                self._sync(registry, touched)
+
+    def _size_in_tx(self) -> int:
+        with self._conn.transaction():
+            self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return self._size_in(self._conn)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def set_calibration(self, calibration: Any) -> None:
+        """Score as evaluation did (see :meth:`Gallery.set_calibration`); stored clusters are
+        recomputed when the calibration differs from the one they were computed for."""
+        if calibration is not None:
+            calibration.check_embedder(self.model_version)
+        if calibration is not None and calibration.identity:
+            calibration = None
+        with self.lock:
+            self._calibration = calibration
+            self._ensure_clusters()
+
+    def _calibration_id(self) -> str:
+        cal = self._calibration
+        if cal is None:
+            return "none"
+        return hashlib.sha256(
+            np.ascontiguousarray(cal.centroids, dtype="<f8").tobytes()
+        ).hexdigest()
+
+    def _ensure_clusters(self) -> None:
+        conn, n = self._conn, self.names
+        want = self._calibration_id()
+        with conn.transaction():
+            row = conn.execute(
+                sql.SQL("SELECT calibration FROM {s} WHERE id = 1 FOR UPDATE").format(s=n.state)
+            ).fetchone()
+            if row and row[0] == want:
+                return
+            if self._calibration is None:
+                conn.execute(sql.SQL("UPDATE {t} SET cluster = 0 WHERE cluster <> 0").format(t=n.t))
+            else:
+                rows = conn.execute(
+                    sql.SQL("SELECT pid, embedding FROM {t}").format(t=n.t)
+                ).fetchall()
+                if rows:
+                    clusters = self._calibration.clusters(np.stack([as_array(r[1]) for r in rows]))
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            sql.SQL("UPDATE {t} SET cluster = %s WHERE pid = %s").format(t=n.t),
+                            [(int(c), r[0]) for c, r in zip(clusters, rows, strict=True)],
+                        )
+            conn.execute(
+                sql.SQL("UPDATE {s} SET calibration = %s WHERE id = 1").format(s=n.state), (want,)
+            )
+
+    def _cluster_of(self, vec: np.ndarray) -> int:
+        cal = self._calibration
+        return 0 if cal is None else int(cal.clusters(vec[None])[0])
+
+    @property
+    def size(self) -> int:
+        """Searchable subjects of the shared gallery (as of the last change seen)."""
+        cached = self._size
+        if cached[0] >= 0 and self._listener is not None and self._listener.is_alive():
+            return cached[1]
+        with self.lock:
+            self.refresh()
+            return self._size_in_tx()
+
+    def _search_sql(self, *, cluster: int | None) -> sql.Composed:
+        n = self.names
+        where = sql.SQL("")
+        if cluster is not None:
+            where = sql.SQL(" AND t.cluster = {c}").format(c=sql.Literal(int(cluster)))
+        return sql.SQL(
+            "SELECT t.pid, t.cluster, t.embedding <#> %(q)s AS d FROM {t} t "
+            "WHERE t.model_version = %(mv)s{where} AND NOT EXISTS "
+            "(SELECT 1 FROM {r} r WHERE r.pid = t.pid) ORDER BY t.embedding <#> %(q)s "
+            "LIMIT %(k)s"
+        ).format(t=n.t, r=n.revoked, where=where)
+
+    def _set_local(self, conn: psycopg.Connection) -> None:
+        if self.options.hnsw:
+            conn.execute(
+                sql.SQL("SET LOCAL hnsw.ef_search = {v}").format(
+                    v=sql.Literal(int(self.options.ef_search))
+                )
+            )
+            conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+        else:
+            # Exact: never an (approximate) index scan, whatever indexes exist.
+            conn.execute("SET LOCAL enable_indexscan = off")
+            conn.execute("SET LOCAL enable_bitmapscan = off")
+
+    def _candidates(self, conn: psycopg.Connection, q: np.ndarray, top_k: int) -> list[tuple]:
+        mv = self.meta.model_version
+        cal = self._calibration
+        if cal is None:
+            return conn.execute(
+                self._search_sql(cluster=None), {"q": q, "mv": mv, "k": top_k}
+            ).fetchall()
+        # Top-k per cluster: exact under any calibration monotone in the raw score.
+        rows: list[tuple] = []
+        for c in range(cal.n_clusters):
+            rows += conn.execute(
+                self._search_sql(cluster=c), {"q": q, "mv": mv, "k": top_k}
+            ).fetchall()
+        return rows
+
+    def search(
+        self,
+        embeddings: np.ndarray,
+        *,
+        top_k: int = 5,
+        threshold_for: Callable[[int], float],
+    ) -> tuple[list[list[Match]], int, float]:
+        """As :meth:`Gallery.search`; ``N`` is the shared gallery's searchable size in the
+        snapshot the search runs in, and revoked subjects are excluded by the query itself."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, not {top_k}")
+        q = normalize_queries(embeddings, self.meta.embedding_dim)
+        cal = self._calibration
+        out: list[list[Match]] = []
+        with self.lock:
+            self.refresh()
+            conn = self._conn
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                n = self._size_in(conn)
+                threshold = float(threshold_for(n))
+                self._set_local(conn)
+                for row in q:
+                    found = self._candidates(conn, row, top_k)
+                    if not found:
+                        out.append([])
+                        continue
+                    raw = np.array([-float(d) for _, _, d in found])
+                    if cal is not None:
+                        cq = cal.clusters(row[None])
+                        scores = cal.apply(raw, cq, np.array([c for _, c, _ in found]))
+                    else:
+                        scores = raw
+                    order = np.argsort(-scores, kind="stable")[:top_k]
+                    out.append(
+                        [
+                            Match(found[i][0], float(scores[i]))
+                            for i in order
+                            if scores[i] >= threshold
+                        ]
+                    )
+        return out, n, threshold
+
+    def verify(self, embedding: np.ndarray, pid: str) -> tuple[bool, float]:
+        """As :meth:`Gallery.verify`, scored in the database against ``pid``'s row only."""
+        check_pid(pid)
+        q = normalize_queries(np.asarray(embedding).reshape(1, -1), self.meta.embedding_dim)[0]
+        n = self.names
+        with self.lock:
+            self.refresh()
+            with self._conn.transaction():
+                row = self._conn.execute(
+                    sql.SQL(
+                        "SELECT t.embedding <#> %s, t.cluster FROM {t} t WHERE t.pid = %s AND "
+                        "t.model_version = %s AND NOT EXISTS "
+                        "(SELECT 1 FROM {r} r WHERE r.pid = t.pid)"
+                    ).format(t=n.t, r=n.revoked),
+                    (q, pid, self.meta.model_version),
+                ).fetchone()
+        if row is None:
+            raise NotEnrolledError(pid)
+        score = -float(row[0])
+        cal = self._calibration
+        if cal is not None:
+            score = float(
+                cal.apply(np.array([score]), cal.clusters(q[None]), np.array([row[1]]))[0]
+            )
+        return score >= self.threshold, score
+
+    def _pids(self, *, searchable: bool) -> list[str]:
+        n = self.names
+        query = sql.SQL("SELECT t.pid FROM {t} t").format(t=n.t)
+        params: tuple[Any, ...] = ()
+        if searchable:
+            query = sql.SQL(
+                "SELECT t.pid FROM {t} t WHERE t.model_version = %s AND NOT EXISTS "
+                "(SELECT 1 FROM {r} r WHERE r.pid = t.pid)"
+            ).format(t=n.t, r=n.revoked)
+            params = (self.meta.model_version,)
+        with self._conn.transaction():
+            return sorted(r[0] for r in self._conn.execute(query, params).fetchall())
+
+    def searchable(self) -> list[str]:
+        """Pids the shared gallery may return now."""
+        with self.lock:
+            self.refresh()
+            return self._pids(searchable=True)
+
+    def is_searchable(self, pid: str) -> bool:
+        """Whether ``pid`` may be returned now."""
+        check_pid(pid)
+        with self.lock:
+            self.refresh()
+            return self._row_state(pid)[1] is not None
+
+    def stored(self) -> list[str]:
+        """Pids with a row (searchable or not)."""
+        with self.lock:
+            self.refresh()
+            return self._pids(searchable=False)
+
+    def _row_state(self, pid: str) -> tuple[str | None, str | None]:
+        """(model version of ``pid``'s row or None, ``pid`` when it is searchable else None)."""
+        n = self.names
+        with self._conn.transaction():
+            row = self._conn.execute(
+                sql.SQL(
+                    "SELECT t.model_version, EXISTS (SELECT 1 FROM {r} r WHERE r.pid = t.pid) "
+                    "FROM {t} t WHERE t.pid = %s"
+                ).format(t=n.t, r=n.revoked),
+                (pid,),
+            ).fetchone()
+        if row is None:
+            return None, None
+        ok = row[0] == self.meta.model_version and not row[1]
+        return row[0], pid if ok else None
+
+    def status(self, pid: str) -> dict[str, Any]:
+        """Gallery state of ``pid``: enrolled (a row exists), searchable, its embedder."""
+        check_pid(pid)
+        with self.lock:
+            self.refresh()
+            version, searchable = self._row_state(pid)
+        return {
+            "enrolled": version is not None,
+            "searchable": searchable is not None,
+            "template_model_version": version,
+        }
+
+    def _sealed(self, pid: str) -> bytes | None:
+        with self._conn.transaction():
+            row = self._conn.execute(
+                sql.SQL("SELECT sealed FROM {t} WHERE pid = %s").format(t=self.names.t), (pid,)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def stored_sha256(self, pid: str) -> str:
+        """SHA-256 of ``pid``'s template as stored (the sealed column's bytes)."""
+        with self.lock:
+            blob = self._sealed(pid)
+        if blob is None:
+            raise NotEnrolledError(pid)
+        return hashlib.sha256(blob).hexdigest()
+
+    def template(self, pid: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """``pid``'s decrypted template and header, from the sealed column (see
+        :meth:`Gallery.template`)."""
+        check_pid(pid)
+        with self.lock:
+            blob = self._sealed(pid)
+        if blob is None:
+            raise NotEnrolledError(pid)
+        try:
+            header, header_bytes, body = self._parse(blob)
+            if header.get("pid") != pid:
+                raise ValueError("template header names another subject")
+            plain = open_sealed(self.keys.get(pid), body, aad=MAGIC + header_bytes)
+        except KeyDestroyedError:
+            raise NotEnrolledError(pid) from None
+        except (InvalidTag, ValueError, KeyError):
+            raise GalleryError(MSG_TAMPERED.format(name=f"{self.names.table}/{pid}")) from None
+        return np.frombuffer(plain, dtype="<f4").astype(np.float32), header
+
+    def stats(self) -> dict[str, Any]:
+        """Counts only: stored, searchable and stale rows, the embedder and threshold."""
+        n = self.names
+        with self.lock:
+            self.refresh()
+            with self._conn.transaction():
+                row = self._conn.execute(
+                    sql.SQL(
+                        "SELECT count(*), count(*) FILTER (WHERE t.model_version <> %s), "
+                        "count(*) FILTER (WHERE r.reason = %s) FROM {t} t "
+                        "LEFT JOIN {r} r ON r.pid = t.pid"
+                    ).format(t=n.t, r=n.revoked),
+                    (self.meta.model_version, REVOKED_UNRECORDED),
+                ).fetchone()
+            searchable = self._size_in_tx()
+        stored, stale, unrecorded = (int(x) for x in row) if row else (0, 0, 0)
+        return {
+            "stored": stored,
+            "searchable": searchable,
+            "stale": stale,
+            "unrecorded": unrecorded,
+            "not_searchable": stored - searchable - stale,
+            "model_version": self.meta.model_version,
+            "embedding_dim": self.meta.embedding_dim,
+            "threshold": self.threshold,
+            "backend": BACKEND,
+            "hnsw": self.options.hnsw,
+        }
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def files_of(self, pid: str) -> list[Any]:
+        """The project files of ``pid`` (its gallery key); the rows: :func:`subject_rows`."""
+        path = self.keys.path(pid)
+        return [path] if path.is_file() else []
+
+    def enroll_many(
+        self, items: Mapping[str, np.ndarray], *, model_version: str | None = None
+    ) -> list[Enrolment]:
+        """As :meth:`Gallery.enroll_many`: rows written in one transaction that commits only
+        after the ledger records the enrolments (no row the ledger does not vouch for)."""
+        if model_version is not None and model_version != self.meta.model_version:
+            raise GalleryVersionError(
+                MSG_REBUILD.format(found=model_version, expected=self.meta.model_version)
+            )
+        dim = self.meta.embedding_dim
+        vectors: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        for pid, e in items.items():
+            vectors[check_pid(pid)] = template_of(e, dim)
+            counts[pid] = int(np.asarray(e).reshape(-1, dim).shape[0])
+        n = self.names
+        with self.lock:
+            self.refresh()
+            registry = self.core.registry
+            for pid in vectors:
+                decision = registry.may_process(pid, PURPOSE)
+                if not decision.allowed:
+                    raise EnrolmentRefusedError(pid, decision.reason)
+            results: list[Enrolment] = []
+            events: list[tuple[str, str | None, Mapping[str, Any]]] = []
+            conn = self._conn
+            with conn.transaction():
+                old = dict(
+                    conn.execute(
+                        sql.SQL("SELECT pid, sealed FROM {t} WHERE pid = ANY(%s)").format(t=n.t),
+                        (list(vectors),),
+                    ).fetchall()
+                )
+                rows = []
+                for pid, vec in vectors.items():
+                    prev = bytes(old[pid]) if pid in old else None
+                    state = registry.peek(pid)
+                    if prev is not None and state is not None:
+                        digest = hashlib.sha256(prev).hexdigest()
+                        if state.template_sha256 == digest and self._same_template(pid, prev, vec):
+                            results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
+                            continue
+                    blob = self._seal(pid, self.keys.get(pid, create=True), vec, counts[pid])
+                    digest = hashlib.sha256(blob).hexdigest()
+                    rows.append(
+                        (
+                            pid,
+                            self.meta.model_version,
+                            vec,
+                            self._cluster_of(vec),
+                            blob,
+                            digest,
+                            counts[pid],
+                        )
+                    )
+                    results.append(Enrolment(pid, digest, counts[pid], prev is not None))
+                    events.append(
+                        (
+                            "gallery.enrolled",
+                            pid,
+                            {
+                                "template_sha256": digest,
+                                "model_version": self.meta.model_version,
+                                "n_images": counts[pid],
+                                "replaced": prev is not None,
+                            },
+                        )
+                    )
+                if rows:
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            sql.SQL(
+                                "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed,"
+                                " template_sha256, n_images) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                                " ON CONFLICT (pid) DO UPDATE SET model_version ="
+                                " EXCLUDED.model_version, embedding = EXCLUDED.embedding,"
+                                " cluster = EXCLUDED.cluster, sealed = EXCLUDED.sealed,"
+                                " template_sha256 = EXCLUDED.template_sha256,"
+                                " n_images = EXCLUDED.n_images, enrolled = now()"
+                            ).format(t=n.t),
+                            rows,
+                        )
+                        cur.execute(
+                            sql.SQL("DELETE FROM {r} WHERE pid = ANY(%s) AND reason <> %s").format(
+                                r=n.revoked
+                            ),
+                            ([r[0] for r in rows], REVOKED_ERASED),
+                        )
+                    _bump(conn, n)
+                    # The ledger first: a failed append rolls the rows back.
+                    self.core.ledger.append_many(events)
+            if events:
+                # This process's own read of the new events must not revoke what it just wrote.
+                self.refresh()
+        return results
+
+    def erase(self, pid: str, *, reason: str = "erasure") -> Removal:
+        """Remove ``pid`` for good: revoked and deleted for every replica, key destroyed.
+
+        The row's removal from the database files (``VACUUM FULL``, WAL) is
+        :func:`purge_physically`, run by the erasure after this.
+
+        Returns
+        -------
+        Removal
+            ``pgvector:<table>/<pid>.tpl`` and ``.embedding`` with their SHA-256 before
+            deletion, and the key file; empty when the subject had nothing in the gallery.
+        """
+        check_pid(pid)
+        root = self.paths.root
+        removed: dict[str, str] = {}
+        with self.lock:
+            rows = subject_rows(self.options.dsn, pid, table=self.names.table)
+            with self._conn.transaction():
+                _revoke_delete(self._conn, self.names, pid)
+            key_path = self.keys.path(pid)
+            key_hash = self.keys.destroy(pid)
+            if key_hash is not None:
+                removed[_rel(key_path, root)] = key_hash
+            removed.update(rows)
+            if removed:
+                self.core.ledger.append(
+                    "gallery.removed",
+                    pid,
+                    {
+                        "template_sha256": rows.get(
+                            artefact_name(self.names.table, pid, SEALED_SUFFIX)
+                        ),
+                        "key_sha256": key_hash,
+                        "reason": reason,
+                        "backend": BACKEND,
+                    },
+                )
+        return Removal(pid, removed)
+
+    def purge_physically(self) -> PurgeReport:
+        """:func:`purge_physically` on this gallery's table."""
+        return purge_physically(self.options.dsn, table=self.names.table)
+
+    def purge_without_basis(self) -> list[Removal]:
+        """As :meth:`Gallery.purge_without_basis`, over the shared table's rows."""
+        registry = self.core.registry
+        out = []
+        with self.lock:
+            for pid in self.stored():
+                if registry.may_process(pid, PURPOSE).reason in NO_BASIS_REASONS:
+                    out.append(self.erase(pid, reason="no_legal_basis"))
+        return out

@@ -1,0 +1,208 @@
+"""Process plumbing shared by the stack services: privilege drop, ports, pid files.
+
+PostgreSQL refuses to run as root, and a database or object store has no business running with
+root's rights anyway: when visage-ml runs as root, each server is started as ``nobody`` through
+``setpriv`` and its folder is handed to that user. Run as anyone else, the servers run as that
+user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SERVICE_USER = "nobody"
+SERVICE_GROUP = "nogroup"
+
+PORT_IN_USE = (
+    "port {port} on {host} is already in use by another process, so {service} cannot listen "
+    "there; stop that process or choose another port in params.yaml ({key})"
+)
+STALE_PID = (
+    "{service}: the pid file {pid_file} names process {pid}, which is not running (a previous "
+    "stack was killed); remove the pid file and run `visage stack up` again"
+)
+NOT_STOPPED = "process {pid} did not stop; stop it by hand (kill -9 {pid})"
+NO_SETPRIV = (
+    "running as root, the stack drops to user 'nobody' with setpriv, which is not installed; "
+    "install util-linux or run `visage stack` as an unprivileged user"
+)
+NOT_TRAVERSABLE = (
+    "{path} cannot be entered by user 'nobody', which runs the stack's servers when visage-ml "
+    "runs as root; make its parent folders world-executable (chmod o+x) or put the stack folder "
+    "elsewhere (params.yaml: stack.dir)"
+)
+
+
+class StackError(RuntimeError):
+    """A stack service could not be started, stopped or reached."""
+
+
+def dropping() -> bool:
+    """Whether servers are started as :data:`SERVICE_USER` (we run as root)."""
+    return os.geteuid() == 0
+
+
+def service_ids() -> tuple[int, int]:
+    """The uid and gid the servers run under."""
+    if dropping():
+        pw = pwd.getpwnam(SERVICE_USER)
+        return pw.pw_uid, pw.pw_gid
+    return os.geteuid(), os.getegid()
+
+
+def as_service(argv: list[str], *, drop: bool = True) -> list[str]:
+    """``argv`` prefixed with the privilege drop when we run as root (and ``drop``)."""
+    if not (drop and dropping()):
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise StackError(NO_SETPRIV)
+    return [
+        setpriv,
+        f"--reuid={SERVICE_USER}",
+        f"--regid={SERVICE_GROUP}",
+        "--clear-groups",
+        *argv,
+    ]
+
+
+def reachable(path: Path) -> bool:
+    """Whether the service user can reach ``path`` (every parent folder searchable)."""
+    if not dropping():
+        return True
+    uid, gid = service_ids()
+    for parent in Path(path).resolve().parents:
+        st = parent.stat()
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def service_dir(path: Path, *, drop: bool = True) -> Path:
+    """Create ``path`` (0700) owned by the service user, checking it can be reached."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    if drop and dropping():
+        uid, gid = service_ids()
+        for item in [path, *path.rglob("*")]:
+            with contextlib.suppress(FileNotFoundError):
+                os.lchown(item, uid, gid)
+        if not reachable(path):
+            raise StackError(NOT_TRAVERSABLE.format(path=path))
+    return path
+
+
+def give_to_service(path: Path) -> None:
+    """Hand one file to the service user (a no-op unless we run as root)."""
+    if dropping():
+        uid, gid = service_ids()
+        os.chown(path, uid, gid)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on now (for tests and ``port: 0``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1", *, timeout: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_port_free(port: int, *, host: str, service: str, key: str | None = None) -> None:
+    """Raise a :class:`StackError` that says what to do when ``port`` is taken.
+
+    ``key`` names the params setting of the port (``stack.<service>.port`` by default).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers bind: connections of a server just stopped (TIME_WAIT) do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StackError(
+                    PORT_IN_USE.format(
+                        port=port, host=host, service=service, key=key or f"stack.{service}.port"
+                    )
+                ) from exc
+            raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (and is not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def wait_until(check, *, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``check()`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def terminate(pid: int, *, timeout: float = 15.0) -> None:
+    """Stop process group ``pid`` (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if wait_until(lambda: not pid_alive(pid) and not group_members(pid), timeout=wait):
+            return
+    raise StackError(NOT_STOPPED.format(pid=pid))
+
+
+def generate_secret(nbytes: int = 24) -> str:
+    """A random URL-safe credential."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid`` (what a stop must leave empty)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # fields: state ppid pgrp ...
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
