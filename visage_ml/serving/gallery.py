@@ -684,28 +684,37 @@ class Gallery:
         leaves the matrix, one allowed again (or enrolled by another process) is loaded.
         """
         with self.lock:
-            self._check_meta()
-            path = self.core.ledger.path
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
+            news = self._ledger_news()
+            if news is None:
                 return
-            if size == self._offset:
-                return
-            if size < self._offset:
-                # The ledger was replaced (restored from a backup): start over.
-                self.reload()
-                return
-            touched: set[str] = set()
-            for end, line in self.core.ledger.iter_lines(start_offset=self._offset):
-                pid = orjson.loads(line).get("pid")
-                if pid:
-                    touched.add(pid)
-                self._offset = end
-            # The registry reads at least as far as we did (the file only grows).
-            registry = self.core.registry.refresh()
+            touched, registry = news
             for pid in touched:
                 self._reconcile(pid, registry)
+
+    def _ledger_news(self) -> tuple[set[str], Any] | None:
+        """The pids the ledger lines appended since the last call name, and the registry
+        folded that far; None when nothing was appended, or when the ledger was replaced (then
+        the gallery has reloaded). Call with the lock held."""
+        self._check_meta()
+        path = self.core.ledger.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size == self._offset:
+            return None
+        if size < self._offset:
+            # The ledger was replaced (restored from a backup): start over.
+            self.reload()
+            return None
+        touched: set[str] = set()
+        for end, line in self.core.ledger.iter_lines(start_offset=self._offset):
+            pid = orjson.loads(line).get("pid")
+            if pid:
+                touched.add(pid)
+            self._offset = end
+        # The registry reads at least as far as we did (the file only grows).
+        return touched, self.core.registry.refresh()
 
     def _reconcile(self, pid: str, registry: Any) -> None:
         if not registry.may_process(pid, PURPOSE).allowed:

@@ -71,7 +71,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import psycopg
 from cryptography.exceptions import InvalidTag
 from pgvector.psycopg import register_vector
@@ -829,24 +828,10 @@ class PgGallery(Gallery):
         replica, in one transaction.
         """
         with self.lock:
-            self._check_meta()
-            path = self.core.ledger.path
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
+            news = self._ledger_news()
+            if news is None:
                 return
-            if size == self._offset:
-                return
-            if size < self._offset:
-                self.reload()
-                return
-            touched: set[str] = set()
-            for end, line in self.core.ledger.iter_lines(start_offset=self._offset):
-                pid = orjson.loads(line).get("pid")
-                if pid:
-                    touched.add(pid)
-                self._offset = end
-            registry = self.core.registry.refresh()
+            touched, registry = news
             if touched:
                 self._sync(registry, touched)
 
