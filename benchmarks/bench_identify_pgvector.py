@@ -43,6 +43,7 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.index import TemplateIndex, normalize_queries
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
+from visage_ml.stack.postgres import temporary_server
 
 TOP_K = 5
 VERSION = "bench"
@@ -56,22 +57,8 @@ def postgres(dsn: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from visage_ml.stack import proc
-    from visage_ml.stack.postgres import PostgresServer
-
-    base = Path(tempfile.mkdtemp(prefix="visage-bench-pg-"))
-    base.chmod(0o711)
-    server = PostgresServer(
-        root=base / "postgres", port=proc.free_port(), password=proc.generate_secret()
-    )
-    server.start()
-    try:
+    with temporary_server(prefix="visage-bench-pg-") as server:
         yield server.dsn
-    finally:
-        server.stop()
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def unit_rows(n: int, d: int, seed: int) -> np.ndarray:

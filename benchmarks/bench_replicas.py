@@ -48,6 +48,7 @@ from visage_ml.privacy.consent import ConsentReceipt, sha256_text
 from visage_ml.privacy.core import NewSubject, PrivacyCore
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
+from visage_ml.stack.postgres import temporary_server
 
 VERSION = "bench-replicas"
 THRESHOLD = 0.5
@@ -72,22 +73,8 @@ def postgres(dsn: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    import shutil
-
-    from visage_ml.stack import proc
-    from visage_ml.stack.postgres import PostgresServer
-
-    base = Path(tempfile.mkdtemp(prefix="visage-bench-pg-"))
-    base.chmod(0o711)
-    server = PostgresServer(
-        root=base / "postgres", port=proc.free_port(), password=proc.generate_secret()
-    )
-    server.start()
-    try:
+    with temporary_server(prefix="visage-bench-pg-") as server:
         yield server.dsn
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def open_gallery(root: Path, dsn: str, table: str, dim: int, *, listen: bool) -> PgGallery:

@@ -137,22 +137,10 @@ def stack_postgres():
     Yields the :class:`visage_ml.stack.postgres.PostgresServer` (``.dsn`` with password,
     ``.data_dir``; database ``visage`` with the ``vector`` extension). Stopped at session end.
     """
-    import tempfile
+    from visage_ml.stack.postgres import temporary_server
 
-    from visage_ml.stack import proc
-    from visage_ml.stack.postgres import PostgresServer
-
-    base = Path(tempfile.mkdtemp(prefix="visage-stack-pg-"))
-    base.chmod(0o711)
-    server = PostgresServer(
-        root=base / "postgres", port=proc.free_port(), password=proc.generate_secret()
-    )
-    server.start()
-    try:
+    with temporary_server(prefix="visage-stack-pg-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

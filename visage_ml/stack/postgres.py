@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -251,3 +254,24 @@ class PostgresServer:
         if proc.pid_alive(pid):
             proc.terminate(pid)
         log.info("PostgreSQL stopped")
+
+
+@contextlib.contextmanager
+def temporary_server(prefix: str = "visage-pg-") -> Iterator[PostgresServer]:
+    """A PostgreSQL started in a new temporary folder on a free loopback port, with a generated
+    password; stopped and its folder removed afterwards (tests and benchmarks).
+
+    The folder is made with :mod:`tempfile` under the system's temporary folder and opened to
+    traverse (0711): the service user (``nobody`` when run as root) must reach its data.
+    """
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o711)
+    server = PostgresServer(
+        root=base / "postgres", port=proc.free_port(), password=proc.generate_secret()
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
