@@ -12,7 +12,6 @@ removes the rows and S3 objects of runs deleted through the client API.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote
 
 from visage_ml.io import atomic_write_text
@@ -87,9 +87,10 @@ class MlflowBackend:
 
 
 @dataclass
-class MlflowServer:
+class MlflowServer(proc.PidFileService):
     """``mlflow server`` in ``root`` (log and pid file) on ``host:port``."""
 
+    name: ClassVar[str] = "MLflow server"
     root: Path
     port: int
     backend: MlflowBackend | None  # None: enough to check or stop a server, not to start one
@@ -108,20 +109,6 @@ class MlflowServer:
     @property
     def pid_file(self) -> Path:
         return Path(self.root) / "mlflow.pid"
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if proc.pid_alive(pid) else None
-
-    def stale_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return None if proc.pid_alive(pid) else pid
 
     def healthy(self) -> bool:
         """Whether ``/health`` answers OK."""
@@ -198,27 +185,9 @@ class MlflowServer:
             if self.healthy():
                 return
             time.sleep(0.25)
-        try:
-            tail = " | ".join(self.log_file.read_text(errors="replace").splitlines()[-5:])
-        except OSError:
-            tail = "(no log)"
         raise proc.StackError(
-            START_FAILED.format(timeout=timeout, log_file=self.log_file, tail=tail)
+            START_FAILED.format(timeout=timeout, log_file=self.log_file, tail=self._log_tail())
         )
-
-    def stop(self, *, timeout: float = 15.0) -> None:
-        """Stop the server and its workers (the whole process group)."""
-        pid = self.pid()
-        if pid is not None:
-            proc.terminate(pid, timeout=timeout)
-        if self._popen is not None:
-            with contextlib.suppress(Exception):
-                self._popen.wait(timeout=1)
-            self._popen = None
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_file.unlink()
-        if pid is not None:
-            log.info("MLflow server stopped")
 
 
 def gc(

@@ -212,10 +212,7 @@ class PostgresServer:
         self.ensure_database(self.database, extensions=("vector",))
 
     def _log_tail(self, n: int = 5) -> str:
-        try:
-            return " | ".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return proc.log_tail(self.log_file, n)
 
     def ensure_database(self, name: str, *, extensions: tuple[str, ...] = ()) -> None:
         """Create database ``name`` (and ``extensions`` in it) unless they exist."""

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -206,3 +207,54 @@ def group_members(pgid: int) -> list[int]:
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
+
+
+def log_tail(path: Path, n: int = 5) -> str:
+    """The last ``n`` lines of log ``path`` on one line (what a start failure quotes)."""
+    try:
+        return " | ".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class PidFileService:
+    """What a server started by the stack with a pid file shares: its pid (live or stale) and
+    how it stops. A subclass provides ``pid_file``, ``log_file``, ``_popen`` and ``name``."""
+
+    pid_file: Path
+    log_file: Path
+    _popen: subprocess.Popen[bytes] | None
+    name: str = "server"
+
+    def _pid_in_file(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def pid(self) -> int | None:
+        """The server's pid when its pid file names a live process."""
+        pid = self._pid_in_file()
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def stale_pid(self) -> int | None:
+        """A pid left in the pid file by a server that no longer runs."""
+        pid = self._pid_in_file()
+        return pid if pid is not None and not pid_alive(pid) else None
+
+    def _log_tail(self, n: int = 5) -> str:
+        return log_tail(self.log_file, n)
+
+    def stop(self, *, timeout: float = 15.0) -> None:
+        """Stop the server's whole process group; a no-op when it is not running."""
+        pid = self.pid()
+        if pid is not None:
+            terminate(pid, timeout=timeout)
+        if self._popen is not None:
+            with contextlib.suppress(Exception):
+                self._popen.wait(timeout=1)
+            self._popen = None
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+        if pid is not None:
+            log.info("%s stopped", self.name)

@@ -32,7 +32,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from visage_ml.io import atomic_write_text
 from visage_ml.procenv import child_env
@@ -107,7 +107,7 @@ def weed_binary() -> str:
 
 
 @dataclass
-class SeaweedServer:
+class SeaweedServer(proc.PidFileService):
     """``weed mini`` in ``root`` serving S3 on ``127.0.0.1:ports.s3``.
 
     Parameters
@@ -122,6 +122,7 @@ class SeaweedServer:
         Created at start when missing.
     """
 
+    name: ClassVar[str] = "SeaweedFS"
     root: Path
     ports: SeaweedPorts
     access_key: str
@@ -162,22 +163,6 @@ class SeaweedServer:
         return f"http://{self.host}:{self.ports.volume}"
 
     # -- lifecycle -----------------------------------------------------------------------------
-
-    def pid(self) -> int | None:
-        """The server's pid when its pid file names a live process."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if proc.pid_alive(pid) else None
-
-    def stale_pid(self) -> int | None:
-        """A pid left in the pid file by a server that no longer runs."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return None if proc.pid_alive(pid) else pid
 
     def running(self) -> bool:
         return self.pid() is not None and proc.port_open(self.ports.s3, self.host)
@@ -326,26 +311,6 @@ class SeaweedServer:
         raise proc.StackError(
             START_FAILED.format(timeout=timeout, log_file=self.log_file, tail=self._log_tail())
         )
-
-    def _log_tail(self, n: int = 5) -> str:
-        try:
-            return " | ".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, *, timeout: float = 15.0) -> None:
-        """Stop the server and every port it held; a no-op when it is not running."""
-        pid = self.pid()
-        if pid is not None:
-            proc.terminate(pid, timeout=timeout)
-        if self._popen is not None:
-            with contextlib.suppress(Exception):
-                self._popen.wait(timeout=1)
-            self._popen = None
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_file.unlink()
-        if pid is not None:
-            log.info("SeaweedFS stopped")
 
     # -- garbage and vacuum --------------------------------------------------------------------
 
