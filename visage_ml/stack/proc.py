@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import pwd
@@ -17,7 +18,9 @@ import secrets
 import shutil
 import signal
 import socket
+import stat as stat_mod
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +46,12 @@ NOT_TRAVERSABLE = (
     "{path} cannot be entered by user 'nobody', which runs the stack's servers when visage-ml "
     "runs as root; make its parent folders world-executable (chmod o+x) or put the stack folder "
     "elsewhere (params.yaml: stack.dir)"
+)
+
+
+NOT_OURS = (
+    "{path} is not a folder owned by this user and closed to others; remove it (it holds only "
+    "copies of the stack's binaries) and run `visage stack up` again"
 )
 
 
@@ -90,6 +99,44 @@ def reachable(path: Path) -> bool:
         if not st.st_mode & bit:
             return False
     return True
+
+
+def service_copy(source: Path, *, keep: tuple[str, ...] = ()) -> Path:
+    """``source`` (a file or folder), or a copy the service user can reach when it cannot.
+
+    Run as root, the servers run as ``nobody``, which cannot execute binaries inside a private
+    folder (a virtual environment under a 0700 home or ``mktemp -d``). Then ``source`` and its
+    siblings named in ``keep`` (e.g. the folder of bundled shared libraries an RPATH points to)
+    are copied once, with their layout, into a root-owned folder under the system's temporary
+    folder, keyed by the source's path and modification time; the copy of ``source`` is
+    returned.
+    """
+    source = Path(source).resolve()
+    if reachable(source / "x" if source.is_dir() else source):
+        return source
+    st = source.stat()
+    key = hashlib.sha256(f"{source}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / f"visage-stack-bin-{os.geteuid()}"
+    cache.mkdir(mode=0o755, exist_ok=True)
+    info = cache.lstat()
+    if not stat_mod.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise StackError(NOT_OURS.format(path=cache))
+    cache.chmod(0o755)
+    target = cache / key
+    if not (target / ".complete").exists():
+        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".staging-"))
+        staging.chmod(0o755)
+        for name in (source.name, *keep):
+            item = source.parent / name
+            if item.is_dir():
+                shutil.copytree(item, staging / name, symlinks=True)
+            elif item.exists():
+                shutil.copy2(item, staging / name)
+        (staging / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        log.info("binaries of %s copied to %s (the service user cannot reach them)", source, target)
+    return target / source.name
 
 
 def service_dir(path: Path, *, drop: bool = True) -> Path:

@@ -98,12 +98,10 @@ class SeaweedPorts:
 def weed_binary() -> str:
     """The ``weed`` executable of this environment (or on ``PATH``)."""
     beside = Path(sys.executable).with_name("weed")
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("weed")
+    found = str(beside) if beside.is_file() else shutil.which("weed")
     if found is None:
         raise proc.StackError(NO_WEED)
-    return found
+    return str(proc.service_copy(Path(found)))
 
 
 @dataclass
