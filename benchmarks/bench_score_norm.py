@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from visage_ml.app.stages._evaluate_inputs import read_inputs
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.pairs import PairSet, build_pairs, encode_labels, threshold_at_far
 from visage_ml.evaluation.calibration_report import rescored
 from visage_ml.evaluation.fairness import demographic_differentials
+from visage_ml.evaluation.inputs import read_inputs
 from visage_ml.evaluation.protocol import (
     demographic_breakdowns,
     fit_calibrations,

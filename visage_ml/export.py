@@ -20,15 +20,19 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
-from visage_ml.config import GENDERS, GROUPS
+from visage_ml.config import GENDERS, GROUPS, ExportParams, ProjectPaths
+from visage_ml.data.crops import read_crops
+from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.dvcops import git_revision
 from visage_ml.inference import (
     DEMOGRAPHICS,
@@ -55,6 +59,7 @@ from visage_ml.inference import (
 )
 from visage_ml.io import atomic_write_bytes, fsync_dir, sha256_file
 from visage_ml.preprocess import PreprocessSpec, to_model_input
+from visage_ml.privacy.datakeys import DataKeys
 
 if TYPE_CHECKING:
     import onnx
@@ -75,6 +80,21 @@ REQUIRED_METADATA: tuple[str, ...] = (
     META_GIT_REV,
 )
 UNKNOWN = "unknown"
+# The models of a project that the export stage exports, each from ``models/<name>.pt``.
+MODELS: tuple[str, ...] = ("embedder", "demographics")
+# The numbers of a parity report that reports/export.json keeps (DVC metrics).
+SUMMARY_KEYS: tuple[str, ...] = (
+    "n_samples",
+    "max_abs_diff",
+    "min_cosine",
+    "argmax_agreement",
+    "passed",
+    "opset",
+    "onnx_sha256",
+    "size_bytes",
+)
+# ``path -> (model, checkpoint meta)``: visage_ml.models.checkpoint.load_model or a stand-in.
+Loader = Callable[[Path], tuple[Any, dict[str, Any]]]
 
 MSG_OPSET = (
     "opset {opset} is outside what the TorchScript ONNX exporter writes ({lo}..{hi}); "
@@ -661,3 +681,112 @@ def export_with_parity(
         with contextlib.suppress(FileNotFoundError):
             candidate.unlink()
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# A project's models
+# ---------------------------------------------------------------------------------------------
+
+
+def parity_crops(processed: Path, n: int, *, keys: DataKeys) -> np.ndarray:
+    """``n`` validation crops (train when there is no validation split), spread evenly.
+
+    ``manifest.parquet``'s ``row`` column indexes the crops of ``faces.sealed``; only the
+    chosen split's subjects are decrypted, in memory.
+    """
+    faces_path, manifest_path = processed / FACES_FILE, processed / MANIFEST_FILE
+    for p in (faces_path, manifest_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing; run `dvc repro prepare` first")
+    full = pd.read_parquet(manifest_path, columns=["row", "pid", "split"])
+    chosen = "val" if (full["split"] == "val").any() else "train"
+    faces = read_crops(
+        faces_path, keys, full, pids=set(full.loc[full["split"] == chosen, "pid"].astype(str))
+    )
+    manifest = full[["row", "split"]].sort_values("row")
+    index = manifest["row"].to_numpy(dtype=np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= faces.shape[0]):
+        raise ValueError(
+            f"{manifest_path.name} points at rows outside {faces_path.name} "
+            f"({faces.shape[0]} crops); re-run `dvc repro prepare` to rebuild both together"
+        )
+    split = manifest["split"].to_numpy()
+    rows = index[split == "val"]
+    if rows.size == 0:
+        logger.info("no validation crops; checking parity on training crops")
+        rows = index[split == "train"]
+    if rows.size == 0:
+        raise ValueError(f"{manifest_path.name} has no val or train rows; nothing to check")
+    pick = rows[np.unique(np.linspace(0, rows.size - 1, num=min(n, rows.size)).astype(int))]
+    return np.ascontiguousarray(faces[pick])
+
+
+def parity_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The DVC-metrics view of one parity report (:data:`SUMMARY_KEYS`; non-finite numbers
+    become null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+
+    return {k: clean(report[k]) for k in SUMMARY_KEYS if k in report}
+
+
+def export_models(
+    paths: ProjectPaths, params: ExportParams, *, loader: Loader
+) -> tuple[dict[str, Any], list[str]]:
+    """Export each of :data:`MODELS` from ``models/<name>.pt`` to ``models/<name>.onnx``.
+
+    Each is checked against torch on :func:`parity_crops`; one that fails parity keeps its
+    previous ONNX file and the others are still exported.
+
+    Parameters
+    ----------
+    paths
+        The project: checkpoints and ONNX files under ``models/``, crops under
+        ``data/processed/``.
+    params
+        The ``export`` section of ``params.yaml``.
+    loader
+        ``path -> (model, meta)`` (:func:`visage_ml.models.checkpoint.load_model`).
+
+    Returns
+    -------
+    tuple
+        ``({name: parity_summary}, [the message of each model that failed parity])``.
+
+    Raises
+    ------
+    ExportError
+        A checkpoint holds another kind of model than its name says.
+    """
+    crops = parity_crops(paths.processed, params.parity_samples, keys=DataKeys.for_project(paths))
+    summaries: dict[str, Any] = {}
+    failed: list[str] = []
+    for name in MODELS:
+        model, meta = loader(paths.models / f"{name}.pt")
+        if meta.get("kind") != name:
+            raise ExportError(
+                f"models/{name}.pt holds a '{meta.get('kind')}' checkpoint, not a {name}; "
+                f"re-run `dvc repro train_{name}`"
+            )
+        try:
+            report = export_with_parity(
+                model,
+                paths.models / f"{name}.onnx",
+                spec=PreprocessSpec.from_dict(meta["preprocess"]),
+                kind=name,
+                opset=params.opset,
+                metadata=build_metadata(meta, root=paths.root),
+                inputs_u8_nhwc=crops,
+                min_cosine=params.min_cosine,
+                max_abs_diff=params.max_abs_diff,
+            )
+        except ParityError as exc:
+            report = exc.report
+            failed.append(str(exc))
+        summaries[name] = parity_summary(report)
+    return summaries, failed

@@ -240,8 +240,8 @@ def test_every_torch_load_is_weights_only_and_no_pickle_is_read():
 def test_served_and_evaluated_models_must_match_the_export_hashes(tiny_pipeline, tmp_path):
     import json
 
-    from visage_ml.app.stages.evaluate import load_models
     from visage_ml.config import ProjectPaths, load_params
+    from visage_ml.evaluation.inputs import load_models
     from visage_ml.inference import ModelHashError
     from visage_ml.serving.engine import Engine
 

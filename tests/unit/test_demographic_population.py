@@ -10,7 +10,6 @@ import pytest
 
 from visage_ml.app.stages import demographic_population as stage
 from visage_ml.app.stages import eval_population as eval_stage
-from visage_ml.app.stages.train_demographics import training_population
 from visage_ml.config import (
     GENDERS,
     GROUPS,
@@ -25,6 +24,7 @@ from visage_ml.data.detect import Detection
 from visage_ml.preprocess import template
 from visage_ml.privacy.datakeys import DataKeys, SealedFileError, sniff
 from visage_ml.privacy.keys import check_pid
+from visage_ml.training.demographics import training_population
 
 SMALL = {
     "demographic_population.identities_per_cell": 2,

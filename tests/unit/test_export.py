@@ -25,6 +25,7 @@ from visage_ml.export import (
     build_metadata,
     check_parity,
     export_with_parity,
+    parity_crops,
     read_prepare_outs,
     to_onnx,
 )
@@ -407,18 +408,18 @@ def test_stage_exports_both_models_and_writes_the_report(tmp_path: Path):
 def test_stage_falls_back_to_training_crops_and_checks_alignment(tmp_path: Path):
     paths = make_project(tmp_path, ["train"] * 3 + ["test"] * 2)
     keys = DataKeys.for_project(paths)
-    assert stage.parity_crops(paths.processed, 10, keys=keys).shape == (3, 40, 40, 3)
+    assert parity_crops(paths.processed, 10, keys=keys).shape == (3, 40, 40, 3)
     # rows left by an erasure (zeroed crops, no manifest row) are simply not addressed
     pids = pids_of(5)
     pd.DataFrame({"row": [0, 2], "pid": [pids[0], pids[2]], "split": ["train"] * 2}).to_parquet(
         paths.processed / "manifest.parquet"
     )
-    assert stage.parity_crops(paths.processed, 10, keys=keys).shape == (2, 40, 40, 3)
+    assert parity_crops(paths.processed, 10, keys=keys).shape == (2, 40, 40, 3)
     pd.DataFrame({"row": [0, 7], "pid": [pids[0], pids[1]], "split": ["train"] * 2}).to_parquet(
         paths.processed / "manifest.parquet"
     )
     with pytest.raises(ValueError, match="dvc repro prepare"):
-        stage.parity_crops(paths.processed, 10, keys=keys)
+        parity_crops(paths.processed, 10, keys=keys)
 
 
 def test_stage_fails_naming_the_model_and_the_number(tmp_path: Path):

@@ -228,8 +228,11 @@ def test_demographics_learn_from_labeled_images_only_and_the_embedder_from_all(
         manifest[col] = manifest[col].astype("string")
     manifest.loc[manifest["pid"].isin(unlabeled), ["age", "gender", "group"]] = pd.NA
     manifest.loc[manifest["pid"].isin(partly), "group"] = "white"  # not one of the model's groups
+    val_unlabeled = manifest.loc[manifest["split"] == "val", "pid"].iloc[0]
+    manifest.loc[manifest["pid"] == val_unlabeled, ["age", "gender", "group"]] = pd.NA
     manifest.to_parquet(path, index=False)
     n_train = int((manifest["split"] == "train").sum())
+    n_val_unlabeled = int((manifest["pid"] == val_unlabeled).sum())
     n_unlabeled = int(manifest["pid"].isin(unlabeled).sum())
     n_partly = int(manifest["pid"].isin(partly).sum())
 
@@ -239,6 +242,7 @@ def test_demographics_learn_from_labeled_images_only_and_the_embedder_from_all(
     rep = train_demographics.run(paths, progress=False)
     assert rep["train_images"] == n_train - n_unlabeled
     assert rep["train_images_unlabeled"] == n_unlabeled
+    assert rep["val_images_unlabeled"] == n_val_unlabeled
     cov = rep["label_coverage"]["train"]
     assert cov["images"] == n_train and cov["labeled"] == n_train - n_unlabeled
     assert cov["group"] == n_train - n_unlabeled - n_partly
@@ -302,11 +306,3 @@ def test_gpu_preset_fine_tunes_the_pinned_published_weights_on_cpu(
     installed.path.write_bytes(fake.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsHashError, match="does not match its pin"):
         train_embedder.run(paths, progress=False)
-
-
-def test_a_failed_worker_fails_the_stage_naming_its_rank(tmp_path: Path, monkeypatch):
-    from visage_ml.app.stages._train_common import WorkersFailedError, launch_workers
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    with pytest.raises(WorkersFailedError, match=r"rank 0 exit code 1, rank 1 exit code 1"):
-        launch_workers("visage_ml.no_such_stage", nproc=2, root=tmp_path)

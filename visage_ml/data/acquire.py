@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from visage_ml import dvcops
-from visage_ml.config import PURPOSES, Params, ProjectPaths
+from visage_ml.config import PURPOSES, Params, ProjectPaths, to_dict
 from visage_ml.data.rawstore import (
     IMAGES_SCHEMA,
     SUBJECTS_SCHEMA,
@@ -147,6 +147,7 @@ def acquire_synthfaces(
     paths: ProjectPaths, params: Params, *, progress: bool = True
 ) -> AcquireResult:
     """Generate SynthFaces into ``paths`` (unless present), register subjects, track with DVC."""
+    # Deferred: data.synth loads numba (the renderer), which commands without synthesis skip.
     from visage_ml.data.synth import consent_plan, make_population, write_synthfaces
 
     synth = params.synth
@@ -223,6 +224,4 @@ def acquire_synthfaces(
 
 
 def _synth_dict(params: Params) -> dict:
-    from visage_ml.config import to_dict
-
     return to_dict(params.synth)

@@ -58,7 +58,7 @@ from visage_ml.data.synth_render import (
     render,
     sample_view,
 )
-from visage_ml.io import fsync_dir
+from visage_ml.io import atomic_write_bytes, fsync_dir
 from visage_ml.privacy.datakeys import SUFFIX as SEALED
 from visage_ml.privacy.datakeys import DataKeys
 
@@ -692,8 +692,6 @@ def render_grid(params: SynthParams, *, seed: int, path: Path) -> None:
     path
         Destination PNG (written atomically).
     """
-    from visage_ml.io import atomic_write_bytes
-
     size = params.image_size
     cols = 8
     ages = np.linspace(params.age_range[0], params.age_range[1], cols).round().astype(int)

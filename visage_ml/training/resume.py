@@ -15,8 +15,14 @@ from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.models.checkpoint import clear_resume, fingerprint, load_resume, resume_files
+from visage_ml.training.distributed import DistContext
 
 logger = logging.getLogger(__name__)
+
+MSG_RESUME_DISAGREES = (
+    "rank {rank} found another resume checkpoint than rank 0 in models/checkpoints/{kind} "
+    "(changed while starting?); run the stage again"
+)
 
 # Code whose change makes an old resume checkpoint meaningless (part of its fingerprint), relative
 # to the package: every module of the training loop, and the networks it trains.
@@ -74,3 +80,37 @@ def resume_point(
     fp = fingerprint({**section, "code": code_hash()}, data_md5, seed=seed)
     folder = paths.models / "checkpoints" / kind
     return fp, folder, start_or_resume(folder, fp, clear_stale=clear_stale)
+
+
+def shared_resume_point(
+    paths: ProjectPaths,
+    kind: str,
+    section: Mapping[str, Any],
+    data_md5: str,
+    seed: int,
+    *,
+    ctx: DistContext | None,
+) -> tuple[str, Path, dict[str, Any] | None]:
+    """:func:`resume_point` for every process of a run (``ctx`` None: the only one).
+
+    Rank 0 clears stale checkpoints before the other ranks read the folder; every rank must
+    find the same checkpoint, since ranks that started from different epochs would wait for
+    each other's collectives.
+
+    Raises
+    ------
+    RuntimeError
+        A rank found another checkpoint than rank 0 (the folder changed while starting).
+    """
+    if ctx is None:
+        return resume_point(paths, kind, section, data_md5, seed)
+    if ctx.is_main:
+        point = resume_point(paths, kind, section, data_md5, seed)
+    ctx.barrier()
+    if not ctx.is_main:
+        point = resume_point(paths, kind, section, data_md5, seed, clear_stale=False)
+    resume = point[2]
+    mine = None if resume is None else int(resume["epoch"])
+    if ctx.from_main(mine) != mine:
+        raise RuntimeError(MSG_RESUME_DISAGREES.format(rank=ctx.rank, kind=kind))
+    return point

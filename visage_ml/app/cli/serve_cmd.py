@@ -32,7 +32,7 @@ from visage_ml.serving.pg_gallery import open_configured
 from visage_ml.serving.rebuild import select_enrolment_rows
 from visage_ml.serving.release import SCORE_MODEL_JSON, check_released, latest_releases
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only
     from visage_ml.serving.gallery import Gallery
 
 gallery_app = typer.Typer(
@@ -175,6 +175,7 @@ def serve(
     """
     import uvicorn
 
+    # Deferred: the HTTP app loads fastapi, which the other `visage` commands do not need.
     from visage_ml.app.http.app import create_app
 
     setup_logging(verbose)

@@ -12,6 +12,7 @@ from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.evaluation.fairness import GateOutcome
+from visage_ml.evaluation.outputs import PLOTS_DIR, REPORT_FILES
 from visage_ml.evaluation.protocol import EvaluationResult
 from visage_ml.tracking import (
     flat_metrics,
@@ -28,15 +29,6 @@ REGISTERED: Mapping[str, str] = {
     "embedder": "visage-embedder",
     "demographics": "visage-demographics",
 }
-REPORT_FILES: tuple[str, ...] = (
-    "metrics.json",
-    "fairness.json",
-    "threshold.json",
-    "score_model.json",
-    "demographic_confusion.json",
-    "score_calibration.json",
-    "fairness_report.html",
-)
 
 
 def _gate_tags(gate: GateOutcome) -> dict[str, str]:
@@ -87,7 +79,7 @@ def log_evaluation(
         log_metrics(flat_metrics(result.metrics))
         for name in REPORT_FILES:
             mlflow.log_artifact(str(paths.reports / name), artifact_path="reports")
-        mlflow.log_artifacts(str(paths.reports / "plots"), artifact_path="reports/plots")
+        mlflow.log_artifacts(str(paths.reports / PLOTS_DIR), artifact_path="reports/plots")
         log_contents(result.figures, "figures")
         log_contents(result.tables, "tables")
         client = MlflowClient()

@@ -1,11 +1,17 @@
-"""Read side of the ``evaluate`` stage: processed data, the exported models, lineage, inference.
+"""What an evaluation reads: processed data, the exported models, lineage, inference.
 
 Everything :func:`visage_ml.evaluation.protocol.evaluate` needs, read from the project's files
-into an :class:`~visage_ml.evaluation.protocol.EvaluationInputs`.
+into an :class:`~visage_ml.evaluation.protocol.EvaluationInputs`: the test split of
+``data/processed/{faces.sealed, manifest.parquet, detection.parquet}`` joined by the synthetic
+evaluation population of ``data/eval_population/`` (:func:`read_inputs`), run through
+``models/{embedder,demographics}.onnx``, with ``data/protocols/lfw_pairs.parquet`` when present;
+and what serving will be configured with (:func:`served_context`). The ``evaluate`` stage reads
+through :func:`evaluation_inputs`, the benchmarks through :func:`read_inputs`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,4 +243,21 @@ def served_context(paths: ProjectPaths, params: Params) -> ServedContext:
     ident = params.serving.identify
     return ServedContext(
         target_fpir=ident.target_fpir, confidence=ident.confidence, gallery_size=size
+    )
+
+
+def evaluation_inputs(
+    paths: ProjectPaths,
+    params: Params,
+    *,
+    embedder: Embedder | None = None,
+    demographic: DemographicModel | None = None,
+) -> EvaluationInputs:
+    """:func:`read_inputs` with what the evaluation of a project also needs from ``params``:
+    serving's identification settings (:func:`served_context`) and the embedder's sampling."""
+    inputs = read_inputs(paths, params.evaluate, embedder=embedder, demographic=demographic)
+    return dataclasses.replace(
+        inputs,
+        served=served_context(paths, params),
+        embedder_sampling=params.train_embedder.sampling,
     )

@@ -1,0 +1,60 @@
+"""Which resume checkpoint a run continues from, alone and as one rank of several."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visage_ml.config import ProjectPaths
+from visage_ml.models.checkpoint import resume_files, save_resume
+from visage_ml.training.resume import resume_point, shared_resume_point
+
+SECTION = {"epochs": 2, "lr": 0.01}
+
+
+class OtherRank:
+    """Rank 1 of a data-parallel run whose rank 0 found the checkpoint of epoch ``main_epoch``."""
+
+    rank = 1
+    is_main = False
+
+    def __init__(self, main_epoch: int | None) -> None:
+        self.main_epoch = main_epoch
+        self.waited = False
+
+    def barrier(self) -> None:
+        self.waited = True
+
+    def from_main(self, mine):
+        assert self.waited, "rank 1 read the folder before rank 0 had cleared it"
+        return self.main_epoch
+
+
+def test_a_run_resumes_only_its_own_checkpoint_and_clears_stale_ones(tmp_path: Path):
+    paths = ProjectPaths(tmp_path)
+    fp, folder, state = resume_point(paths, "embedder", SECTION, "d" * 32, 7)
+    assert state is None and folder == tmp_path / "models" / "checkpoints" / "embedder"
+    save_resume(folder, {"epoch": 1}, fingerprint=fp)
+    assert shared_resume_point(paths, "embedder", SECTION, "d" * 32, 7, ctx=None)[2]["epoch"] == 1
+    # Another seed is another run: the checkpoint is stale and goes.
+    assert shared_resume_point(paths, "embedder", SECTION, "d" * 32, 8, ctx=None)[2] is None
+    assert resume_files(folder) == []
+
+
+def test_a_rank_that_finds_another_checkpoint_than_rank_0_stops_and_deletes_nothing(
+    tmp_path: Path,
+):
+    paths = ProjectPaths(tmp_path)
+    fp, folder, _ = resume_point(paths, "embedder", SECTION, "d" * 32, 7)
+    save_resume(folder, {"epoch": 1}, fingerprint="another run")
+    with pytest.raises(
+        RuntimeError,
+        match=r"rank 1 found another resume checkpoint than rank 0 "
+        r"in models/checkpoints/embedder",
+    ):
+        shared_resume_point(paths, "embedder", SECTION, "d" * 32, 7, ctx=OtherRank(2))
+    assert [p.name for p in resume_files(folder)] == ["epoch-0001.pt"]  # rank 0's to manage
+    save_resume(folder, {"epoch": 2}, fingerprint=fp)
+    point = shared_resume_point(paths, "embedder", SECTION, "d" * 32, 7, ctx=OtherRank(2))
+    assert point[2]["epoch"] == 2
