@@ -6,7 +6,9 @@ never trained on (generation and embedding only). Three populations, each from i
 - a **calibration** population, scored like the evaluate stage scores its test split
   (:func:`visage_ml.evaluation.score_model.template_comparisons`, then
   :func:`~visage_ml.evaluation.score_model.build_score_model`): the score model serving derives
-  its 1:N threshold from (unless ``--score-model`` names a released ``reports/score_model.json``);
+  its 1:N threshold from (unless ``--score-model`` names a released ``reports/score_model.json``),
+  on scores normalised by the project's served calibration (``reports/score_calibration.json``,
+  when the project has one: the same method serving applies, e.g. AS-norm);
 - the **enrolled** population (the largest gallery size; smaller galleries are its first
   identities): one photograph each, detected with the project's MTCNN in batches, embedded by
   the project's exported ONNX embedder and enrolled through the library API in bulk
@@ -309,6 +311,11 @@ def main() -> None:
     ap.add_argument("--strangers", type=int, default=1000)
     ap.add_argument("--calibration", type=int, default=400, help="calibration identities")
     ap.add_argument("--score-model", default=None, help="a released reports/score_model.json")
+    ap.add_argument(
+        "--raw-scores",
+        action="store_true",
+        help="ignore the project's score calibration (raw cosine scores, as before calibration)",
+    )
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "visage-ml" / "bench"))
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
@@ -335,6 +342,7 @@ def main() -> None:
     from visage_ml.serving.engine import Engine
     from visage_ml.serving.gallery import Gallery, Threshold
     from visage_ml.serving.quality import QualityGate
+    from visage_ml.serving.score_calibration import SCORE_CALIBRATION_FILE, load_score_calibration
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -377,8 +385,12 @@ def main() -> None:
             ),
         )
 
-    # 1. The score model: the project's released one, or one from the calibration population.
+    # 1. The score model: the project's released one, or one from the calibration population,
+    # on the scores serving compares (the project's calibration applied, as in `visage serve`).
     t = time.perf_counter()
+    calibration = None
+    if not args.raw_scores and (project.reports / SCORE_CALIBRATION_FILE).is_file():
+        calibration, _ = load_score_calibration(project, model_version=embedder.model_version)
     ident = params.serving.identify
     sm = params.evaluate.score_model
     if args.score_model:
@@ -390,7 +402,13 @@ def main() -> None:
             "calibration", SEED_CALIBRATION, cal, 0, list(range(CALIBRATION_IMAGES))
         )
         codes = np.repeat(np.arange(len(cal)), CALIBRATION_IMAGES)
-        comparisons = template_comparisons(emb[found], codes[found], template_images=1, seed=0)
+        comparisons = template_comparisons(
+            emb[found],
+            codes[found],
+            template_images=1,
+            seed=0,
+            **({"calibration": calibration} if calibration is not None else {}),
+        )
         doc = build_score_model(
             comparisons,
             groups=np.array([p.group for p in cal]),
@@ -449,6 +467,8 @@ def main() -> None:
         core=core,
         embed=engine.embed,
     )
+    if calibration is not None:
+        gallery.set_calibration(calibration)
     app = create_app(
         paths, params=params, engine=engine, gallery=gallery, core=core, score_model=model
     )
@@ -567,6 +587,7 @@ def main() -> None:
             "tail": doc.get("tail"),
             "confidence": ident.confidence,
             "min_bounded_fmr": doc.get("min_bounded_fmr"),
+            "score_calibration": calibration.method if calibration is not None else "none",
         },
         "quality_gate": dataclasses.asdict(params.serving.quality),
         "mated_probes": len(mated_idx),

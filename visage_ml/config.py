@@ -719,7 +719,7 @@ class GateParams:
         return None
 
 
-ScoreCalibrationMethod = Literal["none", "fsn", "faircal"]
+ScoreCalibrationMethod = Literal["none", "fsn", "faircal", "asnorm"]
 
 
 @dataclass(frozen=True)
@@ -733,8 +733,8 @@ class CalibrationParams:
     cost of at most ``max_tar_cost``.
     """
 
-    method: ScoreCalibrationMethod = "fsn"
-    compare: tuple[ScoreCalibrationMethod, ...] = ("none", "fsn", "faircal")
+    method: ScoreCalibrationMethod = "asnorm"
+    compare: tuple[ScoreCalibrationMethod, ...] = ("none", "fsn", "faircal", "asnorm")
     # k-means clusters of the embedding space.
     n_clusters: int = field(default=4, metadata=rng(ge=1, le=1000))
     # A cluster touched by fewer calibration impostor comparisons keeps the global behaviour.
@@ -745,6 +745,12 @@ class CalibrationParams:
     bootstrap: int = field(default=100, metadata=rng(ge=0, le=100_000))
     # Goal: TAR at evaluate.target_fmr lost to a method, at most (0.02 = 2 points).
     max_tar_cost: float = field(default=0.02, metadata=rng(ge=0, le=1))
+    # asnorm: cohort scores per side (the calibration images are the cohort), the weight of the
+    # cohort mean and the power of the cohort deviation (1 and 1: classic AS-norm; these values
+    # were chosen by benchmarks/bench_score_norm.py, README "Fairness, decided on enough people").
+    cohort_top_k: int = field(default=30, metadata=rng(ge=1, le=100_000))
+    cohort_mean_weight: float = field(default=0.8, metadata=rng(ge=0, le=2))
+    cohort_sd_power: float = field(default=0.5, metadata=rng(ge=0, le=1))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Label-free score calibration (FSN, FairCal): it evens out FMR between regions of the embedding
-space without labels, keeps raw scores for `none`, round-trips as a released file, and refuses
-another embedder's calibration."""
+"""Label-free score calibration (FSN, FairCal, AS-norm): it evens out FMR between regions of the
+embedding space without labels, keeps raw scores for `none`, round-trips as a released file,
+scores a pair as serving does, and refuses another embedder's or a tampered calibration."""
 
 import json
 
@@ -56,10 +56,16 @@ def fmr_by_region(pairs, id_region, threshold):
 def fitted():
     emb, ids, _ = population(1)
     cal = calibration_set(emb, ids, n_clusters=2, impostor_pairs_max=10**6, seed=3)
-    return fit_all(cal, ["none", "fsn", "faircal"], target_fmr=1e-2, min_cluster_impostors=200)
+    return fit_all(
+        cal,
+        ["none", "fsn", "faircal", "asnorm"],
+        target_fmr=1e-2,
+        min_cluster_impostors=200,
+        cohort_top_k=20,
+    )
 
 
-@pytest.mark.parametrize("method", ["fsn", "faircal"])
+@pytest.mark.parametrize("method", ["fsn", "faircal", "asnorm"])
 def test_calibration_evens_fmr_between_regions_it_never_saw_labels_of(fitted, method):
     emb, ids, region = population(2)  # other people than the calibration's
     id_region = np.array([region[ids == k][0] for k in range(ids.max() + 1)])
@@ -69,7 +75,7 @@ def test_calibration_evens_fmr_between_regions_it_never_saw_labels_of(fitted, me
     assert before["crowded"] > 5 * before["open"]  # the planted differential
 
     cal = fitted[method]
-    fixed = rescored(raw, cal, cal.clusters(emb))
+    fixed = rescored(raw, cal, cal.sides(emb))
     t2 = threshold_at_far(fixed.score[~fixed.genuine], 1e-2)
     after = fmr_by_region(fixed, id_region, t2)
     ratio_before = max(before.values()) / max(min(before.values()), 1e-4)
@@ -134,8 +140,9 @@ def test_serving_refuses_a_calibration_fitted_for_another_embedder(fitted, tmp_p
         load_score_calibration(paths, model_version=None)
 
 
-def test_index_searches_and_verifies_on_calibrated_scores(fitted):
-    cal = fitted["faircal"]
+@pytest.mark.parametrize("method", ["faircal", "asnorm"])
+def test_index_searches_and_verifies_on_calibrated_scores(fitted, method):
+    cal = fitted[method]
     emb, _, _ = population(6, per_region=8, images=1)
     index = TemplateIndex(emb.shape[1])
     pids = [f"p{i:016x}" for i in range(len(emb))]
@@ -194,7 +201,7 @@ def test_comparison_judges_each_method_on_the_goals(fitted):
     assert rows["none"]["goals"]["fmr_max_min_ratio.group"]["met"] is False
     assert rows["none"]["tar_cost"] == 0
     assert rows["fsn"]["served"] and not rows["none"]["served"]
-    assert out["best"] in (None, "fsn", "faircal")
+    assert out["best"] in (None, "fsn", "faircal", "asnorm")
     fmr_none = rows["none"]["breakdowns"]["group"]["fmr_max_min_ratio"]["value"]
     fmr_fsn = rows["fsn"]["breakdowns"]["group"]["fmr_max_min_ratio"]["value"]
     assert fmr_fsn < fmr_none
@@ -226,3 +233,181 @@ def test_once_released_the_calibration_cannot_be_swapped_or_deleted_to_serve_raw
     path.unlink()
     with pytest.raises(FileNotFoundError, match="dvc repro evaluate"):
         released_calibration(paths, releases, model_version="x")
+
+
+# ---------------------------------------------------------------------------------------------
+# AS-norm: the cohort travels in the released file; evaluation and serving score alike
+# ---------------------------------------------------------------------------------------------
+
+
+def _release(cal, tmp_path):
+    from visage_ml.config import ProjectPaths
+
+    paths = ProjectPaths(tmp_path)
+    paths.reports.mkdir(exist_ok=True)
+    (paths.reports / "score_calibration.json").write_text(json.dumps(cal.to_dict()))
+    return paths
+
+
+def test_asnorm_file_carries_its_cohort_compactly_and_round_trips_bit_for_bit(fitted, tmp_path):
+    cal = fitted["asnorm"]
+    doc = json.loads(json.dumps(cal.to_dict()))
+    assert doc["method"] == "asnorm" and doc["n_clusters"] == 0
+    assert doc["cohort"]["dtype"] == "<f4" and doc["cohort"]["shape"] == list(cal.cohort.shape)
+    # base64 float32 (4/3 bytes of text per byte), not a list of decimals.
+    assert len(doc["cohort"]["base64"]) <= cal.cohort.size * 4 * 4 / 3 + 4
+    # Synthetic calibration people's embeddings only: no pid, no identity code beside them.
+    assert "pid" not in json.dumps({**doc, "cohort": {**doc["cohort"], "base64": ""}})
+    back, digest = load_score_calibration(_release(cal, tmp_path), model_version=None)
+    assert len(digest) == 64 and np.array_equal(back.cohort, cal.cohort)
+    emb, _, _ = population(5, per_region=4)
+    s = emb @ emb.T
+    assert np.array_equal(back.calibrate(s, emb, emb), cal.calibrate(s, emb, emb))
+    # A cosine-like scale: inside (-1, 1), increasing in the raw score for fixed sides.
+    out = cal.calibrate(s, emb, emb)
+    assert np.all(np.abs(out) < 1)
+    side = cal.sides(emb[:2])
+    grid = np.linspace(-1, 1, 101)
+    assert np.all(np.diff(cal.apply(grid, side[0], side[1])) > 0)
+
+
+def test_a_pair_scores_the_same_in_evaluation_and_in_serving(fitted, tmp_path):
+    """Evaluation rescoring its pairs, its score-model matrix, its open-set search, and serving's
+    index (from the released file) give one score per pair."""
+    from visage_ml.evaluation.identification import search_scores
+    from visage_ml.serving.index import normalize_queries
+
+    cal = fitted["asnorm"]
+    served, _ = load_score_calibration(_release(cal, tmp_path), model_version=None)
+    emb, ids, _ = population(8, per_region=10)
+    pairs = build_pairs(emb, ids, impostor_limit=10**5, seed=0)
+    evaluated = rescored(pairs, cal, cal.sides(emb)).score
+    matrix = calibrate(emb @ emb.T, emb, emb, calibration=cal)
+    index = TemplateIndex(emb.shape[1])
+    pids = [f"p{i:016x}" for i in range(len(emb))]
+    index.extend(pids, emb)  # each image enrolled as a template
+    index.set_calibration(served)
+    rng = np.random.default_rng(0)
+    for k in rng.choice(pairs.score.size, 50, replace=False):
+        a, b = int(pairs.a[k]), int(pairs.b[k])
+        q = normalize_queries(emb[a], emb.shape[1])[0]
+        assert index.score(pids[b], q) == pytest.approx(evaluated[k], abs=2e-5)
+        assert matrix[a, b] == pytest.approx(evaluated[k], abs=2e-5)
+    q = normalize_queries(emb[:4], emb.shape[1])
+    best = search_scores(q, emb, np.arange(len(emb)), len(emb), calibration=cal)
+    for row, hits in enumerate(index.search(q, top_k=3, threshold=-1.0)):
+        assert [s for _, s in hits] == pytest.approx(np.sort(best[row])[::-1][:3], abs=2e-5)
+
+
+def test_scores_do_not_read_group_labels(fitted):
+    """Shuffled group labels change the per-group figures, never a score, threshold or TAR."""
+    emb, ids, region = population(7)
+    id_region = np.array([region[ids == k][0] for k in range(ids.max() + 1)])
+    pairs = build_pairs(emb, ids, impostor_limit=10**6, seed=0)
+    shuffled = np.random.default_rng(1).permutation(id_region)
+    assert (shuffled != id_region).any()
+    runs = []
+    for labels in (id_region, shuffled):
+        b = make_breakdown("group", labels, ("open", "crowded"))
+        runs.append(
+            compare_calibrations(
+                pairs,
+                emb,
+                fitted,
+                [b],
+                target_fmr=1e-2,
+                fmr_limits={"group": 2.0},
+                max_tar_cost=0.02,
+                served="asnorm",
+                rounds=0,
+                seed=0,
+                ci_level=0.95,
+            )["methods"]
+        )
+    for method in fitted:
+        assert runs[0][method]["threshold"] == runs[1][method]["threshold"]
+        assert runs[0][method]["tar_at_target_fmr"] == runs[1][method]["tar_at_target_fmr"]
+    assert runs[0]["none"]["breakdowns"] != runs[1]["none"]["breakdowns"]
+    # The calibration itself is fitted from embeddings and synthetic identity codes only.
+    emb_c, ids_c, _ = population(1)
+    again = calibration_set(emb_c, ids_c, n_clusters=2, impostor_pairs_max=10**6, seed=3)
+    refit = fit_all(again, ["asnorm"], target_fmr=1e-2, min_cluster_impostors=200, cohort_top_k=20)
+    assert refit["asnorm"].to_dict() == fitted["asnorm"].to_dict()
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d.pop("cohort"),
+        lambda d: d["cohort"].update(base64=d["cohort"]["base64"][:-8]),
+        lambda d: d["cohort"].update(base64="%%%not base64%%%"),
+        lambda d: d["cohort"].update(base64=_b64(np.full(d["cohort"]["shape"], np.nan, "<f4"))),
+        lambda d: d["cohort"].update(base64=_b64(np.full(d["cohort"]["shape"], 3.0, "<f4"))),
+        lambda d: d.update(to_cosine=[-d["to_cosine"][0], d["to_cosine"][1]]),
+        lambda d: d.update(top_k=0),
+        lambda d: d.update(top_k=10**6),
+        lambda d: d.update(sd_ref=0.0),
+        lambda d: d.update(sd_power="1"),
+    ],
+    ids=[
+        "no-cohort",
+        "truncated",
+        "not-base64",
+        "nan",
+        "not-unit",
+        "reversed-map",
+        "k0",
+        "k-too-big",
+        "sd0",
+        "string",
+    ],
+)
+def test_a_tampered_asnorm_file_is_refused_with_what_to_do(fitted, tmp_path, tamper):
+    doc = json.loads(json.dumps(fitted["asnorm"].to_dict()))
+    tamper(doc)
+    from visage_ml.config import ProjectPaths
+
+    paths = ProjectPaths(tmp_path)
+    paths.reports.mkdir()
+    (paths.reports / "score_calibration.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="dvc repro evaluate"):
+        load_score_calibration(paths, model_version=None)
+
+
+def test_the_default_method_is_what_params_say_and_what_evaluation_serves():
+    from pathlib import Path
+
+    from visage_ml.config import CalibrationParams, load_params
+    from visage_ml.evaluation.decision import fit_calibrations
+
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    cfg = params.evaluate.calibration
+    assert cfg.method == CalibrationParams().method == "asnorm"
+    assert cfg == CalibrationParams()
+    emb, ids, _ = population(1)
+    calibrations = fit_calibrations(
+        emb, np.array([f"s{i}" for i in ids]), cfg, target_fmr=1e-2, seed=3, model_version="m"
+    )
+    assert calibrations.served.method == "asnorm"
+    assert calibrations.served.top_k == cfg.cohort_top_k
+    assert set(calibrations.fitted) == {"none", "fsn", "faircal", "asnorm"}
+
+
+def test_asnorm_fits_a_cohort_smaller_than_its_top_k():
+    # A small evaluation population (the tiny pipeline's: 16 people, 30 images): with every
+    # image's own identity left out of its cohort, fewer than top_k members remain. The fit
+    # keeps k within them and gives finite statistics, not -inf means that stop `evaluate`.
+    emb, ids, _ = population(4, per_region=8, images=2)
+    cal = calibration_set(emb, ids, n_clusters=2, impostor_pairs_max=10**6, seed=3)
+    asnorm = fit_all(cal, ["asnorm"], target_fmr=1e-3, min_cluster_impostors=200, cohort_top_k=50)[
+        "asnorm"
+    ]
+    assert asnorm.top_k == emb.shape[0] - 2
+    scores = calibrate(emb[:1] @ emb[1:6].T, emb[:1], emb[1:6], calibration=asnorm)
+    assert np.isfinite(scores).all()

@@ -21,6 +21,7 @@ from rights_fakes import make_project
 from serving_fakes import DIM, THRESHOLD, fake_engine, make_world
 
 from visage_ml.config import load_params
+from visage_ml.evaluation.calibration import calibrate, calibration_set, fit_calibration
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -103,6 +104,42 @@ def test_answers_as_the_memory_gallery_does(world, engine, enrolled):
     refused = list(world.people)[-1]
     with pytest.raises(EnrolmentRefusedError):
         gallery.enroll(refused, engine.embed(world.photo(refused)))
+
+
+def _asnorm(dim: int):
+    """AS-norm fitted on a synthetic cohort (other people than the world's)."""
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(60, dim))
+    emb = np.repeat(centres, 3, axis=0) + 0.5 * rng.normal(size=(180, dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cal = calibration_set(
+        emb, np.repeat(np.arange(60), 3), n_clusters=2, impostor_pairs_max=10**5, seed=0
+    )
+    return fit_calibration("asnorm", cal, target_fmr=1e-2, cohort_top_k=10)
+
+
+def test_asnorm_scores_as_the_memory_gallery_and_evaluation_do(world, engine, enrolled):
+    """The SQL shortlist (raw cosine) reranked by AS-norm gives the memory index's answer and the
+    score evaluation gives the same pair; verify too."""
+    gallery, pids = enrolled
+    cal = _asnorm(DIM)
+    gallery.set_calibration(cal)
+    templates = np.stack([gallery.template(pid)[0] for pid in pids])
+    memory = TemplateIndex(DIM)
+    memory.extend(pids, templates)
+    memory.set_calibration(cal)
+    for pid in pids[:8]:
+        emb = engine.embed(world.photo(pid))[0]
+        q = normalize_queries(emb, DIM)
+        (got,), _, _ = gallery.search(emb[None], top_k=3, threshold_for=lambda n: -1.0)
+        want = memory.search(q, top_k=3, threshold=-1.0)[0]
+        assert [m.pid for m in got] == [p for p, _ in want]
+        np.testing.assert_allclose([m.score for m in got], [s for _, s in want], atol=1e-5)
+        evaluated = calibrate(q @ templates.T, q, templates, calibration=cal)[0]
+        np.testing.assert_allclose([m.score for m in got], np.sort(evaluated)[::-1][:3], atol=1e-5)
+        _, score = gallery.verify(emb, pid)
+        assert score == pytest.approx(evaluated[pids.index(pid)], abs=1e-5)
+        assert score != pytest.approx(float(q[0] @ gallery.template(pid)[0]), abs=1e-3)
 
 
 def test_sealed_column_holds_no_plaintext_and_opens_with_the_key(world, enrolled, pg, table):

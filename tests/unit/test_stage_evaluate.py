@@ -220,12 +220,14 @@ def test_evaluation_population_joins_the_test_split_and_fits_the_served_calibrat
     # The served calibration is released beside the threshold, fitted on the calibration part.
     doc = json.loads((project / "reports" / "score_calibration.json").read_text())
     cal = load_calibration(doc)
-    assert cal.method == "fsn" and cal.n_clusters == 2
+    # The default: AS-norm, its cohort the calibration part's images (32 people, 3 images each).
+    assert cal.method == "asnorm" and cal.cohort.shape[0] == doc["info"]["cohort_images"] == 96
     assert doc["info"]["calibration_identities"] == 32
     assert doc["info"]["embedder_model_version"] == "emb-test-1"
     comparison = fairness["score_calibration"]["comparison"]
-    assert set(comparison["methods"]) == {"none", "fsn", "faircal"}
-    assert comparison["methods"]["fsn"]["served"]
+    assert set(comparison["methods"]) == {"none", "fsn", "faircal", "asnorm"}
+    assert comparison["methods"]["asnorm"]["served"]
+    assert comparison["methods"]["fsn"]["clusters"] == 2
     assert out.metrics["fairness"]["gate_outcome"] in ("pass", "fail", "inconclusive")
     assert {"gate_differentials", "gate_demographics"} <= set(out.metrics["fairness"])
     assert "gender_accuracy.g4" in out.metrics["demographics"]

@@ -19,16 +19,32 @@ published post-hoc fixes learn, from unlabelled embeddings, clusters of the embe
   fitted on all calibration comparisons, so a threshold, the score model and every report keep
   reading "a cosine score" (the score the uncalibrated model would have needed to give the same
   match probability).
+- **AS-norm**, adaptive symmetric score normalisation (Matejka et al., 2017; Sturim and
+  Reynolds, 2005, from speaker verification): no clusters but a *cohort*, the calibration
+  images themselves. Each side ``x`` of a comparison is described by the mean ``mu_x`` and the
+  standard deviation ``sd_x`` of its ``top_k`` highest cosine scores against the cohort (how
+  crowded its neighbourhood is), and the comparison gets
+  ``z = ((s - w mu_a) / d_a + (s - w mu_b) / d_b) / 2`` with ``d_x = sd_x ** p * r ** (1 - p)``
+  (``w = p = 1``: classic AS-norm; ``r``: the median cohort ``sd``). ``z`` is mapped back to the
+  cosine scale by ``tanh(alpha z + beta)`` (strictly increasing, inside ``(-1, 1)``), fitted so
+  that the calibration impostors' median and their threshold at the target FMR land on the raw
+  cosine values they had: thresholds, the score model (tabulated on ``[-1, 1]``) and reports
+  keep reading a cosine-like score. A side's statistics are computed once per template (serving
+  caches them) and once per probe.
 
-Neither needs a demographic label: the clusters are learnt at evaluation from the calibration
-part of the synthetic evaluation population (people the embedder never saw, who are not data
-subjects), so the released model (``reports/score_calibration.json``: centroids and a few
-numbers per cluster) holds no one's biometric data. Serving applies the same
+None needs a demographic label: the clusters and the cohort are taken at evaluation from the
+calibration part of the synthetic evaluation population (people the embedder never saw, who are
+not data subjects), so the released model (``reports/score_calibration.json``: centroids and a
+few numbers per cluster, or AS-norm's cohort embeddings as base64 float32) holds no data
+subject's biometric data. Serving applies the same
 :func:`calibrate` to its scores before thresholding.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -42,7 +58,13 @@ from visage_ml.data.pairs import genuine_pairs, impostor_pairs, pair_scores, thr
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
-METHODS: tuple[str, ...] = ("none", "fsn", "faircal")
+METHODS: tuple[str, ...] = ("none", "fsn", "faircal", "asnorm")
+# Methods that describe a comparison's side by cohort statistics instead of a cluster.
+COHORT_METHODS: tuple[str, ...] = ("asnorm",)
+# A cohort side: the scale-adjusted mean and deviation of its top-k cohort scores.
+SIDE = np.dtype([("mu", "<f8"), ("sd", "<f8")])
+# Rows whose cohort scores are computed at once (memory: rows x cohort float32).
+_COHORT_BLOCK = 8192
 SCORE = "cosine scale: the calibrated score of a comparison (accept score >= threshold)"
 # Clip of s' = (s + 1) / 2 away from 0 and 1 (the logs of the beta map).
 _EPS = 1e-6
@@ -64,6 +86,15 @@ MSG_MODEL = (
 MSG_FEW = (
     "score calibration needs at least {need} calibration identities with two or more images; "
     "found {found}. Raise eval_population.calibration_identities_per_cell in params.yaml"
+)
+MSG_COHORT = (
+    "the AS-norm calibration's {what} is missing or invalid; the file was not written by "
+    "`dvc repro evaluate` (or was altered): run `dvc repro evaluate`"
+)
+MSG_MAP = (
+    "AS-norm cannot map its scores back to the cosine scale: the calibration impostors' median "
+    "and their threshold at the target FMR coincide. Raise "
+    "eval_population.calibration_identities_per_cell in params.yaml"
 )
 MSG_SHAPES = (
     "calibrate(scores, query_emb, gallery_emb): scores must be (Q, G) with query_emb (Q, D) and "
@@ -124,6 +155,83 @@ def _log_sigmoid(x: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -x)
 
 
+def cohort_statistics(
+    embeddings: np.ndarray,
+    cohort: np.ndarray,
+    top_k: int,
+    *,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each row's ``top_k`` highest cosines against ``cohort``.
+
+    Parameters
+    ----------
+    embeddings, cohort
+        ``(N, D)`` and ``(C, D)``; both are normalised here.
+    top_k
+        Cohort scores kept per row (at most the cohort's size).
+    exclude
+        ``(row_codes, cohort_codes)``: a row's scores against cohort members of its own code
+        are left out (fitting, where the rows are the cohort: nobody is their own neighbour).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(N,)`` float64 means and standard deviations.
+    """
+    e, c = _unit(embeddings), _unit(cohort)
+    # With exclusion a row loses all its own code's cohort members: keep k within what is left.
+    own_max = 0 if exclude is None else int(np.bincount(np.asarray(exclude[1])).max(initial=0))
+    k = max(1, min(int(top_k), c.shape[0] - own_max))
+    mu = np.empty(e.shape[0], dtype=np.float64)
+    sd = np.empty(e.shape[0], dtype=np.float64)
+    for s in range(0, e.shape[0], _COHORT_BLOCK):
+        sims = e[s : s + _COHORT_BLOCK] @ c.T
+        if exclude is not None:
+            own = exclude[0][s : s + _COHORT_BLOCK, None] == exclude[1][None, :]
+            sims = np.where(own, -np.inf, sims)
+        top = -np.partition(-sims, k - 1, axis=1)[:, :k].astype(np.float64)
+        mu[s : s + _COHORT_BLOCK] = top.mean(axis=1)
+        sd[s : s + _COHORT_BLOCK] = top.std(axis=1)
+    return mu, sd
+
+
+def _encode_array(x: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(x, dtype="<f4")
+    return {
+        "dtype": "<f4",
+        "shape": list(a.shape),
+        "base64": base64.b64encode(a.tobytes()).decode("ascii"),
+    }
+
+
+def _decode_cohort(doc: Any) -> np.ndarray:
+    try:
+        if not isinstance(doc, Mapping) or doc.get("dtype") != "<f4":
+            raise ValueError("dtype")
+        shape = tuple(int(v) for v in doc["shape"])
+        raw = base64.b64decode(str(doc["base64"]), validate=True)
+        a = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise ValueError(MSG_COHORT.format(what="cohort")) from None
+    if a.ndim != 2 or a.shape[0] < 2 or not np.all(np.isfinite(a)):
+        raise ValueError(MSG_COHORT.format(what="cohort"))
+    # Kept bit for bit (evaluation scored with these very values): unit rows or refused.
+    if np.any(np.abs(np.linalg.norm(a.astype(np.float64), axis=1) - 1.0) > 1e-4):
+        raise ValueError(MSG_COHORT.format(what="cohort"))
+    return a.astype(np.float32)
+
+
+def _finite_number(doc: Mapping[str, Any], key: str, *, low: float, high: float) -> float:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(MSG_COHORT.format(what=key))
+    value = float(value)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(MSG_COHORT.format(what=key))
+    return value
+
+
 @dataclass(frozen=True)
 class ScoreCalibration:
     """A fitted label-free score calibration (or the identity, ``method == "none"``).
@@ -143,6 +251,13 @@ class ScoreCalibration:
     global_beta
         FairCal: the beta map of all calibration comparisons (its inverse gives the cosine
         scale back).
+    cohort
+        AS-norm: ``(C, D)`` unit embeddings of the calibration images (synthetic people).
+    top_k, mean_weight, sd_power, sd_ref
+        AS-norm: cohort scores per side, the weight ``w`` of the cohort mean, the power ``p`` of
+        the cohort deviation and the reference deviation ``r`` it is blended with.
+    to_cosine
+        AS-norm: ``(alpha, beta)`` of the map ``tanh(alpha z + beta)`` back to the cosine scale.
     info
         What it was fitted on (counts, target FMR, seed, embedder version).
     """
@@ -153,6 +268,12 @@ class ScoreCalibration:
     beta: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
     global_beta: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    cohort: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    top_k: int = 0
+    mean_weight: float = 1.0
+    sd_power: float = 1.0
+    sd_ref: float = 1.0
+    to_cosine: tuple[float, float] = (1.0, 0.0)
     info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,7 +283,24 @@ class ScoreCalibration:
 
     @property
     def n_clusters(self) -> int:
-        return int(self.centroids.shape[0])
+        """k-means clusters (0 for ``none`` and the cohort methods)."""
+        return int(self.centroids.shape[0]) if self.method not in COHORT_METHODS else 0
+
+    @property
+    def uses_cohort(self) -> bool:
+        """Whether a side is described by cohort statistics (AS-norm), not by a cluster."""
+        return self.method in COHORT_METHODS
+
+    @property
+    def side_dtype(self) -> np.dtype:
+        """dtype of :meth:`sides`: ``int64`` clusters, or :data:`SIDE` records for AS-norm."""
+        return SIDE if self.uses_cohort else np.dtype(np.int64)
+
+    @property
+    def dim(self) -> int:
+        """Embedding size the calibration was fitted on (0 for ``none``)."""
+        ref = self.cohort if self.uses_cohort else self.centroids
+        return int(ref.shape[1]) if ref.ndim == 2 and ref.shape[0] else 0
 
     @property
     def model_version(self) -> str:
@@ -170,21 +308,54 @@ class ScoreCalibration:
         return str(self.info.get("embedder_model_version", ""))
 
     def clusters(self, embeddings: np.ndarray) -> np.ndarray:
-        """Cluster of each embedding row: the centroid of highest cosine similarity."""
-        if self.identity:
+        """Cluster of each embedding row: the centroid of highest cosine similarity (0 for
+        ``none`` and the cohort methods)."""
+        if self.identity or self.uses_cohort:
             return np.zeros(len(np.atleast_2d(embeddings)), dtype=np.int64)
         e = _unit(embeddings)
         if e.shape[1] != self.centroids.shape[1]:
             raise ValueError(MSG_DIM.format(expected=self.centroids.shape[1], found=e.shape[1]))
         return np.argmax(e @ self.centroids.T, axis=1).astype(np.int64)
 
-    def apply(self, scores: np.ndarray, cluster_a: np.ndarray, cluster_b: np.ndarray) -> np.ndarray:
-        """Calibrated scores of comparisons whose sides are in clusters ``cluster_a``,
-        ``cluster_b`` (arrays broadcast against ``scores``)."""
+    def sides(
+        self, embeddings: np.ndarray, *, exclude: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """What a comparison needs to know of each embedding row, computed once per row.
+
+        The cluster (``int64``) for ``none``, FSN and FairCal; for AS-norm a :data:`SIDE` record
+        (``mu``: ``w`` times the mean of the row's top-``k`` cohort scores, ``sd``: the blended
+        deviation ``d``). Serving keeps a template's sides beside it; :meth:`apply` takes them.
+        ``exclude`` (AS-norm, fitting only): see :func:`cohort_statistics`.
+        """
+        if not self.uses_cohort:
+            return self.clusters(embeddings)
+        e = _unit(embeddings)
+        if e.shape[1] != self.cohort.shape[1]:
+            raise ValueError(MSG_DIM.format(expected=self.cohort.shape[1], found=e.shape[1]))
+        mu, sd = cohort_statistics(e, self.cohort, self.top_k, exclude=exclude)
+        return self._side_records(mu, sd)
+
+    def _side_records(self, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        out = np.empty(mu.shape, dtype=SIDE)
+        out["mu"] = self.mean_weight * mu
+        # The 1e-6 keeps a degenerate neighbourhood (identical cohort scores) from dividing by 0.
+        d = np.maximum(sd, 1e-6) ** self.sd_power * self.sd_ref ** (1.0 - self.sd_power)
+        out["sd"] = d
+        return out
+
+    def apply(self, scores: np.ndarray, side_a: np.ndarray, side_b: np.ndarray) -> np.ndarray:
+        """Calibrated scores of comparisons whose sides are ``side_a``, ``side_b`` (the
+        :meth:`sides` of each side's embedding: clusters, or AS-norm records; arrays broadcast
+        against ``scores``)."""
         s = np.asarray(scores, dtype=np.float64)
         if self.identity:
             return s
-        ca, cb = np.asarray(cluster_a), np.asarray(cluster_b)
+        if self.uses_cohort:
+            sa, sb = np.asarray(side_a, dtype=SIDE), np.asarray(side_b, dtype=SIDE)
+            z = 0.5 * ((s - sa["mu"]) / sa["sd"] + (s - sb["mu"]) / sb["sd"])
+            alpha, beta = self.to_cosine
+            return np.tanh(alpha * z + beta)
+        ca, cb = np.asarray(side_a), np.asarray(side_b)
         if self.method == "fsn":
             return s - 0.5 * (self.shift[ca] + self.shift[cb])
         f = _features(s)
@@ -216,9 +387,9 @@ class ScoreCalibration:
             return s
         q, g = np.atleast_2d(query_emb), np.atleast_2d(gallery_emb)
         if s.ndim == 2 and s.shape == (q.shape[0], g.shape[0]):
-            return self.apply(s, self.clusters(q)[:, None], self.clusters(g)[None, :])
+            return self.apply(s, self.sides(q)[:, None], self.sides(g)[None, :])
         if s.ndim == 1 and q.shape[0] == g.shape[0] == s.shape[0]:
-            return self.apply(s, self.clusters(q), self.clusters(g))
+            return self.apply(s, self.sides(q), self.sides(g))
         raise ValueError(MSG_SHAPES.format(s=s.shape, q=q.shape, g=g.shape))
 
     def check_embedder(self, model_version: str) -> None:
@@ -227,8 +398,9 @@ class ScoreCalibration:
             raise ValueError(MSG_MODEL.format(expected=self.model_version, found=model_version))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready document (``reports/score_calibration.json``): no pid, image or template."""
-        return {
+        """JSON-ready document (``reports/score_calibration.json``): no pid, image or template
+        (AS-norm's cohort is the synthetic calibration people's embeddings, base64 float32)."""
+        doc = {
             "format": FORMAT,
             "method": self.method,
             "score": SCORE,
@@ -240,6 +412,16 @@ class ScoreCalibration:
             "global_beta": self.global_beta.tolist(),
             "info": dict(self.info),
         }
+        if self.uses_cohort:
+            doc |= {
+                "cohort": _encode_array(self.cohort),
+                "top_k": int(self.top_k),
+                "mean_weight": float(self.mean_weight),
+                "sd_power": float(self.sd_power),
+                "sd_ref": float(self.sd_ref),
+                "to_cosine": [float(v) for v in self.to_cosine],
+            }
+        return doc
 
     @classmethod
     def from_dict(
@@ -251,6 +433,8 @@ class ScoreCalibration:
         method = str(doc.get("method"))
         if method not in METHODS:
             raise ValueError(MSG_METHOD.format(method=method, choices=", ".join(METHODS)))
+        if method in COHORT_METHODS:
+            return cls._cohort_from_dict(method, doc)
         centroids = np.asarray(doc.get("centroids") or [], dtype=np.float32)
         k = centroids.shape[0] if centroids.ndim == 2 else 0
         return cls(
@@ -260,6 +444,29 @@ class ScoreCalibration:
             beta=np.asarray(doc.get("beta") or np.zeros((k, 3)), dtype=np.float64).reshape(-1, 3),
             weight=np.asarray(doc.get("weight") or np.zeros(k), dtype=np.float64),
             global_beta=np.asarray(doc.get("global_beta") or np.zeros(3), dtype=np.float64),
+            info=dict(doc.get("info") or {}),
+        )
+
+    @classmethod
+    def _cohort_from_dict(cls, method: str, doc: Mapping[str, Any]) -> ScoreCalibration:
+        """AS-norm's fields, each checked: a file that would score nonsense is refused."""
+        cohort = _decode_cohort(doc.get("cohort"))
+        top_k = _finite_number(doc, "top_k", low=1, high=cohort.shape[0])
+        if top_k != int(top_k):
+            raise ValueError(MSG_COHORT.format(what="top_k"))
+        mapping = doc.get("to_cosine")
+        if not isinstance(mapping, list) or len(mapping) != 2:
+            raise ValueError(MSG_COHORT.format(what="to_cosine"))
+        alpha = _finite_number({"a": mapping[0]}, "a", low=1e-9, high=1e9)
+        beta = _finite_number({"b": mapping[1]}, "b", low=-1e9, high=1e9)
+        return cls(
+            method=method,
+            cohort=cohort,
+            top_k=int(top_k),
+            mean_weight=_finite_number(doc, "mean_weight", low=0.0, high=2.0),
+            sd_power=_finite_number(doc, "sd_power", low=0.0, high=1.0),
+            sd_ref=_finite_number(doc, "sd_ref", low=1e-9, high=10.0),
+            to_cosine=(alpha, beta),
             info=dict(doc.get("info") or {}),
         )
 
@@ -308,7 +515,8 @@ def load_calibration(doc: Mapping[str, Any] | None) -> ScoreCalibration:
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """The calibration comparisons: scores, truth and the clusters of both sides."""
+    """The calibration comparisons: scores, truth, the clusters of both sides and (AS-norm's
+    cohort) the calibration images with their rows in each comparison."""
 
     score: np.ndarray
     genuine: np.ndarray
@@ -317,6 +525,10 @@ class CalibrationSet:
     centroids: np.ndarray
     n_identities: int
     n_images: int
+    embeddings: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    a: np.ndarray | None = None
+    b: np.ndarray | None = None
 
 
 def kmeans_centroids(embeddings: np.ndarray, n_clusters: int, *, seed: int) -> np.ndarray:
@@ -366,6 +578,10 @@ def calibration_set(
         centroids=centroids,
         n_identities=int(np.unique(codes).size),
         n_images=int(codes.size),
+        embeddings=emb,
+        codes=codes,
+        a=a,
+        b=b,
     )
 
 
@@ -376,12 +592,17 @@ def fit_calibration(
     target_fmr: float,
     min_cluster_impostors: int = 2000,
     info: Mapping[str, Any] | None = None,
+    cohort_top_k: int = 50,
+    cohort_mean_weight: float = 1.0,
+    cohort_sd_power: float = 1.0,
 ) -> ScoreCalibration:
-    """Fit ``method`` (``none``, ``fsn``, ``faircal``) on the calibration comparisons.
+    """Fit ``method`` (``none``, ``fsn``, ``faircal``, ``asnorm``) on the calibration comparisons.
 
     A cluster touched by fewer than ``min_cluster_impostors`` impostor comparisons keeps the
     global behaviour (no FSN shift; FairCal: the global map), so a thin cluster cannot move
-    anyone's scores on a handful of comparisons.
+    anyone's scores on a handful of comparisons. AS-norm (``cohort_*``: ``k``, ``w``, ``p`` of
+    the module docstring) takes the calibration images as its cohort; the calibration images'
+    own statistics leave their identity out.
     """
     if method not in METHODS:
         raise ValueError(MSG_METHOD.format(method=method, choices=", ".join(METHODS)))
@@ -399,6 +620,15 @@ def fit_calibration(
     }
     if method == "none":
         return ScoreCalibration(info=base)
+    if method in COHORT_METHODS:
+        return _fit_asnorm(
+            cal,
+            target_fmr=target_fmr,
+            top_k=cohort_top_k,
+            mean_weight=cohort_mean_weight,
+            sd_power=cohort_sd_power,
+            info=base,
+        )
     imp = ~cal.genuine
     touch = [(cal.cluster_a == c) | (cal.cluster_b == c) for c in range(k)]
     n_imp = np.array([int((t & imp).sum()) for t in touch])
@@ -432,6 +662,61 @@ def fit_calibration(
     )
 
 
+def _fit_asnorm(
+    cal: CalibrationSet,
+    *,
+    target_fmr: float,
+    top_k: int,
+    mean_weight: float,
+    sd_power: float,
+    info: Mapping[str, Any],
+) -> ScoreCalibration:
+    """AS-norm with the calibration images as cohort, and its map back to the cosine scale."""
+    if cal.embeddings is None or cal.codes is None or cal.a is None or cal.b is None:
+        raise ValueError("AS-norm needs the calibration images: build the set with calibration_set")
+    cohort = _unit(cal.embeddings)
+    # Fitting leaves each image's own identity out of its cohort: k fits what remains.
+    k = max(1, min(int(top_k), cohort.shape[0] - int(np.bincount(cal.codes).max())))
+    _, sd = cohort_statistics(cohort, cohort, k, exclude=(cal.codes, cal.codes))
+    sd_ref = float(np.median(np.maximum(sd, 1e-6)))
+    draft = ScoreCalibration(
+        method="asnorm",
+        cohort=cohort,
+        top_k=k,
+        mean_weight=float(mean_weight),
+        sd_power=float(sd_power),
+        sd_ref=sd_ref,
+        to_cosine=(1.0, 0.0),
+    )
+    side = draft.sides(cohort, exclude=(cal.codes, cal.codes))
+    sa, sb = side[cal.a], side[cal.b]
+    z = 0.5 * ((cal.score - sa["mu"]) / sa["sd"] + (cal.score - sb["mu"]) / sb["sd"])
+    imp = ~cal.genuine
+    # Two anchors in Fisher's z (atanh) of the cosine: the impostors' median and their
+    # threshold at the target FMR keep the raw cosine values they had on these comparisons.
+    raw_t = threshold_at_far(cal.score[imp], target_fmr)
+    z_t = threshold_at_far(z[imp], target_fmr)
+    raw_m, z_m = float(np.median(cal.score[imp])), float(np.median(z[imp]))
+    lim = 1.0 - 1e-6
+    f_t, f_m = np.arctanh(np.clip([raw_t, raw_m], -lim, lim))
+    if not (z_t > z_m and f_t > f_m):
+        raise ValueError(MSG_MAP)
+    alpha = float((f_t - f_m) / (z_t - z_m))
+    beta = float(f_t - alpha * z_t)
+    return dataclasses.replace(
+        draft,
+        to_cosine=(alpha, beta),
+        info={
+            **info,
+            "cohort_images": int(cohort.shape[0]),
+            "top_k": k,
+            "mean_weight": float(mean_weight),
+            "sd_power": float(sd_power),
+            "global_threshold": float(raw_t),
+        },
+    )
+
+
 def fit_all(
     cal: CalibrationSet,
     methods: Sequence[str],
@@ -439,11 +724,21 @@ def fit_all(
     target_fmr: float,
     min_cluster_impostors: int,
     info: Mapping[str, Any] | None = None,
+    cohort_top_k: int = 50,
+    cohort_mean_weight: float = 1.0,
+    cohort_sd_power: float = 1.0,
 ) -> dict[str, ScoreCalibration]:
     """:func:`fit_calibration` of each of ``methods`` on the same calibration comparisons."""
     return {
         m: fit_calibration(
-            m, cal, target_fmr=target_fmr, min_cluster_impostors=min_cluster_impostors, info=info
+            m,
+            cal,
+            target_fmr=target_fmr,
+            min_cluster_impostors=min_cluster_impostors,
+            info=info,
+            cohort_top_k=cohort_top_k,
+            cohort_mean_weight=cohort_mean_weight,
+            cohort_sd_power=cohort_sd_power,
         )
         for m in methods
     }

@@ -1,11 +1,11 @@
 """Score calibration methods side by side, in one evaluation run, against the fairness goals.
 
 For each method of ``evaluate.calibration.compare`` (``none`` = the embedder's raw cosine
-scores, ``fsn``, ``faircal``; :mod:`visage_ml.evaluation.calibration`) the same comparisons of
-the evaluated population are rescored, the global threshold placed at ``target_fmr`` on them,
-and the FRVT differentials measured with identity-bootstrap intervals. Each method is judged on
-the goals: FMR max/min per breakdown at most the gate's limit, at a TAR cost (TAR at
-``target_fmr`` lost against ``none``) of at most ``max_tar_cost``.
+scores, ``fsn``, ``faircal``, ``asnorm``; :mod:`visage_ml.evaluation.calibration`) the same
+comparisons of the evaluated population are rescored, the global threshold placed at
+``target_fmr`` on them, and the FRVT differentials measured with identity-bootstrap intervals.
+Each method is judged on the goals: FMR max/min per breakdown at most the gate's limit, at a
+TAR cost (TAR at ``target_fmr`` lost against ``none``) of at most ``max_tar_cost``.
 
 Group-balanced *training* (``train_embedder.sampling: group_balanced``) needs a second embedder
 trained from scratch, about as long as the whole demo's training again, so it is not trained
@@ -35,11 +35,12 @@ SUMMARIES: tuple[str, ...] = ("fmr_max_min_ratio", "fnmr_max_min_ratio")
 HOW_GROUP_BALANCED = "dvc exp run -S train_embedder.sampling=group_balanced"
 
 
-def rescored(pairs: PairSet, calibration: ScoreCalibration, clusters: np.ndarray) -> PairSet:
-    """``pairs`` with scores calibrated by ``calibration`` (``clusters``: cluster per row)."""
+def rescored(pairs: PairSet, calibration: ScoreCalibration, sides: np.ndarray) -> PairSet:
+    """``pairs`` with scores calibrated by ``calibration`` (``sides``: its
+    :meth:`~visage_ml.evaluation.calibration.ScoreCalibration.sides` of every row)."""
     if calibration.identity:
         return pairs
-    score = calibration.apply(pairs.score, clusters[pairs.a], clusters[pairs.b])
+    score = calibration.apply(pairs.score, sides[pairs.a], sides[pairs.b])
     return dataclasses.replace(pairs, score=score)
 
 
@@ -101,8 +102,7 @@ def compare_calibrations(
     rows: dict[str, dict[str, Any]] = {}
     base_tar = None
     for name, cal in calibrations.items():
-        clusters = cal.clusters(embeddings)
-        p = rescored(pairs, cal, clusters)
+        p = rescored(pairs, cal, cal.sides(embeddings))
         imp = p.score[~p.genuine]
         threshold = threshold_at_far(imp, target_fmr)
         tar = tar_at_threshold(p, threshold)

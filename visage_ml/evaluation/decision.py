@@ -94,6 +94,9 @@ def fit_calibrations(
         target_fmr=target_fmr,
         min_cluster_impostors=cfg.min_cluster_impostors,
         info={"embedder_model_version": model_version, "seed": seed},
+        cohort_top_k=cfg.cohort_top_k,
+        cohort_mean_weight=cfg.cohort_mean_weight,
+        cohort_sd_power=cfg.cohort_sd_power,
     )
     return Calibrations(fitted=fitted, served=fitted[cfg.method])
 

@@ -139,14 +139,12 @@ def search_scores(
     if sorted_ids.size and (len(starts) != n_enrolled or sorted_ids[-1] != n_enrolled - 1):
         raise ValueError("every enrolled identity needs at least one gallery image")
     out = np.empty((len(probes), n_enrolled), dtype=np.float64)
-    gal_clusters = calibration.clusters(gal) if not calibration.identity else None
+    gal_sides = calibration.sides(gal) if not calibration.identity else None
     for s in range(0, len(probes), block):
         chunk = np.asarray(probes[s : s + block], dtype=np.float32)
         sims = chunk @ gal.T
-        if gal_clusters is not None:
-            sims = calibration.apply(
-                sims, calibration.clusters(chunk)[:, None], gal_clusters[None, :]
-            )
+        if gal_sides is not None:
+            sims = calibration.apply(sims, calibration.sides(chunk)[:, None], gal_sides[None, :])
         out[s : s + block] = np.maximum.reduceat(sims, starts, axis=1)
     return out
 

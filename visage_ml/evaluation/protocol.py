@@ -333,7 +333,7 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
     calibration = calibrations.served
     raw_pairs = build_pairs(emb, codes, impostor_limit=cfg.impostor_pairs, seed=seed)
     # Every figure below is of the served scores: calibrated as serving calibrates them.
-    pairs = rescored(raw_pairs, calibration, calibration.clusters(emb))
+    pairs = rescored(raw_pairs, calibration, calibration.sides(emb))
     ver = verification_with_intervals(pairs, fars=cfg.fars, rounds=cfg.bootstrap, seed=seed)
     ver_dict = ver.to_dict(cfg.ci_level)
     threshold_doc = threshold_document(

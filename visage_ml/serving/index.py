@@ -3,8 +3,11 @@
 The gallery (:mod:`visage_ml.serving.gallery`) decides who may be in it; this module only
 holds rows and scores them. With a score calibration set (:meth:`TemplateIndex.set_calibration`,
 the released ``reports/score_calibration.json``) every score is calibrated before it is compared
-with a threshold or ranked, as evaluation measured the thresholds; each row's cluster is kept
-beside it, so a search costs one extra pass over the scores.
+with a threshold or ranked, as evaluation measured the thresholds. What the calibration needs to
+know of each template (its "side": the cluster for FSN / FairCal, the mean and deviation of its
+top cohort scores for AS-norm) is computed once, when the template is loaded or enrolled, and
+kept beside its row; a query's side is computed once per search, so a search costs one extra
+pass over the scores (plus, for AS-norm, one product of the queries with the cohort).
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ class TemplateIndex:
         self._pids: list[str] = []
         self._row: dict[str, int] = {}
         self.calibration: ScoreCalibration | None = None
-        self._cluster = np.zeros(self._m.shape[0], dtype=np.int64)
+        # Each row's side of a comparison under the calibration (cached: computed on put).
+        self._side = np.zeros(self._m.shape[0], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._pids)
@@ -92,18 +96,21 @@ class TemplateIndex:
             grown = np.zeros((capacity, self.dim), dtype=np.float32)
             grown[: len(self._pids)] = self._m[: len(self._pids)]
             self._m = grown
-            clusters = np.zeros(capacity, dtype=np.int64)
-            clusters[: len(self._pids)] = self._cluster[: len(self._pids)]
-            self._cluster = clusters
+            sides = np.zeros(capacity, dtype=self._side.dtype)
+            sides[: len(self._pids)] = self._side[: len(self._pids)]
+            self._side = sides
 
     def set_calibration(self, calibration: ScoreCalibration | None) -> None:
         """Calibrate every score from now on (None or method ``none``: raw cosine scores)."""
         if calibration is None or calibration.identity:
             self.calibration = None
+            self._side = np.zeros(self._m.shape[0], dtype=np.int64)
             return
         n = len(self._pids)
+        sides = np.zeros(self._m.shape[0], dtype=calibration.side_dtype)
         if n:
-            self._cluster[:n] = calibration.clusters(self._m[:n])
+            sides[:n] = calibration.sides(self._m[:n])
+        self._side = sides
         self.calibration = calibration
 
     def put(self, pid: str, vector: np.ndarray) -> None:
@@ -118,7 +125,7 @@ class TemplateIndex:
             self._row[pid] = row
         self._m[row] = vector
         if self.calibration is not None:
-            self._cluster[row] = self.calibration.clusters(self._m[row])[0]
+            self._side[row] = self.calibration.sides(self._m[row])[0]
 
     def extend(self, pids: list[str], vectors: np.ndarray) -> None:
         """Append many new subjects at once (one block copy); ``pids`` must not be present."""
@@ -131,7 +138,7 @@ class TemplateIndex:
         self.reserve(n + len(pids))
         self._m[n : n + len(pids)] = vectors
         if self.calibration is not None and len(pids):
-            self._cluster[n : n + len(pids)] = self.calibration.clusters(vectors)
+            self._side[n : n + len(pids)] = self.calibration.sides(vectors)
         self._row.update((p, n + i) for i, p in enumerate(pids))
         self._pids.extend(pids)
 
@@ -144,7 +151,7 @@ class TemplateIndex:
         if row != last:
             moved = self._pids[last]
             self._m[row] = self._m[last]
-            self._cluster[row] = self._cluster[last]
+            self._side[row] = self._side[last]
             self._pids[row] = moved
             self._row[moved] = row
         self._m[last] = 0.0
@@ -158,7 +165,7 @@ class TemplateIndex:
         if self.calibration is None:
             return raw
         cal = self.calibration
-        calibrated = cal.apply(np.array([raw]), cal.clusters(query), self._cluster[row : row + 1])
+        calibrated = cal.apply(np.array([raw]), cal.sides(query), self._side[row : row + 1])
         return float(calibrated[0])
 
     def search(
@@ -180,7 +187,7 @@ class TemplateIndex:
         scores = (m @ queries[0])[None] if queries.shape[0] == 1 else queries @ m.T
         if self.calibration is not None:
             scores = self.calibration.apply(
-                scores, self.calibration.clusters(queries)[:, None], self._cluster[None, :n]
+                scores, self.calibration.sides(queries)[:, None], self._side[None, :n]
             )
         out: list[list[tuple[str, float]]] = []
         for s in scores:

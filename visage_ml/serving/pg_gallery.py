@@ -51,9 +51,15 @@ Exact by default: a sequential scan computing every inner product (the templates
 vectors, so the inner product is the cosine), index scans disabled for the statement. With
 ``hnsw: true`` an HNSW index (``vector_ip_ops``) answers with ``hnsw.ef_search`` candidates and
 ``hnsw.iterative_scan = strict_order`` (so the revoked filter cannot starve the result). With a
-score calibration, the top ``top_k`` of each calibration cluster are fetched and calibrated in
-Python: exact, because every calibration map is monotone in the raw score for a given pair of
-clusters (FSN shifts, FairCal beta maps are fitted monotone).
+score calibration by clusters (FSN, FairCal), the top ``top_k`` of each calibration cluster are
+fetched and calibrated in Python: exact, because every calibration map is monotone in the raw
+score for a given pair of clusters (FSN shifts, FairCal beta maps are fitted monotone). AS-norm
+normalises each comparison by the template's own cohort statistics, which no SQL ordering knows:
+the database returns a shortlist by *raw cosine* of ``max(top_k, COHORT_SHORTLIST)`` (200)
+templates with their embeddings, and Python reranks it by the normalised score (each
+candidate's cohort statistics computed from its embedding, the probe's once per query). A
+template outside the raw-cosine shortlist is not found even if its normalised score would pass;
+with the demo's embedder the normalised top candidates lie well inside the top 200 raw ones.
 """
 
 from __future__ import annotations
@@ -117,6 +123,8 @@ REVOKED_ERASED = "erased"
 REVOKED_NO_CONSENT = "not_allowed"
 REVOKED_UNRECORDED = "unrecorded"
 DEFAULT_POLL_S = 0.25
+# AS-norm: templates the SQL shortlist (by raw cosine) holds before the normalised rerank.
+COHORT_SHORTLIST = 200
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 MSG_TABLE = "serving.gallery.table must be a lower-case SQL name of at most 41 characters"
@@ -857,6 +865,9 @@ class PgGallery(Gallery):
         cal = self._calibration
         if cal is None:
             return "none"
+        if cal.uses_cohort:
+            # No stored cluster depends on a cohort method: every row keeps cluster 0.
+            return "cohort"
         return hashlib.sha256(
             np.ascontiguousarray(cal.centroids, dtype="<f8").tobytes()
         ).hexdigest()
@@ -901,17 +912,18 @@ class PgGallery(Gallery):
             self.refresh()
             return self._size_in_tx()
 
-    def _search_sql(self, *, cluster: int | None) -> sql.Composed:
+    def _search_sql(self, *, cluster: int | None, embedding: bool = False) -> sql.Composed:
         n = self.names
         where = sql.SQL("")
         if cluster is not None:
             where = sql.SQL(" AND t.cluster = {c}").format(c=sql.Literal(int(cluster)))
+        extra = sql.SQL(", t.embedding" if embedding else "")
         return sql.SQL(
-            "SELECT t.pid, t.cluster, t.embedding <#> %(q)s AS d FROM {t} t "
+            "SELECT t.pid, t.cluster, t.embedding <#> %(q)s AS d{extra} FROM {t} t "
             "WHERE t.model_version = %(mv)s{where} AND NOT EXISTS "
             "(SELECT 1 FROM {r} r WHERE r.pid = t.pid) ORDER BY t.embedding <#> %(q)s "
             "LIMIT %(k)s"
-        ).format(t=n.t, r=n.revoked, where=where)
+        ).format(t=n.t, r=n.revoked, where=where, extra=extra)
 
     def _set_local(self, conn: psycopg.Connection) -> None:
         if self.options.hnsw:
@@ -932,6 +944,12 @@ class PgGallery(Gallery):
         if cal is None:
             return conn.execute(
                 self._search_sql(cluster=None), {"q": q, "mv": mv, "k": top_k}
+            ).fetchall()
+        if cal.uses_cohort:
+            # A shortlist by raw cosine, reranked by the normalised score (module docstring).
+            return conn.execute(
+                self._search_sql(cluster=None, embedding=True),
+                {"q": q, "mv": mv, "k": max(top_k, COHORT_SHORTLIST)},
             ).fetchall()
         # Top-k per cluster: exact under any calibration monotone in the raw score.
         rows: list[tuple] = []
@@ -968,10 +986,13 @@ class PgGallery(Gallery):
                     if not found:
                         out.append([])
                         continue
-                    raw = np.array([-float(d) for _, _, d in found])
-                    if cal is not None:
+                    raw = np.array([-float(r[2]) for r in found])
+                    if cal is not None and cal.uses_cohort:
+                        sides = cal.sides(np.stack([as_array(r[3]) for r in found]))
+                        scores = cal.apply(raw, cal.sides(row[None]), sides)
+                    elif cal is not None:
                         cq = cal.clusters(row[None])
-                        scores = cal.apply(raw, cq, np.array([c for _, c, _ in found]))
+                        scores = cal.apply(raw, cq, np.array([r[1] for r in found]))
                     else:
                         scores = raw
                     order = np.argsort(-scores, kind="stable")[:top_k]
@@ -994,8 +1015,8 @@ class PgGallery(Gallery):
             with self._conn.transaction():
                 row = self._conn.execute(
                     sql.SQL(
-                        "SELECT t.embedding <#> %s, t.cluster FROM {t} t WHERE t.pid = %s AND "
-                        "t.model_version = %s AND NOT EXISTS "
+                        "SELECT t.embedding <#> %s, t.cluster, t.embedding FROM {t} t "
+                        "WHERE t.pid = %s AND t.model_version = %s AND NOT EXISTS "
                         "(SELECT 1 FROM {r} r WHERE r.pid = t.pid)"
                     ).format(t=n.t, r=n.revoked),
                     (q, pid, self.meta.model_version),
@@ -1005,9 +1026,8 @@ class PgGallery(Gallery):
         score = -float(row[0])
         cal = self._calibration
         if cal is not None:
-            score = float(
-                cal.apply(np.array([score]), cal.clusters(q[None]), np.array([row[1]]))[0]
-            )
+            side = cal.sides(as_array(row[2])[None]) if cal.uses_cohort else np.array([row[1]])
+            score = float(cal.apply(np.array([score]), cal.sides(q[None]), side)[0])
         return score >= self.threshold, score
 
     def _pids(self, *, searchable: bool) -> list[str]:
