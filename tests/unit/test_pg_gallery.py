@@ -380,3 +380,22 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     with zipfile.ZipFile(out) as zf:
         (template,) = json.loads(zf.read("templates.json"))["templates"]
     assert template["stored_sha256"] == hashlib.sha256(_sealed(pg, table, other)).hexdigest()
+
+
+def test_a_replica_whose_connection_the_server_dropped_keeps_answering(world, engine, enrolled, pg):
+    # PostgreSQL restarted, failed over or killed the session: a serving replica must not answer
+    # "internal error" from then on. The search in flight runs again on a new connection, and
+    # every later call reconnects too.
+    gallery, pids = enrolled
+    emb = engine.embed(world.photo(pids[0]))[0]
+    before = gallery.identify(emb, top_k=1)
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        backend = gallery._db.info.backend_pid
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0]
+    assert gallery.identify(emb, top_k=1) == before
+    assert gallery._db.info.backend_pid != backend
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (gallery._db.info.backend_pid,))
+    with pytest.raises(psycopg.OperationalError):
+        gallery.verify(emb, pids[0])  # a write or a verify is not retried: it fails once...
+    assert gallery.verify(emb, pids[0])[0] is True  # ...and the next call has a connection

@@ -538,7 +538,7 @@ class PgGallery(Gallery):
         super().__init__(paths, **kw)
         self.options = options
         self.names = Names(check_table(options.table))
-        self._conn = connect(options.dsn)
+        self._db = connect(options.dsn)
         self._size_lock = threading.Lock()
         self._size: tuple[int, int] = (-1, 0)  # (state version, searchable count)
         self._calibration: Any = None
@@ -680,7 +680,16 @@ class PgGallery(Gallery):
         if self._listener is not None:
             self._listener.join(timeout=5)
         with contextlib.suppress(Exception):
-            self._conn.close()
+            self._db.close()
+
+    @property
+    def _conn(self) -> psycopg.Connection:
+        """The connection, opened anew when the server dropped the last one (a restart, a
+        failover, an idle timeout): psycopg marks it broken at the first statement that fails."""
+        if self._db.closed or self._db.broken:
+            logger.warning("pgvector gallery lost its connection to PostgreSQL; reconnecting")
+            self._db = connect(self.options.dsn)
+        return self._db
 
     def __enter__(self) -> PgGallery:
         return self
@@ -971,38 +980,46 @@ class PgGallery(Gallery):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {top_k}")
         q = normalize_queries(embeddings, self.meta.embedding_dim)
+        with self.lock:
+            try:
+                return self._search_locked(q, top_k=top_k, threshold_for=threshold_for)
+            except psycopg.OperationalError:
+                if not self._db.broken:
+                    raise
+                # A search only reads: after a dropped connection it runs once more on a new one.
+                return self._search_locked(q, top_k=top_k, threshold_for=threshold_for)
+
+    def _search_locked(
+        self, q: np.ndarray, *, top_k: int, threshold_for: Callable[[int], float]
+    ) -> tuple[list[list[Match]], int, float]:
+        """:meth:`search` in one read-only snapshot (the caller holds ``lock``)."""
         cal = self._calibration
         out: list[list[Match]] = []
-        with self.lock:
-            self.refresh()
-            conn = self._conn
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                n = self._size_in(conn)
-                threshold = float(threshold_for(n))
-                self._set_local(conn)
-                for row in q:
-                    found = self._candidates(conn, row, top_k)
-                    if not found:
-                        out.append([])
-                        continue
-                    raw = np.array([-float(r[2]) for r in found])
-                    if cal is not None and cal.uses_cohort:
-                        sides = cal.sides(np.stack([as_array(r[3]) for r in found]))
-                        scores = cal.apply(raw, cal.sides(row[None]), sides)
-                    elif cal is not None:
-                        cq = cal.clusters(row[None])
-                        scores = cal.apply(raw, cq, np.array([r[1] for r in found]))
-                    else:
-                        scores = raw
-                    order = np.argsort(-scores, kind="stable")[:top_k]
-                    out.append(
-                        [
-                            Match(found[i][0], float(scores[i]))
-                            for i in order
-                            if scores[i] >= threshold
-                        ]
-                    )
+        self.refresh()
+        conn = self._conn
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            n = self._size_in(conn)
+            threshold = float(threshold_for(n))
+            self._set_local(conn)
+            for row in q:
+                found = self._candidates(conn, row, top_k)
+                if not found:
+                    out.append([])
+                    continue
+                raw = np.array([-float(r[2]) for r in found])
+                if cal is not None and cal.uses_cohort:
+                    sides = cal.sides(np.stack([as_array(r[3]) for r in found]))
+                    scores = cal.apply(raw, cal.sides(row[None]), sides)
+                elif cal is not None:
+                    cq = cal.clusters(row[None])
+                    scores = cal.apply(raw, cq, np.array([r[1] for r in found]))
+                else:
+                    scores = raw
+                order = np.argsort(-scores, kind="stable")[:top_k]
+                out.append(
+                    [Match(found[i][0], float(scores[i])) for i in order if scores[i] >= threshold]
+                )
         return out, n, threshold
 
     def verify(self, embedding: np.ndarray, pid: str) -> tuple[bool, float]:
