@@ -238,6 +238,27 @@ def read_meta(directory: Path) -> GalleryMeta | None:
         ) from None
 
 
+def meta_for(
+    existing: GalleryMeta | None,
+    *,
+    model_version: str,
+    embedding_dim: int,
+    preprocess: Mapping[str, Any] | None,
+    threshold: Threshold,
+) -> GalleryMeta:
+    """The gallery's metadata for an embedder, keeping what an existing ``gallery.json`` says
+    of its creation time and, when none is given, its preprocessing."""
+    now = utc_now()
+    return GalleryMeta(
+        model_version=model_version,
+        embedding_dim=int(embedding_dim),
+        preprocess=dict(preprocess or (existing.preprocess if existing else {})),
+        threshold=threshold.to_dict(),
+        created=existing.created if existing else now,
+        updated=now,
+    )
+
+
 def load_threshold(paths: ProjectPaths, model_version: str | None = None) -> Threshold:
     """The match threshold from ``reports/threshold.json`` (written by ``evaluate``).
 
@@ -392,7 +413,6 @@ class Gallery:
         directory = paths.gallery
         existing = read_meta(directory)
         thr = threshold if isinstance(threshold, Threshold) else Threshold(float(threshold), "")
-        now = utc_now()
         if existing is None and not create:
             raise GalleryError(MSG_NO_META.format(path=directory))
         if existing is not None and not rebuild:
@@ -407,13 +427,12 @@ class Gallery:
                         expected=f"{model_version} (dim {embedding_dim})",
                     )
                 )
-        meta = GalleryMeta(
+        meta = meta_for(
+            existing,
             model_version=model_version,
-            embedding_dim=int(embedding_dim),
-            preprocess=dict(preprocess or (existing.preprocess if existing else {})),
-            threshold=thr.to_dict(),
-            created=existing.created if existing else now,
-            updated=now,
+            embedding_dim=embedding_dim,
+            preprocess=preprocess,
+            threshold=thr,
         )
         # Any key ring holding a key means existing data: a missing master key is never invented.
         master = load_master_key(paths.master_key, create=not wrapped_keys_exist(paths))

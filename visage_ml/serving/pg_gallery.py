@@ -86,7 +86,6 @@ from visage_ml.config import ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import wrapped_keys_exist
 from visage_ml.privacy.keys import check_pid, load_master_key
-from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.registry import NO_BASIS_REASONS
 from visage_ml.privacy.sealed import KeyDestroyedError, open_sealed
 from visage_ml.serving.gallery import (
@@ -98,13 +97,13 @@ from visage_ml.serving.gallery import (
     EnrolmentRefusedError,
     Gallery,
     GalleryError,
-    GalleryMeta,
     GalleryVersionError,
     Match,
     NotEnrolledError,
     Removal,
     Threshold,
     _rel,
+    meta_for,
     read_meta,
 )
 from visage_ml.serving.index import normalize_queries, template_of
@@ -586,15 +585,12 @@ class PgGallery(Gallery):
             The table holds templates of another dimension or embedder.
         """
         thr = threshold if isinstance(threshold, Threshold) else Threshold(float(threshold), "")
-        existing = read_meta(paths.gallery)
-        now = utc_now()
-        meta = GalleryMeta(
+        meta = meta_for(
+            read_meta(paths.gallery),
             model_version=model_version,
-            embedding_dim=int(embedding_dim),
-            preprocess=dict(preprocess or (existing.preprocess if existing else {})),
-            threshold=thr.to_dict(),
-            created=existing.created if existing else now,
-            updated=now,
+            embedding_dim=embedding_dim,
+            preprocess=preprocess,
+            threshold=thr,
         )
         master = load_master_key(paths.master_key, create=not wrapped_keys_exist(paths))
         gallery = cls(
