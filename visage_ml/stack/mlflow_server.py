@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
 
-from visage_ml.io import atomic_write_text
 from visage_ml.procenv import child_env
 from visage_ml.stack import proc
 
@@ -159,22 +158,9 @@ class MlflowServer(proc.PidFileService):
             "MLFLOW_BACKEND_STORE_URI": self.backend.store_uri,
             "HOME": str(self.root),
         }
-        with open(self.log_file, "ab") as logf:
-            self._popen = subprocess.Popen(
-                proc.as_service(argv, drop=drop),
-                cwd=self.root,
-                env=child_env(extra),
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        atomic_write_text(self.pid_file, f"{self._popen.pid}\n")
-        try:
-            self._wait_ready(timeout)
-        except proc.StackError:
-            self.stop()
-            raise
+        self._launch(
+            proc.as_service(argv, drop=drop), cwd=self.root, extra_env=extra, timeout=timeout
+        )
         log.info("MLflow server started on %s", self.uri)
 
     def _wait_ready(self, timeout: float) -> None:

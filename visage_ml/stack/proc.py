@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from visage_ml.io import atomic_write_text
+from visage_ml.procenv import child_env
+
 log = logging.getLogger(__name__)
 
 SERVICE_USER = "nobody"
@@ -291,6 +294,32 @@ class PidFileService:
 
     def _log_tail(self, n: int = 5) -> str:
         return log_tail(self.log_file, n)
+
+    def _wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def _launch(
+        self, argv: list[str], *, cwd: Path, extra_env: dict[str, str], timeout: float
+    ) -> None:
+        """Start ``argv`` in its own session (environment without secrets plus ``extra_env``)
+        with output to the log, record its pid and wait until it is ready; a server that does
+        not come up is stopped again (StackError)."""
+        with open(self.log_file, "ab") as logf:
+            self._popen = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=child_env(extra_env),
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        atomic_write_text(self.pid_file, f"{self._popen.pid}\n")
+        try:
+            self._wait_ready(timeout)
+        except StackError:
+            self.stop()
+            raise
 
     def stop(self, *, timeout: float = 15.0) -> None:
         """Stop the server's whole process group; a no-op when it is not running."""

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from visage_ml.io import atomic_write_text
-from visage_ml.procenv import child_env
 from visage_ml.stack import proc
 
 log = logging.getLogger(__name__)
@@ -257,22 +256,12 @@ class SeaweedServer(proc.PidFileService):
         proc.service_dir(self.data_dir)
         self._write_identities()
         self._ensure_security()
-        with open(self.log_file, "ab") as logf:
-            self._popen = subprocess.Popen(
-                proc.as_service(self.argv()),
-                cwd=self.root,
-                env=child_env({"HOME": str(self.root)}),
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        atomic_write_text(self.pid_file, f"{self._popen.pid}\n")
-        try:
-            self._wait_ready(timeout)
-        except proc.StackError:
-            self.stop()
-            raise
+        self._launch(
+            proc.as_service(self.argv()),
+            cwd=self.root,
+            extra_env={"HOME": str(self.root)},
+            timeout=timeout,
+        )
         log.info("SeaweedFS S3 started on %s", self.endpoint)
 
     def _client(self) -> Any:
