@@ -332,6 +332,7 @@ def main() -> None:
     from visage_ml.app.http.app import create_app
     from visage_ml.app.http.auth import KeyStore
     from visage_ml.data.detect import FaceDetector
+    from visage_ml.evaluation.calibration import NO_CALIBRATION
     from visage_ml.evaluation.score_model import (
         ScoreModel,
         build_score_model,
@@ -407,7 +408,7 @@ def main() -> None:
             codes[found],
             template_images=1,
             seed=0,
-            **({"calibration": calibration} if calibration is not None else {}),
+            calibration=calibration or NO_CALIBRATION,
         )
         doc = build_score_model(
             comparisons,
