@@ -180,15 +180,10 @@ def fairness_headline(
     for name, diff in differentials.items():
         prefix = "" if name == "group" else f"{name}."
         for key in ("fmr_max_min_ratio", "fnmr_max_min_ratio"):
-            samples = diff.samples.get(key)
-            if samples is None or len(samples) == 0:
-                continue
-            finite = np.asarray(samples, dtype=np.float64)
-            finite = finite[np.isfinite(finite)]
-            if finite.size:
-                tail = (1.0 - ci_level) / 2.0 * 100.0
-                fair[f"{prefix}{key}_ci_low"] = float(np.percentile(finite, tail))
-                fair[f"{prefix}{key}_ci_high"] = float(np.percentile(finite, 100.0 - tail))
+            est = diff.interval(key, ci_level)
+            if np.isfinite(est["ci_low"]) and np.isfinite(est["ci_high"]):
+                fair[f"{prefix}{key}_ci_low"] = float(est["ci_low"])
+                fair[f"{prefix}{key}_ci_high"] = float(est["ci_high"])
         fair[f"{prefix}min_identities_per_group"] = int(np.min(diff.n_identities))
     out: dict[str, dict[str, Any]] = {"fairness": fair}
     if comparison:

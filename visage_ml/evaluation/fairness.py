@@ -21,7 +21,10 @@ comparisons are left out of the summaries.
 
 Intervals come from the identity bootstrap (:mod:`visage_ml.evaluation.bootstrap`) at the fixed
 operational threshold: they answer "how precisely do we know each group's error rates at the
-threshold we deploy", not "how would the threshold move".
+threshold we deploy", not "how would the threshold move". The gated max/min ratios take a
+simultaneous band over every pair of groups (:func:`max_min_band`), not the percentiles of the
+resampled max/min: those are biased upwards (each resample's noisiest groups supply its max and
+its min) and failed ratios that were within their limit.
 """
 
 from __future__ import annotations
@@ -132,6 +135,56 @@ def fairness_discrepancy_rate(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 
 def skewed_error_ratio(errors: np.ndarray, floors: np.ndarray | None = None) -> float:
     """Skewed error ratio: ``max(error) / min(error)`` over groups (floored like the ratios)."""
     return max_min_ratio(errors, floors)
+
+
+def max_min_band(
+    rates: np.ndarray,
+    floors: np.ndarray,
+    samples: np.ndarray | None,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Interval of ``max(rate) / min(rate)`` from a simultaneous band on every pair of groups.
+
+    The percentile interval of the resampled max/min is biased upwards: in every resample the
+    noisiest groups supply the max and the min, so with many small groups its lower end sits
+    above the truth and a gate reading it fails a ratio that is within its limit. Here each
+    pair ``(i, j)`` of groups gets its log ratio ``d_ij = log r_i - log r_j`` (rates floored at
+    one error), its bootstrap standard error ``se_ij``, and one critical value ``c``: the
+    ``level`` quantile over resamples of ``max_ij |d*_ij - d_ij| / se_ij`` (a studentised
+    max-t band, simultaneous over the pairs). With probability ``level`` every pair lies in
+    ``d_ij +- c * se_ij``, so the largest log ratio lies in ``[max(|d_ij| - c se_ij),
+    max(|d_ij| + c se_ij)]``. A lower end above a limit therefore means that some pair of
+    groups is, with confidence, further apart than the limit.
+
+    Returns ``(nan, nan)`` without resamples or with fewer than two groups measured.
+    """
+    r = np.asarray(rates, dtype=np.float64)
+    keep = np.isfinite(r)
+    if samples is None or len(samples) == 0 or int(keep.sum()) < 2:
+        return float("nan"), float("nan")
+    f = np.asarray(floors, dtype=np.float64)[keep]
+    f = np.where(np.isfinite(f) & (f > 0), f, np.finfo(np.float64).tiny)
+    point = np.log(np.maximum(r[keep], f))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resampled = np.log(np.maximum(np.asarray(samples, dtype=np.float64)[:, keep], f))
+    i, j = np.triu_indices(point.size, 1)
+    d = point[i] - point[j]
+    deviation = (resampled[:, i] - resampled[:, j]) - d
+    with warnings.catch_warnings():
+        # A pair missing from every resample, or one that never moves, adds nothing.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        se = np.nanstd(deviation, axis=0, ddof=1)
+        se = np.where(np.isfinite(se), se, 0.0)
+        z = np.where(se > 0, np.abs(deviation) / np.where(se > 0, se, 1.0), 0.0)
+        z = np.where(np.isfinite(deviation), z, np.nan)
+        worst = np.nanmax(z, axis=1)
+        worst = worst[np.isfinite(worst)]
+    if worst.size == 0:
+        return float("nan"), float("nan")
+    c = float(np.quantile(worst, level))
+    lo = max(float(np.max(np.abs(d) - c * se)), 0.0)
+    hi = float(np.max(np.abs(d) + c * se))
+    return float(np.exp(lo)), float(np.exp(hi))
 
 
 def summarize(
@@ -299,9 +352,7 @@ class Differentials:
                 "n_pairs": [[int(v) for v in row] for row in self.cross_n],
                 **(cross_ci or {}),
             },
-            "summaries": {
-                k: _clean(estimate(v, s.get(k), level)) for k, v in self.summaries.items()
-            },
+            "summaries": {k: _clean(self.interval(k, level)) for k in self.summaries},
             "zero_error_groups": {
                 "fmr": [
                     lab
@@ -315,6 +366,26 @@ class Differentials:
                 ],
             },
         }
+
+    def interval(self, key: str, level: float = 0.95) -> dict[str, float]:
+        """``{"value", "ci_low", "ci_high"}`` of one summary.
+
+        The max/min ratios (the gated ones) take :func:`max_min_band`; the other summaries the
+        percentile interval of their resamples.
+        """
+        value = float(self.summaries[key])
+        rates = MAX_MIN_RATES.get(key)
+        if rates is None:
+            return estimate(value, self.samples.get(key), level)
+        n = self.n_impostor if rates == "fmr" else self.n_genuine
+        lo, hi = max_min_band(getattr(self, rates), _floor(n), self.samples.get(rates), level)
+        if np.isfinite(lo) and np.isfinite(value):
+            lo, hi = min(max(lo, 1.0), value), max(hi, value)
+        return {"value": value, "ci_low": lo, "ci_high": hi}
+
+
+# The gated max/min ratios and the per-group rates their intervals are built from.
+MAX_MIN_RATES: Mapping[str, str] = {"fmr_max_min_ratio": "fmr", "fnmr_max_min_ratio": "fnmr"}
 
 
 def _count(rate: float, n: int) -> int:

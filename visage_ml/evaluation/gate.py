@@ -10,6 +10,10 @@ compares an identity-bootstrap interval with its limit:
 - **inconclusive**: the interval straddles the limit, or a group has fewer identities than
   ``min_identities`` asks for, or fewer than two groups were measured; the check says which.
 
+The interval of a max/min ratio is the simultaneous band of
+:func:`visage_ml.evaluation.fairness.max_min_band`: its lower end is above a limit only when
+some pair of groups is, with confidence, further apart than the limit.
+
 The gate's outcome is ``fail`` when any check fails, else ``inconclusive`` when any check is,
 else ``pass``. It covers the FRVT differentials (max/min FMR and FNMR ratios per breakdown) and
 the demographic model (per-group accuracy and its min/max ratio per task).
@@ -24,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from visage_ml.evaluation.bootstrap import estimate, finite_or_none
+from visage_ml.evaluation.bootstrap import finite_or_none
 from visage_ml.evaluation.fairness import GATE_BOUNDS, Differentials, GateOutcome
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -178,7 +182,7 @@ def differential_checks(
                 continue
             rates = diff.fmr if key.startswith("fmr") else diff.fnmr
             measured = np.isfinite(rates)
-            est = estimate(diff.summaries[key], diff.samples.get(key), ci_level)
+            est = diff.interval(key, ci_level)
             counts = {
                 lab: int(n)
                 for lab, n, ok in zip(diff.labels, diff.n_identities, measured, strict=True)
