@@ -262,8 +262,12 @@ class _Cells:
         cell = np.where(pairs.genuine, g * g + la, lo * g + hi)
         accepted = pairs.score >= threshold
         self.g = g
-        self.partition = Partition(np.where(lo >= 0, cell, -1), range(g * g + g))
+        codes = np.where(lo >= 0, cell, -1)
+        self.partition = Partition(codes, range(g * g + g))
         self.error = np.where(pairs.genuine, ~accepted, accepted).astype(np.float64)
+        # Errors are rare (an FMR of 1e-3): a resample's error sums run over them alone.
+        self._errors = np.flatnonzero(self.error)
+        self._error_partition = Partition(codes[self._errors], range(g * g + g))
 
     def rates(self, weights: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """``(cross_fmr (G,G), fnmr (G,), cross_n (G,G), genuine_n (G,))`` (weighted)."""
@@ -273,7 +277,7 @@ class _Cells:
             e = self.partition.sums(self.error)
         else:
             n = self.partition.sums(weights)
-            e = self.partition.sums(weights * self.error)
+            e = self._error_partition.sums(weights[self._errors])
         g = self.g
         n_imp = n[: g * g].reshape(g, g)
         e_imp = e[: g * g].reshape(g, g)
