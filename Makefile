@@ -18,9 +18,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	# Byte-code is compiled once below, on every core (pip compiles file by file, on one).
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	# facenet-pytorch pins torch<2.3 and numpy<2 in its metadata; its code runs on ours.
-	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
+	$(PY) -m pip install -q --no-compile --no-deps facenet-pytorch==2.6.0
+	# Files that do not compile (templates and test data some packages ship) are skipped, as pip
+	# skips them; what is imported is compiled.
+	-$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1
 	@touch $(STAMP)
 
 demo: setup
