@@ -8,6 +8,7 @@ user.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import hashlib
@@ -267,9 +268,10 @@ def log_tail(path: Path, n: int = 5) -> str:
         return "(no log)"
 
 
-class PidFileService:
-    """What a server started by the stack with a pid file shares: its pid (live or stale) and
-    how it stops. A subclass provides ``pid_file``, ``log_file``, ``_popen`` and ``name``."""
+class PidFileService(abc.ABC):
+    """What a server started by the stack with a pid file shares: its pid (live or stale), how
+    it is launched and how it stops. A subclass provides ``pid_file``, ``log_file``,
+    ``_popen``, ``name`` and :meth:`_wait_ready`."""
 
     pid_file: Path
     log_file: Path
@@ -295,8 +297,9 @@ class PidFileService:
     def _log_tail(self, n: int = 5) -> str:
         return log_tail(self.log_file, n)
 
+    @abc.abstractmethod
     def _wait_ready(self, timeout: float) -> None:
-        raise NotImplementedError
+        """Return once the server answers; raise (saying why) when it does not in ``timeout``."""
 
     def _launch(
         self, argv: list[str], *, cwd: Path, extra_env: dict[str, str], timeout: float
