@@ -47,6 +47,8 @@ from visage_ml.evaluation.calibration_report import rescored, tar_at_threshold
 from visage_ml.evaluation.decision import fit_calibrations
 from visage_ml.evaluation.demographic_intervals import accuracy_intervals, correct_predictions
 from visage_ml.evaluation.fairness import demographic_differentials
+from visage_ml.evaluation.gate import decide
+from visage_ml.evaluation.headline import json_ready
 from visage_ml.evaluation.inputs import load_models
 from visage_ml.evaluation.protocol import demographic_breakdowns, identity_values, infer
 from visage_ml.privacy.datakeys import DataKeys
@@ -63,15 +65,6 @@ def population(paths: ProjectPaths, params: Any, seed: int) -> evalpop.Populatio
     return pop
 
 
-def verdict(low: float | None, high: float | None, limit: float) -> str:
-    """The gate's three outcomes on an interval of a ratio."""
-    if high is not None and high <= limit:
-        return "pass"
-    if low is not None and low > limit:
-        return "fail"
-    return "inconclusive"
-
-
 def judge(
     pairs: PairSet,
     breakdowns: list[Any],
@@ -86,13 +79,16 @@ def judge(
     out: dict[str, Any] = {"tar": round(tar_at_threshold(pairs, thr), 4)}
     diffs = demographic_differentials(pairs, breakdowns, threshold=thr, rounds=rounds, seed=seed)
     for name, d in diffs.items():
-        summary = d.to_dict()["summaries"]
         for metric in ("fmr_max_min_ratio", "fnmr_max_min_ratio"):
-            s = summary[metric]
-            row = {k: (round(float(v), 3) if v is not None else None) for k, v in s.items()}
+            est = d.interval(metric)
+            row: dict[str, Any] = {
+                k: round(v, 3) if np.isfinite(v) else None for k, v in est.items()
+            }
             if metric == "fmr_max_min_ratio" and name in limits:
                 row["limit"] = limits[name]
-                row["verdict"] = verdict(s.get("ci_low"), s.get("ci_high"), limits[name])
+                row["verdict"] = decide(
+                    **{k: est[k] for k in ("ci_low", "ci_high")}, limit=limits[name], upper=True
+                )[0]
             out[f"{metric.split('_')[0]}_max_min_{name}"] = row
     return out
 
@@ -117,7 +113,7 @@ def gender_accuracy(
         rounds=rounds,
         seed=0,
     )["gender_accuracy"]
-    return json.loads(json.dumps(acc, default=float))
+    return json_ready(acc)
 
 
 def main() -> None:
