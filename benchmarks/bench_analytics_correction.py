@@ -6,7 +6,9 @@ scenes with ground truth; one JSON object.
    project never trained on), detected and aligned by the project's MTCNN, classified by its
    exported ``models/demographics.onnx``, counted per true group by
    :func:`visage_ml.evaluation.confusion.demographic_confusion` (what the evaluate stage writes
-   to ``reports/demographic_confusion.json``); or ``--confusion`` names such a file.
+   to ``reports/demographic_confusion.json``); or ``--confusion`` names such a file; or
+   ``--confusion-scenes N`` measures it on the detected faces of N scenes of the trained
+   population (their own seed), at the sizes and blur a camera sees.
 2. **Scenes**: ``--scenes`` frames of passers-by (:func:`visage_ml.data.synth.render_scene`,
    another unseen seed) with their true age, gender and group. Each frame goes through what
    ``/v1/analytics`` runs (the engine's detection, the demographic model, the per-frame count);
@@ -53,6 +55,7 @@ from visage_ml.serving.correction import ConfusionModel
 
 SEED_CONFUSION = 920_001
 SEED_SCENES = 920_002
+SEED_CONFUSION_SCENES = 920_003
 DIMENSIONS = ("age_band", "gender", "group")
 
 
@@ -116,6 +119,65 @@ def measure_confusion(params: Any, engine: Any, per_group: int) -> dict[str, Any
     )
 
 
+def scene_frames(
+    engine: Any,
+    site: Any,
+    *,
+    seed: int,
+    n: int,
+    bands: list[int],
+    genders: list[str],
+    groups: list[str],
+) -> list[tuple[CountTable, list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
+    """``n`` frames of ``site``'s passers-by through the engine: per frame the predicted
+    counts, the true faces matched to detections (box overlap >= 0.3), every true face, and
+    the predictions of the matched detections with their truth (for a confusion)."""
+    out = []
+    kwargs = {"age_bands": bands, "genders": genders, "groups": groups}
+    for i in range(n):
+        image, faces = render_scene(site, np.random.default_rng([seed, i]))
+        detected = engine.detect(image)
+        pred: dict[str, Any] = {}
+        if detected:
+            pred = engine.predict(np.stack([f.crop for f in detected]))
+            table = count_predictions(pred, **kwargs)
+        else:
+            table = count_predictions({"age": np.zeros(0)}, **kwargs)
+        matched, rows = [], []
+        for k, d in enumerate(detected):
+            best = max(faces, key=lambda f: iou(d.box, f["box"]), default=None)
+            if best is not None and iou(d.box, best["box"]) >= 0.3:
+                matched.append(best)
+                rows.append(k)
+        picked = {key: np.asarray(v)[rows] for key, v in pred.items()} if rows else {}
+        out.append((table, matched, faces, picked))
+    return out
+
+
+def scene_confusion(engine: Any, site: Any, n: int, *, bands: list[int]) -> dict[str, Any]:
+    """The demographic model's confusion on the detected faces of ``n`` scenes of ``site``."""
+    labels = engine.demographics.labels
+    frames = scene_frames(
+        engine,
+        site,
+        seed=SEED_CONFUSION_SCENES,
+        n=n,
+        bands=bands,
+        genders=[str(x) for x in labels["gender"]],
+        groups=[str(x) for x in labels["group"]],
+    )
+    faces = [f for fr in frames for f in fr[1]]
+    preds = [fr[3] for fr in frames if fr[3]]
+    return demographic_confusion(
+        true_age=np.array([f["age"] for f in faces], dtype=np.float64),
+        true_gender=np.array([str(f["gender"]) for f in faces]),
+        true_group=np.array([str(f["group"]) for f in faces]),
+        predictions={k: np.concatenate([p[k] for p in preds]) for k in preds[0]},
+        labels=labels,
+        model_version=engine.demographics.model_version,
+    )
+
+
 def truth_table(
     faces: list[dict[str, Any]], *, bands: list[int], template: CountTable
 ) -> CountTable:
@@ -141,6 +203,12 @@ def main() -> None:
     ap.add_argument("--window", type=int, nargs="+", default=[10, 30, 100])
     ap.add_argument("--per-group", type=int, default=100)
     ap.add_argument("--confusion", default=None, help="a reports/demographic_confusion.json")
+    ap.add_argument(
+        "--confusion-scenes",
+        type=int,
+        default=0,
+        help="measure the confusion on the faces of this many scenes of the trained population",
+    )
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument(
         "--group-shares",
@@ -164,6 +232,12 @@ def main() -> None:
     if args.confusion:
         doc = json.loads(Path(args.confusion).read_text())
         source = args.confusion
+    elif args.confusion_scenes:
+        doc = scene_confusion(engine, params.synth, args.confusion_scenes, bands=bands)
+        source = (
+            f"detected faces of {args.confusion_scenes} scenes of the trained population "
+            f"(seed {SEED_CONFUSION_SCENES})"
+        )
     else:
         doc = measure_confusion(params, engine, args.per_group)
         source = (
@@ -186,23 +260,18 @@ def main() -> None:
 
     # Scenes: what the engine counts per frame, and the truth of what it detected.
     t = time.perf_counter()
-    frames = []
-    for i in range(args.scenes):
-        image, faces = render_scene(site, np.random.default_rng([SEED_SCENES, i]))
-        detected = engine.detect(image)
-        kwargs = {"age_bands": bands, "genders": genders, "groups": groups}
-        if detected:
-            table = count_predictions(
-                engine.predict(np.stack([f.crop for f in detected])), **kwargs
-            )
-        else:
-            table = count_predictions({"age": np.zeros(0)}, **kwargs)
-        matched = []
-        for d in detected:
-            best = max(faces, key=lambda f: iou(d.box, f["box"]), default=None)
-            if best is not None and iou(d.box, best["box"]) >= 0.3:
-                matched.append(best)
-        frames.append((table, matched, faces))
+    frames = [
+        (table, matched, faces)
+        for table, matched, faces, _ in scene_frames(
+            engine,
+            site,
+            seed=SEED_SCENES,
+            n=args.scenes,
+            bands=bands,
+            genders=genders,
+            groups=groups,
+        )
+    ]
     t_scenes = time.perf_counter() - t
 
     n_faces = sum(len(f[2]) for f in frames)
