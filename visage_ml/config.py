@@ -760,7 +760,7 @@ class ScoreModelParams:
     # Enrolment images averaged into a template: gallery.images_per_subject of the served gallery.
     template_images: int = field(default=3, metadata=rng(ge=1, le=100))
     # Share of impostor comparisons above the tail threshold the GPD is fitted over.
-    tail_share: float = field(default=0.003, metadata=rng(gt=0, lt=0.5))
+    tail_share: float = field(default=0.001, metadata=rng(gt=0, lt=0.5))
     min_exceedances: int = field(default=100, metadata=rng(ge=10, le=10_000_000))
     # Identity resamples of the upper confidence bounds on FMR.
     bootstrap: int = field(default=200, metadata=rng(ge=0, le=100_000))
