@@ -14,12 +14,12 @@ evaluation set can count directly. This module turns the evaluation's comparison
   The tail is fitted on the Fisher z scale, ``atanh(score)``, where the cosine's end point at 1
   is at infinity, and its shape is held at ``xi >= XI_FLOOR``: a million comparisons cannot
   tell a tail that ends just beyond the data from a light one that does not, and the one that
-  ends was the optimistic guess. Measured through the API
-  (``benchmarks/bench_identify_scale.py``'s populations, two independent draws of calibration
-  people and strangers, 10,000 enrolled, target FPIR 1 %) a free shape on the cosine scale
-  (``xi`` about -0.25, ``tail_share`` 0.003) was falsely matched 2.2 % and 2.4 % of the time at
-  the point estimate and 1.8 % and 2.0 % at the served 80 % bound; this model 0.99 % and 1.4 %,
-  and 0.58 % and 1.0 % at the bound;
+  ends was the optimistic guess. On ``benchmarks/bench_identify_scale.py``'s populations (two
+  independent draws of calibration people and strangers, 10,000 enrolled, target FPIR 1 %,
+  scored offline) strangers were falsely matched 2.2 % and 2.4 % of the time with a free shape
+  on the cosine scale (``xi`` about -0.25, ``tail_share`` 0.003) at the point estimate, 1.8 %
+  and 2.0 % at the served 80 % bound; with this model 0.99 % and 1.4 %, and 0.58 % and 1.0 %
+  at the bound (through the API, first draw: 1.70 % before, 0.57 % now);
 - a **one-sided upper confidence bound** on ``FMR(t)`` at every grid point: the ``confidence``
   quantile over an identity bootstrap (identities resampled with replacement, the tail refitted
   on each resample), so the uncertainty of a tail that rests on few people is in the bound;
