@@ -310,6 +310,13 @@ def main() -> None:
     ap.add_argument("--mated", type=int, default=1000)
     ap.add_argument("--strangers", type=int, default=1000)
     ap.add_argument("--calibration", type=int, default=400, help="calibration identities")
+    ap.add_argument(
+        "--draw",
+        type=int,
+        default=0,
+        help="another draw of calibration people and strangers (their seeds + 10 x draw); the "
+        "enrolled stay the same",
+    )
     ap.add_argument("--score-model", default=None, help="a released reports/score_model.json")
     ap.add_argument(
         "--raw-scores",
@@ -350,7 +357,9 @@ def main() -> None:
     project = ProjectPaths(Path(args.project).resolve())
     params = project_params(project)
     synth = params.synth
-    if params.project.seed in (SEED_CALIBRATION, SEED_ENROLLED, SEED_STRANGERS):
+    seed_calibration = SEED_CALIBRATION + 10 * args.draw
+    seed_strangers = SEED_STRANGERS + 10 * args.draw
+    if params.project.seed in (seed_calibration, SEED_ENROLLED, seed_strangers):
         raise SystemExit("the project was trained on a seed this benchmark uses; change it")
     onnx = project.models / "embedder.onnx"
     embedder = OnnxModel(onnx, expected_kind="embedder")
@@ -398,9 +407,9 @@ def main() -> None:
         doc = json.loads(Path(args.score_model).read_text())
         source = str(args.score_model)
     else:
-        cal = population(synth, args.calibration, SEED_CALIBRATION)
+        cal = population(synth, args.calibration, seed_calibration)
         emb, found = embedded(
-            "calibration", SEED_CALIBRATION, cal, 0, list(range(CALIBRATION_IMAGES))
+            "calibration", seed_calibration, cal, 0, list(range(CALIBRATION_IMAGES))
         )
         codes = np.repeat(np.arange(len(cal)), CALIBRATION_IMAGES)
         comparisons = template_comparisons(
@@ -423,7 +432,7 @@ def main() -> None:
         )
         source = (
             f"calibration population: {len(cal)} evaluation-only identities x "
-            f"{CALIBRATION_IMAGES} photographs (seed {SEED_CALIBRATION}), 1-image templates"
+            f"{CALIBRATION_IMAGES} photographs (seed {seed_calibration}), 1-image templates"
         )
     model = ScoreModel(doc, confidence=ident.confidence)
     timings["score_model_s"] = time.perf_counter() - t
@@ -440,7 +449,7 @@ def main() -> None:
         enrolled_emb.append(e)
         enrolled_found.append(f)
     enrol_e, enrol_f = np.concatenate(enrolled_emb), np.concatenate(enrolled_found)
-    strangers = population(synth, args.strangers, SEED_STRANGERS)
+    strangers = population(synth, args.strangers, seed_strangers)
     timings["enrolment_embeddings_s"] = time.perf_counter() - t
 
     # 3. A temporary project: consent in its ledger, the gallery, the app.
@@ -486,7 +495,7 @@ def main() -> None:
     # Mated probes: identities of the smallest gallery whose enrolment photograph had a face.
     mated_idx = [i for i in range(sizes[0]) if enrol_f[i]][: args.mated]
     probes = [("mated", i, probe_png(enrolled_people[i], i, 1, SEED_ENROLLED)) for i in mated_idx]
-    probes += [("stranger", i, probe_png(p, i, 0, SEED_STRANGERS)) for i, p in enumerate(strangers)]
+    probes += [("stranger", i, probe_png(p, i, 0, seed_strangers)) for i, p in enumerate(strangers)]
     groups = {
         "mated": np.array([enrolled_people[i].group for i in mated_idx]),
         "strangers": np.array([p.group for p in strangers]),
@@ -577,8 +586,8 @@ def main() -> None:
         "MTCNN-aligned; consent recorded in a temporary project's ledger",
         "populations": {
             "enrolled_seed": SEED_ENROLLED,
-            "strangers_seed": SEED_STRANGERS,
-            "calibration_seed": SEED_CALIBRATION,
+            "strangers_seed": seed_strangers,
+            "calibration_seed": seed_calibration,
             "project_seed": params.project.seed,
         },
         "score_model": {
