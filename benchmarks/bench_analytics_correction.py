@@ -168,6 +168,8 @@ def scene_confusion(engine: Any, site: Any, n: int, *, bands: list[int]) -> dict
     )
     faces = [f for fr in frames for f in fr[1]]
     preds = [fr[3] for fr in frames if fr[3]]
+    if not preds:
+        raise SystemExit(f"no face was detected in {n} scenes: raise --confusion-scenes")
     return demographic_confusion(
         true_age=np.array([f["age"] for f in faces], dtype=np.float64),
         true_gender=np.array([str(f["gender"]) for f in faces]),
@@ -229,6 +231,18 @@ def main() -> None:
     bands = [int(b) for b in engine.demographics.labels.get("age_bands") or []]
     genders = [str(x) for x in engine.demographics.labels["gender"]]
     groups = [str(x) for x in engine.demographics.labels["group"]]
+    # The site is checked before the (minutes-long) confusion is measured.
+    site = dataclasses.replace(
+        params.synth,
+        group_shares=tuple(args.group_shares or params.synth.group_shares),
+        female_share=(
+            params.synth.female_share if args.female_share is None else args.female_share
+        ),
+        age_range=tuple(args.age_range or params.synth.age_range),
+    )
+    problem = site.check()
+    if problem is not None:
+        ap.error(f"the site's {problem[0]} = {problem[1]}: expected {problem[2]}")
     if args.confusion:
         doc = json.loads(Path(args.confusion).read_text())
         source = args.confusion
@@ -246,17 +260,6 @@ def main() -> None:
         )
     confusion = ConfusionModel(doc)
     t_conf = time.perf_counter() - t0
-    site = dataclasses.replace(
-        params.synth,
-        group_shares=tuple(args.group_shares or params.synth.group_shares),
-        female_share=(
-            params.synth.female_share if args.female_share is None else args.female_share
-        ),
-        age_range=tuple(args.age_range or params.synth.age_range),
-    )
-    problem = site.check()
-    if problem is not None:
-        ap.error(f"the site's {problem[0]} = {problem[1]}: expected {problem[2]}")
 
     # Scenes: what the engine counts per frame, and the truth of what it detected.
     t = time.perf_counter()
