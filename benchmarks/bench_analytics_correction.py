@@ -14,9 +14,10 @@ scenes with ground truth; one JSON object.
    ``/v1/analytics`` runs (the engine's detection, the demographic model, the per-frame count);
    detected faces are matched to true faces (box overlap) for the truth of what was counted.
 3. **Windows** of ``--window`` consecutive frames: raw counts (predicted labels) and counts
-   corrected by :meth:`visage_ml.serving.correction.ConfusionModel.correct_all`, each against
-   the true counts of the detected faces (what a correction of the classifier can fix) and of
-   all faces in the frames (misses included).
+   corrected by :meth:`visage_ml.serving.correction.ConfusionModel.correct_all`, the site's mix
+   estimated from the window and the ``--history`` windows before it (as serving does with the
+   windows it keeps), each against the true counts of the detected faces (what a correction of
+   the classifier can fix) and of all faces in the frames (misses included).
 
 Reports the mean absolute error per cell (age band, gender, group) of raw and corrected counts,
 their ratio, and how often the 95% intervals hold the true count.
@@ -26,11 +27,11 @@ trained and its confusion measured on (the project's ``synth`` shares), where a 
 with balanced errors has little bias for a count correction to remove: what is left is each
 face's own error, which no correction of the counts can take away. A real site differs from
 that population (a campus is young, a shop's customers are mostly one group): the prior shift
-that adjusted classify-and-count exists for. ``--group-shares``, ``--female-share`` and
+that a count correction exists for. ``--group-shares``, ``--female-share`` and
 ``--age-range`` render such a site's passers-by; the confusion stays the balanced one.
 
     python benchmarks/bench_analytics_correction.py --project DIR [--scenes 300]
-        [--window 10 30 100] [--per-group 100]
+        [--window 10 30 100] [--per-group 100] [--history 60]
         [--group-shares 0.1 0.1 0.1 0.7] [--female-share 0.8] [--age-range 18 30]
 """
 
@@ -213,6 +214,13 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument(
+        "--history",
+        type=int,
+        default=None,
+        help="earlier windows the site's mix is estimated from (default: the project's "
+        "serving.analytics.keep_windows, what serving keeps; 0: each window alone)",
+    )
+    ap.add_argument(
         "--group-shares",
         type=float,
         nargs=len(GROUPS),
@@ -281,6 +289,9 @@ def main() -> None:
     n_detected = sum(f[0].faces for f in frames)
     n_matched = sum(len(f[1]) for f in frames)
     rng = np.random.default_rng(0)
+    history_windows = (
+        params.serving.analytics.keep_windows if args.history is None else args.history
+    )
     results: dict[str, Any] = {}
     for w in args.window:
         errors: dict[str, dict[str, list[float]]] = {
@@ -288,6 +299,7 @@ def main() -> None:
             for dim in DIMENSIONS
         }
         covered = cells = 0
+        past: list[dict[str, np.ndarray]] = []  # the windows serving keeps, oldest first
         for start in range(0, len(frames) - w + 1, w):
             part = frames[start : start + w]
             raw = CountTable.empty(
@@ -302,7 +314,12 @@ def main() -> None:
                 "gender": np.array([raw.gender[g] for g in confusion.genders], dtype=float),
                 "age_band": np.array([raw.age_band[a] for a in confusion.age_labels], dtype=float),
             }
-            est = confusion.correct_all(observed, rounds=args.rounds, rng=rng)
+            history = {
+                d: observed[d] + sum((p[d] for p in past), np.zeros_like(observed[d]))
+                for d in observed
+            }
+            est = confusion.correct_all(observed, history=history, rounds=args.rounds, rng=rng)
+            past = ([*past, observed])[-history_windows:] if history_windows else []
             for dim in DIMENSIONS:
                 names = list(getattr(raw, dim))
                 r = np.array([getattr(raw, dim)[k] for k in names], dtype=float)
@@ -361,6 +378,7 @@ def main() -> None:
         },
         "truth": "true labels of the detected faces (matched by box overlap >= 0.3); "
         "*_vs_all_faces: of every face in the frames, misses included",
+        "history_windows": history_windows,
         "windows": results,
         "timings_s": {
             "confusion": round(t_conf, 1),

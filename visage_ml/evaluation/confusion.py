@@ -5,9 +5,9 @@ Counts of true against predicted labels on the evaluation images
 version): the predicted group against the true group, and within each true group the predicted
 gender against the true gender and the predicted age band against the true age band. A model
 whose gender accuracy is 0.95 for one group and 0.35 for another biases every count of a crowd
-in which the groups mix; analytics (:mod:`visage_ml.serving.correction`) inverts these matrices
-(adjusted classify-and-count) and reports the corrected counts, with intervals from their
-uncertainty, beside the raw ones.
+in which the groups mix; analytics (:mod:`visage_ml.serving.correction`) corrects with these
+matrices (the site's mix estimated from its windows, each window's faces reassigned with it)
+and reports the corrected counts, with intervals from their uncertainty, beside the raw ones.
 
 Only counts of images per (true, predicted) label pair are stored: no identifiers.
 """

@@ -26,12 +26,13 @@ A closed window is released once and kept (``keep_windows``); asking again retur
 numbers, so averaging repeated answers cannot remove the noise.
 
 Corrected counts (``serving.analytics.correct``): each closed window also reports its counts
-corrected for the demographic model's measured confusion per skin-tone group (adjusted
-classify-and-count, :mod:`visage_ml.serving.correction`), each with an interval, beside the raw
-counts. They are computed from the released raw counts only (post-processing: no further
-privacy budget, and nothing a suppressed cell holds): a dimension is corrected only when every
-one of its raw cells, and every group cell, was released; otherwise its corrected cells are all
-suppressed. A corrected cell under ``k_min`` is suppressed too.
+corrected for the demographic model's measured confusion per skin-tone group
+(:mod:`visage_ml.serving.correction`: the site's mix is estimated from the windows kept, then
+this window's faces are reassigned with it), each with an interval, beside the raw counts.
+They are computed from released raw counts only (post-processing: no further privacy budget,
+and nothing a suppressed cell holds): a dimension is corrected only when every one of its raw
+cells, and every group cell, was released; otherwise its corrected cells are all suppressed.
+A corrected cell under ``k_min`` is suppressed too.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def release(
     confusion: ConfusionModel | None = None,
     rounds: int = 200,
     budget: Budget | None = None,
+    history: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The publishable form of ``table``: noisy (if ``epsilon`` > 0) and k-suppressed.
 
@@ -150,7 +152,8 @@ def release(
 
     With ``confusion``, also ``corrected``: per dimension, each cell's count corrected for the
     model's confusion, ``{"count", "low", "high"}`` (the interval from ``rounds`` resamples), or
-    ``"suppressed"``.
+    ``"suppressed"``; the site's mix is estimated from ``history`` (the released counts of the
+    earlier windows, :func:`corrected_counts`) and this window.
 
     Returns
     -------
@@ -171,7 +174,12 @@ def release(
     complementary_suppression(out, dims=DIMENSIONS, k_min=k_min)
     if confusion is not None:
         out["corrected"] = corrected_counts(
-            confusion, {d: out[d] for d in DIMENSIONS}, k_min=k_min, rounds=rounds, rng=gen
+            confusion,
+            {d: out[d] for d in DIMENSIONS},
+            k_min=k_min,
+            rounds=rounds,
+            rng=gen,
+            history=history,
         )
     return out
 
@@ -183,15 +191,21 @@ def corrected_counts(
     k_min: int,
     rounds: int,
     rng: np.random.Generator,
+    history: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Each dimension's counts corrected for ``confusion``, from the released raw cells only.
+    """Each dimension's counts corrected for ``confusion``, from released raw cells only.
 
     ``released`` is the released raw table per dimension (numbers or ``"suppressed"``). The
     correction of a dimension mixes all of its cells (and gender and age are corrected with the
-    corrected group shares), so a corrected figure computed from a suppressed cell would give
+    site's group shares), so a corrected figure computed from a suppressed cell would give
     that cell away: a dimension is corrected only when all of its raw cells were released (and,
     for gender and age, all of the group's), otherwise every corrected cell of it is
     suppressed. A corrected cell under ``k_min`` is suppressed too.
+
+    ``history`` holds the released tables of the site's earlier windows (same form as
+    ``released``): the site's mix is estimated from their counts pooled with this window's
+    (:meth:`~visage_ml.serving.correction.ConfusionModel.correct_all`). An earlier window adds
+    to a dimension only where that dimension and the groups were wholly released there too.
     """
     order = {
         "group": confusion.groups,
@@ -207,7 +221,12 @@ def corrected_counts(
         dim: np.array([float(released[dim].get(k, 0)) if usable[dim] else 0.0 for k in names])
         for dim, names in order.items()
     }
-    estimates = confusion.correct_all(observed, rounds=rounds, rng=rng)
+    pooled = {dim: v.copy() for dim, v in observed.items()}
+    for past in history:
+        for dim, names in order.items():
+            if usable[dim] and _wholly_released(past, dim):
+                pooled[dim] += np.array([float(past[dim].get(k, 0)) for k in names])
+    estimates = confusion.correct_all(observed, history=pooled, rounds=rounds, rng=rng)
     for dim in DIMENSIONS:
         if not usable[dim]:
             continue
@@ -220,6 +239,14 @@ def corrected_counts(
                     "high": round(est.high[name], 1),
                 }
     return out
+
+
+def _wholly_released(table: Mapping[str, Any], dim: str) -> bool:
+    """Whether every cell of ``dim`` and of ``group`` of a released table is a number."""
+    return all(
+        isinstance(table.get(d), Mapping) and SUPPRESSED not in table[d].values()
+        for d in ("group", dim)
+    )
 
 
 def _iso(t: float) -> str:
@@ -247,7 +274,8 @@ class Analytics:
         ``serving.analytics`` parameters.
     confusion, correction_rounds
         The demographic model's measured confusion (closed windows then also report corrected
-        counts with intervals from ``correction_rounds`` resamples); None: raw counts only.
+        counts with intervals from ``correction_rounds`` resamples, the site's mix estimated
+        from the windows kept, ``keep_windows``); None: raw counts only.
     clock
         Wall-clock seconds (injected by tests).
     rng
@@ -318,6 +346,7 @@ class Analytics:
                         confusion=self.confusion,
                         rounds=self.correction_rounds,
                         budget=budget,
+                        history=[w["counts"] for w in self._closed],
                     ),
                     "privacy": budget.to_dict(),
                 }

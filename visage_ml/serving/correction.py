@@ -1,27 +1,41 @@
-"""Counts corrected for the demographic model's known error: adjusted classify-and-count.
+"""Counts corrected for the demographic model's known error, with the site's own mix as prior.
 
 Raw analytics counts are *predicted* labels. With ``P[i, j]`` the probability that a face of
 true class ``i`` is predicted ``j`` (measured by evaluation, :mod:`visage_ml.evaluation.confusion`)
-the expected predicted counts are ``c = P.T @ n`` for true counts ``n``; adjusted
-classify-and-count (Forman 2008) solves this for ``n``. The solve is non-negative least squares
-(the clipped inverse done right: no count below zero), renormalised to the number of faces
-counted.
+a crowd of true class shares ``pi`` gives predicted labels in the shares ``pi @ P``. Correction
+has two steps:
+
+1. **The site's mix.** The class shares ``pi`` of the crowd this camera sees are the maximum
+   likelihood shares of its *history*: the predicted counts of its recent windows pooled
+   (Saerens, Latinne and Decaestecker 2002; the estimate of adjusted classify-and-count, but on
+   the simplex and on hundreds of faces, not one window's dozens). With no history, the window
+   alone.
+2. **This window's faces.** Each face predicted ``j`` is a face of true class ``i`` with
+   probability ``pi_i P[i, j] / (pi @ P)_j`` (Bayes, with the site's mix as prior); the window's
+   corrected counts are the expected true counts of its faces, ``sum_j c_j * post[:, j]``.
+
+Why not invert one window's counts (adjusted classify-and-count): two of the age bands' rows are
+nearly alike (a model that cannot tell 25 from 35 well), and the inverse multiplies each
+window's classification noise by their small difference; on SynthFaces scenes the inverse was
+worse than the raw counts at a site like the trained population (1.1-1.5x their error). The
+site's mix, estimated on the pooled windows, carries the prior shift that biases the raw counts;
+the window's own faces are then reassigned with it, which adds no noise of the inverse
+(``benchmarks/bench_analytics_correction.py``; README "Demographic counts").
 
 Because the model errs differently per skin-tone group, gender and age band are corrected with
-the crowd's own mix: the group counts are corrected first, and the gender (age band) matrix used
-is the mean of the per-group matrices weighted by the corrected group shares,
-``P_attr = sum_g w_g * P_attr|g`` (gender and age are taken as independent of group within the
-crowd). A window whose crowd is mostly of a group the model serves badly is corrected with that
-group's matrix, not with the evaluation set's mix. True classes that evaluation never saw (an
-age band absent from its population) are not estimated. Everything is computed from the
+the site's group mix: the gender (age band) matrix used is the mean of the per-group matrices
+weighted by the site's estimated group shares, ``P_attr = sum_g w_g * P_attr|g`` (gender and
+age are taken as independent of group within the crowd). True classes that evaluation never
+saw (an age band absent from its population) are not estimated. Everything is computed from
 released (noisy, if ``epsilon`` > 0) raw counts: correction is post-processing, it spends no
 privacy budget.
 
 Intervals: a parametric bootstrap. Each round draws every confusion row from its Dirichlet
-posterior (the evaluation's counts plus one half), draws the predicted counts a window of the
-estimated true counts would give under the drawn matrices, and solves again; the interval is
-the percentile range of the rounds. It covers the uncertainty of the matrices and of the
-classification of this window's faces.
+posterior (the evaluation's counts plus one half), draws the history's predicted counts from the
+estimated mix, estimates the mix again, and draws the window's true counts (each predicted
+column's faces spread over the true classes by the drawn posterior); the interval is the
+percentile range of the rounds. It covers the uncertainty of the matrices, of the site's mix and
+of which of this window's faces are which.
 """
 
 from __future__ import annotations
@@ -38,7 +52,15 @@ from visage_ml.evaluation.confusion import FORMAT
 from visage_ml.io import sha256_bytes
 
 CONFUSION_FILE = "demographic_confusion.json"
+# Dirichlet prior (per cell) of a confusion row drawn for the intervals.
 PRIOR = 0.5
+# EM steps after SLSQP in :func:`site_shares` (each raises the objective; the optimum is their
+# fixed point).
+EM_STEPS = 50
+# Pseudo-faces per class of the prior on the site's mix (:func:`site_shares`): negligible
+# beside a site's hundreds of faces, except where the counts cannot tell two classes apart.
+PRIOR_FACES = 1.0
+DIMENSIONS = ("group", "gender", "age_band")
 MSG_NO_CONFUSION = (
     "{path} is missing: analytics corrects its counts with the demographic model's measured "
     "confusion; run `dvc repro evaluate` (or set serving.analytics.correct: false)"
@@ -54,8 +76,20 @@ MSG_CONFUSION_LABELS = (
 MSG_CONFUSION_FORMAT = "{path} is not a confusion report of format {fmt}; run `dvc repro evaluate`"
 
 
-def acc_solve(observed: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """True counts ``n >= 0`` with ``matrix.T @ n`` closest to ``observed``, summing to it.
+def site_shares(
+    observed: np.ndarray,
+    matrix: np.ndarray,
+    *,
+    prior: float = PRIOR_FACES,
+    start: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class shares ``pi`` (on the simplex) most probable given the predicted counts.
+
+    Maximises ``sum_j c_j log (pi @ matrix)_j + prior * sum_i log pi_i``: the likelihood of the
+    counts, with a Dirichlet prior worth ``prior`` faces per class. The prior matters only
+    where the counts cannot tell classes apart (two nearly equal rows of ``matrix``): there it
+    keeps the shares even instead of letting noise push one class to zero. SLSQP, then EM steps
+    (each raises the objective and stays on the simplex) to settle it.
 
     Parameters
     ----------
@@ -63,16 +97,76 @@ def acc_solve(observed: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         Predicted-class counts ``(K_pred,)``.
     matrix
         ``(K_true, K_pred)`` row-stochastic confusion matrix.
+    prior
+        Pseudo-faces per class (0: maximum likelihood).
+    start
+        Shares to start from (a previous estimate); uniform by default.
     """
-    from scipy.optimize import nnls  # deferred: only correction solves
+    from scipy.optimize import minimize  # deferred: only correction solves
 
     c = np.asarray(observed, dtype=np.float64)
-    total = float(c.sum())
-    if total <= 0:
-        return np.zeros(matrix.shape[0])
-    n, _ = nnls(np.asarray(matrix, dtype=np.float64).T, c)
-    s = float(n.sum())
-    return n * (total / s) if s > 0 else np.full(matrix.shape[0], total / matrix.shape[0])
+    p = np.asarray(matrix, dtype=np.float64)
+    k = p.shape[0]
+    # A predicted class that no true class gives carries no information on the shares.
+    live = p.sum(axis=0) > 0
+    c, p = c[live], p[:, live]
+    total = float(c.sum()) + prior * k
+    if float(c.sum()) <= 0 or k == 1:
+        return np.full(k, 1.0 / k)
+    w, a = c / total, prior / total
+    floor = 1e-12
+
+    def loss(pi: np.ndarray) -> tuple[float, np.ndarray]:
+        mix = np.maximum(pi @ p, 1e-300)
+        q = np.maximum(pi, floor)
+        value = -float(w @ np.log(mix)) - a * float(np.log(q).sum())
+        return value, -(p @ (w / mix)) - a / q
+
+    x0 = np.full(k, 1.0 / k) if start is None else np.asarray(start, dtype=np.float64)
+    res = minimize(
+        loss,
+        np.clip(x0, floor, 1.0),
+        jac=True,
+        method="SLSQP",
+        bounds=[(floor, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1.0, "jac": lambda x: np.ones(k)}],
+        options={"ftol": 1e-12, "maxiter": 200},
+    )
+    pi = np.clip(res.x, floor, None)
+    pi = pi / pi.sum()
+    # EM steps from there: the optimum is their fixed point.
+    for _ in range(EM_STEPS):
+        mix = np.maximum(pi @ p, 1e-300)
+        pi = pi * (p @ (w / mix)) + a
+        pi = np.maximum(pi, floor)
+        pi = pi / pi.sum()
+    return pi
+
+
+def posterior_matrix(matrix: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """``(K_true, K_pred)``: the probability that a face predicted ``j`` is of true class ``i``,
+    for a crowd of true class ``shares`` (Bayes' rule; a column no class gives is all zero)."""
+    joint = np.asarray(shares, dtype=np.float64)[:, None] * np.asarray(matrix, dtype=np.float64)
+    col = joint.sum(axis=0, keepdims=True)
+    return np.divide(joint, col, out=np.zeros_like(joint), where=col > 0)
+
+
+def posterior_counts(observed: np.ndarray, matrix: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Expected true counts of the faces behind the predicted counts ``observed``, in a crowd
+    of true class ``shares``. Their sum is the faces counted (of predicted classes that some
+    true class gives)."""
+    return posterior_matrix(matrix, shares) @ np.asarray(observed, dtype=np.float64)
+
+
+def _draw_counts(observed: np.ndarray, post: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """True counts of the faces behind ``observed``: each predicted column's faces spread over
+    the true classes by the posterior ``post`` (one multinomial per column)."""
+    out = np.zeros(post.shape[0])
+    for j, n in enumerate(np.rint(np.asarray(observed)).astype(np.int64)):
+        col = post[:, j]
+        if n > 0 and col.sum() > 0:
+            out += rng.multinomial(n, col / col.sum())
+    return out
 
 
 def _rows(counts: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +178,23 @@ def _rows(counts: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarr
     else:
         m = np.vstack([rng.dirichlet(row + PRIOR) for row in counts])
     return m, seen
+
+
+def _resample(
+    counts: Mapping[str, np.ndarray],
+    shares: Mapping[str, np.ndarray | None],
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Counts of the same totals drawn from the predicted-class ``shares`` (kept as they are
+    where a dimension has none)."""
+    out = {}
+    for k, c in counts.items():
+        p = shares.get(k)
+        if p is None or p.sum() <= 0:
+            out[k] = c
+        else:
+            out[k] = rng.multinomial(round(float(c.sum())), p / p.sum()).astype(np.float64)
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,37 +234,61 @@ class ConfusionModel:
         """Labels of ``gender`` or ``age_band``."""
         return self.genders if dim == "gender" else self.age_labels
 
-    def _solve(
-        self, observed: Mapping[str, np.ndarray], rng: np.random.Generator | None
-    ) -> dict[str, np.ndarray]:
-        """Estimated true counts of every dimension (matrices drawn from ``rng`` if given)."""
+    def _matrices(
+        self, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
+        """Group matrix and its rows with data, and the per-group attribute matrices (drawn
+        from their Dirichlet posteriors with ``rng``)."""
         pg, seen_g = _rows(self.group_counts, rng)
-        groups = np.zeros(len(self.groups))
-        groups[seen_g] = acc_solve(observed["group"], pg[seen_g])
-        total = groups.sum()
-        weights = groups / total if total > 0 else np.where(seen_g, 1.0, 0.0) / max(seen_g.sum(), 1)
-        out = {"group": groups}
-        for dim in ("gender", "age_band"):
-            drawn = [_rows(c, rng) for c in self.attr_counts[dim]]
-            # Groups with weight but no evaluation rows for a label contribute nothing to it.
-            mix = sum(w * m for w, (m, _) in zip(weights, drawn, strict=True))
-            seen = np.zeros(mix.shape[0], dtype=bool)
-            for w, (_, rows_seen) in zip(weights, drawn, strict=True):
-                if w > 0:
-                    seen |= rows_seen
-            rows = np.where(seen[:, None], mix, 0.0)
-            sums = rows.sum(axis=1, keepdims=True)
-            rows = np.divide(rows, sums, out=np.zeros_like(rows), where=sums > 0)
-            est = np.zeros(mix.shape[0])
+        attrs = {dim: [_rows(c, rng) for c in self.attr_counts[dim]] for dim in self.attr_counts}
+        return pg, seen_g, attrs
+
+    @staticmethod
+    def _attribute_matrix(
+        parts: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The per-group matrices mixed by the group ``weights``: rows, and rows with data."""
+        mix = sum(w * m for w, (m, _) in zip(weights, parts, strict=True))
+        seen = np.zeros(parts[0][0].shape[0], dtype=bool)
+        for w, (_, rows_seen) in zip(weights, parts, strict=True):
+            if w > 0:
+                seen |= rows_seen
+        rows = np.where(seen[:, None], mix, 0.0)
+        sums = rows.sum(axis=1, keepdims=True)
+        rows = np.divide(rows, sums, out=np.zeros_like(rows), where=sums > 0)
+        return rows, seen
+
+    def _fit(
+        self,
+        history: Mapping[str, np.ndarray],
+        matrices: tuple[np.ndarray, np.ndarray, dict[str, list[tuple[np.ndarray, np.ndarray]]]],
+        start: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per dimension: the site's estimated class shares, the matrix they go with and its
+        rows with data, from the ``history`` counts."""
+        pg, seen_g, attrs = matrices
+        out = {}
+        shares = np.zeros(len(self.groups))
+        if seen_g.any():
+            s0 = None if start is None else start["group"][seen_g]
+            shares[seen_g] = site_shares(history["group"], pg[seen_g], start=s0)
+        out["group"] = (shares, pg, seen_g)
+        for dim, parts in attrs.items():
+            rows, seen = self._attribute_matrix(parts, shares)
+            est = np.zeros(rows.shape[0])
             if seen.any():
-                est[seen] = acc_solve(observed[dim], rows[seen])
-            out[dim] = est
+                s0 = None if start is None else start[dim][seen]
+                if s0 is not None and s0.sum() <= 0:
+                    s0 = None
+                est[seen] = site_shares(history[dim], rows[seen], start=s0)
+            out[dim] = (est, rows, seen)
         return out
 
     def correct_all(
         self,
         observed: Mapping[str, np.ndarray],
         *,
+        history: Mapping[str, np.ndarray] | None = None,
         rounds: int = 200,
         level: float = 0.95,
         rng: np.random.Generator | None = None,
@@ -163,30 +298,50 @@ class ConfusionModel:
         Parameters
         ----------
         observed
-            Raw (predicted) counts per dimension, in the label orders of this model
-            (:attr:`groups`, :attr:`genders`, :attr:`age_labels`).
+            Raw (predicted) counts per dimension of this window, in the label orders of this
+            model (:attr:`groups`, :attr:`genders`, :attr:`age_labels`).
+        history
+            The site's predicted counts per dimension, pooled over its recent windows (this one
+            included), in the same orders: what the site's mix is estimated from. None: this
+            window alone.
         rounds, level
             Bootstrap rounds and the interval's level (no interval with 0 rounds).
         rng
             Source of the bootstrap draws.
         """
         gen = rng if rng is not None else np.random.default_rng()
-        obs = {k: np.maximum(np.asarray(v, dtype=np.float64), 0.0) for k, v in observed.items()}
-        est = self._solve(obs, None)
+        obs = {k: np.maximum(np.asarray(observed[k], dtype=np.float64), 0.0) for k in DIMENSIONS}
+        hist = (
+            obs
+            if history is None
+            else {k: np.maximum(np.asarray(history[k], dtype=np.float64), 0.0) for k in DIMENSIONS}
+        )
+        fit = self._fit(hist, self._matrices(None))
+        est = {}
+        for dim, (shares, matrix, seen) in fit.items():
+            e = np.zeros(matrix.shape[0])
+            if seen.any():
+                e[seen] = posterior_counts(obs[dim], matrix[seen], shares[seen])
+            est[dim] = e
         names = {"group": self.groups, "gender": self.genders, "age_band": self.age_labels}
         lows, highs = dict(est), dict(est)
-        total = round(float(obs["group"].sum()))
-        if rounds > 0 and total > 0:
-            pg, _ = _rows(self.group_counts, None)
+        if rounds > 0 and float(obs["group"].sum()) > 0:
+            point = {k: v[0] for k, v in fit.items()}
+            expected = {
+                dim: (shares @ matrix if seen.any() else None)
+                for dim, (shares, matrix, seen) in fit.items()
+            }
             draws: dict[str, list[np.ndarray]] = {k: [] for k in names}
-            expected = self._expected(est, pg)
             for _ in range(rounds):
-                c_star = {
-                    k: obs[k] if p is None else gen.multinomial(round(float(obs[k].sum())), p)
-                    for k, p in expected.items()
-                }
-                for k, v in self._solve(c_star, gen).items():
-                    draws[k].append(v)
+                hist_star = _resample(hist, expected, gen)
+                refit = self._fit(hist_star, self._matrices(gen), start=point)
+                for dim, (shares, matrix, seen) in refit.items():
+                    d = np.zeros(matrix.shape[0])
+                    if seen.any():
+                        d[seen] = _draw_counts(
+                            obs[dim], posterior_matrix(matrix[seen], shares[seen]), gen
+                        )
+                    draws[dim].append(d)
             tail = (1.0 - level) / 2.0 * 100.0
             for k, v in draws.items():
                 lows[k], highs[k] = np.percentile(np.vstack(v), [tail, 100.0 - tail], axis=0)
@@ -198,22 +353,6 @@ class ConfusionModel:
             )
             for k, labels in names.items()
         }
-
-    def _expected(
-        self, est: Mapping[str, np.ndarray], pg: np.ndarray
-    ) -> dict[str, np.ndarray | None]:
-        """Predicted-label shares the estimated true counts would give (the bootstrap's model)."""
-        groups = est["group"]
-        weights = groups / groups.sum() if groups.sum() > 0 else groups
-        matrices = {"group": pg}
-        for dim in ("gender", "age_band"):
-            rows = [_rows(c, None)[0] for c in self.attr_counts[dim]]
-            matrices[dim] = sum(w * m for w, m in zip(weights, rows, strict=True))
-        out: dict[str, np.ndarray | None] = {}
-        for dim, matrix in matrices.items():
-            e = np.asarray(matrix).T @ est[dim]
-            out[dim] = e / e.sum() if e.sum() > 0 else None
-        return out
 
 
 def load_confusion(

@@ -140,7 +140,9 @@ Cell = int | Literal["suppressed"]
 
 
 class CorrectedCell(BaseModel):
-    count: float = Field(description="Estimated true count (adjusted classify-and-count).")
+    count: float = Field(
+        description="Estimated true count: this window's faces, reassigned with the site's mix."
+    )
     low: float
     high: float
 
