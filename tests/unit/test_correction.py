@@ -320,26 +320,45 @@ def test_corrected_counts_do_not_give_away_how_suppressed_cells_split(confusion)
     ]
     assert releases[0]["group"] == {"g1": 26, "g2": 10, "g3": "suppressed", "g4": "suppressed"}
     assert all(r == releases[0] for r in releases[1:]), releases
-    # Nothing corrected is released while a group cell is hidden (gender and age are corrected
-    # with the corrected group shares).
-    for dim in ("group", "gender", "age_band"):
-        assert set(releases[0]["corrected"][dim].values()) == {"suppressed"}
-    # With every cell released, corrected counts are released (the rule is not "never").
-    full = release(
-        table(5, 5, g1=20),
+    # The hidden groups enter as one cell of their sum (40 - 26 - 10, public anyway): the
+    # corrected figures are released, and the same whatever the split.
+    corrected = releases[0]["corrected"]
+    assert isinstance(corrected["group"]["g1"], dict)
+    assert isinstance(corrected["gender"]["female"], dict)
+    # The age bands hide "<18" (0) and, so that it cannot be worked out, one more band: the
+    # others are still corrected, as the bands the model was measured on.
+    assert isinstance(corrected["age_band"]["60+"], dict)
+    # A different split of released cells does move them (the rule is not "constant").
+    other = release(
+        table(2, 2, g1=20),
         k_min=5,
         epsilon=0.0,
         confusion=confusion,
         rounds=20,
         rng=np.random.default_rng(1),
     )
-    assert full["group"]["g4"] == 5 and isinstance(full["corrected"]["gender"]["female"], dict)
+    assert other["corrected"]["group"] != corrected["group"]
+
+
+def test_windows_whose_total_is_hidden_with_their_cells_are_not_corrected(confusion):
+    """With the total withheld and no dimension released whole, the hidden cells' sum is not
+    public either: nothing corrected is released."""
+    released = {
+        "faces": "suppressed",
+        "age_band": {"<18": "suppressed", "18-29": 10, "30-44": "suppressed", "45-59": 9, "60+": 8},
+        "gender": {"female": "suppressed", "male": 20},
+        "group": {"g1": 20, "g2": "suppressed", "g3": 6, "g4": "suppressed"},
+    }
+    out = corrected_counts(confusion, released, k_min=5, rounds=0, rng=np.random.default_rng(0))
+    for dim in ("group", "gender", "age_band"):
+        assert set(out[dim].values()) == {"suppressed"}
 
 
 def test_the_site_mix_uses_only_what_earlier_windows_released(confusion):
-    """An earlier window adds to the site's mix only the dimensions it released whole (and its
-    groups): its hidden cells must not move this window's corrected figures."""
+    """An earlier window adds to the site's mix only where it hid no cell that this window
+    shows: its hidden cells must not move this window's corrected figures."""
     released = {
+        "faces": 40,
         "age_band": {"<18": 0, "18-29": 10, "30-44": 10, "45-59": 10, "60+": 10},
         "gender": {"female": 20, "male": 20},
         "group": {"g1": 20, "g2": 10, "g3": 5, "g4": 5},
@@ -347,6 +366,7 @@ def test_the_site_mix_uses_only_what_earlier_windows_released(confusion):
 
     def earlier(g3: int) -> dict:
         return {
+            "faces": 65,
             "age_band": {"<18": 0, "18-29": 50, "30-44": 5, "45-59": 5, "60+": 5},
             "gender": {"female": 60, "male": 5},
             "group": {"g1": 50, "g2": 11, "g3": "suppressed", "g4": "suppressed", "_g3": g3},
@@ -358,8 +378,10 @@ def test_the_site_mix_uses_only_what_earlier_windows_released(confusion):
         )
 
     alone = run([])
-    # The hidden group cells make the earlier window's every dimension unusable.
-    assert run([earlier(1)]) == alone == run([earlier(3)])
+    # Its hidden group cells (shown in this window) keep its groups out, and however they
+    # split, nothing released moves.
+    assert run([earlier(1)]) == run([earlier(3)])
+    assert run([earlier(1)])["group"] == alone["group"]
     # Released whole, an earlier window does move the estimate toward its mix.
     whole = earlier(0)
     whole["group"] = {"g1": 50, "g2": 5, "g3": 5, "g4": 5}

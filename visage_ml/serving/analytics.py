@@ -29,10 +29,10 @@ Corrected counts (``serving.analytics.correct``): each closed window also report
 corrected for the demographic model's measured confusion per skin-tone group
 (:mod:`visage_ml.serving.correction`: the site's mix is estimated from the windows kept, then
 this window's faces are reassigned with it), each with an interval, beside the raw counts.
-They are computed from released raw counts only (post-processing: no further privacy budget,
-and nothing a suppressed cell holds): a dimension is corrected only when every one of its raw
-cells, and every group cell, was released; otherwise its corrected cells are all suppressed.
-A corrected cell under ``k_min`` is suppressed too.
+They are computed from released figures only (post-processing: no further privacy budget):
+a dimension's suppressed cells enter as one cell holding their sum, which the released total
+gives away anyway, so nothing tells how the hidden faces split (:func:`corrected_counts`). A
+corrected cell under ``k_min`` is suppressed too.
 """
 
 from __future__ import annotations
@@ -186,47 +186,59 @@ def release(
 
 def corrected_counts(
     confusion: ConfusionModel,
-    released: Mapping[str, Mapping[str, int | str]],
+    released: Mapping[str, Any],
     *,
     k_min: int,
     rounds: int,
     rng: np.random.Generator,
     history: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Each dimension's counts corrected for ``confusion``, from released raw cells only.
+    """Each dimension's counts corrected for ``confusion``, from released figures only.
 
-    ``released`` is the released raw table per dimension (numbers or ``"suppressed"``). The
-    correction of a dimension mixes all of its cells (and gender and age are corrected with the
-    site's group shares), so a corrected figure computed from a suppressed cell would give
-    that cell away: a dimension is corrected only when all of its raw cells were released (and,
-    for gender and age, all of the group's), otherwise every corrected cell of it is
-    suppressed. A corrected cell under ``k_min`` is suppressed too.
+    ``released`` is the released raw table (``faces`` and, per dimension, numbers or
+    ``"suppressed"``). A suppressed cell's count is never used: the cells suppressed in a
+    dimension enter the correction as one pooled cell holding their sum, which the released
+    total minus the released cells gives away anyway (complementary suppression protects each
+    cell, not their sum). So however the hidden faces split, the corrected figures are the
+    same. A dimension is corrected when the total was released and at least two of its cells
+    (the pooled one counting as one) are left to tell classes apart; gender and age band also
+    need the groups corrected (their matrices are mixed by the site's group shares). A
+    corrected cell under ``k_min`` is suppressed too.
 
-    ``history`` holds the released tables of the site's earlier windows (same form as
-    ``released``): the site's mix is estimated from their counts pooled with this window's
+    ``history`` holds the released tables of the site's earlier windows (same form): the site's
+    mix is estimated from their counts pooled with this window's
     (:meth:`~visage_ml.serving.correction.ConfusionModel.correct_all`). An earlier window adds
-    to a dimension only where that dimension and the groups were wholly released there too.
+    to a dimension when its total was released and it hid no cell that this window shows.
     """
     order = {
         "group": confusion.groups,
         "gender": confusion.genders,
         "age_band": confusion.age_labels,
     }
-    whole = {d: SUPPRESSED not in released[d].values() for d in DIMENSIONS}
-    usable = {d: whole["group"] and whole[d] for d in DIMENSIONS}
     out: dict[str, Any] = {d: dict.fromkeys(order[d], SUPPRESSED) for d in DIMENSIONS}
+    hidden = {d: _hidden(released, d, names) for d, names in order.items()}
+    usable = {d: _cells_left(hidden[d]) >= 2 for d in DIMENSIONS}
+    usable = {d: usable[d] and usable["group"] for d in DIMENSIONS}
     if not usable["group"]:
         return out
+    masks = {d: m for d, m in hidden.items() if m is not None}
     observed = {
-        dim: np.array([float(released[dim].get(k, 0)) if usable[dim] else 0.0 for k in names])
-        for dim, names in order.items()
+        d: _visible_counts(released, d, names, masks[d]) if usable[d] else np.zeros(len(names))
+        for d, names in order.items()
     }
-    pooled = {dim: v.copy() for dim, v in observed.items()}
+    pooled = {d: v.copy() for d, v in observed.items()}
     for past in history:
-        for dim, names in order.items():
-            if usable[dim] and _wholly_released(past, dim):
-                pooled[dim] += np.array([float(past[dim].get(k, 0)) for k in names])
-    estimates = confusion.correct_all(observed, history=pooled, rounds=rounds, rng=rng)
+        for d, names in order.items():
+            mask = _hidden(past, d, names)
+            if usable[d] and mask is not None and not (mask & ~masks[d]).any():
+                pooled[d] += _visible_counts(past, d, names, masks[d])
+    estimates = confusion.correct_all(
+        observed,
+        history=pooled,
+        hidden={d: m for d, m in masks.items() if usable[d]},
+        rounds=rounds,
+        rng=rng,
+    )
     for dim in DIMENSIONS:
         if not usable[dim]:
             continue
@@ -241,12 +253,52 @@ def corrected_counts(
     return out
 
 
-def _wholly_released(table: Mapping[str, Any], dim: str) -> bool:
-    """Whether every cell of ``dim`` and of ``group`` of a released table is a number."""
-    return all(
-        isinstance(table.get(d), Mapping) and SUPPRESSED not in table[d].values()
-        for d in ("group", dim)
+def _hidden(table: Mapping[str, Any], dim: str, names: Sequence[str]) -> np.ndarray | None:
+    """Mask of the suppressed cells of ``dim`` in a released table; None when their sum is not
+    known (the total withheld while a cell is)."""
+    cells = table.get(dim)
+    if not isinstance(cells, Mapping):
+        return None
+    mask = np.array([cells.get(k, 0) == SUPPRESSED for k in names], dtype=bool)
+    if mask.any() and _total(table) is None:
+        return None
+    return mask
+
+
+def _total(table: Mapping[str, Any]) -> float | None:
+    """The faces of a released table as anyone can tell them: the total, or, withheld, the sum
+    of a dimension released whole; None when neither is there."""
+    if isinstance(table.get("faces"), int | float):
+        return float(table["faces"])
+    for d in DIMENSIONS:
+        cells = table.get(d)
+        if isinstance(cells, Mapping) and SUPPRESSED not in cells.values():
+            return float(sum(cells.values()))
+    return None
+
+
+def _cells_left(hidden: np.ndarray | None) -> int:
+    """Cells a dimension keeps for the correction: the released ones, and the pooled one."""
+    if hidden is None:
+        return 0
+    return int((~hidden).sum()) + int(hidden.any())
+
+
+def _visible_counts(
+    table: Mapping[str, Any], dim: str, names: Sequence[str], hidden: np.ndarray
+) -> np.ndarray:
+    """The cells of ``dim`` in ``names`` order, with the sum of the cells in ``hidden`` (the
+    released total less the released cells) put in the first of them."""
+    cells = table[dim]
+    shown = np.array(
+        [
+            0.0 if h or cells.get(k, 0) == SUPPRESSED else float(cells.get(k, 0))
+            for k, h in zip(names, hidden, strict=True)
+        ]
     )
+    if hidden.any():
+        shown[int(np.argmax(hidden))] = max((_total(table) or 0.0) - float(shown.sum()), 0.0)
+    return shown
 
 
 def _iso(t: float) -> str:

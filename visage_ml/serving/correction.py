@@ -197,6 +197,14 @@ def _resample(
     return out
 
 
+def _pool_columns(a: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
+    """``a`` (counts ``(K,)`` or a matrix ``(..., K)``) with the ``hidden`` predicted columns
+    summed into one last column: what is known of counts released only as their sum."""
+    if hidden is None or not hidden.any():
+        return a
+    return np.concatenate([a[..., ~hidden], a[..., hidden].sum(axis=-1, keepdims=True)], axis=-1)
+
+
 @dataclass(frozen=True)
 class Corrected:
     """One dimension's corrected counts: estimate and interval per label."""
@@ -262,11 +270,13 @@ class ConfusionModel:
         self,
         history: Mapping[str, np.ndarray],
         matrices: tuple[np.ndarray, np.ndarray, dict[str, list[tuple[np.ndarray, np.ndarray]]]],
+        hidden: Mapping[str, np.ndarray | None],
         start: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per dimension: the site's estimated class shares, the matrix they go with and its
-        rows with data, from the ``history`` counts."""
+        """Per dimension: the site's estimated class shares, the matrix they go with (its
+        ``hidden`` columns pooled, as ``history`` is) and its rows with data."""
         pg, seen_g, attrs = matrices
+        pg = _pool_columns(pg, hidden["group"])
         out = {}
         shares = np.zeros(len(self.groups))
         if seen_g.any():
@@ -275,6 +285,7 @@ class ConfusionModel:
         out["group"] = (shares, pg, seen_g)
         for dim, parts in attrs.items():
             rows, seen = self._attribute_matrix(parts, shares)
+            rows = _pool_columns(rows, hidden[dim])
             est = np.zeros(rows.shape[0])
             if seen.any():
                 s0 = None if start is None else start[dim][seen]
@@ -289,6 +300,7 @@ class ConfusionModel:
         observed: Mapping[str, np.ndarray],
         *,
         history: Mapping[str, np.ndarray] | None = None,
+        hidden: Mapping[str, np.ndarray] | None = None,
         rounds: int = 200,
         level: float = 0.95,
         rng: np.random.Generator | None = None,
@@ -304,19 +316,28 @@ class ConfusionModel:
             The site's predicted counts per dimension, pooled over its recent windows (this one
             included), in the same orders: what the site's mix is estimated from. None: this
             window alone.
+        hidden
+            Per dimension, a mask of predicted cells known only as their sum (suppressed at
+            release): ``observed`` and ``history`` may spread that sum over them in any way,
+            only the sum is used.
         rounds, level
             Bootstrap rounds and the interval's level (no interval with 0 rounds).
         rng
             Source of the bootstrap draws.
         """
         gen = rng if rng is not None else np.random.default_rng()
-        obs = {k: np.maximum(np.asarray(observed[k], dtype=np.float64), 0.0) for k in DIMENSIONS}
-        hist = (
-            obs
-            if history is None
-            else {k: np.maximum(np.asarray(history[k], dtype=np.float64), 0.0) for k in DIMENSIONS}
-        )
-        fit = self._fit(hist, self._matrices(None))
+        masks = {k: None if hidden is None else hidden.get(k) for k in DIMENSIONS}
+        masks = {k: None if m is None else np.asarray(m, dtype=bool) for k, m in masks.items()}
+
+        def pooled(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {
+                k: _pool_columns(np.maximum(np.asarray(counts[k], dtype=np.float64), 0.0), masks[k])
+                for k in DIMENSIONS
+            }
+
+        obs = pooled(observed)
+        hist = obs if history is None else pooled(history)
+        fit = self._fit(hist, self._matrices(None), masks)
         est = {}
         for dim, (shares, matrix, seen) in fit.items():
             e = np.zeros(matrix.shape[0])
@@ -334,7 +355,7 @@ class ConfusionModel:
             draws: dict[str, list[np.ndarray]] = {k: [] for k in names}
             for _ in range(rounds):
                 hist_star = _resample(hist, expected, gen)
-                refit = self._fit(hist_star, self._matrices(gen), start=point)
+                refit = self._fit(hist_star, self._matrices(gen), masks, start=point)
                 for dim, (shares, matrix, seen) in refit.items():
                     d = np.zeros(matrix.shape[0])
                     if seen.any():
