@@ -5,10 +5,11 @@ true class ``i`` is predicted ``j`` (measured by evaluation, :mod:`visage_ml.eva
 a crowd of true class shares ``pi`` gives predicted labels in the shares ``pi @ P``. Correction
 has two steps:
 
-1. **The site's mix.** The class shares ``pi`` of the crowd this camera sees are the maximum
-   likelihood shares of its *history*: the predicted counts of its recent windows pooled
-   (Saerens, Latinne and Decaestecker 2002; the estimate of adjusted classify-and-count, but on
-   the simplex and on hundreds of faces, not one window's dozens). With no history, the window
+1. **The site's mix.** The class shares ``pi`` of the crowd this camera sees are the most
+   probable shares given its *history*, the predicted counts of its recent windows pooled:
+   maximum likelihood (Saerens, Latinne and Decaestecker 2002; what adjusted classify-and-count
+   estimates, but on the simplex and on hundreds of faces, not one window's dozens) with a
+   Dirichlet prior worth one face per class (:func:`site_shares`). With no history, the window
    alone.
 2. **This window's faces.** Each face predicted ``j`` is a face of true class ``i`` with
    probability ``pi_i P[i, j] / (pi @ P)_j`` (Bayes, with the site's mix as prior); the window's
@@ -20,7 +21,7 @@ window's classification noise by their small difference; on SynthFaces scenes th
 worse than the raw counts at a site like the trained population (1.1-1.5x their error). The
 site's mix, estimated on the pooled windows, carries the prior shift that biases the raw counts;
 the window's own faces are then reassigned with it, which adds no noise of the inverse
-(``benchmarks/bench_analytics_correction.py``; README "Demographic counts").
+(``benchmarks/bench_analytics_correction.py``; README "Operator: serving").
 
 Because the model errs differently per skin-tone group, gender and age band are corrected with
 the site's group mix: the gender (age band) matrix used is the mean of the per-group matrices
@@ -28,7 +29,7 @@ weighted by the site's estimated group shares, ``P_attr = sum_g w_g * P_attr|g``
 age are taken as independent of group within the crowd). True classes that evaluation never
 saw (an age band absent from its population) are not estimated. Everything is computed from
 released (noisy, if ``epsilon`` > 0) raw counts: correction is post-processing, it spends no
-privacy budget.
+privacy budget. Cells suppressed at release enter as one cell of their sum (``hidden``).
 
 Intervals: a parametric bootstrap. Each round draws every confusion row from its Dirichlet
 posterior (the evaluation's counts plus one half), draws the history's predicted counts from the
