@@ -340,6 +340,21 @@ def test_corrected_counts_do_not_give_away_how_suppressed_cells_split(confusion)
     assert other["corrected"]["group"] != corrected["group"]
 
 
+def test_a_released_total_lets_every_dimension_with_hidden_cells_be_corrected(confusion):
+    """No dimension released whole: the released total still makes each hidden sum public."""
+    table = CountTable(
+        age_band={"<18": 0, "18-29": 2, "30-44": 20, "45-59": 10, "60+": 8},
+        gender={"female": 38, "male": 2},
+        group={"g1": 30, "g2": 6, "g3": 3, "g4": 1},
+        faces=40,
+    )
+    out = release(table, k_min=5, epsilon=0.0, confusion=confusion, rounds=0)
+    assert out["faces"] == 40
+    assert all("suppressed" in out[d].values() for d in ("age_band", "gender", "group"))
+    assert isinstance(out["corrected"]["group"]["g1"], dict)
+    assert isinstance(out["corrected"]["age_band"]["30-44"], dict)
+
+
 def test_windows_whose_total_is_hidden_with_their_cells_are_not_corrected(confusion):
     """With the total withheld and no dimension released whole, the hidden cells' sum is not
     public either: nothing corrected is released."""

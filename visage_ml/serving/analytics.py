@@ -175,7 +175,7 @@ def release(
     if confusion is not None:
         out["corrected"] = corrected_counts(
             confusion,
-            {d: out[d] for d in DIMENSIONS},
+            {"faces": out["faces"], **{d: out[d] for d in DIMENSIONS}},
             k_min=k_min,
             rounds=rounds,
             rng=gen,
@@ -200,7 +200,8 @@ def corrected_counts(
     dimension enter the correction as one pooled cell holding their sum, which the released
     total minus the released cells gives away anyway (complementary suppression protects each
     cell, not their sum). So however the hidden faces split, the corrected figures are the
-    same. A dimension is corrected when the total was released and at least two of its cells
+    same. A dimension is corrected when the total is known (released, or the sum of a
+    dimension released whole) and at least two of its cells
     (the pooled one counting as one) are left to tell classes apart; gender and age band also
     need the groups corrected (their matrices are mixed by the site's group shares). A
     corrected cell under ``k_min`` is suppressed too.
