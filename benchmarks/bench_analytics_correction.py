@@ -20,7 +20,11 @@ scenes with ground truth; one JSON object.
    the classifier can fix) and of all faces in the frames (misses included).
 
 Reports the mean absolute error per cell (age band, gender, group) of raw and corrected counts,
-their ratio, and how often the 95% intervals hold the true count.
+their ratio, and how often the 95% intervals hold the true count. ``oracle_ratio`` is the same
+ratio for an oracle that reassigns each window's predicted counts with what serving cannot know:
+the share of each true class among *these* scenes' faces of each predicted class (the site's true
+mix and the model's errors on its very faces). It is about the best any correction of the counts
+can do; what is left is each face's own error.
 
 The **site** is who walks past the camera. By default it is the population the model was
 trained and its confusion measured on (the project's ``synth`` shares), where a classifier
@@ -181,6 +185,36 @@ def scene_confusion(engine: Any, site: Any, n: int, *, bands: list[int]) -> dict
     )
 
 
+def oracle_matrices(
+    matched: list[list[dict[str, Any]]],
+    picked: list[dict[str, Any]],
+    *,
+    bands: list[int],
+    names: dict[str, list[str]],
+) -> dict[str, np.ndarray]:
+    """Per dimension ``Q[i, j]``: the share of true class ``i`` among *these* scenes' detected
+    faces predicted ``j`` (the model's errors on these very faces, at this site's mix)."""
+    pred: dict[str, list[np.ndarray]] = {d: [] for d in DIMENSIONS}
+    true: dict[str, list[np.ndarray]] = {d: [] for d in DIMENSIONS}
+    for faces, p in zip(matched, picked, strict=True):
+        if not faces:
+            continue
+        pred["age_band"].append(np.searchsorted(np.asarray(bands, float), p["age"], side="right"))
+        true["age_band"].append(age_band_index(np.array([f["age"] for f in faces], float), bands))
+        for dim, key in (("gender", "gender_probs"), ("group", "group_probs")):
+            pred[dim].append(np.argmax(np.asarray(p[key]).reshape(len(faces), -1), axis=1))
+            true[dim].append(np.array([names[dim].index(str(f[dim])) for f in faces]))
+    out = {}
+    for dim in DIMENSIONS:
+        k = len(names[dim])
+        joint = np.zeros((k, k))
+        if pred[dim]:
+            np.add.at(joint, (np.concatenate(true[dim]), np.concatenate(pred[dim])), 1.0)
+        col = joint.sum(axis=0, keepdims=True)
+        out[dim] = np.divide(joint, col, out=np.zeros_like(joint), where=col > 0)
+    return out
+
+
 def truth_table(
     faces: list[dict[str, Any]], *, bands: list[int], template: CountTable
 ) -> CountTable:
@@ -271,19 +305,24 @@ def main() -> None:
 
     # Scenes: what the engine counts per frame, and the truth of what it detected.
     t = time.perf_counter()
-    frames = [
-        (table, matched, faces)
-        for table, matched, faces, _ in scene_frames(
-            engine,
-            site,
-            seed=SEED_SCENES,
-            n=args.scenes,
-            bands=bands,
-            genders=genders,
-            groups=groups,
-        )
-    ]
+    seen = scene_frames(
+        engine, site, seed=SEED_SCENES, n=args.scenes, bands=bands, genders=genders, groups=groups
+    )
+    frames = [(table, matched, faces) for table, matched, faces, _ in seen]
     t_scenes = time.perf_counter() - t
+    # The oracle: each window's predicted counts reassigned by how the model erred on these
+    # very faces (the site's true mix and its scene faces' own confusion, both unknowable to
+    # serving): about the best a correction of the counts can do.
+    oracle_q = oracle_matrices(
+        [m for _, m, _, _ in seen],
+        [p for _, _, _, p in seen],
+        bands=bands,
+        names={
+            "age_band": list(frames[0][0].age_band) if frames else [],
+            "gender": genders,
+            "group": groups,
+        },
+    )
 
     n_faces = sum(len(f[2]) for f in frames)
     n_detected = sum(f[0].faces for f in frames)
@@ -295,7 +334,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     for w in args.window:
         errors: dict[str, dict[str, list[float]]] = {
-            dim: {"raw": [], "corrected": [], "raw_all": [], "corrected_all": []}
+            dim: {"raw": [], "corrected": [], "oracle": [], "raw_all": [], "corrected_all": []}
             for dim in DIMENSIONS
         }
         covered = cells = 0
@@ -330,26 +369,31 @@ def main() -> None:
                 hi = np.array([est[dim].high[k] for k in names])
                 errors[dim]["raw"].append(float(np.abs(r - tr).mean()))
                 errors[dim]["corrected"].append(float(np.abs(c - tr).mean()))
+                errors[dim]["oracle"].append(float(np.abs(oracle_q[dim] @ r - tr).mean()))
                 errors[dim]["raw_all"].append(float(np.abs(r - ta).mean()))
                 errors[dim]["corrected_all"].append(float(np.abs(c - ta).mean()))
                 covered += int(((tr >= lo - 0.5) & (tr <= hi + 0.5)).sum())
                 cells += len(names)
         summary: dict[str, Any] = {"windows": len(errors["gender"]["raw"])}
-        raw_all_dims, cor_all_dims = [], []
+        raw_all_dims, cor_all_dims, oracle_dims = [], [], []
         for dim, e in errors.items():
             raw_mae, cor_mae = float(np.mean(e["raw"])), float(np.mean(e["corrected"]))
+            oracle_mae = float(np.mean(e["oracle"]))
             raw_all_dims.append(raw_mae)
             cor_all_dims.append(cor_mae)
+            oracle_dims.append(oracle_mae)
             summary[dim] = {
                 "mae_raw": round(raw_mae, 3),
                 "mae_corrected": round(cor_mae, 3),
                 "ratio": round(cor_mae / raw_mae, 3) if raw_mae else None,
+                "oracle_ratio": round(oracle_mae / raw_mae, 3) if raw_mae else None,
                 "mae_raw_vs_all_faces": round(float(np.mean(e["raw_all"])), 3),
                 "mae_corrected_vs_all_faces": round(float(np.mean(e["corrected_all"])), 3),
             }
         summary["mae_raw"] = round(float(np.mean(raw_all_dims)), 3)
         summary["mae_corrected"] = round(float(np.mean(cor_all_dims)), 3)
         summary["ratio"] = round(summary["mae_corrected"] / summary["mae_raw"], 3)
+        summary["oracle_ratio"] = round(float(np.mean(oracle_dims)) / summary["mae_raw"], 3)
         summary["interval_coverage"] = round(covered / cells, 3) if cells else None
         summary["faces_per_window"] = round(n_detected / max(1, len(frames)) * w, 1)
         results[str(w)] = summary
