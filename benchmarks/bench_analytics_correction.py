@@ -199,7 +199,7 @@ def oracle_matrices(
     for faces, p in zip(matched, picked, strict=True):
         if not faces:
             continue
-        pred["age_band"].append(np.searchsorted(np.asarray(bands, float), p["age"], side="right"))
+        pred["age_band"].append(age_band_index(np.asarray(p["age"], float).reshape(-1), bands))
         true["age_band"].append(age_band_index(np.array([f["age"] for f in faces], float), bands))
         for dim, key in (("gender", "gender_probs"), ("group", "group_probs")):
             pred[dim].append(np.argmax(np.asarray(p[key]).reshape(len(faces), -1), axis=1))
