@@ -90,8 +90,10 @@ def main() -> None:
                 return [m["pid"] for f in faces[:1] for m in f["matches"]], dt
 
             hits, no_match, wrong, lat = 0, 0, 0, []
+            store = RawStore(ProjectPaths(root), track=False)
             for row in holdout:
-                got, dt = identify(Path(row["image"]).read_bytes())
+                # Listed, not decrypted to disk: read in memory like the strangers below.
+                got, dt = identify(store.read_image(row["pid"], row["image_id"]))
                 lat.append(dt)
                 if got and got[0] == row["pid"]:
                     hits += 1
@@ -100,7 +102,6 @@ def main() -> None:
                 else:
                     wrong += 1
             false_matches = 0
-            store = RawStore(ProjectPaths(root), track=False)
             for r in strangers.itertuples():
                 # Raw images are sealed: decrypted in memory, never written in clear.
                 got, dt = identify(store.read_image(str(r.pid), str(r.image_id)))

@@ -66,6 +66,22 @@ def select_enrolment_rows(
     }
 
 
+def select_holdout(
+    manifest: Any, searchable: Iterable[str], *, per_subject: int, count: int
+) -> Any:
+    """Up to ``count`` images of searchable subjects that enrolment does not use, one per subject.
+
+    The rows (``pid``, ``image_id``, ...) of ``manifest`` that :func:`select_enrolment_rows`
+    leaves out, in split then image-id order: probes for trying identification on faces the
+    gallery was not built from.
+    """
+    searchable = {str(p) for p in searchable}
+    enrolled = select_enrolment_rows(manifest, searchable, per_subject=per_subject)
+    used = {int(r) for rows in enrolled.values() for r in rows}
+    spare = manifest[manifest["pid"].astype(str).isin(searchable) & ~manifest["row"].isin(used)]
+    return spare.sort_values(["split", "image_id"]).groupby("pid").head(1).head(count)
+
+
 @dataclass
 class RebuildReport:
     """Counts of a rebuild (no pids: this goes to ``reports/gallery.json``)."""

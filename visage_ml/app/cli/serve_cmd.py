@@ -29,7 +29,7 @@ from visage_ml.serving.engine import ModelMismatchError
 from visage_ml.serving.gallery import Gallery, GalleryError
 from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
 from visage_ml.serving.pg_gallery import open_configured
-from visage_ml.serving.rebuild import select_enrolment_rows
+from visage_ml.serving.rebuild import select_holdout
 from visage_ml.serving.release import SCORE_MODEL_JSON, check_released, latest_releases
 
 if TYPE_CHECKING:  # annotations only
@@ -327,47 +327,50 @@ def gallery_holdout(
     out: Path = typer.Option(
         None,
         "--out",
-        help="Folder for the decrypted probe images (0700; default: a new private temporary "
-        "folder). They are faces in clear: delete them after use.",
+        help="Decrypt the listed images into this folder (0700, files 0600), outside data/. "
+        "They are faces in clear that no erasure can reach: delete them after use.",
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Raw images of searchable subjects that were NOT used to enrol them (to try identify).
+    """Images of searchable subjects that were NOT used to enrol them (to try identify).
 
-    Reads data/processed/manifest.parquet and the gallery; the raw images are sealed, so the
-    chosen ones are decrypted into --out (files 0600) and those paths are printed.
+    Lists pid and image id, one image per subject, and decrypts nothing: raw images are
+    sealed, and a decrypted copy is a face in clear outside the project. With --out the listed
+    images are decrypted there and their paths printed.
     """
-    import tempfile
-
     import pandas as pd
 
     with _serving_errors():
         paths = project()
+        if out is not None and out.resolve().is_relative_to((paths.root / "data").resolve()):
+            raise UserError(f"{out} is inside data/: write plaintext elsewhere")
         params = load_params(paths.params)
         gallery = _open_gallery()
         manifest = pd.read_parquet(paths.processed / "manifest.parquet")
-        searchable = set(gallery.searchable())
-        enrolled = select_enrolment_rows(
-            manifest, searchable, per_subject=params.gallery.images_per_subject
+        picks = select_holdout(
+            manifest,
+            gallery.searchable(),
+            per_subject=params.gallery.images_per_subject,
+            count=count,
         )
-        used = {int(r) for rows in enrolled.values() for r in rows}
-        spare = manifest[manifest["pid"].astype(str).isin(searchable) & ~manifest["row"].isin(used)]
-        if spare.empty:
+        if picks.empty:
             raise UserError("no held-out image of an enrolled subject: every image was enrolled")
-        picks = spare.sort_values(["split", "image_id"]).groupby("pid").head(1).head(count)
-        folder = private_dir(out) if out else Path(tempfile.mkdtemp(prefix="visage-holdout-"))
-        store = RawStore(paths, track=False)
-        rows = []
-        for r in picks.itertuples():
-            target = folder / f"{r.image_id}.png"
-            png = store.read_image(str(r.pid), str(r.image_id))
-            atomic_write_bytes(target, png, mode=0o600)
-            rows.append({"pid": str(r.pid), "image": str(target)})
+        rows = [{"pid": str(r.pid), "image_id": str(r.image_id)} for r in picks.itertuples()]
+        if out is not None:
+            folder = private_dir(out)
+            store = RawStore(paths, track=False)
+            for row in rows:
+                target = folder / f"{row['image_id']}.png"
+                png = store.read_image(row["pid"], row["image_id"])
+                atomic_write_bytes(target, png, mode=0o600)
+                row["image"] = str(target)
     if as_json:
         emit_json(rows)
         return
     for r in rows:
-        console.print(f"{r['pid']}  {r['image']}", highlight=False)
+        console.print(f"{r['pid']}  {r.get('image', r['image_id'])}", highlight=False)
+    if out is not None:
+        console.print("faces in clear: delete them after use", highlight=False)
 
 
 EXPIRES_OPT = typer.Option(
