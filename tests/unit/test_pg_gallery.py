@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import time
 import zipfile
 from pathlib import Path
@@ -16,10 +17,14 @@ import numpy as np
 import psycopg
 import psycopg.sql
 import pytest
+from fastapi.testclient import TestClient
 from project_helpers import write_overrides
+from psycopg.conninfo import make_conninfo
 from rights_fakes import make_project
-from serving_fakes import DIM, THRESHOLD, fake_engine, make_world
+from serving_fakes import DIM, THRESHOLD, fake_engine, make_world, png_b64
 
+from visage_ml.app.http.app import create_app
+from visage_ml.app.http.auth import KeyStore
 from visage_ml.config import load_params
 from visage_ml.evaluation.calibration import calibrate, calibration_set, fit_calibration
 from visage_ml.privacy.core import PrivacyCore
@@ -29,7 +34,11 @@ from visage_ml.rights.erasure import pgvector as pg_store
 from visage_ml.rights.erasure.base import Context, label_outcomes
 from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.serving import pg_gallery
-from visage_ml.serving.gallery import EnrolmentRefusedError, NotEnrolledError
+from visage_ml.serving.gallery import (
+    EnrolmentRefusedError,
+    GalleryUnavailableError,
+    NotEnrolledError,
+)
 from visage_ml.serving.index import TemplateIndex, normalize_queries
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
 
@@ -389,13 +398,89 @@ def test_a_replica_whose_connection_the_server_dropped_keeps_answering(world, en
     gallery, pids = enrolled
     emb = engine.embed(world.photo(pids[0]))[0]
     before = gallery.identify(emb, top_k=1)
+    backend = gallery._db.info.backend_pid
+    _drop(pg, gallery)
+    assert gallery.identify(emb, top_k=1) == before
+    assert gallery._db.info.backend_pid != backend
+    _drop(pg, gallery)
+    assert gallery.verify(emb, pids[0])[0] is True  # a verify only reads: retried too
+    _drop(pg, gallery)
+    assert pids[0] in gallery.searchable()
+    # A write is not repeated behind the caller's back: it fails once, saying so, with no
+    # driver error leaking out...
+    _drop(pg, gallery)
+    with pytest.raises(GalleryUnavailableError, match="retry"):
+        gallery.enroll_many({pids[1]: engine.embed(world.photo(pids[1], 2))})
+    # ...and the caller's retry, on a new connection, does it.
+    assert gallery.enroll_many({pids[1]: engine.embed(world.photo(pids[1], 2))})[0].replaced
+
+
+def test_a_withdrawal_read_while_the_connection_drops_is_still_enforced(
+    world, engine, enrolled, pg
+):
+    # The connection dies just as the replica applies a withdrawal it read from the ledger: the
+    # withdrawal must not be lost with it (the search runs again on a new connection).
+    gallery, pids = enrolled
+    emb = engine.embed(world.photo(pids[0]))[0]
+    assert gallery.identify(emb, top_k=1)[0].pid == pids[0]
+    world.core.withdraw_consent(pids[0], ["identification"])
+    _drop(pg, gallery)
+    assert pids[0] not in [m.pid for m in gallery.identify(emb, top_k=18)]
+    assert pids[0] not in gallery.searchable()
+
+
+def _dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _drop(pg, gallery) -> None:
+    """The server ends the gallery's session, as a restart or a failover would."""
     with psycopg.connect(pg.dsn, autocommit=True) as admin:
         backend = gallery._db.info.backend_pid
         assert admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0]
-    assert gallery.identify(emb, top_k=1) == before
-    assert gallery._db.info.backend_pid != backend
-    with psycopg.connect(pg.dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (gallery._db.info.backend_pid,))
-    with pytest.raises(psycopg.OperationalError):
-        gallery.verify(emb, pids[0])  # a write or a verify is not retried: it fails once...
-    assert gallery.verify(emb, pids[0])[0] is True  # ...and the next call has a connection
+
+
+def test_a_dropped_connection_is_a_503_to_retry_not_an_internal_error(world, engine, pg, table):
+    gallery = open_pg(world, pg, table, engine=engine)
+    keys = KeyStore(world.paths.api_keys)
+    key = keys.create("operator")[1]
+    app = create_app(
+        world.paths,
+        params=load_params(world.paths.params),
+        engine=engine,
+        gallery=gallery,
+        core=world.core,
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    pid = next(iter(world.people))
+    body = {"pid": pid, "images": [png_b64(t) for t in world.photo(pid, 2)]}
+    headers = {"X-API-Key": key}
+    try:
+        # The server ends the session: the request runs on a new connection.
+        _drop(pg, gallery)
+        r = client.post("/v1/enroll", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        # PostgreSQL is down (its address no longer answers): a 503 to retry, no driver text.
+        dsn = gallery.options.dsn
+        gallery.options = dataclasses.replace(
+            gallery.options, dsn=make_conninfo(dsn, port=_dead_port())
+        )
+        _drop(pg, gallery)
+        for method, path, kw in (
+            ("POST", "/v1/enroll", {"json": body}),
+            ("POST", "/v1/identify", {"json": {"image": body["images"][0]}}),
+        ):
+            r = client.request(method, path, headers=headers, **kw)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "gallery_unavailable"
+            assert r.headers["Retry-After"]
+            assert "psycopg" not in r.text.lower() and "Operational" not in r.text
+        # Back up: answered again, without a restart.
+        gallery.options = dataclasses.replace(gallery.options, dsn=dsn)
+        r = client.post("/v1/identify", json={"image": body["images"][0]}, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["faces"][0]["matches"][0]["pid"] == pid
+    finally:
+        gallery.close()

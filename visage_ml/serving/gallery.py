@@ -135,6 +135,14 @@ class GalleryError(RuntimeError):
     """The gallery cannot be opened or used as asked."""
 
 
+class GalleryUnavailableError(GalleryError):
+    """The gallery's database could not be reached, or dropped the connection during a call.
+
+    Nothing of the call is known to have happened; repeating it is safe (enrolment and erasure
+    are idempotent), and the next call connects anew.
+    """
+
+
 class GalleryVersionError(GalleryError):
     """Templates were made by another embedder version than the one serving."""
 

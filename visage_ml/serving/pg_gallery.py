@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -74,7 +75,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
@@ -97,6 +98,7 @@ from visage_ml.serving.gallery import (
     EnrolmentRefusedError,
     Gallery,
     GalleryError,
+    GalleryUnavailableError,
     GalleryVersionError,
     Match,
     NotEnrolledError,
@@ -111,6 +113,7 @@ from visage_ml.stack.manager import Stack
 from visage_ml.stack.proc import StackError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BACKEND = "pgvector"
 DEFAULT_TABLE = "visage_gallery"
@@ -130,6 +133,10 @@ MSG_TABLE = "serving.gallery.table must be a lower-case SQL name of at most 41 c
 MSG_CONNECT = (
     "cannot connect to the pgvector gallery's PostgreSQL ({error}); start it with `visage stack "
     "up` or set serving.gallery.dsn / $VISAGE_GALLERY_DSN to a reachable server"
+)
+MSG_LOST = (
+    "the pgvector gallery's PostgreSQL dropped the connection (a restart or a failover); the "
+    "request was not completed: retry it (repeating it is safe)"
 )
 MSG_NO_EXTENSION = (
     "the pgvector extension is not installed in the gallery's database; run `CREATE EXTENSION "
@@ -259,7 +266,7 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
     try:
         conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise GalleryError(MSG_CONNECT.format(error=type(exc).__name__)) from None
+        raise GalleryUnavailableError(MSG_CONNECT.format(error=type(exc).__name__)) from None
     try:
         register_vector(conn)
     except psycopg.ProgrammingError:
@@ -525,6 +532,27 @@ def open_project_gallery(
     return open_configured(paths, chosen, environ=os.environ, core=core, load=load)
 
 
+def _reads(method: Callable[..., T]) -> Callable[..., T]:
+    """A :class:`PgGallery` method that only reads: run again once after a dropped connection."""
+
+    @functools.wraps(method)
+    def call(self: PgGallery, *args: Any, **kw: Any) -> T:
+        return self._reading(lambda: method(self, *args, **kw))
+
+    return call
+
+
+def _writes(method: Callable[..., T]) -> Callable[..., T]:
+    """A :class:`PgGallery` method that writes: a dropped connection is a
+    :class:`GalleryUnavailableError` for the caller to retry."""
+
+    @functools.wraps(method)
+    def call(self: PgGallery, *args: Any, **kw: Any) -> T:
+        return self._writing(lambda: method(self, *args, **kw))
+
+    return call
+
+
 class PgGallery(Gallery):
     """The consent-aware gallery with its templates in PostgreSQL (use :meth:`open`).
 
@@ -687,6 +715,32 @@ class PgGallery(Gallery):
             self._db = connect(self.options.dsn)
         return self._db
 
+    def _lost(self) -> bool:
+        """Whether the last error was the connection's loss (not a statement's own failure)."""
+        return bool(self._db.closed or self._db.broken)
+
+    def _reading(self, call: Callable[[], T]) -> T:
+        """``call`` (which only reads), once more on a new connection if the server dropped
+        the last one under it (a restart, a failover): the caller never sees the drop."""
+        try:
+            return call()
+        except psycopg.OperationalError:
+            if not self._lost():
+                raise
+        return self._writing(call)
+
+    def _writing(self, call: Callable[[], T]) -> T:
+        """``call``, with a dropped connection reported as :class:`GalleryUnavailableError`.
+
+        A write is not repeated here: the caller decides (it is safe, see the error)."""
+        try:
+            return call()
+        except psycopg.OperationalError:
+            if not self._lost():
+                raise
+            logger.warning("pgvector gallery lost its connection during a call")
+            raise GalleryUnavailableError(MSG_LOST) from None
+
     def __enter__(self) -> PgGallery:
         return self
 
@@ -824,6 +878,7 @@ class PgGallery(Gallery):
                     )
             _bump(conn, n)
 
+    @_reads
     def reload(self) -> None:
         """Fold the whole ledger and make the revoked table agree with it for every subject."""
         with self.lock:
@@ -834,6 +889,7 @@ class PgGallery(Gallery):
             self._offset = self._offset_floor(ledger_path, offset)
             self._size_in_tx()
 
+    @_reads
     def refresh(self) -> None:
         """Apply ledger events appended since the last call (cheap when none).
 
@@ -841,12 +897,19 @@ class PgGallery(Gallery):
         replica, in one transaction.
         """
         with self.lock:
+            start = self._offset
             news = self._ledger_news()
             if news is None:
                 return
             touched, registry = news
             if touched:
-                self._sync(registry, touched)
+                try:
+                    self._sync(registry, touched)
+                except BaseException:
+                    # Not applied (the connection dropped, say): read these events again next
+                    # time, or a withdrawal read here would never reach the shared table.
+                    self._offset = start
+                    raise
 
     def _size_in_tx(self) -> int:
         with self._conn.transaction():
@@ -964,6 +1027,7 @@ class PgGallery(Gallery):
             ).fetchall()
         return rows
 
+    @_reads
     def search(
         self,
         embeddings: np.ndarray,
@@ -977,13 +1041,9 @@ class PgGallery(Gallery):
             raise ValueError(f"top_k must be >= 1, not {top_k}")
         q = normalize_queries(embeddings, self.meta.embedding_dim)
         with self.lock:
-            try:
-                return self._search_locked(q, top_k=top_k, threshold_for=threshold_for)
-            except psycopg.OperationalError:
-                if not self._db.broken:
-                    raise
-                # A search only reads: after a dropped connection it runs once more on a new one.
-                return self._search_locked(q, top_k=top_k, threshold_for=threshold_for)
+            return self._reading(
+                lambda: self._search_locked(q, top_k=top_k, threshold_for=threshold_for)
+            )
 
     def _search_locked(
         self, q: np.ndarray, *, top_k: int, threshold_for: Callable[[int], float]
@@ -1018,6 +1078,7 @@ class PgGallery(Gallery):
                 )
         return out, n, threshold
 
+    @_reads
     def verify(self, embedding: np.ndarray, pid: str) -> tuple[bool, float]:
         """As :meth:`Gallery.verify`, scored in the database against ``pid``'s row only."""
         check_pid(pid)
@@ -1056,12 +1117,14 @@ class PgGallery(Gallery):
         with self._conn.transaction():
             return sorted(r[0] for r in self._conn.execute(query, params).fetchall())
 
+    @_reads
     def searchable(self) -> list[str]:
         """Pids the shared gallery may return now."""
         with self.lock:
             self.refresh()
             return self._pids(searchable=True)
 
+    @_reads
     def is_searchable(self, pid: str) -> bool:
         """Whether ``pid`` may be returned now."""
         check_pid(pid)
@@ -1069,6 +1132,7 @@ class PgGallery(Gallery):
             self.refresh()
             return self._row_state(pid)[1] is not None
 
+    @_reads
     def stored(self) -> list[str]:
         """Pids with a row (searchable or not)."""
         with self.lock:
@@ -1091,6 +1155,7 @@ class PgGallery(Gallery):
         ok = row[0] == self.meta.model_version and not row[1]
         return row[0], pid if ok else None
 
+    @_reads
     def status(self, pid: str) -> dict[str, Any]:
         """Gallery state of ``pid``: enrolled (a row exists), searchable, its embedder."""
         check_pid(pid)
@@ -1110,6 +1175,7 @@ class PgGallery(Gallery):
             ).fetchone()
         return bytes(row[0]) if row else None
 
+    @_reads
     def stored_sha256(self, pid: str) -> str:
         """SHA-256 of ``pid``'s template as stored (the sealed column's bytes)."""
         with self.lock:
@@ -1118,6 +1184,7 @@ class PgGallery(Gallery):
             raise NotEnrolledError(pid)
         return hashlib.sha256(blob).hexdigest()
 
+    @_reads
     def template(self, pid: str) -> tuple[np.ndarray, dict[str, Any]]:
         """``pid``'s decrypted template and header, from the sealed column (see
         :meth:`Gallery.template`)."""
@@ -1137,6 +1204,7 @@ class PgGallery(Gallery):
             raise GalleryError(MSG_TAMPERED.format(name=f"{self.names.table}/{pid}")) from None
         return np.frombuffer(plain, dtype="<f4").astype(np.float32), header
 
+    @_reads
     def stats(self) -> dict[str, Any]:
         """Counts only: stored, searchable and stale rows, the embedder and threshold."""
         n = self.names
@@ -1173,6 +1241,7 @@ class PgGallery(Gallery):
         path = self.keys.path(pid)
         return [path] if path.is_file() else []
 
+    @_writes
     def enroll_many(
         self, items: Mapping[str, np.ndarray], *, model_version: str | None = None
     ) -> list[Enrolment]:
@@ -1269,6 +1338,7 @@ class PgGallery(Gallery):
                 self.refresh()
         return results
 
+    @_writes
     def erase(self, pid: str, *, reason: str = "erasure") -> Removal:
         """Remove ``pid`` for good: revoked and deleted for every replica, key destroyed.
 

@@ -8,6 +8,7 @@ may answer in the OpenAPI schema.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,14 @@ from visage_ml.serving.engine import (
     NoFaceError,
     TooManyFacesError,
 )
-from visage_ml.serving.gallery import EnrolmentRefusedError, GalleryVersionError, NotEnrolledError
+from visage_ml.serving.gallery import (
+    EnrolmentRefusedError,
+    GalleryUnavailableError,
+    GalleryVersionError,
+    NotEnrolledError,
+)
+
+logger = logging.getLogger(__name__)
 
 # Library exceptions answered directly: (exception, status, code).
 LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
@@ -36,6 +44,8 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (EnrolmentRefusedError, 409, "processing_not_allowed"),
     (NotEnrolledError, 404, "not_enrolled"),
     (GalleryVersionError, 503, "gallery_version_mismatch"),
+    # The shared gallery's database dropped the connection or cannot be reached: retry.
+    (GalleryUnavailableError, 503, "gallery_unavailable"),
     (ModelMismatchError, 503, "model_mismatch"),
     (ModelUnavailableError, 404, "not_available"),
     (ModelFileError, 503, "model_error"),
@@ -46,6 +56,13 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # A narrowing event is recorded and in force, but its witnesses did not cosign it yet.
     (WitnessUnavailableError, 503, "not_witnessed"),
 )
+# Headers that go with a library error's answer, by code.
+LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
+# Answers that do not repeat the library's message (it is for the operator: the server's log).
+LIBRARY_MESSAGES: dict[str, str] = {
+    "gallery_unavailable": "the gallery's database is unreachable or dropped the connection; "
+    "the request was not completed: retry it after Retry-After (repeating it is safe)"
+}
 MSG_MALFORMED_JSON = "the request body is not valid JSON (UTF-8, not nested thousands deep)"
 MSG_INVALID_JSON = "the request body is not valid JSON"
 DOCUMENTED: dict[int, str] = {
@@ -61,7 +78,8 @@ DOCUMENTED: dict[int, str] = {
     429: "Too many failed authentications from this client.",
     503: "The server is answering serving.max_concurrent requests (retry after Retry-After); "
     "or the gallery was rebuilt for another embedder, or a model is damaged: restart "
-    "the server (after `visage gallery rebuild` or `dvc repro export`).",
+    "the server (after `visage gallery rebuild` or `dvc repro export`); or the shared "
+    "gallery's database dropped the connection (retry after Retry-After).",
 }
 # What the boundary may answer before a route runs: for every route with a key ...
 AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)
@@ -108,7 +126,10 @@ def install_error_handlers(app: FastAPI) -> None:
     def handler(status: int, code: str) -> Callable[[Request, Exception], Any]:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             request_info(request)["error"] = code
-            return error_json(status, code, str(exc))
+            message = LIBRARY_MESSAGES.get(code)
+            if message is not None:
+                logger.warning("%s: %s", code, exc)
+            return error_json(status, code, message or str(exc), LIBRARY_HEADERS.get(code))
 
         return handle
 

@@ -36,7 +36,12 @@ from visage_ml.app.http.schemas import (
     VerifyResponse,
 )
 from visage_ml.app.http.service import OPERATOR_KEY, SERVICE, Service, require
-from visage_ml.serving.gallery import EnrolmentRefusedError, GalleryError, NotEnrolledError
+from visage_ml.serving.gallery import (
+    EnrolmentRefusedError,
+    GalleryError,
+    GalleryUnavailableError,
+    NotEnrolledError,
+)
 from visage_ml.serving.index import template_of
 from visage_ml.serving.quality import refusal
 
@@ -220,6 +225,8 @@ def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> None:
     gallery = svc.require_gallery()
     try:
         old, header = gallery.template(pid)
+    except GalleryUnavailableError:
+        raise  # a 503 to retry, not an answer about the subject
     except (NotEnrolledError, GalleryError):
         raise _not_available(pid) from None
     if header.get("model_version") != gallery.model_version or old.shape[0] != emb.shape[1]:
