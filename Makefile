@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VISAGE := $(VENV)/bin/visage
 STAMP := $(VENV)/.visage-installed
+# The environment's Jupyter saves notebooks without outputs (visage_ml/app/jupyter.py).
+JUPYTER_CFG := $(VENV)/etc/jupyter/jupyter_server_config.json
 
 # No internet on the target machines: keep every tool from phoning home.
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -12,7 +14,7 @@ export DO_NOT_TRACK := 1
 
 .PHONY: setup demo test test-all lint lab ui bench
 
-setup: $(STAMP)
+setup: $(STAMP) $(JUPYTER_CFG)
 
 # Re-installs only when pyproject.toml changes, so a second `make setup` returns at once.
 $(STAMP): pyproject.toml
@@ -26,6 +28,9 @@ $(STAMP): pyproject.toml
 	# skips them; what is imported is compiled.
 	-$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1
 	@touch $(STAMP)
+
+$(JUPYTER_CFG): jupyter-config/visage-ml.json | $(STAMP)
+	install -D -m 644 $< $@
 
 demo: setup
 	$(VISAGE) demo
@@ -44,7 +49,8 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks \
+		--ContentsManager.pre_save_hook=visage_ml.app.jupyter.strip_before_save
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000

@@ -18,7 +18,8 @@
 - :func:`doctor` (``visage privacy doctor [--purge]``) lists what should not be at rest: files
   of erased or unknown subjects (a restored backup of ``data/raw``, ``gallery/`` or the key
   rings), sealed files whose key is gone, plaintext faces in ``data/``, the DVC cache and local
-  remotes, plaintext export bundles; ``--purge`` removes them.
+  remotes, plaintext export bundles, notebooks whose saved outputs hold images; ``--purge``
+  removes them (a notebook loses its outputs only).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from visage_ml.privacy.keys import (
     load_master_key,
     next_master_key_path,
 )
+from visage_ml.privacy.notebooks import find_image_notebooks, strip_file
 from visage_ml.privacy.registry import SubjectState
 from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring
 from visage_ml.privacy.vault import IdentityVault
@@ -81,6 +83,7 @@ UNKNOWN = "unknown_subject"
 NO_KEY = "no_key"
 PLAINTEXT = "plaintext"
 LEFTOVER = "leftover"
+NOTEBOOK = "notebook_image"
 # Folders of personal data: 0700, their files 0600 (privacy/ itself holds the public key).
 PRIVATE_FOLDERS: tuple[str, ...] = (
     "data/raw",
@@ -452,7 +455,7 @@ def rotate_master_key(
 class Finding:
     """One thing at rest that should not be: what, where, and what ``--purge`` does."""
 
-    kind: str  # erased_subject, unknown_subject, no_key, plaintext, leftover
+    kind: str  # erased_subject, unknown_subject, no_key, plaintext, leftover, notebook_image
     path: str
     pid: str | None = None
     action: str = "purge"  # purge, or "seal" (run `visage privacy seal`: live data)
@@ -594,6 +597,11 @@ class _Doctor:
             elif sniff(f) == "sealed" and pid and not self.has_key(pid):
                 self.add(NO_KEY, f, pid)
 
+    def notebooks(self) -> None:
+        """Notebooks anywhere in the project whose outputs hold images (faces shown, saved)."""
+        for path in find_image_notebooks(self.root):
+            self.add(NOTEBOOK, path)
+
     def dvc(self) -> list[tuple[dvc_objects.ObjectStore, str]]:
         """Plaintext images among the objects of the cache and local remotes."""
         if not dvcops.is_dvc_repo(self.root):
@@ -644,6 +652,10 @@ class _Doctor:
             if f.path.endswith(".key") and f.path.startswith("privacy/") and f.pid:
                 purged += int(self._destroy_key(path, f.pid))
                 continue
+            if f.kind == NOTEBOOK:
+                # The notebook stays, without its outputs.
+                purged += int(strip_file(path) > 0)
+                continue
             if path.is_file() and secure_unlink(path):
                 purged += 1
         exported = [Path(f.path).name for f in todo if f.path.startswith(f"{EXPORTS_DIR}/")]
@@ -667,7 +679,8 @@ def doctor(
     """Find what should not be at rest (and remove it with ``purge``).
 
     Looks at ``data/raw``, ``data/scenes``, ``data/processed``, ``gallery/``, the key rings,
-    ``privacy/exports``, the DVC cache and local remotes. Plaintext files of live data that have
+    ``privacy/exports``, notebooks (outputs holding images), the DVC cache and local remotes.
+    Plaintext files of live data that have
     no sealed twin are listed with action ``seal`` (``visage privacy seal`` converts them);
     everything else is purged by ``purge``: files of subjects the registry marks erased or does
     not know (a restored backup), sealed files without a key, plaintext copies of sealed data
@@ -681,6 +694,7 @@ def doctor(
     doc.gallery()
     doc.key_rings()
     doc.exports()
+    doc.notebooks()
     objects = doc.dvc()
     if purge:
         doc.report.purged = doc.purge(objects)

@@ -102,7 +102,8 @@ def doctor(
 ) -> None:
     """List biometric leftovers at rest: files of erased or unknown subjects (a restored backup
     of data/raw, gallery/ or the key rings), sealed files without a key, plaintext faces in
-    data/, the DVC cache, local remotes and privacy/exports. Exit code 1 when any is left."""
+    data/, the DVC cache, local remotes and privacy/exports, notebooks whose saved outputs hold
+    images (--purge clears their outputs). Exit code 1 when any is left."""
     setup_logging()
     with user_errors():
         report = run_doctor(project(), purge=purge)
