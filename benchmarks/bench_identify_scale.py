@@ -30,7 +30,7 @@ probe image pays MTCNN once across gallery sizes, gate settings and reruns (kept
 ``--cache``); decoding, alignment, the quality gate, the embedder and the search run every time.
 
     python benchmarks/bench_identify_scale.py --project DIR [--sizes 1000 10000]
-        [--mated 1000] [--strangers 1000] [--calibration 400] [--cache DIR]
+        [--mated 1000] [--strangers 1000] [--calibration 400] [--target-fpir F] [--cache DIR]
 
 ``DIR`` is a project after ``make demo`` (its ``models/embedder.onnx`` and ``params.yaml``).
 Embeddings are cached under ``--cache`` (default ``~/.cache/visage-ml/bench``), keyed by the
@@ -317,6 +317,13 @@ def main() -> None:
         help="another draw of calibration people and strangers (their seeds + 10 x draw); the "
         "enrolled stay the same",
     )
+    ap.add_argument(
+        "--target-fpir",
+        type=float,
+        default=None,
+        help="serve this target instead of serving.identify.target_fpir (0.001 at 100,000 "
+        "enrolled asks the tail for the FMR, 1e-8, that 1 %% at a million would)",
+    )
     ap.add_argument("--score-model", default=None, help="a released reports/score_model.json")
     ap.add_argument(
         "--raw-scores",
@@ -356,6 +363,11 @@ def main() -> None:
     timings: dict[str, float] = {}
     project = ProjectPaths(Path(args.project).resolve())
     params = project_params(project)
+    if args.target_fpir is not None:
+        identify = dataclasses.replace(params.serving.identify, target_fpir=args.target_fpir)
+        params = dataclasses.replace(
+            params, serving=dataclasses.replace(params.serving, identify=identify)
+        )
     synth = params.synth
     seed_calibration = SEED_CALIBRATION + 10 * args.draw
     seed_strangers = SEED_STRANGERS + 10 * args.draw
