@@ -86,6 +86,6 @@ def strip_file(path: Path) -> int:
     """:func:`strip_outputs` on the notebook at ``path``, rewritten atomically; outputs removed."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     removed = strip_outputs(nb)
-    text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    text = json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"  # as nbformat
     atomic_write_text(path, text, mode=path.stat().st_mode & 0o777)
     return removed
