@@ -192,6 +192,25 @@ def test_an_operator_gets_a_decision_never_a_score(lenient):
     assert s.verify(a, photo, "metrics").status_code == 403
 
 
+def test_an_operator_cannot_read_the_score_that_verify_withholds_through_identify(lenient):
+    # The attack: verify gives an operator no score, so ask identify for the same face and
+    # read the candidates' similarities (a hill-climbing oracle on the subject's template).
+    s = lenient
+    a, b = s.pids[0], s.pids[1]
+    assert s.enroll(a).status_code == 200 and s.enroll(b).status_code == 200
+    r = s.identify(s.photos(a)[0])
+    assert r.status_code == 200
+    body = r.json()
+    face = body["faces"][0]
+    assert face["decision"] == "match" and face["matches"][0]["pid"] == a
+    for m in face["matches"]:
+        assert set(m) == {"pid", "rank"}
+    assert [m["rank"] for m in face["matches"]] == list(range(1, len(face["matches"]) + 1))
+    # The only similarity in the answer is the published threshold.
+    scores = [v for v in body.values() if isinstance(v, float)]
+    assert scores == [body["threshold"], body["target_fpir"]]
+
+
 def test_an_operator_cannot_tell_a_withdrawn_subject_from_an_unknown_one(lenient):
     s = lenient
     enrolled, withdrawn, other = s.pids[0], s.pids[1], s.pids[2]

@@ -13,9 +13,9 @@ decides what it may call:
 ========  ==============================================================================
 role      endpoints
 ========  ==============================================================================
-operator  ``POST /v1/identify``, ``/v1/verify`` (a decision, no score), ``/v1/enroll`` (a
-          re-enrolment must match the stored template), ``/v1/analytics``,
-          ``GET /v1/analytics/windows``
+operator  ``POST /v1/identify`` (ranked candidates, no scores), ``/v1/verify`` (a decision,
+          no score), ``/v1/enroll`` (a re-enrolment must match the stored template),
+          ``/v1/analytics``, ``GET /v1/analytics/windows``
 dpo       ``POST /v1/verify`` (with the score), ``/v1/enroll`` (re-enrolment as well),
           ``GET /v1/subjects/{pid}``, ``POST /v1/subjects/{pid}/consent/withdraw``,
           ``/restrict``, ``/lift``, ``/object``, ``/erasure``, ``/requests``,

@@ -84,7 +84,11 @@ class RestrictRequest(_Strict):
 
 class MatchOut(BaseModel):
     pid: str
-    score: float = Field(description="Cosine similarity, at or above the threshold.")
+    rank: int = Field(
+        ge=1,
+        description="1 for the most similar candidate. No score: operators get decisions "
+        "(scores go to dpo and auditor keys, through /v1/verify).",
+    )
 
 
 class QualityOut(BaseModel):

@@ -6,7 +6,9 @@
 - every face is measured by the quality gate (:mod:`visage_ml.serving.quality`) first: a face
   too small, blurred, turned or faint is answered ``"quality_too_low"`` and never searched,
   verified or enrolled;
-- verify gives operators a decision only; the score goes to dpo and auditor keys;
+- identify and verify give operators decisions only (identify ranks its candidates, without
+  their scores, which would let an operator read what verify withholds); the score of a
+  verification goes to dpo and auditor keys;
 - an operator gets one answer whether a subject is unknown, may not be processed, or already has
   a template that the new images do not match (re-enrolment needs that match, or a dpo key): no
   oracle for consent state.
@@ -72,7 +74,8 @@ router = APIRouter(tags=["identification"])
 def identify(
     body: IdentifyRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
-    """Who is in the image? For each face, the enrolled subjects at or above the 1:N threshold.
+    """Who is in the image? For each face, the enrolled subjects at or above the 1:N threshold,
+    most similar first (ranked, without scores: operators get decisions).
 
     The threshold is derived for ``serving.identify.target_fpir`` at the gallery's size at the
     time of the search; below it the face is ``"unknown"``. A face of too low quality is
@@ -104,7 +107,7 @@ def identify(
                 "detection_prob": f.prob,
                 "decision": decision,
                 "quality": {"score": q.score, "passed": q.passed, "failed": list(q.failed)},
-                "matches": [{"pid": m.pid, "score": m.score} for m in matches],
+                "matches": [{"pid": m.pid, "rank": r} for r, m in enumerate(matches, 1)],
             }
         )
     return {
