@@ -1041,9 +1041,7 @@ class PgGallery(Gallery):
             raise ValueError(f"top_k must be >= 1, not {top_k}")
         q = normalize_queries(embeddings, self.meta.embedding_dim)
         with self.lock:
-            return self._reading(
-                lambda: self._search_locked(q, top_k=top_k, threshold_for=threshold_for)
-            )
+            return self._search_locked(q, top_k=top_k, threshold_for=threshold_for)
 
     def _search_locked(
         self, q: np.ndarray, *, top_k: int, threshold_for: Callable[[int], float]
