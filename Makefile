@@ -11,6 +11,10 @@ JUPYTER_CFG := $(VENV)/etc/jupyter/jupyter_server_config.json
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
+# Byte-code is written as modules are first imported, once: only what runs is compiled (13 s on
+# 2 cores), not all of the environment (52 s). Some machines set PYTHONDONTWRITEBYTECODE, and
+# there every process would compile torch and mlflow again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup demo test test-all lint lab ui bench
 
@@ -20,13 +24,10 @@ setup: $(STAMP) $(JUPYTER_CFG)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# Byte-code is compiled once below, on every core (pip compiles file by file, on one).
+	# No byte-code at install: what is imported is compiled when first imported (see above).
 	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	# facenet-pytorch pins torch<2.3 and numpy<2 in its metadata; its code runs on ours.
 	$(PY) -m pip install -q --no-compile --no-deps facenet-pytorch==2.6.0
-	# Files that do not compile (templates and test data some packages ship) are skipped, as pip
-	# skips them; what is imported is compiled.
-	-$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1
 	@touch $(STAMP)
 
 $(JUPYTER_CFG): jupyter-config/visage-ml.json | $(STAMP)
