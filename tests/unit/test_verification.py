@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from visage_ml.data import pairs as pairs_module
 from visage_ml.data.pairs import (
     PairSet,
     build_pairs,
@@ -146,6 +147,21 @@ def test_impostor_sample_is_deterministic_distinct_and_non_mated():
     small = np.array([0, 0, 1, 2])
     a, b = impostor_pairs(small, 100, seed=0)
     assert set(zip(a.tolist(), b.tolist(), strict=True)) == {(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)}
+
+
+def test_impostor_sample_is_the_same_whether_repeats_are_found_by_bitmap_or_by_sorting(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Most of all pairs asked for: the draws are mostly repeats (the demo's evaluation). The
+    # sample, and so every released figure, must not depend on which way repeats are found.
+    codes = np.repeat(np.arange(40), 4)
+    wanted = 11_000  # of 12,480 impostor pairs
+    by_bitmap = impostor_pairs(codes, wanted, seed=3)
+    monkeypatch.setattr(pairs_module, "SEEN_BITMAP_MAX", 0)
+    by_sorting = impostor_pairs(codes, wanted, seed=3)
+    assert by_bitmap[0].size == wanted
+    assert np.array_equal(by_bitmap[0], by_sorting[0])
+    assert np.array_equal(by_bitmap[1], by_sorting[1])
 
 
 def test_pair_scores_are_batched_cosines():

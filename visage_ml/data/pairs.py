@@ -103,6 +103,11 @@ def genuine_pairs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[key].astype(np.int64), b[key].astype(np.int64)
 
 
+# Largest number of ordered image pairs (n * n) whose drawn-or-not bitmap :func:`impostor_pairs`
+# keeps (64 MB); beyond, it finds repeats by sorting.
+SEEN_BITMAP_MAX = 64 * 1024 * 1024
+
+
 def impostor_pairs(codes: np.ndarray, n_pairs: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic sample of distinct impostor pairs (all of them when there are fewer).
 
@@ -141,18 +146,35 @@ def impostor_pairs(codes: np.ndarray, n_pairs: int, *, seed: int) -> tuple[np.nd
         keep = codes[iu] != codes[ju]
         return iu[keep].astype(np.int64), ju[keep].astype(np.int64)
     rng = np.random.default_rng(seed)
+    # Pairs already drawn, as a bitmap of pair keys where it fits in memory (near the total the
+    # draws are mostly repeats, and re-sorting all that was chosen in each round took seconds).
+    seen = np.zeros(n * n, dtype=bool) if n * n <= SEEN_BITMAP_MAX else None
     chosen = np.zeros(0, dtype=np.int64)
-    while chosen.size < n_pairs:
-        need = n_pairs - chosen.size
+    parts: list[np.ndarray] = []
+    size = 0
+    while size < n_pairs:
+        need = n_pairs - size
         draw = int(need * 1.3) + 1024
         i = rng.integers(0, n, size=draw)
         j = rng.integers(0, n, size=draw)
         ok = codes[i] != codes[j]
         lo, hi = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
-        merged = np.concatenate([chosen, lo * n + hi])
+        keys = lo * n + hi
         # Keep first occurrences in draw order, so the sample is a prefix-stable sequence.
-        _, first = np.unique(merged, return_index=True)
-        chosen = merged[np.sort(first)]
+        if seen is None:
+            merged = np.concatenate([chosen, keys])
+            _, first = np.unique(merged, return_index=True)
+            chosen = merged[np.sort(first)]
+            size = chosen.size
+        else:
+            _, first = np.unique(keys, return_index=True)
+            keys = keys[np.sort(first)]
+            keys = keys[~seen[keys]]
+            seen[keys] = True
+            parts.append(keys)
+            size += keys.size
+    if seen is not None:
+        chosen = np.concatenate(parts)
     chosen = np.sort(chosen[:n_pairs])
     return (chosen // n).astype(np.int64), (chosen % n).astype(np.int64)
 
