@@ -1,9 +1,11 @@
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
 from visage_ml.data.pairs import PairSet, threshold_at_far
+from visage_ml.evaluation.bootstrap import identity_multiplicities, pair_weights
 from visage_ml.evaluation.demographics import (
     band_accuracy,
     demographic_model_report,
@@ -140,6 +142,31 @@ def test_bootstrap_intervals_contain_estimates():
     assert d.samples["cross_fmr"].shape == (100, 4, 4)
     lo, hi = np.array(out["cross_fmr"]["ci_low"]), np.array(out["cross_fmr"]["ci_high"])
     assert np.all(lo <= hi)
+
+
+def test_each_resample_weighs_every_comparison_by_its_identities_multiplicities():
+    # A resample's rates are summed per identity pair; they must be the rates of the
+    # comparisons weighted one by one (a genuine one by its identity's multiplicity, an
+    # impostor one by the product of both), with a subject of unknown group left out.
+    pairs, breakdown, _ = synthetic_pairs(shift_g4=0.15, per_group=25)
+    labels = breakdown.identity_label.copy()
+    labels[:3] = -1
+    breakdown = dataclasses.replace(breakdown, identity_label=labels)
+    t = threshold_at_far(pairs.score[~pairs.genuine], 1e-2)
+    d = demographic_differentials(pairs, [breakdown], threshold=t, rounds=5, seed=9)["group"]
+    accepted = pairs.score >= t
+    la, lb = labels[pairs.id_a], labels[pairs.id_b]
+    for r, m in enumerate(identity_multiplicities(pairs.n_identities, 5, seed=9)):
+        w = pair_weights(pairs, m)
+        for g in range(len(GROUPS)):
+            imp = ~pairs.genuine & (la == g) & (lb == g)
+            gen = pairs.genuine & (la == g)
+            assert d.samples["fmr"][r, g] == pytest.approx(w[imp & accepted].sum() / w[imp].sum())
+            assert d.samples["fnmr"][r, g] == pytest.approx(w[gen & ~accepted].sum() / w[gen].sum())
+        cross = ~pairs.genuine & (((la == 0) & (lb == 1)) | ((la == 1) & (lb == 0)))
+        assert d.samples["cross_fmr"][r, 0, 1] == pytest.approx(
+            w[cross & accepted].sum() / w[cross].sum()
+        )
 
 
 def test_planted_bias_is_flagged_and_fails_the_gate():

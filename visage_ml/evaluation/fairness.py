@@ -39,7 +39,6 @@ import numpy as np
 
 from visage_ml.data.pairs import PairSet
 from visage_ml.evaluation.bootstrap import estimate, finite_or_none, identity_multiplicities
-from visage_ml.evaluation.bootstrap import pair_weights as _pair_weights
 from visage_ml.evaluation.groups import Partition
 
 logger = logging.getLogger(__name__)
@@ -265,19 +264,39 @@ class _Cells:
         codes = np.where(lo >= 0, cell, -1)
         self.partition = Partition(codes, range(g * g + g))
         self.error = np.where(pairs.genuine, ~accepted, accepted).astype(np.float64)
+        # A resample weighs a comparison by its identities' multiplicities alone, so a cell's
+        # weight is summed over the identity pairs in it (each with its number of
+        # comparisons): hundreds of thousands, not the millions of comparisons.
+        kept = codes >= 0
+        k = max(int(pairs.n_identities), 1)
+        key = (pairs.id_a[kept].astype(np.int64) * k + pairs.id_b[kept]) * 2 + pairs.genuine[kept]
+        key, first, count = np.unique(key, return_index=True, return_counts=True)
+        self._ids_a, self._ids_b = (key // 2) // k, (key // 2) % k
+        self._ids_genuine = (key % 2).astype(bool)
+        self._ids_count = count.astype(np.float64)
+        self._ids_partition = Partition(codes[kept][first], range(g * g + g))
         # Errors are rare (an FMR of 1e-3): a resample's error sums run over them alone.
         self._errors = np.flatnonzero(self.error)
         self._error_partition = Partition(codes[self._errors], range(g * g + g))
+        self._err_a, self._err_b = pairs.id_a[self._errors], pairs.id_b[self._errors]
+        self._err_genuine = pairs.genuine[self._errors]
 
-    def rates(self, weights: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """``(cross_fmr (G,G), fnmr (G,), cross_n (G,G), genuine_n (G,))`` (weighted)."""
+    def rates(self, multiplicity: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """``(cross_fmr (G,G), fnmr (G,), cross_n (G,G), genuine_n (G,))``, weighted by an
+        identity resample's ``multiplicity`` per identity (None: each comparison once)."""
         # Counts and bootstrap multiplicities are integers: the vectorised sums are exact.
-        if weights is None:
+        if multiplicity is None:
             n = self.partition.n.astype(np.float64)
             e = self.partition.sums(self.error)
         else:
-            n = self.partition.sums(weights)
-            e = self._error_partition.sums(weights[self._errors])
+            m = np.asarray(multiplicity, dtype=np.float64)
+            # A genuine comparison weighs its identity's multiplicity, an impostor one the
+            # product of both (bootstrap.pair_weights).
+            wa = m[self._ids_a]
+            w_ids = np.where(self._ids_genuine, wa, wa * m[self._ids_b]) * self._ids_count
+            n = self._ids_partition.sums(w_ids)
+            ea = m[self._err_a]
+            e = self._error_partition.sums(np.where(self._err_genuine, ea, ea * m[self._err_b]))
         g = self.g
         n_imp = n[: g * g].reshape(g, g)
         e_imp = e[: g * g].reshape(g, g)
@@ -408,8 +427,8 @@ def _clean(d: Mapping[str, float]) -> dict[str, float | None]:
     return {k: finite_or_none(v) for k, v in d.items()}
 
 
-def _point(cells: _Cells, weights: np.ndarray | None, alpha: float) -> dict[str, Any]:
-    cross, fnmr, n_imp, n_gen = cells.rates(weights)
+def _point(cells: _Cells, multiplicity: np.ndarray | None, alpha: float) -> dict[str, Any]:
+    cross, fnmr, n_imp, n_gen = cells.rates(multiplicity)
     fmr = np.diag(cross).copy()
     n_same = np.diag(n_imp).copy()
     summaries = summarize(
@@ -483,9 +502,8 @@ def demographic_differentials(
         b.name: {k: [] for k in ("fmr", "fnmr", "cross_fmr", *SUMMARY_KEYS)} for b in breakdowns
     }
     for m in multiplicities:
-        w = _pair_weights(pairs, m)
         for b in breakdowns:
-            p = _point(cells[b.name], w, alpha)
+            p = _point(cells[b.name], m, alpha)
             store = acc[b.name]
             for k in ("fmr", "fnmr", "cross_fmr"):
                 store[k].append(p[k])
