@@ -164,6 +164,22 @@ def test_impostor_sample_is_the_same_whether_repeats_are_found_by_bitmap_or_by_s
     assert np.array_equal(by_bitmap[1], by_sorting[1])
 
 
+def test_an_identity_resample_gives_the_roc_of_its_comparison_weights():
+    rng = np.random.default_rng(2)
+    codes = np.repeat(np.arange(30), 4)
+    emb = rng.normal(size=(codes.size, 8)) + 2 * rng.normal(size=(30, 8))[codes]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pairs = build_pairs(emb.astype(np.float32), codes, impostor_limit=3000, seed=0)
+    ss = SortedScores(pairs.score, pairs.genuine, id_a=pairs.id_a, id_b=pairs.id_b)
+    m = rng.multinomial(30, np.full(30, 1 / 30)).astype(np.float64)
+    by_identity = ss.roc(multiplicity=m)
+    by_comparison = ss.roc(pair_weights(pairs, m))
+    np.testing.assert_array_equal(by_identity.fmr, by_comparison.fmr)
+    np.testing.assert_array_equal(by_identity.tar, by_comparison.tar)
+    with pytest.raises(ValueError, match="id_a and id_b"):
+        SortedScores(pairs.score, pairs.genuine).roc(multiplicity=m)
+
+
 def test_pair_scores_are_batched_cosines():
     rng = np.random.default_rng(4)
     emb = rng.normal(size=(50, 16)).astype(np.float32)

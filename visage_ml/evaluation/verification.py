@@ -24,7 +24,6 @@ from visage_ml.evaluation.bootstrap import (
     estimate,
     finite_or_none,
     identity_multiplicities,
-    pair_weights,
 )
 
 DEFAULT_FARS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
@@ -63,9 +62,19 @@ class SortedScores:
         Similarity per comparison.
     genuine
         ``True`` for genuine comparisons.
+    id_a, id_b
+        Identity codes of each comparison's two subjects, for identity resamples
+        (:meth:`roc` with ``multiplicity``).
     """
 
-    def __init__(self, scores: np.ndarray, genuine: np.ndarray) -> None:
+    def __init__(
+        self,
+        scores: np.ndarray,
+        genuine: np.ndarray,
+        *,
+        id_a: np.ndarray | None = None,
+        id_b: np.ndarray | None = None,
+    ) -> None:
         scores = np.asarray(scores, dtype=np.float64)
         genuine = np.asarray(genuine, dtype=bool)
         if scores.shape != genuine.shape:
@@ -73,17 +82,32 @@ class SortedScores:
         self.order = np.argsort(-scores, kind="stable")
         self.scores = scores[self.order]
         self.genuine = genuine[self.order]
+        # Identities in score order: a resample's weights are made in that order directly.
+        self._id_a = None if id_a is None else np.asarray(id_a)[self.order]
+        self._id_b = None if id_b is None else np.asarray(id_b)[self.order]
         # Last position of each run of equal scores: the ROC has one point per distinct score.
         n = self.scores.size
         self.ends = np.flatnonzero(np.r_[self.scores[1:] != self.scores[:-1], n > 0])
         self.thresholds = np.r_[np.inf, self.scores[self.ends]]
 
-    def counts(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def counts(
+        self, weights: np.ndarray | None = None, *, multiplicity: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Cumulative (weighted) genuine and impostor counts accepted at each threshold.
 
-        ``weights`` is in the original (unsorted) order of the comparisons.
+        ``weights`` is in the original (unsorted) order of the comparisons. ``multiplicity``
+        (per identity, of an identity resample) weighs a genuine comparison by its identity's
+        multiplicity and an impostor one by the product of both (:func:`bootstrap.pair_weights`);
+        it needs the identities given at construction.
         """
-        if weights is None:
+        if multiplicity is not None:
+            if self._id_a is None or self._id_b is None:
+                raise ValueError("identity resamples need id_a and id_b at construction")
+            m = np.asarray(multiplicity, dtype=np.float64)
+            wa = m[self._id_a]
+            g = np.where(self.genuine, wa, 0.0)
+            i = np.where(self.genuine, 0.0, wa * m[self._id_b])
+        elif weights is None:
             g = self.genuine.astype(np.float64)
             i = 1.0 - g
         else:
@@ -94,9 +118,12 @@ class SortedScores:
         fp = np.r_[0.0, np.cumsum(i)[self.ends]]
         return tp, fp
 
-    def roc(self, weights: np.ndarray | None = None) -> RocCurve:
-        """The ROC (optionally with per-comparison weights)."""
-        tp, fp = self.counts(weights)
+    def roc(
+        self, weights: np.ndarray | None = None, *, multiplicity: np.ndarray | None = None
+    ) -> RocCurve:
+        """The ROC (optionally with per-comparison weights, or an identity resample's
+        ``multiplicity``: see :meth:`counts`)."""
+        tp, fp = self.counts(weights, multiplicity=multiplicity)
         if tp[-1] <= 0:
             raise ValueError(MSG_NO_GENUINE)
         if fp[-1] <= 0:
@@ -226,13 +253,13 @@ def verification_with_intervals(
         The full ROC, the metrics and ``(rounds,)`` samples per metric (NaN where a resample
         lost every genuine or every impostor comparison).
     """
-    ss = SortedScores(pairs.score, pairs.genuine)
+    ss = SortedScores(pairs.score, pairs.genuine, id_a=pairs.id_a, id_b=pairs.id_b)
     curve = ss.roc()
     point = verification_metrics(curve, fars)
     samples: dict[str, list[float]] = {k: [] for k in point}
     for m in identity_multiplicities(pairs.n_identities, rounds, seed=seed):
         try:
-            resampled = verification_metrics(ss.roc(pair_weights(pairs, m)), fars)
+            resampled = verification_metrics(ss.roc(multiplicity=m), fars)
         except ValueError:
             resampled = dict.fromkeys(point, float("nan"))
         for k, v in resampled.items():
