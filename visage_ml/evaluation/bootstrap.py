@@ -27,11 +27,20 @@ def identity_multiplicities(n_identities: int, rounds: int, *, seed: int) -> np.
     return rng.multinomial(n_identities, p, size=rounds).astype(np.float64)
 
 
-def pair_weights(pairs: PairSet, multiplicity: np.ndarray) -> np.ndarray:
-    """Weight of each comparison under one identity resample (see the module docstring)."""
+def comparison_weights(
+    multiplicity: np.ndarray, id_a: np.ndarray, id_b: np.ndarray, genuine: np.ndarray
+) -> np.ndarray:
+    """Weight of comparisons ``(id_a, id_b, genuine)`` under one identity resample: a genuine
+    one weighs its identity's multiplicity, an impostor one the product of both (see the module
+    docstring)."""
     m = np.asarray(multiplicity, dtype=np.float64)
-    wa = m[pairs.id_a]
-    return np.where(pairs.genuine, wa, wa * m[pairs.id_b])
+    wa = m[id_a]
+    return np.where(genuine, wa, wa * m[id_b])
+
+
+def pair_weights(pairs: PairSet, multiplicity: np.ndarray) -> np.ndarray:
+    """Weight of each comparison of ``pairs`` under one identity resample."""
+    return comparison_weights(multiplicity, pairs.id_a, pairs.id_b, pairs.genuine)
 
 
 def resampled_weights(pairs: PairSet, rounds: int, *, seed: int) -> Iterator[np.ndarray]:

@@ -38,7 +38,12 @@ from typing import Any
 import numpy as np
 
 from visage_ml.data.pairs import PairSet
-from visage_ml.evaluation.bootstrap import estimate, finite_or_none, identity_multiplicities
+from visage_ml.evaluation.bootstrap import (
+    comparison_weights,
+    estimate,
+    finite_or_none,
+    identity_multiplicities,
+)
 from visage_ml.evaluation.groups import Partition
 
 logger = logging.getLogger(__name__)
@@ -289,14 +294,11 @@ class _Cells:
             n = self.partition.n.astype(np.float64)
             e = self.partition.sums(self.error)
         else:
-            m = np.asarray(multiplicity, dtype=np.float64)
-            # A genuine comparison weighs its identity's multiplicity, an impostor one the
-            # product of both (bootstrap.pair_weights).
-            wa = m[self._ids_a]
-            w_ids = np.where(self._ids_genuine, wa, wa * m[self._ids_b]) * self._ids_count
-            n = self._ids_partition.sums(w_ids)
-            ea = m[self._err_a]
-            e = self._error_partition.sums(np.where(self._err_genuine, ea, ea * m[self._err_b]))
+            w_ids = comparison_weights(multiplicity, self._ids_a, self._ids_b, self._ids_genuine)
+            n = self._ids_partition.sums(w_ids * self._ids_count)
+            e = self._error_partition.sums(
+                comparison_weights(multiplicity, self._err_a, self._err_b, self._err_genuine)
+            )
         g = self.g
         n_imp = n[: g * g].reshape(g, g)
         e_imp = e[: g * g].reshape(g, g)

@@ -21,6 +21,7 @@ from visage_ml.data.pairs import (
     PairSet,
 )
 from visage_ml.evaluation.bootstrap import (
+    comparison_weights,
     estimate,
     finite_or_none,
     identity_multiplicities,
@@ -97,16 +98,15 @@ class SortedScores:
 
         ``weights`` is in the original (unsorted) order of the comparisons. ``multiplicity``
         (per identity, of an identity resample) weighs a genuine comparison by its identity's
-        multiplicity and an impostor one by the product of both (:func:`bootstrap.pair_weights`);
-        it needs the identities given at construction.
+        multiplicity and an impostor one by the product of both
+        (:func:`bootstrap.comparison_weights`); it needs the identities given at construction.
         """
         if multiplicity is not None:
             if self._id_a is None or self._id_b is None:
                 raise ValueError("identity resamples need id_a and id_b at construction")
-            m = np.asarray(multiplicity, dtype=np.float64)
-            wa = m[self._id_a]
-            g = np.where(self.genuine, wa, 0.0)
-            i = np.where(self.genuine, 0.0, wa * m[self._id_b])
+            w = comparison_weights(multiplicity, self._id_a, self._id_b, self.genuine)
+            g = np.where(self.genuine, w, 0.0)
+            i = w - g
         elif weights is None:
             g = self.genuine.astype(np.float64)
             i = 1.0 - g
