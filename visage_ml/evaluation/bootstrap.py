@@ -11,7 +11,6 @@ re-scored.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -41,12 +40,6 @@ def comparison_weights(
 def pair_weights(pairs: PairSet, multiplicity: np.ndarray) -> np.ndarray:
     """Weight of each comparison of ``pairs`` under one identity resample."""
     return comparison_weights(multiplicity, pairs.id_a, pairs.id_b, pairs.genuine)
-
-
-def resampled_weights(pairs: PairSet, rounds: int, *, seed: int) -> Iterator[np.ndarray]:
-    """Comparison weights of ``rounds`` identity resamples, one array at a time."""
-    for m in identity_multiplicities(pairs.n_identities, rounds, seed=seed):
-        yield pair_weights(pairs, m)
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
