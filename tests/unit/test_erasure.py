@@ -218,6 +218,38 @@ def test_each_store_says_what_it_still_holds_until_the_subject_is_erased(proj):
     assert Erasure(proj.paths).remaining(victim) == {s: [] for s in before}
 
 
+def test_the_embedders_resume_checkpoints_and_their_margin_heads_go_with_the_subject(proj):
+    # The margin head is one row per training identity, the centre of their embeddings: with
+    # the released backbone, a template that identifies them (every training subject of the
+    # demo project matches their own row first). The resume checkpoints keep it in clear.
+    import torch  # deferred: heavy, and only this test writes a checkpoint
+
+    from visage_ml.models.checkpoint import save_resume
+
+    victim = proj.pids[0]
+    checkpoints = proj.paths.models / "checkpoints"
+    head = torch.nn.functional.normalize(torch.randn(len(proj.pids), 16), dim=1)
+    for epoch in (1, 2):
+        state = {"epoch": epoch, "modules": {"head": {"fc.weight": head}}}
+        save_resume(checkpoints / "embedder", state, fingerprint="f")
+    # A save killed before its rename leaves the same bytes under a temporary name.
+    torn = checkpoints / "embedder" / ".epoch-0003.pt.x1y2.tmp"
+    torn.write_bytes((checkpoints / "embedder" / "epoch-0002.pt").read_bytes())
+    # The demographic net has no row per person: its checkpoint stays resumable.
+    kept = save_resume(checkpoints / "demographics", {"epoch": 1}, fingerprint="g")
+    assert (
+        "models/checkpoints/embedder/epoch-0001.pt"
+        in Erasure(proj.paths).remaining(victim)["processed"]
+    )
+    result = Erasure(proj.paths).erase(victim)
+    assert not [f for f in (checkpoints / "embedder").iterdir() if f.is_file()]
+    assert kept.is_file()
+    removed = {a["path"]: a["outcome"] for a in result.certificate["claims"]["artefacts"]}
+    assert removed["models/checkpoints/embedder/epoch-0002.pt"] == "physically removed"
+    assert "models/checkpoints/embedder/.epoch-0003.pt.x1y2.tmp" in removed
+    assert Erasure(proj.paths).remaining(victim)["processed"] == []
+
+
 def test_unverified_or_closed_requests_are_not_run(proj):
     book = RequestBook(proj.core)
     st = book.receive(proj.pids[1], "erasure")

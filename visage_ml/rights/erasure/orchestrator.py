@@ -21,8 +21,10 @@ dvc            DVC objects of those files, ``.dir`` manifests that list them, ol
                naming the pid, purged by hash from the cache, every remote and the site cache
                (:mod:`.dvc`); on the stack's S3 remote deleted, then SeaweedFS's volumes
                compacted so the bytes leave the disk (:mod:`.dvc_remote`)
-processed      ``data/processed`` without the subject (:mod:`.processed`) and the subject's
-               export bundles under ``privacy/exports`` (:mod:`.exports`)
+processed      ``data/processed`` without the subject (:mod:`.processed`), the subject's
+               export bundles under ``privacy/exports`` (:mod:`.exports`) and the embedder's
+               resume checkpoints, whose margin head holds a row per training identity
+               (:mod:`.checkpoints`)
 mlflow         MLflow artefacts and rows naming the subject (by design none), SQLite pages
                included (:mod:`.mlflow`); on an MLflow server its runs deleted and
                garbage-collected, its rows rewritten (:mod:`.mlflow_server`)
@@ -78,6 +80,7 @@ from visage_ml.privacy.requests import (
 # A module, not its function: lineage imports this package's DVC machinery.
 from visage_ml.rights import lineage
 from visage_ml.rights.erasure import (
+    checkpoints,
     datakey,
     dvc,
     dvc_remote,
@@ -107,7 +110,7 @@ STEPS: tuple[str, ...] = (
     "certificate",
 )
 # The stores each destructive step drives, in order (their artefacts are recorded under the
-# step): export bundles go with the processed data, as they always have in the ledger.
+# step): export bundles and resume checkpoints go with the processed data.
 STORES: Mapping[str, tuple[Store, ...]] = {
     # The shared gallery's row first: no replica returns the subject from then on, before the
     # key that seals the row's template goes.
@@ -119,7 +122,8 @@ STORES: Mapping[str, tuple[Store, ...]] = {
     # The stack's S3 remote first (it notes where the objects sit in the volume files before
     # they are deleted, then compacts them); then DVC's purge of the cache and every remote.
     "dvc": (dvc_remote, dvc),
-    "processed": (processed, exports),
+    # The embedder's resume checkpoints: their margin head is a row per training identity.
+    "processed": (processed, exports, checkpoints),
     # The local SQLite file, then the stack's MLflow server (client API, `mlflow gc`, vacuum).
     "mlflow": (mlflow, mlflow_server),
 }
