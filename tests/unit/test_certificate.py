@@ -138,6 +138,22 @@ def test_cli_verify_certificate_exit_codes(erased):
     assert out.exit_code == 1 and json.loads(out.output)["ok"] is False
 
 
+def test_offline_verification_of_a_missing_or_empty_file_exits_1(tmp_path):
+    pub = tmp_path / "ledger.pub"
+    pub.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    (tmp_path / "empty.json").write_text("")
+    runner = CliRunner()
+    for name in ("missing.json", "empty.json"):
+        for keys in ([], ["--public-key", str(pub)]):
+            args = ["privacy", "verify-certificate", "--offline", str(tmp_path / name), *keys]
+            out = runner.invoke(app, args)
+            assert out.exit_code == 1 and "certificate INVALID" in out.output, (name, keys)
+
+
 def _mlflow_db(paths, versions):
     """Versions of a registered model in the project's MLflow store, tagged with a data md5."""
     # Deferred: MLflow is heavy and only this test writes to a tracking store.
@@ -228,6 +244,46 @@ def _offline_copy(proj, result, tmp_path):
     return cert, pub
 
 
+def _other_base64(value: str) -> str:
+    """The same 64 signature bytes in another base64 text: the spare bits of the last data
+    character (before ``==``) set, which decoders ignore."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    assert value.endswith("==")
+    return value[:-3] + alphabet[alphabet.index(value[-3]) ^ 1] + "=="
+
+
+def test_the_unsigned_signature_member_cannot_change_and_a_malformed_one_fails_by_name(
+    erased, tmp_path
+):
+    proj, _, _, result = erased
+    cert, pub = _offline_copy(proj, result, tmp_path)
+    vkey = _witness_vkey()
+    original = json.loads(cert.read_text())
+
+    def variant(change):
+        doc = json.loads(json.dumps(original))
+        change(doc)
+        return doc
+
+    variants = {
+        # The signature cannot sign itself: its member is outside the signed bytes.
+        "spare base64 bits": variant(
+            lambda d: d["signature"].update(value=_other_base64(d["signature"]["value"]))
+        ),
+        "an added member": variant(lambda d: d["signature"].update(note="erasure of p-other")),
+        # A hostile file is a failed check, not a traceback.
+        "ledger not an object": variant(lambda d: d.update(ledger="x")),
+        "payload not an object": variant(
+            lambda d: d["ledger"]["erasure_completed"].update(payload=["x"])
+        ),
+    }
+    for what, doc in variants.items():
+        changed = tmp_path / "changed.json"
+        changed.write_text(render(doc))
+        report = verify_offline(changed, public_key=pub, witness_keys=[vkey])
+        assert not report.ok, what
+
+
 def test_the_certificate_carries_a_witnessed_tlog_proof_verified_offline(erased, tmp_path):
     proj, _, _, result = erased
     doc = json.loads(result.certificate_path.read_text())
@@ -252,12 +308,23 @@ def test_the_certificate_carries_a_witnessed_tlog_proof_verified_offline(erased,
     assert not verify_offline(cert, public_key=other, witness_keys=[vkey]).ok
     # Without pinned keys it says that the keys came from the certificate itself.
     alone = verify_offline(cert)
-    assert alone.ok and any("taken from the certificate" in c.detail for c in alone.checks)
+    assert alone.ok and any("taken from the certificate" in n for n in alone.notes)
+    unpinned = CliRunner().invoke(app, ["privacy", "verify-certificate", "--offline", str(cert)])
+    assert "certificate VALID (keys not pinned)" in unpinned.output, unpinned.output
     runner = CliRunner()
     args = ["privacy", "verify-certificate", "--offline", str(cert), "--public-key", str(pub)]
     ok = runner.invoke(app, [*args, "--witness-key", vkey])
     assert ok.exit_code == 0 and "certificate VALID" in ok.output, ok.output
+    # VALID for which erasure: a certificate of another request or subject must be visible.
+    assert doc["request_id"] in ok.output and doc["pid"] in ok.output
     assert runner.invoke(app, [*args, "--witness-key", stranger]).exit_code == 1
+    # A valid certificate of another erasure fails a verifier who says which one it asked for.
+    asked = [*args, "--witness-key", vkey, "--request-id", doc["request_id"], "--subject"]
+    assert runner.invoke(app, [*asked, doc["pid"]]).exit_code == 0
+    other_subject = runner.invoke(app, [*asked, "p-someone-else"])
+    assert other_subject.exit_code == 1 and "certificate INVALID" in other_subject.output
+    other_request = [*args, "--witness-key", vkey, "--request-id", "r-another"]
+    assert runner.invoke(app, other_request).exit_code == 1
 
 
 def _verifier_code() -> str:
@@ -290,6 +357,7 @@ def test_the_standalone_verifier_of_docs_accepts_a_real_certificate_and_rejects_
     assert good.returncode == 0 and "certificate VALID" in good.stdout, good.stdout + good.stderr
     original = cert.read_bytes()
     doc = json.loads(original)
+    assert f"request {doc['request_id']}, subject {doc['pid']}" in good.stdout
     targets = {
         "a claimed artefact hash": doc["claims"]["artefacts"][0]["sha256"][10:30],
         "the tlog proof": doc["proof"]["tlog_proof"].split("\n")[3][5:25],
@@ -305,6 +373,16 @@ def test_the_standalone_verifier_of_docs_accepts_a_real_certificate_and_rejects_
         data[pos] = ord("A") if data[pos] != ord("A") else ord("B")
         changed = tmp_path / "changed.json"
         changed.write_bytes(bytes(data))
+        out = run(changed)
+        assert out.returncode == 1 and "certificate INVALID" in out.stdout, (what, out.stdout)
+    # Bytes that decode to the same text or the same signature are still other bytes.
+    value = doc["signature"]["value"]
+    for what, data in (
+        ("spare base64 bits", original.replace(value.encode(), _other_base64(value).encode())),
+        ("CRLF line ends", original.replace(b"\n", b"\r\n")),
+    ):
+        changed = tmp_path / "changed.json"
+        changed.write_bytes(data)
         out = run(changed)
         assert out.returncode == 1 and "certificate INVALID" in out.stdout, (what, out.stdout)
     # A change that breaks the JSON or drops a member is a named failure, not a traceback.

@@ -731,6 +731,12 @@ def verify_certificate_cmd(
     witness_key: list[str] = typer.Option(
         None, "--witness-key", help="A witness verifier key that must have cosigned (repeatable)."
     ),
+    request_id: str = typer.Option(
+        None, "--request-id", help="Fail unless the certificate is for this erasure request."
+    ),
+    subject: str = typer.Option(
+        None, "--subject", help="Fail unless the certificate is for this subject (pid)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Verify an erasure certificate with only the certificate, the public key and the checkout.
@@ -748,6 +754,7 @@ def verify_certificate_cmd(
             report = verify_certificate(
                 cert, root=project().root, public_key=public_key, scan=not no_scan
             )
+        report.expect(request_id=request_id, pid=subject)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -758,7 +765,10 @@ def verify_certificate_cmd(
             console.print(f"     found: {f['path']} ({f['why']})", highlight=False)
         if report.models:
             console.print(f"models: {report.models['status']}", highlight=False)
-        console.print("certificate VALID" if report.ok else "certificate INVALID")
+        for text in report.notes:
+            console.print(f"[yellow]note[/] {text}", highlight=False)
+        valid = "certificate VALID" + (" (keys not pinned)" if report.notes else "")
+        console.print(valid if report.ok else "certificate INVALID")
     if not report.ok:
         raise typer.Exit(1)
 
