@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -583,6 +584,57 @@ def test_plain_http_off_loopback_is_refused_unless_asked_for(project, monkeypatc
         assert runner.invoke(cli, ["serve", "--host", host]).exit_code == 0, host
     assert len(runs) == 5
     assert not serve_cmd.is_loopback(ALL_INTERFACES) and serve_cmd.is_loopback("[::1]")
+
+
+def test_x_forwarded_for_does_not_escape_the_failed_authentication_limit(project, monkeypatch):
+    # The attack: behind the documented proxy on loopback (or from the host itself), a key
+    # guesser sends a new X-Forwarded-For with each guess. uvicorn trusts that header from
+    # 127.0.0.1 by default, so each guess would count against another "client", never 429.
+    import uvicorn
+
+    from visage_ml.app.cli import app as cli
+    from visage_ml.app.http import app as app_mod
+
+    site = make_site(project, overrides={"serving.auth.max_failures": 3})
+    built = site.build_app()
+    runs = []
+    monkeypatch.setattr(app_mod, "create_app", lambda *a, **kw: built)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: runs.append((app, kw)))
+    assert CliRunner().invoke(cli, ["serve"]).exit_code == 0
+    app, kw = runs[-1]
+    config = uvicorn.Config(app, **kw)
+    config.load()  # the ASGI stack `visage serve` runs, with uvicorn's own middleware
+
+    def get(key: str, n: int) -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"x-api-key", key.encode()), (b"x-forwarded-for", f"203.0.113.{n}".encode())]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/v1/ledger",
+            "raw_path": b"/v1/ledger",
+            "root_path": "",
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000 + n),
+            "server": ("127.0.0.1", 8000),
+        }
+        anyio.run(config.loaded_app, scope, receive, send)
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    assert [get("vk_guess", n) for n in range(3)] == [401, 401, 401]
+    assert get("vk_guess", 99) == 429
+    assert get(site.keys["auditor"], 100) == 429  # the limit holds for the real client
 
 
 # ---------------------------------------------------------------------------------------------

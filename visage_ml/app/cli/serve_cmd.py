@@ -198,6 +198,10 @@ def serve(
         # trace output describe connections and ASGI messages.
         log_config=None,
         log_level="info",
+        # The failed-authentication limit counts the connecting address. uvicorn would replace
+        # it with X-Forwarded-For from loopback (a proxy that passes the client's own header on,
+        # or any local user), letting a key guesser pose as a new client with every guess.
+        proxy_headers=False,
         **tls,
     )
 
