@@ -176,21 +176,25 @@ def test_verify_answers_match_or_not_and_unknown_pid_is_404(enrolled):
     assert r.status_code == 422 and error_of(r) == "multiple_faces"
 
 
-def test_enrolment_without_identification_consent_is_refused_before_detection(served):
+def test_enrolment_without_identification_consent_is_refused_before_embedding(served, monkeypatch):
     s = served
     detector = s.engine.detector
-    calls = detector.calls
+    embedded = []
+    embed = s.engine.embed
+    monkeypatch.setattr(s.engine, "embed", lambda crops: embedded.append(1) or embed(crops))
     r = s.enroll(s.pids[-1])
     # An operator is not told why (no oracle for consent state) ...
     assert r.status_code == 409 and error_of(r) == "not_available"
     assert "no_consent" not in r.json()["error"]["message"]
-    # ... a DPO is.
+    assert embedded == []  # the images were checked (one face, quality), never embedded
+    # ... a DPO is, before the images are looked at.
+    calls = detector.calls
     r = s.call(
         "POST", "/v1/enroll", "dpo", json={"pid": s.pids[-1], "images": s.photo_b64(s.pids[-1])}
     )
     assert r.status_code == 409 and error_of(r) == "processing_not_allowed"
     assert "no_consent" in r.json()["error"]["message"]
-    assert detector.calls == calls  # the images were never looked at
+    assert detector.calls == calls and embedded == []
     assert not (s.world.paths.gallery / "templates").exists() or not any(
         (s.world.paths.gallery / "templates").rglob("*.tpl")
     )
@@ -347,6 +351,51 @@ def test_each_role_reaches_only_its_endpoints(served, method, path, allowed):
             assert r.status_code == 403 and error_of(r) == "forbidden", (role, r.text)
 
 
+# Every route and the roles that may call it (app.py's table); a route missing here fails.
+ROUTE_ROLES = {
+    ("GET", "/healthz"): None,  # public
+    ("GET", "/metrics"): {"auditor", "metrics"},
+    ("POST", "/v1/identify"): {"operator"},
+    ("POST", "/v1/verify"): {"operator", "dpo", "auditor"},
+    ("POST", "/v1/enroll"): {"operator", "dpo"},
+    ("POST", "/v1/analytics"): {"operator"},
+    ("GET", "/v1/analytics/windows"): {"operator"},
+    ("GET", "/v1/subjects/{pid}"): {"dpo", "auditor"},
+    **{
+        ("POST", f"/v1/subjects/{{pid}}/{action}"): {"dpo"}
+        for action in ("consent/withdraw", "restrict", "lift", "object", "requests", "erasure")
+    },
+    ("GET", "/v1/subjects/{pid}/export"): {"dpo"},
+    ("GET", "/v1/requests"): {"dpo"},
+    **{
+        ("POST", f"/v1/requests/{{request_id}}/{action}"): {"dpo"}
+        for action in ("verify", "extend", "deny")
+    },
+    ("GET", "/v1/ledger"): {"auditor"},
+    ("GET", "/v1/certificates"): {"auditor"},
+    ("GET", "/v1/certificates/{name}"): {"auditor"},
+}
+
+
+def test_no_route_lets_in_a_role_it_should_not():
+    from visage_ml.app.http.boundary import PUBLIC_ROUTES, route_roles
+    from visage_ml.app.http.routers import (
+        analytics,
+        health,
+        ledger,
+        recognition,
+        requests,
+        subjects,
+    )
+
+    seen = {}
+    for module in (health, recognition, analytics, subjects, requests, ledger):
+        for route in module.router.routes:
+            roles = None if route.name in PUBLIC_ROUTES else set(route_roles(route) or ROLES)
+            seen.update({(method, route.path): roles for method in route.methods})
+    assert seen == ROUTE_ROLES
+
+
 def test_revoked_key_is_refused_by_a_running_server(served):
     s = served
     store = KeyStore(s.world.paths.api_keys)
@@ -458,6 +507,23 @@ def test_a_body_sent_too_slowly_is_cut_off_with_408(project):
     assert "serving.body_timeout_s" in err["error"]["message"]
     assert time.monotonic() - t0 < 10 and h[b"connection"] == b"close"
     assert audit_lines(s)[-1]["status"] == 408
+
+
+def test_a_chunked_or_understated_body_is_cut_off_at_the_size_limit(project):
+    # The attack: no Content-Length (chunked), or a small one, then megabytes of body.
+    s = Served(project, overrides={"serving.max_request_bytes": 100_000})
+    for declared in ({}, {"content-length": "10"}):
+        reads = 0
+
+        async def flood():
+            nonlocal reads
+            reads += 1
+            return {"type": "http.request", "body": b"x" * 40_000, "more_body": True}
+
+        headers = {"content-type": "application/json", "x-api-key": s.keys["operator"]}
+        status, h, err = asgi_call(s.client.app, "POST", "/v1/identify", headers | declared, flood)
+        assert (status, err["error"]["code"]) == (413, "request_too_large"), declared
+        assert reads == 3 and h[b"connection"] == b"close"  # stops at the limit, unparsed
 
 
 @dataclass

@@ -294,3 +294,35 @@ def test_a_low_quality_face_is_refused_not_matched(lenient):
     assert r.status_code == 422 and error(r)["code"] == "quality_too_low"
     assert "images[1]" in error(r)["message"] and "blurred" in error(r)["message"]
     assert s.gallery.template_path(pid).read_bytes() == before
+
+
+def test_an_operator_cannot_probe_consent_with_an_image_that_is_refused(lenient):
+    # The attack: enrol with an image that can never be enrolled (no face, or blurred). A subject
+    # who may be enrolled gets the image's refusal; one who may not gets not_available before
+    # the image is looked at: consent state read off without enrolling anybody.
+    s = lenient
+    allowed, no_consent = s.pids[0], s.pids[-1]
+    blank = png_b64(np.full((96, 96, 3), 128, np.uint8))
+    blurred = s.photos(allowed, blur=2.0)[0]
+    for image in (blank, blurred):
+        seen = {}
+        for pid in (allowed, no_consent, UNKNOWN):
+            r = s.enroll(pid, images=[image])
+            seen[pid] = (r.status_code, error(r)["code"])
+        assert len(set(seen.values())) == 1, seen
+    assert not s.gallery.status(allowed)["enrolled"]
+
+
+def test_an_operator_cannot_enrol_one_face_under_a_second_pid(lenient):
+    # The attack: the same face (a's photos) enrolled under b's pid, a subject who may be
+    # enrolled but is not yet: the face then answers to both pids, and b's slot is taken.
+    s = lenient
+    a, b = s.pids[0], s.pids[1]
+    assert s.enroll(a).status_code == 200
+    r = s.enroll(b, images=s.photos(a, 3))
+    assert (r.status_code, error(r)["code"]) == (409, "not_available")
+    assert not s.gallery.status(b)["enrolled"]
+    assert s.enroll(a).status_code == 200  # a's own re-enrolment still matches only a
+    assert s.enroll(b).status_code == 200  # b's own face is welcome
+    # A DPO may (twins, a rectification).
+    assert s.enroll(s.pids[2], role="dpo", images=s.photos(a, 3)).status_code == 200

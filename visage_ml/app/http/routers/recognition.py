@@ -9,9 +9,11 @@
 - identify and verify give operators decisions only (identify ranks its candidates, without
   their scores, which would let an operator read what verify withholds); the score of a
   verification goes to dpo and auditor keys;
-- an operator gets one answer whether a subject is unknown, may not be processed, or already has
-  a template that the new images do not match (re-enrolment needs that match, or a dpo key): no
-  oracle for consent state.
+- an operator gets one answer whether a subject is unknown, may not be processed, already has
+  a template that the new images do not match (re-enrolment needs that match, or a dpo key), or
+  the images are identified as another subject (one face, one pid): no oracle for consent
+  state. An operator's images are checked (one face, quality) before the
+  subject is, so an unusable image cannot serve as that oracle either.
 """
 
 from __future__ import annotations
@@ -51,12 +53,13 @@ MSG_MULTIPLE = (
     "{what} needs an image with exactly one face but {n} were found{where}; crop the image"
 )
 # One answer for an operator, whatever the reason: unknown subject, no identification
-# consent (withdrawn, never given, restricted, objected, erased), or a stored template the new
-# images do not match.
+# consent (withdrawn, never given, restricted, objected, erased), a stored template the new
+# images do not match, or new images identified as another subject.
 MSG_NOT_AVAILABLE = (
     "subject {pid} cannot be enrolled with these images under this key: the subject is not "
-    "available for identification, or already has a template these images do not match; a DPO "
-    "can check the subject's state and re-enrol (`POST /v1/enroll` with a dpo key)"
+    "available for identification, or already has a template these images do not match, or "
+    "the images match another enrolled subject; a DPO can check the subject's state and "
+    "re-enrol (`POST /v1/enroll` with a dpo key)"
 )
 SCORE_ROLES: frozenset[str] = frozenset({DPO, AUDITOR})
 VERIFY_KEY = Depends(require(OPERATOR, DPO, AUDITOR))
@@ -178,22 +181,50 @@ def enroll(
     """Enrol (or re-enrol) a subject whose consent covers identification.
 
     The template is the normalised mean of the images' embeddings; it replaces any earlier
-    one. Refused with 409 before any image is looked at when the subject may not be
-    processed for identification (a dpo key is told why; an operator gets one answer for every
-    reason). Re-enrolling a subject who has a template needs a dpo key, or images whose template
-    matches the stored one at the 1:1 threshold. Every image must pass the quality gate.
+    one. Refused with 409 when the subject may not be processed for identification: for a dpo
+    key before any image is looked at, with the reason; for an operator, one answer for every
+    reason, after the images were checked (never embedded), so that an image that could not be
+    enrolled is refused alike whoever the subject is. Re-enrolling a subject who has a template
+    needs a dpo key, or images whose template matches the stored one at the 1:1 threshold; under
+    an operator key, images that match another subject (at the 1:1 and the 1:N threshold) are
+    refused.
+    Every image must pass the quality gate.
     """
     gallery = svc.require_gallery()
     request_info(request)["pid"] = body.pid
     operator = key.role != DPO
+    # A dpo key is refused before any image is looked at. An operator's images are checked
+    # first (decoded, detected, measured; never embedded): refused only for a subject who may
+    # be enrolled, they would tell an operator who may and who may not.
+    crops = None if not operator else _enrolment_crops(svc, body.images)
     with svc.lock:
         decision = svc.core.may_process(body.pid, "identification")
     if not decision.allowed:
         if operator:
             raise _not_available(body.pid)
         raise EnrolmentRefusedError(body.pid, decision.reason)
+    if crops is None:
+        crops = _enrolment_crops(svc, body.images)
+    emb = svc.engine.embed(np.stack(crops))
+    if operator:
+        if gallery.status(body.pid)["enrolled"]:
+            _check_same_person(svc, body.pid, emb)
+        _check_not_someone_else(svc, body.pid, emb)
+    result = gallery.enroll(body.pid, emb, model_version=svc.engine.embedder.model_version)
+    return {
+        "pid": body.pid,
+        "template_sha256": result.template_sha256,
+        "images_used": result.images,
+        "replaced": result.replaced,
+        "model_version": gallery.model_version,
+    }
+
+
+def _enrolment_crops(svc: Service, images: list[str]) -> list[np.ndarray]:
+    """The aligned face of each enrolment image; 422 naming the first image without exactly one
+    face, or whose face is of too low quality."""
     crops = []
-    for i, data in enumerate(body.images):
+    for i, data in enumerate(images):
         faces = svc.engine.detect_one(svc.decode(data, field=f"images[{i}]"))
         if len(faces) != 1:
             raise ApiError(
@@ -209,17 +240,7 @@ def enroll(
                 refusal(quality, what="enrol", where=f" in images[{i}]"),
             )
         crops.append(faces[0].crop)
-    emb = svc.engine.embed(np.stack(crops))
-    if operator and gallery.status(body.pid)["enrolled"]:
-        _check_same_person(svc, body.pid, emb)
-    result = gallery.enroll(body.pid, emb, model_version=svc.engine.embedder.model_version)
-    return {
-        "pid": body.pid,
-        "template_sha256": result.template_sha256,
-        "images_used": result.images,
-        "replaced": result.replaced,
-        "model_version": gallery.model_version,
-    }
+    return crops
 
 
 def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> None:
@@ -236,4 +257,21 @@ def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> None:
         raise _not_available(pid)
     new = template_of(emb, gallery.embedding_dim)
     if float(np.dot(old, new)) < gallery.threshold:
+        raise _not_available(pid)
+
+
+def _check_not_someone_else(svc: Service, pid: str, emb: np.ndarray) -> None:
+    """Refuse (one answer) when the new template matches another searchable subject both as
+    ``/v1/identify`` and as ``/v1/verify`` would decide (the higher of the 1:N and 1:1
+    thresholds, so that a small gallery's low 1:N threshold refuses no newcomer): one face may
+    not take a second pid under an operator key."""
+    gallery = svc.require_gallery()
+    policy = svc.identification
+
+    def threshold_for(n: int) -> float:
+        return max(policy.threshold(n), gallery.threshold) if policy else gallery.threshold
+
+    template = template_of(emb, gallery.embedding_dim)
+    rows, _, _ = gallery.search(template[None, :], top_k=2, threshold_for=threshold_for)
+    if any(m.pid != pid for m in rows[0]):
         raise _not_available(pid)
