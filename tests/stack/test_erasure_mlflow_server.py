@@ -9,6 +9,7 @@ import pytest
 from project_helpers import stack_project_on
 
 from visage_ml.config import ProjectPaths, load_params
+from visage_ml.rights.content_hashes import plain_mac
 from visage_ml.rights.erasure import mlflow_server
 from visage_ml.rights.erasure.base import Context
 from visage_ml.stack.manager import Stack
@@ -42,7 +43,7 @@ def test_runs_artefacts_and_rows_of_the_subject_removed(stack, project, tmp_path
         paths=paths,
         core=None,
         params=load_params(paths.params),
-        planned={"raw": [{"plain_sha256": hashlib.sha256(image).hexdigest(), "path": "x"}]},
+        planned={"raw": [{"plain_mac": plain_mac(paths, hashlib.sha256(image).hexdigest())}]},
     )
     plan = mlflow_server.plan(ctx, PID)
     assert plan is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -103,6 +104,26 @@ def test_restored_content_or_a_manifest_naming_the_subject_is_found(erased):
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
     assert failed(report) == {"no erased content remains"}
     assert {f["path"] for f in report.findings} == {str(restored), str(manifest)}
+
+
+def test_the_records_keep_no_hash_a_photograph_of_the_subject_could_be_checked_against(erased):
+    # The attack: whoever reads the certificate or the ledger (both kept for good) holds a
+    # photograph that encodes to the erased PNG's bytes and looks for its SHA-256 there.
+    proj, _, removed, result = erased
+    records = result.certificate_path.read_bytes() + proj.paths.ledger.read_bytes()
+    sought = {hashlib.sha256(png).hexdigest() for png in removed.values()}
+    assert sought and not [h for h in sought if h.encode() in records]
+    # The controller's scan still knows a plaintext copy (keyed), and says when it cannot look.
+    copy = proj.paths.root / "data" / "backup" / "copy.png"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(next(iter(removed.values())))
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert [f["path"] for f in report.findings] == [str(copy)]
+    copy.unlink()
+    proj.paths.tombstone_key.unlink()
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert failed(report) == {"no erased content remains"} and not report.findings
+    assert "tombstone key is missing" in next(c.detail for c in report.checks if not c.ok)
 
 
 def test_certificate_and_key_alone_verify_the_proof_without_the_checkout(erased, tmp_path):

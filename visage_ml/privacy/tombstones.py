@@ -109,7 +109,20 @@ class Tombstones:
         key = key if key is not None else self._load_key(create=True)
         if key is None:  # pragma: no cover - _load_key(create=True) returns a key or raises
             raise TombstoneKeyError(MSG_BAD_KEY.format(key=self.key_path))
+        return self.mac_with(key, kind, value)
+
+    @staticmethod
+    def mac_with(key: bytes, kind: str, value: str) -> str:
+        """:meth:`mac` under a key already read (for a scan that keys every file's digest)."""
         return hmac.new(key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
+
+    def existing_key(self) -> bytes | None:
+        """The tombstone key if the project has one (None: missing, or unreadable); never makes
+        one."""
+        try:
+            return self._load_key(create=False)
+        except TombstoneKeyError:
+            return None
 
     # -- reading -------------------------------------------------------------------------------
     def _refresh(self) -> None:

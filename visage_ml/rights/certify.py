@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from visage_ml.privacy.certificate import CertificateReport, entry_ok, verify_pr
 from visage_ml.privacy.keys import key_id
 from visage_ml.privacy.ledger import Ledger, LedgerError
 from visage_ml.rights import dvc_objects, lineage
+from visage_ml.rights.content_hashes import MSG_NO_KEY, ContentHashes
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,12 @@ def _walk_files(root: Path) -> Iterable[Path]:
 
 
 def scan_for_hashes(
-    roots: Iterable[Path], sha256s: set[str], *, pid: str, md5s: set[str], report: CertificateReport
+    roots: Iterable[Path],
+    sha256s: Container[str],
+    *,
+    pid: str,
+    md5s: set[str],
+    report: CertificateReport,
 ) -> None:
     """Hash every file under ``roots``; record any whose SHA-256 is listed, and any ``.dir``
     manifest that names a listed md5 or the subject's folder."""
@@ -169,21 +175,18 @@ def _scan(
     paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], report: Any
 ) -> None:
     artefacts = claims.get("artefacts") or []
-    # A sealed image's artefact also names its PNG (plain_sha256): a plaintext copy counts too.
-    sha256s = {
-        a[k]
-        for a in artefacts
-        if isinstance(a, Mapping)
-        for k in ("sha256", "plain_sha256")
-        if a.get(k)
-    }
     md5s = {a["md5"] for a in artefacts if isinstance(a, Mapping) and a.get("md5")}
     # Declared in the signed claims: identical content still referenced by current data.
     retained = [r for r in claims.get("retained_shared_content") or [] if isinstance(r, Mapping)]
-    sha256s -= {r.get("sha256") for r in retained}
     md5s -= {r.get("md5") for r in retained}
-    # An empty file carries no data and has one well-known hash: never a finding.
-    sha256s.discard(hashlib.sha256(b"").hexdigest())
+    # A sealed image's artefact also names its PNG, keyed (plain_mac; plain_sha256 in older
+    # certificates): a plaintext copy counts too. An empty file carries no data and has one
+    # well-known hash: never a finding.
+    sha256s = ContentHashes.of(
+        paths,
+        artefacts,
+        exclude=[*(r.get("sha256") for r in retained), hashlib.sha256(b"").hexdigest()],
+    )
     roots = [paths.root / f for f in SCANNED_FOLDERS]
     remote_objects: list[tuple[Any, str]] = []
     if dvcops.is_dvc_repo(paths.root):
@@ -208,11 +211,14 @@ def _scan(
                     {"path": store.oid_path(md5), "md5": md5, "why": "object still in remote"}
                 )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
+    # Files that could not be checked for a plaintext copy: not shown to be clean.
+    unkeyed = not sha256s.keyed and report.files_hashed > 0
+    unkeyed_note = f"; {MSG_NO_KEY}" if unkeyed else ""
     report.add(
         "no erased content remains",
-        not report.findings,
+        not report.findings and not unkeyed,
         f"{len(sha256s)} hashes looked for in {report.files_hashed} files "
-        f"({report.bytes_hashed} bytes): {len(report.findings)} found{declared}",
+        f"({report.bytes_hashed} bytes): {len(report.findings)} found{declared}{unkeyed_note}",
     )
 
 

@@ -13,12 +13,13 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.io import secure_unlink, sha256_file
+from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, rel
 
 STORE = "mlflow"
@@ -85,7 +86,7 @@ def _text_columns(con: sqlite3.Connection) -> list[tuple[str, list[str]]]:
     return out
 
 
-def scan_mlflow(paths: ProjectPaths, pid: str, file_sha256s: set[str]) -> list[Artefact]:
+def scan_mlflow(paths: ProjectPaths, pid: str, file_sha256s: Container[str]) -> list[Artefact]:
     """MLflow artefacts and database content that hold the subject: pid or image files.
 
     Every file under ``mlruns/`` is read: a file naming the pid, or whose SHA-256 is one of the
@@ -167,9 +168,8 @@ def purge_mlflow(paths: ProjectPaths, pid: str, artefacts: Iterable[Mapping[str,
 
 def plan(ctx: Context, pid: str) -> Plan:
     """What under ``mlruns/`` names the subject or holds one of their raw files (sealed, or a
-    plaintext copy of the image: ``plain_sha256``)."""
-    raw = ctx.planned.get("raw", [])
-    hashes = {a[k] for a in raw for k in ("sha256", "plain_sha256") if a.get(k)}
+    plaintext copy of the image, keyed: ``plain_mac``)."""
+    hashes = ContentHashes.of(ctx.paths, ctx.planned.get("raw", []))
     return Plan(scan_mlflow(ctx.paths, pid, hashes))
 
 

@@ -23,9 +23,11 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
+from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.rights.erasure.mlflow import ERASED_TEXT, MLFLOW_LEAF_TABLES
 from visage_ml.stack.manager import Stack
@@ -107,7 +109,7 @@ def _run_digest(run: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def scan_server(stack: Stack, pid: str, file_sha256s: set[str]) -> list[Artefact]:
+def scan_server(stack: Stack, pid: str, file_sha256s: Container[str]) -> list[Artefact]:
     """Runs and artefacts of the server that hold the subject (see the module docstring)."""
     client = _client(stack)
     try:
@@ -221,8 +223,7 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     stack = _active(ctx)
     if stack is None:
         return None
-    raw = ctx.planned.get("raw", [])
-    hashes = {a[k] for a in raw for k in ("sha256", "plain_sha256") if a.get(k)}
+    hashes = ContentHashes.of(ctx.paths, ctx.planned.get("raw", []))
     return Plan(scan_server(stack, pid, hashes), {"server": stack.mlflow_uri})
 
 

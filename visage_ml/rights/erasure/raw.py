@@ -13,6 +13,7 @@ from pathlib import Path
 from visage_ml import dvcops
 from visage_ml.data.rawstore import IMAGE_EXT, RawStore, read_images
 from visage_ml.rights import dvc_objects
+from visage_ml.rights.content_hashes import plain_mac
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
 
 STORE = "data"
@@ -30,8 +31,10 @@ def tracked_md5(ctx: Context) -> str | None:
 def plan(ctx: Context, pid: str) -> Plan:
     """The subject's files and the tables naming them, each with SHA-256 and MD5.
 
-    A sealed image also carries ``plain_sha256``, the SHA-256 of its PNG as ``images.parquet``
-    records it, so that a plaintext copy of it elsewhere (an MLflow artefact) is found too.
+    A sealed image also carries ``plain_mac``, the keyed SHA-256 of its PNG as ``images.parquet``
+    records it (:mod:`visage_ml.rights.content_hashes`), so that a plaintext copy of it
+    elsewhere (an MLflow artefact) is found too, while the ledger and the certificate keep
+    nothing a photograph of the subject could be checked against.
     """
     store = RawStore(ctx.paths, core=ctx.core, track=False)
     found = [file_artefact(ctx, STORE, f, md5=True) for f in store.files_of(pid)]
@@ -41,7 +44,7 @@ def plan(ctx: Context, pid: str) -> Plan:
     for a in found:
         image_id = Path(a["path"]).stem
         if a["path"].endswith(IMAGE_EXT) and image_id in plain:
-            a["plain_sha256"] = plain[image_id]
+            a["plain_mac"] = plain_mac(ctx.paths, plain[image_id])
     before = tracked_md5(ctx)
     return Plan(found, {"raw_md5_before": before}, state=before)
 
