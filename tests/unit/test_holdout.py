@@ -64,5 +64,5 @@ def test_out_inside_data_is_refused_and_nothing_is_written(project):
     out = project / "data" / "probes"
     r = runner.invoke(cli, ["gallery", "holdout", "--out", str(out)])
     assert r.exit_code != 0
-    assert "inside data/" in r.output
+    assert "inside the project" in r.output
     assert not out.exists()

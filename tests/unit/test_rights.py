@@ -450,6 +450,13 @@ def test_cli_request_run_export_and_rectify(proj, tmp_path):
     assert validate_bundle(out, identity=SECRET)["manifest"]["pid"] == pid
     refused = runner.invoke(app, ["privacy", "export", pid])
     assert refused.exit_code == 2 and "--plaintext" in refused.output
+    # A zip in clear (the subject's faces and template) inside the project would be beyond the
+    # erasure's reach: refused before any request or release is recorded.
+    seq = len(list(proj.core.ledger.entries()))
+    inside = proj.paths.root / "reports" / "handover.zip"
+    refused = runner.invoke(app, ["privacy", "export", pid, "--plaintext", "--out", str(inside)])
+    assert refused.exit_code == 2 and "inside the project" in refused.output
+    assert not inside.exists() and len(list(proj.core.ledger.entries())) == seq
     photo = tmp_path / "new.png"
     photo.write_bytes(png(face_tile(proj.world.people[pid], proj.world.rng)))
     (proj.paths.models / "embedder.onnx").unlink()  # no MTCNN start-up in this test

@@ -292,7 +292,7 @@ def test_cli_seal_doctor_decrypt_and_rotate(project, tmp_path, monkeypatch):
     assert out.read_bytes() == proj.images[pid][image_id]
     assert out.stat().st_mode & 0o777 == 0o600
     r = runner.invoke(app, ["data", "decrypt", str(sealed), "--out", str(paths.raw / "x.png")])
-    assert r.exit_code == 2 and "inside data/" in r.output
+    assert r.exit_code == 2 and "inside the project" in r.output
     new_key = tmp_path / "new.key"
     new_key.write_text(base64.b64encode(os.urandom(32)).decode())
     r = runner.invoke(app, ["privacy", "rotate-master-key", "--new-key-file", str(new_key)])

@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -36,6 +37,19 @@ def setup_logging(verbose: bool = False) -> None:
 def project() -> ProjectPaths:
     """The project the command acts on (``$VISAGE_PROJECT`` or the current folder)."""
     return ProjectPaths.discover()
+
+
+MSG_PLAINTEXT_INSIDE = (
+    "{out} is inside the project: a face in clear there is beyond any erasure's reach and one "
+    "`git add` or `dvc add` from history; write it outside the project and delete it after use"
+)
+
+
+def refuse_plaintext_inside(paths: ProjectPaths, out: Path | None) -> None:
+    """Refuse to write a face in clear (``out``) anywhere in the project, before anything is
+    done or recorded: erasure only knows the sealed copies and the bundles it indexes."""
+    if out is not None and out.resolve().is_relative_to(paths.root.resolve()):
+        raise UserError(MSG_PLAINTEXT_INSIDE.format(out=out))
 
 
 def emit_json(obj: Any) -> None:

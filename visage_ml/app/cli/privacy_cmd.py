@@ -16,6 +16,7 @@ from visage_ml.app.cli.common import (
     emit_json,
     err_console,
     project,
+    refuse_plaintext_inside,
     setup_logging,
     user_errors,
 )
@@ -591,6 +592,8 @@ def export(
     """
 
     with _rights_errors():
+        if plaintext:
+            refuse_plaintext_inside(project(), out)
         phrase = None
         if passphrase_file is not None:
             phrase = passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")

@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 
 from visage_ml.app.cli.common import (
-    UserError,
     console,
     emit_json,
     project,
+    refuse_plaintext_inside,
     setup_logging,
     user_errors,
 )
@@ -129,12 +129,11 @@ def decrypt(
 ) -> None:
     """Decrypt one sealed file (a raw image, a scene frame, a kept bundle) into --out.
 
-    The plaintext is a face in clear: keep it out of data/ and delete it after use. Files of
-    erased subjects are refused.
+    The plaintext is a face in clear: --out must be outside the project; delete it after use.
+    Files of erased subjects are refused.
     """
     with user_errors():
         paths = project()
-        if out.resolve().is_relative_to((paths.root / "data").resolve()):
-            raise UserError(f"{out} is inside data/: write plaintext elsewhere")
+        refuse_plaintext_inside(paths, out)
         atomic_write_bytes(out, open_sealed_file(paths, sealed), mode=0o600)
     console.print(f"{out} written (mode 0600)", highlight=False)

@@ -17,6 +17,7 @@ from visage_ml.app.cli.common import (
     console,
     emit_json,
     project,
+    refuse_plaintext_inside,
     setup_logging,
     user_errors,
 )
@@ -331,7 +332,7 @@ def gallery_holdout(
     out: Path = typer.Option(
         None,
         "--out",
-        help="Decrypt the listed images into this folder (0700, files 0600), outside data/. "
+        help="Decrypt the listed images into this folder (0700, files 0600), outside the project. "
         "They are faces in clear that no erasure can reach: delete them after use.",
     ),
     as_json: bool = JSON_OPT,
@@ -346,8 +347,7 @@ def gallery_holdout(
 
     with _serving_errors():
         paths = project()
-        if out is not None and out.resolve().is_relative_to((paths.root / "data").resolve()):
-            raise UserError(f"{out} is inside data/: write plaintext elsewhere")
+        refuse_plaintext_inside(paths, out)
         params = load_params(paths.params)
         gallery = _open_gallery()
         manifest = pd.read_parquet(paths.processed / "manifest.parquet")
