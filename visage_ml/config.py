@@ -716,6 +716,10 @@ class GateParams:
                 missing = [b for b in self.breakdowns if b not in limits]
                 if missing:
                     return name, dict(limits), f"a limit for each of {list(self.breakdowns)}"
+        # A gated breakdown left out would need no identities at all, silently.
+        if any(b not in self.min_identities for b in self.breakdowns):
+            found = dict(self.min_identities)
+            return "min_identities", found, f"a minimum for each of {list(self.breakdowns)}"
         return None
 
 

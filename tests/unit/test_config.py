@@ -28,6 +28,11 @@ def test_repository_params_are_valid_and_complete():
         ({"synth": {"group_shares": [0.5, 0.5]}}, "synth.group_shares", "summing to 1"),
         ({"train_embedder": {"head": "magic"}}, "train_embedder.head", "'arcface'"),
         ({"evaluate": {"gate": {"enforce": "yes"}}}, "evaluate.gate.enforce", "true or false"),
+        (
+            {"evaluate": {"gate": {"min_identities": {"group": 50}}}},
+            "evaluate.gate.min_identities",
+            "a minimum for each of ['group', 'group_gender']",
+        ),
     ],
 )
 def test_bad_value_names_file_key_found_and_accepted(snippet, key, accepted):

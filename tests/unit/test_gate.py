@@ -253,3 +253,86 @@ def test_a_wide_true_differential_still_fails_and_equal_cells_on_many_people_pas
     assert all(c["outcome"] == FAIL and c["ci_low"] > 3.0 for c in wide), wide
     equal = _verdicts([0.01, 0.01, 0.01, 0.01], limit=5.0, datasets=3, ids_per_group=120)
     assert all(c["outcome"] == PASS for c in equal), equal
+
+
+def test_a_group_nobody_measured_is_not_passed():
+    # g3 is a group of the breakdown but has no one; g2's people have one image each, so no
+    # genuine comparison measures its FNMR. The measured groups alone passed "every group".
+    emb, ids, groups = _population(0, [70, 70], crowd=[0.45, 0.45])
+    single = (groups[ids] == "g1") | (np.arange(ids.size) % 3 == 0)
+    emb, ids = emb[single], ids[single]
+    pairs = build_pairs(emb, ids, impostor_limit=10**7, seed=0)
+    b = make_breakdown("group", groups, ("g1", "g2", "g3"))
+    t = float(np.quantile(pairs.score[~pairs.genuine], 0.995))
+    diffs = demographic_differentials(pairs, [b], threshold=t, rounds=60, seed=1)
+    for min_identities in (0, 50):
+        fmr, fnmr = differential_checks(
+            diffs,
+            max_fmr_ratio=20.0,
+            max_fnmr_ratio=50.0,
+            breakdowns=["group"],
+            min_identities={"group": min_identities},
+            ci_level=0.95,
+        )
+        assert fmr["outcome"] == INCONCLUSIVE and "g3: no impostor" in fmr["reason"], fmr
+        assert fnmr["outcome"] == INCONCLUSIVE, fnmr
+    assert "g3 has 0" in fmr["reason"]
+    report = accuracy_intervals(
+        {"gender_accuracy": (np.ones(ids.size, bool), np.ones(ids.size, bool))},
+        ids,
+        groups[ids],
+        groups=["g1", "g2", "g4"],
+        rounds=50,
+        seed=0,
+    )
+    checks = demographic_checks(
+        report,
+        min_accuracy={"gender_accuracy": 0.85},
+        min_ratio={"gender_accuracy": 0.9},
+        min_identities=0,
+    )
+    assert [c["outcome"] for c in checks] == [INCONCLUSIVE] * 2, checks
+    assert all("g4: no labelled images" in c["reason"] for c in checks)
+
+
+def _zero_in_one_group(seed):
+    """Impostor comparisons (four per pair of people) in two groups: 150 people falsely matched
+    at 4e-4, and 40 people never falsely matched, so the max/min FMR ratio is unbounded."""
+    rng = np.random.default_rng(seed)
+    id_a, id_b, score, groups = [], [], [], []
+    for first, n, fmr in ((0, 150, 4e-4), (150, 40, 0.0)):
+        i, j = np.triu_indices(n, 1)
+        id_a.append(np.repeat(first + i, 4))
+        id_b.append(np.repeat(first + j, 4))
+        score.append((rng.random(id_a[-1].size) < fmr).astype(np.float64))
+        groups += [f"c{first}"] * n
+    id_a, id_b = np.concatenate(id_a), np.concatenate(id_b)
+    rows = np.arange(id_a.size)
+    pairs = PairSet(
+        a=rows,
+        b=rows,
+        id_a=id_a,
+        id_b=id_b,
+        genuine=np.zeros(rows.size, bool),
+        score=np.concatenate(score),
+        n_identities=190,
+    )
+    return pairs, make_breakdown("group", np.asarray(groups), ("c0", "c150"))
+
+
+def test_a_group_without_errors_cannot_pass_a_ratio():
+    # Its rate is floored at one error in its comparisons, a lower bound on the ratio: the
+    # interval [1, 2.9] read "pass" at 3 for a group whose true FMR is 0.
+    for seed in (2, 4):
+        pairs, b = _zero_in_one_group(seed)
+        diffs = demographic_differentials(pairs, [b], threshold=0.5, rounds=200, seed=seed)
+        fmr = differential_checks(
+            diffs,
+            max_fmr_ratio=3.0,
+            max_fnmr_ratio=50.0,
+            breakdowns=["group"],
+            min_identities={"group": 30},
+            ci_level=0.95,
+        )[0]
+        assert fmr["ci_high"] <= 3.0 and fmr["outcome"] == INCONCLUSIVE, fmr
+        assert "c150: no error in the impostor comparisons" in fmr["reason"]

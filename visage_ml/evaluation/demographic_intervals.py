@@ -84,7 +84,8 @@ def accuracy_intervals(
     -------
     dict
         ``{task: {"groups": {g: {value, ci_low, ci_high, n_images, n_identities}},
-        "min": {...}, "ratio": {...}, "lowest_group": g}}``; JSON-ready.
+        "min": {...}, "ratio": {...}, "lowest_group": g, "unmeasured_groups": [...]}}`` (the
+        groups of ``groups`` without a labelled image, in none of the figures); JSON-ready.
     """
     codes = np.asarray(identity_codes, dtype=np.int64)
     grp = np.asarray(image_groups).astype(str)
@@ -95,8 +96,16 @@ def accuracy_intervals(
         known = np.asarray(known, dtype=bool)
         hit = np.asarray(hit, dtype=bool)
         present = [g for g in groups if np.any(known & (grp == g))]
+        # Groups asked for that no labelled image measures: the gate cannot pass them.
+        unmeasured = [g for g in groups if g not in present]
         if not present:
-            out[task] = {"groups": {}, "min": {}, "ratio": {}, "lowest_group": None}
+            out[task] = {
+                "groups": {},
+                "min": {},
+                "ratio": {},
+                "lowest_group": None,
+                "unmeasured_groups": unmeasured,
+            }
             continue
         member = np.stack([known & (grp == g) for g in present], axis=1).astype(np.float64)
         correct_f = hit.astype(np.float64)[:, None] * member
@@ -132,5 +141,6 @@ def accuracy_intervals(
                 ).items()
             },
             "lowest_group": present[int(np.argmin(acc))],
+            "unmeasured_groups": unmeasured,
         }
     return out

@@ -8,7 +8,11 @@ compares an identity-bootstrap interval with its limit:
   below its maximum, an accuracy's lower bound at or above its minimum);
 - **fail**: the whole interval is on the wrong side (a ratio's lower bound above the maximum);
 - **inconclusive**: the interval straddles the limit, or a group has fewer identities than
-  ``min_identities`` asks for, or fewer than two groups were measured; the check says which.
+  ``min_identities`` asks for (an empty group has 0), or fewer than two groups were measured;
+  the check says which. An interval within the limit is not a pass either when a group of the
+  breakdown was not measured (no comparisons, no labelled images) or, for a ratio, when a
+  group had no error: its rate is floored at one error, so the interval is then a lower
+  bound of the ratio, which can fail a check but not pass it.
 
 The interval of a max/min ratio is the simultaneous band of
 :func:`visage_ml.evaluation.fairness.max_min_band`: its lower end is above a limit only when
@@ -35,6 +39,12 @@ PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 OUTCOMES: tuple[str, ...] = (PASS, INCONCLUSIVE, FAIL)
 
 MSG_NO_LIMIT = "evaluate.gate.{bound} has no limit for breakdown '{breakdown}'; add one"
+MSG_UNMEASURED = "{groups}: no {kind} comparisons, not measured; {reason}"
+MSG_UNLABELLED = "{groups}: no labelled images, not measured; {reason}"
+MSG_ERRORLESS = (
+    "{groups}: no error in the {kind} comparisons, so the ratio has no upper bound (more "
+    "people or comparisons needed); {reason}"
+)
 
 
 def decide(*, ci_low: float, ci_high: float, limit: float, upper: bool) -> tuple[str, str]:
@@ -180,14 +190,12 @@ def differential_checks(
                     }
                 )
                 continue
-            rates = diff.fmr if key.startswith("fmr") else diff.fnmr
+            fmr = key.startswith("fmr")
+            rates = diff.fmr if fmr else diff.fnmr
             measured = np.isfinite(rates)
             est = diff.interval(key, ci_level)
-            counts = {
-                lab: int(n)
-                for lab, n, ok in zip(diff.labels, diff.n_identities, measured, strict=True)
-                if ok or n > 0
-            }
+            # Every group of the breakdown counts, an empty one with 0 identities.
+            counts = {lab: int(n) for lab, n in zip(diff.labels, diff.n_identities, strict=True)}
             entry.update(
                 measured=float(est["value"]),
                 ci_low=est["ci_low"],
@@ -196,16 +204,34 @@ def differential_checks(
                 smallest_group=min(counts.values()) if counts else 0,
             )
             few = _few(counts, int(min_identities.get(name, 0)))
+            kind = "impostor" if fmr else "genuine"
+            unmeasured = _listed(
+                lab for lab, ok in zip(diff.labels, measured, strict=True) if not ok
+            )
+            errorless = _listed(lab for lab, r in zip(diff.labels, rates, strict=True) if r == 0)
             if int(measured.sum()) < 2:
                 outcome, reason = INCONCLUSIVE, "fewer than two groups measured"
             else:
                 outcome, reason = decide(
                     ci_low=est["ci_low"], ci_high=est["ci_high"], limit=limit, upper=True
                 )
+                # Both leave the measured groups' interval a lower bound of the breakdown's
+                # ratio: evidence enough to fail it, not to pass it. An error-free group's rate
+                # is floored at one error (fairness.py), and its true rate may be far below.
+                if outcome == PASS and unmeasured:
+                    outcome = INCONCLUSIVE
+                    reason = MSG_UNMEASURED.format(groups=unmeasured, kind=kind, reason=reason)
+                elif outcome == PASS and errorless:
+                    outcome = INCONCLUSIVE
+                    reason = MSG_ERRORLESS.format(groups=errorless, kind=kind, reason=reason)
                 if few:
                     outcome, reason = INCONCLUSIVE, f"{few}; {reason}"
             checks.append({**entry, "outcome": outcome, "reason": reason})
     return checks
+
+
+def _listed(labels: Any) -> str:
+    return ", ".join(str(lab) for lab in labels)
 
 
 def demographic_checks(
@@ -258,13 +284,19 @@ def demographic_checks(
                 continue
             est = res[stat]
             counts = {g: int(v["n_identities"]) for g, v in res["groups"].items()}
+            unmeasured = list(res.get("unmeasured_groups") or ())
             outcome, reason = decide(
                 ci_low=_num(est.get("ci_low")),
                 ci_high=_num(est.get("ci_high")),
                 limit=limit,
                 upper=False,
             )
-            few = _few(counts, min_identities)
+            # A group without a labelled image is in neither the lowest accuracy nor the
+            # ratio: the measured ones may fail the check, not pass it for everyone.
+            if outcome == PASS and unmeasured:
+                outcome = INCONCLUSIVE
+                reason = MSG_UNLABELLED.format(groups=_listed(unmeasured), reason=reason)
+            few = _few({**counts, **dict.fromkeys(unmeasured, 0)}, min_identities)
             if len(counts) < 2 and stat == "ratio":
                 outcome, reason = INCONCLUSIVE, "fewer than two groups measured"
             elif few:
