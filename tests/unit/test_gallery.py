@@ -332,3 +332,18 @@ def test_consent_given_later_makes_a_stored_template_searchable(world, engine):
     world.core.give_consent(pid, receipt(["identification"]))
     gallery.enroll(pid, crops=world.photo(pid, 2))
     assert top1(gallery, engine, world, pid) == pid
+
+
+def test_a_withdrawn_subjects_template_put_in_place_of_another_is_never_searched(
+    world, engine, enrolled
+):
+    # Attack: an operator who can write gallery/ (not secrets/) copies the template of a subject
+    # who withdrew over that of a consenting one, so that the withdrawn face is matched under
+    # the other's pid.
+    gallery, pids = enrolled
+    withdrawn, cover = pids[0], pids[1]
+    world.core.withdraw_consent(withdrawn, ["identification"])
+    gallery.template_path(cover).write_bytes(gallery.template_path(withdrawn).read_bytes())
+    restarted = open_gallery(world, engine, core=PrivacyCore(world.paths))
+    assert cover not in restarted.searchable() and withdrawn not in restarted.searchable()
+    assert top1(restarted, engine, world, withdrawn) is None

@@ -16,6 +16,7 @@ from visage_ml.data.manifest import inventory
 from visage_ml.data.prepare import open_raw_image, prepare
 from visage_ml.data.processed import load_processed
 from visage_ml.preprocess import template
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import DataKeys
 
 
@@ -131,3 +132,27 @@ def test_mixed_project_consent_filter_is_reported_per_source(tiny_project, tmp_p
     # `visage data synth` (and `visage demo`) again on the mixed project: SynthFaces is reused.
     again = acquire_synthfaces(paths, load_params(paths.params), progress=False)
     assert not again.generated and again.registered == 0
+
+
+def test_an_edited_consent_snapshot_does_not_bring_a_withdrawn_subject_into_training(
+    tiny_project, tmp_path, caplog
+):
+    # Attack: an operator who can write data/ (not secrets/) edits consents.parquet so that a
+    # subject who withdrew consent for training reads as allowed again.
+    paths = _project(tiny_project, tmp_path)
+    params = load_params(paths.params)
+    first = prepare(paths, params, detector_factory=HalfBlindDetector)
+    assert first["subjects_excluded"] == {}
+    victim = json.loads((paths.processed / "splits.json").read_text())["train"][0]
+    PrivacyCore(paths).withdraw_consent(victim, ["training"])
+    snap = pd.read_parquet(paths.consents)
+    rows = snap["pid"] == victim
+    snap.loc[rows, "allowed"] = True
+    snap.loc[rows, "reason"] = "allowed"
+    snap.to_parquet(paths.consents, index=False)
+
+    report = prepare(paths, params, detector_factory=HalfBlindDetector)
+    # Left out as after an honest withdrawal (not even opened), and the edit is reported.
+    assert victim not in set(pd.read_parquet(paths.processed / "detection.parquet").pid)
+    assert report["subjects_excluded"] == {"no_training_basis": 1}
+    assert "visage privacy snapshot" in caplog.text

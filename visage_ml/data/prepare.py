@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from visage_ml.config import Params, ProjectPaths
+from visage_ml.config import PURPOSES, Params, ProjectPaths
 from visage_ml.data.crops import CropWriter, purge_chunks
 from visage_ml.data.detect import FaceDetector, center_crop, detect_and_align
 from visage_ml.data.manifest import (
@@ -48,6 +48,8 @@ from visage_ml.io import (
     sha256_bytes,
 )
 from visage_ml.privacy.datakeys import DataKeys, SealedFileError
+from visage_ml.privacy.keys import CACHE_KEY_FILE
+from visage_ml.privacy.registry import UNKNOWN, Registry
 from visage_ml.privacy.snapshot import read_snapshot
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,11 @@ REPORT_FILE = "prepare.json"
 # atomic writes. They may hold anyone's crops.
 LEFTOVER_GLOB = ".*.tmp"
 
+MSG_SNAPSHOT_WIDER = (
+    "%s allows %d subject-purpose pair(s) that the ledger does not (the file was edited, or a "
+    "command stopped before refreshing it); they are left out. Run `visage privacy snapshot` "
+    "to rewrite it from the ledger"
+)
 MSG_RAW_IMAGE = (
     "{path} cannot be read as an image ({reason}): data/raw was changed outside visage-ml. "
     "Restore it (`dvc checkout data/raw`) or re-import the subject's images, then run again"
@@ -102,6 +109,7 @@ def prepare(
     progress: bool = False,
     detector_factory: Callable[..., Any] = FaceDetector,
     keys: DataKeys | None = None,
+    registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Write ``data/processed`` and ``reports/prepare.json`` for the project at ``paths``.
 
@@ -123,6 +131,10 @@ def prepare(
         once the inputs were read.
     keys
         The project's data keys (opened from ``paths`` when None).
+    registry
+        The project's subject registry (opened from ``paths`` when None). A subject the
+        snapshot allows is used only when the registry, the fold of the verified ledger,
+        allows it too: an edited ``consents.parquet`` lets nobody in.
 
     Returns
     -------
@@ -135,13 +147,25 @@ def prepare(
         ``data/raw`` or the consent snapshot is missing.
     ValueError
         A raw image cannot be read, or is a plaintext file (run ``visage privacy seal``).
+    LedgerError
+        The ledger does not verify (the registry refuses it).
     """
     pp = params.prepare
     t0 = time.perf_counter()
     keys = keys if keys is not None else DataKeys.for_project(paths)
 
     subjects = read_subjects(paths.raw)
-    snapshot = read_snapshot(paths.consents)
+    snapshot = _narrowed_to_registry(
+        read_snapshot(paths.consents),
+        registry
+        if registry is not None
+        else Registry(
+            paths.ledger,
+            public_key_path=paths.ledger_public_key,
+            mac_key_path=paths.secrets / CACHE_KEY_FILE,
+        ),
+        shown=paths.consents,
+    )
     pools = purpose_filter(subjects["pid"].tolist(), snapshot)
     attrs = subjects.set_index("pid")
     all_splits = assign_splits(
@@ -286,6 +310,39 @@ def prepare(
     )
     atomic_write_json(paths.reports / REPORT_FILE, report)
     return report
+
+
+def _narrowed_to_registry(
+    snapshot: pd.DataFrame, registry: Registry, *, shown: Path
+) -> pd.DataFrame:
+    """``snapshot`` with each pair allowed only where the registry allows it too (else the
+    registry's reason). The snapshot is the pipeline's DVC input, but a file anyone who can
+    write ``data/`` can edit; the registry folds only signed ledger entries."""
+    registry.refresh()
+    allowed: list[bool] = []
+    reasons = snapshot["reason"].astype("string").tolist()
+    wider = 0
+    for i, (pid, purpose, claimed) in enumerate(
+        zip(snapshot["pid"], snapshot["purpose"], snapshot["allowed"], strict=True)
+    ):
+        # As purpose_filter reads the column: whatever is truthy (and not missing) grants.
+        if pd.isna(claimed) or not bool(claimed):
+            allowed.append(False)
+            continue
+        st = registry.peek(str(pid))
+        decision = st.decision(str(purpose)) if st is not None and purpose in PURPOSES else None
+        if decision is not None and decision.allowed:
+            allowed.append(True)
+            continue
+        allowed.append(False)
+        reasons[i] = decision.reason if decision is not None else UNKNOWN
+        wider += 1
+    out = snapshot.copy()
+    out["allowed"] = pd.array(allowed, dtype="bool")
+    out["reason"] = pd.array(reasons, dtype="string")
+    if wider:
+        log.warning(MSG_SNAPSHOT_WIDER, shown, wider)
+    return out
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:

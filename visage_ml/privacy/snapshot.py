@@ -3,7 +3,8 @@
 ``data/registry/consents.parquet`` has one row per (subject, purpose): ``pid``, ``purpose``,
 ``allowed``, ``reason`` and ``as_of_seq`` (the last ledger entry that changed that subject).
 Rows change only when a subject's state changes, so ``dvc status`` marks the pipeline stale
-exactly when a consent, restriction, objection or erasure happened.
+exactly when a consent, restriction, objection or erasure happened. The file is not
+authenticated: ``prepare`` uses a subject only when the registry allows it too.
 """
 
 from __future__ import annotations
