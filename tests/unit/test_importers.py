@@ -11,6 +11,7 @@ import stat
 import struct
 import subprocess
 import sys
+import unicodedata
 import zlib
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.data.synth import make_population, render_face
 from visage_ml.privacy.consent import sha256_text
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.tombstones import Tombstones
 
 ZELDA, YORICK, XAVIER = "Zelda_Testperson", "Yorick_Examplename", "Xavier_Probandus"
 NAMES = (ZELDA, YORICK, XAVIER)
@@ -238,6 +240,19 @@ def test_malformed_pairs_file_is_refused_before_anything_is_written(project, tmp
     with pytest.raises(ImportInputError, match="line 2") as info:
         parse_lfw_pairs(bad)
     assert ZELDA not in str(info.value)
+    # Numbers str.isdigit takes and int() refuses ('²', thousands of digits), and a header of
+    # 10^11 folds (whose fold list alone exhausted memory): the file's fault, said as such.
+    for header, number in (("1", "²"), ("1", "9" * 5000), ("99999999999\t1", "2")):
+        bad.write_text(f"{header}\n{ZELDA}\t1\t{number}\n{ZELDA}\t1\t{YORICK}\t2\n")
+        with pytest.raises(ImportInputError):
+            parse_lfw_pairs(bad)
+    # A pairs file next to the images that links elsewhere is not read (nor silently skipped,
+    # which would import the benchmark for training).
+    (base / "pairs.txt").unlink()
+    (base / "pairs.txt").symlink_to(bad)
+    with pytest.raises(ImportInputError, match="symbolic link"):
+        run_import(project, "lfw", base)
+    assert not (project / "data").exists()
 
 
 def test_utkface_labels_from_file_names_one_subject_per_image(project, tmp_path):
@@ -270,6 +285,21 @@ def test_utkface_labels_from_file_names_one_subject_per_image(project, tmp_path)
         assert int(subjects.loc[pid, "n_images"]) == 1
 
 
+def test_an_erased_utkface_subject_does_not_come_back_through_the_other_copy(project, tmp_path):
+    # UTKFace publishes each photograph in the wild (X.jpg) and aligned (X.jpg.chip.jpg): other
+    # bytes, other pixels, other file name, the same person.
+    stem = "26_1_2_20170116174525125"
+    Tombstones.open(ProjectPaths(project)).add(
+        "p" + "a" * 16, refs=[f"utkface:{stem}.jpg.chip.jpg"]
+    )
+    src = tmp_path / "UTKFace"
+    put(src / f"{stem}.jpg", jpeg(1))
+    put(src / "30_0_0_20170116174525126.jpg", jpeg(2))
+    result = run_import(project, "utkface", src)
+    assert reasons_by_file(result) == {f"{stem}.jpg": "erased_subject"}
+    assert result.subjects_added == 1
+
+
 def test_fairface_csv_bands_races_and_hostile_paths(project, tmp_path):
     src = tmp_path / "fairface"
     for i in range(1, 5):
@@ -287,6 +317,7 @@ def test_fairface_csv_bands_races_and_hostile_paths(project, tmp_path):
         "train/missing.jpg,20-29,Male,White,False",
         "train/4.jpg,20-29,Other,White,False",
         "link/5.jpg,20-29,Male,White,False",
+        f"train/1.jpg,{'1' * 5000}-2,Male,White,False",  # int() refuses it: one bad row
     ]
     (src / "fairface_label_train.csv").write_text("\n".join(rows) + "\n")
     result = run_import(project, "fairface", src / "fairface_label_train.csv")
@@ -297,6 +328,7 @@ def test_fairface_csv_bands_races_and_hostile_paths(project, tmp_path):
     assert reasons["train/missing.jpg"] == "missing_file"
     assert reasons["train/4.jpg"] == "bad_label"
     assert reasons["link/5.jpg"] == "symlink"
+    assert list(reasons.values()).count("bad_label") == 2
 
     paths = ProjectPaths(project)
     images = read_images(paths.raw)
@@ -310,6 +342,11 @@ def test_fairface_csv_bands_races_and_hostile_paths(project, tmp_path):
     ]
     secret = hashlib.sha256((tmp_path / "secret.jpg").read_bytes()).hexdigest()
     assert secret not in set(images["source_sha256"])
+    # A field over the csv module's limit is the file's fault: a message, not a traceback.
+    huge = src / "huge.csv"
+    huge.write_text("file,age,gender,race\ntrain/1.jpg,20-29,Male," + "x" * 200_000 + "\n")
+    with pytest.raises(ImportInputError, match=r"huge\.csv line 2 is not valid CSV"):
+        run_import(project, "fairface", huge)
 
 
 def test_band_midpoints():
@@ -590,6 +627,25 @@ def test_reimport_reuses_the_pid_and_skips_duplicates(project, tmp_path):
     pid = PrivacyCore(paths).vault.find(f"imagefolder:{ZELDA}")
     assert set(read_images(paths.raw)["pid"]) == {pid}
     assert len(list((paths.raw / pid).iterdir())) == 3
+
+
+def test_spellings_of_one_name_are_one_person_with_one_pid(project, tmp_path):
+    # Case-variants (the vault's blind index finds both under one pid) and NFC/NFD spellings
+    # (a folder copied through macOS) in one data set are one person, not two pids.
+    src = tmp_path / "faces"
+    zoe = unicodedata.normalize("NFC", "Zoë_Testperson")
+    put(src / ZELDA / "a.jpg", jpeg(1))
+    put(src / ZELDA.lower() / "b.jpg", jpeg(2))
+    put(src / zoe / "c.jpg", jpeg(3))
+    put(src / unicodedata.normalize("NFD", zoe) / "d.jpg", jpeg(4))
+    result = run_import(project, "imagefolder", src)
+    assert (result.persons_found, result.subjects_added, result.images_imported) == (2, 2, 4)
+    paths = ProjectPaths(project)
+    vault = PrivacyCore(paths).vault
+    zelda = vault.find(f"imagefolder:{ZELDA}")
+    assert zelda is not None and vault.find(f"imagefolder:{ZELDA.lower()}") == zelda
+    assert sorted(read_images(paths.raw).groupby("pid").size()) == [2, 2]
+    assert sorted(read_subjects(paths.raw)["n_images"]) == [2, 2]
 
 
 def test_subject_who_withdrew_consent_gets_no_new_images(project, tmp_path):

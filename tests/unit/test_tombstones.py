@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from visage_ml.data.importers import ImportBasis, import_dataset
 from visage_ml.data.prepare import prepare
 from visage_ml.data.processed import load_processed
 from visage_ml.data.rawstore import read_images, read_subjects
+from visage_ml.privacy import tombstones
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.tombstones import MSG_KEY_LOST, TombstoneKeyError, Tombstones
 from visage_ml.rights.erasure import Erasure
@@ -98,6 +100,35 @@ def test_a_torn_last_line_does_not_break_the_next_tombstone(tmp_path):
     t2 = Tombstones(t.path, t.key_path)
     assert t2.add("p" + "b" * 16, refs=["HR-2"])
     assert t2.has_ref("HR-1") and t2.has_ref("HR-2") and len(t2) == 2
+
+
+def test_an_erased_person_is_known_under_any_spelling_of_their_name(project, tmp_path, monkeypatch):
+    # A copy made through macOS spells names NFD, people retype case and spaces, editors leave
+    # zero-width characters and full-width letters: each is the erased person.
+    paths = ProjectPaths(project)
+    t = Tombstones.open(paths)
+    nfc = unicodedata.normalize("NFC", "Zoë_Testperson")
+    t.add(PID, refs=[f"imagefolder:{nfc}"])
+    # A line written before references were Unicode-normalised (case-folded only, NFD as the
+    # import saw it) still matches.
+    with monkeypatch.context() as m:
+        m.setattr(tombstones, "normalise_ref", tombstones._legacy_ref)
+        t.add("p" + "b" * 16, refs=[unicodedata.normalize("NFD", "imagefolder:Åsa_Example")])
+    for spelling in (
+        unicodedata.normalize("NFD", nfc),
+        " ZOË_TESTPERSON ",
+        "Zoë\u200b_Testperson",
+        "\uff3aoë_Testperson",
+        unicodedata.normalize("NFC", "Åsa_Example"),
+    ):
+        assert t.has_ref(f"imagefolder:{spelling}"), ascii(spelling)
+    assert not t.has_ref("imagefolder:Zoe_Testperson")  # another name: no diaeresis
+    src = tmp_path / "faces"
+    put(src / unicodedata.normalize("NFD", nfc) / "new.jpg", jpeg(1))
+    put(src / YORICK / "a.jpg", jpeg(2))
+    result = run_import(project, src)
+    assert result.subjects_added == 1 and result.images_imported == 1
+    assert set(reasons(result).values()) == {"erased_subject"}
 
 
 # -- re-import and regeneration after an erasure -----------------------------------------------

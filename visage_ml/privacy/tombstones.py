@@ -6,11 +6,14 @@
      "day": "2025-01-31"}
 
 Every value is HMAC-SHA256 under the tombstone key ``secrets/tombstone.key`` (32 random bytes,
-mode 0600), over a kind prefix and the value (external references normalised as the vault's
-blind index normalises them: case-folded, spaces collapsed). Without the key a line reveals
-nothing: not who, not which files, not even which MAC is a reference and which a file (the list
-is sorted). With it, an import asks "was this reference or this file's SHA-256 erased?" and
-skips the person or file with reason ``erased_subject``.
+mode 0600), over a kind prefix and the value (external references normalised by
+:func:`normalise_ref`: NFKC, case-folded, invisible format characters dropped, spaces collapsed,
+so a folder copied through macOS (NFD), retyped in another case, with a zero-width or a leading
+space is still the erased person; lines written under the older case-fold-only normalisation
+still match). Without the key a line reveals nothing: not who, not which files, not even which
+MAC is a reference and which a file (the list is sorted). With it, an import asks "was this
+reference or this file's SHA-256 erased?" and skips the person or file with reason
+``erased_subject``.
 
 The key is created with the first tombstone and never again: when tombstones exist and the key
 is missing, every question fails with :data:`MSG_KEY_LOST` instead of silently answering "no"
@@ -23,6 +26,8 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,8 +55,31 @@ class TombstoneKeyError(MasterKeyError):
 
 
 def normalise_ref(external_ref: str) -> str:
-    """An external reference as the vault's blind index compares it."""
+    """An external reference as a tombstone holds it: NFKC, case-folded, without format
+    characters (zero-width spaces and joiners, BOM), spaces collapsed and dropped around a
+    colon (``imagefolder: Zelda`` is the folder `` Zelda``).
+
+    Folder names of one person differ that way between copies of a data set (macOS writes NFD,
+    Linux keeps the bytes it got), so an erased person comes back unless all compare equal.
+    """
+    text = unicodedata.normalize("NFKC", str(external_ref))
+    text = unicodedata.normalize("NFKC", text.casefold())
+    text = " ".join("".join(c for c in text if unicodedata.category(c) != "Cf").split())
+    return re.sub(r" ?: ?", ":", text)
+
+
+def _legacy_ref(external_ref: str) -> str:
+    """The normalisation of tombstones written before :func:`normalise_ref` knew Unicode (the
+    vault's blind index still uses it): case-folded, spaces collapsed."""
     return " ".join(str(external_ref).strip().casefold().split())
+
+
+def ref_forms(external_ref: str) -> set[str]:
+    """Every form under which a tombstone may hold ``external_ref``: :func:`normalise_ref`, and
+    the legacy form of its NFC and NFD spellings (older lines kept whichever the import saw)."""
+    ref = str(external_ref)
+    legacy = {_legacy_ref(unicodedata.normalize(form, ref)) for form in ("NFC", "NFD")}
+    return {normalise_ref(ref), _legacy_ref(ref), *legacy}
 
 
 class Tombstones:
@@ -153,16 +181,17 @@ class Tombstones:
         self._refresh()
         return len(self._subjects)
 
-    def _matches(self, kind: str, value: str) -> bool:
+    def _matches(self, kind: str, *values: str) -> bool:
         key = self._load_key(create=False)
         if key is None:
             return False
         self._refresh()
-        return self.mac(kind, value, key=key) in self._macs
+        return any(self.mac(kind, value, key=key) in self._macs for value in values)
 
     def has_ref(self, external_ref: str) -> bool:
-        """Whether a subject with this external reference was erased."""
-        return self._matches(KIND_REF, normalise_ref(external_ref))
+        """Whether a subject with this external reference (in any of :func:`ref_forms`) was
+        erased."""
+        return self._matches(KIND_REF, *sorted(ref_forms(external_ref)))
 
     def has_file(self, sha256: str) -> bool:
         """Whether a file with this SHA-256 (source file or stored image) belonged to an

@@ -17,7 +17,10 @@ in the vault keeps their pid), records consent or another legal basis for each, 
 under each subject's data key as ``data/raw/<pid>/<image_id>.sealed`` and swaps the new
 ``data/raw`` in atomically. LFW pairs files become ``data/protocols/lfw_pairs.parquet``. A
 person whose external reference, or any of whose files, matches the keyed tombstone of an
-erased subject is skipped (``erased_subject``).
+erased subject is skipped (``erased_subject``). References that differ only by case, spaces or
+Unicode form (NFC and NFD, full-width letters, zero-width characters:
+:func:`~visage_ml.privacy.tombstones.normalise_ref`) are one person, for the tombstones and
+within an import (one pid, registered under the first spelling found).
 
 Names never reach ``data/``, the ledger or a log. The only place file names appear is the
 per-file import report under ``privacy/imports/`` (git-ignored, next to the vault): it lists the
@@ -99,6 +102,7 @@ from visage_ml.data.manifest import ROLE_BOTH, ROLE_EVALUATION, ROLES, check_rol
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import sha256_bytes
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.tombstones import normalise_ref
 
 __all__ = [
     "DEFAULT_PURPOSES",
@@ -233,7 +237,11 @@ def import_dataset(
     role = role or default_role(scan)
     result = ImportResult(format=fmt, source=spec.source, basis=basis.to_dict(), role=role)
     result.skipped.extend(scan.skipped)
-    result.persons_found = len({it.ref for it in scan.items})
+    # One person, one pid: spellings that compare equal are the first one found.
+    persons: dict[str, str] = {}
+    for it in scan.items:
+        persons.setdefault(normalise_ref(it.ref), it.ref)
+    result.persons_found = len(persons)
     max_pixels = params.serving.max_image_pixels
     log.info("import %s: %d candidate files", fmt, len(scan.items))
 
@@ -254,7 +262,8 @@ def import_dataset(
         erased = ErasedFilter(core.tombstones)
         bar = tqdm(scan.items, desc=f"import {fmt}", unit="file", disable=not progress)
         for item in bar:
-            if erased.person(item.ref):
+            ref = persons[normalise_ref(item.ref)]
+            if erased.person(ref, item.aliases):
                 erased.skip(result, item, "the person was erased")
                 continue
             try:
@@ -263,7 +272,7 @@ def import_dataset(
                 result.skipped.append(Skip(item.rel, refused.reason, refused.detail))
                 continue
             source_sha = sha256_bytes(data)
-            if erased.file(item.ref, source_sha):
+            if erased.file(ref, source_sha):
                 erased.skip(result, item, "same bytes as a file of an erased subject")
                 continue
             earlier = by_source.get(source_sha)
@@ -276,7 +285,7 @@ def import_dataset(
             except ImageRejectedError as exc:
                 result.skipped.append(Skip(item.rel, exc.reason, exc.detail))
                 continue
-            if erased.file(item.ref, checked.sha256):
+            if erased.file(ref, checked.sha256):
                 erased.skip(result, item, "same pixels as a file of an erased subject")
                 continue
             earlier = by_pixels.get(checked.sha256)
@@ -286,7 +295,7 @@ def import_dataset(
             image_id = txn.stage(checked.png)
             by_source[source_sha] = by_pixels[checked.sha256] = image_id
             result.conversions.update(checked.conversions)
-            accepted.setdefault(item.ref, []).append(
+            accepted.setdefault(ref, []).append(
                 Accepted(image_id, item, checked.sha256, source_sha, checked.width, checked.height)
             )
             if item.key:

@@ -115,7 +115,9 @@ class Item:
 
     ``rel`` is the path inside the import tree (report only), ``ref`` the person's external
     reference (vault only), ``attrs`` the per-image ``age`` / ``age_band`` / ``gender`` /
-    ``group``, ``key`` the image's name in a protocol file (LFW ``"<Name>/<n>"``).
+    ``group``, ``key`` the image's name in a protocol file (LFW ``"<Name>/<n>"``),
+    ``aliases`` other references the same person may have been recorded under (UTKFace's other
+    copy of the same photograph), asked of the tombstones only.
     """
 
     rel: str
@@ -123,6 +125,7 @@ class Item:
     ref: str
     attrs: Mapping[str, Any] = field(default_factory=dict)
     key: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ from visage_ml.data.importers.common import (
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
 # "more than 70" is open-ended: its "midpoint" is taken half a decade above the bound.
 OPEN_BAND_OFFSET = 5
-_BAND = re.compile(r"^(\d+)\s*-\s*(\d+)$")
-_OPEN_BAND = re.compile(r"^(?:more than\s*(\d+)|(\d+)\s*\+)$", re.I)
+# At most three digits: ages stop at MAX_AGE, and int() of thousands of digits raises.
+_BAND = re.compile(r"^(\d{1,3})\s*-\s*(\d{1,3})$")
+_OPEN_BAND = re.compile(r"^(?:more than\s*(\d{1,3})|(\d{1,3})\s*\+)$", re.I)
 
 
 def snake_case(label: str) -> str:
@@ -115,13 +116,19 @@ def scan_fairface(root: Path, options: ScanOptions) -> Scan:
                 f"{csv_path.name} cannot be read as UTF-8 CSV ({type(exc).__name__})"
             ) from None
         reader = csv.DictReader(io.StringIO(text))
-        missing = [c for c in FAIRFACE_COLUMNS if c not in (reader.fieldnames or [])]
+        try:
+            columns, rows = reader.fieldnames or [], list(reader)
+        except csv.Error as exc:  # e.g. a field over the csv module's limit: the file, not a row
+            raise ImportInputError(
+                f"{csv_path.name} line {reader.line_num + 1} is not valid CSV ({exc}); fix the file"
+            ) from None
+        missing = [c for c in FAIRFACE_COLUMNS if c not in columns]
         if missing:
             raise ImportInputError(
                 f"{csv_path.name} lacks the column(s) {', '.join(missing)}; a FairFace label CSV "
                 f"has {','.join(FAIRFACE_COLUMNS)},..."
             )
-        for row in reader:
+        for row in rows:
             rel = (row.get("file") or "").strip()
             path, refused = _resolve_inside(base, rel)
             if refused is not None:

@@ -158,10 +158,10 @@ def register_persons(
 class ErasedFilter:
     """Keeps erased people out of an import: the keyed tombstones of their erasure.
 
-    A file is refused when the person's external reference or the file's SHA-256 (as read, or
-    of its re-encoded PNG) matches a tombstone; a person any of whose files matched is refused
-    whole, files accepted before the match included (:meth:`drop_accepted`). All refusals carry
-    the reason ``erased_subject``.
+    A file is refused when the person's external reference (or an alias) or the file's SHA-256
+    (as read, or of its re-encoded PNG) matches a tombstone; a person any of whose files matched
+    is refused whole, files accepted before the match included (:meth:`drop_accepted`). All
+    refusals carry the reason ``erased_subject``.
     """
 
     def __init__(self, tombstones: Tombstones) -> None:
@@ -170,12 +170,13 @@ class ErasedFilter:
         self.refs: set[str] = set()
         self._checked: dict[str, bool] = {}
 
-    def person(self, ref: str) -> bool:
-        """Whether the person ``ref`` is an erased subject (known so far)."""
+    def person(self, ref: str, aliases: tuple[str, ...] = ()) -> bool:
+        """Whether the person ``ref`` (also recorded as any of ``aliases``) is an erased
+        subject (known so far)."""
         if not self.active:
             return False
         if ref not in self._checked:
-            self._checked[ref] = self.tombstones.has_ref(ref)
+            self._checked[ref] = any(self.tombstones.has_ref(r) for r in (ref, *aliases))
             if self._checked[ref]:
                 self.refs.add(ref)
         return ref in self.refs

@@ -2,7 +2,9 @@
 
 PATH is the folder holding ``lfw/`` or the folder holding the names. The pairs files
 (``pairs.txt``, ``pairsDevTest.txt``, ``pairsDevTrain.txt``) are found next to the images or
-given with ``--pairs``; the import writes them to ``data/protocols/lfw_pairs.parquet``.
+given with ``--pairs``; the import writes them to ``data/protocols/lfw_pairs.parquet``. One found
+next to the images that is a symbolic link stops the import (links in a data set are never
+followed; ``--pairs`` names a file on purpose).
 
 Protocol folds: ``pairs.txt`` (View 2) gives folds ``0..9``; ``pairsDevTest.txt`` fold ``-1``
 and ``pairsDevTrain.txt`` fold ``-2`` (View 1). The ``view`` column says which: ``view2``,
@@ -29,6 +31,18 @@ from visage_ml.data.importers.common import (
 _LFW_META = re.compile(r"^(pairs.*|people.*|lfw-names|readme.*)\.txt$|^readme.*$", re.I)
 _LFW_FILE = re.compile(r"^(?P<name>.+)_(?P<num>\d{4})\.(jpe?g|png)$", re.I)
 _PAIRS_NAMES = ("pairs.txt", "pairsDevTest.txt", "pairsDevTrain.txt")
+# ASCII digits, few of them: ``str.isdigit`` takes '²' (which int() refuses), int() of thousands
+# of digits raises, and a header announcing 10^11 folds had its fold list exhaust memory. LFW's
+# counts and image numbers have at most four digits.
+_NUMBER = re.compile(r"[0-9]{1,6}")
+PAIRS_LINK = (
+    "{name} next to the images is a symbolic link; links in a data set are never followed. "
+    "Pass the pairs file you mean with --pairs FILE"
+)
+
+
+def _is_number(text: str) -> bool:
+    return _NUMBER.fullmatch(text) is not None
 
 
 def _lfw_images_root(root: Path) -> Path:
@@ -51,7 +65,7 @@ def _pairs_view(path: Path, header: list[str]) -> tuple[str, list[int], int]:
         f"{path.name}: the first line must be '<folds> <pairs per fold>' (pairs.txt: '10 300') "
         "or '<pairs>' (pairsDevTrain/DevTest); fix or replace the file"
     )
-    if not header or len(header) > 2 or not all(h.isdigit() for h in header):
+    if not header or len(header) > 2 or not all(_is_number(h) for h in header):
         raise bad_header
     numbers = [int(h) for h in header]
     if len(numbers) == 2:
@@ -100,7 +114,7 @@ def parse_lfw_pairs(path: Path) -> list[PairSpec]:
         for j, (lineno, parts) in enumerate(block):
             same = j < n
             expected = 3 if same else 4
-            if len(parts) != expected or not (parts[1].isdigit() and parts[-1].isdigit()):
+            if len(parts) != expected or not (_is_number(parts[1]) and _is_number(parts[-1])):
                 kind = "name number number" if same else "name number name number"
                 raise ImportInputError(f"{path.name} line {lineno}: expected '{kind}'")
             if same:
@@ -132,6 +146,10 @@ def scan_lfw(root: Path, options: ScanOptions) -> Scan:
         # The first folder holding any pairs file, nearest to the images first.
         for folder in (images_root, root, images_root.parent):
             pair_files = [folder / n for n in _PAIRS_NAMES if (folder / n).is_file()]
+            for found in pair_files:
+                if found.is_symlink():
+                    # Not skipped: without its pairs a benchmark would be imported for training.
+                    raise ImportInputError(PAIRS_LINK.format(name=found.name))
             if pair_files:
                 break
     seen_folds: dict[int, Path] = {}

@@ -1,6 +1,9 @@
 """The ``utkface`` format: a flat folder of ``[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]``.
 
-UTKFace has no identities, so every image is a subject of its own.
+UTKFace has no identities, so every image is a subject of its own. It publishes each photograph
+twice, in the wild (``X.jpg``) and aligned and cropped (``X.jpg.chip.jpg``): different bytes
+and pixels of one person, so each names the other as an alias and an erased subject does not
+come back through the other copy.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from visage_ml.data.importers.common import (
 UTK_RACES: dict[int, str] = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "others"}
 UTK_GENDERS: dict[int, str] = {0: "male", 1: "female"}
 _UTK_FILE = re.compile(
-    r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<when>\d+)\.(jpe?g|png)(\.chip\.jpe?g)?$",
+    r"^(?P<stem>(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<when>\d+))\.(jpe?g|png)"
+    r"(\.chip\.jpe?g)?$",
     re.I,
 )
 
@@ -72,7 +76,11 @@ def scan_utkface(root: Path, options: ScanOptions) -> Scan:
                 scan.skipped.append(Skip(entry.rel, MALFORMED_NAME, problem))
                 continue
             attrs = {"age": age, "gender": UTK_GENDERS[gender], "group": UTK_RACES[race]}
-            scan.items.append(Item(entry.rel, entry.path, f"utkface:{entry.name}", attrs))
+            copies = (f"{m['stem']}.jpg", f"{m['stem']}.jpg.chip.jpg")
+            aliases = tuple(f"utkface:{c}" for c in copies if c != entry.name)
+            scan.items.append(
+                Item(entry.rel, entry.path, f"utkface:{entry.name}", attrs, aliases=aliases)
+            )
     return scan
 
 
