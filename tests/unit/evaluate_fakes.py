@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from train_fakes import register_consenting
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.crops import write_crops
@@ -105,6 +106,7 @@ def make_dataset(
     keys = DataKeys.for_project(ProjectPaths(root))
     write_crops(processed / "faces.sealed", keys, list(manifest["pid"]), faces)
     manifest.to_parquet(processed / "manifest.parquet", index=False)
+    register_consenting(root, [str(p) for p in pids])
     pd.DataFrame(det_rows).to_parquet(processed / "detection.parquet", index=False)
     splits = {
         s: sorted(set(manifest.loc[manifest["split"] == s, "pid"])) for s in ("train", "test")

@@ -14,7 +14,7 @@ from visage_ml.data.detect import Detection, center_crop
 from visage_ml.data.importers import ImportBasis, import_dataset
 from visage_ml.data.manifest import inventory
 from visage_ml.data.prepare import open_raw_image, prepare
-from visage_ml.data.processed import load_processed
+from visage_ml.data.processed import ConsentChangedError, load_processed
 from visage_ml.preprocess import template
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import DataKeys
@@ -156,3 +156,22 @@ def test_an_edited_consent_snapshot_does_not_bring_a_withdrawn_subject_into_trai
     assert victim not in set(pd.read_parquet(paths.processed / "detection.parquet").pid)
     assert report["subjects_excluded"] == {"no_training_basis": 1}
     assert "visage privacy snapshot" in caplog.text
+
+
+def test_data_prepared_before_a_withdrawal_is_not_trained_or_evaluated_on(tiny_project, tmp_path):
+    # Attack: data/processed from before a withdrawal (a stage run by hand without prepare, or
+    # an older version restored with `dvc checkout`) is read by training and evaluation.
+    paths = _project(tiny_project, tmp_path)
+    prepare(paths, load_params(paths.params), detector_factory=HalfBlindDetector)
+    splits = json.loads((paths.processed / "splits.json").read_text())
+    trained, tested = splits["train"][0], splits["test"][0]
+    assert len(load_processed(paths, splits=("train", "val")).manifest)
+    PrivacyCore(paths).withdraw_consent(trained, ["training"])
+    with pytest.raises(ConsentChangedError, match=r"train/val split.*for training.*dvc repro"):
+        load_processed(paths, splits=("train", "val"))
+    load_processed(paths, splits=("test",))  # evaluation consent stands
+    PrivacyCore(paths).withdraw_consent(tested, ["evaluation"])
+    with pytest.raises(ConsentChangedError, match="for evaluation"):
+        load_processed(paths, splits=("test",))
+    prepare(paths, load_params(paths.params), detector_factory=HalfBlindDetector)
+    assert trained not in set(load_processed(paths, splits=("train", "val")).manifest.pid)

@@ -33,6 +33,27 @@ def fake_faces(
     return np.stack(faces), np.asarray(ids)
 
 
+def register_consenting(root: Path, pids: list[str]) -> None:
+    """Register ``pids`` in the project's ledger with consent to training and evaluation, as
+    imports and SynthFaces do: the stages read only the subjects the registry allows."""
+    from visage_ml.config import ProjectPaths
+    from visage_ml.privacy.consent import ConsentReceipt, sha256_text
+    from visage_ml.privacy.core import NewSubject, PrivacyCore
+
+    core = PrivacyCore(ProjectPaths(root))
+    core.add_subjects([NewSubject(pid=p) for p in pids], source="test", snapshot=False)
+    receipt = ConsentReceipt(
+        controller="Example Controller Ltd",
+        controller_contact="dpo@example.org",
+        purposes=("training", "evaluation"),
+        notice_version="v1",
+        notice_hash=sha256_text("notice"),
+        collection_method="test",
+        given_at="2026-11-26T07:00:00.000Z",
+    )
+    core.give_consents(pids, receipt, snapshot=False)
+
+
 def write_processed(root: Path, *, n_ids: int = 12, per_id: int = 6, size: int = 48) -> None:
     """A ``data/processed`` folder as the prepare stage writes it (sealed crops + manifest)."""
     import pandas as pd
@@ -71,3 +92,4 @@ def write_processed(root: Path, *, n_ids: int = 12, per_id: int = 6, size: int =
         }
     )
     manifest.to_parquet(processed / "manifest.parquet", index=False)
+    register_consenting(root, pids)

@@ -48,7 +48,6 @@ from visage_ml.io import (
     sha256_bytes,
 )
 from visage_ml.privacy.datakeys import DataKeys, SealedFileError
-from visage_ml.privacy.keys import CACHE_KEY_FILE
 from visage_ml.privacy.registry import UNKNOWN, Registry
 from visage_ml.privacy.snapshot import read_snapshot
 
@@ -157,13 +156,7 @@ def prepare(
     subjects = read_subjects(paths.raw)
     snapshot = _narrowed_to_registry(
         read_snapshot(paths.consents),
-        registry
-        if registry is not None
-        else Registry(
-            paths.ledger,
-            public_key_path=paths.ledger_public_key,
-            mac_key_path=paths.secrets / CACHE_KEY_FILE,
-        ),
+        registry if registry is not None else Registry.for_project(paths),
         shown=paths.consents,
     )
     pools = purpose_filter(subjects["pid"].tolist(), snapshot)

@@ -21,10 +21,23 @@ from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.io import md5_file
 from visage_ml.preprocess import resize_batch
 from visage_ml.privacy.datakeys import DataKeys
+from visage_ml.privacy.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("row", "pid", "split", "age", "gender", "group")
+# What a split's subjects must still allow: prepare put them there by these purposes.
+SPLIT_PURPOSES = {"train": "training", "val": "training", "test": "evaluation"}
+MSG_NOT_ALLOWED = (
+    "{n} subject(s) of the {splits} split(s) of data/processed may no longer be processed for "
+    "{purpose} (consent withdrawn, processing restricted or objected to, or erased since this "
+    "data was prepared, or it was restored from an older version): run `dvc repro`, whose "
+    "prepare stage leaves them out"
+)
+
+
+class ConsentChangedError(ValueError):
+    """``data/processed`` holds subjects the registry no longer allows for the split's use."""
 
 
 @dataclass
@@ -63,6 +76,7 @@ def load_processed(
     *,
     splits: Collection[str] | None = None,
     keys: DataKeys | None = None,
+    registry: Registry | None = None,
 ) -> ProcessedData:
     """Read ``manifest.parquet`` and decrypt the crops into memory, checking both.
 
@@ -75,6 +89,15 @@ def load_processed(
         never opens the test subjects. All splits when None.
     keys
         The data keys (opened from ``paths`` when None).
+    registry
+        The subject registry (opened from ``paths`` when None): with ``splits``, every subject of
+        them must still be allowed for the split's purpose (:data:`SPLIT_PURPOSES`) before any
+        crop is decrypted, whatever data/processed says (it may be older than a withdrawal).
+
+    Raises
+    ------
+    ConsentChangedError
+        A subject of ``splits`` may no longer be processed for its purpose.
     """
     faces_path, manifest_path = paths.processed / FACES_FILE, paths.processed / MANIFEST_FILE
     for p in (faces_path, manifest_path):
@@ -90,11 +113,25 @@ def load_processed(
     pids = None
     if splits is not None:
         pids = set(manifest.loc[manifest["split"].isin(list(splits)), "pid"].astype(str))
+        check_allowed(manifest, splits, registry or Registry.for_project(paths))
     faces = read_crops(faces_path, keys, manifest, pids=pids)
     rows = manifest["row"].to_numpy()
     if len(rows) and (rows.min() < 0 or rows.max() >= len(faces)):
         raise ValueError(f"{manifest_path} points at rows outside {faces_path}; re-run prepare")
     return ProcessedData(faces=faces, manifest=manifest, data_md5=data_md5(paths))
+
+
+def check_allowed(manifest: pd.DataFrame, splits: Collection[str], registry: Registry) -> None:
+    """Raise :class:`ConsentChangedError` unless the registry still allows every subject of
+    ``splits`` for the purpose that put them there."""
+    for purpose in sorted({SPLIT_PURPOSES[s] for s in splits if s in SPLIT_PURPOSES}):
+        names = [s for s in splits if SPLIT_PURPOSES.get(s) == purpose]
+        pids = set(manifest.loc[manifest["split"].isin(names), "pid"].astype(str))
+        refused = pids - registry.allowed(purpose)
+        if refused:
+            raise ConsentChangedError(
+                MSG_NOT_ALLOWED.format(n=len(refused), splits="/".join(names), purpose=purpose)
+            )
 
 
 def images_at_size(faces: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

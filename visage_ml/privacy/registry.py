@@ -52,7 +52,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from visage_ml.config import PURPOSES
+from visage_ml.config import PURPOSES, ProjectPaths
 from visage_ml.io import atomic_write_bytes
 from visage_ml.privacy.keys import CACHE_KEY_FILE, cache_mac_key, load_public_key
 from visage_ml.privacy.ledger import (
@@ -729,6 +729,15 @@ class Registry:
         if st is None:
             return Decision(False, UNKNOWN)
         return st.decision(purpose)
+
+    @classmethod
+    def for_project(cls, paths: ProjectPaths) -> Registry:
+        """The registry of the project at ``paths`` (its ledger, public key and cache key)."""
+        return cls(
+            paths.ledger,
+            public_key_path=paths.ledger_public_key,
+            mac_key_path=paths.secrets / CACHE_KEY_FILE,
+        )
 
     def allowed(self, purpose: str) -> set[str]:
         """Every pid currently allowed for ``purpose``."""
