@@ -39,8 +39,12 @@ def make_dataset(
     group_shares: Sequence[float] = (0.4, 0.3, 0.2, 0.1),
     miss_rate: Sequence[float] = (0.02, 0.02, 0.05, 0.1),
     seed: int = 0,
+    register: bool = True,
 ) -> dict[str, np.ndarray]:
     """Write ``data/processed/{faces.sealed, manifest.parquet, detection.parquet, splits.json}``.
+
+    With ``register`` its subjects are registered consenting to training and evaluation (a test
+    that records their consent itself passes False).
 
     Returns the per-row arrays (pid, split, group) for assertions.
     """
@@ -106,7 +110,8 @@ def make_dataset(
     keys = DataKeys.for_project(ProjectPaths(root))
     write_crops(processed / "faces.sealed", keys, list(manifest["pid"]), faces)
     manifest.to_parquet(processed / "manifest.parquet", index=False)
-    register_consenting(root, [str(p) for p in pids])
+    if register:
+        register_consenting(root, [str(p) for p in pids])
     pd.DataFrame(det_rows).to_parquet(processed / "detection.parquet", index=False)
     splits = {
         s: sorted(set(manifest.loc[manifest["split"] == s, "pid"])) for s in ("train", "test")

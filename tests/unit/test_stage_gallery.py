@@ -23,7 +23,7 @@ DIM = 64
 
 @pytest.fixture
 def setup(project):
-    rows = make_dataset(project, n_identities=12, size=SIZE, images=(4, 8))
+    rows = make_dataset(project, n_identities=12, size=SIZE, images=(4, 8), register=False)
     write_models(project, size=SIZE, dim=DIM)
     params = load_params(
         project / "params.yaml",

@@ -34,13 +34,17 @@ def fake_faces(
 
 
 def register_consenting(root: Path, pids: list[str]) -> None:
-    """Register ``pids`` in the project's ledger with consent to training and evaluation, as
-    imports and SynthFaces do: the stages read only the subjects the registry allows."""
+    """Register ``pids`` not yet registered with consent to training and evaluation, as imports
+    and SynthFaces do: the stages read only the subjects the registry allows."""
     from visage_ml.config import ProjectPaths
     from visage_ml.privacy.consent import ConsentReceipt, sha256_text
     from visage_ml.privacy.core import NewSubject, PrivacyCore
 
     core = PrivacyCore(ProjectPaths(root))
+    # Subjects a test registered itself keep the consent it gave them.
+    pids = [p for p in pids if p not in core.registry]
+    if not pids:
+        return
     core.add_subjects([NewSubject(pid=p) for p in pids], source="test", snapshot=False)
     receipt = ConsentReceipt(
         controller="Example Controller Ltd",
