@@ -336,3 +336,54 @@ def test_a_group_without_errors_cannot_pass_a_ratio():
         )[0]
         assert fmr["ci_high"] <= 3.0 and fmr["outcome"] == INCONCLUSIVE, fmr
         assert "c150: no error in the impostor comparisons" in fmr["reason"]
+
+
+def _few_with_two_images(seed, *, n=60, with_genuine=(60, 5)):
+    """Two groups of ``n`` people, all compared with each other as impostors (FMR about 1e-2),
+    of whom only ``with_genuine[g]`` per group have two or more images: three genuine
+    comparisons each, one of them rejected (the same FNMR of 1/3 in both groups)."""
+    rng = np.random.default_rng(seed)
+    k = 2 * n
+    i, j = np.triu_indices(k, 1)
+    imp_score = (rng.random(i.size) < 1e-2).astype(np.float64)
+    people = np.concatenate([g * n + np.arange(m) for g, m in enumerate(with_genuine)])
+    gen_ids = np.repeat(people, 3)
+    gen_score = np.tile([1.0, 1.0, 0.0], people.size)
+    id_a, id_b = np.r_[gen_ids, i], np.r_[gen_ids, j]
+    rows = np.arange(id_a.size)
+    pairs = PairSet(
+        a=rows,
+        b=rows,
+        id_a=id_a,
+        id_b=id_b,
+        genuine=id_a == id_b,
+        score=np.r_[gen_score, imp_score],
+        n_identities=k,
+    )
+    groups = np.repeat(["g1", "g2"], n)
+    return pairs, make_breakdown("group", groups, ("g1", "g2"))
+
+
+def test_a_group_of_sixty_with_five_photographed_twice_does_not_pass_its_fnmr():
+    # g2 has 60 people, but only five with two images: its FNMR rests on five people. Counting
+    # all 60 against min_identities passed the FNMR ratio; the FMR still counts all 60, who all
+    # have impostor comparisons.
+    pairs, b = _few_with_two_images(0)
+    diffs = demographic_differentials(pairs, [b], threshold=0.5, rounds=60, seed=1)
+    fmr, fnmr = differential_checks(
+        diffs,
+        max_fmr_ratio=1000.0,
+        max_fnmr_ratio=3.0,
+        breakdowns=["group"],
+        min_identities={"group": 50},
+        ci_level=0.95,
+    )
+    assert fnmr["ci_high"] <= 3.0, fnmr  # the interval alone would pass
+    assert fnmr["outcome"] == INCONCLUSIVE, fnmr
+    assert "g2 has 5 with genuine comparisons" in fnmr["reason"], fnmr
+    assert fnmr["smallest_group"] == 5
+    assert "too few" not in fmr["reason"] and fmr["smallest_group"] == 60, fmr
+    groups = diffs["group"].to_dict()["groups"]
+    assert [groups[g]["n_identities"] for g in ("g1", "g2")] == [60, 60]
+    assert [groups[g]["n_identities_genuine"] for g in ("g1", "g2")] == [60, 5]
+    assert [groups[g]["n_identities_impostor"] for g in ("g1", "g2")] == [60, 60]

@@ -280,6 +280,15 @@ class _Cells:
         self._ids_genuine = (key % 2).astype(bool)
         self._ids_count = count.astype(np.float64)
         self._ids_partition = Partition(codes[kept][first], range(g * g + g))
+        self.identities_genuine, self.identities_impostor = _contributors(
+            breakdown.identity_label,
+            self._ids_a,
+            self._ids_b,
+            self._ids_genuine,
+            np.asarray(lo)[kept][first],
+            np.asarray(hi)[kept][first],
+            g,
+        )
         # Errors are rare (an FMR of 1e-3): a resample's error sums run over them alone.
         self._errors = np.flatnonzero(self.error)
         self._error_partition = Partition(codes[self._errors], range(g * g + g))
@@ -312,6 +321,27 @@ class _Cells:
         return cross, fnmr, n_imp, n_gen
 
 
+def _contributors(
+    identity_label: np.ndarray,
+    ids_a: np.ndarray,
+    ids_b: np.ndarray,
+    genuine: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    g: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Identities per group with a genuine comparison, and with an impostor comparison inside
+    the group: the people a group's FNMR and FMR rest on (one image gives no genuine one)."""
+    labels = np.asarray(identity_label)
+    gen = np.unique(ids_a[genuine])
+    same = ~genuine & (lo == hi)
+    imp = np.unique(np.r_[ids_a[same], ids_b[same]])
+    return (
+        np.bincount(labels[gen], minlength=g).astype(np.int64),
+        np.bincount(labels[imp], minlength=g).astype(np.int64),
+    )
+
+
 def _floor(n: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.where(n > 0, 1.0 / np.where(n > 0, n, 1), np.nan)
@@ -327,6 +357,10 @@ class Differentials:
     n_identities: np.ndarray
     n_genuine: np.ndarray
     n_impostor: np.ndarray
+    # Identities with a genuine comparison / an impostor comparison within the group: what a
+    # group's FNMR / FMR rests on (``n_identities`` counts everyone, with one image or many).
+    n_identities_genuine: np.ndarray
+    n_identities_impostor: np.ndarray
     fmr: np.ndarray
     fnmr: np.ndarray
     cross_fmr: np.ndarray
@@ -344,6 +378,8 @@ class Differentials:
                 "n_identities": int(self.n_identities[i]),
                 "n_genuine_pairs": int(self.n_genuine[i]),
                 "n_impostor_pairs": int(self.n_impostor[i]),
+                "n_identities_genuine": int(self.n_identities_genuine[i]),
+                "n_identities_impostor": int(self.n_identities_impostor[i]),
                 "fmr": _clean(estimate(self.fmr[i], _col(s.get("fmr"), i), level)),
                 "fnmr": _clean(estimate(self.fnmr[i], _col(s.get("fnmr"), i), level)),
                 "fmr_errors": _count(self.fmr[i], self.n_impostor[i]),
@@ -490,6 +526,8 @@ def demographic_differentials(
             n_identities=Partition(b.identity_label, b.labels).n,
             n_genuine=np.rint(p["n_gen"]).astype(np.int64),
             n_impostor=np.rint(p["n_same"]).astype(np.int64),
+            n_identities_genuine=cells[b.name].identities_genuine,
+            n_identities_impostor=cells[b.name].identities_impostor,
             fmr=p["fmr"],
             fnmr=p["fnmr"],
             cross_fmr=p["cross_fmr"],

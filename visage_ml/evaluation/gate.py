@@ -8,7 +8,9 @@ compares an identity-bootstrap interval with its limit:
   below its maximum, an accuracy's lower bound at or above its minimum);
 - **fail**: the whole interval is on the wrong side (a ratio's lower bound above the maximum);
 - **inconclusive**: the interval straddles the limit, or a group has fewer identities than
-  ``min_identities`` asks for (an empty group has 0), or fewer than two groups were measured;
+  ``min_identities`` asks for (an empty group has 0; for a differential, identities with
+  comparisons of the kind its rate is measured on: impostor for FMR, genuine for FNMR, so a
+  person with one image does not count towards FNMR), or fewer than two groups were measured;
   the check says which. An interval within the limit is not a pass either when a group of the
   breakdown was not measured (no comparisons, no labelled images) or, for a ratio, when a
   group had no error: its rate is floored at one error, so the interval is then a lower
@@ -69,12 +71,13 @@ def decide(*, ci_low: float, ci_high: float, limit: float, upper: bool) -> tuple
     return INCONCLUSIVE, f"interval [{lo:.3g}, {hi:.3g}] straddles the limit {limit:g}"
 
 
-def _few(counts: Mapping[str, int], minimum: int) -> str | None:
+def _few(counts: Mapping[str, int], minimum: int, *, kind: str | None = None) -> str | None:
     small = {g: n for g, n in counts.items() if n < minimum}
     if not small:
         return None
     shown = ", ".join(f"{g} has {n}" for g, n in sorted(small.items(), key=lambda kv: kv[1]))
-    return f"too few identities: {shown} (at least {minimum} per group needed)"
+    counted = f" with {kind} comparisons" if kind else ""
+    return f"too few identities: {shown}{counted} (at least {minimum} per group needed)"
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,9 @@ def differential_checks(
     breakdowns
         Breakdowns checked.
     min_identities
-        Identities each group of a breakdown needs (per breakdown; missing = 0).
+        Identities each group of a breakdown needs (per breakdown; missing = 0), counted per
+        check among those with comparisons of its kind: an impostor comparison within the group
+        for the FMR ratio, a genuine one (two or more images) for the FNMR ratio.
     ci_level
         Level of the bootstrap intervals.
     """
@@ -194,8 +199,11 @@ def differential_checks(
             rates = diff.fmr if fmr else diff.fnmr
             measured = np.isfinite(rates)
             est = diff.interval(key, ci_level)
-            # Every group of the breakdown counts, an empty one with 0 identities.
-            counts = {lab: int(n) for lab, n in zip(diff.labels, diff.n_identities, strict=True)}
+            # A rate rests on the people with comparisons of its kind: a group of 60 of whom 5
+            # have two images measures its FNMR on 5. Every group of the breakdown counts, an
+            # empty one with 0 identities.
+            people = diff.n_identities_impostor if fmr else diff.n_identities_genuine
+            counts = {lab: int(n) for lab, n in zip(diff.labels, people, strict=True)}
             entry.update(
                 measured=float(est["value"]),
                 ci_low=est["ci_low"],
@@ -203,8 +211,8 @@ def differential_checks(
                 groups_measured=int(measured.sum()),
                 smallest_group=min(counts.values()) if counts else 0,
             )
-            few = _few(counts, int(min_identities.get(name, 0)))
             kind = "impostor" if fmr else "genuine"
+            few = _few(counts, int(min_identities.get(name, 0)), kind=kind)
             unmeasured = _listed(
                 lab for lab, ok in zip(diff.labels, measured, strict=True) if not ok
             )
