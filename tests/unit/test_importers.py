@@ -1,5 +1,6 @@
 """`visage data import`: each format, pseudonymisation, legal basis, bad inputs, atomicity."""
 
+import fcntl
 import functools
 import hashlib
 import io
@@ -226,6 +227,45 @@ def test_lfw_names_folder_with_explicit_pairs_and_reimport_resolves_pairs(projec
     assert (again.pairs_written, again.pairs_dropped) == (9, 1)
     protocol = pd.read_parquet(ProjectPaths(project).protocols / "lfw_pairs.parquet")
     assert len(protocol) == 9  # fold -1 replaced, not doubled
+
+
+def test_an_erasure_cannot_land_between_the_raw_commit_and_the_pairs_write(
+    project, tmp_path, monkeypatch
+):
+    # An erasure that took the data/raw lock after the import committed but before the pairs
+    # table was written would leave pairs naming the erased subject's images. The pairs are
+    # written under the same lock, so such an erasure waits for the import to finish.
+    base = make_lfw(tmp_path / "download")
+    paths = ProjectPaths(project)
+    real_write = importers.write_lfw_protocol
+    erasure = []
+
+    def erasure_in_the_gap(*args, **kwargs):
+        store = RawStore(paths, core=PrivacyCore(paths), track=False)
+        fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            erasure.append("waits for the import")
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            zelda = store.core.vault.find(f"lfw:{ZELDA}")
+            with store.transaction() as txn:  # the erasure's data/raw step
+                assert txn.remove_subject(zelda)
+            erasure.append("erased Zelda")
+        finally:
+            os.close(fd)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(importers, "write_lfw_protocol", erasure_in_the_gap)
+    result = run_import(project, "lfw", base)
+    assert result.pairs_written == 9
+
+    images = read_images(paths.raw)
+    protocol = pd.read_parquet(paths.protocols / "lfw_pairs.parquet")
+    named = set(protocol["image_id_a"]) | set(protocol["image_id_b"])
+    assert named <= set(images["image_id"]), erasure
+    assert erasure == ["waits for the import"]
 
 
 def test_malformed_pairs_file_is_refused_before_anything_is_written(project, tmp_path):
@@ -646,6 +686,31 @@ def test_spellings_of_one_name_are_one_person_with_one_pid(project, tmp_path):
     assert zelda is not None and vault.find(f"imagefolder:{ZELDA.lower()}") == zelda
     assert sorted(read_images(paths.raw).groupby("pid").size()) == [2, 2]
     assert sorted(read_subjects(paths.raw)["n_images"]) == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(unicodedata.normalize("NFD", "Zoë_Testperson"), id="nfd"),
+        pytest.param("Zo\u200bë_Testperson", id="zero-width-space"),
+        pytest.param("ＺＯË_Testperson", id="full-width-upper"),
+    ],
+)
+def test_reimport_under_another_spelling_keeps_the_pid(project, tmp_path, spelling):
+    # A copy of the data set made on macOS (NFD) or retyped is the same person, not a new pid
+    # whose photos could land in another split.
+    first = tmp_path / "first"
+    put(first / unicodedata.normalize("NFC", "Zoë_Testperson") / "a.jpg", jpeg(1))
+    one = run_import(project, "imagefolder", first)
+    assert one.subjects_added == 1
+
+    second = tmp_path / "second"
+    put(second / spelling / "b.jpg", jpeg(2))
+    two = run_import(project, "imagefolder", second)
+    assert (two.subjects_added, two.subjects_updated, two.images_imported) == (0, 1, 1)
+    paths = ProjectPaths(project)
+    assert read_images(paths.raw)["pid"].nunique() == 1
+    assert len(read_subjects(paths.raw)) == 1
 
 
 def test_subject_who_withdrew_consent_gets_no_new_images(project, tmp_path):

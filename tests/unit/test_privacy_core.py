@@ -3,6 +3,7 @@
 import base64
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +62,19 @@ def test_same_reference_keeps_its_pid_and_vault_finds_it(project):
     pid = core.add_subject(external_ref=REF)
     assert core.add_subject(external_ref="  zelda q.  testperson-4711 ") == pid
     assert core.vault.find(REF) == pid
+
+
+def test_spellings_of_one_reference_in_one_call_are_one_subject(project):
+    core = PrivacyCore(ProjectPaths(project))
+    nfc = unicodedata.normalize("NFC", "lfw:Zoë_Testperson")
+    nfd = unicodedata.normalize("NFD", nfc)
+    pids = core.add_subjects(
+        [NewSubject(nfc), NewSubject(nfd), NewSubject("lfw:Zo\u200bë_testperson")],
+        source="import:lfw",
+    )
+    assert len(set(pids)) == 1
+    assert core.vault.get(pids[0])["external_ref"] == nfc  # the first spelling is recorded
+    assert core.add_subject(external_ref=nfd, source="import:lfw") == pids[0]
 
 
 def test_destroy_makes_the_record_unrecoverable(project):

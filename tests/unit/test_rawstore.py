@@ -1,6 +1,7 @@
 """RawStore: atomic swap of data/raw, untouched tree on failure, crash recovery, table merge."""
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -170,6 +171,45 @@ def test_failed_second_rename_puts_the_old_tree_back(store, monkeypatch):
         commit_one(store, PID_B, b"new")
     assert tree(store.paths.raw) == before
     assert leftovers(store.paths) == []
+
+
+def lock_is_free(store: RawStore) -> bool:
+    fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_then_runs_after_the_swap_with_the_lock_held(store):
+    # What names data/raw's images (the LFW pairs) is written where no erasure can interleave.
+    seen = []
+
+    def check() -> None:
+        seen.append((read_images(store.paths.raw)["image_id"].tolist(), lock_is_free(store)))
+
+    with store.transaction() as txn:
+        image_id = txn.write_image(PID_A, b"\x89PNG one")
+        txn.add_subjects([{"pid": PID_A, "source": "test"}])
+        txn.add_images([image_row(PID_A, image_id, b"\x89PNG one")])
+        txn.then(check)
+    assert seen == [([image_id], False)]
+    assert lock_is_free(store)
+
+    with store.transaction() as txn:
+        txn.then(check)
+        txn.discard()
+    assert seen[-1] == ([image_id], False)
+
+    with pytest.raises(RuntimeError), store.transaction() as txn:
+        txn.then(check)
+        raise RuntimeError("no commit, no callback")
+    assert len(seen) == 2
 
 
 def test_rows_without_files_are_refused_before_the_swap(store):

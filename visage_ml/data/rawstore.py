@@ -55,6 +55,8 @@ memory (:meth:`RawStore.read_image`); a plaintext image found in ``data/raw`` is
 
 Transactions (:meth:`RawStore.transaction`) take the exclusive lock
 ``.visage/locks/raw.lock``; anything else that changes ``data/raw`` (erasure) must take it too.
+A file outside ``data/raw`` that names its images is written by a callback of the transaction
+(:meth:`RawTransaction.then`), which runs after the swap, still under the lock.
 A transaction builds ``data/raw.staging-<token>/`` holding hard links (copies where the file
 system refuses links) of every existing file plus the new files and the merged tables, fsyncs it,
 then swaps with two renames: ``data/raw`` -> ``data/raw.old-<token>``, staging -> ``data/raw``,
@@ -81,7 +83,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -401,6 +403,7 @@ class RawTransaction:
         self._pending: dict[str, Path] = {}
         self._new_subjects: list[dict[str, Any]] = []
         self._new_images: list[dict[str, Any]] = []
+        self._then: list[Callable[[], None]] = []
         self.discarded = False
         self.committed = False
         self.dvc_md5: str | None = None
@@ -487,6 +490,16 @@ class RawTransaction:
     def discard(self) -> None:
         """End without changing ``data/raw`` (nothing worth committing)."""
         self.discarded = True
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the block ends, committed or discarded, before the lock is
+        released (not after an exception).
+
+        For a file outside ``data/raw`` that names its images (the LFW pairs table): written
+        there, no other writer (an erasure, a second import) can change ``data/raw`` between the
+        commit and that file.
+        """
+        self._then.append(callback)
 
     # -- data-subject rights (erasure, rectification) ---------------------------------------------
     def remove_subject(self, pid: str) -> list[str]:
@@ -744,21 +757,24 @@ class RawStore:
                 yield txn
                 if txn.discarded:
                     _rmtree(staging)
-                    return
-                txn._finalise()
-                faults.crash_point("rawstore:staged")
-                self._swap(staging, token)
+                else:
+                    txn._finalise()
+                    faults.crash_point("rawstore:staged")
+                    self._swap(staging, token)
             except BaseException:
                 _rmtree(staging)
                 raise
-            faults.crash_point("rawstore:committed")
-            txn.committed = True
-            log.info(
-                "data/raw committed: %d images added, %d in total",
-                txn.n_new_images,
-                len(txn._images) + txn.n_new_images,  # after the transaction's removals
-            )
-            self._after_commit(txn)
+            if not txn.discarded:
+                faults.crash_point("rawstore:committed")
+                txn.committed = True
+                log.info(
+                    "data/raw committed: %d images added, %d in total",
+                    txn.n_new_images,
+                    len(txn._images) + txn.n_new_images,  # after the transaction's removals
+                )
+                self._after_commit(txn)
+            for callback in txn._then:
+                callback()
 
     def _swap(self, staging: Path, token: str) -> None:
         data, raw = self.paths.data, self.paths.raw

@@ -30,7 +30,7 @@ from visage_ml.privacy.ledger import ROTATION_TYPE, Entry, Ledger, LedgerError
 from visage_ml.privacy.records import records_of
 from visage_ml.privacy.registry import Decision, Registry, SubjectState
 from visage_ml.privacy.snapshot import write_snapshot
-from visage_ml.privacy.tombstones import Tombstones
+from visage_ml.privacy.tombstones import Tombstones, normalise_ref
 from visage_ml.privacy.vault import IdentityVault
 from visage_ml.privacy.witnessed import (
     Witnessed,
@@ -234,7 +234,10 @@ class PrivacyCore:
         """Register subjects: identity to the vault, a ``subject.added`` event each.
 
         A subject whose external reference is already in the vault keeps its existing pid
-        (re-import of the same person).
+        (re-import of the same person). References that compare equal under
+        :func:`~visage_ml.privacy.tombstones.normalise_ref` (case, spaces, NFC/NFD, zero-width
+        characters) are one subject, in the vault and within this call; the vault records the
+        first spelling.
         """
         pids: list[str] = []
         records: dict[str, dict[str, Any]] = {}
@@ -249,7 +252,7 @@ class PrivacyCore:
         for s in subjects:
             existing = None
             if s.external_ref:
-                existing = seen.get(s.external_ref) or known.get(s.external_ref)
+                existing = seen.get(normalise_ref(s.external_ref)) or known.get(s.external_ref)
             if existing is not None:
                 pids.append(existing)
                 if existing in orphans:
@@ -261,7 +264,7 @@ class PrivacyCore:
                 raise ValueError(f"subject {pid} is already registered")
             pids.append(pid)
             if s.external_ref:
-                seen[s.external_ref] = pid
+                seen[normalise_ref(s.external_ref)] = pid
             if s.external_ref or s.contact:
                 records[pid] = {
                     k: v

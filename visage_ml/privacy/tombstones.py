@@ -69,8 +69,8 @@ def normalise_ref(external_ref: str) -> str:
 
 
 def _legacy_ref(external_ref: str) -> str:
-    """The normalisation of tombstones written before :func:`normalise_ref` knew Unicode (the
-    vault's blind index still uses it): case-folded, spaces collapsed."""
+    """The normalisation of tombstones and vault index entries written before
+    :func:`normalise_ref` knew Unicode: case-folded, spaces collapsed."""
     return " ".join(str(external_ref).strip().casefold().split())
 
 

@@ -7,7 +7,12 @@ record, backups included, becomes unreadable (cryptographic erase, NIST SP 800-8
 
 A blind index (HMAC-SHA256 of the normalised external reference under a key derived from the
 master key) lets the vault find a subject's pid from their reference without decrypting every
-record and without storing the reference in clear.
+record and without storing the reference in clear. References are normalised as tombstones
+normalise them (:func:`~visage_ml.privacy.tombstones.normalise_ref`: NFKC, case-folded, invisible
+characters dropped, spaces collapsed), so ``Zoë`` written in NFC, in NFD (a copy made on macOS)
+or with a zero-width space is one person with one pid. Entries written under the older
+case-fold-only normalisation are still found: a look-up tries every form of
+:func:`~visage_ml.privacy.tombstones.ref_forms`, the current one first.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from visage_ml.io import atomic_write_json, file_lock, private_dir, secure_unlink, sha256_file
 from visage_ml.privacy.keys import check_pid, load_master_key
 from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, read_sealed, write_sealed
+from visage_ml.privacy.tombstones import normalise_ref, ref_forms
 
 RECORD_FIELDS = ("external_ref", "contact", "source", "notes")
 
@@ -85,25 +91,37 @@ class IdentityVault:
         self._lock = self.directory / ".lock"
 
     # -- blind index ---------------------------------------------------------------------------
-    def _blind(self, external_ref: str) -> str:
-        norm = " ".join(external_ref.strip().casefold().split())
+    def _mac(self, norm: str) -> str:
         return hmac.new(self._index_key, norm.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _blind(self, external_ref: str) -> str:
+        """The index entry written for ``external_ref`` (current normalisation)."""
+        return self._mac(normalise_ref(external_ref))
+
+    def _blinds(self, external_ref: str) -> list[str]:
+        """Every index entry ``external_ref`` may have been written under, the current first
+        (a record indexed before the vault normalised Unicode has a legacy entry)."""
+        current = normalise_ref(external_ref)
+        return [self._mac(f) for f in (current, *sorted(ref_forms(external_ref) - {current}))]
 
     def _read_index(self) -> dict[str, str]:
         if not self._index_path.exists():
             return {}
         return json.loads(self._index_path.read_text(encoding="utf-8"))
 
+    def _lookup(self, index: Mapping[str, str], external_ref: str) -> str | None:
+        return next((index[b] for b in self._blinds(external_ref) if b in index), None)
+
     def find(self, external_ref: str) -> str | None:
-        """The pid recorded for ``external_ref``, or None."""
-        return self._read_index().get(self._blind(external_ref))
+        """The pid recorded for ``external_ref`` (under any spelling of it), or None."""
+        return self._lookup(self._read_index(), external_ref)
 
     def find_many(self, external_refs: Iterable[str]) -> dict[str, str]:
         """``{external_ref: pid}`` for the references already in the vault (one index read)."""
         index = self._read_index()
         found = {}
         for ref in external_refs:
-            pid = index.get(self._blind(ref))
+            pid = self._lookup(index, ref)
             if pid is not None:
                 found[ref] = pid
         return found
@@ -128,7 +146,10 @@ class IdentityVault:
         private_dir(self.records_dir)
         with file_lock(self._lock):
             index = self._read_index()
-            by_pid = {v: k for k, v in index.items()}
+            # A pid may hold a legacy entry next to a current one: a new reference replaces both.
+            by_pid: dict[str, list[str]] = {}
+            for blind, owner in index.items():
+                by_pid.setdefault(owner, []).append(blind)
             for pid, record in records.items():
                 write_sealed(
                     self._record_path(pid),
@@ -138,12 +159,12 @@ class IdentityVault:
                 )
                 ref = record.get("external_ref")
                 if ref:
-                    old = by_pid.get(pid)
-                    if old is not None:
-                        index.pop(old, None)
+                    for old in by_pid.get(pid, []):
+                        if index.get(old) == pid:
+                            del index[old]
                     blind = self._blind(str(ref))
                     index[blind] = pid
-                    by_pid[pid] = blind
+                    by_pid[pid] = [blind]
             atomic_write_json(self._index_path, index, mode=0o600, indent=None)
 
     def get(self, pid: str) -> dict[str, Any]:

@@ -15,7 +15,9 @@ and once every file is processed registers the persons with at least one accepte
 privacy core (the external reference goes to the encrypted identity vault only; a person already
 in the vault keeps their pid), records consent or another legal basis for each, seals the files
 under each subject's data key as ``data/raw/<pid>/<image_id>.sealed`` and swaps the new
-``data/raw`` in atomically. LFW pairs files become ``data/protocols/lfw_pairs.parquet``. A
+``data/raw`` in atomically. LFW pairs files become ``data/protocols/lfw_pairs.parquet``, written
+after the swap while the ``data/raw`` lock is still held, so that the pairs name only images that
+``data/raw`` holds (an erasure or a second import waits for both). A
 person whose external reference, or any of whose files, matches the keyed tombstone of an
 erased subject is skipped (``erased_subject``). References that differ only by case, spaces or
 Unicode form (NFC and NFD, full-width letters, zero-width characters:
@@ -163,6 +165,21 @@ def _duplicate(
         key_to_image.setdefault(item.key, earlier)
 
 
+def _write_pairs(
+    paths: ProjectPaths,
+    scan: Scan,
+    result: ImportResult,
+    key_to_image: dict[str, str],
+    valid_ids: set[str],
+) -> None:
+    """The LFW pairs table; called with the ``data/raw`` lock held (see :func:`import_dataset`)."""
+    result.pair_files = scan.pair_files
+    # Looked up at call time: a test replaces it to act between the commit and the write.
+    result.pairs_written, result.pairs_dropped = write_lfw_protocol(
+        paths, scan.pairs, key_to_image=key_to_image, valid_ids=valid_ids
+    )
+
+
 def default_role(scan: Scan) -> str:
     """``evaluation`` for a data set that brings protocol pairs (a benchmark), else ``both``."""
     return ROLE_EVALUATION if scan.pairs else ROLE_BOTH
@@ -307,6 +324,10 @@ def import_dataset(
         )
         faults.crash_point("import:registered")
         valid_ids.update(registered)
+        if scan.pairs:
+            # After the swap, under the data/raw lock: no erasure or other import can change
+            # data/raw between the commit and the pairs naming its images.
+            txn.then(lambda: _write_pairs(paths, scan, result, key_to_image, valid_ids))
         if registered:
             # Before the swap: a crash after it never leaves data without a recorded basis.
             record_basis(
@@ -320,11 +341,6 @@ def import_dataset(
         else:
             txn.discard()
     result.dvc_md5, result.dvc_error = txn.dvc_md5, txn.dvc_error
-    if scan.pairs:
-        result.pair_files = scan.pair_files
-        result.pairs_written, result.pairs_dropped = write_lfw_protocol(
-            paths, scan.pairs, key_to_image=key_to_image, valid_ids=valid_ids
-        )
     result.report_path = write_report(paths, result, root=root, started=started)
     log.info(
         "import %s: %d images of %d subjects (%d added, %d updated); %d files skipped",
