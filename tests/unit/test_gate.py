@@ -307,17 +307,35 @@ def _zero_in_one_group(seed):
         score.append((rng.random(id_a[-1].size) < fmr).astype(np.float64))
         groups += [f"c{first}"] * n
     id_a, id_b = np.concatenate(id_a), np.concatenate(id_b)
+    pairs = _comparisons(id_a, id_b, np.concatenate(score), n_identities=190)
+    return pairs, make_breakdown("group", np.asarray(groups), ("c0", "c150"))
+
+
+def _comparisons(id_a, id_b, score, *, n_identities):
+    """A PairSet of these comparisons, each on its own pair of image rows (genuine where both
+    sides are one identity)."""
     rows = np.arange(id_a.size)
-    pairs = PairSet(
+    return PairSet(
         a=rows,
         b=rows,
         id_a=id_a,
         id_b=id_b,
-        genuine=np.zeros(rows.size, bool),
-        score=np.concatenate(score),
-        n_identities=190,
+        genuine=id_a == id_b,
+        score=score,
+        n_identities=n_identities,
     )
-    return pairs, make_breakdown("group", np.asarray(groups), ("c0", "c150"))
+
+
+def _group_checks(diffs, *, max_fmr, max_fnmr, minimum):
+    """The FMR and FNMR checks of breakdown ``group`` at 95 %."""
+    return differential_checks(
+        diffs,
+        max_fmr_ratio=max_fmr,
+        max_fnmr_ratio=max_fnmr,
+        breakdowns=["group"],
+        min_identities={"group": minimum},
+        ci_level=0.95,
+    )
 
 
 def test_a_group_without_errors_cannot_pass_a_ratio():
@@ -326,14 +344,7 @@ def test_a_group_without_errors_cannot_pass_a_ratio():
     for seed in (2, 4):
         pairs, b = _zero_in_one_group(seed)
         diffs = demographic_differentials(pairs, [b], threshold=0.5, rounds=200, seed=seed)
-        fmr = differential_checks(
-            diffs,
-            max_fmr_ratio=3.0,
-            max_fnmr_ratio=50.0,
-            breakdowns=["group"],
-            min_identities={"group": 30},
-            ci_level=0.95,
-        )[0]
+        fmr = _group_checks(diffs, max_fmr=3.0, max_fnmr=50.0, minimum=30)[0]
         assert fmr["ci_high"] <= 3.0 and fmr["outcome"] == INCONCLUSIVE, fmr
         assert "c150: no error in the impostor comparisons" in fmr["reason"]
 
@@ -350,16 +361,7 @@ def _few_with_two_images(seed, *, n=60, with_genuine=(60, 5)):
     gen_ids = np.repeat(people, 3)
     gen_score = np.tile([1.0, 1.0, 0.0], people.size)
     id_a, id_b = np.r_[gen_ids, i], np.r_[gen_ids, j]
-    rows = np.arange(id_a.size)
-    pairs = PairSet(
-        a=rows,
-        b=rows,
-        id_a=id_a,
-        id_b=id_b,
-        genuine=id_a == id_b,
-        score=np.r_[gen_score, imp_score],
-        n_identities=k,
-    )
+    pairs = _comparisons(id_a, id_b, np.r_[gen_score, imp_score], n_identities=k)
     groups = np.repeat(["g1", "g2"], n)
     return pairs, make_breakdown("group", groups, ("g1", "g2"))
 
@@ -370,14 +372,7 @@ def test_a_group_of_sixty_with_five_photographed_twice_does_not_pass_its_fnmr():
     # have impostor comparisons.
     pairs, b = _few_with_two_images(0)
     diffs = demographic_differentials(pairs, [b], threshold=0.5, rounds=60, seed=1)
-    fmr, fnmr = differential_checks(
-        diffs,
-        max_fmr_ratio=1000.0,
-        max_fnmr_ratio=3.0,
-        breakdowns=["group"],
-        min_identities={"group": 50},
-        ci_level=0.95,
-    )
+    fmr, fnmr = _group_checks(diffs, max_fmr=1000.0, max_fnmr=3.0, minimum=50)
     assert fnmr["ci_high"] <= 3.0, fnmr  # the interval alone would pass
     assert fnmr["outcome"] == INCONCLUSIVE, fnmr
     assert "g2 has 5 with genuine comparisons" in fnmr["reason"], fnmr
