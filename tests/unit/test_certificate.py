@@ -331,7 +331,7 @@ def test_the_certificate_carries_a_witnessed_tlog_proof_verified_offline(erased,
     alone = verify_offline(cert)
     assert alone.ok and any("taken from the certificate" in n for n in alone.notes)
     unpinned = CliRunner().invoke(app, ["privacy", "verify-certificate", "--offline", str(cert)])
-    assert "certificate VALID (keys not pinned)" in unpinned.output, unpinned.output
+    assert "certificate VALID (not all pinned" in unpinned.output, unpinned.output
     runner = CliRunner()
     args = ["privacy", "verify-certificate", "--offline", str(cert), "--public-key", str(pub)]
     ok = runner.invoke(app, [*args, "--witness-key", vkey])
@@ -339,6 +339,11 @@ def test_the_certificate_carries_a_witnessed_tlog_proof_verified_offline(erased,
     # VALID for which erasure: a certificate of another request or subject must be visible.
     assert doc["request_id"] in ok.output and doc["pid"] in ok.output
     assert runner.invoke(app, [*args, "--witness-key", stranger]).exit_code == 1
+    # The log's name pinned: a checkpoint of a second log under the same key would fail.
+    origin = [*args, "--witness-key", vkey, "--origin"]
+    pinned = runner.invoke(app, [*origin, proof["log"]["origin"]])
+    assert pinned.exit_code == 0 and "not all pinned" not in pinned.output, pinned.output
+    assert runner.invoke(app, [*origin, "example.org/another-log"]).exit_code == 1
     # A valid certificate of another erasure fails a verifier who says which one it asked for.
     asked = [*args, "--witness-key", vkey, "--request-id", doc["request_id"], "--subject"]
     assert runner.invoke(app, [*asked, doc["pid"]]).exit_code == 0

@@ -75,6 +75,11 @@ MSG_KEYS_FROM_CERT = (
     "who made it; pin {option} with the key the controller (or witness) published"
 )
 
+MSG_ORIGIN_FROM_CERT = (
+    "log origin taken from the certificate itself: a second log kept under the same key would "
+    "verify too; pin --origin with the log name the controller published"
+)
+
 MSG_NO_KEY = (
     "no public key to verify with: pass --public-key (the controller's published ledger.pub) "
     "or run inside the checkout, which keeps it in privacy/ledger.pub"
@@ -468,6 +473,7 @@ def verify_offline(
     *,
     public_key: Ed25519PublicKey | Path | None = None,
     witness_keys: Sequence[str] = (),
+    origin: str | None = None,
 ) -> CertificateReport:
     """Check a certificate with nothing but the file and the keys the verifier pins.
 
@@ -485,6 +491,9 @@ def verify_offline(
     witness_keys
         Witness verifier keys (vkeys) to require: each must have cosigned. Without them the
         certificate's own list is used (at least one must verify), and the report says so.
+    origin
+        The controller's log name as published with its key: the checkpoint must be of that
+        log, not of a second log kept under the same key. Without it the report says so.
     """
     pub: Ed25519PublicKey | Path | None = public_key
     from_cert: list[str] = []
@@ -502,7 +511,9 @@ def verify_offline(
     report, doc, key = verify_proof(cert_path, public_key=pub)
     if doc is None or key is None:
         return report
-    _check_witnessed(doc, key, witness_keys, report, from_cert)
+    if origin is None:
+        from_cert.append(MSG_ORIGIN_FROM_CERT)
+    _check_witnessed(doc, key, witness_keys, report, from_cert, origin=origin)
     return report
 
 
@@ -512,6 +523,8 @@ def _check_witnessed(
     witness_keys: Sequence[str],
     report: CertificateReport,
     notes: list[str],
+    *,
+    origin: str | None = None,
 ) -> None:
     proof = doc.get("proof")
     if not isinstance(proof, Mapping) or proof.get("format") != PROOF_FORMAT:
@@ -541,6 +554,8 @@ def _check_witnessed(
         log_ok,
         f"{cp.origin} size {cp.size}, signed by the ledger key",
     )
+    if origin is not None:
+        report.add("log origin", cp.origin == origin, f"asked {origin}, found {cp.origin}")
     included = tp.extra is not None and merkle.verify_inclusion(
         merkle.leaf_hash(tp.extra), tp.index, cp.size, list(tp.hashes), cp.root
     )

@@ -734,6 +734,9 @@ def verify_certificate_cmd(
     witness_key: list[str] = typer.Option(
         None, "--witness-key", help="A witness verifier key that must have cosigned (repeatable)."
     ),
+    origin: str = typer.Option(
+        None, "--origin", help="With --offline: the controller's published log name to require."
+    ),
     request_id: str = typer.Option(
         None, "--request-id", help="Fail unless the certificate is for this erasure request."
     ),
@@ -752,7 +755,9 @@ def verify_certificate_cmd(
 
     with _rights_errors():
         if offline:
-            report = verify_offline(cert, public_key=public_key, witness_keys=witness_key or ())
+            report = verify_offline(
+                cert, public_key=public_key, witness_keys=witness_key or (), origin=origin
+            )
         else:
             report = verify_certificate(
                 cert, root=project().root, public_key=public_key, scan=not no_scan
@@ -770,7 +775,7 @@ def verify_certificate_cmd(
             console.print(f"models: {report.models['status']}", highlight=False)
         for text in report.notes:
             console.print(f"[yellow]note[/] {text}", highlight=False)
-        valid = "certificate VALID" + (" (keys not pinned)" if report.notes else "")
+        valid = "certificate VALID" + (" (not all pinned: see the notes)" if report.notes else "")
         console.print(valid if report.ok else "certificate INVALID")
     if not report.ok:
         raise typer.Exit(1)
