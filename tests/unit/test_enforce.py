@@ -235,6 +235,19 @@ def test_a_month_of_retention_is_enforced_notified_and_provable(month, tmp_path)
         assert all(s.details.get("reason_code") == "no_legal_basis" for s in policy)
 
 
+def test_a_clock_set_back_does_not_postpone_consent_expiry(month):
+    # The attack: once the ledger's entries are past a consent's expiry, set the system clock
+    # back before the scheduler runs, so that "now" is before the expiry.
+    proj, core, clock = month
+    params = _params(proj.paths.root, smtp_port=1)
+    clock.advance(days=45)
+    core.restrict(proj.pids[0])  # any entry stamped after every consent's month
+    clock.advance(days=-45)
+    planned = Enforcer(proj.paths, core=core, params=params, now=clock).plan()
+    expired = {x.pid for x in planned if x.kind == "expire_consent"}
+    assert expired == set(proj.pids)
+
+
 def test_an_objection_to_identification_alone_purges_the_template_and_keeps_the_rest(project):
     clock = SimClock()
     proj = make_project(project, n_subjects=2, n_images=1, processed=False)

@@ -20,7 +20,9 @@ carries it out as the actor ``scheduler``, each action a ledger event with its r
 Periods come from the records of processing (``privacy/records.yaml``) and consent expiry from
 ``privacy.retention``; times are the ledger's (when a consent was recorded, a subject added, a
 template enrolled, a bundle exported, a request completed), so a restored file cannot reset a
-clock. A restricted subject (Art. 18) is never erased by policy: restriction keeps data stored.
+clock; and "now" is never before the ledger's newest entry, so a system clock set back does not
+postpone an expiry that the ledger's own time has reached. A restricted subject (Art. 18) is
+never erased by policy: restriction keeps data stored.
 Consent expiry is an event (``consent.expired``) the registry folds, so that the gallery,
 ``prepare`` and serving stop using the subject exactly as for a withdrawal. An erasure by policy
 is a full erasure request (recorded with channel ``scheduler``, verified by ``retention_policy``)
@@ -151,14 +153,17 @@ class Enforcer:
         self.now = now or (lambda: parse_time(self.core.ledger.clock()))
 
     # -- planning ------------------------------------------------------------------------------
-    def _times(self) -> dict[int, datetime]:
-        """Ledger time of every entry a policy counts from, by seq."""
+    def _times(self) -> tuple[dict[int, datetime], datetime | None]:
+        """Ledger time of every entry a policy counts from, by seq; and the newest entry's."""
         out: dict[int, datetime] = {}
+        last = b""
         for _, line in self.core.ledger.iter_lines():
+            last = line
             if any(mark in line for mark in _TIMED):
                 obj = orjson.loads(line)
                 out[obj["seq"]] = parse_time(obj["time"])
-        return out
+        newest = parse_time(orjson.loads(last)["time"]) if last.strip() else None
+        return out, newest
 
     def _enrolled(self) -> dict[str, int]:
         """Each subject's last ``gallery.enrolled`` seq."""
@@ -172,10 +177,11 @@ class Enforcer:
 
     def plan(self) -> list[Action]:
         """Every action the policies call for now, in the order :meth:`apply` runs them."""
-        now = self.now()
         records = records_of(self.paths)
         retention = self.params.privacy.retention
-        times = self._times()
+        times, newest = self._times()
+        # Never before the ledger's newest entry: a clock set back would postpone every expiry.
+        now = max(self.now(), newest) if newest is not None else self.now()
         enrolled = self._enrolled()
         actions: list[Action] = []
         for st in self.core.registry.states().values():
