@@ -149,8 +149,10 @@ class Enforcer:
         self.core = core if core is not None else PrivacyCore(paths)
         self.params = params if params is not None else load_params(paths.params)
         self.gallery = gallery
-        # By default the ledger's clock (what its entries are stamped with).
+        # By default the ledger's clock (what its entries are stamped with), never before its
+        # newest entry; a given time (a dry run `--at`) is taken as it is.
         self.now = now or (lambda: parse_time(self.core.ledger.clock()))
+        self._floored = now is None
 
     # -- planning ------------------------------------------------------------------------------
     def _times(self) -> tuple[dict[int, datetime], datetime | None]:
@@ -181,7 +183,9 @@ class Enforcer:
         retention = self.params.privacy.retention
         times, newest = self._times()
         # Never before the ledger's newest entry: a clock set back would postpone every expiry.
-        now = max(self.now(), newest) if newest is not None else self.now()
+        now = self.now()
+        if self._floored and newest is not None:
+            now = max(now, newest)
         enrolled = self._enrolled()
         actions: list[Action] = []
         for st in self.core.registry.states().values():
