@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
 from project_helpers import stack_project_on
 
 from visage_ml.config import ProjectPaths, load_params
+from visage_ml.io import sha256_bytes
+from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights.content_hashes import plain_mac
 from visage_ml.rights.erasure import mlflow_server
 from visage_ml.rights.erasure.base import Context
@@ -43,7 +44,7 @@ def test_runs_artefacts_and_rows_of_the_subject_removed(stack, project, tmp_path
         paths=paths,
         core=None,
         params=load_params(paths.params),
-        planned={"raw": [{"plain_mac": plain_mac(paths, hashlib.sha256(image).hexdigest())}]},
+        planned={"raw": [{"plain_mac": plain_mac(Tombstones.open(paths), sha256_bytes(image))}]},
     )
     plan = mlflow_server.plan(ctx, PID)
     assert plan is not None

@@ -24,9 +24,10 @@ PLAIN_KIND = "plain_sha256"
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
 
 
-def plain_mac(paths: ProjectPaths, sha256: str) -> str:
-    """The keyed name of a sealed image's plaintext (its PNG's SHA-256), for the records."""
-    return Tombstones.open(paths).mac(PLAIN_KIND, sha256)
+def plain_mac(tombstones: Tombstones, sha256: str) -> str:
+    """The keyed name of a sealed image's plaintext (its PNG's SHA-256), for the records
+    (``tombstones`` holds the key, read once for all of a subject's images)."""
+    return tombstones.mac(PLAIN_KIND, sha256)
 
 
 @dataclass(frozen=True)

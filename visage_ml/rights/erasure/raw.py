@@ -12,6 +12,7 @@ from pathlib import Path
 
 from visage_ml import dvcops
 from visage_ml.data.rawstore import IMAGE_EXT, RawStore, read_images
+from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.content_hashes import plain_mac
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
@@ -41,10 +42,11 @@ def plan(ctx: Context, pid: str) -> Plan:
     images = read_images(ctx.paths.raw)
     rows = images[images["pid"].astype(str) == pid]
     plain = dict(zip(rows["image_id"].astype(str), rows["sha256"].astype(str), strict=True))
+    tombstones = Tombstones.open(ctx.paths)
     for a in found:
         image_id = Path(a["path"]).stem
         if a["path"].endswith(IMAGE_EXT) and image_id in plain:
-            a["plain_mac"] = plain_mac(ctx.paths, plain[image_id])
+            a["plain_mac"] = plain_mac(tombstones, plain[image_id])
     before = tracked_md5(ctx)
     return Plan(found, {"raw_md5_before": before}, state=before)
 
