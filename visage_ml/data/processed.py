@@ -18,6 +18,7 @@ import yaml
 from visage_ml.config import ProjectPaths
 from visage_ml.data.crops import read_crops
 from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
+from visage_ml.data.rawstore import read_images, read_subjects
 from visage_ml.io import md5_file
 from visage_ml.preprocess import resize_batch
 from visage_ml.privacy.datakeys import DataKeys
@@ -35,9 +36,20 @@ MSG_NOT_ALLOWED = (
     "prepare stage leaves them out"
 )
 
+MSG_RECTIFIED = (
+    "{n} subject(s) of the {splits} split(s) of data/processed have labels or images that "
+    "differ from data/raw (rectified since this data was prepared): run `dvc repro`, whose "
+    "prepare stage prepares them again from the corrected data"
+)
+LABELS = ("age", "gender", "group")
+
 
 class ConsentChangedError(ValueError):
     """``data/processed`` holds subjects the registry no longer allows for the split's use."""
+
+
+class RectifiedSinceError(ValueError):
+    """``data/processed`` holds labels or faces of subjects that were corrected since (Art. 16)."""
 
 
 @dataclass
@@ -89,6 +101,8 @@ def load_processed(
         never opens the test subjects. All splits when None.
     keys
         The data keys (opened from ``paths`` when None).
+        With ``splits``, every subject of them must also still have, in ``data/raw`` (when it is
+        there), the labels and images it was prepared from (:func:`check_current`).
     registry
         The subject registry (opened from ``paths`` when None): with ``splits``, every subject of
         them must still be allowed for the split's purpose (:data:`SPLIT_PURPOSES`) before any
@@ -98,6 +112,8 @@ def load_processed(
     ------
     ConsentChangedError
         A subject of ``splits`` may no longer be processed for its purpose.
+    RectifiedSinceError
+        A subject of ``splits`` was rectified since the data was prepared.
     """
     faces_path, manifest_path = paths.processed / FACES_FILE, paths.processed / MANIFEST_FILE
     for p in (faces_path, manifest_path):
@@ -114,6 +130,7 @@ def load_processed(
     if splits is not None:
         pids = set(manifest.loc[manifest["split"].isin(list(splits)), "pid"].astype(str))
         check_allowed(manifest, splits, registry or Registry.for_project(paths))
+        check_current(manifest, splits, paths)
     faces = read_crops(faces_path, keys, manifest, pids=pids)
     rows = manifest["row"].to_numpy()
     if len(rows) and (rows.min() < 0 or rows.max() >= len(faces)):
@@ -132,6 +149,51 @@ def check_allowed(manifest: pd.DataFrame, splits: Collection[str], registry: Reg
             raise ConsentChangedError(
                 MSG_NOT_ALLOWED.format(n=len(refused), splits="/".join(names), purpose=purpose)
             )
+
+
+def _same(a: object, b: object) -> bool:
+    if pd.isna(a) and pd.isna(b):  # type: ignore[call-overload]
+        return True
+    if pd.isna(a) or pd.isna(b):  # type: ignore[call-overload]
+        return False
+    return str(a) == str(b)
+
+
+def check_current(manifest: pd.DataFrame, splits: Collection[str], paths: ProjectPaths) -> None:
+    """Raise :class:`RectifiedSinceError` when a subject of ``splits`` has, in ``data/raw``,
+    other labels (``age``, ``gender``, ``group``) or another image (by SHA-256) than
+    ``manifest`` was prepared from: a rectification (Art. 16) since ``prepare`` ran, whose old,
+    inaccurate values must not be trained or evaluated on.
+
+    Subjects or images that ``data/raw`` does not hold (it may not be checked out where a model
+    is trained) are not compared; leaving a subject out is the consent check's business.
+    """
+    rows = manifest[manifest["split"].isin(list(splits))]
+    if rows.empty:
+        return
+    stale: set[str] = set()
+    subjects = read_subjects(paths.raw)
+    if len(subjects):
+        raw = subjects.drop_duplicates("pid").set_index(subjects["pid"].astype(str))
+        first = rows.drop_duplicates("pid")
+        for r in first.itertuples(index=False):
+            pid = str(r.pid)
+            if pid in raw.index and not all(
+                _same(getattr(r, c), raw.at[pid, c]) for c in LABELS if c in raw.columns
+            ):
+                stale.add(pid)
+    if "source_sha256" in rows.columns and "image_id" in rows.columns:
+        images = read_images(paths.raw)
+        if len(images):
+            sha = dict(zip(images["image_id"].astype(str), images["sha256"], strict=True))
+            for r in rows[["pid", "image_id", "source_sha256"]].itertuples(index=False):
+                now = sha.get(str(r.image_id))
+                if now is not None and not _same(r.source_sha256, now):
+                    stale.add(str(r.pid))
+    if stale:
+        raise RectifiedSinceError(
+            MSG_RECTIFIED.format(n=len(stale), splits="/".join(sorted(set(splits))))
+        )
 
 
 def images_at_size(faces: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

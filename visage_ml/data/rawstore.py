@@ -525,7 +525,12 @@ class RawTransaction:
         return removed
 
     def update_subject(self, pid: str, values: Mapping[str, Any]) -> None:
-        """Overwrite ``age``, ``gender``, ``group`` of an existing subject (Art. 16)."""
+        """Overwrite ``age``, ``gender``, ``group`` of an existing subject (Art. 16).
+
+        The per-image labels the source gave (``images.parquet``) are the values the subject
+        corrected: each corrected field takes the new value on every image of theirs, and a
+        corrected age clears the source's ``age_band``, so no table still states the old one.
+        """
         check_pid(pid)
         unknown = set(values) - {"age", "gender", "group"}
         if unknown:
@@ -539,6 +544,14 @@ class RawTransaction:
         for col, value in values.items():
             subjects.loc[mask, col] = pd.NA if value is None else value
         self._subjects = normalise_table(subjects, SUBJECTS_SCHEMA)
+        rows = self._images["pid"].astype(str) == pid
+        if rows.any():
+            images = self._images.copy()
+            for col, value in values.items():
+                images.loc[rows, col] = pd.NA if value is None else value
+            if "age" in values:
+                images.loc[rows, "age_band"] = pd.NA
+            self._images = normalise_table(images, IMAGES_SCHEMA)
 
     def replace_image(self, pid: str, image_id: str, png: bytes, row: Mapping[str, Any]) -> None:
         """Replace an existing image's file and its ``images.parquet`` values (Art. 16).
