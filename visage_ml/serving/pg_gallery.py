@@ -27,6 +27,16 @@ model version as associated data), ``template_sha256`` (of ``sealed``; the ledge
   and are kept longer by ``wal_keep_size``, replication slots and archiving:
   :func:`wal_retention` names what would keep them, and the erasure certificate says so.
 
+Whoever may write to the table without holding the project's keys can change ``embedding`` and
+``cluster`` (put an intruder's own vector in a subject's row, swap two subjects'). No answer rests
+on them alone: before a search returns a row, or a verification scores it, the row's
+``embedding`` must be, bit for bit, the template its ``sealed`` column opens to under the
+subject's key (whose header names the subject), and under a calibration by clusters its
+``cluster`` must be that template's (:meth:`PgGallery._unbound_of`). Only the rows about to be
+returned are opened, ``top_k`` at a time (the opened templates' digests are cached by the sealed
+column's digest). A row that fails is left out as if not enrolled, logged by pid once and counted
+as ``tampered`` in :meth:`PgGallery.stats`; enrolling the subject again rewrites it.
+
 Consent at query time
 ---------------------
 Table ``<table>_revoked`` lists subjects that must not be returned (identification consent
@@ -71,6 +81,7 @@ import hashlib
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -127,6 +138,14 @@ REVOKED_UNRECORDED = "unrecorded"
 DEFAULT_POLL_S = 0.25
 # AS-norm: templates the SQL shortlist (by raw cosine) holds before the normalised rerank.
 COHORT_SHORTLIST = 200
+# Bindings checked by this process, ``pid -> (SHA-256 of the sealed column, SHA-256 of the template
+# it opens to)``: digests only, no template. Cleared when it holds this many subjects.
+BOUND_CACHE_MAX = 1 << 20
+# Why a row is not used (:meth:`PgGallery._binding`); only the first three are reported.
+UNBOUND_EMBEDDING = "embedding"
+UNBOUND_CLUSTER = "cluster"
+UNBOUND_SEALED = "sealed"
+UNBOUND_ERASED = "erased"
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 MSG_TABLE = "serving.gallery.table must be a lower-case SQL name of at most 41 characters"
@@ -149,6 +168,13 @@ MSG_DIM = (
 MSG_MODEL = (
     "the pgvector gallery {table} was built for embedder {found!r} but this server runs "
     "{expected!r}; re-enrol the gallery for this embedder (`visage gallery rebuild`)"
+)
+
+
+MSG_UNBOUND = (
+    "gallery row {name} does not rest on the subject's sealed template (its {column} column was "
+    "written without the project's keys); it is not returned or verified. Find out who wrote to "
+    "the table, then enrol the subject again (`visage gallery rebuild` re-enrols everyone)"
 )
 
 
@@ -573,6 +599,8 @@ class PgGallery(Gallery):
         self._listener: threading.Thread | None = None
         self._listening = threading.Event()
         self.notifications = 0
+        self._bound: dict[str, tuple[bytes, bytes]] = {}
+        self._unbound: set[str] = set()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -1055,8 +1083,9 @@ class PgGallery(Gallery):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             n = self._size_in(conn)
             threshold = float(threshold_for(n))
-            self._set_local(conn)
             for row in q:
+                # Again for each probe: the binding check below lets index scans back in.
+                self._set_local(conn)
                 found = self._candidates(conn, row, top_k)
                 if not found:
                     out.append([])
@@ -1070,11 +1099,97 @@ class PgGallery(Gallery):
                     scores = cal.apply(raw, cq, np.array([r[1] for r in found]))
                 else:
                     scores = raw
-                order = np.argsort(-scores, kind="stable")[:top_k]
+                order = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= threshold]
+                picked = set(self._first_bound(conn, [found[i][0] for i in order], top_k))
                 out.append(
-                    [Match(found[i][0], float(scores[i])) for i in order if scores[i] >= threshold]
+                    [Match(found[i][0], float(scores[i])) for i in order if found[i][0] in picked]
                 )
         return out, n, threshold
+
+    # -- the binding of a row's search columns to its sealed template --------------------------
+
+    def _first_bound(self, conn: psycopg.Connection, pids: list[str], k: int) -> list[str]:
+        """The first ``k`` of ``pids`` (best first) whose rows rest on their sealed templates.
+
+        Checks ``k`` rows at a time, so a search opens only the few templates it returns (more
+        only when a row fails).
+        """
+        out: list[str] = []
+        start = 0
+        while len(out) < k and start < len(pids):
+            chunk = pids[start : start + k - len(out)]
+            start += len(chunk)
+            bad = self._unbound_of(conn, chunk)
+            out += [pid for pid in chunk if pid not in bad]
+        return out
+
+    def _unbound_of(self, conn: psycopg.Connection, pids: list[str]) -> set[str]:
+        """Of ``pids``, those whose row (read in the caller's snapshot) must not be used.
+
+        A row is used only when its ``embedding`` is, bit for bit, the template its ``sealed``
+        column opens to under the subject's key (whose header names the subject and this
+        embedder), and, under a calibration by clusters, its ``cluster`` is that template's. A
+        database role without the project's keys can write neither. A failing row is logged
+        (pid only) and counted in :meth:`stats`; a row whose key an erasure under way has
+        just destroyed is left out silently.
+        """
+        if not pids:
+            return set()
+        if not self.options.hnsw:
+            # An exact search turned index scans off for its statements; these rows are read by
+            # primary key (else a sequential scan of the whole table per search).
+            conn.execute("SET LOCAL enable_indexscan = on")
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT t.pid, t.embedding, t.cluster, t.sealed FROM {t} t WHERE t.pid = ANY(%s)"
+            ).format(t=self.names.t),
+            (list(pids),),
+            binary=True,  # the vectors as float32 bits (parsing their text costs ~0.2 ms each)
+        ).fetchall()
+        cal = self._calibration
+        by_cluster = cal is not None and not cal.uses_cohort
+        bad = set(pids) - {r[0] for r in rows}
+        for pid, emb, cluster, sealed in rows:
+            vec = as_array(emb)
+            why = self._binding(pid, vec, bytes(sealed))
+            if why is None and by_cluster and int(cal.clusters(vec[None])[0]) != int(cluster):
+                why = UNBOUND_CLUSTER
+            if why is None:
+                self._unbound.discard(pid)
+                continue
+            bad.add(pid)
+            if why != UNBOUND_ERASED and pid not in self._unbound:
+                self._unbound.add(pid)
+                logger.error(MSG_UNBOUND.format(name=f"{self.names.table}/{pid}", column=why))
+        return bad
+
+    def _binding(self, pid: str, vec: np.ndarray, blob: bytes) -> str | None:
+        """Why ``vec`` (the row's ``embedding``) is not the template ``blob`` seals for
+        ``pid`` (None: it is). Opens ``blob`` once per sealed value (cached by digest)."""
+        sealed_digest = hashlib.sha256(blob).digest()
+        vec_digest = hashlib.sha256(np.ascontiguousarray(vec, dtype="<f4").tobytes()).digest()
+        cached = self._bound.get(pid)
+        if cached is not None and cached[0] == sealed_digest:
+            return None if cached[1] == vec_digest else UNBOUND_EMBEDDING
+        try:
+            template, _ = self._decrypt(pid, blob)
+        except KeyDestroyedError:
+            return UNBOUND_ERASED
+        except (InvalidTag, ValueError, TypeError, AttributeError, struct.error):
+            # Whatever was written there (a header that is no JSON object included).
+            return UNBOUND_SEALED
+        if template is None:
+            return UNBOUND_SEALED
+        template_digest = hashlib.sha256(template.astype("<f4").tobytes()).digest()
+        if len(self._bound) >= BOUND_CACHE_MAX:
+            self._bound.clear()
+        self._bound[pid] = (sealed_digest, template_digest)
+        return None if template_digest == vec_digest else UNBOUND_EMBEDDING
+
+    def _bound_now(self, pid: str) -> bool:
+        """Whether ``pid``'s row rests on its sealed template now (see :meth:`_unbound_of`)."""
+        with self._conn.transaction():
+            return not self._unbound_of(self._conn, [pid])
 
     @_reads
     def verify(self, embedding: np.ndarray, pid: str) -> tuple[bool, float]:
@@ -1084,8 +1199,11 @@ class PgGallery(Gallery):
         n = self.names
         with self.lock:
             self.refresh()
-            with self._conn.transaction():
-                row = self._conn.execute(
+            conn = self._conn
+            with conn.transaction():
+                # One snapshot: the row scored is the row checked against its sealed template.
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                row = conn.execute(
                     sql.SQL(
                         "SELECT t.embedding <#> %s, t.cluster, t.embedding FROM {t} t "
                         "WHERE t.pid = %s AND t.model_version = %s AND NOT EXISTS "
@@ -1093,6 +1211,8 @@ class PgGallery(Gallery):
                     ).format(t=n.t, r=n.revoked),
                     (q, pid, self.meta.model_version),
                 ).fetchone()
+                if row is not None and self._unbound_of(conn, [pid]):
+                    row = None
         if row is None:
             raise NotEnrolledError(pid)
         score = -float(row[0])
@@ -1128,7 +1248,7 @@ class PgGallery(Gallery):
         check_pid(pid)
         with self.lock:
             self.refresh()
-            return self._row_state(pid)[1] is not None
+            return self._row_state(pid)[1] is not None and self._bound_now(pid)
 
     @_reads
     def stored(self) -> list[str]:
@@ -1155,14 +1275,16 @@ class PgGallery(Gallery):
 
     @_reads
     def status(self, pid: str) -> dict[str, Any]:
-        """Gallery state of ``pid``: enrolled (a row exists), searchable, its embedder."""
+        """Gallery state of ``pid``: enrolled (a row exists), searchable (also: its row rests
+        on its sealed template), its embedder."""
         check_pid(pid)
         with self.lock:
             self.refresh()
             version, searchable = self._row_state(pid)
+            usable = searchable is not None and self._bound_now(pid)
         return {
             "enrolled": version is not None,
-            "searchable": searchable is not None,
+            "searchable": usable,
             "template_model_version": version,
         }
 
@@ -1204,7 +1326,12 @@ class PgGallery(Gallery):
 
     @_reads
     def stats(self) -> dict[str, Any]:
-        """Counts only: stored, searchable and stale rows, the embedder and threshold."""
+        """Counts only: stored, searchable and stale rows, the embedder and threshold.
+
+        ``tampered``: rows this process found not resting on their sealed template (a search
+        vector or cluster written into the database without the project's keys) and sets
+        aside; they still count as searchable in the table (:meth:`status` says which).
+        """
         n = self.names
         with self.lock:
             self.refresh()
@@ -1230,6 +1357,7 @@ class PgGallery(Gallery):
             "threshold": self.threshold,
             "backend": BACKEND,
             "hnsw": self.options.hnsw,
+            "tampered": len(self._unbound),
         }
 
     # -- changes -------------------------------------------------------------------------------
@@ -1267,19 +1395,27 @@ class PgGallery(Gallery):
             events: list[tuple[str, str | None, Mapping[str, Any]]] = []
             conn = self._conn
             with conn.transaction():
-                old = dict(
-                    conn.execute(
-                        sql.SQL("SELECT pid, sealed FROM {t} WHERE pid = ANY(%s)").format(t=n.t),
+                old = {
+                    r[0]: (bytes(r[1]), as_array(r[2]))
+                    for r in conn.execute(
+                        sql.SQL(
+                            "SELECT pid, sealed, embedding FROM {t} WHERE pid = ANY(%s)"
+                        ).format(t=n.t),
                         (list(vectors),),
                     ).fetchall()
-                )
+                }
                 rows = []
                 for pid, vec in vectors.items():
-                    prev = bytes(old[pid]) if pid in old else None
+                    prev = old[pid][0] if pid in old else None
                     state = registry.peek(pid)
                     if prev is not None and state is not None:
                         digest = hashlib.sha256(prev).hexdigest()
-                        if state.template_sha256 == digest and self._same_template(pid, prev, vec):
+                        # Unchanged only if the search vector is the sealed template too: enrolling
+                        # again must repair a row whose embedding was written over in the table.
+                        same = self._same_template(pid, prev, vec) and np.array_equal(
+                            old[pid][1], vec
+                        )
+                        if state.template_sha256 == digest and same:
                             results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                             continue
                     blob = self._seal(pid, self.keys.get(pid, create=True), vec, counts[pid])
@@ -1334,6 +1470,7 @@ class PgGallery(Gallery):
             if events:
                 # This process's own read of the new events must not revoke what it just wrote.
                 self.refresh()
+                self._unbound.difference_update(r.pid for r in results if r.changed)
         return results
 
     @_writes
@@ -1356,6 +1493,8 @@ class PgGallery(Gallery):
             rows = subject_rows(self.options.dsn, pid, table=self.names.table)
             with self._conn.transaction():
                 _revoke_delete(self._conn, self.names, pid)
+            self._bound.pop(pid, None)
+            self._unbound.discard(pid)
             key_path = self.keys.path(pid)
             key_hash = self.keys.destroy(pid)
             if key_hash is not None:
