@@ -864,6 +864,21 @@ class AuthParams:
 
 
 @dataclass(frozen=True)
+class AuditParams:
+    """How often ``visage serve`` anchors the audit log's head in the signed ledger.
+
+    Each anchor is one ledger entry (``audit.anchored``); a rewrite of the log before the last
+    anchor is detected, one of the lines after it is not (``visage privacy audit verify`` says
+    how many there are).
+    """
+
+    # Anchor once the process has written this many lines since its last anchor ...
+    anchor_every_lines: int = field(default=1000, metadata=rng(ge=1, le=10_000_000))
+    # ... or this many seconds after its last anchor, if it wrote any line since.
+    anchor_every_seconds: float = field(default=300.0, metadata=rng(gt=0, le=86_400))
+
+
+@dataclass(frozen=True)
 class ServingGalleryParams:
     """Where the served gallery lives (``visage_ml.serving.pg_gallery`` for ``pgvector``)."""
 
@@ -909,6 +924,7 @@ class ServingParams:
     identify: IdentifyParams = IdentifyParams()
     quality: QualityParams = QualityParams()
     gallery: ServingGalleryParams = ServingGalleryParams()
+    audit: AuditParams = AuditParams()
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from visage_ml.app.http.app import create_app
 from visage_ml.app.http.auth import ROLES, KeyStore, parse_time
 from visage_ml.config import load_params
 from visage_ml.data.rawstore import RawStore
+from visage_ml.privacy import auditlog
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.outbox import Recipients
 from visage_ml.rights.information import subject_information
@@ -852,6 +853,22 @@ def test_every_request_is_audited_without_images_or_templates(enrolled):
     text = (s.world.paths.privacy / "audit.jsonl").read_text()
     assert s.photo_b64(pid)[0][:40] not in text
     assert all(k not in text for k in s.keys.values())
+
+
+def test_the_server_anchors_the_audit_log_in_the_ledger_every_n_lines_and_when_it_stops(project):
+    # One ledger entry per serving.audit.anchor_every_lines lines, never one per request; the
+    # rest when the server stops. A rewrite before the last anchor is then detected.
+    s = Served(project, overrides={"serving.audit.anchor_every_lines": 2})
+    with s.client:  # the lifespan: stopping the server anchors what follows the last anchor
+        for pid in s.pids[:3]:
+            assert s.enroll(pid).status_code == 200
+        assert s.call("GET", f"/v1/subjects/{s.pids[0]}", "dpo").status_code == 200
+        s.call("GET", "/v1/ledger")  # 401: audited too
+    anchored = [e for e in s.world.core.ledger.entries() if e.type == "audit.anchored"]
+    assert [(e.pid, e.payload["lines"]) for e in anchored] == [(None, 2), (None, 4), (None, 5)]
+    path = s.world.paths.privacy / "audit.jsonl"
+    report = auditlog.verify(path, anchors=auditlog.ledger_anchors(anchored))
+    assert report.ok and report.lines == 5 and report.unanchored == 0, report.message()
 
 
 def test_audit_log_stays_whole_under_concurrent_requests(enrolled):

@@ -3,14 +3,17 @@ subject's identification events."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
-from visage_ml.app.http.audit import FIELDS, AuditLog
-from visage_ml.config import ProjectPaths
+from visage_ml.app.http.audit import FIELDS, AuditLog, anchor_periodically
+from visage_ml.config import AuditParams, ProjectPaths
 from visage_ml.privacy import auditlog
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights.information import subject_information
@@ -124,3 +127,145 @@ def test_an_access_export_lists_when_the_subject_was_identified(project):
         ("verify", None),
     ]
     assert subject_information(paths, "p" + "f" * 16)["identification_events"] == []
+
+
+def rechain(lines):
+    """The attacker's rewrite: every ``prev`` recomputed after the lines removed or changed."""
+    out, prev = [], auditlog.GENESIS
+    for line in lines:
+        obj = orjson.loads(line)
+        obj["prev"] = prev
+        new = orjson.dumps(obj)
+        out.append(new + b"\n")
+        prev = hashlib.sha256(new).hexdigest()
+    return b"".join(out)
+
+
+def serving_log(paths, every_lines=3, **kw):
+    # What `visage serve` writes (app/http/app.py), anchored every `every_lines` lines.
+    params = AuditParams(anchor_every_lines=every_lines, **kw)
+    return AuditLog.for_serving(paths, params, core=PrivacyCore(paths), lock=threading.RLock())
+
+
+def serve(log, records):
+    # As the HTTP boundary does: flush (off the event loop) when write says so.
+    for record in records:
+        if log.write(record):
+            log.flush()
+
+
+def test_identifications_cut_out_and_rechained_are_caught_by_a_ledger_anchor(project):
+    # An operator with disk access hides that a subject was identified (before answering their
+    # access request): removes, or rewrites, the identify lines that name them and recomputes
+    # every prev after them. The chain verifies; no export was made after those lines.
+    paths = ProjectPaths(project)
+    path = paths.privacy / auditlog.AUDIT_FILE
+    paths.privacy.mkdir(parents=True, exist_ok=True)
+    log = serving_log(paths)
+    serve(
+        log,
+        (
+            {"request_id": f"r{i}", "action": "identify", "pids": [PID] if i in (1, 4) else None}
+            for i in range(10)
+        ),
+    )
+    log.close()
+    anchors = auditlog.ledger_anchors(PrivacyCore(paths).ledger.entries())
+    assert [a["lines"] for a in anchors] == [3, 6, 9, 10]  # every 3 lines, and on close
+    assert [e["request_id"] for e in subject_information(paths, PID)["identification_events"]] == [
+        "r1",
+        "r4",
+    ]
+    full = path.read_bytes()
+    lines = full.splitlines()
+    runner = CliRunner()
+    removed = rechain([x for x in lines if PID.encode() not in x])
+    rewritten = rechain([x.replace(f'["{PID}"]'.encode(), b"null") for x in lines])
+    for forged in (removed, rewritten):
+        path.write_bytes(forged)
+        assert auditlog.verify(path).ok  # the chain alone cannot tell
+        r = runner.invoke(app, ["privacy", "audit", "verify"])
+        assert r.exit_code == 1 and "rewritten" in r.output, r.output
+        with pytest.raises(ValueError, match=r"restore privacy/audit\.jsonl"):
+            subject_information(paths, PID)
+    path.write_bytes(full)  # restored from a backup
+    assert runner.invoke(app, ["privacy", "audit", "verify"]).exit_code == 0
+    assert len(subject_information(paths, PID)["identification_events"]) == 2
+
+
+def test_verify_states_the_window_of_lines_not_anchored_yet(project):
+    # Lines after the last anchor can still be rewritten unseen: verify says how many there are.
+    paths = ProjectPaths(project)
+    path = paths.privacy / auditlog.AUDIT_FILE
+    paths.privacy.mkdir(parents=True, exist_ok=True)
+    fill(path, n=2)  # written before anchors existed: verifies as before, with a warning
+    runner = CliRunner()
+    r = runner.invoke(app, ["privacy", "audit", "verify"])
+    assert r.exit_code == 0 and "no anchor in the ledger yet" in r.output, r.output
+    log = serving_log(paths, every_lines=4)
+    serve(log, ({"request_id": f"s{i}", "action": "identify", "pids": [PID]} for i in range(5)))
+    # Anchored at 6 lines (the 2 old ones and 4 new); the 7th is not anchored yet.
+    r = runner.invoke(app, ["privacy", "audit", "verify", "--json"])
+    doc = json.loads(r.output)
+    assert r.exit_code == 0 and (doc["anchored"], doc["unanchored"]) == (6, 1), doc
+    r = runner.invoke(app, ["privacy", "audit", "verify"])
+    assert "1 lines after the last anchor in the ledger (line 6)" in r.output, r.output
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(rechain(lines[:6]))  # within the window: not detected
+    assert runner.invoke(app, ["privacy", "audit", "verify"]).exit_code == 0
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+    log.close()  # stopping the server anchors the rest
+    r = runner.invoke(app, ["privacy", "audit", "verify"])
+    assert r.exit_code == 0 and "every line is anchored" in r.output, r.output
+    assert len(auditlog.ledger_anchors(PrivacyCore(paths).ledger.entries())) == 2
+
+
+def test_anchors_are_cheap_on_time_and_a_failed_one_is_retried_later(tmp_path):
+    now = [0.0]
+    heads = []
+
+    def anchor(head):
+        if len(heads) == 1 and now[0] < 200:
+            raise OSError("ledger unavailable")
+        heads.append(dict(head))
+
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"action": "old"}\n')  # an unchained line from before the chain
+    log = AuditLog(
+        path,
+        fsync_interval=60,
+        anchor=anchor,
+        anchor_every_lines=1000,
+        anchor_every_seconds=100,
+        clock=lambda: now[0],
+    )
+    assert not log.write({"action": "identify"})  # neither fsync nor anchor due: no flush
+    now[0] = 100.0
+    assert log.write({"action": "identify"})  # the anchor is due on time
+    log.flush()
+    assert heads == [{"lines": 2, "head": auditlog.verify(path).head}]
+    log.flush()  # nothing written since: nothing anchored
+    now[0] = 150.0
+    assert not log.write({"action": "analytics"})
+    now[0] = 199.0
+    log.write({"action": "analytics"})
+    log.flush()  # fails: retried anchor_every_seconds later, serving goes on
+    assert len(heads) == 1 and not log.write({"action": "analytics"})
+    now[0] = 300.0
+    stop = threading.Event()
+    worker = threading.Thread(target=anchor_periodically, args=(log,), kwargs={"stop": stop})
+    log.anchor_every_seconds = 0.2  # the background check: no request needed
+    worker.start()
+    try:
+        for _ in range(100):
+            if len(heads) == 2:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        stop.set()
+        worker.join()
+    assert heads[-1] == {"lines": 5, "head": auditlog.verify(path).head}
+    log.close()
+    assert len(heads) == 2  # nothing new to anchor on close
+    report = auditlog.verify(path, anchors=heads)
+    assert report.ok and report.unchained == 1 and report.unanchored == 0, report.message()

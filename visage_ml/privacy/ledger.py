@@ -97,6 +97,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "recipient.registered",  # Art. 19 recipients register (ids and hashes only)
         "recipient.removed",
         "audit.exported",  # the HTTP audit log's chain head at an export (anchors the chain)
+        "audit.anchored",  # its chain head, anchored by `visage serve` (serving.audit)
         "gallery.enrolled",
         "gallery.removed",
         "dataset.acquired",

@@ -547,7 +547,9 @@ def build_bundle(
     Raises
     ------
     ValueError
-        ``pid`` is malformed or the subject was erased.
+        ``pid`` is malformed or the subject was erased, or the audit log fails verification
+        against its ledger anchors (:class:`~visage_ml.privacy.auditlog.AuditLogError`: its
+        identification events could be incomplete).
     """
     check_pid(pid)
     core = core if core is not None else PrivacyCore(paths)
@@ -608,7 +610,7 @@ def build_bundle(
             "notes": lineage.notes,
         },
     }
-    doc["information"] = subject_information(paths, pid, source=state.source)
+    doc["information"] = subject_information(paths, pid, source=state.source, core=core)
     for name in ("subject", "templates", "processing", "information"):
         files[f"{name}.json"] = _json_bytes(doc[name])
     files["schema.json"] = _json_bytes(bundle_schema())

@@ -5,7 +5,10 @@ asks for the information about its processing: purposes, categories, recipients,
 the source, the rights and the right to complain, and automated decisions. They come from the
 records of processing (:meth:`~visage_ml.privacy.records.Records.art15_information`), with the
 subject's own identification events from the HTTP audit log (when, by which API key, 1:N or
-1:1) and their state per purpose. ``information.json`` holds it; ``index.html`` renders the
+1:1) and their state per purpose. The audit log is first verified against its anchors in the
+ledger: a log with lines removed or rewritten before its last anchor is refused
+(:class:`~visage_ml.privacy.auditlog.AuditLogError`), so an access export never omits
+identifications silently. ``information.json`` holds it; ``index.html`` renders the
 whole bundle for a person to read.
 """
 
@@ -14,13 +17,34 @@ from __future__ import annotations
 from typing import Any
 
 from visage_ml.config import ProjectPaths
-from visage_ml.privacy.auditlog import AUDIT_FILE, identification_events
+from visage_ml.privacy.auditlog import AUDIT_FILE, identification_events, ledger_anchors
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import access_html
 from visage_ml.privacy.records import records_of
 
 
-def subject_information(paths: ProjectPaths, pid: str, *, source: str = "") -> dict[str, Any]:
-    """``information.json`` of ``pid``'s access bundle (see the module docstring)."""
+def subject_information(
+    paths: ProjectPaths, pid: str, *, source: str = "", core: PrivacyCore | None = None
+) -> dict[str, Any]:
+    """``information.json`` of ``pid``'s access bundle (see the module docstring).
+
+    Parameters
+    ----------
+    paths
+        The project.
+    pid
+        The subject.
+    source
+        Where the subject's data came from, as recorded.
+    core
+        The open privacy core whose ledger anchors the audit log (opened when None).
+
+    Raises
+    ------
+    AuditLogError
+        The audit log fails verification against its anchors (a ``ValueError``).
+    """
+    core = core if core is not None else PrivacyCore(paths)
     records = records_of(paths)
     where = (
         records.data_categories["facial_images"].source
@@ -32,7 +56,9 @@ def subject_information(paths: ProjectPaths, pid: str, *, source: str = "") -> d
     )
     return {
         **info,
-        "identification_events": identification_events(paths.privacy / AUDIT_FILE, pid),
+        "identification_events": identification_events(
+            paths.privacy / AUDIT_FILE, pid, anchors=ledger_anchors(core.ledger.entries())
+        ),
     }
 
 

@@ -241,8 +241,10 @@ def recipients_remove(
 
 @audit_app.command("verify")
 def audit_verify(as_json: bool = JSON_OPT) -> None:
-    """Check the audit log's hash chain, and that it still holds every export anchored in the
-    ledger (nothing cut from its end); name the first broken line. Exit code 1 when broken."""
+    """Check the audit log's hash chain, and that it still holds every head anchored in the
+    ledger by the server or an export (nothing rewritten or cut before the last anchor); name
+    the first broken line and say how many lines are not anchored yet. Exit code 1 when
+    broken."""
     with user_errors():
         paths = project()
         anchors = auditlog.ledger_anchors(PrivacyCore(paths).ledger.entries())

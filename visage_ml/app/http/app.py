@@ -52,7 +52,7 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from visage_ml.app import logsafe
-from visage_ml.app.http.audit import AuditLog
+from visage_ml.app.http.audit import AuditLog, anchor_periodically
 from visage_ml.app.http.auth import FailureLimiter, KeyStore
 from visage_ml.app.http.boundary import Boundary, InFlight
 from visage_ml.app.http.errors import install_error_handlers
@@ -268,7 +268,7 @@ def create_app(
             window_seconds=params.serving.auth.window_seconds,
             clock=clock,
         ),
-        audit=AuditLog(paths.privacy / "audit.jsonl"),
+        audit=AuditLog.for_serving(paths, params.serving.audit, core=core, lock=lock),
         metrics=Metrics(),
         identification=identification,
         quality=QualityGate.from_params(params.serving.quality),
@@ -295,6 +295,14 @@ def create_app(
                 name="visage-enforce",
                 daemon=True,
             ).start()
+        # The audit log's head is anchored in the ledger on time even when no request comes.
+        threading.Thread(
+            target=anchor_periodically,
+            args=(service.audit,),
+            kwargs={"stop": stop},
+            name="visage-audit-anchor",
+            daemon=True,
+        ).start()
         yield
         stop.set()
         service.audit.close()
