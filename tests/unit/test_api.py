@@ -293,7 +293,7 @@ def test_erased_subject_is_gone_key_destroyed_and_stays_gone_after_restart(enrol
     pid = s.pids[6]
     gallery = s.client.app.state.visage.gallery
     removal = gallery.erase(pid)
-    assert len(removal.removed) == 2
+    assert len(removal.removed) == 3  # template, anchor template, key
     assert not gallery.keys.exists(pid)
     assert s.top1(pid) != pid
     r = s.call("GET", f"/v1/subjects/{pid}", "dpo")

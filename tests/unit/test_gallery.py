@@ -15,9 +15,11 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.serving.gallery import (
     EnrolmentRefusedError,
     Gallery,
+    GalleryError,
     GalleryVersionError,
     NotEnrolledError,
     load_threshold,
+    subject_files,
 )
 from visage_ml.serving.index import template_of
 
@@ -180,18 +182,21 @@ def test_withdrawing_other_purposes_keeps_identification_and_lift_restores(world
 def test_erase_removes_row_key_and_ciphertext_durably_and_survives_restart(world, engine, enrolled):
     gallery, pids = enrolled
     pid = pids[7]
-    tpl, key = gallery.template_path(pid), gallery.keys.path(pid)
-    before = {p: sha256_file(p) for p in (tpl, key)}
+    tpl, anchor, key = gallery.template_path(pid), gallery.anchor_path(pid), gallery.keys.path(pid)
+    assert gallery.files_of(pid) == [tpl, anchor, key]
+    before = {p: sha256_file(p) for p in (tpl, anchor, key)}
     removal = gallery.erase(pid)
     root = world.paths.root
     assert removal.removed == {p.relative_to(root).as_posix(): h for p, h in before.items()}
-    assert not tpl.exists() and not key.exists()
+    assert not tpl.exists() and not anchor.exists() and not key.exists()
+    assert gallery.files_of(pid) == [] == subject_files(world.paths.gallery, pid)
     assert not gallery.keys.exists(pid)
     assert top1(gallery, engine, world, pid) != pid
     assert gallery.size == 17
     (event,) = ledger_events(world, "gallery.removed")
     assert event.pid == pid
     assert event.payload["template_sha256"] == before[tpl]
+    assert event.payload["anchor_sha256"] == before[anchor]
     # Erasing again finds nothing left and records nothing.
     assert gallery.erase(pid).removed == {}
     assert len(ledger_events(world, "gallery.removed")) == 1
@@ -218,6 +223,7 @@ def test_erasure_interrupted_after_key_destruction_is_finished_at_start_up(world
     assert gallery.template_path(pid).exists()
     restarted = open_gallery(world, engine, core=PrivacyCore(world.paths))
     assert not restarted.template_path(pid).exists()
+    assert not restarted.anchor_path(pid).exists()
     assert pid not in restarted.searchable()
     (event,) = ledger_events(world, "gallery.removed")
     assert event.payload["reason"] == "interrupted_erasure_completed"
@@ -277,7 +283,56 @@ def test_failed_ledger_append_leaves_the_gallery_as_it_was(world, engine, monkey
     with pytest.raises(OSError):
         gallery.enroll(pid, crops=world.photo(pid, 2))
     assert not gallery.template_path(pid).exists()
+    assert not gallery.anchor_path(pid).exists()
     assert gallery.size == 0
+
+
+def test_only_a_privileged_enrolment_moves_the_anchor(world, engine):
+    # The anchor is the first template; a re-enrolment with keep_anchor (an operator's) leaves
+    # it, any other (a dpo's, the gallery stage's, a rebuild's) makes the new template the anchor.
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+    first = engine.embed(world.photo(pid, 3))
+    gallery.enroll(pid, first)
+    anchor, header = gallery.anchor(pid)
+    np.testing.assert_array_equal(anchor, template_of(first, DIM))
+    assert header["pid"] == pid and header["model_version"] == VERSION
+    sealed = gallery.anchor_path(pid).read_bytes()
+    assert anchor.astype("<f4").tobytes() not in sealed  # sealed, like the template
+    second = engine.embed(world.photo(pid, 3))
+    assert gallery.enroll(pid, second, keep_anchor=True).changed
+    assert gallery.anchor_path(pid).read_bytes() == sealed
+    np.testing.assert_array_equal(gallery.template(pid)[0], template_of(second, DIM))
+    gallery.enroll(pid, second)  # same template, privileged: only the anchor is rewritten
+    np.testing.assert_array_equal(gallery.anchor(pid)[0], template_of(second, DIM))
+    assert len(ledger_events(world, "gallery.enrolled")) == 2
+
+
+def test_an_anchor_is_made_for_a_template_enrolled_before_anchors_were_kept(world, engine):
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+    emb = engine.embed(world.photo(pid, 3))
+    gallery.enroll(pid, emb)
+    gallery.anchor_path(pid).unlink()
+    with pytest.raises(NotEnrolledError):
+        gallery.anchor(pid)
+    gallery.enroll(pid, emb, keep_anchor=True)  # an operator's re-enrolment makes none
+    assert not gallery.anchor_path(pid).exists()
+    again = gallery.enroll(pid, emb)  # a rebuild's: template unchanged, anchor made, no event
+    assert not again.changed and gallery.anchor_path(pid).exists()
+    assert len(ledger_events(world, "gallery.enrolled")) == 1
+
+
+def test_a_template_file_does_not_open_as_an_anchor(world, engine):
+    gallery = open_gallery(world, engine)
+    a, b = list(world.people)[:2]
+    gallery.enroll_many({p: engine.embed(world.photo(p, 3)) for p in (a, b)})
+    gallery.anchor_path(a).write_bytes(gallery.template_path(a).read_bytes())
+    with pytest.raises(GalleryError, match="fails authentication"):
+        gallery.anchor(a)
+    gallery.anchor_path(a).write_bytes(gallery.anchor_path(b).read_bytes())  # another's anchor
+    with pytest.raises(GalleryError, match="fails authentication"):
+        gallery.anchor(a)
 
 
 def test_altered_template_is_skipped_not_fatal(world, engine, enrolled, caplog):

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
-from serving_fakes import DIM, THRESHOLD, face_tile, fake_engine, make_person, make_world, png_b64
+from serving_fakes import (
+    DIM,
+    THRESHOLD,
+    Person,
+    face_tile,
+    fake_engine,
+    make_person,
+    make_world,
+    png_b64,
+)
 
 from visage_ml.app.http.app import create_app
 from visage_ml.app.http.auth import ROLES, KeyStore
@@ -326,3 +335,70 @@ def test_an_operator_cannot_enrol_one_face_under_a_second_pid(lenient):
     assert s.enroll(b).status_code == 200  # b's own face is welcome
     # A DPO may (twins, a rectification).
     assert s.enroll(s.pids[2], role="dpo", images=s.photos(a, 3)).status_code == 200
+
+
+def morph_photos(s: Api, a: str, b: Person, t: float, n: int = 3) -> list[str]:
+    """``n`` photographs of a face ``t`` of the way from subject ``a``'s face to ``b``'s."""
+    pa = s.world.people[a]
+    morph = Person(a, (1.0 - t) * pa.pattern + t * b.pattern, pa.group, pa.gender)
+    return [png_b64(face_tile(morph, s.world.rng)) for _ in range(n)]
+
+
+# Steps of 1/8 from a to b: without the anchor all 8 pass, each matching the step before.
+MORPH_STEPS = 8
+
+
+def test_an_operator_cannot_walk_a_template_to_another_face_by_re_enrolment(lenient):
+    # The attack: an operator key, who wants their own face (b, a stranger) to be identified and
+    # verified as subject a, re-enrols a with morphs a little further from a toward b each time.
+    # Each step matches the template stored by the step before; the last is b's own face.
+    s = lenient
+    a = s.pids[0]
+    for pid in s.pids[:10]:
+        assert s.enroll(pid).status_code == 200
+    pa = s.world.people[a]
+    b = make_person("p" + "b" * 16, np.random.default_rng(7), pa.group, pa.gender)
+    anchor = s.gallery.anchor_path(a).read_bytes()
+    steps = [
+        s.enroll(a, images=morph_photos(s, a, b, t))
+        for t in np.linspace(0.0, 1.0, MORPH_STEPS + 1)[1:]
+    ]
+    codes = [r.status_code for r in steps]
+    # The walk stops where the morphs leave a's anchor (the consented first template), and
+    # every later step, b's own face last, gets the one answer of any refusal.
+    stop = codes.index(409)
+    assert 0 < stop < MORPH_STEPS and codes[stop:] == [409] * (MORPH_STEPS - stop), codes
+    assert {error(r)["code"] for r in steps[stop:]} == {"not_available"}
+    assert s.gallery.anchor_path(a).read_bytes() == anchor  # operators never move the anchor
+    b_photo = png_b64(face_tile(b, s.world.rng))
+    assert s.verify(a, b_photo).json()["decision"] == "no_match"
+    found = s.identify(b_photo).json()["faces"][0]["matches"]
+    assert a not in [m["pid"] for m in found]
+    assert s.verify(a, s.photos(a)[0]).json()["decision"] == "match"
+
+
+def test_a_dpo_re_enrolment_moves_the_anchor_and_an_operator_needs_one(lenient):
+    s = lenient
+    a = s.pids[0]
+    assert s.enroll(a).status_code == 200
+    pa = s.world.people[a]
+    b = make_person("p" + "b" * 16, np.random.default_rng(7), pa.group, pa.gender)
+    halfway = 0.5
+    r = s.enroll(a, images=morph_photos(s, a, b, halfway))
+    assert r.status_code == 409  # too far from a's anchor for an operator
+    # A dpo key re-enrols (e.g. after a verified rectification) and re-anchors the subject.
+    before = s.gallery.anchor_path(a).read_bytes()
+    assert s.enroll(a, role="dpo", images=morph_photos(s, a, b, halfway)).status_code == 200
+    assert s.gallery.anchor_path(a).read_bytes() != before
+    assert s.enroll(a, images=morph_photos(s, a, b, halfway)).status_code == 200
+    # Without an anchor (a template enrolled before anchors were kept) an operator gets the one
+    # answer of every refusal, even with the same face; a dpo's re-enrolment makes one.
+    s.gallery.anchor_path(a).unlink()
+    refused = s.enroll(a, images=morph_photos(s, a, b, halfway))
+    unknown = s.enroll(UNKNOWN, images=morph_photos(s, a, b, halfway))
+    assert refused.status_code == unknown.status_code == 409
+    assert error(refused)["message"].replace(a, "PID") == error(unknown)["message"].replace(
+        UNKNOWN, "PID"
+    )
+    assert s.enroll(a, role="dpo", images=morph_photos(s, a, b, halfway)).status_code == 200
+    assert s.enroll(a, images=morph_photos(s, a, b, halfway)).status_code == 200

@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 
+import numpy as np
 import pytest
 from evaluate_fakes import make_dataset, write_models
 from serving_fakes import receipt
@@ -112,6 +113,13 @@ def test_new_embedder_version_re_enrols_and_the_old_one_is_refused(setup):
     report = stage.run(paths, params, embedder=_NewVersion(old))
     assert report.model_version == "emb-test-2"
     assert report.templates_written == 8 and report.stale_templates == 0
+    # The anchors (what an operator's re-enrolment must match) are re-made from data/processed
+    # with the new embedder, as the templates are.
+    gallery = Gallery.open(paths, model_version="emb-test-2", embedding_dim=DIM, threshold=0.5)
+    for pid in gallery.stored():
+        anchor, header = gallery.anchor(pid)
+        assert header["model_version"] == "emb-test-2"
+        np.testing.assert_array_equal(anchor, gallery.template(pid)[0])
     with pytest.raises(GalleryVersionError, match="visage gallery rebuild"):
         Gallery.open(paths, model_version="emb-test-1", embedding_dim=DIM, threshold=0.5)
 

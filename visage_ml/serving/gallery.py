@@ -10,14 +10,22 @@ Storage (under ``gallery/``)
   A file is ``MAGIC | u32 header length | header JSON | nonce | ciphertext+tag``; the header
   (pid, model version, size; nothing personal) is authenticated as associated data, the
   plaintext is the float32 template.
+- ``anchors/<pid[1:3]>/<pid>.anc``: the subject's anchor template, sealed the same way under the
+  same key (``ANCHOR_MAGIC``, so neither file opens as the other): the template of the subject's
+  first enrolment, or of the last one made by a privileged path (a dpo key, the gallery stage,
+  ``visage gallery rebuild`` from ``data/processed``, a rectification). An operator's
+  re-enrolment must match it as well as the current template, and leaves it as it is
+  (``keep_anchor``), so that a chain of re-enrolments, each close to the one before, cannot walk
+  a subject's template to another face.
 
 Why one file per subject rather than shared segment files: an erasure then touches only that
-subject's two files (no other subject's ciphertext is ever rewritten, nothing waits for a
+subject's own files (no other subject's ciphertext is ever rewritten, nothing waits for a
 compaction, no copy of the erased ciphertext survives in a segment), its cost does not grow with
 the gallery, and each removed artefact is exactly one file whose SHA-256 goes into the erasure
 certificate and whose absence a verifier can check. The price is start-up time (two small files
-per subject, about 50 µs warm); the per-subject key files that crypto-shredding needs cost most
-of that in either design. The 256 shard folders keep directories small.
+per subject, about 50 µs warm; the anchor is not read at start-up); the per-subject key files that
+crypto-shredding needs cost most of that in either design. The 256 shard folders keep directories
+small.
 
 Template: the L2-normalised mean of the subject's L2-normalised enrolment embeddings (one
 template per subject; a new enrolment replaces it). Averaging is the usual multi-image fusion
@@ -34,9 +42,10 @@ one left by an enrolment killed before its event was appended, stays unused (and
 ``unrecorded``) until the subject is enrolled again.
 
 Erasure: the row leaves memory, the key file is destroyed (the commit point: from then on the
-ciphertext is unreadable in every copy), the template file is overwritten and unlinked, each with
-fsync, and a ``gallery.removed`` event is appended. A crash after the key is destroyed leaves a
-template without a key, which the next start-up finishes removing.
+ciphertext is unreadable in every copy), the anchor and then the template file are overwritten and
+unlinked, each with fsync, and a ``gallery.removed`` event is appended. A crash after the key is
+destroyed leaves a template (and perhaps its anchor) without a key, which the next start-up
+finishes removing.
 """
 
 from __future__ import annotations
@@ -86,6 +95,9 @@ TEMPLATES_DIR = "templates"
 KEY_CONTEXT = "gallery"
 SUFFIX = ".tpl"
 MAGIC = b"VGT1"
+ANCHORS_DIR = "anchors"
+ANCHOR_SUFFIX = ".anc"
+ANCHOR_MAGIC = b"VGA1"
 FORMAT_VERSION = 1
 TEMPLATE_RULE = "normalised mean of L2-normalised enrolment embeddings, one per subject"
 # Start-up loading: threads reading and decrypting templates, subjects per task, and the
@@ -321,14 +333,22 @@ def template_path(directory: Path, pid: str) -> Path:
     return directory / TEMPLATES_DIR / pid[1:3] / f"{pid}{SUFFIX}"
 
 
+def anchor_path(directory: Path, pid: str) -> Path:
+    """File holding ``pid``'s encrypted anchor template in the gallery folder ``directory``."""
+    check_pid(pid)
+    return directory / ANCHORS_DIR / pid[1:3] / f"{pid}{ANCHOR_SUFFIX}"
+
+
 def subject_files(directory: Path, pid: str) -> list[Path]:
-    """The files of ``pid`` (template, then key) in the gallery folder ``directory`` that exist.
+    """The files of ``pid`` (template, anchor, then key) in the gallery folder ``directory`` that
+    exist.
 
     Needs no master key, so that an erasure can plan what it removes even when the gallery
     cannot be opened.
     """
     key = directory / KEYS_DIR / f"{check_pid(pid)}.key"
-    return [f for f in (template_path(directory, pid), key) if f.is_file()]
+    files = (template_path(directory, pid), anchor_path(directory, pid), key)
+    return [f for f in files if f.is_file()]
 
 
 class Gallery:
@@ -505,12 +525,17 @@ class Gallery:
         """File holding ``pid``'s encrypted template."""
         return template_path(self.directory, pid)
 
+    def anchor_path(self, pid: str) -> Path:
+        """File holding ``pid``'s encrypted anchor template."""
+        return anchor_path(self.directory, pid)
+
     def stored_sha256(self, pid: str) -> str:
         """SHA-256 of ``pid``'s template as stored (the sealed bytes)."""
         return sha256_file(self.template_path(pid))
 
     def files_of(self, pid: str) -> list[Path]:
-        """The gallery's files of ``pid`` (template, key) that exist: what an erasure removes."""
+        """The gallery's files of ``pid`` (template, anchor, key) that exist: what an erasure
+        removes."""
         return subject_files(self.directory, pid)
 
     def _scan(self) -> list[str]:
@@ -529,7 +554,9 @@ class Gallery:
                             out.append(name[: -len(SUFFIX)])
         return sorted(out)
 
-    def _seal(self, pid: str, key: bytes, vector: np.ndarray, images: int) -> bytes:
+    def _seal(
+        self, pid: str, key: bytes, vector: np.ndarray, images: int, magic: bytes = MAGIC
+    ) -> bytes:
         header = orjson.dumps(
             {
                 "pid": pid,
@@ -540,26 +567,28 @@ class Gallery:
             },
             option=orjson.OPT_SORT_KEYS,
         )
-        body = seal(key, vector.astype("<f4").tobytes(), aad=MAGIC + header)
-        return MAGIC + struct.pack("<I", len(header)) + header + body
+        body = seal(key, vector.astype("<f4").tobytes(), aad=magic + header)
+        return magic + struct.pack("<I", len(header)) + header + body
 
     @staticmethod
-    def _parse(blob: bytes) -> tuple[dict[str, Any], bytes, bytes]:
-        if len(blob) < 8 or blob[:4] != MAGIC:
+    def _parse(blob: bytes, magic: bytes = MAGIC) -> tuple[dict[str, Any], bytes, bytes]:
+        if len(blob) < 8 or blob[:4] != magic:
             raise ValueError("not a visage gallery template")
         (n,) = struct.unpack("<I", blob[4:8])
         header_bytes = blob[8 : 8 + n]
         return orjson.loads(header_bytes), header_bytes, blob[8 + n :]
 
-    def _decrypt(self, pid: str, blob: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
+    def _decrypt(
+        self, pid: str, blob: bytes, magic: bytes = MAGIC
+    ) -> tuple[np.ndarray | None, dict[str, Any]]:
         """(template or None when of another version, header); raises on damage/destroyed key."""
-        header, header_bytes, body = self._parse(blob)
+        header, header_bytes, body = self._parse(blob, magic)
         if header.get("pid") != pid:
             raise ValueError("template header names another subject")
         if header.get("model_version") != self.meta.model_version:
             return None, header
         key = self.keys.get(pid)
-        plain = open_sealed(key, body, aad=MAGIC + header_bytes)
+        plain = open_sealed(key, body, aad=magic + header_bytes)
         vec = np.frombuffer(plain, dtype="<f4").astype(np.float32)
         if vec.shape[0] != self.meta.embedding_dim:
             return None, header
@@ -689,9 +718,11 @@ class Gallery:
         self._hashes.pop(pid, None)
 
     def _finish_interrupted_erase(self, pid: str, path: Path, blob: bytes) -> None:
-        """A template whose key is gone: an erasure stopped after its commit point; finish it."""
+        """A template whose key is gone: an erasure stopped after its commit point; finish it
+        (the anchor too, when the erasure stopped before removing it)."""
         digest = sha256_bytes(blob)
         with file_lock(self._file_lock):
+            secure_unlink(self.anchor_path(pid))
             secure_unlink(path)
         self._drop(pid)
         self._stored.discard(pid)
@@ -910,13 +941,47 @@ class Gallery:
         GalleryError
             The file fails authentication (altered or truncated).
         """
-        path = self.template_path(pid)
+        return self._open_file(pid, self.template_path(pid), MAGIC)
+
+    @property
+    def keeps_anchors(self) -> bool:
+        """Whether this backend stores anchor templates (:meth:`anchor`).
+
+        The in-memory backend writes them in :meth:`enroll_many`; a backend that replaces that
+        method (the pgvector one) keeps none until it writes them too, and :meth:`anchor` then
+        finds none for anybody.
+        """
+        return type(self).enroll_many is Gallery.enroll_many
+
+    def anchor(self, pid: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """``pid``'s decrypted anchor template and its header.
+
+        The anchor is the template of the subject's first enrolment, or of the last enrolment
+        made by a privileged path (a dpo key, the gallery stage, ``visage gallery rebuild``, a
+        rectification); an operator's re-enrolment must match it (and the current template) and
+        leaves it unchanged. Never logged, never served.
+
+        Raises
+        ------
+        NotEnrolledError
+            No anchor: never enrolled, erased, its key destroyed, enrolled before anchors were
+            kept (a rebuild or a dpo re-enrolment makes one), or a backend that keeps none
+            (:attr:`keeps_anchors`).
+        GalleryError
+            The file fails authentication (altered, truncated or moved).
+        """
+        if not self.keeps_anchors:
+            raise NotEnrolledError(pid)
+        return self._open_file(pid, self.anchor_path(pid), ANCHOR_MAGIC)
+
+    def _open_file(self, pid: str, path: Path, magic: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+        """Decrypt ``pid``'s template or anchor file at ``path`` (any embedder version)."""
         try:
             blob = path.read_bytes()
-            header, header_bytes, body = self._parse(blob)
+            header, header_bytes, body = self._parse(blob, magic)
             if header.get("pid") != pid:
                 raise ValueError("template header names another subject")
-            plain = open_sealed(self.keys.get(pid), body, aad=MAGIC + header_bytes)
+            plain = open_sealed(self.keys.get(pid), body, aad=magic + header_bytes)
         except (FileNotFoundError, KeyDestroyedError):
             raise NotEnrolledError(pid) from None
         except (InvalidTag, ValueError, orjson.JSONDecodeError, struct.error):
@@ -956,6 +1021,7 @@ class Gallery:
         *,
         crops: np.ndarray | None = None,
         model_version: str | None = None,
+        keep_anchor: bool = False,
     ) -> Enrolment:
         """Store ``pid``'s template (replacing an existing one) if identification is allowed.
 
@@ -969,6 +1035,9 @@ class Gallery:
             ``(N, S, S, 3)`` aligned uint8 crops, embedded with the gallery's embedder.
         model_version
             The embedder that made ``embeddings``; refused when it is not the gallery's.
+        keep_anchor
+            Leave the subject's anchor template as it is (an operator's re-enrolment, which the
+            caller has matched against it); otherwise the new template becomes the anchor too.
 
         Raises
         ------
@@ -977,18 +1046,32 @@ class Gallery:
         GalleryVersionError
             ``model_version`` is not the gallery's embedder.
         """
-        return self.enroll_many(
-            {pid: self._embeddings(embeddings, crops)}, model_version=model_version
-        )[0]
+        items = {pid: self._embeddings(embeddings, crops)}
+        if keep_anchor:
+            # Only an operator's re-enrolment passes it, and only after :meth:`anchor` answered,
+            # which a backend without anchors (whose enroll_many does not take it) never does.
+            return self.enroll_many(items, model_version=model_version, keep_anchor=True)[0]
+        return self.enroll_many(items, model_version=model_version)[0]
 
     def enroll_many(
-        self, items: Mapping[str, np.ndarray], *, model_version: str | None = None
+        self,
+        items: Mapping[str, np.ndarray],
+        *,
+        model_version: str | None = None,
+        keep_anchor: bool = False,
     ) -> list[Enrolment]:
         """Enrol several subjects under one lock and one ledger append.
 
         Nothing is written unless every subject is allowed. A template equal to the stored one
         is left alone (no write, no event), so a repeated rebuild changes nothing. On a failed
-        ledger append the template files are restored to what they were.
+        ledger append the template and anchor files are restored to what they were.
+
+        Unless ``keep_anchor``, each new template also becomes the subject's anchor template
+        (written beside it, sealed under the same key; rewritten only when it differs, without
+        an event of its own): the first enrolment, a dpo's, the gallery stage's and a rebuild's
+        (a new embedder's anchors are made from ``data/processed`` there) re-anchor the subject.
+        With ``keep_anchor`` (an operator's re-enrolment) the anchor is left as it is, and none
+        is made for a subject who has none.
         """
         if model_version is not None and model_version != self.meta.model_version:
             raise GalleryVersionError(
@@ -1021,6 +1104,9 @@ class Gallery:
                     )
                     if old is not None and recorded and self._same_template(pid, old, vec):
                         digest = sha256_bytes(old)
+                        if not keep_anchor:
+                            # A subject enrolled before anchors were kept gets one here.
+                            self._write_anchor(pid, vec, counts[pid], undo)
                         results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                         written[pid] = (vec, digest)
                         continue
@@ -1033,6 +1119,8 @@ class Gallery:
                         private_dir(path.parent)
                     atomic_write_bytes(path, blob, mode=0o600)
                     faults.crash_point("gallery:enroll:template-written")
+                    if not keep_anchor:
+                        self._write_anchor(pid, vec, counts[pid], undo)
                     digest = sha256_bytes(blob)
                     written[pid] = (vec, digest)
                     results.append(Enrolment(pid, digest, counts[pid], old is not None))
@@ -1062,12 +1150,28 @@ class Gallery:
                 self._hashes[pid] = digest
         return results
 
-    def _same_template(self, pid: str, blob: bytes, vec: np.ndarray) -> bool:
+    def _same_template(self, pid: str, blob: bytes, vec: np.ndarray, magic: bytes = MAGIC) -> bool:
         try:
-            old, _ = self._decrypt(pid, blob)
+            old, _ = self._decrypt(pid, blob, magic)
         except (KeyDestroyedError, InvalidTag, ValueError, orjson.JSONDecodeError, struct.error):
             return False
         return old is not None and np.array_equal(old, vec)
+
+    def _write_anchor(
+        self, pid: str, vec: np.ndarray, images: int, undo: list[tuple[Path, bytes | None]]
+    ) -> None:
+        """Make ``vec`` ``pid``'s anchor template (atomically; nothing when it already is),
+        noting the file's previous bytes in ``undo``. Call with both locks held."""
+        path = self.anchor_path(pid)
+        old = path.read_bytes() if path.exists() else None
+        if old is not None and self._same_template(pid, old, vec, ANCHOR_MAGIC):
+            return
+        blob = self._seal(pid, self.keys.get(pid, create=True), vec, images, ANCHOR_MAGIC)
+        undo.append((path, old))
+        if not path.parent.is_dir():
+            private_dir(self.directory / ANCHORS_DIR)
+            private_dir(path.parent)
+        atomic_write_bytes(path, blob, mode=0o600)
 
     @staticmethod
     def _undo(undo: Iterable[tuple[Path, bytes | None]]) -> None:
@@ -1084,8 +1188,9 @@ class Gallery:
         """Remove ``pid`` from the gallery for good: row, key, ciphertext; durable.
 
         Order: the row leaves memory (never scored again), the key file is destroyed (commit
-        point: the ciphertext is unreadable from here on, in every copy), the template file is
-        overwritten and unlinked, each step fsync'd, then ``gallery.removed`` is appended.
+        point: the ciphertext is unreadable from here on, in every copy), the anchor and the
+        template files are overwritten and unlinked, each step fsync'd, then ``gallery.removed``
+        is appended.
 
         Returns
         -------
@@ -1099,6 +1204,8 @@ class Gallery:
             removed: dict[str, str] = {}
             path = self.template_path(pid)
             template_hash = sha256_file(path) if path.exists() else None
+            anchor = self.anchor_path(pid)
+            anchor_hash = sha256_file(anchor) if anchor.exists() else None
             self._drop(pid)
             faults.crash_point("gallery:erase:dropped")
             key_path = self.keys.path(pid)
@@ -1106,6 +1213,11 @@ class Gallery:
             faults.crash_point("gallery:erase:key-destroyed")
             if key_hash is not None:
                 removed[_rel(key_path, root)] = key_hash
+            # The anchor before the template: a crash between leaves a template without a key,
+            # which start-up finishes removing (anchor included).
+            if anchor_hash is not None:
+                secure_unlink(anchor)
+                removed[_rel(anchor, root)] = anchor_hash
             if template_hash is not None:
                 secure_unlink(path)
                 removed[_rel(path, root)] = template_hash
@@ -1119,6 +1231,7 @@ class Gallery:
                     pid,
                     {
                         "template_sha256": template_hash,
+                        "anchor_sha256": anchor_hash,
                         "key_sha256": key_hash,
                         "reason": reason,
                     },

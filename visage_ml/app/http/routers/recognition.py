@@ -10,10 +10,16 @@
   their scores, which would let an operator read what verify withholds); the score of a
   verification goes to dpo and auditor keys;
 - an operator gets one answer whether a subject is unknown, may not be processed, already has
-  a template that the new images do not match (re-enrolment needs that match, or a dpo key), or
-  the images are identified as another subject (one face, one pid): no oracle for consent
-  state. An operator's images are checked (one face, quality) before the
-  subject is, so an unusable image cannot serve as that oracle either.
+  a template that the new images do not match (re-enrolment needs a match with both the stored
+  template and the subject's anchor template, or a dpo key), or the images are identified as
+  another subject (one face, one pid): no oracle for consent state. An operator's images are
+  checked (one face, quality) before the subject is, so an unusable image cannot serve as that
+  oracle either;
+- the anchor (:meth:`visage_ml.serving.gallery.Gallery.anchor`) is the template of the
+  subject's first enrolment or of the last privileged one (dpo key, gallery stage or rebuild,
+  rectification); an operator's re-enrolment leaves it as it is. Without it, re-enrolments that
+  each matched only the template before could walk a subject's template, step by step, to
+  another face.
 """
 
 from __future__ import annotations
@@ -53,8 +59,9 @@ MSG_MULTIPLE = (
     "{what} needs an image with exactly one face but {n} were found{where}; crop the image"
 )
 # One answer for an operator, whatever the reason: unknown subject, no identification
-# consent (withdrawn, never given, restricted, objected, erased), a stored template the new
-# images do not match, or new images identified as another subject.
+# consent (withdrawn, never given, restricted, objected, erased), a stored template or anchor
+# template the new images do not match (or no anchor to match), or new images identified as
+# another subject.
 MSG_NOT_AVAILABLE = (
     "subject {pid} cannot be enrolled with these images under this key: the subject is not "
     "available for identification, or already has a template these images do not match, or "
@@ -185,9 +192,11 @@ def enroll(
     key before any image is looked at, with the reason; for an operator, one answer for every
     reason, after the images were checked (never embedded), so that an image that could not be
     enrolled is refused alike whoever the subject is. Re-enrolling a subject who has a template
-    needs a dpo key, or images whose template matches the stored one at the 1:1 threshold; under
-    an operator key, images that match another subject (at the 1:1 and the 1:N threshold) are
-    refused.
+    needs a dpo key, or images whose template matches, at the 1:1 threshold, both the stored one
+    and the subject's anchor template (that of the first enrolment, or of the last by a dpo key,
+    the gallery stage or a rebuild); an operator's re-enrolment keeps the anchor, a dpo's
+    replaces it. Under an operator key, images that match another subject (at the 1:1 and the
+    1:N threshold) are refused.
     Every image must pass the quality gate.
     """
     gallery = svc.require_gallery()
@@ -206,11 +215,18 @@ def enroll(
     if crops is None:
         crops = _enrolment_crops(svc, body.images)
     emb = svc.engine.embed(np.stack(crops))
+    reenrolment = False
     if operator:
-        if gallery.status(body.pid)["enrolled"]:
+        reenrolment = bool(gallery.status(body.pid)["enrolled"])
+        if reenrolment:
             _check_same_person(svc, body.pid, emb)
         _check_not_someone_else(svc, body.pid, emb)
-    result = gallery.enroll(body.pid, emb, model_version=svc.engine.embedder.model_version)
+    result = gallery.enroll(
+        body.pid,
+        emb,
+        model_version=svc.engine.embedder.model_version,
+        keep_anchor=reenrolment,  # only a dpo's (or a first) enrolment re-anchors the subject
+    )
     return {
         "pid": body.pid,
         "template_sha256": result.template_sha256,
@@ -244,19 +260,29 @@ def _enrolment_crops(svc: Service, images: list[str]) -> list[np.ndarray]:
 
 
 def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> None:
-    """Refuse (one answer) unless the new images' template matches the stored one at the 1:1
-    threshold; a stored template of another embedder cannot be compared, so it is refused too."""
+    """Refuse (one answer) unless the new images' template matches, at the 1:1 threshold, both
+    the stored template and the subject's anchor template.
+
+    The anchor stops a walk: re-enrolments each a little further toward another face, each
+    matching the template the one before stored. A template or anchor of another embedder
+    cannot be compared, and a subject without an anchor (enrolled before anchors were kept, or
+    a backend that keeps none) has nothing to compare with: both are refused too, until a dpo
+    key, the gallery stage or a rebuild re-enrols the subject.
+    """
     gallery = svc.require_gallery()
-    try:
-        old, header = gallery.template(pid)
-    except GalleryUnavailableError:
-        raise  # a 503 to retry, not an answer about the subject
-    except (NotEnrolledError, GalleryError):
-        raise _not_available(pid) from None
-    if header.get("model_version") != gallery.model_version or old.shape[0] != emb.shape[1]:
-        raise _not_available(pid)
+    compared = []
+    for stored in (gallery.template, gallery.anchor):
+        try:
+            old, header = stored(pid)
+        except GalleryUnavailableError:
+            raise  # a 503 to retry, not an answer about the subject
+        except (NotEnrolledError, GalleryError):
+            raise _not_available(pid) from None
+        if header.get("model_version") != gallery.model_version or old.shape[0] != emb.shape[1]:
+            raise _not_available(pid)
+        compared.append(old)
     new = template_of(emb, gallery.embedding_dim)
-    if float(np.dot(old, new)) < gallery.threshold:
+    if min(float(np.dot(old, new)) for old in compared) < gallery.threshold:
         raise _not_available(pid)
 
 
