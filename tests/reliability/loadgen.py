@@ -300,6 +300,7 @@ def audit(site: Site, result: LoadResult) -> dict[str, Any]:
             p
             for p in (
                 gallery.template_path(pid),
+                gallery.anchor_path(pid),
                 gallery.keys.path(pid),
                 site.paths.vault / "keys" / f"{pid}.key",
             )

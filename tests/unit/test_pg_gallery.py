@@ -30,6 +30,7 @@ from visage_ml.evaluation.calibration import calibrate, calibration_set, fit_cal
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.erasure import gallery as gallery_store
 from visage_ml.rights.erasure import pgvector as pg_store
 from visage_ml.rights.erasure.base import Context, label_outcomes
 from visage_ml.rights.export import Delivery, export_subject
@@ -39,7 +40,7 @@ from visage_ml.serving.gallery import (
     GalleryUnavailableError,
     NotEnrolledError,
 )
-from visage_ml.serving.index import TemplateIndex, normalize_queries
+from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
 
 VERSION = "emb-test-1"
@@ -379,6 +380,10 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     outcome = {a["path"]: a["outcome"] for a in claims["artefacts"] if a["step"] == "gallery"}
     assert outcome[f"pgvector:{table}/{victim}.tpl"] == "crypto-shredded"
     assert outcome[f"pgvector:{table}/{victim}.embedding"] == "physically removed"
+    # The anchor template, a file beside the gallery key: gone, and certified.
+    anchor = f"gallery/anchors/{victim[1:3]}/{victim}.anc"
+    assert outcome[anchor] == "crypto-shredded"
+    assert not (proj.paths.root / anchor).exists()
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
     assert _scan(pg.data_dir, needles) == []
     reopened = pg_gallery.open_project_gallery(proj.paths, core=PrivacyCore(proj.paths))
@@ -387,8 +392,120 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     out = project.parent / "bundle.zip"
     export_subject(proj.paths, other, out=out, core=PrivacyCore(proj.paths), delivery=PLAIN)
     with zipfile.ZipFile(out) as zf:
-        (template,) = json.loads(zf.read("templates.json"))["templates"]
+        doc = json.loads(zf.read("templates.json"))
+    (template,) = doc["templates"]
     assert template["stored_sha256"] == hashlib.sha256(_sealed(pg, table, other)).hexdigest()
+    (anchor,) = doc["anchors"]  # the other's anchor: their first template, decrypted
+    assert anchor["vector"] == template["vector"]
+    sealed_anchor = (proj.paths.gallery / "anchors" / other[1:3] / f"{other}.anc").read_bytes()
+    assert anchor["stored_sha256"] == hashlib.sha256(sealed_anchor).hexdigest()
+
+
+def _events(world, kind: str) -> list:
+    return [e for e in world.core.ledger.entries() if e.type == kind]
+
+
+def test_only_a_privileged_enrolment_moves_the_anchor_of_the_shared_gallery(
+    world, engine, pg, table
+):
+    # As in the in-memory gallery: the first template is the anchor; an operator's re-enrolment
+    # (keep_anchor) leaves it, any other (a dpo's, the gallery stage's, a rebuild's) moves it.
+    gallery = open_pg(world, pg, table)
+    assert gallery.keeps_anchors
+    pid = next(iter(world.people))
+    first = engine.embed(world.photo(pid, 3))
+    gallery.enroll(pid, first)
+    anchor, header = gallery.anchor(pid)
+    np.testing.assert_array_equal(anchor, gallery.template(pid)[0])
+    assert header["pid"] == pid and header["model_version"] == VERSION
+    sealed = gallery.anchor_path(pid).read_bytes()
+    assert anchor.astype("<f4").tobytes() not in sealed  # sealed, like the template
+    second = engine.embed(world.photo(pid, 3))
+    assert gallery.enroll(pid, second, keep_anchor=True).changed
+    assert gallery.anchor_path(pid).read_bytes() == sealed
+    np.testing.assert_array_equal(gallery.template(pid)[0], template_of(second, DIM))
+    # Another replica of the project reads the same anchor.
+    replica = open_pg(world, pg, table, core=PrivacyCore(world.paths))
+    np.testing.assert_array_equal(replica.anchor(pid)[0], anchor)
+    replica.close()
+    assert not gallery.enroll(pid, second).changed  # same template, privileged: anchor moved
+    np.testing.assert_array_equal(gallery.anchor(pid)[0], template_of(second, DIM))
+    assert len(_events(world, "gallery.enrolled")) == 2
+    # A subject without an anchor (enrolled before anchors were kept): an operator's
+    # re-enrolment makes none, a rebuild's does.
+    gallery.anchor_path(pid).unlink()
+    with pytest.raises(NotEnrolledError):
+        gallery.anchor(pid)
+    gallery.enroll(pid, first, keep_anchor=True)
+    assert not gallery.anchor_path(pid).exists()
+    gallery.enroll_many({pid: first})
+    np.testing.assert_array_equal(gallery.anchor(pid)[0], template_of(first, DIM))
+    gallery.close()
+
+
+def test_a_failed_enrolment_leaves_the_anchor_as_it_was(world, engine, pg, table, monkeypatch):
+    gallery = open_pg(world, pg, table)
+    a, b = list(world.people)[:2]
+    gallery.enroll(a, engine.embed(world.photo(a, 3)))
+    before = gallery.anchor_path(a).read_bytes()
+
+    def fail(events):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(world.core.ledger, "append_many", fail)
+    with pytest.raises(OSError):
+        gallery.enroll_many({p: engine.embed(world.photo(p, 2)) for p in (a, b)})
+    assert gallery.anchor_path(a).read_bytes() == before
+    assert not gallery.anchor_path(b).exists()
+    assert gallery.stored() == [a]
+    gallery.close()
+
+
+def test_erasure_removes_the_anchor_and_names_it(world, engine, enrolled, pg, table):
+    gallery, pids = enrolled
+    pid = pids[3]
+    anchor, key = gallery.anchor_path(pid), gallery.keys.path(pid)
+    assert gallery.files_of(pid) == [anchor, key]
+    root = world.paths.root
+    ctx = Context(paths=world.paths, core=world.core, params=_default_params(), gallery=gallery)
+    planned = {a["path"] for a in gallery_store.plan(ctx, pid).artefacts}
+    assert planned == {anchor.relative_to(root).as_posix(), key.relative_to(root).as_posix()}
+    digest = hashlib.sha256(anchor.read_bytes()).hexdigest()
+    removal = gallery.erase(pid)
+    assert removal.removed[anchor.relative_to(root).as_posix()] == digest
+    assert not anchor.exists() and gallery.files_of(pid) == []
+    assert gallery_store.verify(ctx, pid) == []
+    artefacts = [{"store": "gallery", "path": k, "sha256": v} for k, v in removal.removed.items()]
+    labelled = {a["path"]: a["outcome"] for a in label_outcomes(artefacts, {})}
+    assert labelled[anchor.relative_to(root).as_posix()] == "crypto-shredded"
+    (event,) = _events(world, "gallery.removed")
+    assert event.payload["anchor_sha256"] == digest
+    with pytest.raises(NotEnrolledError):
+        gallery.anchor(pid)
+    # No legal basis left (consent withdrawn): the purge takes the anchor too, and a subject
+    # with an anchor but no row (an enrolment killed before its commit) as well.
+    gone, orphan = pids[5], pids[6]
+    world.core.withdraw_consent(gone, ["identification"])
+    world.core.withdraw_consent(orphan, ["identification"])
+    pg_gallery.delete_subject(pg.dsn, orphan, table=table)
+    assert gallery.anchor_path(orphan).exists()
+    purged = {r.pid for r in gallery.purge_without_basis()}
+    assert {gone, orphan} <= purged
+    assert not gallery.anchor_path(gone).exists() and not gallery.anchor_path(orphan).exists()
+
+
+def test_an_erasure_interrupted_after_the_key_is_finished_at_start_up(world, enrolled, pg, table):
+    gallery, pids = enrolled
+    pid = pids[2]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:  # the row went, then the key...
+        pg_gallery._revoke_delete(conn, gallery.names, pid)
+    gallery.keys.destroy(pid)  # ...then a crash before the anchor was removed
+    assert gallery.anchor_path(pid).exists()
+    restarted = open_pg(world, pg, table, core=PrivacyCore(world.paths))
+    assert not restarted.anchor_path(pid).exists()
+    (event,) = _events(world, "gallery.removed")
+    assert event.pid == pid and event.payload["reason"] == "interrupted_erasure_completed"
+    restarted.close()
 
 
 def test_a_replica_whose_connection_the_server_dropped_keeps_answering(world, engine, enrolled, pg):

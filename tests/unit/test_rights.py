@@ -86,6 +86,15 @@ def test_export_bundle_has_everything_and_validates_against_its_own_schema(proj,
     assert tpl["model_version"] == "emb-test-1" and tpl["metric"] == "cosine"
     assert tpl["threshold"] == THRESHOLD and tpl["embedding_dim"] == vec.shape[0]
     assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+    # The anchor template (what an operator's re-enrolment must also match) is theirs too.
+    (anchor,) = doc["templates"]["anchors"]
+    gallery = proj.gallery()
+    np.testing.assert_array_equal(
+        np.frombuffer(base64.b64decode(anchor["vector"]), "<f4"), gallery.anchor(pid)[0]
+    )
+    sealed_anchor = gallery.anchor_path(pid).read_bytes()
+    assert anchor["stored_sha256"] == hashlib.sha256(sealed_anchor).hexdigest()
+    assert anchor["model_version"] == "emb-test-1" and anchor["metric"] == "cosine"
     processing = doc["processing"]
     assert [e["type"] for e in processing["gallery_enrolments"]] == ["gallery.enrolled"]
     assert processing["processed"]["in_processed_data"] is True

@@ -262,6 +262,34 @@ def test_rotation_with_the_key_in_the_environment_needs_the_new_key(project, mon
     assert RawStore(paths).read_image(pid, image_id) == proj.images[pid][image_id]
 
 
+# -- visage privacy doctor -----------------------------------------------------------------
+
+
+def test_doctor_finds_an_anchor_template_without_template_or_key(project):
+    # An anchor template left behind (a half-restored backup) without the subject's template and
+    # key, and one of a subject the registry does not know: found like an orphan template, purged.
+    proj = make_project(project, n_subjects=3)
+    paths = proj.paths
+    gallery = proj.gallery()
+    pid = proj.pids[0]
+    anchor = gallery.anchor_path(pid)
+    assert anchor.is_file()
+    stranger = "p" + "e" * 16
+    foreign = gallery.anchor_path(stranger)
+    foreign.parent.mkdir(parents=True, exist_ok=True)
+    foreign.write_bytes(anchor.read_bytes())
+    gallery.template_path(pid).unlink()
+    gallery.keys.path(pid).unlink()
+    found = {(f.kind, f.path) for f in doctor(paths).findings if f.pid in (pid, stranger)}
+    assert found == {
+        ("no_key", anchor.relative_to(paths.root).as_posix()),
+        ("unknown_subject", foreign.relative_to(paths.root).as_posix()),
+    }
+    doctor(paths, purge=True)
+    assert not anchor.exists() and not foreign.exists()
+    assert not [f for f in doctor(paths).findings if f.path.startswith("gallery/")]
+
+
 # -- the CLI -------------------------------------------------------------------------------
 
 

@@ -9,7 +9,9 @@ with mode 0600)::
                       the image list, the history of consents, bases, restrictions, objections
     templates.json    the biometric template(s): float32 little-endian as base64, with the
                       embedder's model id, version, embedding size, preprocessing, and how to
-                      compare two templates (cosine of L2-normalised vectors, the threshold)
+                      compare two templates (cosine of L2-normalised vectors, the threshold);
+                      under ``anchors`` the subject's anchor template (the one a re-enrolment
+                      must also match), decrypted and described the same way
     processing.json   dataset versions, model versions and gallery enrolments that involved the
                       subject, the subject's requests, every ledger event about them
     information.json  the Art. 15(1) information from the records of processing (purposes,
@@ -61,6 +63,7 @@ from visage_ml.io import (
     file_lock,
     private_dir,
     sha256_bytes,
+    sha256_file,
 )
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.datakeys import ROLE_BUNDLE, SUFFIX, parse_header, sniff
@@ -343,6 +346,11 @@ class TemplatesFile(BaseModel):
 
     comparison: str
     templates: list[Template]
+    anchors: list[Template] = _optional(
+        "the anchor template that an operator's re-enrolment must also match (that of the first "
+        "enrolment or of the last by a dpo, the gallery stage or a rebuild); stored_sha256 is "
+        "the sealed anchor file's"
+    )
 
 
 class ProcessingFile(BaseModel):
@@ -452,40 +460,54 @@ class ExportResult:
 
 def _templates(
     paths: ProjectPaths, pid: str, core: PrivacyCore, gallery: Gallery | None
-) -> list[dict]:
+) -> tuple[list[dict], list[dict]]:
+    """(the subject's gallery template, their anchor template), each decrypted, as lists."""
     meta = read_meta(paths.gallery)
     if meta is None:
-        return []
+        return [], []
     g = gallery
     if g is None:
         g = open_project_gallery(paths, core=core, load=False)
     if g is None:
-        return []
+        return [], []
     try:
         vector, header = g.template(pid)
     except NotEnrolledError:
-        return []
+        templates = []
+    else:
+        templates = [_template_item(meta, vector, header, g.stored_sha256(pid))]
+    try:
+        vector, header = g.anchor(pid)
+    except NotEnrolledError:
+        anchors = []
+    else:
+        anchors = [_template_item(meta, vector, header, sha256_file(g.anchor_path(pid)))]
+    return templates, anchors
+
+
+def _template_item(
+    meta: Any, vector: np.ndarray, header: dict[str, Any], stored_sha256: str
+) -> dict[str, Any]:
+    """One decrypted template (or anchor template) as templates.json describes it."""
     version = str(header.get("model_version", ""))
     comparable = version == meta.model_version
-    return [
-        {
-            "model_id": "visage-embedder (models/embedder.onnx)",
-            "model_version": version,
-            "embedding_dim": int(vector.shape[0]),
-            "dtype": "float32",
-            "byte_order": "little",
-            "encoding": "base64",
-            "vector": base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii"),
-            "l2_normalised": True,
-            "metric": "cosine",
-            "threshold": float(meta.threshold.get("value")) if comparable else None,
-            "threshold_source": meta.threshold.get("source") if comparable else None,
-            "template_rule": meta.template,
-            "preprocess": dict(meta.preprocess) if comparable else {},
-            "images_enrolled": header.get("n_images"),
-            "stored_sha256": g.stored_sha256(pid),
-        }
-    ]
+    return {
+        "model_id": "visage-embedder (models/embedder.onnx)",
+        "model_version": version,
+        "embedding_dim": int(vector.shape[0]),
+        "dtype": "float32",
+        "byte_order": "little",
+        "encoding": "base64",
+        "vector": base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii"),
+        "l2_normalised": True,
+        "metric": "cosine",
+        "threshold": float(meta.threshold.get("value")) if comparable else None,
+        "threshold_source": meta.threshold.get("source") if comparable else None,
+        "template_rule": meta.template,
+        "preprocess": dict(meta.preprocess) if comparable else {},
+        "images_enrolled": header.get("n_images"),
+        "stored_sha256": stored_sha256,
+    }
 
 
 def _history(core: PrivacyCore, pid: str) -> tuple[list[dict], list[dict], list[dict]]:
@@ -589,7 +611,7 @@ def build_bundle(
         for r in book.all(pid=pid)
     ]
     processed = _processed_rows(paths, pid)
-    templates = _templates(paths, pid, core, gallery)
+    templates, anchors = _templates(paths, pid, core, gallery)
     doc = {
         "subject": {
             "pid": pid,
@@ -599,7 +621,7 @@ def build_bundle(
             "images": image_items,
             "history": history,
         },
-        "templates": {"comparison": COMPARISON, "templates": templates},
+        "templates": {"comparison": COMPARISON, "templates": templates, "anchors": anchors},
         "processing": {
             "dataset_versions": [d.__dict__ for d in lineage.data],
             "processed": processed,
@@ -620,7 +642,7 @@ def build_bundle(
         state=doc["subject"]["state"],
         events=events,
         images=len(image_items),
-        templates=len(templates),
+        templates=len(templates) + len(anchors),
         generated=utc_now(),
     )
     hashes = {name: sha256_bytes(data) for name, data in sorted(files.items())}

@@ -556,11 +556,17 @@ class _Doctor:
                     self.add(why, manifest, pid)
 
     def gallery(self) -> None:
-        templates = self.paths.gallery / gallery_store.TEMPLATES_DIR
+        """Subjects with a template, an anchor template or a key under ``gallery/``: all their
+        files when the registry refuses them or their key is gone (a template or anchor alone)."""
         keys_dir = self.paths.gallery / gallery_store.KEYS_DIR
         seen: set[str] = set()
-        for f in sorted(templates.rglob(f"*{gallery_store.SUFFIX}")) if templates.is_dir() else []:
-            seen.add(f.stem)
+        for folder, suffix in (
+            (gallery_store.TEMPLATES_DIR, gallery_store.SUFFIX),
+            (gallery_store.ANCHORS_DIR, gallery_store.ANCHOR_SUFFIX),
+        ):
+            found = self.paths.gallery / folder
+            for f in sorted(found.rglob(f"*{suffix}")) if found.is_dir() else []:
+                seen.add(f.stem)
         for f in sorted(keys_dir.glob("p*.key")) if keys_dir.is_dir() else []:
             seen.add(f.stem)
         for pid in sorted(p for p in seen if PID_RE.fullmatch(p)):

@@ -948,8 +948,8 @@ class Gallery:
         """Whether this backend stores anchor templates (:meth:`anchor`).
 
         The in-memory backend writes them in :meth:`enroll_many`; a backend that replaces that
-        method (the pgvector one) keeps none until it writes them too, and :meth:`anchor` then
-        finds none for anybody.
+        method keeps none unless it writes them too and says so here (the pgvector one does), and
+        :meth:`anchor` then finds none for anybody.
         """
         return type(self).enroll_many is Gallery.enroll_many
 
@@ -1049,7 +1049,7 @@ class Gallery:
         items = {pid: self._embeddings(embeddings, crops)}
         if keep_anchor:
             # Only an operator's re-enrolment passes it, and only after :meth:`anchor` answered,
-            # which a backend without anchors (whose enroll_many does not take it) never does.
+            # which a backend without anchors (whose enroll_many may not take it) never does.
             return self.enroll_many(items, model_version=model_version, keep_anchor=True)[0]
         return self.enroll_many(items, model_version=model_version)[0]
 

@@ -37,6 +37,30 @@ returned are opened, ``top_k`` at a time (the opened templates' digests are cach
 column's digest). A row that fails is left out as if not enrolled, logged by pid once and counted
 as ``tampered`` in :meth:`PgGallery.stats`; enrolling the subject again rewrites it.
 
+Anchor templates
+----------------
+As in the in-memory backend, an operator's re-enrolment must match both the stored template and
+the subject's anchor template (:meth:`Gallery.anchor`), which only a first enrolment, a dpo key,
+the gallery stage, ``visage gallery rebuild`` or a rectification moves (``keep_anchor``). The
+anchor is the same file as the in-memory backend's, ``gallery/anchors/<pid[1:3]>/<pid>.anc``,
+sealed under the subject's gallery key (``ANCHOR_MAGIC``), not a column of the table:
+
+- the key ring it is sealed under is already a folder of the project that every replica shares
+  (enrolment and erasure need it), so a file there is seen by every replica, as the key is;
+- a role that may write to the table but holds none of the project's keys can neither put an
+  older anchor of the subject back nor delete it (which a column would allow); the anchor is out
+  of the database's reach, which is what it is for;
+- the erasure needs nothing new: the ``gallery`` step already plans, removes (through
+  :meth:`PgGallery.erase`), verifies and certifies ``gallery/anchors`` with the key, and
+  destroying the key crypto-shreds any copy of the file; no ``VACUUM FULL`` is involved.
+
+The price: the file is not written in the row's transaction. :meth:`PgGallery.enroll_many`
+writes it before the ledger append and the commit and puts the previous bytes back when either
+fails; a process killed in between leaves the anchor of an enrolment that only a privileged path
+(never an operator) was making. :meth:`PgGallery.erase` removes the anchor after destroying the
+key; an anchor whose key is gone (an erasure killed in between) is removed when a gallery is
+opened (:meth:`PgGallery.reload`) and by :meth:`PgGallery.purge_without_basis`.
+
 Consent at query time
 ---------------------
 Table ``<table>_revoked`` lists subjects that must not be returned (identification consent
@@ -95,12 +119,15 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from visage_ml.config import ProjectPaths, load_params
+from visage_ml.io import file_lock, secure_unlink, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import wrapped_keys_exist
-from visage_ml.privacy.keys import check_pid, load_master_key
+from visage_ml.privacy.keys import PID_RE, check_pid, load_master_key
 from visage_ml.privacy.registry import NO_BASIS_REASONS
 from visage_ml.privacy.sealed import KeyDestroyedError, open_sealed
 from visage_ml.serving.gallery import (
+    ANCHOR_SUFFIX,
+    ANCHORS_DIR,
     MAGIC,
     MSG_REBUILD,
     MSG_TAMPERED,
@@ -908,8 +935,10 @@ class PgGallery(Gallery):
 
     @_reads
     def reload(self) -> None:
-        """Fold the whole ledger and make the revoked table agree with it for every subject."""
+        """Fold the whole ledger and make the revoked table agree with it for every subject;
+        finish the erasures that stopped between the key and the anchor file."""
         with self.lock:
+            self._finish_interrupted_erasures()
             ledger_path = self.core.ledger.path
             offset = ledger_path.stat().st_size if ledger_path.exists() else 0
             registry = self.core.registry.refresh()
@@ -1363,16 +1392,73 @@ class PgGallery(Gallery):
     # -- changes -------------------------------------------------------------------------------
 
     def files_of(self, pid: str) -> list[Any]:
-        """The project files of ``pid`` (its gallery key); the rows: :func:`subject_rows`."""
-        path = self.keys.path(pid)
-        return [path] if path.is_file() else []
+        """The project files of ``pid`` that exist (anchor template, gallery key); the rows:
+        :func:`subject_rows`."""
+        return [p for p in (self.anchor_path(pid), self.keys.path(pid)) if p.is_file()]
+
+    @property
+    def keeps_anchors(self) -> bool:
+        """True: :meth:`enroll_many` writes anchor files as the in-memory backend does."""
+        return True
+
+    def _anchored(self) -> list[str]:
+        """Pids with an anchor file (a listing of ``gallery/anchors``; nothing is opened)."""
+        root = self.directory / ANCHORS_DIR
+        if not root.is_dir():
+            return []
+        out = []
+        for shard in os.scandir(root):
+            if not shard.is_dir():
+                continue
+            for entry in os.scandir(shard.path):
+                pid = entry.name[: -len(ANCHOR_SUFFIX)]
+                if entry.name.endswith(ANCHOR_SUFFIX) and PID_RE.fullmatch(pid):
+                    out.append(pid)
+        return sorted(out)
+
+    def _finish_interrupted_erasures(self) -> None:
+        """Remove anchor files whose gallery key is gone: an erasure stopped after its commit
+        point (the key), before the anchor (see :meth:`erase`). A key is always created before
+        its anchor is written, so no enrolment in progress is taken for one."""
+        keyed = set(self.keys.pids())
+        for pid in self._anchored():
+            if pid in keyed:
+                continue
+            path = self.anchor_path(pid)
+            with file_lock(self._file_lock):
+                # Again under the lock: an erasure may just have finished it, an enrolment
+                # re-created the key.
+                if self.keys.exists(pid) or not path.is_file():
+                    continue
+                digest = sha256_file(path)
+                secure_unlink(path)
+            self.core.ledger.append(
+                "gallery.removed",
+                pid,
+                {
+                    "anchor_sha256": digest,
+                    "reason": "interrupted_erasure_completed",
+                    "backend": BACKEND,
+                },
+            )
+            logger.warning("gallery: finished an interrupted erasure (anchor without key removed)")
 
     @_writes
     def enroll_many(
-        self, items: Mapping[str, np.ndarray], *, model_version: str | None = None
+        self,
+        items: Mapping[str, np.ndarray],
+        *,
+        model_version: str | None = None,
+        keep_anchor: bool = False,
     ) -> list[Enrolment]:
         """As :meth:`Gallery.enroll_many`: rows written in one transaction that commits only
-        after the ledger records the enrolments (no row the ledger does not vouch for)."""
+        after the ledger records the enrolments (no row the ledger does not vouch for).
+
+        Unless ``keep_anchor`` (an operator's re-enrolment), each template also becomes the
+        subject's anchor file, a row left unchanged included (a subject enrolled before anchors
+        were kept gets one). The anchor files are written before the ledger append and put back
+        as they were when the append or the commit fails.
+        """
         if model_version is not None and model_version != self.meta.model_version:
             raise GalleryVersionError(
                 MSG_REBUILD.format(found=model_version, expected=self.meta.model_version)
@@ -1383,7 +1469,6 @@ class PgGallery(Gallery):
         for pid, e in items.items():
             vectors[check_pid(pid)] = template_of(e, dim)
             counts[pid] = int(np.asarray(e).reshape(-1, dim).shape[0])
-        n = self.names
         with self.lock:
             self.refresh()
             registry = self.core.registry
@@ -1393,85 +1478,106 @@ class PgGallery(Gallery):
                     raise EnrolmentRefusedError(pid, decision.reason)
             results: list[Enrolment] = []
             events: list[tuple[str, str | None, Mapping[str, Any]]] = []
+            undo: list[tuple[Any, bytes | None]] = []
             conn = self._conn
-            with conn.transaction():
-                old = {
-                    r[0]: (bytes(r[1]), as_array(r[2]))
-                    for r in conn.execute(
-                        sql.SQL(
-                            "SELECT pid, sealed, embedding FROM {t} WHERE pid = ANY(%s)"
-                        ).format(t=n.t),
-                        (list(vectors),),
-                    ).fetchall()
-                }
-                rows = []
-                for pid, vec in vectors.items():
-                    prev = old[pid][0] if pid in old else None
-                    state = registry.peek(pid)
-                    if prev is not None and state is not None:
-                        digest = hashlib.sha256(prev).hexdigest()
-                        # Unchanged only if the search vector is the sealed template too: enrolling
-                        # again must repair a row whose embedding was written over in the table.
-                        same = self._same_template(pid, prev, vec) and np.array_equal(
-                            old[pid][1], vec
-                        )
-                        if state.template_sha256 == digest and same:
-                            results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
-                            continue
-                    blob = self._seal(pid, self.keys.get(pid, create=True), vec, counts[pid])
-                    digest = hashlib.sha256(blob).hexdigest()
-                    rows.append(
-                        (
-                            pid,
-                            self.meta.model_version,
-                            vec,
-                            self._cluster_of(vec),
-                            blob,
-                            digest,
-                            counts[pid],
-                        )
-                    )
-                    results.append(Enrolment(pid, digest, counts[pid], prev is not None))
-                    events.append(
-                        (
-                            "gallery.enrolled",
-                            pid,
-                            {
-                                "template_sha256": digest,
-                                "model_version": self.meta.model_version,
-                                "n_images": counts[pid],
-                                "replaced": prev is not None,
-                            },
-                        )
-                    )
-                if rows:
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            sql.SQL(
-                                "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed,"
-                                " template_sha256, n_images) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                                " ON CONFLICT (pid) DO UPDATE SET model_version ="
-                                " EXCLUDED.model_version, embedding = EXCLUDED.embedding,"
-                                " cluster = EXCLUDED.cluster, sealed = EXCLUDED.sealed,"
-                                " template_sha256 = EXCLUDED.template_sha256,"
-                                " n_images = EXCLUDED.n_images, enrolled = now()"
-                            ).format(t=n.t),
-                            rows,
-                        )
-                        cur.execute(
-                            sql.SQL("DELETE FROM {r} WHERE pid = ANY(%s) AND reason <> %s").format(
-                                r=n.revoked
-                            ),
-                            ([r[0] for r in rows], REVOKED_ERASED),
-                        )
-                    _bump(conn, n)
-                    # The ledger first: a failed append rolls the rows back.
-                    self.core.ledger.append_many(events)
+            try:
+                with file_lock(self._file_lock), conn.transaction():
+                    self._enroll_rows(conn, vectors, counts, keep_anchor, results, events, undo)
+            except BaseException:
+                self._undo(undo)
+                raise
             if events:
                 # This process's own read of the new events must not revoke what it just wrote.
                 self.refresh()
                 self._unbound.difference_update(r.pid for r in results if r.changed)
         return results
+
+    def _enroll_rows(
+        self,
+        conn: psycopg.Connection,
+        vectors: Mapping[str, np.ndarray],
+        counts: Mapping[str, int],
+        keep_anchor: bool,
+        results: list[Enrolment],
+        events: list[tuple[str, str | None, Mapping[str, Any]]],
+        undo: list[tuple[Any, bytes | None]],
+    ) -> None:
+        """:meth:`enroll_many` inside its transaction: the rows, the anchor files (their old
+        bytes noted in ``undo``) and the ledger append; ``results`` and ``events`` filled in."""
+        n = self.names
+        registry = self.core.registry
+        old = {
+            r[0]: (bytes(r[1]), as_array(r[2]))
+            for r in conn.execute(
+                sql.SQL("SELECT pid, sealed, embedding FROM {t} WHERE pid = ANY(%s)").format(t=n.t),
+                (list(vectors),),
+            ).fetchall()
+        }
+        rows = []
+        for pid, vec in vectors.items():
+            prev = old[pid][0] if pid in old else None
+            state = registry.peek(pid)
+            if prev is not None and state is not None:
+                digest = hashlib.sha256(prev).hexdigest()
+                # Unchanged only if the search vector is the sealed template too: enrolling
+                # again must repair a row whose embedding was written over in the table.
+                same = self._same_template(pid, prev, vec) and np.array_equal(old[pid][1], vec)
+                if state.template_sha256 == digest and same:
+                    if not keep_anchor:
+                        # A subject enrolled before anchors were kept gets one here.
+                        self._write_anchor(pid, vec, counts[pid], undo)
+                    results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
+                    continue
+            blob = self._seal(pid, self.keys.get(pid, create=True), vec, counts[pid])
+            if not keep_anchor:
+                self._write_anchor(pid, vec, counts[pid], undo)
+            digest = hashlib.sha256(blob).hexdigest()
+            rows.append(
+                (
+                    pid,
+                    self.meta.model_version,
+                    vec,
+                    self._cluster_of(vec),
+                    blob,
+                    digest,
+                    counts[pid],
+                )
+            )
+            results.append(Enrolment(pid, digest, counts[pid], prev is not None))
+            events.append(
+                (
+                    "gallery.enrolled",
+                    pid,
+                    {
+                        "template_sha256": digest,
+                        "model_version": self.meta.model_version,
+                        "n_images": counts[pid],
+                        "replaced": prev is not None,
+                    },
+                )
+            )
+        if not rows:
+            return
+        with conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed,"
+                    " template_sha256, n_images) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (pid) DO UPDATE SET model_version ="
+                    " EXCLUDED.model_version, embedding = EXCLUDED.embedding,"
+                    " cluster = EXCLUDED.cluster, sealed = EXCLUDED.sealed,"
+                    " template_sha256 = EXCLUDED.template_sha256,"
+                    " n_images = EXCLUDED.n_images, enrolled = now()"
+                ).format(t=n.t),
+                rows,
+            )
+            cur.execute(
+                sql.SQL("DELETE FROM {r} WHERE pid = ANY(%s) AND reason <> %s").format(r=n.revoked),
+                ([r[0] for r in rows], REVOKED_ERASED),
+            )
+        _bump(conn, n)
+        # The ledger first: a failed append rolls the rows back (and the anchors, the caller).
+        self.core.ledger.append_many(events)
 
     @_writes
     def erase(self, pid: str, *, reason: str = "erasure") -> Removal:
@@ -1480,25 +1586,37 @@ class PgGallery(Gallery):
         The row's removal from the database files (``VACUUM FULL``, WAL) is
         :func:`purge_physically`, run by the erasure after this.
 
+        Order: the row is revoked and deleted (every replica stops returning it), the key file
+        is destroyed (the commit point: the sealed column and the anchor file are unreadable from
+        here on, in every copy), then the anchor file is overwritten and unlinked. A crash after
+        the key leaves an anchor without a key, which the next :meth:`reload` removes.
+
         Returns
         -------
         Removal
             ``pgvector:<table>/<pid>.tpl`` and ``.embedding`` with their SHA-256 before
-            deletion, and the key file; empty when the subject had nothing in the gallery.
+            deletion, the key file and the anchor file; empty when the subject had nothing in the
+            gallery.
         """
         check_pid(pid)
         root = self.paths.root
         removed: dict[str, str] = {}
         with self.lock:
             rows = subject_rows(self.options.dsn, pid, table=self.names.table)
-            with self._conn.transaction():
-                _revoke_delete(self._conn, self.names, pid)
-            self._bound.pop(pid, None)
-            self._unbound.discard(pid)
-            key_path = self.keys.path(pid)
-            key_hash = self.keys.destroy(pid)
-            if key_hash is not None:
-                removed[_rel(key_path, root)] = key_hash
+            with file_lock(self._file_lock):
+                anchor = self.anchor_path(pid)
+                anchor_hash = sha256_file(anchor) if anchor.is_file() else None
+                with self._conn.transaction():
+                    _revoke_delete(self._conn, self.names, pid)
+                self._bound.pop(pid, None)
+                self._unbound.discard(pid)
+                key_path = self.keys.path(pid)
+                key_hash = self.keys.destroy(pid)
+                if key_hash is not None:
+                    removed[_rel(key_path, root)] = key_hash
+                if anchor_hash is not None:
+                    secure_unlink(anchor)
+                    removed[_rel(anchor, root)] = anchor_hash
             removed.update(rows)
             if removed:
                 self.core.ledger.append(
@@ -1508,6 +1626,7 @@ class PgGallery(Gallery):
                         "template_sha256": rows.get(
                             artefact_name(self.names.table, pid, SEALED_SUFFIX)
                         ),
+                        "anchor_sha256": anchor_hash,
                         "key_sha256": key_hash,
                         "reason": reason,
                         "backend": BACKEND,
@@ -1520,11 +1639,13 @@ class PgGallery(Gallery):
         return purge_physically(self.options.dsn, table=self.names.table)
 
     def purge_without_basis(self) -> list[Removal]:
-        """As :meth:`Gallery.purge_without_basis`, over the shared table's rows."""
+        """As :meth:`Gallery.purge_without_basis`, over the shared table's rows and the anchor
+        files (one whose row is gone, left by an enrolment killed before its commit, too)."""
         registry = self.core.registry
         out = []
         with self.lock:
-            for pid in self.stored():
+            self._finish_interrupted_erasures()
+            for pid in sorted(set(self.stored()) | set(self._anchored())):
                 if registry.may_process(pid, PURPOSE).reason in NO_BASIS_REASONS:
                     out.append(self.erase(pid, reason="no_legal_basis"))
         return out

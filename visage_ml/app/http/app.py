@@ -14,7 +14,8 @@ decides what it may call:
 role      endpoints
 ========  ==============================================================================
 operator  ``POST /v1/identify`` (ranked candidates, no scores), ``/v1/verify`` (a decision,
-          no score), ``/v1/enroll`` (a re-enrolment must match the stored template),
+          no score), ``/v1/enroll`` (a re-enrolment must match both the stored template and
+          the subject's anchor template, which it leaves as it is),
           ``/v1/analytics``, ``GET /v1/analytics/windows``
 dpo       ``POST /v1/verify`` (with the score), ``/v1/enroll`` (re-enrolment as well),
           ``GET /v1/subjects/{pid}``, ``POST /v1/subjects/{pid}/consent/withdraw``,

@@ -168,9 +168,10 @@ def merge(*lists: Iterable[Mapping[str, Any]]) -> list[Artefact]:
 KEY_DESTROYED = "key destroyed"
 CRYPTO_SHREDDED = "crypto-shredded"
 PHYSICALLY_REMOVED = "physically removed"
-# Files sealed under a per-subject key (raw images, crops, kept bundles, gallery templates,
-# vault records): once that key is destroyed every copy is unreadable, wherever it is.
-SEALED_SUFFIXES: tuple[str, ...] = (".sealed", ".tpl", ".bin")
+# Files sealed under a per-subject key (raw images, crops, kept bundles, gallery templates and
+# anchor templates, vault records): once that key is destroyed every copy is unreadable,
+# wherever it is.
+SEALED_SUFFIXES: tuple[str, ...] = (".sealed", ".tpl", ".anc", ".bin")
 
 
 def outcome_of(artefact: Mapping[str, Any], sealed_md5s: set[str]) -> str:
