@@ -16,10 +16,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from serving_fakes import DIM, THRESHOLD, World, face_tile, fake_engine, make_world
+from serving_fakes import (
+    DIM,
+    THRESHOLD,
+    TileDetector,
+    World,
+    face_tile,
+    fake_engine,
+    make_world,
+)
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.crops import write_crops
+from visage_ml.data.detect import Detection
 from visage_ml.data.prepare import FACES_FILE
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import sha256_bytes
@@ -171,3 +180,16 @@ def scan(roots, needles: dict[str, bytes]) -> dict[str, list[str]]:
                 if needle in data:
                     hits[name].append(str(f))
     return {k: v for k, v in hits.items() if v}
+
+
+class PrepareTileDetector:
+    """MTCNN stand-in for ``prepare``: every face tile, as visage Detections."""
+
+    def __init__(self, **_: object) -> None:
+        self._inner = TileDetector()
+
+    def detect(self, images):
+        return [
+            [Detection(d.box, d.prob, d.landmarks) for d in found]
+            for found in self._inner.detect(images)
+        ]

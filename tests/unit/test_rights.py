@@ -18,14 +18,13 @@ import pyrage
 import pytest
 from PIL import Image
 from pyrage import x25519
-from rights_fakes import REF, make_project, png
-from serving_fakes import THRESHOLD, TileDetector, face_tile
+from rights_fakes import REF, PrepareTileDetector, make_project, png
+from serving_fakes import THRESHOLD, face_tile
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.app.stages import prepare
 from visage_ml.config import load_params
-from visage_ml.data.detect import Detection
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.privacy.datakeys import NoDataKeyError
 from visage_ml.privacy.requests import RequestBook, RequestStateError
@@ -312,21 +311,8 @@ def test_rectification_makes_derived_data_stale_through_dvc(tiny_project):
     assert "data/raw" in status and "modified" in status
 
 
-class _TileDetector:
-    """MTCNN stand-in for ``prepare``: every face tile, as visage Detections."""
-
-    def __init__(self, **_: object) -> None:
-        self._inner = TileDetector()
-
-    def detect(self, images):
-        return [
-            [Detection(d.box, d.prob, d.landmarks) for d in found]
-            for found in self._inner.detect(images)
-        ]
-
-
 def _prepared_pids(proj, monkeypatch) -> set[str]:
-    monkeypatch.setattr(prepare, "FaceDetector", _TileDetector)
+    monkeypatch.setattr(prepare, "FaceDetector", PrepareTileDetector)
     prepare.run(proj.paths)
     return set(pd.read_parquet(proj.paths.processed / "manifest.parquet")["pid"])
 

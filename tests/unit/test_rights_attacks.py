@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from rights_fakes import make_project, png
-from serving_fakes import TileDetector, face_tile
+from rights_fakes import PrepareTileDetector, make_project, png
+from serving_fakes import face_tile
 
 from visage_ml.app.stages import prepare
 from visage_ml.config import ProjectPaths
-from visage_ml.data.detect import Detection
 from visage_ml.data.importers import ImportBasis, import_dataset
 from visage_ml.data.processed import RectifiedSinceError, load_processed
 from visage_ml.data.rawstore import read_images, read_subjects
@@ -96,26 +95,13 @@ def test_rectified_attributes_leave_no_old_value_in_the_images_table_or_the_expo
     assert "20-29" not in text and "east_asian" not in text and '"male"' not in text
 
 
-class _TileDetector:
-    """MTCNN stand-in for ``prepare``: every face tile, as visage Detections."""
-
-    def __init__(self, **_: object) -> None:
-        self._inner = TileDetector()
-
-    def detect(self, images):
-        return [
-            [Detection(d.box, d.prob, d.landmarks) for d in found]
-            for found in self._inner.detect(images)
-        ]
-
-
 @pytest.mark.parametrize("what", ["attributes", "image"])
 def test_training_refuses_data_prepared_before_a_rectification(project, monkeypatch, what):
     """``data/processed`` prepared before a rectification still holds the subject's old label
     or old face: a training or evaluation run started on it (a stage run on its own, not through
     ``dvc repro``) must stop, as it does for a withdrawal, not learn from the corrected data."""
     proj = make_project(project, n_subjects=4, processed=False)
-    monkeypatch.setattr(prepare, "FaceDetector", _TileDetector)
+    monkeypatch.setattr(prepare, "FaceDetector", PrepareTileDetector)
     prepare.run(proj.paths)
     manifest = pd.read_parquet(proj.paths.processed / "manifest.parquet")
     pid = str(manifest.loc[manifest["split"] == "train", "pid"].iloc[0])
