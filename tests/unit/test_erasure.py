@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from lfw_fakes import make_lfw_set
 from pyrage import x25519
 from rights_fakes import REF, make_project, png
 from serving_fakes import face_tile, png_b64
@@ -24,10 +25,12 @@ from visage_ml.app.http.auth import ROLES, KeyStore
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.acquire import acquire_synthfaces
 from visage_ml.data.crops import iter_chunks, purge_chunks
+from visage_ml.data.importers import ImportBasis, import_dataset
 from visage_ml.data.prepare import prepare, purge_subject
 from visage_ml.data.processed import load_processed
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.dvcops import tracked_md5
+from visage_ml.evaluation.lfw import protocol_accuracy
 from visage_ml.io import sha256_bytes, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook, RequestStateError
@@ -138,6 +141,52 @@ def test_erasure_removes_the_subject_everywhere_and_certifies_it(proj):
     assert st.status == "completed" and st.receipt_sha256
     with pytest.raises(ValueError, match="erased"):
         Erasure(paths).erase(victim)
+
+
+@pytest.mark.parametrize("dvc", [False, True], ids=["plain", "dvc"])
+def test_no_lfw_pair_names_an_erased_subjects_images(tiny_project, tmp_path, dvc):
+    # The LFW pairs table lives outside data/raw; an erasure must not leave rows in it that
+    # name the subject's former images (or say whether two of them show the same person).
+    base, _ = make_lfw_set(
+        tmp_path / "download", n_people=5, per_person=3, folds=3, pairs_per_fold=2, size=64
+    )
+    paths = ProjectPaths(tiny_project(dvc=dvc))
+    basis = ImportBasis.from_options(legal_basis="art6(1)(f)+art9(2)(j)")
+    import_dataset("lfw", base, paths=paths, basis=basis)
+    table = paths.protocols / "lfw_pairs.parquet"
+    before = pd.read_parquet(table)
+    images = read_images(paths.raw)
+    pid_of = images.set_index("image_id")["pid"].astype(str)
+    named = pd.concat([before["image_id_a"], before["image_id_b"]]).map(pid_of)
+    victim = str(named.value_counts().index[0])  # the subject in the most pairs
+    former = set(images.loc[images["pid"] == victim, "image_id"].astype(str))
+    hit = before["image_id_a"].isin(former) | before["image_id_b"].isin(former)
+    assert hit.any() and not hit.all()
+
+    result = Erasure(paths).erase(victim)
+
+    after = pd.read_parquet(table)
+    assert not (after["image_id_a"].isin(former) | after["image_id_b"].isin(former)).any()
+    pd.testing.assert_frame_equal(after, before[~hit].reset_index(drop=True))
+    # Planned, hashed before and certified like images.parquet; nothing of it remains.
+    claims = result.certificate["claims"]
+    outcome = {a["path"]: a["outcome"] for a in claims["artefacts"] if a["step"] == "raw"}
+    table_rel = "data/protocols/lfw_pairs.parquet"
+    assert outcome[table_rel] == "physically removed"
+    report = verify_certificate(result.certificate_path, root=paths.root)
+    assert report.ok, report.findings
+    assert Erasure(paths).remaining(victim)["raw"] == []
+    if dvc:  # data/protocols.dvc records the new table; the old one's object is purged
+        assert tracked_md5(paths.root, paths.protocols)
+        old_md5 = next(a["md5"] for a in claims["artefacts"] if a["path"] == table_rel)
+        assert old_md5 not in _objects(paths.root / ".dvc" / "cache")
+    # The LFW evaluation scores the pairs that are left; none is reported as not evaluated.
+    kept = read_images(paths.raw)["image_id"].astype(str).to_numpy()
+    emb = np.random.default_rng(0).normal(size=(len(kept), 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    lfw = protocol_accuracy(after, kept, emb)
+    assert lfw["pairs_in_protocol"] == lfw["pairs_used"] == int((~hit).sum())
+    assert lfw["pairs_not_evaluated"] == 0 and "accuracy" in lfw
 
 
 def test_a_running_gallery_never_matches_the_subject_once_the_gallery_step_returned(

@@ -404,6 +404,9 @@ class RawTransaction:
         self._new_subjects: list[dict[str, Any]] = []
         self._new_images: list[dict[str, Any]] = []
         self._then: list[Callable[[], None]] = []
+        # Image ids of the subjects removed (remove_subject): what a file outside data/raw that
+        # names images (the LFW pairs) must forget too.
+        self.removed_image_ids: set[str] = set()
         self.discarded = False
         self.committed = False
         self.dvc_md5: str | None = None
@@ -497,7 +500,8 @@ class RawTransaction:
 
         For a file outside ``data/raw`` that names its images (the LFW pairs table): written
         there, no other writer (an erasure, a second import) can change ``data/raw`` between the
-        commit and that file.
+        commit and that file. An erasure rewrites that file here too, without the pairs naming
+        :attr:`removed_image_ids`.
         """
         self._then.append(callback)
 
@@ -506,7 +510,8 @@ class RawTransaction:
         """Leave ``pid`` out of the new tree: their folder and their table rows (Art. 17).
 
         Only the staging links are removed; ``data/raw`` is untouched until the swap. Returns
-        the removed files' paths relative to ``data/raw``.
+        the removed files' paths relative to ``data/raw``; the ids of the subject's images
+        (rows and files) are added to :attr:`removed_image_ids`.
         """
         check_pid(pid)
         folder = self.staging / pid
@@ -516,6 +521,14 @@ class RawTransaction:
                 p.relative_to(self.staging).as_posix() for p in folder.rglob("*") if p.is_file()
             )
             _rmtree(folder)
+        stems = (Path(f).name.split(".")[0] for f in removed)
+        self.removed_image_ids.update(s for s in stems if IMAGE_ID_RE.fullmatch(s))
+        self.removed_image_ids.update(
+            self._images.loc[self._images["pid"].astype(str) == pid, "image_id"].astype(str)
+        )
+        self.removed_image_ids.update(
+            str(r["image_id"]) for r in self._new_images if r.get("pid") == pid
+        )
         self._subjects = self._subjects[self._subjects["pid"].astype(str) != pid]
         self._images = self._images[self._images["pid"].astype(str) != pid]
         self._subjects = self._subjects.reset_index(drop=True)

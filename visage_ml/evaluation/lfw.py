@@ -104,7 +104,8 @@ def ten_fold_accuracy(
 
 
 # Image status in the protocol: a crop was embedded, the detector missed it (no crop), or it
-# was not evaluated at all (not in the test split: role, consent, erasure, not imported).
+# was not evaluated at all (not in the test split: role, consent, not imported). An erasure
+# leaves no pair naming the subject's images: those pairs are gone from the protocol.
 EMBEDDED, MISSED, NOT_EVALUATED = 0, 1, 2
 
 
@@ -134,7 +135,9 @@ def protocol_accuracy(
     pair with a missed image is a non-match at any threshold (a genuine pair with a miss is an
     error, as in NIST FRVT's failure-to-enrol accounting); it is never dropped. Pairs with an
     image outside the test split (a training-role or unconsented subject, an image not
-    imported) cannot be scored and are counted as ``pairs_not_evaluated``.
+    imported) cannot be scored and are counted as ``pairs_not_evaluated``. An erased subject's
+    pairs are not among them: the erasure removed them from the protocol
+    (``pairs_in_protocol`` counts what is left).
 
     Parameters
     ----------

@@ -9,7 +9,9 @@ is purged by hash, here:
 - the **objects** of the subject's files: every ``.dir`` manifest (in the cache and in each
   remote) whose entries list a path under ``<pid>/`` names them, and the raw-store step passes
   the md5 of each file it removed;
-- the **manifests** themselves (``<md5>.dir``), which hold the subject's paths;
+- the **manifests** themselves (``<md5>.dir``), which hold the subject's paths, and old
+  manifests of other folders that list one of those objects (``data/protocols``, whose LFW pairs
+  table the raw-store step rewrites);
 - the **old versions of tables** that name the pid (``subjects.parquet``, ``images.parquet``,
   any Parquet object whose ``pid`` column holds it);
 - in DVC's **site cache** (``dvc.repo.Repo(root).site_cache_dir``, by default
@@ -356,6 +358,7 @@ def find_subject_objects(
     """
     keep = current_references(setup)
     targets: set[str] = set(known_md5s)
+    removed = targets - keep
     tables: set[str] = set()
     for store in setup.stores:
         for oid in list(store.oids()):
@@ -373,6 +376,10 @@ def find_subject_objects(
                     raise RuntimeError(MSG_STILL_LISTED.format(md5=oid, pid=pid))
                 targets.add(oid)
                 targets.update(str(e["md5"]) for e in listed if e.get("md5"))
+            elif oid not in keep and any(str(e.get("md5")) in removed for e in entries):
+                # An old manifest of another folder listing a file the raw step rewrote (the
+                # LFW pairs under data/protocols): it names the purged object.
+                targets.add(oid)
             tables.update(
                 str(e["md5"])
                 for e in entries

@@ -17,7 +17,8 @@ in the vault keeps their pid), records consent or another legal basis for each, 
 under each subject's data key as ``data/raw/<pid>/<image_id>.sealed`` and swaps the new
 ``data/raw`` in atomically. LFW pairs files become ``data/protocols/lfw_pairs.parquet``, written
 after the swap while the ``data/raw`` lock is still held, so that the pairs name only images that
-``data/raw`` holds (an erasure or a second import waits for both). A
+``data/raw`` holds (an erasure or a second import waits for both); an erasure removes the pairs
+that name the subject's images, under the same lock. A
 person whose external reference, or any of whose files, matches the keyed tombstone of an
 erased subject is skipped (``erased_subject``). References that differ only by case, spaces or
 Unicode form (NFC and NFD, full-width letters, zero-width characters:
@@ -99,7 +100,14 @@ from visage_ml.data.importers.ingest import (
     register_persons,
 )
 from visage_ml.data.importers.lfw import parse_lfw_pairs
-from visage_ml.data.importers.result import ImportResult, write_lfw_protocol, write_report
+from visage_ml.data.importers.result import (
+    ImportResult,
+    drop_lfw_pairs,
+    lfw_pairs_file,
+    lfw_pairs_naming,
+    write_lfw_protocol,
+    write_report,
+)
 from visage_ml.data.manifest import ROLE_BOTH, ROLE_EVALUATION, ROLES, check_role
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import sha256_bytes
@@ -123,8 +131,11 @@ __all__ = [
     "Skip",
     "band_midpoint",
     "default_role",
+    "drop_lfw_pairs",
     "get_format",
     "import_dataset",
+    "lfw_pairs_file",
+    "lfw_pairs_naming",
     "parse_lfw_pairs",
     "register_format",
     "snake_case",

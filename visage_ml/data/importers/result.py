@@ -11,7 +11,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,14 +113,62 @@ def write_lfw_protocol(
         old = pd.read_parquet(target)
         folds = {p.fold for p in pairs}
         new = pd.concat([old[~old["fold"].isin(folds)], new], ignore_index=True)
-    new = new.astype(
+    _write_pairs_table(target, new)
+    dvcops.track(paths.root, paths.protocols)
+    return len(rows), dropped
+
+
+def _write_pairs_table(target: Path, table: pd.DataFrame) -> None:
+    """``table`` as the pairs protocol, replaced atomically (temporary file, fsync, rename)."""
+    table = table.astype(
         {"fold": "int32", "image_id_a": "string", "image_id_b": "string", "same": "bool"}
     ).astype({"view": "string"})
     buf = io.BytesIO()
-    new.to_parquet(buf, index=False)
+    table.to_parquet(buf, index=False)
     atomic_write_bytes(target, buf.getvalue())
-    dvcops.track(paths.root, paths.protocols)
-    return len(rows), dropped
+
+
+def lfw_pairs_file(paths: ProjectPaths) -> Path:
+    """Where the LFW pairs protocol of the project is (it may not exist)."""
+    return paths.protocols / PROTOCOL_FILE
+
+
+def _naming(table: pd.DataFrame, image_ids: Iterable[str]) -> pd.Series:
+    ids = set(image_ids)
+    return table["image_id_a"].astype(str).isin(ids) | table["image_id_b"].astype(str).isin(ids)
+
+
+def lfw_pairs_naming(paths: ProjectPaths, image_ids: Iterable[str]) -> int:
+    """How many rows of the LFW pairs protocol name any of ``image_ids`` (0 without one)."""
+    target = lfw_pairs_file(paths)
+    if not target.is_file():
+        return 0
+    return int(_naming(pd.read_parquet(target), image_ids).sum())
+
+
+def drop_lfw_pairs(paths: ProjectPaths, image_ids: Iterable[str]) -> int:
+    """Remove the rows of the LFW pairs protocol that name any of ``image_ids``.
+
+    An erased subject's images leave ``data/raw``; a pair naming one of them would keep its
+    identifier, and whether two of the subject's images show one person. The table is
+    replaced atomically; nothing is written when no row names them. Call it with the
+    ``data/raw`` lock held (:meth:`~visage_ml.data.rawstore.RawTransaction.then`): the import
+    writes this table under that lock too. The caller runs ``dvc add data/protocols``.
+
+    Returns
+    -------
+    int
+        Rows removed (0 when there is no protocol or no row names the images).
+    """
+    target = lfw_pairs_file(paths)
+    if not target.is_file():
+        return 0
+    table = pd.read_parquet(target)
+    named = _naming(table, image_ids)
+    if not named.any():
+        return 0
+    _write_pairs_table(target, table[~named].reset_index(drop=True))
+    return int(named.sum())
 
 
 def write_report(

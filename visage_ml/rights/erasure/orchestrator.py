@@ -16,7 +16,8 @@ vault          a keyed tombstone of the subject's reference and file hashes
                and blind-index entry (:mod:`.vault`, cryptographic erase)
 raw            the subject's data key (:mod:`.datakey`: every sealed raw image, crop chunk and
                kept bundle of theirs, in every copy, becomes unreadable), then their files and
-               rows leave ``data/raw`` (:mod:`.raw`)
+               rows leave ``data/raw``, and the LFW pairs naming their images leave
+               ``data/protocols/lfw_pairs.parquet`` (:mod:`.raw`)
 dvc            DVC objects of those files, ``.dir`` manifests that list them, old table versions
                naming the pid, purged by hash from the cache, every remote and the site cache
                (:mod:`.dvc`); on the stack's S3 remote deleted, then SeaweedFS's volumes

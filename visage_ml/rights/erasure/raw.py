@@ -4,22 +4,31 @@ The subject leaves ``data/raw`` in one raw-store transaction (under its lock); i
 repository ``dvc add`` then records the new ``.dir`` md5, in this process and under the same
 lock. The MD5 of each removed file (DVC's object name) is planned with its SHA-256: the DVC step
 purges those objects.
+
+The LFW pairs protocol (``data/protocols/lfw_pairs.parquet``) names images of ``data/raw``: its
+rows naming the subject's images are removed in the same transaction, after the swap and before
+the lock is released (:meth:`RawTransaction.then`, where the import writes it), the table
+replaced atomically. It is planned, hashed and certified like ``images.parquet``; in a DVC
+repository ``data/protocols`` is added again, so the DVC step can purge the old table's object.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from visage_ml import dvcops
-from visage_ml.data.rawstore import IMAGE_EXT, RawStore, read_images
+from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
+from visage_ml.data.rawstore import IMAGE_EXT, IMAGE_ID_RE, RawStore, read_images
 from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.content_hashes import plain_mac
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
 
 STORE = "data"
+STEP = "raw"  # the orchestrator's step this store belongs to (its plan holds the image ids)
 MSG_DVC_ADD = (
-    "data/raw no longer holds the subject but `dvc add data/raw` failed; fix DVC and run "
+    "data/raw no longer holds the subject but `dvc add {target}` failed; fix DVC and run "
     "`visage privacy resume`: {error}"
 )
 
@@ -27,6 +36,29 @@ MSG_DVC_ADD = (
 def tracked_md5(ctx: Context) -> str | None:
     """The ``.dir`` md5 that ``data/raw.dvc`` records now (None outside DVC)."""
     return dvcops.tracked_md5(ctx.paths.root, ctx.paths.raw)
+
+
+def _image_ids(pid: str, paths: Iterable[str | Path]) -> set[str]:
+    """Image ids of the subject's files among ``paths`` (``.../<pid>/<image_id>.<ext>``)."""
+    out = set()
+    for p in map(Path, paths):
+        stem = p.name.split(".")[0]
+        if p.parent.name == pid and IMAGE_ID_RE.fullmatch(stem):
+            out.add(stem)
+    return out
+
+
+def subject_image_ids(ctx: Context, pid: str, files: Iterable[Path] = ()) -> set[str]:
+    """The subject's image ids: their ``images.parquet`` rows, ``files`` and what was planned.
+
+    The plan recorded in the ledger keeps them once ``data/raw`` has forgotten them (a resumed
+    erasure, a verification afterwards).
+    """
+    images = read_images(ctx.paths.raw)
+    ids = set(images.loc[images["pid"].astype(str) == pid, "image_id"].astype(str))
+    ids |= _image_ids(pid, files)
+    ids |= _image_ids(pid, (a.get("path", "") for a in ctx.planned.get(STEP, [])))
+    return ids
 
 
 def plan(ctx: Context, pid: str) -> Plan:
@@ -38,7 +70,10 @@ def plan(ctx: Context, pid: str) -> Plan:
     nothing a photograph of the subject could be checked against.
     """
     store = RawStore(ctx.paths, core=ctx.core, track=False)
-    found = [file_artefact(ctx, STORE, f, md5=True) for f in store.files_of(pid)]
+    files = store.files_of(pid)
+    found = [file_artefact(ctx, STORE, f, md5=True) for f in files]
+    if lfw_pairs_naming(ctx.paths, subject_image_ids(ctx, pid, files)):
+        found.append(file_artefact(ctx, STORE, lfw_pairs_file(ctx.paths), md5=True))
     images = read_images(ctx.paths.raw)
     rows = images[images["pid"].astype(str) == pid]
     plain = dict(zip(rows["image_id"].astype(str), rows["sha256"].astype(str), strict=True))
@@ -52,26 +87,48 @@ def plan(ctx: Context, pid: str) -> Plan:
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
-    """Remove the subject in one raw-store transaction, then ``dvc add data/raw``."""
+    """Remove the subject (files, rows, LFW pairs naming their images) in one raw-store
+    transaction, then ``dvc add data/raw`` (and ``data/protocols`` when its pairs changed)."""
     found = plan.artefacts if plan is not None else []
+    # Ids from the recorded plan too: a resumed run finds data/raw without them.
+    ids = subject_image_ids(ctx, pid) | _image_ids(pid, (a.get("path", "") for a in planned))
+    pairs_rel = ctx.rel(lfw_pairs_file(ctx.paths))
+    pairs_planned = any(a.get("path") == pairs_rel for a in [*planned, *found])
+    dropped: list[int] = []
     store = RawStore(ctx.paths, core=ctx.core, track=False)
     with store.transaction() as txn:
         if not txn.remove_subject(pid) and not found:
             txn.discard()
+        ids |= txn.removed_image_ids
+        # After the swap, still under the lock: no import writes the pairs in between.
+        txn.then(lambda: dropped.append(drop_lfw_pairs(ctx.paths, ids)))
     # `dvc add` under the raw store's lock, in this process (DVC is imported for the purge
     # anyway); a resumed run whose removal was already committed runs it too.
     after = tracked_md5(ctx)
     if dvcops.is_dvc_repo(ctx.paths.root):
+        targets = [ctx.paths.raw]
+        if pairs_planned and ctx.paths.protocols.is_dir():
+            targets.append(ctx.paths.protocols)  # the old table's object is then unreferenced
         with store.lock():
-            try:
-                after = dvc_objects.add(ctx.paths.root, ctx.paths.raw)
-            except Exception as exc:  # DVC's own errors: say how to finish
-                raise RuntimeError(MSG_DVC_ADD.format(error=exc)) from exc
+            for target in targets:
+                try:
+                    md5 = dvc_objects.add(ctx.paths.root, target)
+                except Exception as exc:  # DVC's own errors: say how to finish
+                    rel = ctx.rel(target)
+                    raise RuntimeError(MSG_DVC_ADD.format(target=rel, error=exc)) from exc
+                after = md5 if target == ctx.paths.raw else after
     before = plan.state if plan is not None else None
-    return Outcome(info={"raw_md5_before": before, "raw_md5_after": after})
+    return Outcome(
+        info={"raw_md5_before": before, "raw_md5_after": after, "lfw_pairs_removed": sum(dropped)}
+    )
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
-    """The subject's files in ``data/raw`` and the tables that still name them."""
+    """The subject's files in ``data/raw``, the tables that still name them, and the LFW pairs
+    protocol while it names one of their images (known from ``data/raw`` or the plan)."""
     store = RawStore(ctx.paths, core=ctx.core, track=False)
-    return [ctx.rel(f) for f in store.files_of(pid)]
+    files = store.files_of(pid)
+    left = [ctx.rel(f) for f in files]
+    if lfw_pairs_naming(ctx.paths, subject_image_ids(ctx, pid, files)):
+        left.append(ctx.rel(lfw_pairs_file(ctx.paths)))
+    return left
