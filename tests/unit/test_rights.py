@@ -461,3 +461,177 @@ def test_cli_request_run_export_and_rectify(proj, tmp_path):
     assert int(read_subjects(proj.paths.raw).set_index("pid").loc[pid, "age"]) == 33
     bad = runner.invoke(app, ["privacy", "rectify", pid, "--image", "nonsense"])
     assert bad.exit_code == 2 and "IMAGE_ID=FILE" in bad.output
+
+
+# -- a failed action leaves its request as a DPO can act on it --------------------------------
+
+
+def _flat(output: str) -> str:
+    return " ".join(output.split())  # the console wraps long lines
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _broken_audit_log(proj) -> bytes:
+    """An audit log anchored in the ledger, then rewritten: returns its true bytes."""
+    from visage_ml.app.http.audit import AuditLog
+    from visage_ml.privacy import auditlog
+
+    path = proj.paths.privacy / auditlog.AUDIT_FILE
+    log = AuditLog(path, fsync_interval=0)
+    for i in range(3):
+        log.write({"request_id": f"h{i}", "action": "identify", "pids": [proj.pids[0]]})
+    log.close()
+    report = auditlog.verify(path)
+    proj.core.ledger.append("audit.anchored", None, {"lines": report.lines, "head": report.head})
+    true = path.read_bytes()
+    path.write_bytes(true.replace(b"h1", b"hX"))  # an identification rewritten
+    return true
+
+
+def test_a_rectification_with_bad_input_starts_no_request_and_changes_nothing(proj):
+    pid, other = proj.pids[1], proj.pids[2]
+    own_id = sorted(proj.images[pid])[0]
+    photo = png(face_tile(proj.world.people[pid], np.random.default_rng(3)))
+    gallery = proj.gallery()
+    raw, tpl = _tree(proj.paths.raw), gallery.template(pid)[0]
+    book = RequestBook(proj.core)
+    rid = book.verify(book.receive(pid, "rectification").request_id).request_id
+    seq = len(list(proj.core.ledger.entries()))
+    bad_inputs = (
+        ({"images": {"nonsense": photo}}, "is not 'i' \\+ 12"),
+        ({"images": {"i000000000000": photo}}, "not one of"),
+        ({"images": {sorted(proj.images[other])[0]: photo}}, "not one of"),
+        ({"images": {own_id: b"not an image"}}, f"image {own_id}"),
+        ({"images": {own_id: png(np.zeros((8, 8, 3), np.uint8))}}, f"image {own_id}"),
+        ({"attributes": {"gender": "robot"}}, "gender must be one of"),
+        ({"attributes": {"eye_colour": "blue"}}, "only age, gender and group"),
+    )
+    for kw, message in bad_inputs:
+        for request_id in (None, rid):
+            with pytest.raises(ValueError, match=message):
+                rectify(
+                    proj.paths,
+                    pid,
+                    request_id=request_id,
+                    core=proj.core,
+                    gallery=gallery,
+                    engine=proj.engine,
+                    **kw,
+                )
+    # Refused before anything was recorded or written: no new request, the subject's request
+    # still verified (not "in_progress" with nothing to finish it), data/raw and the gallery
+    # as they were.
+    assert len(list(proj.core.ledger.entries())) == seq
+    assert RequestBook(proj.core).get(rid).status == "verified"
+    assert _tree(proj.paths.raw) == raw
+    assert np.array_equal(proj.gallery().template(pid)[0], tpl)
+
+
+def test_a_rectification_that_fails_once_started_is_recorded_and_can_be_run_again(
+    proj, monkeypatch
+):
+    from visage_ml.serving.gallery import GalleryUnavailableError
+
+    pid = proj.pids[1]
+    image_id = sorted(proj.images[pid])[0]
+    photo = png(face_tile(proj.world.people[pid], np.random.default_rng(9), noise=3.0))
+    gallery = proj.gallery()
+    raw, tpl = _tree(proj.paths.raw), gallery.template(pid)[0]
+    book = RequestBook(proj.core)
+    rid = book.verify(book.receive(pid, "rectification").request_id).request_id
+
+    def unavailable(*a, **kw):
+        raise GalleryUnavailableError("the gallery's database dropped the connection")
+
+    with monkeypatch.context() as m:
+        m.setattr(gallery, "enroll", unavailable)
+        with pytest.raises(GalleryUnavailableError) as failed:
+            rectify(
+                proj.paths,
+                pid,
+                attributes={"age": 52},
+                images={image_id: photo},
+                request_id=rid,
+                core=proj.core,
+                gallery=gallery,
+                engine=proj.engine,
+            )
+    assert f"--request {rid}" in "\n".join(failed.value.__notes__)
+    # Nothing half-written: data/raw and the template as they were ...
+    assert _tree(proj.paths.raw) == raw
+    assert np.array_equal(proj.gallery().template(pid)[0], tpl)
+    assert not [e for e in proj.core.ledger.entries() if e.type == "rectification"]
+    # ... and the request open, with the failure recorded for the DPO to see and act on.
+    st = RequestBook(proj.core).get(rid)
+    assert st.status == "in_progress"
+    assert st.failure["code"] == "gallery_unavailable_error"
+    assert st.failure["step"] == "rectification"
+    shown = CliRunner().invoke(app, ["privacy", "request", "show", rid])
+    assert shown.exit_code == 0 and "failed" in shown.output
+    assert f"--request {rid}" in _flat(shown.output), shown.output
+    listed = CliRunner().invoke(app, ["privacy", "requests"])
+    assert "failed: gallery_unavailable_error" in _flat(listed.output), listed.output
+    result = rectify(
+        proj.paths,
+        pid,
+        attributes={"age": 52},
+        images={image_id: photo},
+        request_id=rid,
+        core=proj.core,
+        gallery=gallery,
+        engine=proj.engine,
+    )
+    assert result.gallery == "reenrolled"
+    assert RequestBook(proj.core).get(rid).status == "completed"
+    assert int(read_subjects(proj.paths.raw).set_index("pid").loc[pid, "age"]) == 52
+
+
+def test_an_export_refused_by_the_audit_log_is_recorded_on_its_request(proj):
+    from visage_ml.privacy.auditlog import AuditLogError
+
+    pid = proj.pids[2]
+    true = _broken_audit_log(proj)
+    book = RequestBook(proj.core)
+    rid = book.verify(book.receive(pid, "access").request_id).request_id
+    with pytest.raises(AuditLogError, match=r"restore privacy/audit\.jsonl") as failed:
+        export_subject(proj.paths, pid, request_id=rid, core=proj.core, delivery=FOR_REQUESTER)
+    assert f"--request {rid}" in "\n".join(failed.value.__notes__)
+    st = RequestBook(proj.core).get(rid)
+    assert st.status == "in_progress" and st.failure["code"] == "audit_log_unverified"
+    assert not (proj.paths.root / "privacy" / "exports").exists()
+    shown = CliRunner().invoke(app, ["privacy", "request", "show", rid])
+    assert "restore privacy/audit.jsonl" in _flat(shown.output), shown.output
+    # Started by the DPO (no --request): the one request recorded says what failed, and the
+    # error names it, so the next attempt answers it instead of opening another.
+    refused = CliRunner().invoke(app, ["privacy", "export", pid, "-r", PUBLIC])
+    assert refused.exit_code == 2 and "restore privacy/audit.jsonl" in _flat(refused.output)
+    (opened,) = [s for s in RequestBook(proj.core).open(pid=pid) if s.request_id != rid]
+    assert opened.failure["code"] == "audit_log_unverified"
+    assert f"--request {opened.request_id}" in _flat(refused.output)
+    (proj.paths.privacy / "audit.jsonl").write_bytes(true)  # restored from a backup
+    export_subject(proj.paths, pid, request_id=rid, core=proj.core, delivery=FOR_REQUESTER)
+    assert RequestBook(proj.core).get(rid).status == "completed"
+
+
+def test_http_export_refused_by_the_audit_log_says_to_restore_it(proj):
+    call = _client(proj)
+    pid = proj.pids[3]
+    _broken_audit_log(proj)
+    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
+        "request_id"
+    ]
+    call("POST", f"/v1/requests/{rid}/verify", "dpo")
+    query = {"request_id": rid, "recipient": PUBLIC}
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params=query)
+    error = r.json()["error"]
+    assert r.status_code == 503 and error["code"] == "audit_log_unverified", r.text
+    assert "restore privacy/audit.jsonl" in error["message"]
+    assert f"request_id={rid}" in error["message"]
+    (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
+    assert listed["status"] == "in_progress"
+    assert listed["failure"]["code"] == "audit_log_unverified"

@@ -85,6 +85,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "request.extended",
         "request.completed",
         "request.denied",
+        "request.failed",  # an action on an in-progress request failed: its step and a code
         "erasure.requested",
         "erasure.step",
         "erasure.completed",

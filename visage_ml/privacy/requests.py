@@ -19,6 +19,12 @@ extension with its reasons, completion, denial with its reasons and the right to
 each Art. 19 notice to a registered recipient is put in the outbox
 (:mod:`visage_ml.privacy.outbox`), from which ``visage privacy notify`` delivers it.
 
+An action that fails once its request is in progress (a store or the audit log fails under it)
+records ``request.failed`` with a step and an error code: the request stays in progress (the
+subject is still owed an answer, and its deadline runs), and ``visage privacy requests`` /
+``request show`` say what failed and how to answer it (:func:`failure_hint`): run the action
+again with the request id, or deny it.
+
 Erasure progress (``erasure.step`` events with the request id) is folded here too, which is
 what makes an interrupted erasure resumable: :class:`RequestState.steps` says which steps were
 planned (with the content hashes taken before deletion) and which finished.
@@ -108,6 +114,17 @@ MSG_BAD_TIME = (
     "'{text}' is not an ISO 8601 time between years 1 and 9999 (e.g. 2026-11-26T09:30:00Z)"
 )
 MSG_FUTURE = "received time {text} is in the future; give the time the request arrived"
+MSG_FAILED = (
+    "the last attempt failed at {time} ({step}: {code}); {todo}, then run it again with "
+    "--request {rid} (HTTP: request_id={rid}), or deny it with a reason code "
+    "(`visage privacy request deny {rid} --reason CODE`)"
+)
+# What to do about a recorded failure, by its code; other codes: the error the action printed.
+FAILURE_TODO: Mapping[str, str] = {
+    "audit_log_unverified": "restore privacy/audit.jsonl from a backup (check it with "
+    "`visage privacy audit verify`)",
+}
+FAILURE_TODO_DEFAULT = "fix what the failed command reported (also in the server's log)"
 
 
 class UnknownRequestError(KeyError):
@@ -202,6 +219,7 @@ class RequestState:
     outcome: dict[str, Any] = field(default_factory=dict)
     receipt_sha256: str | None = None
     completed_at: str | None = None
+    failure: dict[str, Any] | None = None
     history: list[tuple[int, str, str]] = field(default_factory=list)
     steps: dict[str, StepRecord] = field(default_factory=dict)
     erasure_completed_seq: int | None = None
@@ -244,6 +262,7 @@ class RequestState:
             "denied_reason": self.denied_reason,
             "completed_at": self.completed_at,
             "receipt_sha256": self.receipt_sha256,
+            "failure": dict(self.failure) if self.failure else None,
             "details": dict(self.details),
             "outcome": dict(self.outcome),
             "steps_done": [s.name for s in self.steps.values() if s.done],
@@ -290,6 +309,13 @@ def _apply(states: dict[str, RequestState], obj: Mapping[str, Any]) -> None:
     elif type_ == "request.denied":
         st.denied_reason = payload.get("reason_code")
         st.completed_at = time
+    elif type_ == "request.failed":
+        st.failure = {
+            "step": payload.get("step", ""),
+            "code": payload.get("code", ""),
+            "seq": seq,
+            "time": time,
+        }
     elif type_ == "request.completed":
         st.receipt_sha256 = payload.get("receipt_sha256")
         st.outcome = dict(payload.get("outcome") or {})
@@ -309,6 +335,17 @@ def _apply(states: dict[str, RequestState], obj: Mapping[str, Any]) -> None:
         st.erasure_completed_seq = seq
     elif type_ == "erasure.models_retrained":
         st.models_retrained_seq = seq
+
+
+def failure_hint(st: RequestState) -> str | None:
+    """What the last recorded failure of an open request was, and what the DPO does next."""
+    if not st.is_open or not st.failure:
+        return None
+    f = st.failure
+    todo = FAILURE_TODO.get(f["code"], FAILURE_TODO_DEFAULT)
+    return MSG_FAILED.format(
+        time=f["time"], step=f["step"], code=f["code"], todo=todo, rid=st.request_id
+    )
 
 
 def fold_requests(entries: Iterable[Mapping[str, Any]]) -> dict[str, RequestState]:
@@ -579,6 +616,40 @@ class RequestBook:
         st = self.get(request_id)
         self.outbox.for_request(st, "denial")
         return st
+
+    def fail(self, request_id: str, *, step: str, code: str) -> RequestState:
+        """Record that an action on an in-progress request failed (``request.failed``).
+
+        The request stays in progress: it is still owed, and its deadline runs. The subject is
+        not told (nothing was decided); ``visage privacy request show`` gives the DPO the step,
+        the code and what to do (:func:`failure_hint`).
+
+        Parameters
+        ----------
+        step, code
+            Where it failed and why, as codes (no free text: the ledger keeps them).
+
+        Raises
+        ------
+        RequestStateError
+            The request is not in progress.
+        """
+        st = self.get(request_id)
+        if st.status != IN_PROGRESS:
+            raise RequestStateError(
+                MSG_TRANSITION.format(
+                    rid=request_id, status=st.status, target="failed", allowed=IN_PROGRESS
+                )
+            )
+        check_code(step, "failed step")
+        check_code(code, "failure code")
+        self.core.ledger.append(
+            "request.failed",
+            st.pid,
+            {"request_id": request_id, "right": st.right, "step": step, "code": code},
+        )
+        log.warning("request %s (%s): %s failed (%s)", request_id, st.right, step, code)
+        return self.get(request_id)
 
     def complete(self, request_id: str, *, outcome: Mapping[str, Any]) -> Receipt:
         """Close the request: write its signed receipt, then ``request.completed``.

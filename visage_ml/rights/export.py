@@ -71,7 +71,7 @@ from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.information import access_page, subject_information
-from visage_ml.rights.lifecycle import begin
+from visage_ml.rights.lifecycle import begin, recorded
 from visage_ml.rights.lineage import subject_lineage
 from visage_ml.serving.gallery import Gallery, NotEnrolledError, read_meta
 from visage_ml.serving.pg_gallery import open_project_gallery
@@ -717,48 +717,58 @@ def export_subject(
     params = load_params(paths.params)
     book = RequestBook(core, params=params.privacy)
     st = begin(book, pid, (right, "access", "portability"), request_id)
-    zipped, hashes, counts = build_bundle(
-        paths, pid, core=core, gallery=gallery, request_id=st.request_id, params=params
-    )
-    data = delivery.seal(zipped)
-    zip_digest = sha256_bytes(zipped)
-    path = None
-    if keep and out is None and delivery.plaintext:
-        # The zip in clear holds the subject's face: kept in the project only sealed under their
-        # data key (dies with it); `visage data decrypt` hands it out where the DPO says.
-        name = f"{st.request_id}{delivery.suffix}"
-        path = private_dir(paths.root / EXPORTS_DIR) / f"{name}{SUFFIX}"
-        atomic_write_bytes(path, core.data_keys.seal_bundle(pid, name, zipped), mode=0o600)
-    elif keep:
-        exports = private_dir(paths.root / EXPORTS_DIR)
-        path = Path(out) if out is not None else exports / f"{st.request_id}{delivery.suffix}"
-        atomic_write_bytes(path, data, mode=0o600)
-        if path.parent.resolve() == exports.resolve():
-            _record_owner(exports, path.name, pid)
-    digest = sha256_bytes(data)
-    core.ledger.append(
-        "access.exported",
-        pid,
-        {
-            "request_id": st.request_id,
-            "bundle_sha256": zip_digest,
-            "files": len(hashes) + 1,
-            "schema_version": SCHEMA_VERSION,
-            "delivery": delivery.mode,
-            "delivered_sha256": digest,
-        },
-    )
-    if delivery.plaintext:
-        core.ledger.append(
-            "export.plaintext_released",
-            pid,
-            {"request_id": st.request_id, "bundle_sha256": zip_digest, "kept": path is not None},
+    # Once started, a failure (the audit log refused, a disk full) is recorded on the request.
+    with recorded(book, st, step="export"):
+        zipped, hashes, counts = build_bundle(
+            paths, pid, core=core, gallery=gallery, request_id=st.request_id, params=params
         )
-        log.warning("export %s handed out unencrypted (--plaintext); recorded", st.request_id)
-    book.complete(
-        st.request_id,
-        outcome={"bundle_sha256": zip_digest, "files": len(hashes) + 1, "delivery": delivery.mode},
-    )
+        data = delivery.seal(zipped)
+        zip_digest = sha256_bytes(zipped)
+        path = None
+        if keep and out is None and delivery.plaintext:
+            # The zip in clear holds the subject's face: kept in the project only sealed under their
+            # data key (dies with it); `visage data decrypt` hands it out where the DPO says.
+            name = f"{st.request_id}{delivery.suffix}"
+            path = private_dir(paths.root / EXPORTS_DIR) / f"{name}{SUFFIX}"
+            atomic_write_bytes(path, core.data_keys.seal_bundle(pid, name, zipped), mode=0o600)
+        elif keep:
+            exports = private_dir(paths.root / EXPORTS_DIR)
+            path = Path(out) if out is not None else exports / f"{st.request_id}{delivery.suffix}"
+            atomic_write_bytes(path, data, mode=0o600)
+            if path.parent.resolve() == exports.resolve():
+                _record_owner(exports, path.name, pid)
+        digest = sha256_bytes(data)
+        core.ledger.append(
+            "access.exported",
+            pid,
+            {
+                "request_id": st.request_id,
+                "bundle_sha256": zip_digest,
+                "files": len(hashes) + 1,
+                "schema_version": SCHEMA_VERSION,
+                "delivery": delivery.mode,
+                "delivered_sha256": digest,
+            },
+        )
+        if delivery.plaintext:
+            core.ledger.append(
+                "export.plaintext_released",
+                pid,
+                {
+                    "request_id": st.request_id,
+                    "bundle_sha256": zip_digest,
+                    "kept": path is not None,
+                },
+            )
+            log.warning("export %s handed out unencrypted (--plaintext); recorded", st.request_id)
+        book.complete(
+            st.request_id,
+            outcome={
+                "bundle_sha256": zip_digest,
+                "files": len(hashes) + 1,
+                "delivery": delivery.mode,
+            },
+        )
     return ExportResult(
         path,
         digest,

@@ -4,13 +4,20 @@ restriction or objection answers, moved to ``in_progress`` (:mod:`visage_ml.priv
 Its own module because every action module (:mod:`~visage_ml.rights.export`,
 :mod:`~visage_ml.rights.rectify`, :mod:`~visage_ml.rights.runner`) starts with it, and the runner
 also dispatches to the others.
+
+What can be checked (ids, files, values) is checked before :func:`begin`, so bad input leaves
+the request as it was; a failure after it is recorded on the request by :func:`recorded`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.requests import (
     IN_PROGRESS,
     RECEIVED,
@@ -27,6 +34,18 @@ MSG_NOT_READY = (
 )
 MSG_OTHER_SUBJECT = "request {rid} is about another subject"
 MSG_NOT_OPEN = "request {rid} is already {status}"
+MSG_STAYS_OPEN = (
+    "request {rid} stays in progress, with this failure recorded ({code}); once it is fixed, "
+    "run the same action again with --request {rid} (HTTP: request_id={rid}) instead of "
+    "opening another request, or deny it (`visage privacy request deny {rid} --reason CODE`)"
+)
+# Failure codes of errors a DPO acts on in a known way (the others: the error class, in
+# snake case); the same code as the HTTP API answers.
+FAILURE_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (AuditLogError, "audit_log_unverified"),
+)
+
+log = logging.getLogger(__name__)
 
 
 def begin(
@@ -78,3 +97,36 @@ def begin(
     if st.status != IN_PROGRESS:
         raise RequestStateError(MSG_NOT_OPEN.format(rid=st.request_id, status=st.status))
     return st
+
+
+def failure_code(exc: BaseException) -> str:
+    """A ledger-safe code for ``exc``: its :data:`FAILURE_CODES` entry, else its class name in
+    snake case (``GalleryUnavailableError`` -> ``gallery_unavailable_error``); never its
+    message, which may hold values."""
+    for exc_type, code in FAILURE_CODES:
+        if isinstance(exc, exc_type):
+            return code
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()[:64] or "error"
+
+
+@contextlib.contextmanager
+def recorded(book: RequestBook, st: RequestState, *, step: str) -> Iterator[None]:
+    """Record a failure inside the block on the in-progress request ``st``, and re-raise it.
+
+    The request stays in progress with ``request.failed`` (``step``, :func:`failure_code`), so
+    the DPO's request list shows what failed instead of a request nothing will finish; the
+    exception gets a note (:data:`MSG_STAYS_OPEN`) naming the request to run again.
+    """
+    try:
+        yield
+    except Exception as exc:
+        code = failure_code(exc)
+        try:
+            book.fail(st.request_id, step=step, code=code)
+        except Exception:
+            # The ledger itself may be what failed (or the request closed before the failure):
+            # the original error is the one to report.
+            log.exception("request %s: its failure could not be recorded", st.request_id)
+        else:
+            exc.add_note(MSG_STAYS_OPEN.format(rid=st.request_id, code=code))
+        raise

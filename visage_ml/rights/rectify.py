@@ -20,15 +20,21 @@ import numpy as np
 from PIL import Image
 
 from visage_ml import dvcops
-from visage_ml.config import ProjectPaths, load_params
-from visage_ml.data.imagecheck import check_image
-from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.config import GENDERS, ProjectPaths, load_params
+from visage_ml.data.imagecheck import (
+    ALLOWED_FORMATS,
+    MIN_SIDE,
+    CheckedImage,
+    ImageRejectedError,
+    check_image,
+)
+from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subjects
 from visage_ml.io import canonical_json, sha256_bytes
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.export import jsonable, row_dict
-from visage_ml.rights.lifecycle import begin
+from visage_ml.rights.lifecycle import begin, recorded
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery, read_meta
 from visage_ml.serving.pg_gallery import open_project_gallery
@@ -36,6 +42,17 @@ from visage_ml.serving.pg_gallery import open_project_gallery
 log = logging.getLogger(__name__)
 
 MSG_NOTHING = "nothing to rectify: give attributes (age, gender, group) or images"
+MSG_NOT_THEIRS = (
+    "image {image_id} is not one of subject {pid}'s images in data/raw; give the id of one of "
+    "theirs (the image_id column of data/raw/images.parquet, rows with their pid)"
+)
+MSG_BAD_IMAGE = (
+    "image {image_id}: the replacement is refused ({why}); give a photo of the subject's face "
+    "as " + ", ".join(ALLOWED_FORMATS) + f", at least {MIN_SIDE} pixels a side"
+)
+MSG_NO_ROW = (
+    "subject {pid} has no row in data/raw/subjects.parquet: there are no attributes to correct"
+)
 ATTRIBUTES = ("age", "gender", "group")
 
 
@@ -116,74 +133,117 @@ def rectify(
     if core.subject(pid).erased:
         raise ValueError(ALREADY_ERASED.format(pid=pid))
     book = RequestBook(core, params=params.privacy)
+    # Everything that can be refused is checked before the request starts: bad input leaves the
+    # request (and data/raw and the gallery) as it was.
+    store = RawStore(paths, core=core, track=True)
+    before_row, file_changes, checked = _check_input(
+        store, pid, attributes, images, max_pixels=params.serving.max_image_pixels
+    )
+    enrolment = (
+        _enrolment(paths, pid, core=core, gallery=gallery, engine=engine) if checked else None
+    )
     details = {"fields": sorted(attributes), "replaced_files": len(images)}
     st = begin(book, pid, ("rectification",), request_id, details=details)
+    with recorded(book, st, step="rectification"):
+        raw_before = _tracked(paths)
+        gallery_result = "unchanged"
+        with store.transaction() as txn:
+            if attributes:
+                txn.update_subject(pid, attributes)
+            for image_id, c in checked.items():
+                txn.replace_image(
+                    pid,
+                    image_id,
+                    c.png,
+                    {"sha256": c.sha256, "width": c.width, "height": c.height},
+                )
+            if enrolment is not None:
+                # Last, inside the transaction: a gallery that fails leaves data/raw unchanged.
+                replaced = {image_id: c.png for image_id, c in checked.items()}
+                gallery_result = _reenrol(paths, pid, enrolment, core=core, replaced=replaced)
+        after = read_subjects(paths.raw)
+        after_row = after[after["pid"].astype(str) == pid]
+        result = RectificationResult(
+            request_id=st.request_id,
+            pid=pid,
+            fields=sorted(attributes),
+            attributes_sha256_before=_attrs_digest(before_row),
+            attributes_sha256_after=_attrs_digest(row_dict(after_row.iloc[0]))
+            if len(after_row)
+            else None,
+            files=file_changes,
+            raw_md5_before=raw_before,
+            raw_md5_after=txn.dvc_md5 or _tracked(paths),
+            gallery=gallery_result,
+        )
+        core.ledger.append(
+            "rectification",
+            pid,
+            {
+                "request_id": st.request_id,
+                "fields": result.fields,
+                "attributes_sha256_before": result.attributes_sha256_before,
+                "attributes_sha256_after": result.attributes_sha256_after,
+                "files": file_changes,
+                "raw_md5_before": result.raw_md5_before,
+                "raw_md5_after": result.raw_md5_after,
+                "gallery": result.gallery,
+            },
+        )
+        book.complete(
+            st.request_id,
+            outcome={
+                "fields": result.fields,
+                "files": len(file_changes),
+                "raw_md5_after": result.raw_md5_after,
+                "gallery": result.gallery,
+            },
+        )
+    return result
+
+
+def _check_input(
+    store: RawStore,
+    pid: str,
+    attributes: Mapping[str, Any],
+    images: Mapping[str, bytes],
+    *,
+    max_pixels: int,
+) -> tuple[dict[str, Any] | None, list[dict[str, str]], dict[str, CheckedImage]]:
+    """Refuse what the raw store would refuse mid-way, before anything is recorded.
+
+    Returns the subject's row before, the images' before/after hashes and the checked images.
+    """
+    unknown = sorted(set(attributes) - set(ATTRIBUTES))
+    if unknown:
+        raise ValueError(f"only age, gender and group can be corrected, not {unknown}")
+    gender = attributes.get("gender")
+    if gender is not None and gender not in GENDERS:
+        raise ValueError(BAD_GENDER.format(allowed=", ".join(GENDERS), found=gender))
+    paths = store.paths
     subjects = read_subjects(paths.raw)
     row = subjects[subjects["pid"].astype(str) == pid]
+    if attributes and not len(row):
+        raise ValueError(MSG_NO_ROW.format(pid=pid))
     before_row = row_dict(row.iloc[0]) if len(row) else None
-    checked = {
-        image_id: check_image(data, max_pixels=params.serving.max_image_pixels)
-        for image_id, data in images.items()
-    }
-    store = RawStore(paths, core=core, track=True)
+    rows = read_images(paths.raw)
+    theirs = set(rows.loc[rows["pid"].astype(str) == pid, "image_id"].astype(str))
+    checked: dict[str, CheckedImage] = {}
     file_changes = []
-    for image_id, c in checked.items():
+    for image_id, data in images.items():
+        path = store.image_path(pid, image_id)  # a malformed id: ValueError
+        if image_id not in theirs or not path.is_file():
+            raise ValueError(MSG_NOT_THEIRS.format(image_id=image_id, pid=pid))
         try:
-            # The PNG's hash, as images.parquet records it (the file itself is sealed).
-            before = sha256_bytes(store.read_image(pid, image_id))
-        except KeyError:
-            before = ""
+            checked[image_id] = c = check_image(data, max_pixels=max_pixels)
+        except ImageRejectedError as exc:
+            raise ValueError(MSG_BAD_IMAGE.format(image_id=image_id, why=exc)) from None
+        # The PNG's hash, as images.parquet records it (the file itself is sealed).
+        before = sha256_bytes(store.read_image(pid, image_id))
         file_changes.append(
             {"image_id": image_id, "sha256_before": before, "sha256_after": c.sha256}
         )
-    raw_before = _tracked(paths)
-    with store.transaction() as txn:
-        if attributes:
-            txn.update_subject(pid, attributes)
-        for image_id, c in checked.items():
-            txn.replace_image(
-                pid, image_id, c.png, {"sha256": c.sha256, "width": c.width, "height": c.height}
-            )
-    after = read_subjects(paths.raw)
-    after_row = after[after["pid"].astype(str) == pid]
-    result = RectificationResult(
-        request_id=st.request_id,
-        pid=pid,
-        fields=sorted(attributes),
-        attributes_sha256_before=_attrs_digest(before_row),
-        attributes_sha256_after=_attrs_digest(row_dict(after_row.iloc[0]))
-        if len(after_row)
-        else None,
-        files=file_changes,
-        raw_md5_before=raw_before,
-        raw_md5_after=txn.dvc_md5 or _tracked(paths),
-    )
-    if checked:
-        result.gallery = reenrol(paths, pid, core=core, gallery=gallery, engine=engine)
-    core.ledger.append(
-        "rectification",
-        pid,
-        {
-            "request_id": st.request_id,
-            "fields": result.fields,
-            "attributes_sha256_before": result.attributes_sha256_before,
-            "attributes_sha256_after": result.attributes_sha256_after,
-            "files": file_changes,
-            "raw_md5_before": result.raw_md5_before,
-            "raw_md5_after": result.raw_md5_after,
-            "gallery": result.gallery,
-        },
-    )
-    book.complete(
-        st.request_id,
-        outcome={
-            "fields": result.fields,
-            "files": len(file_changes),
-            "raw_md5_after": result.raw_md5_after,
-            "gallery": result.gallery,
-        },
-    )
-    return result
+    return before_row, file_changes, checked
 
 
 def reenrol(
@@ -214,16 +274,57 @@ def reenrol(
         What happened: ``no_gallery``, ``not_enrolled``, ``reenrolled``,
         ``template_removed_until_reenrolment`` (no embedder) or ``template_removed_no_face``.
     """
+    enrolment = _enrolment(paths, pid, core=core, gallery=gallery, engine=engine)
+    return _reenrol(paths, pid, enrolment, core=core)
+
+
+@dataclass
+class _Enrolment:
+    """The gallery and engine a re-enrolment uses, or why there is none (``status``)."""
+
+    status: str | None
+    gallery: Gallery | None = None
+    engine: Engine | None = None
+
+
+def _enrolment(
+    paths: ProjectPaths,
+    pid: str,
+    *,
+    core: PrivacyCore,
+    gallery: Gallery | None,
+    engine: Engine | None,
+) -> _Enrolment:
+    # Opened (and the model loaded) before a rectification starts: a gallery or model that
+    # cannot be opened leaves its request as it was.
     meta = read_meta(paths.gallery)
     if meta is None:
-        return "no_gallery"
+        return _Enrolment("no_gallery")
     g = gallery
     if g is None:
         g = open_project_gallery(paths, core=core, load=False)
     if g is None or pid not in g.stored():
-        return "not_enrolled"
+        return _Enrolment("not_enrolled")
     if engine is None and (paths.models / "embedder.onnx").is_file():
         engine = Engine.from_project(paths, load_params(paths.params), gallery_meta=meta)
+    return _Enrolment(None, g, engine)
+
+
+def _reenrol(
+    paths: ProjectPaths,
+    pid: str,
+    enrolment: _Enrolment,
+    *,
+    core: PrivacyCore,
+    replaced: Mapping[str, bytes] | None = None,
+) -> str:
+    """Re-enrol from ``pid``'s images in ``data/raw``, ``replaced`` ones (PNG bytes) instead
+    of the stored ones."""
+    if enrolment.status is not None:
+        return enrolment.status
+    g, engine = enrolment.gallery, enrolment.engine
+    assert g is not None
+    replaced = dict(replaced or {})
     if engine is None:
         g.erase(pid, reason="rectification")
         return "template_removed_until_reenrolment"
@@ -234,7 +335,8 @@ def reenrol(
     store = RawStore(paths, core=core, track=False)
     for image_id in rows["image_id"].astype(str):
         # Decrypted in memory only.
-        with Image.open(io.BytesIO(store.read_image(pid, image_id))) as im:
+        data = replaced.get(image_id) or store.read_image(pid, image_id)
+        with Image.open(io.BytesIO(data)) as im:
             faces = engine.detect(im.convert("RGB"))
         if len(faces) == 1:
             crops.append(faces[0].crop)

@@ -81,5 +81,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except _expected_errors() as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        # A note says what else happened (e.g. which request stays open after a failure).
+        text = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+        err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
         raise typer.Exit(2) from None

@@ -27,7 +27,7 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.keys import load_public_key
 from visage_ml.privacy.ledger import LedgerError, utc_now
-from visage_ml.privacy.requests import RequestBook, UnknownRequestError
+from visage_ml.privacy.requests import RequestBook, UnknownRequestError, failure_hint
 from visage_ml.rights import lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -418,9 +418,10 @@ def _request_line(st: Any, now: Any) -> str:
         when = f"[red]OVERDUE by {-days} day(s)[/]" if st.overdue(now) else f"{days} day(s) left"
     else:
         when = st.status
+    failed = f"  [red]failed: {st.failure['code']}[/]" if st.is_open and st.failure else ""
     return (
         f"{st.request_id}  {st.pid}  {st.right:<13} {st.status:<11} "
-        f"deadline {st.deadline[:10]}  {when}"
+        f"deadline {st.deadline[:10]}  {when}{failed}"
     )
 
 
@@ -534,6 +535,9 @@ def request_show(
     console.print(_request_line(st, book.now()), highlight=False)
     for h in doc["history"]:
         console.print(f"  seq {h['seq']:>6}  {h['time']}  {h['event']}", highlight=False)
+    hint = failure_hint(st)
+    if hint:
+        console.print(escape(hint), highlight=False)
 
 
 @request_app.command("run")

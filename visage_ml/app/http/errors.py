@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from visage_ml.app.http.auth import ApiKeyFileError
 from visage_ml.app.http.schemas import ErrorResponse
 from visage_ml.inference import ModelFileError
+from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.registry import LedgerRefusedError
 from visage_ml.privacy.witnessed import LedgerRollbackError, WitnessUnavailableError
 from visage_ml.serving.engine import (
@@ -55,6 +56,9 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (LedgerRefusedError, 503, "ledger_refused"),
     # A narrowing event is recorded and in force, but its witnesses did not cosign it yet.
     (WitnessUnavailableError, 503, "not_witnessed"),
+    # The audit log fails verification against its ledger anchors: no access export until it
+    # is restored (the message says how), since it could hide identifications.
+    (AuditLogError, 503, "audit_log_unverified"),
 )
 # Headers that go with a library error's answer, by code.
 LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
@@ -79,7 +83,9 @@ DOCUMENTED: dict[int, str] = {
     503: "The server is answering serving.max_concurrent requests (retry after Retry-After); "
     "or the gallery was rebuilt for another embedder, or a model is damaged: restart "
     "the server (after `visage gallery rebuild` or `dvc repro export`); or the shared "
-    "gallery's database dropped the connection (retry after Retry-After).",
+    "gallery's database dropped the connection (retry after Retry-After); or "
+    "(audit_log_unverified) the audit log fails verification against its anchors in the "
+    "ledger: no access export until privacy/audit.jsonl is restored from a backup.",
 }
 # What the boundary may answer before a route runs: for every route with a key ...
 AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)

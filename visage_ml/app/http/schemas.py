@@ -297,6 +297,13 @@ class ErasureBody(_Strict):
     received_at: str | None = Field(None, description="ISO 8601 receipt time (default now).")
 
 
+class RequestFailure(BaseModel):
+    step: str
+    code: str
+    seq: int
+    time: str
+
+
 class RequestOut(BaseModel):
     request_id: str
     pid: str
@@ -311,6 +318,11 @@ class RequestOut(BaseModel):
     denied_reason: str | None
     completed_at: str | None
     receipt_sha256: str | None
+    failure: RequestFailure | None = Field(
+        default=None,
+        description="The last failed attempt (step, code, seq, time); an open request with a "
+        "failure waits for the DPO to fix the cause and run it again with its request_id.",
+    )
 
 
 class RequestsResponse(BaseModel):

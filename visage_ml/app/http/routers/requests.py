@@ -41,6 +41,7 @@ from visage_ml.app.http.schemas import (
 from visage_ml.app.http.service import DPO_KEY, SERVICE, Service
 from visage_ml.config import PURPOSES
 from visage_ml.io import sha256_file
+from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.core import PrivacyCore, UnknownSubjectError
 from visage_ml.privacy.requests import RequestBook, RequestStateError, UnknownRequestError
 from visage_ml.rights.erasure import Erasure
@@ -62,7 +63,8 @@ MSG_HTTP_DELIVERY = (
 
 @contextlib.contextmanager
 def _answered() -> Iterator[None]:
-    """The request book's and registry's refusals as API errors (404 or 409)."""
+    """The request book's and registry's refusals as API errors (404, 409, or 503 for an audit
+    log that fails verification)."""
     try:
         yield
     except UnknownRequestError as exc:
@@ -70,9 +72,18 @@ def _answered() -> Iterator[None]:
     except UnknownSubjectError as exc:
         raise ApiError(404, "unknown_subject", str(exc)) from None
     except RequestStateError as exc:
-        raise ApiError(409, "request_state", str(exc)) from None
+        raise ApiError(409, "request_state", _message(exc)) from None
+    except AuditLogError as exc:
+        # Not the subject's state nor the caller's permission: the server's audit log must be
+        # restored before any access export (it could hide identifications).
+        raise ApiError(503, "audit_log_unverified", _message(exc)) from None
     except ValueError as exc:
-        raise ApiError(409, "not_allowed", str(exc)) from None
+        raise ApiError(409, "not_allowed", _message(exc)) from None
+
+
+def _message(exc: BaseException) -> str:
+    """The error's message and its notes (e.g. which request stays open after a failure)."""
+    return " ".join([str(exc), *getattr(exc, "__notes__", ())])
 
 
 def _book(svc: Service) -> RequestBook:
