@@ -295,7 +295,7 @@ def test_malformed_pairs_file_is_refused_before_anything_is_written(project, tmp
     assert not (project / "data").exists()
 
 
-def test_utkface_labels_from_file_names_one_subject_per_image(project, tmp_path):
+def test_utkface_labels_from_file_names_one_subject_per_photograph(project, tmp_path):
     src = tmp_path / "UTKFace"
     good = {
         "25_0_2_20170116174525125.jpg.chip.jpg": (25, "male", "asian"),
@@ -318,7 +318,7 @@ def test_utkface_labels_from_file_names_one_subject_per_image(project, tmp_path)
     subjects = read_subjects(paths.raw).set_index("pid")
     vault = PrivacyCore(paths).vault
     for name, (age, gender, group) in good.items():
-        pid = vault.find(f"utkface:{name}")
+        pid = vault.find(f"utkface:{name.split('.')[0]}.jpg")
         assert (int(images.loc[pid, "age"]), images.loc[pid, "gender"]) == (age, gender)
         assert images.loc[pid, "group"] == group
         assert (int(subjects.loc[pid, "age"]), subjects.loc[pid, "group"]) == (age, group)
@@ -338,6 +338,80 @@ def test_an_erased_utkface_subject_does_not_come_back_through_the_other_copy(pro
     result = run_import(project, "utkface", src)
     assert reasons_by_file(result) == {f"{stem}.jpg": "erased_subject"}
     assert result.subjects_added == 1
+
+
+UTK_A, UTK_B = "25_0_2_20170116174525125", "61_1_0_20170109142408075"
+
+
+def pids_by_age(project: Path) -> dict[int, set[str]]:
+    """The pids holding images of each age (UTK_A is 25, UTK_B 61: one age per photograph)."""
+    images = read_images(ProjectPaths(project).raw)
+    return {int(age): set(g["pid"]) for age, g in images.groupby("age")}
+
+
+def assert_one_pid_per_photograph(project: Path) -> None:
+    by_age = pids_by_age(project)
+    assert set(by_age) == {25, 61}
+    assert len(by_age[25]) == len(by_age[61]) == 1 and by_age[25] != by_age[61]
+    subjects = read_subjects(ProjectPaths(project).raw).set_index("pid")
+    assert len(subjects) == 2
+    assert int(subjects.loc[by_age[25].pop(), "n_images"]) == 2
+    assert int(subjects.loc[by_age[61].pop(), "n_images"]) == 2
+
+
+def test_both_utkface_copies_imported_folder_by_folder_are_one_subject(project, tmp_path):
+    # Two pids for one photograph put the same face in the training and the test split, and an
+    # access request under one pid would return half of the person's data.
+    chips, wild = tmp_path / "UTKFace", tmp_path / "utkface_inthewild"
+    for i, stem in enumerate((UTK_A, UTK_B)):
+        put(chips / f"{stem}.jpg.chip.jpg", jpeg(80 + i))
+        put(wild / f"{stem}.jpg", jpeg(90 + i))
+    one = run_import(project, "utkface", chips)
+    assert (one.persons_found, one.subjects_added, one.images_imported) == (2, 2, 2)
+    two = run_import(project, "utkface", wild)
+    assert (two.subjects_added, two.subjects_updated, two.images_imported) == (0, 2, 2)
+    assert_one_pid_per_photograph(project)
+
+
+def test_both_utkface_copies_in_one_folder_are_one_subject(project, tmp_path):
+    src = tmp_path / "UTKFace"
+    for i, stem in enumerate((UTK_A, UTK_B)):
+        put(src / f"{stem}.jpg.chip.jpg", jpeg(80 + i))
+        put(src / f"{stem}.jpg", jpeg(90 + i))
+    result = run_import(project, "utkface", src)
+    assert (result.persons_found, result.subjects_added, result.images_imported) == (2, 2, 4)
+    assert_one_pid_per_photograph(project)
+
+
+@pytest.mark.parametrize("old_name", [f"{UTK_A}.jpg", f"{UTK_A}.jpg.chip.jpg"])
+def test_a_utkface_subject_recorded_under_a_per_file_ref_keeps_the_pid(project, tmp_path, old_name):
+    # Imports before one subject per photograph recorded each file's name as the reference.
+    core = PrivacyCore(ProjectPaths(project))
+    old = core.add_subject(external_ref=f"utkface:{old_name}", source="import:utkface")
+    src = tmp_path / "UTKFace"
+    put(src / f"{UTK_A}.jpg.chip.jpg", jpeg(80))
+    put(src / f"{UTK_A}.jpg", jpeg(90))
+    put(src / f"{UTK_B}.jpg", jpeg(91))
+    result = run_import(project, "utkface", src)
+    assert (result.subjects_added, result.subjects_updated, result.images_imported) == (1, 1, 3)
+    by_age = pids_by_age(project)
+    assert by_age[25] == {old} and by_age[61] != {old}
+    assert len(PrivacyCore(ProjectPaths(project)).registry) == 2
+
+
+@pytest.mark.parametrize("erased_name", [f"{UTK_A}.jpg", f"{UTK_A}.jpg.chip.jpg"])
+def test_an_erased_utkface_subject_comes_back_through_neither_copy(project, tmp_path, erased_name):
+    Tombstones.open(ProjectPaths(project)).add("p" + "a" * 16, refs=[f"utkface:{erased_name}"])
+    src = tmp_path / "UTKFace"
+    put(src / f"{UTK_A}.jpg.chip.jpg", jpeg(80))
+    put(src / f"{UTK_A}.jpg", jpeg(90))
+    put(src / f"{UTK_B}.jpg", jpeg(91))
+    result = run_import(project, "utkface", src)
+    assert reasons_by_file(result) == {
+        f"{UTK_A}.jpg.chip.jpg": "erased_subject",
+        f"{UTK_A}.jpg": "erased_subject",
+    }
+    assert (result.subjects_added, result.images_imported) == (1, 1)
 
 
 def test_fairface_csv_bands_races_and_hostile_paths(project, tmp_path):

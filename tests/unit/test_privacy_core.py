@@ -77,6 +77,22 @@ def test_spellings_of_one_reference_in_one_call_are_one_subject(project):
     assert core.add_subject(external_ref=nfd, source="import:lfw") == pids[0]
 
 
+def test_a_subject_recorded_under_an_alias_keeps_the_pid_and_the_record(project):
+    # An importer that renamed its references (UTKFace: one per file, then one per photograph).
+    core = PrivacyCore(ProjectPaths(project))
+    old = core.add_subject(external_ref="utkface:1_0_0_2017.jpg.chip.jpg", source="import:utkface")
+    pids = core.add_subjects(
+        [
+            NewSubject("utkface:1_0_0_2017.jpg", aliases=("utkface:1_0_0_2017.JPG.chip.jpg",)),
+            NewSubject("utkface:2_0_0_2017.jpg", aliases=("utkface:2_0_0_2017.jpg.chip.jpg",)),
+        ],
+        source="import:utkface",
+    )
+    assert pids[0] == old and pids[1] != old and len(core.registry) == 2
+    assert core.vault.get(old)["external_ref"] == "utkface:1_0_0_2017.jpg.chip.jpg"
+    assert core.vault.find("utkface:1_0_0_2017.jpg") is None  # aliases are never recorded
+
+
 def test_destroy_makes_the_record_unrecoverable(project):
     core = PrivacyCore(ProjectPaths(project))
     pid = core.add_subject(external_ref=REF, contact=CONTACT)

@@ -57,11 +57,16 @@ class UnknownSubjectError(KeyError):
 
 @dataclass(frozen=True)
 class NewSubject:
-    """A subject to register: identity data goes to the vault only, never the ledger."""
+    """A subject to register: identity data goes to the vault only, never the ledger.
+
+    ``aliases`` are other references the same person may already be recorded under (an
+    importer that changed how it names a person): looked up, never recorded.
+    """
 
     external_ref: str | None = None
     contact: str | None = None
     pid: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 class PrivacyCore:
@@ -237,13 +242,14 @@ class PrivacyCore:
         (re-import of the same person). References that compare equal under
         :func:`~visage_ml.privacy.tombstones.normalise_ref` (case, spaces, NFC/NFD, zero-width
         characters) are one subject, in the vault and within this call; the vault records the
-        first spelling.
+        first spelling. A subject none of whose spellings is in the vault but one of whose
+        ``aliases`` is keeps that alias's pid (the first alias found; the record is unchanged).
         """
         pids: list[str] = []
         records: dict[str, dict[str, Any]] = {}
         events: list[tuple[str, str | None, Mapping[str, Any]]] = []
         seen: dict[str, str] = {}
-        refs = [s.external_ref for s in subjects if s.external_ref]
+        refs = [r for s in subjects if s.external_ref for r in (s.external_ref, *s.aliases)]
         known = self.vault.find_many(refs) if refs else {}
         # Vault records whose subject.added never reached the ledger (a crash between the two
         # writes below): such a subject is registered under its pid now.
@@ -252,7 +258,9 @@ class PrivacyCore:
         for s in subjects:
             existing = None
             if s.external_ref:
-                existing = seen.get(normalise_ref(s.external_ref)) or known.get(s.external_ref)
+                existing = seen.get(normalise_ref(s.external_ref)) or next(
+                    (known[r] for r in (s.external_ref, *s.aliases) if r in known), None
+                )
             if existing is not None:
                 pids.append(existing)
                 if existing in orphans:

@@ -3,7 +3,7 @@
 A format is a scanner in :data:`FORMATS` (one module per format: :mod:`.imagefolder`,
 :mod:`.lfw`, :mod:`.utkface`, :mod:`.fairface`): it walks the data set's tree (or reads its
 label file) and returns :class:`Item` s, one per image, each naming the person by an external
-reference (``"lfw:<Name>"``, ``"utkface:<file name>"``, ...) and carrying the attributes the
+reference (``"lfw:<Name>"``, ``"utkface:<photograph>.jpg"``, ...) and carrying the attributes the
 format gives per image. :func:`import_dataset` then, for every item:
 
 1. reads the file without following links (symbolic links are refused, never followed);
@@ -36,7 +36,8 @@ Formats
                  folder holding the names) and, next to it or given with ``--pairs``,
                  ``pairs.txt`` / ``pairsDevTest.txt`` / ``pairsDevTrain.txt``.
 ``utkface``      a flat folder of ``[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]``; one
-                 subject per image (UTKFace has no identities).
+                 subject per photograph (UTKFace has no identities), two images when both
+                 copies (in the wild and aligned) are imported.
 ``fairface``     a label CSV (``file,age,gender,race,...``; PATH is the CSV or the folder holding
                  the CSVs) and the images it references, relative to the CSV's folder; one
                  subject per image.

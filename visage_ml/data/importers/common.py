@@ -116,8 +116,9 @@ class Item:
     ``rel`` is the path inside the import tree (report only), ``ref`` the person's external
     reference (vault only), ``attrs`` the per-image ``age`` / ``age_band`` / ``gender`` /
     ``group``, ``key`` the image's name in a protocol file (LFW ``"<Name>/<n>"``),
-    ``aliases`` other references the same person may have been recorded under (UTKFace's other
-    copy of the same photograph), asked of the tombstones only.
+    ``aliases`` other references the same person may have been recorded under (UTKFace's
+    per-file names from before one subject per photograph), asked of the tombstones and the
+    vault, never recorded.
     """
 
     rel: str

@@ -102,7 +102,8 @@ def register_persons(
 ) -> dict[str, str]:
     """Register the persons of ``accepted``, place their images, add the table rows.
 
-    A person who is a known subject and has withdrawn consent, objected, or is restricted or
+    A person already in the vault under their reference or one of their items' aliases is a
+    known subject. A known subject who has withdrawn consent, objected, or is restricted or
     being erased gets no new images (``subject_rights``). ``role`` (training, evaluation or
     both) is recorded for new subjects; a known subject keeps the role recorded first. Returns
     image id -> pid of what was placed.
@@ -111,9 +112,16 @@ def register_persons(
         return {}
     refs = list(accepted)
     before = set(core.registry.states())
-    pids = core.add_subjects(
-        [NewSubject(external_ref=ref) for ref in refs], source=spec.source, snapshot=False
-    )
+    # Aliases: the references earlier imports may have recorded this person under (UTKFace's
+    # per-file names): such a person keeps their pid.
+    subjects = [
+        NewSubject(
+            external_ref=ref,
+            aliases=tuple(dict.fromkeys(a for acc in accepted[ref] for a in acc.item.aliases)),
+        )
+        for ref in refs
+    ]
+    pids = core.add_subjects(subjects, source=spec.source, snapshot=False)
     states = core.registry.states()
     placed: dict[str, str] = {}
     subject_rows, image_rows = [], []
@@ -170,15 +178,22 @@ class ErasedFilter:
         self.refs: set[str] = set()
         self._checked: dict[str, bool] = {}
 
+    def _has_ref(self, ref: str) -> bool:
+        if ref not in self._checked:
+            self._checked[ref] = self.tombstones.has_ref(ref)
+        return self._checked[ref]
+
     def person(self, ref: str, aliases: tuple[str, ...] = ()) -> bool:
         """Whether the person ``ref`` (also recorded as any of ``aliases``) is an erased
-        subject (known so far)."""
+        subject (known so far).
+
+        Each reference is asked once; the files of one person may bring different aliases (a
+        UTKFace photograph's two copies), so every file's are asked.
+        """
         if not self.active:
             return False
-        if ref not in self._checked:
-            self._checked[ref] = any(self.tombstones.has_ref(r) for r in (ref, *aliases))
-            if self._checked[ref]:
-                self.refs.add(ref)
+        if any(self._has_ref(r) for r in (ref, *aliases)):
+            self.refs.add(ref)
         return ref in self.refs
 
     def file(self, ref: str, sha256: str) -> bool:

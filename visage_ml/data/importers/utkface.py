@@ -1,9 +1,15 @@
 """The ``utkface`` format: a flat folder of ``[age]_[gender]_[race]_[datetime].jpg[.chip.jpg]``.
 
-UTKFace has no identities, so every image is a subject of its own. It publishes each photograph
-twice, in the wild (``X.jpg``) and aligned and cropped (``X.jpg.chip.jpg``): different bytes
-and pixels of one person, so each names the other as an alias and an erased subject does not
-come back through the other copy.
+UTKFace has no identities, so every photograph is a subject of its own: one subject per
+photograph, two images when both copies are imported. UTKFace publishes each photograph twice,
+in the wild (``X.jpg``, its own folder) and aligned and cropped (``X.jpg.chip.jpg``, the
+``UTKFace`` folder): different bytes and pixels of one person. Both copies carry the
+photograph's reference ``utkface:X.jpg``, whether imported one folder each or together, so
+splits made per pid never put one face in training and in test.
+
+The per-file names (``utkface:X.jpg.chip.jpg``, a ``.png`` copy's own name) are aliases, asked
+of the vault and of the tombstones: a subject recorded under one of them by an import that made
+one subject per file keeps their pid, and an erased subject comes back through neither copy.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from visage_ml.data.importers.common import (
     refusal,
     skip_tree,
 )
+from visage_ml.privacy.tombstones import normalise_ref
 
 UTK_RACES: dict[int, str] = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "others"}
 UTK_GENDERS: dict[int, str] = {0: "male", 1: "female"}
@@ -36,8 +43,27 @@ _UTK_FILE = re.compile(
 )
 
 
+def photograph_ref(stem: str) -> str:
+    """The reference of the person in photograph ``stem`` (``[age]_[gender]_[race]_[datetime]``):
+    its published in-the-wild file name, the same for both copies."""
+    return f"utkface:{stem}.jpg"
+
+
+def _aliases(m: re.Match[str]) -> tuple[str, ...]:
+    """The per-file references earlier imports recorded this person under: both published file
+    names and this file's own (a ``.jpeg`` or ``.png`` copy), without the photograph's."""
+    names = (f"{m['stem']}.jpg", f"{m['stem']}.jpg.chip.jpg", m.string)
+    canonical = normalise_ref(photograph_ref(m["stem"]))
+    out: dict[str, str] = {}
+    for ref in (f"utkface:{n}" for n in names):
+        if normalise_ref(ref) != canonical:
+            out.setdefault(normalise_ref(ref), ref)
+    return tuple(out.values())
+
+
 def scan_utkface(root: Path, options: ScanOptions) -> Scan:
-    """UTKFace: labels from each file name; no identities, so one subject per image."""
+    """UTKFace: labels from each file name; no identities, so one subject per photograph (both
+    copies of ``X`` have the reference ``utkface:X.jpg``, the per-file names as aliases)."""
     scan = Scan()
     for entry in list_folder(root, ""):
         refused = refusal(entry)
@@ -76,10 +102,8 @@ def scan_utkface(root: Path, options: ScanOptions) -> Scan:
                 scan.skipped.append(Skip(entry.rel, MALFORMED_NAME, problem))
                 continue
             attrs = {"age": age, "gender": UTK_GENDERS[gender], "group": UTK_RACES[race]}
-            copies = (f"{m['stem']}.jpg", f"{m['stem']}.jpg.chip.jpg")
-            aliases = tuple(f"utkface:{c}" for c in copies if c != entry.name)
             scan.items.append(
-                Item(entry.rel, entry.path, f"utkface:{entry.name}", attrs, aliases=aliases)
+                Item(entry.rel, entry.path, photograph_ref(m["stem"]), attrs, aliases=_aliases(m))
             )
     return scan
 
@@ -88,5 +112,5 @@ FORMAT = ImportFormat(
     name="utkface",
     scan=scan_utkface,
     description="UTKFace: flat folder of <age>_<gender>_<race>_<datetime>.jpg(.chip.jpg); "
-    "one subject per image",
+    "one subject per photograph, two images when both copies are imported",
 )
