@@ -46,6 +46,7 @@ import json
 import os
 import platform
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -56,12 +57,15 @@ import numpy as np
 from psycopg import sql
 
 from visage_ml.config import ProjectPaths
-from visage_ml.privacy.consent import ConsentReceipt, sha256_text
-from visage_ml.privacy.core import NewSubject, PrivacyCore
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
 from visage_ml.stack.postgres import temporary_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The consenting subjects of bench_identify_scale, one copy.
+from bench_identify_scale import register
 
 TOP_K = 5
 VERSION = "bench"
@@ -121,26 +125,6 @@ def build_hnsw(dsn: str, table: str, *, m: int, ef_construction: int) -> float:
     return time.perf_counter() - t0
 
 
-def register(core: PrivacyCore, pids: list[str]) -> None:
-    """Register ``pids`` with consent to identification (a ``consent.given`` event each)."""
-    receipt = ConsentReceipt(
-        controller="Benchmark",
-        controller_contact="bench@example.org",
-        purposes=("identification",),
-        notice_version="bench",
-        notice_hash=sha256_text("benchmark notice"),
-        collection_method="benchmark",
-        given_at="2026-12-01T00:00:00.000Z",
-    )
-    core.add_subjects([NewSubject(pid=p) for p in pids], source="bench", snapshot=False)
-    core.ledger.append_many(
-        [
-            ("consent.given", p, {"receipt": receipt.to_dict(), "receipt_hash": receipt.digest()})
-            for p in pids
-        ]
-    )
-
-
 def _search(gallery: PgGallery, threshold: float, v: np.ndarray) -> list[Any]:
     return gallery.search(v, top_k=TOP_K, threshold_for=lambda _n: threshold)[0][0]
 
@@ -191,7 +175,7 @@ def bench_size(dsn: str, n: int, args: argparse.Namespace, scratch: Path) -> dic
     (scratch / table).mkdir()
     core = PrivacyCore(paths)
     mate_pids = [pids[i] for i in mates]
-    register(core, mate_pids)
+    register(core, mate_pids)  # as bench_identify_scale registers its gallery
 
     def open_(hnsw: bool, ef: int = 40) -> PgGallery:
         return PgGallery.open(
