@@ -143,6 +143,22 @@ MSG_TAMPERED = (
 )
 
 
+def enrolled_event(
+    pid: str, template_sha256: str, *, model_version: str, n_images: int, replaced: bool
+) -> tuple[str, str, dict[str, Any]]:
+    """The ledger's ``gallery.enrolled`` entry of a template (both backends record the same)."""
+    return (
+        "gallery.enrolled",
+        pid,
+        {
+            "template_sha256": template_sha256,
+            "model_version": model_version,
+            "n_images": n_images,
+            "replaced": replaced,
+        },
+    )
+
+
 class GalleryError(RuntimeError):
     """The gallery cannot be opened or used as asked."""
 
@@ -1125,15 +1141,12 @@ class Gallery:
                     written[pid] = (vec, digest)
                     results.append(Enrolment(pid, digest, counts[pid], old is not None))
                     events.append(
-                        (
-                            "gallery.enrolled",
+                        enrolled_event(
                             pid,
-                            {
-                                "template_sha256": digest,
-                                "model_version": self.meta.model_version,
-                                "n_images": counts[pid],
-                                "replaced": old is not None,
-                            },
+                            digest,
+                            model_version=self.meta.model_version,
+                            n_images=counts[pid],
+                            replaced=old is not None,
                         )
                     )
                 if events:

@@ -143,6 +143,7 @@ from visage_ml.serving.gallery import (
     Removal,
     Threshold,
     _rel,
+    enrolled_event,
     meta_for,
     read_meta,
 )
@@ -1545,15 +1546,12 @@ class PgGallery(Gallery):
             )
             results.append(Enrolment(pid, digest, counts[pid], prev is not None))
             events.append(
-                (
-                    "gallery.enrolled",
+                enrolled_event(
                     pid,
-                    {
-                        "template_sha256": digest,
-                        "model_version": self.meta.model_version,
-                        "n_images": counts[pid],
-                        "replaced": prev is not None,
-                    },
+                    digest,
+                    model_version=self.meta.model_version,
+                    n_images=counts[pid],
+                    replaced=prev is not None,
                 )
             )
         if not rows:
