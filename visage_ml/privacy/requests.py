@@ -115,16 +115,16 @@ MSG_BAD_TIME = (
 )
 MSG_FUTURE = "received time {text} is in the future; give the time the request arrived"
 MSG_FAILED = (
-    "the last attempt failed at {time} ({step}: {code}); {todo}, then run it again with "
+    "the last attempt failed at {time} ({step}: {code}); {action}, then run it again with "
     "--request {rid} (HTTP: request_id={rid}), or deny it with a reason code "
     "(`visage privacy request deny {rid} --reason CODE`)"
 )
 # What to do about a recorded failure, by its code; other codes: the error the action printed.
-FAILURE_TODO: Mapping[str, str] = {
+FAILURE_ACTIONS: Mapping[str, str] = {
     "audit_log_unverified": "restore privacy/audit.jsonl from a backup (check it with "
     "`visage privacy audit verify`)",
 }
-FAILURE_TODO_DEFAULT = "fix what the failed command reported (also in the server's log)"
+FAILURE_ACTION_DEFAULT = "fix what the failed command reported (also in the server's log)"
 
 
 class UnknownRequestError(KeyError):
@@ -342,9 +342,9 @@ def failure_hint(st: RequestState) -> str | None:
     if not st.is_open or not st.failure:
         return None
     f = st.failure
-    todo = FAILURE_TODO.get(f["code"], FAILURE_TODO_DEFAULT)
+    action = FAILURE_ACTIONS.get(f["code"], FAILURE_ACTION_DEFAULT)
     return MSG_FAILED.format(
-        time=f["time"], step=f["step"], code=f["code"], todo=todo, rid=st.request_id
+        time=f["time"], step=f["step"], code=f["code"], action=action, rid=st.request_id
     )
 
 
