@@ -355,6 +355,25 @@ def anchor_path(directory: Path, pid: str) -> Path:
     return directory / ANCHORS_DIR / pid[1:3] / f"{pid}{ANCHOR_SUFFIX}"
 
 
+def listed_pids(root: Path, suffix: str) -> list[str]:
+    """The names (without ``suffix``) of the files ending in ``suffix`` in the shard folders of
+    ``root`` (``templates/`` or ``anchors/``), sorted; a listing, nothing is opened. Hidden
+    files (a write in progress) are left out."""
+    if not root.is_dir():
+        return []
+    out = []
+    with os.scandir(root) as shards:
+        for shard in shards:
+            if not shard.is_dir():
+                continue
+            with os.scandir(shard.path) as files:
+                for f in files:
+                    name = f.name
+                    if name.endswith(suffix) and not name.startswith("."):
+                        out.append(name[: -len(suffix)])
+    return sorted(out)
+
+
 def subject_files(directory: Path, pid: str) -> list[Path]:
     """The files of ``pid`` (template, anchor, then key) in the gallery folder ``directory`` that
     exist.
@@ -555,20 +574,7 @@ class Gallery:
         return subject_files(self.directory, pid)
 
     def _scan(self) -> list[str]:
-        root = self.directory / TEMPLATES_DIR
-        if not root.exists():
-            return []
-        out = []
-        with os.scandir(root) as shards:
-            for shard in shards:
-                if not shard.is_dir():
-                    continue
-                with os.scandir(shard.path) as files:
-                    for f in files:
-                        name = f.name
-                        if name.endswith(SUFFIX) and not name.startswith("."):
-                            out.append(name[: -len(SUFFIX)])
-        return sorted(out)
+        return listed_pids(self.directory / TEMPLATES_DIR, SUFFIX)
 
     def _seal(
         self, pid: str, key: bytes, vector: np.ndarray, images: int, magic: bytes = MAGIC

@@ -144,6 +144,7 @@ from visage_ml.serving.gallery import (
     Threshold,
     _rel,
     enrolled_event,
+    listed_pids,
     meta_for,
     read_meta,
 )
@@ -1404,18 +1405,11 @@ class PgGallery(Gallery):
 
     def _anchored(self) -> list[str]:
         """Pids with an anchor file (a listing of ``gallery/anchors``; nothing is opened)."""
-        root = self.directory / ANCHORS_DIR
-        if not root.is_dir():
-            return []
-        out = []
-        for shard in os.scandir(root):
-            if not shard.is_dir():
-                continue
-            for entry in os.scandir(shard.path):
-                pid = entry.name[: -len(ANCHOR_SUFFIX)]
-                if entry.name.endswith(ANCHOR_SUFFIX) and PID_RE.fullmatch(pid):
-                    out.append(pid)
-        return sorted(out)
+        return [
+            pid
+            for pid in listed_pids(self.directory / ANCHORS_DIR, ANCHOR_SUFFIX)
+            if PID_RE.fullmatch(pid)
+        ]
 
     def _finish_interrupted_erasures(self) -> None:
         """Remove anchor files whose gallery key is gone: an erasure stopped after its commit
