@@ -548,19 +548,22 @@ def test_a_rectification_that_fails_once_started_is_recorded_and_can_be_run_agai
     def unavailable(*a, **kw):
         raise GalleryUnavailableError("the gallery's database dropped the connection")
 
+    def again():
+        return rectify(
+            proj.paths,
+            pid,
+            attributes={"age": 52},
+            images={image_id: photo},
+            request_id=rid,
+            core=proj.core,
+            gallery=gallery,
+            engine=proj.engine,
+        )
+
     with monkeypatch.context() as m:
         m.setattr(gallery, "enroll", unavailable)
         with pytest.raises(GalleryUnavailableError) as failed:
-            rectify(
-                proj.paths,
-                pid,
-                attributes={"age": 52},
-                images={image_id: photo},
-                request_id=rid,
-                core=proj.core,
-                gallery=gallery,
-                engine=proj.engine,
-            )
+            again()
     assert f"--request {rid}" in "\n".join(failed.value.__notes__)
     # Nothing half-written: data/raw and the template as they were ...
     assert _tree(proj.paths.raw) == raw
@@ -576,16 +579,7 @@ def test_a_rectification_that_fails_once_started_is_recorded_and_can_be_run_agai
     assert f"--request {rid}" in _flat(shown.output), shown.output
     listed = CliRunner().invoke(app, ["privacy", "requests"])
     assert "failed: gallery_unavailable_error" in _flat(listed.output), listed.output
-    result = rectify(
-        proj.paths,
-        pid,
-        attributes={"age": 52},
-        images={image_id: photo},
-        request_id=rid,
-        core=proj.core,
-        gallery=gallery,
-        engine=proj.engine,
-    )
+    result = again()
     assert result.gallery == "reenrolled"
     assert RequestBook(proj.core).get(rid).status == "completed"
     assert int(read_subjects(proj.paths.raw).set_index("pid").loc[pid, "age"]) == 52
