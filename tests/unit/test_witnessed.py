@@ -118,8 +118,9 @@ def test_other_events_are_witnessed_every_n_entries(project, witness_dir):
     for _ in range(12):
         core.add_subject(source="t")
         sizes.append(witness_size(paths, witness_dir))
-    # The first append is witnessed at once, then every fifth entry.
-    assert sizes == [1, 1, 1, 1, 1, 6, 6, 6, 6, 6, 11, 11]
+    # The first append is witnessed at once, with the witness.set entry recording the witness
+    # (seq 1), then every fifth entry.
+    assert sizes == [2, 2, 2, 2, 2, 7, 7, 7, 7, 7, 12, 12]
 
 
 def test_a_narrowing_event_that_cannot_be_witnessed_fails_the_command_but_stays_in_force(
@@ -151,8 +152,14 @@ def test_a_narrowing_event_that_cannot_be_witnessed_fails_the_command_but_stays_
     snap = pd.read_parquet(project / "data" / "registry" / "consents.parquet")
     row = snap[(snap.pid == pid) & (snap.purpose == "training")].iloc[0]
     assert (bool(row.allowed), row.reason) == (False, "consent_withdrawn")
-    # With a quorum of one, the directory witness alone suffices.
+    # With a quorum of one, the directory witness alone suffices, once that is on the record
+    # (the ledger recorded the second witness when params.yaml gained it).
     write_overrides(project / "params.yaml", {"privacy.witness.quorum": 1})
+    result = cli("privacy", "restrict", pid)
+    assert result.exit_code == 2 and "remove-witness --quorum 1" in result.output
+    result = cli("privacy", "remove-witness", "--quorum", "1", "--reason", "w2_unreachable")
+    assert result.exit_code == 0, result.output
+    assert "1 cosignature(s) needed" in result.output
     assert cli("privacy", "restrict", pid).exit_code == 0
 
 
@@ -504,3 +511,224 @@ def test_serve_and_the_prepare_stage_refuse_a_rolled_back_ledger(withdrawn, witn
     assert "ledger rollback" in result.output and "directory witness" in result.output
     with pytest.raises(LedgerRollbackError):
         prepare_stage.run(paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorded witness set: a witness leaves only on the record
+# ---------------------------------------------------------------------------------------------
+
+
+def witness_sets(paths: ProjectPaths) -> list[dict]:
+    return [e for e in (json.loads(line) for line in lines_of(paths)) if e["type"] == "witness.set"]
+
+
+def second_witness(project: Path, *, quorum: int = 0) -> Witness:
+    """A second directory witness in params.yaml (beside the default one)."""
+    second = Witness.create(project.parent / "second-volume" / "witness")
+    write_overrides(
+        project / "params.yaml",
+        {
+            "privacy.witness.witnesses": [
+                {"kind": "directory", "path": "default"},
+                {"kind": "directory", "path": str(second.root)},
+            ],
+            "privacy.witness.quorum": quorum,
+        },
+    )
+    return second
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_truncating_the_ledger_after_dropping_its_witness_from_params_is_refused(
+    withdrawn, witness_dir, k
+):
+    """The operator removes the witness from params.yaml, deletes the local checkpoint and cuts
+    the withdrawal off the ledger: the ledger itself names the witness, whose copy is read."""
+    paths, pids = withdrawn
+    n = len(lines_of(paths))
+    write_overrides(paths.params, {"privacy.witness.witnesses": []})
+    (paths.checkpoints / "latest").unlink()
+    paths.ledger.write_bytes(b"".join(lines_of(paths)[:-k]))
+    forget_checks()
+    with pytest.raises(LedgerRollbackError) as info:
+        PrivacyCore(paths)
+    msg = str(info.value)
+    assert "ledger rollback" in msg and f"covers {n}" in msg and str(witness_dir) in msg
+    assert cli("privacy", "subject", "show", pids[1]).exit_code == 2
+
+
+def test_truncating_the_ledger_after_dropping_an_unreachable_witness_is_refused(
+    withdrawn, witness_dir
+):
+    """The same with the witness's volume unmounted: its copy cannot be read, but the ledger
+    still says it is a witness, so nothing opens until it is back in params.yaml."""
+    paths, _ = withdrawn
+    name = Witness(witness_dir).name
+    write_overrides(paths.params, {"privacy.witness.witnesses": []})
+    (paths.checkpoints / "latest").unlink()
+    paths.ledger.write_bytes(b"".join(lines_of(paths)[:-1]))
+    witness_dir.rename(witness_dir.with_name("unmounted"))
+    forget_checks()
+    with pytest.raises(LedgerRollbackError) as info:
+        PrivacyCore(paths)
+    msg = str(info.value)
+    (recorded,) = witness_sets(paths)  # the first checkpoint's, early in the ledger
+    assert f"witness {name}" in msg and f"entry {recorded['seq']}" in msg
+    assert "privacy.witness.witnesses" in msg and "put it back" in msg
+    assert f"visage privacy remove-witness {name} --reason" in msg
+    result = cli("privacy", "verify-ledger")
+    assert result.exit_code == 1 and "not in params.yaml" in result.output
+    # Put back (volume and params): the witness's copy shows the ledger is shorter.
+    witness_dir.with_name("unmounted").rename(witness_dir)
+    write_overrides(
+        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
+    )
+    forget_checks()
+    with pytest.raises(LedgerRollbackError, match="ledger rollback"):
+        PrivacyCore(paths)
+
+
+def test_appending_after_dropping_the_witnesses_from_params_is_refused(withdrawn, witness_dir):
+    """The other way to go unwitnessed: drop the witnesses and carry on appending."""
+    paths, pids = withdrawn
+    n = len(lines_of(paths))
+    write_overrides(paths.params, {"privacy.witness.witnesses": []})
+    forget_checks()
+    result = cli("privacy", "restrict", pids[0])
+    assert result.exit_code == 2 and "not in params.yaml" in result.output
+    assert len(lines_of(paths)) == n
+    # Nor does a process that read params.yaml before (or our code driven by hand) sign one.
+    core = PrivacyCore(paths, check=False)
+    stale = Witnessing(paths, load_params(paths.params).privacy.witness, core.ledger)
+    with pytest.raises(LedgerRollbackError, match=r"not in params\.yaml"):
+        stale.checkpoint_and_witness()
+
+
+def test_lowering_the_quorum_or_dropping_a_second_witness_is_refused(project, witness_dir):
+    second = second_witness(project)
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pid = core.add_subject(source="t")
+    core.withdraw_consent(pid)
+    write_overrides(project / "params.yaml", {"privacy.witness.quorum": 1})
+    forget_checks()
+    with pytest.raises(LedgerRollbackError, match=r"quorum .* 1 .* 2 .*remove-witness --quorum"):
+        PrivacyCore(paths)
+    (recorded,) = witness_sets(paths)
+    assert recorded["payload"]["quorum"] == 0 and len(recorded["payload"]["witnesses"]) == 2
+    write_overrides(
+        project / "params.yaml",
+        {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]},
+    )
+    forget_checks()
+    with pytest.raises(LedgerRollbackError, match=f"witness {second.name} "):
+        PrivacyCore(paths)
+
+
+def test_a_witness_added_to_params_is_recorded_and_removed_only_on_the_record(
+    withdrawn, witness_dir
+):
+    paths, pids = withdrawn
+    second = second_witness(paths.root)
+    forget_checks()
+    assert cli("privacy", "checkpoint").exit_code == 0  # the addition is recorded, witnessed
+    _, added = witness_sets(paths)
+    assert [w["vkey"] for w in added["payload"]["witnesses"]] == [
+        Witness(witness_dir).verifier.vkey,
+        second.verifier.vkey,
+    ]
+    # Still in params.yaml: nothing to remove yet.
+    result = cli("privacy", "remove-witness", second.name, "--reason", "decommissioned")
+    assert result.exit_code == 2 and "still in params.yaml" in result.output
+    write_overrides(
+        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
+    )
+    forget_checks()
+    assert cli("privacy", "restrict", pids[0]).exit_code == 2  # refused until on the record
+    result = cli("privacy", "remove-witness", second.name, "--reason", "decommissioned")
+    assert result.exit_code == 0, result.output
+    assert f"{second.name} was told" in result.output
+    *_, removal = witness_sets(paths)
+    assert removal["payload"]["reason"] == "decommissioned"
+    assert [w["vkey"] for w in removal["payload"]["witnesses"]] == [
+        Witness(witness_dir).verifier.vkey
+    ]
+    # The witness let go cosigned the record of its removal.
+    n = len(lines_of(paths))
+    origin = PrivacyCore(paths, check=False).witnessing.origin
+    assert second.log(origin).size == n
+    assert cli("privacy", "restrict", pids[0]).exit_code == 0
+    # The auditor sees the history of the witness set.
+    verify = cli("privacy", "verify-ledger")
+    assert verify.exit_code == 0, verify.output
+    assert f"entry {added['seq']}" in verify.output and f"added {second.name}" in verify.output
+    assert f"entry {removal['seq']}" in verify.output
+    assert f"removed {second.name} (reason decommissioned" in verify.output
+
+
+def test_a_project_without_witnesses_records_none_until_one_is_configured(project, witness_dir):
+    write_overrides(project / "params.yaml", {"privacy.witness.witnesses": []})
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pid = core.add_subject(source="t")
+    core.withdraw_consent(pid)
+    assert witness_sets(paths) == []
+    # An existing ledger gains its record at its first checkpoint with a witness.
+    write_overrides(
+        project / "params.yaml",
+        {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]},
+    )
+    forget_checks()
+    PrivacyCore(paths).restrict(pid)
+    (recorded,) = witness_sets(paths)
+    assert witness_size(paths, witness_dir) == len(lines_of(paths)) > recorded["seq"]
+
+
+def test_a_copy_run_with_a_witness_of_its_own_keeps_working(withdrawn, tmp_path, monkeypatch):
+    """README: experiments run on a copy with `VISAGE_WITNESS_DIR=/tmp/w`. The default witness
+    is recorded as configured (`default`), so the copy's own witness stands in for it."""
+    paths, pids = withdrawn
+    copy = paths.root.parent / "experiment"
+    shutil.copytree(paths.root, copy)
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(tmp_path / "experiment-witness"))
+    forget_checks()
+    PrivacyCore(ProjectPaths(copy)).restrict(pids[0])
+    assert len(witness_sets(ProjectPaths(copy))) == 1
+
+
+def test_the_removal_command_does_not_launder_a_truncated_ledger(withdrawn, witness_dir):
+    """Cut back first, then remove the witness "on the record": its copy is read before the
+    record is written, and it would refuse to cosign a shorter tree anyway."""
+    paths, _ = withdrawn
+    name = Witness(witness_dir).name
+    write_overrides(paths.params, {"privacy.witness.witnesses": []})
+    (paths.checkpoints / "latest").unlink()
+    paths.ledger.write_bytes(b"".join(lines_of(paths)[:-1]))
+    n = len(lines_of(paths))
+    forget_checks()
+    result = cli("privacy", "remove-witness", name, "--reason", "decommissioned")
+    assert result.exit_code == 2 and "ledger rollback" in result.output
+    assert len(lines_of(paths)) == n
+
+
+def test_a_witness_that_cannot_be_reached_is_removed_on_the_record_untold(withdrawn, witness_dir):
+    paths, pids = withdrawn
+    second = second_witness(paths.root)
+    forget_checks()
+    PrivacyCore(paths).restrict(pids[0])  # witnessed by both; the second is now recorded
+    witnessed = second.log(PrivacyCore(paths).witnessing.origin).size
+    name = second.name
+    second.root.rename(second.root.with_name("lost"))
+    write_overrides(
+        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
+    )
+    forget_checks()
+    result = cli("privacy", "remove-witness", name, "--reason", "volume_lost", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["told"] == {name: False}
+    assert not second.root.exists()  # no new witness made where the old one was
+    assert (
+        Witness(second.root.with_name("lost")).log(PrivacyCore(paths).witnessing.origin).size
+        == witnessed
+    )
+    assert PrivacyCore(paths).may_process(pids[1], "training").reason == "consent_withdrawn"

@@ -5,8 +5,9 @@ CLI commands, HTTP handlers, acquisition and the rights workflows all go through
 snapshot the pipeline reads.
 
 Opening a core checks the ledger against the newest witnessed checkpoints it can find and
-refuses a ledger that was rolled back or forked (:mod:`visage_ml.privacy.witnessed`); every
-append through it is witnessed as ``privacy.witness`` asks (narrowing events at once).
+refuses a ledger that was rolled back or forked, or whose params.yaml drops a witness the
+ledger records (:mod:`visage_ml.privacy.witnessed`); every append through it is witnessed as
+``privacy.witness`` asks (narrowing events at once).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from visage_ml.privacy.vault import IdentityVault
 from visage_ml.privacy.witnessed import (
     Witnessed,
     Witnessing,
+    WitnessSet,
     WitnessUnavailableError,
     forget_checks,
     witness_params,
@@ -83,7 +85,8 @@ class PrivacyCore:
     Raises
     ------
     LedgerRollbackError
-        The ledger is shorter than, or forked from, a checkpoint it signed.
+        The ledger is shorter than, or forked from, a checkpoint it signed, or params.yaml
+        drops a witness it records (:class:`~visage_ml.privacy.witnessed.WitnessSetError`).
     """
 
     def __init__(self, paths: ProjectPaths, *, check: bool = True) -> None:
@@ -175,6 +178,14 @@ class PrivacyCore:
         if not problems:
             self.ledger.previous_key_path.unlink(missing_ok=True)
         return entry, problems
+
+    def remove_witnesses(
+        self, names: Sequence[str], *, quorum: int | None = None, reason: str
+    ) -> tuple[WitnessSet, Witnessed, dict[str, bool]]:
+        """Record on the ledger that witnesses left params.yaml, or that its quorum is lower;
+        see :meth:`~visage_ml.privacy.witnessed.Witnessing.remove` (returns the record, its
+        checkpoint and whether each leaving witness cosigned it)."""
+        return self.witnessing.remove(names, quorum=quorum, reason=reason)
 
     def announce_rotation(self) -> list[str]:
         """Show every witness the last key rotation again (after one was unreachable)."""

@@ -106,6 +106,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "tree_head",
         "ledger.repaired",
         "ledger.key_rotated",
+        "witness.set",  # the witnesses and quorum in force (privacy/witnessed.py)
     }
 )
 

@@ -22,20 +22,31 @@ witnesses keep their own copy.
   rebuilt in place under a brand-new key is another log, and stops there too. The check costs
   one root over the leaf-hash cache; a process repeats it only when the ledger or a checkpoint
   changed.
+- The ledger records its witnesses: a ``witness.set`` entry (:class:`WitnessSet`) names each
+  configured witness (its cosignature key; the path or URL as configured) and the quorum. The
+  first checkpoint with a witness writes it (an older ledger gains it at its next checkpoint),
+  and so does every checkpoint after params.yaml gained a witness or asks more cosignatures;
+  the checkpoint covers it, so the witnesses see it. The open check also reads the checkpoints
+  of the witnesses the ledger's latest record names, and refuses (:class:`WitnessSetError`)
+  while one of them is missing from params.yaml or the quorum there is lower: dropping a
+  witness, and with it the copy that shows a truncation, is a signed ledger event
+  (:meth:`Witnessing.remove`, ``visage privacy remove-witness``), never an edit of params.yaml.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from visage_ml.config import ProjectPaths, WitnessParams, WitnessSpec, load_params
@@ -136,8 +147,47 @@ MSG_REBUILT = (
 )
 
 
+MSG_WITNESS_DROPPED = (
+    "witness {name} ({where}; recorded in the ledger at entry {seq}) is not in params.yaml "
+    "privacy.witness.witnesses. Without it a rollback of the ledger could go unnoticed, so "
+    "nothing is processed: put it back, or remove it on the record with `visage privacy "
+    "remove-witness {name} --reason CODE` (README, 'Witnesses')."
+)
+MSG_QUORUM_LOWERED = (
+    "privacy.witness.quorum in params.yaml asks for {got} cosignature(s), fewer than the "
+    "{needed} recorded in the ledger at entry {seq}. Nothing is processed: put it back, or "
+    "lower it on the record with `visage privacy remove-witness --quorum {quorum} --reason "
+    "CODE` (README, 'Witnesses')."
+)
+MSG_NONE_RECORDED = (
+    "the ledger records no witnesses yet (it gets its record at its first checkpoint with a "
+    "witness): nothing to remove; edit params.yaml privacy.witness as you need"
+)
+MSG_NOT_RECORDED = (
+    "{name} is not a witness the ledger records; it records: {recorded} "
+    "(`visage privacy verify-ledger` shows them)"
+)
+MSG_STILL_CONFIGURED = (
+    "witness {name} is still in params.yaml privacy.witness.witnesses: take it out there "
+    "first, then run this again (it is asked to cosign the record of its removal)"
+)
+MSG_QUORUM_NOT_CONFIGURED = (
+    "params.yaml privacy.witness.quorum is {configured}, not {quorum}: set it there first, "
+    "then run this again"
+)
+MSG_NOTHING_TO_RECORD = (
+    "nothing to record: name the witnesses taken out of params.yaml, or pass --quorum with the "
+    "lower privacy.witness.quorum set there"
+)
+
+
 class LedgerRollbackError(LedgerError):
     """The ledger is shorter than, or inconsistent with, a checkpoint it signed (fail closed)."""
+
+
+class WitnessSetError(LedgerRollbackError):
+    """params.yaml drops a witness the ledger records, or lowers its quorum (fail closed): the
+    rollback check would no longer read that witness's checkpoint."""
 
 
 class WitnessUnavailableError(LedgerError):
@@ -183,6 +233,122 @@ def make_client(spec: WitnessSpec, *, timeout: float) -> WitnessClient:
     return HttpWitness(spec.url, spec.key, timeout=timeout)
 
 
+WITNESS_SET = "witness.set"
+_SET_MARK = b'"type":"witness.set"'
+
+
+@dataclass(frozen=True)
+class RecordedWitness:
+    """One witness as a ``witness.set`` entry records it.
+
+    ``where`` is the path as configured in params.yaml (a directory witness: ``default`` stays
+    ``default``, so that a copy run with a witness of its own is still "the default witness")
+    or the URL (an http witness); ``vkey`` its cosignature key ("" for a directory witness whose
+    folder could not be read).
+    """
+
+    kind: str
+    where: str
+    vkey: str
+
+    @property
+    def name(self) -> str:
+        """What messages call it and ``visage privacy remove-witness`` takes: its key's name."""
+        return self.vkey.split("+", 1)[0] if self.vkey else self.where
+
+    @property
+    def spec(self) -> WitnessSpec:
+        if self.kind == "http":
+            return WitnessSpec(kind="http", url=self.where, key=self.vkey)
+        return WitnessSpec(kind="directory", path=self.where)
+
+    def same(self, other: RecordedWitness) -> bool:
+        """The same witness: the same key, or for a directory witness the same path as
+        configured."""
+        if self.kind != other.kind:
+            return False
+        if self.kind == "directory" and self.where == other.where:
+            return True
+        return bool(self.vkey) and self.vkey == other.vkey
+
+    def describe(self) -> str:
+        if self.kind == "directory" and self.where == "default":
+            return "the default directory witness"
+        return f"{self.kind} witness {self.where}"
+
+    def answers_to(self, text: str) -> bool:
+        return text in {self.name, self.vkey, self.where}
+
+    def to_payload(self) -> dict[str, str]:
+        place = "path" if self.kind == "directory" else "url"
+        return {"kind": self.kind, place: self.where, "vkey": self.vkey}
+
+    @classmethod
+    def from_payload(cls, item: Mapping[str, Any]) -> RecordedWitness:
+        kind = str(item["kind"])
+        return cls(kind, str(item["path" if kind == "directory" else "url"]), str(item["vkey"]))
+
+
+@dataclass(frozen=True)
+class WitnessSet:
+    """A ``witness.set`` entry: the witnesses and quorum in force from entry ``seq`` on."""
+
+    seq: int
+    time: str
+    actor: str | None
+    witnesses: tuple[RecordedWitness, ...]
+    quorum: int
+    reason: str = ""
+
+    @property
+    def needed(self) -> int:
+        """Cosignatures a checkpoint needs (quorum 0: every witness)."""
+        return self.quorum or len(self.witnesses)
+
+    @staticmethod
+    def payload(
+        witnesses: Sequence[RecordedWitness], quorum: int, reason: str = ""
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"witnesses": [w.to_payload() for w in witnesses], "quorum": quorum}
+        if reason:
+            out["reason"] = reason
+        return out
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> WitnessSet:
+        payload = entry["payload"]
+        return cls(
+            seq=int(entry["seq"]),
+            time=str(entry["time"]),
+            actor=entry.get("actor"),
+            witnesses=tuple(RecordedWitness.from_payload(w) for w in payload["witnesses"]),
+            quorum=int(payload["quorum"]),
+            reason=str(payload.get("reason", "")),
+        )
+
+
+def witness_history(sets: Sequence[WitnessSet]) -> list[dict[str, Any]]:
+    """What each ``witness.set`` entry changed (``visage privacy verify-ledger`` shows it)."""
+    out: list[dict[str, Any]] = []
+    before: tuple[RecordedWitness, ...] = ()
+    for s in sets:
+        out.append(
+            {
+                "seq": s.seq,
+                "time": s.time,
+                "actor": s.actor,
+                "witnesses": [w.name for w in s.witnesses],
+                "quorum": s.quorum,
+                "needed": s.needed,
+                "added": [w.name for w in s.witnesses if not any(w.same(b) for b in before)],
+                "removed": [b.name for b in before if not any(b.same(w) for w in s.witnesses)],
+                "reason": s.reason,
+            }
+        )
+        before = s.witnesses
+    return out
+
+
 @dataclass
 class Witnessed:
     """A checkpoint of the ledger, signed by its key and cosigned by witnesses."""
@@ -198,6 +364,9 @@ class Witnessed:
 _CHECKED: dict[str, tuple[int, int, str, frozenset[str]]] = {}
 _REMOTE: dict[tuple[str, str], tuple[float, bytes | None]] = {}
 _BOUND: set[tuple[str, str, str]] = set()  # (witness, project, origin) bound by this process
+# The ledger's witness.set entries read so far: (inode, bytes read, hash of the line ending
+# there, entries); the next read goes on from there while that line is unchanged.
+_SETS: dict[str, tuple[int, int, str, tuple[WitnessSet, ...]]] = {}
 _MEMO_LOCK = threading.Lock()
 
 
@@ -281,6 +450,8 @@ class Witnessing:
         LedgerRollbackError
             A witness holds a larger tree than the ledger.
         """
+        if all(e.type == WITNESS_SET for e in entries):
+            return  # appended by this class, which witnesses it itself
         if any(e.type in NARROWING_EVENTS for e in entries):
             self.checkpoint_and_witness()
             return
@@ -304,15 +475,25 @@ class Witnessing:
             log.warning("%s", exc)
 
     def checkpoint_and_witness(
-        self, *, extra_signers: Iterable[Ed25519PrivateKey] = ()
+        self,
+        *,
+        extra_signers: Iterable[Ed25519PrivateKey] = (),
+        tell: Sequence[WitnessClient] = (),
     ) -> Witnessed:
         """Sign a checkpoint of the whole ledger and have every witness cosign it.
+
+        When params.yaml has a witness the ledger's record lacks (or asks more cosignatures), a
+        ``witness.set`` entry recording them is appended first, so that this checkpoint covers
+        it.
 
         Parameters
         ----------
         extra_signers
             Keys that sign the checkpoint besides the current one (a key rotation: witnesses
             still pin the previous key until they see the rotation).
+        tell
+            Witnesses asked to cosign besides the configured ones, whose cosignatures count
+            for no quorum (those a removal lets go).
 
         Returns
         -------
@@ -325,8 +506,12 @@ class Witnessing:
             Fewer cosignatures than ``privacy.witness.quorum`` (0: every witness).
         LedgerRollbackError
             A witness already cosigned a larger tree of this log.
+        WitnessSetError
+            params.yaml drops a witness the ledger records, or lowers its quorum.
         """
+        self.check_witness_set()
         with file_lock(self.paths.checkpoints / ".lock"):
+            self._record_witness_set()
             hashes = self.ledger.leaf_hashes()
             size = len(hashes)
             tree = merkle.MerkleTree(hashes)
@@ -343,7 +528,8 @@ class Witnessing:
             cosigs: list[Signature] = []
             names: list[str] = []
             problems: list[str] = []
-            for client in self.clients:
+            counted = 0
+            for i, client in enumerate([*self.clients, *tell]):
                 try:
                     sig = self._witness_one(client, tree, note, local_size)
                 except WitnessError as exc:
@@ -354,15 +540,16 @@ class Witnessing:
                     continue
                 cosigs.append(sig)
                 names.append(sig.name)
+                counted += i < len(self.clients)
             signed = note.with_signatures(cosigs).to_bytes()
             if local is None or local[0].origin != self.origin or size >= local[0].size:
                 atomic_write_bytes(self.latest_path, signed, mode=0o644)
             self._remember(hashes, [cp])
         needed = self.params.quorum or len(self.clients)
-        if len(cosigs) < needed:
+        if counted < needed:
             raise WitnessUnavailableError(
                 MSG_NOT_WITNESSED.format(
-                    seq=size - 1, got=len(cosigs), needed=needed, problems="; ".join(problems)
+                    seq=size - 1, got=counted, needed=needed, problems="; ".join(problems)
                 )
             )
         self._due = (size + self.params.every_entries, time.monotonic() + self.params.every_seconds)
@@ -525,7 +712,9 @@ class Witnessing:
         local = self._local()
         if local is not None:
             out.append((str(self.latest_path), local))
-        for client in self.clients:
+        # A witness the ledger records but params.yaml lacks is read too: its copy is what
+        # shows a ledger cut back after it was dropped (the set check refuses it anyway).
+        for client in [*self.clients, *self._clients_of(self.departed())]:
             try:
                 note = self._latest_of(client)
             except (WitnessError, OSError) as exc:
@@ -560,13 +749,190 @@ class Witnessing:
         LedgerRollbackError
             The ledger is shorter than a checkpoint its keys signed, its root at that size
             differs, or a checkpoint is signed by a key not in its history.
+        WitnessSetError
+            params.yaml lacks a witness the ledger's latest ``witness.set`` entry names, or
+            asks fewer cosignatures (that witness's copy is read first, so that a ledger cut
+            back after it was dropped is named as a rollback).
         LedgerError
             ``privacy/ledger.pub`` is not a key of the ledger's history.
         """
         report = self._check_checkpoints(full=full)
         # After the checkpoints, whose messages are more precise (a replaced ledger.pub, say).
         self.check_binding()
+        self.check_witness_set()
         return report
+
+    # -- the recorded witness set --------------------------------------------------------------
+    def recorded(self) -> WitnessSet | None:
+        """The ledger's latest ``witness.set`` entry (None before its first)."""
+        sets = witness_sets(self.ledger.path)
+        return sets[-1] if sets else None
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every ``witness.set`` entry and what it changed (:func:`witness_history`)."""
+        return witness_history(witness_sets(self.ledger.path))
+
+    def configured(self, *, create: bool = False) -> list[RecordedWitness]:
+        """The witnesses of params.yaml as a ``witness.set`` entry records them (``create``:
+        a directory witness's folder and key are made first, so that its key is recorded)."""
+        out = []
+        for spec, client in zip(self.params.witnesses, self.clients, strict=True):
+            if create and isinstance(client, DirectoryWitness):
+                with contextlib.suppress(OSError, WitnessError):
+                    client.witness.verifier  # noqa: B018 - creates the folder and its key
+            verifier = client.cosigner()
+            where = spec.path if spec.kind == "directory" else spec.url
+            out.append(RecordedWitness(spec.kind, where, verifier.vkey if verifier else ""))
+        return out
+
+    def departed(self, recorded: WitnessSet | None = None) -> list[RecordedWitness]:
+        """The witnesses the ledger's latest record names that params.yaml lacks."""
+        recorded = recorded or self.recorded()
+        if recorded is None:
+            return []
+        configured = self.configured()
+        return [w for w in recorded.witnesses if not any(w.same(c) for c in configured)]
+
+    def _clients_of(self, witnesses: Iterable[RecordedWitness]) -> list[WitnessClient]:
+        return [make_client(w.spec, timeout=self.params.timeout_seconds) for w in witnesses]
+
+    def _needed(self) -> int:
+        return self.params.quorum or len(self.params.witnesses)
+
+    def check_witness_set(self) -> None:
+        """Stop while params.yaml lacks a witness the ledger records or asks fewer
+        cosignatures than it records.
+
+        Raises
+        ------
+        WitnessSetError
+            Naming the witness (or the quorum) and the entry that recorded it.
+        """
+        recorded = self.recorded()
+        if recorded is None:
+            return
+        departed = self.departed(recorded)
+        if departed:
+            raise self._dropped(departed[0], recorded)
+        if self._needed() < recorded.needed:
+            raise self._quorum_lowered(recorded)
+
+    def _dropped(self, witness: RecordedWitness, recorded: WitnessSet) -> WitnessSetError:
+        return WitnessSetError(
+            MSG_WITNESS_DROPPED.format(
+                name=witness.name, where=witness.describe(), seq=recorded.seq
+            )
+        )
+
+    def _quorum_lowered(self, recorded: WitnessSet) -> WitnessSetError:
+        return WitnessSetError(
+            MSG_QUORUM_LOWERED.format(
+                got=self._needed(),
+                needed=recorded.needed,
+                seq=recorded.seq,
+                quorum=self.params.quorum,
+            )
+        )
+
+    def _record_witness_set(self) -> None:
+        """Append a ``witness.set`` entry when params.yaml has a witness the ledger's record
+        lacks (or there is none yet), or asks more cosignatures."""
+        if not self.params.witnesses:
+            return
+        recorded = self.recorded()
+        configured = self.configured(create=True)
+        if (
+            recorded is not None
+            and all(any(c.same(w) for w in recorded.witnesses) for c in configured)
+            and self._needed() <= recorded.needed
+        ):
+            return
+        self.ledger.append(WITNESS_SET, None, WitnessSet.payload(configured, self.params.quorum))
+
+    def remove(
+        self, names: Sequence[str], *, quorum: int | None, reason: str
+    ) -> tuple[WitnessSet, Witnessed, dict[str, bool]]:
+        """Record that the witnesses ``names`` left and/or that ``quorum`` (as params.yaml now
+        has it) is lower: a ``witness.set`` entry of the witnesses params.yaml now has.
+
+        The ledger is first checked against every checkpoint found, the leaving witnesses'
+        included; the record is then witnessed by the configured witnesses and, where they can
+        be reached, by the leaving ones (so that they learn it; their cosignatures count for no
+        quorum).
+
+        Parameters
+        ----------
+        names
+            The witnesses taken out of params.yaml (name, vkey, or path or URL as recorded).
+        quorum
+            ``privacy.witness.quorum`` as params.yaml now has it, when it is lower than
+            recorded.
+        reason
+            Why, as a code (the ledger keeps it).
+
+        Returns
+        -------
+        tuple
+            The new record, its witnessed checkpoint and, for each leaving witness (by
+            name), whether it cosigned the record.
+
+        Raises
+        ------
+        ValueError
+            A name the record does not hold or params.yaml still has, a quorum params.yaml
+            does not have, or nothing to record.
+        WitnessSetError
+            params.yaml lacks another recorded witness, or lowers the quorum without
+            ``quorum``.
+        LedgerRollbackError
+            The ledger is shorter than, or forked from, a checkpoint found.
+        """
+        recorded = self.recorded()
+        if recorded is None:
+            raise ValueError(MSG_NONE_RECORDED)
+        removed: list[RecordedWitness] = []
+        for name in names:
+            found = [w for w in recorded.witnesses if w.answers_to(name)]
+            if len(found) != 1:
+                listed = ", ".join(w.name for w in recorded.witnesses) or "none"
+                raise ValueError(MSG_NOT_RECORDED.format(name=name, recorded=listed))
+            removed.append(found[0])
+        departed = self.departed(recorded)
+        for w in removed:
+            if w not in departed:
+                raise ValueError(MSG_STILL_CONFIGURED.format(name=w.name))
+        left = [w for w in departed if w not in removed]
+        if left:
+            raise self._dropped(left[0], recorded)
+        if quorum is not None and quorum != self.params.quorum:
+            raise ValueError(
+                MSG_QUORUM_NOT_CONFIGURED.format(quorum=quorum, configured=self.params.quorum)
+            )
+        lowered = self._needed() < recorded.needed
+        # A removal lowers the cosignatures needed as far as the witnesses left ask, no more.
+        floor = min(recorded.needed, len(recorded.witnesses) - len(removed))
+        if quorum is None and self._needed() < floor:
+            raise self._quorum_lowered(recorded)
+        if not removed and not (quorum is not None and lowered):
+            raise ValueError(MSG_NOTHING_TO_RECORD)
+        self._check_checkpoints(full=True)  # the leaving witnesses' copies are read too
+        self.check_binding()
+        entry = self.ledger.append(
+            WITNESS_SET,
+            None,
+            WitnessSet.payload(self.configured(create=True), self.params.quorum, reason),
+        )
+        # A directory witness is told only where its folder still holds its key: a folder gone
+        # with its volume is not made again as a new witness.
+        tell = [
+            client
+            for w, client in zip(removed, self._clients_of(removed), strict=True)
+            if not isinstance(client, DirectoryWitness)
+            or getattr(client.cosigner(), "vkey", None) == w.vkey
+        ]
+        witnessed = self.checkpoint_and_witness(tell=tell)
+        told = {w.name: w.name in witnessed.cosigners for w in removed}
+        return WitnessSet.from_entry(entry.to_dict()), witnessed, told
 
     def _check_checkpoints(self, *, full: bool) -> list[dict[str, Any]]:
         found = self.candidates()
@@ -654,14 +1020,9 @@ class Witnessing:
                 st = os.fstat(fh.fileno())
                 if st.st_ino != ino or st.st_size < covered:
                     return False
-                if covered == 0:
-                    return True
-                start = max(0, covered - (1 << 16))
-                chunk = os.pread(fh.fileno(), covered - start, start)
+                return _line_hash(fh.fileno(), covered) == line_hash
         except FileNotFoundError:
             return False
-        last = chunk[:-1].rsplit(b"\n", 1)[-1] if chunk.endswith(b"\n") else None
-        return last is not None and hashlib.sha256(last).hexdigest() == line_hash
 
     def _remember(self, hashes: Sequence[bytes], checkpoints: Iterable[Checkpoint]) -> None:
         """Record that the ledger as it is now is consistent with ``checkpoints``."""
@@ -694,6 +1055,75 @@ class Witnessing:
             )
 
 
+def _line_hash(fd: int, end: int) -> str | None:
+    """SHA-256 (hex) of the line ending at byte ``end`` of the open file ("" at 0; None when
+    no line ends there)."""
+    if end == 0:
+        return ""
+    start = max(0, end - (1 << 16))
+    chunk = os.pread(fd, end - start, start)
+    if not chunk.endswith(b"\n"):
+        return None
+    return hashlib.sha256(chunk[:-1].rsplit(b"\n", 1)[-1]).hexdigest()
+
+
+def witness_sets(ledger_path: Path) -> list[WitnessSet]:
+    """Every ``witness.set`` entry of the ledger at ``ledger_path``, oldest first.
+
+    A process reads on from where it stopped last time while the line it stopped after is
+    unchanged (so the open check makes no pass over a large ledger). Signatures are not
+    checked here: the registry refuses a ledger with a forged line, and `visage privacy
+    verify-ledger` names it.
+
+    Raises
+    ------
+    LedgerError
+        A ``witness.set`` line is unreadable.
+    """
+    key = str(Path(ledger_path).resolve())
+    try:
+        fh = open(ledger_path, "rb")  # noqa: SIM115 - closed below; the fd is read with pread
+    except FileNotFoundError:
+        return []
+    with fh:
+        fd = fh.fileno()
+        st = os.fstat(fd)
+        with _MEMO_LOCK:
+            hit = _SETS.get(key)
+        start, found = 0, []
+        if (
+            hit is not None
+            and hit[0] == st.st_ino
+            and hit[1] <= st.st_size
+            and _line_hash(fd, hit[1]) == hit[2]
+        ):
+            start, found = hit[1], list(hit[3])
+        data = os.pread(fd, st.st_size - start, start)
+    end = data.rfind(b"\n") + 1  # complete lines only: a torn tail is read next time
+    pos = data.find(_SET_MARK, 0, end)
+    while pos != -1:
+        line_start = data.rfind(b"\n", 0, pos) + 1
+        line_end = data.find(b"\n", pos)
+        try:
+            obj = orjson.loads(data[line_start:line_end])
+            if obj.get("type") == WITNESS_SET:
+                found.append(WitnessSet.from_entry(obj))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise LedgerError(
+                f"{ledger_path}: a witness.set entry at byte {start + line_start} is unreadable; "
+                "run `visage privacy verify-ledger` to locate the damage and restore the ledger "
+                "from a backup"
+            ) from None
+        pos = data.find(_SET_MARK, line_end, end)
+    if end:
+        last = hashlib.sha256(data[: end - 1].rsplit(b"\n", 1)[-1]).hexdigest()
+    else:
+        last = hit[2] if start and hit is not None else ""
+    with _MEMO_LOCK:
+        _SETS[key] = (st.st_ino, start + end, last, tuple(found))
+    return found
+
+
 def _tree_key(cp: Checkpoint) -> str:
     """What the open check compares of a checkpoint: its origin, size and root."""
     return f"{cp.origin}\n{cp.size}\n{cp.root.hex()}"
@@ -706,8 +1136,10 @@ def forget_checks(ledger_path: Path | None = None) -> None:
             _CHECKED.clear()
             _REMOTE.clear()
             _BOUND.clear()
+            _SETS.clear()
         else:
             _CHECKED.pop(str(Path(ledger_path).resolve()), None)
+            _SETS.pop(str(Path(ledger_path).resolve()), None)
 
 
 _PARAMS: dict[str, tuple[tuple[int, int], WitnessParams]] = {}

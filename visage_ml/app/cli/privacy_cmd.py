@@ -27,7 +27,12 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.keys import load_public_key
 from visage_ml.privacy.ledger import LedgerError, utc_now
-from visage_ml.privacy.requests import RequestBook, UnknownRequestError, failure_hint
+from visage_ml.privacy.requests import (
+    RequestBook,
+    UnknownRequestError,
+    check_code,
+    failure_hint,
+)
 from visage_ml.rights import lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -270,14 +275,23 @@ def verify_ledger(
         pub = load_public_key(public_key) if public_key else None
         result = core.ledger.verify(pub, all_signatures=not fast)
         witnessed: list[dict[str, Any]] = []
+        witness_sets: list[dict[str, Any]] = []
         problem = None
         if result.ok:
             try:
+                witness_sets = core.witnessing.history()
                 witnessed = core.witnessing.check(full=True)
             except LedgerError as exc:
                 problem = str(exc)
     if as_json:
-        emit_json({**result.__dict__, "checkpoints": witnessed, "checkpoint_problem": problem})
+        emit_json(
+            {
+                **result.__dict__,
+                "checkpoints": witnessed,
+                "checkpoint_problem": problem,
+                "witness_sets": witness_sets,
+            }
+        )
     else:
         console.print(result.message(), highlight=False)
         for c in witnessed:
@@ -287,10 +301,28 @@ def verify_ledger(
                 f"(cosigned by {cosigned})",
                 highlight=False,
             )
+        for w in witness_sets:
+            console.print(f"  {_witness_set_line(w)}", highlight=False)
         if problem:
             console.print(f"[red]checkpoint check FAILED[/]: {escape(problem)}", highlight=False)
     if not result.ok or problem:
         raise typer.Exit(1)
+
+
+def _witness_set_line(w: dict[str, Any]) -> str:
+    """One ``witness.set`` entry of :meth:`~visage_ml.privacy.witnessed.Witnessing.history`."""
+    changes = []
+    if w["added"]:
+        changes.append("added " + ", ".join(w["added"]))
+    if w["removed"]:
+        changes.append("removed " + ", ".join(w["removed"]))
+    reason = f" (reason {w['reason']})" if w["reason"] else ""
+    changed = "; ".join(changes) or "quorum changed"
+    now = ", ".join(w["witnesses"]) or "none"
+    return (
+        f"witnesses at entry {w['seq']} ({w['time']}, by {w['actor'] or '?'}): {changed}{reason}; "
+        f"now {now}, {w['needed']} cosignature(s) needed"
+    )
 
 
 @app.command("checkpoint")
@@ -356,6 +388,63 @@ def rotate_ledger_key(
             err_console.print(f"[red]witness[/]: {escape(p)}", highlight=False)
         err_console.print("run `visage privacy rotate-ledger-key --announce` when they answer")
         raise typer.Exit(2)
+
+
+@app.command("remove-witness")
+def remove_witness(
+    names: list[str] = typer.Argument(
+        None,
+        help="The witnesses let go: the name `verify-ledger` shows, the vkey, or the path or URL "
+        "as configured.",
+    ),
+    reason: str = typer.Option(
+        ..., "--reason", help="Why, as a code (e.g. decommissioned); the ledger keeps it."
+    ),
+    quorum: int = typer.Option(
+        None,
+        "--quorum",
+        help="Record a lower privacy.witness.quorum (set it in params.yaml first).",
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Record on the ledger that witnesses left, or that fewer cosignatures are needed.
+
+    The ledger records its witnesses and quorum (a witness.set entry); while params.yaml
+    (privacy.witness) lacks one of them or asks fewer cosignatures, every process refuses the
+    ledger. Take the witness out of params.yaml (or lower the quorum there), then run this: it
+    appends a witness.set entry as params.yaml now has it, witnessed by the remaining witnesses
+    and, when reachable, by the ones let go, so that they learn it. `visage privacy
+    verify-ledger` shows every change. Exit code 2 when too few witnesses cosigned.
+    """
+    with user_errors():
+        check_code(reason, "the reason")
+        # The removal checks the ledger itself: the usual open check refuses until it is done.
+        core = PrivacyCore(project(), check=False)
+        record, witnessed, told = core.remove_witnesses(names or [], quorum=quorum, reason=reason)
+    lines = [
+        f"witnesses recorded at entry {record.seq} (reason {record.reason}): "
+        f"{', '.join(w.name for w in record.witnesses) or 'none'}, "
+        f"{record.needed} cosignature(s) needed; checkpoint of {witnessed.checkpoint.size} "
+        f"entries cosigned by {', '.join(witnessed.cosigners) or 'no witness'}"
+    ]
+    for name, cosigned in told.items():
+        lines.append(
+            f"{name} was told (it cosigned the record)"
+            if cosigned
+            else f"{name} could not be reached and was not told: its copy stays as it was"
+        )
+    _done(
+        as_json,
+        {
+            "seq": record.seq,
+            "witnesses": [w.name for w in record.witnesses],
+            "quorum": record.quorum,
+            "reason": record.reason,
+            "told": told,
+            "cosigned_by": witnessed.cosigners,
+        },
+        "\n".join(lines),
+    )
 
 
 @app.command("snapshot")
