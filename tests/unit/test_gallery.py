@@ -12,12 +12,16 @@ from serving_fakes import DIM, THRESHOLD, fake_engine, make_person, make_world, 
 from visage_ml.config import ProjectPaths
 from visage_ml.io import sha256_file
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.serving import gallery as gallery_module
 from visage_ml.serving.gallery import (
+    AnchorUnrecordedError,
     EnrolmentRefusedError,
     Gallery,
     GalleryError,
     GalleryVersionError,
     NotEnrolledError,
+    Reference,
+    ReferenceChangedError,
     load_threshold,
     subject_files,
 )
@@ -94,7 +98,14 @@ def test_templates_are_encrypted_per_subject_and_ledger_holds_only_hashes(world,
     assert gallery.keys.exists(pid)
     (event,) = ledger_events(world, "gallery.enrolled")
     assert event.pid == pid and event.payload["template_sha256"] == sha256_file(path)
-    assert set(event.payload) == {"template_sha256", "model_version", "n_images", "replaced"}
+    assert set(event.payload) == {
+        "template_sha256",
+        "anchor_sha256",
+        "model_version",
+        "n_images",
+        "replaced",
+    }
+    assert event.payload["anchor_sha256"] == sha256_file(gallery.anchor_path(pid))
     meta = json.loads((world.paths.gallery / "gallery.json").read_text())
     assert meta["model_version"] == VERSION
     assert meta["embedding_dim"] == DIM
@@ -321,6 +332,115 @@ def test_an_anchor_is_made_for_a_template_enrolled_before_anchors_were_kept(worl
     again = gallery.enroll(pid, emb)  # a rebuild's: template unchanged, anchor made, no event
     assert not again.changed and gallery.anchor_path(pid).exists()
     assert len(ledger_events(world, "gallery.enrolled")) == 1
+    # ... but for the ledger's record of the new anchor.
+    (event,) = ledger_events(world, "gallery.anchored")
+    assert event.payload["anchor_sha256"] == sha256_file(gallery.anchor_path(pid))
+
+
+def recorded_anchor(world, pid):
+    return world.core.registry.get(pid).anchor_sha256
+
+
+def test_the_ledger_records_every_anchor_move_and_an_anchor_put_back_is_refused(
+    world, engine, caplog
+):
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+    path = gallery.anchor_path(pid)
+    first, second = (engine.embed(world.photo(pid, 3)) for _ in range(2))
+    gallery.enroll(pid, first)  # a first enrolment sets the anchor
+    assert recorded_anchor(world, pid) == sha256_file(path)
+    stale = path.read_bytes()
+    ref = gallery.reference(pid)
+    np.testing.assert_array_equal(ref.anchor, template_of(first, DIM))
+    assert (ref.template_sha256, ref.anchor_sha256) == (
+        sha256_file(gallery.template_path(pid)),
+        sha256_file(path),
+    )
+    gallery.enroll(pid, second, keep_anchor=True, expect=ref)  # an operator's: no anchor named
+    assert "anchor_sha256" not in ledger_events(world, "gallery.enrolled")[-1].payload
+    assert recorded_anchor(world, pid) == sha256_file(path)
+    gallery.enroll(pid, second)  # privileged, template unchanged: the anchor moves, recorded
+    assert path.read_bytes() != stale
+    assert recorded_anchor(world, pid) == sha256_file(path)
+    current = path.read_bytes()
+    # The old anchor put back (from a copy, a backup): never compared with; logged by pid.
+    path.write_bytes(stale)
+    with caplog.at_level(logging.WARNING), pytest.raises(AnchorUnrecordedError):
+        gallery.reference(pid)
+    assert any(pid in r.getMessage() for r in caplog.records)
+    # A restarted gallery (registry folded anew) knows it as well.
+    restarted = open_gallery(world, engine, core=PrivacyCore(world.paths))
+    with pytest.raises(AnchorUnrecordedError):
+        restarted.reference(pid)
+    path.write_bytes(current)
+    np.testing.assert_array_equal(restarted.reference(pid).anchor, template_of(second, DIM))
+    # A privileged re-enrolment re-anchors a subject whose anchor was put back.
+    path.write_bytes(stale)
+    gallery.enroll(pid, second)
+    np.testing.assert_array_equal(gallery.reference(pid).anchor, template_of(second, DIM))
+    gallery.erase(pid)
+    assert recorded_anchor(world, pid) is None
+
+
+def test_an_anchor_set_before_anchors_were_recorded_is_used_until_its_next_move(
+    world, engine, monkeypatch
+):
+    # A subject anchored by an older version: its gallery.enrolled names no anchor.
+    gallery = open_gallery(world, engine)
+    pid = next(iter(world.people))
+    first, second = (engine.embed(world.photo(pid, 3)) for _ in range(2))
+
+    def unrecorded(*args, **kw):
+        kw.pop("anchor_sha256", None)
+        return enrolled_event(*args, **kw)
+
+    enrolled_event = gallery_module.enrolled_event
+    monkeypatch.setattr(gallery_module, "enrolled_event", unrecorded)
+    gallery.enroll(pid, first)
+    monkeypatch.undo()
+    assert recorded_anchor(world, pid) is None
+    stale = gallery.anchor_path(pid).read_bytes()
+    # Works as before (and an anchor put back is not told apart: nothing recorded to compare).
+    assert gallery.reference(pid).anchor_sha256 == sha256_file(gallery.anchor_path(pid))
+    # Its next anchor move is recorded; from then on it is protected.
+    gallery.enroll(pid, second)
+    assert recorded_anchor(world, pid) == sha256_file(gallery.anchor_path(pid))
+    gallery.anchor_path(pid).write_bytes(stale)
+    with pytest.raises(AnchorUnrecordedError):
+        gallery.reference(pid)
+
+
+def test_an_enrolment_checked_against_a_reference_is_not_written_over_a_change(world, engine):
+    # Compare-and-set: an operator's enrolment is written only over the template and anchor it
+    # was checked against; a dpo's enrolment in between wins.
+    gallery = open_gallery(world, engine)
+    a, b = list(world.people)[:2]
+    first, dpo, operator = (engine.embed(world.photo(a, 3)) for _ in range(3))
+    gallery.enroll(a, first)
+    ref = gallery.reference(a)
+    moved = gallery.enroll(a, dpo)
+    with pytest.raises(ReferenceChangedError):
+        gallery.enroll(a, operator, keep_anchor=True, expect=ref)
+    assert gallery.stored_sha256(a) == moved.template_sha256
+    np.testing.assert_array_equal(gallery.anchor(a)[0], template_of(dpo, DIM))
+    assert len(ledger_events(world, "gallery.enrolled")) == 2
+    # The anchor alone changed since the check (template left as it was): refused too.
+    ref = gallery.reference(a)
+    anchor = gallery.anchor_path(a).read_bytes()
+    gallery.anchor_path(a).unlink()
+    gallery.enroll(a, dpo)  # template unchanged, a new anchor
+    assert gallery.anchor_path(a).read_bytes() != anchor
+    with pytest.raises(ReferenceChangedError):
+        gallery.enroll(a, operator, keep_anchor=True, expect=ref)
+    assert gallery.enroll(a, operator, keep_anchor=True, expect=gallery.reference(a)).changed
+    # A first enrolment expects no template: another enrolment in between wins.
+    other = engine.embed(world.photo(b, 3))
+    expect_none = Reference.none_stored(b)
+    taken = gallery.enroll(b, other)
+    with pytest.raises(ReferenceChangedError):
+        gallery.enroll(b, engine.embed(world.photo(b, 3)), expect=expect_none)
+    assert gallery.stored_sha256(b) == taken.template_sha256
 
 
 def test_a_template_file_does_not_open_as_an_anchor(world, engine):

@@ -36,9 +36,12 @@ from visage_ml.rights.erasure.base import Context, label_outcomes
 from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.gallery import (
+    AnchorUnrecordedError,
     EnrolmentRefusedError,
     GalleryUnavailableError,
     NotEnrolledError,
+    Reference,
+    ReferenceChangedError,
 )
 from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
@@ -440,6 +443,49 @@ def test_only_a_privileged_enrolment_moves_the_anchor_of_the_shared_gallery(
     assert not gallery.anchor_path(pid).exists()
     gallery.enroll_many({pid: first})
     np.testing.assert_array_equal(gallery.anchor(pid)[0], template_of(first, DIM))
+    gallery.close()
+
+
+def test_the_shared_gallery_records_anchors_and_writes_an_operator_enrolment_only_over_a_reference(
+    world, engine, pg, table
+):
+    # As in the in-memory gallery: the ledger records every anchor move, an anchor put back is
+    # refused, and an enrolment with `expect` is written only over what was checked.
+    gallery = open_pg(world, pg, table)
+    a, b = list(world.people)[:2]
+    path = gallery.anchor_path(a)
+    first, dpo, operator = (engine.embed(world.photo(a, 3)) for _ in range(3))
+    gallery.enroll(a, first)
+    assert world.core.registry.get(a).anchor_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    stale = path.read_bytes()
+    ref = gallery.reference(a)
+    assert ref.template_sha256 == gallery.stored_sha256(a)
+    moved = gallery.enroll(a, dpo)
+    with pytest.raises(ReferenceChangedError):
+        gallery.enroll(a, operator, keep_anchor=True, expect=ref)
+    assert gallery.stored_sha256(a) == moved.template_sha256
+    np.testing.assert_array_equal(gallery.anchor(a)[0], template_of(dpo, DIM))
+    current = path.read_bytes()
+    path.write_bytes(stale)
+    replica = open_pg(world, pg, table, core=PrivacyCore(world.paths))
+    for g in (gallery, replica):
+        with pytest.raises(AnchorUnrecordedError):
+            g.reference(a)
+    replica.close()
+    path.write_bytes(current)
+    assert gallery.enroll(a, operator, keep_anchor=True, expect=gallery.reference(a)).changed
+    assert path.read_bytes() == current
+    # The same template enrolled again by a privileged path, its anchor gone: the new anchor is
+    # recorded by a gallery.anchored of its own.
+    path.unlink()
+    assert not gallery.enroll(a, operator).changed
+    (event,) = _events(world, "gallery.anchored")
+    assert event.payload["anchor_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    # A first enrolment expects no row: another enrolment in between wins.
+    taken = gallery.enroll(b, engine.embed(world.photo(b, 3)))
+    with pytest.raises(ReferenceChangedError):
+        gallery.enroll(b, engine.embed(world.photo(b, 3)), expect=Reference.none_stored(b))
+    assert gallery.stored_sha256(b) == taken.template_sha256
     gallery.close()
 
 

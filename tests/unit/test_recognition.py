@@ -428,3 +428,76 @@ def test_a_dpo_re_enrolment_moves_the_anchor_and_an_operator_needs_one(lenient_e
     )
     assert s.enroll(a, role="dpo", images=morph_photos(s, a, b, halfway)).status_code == 200
     assert s.enroll(a, images=morph_photos(s, a, b, halfway)).status_code == 200
+
+
+def test_an_operator_re_enrolment_is_not_checked_against_an_anchor_put_back(
+    lenient_each_backend, caplog
+):
+    # The attack: someone who may write the gallery's files keeps a copy of a's anchor, made
+    # from photographs that were partly someone else's (a face 3/8 of the way to b's). A dpo
+    # rectifies: re-enrols a with a's own face, which moves the anchor; the copy is then put
+    # back. Against it, an operator's re-enrolments walk a's template back past the rectified
+    # photographs toward b, which a's real anchor refuses.
+    s = lenient_each_backend
+    a = s.pids[0]
+    pa = s.world.people[a]
+    b = make_person("p" + "b" * 16, np.random.default_rng(7), pa.group, pa.gender)
+    assert s.enroll(a, role="dpo", images=morph_photos(s, a, b, 0.375)).status_code == 200
+    stale = s.gallery.anchor_path(a).read_bytes()
+    assert s.enroll(a, role="dpo").status_code == 200  # a's own face: the anchor moves
+    current = s.gallery.anchor_path(a).read_bytes()
+    assert current != stale
+    s.gallery.anchor_path(a).write_bytes(stale)
+    with caplog.at_level("WARNING"):
+        steps = [s.enroll(a, images=morph_photos(s, a, b, t)) for t in (0.25, 0.375, 0.5)]
+    unknown = s.enroll(UNKNOWN, images=morph_photos(s, a, b, 0.25))
+    assert [r.status_code for r in steps] == [409, 409, 409]
+    assert error(steps[0])["message"].replace(a, "PID") == error(unknown)["message"].replace(
+        UNKNOWN, "PID"
+    )
+    # Logged by pid, nothing else of the subject.
+    assert any(a in r.getMessage() and "anchor" in r.getMessage() for r in caplog.records)
+    # The anchor the ledger records put back: the operator's own-face re-enrolment is back, and
+    # the walk stops before b.
+    s.gallery.anchor_path(a).write_bytes(current)
+    assert s.enroll(a).status_code == 200
+    assert s.enroll(a, images=morph_photos(s, a, b, 0.5)).status_code == 409
+
+
+def test_a_dpo_re_enrolment_between_an_operator_check_and_write_is_not_overwritten(
+    lenient_each_backend, monkeypatch
+):
+    # The race: an operator's re-enrolment of a is checked against a's template and anchor;
+    # before it is written, a dpo re-enrols a with another face (a rectification: a's template
+    # was someone else's). The operator's write, checked against the anchor the dpo replaced,
+    # must not land over the dpo's.
+    from visage_ml.app.http.routers import recognition
+    from visage_ml.serving.index import template_of
+
+    s = lenient_each_backend
+    a, c = s.pids[0], s.pids[1]
+    assert s.enroll(a).status_code == 200
+    rectified = s.engine.embed(np.stack(recognition._enrolment_crops(s.svc, s.photos(c, 3))))
+    checked = recognition._check_not_someone_else
+    dpo: list = []
+
+    def then_a_dpo_re_enrols(svc, pid, emb):
+        checked(svc, pid, emb)
+        dpo.append(s.gallery.enroll(a, rectified, model_version=VERSION))
+
+    monkeypatch.setattr(recognition, "_check_not_someone_else", then_a_dpo_re_enrols)
+    r = s.enroll(a)
+    monkeypatch.undo()
+    assert len(dpo) == 1
+    assert r.status_code == 409 and error(r)["code"] == "not_available"
+    assert s.gallery.stored_sha256(a) == dpo[0].template_sha256
+    np.testing.assert_array_equal(s.gallery.template(a)[0], template_of(rectified, DIM))
+    np.testing.assert_array_equal(s.gallery.anchor(a)[0], template_of(rectified, DIM))
+    # The same race on a first enrolment: checked as a subject without a template, it must not
+    # land over (and re-anchor) the template a dpo enrolled in between.
+    a = s.pids[2]
+    monkeypatch.setattr(recognition, "_check_not_someone_else", then_a_dpo_re_enrols)
+    r = s.enroll(a)
+    monkeypatch.undo()
+    assert r.status_code == 409 and error(r)["code"] == "not_available"
+    assert s.gallery.stored_sha256(a) == dpo[1].template_sha256

@@ -290,6 +290,25 @@ def test_doctor_finds_an_anchor_template_without_template_or_key(project):
     assert not [f for f in doctor(paths).findings if f.path.startswith("gallery/")]
 
 
+def test_doctor_finds_an_anchor_template_the_ledger_does_not_record(project):
+    # An older anchor put back (from a copy, a backup) after a privileged re-enrolment moved it:
+    # never compared with; the doctor names it and purges it (a dpo re-enrolment re-anchors).
+    proj = make_project(project, n_subjects=3)
+    paths = proj.paths
+    gallery = proj.gallery()
+    pid = proj.pids[0]
+    anchor = gallery.anchor_path(pid)
+    stale = anchor.read_bytes()
+    template, _ = gallery.template(pid)
+    gallery.enroll(pid, -template[None, :])  # a dpo's: another template, the anchor moves
+    assert not [f for f in doctor(paths).findings if f.pid == pid]
+    anchor.write_bytes(stale)
+    found = [(f.kind, f.path) for f in doctor(paths).findings if f.pid == pid]
+    assert found == [("unrecorded_anchor", anchor.relative_to(paths.root).as_posix())]
+    doctor(paths, purge=True)
+    assert not anchor.exists() and gallery.template_path(pid).exists()
+
+
 # -- the CLI -------------------------------------------------------------------------------
 
 

@@ -100,6 +100,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "audit.exported",  # the HTTP audit log's chain head at an export (anchors the chain)
         "audit.anchored",  # its chain head, anchored by `visage serve` (serving.audit)
         "gallery.enrolled",
+        "gallery.anchored",  # a subject's anchor template set without a new template
         "gallery.removed",
         "dataset.acquired",
         "model.released",  # SHA-256 of served model / threshold files (serving/release.py)

@@ -137,6 +137,11 @@ class SubjectState:
     # SHA-256 of the gallery template last recorded as enrolled (None once removed): the
     # gallery only searches the template file that the ledger vouches for.
     template_sha256: str | None = None
+    # SHA-256 of the gallery anchor template last recorded as set (``anchor_sha256`` of a
+    # ``gallery.enrolled`` that moved it, or a ``gallery.anchored``; None once removed, and for
+    # a subject anchored before anchors were recorded): an operator's re-enrolment is checked
+    # only against the anchor file the ledger vouches for.
+    anchor_sha256: str | None = None
 
     def decision(self, purpose: str) -> Decision:
         if self.erased:
@@ -200,9 +205,16 @@ def _apply(states: dict[str, SubjectState], seq: int, type_: str, pid: Any, payl
         return False
     if type_ == "gallery.enrolled":
         st.template_sha256 = payload.get("template_sha256")
+        # An operator's re-enrolment leaves the anchor, and its event names none.
+        if payload.get("anchor_sha256") is not None:
+            st.anchor_sha256 = payload["anchor_sha256"]
+        return False
+    if type_ == "gallery.anchored":
+        st.anchor_sha256 = payload.get("anchor_sha256")
         return False
     if type_ == "gallery.removed":
         st.template_sha256 = None
+        st.anchor_sha256 = None
         return False
     if type_ == "consent.given" or type_ == "basis.recorded":
         receipt = payload.get("receipt") or {}
@@ -254,7 +266,7 @@ def fold(events: Iterable[tuple[int, str, Any, Any]]) -> dict[str, SubjectState]
 # The fold cache
 # ---------------------------------------------------------------------------------------------
 
-CACHE_FORMAT = "visage-registry-fold/2"
+CACHE_FORMAT = "visage-registry-fold/3"
 CACHE_SUFFIX = ".fold"
 # The HMAC key of the fold cache, in the project's secrets/ folder (32 random bytes, 0600).
 FOLD_KEY = CACHE_KEY_FILE
@@ -301,7 +313,7 @@ class _Tables:
 
 def _pack(st: SubjectState, t: _Tables) -> list[Any]:
     """One subject as a cache row: ``[pid, added_seq, last_seq, source, flags, objected,
-    template_sha256, permissions]``, strings and bases as indexes into ``t``."""
+    template_sha256, permissions, anchor_sha256]``, strings and bases as indexes into ``t``."""
     perms: list[Any] = []
     for purpose, p in st.permissions.items():
         pflags = p.granted | p.withdrawn << 1 | p.expired << 2
@@ -309,12 +321,22 @@ def _pack(st: SubjectState, t: _Tables) -> list[Any]:
     flags = st.restricted | st.erasure_pending << 1 | st.erased << 2
     objected = [t.string(o) for o in sorted(st.objected)]
     source = t.string(st.source)
-    return [st.pid, st.added_seq, st.last_seq, source, flags, objected, st.template_sha256, perms]
+    return [
+        st.pid,
+        st.added_seq,
+        st.last_seq,
+        source,
+        flags,
+        objected,
+        st.template_sha256,
+        perms,
+        st.anchor_sha256,
+    ]
 
 
 def _unpack(row: list[Any], t: _Tables) -> SubjectState:
     """The :class:`SubjectState` of a row made by :func:`_pack`."""
-    pid, added_seq, last_seq, source, flags, objected, template_sha256, perms = row
+    pid, added_seq, last_seq, source, flags, objected, template_sha256, perms, anchor = row
     strings, bases = t.strings, t.bases
     permissions = {}
     for i in range(0, len(perms), 5):
@@ -338,6 +360,7 @@ def _unpack(row: list[Any], t: _Tables) -> SubjectState:
         bool(flags & 4),
         last_seq,
         template_sha256,
+        anchor,
     )
 
 

@@ -48,6 +48,7 @@ from visage_ml.io import (
     fsync_dir,
     md5_file,
     secure_unlink,
+    sha256_file,
 )
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import (
@@ -84,6 +85,9 @@ NO_KEY = "no_key"
 PLAINTEXT = "plaintext"
 LEFTOVER = "leftover"
 NOTEBOOK = "notebook_image"
+# An anchor template that is not the one the ledger last recorded (an older one put back from a
+# copy or a backup): never used; purged, the subject is re-anchored by a dpo's re-enrolment.
+UNRECORDED_ANCHOR = "unrecorded_anchor"
 # Folders of personal data: 0700, their files 0600 (privacy/ itself holds the public key).
 PRIVATE_FOLDERS: tuple[str, ...] = (
     "data/raw",
@@ -455,7 +459,9 @@ def rotate_master_key(
 class Finding:
     """One thing at rest that should not be: what, where, and what ``--purge`` does."""
 
-    kind: str  # erased_subject, unknown_subject, no_key, plaintext, leftover, notebook_image
+    # erased_subject, unknown_subject, no_key, plaintext, leftover, notebook_image,
+    # unrecorded_anchor
+    kind: str
     path: str
     pid: str | None = None
     action: str = "purge"  # purge, or "seal" (run `visage privacy seal`: live data)
@@ -557,7 +563,9 @@ class _Doctor:
 
     def gallery(self) -> None:
         """Subjects with a template, an anchor template or a key under ``gallery/``: all their
-        files when the registry refuses them or their key is gone (a template or anchor alone)."""
+        files when the registry refuses them or their key is gone (a template or anchor alone);
+        an anchor whose SHA-256 is not the one the ledger last recorded (one file hash each, for
+        subjects whose anchor is recorded)."""
         keys_dir = self.paths.gallery / gallery_store.KEYS_DIR
         seen: set[str] = set()
         for folder, suffix in (
@@ -577,6 +585,12 @@ class _Doctor:
             if status is not None:
                 for f in files:
                     self.add(status, f, pid)
+                continue
+            st = self.states.get(pid)
+            anchor = gallery_store.anchor_path(self.paths.gallery, pid)
+            recorded = st.anchor_sha256 if st is not None else None
+            if recorded is not None and anchor.is_file() and sha256_file(anchor) != recorded:
+                self.add(UNRECORDED_ANCHOR, anchor, pid)
 
     def key_rings(self) -> None:
         for name, (folder, _) in _key_rings(self.paths).items():

@@ -16,7 +16,8 @@ Storage (under ``gallery/``)
   ``visage gallery rebuild`` from ``data/processed``, a rectification). An operator's
   re-enrolment must match it as well as the current template, and leaves it as it is
   (``keep_anchor``), so that a chain of re-enrolments, each close to the one before, cannot walk
-  a subject's template to another face.
+  a subject's template to another face. The ledger records the SHA-256 of each anchor as it is
+  set (see Accountability).
 
 Why one file per subject rather than shared segment files: an erasure then touches only that
 subject's own files (no other subject's ciphertext is ever rewritten, nothing waits for a
@@ -39,7 +40,21 @@ restricted, objected, withdrawn or erased subject is not even scored, rather tha
 Accountability: only the template file that the ledger vouches for (the ``template_sha256`` of
 the subject's last ``gallery.enrolled``) is searched. A file the ledger does not record, such as
 one left by an enrolment killed before its event was appended, stays unused (and is counted as
-``unrecorded``) until the subject is enrolled again.
+``unrecorded``) until the subject is enrolled again. Likewise an operator's re-enrolment is
+checked only against the anchor file the ledger vouches for: every path that sets the anchor
+records its SHA-256 (``anchor_sha256`` of ``gallery.enrolled``, or ``gallery.anchored`` when the
+template stays as it was), and an anchor file that does not hash to the last recorded value (an
+older anchor put back from a copy or a backup, or one written by a privileged enrolment killed
+before its event) is refused (:class:`AnchorUnrecordedError`) until a privileged path anchors the
+subject again. A subject anchored before anchors were recorded has no recorded value: its anchor
+file is used as it is, as before, and is protected from its next anchor move on.
+
+Compare-and-set: an operator's enrolment is checked against the template and anchor that
+:meth:`Gallery.reference` read, outside the gallery's locks, and written with ``expect`` (that
+:class:`Reference`): under the locks of the write the template and anchor must still be the very
+bytes that were checked, so that a dpo's (or any other) enrolment between the check and the write
+is never overwritten by an enrolment checked against what it replaced
+(:class:`ReferenceChangedError`).
 
 Erasure: the row leaves memory, the key file is destroyed (the commit point: from then on the
 ciphertext is unreadable in every copy), the anchor and then the template file are overwritten and
@@ -141,21 +156,53 @@ MSG_TAMPERED = (
     "template {name} fails authentication (altered, truncated or moved); it is not used. "
     "Restore it from a backup or re-enrol the subject"
 )
+MSG_ANCHOR_UNRECORDED = (
+    "gallery: the anchor template of subject {pid} is not the one the ledger records (an older "
+    "anchor put back from a copy or a backup, or an enrolment interrupted before it was "
+    "recorded); operators' re-enrolments of the subject are refused until a dpo key, "
+    "`visage gallery rebuild` or a rectification re-enrols it"
+)
+MSG_REFERENCE_CHANGED = (
+    "gallery: an operator's enrolment of subject {pid} was not written: the subject's template "
+    "or anchor changed after the images were checked against them (a concurrent enrolment); "
+    "enrol again"
+)
 
 
 def enrolled_event(
-    pid: str, template_sha256: str, *, model_version: str, n_images: int, replaced: bool
+    pid: str,
+    template_sha256: str,
+    *,
+    model_version: str,
+    n_images: int,
+    replaced: bool,
+    anchor_sha256: str | None = None,
 ) -> tuple[str, str, dict[str, Any]]:
-    """The ledger's ``gallery.enrolled`` entry of a template (both backends record the same)."""
+    """The ledger's ``gallery.enrolled`` entry of a template (both backends record the same).
+
+    ``anchor_sha256``: the subject's anchor file after an enrolment that set the anchor (every
+    one but an operator's re-enrolment, whose entry names none: the anchor stays as recorded).
+    """
+    payload: dict[str, Any] = {
+        "template_sha256": template_sha256,
+        "model_version": model_version,
+        "n_images": n_images,
+        "replaced": replaced,
+    }
+    if anchor_sha256 is not None:
+        payload["anchor_sha256"] = anchor_sha256
+    return "gallery.enrolled", pid, payload
+
+
+def anchored_event(
+    pid: str, anchor_sha256: str, *, model_version: str
+) -> tuple[str, str, dict[str, Any]]:
+    """The ledger's ``gallery.anchored`` entry: a privileged enrolment left the template as it
+    was but set (or first recorded) the subject's anchor file."""
     return (
-        "gallery.enrolled",
+        "gallery.anchored",
         pid,
-        {
-            "template_sha256": template_sha256,
-            "model_version": model_version,
-            "n_images": n_images,
-            "replaced": replaced,
-        },
+        {"anchor_sha256": anchor_sha256, "model_version": model_version},
     )
 
 
@@ -183,6 +230,24 @@ class EnrolmentRefusedError(PermissionError):
         self.reason = reason
         text = REASON_TEXT.get(reason, reason)
         super().__init__(MSG_REFUSED.format(pid=pid, text=text, reason=reason))
+
+
+class AnchorUnrecordedError(GalleryError):
+    """A subject's anchor file is not the one the ledger last recorded (see
+    :meth:`Gallery.reference`)."""
+
+    def __init__(self, pid: str) -> None:
+        self.pid = pid
+        super().__init__(MSG_ANCHOR_UNRECORDED.format(pid=pid))
+
+
+class ReferenceChangedError(GalleryError):
+    """An enrolment written with ``expect`` found the subject's template or anchor changed
+    since they were read (:meth:`Gallery.enroll`); nothing was written."""
+
+    def __init__(self, pid: str) -> None:
+        self.pid = pid
+        super().__init__(MSG_REFERENCE_CHANGED.format(pid=pid))
 
 
 class NotEnrolledError(KeyError):
@@ -214,6 +279,31 @@ class Enrolment:
     images: int
     replaced: bool
     changed: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """What an operator's enrolment of ``pid`` is checked against (:meth:`Gallery.reference`):
+    the stored template and anchor template, decrypted, with their file headers and the SHA-256
+    of the sealed bytes each was opened from. Passed back to :meth:`Gallery.enroll` as
+    ``expect``, the enrolment is written only if both are still those bytes.
+
+    :meth:`none_stored`: a first enrolment, written only if there is still no template.
+    Never logged, never served.
+    """
+
+    pid: str
+    template_sha256: str | None
+    anchor_sha256: str | None
+    template: np.ndarray | None = field(default=None, repr=False)
+    template_header: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    anchor: np.ndarray | None = field(default=None, repr=False)
+    anchor_header: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def none_stored(cls, pid: str) -> Reference:
+        """The reference of a subject without a template (a first enrolment)."""
+        return cls(pid, None, None)
 
 
 @dataclass(frozen=True)
@@ -996,10 +1086,74 @@ class Gallery:
             raise NotEnrolledError(pid)
         return self._open_file(pid, self.anchor_path(pid), ANCHOR_MAGIC)
 
+    def reference(self, pid: str) -> Reference:
+        """``pid``'s stored template and anchor template, as an operator's re-enrolment is
+        checked against them and then written (``expect`` of :meth:`enroll`).
+
+        Both are read under the lock; the anchor must be the file whose SHA-256 the ledger last
+        recorded for the subject (a subject anchored before anchors were recorded has none, and
+        its anchor is used as it is).
+
+        Raises
+        ------
+        NotEnrolledError
+            No template or no anchor (see :meth:`anchor`).
+        AnchorUnrecordedError
+            The anchor file is not the one the ledger records (logged with the pid).
+        GalleryError
+            A file fails authentication.
+        """
+        check_pid(pid)
+        if not self.keeps_anchors:
+            raise NotEnrolledError(pid)
+        path = self.anchor_path(pid)
+        with self.lock:
+            self.refresh()
+            blob = self._sealed(pid)
+            try:
+                anchor_blob = path.read_bytes()
+            except FileNotFoundError:
+                anchor_blob = None
+            state = self.core.registry.peek(pid)
+        if blob is None or anchor_blob is None:
+            raise NotEnrolledError(pid)
+        anchor_sha256 = sha256_bytes(anchor_blob)
+        recorded = state.anchor_sha256 if state is not None else None
+        if recorded is not None and recorded != anchor_sha256:
+            logger.warning(MSG_ANCHOR_UNRECORDED.format(pid=pid))
+            raise AnchorUnrecordedError(pid)
+        template, template_header = self._open_blob(pid, blob, MAGIC, self.template_path(pid).name)
+        anchor, anchor_header = self._open_blob(pid, anchor_blob, ANCHOR_MAGIC, path.name)
+        return Reference(
+            pid,
+            sha256_bytes(blob),
+            anchor_sha256,
+            template,
+            template_header,
+            anchor,
+            anchor_header,
+        )
+
+    def _sealed(self, pid: str) -> bytes | None:
+        """The sealed bytes of ``pid``'s template as stored, or None."""
+        try:
+            return self.template_path(pid).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def _open_file(self, pid: str, path: Path, magic: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         """Decrypt ``pid``'s template or anchor file at ``path`` (any embedder version)."""
         try:
             blob = path.read_bytes()
+        except FileNotFoundError:
+            raise NotEnrolledError(pid) from None
+        return self._open_blob(pid, blob, magic, path.name)
+
+    def _open_blob(
+        self, pid: str, blob: bytes, magic: bytes, name: str
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Decrypt ``pid``'s sealed template or anchor ``blob`` (any embedder version)."""
+        try:
             header, header_bytes, body = self._parse(blob, magic)
             if header.get("pid") != pid:
                 raise ValueError("template header names another subject")
@@ -1007,7 +1161,7 @@ class Gallery:
         except (FileNotFoundError, KeyDestroyedError):
             raise NotEnrolledError(pid) from None
         except (InvalidTag, ValueError, orjson.JSONDecodeError, struct.error):
-            raise GalleryError(MSG_TAMPERED.format(name=path.name)) from None
+            raise GalleryError(MSG_TAMPERED.format(name=name)) from None
         return np.frombuffer(plain, dtype="<f4").astype(np.float32), header
 
     def stats(self) -> dict[str, Any]:
@@ -1044,6 +1198,7 @@ class Gallery:
         crops: np.ndarray | None = None,
         model_version: str | None = None,
         keep_anchor: bool = False,
+        expect: Reference | None = None,
     ) -> Enrolment:
         """Store ``pid``'s template (replacing an existing one) if identification is allowed.
 
@@ -1060,6 +1215,11 @@ class Gallery:
         keep_anchor
             Leave the subject's anchor template as it is (an operator's re-enrolment, which the
             caller has matched against it); otherwise the new template becomes the anchor too.
+        expect
+            Write only if ``pid``'s template and anchor are still the sealed bytes this
+            :class:`Reference` was read from (:meth:`reference`; :meth:`Reference.none_stored`:
+            still no template), checked under the locks of the write: an operator's enrolment,
+            checked against them before.
 
         Raises
         ------
@@ -1067,13 +1227,19 @@ class Gallery:
             The registry does not allow ``pid`` for identification (the reason is named).
         GalleryVersionError
             ``model_version`` is not the gallery's embedder.
+        ReferenceChangedError
+            ``expect`` is not what is stored any more (nothing written; logged with the pid).
         """
         items = {pid: self._embeddings(embeddings, crops)}
+        kw: dict[str, Any] = {}
+        # Only an operator's enrolment passes these, and keep_anchor only after :meth:`reference`
+        # answered, which a backend without anchors (whose enroll_many may not take them) never
+        # does.
         if keep_anchor:
-            # Only an operator's re-enrolment passes it, and only after :meth:`anchor` answered,
-            # which a backend without anchors (whose enroll_many may not take it) never does.
-            return self.enroll_many(items, model_version=model_version, keep_anchor=True)[0]
-        return self.enroll_many(items, model_version=model_version)[0]
+            kw["keep_anchor"] = True
+        if expect is not None:
+            kw["expect"] = {pid: expect}
+        return self.enroll_many(items, model_version=model_version, **kw)[0]
 
     def enroll_many(
         self,
@@ -1081,19 +1247,24 @@ class Gallery:
         *,
         model_version: str | None = None,
         keep_anchor: bool = False,
+        expect: Mapping[str, Reference] | None = None,
     ) -> list[Enrolment]:
         """Enrol several subjects under one lock and one ledger append.
 
-        Nothing is written unless every subject is allowed. A template equal to the stored one
-        is left alone (no write, no event), so a repeated rebuild changes nothing. On a failed
-        ledger append the template and anchor files are restored to what they were.
+        Nothing is written unless every subject is allowed, and each subject in ``expect``
+        still has the template and anchor its :class:`Reference` was read from (else
+        :class:`ReferenceChangedError`; see :meth:`enroll`). A template equal to the stored one
+        is left alone (no write, no ``gallery.enrolled``), so a repeated rebuild changes nothing.
+        On a failed ledger append the template and anchor files are restored to what they were.
 
         Unless ``keep_anchor``, each new template also becomes the subject's anchor template
-        (written beside it, sealed under the same key; rewritten only when it differs, without
-        an event of its own): the first enrolment, a dpo's, the gallery stage's and a rebuild's
-        (a new embedder's anchors are made from ``data/processed`` there) re-anchor the subject.
-        With ``keep_anchor`` (an operator's re-enrolment) the anchor is left as it is, and none
-        is made for a subject who has none.
+        (written beside it, sealed under the same key; rewritten only when it differs): the
+        first enrolment, a dpo's, the gallery stage's and a rebuild's (a new embedder's anchors
+        are made from ``data/processed`` there) re-anchor the subject, and the ledger records the
+        anchor file's SHA-256 (``anchor_sha256`` of ``gallery.enrolled``, or a
+        ``gallery.anchored`` when the template is left alone but the anchor is not the one
+        recorded). With ``keep_anchor`` (an operator's re-enrolment) the anchor is left as it
+        is, and none is made for a subject who has none.
         """
         if model_version is not None and model_version != self.meta.model_version:
             raise GalleryVersionError(
@@ -1112,6 +1283,8 @@ class Gallery:
                 decision = registry.may_process(pid, PURPOSE)
                 if not decision.allowed:
                     raise EnrolmentRefusedError(pid, decision.reason)
+            for pid, ref in (expect or {}).items():
+                self._check_unchanged(ref, self._sealed(pid), registry.peek(pid))
             results: list[Enrolment] = []
             undo: list[tuple[Path, bytes | None]] = []
             events: list[tuple[str, str | None, Mapping[str, Any]]] = []
@@ -1127,8 +1300,15 @@ class Gallery:
                     if old is not None and recorded and self._same_template(pid, old, vec):
                         digest = sha256_bytes(old)
                         if not keep_anchor:
-                            # A subject enrolled before anchors were kept gets one here.
-                            self._write_anchor(pid, vec, counts[pid], undo)
+                            # A subject enrolled before anchors were kept (or recorded) gets
+                            # one here.
+                            anchor = self._write_anchor(pid, vec, counts[pid], undo)
+                            if state is None or state.anchor_sha256 != anchor:
+                                events.append(
+                                    anchored_event(
+                                        pid, anchor, model_version=self.meta.model_version
+                                    )
+                                )
                         results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                         written[pid] = (vec, digest)
                         continue
@@ -1141,8 +1321,9 @@ class Gallery:
                         private_dir(path.parent)
                     atomic_write_bytes(path, blob, mode=0o600)
                     faults.crash_point("gallery:enroll:template-written")
+                    anchor = None
                     if not keep_anchor:
-                        self._write_anchor(pid, vec, counts[pid], undo)
+                        anchor = self._write_anchor(pid, vec, counts[pid], undo)
                     digest = sha256_bytes(blob)
                     written[pid] = (vec, digest)
                     results.append(Enrolment(pid, digest, counts[pid], old is not None))
@@ -1153,6 +1334,7 @@ class Gallery:
                             model_version=self.meta.model_version,
                             n_images=counts[pid],
                             replaced=old is not None,
+                            anchor_sha256=anchor,
                         )
                     )
                 if events:
@@ -1178,19 +1360,37 @@ class Gallery:
 
     def _write_anchor(
         self, pid: str, vec: np.ndarray, images: int, undo: list[tuple[Path, bytes | None]]
-    ) -> None:
+    ) -> str:
         """Make ``vec`` ``pid``'s anchor template (atomically; nothing when it already is),
-        noting the file's previous bytes in ``undo``. Call with both locks held."""
+        noting the file's previous bytes in ``undo``; returns the anchor file's SHA-256, for
+        the ledger to record. Call with the locks of the write held."""
         path = self.anchor_path(pid)
         old = path.read_bytes() if path.exists() else None
         if old is not None and self._same_template(pid, old, vec, ANCHOR_MAGIC):
-            return
+            return sha256_bytes(old)
         blob = self._seal(pid, self.keys.get(pid, create=True), vec, images, ANCHOR_MAGIC)
         undo.append((path, old))
         if not path.parent.is_dir():
             private_dir(self.directory / ANCHORS_DIR)
             private_dir(path.parent)
         atomic_write_bytes(path, blob, mode=0o600)
+        return sha256_bytes(blob)
+
+    def _check_unchanged(self, ref: Reference, template: bytes | None, state: Any) -> None:
+        """Raise :class:`ReferenceChangedError` (logged with the pid) unless ``ref.pid``'s
+        stored ``template`` bytes, and for a re-enrolment its anchor file, are still those
+        ``ref`` was read from, and the anchor is still the one the ledger records (``state``,
+        the registry's). Call with the locks of the write held."""
+        stored = sha256_bytes(template) if template is not None else None
+        changed = stored != ref.template_sha256
+        if not changed and ref.template_sha256 is not None:
+            path = self.anchor_path(ref.pid)
+            anchor = sha256_file(path) if path.is_file() else None
+            recorded = state.anchor_sha256 if state is not None else None
+            changed = anchor != ref.anchor_sha256 or recorded not in (None, anchor)
+        if changed:
+            logger.warning(MSG_REFERENCE_CHANGED.format(pid=ref.pid))
+            raise ReferenceChangedError(ref.pid)
 
     @staticmethod
     def _undo(undo: Iterable[tuple[Path, bytes | None]]) -> None:

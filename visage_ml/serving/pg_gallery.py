@@ -61,6 +61,12 @@ fails; a process killed in between leaves the anchor of an enrolment that only a
 key; an anchor whose key is gone (an erasure killed in between) is removed when a gallery is
 opened (:meth:`PgGallery.reload`) and by :meth:`PgGallery.purge_without_basis`.
 
+As in the in-memory backend, the ledger records each anchor's SHA-256 as it is set, an anchor
+file that is not the recorded one (an older one put back) is never compared with, and an
+operator's enrolment is written only over the row and anchor it was checked against
+(:meth:`Gallery.reference`, ``expect``; the row is read ``FOR UPDATE`` in the transaction of the
+write, the anchor under the gallery's file lock).
+
 Consent at query time
 ---------------------
 Table ``<table>_revoked`` lists subjects that must not be returned (identification consent
@@ -140,9 +146,11 @@ from visage_ml.serving.gallery import (
     GalleryVersionError,
     Match,
     NotEnrolledError,
+    Reference,
     Removal,
     Threshold,
     _rel,
+    anchored_event,
     enrolled_event,
     listed_pids,
     meta_for,
@@ -1438,6 +1446,11 @@ class PgGallery(Gallery):
             )
             logger.warning("gallery: finished an interrupted erasure (anchor without key removed)")
 
+    @_reads
+    def reference(self, pid: str) -> Reference:
+        """As :meth:`Gallery.reference`, the template from the sealed column."""
+        return super().reference(pid)
+
     @_writes
     def enroll_many(
         self,
@@ -1445,14 +1458,17 @@ class PgGallery(Gallery):
         *,
         model_version: str | None = None,
         keep_anchor: bool = False,
+        expect: Mapping[str, Reference] | None = None,
     ) -> list[Enrolment]:
         """As :meth:`Gallery.enroll_many`: rows written in one transaction that commits only
         after the ledger records the enrolments (no row the ledger does not vouch for).
 
         Unless ``keep_anchor`` (an operator's re-enrolment), each template also becomes the
         subject's anchor file, a row left unchanged included (a subject enrolled before anchors
-        were kept gets one). The anchor files are written before the ledger append and put back
-        as they were when the append or the commit fails.
+        were kept gets one), and the ledger records the anchor's SHA-256. The anchor files are
+        written before the ledger append and put back as they were when the append or the
+        commit fails. ``expect`` is compared with the rows as locked (``FOR UPDATE``) in the
+        transaction and the anchor files under the gallery's file lock.
         """
         if model_version is not None and model_version != self.meta.model_version:
             raise GalleryVersionError(
@@ -1477,7 +1493,9 @@ class PgGallery(Gallery):
             conn = self._conn
             try:
                 with file_lock(self._file_lock), conn.transaction():
-                    self._enroll_rows(conn, vectors, counts, keep_anchor, results, events, undo)
+                    self._enroll_rows(
+                        conn, vectors, counts, keep_anchor, results, events, undo, expect=expect
+                    )
             except BaseException:
                 self._undo(undo)
                 raise
@@ -1496,6 +1514,8 @@ class PgGallery(Gallery):
         results: list[Enrolment],
         events: list[tuple[str, str | None, Mapping[str, Any]]],
         undo: list[tuple[Any, bytes | None]],
+        *,
+        expect: Mapping[str, Reference] | None = None,
     ) -> None:
         """:meth:`enroll_many` inside its transaction: the rows, the anchor files (their old
         bytes noted in ``undo``) and the ledger append; ``results`` and ``events`` filled in."""
@@ -1504,10 +1524,14 @@ class PgGallery(Gallery):
         old = {
             r[0]: (bytes(r[1]), as_array(r[2]))
             for r in conn.execute(
-                sql.SQL("SELECT pid, sealed, embedding FROM {t} WHERE pid = ANY(%s)").format(t=n.t),
+                sql.SQL(
+                    "SELECT pid, sealed, embedding FROM {t} WHERE pid = ANY(%s) FOR UPDATE"
+                ).format(t=n.t),
                 (list(vectors),),
             ).fetchall()
         }
+        for pid, ref in (expect or {}).items():
+            self._check_unchanged(ref, old[pid][0] if pid in old else None, registry.peek(pid))
         rows = []
         for pid, vec in vectors.items():
             prev = old[pid][0] if pid in old else None
@@ -1519,13 +1543,16 @@ class PgGallery(Gallery):
                 same = self._same_template(pid, prev, vec) and np.array_equal(old[pid][1], vec)
                 if state.template_sha256 == digest and same:
                     if not keep_anchor:
-                        # A subject enrolled before anchors were kept gets one here.
-                        self._write_anchor(pid, vec, counts[pid], undo)
+                        # A subject enrolled before anchors were kept (or recorded) gets one here.
+                        anchor = self._write_anchor(pid, vec, counts[pid], undo)
+                        if state.anchor_sha256 != anchor:
+                            events.append(
+                                anchored_event(pid, anchor, model_version=self.meta.model_version)
+                            )
                     results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                     continue
             blob = self._seal(pid, self.keys.get(pid, create=True), vec, counts[pid])
-            if not keep_anchor:
-                self._write_anchor(pid, vec, counts[pid], undo)
+            anchor = None if keep_anchor else self._write_anchor(pid, vec, counts[pid], undo)
             digest = hashlib.sha256(blob).hexdigest()
             rows.append(
                 (
@@ -1546,10 +1573,20 @@ class PgGallery(Gallery):
                     model_version=self.meta.model_version,
                     n_images=counts[pid],
                     replaced=prev is not None,
+                    anchor_sha256=anchor,
                 )
             )
-        if not rows:
+        if not events:
             return
+        if rows:
+            self._upsert(conn, rows)
+        # The ledger first: a failed append rolls the rows back (and the anchors, the caller).
+        self.core.ledger.append_many(events)
+
+    def _upsert(self, conn: psycopg.Connection, rows: list[tuple]) -> None:
+        """Write enrolled ``rows`` (and reinstate them for every replica) in ``conn``'s
+        transaction."""
+        n = self.names
         with conn.cursor() as cur:
             cur.executemany(
                 sql.SQL(
@@ -1568,8 +1605,6 @@ class PgGallery(Gallery):
                 ([r[0] for r in rows], REVOKED_ERASED),
             )
         _bump(conn, n)
-        # The ledger first: a failed append rolls the rows back (and the anchors, the caller).
-        self.core.ledger.append_many(events)
 
     @_writes
     def erase(self, pid: str, *, reason: str = "erasure") -> Removal:

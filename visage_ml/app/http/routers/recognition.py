@@ -19,7 +19,10 @@
   subject's first enrolment or of the last privileged one (dpo key, gallery stage or rebuild,
   rectification); an operator's re-enrolment leaves it as it is. Without it, re-enrolments that
   each matched only the template before could walk a subject's template, step by step, to
-  another face.
+  another face. Only the anchor file the ledger records is compared with (an older one put back
+  is refused), and an operator's enrolment is written only over the template and anchor it was
+  checked against (:meth:`visage_ml.serving.gallery.Gallery.reference`, ``expect``), so that a
+  dpo's enrolment in between is never overwritten.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from visage_ml.serving.gallery import (
     GalleryError,
     GalleryUnavailableError,
     NotEnrolledError,
+    Reference,
+    ReferenceChangedError,
 )
 from visage_ml.serving.index import template_of
 from visage_ml.serving.quality import refusal
@@ -215,18 +220,26 @@ def enroll(
     if crops is None:
         crops = _enrolment_crops(svc, body.images)
     emb = svc.engine.embed(np.stack(crops))
-    reenrolment = False
+    checked = None
     if operator:
-        reenrolment = bool(gallery.status(body.pid)["enrolled"])
-        if reenrolment:
-            _check_same_person(svc, body.pid, emb)
+        checked = Reference.none_stored(body.pid)
+        if gallery.status(body.pid)["enrolled"]:
+            checked = _check_same_person(svc, body.pid, emb)
         _check_not_someone_else(svc, body.pid, emb)
-    result = gallery.enroll(
-        body.pid,
-        emb,
-        model_version=svc.engine.embedder.model_version,
-        keep_anchor=reenrolment,  # only a dpo's (or a first) enrolment re-anchors the subject
-    )
+    try:
+        result = gallery.enroll(
+            body.pid,
+            emb,
+            model_version=svc.engine.embedder.model_version,
+            # Only a dpo's (or a first) enrolment re-anchors the subject.
+            keep_anchor=checked is not None and checked.template_sha256 is not None,
+            # An operator's is written only over the template and anchor it was checked
+            # against (or none), under the gallery's lock: a concurrent enrolment is never
+            # overwritten by one checked against what that replaced.
+            expect=checked,
+        )
+    except ReferenceChangedError:
+        raise _not_available(body.pid) from None
     return {
         "pid": body.pid,
         "template_sha256": result.template_sha256,
@@ -259,31 +272,36 @@ def _enrolment_crops(svc: Service, images: list[str]) -> list[np.ndarray]:
     return crops
 
 
-def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> None:
+def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> Reference:
     """Refuse (one answer) unless the new images' template matches, at the 1:1 threshold, both
-    the stored template and the subject's anchor template.
+    the stored template and the subject's anchor template; returns what was compared, for the
+    enrolment to be written only over it.
 
     The anchor stops a walk: re-enrolments each a little further toward another face, each
     matching the template the one before stored. A template or anchor of another embedder
-    cannot be compared, and a subject without an anchor (enrolled before anchors were kept, or
-    a backend that keeps none) has nothing to compare with: both are refused too, until a dpo
-    key, the gallery stage or a rebuild re-enrols the subject.
+    cannot be compared, a subject without an anchor (enrolled before anchors were kept, or
+    a backend that keeps none) has nothing to compare with, and an anchor file that is not the
+    one the ledger records (an older one put back) is not compared with: all are refused too,
+    until a dpo key, the gallery stage or a rebuild re-enrols the subject.
     """
     gallery = svc.require_gallery()
+    try:
+        ref = gallery.reference(pid)
+    except GalleryUnavailableError:
+        raise  # a 503 to retry, not an answer about the subject
+    except (NotEnrolledError, GalleryError):
+        raise _not_available(pid) from None
     compared = []
-    for stored in (gallery.template, gallery.anchor):
-        try:
-            old, header = stored(pid)
-        except GalleryUnavailableError:
-            raise  # a 503 to retry, not an answer about the subject
-        except (NotEnrolledError, GalleryError):
-            raise _not_available(pid) from None
-        if header.get("model_version") != gallery.model_version or old.shape[0] != emb.shape[1]:
+    for old, header in ((ref.template, ref.template_header), (ref.anchor, ref.anchor_header)):
+        if old is None or header.get("model_version") != gallery.model_version:
+            raise _not_available(pid)
+        if old.shape[0] != emb.shape[1]:
             raise _not_available(pid)
         compared.append(old)
     new = template_of(emb, gallery.embedding_dim)
     if min(float(np.dot(old, new)) for old in compared) < gallery.threshold:
         raise _not_available(pid)
+    return ref
 
 
 def _check_not_someone_else(svc: Service, pid: str, emb: np.ndarray) -> None:
