@@ -182,12 +182,20 @@ def test_enrolment_without_identification_consent_is_refused_before_embedding(se
     detector = s.engine.detector
     embedded = []
     embed = s.engine.embed
-    monkeypatch.setattr(s.engine, "embed", lambda crops: embedded.append(1) or embed(crops))
-    r = s.enroll(s.pids[-1])
+    monkeypatch.setattr(s.engine, "embed", lambda crops: embedded.append(crops) or embed(crops))
+    images = s.photo_b64(s.pids[-1], 3)
+    r = s.call("POST", "/v1/enroll", "operator", json={"pid": s.pids[-1], "images": images})
     # An operator is not told why (no oracle for consent state) ...
     assert r.status_code == 409 and error_of(r) == "not_available"
     assert "no_consent" not in r.json()["error"]["message"]
-    assert embedded == []  # the images were checked (one face, quality), never embedded
+    # The images were checked (one face, quality), never embedded: the refusal's embedding, which
+    # keeps its time that of any other refusal, is of a decoy.
+    crops = [
+        f.crop for im in images for f in s.engine.detect_one(s.client.app.state.visage.decode(im))
+    ]
+    assert len(embedded) == 1 and len(embedded[0]) == len(crops) == 3
+    assert not any(np.array_equal(row, c) for row in embedded[0] for c in crops)
+    embedded.clear()
     # ... a DPO is, before the images are looked at.
     calls = detector.calls
     r = s.call(

@@ -346,6 +346,90 @@ def test_an_operator_cannot_probe_consent_with_an_image_that_is_refused(lenient)
     assert not s.gallery.status(allowed)["enrolled"]
 
 
+def test_an_operator_cannot_time_consent_state_off_the_one_answer(
+    lenient_each_backend, monkeypatch
+):
+    # The attack: time the one answer. Verify answers 404 alike for a subject who may be
+    # enrolled but is not and for one who may not (withdrawn, restricted, erased, unknown). An
+    # enrolment with a face the gallery already holds is refused alike too, but a subject who
+    # may be enrolled was refused only after the images were embedded and the gallery searched,
+    # one who may not as soon as the images were checked: the embedder's time (tens of ms a
+    # face) told the two apart. Every refusal now does the same work, on a decoy for a subject
+    # who may not be processed (whose images are never embedded).
+    from visage_ml.app.http.routers import recognition
+
+    s = lenient_each_backend
+    a, allowed = s.pids[0], s.pids[1]
+    withdrawn, restricted, erased = s.pids[2:5]
+    for pid in (a, withdrawn, restricted, erased):
+        assert s.enroll(pid).status_code == 200
+    assert s.call("POST", f"/v1/subjects/{withdrawn}/consent/withdraw", "dpo").status_code == 200
+    assert s.call("POST", f"/v1/subjects/{restricted}/restrict", "dpo").status_code == 200
+    assert s.call("POST", f"/v1/subjects/{erased}/erasure", "dpo").status_code == 200
+    images = s.photos(a, 2)  # a's face: someone else's for every pid below
+    crops = recognition._enrolment_crops(s.svc, images)
+    work: list = []
+    embedded: list[np.ndarray] = []
+
+    def spy(obj, name, note):
+        real = getattr(obj, name)
+
+        def call(*args, **kw):
+            work.append(note(*args))
+            return real(*args, **kw)
+
+        monkeypatch.setattr(obj, name, call)
+
+    spy(s.engine, "embed", lambda x: embedded.append(np.asarray(x)) or ("embed", np.shape(x)))
+    spy(s.gallery, "status", lambda _pid: "status")
+    spy(s.gallery, "search", lambda q, **_kw: ("search", np.shape(q)))
+    done = {}
+    for pid in (allowed, UNKNOWN, s.pids[-1], withdrawn, restricted, erased):
+        work.clear()
+        embedded.clear()
+        r = s.enroll(pid, images=images)
+        assert (r.status_code, error(r)["code"]) == (409, "not_available")
+        done[pid] = tuple(work)
+        if pid != allowed:  # may not be processed: the images are never embedded
+            assert not any(np.array_equal(row, c) for e in embedded for row in e for c in crops)
+    assert done[allowed] == (("embed", (2, *crops[0].shape)), "status", ("search", (1, DIM)))
+    assert len(set(done.values())) == 1, done
+    assert not s.gallery.status(allowed)["enrolled"]
+
+
+def test_an_operator_is_not_told_why_a_subject_withdrawn_mid_enrolment_is_refused(
+    lenient, monkeypatch
+):
+    # The race: the route checked that a may be enrolled; before the gallery writes, a DPO
+    # records a's withdrawal, and the gallery's own check refuses. That refusal named its reason
+    # (409 processing_not_allowed, "consent_withdrawn") to the operator, who is owed one answer.
+    from visage_ml.app.http.routers import recognition
+
+    s = lenient
+    a = s.pids[0]
+    assert s.enroll(a).status_code == 200
+    checked = recognition._check_not_someone_else
+
+    def then_a_dpo_withdraws(svc, pid, emb):
+        checked(svc, pid, emb)
+        with svc.lock:
+            svc.core.withdraw_consent(pid, ["identification"])
+
+    monkeypatch.setattr(recognition, "_check_not_someone_else", then_a_dpo_withdraws)
+    r = s.enroll(a)
+    monkeypatch.undo()
+    unknown = s.enroll(UNKNOWN, images=s.photos(a, 3))
+    assert (r.status_code, error(r)["code"]) == (409, "not_available")
+    assert error(r)["message"].replace(a, "PID") == error(unknown)["message"].replace(
+        UNKNOWN, "PID"
+    )
+    assert "withdrawn" not in r.text
+    assert not s.gallery.is_searchable(a)
+    # A DPO is still told why.
+    r = s.enroll(a, role="dpo")
+    assert error(r)["code"] == "processing_not_allowed" and "consent_withdrawn" in r.text
+
+
 def test_an_operator_cannot_enrol_one_face_under_a_second_pid(lenient):
     # The attack: the same face (a's photos) enrolled under b's pid, a subject who may be
     # enrolled but is not yet: the face then answers to both pids, and b's slot is taken.

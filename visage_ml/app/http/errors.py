@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from visage_ml.app.http.auth import ApiKeyFileError
+from visage_ml.app.http.auth import DPO, ApiKeyFileError
 from visage_ml.app.http.schemas import ErrorResponse
 from visage_ml.inference import ModelFileError
 from visage_ml.privacy.auditlog import AuditLogError
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (NoFaceError, 422, "no_face"),
     (TooManyFacesError, 422, "too_many_faces"),
-    (EnrolmentRefusedError, 409, "processing_not_allowed"),
+    # (EnrolmentRefusedError is answered by install_error_handlers: its reason to a dpo key only.)
     (NotEnrolledError, 404, "not_enrolled"),
     (GalleryVersionError, 503, "gallery_version_mismatch"),
     # The shared gallery's database dropped the connection or cannot be reached: retry.
@@ -67,6 +67,17 @@ LIBRARY_MESSAGES: dict[str, str] = {
     "gallery_unavailable": "the gallery's database is unreachable or dropped the connection; "
     "the request was not completed: retry it after Retry-After (repeating it is safe)"
 }
+# One answer for an operator's enrolment, whatever the reason: unknown subject, no
+# identification consent (withdrawn, never given, restricted, objected, erased), a stored
+# template or anchor template the new images do not match (or no anchor to match), or new images
+# identified as another subject. The gallery's own refusal (EnrolmentRefusedError, raised when
+# consent changed after the route checked it) gets it too under any key but a dpo's.
+MSG_NOT_AVAILABLE = (
+    "subject {pid} cannot be enrolled with these images under this key: the subject is not "
+    "available for identification, or already has a template these images do not match, or "
+    "the images match another enrolled subject; a DPO can check the subject's state and "
+    "re-enrol (`POST /v1/enroll` with a dpo key)"
+)
 MSG_MALFORMED_JSON = "the request body is not valid JSON (UTF-8, not nested thousands deep)"
 MSG_INVALID_JSON = "the request body is not valid JSON"
 DOCUMENTED: dict[int, str] = {
@@ -139,6 +150,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
         return handle
 
+    async def enrolment_refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EnrolmentRefusedError)
+        info = request_info(request)
+        if info.get("role") == DPO:
+            info["error"] = "processing_not_allowed"
+            return error_json(409, "processing_not_allowed", str(exc))
+        # Not the reason (consent withdrawn, restricted, erased ...): no oracle for consent.
+        info["error"] = "not_available"
+        return error_json(409, "not_available", MSG_NOT_AVAILABLE.format(pid=exc.pid))
+
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         request_info(request)["error"] = exc.code
@@ -175,3 +196,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     for exc_type, status, code in LIBRARY_ERRORS:
         app.add_exception_handler(exc_type, handler(status, code))
+    app.add_exception_handler(EnrolmentRefusedError, enrolment_refused)

@@ -14,7 +14,8 @@
   template and the subject's anchor template, or a dpo key), or the images are identified as
   another subject (one face, one pid): no oracle for consent state. An operator's images are
   checked (one face, quality) before the subject is, so an unusable image cannot serve as that
-  oracle either;
+  oracle either, and a refusal of a subject who may not be processed does the work of one who
+  may (embedding, a search) on a decoy, so the time an answer takes cannot;
 - the anchor (:meth:`visage_ml.serving.gallery.Gallery.anchor`) is the template of the
   subject's first enrolment or of the last privileged one (dpo key, gallery stage or rebuild,
   rectification); an operator's re-enrolment leaves it as it is. Without it, re-enrolments that
@@ -27,6 +28,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from visage_ml.app.http.auth import AUDITOR, DPO, OPERATOR, ApiKey
 from visage_ml.app.http.errors import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    MSG_NOT_AVAILABLE,
     ApiError,
     error_responses,
     request_info,
@@ -63,17 +66,9 @@ from visage_ml.serving.quality import refusal
 MSG_MULTIPLE = (
     "{what} needs an image with exactly one face but {n} were found{where}; crop the image"
 )
-# One answer for an operator, whatever the reason: unknown subject, no identification
-# consent (withdrawn, never given, restricted, objected, erased), a stored template or anchor
-# template the new images do not match (or no anchor to match), or new images identified as
-# another subject.
-MSG_NOT_AVAILABLE = (
-    "subject {pid} cannot be enrolled with these images under this key: the subject is not "
-    "available for identification, or already has a template these images do not match, or "
-    "the images match another enrolled subject; a DPO can check the subject's state and "
-    "re-enrol (`POST /v1/enroll` with a dpo key)"
-)
 SCORE_ROLES: frozenset[str] = frozenset({DPO, AUDITOR})
+# The subject of a refusal's decoy work: no subject has it (a pid is 64 random bits).
+DECOY_PID = "p" + "0" * 16
 VERIFY_KEY = Depends(require(OPERATOR, DPO, AUDITOR))
 ENROL_KEY = Depends(require(OPERATOR, DPO))
 
@@ -181,6 +176,22 @@ def _not_available(pid: str) -> ApiError:
     return ApiError(409, "not_available", MSG_NOT_AVAILABLE.format(pid=pid))
 
 
+def _as_if_refused(svc: Service, crops: list[np.ndarray]) -> None:
+    """The work of refusing a subject who may be enrolled (embed the images, look the subject
+    up, search the gallery for someone else), done on a decoy for one who may not.
+
+    Refused at once, a subject who may not be processed was answered sooner than one who may
+    by the embedder's time (tens of ms a face): the one answer's timing told consent state,
+    which verify (404 for both) does not. The decoy is noise of the crops' shape and a pid no
+    subject has, so the images of a subject who may not be processed are never embedded.
+    """
+    noise = np.random.default_rng().integers(0, 256, size=(len(crops), *crops[0].shape))
+    emb = svc.engine.embed(noise.astype(crops[0].dtype))
+    svc.require_gallery().status(DECOY_PID)
+    with contextlib.suppress(ApiError):  # the noise matched someone: nothing to tell
+        _check_not_someone_else(svc, DECOY_PID, emb)
+
+
 @router.post(
     "/v1/enroll",
     name="enroll",
@@ -195,9 +206,10 @@ def enroll(
     The template is the normalised mean of the images' embeddings; it replaces any earlier
     one. Refused with 409 when the subject may not be processed for identification: for a dpo
     key before any image is looked at, with the reason; for an operator, one answer for every
-    reason, after the images were checked (never embedded), so that an image that could not be
-    enrolled is refused alike whoever the subject is. Re-enrolling a subject who has a template
-    needs a dpo key, or images whose template matches, at the 1:1 threshold, both the stored one
+    reason, after the images were checked (never embedded; the work of a refusal is done on a
+    decoy), so that neither an image that could not be enrolled nor the time taken tells who the
+    subject is. Re-enrolling a subject who has a template needs a dpo key, or images whose
+    template matches, at the 1:1 threshold, both the stored one
     and the subject's anchor template (that of the first enrolment, or of the last by a dpo key,
     the gallery stage or a rebuild); an operator's re-enrolment keeps the anchor, a dpo's
     replaces it. Under an operator key, images that match another subject (at the 1:1 and the
@@ -215,6 +227,7 @@ def enroll(
         decision = svc.core.may_process(body.pid, "identification")
     if not decision.allowed:
         if operator:
+            _as_if_refused(svc, crops)
             raise _not_available(body.pid)
         raise EnrolmentRefusedError(body.pid, decision.reason)
     if crops is None:
