@@ -4,6 +4,7 @@ face match another subject; the row is set aside, logged by pid and counted in t
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 
@@ -149,3 +150,181 @@ def test_a_cluster_value_written_into_the_table_cannot_lift_a_non_match_over_the
     _write(stack_postgres.dsn, table, "cluster", 1 - home, victim)
     assert victim not in found()
     assert gallery.stats()["tampered"] == 1
+
+
+def _plant(dsn: str, table: str, vectors: np.ndarray) -> list[str]:
+    """Rows an intruder inserts: vectors of their choice under fresh pids, a sealed column of
+    random bytes (no key of the project opens it)."""
+    pids = [f"p{secrets.randbits(63):016x}" for _ in vectors]
+    query = psycopg.sql.SQL(
+        "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed, template_sha256,"
+        " n_images) VALUES (%s, %s, %s, 0, %s, %s, 1)"
+    ).format(t=psycopg.sql.Identifier(table))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_vector(conn)
+        with conn.cursor() as cur:
+            cur.executemany(
+                query,
+                [
+                    (pid, VERSION, v.astype(np.float32), secrets.token_bytes(300), "0" * 64)
+                    for pid, v in zip(pids, vectors, strict=True)
+                ],
+            )
+    return pids
+
+
+def _near(probe: np.ndarray, n: int, seed: int = 3) -> np.ndarray:
+    """``n`` unit vectors closer to ``probe`` than any honest template (cosine ~0.99)."""
+    rng = np.random.default_rng(seed)
+    p = probe / np.linalg.norm(probe)
+    v = p + 0.02 * rng.normal(size=(n, p.shape[0]))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_planted_rows_near_a_probe_do_not_push_the_genuine_mate_out_of_the_answer(
+    world, engine, enrolled, stack_postgres, table, top_k
+):
+    gallery, pids = enrolled
+    victim = pids[0]
+    probe = engine.embed(world.photo(victim))[0]
+    assert gallery.identify(probe, top_k=top_k)[0].pid == victim
+    planted = _plant(stack_postgres.dsn, table, _near(probe, top_k + 2))
+    # Also written over other subjects' rows: those persist through a reload (their pids are
+    # registered and enrolled), fresh pids are revoked by the next one.
+    for pid in pids[1:3]:
+        _write(stack_postgres.dsn, table, "embedding", _near(probe, 1, seed=7)[0], pid)
+
+    got = gallery.identify(probe, top_k=top_k)
+    assert got and got[0].pid == victim
+    assert not {m.pid for m in got} & {*planted, *pids[1:3]}
+    # The refused rows are remembered: the next search does not have to open them again.
+    assert gallery.stats()["tampered"] == len(planted) + 2
+    assert gallery.identify(probe, top_k=top_k)[0].pid == victim
+
+
+def test_a_cohort_shortlist_filled_with_planted_rows_still_holds_the_genuine_mate(
+    world, engine, enrolled, stack_postgres, table
+):
+    """AS-norm reranks a raw-cosine shortlist of 200: 200 planted rows would fill it."""
+    from test_pg_gallery import _asnorm
+
+    gallery, pids = enrolled
+    victim = pids[0]
+    gallery.set_calibration(_asnorm(DIM))
+    probe = engine.embed(world.photo(victim))[0]
+
+    def found() -> list[str]:
+        (got,), _, _ = gallery.search(probe[None], top_k=1, threshold_for=lambda n: -1.0)
+        return [m.pid for m in got]
+
+    assert found() == [victim]
+    _plant(stack_postgres.dsn, table, _near(probe, 230))
+    assert found() == [victim]
+
+
+def _configure(world, dsn: str, table: str) -> None:
+    """The project's params name this gallery, as `visage gallery ...` reads them."""
+    from project_helpers import write_overrides
+
+    write_overrides(
+        world.paths.root / "params.yaml",
+        {
+            "serving.gallery.backend": "pgvector",
+            "serving.gallery.dsn": dsn,
+            "serving.gallery.table": table,
+        },
+    )
+
+
+def test_planted_rows_raise_n_only_until_a_gallery_command_shows_and_revokes_them(
+    world, engine, enrolled, stack_postgres, table
+):
+    """N (the 1:N threshold's gallery size) counts rows; rows the ledger does not vouch for
+    are revoked for every replica by the next reload and counted as `unrecorded`."""
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app as cli
+
+    gallery, pids = enrolled
+    seen: list[int] = []
+
+    def n_now() -> int:
+        probe = engine.embed(world.photo(pids[0]))[0][None]
+        gallery.search(probe, top_k=1, threshold_for=lambda n: seen.append(n) or THRESHOLD)
+        return seen[-1]
+
+    assert n_now() == 17
+    _plant(stack_postgres.dsn, table, _near(engine.embed(world.photo(pids[0]))[0], 5))
+    # The size is cached by the change counter, which the intruder moves too.
+    bump = psycopg.sql.SQL("UPDATE {s} SET version = version + 1").format(
+        s=psycopg.sql.Identifier(f"{table}_state")
+    )
+    with psycopg.connect(stack_postgres.dsn, autocommit=True) as conn:
+        conn.execute(bump)
+    assert n_now() == 22  # a running replica counts them until a reload
+    _configure(world, stack_postgres.dsn, table)
+    r = CliRunner().invoke(cli, ["gallery", "stats", "--json"])
+    assert r.exit_code == 0, r.output
+    stats = json.loads(r.output)
+    assert (stats["searchable"], stats["unrecorded"]) == (17, 5)
+    assert n_now() == 17
+
+
+def test_gallery_verify_names_every_wrong_row_and_exits_non_zero(
+    world, engine, enrolled, stack_postgres, table, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app as cli
+    from visage_ml.serving import gallery_check
+
+    gallery, pids = enrolled
+    victim, swapped = pids[0], pids[1]
+    _configure(world, stack_postgres.dsn, table)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["gallery", "verify"])
+    assert r.exit_code == 0, r.output
+    assert "17 templates checked (pgvector): 17 ok, 0 wrong" in r.output
+
+    # The victim's row as it is now, then enrolled again (another template, a new event).
+    query = psycopg.sql.SQL("SELECT sealed, embedding FROM {t} WHERE pid = %s").format(
+        t=psycopg.sql.Identifier(table)
+    )
+    with psycopg.connect(stack_postgres.dsn) as conn:
+        register_vector(conn)
+        old_sealed, old_embedding = conn.execute(query, (victim,)).fetchone()
+    gallery.enroll(victim, engine.embed(world.photo(victim, 3)))
+    # The intruder puts the old pair back (it passes the row's own check) and writes another
+    # subject's vector over a second row, and plants a row.
+    _write(stack_postgres.dsn, table, "sealed", bytes(old_sealed), victim)
+    _write(stack_postgres.dsn, table, "embedding", old_embedding, victim)
+    _write(stack_postgres.dsn, table, "embedding", gallery.template(pids[2])[0], swapped)
+    (planted,) = _plant(stack_postgres.dsn, table, _near(gallery.template(pids[3])[0], 1))
+
+    # The search refuses the rolled-back row too (not the template the ledger vouches for).
+    probe = engine.embed(world.photo(victim))[0]
+    assert victim not in [m.pid for m in gallery.identify(probe, top_k=3)]
+
+    r = runner.invoke(cli, ["gallery", "verify", "--json"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.output)
+    wrong = {p["pid"]: p["kind"] for p in doc["problems"]}
+    assert wrong == {swapped: "embedding", planted: "sealed"}
+    # The enrolment was a moment ago: the old row could be one not committed yet.
+    assert doc["in_flight"] == [victim]
+    monkeypatch.setattr(gallery_check, "IN_FLIGHT_S", 0.0)
+    r = runner.invoke(cli, ["gallery", "verify"])
+    assert r.exit_code == 1
+    assert f"{victim}  rolled_back: an older template of the subject" in r.output
+    assert f"{swapped}  embedding:" in r.output and f"{planted}  sealed:" in r.output
+    assert "18 templates checked (pgvector): 15 ok, 3 wrong" in r.output
+
+    # Enrolling again repairs a row; the check says so.
+    for pid in (victim, swapped):
+        gallery.enroll(pid, engine.embed(world.photo(pid, 3)))
+    wrong = {
+        p["pid"]
+        for p in json.loads(runner.invoke(cli, ["gallery", "verify", "--json"]).output)["problems"]
+    }
+    assert wrong == {planted}

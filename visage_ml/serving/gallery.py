@@ -99,6 +99,15 @@ from visage_ml.privacy.keys import check_pid, load_master_key
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.registry import NO_BASIS_REASONS, REASON_TEXT
 from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, open_sealed, seal
+from visage_ml.serving.gallery_check import (
+    NO_KEY,
+    SEALED,
+    UNRECORDED,
+    TemplateCheck,
+    enrolment_history,
+    ledger_time,
+    ledger_verdict,
+)
 from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 
 logger = logging.getLogger(__name__)
@@ -1178,6 +1187,52 @@ class Gallery:
                 "embedding_dim": self.meta.embedding_dim,
                 "threshold": self.threshold,
             }
+
+    def check_templates(self, *, calibration: Any = None) -> TemplateCheck:
+        """Open every template file under its subject's key and compare its SHA-256 with the
+        one the ledger's last ``gallery.enrolled`` event of the subject records
+        (:mod:`visage_ml.serving.gallery_check`); reads only.
+
+        ``calibration`` is accepted for the pgvector gallery's sake: files hold no cluster.
+        A file found wrong or in flight is read again (the ledger too) before it is reported.
+        """
+        report = TemplateCheck("files")
+        with self.lock:
+            suspects = self._check_files(report, self._scan(), first=True)
+            if suspects:
+                self._check_files(report, suspects, first=False)
+        return report
+
+    def _check_files(self, report: TemplateCheck, pids: list[str], *, first: bool) -> list[str]:
+        """:meth:`check_templates` over ``pids`` (a second look: ``first`` false); returns the
+        pids found wrong or in flight."""
+        registry = self.core.registry.refresh()
+        history = enrolment_history(self.core.ledger.iter_lines())
+        now = ledger_time(self.core.ledger.clock())
+        for pid in pids:
+            status, blob, _ = self._read(pid)
+            if status == "missing" or status == "stale":
+                if first:
+                    report.stale += status == "stale"
+                else:
+                    # Gone or replaced by another embedder's since the first look.
+                    report.record(pid, None)
+                    report.checked -= 1
+                continue
+            report.checked += first
+            state = registry.peek(pid)
+            if status == "destroyed":
+                verdict: str | None = NO_KEY
+            elif status == "damaged":
+                verdict = SEALED
+            elif state is None or blob is None:
+                verdict = UNRECORDED
+            else:
+                verdict = ledger_verdict(
+                    sha256_bytes(blob), state.template_sha256, history.get(pid, []), now
+                )
+            report.record(pid, verdict)
+        return sorted(report.problems) + sorted(report.in_flight)
 
     # -- changes -------------------------------------------------------------------------------
 

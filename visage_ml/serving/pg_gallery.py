@@ -32,10 +32,24 @@ Whoever may write to the table without holding the project's keys can change ``e
 on them alone: before a search returns a row, or a verification scores it, the row's
 ``embedding`` must be, bit for bit, the template its ``sealed`` column opens to under the
 subject's key (whose header names the subject), and under a calibration by clusters its
-``cluster`` must be that template's (:meth:`PgGallery._unbound_of`). Only the rows about to be
-returned are opened, ``top_k`` at a time (the opened templates' digests are cached by the sealed
-column's digest). A row that fails is left out as if not enrolled, logged by pid once and counted
-as ``tampered`` in :meth:`PgGallery.stats`; enrolling the subject again rewrites it.
+``cluster`` must be that template's (:meth:`PgGallery._unbound_of`); and the sealed column must
+be the one the ledger's last ``gallery.enrolled`` event of the subject records (a subject's own
+older sealed template put back with its embedding passes the first comparison, not this one).
+Only the rows about to be returned are opened, ``top_k`` at a time, and under AS-norm every row
+of the shortlist; a row whose embedding is the template this process already opened from the
+sealed value the ledger records is not read again (digests only are cached). A row that fails is
+left out as if not enrolled, logged by pid once and counted as ``tampered`` in
+:meth:`PgGallery.stats` (a row behind the ledger is logged apart, not counted: it may be an
+enrolment about to commit); enrolling the subject again rewrites it.
+
+A refused row does not keep its place in a candidate list either (the top ``top_k``, a
+cluster's top ``top_k``, the AS-norm shortlist), or a writer could plant rows near a face to push
+its mate out of the answer: the candidates are fetched again without the refused rows (twice as
+many each round), and rows this process has refused are left out of its statements from the
+start until the ledger names their subject again (an enrolment by any replica). An honest
+gallery runs the same one statement per probe (per cluster) as before.
+``visage gallery verify`` (:meth:`PgGallery.check_templates`) opens every row, whatever the
+searches touched, and compares the ledger's hash too.
 
 Anchor templates
 ----------------
@@ -84,6 +98,14 @@ counter every ``poll_interval_s``; on a change it re-counts the searchable templ
 of the 1:N threshold (:mod:`visage_ml.serving.operating_point`). A search also reads the counter
 in its own snapshot and re-counts at once when it moved, so the threshold always uses the shared
 gallery's size at that snapshot.
+
+``N`` counts rows (of this embedder, not revoked); a count that opened every row would cost a
+decryption per subject. Rows the ledger does not vouch for (a pid no subject has, a
+``template_sha256`` the ledger does not record for the subject) are revoked, for every replica,
+by every reload: a server's start and any ``visage gallery`` command, whose ``stats`` then show
+them as ``unrecorded``. Until then a writer who plants rows and moves the counter raises ``N``
+on running replicas: the threshold gets stricter (fewer matches, never more). Rows checked
+``tampered`` stay in ``N`` as well, and show in ``stats``.
 
 Search
 ------
@@ -156,6 +178,17 @@ from visage_ml.serving.gallery import (
     meta_for,
     read_meta,
 )
+from visage_ml.serving.gallery_check import (
+    CLUSTER,
+    EMBEDDING,
+    NO_KEY,
+    SEALED,
+    UNRECORDED,
+    TemplateCheck,
+    enrolment_history,
+    ledger_time,
+    ledger_verdict,
+)
 from visage_ml.serving.index import normalize_queries, template_of
 from visage_ml.stack.manager import Stack
 from visage_ml.stack.proc import StackError
@@ -175,15 +208,33 @@ REVOKED_UNRECORDED = "unrecorded"
 DEFAULT_POLL_S = 0.25
 # AS-norm: templates the SQL shortlist (by raw cosine) holds before the normalised rerank.
 COHORT_SHORTLIST = 200
-# Bindings checked by this process, ``pid -> (SHA-256 of the sealed column, SHA-256 of the template
-# it opens to)``: digests only, no template. Cleared when it holds this many subjects.
+# Bindings checked by this process, ``pid -> (SHA-256 of the sealed column as hex, SHA-256 of the
+# template it opens to)``: digests only, no template. Cleared when it holds this many subjects.
 BOUND_CACHE_MAX = 1 << 20
-# Why a row is not used (:meth:`PgGallery._binding`); only the first three are reported.
+# Why a row is not used (:meth:`PgGallery._binding`): the first three count as tampered, a row
+# behind the ledger is reported apart (it may be an enrolment not committed yet).
 UNBOUND_EMBEDDING = "embedding"
 UNBOUND_CLUSTER = "cluster"
 UNBOUND_SEALED = "sealed"
+UNBOUND_LEDGER = "ledger"
 UNBOUND_ERASED = "erased"
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+def _calibration_key(cal: Any) -> str:
+    """What the state table records of the calibration the ``cluster`` column was computed for."""
+    if cal is None:
+        return "none"
+    if cal.uses_cohort:
+        # No stored cluster depends on a cohort method: every row keeps cluster 0.
+        return "cohort"
+    return hashlib.sha256(np.ascontiguousarray(cal.centroids, dtype="<f8").tobytes()).hexdigest()
+
+
+def _digest(vec: np.ndarray) -> bytes:
+    """SHA-256 of a template's float32 bits (how bindings are compared)."""
+    return hashlib.sha256(np.ascontiguousarray(vec, dtype="<f4").tobytes()).digest()
+
 
 MSG_TABLE = "serving.gallery.table must be a lower-case SQL name of at most 41 characters"
 MSG_CONNECT = (
@@ -212,6 +263,11 @@ MSG_UNBOUND = (
     "gallery row {name} does not rest on the subject's sealed template (its {column} column was "
     "written without the project's keys); it is not returned or verified. Find out who wrote to "
     "the table, then enrol the subject again (`visage gallery rebuild` re-enrols everyone)"
+)
+MSG_BEHIND = (
+    "gallery row {name} holds a sealed template other than the one the ledger last recorded for "
+    "the subject (an older copy put back, or an enrolment not committed yet); it is not returned "
+    "or verified. `visage gallery verify` tells which"
 )
 
 
@@ -636,8 +692,9 @@ class PgGallery(Gallery):
         self._listener: threading.Thread | None = None
         self._listening = threading.Event()
         self.notifications = 0
-        self._bound: dict[str, tuple[bytes, bytes]] = {}
+        self._bound: dict[str, tuple[str, bytes]] = {}
         self._unbound: set[str] = set()
+        self._behind: set[str] = set()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -890,9 +947,12 @@ class PgGallery(Gallery):
 
     def _decision(self, pid: str, registry: Any, sha: str | None) -> str | None:
         """Why ``pid`` must not be returned (None: it may)."""
+        state = registry.peek(pid)
+        if state is None and sha is not None:
+            # A row of no registered subject: planted (see stats' ``unrecorded``).
+            return REVOKED_UNRECORDED
         if not registry.may_process(pid, PURPOSE).allowed:
             return REVOKED_NO_CONSENT
-        state = registry.peek(pid)
         if sha is not None and (state is None or state.template_sha256 != sha):
             return REVOKED_UNRECORDED
         return None
@@ -969,6 +1029,9 @@ class PgGallery(Gallery):
             if news is None:
                 return
             touched, registry = news
+            # The ledger names them again (an enrolment, by any process): check their rows anew.
+            self._unbound.difference_update(touched)
+            self._behind.difference_update(touched)
             if touched:
                 try:
                     self._sync(registry, touched)
@@ -997,15 +1060,7 @@ class PgGallery(Gallery):
             self._ensure_clusters()
 
     def _calibration_id(self) -> str:
-        cal = self._calibration
-        if cal is None:
-            return "none"
-        if cal.uses_cohort:
-            # No stored cluster depends on a cohort method: every row keeps cluster 0.
-            return "cohort"
-        return hashlib.sha256(
-            np.ascontiguousarray(cal.centroids, dtype="<f8").tobytes()
-        ).hexdigest()
+        return _calibration_key(self._calibration)
 
     def _ensure_clusters(self) -> None:
         conn, n = self._conn, self.names
@@ -1047,18 +1102,21 @@ class PgGallery(Gallery):
             self.refresh()
             return self._size_in_tx()
 
-    def _search_sql(self, *, cluster: int | None, embedding: bool = False) -> sql.Composed:
+    def _search_sql(self, *, cluster: int | None, skip: bool = False) -> sql.Composed:
         n = self.names
         where = sql.SQL("")
         if cluster is not None:
             where = sql.SQL(" AND t.cluster = {c}").format(c=sql.Literal(int(cluster)))
-        extra = sql.SQL(", t.embedding" if embedding else "")
+        if skip:
+            # Rows refused by the binding check (:meth:`_answer`); absent from an honest
+            # gallery's statements, which pay nothing for it.
+            where = sql.Composed([where, sql.SQL(" AND t.pid <> ALL(%(skip)s)")])
         return sql.SQL(
-            "SELECT t.pid, t.cluster, t.embedding <#> %(q)s AS d{extra} FROM {t} t "
+            "SELECT t.pid, t.cluster, t.embedding <#> %(q)s AS d, t.embedding FROM {t} t "
             "WHERE t.model_version = %(mv)s{where} AND NOT EXISTS "
             "(SELECT 1 FROM {r} r WHERE r.pid = t.pid) ORDER BY t.embedding <#> %(q)s "
             "LIMIT %(k)s"
-        ).format(t=n.t, r=n.revoked, where=where, extra=extra)
+        ).format(t=n.t, r=n.revoked, where=where)
 
     def _set_local(self, conn: psycopg.Connection) -> None:
         if self.options.hnsw:
@@ -1073,24 +1131,25 @@ class PgGallery(Gallery):
             conn.execute("SET LOCAL enable_indexscan = off")
             conn.execute("SET LOCAL enable_bitmapscan = off")
 
-    def _candidates(self, conn: psycopg.Connection, q: np.ndarray, top_k: int) -> list[tuple]:
-        mv = self.meta.model_version
+    def _candidates(
+        self, conn: psycopg.Connection, q: np.ndarray, limit: int, skip: set[str]
+    ) -> list[tuple]:
+        """Rows ``(pid, cluster, negated inner product, embedding)`` of the best ``limit`` by raw
+        cosine (per calibration cluster under FSN/FairCal), the pids in ``skip`` left out."""
+        params: dict[str, Any] = {"q": q, "mv": self.meta.model_version, "k": limit}
+        if skip:
+            params["skip"] = sorted(skip)
         cal = self._calibration
-        if cal is None:
+        # Binary: the vectors as float32 bits (parsing their text costs ~0.2 ms each).
+        if cal is None or cal.uses_cohort:
             return conn.execute(
-                self._search_sql(cluster=None), {"q": q, "mv": mv, "k": top_k}
-            ).fetchall()
-        if cal.uses_cohort:
-            # A shortlist by raw cosine, reranked by the normalised score (module docstring).
-            return conn.execute(
-                self._search_sql(cluster=None, embedding=True),
-                {"q": q, "mv": mv, "k": max(top_k, COHORT_SHORTLIST)},
+                self._search_sql(cluster=None, skip=bool(skip)), params, binary=True
             ).fetchall()
         # Top-k per cluster: exact under any calibration monotone in the raw score.
         rows: list[tuple] = []
         for c in range(cal.n_clusters):
             rows += conn.execute(
-                self._search_sql(cluster=c), {"q": q, "mv": mv, "k": top_k}
+                self._search_sql(cluster=c, skip=bool(skip)), params, binary=True
             ).fetchall()
         return rows
 
@@ -1114,63 +1173,147 @@ class PgGallery(Gallery):
         self, q: np.ndarray, *, top_k: int, threshold_for: Callable[[int], float]
     ) -> tuple[list[list[Match]], int, float]:
         """:meth:`search` in one read-only snapshot (the caller holds ``lock``)."""
-        cal = self._calibration
-        out: list[list[Match]] = []
         self.refresh()
         conn = self._conn
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             n = self._size_in(conn)
             threshold = float(threshold_for(n))
-            for row in q:
-                # Again for each probe: the binding check below lets index scans back in.
-                self._set_local(conn)
-                found = self._candidates(conn, row, top_k)
-                if not found:
-                    out.append([])
-                    continue
-                raw = np.array([-float(r[2]) for r in found])
-                if cal is not None and cal.uses_cohort:
-                    sides = cal.sides(np.stack([as_array(r[3]) for r in found]))
-                    scores = cal.apply(raw, cal.sides(row[None]), sides)
-                elif cal is not None:
-                    cq = cal.clusters(row[None])
-                    scores = cal.apply(raw, cq, np.array([r[1] for r in found]))
-                else:
-                    scores = raw
-                order = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= threshold]
-                picked = set(self._first_bound(conn, [found[i][0] for i in order], top_k))
-                out.append(
-                    [Match(found[i][0], float(scores[i])) for i in order if found[i][0] in picked]
-                )
+            out = [self._answer(conn, row, top_k=top_k, threshold=threshold) for row in q]
         return out, n, threshold
+
+    def _scores(self, q: np.ndarray, found: list[tuple]) -> np.ndarray:
+        """The calibrated scores of the candidate rows ``found`` for the probe ``q``."""
+        cal = self._calibration
+        raw = np.array([-float(r[2]) for r in found])
+        if cal is None:
+            return raw
+        if cal.uses_cohort:
+            sides = cal.sides(np.stack([as_array(r[3]) for r in found]))
+            return cal.apply(raw, cal.sides(q[None]), sides)
+        return cal.apply(raw, cal.clusters(q[None]), np.array([r[1] for r in found]))
+
+    def _answer(
+        self, conn: psycopg.Connection, q: np.ndarray, *, top_k: int, threshold: float
+    ) -> list[Match]:
+        """The matches of one probe: the best ``top_k`` rows over ``threshold`` that rest on
+        their sealed templates.
+
+        A refused row must not take the place of an honest one in any list the answer is
+        drawn from (the top ``top_k``, a cluster's top ``top_k``, the AS-norm shortlist): when
+        a row is refused the candidates are fetched again without it. Rows this process
+        already refused (``tampered`` in :meth:`stats`) are left out from the start, so a
+        search near planted rows does not open them again; an honest gallery runs one
+        statement per probe (per cluster), as before.
+        """
+        cal = self._calibration
+        cohort = cal is not None and cal.uses_cohort
+        limit = max(top_k, COHORT_SHORTLIST) if cohort else top_k
+        skip = set(self._unbound)
+        while True:
+            # Again for each statement: the binding check lets index scans back in.
+            self._set_local(conn)
+            found = self._candidates(conn, q, limit, skip)
+            if not found:
+                return []
+            if cohort:
+                # Every row of the shortlist holds a place that an honest row would otherwise
+                # have; its embedding came with it, so a row checked before costs a hash.
+                refused = self._refused(conn, found)
+                if refused:
+                    skip |= refused
+                    continue
+            scores = self._scores(q, found)
+            order = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= threshold]
+            if cohort:
+                return [Match(found[i][0], float(scores[i])) for i in order[:top_k]]
+            picked, refused = self._first_bound(conn, [found[i] for i in order], top_k)
+            if not refused:
+                return [
+                    Match(found[i][0], float(scores[i])) for i in order if found[i][0] in picked
+                ]
+            skip |= refused
+            # Twice as deep each time: many planted rows cost a few statements, not one each.
+            limit *= 2
 
     # -- the binding of a row's search columns to its sealed template --------------------------
 
-    def _first_bound(self, conn: psycopg.Connection, pids: list[str], k: int) -> list[str]:
-        """The first ``k`` of ``pids`` (best first) whose rows rest on their sealed templates.
+    def _first_bound(
+        self, conn: psycopg.Connection, rows: list[tuple], k: int
+    ) -> tuple[set[str], set[str]]:
+        """Of candidate ``rows`` (best first), the pids of the first ``k`` that rest on their
+        sealed templates, and the pids refused on the way.
 
         Checks ``k`` rows at a time, so a search opens only the few templates it returns (more
         only when a row fails).
         """
-        out: list[str] = []
+        out: set[str] = set()
+        refused: set[str] = set()
         start = 0
-        while len(out) < k and start < len(pids):
-            chunk = pids[start : start + k - len(out)]
+        while len(out) < k and start < len(rows):
+            chunk = rows[start : start + k - len(out)]
             start += len(chunk)
-            bad = self._unbound_of(conn, chunk)
-            out += [pid for pid in chunk if pid not in bad]
-        return out
+            bad = self._refused(conn, chunk)
+            refused |= bad
+            out |= {r[0] for r in chunk if r[0] not in bad}
+        return out, refused
+
+    def _refused(self, conn: psycopg.Connection, rows: list[tuple]) -> set[str]:
+        """Of candidate ``rows`` (as :meth:`_candidates` returns them, read in the caller's
+        snapshot), the pids whose row must not be used (see :meth:`_unbound_of`).
+
+        A row whose embedding is the template this process already opened from the sealed
+        value the ledger records for the subject is used without reading its sealed column
+        again; only the others are read and opened.
+        """
+        cal = self._calibration
+        vecs = [as_array(r[3]) for r in rows]
+        clusters = None
+        if cal is not None and not cal.uses_cohort and rows:
+            clusters = cal.clusters(np.stack(vecs))
+        registry = self.core.registry
+        bad: set[str] = set()
+        pending: list[str] = []
+        for i, row in enumerate(rows):
+            pid = row[0]
+            if clusters is not None and int(clusters[i]) != int(row[1]):
+                self._refuse(pid, UNBOUND_CLUSTER)
+                bad.add(pid)
+                continue
+            cached = self._bound.get(pid)
+            state = registry.peek(pid)
+            if (
+                cached is not None
+                and state is not None
+                and cached[0] == state.template_sha256
+                and cached[1] == _digest(vecs[i])
+            ):
+                continue
+            pending.append(pid)
+        return bad | self._unbound_of(conn, pending)
+
+    def _refuse(self, pid: str, why: str) -> None:
+        """Note (and log once) that ``pid``'s row is not used, for reason ``why``."""
+        if why in (UNBOUND_EMBEDDING, UNBOUND_CLUSTER, UNBOUND_SEALED):
+            if pid not in self._unbound:
+                self._unbound.add(pid)
+                logger.error(MSG_UNBOUND.format(name=f"{self.names.table}/{pid}", column=why))
+        elif why == UNBOUND_LEDGER and pid not in self._behind:
+            self._behind.add(pid)
+            logger.warning(MSG_BEHIND.format(name=f"{self.names.table}/{pid}"))
 
     def _unbound_of(self, conn: psycopg.Connection, pids: list[str]) -> set[str]:
         """Of ``pids``, those whose row (read in the caller's snapshot) must not be used.
 
         A row is used only when its ``embedding`` is, bit for bit, the template its ``sealed``
         column opens to under the subject's key (whose header names the subject and this
-        embedder), and, under a calibration by clusters, its ``cluster`` is that template's. A
-        database role without the project's keys can write neither. A failing row is logged
-        (pid only) and counted in :meth:`stats`; a row whose key an erasure under way has
-        just destroyed is left out silently.
+        embedder), under a calibration by clusters its ``cluster`` is that template's, and its
+        ``sealed`` column is the one the ledger's last ``gallery.enrolled`` event of the subject
+        records (not an older template of the subject put back). A database role without the
+        project's keys can write neither. A failing row is logged (pid only) and counted in
+        :meth:`stats`; a row whose key an erasure under way has just destroyed is left out
+        silently; a row behind the ledger (put back, or an enrolment not committed yet) is
+        logged as such and not counted.
         """
         if not pids:
             return set()
@@ -1197,33 +1340,49 @@ class PgGallery(Gallery):
                 self._unbound.discard(pid)
                 continue
             bad.add(pid)
-            if why != UNBOUND_ERASED and pid not in self._unbound:
-                self._unbound.add(pid)
-                logger.error(MSG_UNBOUND.format(name=f"{self.names.table}/{pid}", column=why))
+            self._refuse(pid, why)
         return bad
 
     def _binding(self, pid: str, vec: np.ndarray, blob: bytes) -> str | None:
         """Why ``vec`` (the row's ``embedding``) is not the template ``blob`` seals for
-        ``pid`` (None: it is). Opens ``blob`` once per sealed value (cached by digest)."""
-        sealed_digest = hashlib.sha256(blob).digest()
-        vec_digest = hashlib.sha256(np.ascontiguousarray(vec, dtype="<f4").tobytes()).digest()
+        ``pid``, or ``blob`` not the sealed template the ledger last recorded for ``pid``
+        (None: both are). Opens ``blob`` once per sealed value (cached by digest)."""
+        sealed_hex = hashlib.sha256(blob).hexdigest()
         cached = self._bound.get(pid)
-        if cached is not None and cached[0] == sealed_digest:
-            return None if cached[1] == vec_digest else UNBOUND_EMBEDDING
-        try:
-            template, _ = self._decrypt(pid, blob)
-        except KeyDestroyedError:
-            return UNBOUND_ERASED
-        except (InvalidTag, ValueError, TypeError, AttributeError, struct.error):
-            # Whatever was written there (a header that is no JSON object included).
-            return UNBOUND_SEALED
-        if template is None:
-            return UNBOUND_SEALED
-        template_digest = hashlib.sha256(template.astype("<f4").tobytes()).digest()
-        if len(self._bound) >= BOUND_CACHE_MAX:
-            self._bound.clear()
-        self._bound[pid] = (sealed_digest, template_digest)
-        return None if template_digest == vec_digest else UNBOUND_EMBEDDING
+        if cached is None or cached[0] != sealed_hex:
+            try:
+                template, _ = self._decrypt(pid, blob)
+            except KeyDestroyedError:
+                # An erasure since this snapshot; a row of no registered subject has no key.
+                return UNBOUND_ERASED if self._registered(pid) else UNBOUND_SEALED
+            except (InvalidTag, ValueError, TypeError, AttributeError, struct.error):
+                # Whatever was written there (a header that is no JSON object included).
+                return UNBOUND_SEALED
+            if template is None:
+                return UNBOUND_SEALED
+            if len(self._bound) >= BOUND_CACHE_MAX:
+                self._bound.clear()
+            cached = (sealed_hex, _digest(template))
+            self._bound[pid] = cached
+        if cached[1] != _digest(vec):
+            return UNBOUND_EMBEDDING
+        return None if self._recorded(pid, sealed_hex) else UNBOUND_LEDGER
+
+    def _registered(self, pid: str) -> bool:
+        """Whether the ledger knows ``pid`` (read again when this process has not seen it)."""
+        registry = self.core.registry
+        return registry.peek(pid) is not None or registry.refresh().peek(pid) is not None
+
+    def _recorded(self, pid: str, sealed_hex: str) -> bool:
+        """Whether ``sealed_hex`` is the template the ledger last recorded for ``pid``. The ledger
+        is read again on a difference: a row enrolled since this process last read it is newer
+        than the registry here, never than the ledger (the row commits after its event)."""
+        registry = self.core.registry
+        state = registry.peek(pid)
+        if state is not None and state.template_sha256 == sealed_hex:
+            return True
+        state = registry.refresh().peek(pid)
+        return state is not None and state.template_sha256 == sealed_hex
 
     def _bound_now(self, pid: str) -> bool:
         """Whether ``pid``'s row rests on its sealed template now (see :meth:`_unbound_of`)."""
@@ -1368,8 +1527,11 @@ class PgGallery(Gallery):
         """Counts only: stored, searchable and stale rows, the embedder and threshold.
 
         ``tampered``: rows this process found not resting on their sealed template (a search
-        vector or cluster written into the database without the project's keys) and sets
-        aside; they still count as searchable in the table (:meth:`status` says which).
+        vector, cluster or sealed value written into the database without the project's keys)
+        and sets aside, as of the searches it ran (a row leaves the count when the ledger names
+        its subject again); they still count as searchable, in ``N``. For every row, whatever
+        was searched: :meth:`check_templates` (``visage gallery verify``). ``unrecorded``: rows
+        revoked because the ledger does not vouch for them (planted rows included).
         """
         n = self.names
         with self.lock:
@@ -1398,6 +1560,107 @@ class PgGallery(Gallery):
             "hnsw": self.options.hnsw,
             "tampered": len(self._unbound),
         }
+
+    @_reads
+    def check_templates(self, *, calibration: Any = None) -> TemplateCheck:
+        """Open every row's sealed template and compare it with the row's search columns and
+        with the ledger (:mod:`visage_ml.serving.gallery_check`); reads only.
+
+        Parameters
+        ----------
+        calibration
+            The calibration serving applies (default: this gallery's). Clusters are compared
+            when it is by clusters (FSN, FairCal) and the table's clusters were computed for it.
+
+        A row found wrong or in flight is read again (a new snapshot, the ledger read again)
+        before it is reported, so an enrolment or erasure that committed meanwhile is not.
+        """
+        cal = calibration if calibration is not None else self._calibration
+        report = TemplateCheck(BACKEND)
+        with self.lock:
+            self.refresh()
+            by_cluster = self._clusters_of_table(cal)
+            report.clusters_checked = by_cluster is not None
+            suspects = self._check_pass(report, None, by_cluster)
+            if suspects:
+                self._check_pass(report, suspects, by_cluster)
+        return report
+
+    def _clusters_of_table(self, cal: Any) -> Any:
+        """``cal`` when the table's ``cluster`` column was computed for it, else None."""
+        if cal is None or cal.identity or cal.uses_cohort:
+            return None
+        with self._conn.transaction():
+            row = self._conn.execute(
+                sql.SQL("SELECT calibration FROM {s} WHERE id = 1").format(s=self.names.state)
+            ).fetchone()
+        return cal if row and row[0] == _calibration_key(cal) else None
+
+    def _check_pass(self, report: TemplateCheck, pids: list[str] | None, cal: Any) -> list[str]:
+        """:meth:`check_templates` over every row (``pids`` None) or again over ``pids``;
+        returns the pids found wrong or in flight."""
+        conn = self._conn
+        query = sql.SQL("SELECT pid, model_version, embedding, cluster, sealed FROM {t}").format(
+            t=self.names.t
+        )
+        params: tuple[Any, ...] = ()
+        if pids is not None:
+            query = sql.Composed([query, sql.SQL(" WHERE pid = ANY(%s)")])
+            params = (list(pids),)
+        seen: set[str] = set()
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # The snapshot first, the ledger after: the event of every row in the snapshot is
+            # in the ledger as read below (a row commits after its gallery.enrolled event).
+            conn.execute("SELECT 1")
+            registry = self.core.registry.refresh()
+            history = enrolment_history(self.core.ledger.iter_lines())
+            now = ledger_time(self.core.ledger.clock())
+            with conn.cursor(name="visage_gallery_check", binary=True) as cur:
+                cur.itersize = 512
+                cur.execute(query, params)
+                for pid, version, emb, cluster, sealed in cur:
+                    seen.add(pid)
+                    if version != self.meta.model_version:
+                        report.stale += pids is None
+                        continue
+                    report.checked += pids is None
+                    verdict = self._row_verdict(
+                        pid, as_array(emb), int(cluster), bytes(sealed), cal
+                    )
+                    if verdict is None:
+                        state = registry.peek(pid)
+                        if state is None:
+                            verdict = UNRECORDED
+                        else:
+                            sha = hashlib.sha256(bytes(sealed)).hexdigest()
+                            verdict = ledger_verdict(
+                                sha, state.template_sha256, history.get(pid, []), now
+                            )
+                    report.record(pid, verdict)
+        for pid in set(pids or ()) - seen:
+            # Gone since the first pass (an erasure): not reported, not counted.
+            report.record(pid, None)
+            report.checked -= 1
+        return sorted(report.problems) + sorted(report.in_flight)
+
+    def _row_verdict(
+        self, pid: str, vec: np.ndarray, cluster: int, blob: bytes, cal: Any
+    ) -> str | None:
+        """What is wrong with a row's sealed template, embedding or cluster (None: nothing)."""
+        try:
+            template, _ = self._decrypt(pid, blob)
+        except KeyDestroyedError:
+            return NO_KEY
+        except (InvalidTag, ValueError, TypeError, AttributeError, struct.error):
+            return SEALED
+        if template is None:
+            return SEALED
+        if _digest(template) != _digest(vec):
+            return EMBEDDING
+        if cal is not None and int(cal.clusters(vec[None])[0]) != cluster:
+            return CLUSTER
+        return None
 
     # -- changes -------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -23,15 +23,17 @@ from visage_ml.app.cli.common import (
 )
 from visage_ml.app.http.auth import ApiKeyFileError, KeyStore, parse_duration, parse_time
 from visage_ml.app.stages.gallery import run
-from visage_ml.config import load_params
+from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import atomic_write_bytes, private_dir
 from visage_ml.serving.engine import ModelMismatchError
 from visage_ml.serving.gallery import Gallery, GalleryError
+from visage_ml.serving.gallery_check import IN_FLIGHT_S, MSG_IN_FLIGHT
 from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
 from visage_ml.serving.pg_gallery import open_configured
 from visage_ml.serving.rebuild import select_holdout
 from visage_ml.serving.release import SCORE_MODEL_JSON, check_released, latest_releases
+from visage_ml.serving.score_calibration import released_calibration
 
 if TYPE_CHECKING:  # annotations only
     from visage_ml.serving.gallery import Gallery
@@ -273,6 +275,53 @@ def gallery_stats(as_json: bool = JSON_OPT) -> None:
         return
     for k, v in stats.items():
         console.print(f"{k:<16} {v}", highlight=False)
+
+
+@gallery_app.command("verify")
+def gallery_verify(as_json: bool = JSON_OPT) -> None:
+    """Open every stored template under its subject's key and check it, by pid.
+
+    pgvector: each row's search vector (and calibration cluster) must be, bit for bit, the
+    template its sealed column opens to. Both backends: the template's SHA-256 must be the one
+    the ledger's last enrolment of the subject records (an older template put back fails). An
+    enrolment recorded in the last two minutes but not stored yet is shown as in flight.
+    Writes nothing. Exit code 1 when a template is wrong.
+    """
+    with _serving_errors():
+        paths = project()
+        gallery = _open_gallery()
+        report = gallery.check_templates(calibration=_served_calibration(paths, gallery))
+    doc = report.to_dict()
+    if as_json:
+        emit_json(doc)
+    else:
+        for p in doc["problems"]:
+            console.print(f"{p['pid']}  {p['kind']}: {p['what']}", highlight=False)
+        for pid in doc["in_flight"]:
+            console.print(
+                f"{pid}  in flight: {MSG_IN_FLIGHT.format(s=IN_FLIGHT_S)}", highlight=False
+            )
+        kinds = ", ".join(f"{n} {k}" for k, n in doc["by_kind"].items())
+        console.print(
+            f"{doc['checked']} templates checked ({doc['backend']}): {doc['ok']} ok, "
+            f"{doc['wrong']} wrong{f' ({kinds})' if kinds else ''}, "
+            f"{len(doc['in_flight'])} in flight, {doc['stale']} of another embedder"
+            + ("" if doc["clusters_checked"] else "; calibration clusters not compared"),
+            highlight=False,
+        )
+    if report.wrong:
+        raise typer.Exit(1)
+
+
+def _served_calibration(paths: ProjectPaths, gallery: Gallery) -> Any:
+    """The score calibration a server would apply to ``gallery`` (None: none released or it
+    cannot be read; the check then leaves clusters out and says so)."""
+    try:
+        return released_calibration(
+            paths, latest_releases(gallery.core.ledger), model_version=gallery.model_version
+        )
+    except (OSError, ValueError):
+        return None
 
 
 @gallery_app.command("info")
