@@ -210,3 +210,35 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     assert "1 request(s), 1 overdue" in runner.invoke(app, ["privacy", "requests"]).output
     unknown = runner.invoke(app, ["privacy", "request", "show", "r20260101-0000abcd"])
     assert unknown.exit_code == 2 and "visage privacy requests" in unknown.output
+
+
+def test_a_failed_attempt_shows_its_step_code_and_what_to_do_in_the_listing_and_in_enforce(
+    project,
+):
+    """The DPO reading the deadline listing or the enforcement pass sees what failed and what
+    to do, not only that the request is late."""
+    runner = CliRunner()
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(source="test")
+    received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    book = RequestBook(core)
+    st = book.receive(pid, "erasure", received_at=received)
+    book.verify(st.request_id)
+    book.start(st.request_id)
+    book.fail(st.request_id, step="audit_log", code="audit_log_unverified")
+    action = "restore privacy/audit.jsonl from a backup"
+
+    listing = runner.invoke(app, ["privacy", "requests"]).output
+    assert "failed: audit_log_unverified" in listing, listing
+    assert "(audit_log: audit_log_unverified)" in listing
+    assert action in listing and f"--request {st.request_id}" in listing
+
+    r = runner.invoke(app, ["privacy", "enforce"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert f"request {st.request_id} (erasure) of {pid}" in out and "OVERDUE by" in out
+    assert "(audit_log: audit_log_unverified)" in out and action in out
+    assert "1 open request(s) need the DPO: 1 overdue, 1 with a failed attempt" in out
+    doc = json.loads(runner.invoke(app, ["privacy", "enforce", "--json"]).output)
+    (item,) = doc["requests"]
+    assert item["failure"]["code"] == "audit_log_unverified" and action in item["hint"]

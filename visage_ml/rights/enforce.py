@@ -33,6 +33,7 @@ notification outbox is delivered (:mod:`visage_ml.rights.notify`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -49,7 +50,13 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import SCHEDULER, acting_as
 from visage_ml.privacy.records import Records, Retention, records_of
 from visage_ml.privacy.registry import NO_BASIS_REASONS, RESTRICTED, SubjectState
-from visage_ml.privacy.requests import RequestBook, add_months, parse_time
+from visage_ml.privacy.requests import (
+    RequestBook,
+    RequestState,
+    add_months,
+    failure_hint,
+    parse_time,
+)
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
 from visage_ml.rights.notify import DeliveryReport, Notifier
@@ -86,6 +93,50 @@ class Action:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "reason": self.reason, "pid": self.pid, **self.detail}
+
+
+@dataclass(frozen=True)
+class Attention:
+    """An open request the DPO must answer now: overdue, or with a recorded failure.
+
+    ``hint`` says what failed (step, code) and what to do (:func:`failure_hint`, whose wording
+    comes from ``FAILURE_ACTIONS``); None when no failure is recorded.
+    """
+
+    request_id: str
+    pid: str
+    right: str
+    deadline: str
+    days_left: int
+    overdue: bool
+    failure: dict[str, Any] | None
+    hint: str | None
+
+    @classmethod
+    def of(cls, st: RequestState, now: datetime) -> Attention:
+        failure = {k: st.failure[k] for k in ("step", "code", "time")} if st.failure else None
+        return cls(
+            request_id=st.request_id,
+            pid=st.pid,
+            right=st.right,
+            deadline=st.deadline,
+            days_left=st.days_left(now),
+            overdue=st.overdue(now),
+            failure=failure,
+            hint=failure_hint(st),
+        )
+
+    def describe(self) -> str:
+        when = (
+            f"OVERDUE by {-self.days_left} day(s)"
+            if self.overdue
+            else f"{self.days_left} day(s) left"
+        )
+        head = f"request {self.request_id} ({self.right}) of {self.pid}: deadline "
+        return f"{head}{self.deadline[:10]}, {when}" + (f"; {self.hint}" if self.hint else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -299,6 +350,13 @@ class Enforcer:
                         Action("remove_receipt", RETENTION_EXPIRED, None, {"request_id": rid})
                     )
         return actions
+
+    def attention(self) -> list[Attention]:
+        """Open requests that are overdue or whose last attempt failed, nearest deadline first:
+        what no policy carries out, and the DPO must."""
+        book = RequestBook(self.core, params=self.params.privacy, now=self.now)
+        now = book.now()
+        return [Attention.of(st, now) for st in book.open() if st.overdue(now) or st.failure]
 
     # -- carrying out --------------------------------------------------------------------------
     def _gallery(self) -> Gallery | None:

@@ -156,6 +156,8 @@ def enforce(
         else:
             actions = enforcer.plan()
             doc = {"actions": [a.to_dict() for a in actions], "dry_run": True}
+        attention = enforcer.attention()
+    doc["requests"] = [a.to_dict() for a in attention]
     if as_json:
         emit_json(doc)
         return
@@ -165,6 +167,15 @@ def enforce(
     console.print(f"enforce {verb}: {len(actions)} action(s)")
     if not apply and actions:
         console.print("run `visage privacy enforce --apply` to carry them out")
+    for item in attention:
+        console.print(f"  {escape(item.describe())}", highlight=False)
+    if attention:
+        overdue = sum(a.overdue for a in attention)
+        failed = sum(a.failure is not None for a in attention)
+        console.print(
+            f"{len(attention)} open request(s) need the DPO: {overdue} overdue, {failed} with a "
+            "failed attempt (`visage privacy request show ID`)"
+        )
 
 
 def notify(

@@ -529,10 +529,13 @@ def requests_list(
         now = book.now()
         items = book.all(pid=pid) if all_ else book.open(pid=pid)
     if as_json:
-        emit_json([s.to_dict(now) for s in items])
+        emit_json([{**s.to_dict(now), "failure_hint": failure_hint(s)} for s in items])
         return
     for st in items:
         console.print(_request_line(st, now), highlight=False)
+        hint = failure_hint(st)
+        if hint:
+            console.print(f"    {escape(hint)}", highlight=False)
     overdue = sum(1 for s in items if s.overdue(now))
     console.print(f"{len(items)} request(s){f', {overdue} overdue' if overdue else ''}")
 
