@@ -236,9 +236,17 @@ def enroll(
     checked = None
     if operator:
         checked = Reference.none_stored(body.pid)
+        mismatch = None
         if gallery.status(body.pid)["enrolled"]:
-            checked = _check_same_person(svc, body.pid, emb)
+            try:
+                checked = _check_same_person(svc, body.pid, emb)
+            except ApiError as exc:
+                mismatch = exc
+        # Searched even after a mismatch: every refusal (the decoy's too) does the search, the
+        # longest part on a large gallery, so its time does not tell a mismatch from consent.
         _check_not_someone_else(svc, body.pid, emb)
+        if mismatch is not None:
+            raise mismatch
     try:
         result = gallery.enroll(
             body.pid,

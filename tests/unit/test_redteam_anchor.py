@@ -1,0 +1,54 @@
+"""Red-team: the anchor the ledger records (registry ``anchor_sha256``, Gallery.reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from serving_fakes import make_person
+from test_recognition import Api, morph_photos, score_model
+
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.registry import Registry
+from visage_ml.privacy.witnessed import forget_checks
+from visage_ml.serving.gallery import AnchorUnrecordedError, Gallery
+
+
+@pytest.fixture
+def lenient(project):
+    return Api(project, model=score_model(0.0))
+
+
+def test_a_fold_cache_edited_to_vouch_for_an_older_anchor_is_not_believed(lenient):
+    # The attack: keep a's anchor from a half-way morph, let a dpo rectify (the anchor moves and
+    # its hash is recorded), then put the old anchor back and write its hash into the registry's
+    # fold cache on disk in place of the recorded one, so that a fresh process vouches for it.
+    s = lenient
+    a = s.pids[0]
+    pa = s.world.people[a]
+    b = make_person("p" + "b" * 16, np.random.default_rng(7), pa.group, pa.gender)
+    assert s.enroll(a, role="dpo", images=morph_photos(s, a, b, 0.375)).status_code == 200
+    stale = s.gallery.anchor_path(a).read_bytes()
+    stale_sha = s.gallery.reference(a).anchor_sha256
+    assert s.enroll(a, role="dpo").status_code == 200
+    current_sha = s.gallery.reference(a).anchor_sha256
+    assert current_sha != stale_sha
+    paths = s.world.paths
+    forget_checks()
+    # A fold cache of the ledger as it is now (a large ledger's refresh writes one).
+    Registry(paths.ledger, cache_every=1).refresh()
+    cache = paths.ledger.with_name(paths.ledger.name + ".fold")
+    assert current_sha.encode() in cache.read_bytes()
+    cache.write_bytes(cache.read_bytes().replace(current_sha.encode(), stale_sha.encode()))
+    s.gallery.anchor_path(a).write_bytes(stale)
+    forget_checks()
+    assert PrivacyCore(paths).registry.refresh().peek(a).anchor_sha256 == current_sha
+    s.gallery.refresh()
+    with pytest.raises(AnchorUnrecordedError):
+        Gallery.open(
+            paths,
+            model_version=s.gallery.model_version,
+            embedding_dim=s.gallery.embedding_dim,
+            threshold=s.gallery.threshold,
+            core=PrivacyCore(paths),
+            embed=s.engine.embed,
+        ).reference(a)
