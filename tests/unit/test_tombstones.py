@@ -79,6 +79,153 @@ def test_a_tombstone_reveals_nothing_without_its_key(tmp_path):
     assert not other.has_ref("HR-4711 Zelda") and not other.has_file(sha)
 
 
+def _hex_macs(doc) -> set[str]:
+    """Every 64-hex-digit string a JSON value holds, however nested."""
+    if isinstance(doc, str):
+        return {doc} if len(doc) == 64 and all(c in "0123456789abcdef" for c in doc) else set()
+    if isinstance(doc, dict):
+        return set().union(set(), *(_hex_macs(v) for v in doc.values()))
+    if isinstance(doc, list):
+        return set().union(set(), *(_hex_macs(v) for v in doc))
+    return set()
+
+
+def _erase_people(t: Tombstones, n: int) -> dict[str, tuple[str, str]]:
+    """``n`` erasures, each of a pid with a name and a file: {pid: (name, sha256)}."""
+    people = {
+        f"p{i:016x}": (f"HR-{1000 + i} Person{i}", hashlib.sha256(b"photo%d" % i).hexdigest())
+        for i in range(n)
+    }
+    for pid, (ref, sha) in people.items():
+        t.add(pid, refs=[ref], sha256s=[sha])
+    return people
+
+
+def test_with_the_key_a_name_or_a_file_does_not_lead_to_the_erased_pid(tmp_path):
+    """Whoever holds the tombstone key can ask "was this name, this file, this pid erased?",
+    and nothing more: no record and no position in the file ties an erased name or file to the
+    pid the ledger lists in clear (else the name would re-link to that pid's whole history)."""
+    t = Tombstones(tmp_path / "privacy" / "tombstones.jsonl", tmp_path / "secrets" / "t.key")
+    private_key = bytes(range(32))  # fixed: the file's order is then the same in every run
+    t.key_path.parent.mkdir(parents=True)
+    t.key_path.write_bytes(private_key)
+    os.chmod(t.key_path, 0o600)
+    people = _erase_people(t, 30)
+    ledger_pids = [*people, *(f"p{i:016x}" for i in range(100, 130))]  # erased and others
+
+    def mac(kind: str, value: str) -> str:
+        return Tombstones.mac_with(private_key, kind, value)
+
+    records = [_hex_macs(json.loads(ln)) for ln in t.path.read_text().splitlines() if ln.strip()]
+    order = [m for rec in records for m in sorted(rec)]  # every MAC, in file order
+    pid_at = {order.index(mac("pid", p)): p for p in ledger_pids if mac("pid", p) in order}
+    assert set(pid_at.values()) == set(people)  # "was this pid erased?" is answered
+    nearest_hits = 0
+    for pid, (ref, sha) in people.items():
+        name, photo = mac("ref", tombstones.normalise_ref(ref)), mac("sha256", sha)
+        assert name in order and photo in order  # "was this name / file erased?" is answered
+        # Attack 1: the record that holds the name (or the photo) names the pid too.
+        for rec in records:
+            if name in rec or photo in rec:
+                assert not {p for p in ledger_pids if mac("pid", p) in rec}, "record links"
+                assert not (name in rec and photo in rec), "record links name and photo"
+        # Attack 2: one erasure writes its MACs together, so the pid nearest the name is theirs.
+        at = order.index(name)
+        nearest_hits += pid_at[min(pid_at, key=lambda i: abs(i - at))] == pid
+    assert nearest_hits <= 5, f"file position gives the pid of {nearest_hits} of 30 names"
+
+
+def test_the_file_is_the_same_whatever_order_the_erasures_came_in(tmp_path):
+    """Nothing in the file depends on which erasure wrote which MAC, or when."""
+    a = Tombstones(tmp_path / "a" / "t.jsonl", tmp_path / "t.key")
+    people = _erase_people(a, 5)
+    b = Tombstones(tmp_path / "b" / "t.jsonl", tmp_path / "t.key")
+    for pid, (ref, sha) in reversed(people.items()):
+        b.add(pid, refs=[ref], sha256s=[sha])
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert "day" not in a.path.read_text()
+    # A write killed before its rename left the set it was writing: the next one removes it.
+    killed = a.path.with_name(f".{a.path.name}.x1y2.tmp")
+    killed.write_bytes(a.path.read_bytes())
+    a.add("p" + "f" * 16, refs=["HR-9"])
+    assert not killed.exists() and a.has_ref("HR-9")
+    # MACs put out of order (by hand, by another tool) are sorted again by the next reading.
+    lines = a.path.read_text().splitlines()
+    a.path.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    assert Tombstones(a.path, a.key_path).has_ref("HR-9")
+    assert a.path.read_text().splitlines() == lines
+
+
+def _v1_line(key: bytes, pid: str, refs: list[str], sha256s: list[str]) -> bytes:
+    """A line as versions before 2 wrote it: one per erased subject, its MACs grouped."""
+    macs = [Tombstones.mac_with(key, "ref", tombstones.normalise_ref(r)) for r in refs]
+    macs += [Tombstones.mac_with(key, "sha256", s) for s in sha256s]
+    doc = {
+        "v": 1,
+        "subject": Tombstones.mac_with(key, "pid", pid),
+        "macs": sorted(macs),
+        "day": "2025-01-31",
+    }
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def test_a_tombstone_file_of_the_older_format_is_rewritten_without_its_links(tmp_path):
+    t = Tombstones(tmp_path / "privacy" / "tombstones.jsonl", tmp_path / "secrets" / "t.key")
+    t.key_path.parent.mkdir(parents=True)
+    key = os.urandom(32)
+    t.key_path.write_bytes(key)
+    t.path.parent.mkdir(parents=True)
+    shas = [hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()]
+    older = _v1_line(key, PID, ["HR-1 Zelda"], shas) + _v1_line(key, "p" + "b" * 16, ["HR-2"], [])
+    t.path.write_bytes(older + b'{"v":1,"subject":"ab')  # and a torn append
+    os.chmod(t.path, 0o600)
+    v1_macs = _hex_macs(json.loads(older.splitlines()[0])) | _hex_macs(
+        json.loads(older.splitlines()[1])
+    )
+    # Read as it is: every question is answered as before.
+    fresh = Tombstones(t.path, t.key_path)
+    assert fresh.has_ref("hr-1 zelda") and fresh.has_ref("HR-2") and fresh.has_file(shas[1])
+    assert fresh.has_subject(PID) and fresh.has_subject("p" + "b" * 16)
+    # ... and the first reading left the file in the current format, no MAC lost.
+    lines = t.path.read_text().splitlines()
+    assert json.loads(lines[0]) == {"v": 2}
+    assert lines[1:] == [json.dumps(m) for m in sorted(v1_macs)]
+    assert t.path.stat().st_mode & 0o777 == 0o600
+    assert not list(t.path.parent.glob("*.tmp"))
+    # A resumed erasure of a subject of the older file writes nothing; a new one keeps them all.
+    assert not fresh.add(PID, refs=["HR-1 Zelda"], sha256s=shas)
+    assert fresh.add("p" + "c" * 16, refs=["HR-3"])
+    after = {json.loads(ln) for ln in t.path.read_text().splitlines()[1:]}
+    assert v1_macs < after and len(after) == len(v1_macs) + 2
+
+
+def test_an_older_tombstone_file_that_cannot_be_rewritten_still_answers(
+    tmp_path, monkeypatch, caplog
+):
+    t = Tombstones(tmp_path / "t.jsonl", tmp_path / "t.key")
+    t.key_path.write_bytes(key := os.urandom(32))
+    t.path.write_bytes(older := _v1_line(key, PID, ["HR-1"], []))
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tombstones, "atomic_write_bytes", read_only)
+    assert t.has_ref("HR-1") and t.has_subject(PID) and not t.has_ref("HR-2")
+    assert t.path.read_bytes() == older
+    assert "could not be rewritten (Permission denied)" in caplog.text
+    assert "HR-1" not in caplog.text and PID not in caplog.text
+
+
+def test_an_older_tombstone_file_without_its_key_still_stops_imports(tmp_path):
+    t = Tombstones(tmp_path / "t.jsonl", tmp_path / "t.key")
+    t.path.write_bytes(_v1_line(os.urandom(32), PID, ["HR-1"], []))
+    with pytest.raises(TombstoneKeyError, match="never creates a new one"):
+        t.has_ref("HR-1")
+    with pytest.raises(TombstoneKeyError):
+        t.add("p" + "b" * 16, refs=["HR-2"])
+    assert not t.key_path.exists()
+
+
 def test_a_lost_tombstone_key_stops_imports_instead_of_letting_people_back(tmp_path):
     t = Tombstones(tmp_path / "privacy" / "tombstones.jsonl", tmp_path / "secrets" / "t.key")
     t.add(PID, refs=["HR-1"])
@@ -96,10 +243,11 @@ def test_a_torn_last_line_does_not_break_the_next_tombstone(tmp_path):
     t = Tombstones(tmp_path / "t.jsonl", tmp_path / "t.key")
     t.add(PID, refs=["HR-1"])
     with open(t.path, "ab") as fh:
-        fh.write(b'{"v":1,"subject":"ab')  # a crash in the middle of an append
+        fh.write(b'{"v":1,"subject":"ab')  # an older version crashed in the middle of an append
     t2 = Tombstones(t.path, t.key_path)
     assert t2.add("p" + "b" * 16, refs=["HR-2"])
-    assert t2.has_ref("HR-1") and t2.has_ref("HR-2") and len(t2) == 2
+    assert t2.has_ref("HR-1") and t2.has_ref("HR-2") and len(t2) == 4  # 2 pids, 2 references
+    assert b'"subject"' not in t.path.read_bytes()
 
 
 def test_an_erased_person_is_known_under_any_spelling_of_their_name(project, tmp_path, monkeypatch):

@@ -1,19 +1,27 @@
 """Keyed tombstones: what an erasure leaves so that the same person or files never come back.
 
-``privacy/tombstones.jsonl`` holds one line per erased subject::
+``privacy/tombstones.jsonl`` holds one set of MACs, whichever erasure left them::
 
-    {"v": 1, "subject": HMAC(pid), "macs": [HMAC(external reference), HMAC(file SHA-256), ...],
-     "day": "2025-01-31"}
+    {"v": 2}
+    "0b4f...": one MAC a line (a JSON string), sorted, each once
+    "5e07..."
 
-Every value is HMAC-SHA256 under the tombstone key ``secrets/tombstone.key`` (32 random bytes,
-mode 0600), over a kind prefix and the value (external references normalised by
-:func:`normalise_ref`: NFKC, case-folded, invisible format characters dropped, spaces collapsed,
-so a folder copied through macOS (NFD), retyped in another case, with a zero-width or a leading
-space is still the erased person; lines written under the older case-fold-only normalisation
-still match). Without the key a line reveals nothing: not who, not which files, not even which
-MAC is a reference and which a file (the list is sorted). With it, an import asks "was this
-reference or this file's SHA-256 erased?" and skips the person or file with reason
-``erased_subject``.
+Every MAC is HMAC-SHA256 under the tombstone key ``secrets/tombstone.key`` (32 random bytes,
+mode 0600) over a kind prefix and a value: an erased subject's pid, their external reference
+(normalised by :func:`normalise_ref`: NFKC, case-folded, invisible format characters dropped,
+spaces collapsed, so a folder copied through macOS (NFD), retyped in another case, with a
+zero-width or a leading space is still the erased person; MACs of the older case-fold-only
+normalisation still match) or the SHA-256 of one of their files. Without the key the file reveals
+nothing: not who, not which files, not which MAC is a pid, a reference or a file. With it, an
+import asks "was this reference erased?", "was this file's SHA-256 erased?" and skips the person
+or file with reason ``erased_subject``; an acquisition asks "was this pid erased?".
+
+Nothing links the answers: no record groups one erasure's MACs (a reference found does not lead
+to the pid, which the ledger lists in clear with its whole history), no date is kept, and every
+erasure rewrites the whole sorted set atomically (temporary file, fsync, rename), so neither the
+order nor the position of a MAC says which erasure wrote it. Version 1 files (one line per subject,
+``{"v": 1, "subject": HMAC(pid), "macs": [...], "day": ...}``) are read and rewritten as version
+2 the first time a process reads them, no MAC lost.
 
 The key is created with the first tombstone and never again: when tombstones exist and the key
 is missing, every question fails with :data:`MSG_KEY_LOST` instead of silently answering "no"
@@ -25,18 +33,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import unicodedata
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from visage_ml.config import ProjectPaths
-from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir, private_dir
+from visage_ml.io import atomic_write_bytes, file_lock, private_dir
 from visage_ml.privacy.keys import MasterKeyError, check_pid
 
+log = logging.getLogger(__name__)
+
 KEY_BYTES = 32
+VERSION = 2
+HEADER = json.dumps({"v": VERSION}, separators=(",", ":"))
+_MAC_RE = re.compile(r"[0-9a-f]{64}")
+_MAC_LINE_RE = re.compile(r'^"([0-9a-f]{64})"$', re.MULTILINE)
+_MAC_LINE_LEN = 64 + 3  # quotes and newline
 KIND_REF = "ref"
 KIND_SHA256 = "sha256"
 KIND_PID = "pid"
@@ -47,6 +63,10 @@ MSG_KEY_LOST = (
     "from your key backup; visage-ml never creates a new one while tombstones exist"
 )
 MSG_BAD_KEY = "{key} is not a 32-byte tombstone key; restore it from your key backup"
+MSG_NOT_REWRITTEN = (
+    "%s is in the older tombstone format, whose lines link an erased subject's reference and "
+    "files to their pid, and could not be rewritten (%s); make it writable and run any import"
+)
 
 
 class TombstoneKeyError(MasterKeyError):
@@ -97,9 +117,8 @@ class Tombstones:
         self.path = Path(path)
         self.key_path = Path(key_path)
         self._key: bytes | None = None
-        self._macs: set[str] = set()
-        self._subjects: set[str] = set()
-        self._stat: tuple[int, int] | None = None
+        self._macs: frozenset[str] = frozenset()
+        self._stat: tuple[int, int, int] | None = None
 
     @classmethod
     def open(cls, paths: ProjectPaths) -> Tombstones:
@@ -153,40 +172,91 @@ class Tombstones:
             return None
 
     # -- reading -------------------------------------------------------------------------------
-    def _refresh(self) -> None:
+    def _stamp(self) -> tuple[int, int, int] | None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self._macs, self._subjects, self._stat = set(), set(), None
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read(self) -> tuple[frozenset[str], bool]:
+        """The MACs the file holds, and whether it must be rewritten to be version 2 (lines of
+        version 1, a torn or foreign line, MACs out of order or twice)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return frozenset(), False
+        # Version 2 as written (header, then only MAC lines): one regex pass, no line loop.
+        found = _MAC_LINE_RE.findall(text)
+        canonical = len(HEADER) + 1 + _MAC_LINE_LEN * len(found)
+        if len(text) == canonical and text.startswith(HEADER + "\n"):
+            held = frozenset(found)
+            return held, len(held) != len(found) or found != sorted(found)
+        macs: set[str] = set()
+        stale, last = False, ""
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line == HEADER:
+                continue
+            if len(line) == 66 and line[0] == line[-1] == '"' and _MAC_RE.fullmatch(line, 1, 65):
+                mac = line[1:65]
+                stale = stale or mac <= last
+                last = mac
+                macs.add(mac)
+                continue
+            stale = True
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue  # a torn append of version 1: its erasure, resumed, adds it again
+            if isinstance(doc, dict):  # version 1: one subject's MACs, grouped
+                found = [doc.get("subject"), *(doc.get("macs") or [])]
+                macs.update(m for m in map(str, found) if _MAC_RE.fullmatch(m))
+        return frozenset(macs), stale
+
+    def _write(self, macs: Iterable[str]) -> None:
+        """Replace the file with ``macs`` as one sorted set (the caller holds the lock)."""
+        lines = [HEADER, *(f'"{m}"' for m in sorted(set(macs)))]
+        private_dir(self.path.parent)
+        # A write killed before its rename leaves its temporary file: beside the file it would
+        # have replaced, the difference is that erasure's MACs.
+        for left in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            left.unlink(missing_ok=True)
+        atomic_write_bytes(self.path, ("\n".join(lines) + "\n").encode(), mode=0o600)
+
+    def _lock(self) -> AbstractContextManager[None]:
+        return file_lock(self.path.with_name(self.path.name + ".lock"))
+
+    def _refresh(self) -> None:
+        stamp = self._stamp()
+        if stamp is None:
+            self._macs, self._stat = frozenset(), None
             return
-        stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stat:
             return
-        macs: set[str] = set()
-        subjects: set[str] = set()
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line of a crashed append: its erasure re-adds it
-                subjects.add(str(doc.get("subject", "")))
-                macs.update(str(m) for m in doc.get("macs") or [])
-        self._macs, self._subjects, self._stat = macs, subjects, stamp
+        macs, stale = self._read()
+        if stale:  # an older file: its lines link a subject's MACs, so it is rewritten at once
+            try:
+                with self._lock():
+                    macs, stale = self._read()
+                    if stale:
+                        self._write(macs)
+                    stamp = self._stamp()
+            except OSError as exc:
+                log.warning(MSG_NOT_REWRITTEN, self.path, exc.strerror or exc)
+        self._macs, self._stat = macs, stamp
 
     def __len__(self) -> int:
+        """How many MACs the tombstones hold (0: no erasure left one)."""
         self._refresh()
-        return len(self._subjects)
+        return len(self._macs)
 
     def _matches(self, kind: str, *values: str) -> bool:
         key = self._load_key(create=False)
         if key is None:
             return False
         self._refresh()
-        return any(self.mac(kind, value, key=key) in self._macs for value in values)
+        return any(self.mac_with(key, kind, value) in self._macs for value in values)
 
     def has_ref(self, external_ref: str) -> bool:
         """Whether a subject with this external reference (in any of :func:`ref_forms`) was
@@ -200,18 +270,16 @@ class Tombstones:
 
     def has_subject(self, pid: str) -> bool:
         """Whether ``pid`` left a tombstone."""
-        key = self._load_key(create=False)
-        if key is None:
-            return False
-        self._refresh()
-        return self.mac(KIND_PID, check_pid(pid), key=key) in self._subjects
+        return self._matches(KIND_PID, check_pid(pid))
 
     # -- writing -------------------------------------------------------------------------------
     def add(self, pid: str, *, refs: Iterable[str] = (), sha256s: Iterable[str] = ()) -> bool:
-        """Record ``pid``'s tombstone (once); returns whether a line was written.
+        """Record ``pid``'s tombstone (once); returns whether it was new.
 
-        Appended with fsync under a lock, mode 0600; a second call for the same pid (a resumed
-        erasure) writes nothing.
+        The MACs of the pid, of ``refs`` and of ``sha256s`` join the set, which replaces the
+        file whole (sorted, under a lock, fsync and rename, mode 0600): nothing in it says
+        which MACs came together. A second call for the same pid (a resumed erasure) writes
+        nothing, unless the file was of version 1: then it is rewritten, with the same MACs.
         """
         key = self._load_key(create=True)
         if key is None:  # pragma: no cover - see mac()
@@ -220,29 +288,12 @@ class Tombstones:
         macs = {self.mac(KIND_REF, normalise_ref(r), key=key) for r in refs if r}
         macs |= {self.mac(KIND_SHA256, s.lower(), key=key) for s in sha256s if s}
         private_dir(self.path.parent)
-        with file_lock(self.path.with_name(self.path.name + ".lock")):
-            self._stat = None
-            self._refresh()
-            if subject in self._subjects:
-                return False
-            line = {
-                "v": 1,
-                "subject": subject,
-                "macs": sorted(macs),
-                "day": datetime.now(UTC).date().isoformat(),
-            }
-            data = (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode()
-            if self._has_lines():
-                with open(self.path, "rb") as fh:
-                    fh.seek(-1, os.SEEK_END)
-                    if fh.read(1) != b"\n":
-                        data = b"\n" + data  # end a torn line first: it stays unparseable alone
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            fsync_dir(self.path.parent)
-            self._stat = None
-        return True
+        with self._lock():
+            held, stale = self._read()
+            new = subject not in held
+            if new:
+                held = held | macs | {subject}
+            if new or stale:
+                self._write(held)
+            self._macs, self._stat = held, self._stamp()
+        return new

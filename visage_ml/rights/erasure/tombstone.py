@@ -1,6 +1,8 @@
-"""The tombstone an erasure leaves: keyed MACs of the subject's external reference and of their
+"""The tombstone an erasure leaves: keyed MACs of the subject's pid, external reference and
 files' SHA-256 (:mod:`visage_ml.privacy.tombstones`), so the same person or files are refused
-by every later import (reason ``erased_subject``).
+by every later import (reason ``erased_subject``). They join one set of every erasure's MACs,
+which says neither which came together nor when: a name or a file found there does not lead
+to the pid.
 
 Run first in the ``vault`` step: the reference is read from the vault record before the vault
 store destroys it, the file hashes from ``data/raw/images.parquet`` before the raw step. It
@@ -39,7 +41,7 @@ def plan(ctx: Context, pid: str) -> Plan:
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
-    """Append the subject's tombstone (once; a resumed run finds it there)."""
+    """Add the subject's MACs to the tombstones (once; a resumed run finds them there)."""
     marks: _Marks = plan.state if plan is not None else _Marks()
     written = ctx.core.tombstones.add(pid, refs=marks.refs, sha256s=marks.sha256s)
     return Outcome(
