@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 
 import numpy as np
 import psycopg
@@ -328,3 +329,192 @@ def test_gallery_verify_names_every_wrong_row_and_exits_non_zero(
         for p in json.loads(runner.invoke(cli, ["gallery", "verify", "--json"]).output)["problems"]
     }
     assert wrong == {planted}
+
+
+# -- the revoked table: what the intruder may write there ---------------------------------------
+
+
+def _on_revoked(dsn: str, table: str, statement: str, params: tuple = ()) -> None:
+    """An intruder's statement on ``<table>_revoked`` (``{r}``), then the change counter moved
+    (``{s}``), as an intruder who wants every replica to recount would."""
+    names = {
+        "r": psycopg.sql.Identifier(f"{table}_revoked"),
+        "s": psycopg.sql.Identifier(f"{table}_state"),
+    }
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL(statement).format(**names), params)
+        conn.execute(psycopg.sql.SQL("UPDATE {s} SET version = version + 1").format(**names))
+
+
+def _fake_revocation(dsn: str, table: str, pid: str, reason: str) -> None:
+    _on_revoked(
+        dsn,
+        table,
+        "INSERT INTO {r} (pid, reason) VALUES (%s, %s) "
+        "ON CONFLICT (pid) DO UPDATE SET reason = EXCLUDED.reason",
+        (pid, reason),
+    )
+
+
+def _delete_revocation(dsn: str, table: str, pid: str) -> None:
+    _on_revoked(dsn, table, "DELETE FROM {r} WHERE pid = %s", (pid,))
+
+
+def _revocations(dsn: str, table: str) -> dict[str, str]:
+    query = psycopg.sql.SQL("SELECT pid, reason FROM {r}").format(
+        r=psycopg.sql.Identifier(f"{table}_revoked")
+    )
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute(query).fetchall())
+
+
+def test_a_revocation_written_into_the_table_neither_hides_a_consenting_subject_nor_lowers_n(
+    world, engine, enrolled, stack_postgres, table, caplog
+):
+    """A fake `erased` (or any) entry in `<table>_revoked` would keep a live, consenting subject
+    out of every answer and lower N, the gallery size the 1:N threshold is derived from (a
+    lower threshold: more false matches). The registry does not back it: it is not counted,
+    and it is removed for every replica as soon as a replica recounts or reloads."""
+    dsn = stack_postgres.dsn
+    gallery, pids = enrolled
+    victim, other = pids[0], pids[1]
+    listening = open_pg(world, dsn, table)
+    listening.start_listener()
+
+    def search(pid: str) -> tuple[list[str], int]:
+        probe = engine.embed(world.photo(pid))[0][None]
+        seen: list[int] = []
+        (got,), _, _ = gallery.search(
+            probe, top_k=1, threshold_for=lambda n: seen.append(n) or THRESHOLD
+        )
+        return [m.pid for m in got], seen[-1]
+
+    assert search(victim) == ([victim], 17)
+    _fake_revocation(dsn, table, victim, "erased")
+    _fake_revocation(dsn, table, other, "consent_withdrawn")
+    time.sleep(1.0)  # the listening replica has seen the counter move
+    with caplog.at_level(logging.WARNING, logger="visage_ml.serving.pg_gallery"):
+        assert listening.size == 17
+        assert search(pids[2]) == ([pids[2]], 17)
+    assert search(victim) == ([victim], 17)
+    assert search(other) == ([other], 17)
+    assert _revocations(dsn, table) == {}  # removed for every replica
+    assert listening.size == 17
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert victim in logged and other in logged
+    # Whichever replica counted first removed them.
+    assert gallery.stats()["revoked_removed"] + listening.stats()["revoked_removed"] == 2
+    listening.close()
+
+    # Without moving the counter: a replica that starts (or any gallery command) removes it.
+    _fake_revocation(dsn, table, victim, "erased")
+    fresh = open_pg(world, dsn, table)
+    assert fresh.identify(engine.embed(world.photo(victim))[0], top_k=1)[0].pid == victim
+    assert fresh.size == 17
+    assert fresh.stats()["revoked_removed"] == 1
+    assert _revocations(dsn, table) == {}
+    fresh.close()
+
+
+def test_a_revocation_deleted_from_the_table_never_brings_a_withdrawn_subject_back(
+    world, engine, enrolled, stack_postgres, table
+):
+    dsn = stack_postgres.dsn
+    gallery, pids = enrolled
+    withdrawn = pids[0]
+    probe = engine.embed(world.photo(withdrawn))[0]
+    world.core.withdraw_consent(withdrawn, ["identification"])
+    assert withdrawn not in [m.pid for m in gallery.identify(probe, top_k=3)]
+    assert withdrawn in _revocations(dsn, table)
+
+    _delete_revocation(dsn, table, withdrawn)
+    (got,), _, _ = gallery.search(probe[None], top_k=17, threshold_for=lambda _n: -1.0)
+    assert withdrawn not in [m.pid for m in got]
+    with pytest.raises(NotEnrolledError):
+        gallery.verify(probe, withdrawn)
+    assert not gallery.is_searchable(withdrawn)
+    assert gallery.status(withdrawn)["searchable"] is False
+    assert withdrawn in _revocations(dsn, table)  # put back, for every replica
+    assert gallery.stats()["revoked_restored"] >= 1
+
+    # A replica that starts puts it back at once.
+    _delete_revocation(dsn, table, withdrawn)
+    fresh = open_pg(world, dsn, table)
+    assert withdrawn in _revocations(dsn, table)
+    (got,), n, _ = fresh.search(probe[None], top_k=17, threshold_for=lambda _n: -1.0)
+    assert withdrawn not in [m.pid for m in got] and n == 16
+    fresh.close()
+
+
+def test_gallery_verify_names_revocations_the_registry_does_not_back_or_lacks(
+    world, engine, enrolled, stack_postgres, table
+):
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app as cli
+
+    dsn = stack_postgres.dsn
+    gallery, pids = enrolled
+    victim, withdrawn = pids[0], pids[1]
+    world.core.withdraw_consent(withdrawn, ["identification"])
+    gallery.refresh()
+    _configure(world, dsn, table)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["gallery", "verify"])
+    assert r.exit_code == 0, r.output
+
+    def attack() -> None:
+        _fake_revocation(dsn, table, victim, "erased")
+        _delete_revocation(dsn, table, withdrawn)
+
+    attack()
+    r = runner.invoke(cli, ["gallery", "verify", "--json"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.output)
+    assert {p["pid"]: p["kind"] for p in doc["revocations"]} == {
+        victim: "revoked_unbacked",
+        withdrawn: "revoked_missing",
+    }
+    assert doc["problems"] == []
+    attack()
+    r = runner.invoke(cli, ["gallery", "verify"])
+    assert r.exit_code == 1
+    assert f"{victim}  revoked_unbacked:" in r.output
+    assert f"{withdrawn}  revoked_missing:" in r.output
+    # The check's own start repaired both: the next one finds nothing.
+    r = runner.invoke(cli, ["gallery", "verify"])
+    assert r.exit_code == 0, r.output
+    assert _revocations(dsn, table) == {withdrawn: "not_allowed"}
+
+
+def test_an_erasure_and_its_revocation_survive_every_reload(
+    world, engine, enrolled, stack_postgres, table
+):
+    """The erasure writes `erased` in the transaction that deletes the row and appends its
+    ledger entries around it: no reload takes its revocation back, at any point."""
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app as cli
+    from visage_ml.serving.pg_gallery import delete_subject
+
+    dsn = stack_postgres.dsn
+    gallery, pids = enrolled
+    done, committed, racing = pids[0], pids[1], pids[2]
+    gallery.erase(done)
+    # Committed in the database, its ledger entry (gallery.removed) not appended yet.
+    delete_subject(dsn, committed, table=table)
+    # An erasure requested (the registry says so), its revocation written beside a row an
+    # enrolment racing it put back.
+    world.core.ledger.append("erasure.requested", racing, {"request_id": "r-test"})
+    _fake_revocation(dsn, table, racing, "erased")
+    expected = {done: "erased", committed: "erased", racing: "erased"}
+    fresh = open_pg(world, dsn, table)
+    assert _revocations(dsn, table) == expected
+    probe = engine.embed(world.photo(racing))[0]
+    assert racing not in [m.pid for m in fresh.identify(probe, top_k=3)]
+    assert fresh.stats()["revoked_removed"] == 0
+    fresh.close()
+    _configure(world, dsn, table)
+    doc = json.loads(CliRunner().invoke(cli, ["gallery", "verify", "--json"]).output)
+    assert doc["revocations"] == []
+    assert _revocations(dsn, table) == expected

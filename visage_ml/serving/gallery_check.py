@@ -13,6 +13,12 @@ template under its subject's key and compares it, for either backend:
 A template behind the ledger (an older template of the subject) whose newer ``gallery.enrolled``
 event is less than :data:`IN_FLIGHT_S` old is reported as an enrolment in flight, not as wrong:
 the event is appended before the template commits.
+
+pgvector also: the ``<table>_revoked`` entries beside rows must agree with the registry (the
+ledger's fold). An entry the registry does not back hides a consenting subject from every search
+and lowers the gallery size ``N`` the 1:N threshold is derived from; a missing entry of a subject
+the registry forbids leaves only the searches' own consent check between the row and an answer.
+Both are repaired when a gallery is opened (the check's own start included) and reported here.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ ROLLED_BACK = "rolled_back"
 UNRECORDED = "unrecorded"
 REMOVED = "removed"
 IN_FLIGHT = "in_flight"
+REVOKED_UNBACKED = "revoked_unbacked"
+REVOKED_MISSING = "revoked_missing"
 
 # What is wrong, as the user reads it (pids only, never a template).
 PROBLEMS: Mapping[str, str] = {
@@ -51,6 +59,18 @@ PROBLEMS: Mapping[str, str] = {
     UNRECORDED: "a template the ledger never recorded for the subject: enrol the subject again",
     REMOVED: "the ledger records the subject's template as removed (or never enrolled): erase "
     "it (`visage privacy enforce --apply`) or enrol the subject again",
+}
+# What is wrong with the revoked table (pgvector), as the user reads it.
+REVOCATION_PROBLEMS: Mapping[str, str] = {
+    REVOKED_UNBACKED: "a `_revoked` entry the registry does not back kept this consenting "
+    "subject out of every search and out of the gallery size N (a lower 1:N threshold); it was "
+    "removed when the gallery was opened. Unless the subject's consent was restored after the "
+    "entry was written and no gallery process had read it, find out who wrote to the table",
+    REVOKED_MISSING: "the registry forbids processing this subject but its row had no "
+    "`_revoked` entry (deleted from the table, or a withdrawal no gallery process had read "
+    "yet); it was put back when the gallery was opened. Purge the row (`visage privacy "
+    "enforce --apply`) and, unless the withdrawal was just recorded, find out who wrote to the "
+    "table",
 }
 MSG_IN_FLIGHT = (
     "an enrolment recorded in the ledger less than {s:.0f} s ago has not reached the stored "
@@ -77,6 +97,9 @@ class TemplateCheck:
     clusters_checked
         Whether calibration clusters were compared (pgvector under FSN/FairCal, with the
         calibration the table's clusters were computed for).
+    revocations
+        ``pid -> kind`` (a key of :data:`REVOCATION_PROBLEMS`): revoked-table entries that
+        disagreed with the registry (pgvector).
     """
 
     backend: str
@@ -85,11 +108,12 @@ class TemplateCheck:
     problems: dict[str, str] = field(default_factory=dict)
     in_flight: list[str] = field(default_factory=list)
     clusters_checked: bool = False
+    revocations: dict[str, str] = field(default_factory=dict)
 
     @property
     def wrong(self) -> bool:
         """Whether anything is wrong (what makes ``visage gallery verify`` exit non-zero)."""
-        return bool(self.problems)
+        return bool(self.problems or self.revocations)
 
     @property
     def ok(self) -> int:
@@ -117,6 +141,10 @@ class TemplateCheck:
             ],
             "in_flight": sorted(self.in_flight),
             "clusters_checked": self.clusters_checked,
+            "revocations": [
+                {"pid": pid, "kind": kind, "what": REVOCATION_PROBLEMS[kind]}
+                for pid, kind in sorted(self.revocations.items())
+            ],
         }
 
     def record(self, pid: str, verdict: str | None) -> None:

@@ -90,12 +90,32 @@ revoked subject, whatever the state of its notifications. Whichever replica (or 
 narrowing ledger event first writes the row; an erasure writes it in the same transaction as the
 ``DELETE``.
 
+The table is derived data: the registry (the signed ledger's fold) decides, and a role that may
+write the table without the project's keys must not. So:
+
+- an entry the registry does not back (a subject it allows, beside the row it vouches for:
+  written into the table, ``erased`` or any other reason) would hide a consenting subject from
+  every search and lower ``N`` (a lower 1:N threshold). ``N`` never subtracts it (the count of
+  a moved change counter checks each entry beside a row with the registry), and it is removed,
+  for every replica, by the replica that counted it and by every reload (logged by pid, counted
+  as ``revoked_removed`` in :meth:`PgGallery.stats`). An ``erased`` entry without a row is kept:
+  it hides nobody, and an erasure's ledger entries may follow its commit. An entry rewritten
+  since it was read is never removed (compared by ``xmin``), so no erasure is undone;
+- an entry deleted from the table (a withdrawn subject's) does not bring the subject back: each
+  row about to be returned or verified is also checked against the registry (a field read per
+  candidate, no statement), the row refused, and the entry written again (counted as
+  ``revoked_restored``); every reload re-adds missing entries too.
+
+``visage gallery verify`` names both by pid (:meth:`PgGallery.check_templates`).
+
 Change propagation
 ------------------
 Every change bumps ``<table>_state.version`` and sends ``NOTIFY`` on the gallery's channel in the
 same transaction. Each replica listens on a connection of its own and, as a fallback, polls the
 counter every ``poll_interval_s``; on a change it re-counts the searchable templates, the ``N``
-of the 1:N threshold (:mod:`visage_ml.serving.operating_point`). A search also reads the counter
+of the 1:N threshold (:mod:`visage_ml.serving.operating_point`), less the revoked entries beside
+rows that the registry backs (checked by the next call that holds the gallery's lock when there
+are any). A search also reads the counter
 in its own snapshot and re-counts at once when it moved, so the threshold always uses the shared
 gallery's size at that snapshot.
 
@@ -182,6 +202,8 @@ from visage_ml.serving.gallery_check import (
     CLUSTER,
     EMBEDDING,
     NO_KEY,
+    REVOKED_MISSING,
+    REVOKED_UNBACKED,
     SEALED,
     UNRECORDED,
     TemplateCheck,
@@ -268,6 +290,18 @@ MSG_BEHIND = (
     "gallery row {name} holds a sealed template other than the one the ledger last recorded for "
     "the subject (an older copy put back, or an enrolment not committed yet); it is not returned "
     "or verified. `visage gallery verify` tells which"
+)
+
+
+MSG_REVOKED_UNBACKED = (
+    "gallery {name}: a revocation the registry does not back was removed (written into the "
+    "table without the project's keys, or a restored consent no process had read); it hid a "
+    "consenting subject and lowered the 1:N gallery size. `visage gallery verify` names it"
+)
+MSG_REVOKED_MISSING = (
+    "gallery {name}: the registry forbids processing the subject but its row was not revoked "
+    "(the entry deleted from the table, or a withdrawal no process had read); revoked again. "
+    "`visage gallery verify` names it"
 )
 
 
@@ -687,6 +721,15 @@ class PgGallery(Gallery):
         self._db = connect(options.dsn)
         self._size_lock = threading.Lock()
         self._size: tuple[int, int] = (-1, 0)  # (state version, searchable count)
+        # (state version, rows of this embedder, revoked entries beside them as (pid, sha)):
+        # what the listener counted, for a thread holding ``lock`` to check with the registry.
+        self._raw: tuple[int, int, tuple[tuple[str, str], ...]] = (-1, 0, ())
+        # Revoked entries, or rows without one, found disagreeing with the registry by a count
+        # or a search; :meth:`_repair_revocations` puts the table right.
+        self._suspect: set[str] = set()
+        self._revocation_report: dict[str, str] = {}
+        self._revoked_removed = 0
+        self._revoked_restored = 0
         self._calibration: Any = None
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
@@ -907,12 +950,16 @@ class PgGallery(Gallery):
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             version = self._version(conn)
-            if version == self._size[0]:
+            if version in (self._size[0], self._raw[0]):
                 return
-            count = self._count(conn)
+            total, entries = self._count(conn)
         with self._size_lock:
-            if version > self._size[0]:
-                self._size = (version, count)
+            if version > self._raw[0]:
+                self._raw = (version, total, entries)
+            # Revoked entries beside rows are checked with the registry by a thread holding
+            # ``lock`` (:meth:`_size_in`); none (the usual case): the size is known here.
+            if not entries and version > self._size[0]:
+                self._size = (version, total)
 
     def _version(self, conn: psycopg.Connection) -> int:
         row = conn.execute(
@@ -920,24 +967,48 @@ class PgGallery(Gallery):
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _count(self, conn: psycopg.Connection) -> int:
+    def _count(self, conn: psycopg.Connection) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """Rows of this embedder, and the revoked entries beside them as ``(pid,
+        template_sha256)``, in the caller's snapshot."""
         n = self.names
         row = conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {t} t WHERE t.model_version = %s AND NOT EXISTS "
-                "(SELECT 1 FROM {r} r WHERE r.pid = t.pid)"
-            ).format(t=n.t, r=n.revoked),
+            sql.SQL("SELECT count(*) FROM {t} t WHERE t.model_version = %s").format(t=n.t),
             (self.meta.model_version,),
         ).fetchone()
-        return int(row[0]) if row else 0
+        entries = conn.execute(
+            sql.SQL(
+                "SELECT t.pid, t.template_sha256 FROM {r} r JOIN {t} t ON t.pid = r.pid "
+                "WHERE t.model_version = %s"
+            ).format(t=n.t, r=n.revoked),
+            (self.meta.model_version,),
+        ).fetchall()
+        return (int(row[0]) if row else 0), tuple((str(p), str(h)) for p, h in entries)
+
+    def _searchable_count(self, total: int, entries: Iterable[tuple[str, str]]) -> int:
+        """``N``: the rows ``total`` less the revoked entries beside them that the registry
+        backs (call with ``lock`` held). An entry it does not back (written into the table
+        without the project's keys) would hide a consenting subject and lower N, and with it the
+        1:N threshold: it is not subtracted, and :meth:`_repair_revocations` removes it."""
+        entries = list(entries)
+        registry = self.core.registry
+        unbacked = [p for p, sha in entries if self._decision(p, registry, sha) is None]
+        if unbacked:
+            # Read the ledger again: an event this process has not read yet may back them.
+            registry = registry.refresh()
+            unbacked = [p for p, sha in entries if self._decision(p, registry, sha) is None]
+            self._suspect.update(unbacked)
+        return total - len(entries) + len(unbacked)
 
     def _size_in(self, conn: psycopg.Connection) -> int:
-        """Searchable subjects in the current snapshot (cached per change counter)."""
+        """Searchable subjects in the current snapshot (cached per change counter; call with
+        ``lock`` held)."""
         version = self._version(conn)
         cached = self._size
         if cached[0] == version:
             return cached[1]
-        count = self._count(conn)
+        raw = self._raw
+        total, entries = (raw[1], raw[2]) if raw[0] == version else self._count(conn)
+        count = self._searchable_count(total, entries)
         with self._size_lock:
             if version >= self._size[0]:
                 self._size = (version, count)
@@ -946,62 +1017,139 @@ class PgGallery(Gallery):
     # -- consent: the revoked table follows the registry ---------------------------------------
 
     def _decision(self, pid: str, registry: Any, sha: str | None) -> str | None:
-        """Why ``pid`` must not be returned (None: it may)."""
+        """Why ``pid`` (whose row holds template ``sha``, None: no row) must not be returned,
+        as of ``registry`` read so far (None: it may)."""
         state = registry.peek(pid)
-        if state is None and sha is not None:
+        if state is None:
             # A row of no registered subject: planted (see stats' ``unrecorded``).
-            return REVOKED_UNRECORDED
-        if not registry.may_process(pid, PURPOSE).allowed:
+            return REVOKED_NO_CONSENT if sha is None else REVOKED_UNRECORDED
+        if not state.decision(PURPOSE).allowed:
             return REVOKED_NO_CONSENT
-        if sha is not None and (state is None or state.template_sha256 != sha):
+        if sha is not None and state.template_sha256 != sha:
             return REVOKED_UNRECORDED
         return None
 
-    def _sync(self, registry: Any, pids: Iterable[str] | None) -> None:
-        """Make the revoked table agree with the registry for ``pids`` (all stored: None)."""
+    def _forbidden_now(self, pid: str) -> bool:
+        """Whether the registry forbids ``pid`` although a statement that excludes revoked
+        subjects returned its row: its revoked entry is missing (deleted from the table). The
+        ledger is read again before saying so; the table is put right after the statement's
+        transaction (:meth:`_repair_revocations`)."""
+        registry = self.core.registry
+        state = registry.peek(pid)
+        if state is None or state.decision(PURPOSE).allowed:
+            # Unknown subjects are refused by the binding check (no key, not in the ledger).
+            return False
+        if registry.may_process(pid, PURPOSE).allowed:
+            return False
+        self._suspect.add(pid)
+        return True
+
+    def _repair_revocations(self) -> None:
+        """Put right the revoked entries a count or a statement found disagreeing with the
+        registry (:meth:`_searchable_count`, :meth:`_forbidden_now`); nothing when none."""
+        if not self._suspect:
+            return
+        pids, self._suspect = self._suspect, set()
+        try:
+            self._sync(self.core.registry.refresh(), pids, report=True)
+        except BaseException:
+            # Not applied (the connection dropped, say): the next call tries again.
+            self._suspect |= pids
+            raise
+
+    def _sync(self, registry: Any, pids: Iterable[str] | None, *, report: bool = False) -> None:
+        """Make the revoked table agree with the registry for ``pids`` (None: every row and
+        every entry).
+
+        An entry the registry does not back is removed, whatever its reason, ``erased``
+        included when the subject's row is there: an erasure deletes the row in the transaction
+        that writes its entry, so an ``erased`` entry beside a row the ledger vouches for, of a
+        subject the registry allows, is no erasure's. ``erased`` entries without a row are kept
+        (they hide nobody; an erasure's ledger entries may come after its commit). An entry
+        rewritten since it was read (``xmin``) is left alone, so an erasure committing meanwhile
+        is never undone. With ``report``, an entry removed beside a row, or added for a row of
+        a subject the registry forbids, is logged (pid only), counted in :meth:`stats` and
+        named by :meth:`check_templates`.
+        """
         conn, n = self._conn, self.names
         with conn.transaction():
             if pids is None:
                 rows = conn.execute(
                     sql.SQL(
-                        "SELECT t.pid, t.template_sha256, r.reason FROM {t} t "
-                        "LEFT JOIN {r} r ON r.pid = t.pid"
+                        "SELECT coalesce(t.pid, r.pid), t.template_sha256, r.reason, "
+                        "r.xmin::text FROM {t} t FULL JOIN {r} r ON r.pid = t.pid"
                     ).format(t=n.t, r=n.revoked)
                 ).fetchall()
             else:
                 rows = conn.execute(
                     sql.SQL(
-                        "SELECT p.pid, t.template_sha256, r.reason FROM unnest(%s::text[]) p(pid)"
+                        "SELECT p.pid, t.template_sha256, r.reason, r.xmin::text"
+                        " FROM unnest(%s::text[]) p(pid)"
                         " LEFT JOIN {t} t ON t.pid = p.pid LEFT JOIN {r} r ON r.pid = p.pid"
                     ).format(t=n.t, r=n.revoked),
                     (sorted(pids),),
                 ).fetchall()
             add: list[tuple[str, str]] = []
-            drop: list[str] = []
-            for pid, sha, reason in rows:
+            missing: set[str] = set()
+            drop: dict[str, tuple[str, bool]] = {}
+            for pid, sha, reason, xmin in rows:
                 why = self._decision(pid, registry, sha)
-                if why is not None and reason is None:
+                if why is None:
+                    if reason is not None and (sha is not None or reason != REVOKED_ERASED):
+                        drop[pid] = (xmin, sha is not None)
+                elif reason is None:
                     add.append((pid, why))
-                elif why is None and reason is not None and reason != REVOKED_ERASED:
-                    drop.append(pid)
-                elif why is not None and reason not in (None, why, REVOKED_ERASED):
+                    if sha is not None and why == REVOKED_NO_CONSENT:
+                        missing.add(pid)
+                elif reason not in (why, REVOKED_ERASED):
                     add.append((pid, why))
+            if drop:
+                # The rows were read first: a ledger read now is at least as new as they are.
+                registry = self.core.registry.refresh()
+                shas = {r[0]: r[1] for r in rows}
+                drop = {
+                    p: v for p, v in drop.items() if self._decision(p, registry, shas[p]) is None
+                }
             if not add and not drop:
                 return
+            removed: list[str] = []
             with conn.cursor() as cur:
                 if add:
                     cur.executemany(
                         sql.SQL(
-                            "INSERT INTO {r} (pid, reason) VALUES (%s, %s) "
-                            "ON CONFLICT (pid) DO UPDATE SET reason = EXCLUDED.reason, at = now()"
-                        ).format(r=n.revoked),
+                            "INSERT INTO {r} (pid, reason) VALUES (%s, %s) ON CONFLICT (pid)"
+                            " DO UPDATE SET reason = EXCLUDED.reason, at = now()"
+                            " WHERE {r}.reason <> {e}"
+                        ).format(r=n.revoked, e=sql.Literal(REVOKED_ERASED)),
                         add,
                     )
                 if drop:
                     cur.execute(
-                        sql.SQL("DELETE FROM {r} WHERE pid = ANY(%s)").format(r=n.revoked), (drop,)
+                        sql.SQL(
+                            "DELETE FROM {r} r USING unnest(%s::text[], %s::text[]) d(pid, x) "
+                            "WHERE r.pid = d.pid AND r.xmin::text = d.x RETURNING r.pid"
+                        ).format(r=n.revoked),
+                        (list(drop), [v[0] for v in drop.values()]),
                     )
+                    removed = [r[0] for r in cur.fetchall()]
             _bump(conn, n)
+        if report:
+            for pid in sorted(p for p in removed if not drop[p][1]):
+                # It hid nobody (no row): housekeeping, not a finding.
+                logger.info("gallery %s/%s: a revocation without a row removed", n.table, pid)
+            self._report_revocations(sorted(p for p in removed if drop[p][1]), sorted(missing))
+
+    def _report_revocations(self, removed: list[str], restored: list[str]) -> None:
+        """Log (pid only), count and keep for :meth:`check_templates` the revoked entries
+        :meth:`_sync` removed beside rows or put back for rows of forbidden subjects."""
+        for pid in removed:
+            logger.warning(MSG_REVOKED_UNBACKED.format(name=f"{self.names.table}/{pid}"))
+            self._revocation_report[pid] = REVOKED_UNBACKED
+        for pid in restored:
+            logger.warning(MSG_REVOKED_MISSING.format(name=f"{self.names.table}/{pid}"))
+            self._revocation_report[pid] = REVOKED_MISSING
+        self._revoked_removed += len(removed)
+        self._revoked_restored += len(restored)
 
     @_reads
     def reload(self) -> None:
@@ -1012,7 +1160,7 @@ class PgGallery(Gallery):
             ledger_path = self.core.ledger.path
             offset = ledger_path.stat().st_size if ledger_path.exists() else 0
             registry = self.core.registry.refresh()
-            self._sync(registry, None)
+            self._sync(registry, None, report=True)
             self._offset = self._offset_floor(ledger_path, offset)
             self._size_in_tx()
 
@@ -1024,6 +1172,7 @@ class PgGallery(Gallery):
         replica, in one transaction.
         """
         with self.lock:
+            self._repair_revocations()
             start = self._offset
             news = self._ledger_news()
             if news is None:
@@ -1044,7 +1193,9 @@ class PgGallery(Gallery):
     def _size_in_tx(self) -> int:
         with self._conn.transaction():
             self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            return self._size_in(self._conn)
+            size = self._size_in(self._conn)
+        self._repair_revocations()
+        return size
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -1096,7 +1247,8 @@ class PgGallery(Gallery):
     def size(self) -> int:
         """Searchable subjects of the shared gallery (as of the last change seen)."""
         cached = self._size
-        if cached[0] >= 0 and self._listener is not None and self._listener.is_alive():
+        listening = self._listener is not None and self._listener.is_alive()
+        if cached[0] >= 0 and cached[0] >= self._raw[0] and listening:
             return cached[1]
         with self.lock:
             self.refresh()
@@ -1180,6 +1332,7 @@ class PgGallery(Gallery):
             n = self._size_in(conn)
             threshold = float(threshold_for(n))
             out = [self._answer(conn, row, top_k=top_k, threshold=threshold) for row in q]
+        self._repair_revocations()
         return out, n, threshold
 
     def _scores(self, q: np.ndarray, found: list[tuple]) -> np.ndarray:
@@ -1282,6 +1435,12 @@ class PgGallery(Gallery):
                 continue
             cached = self._bound.get(pid)
             state = registry.peek(pid)
+            if state is not None and not state.decision(PURPOSE).allowed:
+                # The statement excluded revoked subjects: this one's entry is missing.
+                if self._forbidden_now(pid):
+                    bad.add(pid)
+                    continue
+                state = registry.peek(pid)
             if (
                 cached is not None
                 and state is not None
@@ -1385,9 +1544,12 @@ class PgGallery(Gallery):
         return state is not None and state.template_sha256 == sealed_hex
 
     def _bound_now(self, pid: str) -> bool:
-        """Whether ``pid``'s row rests on its sealed template now (see :meth:`_unbound_of`)."""
+        """Whether ``pid``'s row rests on its sealed template now (see :meth:`_unbound_of`) and
+        the registry allows it (see :meth:`_forbidden_now`)."""
         with self._conn.transaction():
-            return not self._unbound_of(self._conn, [pid])
+            ok = not self._unbound_of(self._conn, [pid]) and not self._forbidden_now(pid)
+        self._repair_revocations()
+        return ok
 
     @_reads
     def verify(self, embedding: np.ndarray, pid: str) -> tuple[bool, float]:
@@ -1409,8 +1571,9 @@ class PgGallery(Gallery):
                     ).format(t=n.t, r=n.revoked),
                     (q, pid, self.meta.model_version),
                 ).fetchone()
-                if row is not None and self._unbound_of(conn, [pid]):
+                if row is not None and (self._unbound_of(conn, [pid]) or self._forbidden_now(pid)):
                     row = None
+            self._repair_revocations()
         if row is None:
             raise NotEnrolledError(pid)
         score = -float(row[0])
@@ -1532,6 +1695,9 @@ class PgGallery(Gallery):
         its subject again); they still count as searchable, in ``N``. For every row, whatever
         was searched: :meth:`check_templates` (``visage gallery verify``). ``unrecorded``: rows
         revoked because the ledger does not vouch for them (planted rows included).
+        ``revoked_removed`` / ``revoked_restored``: revoked entries this process removed because
+        the registry does not back them (they hid a consenting subject and lowered ``N``), or
+        put back for a row of a subject the registry forbids (see :meth:`_sync`).
         """
         n = self.names
         with self.lock:
@@ -1559,6 +1725,8 @@ class PgGallery(Gallery):
             "backend": BACKEND,
             "hnsw": self.options.hnsw,
             "tampered": len(self._unbound),
+            "revoked_removed": self._revoked_removed,
+            "revoked_restored": self._revoked_restored,
         }
 
     @_reads
@@ -1584,7 +1752,35 @@ class PgGallery(Gallery):
             suspects = self._check_pass(report, None, by_cluster)
             if suspects:
                 self._check_pass(report, suspects, by_cluster)
+            # What this process's reload (the gallery's opening) repaired, and what disagrees
+            # now.
+            report.revocations = {**self._revocation_check(), **self._revocation_report}
         return report
+
+    def _revocation_check(self) -> dict[str, str]:
+        """``pid -> kind`` of the rows whose revoked entry disagrees with the registry: present
+        for a subject it allows with the template it records, or missing for a subject it
+        forbids. The rows are read first, the ledger after (reads only)."""
+        n = self.names
+        with self._conn.transaction():
+            rows = self._conn.execute(
+                sql.SQL(
+                    "SELECT t.pid, t.template_sha256, r.pid IS NOT NULL FROM {t} t "
+                    "LEFT JOIN {r} r ON r.pid = t.pid"
+                ).format(t=n.t, r=n.revoked)
+            ).fetchall()
+        registry = self.core.registry.refresh()
+        out: dict[str, str] = {}
+        for pid, sha, revoked in rows:
+            state = registry.peek(pid)
+            if state is None:
+                continue  # a row of no subject: the template check names it
+            allowed = state.decision(PURPOSE).allowed
+            if revoked and allowed and state.template_sha256 == sha:
+                out[pid] = REVOKED_UNBACKED
+            elif not revoked and not allowed:
+                out[pid] = REVOKED_MISSING
+        return out
 
     def _clusters_of_table(self, cal: Any) -> Any:
         """``cal`` when the table's ``cluster`` column was computed for it, else None."""

@@ -285,7 +285,10 @@ def gallery_verify(as_json: bool = JSON_OPT) -> None:
     template its sealed column opens to. Both backends: the template's SHA-256 must be the one
     the ledger's last enrolment of the subject records (an older template put back fails). An
     enrolment recorded in the last two minutes but not stored yet is shown as in flight.
-    Writes nothing. Exit code 1 when a template is wrong.
+    pgvector: `_revoked` entries that disagree with the registry (one that hides a consenting
+    subject, or one missing for a subject the registry forbids) are named too; opening the
+    gallery repairs them, as any gallery command does. Exit code 1 when a template or a
+    revocation is wrong.
     """
     with _serving_errors():
         paths = project()
@@ -297,6 +300,8 @@ def gallery_verify(as_json: bool = JSON_OPT) -> None:
     else:
         for p in doc["problems"]:
             console.print(f"{p['pid']}  {p['kind']}: {p['what']}", highlight=False)
+        for p in doc["revocations"]:
+            console.print(f"{p['pid']}  {p['kind']}: {p['what']}", highlight=False)
         for pid in doc["in_flight"]:
             console.print(
                 f"{pid}  in flight: {MSG_IN_FLIGHT.format(s=IN_FLIGHT_S)}", highlight=False
@@ -306,7 +311,12 @@ def gallery_verify(as_json: bool = JSON_OPT) -> None:
             f"{doc['checked']} templates checked ({doc['backend']}): {doc['ok']} ok, "
             f"{doc['wrong']} wrong{f' ({kinds})' if kinds else ''}, "
             f"{len(doc['in_flight'])} in flight, {doc['stale']} of another embedder"
-            + ("" if doc["clusters_checked"] else "; calibration clusters not compared"),
+            + ("" if doc["clusters_checked"] else "; calibration clusters not compared")
+            + (
+                f"; {len(doc['revocations'])} revoked-table entries disagreed with the registry"
+                if doc["revocations"]
+                else ""
+            ),
             highlight=False,
         )
     if report.wrong:
