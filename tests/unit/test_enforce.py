@@ -14,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import timedelta
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -25,10 +28,12 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.config import load_params
+from visage_ml.privacy.checkpoint import Signature, Signer
 from visage_ml.privacy.consent import ConsentReceipt
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.outbox import Recipients
 from visage_ml.privacy.requests import RequestBook, add_months
+from visage_ml.privacy.witness import Witness, make_server
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.enforce import Enforcer
 from visage_ml.rights.erasure import Erasure
@@ -246,6 +251,135 @@ def test_a_clock_set_back_does_not_postpone_consent_expiry(month):
     planned = Enforcer(proj.paths, core=core, params=params).plan()  # the clock's own time
     expired = {x.pid for x in planned if x.kind == "expire_consent"}
     assert expired == set(proj.pids)
+
+
+@dataclass(frozen=True)
+class _Skewed(Signer):
+    """A witness key whose host's clock runs ``ahead`` of the real time."""
+
+    ahead: timedelta = timedelta(0)
+
+    def cosign(self, text: bytes, timestamp: int | None = None) -> Signature:
+        return super().cosign(text, int(time.time() + self.ahead.total_seconds()))
+
+
+@pytest.fixture
+def serve_witness(tmp_path):
+    """Start witnesses on "other hosts": each its own folder and key behind HTTP, stamping its
+    cosignatures with its own clock (the real one, whatever the project's clock says, or one
+    running ``ahead``). Returns ``(witness, url, params.yaml entry)``."""
+    servers = []
+
+    def start(name: str, ahead: timedelta = timedelta(0)):
+        remote = Witness.create(tmp_path / name.replace("/", "_"), name=name)
+        if ahead:
+            remote._signer = _Skewed(remote.signer.name, remote.signer.private_key, ahead)
+        server = make_server(remote, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        return remote, url, {"kind": "http", "url": url, "key": remote.verifier.vkey}
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def remote_witness(serve_witness):
+    remote, url, _ = serve_witness("witness.example.org/w1")
+    return remote, url
+
+
+def _set_back_project(project, monkeypatch, remote, url):
+    """Two subjects whose consents (one month) lapse at T = about ten days ago; the newest
+    ledger entry is from T - 1 day; then the host's clock is set back to T - 20 days. Returns
+    the project, T and the simulated host clock."""
+    given = datetime.now(UTC) - timedelta(days=41)
+    clock = SimClock(given)
+    monkeypatch.setattr("visage_ml.privacy.ledger.utc_now", clock.iso)
+    proj = make_project(project, n_subjects=2, n_images=1, processed=False, enrol=False)
+    due = add_months(clock.t, 1)
+    remote.add_log(proj.core.witnessing.log_verifier().vkey)  # `visage witness add-log`
+    write_overrides(
+        project / "params.yaml",
+        {
+            "privacy.retention.consent_months": 1,
+            "privacy.retention.erase_without_basis": False,
+            "privacy.witness.witnesses": [
+                {"kind": "directory", "path": "default"},
+                {"kind": "http", "url": url, "key": remote.verifier.vkey},
+            ],
+        },
+    )
+    clock.t = due - timedelta(days=1)
+    PrivacyCore(proj.paths).add_subject(source="test")  # the newest entry: T - 1 day
+    clock.t = due - timedelta(days=20)  # the operator sets the host's clock back
+    return proj, due, clock
+
+
+def test_a_clock_set_back_before_anything_newer_is_written_does_not_postpone_expiry(
+    project, remote_witness, monkeypatch
+):
+    # The attack: at real time T + 10 days neither the host's clock (T - 20 days) nor the
+    # ledger's newest entry (T - 1 day) says that the consents lapsing at T have lapsed. The
+    # HTTP witness, asked to cosign at the start of the pass, stamps the real time.
+    remote, url = remote_witness
+    proj, due, _ = _set_back_project(project, monkeypatch, remote, url)  # due: T
+    res = CliRunner().invoke(
+        app, ["privacy", "enforce", "--apply", "--no-notify", "--json"], env=_env(proj.paths)
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    lapsed = {a["pid"] for a in doc["actions"] if a["kind"] == "expire_consent"}
+    assert lapsed == set(proj.pids)
+    core = PrivacyCore(proj.paths)
+    assert not any(core.subject(pid).decision("training").allowed for pid in proj.pids)
+    # The report says which time was used and how far behind it the host's clock is.
+    clock = doc["clock"]
+    assert clock["source"] == "witness" and clock["witnesses"] == ["witness.example.org/w1"]
+    assert datetime.fromisoformat(clock["time"].replace("Z", "+00:00")) >= due
+    assert clock["host_behind_seconds"] >= 20 * 86400
+
+
+def test_a_witness_whose_clock_runs_a_year_ahead_erases_no_one_early(
+    project, serve_witness, caplog
+):
+    # The host's clock is right; one witness's clock runs a year ahead (a wrong RTC or time
+    # source). Alone, its time is taken at most a week past the host's clock (the ledger shows
+    # no step back of that clock to explain more): consents given today, lapsing in a month,
+    # stay.
+    proj = make_project(project, n_subjects=2, n_images=1, processed=False, enrol=False)
+    vkey = proj.core.witnessing.log_verifier().vkey
+    ahead, _, ahead_spec = serve_witness("ahead.example.org/w", timedelta(days=365))
+    right, _, right_spec = serve_witness("right.example.org/w")
+    for remote in (ahead, right):
+        remote.add_log(vkey)
+    overrides = {"privacy.retention.consent_months": 1}
+    overrides["privacy.witness.witnesses"] = [{"kind": "directory", "path": "default"}, ahead_spec]
+    write_overrides(project / "params.yaml", overrides)
+    params = load_params(project / "params.yaml")
+    enforcer = Enforcer(proj.paths, core=PrivacyCore(proj.paths), params=params)
+    assert enforcer.plan() == []
+    clock = enforcer.clock
+    assert clock.source == "witness" and clock.capped
+    assert timedelta(days=6) < clock.time - datetime.now(UTC) <= timedelta(days=7)
+    assert "ahead.example.org/w alone puts the time at" in caplog.text
+    # A second HTTP witness whose clock is right: the earliest time of the two counts.
+    caplog.clear()
+    overrides["privacy.witness.witnesses"] = [
+        {"kind": "directory", "path": "default"},
+        ahead_spec,
+        right_spec,
+    ]
+    write_overrides(project / "params.yaml", overrides)
+    params = load_params(project / "params.yaml")
+    enforcer = Enforcer(proj.paths, core=PrivacyCore(proj.paths), params=params)
+    assert enforcer.plan() == []
+    assert enforcer.clock.source == "host" and not enforcer.clock.capped
+    assert set(enforcer.clock.said) == {"ahead.example.org/w", "right.example.org/w"}
+    assert "clock" not in caplog.text
 
 
 def test_an_objection_to_identification_alone_purges_the_template_and_keeps_the_rest(project):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from project_helpers import write_overrides
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -22,6 +24,7 @@ from visage_ml.privacy.requests import (
     add_months,
     fold_requests,
 )
+from visage_ml.privacy.witness import Witness, make_server
 
 RECEIVED = "2026-10-01T09:00:00.000Z"
 
@@ -210,6 +213,54 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     assert "1 request(s), 1 overdue" in runner.invoke(app, ["privacy", "requests"]).output
     unknown = runner.invoke(app, ["privacy", "request", "show", "r20260101-0000abcd"])
     assert unknown.exit_code == 2 and "visage privacy requests" in unknown.output
+
+
+@pytest.fixture
+def remote_witness(tmp_path):
+    """A witness on another host, behind HTTP: its cosignatures carry its own (real) time."""
+    remote = Witness.create(tmp_path / "other-host", name="witness.example.org/w1")
+    server = make_server(remote, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield remote, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_host_clock_set_back_does_not_hide_a_passed_deadline(
+    project, remote_witness, monkeypatch
+):
+    # The attack: a request's deadline D passed about ten days ago; the host's clock is set
+    # back to D - 20 days, and a restriction recorded since then is stamped with it. The
+    # listing must still flag the request overdue, and refuse to extend it: the HTTP witness
+    # cosigned that restriction at the real time.
+    remote, url = remote_witness
+    clock = Clock(datetime.now(UTC).replace(microsecond=0) - timedelta(days=40))
+    monkeypatch.setattr(
+        "visage_ml.privacy.ledger.utc_now",
+        lambda: clock.t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pid, other = core.add_subject(source="test"), core.add_subject(source="test")
+    remote.add_log(core.witnessing.log_verifier().vkey)
+    witnesses = [{"kind": "directory", "path": "default"}]
+    witnesses.append({"kind": "http", "url": url, "key": remote.verifier.vkey})
+    write_overrides(project / "params.yaml", {"privacy.witness.witnesses": witnesses})
+    core = PrivacyCore(paths)
+    st = RequestBook(core).receive(pid, "access")
+    deadline = datetime.fromisoformat(st.deadline.replace("Z", "+00:00"))
+    clock.t = deadline - timedelta(days=1)
+    core.checkpoint_and_witness()  # the newest entry before the clock goes back
+    clock.t = deadline - timedelta(days=20)
+    PrivacyCore(paths).restrict(other)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["privacy", "requests", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (item,) = [d for d in json.loads(listed.stdout) if d["request_id"] == st.request_id]
+    assert item["overdue"] and item["days_left"] < 0
+    extend = ["privacy", "request", "extend", st.request_id, "--months", "1"]
+    refused = runner.invoke(app, [*extend, "--reason", "complex_request"])
+    assert refused.exit_code != 0 and "deadline" in refused.output
 
 
 def test_a_failed_attempt_shows_its_step_code_and_what_to_do_in_the_listing_and_in_enforce(

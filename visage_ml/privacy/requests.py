@@ -50,6 +50,7 @@ import orjson
 from visage_ml.config import PrivacyParams, ProjectPaths, load_params
 from visage_ml.io import atomic_write_text, sha256_bytes
 from visage_ml.privacy.certificate import render, sign
+from visage_ml.privacy.clock import Now, decide, given, ledger_times
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import read_appended
@@ -366,8 +367,9 @@ class RequestBook:
     params
         The ``privacy`` section (read from ``params.yaml`` when None).
     now
-        Clock returning an aware UTC datetime (tests pass a fixed one); by default the time of
-        the ledger's clock.
+        Clock returning an aware UTC datetime, taken as it is (tests pass a fixed one); by
+        default the ledger's clock, never before the ledger's newest entry or the time the HTTP
+        witnesses cosigned the latest checkpoint at (:meth:`clock`).
     """
 
     def __init__(
@@ -380,7 +382,9 @@ class RequestBook:
         self.core = core
         self.paths: ProjectPaths = core.paths
         self._params = params
-        # By default the ledger's clock: requests and the entries recording them agree.
+        # By default the ledger's clock: requests and the entries recording them agree, unless
+        # the host's clock was set back (see clock()).
+        self._given = now is not None
         self._now = now or (lambda: parse_time(core.ledger.clock()))
         self._states: dict[str, RequestState] = {}
         self._offset = 0
@@ -397,7 +401,23 @@ class RequestBook:
         return self._params
 
     def now(self) -> datetime:
-        return self._now()
+        """The time receipts are dated and deadlines judged at (:meth:`clock`)."""
+        return self.clock().time
+
+    def clock(self) -> Now:
+        """The time now, and where it came from: as given; else the ledger's clock, but never
+        before the ledger's newest entry or the time the HTTP witnesses cosigned the latest
+        checkpoint kept at (:mod:`visage_ml.privacy.clock`; nothing is asked of a witness
+        here), so that a host clock set back does not hide a deadline that passed."""
+        if self._given:
+            return given(self._now())
+        newest, back = ledger_times(self.core.ledger.path)
+        return decide(
+            self._now(),
+            ledger=newest,
+            witnesses=self.core.witnessing.witness_times(),
+            steps_back=back,
+        )
 
     # -- reading -------------------------------------------------------------------------------
     def refresh(self) -> RequestBook:

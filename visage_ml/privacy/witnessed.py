@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from visage_ml.privacy.checkpoint import (
     Signature,
     Signer,
     Verifier,
+    cosignature_timestamp,
     parse_checkpoint,
     parse_note,
     verified_cosigners,
@@ -390,6 +392,7 @@ class Witnessing:
         self._origin: str | None = None
         self._clients: list[WitnessClient] | None = None
         self._latest_cache: tuple[tuple[int, int], Checkpoint, float] | None = None
+        self._times_cache: tuple[tuple[int, int, int], dict[str, datetime]] | None = None
         # When the next checkpoint is due on cadence: (ledger size, time.monotonic()).
         self._due: tuple[int, float] | None = None
         self.latest_path = paths.checkpoints / LATEST
@@ -704,6 +707,74 @@ class Witnessing:
         """The configured witnesses whose cosignature on ``note`` verifies."""
         keys = [c for c in (client.cosigner() for client in self.clients) if c is not None]
         return verified_cosigners(parse_note(note), keys)
+
+    # -- the witnesses' clock ------------------------------------------------------------------
+    def _http_cosigners(self) -> list[Verifier]:
+        return [
+            v
+            for c in self.clients
+            if isinstance(c, HttpWitness) and (v := c.cosigner()) is not None
+        ]
+
+    def witness_times(self) -> dict[str, datetime]:
+        """When each configured HTTP witness cosigned the latest checkpoint kept
+        (``privacy/checkpoints/latest``): ``{witness name: time}``, from the timestamps of its
+        cosignatures that verify (c2sp.org/tlog-cosignature).
+
+        A directory witness stamps with this host's clock and is left out. Empty when no HTTP
+        witness is configured or none cosigned; read again only when the file changes.
+        """
+        http = self._http_cosigners()
+        if not http:
+            return {}
+        try:
+            st = os.stat(self.latest_path)
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._times_cache is not None and self._times_cache[0] == stamp:
+            return dict(self._times_cache[1])
+        out: dict[str, datetime] = {}
+        try:
+            note = parse_note(self.latest_path.read_bytes())
+            ours = parse_checkpoint(note.text).origin == self.origin
+        except (OSError, NoteError):
+            ours = False
+        for v in http if ours else []:
+            for sig in note.signatures:
+                if (sig.name, sig.key_id) != (v.name, v.key_id) or not v.verify(note.text, sig.sig):
+                    continue
+                try:
+                    t = datetime.fromtimestamp(cosignature_timestamp(sig), UTC)
+                except (NoteError, ValueError, OverflowError, OSError):
+                    continue  # a time no calendar holds says nothing
+                out[v.name] = max(out.get(v.name, t), t)
+        self._times_cache = (stamp, out)
+        return dict(out)
+
+    def ask_time(self) -> dict[str, datetime]:
+        """Have the witnesses cosign a checkpoint of the ledger as it is now and return when
+        each HTTP witness says that was (:meth:`witness_times`).
+
+        A witness cosigns a checkpoint of the size it cosigned last (c2sp.org/tlog-witness), so
+        nothing need have changed. A witness that does not answer keeps the time of its
+        cosignature on the checkpoint kept before; one that answers neither way is left out.
+        Nothing is asked when no HTTP witness is configured or the ledger is empty.
+
+        Raises
+        ------
+        LedgerRollbackError
+            A witness holds a larger tree than the ledger.
+        """
+        if not self._http_cosigners() or not len(self.ledger):
+            return {}
+        before = self.witness_times()
+        try:
+            self.checkpoint_and_witness()
+        except WitnessUnavailableError as exc:
+            log.warning("%s", exc)
+        after = self.witness_times()
+        return {n: max(t for t in (before.get(n), after.get(n)) if t) for n in before | after}
 
     # -- the open check ------------------------------------------------------------------------
     def candidates(self) -> list[tuple[str, bytes]]:

@@ -20,9 +20,10 @@ carries it out as the actor ``scheduler``, each action a ledger event with its r
 Periods come from the records of processing (``privacy/records.yaml``) and consent expiry from
 ``privacy.retention``; times are the ledger's (when a consent was recorded, a subject added, a
 template enrolled, a bundle exported, a request completed), so a restored file cannot reset a
-clock; and "now" is never before the ledger's newest entry, so a system clock set back does not
-postpone an expiry that the ledger's own time has reached. A restricted subject (Art. 18) is
-never erased by policy: restriction keeps data stored.
+clock. "Now" is never before the ledger's newest entry nor before the time the HTTP witnesses
+stamp on a cosignature of the current checkpoint, asked for at the start of each pass
+(:mod:`visage_ml.privacy.clock`): a host clock set back does not postpone an expiry. A
+restricted subject (Art. 18) is never erased by policy: restriction keeps data stored.
 Consent expiry is an event (``consent.expired``) the registry folds, so that the gallery,
 ``prepare`` and serving stop using the subject exactly as for a withdrawal. An erasure by policy
 is a full erasure request (recorded with channel ``scheduler``, verified by ``retention_policy``)
@@ -46,6 +47,7 @@ import orjson
 
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
 from visage_ml.io import file_lock, secure_unlink, sha256_file
+from visage_ml.privacy.clock import Now, decide, given, ledger_times
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import SCHEDULER, acting_as
 from visage_ml.privacy.records import Records, Retention, records_of
@@ -184,7 +186,10 @@ class Enforcer:
         An open gallery to purge templates from (a running server passes its own); opened from
         disk when needed and None.
     now
-        Clock returning an aware UTC datetime (tests inject a simulated one).
+        Clock returning an aware UTC datetime, taken as it is (a dry run's ``--at``; tests
+        inject a simulated one). By default the ledger's clock, never before the ledger's
+        newest entry nor the HTTP witnesses' time (:mod:`visage_ml.privacy.clock`), which the
+        first plan of this enforcer asks them for.
     """
 
     def __init__(
@@ -201,22 +206,47 @@ class Enforcer:
         self.params = params if params is not None else load_params(paths.params)
         self.gallery = gallery
         # By default the ledger's clock (what its entries are stamped with), never before its
-        # newest entry; a given time (a dry run `--at`) is taken as it is.
+        # newest entry or the witnesses' time; a given time (`--at`) is taken as it is.
         self.now = now or (lambda: parse_time(self.core.ledger.clock()))
         self._floored = now is None
+        self._witnessed: dict[str, datetime] | None = None
+        self.clock: Now | None = None  # the time the last plan or attention list used
+
+    def current(self) -> Now:
+        """The time the policies apply at now, and where it came from.
+
+        The first call asks the HTTP witnesses to cosign the current checkpoint (their
+        timestamps are a clock the host's operator does not set) and warns when the host's clock
+        is behind.
+        """
+        if not self._floored:
+            self.clock = given(self.now())
+            return self.clock
+        first = self._witnessed is None
+        if self._witnessed is None:
+            self._witnessed = self.core.witnessing.ask_time()
+        newest, back = ledger_times(self.core.ledger.path)
+        now = decide(self.now(), ledger=newest, witnesses=self._witnessed, steps_back=back)
+        if first:
+            now.warn()
+        # Within one pass time never goes back (the entries the pass appends carry the host's
+        # time, which may be behind the time it started at).
+        if self.clock is None or now.time >= self.clock.time:
+            self.clock = now
+        return self.clock
+
+    def _time(self) -> datetime:
+        return self.current().time
 
     # -- planning ------------------------------------------------------------------------------
-    def _times(self) -> tuple[dict[int, datetime], datetime | None]:
-        """Ledger time of every entry a policy counts from, by seq; and the newest entry's."""
+    def _times(self) -> dict[int, datetime]:
+        """Ledger time of every entry a policy counts from, by seq."""
         out: dict[int, datetime] = {}
-        last = b""
         for _, line in self.core.ledger.iter_lines():
-            last = line
             if any(mark in line for mark in _TIMED):
                 obj = orjson.loads(line)
                 out[obj["seq"]] = parse_time(obj["time"])
-        newest = parse_time(orjson.loads(last)["time"]) if last.strip() else None
-        return out, newest
+        return out
 
     def _enrolled(self) -> dict[str, int]:
         """Each subject's last ``gallery.enrolled`` seq."""
@@ -232,11 +262,10 @@ class Enforcer:
         """Every action the policies call for now, in the order :meth:`apply` runs them."""
         records = records_of(self.paths)
         retention = self.params.privacy.retention
-        times, newest = self._times()
-        # Never before the ledger's newest entry: a clock set back would postpone every expiry.
-        now = self.now()
-        if self._floored and newest is not None:
-            now = max(now, newest)
+        times = self._times()
+        # Never before the ledger's newest entry or the witnesses' time: a clock set back would
+        # postpone every expiry.
+        now = self.current().time
         enrolled = self._enrolled()
         actions: list[Action] = []
         for st in self.core.registry.states().values():
@@ -354,7 +383,7 @@ class Enforcer:
     def attention(self) -> list[Attention]:
         """Open requests that are overdue or whose last attempt failed, nearest deadline first:
         what no policy carries out, and the DPO must."""
-        book = RequestBook(self.core, params=self.params.privacy, now=self.now)
+        book = RequestBook(self.core, params=self.params.privacy, now=self._time)
         now = book.now()
         return [Attention.of(st, now) for st in book.open() if st.overdue(now) or st.failure]
 
@@ -407,7 +436,7 @@ class Enforcer:
         self._applied(action, removed_sha256=files)
 
     def _do_erase_subject(self, action: Action, result: EnforceResult) -> None:
-        book = RequestBook(self.core, params=self.params.privacy, now=self.now)
+        book = RequestBook(self.core, params=self.params.privacy, now=self._time)
         open_ = [s for s in book.open(pid=action.pid) if s.right == "erasure"]
         if open_:
             st = open_[0]

@@ -140,7 +140,8 @@ def enforce(
     Dry run by default. With --apply each action is a ledger event with its reason and the
     actor `scheduler`; erasures end with certificates; notifications are then delivered. Run it
     from a timer (cron, systemd) or let `visage serve` run it
-    (privacy.retention.serve_interval_seconds).
+    (privacy.retention.serve_interval_seconds). "Now" is never before the ledger's newest
+    entry nor the time the HTTP witnesses cosign the current checkpoint at (asked first).
     """
     if at and apply:
         raise typer.BadParameter(MSG_AT_APPLY)
@@ -158,9 +159,13 @@ def enforce(
             doc = {"actions": [a.to_dict() for a in actions], "dry_run": True}
         attention = enforcer.attention()
     doc["requests"] = [a.to_dict() for a in attention]
+    clock = enforcer.clock
+    doc["clock"] = clock.to_dict() if clock is not None else None
     if as_json:
         emit_json(doc)
         return
+    if clock is not None:
+        console.print(escape(clock.describe()), highlight=False)
     verb = "done" if apply else "would do"
     for a in actions:
         console.print(f"  {escape(a.describe())}", highlight=False)
