@@ -346,6 +346,31 @@ def test_an_operator_cannot_probe_consent_with_an_image_that_is_refused(lenient)
     assert not s.gallery.status(allowed)["enrolled"]
 
 
+def spy_work(s: Api, monkeypatch: pytest.MonkeyPatch, embedded: list | None = None) -> list:
+    """Record the embedder and gallery calls an enrolment makes (what its time is made of);
+    ``embedded`` collects the arrays embedded."""
+    work: list = []
+
+    def spy(obj, name, note):
+        real = getattr(obj, name)
+
+        def call(*args, **kw):
+            work.append(note(*args))
+            return real(*args, **kw)
+
+        monkeypatch.setattr(obj, name, call)
+
+    def embed(x):
+        if embedded is not None:
+            embedded.append(np.asarray(x))
+        return ("embed", np.shape(x))
+
+    spy(s.engine, "embed", embed)
+    spy(s.gallery, "status", lambda _pid: "status")
+    spy(s.gallery, "search", lambda q, **_kw: ("search", np.shape(q)))
+    return work
+
+
 def test_an_operator_cannot_time_consent_state_off_the_one_answer(
     lenient_each_backend, monkeypatch
 ):
@@ -368,21 +393,8 @@ def test_an_operator_cannot_time_consent_state_off_the_one_answer(
     assert s.call("POST", f"/v1/subjects/{erased}/erasure", "dpo").status_code == 200
     images = s.photos(a, 2)  # a's face: someone else's for every pid below
     crops = recognition._enrolment_crops(s.svc, images)
-    work: list = []
     embedded: list[np.ndarray] = []
-
-    def spy(obj, name, note):
-        real = getattr(obj, name)
-
-        def call(*args, **kw):
-            work.append(note(*args))
-            return real(*args, **kw)
-
-        monkeypatch.setattr(obj, name, call)
-
-    spy(s.engine, "embed", lambda x: embedded.append(np.asarray(x)) or ("embed", np.shape(x)))
-    spy(s.gallery, "status", lambda _pid: "status")
-    spy(s.gallery, "search", lambda q, **_kw: ("search", np.shape(q)))
+    work = spy_work(s, monkeypatch, embedded)
     done = {}
     for pid in (allowed, UNKNOWN, s.pids[-1], withdrawn, restricted, erased):
         work.clear()

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
-from test_recognition import UNKNOWN, Api, error, score_model
+from test_recognition import UNKNOWN, Api, error, score_model, spy_work
 
 from visage_ml.app.http.routers import recognition
 
@@ -19,25 +18,6 @@ from visage_ml.app.http.routers import recognition
 @pytest.fixture
 def lenient(project):
     return Api(project, model=score_model(0.0))
-
-
-def spy_work(s: Api, monkeypatch: pytest.MonkeyPatch) -> list:
-    """Record the embedder and gallery calls an enrolment makes (what its time is made of)."""
-    work: list = []
-
-    def spy(obj, name, note):
-        real = getattr(obj, name)
-
-        def call(*args, **kw):
-            work.append(note(*args))
-            return real(*args, **kw)
-
-        monkeypatch.setattr(obj, name, call)
-
-    spy(s.engine, "embed", lambda x: ("embed", np.shape(x)))
-    spy(s.gallery, "status", lambda _pid: "status")
-    spy(s.gallery, "search", lambda q, **_kw: ("search", np.shape(q)))
-    return work
 
 
 def test_a_mismatch_refusal_does_the_same_search_as_a_consent_refusal(lenient, monkeypatch):
