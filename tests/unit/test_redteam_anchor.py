@@ -10,7 +10,7 @@ from test_recognition import Api, morph_photos, score_model
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.registry import Registry
 from visage_ml.privacy.witnessed import forget_checks
-from visage_ml.serving.gallery import AnchorUnrecordedError, Gallery
+from visage_ml.serving.gallery import AnchorUnrecordedError, Gallery, TemplateUnrecordedError
 
 
 @pytest.fixture
@@ -52,3 +52,24 @@ def test_a_fold_cache_edited_to_vouch_for_an_older_anchor_is_not_believed(lenien
             core=PrivacyCore(paths),
             embed=s.engine.embed,
         ).reference(a)
+
+
+def test_an_older_template_put_back_is_not_what_a_re_enrolment_is_checked_against(lenient):
+    # The attack: keep a's template file from a dpo enrolment with a half-way morph towards b,
+    # let a dpo re-enrol a's own face, then put the old template file back. The search ignores a
+    # template the ledger does not record, but an operator's re-enrolment was checked against
+    # it (and written over it): with the anchor, it would be one more step of a walk.
+    s = lenient
+    a = s.pids[0]
+    pa = s.world.people[a]
+    b = make_person("p" + "b" * 16, np.random.default_rng(7), pa.group, pa.gender)
+    assert s.enroll(a, role="dpo", images=morph_photos(s, a, b, 0.375)).status_code == 200
+    stale = s.gallery.template_path(a).read_bytes()
+    assert s.enroll(a, role="dpo").status_code == 200
+    s.gallery.template_path(a).write_bytes(stale)
+    s.gallery.refresh()
+    with pytest.raises(TemplateUnrecordedError):
+        s.gallery.reference(a)
+    r = s.enroll(a, images=morph_photos(s, a, b, 0.25))
+    assert r.status_code == 409
+    assert s.gallery.template_path(a).read_bytes() == stale  # nothing written over it

@@ -171,6 +171,12 @@ MSG_ANCHOR_UNRECORDED = (
     "recorded); operators' re-enrolments of the subject are refused until a dpo key, "
     "`visage gallery rebuild` or a rectification re-enrols it"
 )
+MSG_TEMPLATE_UNRECORDED = (
+    "gallery: the template of subject {pid} is not the one the ledger records (an older "
+    "template put back from a copy or a backup); it is neither searched nor compared with, and "
+    "operators' re-enrolments of the subject are refused until a dpo key, `visage gallery "
+    "rebuild` or a rectification re-enrols it"
+)
 MSG_REFERENCE_CHANGED = (
     "gallery: an operator's enrolment of subject {pid} was not written: the subject's template "
     "or anchor changed after the images were checked against them (a concurrent enrolment); "
@@ -248,6 +254,15 @@ class AnchorUnrecordedError(GalleryError):
     def __init__(self, pid: str) -> None:
         self.pid = pid
         super().__init__(MSG_ANCHOR_UNRECORDED.format(pid=pid))
+
+
+class TemplateUnrecordedError(GalleryError):
+    """A subject's template file is not the one the ledger last recorded (see
+    :meth:`Gallery.reference`)."""
+
+    def __init__(self, pid: str) -> None:
+        self.pid = pid
+        super().__init__(MSG_TEMPLATE_UNRECORDED.format(pid=pid))
 
 
 class ReferenceChangedError(GalleryError):
@@ -1109,6 +1124,8 @@ class Gallery:
             No template or no anchor (see :meth:`anchor`).
         AnchorUnrecordedError
             The anchor file is not the one the ledger records (logged with the pid).
+        TemplateUnrecordedError
+            The template is not the one the ledger records (an older one put back).
         GalleryError
             A file fails authentication.
         """
@@ -1126,6 +1143,10 @@ class Gallery:
             state = self.core.registry.peek(pid)
         if blob is None or anchor_blob is None:
             raise NotEnrolledError(pid)
+        template_sha256 = sha256_bytes(blob)
+        if state is not None and state.template_sha256 != template_sha256:
+            logger.warning(MSG_TEMPLATE_UNRECORDED.format(pid=pid))
+            raise TemplateUnrecordedError(pid)
         anchor_sha256 = sha256_bytes(anchor_blob)
         recorded = state.anchor_sha256 if state is not None else None
         if recorded is not None and recorded != anchor_sha256:
@@ -1135,7 +1156,7 @@ class Gallery:
         anchor, anchor_header = self._open_blob(pid, anchor_blob, ANCHOR_MAGIC, path.name)
         return Reference(
             pid,
-            sha256_bytes(blob),
+            template_sha256,
             anchor_sha256,
             template,
             template_header,
