@@ -29,6 +29,7 @@ from visage_ml.privacy.ledger import Ledger, LedgerError
 from visage_ml.privacy.registry import LedgerRefusedError
 from visage_ml.privacy.witness import Witness, make_server
 from visage_ml.privacy.witnessed import (
+    WITNESS_SET,
     LedgerRollbackError,
     Witnessing,
     WitnessUnavailableError,
@@ -555,6 +556,26 @@ def test_truncating_the_ledger_after_dropping_its_witness_from_params_is_refused
     msg = str(info.value)
     assert "ledger rollback" in msg and f"covers {n}" in msg and str(witness_dir) in msg
     assert cli("privacy", "subject", "show", pids[1]).exit_code == 2
+
+
+def test_every_non_empty_prefix_of_a_new_projects_ledger_names_its_witnesses(
+    withdrawn, witness_dir
+):
+    """A project with witnesses from the start: its ledger begins with their record, so no
+    cut (however far back) leaves a prefix that names none. Before, the record was written at
+    the first checkpoint, after the first event: a cut to that one event, with the witnesses
+    out of params.yaml and the local checkpoint deleted, opened as if nothing had happened."""
+    paths, _ = withdrawn
+    lines = lines_of(paths)
+    assert json.loads(lines[0])["type"] == WITNESS_SET
+    assert len(witness_sets(paths)) == 1  # the first checkpoint found it recorded
+    write_overrides(paths.params, {"privacy.witness.witnesses": []})
+    (paths.checkpoints / "latest").unlink()
+    for k in range(1, len(lines)):
+        paths.ledger.write_bytes(b"".join(lines[:k]))
+        forget_checks()
+        with pytest.raises(LedgerRollbackError):
+            PrivacyCore(paths)
 
 
 def test_truncating_the_ledger_after_dropping_an_unreachable_witness_is_refused(

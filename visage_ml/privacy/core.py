@@ -103,6 +103,7 @@ class PrivacyCore:
             public_key_path=self.paths.ledger_public_key,
         )
         ledger.after_append = self._after_append
+        ledger.genesis = lambda: self.witnessing.genesis_events()
         return ledger
 
     @cached_property

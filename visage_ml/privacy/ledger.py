@@ -465,6 +465,9 @@ class Ledger:
         # Called with the entries of every append once they are durable (the privacy core
         # witnesses checkpoints from here); may raise to report that they are not witnessed.
         self.after_append: Callable[[list[Entry]], None] | None = None
+        # Events written before the first one of an empty ledger (the privacy core records its
+        # witnesses there, so that no non-empty prefix of the ledger lacks the record).
+        self.genesis: Callable[[], list[tuple[str, str | None, Mapping[str, Any]]]] | None = None
         # The time entries are stamped with (tests of retention inject a simulated clock).
         self.clock: Callable[[], str] = utc_now
 
@@ -745,6 +748,13 @@ class Ledger:
                 size, seq, prev, torn = self._read_tail(fd)
                 if torn:
                     seq, prev = self._repair(fd, size, torn, seq, prev, key)
+                if seq < 0 and self.genesis is not None:
+                    first = list(self.genesis())
+                    for type_, _, payload in first:
+                        if type_ not in EVENT_TYPES:
+                            raise ValueError(f"unknown ledger event type '{type_}'")
+                        _check_payload(payload)
+                    events = [*first, *events]
                 out: list[Entry] = []
                 lines: list[bytes] = []
                 for type_, pid, payload in events:

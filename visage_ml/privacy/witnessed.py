@@ -23,8 +23,9 @@ witnesses keep their own copy.
   one root over the leaf-hash cache; a process repeats it only when the ledger or a checkpoint
   changed.
 - The ledger records its witnesses: a ``witness.set`` entry (:class:`WitnessSet`) names each
-  configured witness (its cosignature key; the path or URL as configured) and the quorum. The
-  first checkpoint with a witness writes it (an older ledger gains it at its next checkpoint),
+  configured witness (its cosignature key; the path or URL as configured) and the quorum. A new
+  ledger begins with it (:meth:`Witnessing.genesis_events`, so that no non-empty prefix lacks
+  it); an older ledger gains it at its next checkpoint,
   and so does every checkpoint after params.yaml gained a witness or asks more cosignatures;
   the checkpoint covers it, so the witnesses see it. The open check also reads the checkpoints
   of the witnesses the ledger's latest record names, and refuses (:class:`WitnessSetError`)
@@ -904,6 +905,15 @@ class Witnessing:
                 quorum=self.params.quorum,
             )
         )
+
+    def genesis_events(self) -> list[tuple[str, str | None, dict[str, Any]]]:
+        """The ``witness.set`` entry an empty ledger starts with (none without witnesses): so
+        that cutting a new project's ledger back leaves either nothing or a record of its
+        witnesses (:attr:`~visage_ml.privacy.ledger.Ledger.genesis`)."""
+        if not self.params.witnesses:
+            return []
+        configured = self.configured(create=True)
+        return [(WITNESS_SET, None, WitnessSet.payload(configured, self.params.quorum))]
 
     def _record_witness_set(self) -> None:
         """Append a ``witness.set`` entry when params.yaml has a witness the ledger's record
