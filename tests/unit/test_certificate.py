@@ -22,9 +22,12 @@ from visage_ml.app.cli import app
 from visage_ml.io import canonical_json, md5_file
 from visage_ml.privacy.certificate import render, sign, verify_offline
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.privacy.witness import Witness, default_witness_dir
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.erasure import raw as raw_store
+from visage_ml.rights.erasure import tombstone as tombstone_store
 from visage_ml.rights.lineage import subject_lineage
 
 
@@ -124,6 +127,86 @@ def test_the_records_keep_no_hash_a_photograph_of_the_subject_could_be_checked_a
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
     assert failed(report) == {"no erased content remains"} and not report.findings
     assert "tombstone key is missing" in next(c.detail for c in report.checks if not c.ok)
+
+
+def test_without_the_subjects_tombstone_the_scan_says_it_could_not_look_for_plaintext(erased):
+    # The certificate names no PNG: the tombstones do. A checkout whose tombstones lack the
+    # subject's (an older file put back) cannot show that no plaintext copy is left.
+    proj, victim, _, result = erased
+    tombstones = proj.paths.tombstones
+    key = proj.paths.tombstone_key.read_bytes()
+    gone = f'"{Tombstones.mac_with(key, "pid", victim)}"'
+    kept = [ln for ln in tombstones.read_text().splitlines(True) if ln.strip() != gone]
+    tombstones.write_text("".join(kept))
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert failed(report) == {"no erased content remains"}
+    detail = next(c.detail for c in report.checks if not c.ok)
+    assert "does not hold the subject's tombstone" in detail
+
+
+def _earlier_raw_plan(m: pytest.MonkeyPatch, images: dict[str, bytes], name: str) -> None:
+    """The raw step as versions before this one planned it: each sealed image named its PNG in
+    the plan (``plain_mac``, keyed; older still ``plain_sha256``, in clear), and the tombstones
+    held no plaintext hashes."""
+    current_raw, current_tombstone = raw_store.plan, tombstone_store.plan
+
+    def plan(ctx, pid):
+        with pytest.MonkeyPatch.context() as inner:
+            inner.setattr(ctx.core.tombstones, "add", lambda *a, **k: False)
+            found = current_raw(ctx, pid)
+        for a in found.artefacts:
+            image_id = Path(a["path"]).name.split(".")[0]
+            if a["path"].endswith(".sealed") and image_id in images:
+                sha = hashlib.sha256(images[image_id]).hexdigest()
+                plain = Tombstones.open(ctx.paths).mac("plain_sha256", sha)
+                a[name] = plain if name == "plain_mac" else sha
+        return found
+
+    def tombstone_plan(ctx, pid):
+        found = current_tombstone(ctx, pid)
+        found.state.plains.clear()
+        return found
+
+    m.setattr(raw_store, "plan", plan)
+    m.setattr(tombstone_store, "plan", tombstone_plan)
+
+
+@pytest.mark.parametrize("name", ["plain_mac", "plain_sha256"])
+def test_a_certificate_naming_the_png_as_earlier_versions_did_still_verifies_and_scans(
+    project, monkeypatch, tmp_path, name
+):
+    proj = make_project(project, n_subjects=3)
+    victim = proj.pids[0]
+    images = dict(proj.images[victim])
+    with monkeypatch.context() as m:
+        _earlier_raw_plan(m, images, name)
+        result = Erasure(proj.paths).erase(victim)
+    doc = json.loads(result.certificate_path.read_text())
+    assert [a for a in doc["claims"]["artefacts"] if a.get(name)]
+    assert not any(
+        Tombstones.open(proj.paths).has_plain(hashlib.sha256(png).hexdigest())
+        for png in images.values()
+    )
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    # Its scan still finds a plaintext copy, by the names the certificate holds.
+    copy = proj.paths.root / "data" / "backup" / "copy.png"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(next(iter(images.values())))
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert [f["path"] for f in report.findings] == [str(copy)]
+    out = CliRunner().invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
+    assert out.exit_code == 1, out.output
+    copy.unlink()
+    out = CliRunner().invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
+    assert out.exit_code == 0 and "certificate VALID" in out.output, out.output
+    # The stand-alone verifier of docs/verify.md knows no artefact member: it accepts it too.
+    script = tmp_path / "verify.py"
+    script.write_text(_verifier_code())
+    cert, pub = _offline_copy(proj, result, tmp_path)
+    args = [str(script), str(cert), "--public-key", str(pub), "--witness-key", _witness_vkey()]
+    ran = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert ran.returncode == 0 and "certificate VALID" in ran.stdout, ran.stdout + ran.stderr
 
 
 def test_certificate_and_key_alone_verify_the_proof_without_the_checkout(erased, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -255,6 +256,66 @@ def test_killed_at_any_step_then_resume_completes_with_a_valid_certificate(proj,
     assert not (proj.paths.raw / victim).exists()
     assert PrivacyCore(proj.paths).subject(victim).erased
     assert Erasure(proj.paths).pending() == []
+
+
+def _derived(png_bytes: bytes, key: bytes) -> set[str]:
+    """What the tombstone key and a photograph's PNG bytes give: its hashes, and their MAC
+    under every kind prefix the tombstones use or used."""
+    sha = hashlib.sha256(png_bytes).hexdigest()
+    kinds = ("plain_sha256", "sha256", "plain", "png", "image", "ref", "pid")
+    macs = {hmac.new(key, f"{k}\0{sha}".encode(), hashlib.sha256).hexdigest() for k in kinds}
+    return {sha, hashlib.md5(png_bytes, usedforsecurity=False).hexdigest(), *macs}
+
+
+def test_the_tombstone_key_and_a_photograph_of_an_erased_subject_lead_to_no_pid(proj):
+    # The attack: someone holding the tombstone key (an operator, a key backup) and a
+    # photograph of the erased person that encodes to the stored PNG's bytes computes all the
+    # key and the photograph give, and looks for it in the ledger and the certificate, kept for
+    # good: an entry holding it names the pid, and so the pid's whole history.
+    victim = proj.pids[0]
+    pngs = list(proj.images[victim].values())
+    # A plaintext copy logged to MLflow by mistake: found and removed by the erasure.
+    logged = proj.paths.mlruns / "artifacts" / "r9" / "face.png"
+    logged.parent.mkdir(parents=True)
+    logged.write_bytes(pngs[0])
+    result = Erasure(proj.paths).erase(victim)
+    assert not logged.exists()
+    key = proj.paths.tombstone_key.read_bytes()
+    needles = {d for png_bytes in pngs for d in _derived(png_bytes, key)}
+    lines = proj.paths.ledger.read_text(encoding="utf-8").splitlines()
+    linked = {json.loads(line)["pid"] for line in lines if any(n in line for n in needles)}
+    assert linked == set()
+    certificate = result.certificate_path.read_text(encoding="utf-8")
+    assert not [n for n in needles if n in certificate]
+    # The controller still finds a plaintext copy put back, through the tombstones.
+    logged.parent.mkdir(parents=True, exist_ok=True)
+    logged.write_bytes(pngs[1])
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert [f["path"] for f in report.findings] == [str(logged)]
+
+
+def test_an_erasure_whose_tombstone_an_earlier_version_wrote_still_finds_plaintext_copies(
+    proj, monkeypatch
+):
+    # Resumed after an upgrade: the vault step's tombstone held no plaintext hashes, and the
+    # plan no longer names them; the raw step adds them while data/raw still lists the images.
+    victim = proj.pids[0]
+    pngs = list(proj.images[victim].values())
+    earlier = erasure_mod.tombstone.plan
+
+    def plan(ctx, pid):
+        found = earlier(ctx, pid)
+        found.state.plains.clear()
+        return found
+
+    monkeypatch.setattr(erasure_mod.tombstone, "plan", plan)
+    logged = proj.paths.mlruns / "artifacts" / "r9" / "face.png"
+    logged.parent.mkdir(parents=True)
+    logged.write_bytes(pngs[0])
+    Erasure(proj.paths).erase(victim)
+    assert not logged.exists()
+    tombstones = PrivacyCore(proj.paths).tombstones
+    assert all(tombstones.has_plain(sha256_bytes(png_bytes)) for png_bytes in pngs)
 
 
 def test_each_store_says_what_it_still_holds_until_the_subject_is_erased(proj):

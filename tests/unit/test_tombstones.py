@@ -156,6 +156,24 @@ def test_the_file_is_the_same_whatever_order_the_erasures_came_in(tmp_path):
     assert a.path.read_text().splitlines() == lines
 
 
+def test_an_erased_images_plaintext_is_asked_for_apart_from_the_files_it_stops(tmp_path):
+    """The scans for plaintext copies (an MLflow artefact, a decrypted file) ask the set, not
+    the ledger: an erased image's PNG hash is one more unlinked MAC, of a kind of its own."""
+    t = Tombstones(tmp_path / "privacy" / "tombstones.jsonl", tmp_path / "secrets" / "t.key")
+    png, source = hashlib.sha256(b"png").hexdigest(), hashlib.sha256(b"jpeg").hexdigest()
+    assert t.add(PID, refs=["HR-1"], sha256s=[source], plains=[png])
+    assert t.has_plain(png) and not t.has_plain(source) and not t.has_file(png)
+    assert png not in t.path.read_text() and len(t) == 4
+    # A resumed erasure brings nothing new: nothing is written.
+    before = t.path.read_bytes()
+    assert not t.add(PID, plains=[png]) and t.path.read_bytes() == before
+    # One begun by an earlier version left its tombstone without them: they join the set.
+    later = hashlib.sha256(b"png 2").hexdigest()
+    assert not t.add(PID, plains=[later]) and t.has_plain(later)
+    lines = t.path.read_text().splitlines()
+    assert lines[0] == tombstones.HEADER and lines[1:] == sorted(lines[1:]) and len(lines) == 6
+
+
 def _v1_line(key: bytes, pid: str, refs: list[str], sha256s: list[str]) -> bytes:
     """A line as versions before 2 wrote it: one per erased subject, its MACs grouped."""
     macs = [Tombstones.mac_with(key, "ref", tombstones.normalise_ref(r)) for r in refs]

@@ -11,10 +11,14 @@ mode 0600) over a kind prefix and a value: an erased subject's pid, their extern
 (normalised by :func:`normalise_ref`: NFKC, case-folded, invisible format characters dropped,
 spaces collapsed, so a folder copied through macOS (NFD), retyped in another case, with a
 zero-width or a leading space is still the erased person; MACs of the older case-fold-only
-normalisation still match) or the SHA-256 of one of their files. Without the key the file reveals
-nothing: not who, not which files, not which MAC is a pid, a reference or a file. With it, an
-import asks "was this reference erased?", "was this file's SHA-256 erased?" and skips the person
-or file with reason ``erased_subject``; an acquisition asks "was this pid erased?".
+normalisation still match), the SHA-256 of one of their files, or the SHA-256 of one of their
+images' PNG (the plaintext a sealed image holds, kind ``plain_sha256``). Without the key the file
+reveals nothing: not who, not which files, not which MAC is a pid, a reference or a file. With it,
+an import asks "was this reference erased?", "was this file's SHA-256 erased?" and skips the
+person or file with reason ``erased_subject``; an acquisition asks "was this pid erased?"; a scan
+for plaintext copies (MLflow artefacts, a certificate's verification) asks "is this file an
+erased image's PNG?", so that no record kept for good (ledger, certificate) needs to name the
+PNG, even keyed: with the key and a photograph that encodes to it, such a name leads to the pid.
 
 Nothing links the answers: no record groups one erasure's MACs (a reference found does not lead
 to the pid, which the ledger lists in clear with its whole history), no date is kept, and every
@@ -56,6 +60,9 @@ _MAC_LINE_LEN = 64 + 3  # quotes and newline
 KIND_REF = "ref"
 KIND_SHA256 = "sha256"
 KIND_PID = "pid"
+# An erased image's PNG, as a scan for plaintext copies asks for it (the domain, and so the MACs,
+# that erasure records of earlier versions kept as ``plain_mac``).
+KIND_PLAIN = "plain_sha256"
 
 MSG_KEY_LOST = (
     "{tombstones} holds tombstones of erased subjects but the tombstone key {key} is missing: "
@@ -268,18 +275,32 @@ class Tombstones:
         erased subject."""
         return self._matches(KIND_SHA256, sha256.lower())
 
+    def has_plain(self, sha256: str) -> bool:
+        """Whether a file with this SHA-256 is the PNG of an erased subject's image (a
+        plaintext copy of a sealed image)."""
+        return self._matches(KIND_PLAIN, sha256.lower())
+
     def has_subject(self, pid: str) -> bool:
         """Whether ``pid`` left a tombstone."""
         return self._matches(KIND_PID, check_pid(pid))
 
     # -- writing -------------------------------------------------------------------------------
-    def add(self, pid: str, *, refs: Iterable[str] = (), sha256s: Iterable[str] = ()) -> bool:
-        """Record ``pid``'s tombstone (once); returns whether it was new.
+    def add(
+        self,
+        pid: str,
+        *,
+        refs: Iterable[str] = (),
+        sha256s: Iterable[str] = (),
+        plains: Iterable[str] = (),
+    ) -> bool:
+        """Record ``pid``'s tombstone; returns whether the pid was new to it.
 
-        The MACs of the pid, of ``refs`` and of ``sha256s`` join the set, which replaces the
-        file whole (sorted, under a lock, fsync and rename, mode 0600): nothing in it says
-        which MACs came together. A second call for the same pid (a resumed erasure) writes
-        nothing, unless the file was of version 1: then it is rewritten, with the same MACs.
+        The MACs of the pid, of ``refs``, of ``sha256s`` (files) and of ``plains`` (the SHA-256
+        of images' PNG) join the set, which replaces the file whole (sorted, under a lock, fsync
+        and rename, mode 0600): nothing in it says which MACs came together. A second call for
+        the same pid (a resumed erasure) writes nothing unless it brings a MAC the set lacks
+        (an erasure begun by an earlier version, whose tombstone held no ``plains``) or the
+        file was of version 1 (rewritten, with the same MACs).
         """
         key = self._load_key(create=True)
         if key is None:  # pragma: no cover - see mac()
@@ -287,13 +308,15 @@ class Tombstones:
         subject = self.mac(KIND_PID, check_pid(pid), key=key)
         macs = {self.mac(KIND_REF, normalise_ref(r), key=key) for r in refs if r}
         macs |= {self.mac(KIND_SHA256, s.lower(), key=key) for s in sha256s if s}
+        macs |= {self.mac(KIND_PLAIN, s.lower(), key=key) for s in plains if s}
+        macs.add(subject)
         private_dir(self.path.parent)
         with self._lock():
             held, stale = self._read()
             new = subject not in held
-            if new:
-                held = held | macs | {subject}
-            if new or stale:
+            if not macs <= held:
+                held, stale = held | macs, True
+            if stale:
                 self._write(held)
             self._macs, self._stat = held, self._stamp()
         return new

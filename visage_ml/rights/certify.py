@@ -2,10 +2,11 @@
 
 :func:`verify_certificate` runs the proof checks of
 :func:`visage_ml.privacy.certificate.verify_proof`, then looks for the erased content: none of
-the listed content hashes may exist in any file under ``data/``, ``gallery/``, ``mlruns/``,
-``privacy/exports``, the DVC cache, the configured remotes and DVC's site cache (every file is
-hashed; ``.dir`` manifests are also read for the listed objects and the subject's folder); and
-it says whether the models in use were trained without the subject.
+the listed content hashes, and no erased subject's image in clear (the tombstones know its
+PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file under ``data/``,
+``gallery/``, ``mlruns/``, ``privacy/exports``, the DVC cache, the configured remotes and DVC's
+site cache (every file is hashed; ``.dir`` manifests are also read for the listed objects and
+the subject's folder); and it says whether the models in use were trained without the subject.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from visage_ml.privacy.certificate import CertificateReport, entry_ok, verify_pr
 from visage_ml.privacy.keys import key_id
 from visage_ml.privacy.ledger import Ledger, LedgerError
 from visage_ml.rights import dvc_objects, lineage
-from visage_ml.rights.content_hashes import MSG_NO_KEY, ContentHashes
+from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ def scan_for_hashes(
     md5s: set[str],
     report: CertificateReport,
 ) -> None:
-    """Hash every file under ``roots``; record any whose SHA-256 is listed, and any ``.dir``
-    manifest that names a listed md5 or the subject's folder."""
+    """Hash every file under ``roots``; record any whose SHA-256 is in ``sha256s`` (with
+    :class:`ContentHashes`: listed, or an erased image's plaintext), and any ``.dir`` manifest
+    that names a listed md5 or the subject's folder."""
     seen: set[Path] = set()
     for root in roots:
         for path in _walk_files(Path(root)):
@@ -154,7 +156,8 @@ def scan_for_hashes(
             report.files_hashed += 1
             report.bytes_hashed += n
             if digest in sha256s:
-                report.findings.append({"path": str(path), "sha256": digest, "why": "listed hash"})
+                why = sha256s.why(digest) if isinstance(sha256s, ContentHashes) else LISTED
+                report.findings.append({"path": str(path), "sha256": digest, "why": why})
             if path.name.endswith(".dir") and n < (64 << 20):
                 with contextlib.suppress(OSError):
                     entries = dvc_objects.read_manifest(path.read_bytes())
@@ -179,13 +182,14 @@ def _scan(
     # Declared in the signed claims: identical content still referenced by current data.
     retained = [r for r in claims.get("retained_shared_content") or [] if isinstance(r, Mapping)]
     md5s -= {r.get("md5") for r in retained}
-    # A sealed image's artefact also names its PNG, keyed (plain_mac; plain_sha256 in older
-    # certificates): a plaintext copy counts too. An empty file carries no data and has one
-    # well-known hash: never a finding.
+    # A plaintext copy of an erased image counts too: the tombstones know its PNG (older
+    # certificates name it, keyed: plain_mac, or in clear: plain_sha256). An empty file carries
+    # no data and has one well-known hash: never a finding.
     sha256s = ContentHashes.of(
         paths,
         artefacts,
         exclude=[*(r.get("sha256") for r in retained), hashlib.sha256(b"").hexdigest()],
+        pid=str(doc.get("pid")) if doc.get("pid") else None,
     )
     roots = [paths.root / f for f in SCANNED_FOLDERS]
     remote_objects: list[tuple[Any, str]] = []
@@ -212,12 +216,13 @@ def _scan(
                 )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
     # Files that could not be checked for a plaintext copy: not shown to be clean.
-    unkeyed = not sha256s.keyed and report.files_hashed > 0
-    unkeyed_note = f"; {MSG_NO_KEY}" if unkeyed else ""
+    unkeyed = sha256s.gap is not None and report.files_hashed > 0
+    unkeyed_note = f"; {sha256s.gap}" if unkeyed else ""
+    images = " and every erased image's plaintext" if sha256s.key is not None else ""
     report.add(
         "no erased content remains",
         not report.findings and not unkeyed,
-        f"{len(sha256s)} hashes looked for in {report.files_hashed} files "
+        f"{len(sha256s)} hashes{images} looked for in {report.files_hashed} files "
         f"({report.bytes_hashed} bytes): {len(report.findings)} found{declared}{unkeyed_note}",
     )
 

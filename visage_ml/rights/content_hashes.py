@@ -1,45 +1,57 @@
-"""The content an erasure looks for, and how a sealed image's plaintext is named in its records.
+"""The content an erasure looks for: what its records name, and every erased image's plaintext.
 
 An erased artefact is named by the SHA-256 of its file as stored (a sealed image: ciphertext,
 which says nothing of the face). A plaintext copy of a sealed image (an MLflow artefact, a file
-someone decrypted) is looked for too, by the SHA-256 of its PNG; but that hash would stay in the
-ledger and the certificate forever, and anyone holding a photograph that encodes to those bytes
-could confirm it was the erased subject's. So the records keep it keyed, ``plain_mac``: HMAC
-under the tombstone key (``secrets/tombstone.key``) of the PNG's SHA-256. A scan hashes each file
-as before and keys only the 32-byte digest. Records made before carry ``plain_sha256``, which is
-still looked for.
+someone decrypted) is looked for too, by the SHA-256 of its PNG; but the ledger and the
+certificate, kept for good, name the pid next to its whole history, so they must hold nothing a
+photograph of the subject hashes to: not the PNG's SHA-256, and not a MAC of it either (whoever
+holds the tombstone key and a photograph that encodes to the PNG computes the MAC, finds the
+entry and so the pid). So the PNG's SHA-256 goes only to the tombstones
+(:mod:`visage_ml.privacy.tombstones`, kind ``plain_sha256``: one unlinked set of every
+erasure's MACs), and a scan asks them "is this file an erased image's PNG?": it finds a
+plaintext copy of any erased subject's image, not only the erasure's own. A file found so is
+recorded by its path, never by its SHA-256 (:func:`content_hit`).
+
+Records made before carry the PNG keyed (``plain_mac``: the same MAC, under the tombstone key)
+or, older still, in clear (``plain_sha256``): both are still looked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from visage_ml.config import ProjectPaths
-from visage_ml.privacy.tombstones import Tombstones
+from visage_ml.privacy.tombstones import KIND_PLAIN, Tombstones
 
-# The MAC's domain: a PNG's SHA-256, apart from the tombstones' pid and reference values.
-PLAIN_KIND = "plain_sha256"
+# Older records' name of the PNG in clear (and the domain of their plain_mac).
+PLAIN_KIND = KIND_PLAIN
+RAW_STORE = "data"
+SEALED_IMAGE = ".sealed"
+LISTED = "listed hash"
+ERASED_IMAGE = "plaintext of an erased image"
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
-
-
-def plain_mac(tombstones: Tombstones, sha256: str) -> str:
-    """The keyed name of a sealed image's plaintext (its PNG's SHA-256), for the records
-    (``tombstones`` holds the key, read once for all of a subject's images)."""
-    return tombstones.mac(PLAIN_KIND, sha256)
+MSG_NO_TOMBSTONE = (
+    "plaintext copies of the subject's images not looked for: privacy/tombstones.jsonl does "
+    "not hold the subject's tombstone; restore it from your backup"
+)
 
 
 @dataclass(frozen=True)
 class ContentHashes:
-    """SHA-256s to look for, and keyed plaintext names matched through the tombstone key.
+    """SHA-256s to look for, and an erased image's plaintext matched through the tombstones.
 
-    ``digest in hashes`` for each file's SHA-256 (hex); ``len(hashes)`` how many are sought.
+    ``digest in hashes`` for each file's SHA-256 (hex); :meth:`why` says how it matched;
+    ``len(hashes)`` how many the records name.
     """
 
     sha256s: frozenset[str]
     plain_macs: frozenset[str] = frozenset()
     key: bytes | None = None
+    tombstones: Tombstones | None = None
+    excluded: frozenset[str] = frozenset()
+    gap: str | None = None
 
     @classmethod
     def of(
@@ -48,27 +60,68 @@ class ContentHashes:
         artefacts: Iterable[Mapping[str, Any]],
         *,
         exclude: Iterable[str | None] = (),
+        pid: str | None = None,
     ) -> ContentHashes:
-        """What ``artefacts`` name (``sha256``, and ``plain_sha256`` of older records), and
-        their ``plain_mac``; ``exclude``: SHA-256s not to look for (shared content in use)."""
+        """What ``artefacts`` name (``sha256``, and ``plain_sha256`` / ``plain_mac`` of older
+        records), and every erased image's plaintext the tombstones know.
+
+        ``exclude``: SHA-256s not to look for (shared content in use). ``pid``: the erased
+        subject, whose tombstone must then be there when the records name sealed images
+        without their PNG (made since the PNG went to the tombstones only); else :attr:`gap`
+        says why plaintext copies could not all be looked for.
+        """
         rows = [a for a in artefacts if isinstance(a, Mapping)]
+        excluded = frozenset(str(e) for e in exclude if e)
         sha256s = {str(a[k]) for a in rows for k in ("sha256", PLAIN_KIND) if a.get(k)}
         macs = frozenset(str(a["plain_mac"]) for a in rows if a.get("plain_mac"))
-        # Read only when a record names one: a key is never made by looking.
-        key = Tombstones.open(paths).existing_key() if macs else None
-        return cls(frozenset(sha256s - set(exclude)), macs, key)
+        unnamed = any(
+            a.get("store") == RAW_STORE
+            and str(a.get("path", "")).endswith(SEALED_IMAGE)
+            and not (a.get("plain_mac") or a.get(PLAIN_KIND))
+            for a in rows
+        )
+        tombstones = Tombstones.open(paths)
+        # Never made by looking; None when missing or unreadable.
+        key = tombstones.existing_key()
+        gap = None
+        # Only what these records need counts: without the key, the plaintext of an image they
+        # do not name is not looked for, and says nothing of this erasure.
+        if key is None and (macs or (unnamed and len(tombstones))):
+            gap = MSG_NO_KEY
+        elif pid is not None and unnamed and (key is None or not tombstones.has_subject(pid)):
+            gap = MSG_NO_TOMBSTONE
+        return cls(frozenset(sha256s - excluded), macs, key, tombstones, excluded, gap)
 
     @property
     def keyed(self) -> bool:
-        """Whether every keyed name can be looked for (False: the tombstone key is missing)."""
-        return not self.plain_macs or self.key is not None
+        """Whether every plaintext copy can be looked for (False: see :attr:`gap`)."""
+        return self.gap is None
+
+    def why(self, digest: str) -> str | None:
+        """How a file with SHA-256 ``digest`` matched: :data:`LISTED` (a record names it),
+        :data:`ERASED_IMAGE`, or None (it did not)."""
+        if digest in self.sha256s:
+            return LISTED
+        if self.key is None or digest in self.excluded:
+            return None
+        if self.plain_macs and Tombstones.mac_with(self.key, PLAIN_KIND, digest) in self.plain_macs:
+            return ERASED_IMAGE
+        if self.tombstones is not None and self.tombstones.has_plain(digest):
+            return ERASED_IMAGE
+        return None
 
     def __contains__(self, digest: object) -> bool:
-        if digest in self.sha256s:
-            return True
-        if not self.plain_macs or self.key is None or not isinstance(digest, str):
-            return False
-        return Tombstones.mac_with(self.key, PLAIN_KIND, digest) in self.plain_macs
+        return isinstance(digest, str) and self.why(digest) is not None
 
     def __len__(self) -> int:
         return len(self.sha256s) + len(self.plain_macs)
+
+
+def content_hit(hashes: Container[str], digest: str, *, store: str, path: str) -> dict[str, Any]:
+    """The artefact a scan records for a file at ``path`` it found by its SHA-256 ``digest``
+    in ``hashes``: with the digest, or, for an erased image's plaintext, with ``sha256`` None
+    and ``content`` saying so (in the ledger, a photograph that hashes to it would find the
+    pid)."""
+    if isinstance(hashes, ContentHashes) and hashes.why(digest) == ERASED_IMAGE:
+        return {"store": store, "path": path, "sha256": None, "content": ERASED_IMAGE}
+    return {"store": store, "path": path, "sha256": digest}

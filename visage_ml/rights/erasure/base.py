@@ -13,7 +13,10 @@ A store module (``gallery``, ``vault``, ``raw``, ``dvc``, ``processed``, ``expor
   object names; empty once erased).
 
 An artefact is a dict ``{"store", "path", "sha256"[, "md5"]}``: the SHA-256 is taken before
-deletion, the path is project-relative where the file is inside the project.
+deletion, the path is project-relative where the file is inside the project. A file found only
+because it is the plaintext of an erased image (an MLflow copy, asked of the tombstone set) is
+recorded with ``"sha256": None`` and ``"content"`` saying so: its hash would lead anyone holding
+the photograph to the erased pid in the ledger.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """The MLflow store: artefacts and database content naming the subject (by design none).
 
 Every file under ``mlruns/`` that names the pid, or whose SHA-256 is one of the subject's raw
-files, is overwritten and deleted. In the SQLite tracking database the pid is removed by raw
-SQL against MLflow's schema, on purpose: MLflow's API can delete runs and tags but cannot erase
-a value from a tag or param in place, and nothing in it rewrites the freed SQLite pages that
-still hold deleted bytes (``PRAGMA secure_delete=ON`` + ``VACUUM`` do).
+files or the plaintext of an erased image (:mod:`visage_ml.rights.content_hashes`), is
+overwritten and deleted; a plaintext copy is recorded by its path only. In the SQLite tracking
+database the pid is removed by raw SQL against MLflow's schema, on purpose: MLflow's API can
+delete runs and tags but cannot erase a value from a tag or param in place, and nothing in it
+rewrites the freed SQLite pages that still hold deleted bytes (``PRAGMA secure_delete=ON`` +
+``VACUUM`` do).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.io import secure_unlink, sha256_file
-from visage_ml.rights.content_hashes import ContentHashes
+from visage_ml.rights.content_hashes import ContentHashes, content_hit
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, rel
 
 STORE = "mlflow"
@@ -89,9 +91,10 @@ def _text_columns(con: sqlite3.Connection) -> list[tuple[str, list[str]]]:
 def scan_mlflow(paths: ProjectPaths, pid: str, file_sha256s: Container[str]) -> list[Artefact]:
     """MLflow artefacts and database content that hold the subject: pid or image files.
 
-    Every file under ``mlruns/`` is read: a file naming the pid, or whose SHA-256 is one of the
-    subject's image files, is listed; the SQLite store is listed when a row names the pid or
-    when its file still holds the pid in freed pages.
+    Every file under ``mlruns/`` is read: a file naming the pid, or whose SHA-256 is in
+    ``file_sha256s`` (the subject's files; with :class:`ContentHashes`, every erased image's
+    plaintext too, listed without its SHA-256), is listed; the SQLite store is listed when a
+    row names the pid or when its file still holds the pid in freed pages.
     """
     root = paths.root
     found: list[Artefact] = []
@@ -108,14 +111,11 @@ def scan_mlflow(paths: ProjectPaths, pid: str, file_sha256s: Container[str]) -> 
                 data = f.read_bytes()
             except OSError:
                 continue
-            if needle in data or hashlib.sha256(data).hexdigest() in file_sha256s:
-                found.append(
-                    {
-                        "store": STORE,
-                        "path": rel(f, root),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                    }
-                )
+            digest = hashlib.sha256(data).hexdigest()
+            if needle in data:
+                found.append({"store": STORE, "path": rel(f, root), "sha256": digest})
+            elif digest in file_sha256s:
+                found.append(content_hit(file_sha256s, digest, store=STORE, path=rel(f, root)))
     if db.is_file():
         in_bytes = any(p.is_file() and needle in p.read_bytes() for p in _db_files(db))
         if in_bytes or _db_rows_naming(db, pid):
@@ -167,8 +167,8 @@ def purge_mlflow(paths: ProjectPaths, pid: str, artefacts: Iterable[Mapping[str,
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """What under ``mlruns/`` names the subject or holds one of their raw files (sealed, or a
-    plaintext copy of the image, keyed: ``plain_mac``)."""
+    """What under ``mlruns/`` names the subject or holds one of their raw files (sealed), or a
+    plaintext copy of an erased image (the tombstones know it; older plans' ``plain_mac``)."""
     hashes = ContentHashes.of(ctx.paths, ctx.planned.get("raw", []))
     return Plan(scan_mlflow(ctx.paths, pid, hashes))
 

@@ -4,9 +4,10 @@ The server-side counterpart of :mod:`.mlflow` (which rewrites the SQLite file of
 MLflow holds no personal data by design, so this normally finds nothing; what it looks for:
 
 - runs (active or deleted) whose name, params or tags name the pid, or that hold an artefact
-  naming the pid or byte-identical to one of the subject's raw files. Such a run is deleted
-  through the client API (with any registered model version made from it) and ``mlflow gc``
-  removes its rows from the backend store and its artefacts from S3, for good;
+  naming the pid or byte-identical to one of the subject's raw files or to an erased image's
+  plaintext (:mod:`visage_ml.rights.content_hashes`; recorded without its SHA-256). Such a
+  run is deleted through the client API (with any registered model version made from it) and
+  ``mlflow gc`` removes its rows from the backend store and its artefacts from S3, for good;
 - rows of the backend PostgreSQL outside runs that still name the pid (an experiment's name or
   description): leaf rows are deleted, other values have the pid replaced, and the touched
   tables are rewritten (``VACUUM FULL``) with the WAL switched and checkpointed, so no dead
@@ -27,7 +28,7 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
-from visage_ml.rights.content_hashes import ContentHashes
+from visage_ml.rights.content_hashes import ContentHashes, content_hit
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.rights.erasure.mlflow import ERASED_TEXT, MLFLOW_LEAF_TABLES
 from visage_ml.stack.manager import Stack
@@ -137,14 +138,14 @@ def scan_server(stack: Stack, pid: str, file_sha256s: Container[str]) -> list[Ar
                 data = local.read_bytes()
                 local.unlink()
                 digest = hashlib.sha256(data).hexdigest()
-                if needle in data or digest in file_sha256s:
-                    hits.append(
-                        {
-                            "store": STORE,
-                            "path": f"runs/{rid}/artifacts/{info.path}",
-                            "sha256": digest,
-                        }
-                    )
+                path = f"runs/{rid}/artifacts/{info.path}"
+                if needle in data:
+                    hits.append({"store": STORE, "path": path, "sha256": digest})
+                elif digest in file_sha256s:
+                    hit = content_hit(file_sha256s, digest, store=STORE, path=path)
+                    if hit["sha256"] is None:  # named by the run, as a hit by its path
+                        del hit["sha256"]
+                    hits.append(hit)
             for hit in hits:
                 hit.setdefault("sha256", _run_digest(run))
                 hit["run_id"] = rid

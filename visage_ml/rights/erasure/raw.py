@@ -19,10 +19,8 @@ from pathlib import Path
 
 from visage_ml import dvcops
 from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
-from visage_ml.data.rawstore import IMAGE_EXT, IMAGE_ID_RE, RawStore, read_images
-from visage_ml.privacy.tombstones import Tombstones
+from visage_ml.data.rawstore import IMAGE_ID_RE, RawStore, read_images
 from visage_ml.rights import dvc_objects
-from visage_ml.rights.content_hashes import plain_mac
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
 
 STORE = "data"
@@ -64,10 +62,11 @@ def subject_image_ids(ctx: Context, pid: str, files: Iterable[Path] = ()) -> set
 def plan(ctx: Context, pid: str) -> Plan:
     """The subject's files and the tables naming them, each with SHA-256 and MD5.
 
-    A sealed image also carries ``plain_mac``, the keyed SHA-256 of its PNG as ``images.parquet``
-    records it (:mod:`visage_ml.rights.content_hashes`), so that a plaintext copy of it
-    elsewhere (an MLflow artefact) is found too, while the ledger and the certificate keep
-    nothing a photograph of the subject could be checked against.
+    A sealed image is named by its ciphertext alone. The SHA-256 of its PNG (as
+    ``images.parquet`` records it), by which a plaintext copy elsewhere is found (an MLflow
+    artefact), goes to the tombstones, not to the plan: anything the ledger and the
+    certificate keep of it, even keyed, would let a photograph of the subject find the pid
+    (:mod:`visage_ml.rights.content_hashes`).
     """
     store = RawStore(ctx.paths, core=ctx.core, track=False)
     files = store.files_of(pid)
@@ -75,13 +74,10 @@ def plan(ctx: Context, pid: str) -> Plan:
     if lfw_pairs_naming(ctx.paths, subject_image_ids(ctx, pid, files)):
         found.append(file_artefact(ctx, STORE, lfw_pairs_file(ctx.paths), md5=True))
     images = read_images(ctx.paths.raw)
-    rows = images[images["pid"].astype(str) == pid]
-    plain = dict(zip(rows["image_id"].astype(str), rows["sha256"].astype(str), strict=True))
-    tombstones = Tombstones.open(ctx.paths)
-    for a in found:
-        image_id = Path(a["path"]).stem
-        if a["path"].endswith(IMAGE_EXT) and image_id in plain:
-            a["plain_mac"] = plain_mac(tombstones, plain[image_id])
+    plains = images.loc[images["pid"].astype(str) == pid, "sha256"].dropna().astype(str)
+    # The vault step's tombstone holds them already; one written by an earlier version (an
+    # erasure resumed since) did not: added now, while data/raw still names the images.
+    ctx.core.tombstones.add(pid, plains=list(plains))
     before = tracked_md5(ctx)
     return Plan(found, {"raw_md5_before": before}, state=before)
 
