@@ -22,7 +22,7 @@ from visage_ml.app.cli import app
 from visage_ml.io import canonical_json, md5_file
 from visage_ml.privacy.certificate import render, sign, verify_offline
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.tombstones import Tombstones
+from visage_ml.privacy.tombstones import Tombstones, set_mac
 from visage_ml.privacy.witness import Witness, default_witness_dir
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -136,12 +136,22 @@ def test_without_the_subjects_tombstone_the_scan_says_it_could_not_look_for_plai
     tombstones = proj.paths.tombstones
     key = proj.paths.tombstone_key.read_bytes()
     gone = f'"{Tombstones.mac_with(key, "pid", victim)}"'
-    kept = [ln for ln in tombstones.read_text().splitlines(True) if ln.strip() != gone]
-    tombstones.write_text("".join(kept))
+    lines = tombstones.read_text().splitlines(True)
+    kept = [ln for ln in lines if ln.strip() != gone]
+    # A whole set without it, under the key (as an older file restored would be) ...
+    macs = sorted(json.loads(ln) for ln in kept[1:])
+    header = {"v": 2, "n": len(macs), "mac": set_mac(key, macs)}
+    tombstones.write_text("\n".join([json.dumps(header), *(json.dumps(m) for m in macs)]) + "\n")
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
     assert failed(report) == {"no erased content remains"}
     detail = next(c.detail for c in report.checks if not c.ok)
     assert "does not hold the subject's tombstone" in detail
+    # ... and the same line cut out by hand: the file is damaged, and the scan says so.
+    tombstones.write_text("".join(kept))
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert failed(report) == {"no erased content remains"}
+    detail = next(c.detail for c in report.checks if not c.ok)
+    assert "damaged or not of this tombstone key" in detail
 
 
 def _earlier_raw_plan(m: pytest.MonkeyPatch, images: dict[str, bytes], name: str) -> None:

@@ -2,9 +2,14 @@
 
 ``privacy/tombstones.jsonl`` holds one set of MACs, whichever erasure left them::
 
-    {"v": 2}
+    {"v": 2, "n": 2, "mac": HMAC(the whole set)}
     "0b4f...": one MAC a line (a JSON string), sorted, each once
     "5e07..."
+
+The header counts the MACs and MACs the whole set under the key: the file is only ever written
+whole, so a line that is not a MAC, a count that differs or a set MAC that does not verify (a
+damaged or edited file, one cut short, a key from another backup) is :class:`TombstoneFileError`
+on every question, never a smaller set answering "not erased", and the file is left as found.
 
 Every MAC is HMAC-SHA256 under the tombstone key ``secrets/tombstone.key`` (32 random bytes,
 mode 0600) over a kind prefix and a value: an erased subject's pid, their external reference
@@ -53,10 +58,11 @@ log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 VERSION = 2
-HEADER = json.dumps({"v": VERSION}, separators=(",", ":"))
+HEADER = json.dumps({"v": VERSION}, separators=(",", ":"))  # as first written (no count)
 _MAC_RE = re.compile(r"[0-9a-f]{64}")
 _MAC_LINE_RE = re.compile(r'^"([0-9a-f]{64})"$', re.MULTILINE)
 _MAC_LINE_LEN = 64 + 3  # quotes and newline
+_V1_START = re.compile(r'\{\s*"v"\s*:\s*1\b')
 KIND_REF = "ref"
 KIND_SHA256 = "sha256"
 KIND_PID = "pid"
@@ -70,6 +76,16 @@ MSG_KEY_LOST = (
     "from your key backup; visage-ml never creates a new one while tombstones exist"
 )
 MSG_BAD_KEY = "{key} is not a 32-byte tombstone key; restore it from your key backup"
+MSG_DAMAGED = (
+    "{tombstones} is damaged ({why}): it can no longer tell whether a person or file was erased, "
+    "so nothing is imported or acquired. Restore privacy/tombstones.jsonl from your backup "
+    "(visage-ml never rewrites a damaged tombstone file)"
+)
+MSG_WRONG_KEY = (
+    "{tombstones} was not written under the tombstone key {key} (a key or a file from another "
+    "backup?): with it no import can tell whether a person was erased. Restore the matching "
+    "secrets/tombstone.key and privacy/tombstones.jsonl from the same backup"
+)
 MSG_NOT_REWRITTEN = (
     "%s is in the older tombstone format, whose lines link an erased subject's reference and "
     "files to their pid, and could not be rewritten (%s); make it writable and run any import"
@@ -79,6 +95,20 @@ MSG_NOT_REWRITTEN = (
 class TombstoneKeyError(MasterKeyError):
     """Tombstones exist but their key is missing or malformed (a key error the CLI and the
     HTTP API report like a missing master key)."""
+
+
+class TombstoneFileError(TombstoneKeyError):
+    """The tombstone file is damaged, cut short or not of the key at hand: every question fails
+    (never "not erased") and the file is never rewritten."""
+
+
+def set_mac(key: bytes, macs: Iterable[str]) -> str:
+    """The MAC of a whole sorted set of tombstone MACs (the version 2 header's ``mac``): a MAC
+    dropped, changed or added, or another key, does not verify."""
+    h = hmac.new(key, b"set\0", hashlib.sha256)
+    for m in sorted(macs):
+        h.update(m.encode("ascii"))
+    return h.hexdigest()
 
 
 def normalise_ref(external_ref: str) -> str:
@@ -187,31 +217,38 @@ class Tombstones:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _read(self) -> tuple[frozenset[str], bool]:
-        """The MACs the file holds, and whether it must be rewritten to be version 2 (lines of
-        version 1, a torn or foreign line, MACs out of order or twice)."""
+        """The MACs the file holds, and whether it must be rewritten (version 1 lines, or a
+        version 2 header without its count and set MAC).
+
+        A version 2 file is only ever replaced whole (temporary file, fsync, rename), so a line
+        that is not a MAC, a count that differs or a set MAC that does not verify under the key
+        is damage, not a torn append: :class:`TombstoneFileError`, never a smaller set. Only
+        version 1 files, which were appended to, may end in a torn line (its erasure, resumed,
+        adds it again).
+        """
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return frozenset(), False
-        # Version 2 as written (header, then only MAC lines): one regex pass, no line loop.
-        found = _MAC_LINE_RE.findall(text)
-        canonical = len(HEADER) + 1 + _MAC_LINE_LEN * len(found)
-        if len(text) == canonical and text.startswith(HEADER + "\n"):
-            held = frozenset(found)
-            return held, len(held) != len(found) or found != sorted(found)
+        except UnicodeDecodeError:
+            raise self._damaged("not text") from None
+        if not text:
+            return frozenset(), False
+        head, _, body = text.partition("\n")
+        try:
+            header = json.loads(head)
+        except ValueError:
+            header = None
+        if isinstance(header, dict) and header.get("v") == VERSION:
+            return self._read_v2(header, head, body)
+        v1 = isinstance(header, dict) and header.get("v") == 1
+        if not v1 and not _V1_START.match(head):  # (a version 1 line may be torn, even the first)
+            raise self._damaged("its first line is no tombstone header")
         macs: set[str] = set()
-        stale, last = False, ""
         for line in text.splitlines():
             line = line.strip()
-            if not line or line == HEADER:
+            if not line:
                 continue
-            if len(line) == 66 and line[0] == line[-1] == '"' and _MAC_RE.fullmatch(line, 1, 65):
-                mac = line[1:65]
-                stale = stale or mac <= last
-                last = mac
-                macs.add(mac)
-                continue
-            stale = True
             try:
                 doc = json.loads(line)
             except ValueError:
@@ -219,17 +256,50 @@ class Tombstones:
             if isinstance(doc, dict):  # version 1: one subject's MACs, grouped
                 found = [doc.get("subject"), *(doc.get("macs") or [])]
                 macs.update(m for m in map(str, found) if _MAC_RE.fullmatch(m))
-        return frozenset(macs), stale
+        return frozenset(macs), True
+
+    def _read_v2(
+        self, header: dict[str, object], head: str, body: str
+    ) -> tuple[frozenset[str], bool]:
+        found = _MAC_LINE_RE.findall(body)
+        if len(body) != _MAC_LINE_LEN * len(found):
+            raise self._damaged("a line that is not a MAC, or a line cut short")
+        if found != sorted(set(found)):
+            raise self._damaged("MACs out of order or repeated")
+        held = frozenset(found)
+        if head == HEADER:  # as first written: no count, no set MAC (rewritten with them)
+            return held, True
+        if header.get("n") != len(found):
+            raise self._damaged(f"{len(found)} MACs where its header counts {header.get('n')}")
+        mac = header.get("mac")
+        key = self.existing_key()
+        if mac is None:
+            return held, key is not None  # written without the key (a migration): add it
+        if key is not None and not hmac.compare_digest(str(mac), set_mac(key, held)):
+            raise TombstoneFileError(MSG_WRONG_KEY.format(tombstones=self.path, key=self.key_path))
+        return held, False
+
+    def _damaged(self, why: str) -> TombstoneFileError:
+        return TombstoneFileError(MSG_DAMAGED.format(tombstones=self.path, why=why))
 
     def _write(self, macs: Iterable[str]) -> None:
-        """Replace the file with ``macs`` as one sorted set (the caller holds the lock)."""
-        lines = [HEADER, *(f'"{m}"' for m in sorted(set(macs)))]
+        """Replace the file with ``macs`` as one sorted set, its header counting them and, when
+        the key is at hand, MACing the set (the caller holds the lock)."""
+        held = sorted(set(macs))
+        header: dict[str, object] = {"v": VERSION, "n": len(held)}
+        key = self.existing_key()
+        if key is not None:
+            header["mac"] = set_mac(key, held)
+        lines = [json.dumps(header, separators=(",", ":")), *(f'"{m}"' for m in held)]
         private_dir(self.path.parent)
-        # A write killed before its rename leaves its temporary file: beside the file it would
-        # have replaced, the difference is that erasure's MACs.
+        self._remove_leftovers()
+        atomic_write_bytes(self.path, ("\n".join(lines) + "\n").encode(), mode=0o600)
+
+    def _remove_leftovers(self) -> None:
+        """Remove temporary files of killed rewrites (the caller holds the lock): beside the
+        file it would have replaced, one's difference is that erasure's MACs, linked."""
         for left in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             left.unlink(missing_ok=True)
-        atomic_write_bytes(self.path, ("\n".join(lines) + "\n").encode(), mode=0o600)
 
     def _lock(self) -> AbstractContextManager[None]:
         return file_lock(self.path.with_name(self.path.name + ".lock"))
@@ -242,9 +312,11 @@ class Tombstones:
         if stamp == self._stat:
             return
         macs, stale = self._read()
-        if stale:  # an older file: its lines link a subject's MACs, so it is rewritten at once
+        leftovers = any(self.path.parent.glob(f".{self.path.name}.*.tmp"))
+        if stale or leftovers:  # an older file links a subject's MACs: rewritten at once
             try:
                 with self._lock():
+                    self._remove_leftovers()
                     macs, stale = self._read()
                     if stale:
                         self._write(macs)

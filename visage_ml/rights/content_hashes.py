@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from visage_ml.config import ProjectPaths
-from visage_ml.privacy.tombstones import KIND_PLAIN, Tombstones
+from visage_ml.privacy.tombstones import KIND_PLAIN, TombstoneFileError, Tombstones
 
 # Older records' name of the PNG in clear (and the domain of their plain_mac).
 PLAIN_KIND = KIND_PLAIN
@@ -32,6 +32,10 @@ SEALED_IMAGE = ".sealed"
 LISTED = "listed hash"
 ERASED_IMAGE = "plaintext of an erased image"
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
+MSG_BAD_TOMBSTONES = (
+    "plaintext copies not looked for: privacy/tombstones.jsonl is damaged or not of this "
+    "tombstone key; restore both from the same backup"
+)
 MSG_NO_TOMBSTONE = (
     "plaintext copies of the subject's images not looked for: privacy/tombstones.jsonl does "
     "not hold the subject's tombstone; restore it from your backup"
@@ -86,10 +90,16 @@ class ContentHashes:
         gap = None
         # Only what these records need counts: without the key, the plaintext of an image they
         # do not name is not looked for, and says nothing of this erasure.
-        if key is None and (macs or (unnamed and len(tombstones))):
-            gap = MSG_NO_KEY
-        elif pid is not None and unnamed and (key is None or not tombstones.has_subject(pid)):
-            gap = MSG_NO_TOMBSTONE
+        try:
+            if key is None and (macs or (unnamed and len(tombstones))):
+                gap = MSG_NO_KEY
+            elif pid is not None and unnamed and (key is None or not tombstones.has_subject(pid)):
+                gap = MSG_NO_TOMBSTONE
+            if key is not None:
+                len(tombstones)  # reads (and checks) the file now, not in the middle of a scan
+        except TombstoneFileError:
+            # Not asked again: the listed hashes are still looked for, the gap says what not.
+            return cls(frozenset(sha256s - excluded), macs, key, None, excluded, MSG_BAD_TOMBSTONES)
         return cls(frozenset(sha256s - excluded), macs, key, tombstones, excluded, gap)
 
     @property
