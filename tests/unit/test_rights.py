@@ -629,3 +629,9 @@ def test_http_export_refused_by_the_audit_log_says_to_restore_it(proj):
     (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
     assert listed["status"] == "in_progress"
     assert listed["failure"]["code"] == "audit_log_unverified"
+    # What the CLI says, the DPO reads here too: the step, the code and what to do next.
+    hint = listed["failure_hint"]
+    assert "(export: audit_log_unverified)" in hint, hint
+    assert "restore privacy/audit.jsonl" in hint and f"request_id={rid}" in hint
+    for role in ("operator", "auditor"):
+        assert call("GET", "/v1/requests", role).status_code == 403

@@ -323,6 +323,13 @@ class RequestOut(BaseModel):
         description="The last failed attempt (step, code, seq, time); an open request with a "
         "failure waits for the DPO to fix the cause and run it again with its request_id.",
     )
+    failure_hint: str | None = Field(
+        default=None,
+        description="What the last failed attempt of an open request was (step, code) and what "
+        "the DPO does next: the fix, then the action again with its request_id, or a denial; "
+        "null when nothing failed or the request is closed (`visage privacy requests` says the "
+        "same).",
+    )
 
 
 class RequestsResponse(BaseModel):

@@ -43,7 +43,12 @@ from visage_ml.config import PURPOSES
 from visage_ml.io import sha256_file
 from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.core import PrivacyCore, UnknownSubjectError
-from visage_ml.privacy.requests import RequestBook, RequestStateError, UnknownRequestError
+from visage_ml.privacy.requests import (
+    RequestBook,
+    RequestStateError,
+    UnknownRequestError,
+    failure_hint,
+)
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
 
@@ -91,7 +96,7 @@ def _book(svc: Service) -> RequestBook:
 
 
 def _out(st: Any, b: RequestBook) -> dict[str, Any]:
-    return st.to_dict(b.now())
+    return {**st.to_dict(b.now()), "failure_hint": failure_hint(st)}
 
 
 def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str, Any]:
@@ -115,7 +120,8 @@ def requests_(
     _: ApiKey = DPO_KEY,
     svc: Service = SERVICE,
 ) -> dict[str, Any]:
-    """Open requests, nearest deadline first, with days left and overdue flags."""
+    """Open requests, nearest deadline first, with days left and overdue flags; a request
+    whose last attempt failed says at which step, with which code, and what to do next."""
     b = _book(svc)
     items = b.all() if all else b.open()
     return {"requests": [_out(st, b) for st in items]}
