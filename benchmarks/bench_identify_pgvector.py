@@ -244,10 +244,8 @@ def bench_size(dsn: str, n: int, args: argparse.Namespace, scratch: Path) -> dic
         report = pg_gallery.purge_physically(dsn, table=table)
         out["erase_purge_s"] = round(time.perf_counter() - t0, 2)
         out["erase_wal_removed"] = report.to_dict()["wal_removed"]
-    with pg_gallery.connect(dsn, autocommit=True) as conn:
-        names = pg_gallery.Names(table)
-        for ident in (names.t, names.revoked, names.state):
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=ident))
+    # The tables and their triggers' functions.
+    pg_gallery.reset_table(dsn, table=table)
     return out
 
 

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from psycopg import sql
 
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
@@ -264,10 +263,8 @@ def run(
         for p in procs:
             p.join(timeout=30)
         a.close()
-        with pg_gallery.connect(dsn, autocommit=True) as conn:
-            names = pg_gallery.Names(table)
-            for ident in (names.t, names.revoked, names.state):
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
+        # The tables and their triggers' functions.
+        pg_gallery.reset_table(dsn, table=table)
     violations = 0
     queries = {"identify": 0, "verify": 0, "status": 0}
     notifications = 0

@@ -518,3 +518,196 @@ def test_an_erasure_and_its_revocation_survive_every_reload(
     doc = json.loads(CliRunner().invoke(cli, ["gallery", "verify", "--json"]).output)
     assert doc["revocations"] == []
     assert _revocations(dsn, table) == expected
+
+
+def _insert_quietly(dsn: str, table: str, pid: str, reason: str) -> None:
+    """An intruder's one statement on ``<table>_revoked``: the change counter is not touched."""
+    query = psycopg.sql.SQL("INSERT INTO {r} (pid, reason) VALUES (%s, %s)").format(
+        r=psycopg.sql.Identifier(f"{table}_revoked")
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(query, (pid, reason))
+
+
+def test_a_revocation_written_without_moving_the_counter_hides_nobody_from_running_replicas(
+    world, engine, enrolled, stack_postgres, table
+):
+    """A fake `erased` entry for a consenting, enrolled subject, the change counter left alone:
+    replicas that are already running (one listening, one not) keep identifying and verifying
+    the subject, with no reload and no gallery command in between."""
+    dsn = stack_postgres.dsn
+    gallery, pids = enrolled
+    victim = pids[0]
+    probe = engine.embed(world.photo(victim))[0]
+    listening = open_pg(world, dsn, table)
+    listening.start_listener()
+    checks = {
+        "search": lambda g: [m.pid for m in g.identify(probe, top_k=1)] == [victim],
+        "verification": lambda g: g.verify(probe, victim)[0],
+    }
+    try:
+        for replica in (gallery, listening):
+            for what, check in checks.items():
+                assert check(replica), what
+                _insert_quietly(dsn, table, victim, "erased")
+                time.sleep(4 * listening.options.poll_interval_s)
+                # The first call after the planted entry already answers.
+                assert check(replica), what
+                assert _revocations(dsn, table) == {}, what  # removed, for every replica
+        assert gallery.size == listening.size == 17
+        assert gallery.stats()["revoked_removed"] + listening.stats()["revoked_removed"] == 4
+    finally:
+        listening.close()
+
+
+def _counter(dsn: str, table: str) -> int:
+    query = psycopg.sql.SQL("SELECT version FROM {s}").format(
+        s=psycopg.sql.Identifier(f"{table}_state")
+    )
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute(query).fetchone()[0])
+
+
+def test_each_gallery_write_moves_the_counter_once_and_no_writer_can_set_it_back(
+    world, engine, enrolled, stack_postgres, table
+):
+    """The counter's triggers count honest writes once (an erasure, a withdrawal read from the
+    ledger, an enrolment, a reload's repair), and an intruder can neither put the counter back
+    after writing an entry nor delete its row."""
+    dsn = stack_postgres.dsn
+    gallery, pids = enrolled
+
+    def moves(write) -> int:
+        before = _counter(dsn, table)
+        write()
+        return _counter(dsn, table) - before
+
+    assert moves(lambda: gallery.erase(pids[0])) == 1
+    world.core.withdraw_consent(pids[1], ["identification"])
+    assert moves(gallery.refresh) == 1
+    assert moves(lambda: gallery.enroll_many({pids[2]: engine.embed(world.photo(pids[2], 3))})) == 1
+    assert moves(lambda: _insert_quietly(dsn, table, pids[3], "erased")) == 1
+    assert moves(gallery.reload) == 1  # the entry removed
+    assert moves(gallery.reload) == 0  # nothing to repair, nothing written
+
+    names = {
+        "r": psycopg.sql.Identifier(f"{table}_revoked"),
+        "s": psycopg.sql.Identifier(f"{table}_state"),
+    }
+    before = _counter(dsn, table)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        conn.execute(
+            psycopg.sql.SQL("INSERT INTO {r} (pid, reason) VALUES (%s, 'erased')").format(**names),
+            (pids[3],),
+        )
+        conn.execute(psycopg.sql.SQL("UPDATE {s} SET version = %s").format(**names), (before,))
+    assert _counter(dsn, table) > before
+    with psycopg.connect(dsn) as conn:
+        # Touching the counter's row first does not make the entry's own move skipped.
+        conn.execute(psycopg.sql.SQL("UPDATE {s} SET version = version - 1").format(**names))
+        conn.execute(psycopg.sql.SQL("DELETE FROM {r} WHERE pid = %s").format(**names), (pids[3],))
+    assert _counter(dsn, table) > before + 1
+    for statement in ("DELETE FROM {s}", "TRUNCATE {s}"):
+        with pytest.raises(psycopg.errors.RaiseException), psycopg.connect(dsn) as conn:
+            conn.execute(psycopg.sql.SQL(statement).format(**names))
+
+
+def _as_older_version(dsn: str, table: str) -> None:
+    """The tables as a version without the counter's triggers left them."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for fn in ("signal", "counter"):
+            conn.execute(
+                psycopg.sql.SQL("DROP FUNCTION {f}() CASCADE").format(
+                    f=psycopg.sql.Identifier(f"{table}_{fn}")
+                )
+            )
+
+
+def test_tables_of_an_older_version_get_the_triggers_and_a_removed_one_is_reported(
+    world, engine, enrolled, stack_postgres, table, caplog
+):
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app as cli
+
+    dsn = stack_postgres.dsn
+    gallery, _pids = enrolled
+    revoked = psycopg.sql.Identifier(f"{table}_revoked")
+    _as_older_version(dsn, table)
+    with caplog.at_level(logging.INFO, logger="visage_ml.serving.pg_gallery"):
+        upgraded = open_pg(world, dsn, table)
+    assert "older version" in caplog.text and "WARNING" not in caplog.text
+    assert upgraded.stats()["change_signal"] == "ok"
+    assert not upgraded.check_templates().wrong
+    upgraded.close()
+    before = _counter(dsn, table)
+    _insert_quietly(dsn, table, list(world.people)[17], "erased")  # a subject without a row
+    assert _counter(dsn, table) == before + 1
+
+    # A role that owns the tables disables the trigger: a running replica reports it missing,
+    # and `visage gallery verify` (whose opening creates it again) reports it restored.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("ALTER TABLE {r} DISABLE TRIGGER visage_signal").format(r=revoked)
+        )
+    name = f"{table}_revoked.visage_signal"
+    assert gallery.stats()["change_signal"] == "missing"
+    assert gallery.check_templates().triggers == {name: "trigger_missing"}
+    _configure(world, dsn, table)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["gallery", "verify", "--json"])
+    assert r.exit_code == 1, r.output
+    assert [(t["name"], t["kind"]) for t in json.loads(r.output)["triggers"]] == [
+        (name, "trigger_restored")
+    ]
+    assert gallery.stats()["change_signal"] == "ok"
+    r = runner.invoke(cli, ["gallery", "verify"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_trigger_the_gallerys_role_may_not_create_again_is_reported_missing(
+    world, stack_postgres, table, caplog
+):
+    """The gallery's role owns its tables but not the trigger's function (a superuser took it
+    over, then dropped the trigger): the gallery opens and serves, and says the trigger is
+    missing until the tables' owner can create it."""
+    dsn = stack_postgres.dsn
+    role, password = f"r_{secrets.token_hex(4)}", secrets.token_hex(12)
+    ident = psycopg.sql.Identifier
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("CREATE ROLE {u} LOGIN PASSWORD {p}").format(
+                u=ident(role), p=psycopg.sql.Literal(password)
+            )
+        )
+        conn.execute(psycopg.sql.SQL("GRANT CREATE ON SCHEMA public TO {u}").format(u=ident(role)))
+    own_dsn = psycopg.conninfo.make_conninfo(dsn, user=role, password=password)
+    try:
+        open_pg(world, own_dsn, table).close()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("ALTER FUNCTION {f}() OWNER TO CURRENT_USER").format(
+                    f=ident(f"{table}_signal")
+                )
+            )
+            conn.execute(
+                psycopg.sql.SQL("DROP TRIGGER visage_signal ON {r}").format(
+                    r=ident(f"{table}_revoked")
+                )
+            )
+        with caplog.at_level(logging.WARNING, logger="visage_ml.serving.pg_gallery"):
+            gallery = open_pg(world, own_dsn, table)
+        assert "may not create it" in caplog.text
+        assert gallery.stats()["change_signal"] == "missing"
+        assert gallery.check_templates().triggers == {
+            f"{table}_revoked.visage_signal": "trigger_missing"
+        }
+        gallery.close()
+    finally:
+        from visage_ml.serving.pg_gallery import reset_table
+
+        reset_table(dsn, table=table)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("DROP OWNED BY {u}").format(u=ident(role)))
+            conn.execute(psycopg.sql.SQL("DROP ROLE {u}").format(u=ident(role)))

@@ -19,6 +19,9 @@ ledger's fold). An entry the registry does not back hides a consenting subject f
 and lowers the gallery size ``N`` the 1:N threshold is derived from; a missing entry of a subject
 the registry forbids leaves only the searches' own consent check between the row and an answer.
 Both are repaired when a gallery is opened (the check's own start included) and reported here.
+So are the triggers that move the change counter on every write to ``<table>_revoked``: one
+missing, disabled or altered (re-created by the opening, or beyond this role's privileges) is
+reported as wrong.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ REMOVED = "removed"
 IN_FLIGHT = "in_flight"
 REVOKED_UNBACKED = "revoked_unbacked"
 REVOKED_MISSING = "revoked_missing"
+TRIGGER_MISSING = "trigger_missing"
+TRIGGER_RESTORED = "trigger_restored"
 
 # What is wrong, as the user reads it (pids only, never a template).
 PROBLEMS: Mapping[str, str] = {
@@ -72,6 +77,16 @@ REVOCATION_PROBLEMS: Mapping[str, str] = {
     "enforce --apply`) and, unless the withdrawal was just recorded, find out who wrote to the "
     "table",
 }
+# What is wrong with the triggers that move the change counter (pgvector), as the user reads it.
+TRIGGER_PROBLEMS: Mapping[str, str] = {
+    TRIGGER_MISSING: "missing, disabled or altered, and this role may not create it: an entry "
+    "written into `_revoked` without moving the change counter hides a subject from running "
+    "replicas until the next change. Open the gallery once as the tables' owner (any `visage "
+    "gallery` command creates it) and find out who removed it",
+    TRIGGER_RESTORED: "was missing, disabled or altered (only a role that owns the tables can "
+    "do that) and was created again when the gallery was opened; until then an entry written "
+    "into `_revoked` could hide a subject from running replicas. Find out who changed it",
+}
 MSG_IN_FLIGHT = (
     "an enrolment recorded in the ledger less than {s:.0f} s ago has not reached the stored "
     "template yet; run the check again"
@@ -100,6 +115,9 @@ class TemplateCheck:
     revocations
         ``pid -> kind`` (a key of :data:`REVOCATION_PROBLEMS`): revoked-table entries that
         disagreed with the registry (pgvector).
+    triggers
+        ``<relation>.<trigger> -> kind`` (a key of :data:`TRIGGER_PROBLEMS`): change-counter
+        triggers found wrong (pgvector).
     """
 
     backend: str
@@ -109,11 +127,12 @@ class TemplateCheck:
     in_flight: list[str] = field(default_factory=list)
     clusters_checked: bool = False
     revocations: dict[str, str] = field(default_factory=dict)
+    triggers: dict[str, str] = field(default_factory=dict)
 
     @property
     def wrong(self) -> bool:
         """Whether anything is wrong (what makes ``visage gallery verify`` exit non-zero)."""
-        return bool(self.problems or self.revocations)
+        return bool(self.problems or self.revocations or self.triggers)
 
     @property
     def ok(self) -> int:
@@ -144,6 +163,10 @@ class TemplateCheck:
             "revocations": [
                 {"pid": pid, "kind": kind, "what": REVOCATION_PROBLEMS[kind]}
                 for pid, kind in sorted(self.revocations.items())
+            ],
+            "triggers": [
+                {"name": name, "kind": kind, "what": TRIGGER_PROBLEMS[kind]}
+                for name, kind in sorted(self.triggers.items())
             ],
         }
 

@@ -98,9 +98,11 @@ write the table without the project's keys must not. So:
   every search and lower ``N`` (a lower 1:N threshold). ``N`` never subtracts it (the count of
   a moved change counter checks each entry beside a row with the registry), and it is removed,
   for every replica, by the replica that counted it and by every reload (logged by pid, counted
-  as ``revoked_removed`` in :meth:`PgGallery.stats`). An ``erased`` entry without a row is kept:
-  it hides nobody, and an erasure's ledger entries may follow its commit. An entry rewritten
-  since it was read is never removed (compared by ``xmin``), so no erasure is undone;
+  as ``revoked_removed`` in :meth:`PgGallery.stats`). Writing it moves the counter (see Change
+  propagation), and the search or verification that finds it removes it before answering, in a
+  new snapshot: the subject is found by the first call after it. An ``erased`` entry without a
+  row is kept: it hides nobody, and an erasure's ledger entries may follow its commit. An entry
+  rewritten since it was read is never removed (compared by ``xmin``), so no erasure is undone;
 - an entry deleted from the table (a withdrawn subject's) does not bring the subject back: each
   row about to be returned or verified is also checked against the registry (a field read per
   candidate, no statement), the row refused, and the entry written again (counted as
@@ -111,7 +113,17 @@ write the table without the project's keys must not. So:
 Change propagation
 ------------------
 Every change bumps ``<table>_state.version`` and sends ``NOTIFY`` on the gallery's channel in the
-same transaction. Each replica listens on a connection of its own and, as a fallback, polls the
+same transaction. Whoever writes ``<table>_revoked`` moves the counter too, keys or none: a
+trigger on it (deferred to the commit, after the writer's own bump, so one move per
+transaction and the counter's row locked last, as before) bumps and notifies, and a trigger on
+``<table>_state`` makes every update of the counter a move by one and refuses to delete its row,
+so a writer can neither skip the move nor set the counter back. Without them an entry planted
+with the counter left alone would hide a consenting subject from running replicas until the next
+change. :func:`ensure_schema` creates them with the tables and adds them to tables of an older
+version (logged); one missing, disabled or altered (which takes the tables' owner) is created
+again at the next opening (a server start, any ``visage gallery`` command), and ``visage gallery
+verify`` and ``stats`` (``change_signal``) report it, or report it missing when this role may not
+create it. Each replica listens on a connection of its own and, as a fallback, polls the
 counter every ``poll_interval_s``; on a change it re-counts the searchable templates, the ``N``
 of the 1:N threshold (:mod:`visage_ml.serving.operating_point`), less the revoked entries beside
 rows that the registry backs (checked by the next call that holds the gallery's lock when there
@@ -205,6 +217,8 @@ from visage_ml.serving.gallery_check import (
     REVOKED_MISSING,
     REVOKED_UNBACKED,
     SEALED,
+    TRIGGER_MISSING,
+    TRIGGER_RESTORED,
     UNRECORDED,
     TemplateCheck,
     enrolment_history,
@@ -428,12 +442,20 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
     return conn
 
 
-def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> None:
-    """Create the gallery's tables (idempotent); refuse a table of another dimension."""
+def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> tuple[str, list[str]]:
+    """Create the gallery's tables and the triggers on them (idempotent); refuse a table of
+    another dimension.
+
+    Returns
+    -------
+    tuple[str, list[str]]
+        What became of the change-counter triggers, and which were wrong (:func:`ensure_signals`).
+    """
     n = names
     with conn.transaction():
         # One creator at a time across replicas.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (n.table,))
+        new = conn.execute("SELECT to_regclass(%s)", (f"{n.table}_state",)).fetchone()
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {t} (pid text PRIMARY KEY, model_version text NOT NULL,"
@@ -466,6 +488,9 @@ def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> None:
                 s=n.state
             )
         )
+        signal = ensure_signals(conn, n)
+        if signal[0] == SIGNAL_ADDED and (new is None or new[0] is None):
+            signal = (SIGNAL_OK, [])  # created with the tables: no older version involved
         row = conn.execute(
             "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass "
             "AND attname = 'embedding'",
@@ -473,6 +498,7 @@ def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> None:
         ).fetchone()
     if row is not None and int(row[0]) != int(dim):
         raise GalleryVersionError(MSG_DIM.format(table=n.table, found=row[0], expected=dim))
+    return signal
 
 
 def reset_table(dsn: str, *, table: str = DEFAULT_TABLE) -> None:
@@ -484,6 +510,14 @@ def reset_table(dsn: str, *, table: str = DEFAULT_TABLE) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (names.table,))
         for ident in (names.t, names.revoked, names.state):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=ident))
+        # The tables' triggers went with them; their functions would read as a trigger
+        # dropped by hand (``restored``) when the rebuild creates the tables again.
+        for fn in ("_signal", "_counter"):
+            conn.execute(
+                sql.SQL("DROP FUNCTION IF EXISTS {f}()").format(
+                    f=sql.Identifier(f"{names.table}{fn}")
+                )
+            )
     logger.info("gallery table %s dropped for a rebuild with another embedder", names.table)
 
 
@@ -655,6 +689,184 @@ def _bump(conn: psycopg.Connection, names: Names) -> int:
     return version
 
 
+# The triggers that move the change counter whoever writes the revoked table (module docstring,
+# "Change propagation"), as ``(relation suffix, trigger, pg_trigger.tgtype, deferred,
+# function)``; tgtype bits: row 1, before 2, insert 4, delete 8, update 16, truncate 32.
+_SIGNAL_TRIGGERS = (
+    ("_revoked", "visage_signal", 1 | 4 | 8 | 16, True, "_signal"),
+    ("_revoked", "visage_signal_truncate", 32, False, "_signal"),
+    ("_state", "visage_counter", 1 | 2 | 16, False, "_counter"),
+    ("_state", "visage_counter_kept", 2 | 8 | 32, False, "_counter"),
+)
+# Once per transaction: a transaction that has already moved the counter (a writer's own bump
+# before its commit, or this trigger for an earlier row) is not counted twice. The counter's own
+# trigger makes every update of the row a move, so "already updated" cannot be faked.
+_SIGNAL_BODY = """DECLARE v bigint;
+BEGIN
+  UPDATE {s} SET version = version + 1
+    WHERE id = 1 AND xmin <> pg_catalog.pg_current_xact_id()::xid RETURNING version INTO v;
+  IF v IS NOT NULL THEN
+    PERFORM pg_catalog.pg_notify({c}, v::text);
+  END IF;
+  RETURN NULL;
+END"""
+# The counter only moves forward, by one per update, and its row stays.
+_COUNTER_BODY = """BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    NEW.version := OLD.version + 1;
+    RETURN NEW;
+  END IF;
+  RAISE EXCEPTION USING MESSAGE = {m};
+END"""
+MSG_COUNTER_KEPT = (
+    "the change counter of a visage gallery is never deleted; drop the gallery's tables to "
+    "start again (`visage gallery rebuild` with another embedder does)"
+)
+SIGNAL_OK = "ok"
+SIGNAL_ADDED = "added"
+SIGNAL_RESTORED = "restored"
+SIGNAL_MISSING = "missing"
+MSG_SIGNAL_ADDED = (
+    "gallery {table}: triggers added that move the change counter on every write to its revoked "
+    "table (a table created by an older version)"
+)
+MSG_SIGNAL_RESTORED = (
+    "gallery {table}: a trigger that moves the change counter on every write to its revoked "
+    "table was missing, disabled or altered (only a role that owns the tables can do that) and "
+    "was created again; until then an entry written there could hide a subject from running "
+    "replicas. `visage gallery verify` reports it; find out who changed it"
+)
+MSG_SIGNAL_MISSING = (
+    "gallery {table}: a trigger that moves the change counter on every write to its revoked "
+    "table is missing, disabled or altered, and this role may not create it: an entry written "
+    "there hides a subject from running replicas until the next change. Open the gallery once "
+    "as the tables' owner (any `visage gallery` command creates it)"
+)
+
+
+def _signal_sql(conn: psycopg.Connection, names: Names) -> tuple[str, dict[str, str]] | None:
+    """The schema of the gallery's tables and ``{function name: body}`` of its triggers (None
+    when the tables do not exist)."""
+    row = conn.execute(
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass(%s)",
+        (f"{names.table}_state",),
+    ).fetchone()
+    if row is None:
+        return None
+    schema = str(row[0])
+    # Qualified: an unqualified name could resolve to a temporary table of the writer's.
+    state = sql.Identifier(schema, f"{names.table}_state").as_string(conn)
+    bodies = {
+        f"{names.table}_signal": _SIGNAL_BODY.format(
+            s=state, c=sql.Literal(names.channel).as_string(conn)
+        ),
+        f"{names.table}_counter": _COUNTER_BODY.format(
+            m=sql.Literal(MSG_COUNTER_KEPT).as_string(conn)
+        ),
+    }
+    return schema, bodies
+
+
+def signal_problems(conn: psycopg.Connection, names: Names) -> list[str]:
+    """The change-counter triggers of the gallery that are missing, disabled or not as this
+    version creates them (``<relation>.<trigger>``); empty when all are in place."""
+    found = _signal_sql(conn, names)
+    if found is None:
+        return []
+    schema, bodies = found
+    rows = conn.execute(
+        "SELECT c.relname, t.tgname, t.tgtype, t.tgenabled IN ('O', 'A'), t.tginitdeferred,"
+        " t.tgqual IS NULL AND t.tgnargs = 0 AND t.tgattr::text = '', p.proname,"
+        " pn.nspname, p.prosrc FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid"
+        " JOIN pg_namespace pn ON pn.oid = p.pronamespace"
+        " WHERE n.nspname = %s AND c.relname = ANY(%s) AND NOT t.tgisinternal",
+        (schema, [f"{names.table}_revoked", f"{names.table}_state"]),
+    ).fetchall()
+    have = {(r[0], r[1]): r[2:] for r in rows}
+    wrong = []
+    for suffix, trigger, tgtype, deferred, fn in _SIGNAL_TRIGGERS:
+        rel, proc = f"{names.table}{suffix}", f"{names.table}{fn}"
+        got = have.get((rel, trigger))
+        if got != (tgtype, True, deferred, True, proc, schema, bodies[proc]):
+            wrong.append(f"{rel}.{trigger}")
+    return wrong
+
+
+def ensure_signals(conn: psycopg.Connection, names: Names) -> tuple[str, list[str]]:
+    """Create the triggers that move the change counter on every write to ``<table>_revoked``
+    (and keep the counter moving forward) unless they are in place; call in a transaction.
+
+    Returns
+    -------
+    tuple[str, list[str]]
+        :data:`SIGNAL_OK` (in place), :data:`SIGNAL_ADDED` (created for tables of an older
+        version), :data:`SIGNAL_RESTORED` (re-created: one was missing, disabled or altered)
+        or :data:`SIGNAL_MISSING` (this role may not create them); and the triggers that were
+        wrong (:func:`signal_problems`).
+    """
+    wrong = signal_problems(conn, names)
+    found = _signal_sql(conn, names)
+    if not wrong or found is None:
+        return SIGNAL_OK, []
+    schema, bodies = found
+    existed = conn.execute(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = %s AND p.proname = ANY(%s)",
+        (schema, list(bodies)),
+    ).fetchone()
+    try:
+        with conn.transaction():
+            for fn, body in bodies.items():
+                conn.execute(
+                    sql.SQL(
+                        "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql "
+                        "SET search_path = pg_catalog, pg_temp AS {b}"
+                    ).format(f=sql.Identifier(schema, fn), b=sql.Literal(body))
+                )
+            for suffix, trigger, *_ in _SIGNAL_TRIGGERS:
+                rel = sql.Identifier(schema, f"{names.table}{suffix}")
+                conn.execute(
+                    sql.SQL("DROP TRIGGER IF EXISTS {g} ON {r}").format(
+                        g=sql.Identifier(trigger), r=rel
+                    )
+                )
+            signal = sql.Identifier(schema, f"{names.table}_signal")
+            counter = sql.Identifier(schema, f"{names.table}_counter")
+            revoked = sql.Identifier(schema, f"{names.table}_revoked")
+            state = sql.Identifier(schema, f"{names.table}_state")
+            # Deferred to the commit, after the writer's own bump: the counter's row is locked
+            # where it always was (last), so no new lock order, and one move per transaction.
+            conn.execute(
+                sql.SQL(
+                    "CREATE CONSTRAINT TRIGGER visage_signal AFTER INSERT OR UPDATE OR DELETE "
+                    "ON {r} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {f}()"
+                ).format(r=revoked, f=signal)
+            )
+            conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER visage_signal_truncate AFTER TRUNCATE ON {r} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION {f}()"
+                ).format(r=revoked, f=signal)
+            )
+            conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER visage_counter BEFORE UPDATE ON {s} "
+                    "FOR EACH ROW EXECUTE FUNCTION {f}()"
+                ).format(s=state, f=counter)
+            )
+            conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER visage_counter_kept BEFORE DELETE OR TRUNCATE ON {s} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION {f}()"
+                ).format(s=state, f=counter)
+            )
+    except psycopg.errors.InsufficientPrivilege:
+        return SIGNAL_MISSING, wrong
+    return (SIGNAL_RESTORED if existed and int(existed[0]) else SIGNAL_ADDED), wrong
+
+
 def open_configured(
     paths: ProjectPaths,
     params: Any,
@@ -730,6 +942,8 @@ class PgGallery(Gallery):
         self._revocation_report: dict[str, str] = {}
         self._revoked_removed = 0
         self._revoked_restored = 0
+        # What opening found of the change-counter triggers (:func:`ensure_signals`).
+        self._signal: tuple[str, list[str]] = (SIGNAL_OK, [])
         self._calibration: Any = None
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
@@ -843,7 +1057,13 @@ class PgGallery(Gallery):
 
     def _setup(self) -> None:
         conn, n = self._conn, self.names
-        ensure_schema(conn, n, self.meta.embedding_dim)
+        self._signal = ensure_schema(conn, n, self.meta.embedding_dim)
+        if self._signal[0] == SIGNAL_ADDED:
+            logger.info(MSG_SIGNAL_ADDED.format(table=n.table))
+        elif self._signal[0] == SIGNAL_RESTORED:
+            logger.warning(MSG_SIGNAL_RESTORED.format(table=n.table))
+        elif self._signal[0] == SIGNAL_MISSING:
+            logger.warning(MSG_SIGNAL_MISSING.format(table=n.table))
         with conn.transaction():
             row = conn.execute(
                 sql.SQL("SELECT model_version FROM {s} WHERE id = 1 FOR UPDATE").format(s=n.state)
@@ -1327,11 +1547,18 @@ class PgGallery(Gallery):
         """:meth:`search` in one read-only snapshot (the caller holds ``lock``)."""
         self.refresh()
         conn = self._conn
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            n = self._size_in(conn)
-            threshold = float(threshold_for(n))
-            out = [self._answer(conn, row, top_k=top_k, threshold=threshold) for row in q]
+        for last in (False, True):
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                n = self._size_in(conn)
+                if last or not self._suspect:
+                    threshold = float(threshold_for(n))
+                    out = [self._answer(conn, row, top_k=top_k, threshold=threshold) for row in q]
+                    break
+            # The count found revoked entries the registry does not back: they hide consenting
+            # subjects in this snapshot. Removed first, then searched in a new one (once: an
+            # intruder writing more entries cannot hold the search up).
+            self._repair_revocations()
         self._repair_revocations()
         return out, n, threshold
 
@@ -1560,20 +1787,31 @@ class PgGallery(Gallery):
         with self.lock:
             self.refresh()
             conn = self._conn
-            with conn.transaction():
-                # One snapshot: the row scored is the row checked against its sealed template.
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                row = conn.execute(
-                    sql.SQL(
-                        "SELECT t.embedding <#> %s, t.cluster, t.embedding FROM {t} t "
-                        "WHERE t.pid = %s AND t.model_version = %s AND NOT EXISTS "
-                        "(SELECT 1 FROM {r} r WHERE r.pid = t.pid)"
-                    ).format(t=n.t, r=n.revoked),
-                    (q, pid, self.meta.model_version),
-                ).fetchone()
-                if row is not None and (self._unbound_of(conn, [pid]) or self._forbidden_now(pid)):
-                    row = None
-            self._repair_revocations()
+            for last in (False, True):
+                again = False
+                with conn.transaction():
+                    # One snapshot: the row scored is the row checked against its sealed template.
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    row = conn.execute(
+                        sql.SQL(
+                            "SELECT t.embedding <#> %s, t.cluster, t.embedding FROM {t} t "
+                            "WHERE t.pid = %s AND t.model_version = %s AND NOT EXISTS "
+                            "(SELECT 1 FROM {r} r WHERE r.pid = t.pid)"
+                        ).format(t=n.t, r=n.revoked),
+                        (q, pid, self.meta.model_version),
+                    ).fetchone()
+                    if row is None and not last:
+                        # Hidden by a revoked entry the registry does not back? The count of a
+                        # moved counter finds it, as for a search: removed, then read again.
+                        self._size_in(conn)
+                        again = pid in self._suspect
+                    elif row is not None and (
+                        self._unbound_of(conn, [pid]) or self._forbidden_now(pid)
+                    ):
+                        row = None
+                self._repair_revocations()
+                if not again:
+                    break
         if row is None:
             raise NotEnrolledError(pid)
         score = -float(row[0])
@@ -1698,6 +1936,9 @@ class PgGallery(Gallery):
         ``revoked_removed`` / ``revoked_restored``: revoked entries this process removed because
         the registry does not back them (they hid a consenting subject and lowered ``N``), or
         put back for a row of a subject the registry forbids (see :meth:`_sync`).
+        ``change_signal``: the triggers that move the change counter on every write to the
+        revoked table, ``ok``, ``restored`` (wrong when this process opened the gallery,
+        created again) or ``missing`` (wrong now: missing, disabled or altered).
         """
         n = self.names
         with self.lock:
@@ -1712,6 +1953,7 @@ class PgGallery(Gallery):
                     (self.meta.model_version, REVOKED_UNRECORDED),
                 ).fetchone()
             searchable = self._size_in_tx()
+            triggers = self._trigger_check()
         stored, stale, unrecorded = (int(x) for x in row) if row else (0, 0, 0)
         return {
             "stored": stored,
@@ -1727,6 +1969,13 @@ class PgGallery(Gallery):
             "tampered": len(self._unbound),
             "revoked_removed": self._revoked_removed,
             "revoked_restored": self._revoked_restored,
+            "change_signal": (
+                SIGNAL_MISSING
+                if TRIGGER_MISSING in triggers.values()
+                else SIGNAL_RESTORED
+                if triggers
+                else SIGNAL_OK
+            ),
         }
 
     @_reads
@@ -1755,7 +2004,18 @@ class PgGallery(Gallery):
             # What this process's reload (the gallery's opening) repaired, and what disagrees
             # now.
             report.revocations = {**self._revocation_check(), **self._revocation_report}
+            report.triggers = self._trigger_check()
         return report
+
+    def _trigger_check(self) -> dict[str, str]:
+        """``<relation>.<trigger> -> kind`` of the change-counter triggers that are wrong now
+        (:data:`TRIGGER_MISSING`) or were when this process opened the gallery and were created
+        again (:data:`TRIGGER_RESTORED`); reads only."""
+        with self._conn.transaction():
+            now = signal_problems(self._conn, self.names)
+        status, then = self._signal
+        out = dict.fromkeys(then, TRIGGER_RESTORED) if status == SIGNAL_RESTORED else {}
+        return {**out, **dict.fromkeys(now, TRIGGER_MISSING)}
 
     def _revocation_check(self) -> dict[str, str]:
         """``pid -> kind`` of the rows whose revoked entry disagrees with the registry: present

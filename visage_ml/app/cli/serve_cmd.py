@@ -287,8 +287,9 @@ def gallery_verify(as_json: bool = JSON_OPT) -> None:
     enrolment recorded in the last two minutes but not stored yet is shown as in flight.
     pgvector: `_revoked` entries that disagree with the registry (one that hides a consenting
     subject, or one missing for a subject the registry forbids) are named too; opening the
-    gallery repairs them, as any gallery command does. Exit code 1 when a template or a
-    revocation is wrong.
+    gallery repairs them, as any gallery command does; so are the triggers that move the change
+    counter on every write to `_revoked` (missing, disabled or altered). Exit code 1 when a
+    template, a revocation or a trigger is wrong.
     """
     with _serving_errors():
         paths = project()
@@ -302,6 +303,8 @@ def gallery_verify(as_json: bool = JSON_OPT) -> None:
             console.print(f"{p['pid']}  {p['kind']}: {p['what']}", highlight=False)
         for p in doc["revocations"]:
             console.print(f"{p['pid']}  {p['kind']}: {p['what']}", highlight=False)
+        for t in doc["triggers"]:
+            console.print(f"trigger {t['name']}  {t['kind']}: {t['what']}", highlight=False)
         for pid in doc["in_flight"]:
             console.print(
                 f"{pid}  in flight: {MSG_IN_FLIGHT.format(s=IN_FLIGHT_S)}", highlight=False
@@ -316,6 +319,9 @@ def gallery_verify(as_json: bool = JSON_OPT) -> None:
                 f"; {len(doc['revocations'])} revoked-table entries disagreed with the registry"
                 if doc["revocations"]
                 else ""
+            )
+            + (
+                f"; {len(doc['triggers'])} change-counter triggers wrong" if doc["triggers"] else ""
             ),
             highlight=False,
         )
