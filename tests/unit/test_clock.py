@@ -57,3 +57,45 @@ def test_ledger_times_reads_the_last_entry_and_adds_up_the_steps_back(tmp_path):
         fh.write(_line(4, T + 10 * DAY))
     assert ledger_times(path) == (T + 10 * DAY, 30 * DAY - timedelta(minutes=1))
     assert ledger_times(tmp_path / "none.jsonl") == (None, timedelta(0))
+
+
+# The newest entry stamped while the host's clock ran ahead (a year here), the clock right again.
+AHEAD = T + 365 * DAY
+NOW = {"w1": T + timedelta(seconds=2), "w2": T - timedelta(seconds=3)}
+
+
+def test_an_entry_ahead_is_disregarded_when_two_fresh_witnesses_and_the_host_agree(caplog):
+    now = decide(T, ledger=AHEAD, witnesses=NOW, fresh=NOW)
+    assert (now.time, now.source, now.disregarded) == (T, "host", AHEAD)
+    assert now.to_dict()["ledger_disregarded"] == "2027-12-03T12:00:00.000Z"
+    now.warn()
+    assert "newest entry is stamped 2027-12-03T12:00:00.000Z" in caplog.text
+    # Later in the pass the host's clock has moved on: the agreement was when they answered.
+    later = decide(T + DAY, ledger=AHEAD, witnesses=NOW, fresh=NOW, asked=T)
+    assert later.time == T + DAY and later.disregarded == AHEAD
+
+
+def test_the_floor_stays_without_fresh_answers_or_when_a_clock_disagrees():
+    # Times kept from before (not asked in this pass): the deadline reports' case.
+    assert decide(T, ledger=AHEAD, witnesses=NOW).time == AHEAD
+    # A witness, even one kept from before, vouches that the entry's time has come.
+    kept = {**NOW, "w3": AHEAD}
+    assert decide(T, ledger=AHEAD, witnesses=kept, fresh=NOW).time == AHEAD
+    # The set-back attack: the host's clock is 20 days behind witnesses whose clocks are right
+    # (and so is the entry ahead of them): nothing is disregarded.
+    now = decide(T - 20 * DAY, ledger=AHEAD, witnesses=NOW, fresh=NOW)
+    assert (now.time, now.source, now.disregarded) == (AHEAD, "ledger", None)
+    # One fresh witness agrees with the host's clock, the other does not.
+    odd = {"w1": T, "w2": T - DAY}
+    assert decide(T, ledger=AHEAD, witnesses=odd, fresh=odd).time == AHEAD
+
+
+def test_one_fresh_witness_alone_disregards_at_most_a_week_of_the_entry(caplog):
+    one = {"w1": T}
+    now = decide(T, ledger=AHEAD, witnesses=one, fresh=one)
+    assert (now.time, now.source, now.disregarded) == (AHEAD - ALONE_AHEAD, "ledger", AHEAD)
+    now.warn()
+    assert "a second HTTP witness" in caplog.text
+    # An entry less than a week ahead: all of it.
+    now = decide(T, ledger=T + 3 * DAY, witnesses=one, fresh=one)
+    assert (now.time, now.disregarded) == (T, T + 3 * DAY)

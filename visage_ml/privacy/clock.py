@@ -28,6 +28,22 @@ consecutive entries, and the host's clock behind the newest entry now): a step b
 attack leaves, a witness's wrong clock leaves none. The
 host's clock behind the time used by more than :data:`TOLERANCE` is logged as a warning naming
 the gap and the time used.
+
+The ledger's newest entry can be wrong the other way: stamped while the host's clock ran ahead
+(an RTC fault, a mistyped ``date``) and the clock corrected since. Taken as a floor it would lapse
+every consent up to that time. It is disregarded only on fresh evidence from clocks the host does
+not set: HTTP witnesses that cosigned in this very pass (:class:`WitnessTimes`, from
+:meth:`~visage_ml.privacy.witnessed.Witnessing.ask_time`; a cosignature kept from before says
+nothing about now, so the deadline reports, which ask no one, keep the floor). Every witness's
+time must be more than :data:`TOLERANCE` before the entry (none vouches that its time has come)
+and every fresh one within :data:`TOLERANCE` of the host's clock when asked: the host's clock is
+then right, which is what the floor guards; a clock set back disagrees with witnesses whose
+clocks are right and the floor stays. With two or more fresh witnesses the time used is the
+latest of the host's clock and the witnesses' time, as without the entry. One fresh witness
+alone lowers the floor by at most :data:`ALONE_AHEAD` (as a witness alone moves the time forward
+by at most that much): one wrong clock the operator sets the host to match postpones no expiry by
+more. Either is logged as a warning naming the entry's time, and ``enforce --json``'s ``clock``
+says so (``ledger_disregarded``, ``fresh``).
 """
 
 from __future__ import annotations
@@ -36,7 +52,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +75,49 @@ MSG_CAPPED = (
     "deadlines use {used}, so that a witness with a wrong clock erases no one early. Fix "
     "whichever clock is wrong; a second HTTP witness (README, 'Witnesses') settles it."
 )
+MSG_DISREGARDED = (
+    "the ledger's newest entry is stamped {entry}, {gap} ahead of the time the host's clock "
+    "({host}) and the HTTP witness(es) {names}, cosigning in this pass, agree on: it was written "
+    "while the host's clock ran ahead. Retention and deadlines use {used}{partly}. Find what set "
+    "the clock ahead (RTC, NTP, a manual `date`)."
+)
+MSG_PARTLY = (
+    ", the entry's time less {bound}: one witness alone disregards no more of it; a second "
+    "HTTP witness (README, 'Witnesses') settles it"
+)
+
+
+class WitnessTimes(Mapping[str, datetime]):
+    """When each HTTP witness says it cosigned: ``{name: time}`` as a mapping, and in ``fresh``
+    the time of each that cosigned in the request that returned this (not kept from before).
+
+    Parameters
+    ----------
+    said
+        Each witness's latest time (a fresh one or the one kept from before).
+    fresh
+        ``{name: time}`` of the cosignatures made in this request.
+    """
+
+    def __init__(
+        self,
+        said: Mapping[str, datetime] | None = None,
+        fresh: Mapping[str, datetime] | None = None,
+    ) -> None:
+        self._said = dict(said or {})
+        self.fresh: dict[str, datetime] = dict(fresh or {})
+
+    def __getitem__(self, name: str) -> datetime:
+        return self._said[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._said)
+
+    def __len__(self) -> int:
+        return len(self._said)
+
+    def __repr__(self) -> str:
+        return f"WitnessTimes({self._said!r}, fresh={self.fresh!r})"
 
 
 def _parse(text: str) -> datetime:
@@ -85,6 +144,8 @@ class Now:
     behind it), ``witness`` (the witnesses' cosignatures) or ``given`` (a time passed in, as by
     ``visage privacy enforce --at``). ``witnesses`` names the HTTP witnesses whose time counted,
     ``witnessed`` their time as taken (after the bound), ``capped`` whether the bound cut it.
+    ``fresh`` names the witnesses that cosigned in this pass; ``disregarded`` is the newest
+    entry's time when they and the host's clock contradicted it, else None.
     """
 
     time: datetime
@@ -96,6 +157,8 @@ class Now:
     capped: bool = False
     said: Mapping[str, datetime] = field(default_factory=dict)
     set_back: timedelta = timedelta(0)
+    fresh: tuple[str, ...] = ()
+    disregarded: datetime | None = None
 
     @property
     def host_behind(self) -> timedelta:
@@ -113,6 +176,8 @@ class Now:
             "capped": self.capped,
             "host_behind_seconds": round(self.host_behind.total_seconds(), 3),
             "set_back_seconds": round(self.set_back.total_seconds(), 3),
+            "fresh": list(self.fresh),
+            "ledger_disregarded": _iso(self.disregarded) if self.disregarded else None,
         }
 
     def describe(self) -> str:
@@ -122,17 +187,41 @@ class Now:
             WITNESS: "cosigned by " + ", ".join(self.witnesses),
             GIVEN: "as given",
         }[self.source]
-        behind = f"; the host's clock is {_days(self.host_behind)} behind" if self.warns else ""
-        return f"time used: {_iso(self.time)} ({where}{behind})"
+        behind = (
+            f"; the host's clock is {_days(self.host_behind)} behind"
+            if self.warns and self.host_behind > TOLERANCE
+            else ""
+        )
+        ahead = (
+            f"; the ledger's newest entry, {_iso(self.disregarded)}, disregarded"
+            if self.disregarded is not None
+            else ""
+        )
+        return f"time used: {_iso(self.time)} ({where}{behind}{ahead})"
 
     @property
     def warns(self) -> bool:
-        return self.source != GIVEN and (self.host_behind > TOLERANCE or self.capped)
+        return self.source != GIVEN and (
+            self.host_behind > TOLERANCE or self.capped or self.disregarded is not None
+        )
 
     def warn(self) -> None:
         """Log what :data:`TOLERANCE` and :data:`ALONE_AHEAD` call for (nothing when the
         host's clock agrees)."""
-        if self.capped:
+        if self.disregarded is not None:
+            # One witness alone disregards at most ALONE_AHEAD of the entry's time.
+            partly = len(self.fresh) < 2 and self.disregarded - ALONE_AHEAD > self.host
+            log.warning(
+                MSG_DISREGARDED.format(
+                    entry=_iso(self.disregarded),
+                    gap=_days(self.disregarded - self.host),
+                    host=_iso(self.host),
+                    names=", ".join(self.fresh),
+                    used=_iso(self.time),
+                    partly=MSG_PARTLY.format(bound=_days(ALONE_AHEAD)) if partly else "",
+                )
+            )
+        elif self.capped:
             name = self.witnesses[0] if self.witnesses else "?"
             log.warning(
                 MSG_CAPPED.format(
@@ -166,6 +255,8 @@ def decide(
     ledger: datetime | None = None,
     witnesses: Mapping[str, datetime] | None = None,
     steps_back: timedelta = timedelta(0),
+    fresh: Mapping[str, datetime] | None = None,
+    asked: datetime | None = None,
 ) -> Now:
     """The time to use; see the module's text for the rules.
 
@@ -180,10 +271,20 @@ def decide(
     steps_back
         How far the host's clock stepped back between consecutive ledger entries, in all
         (:func:`ledger_times`).
+    fresh
+        ``{name: time}`` of the HTTP witnesses that cosigned in this pass
+        (:attr:`WitnessTimes.fresh`): only they can have the ledger's newest entry disregarded.
+    asked
+        The host's clock when they answered (default ``host``).
     """
-    floor = max(host, ledger) if ledger is not None else host
-    set_back = steps_back + (floor - host)
     said = dict(witnesses or {})
+    floor = max(host, ledger) if ledger is not None else host
+    lowest = _contradicted(host, ledger, said, dict(fresh or {}), asked or host)
+    if lowest is not None:
+        floor = max(host, lowest)
+    disregarded = ledger if lowest is not None else None
+    names_fresh = tuple(sorted(fresh or {}))
+    set_back = steps_back + (floor - host)
     witnessed: datetime | None = None
     names: tuple[str, ...] = ()
     capped = False
@@ -193,10 +294,31 @@ def decide(
         bound = host + set_back + ALONE_AHEAD
         if len(said) == 1 and witnessed > bound:
             witnessed, capped = bound, True
+    rest = (said, set_back, names_fresh, disregarded)
     if witnessed is not None and witnessed > floor:
-        return Now(witnessed, WITNESS, host, ledger, witnessed, names, capped, said, set_back)
-    source = LEDGER if ledger is not None and ledger > host else HOST
-    return Now(floor, source, host, ledger, witnessed, names, capped, said, set_back)
+        return Now(witnessed, WITNESS, host, ledger, witnessed, names, capped, *rest)
+    source = LEDGER if floor > host else HOST
+    return Now(floor, source, host, ledger, witnessed, names, capped, *rest)
+
+
+def _contradicted(
+    host: datetime,
+    ledger: datetime | None,
+    said: Mapping[str, datetime],
+    fresh: Mapping[str, datetime],
+    asked: datetime,
+) -> datetime | None:
+    """How low the floor may go below the ledger's newest entry (the module's text), or None
+    while nothing fresh contradicts it."""
+    if ledger is None or not fresh or ledger - host <= TOLERANCE:
+        return None
+    # No witness, fresh or kept, vouches that the entry's time has come ...
+    if any(t >= ledger - TOLERANCE for t in [*said.values(), *fresh.values()]):
+        return None
+    # ... and the host's clock agreed with every fresh one when they answered: it is right now.
+    if any(abs(t - asked) > TOLERANCE for t in fresh.values()):
+        return None
+    return host if len(fresh) >= 2 else ledger - ALONE_AHEAD
 
 
 def given(t: datetime) -> Now:

@@ -408,7 +408,12 @@ class RequestBook:
         """The time now, and where it came from: as given; else the ledger's clock, but never
         before the ledger's newest entry or the time the HTTP witnesses cosigned the latest
         checkpoint kept at (:mod:`visage_ml.privacy.clock`; nothing is asked of a witness
-        here), so that a host clock set back does not hide a deadline that passed."""
+        here), so that a host clock set back does not hide a deadline that passed.
+
+        With no fresh answer the newest entry's time stays a floor even when it was stamped
+        while the host's clock ran ahead (only an enforcement pass, which asks the witnesses,
+        disregards it): a kept cosignature says nothing about now, and a deadline shown as
+        passed too early is an error the DPO sees, one shown later than it is would hide one."""
         if self._given:
             return given(self._now())
         newest, back = ledger_times(self.core.ledger.path)

@@ -68,6 +68,7 @@ from visage_ml.privacy.checkpoint import (
     verified_cosigners,
     verify_note,
 )
+from visage_ml.privacy.clock import WitnessTimes
 from visage_ml.privacy.keys import load_public_key
 from visage_ml.privacy.ledger import (
     Entry,
@@ -735,11 +736,21 @@ class Witnessing:
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._times_cache is not None and self._times_cache[0] == stamp:
             return dict(self._times_cache[1])
+        try:
+            out = self._times_of(self.latest_path.read_bytes(), http)
+        except OSError:
+            out = {}
+        self._times_cache = (stamp, out)
+        return dict(out)
+
+    def _times_of(self, data: bytes, http: Sequence[Verifier]) -> dict[str, datetime]:
+        """``{witness name: time}`` of the cosignatures by ``http`` on the checkpoint ``data``
+        of this log that verify."""
         out: dict[str, datetime] = {}
         try:
-            note = parse_note(self.latest_path.read_bytes())
+            note = parse_note(data)
             ours = parse_checkpoint(note.text).origin == self.origin
-        except (OSError, NoteError):
+        except NoteError:
             ours = False
         for v in http if ours else []:
             for sig in note.signatures:
@@ -750,32 +761,42 @@ class Witnessing:
                 except (NoteError, ValueError, OverflowError, OSError):
                     continue  # a time no calendar holds says nothing
                 out[v.name] = max(out.get(v.name, t), t)
-        self._times_cache = (stamp, out)
-        return dict(out)
+        return out
 
-    def ask_time(self) -> dict[str, datetime]:
+    def ask_time(self) -> WitnessTimes:
         """Have the witnesses cosign a checkpoint of the ledger as it is now and return when
-        each HTTP witness says that was (:meth:`witness_times`).
+        each HTTP witness says that was (:meth:`witness_times`), and in ``fresh`` the times of
+        those that cosigned in this call (:class:`~visage_ml.privacy.clock.WitnessTimes`).
 
         A witness cosigns a checkpoint of the size it cosigned last (c2sp.org/tlog-witness), so
         nothing need have changed. A witness that does not answer keeps the time of its
-        cosignature on the checkpoint kept before; one that answers neither way is left out.
-        Nothing is asked when no HTTP witness is configured or the ledger is empty.
+        cosignature on the checkpoint kept before (not fresh); one that answers neither way is
+        left out. Nothing is asked when no HTTP witness is configured or the ledger is empty.
 
         Raises
         ------
         LedgerRollbackError
             A witness holds a larger tree than the ledger.
         """
-        if not self._http_cosigners() or not len(self.ledger):
-            return {}
+        http = self._http_cosigners()
+        if not http or not len(self.ledger):
+            return WitnessTimes()
         before = self.witness_times()
         try:
-            self.checkpoint_and_witness()
+            fresh = self._times_of(self.checkpoint_and_witness().note, http)
         except WitnessUnavailableError as exc:
             log.warning("%s", exc)
+            fresh = None
         after = self.witness_times()
-        return {n: max(t for t in (before.get(n), after.get(n)) if t) for n in before | after}
+        if fresh is None:
+            # Short of quorum the cosignatures gathered are kept but not returned: those newer
+            # than the ones kept before were made now.
+            fresh = {n: t for n, t in after.items() if n not in before or t > before[n]}
+        said = {
+            n: max(t for t in (before.get(n), after.get(n), fresh.get(n)) if t)
+            for n in before | after | fresh
+        }
+        return WitnessTimes(said, fresh)
 
     # -- the open check ------------------------------------------------------------------------
     def candidates(self) -> list[tuple[str, bytes]]:

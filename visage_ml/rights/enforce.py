@@ -22,7 +22,9 @@ Periods come from the records of processing (``privacy/records.yaml``) and conse
 template enrolled, a bundle exported, a request completed), so a restored file cannot reset a
 clock. "Now" is never before the ledger's newest entry nor before the time the HTTP witnesses
 stamp on a cosignature of the current checkpoint, asked for at the start of each pass
-(:mod:`visage_ml.privacy.clock`): a host clock set back does not postpone an expiry. A
+(:mod:`visage_ml.privacy.clock`): a host clock set back does not postpone an expiry. (A newest
+entry stamped while the host's clock ran ahead is disregarded when the witnesses answering in
+this pass and the host's clock agree it is ahead, so it expires nothing early.) A
 restricted subject (Art. 18) is never erased by policy: restriction keeps data stored.
 Consent expiry is an event (``consent.expired``) the registry folds, so that the gallery,
 ``prepare`` and serving stop using the subject exactly as for a withdrawal. An erasure by policy
@@ -47,7 +49,7 @@ import orjson
 
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
 from visage_ml.io import file_lock, secure_unlink, sha256_file
-from visage_ml.privacy.clock import Now, decide, given, ledger_times
+from visage_ml.privacy.clock import Now, WitnessTimes, decide, given, ledger_times
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import SCHEDULER, acting_as
 from visage_ml.privacy.records import Records, Retention, records_of
@@ -209,7 +211,8 @@ class Enforcer:
         # newest entry or the witnesses' time; a given time (`--at`) is taken as it is.
         self.now = now or (lambda: parse_time(self.core.ledger.clock()))
         self._floored = now is None
-        self._witnessed: dict[str, datetime] | None = None
+        self._witnessed: WitnessTimes | None = None
+        self._asked: datetime | None = None  # the host's clock when the witnesses answered
         self.clock: Now | None = None  # the time the last plan or attention list used
 
     def current(self) -> Now:
@@ -217,7 +220,9 @@ class Enforcer:
 
         The first call asks the HTTP witnesses to cosign the current checkpoint (their
         timestamps are a clock the host's operator does not set) and warns when the host's clock
-        is behind.
+        is behind, or when their fresh answers and the host's clock show that the ledger's
+        newest entry was stamped while that clock ran ahead (that entry's time is then
+        disregarded for the whole pass).
         """
         if not self._floored:
             self.clock = given(self.now())
@@ -225,8 +230,18 @@ class Enforcer:
         first = self._witnessed is None
         if self._witnessed is None:
             self._witnessed = self.core.witnessing.ask_time()
+        host = self.now()
+        if self._asked is None:
+            self._asked = host
         newest, back = ledger_times(self.core.ledger.path)
-        now = decide(self.now(), ledger=newest, witnesses=self._witnessed, steps_back=back)
+        now = decide(
+            host,
+            ledger=newest,
+            witnesses=self._witnessed,
+            steps_back=back,
+            fresh=self._witnessed.fresh,
+            asked=self._asked,
+        )
         if first:
             now.warn()
         # Within one pass time never goes back (the entries the pass appends carry the host's
