@@ -10,6 +10,11 @@ The header counts the MACs and MACs the whole set under the key: the file is onl
 whole, so a line that is not a MAC, a count that differs or a set MAC that does not verify (a
 damaged or edited file, one cut short, a key from another backup) is :class:`TombstoneFileError`
 on every question, never a smaller set answering "not erased", and the file is left as found.
+Whoever may write ``privacy/`` without the key could still write a file that needs no key (no set
+MAC, the first version 2 header ``{"v":2}``, a version 1 file, an empty file, none), which a
+project of an older version legitimately has: so the first set MAC written (or verified) leaves
+a mark beside the key (``secrets/tombstone.setmac``: the file's path from the project root), and
+from then on only a set MAC that verifies is that tombstone file.
 
 Every MAC is HMAC-SHA256 under the tombstone key ``secrets/tombstone.key`` (32 random bytes,
 mode 0600) over a kind prefix and a value: an erased subject's pid, their external reference
@@ -63,6 +68,8 @@ _MAC_RE = re.compile(r"[0-9a-f]{64}")
 _MAC_LINE_RE = re.compile(r'^"([0-9a-f]{64})"$', re.MULTILINE)
 _MAC_LINE_LEN = 64 + 3  # quotes and newline
 _V1_START = re.compile(r'\{\s*"v"\s*:\s*1\b')
+# Beside the key: its set has been MACed, so a file that needs no key is an edit.
+MARK_SUFFIX = ".setmac"
 KIND_REF = "ref"
 KIND_SHA256 = "sha256"
 KIND_PID = "pid"
@@ -85,6 +92,10 @@ MSG_WRONG_KEY = (
     "{tombstones} was not written under the tombstone key {key} (a key or a file from another "
     "backup?): with it no import can tell whether a person was erased. Restore the matching "
     "secrets/tombstone.key and privacy/tombstones.jsonl from the same backup"
+)
+MSG_KEYLESS = (
+    "{what}, though a set MAC under this key was written ({mark}): an edit by someone without "
+    "the key, or a file older than the key's backup"
 )
 MSG_NOT_REWRITTEN = (
     "%s is in the older tombstone format, whose lines link an erased subject's reference and "
@@ -156,6 +167,45 @@ class Tombstones:
         self._key: bytes | None = None
         self._macs: frozenset[str] = frozenset()
         self._stat: tuple[int, int, int] | None = None
+
+    @property
+    def mark_path(self) -> Path:
+        """``secrets/tombstone.setmac``: lists the tombstone files whose set has been MACed
+        under the key (by their path from the project root, so a moved project keeps it)."""
+        return self.key_path.with_suffix(MARK_SUFFIX)
+
+    def _mark_name(self) -> str:
+        return os.path.relpath(self.path.absolute(), self.key_path.absolute().parent.parent)
+
+    def _marked(self) -> bool:
+        try:
+            names = self.mark_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return False
+        except (OSError, UnicodeDecodeError):
+            return True  # unreadable: not evidence that no set MAC was written
+        return self._mark_name() in names
+
+    def _keyless(self, what: str) -> TombstoneFileError:
+        """A file that needs no key where the set has been MACed: an edit."""
+        why = MSG_KEYLESS.format(what=what, mark=self.mark_path.name)
+        return self._damaged(why)
+
+    def _mark(self) -> None:
+        if self._marked():
+            return
+        try:
+            names = self.mark_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            names = []
+        except (OSError, UnicodeDecodeError):  # pragma: no cover - _marked() said True
+            return
+        try:
+            private_dir(self.mark_path.parent)
+            text = "".join(f"{n}\n" for n in sorted({*names, self._mark_name()}))
+            atomic_write_bytes(self.mark_path, text.encode(), mode=0o600)
+        except OSError as exc:  # the protection waits for the next write that can leave it
+            log.warning("%s could not be written (%s)", self.mark_path, exc.strerror or exc)
 
     @classmethod
     def open(cls, paths: ProjectPaths) -> Tombstones:
@@ -229,10 +279,14 @@ class Tombstones:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            if self._marked():
+                raise self._keyless("missing") from None
             return frozenset(), False
         except UnicodeDecodeError:
             raise self._damaged("not text") from None
         if not text:
+            if self._marked():
+                raise self._keyless("empty")
             return frozenset(), False
         head, _, body = text.partition("\n")
         try:
@@ -244,6 +298,8 @@ class Tombstones:
         v1 = isinstance(header, dict) and header.get("v") == 1
         if not v1 and not _V1_START.match(head):  # (a version 1 line may be torn, even the first)
             raise self._damaged("its first line is no tombstone header")
+        if self._marked():
+            raise self._keyless("in the version 1 format")
         macs: set[str] = set()
         for line in text.splitlines():
             line = line.strip()
@@ -267,16 +323,22 @@ class Tombstones:
         if found != sorted(set(found)):
             raise self._damaged("MACs out of order or repeated")
         held = frozenset(found)
+        mac = header.get("mac")
+        if mac is None and self._marked():
+            raise self._keyless("without its set MAC")
         if head == HEADER:  # as first written: no count, no set MAC (rewritten with them)
             return held, True
         if header.get("n") != len(found):
             raise self._damaged(f"{len(found)} MACs where its header counts {header.get('n')}")
-        mac = header.get("mac")
         key = self.existing_key()
         if mac is None:
             return held, key is not None  # written without the key (a migration): add it
-        if key is not None and not hmac.compare_digest(str(mac), set_mac(key, held)):
-            raise TombstoneFileError(MSG_WRONG_KEY.format(tombstones=self.path, key=self.key_path))
+        if key is not None:
+            if not hmac.compare_digest(str(mac), set_mac(key, held)):
+                raise TombstoneFileError(
+                    MSG_WRONG_KEY.format(tombstones=self.path, key=self.key_path)
+                )
+            self._mark()  # a set MACed by a version that left no mark
         return held, False
 
     def _damaged(self, why: str) -> TombstoneFileError:
@@ -294,6 +356,8 @@ class Tombstones:
         private_dir(self.path.parent)
         self._remove_leftovers()
         atomic_write_bytes(self.path, ("\n".join(lines) + "\n").encode(), mode=0o600)
+        if key is not None:  # after the rename: a mark before it would fail the older file
+            self._mark()
 
     def _remove_leftovers(self) -> None:
         """Remove temporary files of killed rewrites (the caller holds the lock): beside the
@@ -307,6 +371,8 @@ class Tombstones:
     def _refresh(self) -> None:
         stamp = self._stamp()
         if stamp is None:
+            if self._marked():
+                raise self._keyless("missing")
             self._macs, self._stat = frozenset(), None
             return
         if stamp == self._stat:

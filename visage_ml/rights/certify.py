@@ -157,7 +157,10 @@ def scan_for_hashes(
             report.bytes_hashed += n
             if digest in sha256s:
                 why = sha256s.why(digest) if isinstance(sha256s, ContentHashes) else LISTED
-                report.findings.append({"path": str(path), "sha256": digest, "why": why})
+                # An erased image's plaintext by its path only: the report names the pid, so
+                # its SHA-256 would pair a photograph with them (as content_hit in the ledger).
+                named = digest if why == LISTED else None
+                report.findings.append({"path": str(path), "sha256": named, "why": why})
             if path.name.endswith(".dir") and n < (64 << 20):
                 with contextlib.suppress(OSError):
                     entries = dvc_objects.read_manifest(path.read_bytes())
