@@ -21,11 +21,9 @@ from visage_ml.privacy.witness import HttpWitness, WitnessError
 from visage_ml.rights.enforce import Enforcer
 
 
-def _entry_from_the_future(project, serve_witness, monkeypatch):
-    """Two subjects whose consents (one month) were given today, two HTTP witnesses whose
-    clocks are right, and a newest ledger entry stamped while the host's clock ran ten years
-    ahead (the clock right again since). Returns the project and the entry's time."""
-    proj = make_project(project, n_subjects=2, n_images=1, processed=False, enrol=False)
+def _two_http_witnesses(proj, project, serve_witness) -> None:
+    """Two HTTP witnesses (clocks right) beside the default one, consents of one month that
+    erase no one."""
     vkey = proj.core.witnessing.log_verifier().vkey
     specs = []
     for name in ("w1.example.org/w", "w2.example.org/w"):
@@ -40,6 +38,14 @@ def _entry_from_the_future(project, serve_witness, monkeypatch):
             "privacy.witness.witnesses": [{"kind": "directory", "path": "default"}, *specs],
         },
     )
+
+
+def _entry_from_the_future(project, serve_witness, monkeypatch):
+    """Two subjects whose consents (one month) were given today, two HTTP witnesses whose
+    clocks are right, and a newest ledger entry stamped while the host's clock ran ten years
+    ahead (the clock right again since). Returns the project and the entry's time."""
+    proj = make_project(project, n_subjects=2, n_images=1, processed=False, enrol=False)
+    _two_http_witnesses(proj, project, serve_witness)
     PrivacyCore(proj.paths).witnessing.checkpoint_and_witness()  # the witness set recorded
     ahead = SimClock(datetime.now(UTC) + timedelta(days=3650))
     monkeypatch.setattr("visage_ml.privacy.ledger.utc_now", ahead.iso)
@@ -104,20 +110,7 @@ def test_a_clock_set_back_is_still_caught_when_the_witnesses_answer_fresh(
     clock = SimClock(add_months(real - timedelta(days=10), -1))
     monkeypatch.setattr("visage_ml.privacy.ledger.utc_now", clock.iso)
     proj = make_project(project, n_subjects=2, n_images=1, processed=False, enrol=False)
-    vkey = proj.core.witnessing.log_verifier().vkey
-    specs = []
-    for name in ("w1.example.org/w", "w2.example.org/w"):
-        remote, _, spec = serve_witness(name)
-        remote.add_log(vkey)
-        specs.append(spec)
-    write_overrides(
-        project / "params.yaml",
-        {
-            "privacy.retention.consent_months": 1,
-            "privacy.retention.erase_without_basis": False,
-            "privacy.witness.witnesses": [{"kind": "directory", "path": "default"}, *specs],
-        },
-    )
+    _two_http_witnesses(proj, project, serve_witness)
     clock.t = real - timedelta(days=11)
     PrivacyCore(proj.paths).add_subject(source="test")  # the newest entry
     clock.t = real - timedelta(days=30)  # the operator sets the host's clock back
