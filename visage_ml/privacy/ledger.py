@@ -729,7 +729,8 @@ class Ledger:
         *,
         actor: str | None = None,
     ) -> list[Entry]:
-        """Append several events under one lock and one ``fsync`` (all or, on a crash, a prefix)."""
+        """Append several events under one lock and one ``fsync`` (all or, on a crash, a prefix);
+        return their entries (not the :attr:`genesis` entries an empty ledger gets first)."""
         actor = check_actor(actor) if actor is not None else current_actor()
         for type_, pid, payload in events:
             if type_ not in EVENT_TYPES:
@@ -748,6 +749,7 @@ class Ledger:
                 size, seq, prev, torn = self._read_tail(fd)
                 if torn:
                     seq, prev = self._repair(fd, size, torn, seq, prev, key)
+                first: list[tuple[str, str | None, Mapping[str, Any]]] = []
                 if seq < 0 and self.genesis is not None:
                     first = list(self.genesis())
                     for type_, _, payload in first:
@@ -783,8 +785,8 @@ class Ledger:
             with contextlib.suppress(OSError, LedgerError):
                 self.leaf_hashes()
         if self.after_append is not None and out:
-            self.after_append(out)
-        return out
+            self.after_append(out)  # the genesis entries too: they are witnessed with the rest
+        return out[len(first) :]  # what the caller appended
 
     def _make(
         self,
