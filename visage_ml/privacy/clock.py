@@ -48,15 +48,14 @@ says so (``ledger_disregarded``, ``fresh``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from visage_ml.privacy.ledger import LedgerFold
 
 log = logging.getLogger(__name__)
 
@@ -326,9 +325,24 @@ def given(t: datetime) -> Now:
     return Now(t, GIVEN, t)
 
 
-# Per ledger file: (inode, bytes read, hash of the line ending there, its time, steps back).
-_READ: dict[str, tuple[int, int, str, datetime | None, timedelta]] = {}
-_READ_LOCK = threading.Lock()
+def _times_of(
+    state: tuple[datetime | None, timedelta], data: bytes, _offset: int
+) -> tuple[datetime | None, timedelta]:
+    """``(last entry's time, steps back so far)`` carried over the complete lines ``data``."""
+    last, back = state
+    for line in data.splitlines():
+        t = entry_time(line)
+        if t is None:
+            continue
+        if last is not None and last - t > TOLERANCE:
+            back += last - t
+        last = t
+    return last, back
+
+
+_LEDGER_TIMES: LedgerFold[tuple[datetime | None, timedelta]] = LedgerFold(
+    _times_of, (None, timedelta(0))
+)
 
 
 def ledger_times(path: Path) -> tuple[datetime | None, timedelta]:
@@ -338,40 +352,9 @@ def ledger_times(path: Path) -> tuple[datetime | None, timedelta]:
 
     The last entry, not the latest time any entry carries: an entry once stamped by a clock far
     ahead must not keep "now" there after the clock is fixed. A process reads on from where it
-    stopped while the line it stopped after is unchanged.
+    stopped while the line it stopped after is unchanged (:class:`LedgerFold`).
     """
-    key = str(Path(path).resolve())
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below; read with pread
-    except FileNotFoundError:
-        return None, timedelta(0)
-    with fh:
-        fd = fh.fileno()
-        st = os.fstat(fd)
-        with _READ_LOCK:
-            hit = _READ.get(key)
-        start, line_hash, last, back = 0, "", None, timedelta(0)
-        if hit is not None and hit[0] == st.st_ino and hit[1] <= st.st_size:
-            before = os.pread(fd, min(hit[1], 1 << 16), max(0, hit[1] - (1 << 16)))
-            if hit[1] == 0 or (
-                before.endswith(b"\n")
-                and hashlib.sha256(before[:-1].rsplit(b"\n", 1)[-1]).hexdigest() == hit[2]
-            ):
-                start, line_hash, last, back = hit[1], hit[2], hit[3], hit[4]
-        data = os.pread(fd, st.st_size - start, start)
-    end = data.rfind(b"\n") + 1  # complete lines only
-    for line in data[:end].splitlines():
-        t = entry_time(line)
-        if t is None:
-            continue
-        if last is not None and last - t > TOLERANCE:
-            back += last - t
-        last = t
-    if end:
-        line_hash = hashlib.sha256(data[: end - 1].rsplit(b"\n", 1)[-1]).hexdigest()
-    with _READ_LOCK:
-        _READ[key] = (st.st_ino, start + end, line_hash, last, back)
-    return last, back
+    return _LEDGER_TIMES(path)
 
 
 def entry_time(line: bytes) -> datetime | None:

@@ -36,11 +36,12 @@ import hmac
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -1128,3 +1129,72 @@ def verify_inclusion_record(record: Mapping[str, Any], leaf_line: bytes) -> bool
 def events_of(ledger: Ledger, pid: str) -> list[Entry]:
     """Every entry about ``pid``, in order."""
     return [e for e in ledger.entries() if e.pid == pid]
+
+
+S = TypeVar("S")
+
+
+def line_hash_at(fd: int, end: int) -> str | None:
+    """SHA-256 (hex) of the line ending at byte ``end`` of the open file ("" at 0; None when
+    no line ends there)."""
+    if end == 0:
+        return ""
+    start = max(0, end - (1 << 16))
+    chunk = os.pread(fd, end - start, start)
+    if not chunk.endswith(b"\n"):
+        return None
+    return hashlib.sha256(chunk[:-1].rsplit(b"\n", 1)[-1]).hexdigest()
+
+
+class LedgerFold(Generic[S]):
+    """A fold over the complete lines of a ledger file that a process carries on from where its
+    last call stopped, while the line it stopped after is unchanged (the same file, not cut or
+    rewritten there): a large ledger is read once, then only what was appended.
+
+    ``fold(state, chunk, offset)`` takes the state so far and the next complete lines
+    (``offset``: where ``chunk`` starts in the file) and returns the new state; it may raise,
+    and then nothing is remembered. ``initial`` is the state of an empty ledger.
+    """
+
+    def __init__(self, fold: Callable[[S, bytes, int], S], initial: S) -> None:
+        self._fold = fold
+        self._initial = initial
+        self._memo: dict[str, tuple[int, int, str, S]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path) -> S:
+        """The state over every complete line of the ledger at ``path``."""
+        key = str(Path(path).resolve())
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below; the fd is read with pread
+        except FileNotFoundError:
+            return self._initial
+        with fh:
+            fd = fh.fileno()
+            st = os.fstat(fd)
+            with self._lock:
+                hit = self._memo.get(key)
+            start, last, state = 0, "", self._initial
+            if (
+                hit is not None
+                and hit[0] == st.st_ino
+                and hit[1] <= st.st_size
+                and line_hash_at(fd, hit[1]) == hit[2]
+            ):
+                start, last, state = hit[1], hit[2], hit[3]
+            data = os.pread(fd, st.st_size - start, start)
+        end = data.rfind(b"\n") + 1  # complete lines only: a torn tail is read next time
+        state = self._fold(state, data[:end], start)
+        if end:
+            last = hashlib.sha256(data[: end - 1].rsplit(b"\n", 1)[-1]).hexdigest()
+        with self._lock:
+            self._memo[key] = (st.st_ino, start + end, last, state)
+        return state
+
+    def forget(self, path: Path | None = None) -> None:
+        """Drop what was remembered (of one ledger, or of all)."""
+        with self._lock:
+            if path is None:
+                self._memo.clear()
+            else:
+                self._memo.pop(str(Path(path).resolve()), None)

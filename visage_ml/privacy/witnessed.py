@@ -74,7 +74,9 @@ from visage_ml.privacy.ledger import (
     Entry,
     Ledger,
     LedgerError,
+    LedgerFold,
     first_rotation_old_key,
+    line_hash_at,
     raw_key,
 )
 from visage_ml.privacy.witness import (
@@ -368,9 +370,6 @@ class Witnessed:
 _CHECKED: dict[str, tuple[int, int, str, frozenset[str]]] = {}
 _REMOTE: dict[tuple[str, str], tuple[float, bytes | None]] = {}
 _BOUND: set[tuple[str, str, str]] = set()  # (witness, project, origin) bound by this process
-# The ledger's witness.set entries read so far: (inode, bytes read, hash of the line ending
-# there, entries); the next read goes on from there while that line is unchanged.
-_SETS: dict[str, tuple[int, int, str, tuple[WitnessSet, ...]]] = {}
 _MEMO_LOCK = threading.Lock()
 
 
@@ -1122,7 +1121,7 @@ class Witnessing:
                 st = os.fstat(fh.fileno())
                 if st.st_ino != ino or st.st_size < covered:
                     return False
-                return _line_hash(fh.fileno(), covered) == line_hash
+                return line_hash_at(fh.fileno(), covered) == line_hash
         except FileNotFoundError:
             return False
 
@@ -1157,73 +1156,46 @@ class Witnessing:
             )
 
 
-def _line_hash(fd: int, end: int) -> str | None:
-    """SHA-256 (hex) of the line ending at byte ``end`` of the open file ("" at 0; None when
-    no line ends there)."""
-    if end == 0:
-        return ""
-    start = max(0, end - (1 << 16))
-    chunk = os.pread(fd, end - start, start)
-    if not chunk.endswith(b"\n"):
-        return None
-    return hashlib.sha256(chunk[:-1].rsplit(b"\n", 1)[-1]).hexdigest()
-
-
-def witness_sets(ledger_path: Path) -> list[WitnessSet]:
-    """Every ``witness.set`` entry of the ledger at ``ledger_path``, oldest first.
-
-    A process reads on from where it stopped last time while the line it stopped after is
-    unchanged (so the open check makes no pass over a large ledger). Signatures are not
-    checked here: the registry refuses a ledger with a forged line, and `visage privacy
-    verify-ledger` names it.
-
-    Raises
-    ------
-    LedgerError
-        A ``witness.set`` line is unreadable.
-    """
-    key = str(Path(ledger_path).resolve())
-    try:
-        fh = open(ledger_path, "rb")  # noqa: SIM115 - closed below; the fd is read with pread
-    except FileNotFoundError:
-        return []
-    with fh:
-        fd = fh.fileno()
-        st = os.fstat(fd)
-        with _MEMO_LOCK:
-            hit = _SETS.get(key)
-        start, found = 0, []
-        if (
-            hit is not None
-            and hit[0] == st.st_ino
-            and hit[1] <= st.st_size
-            and _line_hash(fd, hit[1]) == hit[2]
-        ):
-            start, found = hit[1], list(hit[3])
-        data = os.pread(fd, st.st_size - start, start)
-    end = data.rfind(b"\n") + 1  # complete lines only: a torn tail is read next time
-    pos = data.find(_SET_MARK, 0, end)
+def _sets_of(found: tuple[WitnessSet, ...], data: bytes, offset: int) -> tuple[WitnessSet, ...]:
+    """``found`` and the ``witness.set`` entries among the complete lines ``data`` (at byte
+    ``offset`` of the ledger); see :data:`_WITNESS_SETS`."""
+    out = list(found)
+    pos = data.find(_SET_MARK)
     while pos != -1:
         line_start = data.rfind(b"\n", 0, pos) + 1
         line_end = data.find(b"\n", pos)
         try:
             obj = orjson.loads(data[line_start:line_end])
             if obj.get("type") == WITNESS_SET:
-                found.append(WitnessSet.from_entry(obj))
+                out.append(WitnessSet.from_entry(obj))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise LedgerError(
-                f"{ledger_path}: a witness.set entry at byte {start + line_start} is unreadable; "
+                f"a witness.set entry at byte {offset + line_start} is unreadable; "
                 "run `visage privacy verify-ledger` to locate the damage and restore the ledger "
                 "from a backup"
             ) from None
-        pos = data.find(_SET_MARK, line_end, end)
-    if end:
-        last = hashlib.sha256(data[: end - 1].rsplit(b"\n", 1)[-1]).hexdigest()
-    else:
-        last = hit[2] if start and hit is not None else ""
-    with _MEMO_LOCK:
-        _SETS[key] = (st.st_ino, start + end, last, tuple(found))
-    return found
+        pos = data.find(_SET_MARK, line_end)
+    return tuple(out)
+
+
+# Every witness.set entry of a ledger, oldest first, read on from where the process stopped (so
+# the open check makes no pass over a large ledger). Signatures are not checked here: the
+# registry refuses a ledger with a forged line, and `visage privacy verify-ledger` names it.
+_WITNESS_SETS: LedgerFold[tuple[WitnessSet, ...]] = LedgerFold(_sets_of, ())
+
+
+def witness_sets(ledger_path: Path) -> list[WitnessSet]:
+    """Every ``witness.set`` entry of the ledger at ``ledger_path``, oldest first.
+
+    Raises
+    ------
+    LedgerError
+        A ``witness.set`` line is unreadable.
+    """
+    try:
+        return list(_WITNESS_SETS(ledger_path))
+    except LedgerError as exc:
+        raise LedgerError(f"{ledger_path}: {exc}") from None
 
 
 def _tree_key(cp: Checkpoint) -> str:
@@ -1238,10 +1210,9 @@ def forget_checks(ledger_path: Path | None = None) -> None:
             _CHECKED.clear()
             _REMOTE.clear()
             _BOUND.clear()
-            _SETS.clear()
         else:
             _CHECKED.pop(str(Path(ledger_path).resolve()), None)
-            _SETS.pop(str(Path(ledger_path).resolve()), None)
+    _WITNESS_SETS.forget(ledger_path)
 
 
 _PARAMS: dict[str, tuple[tuple[int, int], WitnessParams]] = {}
