@@ -10,6 +10,7 @@ from serving_fakes import DIM, THRESHOLD, make_world
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app as cli
+from visage_ml.app.http.auth import KeyStore
 from visage_ml.config import load_params
 from visage_ml.evaluation.score_model import Comparisons, build_score_model
 from visage_ml.serving.gallery import Gallery
@@ -164,7 +165,8 @@ def test_serve_loads_only_the_released_score_model_and_confusion(project):
     record_release(world.core.ledger, paths.root, evaluated, stage="evaluate")
 
     app = create_app(paths, params=params, core=world.core)
-    health = TestClient(app).get("/healthz").json()
+    key = KeyStore(paths.api_keys).create("auditor")[1]
+    health = TestClient(app).get("/healthz", headers={"X-API-Key": key}).json()
     assert health["identification"]["source"] == "reports/score_model.json"
     assert health["identification"]["gallery_size"] == 0
     assert app.state.visage.analytics.confusion is not None

@@ -106,8 +106,8 @@ class Api:
     def verify(self, pid, image, role="operator"):
         return self.call("POST", "/v1/verify", role, json={"image": image, "pid": pid})
 
-    def health(self):
-        return self.call("GET", "/healthz").json()["identification"]
+    def health(self, role="operator"):
+        return self.call("GET", "/healthz", role).json()["identification"]
 
 
 def error(r):
@@ -135,6 +135,25 @@ def lenient_each_backend(request, project):
     )
     yield s
     s.gallery.close()
+
+
+def test_a_client_without_a_key_cannot_watch_the_gallery_grow_or_shrink(lenient):
+    # Whoever reaches the port polls /healthz around an enrolment and an erasure: the size, and
+    # the threshold derived from it, would tell them that somebody joined or left.
+    s = lenient
+    seen = []
+    for step in (lambda: None, lambda: s.enroll(s.pids[0]), lambda: s.gallery.erase(s.pids[0])):
+        step()
+        r = s.call("GET", "/healthz")
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        seen.append(r.json())
+    assert all("identification" not in h or h["identification"] is None for h in seen)
+    assert seen[0] == seen[1] == seen[2]
+    # Any key is told the operating point; a wrong key is refused and counted, not ignored.
+    for role in ROLES:
+        assert s.health(role)["gallery_size"] == 0
+    r = s.client.get("/healthz", headers={"X-API-Key": s.keys["operator"][:-2] + "xx"})
+    assert r.status_code == 401
 
 
 def test_the_1n_threshold_is_rederived_as_subjects_are_enrolled_and_erased(lenient):

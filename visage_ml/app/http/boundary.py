@@ -3,9 +3,10 @@
 For each request, in this order and before any route or body parser sees it:
 
 1. an id (``X-Request-Id``);
-2. the API key (``X-API-Key``, or ``Authorization: Bearer``) of every route but the public
-   ones (``/healthz``): the client's failed attempts (429), the key (401, counted as a failed
-   attempt), its expiry (401 ``key_expired``) and the route's roles (403). The body has not
+2. the API key (``X-API-Key``, or ``Authorization: Bearer``) of every route, and of the public
+   ones (``/healthz``) when one is presented: the client's failed attempts (429), the key (401,
+   counted as a failed attempt), its expiry (401 ``key_expired``) and the route's roles (403;
+   any role for a public route). The body has not
    been read: an unauthenticated client cannot make the server read, buffer or parse a byte of
    it, and a malformed body with a bad key is a failed login like any other;
 3. a slot among ``serving.max_concurrent`` requests in flight (503 with ``Retry-After`` when
@@ -212,14 +213,17 @@ class Boundary:
             route, roles, public = self._route(scope)
             if route is not None:
                 info["route"] = route
-            if not public:
+            presented = presented_key(scope)
+            # A public route answers without a key; a key presented to it is checked as on any
+            # other route (it may be told more: /healthz's operating point).
+            if not public or presented is not None:
                 client = scope.get("client")
                 try:
                     info["key"] = authorize(
                         self.service(),
                         client=str(client[0]) if client else "unknown",
-                        presented=presented_key(scope),
-                        roles=roles,
+                        presented=presented,
+                        roles=None if public else roles,
                         info=info,
                     )
                 except ApiError as exc:

@@ -272,6 +272,26 @@ def require(*roles: str) -> Callable[..., ApiKey]:
     return dependency
 
 
+def optional_key(
+    request: Request, key: Annotated[str | None, Security(api_key_header)] = None
+) -> ApiKey | None:
+    """Dependency of a public route that says more to a caller with a key: the checked key
+    record (any role), or None when no key was presented.
+
+    The ASGI boundary checks a presented key as it does on every other route (a wrong one is a
+    401 counted as a failed attempt, so the route is no free oracle for guessing keys); the
+    dependency checks it itself only where no boundary did.
+    """
+    info = request_info(request)
+    record = info.get("key")
+    if isinstance(record, ApiKey):
+        return record
+    if key is None:
+        return None
+    client = request.client.host if request.client else "unknown"
+    return authorize(get_service(request), client=client, presented=key, roles=None, info=info)
+
+
 def known_query_only(request: Request) -> None:
     """Refuse query parameters the route does not define (a typo must not be ignored)."""
     if not request.query_params:
@@ -301,3 +321,4 @@ READER_KEY = Depends(require(DPO, AUDITOR))
 AUDITOR_KEY = Depends(require(AUDITOR))
 METRICS_KEY = Depends(require(AUDITOR, METRICS))
 ANY_KEY = Depends(require(*ROLES))
+OPTIONAL_KEY = Depends(optional_key)

@@ -1,5 +1,6 @@
-"""Service routes: liveness (``/healthz``, the one route without a key) and Prometheus
-``/metrics`` (for keys of role ``auditor`` or ``metrics``).
+"""Service routes: liveness (``/healthz``, the one route without a key; with a key it shows the
+identification operating point too) and Prometheus ``/metrics`` (for keys of role ``auditor``
+or ``metrics``).
 
 (``/openapi.json`` is added by the app when ``serving.openapi`` is on; there is no ``/docs``.)
 """
@@ -16,7 +17,7 @@ from visage_ml.app.http.auth import ApiKey
 from visage_ml.app.http.errors import AUTH_ERRORS, error_responses
 from visage_ml.app.http.metrics import CONTENT_TYPE
 from visage_ml.app.http.schemas import HealthResponse
-from visage_ml.app.http.service import METRICS_KEY, SERVICE, Service
+from visage_ml.app.http.service import METRICS_KEY, OPTIONAL_KEY, SERVICE, Service
 from visage_ml.serving.gallery import GalleryVersionError
 
 router = APIRouter(tags=["service"])
@@ -52,12 +53,14 @@ def register_gauges(svc: Service) -> None:
     response_model=HealthResponse,
     responses=error_responses(422),
 )
-def health(svc: Service = SERVICE) -> dict[str, Any]:
+def health(key: ApiKey | None = OPTIONAL_KEY, svc: Service = SERVICE) -> dict[str, Any]:
     """Liveness: the server answers and its models are loaded (no authentication).
 
-    In full mode also the identification operating point: gallery size, target FPIR, the 1:N
-    threshold derived for them, expected FNIR, and whether the gallery is too large for the
-    target at this model's accuracy (counts and rates only).
+    With an API key (any role), in full mode, also the identification operating point: gallery
+    size, target FPIR, the 1:N threshold derived for them, expected FNIR, and whether the
+    gallery is too large for the target at this model's accuracy (counts and rates only).
+    Without one it is left out: whoever can reach the port would otherwise watch the gallery's
+    size move as people are enrolled, withdraw or are erased.
     """
     models: dict[str, str | None] = {"embedder": None, "demographics": None}
     loaded = svc.engine.loaded
@@ -66,7 +69,7 @@ def health(svc: Service = SERVICE) -> dict[str, Any]:
     if "demographics" in loaded:
         models["demographics"] = svc.engine.demographics.model_version
     out: dict[str, Any] = {"status": "ok", "mode": svc.mode, "models": models}
-    if svc.gallery is not None and svc.identification is not None:
+    if key is not None and svc.gallery is not None and svc.identification is not None:
         gallery = svc.gallery
         with contextlib.suppress(GalleryVersionError):
             gallery.refresh()
