@@ -12,6 +12,11 @@ erasure's MACs), and a scan asks them "is this file an erased image's PNG?": it 
 plaintext copy of any erased subject's image, not only the erasure's own. A file found so is
 recorded by its path, never by its SHA-256 (:func:`content_hit`).
 
+A plaintext image an erasure removes itself (a project not yet sealed holds its PNGs in clear in
+``data/raw``; their DVC objects) is planned the same way: by its path alone, with ``sha256``
+None and ``content`` :data:`PLAINTEXT_WITHHELD` (no MD5 either, DVC's object name); its SHA-256
+goes to the tombstones.
+
 Records made before carry the PNG keyed (``plain_mac``: the same MAC, under the tombstone key)
 or, older still, in clear (``plain_sha256``): both are still looked for.
 """
@@ -31,6 +36,9 @@ RAW_STORE = "data"
 SEALED_IMAGE = ".sealed"
 LISTED = "listed hash"
 ERASED_IMAGE = "plaintext of an erased image"
+# What an erasure records of a plaintext image it removes (a PNG in data/raw, its DVC object) in
+# place of its hashes: the SHA-256 and MD5 of a photograph of the subject are the hashes.
+PLAINTEXT_WITHHELD = "plaintext image, hash withheld"
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
 MSG_BAD_TOMBSTONES = (
     "plaintext copies not looked for: privacy/tombstones.jsonl is damaged or not of this "
@@ -71,7 +79,8 @@ class ContentHashes:
 
         ``exclude``: SHA-256s not to look for (shared content in use). ``pid``: the erased
         subject, whose tombstone must then be there when the records name sealed images
-        without their PNG (made since the PNG went to the tombstones only); else :attr:`gap`
+        without their PNG (made since the PNG went to the tombstones only) or plaintext images
+        without their hash (:data:`PLAINTEXT_WITHHELD`); else :attr:`gap`
         says why plaintext copies could not all be looked for.
         """
         rows = [a for a in artefacts if isinstance(a, Mapping)]
@@ -79,9 +88,12 @@ class ContentHashes:
         sha256s = {str(a[k]) for a in rows for k in ("sha256", PLAIN_KIND) if a.get(k)}
         macs = frozenset(str(a["plain_mac"]) for a in rows if a.get("plain_mac"))
         unnamed = any(
-            a.get("store") == RAW_STORE
-            and str(a.get("path", "")).endswith(SEALED_IMAGE)
-            and not (a.get("plain_mac") or a.get(PLAIN_KIND))
+            a.get("content") == PLAINTEXT_WITHHELD
+            or (
+                a.get("store") == RAW_STORE
+                and str(a.get("path", "")).endswith(SEALED_IMAGE)
+                and not (a.get("plain_mac") or a.get(PLAIN_KIND))
+            )
             for a in rows
         )
         tombstones = Tombstones.open(paths)

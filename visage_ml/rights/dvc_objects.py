@@ -26,6 +26,16 @@ the same content.
 Purging is two-phase so that the erasure can record what it is about to delete, with each
 object's SHA-256 taken before deletion, before deleting anything: :func:`plan` finds and hashes,
 :func:`execute` deletes what a plan lists (idempotent: absent objects are skipped).
+
+What is recorded (:meth:`PurgePlan.artefacts`): each object with its store, path, md5 and
+SHA-256, except the objects of plaintext images (a manifest lists them under ``<pid>/`` with a
+name that is not sealed, ``.png`` of a project not yet sealed; or the caller knows their md5):
+their md5 and SHA-256 are those of a photograph of the subject, so they are recorded by the file
+they held (``"path": "<relpath> (DVC object)"``, ``"sha256": None``, ``content``
+:data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`) and counted, not named, among the
+objects kept because still referenced. A resumed erasure cannot take those objects from the
+ledger, so :func:`execute` deletes every other object before any ``.dir`` manifest, in every
+store: until the last object is gone the manifests that lead to it are still there.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import logging
 import os
 import sqlite3
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +55,15 @@ from typing import Any
 import yaml
 
 from visage_ml.data.manifest import parquet_names
+from visage_ml.data.rawstore import IMAGE_EXT
 from visage_ml.dvcops import is_dvc_repo, tracked_md5
 from visage_ml.io import CHUNK, fsync_dir, secure_unlink, sha256_file
+from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 
 log = logging.getLogger(__name__)
 
 PARQUET_MAGIC = b"PAR1"
+DIR_SUFFIX = ".dir"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Hash layouts: DVC 3 (``files/md5``) and the DVC 2 layout still read for old objects.
 HASH_NAMES = ("md5", "md5-dos2unix")
@@ -332,24 +345,75 @@ def manifest_lists(entries: Iterable[dict[str, Any]], pid: str) -> list[dict[str
 # ---------------------------------------------------------------------------------------------
 
 
+def is_plaintext_entry(relpath: str) -> bool:
+    """Whether a manifest entry of the subject's folder is a file in clear (not sealed)."""
+    return not relpath.endswith(IMAGE_EXT)
+
+
 @dataclass
 class PurgePlan:
-    """What to delete: objects per store (with SHA-256 before deletion) and site-cache files."""
+    """What to delete: objects per store (with SHA-256 before deletion) and site-cache files.
+
+    ``objects`` name each object (``md5``) for :func:`execute`; ``plain`` maps the md5 of each
+    plaintext image's object to the file it held, which is all :meth:`artefacts` records of it.
+    """
 
     pid: str
     objects: list[dict[str, Any]] = field(default_factory=list)
     site_cache: list[dict[str, Any]] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    plain: dict[str, str] = field(default_factory=dict)
+
+    def recorded(self, art: dict[str, Any]) -> dict[str, Any]:
+        """Object ``art`` as the ledger may hold it: a plaintext image's without its names."""
+        held = self.plain.get(str(art.get("md5")))
+        if held is None:
+            return art
+        return {
+            "store": art["store"],
+            "path": f"{held} (DVC object)",
+            "sha256": None,
+            "content": PLAINTEXT_WITHHELD,
+        }
 
     def artefacts(self) -> list[dict[str, Any]]:
-        return [*self.objects, *self.site_cache]
+        """What to record: objects (plaintext images' by the file they held) and site cache."""
+        return [*(self.recorded(a) for a in self.objects), *self.site_cache]
+
+    @property
+    def kept_named(self) -> list[str]:
+        """Kept objects that may be named (not plaintext images)."""
+        return [k for k in self.kept if k not in self.plain]
+
+    @property
+    def kept_withheld(self) -> int:
+        """How many kept objects are plaintext images (counted, not named)."""
+        return sum(k in self.plain for k in self.kept)
+
+
+@dataclass
+class Found:
+    """What :func:`find_subject_objects` found: objects to delete, objects kept because still
+    referenced, and of both the plaintext images' objects (md5: the file each held)."""
+
+    targets: set[str]
+    kept: set[str]
+    plain: dict[str, str]
 
 
 def find_subject_objects(
-    setup: DvcSetup, pid: str, *, known_md5s: Iterable[str] = ()
-) -> tuple[set[str], set[str]]:
+    setup: DvcSetup,
+    pid: str,
+    *,
+    known_md5s: Iterable[str] = (),
+    plain_md5s: Mapping[str, str] | None = None,
+) -> Found:
     """Object ids that hold or name the subject, and those kept because still referenced.
+
+    ``plain_md5s``: md5s the caller knows are plaintext images (md5: the file each held),
+    added to ``known_md5s``; the objects a manifest lists under ``<pid>/`` with a name that is
+    not sealed are plaintext images too.
 
     Raises
     ------
@@ -357,7 +421,8 @@ def find_subject_objects(
         The workspace's current manifest still lists the subject (the raw files are not gone).
     """
     keep = current_references(setup)
-    targets: set[str] = set(known_md5s)
+    plain: dict[str, str] = dict(plain_md5s or {})
+    targets: set[str] = set(known_md5s) | set(plain)
     removed = targets - keep
     tables: set[str] = set()
     for store in setup.stores:
@@ -375,7 +440,13 @@ def find_subject_objects(
                 if oid in keep:
                     raise RuntimeError(MSG_STILL_LISTED.format(md5=oid, pid=pid))
                 targets.add(oid)
-                targets.update(str(e["md5"]) for e in listed if e.get("md5"))
+                for e in listed:
+                    if not e.get("md5"):
+                        continue
+                    md5, relpath = str(e["md5"]), str(e["relpath"]).replace("\\", "/")
+                    targets.add(md5)
+                    if is_plaintext_entry(relpath):
+                        plain[md5] = min(relpath, plain.get(md5, relpath))
             elif oid not in keep and any(str(e.get("md5")) in removed for e in entries):
                 # An old manifest of another folder listing a file the raw step rewrote (the
                 # LFW pairs under data/protocols): it names the purged object.
@@ -401,15 +472,25 @@ def find_subject_objects(
         if data is not None and parquet_names(data, pid):
             targets.add(oid)
     kept = targets & keep
-    return targets - keep, kept
+    return Found(targets - keep, kept, {m: f for m, f in plain.items() if m in targets})
 
 
-def plan(setup: DvcSetup, pid: str, *, known_md5s: Iterable[str] = ()) -> PurgePlan:
-    """Find and hash everything of the subject in DVC's stores and site cache; delete nothing."""
+def plan(
+    setup: DvcSetup,
+    pid: str,
+    *,
+    known_md5s: Iterable[str] = (),
+    plain_md5s: Mapping[str, str] | None = None,
+) -> PurgePlan:
+    """Find and hash everything of the subject in DVC's stores and site cache; delete nothing.
+
+    ``known_md5s`` and ``plain_md5s`` as in :func:`find_subject_objects`.
+    """
     out = PurgePlan(pid)
-    targets, kept = find_subject_objects(setup, pid, known_md5s=known_md5s)
-    out.targets = sorted(targets)
-    out.kept = sorted(kept)
+    found = find_subject_objects(setup, pid, known_md5s=known_md5s, plain_md5s=plain_md5s)
+    out.targets = sorted(found.targets)
+    out.kept = sorted(found.kept)
+    out.plain = found.plain
     for store in setup.stores:
         for oid in out.targets:
             try:
@@ -431,16 +512,27 @@ def plan(setup: DvcSetup, pid: str, *, known_md5s: Iterable[str] = ()) -> PurgeP
     return out
 
 
+def is_manifest(oid: str) -> bool:
+    """Whether object ``oid`` is a ``.dir`` manifest (sorts every other object before it)."""
+    return str(oid).endswith(DIR_SUFFIX)
+
+
 def execute(setup: DvcSetup, purge_plan: PurgePlan) -> list[dict[str, Any]]:
-    """Delete what ``purge_plan`` lists (absent objects are skipped); return what was removed."""
+    """Delete what ``purge_plan`` lists (absent objects are skipped); return what was removed,
+    as :meth:`PurgePlan.artefacts` records it.
+
+    Every object goes before any ``.dir`` manifest, in every store: an interrupted purge leaves
+    the manifests that lead a resumed one to what is left (the ledger does not name the objects
+    of plaintext images).
+    """
     removed = []
     by_name = {"dvc-" + s.name: s for s in setup.stores}
-    for art in purge_plan.objects:
+    for art in sorted(purge_plan.objects, key=lambda a: is_manifest(a["md5"])):
         store = by_name.get(art["store"])
         if store is None:
             continue
         if store.remove(art["md5"]):
-            removed.append(art)
+            removed.append(purge_plan.recorded(art))
     if setup.site_cache_dir is not None:
         needles = _needles(purge_plan.pid, purge_plan.targets)
         removed.extend(purge_site_cache(setup.site_cache_dir, needles))

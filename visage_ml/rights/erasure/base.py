@@ -13,10 +13,15 @@ A store module (``gallery``, ``vault``, ``raw``, ``dvc``, ``processed``, ``expor
   object names; empty once erased).
 
 An artefact is a dict ``{"store", "path", "sha256"[, "md5"]}``: the SHA-256 is taken before
-deletion, the path is project-relative where the file is inside the project. A file found only
-because it is the plaintext of an erased image (an MLflow copy, asked of the tombstone set) is
-recorded with ``"sha256": None`` and ``"content"`` saying so: its hash would lead anyone holding
-the photograph to the erased pid in the ledger.
+deletion, the path is project-relative where the file is inside the project. Plaintext images
+are recorded by their path alone, with ``"sha256": None`` and ``"content"`` saying why, since
+their hashes would lead anyone holding the photograph to the erased pid in the ledger and the
+certificate: a file found only because it is the plaintext of an erased image (an MLflow copy,
+asked of the tombstone set; ``content`` :data:`~visage_ml.rights.content_hashes.ERASED_IMAGE`),
+and a plaintext image the erasure removes itself (a PNG of a project not yet sealed in
+``data/raw``, its DVC objects; ``content``
+:data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`, no MD5, and a DVC object's path
+names the file it held, not the object). Their outcome is ``physically removed``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from visage_ml.config import Params, ProjectPaths
 from visage_ml.io import CHUNK, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights import dvc_objects
+from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 
 Artefact = dict[str, Any]
 
@@ -129,6 +135,11 @@ def file_artefact(ctx: Context, store: str, path: Path, *, md5: bool = False) ->
         return {"store": store, "path": ctx.rel(path), "sha256": sha256_file(path)}
     sha, digest = hash_pair(path)
     return {"store": store, "path": ctx.rel(path), "sha256": sha, "md5": digest}
+
+
+def withheld_artefact(ctx: Context, store: str, path: Path) -> Artefact:
+    """An artefact for plaintext image ``path`` of ``store``: its path, no hash."""
+    return {"store": store, "path": ctx.rel(path), "sha256": None, "content": PLAINTEXT_WITHHELD}
 
 
 def hash_pair(path: Path) -> tuple[str, str]:

@@ -4,13 +4,27 @@ versions naming the pid, purged by hash from the cache, every remote and the sit
 The machinery (finding, hashing and deleting objects) is :mod:`.dvc_objects`; this module plans
 with the MD5s of the files the raw step removed and records what was kept because the current
 data still references identical content.
+
+Each object is recorded with its store, path, md5 and SHA-256, except a plaintext image's (a PNG
+of a project not yet sealed): the raw step planned that file without its MD5, so its objects are
+found through the ``.dir`` manifests that list it under ``<pid>/`` (old manifests stay in the
+stores after the raw step's ``dvc add``) and recorded by the file they held, without md5, SHA-256
+or a path naming the object (``content``
+:data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`); the kept ones are counted
+(``kept_plaintext``), not named. A resumed run takes the other objects an interrupted one
+planned from the ledger and finds the plaintext ones again through the manifests, which the
+purge deletes last.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
+from visage_ml.data.rawstore import PLAIN_EXTS
 from visage_ml.rights import dvc_objects
+from visage_ml.rights.erasure import raw
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 
 log = logging.getLogger(__name__)
@@ -20,11 +34,32 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     """The subject's objects in every DVC store and site-cache rows; None outside DVC."""
     if not ctx.is_dvc:
         return None
-    known = [a["md5"] for a in ctx.planned.get("raw", []) if a.get("md5")]
-    purge_plan = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known)
-    return Plan(
-        purge_plan.artefacts(), {"kept_still_referenced": purge_plan.kept}, state=purge_plan
-    )
+    known, plain = known_md5s(ctx)
+    purge_plan = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known, plain_md5s=plain)
+    return Plan(purge_plan.artefacts(), _kept_info(purge_plan), state=purge_plan)
+
+
+def known_md5s(ctx: Context) -> tuple[list[str], dict[str, str]]:
+    """MD5s the raw step planned: of sealed files and tables, and (md5: file) of plaintext
+    images, which a raw plan of an earlier version named (this one does not)."""
+    known: list[str] = []
+    plain: dict[str, str] = {}
+    for a in ctx.planned.get(raw.STEP, []):
+        if not a.get("md5"):
+            continue
+        path = str(a.get("path", ""))
+        if Path(path).suffix.lower() in PLAIN_EXTS:
+            plain[str(a["md5"])] = path
+        else:
+            known.append(str(a["md5"]))
+    return known, plain
+
+
+def _kept_info(purge_plan: dvc_objects.PurgePlan) -> dict[str, Any]:
+    info: dict[str, Any] = {"kept_still_referenced": purge_plan.kept_named}
+    if purge_plan.kept_withheld:
+        info["kept_plaintext"] = purge_plan.kept_withheld
+    return info
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
@@ -53,7 +88,7 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         {
             "remotes": sorted(setup.remote_urls),
             "site_cache": str(setup.site_cache_dir) if setup.site_cache_dir else None,
-            "kept_still_referenced": purge_plan.kept,
+            **_kept_info(purge_plan),
         },
     )
 

@@ -6,7 +6,9 @@ subject's objects on the stack remote (the same finding as :mod:`.dvc`, so objec
 referenced by current data are kept alike), notes the volume needles that hold them, deletes
 the objects, waits until the volume server no longer serves those needles and compacts every
 volume holding deleted bytes (``/vol/vacuum``). ``verify`` reports any object still there and
-any deleted bytes still inside a volume file.
+any deleted bytes still inside a volume file. Objects are recorded as the dvc step records them
+(a plaintext image's without md5 or SHA-256) with their volume needles, and deleted before the
+``.dir`` manifests.
 
 An external S3 (``stack.mode: external``) gets the deletion through DVC's own step; compaction
 is the provider's, which this project cannot observe: the plan's info says so.
@@ -19,6 +21,7 @@ from typing import Any
 
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
+from visage_ml.rights.erasure.dvc import known_md5s
 from visage_ml.stack.manager import Stack
 from visage_ml.stack.proc import StackError
 
@@ -64,19 +67,23 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     seaweed = stack.seaweed()
     if not seaweed.running():
         raise StackError(NOT_RUNNING)
-    known = [a["md5"] for a in ctx.planned.get("raw", []) if a.get("md5")]
-    purge = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known)
+    known, plain = known_md5s(ctx)
+    purge = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known, plain_md5s=plain)
     names = {"dvc-" + s.name: s for s in stores}
     artefacts: list[Artefact] = []
     chunks: list[str] = []
+    # Every object to delete with what the ledger records of it (a plaintext image's without
+    # its md5: a resumed run finds it again through the manifests, deleted last).
+    objects: list[tuple[str, Artefact]] = []
     for art in purge.objects:
         store = names.get(art["store"])
         if store is None:
             continue
         ids = seaweed.chunk_ids(_key(store, art["md5"], seaweed.bucket))
         chunks.extend(ids)
-        artefacts.append({**art, "store": STORE, "needles": ids})
-    return Plan(artefacts, {"needles": len(chunks)}, state=(stores, chunks))
+        artefacts.append({**purge.recorded(art), "store": STORE, "needles": ids})
+        objects.append((art["md5"], artefacts[-1]))
+    return Plan(artefacts, {"needles": len(chunks)}, state=(stores, chunks, objects))
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
@@ -93,14 +100,16 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     if not seaweed.running():
         raise StackError(NOT_RUNNING)
     removed: list[Artefact] = []
-    needles: list[str] = []
     # ``planned`` is the whole step's plan (the dvc store's artefacts too): this store's own.
-    mine = [a for a in [*planned, *plan.artefacts] if a.get("store") == STORE and a.get("md5")]
-    for art in mine:
-        needles.extend(art.get("needles") or [])
+    mine = [a for a in [*planned, *plan.artefacts] if a.get("store") == STORE]
+    needles = [n for a in mine for n in a.get("needles") or []]
+    objects = {str(a["md5"]): a for a in mine if a.get("md5")}
+    objects.update(plan.state[2] if plan.state is not None else [])
+    # Manifests last, as in the dvc step: they lead a resumed run to what is left.
+    for oid in sorted(objects, key=dvc_objects.is_manifest):
         for store in stores:
-            if store.remove(art["md5"]):
-                removed.append(art)
+            if store.remove(oid):
+                removed.append(objects[oid])
     vacuum = seaweed.vacuum(wait_for=sorted(set(needles)))
     log.info(
         "stack S3: %d object(s) deleted, %d volume(s) compacted in %.2f s",
@@ -130,5 +139,5 @@ def verify(ctx: Context, pid: str) -> list[str]:
     except RuntimeError as exc:
         return [*left, str(exc)]
     names = {"dvc-" + s.name for s in stores}
-    left += [a["path"] for a in purge.objects if a["store"] in names]
+    left += [purge.recorded(a)["path"] for a in purge.objects if a["store"] in names]
     return left

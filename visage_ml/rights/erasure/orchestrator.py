@@ -39,11 +39,12 @@ certificate    ``erasure.completed`` (committing to the claims), a tree head, a 
 This module knows the request lifecycle, the step order and the ledger records; what each store
 holds of a subject and how it goes is in the store's module (:mod:`.base` says what each one
 provides). Each destructive step appends ``erasure.step`` with ``phase: planned`` (the artefacts
-its stores are about to remove, each with its SHA-256 taken before deletion and its ``outcome``:
-``key destroyed``, ``crypto-shredded`` or ``physically removed``), acts, then appends
-``erasure.step`` with ``phase: done``. A process killed anywhere (``kill -9``) leaves either
-nothing, or a plan the next run (``visage privacy resume``) completes; the certificate's claims
-are built from the ledger alone, so a resumed run certifies exactly what the first one planned.
+its stores are about to remove, each with its SHA-256 taken before deletion, a plaintext image's
+withheld (:mod:`.base`), and its ``outcome``: ``key destroyed``, ``crypto-shredded`` or
+``physically removed``), acts, then appends ``erasure.step`` with ``phase: done``. A process
+killed anywhere (``kill -9``) leaves either nothing, or a plan the next run (``visage privacy
+resume``) completes; the certificate's claims are built from the ledger alone, so a resumed run
+certifies exactly what the first one planned.
 
 Fault injection for tests: ``VISAGE_FAULT=erasure:<step>`` ends the process (``os._exit``)
 after the step acted and before it recorded ``done``; ``erasure:<step>:planned`` right after the
@@ -395,7 +396,15 @@ class Erasure:
         processed_with = sorted({d["md5"] for d in data_versions if d.get("kind") == "processed"})
         raw_info = info.get("raw", {})
         proc = info.get("processed", {})
-        kept = set((info.get("dvc") or {}).get("kept_still_referenced") or [])
+        dvc_info = info.get("dvc") or {}
+        kept = set(dvc_info.get("kept_still_referenced") or [])
+        dvc_claims = {
+            "remotes": dvc_info.get("remotes", []),
+            "kept_still_referenced": sorted(kept),
+        }
+        if dvc_info.get("kept_plaintext"):
+            # Plaintext images' objects kept alike: counted, their md5 withheld.
+            dvc_claims["kept_plaintext"] = dvc_info["kept_plaintext"]
         retained = sorted(
             {(a["md5"], a["sha256"]) for a in artefacts if a.get("md5") in kept and a.get("sha256")}
         )
@@ -424,10 +433,7 @@ class Erasure:
                 for s in STEPS[:-1]
                 if s in st.steps
             ],
-            "dvc": {
-                "remotes": (info.get("dvc") or {}).get("remotes", []),
-                "kept_still_referenced": sorted(kept),
-            },
+            "dvc": dvc_claims,
             # Content byte-identical to a removed file that the current data still holds under
             # another path (e.g. a duplicate photo filed under another subject): kept, because
             # DVC objects the workspace references are never purged, and declared here.

@@ -5,6 +5,13 @@ repository ``dvc add`` then records the new ``.dir`` md5, in this process and un
 lock. The MD5 of each removed file (DVC's object name) is planned with its SHA-256: the DVC step
 purges those objects.
 
+A plaintext image (``rawstore.PLAIN_EXTS``: a project not yet sealed by ``visage privacy seal``)
+is planned by its path alone (``"sha256": None``, ``content``
+:data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`, no MD5): its hashes are those of a
+photograph of the subject. Its SHA-256 goes to the tombstones instead (an import of it is
+refused, a copy elsewhere is still found), and the DVC step finds its objects through the
+``.dir`` manifests that list it.
+
 The LFW pairs protocol (``data/protocols/lfw_pairs.parquet``) names images of ``data/raw``: its
 rows naming the subject's images are removed in the same transaction, after the swap and before
 the lock is released (:meth:`RawTransaction.then`, where the import writes it), the table
@@ -19,9 +26,17 @@ from pathlib import Path
 
 from visage_ml import dvcops
 from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
-from visage_ml.data.rawstore import IMAGE_ID_RE, RawStore, read_images
+from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore, read_images
+from visage_ml.io import sha256_file
 from visage_ml.rights import dvc_objects
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
+from visage_ml.rights.erasure.base import (
+    Artefact,
+    Context,
+    Outcome,
+    Plan,
+    file_artefact,
+    withheld_artefact,
+)
 
 STORE = "data"
 STEP = "raw"  # the orchestrator's step this store belongs to (its plan holds the image ids)
@@ -60,24 +75,35 @@ def subject_image_ids(ctx: Context, pid: str, files: Iterable[Path] = ()) -> set
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """The subject's files and the tables naming them, each with SHA-256 and MD5.
+    """The subject's files and the tables naming them, each with SHA-256 and MD5, except
+    plaintext images (path only).
 
     A sealed image is named by its ciphertext alone. The SHA-256 of its PNG (as
     ``images.parquet`` records it), by which a plaintext copy elsewhere is found (an MLflow
     artefact), goes to the tombstones, not to the plan: anything the ledger and the
     certificate keep of it, even keyed, would let a photograph of the subject find the pid
-    (:mod:`visage_ml.rights.content_hashes`).
+    (:mod:`visage_ml.rights.content_hashes`). A plaintext image file is that photograph: it is
+    planned without any hash, and its SHA-256 goes to the tombstones too.
     """
     store = RawStore(ctx.paths, core=ctx.core, track=False)
     files = store.files_of(pid)
-    found = [file_artefact(ctx, STORE, f, md5=True) for f in files]
+    found: list[Artefact] = []
+    plain_files: list[str] = []
+    for f in files:
+        if f.suffix.lower() in PLAIN_EXTS:
+            plain_files.append(sha256_file(f))
+            found.append(withheld_artefact(ctx, STORE, f))
+        else:
+            found.append(file_artefact(ctx, STORE, f, md5=True))
     if lfw_pairs_naming(ctx.paths, subject_image_ids(ctx, pid, files)):
         found.append(file_artefact(ctx, STORE, lfw_pairs_file(ctx.paths), md5=True))
     images = read_images(ctx.paths.raw)
     plains = images.loc[images["pid"].astype(str) == pid, "sha256"].dropna().astype(str)
-    # The vault step's tombstone holds them already; one written by an earlier version (an
-    # erasure resumed since) did not: added now, while data/raw still names the images.
-    ctx.core.tombstones.add(pid, plains=list(plains))
+    # The vault step's tombstone holds the PNGs' already; one written by an earlier version (an
+    # erasure resumed since) did not: added now, while data/raw still names the images. A
+    # plaintext file is added as it is on disk (refused on import, found as a copy), whatever
+    # the table says of it.
+    ctx.core.tombstones.add(pid, sha256s=plain_files, plains=[*plains, *plain_files])
     before = tracked_md5(ctx)
     return Plan(found, {"raw_md5_before": before}, state=before)
 
