@@ -25,12 +25,22 @@ os.environ["VISAGE_WITNESS_DIR"] = tempfile.mkdtemp(prefix="visage-witness-")
 
 
 @pytest.fixture(autouse=True)
-def _own_witness(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Each test gets its own directory witness (the session's tiny pipeline was built with the
-    session's). A test that copies a project and extends the copy's ledger leaves a checkpoint
-    that makes the original look rolled back: what a witness must say of a copy that went its
-    own way (same ledger key, same log), and no business of the next test."""
-    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(tmp_path_factory.mktemp("witness")))
+def _own_witness(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Each test gets its own directory witness. A test that copies a project and extends the
+    copy's ledger leaves a checkpoint that makes the original look rolled back: what a witness
+    must say of a copy that went its own way (same ledger key, same log), and no business of
+    the next test. The tiny pipeline's ledger records its witness's key, which the open check
+    wants in the folder: a test using it gets a copy of that witness."""
+    folder = tmp_path_factory.mktemp("witness")
+    if "tiny_pipeline" in request.fixturenames:
+        pipeline = request.getfixturevalue("tiny_pipeline").root.parent / "witness"
+        if pipeline.is_dir():
+            shutil.copytree(pipeline, folder, dirs_exist_ok=True)
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(folder))
 
 
 @pytest.fixture
@@ -117,7 +127,8 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     write_overrides(root / "params.yaml", {**TINY, **PIPELINE})
     init_dvc_repo(root)
-    env = pipeline_env(root)
+    # Its own witness (the ledger records its key): `_own_witness` gives each test a copy.
+    env = {**pipeline_env(root), "VISAGE_WITNESS_DIR": str(root.parent / "witness")}
     bindir = Path(sys.executable).parent
     for cmd in ([str(bindir / "visage"), "data", "synth"], [str(bindir / "dvc"), "repro"]):
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)

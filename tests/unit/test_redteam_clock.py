@@ -48,9 +48,11 @@ def _entry_from_the_future(project, serve_witness, monkeypatch):
     _two_http_witnesses(proj, project, serve_witness)
     PrivacyCore(proj.paths).witnessing.checkpoint_and_witness()  # the witness set recorded
     ahead = SimClock(datetime.now(UTC) + timedelta(days=3650))
-    monkeypatch.setattr("visage_ml.privacy.ledger.utc_now", ahead.iso)
-    PrivacyCore(proj.paths).add_subject(source="test")  # the one entry from the future
-    monkeypatch.undo()  # the host's clock is right again
+    # Undone on leaving (the host's clock is right again); the test's other patches stay (its
+    # witness folder: the ledger records that witness's key).
+    with monkeypatch.context() as m:
+        m.setattr("visage_ml.privacy.ledger.utc_now", ahead.iso)
+        PrivacyCore(proj.paths).add_subject(source="test")  # the one entry from the future
     return proj, ahead.t
 
 

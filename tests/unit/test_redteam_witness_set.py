@@ -73,11 +73,6 @@ def still_refused(paths: ProjectPaths, victim: str) -> None:
     pytest.fail(f"the cut ledger opened; {victim} may be processed: {decision.allowed}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a ledger cut back to before its first witness.set records no witness: nothing "
-    "left on the operator's disk names the witness whose copy shows the cut",
-)
 def test_a_ledger_cut_to_just_before_its_first_witness_set_is_refused(later_withdrawal):
     paths, pids, first_seq, _ = later_withdrawal
     drop_witnesses(paths)
@@ -101,11 +96,6 @@ def test_an_unsigned_witness_set_naming_no_witness_is_refused(later_withdrawal):
     assert cli("privacy", "verify-ledger").exit_code == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with the ledger key a signed witness.set naming no witness is as good as a "
-    "real removal: only the latest record's departed witnesses are read",
-)
 def test_a_signed_witness_set_naming_no_witness_does_not_launder_a_cut(later_withdrawal):
     # With the ledger key (readable by whoever runs the project's processes): cut the later
     # withdrawal off and sign a witness.set of no witnesses onto what is left.
@@ -119,11 +109,36 @@ def test_a_signed_witness_set_naming_no_witness_does_not_launder_a_cut(later_wit
     still_refused(paths, pids[2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a directory witness is the same witness by its path as configured: `default` "
-    "under another $VISAGE_WITNESS_DIR is accepted although its key is not the recorded one",
-)
+def test_a_signed_witness_set_naming_no_witness_does_not_launder_a_cut_past_a_witness_elsewhere(
+    project, tmp_path, monkeypatch
+):
+    # The same with the only witness on another path (no default witness anywhere): its copy
+    # is read because an earlier record names it, not because params.yaml or the default does.
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(tmp_path / "no-default-witness"))
+    elsewhere = Witness.create(tmp_path / "mounted" / "witness")
+    write_overrides(
+        project / "params.yaml",
+        {"privacy.witness.witnesses": [{"kind": "directory", "path": str(elsewhere.root)}]},
+    )
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pid = core.add_subject(source="t")
+    core.give_consent(pid, receipt())
+    core.withdraw_consent(pid)
+    (withdrawal,) = [i for i, line in enumerate(lines_of(paths)) if b'"consent.withdrawn"' in line]
+    drop_witnesses(paths)
+    paths.ledger.write_bytes(b"".join(lines_of(paths)[:withdrawal]))
+    forget_checks()
+    ledger = PrivacyCore(paths, check=False).ledger
+    ledger.after_append = None
+    ledger.append(WITNESS_SET, None, {"witnesses": [], "quorum": 0, "reason": "decommissioned"})
+    forget_checks()
+    with pytest.raises(LedgerError, match=r"ledger (rollback|fork)") as info:
+        PrivacyCore(paths)
+    assert str(elsewhere.root) in str(info.value)
+    assert not (tmp_path / "no-default-witness").exists()
+
+
 def test_the_default_witness_pointed_elsewhere_does_not_launder_a_cut(
     later_withdrawal, tmp_path, monkeypatch
 ):

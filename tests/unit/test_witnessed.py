@@ -32,6 +32,7 @@ from visage_ml.privacy.witnessed import (
     WITNESS_SET,
     LedgerRollbackError,
     Witnessing,
+    WitnessSetError,
     WitnessUnavailableError,
     forget_checks,
 )
@@ -705,16 +706,29 @@ def test_a_project_without_witnesses_records_none_until_one_is_configured(projec
     assert witness_size(paths, witness_dir) == len(lines_of(paths)) > recorded["seq"]
 
 
-def test_a_copy_run_with_a_witness_of_its_own_keeps_working(withdrawn, tmp_path, monkeypatch):
-    """README: experiments run on a copy with `VISAGE_WITNESS_DIR=/tmp/w`. The default witness
-    is recorded as configured (`default`), so the copy's own witness stands in for it."""
+def test_a_copy_run_with_a_witness_of_its_own_takes_a_copy_of_the_witness(
+    withdrawn, witness_dir, tmp_path, monkeypatch
+):
+    """README: experiments run on a copy with `VISAGE_WITNESS_DIR=/tmp/w`. The ledger records
+    its witness's key, so an empty folder there is refused (it is how a cut would be laundered,
+    test_redteam_witness_set.py); a copy of the witness folder goes with the copy."""
     paths, pids = withdrawn
     copy = paths.root.parent / "experiment"
     shutil.copytree(paths.root, copy)
-    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(tmp_path / "experiment-witness"))
+    own = tmp_path / "experiment-witness"
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(own))
+    forget_checks()
+    with pytest.raises(WitnessSetError, match="VISAGE_WITNESS_DIR"):
+        PrivacyCore(ProjectPaths(copy))
+    assert not own.exists()  # the check made no witness there
+    shutil.copytree(witness_dir, own)
     forget_checks()
     PrivacyCore(ProjectPaths(copy)).restrict(pids[0])
     assert len(witness_sets(ProjectPaths(copy))) == 1
+    # The original's witness never saw the copy's entries: the original goes on.
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(witness_dir))
+    forget_checks()
+    assert PrivacyCore(paths).may_process(pids[0], "training").allowed
 
 
 def test_the_removal_command_does_not_launder_a_truncated_ledger(withdrawn, witness_dir):
@@ -753,3 +767,103 @@ def test_a_witness_that_cannot_be_reached_is_removed_on_the_record_untold(withdr
         == witnessed
     )
     assert PrivacyCore(paths).may_process(pids[1], "training").reason == "consent_withdrawn"
+
+
+# ---------------------------------------------------------------------------------------------
+# A recorded witness is its key; every witness ever recorded is read
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_witness_folder_moved_and_pointed_at_again_is_the_same_witness(
+    withdrawn, witness_dir, monkeypatch
+):
+    paths, pids = withdrawn
+    moved = witness_dir.parent.parent / "new-volume" / "witness"
+    moved.parent.mkdir()
+    witness_dir.rename(moved)
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(moved))
+    forget_checks()
+    core = PrivacyCore(paths)
+    assert core.may_process(pids[1], "training").reason == "consent_withdrawn"
+    core.restrict(pids[0])  # cosigned by the witness in its new folder
+    assert witness_size(paths, moved) == len(lines_of(paths))
+    assert len(witness_sets(paths)) == 1  # the same witness: nothing to record
+    assert not witness_dir.exists()
+
+
+@pytest.mark.parametrize("remade", ["empty", "another witness"])
+def test_a_default_witness_folder_deleted_and_made_again_is_refused(withdrawn, witness_dir, remade):
+    paths, pids = withdrawn
+    name = Witness(witness_dir).name
+    n = len(lines_of(paths))
+    shutil.rmtree(witness_dir)
+    if remade == "empty":
+        witness_dir.mkdir()
+    else:
+        Witness.create(witness_dir)
+    forget_checks()
+    with pytest.raises(WitnessSetError) as info:
+        PrivacyCore(paths)
+    msg = str(info.value)
+    assert f"witness {name} (the default directory witness" in msg and str(witness_dir) in msg
+    assert ("holds no witness" if remade == "empty" else "holds another witness") in msg
+    assert "point VISAGE_WITNESS_DIR" in msg and f"holding key {name}" in msg
+    assert f"visage privacy remove-witness {name} --reason" in msg
+    if remade == "empty":
+        assert list(witness_dir.iterdir()) == []  # compared as found: no key was made
+    result = cli("privacy", "restrict", pids[0])
+    assert result.exit_code == 2 and "point VISAGE_WITNESS_DIR" in result.output
+    assert len(lines_of(paths)) == n
+    # What the message offers: the new witness in that folder, on the record.
+    result = cli("privacy", "remove-witness", name, "--reason", "volume_lost")
+    assert result.exit_code == 0, result.output
+    *_, record = witness_sets(paths)
+    assert [w["vkey"] for w in record["payload"]["witnesses"]] == [
+        Witness(witness_dir).verifier.vkey
+    ]
+    forget_checks()
+    assert PrivacyCore(paths).may_process(pids[1], "training").reason == "consent_withdrawn"
+
+
+def test_a_witness_removed_on_the_record_is_still_read_and_later_opens_pass(withdrawn, witness_dir):
+    paths, pids = withdrawn
+    second = second_witness(paths.root)
+    forget_checks()
+    PrivacyCore(paths).restrict(pids[0])  # the second witness is recorded and cosigns
+    write_overrides(
+        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
+    )
+    forget_checks()
+    result = cli("privacy", "remove-witness", second.name, "--reason", "decommissioned")
+    assert result.exit_code == 0, result.output
+    origin = PrivacyCore(paths, check=False).witnessing.origin
+    let_go = second.log(origin).size
+    core = PrivacyCore(paths)
+    core.withdraw_consent(pids[2])
+    core.object(pids[0], ["identification"])
+    assert len(lines_of(paths)) > let_go
+    forget_checks()
+    assert not PrivacyCore(paths).may_process(pids[2], "training").allowed
+    # Its copy, a prefix of the ledger, is still read by the open check.
+    verify = cli("privacy", "verify-ledger", "--json")
+    assert verify.exit_code == 0, verify.output
+    checked = {c["source"]: c["size"] for c in json.loads(verify.output)["checkpoints"]}
+    assert checked[f"directory witness {second.root}"] == let_go
+
+
+def test_the_default_witness_is_read_but_never_made_by_the_open_check(
+    project, tmp_path, monkeypatch
+):
+    """A project without witnesses: the open check looks for the default directory witness
+    (a ledger cut back to before its first record names none), and makes nothing."""
+    write_overrides(project / "params.yaml", {"privacy.witness.witnesses": []})
+    nowhere = tmp_path / "no-witness-here"
+    monkeypatch.setenv("VISAGE_WITNESS_DIR", str(nowhere))
+    forget_checks()
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pid = core.add_subject(source="t")
+    core.withdraw_consent(pid)
+    forget_checks()
+    assert not PrivacyCore(paths).may_process(pid, "training").allowed
+    assert not nowhere.exists()

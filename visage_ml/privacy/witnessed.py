@@ -27,11 +27,24 @@ witnesses keep their own copy.
   ledger begins with it (:meth:`Witnessing.genesis_events`, so that no non-empty prefix lacks
   it); an older ledger gains it at its next checkpoint,
   and so does every checkpoint after params.yaml gained a witness or asks more cosignatures;
-  the checkpoint covers it, so the witnesses see it. The open check also reads the checkpoints
-  of the witnesses the ledger's latest record names, and refuses (:class:`WitnessSetError`)
-  while one of them is missing from params.yaml or the quorum there is lower: dropping a
-  witness, and with it the copy that shows a truncation, is a signed ledger event
-  (:meth:`Witnessing.remove`, ``visage privacy remove-witness``), never an edit of params.yaml.
+  the checkpoint covers it, so the witnesses see it. A recorded witness is its key: a directory
+  witness whose folder (``default``: ``$VISAGE_WITNESS_DIR``) holds no witness or another key
+  is not the recorded one (:meth:`RecordedWitness.same`). The open check refuses
+  (:class:`WitnessSetError`) while a witness of the ledger's latest record is missing from
+  params.yaml or not in its folder, or the quorum there is lower: dropping a witness, and with
+  it the copy that shows a truncation, is a signed ledger event (:meth:`Witnessing.remove`,
+  ``visage privacy remove-witness``), never an edit of params.yaml or of an environment
+  variable.
+- The open check reads the checkpoints of every witness it can reach that may hold one
+  (:meth:`Witnessing.readers`): the configured ones, every one any ``witness.set`` entry of the
+  ledger ever named (a signed record that drops them, or a cut back to before the record that
+  added them, does not stop their copies being read), and the default directory witness when
+  its folder exists (a ledger cut back to before its first record names none). What is left:
+  someone with the disk and the ledger key who also deletes, or replaces with an older copy,
+  every witness folder they can reach (or removes on the record a witness that cannot be
+  reached); for a ledger older than its first record, a cut to before it with the default
+  witness folder hidden needs no key. A witness on another host, whose copy an auditor compares
+  (``visage witness status``), remains the proof.
 """
 
 from __future__ import annotations
@@ -80,8 +93,10 @@ from visage_ml.privacy.ledger import (
     raw_key,
 )
 from visage_ml.privacy.witness import (
+    KEY_FILE,
     DirectoryWitness,
     HttpWitness,
+    Witness,
     WitnessClient,
     WitnessError,
     binding_text,
@@ -158,6 +173,22 @@ MSG_WITNESS_DROPPED = (
     "privacy.witness.witnesses. Without it a rollback of the ledger could go unnoticed, so "
     "nothing is processed: put it back, or remove it on the record with `visage privacy "
     "remove-witness {name} --reason CODE` (README, 'Witnesses')."
+)
+MSG_WITNESS_NOT_THERE = (
+    "witness {name} ({where}; recorded in the ledger at entry {seq}) is not in {folder}: "
+    "{found}. Without its checkpoints a rollback of the ledger could go unnoticed, so nothing "
+    "is processed: {fix}, or record the change with `visage privacy remove-witness {name} "
+    "--reason CODE` (README, 'Witnesses')."
+)
+FOUND_NO_WITNESS = "that folder holds no witness"
+FOUND_OTHER_WITNESS = "that folder holds another witness, {other}"
+FIX_DEFAULT_DIR = (
+    "point VISAGE_WITNESS_DIR (unset: ~/.local/share/visage-ml/witness) back at the folder "
+    "holding key {name}"
+)
+FIX_PATH = (
+    "put the folder holding key {name} back at {folder}, or set its path in params.yaml "
+    "privacy.witness.witnesses"
 )
 MSG_QUORUM_LOWERED = (
     "privacy.witness.quorum in params.yaml asks for {got} cosignature(s), fewer than the "
@@ -248,9 +279,11 @@ class RecordedWitness:
     """One witness as a ``witness.set`` entry records it.
 
     ``where`` is the path as configured in params.yaml (a directory witness: ``default`` stays
-    ``default``, so that a copy run with a witness of its own is still "the default witness")
-    or the URL (an http witness); ``vkey`` its cosignature key ("" for a directory witness whose
-    folder could not be read).
+    ``default``) or the URL (an http witness); ``vkey`` its cosignature key ("" for a directory
+    witness whose folder could not be read). A witness is its key: a directory witness is the
+    recorded one only while its folder, as found, holds the recorded key, so ``default``
+    pointed by ``$VISAGE_WITNESS_DIR`` at an empty folder, or at another witness, is a witness
+    gone (:meth:`same`).
     """
 
     kind: str
@@ -268,14 +301,16 @@ class RecordedWitness:
             return WitnessSpec(kind="http", url=self.where, key=self.vkey)
         return WitnessSpec(kind="directory", path=self.where)
 
-    def same(self, other: RecordedWitness) -> bool:
-        """The same witness: the same key, or for a directory witness the same path as
-        configured."""
-        if self.kind != other.kind:
+    def same(self, later: RecordedWitness) -> bool:
+        """Whether ``later`` (as configured now, or in a later record) is this recorded witness:
+        the same key; a directory witness recorded without one (its folder could not be read
+        then), the same path as configured. A directory witness configured at the same path
+        whose folder holds no key, or another one, is not."""
+        if self.kind != later.kind:
             return False
-        if self.kind == "directory" and self.where == other.where:
-            return True
-        return bool(self.vkey) and self.vkey == other.vkey
+        if self.vkey:
+            return self.vkey == later.vkey
+        return self.kind == "directory" and self.where == later.where
 
     def describe(self) -> str:
         if self.kind == "directory" and self.where == "default":
@@ -346,7 +381,7 @@ def witness_history(sets: Sequence[WitnessSet]) -> list[dict[str, Any]]:
                 "witnesses": [w.name for w in s.witnesses],
                 "quorum": s.quorum,
                 "needed": s.needed,
-                "added": [w.name for w in s.witnesses if not any(w.same(b) for b in before)],
+                "added": [w.name for w in s.witnesses if not any(b.same(w) for b in before)],
                 "removed": [b.name for b in before if not any(b.same(w) for w in s.witnesses)],
                 "reason": s.reason,
             }
@@ -798,25 +833,53 @@ class Witnessing:
         return WitnessTimes(said, fresh)
 
     # -- the open check ------------------------------------------------------------------------
+    def readers(self) -> list[WitnessClient]:
+        """Every witness whose copy of this log's checkpoints the open check reads.
+
+        The configured witnesses; every witness any ``witness.set`` entry of the ledger names
+        (one removed on the record, or dropped by a signed record no witness saw, still holds
+        the checkpoints it cosigned); and the default directory witness when its folder holds a
+        witness, named or not (a ledger cut back to before its first record names none). A
+        folder is read as found: nothing is created.
+        """
+        out = list(self.clients)
+        seen = {c.where for c in out}
+        recorded: set[RecordedWitness] = set()
+        for s in witness_sets(self.ledger.path):
+            recorded.update(s.witnesses)
+        extra: list[WitnessClient] = [
+            make_client(w.spec, timeout=self.params.timeout_seconds)
+            for w in sorted(recorded, key=lambda w: (w.kind, w.where, w.vkey))
+        ]
+        default = default_witness_dir()
+        if (default / KEY_FILE).exists():  # one stat when there is no default witness
+            extra.append(DirectoryWitness(default))
+        for client in extra:
+            if client.where not in seen:
+                seen.add(client.where)
+                out.append(client)
+        return out
+
     def candidates(self) -> list[tuple[str, bytes]]:
-        """``(where, note)`` of every checkpoint of this ledger that can be found now."""
+        """``(where, note)`` of every checkpoint of this ledger that can be found now (the
+        local one and those of :meth:`readers`)."""
         out: list[tuple[str, bytes]] = []
         local = self._local()
         if local is not None:
             out.append((str(self.latest_path), local))
-        # A witness the ledger records but params.yaml lacks is read too: its copy is what
-        # shows a ledger cut back after it was dropped (the set check refuses it anyway).
-        for client in [*self.clients, *self._clients_of(self.departed())]:
+        configured = {c.where for c in self.clients}
+        for client in self.readers():
             try:
-                note = self._latest_of(client)
+                note = self._latest_of(client, configured=client.where in configured)
             except (WitnessError, OSError) as exc:
+                # One that cannot be reached is skipped, as a volume lost with its witness is.
                 log.warning("%s: its latest checkpoint could not be read (%s)", client.where, exc)
                 continue
             if note is not None:
                 out.append((client.where, note))
         return out
 
-    def _latest_of(self, client: WitnessClient) -> bytes | None:
+    def _latest_of(self, client: WitnessClient, *, configured: bool = True) -> bytes | None:
         if isinstance(client, DirectoryWitness):
             return client.latest(self.origin)
         key = (client.where, self.origin)
@@ -825,7 +888,15 @@ class Witnessing:
             hit = _REMOTE.get(key)
         if hit is not None and now - hit[0] < REMOTE_TTL_SECONDS:
             return hit[1]
-        note = client.latest(self.origin)
+        try:
+            note = client.latest(self.origin)
+        except WitnessError:
+            if not configured:
+                # A witness no longer configured may be gone for good: its silence is
+                # remembered as long as its answer would be, so that opens do not each wait.
+                with _MEMO_LOCK:
+                    _REMOTE[key] = (now, None)
+            raise
         with _MEMO_LOCK:
             _REMOTE[key] = (now, note)
         return note
@@ -839,12 +910,14 @@ class Witnessing:
         Raises
         ------
         LedgerRollbackError
-            The ledger is shorter than a checkpoint its keys signed, its root at that size
+            The ledger is shorter than a checkpoint its keys signed that one of
+            :meth:`readers` (or ``privacy/checkpoints/latest``) holds, its root at that size
             differs, or a checkpoint is signed by a key not in its history.
         WitnessSetError
-            params.yaml lacks a witness the ledger's latest ``witness.set`` entry names, or
-            asks fewer cosignatures (that witness's copy is read first, so that a ledger cut
-            back after it was dropped is named as a rollback).
+            params.yaml lacks a witness the ledger's latest ``witness.set`` entry names, a
+            directory witness's folder holds no witness or another key than recorded, or
+            params.yaml asks fewer cosignatures (the witnesses' copies are read first, so that
+            a ledger cut back after one was dropped is named as a rollback).
         LedgerError
             ``privacy/ledger.pub`` is not a key of the ledger's history.
         """
@@ -878,7 +951,8 @@ class Witnessing:
         return out
 
     def departed(self, recorded: WitnessSet | None = None) -> list[RecordedWitness]:
-        """The witnesses the ledger's latest record names that params.yaml lacks."""
+        """The witnesses the ledger's latest record names that params.yaml lacks, or whose
+        folder (as found) holds no witness or another key (:meth:`RecordedWitness.same`)."""
         recorded = recorded or self.recorded()
         if recorded is None:
             return []
@@ -892,8 +966,10 @@ class Witnessing:
         return self.params.quorum or len(self.params.witnesses)
 
     def check_witness_set(self) -> None:
-        """Stop while params.yaml lacks a witness the ledger records or asks fewer
-        cosignatures than it records.
+        """Stop while params.yaml lacks a witness the ledger records, a recorded directory
+        witness is not in its folder (no witness there, or another key: ``default`` pointed
+        elsewhere by ``$VISAGE_WITNESS_DIR``, a folder deleted and made again), or params.yaml
+        asks fewer cosignatures than the ledger records.
 
         Raises
         ------
@@ -910,9 +986,23 @@ class Witnessing:
             raise self._quorum_lowered(recorded)
 
     def _dropped(self, witness: RecordedWitness, recorded: WitnessSet) -> WitnessSetError:
+        args = {"name": witness.name, "where": witness.describe(), "seq": recorded.seq}
+        still = witness.kind == "directory" and any(
+            s.kind == "directory" and s.path == witness.where for s in self.params.witnesses
+        )
+        if not still:
+            return WitnessSetError(MSG_WITNESS_DROPPED.format(**args))
+        # Still in params.yaml, but its folder (as found: nothing is created to compare) holds
+        # no witness or another one.
+        folder = witness_folder(witness.spec)
+        other = Witness.published_verifier(folder)
+        found = (
+            FOUND_OTHER_WITNESS.format(other=other.name) if other is not None else FOUND_NO_WITNESS
+        )
+        fix = FIX_DEFAULT_DIR if witness.where == "default" else FIX_PATH
         return WitnessSetError(
-            MSG_WITNESS_DROPPED.format(
-                name=witness.name, where=witness.describe(), seq=recorded.seq
+            MSG_WITNESS_NOT_THERE.format(
+                folder=folder, found=found, fix=fix.format(name=witness.name, folder=folder), **args
             )
         )
 
@@ -944,7 +1034,7 @@ class Witnessing:
         configured = self.configured(create=True)
         if (
             recorded is not None
-            and all(any(c.same(w) for w in recorded.witnesses) for c in configured)
+            and all(any(w.same(c) for w in recorded.witnesses) for c in configured)
             and self._needed() <= recorded.needed
         ):
             return
@@ -1082,7 +1172,7 @@ class Witnessing:
         hashes = self.ledger.leaf_hashes()
         n = len(hashes)
         roots: dict[int, bytes] = {}
-        witnesses = [c for c in (cl.cosigner() for cl in self.clients) if c is not None]
+        witnesses = [c for c in (cl.cosigner() for cl in self.readers()) if c is not None]
         local = str(self.latest_path)
         # Largest first; at equal size a witness's copy is named rather than our own.
         for source, _data, cp, note in sorted(parsed, key=lambda p: (-p[2].size, p[0] == local)):

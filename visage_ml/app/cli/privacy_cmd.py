@@ -411,10 +411,12 @@ def remove_witness(
 
     The ledger records its witnesses and quorum (a witness.set entry); while params.yaml
     (privacy.witness) lacks one of them or asks fewer cosignatures, every process refuses the
-    ledger. Take the witness out of params.yaml (or lower the quorum there), then run this: it
-    appends a witness.set entry as params.yaml now has it, witnessed by the remaining witnesses
-    and, when reachable, by the ones let go, so that they learn it. `visage privacy
-    verify-ledger` shows every change. Exit code 2 when too few witnesses cosigned.
+    ledger, as it does while a recorded directory witness's folder holds no witness or another
+    key. Take the witness out of params.yaml (or lower the quorum there; a folder that lost its
+    witness stays), then run this: it appends a witness.set entry as params.yaml now has it (a
+    new witness in that folder included), witnessed by the remaining witnesses and, when
+    reachable, by the ones let go, so that they learn it. `visage privacy verify-ledger` shows
+    every change. Exit code 2 when too few witnesses cosigned.
     """
     with user_errors():
         check_code(reason, "the reason")
