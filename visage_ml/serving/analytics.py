@@ -19,8 +19,10 @@ Only closed windows are released; a frame's answer carries no counts. Release ru
 - k-suppression: a cell whose (noisy) count is below ``k_min`` is released as the string
   ``"suppressed"``, not as a number. Suppression looks at the noisy value, so that whether a cell
   is suppressed does not itself reveal the exact count;
-- complementary suppression: further cells (and, if need be, the total) are withheld until no
-  suppressed cell can be worked out from the released ones (the total minus the others).
+- complementary suppression: further cells of a dimension (the smallest released one, or all)
+  are withheld so that, even to someone who knows the rule, no suppressed cell is known to
+  hold nobody or to hold someone. The total is shown when it reaches ``k_min``; below it
+  nothing is.
 
 A closed window is released once and kept (``keep_windows``); asking again returns the same
 numbers, so averaging repeated answers cannot remove the noise.
@@ -147,7 +149,7 @@ def release(
 
     Noise is one OpenDP draw over every cell, charged to ``budget``
     (:func:`~visage_ml.serving.disclosure.noised_table`); after k-suppression, complementary
-    suppression withholds what a suppressed cell could be worked out from
+    suppression withholds what would tell whether a suppressed cell holds anyone
     (:func:`~visage_ml.serving.disclosure.complementary_suppression`).
 
     With ``confusion``, also ``corrected``: per dimension, each cell's count corrected for the

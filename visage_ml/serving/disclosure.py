@@ -15,11 +15,13 @@ module makes sure that table reveals no cell below ``k_min``:
   memory for the open window only and are dropped when it closes: nothing per face is kept
   beyond the window, nothing is written.
 - **Complementary suppression** (:func:`complementary_suppression`). Each dimension (age band,
-  gender, group) partitions the same faces, so a suppressed cell is the total minus the
-  released cells of its dimension. After k-suppression, more cells (the smallest released
-  ones) and, if needed, the total are suppressed until, with the constraints an attacker knows
-  (every count >= 0, a suppressed cell < k, every dimension sums to the total), no suppressed
-  cell has a single possible value.
+  gender, group) partitions the same faces, so its suppressed cells together hold the total
+  minus its released cells. After k-suppression, a dimension's cells under k stay hidden on
+  their own, or with the smallest released cell, or the whole dimension is hidden, by a rule
+  that looks only at what is released: someone who knows the rule and the release still finds,
+  for every hidden cell, windows released the same in which it holds nobody and in which it
+  holds someone. (Checking only that no hidden cell has a single possible value was not
+  enough: where such a search stopped told which cells were empty.)
 - **Differential privacy through OpenDP** (:func:`noisy_counts`). With ``epsilon`` > 0 every
   cell of a window's table is released with discrete Laplace noise from one OpenDP
   measurement over the whole vector, drawn once when the window closes (asking again returns
@@ -128,80 +130,84 @@ class FaceDeduper:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pinned(
-    out: Mapping[str, Any], dims: Sequence[str], k_min: int, secondary: set[str]
-) -> str | None:
-    """A dimension in which some suppressed cell has only one possible value, if any.
+def _alone_deniable(hidden: int, hidden_sum: float, k_min: int) -> bool:
+    """Cells under k hidden on their own keep each one deniable: two or more, holding together
+    at least one face and at most what all but one of them can (``k_min - 1`` each). Then every
+    hidden cell may hold nobody, and may hold someone, in a window released the same."""
+    return hidden >= 2 and 1 <= hidden_sum <= (hidden - 1) * (k_min - 1)
 
-    The attacker is assumed to know which cells were suppressed for being under k (each then
-    at most ``k_min - 1``) and which only to protect others (``secondary``: any size), which
-    is more than a release tells: what holds against them holds against anyone.
-    """
-    inf = float("inf")
-    cap = float(k_min - 1)
 
-    def caps(d: str) -> list[float]:
-        return [
-            inf if f"{d}.{n}" in secondary else cap for n, v in out[d].items() if v == SUPPRESSED
-        ]
+def _partner_deniable(hidden: int, hidden_sum: float, shown: Sequence[float], k_min: int) -> bool:
+    """The cells under k and the smallest released one, ``hidden`` cells holding ``hidden_sum``
+    together, keep each deniable: for each, windows released the same have it empty and not.
 
-    total = out["faces"]
-    if total != SUPPRESSED:
-        t_lo = t_hi = float(total)
-    else:
-        t_lo, t_hi = 0.0, inf if "faces" in secondary else cap
-    for d in dims:
-        released = sum(v for v in out[d].values() if v != SUPPRESSED)
-        t_lo, t_hi = max(t_lo, released), min(t_hi, released + sum(caps(d)))
-    for d in dims:
-        cs = caps(d)
-        if not cs:
-            continue
-        released = sum(v for v in out[d].values() if v != SUPPRESSED)
-        s_lo, s_hi = max(t_lo - released, 0.0), min(t_hi - released, sum(cs))
-        for c in cs:
-            others = sum(cs) - c
-            lo = max(0.0, s_lo - others)
-            hi = min(c, s_hi)
-            if hi - lo < 1.0:
-                return d
-    return None
+    Empty: the other cells under k empty too, the one taken holding the whole sum, which is
+    then under every cell still ``shown`` (the one taken was the smallest). One face: the other
+    cells under k at ``k_min - 1`` each (too many to stay hidden alone), the one taken holding
+    the rest, at least ``k_min``; so the sum is at least ``k_min + 1 + (hidden - 2) *
+    (k_min - 1)``."""
+    return bool(shown) and k_min + 1 + max(hidden - 2, 0) * (k_min - 1) <= hidden_sum < min(shown)
+
+
+def _withheld(cells: Mapping[str, Any], *, total: float, k_min: int) -> list[str]:
+    """The released cells of one dimension to withhold beside its cells under k (see
+    :func:`complementary_suppression`)."""
+    small = sum(v == SUPPRESSED for v in cells.values())
+    if not small:
+        return []
+    shown = sorted((v, n) for n, v in cells.items() if v != SUPPRESSED)
+    hidden_sum = total - sum(v for v, _ in shown)
+    if _alone_deniable(small, hidden_sum, k_min):
+        return []
+    if shown and _partner_deniable(
+        small + 1, hidden_sum + shown[0][0], [v for v, _ in shown[1:]], k_min
+    ):
+        return [shown[0][1]]
+    return [n for _, n in shown]
 
 
 def complementary_suppression(out: dict[str, Any], *, dims: Sequence[str], k_min: int) -> list[str]:
-    """Suppress more of ``out`` (in place) until no suppressed cell can be worked out.
+    """Suppress more of ``out`` (in place) so that no hidden cell can be told empty or not.
 
     ``out`` is a released table: ``faces`` and, per dimension in ``dims``, cells as numbers or
-    :data:`SUPPRESSED` (k-suppression done). Each round withholds the smallest released cell of
-    a dimension in which a suppressed cell has one possible value given the total and the
-    released cells (or the total, when that dimension has nothing left to withhold). Returns the
-    cells suppressed here (``dim.cell`` or ``faces``).
+    :data:`SUPPRESSED` (k-suppression done). The hidden cells of a dimension hold the total
+    less its released cells, so their sum is public; the rule is public too. It is made so that
+    someone who knows both still finds, for every hidden cell, a window released exactly the
+    same in which it holds nobody and one in which it holds someone:
+
+    - the total is shown when it reaches ``k_min``; otherwise every cell is under k and nothing
+      is shown. Each dimension is then withheld from its own cells and the total alone, so the
+      dimensions tell nothing about each other's hidden cells;
+    - a dimension's cells under k stay hidden on their own when there are two or more and they
+      hold between 1 and ``(n - 1) * (k_min - 1)`` faces (:func:`_alone_deniable`): three
+      cells under k = 5 holding 9 would each hold at least 1;
+    - otherwise the smallest released cell is hidden with them when their sum is still under
+      every cell shown (:func:`_partner_deniable`): with ``<18`` empty, ``18-29`` is hidden
+      beside it. Were the sum larger, the attacker would know which cell was taken, and how
+      much the others hold;
+    - otherwise the whole dimension is hidden.
+
+    The conditions look only at what is released (the count of hidden cells, their sum, the
+    cells shown), so meeting them tells nothing. Withholding more until no hidden cell has a
+    single possible value (the rule before this one) was not enough: where such a search stops
+    is itself a clue, and it told empty cells apart (the "minimality attack";
+    ``tests/unit/test_redteam_analytics.py``). Returns the cells suppressed here
+    (``dim.cell``).
     """
-    added: set[str] = set()
-    order: list[str] = []
+    added: list[str] = []
     if k_min <= 1:  # a cell suppressed under k = 1 is 0 whatever else is released
-        return order
-    for _ in range(1 + sum(len(out[d]) for d in dims)):
-        d = _pinned(out, dims, k_min, added)
-        if d is None:
-            break
-        released = sorted((v, n) for n, v in out[d].items() if v != SUPPRESSED)
-        if released:
-            name = f"{d}.{released[0][1]}"
-            out[d][released[0][1]] = SUPPRESSED
-        elif out["faces"] != SUPPRESSED:
-            name = "faces"
-            out["faces"] = SUPPRESSED
+        return added
+    total = out["faces"]
+    for d in dims:
+        if total == SUPPRESSED:
+            # Only under noise can a cell reach k in a window whose total does not.
+            names = [n for n, v in out[d].items() if v != SUPPRESSED]
         else:
-            rest = sorted((v, dd, n) for dd in dims for n, v in out[dd].items() if v != SUPPRESSED)
-            if not rest:
-                break
-            _, dd, n = rest[0]
-            name = f"{dd}.{n}"
-            out[dd][n] = SUPPRESSED
-        added.add(name)
-        order.append(name)
-    return order
+            names = _withheld(out[d], total=float(total), k_min=k_min)
+        for n in names:
+            out[d][n] = SUPPRESSED
+            added.append(f"{d}.{n}")
+    return added
 
 
 def reconstructable(out: Mapping[str, Any], *, dims: Sequence[str]) -> list[str]:
