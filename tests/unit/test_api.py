@@ -334,7 +334,7 @@ def test_rights_on_an_erased_subject_are_refused(enrolled):
     [
         ("POST", "/v1/identify", {"operator"}),
         ("POST", "/v1/analytics", {"operator"}),
-        ("GET", "/v1/analytics/windows", {"operator"}),
+        ("GET", "/v1/analytics/windows", {"dpo", "auditor"}),
         ("POST", "/v1/subjects/{pid}/restrict", {"dpo"}),
         ("POST", "/v1/subjects/{pid}/consent/withdraw", {"dpo"}),
         ("GET", "/v1/subjects/{pid}", {"dpo", "auditor"}),
@@ -368,7 +368,7 @@ ROUTE_ROLES = {
     ("POST", "/v1/verify"): {"operator", "dpo", "auditor"},
     ("POST", "/v1/enroll"): {"operator", "dpo"},
     ("POST", "/v1/analytics"): {"operator"},
-    ("GET", "/v1/analytics/windows"): {"operator"},
+    ("GET", "/v1/analytics/windows"): {"dpo", "auditor"},
     ("GET", "/v1/subjects/{pid}"): {"dpo", "auditor"},
     **{
         ("POST", f"/v1/subjects/{{pid}}/{action}"): {"dpo"}
@@ -807,7 +807,7 @@ def test_analytics_counts_a_frame_into_its_window_and_returns_no_identity(enroll
     assert r.status_code == 200, r.text
     assert r.json()["counts"] is None  # a frame's answer releases nothing
     now[0] += s.params.serving.analytics.window_seconds
-    w = s.call("GET", "/v1/analytics/windows", "operator")
+    w = s.call("GET", "/v1/analytics/windows", "auditor")
     assert w.status_code == 200, w.text
     counts = w.json()["windows"][-1]["counts"]
     k = s.params.serving.analytics.k_min

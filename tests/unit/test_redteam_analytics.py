@@ -1,7 +1,8 @@
-"""Red team on the analytics release: a client with an operator key (the key that reads
-``GET /v1/analytics/windows``) who has read the release rule (the code is public) and wants to
-learn whether one person was in front of the camera in a window: "was the one person of group
-g4 there at 10:03?". A cell under ``k_min`` must not tell whether it holds nobody or somebody.
+"""Red team on the analytics release: a client with a key that reads
+``GET /v1/analytics/windows`` (dpo or auditor) who has read the release rule (the code is
+public) and wants to learn whether one person was in front of the camera in a window: "was the
+one person of group g4 there at 10:03?". A cell under ``k_min`` must not tell whether it holds
+nobody or somebody.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import collections
 import itertools
 
 import pytest
-from serving_fakes import fake_engine, make_world, scene
+from serving_fakes import fake_engine, make_world, png_b64, scene
+from test_api import Served
 
 from visage_ml.serving.analytics import SUPPRESSED, Analytics, CountTable, release
 from visage_ml.serving.disclosure import complementary_suppression
@@ -130,10 +132,11 @@ def world(project):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="an operator key both feeds frames into the window and reads it: with k - 1 faces of "
-    "its own in the victim's cell, whether the cell is shown is whether the victim was seen. "
-    "k-suppression cannot stop this; it needs a design decision (windows per feeding key or "
-    "camera, a read-only analytics role, or noise on by default: epsilon > 0 bounds it)",
+    reason="a reader who can also put faces into the window (a colluding operator key, or k - 1 "
+    "people walked past the camera) makes the victim's cell k exactly when the victim was seen. "
+    "k-suppression cannot stop this: the operator key that feeds frames no longer reads the "
+    "windows (test_the_key_that_feeds_frames_cannot_read_the_windows); only noise "
+    "(serving.analytics.epsilon > 0) bounds what the rest tells",
 )
 def test_faces_fed_by_the_reader_do_not_tell_whether_the_victim_was_seen(world):
     people = list(world.people.values())
@@ -154,3 +157,21 @@ def test_faces_fed_by_the_reader_do_not_tell_whether_the_victim_was_seen(world):
     seen, unseen = counts(True), counts(False)
     assert seen["faces"] == 25 and seen["group"]["g4"] == K  # the victim made it k
     assert seen["group"] == unseen["group"], (seen["group"], unseen["group"])
+
+
+def test_the_key_that_feeds_frames_cannot_read_the_windows(project):
+    # The operator key posts frames; were it to read the windows it would mount the attack
+    # above alone (its own k - 1 faces of the victim's group in the window).
+    s = Served(project)
+    frame = scene([s.world.photo(p)[0] for p in list(s.world.people)[:3]], cols=3)
+    assert (
+        s.call("POST", "/v1/analytics", "operator", json={"image": png_b64(frame)}).status_code
+        == 200
+    )
+    r = s.call("GET", "/v1/analytics/windows", "operator")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    for role in ("dpo", "auditor"):
+        assert s.call("GET", "/v1/analytics/windows", role).status_code == 200
+        assert (
+            s.call("POST", "/v1/analytics", role, json={"image": png_b64(frame)}).status_code == 403
+        )

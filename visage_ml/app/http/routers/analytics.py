@@ -1,4 +1,9 @@
-"""Analytics routes for operators: demographic counts of a frame, closed aggregation windows."""
+"""Analytics routes: an operator's frames counted into the current window; the closed windows
+for a dpo or auditor key.
+
+The key that feeds frames does not read the windows: with ``k_min`` - 1 faces of its own in a
+person's cell, whether that cell is shown would tell whether the person was seen.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from fastapi import APIRouter, Request
 from visage_ml.app.http.auth import ApiKey
 from visage_ml.app.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
 from visage_ml.app.http.schemas import AnalyticsRequest, AnalyticsResponse, WindowsResponse
-from visage_ml.app.http.service import OPERATOR_KEY, SERVICE, Service
+from visage_ml.app.http.service import OPERATOR_KEY, READER_KEY, SERVICE, Service
 
 router = APIRouter(tags=["analytics"])
 
@@ -38,6 +43,7 @@ def analytics(
     response_model=WindowsResponse,
     responses=error_responses(*AUTH_ERRORS, 422),
 )
-def analytics_windows(_: ApiKey = OPERATOR_KEY, svc: Service = SERVICE) -> dict[str, Any]:
-    """Closed aggregation windows, oldest first (each released once)."""
+def analytics_windows(_: ApiKey = READER_KEY, svc: Service = SERVICE) -> dict[str, Any]:
+    """Closed aggregation windows, oldest first (each released once); a dpo or auditor key, not
+    the operator's that feeds the frames."""
     return {"windows": svc.analytics.windows()}
