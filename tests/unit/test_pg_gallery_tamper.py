@@ -368,6 +368,19 @@ def _revocations(dsn: str, table: str) -> dict[str, str]:
         return dict(conn.execute(query).fetchall())
 
 
+def test_a_revocation_written_into_the_table_does_not_make_a_subject_look_unsearchable(
+    world, enrolled, stack_postgres, table
+):
+    """`GET /v1/subjects/{pid}` (status) read the revoked table as it found it: a planted entry
+    showed a consenting subject as not searchable to the dpo until some search repaired it."""
+    gallery, pids = enrolled
+    victim = pids[0]
+    _fake_revocation(stack_postgres.dsn, table, victim, "erased")
+    assert gallery.status(victim)["searchable"] is True
+    assert _revocations(stack_postgres.dsn, table) == {}
+    assert gallery.stats()["revoked_removed"] == 1
+
+
 def test_a_revocation_written_into_the_table_neither_hides_a_consenting_subject_nor_lowers_n(
     world, engine, enrolled, stack_postgres, table, caplog
 ):

@@ -1880,6 +1880,13 @@ class PgGallery(Gallery):
         with self.lock:
             self.refresh()
             version, searchable = self._row_state(pid)
+            if searchable is None and version == self.meta.model_version:
+                # Revoked: by the registry, or by an entry written into the table that it does
+                # not back (put right first, as a search would, so that the answer is the
+                # registry's and not the table's).
+                self._suspect.add(pid)
+                self._repair_revocations()
+                version, searchable = self._row_state(pid)
             usable = searchable is not None and self._bound_now(pid)
         return {
             "enrolled": version is not None,
