@@ -51,7 +51,8 @@ def register_gauges(svc: Service) -> None:
     "/healthz",
     name="health",
     response_model=HealthResponse,
-    responses=error_responses(422),
+    # 401 / 429 only for a key presented and refused (no key: never).
+    responses=error_responses(401, 429, 422),
 )
 def health(key: ApiKey | None = OPTIONAL_KEY, svc: Service = SERVICE) -> dict[str, Any]:
     """Liveness: the server answers and its models are loaded (no authentication).
