@@ -651,7 +651,13 @@ class WitnessClient(Protocol):
 
 
 class DirectoryWitness:
-    """A witness in a folder, used in-process (created with its key on first use)."""
+    """A witness in a folder, used in-process (created with its key on first use).
+
+    What it has cosigned (:meth:`latest`, :meth:`known_size`, :meth:`bound`) is read from the
+    folder as found, whether or not its key files are there: a folder stripped of
+    ``witness.key`` still holds the checkpoints that show a ledger cut back. Reading creates
+    nothing; a missing file reads as nothing cosigned.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser()
@@ -672,8 +678,6 @@ class DirectoryWitness:
         return Witness.published_verifier(self.root)
 
     def known_size(self, origin: str) -> int | None:
-        if not (self.root / KEY_FILE).exists():
-            return None
         state = Witness(self.root).log(origin)
         return state.size if state is not None else None
 
@@ -681,8 +685,6 @@ class DirectoryWitness:
         return self.witness.add_checkpoint(old_size, proof, note)
 
     def latest(self, origin: str) -> bytes | None:
-        if not (self.root / KEY_FILE).exists():
-            return None
         return Witness(self.root).latest(origin)
 
     def rotate_log_key(
@@ -700,8 +702,6 @@ class DirectoryWitness:
         return self.witness.bind(note)
 
     def bound(self, project: str) -> str | None:
-        if not (self.root / KEY_FILE).exists():
-            return None
         return Witness(self.root).bound(project)
 
 

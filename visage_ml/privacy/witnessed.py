@@ -43,8 +43,10 @@ witnesses keep their own copy.
   someone with the disk and the ledger key who also deletes, or replaces with an older copy,
   every witness folder they can reach (or removes on the record a witness that cannot be
   reached); for a ledger older than its first record, a cut to before it with the default
-  witness folder hidden needs no key. A witness on another host, whose copy an auditor compares
-  (``visage witness status``), remains the proof.
+  witness folder hidden needs no key, and neither does a cut past a directory witness whose
+  state for this log (``logs/<hash>/state.json``) is deleted or garbled while its key files
+  stay (read as having cosigned nothing, or skipped). A witness on another host, whose copy an
+  auditor compares (``visage witness status``), remains the proof.
 """
 
 from __future__ import annotations
@@ -93,7 +95,6 @@ from visage_ml.privacy.ledger import (
     raw_key,
 )
 from visage_ml.privacy.witness import (
-    KEY_FILE,
     DirectoryWitness,
     HttpWitness,
     Witness,
@@ -838,9 +839,9 @@ class Witnessing:
 
         The configured witnesses; every witness any ``witness.set`` entry of the ledger names
         (one removed on the record, or dropped by a signed record no witness saw, still holds
-        the checkpoints it cosigned); and the default directory witness when its folder holds a
-        witness, named or not (a ledger cut back to before its first record names none). A
-        folder is read as found: nothing is created.
+        the checkpoints it cosigned); and the default directory witness when its folder exists,
+        named or not (a ledger cut back to before its first record names none), with or without
+        its key files. A folder is read as found: nothing is created.
         """
         out = list(self.clients)
         seen = {c.where for c in out}
@@ -852,7 +853,9 @@ class Witnessing:
             for w in sorted(recorded, key=lambda w: (w.kind, w.where, w.vkey))
         ]
         default = default_witness_dir()
-        if (default / KEY_FILE).exists():  # one stat when there is no default witness
+        # Its folder, not its key, decides (one stat when there is none): a folder stripped of
+        # its key files still holds the checkpoints it cosigned.
+        if default.is_dir():
             extra.append(DirectoryWitness(default))
         for client in extra:
             if client.where not in seen:

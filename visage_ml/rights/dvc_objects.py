@@ -31,7 +31,9 @@ What is recorded (:meth:`PurgePlan.artefacts`): each object with its store, path
 SHA-256, except the objects of plaintext images (a manifest lists them under ``<pid>/`` with a
 name that is not sealed, ``.png`` of a project not yet sealed; or the caller knows their md5):
 their md5 and SHA-256 are those of a photograph of the subject, so they are recorded by the file
-they held (``"path": "<relpath> (DVC object)"``, ``"sha256": None``, ``content``
+they held (``"path": "<relpath> (DVC object)"``, or ``"<relpath> (DVC object i of n)"`` when
+manifests list ``n`` versions of that file, so that each object removed is certified once;
+``"sha256": None``, ``content``
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`) and counted, not named, among the
 objects kept because still referenced. A resumed erasure cannot take those objects from the
 ledger, so :func:`execute` deletes every other object before any ``.dir`` manifest, in every
@@ -366,13 +368,21 @@ class PurgePlan:
     plain: dict[str, str] = field(default_factory=dict)
 
     def recorded(self, art: dict[str, Any]) -> dict[str, Any]:
-        """Object ``art`` as the ledger may hold it: a plaintext image's without its names."""
-        held = self.plain.get(str(art.get("md5")))
+        """Object ``art`` as the ledger may hold it: a plaintext image's without its names.
+
+        Its path is the file it held; where manifests list several versions of that file, it
+        also says which (``i of n``, in md5 order), so that no two objects removed are recorded
+        alike (artefacts are merged by store, path and SHA-256).
+        """
+        md5 = str(art.get("md5"))
+        held = self.plain.get(md5)
         if held is None:
             return art
+        versions = sorted(m for m, f in self.plain.items() if f == held)
+        which = f" {versions.index(md5) + 1} of {len(versions)}" if len(versions) > 1 else ""
         return {
             "store": art["store"],
-            "path": f"{held} (DVC object)",
+            "path": f"{held} (DVC object{which})",
             "sha256": None,
             "content": PLAINTEXT_WITHHELD,
         }

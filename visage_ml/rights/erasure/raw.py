@@ -5,8 +5,9 @@ repository ``dvc add`` then records the new ``.dir`` md5, in this process and un
 lock. The MD5 of each removed file (DVC's object name) is planned with its SHA-256: the DVC step
 purges those objects.
 
-A plaintext image (``rawstore.PLAIN_EXTS``: a project not yet sealed by ``visage privacy seal``)
-is planned by its path alone (``"sha256": None``, ``content``
+A file in clear in the subject's folder (any but a sealed ``.sealed`` one: a PNG of a project
+not yet sealed by ``visage privacy seal``, ``rawstore.PLAIN_EXTS``, or a copy under another
+name, as the DVC step takes them) is planned by its path alone (``"sha256": None``, ``content``
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`, no MD5): its hashes are those of a
 photograph of the subject. Its SHA-256 goes to the tombstones instead (an import of it is
 refused, a copy elsewhere is still found), and the DVC step finds its objects through the
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from visage_ml import dvcops
 from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
-from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore, read_images
+from visage_ml.data.rawstore import IMAGE_EXT, IMAGE_ID_RE, RawStore, read_images
 from visage_ml.io import sha256_file
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import (
@@ -82,15 +83,18 @@ def plan(ctx: Context, pid: str) -> Plan:
     ``images.parquet`` records it), by which a plaintext copy elsewhere is found (an MLflow
     artefact), goes to the tombstones, not to the plan: anything the ledger and the
     certificate keep of it, even keyed, would let a photograph of the subject find the pid
-    (:mod:`visage_ml.rights.content_hashes`). A plaintext image file is that photograph: it is
-    planned without any hash, and its SHA-256 goes to the tombstones too.
+    (:mod:`visage_ml.rights.content_hashes`). A file in clear in the subject's folder
+    (whatever its extension) is that photograph: it is planned without any hash, and its
+    SHA-256 goes to the tombstones too.
     """
     store = RawStore(ctx.paths, core=ctx.core, track=False)
     files = store.files_of(pid)
+    folder = ctx.paths.raw / pid
     found: list[Artefact] = []
     plain_files: list[str] = []
     for f in files:
-        if f.suffix.lower() in PLAIN_EXTS:
+        # Whatever is not sealed there, as dvc_objects.is_plaintext_entry takes its objects.
+        if folder in f.parents and not f.name.endswith(IMAGE_EXT):
             plain_files.append(sha256_file(f))
             found.append(withheld_artefact(ctx, STORE, f))
         else:
