@@ -1,6 +1,7 @@
 """Stage prepare on a tiny SynthFaces set: consent filtering, outputs, DVC staleness."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,8 @@ def test_dvc_repro_prepare_then_consent_change_makes_it_stale(tiny_project):
         "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
         "DVC_NO_ANALYTICS": "1",
         "HOME": str(root),
+        # The witness the ledger records (its key): the test's, not one under this HOME.
+        "VISAGE_WITNESS_DIR": os.environ["VISAGE_WITNESS_DIR"],
     }
 
     def run(*args):
