@@ -8,6 +8,7 @@ users, and needs a design decision (see its reason).
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -140,14 +141,6 @@ def test_a_witness_state_file_deleted_or_garbled_does_not_hide_its_checkpoint(
     still_refused(paths, pids[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every witness any witness.set names is read on each process's first open, one "
-    "removed on the record included: an http witness decommissioned that now hangs costs every "
-    "CLI command and stage privacy.witness.timeout_seconds (10 s by default) for good. Needs a "
-    "design decision: stop reading a removed witness once the remaining quorum cosigned past "
-    "its removal, or remember its silence on disk",
-)
 def test_a_witness_removed_on_the_record_that_now_hangs_does_not_slow_every_open(
     project,
     witness_dir,  # noqa: F811
@@ -192,5 +185,11 @@ def test_a_witness_removed_on_the_record_that_now_hangs_does_not_slow_every_open
         t = time.perf_counter()
         assert not PrivacyCore(paths).may_process(pid, "training").allowed
         assert time.perf_counter() - t < 1.5
+        # The next process does not ask it again for an hour (its silence is on disk).
+        assert f"http witness {url}" in json.loads((paths.checkpoints / "silent.json").read_text())
+        forget_checks()
+        t = time.perf_counter()
+        assert not PrivacyCore(paths).may_process(pid, "training").allowed
+        assert time.perf_counter() - t < 0.5
     finally:
         hung.close()

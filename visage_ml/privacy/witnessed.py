@@ -122,6 +122,13 @@ ORIGIN_PREFIX = "visage-ml.local/ledger/"
 LATEST = "latest"
 # How long an HTTP witness's answer to "your latest checkpoint?" is reused by a process.
 REMOTE_TTL_SECONDS = 60.0
+# An HTTP witness no longer configured (removed on the record) is read on a short timeout, and
+# its silence is remembered on disk for an hour (privacy/checkpoints/silent.json), so that one
+# decommissioned host that hangs does not hold up every CLI command and stage. Best effort, as
+# for any witness that cannot be reached: the configured witnesses are read as before.
+REMOVED_TIMEOUT_SECONDS = 1.0
+SILENT_RETRY_SECONDS = 3600.0
+SILENT = "silent.json"
 
 MSG_SHORTER = (
     "ledger rollback: {ledger} holds {n} entries, but the checkpoint witnessed by {source} "
@@ -848,8 +855,9 @@ class Witnessing:
         recorded: set[RecordedWitness] = set()
         for s in witness_sets(self.ledger.path):
             recorded.update(s.witnesses)
+        removed_timeout = min(self.params.timeout_seconds, REMOVED_TIMEOUT_SECONDS)
         extra: list[WitnessClient] = [
-            make_client(w.spec, timeout=self.params.timeout_seconds)
+            make_client(w.spec, timeout=removed_timeout)
             for w in sorted(recorded, key=lambda w: (w.kind, w.where, w.vkey))
         ]
         default = default_witness_dir()
@@ -891,18 +899,48 @@ class Witnessing:
             hit = _REMOTE.get(key)
         if hit is not None and now - hit[0] < REMOTE_TTL_SECONDS:
             return hit[1]
+        if not configured:
+            since = self._silent().get(client.where)
+            if since is not None and 0 <= time.time() - since < SILENT_RETRY_SECONDS:
+                raise WitnessError(
+                    503,
+                    f"no answer since {datetime.fromtimestamp(since, UTC):%Y-%m-%dT%H:%M:%SZ}; "
+                    f"asked again after {SILENT_RETRY_SECONDS / 60:.0f} minutes",
+                )
         try:
             note = client.latest(self.origin)
         except WitnessError:
             if not configured:
                 # A witness no longer configured may be gone for good: its silence is
-                # remembered as long as its answer would be, so that opens do not each wait.
+                # remembered (by this process and on disk), so that opens do not each wait.
                 with _MEMO_LOCK:
                     _REMOTE[key] = (now, None)
+                self._remember_silence(client.where, time.time())
             raise
         with _MEMO_LOCK:
             _REMOTE[key] = (now, note)
+        if not configured and client.where in self._silent():
+            self._remember_silence(client.where, None)
         return note
+
+    def _silent(self) -> dict[str, float]:
+        """Removed HTTP witnesses that did not answer, and when (``silent.json``)."""
+        try:
+            data = orjson.loads((self.paths.checkpoints / SILENT).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
+
+    def _remember_silence(self, where: str, when: float | None) -> None:
+        silent = self._silent()
+        if when is None:
+            silent.pop(where, None)
+        else:
+            silent[where] = when
+        with contextlib.suppress(OSError):  # best effort: a read-only project waits again
+            atomic_write_bytes(self.paths.checkpoints / SILENT, orjson.dumps(silent))
 
     def check(self, *, full: bool = False) -> list[dict[str, Any]]:
         """Check the ledger against every checkpoint found; return what was checked.
