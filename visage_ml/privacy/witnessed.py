@@ -899,14 +899,16 @@ class Witnessing:
             hit = _REMOTE.get(key)
         if hit is not None and now - hit[0] < REMOTE_TTL_SECONDS:
             return hit[1]
-        if not configured:
-            since = self._silent().get(client.where)
-            if since is not None and 0 <= time.time() - since < SILENT_RETRY_SECONDS:
-                raise WitnessError(
-                    503,
-                    f"no answer since {datetime.fromtimestamp(since, UTC):%Y-%m-%dT%H:%M:%SZ}; "
-                    f"asked again after {SILENT_RETRY_SECONDS / 60:.0f} minutes",
-                )
+        # A configured witness is always asked; one no longer configured not while its silence
+        # is remembered on disk.
+        silent = self._silent() if not configured else {}
+        since = silent.get(client.where)
+        if since is not None and 0 <= time.time() - since < SILENT_RETRY_SECONDS:
+            raise WitnessError(
+                503,
+                f"no answer since {datetime.fromtimestamp(since, UTC):%Y-%m-%dT%H:%M:%SZ}; "
+                f"asked again after {SILENT_RETRY_SECONDS / 60:.0f} minutes",
+            )
         try:
             note = client.latest(self.origin)
         except WitnessError:
@@ -919,7 +921,7 @@ class Witnessing:
             raise
         with _MEMO_LOCK:
             _REMOTE[key] = (now, note)
-        if not configured and client.where in self._silent():
+        if client.where in silent:
             self._remember_silence(client.where, None)
         return note
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from visage_ml import dvcops
 from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
-from visage_ml.data.rawstore import IMAGE_EXT, IMAGE_ID_RE, RawStore, read_images
+from visage_ml.data.rawstore import IMAGE_ID_RE, RawStore, read_images
 from visage_ml.io import sha256_file
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import (
@@ -93,8 +93,8 @@ def plan(ctx: Context, pid: str) -> Plan:
     found: list[Artefact] = []
     plain_files: list[str] = []
     for f in files:
-        # Whatever is not sealed there, as dvc_objects.is_plaintext_entry takes its objects.
-        if folder in f.parents and not f.name.endswith(IMAGE_EXT):
+        # Whatever is not sealed there: the rule by which the DVC step takes its objects.
+        if folder in f.parents and dvc_objects.is_plaintext_entry(f.name):
             plain_files.append(sha256_file(f))
             found.append(withheld_artefact(ctx, STORE, f))
         else:
