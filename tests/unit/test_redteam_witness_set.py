@@ -150,11 +150,6 @@ def test_the_default_witness_pointed_elsewhere_does_not_launder_a_cut(
     still_refused(paths, pids[2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="remove-witness records the removal of a witness whose copy cannot be read; when it "
-    "was the only one holding the newer checkpoint, the cut before it is never seen",
-)
 def test_removing_the_only_witness_while_unreachable_does_not_launder_a_cut(
     later_withdrawal,
     witness_dir,  # noqa: F811
@@ -165,9 +160,61 @@ def test_removing_the_only_witness_while_unreachable_does_not_launder_a_cut(
     paths.ledger.write_bytes(b"".join(lines_of(paths)[:withdrawal]))
     witness_dir.rename(witness_dir.with_name("unmounted"))
     forget_checks()
+    n = len(lines_of(paths))
     result = cli("privacy", "remove-witness", name, "--reason", "volume_lost")
-    assert result.exit_code != 0, result.output
+    assert result.exit_code == 2, result.output
+    assert "cannot be read now" in result.output and "--lost-for-good" in result.output
+    assert len(lines_of(paths)) == n
     still_refused(paths, pids[2])
+
+
+def test_a_witness_lost_for_good_is_let_go_only_on_a_record_that_says_so(
+    later_withdrawal,
+    witness_dir,  # noqa: F811
+):
+    # The legitimate case the refusal above leaves a way out for: the only witness's volume is
+    # gone for good. The record says what it costs, and so does verify-ledger, for good; the
+    # witness found again still shows a cut made before.
+    paths, pids, _, withdrawal = later_withdrawal
+    name = Witness(witness_dir).name
+    drop_witnesses(paths)
+    cut = lines_of(paths)[:withdrawal]
+    paths.ledger.write_bytes(b"".join(cut))
+    witness_dir.rename(witness_dir.with_name("unmounted"))
+    forget_checks()
+    result = cli("privacy", "remove-witness", name, "--reason", "volume_lost", "--lost-for-good")
+    assert result.exit_code == 0, result.output
+    assert f"LOST: {name}" in result.output
+    record = witness_sets(paths)[-1]
+    assert record["payload"]["witnesses"] == []
+    assert [w["vkey"].split("+")[0] for w in record["payload"]["lost"]] == [name]
+    verified = cli("privacy", "verify-ledger")
+    assert verified.exit_code == 0, verified.output
+    assert f"LOST: {name}" in verified.output
+    assert f"before entry {record['seq']} would not be seen" in verified.output
+    # Mounted again, its checkpoint shows the cut.
+    witness_dir.with_name("unmounted").rename(witness_dir)
+    still_refused(paths, pids[2])
+
+
+def test_a_witness_covered_by_one_left_needs_no_lost_for_good(withdrawn, witness_dir):  # noqa: F811
+    # Two witnesses, both needed: the one left holds every checkpoint the lost one cosigned, so
+    # the removal is an ordinary one, and the flag is refused as untrue.
+    paths, pids = withdrawn
+    second = second_witness(paths.root)
+    forget_checks()
+    PrivacyCore(paths).restrict(pids[0])
+    name = second.name
+    second.root.rename(second.root.with_name("lost"))
+    write_overrides(
+        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
+    )
+    forget_checks()
+    result = cli("privacy", "remove-witness", name, "--reason", "volume_lost", "--lost-for-good")
+    assert result.exit_code == 2 and "run this again without it" in result.output
+    result = cli("privacy", "remove-witness", name, "--reason", "volume_lost", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["lost"] == []
 
 
 def test_adding_a_witness_does_not_buy_a_lower_quorum(withdrawn, witness_dir):  # noqa: F811

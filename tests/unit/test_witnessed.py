@@ -814,8 +814,11 @@ def test_a_default_witness_folder_deleted_and_made_again_is_refused(withdrawn, w
     result = cli("privacy", "restrict", pids[0])
     assert result.exit_code == 2 and "point VISAGE_WITNESS_DIR" in result.output
     assert len(lines_of(paths)) == n
-    # What the message offers: the new witness in that folder, on the record.
+    # What the message offers: the new witness in that folder, on the record; the old one, the
+    # only one, cannot be read, so only as lost for good.
     result = cli("privacy", "remove-witness", name, "--reason", "volume_lost")
+    assert result.exit_code == 2 and "--lost-for-good" in result.output
+    result = cli("privacy", "remove-witness", name, "--reason", "volume_lost", "--lost-for-good")
     assert result.exit_code == 0, result.output
     *_, record = witness_sets(paths)
     assert [w["vkey"] for w in record["payload"]["witnesses"]] == [

@@ -181,12 +181,19 @@ class PrivacyCore:
         return entry, problems
 
     def remove_witnesses(
-        self, names: Sequence[str], *, quorum: int | None = None, reason: str
+        self,
+        names: Sequence[str],
+        *,
+        quorum: int | None = None,
+        reason: str,
+        lost_for_good: bool = False,
     ) -> tuple[WitnessSet, Witnessed, dict[str, bool]]:
         """Record on the ledger that witnesses left params.yaml, or that its quorum is lower;
         see :meth:`~visage_ml.privacy.witnessed.Witnessing.remove` (returns the record, its
         checkpoint and whether each leaving witness cosigned it)."""
-        return self.witnessing.remove(names, quorum=quorum, reason=reason)
+        return self.witnessing.remove(
+            names, quorum=quorum, reason=reason, lost_for_good=lost_for_good
+        )
 
     def announce_rotation(self) -> list[str]:
         """Show every witness the last key rotation again (after one was unreachable)."""

@@ -224,6 +224,19 @@ MSG_NOTHING_TO_RECORD = (
     "nothing to record: name the witnesses taken out of params.yaml, or pass --quorum with the "
     "lower privacy.witness.quorum set there"
 )
+MSG_REMOVE_UNREADABLE = (
+    "witness {name} cannot be read now ({why}), and no witness left holds every checkpoint it "
+    "cosigned. Removed on the record now, a rollback of the ledger made before this removal "
+    "could never be seen again, so nothing is recorded: bring it back (mount its volume, start "
+    "its host, point its path at its folder) and run this again. Only if it is lost for good, "
+    "run this again with --lost-for-good: the ledger then records that the entries before this "
+    "removal rest on a witness that could not be read, and `visage privacy verify-ledger` says "
+    "so."
+)
+MSG_NOT_LOST = (
+    "--lost-for-good: every witness removed can be read or is covered by a witness left "
+    "({names}); run this again without it"
+)
 
 
 class LedgerRollbackError(LedgerError):
@@ -348,6 +361,7 @@ class WitnessSet:
     witnesses: tuple[RecordedWitness, ...]
     quorum: int
     reason: str = ""
+    lost: tuple[str, ...] = ()  # removed by this record while they could not be read
 
     @property
     def needed(self) -> int:
@@ -356,11 +370,16 @@ class WitnessSet:
 
     @staticmethod
     def payload(
-        witnesses: Sequence[RecordedWitness], quorum: int, reason: str = ""
+        witnesses: Sequence[RecordedWitness],
+        quorum: int,
+        reason: str = "",
+        lost: Sequence[RecordedWitness] = (),
     ) -> dict[str, Any]:
         out: dict[str, Any] = {"witnesses": [w.to_payload() for w in witnesses], "quorum": quorum}
         if reason:
             out["reason"] = reason
+        if lost:
+            out["lost"] = [w.to_payload() for w in lost]
         return out
 
     @classmethod
@@ -373,6 +392,7 @@ class WitnessSet:
             witnesses=tuple(RecordedWitness.from_payload(w) for w in payload["witnesses"]),
             quorum=int(payload["quorum"]),
             reason=str(payload.get("reason", "")),
+            lost=tuple(RecordedWitness.from_payload(w).name for w in payload.get("lost") or ()),
         )
 
 
@@ -392,6 +412,7 @@ def witness_history(sets: Sequence[WitnessSet]) -> list[dict[str, Any]]:
                 "added": [w.name for w in s.witnesses if not any(b.same(w) for b in before)],
                 "removed": [b.name for b in before if not any(b.same(w) for w in s.witnesses)],
                 "reason": s.reason,
+                "lost": list(s.lost),
             }
         )
         before = s.witnesses
@@ -1084,7 +1105,12 @@ class Witnessing:
         self.ledger.append(WITNESS_SET, None, WitnessSet.payload(configured, self.params.quorum))
 
     def remove(
-        self, names: Sequence[str], *, quorum: int | None, reason: str
+        self,
+        names: Sequence[str],
+        *,
+        quorum: int | None,
+        reason: str,
+        lost_for_good: bool = False,
     ) -> tuple[WitnessSet, Witnessed, dict[str, bool]]:
         """Record that the witnesses ``names`` left and/or that ``quorum`` (as params.yaml now
         has it) is lower: a ``witness.set`` entry of the witnesses params.yaml now has.
@@ -1103,6 +1129,10 @@ class Witnessing:
             recorded.
         reason
             Why, as a code (the ledger keeps it).
+        lost_for_good
+            Record the removal of a witness that cannot be read although no witness left is
+            sure to hold every checkpoint it cosigned (recorded as ``lost``: a rollback made
+            before the removal could no longer be seen). Without it such a removal is refused.
 
         Returns
         -------
@@ -1117,7 +1147,8 @@ class Witnessing:
             does not have, or nothing to record.
         WitnessSetError
             params.yaml lacks another recorded witness, or lowers the quorum without
-            ``quorum``.
+            ``quorum``; or a witness removed cannot be read, no witness left covers it and
+            ``lost_for_good`` is not given.
         LedgerRollbackError
             The ledger is shorter than, or forked from, a checkpoint found.
         """
@@ -1149,12 +1180,21 @@ class Witnessing:
             raise self._quorum_lowered(recorded)
         if not removed and not (quorum is not None and lowered):
             raise ValueError(MSG_NOTHING_TO_RECORD)
+        lost = self._uncovered(recorded, removed)
+        if lost and not lost_for_good:
+            witness, why = lost[0]
+            raise WitnessSetError(MSG_REMOVE_UNREADABLE.format(name=witness.name, why=why))
+        if lost_for_good and not lost:
+            names_removed = ", ".join(w.name for w in removed) or "none"
+            raise ValueError(MSG_NOT_LOST.format(names=names_removed))
         self._check_checkpoints(full=True)  # the leaving witnesses' copies are read too
         self.check_binding()
         entry = self.ledger.append(
             WITNESS_SET,
             None,
-            WitnessSet.payload(self.configured(create=True), self.params.quorum, reason),
+            WitnessSet.payload(
+                self.configured(create=True), self.params.quorum, reason, [w for w, _ in lost]
+            ),
         )
         # A directory witness is told only where its folder still holds its key: a folder gone
         # with its volume is not made again as a new witness.
@@ -1167,6 +1207,39 @@ class Witnessing:
         witnessed = self.checkpoint_and_witness(tell=tell)
         told = {w.name: w.name in witnessed.cosigners for w in removed}
         return WitnessSet.from_entry(entry.to_dict()), witnessed, told
+
+    def _unread(self, witness: RecordedWitness) -> str | None:
+        """Why the copy of this log's checkpoints that ``witness`` holds cannot be read now
+        (None: it can; a witness that holds none for this log can too)."""
+        if witness.kind == "directory":
+            folder = witness_folder(witness.spec)
+            found = Witness.published_verifier(folder)
+            if found is None:
+                return f"{folder} holds no witness"
+            if witness.vkey and found.vkey != witness.vkey:
+                return f"{folder} holds another witness, {found.name}"
+        client = make_client(witness.spec, timeout=self.params.timeout_seconds)
+        try:
+            client.latest(self.origin)
+        except (WitnessError, OSError) as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
+    def _uncovered(
+        self, recorded: WitnessSet, removed: Sequence[RecordedWitness]
+    ) -> list[tuple[RecordedWitness, str]]:
+        """The witnesses of ``removed`` that cannot be read, with why, when the witnesses
+        ``recorded`` beside them that are left and can be read are too few to be sure that one
+        of them cosigned every checkpoint they did: a checkpoint carries ``needed``
+        cosignatures of the recorded witnesses, so ``n - needed + 1`` readable ones share one
+        with every such checkpoint (empty when they are enough)."""
+        unread = [(w, why) for w in removed if (why := self._unread(w)) is not None]
+        if not unread:
+            return []
+        readable = [w for w in recorded.witnesses if w not in removed and self._unread(w) is None]
+        if len(readable) >= len(recorded.witnesses) - recorded.needed + 1:
+            return []
+        return unread
 
     def _check_checkpoints(self, *, full: bool) -> list[dict[str, Any]]:
         found = self.candidates()

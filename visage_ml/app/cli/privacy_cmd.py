@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,9 +319,19 @@ def _witness_set_line(w: dict[str, Any]) -> str:
     reason = f" (reason {w['reason']})" if w["reason"] else ""
     changed = "; ".join(changes) or "quorum changed"
     now = ", ".join(w["witnesses"]) or "none"
-    return (
+    line = (
         f"witnesses at entry {w['seq']} ({w['time']}, by {w['actor'] or '?'}): {changed}{reason}; "
         f"now {now}, {w['needed']} cosignature(s) needed"
+    )
+    if w.get("lost"):
+        line += f"\n  [red]{escape(_lost_line(w['lost'], w['seq']))}[/]"
+    return line
+
+
+def _lost_line(lost: Sequence[str], seq: int) -> str:
+    return (
+        f"LOST: {', '.join(lost)} could not be read when removed and no witness left held all "
+        f"it cosigned: a rollback of the ledger made before entry {seq} would not be seen"
     )
 
 
@@ -405,6 +415,13 @@ def remove_witness(
         "--quorum",
         help="Record a lower privacy.witness.quorum (set it in params.yaml first).",
     ),
+    lost_for_good: bool = typer.Option(
+        False,
+        "--lost-for-good",
+        help="Record the removal of a witness that cannot be read and whose checkpoints no "
+        "witness left is sure to hold; the ledger and verify-ledger then say that a rollback "
+        "before this removal could not be seen.",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Record on the ledger that witnesses left, or that fewer cosignatures are needed.
@@ -416,13 +433,18 @@ def remove_witness(
     witness stays), then run this: it appends a witness.set entry as params.yaml now has it (a
     new witness in that folder included), witnessed by the remaining witnesses and, when
     reachable, by the ones let go, so that they learn it. `visage privacy verify-ledger` shows
-    every change. Exit code 2 when too few witnesses cosigned.
+    every change. A witness that cannot be read now (volume unmounted, host down) is removed
+    only while the witnesses left can be read and are enough to hold every checkpoint it
+    cosigned; otherwise bring it back first, or, when it is lost for good, say so with
+    --lost-for-good (recorded). Exit code 2 when refused or too few witnesses cosigned.
     """
     with user_errors():
         check_code(reason, "the reason")
         # The removal checks the ledger itself: the usual open check refuses until it is done.
         core = PrivacyCore(project(), check=False)
-        record, witnessed, told = core.remove_witnesses(names or [], quorum=quorum, reason=reason)
+        record, witnessed, told = core.remove_witnesses(
+            names or [], quorum=quorum, reason=reason, lost_for_good=lost_for_good
+        )
     lines = [
         f"witnesses recorded at entry {record.seq} (reason {record.reason}): "
         f"{', '.join(w.name for w in record.witnesses) or 'none'}, "
@@ -435,6 +457,8 @@ def remove_witness(
             if cosigned
             else f"{name} could not be reached and was not told: its copy stays as it was"
         )
+    if record.lost:
+        lines.append(_lost_line(record.lost, record.seq))
     _done(
         as_json,
         {
@@ -443,6 +467,7 @@ def remove_witness(
             "quorum": record.quorum,
             "reason": record.reason,
             "told": told,
+            "lost": list(record.lost),
             "cosigned_by": witnessed.cosigners,
         },
         "\n".join(lines),
