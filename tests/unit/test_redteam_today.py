@@ -2,8 +2,7 @@
 certified) and the witnesses the ledger's open check reads (privacy/witnessed.py).
 
 Each test is an attack by an operator with the project's disk or a regulator counting what was
-certified; one marked ``xfail(strict=True)`` still succeeds, or is a regression for legitimate
-users, and needs a design decision (see its reason).
+certified, or the legitimate use a defence must leave open.
 """
 
 from __future__ import annotations
@@ -29,12 +28,19 @@ from test_redteam_witness_set import (  # noqa: F401 - fixtures
     later_withdrawal,
     still_refused,
 )
-from test_witnessed import cli, lines_of, receipt, withdrawn, witness_dir  # noqa: F401 - fixtures
+from test_witnessed import (  # noqa: F401 - fixtures
+    cli,
+    lines_of,
+    receipt,
+    second_witness,
+    withdrawn,
+    witness_dir,
+)
 
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import KEY_FILE, STATE_FILE, VKEY_FILE, Witness, make_server
-from visage_ml.privacy.witnessed import forget_checks
+from visage_ml.privacy.witnessed import WitnessSetError, forget_checks
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
@@ -113,15 +119,6 @@ def test_a_default_witness_stripped_of_its_keys_is_still_read(later_withdrawal, 
     still_refused(paths, pids[2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a recorded directory witness that holds its key but no readable state for this log "
-    "(state.json deleted, or made unreadable) is taken as one that cosigned nothing, or skipped "
-    "with a warning: the cut goes unseen. Needs a design decision: refuse while a witness the "
-    "latest witness.set names has no readable state although a checkpoint should have reached "
-    "it (the ledger does not record which checkpoints a witness cosigned), and how a damaged "
-    "witness is then let go on the record",
-)
 @pytest.mark.parametrize("how", ["deleted", "garbled"])
 def test_a_witness_state_file_deleted_or_garbled_does_not_hide_its_checkpoint(
     withdrawn,  # noqa: F811
@@ -139,6 +136,56 @@ def test_a_witness_state_file_deleted_or_garbled_does_not_hide_its_checkpoint(
     paths.ledger.write_bytes(b"".join(lines_of(paths)[:-1]))
     (paths.checkpoints / "latest").unlink()
     still_refused(paths, pids[1])
+    forget_checks()
+    with pytest.raises(WitnessSetError) as info:
+        PrivacyCore(paths)
+    msg = str(info.value)
+    assert "cannot show what it cosigned" in msg and "restore that folder" in msg
+    assert "--lost-for-good" in msg
+
+
+def test_a_witness_whose_state_is_lost_for_good_is_let_go_on_the_record(
+    withdrawn,  # noqa: F811
+    witness_dir,  # noqa: F811
+):
+    # The way out the refusal offers, when the folder really is damaged (nothing was cut).
+    paths, pids = withdrawn
+    core = PrivacyCore(paths, check=False)
+    name = Witness(witness_dir).name
+    state = Witness(witness_dir).state_path(core.witnessing.origin)
+    state.write_bytes(b"{")
+    drop_witnesses(paths)
+    forget_checks()
+    result = cli("privacy", "remove-witness", name, "--reason", "disk_damaged")
+    assert result.exit_code == 2 and "--lost-for-good" in result.output
+    result = cli("privacy", "remove-witness", name, "--reason", "disk_damaged", "--lost-for-good")
+    assert result.exit_code == 0, result.output
+    assert state.read_bytes() == b"{"  # left as found, not reset to the present ledger
+    forget_checks()
+    assert PrivacyCore(paths).may_process(pids[1], "training").reason == "consent_withdrawn"
+    assert f"LOST: {name}" in cli("privacy", "verify-ledger").output
+
+
+def test_a_witness_removed_in_the_ordinary_way_then_damaged_does_not_stop_the_project(
+    withdrawn,  # noqa: F811
+    witness_dir,  # noqa: F811
+):
+    # It holds nothing newer than its removal, which the ledger records after it.
+    paths, pids = withdrawn
+    second = second_witness(paths.root)
+    forget_checks()
+    PrivacyCore(paths).restrict(pids[0])
+    write_overrides(
+        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
+    )
+    forget_checks()
+    result = cli("privacy", "remove-witness", second.name, "--reason", "decommissioned")
+    assert result.exit_code == 0, result.output
+    second.state_path(PrivacyCore(paths).witnessing.origin).write_bytes(b"{")
+    forget_checks()
+    core = PrivacyCore(paths)
+    core.restrict(pids[2])
+    assert core.may_process(pids[1], "training").reason == "consent_withdrawn"
 
 
 def test_a_witness_removed_on_the_record_that_now_hangs_does_not_slow_every_open(

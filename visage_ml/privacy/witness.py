@@ -246,6 +246,10 @@ class Witness:
     def _log_dir(self, origin: str) -> Path:
         return self.root / "logs" / hashlib.sha256(origin.encode("utf-8")).hexdigest()[:32]
 
+    def state_path(self, origin: str) -> Path:
+        """Where the state of ``origin`` is kept (``logs/<hash>/state.json``)."""
+        return self._log_dir(origin) / STATE_FILE
+
     def log(self, origin: str) -> LogState | None:
         """The state kept for ``origin`` (None when this witness does not know it)."""
         path = self._log_dir(origin) / STATE_FILE
@@ -686,6 +690,22 @@ class DirectoryWitness:
 
     def latest(self, origin: str) -> bytes | None:
         return Witness(self.root).latest(origin)
+
+    def lost_state(self, origin: str, project: str) -> str | None:
+        """Why this folder must once have held a state for ``origin`` that it holds no more:
+        it binds ``project`` to that log, and a binding is made only once the log's state is
+        stored (None: it holds one, or shows no sign of ever having had one).
+
+        Raises
+        ------
+        WitnessError
+            The binding file is unreadable (500).
+        """
+        witness = Witness(self.root)
+        state = witness.state_path(origin)
+        if state.exists() or witness.bound(project) != origin:
+            return None
+        return f"{state} is gone, though the folder binds this project to that log"
 
     def rotate_log_key(
         self, origin: str, entry_line: bytes, index: int, proof: Sequence[bytes]

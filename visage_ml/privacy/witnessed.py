@@ -233,6 +233,13 @@ MSG_REMOVE_UNREADABLE = (
     "removal rest on a witness that could not be read, and `visage privacy verify-ledger` says "
     "so."
 )
+MSG_WITNESS_DAMAGED = (
+    "{where} cannot show what it cosigned for this ledger: {why}. Its checkpoints are what "
+    "would show a rollback of the ledger, so nothing is processed: restore that folder from a "
+    "backup; if it is lost for good, take the witness out of params.yaml "
+    "privacy.witness.witnesses and run `visage privacy remove-witness {name} --reason CODE "
+    "--lost-for-good` (README, 'Witnesses')."
+)
 MSG_NOT_LOST = (
     "--lost-for-good: every witness removed can be read or is covered by a witness left "
     "({names}); run this again without it"
@@ -361,7 +368,7 @@ class WitnessSet:
     witnesses: tuple[RecordedWitness, ...]
     quorum: int
     reason: str = ""
-    lost: tuple[str, ...] = ()  # removed by this record while they could not be read
+    lost: tuple[RecordedWitness, ...] = ()  # removed by this record while unreadable
 
     @property
     def needed(self) -> int:
@@ -392,7 +399,7 @@ class WitnessSet:
             witnesses=tuple(RecordedWitness.from_payload(w) for w in payload["witnesses"]),
             quorum=int(payload["quorum"]),
             reason=str(payload.get("reason", "")),
-            lost=tuple(RecordedWitness.from_payload(w).name for w in payload.get("lost") or ()),
+            lost=tuple(RecordedWitness.from_payload(w) for w in payload.get("lost") or ()),
         )
 
 
@@ -412,7 +419,7 @@ def witness_history(sets: Sequence[WitnessSet]) -> list[dict[str, Any]]:
                 "added": [w.name for w in s.witnesses if not any(b.same(w) for b in before)],
                 "removed": [b.name for b in before if not any(b.same(w) for w in s.witnesses)],
                 "reason": s.reason,
-                "lost": list(s.lost),
+                "lost": [w.name for w in s.lost],
             }
         )
         before = s.witnesses
@@ -462,6 +469,7 @@ class Witnessing:
         self._due: tuple[int, float] | None = None
         self.latest_path = paths.checkpoints / LATEST
         self.project = project_id(paths.root)
+        self._excusing: frozenset[str] = frozenset()  # lost witnesses a removal is recording
 
     @property
     def origin(self) -> str:
@@ -904,6 +912,14 @@ class Witnessing:
             try:
                 note = self._latest_of(client, configured=client.where in configured)
             except (WitnessError, OSError) as exc:
+                if (
+                    isinstance(client, DirectoryWitness)
+                    and isinstance(exc, WitnessError)
+                    and not self._excused(client)
+                ):
+                    # A folder that is there but cannot show what it cosigned is damage, not
+                    # absence: its checkpoints are what would show a rollback.
+                    raise self._damaged(client, exc) from None
                 # One that cannot be reached is skipped, as a volume lost with its witness is.
                 log.warning("%s: its latest checkpoint could not be read (%s)", client.where, exc)
                 continue
@@ -911,9 +927,32 @@ class Witnessing:
                 out.append((client.where, note))
         return out
 
+    def _excused(self, client: WitnessClient) -> bool:
+        """Whether a damaged copy at ``client`` may be skipped: its witness was recorded as
+        lost (or is being), or an earlier record names it and the latest one no longer does
+        (it holds nothing newer than its removal)."""
+        sets = witness_sets(self.ledger.path)
+        if client.where in self._excusing:
+            return True
+        timeout = self.params.timeout_seconds
+        lost = {make_client(w.spec, timeout=timeout).where for s in sets for w in s.lost}
+        if client.where in lost or not sets:
+            return client.where in lost
+        latest = {make_client(w.spec, timeout=timeout).where for w in sets[-1].witnesses}
+        earlier = {make_client(w.spec, timeout=timeout).where for s in sets for w in s.witnesses}
+        return client.where in earlier - latest
+
+    def _damaged(self, client: WitnessClient, exc: Exception) -> WitnessSetError:
+        verifier = client.cosigner()
+        name = verifier.name if verifier is not None else client.where
+        return WitnessSetError(MSG_WITNESS_DAMAGED.format(where=client.where, why=exc, name=name))
+
     def _latest_of(self, client: WitnessClient, *, configured: bool = True) -> bytes | None:
         if isinstance(client, DirectoryWitness):
-            return client.latest(self.origin)
+            note = client.latest(self.origin)
+            if note is None and (why := client.lost_state(self.origin, self.project)):
+                raise WitnessError(500, why)
+            return note
         key = (client.where, self.origin)
         now = time.monotonic()
         with _MEMO_LOCK:
@@ -1187,7 +1226,13 @@ class Witnessing:
         if lost_for_good and not lost:
             names_removed = ", ".join(w.name for w in removed) or "none"
             raise ValueError(MSG_NOT_LOST.format(names=names_removed))
-        self._check_checkpoints(full=True)  # the leaving witnesses' copies are read too
+        timeout = self.params.timeout_seconds
+        lost_where = frozenset(make_client(w.spec, timeout=timeout).where for w, _ in lost)
+        self._excusing = lost_where
+        try:
+            self._check_checkpoints(full=True)  # the leaving witnesses' copies are read too
+        finally:
+            self._excusing = frozenset()
         self.check_binding()
         entry = self.ledger.append(
             WITNESS_SET,
@@ -1198,11 +1243,15 @@ class Witnessing:
         )
         # A directory witness is told only where its folder still holds its key: a folder gone
         # with its volume is not made again as a new witness.
+        # Nor one recorded as lost: its damaged copy is left as found.
         tell = [
             client
             for w, client in zip(removed, self._clients_of(removed), strict=True)
-            if not isinstance(client, DirectoryWitness)
-            or getattr(client.cosigner(), "vkey", None) == w.vkey
+            if client.where not in lost_where
+            and (
+                not isinstance(client, DirectoryWitness)
+                or getattr(client.cosigner(), "vkey", None) == w.vkey
+            )
         ]
         witnessed = self.checkpoint_and_witness(tell=tell)
         told = {w.name: w.name in witnessed.cosigners for w in removed}
@@ -1220,7 +1269,10 @@ class Witnessing:
                 return f"{folder} holds another witness, {found.name}"
         client = make_client(witness.spec, timeout=self.params.timeout_seconds)
         try:
-            client.latest(self.origin)
+            if isinstance(client, DirectoryWitness):
+                self._latest_of(client)  # a state deleted while its binding stays included
+            else:
+                client.latest(self.origin)
         except (WitnessError, OSError) as exc:
             return str(exc) or type(exc).__name__
         return None

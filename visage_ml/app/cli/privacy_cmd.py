@@ -458,7 +458,7 @@ def remove_witness(
             else f"{name} could not be reached and was not told: its copy stays as it was"
         )
     if record.lost:
-        lines.append(_lost_line(record.lost, record.seq))
+        lines.append(_lost_line([w.name for w in record.lost], record.seq))
     _done(
         as_json,
         {
@@ -467,7 +467,7 @@ def remove_witness(
             "quorum": record.quorum,
             "reason": record.reason,
             "told": told,
-            "lost": list(record.lost),
+            "lost": [w.name for w in record.lost],
             "cosigned_by": witnessed.cosigners,
         },
         "\n".join(lines),
