@@ -98,6 +98,38 @@ def test_two_versions_of_one_plaintext_photo_are_both_certified(dvc_plain):  # n
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.pipeline
+def test_a_plan_of_an_earlier_version_naming_a_webp_by_its_hash_is_not_certified_so(
+    dvc_plain,  # noqa: F811
+    monkeypatch,
+):
+    # An erasure begun by an earlier version, whose raw plan gave every file of the subject's
+    # folder its MD5 and whose DVC step deleted the .dir manifests first, then was cut short,
+    # and finished by this one: the plan alone names the objects left. The DVC step must take
+    # a photograph in clear of any extension for one, and certify its object without its MD5.
+    from visage_ml.rights.erasure import raw as raw_step
+    from visage_ml.rights.erasure.base import file_artefact
+
+    proj, victim, _, remote = dvc_plain
+    first = sorted((proj.paths.raw / victim).glob("*.png"))[0]
+    webp = first.read_bytes()
+    first.rename(first.with_suffix(".webp"))
+    for folder in (proj.paths.root / ".dvc" / "cache", remote):
+        for f in folder.rglob("*.dir"):
+            f.unlink()
+    monkeypatch.setattr(
+        raw_step, "withheld_artefact", lambda ctx, store, f: file_artefact(ctx, store, f, md5=True)
+    )
+    result = Erasure(proj.paths).erase(victim)
+    dvc_claims = [
+        a for a in result.certificate["claims"]["artefacts"] if a["store"].startswith("dvc")
+    ]
+    assert dvc_claims
+    assert md5_bytes(webp) not in json.dumps(dvc_claims)
+    for folder in (proj.paths.root / ".dvc" / "cache", remote):
+        assert md5_bytes(webp) not in _objects(folder)  # and its object is gone all the same
+
+
 def test_deleting_the_witness_private_key_does_not_hide_its_checkpoint(withdrawn, witness_dir):  # noqa: F811
     # The folder still publishes the recorded key (witness.vkey), so the witness "is there";
     # without witness.key its checkpoint of the withdrawal must still be read.

@@ -19,10 +19,9 @@ purge deletes last.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
-from visage_ml.data.rawstore import PLAIN_EXTS
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure import raw
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
@@ -34,21 +33,25 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     """The subject's objects in every DVC store and site-cache rows; None outside DVC."""
     if not ctx.is_dvc:
         return None
-    known, plain = known_md5s(ctx)
+    known, plain = known_md5s(ctx, pid)
     purge_plan = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known, plain_md5s=plain)
     return Plan(purge_plan.artefacts(), _kept_info(purge_plan), state=purge_plan)
 
 
-def known_md5s(ctx: Context) -> tuple[list[str], dict[str, str]]:
-    """MD5s the raw step planned: of sealed files and tables, and (md5: file) of plaintext
-    images, which a raw plan of an earlier version named (this one does not)."""
+def known_md5s(ctx: Context, pid: str) -> tuple[list[str], dict[str, str]]:
+    """MD5s the raw step planned: of sealed files and tables, and (md5: file) of files in
+    clear, which a raw plan of an earlier version named (this one does not). A file in clear is
+    told by the rule the raw step and :func:`dvc_objects.find_subject_objects` use (any file of
+    the subject's folder that is not sealed, whatever its extension), so that an erasure begun
+    by an earlier version and resumed now does not name a ``.webp`` photograph by its hash."""
     known: list[str] = []
     plain: dict[str, str] = {}
     for a in ctx.planned.get(raw.STEP, []):
         if not a.get("md5"):
             continue
         path = str(a.get("path", ""))
-        if Path(path).suffix.lower() in PLAIN_EXTS:
+        rel = PurePosixPath(path)
+        if pid in rel.parts[:-1] and dvc_objects.is_plaintext_entry(rel.name):
             plain[str(a["md5"])] = path
         else:
             known.append(str(a["md5"]))

@@ -67,7 +67,7 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     seaweed = stack.seaweed()
     if not seaweed.running():
         raise StackError(NOT_RUNNING)
-    known, plain = known_md5s(ctx)
+    known, plain = known_md5s(ctx, pid)
     purge = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known, plain_md5s=plain)
     names = {"dvc-" + s.name: s for s in stores}
     artefacts: list[Artefact] = []
