@@ -932,12 +932,12 @@ class Witnessing:
         lost (or is being), or an earlier record names it and the latest one no longer does
         (it holds nothing newer than its removal)."""
         sets = witness_sets(self.ledger.path)
-        if client.where in self._excusing:
-            return True
         timeout = self.params.timeout_seconds
         lost = {make_client(w.spec, timeout=timeout).where for s in sets for w in s.lost}
-        if client.where in lost or not sets:
-            return client.where in lost
+        if client.where in self._excusing or client.where in lost:
+            return True
+        if not sets:
+            return False
         latest = {make_client(w.spec, timeout=timeout).where for w in sets[-1].witnesses}
         earlier = {make_client(w.spec, timeout=timeout).where for s in sets for w in s.witnesses}
         return client.where in earlier - latest
@@ -1257,25 +1257,24 @@ class Witnessing:
         told = {w.name: w.name in witnessed.cosigners for w in removed}
         return WitnessSet.from_entry(entry.to_dict()), witnessed, told
 
-    def _unread(self, witness: RecordedWitness) -> str | None:
-        """Why the copy of this log's checkpoints that ``witness`` holds cannot be read now
-        (None: it can; a witness that holds none for this log can too)."""
+    def _read(self, witness: RecordedWitness) -> tuple[str | None, bytes | None]:
+        """``(why not, None)`` when the copy of this log's checkpoints that ``witness`` holds
+        cannot be read now, else ``(None, its latest checkpoint or None)``."""
         if witness.kind == "directory":
             folder = witness_folder(witness.spec)
             found = Witness.published_verifier(folder)
             if found is None:
-                return f"{folder} holds no witness"
+                return f"{folder} holds no witness", None
             if witness.vkey and found.vkey != witness.vkey:
-                return f"{folder} holds another witness, {found.name}"
+                return f"{folder} holds another witness, {found.name}", None
         client = make_client(witness.spec, timeout=self.params.timeout_seconds)
         try:
             if isinstance(client, DirectoryWitness):
-                self._latest_of(client)  # a state deleted while its binding stays included
-            else:
-                client.latest(self.origin)
+                # A state deleted while the folder still binds the project included.
+                return None, self._latest_of(client)
+            return None, client.latest(self.origin)
         except (WitnessError, OSError) as exc:
-            return str(exc) or type(exc).__name__
-        return None
+            return str(exc) or type(exc).__name__, None
 
     def _uncovered(
         self, recorded: WitnessSet, removed: Sequence[RecordedWitness]
@@ -1283,13 +1282,16 @@ class Witnessing:
         """The witnesses of ``removed`` that cannot be read, with why, when the witnesses
         ``recorded`` beside them that are left and can be read are too few to be sure that one
         of them cosigned every checkpoint they did: a checkpoint carries ``needed``
-        cosignatures of the recorded witnesses, so ``n - needed + 1`` readable ones share one
-        with every such checkpoint (empty when they are enough)."""
-        unread = [(w, why) for w in removed if (why := self._unread(w)) is not None]
+        cosignatures of the recorded witnesses, so ``n - needed + 1`` readable ones that hold a
+        checkpoint of this log share one with every such checkpoint (empty when they are
+        enough)."""
+        unread = [(w, why) for w in removed if (why := self._read(w)[0]) is not None]
         if not unread:
             return []
-        readable = [w for w in recorded.witnesses if w not in removed and self._unread(w) is None]
-        if len(readable) >= len(recorded.witnesses) - recorded.needed + 1:
+        holding = [
+            w for w in recorded.witnesses if w not in removed and self._read(w)[1] is not None
+        ]
+        if len(holding) >= len(recorded.witnesses) - recorded.needed + 1:
             return []
         return unread
 
