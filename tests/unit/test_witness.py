@@ -317,6 +317,23 @@ def test_a_project_is_bound_to_one_log_only_by_that_log_s_key(witness, log, tmp_
     assert "project" not in " ".join(p.name for p in (witness.root / "projects").iterdir())
 
 
+def test_a_witness_that_lost_a_bound_log_s_state_does_not_start_it_again_from_nothing(
+    witness, log, tmp_path
+):
+    # Its state deleted (by hand, or by someone who wants a cut ledger cosigned): added again
+    # from nothing, it would cosign any shorter ledger. The binding says the log was witnessed.
+    project = project_id(tmp_path / "project")
+    witness.bind(binding(project, ORIGIN, log.signer))
+    witness.state_path(ORIGIN).unlink()
+    with pytest.raises(WitnessError) as info:
+        witness.add_log(log.signer.verifier().vkey)
+    assert info.value.status == 409 and "visage witness release" in str(info.value)
+    assert witness.log(ORIGIN) is None
+    # Its operator lets the project go on the record; then the log starts afresh.
+    assert witness.release(project, reason="state_lost") == ORIGIN
+    assert witness.add_log(log.signer.verifier().vkey).size == 0
+
+
 def test_http_binding_endpoints(witness, log, tmp_path):
     server = make_server(witness, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -114,6 +114,13 @@ MSG_REBOUND = (
     "the old one, the witness's operator releases it: `visage witness release <project "
     "folder>`"
 )
+MSG_STATE_LOST = (
+    "this witness binds {n} project(s) to the log {origin} but holds no state for it: the state "
+    "was deleted or lost, and witnessing the log again from nothing would cosign a ledger cut "
+    "back. Restore the witness's folder from a backup; if the state is lost for good, release "
+    "each project first (`visage witness release <project folder> --reason CODE`, recorded), "
+    "then add the log again"
+)
 BINDING_HEADER = "visage-ml/project-binding"
 PROJECTS_DIR = "projects"
 RELEASED_FILE = "released.jsonl"
@@ -290,7 +297,9 @@ class Witness:
         Raises
         ------
         WitnessError
-            The origin is already pinned to other keys (409): keys change only by rotation.
+            The origin is already pinned to other keys (409): keys change only by rotation;
+            or it holds no state for the origin although a project is bound to it (409: the
+            state was lost; a binding is released first, on the record).
         """
         v = parse_vkey(vkey)
         if v.sig_type != ED25519:
@@ -298,6 +307,11 @@ class Witness:
         with self._locked(v.name):
             state = self.log(v.name)
             if state is None:
+                # A binding is made only once the log's state is stored: one still there means
+                # the state was lost, not that the log is new.
+                bound = self.projects_bound_to(v.name)
+                if bound:
+                    raise WitnessError(409, MSG_STATE_LOST.format(n=bound, origin=v.name))
                 state = LogState(origin=v.name, keys=[v.vkey])
                 self._store(state)
                 log.info("witness %s now witnesses %s", self.root, v.name)
@@ -320,6 +334,15 @@ class Witness:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise WitnessError(500, f"{path} is unreadable ({type(exc).__name__})") from None
+
+    def projects_bound_to(self, origin: str) -> int:
+        """How many projects this witness binds to the log ``origin`` (unreadable files are
+        not counted)."""
+        n = 0
+        for path in (self.root / PROJECTS_DIR).glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                n += orjson.loads(path.read_bytes())["origin"] == origin
+        return n
 
     def bind(self, note: bytes) -> str:
         """Bind a project to its log, from a binding note signed by a key the log pins.
