@@ -758,9 +758,12 @@ def test_a_witness_that_cannot_be_reached_is_removed_on_the_record_untold(withdr
         paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
     )
     forget_checks()
-    result = cli("privacy", "remove-witness", name, "--reason", "volume_lost", "--json")
+    result = cli(
+        "privacy", "remove-witness", name, "--reason", "volume_lost", "--lost-for-good", "--json"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["told"] == {name: False}
+    assert json.loads(result.output)["lost"] == [name]
     assert not second.root.exists()  # no new witness made where the old one was
     assert (
         Witness(second.root.with_name("lost")).log(PrivacyCore(paths).witnessing.origin).size

@@ -225,24 +225,24 @@ MSG_NOTHING_TO_RECORD = (
     "lower privacy.witness.quorum set there"
 )
 MSG_REMOVE_UNREADABLE = (
-    "witness {name} cannot be read now ({why}), and no witness left holds every checkpoint it "
-    "cosigned. Removed on the record now, a rollback of the ledger made before this removal "
-    "could never be seen again, so nothing is recorded: bring it back (mount its volume, start "
-    "its host, point its path at its folder) and run this again. Only if it is lost for good, "
-    "run this again with --lost-for-good: the ledger then records that the entries before this "
-    "removal rest on a witness that could not be read, and `visage privacy verify-ledger` says "
-    "so."
+    "witness {name} cannot be read now ({why}). Its copy may hold a checkpoint no witness left "
+    "holds (one that missed its quorum, say), and removed on the record it is read only when "
+    "found again, so nothing is recorded: bring it back (mount its volume, start its host, "
+    "point its path at its folder) and run this again. Only if it is lost for good, run this "
+    "again with --lost-for-good: the ledger then records it as lost, and `visage privacy "
+    "verify-ledger` says, for good, that a rollback made before this removal shows only "
+    "through a newer checkpoint of a witness left."
 )
 MSG_WITNESS_DAMAGED = (
     "{where} cannot show what it cosigned for this ledger: {why}. Its checkpoints are what "
-    "would show a rollback of the ledger, so nothing is processed: restore that folder from a "
-    "backup; if it is lost for good, take the witness out of params.yaml "
+    "would show a rollback of the ledger, so nothing is processed: if its volume is at fault "
+    "for now (a stale network mount, say), put it right and run again; else restore that "
+    "folder from a backup; if it is lost for good, take the witness out of params.yaml "
     "privacy.witness.witnesses and run `visage privacy remove-witness {name} --reason CODE "
     "--lost-for-good` (README, 'Witnesses')."
 )
 MSG_NOT_LOST = (
-    "--lost-for-good: every witness removed can be read or is covered by a witness left "
-    "({names}); run this again without it"
+    "--lost-for-good: every witness removed can be read ({names}); run this again without it"
 )
 
 
@@ -928,26 +928,34 @@ class Witnessing:
         return out
 
     def _excused(self, client: WitnessClient) -> bool:
-        """Whether a damaged copy at ``client`` may be skipped: its witness was recorded as
-        lost (or is being), or an earlier record names it and the latest one no longer does
-        (it holds nothing newer than its removal)."""
+        """Whether a damaged copy at ``client`` may be skipped: its witness is being recorded
+        as lost, or was (by a record that does not also keep it), or an earlier record names
+        it and the latest one no longer does (it holds nothing newer than its removal).
+
+        The witness is told by the key its folder publishes, not by its path: a new witness in
+        a lost one's folder, or ``default`` pointed at another witness, is not the lost one. A
+        folder stripped of its keys is told by its path (a configured witness in that state
+        already stops every process: :meth:`check_witness_set`).
+        """
+        if client.where in self._excusing:
+            return True
         sets = witness_sets(self.ledger.path)
+        found = client.cosigner()
         timeout = self.params.timeout_seconds
-        # Lost as a removal records it: a record that keeps a witness it calls lost (no command
-        # writes one; a forged one would) excuses nothing.
-        lost = {
-            make_client(w.spec, timeout=timeout).where
-            for s in sets
-            for w in s.lost
-            if not any(w.same(kept) for kept in s.witnesses)
-        }
-        if client.where in self._excusing or client.where in lost:
+
+        def ids(witnesses: Iterable[RecordedWitness]) -> set[str]:
+            if found is not None:
+                return {w.vkey for w in witnesses if w.vkey}
+            return {make_client(w.spec, timeout=timeout).where for w in witnesses}
+
+        me = found.vkey if found is not None else client.where
+        lost = ids(w for s in sets for w in s.lost if not any(w.same(kept) for kept in s.witnesses))
+        if me in lost:
             return True
         if not sets:
             return False
-        latest = {make_client(w.spec, timeout=timeout).where for w in sets[-1].witnesses}
-        earlier = {make_client(w.spec, timeout=timeout).where for s in sets for w in s.witnesses}
-        return client.where in earlier - latest
+        earlier = ids(w for s in sets for w in s.witnesses)
+        return me in earlier - ids(sets[-1].witnesses)
 
     def _damaged(self, client: WitnessClient, exc: Exception) -> WitnessSetError:
         verifier = client.cosigner()
@@ -1176,9 +1184,9 @@ class Witnessing:
         reason
             Why, as a code (the ledger keeps it).
         lost_for_good
-            Record the removal of a witness that cannot be read although no witness left is
-            sure to hold every checkpoint it cosigned (recorded as ``lost``: a rollback made
-            before the removal could no longer be seen). Without it such a removal is refused.
+            Record the removal of a witness that cannot be read (recorded as ``lost``: a
+            rollback made before the removal shows only through a newer checkpoint of a witness
+            left). Without it such a removal is refused.
 
         Returns
         -------
@@ -1193,8 +1201,8 @@ class Witnessing:
             does not have, or nothing to record.
         WitnessSetError
             params.yaml lacks another recorded witness, or lowers the quorum without
-            ``quorum``; or a witness removed cannot be read, no witness left covers it and
-            ``lost_for_good`` is not given.
+            ``quorum``; or a witness removed cannot be read and ``lost_for_good`` is not
+            given.
         LedgerRollbackError
             The ledger is shorter than, or forked from, a checkpoint found.
         """
@@ -1226,7 +1234,9 @@ class Witnessing:
             raise self._quorum_lowered(recorded)
         if not removed and not (quorum is not None and lowered):
             raise ValueError(MSG_NOTHING_TO_RECORD)
-        lost = self._uncovered(recorded, removed)
+        # Whether a witness left holds everything an unreadable one did cannot be told (a
+        # checkpoint that missed its quorum was cosigned by fewer), so it goes only as lost.
+        lost = [(w, why) for w in removed if (why := self._read(w)[0]) is not None]
         if lost and not lost_for_good:
             witness, why = lost[0]
             raise WitnessSetError(MSG_REMOVE_UNREADABLE.format(name=witness.name, why=why))
@@ -1282,25 +1292,6 @@ class Witnessing:
             return None, client.latest(self.origin)
         except (WitnessError, OSError) as exc:
             return str(exc) or type(exc).__name__, None
-
-    def _uncovered(
-        self, recorded: WitnessSet, removed: Sequence[RecordedWitness]
-    ) -> list[tuple[RecordedWitness, str]]:
-        """The witnesses of ``removed`` that cannot be read, with why, when the witnesses
-        ``recorded`` beside them that are left and can be read are too few to be sure that one
-        of them cosigned every checkpoint they did: a checkpoint carries ``needed``
-        cosignatures of the recorded witnesses, so ``n - needed + 1`` readable ones that hold a
-        checkpoint of this log share one with every such checkpoint (empty when they are
-        enough)."""
-        unread = [(w, why) for w in removed if (why := self._read(w)[0]) is not None]
-        if not unread:
-            return []
-        holding = [
-            w for w in recorded.witnesses if w not in removed and self._read(w)[1] is not None
-        ]
-        if len(holding) >= len(recorded.witnesses) - recorded.needed + 1:
-            return []
-        return unread
 
     def _check_checkpoints(self, *, full: bool) -> list[dict[str, Any]]:
         found = self.candidates()

@@ -330,8 +330,8 @@ def _witness_set_line(w: dict[str, Any]) -> str:
 
 def _lost_line(lost: Sequence[str], seq: int) -> str:
     return (
-        f"LOST: {', '.join(lost)} could not be read when removed and no witness left held all "
-        f"it cosigned: a rollback of the ledger made before entry {seq} would not be seen"
+        f"LOST: {', '.join(lost)} could not be read when removed: a rollback of the ledger made "
+        f"before entry {seq} shows only through a newer checkpoint of a witness left"
     )
 
 
@@ -418,9 +418,8 @@ def remove_witness(
     lost_for_good: bool = typer.Option(
         False,
         "--lost-for-good",
-        help="Record the removal of a witness that cannot be read and whose checkpoints no "
-        "witness left is sure to hold; the ledger and verify-ledger then say that a rollback "
-        "before this removal could not be seen.",
+        help="Record the removal of a witness that cannot be read (its volume or host lost "
+        "for good); the ledger and verify-ledger then say so, for good.",
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -433,9 +432,8 @@ def remove_witness(
     witness stays), then run this: it appends a witness.set entry as params.yaml now has it (a
     new witness in that folder included), witnessed by the remaining witnesses and, when
     reachable, by the ones let go, so that they learn it. `visage privacy verify-ledger` shows
-    every change. A witness that cannot be read now (volume unmounted, host down) is removed
-    only while the witnesses left can be read and are enough to hold every checkpoint it
-    cosigned; otherwise bring it back first, or, when it is lost for good, say so with
+    every change. A witness that cannot be read now (volume unmounted, host down, its state
+    damaged) is not removed: bring it back first, or, when it is lost for good, say so with
     --lost-for-good (recorded). Exit code 2 when refused or too few witnesses cosigned.
     """
     with user_errors():
