@@ -29,6 +29,28 @@ from visage_ml.privacy.witnessed import WITNESS_SET, WitnessUnavailableError, fo
 DEFAULT = {"kind": "directory", "path": "default"}
 
 
+def _default_and_remote(project, tmp_path, port: int = 0):
+    """The default directory witness and one on another host (a ``visage witness serve``
+    here), both needed: ``(remote, server, http spec, paths, core)``."""
+    remote = Witness.create(tmp_path / "remote-host", name="witness.example.org/w1")
+    server = make_server(remote, "127.0.0.1", port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    http = {"kind": "http", "url": url, "key": remote.verifier.vkey}
+    write_overrides(
+        project / "params.yaml",
+        {
+            "privacy.witness.witnesses": [DEFAULT, http],
+            "privacy.witness.quorum": 0,
+            "privacy.witness.timeout_seconds": 2.0,
+        },
+    )
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    remote.add_log(core.witnessing.log_verifier().vkey)
+    return remote, server, http, paths, core
+
+
 def _lose_default_witness_for_good(paths: ProjectPaths, witness_dir) -> str:  # noqa: F811
     """The default witness's volume is lost: let it go with --lost-for-good (as the refusal
     says), then configure a new default witness in the same place. Returns the new one's name."""
@@ -93,25 +115,9 @@ def test_removing_a_witness_that_alone_holds_the_last_checkpoint_is_recorded_as_
     # force, cosigned by the default witness alone). The host comes back; the default witness's
     # volume is then lost (or deleted by the operator) and the ledger cut back. Removing the
     # default witness: the one left "holds a checkpoint", but not the one only the lost witness
-    # cosigned, so the removal is one that "could never be seen again" and must need
-    # --lost-for-good (the record then says LOST).
-    remote = Witness.create(tmp_path / "remote-host", name="witness.example.org/w1")
-    server = make_server(remote, "127.0.0.1", 0)
+    # cosigned, so the removal must need --lost-for-good (the record then says LOST).
+    remote, server, http, paths, core = _default_and_remote(project, tmp_path)
     port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    http = {"kind": "http", "url": url, "key": remote.verifier.vkey}
-    write_overrides(
-        project / "params.yaml",
-        {
-            "privacy.witness.witnesses": [DEFAULT, http],
-            "privacy.witness.quorum": 0,
-            "privacy.witness.timeout_seconds": 2.0,
-        },
-    )
-    paths = ProjectPaths(project)
-    core = PrivacyCore(paths)
-    remote.add_log(core.witnessing.log_verifier().vkey)
     pid = core.add_subject(source="t")
     core.give_consent(pid, receipt())
     core.checkpoint_and_witness()  # both cosign
@@ -142,19 +148,23 @@ def test_removing_a_witness_that_alone_holds_the_last_checkpoint_is_recorded_as_
         server.server_close()
 
 
-def test_a_signed_record_calling_lost_another_key_at_a_kept_witness_path_excuses_nothing(
+@pytest.mark.parametrize("lost", ["the kept witness", "another key at its path"])
+def test_a_signed_record_calling_lost_what_it_keeps_excuses_none_of_its_damage(
     withdrawn,  # noqa: F811
     witness_dir,  # noqa: F811
     tmp_path,
+    lost,
 ):
-    # As test_redteam_today's "calling a kept witness lost", but the forged "lost" item names
-    # the kept witness's folder with another key (a throwaway witness's): the record keeps the
-    # witness, so by the rule of that test nothing is excused.
+    # With the ledger key: cut the withdrawal off, sign a witness.set that keeps the witness but
+    # calls it lost (no command writes one), or calls lost a throwaway key at its folder; and
+    # garble its state.
     paths, pids = withdrawn
     core = PrivacyCore(paths, check=False)
     Witness(witness_dir).state_path(core.witnessing.origin).write_bytes(b"{")
     (kept,) = [w.to_payload() for w in core.witnessing.recorded().witnesses]
-    decoy = dict(kept, vkey=Witness.create(tmp_path / "decoy").verifier.vkey)
+    decoy = kept
+    if lost == "another key at its path":
+        decoy = dict(kept, vkey=Witness.create(tmp_path / "decoy").verifier.vkey)
     paths.ledger.write_bytes(b"".join(lines_of(paths)[:-1]))
     (paths.checkpoints / "latest").unlink()
     forget_checks()
@@ -172,22 +182,7 @@ def test_the_refusal_to_remove_says_what_cannot_be_told_not_that_no_witness_hold
     # Legitimate: the default witness's volume is lost; the witness on another host, which
     # holds every checkpoint, is down for the moment. The refusal must not say that no witness
     # left holds the checkpoints (untrue here); it says what cannot be told, and the way out.
-    remote = Witness.create(tmp_path / "remote-host", name="witness.example.org/w1")
-    server = make_server(remote, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    http = {"kind": "http", "url": url, "key": remote.verifier.vkey}
-    write_overrides(
-        project / "params.yaml",
-        {
-            "privacy.witness.witnesses": [DEFAULT, http],
-            "privacy.witness.quorum": 0,
-            "privacy.witness.timeout_seconds": 2.0,
-        },
-    )
-    paths = ProjectPaths(project)
-    core = PrivacyCore(paths)
-    remote.add_log(core.witnessing.log_verifier().vkey)
+    _, server, http, paths, core = _default_and_remote(project, tmp_path)
     pid = core.add_subject(source="t")
     core.give_consent(pid, receipt())
     core.withdraw_consent(pid)  # cosigned by both

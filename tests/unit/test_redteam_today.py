@@ -26,6 +26,8 @@ from test_redteam_plaintext import (  # noqa: F401 - fixtures
 from test_redteam_witness_set import (  # noqa: F401 - fixtures
     drop_witnesses,
     later_withdrawal,
+    only_the_default_witness,
+    recorded_second_witness,
     still_refused,
 )
 from test_witnessed import (  # noqa: F401 - fixtures
@@ -40,7 +42,7 @@ from test_witnessed import (  # noqa: F401 - fixtures
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import KEY_FILE, STATE_FILE, VKEY_FILE, Witness, make_server
-from visage_ml.privacy.witnessed import WITNESS_SET, WitnessSetError, forget_checks
+from visage_ml.privacy.witnessed import WitnessSetError, forget_checks
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
@@ -176,25 +178,6 @@ def test_a_witness_state_file_deleted_or_garbled_does_not_hide_its_checkpoint(
     assert "--lost-for-good" in msg
 
 
-def test_a_signed_record_calling_a_kept_witness_lost_does_not_excuse_its_damage(
-    withdrawn,  # noqa: F811
-    witness_dir,  # noqa: F811
-):
-    # With the ledger key: cut the withdrawal off, sign a witness.set that keeps the witness but
-    # calls it lost (no command writes one), and garble its state.
-    paths, pids = withdrawn
-    core = PrivacyCore(paths, check=False)
-    Witness(witness_dir).state_path(core.witnessing.origin).write_bytes(b"{")
-    (kept,) = [w.to_payload() for w in core.witnessing.recorded().witnesses]
-    paths.ledger.write_bytes(b"".join(lines_of(paths)[:-1]))
-    (paths.checkpoints / "latest").unlink()
-    forget_checks()
-    ledger = PrivacyCore(paths, check=False).ledger
-    ledger.after_append = None
-    ledger.append(WITNESS_SET, None, {"witnesses": [kept], "quorum": 0, "lost": [kept]})
-    still_refused(paths, pids[1])
-
-
 def test_a_witness_whose_state_is_lost_for_good_is_let_go_on_the_record(
     withdrawn,  # noqa: F811
     witness_dir,  # noqa: F811
@@ -223,13 +206,8 @@ def test_a_witness_removed_in_the_ordinary_way_then_damaged_does_not_stop_the_pr
 ):
     # It holds nothing newer than its removal, which the ledger records after it.
     paths, pids = withdrawn
-    second = second_witness(paths.root)
-    forget_checks()
-    PrivacyCore(paths).restrict(pids[0])
-    write_overrides(
-        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
-    )
-    forget_checks()
+    second = recorded_second_witness(paths, pids[0])
+    only_the_default_witness(paths)
     result = cli("privacy", "remove-witness", second.name, "--reason", "decommissioned")
     assert result.exit_code == 0, result.output
     second.state_path(PrivacyCore(paths).witnessing.origin).write_bytes(b"{")

@@ -63,6 +63,23 @@ def drop_witnesses(paths: ProjectPaths) -> None:
     (paths.checkpoints / "latest").unlink()
 
 
+def recorded_second_witness(paths: ProjectPaths, pid: str) -> Witness:
+    """A second directory witness beside the default one, on the record (a restriction of
+    ``pid`` witnessed by both)."""
+    second = second_witness(paths.root)
+    forget_checks()
+    PrivacyCore(paths).restrict(pid)
+    return second
+
+
+def only_the_default_witness(paths: ProjectPaths) -> None:
+    """params.yaml with the default directory witness alone."""
+    write_overrides(
+        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
+    )
+    forget_checks()
+
+
 def still_refused(paths: ProjectPaths, victim: str) -> None:
     """Opening and asking about ``victim`` must not answer "allowed"."""
     forget_checks()
@@ -205,28 +222,17 @@ def test_a_witness_that_cannot_be_read_goes_only_as_lost_even_with_one_left(
     # cannot be told (a checkpoint that missed its quorum was cosigned by fewer:
     # test_redteam_session35), so the removal is on the record as lost, or not at all.
     paths, pids = withdrawn
-    second = second_witness(paths.root)
-    forget_checks()
-    PrivacyCore(paths).restrict(pids[0])
+    second = recorded_second_witness(paths, pids[0])
     name = second.name
     second.root.rename(second.root.with_name("lost"))
-    write_overrides(
-        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
-    )
-    forget_checks()
+    only_the_default_witness(paths)
     result = cli("privacy", "remove-witness", name, "--reason", "volume_lost")
     assert result.exit_code == 2 and "--lost-for-good" in result.output
     result = cli("privacy", "remove-witness", name, "--reason", "volume_lost", "--lost-for-good")
     assert result.exit_code == 0, result.output
     # A witness that can be read is not let go as lost.
-    second_witness(paths.root)
-    forget_checks()
-    PrivacyCore(paths).restrict(pids[2])
-    write_overrides(
-        paths.params, {"privacy.witness.witnesses": [{"kind": "directory", "path": "default"}]}
-    )
-    forget_checks()
-    third = Witness(paths.root.parent / "second-volume" / "witness").name
+    third = recorded_second_witness(paths, pids[2]).name
+    only_the_default_witness(paths)
     result = cli(
         "privacy", "remove-witness", third, "--reason", "decommissioned", "--lost-for-good"
     )
