@@ -259,7 +259,7 @@ class Witness:
 
     def log(self, origin: str) -> LogState | None:
         """The state kept for ``origin`` (None when this witness does not know it)."""
-        path = self._log_dir(origin) / STATE_FILE
+        path = self.state_path(origin)
         try:
             state = LogState.from_json(path.read_bytes())
         except FileNotFoundError:

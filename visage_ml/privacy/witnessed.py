@@ -469,7 +469,6 @@ class Witnessing:
         self._due: tuple[int, float] | None = None
         self.latest_path = paths.checkpoints / LATEST
         self.project = project_id(paths.root)
-        self._excusing: frozenset[str] = frozenset()  # lost witnesses a removal is recording
 
     @property
     def origin(self) -> str:
@@ -900,9 +899,11 @@ class Witnessing:
                 out.append(client)
         return out
 
-    def candidates(self) -> list[tuple[str, bytes]]:
+    def candidates(self, excused: frozenset[str] = frozenset()) -> list[tuple[str, bytes]]:
         """``(where, note)`` of every checkpoint of this ledger that can be found now (the
-        local one and those of :meth:`readers`)."""
+        local one and those of :meth:`readers`). A directory witness whose folder cannot show
+        what it cosigned stops the check, unless :meth:`_excused` (``excused``: the witnesses
+        a removal is recording as lost, by ``where``)."""
         out: list[tuple[str, bytes]] = []
         local = self._local()
         if local is not None:
@@ -915,7 +916,7 @@ class Witnessing:
                 if (
                     isinstance(client, DirectoryWitness)
                     and isinstance(exc, WitnessError)
-                    and not self._excused(client)
+                    and not self._excused(client, excused)
                 ):
                     # A folder that is there but cannot show what it cosigned is damage, not
                     # absence: its checkpoints are what would show a rollback.
@@ -927,17 +928,18 @@ class Witnessing:
                 out.append((client.where, note))
         return out
 
-    def _excused(self, client: WitnessClient) -> bool:
+    def _excused(self, client: WitnessClient, excused: frozenset[str]) -> bool:
         """Whether a damaged copy at ``client`` may be skipped: its witness is being recorded
-        as lost, or was (by a record that does not also keep it), or an earlier record names
-        it and the latest one no longer does (it holds nothing newer than its removal).
+        as lost (``excused``, by ``where``), or was (by a record that does not also keep it), or
+        an earlier record names it and the latest one no longer does (it holds nothing newer
+        than its removal).
 
         The witness is told by the key its folder publishes, not by its path: a new witness in
         a lost one's folder, or ``default`` pointed at another witness, is not the lost one. A
         folder stripped of its keys is told by its path (a configured witness in that state
         already stops every process: :meth:`check_witness_set`).
         """
-        if client.where in self._excusing:
+        if client.where in excused:
             return True
         sets = witness_sets(self.ledger.path)
         found = client.cosigner()
@@ -1236,7 +1238,7 @@ class Witnessing:
             raise ValueError(MSG_NOTHING_TO_RECORD)
         # Whether a witness left holds everything an unreadable one did cannot be told (a
         # checkpoint that missed its quorum was cosigned by fewer), so it goes only as lost.
-        lost = [(w, why) for w in removed if (why := self._read(w)[0]) is not None]
+        lost = [(w, why) for w in removed if (why := self._unread(w)) is not None]
         if lost and not lost_for_good:
             witness, why = lost[0]
             raise WitnessSetError(MSG_REMOVE_UNREADABLE.format(name=witness.name, why=why))
@@ -1245,11 +1247,8 @@ class Witnessing:
             raise ValueError(MSG_NOT_LOST.format(names=names_removed))
         timeout = self.params.timeout_seconds
         lost_where = frozenset(make_client(w.spec, timeout=timeout).where for w, _ in lost)
-        self._excusing = lost_where
-        try:
-            self._check_checkpoints(full=True)  # the leaving witnesses' copies are read too
-        finally:
-            self._excusing = frozenset()
+        # The leaving witnesses' copies are read too, those being recorded as lost excepted.
+        self._check_checkpoints(full=True, excused=lost_where)
         self.check_binding()
         entry = self.ledger.append(
             WITNESS_SET,
@@ -1274,27 +1273,30 @@ class Witnessing:
         told = {w.name: w.name in witnessed.cosigners for w in removed}
         return WitnessSet.from_entry(entry.to_dict()), witnessed, told
 
-    def _read(self, witness: RecordedWitness) -> tuple[str | None, bytes | None]:
-        """``(why not, None)`` when the copy of this log's checkpoints that ``witness`` holds
-        cannot be read now, else ``(None, its latest checkpoint or None)``."""
+    def _unread(self, witness: RecordedWitness) -> str | None:
+        """Why the copy of this log's checkpoints that ``witness`` holds cannot be read now
+        (None: it can, or it holds none)."""
         if witness.kind == "directory":
             folder = witness_folder(witness.spec)
             found = Witness.published_verifier(folder)
             if found is None:
-                return f"{folder} holds no witness", None
+                return f"{folder} holds no witness"
             if witness.vkey and found.vkey != witness.vkey:
-                return f"{folder} holds another witness, {found.name}", None
+                return f"{folder} holds another witness, {found.name}"
         client = make_client(witness.spec, timeout=self.params.timeout_seconds)
         try:
             if isinstance(client, DirectoryWitness):
-                # A state deleted while the folder still binds the project included.
-                return None, self._latest_of(client)
-            return None, client.latest(self.origin)
+                self._latest_of(client)  # a state deleted while the folder binds the project too
+            else:
+                client.latest(self.origin)
         except (WitnessError, OSError) as exc:
-            return str(exc) or type(exc).__name__, None
+            return str(exc) or type(exc).__name__
+        return None
 
-    def _check_checkpoints(self, *, full: bool) -> list[dict[str, Any]]:
-        found = self.candidates()
+    def _check_checkpoints(
+        self, *, full: bool, excused: frozenset[str] = frozenset()
+    ) -> list[dict[str, Any]]:
+        found = self.candidates(excused)
         if not found:
             return []
         notes: list[tuple[str, bytes, Checkpoint, Note]] = []
