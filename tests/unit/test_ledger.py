@@ -143,10 +143,12 @@ def test_personal_data_keys_and_unknown_types_are_refused(tmp_path):
 def test_tree_head_inclusion_and_consistency(tmp_path):
     ledger = make_ledger(tmp_path)
     fill(ledger, 5)
+    assert "tree head" not in ledger.verify().message()  # none yet: nothing to say of them
     head1 = ledger.checkpoint()
     fill(ledger, 4)
     head2 = ledger.checkpoint()
     assert ledger.verify().tree_heads == 2
+    assert "2 signed tree head(s) match" in ledger.verify().message()
     lines = ledger.path.read_bytes().splitlines()
     record = inclusion_for(ledger, 3, head2.payload["size"])
     assert record["root"] == head2.payload["root"]

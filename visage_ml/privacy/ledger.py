@@ -274,9 +274,10 @@ class VerifyResult:
     def message(self) -> str:
         if self.ok:
             rotated = f", {len(self.keys) - 1} key rotation(s)" if len(self.keys) > 1 else ""
+            heads = f", {self.tree_heads} signed tree head(s) match" if self.tree_heads else ""
             return (
-                f"ledger OK: {self.entries} entries, chain and signatures valid, "
-                f"{self.tree_heads} tree heads match{rotated}; root {self.root}"
+                f"ledger OK: {self.entries} entries, chain and signatures valid"
+                f"{heads}{rotated}; root {self.root}"
             )
         where = f"line {self.bad_line}"
         if self.bad_seq is not None:
