@@ -26,6 +26,7 @@ from visage_ml.app.cli import app
 from visage_ml.app.stages import prepare
 from visage_ml.config import load_params
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.io import sha256_file
 from visage_ml.privacy.datakeys import NoDataKeyError
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights.erasure import Erasure
@@ -39,7 +40,7 @@ from visage_ml.rights.export import (
     read_bundle,
     validate_bundle,
 )
-from visage_ml.rights.rectify import rectify
+from visage_ml.rights.rectify import attributes_mac, rectify
 from visage_ml.rights.runner import object_to, restrict
 from visage_ml.rights.sealing import doctor, open_sealed_file
 
@@ -247,6 +248,7 @@ def test_rectification_records_hashes_replaces_images_and_reenrols(proj):
     new_photo = face_tile(proj.world.people[pid], np.random.default_rng(7), noise=3.0)
     new_bytes = png(new_photo)
     before_tpl = gallery.template(pid)[0]
+    sealed_before = sha256_file(RawStore(proj.paths).image_path(pid, image_id))
     result = rectify(
         proj.paths,
         pid,
@@ -264,10 +266,20 @@ def test_rectification_records_hashes_replaces_images_and_reenrols(proj):
     assert images.loc[image_id, "sha256"] == hashlib.sha256(stored).hexdigest()
     (event,) = [e for e in proj.core.ledger.entries() if e.type == "rectification"]
     assert event.payload["fields"] == ["age", "gender"]
-    assert event.payload["attributes_sha256_before"] != event.payload["attributes_sha256_after"]
+    # The attributes by a MAC under the subject's data key: a DPO checks it while they are on
+    # record; once erased, nothing of theirs can be matched against it.
+    data_key = proj.core.data_keys.key(pid)
+    assert event.payload["attributes_mac_after"] == attributes_mac(data_key, row.to_dict())
+    assert event.payload["attributes_mac_before"] != event.payload["attributes_mac_after"]
+    # The images by their sealed files' hashes: the one it replaced, and the one it wrote.
     (change,) = event.payload["files"]
-    assert change["sha256_before"] == hashlib.sha256(old_bytes).hexdigest()
-    assert change["sha256_after"] == hashlib.sha256(stored).hexdigest()
+    assert change["sealed_sha256_before"] == sealed_before
+    assert change["sealed_sha256_after"] == sha256_file(
+        RawStore(proj.paths).image_path(pid, image_id)
+    )
+    payload = json.dumps(event.payload)
+    for png_bytes in (old_bytes, stored):
+        assert hashlib.sha256(png_bytes).hexdigest() not in payload
     # hashes, not values: no field of the payload holds the corrected age or gender
     flat = [v for v in json.dumps(event.payload).replace('"', " ").replace(",", " ").split()]
     assert "41" not in flat and "male" not in flat

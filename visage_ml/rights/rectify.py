@@ -10,6 +10,7 @@ enrols it again).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import logging
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from visage_ml.data.imagecheck import (
     check_image,
 )
 from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subjects
-from visage_ml.io import canonical_json, sha256_bytes
+from visage_ml.io import canonical_json, sha256_file
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.requests import RequestBook
@@ -54,17 +55,27 @@ MSG_NO_ROW = (
     "subject {pid} has no row in data/raw/subjects.parquet: there are no attributes to correct"
 )
 ATTRIBUTES = ("age", "gender", "group")
+# What the data key is stretched for to MAC the attributes (a subkey for this use only).
+ATTRIBUTES_MAC_CONTEXT = b"visage-ml rectification attributes v1"
 
 
 @dataclass
 class RectificationResult:
-    """Before/after hashes of what changed (no values)."""
+    """Before/after digests of what changed (no values).
+
+    The ledger keeps them for good, so none is a digest that something of the subject's can be
+    hashed to once they are erased: an image is named by the SHA-256 of its sealed file (the
+    ciphertext), and the attributes (a few hundred possible values, which a plain hash would
+    give away by enumeration) by an HMAC under a key derived from the subject's data key, which
+    their erasure destroys. While the subject is on record a DPO can check a digest against the
+    data (:func:`attributes_mac`).
+    """
 
     request_id: str
     pid: str
     fields: list[str]
-    attributes_sha256_before: str | None
-    attributes_sha256_after: str | None
+    attributes_mac_before: str | None
+    attributes_mac_after: str | None
     files: list[dict[str, str]] = field(default_factory=list)
     raw_md5_before: str | None = None
     raw_md5_after: str | None = None
@@ -74,11 +85,17 @@ class RectificationResult:
         return dict(self.__dict__)
 
 
-def _attrs_digest(row: Mapping[str, Any] | None) -> str | None:
+def attributes_mac(data_key: bytes, row: Mapping[str, Any] | None) -> str | None:
+    """HMAC-SHA256 of a subject's ``age``, ``gender`` and ``group`` under their data key.
+
+    A subkey is derived for this use (the data key itself seals their files), so the digest
+    says nothing once the data key is destroyed.
+    """
     if row is None:
         return None
     keep = {k: jsonable(row.get(k)) for k in ATTRIBUTES}
-    return hashlib.sha256(canonical_json(keep)).hexdigest()
+    subkey = hmac.new(data_key, ATTRIBUTES_MAC_CONTEXT, hashlib.sha256).digest()
+    return hmac.new(subkey, canonical_json(keep), hashlib.sha256).hexdigest()
 
 
 def _tracked(paths: ProjectPaths) -> str | None:
@@ -163,13 +180,16 @@ def rectify(
                 gallery_result = _reenrol(paths, pid, enrolment, core=core, replaced=replaced)
         after = read_subjects(paths.raw)
         after_row = after[after["pid"].astype(str) == pid]
+        for change in file_changes:
+            change["sealed_sha256_after"] = sha256_file(store.image_path(pid, change["image_id"]))
+        data_key = core.data_keys.key(pid, create=True) if attributes else b""
         result = RectificationResult(
             request_id=st.request_id,
             pid=pid,
             fields=sorted(attributes),
-            attributes_sha256_before=_attrs_digest(before_row),
-            attributes_sha256_after=_attrs_digest(row_dict(after_row.iloc[0]))
-            if len(after_row)
+            attributes_mac_before=attributes_mac(data_key, before_row) if attributes else None,
+            attributes_mac_after=attributes_mac(data_key, row_dict(after_row.iloc[0]))
+            if attributes and len(after_row)
             else None,
             files=file_changes,
             raw_md5_before=raw_before,
@@ -182,8 +202,8 @@ def rectify(
             {
                 "request_id": st.request_id,
                 "fields": result.fields,
-                "attributes_sha256_before": result.attributes_sha256_before,
-                "attributes_sha256_after": result.attributes_sha256_after,
+                "attributes_mac_before": result.attributes_mac_before,
+                "attributes_mac_after": result.attributes_mac_after,
                 "files": file_changes,
                 "raw_md5_before": result.raw_md5_before,
                 "raw_md5_after": result.raw_md5_after,
@@ -212,7 +232,8 @@ def _check_input(
 ) -> tuple[dict[str, Any] | None, list[dict[str, str]], dict[str, CheckedImage]]:
     """Refuse what the raw store would refuse mid-way, before anything is recorded.
 
-    Returns the subject's row before, the images' before/after hashes and the checked images.
+    Returns the subject's row before, the images' sealed files' hashes before and the checked
+    images.
     """
     unknown = sorted(set(attributes) - set(ATTRIBUTES))
     if unknown:
@@ -235,14 +256,12 @@ def _check_input(
         if image_id not in theirs or not path.is_file():
             raise ValueError(MSG_NOT_THEIRS.format(image_id=image_id, pid=pid))
         try:
-            checked[image_id] = c = check_image(data, max_pixels=max_pixels)
+            checked[image_id] = check_image(data, max_pixels=max_pixels)
         except ImageRejectedError as exc:
             raise ValueError(MSG_BAD_IMAGE.format(image_id=image_id, why=exc)) from None
-        # The PNG's hash, as images.parquet records it (the file itself is sealed).
-        before = sha256_bytes(store.read_image(pid, image_id))
-        file_changes.append(
-            {"image_id": image_id, "sha256_before": before, "sha256_after": c.sha256}
-        )
+        store.read_image(pid, image_id)  # a plaintext or altered file: ValueError, before anything
+        # The ciphertext's hash: the PNG's would lead a photograph of them to the pid for good.
+        file_changes.append({"image_id": image_id, "sealed_sha256_before": sha256_file(path)})
     return before_row, file_changes, checked
 
 
