@@ -2,7 +2,8 @@
 
 The report under ``privacy/imports/`` (git-ignored, next to the vault) is the only place file
 names are written: it lists the files that were *not* imported, with a reason code, and is not
-linked to any pid.
+linked to any pid. An erasure rewrites it without the lines naming the erased person
+(:mod:`visage_ml.data.importers.reports`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What every store of the erasure provides, and what the orchestrator hands them.
 
-A store module (``gallery``, ``vault``, ``raw``, ``dvc``, ``processed``, ``exports``,
-``checkpoints``, ``mlflow``) has three functions, the :class:`Store` protocol:
+A store module (``gallery``, ``vault``, ``import_reports``, ``raw``, ``dvc``, ``processed``,
+``exports``, ``checkpoints``, ``mlflow``) has three functions, the :class:`Store` protocol:
 
 - ``plan(ctx, pid)``: find and hash what the store holds of the subject, deleting nothing
   (a :class:`Plan`; None when the store is not part of the project, e.g. DVC outside a DVC

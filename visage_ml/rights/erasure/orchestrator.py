@@ -12,8 +12,9 @@ gallery        with the shared gallery (``serving.gallery.backend: pgvector``) f
                switched (:mod:`.pgvector`); the subject's template and gallery key
                (:mod:`.gallery`): from the end of this step the subject is never matched again
 vault          a keyed tombstone of the subject's reference and file hashes
-               (:mod:`.tombstone`: re-imports are refused), then the identity-vault key, record
-               and blind-index entry (:mod:`.vault`, cryptographic erase)
+               (:mod:`.tombstone`: re-imports are refused), the import reports' lines naming
+               them (:mod:`.import_reports`), then the identity-vault key, record and
+               blind-index entry (:mod:`.vault`, cryptographic erase)
 raw            the subject's data key (:mod:`.datakey`: every sealed raw image, crop chunk and
                kept bundle of theirs, in every copy, becomes unreadable), then their files and
                rows leave ``data/raw``, and the LFW pairs naming their images leave
@@ -88,6 +89,7 @@ from visage_ml.rights.erasure import (
     dvc_remote,
     exports,
     gallery,
+    import_reports,
     mlflow,
     mlflow_server,
     pgvector,
@@ -117,8 +119,9 @@ STORES: Mapping[str, tuple[Store, ...]] = {
     # The shared gallery's row first: no replica returns the subject from then on, before the
     # key that seals the row's template goes.
     "gallery": (pgvector, gallery),
-    # The tombstone reads the vault record and the image hashes before they go.
-    "vault": (tombstone, vault),
+    # The tombstone reads the vault record and the image hashes before they go; the import
+    # reports are cleaned of the reference the vault record holds.
+    "vault": (tombstone, import_reports, vault),
     # The data key first: destroying it crypto-shreds every copy of the sealed files.
     "raw": (datakey, raw),
     # The stack's S3 remote first (it notes where the objects sit in the volume files before

@@ -1,0 +1,95 @@
+"""The import reports after an erasure: the lines naming the erased person lose their path and
+keep their reason (rights/erasure/import_reports.py, data/importers/reports.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_tombstones import YORICK, ZELDA, jpeg, put, run_import
+
+from visage_ml.config import ProjectPaths
+from visage_ml.data.importers.reports import REDACTED, report_files
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.rights.erasure import Erasure
+
+
+def small_jpeg(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def imported(project, tmp_path):
+    """Zelda and Yorick imported; one photograph of each refused as too small."""
+    src = tmp_path / "faces"
+    put(src / ZELDA / "a.jpg", jpeg(1))
+    put(src / ZELDA / "scan_small.jpg", small_jpeg(2))
+    put(src / YORICK / "b.jpg", jpeg(3))
+    put(src / YORICK / "tiny.jpg", small_jpeg(4))
+    run_import(project, src)
+    paths = ProjectPaths(project)
+    core = PrivacyCore(paths)
+    pids = {name: core.vault.find(f"imagefolder:{name}") for name in (ZELDA, YORICK)}
+    return src, paths, core, pids
+
+
+def lines(paths: ProjectPaths) -> list[dict]:
+    return [x for f in report_files(paths) for x in json.loads(f.read_text())["files"]]
+
+
+def named(paths: ProjectPaths, name: str) -> list[str]:
+    return [f.name for f in report_files(paths) if name in f.read_text()]
+
+
+def test_an_erasure_leaves_the_reports_counting_the_person_s_files_but_not_naming_them(imported):
+    _, paths, core, pids = imported
+    (report,) = report_files(paths)
+    assert named(paths, ZELDA) == [report.name]  # the refused scan names her folder
+    result = Erasure(paths, core=core).erase(pids[ZELDA])
+    assert named(paths, ZELDA) == []
+    doc = json.loads(report.read_text())
+    assert doc["files_skipped"] == 2 and doc["skipped_by_reason"] == {"too_small": 2}
+    (hers,) = [x for x in lines(paths) if x["file"] is None]
+    assert hers == {"file": None, "reason": "too_small", "detail": "", "redacted": REDACTED}
+    assert {x["file"] for x in lines(paths)} == {None, f"{YORICK}/tiny.jpg"}
+    assert report.stat().st_mode & 0o777 == 0o600
+    # The certificate names the rewritten report (hashed before), in the vault step.
+    claimed = [a for a in result.certificate["claims"]["artefacts"] if a["store"] == "imports"]
+    assert [a["path"] for a in claimed] == [f"privacy/imports/{report.name}"]
+    assert Erasure(paths, core=core).remaining(pids[ZELDA])["vault"] == []
+
+
+def test_a_line_an_older_erasure_left_is_found_and_cleaned_by_the_next(imported):
+    _, paths, core, pids = imported
+    Erasure(paths, core=core).erase(pids[ZELDA])
+    # A report that still names her, as an erasure before this store left them.
+    (report,) = report_files(paths)
+    doc = json.loads(report.read_text())
+    doc["files"].append({"file": f"{ZELDA}/other.jpg", "reason": "too_small", "detail": ""})
+    report.write_text(json.dumps(doc))
+    erasure = Erasure(paths, core=core)
+    # Found by the tombstones before any erasure of hers runs again (Yorick's own files aside).
+    assert f"privacy/imports/{report.name}" in erasure.remaining(pids[YORICK])["vault"]
+    erasure.erase(pids[YORICK])
+    assert named(paths, ZELDA) == [] and named(paths, YORICK) == []
+    assert erasure.remaining(pids[YORICK])["vault"] == []
+
+
+def test_a_later_import_of_the_erased_person_s_folder_says_which_files_it_refused(imported):
+    src, paths, core, pids = imported
+    Erasure(paths, core=core).erase(pids[ZELDA])
+    again = run_import(Path(paths.root), src)
+    # The README: refused as `erased_subject`, named in the new report (whoever imports holds
+    # the folder); not a leftover of the erasure.
+    assert {s.rel: s.reason for s in again.skipped if s.reason == "erased_subject"} == {
+        f"{ZELDA}/a.jpg": "erased_subject",
+        f"{ZELDA}/scan_small.jpg": "erased_subject",
+    }
+    assert Erasure(paths, core=core).remaining(pids[ZELDA])["vault"] == []

@@ -1,0 +1,70 @@
+"""The import reports: ``privacy/imports/import-*.json`` without the erased person's lines.
+
+A report names the files an import did not take by their path in the source tree, where a
+folder or a file name is the person's reference (:mod:`visage_ml.data.importers.reports`): one
+that refused a photograph of someone it imported names them in clear. The lines that name the
+subject are rewritten without their path and detail (their reason code stays, so the counts
+still add up); so are those naming anyone erased before (an older erasure left them), asked of
+the tombstones.
+
+Run in the ``vault`` step, after the tombstone and before the vault store: the reference is read
+from the vault record before it is destroyed. :func:`verify` asks the tombstones, so it finds a
+line naming any erased person, but for the refusals a later import of their folder writes
+(reason ``erased_subject``: the README says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from visage_ml.data.importers.reports import Names, redact_reports, reports_naming
+from visage_ml.privacy.tombstones import normalise_ref
+from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
+
+STORE = "imports"
+
+
+def _ref(ctx: Context, pid: str) -> str | None:
+    if not (ctx.paths.vault.is_dir() and pid in ctx.core.vault):
+        return None
+    try:
+        ref = ctx.core.vault.get(pid).get("external_ref")
+    except KeyError:
+        return None
+    return str(ref) if ref else None
+
+
+def _names(ctx: Context, ref: str | None) -> Names:
+    """Whether a line's references name the subject (``ref``) or anyone erased before."""
+    own = normalise_ref(ref) if ref else None
+    tombstones = ctx.core.tombstones
+
+    def names(refs: Iterable[str]) -> bool:
+        refs = list(refs)
+        if own is not None and any(normalise_ref(r) == own for r in refs):
+            return True
+        return any(tombstones.has_ref(r) for r in refs)
+
+    return names
+
+
+def plan(ctx: Context, pid: str) -> Plan:
+    """The reports with a line naming the subject (or anyone erased), hashed; the reference is
+    kept in memory for :func:`erase`, never recorded."""
+    ref = _ref(ctx, pid)
+    found = reports_naming(ctx.paths, _names(ctx, ref))
+    return Plan([file_artefact(ctx, STORE, f) for f in found], state=ref)
+
+
+def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
+    """Rewrite the reports without those lines (a resumed run finds the subject through their
+    tombstone, written before in this step)."""
+    ref = plan.state if plan is not None else _ref(ctx, pid)
+    redact_reports(ctx.paths, _names(ctx, ref))
+    return Outcome()
+
+
+def verify(ctx: Context, pid: str) -> list[str]:
+    """Reports that still name an erased person (refusals of a later import aside)."""
+    found = reports_naming(ctx.paths, _names(ctx, None), refusals=False)
+    return [ctx.rel(f) for f in found]
