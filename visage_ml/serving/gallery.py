@@ -108,7 +108,12 @@ from visage_ml.serving.gallery_check import (
     ledger_time,
     ledger_verdict,
 )
-from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
+from visage_ml.serving.index import (
+    TemplateIndex,
+    normalize_queries,
+    score_against,
+    template_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1047,6 +1052,25 @@ class Gallery:
                 raise NotEnrolledError(pid)
             score = self._index.score(pid, q[0])
         return score >= self.threshold, score
+
+    def compare(self, embeddings: np.ndarray, template: np.ndarray) -> np.ndarray:
+        """Score of each embedding row against ``template``, as :meth:`verify` scores a probe
+        against a subject's template (unit rows, the served score calibration): a row matches
+        at or above :attr:`threshold`.
+
+        For a template that is not searched as it is: a subject's stored template or anchor as
+        :meth:`reference` read them, which an operator's re-enrolment must match.
+        """
+        dim = self.meta.embedding_dim
+        q = normalize_queries(embeddings, dim)
+        t = normalize_queries(np.asarray(template).reshape(1, -1), dim)[0]
+        with self.lock:
+            calibration = self._scoring_calibration()
+        return score_against(q, t, calibration)
+
+    def _scoring_calibration(self) -> Any:
+        """The score calibration searches and verifications apply now (None: raw scores)."""
+        return self._index.calibration
 
     def status(self, pid: str) -> dict[str, Any]:
         """Gallery state of ``pid``: enrolled (a template is stored), searchable, its version."""

@@ -58,6 +58,24 @@ def normalize_queries(embeddings: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(q / norms, dtype=np.float32)
 
 
+def score_against(
+    queries: np.ndarray, template: np.ndarray, calibration: ScoreCalibration | None
+) -> np.ndarray:
+    """Scores of unit query rows against one unit template that need not be a row of an index,
+    as :meth:`TemplateIndex.score` scores a row: the cosine, calibrated (with a calibration)
+    from the query's side and the template's.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Q,)`` float64 scores, to compare with the threshold as a verification's.
+    """
+    raw = (queries @ template).astype(np.float64)
+    if calibration is None:
+        return raw
+    return calibration.apply(raw, calibration.sides(queries), calibration.sides(template[None]))
+
+
 class TemplateIndex:
     """Rows ``[0, n)`` of a float32 matrix of unit templates, with pid <-> row maps.
 

@@ -1430,6 +1430,9 @@ class PgGallery(Gallery):
             self._calibration = calibration
             self._ensure_clusters()
 
+    def _scoring_calibration(self) -> Any:
+        return self._calibration
+
     def _calibration_id(self) -> str:
         return _calibration_key(self._calibration)
 

@@ -10,12 +10,13 @@
   their scores, which would let an operator read what verify withholds); the score of a
   verification goes to dpo and auditor keys;
 - an operator gets one answer whether a subject is unknown, may not be processed, already has
-  a template that the new images do not match (re-enrolment needs a match with both the stored
-  template and the subject's anchor template, or a dpo key), or the images are identified as
-  another subject (one face, one pid): no oracle for consent state. An operator's images are
-  checked (one face, quality) before the subject is, so an unusable image cannot serve as that
-  oracle either, and a refusal of a subject who may not be processed does the work of one who
-  may (embedding, a search) on a decoy, so the time an answer takes cannot;
+  a template that the new images do not match (re-enrolment needs every image, and their
+  template, to match both the stored template and the subject's anchor template as verify
+  scores a probe, or a dpo key), or the images are identified as another subject (one face, one
+  pid): no oracle for consent state. An operator's images are checked (one face, quality) before
+  the subject is, so an unusable image cannot serve as that oracle either, and a refusal of a
+  subject who may not be processed does the work of one who may (embedding, the comparisons, a
+  search) on a decoy, so the time an answer takes cannot;
 - the anchor (:meth:`visage_ml.serving.gallery.Gallery.anchor`) is the template of the
   subject's first enrolment or of the last privileged one (dpo key, gallery stage or rebuild,
   rectification); an operator's re-enrolment leaves it as it is. Without it, re-enrolments that
@@ -29,6 +30,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,7 @@ from visage_ml.app.http.schemas import (
 from visage_ml.app.http.service import OPERATOR_KEY, SERVICE, Service, require
 from visage_ml.serving.gallery import (
     EnrolmentRefusedError,
+    Gallery,
     GalleryError,
     GalleryUnavailableError,
     NotEnrolledError,
@@ -178,7 +181,8 @@ def _not_available(pid: str) -> ApiError:
 
 def _as_if_refused(svc: Service, crops: list[np.ndarray]) -> None:
     """The work of refusing a subject who may be enrolled (embed the images, look the subject
-    up, search the gallery for someone else), done on a decoy for one who may not.
+    up, compare the images with a template and an anchor, search the gallery for someone else),
+    done on a decoy for one who may not.
 
     Refused at once, a subject who may not be processed was answered sooner than one who may
     by the embedder's time (tens of ms a face): the one answer's timing told consent state,
@@ -187,7 +191,10 @@ def _as_if_refused(svc: Service, crops: list[np.ndarray]) -> None:
     """
     noise = np.random.default_rng().integers(0, 256, size=(len(crops), *crops[0].shape))
     emb = svc.engine.embed(noise.astype(crops[0].dtype))
-    svc.require_gallery().status(DECOY_PID)
+    gallery = svc.require_gallery()
+    gallery.status(DECOY_PID)
+    decoy = template_of(emb, gallery.embedding_dim)
+    _same_person(gallery, emb, (decoy, decoy))
     with contextlib.suppress(ApiError):  # the noise matched someone: nothing to tell
         _check_not_someone_else(svc, DECOY_PID, emb)
 
@@ -208,8 +215,8 @@ def enroll(
     key before any image is looked at, with the reason; for an operator, one answer for every
     reason, after the images were checked (never embedded; the work of a refusal is done on a
     decoy), so that neither an image that could not be enrolled nor the time taken tells who the
-    subject is. Re-enrolling a subject who has a template needs a dpo key, or images whose
-    template matches, at the 1:1 threshold, both the stored one
+    subject is. Re-enrolling a subject who has a template needs a dpo key, or images each of
+    which, and their template, match (as verify scores a probe) both the stored template
     and the subject's anchor template (that of the first enrolment, or of the last by a dpo key,
     the gallery stage or a rebuild); an operator's re-enrolment keeps the anchor, a dpo's
     replaces it. Under an operator key, images that match another subject (at the 1:1 and the
@@ -294,9 +301,9 @@ def _enrolment_crops(svc: Service, images: list[str]) -> list[np.ndarray]:
 
 
 def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> Reference:
-    """Refuse (one answer) unless the new images' template matches, at the 1:1 threshold, both
-    the stored template and the subject's anchor template; returns what was compared, for the
-    enrolment to be written only over it.
+    """Refuse (one answer) unless every new image, and their template, match both the stored
+    template and the subject's anchor template (:func:`_same_person`); returns what was
+    compared, for the enrolment to be written only over it.
 
     The anchor stops a walk: re-enrolments each a little further toward another face, each
     matching the template the one before stored. A template or anchor of another embedder
@@ -319,10 +326,25 @@ def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> Reference:
         if old.shape[0] != emb.shape[1]:
             raise _not_available(pid)
         compared.append(old)
-    new = template_of(emb, gallery.embedding_dim)
-    if min(float(np.dot(old, new)) for old in compared) < gallery.threshold:
+    if not _same_person(gallery, emb, compared):
         raise _not_available(pid)
     return ref
+
+
+def _same_person(gallery: Gallery, emb: np.ndarray, references: Sequence[np.ndarray]) -> bool:
+    """Whether each image's embedding, and the template the images make, match every one of
+    ``references`` at the 1:1 threshold, each scored as verify scores a probe against a
+    subject's template (:meth:`visage_ml.serving.gallery.Gallery.compare`: the served score
+    calibration, on whose scores the threshold was measured; a raw cosine is not on that scale).
+
+    Every image, not the template only: three photographs of the subject and three of another
+    face make a template between the two that matches both, and the other face would then
+    verify as the subject. Every comparison is made before deciding, so the time taken does
+    not tell which one failed.
+    """
+    probes = np.vstack([emb, template_of(emb, gallery.embedding_dim)[None, :]])
+    worst = min(float(gallery.compare(probes, ref).min()) for ref in references)
+    return worst >= gallery.threshold
 
 
 def _check_not_someone_else(svc: Service, pid: str, emb: np.ndarray) -> None:
