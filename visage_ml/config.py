@@ -996,6 +996,10 @@ class RetentionParams:
     # months, or after the records' request_receipts retention when that ends first (their
     # SHA-256 stays in the ledger).
     receipts_months: int = field(default=36, metadata=rng(ge=1, le=1200))
+    # A message the outbox gave up on (dead after notify.max_attempts) holds the address it was
+    # for, an erased subject's too: it is discarded this many days after it died (its hash stays
+    # in the ledger), time enough for `visage privacy notify --retry-dead`.
+    dead_messages_days: int = field(default=30, metadata=rng(ge=1, le=36600))
     # Erase a subject for whom no purpose has a legal basis any more (withdrawn, expired,
     # objected to) without waiting for a request.
     erase_without_basis: bool = True

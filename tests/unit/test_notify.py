@@ -13,10 +13,12 @@ from notify_fakes import SimClock, SmtpServer, WebhookServer, free_port
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
-from visage_ml.config import NotifyParams, ProjectPaths
+from visage_ml.config import NotifyParams, ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.outbox import Outbox, Recipients
 from visage_ml.privacy.requests import RequestBook
+from visage_ml.rights.enforce import Enforcer
+from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.notify import Notifier
 
 
@@ -185,3 +187,33 @@ def test_backoff_doubles(setup):
         waits.append(msg.next_attempt)
     fmt = "%Y-%m-%dT%H:%M:%SZ"
     assert waits == [(now + timedelta(seconds=s)).strftime(fmt) for s in (10, 20, 40)]
+
+
+def test_an_erased_subject_s_address_leaves_with_their_dead_messages_after_the_retention(setup):
+    core, pid, clock = setup
+    # Nothing listens: every message dies at its first try.
+    params = NotifyParams(smtp_port=free_port(), max_attempts=1)
+    Erasure(core.paths, core=core).erase(pid)  # a receipt, then the completion, for their address
+    notifier = Notifier(core.paths, core=core, params=params, now=clock)
+    assert len(notifier.deliver().dead) == 2
+    outbox = core.paths.privacy / "outbox"
+    # Erased, but the address is kept for `notify --retry-dead` (and so the completion can reach
+    # them) ...
+    assert [f for f in outbox.rglob("*.json") if b"zelda@example.invalid" in f.read_bytes()]
+    project = load_params(core.paths.params)
+    days = project.privacy.retention.dead_messages_days
+    clock.advance(days=days - 1)
+    enforcer = Enforcer(core.paths, core=core, params=project, now=clock)
+    assert [a.kind for a in enforcer.plan()] == []
+    # ... until `dead_messages_days` after they died: then `enforce` discards them, on the record.
+    clock.advance(days=1, seconds=1)
+    result = enforcer.apply(deliver=False)
+    assert [a.kind for a in result.actions] == ["discard_message", "discard_message"]
+    left = [f for f in outbox.rglob("*") if f.is_file()]
+    assert [f for f in left if b"zelda@example.invalid" in f.read_bytes()] == []
+    assert Outbox(core).messages() == []
+    applied = [e.payload for e in events(core, "retention.applied")]
+    queued = {
+        e.payload["message_id"]: e.payload["sha256"] for e in events(core, "notification.queued")
+    }
+    assert {(p["message_id"], p["sha256"]) for p in applied} == set(queued.items())

@@ -6,7 +6,9 @@ SHA-256 of what will be sent, its channel and audience; delivery (:mod:`visage_m
 ``visage privacy notify``) sends it by SMTP or webhook, retries with a growing wait, and records
 ``notification.sent`` (the same SHA-256) or ``notification.failed`` (a code; ``dead`` after the
 last try). The ledger never holds a message body or an address, only hashes and states. A
-delivered message's file is removed: the address it held is not kept.
+delivered message's file is removed: the address it held is not kept. A ``dead`` one is kept for
+``visage privacy notify --retry-dead`` until ``visage privacy enforce`` discards it,
+``privacy.retention.dead_messages_days`` after it died.
 
 Messages (:data:`KINDS`): to the data subject the ``receipt`` of a request, an ``extension``
 with its reasons, the ``completion`` and a ``denial`` with its reasons and the right to complain
@@ -476,6 +478,21 @@ class Outbox:
                 "error": error,
             },
         )
+        return msg
+
+    def discard(self, message_id: str) -> Message | None:
+        """Remove a message's file without delivering it (and, for a closing message, the
+        request's kept address, which nothing else will send to); returns it, or None when it
+        is gone already. The caller records why (retention: ``visage privacy enforce``)."""
+        try:
+            msg = self.load(message_id)
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(msg.id))
+        if msg.kind in CLOSING and msg.request_id:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._reply_path(msg.request_id))
         return msg
 
     def revive(self, ids: Iterable[str] | None = None) -> int:

@@ -15,7 +15,10 @@ carries it out as the actor ``scheduler``, each action a ledger event with its r
   (``retention_expired``);
 - ``remove_export`` / ``remove_receipt`` (``retention_expired``): a kept export bundle or a
   request receipt older than the ``export_bundles`` / ``request_receipts`` retention, or than
-  ``privacy.retention.exports_days`` / ``receipts_months`` when those end first.
+  ``privacy.retention.exports_days`` / ``receipts_months`` when those end first;
+- ``discard_message`` (``retention_expired``): a message the outbox gave up on (``dead``) more
+  than ``privacy.retention.dead_messages_days`` ago, with the address it holds (an erased
+  subject's too: a closing message keeps the address of their request until it is sent).
 
 Periods come from the records of processing (``privacy/records.yaml``) and consent expiry from
 ``privacy.retention``; times are the ledger's (when a consent was recorded, a subject added, a
@@ -52,6 +55,7 @@ from visage_ml.io import file_lock, secure_unlink, sha256_file
 from visage_ml.privacy.clock import Now, WitnessTimes, decide, given, ledger_times
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import SCHEDULER, acting_as
+from visage_ml.privacy.outbox import DEAD, Outbox
 from visage_ml.privacy.records import Records, Retention, records_of
 from visage_ml.privacy.registry import NO_BASIS_REASONS, RESTRICTED, SubjectState
 from visage_ml.privacy.requests import (
@@ -378,6 +382,7 @@ class Enforcer:
                     actions.append(
                         Action("remove_export", RETENTION_EXPIRED, None, {"file": f.name})
                     )
+        actions += self._dead_messages(now, knobs.dead_messages_days)
         keep = records.retention("request_receipts")
         if self.paths.requests.is_dir():
             for f in sorted(self.paths.requests.glob("*.receipt.json")):
@@ -394,6 +399,24 @@ class Enforcer:
                         Action("remove_receipt", RETENTION_EXPIRED, None, {"request_id": rid})
                     )
         return actions
+
+    def _dead_messages(self, now: datetime, days: int) -> list[Action]:
+        """Dead messages whose death the ledger dated more than ``days`` ago."""
+        dead = {m.id for m in Outbox(self.core).messages() if m.state == DEAD}
+        if not dead:
+            return []
+        died: dict[str, datetime] = {}
+        for _, line in self.core.ledger.iter_lines():
+            if b'"notification.failed"' in line and b'"dead"' in line:
+                obj = orjson.loads(line)
+                payload = obj.get("payload") or {}
+                if obj["type"] == "notification.failed" and payload.get("state") == "dead":
+                    died[str(payload.get("message_id"))] = parse_time(obj["time"])
+        return [
+            Action("discard_message", RETENTION_EXPIRED, None, {"message_id": mid})
+            for mid in sorted(dead)
+            if mid in died and died[mid] + timedelta(days=days) <= now
+        ]
 
     def attention(self) -> list[Attention]:
         """Open requests that are overdue or whose last attempt failed, nearest deadline first:
@@ -483,6 +506,21 @@ class Enforcer:
             "retention.applied",
             pid,
             {"action": action.kind, "reason": action.reason, "file": path.name, "sha256": digest},
+        )
+
+    def _do_discard_message(self, action: Action, result: EnforceResult) -> None:
+        msg = Outbox(self.core).discard(action.detail["message_id"])
+        if msg is None:
+            return
+        self.core.ledger.append(
+            "retention.applied",
+            msg.pid,
+            {
+                "action": action.kind,
+                "reason": action.reason,
+                "message_id": msg.id,
+                "sha256": msg.sha256,
+            },
         )
 
     def _do_remove_receipt(self, action: Action, result: EnforceResult) -> None:
