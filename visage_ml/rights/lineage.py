@@ -9,7 +9,8 @@ names). A processed data version contained the subject when
 - it is the workspace's and ``manifest.parquet`` lists the pid (exact), or
 - a ``dvc.lock`` (the workspace's or one in git history) produced it from a ``data/raw``
   manifest that lists the subject's folder (conservative: the consent filter may have left the
-  subject out, but raw data containing them went in).
+  subject out, but raw data containing them went in); for a manifest an erasure of someone
+  else purged, what :mod:`visage_ml.rights.manifest_index` kept of it.
 
 Erasure calls :func:`subject_lineage` before deleting anything (afterwards the manifests that
 prove presence are purged) and puts the result into the certificate. Models in it stay
@@ -40,7 +41,7 @@ from visage_ml.io import md5_file, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.procenv import child_env
-from visage_ml.rights import dvc_objects
+from visage_ml.rights import dvc_objects, manifest_index
 
 log = logging.getLogger(__name__)
 
@@ -406,6 +407,8 @@ def subject_lineage(
         if not raw_dep or not faces:
             continue
         listed = _manifest_lists_pid(setup, raw_dep, pid)
+        if listed is None:  # purged by an erasure of someone else: what it listed was kept
+            listed = manifest_index.lists(paths, raw_dep, pid)
         if listed is None:
             if faces not in lin.processed_md5s:
                 lin.notes.append(

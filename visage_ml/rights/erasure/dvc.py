@@ -13,7 +13,8 @@ or a path naming the object (``content``
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`); the kept ones are counted
 (``kept_plaintext``), not named. A resumed run takes the other objects an interrupted one
 planned from the ledger and finds the plaintext ones again through the manifests, which the
-purge deletes last.
+purge deletes last. Before the purge, the pids each ``.dir`` manifest to go listed (but the
+subject's) are kept in :mod:`visage_ml.rights.manifest_index`, for the lineage of the others.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 from pathlib import PurePosixPath
 from typing import Any
 
-from visage_ml.rights import dvc_objects
+from visage_ml.rights import dvc_objects, manifest_index
 from visage_ml.rights.erasure import raw
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 
@@ -79,7 +80,9 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     purge_plan.targets = sorted(
         set(purge_plan.targets) | {a["md5"] for a in planned if a.get("md5")}
     )
+    _keep_listings(ctx, setup, pid, purge_plan)
     removed = dvc_objects.execute(setup, purge_plan)
+    manifest_index.forget(ctx.paths, pid)
     if purge_plan.kept:
         log.warning(
             "%d DVC object(s) of the subject are byte-identical to data still in use under "
@@ -96,12 +99,29 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     )
 
 
+def _keep_listings(
+    ctx: Context, setup: dvc_objects.DvcSetup, pid: str, purge_plan: dvc_objects.PurgePlan
+) -> None:
+    """Before the manifests go, the others they listed (:mod:`visage_ml.rights.manifest_index`:
+    the lineage of everyone else still finds the models trained on those versions)."""
+    listings = {}
+    for md5 in {str(a["md5"]) for a in purge_plan.objects if str(a.get("md5")).endswith(".dir")}:
+        data = dvc_objects.read_object(setup.stores, md5)
+        entries = dvc_objects.read_manifest(data) if data is not None else None
+        if entries:
+            listings[md5] = manifest_index.pids_listed(entries)
+    manifest_index.remember(ctx.paths, listings, erased=pid)
+
+
 def verify(ctx: Context, pid: str) -> list[str]:
-    """Objects and site-cache files of DVC's stores that still hold or name the subject."""
+    """Objects and site-cache files of DVC's stores that still hold or name the subject, and
+    the index of purged manifests while it names them."""
+    left = [ctx.rel(manifest_index.index_path(ctx.paths))]
+    left = left if manifest_index.names(ctx.paths, pid) else []
     if not ctx.is_dvc:
-        return []
+        return left
     try:
         found = dvc_objects.plan(ctx.dvc_setup(), pid)
     except RuntimeError as exc:  # the current data/raw manifest still lists the subject
-        return [str(exc)]
-    return [a["path"] for a in found.artefacts()]
+        return [*left, str(exc)]
+    return [*left, *(a["path"] for a in found.artefacts())]

@@ -1,0 +1,69 @@
+"""Which models saw a subject, after an erasure of someone else purged the data versions they
+shared (rights/lineage.py, rights/manifest_index.py)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from rights_fakes import make_project
+
+from visage_ml.dvcops import tracked_md5
+from visage_ml.io import md5_file
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.lineage import subject_lineage
+
+MODEL = "a" * 32
+
+
+def _lock(root, raw_md5: str, faces_md5: str) -> None:
+    """A dvc.lock: prepare made faces.sealed from data/raw, the embedder was trained on it."""
+    doc = {
+        "schema": "2.0",
+        "stages": {
+            "prepare": {
+                "cmd": "python -m visage_ml.app.stages.prepare",
+                "deps": [{"path": "data/raw", "md5": raw_md5}],
+                "outs": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
+            },
+            "train_embedder": {
+                "cmd": "python -m visage_ml.app.stages.train_embedder",
+                "deps": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
+                "outs": [{"path": "models/embedder.pt", "md5": MODEL}],
+            },
+        },
+    }
+    (root / "dvc.lock").write_text(yaml.safe_dump(doc))
+
+
+@pytest.mark.pipeline
+def test_an_erasure_that_purges_a_shared_data_version_leaves_the_others_lineage_whole(
+    tiny_project,
+):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True)
+    first, second, never = proj.pids
+    paths = proj.paths
+    raw_md5 = tracked_md5(root, paths.raw)
+    faces_md5 = md5_file(paths.processed / "faces.sealed")
+    _lock(root, raw_md5, faces_md5)
+    model = ("dvc", "train_embedder:models/embedder.pt", MODEL)
+
+    def models(pid):
+        return {(m.kind, m.model, m.version) for m in subject_lineage(paths, pid).models}
+
+    assert models(second) == {model}
+    # Erasing the first subject purges the data/raw manifest that listed both (and rewrites
+    # data/processed): the embedder trained on it still saw the second.
+    first_cert = Erasure(paths, core=proj.core).erase(first).certificate
+    assert model[1] in {m["model"] for m in first_cert["claims"]["models"]}
+    lin = subject_lineage(paths, second)
+    assert {(m.kind, m.model, m.version) for m in lin.models} == {model}, lin.notes
+    result = Erasure(paths, core=proj.core).erase(second)
+    assert model[1] in {m["model"] for m in result.certificate["claims"]["models"]}
+    # Nobody erased is named by what is kept of the purged manifests, and the rest are.
+    assert {(m.kind, m.model, m.version) for m in subject_lineage(paths, never).models} == {model}
+    assert Erasure(paths, core=proj.core).remaining(second)["dvc"] == []
+    for pid in (first, second):
+        assert pid.encode() not in b"".join(
+            f.read_bytes() for f in (paths.privacy).rglob("manifest*") if f.is_file()
+        )
