@@ -16,8 +16,9 @@ For each request, in this order and before any route or body parser sees it:
    ``serving.max_request_bytes`` (413).
 
 It answers an unexpected exception with a 500 (the server keeps running), and counts every
-request in the metrics and writes it to the audit log (route templates and key ids, never a
-requested path or an image). A refusal sent before the body was read closes the connection.
+request in the metrics and writes it to the audit log (route templates, key ids and the method
+as one of a fixed set, never a requested path, a client's own method token or an image). A
+refusal sent before the body was read closes the connection.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ PUBLIC_ROUTES: frozenset[str] = frozenset({"health"})
 # saturated (liveness probes, metric scrapes).
 UNBOUNDED_ROUTES: frozenset[str] = frozenset({"health", "metrics"})
 BODY_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH"})
+# Methods recorded by name in the metrics and the audit log. The method is the client's token
+# (h11 accepts any), so anything else is recorded as OTHER_METHOD: no label value or audit
+# field of a client's choosing, and a bounded number of metric series.
+HTTP_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+OTHER_METHOD = "other"
+# The endpoint and action recorded for a request no route matched (never the requested path).
+UNMATCHED = "unmatched"
 RETRY_AFTER_BUSY_S = 1
 
 MSG_TOO_LARGE = "request body over {limit} bytes (serving.max_request_bytes); send a smaller image"
@@ -109,6 +119,15 @@ def presented_key(scope: dict[str, Any]) -> str | None:
             if scheme.lower() == "bearer":
                 return credential.strip()
     return None
+
+
+def method_label(scope: dict[str, Any]) -> str:
+    """The request's method as recorded: one of :data:`HTTP_METHODS`, else ``"other"``.
+
+    Methods are case-sensitive (RFC 9110): ``get`` is not ``GET`` and is recorded as other.
+    """
+    method = scope.get("method")
+    return method if method in HTTP_METHODS else OTHER_METHOD
 
 
 def route_roles(route: BaseRoute) -> Roles:
@@ -317,13 +336,14 @@ class Boundary:
             svc = self.service()
         except Exception:  # the app failed before its service existed
             return False
+        # The route object the app matched (its template and name, set by the app, never the
+        # client's path), else one fixed value: an unmatched path creates no new label value.
         route = scope.get("route") or info.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
-        action = getattr(route, "name", None) or "unmatched"
+        endpoint = getattr(route, "path", None) or UNMATCHED
+        action = getattr(route, "name", None) or UNMATCHED
+        method = method_label(scope)
         try:
-            svc.metrics.observe(
-                endpoint=endpoint, method=scope["method"], outcome=str(status), seconds=dt
-            )
+            svc.metrics.observe(endpoint=endpoint, method=method, outcome=str(status), seconds=dt)
             return svc.audit.write(
                 {
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -331,7 +351,7 @@ class Boundary:
                     "key_id": info.get("key_id"),
                     "role": info.get("role"),
                     "action": action,
-                    "method": scope["method"],
+                    "method": method,
                     "pid": info.get("pid"),
                     "pids": info.get("pids"),
                     "status": status,

@@ -8,13 +8,15 @@ may answer in the OpenAPI schema.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visage_ml.app.http.auth import DPO, ApiKeyFileError
@@ -80,6 +82,13 @@ MSG_NOT_AVAILABLE = (
 )
 MSG_MALFORMED_JSON = "the request body is not valid JSON (UTF-8, not nested thousands deep)"
 MSG_INVALID_JSON = "the request body is not valid JSON"
+# Unknown fields are counted, never named: their names are the client's (a name, an image).
+MSG_UNKNOWN_FIELDS = "{n} unknown field(s) in {where}"
+MSG_ACCEPTED_FIELDS = "; the accepted fields are: {fields}"
+# Stands for a key of the client's in an error's location (a dict key, say).
+CLIENT_KEY = "<key>"
+# The first item of a validation error's location: where the input was.
+LOCATIONS: frozenset[str] = frozenset({"body", "query", "path", "header", "cookie"})
 DOCUMENTED: dict[int, str] = {
     400: "Malformed JSON body.",
     401: "Missing, invalid or expired API key (checked before the body is read).",
@@ -137,6 +146,48 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorResponse, "description": DOCUMENTED[s]} for s in statuses}
 
 
+@functools.cache
+def _model_fields(model: type[BaseModel]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A body model's own field names: its top-level ones (as sent, in order) and all of them,
+    nested models' included."""
+    schema = model.model_json_schema()
+    top = tuple(schema.get("properties", {}))
+    nested = (d.get("properties", {}) for d in schema.get("$defs", {}).values())
+    return top, frozenset(top).union(*nested)
+
+
+def _declared_names(request: Request) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The names the matched route declares: its body model's fields (the top-level ones, and
+    all) and its parameters. Empty when the route or its body model is not known."""
+    route = request.scope.get("route")
+    top: tuple[str, ...] = ()
+    names: set[str] = set()
+    body = getattr(
+        getattr(getattr(route, "body_field", None), "field_info", None), "annotation", None
+    )
+    if isinstance(body, type) and issubclass(body, BaseModel):
+        top, every = _model_fields(body)
+        names |= every
+    stack = [getattr(route, "dependant", None)]
+    while stack:
+        dep = stack.pop()
+        if dep is None:
+            continue
+        for params in (dep.path_params, dep.query_params, dep.header_params, dep.cookie_params):
+            names.update(p.alias for p in params)
+        stack.extend(dep.dependencies)
+    return top, frozenset(names)
+
+
+def _location(loc: Sequence[Any], declared: frozenset[str]) -> str:
+    """An error's location as ``images.1`` or ``query.top_k``, naming only what the route
+    declares: a key of the client's own (of a dict, say) is written :data:`CLIENT_KEY`."""
+    head = [str(loc[0])] if loc and loc[0] in LOCATIONS and loc[0] != "body" else []
+    rest = loc[1:] if loc and loc[0] in LOCATIONS else loc
+    parts = [str(x) if isinstance(x, int) or x in declared else CLIENT_KEY for x in rest]
+    return ".".join(head + parts) or "body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every known exception with :func:`error_json` and note its code for the audit."""
 
@@ -183,11 +234,26 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             request_info(request)["error"] = "malformed_json"
             return error_json(400, "malformed_json", MSG_INVALID_JSON)
-        # Never echo the input: it may be an image.
+        # Never echo the input: it may be an image. Nor a key the client chose (an unknown
+        # field's name may be an image or a name too): only the route's own names are named.
+        top, declared = _declared_names(request)
+        unknown: dict[str, int] = {}
         parts = []
-        for e in errors[:10]:
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-            parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+        for e in errors:
+            loc = tuple(e.get("loc", ()))
+            if e.get("type") == "extra_forbidden":
+                # "the body", "the query", or the nested object's location ("body" stripped).
+                outer = loc[:-1]
+                top_level = len(outer) == 1 and outer[0] in LOCATIONS
+                where = f"the {outer[0]}" if top_level else _location(outer, declared)
+                unknown[where] = unknown.get(where, 0) + 1
+            elif len(parts) < 10:
+                parts.append(f"{_location(loc, declared)}: {e.get('msg', 'invalid')}")
+        for where, n in unknown.items():
+            message = MSG_UNKNOWN_FIELDS.format(n=n, where=where)
+            if where == "the body" and top:
+                message += MSG_ACCEPTED_FIELDS.format(fields=", ".join(top))
+            parts.append(message)
         request_info(request)["error"] = "invalid_request"
         return error_json(422, "invalid_request", "; ".join(parts))
 

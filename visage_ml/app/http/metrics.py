@@ -3,7 +3,9 @@
 ``visage_http_requests_total{endpoint, method, outcome}`` counts requests,
 ``visage_http_request_duration_seconds{endpoint, outcome}`` is their latency histogram, and
 gauges (gallery size, analytics frames) are read when scraped. ``endpoint`` is the route
-template (``/v1/subjects/{pid}``), never the requested path, so no pid reaches a label.
+template (``/v1/subjects/{pid}``), never the requested path, so no pid reaches a label
+(``unmatched`` where no route matched); ``method`` is one of the nine standard methods, or
+``other`` (the boundary's ``method_label``): no label value is the client's own text.
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (a process may build many
 apps, tests do), so nothing goes to the global registry.
