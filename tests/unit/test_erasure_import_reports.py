@@ -3,13 +3,10 @@ keep their reason (rights/erasure/import_reports.py, data/importers/reports.py).
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from test_tombstones import YORICK, ZELDA, jpeg, put, run_import
 
 from visage_ml.config import ProjectPaths
@@ -18,21 +15,14 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights.erasure import Erasure
 
 
-def small_jpeg(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def imported(project, tmp_path):
     """Zelda and Yorick imported; one photograph of each refused as too small."""
     src = tmp_path / "faces"
     put(src / ZELDA / "a.jpg", jpeg(1))
-    put(src / ZELDA / "scan_small.jpg", small_jpeg(2))
+    put(src / ZELDA / "scan_small.jpg", jpeg(2, side=16))
     put(src / YORICK / "b.jpg", jpeg(3))
-    put(src / YORICK / "tiny.jpg", small_jpeg(4))
+    put(src / YORICK / "tiny.jpg", jpeg(4, side=16))
     run_import(project, src)
     paths = ProjectPaths(project)
     core = PrivacyCore(paths)

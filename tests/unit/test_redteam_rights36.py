@@ -21,15 +21,14 @@ describes exists.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from rights_fakes import make_project, png
 from serving_fakes import face_tile
+from test_tombstones import jpeg, put
 
 from visage_ml.config import GENDERS, GROUPS, ProjectPaths
 from visage_ml.data.importers import ImportBasis, import_dataset
@@ -123,28 +122,16 @@ def test_after_erasure_the_ledger_does_not_tell_the_subjects_age_gender_and_grou
     )
 
 
-def _jpeg(seed: int, side: int = 64) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _put(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
 def test_after_erasure_no_import_report_names_the_erased_person(project, tmp_path):
     """The erased subject's reference in clear must not survive the erasure. An import names,
     in its per-file report under privacy/imports/, every file of a person it did not take (here
     a photo too small to use); erasing that person leaves the report, and with it their name and
     the names of their source files, in clear and without any key."""
     src = tmp_path / "faces"
-    _put(src / ZELDA / "a.jpg", _jpeg(1))
-    _put(src / ZELDA / "b.jpg", _jpeg(2))
-    _put(src / ZELDA / "passport_scan_small.jpg", _jpeg(3, side=16))  # too small: skipped
-    _put(src / YORICK / "c.jpg", _jpeg(4))
+    put(src / ZELDA / "a.jpg", jpeg(1))
+    put(src / ZELDA / "b.jpg", jpeg(2))
+    put(src / ZELDA / "passport_scan_small.jpg", jpeg(3, side=16))  # too small: skipped
+    put(src / YORICK / "c.jpg", jpeg(4))
     paths = ProjectPaths(project)
     basis = ImportBasis.from_options(legal_basis=LEGAL)
     first = import_dataset("imagefolder", src, paths=paths, basis=basis)

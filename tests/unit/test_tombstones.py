@@ -40,8 +40,8 @@ PID = "p" + "a" * 16
 DIM = 16
 
 
-def jpeg(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+def jpeg(seed: int, side: int = 64) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
