@@ -480,13 +480,16 @@ class Outbox:
         )
         return msg
 
-    def discard(self, message_id: str) -> Message | None:
+    def discard(self, message_id: str, *, only_dead: bool = False) -> Message | None:
         """Remove a message's file without delivering it (and, for a closing message, the
         request's kept address, which nothing else will send to); returns it, or None when it
-        is gone already. The caller records why (retention: ``visage privacy enforce``)."""
+        is gone already (or, with ``only_dead``, is no longer dead). The caller records why
+        (retention: ``visage privacy enforce``)."""
         try:
             msg = self.load(message_id)
         except FileNotFoundError:
+            return None
+        if only_dead and msg.state != DEAD:
             return None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(msg.id))

@@ -172,6 +172,13 @@ def _after(start: datetime, retention: Retention) -> datetime | None:
     return None
 
 
+def _parsed(text: str) -> datetime | None:
+    try:
+        return parse_time(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def _earliest(*ends: datetime | None) -> datetime | None:
     """The first of the ``ends`` that are set (None when none is)."""
     return min((e for e in ends if e is not None), default=None)
@@ -401,22 +408,37 @@ class Enforcer:
         return actions
 
     def _dead_messages(self, now: datetime, days: int) -> list[Action]:
-        """Dead messages whose death the ledger dated more than ``days`` ago."""
-        dead = {m.id for m in Outbox(self.core).messages() if m.state == DEAD}
+        """Dead messages whose death the ledger dated more than ``days`` ago.
+
+        A message is saved as dead before ``notification.failed`` (state dead) is appended: one
+        killed between the two is dated by its last ledger line (queued, or a failed try), else
+        by its file's creation time, so that it is not kept for good.
+        """
+        dead = {m.id: m for m in Outbox(self.core).messages() if m.state == DEAD}
         if not dead:
             return []
         died: dict[str, datetime] = {}
+        seen: dict[str, datetime] = {}
         for _, line in self.core.ledger.iter_lines():
-            if b'"notification.failed"' in line and b'"dead"' in line:
-                obj = orjson.loads(line)
-                payload = obj.get("payload") or {}
-                if obj["type"] == "notification.failed" and payload.get("state") == "dead":
-                    died[str(payload.get("message_id"))] = parse_time(obj["time"])
-        return [
-            Action("discard_message", RETENTION_EXPIRED, None, {"message_id": mid})
-            for mid in sorted(dead)
-            if mid in died and died[mid] + timedelta(days=days) <= now
-        ]
+            if b'"notification.' not in line:
+                continue
+            obj = orjson.loads(line)
+            payload = obj.get("payload") or {}
+            mid = str(payload.get("message_id"))
+            if mid not in dead or not str(obj.get("type", "")).startswith("notification."):
+                continue
+            when = parse_time(obj["time"])
+            seen[mid] = max(when, seen.get(mid, when))
+            if obj["type"] == "notification.failed" and payload.get("state") == "dead":
+                died[mid] = when
+        actions = []
+        for mid, msg in sorted(dead.items()):
+            when = died.get(mid) or seen.get(mid) or _parsed(msg.created)
+            if when is not None and when + timedelta(days=days) <= now:
+                actions.append(
+                    Action("discard_message", RETENTION_EXPIRED, None, {"message_id": mid})
+                )
+        return actions
 
     def attention(self) -> list[Attention]:
         """Open requests that are overdue or whose last attempt failed, nearest deadline first:
@@ -509,7 +531,8 @@ class Enforcer:
         )
 
     def _do_discard_message(self, action: Action, result: EnforceResult) -> None:
-        msg = Outbox(self.core).discard(action.detail["message_id"])
+        # Only while it is still dead: `notify --retry-dead` may have revived it since the plan.
+        msg = Outbox(self.core).discard(action.detail["message_id"], only_dead=True)
         if msg is None:
             return
         self.core.ledger.append(

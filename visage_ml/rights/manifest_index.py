@@ -7,7 +7,8 @@ erasure, the models trained on those versions no longer showed in the lineage, a
 certificates, of anyone else. Before the purge the erasure writes here the pids each of those
 manifests listed, but its own subject's (pseudonymous ids, as the ledger holds them; no file,
 hash or name), and lineage asks here for a manifest no DVC store holds any more. Every erasure
-also takes its subject out of every entry.
+also takes its subject out of every entry. The file is not signed: lineage reads it only to add
+a model a subject may have seen, never to rule one out (:func:`lists`).
 
 The index is ``privacy/lineage/manifests.json`` (mode 0600): ``{".dir md5": [pid, ...]}``.
 """
@@ -15,7 +16,7 @@ The index is ``privacy/lineage/manifests.json`` (mode 0600): ``{".dir md5": [pid
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from visage_ml.config import ProjectPaths
@@ -62,12 +63,19 @@ def pids_listed(entries: Iterable[Mapping[str, object]]) -> set[str]:
     return out
 
 
-def remember(paths: ProjectPaths, listings: Mapping[str, Iterable[str]], *, erased: str) -> None:
-    """Record the pids each manifest (``md5 -> pids``) listed, ``erased`` left out."""
+def remember(
+    paths: ProjectPaths,
+    listings: Mapping[str, Iterable[str]],
+    *,
+    erased: Callable[[str], bool],
+) -> None:
+    """Record the pids each manifest (``md5 -> pids``) listed, but those ``erased`` accepts
+    (the subject being erased, anyone erased before: a manifest restored from a backup lists
+    them too)."""
     index = _read(paths)
     changed = False
     for md5, pids in listings.items():
-        keep = set(index.get(md5, [])) | {p for p in pids if p != erased}
+        keep = set(index.get(md5, [])) | {p for p in pids if not erased(p)}
         if keep and keep != set(index.get(md5, [])):
             index[md5] = sorted(keep)
             changed = True
@@ -83,9 +91,14 @@ def forget(paths: ProjectPaths, pid: str) -> None:
 
 
 def lists(paths: ProjectPaths, md5: str, pid: str) -> bool | None:
-    """Whether the purged manifest ``md5`` listed ``pid`` (None: it is not in the index)."""
+    """True when the purged manifest ``md5`` listed ``pid``; None otherwise (unknown).
+
+    Never False: the index is a file an operator can edit, so it may add to what a model saw
+    (a certificate then names one model too many), never take away from it; a pid it does not
+    name reads as before it was kept, "unknown".
+    """
     index = _read(paths)
-    return pid in index[md5] if md5 in index else None
+    return True if pid in index.get(md5, ()) else None
 
 
 def names(paths: ProjectPaths, pid: str) -> bool:

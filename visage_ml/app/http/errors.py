@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -165,9 +166,12 @@ def _declared_names(request: Request) -> tuple[tuple[str, ...], frozenset[str]]:
     body = getattr(
         getattr(getattr(route, "body_field", None), "field_info", None), "annotation", None
     )
-    if isinstance(body, type) and issubclass(body, BaseModel):
-        top, every = _model_fields(body)
-        names |= every
+    # A body that may be left out is declared `Model | None`: its model is one of the union's.
+    for model in (body, *typing.get_args(body)):
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            top, every = _model_fields(model)
+            names |= every
+            break
     stack = [getattr(route, "dependant", None)]
     while stack:
         dep = stack.pop()

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
+from visage_ml.data.importers import utkface
 from visage_ml.data.importers.common import ERASED_SUBJECT, IMPORTS_DIR
 from visage_ml.io import atomic_write_text
 
 # What a redacted line says instead of its path.
 REDACTED = "erasure"
+# Formats whose file names stand for a person's reference other than as ``<format>:<name>``.
+PATH_REFS: dict[str, Callable[[str], Iterable[str]]] = {"utkface": utkface.file_refs}
 
 Names = Callable[[Iterable[str]], bool]
 
@@ -38,9 +41,16 @@ def report_files(paths: ProjectPaths) -> list[Path]:
 
 
 def line_refs(fmt: str, rel: str) -> set[str]:
-    """The references a report line of format ``fmt`` about path ``rel`` may name."""
+    """The references a report line of format ``fmt`` about path ``rel`` may name: the format's
+    reference of the path and of each component, and where a format names a person otherwise
+    (a UTKFace photograph's two copies, ``X.jpg`` and ``X.jpg.chip.jpg``, are one person,
+    ``utkface:X.jpg``), that reference too."""
     parts = [p for p in str(rel).split("/") if p]
-    return {f"{fmt}:{x}" for x in (str(rel).rstrip("/"), *parts) if x}
+    refs = {f"{fmt}:{x}" for x in (str(rel).rstrip("/"), *parts) if x}
+    named = PATH_REFS.get(fmt)
+    if named is not None:
+        refs.update(r for part in parts for r in named(part))
+    return refs
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -49,6 +49,13 @@ def photograph_ref(stem: str) -> str:
     return f"utkface:{stem}.jpg"
 
 
+def file_refs(name: str) -> tuple[str, ...]:
+    """The reference of the person a UTKFace file name shows (either copy's name), if it is one:
+    what a report line about the file names."""
+    m = _UTK_FILE.match(name)
+    return (photograph_ref(m["stem"]),) if m else ()
+
+
 def _aliases(m: re.Match[str]) -> tuple[str, ...]:
     """The per-file references earlier imports recorded this person under: both published file
     names and this file's own (a ``.jpeg`` or ``.png`` copy), without the photograph's."""

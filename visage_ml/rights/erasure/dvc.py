@@ -110,7 +110,10 @@ def _keep_listings(
         entries = dvc_objects.read_manifest(data) if data is not None else None
         if entries:
             listings[md5] = manifest_index.pids_listed(entries)
-    manifest_index.remember(ctx.paths, listings, erased=pid)
+    tombstones = ctx.core.tombstones
+    manifest_index.remember(
+        ctx.paths, listings, erased=lambda p: p == pid or tombstones.has_subject(p)
+    )
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
