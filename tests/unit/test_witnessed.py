@@ -437,6 +437,19 @@ def test_rotating_the_ledger_key_is_followed_by_verification_and_witnesses(withd
     assert PrivacyCore(paths).may_process(pids[2], "training").allowed
 
 
+def test_a_rotation_in_a_process_of_its_own_is_witnessed(withdrawn):
+    # As from a shell: the process that rotates has not bound the project at the witness yet,
+    # and binds it under the key the witness does not know until it sees the rotation.
+    paths, pids = withdrawn
+    forget_checks()
+    result = cli("privacy", "rotate-ledger-key")
+    assert result.exit_code == 0, result.output
+    assert not (paths.secrets / "ledger.key.previous").exists()
+    forget_checks()
+    PrivacyCore(paths).restrict(pids[0])  # witnessed, in a process of its own too
+    assert cli("privacy", "verify-ledger").exit_code == 0
+
+
 def test_an_interrupted_rotation_is_finished_by_the_next_process(withdrawn):
     paths, _ = withdrawn
     core = PrivacyCore(paths)

@@ -606,7 +606,7 @@ class Witnessing:
             counted = 0
             for i, client in enumerate([*self.clients, *tell]):
                 try:
-                    sig = self._witness_one(client, tree, note, local_size)
+                    sig = self._witness_one(client, tree, note, local_size, signers)
                 except WitnessError as exc:
                     problems.append(f"{client.where}: {exc}")
                     continue
@@ -649,11 +649,17 @@ class Witnessing:
             raise LedgerRollbackError(MSG_FORK.format(actual="(another tree)", **args))
 
     def _witness_one(
-        self, client: WitnessClient, tree: merkle.MerkleTree, note: Note, local_size: int
+        self,
+        client: WitnessClient,
+        tree: merkle.MerkleTree,
+        note: Note,
+        local_size: int,
+        signers: Sequence[Ed25519PrivateKey],
     ) -> Signature:
-        """One witness's cosignature of ``note`` (``add-checkpoint`` with the right old size)."""
+        """One witness's cosignature of ``note`` (``add-checkpoint`` with the right old size);
+        ``signers`` signed it, and sign the project's binding too."""
         client.ensure_log(self.log_verifier().vkey)
-        self._bind(client)
+        self._bind(client, signers)
         known = client.known_size(self.origin)
         old = known if known is not None else local_size
         size = tree.size
@@ -683,14 +689,17 @@ class Witnessing:
             return sig
         raise WitnessError(409, "kept changing its size")  # pragma: no cover - loop returns
 
-    def _bind(self, client: WitnessClient) -> None:
-        """Bind the project's folder to this log at ``client`` (once per process)."""
+    def _bind(self, client: WitnessClient, signers: Sequence[Ed25519PrivateKey]) -> None:
+        """Bind the project's folder to this log at ``client`` (once per process), signed as
+        the checkpoint is: during a key rotation the witness still pins the previous key, which
+        signs too (a process that rotated before it bound was refused, and so was every
+        checkpoint after)."""
         key = (client.where, self.project, self.origin)
         with _MEMO_LOCK:
             if key in _BOUND:
                 return
         text = binding_text(self.project, self.origin)
-        note = Note(text, (Signer(self.origin, self.ledger.signing_key()).sign(text),))
+        note = Note(text, tuple(Signer(self.origin, k).sign(text) for k in signers))
         try:
             client.bind(note.to_bytes())
         except WitnessError as exc:
