@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import yaml
 from rights_fakes import make_project
+from typer.testing import CliRunner
 
+from visage_ml.app.cli import app
 from visage_ml.dvcops import tracked_md5
 from visage_ml.io import md5_file
 from visage_ml.rights.erasure import Erasure
-from visage_ml.rights.lineage import subject_lineage
+from visage_ml.rights.lineage import NO_MODEL, NO_MODEL_UNKNOWN, subject_lineage
 
 MODEL = "a" * 32
 
@@ -67,3 +69,24 @@ def test_an_erasure_that_purges_a_shared_data_version_leaves_the_others_lineage_
         assert pid.encode() not in b"".join(
             f.read_bytes() for f in (paths.privacy).rglob("manifest*") if f.is_file()
         )
+
+
+@pytest.mark.pipeline
+def test_lineage_does_not_say_no_model_saw_a_subject_when_a_version_could_not_be_read(
+    tiny_project,
+):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=2, track=True)
+    paths = proj.paths
+    _lock(root, tracked_md5(root, paths.raw), md5_file(paths.processed / "faces.sealed"))
+    Erasure(paths, core=proj.core).erase(proj.pids[0])
+    # Added since: not in the purged version's kept list, which therefore cannot rule it out.
+    newcomer = proj.core.add_subject(source="test")
+    lin = subject_lineage(paths, newcomer)
+    assert lin.models == [] and lin.notes
+    out = (
+        CliRunner()
+        .invoke(app, ["privacy", "lineage", newcomer], env={"VISAGE_PROJECT": str(root)})
+        .output
+    )
+    assert NO_MODEL_UNKNOWN in " ".join(out.split()) and NO_MODEL not in out

@@ -149,6 +149,9 @@ def test_tree_head_inclusion_and_consistency(tmp_path):
     head2 = ledger.checkpoint()
     assert ledger.verify().tree_heads == 2
     assert "2 signed tree head(s) match" in ledger.verify().message()
+    # The fingerprint a regulator compares with the certificate's proof.log.fingerprint.
+    fingerprint = ledger.key_chain().fingerprints()[-1]
+    assert ledger.verify().message().endswith(f"key fingerprint {fingerprint}")
     lines = ledger.path.read_bytes().splitlines()
     record = inclusion_for(ledger, 3, head2.payload["size"])
     assert record["root"] == head2.payload["root"]

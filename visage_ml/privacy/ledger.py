@@ -275,9 +275,10 @@ class VerifyResult:
         if self.ok:
             rotated = f", {len(self.keys) - 1} key rotation(s)" if len(self.keys) > 1 else ""
             heads = f", {self.tree_heads} signed tree head(s) match" if self.tree_heads else ""
+            key = f"; key fingerprint {self.keys[-1]}" if self.keys else ""
             return (
                 f"ledger OK: {self.entries} entries, chain and signatures valid"
-                f"{heads}{rotated}; root {self.root}"
+                f"{heads}{rotated}; root {self.root}{key}"
             )
         where = f"line {self.bad_line}"
         if self.bad_seq is not None:

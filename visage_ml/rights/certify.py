@@ -251,7 +251,7 @@ def _models_status(
                 ):
                     event = {"seq": obj["seq"], "time": obj["time"]}
     if not stale:
-        status = "no model was trained on data containing the subject"
+        status = lineage.NO_MODEL_UNKNOWN if claims.get("lineage_notes") else lineage.NO_MODEL
     elif event is not None:
         status = f"retrained (signed erasure.models_retrained, ledger seq {event['seq']})"
     elif check.clean:

@@ -53,6 +53,12 @@ MAX_REVISIONS = 500
 DATA_MD5_TAG = "visage.data_md5"
 SQLITE_PREFIX = "sqlite:///"
 STALE = "stale"
+# What lineage says when it lists no model: sure, or only as far as the data versions it read.
+NO_MODEL = "no model was trained on data containing the subject"
+NO_MODEL_UNKNOWN = (
+    "no model is known to have been trained on data containing the subject (some data versions "
+    "could not be read: see the notes)"
+)
 RETRAINED = "retrained"
 CLEAN = "clean"
 

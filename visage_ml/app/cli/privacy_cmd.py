@@ -953,7 +953,7 @@ def lineage_cmd(
                 highlight=False,
             )
         if not doc.get("models"):
-            console.print("no model was trained on data containing the subject")
+            console.print(lineage.NO_MODEL_UNKNOWN if doc.get("notes") else lineage.NO_MODEL)
         for n in doc.get("notes", []):
             console.print(f"note: {n}", highlight=False)
 
