@@ -193,8 +193,11 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
         app, ["privacy", "request", "new", pid, "--right", "access", "--received-at", old]
     )
     assert r.exit_code == 0, r.output
+    # The subject has no contact address: the command says they were not told.
+    assert "the subject was not told" in " ".join(r.output.split())
     r = runner.invoke(app, ["privacy", "request", "new", pid, "--right", "erasure", "--json"])
     recent = json.loads(r.output)["request_id"]
+    assert "no contact address" in json.loads(r.output)["subject_not_told"]
     listing = runner.invoke(app, ["privacy", "requests"])
     assert listing.exit_code == 0
     assert f"OVERDUE by {overdue} day(s)" in listing.output, listing.output
@@ -213,6 +216,9 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     assert "1 request(s), 1 overdue" in runner.invoke(app, ["privacy", "requests"]).output
     unknown = runner.invoke(app, ["privacy", "request", "show", "r20260101-0000abcd"])
     assert unknown.exit_code == 2 and "visage privacy requests" in unknown.output
+    with_contact = core.add_subject(source="test", contact="zelda@example.invalid")
+    told = runner.invoke(app, ["privacy", "request", "new", with_contact, "--right", "access"])
+    assert told.exit_code == 0 and "not told" not in told.output
 
 
 @pytest.fixture

@@ -480,6 +480,20 @@ class Outbox:
         )
         return msg
 
+    def unaddressed(self, request_id: str) -> bool:
+        """Whether the last message queued about request ``request_id`` had no address to go
+        to (the subject has no contact in the vault): the subject was not told."""
+        last = None
+        needle = request_id.encode()
+        for _, line in self.core.ledger.iter_lines():
+            if b'"notification.queued"' in line and needle in line:
+                payload = orjson.loads(line).get("payload") or {}
+                if payload.get("request_id") == request_id and payload.get("audience") == (
+                    "data_subject"
+                ):
+                    last = payload.get("state")
+        return last == "no_address"
+
     def discard(self, message_id: str, *, only_dead: bool = False) -> Message | None:
         """Remove a message's file without delivering it (and, for a closing message, the
         request's kept address, which nothing else will send to); returns it, or None when it

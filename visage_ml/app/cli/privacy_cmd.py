@@ -27,6 +27,7 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.keys import load_public_key
 from visage_ml.privacy.ledger import LedgerError, utc_now
+from visage_ml.privacy.outbox import Outbox
 from visage_ml.privacy.requests import (
     RequestBook,
     UnknownRequestError,
@@ -526,6 +527,23 @@ def _book() -> Any:
     return RequestBook(_core())
 
 
+MSG_NOT_TOLD = (
+    "the subject was not told: they have no contact address in the vault (`visage privacy "
+    "subject add --contact`); reach them another way and keep a record of it"
+)
+
+
+def _told(book: Any, request_id: str, as_json: bool, out: dict[str, Any]) -> None:
+    """Say so when the message a request command queued for the subject had no address (with
+    --json, as ``subject_not_told`` in ``out``)."""
+    if not Outbox(book.core).unaddressed(request_id):
+        return
+    if as_json:
+        out["subject_not_told"] = MSG_NOT_TOLD
+    else:
+        err_console.print(f"[yellow]warning[/]: {MSG_NOT_TOLD}", highlight=False)
+
+
 def _request_line(st: Any, now: Any) -> str:
     if st.is_open:
         days = st.days_left(now)
@@ -590,12 +608,11 @@ def request_new(
     if right == "restriction":
         details["action"] = "lift" if lift else "set"
     with _rights_errors():
-        st = _book().receive(pid, right, received_at=received_at, details=details, channel=channel)
-    _done(
-        as_json,
-        st.to_dict(),
-        f"request {st.request_id} ({right}) received; deadline {st.deadline}",
-    )
+        book = _book()
+        st = book.receive(pid, right, received_at=received_at, details=details, channel=channel)
+    out = st.to_dict()
+    _told(book, st.request_id, as_json, out)
+    _done(as_json, out, f"request {st.request_id} ({right}) received; deadline {st.deadline}")
 
 
 @request_app.command("verify")
@@ -621,8 +638,11 @@ def request_extend(
     """Extend the deadline (Art. 12(3): before it passes, by two further months at most, with a
     reason); the subject is told, with the reasons."""
     with _rights_errors():
-        st = _book().extend(request_id, months=months, days=days, reason_code=reason)
-    _done(as_json, st.to_dict(), f"request {request_id}: new deadline {st.deadline}")
+        book = _book()
+        st = book.extend(request_id, months=months, days=days, reason_code=reason)
+    out = st.to_dict()
+    _told(book, request_id, as_json, out)
+    _done(as_json, out, f"request {request_id}: new deadline {st.deadline}")
 
 
 @request_app.command("deny")
@@ -635,8 +655,11 @@ def request_deny(
 ) -> None:
     """Refuse a request with a reason code; a denied erasure lifts its processing stop."""
     with _rights_errors():
-        st = _book().deny(request_id, reason_code=reason)
-    _done(as_json, st.to_dict(), f"request {request_id} denied ({reason})")
+        book = _book()
+        st = book.deny(request_id, reason_code=reason)
+    out = st.to_dict()
+    _told(book, request_id, as_json, out)
+    _done(as_json, out, f"request {request_id} denied ({reason})")
 
 
 @request_app.command("show")
