@@ -357,8 +357,9 @@ def checkpoint(as_json: bool = JSON_OPT) -> None:
             "checkpoint": {"origin": cp.origin, "size": cp.size, "root": cp.root.hex()},
             "cosigned_by": witnessed.cosigners,
         },
-        f"tree head: size {entry.payload['size']} root {entry.payload['root']} (seq {entry.seq})"
-        f"\ncheckpoint {cp.origin} size {cp.size} cosigned by "
+        f"tree head (ledger entry {entry.seq}): the {entry.payload['size']} entries before it, "
+        f"root {entry.payload['root']}"
+        f"\ncheckpoint {cp.origin} size {cp.size} (the tree head included) cosigned by "
         f"{', '.join(witnessed.cosigners) or 'no witness'}",
     )
 
