@@ -404,6 +404,7 @@ def subject_lineage(
         if md5:
             lin.data.append(DataVersion("processed", md5, "workspace", True))
     docs = lock_documents(paths.root, history=history)
+    kept: dict[str, list[str]] | None = None
     for source, doc in docs:
         prepare = _stages(doc).get("prepare")
         if not prepare:
@@ -414,7 +415,9 @@ def subject_lineage(
             continue
         listed = _manifest_lists_pid(setup, raw_dep, pid)
         if listed is None:  # purged by an erasure of someone else: what it listed was kept
-            listed = manifest_index.lists(paths, raw_dep, pid)
+            if kept is None:
+                kept = manifest_index.load(paths)  # once, for every revision that needs it
+            listed = manifest_index.lists(kept, raw_dep, pid)
         if listed is None:
             if faces not in lin.processed_md5s:
                 lin.notes.append(

@@ -31,6 +31,11 @@ def index_path(paths: ProjectPaths) -> Path:
     return paths.privacy / INDEX
 
 
+def load(paths: ProjectPaths) -> dict[str, list[str]]:
+    """The index, ``{".dir md5": [pid, ...]}`` (empty when there is none)."""
+    return _read(paths)
+
+
 def _read(paths: ProjectPaths) -> dict[str, list[str]]:
     try:
         doc = json.loads(index_path(paths).read_text(encoding="utf-8"))
@@ -90,14 +95,14 @@ def forget(paths: ProjectPaths, pid: str) -> None:
         _write(paths, {k: [p for p in v if p != pid] for k, v in index.items()})
 
 
-def lists(paths: ProjectPaths, md5: str, pid: str) -> bool | None:
-    """True when the purged manifest ``md5`` listed ``pid``; None otherwise (unknown).
+def lists(index: Mapping[str, list[str]], md5: str, pid: str) -> bool | None:
+    """True when the purged manifest ``md5`` listed ``pid`` in ``index`` (:func:`load`); None
+    otherwise (unknown).
 
     Never False: the index is a file an operator can edit, so it may add to what a model saw
     (a certificate then names one model too many), never take away from it; a pid it does not
     name reads as before it was kept, "unknown".
     """
-    index = _read(paths)
     return True if pid in index.get(md5, ()) else None
 
 

@@ -119,8 +119,8 @@ def _keep_listings(
 def verify(ctx: Context, pid: str) -> list[str]:
     """Objects and site-cache files of DVC's stores that still hold or name the subject, and
     the index of purged manifests while it names them."""
-    left = [ctx.rel(manifest_index.index_path(ctx.paths))]
-    left = left if manifest_index.names(ctx.paths, pid) else []
+    named = manifest_index.names(ctx.paths, pid)
+    left = [ctx.rel(manifest_index.index_path(ctx.paths))] if named else []
     if not ctx.is_dvc:
         return left
     try:
