@@ -404,6 +404,37 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     assert anchor["stored_sha256"] == hashlib.sha256(sealed_anchor).hexdigest()
 
 
+def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(
+    project, pg, table
+):
+    """deploy.md switches a project that served from memory to PostgreSQL: the memory gallery's
+    template file of the subject is left beside the shared key. The erasure removes it too, so
+    the certificate verifies and nothing of the subject stays in gallery/."""
+    proj = make_project(project, enrol=True)
+    victim = proj.pids[0]
+    old = proj.paths.gallery / "templates" / victim[1:3] / f"{victim}.tpl"
+    assert old.is_file()
+    write_overrides(
+        project / "params.yaml",
+        {
+            "serving.gallery.backend": "pgvector",
+            "serving.gallery.dsn": pg.dsn,
+            "serving.gallery.table": table,
+        },
+    )
+    gallery = open_pg(proj.world, pg, table, core=proj.core)
+    gallery.enroll_many({pid: proj.engine.embed(proj.world.photo(pid, 2)) for pid in proj.pids})
+    gallery.write_meta()
+    gallery.close()
+
+    result = Erasure(proj.paths).erase(victim)
+    claims = result.certificate["claims"]
+    outcome = {a["path"]: a["outcome"] for a in claims["artefacts"] if a["step"] == "gallery"}
+    assert outcome[f"gallery/templates/{victim[1:3]}/{victim}.tpl"] == "crypto-shredded"
+    assert not old.exists()
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
 def _events(world, kind: str) -> list:
     return [e for e in world.core.ledger.entries() if e.type == kind]
 

@@ -26,12 +26,13 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         gallery = open_project_gallery(ctx.paths, core=ctx.core, load=False, params=ctx.params)
     removed: dict[str, str] = {}
     if gallery is not None:
-        removed = gallery.erase(pid, reason="erasure").removed
-    else:
-        # No gallery.json: nothing can load these files, they only need to go.
-        for p in reversed(subject_files(ctx.paths.gallery, pid)):
-            removed[ctx.rel(p)] = sha256_file(p)
-            secure_unlink(p)
+        removed = dict(gallery.erase(pid, reason="erasure").removed)
+    # What is left: every file when no gallery is on disk (nothing can load them, they only
+    # need to go), or the memory gallery's template of a project since switched to pgvector
+    # (docs/deploy.md), which the shared gallery neither loads nor removes.
+    for p in reversed(subject_files(ctx.paths.gallery, pid)):
+        removed[ctx.rel(p)] = sha256_file(p)
+        secure_unlink(p)
     return Outcome([{"store": STORE, "path": k, "sha256": v} for k, v in removed.items()])
 
 
