@@ -19,6 +19,7 @@ from visage_ml.privacy.core import UnknownSubjectError
 from visage_ml.privacy.keys import MasterKeyError
 from visage_ml.privacy.ledger import LedgerError
 from visage_ml.privacy.vault import VaultError
+from visage_ml.stack.proc import StackError
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -68,6 +69,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         UnknownSubjectError,
         LedgerError,
         VaultError,
+        StackError,  # a stack service down: the message says to run `visage stack up`
     )
 
 

@@ -21,6 +21,7 @@ from visage_ml.app.cli.common import (
 from visage_ml.privacy.checkpoint import NoteError
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import (
+    KEY_FILE,
     Witness,
     WitnessError,
     default_witness_dir,
@@ -36,6 +37,10 @@ app = typer.Typer(
         "Folder: --dir, else $VISAGE_WITNESS_DIR, else ~/.local/share/visage-ml/witness."
     ),
     no_args_is_help=True,
+)
+MSG_NO_WITNESS = (
+    "no witness in {dir}: give the witness's folder with --dir (as `visage witness init --dir` "
+    "made it), or create one there with `visage witness init --dir {dir}`"
 )
 DIR_OPT = typer.Option(None, "--dir", help="The witness's folder (default: see above).")
 JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
@@ -78,10 +83,21 @@ def add_log(
     vkey: str = typer.Argument(..., help="The log's key, as `visage witness log-key` prints it."),
     folder: Path = DIR_OPT,
 ) -> None:
-    """Trust a ledger's key: cosign its checkpoints from now on (its name is the origin)."""
+    """Trust a ledger's key: cosign its checkpoints from now on (its name is the origin).
+
+    Changes an existing witness only (`visage witness init` makes one): a mistyped or missing
+    --dir must not create a second witness that trusts the log while the served one does not.
+    """
+    root = _folder(folder)
     with _witness_errors():
-        state = Witness.create(_folder(folder)).add_log(vkey)
-    console.print(f"witnessing {state.origin} (size {state.size})", highlight=False)
+        if not (root / KEY_FILE).is_file():
+            raise UserError(MSG_NO_WITNESS.format(dir=root))
+        w = Witness(root)
+        state = w.add_log(vkey)
+    console.print(
+        f"witness {w.name} in {w.root} now witnesses {state.origin} (size {state.size})",
+        highlight=False,
+    )
 
 
 @app.command("release")

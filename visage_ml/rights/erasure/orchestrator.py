@@ -71,6 +71,7 @@ from visage_ml.privacy.certificate import build_certificate, claims_digest, writ
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import Entry
+from visage_ml.privacy.witnessed import WitnessUnavailableError
 from visage_ml.privacy.requests import (
     IN_PROGRESS,
     RECEIVED,
@@ -93,6 +94,7 @@ from visage_ml.rights.erasure import (
     mlflow,
     mlflow_server,
     pgvector,
+    preflight,
     processed,
     raw,
     tombstone,
@@ -140,6 +142,11 @@ MSG_NOT_VERIFIED = (
     "(`visage privacy request verify {rid}`)"
 )
 MSG_CLOSED = "erasure request {rid} is already {status}"
+MSG_REQUEST_UNWITNESSED = (
+    "The erasure request is recorded and the subject is no longer processed, but nothing was "
+    "erased yet: the erasure starts once its request is witnessed. Run `visage privacy "
+    "checkpoint` when the witnesses answer, then `visage privacy erase {pid}` again."
+)
 MSG_NO_ENTRY = "the ledger has no entry {seq}; restore it from a backup"
 
 
@@ -282,10 +289,18 @@ class Erasure:
                 raise RequestStateError(MSG_NOT_VERIFIED.format(rid=request_id))
             if st.status not in (VERIFIED, IN_PROGRESS):
                 raise RequestStateError(MSG_CLOSED.format(rid=request_id, status=st.status))
+            # Every service the stores need answers, or nothing is erased (one message).
+            preflight.check(self.ctx, st.pid)
             result = ErasureResult(request_id, st.pid)
             if st.status == VERIFIED:
                 t = time.perf_counter()
-                self.book.start(request_id)
+                try:
+                    self.book.start(request_id)
+                except WitnessUnavailableError as exc:
+                    # The start is on the ledger and in force (the subject is not processed),
+                    # but "in force" must not read as "erased": no step has run.
+                    exc.add_note(MSG_REQUEST_UNWITNESSED.format(pid=st.pid))
+                    raise
                 result.timings["start"] = time.perf_counter() - t
             actions: dict[str, Callable[[RequestState, list[Artefact]], None]] = {
                 "lineage": self._lineage,

@@ -1,0 +1,137 @@
+"""The deployment walk of docs/deploy.md, as a new operator follows it (session 37): each test
+asserts what the operator is promised and failed while the walk found otherwise."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from project_helpers import init_dvc_repo, pipeline_env, write_overrides
+from rights_fakes import make_project
+
+from visage_ml.config import ProjectPaths
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.rights.erasure import Erasure
+from visage_ml.stack.proc import StackError
+
+VISAGE = str(Path(sys.executable).with_name("visage"))
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stack_configured_but_down(project: Path) -> None:
+    """A project that `visage stack up` configured (S3 remote `stack`, MLflow server), whose
+    stack is not running now (after `visage stack down`, or a reboot)."""
+    s3, pg, ml = _free_port(), _free_port(), _free_port()
+    write_overrides(
+        project / "params.yaml",
+        {
+            "stack.tracking": "server",
+            "stack.s3.port": s3,
+            "stack.postgres.port": pg,
+            "stack.mlflow.port": ml,
+        },
+    )
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    for args in (
+        ["remote", "add", "-d", "stack", "s3://visage/dvc"],
+        ["remote", "modify", "--local", "stack", "endpointurl", f"http://127.0.0.1:{s3}"],
+        ["remote", "modify", "--local", "stack", "access_key_id", "k"],
+        ["remote", "modify", "--local", "stack", "secret_access_key", "s"],
+    ):
+        subprocess.run([DVC, *args], cwd=project, env=env, check=True, capture_output=True)
+
+
+@pytest.mark.pipeline
+def test_an_erasure_with_the_stack_down_stops_before_it_starts_with_a_message(project):
+    """With the stack down, the erasure crashed in its first step with a ~180-line botocore
+    traceback (docs/deploy.md: "an unreachable store stops the erasure with a message"). It
+    stops before any step, the request is not started, the subject is untouched, and the
+    command says what to do in one message."""
+    init_dvc_repo(project)
+    proj = make_project(project, n_subjects=3, track=True)
+    _stack_configured_but_down(project)
+    victim = proj.pids[0]
+
+    with pytest.raises(StackError, match="visage stack up"):
+        Erasure(ProjectPaths(project), core=PrivacyCore(ProjectPaths(project))).erase(victim)
+    assert (proj.paths.raw / victim).is_dir()
+    assert not PrivacyCore(ProjectPaths(project)).registry.get(victim).erased
+
+    out = subprocess.run(
+        [VISAGE, "privacy", "erase", victim],
+        cwd=project,
+        env=pipeline_env(project),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert "visage stack up" in out.stderr
+    assert "nothing was erased" in out.stderr
+
+
+def test_add_log_without_dir_does_not_make_a_second_witness(project, tmp_path, monkeypatch):
+    """docs/deploy.md ran `visage witness add-log VKEY` without --dir after `witness init --dir
+    /srv/witness`: it silently created a new witness under ~/.local/share and trusted the log
+    there, while the served witness never did. add-log needs an existing witness, and says
+    which one it changed."""
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VISAGE_WITNESS_DIR", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    served = tmp_path / "srv-witness"
+    runner = CliRunner()
+    assert runner.invoke(app, ["witness", "init", "--dir", str(served)]).exit_code == 0
+    vkey = PrivacyCore(ProjectPaths(project)).witnessing.log_verifier().vkey  # log-key
+
+    res = runner.invoke(app, ["witness", "add-log", vkey])
+    assert res.exit_code == 2
+    assert "--dir" in res.output and "witness init" in res.output
+    assert not (tmp_path / "home" / ".local" / "share" / "visage-ml" / "witness").exists()
+
+    res = runner.invoke(app, ["witness", "add-log", vkey, "--dir", str(served)])
+    assert res.exit_code == 0, res.output
+    assert str(served) in res.output
+
+
+def test_an_erasure_whose_witness_is_down_says_nothing_was_erased_yet(project):
+    """With a witness host down, `visage privacy erase` said "The change is in force locally",
+    which an operator read as done: no step had run. It says that the request is recorded and
+    nothing is erased yet, and what to run; the same command finishes it afterwards."""
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app
+    from visage_ml.privacy.witness import Witness
+
+    proj = make_project(project, n_subjects=3)
+    victim = proj.pids[0]
+    down = Witness.create(project.parent / "w2")
+    write_overrides(
+        project / "params.yaml",
+        {
+            "privacy.witness.witnesses": [
+                {"kind": "directory", "path": "default"},
+                {"kind": "http", "url": "http://127.0.0.1:9", "key": down.verifier.vkey},
+            ],
+            "privacy.witness.timeout_seconds": 2.0,
+        },
+    )
+    res = CliRunner().invoke(app, ["privacy", "erase", victim])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "nothing was erased" in text
+    assert f"visage privacy erase {victim}" in text
+    assert (proj.paths.raw / victim).is_dir()
