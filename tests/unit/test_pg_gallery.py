@@ -404,9 +404,7 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     assert anchor["stored_sha256"] == hashlib.sha256(sealed_anchor).hexdigest()
 
 
-def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(
-    project, pg, table
-):
+def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(project, pg, table):
     """deploy.md switches a project that served from memory to PostgreSQL: the memory gallery's
     template file of the subject is left beside the shared key. The erasure removes it too, so
     the certificate verifies and nothing of the subject stays in gallery/."""

@@ -71,7 +71,6 @@ from visage_ml.privacy.certificate import build_certificate, claims_digest, writ
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import Entry
-from visage_ml.privacy.witnessed import WitnessUnavailableError
 from visage_ml.privacy.requests import (
     IN_PROGRESS,
     RECEIVED,
@@ -80,6 +79,7 @@ from visage_ml.privacy.requests import (
     RequestState,
     RequestStateError,
 )
+from visage_ml.privacy.witnessed import WitnessUnavailableError
 
 # A module, not its function: lineage imports this package's DVC machinery.
 from visage_ml.rights import lineage
