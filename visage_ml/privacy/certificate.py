@@ -39,6 +39,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from visage_ml.privacy.checkpoint import (
     NoteError,
     TlogProof,
     Verifier,
+    cosignature_timestamp,
     cosigner,
     parse_checkpoint,
     parse_note,
@@ -61,8 +63,13 @@ from visage_ml.privacy.checkpoint import (
     verified_cosigners,
     verify_note,
 )
-from visage_ml.privacy.keys import key_id, load_or_create_signing_key, load_public_key
+from visage_ml.privacy.keys import (
+    key_id,
+    load_or_create_signing_key,
+    load_public_keys,
+)
 from visage_ml.privacy.ledger import Entry, entry_hash, verify_inclusion_record
+from visage_ml.privacy.witness import LOCAL_WITNESS_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,28 @@ MSG_KEYS_FROM_CERT = (
     "who made it; pin {option} with the key the controller (or witness) published"
 )
 
+MSG_RECEIVED_UNCOMMITTED = (
+    "received_at ({received}) is not in the ledger entry (a certificate of an older version): "
+    "the date the request arrived rests on the certificate's signature alone"
+)
+MSG_WITNESS_TIME = (
+    "the witness {name} cosigned at {at}, {days:.1f} day(s) from the entry's time {entry}: the "
+    "witness's clock does not corroborate the certificate's dates, which rest on the "
+    "controller's clock alone"
+)
+# A witness's clock may run this far behind the ledger's; a cosignature this long after the
+# entry no longer dates it (an erasure's completion is witnessed at once).
+CLOCK_SKEW_S = 300
+WITNESS_DELAY_S = 86400
+MSG_OTHER_KEY = (
+    "the certificate names key {signer}: a key from before a rotation? give the controller's "
+    "privacy/ledger-keys.pem (every key the ledger has had) as the public key"
+)
+MSG_LOCAL_WITNESS = (
+    "{name} is a directory witness (a folder the controller keeps): it proves nothing against "
+    "the controller, who can restore or copy it with the ledger; rely on a witness run by "
+    "someone else (docs/verify.md)"
+)
 MSG_ORIGIN_FROM_CERT = (
     "log origin taken from the certificate itself: a second log kept under the same key would "
     "verify too; pin --origin with the log name the controller published"
@@ -296,6 +325,8 @@ class CertificateReport:
     models: dict[str, Any] = field(default_factory=dict)
     # What a VALID does not show (keys taken from the certificate itself): said beside it.
     notes: list[str] = field(default_factory=list)
+    # A key, witness or origin was taken from the certificate itself (see the notes).
+    unpinned: bool = False
 
     @property
     def ok(self) -> bool:
@@ -331,6 +362,7 @@ class CertificateReport:
             "bytes_hashed": self.bytes_hashed,
             "models": self.models,
             "notes": self.notes,
+            "unpinned": self.unpinned,
         }
 
 
@@ -392,11 +424,15 @@ def verify_proof(
         if key_path is None or not key_path.is_file():
             report.add("public key", False, MSG_NO_KEY)
             return report, doc, None
-        pub = load_public_key(key_path)
+        keys = load_public_keys(key_path)  # ledger-keys.pem: the key of the certificate's time
+        wanted = _object(doc.get("signature")).get("key_id")
+        pub = next((k for k in keys if key_id(k) == wanted), keys[0])
+    signer = _object(doc.get("signature")).get("key_id")
     report.add(
         "signature",
-        signature_ok(doc, pub) and _object(doc.get("signature")).get("key_id") == key_id(pub),
-        f"Ed25519, key {key_id(pub)}",
+        signature_ok(doc, pub) and signer == key_id(pub),
+        f"Ed25519, key {key_id(pub)}"
+        + ("" if signer == key_id(pub) else f"; {MSG_OTHER_KEY.format(signer=signer)}"),
     )
     ledger = _object(doc.get("ledger"))
     completed = _object(ledger.get("erasure_completed"))
@@ -413,6 +449,21 @@ def verify_proof(
         # What the certificate is for: a valid one of another request must not pass unseen.
         f"seq {completed.get('seq')}: request {doc.get('request_id')}, subject {doc.get('pid')}",
     )
+    # The dates: completed_at is the entry's own time; received_at is in its payload (entries
+    # written before this check carry none, and the report says the date rests on the signature).
+    report.add(
+        "completion date",
+        doc.get("completed_at") == completed.get("time"),
+        f"completed_at {doc.get('completed_at')}, the entry's time {completed.get('time')}",
+    )
+    if "received_at" in committed:
+        report.add(
+            "reception date",
+            doc.get("received_at") == committed.get("received_at"),
+            f"received_at {doc.get('received_at')}, in the entry {committed.get('received_at')}",
+        )
+    else:
+        report.notes.append(MSG_RECEIVED_UNCOMMITTED.format(received=doc.get("received_at")))
     digest = claims_digest(claims)
     report.add(
         "claims committed in the ledger",
@@ -444,8 +495,10 @@ def _check_against_ledger(
     ledger: Path | None, completed: Mapping[str, Any], head: Mapping[str, Any], report: Any
 ) -> None:
     """When the checkout has the ledger, its lines at those seqs must be the certificate's."""
-    if ledger is None or not ledger.is_file():
-        report.add("ledger in checkout", True, "no ledger in this checkout; proof checked alone")
+    if ledger is None:
+        return  # offline: the proof stands alone (no check is reported as made)
+    if not ledger.is_file():
+        report.notes.append("no ledger in this checkout: the proof was checked alone")
         return
     wanted = {int(completed.get("seq", -1)): completed, int(head.get("seq", -1)): head}
     found: dict[int, bytes] = {}
@@ -549,10 +602,26 @@ def _check_witnessed(
         log_ok = True
     except NoteError:
         log_ok = False
+    log_v = Verifier(cp.origin, ED25519, pub)
     report.add(
         "checkpoint signature",
         log_ok,
-        f"{cp.origin} size {cp.size}, signed by the ledger key",
+        f"{cp.origin} size {cp.size}, signed by the ledger key (fingerprint {log_v.fingerprint})",
+    )
+    # What the certificate says of its keys must be the keys that verified: a reader compares
+    # these fingerprints with the ones the controller published.
+    log_doc = _object(proof.get("log"))
+    history = proof.get("key_history") or []
+    report.add(
+        "key fingerprints",
+        log_doc.get("fingerprint") == log_v.fingerprint
+        and log_doc.get("vkey") == log_v.vkey
+        and log_doc.get("origin") == cp.origin
+        and isinstance(history, list)
+        and bool(history)
+        and history[-1] == log_v.fingerprint
+        and _witness_fields_ok(proof.get("witnesses")),
+        "the certificate's ledger key, key history and witness fingerprints are the keys' own",
     )
     if origin is not None:
         report.add("log origin", cp.origin == origin, f"asked {origin}, found {cp.origin}")
@@ -571,8 +640,64 @@ def _check_witnessed(
         report.add("witness cosignatures", False, f"a cosignature does not verify ({exc})")
         return
     enough = bool(cosigned) and (not witness_keys or len(cosigned) == len(keys))
+    times = _cosigned_times(note, cosigned)
     detail = f"{len(cosigned)} of {len(keys)} witnesses cosigned: " + (
-        ", ".join(v.name for v in cosigned) or "none"
+        ", ".join(f"{v.name} at {_utc(times[v.name])}" for v in cosigned) or "none"
     )
     report.add("witness cosignatures", enough, detail)
+    _check_witness_time(completed.get("time"), times, report)
+    for v in cosigned:
+        if v.name.startswith(LOCAL_WITNESS_PREFIX):
+            report.notes.append(MSG_LOCAL_WITNESS.format(name=v.name))
+    report.unpinned = report.unpinned or bool(notes)
     report.notes.extend(notes)
+
+
+def _witness_fields_ok(witnesses: Any) -> bool:
+    """Each listed witness's name and fingerprint are those of its vkey."""
+    if not isinstance(witnesses, list):
+        return False
+    try:
+        for w in witnesses:
+            v = cosigner(str(w["vkey"]))
+            if w.get("fingerprint") != v.fingerprint or w.get("name") != v.name:
+                return False
+    except (NoteError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _cosigned_times(note: Any, cosigned: Sequence[Verifier]) -> dict[str, int]:
+    """When each verified witness cosigned (cosignature/v1 carries the witness's clock)."""
+    out: dict[str, int] = {}
+    for v in cosigned:
+        for sig in note.signatures:
+            if sig.name == v.name and sig.key_id == v.key_id:
+                out[v.name] = cosignature_timestamp(sig)
+    return out
+
+
+def _utc(stamp: int) -> str:
+    return datetime.fromtimestamp(stamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_witness_time(entry_time: Any, times: Mapping[str, int], report: Any) -> None:
+    """Say so when the witnesses' clocks do not corroborate the entry's time.
+
+    An erasure's completion is witnessed at once, so its cosignature follows the entry within
+    minutes; a later cosignature (a witness down for a while) or one before the entry (the
+    ledger's clock set forward) leaves the certificate's dates on the controller's clock alone.
+    """
+    try:
+        written = datetime.fromisoformat(str(entry_time).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        report.add("completion date", False, f"the entry's time {entry_time!r} is not ISO 8601")
+        return
+    for name, stamp in times.items():
+        gap = stamp - written
+        if gap < -CLOCK_SKEW_S or gap > WITNESS_DELAY_S:
+            report.notes.append(
+                MSG_WITNESS_TIME.format(
+                    entry=entry_time, name=name, at=_utc(stamp), days=abs(gap) / 86400
+                )
+            )

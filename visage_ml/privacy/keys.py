@@ -218,6 +218,14 @@ def load_public_key(path_or_pem: Path | bytes) -> Ed25519PublicKey:
     return key
 
 
+def load_public_keys(path: Path) -> list[Ed25519PublicKey]:
+    """Every Ed25519 public key of a PEM file (``ledger-keys.pem`` holds several)."""
+    data = Path(path).read_bytes()
+    end = b"-----END PUBLIC KEY-----"
+    blocks = [b + end for b in data.split(end) if b"-----BEGIN" in b]
+    return [load_public_key(b) for b in blocks] or [load_public_key(data)]
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
     """Short fingerprint of a public key: first 16 hex of SHA-256 of its raw bytes."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -62,6 +62,10 @@ from visage_ml.privacy.keys import (
 
 log = logging.getLogger(__name__)
 
+# Beside ``ledger.pub``: every public key the ledger has had, oldest first (PEM blocks), from its
+# first rotation on; a certificate made before a rotation verifies with the key of its time.
+KEYS_FILE = "ledger-keys.pem"
+
 GENESIS_HASH = "0" * 64
 # An append of at least this many entries refreshes the leaf-hash cache (see leaf_hashes).
 LEAF_CACHE_BATCH = 1000
@@ -605,11 +609,22 @@ class Ledger:
 
     def _install_next_key(self, new_key: Ed25519PrivateKey) -> None:
         """``ledger.key`` -> ``ledger.key.previous``, ``.next`` -> ``ledger.key``, new pub."""
+        keys_path = self.public_key_path.with_name(KEYS_FILE)
+        if keys_path.exists():
+            published = keys_path.read_bytes()
+        elif self.public_key_path.exists():
+            published = self.public_key_path.read_bytes()
+        else:
+            published = b""
         if self.key_path.exists():
             os.replace(self.key_path, self.previous_key_path)
         os.replace(self._next_key_path, self.key_path)
         fsync_dir(self.key_path.parent)
-        atomic_write_bytes(self.public_key_path, public_pem(new_key.public_key()), mode=0o644)
+        new_pem = public_pem(new_key.public_key())
+        atomic_write_bytes(self.public_key_path, new_pem, mode=0o644)
+        # Every key the ledger has had, for certificates signed before this rotation.
+        if new_pem not in published:
+            atomic_write_bytes(keys_path, published + new_pem, mode=0o644)
         self._key, self._key_stat = new_key, _stat_of(self.key_path)
 
     def _finish_rotation(self, *, locked: bool = False) -> None:

@@ -92,6 +92,8 @@ MAX_BODY = 64 * 1024
 ROTATE_PATH = "/visage/rotate-log-key"
 CHECKPOINT_PATH = "/visage/checkpoint"
 
+# The name of a witness made without --name (the default directory witness of a project).
+LOCAL_WITNESS_PREFIX = "visage-witness.local/"
 MSG_UNKNOWN_ORIGIN = (
     "this witness does not know the log {origin}; its operator adds it with "
     "`visage witness add-log '<log vkey>'` (the project prints its vkey: `visage witness "
@@ -214,7 +216,7 @@ class Witness:
         key_path = root / KEY_FILE
         with file_lock(root / ".lock"):
             if not key_path.exists():
-                chosen = name or f"visage-witness.local/{os.urandom(4).hex()}"
+                chosen = name or f"{LOCAL_WITNESS_PREFIX}{os.urandom(4).hex()}"
                 signer = Signer(chosen, Ed25519PrivateKey.generate())
                 atomic_write_bytes(key_path, (signer.skey + "\n").encode("ascii"), mode=0o600)
                 vkey = signer.verifier(0x04).vkey

@@ -28,7 +28,7 @@ from visage_ml.config import ProjectPaths
 from visage_ml.io import CHUNK
 from visage_ml.privacy.certificate import CertificateReport, entry_ok, verify_proof
 from visage_ml.privacy.keys import key_id
-from visage_ml.privacy.ledger import Ledger, LedgerError
+from visage_ml.privacy.ledger import KEYS_FILE, Ledger, LedgerError
 from visage_ml.rights import dvc_objects, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
@@ -75,7 +75,8 @@ def verify_certificate(
         cert_path,
         public_key=public_key,
         ledger_path=paths.ledger,
-        default_key_path=paths.ledger_public_key,
+        # Every key the ledger has had once it was rotated: a certificate of before verifies.
+        default_key_path=_published_keys(paths),
     )
     if doc is None or pub is None:
         return report
@@ -265,3 +266,9 @@ def _models_status(
         "retrained_event": event,
         **check.to_dict(),
     }
+
+
+def _published_keys(paths: ProjectPaths) -> Path:
+    """``privacy/ledger-keys.pem`` when a rotation wrote it, else ``privacy/ledger.pub``."""
+    every = paths.ledger_public_key.with_name(KEYS_FILE)
+    return every if every.is_file() else paths.ledger_public_key

@@ -480,6 +480,8 @@ class Erasure:
                     "claims_sha256": claims_digest(claims),
                     "artefacts": len(claims["artefacts"]),
                     "raw_md5_after": claims["dataset"]["raw_md5_after"],
+                    # Committed, so that the certificate's date of reception is the ledger's.
+                    "received_at": st.received_at,
                 },
             )
             head = None
