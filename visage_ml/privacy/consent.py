@@ -1,9 +1,11 @@
 """Consent receipts (Kantara Consent Receipt v1.1 / ISO/IEC TS 27560 fields) and legal bases.
 
 A receipt describes what a subject agreed to, under which notice and how it was collected. It
-holds no personal data itself: the evidence (e.g. the signed form) and the notice are referred to
-by their SHA-256, and the subject by pid. It is stored inside the signed ``consent.given`` ledger
-event, which makes it non-repudiable.
+holds no personal data itself: the notice is referred to by its SHA-256, the subject's own
+evidence (e.g. the signed form) by an HMAC under their data key
+(:meth:`~visage_ml.privacy.core.PrivacyCore.evidence_digest`, meaningless once the subject is
+erased), an import's evidence by its SHA-256, and the subject by pid. It is stored inside the
+signed ``consent.given`` ledger event, which makes it non-repudiable.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ ledger records (:mod:`visage_ml.privacy.witnessed`); every append through it is 
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,14 @@ from visage_ml.privacy.witnessed import (
 )
 
 log = logging.getLogger(__name__)
+
+# The subkey of a subject's data key that names their consent evidence (see evidence_digest).
+EVIDENCE_CONTEXT = b"visage-ml consent evidence v1"
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
 
 UNKNOWN_SUBJECT = (
     "no subject {pid} in the registry; list subjects with `visage privacy subject list`"
@@ -144,6 +153,22 @@ class PrivacyCore:
             log_key=self.ledger.signing_key().public_key(),
             key_history=self.ledger.key_chain().fingerprints(),
             witnesses=self.witnessing.cosigners_of(witnessed.note),
+        )
+
+    def evidence_digest(self, pid: str, data: bytes) -> str:
+        """What a consent receipt records of the subject's evidence (e.g. the signed form): an
+        HMAC-SHA256 under a subkey of their data key, so that once the erasure destroys the key
+        the ledger's digest no longer finds them from a copy of the form."""
+        subkey = hmac.new(self.data_keys.key(pid, create=True), EVIDENCE_CONTEXT, "sha256")
+        return hmac.new(subkey.digest(), data, "sha256").hexdigest()
+
+    def evidence_matches(self, pid: str, data: bytes) -> bool:
+        """Whether ``data`` is the evidence a consent of ``pid`` recorded (while on record)."""
+        digest = self.evidence_digest(pid, data)
+        return any(
+            _object(_object(e.payload).get("receipt")).get("evidence_hash") == digest
+            for e in self.ledger.entries()
+            if e.pid == pid and e.type == "consent.given"
         )
 
     def _after_append(self, entries: list[Entry]) -> None:

@@ -39,6 +39,7 @@ from visage_ml.io import (
     canonical_json,
     file_lock,
     private_dir,
+    secure_unlink,
     sha256_bytes,
 )
 from visage_ml.privacy.datakeys import wrapped_keys_exist
@@ -156,10 +157,13 @@ class Message:
     last_error: str | None = None
     # Creation order within the outbox (wall-clock nanoseconds): messages go out in order.
     order: int = 0
+    # Random, kept in the message file only (and sent with it): the ledger's hash of the message
+    # then confirms no guessed address once the file is gone. Empty in messages of older versions.
+    salt: str = ""
 
     @property
     def sha256(self) -> str:
-        """SHA-256 of what is sent: id, channel, address, subject and body."""
+        """SHA-256 of what is sent: id, channel, address, subject and body (and the salt)."""
         content = {
             "id": self.id,
             "channel": self.channel,
@@ -167,6 +171,8 @@ class Message:
             "subject": self.subject,
             "body": self.body,
         }
+        if self.salt:
+            content["salt"] = self.salt
         return sha256_bytes(canonical_json(content))
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +187,7 @@ class Message:
             "request_id": self.request_id,
             "subject": self.subject,
             "body": self.body,
+            "salt": self.salt,
             "sha256": self.sha256,
         }
 
@@ -369,6 +376,7 @@ class Outbox:
             created=self.core.ledger.clock(),
             recipient_id=recipient_id,
             order=time.time_ns(),
+            salt=os.urandom(16).hex(),
         )
         payload = {
             "message_id": msg.id,
@@ -442,11 +450,10 @@ class Outbox:
                 "recipient_id": msg.recipient_id,
             },
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(msg.id))
+        # Overwritten, not only unlinked: the file held the address and the salt.
+        secure_unlink(self._path(msg.id))
         if msg.kind in CLOSING and msg.request_id:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._reply_path(msg.request_id))
+            secure_unlink(self._reply_path(msg.request_id))
 
     def failed(
         self,
@@ -505,11 +512,10 @@ class Outbox:
             return None
         if only_dead and msg.state != DEAD:
             return None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(msg.id))
+        # Overwritten, not only unlinked: the file held the address and the salt.
+        secure_unlink(self._path(msg.id))
         if msg.kind in CLOSING and msg.request_id:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._reply_path(msg.request_id))
+            secure_unlink(self._reply_path(msg.request_id))
         return msg
 
     def revive(self, ids: Iterable[str] | None = None) -> int:

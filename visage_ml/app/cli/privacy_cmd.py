@@ -176,7 +176,7 @@ def consent_give(
             given_at=utc_now(),
             language=language,
             jurisdiction=jurisdiction,
-            evidence_hash=sha256_text(evidence.read_bytes()) if evidence else None,
+            evidence_hash=core.evidence_digest(pid, evidence.read_bytes()) if evidence else None,
         )
         entry = core.give_consent(pid, receipt)
     _done(
@@ -838,9 +838,20 @@ def erase(
     _done(
         as_json,
         result.to_dict(),
-        f"{pid} erased: {result.artefacts} artefacts removed; certificate "
-        f"{result.certificate_path}",
+        f"{pid} erased: {_outcomes(result.certificate)}; certificate {result.certificate_path}",
     )
+
+
+def _outcomes(certificate: dict[str, Any]) -> str:
+    """The certificate's artefacts counted by outcome ("3 key destroyed, 12 crypto-shredded")."""
+    counts: dict[str, int] = {}
+    for a in (certificate.get("claims") or {}).get("artefacts") or []:
+        outcome = str(a.get("outcome") or "erased")
+        counts[outcome] = counts.get(outcome, 0) + 1
+    if not counts:
+        return "nothing of the subject was found"
+    parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+    return f"{sum(counts.values())} artefacts ({parts})"
 
 
 @app.command("resume")
@@ -922,7 +933,8 @@ def verify_certificate_cmd(
             console.print(f"models: {report.models['status']}", highlight=False)
         for text in report.notes:
             console.print(f"[yellow]note[/] {text}", highlight=False)
-        valid = "certificate VALID" + (" (not all pinned: see the notes)" if report.notes else "")
+        why = "not all pinned: see the notes" if report.unpinned else "see the notes"
+        valid = "certificate VALID" + (f" ({why})" if report.notes else "")
         console.print(valid if report.ok else "certificate INVALID")
     if not report.ok:
         raise typer.Exit(1)
