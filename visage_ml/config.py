@@ -363,6 +363,8 @@ def _build(cls: type, raw: Mapping[str, Any], *, prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in sorted(set(raw) - set(fields), key=str):
         _problem(_InvalidError(prefix + str(name), raw[name], "known keys: " + ", ".join(fields)))
+    collected = _COLLECTED.get()
+    before = len(collected) if collected is not None else 0
     kwargs = {}
     for name, value in raw.items():
         if name not in fields:
@@ -372,7 +374,11 @@ def _build(cls: type, raw: Mapping[str, Any], *, prefix: str = "") -> Any:
         except _InvalidError as exc:
             _problem(exc)  # collecting: the default stands in, so the rest is checked too
     obj = cls(**kwargs)
+    # The section's cross-field check would judge a default standing in for a bad value, and
+    # report keys the user wrote correctly: only a section whose fields all parsed is checked.
     check = getattr(obj, "check", None)
+    if collected is not None and len(collected) > before:
+        check = None
     if check is not None:
         problem = check()
         if problem is not None:

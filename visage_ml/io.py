@@ -66,6 +66,18 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
+# A shared file that holds a row of many subjects (a table, an index, a report) carries this much
+# fresh randomness in each version it is written in: an erasure records the SHA-256 of the
+# version it replaced, and without the randomness the rest of that version plus one guessed row
+# would rebuild it byte for byte, confirming the erased subject's attributes or reference.
+NONCE_KEY = "version_nonce"
+
+
+def version_nonce() -> str:
+    """128 random bits (hex) for the next version of a shared file (see :data:`NONCE_KEY`)."""
+    return os.urandom(16).hex()
+
+
 def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON atomically (sorted keys, trailing newline)."""
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n", mode=mode)

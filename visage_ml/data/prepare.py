@@ -39,13 +39,15 @@ from visage_ml.data.manifest import (
     source_summary,
     usable_splits,
 )
-from visage_ml.data.rawstore import PLAIN_EXTS, read_raw_image
+from visage_ml.data.rawstore import PLAIN_EXTS, frame_parquet_bytes, read_raw_image
 from visage_ml.io import (
+    NONCE_KEY,
     atomic_write_bytes,
     atomic_write_json,
     private_dir,
     secure_unlink,
     sha256_bytes,
+    version_nonce,
 )
 from visage_ml.privacy.datakeys import DataKeys, SealedFileError
 from visage_ml.privacy.registry import UNKNOWN, Registry
@@ -286,7 +288,9 @@ def prepare(
 
     split_ids = {s: sorted(p for p, v in splits.items() if v == s) for s in SPLITS}
     atomic_write_json(
-        processed / SPLITS_FILE, {"seed": params.project.seed, **split_ids}, mode=0o600
+        processed / SPLITS_FILE,
+        {"seed": params.project.seed, **split_ids, NONCE_KEY: version_nonce()},
+        mode=0o600,
     )
 
     seconds = time.perf_counter() - t0
@@ -339,9 +343,7 @@ def _narrowed_to_registry(
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue(), mode=0o600)
+    atomic_write_bytes(path, frame_parquet_bytes(df), mode=0o600)
 
 
 def _report(
@@ -458,5 +460,5 @@ def purge_subject(processed_dir: Path, pid: str) -> dict[str, int]:
                 doc[k] = [p for p in v if p != pid]
                 changed = True
         if changed:
-            atomic_write_json(splits_path, doc)
+            atomic_write_json(splits_path, {**doc, NONCE_KEY: version_nonce()})
     return {"rows_removed": removed, "rows_kept": len(kept)}

@@ -96,7 +96,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from visage_ml import dvcops, faults
 from visage_ml.config import GENDERS, ProjectPaths
 from visage_ml.data.manifest import parquet_names
-from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir
+from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir, version_nonce
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import SUFFIX as SEALED_SUFFIX
 from visage_ml.privacy.datakeys import DataKeys
@@ -104,6 +104,9 @@ from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.sealed import open_sealed, seal
 
 log = logging.getLogger(__name__)
+
+# The schema metadata key of a table version's randomness (:func:`parquet_bytes`).
+NONCE_META = b"visage.nonce"
 
 SUBJECTS_FILE = "subjects.parquet"
 IMAGES_FILE = "images.parquet"
@@ -196,15 +199,28 @@ def normalise_table(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return out[[*schema.names, *extras]].reset_index(drop=True)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Parquet bytes of ``table``, stamped with a fresh :func:`~visage_ml.io.version_nonce`
+    (schema metadata ``visage.nonce``): no two versions of a shared table are byte-identical,
+    so the hash an erasure records of the version it replaced confirms no guessed row."""
+    meta = {**(table.schema.metadata or {}), NONCE_META: version_nonce().encode()}
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(meta), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def frame_parquet_bytes(df: pd.DataFrame) -> bytes:
+    """:func:`parquet_bytes` of a frame (its index left out), as ``to_parquet`` writes it."""
+    return parquet_bytes(pa.Table.from_pandas(df, preserve_index=False))
+
+
 def table_bytes(df: pd.DataFrame, schema: pa.Schema) -> bytes:
     """Parquet bytes of ``df`` with the canonical arrow types of ``schema`` (extras inferred)."""
     df = normalise_table(df, schema)
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     for name in df.columns[len(schema.names) :]:
         table = table.append_column(name, pa.array(df[name], from_pandas=True))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
+    return parquet_bytes(table)
 
 
 def _read(path: Path, schema: pa.Schema) -> pd.DataFrame:

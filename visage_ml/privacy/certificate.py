@@ -678,7 +678,10 @@ def _cosigned_times(note: Any, cosigned: Sequence[Verifier]) -> dict[str, int]:
 
 
 def _utc(stamp: int) -> str:
-    return datetime.fromtimestamp(stamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(stamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # only a forged cosignature gets here
+        return f"POSIX time {stamp} (out of range)"
 
 
 def _check_witness_time(entry_time: Any, times: Mapping[str, int], report: Any) -> None:
@@ -689,7 +692,8 @@ def _check_witness_time(entry_time: Any, times: Mapping[str, int], report: Any) 
     ledger's clock set forward) leaves the certificate's dates on the controller's clock alone.
     """
     try:
-        written = datetime.fromisoformat(str(entry_time).replace("Z", "+00:00")).timestamp()
+        parsed = datetime.fromisoformat(str(entry_time).replace("Z", "+00:00"))
+        written = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     except ValueError:
         report.add("completion date", False, f"the entry's time {entry_time!r} is not ISO 8601")
         return

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from visage_ml.config import PURPOSES, ProjectPaths
+from visage_ml.io import sha256_bytes
 from visage_ml.privacy.certificate import offline_proof
 from visage_ml.privacy.consent import ConsentReceipt, check_basis, check_purposes
 from visage_ml.privacy.datakeys import DataKeys, wrapped_keys_exist
@@ -156,20 +157,39 @@ class PrivacyCore:
         )
 
     def evidence_digest(self, pid: str, data: bytes) -> str:
-        """What a consent receipt records of the subject's evidence (e.g. the signed form): an
-        HMAC-SHA256 under a subkey of their data key, so that once the erasure destroys the key
-        the ledger's digest no longer finds them from a copy of the form."""
-        subkey = hmac.new(self.data_keys.key(pid, create=True), EVIDENCE_CONTEXT, "sha256")
-        return hmac.new(subkey.digest(), data, "sha256").hexdigest()
+        """What a consent receipt records of the subject's own evidence (e.g. the signed form):
+        an HMAC-SHA256 under a subkey of their data key, so that once the erasure destroys the
+        key the ledger's digest no longer finds them from a copy of the form.
+
+        Raises
+        ------
+        UnknownSubjectError
+            ``pid`` is not on record (no data key is made for it).
+        """
+        self.subject(pid)
+        return self._evidence_mac(self.data_keys.key(pid, create=True), data)
+
+    @staticmethod
+    def _evidence_mac(data_key: bytes, data: bytes) -> str:
+        subkey = hmac.new(data_key, EVIDENCE_CONTEXT, "sha256").digest()
+        return hmac.new(subkey, data, "sha256").hexdigest()
 
     def evidence_matches(self, pid: str, data: bytes) -> bool:
-        """Whether ``data`` is the evidence a consent of ``pid`` recorded (while on record)."""
-        digest = self.evidence_digest(pid, data)
-        return any(
-            _object(_object(e.payload).get("receipt")).get("evidence_hash") == digest
-            for e in self.ledger.entries()
-            if e.pid == pid and e.type == "consent.given"
-        )
+        """Whether ``data`` is the evidence a consent or basis of ``pid`` recorded: their own
+        (the keyed digest, while they are on record) or an import's (its SHA-256). Writes
+        nothing."""
+        wanted = {sha256_bytes(data)}
+        if self.registry.get(pid) is not None and self.data_keys.exists(pid):
+            wanted.add(self._evidence_mac(self.data_keys.key(pid), data))
+        for e in self.ledger.entries():
+            if e.pid != pid or e.type not in ("consent.given", "basis.recorded"):
+                continue
+            payload = _object(e.payload)
+            recorded = {_object(payload.get("receipt")).get("evidence_hash")}
+            recorded.add(payload.get("evidence_hash"))
+            if recorded & wanted:
+                return True
+        return False
 
     def _after_append(self, entries: list[Entry]) -> None:
         try:
@@ -234,6 +254,7 @@ class PrivacyCore:
         if entry is None:
             raise LedgerError("the ledger holds no key rotation")
         _, problems = self.witnessing.announce_rotation(entry, previous)
+        self.ledger.publish_keys()  # a rotation a crash cut short may have left it incomplete
         if not problems:
             previous_path.unlink(missing_ok=True)
         return problems

@@ -609,23 +609,33 @@ class Ledger:
 
     def _install_next_key(self, new_key: Ed25519PrivateKey) -> None:
         """``ledger.key`` -> ``ledger.key.previous``, ``.next`` -> ``ledger.key``, new pub."""
-        keys_path = self.public_key_path.with_name(KEYS_FILE)
-        if keys_path.exists():
-            published = keys_path.read_bytes()
-        elif self.public_key_path.exists():
-            published = self.public_key_path.read_bytes()
-        else:
-            published = b""
         if self.key_path.exists():
             os.replace(self.key_path, self.previous_key_path)
         os.replace(self._next_key_path, self.key_path)
         fsync_dir(self.key_path.parent)
-        new_pem = public_pem(new_key.public_key())
-        atomic_write_bytes(self.public_key_path, new_pem, mode=0o644)
-        # Every key the ledger has had, for certificates signed before this rotation.
-        if new_pem not in published:
-            atomic_write_bytes(keys_path, published + new_pem, mode=0o644)
+        atomic_write_bytes(self.public_key_path, public_pem(new_key.public_key()), mode=0o644)
+        self.publish_keys()
         self._key, self._key_stat = new_key, _stat_of(self.key_path)
+
+    def publish_keys(self) -> Path | None:
+        """Write ``ledger-keys.pem`` (:data:`KEYS_FILE`): every key of the verified key chain,
+        oldest first, once the ledger has been rotated; returns it (None before a rotation).
+
+        Written from the chain, not added to: a key a crash or an older version left out is
+        put back by the next rotation or announcement.
+        """
+        try:
+            chain = self.key_chain()
+        except LedgerError as exc:  # verify-ledger names the cause; the rotation stands
+            log.warning("%s not written: %s", KEYS_FILE, exc)
+            return None
+        if len(chain.keys) < 2:
+            return None
+        path = self.public_key_path.with_name(KEYS_FILE)
+        data = b"".join(public_pem(k) for k in chain.public_keys())
+        if not path.is_file() or path.read_bytes() != data:
+            atomic_write_bytes(path, data, mode=0o644)
+        return path
 
     def _finish_rotation(self, *, locked: bool = False) -> None:
         """Complete or undo a rotation a crash interrupted (``ledger.key.next`` left behind)."""

@@ -29,12 +29,23 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from visage_ml.io import atomic_write_json, file_lock, private_dir, secure_unlink, sha256_file
+from visage_ml.io import (
+    atomic_write_json,
+    file_lock,
+    private_dir,
+    secure_unlink,
+    sha256_file,
+    version_nonce,
+)
 from visage_ml.privacy.keys import check_pid, load_master_key
 from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, read_sealed, write_sealed
 from visage_ml.privacy.tombstones import normalise_ref, ref_forms
 
 RECORD_FIELDS = ("external_ref", "contact", "source", "notes")
+
+
+# The blind index's own key for its version randomness (no blind entry is named so).
+INDEX_NONCE = "_nonce"
 
 
 class VaultError(RuntimeError):
@@ -107,7 +118,15 @@ class IdentityVault:
     def _read_index(self) -> dict[str, str]:
         if not self._index_path.exists():
             return {}
-        return json.loads(self._index_path.read_text(encoding="utf-8"))
+        index = json.loads(self._index_path.read_text(encoding="utf-8"))
+        index.pop(INDEX_NONCE, None)
+        return index
+
+    def _write_index(self, index: Mapping[str, str]) -> None:
+        # A fresh nonce per version: the hash an erasure records of the version it replaced
+        # cannot be rebuilt from this one plus a guessed reference (the index key is on disk).
+        doc = {**index, INDEX_NONCE: version_nonce()}
+        atomic_write_json(self._index_path, doc, mode=0o600, indent=None)
 
     def _lookup(self, index: Mapping[str, str], external_ref: str) -> str | None:
         return next((index[b] for b in self._blinds(external_ref) if b in index), None)
@@ -165,7 +184,7 @@ class IdentityVault:
                     blind = self._blind(str(ref))
                     index[blind] = pid
                     by_pid[pid] = [blind]
-            atomic_write_json(self._index_path, index, mode=0o600, indent=None)
+            self._write_index(index)
 
     def get(self, pid: str) -> dict[str, Any]:
         """Decrypt ``pid``'s record.
@@ -216,7 +235,7 @@ class IdentityVault:
             index = self._read_index()
             kept = {k: v for k, v in index.items() if v != pid}
             if len(kept) != len(index):
-                atomic_write_json(self._index_path, kept, mode=0o600, indent=None)
+                self._write_index(kept)
         return DestroyResult(pid, removed)
 
     def files_of(self, pid: str) -> list[Path]:
@@ -244,7 +263,7 @@ class IdentityVault:
                     continue
                 if ref:
                     index[self._blind(str(ref))] = pid
-            atomic_write_json(self._index_path, index, mode=0o600, indent=None)
+            self._write_index(index)
         return len(index)
 
     def destroyed(self, pids: Iterable[str]) -> list[str]:

@@ -281,6 +281,27 @@ class Stack:
         left += [f"port {port} ({name})" for name, port in ports.items() if proc.port_open(port)]
         return left
 
+    def probe(self, service: str) -> tuple[bool, str]:
+        """Whether ``service`` (``postgres``, ``s3`` or ``mlflow``) answers, and where it is
+        (or why it cannot be reached: an external stack may leave a service it does not use
+        unconfigured). Only that service is looked at."""
+        try:
+            if self.local:
+                server = {"postgres": self.postgres, "s3": self.seaweed, "mlflow": self.mlflow}
+                where = {
+                    "postgres": f"127.0.0.1:{self.params.postgres.port}",
+                    "s3": self.s3_endpoint,
+                    "mlflow": self.mlflow_uri,
+                }
+                return server[service]().running(), where[service]
+            if service == "postgres":
+                return _pg_reachable(self.postgres_dsn()), _redact(self.params.postgres.dsn)
+            if service == "s3":
+                return _http_up(self.s3_endpoint), self.s3_endpoint
+            return _http_up(f"{self.mlflow_uri}/health"), self.mlflow_uri
+        except proc.StackError as exc:
+            return False, str(exc)
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Each service: up or down, where, and (local) its pid."""
         out: dict[str, dict[str, Any]] = {}

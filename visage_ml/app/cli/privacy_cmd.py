@@ -186,6 +186,28 @@ def consent_give(
     )
 
 
+@consent_app.command("check-evidence")
+def consent_check_evidence(
+    pid: str = typer.Argument(..., help="The subject's pid."),
+    evidence: Path = typer.Argument(..., exists=True, dir_okay=False, help="E.g. the signed form."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Whether FILE is the evidence a consent of PID recorded (exit 1 when not).
+
+    The receipt names the evidence by an HMAC under the subject's data key: checkable while
+    the subject is on record, meaningless once they are erased.
+    """
+    with user_errors():
+        found = _core().evidence_matches(pid, evidence.read_bytes())
+    _done(
+        as_json,
+        {"pid": pid, "matches": found},
+        f"{evidence.name} {'is' if found else 'is not'} the evidence of a consent of {pid}",
+    )
+    if not found:
+        raise typer.Exit(1)
+
+
 @consent_app.command("withdraw")
 def consent_withdraw(
     pid: str = typer.Argument(..., help="The subject's pid."),

@@ -24,7 +24,7 @@ from typing import Any
 from visage_ml.config import ProjectPaths
 from visage_ml.data.importers import utkface
 from visage_ml.data.importers.common import ERASED_SUBJECT, IMPORTS_DIR
-from visage_ml.io import atomic_write_text
+from visage_ml.io import NONCE_KEY, atomic_write_text, version_nonce
 
 # What a redacted line says instead of its path.
 REDACTED = "erasure"
@@ -108,6 +108,7 @@ def redact_reports(paths: ProjectPaths, names: Names) -> list[Path]:
                 "detail": "",
                 "redacted": REDACTED,
             }
+        doc[NONCE_KEY] = version_nonce()  # the version replaced is rebuilt by no one
         text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
         atomic_write_text(path, text, mode=0o600)
         done.append(path)

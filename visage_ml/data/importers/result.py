@@ -8,7 +8,6 @@ linked to any pid. An erasure rewrites it without the lines naming the erased pe
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections import Counter
@@ -30,7 +29,8 @@ from visage_ml.data.importers.common import (
     Skip,
     printable,
 )
-from visage_ml.io import atomic_write_bytes, atomic_write_text
+from visage_ml.data.rawstore import frame_parquet_bytes
+from visage_ml.io import NONCE_KEY, atomic_write_bytes, atomic_write_text, version_nonce
 
 
 @dataclass
@@ -124,9 +124,7 @@ def _write_pairs_table(target: Path, table: pd.DataFrame) -> None:
     table = table.astype(
         {"fold": "int32", "image_id_a": "string", "image_id_b": "string", "same": "bool"}
     ).astype({"view": "string"})
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    atomic_write_bytes(target, buf.getvalue())
+    atomic_write_bytes(target, frame_parquet_bytes(table))
 
 
 def lfw_pairs_file(paths: ProjectPaths) -> Path:
@@ -193,6 +191,7 @@ def write_report(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reason_text": {k: REASON_TEXT[k] for k in result.skipped_by_reason},
         "files": [s.to_dict() for s in result.skipped],
+        NONCE_KEY: version_nonce(),
     }
     atomic_write_text(target, json.dumps(doc, indent=2, ensure_ascii=False) + "\n", mode=0o600)
     return target

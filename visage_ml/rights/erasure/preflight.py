@@ -13,7 +13,6 @@ PostgreSQL (no ``serving.gallery.dsn`` nor ``$VISAGE_GALLERY_DSN``) needs Postgr
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from visage_ml.rights.erasure.base import Context
 from visage_ml.serving.pg_gallery import BACKEND, DSN_ENV
@@ -44,18 +43,20 @@ def needed(ctx: Context) -> list[str]:
 
 
 def check(ctx: Context, pid: str) -> None:
-    """Raise :class:`StackError` naming every needed service that does not answer."""
+    """Raise :class:`StackError` naming every needed service that does not answer (only the
+    needed ones are looked at)."""
     services = needed(ctx)
     if not services:
         return
-    status: dict[str, dict[str, Any]] = Stack.of(ctx.paths).status()
-    down = [s for s in services if not status.get(s, {}).get("up")]
+    stack = Stack.of(ctx.paths)
+    probes = {s: stack.probe(s) for s in services}
+    down = [s for s, (up, _where) in probes.items() if not up]
     if down:
         raise StackError(
             MSG_DOWN.format(
                 services=", ".join(down),
                 verb="is" if len(down) == 1 else "are",
-                where=", ".join(f"{s} at {status[s]['where']}" for s in down),
+                where=", ".join(f"{s} at {probes[s][1]}" for s in down),
                 pid=pid,
             )
         )
