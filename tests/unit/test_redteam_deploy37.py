@@ -173,3 +173,36 @@ def test_config_validate_names_every_bad_key_not_only_the_first(project):
     for key in ("serving.gallery.backend", "serving.identify.target_fpir", "stack.s3.prot"):
         assert f"key '{key}'" in text
     assert "3 problem(s)" in text
+
+
+def test_an_erasure_whose_completion_is_not_witnessed_says_the_data_is_gone(project, monkeypatch):
+    """A witness that stops answering during an erasure: every step has run, but the
+    completion cannot be witnessed and the command said only "The change is in force locally".
+    It says the subject's data is erased and the certificate waits, and `resume` after the
+    witnesses answer issues it."""
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app
+    from visage_ml.privacy import witnessed
+    from visage_ml.rights.certify import verify_certificate
+
+    proj = make_project(project, n_subjects=3)
+    victim = proj.pids[0]
+    real = witnessed.Witnessing.after_append
+
+    def down_at_completion(self, entries):
+        if any(e.type == "erasure.completed" for e in entries):
+            raise witnessed.WitnessUnavailableError("witness down (test)")
+        return real(self, entries)
+
+    monkeypatch.setattr(witnessed.Witnessing, "after_append", down_at_completion)
+    res = CliRunner().invoke(app, ["privacy", "erase", victim])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "data is erased" in text and "visage privacy resume" in text
+    assert not (proj.paths.raw / victim).exists()
+    monkeypatch.setattr(witnessed.Witnessing, "after_append", real)
+    res = CliRunner().invoke(app, ["privacy", "resume"])
+    assert res.exit_code == 0, res.output
+    (cert,) = proj.paths.certificates.glob("*.json")
+    assert verify_certificate(cert, root=proj.paths.root).ok

@@ -147,6 +147,11 @@ MSG_REQUEST_UNWITNESSED = (
     "erased yet: the erasure starts once its request is witnessed. Run `visage privacy "
     "checkpoint` when the witnesses answer, then `visage privacy erase {pid}` again."
 )
+MSG_COMPLETION_UNWITNESSED = (
+    "The subject's data is erased (every step has run); the certificate waits for the "
+    "witnesses to cosign the completion. Run `visage privacy checkpoint` when they answer, then "
+    "`visage privacy resume` to issue it."
+)
 MSG_NO_ENTRY = "the ledger has no entry {seq}; restore it from a backup"
 
 
@@ -472,18 +477,19 @@ class Erasure:
         if st.erasure_completed_seq is not None:
             completed, head = _completion_entries(ledger, st.erasure_completed_seq)
         else:
-            completed = ledger.append(
-                "erasure.completed",
-                st.pid,
-                {
-                    "request_id": st.request_id,
-                    "claims_sha256": claims_digest(claims),
-                    "artefacts": len(claims["artefacts"]),
-                    "raw_md5_after": claims["dataset"]["raw_md5_after"],
-                    # Committed, so that the certificate's date of reception is the ledger's.
-                    "received_at": st.received_at,
-                },
-            )
+            payload = {
+                "request_id": st.request_id,
+                "claims_sha256": claims_digest(claims),
+                "artefacts": len(claims["artefacts"]),
+                "raw_md5_after": claims["dataset"]["raw_md5_after"],
+                # Committed, so that the certificate's date of reception is the ledger's.
+                "received_at": st.received_at,
+            }
+            try:
+                completed = ledger.append("erasure.completed", st.pid, payload)
+            except WitnessUnavailableError as exc:
+                exc.add_note(MSG_COMPLETION_UNWITNESSED)
+                raise
             head = None
         self.core.snapshot()
         _fault("certificate", "completed")
