@@ -355,11 +355,8 @@ def test_commands_open_the_configured_shared_gallery(world, enrolled, pg, table)
     assert pg_gallery.open_configured(world.paths, params, environ={}) is None
 
 
-def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project, pg, table):
-    """The whole orchestrator on a project whose served gallery is in PostgreSQL: the row goes
-    before the key, the certificate lists both copies with how each went, the access bundle of
-    another subject still carries their template, and nothing of the victim is on disk."""
-    proj = make_project(project, enrol=False)
+def _served_from_pg(proj, project, pg, table) -> PgGallery:
+    """Switch ``proj`` to the pgvector gallery (params.yaml) and enrol everyone there."""
     write_overrides(
         project / "params.yaml",
         {
@@ -371,6 +368,15 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     gallery = open_pg(proj.world, pg, table, core=proj.core)
     gallery.enroll_many({pid: proj.engine.embed(proj.world.photo(pid, 2)) for pid in proj.pids})
     gallery.write_meta()
+    return gallery
+
+
+def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project, pg, table):
+    """The whole orchestrator on a project whose served gallery is in PostgreSQL: the row goes
+    before the key, the certificate lists both copies with how each went, the access bundle of
+    another subject still carries their template, and nothing of the victim is on disk."""
+    proj = make_project(project, enrol=False)
+    gallery = _served_from_pg(proj, project, pg, table)
     victim, other = proj.pids[0], proj.pids[1]
     needles = _needles(gallery, pg, table, victim)
     gallery.close()
@@ -412,17 +418,7 @@ def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(p
     victim = proj.pids[0]
     old = proj.paths.gallery / "templates" / victim[1:3] / f"{victim}.tpl"
     assert old.is_file()
-    write_overrides(
-        project / "params.yaml",
-        {
-            "serving.gallery.backend": "pgvector",
-            "serving.gallery.dsn": pg.dsn,
-            "serving.gallery.table": table,
-        },
-    )
-    gallery = open_pg(proj.world, pg, table, core=proj.core)
-    gallery.enroll_many({pid: proj.engine.embed(proj.world.photo(pid, 2)) for pid in proj.pids})
-    gallery.write_meta()
+    gallery = _served_from_pg(proj, project, pg, table)
     gallery.close()
 
     result = Erasure(proj.paths).erase(victim)

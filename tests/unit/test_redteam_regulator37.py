@@ -136,15 +136,7 @@ def test_altered_fingerprint_members_fail_with_every_pin(project, tmp_path):
     doc["proof"]["witnesses"][0]["fingerprint"] = "22" * 32
     cert.write_text(render(sign(doc, proj.paths)))
     vkey = witness_vkey()
-    cli = run_cli(
-        cert,
-        "--public-key",
-        str(pub),
-        "--witness-key",
-        vkey,
-        "--origin",
-        doc["proof"]["log"]["origin"],
-    )
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
     py = run_verify_py(
         verifier_script(tmp_path), cert, "--public-key", str(pub), "--witness-key", vkey
     )
