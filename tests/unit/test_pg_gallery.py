@@ -672,3 +672,44 @@ def test_a_dropped_connection_is_a_503_to_retry_not_an_internal_error(world, eng
         assert r.json()["faces"][0]["matches"][0]["pid"] == pid
     finally:
         gallery.close()
+
+
+def test_erasure_leaves_no_embedding_in_the_planner_statistics(world, engine, pg, table):
+    """Autovacuum's ANALYZE copies sample values of each column into pg_statistic: the
+    embedding histogram held the subject's plaintext vector (and the pid histogram their pid),
+    which the erasure's VACUUM FULL of the gallery tables never touched (deploy walk, session
+    37). The gallery's columns keep no statistics, and the erasure clears any a table made
+    before kept, down to pg_statistic's files."""
+    gallery = open_pg(world, pg, table)
+    pids = list(world.people)[:18]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 3)) for pid in pids})
+    victim = pids[4]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        # A table of an older version, analysed before the erasure (as autovacuum does).
+        for col in ("pid", "embedding"):
+            conn.execute(
+                psycopg.sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET STATISTICS -1").format(
+                    t=psycopg.sql.Identifier(table), c=psycopg.sql.Identifier(col)
+                )
+            )
+        conn.execute(psycopg.sql.SQL("ANALYZE {t}").format(t=psycopg.sql.Identifier(table)))
+        conn.execute("CHECKPOINT")
+        stats = conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename = %s AND attname = 'embedding'",
+            (table,),
+        ).fetchone()[0]
+    assert stats == 1  # the attack's precondition: the vector's column was sampled
+    assert any(k == "vector" for k, _ in _scan(pg.data_dir, {"vector": vector}))
+    gallery.erase(victim)
+    report = pg_gallery.purge_physically(pg.dsn, table=table)
+    assert report.to_dict()["statistics_cleared"], report.to_dict()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("ANALYZE {t}").format(t=psycopg.sql.Identifier(table)))
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename = %s", (table,)
+        ).fetchone()[0]
+        conn.execute("CHECKPOINT")
+    assert left == 0  # and ANALYZE no longer samples the gallery
+    assert _scan(pg.data_dir, {"vector": vector}) == []
+    gallery.close()

@@ -169,7 +169,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -471,6 +471,7 @@ def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> tuple[str
         conn.execute(
             sql.SQL("ALTER TABLE {t} ALTER COLUMN sealed SET STORAGE EXTERNAL").format(t=n.t)
         )
+        no_statistics(conn, n)
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {r} (pid text PRIMARY KEY, reason text NOT NULL,"
@@ -575,6 +576,8 @@ class PurgeReport:
     checkpoint: bool
     wal_retention: list[str]
     seconds: float
+    # Why the planner statistics of the table could not be cleared (empty: they were).
+    statistics: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -583,8 +586,51 @@ class PurgeReport:
             "checkpoint": self.checkpoint,
             "wal_retention": list(self.wal_retention),
             "wal_removed": self.checkpoint and not self.wal_retention,
+            "statistics_cleared": not self.statistics,
+            "statistics": list(self.statistics),
             "seconds": round(self.seconds, 3),
         }
+
+
+def no_statistics(conn: psycopg.Connection, names: Names) -> None:
+    """Keep ANALYZE from sampling the gallery table: its statistics (``pg_statistic``) would
+    hold sample values of each column, the plaintext search vectors and the pids among them,
+    where no row deletion reaches."""
+    cols = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped",
+        (names.table,),
+    ).fetchall()
+    for (col,) in cols:
+        conn.execute(
+            sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET STATISTICS 0").format(
+                t=names.t, c=sql.Identifier(col)
+            )
+        )
+
+
+def _clear_statistics(conn: psycopg.Connection, names: Names) -> list[str]:
+    """Remove the table's planner statistics and compact ``pg_statistic`` (and its TOAST
+    table), so that the sample values a table of an older version kept leave the files too.
+    Returns why it could not (a role neither superuser nor ``pg_maintain``)."""
+    no_statistics(conn, names)
+    allowed = conn.execute(
+        "SELECT rolsuper OR pg_has_role(current_user, 'pg_maintain', 'USAGE') "
+        "FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if not allowed or not allowed[0]:
+        return [MSG_STATS_ROLE]
+    conn.execute(
+        "DELETE FROM pg_catalog.pg_statistic WHERE starelid = %s::regclass", (names.table,)
+    )
+    conn.execute("VACUUM FULL pg_catalog.pg_statistic")
+    return []
+
+
+MSG_STATS_ROLE = (
+    "the gallery's planner statistics (pg_statistic) could not be cleared: the role is neither "
+    "superuser nor a member of pg_maintain; older sample values of the table may stay there"
+)
 
 
 def purge_physically(dsn: str, *, table: str = DEFAULT_TABLE) -> PurgeReport:
@@ -601,6 +647,7 @@ def purge_physically(dsn: str, *, table: str = DEFAULT_TABLE) -> PurgeReport:
         conn.execute(sql.SQL("VACUUM FULL {t}").format(t=names.t))
         conn.execute(sql.SQL("VACUUM FULL {r}").format(r=names.revoked))
         conn.execute(sql.SQL("VACUUM FULL {s}").format(s=names.state))
+        statistics = _clear_statistics(conn, names)
         row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
         conn.execute("CHECKPOINT")
         # The checkpoint record itself opened a new segment; a second switch and checkpoint
@@ -614,6 +661,7 @@ def purge_physically(dsn: str, *, table: str = DEFAULT_TABLE) -> PurgeReport:
         checkpoint=True,
         wal_retention=retention,
         seconds=time.perf_counter() - start,
+        statistics=statistics,
     )
 
 

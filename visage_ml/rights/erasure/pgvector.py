@@ -31,7 +31,7 @@ from visage_ml.serving.gallery import GalleryError
 STORE = "pgvector"
 NOTE_WAL = (
     "pgvector: the plaintext search vector was deleted and the table rewritten (VACUUM FULL), "
-    "but old WAL segments may still hold it on the server ({why}); the sealed template is "
+    "but the server may still hold it ({why}); the sealed template is "
     "crypto-shredded regardless"
 )
 
@@ -75,8 +75,9 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         removed = rows
     report = pg_gallery.purge_physically(dsn, table=table)
     info = report.to_dict()
-    if report.wal_retention:
-        info["note"] = NOTE_WAL.format(why="; ".join(report.wal_retention))
+    if report.wal_retention or report.statistics:
+        why = [*report.wal_retention, *report.statistics]
+        info["note"] = NOTE_WAL.format(why="; ".join(why))
     artefacts = [
         {"store": STORE, "path": k, "sha256": v}
         for k, v in removed.items()
