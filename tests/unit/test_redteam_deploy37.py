@@ -28,14 +28,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stack_configured_but_down(project: Path) -> None:
+def _stack_configured_but_down(project: Path, *, tracking: str = "server") -> None:
     """A project that `visage stack up` configured (S3 remote `stack`, MLflow server), whose
     stack is not running now (after `visage stack down`, or a reboot)."""
     s3, pg, ml = _free_port(), _free_port(), _free_port()
     write_overrides(
         project / "params.yaml",
         {
-            "stack.tracking": "server",
+            "stack.tracking": tracking,
             "stack.s3.port": s3,
             "stack.postgres.port": pg,
             "stack.mlflow.port": ml,
@@ -206,3 +206,21 @@ def test_an_erasure_whose_completion_is_not_witnessed_says_the_data_is_gone(proj
     assert res.exit_code == 0, res.output
     (cert,) = proj.paths.certificates.glob("*.json")
     assert verify_certificate(cert, root=proj.paths.root).ok
+
+
+@pytest.mark.pipeline
+def test_verify_certificate_does_not_call_an_unreachable_remote_clean(project):
+    """`verify-certificate` in the checkout with the stack down said "no erased content
+    remains ... 0 found" and VALID: each S3 lookup's error was taken as "not there". A remote
+    it could not ask is named, and the check is not passed."""
+    from visage_ml.rights.certify import verify_certificate
+
+    init_dvc_repo(project)
+    proj = make_project(project, n_subjects=3, track=True)
+    result = Erasure(ProjectPaths(project)).erase(proj.pids[0])
+    assert verify_certificate(result.certificate_path, root=project).ok
+    _stack_configured_but_down(project, tracking="sqlite")
+    report = verify_certificate(result.certificate_path, root=project)
+    assert not report.ok
+    (check,) = [c for c in report.checks if c.name == "no erased content remains"]
+    assert not check.ok and "could not be reached" in check.detail

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 SCANNED_FOLDERS: tuple[str, ...] = ("data", "gallery", "mlruns", "privacy/exports")
 
 
+MSG_REMOTE_UNREACHABLE = (
+    "the DVC remote(s) {names} could not be reached, so their objects were not checked: make "
+    "them reachable (`visage stack up`) and verify again"
+)
+
+
 def verify_certificate(
     cert_path: str | os.PathLike[str],
     *,
@@ -212,16 +218,27 @@ def _scan(
             if setup.site_cache_dir is not None:
                 roots.append(setup.site_cache_dir)
     scan_for_hashes(roots, sha256s, pid=str(doc.get("pid")), md5s=md5s, report=report)
+    unreachable: dict[str, str] = {}
     for store, md5 in remote_objects:
-        with contextlib.suppress(Exception):
-            if store.exists(md5):
-                report.findings.append(
-                    {"path": store.oid_path(md5), "md5": md5, "why": "object still in remote"}
-                )
+        if store.name in unreachable:
+            continue
+        try:
+            found = store.exists(md5)
+        except Exception as exc:  # the client's own errors (botocore, fsspec): not "absent"
+            unreachable[store.name] = type(exc).__name__
+            continue
+        if found:
+            report.findings.append(
+                {"path": store.oid_path(md5), "md5": md5, "why": "object still in remote"}
+            )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
     # Files that could not be checked for a plaintext copy: not shown to be clean.
     unkeyed = sha256s.gap is not None and report.files_hashed > 0
     unkeyed_note = f"; {sha256s.gap}" if unkeyed else ""
+    if unreachable:
+        names = ", ".join(f"{n} ({why})" for n, why in sorted(unreachable.items()))
+        unkeyed = True  # not shown to be clean either
+        unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
     images = " and every erased image's plaintext" if sha256s.key is not None else ""
     report.add(
         "no erased content remains",
