@@ -627,6 +627,8 @@ def _clear_statistics(conn: psycopg.Connection, names: Names) -> list[str]:
     return []
 
 
+# The longest pause between a lost listener's reconnection attempts.
+LISTEN_BACKOFF_MAX_S = 30.0
 MSG_STATS_ROLE = (
     "the gallery's planner statistics (pg_statistic) could not be cleared: the role is neither "
     "superuser nor a member of pg_maintain; older sample values of the table may stay there"
@@ -1195,12 +1197,19 @@ class PgGallery(Gallery):
 
     def _listen(self) -> None:
         n = self.names
+        wait = self.options.poll_interval_s
+        failures = 0
         while not self._stop.is_set():
             try:
                 with connect(self.options.dsn, autocommit=True) as conn:
                     conn.execute(sql.SQL("LISTEN {c}").format(c=sql.Identifier(n.channel)))
                     self._recount(conn)
                     self._listening.set()
+                    if failures:
+                        logger.warning(
+                            "pgvector gallery listener reconnected after %d attempt(s)", failures
+                        )
+                    failures, wait = 0, self.options.poll_interval_s
                     while not self._stop.is_set():
                         got = False
                         for _ in conn.notifies(timeout=self.options.poll_interval_s):
@@ -1211,8 +1220,13 @@ class PgGallery(Gallery):
                         # (a notification lost with a dropped connection is caught here).
                         self._recount(conn, notified=got)
             except (psycopg.Error, GalleryError):
-                logger.warning("pgvector gallery listener lost its connection; reconnecting")
-                self._stop.wait(self.options.poll_interval_s)
+                # Once, then quietly with a growing pause (PostgreSQL down for minutes wrote
+                # four lines a second per replica).
+                log = logger.warning if failures == 0 else logger.debug
+                log("pgvector gallery listener lost its connection; reconnecting")
+                failures += 1
+                self._stop.wait(wait)
+                wait = min(wait * 2, LISTEN_BACKOFF_MAX_S)
 
     def _recount(self, conn: psycopg.Connection, *, notified: bool = False) -> None:
         with conn.transaction():
