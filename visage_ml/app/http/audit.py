@@ -35,6 +35,7 @@ from typing import Any
 from visage_ml.config import AuditParams, ProjectPaths
 from visage_ml.privacy.auditlog import ANCHOR_EVENT, AUDIT_FILE, ChainWriter
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.ledger import LedgerError
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +188,16 @@ class AuditLog:
                 self.anchor(head)
             except Exception as exc:  # serving goes on; the next anchor covers these lines
                 self._retry_at = self._clock() + self.anchor_every_seconds
+                # A ledger error says what to do (witness set changed: restart, checkpoint) and
+                # names no person; anything else is named by its type only.
+                why = (
+                    f"{type(exc).__name__}: {exc}"
+                    if isinstance(exc, LedgerError)
+                    else (type(exc).__name__)
+                )
                 logger.warning(
                     "could not anchor the audit log in the ledger (%s); retrying in %.0f s",
-                    type(exc).__name__,
+                    why,
                     self.anchor_every_seconds,
                 )
                 return False
