@@ -99,6 +99,10 @@ def _need(creds: dict[str, str], key: str, paths: ProjectPaths, what: str) -> st
 # -- the stack of a project --------------------------------------------------------------------
 
 
+# The stack's services, in the order they are reported.
+SERVICES: tuple[str, ...] = ("postgres", "s3", "mlflow")
+
+
 @dataclass
 class Stack:
     """The services of one project, local or external, and how to reach each."""
@@ -281,42 +285,45 @@ class Stack:
         left += [f"port {port} ({name})" for name, port in ports.items() if proc.port_open(port)]
         return left
 
+    def _servers(self) -> dict[str, Any]:
+        """The local services' server objects, by service name."""
+        return {"postgres": self.postgres(), "s3": self.seaweed(), "mlflow": self.mlflow()}
+
+    def _reach(self, service: str, servers: dict[str, Any] | None = None) -> tuple[bool, str]:
+        """Whether ``service`` answers, and where it is; raises :class:`~proc.StackError` when
+        an external stack leaves it unconfigured."""
+        if self.local:
+            srv = (servers or self._servers())[service]
+            where = {
+                "postgres": f"127.0.0.1:{self.params.postgres.port}",
+                "s3": self.s3_endpoint,
+                "mlflow": self.mlflow_uri,
+            }
+            return srv.running(), where[service]
+        if service == "postgres":
+            return _pg_reachable(self.postgres_dsn()), _redact(self.params.postgres.dsn)
+        if service == "s3":
+            return _http_up(self.s3_endpoint), self.s3_endpoint
+        return _http_up(f"{self.mlflow_uri}/health"), self.mlflow_uri
+
     def probe(self, service: str) -> tuple[bool, str]:
         """Whether ``service`` (``postgres``, ``s3`` or ``mlflow``) answers, and where it is
         (or why it cannot be reached: an external stack may leave a service it does not use
         unconfigured). Only that service is looked at."""
         try:
-            if self.local:
-                server = {"postgres": self.postgres, "s3": self.seaweed, "mlflow": self.mlflow}
-                where = {
-                    "postgres": f"127.0.0.1:{self.params.postgres.port}",
-                    "s3": self.s3_endpoint,
-                    "mlflow": self.mlflow_uri,
-                }
-                return server[service]().running(), where[service]
-            if service == "postgres":
-                return _pg_reachable(self.postgres_dsn()), _redact(self.params.postgres.dsn)
-            if service == "s3":
-                return _http_up(self.s3_endpoint), self.s3_endpoint
-            return _http_up(f"{self.mlflow_uri}/health"), self.mlflow_uri
+            return self._reach(service)
         except proc.StackError as exc:
             return False, str(exc)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Each service: up or down, where, and (local) its pid."""
+        servers = self._servers() if self.local else None
         out: dict[str, dict[str, Any]] = {}
-        if self.local:
-            pg, s3, ml = self.postgres(), self.seaweed(), self.mlflow()
-            out["postgres"] = {"up": pg.running(), "pid": pg.pid(), "where": f"127.0.0.1:{pg.port}"}
-            out["s3"] = {"up": s3.running(), "pid": s3.pid(), "where": s3.endpoint}
-            out["mlflow"] = {"up": ml.running(), "pid": ml.pid(), "where": ml.uri}
-            return out
-        out["postgres"] = {
-            "up": _pg_reachable(self.postgres_dsn()),
-            "where": _redact(self.params.postgres.dsn),
-        }
-        out["s3"] = {"up": _http_up(self.s3_endpoint), "where": self.s3_endpoint}
-        out["mlflow"] = {"up": _http_up(f"{self.mlflow_uri}/health"), "where": self.mlflow_uri}
+        for name in SERVICES:
+            up, where = self._reach(name, servers)
+            out[name] = {"up": up, "where": where}
+            if servers is not None:
+                out[name]["pid"] = servers[name].pid()
         return out
 
     def _lock_path(self) -> Path:
