@@ -412,9 +412,7 @@ def validate_all(cls: type, raw: Mapping[str, Any], *, source: str) -> list[str]
     collected: list[_InvalidError] = []
     token = _COLLECTED.set(collected)
     try:
-        _build(cls, raw)
-    except _InvalidError as exc:  # pragma: no cover - every problem is collected
-        collected.append(exc)
+        _build(cls, raw)  # collecting: every problem is noted, none raised
     finally:
         _COLLECTED.reset(token)
     return [_message(exc, source) for exc in collected]

@@ -50,10 +50,6 @@ log = logging.getLogger(__name__)
 EVIDENCE_CONTEXT = b"visage-ml consent evidence v1"
 
 
-def _object(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 UNKNOWN_SUBJECT = (
     "no subject {pid} in the registry; list subjects with `visage privacy subject list`"
 )
@@ -184,9 +180,11 @@ class PrivacyCore:
         for e in self.ledger.entries():
             if e.pid != pid or e.type not in ("consent.given", "basis.recorded"):
                 continue
-            payload = _object(e.payload)
-            recorded = {_object(payload.get("receipt")).get("evidence_hash")}
-            recorded.add(payload.get("evidence_hash"))
+            payload = e.payload if isinstance(e.payload, Mapping) else {}
+            receipt = payload.get("receipt")
+            recorded = {payload.get("evidence_hash")}
+            if isinstance(receipt, Mapping):
+                recorded.add(receipt.get("evidence_hash"))
             if recorded & wanted:
                 return True
         return False

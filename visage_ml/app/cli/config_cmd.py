@@ -39,8 +39,6 @@ def validate() -> None:
     with user_errors():
         path = project().params
         problems = validate_params(path)
-        if not problems:
-            load_params(path)  # what every command reads: the same verdict
     if problems:
         for text in problems:
             err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)

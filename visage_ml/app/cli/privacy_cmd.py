@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -866,10 +867,8 @@ def erase(
 
 def _outcomes(certificate: dict[str, Any]) -> str:
     """The certificate's artefacts counted by outcome ("3 key destroyed, 12 crypto-shredded")."""
-    counts: dict[str, int] = {}
-    for a in (certificate.get("claims") or {}).get("artefacts") or []:
-        outcome = str(a.get("outcome") or "erased")
-        counts[outcome] = counts.get(outcome, 0) + 1
+    artefacts = (certificate.get("claims") or {}).get("artefacts") or []
+    counts = Counter(str(a.get("outcome") or "erased") for a in artefacts)
     if not counts:
         return "nothing of the subject was found"
     parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
