@@ -175,3 +175,47 @@ def test_data_prepared_before_a_withdrawal_is_not_trained_or_evaluated_on(tiny_p
         load_processed(paths, splits=("test",))
     prepare(paths, load_params(paths.params), detector_factory=HalfBlindDetector)
     assert trained not in set(load_processed(paths, splits=("train", "val")).manifest.pid)
+
+
+def test_the_processed_files_replaced_by_an_erasure_are_not_rebuilt_from_a_guess(
+    tiny_project, tmp_path
+):
+    """An erasure records the SHA-256 of splits.json and manifest.parquet as they were. Written
+    deterministically, the current file plus the erased subject's guessed entries rebuilt them
+    byte for byte, confirming the split (and the manifest row) of the subject. Each version
+    carries randomness of its own: even the true entries, written with the current version's
+    metadata or none, do not give the recorded hash."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visage_ml.data.prepare import purge_subject
+
+    paths = _project(tiny_project, tmp_path)
+    prepare(paths, load_params(paths.params), detector_factory=HalfBlindDetector)
+    splits_path, manifest_path = (
+        paths.processed / "splits.json",
+        paths.processed / "manifest.parquet",
+    )
+    recorded = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (splits_path, manifest_path)}
+    truth_splits = json.loads(splits_path.read_text())
+    truth_manifest = pd.read_parquet(manifest_path)
+    victim = truth_splits["train"][0]
+    purge_subject(paths.processed, victim)
+
+    current = json.loads(splits_path.read_text())
+    guesses = set()
+    for nonce in (current.get("version_nonce"), None):
+        doc = {k: v for k, v in truth_splits.items() if k != "version_nonce"}
+        if nonce is not None:
+            doc["version_nonce"] = nonce
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        guesses.add(hashlib.sha256(text.encode()).hexdigest())
+    meta = pq.read_schema(manifest_path).metadata or {}
+    for kept in (meta, {k: v for k, v in meta.items() if not k.startswith(b"visage.")}):
+        table = pa.Table.from_pandas(truth_manifest, preserve_index=False)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.replace_schema_metadata(kept), sink)
+        guesses.add(hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest())
+    assert not guesses & recorded
