@@ -596,9 +596,11 @@ def no_statistics(conn: psycopg.Connection, names: Names) -> None:
     """Keep ANALYZE from sampling the gallery table: its statistics (``pg_statistic``) would
     hold sample values of each column, the plaintext search vectors and the pids among them,
     where no row deletion reaches."""
+    # Only the columns not set yet: this runs at every gallery open, and an ALTER rewrites the
+    # catalog row even when nothing changes.
     cols = conn.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-        "AND NOT attisdropped",
+        "AND NOT attisdropped AND attstattarget IS DISTINCT FROM 0",
         (names.table,),
     ).fetchall()
     for (col,) in cols:
@@ -620,10 +622,11 @@ def _clear_statistics(conn: psycopg.Connection, names: Names) -> list[str]:
     ).fetchone()
     if not allowed or not allowed[0]:
         return [MSG_STATS_ROLE]
-    conn.execute(
+    deleted = conn.execute(
         "DELETE FROM pg_catalog.pg_statistic WHERE starelid = %s::regclass", (names.table,)
-    )
-    conn.execute("VACUUM FULL pg_catalog.pg_statistic")
+    ).rowcount
+    if deleted:  # none kept (the columns keep no statistics): nothing to compact
+        conn.execute("VACUUM FULL pg_catalog.pg_statistic")
     return []
 
 
