@@ -659,6 +659,8 @@ class TrainEmbedderParams:
     max_minutes: float = field(default=0.0, metadata=rng(ge=0))
     # Stop after this many optimizer steps (0 = no limit): smoke runs of a preset.
     max_steps: int = field(default=0, metadata=rng(ge=0))
+    # torch.compile the networks: fewer, fused kernels (docs/gpu.md); first steps compile.
+    compile: bool = False
     distributed: DistributedParams = DistributedParams()
 
 
@@ -682,6 +684,8 @@ class TrainDemographicsParams:
     max_minutes: float = field(default=0.0, metadata=rng(ge=0))
     # Stop after this many optimizer steps (0 = no limit): smoke runs of a preset.
     max_steps: int = field(default=0, metadata=rng(ge=0))
+    # torch.compile the networks: fewer, fused kernels (docs/gpu.md); first steps compile.
+    compile: bool = False
 
 
 @dataclass(frozen=True)

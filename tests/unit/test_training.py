@@ -10,6 +10,7 @@ from visage_ml.models.backbones import create_backbone
 from visage_ml.models.demographic import create_demographic_net
 from visage_ml.models.heads import create_head
 from visage_ml.preprocess import standardize
+from visage_ml.training import loop
 from visage_ml.training.batches import augment_batch, epoch_batches
 from visage_ml.training.config import (
     AugmentConfig,
@@ -29,14 +30,14 @@ def faces():
     return imgs, ids
 
 
-def _fit(faces, *, epochs=3, resume=None, on_epoch_end=None, **cfg):
+def _fit(faces, *, epochs=3, resume=None, on_epoch_end=None, batch_size=8, **cfg):
     imgs, ids = faces
     train, val = np.where(ids >= 3)[0], np.where(ids < 3)[0]
     seed_everything(1)
     model = create_backbone("mobilefacenet", embedding_dim=32, input_size=SIZE)
     head = create_head("arcface", embedding_dim=32, num_classes=7, s=16.0, m2=0.2)
     config = LoopConfig(
-        epochs=epochs, batch_size=8, lr=3e-3, progress=False, seed=5, device="cpu", **cfg
+        epochs=epochs, batch_size=batch_size, lr=3e-3, progress=False, seed=5, device="cpu", **cfg
     )
     return fit_embedder(
         model,
@@ -96,6 +97,25 @@ def test_step_and_time_budgets_stop_early(faces):
     result = _fit(faces, epochs=50, max_minutes=1e-6)
     assert result.stopped == "time_budget"
     assert result.epochs_run == 1
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_training_computes_the_same_loss_and_keeps_the_weights_names(
+    faces, backend, monkeypatch
+):
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", backend)
+    # 42 training images in batches of 6: one shape to compile (a short last batch would
+    # compile a second, dynamic graph: seconds on the CPU, and nothing more to check).
+    eager = _fit(faces, epochs=2, batch_size=6)
+    compiled = _fit(faces, epochs=2, batch_size=6, compile=True)
+    # The first step's loss is the same function of the same weights and batch.
+    assert compiled.step_losses[0] == pytest.approx(eager.step_losses[0], rel=1e-4)
+    assert compiled.history[-1]["loss"] < compiled.history[0]["loss"]
+    assert "val_tar" in compiled.history[-1]  # validation ran through the compiled model
+    # The saved weights load into a plain network, as the export stage does.
+    assert compiled.best_state.keys() == eager.best_state.keys()
+    plain = create_backbone("mobilefacenet", embedding_dim=32, input_size=SIZE)
+    plain.load_state_dict(compiled.best_state)
 
 
 def test_group_balanced_sampling_evens_out_groups():

@@ -50,7 +50,9 @@ class LoopConfig:
     """Knobs of one training run (the stage builds it from ``params.yaml``).
 
     ``patience`` ``None`` disables early stopping; ``max_minutes`` 0 means no time budget;
-    ``max_steps`` stops after that many optimizer steps (benchmarks and smoke runs).
+    ``max_steps`` stops after that many optimizer steps (benchmarks and smoke runs);
+    ``compile`` compiles the modules' forward with ``torch.compile`` (fewer, fused kernels: on a
+    GPU the eager step is bound by kernel launches, docs/gpu.md).
     """
 
     epochs: int
@@ -69,6 +71,7 @@ class LoopConfig:
     eval_batch_size: int = 256
     progress: bool = True
     desc: str = "train"
+    compile: bool = False
 
     @classmethod
     def from_params(
@@ -91,6 +94,7 @@ class LoopConfig:
             precision=section.precision,
             max_minutes=section.max_minutes,
             max_steps=getattr(section, "max_steps", 0) or None,
+            compile=section.compile,
             seed=seed,
             progress=progress,
             desc=desc,

@@ -55,6 +55,11 @@ from visage_ml.training.tasks import DemographicTask, EmbedderTask
 logger = logging.getLogger(__name__)
 
 
+# torch.compile's backend for ``LoopConfig.compile`` (inductor: fused kernels; the tests also
+# use "aot_eager", which traces the same graphs without generating code).
+COMPILE_BACKEND = "inductor"
+
+
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
     """Linear warm-up to 1 over ``warmup_steps``, then cosine decay to ``floor`` at the end."""
     if step < warmup_steps:
@@ -146,6 +151,8 @@ def _fit(
     modules = task.modules()
     for m in modules.values():
         m.to(device=device, memory_format=torch.channels_last).train()
+        if config.compile:
+            m.compile(backend=COMPILE_BACKEND)  # in place: the state dict keeps its keys
     model = modules["model"]
     synced_bn = dist is not None and dist.sync_batchnorm and dist.world_size > 1
     if synced_bn:
