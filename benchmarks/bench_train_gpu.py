@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def real_loop(
         max_steps=args.warmup + args.steps,
         progress=False,
         desc="bench",
+        compile=args.compile,
     )
     fit_embedder(
         model,
@@ -140,8 +142,12 @@ def synthetic_loop(
     """Images/s (all processes) of the same step on a standardised random batch already on the
     device; under DDP with the same wrapping and batch norm as the real loop."""
     model, head = _models(args)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the real loop sets it
     for m in (model, head):
         m.to(device=device, memory_format=torch.channels_last).train()
+        if args.compile:
+            m.compile()
     world = 1 if ctx is None else ctx.world_size
     if ctx is not None and ctx.sync_batchnorm and world > 1:
         distributed.convert_batchnorm(model, cuda=device.type == "cuda")
@@ -186,15 +192,22 @@ def _measure(
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for precision in args.precisions:
-        synthetic = synthetic_loop(args, device, precision, ctx)
-        real = real_loop(args, images, device, precision, ctx)
+        # Alternate the two loops, `rounds` times each: a GPU host's speed drifts from one
+        # run to the next by more than the difference measured (seen: 20 % on an H200).
+        synthetic, real = [], []
+        for _ in range(args.rounds):
+            synthetic.append(synthetic_loop(args, device, precision, ctx))
+            real.append(real_loop(args, images, device, precision, ctx))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        s_med, r_med = statistics.median(synthetic), statistics.median(real)
         results[precision] = {
-            "real_images_per_s": round(real, 1),
-            "synthetic_images_per_s": round(synthetic, 1),
-            "ratio": round(real / synthetic, 3),
+            "real_images_per_s": round(r_med, 1),
+            "synthetic_images_per_s": round(s_med, 1),
+            "ratio": round(r_med / s_med, 3),
+            "real_rounds": [round(v, 1) for v in real],
+            "synthetic_rounds": [round(v, 1) for v in synthetic],
         }
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return results
 
 
@@ -250,6 +263,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
         f"--embedding-dim={args.embedding_dim}",
         f"--steps={args.steps}",
         f"--warmup={args.warmup}",
+        f"--rounds={args.rounds}",
+        *(["--compile"] if args.compile else []),
         "--precisions",
         *args.precisions,
     ]
@@ -265,6 +280,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--embedding-dim", type=int, default=None, help="default 512 (32 quick)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 30; 3 quick)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 8; 1 quick)")
+    ap.add_argument("--rounds", type=int, default=None, help="alternations (default 3; 1 quick)")
+    ap.add_argument(
+        "--compile", action="store_true", help="torch.compile the modules (LoopConfig.compile)"
+    )
     ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     ap.add_argument(
         "--nproc", type=int, default=None, help="processes of the all-devices run (GPUs; 2 cpu)"
@@ -279,6 +298,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.embedding_dim = args.embedding_dim or (32 if quick else 512)
     args.steps = args.steps or (3 if quick else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if quick else 8)
+    args.rounds = args.rounds or (1 if quick else 3)
     if device_is_cpu(args):  # no bf16 autocast timing on the CPU
         args.precisions = [p for p in args.precisions if p != "bf16"] or ["fp32"]
     return args
@@ -315,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size_per_process": args.batch_size,
         "steps": args.steps,
         "warmup": args.warmup,
+        "rounds": args.rounds,
+        "compile": args.compile,
         "torch": torch.__version__,
         "one_device": single,
         "all_devices": {"processes": args.nproc, "backend": "gloo" if on_cpu else "nccl"}
