@@ -91,6 +91,11 @@ def test_one_request_erases_the_subject_from_every_store_of_the_stack(stack, pro
     assert by_store["pgvector"] == {"crypto-shredded", "physically removed"}
     # The sealed images on S3 are crypto-shredded; old table versions naming the pid, removed.
     assert by_store["dvc-remote"] == {"crypto-shredded", "physically removed"}
+    # Each object on the stack's S3 is listed once, by the step that deleted and vacuumed it
+    # (the dvc step, which sees the same remote, does not list it again).
+    on_s3 = {a["path"] for a in claims["artefacts"] if a["store"] == "dvc-remote"}
+    twice = [a for a in claims["artefacts"] if a["store"] != "dvc-remote" and a["path"] in on_s3]
+    assert twice == []
     assert verify_certificate(result.certificate_path, root=paths.root).ok
     # ... and after: nothing of the subject in S3's volume files or PostgreSQL's data folder.
     assert scan(stack.s3_data_dir, probe) == []

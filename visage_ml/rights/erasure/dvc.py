@@ -26,6 +26,7 @@ from typing import Any
 from visage_ml.rights import dvc_objects, manifest_index
 from visage_ml.rights.erasure import raw
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
+from visage_ml.stack.manager import Stack
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,25 @@ def plan(ctx: Context, pid: str) -> Plan | None:
         return None
     known, plain = known_md5s(ctx, pid)
     purge_plan = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known, plain_md5s=plain)
+    found = stack_remote(ctx)
+    if found is not None and found[0].local:
+        # The local stack's S3 is the dvc_remote store's: it deletes, vacuums and records
+        # those objects; listed here too, each would appear twice in the certificate.
+        theirs = {"dvc-" + s.name for s in found[1]}
+        purge_plan.objects = [a for a in purge_plan.objects if a["store"] not in theirs]
     return Plan(purge_plan.artefacts(), _kept_info(purge_plan), state=purge_plan)
+
+
+def stack_remote(ctx: Context) -> tuple[Stack, list[Any]] | None:
+    """The project's stack and its DVC remote's object stores, when that remote is configured."""
+    if not ctx.is_dvc or not ctx.paths.params.is_file():
+        return None
+    stack = Stack.of(ctx.paths)
+    name = stack.params.dvc_remote
+    setup = ctx.dvc_setup()
+    if name not in setup.remote_urls:
+        return None
+    return stack, [s for s in setup.stores if s.name.startswith(f"remote:{name}")]
 
 
 def known_md5s(ctx: Context, pid: str) -> tuple[list[str], dict[str, str]]:

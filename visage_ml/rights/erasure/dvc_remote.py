@@ -21,8 +21,7 @@ from typing import Any
 
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
-from visage_ml.rights.erasure.dvc import known_md5s
-from visage_ml.stack.manager import Stack
+from visage_ml.rights.erasure.dvc import known_md5s, stack_remote
 from visage_ml.stack.proc import StackError
 
 log = logging.getLogger(__name__)
@@ -38,19 +37,6 @@ EXTERNAL_NOTE = (
 )
 
 
-def _stack_remote(ctx: Context) -> tuple[Stack, Any] | None:
-    """The project's stack and its DVC remote's object stores, when that remote is configured."""
-    if not ctx.is_dvc or not ctx.paths.params.is_file():
-        return None
-    stack = Stack.of(ctx.paths)
-    name = stack.params.dvc_remote
-    setup = ctx.dvc_setup()
-    if name not in setup.remote_urls:
-        return None
-    stores = [s for s in setup.stores if s.name.startswith(f"remote:{name}")]
-    return stack, stores
-
-
 def _key(store: Any, oid: str, bucket: str) -> str:
     path = store.oid_path(oid)
     return path[len(bucket) + 1 :] if path.startswith(f"{bucket}/") else path
@@ -58,7 +44,7 @@ def _key(store: Any, oid: str, bucket: str) -> str:
 
 def plan(ctx: Context, pid: str) -> Plan | None:
     """The subject's objects on the stack remote and the volume needles holding them."""
-    found = _stack_remote(ctx)
+    found = stack_remote(ctx)
     if found is None:
         return None
     stack, stores = found
@@ -90,7 +76,7 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     """Delete the planned objects, wait for their needles to go, compact the volumes."""
     if plan is None or (not plan.artefacts and not planned):
         return Outcome(info={"stack_remote": plan is not None})
-    found = _stack_remote(ctx)
+    found = stack_remote(ctx)
     if found is None:
         return Outcome(info={"stack_remote": False})
     stack, stores = found
@@ -122,7 +108,7 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
 
 def verify(ctx: Context, pid: str) -> list[str]:
     """The subject's objects still on the stack remote, and deleted bytes left in volumes."""
-    found = _stack_remote(ctx)
+    found = stack_remote(ctx)
     if found is None:
         return []
     stack, stores = found
