@@ -56,3 +56,13 @@ def test_status_and_down_of_a_stack_never_started(project):
     assert down.exit_code == 0, down.output
     assert "no process left" in down.output
     assert not (project / "secrets" / "stack.json").exists()
+
+
+def test_up_says_when_no_witness_is_run_by_someone_else(stack, monkeypatch):
+    # The default witness is a folder on this host: going to the stack (production) with it
+    # alone, the operator is told that certificates prove nothing against them.
+    monkeypatch.setenv("VISAGE_PROJECT", str(stack.root_project))
+    result = CliRunner().invoke(app, ["stack", "up", "--no-configure", "--json"])
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.output)["notes"]
+    assert len(notes) == 1 and "someone else runs" in notes[0]

@@ -886,3 +886,13 @@ def test_the_default_witness_is_read_but_never_made_by_the_open_check(
     forget_checks()
     assert not PrivacyCore(paths).may_process(pid, "training").allowed
     assert not nowhere.exists()
+
+
+def test_a_note_says_when_every_witness_is_a_folder():
+    from visage_ml.config import WitnessParams, WitnessSpec
+    from visage_ml.privacy.witnessed import independence_note
+
+    assert "someone else runs" in independence_note(WitnessParams())
+    remote = WitnessSpec(kind="http", url="https://w.example.org", key="w.example.org/w1+00+AA")
+    both = WitnessParams(witnesses=(WitnessSpec(kind="directory", path="default"), remote))
+    assert independence_note(both) is None

@@ -130,6 +130,21 @@ REMOVED_TIMEOUT_SECONDS = 1.0
 SILENT_RETRY_SECONDS = 3600.0
 SILENT = "silent.json"
 
+MSG_ONLY_DIRECTORY_WITNESSES = (
+    "every witness of the ledger (privacy.witness.witnesses) is a folder, which this host's "
+    "operator can put back from an older copy: a certificate proves nothing against that "
+    "operator. Add a witness on a host someone else runs (docs/deploy.md, \"The ledger's "
+    'witnesses")'
+)
+
+
+def independence_note(params: WitnessParams) -> str | None:
+    """What to say when no witness is run by someone else (every one is a directory)."""
+    if all(w.kind == "directory" for w in params.witnesses):
+        return MSG_ONLY_DIRECTORY_WITNESSES
+    return None
+
+
 MSG_SHORTER = (
     "ledger rollback: {ledger} holds {n} entries, but the checkpoint witnessed by {source} "
     "covers {size} (root {root}, origin {origin}). Entries were removed or an old copy was "

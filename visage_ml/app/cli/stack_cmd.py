@@ -15,6 +15,8 @@ from visage_ml.app.cli.common import (
     setup_logging,
     user_errors,
 )
+from visage_ml.config import load_params
+from visage_ml.privacy.witnessed import independence_note
 from visage_ml.stack.manager import Stack
 from visage_ml.stack.proc import StackError
 
@@ -51,13 +53,24 @@ def up(
         stack = Stack.of(project(), generate=True)
         started = stack.up(configure=configure)
         status = stack.status()
+    # Going to the stack is going to production: say so if no witness is someone else's.
+    note = independence_note(load_params(project().params).privacy.witness)
     if as_json:
-        emit_json({"started_s": started, "status": status, "tracking_uri": project().tracking_uri})
+        emit_json(
+            {
+                "started_s": started,
+                "status": status,
+                "tracking_uri": project().tracking_uri,
+                "notes": [note] if note else [],
+            }
+        )
         return
     _print_status(status)
     if configure:
         console.print(f"MLflow tracking: {project().tracking_uri}")
         console.print(f"DVC remote: {stack.params.dvc_remote} -> {stack.dvc_url}")
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
 
 
 @app.command("down")
