@@ -426,6 +426,47 @@ def test_failed_authentications_are_rate_limited_per_client(served):
     assert s.call("GET", "/v1/ledger", "auditor").status_code == 200
 
 
+def test_behind_a_trusted_proxy_a_key_guesser_does_not_lock_everyone_out(project):
+    # The layout docs/deploy.md recommends: replicas behind a reverse proxy, so every request
+    # comes from the proxy's address. A stranger on the internet guesses keys (or a monitor
+    # probes /healthz with a stale key): without knowing the proxy, the limit counts all clients
+    # together and the guesser locks every good client out.
+    s = Served(project, overrides={"serving.auth.trusted_proxies": ["10.0.0.0/8"]})
+    s.client = TestClient(s.client.app, raise_server_exceptions=False, client=("10.0.0.5", 4711))
+    limit = s.params.serving.auth.max_failures
+
+    def via_proxy(path, client_ip, *, key, spoofed=None):
+        forwarded = f"{spoofed}, {client_ip}" if spoofed else client_ip
+        headers = {"X-API-Key": key, "X-Forwarded-For": forwarded}
+        return s.client.get(path, headers=headers)
+
+    for i in range(limit):
+        if i % 2:
+            r = via_proxy("/healthz", "198.51.100.7", key="vk_stale")
+        else:
+            # A guesser writing its own X-Forwarded-For poses as nobody new: the proxy
+            # appends the address it saw, and that one is counted.
+            r = via_proxy("/v1/ledger", "198.51.100.7", key="vk_guess", spoofed=f"192.0.2.{i}")
+        assert r.status_code == 401
+    r = via_proxy("/v1/ledger", "198.51.100.7", key=s.keys["auditor"], spoofed="192.0.2.99")
+    assert (r.status_code, error_of(r)) == (429, "too_many_failed_attempts")
+    assert via_proxy("/v1/ledger", "203.0.113.9", key=s.keys["auditor"]).status_code == 200
+    # A client that reaches the server directly (not a trusted proxy) is its own address,
+    # whatever X-Forwarded-For it writes.
+    direct = TestClient(s.client.app, raise_server_exceptions=False, client=("192.0.2.50", 1))
+    for _ in range(limit):
+        headers = {"X-API-Key": "vk_nope", "X-Forwarded-For": "203.0.113.9"}
+        assert direct.get("/v1/ledger", headers=headers).status_code == 401
+    assert via_proxy("/v1/ledger", "203.0.113.9", key=s.keys["auditor"]).status_code == 200
+    r = direct.get("/v1/ledger", headers={"X-API-Key": s.keys["auditor"]})
+    assert r.status_code == 429
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_a_clear_error(project):
+    with pytest.raises(ValueError, match=r"trusted_proxies.*an IP address or network"):
+        load_params(project / "params.yaml", overrides={"serving.auth.trusted_proxies": ["nginx"]})
+
+
 # -- the boundary: the key before the body, bounded concurrency, body timeout, image size -----
 
 

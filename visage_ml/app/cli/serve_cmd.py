@@ -204,6 +204,7 @@ def serve(
         # The failed-authentication limit counts the connecting address. uvicorn would replace
         # it with X-Forwarded-For from loopback (a proxy that passes the client's own header on,
         # or any local user), letting a key guesser pose as a new client with every guess.
+        # The limiter reads the header itself, from serving.auth.trusted_proxies only.
         proxy_headers=False,
         **tls,
     )

@@ -268,6 +268,7 @@ def create_app(
             max_failures=params.serving.auth.max_failures,
             window_seconds=params.serving.auth.window_seconds,
             clock=clock,
+            trusted_proxies=params.serving.auth.trusted_proxies,
         ),
         audit=AuditLog.for_serving(paths, params.serving.audit, core=core, lock=lock),
         metrics=Metrics(),

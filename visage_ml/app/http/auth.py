@@ -24,12 +24,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -354,7 +355,8 @@ class FailureLimiter:
 
     A client over the limit is refused (before its key is even checked) until its oldest failure
     in the window ages out. Memory is bounded: at most ``max_clients`` clients are tracked, the
-    least recently failing forgotten first.
+    least recently failing forgotten first. The client is the connecting address, or behind one
+    of ``trusted_proxies`` the address that proxy saw (:meth:`client_of`).
     """
 
     def __init__(
@@ -364,6 +366,7 @@ class FailureLimiter:
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = 10_000,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.max_failures = int(max_failures)
         self.window = float(window_seconds)
@@ -371,6 +374,39 @@ class FailureLimiter:
         self._max_clients = int(max_clients)
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+
+    def _trusted(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self._proxies)
+
+    def client_of(self, scope: Mapping[str, Any]) -> str:
+        """The address a request's failures count against.
+
+        The connecting peer's, unless it is a trusted proxy: then the nearest address in
+        ``X-Forwarded-For`` that is not one. A proxy appends the address it saw, so whatever a
+        client writes into the header itself lies to the left of that and is never reached.
+        """
+        peer = scope.get("client")
+        host = str(peer[0]) if peer else "unknown"
+        if not self._proxies or not self._trusted(host):
+            return host
+        hops = [
+            hop.strip()
+            for name, value in scope.get("headers") or []
+            if name.lower() == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")
+        ]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return host  # not what a proxy appends: count it with the proxy
+        return host
 
     def _prune(self, client: str, now: float) -> deque[float] | None:
         q = self._failures.get(client)

@@ -236,11 +236,11 @@ class Boundary:
             # A public route answers without a key; a key presented to it is checked as on any
             # other route (it may be told more: /healthz's operating point).
             if not public or presented is not None:
-                client = scope.get("client")
+                svc = self.service()
                 try:
                     info["key"] = authorize(
-                        self.service(),
-                        client=str(client[0]) if client else "unknown",
+                        svc,
+                        client=svc.limiter.client_of(scope),
                         presented=presented,
                         roles=None if public else roles,
                         info=info,

@@ -263,10 +263,9 @@ def require(*roles: str) -> Callable[..., ApiKey]:
                     MSG_FORBIDDEN.format(role=record.role, need=" or ".join(allowed)),
                 )
             return record
-        client = request.client.host if request.client else "unknown"
-        return authorize(
-            get_service(request), client=client, presented=key, roles=allowed, info=info
-        )
+        svc = get_service(request)
+        client = svc.limiter.client_of(request.scope)
+        return authorize(svc, client=client, presented=key, roles=allowed, info=info)
 
     dependency.roles = allowed  # type: ignore[attr-defined]
     return dependency
@@ -288,8 +287,10 @@ def optional_key(request: Request) -> ApiKey | None:
     key = request.headers.get("x-api-key")
     if key is None:
         return None
-    client = request.client.host if request.client else "unknown"
-    return authorize(get_service(request), client=client, presented=key, roles=None, info=info)
+    svc = get_service(request)
+    return authorize(
+        svc, client=svc.limiter.client_of(request.scope), presented=key, roles=None, info=info
+    )
 
 
 def known_query_only(request: Request) -> None:
