@@ -53,9 +53,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
+# Jupyter refuses to run as root without --allow-root (containers often run as root).
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks \
-		--ContentsManager.pre_save_hook=visage_ml.app.jupyter.strip_before_save
+		--ContentsManager.pre_save_hook=visage_ml.app.jupyter.strip_before_save \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000

@@ -54,6 +54,20 @@ def _notebook(png: str, *, html: bool = False) -> nbformat.NotebookNode:
     return nb
 
 
+def _markdown_notebook(png: str, *, attached: bool) -> nbformat.NotebookNode:
+    """A face pasted into a Markdown cell (JupyterLab stores it as a cell attachment) or
+    written inline (``<img src="data:...">``): no output at all, the image in the cell."""
+    nb = nbformat.v4.new_notebook()
+    if attached:
+        cell = nbformat.v4.new_markdown_cell("Who is this? ![face.png](attachment:face.png)")
+        cell["attachments"] = {"face.png": {"image/png": png}}
+    else:
+        inline = f'<img src="data:image/png;base64,{png}">'
+        cell = nbformat.v4.new_markdown_cell(f"Who is this? {inline}")
+    nb.cells = [cell, nbformat.v4.new_code_cell("len(subjects)")]
+    return nb
+
+
 def _manager(root: Path) -> FileContentsManager:
     """Jupyter's file manager, configured from the project's Jupyter config file."""
     doc = json.loads((REPO / "jupyter-config" / "visage-ml.json").read_text())
@@ -117,3 +131,30 @@ def test_doctor_finds_faces_in_notebooks_and_purge_strips_them(project):
     assert "300" in charts_free.read_text()  # no image: left as it was
     r = runner.invoke(cli, ["privacy", "doctor", "--json"])
     assert not [f for f in json.loads(r.output)["findings"] if f["kind"] == "notebook_image"]
+
+
+@pytest.mark.parametrize("attached", [True, False])
+def test_a_face_pasted_into_a_markdown_cell_is_not_saved(tmp_path, attached):
+    png = _face_png()
+    cm = _manager(tmp_path)
+    nb = _markdown_notebook(png, attached=attached)
+    cm.save({"type": "notebook", "format": "json", "content": nb}, "a.ipynb")
+    cm.create_checkpoint("a.ipynb")
+    for f in [tmp_path / "a.ipynb", *tmp_path.glob(".ipynb_checkpoints/*")]:
+        text = f.read_text()
+        assert png[:200] not in text, f"{f.name} holds the face"
+        assert "Who is this?" in text  # the text is kept
+
+
+@pytest.mark.parametrize("attached", [True, False])
+def test_doctor_finds_a_face_in_a_markdown_cell_and_purge_removes_it(project, attached):
+    png = _face_png()
+    saved = project / "analysis" / "pasted.ipynb"
+    saved.parent.mkdir(parents=True)
+    nbformat.write(_markdown_notebook(png, attached=attached), saved)
+    assert find_image_notebooks(project) == [saved]
+    r = runner.invoke(cli, ["privacy", "doctor", "--purge"])
+    assert r.exit_code == 0, r.output
+    assert png[:200] not in saved.read_text()
+    assert "Who is this?" in saved.read_text()
+    assert find_image_notebooks(project) == []
