@@ -28,3 +28,54 @@ def test_notebook_runs(name, tiny_pipeline, monkeypatch):
         o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
     ]
     assert not errors
+
+
+SPY = '''
+_read_parquet = pd.read_parquet
+
+
+def _consents_with_refusals(path, *args, **kwargs):
+    # Half the subjects refuse training (restricted, objected, withdrawn): the snapshot says so.
+    df = _read_parquet(path, *args, **kwargs)
+    if Path(path) == paths.consents:
+        df = df.copy()
+        refused = sorted(df.pid.unique())[::2]
+        df.loc[df.pid.isin(refused) & (df.purpose == "training"), "allowed"] = False
+    return df
+
+
+pd.read_parquet = _consents_with_refusals
+_shown = []
+_read_image = RawStore.read_image
+
+
+def _spy(self, pid, image_id):
+    _shown.append(pid)
+    return _read_image(self, pid, image_id)
+
+
+RawStore.read_image = _spy
+'''
+
+CHECK = '''
+_snap = pd.read_parquet(paths.consents)
+_ok = set(_snap.loc[(_snap.purpose == "training") & _snap.allowed, "pid"])
+assert _shown and set(_shown) <= _ok, f"faces of {len(set(_shown) - _ok)} refusing subjects shown"
+'''
+
+
+@pytest.mark.notebook
+def test_the_explore_notebook_shows_no_face_of_a_subject_who_refused_training(
+    tiny_pipeline, monkeypatch
+):
+    nb = nbformat.read(NOTEBOOKS / "01-explore-synthfaces.ipynb", as_version=4)
+    nb.cells.insert(2, nbformat.v4.new_code_cell(SPY))
+    nb.cells.append(nbformat.v4.new_code_cell(CHECK))
+    monkeypatch.setenv("VISAGE_PROJECT", str(tiny_pipeline.root))
+    client = NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tiny_pipeline.root)}},
+    )
+    client.execute()
