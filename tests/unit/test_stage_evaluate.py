@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -229,6 +230,16 @@ def test_evaluation_population_joins_the_test_split_and_fits_the_served_calibrat
     assert comparison["methods"]["asnorm"]["served"]
     assert comparison["methods"]["fsn"]["clusters"] == 2
     assert out.metrics["fairness"]["gate_outcome"] in ("pass", "fail", "inconclusive")
+    # The evaluated data's md5 covers the population too: a new population is another
+    # measurement, which the lineage must tell apart from the same test split alone.
+    test_md5 = hashlib.md5((project / "data/processed/faces.sealed").read_bytes()).hexdigest()  # noqa: S324
+    assert out.threshold["eval_data_md5"] != test_md5
+    assert (
+        out.threshold["eval_population_md5"]
+        == hashlib.md5(  # noqa: S324
+            (project / "data/eval_population/faces.sealed").read_bytes()
+        ).hexdigest()
+    )
     assert {"gate_differentials", "gate_demographics"} <= set(out.metrics["fairness"])
     assert "gender_accuracy.g4" in out.metrics["demographics"]
     # Synthetic ids, like pids, appear in no report.

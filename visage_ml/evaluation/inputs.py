@@ -12,6 +12,7 @@ through :func:`evaluation_inputs`, the benchmarks through :func:`read_inputs`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ def _read_optional(
 def lineage(
     paths: ProjectPaths, embedder: Embedder, demographic: DemographicModel
 ) -> dict[str, str]:
-    """MD5 of each processed file (``faces.sealed``: the evaluated data), models, git revision."""
+    """MD5 of each processed file (``faces.sealed``: the evaluated test split), models, git
+    revision."""
     processed = paths.processed
     files = {
         f"data/processed/{name}": md5_file(processed / name)
@@ -145,7 +147,7 @@ def read_inputs(
         embeddings=pooled.embeddings,
         predictions=pooled.predictions,
         demographic_labels=demographic.labels,
-        lineage={**lineage(paths, embedder, demographic), **pooled.lineage},
+        lineage=_with_population_md5(lineage(paths, embedder, demographic), pooled.lineage),
         detection=pooled.detection,
         lfw_pairs=_read_optional(
             paths.protocols / "lfw_pairs.parquet",
@@ -155,6 +157,19 @@ def read_inputs(
         calibration_embeddings=pooled.calibration_embeddings,
         calibration_ids=pooled.calibration_ids,
     )
+
+
+def _with_population_md5(base: dict[str, str], population: dict[str, str]) -> dict[str, str]:
+    """The lineage, its ``eval_data_md5`` covering the evaluation population when it was pooled:
+    the MD5 of the test split's and the population's crop files' MD5s (``eval_population_md5``
+    is the latter), so that a new population reads as another evaluated set."""
+    out = {**base, **population}
+    pop = population.get(f"md5 data/eval_population/{evalpop.FACES_FILE}")
+    if pop:
+        out["eval_population_md5"] = pop
+        joined = f"{base['eval_data_md5']}+{pop}".encode()
+        out["eval_data_md5"] = hashlib.md5(joined, usedforsecurity=False).hexdigest()
+    return out
 
 
 @dataclass

@@ -99,8 +99,9 @@ class EvaluationInputs:
     demographic_labels
         The demographic model's label orders (``gender``, ``group``, optional ``age_bands``).
     lineage
-        ``eval_data_md5``, ``md5 <file>``, ``{embedder,demographics}_{model_version,data_md5}``
-        and ``git_rev``.
+        ``eval_data_md5`` (of the test split's crops, and the evaluation population's when
+        pooled: ``eval_population_md5``), ``md5 <file>``,
+        ``{embedder,demographics}_{model_version,data_md5}`` and ``git_rev``.
     detection
         Detector outcome per source image (``detected``, ``group``, ``gender`` and, from
         current prepare runs, ``image_id``, ``split``, ``source``, ``fallback``), if known.
@@ -471,7 +472,12 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
     ).items():
         metrics.setdefault(section, {}).update(json_ready(figures))
     threshold_doc = json_ready(
-        {**threshold_doc, "git_rev": lineage["git_rev"], "eval_data_md5": lineage["eval_data_md5"]}
+        {
+            **threshold_doc,
+            "git_rev": lineage["git_rev"],
+            "eval_data_md5": lineage["eval_data_md5"],
+            **{k: lineage[k] for k in ("eval_population_md5",) if k in lineage},
+        }
     )
     params = {f"evaluate.{k}": v for k, v in flatten(cfg).items()}
     params["project.seed"] = seed

@@ -71,6 +71,7 @@ def log_evaluation(
         "visage.git_rev": str(lineage["git_rev"]),
         "visage.data_md5": str(lineage["embedder_data_md5"]),
         "visage.eval_data_md5": str(lineage["eval_data_md5"]),
+        "visage.eval_population_md5": str(lineage.get("eval_population_md5", "none")),
         "visage.embedder_version": str(lineage["embedder_model_version"]),
         "visage.demographics_version": str(lineage["demographics_model_version"]),
     }
