@@ -58,3 +58,15 @@ def test_a_rank_that_finds_another_checkpoint_than_rank_0_stops_and_deletes_noth
     save_resume(folder, {"epoch": 2}, fingerprint=fp)
     point = shared_resume_point(paths, "embedder", SECTION, "d" * 32, 7, ctx=OtherRank(2))
     assert point[2]["epoch"] == 2
+
+
+def test_turning_compile_on_or_off_resumes_the_same_run(tmp_path: Path):
+    # torch.compile runs the same networks: an interrupted run resumes with it switched, and
+    # its checkpoint is not thrown away (10 CPU-minutes of epoch were lost this way).
+    paths = ProjectPaths(tmp_path)
+    fp, folder, _ = resume_point(paths, "embedder", {**SECTION, "compile": False}, "d" * 32, 7)
+    save_resume(folder, {"epoch": 1}, fingerprint=fp)
+    point = resume_point(paths, "embedder", {**SECTION, "compile": True}, "d" * 32, 7)
+    assert point[2] is not None and point[2]["epoch"] == 1
+    # A setting that changes the training is another run.
+    assert resume_point(paths, "embedder", {**SECTION, "lr": 0.02}, "d" * 32, 7)[2] is None

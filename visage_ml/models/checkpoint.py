@@ -242,8 +242,8 @@ def load_resume(folder: str | Path, *, fingerprint: str) -> dict[str, Any] | Non
         return None
     if state.get("fingerprint") != fingerprint:
         logger.warning(
-            "resume checkpoint %s was made with other params or data (fingerprint differs); "
-            "starting fresh",
+            "resume checkpoint %s was made with other params, data, seed or training code "
+            "(fingerprint differs); starting fresh, and it is deleted",
             latest,
         )
         return None

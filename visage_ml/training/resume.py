@@ -38,6 +38,11 @@ CODE_FILES = (
 )
 
 
+# Settings of a section that change how a run executes, not what it computes: a checkpoint
+# resumes across them (``compile`` runs the same networks through torch.compile).
+HOW_ONLY = ("compile",)
+
+
 def code_hash() -> str:
     """SHA-256 of the training code that a resume checkpoint's tensors depend on."""
     root = Path(__file__).resolve().parents[1]
@@ -77,7 +82,8 @@ def resume_point(
     The settings include ``distributed``: a checkpoint resumes only under the process count
     that wrote it (another count sums in another order, so "exactly from there" would not hold).
     """
-    fp = fingerprint({**section, "code": code_hash()}, data_md5, seed=seed)
+    settings = {k: v for k, v in section.items() if k not in HOW_ONLY}
+    fp = fingerprint({**settings, "code": code_hash()}, data_md5, seed=seed)
     folder = paths.models / "checkpoints" / kind
     return fp, folder, start_or_resume(folder, fp, clear_stale=clear_stale)
 

@@ -51,8 +51,9 @@ def run(paths: ProjectPaths | None = None, *, progress: bool = True) -> dict[str
     data = demographic_data(paths, p.input_size)
     section = to_dict(p)
     resume_section = {**section, "population": data.population["faces_md5"]}
-    fp, ckpt_dir, resume = resume_point(paths, KIND, resume_section, data.data_md5, seed)
+    # The network first: a bad backbone fails before stale checkpoints are cleared.
     model = build_demographic_net(p, data, seed=seed)
+    fp, ckpt_dir, resume = resume_point(paths, KIND, resume_section, data.data_md5, seed)
     config = LoopConfig.from_params(p, seed=seed, progress=progress, desc=KIND)
     with tracked_run(paths, stage=STAGE, kind=KIND, section=p, seed=seed, data_md5=data.data_md5):
         result = fit_demographics(

@@ -72,10 +72,11 @@ def _train(
     # Training decrypts only the training and validation subjects' crops.
     data = embedder_data(paths, p.input_size)
     section = to_dict(p)
-    fp, ckpt_dir, resume = shared_resume_point(paths, KIND, section, data.data_md5, seed, ctx=ctx)
+    # The networks first: a bad backbone or init file fails before stale checkpoints are cleared.
     model, head = build_embedder(
         p, num_classes=data.num_classes, seed=seed, pin_file=paths.root / PIN_FILE
     )
+    fp, ckpt_dir, resume = shared_resume_point(paths, KIND, section, data.data_md5, seed, ctx=ctx)
     config = LoopConfig.from_params(p, seed=seed, progress=progress, desc=KIND, sampling=p.sampling)
     with tracked_run(
         paths, stage=STAGE, kind=KIND, section=p, seed=seed, data_md5=data.data_md5, main=main
