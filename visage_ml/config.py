@@ -397,9 +397,15 @@ def parse_section(cls: type, raw: Mapping[str, Any], *, source: str, prefix: str
     try:
         return _build(cls, raw, prefix=prefix)
     except _InvalidError as exc:
+        # Every problem at once: a stage run by DVC has already removed its outputs, and each
+        # run that names one more key costs another.
+        problems = validate_all(cls, raw, source=source, prefix=prefix) or [_message(exc, source)]
+        how = "(see README, 'Configuration') and run again."
+        if len(problems) == 1:
+            raise ConfigError(f"{problems[0]} Fix the value in {source} {how}") from None
+        listed = "\n".join(f"- {p}" for p in problems)
         raise ConfigError(
-            f"{_message(exc, source)} "
-            f"Fix the value in {source} (see README, 'Configuration') and run again."
+            f"{len(problems)} problems:\n{listed}\nFix the values in {source} {how}"
         ) from None
 
 
@@ -408,12 +414,12 @@ def _message(exc: _InvalidError, source: str) -> str:
     return f"{source}: key '{exc.key}': found {_SHORT.repr(exc.found)}; accepted: {exc.accepted}."
 
 
-def validate_all(cls: type, raw: Mapping[str, Any], *, source: str) -> list[str]:
+def validate_all(cls: type, raw: Mapping[str, Any], *, source: str, prefix: str = "") -> list[str]:
     """Every problem of ``raw`` as section ``cls`` (empty when valid), not only the first."""
     collected: list[_InvalidError] = []
     token = _COLLECTED.set(collected)
     try:
-        _build(cls, raw)  # collecting: every problem is noted, none raised
+        _build(cls, raw, prefix=prefix)  # collecting: every problem is noted, none raised
     finally:
         _COLLECTED.reset(token)
     return [_message(exc, source) for exc in collected]

@@ -44,6 +44,17 @@ def test_bad_value_names_file_key_found_and_accepted(snippet, key, accepted):
     assert accepted in msg
 
 
+def test_a_stage_names_every_bad_key_at_once(project: Path):
+    # `dvc exp run -S train_embedder.compile=maybe -S train_embedder.epochs=0`: each run of a
+    # stage named one key, so every fix cost another run (and its deleted outputs).
+    overrides = {"train_embedder.compile": "maybe", "train_embedder.epochs": 0}
+    with pytest.raises(ConfigError) as err:
+        load_params(project / "params.yaml", overrides=overrides)
+    msg = str(err.value)
+    assert "2 problems" in msg
+    assert "'train_embedder.compile'" in msg and "'train_embedder.epochs'" in msg
+
+
 def test_cli_exits_nonzero_naming_the_key(project: Path):
     text = (project / "params.yaml").read_text().replace("lr: 0.006", "lr: -0.5", 1)
     (project / "params.yaml").write_text(text)
