@@ -215,3 +215,13 @@ def test_cuda_bf16_training_runs_and_learns():
     assert result.device.startswith("cuda")
     assert np.isfinite(result.step_losses).all()
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_an_interrupted_training_stage_says_how_to_resume(caplog):
+    from visage_ml.app.stages._train_common import stage_main
+
+    def run(progress):
+        raise KeyboardInterrupt
+
+    assert stage_main(run) == 130
+    assert "run the stage again" in caplog.text and "resume" in caplog.text

@@ -82,6 +82,12 @@ def save_outputs(
     )
 
 
+MSG_INTERRUPTED = (
+    "interrupted: the epochs finished so far are kept in models/checkpoints/; run the stage "
+    "again (`dvc repro`) with the same params to resume from the last one"
+)
+
+
 def stage_main(run: Callable[..., Any]) -> int:
     """Entry point of a training stage: log to stderr, map bad input to exit status 2.
 
@@ -107,4 +113,7 @@ def _stage_main(run: Callable[..., Any]) -> int:
     except WorkersFailedError as exc:
         logger.error("%s", exc)
         return 1
+    except KeyboardInterrupt:
+        logger.error(MSG_INTERRUPTED)
+        return 130
     return 0
