@@ -9,6 +9,15 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
+def _execute(nb: nbformat.NotebookNode, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``nb`` top to bottom on the project at ``root``, outputs kept in ``nb``."""
+    monkeypatch.setenv("VISAGE_PROJECT", str(root))
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    )
+    client.execute()
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", ["01-explore-synthfaces", "02-fairness-review"])
 def test_notebook_runs(name, tiny_pipeline, monkeypatch):
@@ -16,14 +25,7 @@ def test_notebook_runs(name, tiny_pipeline, monkeypatch):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         "notebooks are committed without outputs"
     )
-    monkeypatch.setenv("VISAGE_PROJECT", str(tiny_pipeline.root))
-    client = NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tiny_pipeline.root)}},
-    )
-    client.execute()
+    _execute(nb, tiny_pipeline.root, monkeypatch)
     errors = [
         o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
     ]
@@ -71,11 +73,4 @@ def test_the_explore_notebook_shows_no_face_of_a_subject_who_refused_training(
     nb = nbformat.read(NOTEBOOKS / "01-explore-synthfaces.ipynb", as_version=4)
     nb.cells.insert(2, nbformat.v4.new_code_cell(SPY))
     nb.cells.append(nbformat.v4.new_code_cell(CHECK))
-    monkeypatch.setenv("VISAGE_PROJECT", str(tiny_pipeline.root))
-    client = NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tiny_pipeline.root)}},
-    )
-    client.execute()
+    _execute(nb, tiny_pipeline.root, monkeypatch)  # a failed cell raises
