@@ -462,6 +462,24 @@ def test_behind_a_trusted_proxy_a_key_guesser_does_not_lock_everyone_out(project
     assert r.status_code == 429
 
 
+def test_the_client_behind_a_proxy_is_the_address_the_proxy_appended():
+    from visage_ml.app.http.auth import FailureLimiter
+
+    limiter = FailureLimiter(max_failures=1, window_seconds=1, trusted_proxies=["10.0.0.0/8"])
+
+    def client(peer, forwarded=None):
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return limiter.client_of({"client": (peer, 1), "headers": headers})
+
+    assert client("10.0.0.5", "192.0.2.1, 198.51.100.7") == "198.51.100.7"
+    assert client("::ffff:10.0.0.5", "198.51.100.7") == "198.51.100.7"  # dual-stack socket
+    assert client("10.0.0.5", "198.51.100.7, 10.0.0.9") == "198.51.100.7"  # two proxies
+    assert client("10.0.0.5", "2001:db8::7") == "2001:db8::7"
+    assert client("10.0.0.5") == "10.0.0.5"  # no header: the proxy itself
+    assert client("10.0.0.5", "unknown") == "10.0.0.5"  # not an address: counted with it
+    assert client("192.0.2.50", "198.51.100.7") == "192.0.2.50"  # not a proxy: its own
+
+
 def test_a_trusted_proxy_that_is_not_an_address_is_a_clear_error(project):
     with pytest.raises(ValueError, match=r"trusted_proxies.*an IP address or network"):
         load_params(project / "params.yaml", overrides={"serving.auth.trusted_proxies": ["nginx"]})

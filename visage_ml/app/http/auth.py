@@ -381,7 +381,11 @@ class FailureLimiter:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(address in net for net in self._proxies)
+        # A dual-stack socket reports an IPv4 proxy as ::ffff:a.b.c.d.
+        mapped = getattr(address, "ipv4_mapped", None)
+        return any(
+            address in net or (mapped is not None and mapped in net) for net in self._proxies
+        )
 
     def client_of(self, scope: Mapping[str, Any]) -> str:
         """The address a request's failures count against.
