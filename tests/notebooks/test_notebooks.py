@@ -74,3 +74,37 @@ def test_the_explore_notebook_shows_no_face_of_a_subject_who_refused_training(
     nb.cells.insert(2, nbformat.v4.new_code_cell(SPY))
     nb.cells.append(nbformat.v4.new_code_cell(CHECK))
     _execute(nb, tiny_pipeline.root, monkeypatch)  # a failed cell raises
+
+
+@pytest.mark.notebook
+def test_the_erasure_walkthrough_runs_and_leaves_no_key_or_face_behind(tmp_path, monkeypatch):
+    # The DPO's walkthrough builds a project of its own in a temporary folder (its master key,
+    # sealed faces, an export bundle) and must take it away when the kernel ends.
+    nb = nbformat.read(NOTEBOOKS / "03-erasure-walkthrough.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    nb.cells.insert(2, nbformat.v4.new_code_cell("print('WORK=' + str(WORK))"))
+    _execute(nb, tmp_path, monkeypatch)  # a failed cell raises
+    printed = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    work = Path(printed.split("WORK=", 1)[1].strip())
+    assert work.name.startswith("visage-erasure-")
+    assert not work.exists(), "the walkthrough's project (master key, faces) was left behind"
+    shown = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert "IProgress not found" not in shown
+
+
+@pytest.mark.notebook
+def test_the_erasure_walkthrough_takes_its_project_away_even_when_a_cell_fails(
+    tmp_path, monkeypatch
+):
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(NOTEBOOKS / "03-erasure-walkthrough.ipynb", as_version=4)
+    stop = "(WORK / 'secret').write_text('x'); print('WORK=' + str(WORK)); raise RuntimeError('x')"
+    nb.cells.insert(2, nbformat.v4.new_code_cell(stop))
+    with pytest.raises(CellExecutionError):
+        _execute(nb, tmp_path, monkeypatch)
+    printed = "".join(o.get("text", "") for o in nb.cells[2].outputs if o.output_type == "stream")
+    work = Path(printed.split("WORK=", 1)[1].strip())
+    assert not work.exists(), "a failed walkthrough left its project (master key, faces) behind"
