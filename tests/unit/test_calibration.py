@@ -411,3 +411,13 @@ def test_asnorm_fits_a_cohort_smaller_than_its_top_k():
     assert asnorm.top_k == emb.shape[0] - 2
     scores = calibrate(emb[:1] @ emb[1:6].T, emb[:1], emb[1:6], calibration=asnorm)
     assert np.isfinite(scores).all()
+
+
+def test_an_embedder_that_does_not_tell_people_apart_is_named_as_the_cause():
+    # A smoke experiment (train_embedder.max_steps=4) gave every face nearly the same
+    # embedding; evaluate then advised more calibration identities, which cannot help.
+    emb, ids, _ = population(4, per_region=8, images=2)
+    flat = np.tile(emb[:1], (emb.shape[0], 1))
+    cal = calibration_set(flat, ids, n_clusters=2, impostor_pairs_max=10**6, seed=3)
+    with pytest.raises(ValueError, match="does not tell people apart yet"):
+        fit_all(cal, ["asnorm"], target_fmr=1e-3, min_cluster_impostors=200, cohort_top_k=50)

@@ -96,6 +96,12 @@ MSG_MAP = (
     "and their threshold at the target FMR coincide. Raise "
     "eval_population.calibration_identities_per_cell in params.yaml"
 )
+MSG_FLAT = (
+    "the embedder scores different people alike: the calibration impostors' median cosine "
+    "{m:.4f} and their threshold at the target FMR {t:.4f} coincide, so no calibration can be "
+    "fitted. It does not tell people apart yet, as after a run stopped after a few steps "
+    "(train_embedder.max_steps, epochs): train it longer"
+)
 MSG_SHAPES = (
     "calibrate(scores, query_emb, gallery_emb): scores must be (Q, G) with query_emb (Q, D) and "
     "gallery_emb (G, D), or (N,) with both (N, D); got {s}, {q}, {g}"
@@ -699,7 +705,9 @@ def _fit_asnorm(
     raw_m, z_m = float(np.median(cal.score[imp])), float(np.median(z[imp]))
     lim = 1.0 - 1e-6
     f_t, f_m = np.arctanh(np.clip([raw_t, raw_m], -lim, lim))
-    if not (z_t > z_m and f_t > f_m):
+    if not f_t > f_m:  # the raw scores themselves: the model, not the calibration set
+        raise ValueError(MSG_FLAT.format(m=raw_m, t=raw_t))
+    if not z_t > z_m:
         raise ValueError(MSG_MAP)
     alpha = float((f_t - f_m) / (z_t - z_m))
     beta = float(f_t - alpha * z_t)
