@@ -306,3 +306,19 @@ def test_gpu_preset_fine_tunes_the_pinned_published_weights_on_cpu(
     installed.path.write_bytes(fake.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsHashError, match="does not match its pin"):
         train_embedder.run(paths, progress=False)
+
+
+def test_a_backbone_typo_fails_before_the_interrupted_run_s_checkpoint_is_cleared(
+    tiny_project: Path,
+):
+    # An engineer resumes an interrupted run with a typo in the backbone: the run must fail
+    # on the typo, not first delete the checkpoint as another run's.
+    from visage_ml.app.stages import train_embedder
+    from visage_ml.models.checkpoint import resume_files, save_resume
+
+    folder = tiny_project / "models" / "checkpoints" / "embedder"
+    save_resume(folder, {"epoch": 1}, fingerprint="the interrupted run")
+    _configure(tiny_project, **{"train_embedder.backbone": "mobilefacenett"})
+    with pytest.raises(ValueError, match="mobilefacenett"):
+        train_embedder.run(ProjectPaths.discover(), progress=False)
+    assert [p.name for p in resume_files(folder)] == ["epoch-0001.pt"]
