@@ -661,7 +661,7 @@ class TrainEmbedderParams:
     val_far: float = field(default=1e-2, metadata=rng(gt=0, lt=1))
     augment: AugmentParams = AugmentParams()
     device: Device = "auto"
-    # autocast: auto = bf16 on CUDA, fp32 on the CPU
+    # autocast: bf16 | fp32; auto = fp32 (bf16 was slower on the GPU measured, docs/gpu.md)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_minutes: float = field(default=0.0, metadata=rng(ge=0))
     # Stop after this many optimizer steps (0 = no limit): smoke runs of a preset.

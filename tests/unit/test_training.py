@@ -1,5 +1,6 @@
 import io
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from visage_ml.training.config import (
     DemographicTargets,
     LoopConfig,
     resolve_device,
+    resolve_precision,
     seed_everything,
 )
 from visage_ml.training.loop import fit_demographics, fit_embedder, lr_factor
@@ -118,6 +120,39 @@ def test_compiled_training_computes_the_same_loss_and_keeps_the_weights_names(
     plain.load_state_dict(compiled.best_state)
 
 
+def test_images_per_second_leaves_out_the_first_step_which_compiles_and_autotunes(
+    faces, monkeypatch
+):
+    # A compiled run spends its first step compiling (tens of seconds on a GPU host): the
+    # images/s a user compares between eager and compiled runs must be that of training.
+    real = loop.augment_batch
+    calls = []
+
+    def slow_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "augment_batch", slow_first)
+    saved = {}
+    run = _fit(faces, epochs=2, on_epoch_end=lambda rec, st: saved.update({rec["epoch"]: st}))
+    assert run.warmup_seconds >= 1.5
+    assert run.train_seconds >= run.warmup_seconds  # the stage's time still counts it
+    # 5 batches of 8 an epoch (of 42 training images), the first step's batch left out.
+    steady = run.train_seconds - run.warmup_seconds
+    assert run.images_per_second == pytest.approx((2 * 40 - 8) / steady)
+    assert run.images_per_second > 2 * 40 / run.train_seconds
+    first, second = run.history
+    assert first["warmup_seconds"] >= 1.5 and second["warmup_seconds"] == 0.0
+    assert first["images_per_s"] == pytest.approx(32 / (first["seconds"] - first["warmup_seconds"]))
+    # A resumed process warms up again: its first step is left out too, and the earlier one's.
+    calls.clear()
+    resumed = _fit(faces, epochs=3, resume=saved[2])
+    assert resumed.warmup_seconds >= 3.0
+    assert resumed.history[-1]["warmup_seconds"] >= 1.5
+
+
 def test_group_balanced_sampling_evens_out_groups():
     rng = np.random.default_rng(0)
     groups = np.array([0] * 900 + [1] * 60 + [2] * 30 + [3] * 10)
@@ -162,6 +197,17 @@ def test_lr_warms_up_then_decays():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(f[10:]))
     assert f[-1] < 0.05
+
+
+def test_auto_precision_is_fp32_on_a_gpu_too_and_bf16_is_asked_for():
+    # Measured on an H200 (docs/gpu.md): bf16 autocast trained the GPU preset slower.
+    cuda = torch.device("cuda")
+    assert resolve_precision("auto", cuda) is None
+    assert resolve_precision("bf16", cuda) is torch.bfloat16
+    assert resolve_precision("fp32", cuda) is None
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="auto, bf16, fp32"):
+        resolve_precision("fp16", cuda)
 
 
 def test_cuda_requested_without_gpu_is_a_clear_error(monkeypatch):
@@ -210,7 +256,9 @@ def test_cuda_bf16_training_runs_and_learns():
         images=imgs,
         rows=np.arange(len(ids)),
         labels=ids,
-        config=LoopConfig(epochs=4, batch_size=32, lr=2e-3, device="cuda", progress=False),
+        config=LoopConfig(
+            epochs=4, batch_size=32, lr=2e-3, device="cuda", precision="bf16", progress=False
+        ),
     )
     assert result.device.startswith("cuda")
     assert np.isfinite(result.step_losses).all()

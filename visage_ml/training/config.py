@@ -108,7 +108,9 @@ class FitResult:
 
     ``best_state`` is the inference network's weights (CPU tensors) at the best validation epoch
     (the last epoch without validation); ``history`` has one record per epoch; ``step_losses``
-    holds the loss of each optimizer step this call ran.
+    holds the loss of each optimizer step this call ran. ``images_per_second`` leaves out the
+    first step of each process (``warmup_seconds``: compilation, cuDNN autotuning), which
+    ``train_seconds`` counts.
     """
 
     best_state: dict[str, torch.Tensor]
@@ -123,6 +125,7 @@ class FitResult:
     stopped: str
     device: str
     val_metrics: dict[str, float]
+    warmup_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -213,12 +216,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 on CUDA and full fp32 on the CPU (``None``)."""
+    """Autocast dtype: ``bf16``, or ``None`` (fp32) for ``fp32`` and ``auto``.
+
+    ``auto`` is fp32 on CUDA too: on the one GPU measured (an H200, docs/gpu.md) bf16 autocast
+    trained the GPU preset slower, eager and compiled, its step bound by kernel launches.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    del device  # the same answer on every device, measured so far
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def seed_everything(seed: int) -> None:

@@ -200,6 +200,7 @@ def demographic_report(
         "epochs_run": result.epochs_run,
         "images_per_second": result.images_per_second,
         "train_seconds": result.train_seconds,
+        "warmup_seconds": result.warmup_seconds,
         "stage_seconds": time.perf_counter() - t_start,
         "train_images": len(data.train_rows),
         "train_images_synthetic": data.population["images"],

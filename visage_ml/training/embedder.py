@@ -143,6 +143,7 @@ def embedder_report(
         "epochs_run": result.epochs_run,
         "images_per_second": result.images_per_second,
         "train_seconds": result.train_seconds,
+        "warmup_seconds": result.warmup_seconds,
         "stage_seconds": time.perf_counter() - t_start,
         "train_identities": data.num_classes,
         "train_images": len(data.train_rows),

@@ -2,9 +2,9 @@
 
 The stage hands in the face array (the prepare stage's crops, decrypted into memory), row
 indices and labels, and gets back a :class:`~visage_ml.training.config.FitResult`; checkpoints
-leave through the ``on_epoch_end`` callback. On CUDA the step runs under bf16 autocast with
-channels-last tensors; on the CPU it is seeded and deterministic, and resuming from the state
-saved after epoch ``k`` reproduces the next step's loss bit for bit.
+leave through the ``on_epoch_end`` callback. On CUDA the step runs with channels-last tensors
+(under bf16 autocast with ``precision: bf16``); on the CPU it is seeded and deterministic, and
+resuming from the state saved after epoch ``k`` reproduces the next step's loss bit for bit.
 
 Given a :class:`~visage_ml.training.distributed.DistContext` (``dist``), the same loop runs in
 each of several torchrun processes: every process trains on its share of each global batch
@@ -97,6 +97,11 @@ def make_optimizer(
 # ---------------------------------------------------------------------------------------------
 
 
+def _rate(images: int, seconds: float) -> float:
+    """Images per second (0 when nothing was timed)."""
+    return images / seconds if images > 0 and seconds > 0 else 0.0
+
+
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
@@ -177,6 +182,7 @@ def _fit(
     history: list[dict[str, Any]] = []
     stopped = ""
     prior_seconds, prior_images = 0.0, 0
+    prior_warm_seconds, prior_warm_images = 0.0, 0
     if resume is not None:
         for name, m in modules.items():
             m.load_state_dict(resume["modules"][name])
@@ -192,6 +198,8 @@ def _fit(
         stopped = str(resume.get("stopped", ""))
         prior_seconds = float(resume.get("train_seconds", 0.0))
         prior_images = int(resume.get("images_seen", 0))
+        prior_warm_seconds = float(resume.get("warmup_seconds", 0.0))
+        prior_warm_images = int(resume.get("warmup_images", 0))
         _set_rng_state(resume["rng"])
     else:
         torch.manual_seed(config.seed)
@@ -201,6 +209,10 @@ def _fit(
 
     step_losses: list[float] = []
     train_seconds, images_seen = prior_seconds, prior_images
+    # The first step a process runs also compiles (``compile``), autotunes cuDNN and fills the
+    # allocator: timed apart, so that images/s is the speed of training, not of starting it.
+    warm_seconds, warm_images = prior_warm_seconds, prior_warm_images
+    warmed = False
     budget = config.max_minutes * 60.0
     t_begin = time.perf_counter()
     epoch = start_epoch
@@ -223,6 +235,7 @@ def _fit(
         losses: list[torch.Tensor] = []
         t0 = time.perf_counter()
         seen = 0
+        epoch_warm_s, epoch_warm_n = 0.0, 0
         bar = tqdm(
             total=len(batches),
             desc=f"{config.desc} {epoch + 1}/{config.epochs}",
@@ -243,6 +256,11 @@ def _fit(
             losses.append(loss.detach())
             global_step += 1
             seen += len(idx) if part is None else part[1]
+            if not warmed:
+                warmed = True
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                epoch_warm_s, epoch_warm_n = time.perf_counter() - t0, seen
             bar.update(1)
             if len(losses) % 25 == 0:  # .item() waits for the device
                 bar.set_postfix(loss=f"{losses[-1].item():.3f}")
@@ -264,6 +282,11 @@ def _fit(
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         images_seen += seen
+        if seen > epoch_warm_n:  # an epoch of one step is all warm-up: timed whole
+            warm_seconds += epoch_warm_s
+            warm_images += epoch_warm_n
+        else:
+            epoch_warm_s, epoch_warm_n = 0.0, 0
         stacked = torch.stack(losses).float() if losses else None
         if stacked is not None and dist is not None:
             stacked = dist.mean(stacked)  # equal shares: the global batch's mean loss
@@ -281,8 +304,9 @@ def _fit(
         record: dict[str, Any] = {
             "epoch": epoch,
             "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-            "images_per_s": seen / seconds if seconds > 0 else 0.0,
+            "images_per_s": _rate(seen - epoch_warm_n, seconds - epoch_warm_s),
             "seconds": seconds,
+            "warmup_seconds": epoch_warm_s,
             "lr": float(sched.get_last_lr()[0]),
             **metrics,
         }
@@ -320,6 +344,8 @@ def _fit(
                 "stopped": stopped,
                 "train_seconds": train_seconds,
                 "images_seen": images_seen,
+                "warmup_seconds": warm_seconds,
+                "warmup_images": warm_images,
                 "rng": _rng_state(),
             }
             on_epoch_end(record, state)
@@ -338,8 +364,9 @@ def _fit(
         best_epoch=best_epoch,
         epochs_run=len(history),
         final_loss=float(last.get("loss", float("nan"))),
-        images_per_second=images_seen / train_seconds if train_seconds > 0 else 0.0,
+        images_per_second=_rate(images_seen - warm_images, train_seconds - warm_seconds),
         train_seconds=train_seconds,
+        warmup_seconds=warm_seconds,
         stopped=stopped or "completed",
         device=str(device),
         val_metrics={k: float(v) for k, v in best_record.items() if k.startswith("val_")},
