@@ -897,6 +897,12 @@ class QualityParams:
     max_yaw: float = field(default=0.3, metadata=rng(gt=0))
     # Above prepare.min_face_prob (which decides what counts as a face at all).
     min_detection_prob: float = field(default=0.92, metadata=rng(ge=0, le=1))
+    # A face found enlarged k times by resampling is judged by its box / k (min_face_px): k
+    # counts when the detail a k times smaller face cannot hold is at most this share of the
+    # face region's detail (visage_ml.serving.upscale) ...
+    upscale_tolerance: float = field(default=0.01, metadata=rng(ge=0, le=1))
+    # ... plus this, in grey levels squared (8-bit rounding). Both 0: only lossless enlargements.
+    upscale_floor: float = field(default=0.05, metadata=rng(ge=0, le=100))
 
 
 @dataclass(frozen=True)

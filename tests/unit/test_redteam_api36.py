@@ -228,20 +228,14 @@ def _on_black(face: np.ndarray, side: int) -> np.ndarray:
     return canvas
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gate measures the face the image shows, in the image's own pixels: a client that "
-    "enlarges a small face (nearest-neighbour keeps its edges sharp; a learned upscaler invents "
-    "detail) passes size and sharpness. The gate guards against poor captures, not against a "
-    "client that edits its images; measuring the detail a face really holds is not done",
-)
 def test_enlarging_a_face_too_small_to_search_does_not_make_it_searchable(project):
     # The attack: an operator has a face of 8 x 8 pixels (a far-away CCTV face). Sent as it is,
     # identify answers "quality_too_low" (size under serving.quality.min_face_px), as promised.
     # Sent enlarged 4x with nearest-neighbour resampling, the same 64 pixel values, no more
-    # identity, pass every bound: the size is the box in the image's pixels (which the client
+    # identity, passed every bound: the size was the box in the image's pixels (which the client
     # chooses) and nearest-neighbour keeps the edges the sharpness bound looks for. The face
-    # is searched and "identified": the guess the gate exists to prevent.
+    # was searched and "identified": the guess the gate exists to prevent. The gate now judges
+    # the face by its effective size (the box over the factor it was found enlarged by).
     s = Served(project, engine=fake_engine(project, detector=BlobDetector()))
     for pid in s.pids[:10]:
         assert s.enroll(pid).status_code == 200
@@ -257,6 +251,7 @@ def test_enlarging_a_face_too_small_to_search_does_not_make_it_searchable(projec
         "the same 8 x 8 face, enlarged, was searched: "
         + json.dumps([(f["decision"], f["matches"]) for f in faces])
     )
+    assert faces[0]["quality"]["failed"] == ["size"] and faces[0]["quality"]["upscale"] == 4
 
 
 # -- what held (kept: not covered elsewhere) -------------------------------------------------

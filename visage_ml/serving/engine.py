@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from visage_ml.preprocess import MEAN, STD, PreprocessSpec, align_face
+from visage_ml.serving.upscale import face_region
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,9 @@ def _rescaled(d: Any, factor: float) -> _Detection:
 class Face:
     """One detected face: its box in the image, detection probability and aligned crop.
 
-    ``landmarks`` (5x2, image coordinates) are kept for the face-quality pose measurement
+    ``landmarks`` (5x2, image coordinates) are kept for the face-quality pose measurement and
+    ``region`` (the central pixels of the box in the image as sent,
+    :func:`visage_ml.serving.upscale.face_region`) for its effective size
     (:mod:`visage_ml.serving.quality`); like the crop, they live only for the request.
     """
 
@@ -223,6 +226,7 @@ class Face:
     prob: float
     crop: np.ndarray
     landmarks: np.ndarray | None = None
+    region: np.ndarray | None = None
 
 
 class Engine:
@@ -482,12 +486,19 @@ class Engine:
             raise TooManyFacesError(MSG_TOO_MANY.format(n=len(kept), max_faces=self.max_faces))
         kept.sort(key=lambda d: -float(d.prob))
         faces = []
+        pixels = np.asarray(pil) if kept else None
         for d in kept:
             lm = np.asarray(d.landmarks, dtype=np.float64).reshape(5, 2)
             crop = align_face(pil, lm, self.crop_size)
             box = tuple(float(v) for v in np.asarray(d.box, dtype=np.float64).reshape(4))
             faces.append(
-                Face(box=box, prob=float(d.prob), crop=crop, landmarks=lm)  # type: ignore[arg-type]
+                Face(
+                    box=box,  # type: ignore[arg-type]
+                    prob=float(d.prob),
+                    crop=crop,
+                    landmarks=lm,
+                    region=face_region(pixels, box),
+                )
             )
         return faces
 

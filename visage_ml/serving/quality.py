@@ -2,8 +2,14 @@
 
 Four measurements of one detected face, each against its bound in ``serving.quality``:
 
-- **size**: the shorter side of the detected box, in pixels of the image (``min_face_px``): a
-  face of a few pixels is upscaled into the crop and carries little identity;
+- **size**: the effective size of the face (``min_face_px``): the shorter side of the detected
+  box, in pixels of the image, over the factor the face was found enlarged by resampling
+  (``upscale``, :mod:`visage_ml.serving.upscale`, measured on the box's pixels in the image as
+  sent). A face of a few pixels carries little identity, and enlarging it adds none: 8 x 8
+  pixels enlarged 4 times is judged as 8 pixels, not 32. Found: nearest-neighbour, bilinear
+  and bicubic enlargements by whole factors (2 to 8); not found: a learned upscaler, which
+  invents detail, fractional factors, and most enlargements followed by JPEG (bilinear and
+  bicubic ones) or by added noise;
 - **sharpness**: the variance of the Laplacian of the aligned grey crop (``min_sharpness``;
   Pech-Pacheco et al. 2000): motion or focus blur removes the high frequencies it measures.
   Measured on the aligned crop, so it does not depend on the image's resolution;
@@ -11,10 +17,11 @@ Four measurements of one detected face, each against its bound in ``serving.qual
   along the eye line, over the eye distance (``max_yaw``; 0 frontal, about 0.5 in profile);
 - **detection probability** of the detector (``min_detection_prob``).
 
-A face passes when every measurement is within its bound. Its ``score`` (0 to 1) is the worst
-measurement's ratio to its bound, halved and capped: 0.5 is the gate in every factor, 1.0 is
-twice as good as the bound in the worst one. Nothing is kept: the measurements describe the
-image, not the person, and are computed per request.
+``upscale`` is reported with the measurements (1 when not enlarged, or not measured) but has
+no bound of its own. A face passes when every measurement is within its bound. Its ``score``
+(0 to 1) is the worst measurement's ratio to its bound, halved and capped: 0.5 is the gate in
+every factor, 1.0 is twice as good as the bound in the worst one. Nothing is kept: the
+measurements describe the image, not the person, and are computed per request.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from visage_ml.serving.upscale import FLOOR, TOLERANCE, upscale_factor
 
 FACTORS: tuple[str, ...] = ("size", "sharpness", "pose", "detection")
 MSG_QUALITY = (
@@ -98,6 +107,9 @@ class QualityGate:
         When false, :meth:`assess` still measures but every face passes.
     min_face_px, min_sharpness, max_yaw, min_detection_prob
         The bounds (see the module docstring).
+    upscale_tolerance, upscale_floor
+        How little detail beyond a ``k`` times smaller face a region may hold to count as
+        enlarged ``k`` times (:func:`visage_ml.serving.upscale.upscale_factor`).
     """
 
     enabled: bool = True
@@ -105,6 +117,8 @@ class QualityGate:
     min_sharpness: float = 20.0
     max_yaw: float = 0.3
     min_detection_prob: float = 0.92
+    upscale_tolerance: float = TOLERANCE
+    upscale_floor: float = FLOOR
 
     @classmethod
     def from_params(cls, params: Any) -> QualityGate:
@@ -115,18 +129,37 @@ class QualityGate:
             min_sharpness=float(params.min_sharpness),
             max_yaw=float(params.max_yaw),
             min_detection_prob=float(params.min_detection_prob),
+            upscale_tolerance=float(params.upscale_tolerance),
+            upscale_floor=float(params.upscale_floor),
         )
 
-    def assess(self, *, box: Any, prob: float, crop: np.ndarray, landmarks: Any) -> Quality:
+    def assess(
+        self,
+        *,
+        box: Any,
+        prob: float,
+        crop: np.ndarray,
+        landmarks: Any,
+        region: np.ndarray | None = None,
+    ) -> Quality:
         """Measure one face (its box, detection probability, aligned crop and landmarks).
 
-        A face without landmarks has an unknown pose and fails ``pose``.
+        ``region`` holds the pixels of the box in the image as sent
+        (:func:`visage_ml.serving.upscale.face_region`); without it the face's enlargement is
+        not measured (``upscale`` 1). A face without landmarks has an unknown pose and fails
+        ``pose``.
         """
+        upscale = 1
+        if region is not None:
+            upscale = upscale_factor(
+                region, tolerance=self.upscale_tolerance, floor=self.upscale_floor
+            )
         m = {
-            "size": face_size(box),
+            "size": face_size(box) / upscale,
             "sharpness": sharpness(crop),
             "pose": yaw_ratio(landmarks) if landmarks is not None else math.inf,
             "detection": float(prob),
+            "upscale": float(upscale),
         }
         ratios = {
             "size": _ratio(m["size"], self.min_face_px),
@@ -143,7 +176,11 @@ class QualityGate:
     def assess_face(self, face: Any) -> Quality:
         """:meth:`assess` of a :class:`visage_ml.serving.engine.Face`."""
         return self.assess(
-            box=face.box, prob=face.prob, crop=face.crop, landmarks=getattr(face, "landmarks", None)
+            box=face.box,
+            prob=face.prob,
+            crop=face.crop,
+            landmarks=getattr(face, "landmarks", None),
+            region=getattr(face, "region", None),
         )
 
 

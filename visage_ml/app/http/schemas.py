@@ -97,6 +97,11 @@ class QualityOut(BaseModel):
     failed: list[str] = Field(
         description="Factors below their bound: size, sharpness, pose, detection."
     )
+    upscale: float = Field(
+        1.0,
+        description="How many times the face was found enlarged by resampling (1: not found); "
+        "its size is judged as the box's shorter side over this.",
+    )
 
 
 class FaceMatches(BaseModel):

@@ -119,7 +119,12 @@ def identify(
                 "box": f.box,
                 "detection_prob": f.prob,
                 "decision": decision,
-                "quality": {"score": q.score, "passed": q.passed, "failed": list(q.failed)},
+                "quality": {
+                    "score": q.score,
+                    "passed": q.passed,
+                    "failed": list(q.failed),
+                    "upscale": q.measurements["upscale"],
+                },
                 "matches": [{"pid": m.pid, "rank": r} for r, m in enumerate(matches, 1)],
             }
         )
