@@ -105,3 +105,17 @@ def test_skipped_rows_and_an_aborted_writer(keys, tmp_path):
         w.add(A, faces[0])
         raise RuntimeError("killed")
     assert sorted(p.name for p in folder.iterdir()) == ["faces.sealed"]
+
+
+def test_a_manifest_an_erasure_shortened_still_addresses_the_crops_and_a_wrong_one_does_not():
+    from visage_ml.data.crops import check_manifest_rows
+
+    purged = pd.DataFrame({"row": [0, 1, 4, 5]})  # rows 2-3: an erased subject's, zeroed
+    check_manifest_rows(purged, 6)
+    for rows, why in (
+        ([0, 1, 2, 3, 4, 5, 6], "more rows than crops"),
+        ([0, 1, 6], "a row beyond the crops"),
+        ([0, 1, 1], "a row listed twice"),
+    ):
+        with pytest.raises(ValueError, match=f"{why}.*dvc repro prepare"):
+            check_manifest_rows(pd.DataFrame({"row": rows}), 6)

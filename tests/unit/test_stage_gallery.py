@@ -8,6 +8,7 @@ import re
 import secrets
 
 import numpy as np
+import pandas as pd
 import pytest
 from evaluate_fakes import make_dataset, write_models
 from serving_fakes import receipt
@@ -169,3 +170,23 @@ def test_stage_builds_the_shared_gallery_in_postgres_and_a_new_embedder_replaces
     )
     newer = stage.run(paths, params, embedder=_NewVersion(stage.load_embedder(paths, params)))
     assert newer.model_version == "emb-test-2" and newer.searchable == 7
+
+
+def test_the_gallery_is_rebuilt_after_an_erasure_without_preparing_again(setup):
+    # An erasure purges the subject's crops in place (zeroed, their rows gone from the manifest,
+    # every other row keeping its address): the gallery stage and `visage gallery rebuild` must
+    # work on that, not ask for `dvc repro prepare` because the manifest is shorter.
+    from visage_ml.data.crops import crops_info
+    from visage_ml.rights.erasure import Erasure
+
+    paths, params, core, pids = setup
+    stage.run(paths, params)
+    Erasure(paths, core=core).erase(pids[0])
+    manifest = pd.read_parquet(paths.processed / "manifest.parquet")
+    assert len(manifest) < crops_info(paths.processed / "faces.sealed").rows
+    report = stage.run(paths, params)
+    assert report.subjects_allowed == report.subjects_enrolled == report.searchable == 7
+    gallery = Gallery.open(
+        paths, model_version="emb-test-1", embedding_dim=DIM, threshold=0.5, create=False
+    )
+    assert sorted(gallery.stored()) == sorted(gallery.searchable()) == sorted(pids[1:8])

@@ -55,6 +55,10 @@ MSG_NO_KEY = (
     "data is stale. Re-run `dvc repro prepare`"
 )
 MSG_ORDER = "crops must be added in row order; got row {row} after {rows} rows"
+MSG_ROWS = (
+    "manifest.parquet ({rows} rows) does not address the {faces} crops of faces.sealed ({why}); "
+    "re-run `dvc repro prepare` to rebuild both together"
+)
 
 
 def chunk_aad(pid: str, start: int, count: int, size: int) -> bytes:
@@ -233,6 +237,31 @@ def iter_chunks(
         if pid is None or (wanted is not None and pid not in wanted):
             continue
         yield pid, start, count, offset, length
+
+
+def check_manifest_rows(manifest: pd.DataFrame, n_crops: int) -> None:
+    """Refuse a manifest that does not address the crops of a file of ``n_crops`` rows.
+
+    Each manifest row names its crop by ``row``: every one must be within the file, and once.
+    A manifest may hold fewer rows than the file: an erasure (:func:`purge_chunks`, through
+    ``purge_subject``) removes its subject's rows and zeroes their crops, and every other row
+    keeps its address.
+
+    Raises
+    ------
+    ValueError
+        :data:`MSG_ROWS`, saying what does not match.
+    """
+    rows = manifest["row"].to_numpy() if "row" in manifest else np.arange(len(manifest))
+    why = ""
+    if len(rows) > n_crops:
+        why = "more rows than crops"
+    elif len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n_crops):
+        why = "a row beyond the crops"
+    elif len(np.unique(rows)) != len(rows):
+        why = "a row listed twice"
+    if why:
+        raise ValueError(MSG_ROWS.format(rows=len(manifest), faces=n_crops, why=why))
 
 
 def read_crops(

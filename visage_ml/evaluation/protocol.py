@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from visage_ml.config import GENDERS, GROUPS, EvaluateParams, flatten
+from visage_ml.data.crops import check_manifest_rows
 from visage_ml.data.manifest import UNLABELED
 from visage_ml.data.pairs import build_pairs, encode_labels, threshold_at_far
 from visage_ml.evaluation import demographics as demo
@@ -58,10 +59,6 @@ CHUNK_ROWS = 2048
 MSG_NO_TEST = (
     "manifest.parquet has {n} test identities; evaluation needs at least 2 (raise "
     "prepare.split.test in params.yaml or add identities) and re-run `dvc repro`"
-)
-MSG_ROWS = (
-    "manifest.parquet has {rows} rows but faces.sealed holds {faces} crops; re-run "
-    "`dvc repro prepare` to rebuild both together"
 )
 
 
@@ -150,9 +147,9 @@ class EvaluationResult:
 
 
 def select_test_rows(manifest: pd.DataFrame, n_faces: int) -> pd.DataFrame:
-    """The test rows of ``manifest`` in crop order; refused unless it matches the crops."""
-    if len(manifest) != n_faces:
-        raise ValueError(MSG_ROWS.format(rows=len(manifest), faces=n_faces))
+    """The test rows of ``manifest`` in crop order; refused unless it addresses the crops (an
+    erasure leaves fewer rows than crops: :func:`visage_ml.data.crops.check_manifest_rows`)."""
+    check_manifest_rows(manifest, n_faces)
     test = manifest[manifest["split"] == "test"].sort_values("row", kind="stable")
     n_ids = test["pid"].nunique()
     if n_ids < 2:

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from visage_ml.config import ProjectPaths
-from visage_ml.data.crops import crops_info, read_crops
+from visage_ml.data.crops import check_manifest_rows, crops_info, read_crops
 from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.serving.gallery import (
@@ -31,10 +31,6 @@ from visage_ml.serving.pg_gallery import PgGallery, PgOptions, reset_table
 
 SPLIT_PREFERENCE: Mapping[str, int] = {"train": 0, "val": 1, "test": 2}
 MSG_NO_PROCESSED = "{path} is missing; run `dvc repro prepare` first"
-MSG_ROWS = (
-    "manifest.parquet has {rows} rows but faces.sealed holds {faces} crops; re-run "
-    "`dvc repro prepare` to rebuild both together"
-)
 # Embedding is chunked so that only this many crops are in memory at once.
 EMBED_CHUNK = 2048
 ENROL_BATCH = 512
@@ -169,8 +165,7 @@ def rebuild(
             gallery = PgGallery.open(paths, options=options, **opening)
     manifest = pd.read_parquet(manifest_path)
     n_crops = crops_info(faces_path).rows
-    if len(manifest) != n_crops:
-        raise ValueError(MSG_ROWS.format(rows=len(manifest), faces=n_crops))
+    check_manifest_rows(manifest, n_crops)  # an erasure leaves fewer rows than crops
     allowed = core.registry.allowed(PURPOSE)
     selection = select_enrolment_rows(manifest, allowed, per_subject=images_per_subject)
     # Only the enrolled subjects' crops are decrypted, in memory.
