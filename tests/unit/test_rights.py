@@ -521,6 +521,10 @@ def test_a_rectification_with_bad_input_starts_no_request_and_changes_nothing(pr
         ({"images": {own_id: b"not an image"}}, f"image {own_id}"),
         ({"images": {own_id: png(np.zeros((8, 8, 3), np.uint8))}}, f"image {own_id}"),
         ({"attributes": {"gender": "robot"}}, "gender must be one of"),
+        ({"attributes": {"age": -3}}, "age must be a whole number of years from 0 to 120"),
+        ({"attributes": {"age": 400}}, "age must be"),
+        ({"attributes": {"age": 31.5}}, "age must be"),
+        ({"attributes": {"group": "g9"}}, "group must be one of g1, g2, g3, g4"),
         ({"attributes": {"eye_colour": "blue"}}, "only age, gender and group"),
     )
     for kw, message in bad_inputs:

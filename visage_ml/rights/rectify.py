@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from visage_ml import dvcops
-from visage_ml.config import GENDERS, ProjectPaths, load_params
+from visage_ml.config import GENDERS, GROUPS, ProjectPaths, load_params
 from visage_ml.data.imagecheck import (
     ALLOWED_FORMATS,
     MIN_SIDE,
@@ -29,6 +29,7 @@ from visage_ml.data.imagecheck import (
     ImageRejectedError,
     check_image,
 )
+from visage_ml.data.importers.common import MAX_AGE
 from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subjects
 from visage_ml.io import canonical_json, sha256_file
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
@@ -43,6 +44,11 @@ from visage_ml.serving.pg_gallery import open_project_gallery
 log = logging.getLogger(__name__)
 
 MSG_NOTHING = "nothing to rectify: give attributes (age, gender, group) or images"
+MSG_BAD_AGE = "age must be a whole number of years from 0 to {max_age}, found {found!r}"
+MSG_BAD_GROUP = (
+    "group must be one of {groups} or a group data/raw already holds ({known}), found {found!r}; "
+    "a new label would count as a group of its own in every fairness figure"
+)
 MSG_NOT_THEIRS = (
     "image {image_id} is not one of subject {pid}'s images in data/raw; give the id of one of "
     "theirs (the image_id column of data/raw/images.parquet, rows with their pid)"
@@ -241,8 +247,27 @@ def _check_input(
     gender = attributes.get("gender")
     if gender is not None and gender not in GENDERS:
         raise ValueError(BAD_GENDER.format(allowed=", ".join(GENDERS), found=gender))
+    age = attributes.get("age")
+    if age is not None and (
+        isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= MAX_AGE
+    ):
+        raise ValueError(MSG_BAD_AGE.format(max_age=MAX_AGE, found=age))
     paths = store.paths
     subjects = read_subjects(paths.raw)
+    group = attributes.get("group")
+    if group is not None and group not in GROUPS:
+        # Imported sets keep their own labels (UTKFace's race names): those already held pass.
+        known = (
+            sorted(set(subjects["group"].dropna().astype(str)) - set(GROUPS))
+            if len(subjects) and "group" in subjects
+            else []
+        )
+        if group not in known:
+            raise ValueError(
+                MSG_BAD_GROUP.format(
+                    groups=", ".join(GROUPS), known=", ".join(known) or "none", found=group
+                )
+            )
     row = subjects[subjects["pid"].astype(str) == pid]
     if attributes and not len(row):
         raise ValueError(MSG_NO_ROW.format(pid=pid))
