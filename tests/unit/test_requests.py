@@ -299,3 +299,20 @@ def test_a_failed_attempt_shows_its_step_code_and_what_to_do_in_the_listing_and_
     doc = json.loads(runner.invoke(app, ["privacy", "enforce", "--json"]).output)
     (item,) = doc["requests"]
     assert item["failure"]["code"] == "audit_log_unverified" and action in item["hint"]
+
+
+def test_every_rights_command_says_when_the_subject_was_not_told(project):
+    # README: "without a contact the subject is not told of their requests: the commands say
+    # so". restrict and erase complete a request and queue its notice like `request new`.
+    runner = CliRunner()
+    core = PrivacyCore(ProjectPaths(project))
+    for contact in (None, "zelda@example.invalid"):
+        pid = core.add_subject(source="test", contact=contact)
+        for cmd in (["privacy", "restrict", pid], ["privacy", "erase", pid]):
+            r = runner.invoke(app, cmd)
+            assert r.exit_code == 0, r.output
+            said = "the subject was not told" in " ".join(r.output.split())
+            assert said == (contact is None), (cmd, contact, r.output)
+    pid = core.add_subject(source="test")
+    r = runner.invoke(app, ["privacy", "restrict", pid, "--json"])
+    assert "no contact address" in json.loads(r.output)["subject_not_told"]

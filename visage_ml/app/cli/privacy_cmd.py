@@ -244,11 +244,9 @@ def restrict(
         core = _core()
         st = restrict_request(core.paths, pid, core=core, reason_code=reason_code)
     seq = st.outcome["seq"]
-    _done(
-        as_json,
-        {"seq": seq, "request_id": st.request_id},
-        f"{pid} restricted (seq {seq}, request {st.request_id})",
-    )
+    out = {"seq": seq, "request_id": st.request_id}
+    _told(core, st.request_id, as_json, out)
+    _done(as_json, out, f"{pid} restricted (seq {seq}, request {st.request_id})")
 
 
 @app.command("lift")
@@ -557,10 +555,10 @@ MSG_NOT_TOLD = (
 )
 
 
-def _told(book: Any, request_id: str, as_json: bool, out: dict[str, Any]) -> None:
+def _told(core: Any, request_id: str | None, as_json: bool, out: dict[str, Any]) -> None:
     """Say so when the message a request command queued for the subject had no address (with
     --json, as ``subject_not_told`` in ``out``)."""
-    if not Outbox(book.core).unaddressed(request_id):
+    if not request_id or not Outbox(core).unaddressed(request_id):
         return
     if as_json:
         out["subject_not_told"] = MSG_NOT_TOLD
@@ -635,7 +633,7 @@ def request_new(
         book = _book()
         st = book.receive(pid, right, received_at=received_at, details=details, channel=channel)
     out = st.to_dict()
-    _told(book, st.request_id, as_json, out)
+    _told(book.core, st.request_id, as_json, out)
     _done(as_json, out, f"request {st.request_id} ({right}) received; deadline {st.deadline}")
 
 
@@ -665,7 +663,7 @@ def request_extend(
         book = _book()
         st = book.extend(request_id, months=months, days=days, reason_code=reason)
     out = st.to_dict()
-    _told(book, request_id, as_json, out)
+    _told(book.core, request_id, as_json, out)
     _done(as_json, out, f"request {request_id}: new deadline {st.deadline}")
 
 
@@ -682,7 +680,7 @@ def request_deny(
         book = _book()
         st = book.deny(request_id, reason_code=reason)
     out = st.to_dict()
-    _told(book, request_id, as_json, out)
+    _told(book.core, request_id, as_json, out)
     _done(as_json, out, f"request {request_id} denied ({reason})")
 
 
@@ -770,18 +768,21 @@ def export(
         delivery = Delivery(
             recipients=tuple(recipient or ()), passphrase=phrase, plaintext=plaintext
         )
+        core = _core()
         result = export_subject(
             project(),
             pid,
             out=out,
             request_id=request_id,
-            core=_core(),
+            core=core,
             right="portability" if portability else "access",
             delivery=delivery,
         )
+    shown = result.to_dict()
+    _told(core, result.request_id, as_json, shown)
     _done(
         as_json,
-        result.to_dict(),
+        shown,
         f"{result.path} written ({result.images} images, {result.templates} template(s); "
         f"{result.delivery}; sha256 {result.sha256}); request {result.request_id} completed"
         + (
@@ -828,11 +829,13 @@ def rectify(
             attributes=attributes,
             images=images,
             request_id=request_id,
-            core=_core(),
+            core=(core := _core()),
         )
+    shown = result.to_dict()
+    _told(core, result.request_id, as_json, shown)
     _done(
         as_json,
-        result.to_dict(),
+        shown,
         f"{pid} rectified ({', '.join(result.fields) or 'images'}); gallery: {result.gallery}; "
         f"request {result.request_id} completed",
     )
@@ -856,11 +859,14 @@ def erase(
 
     setup_logging()
     with _rights_errors():
-        er = Erasure(project(), core=_core())
+        core = _core()
+        er = Erasure(project(), core=core)
         result = er.run(request_id) if request_id else er.erase(pid, received_at=received_at)
+    shown = result.to_dict()
+    _told(core, result.request_id, as_json, shown)
     _done(
         as_json,
-        result.to_dict(),
+        shown,
         f"{pid} erased: {_outcomes(result.certificate)}; certificate {result.certificate_path}",
     )
 
