@@ -42,9 +42,19 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temporary file in the same folder, fsync, rename."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data``: temporary file in the same folder, fsync, rename.
+
+    ``mode`` is the new file's; by default that of the file replaced (a private file rewritten
+    stays private: an erasure rewriting ``splits.json`` left it readable to all), 0644 for a new
+    one.
+    """
     path = Path(path)
+    if mode is None:
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -61,7 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Text form of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
@@ -78,7 +88,9 @@ def version_nonce() -> str:
     return os.urandom(16).hex()
 
 
-def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644, indent: int | None = 2) -> None:
+def atomic_write_json(
+    path: Path, obj: Any, *, mode: int | None = None, indent: int | None = 2
+) -> None:
     """Write ``obj`` as JSON atomically (sorted keys, trailing newline)."""
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n", mode=mode)
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -388,6 +389,19 @@ def test_processed_purge_is_safe_to_repeat_after_an_interruption(proj):
     assert np.array_equal(load_processed(paths).faces, expected)
     after = pd.read_parquet(paths.processed / "manifest.parquet")
     assert victim not in set(after.pid) and len(after) == len(manifest) - len(rows)
+
+
+def test_the_purge_leaves_every_processed_file_as_private_as_it_found_it(proj):
+    # splits.json lists pids: prepare writes it 0600, and the erasure's rewrite left it 0644
+    # (readable to every account on the host) until `visage privacy seal` tightened it.
+    paths = proj.paths
+    files = [paths.processed / n for n in ("splits.json", "manifest.parquet", "detection.parquet")]
+    for f in files:
+        os.chmod(f, 0o600)
+    purge_subject(paths.processed, proj.pids[4])
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+        f.name: 0o600 for f in files
+    }
 
 
 def test_mlflow_rows_artefacts_and_freed_pages_naming_the_subject_are_purged(project):
