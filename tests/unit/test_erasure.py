@@ -399,9 +399,7 @@ def test_the_purge_leaves_every_processed_file_as_private_as_it_found_it(proj):
     for f in files:
         os.chmod(f, 0o600)
     purge_subject(paths.processed, proj.pids[4])
-    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
-        f.name: 0o600 for f in files
-    }
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
 
 
 def test_mlflow_rows_artefacts_and_freed_pages_naming_the_subject_are_purged(project):

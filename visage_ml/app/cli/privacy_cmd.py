@@ -531,6 +531,12 @@ REQUEST_OPT = typer.Option(
     "-r",
     help="The verified request this answers (default: record one for the DPO now).",
 )
+# export: -r is the age recipient, as in `age -r` (and as it always answered there).
+EXPORT_REQUEST_OPT = typer.Option(
+    None,
+    "--request",
+    help="The verified request this answers (default: record one for the DPO now).",
+)
 
 
 @contextlib.contextmanager
@@ -723,7 +729,7 @@ def request_run(
 @app.command("export")
 def export(
     pid: str = typer.Argument(..., help="The subject's pid."),
-    request_id: str = REQUEST_OPT,
+    request_id: str = EXPORT_REQUEST_OPT,
     out: Path = typer.Option(
         None,
         "--out",
