@@ -167,3 +167,25 @@ def test_a_certificate_from_before_a_key_rotation_verifies_with_the_published_ke
     # The current key alone says what to ask for.
     only_new = run_cli(cert, *pinned_cli_args(doc, proj.paths.ledger_public_key, vkey))
     assert only_new.exit_code == 1 and "ledger-keys.pem" in only_new.output
+
+
+def test_the_stand_alone_verifier_says_what_the_cli_says_of_a_directory_witness_and_old_keys(
+    project, tmp_path
+):
+    """README: "a directory witness is a folder on its disk (both verifiers say so)"; verify.py
+    said nothing of it, nor which file to ask for when the certificate's key was rotated."""
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    cert, pub = offline_copy(proj, result, tmp_path)
+    vkey = witness_vkey()
+    assert vkey.startswith("visage-witness.local/")
+    script = verifier_script(tmp_path)
+    py = run_verify_py(script, cert, "--public-key", str(pub), "--witness-key", vkey)
+    assert py.returncode == 0, py.stdout
+    assert "is a directory witness" in py.stdout and "proves nothing" in py.stdout
+    _, problems = PrivacyCore(proj.paths).rotate_ledger_key()
+    assert problems == []
+    only_new = run_verify_py(
+        script, cert, "--public-key", str(proj.paths.ledger_public_key), "--witness-key", vkey
+    )
+    assert only_new.returncode == 1 and "ledger-keys.pem" in only_new.stdout
