@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from project_helpers import (
-    REPO,
+    copy_repo_params,
     free_port_range,
     init_dvc_repo,
     pipeline_env,
@@ -48,7 +48,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project root holding a copy of the repository's params.yaml."""
     root = tmp_path / "proj"
     root.mkdir()
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    copy_repo_params(root / "params.yaml")
     monkeypatch.setenv("VISAGE_PROJECT", str(root))
     monkeypatch.delenv("VISAGE_MASTER_KEY", raising=False)
     return root
@@ -124,7 +124,7 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("pipeline") / "proj"
     root.mkdir()
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    copy_repo_params(root / "params.yaml")
     write_overrides(root / "params.yaml", {**TINY, **PIPELINE})
     init_dvc_repo(root)
     # Its own witness (the ledger records its key): `_own_witness` gives each test a copy.
@@ -183,7 +183,7 @@ def stack(stack_postgres):
     root = base / "proj"
     root.mkdir()
     root.chmod(0o755)
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    copy_repo_params(root / "params.yaml")
     s3_base = free_port_range(10)
     overrides = {
         "stack.postgres.port": pg.port,

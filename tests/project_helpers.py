@@ -36,6 +36,25 @@ def pipeline_env(root: Path) -> dict[str, str]:
 
 
 REPO = Path(__file__).resolve().parents[1]
+# What a user's own project changes in the checkout's params.yaml, per the README: `visage stack
+# up` sets stack.tracking to server, the shared-gallery sed sets the backend to pgvector. A test
+# project starts from the product's values of these, not from the checkout's current ones.
+USER_SETTINGS = {"stack.tracking": "sqlite", "serving.gallery.backend": "memory"}
+
+
+def copy_repo_params(dst: Path) -> Path:
+    """The repository's params.yaml at ``dst``, with :data:`USER_SETTINGS` put back (its text,
+    comments included, as it is when they hold already)."""
+    shutil.copy(REPO / "params.yaml", dst)
+    raw = yaml.safe_load(Path(dst).read_text())
+    for dotted, value in USER_SETTINGS.items():
+        node = raw
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value:
+            write_overrides(dst, USER_SETTINGS)
+            break
+    return dst
 
 
 def init_dvc_repo(root: Path) -> None:

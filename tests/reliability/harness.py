@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 UNIT = Path(__file__).resolve().parents[1] / "unit"
-if str(UNIT) not in sys.path:
-    sys.path.insert(0, str(UNIT))
+# tests/ too: run as a script (the load generator's server), project_helpers is not on the path.
+for folder in (UNIT, UNIT.parent):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
+from project_helpers import copy_repo_params  # noqa: E402 - after the path set-up above
 from serving_fakes import (  # noqa: E402 - after the path set-up above
     DIM,
     THRESHOLD,
@@ -140,10 +143,8 @@ def make_site(
     seed: int = 0,
 ) -> Site:
     """A project at ``root`` (holding params.yaml) with ``enrol`` subjects in the gallery."""
-    import shutil
-
     if not (root / "params.yaml").exists():
-        shutil.copy(REPO / "params.yaml", root / "params.yaml")
+        copy_repo_params(root / "params.yaml")
     world = make_world(root, n_subjects=n_subjects, seed=seed)
     params = load_params(root / "params.yaml", overrides=overrides or {})
     engine = fake_engine(root, max_faces=params.serving.max_faces)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
 import psycopg
-from project_helpers import REPO, init_dvc_repo, write_overrides
+from project_helpers import copy_repo_params, init_dvc_repo, write_overrides
 
 from visage_ml.config import ProjectPaths
 from visage_ml.stack.manager import Stack
@@ -13,7 +11,7 @@ from visage_ml.stack.manager import Stack
 
 def test_external_services_are_used_not_started(stack, project, monkeypatch):
     # The session's stack plays the team's existing PostgreSQL, S3 and MLflow server.
-    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    copy_repo_params(project / "params.yaml")
     write_overrides(
         project / "params.yaml",
         {

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from project_helpers import free_port_range, write_overrides
+from project_helpers import copy_repo_params, free_port_range, write_overrides
 
 from visage_ml.config import ProjectPaths
 from visage_ml.stack import proc
@@ -25,7 +25,7 @@ def stack_project(monkeypatch):
     root = base / "proj"
     root.mkdir()
     root.chmod(0o755)
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    copy_repo_params(root / "params.yaml")
     write_overrides(
         root / "params.yaml",
         {
