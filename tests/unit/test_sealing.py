@@ -26,7 +26,7 @@ from visage_ml.data.processed import load_processed
 from visage_ml.data.rawstore import RawStore
 from visage_ml.faults import FAULT_ENV, FAULT_EXIT
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.datakeys import IMAGE_KINDS, sniff
+from visage_ml.privacy.datakeys import IMAGE_KINDS, sniff, sniff_bytes
 from visage_ml.privacy.keys import MASTER_KEY_ENV, MasterKeyError
 from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.rights.sealing import doctor, rotate_master_key, seal_project
@@ -374,3 +374,64 @@ def test_manifest_and_tables_stay_readable_without_any_key(project):
             for imgs in proj.images.values()
             for png in imgs.values()
         )
+
+
+def test_doctor_finds_a_face_decrypted_anywhere_under_data_and_leaves_it_to_a_person(project):
+    # `visage data decrypt` refuses to write inside the project, but a shell copy does not
+    # ask: a face saved as data/leak.png, data/myexport/face.png or ./leak-root.png was not
+    # found ("0 finding(s)"), while the help promised "plaintext faces in data/".
+    proj = make_project(project, n_subjects=3)
+    paths = proj.paths
+    raw_file = next(paths.raw.glob("p*/*.sealed"))
+    face = PrivacyCore(paths).data_keys.open(raw_file.read_bytes())
+    assert sniff_bytes(face) in IMAGE_KINDS
+    leaks = [paths.root / "data" / "leak.png", paths.root / "data" / "myexport" / "face.png"]
+    leaks.append(paths.root / "leak-root.png")
+    for leak in leaks:
+        leak.parent.mkdir(parents=True, exist_ok=True)
+        leak.write_bytes(face)
+    (paths.root / "data" / "notes.txt").write_text("not an image")
+    found = {(f.kind, f.path, f.action) for f in doctor(paths).findings}
+    assert found == {
+        ("stray_image", leak.relative_to(paths.root).as_posix(), "review") for leak in leaks
+    }
+    # A person decides (it may be the only copy of a source set): --purge leaves it, and the
+    # command still exits 1 saying what to do with it.
+    doctor(paths, purge=True)
+    assert all(leak.is_file() for leak in leaks)
+    r = CliRunner().invoke(app, ["privacy", "doctor", "--purge"])
+    assert r.exit_code == 1 and "marked review" in " ".join(r.output.split())
+
+
+class _Remote:
+    """A DVC remote whose server is down (the local stack stopped): botocore raises."""
+
+    name, local_path, asked = "remote:stack", None, 0
+
+    def exists(self, oid):
+        self.asked += 1
+        raise RuntimeError("EndpointConnectionError")
+
+
+class _Local:
+    name, local_path = "cache", Path("/cache")
+
+    def exists(self, oid):
+        return True
+
+    def read(self, oid):
+        return b"[]"
+
+
+def test_doctor_passes_over_a_remote_it_cannot_reach_and_an_erasure_does_not():
+    # `visage privacy doctor` ended in a botocore traceback after `visage stack down`: it reads
+    # the .dir manifests from every store. It now passes over a dead remote, asked once; an
+    # erasure, which must not pass over a copy, still stops on it.
+    from visage_ml.rights.dvc_objects import read_object
+
+    remote, dead = _Remote(), set()
+    for oid in ("a.dir", "b.dir"):
+        assert read_object([remote, _Local()], oid, unreachable=dead) == b"[]"
+    assert dead == {"remote:stack"} and remote.asked == 1
+    with pytest.raises(RuntimeError):
+        read_object([_Remote(), _Local()], "a.dir")

@@ -71,6 +71,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 HASH_NAMES = ("md5", "md5-dos2unix")
 
 MSG_NOT_REPO = "{root} is not a DVC repository; nothing to purge from DVC storage"
+MSG_UNREACHABLE = "DVC remote {name} cannot be reached ({error}): passed over"
 MSG_STILL_LISTED = (
     "the current data/raw manifest ({md5}) still lists subject {pid}; run the raw-store step "
     "of the erasure first (`visage privacy resume`)"
@@ -304,18 +305,37 @@ def read_manifest(data: bytes) -> list[dict[str, Any]] | None:
     return [e for e in doc if isinstance(e, dict) and "relpath" in e]
 
 
-def read_object(stores: Iterable[ObjectStore], oid: str) -> bytes | None:
-    """The bytes of object ``oid`` from the first store holding it (None when none does)."""
+def read_object(
+    stores: Iterable[ObjectStore], oid: str, *, unreachable: set[str] | None = None
+) -> bytes | None:
+    """The bytes of object ``oid`` from the first store holding it (None when none does).
+
+    Given a set ``unreachable``, a remote that cannot be reached (the local stack stopped, a
+    network down) is passed over, as a store without the object: named there, with one warning,
+    and not asked again. Without it (an erasure must not pass over a copy) its error is raised.
+    """
     for store in stores:
+        if unreachable is not None and store.name in unreachable:
+            continue
         with contextlib.suppress(OSError, FileNotFoundError):
-            if store.exists(oid):
-                return store.read(oid)
+            try:
+                if store.exists(oid):
+                    return store.read(oid)
+            except (OSError, FileNotFoundError):
+                raise
+            except Exception as exc:  # botocore, aiohttp...: not OSErrors
+                if unreachable is None or store.local_path is not None:
+                    raise
+                unreachable.add(store.name)
+                log.warning(MSG_UNREACHABLE.format(name=store.name, error=type(exc).__name__))
     return None
 
 
-def current_references(setup: DvcSetup) -> set[str]:
-    """Object ids the workspace references: outs of .dvc files and dvc.lock, and their entries."""
+def current_references(setup: DvcSetup, *, unreachable_ok: bool = False) -> set[str]:
+    """Object ids the workspace references: outs of .dvc files and dvc.lock, and their entries
+    (``unreachable_ok``: remotes that cannot be reached are passed over, :func:`read_object`)."""
     refs: set[str] = set()
+    unreachable: set[str] | None = set() if unreachable_ok else None
     for f in workspace_files(setup.root, is_ignored_dir=setup.is_ignored_dir):
         try:
             doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
@@ -324,7 +344,7 @@ def current_references(setup: DvcSetup) -> set[str]:
             continue
         refs.update(_outs_md5s(doc))
     for oid in [r for r in refs if r.endswith(".dir")]:
-        data = read_object(setup.stores, oid)
+        data = read_object(setup.stores, oid, unreachable=unreachable)
         entries = read_manifest(data) if data is not None else None
         for e in entries or []:
             if isinstance(e.get("md5"), str):

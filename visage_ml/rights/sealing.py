@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -85,6 +86,10 @@ NO_KEY = "no_key"
 PLAINTEXT = "plaintext"
 LEFTOVER = "leftover"
 NOTEBOOK = "notebook_image"
+# A plaintext image under data/ (or at the project's top) that no store accounts for: a face
+# copied out of its sealed file, or a source set kept inside the project. Someone decides:
+# --purge leaves it (it may be the only copy of a source set).
+STRAY = "stray_image"
 # An anchor template that is not the one the ledger last recorded (an older one put back from a
 # copy or a backup): never used; purged, the subject is re-anchored by a dpo's re-enrolment.
 UNRECORDED_ANCHOR = "unrecorded_anchor"
@@ -460,11 +465,13 @@ class Finding:
     """One thing at rest that should not be: what, where, and what ``--purge`` does."""
 
     # erased_subject, unknown_subject, no_key, plaintext, leftover, notebook_image,
-    # unrecorded_anchor
+    # unrecorded_anchor, stray_image
     kind: str
     path: str
     pid: str | None = None
-    action: str = "purge"  # purge, or "seal" (run `visage privacy seal`: live data)
+    # purge; "seal" (run `visage privacy seal`: live data); "review" (delete it, or move it
+    # out of the project: --purge leaves it)
+    action: str = "purge"
 
 
 @dataclass
@@ -617,6 +624,25 @@ class _Doctor:
             elif sniff(f) == "sealed" and pid and not self.has_key(pid):
                 self.add(NO_KEY, f, pid)
 
+    def strays(self) -> None:
+        """Plaintext images anywhere under ``data/``, and at the project's top, that no other
+        check found (a decrypted face saved beside the data, a source set kept inside)."""
+        seen = {f.path for f in self.report.findings}
+        data = self.root / "data"
+        files = [f for f in sorted(self.root.iterdir()) if f.is_file()]
+        if data.is_dir():
+            for dirpath, dirnames, filenames in os.walk(data):
+                dirnames[:] = sorted(
+                    d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))
+                )
+                files += [Path(dirpath, n) for n in sorted(filenames)]
+        for f in files:
+            if f.is_symlink() or not f.is_file() or _rel(f, self.root) in seen:
+                continue
+            with contextlib.suppress(OSError):
+                if sniff(f) in IMAGE_KINDS:
+                    self.add(STRAY, f, None, "review")
+
     def notebooks(self) -> None:
         """Notebooks anywhere in the project whose outputs hold images (faces shown, saved)."""
         for path in find_image_notebooks(self.root):
@@ -627,7 +653,8 @@ class _Doctor:
         if not dvcops.is_dvc_repo(self.root):
             return []
         setup = dvc_objects.open_setup(self.root)
-        refs = dvc_objects.current_references(setup)
+        # Only local stores are searched; a stopped stack's remote is passed over.
+        refs = dvc_objects.current_references(setup, unreachable_ok=True)
         found = []
         for store in setup.stores:
             if store.local_path is None:
@@ -699,7 +726,9 @@ def doctor(
     """Find what should not be at rest (and remove it with ``purge``).
 
     Looks at ``data/raw``, ``data/scenes``, ``data/processed``, ``gallery/``, the key rings,
-    ``privacy/exports``, notebooks (outputs holding images), the DVC cache and local remotes.
+    ``privacy/exports``, notebooks (outputs holding images), the DVC cache and local remotes,
+    and for any other plaintext image under ``data/`` or at the project's top (``review``:
+    deleted by a person, never by ``purge``).
     Plaintext files of live data that have
     no sealed twin are listed with action ``seal`` (``visage privacy seal`` converts them);
     everything else is purged by ``purge``: files of subjects the registry marks erased or does
@@ -716,6 +745,7 @@ def doctor(
     doc.exports()
     doc.notebooks()
     objects = doc.dvc()
+    doc.strays()
     if purge:
         doc.report.purged = doc.purge(objects)
     return doc.report

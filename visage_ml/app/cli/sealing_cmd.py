@@ -23,7 +23,8 @@ from visage_ml.rights.sealing import open_sealed_file, rotate_master_key, seal_p
 JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
 MSG_DOCTOR_FOUND = (
     "{n} leftover(s) found; `visage privacy doctor --purge` removes those marked purge, "
-    "`visage privacy seal` converts those marked seal"
+    "`visage privacy seal` converts those marked seal; delete those marked review, or move "
+    "them out of the project (a plaintext image: a face in clear?)"
 )
 
 
@@ -103,7 +104,8 @@ def doctor(
     """List biometric leftovers at rest: files of erased or unknown subjects (a restored backup
     of data/raw, gallery/ or the key rings), sealed files without a key, plaintext faces in
     data/, the DVC cache, local remotes and privacy/exports, notebooks whose saved outputs hold
-    images (--purge clears their outputs). Exit code 1 when any is left."""
+    images (--purge clears their outputs), and any other plaintext image under data/ or at the
+    project's top (marked review: --purge leaves it). Exit code 1 when any is left."""
     setup_logging()
     with user_errors():
         report = run_doctor(project(), purge=purge)
