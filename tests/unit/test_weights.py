@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -32,6 +33,17 @@ from visage_ml.models.weights import (
 
 PAYLOAD = os.urandom(3 * weights.CHUNK + 12345)  # several chunks: a stream, not one read
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def _state_dict_bytes(**extra) -> bytes:
+    """What an InceptionResnetV1 checkpoint holds, in the tensors the fetch checks (+ extra)."""
+    state = {k: torch.zeros(shape) for k, shape in weights.SIGNATURE_SHAPES.items()}
+    buf = io.BytesIO()
+    torch.save({**state, **extra}, buf)
+    return buf.getvalue()
+
+
+CASIA = _state_dict_bytes()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -165,16 +177,36 @@ def test_killed_mid_download_leaves_no_file_and_the_next_fetch_works(home):
 
 def test_weights_without_published_hash_are_pinned_on_first_fetch(home):
     pin_file = home / PIN_FILE
-    with serve() as (_, url):
+    with serve(CASIA) as (_, url):
         first = fetch_weights("casia-webface", pin_file=pin_file, url=url)
     assert first.pin == "recorded now"
     pins = json.loads(pin_file.read_text())
-    assert pins["casia-webface"]["sha256"] == SHA and pins["casia-webface"]["size"] == len(PAYLOAD)
+    assert pins["casia-webface"]["sha256"] == hashlib.sha256(CASIA).hexdigest()
+    assert pins["casia-webface"]["size"] == len(CASIA)
     # The upstream file changes: the next fetch refuses it against the recorded pin.
     first.path.unlink()
-    with serve(PAYLOAD + b"x") as (_, url), pytest.raises(WeightsHashError, match="recorded"):
+    with serve(CASIA + b"x") as (_, url), pytest.raises(WeightsHashError, match="recorded"):
         fetch_weights("casia-webface", pin_file=pin_file, url=url)
     assert not first.path.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (PAYLOAD, "not a PyTorch checkpoint"),
+        (_state_dict_bytes(**{"conv2d_1a.conv.weight": torch.zeros(3)}), "no conv2d"),
+    ],
+)
+def test_a_file_that_is_not_such_weights_is_neither_installed_nor_pinned(home, payload, why):
+    # Weights without a published hash are pinned as first fetched, for good: 1,000 random
+    # bytes given with --file were installed and pinned, and every later fetch held to them.
+    pin_file, given = home / PIN_FILE, home / "given.pt"
+    given.write_bytes(payload)
+    with pytest.raises(WeightsError, match=f"not InceptionResnetV1 weights \\({why}"):
+        fetch_weights("casia-webface", pin_file=pin_file, source_file=given)
+    with serve(payload) as (_, url), pytest.raises(WeightsError, match="nothing was installed"):
+        fetch_weights("casia-webface", pin_file=pin_file, url=url)
+    assert not pin_file.exists() and checkpoints(home) == []
 
 
 def test_unpinned_weights_are_only_fetched_over_https(home):

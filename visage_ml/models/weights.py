@@ -79,6 +79,16 @@ MSG_SCHEME = (
     "a published hash are only trusted over https"
 )
 MSG_PIN_FILE = "{path} is not a valid pin file ({reason}); restore it from version control"
+MSG_NOT_WEIGHTS = (
+    "{what} is not InceptionResnetV1 weights ({why}); nothing was installed or pinned: give the "
+    "'{name}' file of the facenet-pytorch {release} release"
+)
+# What an InceptionResnetV1 state dict holds, whatever its training set: the first convolution
+# and the 512-d embedding layer. Checked before a file without a published hash is pinned.
+SIGNATURE_SHAPES: dict[str, tuple[int, ...]] = {
+    "conv2d_1a.conv.weight": (32, 3, 3, 3),
+    "last_linear.weight": (512, 1792),
+}
 
 
 class WeightsError(ValueError):
@@ -278,6 +288,10 @@ class _Staged:
         fsync_dir(self.folder)
         return target
 
+    def readable(self) -> Path:
+        """A path that reads the data written so far (before :meth:`install`)."""
+        return self.part if self.part is not None else Path(f"/proc/self/fd/{self.fd}")
+
     def close(self) -> None:
         """Close; drop the data unless installed."""
         if self.fd >= 0:
@@ -287,6 +301,36 @@ class _Staged:
             with contextlib.suppress(FileNotFoundError):
                 self.part.unlink()
             self.part = None
+
+
+def check_signature(path: Path, *, name: str, what: str) -> None:
+    """Refuse a file that is not an InceptionResnetV1 state dict (:data:`SIGNATURE_SHAPES`).
+
+    Raises
+    ------
+    WeightsError
+        :data:`MSG_NOT_WEIGHTS`, saying what is wrong with it.
+    """
+    import torch
+
+    why = ""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, torch's own errors: not a checkpoint
+        why = f"not a PyTorch checkpoint: {type(exc).__name__}"
+    else:
+        if not isinstance(state, dict):
+            why = "no state dict in it"
+        else:
+            for key, shape in SIGNATURE_SHAPES.items():
+                found = state.get(key)
+                if not isinstance(found, torch.Tensor) or tuple(found.shape) != shape:
+                    why = f"no {key} of shape {shape}"
+                    break
+    if why:
+        raise WeightsError(
+            MSG_NOT_WEIGHTS.format(what=what, why=why, name=name, release=FACENET_RELEASE)
+        )
 
 
 def stale_parts(folder: Path, name: str) -> list[Path]:
@@ -425,6 +469,7 @@ def fetch_weights(
             )
         pin = "published" if spec.sha256 else "recorded"
         if expected is None and pin_file is not None:
+            check_signature(target, name=spec.file, what=f"the file {target}")
             _record_pin(pin_file, spec, found, target.stat().st_size)
             pin = "recorded now"
         return FetchResult(name, target, found, target.stat().st_size, pin, True)
@@ -450,6 +495,8 @@ def fetch_weights(
                 progress=progress,
             )
             what = f"the download from {source}"
+        if expected is None:  # pinned as it is from now on: it must at least be such weights
+            check_signature(staged.readable(), name=spec.file, what=what)
         if expected is not None and digest != expected:
             raise WeightsHashError(
                 MSG_HASH.format(
