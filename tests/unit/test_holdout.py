@@ -66,3 +66,22 @@ def test_out_inside_data_is_refused_and_nothing_is_written(project):
     assert r.exit_code != 0
     assert "inside the project" in r.output
     assert not out.exists()
+
+
+def test_no_probe_left_says_how_many_templates_are_searchable_and_what_to_do(project):
+    # After the shared gallery was tried and left, one template of 139 was searchable and the
+    # command said "every image was enrolled", which was not the cause.
+    from project_helpers import write_overrides
+
+    proj = make_project(project, n_subjects=4, n_images=4)
+    gallery = proj.gallery()
+    stored = len(gallery.stored())
+    for pid in proj.pids[1:]:  # a template the ledger does not record: refused, not searchable
+        path = gallery.template_path(pid)
+        path.write_bytes(gallery.template_path(proj.pids[0]).read_bytes())
+    write_overrides(project / "params.yaml", {"gallery.images_per_subject": 1000})
+    r = runner.invoke(cli, ["gallery", "holdout"])
+    said = " ".join(r.output.split())
+    assert r.exit_code != 0
+    assert f"1 of {stored} stored template(s) searchable" in said, said
+    assert "visage gallery rebuild" in said

@@ -424,7 +424,17 @@ def gallery_holdout(
             count=count,
         )
         if picks.empty:
-            raise UserError("no held-out image of an enrolled subject: every image was enrolled")
+            searchable, stored = len(gallery.searchable()), len(gallery.stored())
+            raise UserError(
+                f"no held-out image of an enrolled subject: {searchable} of {stored} stored "
+                "template(s) searchable, and every image of those was used to enrol them"
+                + (
+                    " (the others are refused or without a legal basis: `visage gallery "
+                    "info` says why; `visage gallery rebuild` re-enrols from data/processed)"
+                    if searchable < stored
+                    else ""
+                )
+            )
         rows = [{"pid": str(r.pid), "image_id": str(r.image_id)} for r in picks.itertuples()]
         if out is not None:
             folder = private_dir(out)
