@@ -34,6 +34,7 @@ from visage_ml.rights.erasure import gallery as gallery_store
 from visage_ml.rights.erasure import pgvector as pg_store
 from visage_ml.rights.erasure.base import Context, label_outcomes
 from visage_ml.rights.export import Delivery, export_subject
+from visage_ml.rights.sealing import doctor
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.gallery import (
     AnchorUnrecordedError,
@@ -427,6 +428,27 @@ def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(p
     assert outcome[f"gallery/templates/{victim[1:3]}/{victim}.tpl"] == "crypto-shredded"
     assert not old.exists()
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+def test_a_withdrawal_after_a_switch_to_pgvector_removes_the_old_memory_template(
+    project, pg, table
+):
+    """Only an erasure took the memory gallery's template away: a subject whose consent to
+    identification ended had the shared key destroyed and the old template left, a keyless
+    file `visage privacy doctor` then listed."""
+    proj = make_project(project, enrol=True)
+    victim = proj.pids[0]
+    old = proj.paths.gallery / "templates" / victim[1:3] / f"{victim}.tpl"
+    assert old.is_file()
+    gallery = _served_from_pg(proj, project, pg, table)
+    try:
+        proj.core.withdraw_consent(victim, ["identification"])
+        (removal,) = [r for r in gallery.purge_without_basis() if r.pid == victim]
+    finally:
+        gallery.close()
+    assert not old.exists()
+    assert f"gallery/templates/{victim[1:3]}/{victim}.tpl" in removal.removed
+    assert not [f for f in doctor(proj.paths).findings if f.pid == victim]
 
 
 def _events(world, kind: str) -> list:

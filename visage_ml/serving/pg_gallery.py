@@ -209,6 +209,7 @@ from visage_ml.serving.gallery import (
     listed_pids,
     meta_for,
     read_meta,
+    template_path,
 )
 from visage_ml.serving.gallery_check import (
     CLUSTER,
@@ -2416,8 +2417,8 @@ class PgGallery(Gallery):
         -------
         Removal
             ``pgvector:<table>/<pid>.tpl`` and ``.embedding`` with their SHA-256 before
-            deletion, the key file and the anchor file; empty when the subject had nothing in the
-            gallery.
+            deletion, the key file, the anchor file and a memory gallery's template left from
+            before the switch to pgvector; empty when the subject had nothing in the gallery.
         """
         check_pid(pid)
         root = self.paths.root
@@ -2438,6 +2439,12 @@ class PgGallery(Gallery):
                 if anchor_hash is not None:
                     secure_unlink(anchor)
                     removed[_rel(anchor, root)] = anchor_hash
+                # The memory gallery's template of a project since switched to pgvector
+                # (docs/deploy.md): unreadable without the key, and gone with it all the same.
+                legacy = template_path(self.paths.gallery, pid)
+                if legacy.is_file():
+                    removed[_rel(legacy, root)] = sha256_file(legacy)
+                    secure_unlink(legacy)
             removed.update(rows)
             if removed:
                 self.core.ledger.append(
