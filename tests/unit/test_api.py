@@ -1269,3 +1269,23 @@ def test_trained_embedder_identifies_held_out_synthfaces_images(pipeline_paths, 
     assert not ranking.app.state.visage.gallery.keys.exists(b)
     for app_client in (ranking, open_ranking_app()):  # and after a restart
         assert {got for _, got in top1s(app_client)}.isdisjoint({a, b})
+
+
+def test_a_dpo_key_is_told_whether_the_subject_was_told(enrolled):
+    # The CLI warns when a request's message to the subject has no address; the API said
+    # nothing, so a DPO working through it never learnt that the subject was not told.
+    s = enrolled
+    pid = s.pids[2]  # SynthFaces people have no contact in the vault
+    r = s.call("POST", f"/v1/subjects/{pid}/restrict", "dpo")
+    assert r.status_code == 200 and r.json()["subject_told"] is False, r.text
+    r = s.call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"})
+    assert r.status_code == 200 and r.json()["subject_told"] is False, r.text
+    reachable = PrivacyCore(s.world.paths).add_subject(
+        source="test", contact="zelda@example.invalid"
+    )
+    r = s.call("POST", f"/v1/subjects/{reachable}/requests", "dpo", json={"right": "access"})
+    assert r.status_code == 200 and r.json()["subject_told"] is True, r.text
+    listing = s.call("GET", "/v1/requests", "dpo").json()["requests"]
+    assert listing and all(item["subject_told"] is None for item in listing)
+    r = s.call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
+    assert r.status_code == 200 and r.json()["subject_told"] is False, r.text

@@ -239,6 +239,12 @@ class RightsResponse(BaseModel):
     event: str = Field(description="Type of the ledger event appended.")
     seq: int = Field(description="Its sequence number in the ledger.")
     subject: SubjectResponse
+    subject_told: bool | None = Field(
+        default=None,
+        description="Whether the message this call queued for the subject had an address: "
+        "false, they were not told (no contact in the vault; reach them another way and keep a "
+        "record); null where nothing was queued or not asked (listings).",
+    )
 
 
 class LedgerEntryOut(BaseModel):
@@ -335,6 +341,12 @@ class RequestOut(BaseModel):
         "null when nothing failed or the request is closed (`visage privacy requests` says the "
         "same).",
     )
+    subject_told: bool | None = Field(
+        default=None,
+        description="Whether the message this call queued for the subject had an address: "
+        "false, they were not told (no contact in the vault; reach them another way and keep a "
+        "record); null where nothing was queued or not asked (listings).",
+    )
 
 
 class RequestsResponse(BaseModel):
@@ -349,6 +361,12 @@ class ErasureResponse(BaseModel):
     artefacts: int = Field(description="Artefacts removed (hashes in the certificate).")
     models_stale: int = Field(description="Models trained with the subject, stale until retrained.")
     timings_s: dict[str, float]
+    subject_told: bool | None = Field(
+        default=None,
+        description="Whether the message this call queued for the subject had an address: "
+        "false, they were not told (no contact in the vault; reach them another way and keep a "
+        "record); null where nothing was queued or not asked (listings).",
+    )
 
 
 class ExportBundle(BaseModel):

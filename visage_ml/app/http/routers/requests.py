@@ -43,6 +43,7 @@ from visage_ml.config import PURPOSES
 from visage_ml.io import sha256_file
 from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.core import PrivacyCore, UnknownSubjectError
+from visage_ml.privacy.outbox import Outbox
 from visage_ml.privacy.requests import (
     RequestBook,
     RequestStateError,
@@ -95,8 +96,13 @@ def _book(svc: Service) -> RequestBook:
     return RequestBook(PrivacyCore(svc.paths), params=svc.params.privacy)
 
 
-def _out(st: Any, b: RequestBook) -> dict[str, Any]:
-    return {**st.to_dict(b.now()), "failure_hint": failure_hint(st)}
+def _out(st: Any, b: RequestBook, *, told: bool = False) -> dict[str, Any]:
+    """A request's state; with ``told``, whether its last message to the subject had an
+    address (``subject_told``: it reads the ledger, so listings leave it out)."""
+    out = {**st.to_dict(b.now()), "failure_hint": failure_hint(st)}
+    if told:
+        out["subject_told"] = not Outbox(b.core).unaddressed(st.request_id)
+    return out
 
 
 def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str, Any]:
@@ -106,7 +112,7 @@ def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str,
         st = action(b)
     if svc.gallery is not None:
         svc.gallery.refresh()
-    return _out(st, b)
+    return _out(st, b, told=True)
 
 
 @router.get(
@@ -147,7 +153,7 @@ def request_new(
         st = b.receive(
             pid, body.right, received_at=body.received_at, details=details, channel=body.channel
         )
-    return _out(st, b)
+    return _out(st, b, told=True)
 
 
 @post("/v1/requests/{request_id}/verify", name="request_verify")
@@ -227,6 +233,7 @@ def erasure(
         "artefacts": result.artefacts,
         "models_stale": len(claims.get("models") or []),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "subject_told": not Outbox(er.core).unaddressed(result.request_id),
     }
 
 

@@ -30,6 +30,7 @@ from visage_ml.app.http.schemas import (
 )
 from visage_ml.app.http.service import DPO_KEY, READER_KEY, SERVICE, Service
 from visage_ml.config import PURPOSES
+from visage_ml.privacy.outbox import Outbox
 from visage_ml.rights.runner import restrict as restrict_request
 
 MSG_NOT_RESTRICTED = "subject {pid} is not restricted; nothing to lift"
@@ -113,7 +114,8 @@ def restrict(
         svc.live_subject(pid)
         reason = body.reason_code if body is not None else "subject_request"
         st = restrict_request(svc.paths, pid, core=svc.core, reason_code=reason)
-    return _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
+    answer = _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
+    return {**answer, "subject_told": not Outbox(svc.core).unaddressed(st.request_id)}
 
 
 @post("/v1/subjects/{pid}/lift", name="lift")
