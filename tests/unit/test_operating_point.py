@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +189,39 @@ def test_serve_loads_only_the_released_score_model_and_confusion(project):
     (paths.reports / "demographic_confusion.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"analytics\.correct: false"):
         create_app(paths, params=params, core=world.core)
+
+
+def test_gallery_info_says_once_that_the_gallery_is_too_large(served_project):
+    # The table's "too large" line and a log line of the same words: printed twice.
+    from project_helpers import pipeline_env, write_overrides
+
+    write_overrides(served_project.paths.params, {"serving.identify.max_expected_fnir": 1e-12})
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "visage"), "gallery", "info"],
+        capture_output=True,
+        text=True,
+        env=pipeline_env(served_project.paths.root),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = r.stdout + r.stderr
+    assert said.count("gallery too large for the target") == 1, said
+
+
+def test_serving_logs_a_too_large_gallery_once_per_size_and_reports_do_not_log(
+    served_project, caplog
+):
+    # /healthz, `visage gallery info` and the demo's summary show the warning themselves; the
+    # identify path logs it, once per gallery size, not once per search.
+    model, _ = load_score_model(served_project.paths, model_version=VERSION, confidence=0.8)
+    policy = IdentificationPolicy(
+        model, target_fpir=0.01, max_expected_fnir=1e-12, fallback=THRESHOLD
+    )
+    with caplog.at_level("WARNING", logger="visage_ml.serving.operating_point"):
+        assert policy.status(12)["too_large"] is True
+        assert not caplog.records
+        for _ in range(3):
+            policy.threshold(12)
+        policy.threshold(13)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "gallery too large for the target at this model's accuracy"
+    ] * 2

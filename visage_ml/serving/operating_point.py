@@ -154,6 +154,7 @@ class IdentificationPolicy:
         self.max_expected_fnir = float(max_expected_fnir)
         self.fallback = float(fallback)
         self.served = functools.lru_cache(maxsize=CACHE_SIZE)(self._served)
+        self._warned: set[int] = set()
 
     @classmethod
     def from_params(
@@ -169,8 +170,13 @@ class IdentificationPolicy:
         )
 
     def threshold(self, n: int) -> float:
-        """The threshold a search of ``n`` searchable templates is answered at."""
-        return self.served(int(n)).point.threshold
+        """The threshold a search of ``n`` searchable templates is answered at (logs, once per
+        size, when the gallery is too large for the target; :meth:`status` only reports it)."""
+        served = self.served(int(n))
+        if served.warning is not None and served.too_large and int(n) not in self._warned:
+            self._warned.add(int(n))
+            logger.warning(served.warning)
+        return served.point.threshold
 
     def _served(self, n: int) -> Served:
         if self.model is None:
@@ -203,8 +209,6 @@ class IdentificationPolicy:
                 fnir=point.expected_fnir,
                 limit=self.max_expected_fnir,
             )
-        if warning is not None:
-            logger.warning(warning)
         return Served(point, SOURCE_MODEL, too_large=warning is not None, warning=warning)
 
     def status(self, n: int) -> dict[str, Any]:
