@@ -317,17 +317,16 @@ def read_object(
     for store in stores:
         if unreachable is not None and store.name in unreachable:
             continue
-        with contextlib.suppress(OSError, FileNotFoundError):
-            try:
-                if store.exists(oid):
-                    return store.read(oid)
-            except (OSError, FileNotFoundError):
+        try:
+            if store.exists(oid):
+                return store.read(oid)
+        except OSError:  # FileNotFoundError too: not in this store
+            continue
+        except Exception as exc:  # botocore, aiohttp...: not OSErrors
+            if unreachable is None or store.local_path is not None:
                 raise
-            except Exception as exc:  # botocore, aiohttp...: not OSErrors
-                if unreachable is None or store.local_path is not None:
-                    raise
-                unreachable.add(store.name)
-                log.warning(MSG_UNREACHABLE.format(name=store.name, error=type(exc).__name__))
+            unreachable.add(store.name)
+            log.warning(MSG_UNREACHABLE.format(name=store.name, error=type(exc).__name__))
     return None
 
 
