@@ -435,3 +435,24 @@ def test_doctor_passes_over_a_remote_it_cannot_reach_and_an_erasure_does_not():
     assert dead == {"remote:stack"} and remote.asked == 1
     with pytest.raises(RuntimeError):
         read_object([_Remote(), _Local()], "a.dir")
+
+
+class _Refused(_Remote):
+    """A remote that answers, but refuses: s3fs turns a 403 (AccessDenied) into PermissionError."""
+
+    def exists(self, oid):
+        self.asked += 1
+        raise PermissionError("AccessDenied")
+
+
+def test_an_erasure_does_not_pass_over_a_remote_that_refuses_it():
+    # read_object's docstring: without `unreachable` "its error is raised" (an erasure must
+    # not pass over a copy). An OSError (403 -> PermissionError, ECONNREFUSED) was instead
+    # taken for "not in this store" and the next store's copy returned.
+    from visage_ml.rights.dvc_objects import read_object
+
+    with pytest.raises(PermissionError):
+        read_object([_Refused(), _Local()], "a.dir")
+    dead: set[str] = set()
+    assert read_object([_Refused(), _Local()], "a.dir", unreachable=dead) == b"[]"
+    assert dead == {"remote:stack"}

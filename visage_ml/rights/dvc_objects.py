@@ -320,9 +320,9 @@ def read_object(
         try:
             if store.exists(oid):
                 return store.read(oid)
-        except OSError:  # FileNotFoundError too: not in this store
+        except FileNotFoundError:  # not in this store
             continue
-        except Exception as exc:  # botocore, aiohttp...: not OSErrors
+        except Exception as exc:  # botocore, aiohttp; a 403 (s3fs: PermissionError), refused
             if unreachable is None or store.local_path is not None:
                 raise
             unreachable.add(store.name)
