@@ -1289,3 +1289,18 @@ def test_a_dpo_key_is_told_whether_the_subject_was_told(enrolled):
     assert listing and all(item["subject_told"] is None for item in listing)
     r = s.call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
     assert r.status_code == 200 and r.json()["subject_told"] is False, r.text
+
+
+def test_verifying_a_request_tells_nobody_so_subject_told_is_null(enrolled):
+    # RequestOut.subject_told: "null where nothing was queued". Verifying a request queues no
+    # message to the subject, yet the answer carried the receipt's state (true here).
+    s = enrolled
+    reachable = PrivacyCore(s.world.paths).add_subject(
+        source="test", contact="zelda@example.invalid"
+    )
+    r = s.call("POST", f"/v1/subjects/{reachable}/requests", "dpo", json={"right": "access"})
+    assert r.status_code == 200, r.text
+    rid = r.json()["request_id"]
+    r = s.call("POST", f"/v1/requests/{rid}/verify", "dpo")
+    assert r.status_code == 200, r.text
+    assert r.json()["subject_told"] is None, r.json()

@@ -105,14 +105,16 @@ def _out(st: Any, b: RequestBook, *, told: bool = False) -> dict[str, Any]:
     return out
 
 
-def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str, Any]:
+def _transition(
+    svc: Service, action: Callable[[RequestBook], Any], *, told: bool = True
+) -> dict[str, Any]:
     """Apply ``action`` to a fresh request book and answer the request's new state."""
     b = _book(svc)
     with _answered():
         st = action(b)
     if svc.gallery is not None:
         svc.gallery.refresh()
-    return _out(st, b, told=True)
+    return _out(st, b, told=told)
 
 
 @router.get(
@@ -165,7 +167,8 @@ def request_verify(
 ) -> dict[str, Any]:
     """Record that the requester's identity was verified (Art. 12(6))."""
     method = body.method if body is not None else "identity_verified"
-    return _transition(svc, lambda b: b.verify(request_id, method=method))
+    # Verifying queues no message to the subject: subject_told stays null.
+    return _transition(svc, lambda b: b.verify(request_id, method=method), told=False)
 
 
 @post("/v1/requests/{request_id}/extend", name="request_extend")
