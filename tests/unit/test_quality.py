@@ -153,3 +153,15 @@ def test_without_a_region_the_enlargement_is_not_measured():
     gate = QualityGate()
     q = gate.assess(box=(0, 0, 80, 90), prob=0.999, crop=textured(), landmarks=FRONTAL)
     assert q.measurements["upscale"] == 1 and q.measurements["size"] == 80
+
+
+def test_the_refusal_of_an_enlarged_face_says_it_was_enlarged():
+    # A face found enlarged 4x (box 64 px, judged 16 px) was refused with "face too small ...
+    # take a photo in which the face is larger": the user enlarges it again, and is refused again.
+    gate = QualityGate.from_params(load_params("params.yaml").serving.quality)
+    small, box, lm = _portrait(44)
+    big = np.asarray(Image.fromarray(small).resize((176, 176), Image.Resampling.NEAREST))
+    q = _assess(gate, big, tuple(v * 4 for v in box), lm * 4)
+    assert q.measurements["upscale"] == 4 and "size" in q.failed
+    msg = refusal(q, what="search for")
+    assert "enlarged" in msg, msg

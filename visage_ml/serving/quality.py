@@ -59,7 +59,17 @@ class Quality:
 
     def reasons(self) -> str:
         """The failed factors in words (``image too blurred, head turned too far``)."""
-        return ", ".join(REASON_TEXT[f] for f in self.failed) or "none"
+        out = []
+        for f in self.failed:
+            text = REASON_TEXT[f]
+            k = self.measurements.get("upscale", 1.0)
+            if f == "size" and k > 1:
+                text += (
+                    f" (enlarged {k:g} times from about {self.measurements['size']:.0f} px: "
+                    "enlarging adds no detail; send the original photo)"
+                )
+            out.append(text)
+        return ", ".join(out) or "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,11 @@ factor is the largest ``k`` that passes, on both axes. A region almost without d
 
 Measured on SynthFaces (README, "quality_too_low"): no genuine face, native or JPEG (quality
 55-95), was found enlarged; nearest-neighbour, bilinear and bicubic enlargements by 2, 3 and 4
-were, and nearest-neighbour ones mostly still after JPEG at quality 90. Not found: bilinear
+were, and nearest-neighbour ones mostly still after JPEG at quality 90. A genuine face that is
+blurred (Gaussian radius 1.5 or more) or compressed hard (JPEG quality 20 or less) can read as
+enlarged 2-8 times: of about 1,500 synthetic faces (blur radius 0-3, JPEG quality 30-70), the
+sharpness bound refused those anyway, or their judged size stayed above ``min_face_px``: none
+the gate accepted before was refused. Not found: bilinear
 and bicubic enlargements compressed afterwards, fractional factors, Lanczos (in part), noise
 added afterwards, and a learned upscaler, which invents the detail it adds.
 """
