@@ -1,4 +1,5 @@
-"""Every command's options: no short or long name given to two options of one command."""
+"""Every command's options: no short or long name given to two options of one command; the CLI
+starts without torch."""
 
 from __future__ import annotations
 
@@ -31,3 +32,14 @@ def test_no_command_gives_one_option_name_to_two_options():
                 if opt.startswith("-") and seen.setdefault(opt, param.name) != param.name:
                     clashes.append(f"{path}: {opt} is {seen[opt]} and {param.name}")
     assert not clashes
+
+
+def test_the_cli_starts_without_loading_torch():
+    # torch costs about 1.3 s of every command's start (`visage privacy subject show` took 3 s);
+    # the commands that train, export or load weights import it when they run.
+    import subprocess
+    import sys
+
+    code = "import sys, visage_ml.app.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "importing the CLI loads torch"

@@ -8,7 +8,6 @@ join with :func:`register_backbone`; nothing downstream switches on names.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visage_ml.models.facenet_files import (  # noqa: F401 (re-exported)
+    FACENET_RELEASE,
+    FACENET_WEIGHTS,
+    facenet_weights_path,
+    torch_home,
+)
+
 logger = logging.getLogger(__name__)
 
 BackboneFactory = Callable[..., nn.Module]
 BACKBONES: dict[str, BackboneFactory] = {}
-
-# facenet-pytorch's published InceptionResnetV1 weights: the file names it caches them under in
-# $TORCH_HOME/checkpoints (see facenet_pytorch.models.inception_resnet_v1.load_weights).
-FACENET_WEIGHTS: dict[str, str] = {
-    "vggface2": "20180402-114759-vggface2.pt",
-    "casia-webface": "20180408-102900-casia-webface.pt",
-}
-FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/tag/v2.2.9"
 
 MISSING_WEIGHTS = (
     "pretrained weights '{name}' not found: expected the file {file} in the folder {folder}. "
@@ -120,17 +118,6 @@ def create_backbone(
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def torch_home() -> Path:
-    """``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch`` (as torch.hub)."""
-    default = os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
-    return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
-
-
-def facenet_weights_path(name: str) -> Path:
-    """Where facenet-pytorch's weights ``name`` are expected: ``$TORCH_HOME/checkpoints/<file>``."""
-    return torch_home() / "checkpoints" / FACENET_WEIGHTS[name]
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from visage_ml.io import atomic_write_json, fsync_dir, sha256_file
-from visage_ml.models.backbones import FACENET_RELEASE, FACENET_WEIGHTS, facenet_weights_path
+from visage_ml.models.facenet_files import FACENET_RELEASE, FACENET_WEIGHTS, facenet_weights_path
 
 logger = logging.getLogger(__name__)
 
