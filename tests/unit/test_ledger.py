@@ -304,3 +304,52 @@ def test_each_entry_names_its_actor_and_ledgers_without_actors_still_verify(tmp_
     assert not bad.ok and bad.bad_line == 4 and "altered" in bad.reason
     with pytest.raises(ValueError, match="actor code"):
         ledger.append("subject.added", new_pid(), {}, actor="Jane Doe <jane@example.org>")
+
+
+def test_the_first_rotation_is_found_in_what_was_appended_since_and_in_a_replaced_file(tmp_path):
+    """The privacy core names the log after the ledger's first key on every request; the scan
+    reads only what was appended since, but never answers from a file that is not the one read."""
+    from visage_ml.privacy.ledger import first_rotation_in_file
+
+    def rotation(key: bytes) -> bytes:
+        old = base64.b64encode(key).decode()
+        return b'{"payload":{"old_key":"%s"},"seq":9,"type":"ledger.key_rotated"}\n' % old.encode()
+
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b'{"seq":0,"type":"subject.registered"}\n')
+    assert first_rotation_in_file(path) is None
+    # A rotation half-written when asked, then ended: found once its line is whole.
+    line = rotation(b"k" * 32)
+    with path.open("ab") as f:
+        f.write(line[:20])
+    assert first_rotation_in_file(path) is None
+    with path.open("ab") as f:
+        f.write(line[20:])
+    assert first_rotation_in_file(path) == b"k" * 32
+    with path.open("ab") as f:
+        f.write(rotation(b"z" * 32))  # a later rotation is not the first
+    assert first_rotation_in_file(path) == b"k" * 32
+    # Replaced by another ledger (a restore, a copy): read again whole.
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(rotation(b"q" * 32))
+    other.replace(path)
+    assert first_rotation_in_file(path) == b"q" * 32
+    path.unlink()
+    assert first_rotation_in_file(path) is None
+
+
+def test_a_ledger_rewritten_in_place_from_its_start_is_read_again_for_its_first_rotation(
+    tmp_path,
+):
+    from visage_ml.privacy.ledger import first_rotation_in_file
+
+    key = base64.b64encode(b"r" * 32).decode()
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b'{"seq":0,"type":"subject.registered"}\n')
+    assert first_rotation_in_file(path) is None
+    # The same file (same inode), truncated and written again longer: its start changed.
+    path.write_bytes(
+        b'{"payload":{"old_key":"%s"},"seq":0,"type":"ledger.key_rotated"}\n' % key.encode()
+        + b'{"seq":1,"type":"subject.registered"}\n'
+    )
+    assert first_rotation_in_file(path) == b"r" * 32

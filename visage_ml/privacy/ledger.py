@@ -1225,3 +1225,18 @@ class LedgerFold(Generic[S]):
                 self._memo.clear()
             else:
                 self._memo.pop(str(Path(path).resolve()), None)
+
+
+def _first_rotation_fold(found: bytes | None, chunk: bytes, offset: int) -> bytes | None:
+    return found if found is not None else first_rotation_old_key(chunk)
+
+
+_FIRST_ROTATION: LedgerFold[bytes | None] = LedgerFold(_first_rotation_fold, None)
+
+
+def first_rotation_in_file(path: Path) -> bytes | None:
+    """:func:`first_rotation_old_key` of the ledger file at ``path``, reading only what was
+    appended since this process last asked (:class:`LedgerFold`). Every served request opens
+    the privacy core, which names the log after this key: reading a 150 MB ledger each time cost
+    0.2 s a request."""
+    return _FIRST_ROTATION(path)

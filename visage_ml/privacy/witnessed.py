@@ -90,7 +90,7 @@ from visage_ml.privacy.ledger import (
     Ledger,
     LedgerError,
     LedgerFold,
-    first_rotation_old_key,
+    first_rotation_in_file,
     line_hash_at,
     raw_key,
 )
@@ -286,11 +286,7 @@ def project_origin(
     """
     if params.origin:
         return params.origin, True
-    try:
-        data = Path(ledger_path or paths.ledger).read_bytes()
-    except FileNotFoundError:
-        data = b""
-    first = first_rotation_old_key(data) if data else None
+    first = first_rotation_in_file(Path(ledger_path or paths.ledger))
     if first is None and paths.ledger_public_key.is_file():
         first = raw_key(load_public_key(paths.ledger_public_key))
     if first is not None:
