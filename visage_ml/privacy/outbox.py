@@ -26,10 +26,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -43,6 +44,7 @@ from visage_ml.io import (
     sha256_bytes,
 )
 from visage_ml.privacy.datakeys import wrapped_keys_exist
+from visage_ml.privacy.ledger import LedgerFold
 from visage_ml.privacy.records import COMPLAINT_TEXT, records_of
 from visage_ml.privacy.sealed import KeyDestroyedError
 from visage_ml.privacy.vault import VaultError
@@ -134,6 +136,30 @@ def channel_of(address: str | None) -> str:
     if address.startswith(("http://", "https://")):
         return WEBHOOK
     return SMTP if EMAIL_RE.fullmatch(address) else NONE
+
+
+def _subject_states_fold(states: Mapping[str, str], chunk: bytes, offset: int) -> Mapping[str, str]:
+    """The state of the last message queued to the data subject, per request id."""
+    out: dict[str, str] | None = None
+    for line in chunk.split(b"\n"):
+        if b'"notification.queued"' not in line:
+            continue
+        entry = orjson.loads(line)
+        payload = entry.get("payload") or {}
+        if entry.get("type") != "notification.queued" or payload.get("audience") != (
+            "data_subject"
+        ):
+            continue
+        rid = payload.get("request_id")
+        if isinstance(rid, str):
+            out = dict(states) if out is None else out
+            out[rid] = payload.get("state")
+    return states if out is None else MappingProxyType(out)
+
+
+_SUBJECT_STATES: LedgerFold[Mapping[str, str]] = LedgerFold(
+    _subject_states_fold, MappingProxyType({})
+)
 
 
 @dataclass
@@ -489,17 +515,10 @@ class Outbox:
 
     def unaddressed(self, request_id: str) -> bool:
         """Whether the last message queued about request ``request_id`` had no address to go
-        to (the subject has no contact in the vault): the subject was not told."""
-        last = None
-        needle = request_id.encode()
-        for _, line in self.core.ledger.iter_lines():
-            if b'"notification.queued"' in line and needle in line:
-                payload = orjson.loads(line).get("payload") or {}
-                if payload.get("request_id") == request_id and payload.get("audience") == (
-                    "data_subject"
-                ):
-                    last = payload.get("state")
-        return last == "no_address"
+        to (the subject has no contact in the vault): the subject was not told. Read from a fold
+        of the ledger carried on from where the process's last call stopped (every request's
+        answer asks: reading a 150k-entry ledger each time cost 0.25 s)."""
+        return _SUBJECT_STATES(self.core.ledger.path).get(request_id) == "no_address"
 
     def discard(self, message_id: str, *, only_dead: bool = False) -> Message | None:
         """Remove a message's file without delivering it (and, for a closing message, the
