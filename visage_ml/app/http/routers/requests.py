@@ -12,6 +12,7 @@ import base64
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -96,10 +97,12 @@ def _book(svc: Service) -> RequestBook:
     return RequestBook(PrivacyCore(svc.paths), params=svc.params.privacy)
 
 
-def _out(st: Any, b: RequestBook, *, told: bool = False) -> dict[str, Any]:
-    """A request's state; with ``told``, whether its last message to the subject had an
-    address (``subject_told``: it reads the ledger, so listings leave it out)."""
-    out = {**st.to_dict(b.now()), "failure_hint": failure_hint(st)}
+def _out(
+    st: Any, b: RequestBook, *, told: bool = False, now: datetime | None = None
+) -> dict[str, Any]:
+    """A request's state at ``now`` (default: the book's clock); with ``told``, whether its
+    last message to the subject had an address (``subject_told``: listings leave it out)."""
+    out = {**st.to_dict(now or b.now()), "failure_hint": failure_hint(st)}
     if told:
         out["subject_told"] = not Outbox(b.core).unaddressed(st.request_id)
     return out
@@ -132,7 +135,8 @@ def requests_(
     whose last attempt failed says at which step, with which code, and what to do next."""
     b = _book(svc)
     items = b.all() if all else b.open()
-    return {"requests": [_out(st, b) for st in items]}
+    now = b.now()  # one reading of the clock for the whole listing (it folds the ledger)
+    return {"requests": [_out(st, b, now=now) for st in items]}
 
 
 @post("/v1/subjects/{pid}/requests", name="request_new")
