@@ -99,6 +99,24 @@ def test_state_is_a_fold_over_the_ledger_not_a_separate_database(setup):
     assert not core.paths.requests.exists()
 
 
+def test_a_new_book_sees_what_the_ledger_holds_now_also_after_a_restore(setup):
+    # Every HTTP call opens a new book, which starts from the request lines this process has
+    # already read; it must never answer from a ledger that is no longer there.
+    core, pid, book, _ = setup
+    a = book.receive(pid, "access")
+    older = core.paths.ledger.read_bytes()
+    assert [s.request_id for s in RequestBook(core).all()] == [a.request_id]
+    b = book.receive(pid, "erasure")
+    book.verify(a.request_id)
+    later = RequestBook(core)
+    assert {s.request_id: s.status for s in later.all()} == {
+        a.request_id: "verified",
+        b.request_id: "received",
+    }
+    core.paths.ledger.write_bytes(older)  # the ledger put back as it was (same file)
+    assert {s.request_id: s.status for s in RequestBook(core).all()} == {a.request_id: "received"}
+
+
 def test_deadline_is_one_calendar_month_after_receipt_and_overdue_requests_are_flagged(setup):
     _, pid, book, clock = setup
     st = book.receive(pid, "access", received_at=RECEIVED)
