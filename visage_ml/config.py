@@ -9,7 +9,9 @@ what was found and what is accepted.
 from __future__ import annotations
 
 import contextvars
+import copy
 import dataclasses
+import functools
 import ipaddress
 import math
 import os
@@ -1238,7 +1240,15 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _load_yaml(text: str) -> Any:
-    """Safe YAML, refusing duplicate keys (a second ``prepare:`` would replace the first)."""
+    """Safe YAML, refusing duplicate keys (a second ``prepare:`` would replace the first).
+
+    The parse of a text is remembered (the caller gets its own copy): a served request reads
+    ``params.yaml`` several times, and PyYAML took 35 ms each time."""
+    return copy.deepcopy(_parsed_yaml(text))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_yaml(text: str) -> Any:
     loader = _UniqueKeyLoader(text)
     try:
         return loader.get_single_data()

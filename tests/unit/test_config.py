@@ -71,3 +71,19 @@ def test_config_show_json_round_trips(project: Path):
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert params_from_dict(shown) == load_params(project / "params.yaml")
+
+
+def test_overrides_and_edits_of_the_file_reach_the_next_read_and_only_that_one(tmp_path):
+    # Reads of one text share a parse: an override must not leak into the next read, and an
+    # edit of the file must be seen at once.
+    p = tmp_path / "params.yaml"
+    p.write_text(Path("params.yaml").read_text())
+    base = load_params(p).train_embedder.epochs
+    assert load_params(p, overrides={"train_embedder.epochs": base + 7}).train_embedder.epochs == (
+        base + 7
+    )
+    assert load_params(p).train_embedder.epochs == base
+    text = p.read_text().replace("  max_faces: 32 ", "  max_faces: 3 ", 1)
+    assert text != p.read_text()
+    p.write_text(text)
+    assert load_params(p).serving.max_faces == 3
