@@ -1304,3 +1304,33 @@ def test_verifying_a_request_tells_nobody_so_subject_told_is_null(enrolled):
     r = s.call("POST", f"/v1/requests/{rid}/verify", "dpo")
     assert r.status_code == 200, r.text
     assert r.json()["subject_told"] is None, r.json()
+
+
+def test_the_ledger_pages_hold_every_entry_once_and_the_filters_miss_none(enrolled, monkeypatch):
+    # The route starts near after_seq and parses only lines holding the pid or type asked for.
+    import visage_ml.privacy.ledger as ledger_mod
+
+    s = enrolled
+    monkeypatch.setattr(ledger_mod, "LINE_STRIDE", 7)  # many strides in a small ledger
+    ledger_mod._LINE_STARTS.forget()
+    full = [json.loads(line) for _, line in PrivacyCore(s.world.paths).ledger.iter_lines()]
+    assert len(full) > 40
+
+    def pages(**query) -> list[dict]:
+        out, after = [], -1
+        while after is not None:
+            r = s.call("GET", "/v1/ledger", "auditor", params={**query, "after_seq": after})
+            assert r.status_code == 200, r.text
+            out += r.json()["entries"]
+            after = r.json()["next_after_seq"]
+        return out
+
+    def seqs(entries) -> list[int]:
+        return [e["seq"] for e in entries]
+
+    assert seqs(pages(limit=5)) == seqs(full)
+    pid = s.pids[3]
+    assert seqs(pages(limit=3, pid=pid)) == seqs(e for e in full if e.get("pid") == pid)
+    enrolled_seqs = seqs(e for e in full if e["type"] == "gallery.enrolled")
+    assert enrolled_seqs and seqs(pages(type="gallery.enrolled", limit=4)) == enrolled_seqs
+    ledger_mod._LINE_STARTS.forget()  # kept at stride 7 otherwise

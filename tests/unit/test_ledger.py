@@ -353,3 +353,29 @@ def test_a_ledger_rewritten_in_place_from_its_start_is_read_again_for_its_first_
         + b'{"seq":1,"type":"subject.registered"}\n'
     )
     assert first_rotation_in_file(path) == b"r" * 32
+
+
+def test_a_reader_after_a_seq_starts_near_it_and_misses_no_entry_after_it(tmp_path):
+    # /v1/ledger?after_seq= pages start at Ledger.offset_before, not at the first entry.
+    from visage_ml.privacy.ledger import LINE_STRIDE
+
+    ledger = make_ledger(tmp_path)
+    ledger.append_many([("subject.added", new_pid(), {"source": "t"})] * (2 * LINE_STRIDE + 5))
+    n = len(ledger)
+
+    def seqs_after(after: int) -> list[int]:
+        off = ledger.offset_before(after)
+        return [int(json.loads(line)["seq"]) for _, line in ledger.iter_lines(start_offset=off)]
+
+    for after in (-1, 0, LINE_STRIDE - 1, LINE_STRIDE, LINE_STRIDE + 7, 2 * LINE_STRIDE, n - 1):
+        got = seqs_after(after)
+        assert got[0] <= after + 1 and got == list(range(got[0], n)), after
+        assert after < 2 * LINE_STRIDE or got[0] >= 2 * LINE_STRIDE  # started near, not at 0
+    # The ledger put back shorter (a restore): no offset past its end, nothing skipped.
+    lines = ledger.path.read_bytes().splitlines(keepends=True)
+    ledger.path.write_bytes(b"".join(lines[: LINE_STRIDE + 3]))
+    assert [s for s in seqs_after(2 * LINE_STRIDE) if s > 2 * LINE_STRIDE] == []
+    assert [s for s in seqs_after(LINE_STRIDE) if s > LINE_STRIDE] == [
+        LINE_STRIDE + 1,
+        LINE_STRIDE + 2,
+    ]

@@ -47,6 +47,8 @@ EXPORT_FORMAT = "visage-audit-export/1"
 EXPORTED_EVENT = "audit.exported"
 ANCHOR_EVENT = "audit.anchored"
 ANCHOR_EVENTS: frozenset[str] = frozenset({EXPORTED_EVENT, ANCHOR_EVENT})
+# What the ledger lines of those events hold (Ledger.entries(containing=...) parses no other).
+ANCHOR_NEEDLES: tuple[bytes, ...] = tuple(f'"{t}"'.encode() for t in sorted(ANCHOR_EVENTS))
 MSG_SHORTER = (
     "the log holds {lines} chained lines but the ledger anchored its head at {n}: lines were "
     "cut from its end; restore privacy/audit.jsonl from a backup or an export"

@@ -177,7 +177,7 @@ class PrivacyCore:
         wanted = {sha256_bytes(data)}
         if self.registry.get(pid) is not None and self.data_keys.exists(pid):
             wanted.add(self._evidence_mac(self.data_keys.key(pid), data))
-        for e in self.ledger.entries():
+        for e in self.ledger.entries(containing=pid.encode()):
             if e.pid != pid or e.type not in ("consent.given", "basis.recorded"):
                 continue
             payload = e.payload if isinstance(e.payload, Mapping) else {}

@@ -705,10 +705,37 @@ class Ledger:
     def __iter__(self) -> Iterator[Entry]:
         return self.entries()
 
-    def entries(self, *, start_offset: int = 0) -> Iterator[Entry]:
-        """Entries in order (complete lines only; a torn tail is not returned)."""
+    def entries(
+        self, *, start_offset: int = 0, containing: bytes | tuple[bytes, ...] = ()
+    ) -> Iterator[Entry]:
+        """Entries in order (complete lines only; a torn tail is not returned).
+
+        ``containing``: only lines holding one of these byte strings are parsed and returned,
+        a cheap filter before the caller's own test of the fields (a pid, ``b'"audit.anchored"'``
+        for a type): most of a large ledger is then never parsed.
+        """
+        needles = (containing,) if isinstance(containing, bytes) else containing
         for _, line in self.iter_lines(start_offset=start_offset):
+            if needles and not any(n in line for n in needles):
+                continue
             yield Entry(**orjson.loads(line))
+
+    def offset_before(self, seq: int) -> int:
+        """A byte offset at which a line with seq at most ``seq`` starts (0 at worst): where a
+        reader of the entries after some seq may start instead of the ledger's beginning."""
+        starts = _LINE_STARTS(self.path)[1]
+        i = min(max(seq, 0) // LINE_STRIDE, len(starts) - 1)
+        while i > 0:
+            with open(self.path, "rb") as fh:
+                fh.seek(starts[i])
+                first = fh.readline()
+            try:
+                if int(orjson.loads(first)["seq"]) <= seq:
+                    return starts[i]
+            except (ValueError, KeyError, TypeError):
+                pass
+            i -= 1
+        return 0
 
     def iter_lines(self, *, start_offset: int = 0) -> Iterator[tuple[int, bytes]]:
         """``(end offset, line bytes)`` of each complete line from ``start_offset``."""
@@ -1155,7 +1182,7 @@ def verify_inclusion_record(record: Mapping[str, Any], leaf_line: bytes) -> bool
 
 def events_of(ledger: Ledger, pid: str) -> list[Entry]:
     """Every entry about ``pid``, in order."""
-    return [e for e in ledger.entries() if e.pid == pid]
+    return [e for e in ledger.entries(containing=pid.encode()) if e.pid == pid]
 
 
 S = TypeVar("S")
@@ -1225,6 +1252,27 @@ class LedgerFold(Generic[S]):
                 self._memo.clear()
             else:
                 self._memo.pop(str(Path(path).resolve()), None)
+
+
+LINE_STRIDE = 1024  # Ledger.offset_before: the start of every LINE_STRIDE-th line is kept
+
+
+def _line_starts_fold(
+    state: tuple[int, tuple[int, ...]], chunk: bytes, offset: int
+) -> tuple[int, tuple[int, ...]]:
+    """(lines so far, start offset of lines 0, LINE_STRIDE, 2 LINE_STRIDE...)."""
+    count, starts = state
+    found = []
+    pos = 0
+    while pos < len(chunk):
+        if count % LINE_STRIDE == 0:
+            found.append(offset + pos)
+        pos = chunk.index(b"\n", pos) + 1
+        count += 1
+    return count, starts + tuple(found)
+
+
+_LINE_STARTS: LedgerFold[tuple[int, tuple[int, ...]]] = LedgerFold(_line_starts_fold, (0, ()))
 
 
 def _first_rotation_fold(found: bytes | None, chunk: bytes, offset: int) -> bytes | None:

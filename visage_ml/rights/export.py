@@ -513,7 +513,7 @@ def _template_item(
 def _history(core: PrivacyCore, pid: str) -> tuple[list[dict], list[dict], list[dict]]:
     """(consent-related history, gallery events, every event) about ``pid``."""
     history, gallery, events = [], [], []
-    for e in core.ledger.entries():
+    for e in core.ledger.entries(containing=pid.encode()):
         if e.pid != pid:
             continue
         item = {"seq": e.seq, "time": e.time, "type": e.type, "payload": dict(e.payload)}

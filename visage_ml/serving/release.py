@@ -135,7 +135,7 @@ def latest_releases(ledger: Any) -> dict[str, Release]:
     """
     chain = None
     out: dict[str, Release] = {}
-    for entry in ledger.entries():
+    for entry in ledger.entries(containing=f'"{RELEASE_EVENT}"'.encode()):
         if entry.type != RELEASE_EVENT:
             continue
         if chain is None:

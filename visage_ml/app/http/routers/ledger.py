@@ -39,7 +39,13 @@ def ledger(
     """Signed ledger entries (pids and hashes only), in order, a page at a time."""
     out: list[dict[str, Any]] = []
     last = None
-    for _end, line in svc.core.ledger.iter_lines():
+    # Lines without the pid or the type asked for are never parsed, and the reading starts
+    # near after_seq, not at the ledger's first entry (a page cost 0.4 s at 150k entries).
+    needles = [n.encode() for n in (pid, type and f'"{type}"') if n]
+    ledger = svc.core.ledger
+    for _end, line in ledger.iter_lines(start_offset=ledger.offset_before(after_seq)):
+        if any(n not in line for n in needles):
+            continue
         obj = orjson.loads(line)
         if obj["seq"] <= after_seq:
             continue
