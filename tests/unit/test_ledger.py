@@ -379,3 +379,21 @@ def test_a_reader_after_a_seq_starts_near_it_and_misses_no_entry_after_it(tmp_pa
         LINE_STRIDE + 1,
         LINE_STRIDE + 2,
     ]
+
+
+def test_entries_containing_a_pid_are_those_a_full_reading_finds_even_across_blocks(
+    tmp_path, monkeypatch
+):
+    import visage_ml.privacy.ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "SCAN_BLOCK", 700)  # lines cut across blocks
+    ledger = make_ledger(tmp_path)
+    pids = fill(ledger, 30)
+    ledger.append("subject.added", pids[4], {"source": "again"})
+    with ledger.path.open("ab") as f:  # a torn last line holding the pid is not an entry
+        f.write(b'{"seq":31,"pid":"%s"' % pids[4].encode())
+    want = [e.seq for e in ledger.entries() if e.pid == pids[4]]
+    assert want == [4, 30]
+    assert [e.seq for e in ledger.entries(containing=pids[4].encode())] == want
+    both = (pids[4].encode(), pids[9].encode())
+    assert [e.seq for e in ledger.entries(containing=both)] == [4, 9, 30]
