@@ -324,3 +324,27 @@ def test_tree_agrees_with_the_rfc_definitions_and_proofs_verify_for_many_sizes()
             assert proof == _subproof(old, hashes[:size], True)
             assert merkle.verify_consistency(old, size, proof, _mth(hashes[:old]), root)
     assert merkle.MerkleTree([]).root() == merkle.EMPTY_ROOT
+
+
+def test_a_tree_extended_leaf_by_leaf_is_the_tree_built_whole():
+    leaves = [merkle.leaf_hash(bytes([i]) * 3) for i in range(70)]
+    for start in range(0, 40):
+        base = merkle.MerkleTree(leaves[:start])
+        for end in (start, start + 1, start + 2, start + 7, 70):
+            grown, whole = base.extended(leaves[start:end]), merkle.MerkleTree(leaves[:end])
+            assert grown.levels == whole.levels, (start, end)
+        assert base.levels == merkle.MerkleTree(leaves[:start]).levels  # left as it was
+
+
+def test_a_tree_is_never_extended_from_one_whose_leaves_differ():
+    # merkle.tree reuses a recent tree only when its leaves are exactly the first ones asked
+    # for: a ledger rewritten before its end gets the root of what it holds now.
+    leaves = [merkle.leaf_hash(b"%d" % i) for i in range(300)]
+    for n in (1, 2, 100, 101, 300):
+        assert merkle.tree(leaves[:n]).root() == merkle.MerkleTree(leaves[:n]).root()
+    altered = [*leaves[:50], merkle.leaf_hash(b"forged"), *leaves[51:]]
+    assert merkle.tree(altered).root() == merkle.MerkleTree(altered).root()
+    assert merkle.tree(altered).root() != merkle.tree(leaves).root()
+    t = merkle.tree(leaves[:257])
+    assert t.consistency_proof(100) == merkle.MerkleTree(leaves[:257]).consistency_proof(100)
+    assert t.inclusion_proof(256) == merkle.MerkleTree(leaves[:257]).inclusion_proof(256)

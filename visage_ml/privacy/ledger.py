@@ -1180,7 +1180,7 @@ def inclusion_for(ledger: Ledger, seq: int, tree_size: int) -> dict[str, Any]:
     hashes = ledger.leaf_hashes(tree_size)
     if len(hashes) < tree_size:
         raise LedgerError(f"the ledger has only {len(hashes)} entries, not {tree_size}")
-    tree = merkle.MerkleTree(hashes)
+    tree = merkle.tree(hashes)
     return {
         "leaf_index": seq,
         "tree_size": tree_size,

@@ -6,6 +6,8 @@ Leaves are byte strings (ledger lines). ``MTH({}) = SHA-256()``, a leaf hashes a
 
 One implementation: :class:`MerkleTree` builds every level once (O(n) hashes), then serves the
 root and each proof in O(log n) node look-ups, which is what a ledger of ~100k entries needs.
+A ledger's trees grow by a few leaves at a time: :func:`tree` extends a tree built lately
+over exactly the same first leaves (:meth:`MerkleTree.extended`, O(new + log n) hashes).
 The module functions (:func:`root`, :func:`inclusion_proof`, :func:`consistency_proof`) are
 shorthands that build a tree; the verifiers need no tree at all.
 """
@@ -13,6 +15,7 @@ shorthands that build a tree; the verifiers need no tree at all.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -121,10 +124,61 @@ class MerkleTree:
         proof.reverse()
         return proof
 
+    def extended(self, hashes: Sequence[bytes]) -> MerkleTree:
+        """The tree of this one's leaves followed by ``hashes``: only the nodes the new leaves
+        change are hashed (about log n of the old ones, and the new ones'); this tree is left
+        as it was."""
+        levels = [[*self.levels[0], *hashes]]
+        start = self.size  # the first node of the level below that changed
+        sha256 = hashlib.sha256
+        while len(levels[-1]) > 1:
+            level, h = levels[-1], len(levels) - 1
+            keep = start // 2
+            old = self.levels[h + 1] if h + 1 < len(self.levels) else []
+            nxt = old[:keep]
+            nxt.extend(
+                sha256(b"\x01" + level[i] + level[i + 1]).digest()
+                for i in range(2 * keep, len(level) - 1, 2)
+            )
+            if len(level) % 2:
+                nxt.append(level[-1])
+            levels.append(nxt)
+            start = keep
+        tree = MerkleTree.__new__(MerkleTree)
+        tree.levels, tree.size = levels, len(levels[0])
+        return tree
+
+
+# The trees built lately (largest last): a ledger's next tree head, certificate or proof is a
+# tree over the same leaves and a few more. Two are kept (each about 65 bytes a leaf, shared).
+_RECENT: list[MerkleTree] = []
+_RECENT_KEPT = 2
+_RECENT_LOCK = threading.Lock()
+
+
+def tree(hashes: Sequence[bytes]) -> MerkleTree:
+    """``MerkleTree(hashes)``, extended from a tree built lately whose leaves are exactly the
+    first of ``hashes`` (compared in full, never assumed), else built whole. An erasure builds
+    four trees over a ledger of 150k entries: 0.12 s each, whole."""
+    with _RECENT_LOCK:
+        recent = sorted(_RECENT, key=lambda t: t.size, reverse=True)
+    base = None
+    for t in recent:
+        if 0 < t.size <= len(hashes) and t.levels[0] == list(hashes[: t.size]):
+            base = t
+            break
+    if base is not None and base.size == len(hashes):
+        return base
+    built = base.extended(hashes[base.size :]) if base is not None else MerkleTree(hashes)
+    with _RECENT_LOCK:
+        _RECENT.append(built)
+        del _RECENT[:-_RECENT_KEPT]
+    return built
+
 
 def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     """``MTH`` of the leaves whose hashes are ``hashes``."""
-    return MerkleTree(hashes).root()
+    return tree(hashes).root()
 
 
 def root(leaves: Sequence[bytes]) -> bytes:

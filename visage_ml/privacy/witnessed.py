@@ -600,7 +600,7 @@ class Witnessing:
             self._record_witness_set()
             hashes = self.ledger.leaf_hashes()
             size = len(hashes)
-            tree = merkle.MerkleTree(hashes)
+            tree = merkle.tree(hashes)
             cp = Checkpoint(self.origin, size, tree.root())
             local = self._latest_info()
             local_size = local[0].size if local and local[0].origin == self.origin else 0
@@ -791,7 +791,7 @@ class Witnessing:
     def checkpoint_and_witness_partial(self) -> Witnessed:
         """The local latest checkpoint with its tree (after a checkpoint short of quorum)."""
         hashes = self.ledger.leaf_hashes()
-        tree = merkle.MerkleTree(hashes)
+        tree = merkle.tree(hashes)
         note = self._local() or b""
         return Witnessed(Checkpoint(self.origin, tree.size, tree.root()), note, [], tree)
 

@@ -495,7 +495,7 @@ class Erasure:
         _fault("certificate", "completed")
         # One pass over the ledger gives the tree head and the inclusion proof.
         hashes = ledger.leaf_hashes(int(head.payload["size"]) if head is not None else None)
-        tree = merkle.MerkleTree(hashes)
+        tree = merkle.tree(hashes)
         root = tree.root().hex()
         if head is None:
             head = ledger.append("tree_head", None, {"size": len(hashes), "root": root})
