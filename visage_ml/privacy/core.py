@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -497,9 +496,7 @@ class PrivacyCore:
 def last_rotation(ledger: Ledger) -> Entry | None:
     """The ledger's last ``ledger.key_rotated`` entry, if any."""
     found = None
-    for _, line in ledger.iter_lines():
-        if ROTATION_TYPE.encode() in line:
-            entry = Entry(**orjson.loads(line))
-            if entry.type == ROTATION_TYPE:
-                found = entry
+    for entry in ledger.entries(containing=f'"{ROTATION_TYPE}"'.encode()):
+        if entry.type == ROTATION_TYPE:
+            found = entry
     return found

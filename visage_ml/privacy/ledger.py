@@ -716,15 +716,17 @@ class Ledger:
         """
         needles = (containing,) if isinstance(containing, bytes) else containing
         if needles:
-            for line in self._lines_containing(needles, start_offset):
+            for line in self.lines_containing(needles, start_offset=start_offset):
                 yield Entry(**orjson.loads(line))
             return
         for _, line in self.iter_lines(start_offset=start_offset):
             yield Entry(**orjson.loads(line))
 
-    def _lines_containing(self, needles: tuple[bytes, ...], start_offset: int) -> Iterator[bytes]:
-        """Complete lines holding one of ``needles``, in order: found by searching large blocks
-        for each needle, never line by line."""
+    def lines_containing(
+        self, needles: Sequence[bytes], *, start_offset: int = 0
+    ) -> Iterator[bytes]:
+        """Complete lines holding one of ``needles`` (without their newline), in order: found
+        by searching large blocks for each needle, never line by line."""
         if not self.path.exists():
             return
         with open(self.path, "rb") as fh:

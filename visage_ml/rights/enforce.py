@@ -268,20 +268,18 @@ class Enforcer:
     def _times(self) -> dict[int, datetime]:
         """Ledger time of every entry a policy counts from, by seq."""
         out: dict[int, datetime] = {}
-        for _, line in self.core.ledger.iter_lines():
-            if any(mark in line for mark in _TIMED):
-                obj = orjson.loads(line)
-                out[obj["seq"]] = parse_time(obj["time"])
+        for line in self.core.ledger.lines_containing(_TIMED):
+            obj = orjson.loads(line)
+            out[obj["seq"]] = parse_time(obj["time"])
         return out
 
     def _enrolled(self) -> dict[str, int]:
         """Each subject's last ``gallery.enrolled`` seq."""
         out: dict[str, int] = {}
-        for _, line in self.core.ledger.iter_lines():
-            if b'"gallery.enrolled"' in line:
-                obj = orjson.loads(line)
-                if obj["type"] == "gallery.enrolled" and obj["pid"]:
-                    out[obj["pid"]] = obj["seq"]
+        for line in self.core.ledger.lines_containing((b'"gallery.enrolled"',)):
+            obj = orjson.loads(line)
+            if obj["type"] == "gallery.enrolled" and obj["pid"]:
+                out[obj["pid"]] = obj["seq"]
         return out
 
     def plan(self) -> list[Action]:
@@ -370,12 +368,11 @@ class Enforcer:
         book = RequestBook(self.core, params=self.params.privacy)
         requests = {s.request_id: s for s in book.all()}
         exported: dict[str, datetime] = {}
-        for _, line in self.core.ledger.iter_lines():
-            if b'"access.exported"' in line:
-                obj = orjson.loads(line)
-                rid = (obj.get("payload") or {}).get("request_id")
-                if obj["type"] == "access.exported" and rid:
-                    exported[rid] = parse_time(obj["time"])
+        for line in self.core.ledger.lines_containing((b'"access.exported"',)):
+            obj = orjson.loads(line)
+            rid = (obj.get("payload") or {}).get("request_id")
+            if obj["type"] == "access.exported" and rid:
+                exported[rid] = parse_time(obj["time"])
         folder = self.paths.root / EXPORTS_DIR
         keep = records.retention("export_bundles")
         if folder.is_dir():
@@ -419,9 +416,7 @@ class Enforcer:
             return []
         died: dict[str, datetime] = {}
         seen: dict[str, datetime] = {}
-        for _, line in self.core.ledger.iter_lines():
-            if b'"notification.' not in line:
-                continue
+        for line in self.core.ledger.lines_containing((b'"notification.',)):
             obj = orjson.loads(line)
             payload = obj.get("payload") or {}
             mid = str(payload.get("message_id"))

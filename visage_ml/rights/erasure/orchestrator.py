@@ -541,10 +541,15 @@ class Erasure:
 def _completion_entries(ledger: Any, seq: int) -> tuple[Any, Any]:
     """The ``erasure.completed`` entry at ``seq`` and the first tree head after it (or None)."""
     completed = head = None
-    for i, (_, line) in enumerate(ledger.iter_lines()):
-        if i == seq:
-            completed = Entry(**json.loads(line))
-        elif i > seq and b'"tree_head"' in line:
+    # Read from near seq (Ledger.offset_before), not from the first entry.
+    for _, line in ledger.iter_lines(start_offset=ledger.offset_before(seq)):
+        if completed is None:
+            obj = json.loads(line)
+            if obj["seq"] == seq:
+                completed = Entry(**obj)
+            elif obj["seq"] > seq:
+                break
+        elif b'"tree_head"' in line:
             entry = Entry(**json.loads(line))
             if entry.type == "tree_head":
                 head = entry
