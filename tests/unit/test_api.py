@@ -1333,4 +1333,8 @@ def test_the_ledger_pages_hold_every_entry_once_and_the_filters_miss_none(enroll
     assert seqs(pages(limit=3, pid=pid)) == seqs(e for e in full if e.get("pid") == pid)
     enrolled_seqs = seqs(e for e in full if e["type"] == "gallery.enrolled")
     assert enrolled_seqs and seqs(pages(type="gallery.enrolled", limit=4)) == enrolled_seqs
+    both = seqs(pages(pid=pid, type="gallery.enrolled"))
+    assert both and both == seqs(
+        e for e in full if e.get("pid") == pid and e["type"] == ("gallery.enrolled")
+    )
     ledger_mod._LINE_STARTS.forget()  # kept at stride 7 otherwise

@@ -43,8 +43,14 @@ def ledger(
     # near after_seq, not at the ledger's first entry (a page cost 0.4 s at 150k entries).
     needles = [n.encode() for n in (pid, type and f'"{type}"') if n]
     ledger = svc.core.ledger
-    for _end, line in ledger.iter_lines(start_offset=ledger.offset_before(after_seq)):
-        if any(n not in line for n in needles):
+    start = ledger.offset_before(after_seq)
+    lines = (
+        ledger.lines_containing(needles[:1], start_offset=start)
+        if needles
+        else (line for _end, line in ledger.iter_lines(start_offset=start))
+    )
+    for line in lines:
+        if any(n not in line for n in needles[1:]):
             continue
         obj = orjson.loads(line)
         if obj["seq"] <= after_seq:
