@@ -100,6 +100,7 @@ from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.registry import NO_BASIS_REASONS, REASON_TEXT
 from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, open_sealed, seal
 from visage_ml.serving.gallery_check import (
+    ENROLLED_NEEDLE,
     NO_KEY,
     SEALED,
     UNRECORDED,
@@ -1252,7 +1253,7 @@ class Gallery:
         """:meth:`check_templates` over ``pids`` (a second look: ``first`` false); returns the
         pids found wrong or in flight."""
         registry = self.core.registry.refresh()
-        history = enrolment_history(self.core.ledger.iter_lines())
+        history = enrolment_history(self.core.ledger.lines_containing((ENROLLED_NEEDLE,)))
         now = ledger_time(self.core.ledger.clock())
         for pid in pids:
             status, blob, _ = self._read(pid)

@@ -187,12 +187,15 @@ def ledger_time(text: str) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
-def enrolment_history(lines: Iterable[tuple[int, bytes]]) -> dict[str, list[tuple[str, str]]]:
+ENROLLED_NEEDLE = b'"gallery.enrolled"'
+
+
+def enrolment_history(lines: Iterable[bytes]) -> dict[str, list[tuple[str, str]]]:
     """``pid -> [(template_sha256, ledger time), ...]`` of every ``gallery.enrolled`` event, in
-    ledger order (``lines``: a ledger's ``iter_lines()``)."""
+    ledger order (``lines``: a ledger's ``lines_containing((ENROLLED_NEEDLE,))``, or all)."""
     out: dict[str, list[tuple[str, str]]] = {}
-    for _, line in lines:
-        if b'"gallery.enrolled"' not in line:
+    for line in lines:
+        if ENROLLED_NEEDLE not in line:
             continue
         obj = orjson.loads(line)
         if obj.get("type") != "gallery.enrolled" or not obj.get("pid"):

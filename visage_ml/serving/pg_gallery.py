@@ -214,6 +214,7 @@ from visage_ml.serving.gallery import (
 from visage_ml.serving.gallery_check import (
     CLUSTER,
     EMBEDDING,
+    ENROLLED_NEEDLE,
     NO_KEY,
     REVOKED_MISSING,
     REVOKED_UNBACKED,
@@ -2146,7 +2147,7 @@ class PgGallery(Gallery):
             # in the ledger as read below (a row commits after its gallery.enrolled event).
             conn.execute("SELECT 1")
             registry = self.core.registry.refresh()
-            history = enrolment_history(self.core.ledger.iter_lines())
+            history = enrolment_history(self.core.ledger.lines_containing((ENROLLED_NEEDLE,)))
             now = ledger_time(self.core.ledger.clock())
             with conn.cursor(name="visage_gallery_check", binary=True) as cur:
                 cur.itersize = 512
