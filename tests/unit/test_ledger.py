@@ -397,3 +397,23 @@ def test_entries_containing_a_pid_are_those_a_full_reading_finds_even_across_blo
     assert [e.seq for e in ledger.entries(containing=pids[4].encode())] == want
     both = (pids[4].encode(), pids[9].encode())
     assert [e.seq for e in ledger.entries(containing=both)] == [4, 9, 30]
+
+
+def test_an_empty_needle_is_in_every_line_and_the_search_for_it_ends(tmp_path):
+    # b"" is in every line: entries(containing=b"") (a pid of "" given to
+    # `visage privacy consent check-evidence`, events_of) must list every entry, not spin for ever.
+    import threading
+
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 3)
+    found: list[list[int]] = []
+    t = threading.Thread(
+        target=lambda: found.append([e.seq for e in ledger.entries(containing=b"")]), daemon=True
+    )
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "Ledger.entries(containing=b'') never returns"
+    assert found == [[0, 1, 2]]
+    assert list(ledger.lines_containing((b"", b"subject.added"))) == [
+        line for _, line in ledger.iter_lines()
+    ]
