@@ -141,10 +141,12 @@ def channel_of(address: str | None) -> str:
 def _subject_states_fold(states: Mapping[str, str], chunk: bytes, offset: int) -> Mapping[str, str]:
     """The state of the last message queued to the data subject, per request id."""
     out: dict[str, str] | None = None
-    for line in chunk.split(b"\n"):
-        if b'"notification.queued"' not in line:
-            continue
-        entry = orjson.loads(line)
+    needle = b'"notification.queued"'
+    pos = chunk.find(needle)
+    while pos != -1:  # from one such line to the next: the rest of the ledger is not split
+        stop = chunk.find(b"\n", pos)
+        entry = orjson.loads(chunk[chunk.rfind(b"\n", 0, pos) + 1 : stop])
+        pos = chunk.find(needle, stop)
         payload = entry.get("payload") or {}
         if entry.get("type") != "notification.queued" or payload.get("audience") != (
             "data_subject"
