@@ -753,6 +753,8 @@ class Ledger:
     def offset_before(self, seq: int) -> int:
         """A byte offset at which a line with seq at most ``seq`` starts (0 at worst): where a
         reader of the entries after some seq may start instead of the ledger's beginning."""
+        if seq < LINE_STRIDE:  # the first page: no need to index the ledger
+            return 0
         starts = _LINE_STARTS(self.path)[1]
         i = min(max(seq, 0) // LINE_STRIDE, len(starts) - 1)
         while i > 0:
