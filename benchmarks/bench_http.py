@@ -97,25 +97,17 @@ def build_project(root: Path, n: int) -> dict[str, Any]:
 def serve(root: Path, port: int) -> None:
     """The server process: the tiny-model engine, the project's gallery, uvicorn."""
     import uvicorn
-    from serving_fakes import DIM, THRESHOLD, fake_engine
+    from serving_fakes import fake_engine, open_gallery
 
     from visage_ml.app.http.app import create_app
     from visage_ml.config import ProjectPaths, load_params
     from visage_ml.privacy.core import PrivacyCore
-    from visage_ml.serving.gallery import Gallery
 
     paths = ProjectPaths(root)
     params = load_params(paths.params)
     engine = fake_engine(root)
     core = PrivacyCore(paths)
-    gallery = Gallery.open(
-        paths,
-        model_version=VERSION,
-        embedding_dim=DIM,
-        threshold=THRESHOLD,
-        core=core,
-        embed=engine.embed,
-    )
+    gallery = open_gallery(paths, core, engine, version=VERSION)
     app = create_app(paths, params=params, engine=engine, gallery=gallery, core=core)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

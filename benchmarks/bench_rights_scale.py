@@ -72,10 +72,10 @@ def build(root: Path, n: int) -> dict[str, Any]:
         GENDERS,
         GROUPS,
         MODEL_SIZE,
-        THRESHOLD,
         face_tile,
         fake_engine,
         make_person,
+        open_gallery,
         receipt,
     )
     from test_operating_point import model_doc
@@ -85,7 +85,6 @@ def build(root: Path, n: int) -> dict[str, Any]:
     from visage_ml.privacy.requests import RequestBook
     from visage_ml.rights.erasure import Erasure
     from visage_ml.rights.runner import restrict as restrict_request
-    from visage_ml.serving.gallery import Gallery
     from visage_ml.serving.release import SCORE_MODEL_JSON, record_release
 
     steps: dict[str, float] = {}
@@ -124,14 +123,7 @@ def build(root: Path, n: int) -> dict[str, Any]:
     # Every allowed subject enrolled but the last 20 (kept for the enrol calls).
     params = load_params(paths.params)
     engine = fake_engine(root, max_faces=params.serving.max_faces)
-    gallery = Gallery.open(
-        paths,
-        model_version=VERSION,
-        embedding_dim=DIM,
-        threshold=THRESHOLD,
-        core=core,
-        embed=engine.embed,
-    )
+    gallery = open_gallery(paths, core, engine, version=VERSION)
     allowed = pids[: n - without]
     t = time.perf_counter()
     prng = np.random.default_rng(1)
@@ -203,13 +195,12 @@ def grow(root: Path, pids: list[str], rounds: int) -> None:
 def time_routes(root: Path, built: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
     """Each route twice through a fresh app; per route the times and status codes."""
     from fastapi.testclient import TestClient
-    from serving_fakes import DIM, THRESHOLD, face_tile, fake_engine, png_b64, scene
+    from serving_fakes import face_tile, fake_engine, open_gallery, png_b64, scene
 
     from visage_ml.app.http.app import create_app
     from visage_ml.app.http.auth import ROLES, KeyStore
     from visage_ml.config import ProjectPaths, load_params
     from visage_ml.privacy.core import PrivacyCore
-    from visage_ml.serving.gallery import Gallery
     from visage_ml.serving.operating_point import load_score_model
 
     paths = ProjectPaths(root)
@@ -217,14 +208,7 @@ def time_routes(root: Path, built: dict[str, Any], out: dict[str, Any]) -> dict[
     t = time.perf_counter()
     core = PrivacyCore(paths)
     engine = fake_engine(root, max_faces=params.serving.max_faces)
-    gallery = Gallery.open(
-        paths,
-        model_version=VERSION,
-        embedding_dim=DIM,
-        threshold=THRESHOLD,
-        core=core,
-        embed=engine.embed,
-    )
+    gallery = open_gallery(paths, core, engine, version=VERSION)
     model, _ = load_score_model(paths, model_version=VERSION, confidence=0.8)
     app = create_app(
         paths, params=params, engine=engine, gallery=gallery, core=core, score_model=model

@@ -71,7 +71,7 @@ def prepare(root: Path, *, n_subjects: int = 64, enrolled: int = 32) -> Site:
 def serve(root: Path, port: int) -> None:
     """The server process: fake engine, the project's gallery, uvicorn on loopback."""
     import uvicorn
-    from serving_fakes import DIM, THRESHOLD, fake_engine
+    from serving_fakes import fake_engine, open_gallery
 
     # Deferred: FastAPI is heavy and only the server subprocess needs the app.
     from visage_ml.app.http.app import create_app
@@ -80,14 +80,7 @@ def serve(root: Path, port: int) -> None:
     params = load_params(paths.params)
     engine = fake_engine(root, max_faces=params.serving.max_faces)
     core = PrivacyCore(paths)
-    gallery = Gallery.open(
-        paths,
-        model_version=VERSION,
-        embedding_dim=DIM,
-        threshold=THRESHOLD,
-        core=core,
-        embed=engine.embed,
-    )
+    gallery = open_gallery(paths, core, engine, version=VERSION)
     app = create_app(paths, params=params, engine=engine, gallery=gallery, core=core)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

@@ -201,3 +201,18 @@ def fake_engine(
         mode=mode,
         **kw,
     )
+
+
+def open_gallery(paths: ProjectPaths, core: PrivacyCore, engine: Engine, *, version: str):
+    """The memory gallery of ``paths`` on the fakes' embedding size and threshold, embedding
+    with ``engine`` (as ``visage serve`` opens it)."""
+    from visage_ml.serving.gallery import Gallery
+
+    return Gallery.open(
+        paths,
+        model_version=version,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=core,
+        embed=engine.embed,
+    )
