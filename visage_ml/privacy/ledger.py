@@ -226,6 +226,20 @@ def read_appended(path: Path, offset: int, size: int) -> bytes:
     return data[: data.rfind(b"\n") + 1]
 
 
+def line_spans(data: bytes, needles: Sequence[bytes]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each line of ``data`` (complete lines) holding one of ``needles``
+    (non-empty), in order, ``end`` at its newline: found by jumping from one needle to the next,
+    so the rest (nearly all of a large ledger) is neither split nor parsed."""
+    spans = set()
+    for needle in needles:
+        pos = data.find(needle)
+        while pos != -1:
+            stop = data.find(b"\n", pos)
+            spans.add((data.rfind(b"\n", 0, pos) + 1, stop))
+            pos = data.find(needle, stop)
+    return sorted(spans)
+
+
 @dataclass(frozen=True)
 class Entry:
     """One verified-form ledger entry."""
@@ -740,14 +754,7 @@ class Ledger:
                 data = rest + block
                 end = data.rfind(b"\n") + 1
                 data, rest = data[:end], data[end:]
-                spans = set()
-                for needle in needles:
-                    pos = data.find(needle)
-                    while pos != -1:
-                        stop = data.find(b"\n", pos)
-                        spans.add((data.rfind(b"\n", 0, pos) + 1, stop))
-                        pos = data.find(needle, stop)
-                for a, b in sorted(spans):
+                for a, b in line_spans(data, needles):
                     yield data[a:b]
 
     def offset_before(self, seq: int) -> int:

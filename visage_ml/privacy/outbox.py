@@ -44,7 +44,7 @@ from visage_ml.io import (
     sha256_bytes,
 )
 from visage_ml.privacy.datakeys import wrapped_keys_exist
-from visage_ml.privacy.ledger import LedgerFold
+from visage_ml.privacy.ledger import LedgerFold, line_spans
 from visage_ml.privacy.records import COMPLAINT_TEXT, records_of
 from visage_ml.privacy.sealed import KeyDestroyedError
 from visage_ml.privacy.vault import VaultError
@@ -141,12 +141,8 @@ def channel_of(address: str | None) -> str:
 def _subject_states_fold(states: Mapping[str, str], chunk: bytes, offset: int) -> Mapping[str, str]:
     """The state of the last message queued to the data subject, per request id."""
     out: dict[str, str] | None = None
-    needle = b'"notification.queued"'
-    pos = chunk.find(needle)
-    while pos != -1:  # from one such line to the next: the rest of the ledger is not split
-        stop = chunk.find(b"\n", pos)
-        entry = orjson.loads(chunk[chunk.rfind(b"\n", 0, pos) + 1 : stop])
-        pos = chunk.find(needle, stop)
+    for a, b in line_spans(chunk, (b'"notification.queued"',)):
+        entry = orjson.loads(chunk[a:b])
         payload = entry.get("payload") or {}
         if entry.get("type") != "notification.queued" or payload.get("audience") != (
             "data_subject"

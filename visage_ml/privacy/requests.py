@@ -53,7 +53,7 @@ from visage_ml.privacy.certificate import render, sign
 from visage_ml.privacy.clock import Now, decide, given, ledger_times
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
-from visage_ml.privacy.ledger import LedgerFold, read_appended
+from visage_ml.privacy.ledger import LedgerFold, line_spans, read_appended
 from visage_ml.privacy.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -361,15 +361,7 @@ def _request_lines(data: bytes) -> bytes:
     """The lines of ``data`` (complete ledger lines) that name a request, each ending in a
     newline. Only request.* and erasure.* events do: jump from one such line to the next and
     leave the rest (nearly all of a large ledger) unparsed."""
-    needle = b'"request_id"'
-    out = []
-    pos = data.find(needle)
-    while pos != -1:
-        start = data.rfind(b"\n", 0, pos) + 1
-        stop = data.find(b"\n", pos) + 1
-        out.append(data[start:stop])
-        pos = data.find(needle, stop)
-    return b"".join(out)
+    return b"".join(data[a : b + 1] for a, b in line_spans(data, (b'"request_id"',)))
 
 
 def _fold_request_lines(state: tuple[bytes, int], chunk: bytes, offset: int) -> tuple[bytes, int]:
