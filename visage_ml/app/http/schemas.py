@@ -19,6 +19,13 @@ MAX_ENROL_IMAGES = 20
 MAX_TOP_K = 100
 
 
+SUBJECT_TOLD = (
+    "Whether the message this call queued for the subject had an address: false, they were not "
+    "told (no contact in the vault; reach them another way and keep a record); null where "
+    "nothing was queued or not asked (listings)."
+)
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable, machine-readable error code.")
     message: str = Field(description="What went wrong and what to do.")
@@ -239,12 +246,7 @@ class RightsResponse(BaseModel):
     event: str = Field(description="Type of the ledger event appended.")
     seq: int = Field(description="Its sequence number in the ledger.")
     subject: SubjectResponse
-    subject_told: bool | None = Field(
-        default=None,
-        description="Whether the message this call queued for the subject had an address: "
-        "false, they were not told (no contact in the vault; reach them another way and keep a "
-        "record); null where nothing was queued or not asked (listings).",
-    )
+    subject_told: bool | None = Field(default=None, description=SUBJECT_TOLD)
 
 
 class LedgerEntryOut(BaseModel):
@@ -341,12 +343,7 @@ class RequestOut(BaseModel):
         "null when nothing failed or the request is closed (`visage privacy requests` says the "
         "same).",
     )
-    subject_told: bool | None = Field(
-        default=None,
-        description="Whether the message this call queued for the subject had an address: "
-        "false, they were not told (no contact in the vault; reach them another way and keep a "
-        "record); null where nothing was queued or not asked (listings).",
-    )
+    subject_told: bool | None = Field(default=None, description=SUBJECT_TOLD)
 
 
 class RequestsResponse(BaseModel):
@@ -361,12 +358,7 @@ class ErasureResponse(BaseModel):
     artefacts: int = Field(description="Artefacts removed (hashes in the certificate).")
     models_stale: int = Field(description="Models trained with the subject, stale until retrained.")
     timings_s: dict[str, float]
-    subject_told: bool | None = Field(
-        default=None,
-        description="Whether the message this call queued for the subject had an address: "
-        "false, they were not told (no contact in the vault; reach them another way and keep a "
-        "record); null where nothing was queued or not asked (listings).",
-    )
+    subject_told: bool | None = Field(default=None, description=SUBJECT_TOLD)
 
 
 class ExportBundle(BaseModel):
