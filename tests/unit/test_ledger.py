@@ -100,6 +100,69 @@ def test_forged_entry_with_recomputed_hash_fails_signature(tmp_path):
     assert "signature" in result.reason
 
 
+def _rechained(lines: list[bytes], start: int, forge: bool = True) -> list[bytes]:
+    """``lines`` with entry ``start`` altered (when ``forge``) and every entry from it on given
+    a hash and link that recompute: only the signatures, which need the key, stay wrong."""
+    out = list(lines[:start])
+    for line in lines[start:]:
+        obj = json.loads(line)
+        if forge and obj["seq"] == start:
+            obj["payload"]["source"] = "forged"
+        obj["prev_hash"] = hashlib.sha256(out[-1]).hexdigest() if out else obj["prev_hash"]
+        obj["hash"] = entry_hash(
+            obj["seq"],
+            obj["time"],
+            obj["type"],
+            obj["pid"],
+            obj["payload"],
+            obj["prev_hash"],
+            obj.get("actor"),
+        )
+        out.append(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+    return out
+
+
+@pytest.fixture
+def checked_on_threads(monkeypatch):
+    """Ledger.verify checks ordinary entries' signatures on 4 threads, 1 entry or more each."""
+    import visage_ml.privacy.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "SIGNATURE_THREADS", 4)
+    monkeypatch.setattr(ledger_module, "_SIGNATURES_PER_THREAD", 1)
+
+
+def test_a_forged_run_of_entries_is_named_at_its_first_entry_when_checked_on_threads(
+    tmp_path, checked_on_threads
+):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 40)
+    original = ledger.path.read_bytes().splitlines()
+    for start in (1, 7, 23, 38):
+        ledger.path.write_bytes(b"\n".join(_rechained(original, start)) + b"\n")
+        result = ledger.verify()
+        assert (result.ok, result.bad_line, result.bad_seq) == (False, start + 1, start), start
+        assert "bad signature" in result.reason
+    ledger.path.write_bytes(b"\n".join(original) + b"\n")
+    assert ledger.verify().ok
+
+
+def test_a_bad_signature_before_a_sequence_gap_is_the_problem_named_and_not_after_it(
+    tmp_path, checked_on_threads
+):
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 40)
+    original = ledger.path.read_bytes().splitlines()
+    forged = _rechained(original, 5)
+    # a gap at entry 30 after a forged entry 5: the forgery is named
+    ledger.path.write_bytes(b"\n".join(forged[:30] + forged[31:]) + b"\n")
+    assert ledger.verify().bad_line == 6
+    # a forged entry 20 after a gap at entry 10: the gap is named
+    forged = _rechained(original, 20)
+    ledger.path.write_bytes(b"\n".join(forged[:10] + forged[11:]) + b"\n")
+    result = ledger.verify()
+    assert (result.bad_line, result.reason) == (11, "sequence gap: expected seq 10")
+
+
 def test_deleted_entry_is_a_sequence_gap(tmp_path):
     ledger = make_ledger(tmp_path)
     fill(ledger, 4)

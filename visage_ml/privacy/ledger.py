@@ -38,6 +38,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1046,7 +1047,7 @@ class Ledger:
         def bad(i: int, seq: int | None, reason: str) -> VerifyResult:
             return VerifyResult(False, i, heads, i + 1, seq, reason)
 
-        def sig_ok(obj: dict[str, Any], key: bytes) -> bool:
+        def sig_ok(obj: Mapping[str, Any], key: bytes) -> bool:
             try:
                 raw = base64.b64decode(obj["sig"], validate=True)
                 Ed25519PublicKey.from_public_bytes(key).verify(raw, obj["hash"].encode())
@@ -1057,58 +1058,85 @@ class Ledger:
             # no later prev_hash covers) can change unnoticed.
             return base64.b64encode(raw).decode("ascii") == obj["sig"]
 
-        def bad_sig(i: int, seq: int | None, key: bytes) -> VerifyResult:
-            return bad(
+        def bad_sig(
+            i: int, seq: int | None, key: bytes, at_heads: int | None = None
+        ) -> VerifyResult:
+            return VerifyResult(
+                False,
                 i,
+                heads if at_heads is None else at_heads,
+                i + 1,
                 seq,
                 "bad signature (not signed by the key in force, fingerprint "
                 f"{hashlib.sha256(key).hexdigest()[:16]}; a forged entry or a replaced "
                 "privacy/ledger.pub)",
             )
 
-        for i, line in enumerate(lines):
-            body = _body_of(line)
-            try:
-                obj = orjson.loads(line)
-                if body is None or (set(obj) != _FIELDS and set(obj) != _FIELDS_ACTOR):
-                    raise KeyError("fields")
-                seq = obj["seq"]
-            except (ValueError, KeyError, TypeError):
-                return bad(i, i, "not a well-formed ledger entry (bytes were altered)")
-            if seq != i:
-                return bad(i, seq, f"sequence gap: expected seq {i}")
-            if hashlib.sha256(body).hexdigest() != obj["hash"]:
-                return bad(i, seq, "hash mismatch: the entry was altered")
-            if obj["prev_hash"] != prev:
-                if i > 0 and not sig_ok(parsed[i - 1], parsed[i - 1]["key"]):
-                    return VerifyResult(False, i - 1, heads, i, i - 1, "bad signature")
-                return bad(i, seq, "prev_hash does not match the previous entry")
-            rotation = obj["type"] == ROTATION_TYPE
-            if (
-                all_signatures or obj["type"] == "tree_head" or rotation or i == n - 1
-            ) and not sig_ok(obj, active):
-                return bad_sig(i, seq, active)
-            if rotation:
+        # The anchors' signatures are checked on the walk below, the other entries' together
+        # once it ends (on threads: Ed25519 verification releases the GIL). The problem named
+        # is still the first: a bad signature before the line where the walk stopped wins.
+        deferred: list[tuple[int, int]] = []  # (line index, tree heads before it)
+
+        def settle(found: VerifyResult | None) -> VerifyResult | None:
+            upto = found.entries if found is not None else n
+            items = [(i, at, parsed[i]) for i, at in deferred if i <= upto]
+            first = _first_bad_signature(items, sig_ok)
+            if first is None:
+                return found
+            i, at_heads, entry = first
+            return bad_sig(i, i, entry["key"], at_heads)
+
+        def walk() -> VerifyResult | None:
+            nonlocal prev, heads, active
+            for i, line in enumerate(lines):
+                body = _body_of(line)
                 try:
+                    obj = orjson.loads(line)
+                    if body is None or (set(obj) != _FIELDS and set(obj) != _FIELDS_ACTOR):
+                        raise KeyError("fields")
+                    seq = obj["seq"]
+                except (ValueError, KeyError, TypeError):
+                    return bad(i, i, "not a well-formed ledger entry (bytes were altered)")
+                if seq != i:
+                    return bad(i, seq, f"sequence gap: expected seq {i}")
+                if hashlib.sha256(body).hexdigest() != obj["hash"]:
+                    return bad(i, seq, "hash mismatch: the entry was altered")
+                if obj["prev_hash"] != prev:
+                    if i > 0 and not sig_ok(parsed[i - 1], parsed[i - 1]["key"]):
+                        return VerifyResult(False, i - 1, heads, i, i - 1, "bad signature")
+                    return bad(i, seq, "prev_hash does not match the previous entry")
+                rotation = obj["type"] == ROTATION_TYPE
+                if obj["type"] == "tree_head" or rotation or i == n - 1:
+                    if not sig_ok(obj, active):
+                        return bad_sig(i, seq, active)
+                elif all_signatures:
+                    deferred.append((i, heads))  # checked in settle, from parsed[i]
+                if rotation:
+                    try:
+                        signer = active
+                        active = check_rotation(obj, active)
+                    except ValueError as exc:
+                        return bad(i, seq, str(exc))
+                    chain.append(active)
+                else:
                     signer = active
-                    active = check_rotation(obj, active)
-                except ValueError as exc:
-                    return bad(i, seq, str(exc))
-                chain.append(active)
-            else:
-                signer = active
-            if obj["type"] == "tree_head":
-                size, root = obj["payload"].get("size"), obj["payload"].get("root")
-                if (
-                    not isinstance(size, int)
-                    or size > len(leaves)
-                    or merkle.root_from_leaf_hashes(leaves[:size]).hex() != root
-                ):
-                    return bad(i, seq, "tree head does not match the entries")
-                heads += 1
-            leaves.append(merkle.leaf_hash(line))
-            parsed.append({"sig": obj["sig"], "hash": obj["hash"], "key": signer})
-            prev = hashlib.sha256(line).hexdigest()
+                if obj["type"] == "tree_head":
+                    size, root = obj["payload"].get("size"), obj["payload"].get("root")
+                    if (
+                        not isinstance(size, int)
+                        or size > len(leaves)
+                        or merkle.root_from_leaf_hashes(leaves[:size]).hex() != root
+                    ):
+                        return bad(i, seq, "tree head does not match the entries")
+                    heads += 1
+                leaves.append(merkle.leaf_hash(line))
+                parsed.append({"sig": obj["sig"], "hash": obj["hash"], "key": signer})
+                prev = hashlib.sha256(line).hexdigest()
+            return None
+
+        stopped = settle(walk())
+        if stopped is not None:
+            return stopped
         fingerprints = [hashlib.sha256(k).hexdigest() for k in chain]
         if n and anchor not in chain:
             result = bad(
@@ -1139,6 +1167,35 @@ class Ledger:
             root=merkle.root_from_leaf_hashes(leaves).hex(),
             keys=fingerprints,
         )
+
+
+# Threads that check a ledger's signatures (Ledger.verify); few entries are checked on one.
+SIGNATURE_THREADS = min(16, os.cpu_count() or 1)
+_SIGNATURES_PER_THREAD = 2048
+
+
+def _first_bad_signature(
+    items: Sequence[tuple[int, int, Mapping[str, Any]]],
+    ok: Callable[[Mapping[str, Any], bytes], bool],
+) -> tuple[int, int, Mapping[str, Any]] | None:
+    """The first of ``items`` (line index, tree heads before it, parsed entry with its ``key``)
+    whose signature ``ok`` rejects, or None; checked in contiguous runs on threads."""
+    workers = min(SIGNATURE_THREADS, len(items) // _SIGNATURES_PER_THREAD + 1)
+
+    def first(run: Sequence[tuple[int, int, Mapping[str, Any]]]) -> Any:
+        return next((it for it in run if not ok(it[2], it[2]["key"])), None)
+
+    if workers <= 1:
+        return first(items)
+    size = -(-len(items) // (4 * workers))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ledger-verify")
+    try:
+        for found in pool.map(first, [items[k : k + size] for k in range(0, len(items), size)]):
+            if found is not None:
+                return found
+        return None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _FIELDS = frozenset({"seq", "time", "type", "pid", "payload", "prev_hash", "hash", "sig"})
