@@ -1338,3 +1338,19 @@ def test_the_ledger_pages_hold_every_entry_once_and_the_filters_miss_none(enroll
         e for e in full if e.get("pid") == pid and e["type"] == ("gallery.enrolled")
     )
     ledger_mod._LINE_STARTS.forget()  # kept at stride 7 otherwise
+
+
+def test_the_server_reads_the_ledger_folds_as_it_starts_not_on_the_first_requests(served):
+    import visage_ml.privacy.ledger as ledger_module
+
+    path = served.world.paths.ledger
+    for fold in ledger_module._FOLDS:
+        fold.forget()
+    with served.build() as client:
+        size = path.stat().st_size
+        key = str(path.resolve())
+        # every fold (requests, notices, the clock, the ledger's pages...) is at the ledger's end
+        assert len(ledger_module._FOLDS) >= 5
+        assert all(fold._memo[key][1] == size for fold in ledger_module._FOLDS)
+        r = client.get("/v1/requests", headers={"X-API-Key": served.keys["dpo"]})
+        assert r.status_code == 200

@@ -480,3 +480,31 @@ def test_an_empty_needle_is_in_every_line_and_the_search_for_it_ends(tmp_path):
     assert list(ledger.lines_containing((b"", b"subject.added"))) == [
         line for _, line in ledger.iter_lines()
     ]
+
+
+def test_warm_folds_reads_the_ledger_so_that_the_next_call_reads_only_what_was_appended(
+    tmp_path, monkeypatch, caplog
+):
+    import visage_ml.privacy.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "_FOLDS", [])
+    read: list[int] = []
+
+    def count(state: int, chunk: bytes, offset: int) -> int:
+        read.append(len(chunk))
+        return state + chunk.count(b"\n")
+
+    def broken(state: int, chunk: bytes, offset: int) -> int:
+        raise ValueError("unreadable")
+
+    lines = ledger_module.LedgerFold(count, 0)
+    ledger_module.LedgerFold(broken, 0)
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 30)
+    ledger_module.warm_folds(ledger.path)  # the broken fold is passed over, and said so
+    assert read == [ledger.path.stat().st_size]
+    assert "not read at start-up: ValueError" in caplog.text
+    size = ledger.path.stat().st_size
+    fill(ledger, 1)
+    assert lines(ledger.path) == 31
+    assert read[1:] == [ledger.path.stat().st_size - size]

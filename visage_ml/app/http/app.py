@@ -62,6 +62,7 @@ from visage_ml.app.http.routers import analytics, health, ledger, recognition, r
 from visage_ml.app.http.service import ANY_KEY, Service, known_query_only
 from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.ledger import warm_folds
 from visage_ml.rights.enforce import Enforcer, run_periodically
 from visage_ml.serving.analytics import Analytics
 from visage_ml.serving.correction import ConfusionModel, load_confusion
@@ -278,6 +279,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The ledger folds read now, before the first request, not by it (requests, notices,
+        # the clock and the ledger's pages each read a long ledger whole on first use).
+        warm_folds(paths.ledger)
         # Retention enforcement and notification delivery in the background, under the lock
         # that guards the shared privacy core and gallery
         # (privacy.retention.serve_interval_seconds; 0: run `visage privacy enforce` by timer).
