@@ -172,6 +172,7 @@ def test_identifications_cut_out_and_rechained_are_caught_by_a_ledger_anchor(pro
     log.close()
     anchors = auditlog.ledger_anchors(PrivacyCore(paths).ledger.entries())
     assert [a["lines"] for a in anchors] == [3, 6, 9, 10]  # every 3 lines, and on close
+    assert auditlog.anchors_in(paths.ledger) == anchors  # what the bundle reads
     assert [e["request_id"] for e in subject_information(paths, PID)["identification_events"]] == [
         "r1",
         "r4",
@@ -191,6 +192,23 @@ def test_identifications_cut_out_and_rechained_are_caught_by_a_ledger_anchor(pro
     path.write_bytes(full)  # restored from a backup
     assert runner.invoke(app, ["privacy", "audit", "verify"]).exit_code == 0
     assert len(subject_information(paths, PID)["identification_events"]) == 2
+
+
+def test_an_anchor_written_after_a_bundle_was_built_holds_the_next_bundle(project):
+    # The process remembers the anchors it has read (auditlog.anchors_in): one written later,
+    # by the server stopping, must still be held to, or the lines after the first anchor could
+    # be cut unseen.
+    paths = ProjectPaths(project)
+    path = paths.privacy / auditlog.AUDIT_FILE
+    paths.privacy.mkdir(parents=True, exist_ok=True)
+    log = serving_log(paths)
+    serve(log, ({"request_id": f"r{i}", "action": "identify", "pids": [PID]} for i in range(5)))
+    assert len(subject_information(paths, PID)["identification_events"]) == 5  # 3 anchored
+    log.close()  # anchors line 5
+    assert [a["lines"] for a in auditlog.anchors_in(paths.ledger)] == [3, 5]
+    path.write_bytes(b"".join(x + b"\n" for x in path.read_bytes().splitlines()[:4]))
+    with pytest.raises(ValueError, match="cut from its end"):
+        subject_information(paths, PID)
 
 
 def test_verify_states_the_window_of_lines_not_anchored_yet(project):

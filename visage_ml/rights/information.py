@@ -17,12 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from visage_ml.config import ProjectPaths
-from visage_ml.privacy.auditlog import (
-    ANCHOR_NEEDLES,
-    AUDIT_FILE,
-    identification_events,
-    ledger_anchors,
-)
+from visage_ml.privacy.auditlog import AUDIT_FILE, anchors_in, identification_events
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import access_html
 from visage_ml.privacy.records import records_of
@@ -64,7 +59,7 @@ def subject_information(
         "identification_events": identification_events(
             paths.privacy / AUDIT_FILE,
             pid,
-            anchors=ledger_anchors(core.ledger.entries(containing=ANCHOR_NEEDLES)),
+            anchors=anchors_in(core.ledger.path),
         ),
     }
 

@@ -263,9 +263,7 @@ def audit_verify(as_json: bool = JSON_OPT) -> None:
     broken."""
     with user_errors():
         paths = project()
-        anchors = auditlog.ledger_anchors(
-            PrivacyCore(paths).ledger.entries(containing=auditlog.ANCHOR_NEEDLES)
-        )
+        anchors = auditlog.anchors_in(PrivacyCore(paths).ledger.path)
         report = auditlog.verify(paths.privacy / auditlog.AUDIT_FILE, anchors=anchors)
     if as_json:
         emit_json({k: v for k, v in report.__dict__.items() if k != "records"})
@@ -290,7 +288,7 @@ def audit_export(
         if out is None:
             stamp = core.ledger.clock().replace(":", "").replace("-", "")[:15]
             out = _out(paths, None) / f"audit-{stamp}.jsonl"
-        anchors = auditlog.ledger_anchors(core.ledger.entries(containing=auditlog.ANCHOR_NEEDLES))
+        anchors = auditlog.anchors_in(core.ledger.path)
         report, manifest = auditlog.export(
             paths.privacy / auditlog.AUDIT_FILE, out, anchors=anchors
         )
