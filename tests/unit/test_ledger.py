@@ -16,6 +16,7 @@ from visage_ml.privacy.keys import LedgerKeyError, load_public_key, new_pid
 from visage_ml.privacy.ledger import (
     SCHEDULER,
     Ledger,
+    LedgerError,
     acting_as,
     entry_hash,
     inclusion_for,
@@ -315,6 +316,9 @@ def test_key_rotation_is_followed_and_a_forged_rotation_is_caught(tmp_path):
     ledger.path.write_bytes(b"".join(lines[: entry.seq + 1]))
     result = ledger.verify(old_pub)
     assert not result.ok and "not signed by the new key" in result.reason
+    # The chain this process read before (certificates ask for it) is not answered again.
+    with pytest.raises(LedgerError, match="not signed by the new key"):
+        ledger.key_chain(old_pub)
 
 
 def test_a_missing_key_is_refused_while_a_ledger_exists(tmp_path):

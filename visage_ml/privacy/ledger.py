@@ -546,8 +546,9 @@ class Ledger:
         anchor_raw = raw_key(anchor if anchor is not None else self.public_key())
         keys, starts = [anchor_raw], [0]
         if self.path.exists():
-            with open(self.path, "rb") as fh:
-                data = fh.read()
+            # The complete lines that may be rotations, read on from where this process last
+            # stopped (the whole ledger was read for them on every certificate).
+            data = _ROTATION_LINES(self.path)
             first = first_rotation_old_key(data)
             if first is not None:
                 keys = [first]
@@ -1393,6 +1394,15 @@ def _first_rotation_fold(found: bytes | None, chunk: bytes, offset: int) -> byte
 
 
 _FIRST_ROTATION: LedgerFold[bytes | None] = LedgerFold(_first_rotation_fold, None)
+
+
+def _rotation_lines_fold(found: bytes, chunk: bytes, offset: int) -> bytes:
+    more = b"".join(chunk[a : b + 1] for a, b in line_spans(chunk, (_ROTATION_MARK,)))
+    return found + more if more else found
+
+
+# The ledger's complete lines holding a rotation's type, each with its newline (Ledger.key_chain).
+_ROTATION_LINES: LedgerFold[bytes] = LedgerFold(_rotation_lines_fold, b"")
 
 
 def first_rotation_in_file(path: Path) -> bytes | None:
