@@ -41,6 +41,19 @@ def test_training_stages_write_models_reports_and_checkpoints(tiny_project: Path
     paths = ProjectPaths.discover()
     report = train_embedder.run(paths, progress=False)
     saved = json.loads((tiny_project / "reports" / "train_embedder.json").read_text())
+    # What the run's low bits depend on, for a reader comparing runs of two machines.
+    import torch
+
+    assert (
+        saved.pop("numerics")
+        == report.pop("numerics")
+        == {
+            "torch": str(torch.__version__),
+            "device": "cpu",
+            "cpu_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        }
+    )
     assert saved == pytest.approx(report)
     assert saved["epochs_run"] == 2
     # The reported validation TAR is the best epoch's of those logged to MLflow. No learning

@@ -110,7 +110,7 @@ class FitResult:
     (the last epoch without validation); ``history`` has one record per epoch; ``step_losses``
     holds the loss of each optimizer step this call ran. ``images_per_second`` leaves out the
     first step of each process (``warmup_seconds``: compilation, cuDNN autotuning), which
-    ``train_seconds`` counts.
+    ``train_seconds`` counts. ``numerics``: :func:`numerics` of the device it ran on.
     """
 
     best_state: dict[str, torch.Tensor]
@@ -126,6 +126,7 @@ class FitResult:
     device: str
     val_metrics: dict[str, float]
     warmup_seconds: float = 0.0
+    numerics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,20 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
     del device  # the same answer on every device, measured so far
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What the low bits of a training run depend on beyond its params and data: the torch
+    build, and on the CPU the threads and the vector instructions its kernels use (another
+    core count or CPU sums in another order: the same seed then gives slightly other weights
+    and metrics); on CUDA the GPU. Written into the training reports."""
+    out: dict[str, Any] = {"torch": str(torch.__version__), "device": device.type}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        out["cpu_threads"] = torch.get_num_threads()
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return out
 
 
 def seed_everything(seed: int) -> None:

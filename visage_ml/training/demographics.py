@@ -202,6 +202,7 @@ def demographic_report(
         "train_seconds": result.train_seconds,
         "warmup_seconds": result.warmup_seconds,
         "stage_seconds": time.perf_counter() - t_start,
+        "numerics": result.numerics,
         "train_images": len(data.train_rows),
         "train_images_synthetic": data.population["images"],
         "train_identities_synthetic": data.population["identities"],

@@ -145,6 +145,7 @@ def embedder_report(
         "train_seconds": result.train_seconds,
         "warmup_seconds": result.warmup_seconds,
         "stage_seconds": time.perf_counter() - t_start,
+        "numerics": result.numerics,
         "train_identities": data.num_classes,
         "train_images": len(data.train_rows),
         "val_images": len(data.val_rows),

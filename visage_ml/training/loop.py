@@ -4,7 +4,9 @@ The stage hands in the face array (the prepare stage's crops, decrypted into mem
 indices and labels, and gets back a :class:`~visage_ml.training.config.FitResult`; checkpoints
 leave through the ``on_epoch_end`` callback. On CUDA the step runs with channels-last tensors
 (under bf16 autocast with ``precision: bf16``); on the CPU it is seeded and deterministic, and
-resuming from the state saved after epoch ``k`` reproduces the next step's loss bit for bit.
+resuming from the state saved after epoch ``k`` reproduces the next step's loss bit for bit, on
+the same machine: another thread count or CPU (:func:`~visage_ml.training.config.numerics`, in
+the training reports) sums in another order, and the weights and metrics differ slightly.
 
 Given a :class:`~visage_ml.training.distributed.DistContext` (``dist``), the same loop runs in
 each of several torchrun processes: every process trains on its share of each global batch
@@ -40,6 +42,7 @@ from visage_ml.training.config import (
     StepCallback,
     autocast,
     derived_seed,
+    numerics,
     resolve_device,
     resolve_precision,
 )
@@ -370,6 +373,7 @@ def _fit(
         stopped=stopped or "completed",
         device=str(device),
         val_metrics={k: float(v) for k, v in best_record.items() if k.startswith("val_")},
+        numerics=numerics(device),
     )
 
 

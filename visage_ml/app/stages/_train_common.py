@@ -78,6 +78,7 @@ def save_outputs(
             "visage.model_version": payload["model_version"],
             "visage.stopped": result.stopped,
             "visage.device": result.device,
+            **{f"visage.numerics.{k}": str(v) for k, v in result.numerics.items()},
         }
     )
 
