@@ -291,8 +291,8 @@ def time_routes(root: Path, built: dict[str, Any], out: dict[str, Any]) -> dict[
         call("ledger_tail_page", "GET", f"/v1/ledger?after_seq={after}&limit=100", "auditor")
         call("certificates", "GET", "/v1/certificates", "auditor")
         call("certificate_one", "GET", f"/v1/certificates/{certs[-1] if certs else 'x'}", "auditor")
-    client.__exit__(None, None, None)
     out["ledger_entries_after_routes"] = len(core.ledger)
+    client.__exit__(None, None, None)  # the server stops (it anchors the audit log's rest)
     return {
         name: {
             "first_s": rec["s"][0],

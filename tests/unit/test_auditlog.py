@@ -211,6 +211,27 @@ def test_an_anchor_written_after_a_bundle_was_built_holds_the_next_bundle(projec
         subject_information(paths, PID)
 
 
+def test_an_anchor_rewritten_in_place_after_a_read_is_seen_and_so_is_its_restore(project):
+    # The anchors a process has read are those on disk: an anchor line rewritten in place (the
+    # same length) is read again, and so is the good line put back.
+    paths = ProjectPaths(project)
+    paths.privacy.mkdir(parents=True, exist_ok=True)
+    log = serving_log(paths)
+    serve(log, ({"request_id": f"r{i}", "action": "identify", "pids": None} for i in range(4)))
+    log.close()
+    assert [a["lines"] for a in auditlog.anchors_in(paths.ledger)] == [3, 4]
+    before = paths.ledger.read_bytes()
+    lines = before.split(b"\n")
+    (i,) = [k for k, x in enumerate(lines) if b'"audit.anchored"' in x and b'"lines":3' in x]
+    lines[i] = lines[i].replace(b'"lines":3', b'"lines":7')
+    with open(paths.ledger, "r+b") as fh:
+        fh.write(b"\n".join(lines))
+    assert [a["lines"] for a in auditlog.anchors_in(paths.ledger)] == [7, 4]
+    with open(paths.ledger, "r+b") as fh:
+        fh.write(before)
+    assert [a["lines"] for a in auditlog.anchors_in(paths.ledger)] == [3, 4]
+
+
 def test_verify_states_the_window_of_lines_not_anchored_yet(project):
     # Lines after the last anchor can still be rewritten unseen: verify says how many there are.
     paths = ProjectPaths(project)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,25 @@ def test_a_bad_signature_before_a_sequence_gap_is_the_problem_named_and_not_afte
     assert (result.bad_line, result.reason) == (11, "sequence gap: expected seq 10")
 
 
+def test_a_signed_tree_head_that_is_not_an_object_is_named_not_a_crash(tmp_path):
+    # Only the key holder (or a writer's bug) can sign such a line; verify names it.
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 3)
+    last = ledger.path.read_bytes().splitlines()[-1]
+    obj = {"seq": 3, "time": "2026-01-01T00:00:00.000Z", "type": "tree_head", "pid": None}
+    obj |= {"payload": [], "prev_hash": hashlib.sha256(last).hexdigest()}
+    obj["hash"] = entry_hash(3, obj["time"], "tree_head", None, [], obj["prev_hash"], None)
+    obj["sig"] = base64.b64encode(ledger.signing_key().sign(obj["hash"].encode())).decode()
+    with ledger.path.open("ab") as fh:
+        fh.write(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    result = ledger.verify()
+    assert (result.ok, result.bad_line, result.reason) == (
+        False,
+        4,
+        "tree head does not match the entries",
+    )
+
+
 def test_deleted_entry_is_a_sequence_gap(tmp_path):
     ledger = make_ledger(tmp_path)
     fill(ledger, 4)
@@ -319,6 +339,37 @@ def test_key_rotation_is_followed_and_a_forged_rotation_is_caught(tmp_path):
     # The chain this process read before (certificates ask for it) is not answered again.
     with pytest.raises(LedgerError, match="not signed by the new key"):
         ledger.key_chain(old_pub)
+
+
+def _flip_in_place(path: Path, line_no: int, field: bytes) -> bytes:
+    """Change one character of ``field``'s value on line ``line_no`` (0-based), in place: the
+    same file, the same length, every later line kept. Returns the bytes before."""
+    before = path.read_bytes()
+    lines = before.split(b"\n")
+    pos = lines[line_no].index(field) + len(field) + 2
+    line = bytearray(lines[line_no])
+    line[pos] = ord("B") if line[pos] != ord("B") else ord("C")
+    lines[line_no] = bytes(line)
+    with open(path, "r+b") as fh:  # not a new file: the inode stays
+        fh.write(b"\n".join(lines))
+    return before
+
+
+def test_a_rotation_altered_in_place_after_a_read_is_caught_and_its_restore_seen(tmp_path):
+    # An operator with disk access edits the rotation line of a ledger a server has already
+    # read, keeping its length and every line after it; then puts the good bytes back.
+    ledger = make_ledger(tmp_path)
+    fill(ledger, 3)
+    entry, _ = ledger.rotate_key(Ed25519PrivateKey.generate())
+    fill(ledger, 3)
+    good = ledger.key_chain()
+    before = _flip_in_place(ledger.path, entry.seq, b'"new_key_sig"')
+    fill(ledger, 2)  # appended after the edit: the last line read is unchanged
+    with pytest.raises(LedgerError, match=r"altered|not signed"):
+        ledger.key_chain()
+    with open(ledger.path, "r+b") as fh:  # restored in place from a backup
+        fh.write(before)
+    assert ledger.key_chain().keys == good.keys
 
 
 def test_a_missing_key_is_refused_while_a_ledger_exists(tmp_path):
@@ -491,7 +542,7 @@ def test_warm_folds_reads_the_ledger_so_that_the_next_call_reads_only_what_was_a
 ):
     import visage_ml.privacy.ledger as ledger_module
 
-    monkeypatch.setattr(ledger_module, "_FOLDS", [])
+    monkeypatch.setattr(ledger_module, "_FOLDS", weakref.WeakSet())
     read: list[int] = []
 
     def count(state: int, chunk: bytes, offset: int) -> int:
@@ -502,12 +553,12 @@ def test_warm_folds_reads_the_ledger_so_that_the_next_call_reads_only_what_was_a
         raise ValueError("unreadable")
 
     lines = ledger_module.LedgerFold(count, 0)
-    ledger_module.LedgerFold(broken, 0)
+    cold = ledger_module.LedgerFold(broken, 0)  # noqa: F841 - listed while it exists
     ledger = make_ledger(tmp_path)
     fill(ledger, 30)
     ledger_module.warm_folds(ledger.path)  # the broken fold is passed over, and said so
     assert read == [ledger.path.stat().st_size]
-    assert "not read at start-up: ValueError" in caplog.text
+    assert "broken was not read at start-up: ValueError: unreadable" in caplog.text
     size = ledger.path.stat().st_size
     fill(ledger, 1)
     assert lines(ledger.path) == 31

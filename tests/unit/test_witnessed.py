@@ -896,3 +896,25 @@ def test_a_note_says_when_every_witness_is_a_folder():
     remote = WitnessSpec(kind="http", url="https://w.example.org", key="w.example.org/w1+00+AA")
     both = WitnessParams(witnesses=(WitnessSpec(kind="directory", path="default"), remote))
     assert independence_note(both) is None
+
+
+def test_a_witness_set_rewritten_in_place_after_a_read_is_read_again(tmp_path):
+    # The sets a process has read are those on disk: a quorum rewritten in place (the same
+    # length, the last line unchanged) is seen at once, and so is the good line put back.
+    from visage_ml.privacy.witnessed import witness_sets as sets_in
+
+    def line(seq: int, quorum: int) -> bytes:
+        payload = {"witnesses": [], "quorum": quorum}
+        obj = {"seq": seq, "time": "t", "type": "witness.set", "payload": payload}
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+    path = tmp_path / "ledger.jsonl"
+    other = b'{"seq":1,"type":"subject.added"}\n'
+    path.write_bytes(line(0, 2) + other)
+    assert [s.quorum for s in sets_in(path)] == [2]
+    with open(path, "r+b") as fh:
+        fh.write(line(0, 1))
+    assert [s.quorum for s in sets_in(path)] == [1]
+    with open(path, "r+b") as fh:
+        fh.write(line(0, 2))
+    assert [s.quorum for s in sets_in(path)] == [2]

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from visage_ml.io import atomic_write_bytes, sha256_bytes
-from visage_ml.privacy.ledger import LedgerFold, line_spans
+from visage_ml.privacy.ledger import LedgerFold, held_lines, line_spans
 
 GENESIS = "0" * 64
 AUDIT_FILE = "audit.jsonl"
@@ -341,25 +341,34 @@ def ledger_anchors(entries: Iterable[Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _anchors_fold(
-    found: tuple[tuple[Any, Any], ...], chunk: bytes, offset: int
-) -> tuple[tuple[Any, Any], ...]:
+_Anchor = tuple[int, bytes, Any, Any]  # offset, line with its newline, lines, head
+
+
+def _anchors_fold(found: tuple[_Anchor, ...], chunk: bytes, offset: int) -> tuple[_Anchor, ...]:
     more = []
     for a, b in line_spans(chunk, ANCHOR_NEEDLES):
-        obj = orjson.loads(chunk[a:b])
-        if obj["type"] in ANCHOR_EVENTS:
-            more.append((obj["payload"]["lines"], obj["payload"]["head"]))
+        try:
+            obj = orjson.loads(chunk[a:b])
+            if obj["type"] in ANCHOR_EVENTS:
+                lines, head = obj["payload"]["lines"], obj["payload"]["head"]
+                more.append((offset + a, chunk[a : b + 1], lines, head))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuditLogError(
+                f"the ledger line at byte {offset + a} naming an audit anchor is unreadable "
+                f"({type(exc).__name__}); run `visage privacy verify-ledger` to locate the "
+                "damage and restore the ledger from a backup"
+            ) from None
     return found + tuple(more) if more else found
 
 
-_ANCHORS: LedgerFold[tuple[tuple[Any, Any], ...]] = LedgerFold(_anchors_fold, ())
+_ANCHORS: LedgerFold[tuple[_Anchor, ...]] = LedgerFold(_anchors_fold, (), held=held_lines)
 
 
 def anchors_in(ledger_path: Path) -> list[dict[str, Any]]:
     """:func:`ledger_anchors` of the ledger file at ``ledger_path``, read on from where this
     process last stopped (:class:`~visage_ml.privacy.ledger.LedgerFold`): an access request's
     bundle checks the audit log against them, and searching a 150 MB ledger took 0.2 s."""
-    return [{"lines": lines, "head": head} for lines, head in _ANCHORS(ledger_path)]
+    return [{"lines": lines, "head": head} for _, _, lines, head in _ANCHORS(ledger_path)]
 
 
 def export(

@@ -34,10 +34,12 @@ import getpass
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -548,7 +550,7 @@ class Ledger:
         if self.path.exists():
             # The complete lines that may be rotations, read on from where this process last
             # stopped (the whole ledger was read for them on every certificate).
-            data = _ROTATION_LINES(self.path)
+            data = b"".join(line for _, line in _ROTATION_LINES(self.path))
             first = first_rotation_old_key(data)
             if first is not None:
                 keys = [first]
@@ -1078,7 +1080,7 @@ class Ledger:
         # is still the first: a bad signature before the line where the walk stopped wins.
         deferred: list[tuple[int, int]] = []  # (line index, tree heads before it)
 
-        def settle(found: VerifyResult | None) -> VerifyResult | None:
+        def first_problem(found: VerifyResult | None) -> VerifyResult | None:
             upto = found.entries if found is not None else n
             items = [(i, at, parsed[i]) for i, at in deferred if i <= upto]
             first = _first_bad_signature(items, sig_ok)
@@ -1111,7 +1113,7 @@ class Ledger:
                     if not sig_ok(obj, active):
                         return bad_sig(i, seq, active)
                 elif all_signatures:
-                    deferred.append((i, heads))  # checked in settle, from parsed[i]
+                    deferred.append((i, heads))  # checked by first_problem, from parsed[i]
                 if rotation:
                     try:
                         signer = active
@@ -1122,7 +1124,8 @@ class Ledger:
                 else:
                     signer = active
                 if obj["type"] == "tree_head":
-                    size, root = obj["payload"].get("size"), obj["payload"].get("root")
+                    head = obj["payload"] if isinstance(obj["payload"], dict) else {}
+                    size, root = head.get("size"), head.get("root")
                     if (
                         not isinstance(size, int)
                         or size > len(leaves)
@@ -1135,7 +1138,7 @@ class Ledger:
                 prev = hashlib.sha256(line).hexdigest()
             return None
 
-        stopped = settle(walk())
+        stopped = first_problem(walk())
         if stopped is not None:
             return stopped
         fingerprints = [hashlib.sha256(k).hexdigest() for k in chain]
@@ -1170,8 +1173,11 @@ class Ledger:
         )
 
 
-# Threads that check a ledger's signatures (Ledger.verify); few entries are checked on one.
-SIGNATURE_THREADS = min(16, os.cpu_count() or 1)
+# Threads that check a ledger's signatures (Ledger.verify): one per core this process may run
+# on, at most 16, and one thread for each _SIGNATURES_PER_THREAD entries at least.
+SIGNATURE_THREADS = min(
+    16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
 _SIGNATURES_PER_THREAD = 2048
 
 
@@ -1188,7 +1194,7 @@ def _first_bad_signature(
 
     if workers <= 1:
         return first(items)
-    size = -(-len(items) // (4 * workers))
+    size = math.ceil(len(items) / (4 * workers))  # four runs a thread: the load evens out
     pool = ThreadPoolExecutor(workers, thread_name_prefix="ledger-verify")
     try:
         for found in pool.map(first, [items[k : k + size] for k in range(0, len(items), size)]):
@@ -1305,14 +1311,35 @@ class LedgerFold(Generic[S]):
     ``fold(state, chunk, offset)`` takes the state so far and the next complete lines
     (``offset``: where ``chunk`` starts in the file) and returns the new state; it may raise,
     and then nothing is remembered. ``initial`` is the state of an empty ledger.
+
+    ``held(state)``, when given, names the lines the state rests on, ``(offset, bytes)``: a
+    fold that keeps a few lines (rotations, witness sets, audit anchors) reads them again on
+    every call and starts over when one differs (rewritten in place at the same length, or put
+    back after that). A fold without it does not see such a rewrite of a line before the last
+    one it read until the process restarts; ``visage privacy verify-ledger`` names it.
+
+    Every fold is listed for :func:`warm_folds` while it exists.
     """
 
-    def __init__(self, fold: Callable[[S, bytes, int], S], initial: S) -> None:
+    def __init__(
+        self,
+        fold: Callable[[S, bytes, int], S],
+        initial: S,
+        *,
+        held: Callable[[S], Iterable[tuple[int, bytes]]] | None = None,
+    ) -> None:
         self._fold = fold
         self._initial = initial
+        self._held = held
         self._memo: dict[str, tuple[int, int, str, S]] = {}
         self._lock = threading.Lock()
-        _FOLDS.append(self)
+        _FOLDS.add(self)
+
+    def _unchanged(self, fd: int, state: S) -> bool:
+        """Whether the lines ``state`` rests on (``held``) are still those bytes."""
+        if self._held is None:
+            return True
+        return all(os.pread(fd, len(line), at) == line for at, line in self._held(state))
 
     def __call__(self, path: Path) -> S:
         """The state over every complete line of the ledger at ``path``."""
@@ -1332,6 +1359,7 @@ class LedgerFold(Generic[S]):
                 and hit[0] == st.st_ino
                 and hit[1] <= st.st_size
                 and line_hash_at(fd, hit[1]) == hit[2]
+                and self._unchanged(fd, hit[3])
             ):
                 start, last, state = hit[1], hit[2], hit[3]
             data = os.pread(fd, st.st_size - start, start)
@@ -1352,7 +1380,7 @@ class LedgerFold(Generic[S]):
                 self._memo.pop(str(Path(path).resolve()), None)
 
 
-_FOLDS: list[LedgerFold[Any]] = []  # every fold this process made, for warm_folds
+_FOLDS: weakref.WeakSet[LedgerFold[Any]] = weakref.WeakSet()  # for warm_folds
 
 
 def warm_folds(path: Path) -> None:
@@ -1364,7 +1392,12 @@ def warm_folds(path: Path) -> None:
         try:
             fold(path)
         except Exception as exc:  # see the docstring
-            log.warning("a ledger fold was not read at start-up: %s", type(exc).__name__)
+            log.warning(
+                "the ledger fold %s was not read at start-up: %s: %s",
+                getattr(fold._fold, "__qualname__", "?"),
+                type(exc).__name__,
+                exc,
+            )
 
 
 LINE_STRIDE = 1024  # Ledger.offset_before: the start of every LINE_STRIDE-th line is kept
@@ -1389,20 +1422,29 @@ def _line_starts_fold(
 _LINE_STARTS: LedgerFold[tuple[int, tuple[int, ...]]] = LedgerFold(_line_starts_fold, (0, ()))
 
 
-def _first_rotation_fold(found: bytes | None, chunk: bytes, offset: int) -> bytes | None:
-    return found if found is not None else first_rotation_old_key(chunk)
+Marked = tuple[tuple[int, bytes], ...]  # (offset, line with its newline) of each line
 
 
-_FIRST_ROTATION: LedgerFold[bytes | None] = LedgerFold(_first_rotation_fold, None)
+def marked_lines(needles: Sequence[bytes]) -> Callable[[Marked, bytes, int], Marked]:
+    """A :class:`LedgerFold` function keeping the lines holding one of ``needles`` with their
+    offsets (``held=held_lines``)."""
+
+    def fold(found: Marked, chunk: bytes, offset: int) -> Marked:
+        more = tuple((offset + a, chunk[a : b + 1]) for a, b in line_spans(chunk, needles))
+        return found + more if more else found
+
+    return fold
 
 
-def _rotation_lines_fold(found: bytes, chunk: bytes, offset: int) -> bytes:
-    more = b"".join(chunk[a : b + 1] for a, b in line_spans(chunk, (_ROTATION_MARK,)))
-    return found + more if more else found
+def held_lines(state: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, bytes]]:
+    """``held`` of a fold whose state is a tuple of ``(offset, line, ...)``."""
+    return ((item[0], item[1]) for item in state)
 
 
-# The ledger's complete lines holding a rotation's type, each with its newline (Ledger.key_chain).
-_ROTATION_LINES: LedgerFold[bytes] = LedgerFold(_rotation_lines_fold, b"")
+# The ledger's complete lines holding a rotation's type (Ledger.key_chain, the first key).
+_ROTATION_LINES: LedgerFold[Marked] = LedgerFold(
+    marked_lines((_ROTATION_MARK,)), (), held=held_lines
+)
 
 
 def first_rotation_in_file(path: Path) -> bytes | None:
@@ -1410,4 +1452,4 @@ def first_rotation_in_file(path: Path) -> bytes | None:
     appended since this process last asked (:class:`LedgerFold`). Every served request opens
     the privacy core, which names the log after this key: reading a 150 MB ledger each time cost
     0.2 s a request."""
-    return _FIRST_ROTATION(path)
+    return first_rotation_old_key(b"".join(line for _, line in _ROTATION_LINES(path)))

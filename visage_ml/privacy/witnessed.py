@@ -91,6 +91,7 @@ from visage_ml.privacy.ledger import (
     LedgerError,
     LedgerFold,
     first_rotation_in_file,
+    held_lines,
     line_hash_at,
     raw_key,
 )
@@ -1436,7 +1437,10 @@ class Witnessing:
             )
 
 
-def _sets_of(found: tuple[WitnessSet, ...], data: bytes, offset: int) -> tuple[WitnessSet, ...]:
+_Held = tuple[int, bytes, WitnessSet]  # offset, line with its newline, the set
+
+
+def _sets_of(found: tuple[_Held, ...], data: bytes, offset: int) -> tuple[_Held, ...]:
     """``found`` and the ``witness.set`` entries among the complete lines ``data`` (at byte
     ``offset`` of the ledger); see :data:`_WITNESS_SETS`."""
     out = list(found)
@@ -1447,7 +1451,8 @@ def _sets_of(found: tuple[WitnessSet, ...], data: bytes, offset: int) -> tuple[W
         try:
             obj = orjson.loads(data[line_start:line_end])
             if obj.get("type") == WITNESS_SET:
-                out.append(WitnessSet.from_entry(obj))
+                line = data[line_start : line_end + 1]
+                out.append((offset + line_start, line, WitnessSet.from_entry(obj)))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise LedgerError(
                 f"a witness.set entry at byte {offset + line_start} is unreadable; "
@@ -1461,7 +1466,8 @@ def _sets_of(found: tuple[WitnessSet, ...], data: bytes, offset: int) -> tuple[W
 # Every witness.set entry of a ledger, oldest first, read on from where the process stopped (so
 # the open check makes no pass over a large ledger). Signatures are not checked here: the
 # registry refuses a ledger with a forged line, and `visage privacy verify-ledger` names it.
-_WITNESS_SETS: LedgerFold[tuple[WitnessSet, ...]] = LedgerFold(_sets_of, ())
+# Each line is read again on every call (held): a set rewritten in place is seen at once.
+_WITNESS_SETS: LedgerFold[tuple[_Held, ...]] = LedgerFold(_sets_of, (), held=held_lines)
 
 
 def witness_sets(ledger_path: Path) -> list[WitnessSet]:
@@ -1473,7 +1479,7 @@ def witness_sets(ledger_path: Path) -> list[WitnessSet]:
         A ``witness.set`` line is unreadable.
     """
     try:
-        return list(_WITNESS_SETS(ledger_path))
+        return [held[2] for held in _WITNESS_SETS(ledger_path)]
     except LedgerError as exc:
         raise LedgerError(f"{ledger_path}: {exc}") from None
 
