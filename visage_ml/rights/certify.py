@@ -219,8 +219,12 @@ def _scan(
                 roots.append(setup.site_cache_dir)
     scan_for_hashes(roots, sha256s, pid=str(doc.get("pid")), md5s=md5s, report=report)
     unreachable: dict[str, str] = {}
+    known: dict[Any, str | None] = {}
     for store, md5 in remote_objects:
         if store.name in unreachable:
+            continue
+        if why := dvc_objects.endpoint_down(store, known):  # not asked object by object
+            unreachable[store.name] = why
             continue
         try:
             found = store.exists(md5)

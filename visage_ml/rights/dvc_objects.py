@@ -47,12 +47,14 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sqlite3
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -72,6 +74,7 @@ HASH_NAMES = ("md5", "md5-dos2unix")
 
 MSG_NOT_REPO = "{root} is not a DVC repository; nothing to purge from DVC storage"
 MSG_UNREACHABLE = "DVC remote {name} cannot be reached ({error}): passed over"
+PROBE_SECONDS = 2.0  # endpoint_down: how long a remote's endpoint may take to accept
 MSG_STILL_LISTED = (
     "the current data/raw manifest ({md5}) still lists subject {pid}; run the raw-store step "
     "of the erasure first (`visage privacy resume`)"
@@ -89,6 +92,20 @@ class ObjectStore:
 
     def oid_path(self, oid: str) -> str:
         return str(self.odb.oid_to_path(oid))
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """``(host, port)`` of a remote's own endpoint (an S3 ``endpointurl``: the local
+        stack, a MinIO), None for a local store or a remote without one (AWS itself)."""
+        if self.local_path is not None:
+            return None
+        inner = getattr(self.odb.fs, "fs", None)
+        url = (getattr(inner, "client_kwargs", None) or {}).get("endpoint_url")
+        if not url:
+            return None
+        parsed = urlsplit(str(url))
+        if not parsed.hostname:
+            return None
+        return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
 
     def exists(self, oid: str) -> bool:
         if self.local_path is not None:
@@ -305,6 +322,23 @@ def read_manifest(data: bytes) -> list[dict[str, Any]] | None:
     return [e for e in doc if isinstance(e, dict) and "relpath" in e]
 
 
+def endpoint_down(store: ObjectStore, known: dict[Any, str | None]) -> str | None:
+    """Why ``store``'s endpoint takes no connection (``ConnectionRefusedError``, a timeout),
+    or None when it does or has none to try. One TCP connection of at most
+    :data:`PROBE_SECONDS` per endpoint, remembered in ``known``: the S3 client would retry each
+    request for 4-14 s before it gave up (a stack stopped after ``visage stack down``)."""
+    where = store.endpoint()
+    if where is None:
+        return None
+    if where not in known:
+        try:
+            socket.create_connection(where, timeout=PROBE_SECONDS).close()
+            known[where] = None
+        except OSError as exc:
+            known[where] = type(exc).__name__
+    return known[where]
+
+
 def read_object(
     stores: Iterable[ObjectStore], oid: str, *, unreachable: set[str] | None = None
 ) -> bytes | None:
@@ -335,6 +369,12 @@ def current_references(setup: DvcSetup, *, unreachable_ok: bool = False) -> set[
     (``unreachable_ok``: remotes that cannot be reached are passed over, :func:`read_object`)."""
     refs: set[str] = set()
     unreachable: set[str] | None = set() if unreachable_ok else None
+    if unreachable is not None:  # a stopped stack: passed over at once, not after retries
+        known: dict[Any, str | None] = {}
+        for store in setup.stores:
+            if why := endpoint_down(store, known):
+                unreachable.add(store.name)
+                log.warning(MSG_UNREACHABLE.format(name=store.name, error=why))
     for f in workspace_files(setup.root, is_ignored_dir=setup.is_ignored_dir):
         try:
             doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
