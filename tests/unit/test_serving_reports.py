@@ -65,3 +65,22 @@ def test_serving_reports_make_the_released_documents_and_mark_the_served_point()
     conf = out.confusion
     assert conf["demographics_model_version"] == "dem-9"
     assert conf["gender"]["g1"]["accuracy"] == 1.0 and conf["group"]["accuracy"] == 1.0
+
+
+def test_the_served_point_counts_whom_the_gallery_stage_enrols_not_every_consent(project):
+    # The report marked N = 161 (consents for identification) while the gallery served 145:
+    # subjects allowed but without a processed image are never enrolled.
+    from visage_ml.config import ProjectPaths, load_params
+    from visage_ml.evaluation.inputs import served_context
+
+    paths = ProjectPaths(project)
+    paths.consents.parent.mkdir(parents=True)
+    rows = [(f"p{i:016x}", "identification", i != 3) for i in range(6)]
+    rows.append(("p" + "0" * 16, "training", True))
+    pd.DataFrame(rows, columns=["pid", "purpose", "allowed"]).to_parquet(paths.consents)
+    params = load_params(paths.params)
+    assert served_context(paths, params).gallery_size == 5  # no manifest yet: every consent
+    paths.processed.mkdir(parents=True)
+    manifest = pd.DataFrame({"pid": [f"p{i:016x}" for i in (0, 0, 1, 3, 4)]})
+    manifest.to_parquet(paths.processed / "manifest.parquet")
+    assert served_context(paths, params).gallery_size == 3  # 0, 1 and 4: allowed, with images

@@ -248,13 +248,19 @@ def with_population(
 
 
 def served_context(paths: ProjectPaths, params: Params) -> ServedContext:
-    """``serving.identify`` and the number of subjects allowed for identification (the gallery the
-    ``gallery`` stage builds), read from the consent snapshot when there is one."""
+    """``serving.identify`` and the size of the gallery the ``gallery`` stage builds: the
+    subjects allowed for identification (the consent snapshot, when there is one) that have a
+    processed image (``data/processed/manifest.parquet``, when there is one); a subject
+    allowed without one is never enrolled."""
     size = None
     if paths.consents.is_file():
         consents = pd.read_parquet(paths.consents, columns=["pid", "purpose", "allowed"])
         allowed = consents[(consents["purpose"] == "identification") & consents["allowed"]]
-        size = int(allowed["pid"].nunique())
+        pids = set(allowed["pid"].astype(str))
+        manifest = paths.processed / "manifest.parquet"
+        if manifest.is_file():
+            pids &= set(pd.read_parquet(manifest, columns=["pid"])["pid"].astype(str))
+        size = len(pids)
     ident = params.serving.identify
     return ServedContext(
         target_fpir=ident.target_fpir, confidence=ident.confidence, gallery_size=size
