@@ -106,3 +106,21 @@ def test_number_formatting():
     assert fmt_rate(0.0001234) == "1.23e-04"
     assert fmt_ci({"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}) == "0.5 [0.4, 0.6]"
     assert fmt_ci({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.5"
+
+
+def test_the_banner_says_which_part_of_the_gate_is_enforced(report_inputs):
+    # It said "gate advisory (not enforced)" while the demographic model's checks were.
+    fairness, curves = report_inputs
+    figs = make_figures(fairness=fairness, curves=curves)
+    gate = {**fairness["gate"], "enforce": False, "enforce_demographics": True}
+    page = render_html(
+        fairness={**fairness, "gate": gate},
+        metrics={"fairness": {"gate_passed": 1}},
+        figures=figs,
+        lineage={},
+        params={},
+    )
+    banner = page.split("</p>", 2)[0]
+    assert "differentials advisory (not enforced)" in banner
+    assert "the demographic model's checks enforced" in banner
+    assert "If a check is inconclusive" in page and "g4" in page.split("<b>Groups.</b>")[1]

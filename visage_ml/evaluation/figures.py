@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 # Cut-off of the DET axes: error rates below this are drawn at the edge.
 DET_FLOOR = 1e-5
-DET_TICKS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
+DET_TICKS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95)
+DET_CEILING = 0.95  # DET axes end here: a weak group's operating point (FNMR 0.6) stays in view
+DPI = 150  # legible cell labels and ticks when a reviewer zooms in
 COLORS: tuple[str, ...] = ("#1b6ca8", "#e07b00", "#2a9d3a", "#c0392b", "#7d3c98", "#8c564b")
 
 
@@ -30,12 +32,12 @@ COLORS: tuple[str, ...] = ("#1b6ca8", "#e07b00", "#2a9d3a", "#c0392b", "#7d3c98"
 def _figure(width: float = 6.4, height: float = 4.4) -> Figure:
     from matplotlib.figure import Figure  # deferred: slow to import, only drawing needs it
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 
@@ -87,7 +89,11 @@ def det_figure(
         if curve is None:
             continue
         color = COLORS[i % len(COLORS)]
-        ax.plot(_probit(curve.fmr), _probit(curve.fnmr), color=color, label=name, lw=1.5)
+        # A rate of 0 (or 1) has no place on normal-deviate axes: left out, not drawn at the
+        # floor (a curve then fell straight down to the axis where FNMR reached 0).
+        fmr, fnmr = np.asarray(curve.fmr), np.asarray(curve.fnmr)
+        inside = (fmr > 0) & (fmr < 1) & (fnmr > 0) & (fnmr < 1)
+        ax.plot(_probit(fmr[inside]), _probit(fnmr[inside]), color=color, label=name, lw=1.5)
         if points and name in points:
             x, y = points[name]
             ax.plot(_probit(np.array([x])), _probit(np.array([y])), "o", color=color, ms=5)
@@ -95,7 +101,7 @@ def det_figure(
     labels = [f"{t:g}" for t in DET_TICKS]
     ax.set_xticks(ticks, labels)
     ax.set_yticks(ticks, labels)
-    lim = (_probit(np.array([DET_FLOOR]))[0], _probit(np.array([0.5]))[0])
+    lim = (_probit(np.array([DET_FLOOR]))[0], _probit(np.array([DET_CEILING]))[0])
     ax.set_xlim(*lim)
     ax.set_ylim(*lim)
     ax.set_xlabel("false match rate (FMR)")
@@ -111,13 +117,14 @@ def heatmap_figure(
 ) -> bytes:
     """log10 heat map of the cross-group FMR matrix, each cell annotated with its value."""
     m = np.asarray(matrix, dtype=np.float64)
-    fig = _figure(5.2, 4.4)
+    n = len(labels)
+    side = max(4.4, 0.75 * n + 1.6)  # 8 x 8 (group x gender) cells get room for their labels
+    fig = _figure(side + 0.8, side)
     ax = fig.add_subplot()
     positive = m[np.isfinite(m) & (m > 0)]
     floor = positive.min() / 10 if positive.size else 1e-6
     shown = np.log10(np.where(np.isfinite(m), np.maximum(m, floor), np.nan))
     im = ax.imshow(shown, cmap="viridis")
-    n = len(labels)
     ax.set_xticks(range(n), labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
     finite = shown[np.isfinite(shown)]
@@ -135,7 +142,7 @@ def heatmap_figure(
                 ha="center",
                 va="center",
                 color="black" if dark else "white",
-                fontsize=7,
+                fontsize=8,
             )
     fig.colorbar(im, ax=ax, label="log10 FMR")
     ax.set_title(title)

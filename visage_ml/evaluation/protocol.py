@@ -227,9 +227,15 @@ def demographic_breakdowns(id_group: np.ndarray, id_gender: np.ndarray) -> list[
 
 
 def threshold_document(
-    gen_scores: np.ndarray, imp_scores: np.ndarray, *, cfg: EvaluateParams, n_ids: int
+    gen_scores: np.ndarray,
+    imp_scores: np.ndarray,
+    *,
+    cfg: EvaluateParams,
+    n_ids: int,
+    calibration: str = "none",
 ) -> dict[str, Any]:
-    """The serving threshold at ``cfg.target_fmr`` and its measured rates (no lineage yet)."""
+    """The serving threshold at ``cfg.target_fmr`` and its measured rates (no lineage yet), on
+    the scores of the served ``calibration`` method."""
     threshold = threshold_at_far(imp_scores, cfg.target_fmr)
     fmr_t, fnmr_t = rates_at_threshold(gen_scores, imp_scores, threshold)
     expected_errors = cfg.target_fmr * imp_scores.size
@@ -238,7 +244,12 @@ def threshold_document(
         "target_fmr": cfg.target_fmr,
         "measured_fmr": fmr_t,
         "measured_fnmr": fnmr_t,
-        "score": "cosine similarity of L2-normalised embeddings",
+        "score": (
+            "cosine similarity of L2-normalised embeddings"
+            if calibration == "none"
+            else f"{calibration}-calibrated cosine similarity of L2-normalised embeddings "
+            "(as serving scores; reports/score_calibration.json)"
+        ),
         "accept": "score >= threshold",
         "n_impostor_pairs": int(imp_scores.size),
         "n_genuine_pairs": int(gen_scores.size),
@@ -335,7 +346,11 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
     ver = verification_with_intervals(pairs, fars=cfg.fars, rounds=cfg.bootstrap, seed=seed)
     ver_dict = ver.to_dict(cfg.ci_level)
     threshold_doc = threshold_document(
-        pairs.score[pairs.genuine], pairs.score[~pairs.genuine], cfg=cfg, n_ids=n_ids
+        pairs.score[pairs.genuine],
+        pairs.score[~pairs.genuine],
+        cfg=cfg,
+        n_ids=n_ids,
+        calibration=calibration.method,
     )
     threshold_doc["embedder_model_version"] = lineage["embedder_model_version"]
     threshold_doc["embedder_data_md5"] = lineage["embedder_data_md5"]
