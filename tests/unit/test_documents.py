@@ -73,3 +73,40 @@ def test_the_sign_is_an_a4_first_layer_with_a_qr_code_to_the_full_notice(project
     recs = records_of(paths)
     text = "\n".join(t for _, t in sign_lines(recs, render_notice(recs)))
     assert "(legal basis: consent (Art. 6(1)(a), 9(2)(a)))" in text and "art6" not in text
+
+
+def test_documents_with_the_shipped_example_controller_say_they_are_drafts(project):
+    # The default records name "Example Controller Ltd", dpo@example.org and a notice on
+    # example.org: a sign printed from them would send passers-by nowhere. They say so, and
+    # stop saying it once the DPO has filled privacy/records.yaml in.
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    runner = CliRunner()
+    r = runner.invoke(app, ["privacy", "notice", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["placeholders"] == [
+        "controller.name",
+        "controller.contact",
+        "dpo.contact",
+        "notice_url",
+    ]
+    r = runner.invoke(app, ["privacy", "records"])
+    assert "DRAFT" in r.output and "privacy/records.yaml" in r.output
+    folder = project / "reports" / "privacy"
+    for page in ("notice.html", "records.html"):
+        assert "DRAFT" in (folder / page).read_text(), page
+    recs = records_of(paths)
+    assert sign_lines(recs, render_notice(recs))[0][1].startswith("DRAFT")
+
+    records = yaml.safe_load(records_path(paths).read_text())
+    records["controller"] |= {"name": "Acme Shops SA", "contact": "privacy@acme.test"}
+    records["dpo"]["contact"] = "dpo@acme.test"
+    records["notice_url"] = "https://acme.test/privacy/visage"
+    records_path(paths).write_text(yaml.safe_dump(records))
+    r = runner.invoke(app, ["privacy", "notice", "--json"])
+    assert json.loads(r.output)["placeholders"] == []
+    runner.invoke(app, ["privacy", "records"])
+    for page in ("notice.html", "records.html"):
+        assert "DRAFT" not in (folder / page).read_text(), page
+    recs = records_of(paths)
+    assert not sign_lines(recs, render_notice(recs))[0][1].startswith("DRAFT")

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 from visage_ml.config import ProjectPaths
 from visage_ml.io import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
 from visage_ml.privacy.consent import LEGAL_BASES
-from visage_ml.privacy.records import COMPLAINT_TEXT, RIGHTS_TEXT, Records, records_of
+from visage_ml.privacy.records import COMPLAINT_TEXT, MSG_DRAFT, RIGHTS_TEXT, Records, records_of
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def render_notice(records: Records) -> Notice:
         .get_template("notice.html.j2")
         .render(
             r=records,
+            draft=draft_text(records),
             bases=LEGAL_BASES,
             rights=RIGHTS_TEXT,
             complaint=COMPLAINT_TEXT,
@@ -123,10 +124,19 @@ def notice_for_receipts(paths: ProjectPaths) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def draft_text(records: Records) -> str:
+    """The draft warning of documents rendered from ``records`` (empty when none is due)."""
+    draft = records.placeholders()
+    return MSG_DRAFT.format(fields=", ".join(draft)) if draft else ""
+
+
 def sign_lines(records: Records, notice: Notice) -> list[tuple[str, str]]:
     """The sign's content as ``(style, text)``: ``title``, ``head`` or ``body``."""
     c = records.controller
-    lines: list[tuple[str, str]] = [("title", SIGN_TITLE)]
+    lines: list[tuple[str, str]] = []
+    if draft := records.placeholders():
+        lines.append(("head", MSG_DRAFT.format(fields=", ".join(draft))))
+    lines.append(("title", SIGN_TITLE))
     lines.append(("head", "Who is responsible"))
     lines.append(("body", f"{c.name} - {c.contact}"))
     lines.append(("body", f"Data protection officer: {records.dpo.contact}"))
@@ -314,6 +324,7 @@ def records_html(
         .get_template("records.html.j2")
         .render(
             r=records,
+            draft=draft_text(records),
             digest=records_digest(records),
             generated=generated or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
             registered=registered or [],
@@ -328,6 +339,8 @@ def records_pdf(records: Records, *, registered: list[str] | None = None) -> byt
     pdf.set_auto_page_break(True, margin=15)
     pdf.add_page()
     pdf.para("Records of processing activities (GDPR Art. 30(1))", size=16, bold=True)
+    if draft := draft_text(records):
+        pdf.para(draft, size=11, bold=True)
     pdf.para(f"records SHA-256 {records_digest(records)}", size=8, colour=(90, 90, 90))
     c, d, sa = records.controller, records.dpo, records.supervisory_authority
     rows = [

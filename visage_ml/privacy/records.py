@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from visage_ml.config import PURPOSES, ConfigError, ProjectPaths, load_params
+from visage_ml.config import PURPOSES, ConfigError, ProjectParams, ProjectPaths, load_params
 from visage_ml.io import atomic_write_text
 from visage_ml.privacy.consent import LEGAL_BASES, check_basis
 
@@ -51,6 +51,21 @@ MSG_PURPOSES = (
     "the purposes must be exactly those visage-ml enforces ({known}); found {found}. A purpose "
     "the code does not know could be consented to but never enforced"
 )
+
+
+EXAMPLE_CONTROLLER = ProjectParams().controller  # what project.controller ships with
+EXAMPLE_DOMAIN = "example.org"
+MSG_DRAFT = (
+    "DRAFT: {fields} still hold the shipped example; fill in privacy/records.yaml (the "
+    "controller, the DPO's contact, where the notice is published) before publishing this"
+)
+
+
+def _at_example_domain(value: str) -> bool:
+    """Whether an e-mail address or URL is at :data:`EXAMPLE_DOMAIN` (or a subdomain)."""
+    host = value.rsplit("@", 1)[-1] if "@" in value and "://" not in value else value
+    host = host.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+    return host == EXAMPLE_DOMAIN or host.endswith("." + EXAMPLE_DOMAIN)
 
 
 class RecordsError(ConfigError):
@@ -197,6 +212,21 @@ class Records(_Strict):
         return self
 
     # -- questions -----------------------------------------------------------------------------
+    def placeholders(self) -> list[str]:
+        """The fields still holding the shipped example (the default controller, an address at
+        ``example.org``): documents rendered from them are drafts (:data:`MSG_DRAFT`)."""
+        found = []
+        if self.controller.name == EXAMPLE_CONTROLLER:
+            found.append("controller.name")
+        for name, value in (
+            ("controller.contact", self.controller.contact),
+            ("dpo.contact", self.dpo.contact),
+            ("notice_url", self.notice_url),
+        ):
+            if _at_example_domain(value):
+                found.append(name)
+        return found
+
     def allowed_bases(self, purpose: str) -> tuple[str, ...]:
         """The legal-basis codes that may be recorded for ``purpose``."""
         return tuple(self.purposes[purpose].legal_bases)

@@ -22,6 +22,7 @@ from visage_ml.io import atomic_write_bytes, atomic_write_text, sha256_file
 from visage_ml.privacy import auditlog
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import (
+    draft_text,
     publish_notice,
     records_html,
     records_pdf,
@@ -77,11 +78,14 @@ def records(
         "purposes": list(recs.purposes),
         "html": str(html),
         "pdf": str(pdf),
+        "placeholders": recs.placeholders(),
     }
     if as_json:
         emit_json(doc)
         return
     console.print(f"{records_path(paths)} is valid: purposes {', '.join(recs.purposes)}")
+    if draft := draft_text(recs):
+        console.print(f"[bold red]{draft}[/]", highlight=False)
     console.print(f"wrote {html} and {pdf}", highlight=False)
 
 
@@ -113,11 +117,14 @@ def notice(
         "version": current.version,
         "sha256": current.sha256,
         **{k: str(v) for k, v in files.items()},
+        "placeholders": recs.placeholders(),
     }
     if as_json:
         emit_json(doc)
         return
     console.print(f"notice {current.version} (sha256 {current.sha256})", highlight=False)
+    if draft := draft_text(recs):
+        console.print(f"[bold red]{draft}[/]", highlight=False)
     for path in files.values():
         console.print(f"  {path}", highlight=False)
 
