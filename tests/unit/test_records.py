@@ -40,6 +40,8 @@ def test_project_set_up_writes_valid_records_with_analytics_as_a_purpose(project
     recs = records_of(paths)
     assert set(recs.purposes) == {"identification", "training", "evaluation", "analytics"}
     assert recs.retention("biometric_template").months == 12
+    # Skin tone may reveal ethnic origin (Art. 9(1)): a special category, as faces are.
+    assert recs.data_categories["demographic_attributes"].special
     # An existing file is validated, never replaced.
     text = path.read_text().replace("months: 36", "months: 24", 1)
     path.write_text(text)

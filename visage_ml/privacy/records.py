@@ -384,8 +384,10 @@ def default_records(*, controller: str, contact: str) -> dict[str, Any]:
                 },
             },
             "demographic_attributes": {
-                "label": "age, gender and skin-tone group",
-                "special": False,
+                # Skin tone can reveal racial or ethnic origin (Art. 9(1)), and analytics infers
+                # it from passers-by: a special category, under every purpose's Art. 9 condition.
+                "label": "age, gender and skin-tone group (skin tone may reveal ethnic origin)",
+                "special": True,
                 "source": "the data subject or the data set's labels",
                 "retention": {"months": 36, "start": "collection", "note": "with the images"},
             },
