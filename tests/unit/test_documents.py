@@ -29,6 +29,7 @@ def test_notice_is_versioned_by_content_and_receipts_carry_its_hash(project):
     assert sha256_text(html) == doc["sha256"] == render_notice(records_of(paths)).sha256
     for words in ("Data protection officer", "lodge a complaint", "analytics", "12 month(s)"):
         assert words in html
+    assert 'name="viewport"' in html  # the sign's QR code opens it on a phone
     assert notice_path(paths, doc["sha256"]).read_text() == html  # the version is kept
     # A consent given without --notice-file records this notice, not the hash of a string.
     core = PrivacyCore(paths)
