@@ -20,6 +20,7 @@ from visage_ml.privacy.ledger import (
     LedgerError,
     acting_as,
     entry_hash,
+    entry_hash_of,
     inclusion_for,
     os_actor,
     raw_key,
@@ -86,15 +87,7 @@ def test_forged_entry_with_recomputed_hash_fails_signature(tmp_path):
     lines = ledger.path.read_bytes().splitlines()
     obj = json.loads(lines[1])
     obj["payload"]["source"] = "forged"
-    obj["hash"] = entry_hash(
-        obj["seq"],
-        obj["time"],
-        obj["type"],
-        obj["pid"],
-        obj["payload"],
-        obj["prev_hash"],
-        obj.get("actor"),
-    )
+    obj["hash"] = entry_hash_of(obj)
     lines[1] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     ledger.path.write_bytes(b"\n".join(lines) + b"\n")
     result = ledger.verify()
@@ -111,15 +104,7 @@ def _rechained(lines: list[bytes], start: int, forge: bool = True) -> list[bytes
         if forge and obj["seq"] == start:
             obj["payload"]["source"] = "forged"
         obj["prev_hash"] = hashlib.sha256(out[-1]).hexdigest() if out else obj["prev_hash"]
-        obj["hash"] = entry_hash(
-            obj["seq"],
-            obj["time"],
-            obj["type"],
-            obj["pid"],
-            obj["payload"],
-            obj["prev_hash"],
-            obj.get("actor"),
-        )
+        obj["hash"] = entry_hash_of(obj)
         out.append(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
     return out
 
@@ -322,15 +307,7 @@ def test_key_rotation_is_followed_and_a_forged_rotation_is_caught(tmp_path):
     obj = json.loads(lines[entry.seq])
     thief = Ed25519PrivateKey.generate()
     obj["payload"]["new_key"] = base64.b64encode(raw_key(thief.public_key())).decode()
-    obj["hash"] = entry_hash(
-        obj["seq"],
-        obj["time"],
-        obj["type"],
-        obj["pid"],
-        obj["payload"],
-        obj["prev_hash"],
-        obj.get("actor"),
-    )
+    obj["hash"] = entry_hash_of(obj)
     obj["sig"] = base64.b64encode(previous.sign(obj["hash"].encode())).decode()
     lines[entry.seq] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
     ledger.path.write_bytes(b"".join(lines[: entry.seq + 1]))

@@ -68,7 +68,7 @@ from visage_ml.privacy.keys import (
     load_or_create_signing_key,
     load_public_keys,
 )
-from visage_ml.privacy.ledger import Entry, entry_hash, verify_inclusion_record
+from visage_ml.privacy.ledger import Entry, entry_hash_of, verify_inclusion_record
 from visage_ml.privacy.witness import LOCAL_WITNESS_PREFIX
 
 log = logging.getLogger(__name__)
@@ -173,15 +173,7 @@ def signature_ok(doc: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
 def entry_ok(obj: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
     """A ledger entry (as a mapping) whose hash recomputes and whose signature verifies."""
     try:
-        h = entry_hash(
-            obj["seq"],
-            obj["time"],
-            obj["type"],
-            obj["pid"],
-            obj["payload"],
-            obj["prev_hash"],
-            obj.get("actor"),
-        )
+        h = entry_hash_of(obj)
         if h != obj["hash"]:
             return False
         public_key.verify(base64.b64decode(obj["sig"], validate=True), obj["hash"].encode())

@@ -331,6 +331,19 @@ def entry_hash(
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
+def entry_hash_of(obj: Mapping[str, Any]) -> str:
+    """:func:`entry_hash` of a parsed ledger line (its own fields)."""
+    return entry_hash(
+        obj["seq"],
+        obj["time"],
+        obj["type"],
+        obj["pid"],
+        obj["payload"],
+        obj["prev_hash"],
+        obj.get("actor"),
+    )
+
+
 def _check_payload(payload: Any, path: str = "payload") -> None:
     if isinstance(payload, Mapping):
         for k, v in payload.items():
@@ -385,15 +398,7 @@ def check_rotation(obj: Mapping[str, Any], active: bytes) -> bytes:
         old = base64.b64decode(payload["old_key"], validate=True)
         new = base64.b64decode(payload["new_key"], validate=True)
         new_sig = base64.b64decode(payload["new_key_sig"], validate=True)
-        h = entry_hash(
-            obj["seq"],
-            obj["time"],
-            obj["type"],
-            obj["pid"],
-            payload,
-            obj["prev_hash"],
-            obj.get("actor"),
-        )
+        h = entry_hash_of(obj)
     except (KeyError, TypeError, ValueError):
         raise ValueError("key rotation entry is malformed") from None
     if obj.get("type") != ROTATION_TYPE or h != obj.get("hash"):
