@@ -26,9 +26,13 @@ def test_notice_is_versioned_by_content_and_receipts_carry_its_hash(project):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     html = (project / "reports" / "privacy" / "notice.html").read_text()
-    assert sha256_text(html) == doc["sha256"] == render_notice(records_of(paths)).sha256
+    rendered = render_notice(records_of(paths), consent_months=12, erase_without_basis=True)
+    assert sha256_text(html) == doc["sha256"] == rendered.sha256
     for words in ("Data protection officer", "lodge a complaint", "analytics", "12 month(s)"):
         assert words in html
+    # What privacy.retention enforces of consents is said (it was not: only the records' periods).
+    assert "A consent lapses 12 calendar month(s) after it was" in html
+    assert "all of it\nis erased" in html
     assert 'name="viewport"' in html  # the sign's QR code opens it on a phone
     assert notice_path(paths, doc["sha256"]).read_text() == html  # the version is kept
     # A consent given without --notice-file records this notice, not the hash of a string.

@@ -36,7 +36,7 @@ import qrcode
 from fpdf import FPDF
 from PIL import Image, ImageDraw, ImageFont
 
-from visage_ml.config import ProjectPaths
+from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.io import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
 from visage_ml.privacy.consent import LEGAL_BASES
 from visage_ml.privacy.records import COMPLAINT_TEXT, MSG_DRAFT, RIGHTS_TEXT, Records, records_of
@@ -77,14 +77,21 @@ class Notice:
         return f"notice-{self.sha256[:16]}"
 
 
-def render_notice(records: Records) -> Notice:
-    """The full notice (HTML) rendered from ``records``; the same records give the same bytes."""
+def render_notice(
+    records: Records, *, consent_months: int = 0, erase_without_basis: bool = False
+) -> Notice:
+    """The full notice (HTML) rendered from ``records`` and what ``privacy.retention`` enforces
+    of consents (``consent_months``: a consent lapses that long after it was given, 0 never;
+    ``erase_without_basis``: a subject no purpose has a basis for is erased); the same inputs
+    give the same bytes."""
     html = (
         _env()
         .get_template("notice.html.j2")
         .render(
             r=records,
             draft=draft_text(records),
+            consent_months=consent_months,
+            erase_without_basis=erase_without_basis,
             bases=LEGAL_BASES,
             rights=RIGHTS_TEXT,
             complaint=COMPLAINT_TEXT,
@@ -101,7 +108,13 @@ def notice_path(paths: ProjectPaths, sha256: str) -> Path:
 
 def publish_notice(paths: ProjectPaths) -> Notice:
     """Render the project's notice and keep this version under ``privacy/notices/``."""
-    notice = render_notice(records_of(paths))
+    params = load_params(paths.params) if paths.params.exists() else Params()
+    retention = params.privacy.retention
+    notice = render_notice(
+        records_of(paths),
+        consent_months=retention.consent_months,
+        erase_without_basis=retention.erase_without_basis,
+    )
     path = notice_path(paths, notice.sha256)
     if not path.exists():
         atomic_write_text(path, notice.html)
