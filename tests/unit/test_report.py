@@ -124,3 +124,36 @@ def test_the_banner_says_which_part_of_the_gate_is_enforced(report_inputs):
     assert "differentials advisory (not enforced)" in banner
     assert "the demographic model's checks enforced" in banner
     assert "If a check is inconclusive" in page and "g4" in page.split("<b>Groups.</b>")[1]
+
+
+def test_the_demographic_bars_carry_their_intervals_and_the_gate_limit(monkeypatch):
+    # 0.927 and 0.955 looked alike as bars from 0: the 95% intervals and the gate's limit say
+    # whether the lowest group is clear of it.
+    from matplotlib.axes import Axes
+
+    from visage_ml.evaluation.figures import group_metric_figure
+
+    drawn = {}
+    real_errorbar, real_axhline = Axes.errorbar, Axes.axhline
+
+    def errorbar(self, x, y, yerr=None, **kw):
+        drawn["yerr"] = yerr
+        return real_errorbar(self, x, y, yerr=yerr, **kw)
+
+    def axhline(self, y=0, **kw):
+        drawn.setdefault("lines", []).append((y, kw.get("label")))
+        return real_axhline(self, y, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
+    monkeypatch.setattr(Axes, "axhline", axhline)
+    summary = {"overall": 0.94, "by_group": {"g1": 0.955, "g4": 0.927}}
+    intervals = {
+        "g1": {"value": 0.955, "ci_low": 0.934, "ci_high": 0.972},
+        "g4": {"value": 0.927, "ci_low": 0.891, "ci_high": 0.966},
+    }
+    png = group_metric_figure(
+        summary, title="t", ylabel="accuracy", intervals=intervals, limit=0.85
+    )
+    assert png.startswith(PNG)
+    assert np.allclose(drawn["yerr"], [[0.021, 0.036], [0.017, 0.039]])
+    assert (0.85, "gate limit 0.85") in drawn["lines"]

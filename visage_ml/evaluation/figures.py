@@ -184,18 +184,34 @@ def rates_figure(
     return _png(fig)
 
 
-def group_metric_figure(summary: Mapping[str, Any], *, title: str, ylabel: str) -> bytes:
-    """Bars of one metric per group (a :func:`frame_summary` result), overall as a line."""
+def group_metric_figure(
+    summary: Mapping[str, Any],
+    *,
+    title: str,
+    ylabel: str,
+    intervals: Mapping[str, Mapping[str, Any]] | None = None,
+    limit: float | None = None,
+) -> bytes:
+    """Bars of one metric per group (a :func:`frame_summary` result), overall as a line;
+    ``intervals`` (group -> ``value``, ``ci_low``, ``ci_high``) as 95% error bars, the gate's
+    ``limit`` as a red line."""
     by_group = summary["by_group"]
     labels = list(by_group)
     vals = np.array([_num(by_group[g]) for g in labels])
     fig = _figure(5.2, 3.4)
     ax = fig.add_subplot()
-    ax.bar(np.arange(len(labels)), np.nan_to_num(vals), color=COLORS[2])
+    x = np.arange(len(labels))
+    ax.bar(x, np.nan_to_num(vals), color=COLORS[2])
+    if intervals and all(g in intervals for g in labels):
+        _, err = _errs([{**intervals[g], "value": vals[i]} for i, g in enumerate(labels)])
+        ax.errorbar(x, vals, yerr=err, fmt="none", ecolor="black", capsize=4, label="95% CI")
     overall = _num(summary.get("overall"))
     if math.isfinite(overall):
         ax.axhline(overall, color="black", ls="--", lw=1, label="overall")
-        ax.legend(fontsize=8)
+    if limit is not None:
+        ax.axhline(limit, color=COLORS[3], lw=1.2, label=f"gate limit {limit:g}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
     ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -290,11 +306,21 @@ def make_figures(
         )
         out[f"rates_{name}.png"] = rates_figure(diff, target_fmr=target, title=f"By {name}")
     model = fairness.get("demographic_model") or {}
+    intervals = fairness.get("demographic_intervals") or {}
+    limits = {
+        str(c.get("metric", "")).split(" ")[0]: c.get("limit")
+        for c in (fairness.get("gate") or {}).get("checked", [])
+        if str(c.get("metric", "")).endswith("(lowest group)")
+    }
     for task, by in model.items():
         if "group" in by:
             ylabel = "years" if task == "age_mae" else "accuracy"
             out[f"demographics_{task}.png"] = group_metric_figure(
-                by["group"], title=f"{task} by group", ylabel=ylabel
+                by["group"],
+                title=f"{task} by group",
+                ylabel=ylabel,
+                intervals=(intervals.get(task) or {}).get("groups"),
+                limit=limits.get(task),
             )
     detection = fairness.get("detection") or {}
     if "group" in detection:
