@@ -431,12 +431,12 @@ def default_records(*, controller: str, contact: str) -> dict[str, Any]:
         },
         "recipients": [
             {
-                "name": "Operators of the identification service (internal)",
+                "name": "Operators of the identification service",
                 "kind": "internal",
                 "purposes": ["identification"],
             },
             {
-                "name": "Hosting and IT service provider (processor, Art. 28)",
+                "name": "Hosting and IT service provider (Art. 28)",
                 "kind": "processor",
                 "purposes": ["identification", "training", "evaluation", "analytics"],
             },
