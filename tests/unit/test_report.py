@@ -157,3 +157,27 @@ def test_the_demographic_bars_carry_their_intervals_and_the_gate_limit(monkeypat
     assert png.startswith(PNG)
     assert np.allclose(drawn["yerr"], [[0.021, 0.036], [0.017, 0.039]])
     assert (0.85, "gate limit 0.85") in drawn["lines"]
+
+
+def test_every_cross_fmr_map_has_one_colour_scale_and_a_zero_cell_says_so(
+    report_inputs, monkeypatch
+):
+    # Each map had its own range: one colour meant 3.7e-4 on one map and 2.5e-6 on another.
+    import visage_ml.evaluation.figures as figures
+
+    fairness, curves = report_inputs
+    group = fairness["breakdowns"]["group"]
+    other = {**group, "cross_fmr": {**group["cross_fmr"], "value": [[0.0, 1e-6], [4e-4, 2e-5]]}}
+    two = {**fairness, "breakdowns": {"group": group, "gender": other}}
+    scales, real = [], figures.heatmap_figure
+    monkeypatch.setattr(
+        figures,
+        "heatmap_figure",
+        lambda m, labels, **kw: (
+            scales.append((kw["floor"], kw["ceiling"])) or real(m, labels, **kw)
+        ),
+    )
+    figures.make_figures(fairness=two, curves=curves)
+    cells = [v for d in two["breakdowns"].values() for r in d["cross_fmr"]["value"] for v in r]
+    seen = [float(v) for v in cells if v is not None and float(v) > 0]
+    assert scales == [(min(seen) / 10, max(seen))] * 2

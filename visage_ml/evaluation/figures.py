@@ -113,18 +113,29 @@ def det_figure(
 
 
 def heatmap_figure(
-    matrix: np.ndarray, labels: Sequence[str], *, title: str = "Cross-group FMR"
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    *,
+    title: str = "Cross-group FMR",
+    floor: float | None = None,
+    ceiling: float | None = None,
 ) -> bytes:
-    """log10 heat map of the cross-group FMR matrix, each cell annotated with its value."""
+    """log10 heat map of the cross-group FMR matrix, each cell annotated with its value.
+
+    ``floor`` and ``ceiling`` fix the colour scale (the report gives every breakdown's map the
+    same, so that one colour is one FMR); a cell below the floor (0: no false match seen)
+    takes the floor's colour and reads "0 seen"."""
     m = np.asarray(matrix, dtype=np.float64)
     n = len(labels)
     side = max(4.4, 0.75 * n + 1.6)  # 8 x 8 (group x gender) cells get room for their labels
     fig = _figure(side + 0.8, side)
     ax = fig.add_subplot()
     positive = m[np.isfinite(m) & (m > 0)]
-    floor = positive.min() / 10 if positive.size else 1e-6
+    if floor is None:
+        floor = positive.min() / 10 if positive.size else 1e-6
     shown = np.log10(np.where(np.isfinite(m), np.maximum(m, floor), np.nan))
-    im = ax.imshow(shown, cmap="viridis")
+    top = np.log10(ceiling) if ceiling is not None else None
+    im = ax.imshow(shown, cmap="viridis", vmin=np.log10(floor), vmax=top)
     ax.set_xticks(range(n), labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
     finite = shown[np.isfinite(shown)]
@@ -132,7 +143,7 @@ def heatmap_figure(
     for r in range(n):
         for c in range(n):
             v = m[r, c]
-            text = "n/a" if not np.isfinite(v) else ("0" if v == 0 else f"{v:.1e}")
+            text = "n/a" if not np.isfinite(v) else ("0 seen" if v == 0 else f"{v:.1e}")
             # Dark text on the bright end of viridis, light text on the dark end.
             dark = np.isfinite(shown[r, c]) and shown[r, c] > middle
             ax.text(
@@ -285,6 +296,17 @@ def make_figures(
     """
     out: dict[str, bytes] = {}
     target = fairness.get("target_fmr")
+    # One colour scale for every cross-FMR map: a tenth of the smallest FMR seen to the largest.
+    cells = np.array(
+        [
+            _num(v)
+            for diff in fairness["breakdowns"].values()
+            for row in diff["cross_fmr"]["value"]
+            for v in row
+        ]
+    )
+    seen = cells[np.isfinite(cells) & (cells > 0)]
+    scale = (seen.min() / 10, seen.max()) if seen.size else (None, None)
     for name, diff in fairness["breakdowns"].items():
         groups = diff["groups"]
         roc_points = {
@@ -303,6 +325,8 @@ def make_figures(
             np.array([[_num(v) for v in row] for row in diff["cross_fmr"]["value"]]),
             diff["labels"],
             title=f"Cross-{name} FMR at the global threshold",
+            floor=scale[0],
+            ceiling=scale[1],
         )
         out[f"rates_{name}.png"] = rates_figure(diff, target_fmr=target, title=f"By {name}")
     model = fairness.get("demographic_model") or {}
