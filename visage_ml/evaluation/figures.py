@@ -331,10 +331,10 @@ def make_figures(
         out[f"rates_{name}.png"] = rates_figure(diff, target_fmr=target, title=f"By {name}")
     model = fairness.get("demographic_model") or {}
     intervals = fairness.get("demographic_intervals") or {}
-    limits = {
-        str(c.get("metric", "")).split(" ")[0]: c.get("limit")
+    limits = {  # the lowest group's accuracy limit of each task the gate checks
+        c["task"]: c.get("limit")
         for c in (fairness.get("gate") or {}).get("checked", [])
-        if str(c.get("metric", "")).endswith("(lowest group)")
+        if c.get("bound") == "min_accuracy" and "task" in c
     }
     for task, by in model.items():
         if "group" in by:

@@ -276,6 +276,7 @@ def demographic_checks(
                 "gate": "demographics",
                 "bound": bound,
                 "breakdown": "group",
+                "task": task,
                 "metric": f"{task} ({'lowest group' if stat == 'min' else 'min/max'})",
                 "limit": limit,
                 "direction": "at least",

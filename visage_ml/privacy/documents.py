@@ -147,8 +147,8 @@ def sign_lines(records: Records, notice: Notice) -> list[tuple[str, str]]:
     """The sign's content as ``(style, text)``: ``title``, ``head`` or ``body``."""
     c = records.controller
     lines: list[tuple[str, str]] = []
-    if draft := records.placeholders():
-        lines.append(("head", MSG_DRAFT.format(fields=", ".join(draft))))
+    if draft := draft_text(records):
+        lines.append(("head", draft))
     lines.append(("title", SIGN_TITLE))
     lines.append(("head", "Who is responsible"))
     lines.append(("body", f"{c.name} - {c.contact}"))

@@ -498,7 +498,8 @@ def _controller(paths: ProjectPaths) -> tuple[str, str]:
     if paths.params.exists():
         project = load_params(paths.params).project
         return project.controller, project.controller_contact
-    return "Example Controller Ltd", "dpo@example.org"
+    shipped = ProjectParams()
+    return shipped.controller, shipped.controller_contact
 
 
 def records_of(paths: ProjectPaths) -> Records:

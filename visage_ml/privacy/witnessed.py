@@ -93,6 +93,7 @@ from visage_ml.privacy.ledger import (
     first_rotation_in_file,
     held_lines,
     line_hash_at,
+    line_spans,
     raw_key,
 )
 from visage_ml.privacy.witness import (
@@ -1444,10 +1445,7 @@ def _sets_of(found: tuple[_Held, ...], data: bytes, offset: int) -> tuple[_Held,
     """``found`` and the ``witness.set`` entries among the complete lines ``data`` (at byte
     ``offset`` of the ledger); see :data:`_WITNESS_SETS`."""
     out = list(found)
-    pos = data.find(_SET_MARK)
-    while pos != -1:
-        line_start = data.rfind(b"\n", 0, pos) + 1
-        line_end = data.find(b"\n", pos)
+    for line_start, line_end in line_spans(data, (_SET_MARK,)):
         try:
             obj = orjson.loads(data[line_start:line_end])
             if obj.get("type") == WITNESS_SET:
@@ -1459,7 +1457,6 @@ def _sets_of(found: tuple[_Held, ...], data: bytes, offset: int) -> tuple[_Held,
                 "run `visage privacy verify-ledger` to locate the damage and restore the ledger "
                 "from a backup"
             ) from None
-        pos = data.find(_SET_MARK, line_end)
     return tuple(out)
 
 
