@@ -1,5 +1,6 @@
 """The evaluation protocol runs on in-memory inputs and writes nothing."""
 
+import dataclasses
 import json
 import os
 
@@ -205,6 +206,7 @@ def test_unlabeled_identities_are_an_explicit_share_and_sources_are_named():
     assert fair["demographic_model"]["age_mae"]["gender"]["unlabeled"]["n"] == 0
     miss = fair["detection"]["group"]
     assert miss["unlabeled"]["n"] == 48 + 2 and miss["unlabeled"]["value"] == pytest.approx(2 / 50)
+    assert fair["detection_intervals"] is None  # the table does not say whose each image is
     # Which source each figure comes from.
     assert metrics["population"]["sources"] == "import:lfw, synthfaces"
     assert metrics["population"]["identities_by_source"] == {"import:lfw": 12, "synthfaces": 24}
@@ -226,3 +228,25 @@ def test_fully_labeled_inputs_report_an_empty_unlabeled_share():
     summary = result.fairness["demographic_model"]["gender_accuracy"]["group"]
     assert summary["unlabeled"] == {"n": 0, "share": 0.0, "value": None}
     assert result.metrics["population"]["unlabeled_group_share"] == 0.0
+
+
+def test_a_detection_table_that_names_each_person_gives_miss_rates_intervals():
+    inputs = _mixed_inputs()
+    det = inputs.detection.copy()
+    test = inputs.test
+    # The two missed images are of a labelled person of g2 (one of the test's own).
+    person = test.loc[test["group"] == "g2", ["pid", "group", "gender"]].iloc[0]
+    det["pid"] = [*test["pid"].astype(str), person["pid"], person["pid"]]
+    det.loc[len(test) :, ["group", "gender"]] = [person["group"], person["gender"]]
+    cfg = EvaluateParams(bootstrap=50, impostor_pairs=3000)
+    fair = evaluate(dataclasses.replace(inputs, detection=det), cfg=cfg, seed=3).fairness
+    json.dumps(fair, allow_nan=False)
+    doc = fair["detection_intervals"]["group"]["groups"]
+    point = fair["detection"]["group"]["by_group"]
+    assert {g: e["value"] for g, e in doc.items()} == pytest.approx(point)
+    g2 = doc["g2"]
+    assert g2["value"] > 0 and g2["ci_low"] == 0.0 < g2["value"] < g2["ci_high"]
+    assert doc["g1"] == {**doc["g1"], "value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert set(fair["detection_intervals"]["gender"]["groups"]) == set(
+        fair["detection"]["gender"]["by_group"]
+    )

@@ -181,3 +181,65 @@ def test_every_cross_fmr_map_has_one_colour_scale_and_a_zero_cell_says_so(
     cells = [v for d in two["breakdowns"].values() for r in d["cross_fmr"]["value"] for v in r]
     seen = [float(v) for v in cells if v is not None and float(v) > 0]
     assert scales == [(min(seen) / 10, max(seen))] * 2
+
+
+def _page(fairness, curves):
+    return render_html(
+        fairness=fairness,
+        metrics={},
+        figures=make_figures(fairness=fairness, curves=curves),
+        lineage={},
+        params={},
+    )
+
+
+def test_the_heat_map_values_can_be_read_as_a_table(report_inputs):
+    # The cross-group FMR was a picture only: no value for a reviewer to quote, nothing for a
+    # screen reader. Each cell now reads FMR [interval] (impostor pairs).
+    fairness, curves = report_inputs
+    cross = fairness["breakdowns"]["group"]["cross_fmr"]
+    page = _page(fairness, curves)
+    table = page.split("Cross-group FMR values")[1].split("</details>")[0]
+    cells = re.findall(r"<td>([^<]*)</td>", table)
+    assert cells[0] == "g1" and cells[3] == "g&lt;2&gt;"
+    assert cells[1].startswith(fmt_rate(cross["value"][0][0]))
+    assert cells[2].endswith(f"({cross['n_pairs'][0][1]})")
+    assert f"[{fmt_rate(cross['ci_low'][1][0])}, {fmt_rate(cross['ci_high'][1][0])}]" in cells[4]
+
+
+def test_the_open_set_table_speaks_words_not_keys(report_inputs):
+    fairness, curves = report_inputs
+    ident = {"fnir_at_fpir_1e-2": 0.2, "fpir_at_fpir_1e-2": 0.011, "threshold_at_fpir_1e-2": 0.9}
+    page = _page({**fairness, "identification": {**fairness["identification"], **ident}}, curves)
+    assert "fnir_at_fpir_1e-2" not in page.split("<h2>Lineage")[0]
+    assert "<td>FNIR at FPIR 0.01</td>" in page
+    assert "<td>FPIR reached (target 0.01)</td>" in page
+    assert "<td>threshold for FPIR 0.01</td>" in page
+    assert "<td>rank-1 hit rate (mated probes)</td>" in page
+
+
+def test_the_detector_miss_rate_has_intervals_over_people(report_inputs):
+    # "Point estimates, no interval": a group's miss rate of 0.1 on 20 people said nothing
+    # about whether it differs from another's.
+    fairness, curves = report_inputs
+    detection = {
+        "group": {
+            "overall": 0.05,
+            "by_group": {"g1": 0.0, "g<2>": 0.1},
+            "n": {"g1": 100, "g<2>": 100},
+            "difference": 0.1,
+            "ratio": 0.0,
+        }
+    }
+    sizes = {"n_images": 100, "n_identities": 10}
+    groups = {
+        "g1": {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, **sizes},
+        "g<2>": {"value": 0.1, "ci_low": 0.02, "ci_high": 0.21, **sizes},
+    }
+    with_ci = {**fairness, "detection": detection, "ci_level": 0.95}
+    page = _page({**with_ci, "detection_intervals": {"group": {"groups": groups}}}, curves)
+    section = page.split("miss rate</h2>")[1]
+    assert "intervals that resample people" in section
+    assert "<td>0.1 [0.02, 0.21]</td><td>100</td><td>10</td>" in section
+    bare = _page(with_ci, curves).split("miss rate</h2>")[1]
+    assert "no interval" in bare and "[0.02" not in bare

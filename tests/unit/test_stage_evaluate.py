@@ -81,6 +81,10 @@ def test_stage_writes_reports_logs_mlflow_and_registers_models(project: Path):
     assert all("too few identities" in c["reason"] for c in diffs)
     assert {"gender_accuracy", "group_accuracy", "age_mae"} <= set(metrics["demographics"])
     assert 0 <= metrics["detection"]["miss_rate"] < 0.2
+    # The detection table names each image's person: the miss rates have intervals.
+    missed = json.loads((reports / "fairness.json").read_text())["detection_intervals"]
+    g1 = missed["group"]["groups"]["g1"]
+    assert g1["ci_low"] <= g1["value"] <= g1["ci_high"] and g1["n_identities"] > 0
     # LFW: the pair whose image is not among the test crops is left out.
     assert metrics["lfw"]["n_pairs"] == n_protocol - 1
     assert 0.5 < metrics["lfw"]["accuracy"] <= 1.0

@@ -30,7 +30,8 @@ Layout of ``data/eval_population`` (:data:`FILES`)::
                         group, gender, age, part (measure | calibration), source, role,
                         det_prob, fallback
     detection.parquet   one row per rendered image: detected, group, gender, image_id, split,
-                        source, fallback (the detector's misses per group)
+                        source, fallback, part, pid (the detector's misses per group and
+                        person: the intervals resample people)
 """
 
 from __future__ import annotations
@@ -304,6 +305,7 @@ def build(
                     "source": purpose.source,
                     "fallback": False,
                     "part": m.part,
+                    "pid": m.pid,
                 }
             )
             if det is None:

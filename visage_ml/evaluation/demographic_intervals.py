@@ -144,3 +144,51 @@ def accuracy_intervals(
             "unmeasured_groups": unmeasured,
         }
     return out
+
+
+def miss_rate_intervals(
+    detected: np.ndarray,
+    identities: np.ndarray,
+    image_groups: np.ndarray,
+    *,
+    groups: Sequence[str],
+    rounds: int,
+    seed: int,
+    ci_level: float = 0.95,
+) -> dict[str, Any]:
+    """The detector's miss rate per group with identity-bootstrap intervals.
+
+    A person's photographs are missed together or not at all more often than chance (the same
+    face, lighting and pose habits), so images are not independent: the intervals resample
+    people, as :func:`accuracy_intervals` does (a "hit" there is a miss here).
+
+    Parameters
+    ----------
+    detected
+        Whether the detector found the face, per rendered image.
+    identities
+        The person of each image (any hashable id: pseudonymous or synthetic).
+    image_groups
+        The group (breakdown value) of each image; values not in ``groups`` are left out.
+    groups, rounds, seed, ci_level
+        As for :func:`accuracy_intervals`.
+
+    Returns
+    -------
+    dict
+        ``{"groups": {g: {value, ci_low, ci_high, n_images, n_identities}},
+        "unmeasured_groups": [...]}``; JSON-ready.
+    """
+    ids = np.asarray(identities).astype(str)
+    codes = np.unique(ids, return_inverse=True)[1].reshape(-1)
+    missed = ~np.asarray(detected, dtype=bool)
+    doc = accuracy_intervals(
+        {"miss_rate": (np.ones_like(missed), missed)},
+        codes,
+        image_groups,
+        groups=groups,
+        rounds=rounds,
+        seed=seed,
+        ci_level=ci_level,
+    )["miss_rate"]
+    return {"groups": doc["groups"], "unmeasured_groups": doc["unmeasured_groups"]}

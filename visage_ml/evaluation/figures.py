@@ -47,6 +47,11 @@ def _probit(p: np.ndarray) -> np.ndarray:
     return ndtri(np.clip(np.asarray(p, dtype=np.float64), DET_FLOOR, 1 - DET_FLOOR))
 
 
+def _curve_label(name: str) -> str:
+    """A curve's legend: a group's curve counts same-group impostors, ``all`` every one."""
+    return "all (cross-group impostors too)" if name == "all" else name
+
+
 def roc_figure(
     curves: Mapping[str, RocCurve | None],
     *,
@@ -61,7 +66,7 @@ def roc_figure(
             continue
         color = COLORS[i % len(COLORS)]
         fmr = np.maximum(curve.fmr, DET_FLOOR)
-        ax.plot(fmr, curve.tar, color=color, label=name, lw=1.5)
+        ax.plot(fmr, curve.tar, color=color, label=_curve_label(name), lw=1.5)
         if points and name in points:
             x, y = points[name]
             ax.plot([max(x, DET_FLOOR)], [y], "o", color=color, ms=5)
@@ -93,7 +98,8 @@ def det_figure(
         # floor (a curve then fell straight down to the axis where FNMR reached 0).
         fmr, fnmr = np.asarray(curve.fmr), np.asarray(curve.fnmr)
         inside = (fmr > 0) & (fmr < 1) & (fnmr > 0) & (fnmr < 1)
-        ax.plot(_probit(fmr[inside]), _probit(fnmr[inside]), color=color, label=name, lw=1.5)
+        label = _curve_label(name)
+        ax.plot(_probit(fmr[inside]), _probit(fnmr[inside]), color=color, label=label, lw=1.5)
         if points and name in points:
             x, y = points[name]
             ax.plot(_probit(np.array([x])), _probit(np.array([y])), "o", color=color, ms=5)
@@ -348,7 +354,11 @@ def make_figures(
             )
     detection = fairness.get("detection") or {}
     if "group" in detection:
+        spread = (fairness.get("detection_intervals") or {}).get("group") or {}
         out["detection_miss_rate.png"] = group_metric_figure(
-            detection["group"], title="MTCNN miss rate by group", ylabel="miss rate"
+            detection["group"],
+            title="MTCNN miss rate by group",
+            ylabel="miss rate",
+            intervals=spread.get("groups"),
         )
     return out

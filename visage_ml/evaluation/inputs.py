@@ -68,7 +68,16 @@ def load_models(paths: ProjectPaths) -> tuple[OnnxModel, OnnxModel]:
 
 # Columns of detection.parquet that evaluation reads; the last four come from current prepare
 # runs (LFW misses, fallback crops and sources) and are read when present.
-DETECTION_COLUMNS = ("detected", "group", "gender", "image_id", "split", "source", "fallback")
+DETECTION_COLUMNS = (
+    "detected",
+    "group",
+    "gender",
+    "image_id",
+    "split",
+    "source",
+    "fallback",
+    "pid",
+)
 DETECTION_REQUIRED = 3
 
 

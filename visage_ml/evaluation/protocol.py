@@ -30,7 +30,11 @@ from visage_ml.data.pairs import build_pairs, encode_labels, threshold_at_far
 from visage_ml.evaluation import demographics as demo
 from visage_ml.evaluation.calibration_report import compare_calibrations, rescored
 from visage_ml.evaluation.decision import decide_gates, fairness_headline, fit_calibrations
-from visage_ml.evaluation.demographic_intervals import accuracy_intervals, correct_predictions
+from visage_ml.evaluation.demographic_intervals import (
+    accuracy_intervals,
+    correct_predictions,
+    miss_rate_intervals,
+)
 from visage_ml.evaluation.fairness import (
     Breakdown,
     GateOutcome,
@@ -380,6 +384,7 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
         pairs, breakdowns, threshold=threshold, alpha=cfg.fdr_alpha, rounds=cfg.bootstrap, seed=seed
     )
     model_intervals = _model_intervals(inputs, codes, cfg=cfg, seed=seed)
+    detection_intervals = _detection_intervals(inputs, cfg=cfg, seed=seed)
     gate, gates = decide_gates(diffs, model_intervals, cfg.gate, ci_level=cfg.ci_level)
     comparison = None
     if len(calibrations.fitted) > 1:
@@ -448,6 +453,7 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
             "breakdowns": {name: d.to_dict(cfg.ci_level) for name, d in diffs.items()},
             "demographic_model": model_report,
             "detection": detection,
+            "detection_intervals": detection_intervals,
             "lfw": lfw,
             "gate": {
                 **gate.to_dict(),
@@ -540,6 +546,32 @@ def _model_intervals(
             ci_level=cfg.ci_level,
         )
     )
+
+
+def _detection_intervals(
+    inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int
+) -> dict[str, Any] | None:
+    """The detector's miss rate per group and per gender with identity-bootstrap intervals.
+
+    None when the detection table does not say whose each image is (a ``pid`` column on every
+    row): resampling images as if independent would give intervals too narrow to decide on.
+    """
+    det = inputs.detection
+    if det is None or "pid" not in det or det["pid"].isna().any() or not len(det):
+        return None
+    out = {}
+    for name, config_labels in (("group", GROUPS), ("gender", GENDERS)):
+        values = labelled(det[name])
+        out[name] = miss_rate_intervals(
+            det["detected"].to_numpy(dtype=bool),
+            det["pid"].astype(str).to_numpy(),
+            values,
+            groups=_labels(config_labels, values),
+            rounds=cfg.bootstrap,
+            seed=seed,
+            ci_level=cfg.ci_level,
+        )
+    return json_ready(out)
 
 
 def population(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,36 @@ SUMMARY_LABELS: Mapping[str, str] = {
     "fdr": "Fairness Discrepancy Rate",
     "skewed_error_ratio": "Skewed error ratio (HTER)",
 }
+
+
+_AT = re.compile(r"^(tar|fnir|fpir|threshold)_at_(fmr|fpir)_(\d+(?:\.\d+)?e-?\d+)$")
+METRIC_LABELS: Mapping[str, str] = {
+    "auc": "AUC",
+    "eer": "EER",
+    "rank1": "rank-1 hit rate (mated probes)",
+    "rank5": "rank-5 hit rate (mated probes)",
+    "n_enrolled": "enrolled identities",
+    "n_mated_probes": "mated probes",
+    "n_nonmated_probes": "non-mated probes (strangers)",
+    "n_genuine_pairs": "genuine pairs",
+    "n_impostor_pairs": "impostor pairs",
+}
+
+
+def metric_label(key: str) -> str:
+    """A metrics key as a reader says it: ``fnir_at_fpir_1e-2`` -> ``FNIR at FPIR 0.01``."""
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    m = _AT.match(key)
+    if m is None:
+        return key.replace("_", " ")
+    what, at, value = m.groups()
+    target = f"{float(value):g}"
+    if what == "fpir" and at == "fpir":
+        return f"FPIR reached (target {target})"
+    if what == "threshold":
+        return f"threshold for {at.upper()} {target}"
+    return f"{what.upper()} at {at.upper()} {target}"
 
 
 def fmt_rate(x: Any) -> str:
@@ -66,6 +97,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["rate"] = fmt_rate
     env.filters["ci"] = fmt_ci
+    env.filters["label"] = metric_label
     return env
 
 
@@ -120,6 +152,7 @@ def render_html(
             breakdowns=fairness.get("breakdowns", {}),
             model=fairness.get("demographic_model") or {},
             detection=fairness.get("detection") or {},
+            detection_intervals=fairness.get("detection_intervals") or {},
             lfw=fairness.get("lfw"),
             population=fairness.get("population") or {},
             sources=fairness.get("sources") or {},
