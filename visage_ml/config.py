@@ -1096,6 +1096,30 @@ class NotifyParams:
 
 
 @dataclass(frozen=True)
+class LegitimateInterestParams:
+    """The legitimate interests pursued (Art. 6(1)(f)), which the notice states (Art. 13(1)(d),
+    14(2)(b)), per class of data subjects whose processing rests on them.
+
+    Project set-up writes them into ``privacy/records.yaml`` (the records are the one source of
+    the notice; edit them there afterwards). The shipped texts are examples: documents rendered
+    from records still holding them say they are drafts.
+    """
+
+    # Demographic counting of persons passing the camera (analytics): they are not enrolled and
+    # cannot consent.
+    passer_by: str = (
+        "knowing how many people pass this site per time window, by age band, gender and "
+        "skin-tone group, to plan the service and check that it reaches every group alike, "
+        "without identifying anyone"
+    )
+    # Training and evaluation on research data sets imported under a basis other than consent.
+    research: str = (
+        "developing face-recognition models and measuring their accuracy and demographic bias, "
+        "so that they work equally well for every group"
+    )
+
+
+@dataclass(frozen=True)
 class PrivacyParams:
     """Data-subject rights: deadlines and how erasure treats derived data."""
 
@@ -1110,6 +1134,7 @@ class PrivacyParams:
     witness: WitnessParams = WitnessParams()
     retention: RetentionParams = RetentionParams()
     notify: NotifyParams = NotifyParams()
+    legitimate_interests: LegitimateInterestParams = LegitimateInterestParams()
 
 
 @dataclass(frozen=True)

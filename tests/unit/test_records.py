@@ -7,9 +7,10 @@ import yaml
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
-from visage_ml.config import ProjectPaths
+from visage_ml.config import AnalyticsParams, ProjectPaths
 from visage_ml.privacy.consent import ConsentReceipt
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.documents import records_html, render_notice
 from visage_ml.privacy.records import (
     RecordsError,
     default_records,
@@ -53,8 +54,18 @@ def test_project_set_up_writes_valid_records_with_analytics_as_a_purpose(project
     ("change", "where"),
     [
         (lambda d: d["purposes"].pop("analytics"), "purposes must be exactly"),
-        (lambda d: d["purposes"]["training"]["legal_bases"].append("art99"), "unknown code"),
-        (lambda d: d["purposes"]["training"].update(legal_bases=["art6(1)(a)"]), "at least 2"),
+        (
+            lambda d: d["purposes"]["training"]["subjects"]["research"]["legal_bases"].append(
+                "art99"
+            ),
+            "unknown code",
+        ),
+        (
+            lambda d: d["purposes"]["training"]["subjects"]["enrolled"].update(
+                legal_bases=["art6(1)(a)"]
+            ),
+            "at least 2",
+        ),
         (lambda d: d["purposes"]["analytics"]["data_categories"].append("dna"), "dna"),
         (lambda d: d["data_categories"]["facial_images"]["retention"].update(days=3), "months"),
         (lambda d: d.update(dpo=None), "dpo"),
@@ -80,7 +91,7 @@ def test_a_consent_or_basis_the_records_do_not_allow_is_refused(project):
     core.record_basis(pid, purposes=["training"], legal_basis=["art6(1)(f)", "art9(2)(j)"])
     ensure_records(paths)
     doc = yaml.safe_load(records_path(paths).read_text())
-    doc["purposes"]["analytics"]["legal_bases"] = ["art6(1)(f)", "art9(2)(j)"]
+    del doc["purposes"]["analytics"]["subjects"]["enrolled"]  # passers-by only
     records_path(paths).write_text(yaml.safe_dump(doc))
     with pytest.raises(RecordsError, match="analytics"):
         core.give_consent(pid, receipt(["analytics"]))
@@ -108,3 +119,88 @@ def test_cli_validates_and_renders_the_register(project):
     path.write_text(path.read_text().replace("notice_url:", "notice_link:"))
     bad = runner.invoke(app, ["privacy", "records"])
     assert bad.exit_code == 2 and "notice_url" in bad.output and "records.yaml" in bad.output
+
+
+def test_legal_bases_are_per_purpose_and_per_class_of_subjects(project):
+    # Passers-by are counted by a camera, not enrolled: they cannot consent, so their analytics
+    # rests on legitimate interests, stated with the interest pursued; recognising enrolled
+    # persons (biometric data used to identify) rests on explicit consent only.
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    recs = records_of(paths)
+    analytics, identification = recs.purposes["analytics"], recs.purposes["identification"]
+    passers_by = analytics.subjects["passer_by"]
+    assert passers_by.legal_bases == ["art6(1)(f)", "art9(2)(j)"] and not passers_by.consent
+    assert passers_by.legitimate_interest and passers_by.balancing_test
+    assert list(identification.subjects) == ["enrolled"]
+    assert identification.subjects["enrolled"].legal_bases == ["art6(1)(a)", "art9(2)(a)"]
+    # The notice says the same, per class: the passers-by's row names no consent, and the
+    # interest pursued, the balancing test and the right to object are stated.
+    html = render_notice(recs).html
+    row = html[html.index("persons passing the camera") :]
+    row = row[: row.index("</tr>")]
+    assert "Art. 6(1)(f): legitimate interests" in row and "consent" not in row
+    interests = html[html.index("Legitimate interests (Art. 6(1)(f)") :]
+    assert passers_by.legitimate_interest in interests
+    assert "balancing test" in interests and "Art. 21(1)" in interests
+    # The register holds the same table: purpose, class of subjects, bases, interest.
+    register = records_html(recs)
+    assert "Legal bases per purpose and class of data subjects" in register
+    assert passers_by.legitimate_interest in register
+    # Records that let passers-by consent, or claim legitimate interests without saying which,
+    # are refused.
+    doc = yaml.safe_load(records_path(paths).read_text())
+    doc["purposes"]["analytics"]["subjects"]["passer_by"]["legal_bases"] = [
+        "art6(1)(a)",
+        "art9(2)(a)",
+    ]
+    with pytest.raises(RecordsError, match="cannot give consent"):
+        parse_records(doc)
+    doc = yaml.safe_load(records_path(paths).read_text())
+    doc["purposes"]["analytics"]["subjects"]["passer_by"]["legitimate_interest"] = ""
+    with pytest.raises(RecordsError, match="interest pursued"):
+        parse_records(doc)
+
+
+def test_the_legitimate_interest_comes_from_params_and_the_example_is_a_draft(project):
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    field = "purposes.analytics.subjects.passer_by.legitimate_interest"
+    assert field in records_of(paths).placeholders()
+    assert field in render_notice(records_of(paths)).html  # named in the DRAFT warning
+    # The controller's own words, set in params.yaml before set-up, are what the notice states.
+    records_path(paths).unlink()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["privacy"]["legitimate_interests"]["passer_by"] = "staffing the tills of the shop"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    ensure_records(paths)
+    recs = records_of(paths)
+    assert field not in recs.placeholders()
+    assert "the interest we pursue is staffing the tills of the shop" in render_notice(recs).html
+
+
+def test_the_notice_describes_the_counting_as_analytics_does_it(project):
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    recs = records_of(paths)
+    html = render_notice(recs, analytics=AnalyticsParams(k_min=7, window_seconds=300)).html
+    assert "window of 5 minutes" in html and "a count below\n7 is withheld" in html
+    assert "No random noise is added" in html
+    noisy = render_notice(recs, analytics=AnalyticsParams(epsilon=0.5)).html
+    assert "differential privacy, &epsilon; = 0.5 per window" in noisy
+    # `visage privacy notice` renders what params.yaml sets.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["serving"]["analytics"]["k_min"] = 11
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert CliRunner().invoke(app, ["privacy", "notice"]).exit_code == 0
+    assert "below\n11 is withheld" in (project / "reports/privacy/notice.html").read_text()
+
+
+def test_records_of_the_older_format_are_refused_saying_what_changed(project):
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    doc = yaml.safe_load(records_path(paths).read_text())
+    doc["format"] = 1
+    records_path(paths).write_text(yaml.safe_dump(doc))
+    with pytest.raises(RecordsError, match="per class of data subjects"):
+        records_of(paths)

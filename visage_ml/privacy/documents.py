@@ -33,13 +33,22 @@ from typing import Any
 
 import jinja2
 import qrcode
-from fpdf import FPDF
+from fpdf import FPDF, FontFace
 from PIL import Image, ImageDraw, ImageFont
 
-from visage_ml.config import Params, ProjectPaths, load_params
+from visage_ml.config import AnalyticsParams, Params, ProjectPaths, load_params
 from visage_ml.io import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
 from visage_ml.privacy.consent import LEGAL_BASES
-from visage_ml.privacy.records import COMPLAINT_TEXT, MSG_DRAFT, RIGHTS_TEXT, Records, records_of
+from visage_ml.privacy.records import (
+    COMPLAINT_TEXT,
+    MSG_DRAFT,
+    RIGHTS_TEXT,
+    SUBJECT_CLASSES,
+    Records,
+    RecordsError,
+    plural,
+    records_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +56,62 @@ NOTICES_DIR = "notices"
 # A4 at 150 dpi.
 SIGN_SIZE = (1240, 1754)
 SIGN_TITLE = "Face recognition and demographic counting in operation"
+# The sign is read from a distance: type sizes in points (A4), for the PDF and the PNG alike.
+# The draft warning is for whoever prints the sign, not for passers-by.
+SIGN_PT: dict[str, float] = {
+    "title": 28,
+    "head": 20,
+    "body": 18,
+    "item": 18,
+    "draft": 11,
+    "meta": 8,
+}
+SIGN_MIN_BODY_PT = 14.0  # the text shrinks no further than this to fit the page
+SIGN_COLOURS: dict[str, tuple[int, int, int]] = {
+    "title": (160, 20, 20),
+    "head": (0, 0, 0),
+    "body": (20, 20, 20),
+    "item": (20, 20, 20),
+    "draft": (176, 0, 32),
+    "meta": (90, 90, 90),
+}
+# What happens at the camera; training and evaluation use data sets, not the camera.
+SIGN_PURPOSES: tuple[str, ...] = ("identification", "analytics")
+SIGN_CLASSES: dict[str, str] = {
+    "enrolled": "Enrolled persons",
+    "research": "Persons in research data sets",
+    "passer_by": "Passers-by",
+}
+MSG_SIGN_FULL = (
+    "the sign's text does not fit one A4 page even at {pt} pt: shorten the purposes' summary "
+    "(purposes.<purpose>.summary), the controller's or the DPO's contact in privacy/records.yaml"
+)
 
 
 @functools.cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("visage_ml", "privacy/templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=True),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
+    env.filters["plural"] = plural
+    env.filters["article"] = article
+    return env
+
+
+def article(code: str) -> str:
+    """``art6(1)(f)`` -> ``Art. 6(1)(f)``."""
+    return "Art. " + code.removeprefix("art")
+
+
+def duration_words(seconds: float) -> str:
+    """``60.0`` -> ``1 minute``, ``90`` -> ``90 seconds``, ``3600`` -> ``1 hour``."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            return plural(int(seconds // size), unit)
+    return plural(int(seconds), "second") if float(seconds).is_integer() else f"{seconds} seconds"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,12 +133,18 @@ class Notice:
 
 
 def render_notice(
-    records: Records, *, consent_months: int = 0, erase_without_basis: bool = False
+    records: Records,
+    *,
+    consent_months: int = 0,
+    erase_without_basis: bool = False,
+    analytics: AnalyticsParams | None = None,
 ) -> Notice:
-    """The full notice (HTML) rendered from ``records`` and what ``privacy.retention`` enforces
+    """The full notice (HTML) rendered from ``records``, what ``privacy.retention`` enforces
     of consents (``consent_months``: a consent lapses that long after it was given, 0 never;
-    ``erase_without_basis``: a subject no purpose has a basis for is erased); the same inputs
-    give the same bytes."""
+    ``erase_without_basis``: a subject no purpose has a basis for is erased) and how analytics
+    releases its counts (``serving.analytics``: window, suppression below ``k_min``, noise at
+    ``epsilon``; the shipped values when None); the same inputs give the same bytes."""
+    analytics = analytics or AnalyticsParams()
     html = (
         _env()
         .get_template("notice.html.j2")
@@ -92,7 +153,10 @@ def render_notice(
             draft=draft_text(records),
             consent_months=consent_months,
             erase_without_basis=erase_without_basis,
+            analytics=analytics,
+            window=duration_words(analytics.window_seconds),
             bases=LEGAL_BASES,
+            classes=SUBJECT_CLASSES,
             rights=RIGHTS_TEXT,
             complaint=COMPLAINT_TEXT,
             automated=any(p.automated_decision for p in records.purposes.values()),
@@ -114,6 +178,7 @@ def publish_notice(paths: ProjectPaths) -> Notice:
         records_of(paths),
         consent_months=retention.consent_months,
         erase_without_basis=retention.erase_without_basis,
+        analytics=params.serving.analytics,
     )
     path = notice_path(paths, notice.sha256)
     if not path.exists():
@@ -144,25 +209,34 @@ def draft_text(records: Records) -> str:
 
 
 def sign_lines(records: Records, notice: Notice) -> list[tuple[str, str]]:
-    """The sign's content as ``(style, text)``: ``title``, ``head`` or ``body``."""
+    """The sign's content as ``(style, text)``: ``draft``, ``title``, ``head``, ``body`` or
+    ``meta``.
+
+    The first layer of EDPB Guidelines 3/2019 (section 7): who the controller is, what is done
+    at the camera and on which basis, the rights, and where the full notice is. Purposes that
+    do not happen at the camera (training, evaluation) and retention are in the full notice.
+    """
     c = records.controller
     lines: list[tuple[str, str]] = []
     if draft := draft_text(records):
-        lines.append(("head", draft))
+        lines.append(("draft", draft))
     lines.append(("title", SIGN_TITLE))
     lines.append(("head", "Who is responsible"))
-    lines.append(("body", f"{c.name} - {c.contact}"))
+    lines.append(("body", f"{c.name}, {c.contact}"))
     lines.append(("body", f"Data protection officer: {records.dpo.contact}"))
     lines.append(("head", "What happens here, and why"))
-    for name, p in records.purposes.items():
-        lines.append(
-            ("body", f"- {name}: {p.description} (legal basis: {basis_words(p.legal_bases)})")
-        )
-    lines.append(("head", "How long"))
-    for name in ("biometric_template", "facial_images", "transient_frames"):
-        if name in records.data_categories:
-            cat = records.data_categories[name]
-            lines.append(("body", f"- {cat.label}: {cat.retention.text()}"))
+    for name in SIGN_PURPOSES:
+        if name not in records.purposes:
+            continue
+        p = records.purposes[name]
+        lines.append(("body", f"{p.summary or p.description}"))
+        for cls, basis in p.subjects.items():
+            words = (
+                f"{SIGN_CLASSES.get(cls, SUBJECT_CLASSES[cls])}: {basis_words(basis.legal_bases)}"
+            )
+            if basis.legitimate_interests:
+                words += "; you may object"
+            lines.append(("item", words))
     lines.append(("head", "Your rights"))
     lines.append(
         (
@@ -235,34 +309,63 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> list
     return out
 
 
+def _sign_scales() -> list[float]:
+    """Scales of :data:`SIGN_PT` tried in turn until the sign fits its page."""
+    smallest = SIGN_MIN_BODY_PT / SIGN_PT["body"]
+    steps = round((1 - smallest) / 0.05)
+    return [1 - 0.05 * i for i in range(steps + 1)]
+
+
 def sign_png(records: Records, notice: Notice) -> bytes:
-    """The first-layer sign as an A4 PNG (150 dpi)."""
+    """The first-layer sign as an A4 PNG (150 dpi), at the type sizes of the PDF.
+
+    Raises
+    ------
+    RecordsError
+        The text does not fit the page even at :data:`SIGN_MIN_BODY_PT` (:data:`MSG_SIGN_FULL`).
+    """
     w, h = SIGN_SIZE
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    margin = 80
-    draw.rectangle([20, 20, w - 20, h - 20], outline=(200, 30, 30), width=12)
-    styles = {
-        "title": (_font(54, bold=True), (160, 20, 20), 28),
-        "head": (_font(36, bold=True), (0, 0, 0), 12),
-        "body": (_font(28), (20, 20, 20), 6),
-        "meta": (_font(22), (90, 90, 90), 6),
-    }
-    y = margin
-    qr = _qr(records.notice_url).resize((360, 360), Image.Resampling.NEAREST)
-    width = w - 2 * margin
-    for style, text in sign_lines(records, notice):
-        font, colour, gap = styles[style]
-        if style == "head":
-            y += 18
-            if text == "Full information":  # beside the QR code from here on
-                width = w - 2 * margin - qr.width - 40
-                y = max(y, h - margin - qr.height)
-        for line in _wrap(draw, text, font, width):
-            draw.text((margin, y), line, font=font, fill=colour)
-            y += int(font.size * 1.25) if hasattr(font, "size") else 30
-        y += gap
-    img.paste(qr, (w - margin - qr.width, h - margin - qr.height))
+    px = 150 / 72  # pixels per point
+    margin, qr_side = 80, 360
+    lines = sign_lines(records, notice)
+    for scale in _sign_scales():
+        img = Image.new("RGB", (w, h), "white")
+        draw = ImageDraw.Draw(img)
+        draw.rectangle([20, 20, w - 20, h - 20], outline=(200, 30, 30), width=12)
+        y, width, fits = margin, w - 2 * margin, True
+        for style, text in lines:
+            if style == "meta":
+                continue
+            size = SIGN_PT[style] * (scale if style not in ("draft",) else 1)
+            font = _font(round(size * px), bold=style in ("title", "head", "draft"))
+            if style == "head":
+                y += round(size * px * 0.5)
+                if text == "Full information":  # beside the QR code from here on
+                    if y > h - margin - qr_side:
+                        fits = False
+                    width = w - 2 * margin - qr_side - 40
+                    y = max(y, h - margin - qr_side)
+            indent = round(size * px) if style == "item" else 0
+            for line in _wrap(draw, text, font, width - indent):
+                draw.text((margin + indent, y), line, font=font, fill=SIGN_COLOURS[style])
+                y += round(size * px * 1.25)
+        meta_font = _font(round(SIGN_PT["meta"] * px))
+        if y > h - margin - round(SIGN_PT["meta"] * px * 1.5):
+            fits = False
+        if fits:
+            break
+    else:
+        raise RecordsError(MSG_SIGN_FULL.format(pt=SIGN_MIN_BODY_PT))
+    img.paste(
+        _qr(records.notice_url).resize((qr_side, qr_side), Image.Resampling.NEAREST),
+        (w - margin - qr_side, h - margin - qr_side),
+    )
+    draw.text(
+        (margin, h - margin - round(SIGN_PT["meta"] * px)),
+        lines[-1][1],
+        font=meta_font,
+        fill=SIGN_COLOURS["meta"],
+    )
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -288,15 +391,39 @@ class _Pdf(FPDF):
         return text
 
     def para(
-        self, text: str, *, size: float, bold: bool = False, colour: tuple = (0, 0, 0)
+        self,
+        text: str,
+        *,
+        size: float,
+        bold: bool = False,
+        colour: tuple = (0, 0, 0),
+        indent: float = 0,
+        width: float = 0,
+        leading: float = 0.5,
     ) -> None:
+        """A paragraph, left-aligned (justified text opens gaps between words that read as
+        misaligned columns)."""
         self.set_font(self.family_name, "B" if bold else "", size)
         self.set_text_color(*colour)
-        self.multi_cell(0, size * 0.5, self.text_of(text), new_x="LMARGIN", new_y="NEXT")
+        self.set_x(self.l_margin + indent)
+        self.multi_cell(
+            width or self.epw - indent,
+            size * leading,
+            self.text_of(text),
+            align="L",
+            new_x="LMARGIN",
+            new_y="NEXT",
+        )
 
 
-def sign_pdf(records: Records, notice: Notice) -> bytes:
-    """The first-layer sign as an A4 PDF (text as text, the QR code as an image)."""
+# The sign (PDF, A4, mm): the QR code in the lower right corner, the notice version under it.
+_SIGN_QR = (145.0, 222.0, 50.0)  # x, y, side
+_SIGN_FOOT = 276.0  # where the notice version line starts
+
+
+def _sign_page(records: Records, notice: Notice, scale: float) -> tuple[_Pdf, bool]:
+    """The sign at ``scale`` of :data:`SIGN_PT`, and whether its text kept clear of the QR code
+    and the foot of the page."""
     pdf = _Pdf()
     pdf.set_margins(15, 15, 15)
     pdf.set_auto_page_break(False)
@@ -304,18 +431,50 @@ def sign_pdf(records: Records, notice: Notice) -> bytes:
     pdf.set_draw_color(200, 30, 30)
     pdf.set_line_width(2)
     pdf.rect(6, 6, 198, 285)
-    sizes = {"title": (20, True, (160, 20, 20)), "head": (13, True, (0, 0, 0))}
-    for style, text in sign_lines(records, notice):
+    qr_x, qr_y, qr_side = _SIGN_QR
+    fits, width = True, 0.0
+    lines = sign_lines(records, notice)
+    for style, text in lines:
         if style == "meta":
             continue
-        size, bold, colour = sizes.get(style, (10.5, False, (20, 20, 20)))
+        size = SIGN_PT[style] * (1 if style == "draft" else scale)
         if style == "head":
-            pdf.ln(2)
-        pdf.para(text, size=size, bold=bold, colour=colour)
-    pdf.image(_qr(records.notice_url), x=145, y=230, w=50, h=50)
-    pdf.set_xy(15, 275)
-    pdf.para(f"Notice version {notice.sha256[:16]}", size=8, colour=(90, 90, 90))
-    return bytes(pdf.output())
+            pdf.ln(size * 0.25)
+            if text == "Full information":  # beside the QR code from here on
+                fits = fits and pdf.get_y() <= qr_y
+                width = qr_x - 5 - pdf.l_margin
+                pdf.set_y(max(pdf.get_y(), qr_y))
+        pdf.para(
+            text,
+            size=size,
+            bold=style in ("title", "head", "draft"),
+            colour=SIGN_COLOURS[style],
+            indent=size * 0.35 if style == "item" else 0,
+            width=width,
+            leading=0.45,
+        )
+    fits = fits and pdf.get_y() <= _SIGN_FOOT
+    pdf.image(_qr(records.notice_url), x=qr_x, y=qr_y, w=qr_side, h=qr_side)
+    pdf.set_xy(15, _SIGN_FOOT)
+    pdf.para(lines[-1][1], size=SIGN_PT["meta"], colour=SIGN_COLOURS["meta"])
+    return pdf, fits
+
+
+def sign_pdf(records: Records, notice: Notice) -> bytes:
+    """The first-layer sign as an A4 PDF (text as text, the QR code as an image), set large
+    enough to be read from a distance (:data:`SIGN_PT`), smaller only as far as the records'
+    text needs to fit the one page.
+
+    Raises
+    ------
+    RecordsError
+        The text does not fit the page even at :data:`SIGN_MIN_BODY_PT` (:data:`MSG_SIGN_FULL`).
+    """
+    for scale in _sign_scales():
+        pdf, fits = _sign_page(records, notice, scale)
+        if fits:
+            return bytes(pdf.output())
+    raise RecordsError(MSG_SIGN_FULL.format(pt=SIGN_MIN_BODY_PT))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,10 +487,135 @@ def records_digest(records: Records) -> str:
     return sha256_bytes(canonical_json(records.model_dump(mode="json")))
 
 
+@dataclass(frozen=True)
+class Section:
+    """A section of the register: a heading and a table (``headings`` empty: a table of
+    ``label | value`` rows), or a list (``items``), or a line (``text``)."""
+
+    title: str
+    headings: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    items: tuple[str, ...] = ()
+    text: str = ""
+    widths: tuple[float, ...] = ()  # relative column widths in the PDF
+
+    def numeric(self, column: int) -> bool:
+        """Whether every value of ``column`` is a number (set right-aligned; text is left)."""
+        values = [row[column] for row in self.rows]
+        return bool(values) and all(_is_number(v) for v in values)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def register_sections(records: Records, *, registered: list[str] | None = None) -> list[Section]:
+    """The content of the register (Art. 30(1)), shared by its HTML and its PDF."""
+    c, d, sa = records.controller, records.dpo, records.supervisory_authority
+    rep = records.representative
+    basis_rows = []
+    for name, p in records.purposes.items():
+        for cls, b in p.subjects.items():
+            basis_rows.append(
+                (
+                    name,
+                    SUBJECT_CLASSES[cls],
+                    "\n".join(f"{code} ({LEGAL_BASES[code]})" for code in b.legal_bases),
+                    b.legitimate_interest if b.legitimate_interests else "-",
+                    b.balancing_test if b.legitimate_interests else "-",
+                )
+            )
+    sections = [
+        Section(
+            "",
+            rows=(
+                ("controller", " ".join(f"{c.name}, {c.contact} {c.address}".split())),
+                ("data protection officer", " ".join(f"{d.name}, {d.contact} {d.address}".split())),
+                ("representative", f"{rep.name}, {rep.contact}" if rep else "none"),
+                ("supervisory authority", f"{sa.name}, {sa.contact}"),
+                ("published notice", records.notice_url),
+            ),
+            widths=(1, 3),
+        ),
+        Section(
+            "Purposes (Art. 30(1)(b))",
+            headings=("purpose", "description", "data categories", "Art. 22"),
+            rows=tuple(
+                (
+                    name,
+                    p.description,
+                    ", ".join(p.data_categories),
+                    "yes" if p.automated_decision else "no",
+                )
+                for name, p in records.purposes.items()
+            ),
+            widths=(1.3, 3.3, 1.9, 0.7),
+        ),
+        Section(
+            "Legal bases per purpose and class of data subjects (Art. 6, 9; Art. 30(1)(c))",
+            headings=(
+                "purpose",
+                "data subjects",
+                "legal bases",
+                "legitimate interest pursued",
+                "balancing test",
+            ),
+            rows=tuple(basis_rows),
+            widths=(1.3, 1.7, 2.1, 2.2, 1.6),
+        ),
+        Section(
+            "Data categories and retention (Art. 30(1)(c), (f))",
+            headings=("category", "label", "Art. 9", "source", "retention"),
+            rows=tuple(
+                (name, cat.label, "yes" if cat.special else "no", cat.source, cat.retention.text())
+                for name, cat in records.data_categories.items()
+            ),
+            widths=(1.7, 2.3, 0.7, 1.7, 2.0),
+        ),
+        Section(
+            "Recipients (Art. 30(1)(d))",
+            headings=("recipient", "kind", "purposes"),
+            rows=tuple((x.name, x.kind, ", ".join(x.purposes)) for x in records.recipients)
+            or (("none", "", ""),),
+            widths=(3, 1, 3),
+        ),
+    ]
+    if registered:
+        sections.append(
+            Section(
+                "", text="Registered recipients notified under Art. 19: " + ", ".join(registered)
+            )
+        )
+    sections.append(
+        Section(
+            "Transfers to third countries (Art. 30(1)(e))",
+            headings=("country", "safeguard") if records.transfers else (),
+            rows=tuple((t.country, t.safeguard) for t in records.transfers),
+            text="" if records.transfers else "None.",
+            widths=(1, 3),
+        )
+    )
+    sections.append(
+        Section(
+            "Security measures (Art. 30(1)(g), Art. 32)",
+            items=tuple(records.security_measures),
+        )
+    )
+    return sections
+
+
+def _today() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+
+
 def records_html(
     records: Records, *, registered: list[str] | None = None, generated: str = ""
 ) -> str:
-    """The records of processing as an HTML page."""
+    """The records of processing as an HTML page, dated ``generated`` (default today, UTC)."""
     return (
         _env()
         .get_template("records.html.j2")
@@ -339,69 +623,92 @@ def records_html(
             r=records,
             draft=draft_text(records),
             digest=records_digest(records),
-            generated=generated or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-            registered=registered or [],
+            generated=generated or _today(),
+            sections=register_sections(records, registered=registered),
         )
     )
 
 
-def records_pdf(records: Records, *, registered: list[str] | None = None) -> bytes:
-    """The records of processing as a PDF (A4)."""
+# The register's PDF: type sizes (pt) and what a heading keeps with it on its page (mm).
+_REG_PT = {"title": 16, "head": 13, "table": 9, "text": 9.5}
+
+
+def _pdf_section(pdf: _Pdf, section: Section) -> None:
+    """Draw a section: its heading, then its table, list or line."""
+    if section.title:
+        pdf.ln(2)
+        pdf.para(section.title, size=_REG_PT["head"], bold=True)
+        pdf.ln(1)
+    if section.rows:
+        pdf.set_font(pdf.family_name, "", _REG_PT["table"])
+        pdf.set_text_color(0, 0, 0)
+        pdf.set_draw_color(170, 170, 170)
+        pdf.set_line_width(0.2)
+        ncols = len(section.rows[0])
+        align = tuple("RIGHT" if section.numeric(i) else "LEFT" for i in range(ncols))
+        with pdf.table(
+            col_widths=section.widths or None,
+            text_align=align,
+            first_row_as_headings=bool(section.headings),
+            headings_style=FontFace(emphasis="BOLD", fill_color=(235, 235, 235)),
+            line_height=_REG_PT["table"] * 0.45,
+            padding=1.2,
+            v_align="TOP",
+            width=pdf.epw,
+        ) as table:
+            if section.headings:
+                row = table.row()
+                for h in section.headings:
+                    row.cell(pdf.text_of(h))
+            for values in section.rows:
+                row = table.row()
+                for i, v in enumerate(values):
+                    style = FontFace(emphasis="BOLD") if not section.headings and i == 0 else None
+                    row.cell(pdf.text_of(v), style=style)
+    for item in section.items:
+        pdf.para("- " + item, size=_REG_PT["text"])
+    if section.text:
+        pdf.para(section.text, size=_REG_PT["text"])
+
+
+def records_pdf(
+    records: Records, *, registered: list[str] | None = None, generated: str = ""
+) -> bytes:
+    """The records of processing as a PDF (A4), dated ``generated`` (default today, UTC).
+
+    A section's heading is never left alone at the foot of a page: when the heading and the
+    start of what follows it would not fit, the section starts on the next page.
+    """
     pdf = _Pdf()
     pdf.set_margins(15, 15, 15)
     pdf.set_auto_page_break(True, margin=15)
     pdf.add_page()
-    pdf.para("Records of processing activities (GDPR Art. 30(1))", size=16, bold=True)
+    pdf.para("Records of processing activities (GDPR Art. 30(1))", size=_REG_PT["title"], bold=True)
     if draft := draft_text(records):
-        pdf.para(draft, size=11, bold=True)
-    pdf.para(f"records SHA-256 {records_digest(records)}", size=8, colour=(90, 90, 90))
-    c, d, sa = records.controller, records.dpo, records.supervisory_authority
-    rows = [
-        ("Controller", f"{c.name}, {c.contact} {c.address}".strip()),
-        ("Data protection officer", f"{d.name}, {d.contact} {d.address}".strip()),
-        (
-            "Representative",
-            f"{records.representative.name}, {records.representative.contact}"
-            if records.representative
-            else "none",
-        ),
-        ("Supervisory authority", f"{sa.name}, {sa.contact}"),
-        ("Published notice", records.notice_url),
-    ]
-    pdf.ln(2)
-    for k, v in rows:
-        pdf.para(f"{k}: {v}", size=10)
-    pdf.ln(2)
-    pdf.para("Purposes", size=13, bold=True)
-    for name, p in records.purposes.items():
-        pdf.para(name, size=11, bold=True)
-        pdf.para(
-            f"{p.description}. Legal bases allowed: {', '.join(p.legal_bases)}. Data: "
-            f"{', '.join(p.data_categories)}. Subjects: {p.data_subjects}. Consent-based: "
-            f"{'yes' if p.consent_based else 'no'}. Automated decisions (Art. 22): "
-            f"{'yes' if p.automated_decision else 'no'}.",
-            size=9.5,
-        )
-    pdf.ln(2)
-    pdf.para("Data categories and retention", size=13, bold=True)
-    for name, cat in records.data_categories.items():
-        special = " (Art. 9)" if cat.special else ""
-        pdf.para(
-            f"{name}: {cat.label}{special}; source: {cat.source}; kept: {cat.retention.text()}",
-            size=9.5,
-        )
-    pdf.ln(2)
-    pdf.para("Recipients", size=13, bold=True)
-    for r in records.recipients or []:
-        pdf.para(f"{r.name} ({r.kind}): {', '.join(r.purposes)}", size=9.5)
-    if registered:
-        pdf.para("Registered for Art. 19 notices: " + ", ".join(registered), size=9.5)
-    pdf.para("Transfers to third countries", size=13, bold=True)
-    transfers = [f"{t.country} ({t.safeguard})" for t in records.transfers]
-    pdf.para("; ".join(transfers) or "none", size=9.5)
-    pdf.para("Security measures", size=13, bold=True)
-    for m in records.security_measures:
-        pdf.para("- " + m, size=9.5)
+        pdf.para(draft, size=11, bold=True, colour=(176, 0, 32))
+    pdf.para(
+        f"Rendered from privacy/records.yaml (SHA-256 {records_digest(records)}) on "
+        f"{generated or _today()}.",
+        size=8,
+        colour=(90, 90, 90),
+    )
+    for section in register_sections(records, registered=registered):
+        if section.title:
+            # Keep the heading with the start of its content: try the section's heading and
+            # first row (or item) where we are; when that breaks the page, start a new one.
+            head = Section(
+                section.title,
+                headings=section.headings,
+                rows=section.rows[:1],
+                items=section.items[:1],
+                text=section.text,
+                widths=section.widths,
+            )
+            with pdf.offset_rendering() as trial:
+                _pdf_section(trial, head)
+            if trial.page_break_triggered:
+                pdf.add_page()
+        _pdf_section(pdf, section)
     return bytes(pdf.output())
 
 

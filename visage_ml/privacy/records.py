@@ -2,9 +2,11 @@
 
 The file says who the controller and the DPO are, and for each purpose of the project
 (:data:`visage_ml.config.PURPOSES`: identification, training, evaluation, analytics) what it is
-for, which legal bases may be recorded for it, which data categories it uses; then each data
-category with its retention, the recipients, transfers to third countries and the security
-measures. It is the one source of:
+for, which data categories it uses and, per class of data subjects (:data:`SUBJECT_CLASSES`:
+enrolled persons, persons in research data sets, persons passing the camera), the legal basis it
+rests on and, for legitimate interests, the interest pursued; then each data category with its
+retention, the recipients, transfers to third countries and the security measures. It is the
+one source of:
 
 - what a consent or another basis may name (:meth:`Records.check_basis`, asked by the privacy
   core before any ``consent.given`` or ``basis.recorded`` is appended),
@@ -28,14 +30,37 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from visage_ml.config import PURPOSES, ConfigError, ProjectParams, ProjectPaths, load_params
+from visage_ml.config import (
+    PURPOSES,
+    ConfigError,
+    LegitimateInterestParams,
+    ProjectParams,
+    ProjectPaths,
+    load_params,
+)
 from visage_ml.io import atomic_write_text
-from visage_ml.privacy.consent import LEGAL_BASES, check_basis
+from visage_ml.privacy.consent import CONSENT_BASES, LEGAL_BASES, check_basis
 
 log = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.yaml"
-RECORDS_FORMAT = 1
+RECORDS_FORMAT = 2
+# Classes of data subjects, each with its own legal basis per purpose. Enrolled persons and
+# persons in research data sets are registered (a pid, a ledger); passers-by never are: a camera
+# counts them, so nothing can be consented to or recorded for them.
+SUBJECT_CLASSES: dict[str, str] = {
+    "enrolled": "enrolled persons who gave their consent (enrolment, or an import with consent "
+    "evidence)",
+    "research": "persons in research data sets imported under a basis other than consent",
+    "passer_by": "persons passing the camera, who are not enrolled",
+}
+REGISTERED_CLASSES: tuple[str, ...] = ("enrolled", "research")
+SubjectClass = Literal["enrolled", "research", "passer_by"]
+LEGITIMATE_INTERESTS = "art6(1)(f)"
+DEFAULT_BALANCING_TEST = (
+    "legitimate-interests assessment (balancing test) on file with the data protection officer; "
+    "a copy on request"
+)
 
 MSG_INVALID = (
     "{path}: {where}: {what}. Fix privacy/records.yaml (the records of processing, Art. 30) and "
@@ -44,8 +69,22 @@ MSG_INVALID = (
 MSG_NOT_YAML = "{path}: not valid YAML ({why}); fix the syntax and run `visage privacy records`"
 MSG_BASIS_NOT_ALLOWED = (
     "legal basis {basis} is not recorded for purpose '{purpose}' in privacy/records.yaml "
-    "(allowed: {allowed}); record it there first (purposes.{purpose}.legal_bases) or choose an "
-    "allowed basis"
+    "(allowed: {allowed}); record it there first (purposes.{purpose}.subjects.<class>"
+    ".legal_bases) or choose an allowed basis"
+)
+MSG_FORMAT = (
+    "{path}: records of format {found}; this version reads format {known}, which gives the legal "
+    "basis per purpose and per class of data subjects (purposes.<purpose>.subjects.<class>: "
+    "legal_bases, and for art6(1)(f) the legitimate_interest pursued). Move the file aside, run "
+    "`visage privacy records` to write the new default, and carry your edits over"
+)
+MSG_PASSER_BY_CONSENT = (
+    "persons passing the camera are not enrolled and cannot give consent; rest their processing "
+    "on another basis (e.g. art6(1)(f) legitimate interests, with the interest pursued)"
+)
+MSG_INTEREST = (
+    "art6(1)(f) (legitimate interests) needs the interest pursued (legitimate_interest, stated "
+    "by the notice under Art. 13(1)(d)) and where the balancing test is on file (balancing_test)"
 )
 MSG_PURPOSES = (
     "the purposes must be exactly those visage-ml enforces ({known}); found {found}. A purpose "
@@ -54,10 +93,13 @@ MSG_PURPOSES = (
 
 
 EXAMPLE_CONTROLLER = ProjectParams().controller  # what project.controller ships with
+# What privacy.legitimate_interests ships with: examples, not the controller's own words.
+EXAMPLE_INTERESTS = frozenset(vars(LegitimateInterestParams()).values())
 EXAMPLE_DOMAIN = "example.org"
 MSG_DRAFT = (
     "DRAFT: {fields} still hold the shipped example; fill in privacy/records.yaml (the "
-    "controller, the DPO's contact, where the notice is published) before publishing this"
+    "controller, the DPO's contact, where the notice is published, the legitimate interests "
+    "pursued) before publishing this"
 )
 
 
@@ -85,21 +127,82 @@ class Party(_Strict):
     url: str = ""
 
 
+class SubjectBasis(_Strict):
+    """The legal basis of one purpose for one class of data subjects."""
+
+    legal_bases: list[str] = Field(
+        min_length=2, description="codes of consent.LEGAL_BASES: one Art. 6, one Art. 9 condition"
+    )
+    legitimate_interest: str = Field(
+        default="", description="with art6(1)(f): the interest pursued (Art. 13(1)(d))"
+    )
+    balancing_test: str = Field(
+        default="", description="with art6(1)(f): where the balancing test is on file"
+    )
+
+    @model_validator(mode="after")
+    def _bases(self) -> SubjectBasis:
+        unknown = [b for b in self.legal_bases if b not in LEGAL_BASES]
+        if unknown:
+            raise ValueError(
+                f"unknown code(s) {', '.join(unknown)}; known: " + ", ".join(LEGAL_BASES)
+            )
+        if not any(b.startswith("art6") for b in self.legal_bases) or not any(
+            b.startswith("art9") for b in self.legal_bases
+        ):
+            raise ValueError(
+                "biometric processing needs at least one Art. 6 and one Art. 9 condition"
+            )
+        if self.legitimate_interests and not (
+            self.legitimate_interest.strip() and self.balancing_test.strip()
+        ):
+            raise ValueError(MSG_INTEREST)
+        return self
+
+    @property
+    def consent(self) -> bool:
+        """Consent is the basis (so it can be withdrawn at any time, Art. 7(3))."""
+        return any(b in CONSENT_BASES for b in self.legal_bases)
+
+    @property
+    def legitimate_interests(self) -> bool:
+        """Legitimate interests are a basis (so the subject may object, Art. 21(1))."""
+        return LEGITIMATE_INTERESTS in self.legal_bases
+
+
 class Purpose(_Strict):
-    """One purpose of processing."""
+    """One purpose of processing, with its legal basis per class of data subjects."""
 
     description: str = Field(min_length=10)
-    legal_bases: list[str] = Field(
-        min_length=2, description="codes of consent.LEGAL_BASES that may be recorded for it"
+    summary: str = Field(
+        default="", description="one line for the camera sign (first layer); else the description"
     )
     data_categories: list[str] = Field(min_length=1)
-    data_subjects: str = Field(min_length=3)
-    consent_based: bool = Field(
-        default=False, description="consent is the basis (then it can be withdrawn any time)"
+    subjects: dict[SubjectClass, SubjectBasis] = Field(
+        min_length=1, description="the legal basis per class of data subjects (SUBJECT_CLASSES)"
     )
     automated_decision: bool = Field(
         default=False, description="decisions with legal or similar effects (Art. 22)"
     )
+
+    @model_validator(mode="after")
+    def _no_consent_from_passers_by(self) -> Purpose:
+        passer_by = self.subjects.get("passer_by")
+        if passer_by is not None and passer_by.consent:
+            raise ValueError(MSG_PASSER_BY_CONSENT)
+        return self
+
+    @property
+    def legal_bases(self) -> tuple[str, ...]:
+        """The codes a consent or ``basis.recorded`` may name for it: those of the registered
+        classes (passers-by have no pid, so nothing is ever recorded for them)."""
+        codes = (
+            b
+            for c in REGISTERED_CLASSES
+            if c in self.subjects
+            for b in self.subjects[c].legal_bases
+        )
+        return tuple(dict.fromkeys(codes))
 
 
 class Retention(_Strict):
@@ -125,9 +228,9 @@ class Retention(_Strict):
         if self.months == 0 or self.days == 0:  # kept for no time at all: say so, no "0 days"
             return self.note or "not kept"
         if self.months is not None:
-            period = f"{self.months} month(s)"
+            period = plural(self.months, "month")
         elif self.days is not None:
-            period = f"{self.days} day(s)"
+            period = plural(self.days, "day")
         else:
             return self.note or "not time-limited"
         since = {
@@ -138,6 +241,11 @@ class Retention(_Strict):
             "none": "",
         }[self.start]
         return " ".join(x for x in (period, since, f"({self.note})" if self.note else "") if x)
+
+
+def plural(n: int, unit: str) -> str:
+    """``1 month``, ``6 months``."""
+    return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
 
 
 class DataCategory(_Strict):
@@ -167,7 +275,7 @@ class Transfer(_Strict):
 class Records(_Strict):
     """The whole of ``privacy/records.yaml``."""
 
-    format: Literal[1] = RECORDS_FORMAT
+    format: Literal[2] = RECORDS_FORMAT
     controller: Party
     dpo: Party
     representative: Party | None = None
@@ -186,19 +294,6 @@ class Records(_Strict):
                 MSG_PURPOSES.format(known=", ".join(PURPOSES), found=", ".join(self.purposes))
             )
         for name, p in self.purposes.items():
-            unknown = [b for b in p.legal_bases if b not in LEGAL_BASES]
-            if unknown:
-                raise ValueError(
-                    f"purposes.{name}.legal_bases: unknown code(s) {', '.join(unknown)}; known: "
-                    + ", ".join(LEGAL_BASES)
-                )
-            if not any(b.startswith("art6") for b in p.legal_bases) or not any(
-                b.startswith("art9") for b in p.legal_bases
-            ):
-                raise ValueError(
-                    f"purposes.{name}.legal_bases: biometric processing needs at least one "
-                    "Art. 6 and one Art. 9 condition"
-                )
             missing = [c for c in p.data_categories if c not in self.data_categories]
             if missing:
                 raise ValueError(
@@ -225,6 +320,10 @@ class Records(_Strict):
         ):
             if _at_example_domain(value):
                 found.append(name)
+        for name, p in self.purposes.items():
+            for cls, basis in p.subjects.items():
+                if basis.legitimate_interests and basis.legitimate_interest in EXAMPLE_INTERESTS:
+                    found.append(f"purposes.{name}.subjects.{cls}.legitimate_interest")
         return found
 
     def allowed_bases(self, purpose: str) -> tuple[str, ...]:
@@ -246,7 +345,7 @@ class Records(_Strict):
                     f"purpose '{purpose}' is not in privacy/records.yaml; purposes are: "
                     + ", ".join(self.purposes)
                 )
-            allowed = set(self.purposes[purpose].legal_bases)
+            allowed = set(self.allowed_bases(purpose))
             if not set(codes) <= allowed:
                 raise RecordsError(
                     MSG_BASIS_NOT_ALLOWED.format(
@@ -272,7 +371,18 @@ class Records(_Strict):
             "purposes": {
                 name: {
                     "description": p.description,
-                    "legal_bases": {b: LEGAL_BASES[b] for b in p.legal_bases},
+                    "legal_bases": {
+                        cls: {
+                            "subjects": SUBJECT_CLASSES[cls],
+                            "bases": {b: LEGAL_BASES[b] for b in basis.legal_bases},
+                            **(
+                                {"legitimate_interest": basis.legitimate_interest}
+                                if basis.legitimate_interests
+                                else {}
+                            ),
+                        }
+                        for cls, basis in p.subjects.items()
+                    },
                     "data_categories": [self.data_categories[c].label for c in p.data_categories],
                     "automated_decision": p.automated_decision,
                 }
@@ -316,11 +426,27 @@ COMPLAINT_TEXT = (
 # ---------------------------------------------------------------------------------------------
 
 
-def default_records(*, controller: str, contact: str) -> dict[str, Any]:
-    """The records a new project starts from (edit them for the real deployment)."""
-    consent = ["art6(1)(a)", "art9(2)(a)"]
-    research = ["art6(1)(a)", "art9(2)(a)", "art6(1)(f)", "art9(2)(j)"]
-    subjects = "enrolled persons who gave their consent, and persons in research data sets"
+def default_records(
+    *, controller: str, contact: str, interests: LegitimateInterestParams | None = None
+) -> dict[str, Any]:
+    """The records a new project starts from (edit them for the real deployment).
+
+    ``interests``: the legitimate interests pursued (``privacy.legitimate_interests``; the
+    shipped examples when None).
+    """
+    interests = interests or LegitimateInterestParams()
+
+    # Fresh mappings each time: a shared one would be written as a YAML alias.
+    def consent() -> dict[str, Any]:
+        return {"legal_bases": list(CONSENT_BASES)}
+
+    def interest(text: str) -> dict[str, Any]:
+        return {
+            "legal_bases": [LEGITIMATE_INTERESTS, "art9(2)(j)"],
+            "legitimate_interest": text,
+            "balancing_test": DEFAULT_BALANCING_TEST,
+        }
+
     return {
         "format": RECORDS_FORMAT,
         "controller": {"name": controller, "contact": contact, "address": "", "url": ""},
@@ -337,33 +463,38 @@ def default_records(*, controller: str, contact: str) -> dict[str, Any]:
             "identification": {
                 "description": "Recognising enrolled persons who consented (1:N face "
                 "identification against the gallery of their templates)",
-                "legal_bases": consent,
+                "summary": "Recognising enrolled persons who consented.",
                 "data_categories": ["facial_images", "biometric_template", "identity_record"],
-                "data_subjects": "enrolled persons who gave explicit consent",
-                "consent_based": True,
+                # Biometric data used to identify: explicit consent (Art. 9(2)(a)) only.
+                "subjects": {"enrolled": consent()},
                 "automated_decision": False,
             },
             "training": {
                 "description": "Training the face-embedding and demographic models",
-                "legal_bases": research,
                 "data_categories": ["facial_images", "demographic_attributes"],
-                "data_subjects": subjects,
-                "consent_based": True,
+                "subjects": {"enrolled": consent(), "research": interest(interests.research)},
             },
             "evaluation": {
                 "description": "Measuring accuracy and demographic bias of the models",
-                "legal_bases": research,
                 "data_categories": ["facial_images", "demographic_attributes"],
-                "data_subjects": subjects,
-                "consent_based": True,
+                "subjects": {"enrolled": consent(), "research": interest(interests.research)},
             },
             "analytics": {
+                # What serving/analytics.py does: detection and the demographic model only, a
+                # face hash in memory for the window, counts released per closed window.
                 "description": "Counting faces per age band, gender and skin-tone group per "
-                "time window; no identity is computed and no face is stored",
-                "legal_bases": research,
+                "time window, from camera frames that are never stored; no biometric template "
+                "is computed and no one is identified; only the counts of each closed window are "
+                "kept, small counts withheld",
+                "summary": "Counting passers-by per age band, gender and skin-tone group. No one "
+                "is identified; no image is kept.",
                 "data_categories": ["transient_frames", "demographic_attributes"],
-                "data_subjects": "persons passing the camera",
-                "consent_based": False,
+                # Passers-by are not enrolled and cannot consent; an enrolled person may also
+                # consent to analytics of their own images.
+                "subjects": {
+                    "enrolled": consent(),
+                    "passer_by": interest(interests.passer_by),
+                },
             },
         },
         "data_categories": {
@@ -466,8 +597,12 @@ def parse_records(data: Mapping[str, Any], *, source: str = RECORDS_FILE) -> Rec
     Raises
     ------
     RecordsError
-        Naming the first key that does not validate.
+        Naming the first key that does not validate; or records of an older format (they gave
+        one list of bases per purpose, which cannot say which class of subjects each is for).
     """
+    found = data.get("format", RECORDS_FORMAT)
+    if isinstance(found, int) and found != RECORDS_FORMAT:
+        raise RecordsError(MSG_FORMAT.format(path=source, found=found, known=RECORDS_FORMAT))
     try:
         return Records.model_validate(dict(data))
     except ValidationError as exc:
@@ -494,12 +629,18 @@ def read_records(path: Path) -> Records:
     return _read_cached(str(path), st.st_mtime_ns, st.st_size)
 
 
-def _controller(paths: ProjectPaths) -> tuple[str, str]:
+def _defaults(paths: ProjectPaths) -> dict[str, Any]:
+    """The params a new project's records start from: the controller, legitimate interests."""
     if paths.params.exists():
-        project = load_params(paths.params).project
-        return project.controller, project.controller_contact
-    shipped = ProjectParams()
-    return shipped.controller, shipped.controller_contact
+        params = load_params(paths.params)
+        project, interests = params.project, params.privacy.legitimate_interests
+    else:
+        project, interests = ProjectParams(), LegitimateInterestParams()
+    return {
+        "controller": project.controller,
+        "contact": project.controller_contact,
+        "interests": interests,
+    }
 
 
 def records_of(paths: ProjectPaths) -> Records:
@@ -507,8 +648,7 @@ def records_of(paths: ProjectPaths) -> Records:
     path = records_path(paths)
     if path.exists():
         return read_records(path)
-    controller, contact = _controller(paths)
-    return parse_records(default_records(controller=controller, contact=contact), source="default")
+    return parse_records(default_records(**_defaults(paths)), source="default")
 
 
 def ensure_records(paths: ProjectPaths) -> Path:
@@ -521,8 +661,7 @@ def ensure_records(paths: ProjectPaths) -> Path:
     if path.exists():
         read_records(path)
         return path
-    controller, contact = _controller(paths)
-    doc = default_records(controller=controller, contact=contact)
+    doc = default_records(**_defaults(paths))
     parse_records(doc, source="default")
     header = (
         "# Records of processing activities (GDPR Art. 30) of this visage-ml project.\n"
