@@ -27,7 +27,9 @@ log's signature on the checkpoint and the witnesses' cosignatures, against keys 
 pins (``docs/verify.md`` holds the same checks in ~150 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
-the project's stores is checked above, in :mod:`visage_ml.rights.certify`.
+the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
+certificate, for the DPO's file and the data subject, is :mod:`visage_ml.privacy.certificate_page`
+(the JSON stays the proof).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from visage_ml.privacy.keys import (
     load_or_create_signing_key,
     load_public_keys,
 )
-from visage_ml.privacy.ledger import Entry, entry_hash_of, verify_inclusion_record
+from visage_ml.privacy.ledger import KEYS_FILE, Entry, entry_hash_of, verify_inclusion_record
 from visage_ml.privacy.witness import LOCAL_WITNESS_PREFIX
 
 log = logging.getLogger(__name__)
@@ -289,6 +291,39 @@ def write_certificate(paths: ProjectPaths, doc: Mapping[str, Any]) -> Path:
     return path
 
 
+def published_keys(paths: ProjectPaths) -> Path:
+    """The controller's published ledger key file: ``privacy/ledger-keys.pem`` (every key the
+    ledger has had) once a rotation wrote it, else ``privacy/ledger.pub``."""
+    every = paths.ledger_public_key.with_name(KEYS_FILE)
+    return every if every.is_file() else paths.ledger_public_key
+
+
+def models_retrained_event(
+    ledger_path: Path, request_id: Any, keys: Sequence[Ed25519PublicKey]
+) -> dict[str, Any] | None:
+    """``{"seq", "time"}`` of the last ``erasure.models_retrained`` entry of ``request_id`` in
+    the ledger whose signature one of ``keys`` verifies (None when there is none).
+
+    The certificate says ``stale``; this event, appended by ``visage privacy lineage
+    --refresh`` once the models in use were retrained without the subject, upgrades it.
+    """
+    event = None
+    if not ledger_path.is_file():
+        return None
+    with open(ledger_path, "rb") as fh:
+        for line in fh:
+            if b"erasure.models_retrained" not in line:
+                continue
+            obj = json.loads(line)
+            if (
+                obj.get("type") == "erasure.models_retrained"
+                and _object(obj.get("payload")).get("request_id") == request_id
+                and any(entry_ok(obj, k) for k in keys)
+            ):
+                event = {"seq": obj["seq"], "time": obj["time"]}
+    return event
+
+
 # ---------------------------------------------------------------------------------------------
 # Verification
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +354,11 @@ class CertificateReport:
     notes: list[str] = field(default_factory=list)
     # A key, witness or origin was taken from the certificate itself (see the notes).
     unpinned: bool = False
+    # The witnessed checkpoint as verified (origin, size, ledger key fingerprint) and each
+    # cosignature that verified (witness name, key fingerprint, the witness's time, whether the
+    # key was pinned): what a reader or a rendered page names, never taken unchecked.
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    cosignatures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -355,6 +395,8 @@ class CertificateReport:
             "models": self.models,
             "notes": self.notes,
             "unpinned": self.unpinned,
+            "checkpoint": self.checkpoint,
+            "cosignatures": self.cosignatures,
         }
 
 
@@ -621,6 +663,12 @@ def _check_witnessed(
         merkle.leaf_hash(tp.extra), tp.index, cp.size, list(tp.hashes), cp.root
     )
     report.add("checkpoint inclusion", included, f"leaf {tp.index} of {cp.size}")
+    if log_ok:
+        report.checkpoint = {
+            "origin": cp.origin,
+            "size": cp.size,
+            "fingerprint": log_v.fingerprint,
+        }
     try:
         if witness_keys:
             keys = [cosigner(k) for k in witness_keys]
@@ -637,6 +685,16 @@ def _check_witnessed(
         ", ".join(f"{v.name} at {_utc(times[v.name])}" for v in cosigned) or "none"
     )
     report.add("witness cosignatures", enough, detail)
+    report.cosignatures = [
+        {
+            "name": v.name,
+            "fingerprint": v.fingerprint,
+            "time": _utc(times[v.name]),
+            "pinned": bool(witness_keys),
+            "local": v.name.startswith(LOCAL_WITNESS_PREFIX),
+        }
+        for v in cosigned
+    ]
     _check_witness_time(completed.get("time"), times, report)
     for v in cosigned:
         if v.name.startswith(LOCAL_WITNESS_PREFIX):

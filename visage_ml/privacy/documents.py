@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 from visage_ml.config import AnalyticsParams, Params, ProjectPaths, load_params
 from visage_ml.io import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
 from visage_ml.privacy.consent import LEGAL_BASES
+from visage_ml.privacy.pages import template_env
 from visage_ml.privacy.records import (
     COMPLAINT_TEXT,
     MSG_DRAFT,
@@ -90,12 +91,8 @@ MSG_SIGN_FULL = (
 
 @functools.cache
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("visage_ml", "privacy/templates"),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=True),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
+    # The pages' shared settings, with the filters the notice and records use.
+    env = template_env().overlay()
     env.filters["plural"] = plural
     env.filters["article"] = article
     return env

@@ -103,7 +103,7 @@ MSG_DRAFT = (
 )
 
 
-def _at_example_domain(value: str) -> bool:
+def at_example_domain(value: str) -> bool:
     """Whether an e-mail address or URL is at :data:`EXAMPLE_DOMAIN` (or a subdomain)."""
     host = value.rsplit("@", 1)[-1] if "@" in value and "://" not in value else value
     host = host.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
@@ -318,7 +318,7 @@ class Records(_Strict):
             ("dpo.contact", self.dpo.contact),
             ("notice_url", self.notice_url),
         ):
-            if _at_example_domain(value):
+            if at_example_domain(value):
                 found.append(name)
         for name, p in self.purposes.items():
             for cls, basis in p.subjects.items():

@@ -20,15 +20,19 @@ from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
 from visage_ml.io import CHUNK
-from visage_ml.privacy.certificate import CertificateReport, entry_ok, verify_proof
+from visage_ml.privacy.certificate import (
+    CertificateReport,
+    models_retrained_event,
+    published_keys,
+    verify_proof,
+)
 from visage_ml.privacy.keys import key_id
-from visage_ml.privacy.ledger import KEYS_FILE, Ledger, LedgerError
+from visage_ml.privacy.ledger import Ledger, LedgerError
 from visage_ml.rights import dvc_objects, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
@@ -82,7 +86,7 @@ def verify_certificate(
         public_key=public_key,
         ledger_path=paths.ledger,
         # Every key the ledger has had once it was rotated: a certificate of before verifies.
-        default_key_path=_published_keys(paths),
+        default_key_path=published_keys(paths),
     )
     if doc is None or pub is None:
         return report
@@ -259,19 +263,7 @@ def _models_status(
     contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
     contained.update(m.get("data_md5") for m in stale if m.get("data_md5"))
     check = lineage.check_retrained(paths, str(doc.get("pid")), contained)
-    event = None
-    if paths.ledger.is_file():
-        with open(paths.ledger, "rb") as fh:
-            for line in fh:
-                if b"erasure.models_retrained" not in line:
-                    continue
-                obj = orjson.loads(line)
-                if (
-                    obj.get("type") == "erasure.models_retrained"
-                    and (obj.get("payload") or {}).get("request_id") == doc.get("request_id")
-                    and entry_ok(obj, pub)
-                ):
-                    event = {"seq": obj["seq"], "time": obj["time"]}
+    event = models_retrained_event(paths.ledger, doc.get("request_id"), [pub])
     if not stale:
         status = lineage.NO_MODEL_UNKNOWN if claims.get("lineage_notes") else lineage.NO_MODEL
     elif event is not None:
@@ -287,9 +279,3 @@ def _models_status(
         "retrained_event": event,
         **check.to_dict(),
     }
-
-
-def _published_keys(paths: ProjectPaths) -> Path:
-    """``privacy/ledger-keys.pem`` when a rotation wrote it, else ``privacy/ledger.pub``."""
-    every = paths.ledger_public_key.with_name(KEYS_FILE)
-    return every if every.is_file() else paths.ledger_public_key

@@ -38,6 +38,7 @@ from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
 from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
 from visage_ml.io import md5_file, sha256_file
+from visage_ml.privacy import certificate_page
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.procenv import child_env
@@ -492,7 +493,8 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
     has no such event yet: when the current models (``dvc.lock``, ONNX files, latest MLflow
     versions) were all trained on data versions without the subject, and the processed data no
     longer holds them, a signed event names the certificate and the current models, and a tree
-    head is appended so that the event can be proven included.
+    head is appended so that the event can be proven included. The certificate's readable page
+    (``<request id>.html``) is rewritten to say the models were retrained.
 
     Returns
     -------
@@ -502,6 +504,7 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
     core = core if core is not None else PrivacyCore(paths)
     book = RequestBook(core)
     upgraded = []
+    pages: list[tuple[Path, dict[str, Any]]] = []
     for st in book.all():
         if st.right != "erasure" or st.erasure_completed_seq is None:
             continue
@@ -520,7 +523,7 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
         check = check_retrained(paths, st.pid, contained)
         if not check.clean:
             continue
-        core.ledger.append(
+        entry = core.ledger.append(
             "erasure.models_retrained",
             st.pid,
             {
@@ -531,6 +534,9 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
             },
         )
         upgraded.append(st.request_id)
+        pages.append((cert_path, {"seq": entry.seq, "time": entry.time}))
     if upgraded:
         core.ledger.checkpoint()
+    for cert_path, retrained in pages:  # the readable page says retrained from now on
+        certificate_page.write_page(core, cert_path, retrained=retrained)
     return upgraded

@@ -22,7 +22,9 @@ from visage_ml.app.cli.common import (
     user_errors,
 )
 from visage_ml.config import PURPOSES, load_params
-from visage_ml.privacy.certificate import verify_offline
+from visage_ml.io import atomic_write_text
+from visage_ml.privacy import certificate_page as cp
+from visage_ml.privacy.certificate import models_retrained_event, verify_offline
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
@@ -970,6 +972,104 @@ def verify_certificate_cmd(
         valid = "certificate VALID" + (f" ({why})" if report.notes else "")
         console.print(valid if report.ok else "certificate INVALID")
     if not report.ok:
+        raise typer.Exit(1)
+
+
+MSG_NO_CHECKOUT = (
+    "no ledger here ({ledger}): run inside the controller's checkout (or set VISAGE_PROJECT), "
+    "or render a copy with --offline --public-key ledger.pub"
+)
+MSG_OUT_IS_CERT = "--out {out} is the certificate itself: write the page to another file"
+MSG_NO_PUBLIC_KEY = (
+    "no key file at {path}: give the controller's published ledger.pub (or ledger-keys.pem)"
+)
+
+
+@app.command("certificate-page")
+def certificate_page_cmd(
+    cert: Path = typer.Argument(..., help="The certificate (privacy/certificates/<id>.json)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Where to write the page (a folder: <request id>.html in it). Default: beside the "
+        "certificate, <request id>.html.",
+    ),
+    offline: bool = typer.Option(
+        False,
+        "--offline",
+        help="Render a copy with no access to the project: only the keys given are pinned "
+        "(--public-key, --witness-key, --origin), and the models' status is the certificate's.",
+    ),
+    public_key: Path = typer.Option(
+        None,
+        help="The controller's ledger public key (default: the checkout's published key file).",
+    ),
+    witness_key: list[str] = typer.Option(
+        None, "--witness-key", help="A witness verifier key that must have cosigned (repeatable)."
+    ),
+    origin: str = typer.Option(None, "--origin", help="The controller's published log name."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Render an erasure certificate as a readable HTML page for the DPO's file and the subject.
+
+    The page names the request, the subject's pid (nothing else of them), the dates, what was
+    erased counted by store and outcome, the models trained on the subject's data (stale or
+    retrained), the ledger entry and the witnesses that cosigned, and whether the certificate
+    verified with which keys; it gives the certificate's SHA-256 and says the JSON is the proof.
+    In the checkout it is checked with the controller's keys, and an erasure already writes it
+    beside the certificate. Exit code 0 when every check passed (the page says "consistent
+    only" when keys came from the certificate itself), 1 when the page says NOT VERIFIED (it is
+    written either way), 2 on an error.
+    """
+    with _rights_errors():
+        _, doc = cp.load_certificate(cert)  # a clear error before anything is opened or written
+        if public_key is not None and not public_key.is_file():
+            raise UserError(MSG_NO_PUBLIC_KEY.format(path=public_key))
+        target = out if out is not None else cp.page_path(cert)
+        if target.is_dir():
+            target = target / cp.page_path(cert).name
+        if target.resolve() == cert.resolve():
+            raise UserError(MSG_OUT_IS_CERT.format(out=target))
+        if offline:
+            page = cp.render_page(
+                cert,
+                pins=cp.Pins(
+                    public_key=public_key,
+                    witness_keys=tuple(witness_key or ()),
+                    origin=origin,
+                    by="given on the command line",
+                ),
+            )
+        else:
+            paths = project()
+            if not paths.ledger.is_file():
+                raise UserError(MSG_NO_CHECKOUT.format(ledger=paths.ledger))
+            core = _core()
+            own = cp.controller_pins(core, cert)
+            given = public_key is not None or bool(witness_key) or origin is not None
+            pins = cp.Pins(
+                public_key=public_key if public_key is not None else own.public_key,
+                witness_keys=tuple(witness_key or ()) or own.witness_keys,
+                origin=origin if origin is not None else own.origin,
+                by=f"{'some given on the command line, ' if given else ''}{own.by}",
+            )
+            retrained = models_retrained_event(
+                paths.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
+            )
+            page = cp.render_page(cert, pins=pins, retrained=retrained)
+        atomic_write_text(target, page.html)
+    _done(
+        as_json,
+        {
+            "page": str(target),
+            "request_id": page.request_id,
+            "verdict": page.verdict,
+            "certificate_sha256": page.sha256,
+        },
+        f"page {target}: certificate {page.request_id} {page.verdict}",
+    )
+    if page.verdict == cp.NOT_VERIFIED:
         raise typer.Exit(1)
 
 

@@ -34,7 +34,8 @@ snapshot       the consent snapshot refreshed
 certificate    ``erasure.completed`` (committing to the claims), a tree head, a checkpoint
                cosigned by the witnesses, the signed certificate
                ``privacy/certificates/<request id>.json`` with its offline proof bundle
-               (c2sp.org/tlog-proof), the request's receipt
+               (c2sp.org/tlog-proof) and its readable page ``<request id>.html``
+               (:mod:`visage_ml.privacy.certificate_page`), the request's receipt
 =============  =================================================================================
 
 This module knows the request lifecycle, the step order and the ledger records; what each store
@@ -66,8 +67,13 @@ from typing import Any
 from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.faults import FAULT_ENV, FAULT_EXIT
 from visage_ml.io import file_lock, sha256_file
-from visage_ml.privacy import merkle
-from visage_ml.privacy.certificate import build_certificate, claims_digest, write_certificate
+from visage_ml.privacy import certificate_page, merkle
+from visage_ml.privacy.certificate import (
+    build_certificate,
+    claims_digest,
+    models_retrained_event,
+    write_certificate,
+)
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import Entry
@@ -518,6 +524,15 @@ class Erasure:
             proof=proof,
         )
         path = write_certificate(self.paths, doc)
+        # Resumed after `lineage --refresh` upgraded it: the page says retrained, as it did.
+        retrained = (
+            models_retrained_event(
+                self.paths.ledger, st.request_id, self.core.ledger.key_chain().public_keys()
+            )
+            if st.models_retrained_seq is not None
+            else None
+        )
+        certificate_page.write_page(self.core, path, retrained=retrained)
         _fault("certificate")
         st = self.book.get(result.request_id)
         if st.status == IN_PROGRESS:

@@ -1,0 +1,482 @@
+"""A readable page of an erasure certificate: what a DPO files and hands to the data subject.
+
+The certificate (``privacy/certificates/<request id>.json``, :mod:`visage_ml.privacy.certificate`)
+is the proof; this page (``<request id>.html`` beside it) says in words what it states and
+whether it verified:
+
+- the request, the subject's pseudonymous id (pid) and nothing else of them, the controller,
+  when the request was received and when the erasure completed;
+- what was erased, counted by store and by outcome (key destroyed, crypto-shredded, physically
+  removed), what a store could not guarantee and the content kept because other data shares it;
+- the models trained on data that held the subject, stale or retrained since (the signed
+  ``erasure.models_retrained`` entry the caller found);
+- the ``erasure.completed`` ledger entry, its tree head and checkpoint, and the witnesses whose
+  cosignature verified, with their keys' fingerprints and the witness's own time;
+- the checks of :func:`~visage_ml.privacy.certificate.verify_offline`, the keys they used and
+  where those keys came from, and how anyone can check the file themselves;
+- the certificate file's SHA-256, which ties the page to one JSON file.
+
+The page never shows an artefact's path or hash: a path can name a person's folder, and a hash
+of a file can be compared with a copy of a photograph. It claims no more than was checked: a
+failed check reads NOT VERIFIED, and keys taken from the certificate itself read as consistency,
+not authenticity. The same certificate, keys and retraining event give the same bytes (no
+rendering time), so the controller's copy is rewritten rather than versioned: an erasure writes
+it beside its certificate (:func:`write_page`, with the controller's published key, log name and
+configured witnesses), ``visage privacy lineage --refresh`` rewrites it once the models were
+retrained, and ``visage privacy certificate-page`` renders any certificate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from visage_ml import __version__
+from visage_ml.io import atomic_write_text
+from visage_ml.privacy.certificate import (
+    CertificateReport,
+    published_keys,
+    verify_offline,
+)
+from visage_ml.privacy.checkpoint import NoteError, parse_tlog_proof
+from visage_ml.privacy.pages import template_env
+from visage_ml.privacy.records import EXAMPLE_CONTROLLER, at_example_domain
+
+PAGE_SUFFIX = ".html"
+
+MSG_NO_FILE = "no certificate at {path}: give the path of privacy/certificates/<request id>.json"
+MSG_NOT_CERTIFICATE = (
+    "{path} is not an erasure certificate ({why}): give a privacy/certificates/<request id>.json "
+    "file as the erasure wrote it"
+)
+MSG_CHANGED = "{path} changed while it was read: render the page again"
+MSG_EXAMPLE_CONTROLLER = (
+    "EXAMPLE CONTROLLER: the certificate names the controller visage-ml ships with ({names}): "
+    "params.yaml's project.controller and project.controller_contact were not filled in before "
+    "this erasure. A signed certificate keeps the names it was signed with; do not hand this "
+    "page to the data subject without a covering letter naming the controller"
+)
+
+# The three outcomes of visage_ml.rights.erasure.base.outcome_of (the rights layer sits above
+# this one), in the order a reader takes them in, each explained.
+KEY_DESTROYED = "key destroyed"
+CRYPTO_SHREDDED = "crypto-shredded"
+PHYSICALLY_REMOVED = "physically removed"
+NOT_RECORDED = "not recorded"
+OUTCOME_TEXT = {
+    KEY_DESTROYED: (
+        "a key that encrypted the subject's data was destroyed: every copy encrypted under it, "
+        "wherever it is (backups, remote storage, clones), can no longer be read by anyone"
+    ),
+    CRYPTO_SHREDDED: (
+        "a file encrypted under a destroyed key: unreadable everywhere, and deleted as well where "
+        "the controller could reach it"
+    ),
+    PHYSICALLY_REMOVED: (
+        "a file not encrypted under the subject's key (an index or a list shared with other "
+        "people) deleted, or rewritten without the subject: copies outside the controller's "
+        "reach are not covered by this"
+    ),
+    NOT_RECORDED: "the certificate does not say how (one made by an earlier version)",
+}
+STORE_TEXT = {
+    "gallery": "search gallery: templates, anchors and their key",
+    "vault": "identity vault: the link between the pid and the person",
+    "keys": "the subject's data key",
+    "data": "data set files (data/raw, data/processed)",
+    "dvc-remote": "DVC remote storage",
+    "exports": "export bundles kept by the controller",
+    "imports": "import reports",
+    "mlflow": "experiment tracking (MLflow)",
+    "mlflow-server": "MLflow tracking server",
+    "pgvector": "PostgreSQL gallery",
+    "models": "model checkpoints",
+}
+
+VERIFIED = "verified"
+CONSISTENT = "consistent only"
+NOT_VERIFIED = "NOT VERIFIED"
+
+# A value shown inside the command a reader copies: anything else (a certificate is a file
+# anyone can edit) stands as a placeholder, never as text a shell would run.
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,199}")
+
+
+class CertificatePageError(ValueError):
+    """The file cannot be rendered: missing, not JSON, or not an erasure certificate."""
+
+
+@dataclass(frozen=True)
+class Pins:
+    """The keys a page's check uses instead of the ones the certificate carries.
+
+    Attributes
+    ----------
+    public_key
+        The controller's published ledger key (a key, or a PEM file such as ``ledger.pub`` or
+        ``ledger-keys.pem``); None: the certificate's own, and the page says so.
+    witness_keys
+        Witness verifier keys, each of which must have cosigned; empty: the certificate's list.
+    origin
+        The log name the controller published; None: the checkpoint's own.
+    by
+        Who chose these keys, as the page names them (``the controller's checkout``).
+    """
+
+    public_key: Ed25519PublicKey | Path | None = None
+    witness_keys: tuple[str, ...] = ()
+    origin: str | None = None
+    by: str = ""
+
+
+@dataclass
+class CertificatePage:
+    """A rendered page: its HTML, the verdict it states and the check behind it."""
+
+    html: str
+    verdict: str
+    sha256: str
+    request_id: str
+    report: CertificateReport = field(repr=False)
+
+    @property
+    def verified(self) -> bool:
+        return self.verdict == VERIFIED
+
+
+@dataclass
+class Counts:
+    """A certificate's artefacts counted by store (rows) and outcome (columns)."""
+
+    outcomes: list[str]
+    rows: list[dict[str, Any]]
+    totals: dict[str, int]
+    total: int
+
+
+def page_path(cert_path: str | os.PathLike[str]) -> Path:
+    """Where a certificate's page goes by default: beside it, ``<request id>.html``."""
+    return Path(cert_path).with_suffix(PAGE_SUFFIX)
+
+
+def load_certificate(cert_path: str | os.PathLike[str]) -> tuple[bytes, dict[str, Any]]:
+    """The file's bytes and its parsed document.
+
+    Raises
+    ------
+    CertificatePageError
+        No such file, not UTF-8 JSON, or not an object with a request id and claims.
+    """
+    path = Path(cert_path)
+    if not path.is_file():
+        raise CertificatePageError(MSG_NO_FILE.format(path=path))
+    raw = path.read_bytes()
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise CertificatePageError(MSG_NOT_CERTIFICATE.format(path=path, why="not JSON")) from None
+    if not isinstance(doc, dict) or not {"request_id", "claims"} <= set(doc):
+        why = "no request_id and claims"
+        raise CertificatePageError(MSG_NOT_CERTIFICATE.format(path=path, why=why))
+    return raw, doc
+
+
+def outcome_counts(claims: Any) -> Counts:
+    """The artefacts of ``claims`` counted by store and outcome (known outcomes first, then
+    any other the file states, then those it states none for)."""
+    found: Counter[tuple[str, str]] = Counter()
+    for a in _list(_obj(claims).get("artefacts")):
+        a = _obj(a)
+        outcome = a.get("outcome")
+        found[str(a.get("store") or "?"), str(outcome) if outcome else NOT_RECORDED] += 1
+    known = [KEY_DESTROYED, CRYPTO_SHREDDED, PHYSICALLY_REMOVED]
+    others = sorted({o for _, o in found} - {*known, NOT_RECORDED})
+    outcomes = [
+        *known,
+        *others,
+        *([NOT_RECORDED] if any(o == NOT_RECORDED for _, o in found) else []),
+    ]
+    rows = []
+    for store in sorted({s for s, _ in found}):
+        by = {o: found[store, o] for o in outcomes}
+        rows.append(
+            {"store": store, "text": _store_text(store), "by": by, "total": sum(by.values())}
+        )
+    totals = {o: sum(r["by"][o] for r in rows) for o in outcomes}
+    return Counts(outcomes, rows, totals, sum(totals.values()))
+
+
+def render_page(
+    cert_path: str | os.PathLike[str],
+    *,
+    pins: Pins | None = None,
+    retrained: Mapping[str, Any] | None = None,
+) -> CertificatePage:
+    """Check the certificate at ``cert_path`` and render its page.
+
+    Parameters
+    ----------
+    cert_path
+        The certificate file.
+    pins
+        The keys to check it with (:class:`Pins`); none: the certificate's own, which the page
+        states as consistency only.
+    retrained
+        ``{"seq", "time"}`` of the signed ``erasure.models_retrained`` entry of this request
+        (:func:`~visage_ml.privacy.certificate.models_retrained_event`), None when the caller
+        found none or has no ledger: the page then says what the certificate says.
+
+    Raises
+    ------
+    CertificatePageError
+        The file is missing, not a certificate, or changed while it was read.
+    """
+    pins = pins or Pins()
+    raw, doc = load_certificate(cert_path)
+    report = verify_offline(
+        cert_path,
+        public_key=pins.public_key,
+        witness_keys=pins.witness_keys,
+        origin=pins.origin,
+    )
+    if Path(cert_path).read_bytes() != raw:  # what was checked must be what is shown
+        raise CertificatePageError(MSG_CHANGED.format(path=cert_path))
+    sha256 = hashlib.sha256(raw).hexdigest()
+    verdict = NOT_VERIFIED if not report.ok else CONSISTENT if report.unpinned else VERIFIED
+    context = _context(
+        doc,
+        report,
+        verdict=verdict,
+        sha256=sha256,
+        file_name=Path(cert_path).name,
+        pins=pins,
+        retrained=retrained,
+    )
+    html = template_env().get_template("certificate.html.j2").render(**context)
+    return CertificatePage(html, verdict, sha256, str(doc.get("request_id")), report)
+
+
+def controller_pins(core: Any, cert_path: str | os.PathLike[str]) -> Pins:
+    """The controller's own keys for its certificate's page: the published ledger key file,
+    the project's log name, and the configured witnesses whose cosignature is on the
+    certificate's checkpoint (taken from the witnesses' configuration, not from the file)."""
+    paths = core.paths
+    key_file = published_keys(paths)
+    witness_keys: tuple[str, ...] = ()
+    try:
+        _, doc = load_certificate(cert_path)
+        note = parse_tlog_proof(str(_obj(doc.get("proof")).get("tlog_proof"))).checkpoint
+        witness_keys = tuple(v.vkey for v in core.witnessing.cosigners_of(note))
+    except (CertificatePageError, NoteError, ValueError, TypeError):
+        witness_keys = ()  # the page's check then names the failure
+    return Pins(
+        public_key=key_file if key_file.is_file() else None,
+        witness_keys=witness_keys,
+        origin=core.witnessing.origin,
+        by="the controller's checkout",
+    )
+
+
+def write_page(
+    core: Any,
+    cert_path: str | os.PathLike[str],
+    *,
+    retrained: Mapping[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> CertificatePage:
+    """Render the page of the project's certificate with the controller's keys
+    (:func:`controller_pins`) and write it atomically (default: beside the certificate)."""
+    page = render_page(cert_path, pins=controller_pins(core, cert_path), retrained=retrained)
+    atomic_write_text(Path(out) if out is not None else page_path(cert_path), page.html)
+    return page
+
+
+# ---------------------------------------------------------------------------------------------
+# What the template shows (every value from the file coerced: a hostile file is a page that
+# says NOT VERIFIED, never a traceback)
+# ---------------------------------------------------------------------------------------------
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _store_text(store: str) -> str:
+    if store in STORE_TEXT:
+        return STORE_TEXT[store]
+    if store.startswith("dvc-"):
+        return f"DVC storage ({store.removeprefix('dvc-')})"
+    return ""
+
+
+def _when(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _elapsed(received: Any, completed: Any) -> str:
+    start, end = _when(received), _when(completed)
+    if start is None or end is None or (start.tzinfo is None) != (end.tzinfo is None):
+        return ""
+    seconds = (end - start).total_seconds()
+    if seconds < 0:
+        return "before the request was received: the dates do not agree"
+    if seconds < 60:
+        took = "less than a minute"
+    elif seconds < 3600:
+        took = f"{seconds // 60:.0f} minute(s)"
+    elif seconds < 86400:
+        took = f"{seconds / 3600:.1f} hours"
+    else:
+        took = f"{seconds / 86400:.1f} days"
+    return f"{took} after the request was received"
+
+
+def _draft(controller: Mapping[str, Any]) -> str:
+    name, contact = _text(controller.get("name")), _text(controller.get("contact"))
+    found = [v for v in (name,) if v == EXAMPLE_CONTROLLER]
+    found += [v for v in (contact,) if v and at_example_domain(v)]
+    return MSG_EXAMPLE_CONTROLLER.format(names=", ".join(found)) if found else ""
+
+
+def _shell(value: Any, placeholder: str) -> str:
+    text = _text(value)
+    return shlex.quote(text) if _SHELL_SAFE.fullmatch(text) else placeholder
+
+
+def _models(claims: Mapping[str, Any], retrained: Mapping[str, Any] | None) -> list[dict]:
+    rows = []
+    for m in _list(claims.get("models")):
+        m = _obj(m)
+        if retrained is not None:
+            status = (
+                f"retrained without the subject (signed ledger entry {retrained.get('seq')}, "
+                f"{retrained.get('time')})"
+            )
+        elif m.get("status") == "stale":
+            status = "stale: trained on data that held the subject, until retrained without them"
+        else:
+            status = _text(m.get("status"))
+        rows.append(
+            {
+                "model": _text(m.get("model")),
+                "version": _text(m.get("version")),
+                "kind": _text(m.get("kind")),
+                "status": status,
+                "retrained": retrained is not None,
+            }
+        )
+    return rows
+
+
+def _key_source(pins: Pins) -> dict[str, str]:
+    by = f" ({pins.by})" if pins.by else ""
+    if isinstance(pins.public_key, Path):
+        ledger = f"the published key file {pins.public_key.name}{by}"
+    elif pins.public_key is not None:
+        ledger = f"a key given{by}"
+    else:
+        ledger = "taken from the certificate itself: not pinned"
+    n = len(pins.witness_keys)
+    return {
+        "ledger": ledger,
+        "witnesses": f"{n} witness key(s){by}" if n else "taken from the certificate itself",
+        "origin": f"{pins.origin}{by}" if pins.origin else "taken from the checkpoint itself",
+    }
+
+
+def _context(
+    doc: Mapping[str, Any],
+    report: CertificateReport,
+    *,
+    verdict: str,
+    sha256: str,
+    file_name: str,
+    pins: Pins,
+    retrained: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    claims = _obj(doc.get("claims"))
+    ledger = _obj(doc.get("ledger"))
+    completed = _obj(ledger.get("erasure_completed"))
+    head = _obj(ledger.get("tree_head"))
+    proof = _obj(doc.get("proof"))
+    controller = _obj(doc.get("controller"))
+    cosigned = {c["name"] for c in report.cosignatures}
+    listed = [
+        _text(_obj(w).get("name"))
+        for w in _list(proof.get("witnesses"))
+        if _text(_obj(w).get("name")) not in cosigned
+    ]
+    signature = next((c for c in report.checks if c.name == "signature"), None)
+    origin = report.checkpoint.get("origin") or pins.origin
+    command = [
+        "visage privacy verify-certificate --offline",
+        _shell(file_name, "CERT.json"),
+        "--public-key ledger.pub",
+        "--witness-key '<witness key>'",
+        f"--origin {_shell(origin, '<log name>')}",
+        f"--request-id {_shell(doc.get('request_id'), '<request id>')}",
+        f"--subject {_shell(doc.get('pid'), '<pid>')}",
+    ]
+    return {
+        "verdict": verdict,
+        "verified": verdict == VERIFIED,
+        "signature_ok": None if signature is None else signature.ok,
+        "report": report,
+        "draft": _draft(controller),
+        "file_name": file_name,
+        "sha256": sha256,
+        "request_id": _text(doc.get("request_id")),
+        "pid": _text(doc.get("pid")),
+        "article": _text(doc.get("article")) or "Art. 17",
+        "controller": {k: _text(controller.get(k)) for k in ("name", "contact")},
+        "received_at": _text(doc.get("received_at")),
+        "completed_at": _text(doc.get("completed_at")),
+        "elapsed": _elapsed(doc.get("received_at"), doc.get("completed_at")),
+        "counts": outcome_counts(claims),
+        "outcome_text": OUTCOME_TEXT,
+        "store_notes": [_text(n) for n in _list(claims.get("store_notes"))],
+        "lineage_notes": [_text(n) for n in _list(claims.get("lineage_notes"))],
+        "retained": len(_list(claims.get("retained_shared_content"))),
+        "models": _models(claims, retrained),
+        "claims_sha256": _text(doc.get("claims_sha256")),
+        "entry": {
+            "seq": _text(completed.get("seq")),
+            "time": _text(completed.get("time")),
+            "hash": _text(completed.get("hash")),
+        },
+        "head": {
+            "seq": _text(head.get("seq")),
+            "size": _text(_obj(head.get("payload")).get("size")),
+            "root": _text(_obj(head.get("payload")).get("root")),
+        },
+        "checkpoint": report.checkpoint,
+        "cosignatures": report.cosignatures,
+        "uncosigned": listed,
+        "keys": _key_source(pins),
+        "version": __version__,
+        "command": " ".join(command),
+        # Only a fingerprint that verified: a reader compares it with the published one.
+        "fingerprint": report.checkpoint.get("fingerprint", ""),
+    }
