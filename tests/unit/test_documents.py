@@ -296,3 +296,14 @@ def test_periods_are_written_in_the_singular_and_the_plural(project):
     html = render_notice(records_of(paths), consent_months=1).html
     assert "A consent lapses 1 calendar month after" in html and "(s)" not in html
     assert "6 calendar months" in render_notice(records_of(paths), consent_months=6).html
+
+
+def test_the_notice_says_what_happens_to_a_face_that_matches_no_one(project):
+    # Identification compares every face presented, enrolled or not: the notice said only
+    # "recognising enrolled persons", as if no one else's face were processed (a DPO's finding).
+    paths = ProjectPaths(project)
+    text = " ".join(render_notice(records_of(paths)).html.split())
+    assert "Every face presented to the camera is compared with the gallery" in text
+    assert "answered 'unknown' and nothing of it is kept (no image, no template)" in text.replace(
+        "&#39;", "'"
+    )

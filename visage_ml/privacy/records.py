@@ -462,7 +462,11 @@ def default_records(
         "purposes": {
             "identification": {
                 "description": "Recognising enrolled persons who consented (1:N face "
-                "identification against the gallery of their templates)",
+                "identification against the gallery of their templates). Every face presented "
+                "to the camera is compared with the gallery; one that matches no enrolled "
+                "person is answered 'unknown' and nothing of it is kept (no image, no "
+                "template). Deploy it where only persons who chose to be recognised are "
+                "presented (an opt-in lane)",
                 "summary": "Recognising enrolled persons who consented.",
                 "data_categories": ["facial_images", "biometric_template", "identity_record"],
                 # Biometric data used to identify: explicit consent (Art. 9(2)(a)) only.
