@@ -218,8 +218,8 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     assert "no contact address" in json.loads(r.output)["subject_not_told"]
     listing = runner.invoke(app, ["privacy", "requests"])
     assert listing.exit_code == 0
-    assert f"OVERDUE by {overdue} day(s)" in listing.output, listing.output
-    assert f"{left} day(s) left" in listing.output
+    assert f"OVERDUE by {overdue} days" in listing.output, listing.output
+    assert f"{left} days left" in listing.output and "(s) left" not in listing.output
     assert "2 request(s), 1 overdue" in listing.output
     data = json.loads(runner.invoke(app, ["privacy", "requests", "--json"]).output)
     assert [d["overdue"] for d in data] == [True, False]

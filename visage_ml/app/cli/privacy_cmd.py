@@ -31,6 +31,7 @@ from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.keys import load_public_key
 from visage_ml.privacy.ledger import LedgerError, utc_now
 from visage_ml.privacy.outbox import Outbox
+from visage_ml.privacy.records import plural
 from visage_ml.privacy.requests import (
     RequestBook,
     UnknownRequestError,
@@ -577,7 +578,8 @@ def _told(core: Any, request_id: str | None, as_json: bool, out: dict[str, Any])
 def _request_line(st: Any, now: Any) -> str:
     if st.is_open:
         days = st.days_left(now)
-        when = f"[red]OVERDUE by {-days} day(s)[/]" if st.overdue(now) else f"{days} day(s) left"
+        late = f"[red]OVERDUE by {plural(-days, 'day')}[/]"
+        when = late if st.overdue(now) else f"{plural(days, 'day')} left"
     else:
         when = st.status
     failed = f"  [red]failed: {st.failure['code']}[/]" if st.is_open and st.failure else ""
