@@ -39,6 +39,11 @@ def test_summary_shows_the_gate_outcome_the_served_point_and_group_accuracy(
     assert f"fairness gate        {outcome}" in summary
     for group in ("g1", "g2", "g3", "g4"):
         assert f"{group} " in summary.split("gender accuracy")[1].splitlines()[0]
+    # The detector misses some groups more than others: the summary says by how much.
+    missed = json.loads((tiny_pipeline.reports / "fairness.json").read_text())
+    g1 = missed["detection_intervals"]["group"]["groups"]["g1"]
+    line = summary.split("detector miss rate")[1].splitlines()[0]
+    assert f"g1 {g1['value']:.3g} [{g1['ci_low']:.3g}, {g1['ci_high']:.3g}]" in line
 
 
 def test_without_a_gallery_report_the_point_is_not_made_up(tmp_path):

@@ -1,5 +1,6 @@
 """The fairness part of ``visage demo``'s summary: the gate's three-way outcome and why, the
-served score calibration, and the demographic model's accuracy per skin-tone group.
+served score calibration, the demographic model's accuracy and the face detector's miss rate
+per skin-tone group.
 
 Reads ``reports/metrics.json`` and ``reports/fairness.json`` (aggregates only).
 """
@@ -76,4 +77,9 @@ def fairness_lines(reports: Path) -> list[str]:
             continue
         cells = "  ".join(f"{g} {_ci(v)}" for g, v in groups.items())
         lines.append(f"  {TASK_LABELS.get(task, task):<20} {cells}")
+    # The detector's misses: a face it misses is matched to nobody (no gate checks them yet).
+    missed = ((fairness.get("detection_intervals") or {}).get("group") or {}).get("groups") or {}
+    if missed:
+        cells = "  ".join(f"{g} {_ci(v)}" for g, v in missed.items())
+        lines.append(f"  {'detector miss rate':<20} {cells}")
     return lines
