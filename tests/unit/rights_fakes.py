@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from PIL import Image
 from serving_fakes import (
     DIM,
@@ -193,3 +194,19 @@ class PrepareTileDetector:
             [Detection(d.box, d.prob, d.landmarks) for d in found]
             for found in self._inner.detect(images)
         ]
+
+
+def write_training_lock(paths: ProjectPaths, faces_md5: str, model_md5: str) -> None:
+    """A dvc.lock saying the embedder (``model_md5``) was trained on ``faces.sealed``
+    (``faces_md5``): what marks the subject's models stale in a certificate."""
+    doc = {
+        "schema": "2.0",
+        "stages": {
+            "train_embedder": {
+                "cmd": "python -m visage_ml.app.stages.train_embedder",
+                "deps": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
+                "outs": [{"path": "models/embedder.pt", "md5": model_md5}],
+            }
+        },
+    }
+    (paths.root / "dvc.lock").write_text(yaml.safe_dump(doc))

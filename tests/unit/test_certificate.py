@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rights_fakes import make_project
+from rights_fakes import make_project, write_training_lock
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -284,25 +283,11 @@ def _mlflow_db(paths, versions):
         client.set_model_version_tag("visage-embedder", mv.version, "visage.data_md5", md5)
 
 
-def _lock(paths, faces_md5, model_md5):
-    doc = {
-        "schema": "2.0",
-        "stages": {
-            "train_embedder": {
-                "cmd": "python -m visage_ml.app.stages.train_embedder",
-                "deps": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
-                "outs": [{"path": "models/embedder.pt", "md5": model_md5}],
-            }
-        },
-    }
-    (paths.root / "dvc.lock").write_text(yaml.safe_dump(doc))
-
-
 def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded(project):
     proj = make_project(project, n_subjects=4)
     paths, victim = proj.paths, proj.pids[1]
     data_md5 = md5_file(paths.processed / "faces.sealed")
-    _lock(paths, data_md5, "a" * 32)
+    write_training_lock(paths, data_md5, "a" * 32)
     _mlflow_db(paths, [(1, data_md5)])
     lin = subject_lineage(paths, victim)
     assert {(m.kind, m.model, m.version) for m in lin.models} == {
@@ -324,7 +309,7 @@ def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded
     # `dvc repro` retrains on the purged data: new lock, new MLflow version.
     new_md5 = claims["dataset"]["processed_md5_after"]
     assert new_md5 == md5_file(paths.processed / "faces.sealed") != data_md5
-    _lock(paths, new_md5, "b" * 32)
+    write_training_lock(paths, new_md5, "b" * 32)
     _mlflow_db(paths, [(2, new_md5)])
     refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
     assert json.loads(refresh.output)["upgraded"] == [result.request_id]

@@ -9,10 +9,9 @@ import shutil
 from collections import Counter
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rights_fakes import make_project
+from rights_fakes import make_project, write_training_lock
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -228,30 +227,18 @@ def test_without_pinned_keys_the_page_says_consistent_not_verified(erased, tmp_p
     assert pinned.verdict == VERIFIED and "ledger.pub (the reader)" in pinned.html
 
 
-def _lock(paths, faces_md5, model_md5):
-    doc = {
-        "schema": "2.0",
-        "stages": {
-            "train_embedder": {
-                "cmd": "python -m visage_ml.app.stages.train_embedder",
-                "deps": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
-                "outs": [{"path": "models/embedder.pt", "md5": model_md5}],
-            }
-        },
-    }
-    (paths.root / "dvc.lock").write_text(yaml.safe_dump(doc))
-
-
 def test_the_page_says_stale_then_retrained_once_lineage_refresh_upgrades_it(project):
     proj = make_project(project, n_subjects=4)
     paths, victim = proj.paths, proj.pids[1]
-    _lock(paths, md5_file(paths.processed / "faces.sealed"), "a" * 32)
+    write_training_lock(paths, md5_file(paths.processed / "faces.sealed"), "a" * 32)
     result = Erasure(paths).erase(victim)
     page = page_path(result.certificate_path)
     assert "train_embedder:models/embedder.pt" in page.read_text()
     assert "stale: trained on data that held the subject" in page.read_text()
     # `dvc repro` on the purged data, then the upgrade: the page beside is rewritten.
-    _lock(paths, result.certificate["claims"]["dataset"]["processed_md5_after"], "b" * 32)
+    write_training_lock(
+        paths, result.certificate["claims"]["dataset"]["processed_md5_after"], "b" * 32
+    )
     runner = CliRunner()
     refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
     assert json.loads(refresh.output)["upgraded"] == [result.request_id]
