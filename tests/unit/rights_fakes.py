@@ -12,6 +12,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from visage_ml.data.prepare import FACES_FILE
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import sha256_bytes
 from visage_ml.privacy.datakeys import DataKeys
+from visage_ml.rights.erasure import Erasure
 from visage_ml.serving.gallery import Gallery
 
 VERSION = "emb-test-1"
@@ -210,3 +212,12 @@ def write_training_lock(paths: ProjectPaths, faces_md5: str, model_md5: str) -> 
         },
     }
     (paths.root / "dvc.lock").write_text(yaml.safe_dump(doc))
+
+
+def erase_first(root: Path, *, n_subjects: int = 4) -> tuple[Any, str, dict, Any]:
+    """A project of ``n_subjects`` whose first subject is erased: the project, the pid, the
+    images it had (by image id) and the erasure's result."""
+    proj = make_project(root, n_subjects=n_subjects)
+    victim = proj.pids[0]
+    removed = dict(proj.images[victim])
+    return proj, victim, removed, Erasure(proj.paths).erase(victim)

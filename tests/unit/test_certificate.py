@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rights_fakes import make_project, write_training_lock
+from rights_fakes import erase_first, make_project, write_training_lock
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -32,11 +32,7 @@ from visage_ml.rights.lineage import subject_lineage
 
 @pytest.fixture
 def erased(project):
-    proj = make_project(project, n_subjects=4)
-    victim = proj.pids[0]
-    removed = dict(proj.images[victim])
-    result = Erasure(proj.paths).erase(victim)
-    return proj, victim, removed, result
+    return erase_first(project)
 
 
 def failed(report) -> set[str]:

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rights_fakes import make_project, write_training_lock
+from rights_fakes import erase_first, make_project, write_training_lock
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -33,11 +33,7 @@ from visage_ml.rights.erasure import Erasure
 
 @pytest.fixture
 def erased(project):
-    proj = make_project(project, n_subjects=4)
-    victim = proj.pids[0]
-    removed = dict(proj.images[victim])
-    result = Erasure(proj.paths).erase(victim)
-    return proj, victim, removed, result
+    return erase_first(project)
 
 
 def _resigned(proj, result, tmp_path, change) -> tuple:
