@@ -70,7 +70,13 @@ from visage_ml.privacy.keys import (
     load_or_create_signing_key,
     load_public_keys,
 )
-from visage_ml.privacy.ledger import KEYS_FILE, Entry, entry_hash_of, verify_inclusion_record
+from visage_ml.privacy.ledger import (
+    KEYS_FILE,
+    Entry,
+    Ledger,
+    entry_hash_of,
+    verify_inclusion_record,
+)
 from visage_ml.privacy.witness import LOCAL_WITNESS_PREFIX
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,7 @@ log = logging.getLogger(__name__)
 CERTIFICATE_FORMAT = "visage-erasure-certificate/1"
 SIGNATURE_ALG = "Ed25519"
 PROOF_FORMAT = "c2sp.org/tlog-proof@v1"
+_RETRAINED_MARK = b'"erasure.models_retrained"'
 
 MSG_KEYS_FROM_CERT = (
     "{what} taken from the certificate itself: this shows the certificate is consistent, not "
@@ -299,28 +306,24 @@ def published_keys(paths: ProjectPaths) -> Path:
 
 
 def models_retrained_event(
-    ledger_path: Path, request_id: Any, keys: Sequence[Ed25519PublicKey]
+    ledger: Ledger, request_id: Any, keys: Sequence[Ed25519PublicKey]
 ) -> dict[str, Any] | None:
     """``{"seq", "time"}`` of the last ``erasure.models_retrained`` entry of ``request_id`` in
-    the ledger whose signature one of ``keys`` verifies (None when there is none).
+    ``ledger`` whose signature one of ``keys`` verifies (None when there is none).
 
     The certificate says ``stale``; this event, appended by ``visage privacy lineage
-    --refresh`` once the models in use were retrained without the subject, upgrades it.
+    --refresh`` once the models in use were retrained without the subject, upgrades it. Only
+    the lines naming the type are parsed (:meth:`Ledger.lines_containing`).
     """
     event = None
-    if not ledger_path.is_file():
-        return None
-    with open(ledger_path, "rb") as fh:
-        for line in fh:
-            if b"erasure.models_retrained" not in line:
-                continue
-            obj = json.loads(line)
-            if (
-                obj.get("type") == "erasure.models_retrained"
-                and _object(obj.get("payload")).get("request_id") == request_id
-                and any(entry_ok(obj, k) for k in keys)
-            ):
-                event = {"seq": obj["seq"], "time": obj["time"]}
+    for line in ledger.lines_containing((_RETRAINED_MARK,)):
+        obj = json.loads(line)
+        if (
+            obj.get("type") == "erasure.models_retrained"
+            and _object(obj.get("payload")).get("request_id") == request_id
+            and any(entry_ok(obj, k) for k in keys)
+        ):
+            event = {"seq": obj["seq"], "time": obj["time"]}
     return event
 
 

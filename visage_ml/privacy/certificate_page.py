@@ -51,7 +51,7 @@ from visage_ml.privacy.certificate import (
 )
 from visage_ml.privacy.checkpoint import NoteError, parse_tlog_proof
 from visage_ml.privacy.pages import template_env
-from visage_ml.privacy.records import EXAMPLE_CONTROLLER, at_example_domain
+from visage_ml.privacy.records import EXAMPLE_CONTROLLER, at_example_domain, plural
 
 PAGE_SUFFIX = ".html"
 
@@ -345,7 +345,7 @@ def _elapsed(received: Any, completed: Any) -> str:
     if seconds < 60:
         took = "less than a minute"
     elif seconds < 3600:
-        took = f"{seconds // 60:.0f} minute(s)"
+        took = plural(int(seconds // 60), "minute")
     elif seconds < 86400:
         took = f"{seconds / 3600:.1f} hours"
     else:
@@ -401,7 +401,9 @@ def _key_source(pins: Pins) -> dict[str, str]:
     n = len(pins.witness_keys)
     return {
         "ledger": ledger,
-        "witnesses": f"{n} witness key(s){by}" if n else "taken from the certificate itself",
+        "witnesses": f"{plural(n, 'witness key')}{by}"
+        if n
+        else "taken from the certificate itself",
         "origin": f"{pins.origin}{by}" if pins.origin else "taken from the checkpoint itself",
     }
 

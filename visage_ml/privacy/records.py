@@ -34,6 +34,7 @@ from visage_ml.config import (
     PURPOSES,
     ConfigError,
     LegitimateInterestParams,
+    Params,
     ProjectParams,
     ProjectPaths,
     load_params,
@@ -635,15 +636,11 @@ def read_records(path: Path) -> Records:
 
 def _defaults(paths: ProjectPaths) -> dict[str, Any]:
     """The params a new project's records start from: the controller, legitimate interests."""
-    if paths.params.exists():
-        params = load_params(paths.params)
-        project, interests = params.project, params.privacy.legitimate_interests
-    else:
-        project, interests = ProjectParams(), LegitimateInterestParams()
+    params = load_params(paths.params) if paths.params.exists() else Params()
     return {
-        "controller": project.controller,
-        "contact": project.controller_contact,
-        "interests": interests,
+        "controller": params.project.controller,
+        "contact": params.project.controller_contact,
+        "interests": params.privacy.legitimate_interests,
     }
 
 

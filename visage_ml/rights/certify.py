@@ -107,16 +107,18 @@ def _signer_in_history(
         return None
     try:
         wanted = json.loads(Path(cert_path).read_text(encoding="utf-8")).get("signature") or {}
-        ledger = Ledger(
-            paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key
-        )
-        chain = ledger.key_chain()
+        chain = _ledger(paths).key_chain()
     except (OSError, ValueError, AttributeError, LedgerError):
         return None
     for key in chain.public_keys():
         if key_id(key) == wanted.get("key_id"):
             return key
     return None
+
+
+def _ledger(paths: ProjectPaths) -> Ledger:
+    """The checkout's ledger, to read (nothing is signed with it here)."""
+    return Ledger(paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key)
 
 
 def _sha256_stream(path: Path) -> tuple[str, int]:
@@ -263,7 +265,7 @@ def _models_status(
     contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
     contained.update(m.get("data_md5") for m in stale if m.get("data_md5"))
     check = lineage.check_retrained(paths, str(doc.get("pid")), contained)
-    event = models_retrained_event(paths.ledger, doc.get("request_id"), [pub])
+    event = models_retrained_event(_ledger(paths), doc.get("request_id"), [pub])
     if not stale:
         status = lineage.NO_MODEL_UNKNOWN if claims.get("lineage_notes") else lineage.NO_MODEL
     elif event is not None:

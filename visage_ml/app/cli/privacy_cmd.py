@@ -1057,7 +1057,7 @@ def certificate_page_cmd(
                 by=f"{'some given on the command line, ' if given else ''}{own.by}",
             )
             retrained = models_retrained_event(
-                paths.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
+                core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
             )
             page = cp.render_page(cert, pins=pins, retrained=retrained)
         atomic_write_text(target, page.html)

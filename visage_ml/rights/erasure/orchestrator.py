@@ -527,7 +527,7 @@ class Erasure:
         # Resumed after `lineage --refresh` upgraded it: the page says retrained, as it did.
         retrained = (
             models_retrained_event(
-                self.paths.ledger, st.request_id, self.core.ledger.key_chain().public_keys()
+                self.core.ledger, st.request_id, self.core.ledger.key_chain().public_keys()
             )
             if st.models_retrained_seq is not None
             else None
