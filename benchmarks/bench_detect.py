@@ -7,9 +7,12 @@ the inter-ocular distance of the true ones (mean). Reported per skin-tone group,
 landmark error in pixels. ``--group-contrast`` / ``--group-difficulty`` plant a bias (e.g.
 ``1,1,1,0.4``). ``--separability`` aligns ``--sep-ids`` identities x ``--sep-images``
 photographs at 112 px and compares a cheap descriptor (standardised 28x28 grey pixels) between
-same- and different-identity pairs. Prints one JSON object.
+same- and different-identity pairs. ``--second-look`` is ``on`` (the pipeline's default,
+``prepare.second_look``), ``off``, or ``compare``: both, with the misses per group and the
+false faces each finds on ``--backdrops`` face-free SynthFaces backdrops. Prints one JSON object.
 
     python benchmarks/bench_detect.py [--faces 400] [--threads 2] [--group-contrast 1,1,1,0.4]
+    python benchmarks/bench_detect.py --faces 2400 --second-look compare
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from visage_ml.config import GROUPS, SynthParams
 from visage_ml.data.detect import FaceDetector, detect_and_align
 from visage_ml.data.synth import make_population, render_face
+from visage_ml.data.synth_render import backdrop
 from visage_ml.preprocess import align_face
 
 
@@ -34,7 +38,13 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _detection_quality(
-    detector: FaceDetector, params: SynthParams, *, faces: int, seed: int, min_prob: float
+    detector: FaceDetector,
+    params: SynthParams,
+    *,
+    faces: int,
+    seed: int,
+    min_prob: float,
+    look_again: bool,
 ) -> dict[str, object]:
     people = make_population(dataclasses.replace(params, n_identities=faces), seed)
     images, truth, groups = [], [], []
@@ -44,7 +54,9 @@ def _detection_quality(
         truth.append(lm)
         groups.append(person.group)
     t0 = time.perf_counter()
-    crops, chosen = detect_and_align(detector, images, size=112, min_prob=min_prob)
+    crops, chosen = detect_and_align(
+        detector, images, size=112, min_prob=min_prob, look_again=look_again
+    )
     wall = time.perf_counter() - t0
     hit = np.zeros(len(images), dtype=bool)
     errors = []
@@ -68,6 +80,10 @@ def _detection_quality(
         "detection_rate_by_group": {
             x: round(float(hit[g == x].mean()), 4) for x in GROUPS if (g == x).any()
         },
+        "miss_rate_by_group": {
+            x: round(1.0 - float(hit[g == x].mean()), 4) for x in GROUPS if (g == x).any()
+        },
+        "found_on_second_look": sum(c is not None and c.view != "direct" for c in chosen),
         "faces_by_group": {x: int((g == x).sum()) for x in GROUPS},
         "mean_kept_prob_by_group": {
             x: round(float(p[g == x].mean()), 4) for x in GROUPS if (g == x).any()
@@ -78,6 +94,22 @@ def _detection_quality(
         else None,
         "non_zero_crops": int(crops.reshape(len(crops), -1).any(axis=1).sum()),
     }
+
+
+def _false_faces(detector: FaceDetector, *, n: int, seed: int, min_prob: float) -> dict:
+    """Faces kept on ``n`` face-free backdrops, without and with the second look."""
+    rng = np.random.default_rng([seed, 11])
+    walls = [
+        np.ascontiguousarray(
+            np.clip(backdrop((160, 160), 1.0, rng), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        )
+        for _ in range(n)
+    ]
+    out = {"backdrops": n}
+    for name, again in (("without_second_look", False), ("with_second_look", True)):
+        _, chosen = detect_and_align(detector, walls, size=112, min_prob=min_prob, look_again=again)
+        out[name] = sum(c is not None for c in chosen)
+    return out
 
 
 def _separability(
@@ -145,6 +177,8 @@ def main() -> None:
     ap.add_argument("--sep-ids", type=int, default=40)
     ap.add_argument("--sep-images", type=int, default=6)
     ap.add_argument("--seed", type=int, default=20261126)
+    ap.add_argument("--second-look", choices=("on", "off", "compare"), default="on")
+    ap.add_argument("--backdrops", type=int, default=500)
     args = ap.parse_args()
 
     import torch
@@ -168,12 +202,27 @@ def main() -> None:
         "group_difficulty": list(params.group_difficulty),
         "goal_aligned_faces_per_s": 50,
         "goal_detection_rate": 0.97,
+        "second_look": args.second_look,
     }
-    out.update(
-        _detection_quality(
-            detector, params, faces=args.faces, seed=args.seed, min_prob=args.min_prob
+
+    def quality(look_again: bool) -> dict[str, object]:
+        return _detection_quality(
+            detector,
+            params,
+            faces=args.faces,
+            seed=args.seed,
+            min_prob=args.min_prob,
+            look_again=look_again,
         )
-    )
+
+    if args.second_look == "compare":
+        out["without_second_look"] = quality(False)
+        out["with_second_look"] = quality(True)
+        out["false_faces"] = _false_faces(
+            detector, n=args.backdrops, seed=args.seed, min_prob=args.min_prob
+        )
+    else:
+        out.update(quality(args.second_look == "on"))
     if args.separability:
         out["separability"] = _separability(
             detector, params, ids=args.sep_ids, per_id=args.sep_images, seed=args.seed

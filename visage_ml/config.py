@@ -561,6 +561,10 @@ class PrepareParams:
     min_face_prob: float = field(default=0.9, metadata=rng(ge=0, le=1))
     min_face_size: int = field(default=20, metadata=rng(ge=8, le=1024))
     detect_batch: int = field(default=64, metadata=rng(ge=1, le=4096))
+    # Where no face passed, look again in the mirror image and a contrast-stretched one (enrol,
+    # identify, verify and every data set; not analytics scenes): MTCNN missed darker-skinned
+    # faces about 3x as often without it (benchmarks/bench_detect.py --second-look).
+    second_look: bool = True
     split: SplitParams = SplitParams()
     device: Device = "cpu"
     # Where the detector finds no face: `none` leaves the image out (counted); `center` takes

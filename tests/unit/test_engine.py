@@ -225,3 +225,35 @@ def test_serving_path_does_not_import_torch(world):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@dataclass
+class FirstLookBlind(TileDetector):
+    """The tile detector, blind on every odd call: what MTCNN misses at the first look."""
+
+    def detect(self, images):
+        found = super().detect(images)
+        return [[] for _ in images] if self.calls % 2 == 1 else found
+
+
+def test_a_face_missed_at_the_first_look_is_found_on_the_second_where_it_is(world):
+    pids = list(world.people)[:2]
+    tiles = [world.photo(p)[0] for p in pids]
+    image = scene([tiles[0], None, None, tiles[1]], cols=2)
+    with_look = fake_engine(world.paths.root, detector=FirstLookBlind(), second_look=True)
+    faces = with_look.detect_one(image)
+    # Found in the mirror image, put back in the image's own coordinates, aligned from it.
+    assert sorted(f.box for f in faces) == [(0.0, 0.0, 32.0, 32.0), (32.0, 32.0, 64.0, 64.0)]
+    by_box = {f.box: f for f in faces}
+    for box, tile in (((0.0, 0.0, 32.0, 32.0), tiles[0]), ((32.0, 32.0, 64.0, 64.0), tiles[1])):
+        crop = by_box[box].crop.astype(int)
+        # the template is not quite symmetric: a sub-pixel shift, not the mirror image
+        assert np.abs(crop - tile.astype(int)).mean() < 6
+        assert np.abs(crop - tile[:, ::-1].astype(int)).mean() > 15
+    # Off, or for an analytics scene (detect without look_again), a miss stays a miss.
+    without = fake_engine(world.paths.root, detector=FirstLookBlind(), second_look=False)
+    with pytest.raises(NoFaceError):
+        without.detect_one(image)
+    scene_engine = fake_engine(world.paths.root, detector=FirstLookBlind(), second_look=True)
+    assert scene_engine.detect(image) == []
+    assert scene_engine.detector.calls == 1

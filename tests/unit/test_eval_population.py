@@ -78,12 +78,14 @@ def test_stage_writes_sealed_crops_that_only_open_as_themselves(project):
             "eval_population.identities_per_cell": 2,
             "eval_population.calibration_identities_per_cell": 1,
             "eval_population.images_per_identity": 2,
+            "prepare.second_look": False,
         },
     )
     report = stage.run(paths, params, detector_factory=CentredDetector)
     assert report["identities"] == 24 and report["identities_measured"] == 16
     assert report["images_rendered"] == 48
     assert report["images_aligned"] == 48 - 48 // 5  # the detector's misses are counted
+    assert report["second_look_found_by_group"] == dict.fromkeys(GROUPS, 0)  # it was off
     assert set(report["miss_rate_by_group"]) == set(GROUPS)
 
     folder = paths.eval_population

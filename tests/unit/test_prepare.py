@@ -41,6 +41,31 @@ class HalfBlindDetector:
         return out
 
 
+class FirstLookHalfBlind(HalfBlindDetector):
+    """Misses every other image of a batch at the first look; finds all on any later look."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.calls = 0
+        self.missed_first = 0
+
+    def detect(self, arrays):
+        self.calls += 1
+        found = [self._centred(a) for a in arrays]
+        if self.calls % 2 == 0:  # prepare's next batch comes after the second look
+            return found
+        self.missed_first += len(arrays[::2])
+        return [[] if k % 2 == 0 else f for k, f in enumerate(found)]
+
+    @staticmethod
+    def _centred(a):
+        h, w = a.shape[:2]
+        side = 0.7 * min(h, w)
+        lm = template(112) * (side / 112) + [(w - side) / 2, (h - side) / 2]
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        return [Detection(box=box, prob=0.99, landmarks=lm)]
+
+
 def _project(tiny_project, tmp_path, **overrides):
     root = tiny_project(overrides)
     paths = ProjectPaths(root)
@@ -86,7 +111,9 @@ def test_benchmark_subjects_only_reach_test_and_synthfaces_splits_do_not_move(
 def test_detector_misses_are_counted_and_the_fallback_crop_is_marked(
     tiny_project, tmp_path, fallback
 ):
-    paths = _project(tiny_project, tmp_path, **{"prepare.fallback_crop": fallback})
+    paths = _project(
+        tiny_project, tmp_path, **{"prepare.fallback_crop": fallback, "prepare.second_look": False}
+    )
     params = load_params(paths.params)
     report = prepare(paths, params, detector_factory=HalfBlindDetector)
     detection = pd.read_parquet(paths.processed / "detection.parquet")
@@ -112,6 +139,21 @@ def test_detector_misses_are_counted_and_the_fallback_crop_is_marked(
     )
     expected, _ = center_crop(raw, size=params.prepare.image_size, share=0.55)
     assert np.array_equal(faces[int(row["row"])], expected)
+
+
+def test_faces_found_on_the_second_look_are_kept_and_counted(tiny_project, tmp_path):
+    paths = _project(tiny_project, tmp_path)
+    params = load_params(paths.params)
+    assert params.prepare.second_look  # the default
+    detector = FirstLookHalfBlind()
+    report = prepare(paths, params, detector_factory=lambda **_: detector)
+    detection = pd.read_parquet(paths.processed / "detection.parquet")
+    manifest = load_processed(paths).manifest
+    assert detector.missed_first > 0
+    assert detection["detected"].all() and report["miss_rate"] == 0.0
+    assert report["second_look_found"] == int(detection["second_look"].sum())
+    assert report["second_look_found"] == detector.missed_first
+    assert len(manifest) == len(detection)
 
 
 def test_mixed_project_consent_filter_is_reported_per_source(tiny_project, tmp_path):

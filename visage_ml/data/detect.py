@@ -9,12 +9,17 @@ order against SynthFaces' true landmarks).
 
 MTCNN batches only images of one size, so :meth:`FaceDetector.detect` groups its input by size.
 The MTCNN weights ship inside the facenet-pytorch wheel; nothing is downloaded.
+
+MTCNN misses some faces that it finds in the mirror image or after a contrast stretch, and it
+misses darker-skinned faces more often (``benchmarks/bench_detect.py --second-look``).
+:func:`second_look` looks again, in those two views, at the images where no face passed: the
+same label-free rule for everyone, at the cost of detection passes on the misses alone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +47,7 @@ class Detection:
     box: tuple[float, float, float, float]
     prob: float
     landmarks: np.ndarray
+    view: str = "direct"  # or the second look's view that found it (SECOND_LOOK_VIEWS)
 
     @property
     def area(self) -> float:
@@ -174,12 +180,111 @@ def pick_face(detections: Sequence[Detection], *, min_prob: float) -> Detection 
     return max(confident, key=lambda d: d.area)
 
 
+# The mirror image's landmarks, in template order: the eyes and the mouth corners change sides.
+_MIRRORED_ORDER = [1, 0, 2, 4, 3]
+
+
+def _mirror(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a[:, ::-1])
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    """Levels stretched so the 1st and 99th percentiles of all channels become 0 and 255."""
+    lo, hi = np.percentile(a, (1.0, 99.0))
+    if hi - lo < 1.0:
+        return a
+    out = (a.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0.0, 255.0).astype(np.uint8)
+
+
+def from_mirror(d: Any, width: int) -> Detection:
+    """A detection made on the mirror image (``a[:, ::-1]``), in the original's coordinates.
+
+    Coordinates are continuous (pixel ``i`` spans ``[i, i + 1)``, as PIL crops boxes), so a
+    point at ``x`` in the mirror is at ``width - x`` in the original.
+    """
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(d.box, dtype=np.float64).reshape(4))
+    lm = np.asarray(d.landmarks, dtype=np.float64).reshape(5, 2)[_MIRRORED_ORDER].copy()
+    lm[:, 0] = width - lm[:, 0]
+    return Detection(
+        box=(width - x2, y1, width - x1, y2), prob=float(d.prob), landmarks=lm, view="mirror"
+    )
+
+
+def _from_stretch(d: Any, width: int) -> Detection:
+    lm = np.asarray(d.landmarks, dtype=np.float64).reshape(5, 2).copy()
+    box = tuple(float(v) for v in np.asarray(d.box, dtype=np.float64).reshape(4))
+    return Detection(box=box, prob=float(d.prob), landmarks=lm, view="contrast")  # type: ignore[arg-type]
+
+
+# The second look's views, in the order they are tried: (name, view of the pixels, detection
+# on that view back in the original's coordinates).
+SECOND_LOOK_VIEWS: tuple[
+    tuple[str, Callable[[np.ndarray], np.ndarray], Callable[..., Detection]], ...
+] = (
+    ("mirror", _mirror, from_mirror),
+    ("contrast", _stretch, _from_stretch),
+)
+
+
+def _passes(dets: Sequence[Any], min_prob: float) -> bool:
+    return any(
+        d is not None and d.landmarks is not None and float(d.prob) >= min_prob for d in dets
+    )
+
+
+def second_look(
+    detector: Any,
+    arrays: Sequence[np.ndarray],
+    found: Sequence[Sequence[Any]],
+    *,
+    min_prob: float,
+) -> list[list[Any]]:
+    """Look again at the images where no face reached ``min_prob``: mirrored, then stretched.
+
+    Parameters
+    ----------
+    detector
+        Anything with ``detect(list of H x W x 3 uint8 arrays) -> list of detections``.
+    arrays
+        The images, ``H x W x 3`` uint8, as detected the first time.
+    found
+        The first pass's detections per image.
+    min_prob
+        A face at or above this probability needs no second look.
+
+    Returns
+    -------
+    list of list
+        ``found`` where it had a face; else the first view's detections that have one, in the
+        original image's coordinates (``view`` names it); else ``found`` unchanged. The pixels
+        to align stay the original ones: a view only says where the face is.
+    """
+    out = [list(dets) for dets in found]
+    pending = [i for i, dets in enumerate(found) if not _passes(dets, min_prob)]
+    for _, view, back in SECOND_LOOK_VIEWS:
+        if not pending:
+            break
+        again = detector.detect([view(arrays[i]) for i in pending])
+        still = []
+        for i, dets in zip(pending, again, strict=True):
+            width = int(arrays[i].shape[1])
+            mapped = [back(d, width) for d in dets if d is not None and d.landmarks is not None]
+            if _passes(mapped, min_prob):
+                out[i] = sorted(mapped, key=lambda d: -d.prob)
+            else:
+                still.append(i)
+        pending = still
+    return out
+
+
 def detect_and_align(
     detector: FaceDetector,
     images: Sequence[Image.Image | np.ndarray],
     *,
     size: int,
     min_prob: float,
+    look_again: bool = False,
 ) -> tuple[np.ndarray, list[Detection | None]]:
     """Detect, keep the largest confident face per image and align it to the 5-point template.
 
@@ -193,6 +298,8 @@ def detect_and_align(
         Side of the aligned square crops.
     min_prob
         Faces below this probability are ignored.
+    look_again
+        Give the images without a face a :func:`second_look`.
 
     Returns
     -------
@@ -203,7 +310,10 @@ def detect_and_align(
     arrays = [to_rgb_array(im, index=i) for i, im in enumerate(images)]
     crops = np.zeros((len(arrays), size, size, 3), dtype=np.uint8)
     chosen: list[Detection | None] = []
-    for i, dets in enumerate(detector.detect(arrays)):
+    found = detector.detect(arrays)
+    if look_again:
+        found = second_look(detector, arrays, found, min_prob=min_prob)
+    for i, dets in enumerate(found):
         face = pick_face(dets, min_prob=min_prob)
         chosen.append(face)
         if face is not None:

@@ -291,6 +291,7 @@ def build(
             [px for _, _, px in batch],
             size=prepare.image_size,
             min_prob=prepare.min_face_prob,
+            look_again=prepare.second_look,
         )
         detect_s += time.perf_counter() - t
         for (m, image_id, _), crop, det in zip(batch, aligned, found, strict=True):
@@ -298,6 +299,7 @@ def build(
             det_rows.append(
                 {
                     "detected": det is not None,
+                    "second_look": det is not None and det.view != "direct",
                     "group": person.group,
                     "gender": person.gender,
                     "image_id": image_id,
@@ -394,9 +396,13 @@ def summary(
         for part in purpose.parts
     }
     miss = {}
+    second = {}
     if len(det):
         grouped = det.assign(missed=~det["detected"].astype(bool)).groupby("group")["missed"]
         miss = {str(g): round(float(v), 4) for g, v in grouped.mean().items()}
+        if "second_look" in det:
+            found = det.groupby("group")["second_look"].sum()
+            second = {str(g): int(v) for g, v in found.items()}
     counts: dict[str, Any]
     if purpose is EVALUATION:
         measured = ids[ids["part"] == MEASURE]
@@ -420,6 +426,7 @@ def summary(
         "images_rendered": len(det),
         "images_aligned": len(m),
         "miss_rate_by_group": miss,
+        "second_look_found_by_group": second,
         "seconds": round(seconds, 2),
         "render_seconds": round(render_s, 2),
         "detect_seconds": round(detect_s, 2),

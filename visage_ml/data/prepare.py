@@ -207,7 +207,9 @@ def prepare(
             pil = [im for im, _ in opened]
             shas = [sha256_bytes(png) for _, png in opened]
             del opened
-            crops, dets = detect_and_align(detector, pil, size=size, min_prob=pp.min_face_prob)
+            crops, dets = detect_and_align(
+                detector, pil, size=size, min_prob=pp.min_face_prob, look_again=pp.second_look
+            )
             for (_, img), im, sha, crop, det in zip(
                 chunk.iterrows(), pil, shas, crops, dets, strict=True
             ):
@@ -225,6 +227,8 @@ def prepare(
                         "group": a["group"],
                         "detected": detected,
                         "prob": float(det.prob) if detected else 0.0,
+                        # Found by the second look (mirror or contrast), not the first pass.
+                        "second_look": detected and det.view != "direct",
                         "source": a["source"],
                         "role": a["role"],
                         "fallback": fallback,
@@ -382,6 +386,7 @@ def _report(
         "miss_rate_by_group": miss,
         "splits": split_counts,
         "fallback_crops": int(detection["fallback"].sum()) if n_img else 0,
+        "second_look_found": int(detection["second_look"].sum()) if n_img else 0,
         "labels": label_coverage(manifest),
         "by_source": by_source,
         "seconds": round(seconds, 2),

@@ -381,7 +381,7 @@ def _reenrol(
         # Decrypted in memory only.
         data = replaced.get(image_id) or store.read_image(pid, image_id)
         with Image.open(io.BytesIO(data)) as im:
-            faces = engine.detect(im.convert("RGB"))
+            faces = engine.detect(im.convert("RGB"), look_again=engine.second_look)
         if len(faces) == 1:
             crops.append(faces[0].crop)
         if len(crops) >= per_subject:

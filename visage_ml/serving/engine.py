@@ -242,6 +242,9 @@ class Engine:
         on); each model resizes them to its own input size.
     min_face_prob
         Detections below this probability are ignored (``prepare.min_face_prob``).
+    second_look
+        :meth:`detect_one` looks again, mirrored then contrast-stretched, at an image where no
+        face passed (``prepare.second_look``; :func:`visage_ml.data.detect.second_look`).
     max_faces
         More faces than this in one image is refused (:class:`TooManyFacesError`).
     max_detect_side
@@ -262,6 +265,7 @@ class Engine:
         detector: Callable[[], Detector] | None = None,
         crop_size: int = 112,
         min_face_prob: float = 0.9,
+        second_look: bool = False,
         max_faces: int = 32,
         max_detect_side: int = 1280,
         batch_size: int = 32,
@@ -286,6 +290,7 @@ class Engine:
         self._detect_lock = threading.Lock()
         self.crop_size = int(crop_size)
         self.min_face_prob = float(min_face_prob)
+        self.second_look = bool(second_look)
         self.max_faces = int(max_faces)
         self.max_detect_side = int(max_detect_side)
         self.batch_size = int(batch_size)
@@ -389,6 +394,7 @@ class Engine:
             detector=detector,
             crop_size=params.prepare.image_size,
             min_face_prob=params.prepare.min_face_prob,
+            second_look=params.prepare.second_look,
             max_faces=params.serving.max_faces,
             max_detect_side=params.serving.max_detect_side,
             batch_size=params.serving.batch_size,
@@ -453,8 +459,12 @@ class Engine:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def detect(self, image: Image.Image | np.ndarray) -> list[Face]:
+    def detect(self, image: Image.Image | np.ndarray, *, look_again: bool = False) -> list[Face]:
         """Faces of one RGB image, most probable first, each aligned to ``crop_size``.
+
+        ``look_again``: where no face passed, a second look (mirrored, then contrast-stretched);
+        :meth:`detect_one` asks for it when ``second_look`` is on. Analytics scenes do not: an
+        empty scene would cost two more detection passes.
 
         Raises
         ------
@@ -475,6 +485,11 @@ class Engine:
         small, scale = self.detection_view(pil)
         with self._detect_lock:
             found = detector.detect([small])[0]
+            if look_again:
+                from visage_ml.data.detect import second_look
+
+                pixels = np.asarray(small)
+                found = second_look(detector, [pixels], [found], min_prob=self.min_face_prob)[0]
         if scale != 1.0:
             found = [_rescaled(d, 1.0 / scale) for d in found if d is not None]
         kept = [
@@ -521,7 +536,7 @@ class Engine:
 
     def detect_one(self, image: Image.Image | np.ndarray) -> list[Face]:
         """Faces of ``image``, refusing an image without any (:class:`NoFaceError`)."""
-        faces = self.detect(image)
+        faces = self.detect(image, look_again=self.second_look)
         if not faces:
             raise NoFaceError(MSG_NO_FACE.format(min_prob=self.min_face_prob))
         return faces
