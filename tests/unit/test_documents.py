@@ -118,8 +118,11 @@ def test_documents_with_the_shipped_example_controller_say_they_are_drafts(proje
         "dpo.contact",
         "notice_url",
         "purposes.training.subjects.research.legitimate_interest",
+        "purposes.training.subjects.research.balancing_test",
         "purposes.evaluation.subjects.research.legitimate_interest",
+        "purposes.evaluation.subjects.research.balancing_test",
         "purposes.analytics.subjects.passer_by.legitimate_interest",
+        "purposes.analytics.subjects.passer_by.balancing_test",
     ]
     r = runner.invoke(app, ["privacy", "records"])
     assert "DRAFT" in r.output and "privacy/records.yaml" in r.output
@@ -138,6 +141,12 @@ def test_documents_with_the_shipped_example_controller_say_they_are_drafts(proje
     records["purposes"]["analytics"]["subjects"]["passer_by"]["legitimate_interest"] = (
         "planning the opening hours of the shop"
     )
+    for name, cls in (
+        ("training", "research"),
+        ("evaluation", "research"),
+        ("analytics", "passer_by"),
+    ):
+        records["purposes"][name]["subjects"][cls]["balancing_test"] = "LIA-7 of 3 July 2026"
     records_path(paths).write_text(yaml.safe_dump(records))
     r = runner.invoke(app, ["privacy", "notice", "--json"])
     assert json.loads(r.output)["placeholders"] == []

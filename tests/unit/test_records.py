@@ -204,3 +204,18 @@ def test_records_of_the_older_format_are_refused_saying_what_changed(project):
     records_path(paths).write_text(yaml.safe_dump(doc))
     with pytest.raises(RecordsError, match="per class of data subjects"):
         records_of(paths)
+
+
+def test_a_balancing_test_said_to_be_on_file_without_saying_where_is_a_draft(project):
+    # The shipped text claims "on file with the data protection officer": a claim nobody made.
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    field = "purposes.analytics.subjects.passer_by.balancing_test"
+    assert field in records_of(paths).placeholders()
+    doc = yaml.safe_load(records_path(paths).read_text())
+    doc["purposes"]["analytics"]["subjects"]["passer_by"]["balancing_test"] = (
+        "LIA-2026-07 of 3 July 2026, held by the DPO; a copy on request"
+    )
+    recs = parse_records(doc)
+    assert field not in recs.placeholders()
+    assert "LIA-2026-07" in render_notice(recs).html

@@ -243,3 +243,14 @@ def test_the_detector_miss_rate_has_intervals_over_people(report_inputs):
     assert "<td>0.1 [0.02, 0.21]</td><td>100</td><td>10</td>" in section
     bare = _page(with_ci, curves).split("miss rate</h2>")[1]
     assert "no interval" in bare and "[0.02" not in bare
+
+
+def test_names_and_versions_read_left_aligned_and_numbers_right(report_inputs):
+    # The lineage and parameter tables held paths and versions right-aligned like numbers.
+    page = _page(*report_inputs)
+    lineage = page.split("<h2>Lineage</h2>")[1]
+    assert lineage.startswith('\n<table class="text">')
+    assert '<h3>Parameters</h3>\n<table class="text">' in page
+    assert ".text td,.text th{text-align:left" in page
+    breakdown = page.split("<h3>By group</h3>")[1]
+    assert breakdown.lstrip().startswith("<table><thead>")  # per-group figures: numbers

@@ -310,7 +310,8 @@ class Records(_Strict):
     # -- questions -----------------------------------------------------------------------------
     def placeholders(self) -> list[str]:
         """The fields still holding the shipped example (the default controller, an address at
-        ``example.org``): documents rendered from them are drafts (:data:`MSG_DRAFT`)."""
+        ``example.org``, the example interests, the balancing test said to be "on file" without
+        saying where): documents rendered from them are drafts (:data:`MSG_DRAFT`)."""
         found = []
         if self.controller.name == EXAMPLE_CONTROLLER:
             found.append("controller.name")
@@ -325,6 +326,9 @@ class Records(_Strict):
             for cls, basis in p.subjects.items():
                 if basis.legitimate_interests and basis.legitimate_interest in EXAMPLE_INTERESTS:
                     found.append(f"purposes.{name}.subjects.{cls}.legitimate_interest")
+                # The shipped text claims an assessment is on file; only the DPO can say where.
+                if basis.legitimate_interests and basis.balancing_test == DEFAULT_BALANCING_TEST:
+                    found.append(f"purposes.{name}.subjects.{cls}.balancing_test")
         return found
 
     def allowed_bases(self, purpose: str) -> tuple[str, ...]:
