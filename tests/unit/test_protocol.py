@@ -250,3 +250,12 @@ def test_a_detection_table_that_names_each_person_gives_miss_rates_intervals():
     assert set(fair["detection_intervals"]["gender"]["groups"]) == set(
         fair["detection"]["gender"]["by_group"]
     )
+    assert "second_look" not in fair["detection_intervals"]["group"]  # the table does not say
+    # A table that says which faces the second look found counts them per group.
+    looked = det.assign(second_look=False)
+    looked.loc[looked.index[:3], "second_look"] = True
+    fair = evaluate(dataclasses.replace(inputs, detection=looked), cfg=cfg, seed=3).fairness
+    counts = fair["detection_intervals"]["group"]["second_look"]
+    assert sum(counts.values()) == 3 and set(counts) == set(doc)
+    first = looked.loc[looked.index[:3], "group"].astype(str)
+    assert counts == {g: int((first == g).sum()) for g in doc}

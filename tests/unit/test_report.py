@@ -243,6 +243,12 @@ def test_the_detector_miss_rate_has_intervals_over_people(report_inputs):
     assert "<td>0.1 [0.02, 0.21]</td><td>100</td><td>10</td>" in section
     bare = _page(with_ci, curves).split("miss rate</h2>")[1]
     assert "no interval" in bare and "[0.02" not in bare
+    assert "second look" not in section
+    looked = {"group": {"groups": groups, "second_look": {"g1": 0, "g<2>": 4}}}
+    section = _page({**with_ci, "detection_intervals": looked}, curves).split("miss rate</h2>")[1]
+    assert "<th>found on the second look</th>" in section
+    assert "<td>0.1 [0.02, 0.21]</td><td>100</td><td>10</td><td>4</td>" in section
+    assert "looked again in the mirror image" in section
 
 
 def test_names_and_versions_read_left_aligned_and_numbers_right(report_inputs):

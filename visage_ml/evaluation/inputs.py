@@ -66,8 +66,9 @@ def load_models(paths: ProjectPaths) -> tuple[OnnxModel, OnnxModel]:
     return _model(paths, "embedder"), _model(paths, "demographics")
 
 
-# Columns of detection.parquet that evaluation reads; the last four come from current prepare
-# runs (LFW misses, fallback crops and sources) and are read when present.
+# Columns of detection.parquet that evaluation reads; all but the first three come from current
+# prepare runs (LFW misses, fallback crops, sources, people, the second look) and are read when
+# present.
 DETECTION_COLUMNS = (
     "detected",
     "group",
@@ -77,6 +78,7 @@ DETECTION_COLUMNS = (
     "source",
     "fallback",
     "pid",
+    "second_look",
 )
 DETECTION_REQUIRED = 3
 

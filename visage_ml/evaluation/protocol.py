@@ -571,6 +571,12 @@ def _detection_intervals(
             seed=seed,
             ci_level=cfg.ci_level,
         )
+        if "second_look" in det:
+            # Faces the first pass missed and the second look found (counted as detected).
+            found = det["second_look"].fillna(False).astype(bool).to_numpy()
+            out[name]["second_look"] = {
+                str(g): int(found[values == g].sum()) for g in out[name]["groups"]
+            }
     return json_ready(out)
 
 
