@@ -16,12 +16,16 @@ the project never used; synthetic people, no data subject), pooled into one meas
   intervals, and the gate's verdict on them (pass: the interval's upper end is within the
   limit; fail: its lower end is beyond; inconclusive otherwise);
 - the demographic model's gender accuracy per group, the lowest group and the min/max ratio,
-  with intervals (the demographic gate's goals).
+  with intervals (the demographic gate's goals);
+- the face detector's miss rate per group and gender with identity-bootstrap intervals, and the
+  faces found only on its second look (``prepare.second_look``; ``-S prepare.second_look=false``
+  measures the first pass alone, with everything else downstream of it).
 
 Each seed's figures are reported too, so the spread between populations of the evaluate stage's
 size is visible next to the pooled answer.
 
     python benchmarks/bench_fairness_population.py --project DIR [--seeds 4] [--rounds 100]
+        [-S prepare.second_look=false]
 
 ``DIR`` is a project after ``make demo`` (its ``models/*.onnx``, ``data/eval_population`` and
 ``params.yaml``). Rendering and detection dominate: about 30 s per population on 2 cores.
@@ -39,13 +43,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from visage_ml.config import ProjectPaths, load_params
+from visage_ml.config import GENDERS, GROUPS, ProjectPaths, load_params
 from visage_ml.data import eval_population as evalpop
 from visage_ml.data.pairs import PairSet, build_pairs, encode_labels, threshold_at_far
 from visage_ml.evaluation.calibration_report import rescored, tar_at_threshold
 from visage_ml.evaluation.decision import fit_calibrations
-from visage_ml.evaluation.demographic_intervals import accuracy_intervals, correct_predictions
+from visage_ml.evaluation.demographic_intervals import (
+    accuracy_intervals,
+    correct_predictions,
+    miss_rate_intervals,
+)
 from visage_ml.evaluation.fairness import demographic_differentials
 from visage_ml.evaluation.gate import decide
 from visage_ml.evaluation.headline import json_ready
@@ -63,6 +72,27 @@ def population(paths: ProjectPaths, params: Any, seed: int) -> evalpop.Populatio
     cfg = dataclasses.replace(params.eval_population, seed=seed, calibration_identities_per_cell=0)
     pop, _ = evalpop.build(cfg, params.synth, params.prepare)
     return pop
+
+
+def detector_misses(detection: pd.DataFrame, *, rounds: int, seed: int) -> dict[str, Any]:
+    """Miss rate per group and gender over people, and the faces only the second look found."""
+    out: dict[str, Any] = {}
+    missed_ids = detection["pid"].astype(str).to_numpy()
+    second = detection.get("second_look", pd.Series(False, index=detection.index))
+    second = second.fillna(False).astype(bool).to_numpy()
+    for name, labels in (("group", GROUPS), ("gender", GENDERS)):
+        values = detection[name].astype(str).to_numpy()
+        doc = miss_rate_intervals(
+            detection["detected"].to_numpy(dtype=bool),
+            missed_ids,
+            values,
+            groups=labels,
+            rounds=rounds,
+            seed=seed,
+        )
+        doc["second_look"] = {g: int(second[values == g].sum()) for g in labels}
+        out[name] = doc
+    return out
 
 
 def judge(
@@ -122,10 +152,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4, help="extra evaluation populations pooled")
     ap.add_argument("--rounds", type=int, default=100, help="identity bootstrap resamples")
     ap.add_argument("--impostor-pairs", type=int, default=8_000_000)
+    ap.add_argument(
+        "-S", dest="overrides", action="append", default=[], help="KEY=VALUE over params.yaml"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     paths = ProjectPaths(Path(args.project).resolve())
-    params = load_params(paths.params)
+    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    params = load_params(paths.params, overrides=overrides)
     cfg = params.evaluate
     embedder, demographic = load_models(paths)
     # The calibrations, fitted as the evaluate stage fits them, on the project's calibration part.
@@ -143,7 +177,7 @@ def main() -> None:
         model_version="",
     ).fitted
     limits = {k: float(v) for k, v in cfg.gate.max_fmr_ratio.items()}
-    manifests, embs, preds, seconds = [], [], [], []
+    manifests, embs, preds, seconds, detections = [], [], [], [], []
     for i in range(args.seeds):
         t = time.perf_counter()
         pop = population(paths, params, SEED_BASE + i)
@@ -152,6 +186,7 @@ def main() -> None:
             pop.faces, rows, embedder=embedder, demographic=demographic, batch_size=cfg.batch_size
         )
         manifests.append(pop.manifest.assign(seed=i))
+        detections.append(pop.detection)
         embs.append(emb)
         preds.append(pred)
         seconds.append(round(time.perf_counter() - t, 1))
@@ -209,6 +244,10 @@ def main() -> None:
         ],
         "demographics_gender_accuracy": gender_accuracy(
             manifest, pred, demographic.labels, rounds=args.rounds
+        ),
+        "second_look": params.prepare.second_look,
+        "detector_miss_rate": detector_misses(
+            pd.concat(detections, ignore_index=True), rounds=args.rounds, seed=params.project.seed
         ),
         "seconds_per_population": seconds,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -60,6 +60,7 @@ import numpy as np
 import yaml
 
 from visage_ml.config import ProjectPaths, SynthParams, params_from_dict
+from visage_ml.data.detect import second_look
 from visage_ml.data.synth import Identity, encode_png, make_population, photograph
 from visage_ml.io import sha256_file
 from visage_ml.preprocess import align_face
@@ -113,14 +114,23 @@ def photo(person: Identity, index: int, shot: int, *, synth: SynthParams, seed: 
 
 
 def detect_crops(
-    detector: Any, images: Sequence[np.ndarray], *, crop_size: int, min_prob: float
+    detector: Any,
+    images: Sequence[np.ndarray],
+    *,
+    crop_size: int,
+    min_prob: float,
+    look_again: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The most probable face of each image, aligned: ``(crops, found)``."""
+    """The most probable face of each image, aligned: ``(crops, found)``; ``look_again``: the
+    pipeline's second look (``prepare.second_look``) where the first pass found none."""
     crops = np.zeros((len(images), crop_size, crop_size, 3), dtype=np.uint8)
     found = np.zeros(len(images), dtype=bool)
     for start in range(0, len(images), DETECT_BATCH):
         chunk = list(images[start : start + DETECT_BATCH])
-        for k, dets in enumerate(detector.detect(chunk)):
+        results = detector.detect(chunk)
+        if look_again:
+            results = second_look(detector, chunk, results, min_prob=min_prob)
+        for k, dets in enumerate(results):
             kept = [d for d in dets if d.prob >= min_prob]
             if kept:
                 best = max(kept, key=lambda d: d.prob)
@@ -158,6 +168,7 @@ def embed_photos(
     embedder: Any,
     crop_size: int,
     min_prob: float,
+    look_again: bool,
     first_index: int = 0,
     chunk: int = 512,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +183,9 @@ def embed_photos(
     for start in range(0, len(jobs), chunk):
         part = jobs[start : start + chunk]
         images = [photo(people[i - first_index], i, s, synth=synth, seed=seed) for i, s in part]
-        crops, found = detect_crops(detector, images, crop_size=crop_size, min_prob=min_prob)
+        crops, found = detect_crops(
+            detector, images, crop_size=crop_size, min_prob=min_prob, look_again=look_again
+        )
         emb = np.asarray(embedder.embed(crops, batch_size=64), dtype=np.float32)
         emb[~found] = 0.0
         embs.append(emb)
@@ -390,6 +403,7 @@ def main() -> None:
             "shots": shots,
             "model": model_sha,
             "synth": str(synth),
+            "second_look": params.prepare.second_look,
         }
         return cached_embeddings(
             cache,
@@ -403,6 +417,7 @@ def main() -> None:
                 embedder=embedder,
                 crop_size=crop,
                 min_prob=min_prob,
+                look_again=params.prepare.second_look,
                 first_index=start,
             ),
         )
@@ -475,6 +490,7 @@ def main() -> None:
         detector=lambda: cached_detector,
         crop_size=crop,
         min_face_prob=min_prob,
+        second_look=params.prepare.second_look,
         max_faces=params.serving.max_faces,
         max_detect_side=params.serving.max_detect_side,
         batch_size=params.serving.batch_size,
@@ -615,6 +631,7 @@ def main() -> None:
         "mated_probes": len(mated_idx),
         "stranger_probes": len(strangers),
         "sizes": results,
+        "second_look": params.prepare.second_look,
         "mtcnn_calls_for_probes": engine.detector.calls,
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
