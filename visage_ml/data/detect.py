@@ -212,9 +212,10 @@ def from_mirror(d: Any, width: int) -> Detection:
 
 
 def _from_stretch(d: Any, width: int) -> Detection:
+    """A detection made on the contrast-stretched image: the same coordinates."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(d.box, dtype=np.float64).reshape(4))
     lm = np.asarray(d.landmarks, dtype=np.float64).reshape(5, 2).copy()
-    box = tuple(float(v) for v in np.asarray(d.box, dtype=np.float64).reshape(4))
-    return Detection(box=box, prob=float(d.prob), landmarks=lm, view="contrast")  # type: ignore[arg-type]
+    return Detection(box=(x1, y1, x2, y2), prob=float(d.prob), landmarks=lm, view="contrast")
 
 
 # The second look's views, in the order they are tried: (name, view of the pixels, detection
