@@ -142,6 +142,7 @@ def test_asnorm_scores_as_the_memory_gallery_and_evaluation_do(world, engine, en
     memory = TemplateIndex(DIM)
     memory.extend(pids, templates)
     memory.set_calibration(cal)
+    moved = []
     for pid in pids[:8]:
         emb = engine.embed(world.photo(pid))[0]
         q = normalize_queries(emb, DIM)
@@ -153,7 +154,10 @@ def test_asnorm_scores_as_the_memory_gallery_and_evaluation_do(world, engine, en
         np.testing.assert_allclose([m.score for m in got], np.sort(evaluated)[::-1][:3], atol=1e-5)
         _, score = gallery.verify(emb, pid)
         assert score == pytest.approx(evaluated[pids.index(pid)], abs=1e-5)
-        assert score != pytest.approx(float(q[0] @ gallery.template(pid)[0]), abs=1e-3)
+        moved.append(abs(score - float(q[0] @ gallery.template(pid)[0])))
+    # The calibration is not a no-op (one pair may land near its raw cosine by chance: it did,
+    # 0.9673 against 0.9671, in one CI run).
+    assert np.median(moved) > 1e-3
 
 
 def test_sealed_column_holds_no_plaintext_and_opens_with_the_key(world, enrolled, pg, table):
