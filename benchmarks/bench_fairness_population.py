@@ -45,21 +45,22 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from visage_ml.config import GENDERS, GROUPS, ProjectPaths, load_params
+from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data import eval_population as evalpop
 from visage_ml.data.pairs import PairSet, build_pairs, encode_labels, threshold_at_far
 from visage_ml.evaluation.calibration_report import rescored, tar_at_threshold
 from visage_ml.evaluation.decision import fit_calibrations
-from visage_ml.evaluation.demographic_intervals import (
-    accuracy_intervals,
-    correct_predictions,
-    miss_rate_intervals,
-)
+from visage_ml.evaluation.demographic_intervals import accuracy_intervals, correct_predictions
 from visage_ml.evaluation.fairness import demographic_differentials
 from visage_ml.evaluation.gate import decide
 from visage_ml.evaluation.headline import json_ready
 from visage_ml.evaluation.inputs import load_models
-from visage_ml.evaluation.protocol import demographic_breakdowns, identity_values, infer
+from visage_ml.evaluation.protocol import (
+    demographic_breakdowns,
+    detection_intervals,
+    identity_values,
+    infer,
+)
 from visage_ml.privacy.datakeys import DataKeys
 
 BREAKDOWNS = ("group", "group_gender")
@@ -72,27 +73,6 @@ def population(paths: ProjectPaths, params: Any, seed: int) -> evalpop.Populatio
     cfg = dataclasses.replace(params.eval_population, seed=seed, calibration_identities_per_cell=0)
     pop, _ = evalpop.build(cfg, params.synth, params.prepare)
     return pop
-
-
-def detector_misses(detection: pd.DataFrame, *, rounds: int, seed: int) -> dict[str, Any]:
-    """Miss rate per group and gender over people, and the faces only the second look found."""
-    out: dict[str, Any] = {}
-    missed_ids = detection["pid"].astype(str).to_numpy()
-    second = detection.get("second_look", pd.Series(False, index=detection.index))
-    second = second.fillna(False).astype(bool).to_numpy()
-    for name, labels in (("group", GROUPS), ("gender", GENDERS)):
-        values = detection[name].astype(str).to_numpy()
-        doc = miss_rate_intervals(
-            detection["detected"].to_numpy(dtype=bool),
-            missed_ids,
-            values,
-            groups=labels,
-            rounds=rounds,
-            seed=seed,
-        )
-        doc["second_look"] = {g: int(second[values == g].sum()) for g in labels}
-        out[name] = doc
-    return out
 
 
 def judge(
@@ -246,8 +226,11 @@ def main() -> None:
             manifest, pred, demographic.labels, rounds=args.rounds
         ),
         "second_look": params.prepare.second_look,
-        "detector_miss_rate": detector_misses(
-            pd.concat(detections, ignore_index=True), rounds=args.rounds, seed=params.project.seed
+        "detector_miss_rate": detection_intervals(
+            pd.concat(detections, ignore_index=True),
+            rounds=args.rounds,
+            seed=params.project.seed,
+            ci_level=cfg.ci_level,
         ),
         "seconds_per_population": seconds,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -551,13 +551,24 @@ def _model_intervals(
 def _detection_intervals(
     inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int
 ) -> dict[str, Any] | None:
-    """The detector's miss rate per group and per gender with identity-bootstrap intervals.
+    """:func:`detection_intervals` of the inputs' detection table, at the evaluation's level."""
+    if inputs.detection is None:
+        return None
+    return detection_intervals(
+        inputs.detection, rounds=cfg.bootstrap, seed=seed, ci_level=cfg.ci_level
+    )
+
+
+def detection_intervals(
+    det: pd.DataFrame, *, rounds: int, seed: int, ci_level: float = 0.95
+) -> dict[str, Any] | None:
+    """The detector's miss rate per group and per gender with identity-bootstrap intervals, and
+    (where the table says so) the faces only the second look found.
 
     None when the detection table does not say whose each image is (a ``pid`` column on every
     row): resampling images as if independent would give intervals too narrow to decide on.
     """
-    det = inputs.detection
-    if det is None or "pid" not in det or det["pid"].isna().any() or not len(det):
+    if "pid" not in det or det["pid"].isna().any() or not len(det):
         return None
     out = {}
     for name, config_labels in (("group", GROUPS), ("gender", GENDERS)):
@@ -567,9 +578,9 @@ def _detection_intervals(
             det["pid"].astype(str).to_numpy(),
             values,
             groups=_labels(config_labels, values),
-            rounds=cfg.bootstrap,
+            rounds=rounds,
             seed=seed,
-            ci_level=cfg.ci_level,
+            ci_level=ci_level,
         )
         if "second_look" in det:
             # Faces the first pass missed and the second look found (counted as detected).
