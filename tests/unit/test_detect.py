@@ -248,3 +248,17 @@ def test_second_look_only_looks_again_at_misses_and_says_which_view_found_them()
     direct = template(112) * (0.5 * 60 / 112) + [0.2 * 60, 0.25 * 40]
     assert np.allclose(lm[:, 0], 60 - direct[[1, 0, 2, 4, 3], 0])
     assert lm[0, 0] < lm[1, 0]  # the eye on the image's left stays first
+
+
+def test_the_second_look_invents_no_face_where_there_is_none(detector):
+    # Two more passes over a faceless image are two more chances of a false face; cluttered
+    # SynthFaces backdrops (shards, blobs, stripes) must stay misses.
+    from visage_ml.data.synth_render import backdrop
+
+    rng = np.random.default_rng(5)
+    walls = [
+        np.ascontiguousarray(np.clip(backdrop((160, 160), 1.0, rng), 0, 255).astype(np.uint8).T)
+        for _ in range(40)
+    ]
+    _, chosen = detect_and_align(detector, walls, size=112, min_prob=0.9, look_again=True)
+    assert chosen == [None] * len(walls)
