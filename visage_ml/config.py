@@ -658,7 +658,7 @@ class TrainEmbedderParams:
     head: Literal["arcface", "cosface", "combined", "softmax"] = "arcface"
     margin: MarginParams = MarginParams()
     sampling: Literal["uniform", "class_balanced", "group_balanced"] = "uniform"
-    epochs: int = field(default=10, metadata=rng(ge=1, le=10_000))
+    epochs: int = field(default=6, metadata=rng(ge=1, le=10_000))
     batch_size: int = field(default=64, metadata=rng(ge=2, le=65_536))
     lr: float = field(default=6e-3, metadata=rng(gt=0, le=10))
     weight_decay: float = field(default=0.05, metadata=rng(ge=0, le=10))
