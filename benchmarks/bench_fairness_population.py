@@ -138,6 +138,8 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     paths = ProjectPaths(Path(args.project).resolve())
+    if bad := [o for o in args.overrides if "=" not in o]:
+        ap.error(f"-S takes KEY=VALUE (e.g. -S prepare.second_look=false), not {bad[0]!r}")
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     params = load_params(paths.params, overrides=overrides)
     cfg = params.evaluate
