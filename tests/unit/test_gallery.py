@@ -102,7 +102,6 @@ def test_templates_are_encrypted_per_subject_and_ledger_holds_only_hashes(world,
         "template_sha256",
         "anchor_sha256",
         "model_version",
-        "n_images",
         "replaced",
     }
     assert event.payload["anchor_sha256"] == sha256_file(gallery.anchor_path(pid))
@@ -113,6 +112,24 @@ def test_templates_are_encrypted_per_subject_and_ledger_holds_only_hashes(world,
     vector, header = gallery.template(pid)
     np.testing.assert_array_equal(vector, template)
     assert (header["model_version"], header["n_images"]) == (VERSION, 3)
+
+
+def test_the_ledger_records_an_enrolment_from_three_photographs_as_one_from_one(world, engine):
+    """The ledger is kept for good, pids in clear. A photo count per pid in it is a
+    quasi-identifier: whoever holds the source data set (and, after an erasure, the tombstone
+    key, which tells which of its photographs were erased) matches a person with three
+    photographs to the pid enrolled from three. The count stays in the sealed template (the
+    subject's access right reads it), never in the ledger."""
+    gallery = open_gallery(world, engine)
+    three, one = list(world.people)[:2]
+    gallery.enroll(three, engine.embed(world.photo(three, 3)))
+    gallery.enroll(one, engine.embed(world.photo(one, 1)))
+    payloads = {e.pid: e.payload for e in ledger_events(world, "gallery.enrolled")}
+    hashes = ("template_sha256", "anchor_sha256")
+    assert {k: v for k, v in payloads[three].items() if k not in hashes} == {
+        k: v for k, v in payloads[one].items() if k not in hashes
+    }
+    assert gallery.template(three)[1]["n_images"] == 3
 
 
 def test_stored_template_is_exportable_while_restricted_but_not_after_erasure(world, enrolled):

@@ -195,7 +195,6 @@ def enrolled_event(
     template_sha256: str,
     *,
     model_version: str,
-    n_images: int,
     replaced: bool,
     anchor_sha256: str | None = None,
 ) -> tuple[str, str, dict[str, Any]]:
@@ -203,11 +202,13 @@ def enrolled_event(
 
     ``anchor_sha256``: the subject's anchor file after an enrolment that set the anchor (every
     one but an operator's re-enrolment, whose entry names none: the anchor stays as recorded).
+    No image count: the ledger is kept for good with pids in clear, and a photo count per pid
+    matches a person in the source data set to the pid (the count stays in the sealed
+    template, for the subject's access right).
     """
     payload: dict[str, Any] = {
         "template_sha256": template_sha256,
         "model_version": model_version,
-        "n_images": n_images,
         "replaced": replaced,
     }
     if anchor_sha256 is not None:
@@ -1433,7 +1434,6 @@ class Gallery:
                             pid,
                             digest,
                             model_version=self.meta.model_version,
-                            n_images=counts[pid],
                             replaced=old is not None,
                             anchor_sha256=anchor,
                         )

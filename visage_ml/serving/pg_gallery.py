@@ -2367,7 +2367,6 @@ class PgGallery(Gallery):
                     pid,
                     digest,
                     model_version=self.meta.model_version,
-                    n_images=counts[pid],
                     replaced=prev is not None,
                     anchor_sha256=anchor,
                 )
