@@ -1,0 +1,251 @@
+"""Stranger FPIR at the served 1:N threshold over many draws of calibration people; one JSON object.
+
+``bench_identify_scale.py`` measures one draw through the HTTP API (minutes per draw). Whether
+the 1:N threshold holds a target FPIR is a question about the spread over draws: a score model
+fitted on another few hundred people places another threshold. This benchmark scores the same
+comparisons offline, with the same library calls, for ``--draws`` independent draws of
+calibration people and strangers (the enrolled stay the same, as there), for several
+calibration population sizes and every stored confidence level of the bound:
+
+- per draw, a calibration population of ``max(--calibration)`` evaluation-only identities x 5
+  photographs; a smaller size is its first identities (SynthFaces draws person ``i`` from its
+  own stream, so the first 400 of 1,200 are the 400 a 400-person draw has);
+- the score model of each size (:func:`~visage_ml.evaluation.score_model.template_comparisons`
+  and :func:`~visage_ml.evaluation.score_model.build_score_model` with the project's
+  ``evaluate.score_model`` parameters, scores normalised by the project's served calibration);
+- per gallery size and level, the threshold serving would place
+  (:meth:`~visage_ml.evaluation.score_model.ScoreModel.operating_point`), and the share of
+  strangers (one photograph each) whose best calibrated score over the enrolled templates
+  reaches it.
+
+What it leaves out against the API: the face-quality gate (about 3 % of strangers refused) and
+the detector's choice among several faces (the most probable face here, as in
+``bench_identify_scale.py``'s enrolment). Embeddings are cached as there.
+
+    python benchmarks/bench_fpir_draws.py --project DIR [--draws 6] [--calibration 400 1200]
+        [--strangers 3000] [--sizes 1000 10000] [--first-draw 0] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visage_ml.config import ProjectPaths
+from visage_ml.io import sha256_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The populations, embeddings and cache of bench_identify_scale, one copy.
+from bench_identify_scale import (
+    CALIBRATION_IMAGES,
+    SEED_CALIBRATION,
+    SEED_ENROLLED,
+    SEED_STRANGERS,
+    cached_embeddings,
+    embed_photos,
+    population,
+    project_params,
+    wilson,
+)
+
+log = logging.getLogger("bench_fpir_draws")
+BAND = (0.5, 2.0)  # issue 16's goal: measured FPIR within 0.5-2x the target
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often measured FPIR over target falls inside, below and above ``BAND``."""
+    ratios = np.array([c["ratio"] for c in cells], dtype=np.float64)
+    pos = ratios[ratios > 0]
+    return {
+        "cells": int(ratios.size),
+        "inside": int(np.sum((ratios >= BAND[0]) & (ratios <= BAND[1]))),
+        "below": int(np.sum(ratios < BAND[0])),
+        "above": int(np.sum(ratios > BAND[1])),
+        "ratio_min": round(float(ratios.min()), 3),
+        "ratio_max": round(float(ratios.max()), 3),
+        "ratio_geomean": round(float(np.exp(np.log(pos).mean())), 3) if pos.size else 0.0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--project", default=os.environ.get("VISAGE_PROJECT") or ".")
+    ap.add_argument("--draws", type=int, default=6)
+    ap.add_argument("--first-draw", type=int, default=0)
+    ap.add_argument("--calibration", type=int, nargs="+", default=[400, 1200])
+    ap.add_argument("--strangers", type=int, default=3000)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--target-fpir", type=float, default=None)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "visage-ml" / "bench"))
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.setLevel(logging.INFO)
+    from visage_ml.data.detect import FaceDetector
+    from visage_ml.evaluation.calibration import NO_CALIBRATION
+    from visage_ml.evaluation.score_model import (
+        ScoreModel,
+        build_score_model,
+        level_key,
+        template_comparisons,
+    )
+    from visage_ml.inference import OnnxModel
+    from visage_ml.serving.score_calibration import SCORE_CALIBRATION_FILE, load_score_calibration
+
+    t_start = time.perf_counter()
+    project = ProjectPaths(Path(args.project).resolve())
+    params = project_params(project)
+    synth, sm = params.synth, params.evaluate.score_model
+    target = args.target_fpir or params.serving.identify.target_fpir
+    onnx = project.models / "embedder.onnx"
+    embedder = OnnxModel(onnx, expected_kind="embedder")
+    model_sha = sha256_file(onnx)
+    detector = FaceDetector(device="cpu", min_face_size=params.prepare.min_face_size)
+    cache = Path(args.cache)
+    calibration = NO_CALIBRATION
+    if (project.reports / SCORE_CALIBRATION_FILE).is_file():
+        calibration, _ = load_score_calibration(project, model_version=embedder.model_version)
+
+    def embedded(what: str, seed: int, people: list[Any], start: int, shots: list[int]):
+        # The key of bench_identify_scale.py's cache: its embeddings serve here and back.
+        key = {
+            "what": what,
+            "start": start,
+            "stop": start + len(people),
+            "seed": seed,
+            "shots": shots,
+            "model": model_sha,
+            "synth": str(synth),
+            "second_look": params.prepare.second_look,
+        }
+        return cached_embeddings(
+            cache,
+            key,
+            lambda: embed_photos(
+                people,
+                shots,
+                synth=synth,
+                seed=seed,
+                detector=detector,
+                embedder=embedder,
+                crop_size=params.prepare.image_size,
+                min_prob=params.prepare.min_face_prob,
+                look_again=params.prepare.second_look,
+                first_index=start,
+            ),
+        )
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    # The enrolled: one photograph each, in blocks of 1,000 (bench_identify_scale.py's cache).
+    sizes = sorted(args.sizes)
+    block = 1000
+    enrolled = population(synth, max(sizes), SEED_ENROLLED)
+    parts = [
+        embedded("enrolled", SEED_ENROLLED, enrolled[s : s + block], s, [0])
+        for s in range(0, len(enrolled), block)
+    ]
+    enrol_e = np.concatenate([p[0] for p in parts])
+    enrol_f = np.concatenate([p[1] for p in parts])
+    templates = unit(enrol_e[enrol_f]).astype(np.float32)
+    # Templates among the first `size` enrolled (the gallery of that size).
+    n_templates = {n: int(enrol_f[:n].sum()) for n in sizes}
+
+    draws: list[dict[str, Any]] = []
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for draw in range(args.first_draw, args.first_draw + args.draws):
+        t_draw = time.perf_counter()
+        seed_cal = SEED_CALIBRATION + 10 * draw
+        seed_str = SEED_STRANGERS + 10 * draw
+        if params.project.seed in (seed_cal, seed_str):
+            raise SystemExit("the project was trained on a seed this benchmark uses; change it")
+        # Strangers: their best calibrated score over each gallery size.
+        strangers = population(synth, args.strangers, seed_str)
+        s_emb, s_found = embedded("strangers", seed_str, strangers, 0, [0])
+        probes = unit(s_emb[s_found]).astype(np.float32)
+        scores = calibration.calibrate(probes @ templates.T, probes, templates)
+        best = {n: scores[:, : n_templates[n]].max(axis=1) for n in sizes}
+        # Calibration people: the largest size once; smaller sizes are its first identities.
+        cal = population(synth, max(args.calibration), seed_cal)
+        c_emb, c_found = embedded("calibration", seed_cal, cal, 0, list(range(CALIBRATION_IMAGES)))
+        codes = np.repeat(np.arange(len(cal)), CALIBRATION_IMAGES)
+        per_cal: dict[str, Any] = {}
+        for n_cal in sorted(args.calibration):
+            keep = c_found & (codes < n_cal)
+            doc = build_score_model(
+                template_comparisons(
+                    c_emb[keep], codes[keep], template_images=1, seed=0, calibration=calibration
+                ),
+                tail_share=sm.tail_share,
+                min_exceedances=sm.min_exceedances,
+                bootstrap=sm.bootstrap,
+                confidence_levels=sm.confidence_levels,
+                max_extrapolation_decades=sm.max_extrapolation_decades,
+                seed=0,
+                model_version=embedder.model_version,
+            )
+            per_level: dict[str, Any] = {}
+            for level in doc["bound"]["levels"]:
+                model = ScoreModel(doc, confidence=level)
+                per_size: dict[str, Any] = {}
+                for n in sizes:
+                    point = model.operating_point(n_templates[n], target)
+                    fp = int(np.sum(best[n] >= point.threshold))
+                    measured = fp / len(strangers)
+                    cell = {
+                        "threshold": round(point.threshold, 5),
+                        "predicted_fpir": round(point.expected_fpir, 5),
+                        "fpir": round(measured, 5),
+                        "fpir_ci95": wilson(fp, len(strangers)),
+                        "ratio": round(measured / target, 3),
+                    }
+                    per_size[str(n_templates[n])] = cell
+                    cells.setdefault(f"{n_cal}@{level_key(level)}", []).append(cell)
+                per_level[level_key(level)] = per_size
+            per_cal[str(n_cal)] = {
+                "n_impostor": doc["n_impostor"],
+                "tail": {k: doc["tail"][k] for k in ("u", "xi", "sigma")} if doc["tail"] else None,
+                "levels": per_level,
+            }
+        draws.append(
+            {
+                "draw": draw,
+                "calibration_seed": seed_cal,
+                "strangers_seed": seed_str,
+                "strangers_without_face": int((~s_found).sum()),
+                "calibration": per_cal,
+                "seconds": round(time.perf_counter() - t_draw, 1),
+            }
+        )
+        log.info("draw %d: %s", draw, json.dumps(per_cal)[:600])
+    out = {
+        "project": str(project.root),
+        "embedder_model_version": embedder.model_version,
+        "score_calibration": calibration.method,
+        "target_fpir": target,
+        "band": BAND,
+        "gallery_sizes": [n_templates[n] for n in sizes],
+        "strangers": args.strangers,
+        "summary": {k: summarise(v) for k, v in sorted(cells.items())},
+        "draws": draws,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "note": "offline: no quality gate; one photograph per stranger, its most probable face",
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
