@@ -826,8 +826,9 @@ class ScoreModelParams:
     confidence_levels: tuple[float, ...] = field(
         default=(0.5, 0.8, 0.9, 0.95), metadata=rng(gt=0, lt=1)
     )
-    # The model bounds FMR down to 1/n_impostor times 10**-decades, no further.
-    max_extrapolation_decades: float = field(default=2.0, metadata=rng(ge=0, le=6))
+    # The model bounds FMR down to 1/n_impostor times 10**-decades, no further (1: the 0.5 level
+    # served 2-6 times the target a decade further out; README, bench_fpir_draws.py).
+    max_extrapolation_decades: float = field(default=1.0, metadata=rng(ge=0, le=6))
 
 
 @dataclass(frozen=True)
@@ -884,8 +885,10 @@ class IdentifyParams:
 
     # False positive identification rate aimed at (a stranger matched to anyone).
     target_fpir: float = field(default=0.01, metadata=rng(gt=0, lt=1))
-    # Upper confidence bound on FMR the threshold is placed with (a level the score model holds).
-    confidence: float = field(default=0.8, metadata=rng(gt=0, lt=1))
+    # Level of the bound on FMR the threshold is placed with (a level the score model holds):
+    # 0.5, the median over identity resamples, serves FPIR about the target; 0.8 and above
+    # keep it under the target, at a cost in misses (README, bench_fpir_draws.py).
+    confidence: float = field(default=0.5, metadata=rng(gt=0, lt=1))
     # A gallery whose expected FNIR exceeds this is flagged too large for the target.
     max_expected_fnir: float = field(default=0.5, metadata=rng(gt=0, le=1))
 

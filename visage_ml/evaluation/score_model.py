@@ -18,7 +18,7 @@ evaluation set can count directly. This module turns the evaluation's comparison
   independent draws of calibration people and strangers, 10,000 enrolled, target FPIR 1 %,
   scored offline) strangers were falsely matched 2.2 % and 2.4 % of the time with a free shape
   on the cosine scale (``xi`` about -0.25, ``tail_share`` 0.003) at the point estimate, 1.8 %
-  and 2.0 % at the served 80 % bound; with this model 0.99 % and 1.4 %, and 0.58 % and 1.0 %
+  and 2.0 % at the 80 % bound then served; with this model 0.99 % and 1.4 %, and 0.58 % and 1.0 %
   at the bound (through the API, first draw: 1.70 % before, 0.57 % now);
 - a **one-sided upper confidence bound** on ``FMR(t)`` at every grid point: the ``confidence``
   quantile over an identity bootstrap (identities resampled with replacement, the tail refitted
@@ -359,7 +359,7 @@ def build_score_model(
     min_exceedances: int = 100,
     bootstrap: int = 200,
     confidence_levels: Sequence[float] = (0.5, 0.8, 0.9, 0.95),
-    max_extrapolation_decades: float = 2.0,
+    max_extrapolation_decades: float = 1.0,
     seed: int = 0,
     model_version: str = "",
 ) -> dict[str, Any]:

@@ -182,7 +182,8 @@ def serving_reports(
         "n_genuine": doc["n_genuine"],
         "tail": doc["tail"],
         "method": (
-            "threshold t(N): upper bound on FMR at 1 - (1 - target_fpir)^(1/N); expected FNIR "
+            "threshold t(N): bound on FMR at level confidence (identity bootstrap) at "
+            "1 - (1 - target_fpir)^(1/N); expected FNIR "
             "= 1 - E_genuine[1{s >= t} (1 - FMR(s))^(N-1)]"
         ),
     }

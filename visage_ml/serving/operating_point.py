@@ -5,8 +5,11 @@ Evaluation stores the impostor and genuine score distributions as a score model
 privacy ledger like ``reports/threshold.json``. Serving keeps the false positive identification
 rate at ``serving.identify.target_fpir`` whatever the gallery's size ``N``: a stranger searched
 against ``N`` templates is falsely matched with probability ``1 - (1 - FMR(t)) ** N``, so the
-threshold is the score ``t`` at which the model's upper confidence bound on FMR
-(``serving.identify.confidence``) is ``1 - (1 - target_fpir) ** (1 / N)``. ``N`` is the number of
+threshold is the score ``t`` at which the model's bound on FMR at level
+``serving.identify.confidence`` is ``1 - (1 - target_fpir) ** (1 / N)``: at 0.5 (the default)
+the median over identity resamples, which serves FPIR about the target; at 0.8 and above an
+upper confidence bound, which keeps it under the target at a cost in misses
+(``benchmarks/bench_fpir_draws.py``). ``N`` is the number of
 searchable templates at the moment of each search (:meth:`Gallery.search` asks under the
 gallery's lock), so enrolments, erasures, withdrawals and restrictions move the threshold at
 once; operating points are cached per ``N``.
