@@ -49,9 +49,8 @@ from bench_identify_scale import (
     SEED_CALIBRATION,
     SEED_ENROLLED,
     SEED_STRANGERS,
-    cached_embeddings,
-    embed_photos,
     population,
+    population_embeddings,
     project_params,
     wilson,
 )
@@ -119,34 +118,9 @@ def main() -> None:
     if (project.reports / SCORE_CALIBRATION_FILE).is_file():
         calibration, _ = load_score_calibration(project, model_version=embedder.model_version)
 
-    def embedded(what: str, seed: int, people: list[Any], start: int, shots: list[int]):
-        # The key of bench_identify_scale.py's cache: its embeddings serve here and back.
-        key = {
-            "what": what,
-            "start": start,
-            "stop": start + len(people),
-            "seed": seed,
-            "shots": shots,
-            "model": model_sha,
-            "synth": str(synth),
-            "second_look": params.prepare.second_look,
-        }
-        return cached_embeddings(
-            cache,
-            key,
-            lambda: embed_photos(
-                people,
-                shots,
-                synth=synth,
-                seed=seed,
-                detector=detector,
-                embedder=embedder,
-                crop_size=params.prepare.image_size,
-                min_prob=params.prepare.min_face_prob,
-                look_again=params.prepare.second_look,
-                first_index=start,
-            ),
-        )
+    embedded = population_embeddings(
+        cache, params, model_sha=model_sha, detector=detector, embedder=embedder
+    )
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

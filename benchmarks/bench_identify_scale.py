@@ -158,6 +158,48 @@ def cached_embeddings(
     return emb, found
 
 
+def population_embeddings(
+    cache: Path, params: Any, *, model_sha: str, detector: Any, embedder: Any
+) -> Callable[[str, int, list[Identity], int, list[int]], tuple[np.ndarray, np.ndarray]]:
+    """``embedded(what, seed, people, start, shots)``: embeddings and found flags of photographs
+    ``shots`` of ``people`` (the ``start``-th person of their population first), through the
+    project's detector and embedder, cached under ``cache`` by model, seeds and SynthFaces
+    parameters (one cache for every benchmark that calls this)."""
+    synth, prep = params.synth, params.prepare
+
+    def embedded(
+        what: str, seed: int, people: list[Identity], start: int, shots: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        key = {
+            "what": what,
+            "start": start,
+            "stop": start + len(people),
+            "seed": seed,
+            "shots": shots,
+            "model": model_sha,
+            "synth": str(synth),
+            "second_look": prep.second_look,
+        }
+        return cached_embeddings(
+            cache,
+            key,
+            lambda: embed_photos(
+                people,
+                shots,
+                synth=synth,
+                seed=seed,
+                detector=detector,
+                embedder=embedder,
+                crop_size=prep.image_size,
+                min_prob=prep.min_face_prob,
+                look_again=prep.second_look,
+                first_index=start,
+            ),
+        )
+
+    return embedded
+
+
 def embed_photos(
     people: Sequence[Identity],
     shots: Sequence[int],
@@ -394,33 +436,9 @@ def main() -> None:
     cache = Path(args.cache)
     sizes = sorted(args.sizes)
 
-    def embedded(what: str, seed: int, people: list[Identity], start: int, shots: list[int]):
-        key = {
-            "what": what,
-            "start": start,
-            "stop": start + len(people),
-            "seed": seed,
-            "shots": shots,
-            "model": model_sha,
-            "synth": str(synth),
-            "second_look": params.prepare.second_look,
-        }
-        return cached_embeddings(
-            cache,
-            key,
-            lambda: embed_photos(
-                people,
-                shots,
-                synth=synth,
-                seed=seed,
-                detector=detector,
-                embedder=embedder,
-                crop_size=crop,
-                min_prob=min_prob,
-                look_again=params.prepare.second_look,
-                first_index=start,
-            ),
-        )
+    embedded = population_embeddings(
+        cache, params, model_sha=model_sha, detector=detector, embedder=embedder
+    )
 
     # 1. The score model: the project's released one, or one from the calibration population,
     # on the scores serving compares (the project's calibration applied, as in `visage serve`).
