@@ -58,8 +58,8 @@ def test_serving_reports_make_the_released_documents_and_mark_the_served_point()
     assert s["served"]["gallery_size"] == 250 and s["target_fpir"] == 0.01
     assert s["thresholds"] == sorted(s["thresholds"])
     assert set(s["fnir"]) == {"all", "g1", "g2", "g3", "g4"}
-    # 14,160 comparisons: FMR below ~7e-7 is beyond what they bound (N from 30,000 on).
-    assert s["unbounded_from"] == 30_000
+    # 14,160 comparisons: FMR below ~7e-6 is beyond what they bound (N from 3,000 on).
+    assert s["unbounded_from"] == 3_000
     assert out.headline["served_gallery_size"] == 250
     assert out.figures[FIGURE].startswith(b"\x89PNG")
     conf = out.confusion
