@@ -49,6 +49,7 @@ from bench_identify_scale import (
     SEED_CALIBRATION,
     SEED_ENROLLED,
     SEED_STRANGERS,
+    parse_with_logging,
     population,
     population_embeddings,
     project_params,
@@ -84,15 +85,7 @@ def main() -> None:
     ap.add_argument("--strangers", type=int, default=3000)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--target-fpir", type=float, default=None)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "visage-ml" / "bench"))
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    log.setLevel(logging.INFO)
+    args = parse_with_logging(ap, log)
     from visage_ml.data.detect import FaceDetector
     from visage_ml.evaluation.calibration import NO_CALIBRATION
     from visage_ml.evaluation.score_model import (

@@ -89,6 +89,21 @@ NEEDED = (
 )
 
 
+def parse_with_logging(ap: argparse.ArgumentParser, logger: logging.Logger) -> argparse.Namespace:
+    """``--cache`` (the embeddings' cache) and ``--verbose`` added, the arguments parsed, and
+    logging to stderr set up (``logger``, the benchmark's own, at INFO)."""
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "visage-ml" / "bench"))
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logger.setLevel(logging.INFO)
+    return args
+
+
 def project_params(project: ProjectPaths) -> Any:
     """The project's parameters, the sections this benchmark needs only."""
     raw = yaml.safe_load(project.params.read_text(encoding="utf-8")) or {}
@@ -385,15 +400,7 @@ def main() -> None:
         action="store_true",
         help="ignore the project's score calibration (raw cosine scores, as before calibration)",
     )
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "visage-ml" / "bench"))
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    log.setLevel(logging.INFO)
+    args = parse_with_logging(ap, log)
     # A witness of this run's temporary ledger, never the user's own.
     os.environ.setdefault("VISAGE_WITNESS_DIR", tempfile.mkdtemp(prefix="bench-witness-"))
     from fastapi.testclient import TestClient
