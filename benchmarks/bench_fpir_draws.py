@@ -11,7 +11,7 @@ calibration population sizes and every stored confidence level of the bound:
   photographs; a smaller size is its first identities (SynthFaces draws person ``i`` from its
   own stream, so the first 400 of 1,200 are the 400 a 400-person draw has);
 - the score model of each size (:func:`~visage_ml.evaluation.score_model.template_comparisons`
-  and :func:`~visage_ml.evaluation.score_model.build_score_model` with the project's
+  and :func:`~visage_ml.evaluation.serving_reports.score_model_document`: the project's
   ``evaluate.score_model`` parameters, scores normalised by the project's served calibration);
 - per gallery size and level, the threshold serving would place
   (:meth:`~visage_ml.evaluation.score_model.ScoreModel.operating_point`), and the share of
@@ -88,12 +88,8 @@ def main() -> None:
     args = parse_with_logging(ap, log)
     from visage_ml.data.detect import FaceDetector
     from visage_ml.evaluation.calibration import NO_CALIBRATION
-    from visage_ml.evaluation.score_model import (
-        ScoreModel,
-        build_score_model,
-        level_key,
-        template_comparisons,
-    )
+    from visage_ml.evaluation.score_model import ScoreModel, level_key, template_comparisons
+    from visage_ml.evaluation.serving_reports import score_model_document
     from visage_ml.inference import OnnxModel
     from visage_ml.serving.score_calibration import SCORE_CALIBRATION_FILE, load_score_calibration
 
@@ -157,17 +153,11 @@ def main() -> None:
         per_cal: dict[str, Any] = {}
         for n_cal in sorted(args.calibration):
             keep = c_found & (codes < n_cal)
-            doc = build_score_model(
-                template_comparisons(
-                    c_emb[keep], codes[keep], template_images=1, seed=0, calibration=calibration
-                ),
-                tail_share=sm.tail_share,
-                min_exceedances=sm.min_exceedances,
-                bootstrap=sm.bootstrap,
-                confidence_levels=sm.confidence_levels,
-                max_extrapolation_decades=sm.max_extrapolation_decades,
-                seed=0,
-                model_version=embedder.model_version,
+            comparisons = template_comparisons(
+                c_emb[keep], codes[keep], template_images=1, seed=0, calibration=calibration
+            )
+            doc = score_model_document(
+                comparisons, sm, seed=0, model_version=embedder.model_version
             )
             per_level: dict[str, Any] = {}
             for level in doc["bound"]["levels"]:

@@ -409,11 +409,8 @@ def main() -> None:
     from visage_ml.app.http.auth import KeyStore
     from visage_ml.data.detect import FaceDetector
     from visage_ml.evaluation.calibration import NO_CALIBRATION
-    from visage_ml.evaluation.score_model import (
-        ScoreModel,
-        build_score_model,
-        template_comparisons,
-    )
+    from visage_ml.evaluation.score_model import ScoreModel, template_comparisons
+    from visage_ml.evaluation.serving_reports import score_model_document
     from visage_ml.inference import OnnxModel
     from visage_ml.privacy.core import PrivacyCore
     from visage_ml.serving.engine import Engine
@@ -471,14 +468,10 @@ def main() -> None:
             seed=0,
             calibration=calibration or NO_CALIBRATION,
         )
-        doc = build_score_model(
+        doc = score_model_document(
             comparisons,
+            sm,
             groups=np.array([p.group for p in cal]),
-            tail_share=sm.tail_share,
-            min_exceedances=sm.min_exceedances,
-            bootstrap=sm.bootstrap,
-            confidence_levels=sm.confidence_levels,
-            max_extrapolation_decades=sm.max_extrapolation_decades,
             seed=0,
             model_version=embedder.model_version,
         )

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from visage_ml.config import EvaluateParams
+from visage_ml.config import EvaluateParams, ScoreModelParams
 from visage_ml.evaluation.calibration import NO_CALIBRATION, ScoreCalibration
 from visage_ml.evaluation.confusion import demographic_confusion
 from visage_ml.evaluation.figures import fnir_gallery_size_figure
 from visage_ml.evaluation.score_model import (
+    Comparisons,
     ScoreModel,
     build_score_model,
     fnir_against_size,
@@ -80,6 +81,29 @@ class ServingReports:
     summary: dict[str, Any]
     headline: dict[str, Any]
     figures: dict[str, bytes] = field(default_factory=dict)
+
+
+def score_model_document(
+    comparisons: Comparisons,
+    sm: ScoreModelParams,
+    *,
+    groups: Sequence[str] | np.ndarray | None = None,
+    seed: int = 0,
+    model_version: str = "",
+) -> dict[str, Any]:
+    """:func:`~visage_ml.evaluation.score_model.build_score_model` with the tail, bootstrap and
+    bound settings of ``evaluate.score_model`` (``sm``), as the evaluate stage builds it."""
+    return build_score_model(
+        comparisons,
+        groups=groups,
+        tail_share=sm.tail_share,
+        min_exceedances=sm.min_exceedances,
+        bootstrap=sm.bootstrap,
+        confidence_levels=sm.confidence_levels,
+        max_extrapolation_decades=sm.max_extrapolation_decades,
+        seed=seed,
+        model_version=model_version,
+    )
 
 
 def _confidence(cfg: EvaluateParams, wanted: float) -> float:
@@ -144,14 +168,10 @@ def serving_reports(
     comparisons = template_comparisons(
         embeddings, codes, template_images=sm.template_images, seed=seed, calibration=calibration
     )
-    doc = build_score_model(
+    doc = score_model_document(
         comparisons,
+        sm,
         groups=id_group,
-        tail_share=sm.tail_share,
-        min_exceedances=sm.min_exceedances,
-        bootstrap=sm.bootstrap,
-        confidence_levels=sm.confidence_levels,
-        max_extrapolation_decades=sm.max_extrapolation_decades,
         seed=seed,
         model_version=str(lineage.get("embedder_model_version", "")),
     )
