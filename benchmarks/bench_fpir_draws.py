@@ -49,6 +49,7 @@ from bench_identify_scale import (
     SEED_CALIBRATION,
     SEED_ENROLLED,
     SEED_STRANGERS,
+    enrolled_embeddings,
     parse_with_logging,
     population,
     population_embeddings,
@@ -91,6 +92,7 @@ def main() -> None:
     from visage_ml.evaluation.score_model import ScoreModel, level_key, template_comparisons
     from visage_ml.evaluation.serving_reports import score_model_document
     from visage_ml.inference import OnnxModel
+    from visage_ml.serving.index import normalize_queries
     from visage_ml.serving.score_calibration import SCORE_CALIBRATION_FILE, load_score_calibration
 
     t_start = time.perf_counter()
@@ -111,20 +113,11 @@ def main() -> None:
         cache, params, model_sha=model_sha, detector=detector, embedder=embedder
     )
 
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    # The enrolled: one photograph each, in blocks of 1,000 (bench_identify_scale.py's cache).
+    # The enrolled: one photograph each (bench_identify_scale.py's cached blocks).
     sizes = sorted(args.sizes)
-    block = 1000
-    enrolled = population(synth, max(sizes), SEED_ENROLLED)
-    parts = [
-        embedded("enrolled", SEED_ENROLLED, enrolled[s : s + block], s, [0])
-        for s in range(0, len(enrolled), block)
-    ]
-    enrol_e = np.concatenate([p[0] for p in parts])
-    enrol_f = np.concatenate([p[1] for p in parts])
-    templates = unit(enrol_e[enrol_f]).astype(np.float32)
+    enrol_e, enrol_f = enrolled_embeddings(embedded, population(synth, max(sizes), SEED_ENROLLED))
+    dim = enrol_e.shape[1]
+    templates = normalize_queries(enrol_e[enrol_f], dim)
     # Templates among the first `size` enrolled (the gallery of that size).
     n_templates = {n: int(enrol_f[:n].sum()) for n in sizes}
 
@@ -139,7 +132,7 @@ def main() -> None:
         # Strangers: their best calibrated score over each gallery size.
         strangers = population(synth, args.strangers, seed_str)
         s_emb, s_found = embedded("strangers", seed_str, strangers, 0, [0])
-        probes = unit(s_emb[s_found]).astype(np.float32)
+        probes = normalize_queries(s_emb[s_found], dim)
         best = {n: np.empty(len(probes)) for n in sizes}
         for a in range(0, len(probes), PROBE_CHUNK):  # (chunk x templates) scores at a time
             part = probes[a : a + PROBE_CHUNK]

@@ -71,6 +71,7 @@ SEED_ENROLLED = 910_002
 SEED_STRANGERS = 910_003
 CALIBRATION_IMAGES = 5
 DETECT_BATCH = 64
+ENROL_BLOCK = 1000  # enrolled identities per cached block of embeddings
 
 log = logging.getLogger("bench_identify_scale")
 
@@ -213,6 +214,19 @@ def population_embeddings(
         )
 
     return embedded
+
+
+def enrolled_embeddings(
+    embedded: Callable[[str, int, list[Identity], int, list[int]], tuple[np.ndarray, np.ndarray]],
+    people: list[Identity],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The enrolled population's enrolment photographs (shot 0), embedded and cached in blocks
+    of ``ENROL_BLOCK`` identities (a larger gallery reuses a smaller one's blocks)."""
+    parts = [
+        embedded("enrolled", SEED_ENROLLED, people[s : s + ENROL_BLOCK], s, [0])
+        for s in range(0, len(people), ENROL_BLOCK)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def embed_photos(
@@ -484,16 +498,9 @@ def main() -> None:
 
     # 2. Enrolled and probe populations (embeddings cached in blocks of 1,000 identities).
     t = time.perf_counter()
-    block = 1000
+    block = ENROL_BLOCK
     enrolled_people = population(synth, max(sizes), SEED_ENROLLED)
-    enrolled_emb, enrolled_found = [], []
-    for start in range(0, len(enrolled_people), block):
-        e, f = embedded(
-            "enrolled", SEED_ENROLLED, enrolled_people[start : start + block], start, [0]
-        )
-        enrolled_emb.append(e)
-        enrolled_found.append(f)
-    enrol_e, enrol_f = np.concatenate(enrolled_emb), np.concatenate(enrolled_found)
+    enrol_e, enrol_f = enrolled_embeddings(embedded, enrolled_people)
     strangers = population(synth, args.strangers, seed_strangers)
     timings["enrolment_embeddings_s"] = time.perf_counter() - t
 
