@@ -607,7 +607,7 @@ class EvalPopulationParams:
 
     seed: int = field(default=97_531, metadata=rng(ge=0))
     # Measured identities per group x gender cell (2 cells per group).
-    identities_per_cell: int = field(default=60, metadata=rng(ge=0, le=100_000))
+    identities_per_cell: int = field(default=150, metadata=rng(ge=0, le=100_000))
     # Identities per cell of the calibration part (k-means and calibration maps; never measured).
     calibration_identities_per_cell: int = field(default=15, metadata=rng(ge=0, le=100_000))
     images_per_identity: int = field(default=3, metadata=rng(ge=2, le=1000))
@@ -658,7 +658,7 @@ class TrainEmbedderParams:
     head: Literal["arcface", "cosface", "combined", "softmax"] = "arcface"
     margin: MarginParams = MarginParams()
     sampling: Literal["uniform", "class_balanced", "group_balanced"] = "uniform"
-    epochs: int = field(default=6, metadata=rng(ge=1, le=10_000))
+    epochs: int = field(default=10, metadata=rng(ge=1, le=10_000))
     batch_size: int = field(default=64, metadata=rng(ge=2, le=65_536))
     lr: float = field(default=6e-3, metadata=rng(gt=0, le=10))
     weight_decay: float = field(default=0.05, metadata=rng(ge=0, le=10))

@@ -876,7 +876,7 @@ BAD_PARAMS = {
     "nan": ("lr: 0.006", "lr: .nan", "train_embedder.lr"),
     "inf": ("lr: 0.006", "lr: .inf", "train_embedder.lr"),
     "negative_inf": ("min_cosine: 0.9999", "min_cosine: -.inf", "export.min_cosine"),
-    "negative_int": ("epochs: 6", "epochs: -3", "train_embedder.epochs"),
+    "negative_int": ("epochs: 10", "epochs: -3", "train_embedder.epochs"),
     "negative_float": ("weight_decay: 0.05", "weight_decay: -0.05", "train_embedder.weight_decay"),
     "zero_batch": ("batch_size: 64", "batch_size: 0", "train_embedder.batch_size"),
     "huge_int": (
@@ -885,15 +885,15 @@ BAD_PARAMS = {
         "synth.n_identities",
     ),
     "number_as_string": ("lr: 0.006", "lr: '0.006'", "train_embedder.lr"),
-    "bool_as_int": ("epochs: 6", "epochs: true", "train_embedder.epochs"),
-    "null_value": ("epochs: 6", "epochs: null", "train_embedder.epochs"),
+    "bool_as_int": ("epochs: 10", "epochs: true", "train_embedder.epochs"),
+    "null_value": ("epochs: 10", "epochs: null", "train_embedder.epochs"),
     "nan_in_list": (
         "group_shares: [0.5, 0.25, 0.15, 0.10]",
         "group_shares: [.nan, 0.25, 0.15, 0.10]",
         "synth.group_shares[0]",
     ),
-    "unknown_nested_key": ("epochs: 6", "epochs: 6\n  epochz: 7", "train_embedder.epochz"),
-    "duplicate_key": ("epochs: 6", "epochs: 6\n  epochs: 7", "'epochs' is given twice"),
+    "unknown_nested_key": ("epochs: 10", "epochs: 10\n  epochz: 7", "train_embedder.epochz"),
+    "duplicate_key": ("epochs: 10", "epochs: 10\n  epochs: 7", "'epochs' is given twice"),
     "duplicate_section": ("privacy:", "prepare: {}\nprivacy:", "'prepare' is given twice"),
     "split_over_one": (
         "split: {val: 0.1, test: 0.25}",
