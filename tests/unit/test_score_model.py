@@ -181,3 +181,52 @@ def test_a_model_without_the_asked_confidence_level_is_refused_with_what_to_do()
         ScoreModel(doc, confidence=0.8)
     with pytest.raises(ValueError, match="dvc repro evaluate"):
         ScoreModel({**doc, "format": 99}, confidence=0.9)
+
+
+def _bounds_as_reweighted_fits(c: Comparisons, *, rounds: int, seed: int) -> dict:
+    """The bootstrap bounds as the score model defines them, the slow way: each resample's
+    weights as floats, the whole curve refitted by ``_fmr_curve`` (the code before the integer
+    sums)."""
+    from visage_ml.evaluation import score_model as sm
+
+    doc = build_score_model(c, bootstrap=0, tail_share=0.003, seed=seed)
+    n_exc = max(int(np.ceil(0.003 * c.impostor.size)), 100)
+    u = float(np.sort(c.impostor)[c.impostor.size - n_exc - 1])
+    order = np.argsort(c.impostor, kind="stable")
+    imp, probe, ref = c.impostor[order], c.impostor_probe[order], c.impostor_ref[order]
+    rng = np.random.default_rng(seed)
+    curves = []
+    for m in sm._multiplicities(c.n_identities, rounds, rng):
+        w = m[probe] * np.where(ref >= 0, m[ref], 1.0)
+        curve, fit = sm._fmr_curve(imp, w, sm.grid(), u=u, fit=True, min_exc=10)
+        if fit is not None:
+            curves.append(curve)
+    stack = np.vstack(curves)
+    fmr = np.array([np.nan if v is None else v for v in doc["fmr"]])
+    out = {}
+    for lvl in (0.5, 0.95):
+        up = np.fmax(np.nanquantile(stack, lvl, axis=0), fmr)
+        out[sm.level_key(lvl)] = sm._compact(
+            np.maximum.accumulate(np.nan_to_num(up, nan=1.0)[::-1])[::-1]
+        )
+    return out
+
+
+@pytest.mark.parametrize("templates", [True, False])
+def test_the_bootstrap_bounds_are_those_of_refitting_each_resample(templates):
+    """The bounds are computed with integer sums over precomputed positions (fast): they must be
+    the bounds of reweighting every comparison and refitting, value for value, for comparisons
+    of identity pairs and for independent ones (ref -1)."""
+    rng = np.random.default_rng(5)
+    if templates:
+        k, per = 60, 3
+        codes = np.repeat(np.arange(k), per)
+        emb = rng.normal(size=(k, 16))[codes] * 0.4 + rng.normal(size=(codes.size, 16))
+        c = template_comparisons(emb, codes, template_images=2, seed=2)
+    else:
+        c = iid(rng.normal(0.0, 0.1, 20_000), rng.normal(0.7, 0.1, 500))
+    doc = build_score_model(
+        c, bootstrap=12, tail_share=0.003, confidence_levels=(0.5, 0.95), seed=4
+    )
+    assert doc["bound"]["rounds"] == 12
+    assert doc["fmr_upper"] == _bounds_as_reweighted_fits(c, rounds=12, seed=4)

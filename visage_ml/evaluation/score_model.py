@@ -326,6 +326,69 @@ def _fmr_curve(
     return fmr, TailFit(u=u, p_u=p_u, xi=xi, sigma=sigma, n_exceedances=n_exc)
 
 
+class _Resampled:
+    """:func:`_fmr_curve` of one sorted impostor sample under identity reweightings, fast.
+
+    A comparison of two identities counts ``m[a] * m[b]`` times in a resample with identity
+    multiplicities ``m``; one without a template identity (ref -1: independent scores, as in
+    tests) counts ``m[a]`` times. The weights are whole numbers, so their sums are computed in
+    integers, exactly as the float sums of :func:`_fmr_curve` are (every partial sum is a whole
+    number well below 2**53): the same curves and fits, bit for bit, in about a third of the
+    time (the grid's positions in the sorted scores and the exceedances' z are found once, not
+    per round).
+    """
+
+    def __init__(
+        self, imp: np.ndarray, probe: np.ndarray, ref: np.ndarray, ts: np.ndarray, *, u: float
+    ) -> None:
+        if imp.size > 1 and np.any(imp[1:] < imp[:-1]):
+            raise ValueError("impostor scores must be sorted")
+        self.probe = np.asarray(probe, dtype=np.intp)
+        self.has_ref = bool(np.all(ref >= 0))
+        self.ref = np.asarray(np.where(ref >= 0, ref, 0), dtype=np.intp)
+        self.no_ref = None if self.has_ref else ref < 0
+        n = imp.size
+        positions = np.searchsorted(imp, ts, side="left")
+        self.first_above = int(np.searchsorted(imp, u, side="right"))
+        # The weight of scores[p:] is needed at the grid's positions p and at the first
+        # exceedance only: sums over the segments between them, then a cumsum over the segments.
+        self.cuts = np.unique(np.r_[0, positions, self.first_above])
+        self.cuts = self.cuts[self.cuts < n]
+        self.segment_of = np.searchsorted(self.cuts, np.r_[positions, self.first_above])
+        self.past_end = np.r_[positions, self.first_above] >= n
+        self.z_exc = fisher_z(imp[self.first_above :]) - fisher_z(u)
+        self.beyond = ts > u
+        self.z_beyond = fisher_z(ts[self.beyond]) - fisher_z(u)
+
+    def fmr_curve(self, m: np.ndarray, *, min_exc: int) -> np.ndarray | None:
+        """FMR at the grid under multiplicities ``m`` (None: too few exceedances or no fit)."""
+        mi = np.asarray(np.rint(m), dtype=np.int32)
+        # Fancy indexing with intp indices into int32: the fastest gather measured here.
+        w = mi[self.probe]
+        if self.has_ref:
+            w *= mi[self.ref]
+        else:
+            w *= np.where(self.no_ref, 1, mi[self.ref]).astype(np.int32)
+        w_exc = w[self.first_above :]
+        if int(np.count_nonzero(w_exc)) < min_exc:
+            return None
+        # weight[j] = weight of scores[p:] at the j-th grid position p (then the first exceedance).
+        segments = np.add.reduceat(w, self.cuts, dtype=np.int64)
+        from_cut = np.r_[np.cumsum(segments[::-1])[::-1], 0]
+        weight = np.where(self.past_end, 0, from_cut[np.minimum(self.segment_of, len(segments))])
+        total = int(from_cut[0])
+        if total <= 0:
+            return None
+        fmr = weight[:-1] / float(total)
+        p_u = float(weight[-1]) / float(total)
+        try:
+            xi, sigma = fit_gpd(self.z_exc, w_exc.astype(np.float64))
+        except ValueError:
+            return None
+        fmr[self.beyond] = p_u * gpd_survival(self.z_beyond, xi, sigma)
+        return fmr
+
+
 def fisher_z(x: Any) -> Any:
     """``atanh`` of cosine scores, clipped inside (-1, 1): the scale the tail is fitted on."""
     return np.arctanh(np.clip(x, -1.0 + Z_CLIP, 1.0 - Z_CLIP))
@@ -420,15 +483,10 @@ def build_score_model(
         # A resample repeats some identities and drops others: its exceedances are fewer
         # distinct scores with weights, enough for a weighted fit well below min_exceedances.
         min_round = max(MIN_ROUND_EXCEEDANCES, min_exceedances // 10)
+        resampled = _Resampled(imp, probe, ref, ts, u=u)
         for m in _multiplicities(c.n_identities, bootstrap, rng):
-            # A comparison of two identities counts m[a] * m[b] times; one without a template
-            # identity (ref -1: independent scores, as in tests) counts m[a] times.
-            w = m[probe] * np.where(ref >= 0, m[ref], 1.0)
-            try:
-                curve, fit = _fmr_curve(imp, w, ts, u=u, fit=True, min_exc=min_round)
-            except ValueError:
-                continue
-            if fit is not None:
+            curve = resampled.fmr_curve(m, min_exc=min_round)
+            if curve is not None:
                 curves.append(curve)
         if curves:
             rounds_used = len(curves)
