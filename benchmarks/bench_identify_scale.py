@@ -469,6 +469,14 @@ def main() -> None:
     if args.score_model:
         doc = json.loads(Path(args.score_model).read_text())
         source = str(args.score_model)
+        if doc.get("template_images") != 1:
+            log.warning(
+                "%s was measured against %s-image templates; this benchmark enrols one "
+                "photograph per identity, and a one-photograph template spreads strangers' "
+                "scores wider than an average does: expect FPIR above the model's prediction",
+                source,
+                doc.get("template_images"),
+            )
     else:
         cal = population(synth, args.calibration, seed_calibration)
         emb, found = embedded(
@@ -647,6 +655,9 @@ def main() -> None:
             "source": source,
             "n_identities": doc.get("n_identities"),
             "n_impostor": doc.get("n_impostor"),
+            # 1 from the calibration population; a released model's (gallery.images_per_subject)
+            # differs from the one photograph enrolled here.
+            "template_images": doc.get("template_images"),
             "tail": doc.get("tail"),
             "confidence": ident.confidence,
             "min_bounded_fmr": doc.get("min_bounded_fmr"),
