@@ -472,8 +472,8 @@ def main() -> None:
         if doc.get("template_images") != 1:
             log.warning(
                 "%s was measured against %s-image templates; this benchmark enrols one "
-                "photograph per identity, and a one-photograph template spreads strangers' "
-                "scores wider than an average does: expect FPIR above the model's prediction",
+                "photograph per identity (a template of one photograph may spread strangers' "
+                "scores wider than an average does)",
                 source,
                 doc.get("template_images"),
             )
