@@ -10,8 +10,10 @@ never trained on (generation and embedding only). Three populations, each from i
   on scores normalised by the project's served calibration (``reports/score_calibration.json``,
   when the project has one: the same method serving applies, e.g. AS-norm);
 - the **enrolled** population (the largest gallery size; smaller galleries are its first
-  identities): one photograph each, detected with the project's MTCNN in batches, embedded by
-  the project's exported ONNX embedder and enrolled through the library API in bulk
+  identities): one photograph each (``--enrol-photos K``: K each, as the gallery stage enrols
+  ``gallery.images_per_subject`` and the released score model assumes), detected with the
+  project's MTCNN in batches, embedded by the project's exported ONNX embedder and enrolled
+  through the library API in bulk
   (``Gallery.enroll_many``) into a temporary project with consent recorded in its ledger;
 - **strangers**, never enrolled.
 
@@ -31,6 +33,7 @@ probe image pays MTCNN once across gallery sizes, gate settings and reruns (kept
 
     python benchmarks/bench_identify_scale.py --project DIR [--sizes 1000 10000]
         [--mated 1000] [--strangers 1000] [--calibration 400] [--target-fpir F] [--cache DIR]
+        [--score-model reports/score_model.json --enrol-photos 3]
 
 ``DIR`` is a project after ``make demo`` (its ``models/embedder.onnx`` and ``params.yaml``).
 Embeddings are cached under ``--cache`` (default ``~/.cache/visage-ml/bench``), keyed by the
@@ -216,14 +219,24 @@ def population_embeddings(
     return embedded
 
 
+def enrolment_shots(photos: int) -> list[int]:
+    """The photographs an enrolled identity is enrolled from: shot 0, then shots 2, 3, ...
+    (shot 1 is its mated probe)."""
+    if photos < 1:
+        raise ValueError(f"--enrol-photos must be at least 1, got {photos}")
+    return [0, *range(2, photos + 1)]
+
+
 def enrolled_embeddings(
     embedded: Callable[[str, int, list[Identity], int, list[int]], tuple[np.ndarray, np.ndarray]],
     people: list[Identity],
+    shots: Sequence[int] = (0,),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The enrolled population's enrolment photographs (shot 0), embedded and cached in blocks
-    of ``ENROL_BLOCK`` identities (a larger gallery reuses a smaller one's blocks)."""
+    """The enrolled population's enrolment photographs ``shots`` (person-major: row
+    ``i * len(shots) + k``), embedded and cached in blocks of ``ENROL_BLOCK`` identities (a
+    larger gallery reuses a smaller one's blocks)."""
     parts = [
-        embedded("enrolled", SEED_ENROLLED, people[s : s + ENROL_BLOCK], s, [0])
+        embedded("enrolled", SEED_ENROLLED, people[s : s + ENROL_BLOCK], s, list(shots))
         for s in range(0, len(people), ENROL_BLOCK)
     ]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -392,6 +405,13 @@ def main() -> None:
     ap.add_argument("--project", default=os.environ.get("VISAGE_PROJECT") or ".")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--mated", type=int, default=1000)
+    ap.add_argument(
+        "--enrol-photos",
+        type=int,
+        default=1,
+        help="photographs each enrolled identity is enrolled from (the gallery stage enrols "
+        "gallery.images_per_subject, as the released score model assumes)",
+    )
     ap.add_argument("--strangers", type=int, default=1000)
     ap.add_argument("--calibration", type=int, default=400, help="calibration identities")
     ap.add_argument(
@@ -469,13 +489,14 @@ def main() -> None:
     if args.score_model:
         doc = json.loads(Path(args.score_model).read_text())
         source = str(args.score_model)
-        if doc.get("template_images") != 1:
+        if doc.get("template_images") != args.enrol_photos:
             log.warning(
-                "%s was measured against %s-image templates; this benchmark enrols one "
-                "photograph per identity (a template of one photograph may spread strangers' "
-                "scores wider than an average does)",
+                "%s was measured against %s-image templates; this run enrols %d photograph(s) "
+                "per identity (--enrol-photos; a template of fewer photographs may spread "
+                "strangers' scores wider)",
                 source,
                 doc.get("template_images"),
+                args.enrol_photos,
             )
     else:
         cal = population(synth, args.calibration, seed_calibration)
@@ -508,7 +529,12 @@ def main() -> None:
     t = time.perf_counter()
     block = ENROL_BLOCK
     enrolled_people = population(synth, max(sizes), SEED_ENROLLED)
-    enrol_e, enrol_f = enrolled_embeddings(embedded, enrolled_people)
+    shots = enrolment_shots(args.enrol_photos)
+    enrol_e, enrol_f = enrolled_embeddings(embedded, enrolled_people, shots)
+    enrol_e = enrol_e.reshape(len(enrolled_people), len(shots), -1)
+    enrol_f = enrol_f.reshape(len(enrolled_people), len(shots))
+    # An identity is enrolled when a face was found in any of its enrolment photographs.
+    enrolled_f = enrol_f.any(axis=1)
     strangers = population(synth, args.strangers, seed_strangers)
     timings["enrolment_embeddings_s"] = time.perf_counter() - t
 
@@ -532,7 +558,7 @@ def main() -> None:
     gallery = Gallery.open(
         paths,
         model_version=embedder.model_version,
-        embedding_dim=int(embedder.embedding_dim or enrol_e.shape[1]),
+        embedding_dim=int(embedder.embedding_dim or enrol_e.shape[2]),
         threshold=Threshold(verify_t, "score model at evaluate.target_fmr"),
         preprocess=embedder.spec.to_dict(),
         core=core,
@@ -554,7 +580,7 @@ def main() -> None:
         return base64.b64encode(encode_png(pixels)).decode("ascii")
 
     # Mated probes: identities of the smallest gallery whose enrolment photograph had a face.
-    mated_idx = [i for i in range(sizes[0]) if enrol_f[i]][: args.mated]
+    mated_idx = [i for i in range(sizes[0]) if enrolled_f[i]][: args.mated]
     probes = [("mated", i, probe_png(enrolled_people[i], i, 1, SEED_ENROLLED)) for i in mated_idx]
     probes += [("stranger", i, probe_png(p, i, 0, seed_strangers)) for i, p in enumerate(strangers)]
     groups = {
@@ -579,7 +605,9 @@ def main() -> None:
     for size in sizes:
         t = time.perf_counter()
         items = {
-            enrolled_people[i].pid: enrol_e[i][None] for i in range(enrolled_n, size) if enrol_f[i]
+            enrolled_people[i].pid: enrol_e[i][enrol_f[i]]
+            for i in range(enrolled_n, size)
+            if enrolled_f[i]
         }
         pids = list(items)
         for start in range(0, len(pids), block):
@@ -591,6 +619,7 @@ def main() -> None:
         point = svc.identification.status(gallery.size)
         per_size: dict[str, Any] = {
             "gallery_size": gallery.size,
+            "enrolled_identities_without_face": int((~enrolled_f[:size]).sum()),
             "enrolment_photos_without_face": int((~enrol_f[:size]).sum()),
             "threshold": round(point["threshold"], 5),
             "required_fmr": point["required_fmr"],
@@ -643,8 +672,9 @@ def main() -> None:
         "embedder_model_version": embedder.model_version,
         "client": "Starlette TestClient: the app of create_app (boundary, API keys, routers) "
         "in-process over ASGI",
-        "enrolment": "library API in bulk (Gallery.enroll_many), one photograph per identity, "
-        "MTCNN-aligned; consent recorded in a temporary project's ledger",
+        "enrolment": f"library API in bulk (Gallery.enroll_many), {len(shots)} photograph(s) per "
+        "identity, MTCNN-aligned; consent recorded in a temporary project's ledger",
+        "enrolment_photos": len(shots),
         "populations": {
             "enrolled_seed": SEED_ENROLLED,
             "strangers_seed": seed_strangers,
@@ -655,8 +685,8 @@ def main() -> None:
             "source": source,
             "n_identities": doc.get("n_identities"),
             "n_impostor": doc.get("n_impostor"),
-            # 1 from the calibration population; a released model's (gallery.images_per_subject)
-            # differs from the one photograph enrolled here.
+            # 1 from the calibration population; a released model's is
+            # gallery.images_per_subject (compare with enrolment_photos).
             "template_images": doc.get("template_images"),
             "tail": doc.get("tail"),
             "confidence": ident.confidence,
