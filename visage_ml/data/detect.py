@@ -80,13 +80,12 @@ def _resolve_device(device: str) -> Any:
     return torch.device(device)
 
 
-def _channels_last_pooling(net: Any) -> int:
+def _channels_last_pooling(net: Any) -> None:
     """Swap each ``MaxPool2d`` of an MTCNN stage for the same pooling computed on a
     channels-last copy, returned in the layout it came in (so the next convolution runs as
     before). On CPU, PyTorch's pooling of channels-first tensors was 1.2-5 times slower on
     R-Net's and O-Net's shapes than of channels-last ones; a maximum is exact, so the
-    detections are the same bit for bit (``tests/unit/test_detect.py``). Returns how many
-    were swapped."""
+    detections are the same bit for bit (``tests/unit/test_detect.py``)."""
     import torch
 
     class ChannelsLastMaxPool(torch.nn.Module):
@@ -99,12 +98,9 @@ def _channels_last_pooling(net: Any) -> int:
                 return self.pool(x)  # already fast; P-Net's input arrives channels-last
             return self.pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
-    swapped = 0
     for name, child in list(net.named_children()):
         if isinstance(child, torch.nn.MaxPool2d):
             setattr(net, name, ChannelsLastMaxPool(child))
-            swapped += 1
-    return swapped
 
 
 class FaceDetector:

@@ -352,10 +352,10 @@ class _Resampled:
         self.first_above = int(np.searchsorted(imp, u, side="right"))
         # The weight of scores[p:] is needed at the grid's positions p and at the first
         # exceedance only: sums over the segments between them, then a cumsum over the segments.
-        self.cuts = np.unique(np.r_[0, positions, self.first_above])
-        self.cuts = self.cuts[self.cuts < n]
-        self.segment_of = np.searchsorted(self.cuts, np.r_[positions, self.first_above])
-        self.past_end = np.r_[positions, self.first_above] >= n
+        # A position past the last score finds no cut, so its index is the cumsum's final 0.
+        wanted = np.r_[positions, self.first_above]
+        self.cuts = np.unique(np.r_[0, wanted[wanted < n]])
+        self.segment_of = np.searchsorted(self.cuts, wanted)
         self.z_exc = fisher_z(imp[self.first_above :]) - fisher_z(u)
         self.beyond = ts > u
         self.z_beyond = fisher_z(ts[self.beyond]) - fisher_z(u)
@@ -375,7 +375,7 @@ class _Resampled:
         # weight[j] = weight of scores[p:] at the j-th grid position p (then the first exceedance).
         segments = np.add.reduceat(w, self.cuts, dtype=np.int64)
         from_cut = np.r_[np.cumsum(segments[::-1])[::-1], 0]
-        weight = np.where(self.past_end, 0, from_cut[np.minimum(self.segment_of, len(segments))])
+        weight = from_cut[self.segment_of]
         total = int(from_cut[0])
         if total <= 0:
             return None
