@@ -34,6 +34,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,54 @@ PROBE_CHUNK = 500  # strangers scored at a time (500 x 100,000 float64: 400 MB)
 BAND = (0.5, 2.0)  # issue 16's goal: measured FPIR within 0.5-2x the target
 
 
+@dataclass
+class Served:
+    """What a benchmark needs to score as ``/v1/identify`` scores: the project, its parameters,
+    the target FPIR, the exported embedder, the served score calibration and the cached
+    population embeddings (:func:`bench_identify_scale.population_embeddings`)."""
+
+    project: ProjectPaths
+    params: Any
+    target: float
+    embedder: Any
+    calibration: Any
+    embedded: Callable[..., tuple[np.ndarray, np.ndarray]]
+
+    def gallery(self, sizes: list[int]) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, int]]:
+        """The enrolled population of the largest of ``sizes``, one photograph each
+        (``bench_identify_scale.py``'s cached blocks): the people, whether each has a template,
+        the templates (unit rows) and, per size, the templates among its first people."""
+        from visage_ml.serving.index import normalize_queries
+
+        people = population(self.params.synth, max(sizes), SEED_ENROLLED)
+        enrol_e, enrol_f = enrolled_embeddings(self.embedded, people)
+        templates = normalize_queries(enrol_e[enrol_f], enrol_e.shape[1])
+        return people, enrol_f, templates, {n: int(enrol_f[:n].sum()) for n in sizes}
+
+
+def served_setup(args: argparse.Namespace) -> Served:
+    """:class:`Served` for ``args.project`` (``args.cache``: the embeddings' cache;
+    ``args.target_fpir``: None for ``serving.identify.target_fpir``)."""
+    from visage_ml.data.detect import FaceDetector
+    from visage_ml.evaluation.calibration import NO_CALIBRATION
+    from visage_ml.inference import OnnxModel
+    from visage_ml.serving.score_calibration import SCORE_CALIBRATION_FILE, load_score_calibration
+
+    project = ProjectPaths(Path(args.project).resolve())
+    params = project_params(project)
+    onnx = project.models / "embedder.onnx"
+    embedder = OnnxModel(onnx, expected_kind="embedder")
+    detector = FaceDetector(device="cpu", min_face_size=params.prepare.min_face_size)
+    calibration = NO_CALIBRATION
+    if (project.reports / SCORE_CALIBRATION_FILE).is_file():
+        calibration, _ = load_score_calibration(project, model_version=embedder.model_version)
+    embedded = population_embeddings(
+        Path(args.cache), params, model_sha=sha256_file(onnx), detector=detector, embedder=embedder
+    )
+    target = args.target_fpir or params.serving.identify.target_fpir
+    return Served(project, params, target, embedder, calibration, embedded)
+
+
 def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """How often measured FPIR over target falls inside, below and above ``BAND``."""
     ratios = np.array([c["ratio"] for c in cells], dtype=np.float64)
@@ -87,39 +137,20 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--target-fpir", type=float, default=None)
     args = parse_with_logging(ap, log)
-    from visage_ml.data.detect import FaceDetector
-    from visage_ml.evaluation.calibration import NO_CALIBRATION
     from visage_ml.evaluation.score_model import ScoreModel, level_key, template_comparisons
     from visage_ml.evaluation.serving_reports import score_model_document
-    from visage_ml.inference import OnnxModel
     from visage_ml.serving.index import normalize_queries
-    from visage_ml.serving.score_calibration import SCORE_CALIBRATION_FILE, load_score_calibration
 
     t_start = time.perf_counter()
-    project = ProjectPaths(Path(args.project).resolve())
-    params = project_params(project)
+    served = served_setup(args)
+    project, params, embedder = served.project, served.params, served.embedder
+    calibration, target, embedded = served.calibration, served.target, served.embedded
     synth, sm = params.synth, params.evaluate.score_model
-    target = args.target_fpir or params.serving.identify.target_fpir
-    onnx = project.models / "embedder.onnx"
-    embedder = OnnxModel(onnx, expected_kind="embedder")
-    model_sha = sha256_file(onnx)
-    detector = FaceDetector(device="cpu", min_face_size=params.prepare.min_face_size)
-    cache = Path(args.cache)
-    calibration = NO_CALIBRATION
-    if (project.reports / SCORE_CALIBRATION_FILE).is_file():
-        calibration, _ = load_score_calibration(project, model_version=embedder.model_version)
 
-    embedded = population_embeddings(
-        cache, params, model_sha=model_sha, detector=detector, embedder=embedder
-    )
-
-    # The enrolled: one photograph each (bench_identify_scale.py's cached blocks).
+    # The enrolled: one photograph each; the gallery of a size is its first people.
     sizes = sorted(args.sizes)
-    enrol_e, enrol_f = enrolled_embeddings(embedded, population(synth, max(sizes), SEED_ENROLLED))
-    dim = enrol_e.shape[1]
-    templates = normalize_queries(enrol_e[enrol_f], dim)
-    # Templates among the first `size` enrolled (the gallery of that size).
-    n_templates = {n: int(enrol_f[:n].sum()) for n in sizes}
+    _, _, templates, n_templates = served.gallery(sizes)
+    dim = templates.shape[1]
 
     draws: list[dict[str, Any]] = []
     cells: dict[str, list[dict[str, Any]]] = {}

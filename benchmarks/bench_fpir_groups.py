@@ -39,21 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from visage_ml.config import ProjectPaths
-from visage_ml.io import sha256_file
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fpir_draws import BAND, PROBE_CHUNK
+from bench_fpir_draws import BAND, PROBE_CHUNK, served_setup
 from bench_identify_scale import (
     CALIBRATION_IMAGES,
     SEED_CALIBRATION,
     SEED_ENROLLED,
     SEED_STRANGERS,
-    enrolled_embeddings,
     parse_with_logging,
     population,
-    population_embeddings,
-    project_params,
     wilson,
 )
 
@@ -127,36 +121,21 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=4)
     ap.add_argument("--target-fpir", type=float, default=None)
     args = parse_with_logging(ap, log)
-    from visage_ml.data.detect import FaceDetector
-    from visage_ml.evaluation.calibration import NO_CALIBRATION, kmeans_centroids
+    from visage_ml.evaluation.calibration import kmeans_centroids
     from visage_ml.evaluation.score_model import ScoreModel, template_comparisons
     from visage_ml.evaluation.serving_reports import score_model_document
-    from visage_ml.inference import OnnxModel
     from visage_ml.serving.index import normalize_queries
-    from visage_ml.serving.score_calibration import SCORE_CALIBRATION_FILE, load_score_calibration
 
     t_start = time.perf_counter()
-    project = ProjectPaths(Path(args.project).resolve())
-    params = project_params(project)
+    served = served_setup(args)
+    project, params, embedder = served.project, served.params, served.embedder
+    calibration, target, embedded = served.calibration, served.target, served.embedded
     synth, sm = params.synth, params.evaluate.score_model
-    target = args.target_fpir or params.serving.identify.target_fpir
     level = params.serving.identify.confidence
-    embedder = OnnxModel(project.models / "embedder.onnx", expected_kind="embedder")
-    model_sha = sha256_file(project.models / "embedder.onnx")
-    detector = FaceDetector(device="cpu", min_face_size=params.prepare.min_face_size)
-    calibration = NO_CALIBRATION
-    if (project.reports / SCORE_CALIBRATION_FILE).is_file():
-        calibration, _ = load_score_calibration(project, model_version=embedder.model_version)
-    embedded = population_embeddings(
-        Path(args.cache), params, model_sha=model_sha, detector=detector, embedder=embedder
-    )
 
     sizes = sorted(args.sizes)
-    enrolled = population(synth, max(sizes), SEED_ENROLLED)
-    enrol_e, enrol_f = enrolled_embeddings(embedded, enrolled)
-    dim = enrol_e.shape[1]
-    templates = normalize_queries(enrol_e[enrol_f], dim)
-    n_templates = {n: int(enrol_f[:n].sum()) for n in sizes}
+    enrolled, enrol_f, templates, n_templates = served.gallery(sizes)
+    dim = templates.shape[1]
     # Mates: shot 1 of the first --mated enrolled who have a template.
     n_mated = min(args.mated, max(sizes))
     mate_e, mate_f = embedded("enrolled", SEED_ENROLLED, enrolled[:n_mated], 0, [1])
