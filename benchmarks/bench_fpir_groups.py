@@ -9,8 +9,9 @@ of the embedding space closes it:
 
 - **global**: the served threshold, one score model from all calibration comparisons;
 - **cluster**: k-means (``--clusters``) on the calibration embeddings, one score model per
-  cluster of the *probe* (the calibration comparisons whose probe falls in it); a stranger is
-  searched at the threshold of its nearest centroid, at the gallery's size;
+  cluster of the *probe* (the calibration comparisons whose probe's identity falls in it, by
+  the mean of its embeddings); a stranger is searched at the threshold of the centroid nearest
+  to its photograph, at the gallery's size;
 - **cluster_mix**: as ``cluster``, with the calibration templates each probe cluster is compared
   with thinned to the gallery's own mix of clusters (a stranger of a crowded cluster meets more
   look-alikes in a gallery where that cluster is common; the calibration people are balanced);
