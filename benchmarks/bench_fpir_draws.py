@@ -35,9 +35,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,8 +63,7 @@ PROBE_CHUNK = 500  # strangers scored at a time (500 x 100,000 float64: 400 MB)
 BAND = (0.5, 2.0)  # issue 16's goal: measured FPIR within 0.5-2x the target
 
 
-@dataclass
-class Served:
+class Served(NamedTuple):
     """What a benchmark needs to score as ``/v1/identify`` scores: the project, its parameters,
     the target FPIR, the exported embedder, the served score calibration and the cached
     population embeddings (:func:`bench_identify_scale.population_embeddings`)."""
