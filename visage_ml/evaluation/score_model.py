@@ -344,9 +344,8 @@ class _Resampled:
         if imp.size > 1 and np.any(imp[1:] < imp[:-1]):
             raise ValueError("impostor scores must be sorted")
         self.probe = np.asarray(probe, dtype=np.intp)
-        self.has_ref = bool(np.all(ref >= 0))
-        self.ref = np.asarray(np.where(ref >= 0, ref, 0), dtype=np.intp)
-        self.no_ref = None if self.has_ref else ref < 0
+        # ref -1 reads the multiplicity 1 appended after the identities' (fmr_curve).
+        self.ref = np.asarray(ref, dtype=np.intp)
         n = imp.size
         positions = np.searchsorted(imp, ts, side="left")
         self.first_above = int(np.searchsorted(imp, u, side="right"))
@@ -362,13 +361,10 @@ class _Resampled:
 
     def fmr_curve(self, m: np.ndarray, *, min_exc: int) -> np.ndarray | None:
         """FMR at the grid under multiplicities ``m`` (None: too few exceedances or no fit)."""
-        mi = np.asarray(np.rint(m), dtype=np.int32)
+        mi = np.append(np.asarray(np.rint(m), dtype=np.int32), np.int32(1))
         # Fancy indexing with intp indices into int32: the fastest gather measured here.
         w = mi[self.probe]
-        if self.has_ref:
-            w *= mi[self.ref]
-        else:
-            w *= np.where(self.no_ref, 1, mi[self.ref]).astype(np.int32)
+        w *= mi[self.ref]
         w_exc = w[self.first_above :]
         if int(np.count_nonzero(w_exc)) < min_exc:
             return None
