@@ -170,6 +170,23 @@ def test_template_comparisons_mirror_a_search_and_the_document_holds_no_identifi
     assert set(curves) == {"all", "g1", "g2"} and all(len(v) == 2 for v in curves.values())
 
 
+def test_the_model_states_the_template_size_it_measured_not_the_one_asked(caplog):
+    """Three photographs per person leave two for the template (one is the probe): a model that
+    said "3-image templates" would claim to measure serving's templates when it did not."""
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(20), 3)
+    emb = rng.normal(size=(20, 8))[codes] + 0.3 * rng.normal(size=(codes.size, 8))
+    with caplog.at_level("INFO"):
+        c = template_comparisons(emb, codes, template_images=3, seed=0)
+    assert c.template_images == 2
+    assert build_score_model(c, min_exceedances=20, bootstrap=0)["template_images"] == 2
+    assert "2 images, not the 3 asked" in caplog.text and "4 images per identity" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert template_comparisons(emb, codes, template_images=2, seed=0).template_images == 2
+    assert "asked" not in caplog.text
+
+
 def test_a_model_without_the_asked_confidence_level_is_refused_with_what_to_do():
     rng = np.random.default_rng(1)
     doc = build_score_model(

@@ -75,6 +75,11 @@ MSG_FEW_EXCEEDANCES = (
     "identities (evaluate.impostor_pairs / the evaluation population)"
 )
 MSG_NO_SCORES = "the score model needs genuine and impostor scores; found {g} and {i}"
+MSG_SMALL_TEMPLATES = (
+    "the score model's templates average {n} images, not the {asked} asked "
+    "(evaluate.score_model.template_images): each identity keeps one image as its probe; give "
+    "the evaluation population {need} images per identity to measure serving's templates"
+)
 MSG_NO_LEVEL = (
     "the score model holds upper bounds on FMR at levels {stored}, not {level}; set "
     "serving.identify.confidence to one of them, or add it to "
@@ -103,7 +108,8 @@ class Comparisons:
     n_identities
         Number of identity codes.
     template_images
-        Enrolment images averaged into each template.
+        Enrolment images averaged into the templates (the most common number; fewer than
+        asked where an identity has no more than that besides its probe).
     """
 
     genuine: np.ndarray
@@ -164,19 +170,28 @@ def template_comparisons(
     order = order[np.argsort(codes[order], kind="stable")]
     starts = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1]])
     ends = np.r_[starts[1:], order.size]
-    templates, template_ids = [], []
+    templates, template_ids, sizes = [], [], []
     in_template = np.zeros(codes.size, dtype=bool)
     for s, e in zip(starts, ends, strict=True):
         n = e - s
         if n < 2:
             continue
         rows = order[s : s + min(template_images, n - 1)]
+        sizes.append(rows.size)
         in_template[rows] = True
         t = emb[rows].mean(axis=0)
         templates.append(t / max(float(np.linalg.norm(t)), 1e-12))
         template_ids.append(int(codes[order[s]]))
     if not templates:
         raise ValueError(MSG_NO_SCORES.format(g=0, i=0))
+    # What the templates averaged, not what was asked: the most common size (the smaller on a
+    # tie), since each identity keeps one image as its probe.
+    counts = np.bincount(sizes)
+    measured = int(np.argmax(counts))
+    if measured < template_images:
+        logger.info(
+            MSG_SMALL_TEMPLATES.format(n=measured, asked=template_images, need=template_images + 1)
+        )
     tmat = np.stack(templates).astype(np.float32)
     tids = np.asarray(template_ids, dtype=np.int64)
     scores = emb @ tmat.T  # (N images, T templates)
@@ -196,7 +211,7 @@ def template_comparisons(
         impostor_probe=codes[ii],
         impostor_ref=tids[ij],
         n_identities=k,
-        template_images=int(template_images),
+        template_images=measured,
     )
 
 

@@ -192,7 +192,7 @@ def serving_reports(
     summary = {
         "target_fpir": ctx.target_fpir,
         "confidence": model.confidence,
-        "template_images": sm.template_images,
+        "template_images": doc["template_images"],
         "sizes": [int(n) for n in sizes],
         "thresholds": thresholds,
         "fnir": curves,
