@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -164,12 +166,16 @@ def test_impostor_sample_is_the_same_whether_repeats_are_found_by_bitmap_or_by_s
     assert np.array_equal(by_bitmap[1], by_sorting[1])
 
 
-def test_an_identity_resample_gives_the_roc_of_its_comparison_weights():
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_an_identity_resample_gives_the_roc_of_its_comparison_weights(decimals):
+    """Bit for bit, also where genuine and impostor comparisons tie (rounded scores)."""
     rng = np.random.default_rng(2)
     codes = np.repeat(np.arange(30), 4)
     emb = rng.normal(size=(codes.size, 8)) + 2 * rng.normal(size=(30, 8))[codes]
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     pairs = build_pairs(emb.astype(np.float32), codes, impostor_limit=3000, seed=0)
+    if decimals is not None:
+        pairs = dataclasses.replace(pairs, score=np.round(pairs.score, decimals))
     ss = SortedScores(pairs.score, pairs.genuine, id_a=pairs.id_a, id_b=pairs.id_b)
     m = rng.multinomial(30, np.full(30, 1 / 30)).astype(np.float64)
     by_identity = ss.roc(multiplicity=m)

@@ -21,7 +21,6 @@ from visage_ml.data.pairs import (
     PairSet,
 )
 from visage_ml.evaluation.bootstrap import (
-    comparison_weights,
     estimate,
     finite_or_none,
     identity_multiplicities,
@@ -83,13 +82,23 @@ class SortedScores:
         self.order = np.argsort(-scores, kind="stable")
         self.scores = scores[self.order]
         self.genuine = genuine[self.order]
-        # Identities in score order: a resample's weights are made in that order directly.
-        self._id_a = None if id_a is None else np.asarray(id_a)[self.order]
-        self._id_b = None if id_b is None else np.asarray(id_b)[self.order]
         # Last position of each run of equal scores: the ROC has one point per distinct score.
         n = self.scores.size
         self.ends = np.flatnonzero(np.r_[self.scores[1:] != self.scores[:-1], n > 0])
         self.thresholds = np.r_[np.inf, self.scores[self.ends]]
+        # For identity resamples: each side's identities in score order, and how many
+        # comparisons of that side lie at or above each distinct score. A resample then sums
+        # each side's weights alone; the sums are of integers, so exactly those of one sum
+        # over all comparisons with the other side's weights set to zero.
+        self._sides: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] | None = None
+        if id_a is not None and id_b is not None:
+            a, b = np.asarray(id_a)[self.order], np.asarray(id_b)[self.order]
+            gen = np.flatnonzero(self.genuine)
+            imp = np.flatnonzero(~self.genuine)
+            self._sides = tuple(
+                (a[rows], b[rows], np.r_[0, np.searchsorted(rows, self.ends, side="right")])
+                for rows in (gen, imp)
+            )
 
     def counts(
         self, weights: np.ndarray | None = None, *, multiplicity: np.ndarray | None = None
@@ -102,12 +111,16 @@ class SortedScores:
         (:func:`bootstrap.comparison_weights`); it needs the identities given at construction.
         """
         if multiplicity is not None:
-            if self._id_a is None or self._id_b is None:
+            if self._sides is None:
                 raise ValueError("identity resamples need id_a and id_b at construction")
-            w = comparison_weights(multiplicity, self._id_a, self._id_b, self.genuine)
-            g = np.where(self.genuine, w, 0.0)
-            i = w - g
-        elif weights is None:
+            m = np.asarray(multiplicity, dtype=np.float64)
+            (ga, _, gat), (ia, ib, iat) = self._sides
+            # A genuine comparison weighs its identity's multiplicity, an impostor one the
+            # product of both (bootstrap.comparison_weights).
+            tp = np.r_[0.0, np.cumsum(m[ga])][gat]
+            fp = np.r_[0.0, np.cumsum(m[ia] * m[ib])][iat]
+            return tp, fp
+        if weights is None:
             g = self.genuine.astype(np.float64)
             i = 1.0 - g
         else:
