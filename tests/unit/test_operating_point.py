@@ -93,6 +93,10 @@ def test_gallery_info_shows_the_served_point_and_refuses_a_tampered_score_model(
     assert 0 < info["expected_fnir"] < 1 and info["threshold"] > 0
     text = runner.invoke(cli, ["gallery", "info"]).output
     assert "1:N threshold" in text and "expected FNIR" in text and "12 searchable" in text
+    # At the default level 0.5 the threshold sits on a median, not on an upper bound: an
+    # operator told "upper bound" would think FPIR is held under the target, not about it.
+    assert info["bound"] == "the median of FMR over 10 identity resamples"
+    assert "median of FMR" in text and "upper" not in text
     # An operator with disk access lowers every bound (a lower threshold, more matches).
     path = served_project.paths.reports / "score_model.json"
     doc = json.loads(path.read_text())

@@ -187,6 +187,24 @@ def test_the_model_states_the_template_size_it_measured_not_the_one_asked(caplog
     assert "asked" not in caplog.text
 
 
+def test_the_model_names_its_bound_as_what_it_is():
+    """A level of 0.5 is a median, above it an upper bound; without resamples the served curve
+    is the point estimate, and nothing may call it a bound."""
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(300), 3)
+    emb = rng.normal(size=(300, 8))[codes] + 0.3 * rng.normal(size=(codes.size, 8))
+    c = template_comparisons(emb, codes, template_images=2, seed=0)
+    with_resamples = build_score_model(c, min_exceedances=20, bootstrap=5)
+    rounds = with_resamples["bound"]["rounds"]
+    assert rounds > 0
+    assert ScoreModel(with_resamples, confidence=0.5).bound == (
+        f"the median of FMR over {rounds} identity resamples"
+    )
+    assert ScoreModel(with_resamples, confidence=0.8).bound.startswith("an upper 0.8 confidence")
+    alone = ScoreModel(build_score_model(c, min_exceedances=20, bootstrap=0), confidence=0.8)
+    assert alone.bound == "the point estimate of FMR (no identity resamples)"
+
+
 def test_a_model_without_the_asked_confidence_level_is_refused_with_what_to_do():
     rng = np.random.default_rng(1)
     doc = build_score_model(

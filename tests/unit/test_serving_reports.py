@@ -78,6 +78,11 @@ def test_serving_reports_make_the_released_documents_and_mark_the_served_point()
     assert set(doc["groups"]) == {"g1", "g2", "g3", "g4"}
     s = out.summary
     assert s["served"]["gallery_size"] == 250 and s["target_fpir"] == 0.01
+    # The report flags the served point as serving flags it (operating_point.IdentificationPolicy).
+    assert s["served"]["too_large"] == (
+        s["served"]["expected_fnir"] > 0.5 or not s["served"]["bounded"]
+    )
+    assert s["bound"].startswith("an upper 0.8 confidence bound on FMR")
     assert s["thresholds"] == sorted(s["thresholds"])
     assert set(s["fnir"]) == {"all", "g1", "g2", "g3", "g4"}
     # 14,160 comparisons: FMR below ~7e-6 is beyond what they bound (N from 3,000 on).

@@ -274,7 +274,10 @@ def served_context(paths: ProjectPaths, params: Params) -> ServedContext:
         size = len(pids)
     ident = params.serving.identify
     return ServedContext(
-        target_fpir=ident.target_fpir, confidence=ident.confidence, gallery_size=size
+        target_fpir=ident.target_fpir,
+        confidence=ident.confidence,
+        gallery_size=size,
+        max_expected_fnir=ident.max_expected_fnir,
     )
 
 

@@ -625,6 +625,17 @@ class OperatingPoint:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def bound_description(confidence: float, rounds: int) -> str:
+    """The FMR curve thresholds are placed on, in words (see :attr:`ScoreModel.bound`)."""
+    if rounds <= 0:
+        return "the point estimate of FMR (no identity resamples)"
+    if confidence == 0.5:
+        return f"the median of FMR over {rounds} identity resamples"
+    if confidence > 0.5:
+        return f"an upper {confidence:g} confidence bound on FMR ({rounds} identity resamples)"
+    return f"the {confidence:g} quantile of FMR over {rounds} identity resamples"
+
+
 class ScoreModel:
     """A loaded ``reports/score_model.json``: FMR, its bound and FNMR at any threshold.
 
@@ -667,6 +678,15 @@ class ScoreModel:
             name: (self._array(v["fmr"]), self._array(v["fnmr"]))
             for name, v in (doc.get("groups") or {}).items()
         }
+
+    @property
+    def bound(self) -> str:
+        """What the served FMR curve is, in words: a median, an upper confidence bound, or the
+        point estimate where no identity resample was made (``bootstrap: 0``, or every
+        resample's tail too thin to refit)."""
+        return bound_description(
+            self.confidence, int((self.doc.get("bound") or {}).get("rounds", 0))
+        )
 
     @staticmethod
     def _array(values: Sequence[float | None]) -> np.ndarray:

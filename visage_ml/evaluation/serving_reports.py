@@ -60,8 +60,9 @@ class ServedContext:
 
     Attributes
     ----------
-    target_fpir, confidence
-        ``serving.identify.target_fpir`` and ``.confidence``.
+    target_fpir, confidence, max_expected_fnir
+        ``serving.identify.target_fpir``, ``.confidence`` and ``.max_expected_fnir`` (above
+        it serving flags the gallery as too large).
     gallery_size
         Subjects allowed for identification when evaluated (the gallery the ``gallery`` stage
         builds), or None when unknown.
@@ -70,6 +71,7 @@ class ServedContext:
     target_fpir: float = 0.01
     confidence: float = 0.8
     gallery_size: int | None = None
+    max_expected_fnir: float = 0.5
 
 
 @dataclass
@@ -188,10 +190,15 @@ def serving_reports(
             "expected_fnir": op.expected_fnir,
             "expected_fpir": op.expected_fpir,
             "bounded": op.bounded,
+            # Serving's two flags (visage_ml.serving.operating_point): beyond what the model
+            # bounds, or more mates missed than serving.identify.max_expected_fnir.
+            "too_large": (not op.bounded) or op.expected_fnir > ctx.max_expected_fnir,
+            "max_expected_fnir": ctx.max_expected_fnir,
         }
     summary = {
         "target_fpir": ctx.target_fpir,
         "confidence": model.confidence,
+        "bound": model.bound,
         "template_images": doc["template_images"],
         "sizes": [int(n) for n in sizes],
         "thresholds": thresholds,

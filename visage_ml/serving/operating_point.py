@@ -219,5 +219,6 @@ class IdentificationPolicy:
         out = self.served(int(n)).to_dict()
         if self.model is not None:
             out["confidence"] = self.model.confidence
+            out["bound"] = self.model.bound
             out["min_bounded_fmr"] = self.model.min_bounded_fmr
         return out

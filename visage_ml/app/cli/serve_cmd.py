@@ -374,7 +374,7 @@ def gallery_info(as_json: bool = JSON_OPT) -> None:
     rows = [
         ("gallery size", f"{info['gallery_size']} searchable ({info['stored']} stored)"),
         ("target FPIR", f"{info['target_fpir']:g}"),
-        ("1:N threshold", f"{info['threshold']:.4f} (upper {info['confidence']:g} bound on FMR)"),
+        ("1:N threshold", f"{info['threshold']:.4f} (on {info.get('bound', 'a fixed threshold')})"),
         ("required FMR", f"{info['required_fmr']:.3g} per comparison"),
         ("expected FPIR", _rate(info["expected_fpir"])),
         ("expected FNIR", _rate(info["expected_fnir"])),
