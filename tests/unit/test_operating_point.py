@@ -18,7 +18,7 @@ from visage_ml.config import load_params
 from visage_ml.evaluation.score_model import Comparisons, build_score_model
 from visage_ml.serving.gallery import Gallery
 from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
-from visage_ml.serving.release import SCORE_MODEL_JSON, record_release
+from visage_ml.serving.release import SCORE_MODEL_JSON, THRESHOLD_JSON, record_release
 
 VERSION = "emb-test-1"
 
@@ -105,6 +105,37 @@ def test_gallery_info_shows_the_served_point_and_refuses_a_tampered_score_model(
     r = runner.invoke(cli, ["gallery", "info"])
     assert r.exit_code == 2
     assert "score_model.json" in r.output and "changed or replaced after its release" in r.output
+
+
+def test_gallery_info_shows_the_1_1_threshold_serve_uses_after_a_new_evaluation(served_project):
+    """A new evaluation moves reports/threshold.json; `visage serve` loads it at once, while
+    gallery.json keeps the value of the gallery's last build. `visage gallery info` (and the
+    templates a data subject is given) must show what is served, not the older value."""
+    paths = served_project.paths
+    (paths.reports / "threshold.json").write_text(
+        json.dumps({"threshold": 0.45, "target_fmr": 0.001, "embedder_model_version": VERSION})
+    )
+    # Not released yet: serving would refuse it, so nothing shows it.
+    assert Gallery.open_existing(paths, core=served_project.core, load=False).threshold == (
+        THRESHOLD
+    )
+    record_release(served_project.core.ledger, paths.root, [THRESHOLD_JSON], stage="evaluate")
+    assert json.loads((paths.gallery / "gallery.json").read_text())["threshold"]["value"] == (
+        THRESHOLD
+    )
+    opened = Gallery.open_existing(paths, core=served_project.core, load=False)
+    assert opened is not None and opened.threshold == 0.45
+    r = CliRunner().invoke(cli, ["gallery", "info", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["verify_threshold"] == 0.45
+    # A threshold of another embedder is not what a server of this gallery would load.
+    (paths.reports / "threshold.json").write_text(
+        json.dumps({"threshold": 0.9, "target_fmr": 0.001, "embedder_model_version": "other"})
+    )
+    record_release(served_project.core.ledger, paths.root, [THRESHOLD_JSON], stage="evaluate")
+    assert Gallery.open_existing(paths, core=served_project.core, load=False).threshold == (
+        THRESHOLD
+    )
 
 
 def test_serve_loads_only_the_released_score_model_and_confusion(project):

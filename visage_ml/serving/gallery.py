@@ -115,6 +115,7 @@ from visage_ml.serving.index import (
     score_against,
     template_of,
 )
+from visage_ml.serving.release import THRESHOLD_JSON, check_released, latest_releases
 
 logger = logging.getLogger(__name__)
 
@@ -416,6 +417,29 @@ def meta_for(
     )
 
 
+def served_threshold(paths: ProjectPaths, meta: GalleryMeta, core: Any = None) -> Threshold:
+    """The 1:1 threshold a server of this gallery uses: the released ``reports/threshold.json``
+    of the gallery's embedder (what ``visage serve`` loads, also after a new evaluation that did
+    not rebuild the gallery), else the one ``gallery.json`` recorded at its last build.
+
+    ``core`` (the project's :class:`~visage_ml.privacy.core.PrivacyCore`) checks the file is the
+    released one; a file that is not (or no core) falls back to ``gallery.json``: serving would
+    refuse to start on it.
+    """
+    recorded = meta.threshold or {}
+    fallback = Threshold(
+        float(recorded.get("value", 1.0)), str(recorded.get("source") or "gallery/gallery.json")
+    )
+    if core is None:
+        return fallback
+    try:
+        thr = load_threshold(paths, meta.model_version)
+        check_released(latest_releases(core.ledger), THRESHOLD_JSON, str(thr.sha256))
+    except (FileNotFoundError, GalleryVersionError, ValueError, KeyError, TypeError):
+        return fallback
+    return thr
+
+
 def load_threshold(paths: ProjectPaths, model_version: str | None = None) -> Threshold:
     """The match threshold from ``reports/threshold.json`` (written by ``evaluate``).
 
@@ -648,15 +672,17 @@ class Gallery:
         cls, paths: ProjectPaths, *, core: Any = None, load: bool = True
     ) -> Gallery | None:
         """Open the gallery of ``paths`` as its ``gallery.json`` describes it (embedder version,
-        size, threshold); None when there is none. Never creates one."""
+        size), with the 1:1 threshold a server of it uses (:func:`served_threshold`); None when
+        there is none. Never creates one."""
         meta = read_meta(paths.gallery)
         if meta is None:
             return None
+        core = core if core is not None else PrivacyCore(paths)
         return cls.open(
             paths,
             model_version=meta.model_version,
             embedding_dim=meta.embedding_dim,
-            threshold=float((meta.threshold or {}).get("value", 1.0)),
+            threshold=served_threshold(paths, meta, core),
             core=core,
             create=False,
             load=load,

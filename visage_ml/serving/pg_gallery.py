@@ -209,6 +209,7 @@ from visage_ml.serving.gallery import (
     listed_pids,
     meta_for,
     read_meta,
+    served_threshold,
     template_path,
 )
 from visage_ml.serving.gallery_check import (
@@ -1081,8 +1082,9 @@ class PgGallery(Gallery):
         cls, paths: ProjectPaths, *, options: PgOptions, core: Any = None, load: bool = True
     ) -> PgGallery | None:
         """Open the shared gallery as its tables describe it (embedder, size); None when its
-        tables do not exist yet. The 1:1 threshold is the one in ``gallery/gallery.json`` if
-        the project has one (else 1.0: matches nothing until a server opens it)."""
+        tables do not exist yet. The 1:1 threshold is the one a server uses
+        (:func:`~visage_ml.serving.gallery.served_threshold`) if the project has a
+        ``gallery/gallery.json`` (else 1.0: matches nothing until a server opens it)."""
         names = Names(check_table(options.table))
         with connect(options.dsn, autocommit=True) as conn:
             found = conn.execute("SELECT to_regclass(%s)", (names.table,)).fetchone()
@@ -1099,7 +1101,8 @@ class PgGallery(Gallery):
         if not row or row[0] is None or not dim:
             return None
         meta = read_meta(paths.gallery)
-        threshold = float((meta.threshold or {}).get("value", 1.0)) if meta else 1.0
+        core = core if core is not None else PrivacyCore(paths)
+        threshold = served_threshold(paths, meta, core) if meta else 1.0
         return cls.open(
             paths,
             options=dataclasses.replace(options, listen=False),
