@@ -126,6 +126,22 @@ def test_the_banner_says_which_part_of_the_gate_is_enforced(report_inputs):
     assert "If a check is inconclusive" in page and "g4" in page.split("<b>Groups.</b>")[1]
 
 
+def test_the_report_states_the_interval_level_the_gate_decided_at(report_inputs):
+    """evaluate.ci_level sets every interval and the gate's verdicts; a page that said "95%"
+    at 0.9 would tell a reviewer the gate was stricter than it was."""
+    fairness, curves = report_inputs
+    fairness = {**fairness, "ci_level": 0.9}
+    page = render_html(
+        fairness=fairness,
+        metrics={},
+        figures=make_figures(fairness=fairness, curves=curves),
+        lineage={},
+        params={},
+    )
+    assert "90% CI" in page and "90% identity-bootstrap interval" in page
+    assert "95%" not in page
+
+
 def test_the_demographic_bars_carry_their_intervals_and_the_gate_limit(monkeypatch):
     # 0.927 and 0.955 looked alike as bars from 0: the 95% intervals and the gate's limit say
     # whether the lowest group is clear of it.

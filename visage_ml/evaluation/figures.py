@@ -208,10 +208,11 @@ def group_metric_figure(
     ylabel: str,
     intervals: Mapping[str, Mapping[str, Any]] | None = None,
     limit: float | None = None,
+    ci: str = "95%",
 ) -> bytes:
     """Bars of one metric per group (a :func:`frame_summary` result), overall as a line;
-    ``intervals`` (group -> ``value``, ``ci_low``, ``ci_high``) as 95% error bars, the gate's
-    ``limit`` as a red line."""
+    ``intervals`` (group -> ``value``, ``ci_low``, ``ci_high``) as error bars labelled with
+    their level ``ci``, the gate's ``limit`` as a red line."""
     by_group = summary["by_group"]
     labels = list(by_group)
     vals = np.array([_num(by_group[g]) for g in labels])
@@ -221,7 +222,7 @@ def group_metric_figure(
     ax.bar(x, np.nan_to_num(vals), color=COLORS[2])
     if intervals and all(g in intervals for g in labels):
         _, err = _errs([{**intervals[g], "value": vals[i]} for i, g in enumerate(labels)])
-        ax.errorbar(x, vals, yerr=err, fmt="none", ecolor="black", capsize=4, label="95% CI")
+        ax.errorbar(x, vals, yerr=err, fmt="none", ecolor="black", capsize=4, label=f"{ci} CI")
     overall = _num(summary.get("overall"))
     if math.isfinite(overall):
         ax.axhline(overall, color="black", ls="--", lw=1, label="overall")
@@ -337,6 +338,7 @@ def make_figures(
         out[f"rates_{name}.png"] = rates_figure(diff, target_fmr=target, title=f"By {name}")
     model = fairness.get("demographic_model") or {}
     intervals = fairness.get("demographic_intervals") or {}
+    ci = f"{float(fairness.get('ci_level', 0.95)) * 100:.3g}%"
     limits = {  # the lowest group's accuracy limit of each task the gate checks
         c["task"]: c.get("limit")
         for c in (fairness.get("gate") or {}).get("checked", [])
@@ -351,6 +353,7 @@ def make_figures(
                 ylabel=ylabel,
                 intervals=(intervals.get(task) or {}).get("groups"),
                 limit=limits.get(task),
+                ci=ci,
             )
     detection = fairness.get("detection") or {}
     if "group" in detection:
@@ -360,5 +363,6 @@ def make_figures(
             title="MTCNN miss rate by group",
             ylabel="miss rate",
             intervals=spread.get("groups"),
+            ci=ci,
         )
     return out

@@ -162,5 +162,11 @@ def render_html(
             headline_rows=sorted(_flat(metrics).items()),
             images={k: base64.b64encode(v).decode("ascii") for k, v in figures.items() if v},
             summary_labels=SUMMARY_LABELS,
+            ci=ci_percent(fairness.get("ci_level", 0.95)),
         )
     )
+
+
+def ci_percent(level: float) -> str:
+    """The interval level as the report writes it: ``0.95`` -> ``"95%"``, ``0.9`` -> ``"90%"``."""
+    return f"{float(level) * 100:.3g}%"
