@@ -97,6 +97,9 @@ def test_gallery_info_shows_the_served_point_and_refuses_a_tampered_score_model(
     # operator told "upper bound" would think FPIR is held under the target, not about it.
     assert info["bound"] == "the median of FMR over 10 identity resamples"
     assert "median of FMR" in text and "upper" not in text
+    # What the served FMR was measured on, beside what the gallery enrols.
+    assert info["score_model_template_images"] == 3
+    assert "3-image templates (the gallery stage enrols 3 images per subject)" in text
     # An operator with disk access lowers every bound (a lower threshold, more matches).
     path = served_project.paths.reports / "score_model.json"
     doc = json.loads(path.read_text())

@@ -220,5 +220,8 @@ class IdentificationPolicy:
         if self.model is not None:
             out["confidence"] = self.model.confidence
             out["bound"] = self.model.bound
+            # The template size the FMR was measured on; the gallery's own templates average
+            # gallery.images_per_subject images (README: how the threshold is chosen).
+            out["score_model_template_images"] = self.model.doc.get("template_images")
             out["min_bounded_fmr"] = self.model.min_bounded_fmr
         return out

@@ -380,6 +380,14 @@ def gallery_info(as_json: bool = JSON_OPT) -> None:
         ("expected FNIR", _rate(info["expected_fnir"])),
         ("1:1 threshold", f"{info['verify_threshold']:.4f} (verify)"),
     ]
+    if info.get("score_model_template_images"):
+        rows.append(
+            (
+                "measured on",
+                f"{info['score_model_template_images']}-image templates (the gallery stage "
+                f"enrols {params.gallery.images_per_subject} images per subject)",
+            )
+        )
     for name, value in rows:
         console.print(f"{name:<16} {value}", highlight=False)
     if info["too_large"]:
