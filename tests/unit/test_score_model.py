@@ -205,6 +205,23 @@ def test_the_model_names_its_bound_as_what_it_is():
     assert alone.bound == "the point estimate of FMR (no identity resamples)"
 
 
+def test_without_a_tail_the_model_serves_what_it_measured_and_bounds_nothing_beyond():
+    """Too few impostor comparisons for a tail: the measured FMR still places thresholds down to
+    the resolution 1 / n (it placed every one at 1.0, "unknown" for everybody, and called it
+    bounded); below that resolution nothing is extrapolated, and the point says so."""
+    rng = np.random.default_rng(0)
+    imp = rng.normal(0.0, 0.1, 90)
+    doc = build_score_model(iid(imp, rng.normal(0.8, 0.08, 50)), bootstrap=10, seed=1)
+    assert doc["tail"] is None
+    m = ScoreModel(doc, confidence=0.5)
+    assert m.min_bounded_fmr == pytest.approx(1 / 90)
+    op = m.operating_point(2, 0.5)  # needs FMR 0.29 per comparison: measured
+    assert op.bounded and op.threshold < 1.0
+    assert np.mean(imp >= op.threshold) <= op.required_fmr + 1 / 90
+    beyond = m.operating_point(1000, 0.01)  # needs 1e-5: below what 90 comparisons tell
+    assert not beyond.bounded
+
+
 def test_a_model_without_the_asked_confidence_level_is_refused_with_what_to_do():
     rng = np.random.default_rng(1)
     doc = build_score_model(

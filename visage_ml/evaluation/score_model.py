@@ -506,10 +506,16 @@ def build_score_model(
                 uppers[lvl] = np.nanquantile(stack, lvl, axis=0)
     for lvl in levels:
         # Never below the point estimate; and FMR never rises with the threshold, so a bound
-        # that does (resampling noise) is levelled from the right.
+        # that does (resampling noise) is levelled from the right, over the scores where FMR
+        # is known: beyond the highest impostor score without a tail it stays unknown (NaN,
+        # never a threshold), and must not raise every bound below it to 1.
         up = np.fmax(uppers[lvl], fmr)
-        uppers[lvl] = np.maximum.accumulate(np.nan_to_num(up, nan=1.0)[::-1])[::-1]
-    min_bounded = (1.0 / n_imp) * 10.0 ** (-max_extrapolation_decades)
+        known = np.isfinite(up)
+        levelled = np.maximum.accumulate(np.where(known, up, -np.inf)[::-1])[::-1]
+        uppers[lvl] = np.where(known, levelled, np.nan)
+    # Without a tail nothing is extrapolated: the model bounds no FMR below 1 / n_impostor.
+    decades = max_extrapolation_decades if tail is not None else 0.0
+    min_bounded = (1.0 / n_imp) * 10.0 ** (-decades)
     doc: dict[str, Any] = {
         "format": FORMAT,
         "score": SCORE,
@@ -539,7 +545,7 @@ def build_score_model(
         "n_impostor": int(n_imp),
         "n_identities": int(c.n_identities),
         "min_bounded_fmr": min_bounded,
-        "max_extrapolation_decades": max_extrapolation_decades,
+        "max_extrapolation_decades": decades,
         "groups": _group_curves(c, groups, ts, u=u, min_exc=min_exceedances),
     }
     return doc
