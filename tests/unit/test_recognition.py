@@ -348,6 +348,22 @@ def test_a_low_quality_face_is_refused_not_matched(lenient):
     assert s.gallery.template_path(pid).read_bytes() == before
 
 
+def test_a_refused_face_is_answered_with_the_gallery_size_of_now(lenient):
+    """Another process (a `visage` command, a second replica) erases a subject: an answer that
+    searched nothing must still give the size and threshold a search would have used."""
+    s = lenient
+    for pid in s.pids[:18]:
+        assert s.enroll(pid).status_code == 200
+    other = Gallery.open_existing(s.world.paths, load=True)
+    assert other is not None and other is not s.gallery
+    other.erase(s.pids[5])
+    r = s.identify(s.photos(s.pids[0], blur=2.0)[0]).json()
+    assert [f["decision"] for f in r["faces"]] == ["quality_too_low"]
+    h = s.health()
+    assert r["gallery_size"] == h["gallery_size"] == 17
+    assert r["threshold"] == pytest.approx(h["threshold"])
+
+
 def test_an_operator_cannot_probe_consent_with_an_image_that_is_refused(lenient):
     # The attack: enrol with an image that can never be enrolled (no face, or blurred). A subject
     # who may be enrolled gets the image's refusal; one who may not gets not_available before

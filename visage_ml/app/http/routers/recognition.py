@@ -107,6 +107,9 @@ def identify(
         rows, n, threshold = gallery.search(emb, top_k=body.top_k, threshold_for=threshold_for)
         found = dict(zip(searched, rows, strict=True))
     else:
+        # Nothing searched: the size a search would have used now (changes by other processes
+        # applied first, as a search and /healthz apply them).
+        gallery.refresh()
         n = gallery.size
         threshold = policy.threshold(n) if policy is not None else gallery.threshold
     request_info(request)["pids"] = sorted({m.pid for row in found.values() for m in row}) or None
