@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from visage_ml.data.pairs import PairSet, build_pairs
+from visage_ml.evaluation.decision import fairness_headline
 from visage_ml.evaluation.demographic_intervals import accuracy_intervals
 from visage_ml.evaluation.fairness import demographic_differentials, make_breakdown
 from visage_ml.evaluation.gate import (
@@ -382,3 +383,9 @@ def test_a_group_of_sixty_with_five_photographed_twice_does_not_pass_its_fnmr():
     assert [groups[g]["n_identities"] for g in ("g1", "g2")] == [60, 60]
     assert [groups[g]["n_identities_genuine"] for g in ("g1", "g2")] == [60, 5]
     assert [groups[g]["n_identities_impostor"] for g in ("g1", "g2")] == [60, 60]
+    # metrics.json (DVC, MLflow) counts as the gate counts: 5 people behind g2's FNMR, not 60.
+    gate = combine([fmr, fnmr])
+    fair = fairness_headline(gate, {}, diffs, None, {}, ci_level=0.95)["fairness"]
+    assert fair["min_identities_per_group"] == 60
+    assert fair["min_identities_fnmr_per_group"] == 5
+    assert fair["min_identities_fmr_per_group"] == 60

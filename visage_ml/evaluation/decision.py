@@ -185,6 +185,9 @@ def fairness_headline(
                 fair[f"{prefix}{key}_ci_low"] = float(est["ci_low"])
                 fair[f"{prefix}{key}_ci_high"] = float(est["ci_high"])
         fair[f"{prefix}min_identities_per_group"] = int(np.min(diff.n_identities))
+        # Whom the gate counts against min_identities: people with comparisons of each kind.
+        fair[f"{prefix}min_identities_fmr_per_group"] = int(np.min(diff.n_identities_impostor))
+        fair[f"{prefix}min_identities_fnmr_per_group"] = int(np.min(diff.n_identities_genuine))
     out: dict[str, dict[str, Any]] = {"fairness": fair}
     if comparison:
         calib: dict[str, Any] = {"served": comparison["served"], "best": comparison["best"]}
