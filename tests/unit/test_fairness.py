@@ -6,6 +6,8 @@ import pytest
 
 from visage_ml.data.pairs import PairSet, threshold_at_far
 from visage_ml.evaluation.bootstrap import identity_multiplicities, pair_weights
+from visage_ml.evaluation.confusion import age_band_index, age_band_labels
+from visage_ml.evaluation.demographic_intervals import correct_predictions
 from visage_ml.evaluation.demographics import (
     band_accuracy,
     demographic_model_report,
@@ -207,6 +209,43 @@ def test_gate_fails_when_a_ratio_cannot_be_measured():
 def test_metric_callables():
     assert mean_absolute_error([20, 30], [25, 30]) == 2.5
     assert band_accuracy([20, 35, 70], [29, 44, 50], bands=[18, 30, 45, 60]) == pytest.approx(2 / 3)
+    # The bands of the analytics counts (confusion.age_band_labels): an adult of 20 read as 15 is
+    # counted under "<18", so the report must not call it right.
+    assert band_accuracy([20, 25], [15, 22], bands=[18, 30, 45, 60]) == pytest.approx(1 / 2)
+
+
+def test_the_report_and_the_counts_cut_ages_into_the_same_bands():
+    ages = np.array([10.0, 17.9, 18.0, 29.0, 30.0, 44.0, 45.0, 59.0, 60.0, 90.0])
+    bands = [18, 30, 45, 60]
+    labels = age_band_labels(bands)
+    assert labels == ["<18", "18-29", "30-44", "45-59", "60+"]
+    idx = age_band_index(ages, bands)
+    assert [labels[i] for i in idx] == [
+        "<18",
+        "<18",
+        "18-29",
+        "18-29",
+        "30-44",
+        "30-44",
+        "45-59",
+        "45-59",
+        "60+",
+        "60+",
+    ]
+    # The per-group intervals score the same bands: 20 read as 15 is wrong, 25 as 22 right.
+    true, pred = np.array([20.0, 25.0, 40.0]), np.array([15.0, 22.0, 41.0])
+    correct = correct_predictions(
+        true_age=true,
+        true_gender=np.array(["female"] * 3),
+        true_group=np.array(["g1"] * 3),
+        predictions={
+            "age": pred,
+            "gender_probs": np.tile([1.0, 0.0], (3, 1)),
+            "group_probs": np.ones((3, 1)),
+        },
+        labels={"gender": ["female", "male"], "group": ["g1"], "age_bands": bands},
+    )["age_band_accuracy"][1]
+    assert correct.tolist() == [False, True, True]
     assert miss_rate([1, 1, 1, 1], [1, 0, 1, 1]) == 0.25
 
 

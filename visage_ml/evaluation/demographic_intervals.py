@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from visage_ml.evaluation.bootstrap import estimate, finite_or_none, identity_multiplicities
+from visage_ml.evaluation.confusion import age_band_index
 
 TASKS: tuple[str, ...] = ("gender_accuracy", "group_accuracy", "age_band_accuracy")
 
@@ -47,11 +48,12 @@ def correct_predictions(
     bands = labels.get("age_bands")
     if bands:
         ages = np.asarray(true_age, dtype=np.float64)
-        edges = np.asarray([float(b) for b in bands])[1:]
+        cuts = [float(b) for b in bands]
         pred_age = np.asarray(predictions["age"], dtype=np.float64)
         known = ~np.isnan(ages)
-        band_true = np.digitize(np.where(known, ages, 0.0), edges)
-        out["age_band_accuracy"] = (known, band_true == np.digitize(pred_age, edges))
+        # The bands of the analytics counts (<18, 18-29, ...), as demographics.band_accuracy.
+        band_true = age_band_index(np.where(known, ages, 0.0), cuts)
+        out["age_band_accuracy"] = (known, band_true == age_band_index(pred_age, cuts))
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from visage_ml.data.manifest import UNLABELED
+from visage_ml.evaluation.confusion import age_band_index
 from visage_ml.evaluation.groups import Metric, frame_summary
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,11 @@ def mean_absolute_error(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def band_accuracy(y_true: np.ndarray, y_pred: np.ndarray, *, bands: Sequence[float]) -> float:
-    """Share of predictions in the same band as the truth; ``bands`` are the lower edges."""
-    edges = np.asarray(bands, dtype=np.float64)[1:]
-    t = np.digitize(np.asarray(y_true, dtype=np.float64), edges)
-    p = np.digitize(np.asarray(y_pred, dtype=np.float64), edges)
+    """Share of predictions in the same band as the truth: the bands the analytics counts use
+    (:func:`~visage_ml.evaluation.confusion.age_band_index`: ``[18, 30]`` cuts ``<18``,
+    ``18-29`` and ``30+``)."""
+    t = age_band_index(np.asarray(y_true, dtype=np.float64), bands)
+    p = age_band_index(np.asarray(y_pred, dtype=np.float64), bands)
     return float(np.mean(t == p)) if t.size else float("nan")
 
 
