@@ -222,6 +222,10 @@ def test_evaluation_population_joins_the_test_split_and_fits_the_served_calibrat
     assert fairness["population"]["identities_by_source"]["synthfaces:evaluation"] == 48
     assert "synthfaces:evaluation" in fairness["sources"]
     assert fairness["breakdowns"]["group_gender"]["groups"]["g4_female"]["n_identities"] >= 6
+    # So is the calibration part's detection: the miss rates count the measured images only.
+    counted = sum(fairness["detection"]["group"]["n"].values())
+    own = pd.read_parquet(project / "data/processed/detection.parquet")
+    assert counted == len(own) + len(measured)
     # The served calibration is released beside the threshold, fitted on the calibration part.
     doc = json.loads((project / "reports" / "score_calibration.json").read_text())
     cal = load_calibration(doc)

@@ -239,9 +239,13 @@ def with_population(
             pooled[col] = pooled[col].astype("string")
     det = detection
     if detection is not None:
+        # The measured people's images only: the calibration people fit the score calibration
+        # and are measured nowhere (README "Fairness").
+        mine = pop.detection
+        if "part" in mine:
+            mine = mine[mine["part"].astype(str) == evalpop.MEASURE]
         det = pd.concat(
-            [detection, pop.detection[[c for c in detection.columns if c in pop.detection]]],
-            ignore_index=True,
+            [detection, mine[[c for c in detection.columns if c in mine]]], ignore_index=True
         )
     lineage = {
         f"md5 data/eval_population/{name}": md5_file(folder / name) for name in evalpop.FILES
