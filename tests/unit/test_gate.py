@@ -294,6 +294,8 @@ def test_a_group_nobody_measured_is_not_passed():
     )
     assert [c["outcome"] for c in checks] == [INCONCLUSIVE] * 2, checks
     assert all("g4: no labelled images" in c["reason"] for c in checks)
+    # The decision table's "smallest group (people)" must show the group of nobody.
+    assert [c["smallest_group"] for c in checks] == [0, 0], checks
 
 
 def _zero_in_one_group(seed):

@@ -317,7 +317,8 @@ def demographic_checks(
                     "ci_low": _num(est.get("ci_low")),
                     "ci_high": _num(est.get("ci_high")),
                     "groups_measured": len(counts),
-                    "smallest_group": min(counts.values()) if counts else 0,
+                    # A group with no labelled image is the smallest: it has nobody.
+                    "smallest_group": min(counts.values()) if counts and not unmeasured else 0,
                     "outcome": outcome,
                     "reason": reason,
                 }
