@@ -329,6 +329,30 @@ def test_each_store_says_what_it_still_holds_until_the_subject_is_erased(proj):
     assert Erasure(proj.paths).remaining(victim) == {s: [] for s in before}
 
 
+def test_a_destroyed_key_put_back_from_a_backup_is_found_by_the_verifier(proj):
+    """The certificate says "key destroyed" for the subject's data key and vault files. An
+    operator restores them from a backup: the verifier must find them (it scanned only data/,
+    gallery/, mlruns/ and exports, and said VALID with the keys back in place)."""
+    victim = proj.pids[0]  # the subject with a vault record
+    keys = [proj.paths.data_keys, proj.paths.vault]
+    backup = {
+        f: f.read_bytes()
+        for folder in keys
+        for f in folder.rglob("*")
+        if f.is_file() and victim in f.name
+    }
+    assert len(backup) >= 2
+    result = Erasure(proj.paths).erase(victim)
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    for f, data in backup.items():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    found = json.dumps([str(x) for x in report.findings])
+    assert all(f.relative_to(proj.paths.root).as_posix() in found for f in backup), found
+
+
 def test_the_embedders_resume_checkpoints_and_their_margin_heads_go_with_the_subject(proj):
     # The margin head is one row per training identity, the centre of their embeddings: with
     # the released backbone, a template that identifies them (every training subject of the

@@ -4,7 +4,8 @@
 :func:`visage_ml.privacy.certificate.verify_proof`, then looks for the erased content: none of
 the listed content hashes, and no erased subject's image in clear (the tombstones know its
 PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file under ``data/``,
-``gallery/``, ``mlruns/``, ``privacy/exports``, the DVC cache, the configured remotes and DVC's
+``gallery/``, ``mlruns/``, ``models/``, ``privacy/`` (its keys and vault too), the DVC cache,
+the configured remotes and DVC's
 site cache (every file is hashed; ``.dir`` manifests are also read for the listed objects and
 the subject's folder); and it says whether the models in use were trained without the subject.
 """
@@ -38,8 +39,11 @@ from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
 log = logging.getLogger(__name__)
 
-# Folders of the checkout that may hold subject data (hashed in full by the verifier).
-SCANNED_FOLDERS: tuple[str, ...] = ("data", "gallery", "mlruns", "privacy/exports")
+# Folders of the checkout that may hold subject data (hashed in full by the verifier): the
+# data, the gallery, MLflow, the models (the embedder's resume checkpoints hold a row per
+# training subject) and the whole privacy folder (its exports, and the data keys and vault
+# files the certificate says were destroyed: one put back from a backup must be found).
+SCANNED_FOLDERS: tuple[str, ...] = ("data", "gallery", "mlruns", "models", "privacy")
 
 
 MSG_REMOTE_UNREACHABLE = (
