@@ -322,6 +322,25 @@ def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded
     assert PrivacyCore(paths).ledger.verify().ok
 
 
+def test_a_retraining_recorded_after_a_key_rotation_is_read_by_the_verifier(project):
+    """The ledger key rotates between the erasure and `lineage --refresh`: the refresh is signed
+    by the new key. The page said "retrained" while verify-certificate said "not yet recorded:
+    run lineage --refresh", which did nothing more."""
+    proj = make_project(project, n_subjects=4)
+    paths, victim = proj.paths, proj.pids[1]
+    write_training_lock(paths, md5_file(paths.processed / "faces.sealed"), "a" * 32)
+    result = Erasure(paths).erase(victim)
+    _, problems = PrivacyCore(paths).rotate_ledger_key()
+    assert not problems
+    new_md5 = result.certificate["claims"]["dataset"]["processed_md5_after"]
+    write_training_lock(paths, new_md5, "b" * 32)
+    runner = CliRunner()
+    refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
+    assert json.loads(refresh.output)["upgraded"] == [result.request_id]
+    report = verify_certificate(result.certificate_path, root=paths.root)
+    assert report.models["status"].startswith("retrained (signed"), report.models["status"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The offline proof bundle (witnessed checkpoint) and the stand-alone verifier of docs/verify.md
 # ---------------------------------------------------------------------------------------------

@@ -269,7 +269,15 @@ def _models_status(
     contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
     contained.update(m.get("data_md5") for m in stale if m.get("data_md5"))
     check = lineage.check_retrained(paths, str(doc.get("pid")), contained)
-    event = models_retrained_event(_ledger(paths), doc.get("request_id"), [pub])
+    ledger = _ledger(paths)
+    # The certificate's key and those it rotated to since (each rotation signed by the key in
+    # force), as the page and `lineage --refresh` read the event: a refresh after a rotation is
+    # signed by the new key.
+    try:
+        keys = ledger.key_chain(anchor=pub).public_keys()
+    except (LedgerError, ValueError):
+        keys = [pub]
+    event = models_retrained_event(ledger, doc.get("request_id"), keys)
     if not stale:
         status = lineage.NO_MODEL_UNKNOWN if claims.get("lineage_notes") else lineage.NO_MODEL
     elif event is not None:
