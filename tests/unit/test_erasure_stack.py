@@ -112,3 +112,22 @@ def test_one_request_erases_the_subject_from_every_store_of_the_stack(stack, pro
     assert other in shared.stored()
     shared.close()
     print(f"whole-stack erasure: {seconds:.1f} s")
+
+
+def test_an_external_s3_remote_puts_its_caveat_on_the_certificate(monkeypatch, project):
+    """On a provider's S3 the objects are deleted through the S3 API, but whether the bytes
+    left the provider's disks cannot be observed: the certificate must say so. The caveat was
+    recorded under a key the certificate never reads, and dropped when the step ran."""
+    from types import SimpleNamespace
+
+    from visage_ml.rights.erasure import dvc_remote
+    from visage_ml.rights.erasure.base import Context
+
+    monkeypatch.setattr(dvc_remote, "stack_remote", lambda ctx: (SimpleNamespace(local=False), []))
+    proj = make_project(project, n_subjects=2)
+    ctx = Context(paths=proj.paths, core=proj.core, params=load_params(proj.paths.params))
+    plan = dvc_remote.plan(ctx, proj.pids[0])
+    assert plan is not None and plan.info == {"note": dvc_remote.EXTERNAL_NOTE}
+    outcome = dvc_remote.erase(ctx, proj.pids[0], [], plan)
+    # The orchestrator gathers every step's "note" into the certificate's store_notes.
+    assert outcome.info.get("note") == dvc_remote.EXTERNAL_NOTE

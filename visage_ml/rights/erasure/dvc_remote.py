@@ -49,7 +49,7 @@ def plan(ctx: Context, pid: str) -> Plan | None:
         return None
     stack, stores = found
     if not stack.local:
-        return Plan([], {"vacuum": EXTERNAL_NOTE})
+        return Plan([], {"note": EXTERNAL_NOTE})
     seaweed = stack.seaweed()
     if not seaweed.running():
         raise StackError(NOT_RUNNING)
@@ -73,15 +73,22 @@ def plan(ctx: Context, pid: str) -> Plan | None:
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
-    """Delete the planned objects, wait for their needles to go, compact the volumes."""
-    if plan is None or (not plan.artefacts and not planned):
-        return Outcome(info={"stack_remote": plan is not None})
+    """Delete the planned objects, wait for their needles to go, compact the volumes.
+
+    On an external S3 nothing is compacted here: the step's ``note`` says so, and the
+    certificate carries it (``store_notes``) beside the objects the dvc step deleted."""
+    if plan is None:
+        return Outcome(info={"stack_remote": False})
+    if (plan.info or {}).get("note") == EXTERNAL_NOTE:
+        return Outcome(info={"stack_remote": True, "note": EXTERNAL_NOTE})
+    if not plan.artefacts and not planned:
+        return Outcome(info={"stack_remote": True})
     found = stack_remote(ctx)
     if found is None:
         return Outcome(info={"stack_remote": False})
     stack, stores = found
     if not stack.local:
-        return Outcome(info={"vacuum": EXTERNAL_NOTE})
+        return Outcome(info={"stack_remote": True, "note": EXTERNAL_NOTE})
     seaweed = stack.seaweed()
     if not seaweed.running():
         raise StackError(NOT_RUNNING)
