@@ -90,3 +90,23 @@ def test_lineage_does_not_say_no_model_saw_a_subject_when_a_version_could_not_be
         .output
     )
     assert NO_MODEL_UNKNOWN in " ".join(out.split()) and NO_MODEL not in out
+
+
+def test_a_model_of_unknown_training_data_is_not_called_retrained(project, monkeypatch):
+    """`lineage --refresh` signs "retrained without the subject" only for models shown to be:
+    an ONNX file with no lineage metadata (its data version unknown) counted as clean, and so
+    did a project with no model at all."""
+    from visage_ml.rights import lineage
+
+    proj = make_project(project, n_subjects=3)
+    contained = {"a" * 32}
+    known = lineage.ModelVersion("onnx", "models/embedder.onnx", "v2", "b" * 32, "models")
+    unknown = lineage.ModelVersion("onnx", "models/embedder.onnx", "v3", None, "models")
+    monkeypatch.setattr(lineage, "processed_has", lambda paths, pid: False)
+    for current, clean in (([known], True), ([known, unknown], False), ([], False)):
+        monkeypatch.setattr(lineage, "current_models", lambda paths, c=current: c)
+        check = lineage.check_retrained(proj.paths, proj.pids[0], contained)
+        assert check.clean is clean, current
+    assert check.stale == []
+    monkeypatch.setattr(lineage, "current_models", lambda paths: [known, unknown])
+    assert lineage.check_retrained(proj.paths, proj.pids[0], contained).stale == [unknown]

@@ -478,12 +478,18 @@ class RetrainCheck:
 
 
 def check_retrained(paths: ProjectPaths, pid: str, contained_md5s: Iterable[str]) -> RetrainCheck:
-    """Are the current models free of data versions in ``contained_md5s``?"""
+    """Are the current models free of data versions in ``contained_md5s``?
+
+    Only shown so: a model whose training data is unknown (an ONNX file without lineage
+    metadata) counts with the stale ones, since it may have been trained on the subject; and
+    with no current model at all nothing was retrained.
+    """
     contained = set(contained_md5s)
     current = current_models(paths)
-    stale = [m for m in current if m.data_md5 in contained]
+    stale = [m for m in current if m.data_md5 is None or m.data_md5 in contained]
     in_processed = processed_has(paths, pid)
-    return RetrainCheck(not stale and not in_processed, current, stale, in_processed)
+    clean = bool(current) and not stale and not in_processed
+    return RetrainCheck(clean, current, stale, in_processed)
 
 
 def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
