@@ -546,6 +546,33 @@ def test_dvc_cache_remote_and_site_cache_are_purged_by_hash_keeping_shared_objec
 
 
 @pytest.mark.pipeline
+def test_a_dvc_remote_dvc_cannot_open_is_neither_skipped_by_the_erasure_nor_the_verifier(
+    tiny_project,
+):
+    """A remote whose plugin is missing (ssh without dvc-ssh) was skipped with a log line: the
+    erasure left whatever it held, the certificate listed it among the remotes, and the
+    verifier said nothing remains."""
+    import importlib.util
+
+    from visage_ml.stack.proc import StackError
+
+    if importlib.util.find_spec("dvc_ssh") is not None:
+        pytest.skip("dvc-ssh is installed: the ssh remote would open")
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    done = Erasure(proj.paths).erase(proj.pids[0])
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    assert _dvc(root, "remote", "add", "far", "ssh://backup.invalid/store").returncode == 0
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert "remote:far (not opened" in json.dumps([c.detail for c in report.checks])
+    before = sorted(p.name for p in (proj.paths.raw / proj.pids[1]).iterdir())
+    with pytest.raises(StackError, match=r"far \(.*dvc-ssh"):
+        Erasure(proj.paths).erase(proj.pids[1])
+    assert sorted(p.name for p in (proj.paths.raw / proj.pids[1]).iterdir()) == before
+
+
+@pytest.mark.pipeline
 def test_in_process_dvc_add_records_what_the_dvc_command_records(tiny_project, tmp_path):
     """The erasure updates data/raw.dvc from that file alone: same .dir md5, cache and status
     as `dvc add data/raw` in a copy of the project."""

@@ -213,6 +213,7 @@ def _scan(
     )
     roots = [paths.root / f for f in SCANNED_FOLDERS]
     remote_objects: list[tuple[Any, str]] = []
+    unopened: dict[str, str] = {}
     if dvcops.is_dvc_repo(paths.root):
         try:
             setup = dvc_objects.open_setup(paths.root)
@@ -225,10 +226,12 @@ def _scan(
                     roots.append(store.local_path)
                 else:
                     remote_objects.extend((store, m) for m in md5s)
+            # A remote DVC cannot open is not shown to be clean.
+            unopened = {f"remote:{n}": f"not opened: {why}" for n, why in setup.unopened.items()}
             if setup.site_cache_dir is not None:
                 roots.append(setup.site_cache_dir)
     scan_for_hashes(roots, sha256s, pid=str(doc.get("pid")), md5s=md5s, report=report)
-    unreachable: dict[str, str] = {}
+    unreachable: dict[str, str] = dict(unopened)
     known: dict[Any, str | None] = {}
     for store, md5 in remote_objects:
         if store.name in unreachable:

@@ -174,6 +174,9 @@ class DvcSetup:
     stores: list[ObjectStore] = field(default_factory=list)
     site_cache_dir: Path | None = None
     remote_urls: dict[str, str] = field(default_factory=dict)
+    # Configured remotes DVC could not open (name -> the error's type): nothing on them can be
+    # purged nor looked for (a missing plugin such as dvc-ssh, a misconfiguration).
+    unopened: dict[str, str] = field(default_factory=dict)
     # DVC's .dvcignore test for folders (None: nothing ignored): DVC reads no .dvc file in an
     # ignored folder, so none of them references an object.
     is_ignored_dir: Callable[[str], bool] | None = None
@@ -209,6 +212,7 @@ def open_setup(root: Path) -> DvcSetup:
                     odb = repo.cloud.get_remote_odb(remote, hash_name=hash_name)
                 except Exception as exc:  # an unreachable or misconfigured remote
                     log.warning("DVC remote %s cannot be opened (%s)", remote, type(exc).__name__)
+                    setup.unopened.setdefault(remote, type(exc).__name__)
                     break
                 if odb.path in seen:
                     continue

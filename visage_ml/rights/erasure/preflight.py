@@ -1,4 +1,5 @@
-"""Before an erasure starts: every service its stores need is reachable.
+"""Before an erasure starts: every service its stores need is reachable, and DVC can open every
+remote of the project (one it cannot open would be left holding the subject's objects).
 
 An erasure whose stack is down (after ``visage stack down``, a reboot) would run its first
 steps on the local files, then stop half-way at the first store it cannot reach, after minutes
@@ -42,9 +43,20 @@ def needed(ctx: Context) -> list[str]:
     return out
 
 
+MSG_UNOPENED = (
+    "DVC cannot open the remote(s) {names} of this project, so the subject's objects there could "
+    "be neither deleted nor looked for; nothing was erased. Install the remote's DVC plugin (e.g. "
+    "`pip install dvc-ssh`) or remove the remote from .dvc/config if it holds nothing, then run "
+    "the erasure again: `visage privacy erase {pid}`"
+)
+
+
 def check(ctx: Context, pid: str) -> None:
     """Raise :class:`StackError` naming every needed service that does not answer (only the
-    needed ones are looked at)."""
+    needed ones are looked at), or every configured DVC remote DVC cannot open."""
+    if ctx.is_dvc and (unopened := ctx.dvc_setup().unopened):
+        names = ", ".join(f"{n} ({why})" for n, why in sorted(unopened.items()))
+        raise StackError(MSG_UNOPENED.format(names=names, pid=pid))
     services = needed(ctx)
     if not services:
         return
