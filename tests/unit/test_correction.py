@@ -261,6 +261,11 @@ def test_windows_report_corrected_counts_beside_raw_ones_and_suppress_small_cell
     assert total == pytest.approx(80, abs=1.0)
     # Without a confusion report: raw counts only, as before.
     assert "corrected" not in release(table, k_min=5, epsilon=0.0, rng=rng)
+    # Without resamples no interval is made up: [count, count] read as certainty.
+    bare = release(table, k_min=5, epsilon=0.0, confusion=confusion, rounds=0, rng=rng)
+    cells = [c for d in ("gender", "group") for c in bare["corrected"][d].values()]
+    assert any(c != "suppressed" for c in cells)
+    assert all(c["low"] is None and c["high"] is None for c in cells if c != "suppressed")
 
 
 def test_closed_windows_of_the_service_carry_corrected_counts(confusion):
@@ -403,3 +408,21 @@ def test_the_site_mix_uses_only_what_earlier_windows_released(confusion):
     whole["group"] = {"g1": 50, "g2": 5, "g3": 5, "g4": 5}
     moved = run([whole])
     assert moved["gender"]["female"]["count"] > alone["gender"]["female"]["count"]
+
+
+def test_a_confusion_report_of_other_age_bands_is_refused(confusion, tmp_path):
+    """A model cutting ages at 65 served with a report cut at 60: its 45-64 faces would be read
+    through the wrong rows and their corrected counts fall outside their own intervals."""
+    import json
+    from types import SimpleNamespace
+
+    from visage_ml.serving.correction import load_confusion
+
+    (tmp_path / "demographic_confusion.json").write_text(json.dumps(confusion.doc))
+    paths = SimpleNamespace(reports=tmp_path)
+    same = {**LABELS}
+    model, _ = load_confusion(paths, model_version="dem-1", labels=same)
+    assert model.age_labels == confusion.age_labels
+    other = {**LABELS, "age_bands": [*LABELS["age_bands"][:-1], LABELS["age_bands"][-1] + 5]}
+    with pytest.raises(ValueError, match="age"):
+        load_confusion(paths, model_version="dem-1", labels=other)

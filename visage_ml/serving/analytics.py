@@ -248,10 +248,11 @@ def corrected_counts(
         est = estimates[dim]
         for name, count in est.estimate.items():
             if count >= k_min:
+                # Without resamples there is no interval: none is made up from the estimate.
                 out[dim][name] = {
                     "count": round(count, 1),
-                    "low": round(max(est.low[name], 0.0), 1),
-                    "high": round(est.high[name], 1),
+                    "low": round(max(est.low[name], 0.0), 1) if rounds > 0 else None,
+                    "high": round(est.high[name], 1) if rounds > 0 else None,
                 }
     return out
 

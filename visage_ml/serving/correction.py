@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from visage_ml.evaluation.confusion import FORMAT
+from visage_ml.evaluation.confusion import FORMAT, age_band_labels
 from visage_ml.io import sha256_bytes
 
 CONFUSION_FILE = "demographic_confusion.json"
@@ -409,6 +409,11 @@ def load_confusion(
             "gender": [str(x) for x in labels.get("gender") or []],
         }
         found = {"group": model.groups, "gender": model.genders}
+        if labels.get("age_bands"):
+            # The bands the model's ages are cut into (what the windows count) must be the
+            # report's rows and columns.
+            expected["age_band"] = age_band_labels([float(b) for b in labels["age_bands"]])
+            found["age_band"] = model.age_labels
         if expected != found:
             raise ValueError(MSG_CONFUSION_LABELS.format(path=path, found=found, expected=expected))
     return model, sha256_bytes(raw)

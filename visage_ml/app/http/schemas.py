@@ -159,8 +159,12 @@ class CorrectedCell(BaseModel):
     count: float = Field(
         description="Estimated true count: this window's faces, reassigned with the site's mix."
     )
-    low: float
-    high: float
+    low: float | None = Field(
+        description="95% interval of the correction's uncertainty (the measured confusion and "
+        "the site's mix), not of the noise added when serving.analytics.epsilon > 0; null with "
+        "serving.analytics.correction_rounds 0."
+    )
+    high: float | None
 
 
 CorrectedValue = CorrectedCell | Literal["suppressed"]
@@ -180,7 +184,8 @@ class CountsOut(BaseModel):
     corrected: CorrectedOut | None = Field(
         None,
         description="Closed windows: counts corrected for the demographic model's measured "
-        "confusion per group, with 95% intervals (null without a confusion report).",
+        "confusion per group, with 95% intervals of the correction (null without a confusion "
+        "report).",
     )
 
 
