@@ -426,3 +426,36 @@ def test_a_confusion_report_of_other_age_bands_is_refused(confusion, tmp_path):
     other = {**LABELS, "age_bands": [*LABELS["age_bands"][:-1], LABELS["age_bands"][-1] + 5]}
     with pytest.raises(ValueError, match="age"):
         load_confusion(paths, model_version="dem-1", labels=other)
+
+
+def test_faces_predicted_in_a_class_the_evaluation_never_predicted_are_not_dropped(confusion):
+    """No evaluation person was predicted a minor, so the report says nothing of who is: the
+    correction dropped such faces (20 of 140 gone from the age bands) and showed "<18" as
+    "suppressed", the word for a cell under k_min, although 20 were released raw."""
+    import json
+
+    doc = json.loads(json.dumps(confusion.doc))
+    for g in doc["age_band"]:
+        doc["age_band"][g]["counts"] = [[0, *row[1:]] for row in doc["age_band"][g]["counts"]]
+    no_minors = ConfusionModel(doc)
+    assert not no_minors.evidenced("age_band")[0] and no_minors.evidenced("age_band")[1:].all()
+    table = CountTable(
+        age_band={"<18": 20, "18-29": 30, "30-44": 30, "45-59": 30, "60+": 30},
+        gender={"female": 70, "male": 70},
+        group={"g1": 50, "g2": 30, "g3": 30, "g4": 30},
+        faces=140,
+    )
+    out = release(
+        table, k_min=5, epsilon=0.0, confusion=no_minors, rounds=20, rng=np.random.default_rng(2)
+    )
+    assert out["age_band"]["<18"] == 20
+    corrected = out["corrected"]
+    assert corrected["age_band"]["<18"] == "not_estimated"
+    assert corrected["not_estimated"] == {"age_band": 20}
+    shown = [c["count"] for c in corrected["age_band"].values() if isinstance(c, dict)]
+    assert len(shown) == 4 and sum(shown) == pytest.approx(120, abs=0.5)
+    # With evidence for every class nothing is marked.
+    evidenced = release(
+        table, k_min=5, epsilon=0.0, confusion=confusion, rounds=20, rng=np.random.default_rng(2)
+    )["corrected"]
+    assert "not_estimated" not in evidenced

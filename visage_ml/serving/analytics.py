@@ -34,7 +34,9 @@ this window's faces are reassigned with it), each with an interval, beside the r
 They are computed from released figures only (post-processing: no further privacy budget):
 a dimension's suppressed cells enter as one cell holding their sum, which the released total
 gives away anyway, so nothing tells how the hidden faces split (:func:`corrected_counts`). A
-corrected cell under ``k_min`` is suppressed too.
+corrected cell under ``k_min`` is suppressed too. A class the evaluation never saw predicted
+(``"<18"`` where it held no minor) reads ``"not_estimated"``, and ``not_estimated`` gives how
+many released faces were predicted so: no correction can reassign them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ from visage_ml.serving.disclosure import (
 )
 
 SUPPRESSED = "suppressed"
+# A corrected cell of a class the demographic model's evaluation never predicted (e.g. "<18"
+# where no evaluation person was a minor): no correction can reassign its faces.
+NOT_ESTIMATED = "not_estimated"
 # Cells one face contributes to: total, age band, gender, group.
 SENSITIVITY = 4.0
 DIMENSIONS: tuple[str, ...] = ("age_band", "gender", "group")
@@ -242,11 +247,22 @@ def corrected_counts(
         rounds=rounds,
         rng=rng,
     )
+    not_estimated: dict[str, int] = {}
     for dim in DIMENSIONS:
         if not usable[dim]:
             continue
         est = estimates[dim]
+        # A released cell of a class no evaluation face was predicted in: its faces cannot be
+        # reassigned (the correction would drop them), so the class says so and their number
+        # (public: the released cells) is given, and the corrected cells plus it make the total.
+        for name, seen in zip(order[dim], confusion.evidenced(dim), strict=True):
+            cell = released.get(dim, {}).get(name)
+            if not seen and isinstance(cell, int | float) and cell > 0:
+                out[dim][name] = NOT_ESTIMATED
+                not_estimated[dim] = not_estimated.get(dim, 0) + int(cell)
         for name, count in est.estimate.items():
+            if out[dim][name] == NOT_ESTIMATED:
+                continue
             if count >= k_min:
                 # Without resamples there is no interval: none is made up from the estimate.
                 out[dim][name] = {
@@ -254,6 +270,8 @@ def corrected_counts(
                     "low": round(max(est.low[name], 0.0), 1) if rounds > 0 else None,
                     "high": round(est.high[name], 1) if rounds > 0 else None,
                 }
+    if not_estimated:
+        out["not_estimated"] = not_estimated
     return out
 
 

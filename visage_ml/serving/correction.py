@@ -239,6 +239,14 @@ class ConfusionModel:
             "age_band": [np.asarray(doc["age_band"][g]["counts"], np.float64) for g in self.groups],
         }
 
+    def evidenced(self, dim: str) -> np.ndarray:
+        """Per predicted label of ``dim``: whether any evaluation face was predicted so. Faces
+        predicted in a class without evidence cannot be reassigned (the report says nothing of
+        who is predicted so): they are "not estimated", never spread nor dropped silently."""
+        if dim == "group":
+            return self.group_counts.sum(axis=0) > 0
+        return sum(c.sum(axis=0) for c in self.attr_counts[dim]) > 0
+
     def attribute_labels(self, dim: str) -> list[str]:
         """Labels of ``gender`` or ``age_band``."""
         return self.genders if dim == "gender" else self.age_labels

@@ -167,13 +167,20 @@ class CorrectedCell(BaseModel):
     high: float | None
 
 
-CorrectedValue = CorrectedCell | Literal["suppressed"]
+CorrectedValue = CorrectedCell | Literal["suppressed", "not_estimated"]
 
 
 class CorrectedOut(BaseModel):
     age_band: dict[str, CorrectedValue]
     gender: dict[str, CorrectedValue]
     group: dict[str, CorrectedValue]
+    not_estimated: dict[str, int] | None = Field(
+        None,
+        description="Per dimension, released faces predicted in a class the demographic "
+        "model's evaluation never predicted (e.g. <18 where it held no minor): no correction "
+        "can reassign them, so they are in no corrected cell; those classes read "
+        '"not_estimated".',
+    )
 
 
 class CountsOut(BaseModel):
