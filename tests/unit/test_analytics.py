@@ -348,3 +348,37 @@ def test_300_repeated_frames_reveal_no_cell(world, epsilon):
         assert reconstructable(counts, dims=DIMENSIONS) == []
     # Asking again returns the same releases: repeats cannot average the noise away.
     assert all(analytics.windows() == windows for _ in range(300))
+
+
+def test_a_window_is_closed_on_time_without_a_request_and_its_face_hashes_dropped(world):
+    """The face hashes and exact counts of the last window stayed in memory until the next
+    frame or reader came, days later perhaps; the module says they go when it closes."""
+    import threading
+    import time
+
+    from visage_ml.serving.analytics import close_windows_periodically
+
+    clock = Clock()
+    analytics = Analytics(fake_engine(world.paths.root), k_min=1, window_seconds=60, clock=clock)
+    image, _, _ = crowd(world, 3)
+    analytics.analyze(image)
+    assert analytics._current is not None and analytics._current.seen is not None
+    clock.t += 61
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=close_windows_periodically,
+        args=(analytics,),
+        kwargs={"stop": stop, "every": 0.05},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        for _ in range(50):
+            if analytics._current is None:
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert analytics._current is None
+    assert len(analytics._closed) == 1

@@ -41,6 +41,7 @@ many released faces were predicted so: no correction can reassign them.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
@@ -63,6 +64,8 @@ from visage_ml.serving.disclosure import (
     face_hashes,
     noised_table,
 )
+
+logger = logging.getLogger(__name__)
 
 SUPPRESSED = "suppressed"
 # A corrected cell of a class the demographic model's evaluation never predicted (e.g. "<18"
@@ -471,8 +474,29 @@ class Analytics:
             "epsilon": self.epsilon,
         }
 
+    def close_due(self) -> None:
+        """Close the current window if its time is up, although no frame or reader came (the
+        server's background thread): its face hashes and exact counts are dropped on time, not
+        kept in memory until the next request."""
+        with self._lock:
+            self._roll(self.clock())
+
     def windows(self) -> list[dict[str, Any]]:
         """Closed windows, oldest first, each released once (noisy, k-suppressed)."""
         with self._lock:
             self._roll(self.clock())
             return list(self._closed)
+
+
+def close_windows_periodically(
+    analytics: Analytics, *, stop: threading.Event, every: float | None = None
+) -> None:
+    """Until ``stop`` is set, close ``analytics``'s window when its time is up (``visage
+    serve``'s background thread); looks ``every`` seconds (default four times per window, at
+    most once a second)."""
+    period = every if every is not None else max(1.0, analytics.window_seconds / 4)
+    while not stop.wait(period):
+        try:
+            analytics.close_due()
+        except Exception:  # a background loop must not die of one bad pass
+            logger.exception("closing the analytics window failed")

@@ -64,7 +64,7 @@ from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import warm_folds
 from visage_ml.rights.enforce import Enforcer, run_periodically
-from visage_ml.serving.analytics import Analytics
+from visage_ml.serving.analytics import Analytics, close_windows_periodically
 from visage_ml.serving.correction import ConfusionModel, load_confusion
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery, load_threshold, read_meta
@@ -301,6 +301,15 @@ def create_app(
                 name="visage-enforce",
                 daemon=True,
             ).start()
+        # An analytics window closes on time even when no frame comes: its face hashes and
+        # exact counts are dropped then, not at the next request.
+        threading.Thread(
+            target=close_windows_periodically,
+            args=(service.analytics,),
+            kwargs={"stop": stop},
+            name="visage-analytics-close",
+            daemon=True,
+        ).start()
         # The audit log's head is anchored in the ledger on time even when no request comes.
         threading.Thread(
             target=anchor_periodically,
