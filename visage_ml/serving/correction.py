@@ -171,13 +171,22 @@ def _draw_counts(observed: np.ndarray, post: np.ndarray, rng: np.random.Generato
 
 
 def _rows(counts: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-    """Row-stochastic matrix of ``counts`` (a Dirichlet draw with ``rng``) and rows with data."""
+    """Row-stochastic matrix of ``counts`` (a Dirichlet draw with ``rng``) and rows with data.
+
+    A draw puts its prior on the predicted columns some row gives only: a class nobody was
+    predicted in stays without faces, as in the point estimate (a prior there made the draws
+    reassign faces the estimate leaves out, and intervals miss their own estimate)."""
     counts = np.asarray(counts, dtype=np.float64)
     seen = counts.sum(axis=1) > 0
     if rng is None:
         m = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
     else:
-        m = np.vstack([rng.dirichlet(row + PRIOR) for row in counts])
+        live = counts.sum(axis=0) > 0
+        m = np.zeros_like(counts)
+        if live.all():
+            m = np.vstack([rng.dirichlet(row + PRIOR) for row in counts])
+        elif live.any():
+            m[:, live] = np.vstack([rng.dirichlet(row[live] + PRIOR) for row in counts])
     return m, seen
 
 
@@ -374,7 +383,10 @@ class ConfusionModel:
                     draws[dim].append(d)
             tail = (1.0 - level) / 2.0 * 100.0
             for k, v in draws.items():
-                lows[k], highs[k] = np.percentile(np.vstack(v), [tail, 100.0 - tail], axis=0)
+                lo, hi = np.percentile(np.vstack(v), [tail, 100.0 - tail], axis=0)
+                # The draws are whole faces, the estimate a share of them, and a small window's
+                # draws lean away from it: an interval always holds its own estimate.
+                lows[k], highs[k] = np.minimum(lo, est[k]), np.maximum(hi, est[k])
         return {
             k: Corrected(
                 estimate=dict(zip(labels, est[k].tolist(), strict=True)),
