@@ -201,6 +201,21 @@ def test_the_erasure_writes_a_verified_page_whose_counts_are_the_jsons(erased):
     assert _controller_page(proj, result.certificate_path).html == html
 
 
+def test_the_page_says_when_photographs_are_kept_in_clear_in_dvc(erased, tmp_path):
+    """The certificate counts the subject's plaintext photographs DVC keeps because other data
+    holds the same file (claims.dvc.kept_plaintext); the page said nothing of them."""
+    _, _, _, result = erased
+    doc = json.loads(result.certificate_path.read_text())
+    doc["claims"].setdefault("dvc", {})["kept_plaintext"] = 2
+    copy = tmp_path / result.certificate_path.name
+    copy.write_text(json.dumps(doc))
+    html = render_page(copy).html  # the changed file no longer verifies; the page still says
+    assert "NOT VERIFIED" in html
+    assert "2 DVC object(s) holding the subject&#39;s photographs in clear are kept" in html or (
+        "2 DVC object(s) holding the subject's photographs in clear are kept" in html
+    )
+
+
 def test_without_pinned_keys_the_page_says_consistent_not_verified(erased, tmp_path):
     proj, _, _, result = erased
     cert = tmp_path / "cert.json"

@@ -316,6 +316,11 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _count(value: Any) -> int:
+    """A non-negative count from the certificate (0 for anything else)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -461,6 +466,9 @@ def _context(
         "store_notes": [_text(n) for n in _list(claims.get("store_notes"))],
         "lineage_notes": [_text(n) for n in _list(claims.get("lineage_notes"))],
         "retained": len(_list(claims.get("retained_shared_content"))),
+        # The subject's photographs kept in clear in DVC because other current data holds the
+        # same photograph: counted in the certificate, their hashes withheld.
+        "kept_plaintext": _count(_obj(claims.get("dvc")).get("kept_plaintext")),
         "models": _models(claims, retrained),
         "claims_sha256": _text(doc.get("claims_sha256")),
         "entry": {
