@@ -192,6 +192,10 @@ def test_the_erasure_writes_a_verified_page_whose_counts_are_the_jsons(erased):
     witness = doc["proof"]["witnesses"][0]
     assert witness["name"] in html and witness["fingerprint"] in html
     assert "a directory witness the controller keeps itself" in html
+    # Its time is the controller's own clock: the page must not offer it as a witness's.
+    assert "this host&#39;s clock, not a witness&#39;s" in html or (
+        "this host's clock, not a witness's" in html
+    )
     # How to check it: the command with this certificate's values, and docs/verify.md.
     assert "visage privacy verify-certificate --offline" in html and "docs/verify.md" in html
     assert f"--request-id {doc['request_id']} --subject {victim}" in html
