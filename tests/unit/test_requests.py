@@ -334,3 +334,21 @@ def test_every_rights_command_says_when_the_subject_was_not_told(project):
     pid = core.add_subject(source="test")
     r = runner.invoke(app, ["privacy", "restrict", pid, "--json"])
     assert "no contact address" in json.loads(r.output)["subject_not_told"]
+
+
+def test_denying_a_second_erasure_request_does_not_lift_the_first_ones_stop(setup):
+    """Erasure A is running (the subject may not be processed); the DPO denies a duplicate
+    request B as manifestly excessive. The denial of any erasure request lifted the stop, so
+    the subject could be matched and enrolled again while A ran."""
+    core, pid, book, _ = setup
+    a = book.receive(pid, "erasure", received_at=RECEIVED)
+    book.verify(a.request_id)
+    book.start(a.request_id)
+    assert not core.may_process(pid, "identification").allowed
+    b = book.receive(pid, "erasure", received_at=RECEIVED)
+    book.deny(b.request_id, reason_code="manifestly_excessive")
+    assert not core.may_process(pid, "identification").allowed
+    assert core.registry.get(pid).erasure_pending
+    # Denying the running one lifts it, as before.
+    book.deny(a.request_id, reason_code="manifestly_unfounded")
+    assert not core.registry.get(pid).erasure_pending

@@ -247,7 +247,10 @@ def _apply(states: dict[str, SubjectState], seq: int, type_: str, pid: Any, payl
         st.erased = True
         st.permissions.clear()
     elif type_ == "request.denied" and payload.get("right") == "erasure":
-        st.erasure_pending = False
+        # Unless another erasure of the subject is still running (entries before the field
+        # lifted it always).
+        if payload.get("lifts_stop", True):
+            st.erasure_pending = False
     else:
         return False
     st.last_seq = seq

@@ -642,16 +642,25 @@ class RequestBook:
     def deny(self, request_id: str, *, reason_code: str) -> RequestState:
         """Refuse the request with a reason code (e.g. ``manifestly_unfounded``, Art. 12(5)).
 
-        A denied erasure lifts the processing stop that ``erasure.requested`` put in place.
+        A denied erasure lifts the processing stop that ``erasure.requested`` put in place,
+        unless another erasure request of the subject is in progress (``lifts_stop`` in the
+        entry says which): denying a duplicate must not let the subject be processed while the
+        first one runs.
         """
         st = self.get(request_id)
         self._transition(st, DENIED)
         check_code(reason_code, "denial reason")
-        self.core.ledger.append(
-            "request.denied",
-            st.pid,
-            {"request_id": request_id, "right": st.right, "reason_code": reason_code},
-        )
+        payload: dict[str, Any] = {
+            "request_id": request_id,
+            "right": st.right,
+            "reason_code": reason_code,
+        }
+        if st.right == "erasure":
+            payload["lifts_stop"] = not any(
+                r.right == "erasure" and r.status == IN_PROGRESS and r.request_id != request_id
+                for r in self.all(pid=st.pid)
+            )
+        self.core.ledger.append("request.denied", st.pid, payload)
         self.core.snapshot()
         st = self.get(request_id)
         self.outbox.for_request(st, "denial")
