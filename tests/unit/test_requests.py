@@ -352,3 +352,23 @@ def test_denying_a_second_erasure_request_does_not_lift_the_first_ones_stop(setu
     # Denying the running one lifts it, as before.
     book.deny(a.request_id, reason_code="manifestly_unfounded")
     assert not core.registry.get(pid).erasure_pending
+
+
+def test_the_art19_notice_of_a_lifted_restriction_says_it_was_lifted(setup):
+    """Recipients were told "the data of data subject X was subject to restriction" when the
+    restriction was lifted: the opposite of what happened."""
+    from visage_ml.privacy.outbox import Outbox, Recipients
+
+    core, pid, book, _ = setup
+    Recipients(core).add("partner", name="Partner Ltd", address="dpo@partner.example")
+    bodies = {}
+    for action in ("set", "lift"):
+        st = book.receive(pid, "restriction", received_at=RECEIVED, details={"action": action})
+        book.verify(st.request_id)
+        book.start(st.request_id)
+        book.complete(st.request_id, outcome={})
+        (msg,) = Outbox(core).art19(book.get(st.request_id))
+        bodies[action] = msg.body
+    assert "was subject to restriction" in bodies["set"]
+    assert "lifting of a restriction" in bodies["lift"]
+    assert "was subject to restriction" not in bodies["lift"]

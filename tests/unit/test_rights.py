@@ -651,3 +651,21 @@ def test_http_export_refused_by_the_audit_log_says_to_restore_it(proj):
     assert "restore privacy/audit.jsonl" in hint and f"request_id={rid}" in hint
     for role in ("operator", "auditor"):
         assert call("GET", "/v1/requests", role).status_code == 403
+
+
+def test_the_access_export_shows_a_lapsed_consent_in_the_history(proj, tmp_path):
+    """A consent older than privacy.retention.consent_months lapses (consent.expired): the
+    export said "consent_expired" as the reason, with no such event in the history."""
+    pid = proj.pids[0]
+    given = [e for e in proj.core.ledger.entries() if e.pid == pid and e.type == "consent.given"][
+        -1
+    ]
+    proj.core.ledger.append(
+        "consent.expired",
+        pid,
+        {"purposes": list(given.payload.get("purposes") or []), "consent_seq": given.seq},
+    )
+    out = tmp_path / "bundle.zip"
+    export_subject(proj.paths, pid, out=out, core=proj.core, delivery=PLAIN)
+    history = validate_bundle(out)["subject"]["history"]
+    assert "consent.expired" in {h["type"] for h in history}

@@ -440,6 +440,9 @@ class Outbox:
         if st.right not in ART19_RIGHTS:
             return []
         values = self._values(st)
+        if st.right == "restriction" and (st.details or {}).get("action") == "lift":
+            # Recipients are to lift it on their copies too, not to restrict them.
+            values["right"] = "the lifting of a restriction of processing"
         out = []
         for r in Recipients(self.core).all():
             msg = self.enqueue(

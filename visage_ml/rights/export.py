@@ -99,6 +99,7 @@ CONSENT_EVENTS = frozenset(
         "subject.added",
         "consent.given",
         "consent.withdrawn",
+        "consent.expired",  # lapsed after privacy.retention.consent_months
         "basis.recorded",
         "restriction.set",
         "restriction.lifted",
