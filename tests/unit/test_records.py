@@ -219,3 +219,19 @@ def test_a_balancing_test_said_to_be_on_file_without_saying_where_is_a_draft(pro
     recs = parse_records(doc)
     assert field not in recs.placeholders()
     assert "LIA-2026-07" in render_notice(recs).html
+
+
+def test_the_notice_states_the_deadlines_the_request_book_applies(project):
+    """privacy.deadline_months and max_extension_months set the deadlines of every request;
+    the notice said "one month ... two further months" whatever they were."""
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    recs = records_of(paths)
+    default = render_notice(recs).html
+    assert "within one month of receiving" in default and "two further months" in default
+    none = render_notice(recs, deadline_months=1, max_extension_months=0).html
+    assert "within one month of receiving your request; we do not extend this." in none
+    assert "further" not in none.split("Your rights")[1].split("</p>")[1]
+    longer = render_notice(recs, deadline_months=2, max_extension_months=1).html
+    assert "within two months of receiving" in longer and "by one further month" in longer
+    assert "within the first\ntwo months" in longer

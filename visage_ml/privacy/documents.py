@@ -129,18 +129,33 @@ class Notice:
         return f"notice-{self.sha256[:16]}"
 
 
+_NUMBER_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve".split()
+)
+
+
+def _months(n: int, *, further: bool = False) -> str:
+    """``1`` -> ``"one month"``, ``2, further`` -> ``"two further months"``."""
+    word = _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
+    return f"{word} {'further ' if further else ''}{'month' if n == 1 else 'months'}"
+
+
 def render_notice(
     records: Records,
     *,
     consent_months: int = 0,
     erase_without_basis: bool = False,
     analytics: AnalyticsParams | None = None,
+    deadline_months: int = 1,
+    max_extension_months: int = 2,
 ) -> Notice:
     """The full notice (HTML) rendered from ``records``, what ``privacy.retention`` enforces
     of consents (``consent_months``: a consent lapses that long after it was given, 0 never;
     ``erase_without_basis``: a subject no purpose has a basis for is erased) and how analytics
     releases its counts (``serving.analytics``: window, suppression below ``k_min``, noise at
-    ``epsilon``; the shipped values when None); the same inputs give the same bytes."""
+    ``epsilon``; the shipped values when None) and the answer deadlines the request book applies
+    (``privacy.deadline_months``, ``privacy.max_extension_months``); the same inputs give the
+    same bytes."""
     analytics = analytics or AnalyticsParams()
     html = (
         _env()
@@ -157,6 +172,9 @@ def render_notice(
             rights=RIGHTS_TEXT,
             complaint=COMPLAINT_TEXT,
             automated=any(p.automated_decision for p in records.purposes.values()),
+            answer_within=_months(deadline_months),
+            extension=_months(max_extension_months, further=True) if max_extension_months else "",
+            first_period="month" if deadline_months == 1 else _months(deadline_months),
         )
     )
     return Notice(html=html, sha256=sha256_bytes(html.encode("utf-8")))
@@ -176,6 +194,8 @@ def publish_notice(paths: ProjectPaths) -> Notice:
         consent_months=retention.consent_months,
         erase_without_basis=retention.erase_without_basis,
         analytics=params.serving.analytics,
+        deadline_months=params.privacy.deadline_months,
+        max_extension_months=params.privacy.max_extension_months,
     )
     path = notice_path(paths, notice.sha256)
     if not path.exists():
