@@ -130,7 +130,19 @@ class Notice:
 
 
 _NUMBER_WORDS = (
-    "zero one two three four five six seven eight nine ten eleven twelve".split()
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
 )
 
 
