@@ -258,6 +258,11 @@ def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipie
     events = subject_information(s.world.paths, pid)["identification_events"]
     assert [(e["action"], e["key_id"], e["status"]) for e in events] == [("identify", op_id, 200)]
     Recipients(s.world.core).add("partner", name="Partner", address="privacy@partner.invalid")
+    # Art. 15(1)(c): the subject's information names the recipients registered as receiving
+    # their data (it listed the records' categories only); no address.
+    info = subject_information(s.world.paths, pid)
+    assert info["registered_recipients"] == [{"id": "partner", "name": "Partner"}]
+    assert "partner.invalid" not in str(info)
     r = s.call("POST", f"/v1/subjects/{pid}/restrict", "dpo")
     assert r.status_code == 200 and r.json()["event"] == "restriction.set", r.text
     queued = [e for e in s.world.core.ledger.entries() if e.type == "notification.queued"]

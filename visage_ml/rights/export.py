@@ -380,6 +380,9 @@ class InformationFile(BaseModel):
     purposes: dict[str, Any]
     data_categories: dict[str, Any]
     recipients: list[dict[str, Any]]
+    registered_recipients: list[dict[str, Any]] = Field(
+        default_factory=list, description="the Art. 19 register: id and name"
+    )
     transfers: list[dict[str, Any]]
     retention: dict[str, str]
     source: str

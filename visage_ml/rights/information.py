@@ -20,6 +20,7 @@ from visage_ml.config import ProjectPaths
 from visage_ml.privacy.auditlog import AUDIT_FILE, anchors_in, identification_events
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import access_html
+from visage_ml.privacy.outbox import Recipients
 from visage_ml.privacy.records import records_of
 
 
@@ -56,6 +57,10 @@ def subject_information(
     )
     return {
         **info,
+        # Art. 15(1)(c): beside the categories of the records, the recipients the controller
+        # registered as receiving personal data (those told of rectification, erasure and
+        # restriction, Art. 19); their names, not their addresses.
+        "registered_recipients": [{"id": r.id, "name": r.name} for r in Recipients(core).all()],
         "identification_events": identification_events(
             paths.privacy / AUDIT_FILE,
             pid,
