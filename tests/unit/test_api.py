@@ -269,6 +269,22 @@ def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipie
     (art19,) = [e for e in queued if e.payload["kind"] == "art19"]
     assert art19.pid == pid and art19.payload["recipient_id"] == "partner"
     assert art19.actor == f"api-key:{dpo_id}"
+    # Lifting it: the subject is told before (Art. 18(3)), recipients after (Art. 19). It went
+    # straight to restriction.lifted, telling no one.
+    r = s.call("POST", f"/v1/subjects/{pid}/lift", "dpo")
+    assert r.status_code == 200 and r.json()["event"] == "restriction.lifted", r.text
+    entries = list(s.world.core.ledger.entries())
+    (lifted,) = [e for e in entries if e.type == "restriction.lifted"]
+    (told,) = [
+        e for e in entries if e.type == "notification.queued" and e.payload["kind"] == "lift_notice"
+    ]
+    assert told.pid == pid and told.seq < lifted.seq
+    art19s = [
+        e for e in entries if e.type == "notification.queued" and e.payload["kind"] == "art19"
+    ]
+    assert len(art19s) == 2 and art19s[-1].seq > lifted.seq
+    again = s.call("POST", f"/v1/subjects/{pid}/lift", "dpo")
+    assert again.status_code == 409
 
 
 def test_serve_enforces_retention_in_the_background_as_the_scheduler(project):

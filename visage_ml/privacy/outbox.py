@@ -93,6 +93,7 @@ SUBJECTS: dict[str, str] = {
     "completion": "Your {right} request ({rid}) is completed",
     "denial": "Your {right} request ({rid}) is refused",
     "art19": "Art. 19 notice: {right} of data subject {pid}",
+    "lift_notice": "The restriction of processing of your data is being lifted ({rid})",
 }
 BODIES: dict[str, str] = {
     "receipt": (
@@ -111,6 +112,12 @@ BODIES: dict[str, str] = {
         "We do not act on your {right} request {rid} ({article}).\nReason: {reasons}.\n"
         "{complaint} Supervisory authority: {authority}. You may also seek a judicial remedy "
         "(Art. 79).\n\n{signature}"
+    ),
+    "lift_notice": (
+        "Under Art. 18(3) GDPR we inform you, before it happens, that the restriction of "
+        "processing of your data is being lifted (request {rid}): your data will be processed "
+        "again for the purposes you consented to or we have a legal basis for. You may object "
+        "(Art. 21) or withdraw your consent at any time.\n\n{signature}"
     ),
     "art19": (
         "Under Art. 19 GDPR we inform you, as a recipient of personal data from us, that the "

@@ -46,8 +46,10 @@ def restrict(
 
     The data is kept; the registry makes ``prepare`` leave the subject out and serving stop
     scoring them until lifted. Completing a restriction sends the subject its completion and
-    every registered recipient its Art. 19 notice; so a restriction the DPO sets directly
-    (``visage privacy restrict``, ``POST /v1/subjects/{pid}/restrict``) comes here too.
+    every registered recipient its Art. 19 notice; a lift first tells the subject it is
+    about to happen (Art. 18(3)). So a restriction or a lift the DPO makes directly (``visage
+    privacy restrict`` / ``lift``, ``POST /v1/subjects/{pid}/restrict`` / ``lift``) comes
+    here too.
 
     Parameters
     ----------
@@ -70,11 +72,19 @@ def restrict(
         The completed request.
     """
     core = core if core is not None else PrivacyCore(paths)
+    if lift and not core.subject(pid).restricted:
+        # Before any request is recorded or any subject told.
+        raise ValueError(f"subject {pid} is not restricted; nothing to lift")
     book = RequestBook(core)
     st = begin(
         book, pid, ("restriction",), request_id, details={"action": "lift" if lift else "set"}
     )
-    entry = core.lift(pid) if lift else core.restrict(pid, reason_code=reason_code)
+    if lift:
+        # Art. 18(3): the subject is told before the restriction is lifted, not only after.
+        book.outbox.for_request(st, "lift_notice")
+        entry = core.lift(pid)
+    else:
+        entry = core.restrict(pid, reason_code=reason_code)
     book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})
     return book.get(st.request_id)
 

@@ -256,10 +256,17 @@ def restrict(
 def lift(
     pid: str = typer.Argument(..., help="The subject's pid."), as_json: bool = JSON_OPT
 ) -> None:
-    """Lift a restriction. Appends restriction.lifted and refreshes the consent snapshot."""
+    """Lift a restriction: the subject is told first (Art. 18(3)), then restriction.lifted is
+    appended, recorded as a completed restriction request (recipients told, Art. 19)."""
     with user_errors():
-        entry = _core().lift(pid)
-    _done(as_json, {"seq": entry.seq}, f"restriction of {pid} lifted (seq {entry.seq})")
+        core = _core()
+        st = restrict_request(core.paths, pid, core=core, lift=True)
+    seq = st.outcome["seq"]
+    _done(
+        as_json,
+        {"seq": seq, "request_id": st.request_id},
+        f"restriction of {pid} lifted (seq {seq}; request {st.request_id})",
+    )
 
 
 @app.command("object")

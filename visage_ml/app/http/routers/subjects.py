@@ -122,13 +122,17 @@ def restrict(
 def lift(
     pid: PidPath, request: Request, _: ApiKey = DPO_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
-    """Lift a restriction."""
+    """Lift a restriction.
+
+    Recorded as a completed restriction request (action ``lift``): the subject is told before
+    it is lifted (Art. 18(3)) and every registered recipient after (Art. 19)."""
     request_info(request)["pid"] = pid
     with svc.lock:
         if not svc.live_subject(pid).restricted:
             raise ApiError(409, "not_restricted", MSG_NOT_RESTRICTED.format(pid=pid))
-        entry = svc.core.lift(pid)
-    return _done(svc, pid, entry)
+        st = restrict_request(svc.paths, pid, core=svc.core, lift=True)
+    answer = _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
+    return {**answer, "subject_told": not Outbox(svc.core).unaddressed(st.request_id)}
 
 
 @post("/v1/subjects/{pid}/object", name="object")
