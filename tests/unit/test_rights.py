@@ -669,3 +669,17 @@ def test_the_access_export_shows_a_lapsed_consent_in_the_history(proj, tmp_path)
     export_subject(proj.paths, pid, out=out, core=proj.core, delivery=PLAIN)
     history = validate_bundle(out)["subject"]["history"]
     assert "consent.expired" in {h["type"] for h in history}
+
+
+def test_an_image_whose_file_is_gone_is_named_in_the_export_not_left_out(proj, tmp_path):
+    """The raw table lists three photographs; one file is gone (a disk error, a restore cut
+    short): the bundle held two and said nothing of the third."""
+    pid = proj.pids[0]
+    image_id = sorted(proj.images[pid])[0]
+    (f,) = [p for p in (proj.paths.raw / pid).iterdir() if p.name.startswith(image_id)]
+    f.unlink()
+    out = tmp_path / "bundle.zip"
+    export_subject(proj.paths, pid, out=out, core=proj.core, delivery=PLAIN)
+    subject = validate_bundle(out)["subject"]
+    assert subject["images_missing"] == [image_id]
+    assert image_id not in {i["image_id"] for i in subject["images"]}

@@ -325,6 +325,11 @@ class SubjectFile(BaseModel):
     state: State
     attributes: Attributes | None
     images: list[ImageItem]
+    images_missing: list[str] = Field(
+        default_factory=list,
+        description="image ids the raw table lists for the subject whose file could not be "
+        "read (not in the bundle)",
+    )
     history: list[Event] = Field(description="consents, bases, restrictions, objections")
 
 
@@ -602,11 +607,14 @@ def build_bundle(
     images = images[images["pid"].astype(str) == pid].sort_values("image_id")
     files: dict[str, bytes] = {}
     image_items = []
+    missing: list[str] = []
     store = RawStore(paths, core=core, track=False)
     for _, img in images.iterrows():
         try:
             data = store.read_image(pid, str(img["image_id"]))  # decrypted in memory
         except KeyError:
+            # Listed in images.parquet but its file is gone: said, not silently left out.
+            missing.append(str(img["image_id"]))
             continue
         name = f"images/{img['image_id']}.png"
         files[name] = data
@@ -631,6 +639,7 @@ def build_bundle(
             "state": state.to_dict(),
             "attributes": attributes,
             "images": image_items,
+            "images_missing": missing,
             "history": history,
         },
         "templates": {"comparison": COMPARISON, "templates": templates, "anchors": anchors},
