@@ -739,3 +739,26 @@ def test_erasure_leaves_no_embedding_in_the_planner_statistics(world, engine, pg
     assert left == 0  # and ANALYZE no longer samples the gallery
     assert _scan(pg.data_dir, {"vector": vector}) == []
     gallery.close()
+
+
+def test_a_socket_closed_as_a_transaction_opens_counts_as_a_lost_connection(enrolled):
+    """The server's end can arrive while psycopg opens a transaction: it raised "connection
+    socket closed" without marking the connection broken, so the read was not retried on a new
+    one and a search failed (seen once in CI). libpq's status says the connection is gone."""
+    from types import SimpleNamespace
+
+    from psycopg import pq
+
+    gallery, _ = enrolled
+    real = gallery._db
+    try:
+        gallery._db = SimpleNamespace(
+            closed=False, broken=False, pgconn=SimpleNamespace(status=pq.ConnStatus.BAD)
+        )
+        assert gallery._lost()
+        gallery._db = SimpleNamespace(
+            closed=False, broken=False, pgconn=SimpleNamespace(status=pq.ConnStatus.OK)
+        )
+        assert not gallery._lost()  # a statement's own failure is not retried
+    finally:
+        gallery._db = real

@@ -1159,8 +1159,17 @@ class PgGallery(Gallery):
         return self._db
 
     def _lost(self) -> bool:
-        """Whether the last error was the connection's loss (not a statement's own failure)."""
-        return bool(self._db.closed or self._db.broken)
+        """Whether the last error was the connection's loss (not a statement's own failure).
+
+        psycopg marks a connection broken at most failures of its socket, but not when the
+        server's end arrives while a transaction is being opened ("connection socket closed"):
+        libpq's own status then says it is gone."""
+        if self._db.closed or self._db.broken:
+            return True
+        try:
+            return bool(self._db.pgconn.status != psycopg.pq.ConnStatus.OK)
+        except Exception:  # no status to read: the connection is not usable either
+            return True
 
     def _reading(self, call: Callable[[], T]) -> T:
         """``call`` (which only reads), once more on a new connection if the server dropped
