@@ -30,15 +30,10 @@ def inputs(n_ids: int = 60, per_id: int = 4, seed: int = 0):
     return test, emb, codes, groups, pred, labels
 
 
-def test_the_report_names_the_templates_it_measured():
-    """Four photographs per person and five asked: the templates average three (one photograph
-    is the probe), and the report's sentence on the impostor tail must say three."""
+def reports(score_model: ScoreModelParams, served: ServedContext | None = None):
+    """serving_reports of :func:`inputs` with these score-model settings."""
     test, emb, codes, groups, pred, labels = inputs()
-    cfg = dataclasses.replace(
-        EvaluateParams(),
-        score_model=ScoreModelParams(template_images=5, min_exceedances=20, bootstrap=0),
-    )
-    out = serving_reports(
+    return serving_reports(
         test=test,
         embeddings=emb,
         codes=codes,
@@ -46,29 +41,23 @@ def test_the_report_names_the_templates_it_measured():
         predictions=pred,
         demographic_labels=labels,
         lineage={"embedder_model_version": "emb-9", "demographics_model_version": "dem-9"},
-        cfg=cfg,
+        cfg=dataclasses.replace(EvaluateParams(), score_model=score_model),
         seed=0,
+        served=served,
     )
+
+
+def test_the_report_names_the_templates_it_measured():
+    """Four photographs per person and five asked: the templates average three (one photograph
+    is the probe), and the report's sentence on the impostor tail must say three."""
+    out = reports(ScoreModelParams(template_images=5, min_exceedances=20, bootstrap=0))
     assert out.score_model["template_images"] == 3 and out.summary["template_images"] == 3
 
 
 def test_serving_reports_make_the_released_documents_and_mark_the_served_point():
-    test, emb, codes, groups, pred, labels = inputs()
-    cfg = dataclasses.replace(
-        EvaluateParams(),
-        score_model=ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20),
-    )
-    out = serving_reports(
-        test=test,
-        embeddings=emb,
-        codes=codes,
-        id_group=groups,
-        predictions=pred,
-        demographic_labels=labels,
-        lineage={"embedder_model_version": "emb-9", "demographics_model_version": "dem-9"},
-        cfg=cfg,
-        seed=0,
-        served=ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=250),
+    out = reports(
+        ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20),
+        ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=250),
     )
     doc = out.score_model
     assert doc["embedder_model_version"] == "emb-9" and doc["template_images"] == 2
