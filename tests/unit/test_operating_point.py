@@ -128,6 +128,8 @@ def test_gallery_info_shows_the_1_1_threshold_serve_uses_after_a_new_evaluation(
     )
     opened = Gallery.open_existing(paths, core=served_project.core, load=False)
     assert opened is not None and opened.threshold == 0.45
+    # What a data subject's exported templates state (rights.export reads the opened meta).
+    assert opened.meta.threshold["value"] == 0.45
     r = CliRunner().invoke(cli, ["gallery", "info", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["verify_threshold"] == 0.45

@@ -73,13 +73,7 @@ from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.information import access_page, subject_information
 from visage_ml.rights.lifecycle import begin, recorded
 from visage_ml.rights.lineage import subject_lineage
-from visage_ml.serving.gallery import (
-    Gallery,
-    NotEnrolledError,
-    Threshold,
-    read_meta,
-    served_threshold,
-)
+from visage_ml.serving.gallery import Gallery, NotEnrolledError, read_meta
 from visage_ml.serving.pg_gallery import open_project_gallery
 
 log = logging.getLogger(__name__)
@@ -485,27 +479,29 @@ def _templates(
         g = open_project_gallery(paths, core=core, load=False)
     if g is None:
         return [], []
-    thr = served_threshold(paths, meta, core)
+    # The gallery as opened holds the 1:1 threshold its server uses (serving.gallery.
+    # served_threshold), which gallery.json may predate.
+    meta = g.meta
     try:
         vector, header = g.template(pid)
     except NotEnrolledError:
         templates = []
     else:
-        templates = [_template_item(meta, thr, vector, header, g.stored_sha256(pid))]
+        templates = [_template_item(meta, vector, header, g.stored_sha256(pid))]
     try:
         vector, header = g.anchor(pid)
     except NotEnrolledError:
         anchors = []
     else:
-        anchors = [_template_item(meta, thr, vector, header, sha256_file(g.anchor_path(pid)))]
+        anchors = [_template_item(meta, vector, header, sha256_file(g.anchor_path(pid)))]
     return templates, anchors
 
 
 def _template_item(
-    meta: Any, thr: Threshold, vector: np.ndarray, header: dict[str, Any], stored_sha256: str
+    meta: Any, vector: np.ndarray, header: dict[str, Any], stored_sha256: str
 ) -> dict[str, Any]:
     """One decrypted template (or anchor template) as templates.json describes it, with the
-    1:1 threshold a server of the gallery uses (``thr``)."""
+    1:1 threshold of the gallery's ``meta`` as opened (the one its server uses)."""
     version = str(header.get("model_version", ""))
     comparable = version == meta.model_version
     return {
@@ -518,8 +514,8 @@ def _template_item(
         "vector": base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii"),
         "l2_normalised": True,
         "metric": "cosine",
-        "threshold": float(thr.value) if comparable else None,
-        "threshold_source": thr.source if comparable else None,
+        "threshold": float(meta.threshold.get("value")) if comparable else None,
+        "threshold_source": meta.threshold.get("source") if comparable else None,
         "template_rule": meta.template,
         "preprocess": dict(meta.preprocess) if comparable else {},
         "images_enrolled": header.get("n_images"),

@@ -183,9 +183,7 @@ def _rows(counts: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarr
     else:
         live = counts.sum(axis=0) > 0
         m = np.zeros_like(counts)
-        if live.all():
-            m = np.vstack([rng.dirichlet(row + PRIOR) for row in counts])
-        elif live.any():
+        if live.any():
             m[:, live] = np.vstack([rng.dirichlet(row[live] + PRIOR) for row in counts])
     return m, seen
 

@@ -301,23 +301,16 @@ def create_app(
                 name="visage-enforce",
                 daemon=True,
             ).start()
-        # An analytics window closes on time even when no frame comes: its face hashes and
-        # exact counts are dropped then, not at the next request.
-        threading.Thread(
-            target=close_windows_periodically,
-            args=(service.analytics,),
-            kwargs={"stop": stop},
-            name="visage-analytics-close",
-            daemon=True,
-        ).start()
-        # The audit log's head is anchored in the ledger on time even when no request comes.
-        threading.Thread(
-            target=anchor_periodically,
-            args=(service.audit,),
-            kwargs={"stop": stop},
-            name="visage-audit-anchor",
-            daemon=True,
-        ).start()
+        # On time even when no request comes: an analytics window closes (its face hashes and
+        # exact counts are dropped then, not at the next request), and the audit log's head is
+        # anchored in the ledger.
+        for target, of, name in (
+            (close_windows_periodically, service.analytics, "visage-analytics-close"),
+            (anchor_periodically, service.audit, "visage-audit-anchor"),
+        ):
+            threading.Thread(
+                target=target, args=(of,), kwargs={"stop": stop}, name=name, daemon=True
+            ).start()
         yield
         stop.set()
         service.audit.close()
