@@ -322,6 +322,45 @@ def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded
     assert PrivacyCore(paths).ledger.verify().ok
 
 
+def test_lineage_its_refresh_and_the_verifier_agree_on_whether_models_were_retrained(project):
+    """`lineage PID` judged the models in use against the data versions the certificate's
+    dataset lists only; `lineage --refresh` and verify-certificate also count the versions its
+    models were trained on. A certificate whose list is shorter read "retrained (run --refresh
+    to record it)" where --refresh then declined and the verifier said stale."""
+    proj = make_project(project, n_subjects=4)
+    paths, victim = proj.paths, proj.pids[1]
+    trained_on = md5_file(paths.processed / "faces.sealed")
+    write_training_lock(paths, trained_on, "a" * 32)
+    result = Erasure(paths).erase(victim)
+    doc = json.loads(result.certificate_path.read_text())
+    assert {m["data_md5"] for m in doc["claims"]["models"]} == {trained_on}
+    doc["claims"]["dataset"]["processed_md5s_with_subject"] = []
+    result.certificate_path.write_text(render(sign(doc, paths)))
+    runner = CliRunner()
+
+    def shown() -> tuple[set[str], bool]:
+        out = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).output)
+        lin = out["lineage"]
+        return {m["status"] for m in lin["models"]}, lin["current_models_clean"]
+
+    def refreshed() -> list[str]:
+        out = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"]).output
+        return json.loads(out)["upgraded"]
+
+    def verifier_clean() -> bool:
+        report = verify_certificate(result.certificate_path, root=paths.root, scan=False)
+        return report.models["current_models_clean"]
+
+    # Not retrained: the embedder in use was trained on the data that held the subject.
+    assert shown() == ({"stale"}, False)
+    assert verifier_clean() is False and refreshed() == []
+    # Retrained on the purged data: all three say so, and --refresh records it.
+    write_training_lock(paths, doc["claims"]["dataset"]["processed_md5_after"], "b" * 32)
+    assert shown() == ({"retrained (run --refresh to record it)"}, True)
+    assert verifier_clean() is True and refreshed() == [result.request_id]
+    assert shown() == ({"retrained"}, True)
+
+
 def test_a_retraining_recorded_after_a_key_rotation_is_read_by_the_verifier(project):
     """The ledger key rotates between the erasure and `lineage --refresh`: the refresh is signed
     by the new key. The page said "retrained" while verify-certificate said "not yet recorded:

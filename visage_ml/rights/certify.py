@@ -269,9 +269,7 @@ def _models_status(
     paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], pub: Any
 ) -> dict[str, Any]:
     stale = list(claims.get("models") or [])
-    contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
-    contained.update(m.get("data_md5") for m in stale if m.get("data_md5"))
-    check = lineage.check_retrained(paths, str(doc.get("pid")), contained)
+    check = lineage.check_certified(paths, str(doc.get("pid")), claims)
     ledger = _ledger(paths)
     # The certificate's key and those it rotated to since (each rotation signed by the key in
     # force), as the page and `lineage --refresh` read the event: a refresh after a rotation is

@@ -15,8 +15,9 @@ names). A processed data version contained the subject when
 Erasure calls :func:`subject_lineage` before deleting anything (afterwards the manifests that
 prove presence are purged) and puts the result into the certificate. Models in it stay
 ``stale`` until retrained: :func:`current_models` and :func:`check_retrained` say whether the
-models now in use were trained on data without the subject, and :func:`refresh` appends the
-signed ``erasure.models_retrained`` event that upgrades a certificate's model status.
+models now in use were trained on data without the subject (for a certificate,
+:func:`check_certified`, whichever command asks), and :func:`refresh` appends the signed
+``erasure.models_retrained`` event that upgrades a certificate's model status.
 """
 
 from __future__ import annotations
@@ -492,6 +493,24 @@ def check_retrained(paths: ProjectPaths, pid: str, contained_md5s: Iterable[str]
     return RetrainCheck(clean, current, stale, in_processed)
 
 
+def certified_md5s(claims: Mapping[str, Any]) -> set[str]:
+    """The data versions an erasure certificate's ``claims`` name as holding the subject: those
+    its dataset lists and those the models it lists were trained on (either list may name a
+    version the other does not, so a model counts as retrained only when free of both)."""
+    dataset = claims.get("dataset") or {}
+    contained = {str(m) for m in dataset.get("processed_md5s_with_subject") or [] if m}
+    models = [m for m in claims.get("models") or [] if isinstance(m, Mapping)]
+    contained.update(str(m["data_md5"]) for m in models if m.get("data_md5"))
+    return contained
+
+
+def check_certified(paths: ProjectPaths, pid: str, claims: Mapping[str, Any]) -> RetrainCheck:
+    """:func:`check_retrained` against :func:`certified_md5s`: the one rule by which
+    ``lineage PID``, ``lineage --refresh`` and ``verify-certificate`` say the models in use were
+    retrained without the subject of a certificate."""
+    return check_retrained(paths, pid, certified_md5s(claims))
+
+
 def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
     """Append ``erasure.models_retrained`` for each erasure whose stale models were replaced.
 
@@ -524,9 +543,7 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
         models = claims.get("models") or []
         if not models:
             continue
-        contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
-        contained.update(m.get("data_md5") for m in models if m.get("data_md5"))
-        check = check_retrained(paths, st.pid, contained)
+        check = check_certified(paths, st.pid, claims)
         if not check.clean:
             continue
         entry = core.ledger.append(

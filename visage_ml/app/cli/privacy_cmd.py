@@ -1148,8 +1148,7 @@ def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
         if st.right == "erasure" and cert.is_file():
             claims = json.loads(cert.read_text(encoding="utf-8")).get("claims") or {}
             models = claims.get("models") or []
-            contained = set((claims.get("dataset") or {}).get("processed_md5s_with_subject") or [])
-            check = lineage.check_retrained(paths, pid, contained)
+            check = lineage.check_certified(paths, pid, claims)
             status = "retrained" if st.models_retrained_seq is not None else "stale"
             if status == "stale" and check.clean:
                 status = "retrained (run --refresh to record it)"
