@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from html import unescape
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -82,7 +83,7 @@ def test_a_certificate_edited_to_claim_more_than_the_ledger_says_renders_not_ver
     assert page.verdict == NOT_VERIFIED and not page.verified
     failed = {c.name for c in page.report.checks if not c.ok}
     assert failed == {"claims committed in the ledger"}
-    assert "NOT VERIFIED" in page.html and "Verified</strong> when" not in page.html
+    assert "NOT VERIFIED" in page.html and "Checks passed</strong>" not in page.html
     assert "not proven" in page.html
     # It shows what the file states, next to the failure, never as proven.
     assert _totals(page.html)["total"] == len(doc["claims"]["artefacts"])
@@ -181,7 +182,7 @@ def test_the_erasure_writes_a_verified_page_whose_counts_are_the_jsons(erased):
     assert {"key destroyed", "crypto-shredded", "physically removed"} <= set(totals)
     for store, n in Counter(a["store"] for a in doc["claims"]["artefacts"]).items():
         assert re.search(rf"<code>{store}</code>.*?<td class=\"n\">{n}</td></tr>", html)
-    assert "Verified</strong> when" in html and "NOT VERIFIED" not in html
+    assert "Checks passed</strong> when" in html and "NOT VERIFIED" not in html
     assert "This page is not the proof" in html and "The JSON\nfile is the proof" in html
     sha = hashlib.sha256(result.certificate_path.read_bytes()).hexdigest()
     assert sha in html and doc["request_id"] in html
@@ -205,6 +206,46 @@ def test_the_erasure_writes_a_verified_page_whose_counts_are_the_jsons(erased):
     assert _controller_page(proj, result.certificate_path).html == html
 
 
+def _verdict(html: str) -> str:
+    """The page's verdict box, as text a reader sees."""
+    box = re.search(r'<div class="verdict [a-z]+">(.*?)</div>', html, re.S).group(1)
+    return " ".join(unescape(re.sub(r"<[^>]+>", "", box)).split())
+
+
+def test_the_controllers_page_says_whose_check_it_is_not_verified(erased, tmp_path):
+    """The page an erasure writes is checked by the controller's own installation with the keys
+    it holds. It said "Verified", the controller's own word, which a regulator cannot rely on:
+    it names the checks, who made them, and the offline verifier a reader runs themselves."""
+    proj, _, _, result = erased
+    html = page_path(result.certificate_path).read_text()
+    title = re.search(r"<title>(.*?)</title>", html).group(1)
+    verdict = _verdict(html)
+    assert "verified" not in title.lower() and "verified" not in verdict.lower(), verdict
+    for checked in ("signature", "ledger entry", "inclusion", "witnessed checkpoint"):
+        assert checked in verdict, checked
+    assert "this project's own visage-ml installation, with the keys it holds" in verdict
+    assert "not an independent verification" in verdict
+    # Independent verification: the reader's own run of the offline verifier, published keys.
+    assert "visage privacy verify-certificate --offline" in verdict and "verify.py" in verdict
+    assert "docs/verify.md" in verdict and "published" in verdict
+    # The checks stay: a copy rendered by a reader with the published keys passes them, and says
+    # who made them; a failed check still reads NOT VERIFIED.
+    cert = tmp_path / "cert.json"
+    shutil.copy(result.certificate_path, cert)
+    pinned = render_page(
+        cert,
+        pins=Pins(
+            public_key=proj.paths.ledger_public_key,
+            witness_keys=(Witness(default_witness_dir()).verifier.vkey,),
+            origin=result.certificate["proof"]["log"]["origin"],
+            by="given on the command line",
+        ),
+    )
+    assert pinned.verdict == VERIFIED
+    assert "whoever rendered this copy" in _verdict(pinned.html)
+    assert "own visage-ml installation" not in _verdict(pinned.html)
+
+
 def test_the_page_says_when_photographs_are_kept_in_clear_in_dvc(erased, tmp_path):
     """The certificate counts the subject's plaintext photographs DVC keeps because other data
     holds the same file (claims.dvc.kept_plaintext); the page said nothing of them."""
@@ -226,7 +267,9 @@ def test_without_pinned_keys_the_page_says_consistent_not_verified(erased, tmp_p
     shutil.copy(result.certificate_path, cert)
     alone = render_page(cert)
     assert alone.verdict == CONSISTENT
-    assert "Consistent, not authenticated" in alone.html and "Verified</strong>" not in alone.html
+    assert (
+        "Consistent, not authenticated" in alone.html and "Checks passed</strong>" not in alone.html
+    )
     assert "taken from the certificate itself" in alone.html
     doc = json.loads(cert.read_text())
     vkey = Witness(default_witness_dir()).verifier.vkey

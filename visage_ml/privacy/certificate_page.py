@@ -2,7 +2,7 @@
 
 The certificate (``privacy/certificates/<request id>.json``, :mod:`visage_ml.privacy.certificate`)
 is the proof; this page (``<request id>.html`` beside it) says in words what it states and
-whether it verified:
+which checks passed, made by whom:
 
 - the request, the subject's pseudonymous id (pid) and nothing else of them, the controller,
   when the request was received and when the erasure completed;
@@ -18,12 +18,15 @@ whether it verified:
 
 The page never shows an artefact's path or hash: a path can name a person's folder, and a hash
 of a file can be compared with a copy of a photograph. It claims no more than was checked: a
-failed check reads NOT VERIFIED, and keys taken from the certificate itself read as consistency,
-not authenticity. The same certificate, keys and retraining event give the same bytes (no
-rendering time), so the controller's copy is rewritten rather than versioned: an erasure writes
-it beside its certificate (:func:`write_page`, with the controller's published key, log name and
-configured witnesses), ``visage privacy lineage --refresh`` rewrites it once the models were
-retrained, and ``visage privacy certificate-page`` renders any certificate.
+failed check reads NOT VERIFIED, keys taken from the certificate itself read as consistency,
+not authenticity, and checks that all passed read as the word of whoever rendered the page (the
+controller's own installation, for the page beside its certificate), not as a verification a
+reader can rely on: that is the offline verifier, run by the reader with the published keys.
+The same certificate, keys and retraining event give the same bytes (no rendering time), so
+the controller's copy is rewritten rather than versioned: an erasure writes it beside its
+certificate (:func:`write_page`, with the controller's published key, log name and configured
+witnesses), ``visage privacy lineage --refresh`` rewrites it once the models were retrained,
+and ``visage privacy certificate-page`` renders any certificate.
 """
 
 from __future__ import annotations
@@ -107,6 +110,12 @@ STORE_TEXT = {
 VERIFIED = "verified"
 CONSISTENT = "consistent only"
 NOT_VERIFIED = "NOT VERIFIED"
+# What the page calls a verdict: every check passing with pinned keys is still only the word of
+# whoever rendered the page (the controller, for the page beside its certificate); a reader
+# verifies by running the offline verifier themselves.
+HEADLINE = {VERIFIED: "checks passed", CONSISTENT: CONSISTENT, NOT_VERIFIED: NOT_VERIFIED}
+OWN_CHECKER = "this project's own visage-ml installation, with the keys it holds"
+OTHER_CHECKER = "visage-ml run by whoever rendered this copy, with the keys they gave"
 
 # A value shown inside the command a reader copies: anything else (a certificate is a file
 # anyone can edit) stands as a placeholder, never as text a shell would run.
@@ -132,12 +141,16 @@ class Pins:
         The log name the controller published; None: the checkpoint's own.
     by
         Who chose these keys, as the page names them (``the controller's checkout``).
+    own
+        The checks are made by the project's own installation with the keys it holds (the page
+        then says they are the controller's word, not an independent verification).
     """
 
     public_key: Ed25519PublicKey | Path | None = None
     witness_keys: tuple[str, ...] = ()
     origin: str | None = None
     by: str = ""
+    own: bool = False
 
 
 @dataclass
@@ -285,6 +298,7 @@ def controller_pins(core: Any, cert_path: str | os.PathLike[str]) -> Pins:
         witness_keys=witness_keys,
         origin=core.witnessing.origin,
         by="the controller's checkout",
+        own=True,
     )
 
 
@@ -448,7 +462,10 @@ def _context(
     ]
     return {
         "verdict": verdict,
+        "headline": HEADLINE.get(verdict, verdict),
         "verified": verdict == VERIFIED,
+        "own": pins.own,
+        "checker": OWN_CHECKER if pins.own else OTHER_CHECKER,
         "signature_ok": None if signature is None else signature.ok,
         "report": report,
         "draft": _draft(controller),

@@ -1025,12 +1025,13 @@ def certificate_page_cmd(
 
     The page names the request, the subject's pid (nothing else of them), the dates, what was
     erased counted by store and outcome, the models trained on the subject's data (stale or
-    retrained), the ledger entry and the witnesses that cosigned, and whether the certificate
-    verified with which keys; it gives the certificate's SHA-256 and says the JSON is the proof.
-    In the checkout it is checked with the controller's keys, and an erasure already writes it
-    beside the certificate. Exit code 0 when every check passed (the page says "consistent
-    only" when keys came from the certificate itself), 1 when the page says NOT VERIFIED (it is
-    written either way), 2 on an error.
+    retrained), the ledger entry and the witnesses that cosigned, and which checks passed, made
+    by whom and with which keys; it gives the certificate's SHA-256 and says the JSON is the
+    proof. In the checkout it is checked with the controller's keys, and the page says that is
+    the controller's own word, not an independent verification (the reader's offline verifier
+    is); an erasure already writes it beside the certificate. Exit code 0 when every check
+    passed (the page says "consistent only" when keys came from the certificate itself), 1 when
+    the page says NOT VERIFIED (it is written either way), 2 on an error.
     """
     with _rights_errors():
         _, doc = cp.load_certificate(cert)  # a clear error before anything is opened or written
@@ -1063,6 +1064,7 @@ def certificate_page_cmd(
                 witness_keys=tuple(witness_key or ()) or own.witness_keys,
                 origin=origin if origin is not None else own.origin,
                 by=f"{'some given on the command line, ' if given else ''}{own.by}",
+                own=True,
             )
             retrained = models_retrained_event(
                 core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
