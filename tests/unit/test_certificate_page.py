@@ -246,6 +246,33 @@ def test_the_controllers_page_says_whose_check_it_is_not_verified(erased, tmp_pa
     assert "own visage-ml installation" not in _verdict(pinned.html)
 
 
+def test_a_shared_file_rewritten_without_the_subject_is_not_said_to_be_deleted(erased, tmp_path):
+    """data/processed/faces.sealed holds every subject's sealed crops and is rewritten without
+    the erased one: the page counted it "crypto-shredded", glossed "deleted as well", as if the
+    file had gone. The subject's part is gone (their key destroyed, their crops removed); the
+    file is not, and the page says so from what the certificate records."""
+    proj, _, _, result = erased
+    assert (proj.paths.processed / "faces.sealed").is_file()  # kept, for the others
+    dataset = result.certificate["claims"]["dataset"]
+    assert dataset["processed_md5_after"] not in (None, dataset["processed_md5_before"])
+    text = " ".join(unescape(page_path(result.certificate_path).read_text()).split())
+    assert "unreadable everywhere, and deleted as well where the controller could reach" not in text
+    assert "unless it is a file shared with other people and still in use" in text
+    assert (
+        "1 crypto-shredded item is a file shared with other people (the prepared training data, "
+        "each person's face crops sealed under their own key): it was not deleted" in text
+    )
+    assert "the subject's part, unreadable once their key was destroyed, was removed" in text
+
+    # A certificate whose prepared data was left with no file (none after the erasure): nothing
+    # shared is kept, and the page does not say so.
+    def gone(doc):
+        doc["claims"]["dataset"]["processed_md5_after"] = None
+
+    forged, _ = _resigned(proj, result, tmp_path, gone)
+    assert "crypto-shredded item" not in _controller_page(proj, forged).html
+
+
 def test_the_page_says_when_photographs_are_kept_in_clear_in_dvc(erased, tmp_path):
     """The certificate counts the subject's plaintext photographs DVC keeps because other data
     holds the same file (claims.dvc.kept_plaintext); the page said nothing of them."""

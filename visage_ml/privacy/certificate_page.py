@@ -7,7 +7,8 @@ which checks passed, made by whom:
 - the request, the subject's pseudonymous id (pid) and nothing else of them, the controller,
   when the request was received and when the erasure completed;
 - what was erased, counted by store and by outcome (key destroyed, crypto-shredded, physically
-  removed), what a store could not guarantee and the content kept because other data shares it;
+  removed), the shared file rewritten without the subject rather than deleted, what a store
+  could not guarantee and the content kept because other data shares it;
 - the models trained on data that held the subject, stale or retrained since (the signed
   ``erasure.models_retrained`` entry the caller found);
 - the ``erasure.completed`` ledger entry, its tree head and checkpoint, and the witnesses whose
@@ -83,8 +84,9 @@ OUTCOME_TEXT = {
         "wherever it is (backups, remote storage, clones), can no longer be read by anyone"
     ),
     CRYPTO_SHREDDED: (
-        "a file encrypted under a destroyed key: unreadable everywhere, and deleted as well where "
-        "the controller could reach it"
+        "encrypted under a destroyed key, so unreadable everywhere; where the controller could "
+        "reach it, deleted as well, unless it is a file shared with other people and still in "
+        "use: from that, only the subject's part was removed"
     ),
     PHYSICALLY_REMOVED: (
         "a file not encrypted under the subject's key (an index or a list shared with other "
@@ -116,6 +118,20 @@ NOT_VERIFIED = "NOT VERIFIED"
 HEADLINE = {VERIFIED: "checks passed", CONSISTENT: CONSISTENT, NOT_VERIFIED: NOT_VERIFIED}
 OWN_CHECKER = "this project's own visage-ml installation, with the keys it holds"
 OTHER_CHECKER = "visage-ml run by whoever rendered this copy, with the keys they gave"
+# The prepared training data (data/processed/faces.sealed): every subject's crops, each sealed
+# under its own subject's key, in one file that an erasure rewrites without the subject.
+SHARED_KEPT = (
+    "1 crypto-shredded item is a file shared with other people (the prepared training data, "
+    "each person's face crops sealed under their own key): it was not deleted but rewritten "
+    "without the subject and kept for the others; the subject's part, unreadable once their key "
+    "was destroyed, was removed"
+)
+SHARED_KEPT_MANY = (
+    "{n} crypto-shredded items are files shared with other people (the prepared training data, "
+    "each person's face crops sealed under their own key): they were not deleted but rewritten "
+    "without the subject and kept for the others; the subject's part, unreadable once their key "
+    "was destroyed, was removed"
+)
 
 # A value shown inside the command a reader copies: anything else (a certificate is a file
 # anyone can edit) stands as a placeholder, never as text a shell would run.
@@ -228,6 +244,23 @@ def outcome_counts(claims: Any) -> Counts:
         )
     totals = {o: sum(r["by"][o] for r in rows) for o in outcomes}
     return Counts(outcomes, rows, totals, sum(totals.values()))
+
+
+def shared_kept(claims: Any) -> int:
+    """How many crypto-shredded artefacts of ``claims`` are a shared file that the erasure
+    rewrote and kept, not deleted: the prepared data, whose md5 the certificate records before
+    (the artefact's) and after the erasure (none when no file was left)."""
+    dataset = _obj(_obj(claims).get("dataset"))
+    before, after = dataset.get("processed_md5_before"), dataset.get("processed_md5_after")
+    if not before or not after:
+        return 0
+    return sum(
+        1
+        for a in map(_obj, _list(_obj(claims).get("artefacts")))
+        if a.get("store") == "data"
+        and a.get("md5") == before
+        and a.get("outcome") == CRYPTO_SHREDDED
+    )
 
 
 def render_page(
@@ -409,6 +442,12 @@ def _models(claims: Mapping[str, Any], retrained: Mapping[str, Any] | None) -> l
     return rows
 
 
+def _shared_text(n: int) -> str:
+    if n > 1:
+        return SHARED_KEPT_MANY.format(n=n)
+    return SHARED_KEPT if n == 1 else ""
+
+
 def _key_source(pins: Pins) -> dict[str, str]:
     by = f" ({pins.by})" if pins.by else ""
     if isinstance(pins.public_key, Path):
@@ -480,6 +519,7 @@ def _context(
         "elapsed": _elapsed(doc.get("received_at"), doc.get("completed_at")),
         "counts": outcome_counts(claims),
         "outcome_text": OUTCOME_TEXT,
+        "shared_kept": _shared_text(shared_kept(claims)),
         "store_notes": [_text(n) for n in _list(claims.get("store_notes"))],
         "lineage_notes": [_text(n) for n in _list(claims.get("lineage_notes"))],
         "retained": len(_list(claims.get("retained_shared_content"))),
