@@ -1,16 +1,17 @@
 """The serving audit log: one JSON line per HTTP request in ``privacy/audit.jsonl``.
 
 A line holds the time, a request id, the API key id and role, the action (route name), the
-subject pid(s) concerned if any, the outcome (status and error code) and the latency; never an
-image, a template, a score or a client address. Each line also carries ``prev``, the SHA-256 of
-the line before (:mod:`visage_ml.privacy.auditlog`): the log is a hash chain, checked and
-exported by ``visage privacy audit verify|export``. Lines are written whole with one ``write``
-on an ``O_APPEND`` descriptor under a thread lock and an advisory file lock, so concurrent
-requests and processes never interleave them and extend one chain. The file is fsync'd about
-once per ``fsync_interval`` seconds (by the caller, off the event loop, when
+subject pid(s) concerned if any, the outcome (status and error code) and the latency (none for
+``/v1/analytics``, whose duration tells a frame's number of faces); never an image, a template,
+a score or a client address. The time is the request's arrival. Each line also carries ``prev``,
+the SHA-256 of the line before (:mod:`visage_ml.privacy.auditlog`): the log is a hash chain,
+checked and exported by ``visage privacy audit verify|export``. Lines are written whole with one
+``write`` on an ``O_APPEND`` descriptor under a thread lock and an advisory file lock, so
+concurrent requests and processes never interleave them and extend one chain. The file is
+fsync'd about once per ``fsync_interval`` seconds (by the caller, off the event loop, when
 :meth:`AuditLog.write` says so) and on close, so no request waits for a disk flush and at most
-that much of the log is exposed to a power loss (a process crash loses nothing: the lines are
-in the kernel's page cache).
+that much of the log is exposed to a power loss (a process crash loses nothing: the lines are in
+the kernel's page cache).
 
 A chain can be rewritten whole (lines dropped, every ``prev`` after them recomputed), so the
 serving process anchors the log's head (chained lines, hash of the last one) in the signed,

@@ -17,7 +17,8 @@ For each request, in this order and before any route or body parser sees it:
 
 It answers an unexpected exception with a 500 (the server keeps running), and counts every
 request in the metrics and writes it to the audit log (route templates, key ids and the method
-as one of a fixed set, never a requested path, a client's own method token or an image). A
+as one of a fixed set, never a requested path, a client's own method token or an image), with
+its duration except for analytics frames (:data:`UNTIMED_ROUTES`). A
 refusal sent before the body was read closes the connection.
 """
 
@@ -46,6 +47,12 @@ PUBLIC_ROUTES: frozenset[str] = frozenset({"health"})
 # Routes outside the bound on requests in flight: cheap, and needed most when the server is
 # saturated (liveness probes, metric scrapes).
 UNBOUNDED_ROUTES: frozenset[str] = frozenset({"health", "metrics"})
+# Routes whose duration is neither observed in the metrics nor audited. An analytics frame's
+# detection and demographic work grow with its faces, so each request's duration would tell
+# the frame's number of faces to whoever reads /metrics or the audit log, while only closed
+# windows are released (k-suppressed, optionally noisy). Summed over a window it would still
+# give the exact total a window suppresses or noises, so no aggregate of it is kept either.
+UNTIMED_ROUTES: frozenset[str] = frozenset({"analytics"})
 BODY_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH"})
 # Methods recorded by name in the metrics and the audit log. The method is the client's token
 # (h11 accepts any), so anything else is recorded as OTHER_METHOD: no label value or audit
@@ -203,8 +210,11 @@ class Boundary:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
+        # The audit's time is the request's arrival: stamped when the answer left, its second
+        # would move with the request's duration (see UNTIMED_ROUTES).
+        arrived = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rid = uuid.uuid4().hex[:16]
-        info: dict[str, Any] = {"request_id": rid}
+        info: dict[str, Any] = {"request_id": rid, "time": arrived}
         scope["visage"] = info
         state = {"status": 500, "started": False}
         has_body = scope["method"] in BODY_METHODS
@@ -342,11 +352,14 @@ class Boundary:
         endpoint = getattr(route, "path", None) or UNMATCHED
         action = getattr(route, "name", None) or UNMATCHED
         method = method_label(scope)
+        seconds = None if action in UNTIMED_ROUTES else dt
         try:
-            svc.metrics.observe(endpoint=endpoint, method=method, outcome=str(status), seconds=dt)
+            svc.metrics.observe(
+                endpoint=endpoint, method=method, outcome=str(status), seconds=seconds
+            )
             return svc.audit.write(
                 {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "time": info.get("time"),
                     "request_id": info.get("request_id"),
                     "key_id": info.get("key_id"),
                     "role": info.get("role"),
@@ -356,7 +369,7 @@ class Boundary:
                     "pids": info.get("pids"),
                     "status": status,
                     "error": info.get("error"),
-                    "latency_ms": round(dt * 1000.0, 3),
+                    "latency_ms": None if seconds is None else round(seconds * 1000.0, 3),
                 }
             )
         except Exception:

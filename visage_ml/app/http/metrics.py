@@ -1,11 +1,13 @@
 """Prometheus metrics of the HTTP API (prometheus_client; no personal data: route templates only).
 
 ``visage_http_requests_total{endpoint, method, outcome}`` counts requests,
-``visage_http_request_duration_seconds{endpoint, outcome}`` is their latency histogram, and
-gauges (gallery size, analytics frames) are read when scraped. ``endpoint`` is the route
-template (``/v1/subjects/{pid}``), never the requested path, so no pid reaches a label
-(``unmatched`` where no route matched); ``method`` is one of the nine standard methods, or
-``other`` (the boundary's ``method_label``): no label value is the client's own text.
+``visage_http_request_duration_seconds{endpoint, outcome}`` is their latency histogram (not of
+``/v1/analytics``: a frame's duration tells its number of faces, see the boundary's
+``UNTIMED_ROUTES``), and gauges (gallery size, analytics frames) are read when scraped.
+``endpoint`` is the route template (``/v1/subjects/{pid}``), never the requested path, so no pid
+reaches a label (``unmatched`` where no route matched); ``method`` is one of the nine standard
+methods, or ``other`` (the boundary's ``method_label``): no label value is the client's own
+text.
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (a process may build many
 apps, tests do), so nothing goes to the global registry.
@@ -78,10 +80,12 @@ class Metrics:
             registry=self.registry,
         )
 
-    def observe(self, *, endpoint: str, method: str, outcome: str, seconds: float) -> None:
-        """Count one request and add its latency."""
+    def observe(self, *, endpoint: str, method: str, outcome: str, seconds: float | None) -> None:
+        """Count one request and add its latency (None: counted only, its duration kept
+        nowhere)."""
         self._requests.labels(endpoint=endpoint, method=method, outcome=outcome).inc()
-        self._latency.labels(endpoint=endpoint, outcome=outcome).observe(seconds)
+        if seconds is not None:
+            self._latency.labels(endpoint=endpoint, outcome=outcome).observe(seconds)
 
     def count(self, *, endpoint: str, method: str, outcome: str) -> int:
         """Requests counted so far for one label set."""

@@ -32,7 +32,9 @@ def analytics(
 
     Nothing about the frame is answered: only closed windows are released
     (``/v1/analytics/windows``), k-suppressed with complementary suppression and, with
-    ``serving.analytics.epsilon`` > 0, OpenDP noise drawn once per window.
+    ``serving.analytics.epsilon`` > 0, OpenDP noise drawn once per window. Nor is the
+    request's duration, which grows with the faces, kept in the metrics or the audit log
+    (the boundary's ``UNTIMED_ROUTES``).
     """
     return svc.analytics.analyze(svc.decode(body.image))
 
