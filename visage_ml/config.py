@@ -1080,8 +1080,11 @@ class RetentionParams:
     # Restricted subjects (Art. 18): keep everything (stored, not used), or also remove their
     # gallery template.
     restricted: Literal["keep", "purge_template"] = "keep"
-    # `visage serve` runs enforcement and notification delivery this often (0 = never).
-    serve_interval_seconds: float = field(default=0.0, metadata=rng(ge=0))
+    # `visage serve` runs enforcement and notification delivery this often, the first time this
+    # long after it starts (0 = never: run `visage privacy enforce --apply` by timer instead).
+    # The notice says which: "enforced automatically ... at least once every <interval>", or
+    # "when the controller's scheduled retention check runs".
+    serve_interval_seconds: float = field(default=3600.0, metadata=rng(ge=0))
 
 
 @dataclass(frozen=True)

@@ -317,6 +317,25 @@ def test_serve_enforces_retention_in_the_background_as_the_scheduler(project):
     assert s.world.core.subject(pid).template_sha256 is None
 
 
+def test_the_default_server_enforces_retention_and_waits_an_interval_first(project):
+    # The notice says retention is enforced automatically; with the shipped
+    # serve_interval_seconds (0) `visage serve` started no enforcer at all. Now it does, hourly,
+    # and the first pass waits that long: an app used for a few requests (a test) runs none, and
+    # its enforcer ends with it.
+    s = Served(project)
+    assert s.params.privacy.retention.serve_interval_seconds == 3600
+    before = set(threading.enumerate())
+    with s.client:
+        assert s.call("GET", "/healthz").status_code == 200
+        (enforcer,) = [
+            t for t in threading.enumerate() if t.name == "visage-enforce" and t not in before
+        ]
+        assert enforcer.is_alive()
+    enforcer.join(timeout=10)
+    assert not enforcer.is_alive()
+    assert not [e for e in s.world.core.ledger.entries() if e.actor == "scheduler"]
+
+
 def test_erased_subject_is_gone_key_destroyed_and_stays_gone_after_restart(enrolled):
     s = enrolled
     pid = s.pids[6]

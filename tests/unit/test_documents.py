@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
-from visage_ml.config import ProjectPaths
+from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.privacy import documents
 from visage_ml.privacy.consent import sha256_text
 from visage_ml.privacy.core import PrivacyCore
@@ -49,7 +49,12 @@ def test_notice_is_versioned_by_content_and_receipts_carry_its_hash(project):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     html = (project / "reports" / "privacy" / "notice.html").read_text()
-    rendered = render_notice(records_of(paths), consent_months=12, erase_without_basis=True)
+    rendered = render_notice(
+        records_of(paths),
+        consent_months=12,
+        erase_without_basis=True,
+        enforce_interval_seconds=3600,
+    )
     assert sha256_text(html) == doc["sha256"] == rendered.sha256
     for words in ("Data protection officer", "lodge a complaint", "analytics", "12 months"):
         assert words in html
@@ -315,4 +320,37 @@ def test_the_notice_says_what_happens_to_a_face_that_matches_no_one(project):
     assert "Every face presented to the camera is compared with the gallery" in text
     assert "answered 'unknown' and nothing of it is kept (no image, no template)" in text.replace(
         "&#39;", "'"
+    )
+
+
+def test_the_notice_says_retention_is_automatic_only_when_the_server_enforces_it(project):
+    # The notice told subjects "Retention is enforced automatically" while the shipped
+    # privacy.retention.serve_interval_seconds was 0: `visage serve` never ran the enforcer,
+    # only a `visage privacy enforce` someone ran did. The default server now enforces hourly,
+    # and the sentence follows the setting.
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    shipped = load_params(paths.params).privacy.retention.serve_interval_seconds
+    assert shipped == Params().privacy.retention.serve_interval_seconds == 3600
+    r = CliRunner().invoke(app, ["privacy", "notice", "--json"])
+    assert r.exit_code == 0, r.output
+    text = " ".join((project / "reports" / "privacy" / "notice.html").read_text().split())
+    assert (
+        "Retention is enforced automatically while the service runs, at least once every hour:"
+        in text
+    )
+
+    def notice(seconds):
+        html = render_notice(records_of(paths), enforce_interval_seconds=seconds).html
+        return " ".join(html.split())
+
+    assert "at least once every 2 hours:" in notice(7200)
+    assert "at least once every 90 seconds:" in notice(90)
+    manual = notice(0)
+    assert "automatic" not in manual
+    assert "Expired data is erased when the controller's scheduled retention check runs" in manual
+    # Another setting is another notice, so another version in the receipts.
+    assert (
+        render_notice(records_of(paths)).sha256
+        != render_notice(records_of(paths), enforce_interval_seconds=3600).sha256
     )

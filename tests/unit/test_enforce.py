@@ -457,7 +457,7 @@ def test_the_serve_background_task_runs_every_interval_and_survives_a_failed_pas
     passes = []
 
     class Fake:
-        def apply(self):
+        def apply(self, **_):
             passes.append(1)
             if len(passes) == 1:
                 raise RuntimeError("a witness was unreachable")
@@ -473,3 +473,60 @@ def test_the_serve_background_task_runs_every_interval_and_survives_a_failed_pas
     t.start()
     t.join(timeout=10)
     assert not t.is_alive() and len(passes) == 3
+
+
+def _free(lock) -> bool:
+    """Whether another thread (a request) can take ``lock`` now."""
+    got = []
+
+    def take():
+        if lock.acquire(timeout=2):
+            got.append(True)
+            lock.release()
+
+    t = threading.Thread(target=take)
+    t.start()
+    t.join()
+    return bool(got)
+
+
+def test_the_servers_pass_holds_the_request_lock_for_the_policies_only(project):
+    # `visage serve` runs each pass under the lock its requests take. It took that lock and
+    # then waited for the enforcement file lock (which a `visage privacy enforce --apply` from
+    # cron holds through all of its erasures), and it delivered the outbox under it (an SMTP
+    # server that does not answer costs privacy.notify.timeout_seconds per message): requests
+    # stood still meanwhile. Now it waits for the file lock first and delivers after the lock.
+    from visage_ml.io import file_lock
+    from visage_ml.rights.enforce import LOCK, run_periodically
+
+    proj = make_project(project, n_subjects=2, n_images=1)
+    params = load_params(proj.paths.params)
+    lock, stop, made = threading.RLock(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def make():
+        made.set()
+        return Enforcer(proj.paths, core=proj.core, params=params)
+
+    def deliver():
+        seen["free_while_delivering"] = _free(lock)
+        stop.set()
+
+    t = threading.Thread(
+        target=run_periodically,
+        kwargs={
+            "make": make,
+            "interval_seconds": 0.01,
+            "stop": stop,
+            "lock": lock,
+            "deliver": deliver,
+        },
+    )
+    with file_lock(proj.paths.root / LOCK):  # a `visage privacy enforce` is running
+        t.start()
+        assert made.wait(10)
+        time.sleep(0.2)
+        seen["free_while_waiting"] = _free(lock)
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert seen == {"free_while_waiting": True, "free_while_delivering": True}

@@ -111,6 +111,13 @@ def duration_words(seconds: float) -> str:
     return plural(int(seconds), "second") if float(seconds).is_integer() else f"{seconds} seconds"
 
 
+def every_words(seconds: float) -> str:
+    """What follows "every": ``3600`` -> ``hour``, ``7200`` -> ``2 hours``, ``90`` -> ``90
+    seconds``."""
+    words = duration_words(seconds)
+    return words.removeprefix("1 ") if words in ("1 hour", "1 minute", "1 second") else words
+
+
 # ---------------------------------------------------------------------------------------------
 # The notice (second layer)
 # ---------------------------------------------------------------------------------------------
@@ -160,10 +167,13 @@ def render_notice(
     analytics: AnalyticsParams | None = None,
     deadline_months: int = 1,
     max_extension_months: int = 2,
+    enforce_interval_seconds: float = 0.0,
 ) -> Notice:
     """The full notice (HTML) rendered from ``records``, what ``privacy.retention`` enforces
     of consents (``consent_months``: a consent lapses that long after it was given, 0 never;
-    ``erase_without_basis``: a subject no purpose has a basis for is erased) and how analytics
+    ``erase_without_basis``: a subject no purpose has a basis for is erased) and how often
+    (``enforce_interval_seconds``: ``visage serve`` enforces retention that often, and the
+    notice says it is automatic; 0: it says only that a scheduled check erases) and how analytics
     releases its counts (``serving.analytics``: window, suppression below ``k_min``, noise at
     ``epsilon``; the shipped values when None) and the answer deadlines the request book applies
     (``privacy.deadline_months``, ``privacy.max_extension_months``); the same inputs give the
@@ -187,6 +197,7 @@ def render_notice(
             answer_within=_months(deadline_months),
             extension=_months(max_extension_months, further=True) if max_extension_months else "",
             first_period="month" if deadline_months == 1 else _months(deadline_months),
+            enforce_every=every_words(enforce_interval_seconds) if enforce_interval_seconds else "",
         )
     )
     return Notice(html=html, sha256=sha256_bytes(html.encode("utf-8")))
@@ -208,6 +219,7 @@ def publish_notice(paths: ProjectPaths) -> Notice:
         analytics=params.serving.analytics,
         deadline_months=params.privacy.deadline_months,
         max_extension_months=params.privacy.max_extension_months,
+        enforce_interval_seconds=retention.serve_interval_seconds,
     )
     path = notice_path(paths, notice.sha256)
     if not path.exists():

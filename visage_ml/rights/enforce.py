@@ -39,9 +39,11 @@ notification outbox is delivered (:mod:`visage_ml.rights.notify`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -448,10 +450,25 @@ class Enforcer:
             self.gallery = open_project_gallery(self.paths, core=self.core, load=False)
         return self.gallery
 
-    def apply(self, actions: list[Action] | None = None, *, deliver: bool = True) -> EnforceResult:
+    def apply(
+        self,
+        actions: list[Action] | None = None,
+        *,
+        deliver: bool = True,
+        guard: Any = None,
+    ) -> EnforceResult:
         """Carry out ``actions`` (default: :meth:`plan` now) as the actor ``scheduler``; then
-        deliver the notification outbox (unless ``deliver`` is false)."""
-        with file_lock(self.paths.root / LOCK), acting_as(SCHEDULER):
+        deliver the notification outbox (unless ``deliver`` is false).
+
+        ``guard`` (a lock, e.g. a server's over its shared privacy core and gallery) is taken
+        once the enforcement lock is held, for the rest of the pass: waiting for another pass
+        does not hold it.
+        """
+        with (
+            file_lock(self.paths.root / LOCK),
+            guard if guard is not None else contextlib.nullcontext(),
+            acting_as(SCHEDULER),
+        ):
             actions = self.plan() if actions is None else actions
             result = EnforceResult(actions)
             for action in actions:
@@ -567,15 +584,29 @@ def run_periodically(
     interval_seconds: float,
     stop: threading.Event,
     lock: Any = None,
+    deliver: Callable[[], Any] | None = None,
 ) -> None:
     """Apply the policies every ``interval_seconds`` until ``stop`` is set (``visage serve``'s
-    background task); a failing pass is logged and the next one runs on time."""
-    while not stop.wait(interval_seconds):
+    background task), the first pass one interval after the start; a failing pass is logged
+    and the next one runs on time.
+
+    Passes start at most ``interval_seconds`` apart (what the notice promises), however long
+    one takes. ``lock`` is held for the policies only, taken once the enforcement lock is (a
+    ``visage privacy enforce`` running meanwhile is waited for without it). ``deliver``, when
+    given, delivers the notification outbox after each pass, without ``lock``: sending waits on
+    SMTP servers and webhooks, which must not hold up what the lock guards (a server's requests);
+    without it the pass delivers, under ``lock``.
+    """
+    due = time.monotonic() + interval_seconds
+    while not stop.wait(max(0.0, due - time.monotonic())):
+        due = time.monotonic() + interval_seconds
         try:
-            if lock is not None:
-                with lock:
-                    make().apply()
-            else:
-                make().apply()
+            make().apply(deliver=deliver is None, guard=lock)
         except Exception:  # a background loop must not die of one bad pass
             log.exception("retention enforcement pass failed; retrying in %.0f s", interval_seconds)
+        if deliver is None:
+            continue
+        try:
+            deliver()
+        except Exception:  # nor of one failed delivery (each message's failure is recorded)
+            log.exception("notification delivery failed; retrying in %.0f s", interval_seconds)

@@ -8,8 +8,9 @@ JSON to a webhook, signed with HMAC-SHA256 under the project key ``secrets/notif
 A message delivered is recorded as ``notification.sent`` with its SHA-256 and removed; a
 failure is recorded as ``notification.failed`` and retried after ``backoff_seconds`` doubled
 per attempt, up to ``max_attempts``. ``visage privacy notify`` runs one pass; ``visage privacy
-enforce --apply`` and ``visage serve`` (``privacy.retention.serve_interval_seconds``) run it
-too.
+enforce --apply`` runs one after its policies, and ``visage serve`` one every
+``privacy.retention.serve_interval_seconds`` (hourly by default). One pass runs at a time (a
+lock), so that two of them never send a message twice.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 
 import orjson
 
 from visage_ml.config import NotifyParams, ProjectPaths, load_params
+from visage_ml.io import file_lock
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.keys import cache_mac_key
 from visage_ml.privacy.outbox import SMTP, WEBHOOK, Message, Outbox
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 SMTP_PASSWORD_ENV = "VISAGE_SMTP_PASSWORD"  # noqa: S105 - the variable's name
 NOTIFY_KEY = "notify.key"
 SIGNATURE_HEADER = "X-Visage-Signature"
+LOCK = Path(".visage") / "locks" / "notify.lock"
 
 
 class DeliveryError(RuntimeError):
@@ -162,7 +166,15 @@ class Notifier:
 
     # -- passes --------------------------------------------------------------------------------
     def deliver(self) -> DeliveryReport:
-        """Try every due message once; record each outcome."""
+        """Try every due message once; record each outcome.
+
+        Under the project's delivery lock: a server's pass and a `visage privacy notify` may
+        run at once, and each would send every due message.
+        """
+        with file_lock(self.paths.root / LOCK):
+            return self._deliver()
+
+    def _deliver(self) -> DeliveryReport:
         report = DeliveryReport()
         now = self.now()
         senders = {SMTP: self.send_smtp, WEBHOOK: self.send_webhook}

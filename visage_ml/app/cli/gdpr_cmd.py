@@ -145,9 +145,10 @@ def enforce(
     retention, withdrawal, objection and restriction policies, old exports and receipts.
 
     Dry run by default. With --apply each action is a ledger event with its reason and the
-    actor `scheduler`; erasures end with certificates; notifications are then delivered. Run it
-    from a timer (cron, systemd) or let `visage serve` run it
-    (privacy.retention.serve_interval_seconds). "Now" is never before the ledger's newest
+    actor `scheduler`; erasures end with certificates; notifications are then delivered.
+    `visage serve` runs it every privacy.retention.serve_interval_seconds (hourly by default;
+    the notice says so); with 0, or with no server running, run it from a timer (cron,
+    systemd). "Now" is never before the ledger's newest
     entry nor the time the HTTP witnesses cosign the current checkpoint at (asked first).
     """
     if at and apply:

@@ -43,6 +43,7 @@ module, which wires them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -62,8 +63,9 @@ from visage_ml.app.http.routers import analytics, health, ledger, recognition, r
 from visage_ml.app.http.service import ANY_KEY, Service, known_query_only
 from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.ledger import warm_folds
+from visage_ml.privacy.ledger import SCHEDULER, acting_as, warm_folds
 from visage_ml.rights.enforce import Enforcer, run_periodically
+from visage_ml.rights.notify import DeliveryReport, Notifier
 from visage_ml.serving.analytics import Analytics, close_windows_periodically
 from visage_ml.serving.correction import ConfusionModel, load_confusion
 from visage_ml.serving.engine import Engine
@@ -109,6 +111,13 @@ erased, are ever searched. Analytics returns counts only; cells under `k_min` re
 """
 MODES = ("full", "analytics")
 MSG_MODE = "mode must be 'full' or 'analytics', not {mode!r}"
+
+
+def deliver_outbox(paths: ProjectPaths, params: Params) -> DeliveryReport:
+    """One delivery pass of the notification outbox as the actor ``scheduler`` (``visage
+    serve``'s), on a privacy core of its own: it needs none of the server's locks."""
+    with acting_as(SCHEDULER):
+        return Notifier(paths, core=PrivacyCore(paths), params=params.privacy.notify).deliver()
 
 
 def create_app(
@@ -282,9 +291,12 @@ def create_app(
         # The ledger folds read now, before the first request, not by it (requests, notices,
         # the clock and the ledger's pages each read a long ledger whole on first use).
         warm_folds(paths.ledger)
-        # Retention enforcement and notification delivery in the background, under the lock
-        # that guards the shared privacy core and gallery
-        # (privacy.retention.serve_interval_seconds; 0: run `visage privacy enforce` by timer).
+        # Retention enforcement and notification delivery in the background, every
+        # privacy.retention.serve_interval_seconds (hourly by default; the notice says so), the
+        # first pass one interval after the start. The policies run under the lock that guards
+        # the shared privacy core and gallery; delivery, which waits on SMTP servers and
+        # webhooks, runs without it, on a core of its own as a request's rights calls do.
+        # (0: none here; run `visage privacy enforce --apply` by timer.)
         stop = threading.Event()
         interval = params.privacy.retention.serve_interval_seconds
         if interval > 0:
@@ -297,6 +309,7 @@ def create_app(
                     "interval_seconds": interval,
                     "stop": stop,
                     "lock": lock,
+                    "deliver": functools.partial(deliver_outbox, paths, params),
                 },
                 name="visage-enforce",
                 daemon=True,
