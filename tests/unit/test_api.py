@@ -11,11 +11,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import anyio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from notify_fakes import SmtpServer, free_port
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from serving_fakes import (
@@ -34,12 +36,14 @@ from typer.testing import CliRunner
 from visage_ml.app.cli import app as cli
 from visage_ml.app.http.app import create_app
 from visage_ml.app.http.auth import ROLES, KeyStore, parse_time
-from visage_ml.config import load_params
+from visage_ml.app.http.schemas import SubjectMessage
+from visage_ml.config import NotifyParams, load_params
 from visage_ml.data.rawstore import RawStore
 from visage_ml.privacy import auditlog
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.outbox import Recipients
+from visage_ml.privacy.outbox import SUBJECT_MESSAGE_STATES, Outbox, Recipients
 from visage_ml.rights.information import subject_information
+from visage_ml.rights.notify import Notifier
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery
 
@@ -416,6 +420,7 @@ ROUTE_ROLES = {
     },
     ("GET", "/v1/subjects/{pid}/export"): {"dpo"},
     ("GET", "/v1/requests"): {"dpo"},
+    ("GET", "/v1/requests/{request_id}"): {"dpo"},
     **{
         ("POST", f"/v1/requests/{{request_id}}/{action}"): {"dpo"}
         for action in ("verify", "extend", "deny")
@@ -1311,39 +1316,77 @@ def test_trained_embedder_identifies_held_out_synthfaces_images(pipeline_paths, 
         assert {got for _, got in top1s(app_client)}.isdisjoint({a, b})
 
 
-def test_a_dpo_key_is_told_whether_the_subject_was_told(enrolled):
+def test_a_dpo_key_is_told_when_the_subject_has_no_address(enrolled):
     # The CLI warns when a request's message to the subject has no address; the API said
     # nothing, so a DPO working through it never learnt that the subject was not told.
     s = enrolled
     pid = s.pids[2]  # SynthFaces people have no contact in the vault
     r = s.call("POST", f"/v1/subjects/{pid}/restrict", "dpo")
-    assert r.status_code == 200 and r.json()["subject_told"] is False, r.text
+    assert r.status_code == 200 and r.json()["subject_message"] == "no_address", r.text
     r = s.call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"})
-    assert r.status_code == 200 and r.json()["subject_told"] is False, r.text
-    reachable = PrivacyCore(s.world.paths).add_subject(
-        source="test", contact="zelda@example.invalid"
-    )
-    r = s.call("POST", f"/v1/subjects/{reachable}/requests", "dpo", json={"right": "access"})
-    assert r.status_code == 200 and r.json()["subject_told"] is True, r.text
-    listing = s.call("GET", "/v1/requests", "dpo").json()["requests"]
-    assert listing and all(item["subject_told"] is None for item in listing)
+    assert r.status_code == 200 and r.json()["subject_message"] == "no_address", r.text
     r = s.call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
-    assert r.status_code == 200 and r.json()["subject_told"] is False, r.text
+    assert r.status_code == 200 and r.json()["subject_message"] == "no_address", r.text
+    r = s.call("POST", f"/v1/subjects/{s.pids[3]}/consent/withdraw", "dpo")
+    assert r.status_code == 200 and r.json()["subject_message"] is None, r.text  # no request
 
 
-def test_verifying_a_request_tells_nobody_so_subject_told_is_null(enrolled):
-    # RequestOut.subject_told: "null where nothing was queued". Verifying a request queues no
-    # message to the subject, yet the answer carried the receipt's state (true here).
-    s = enrolled
-    reachable = PrivacyCore(s.world.paths).add_subject(
-        source="test", contact="zelda@example.invalid"
-    )
-    r = s.call("POST", f"/v1/subjects/{reachable}/requests", "dpo", json={"right": "access"})
-    assert r.status_code == 200, r.text
+def test_a_request_says_where_its_message_to_the_subject_stands(project):
+    # `subject_told` read true as soon as a message with an address was queued, though nothing
+    # is sent before a delivery pass, and stayed true when that delivery failed for good.
+    # `subject_message` is the message's state, and a GET of the request follows it.
+    with SmtpServer() as smtp:
+        s = Served(
+            project,
+            overrides={
+                "privacy.retention.serve_interval_seconds": 0.2,
+                "privacy.notify.smtp_port": smtp.port,
+            },
+        )
+        core = PrivacyCore(s.world.paths)
+        zelda = core.add_subject(source="test", contact="zelda@example.invalid")
+        r = s.call("POST", f"/v1/subjects/{zelda}/requests", "dpo", json={"right": "access"})
+        assert r.status_code == 200 and r.json()["subject_message"] == "queued", r.text
+        rid = r.json()["request_id"]
+        queued = len([e for e in core.ledger.entries() if e.type == "notification.queued"])
+        # Verifying tells the subject nothing: no message, the receipt's state as it was.
+        r = s.call("POST", f"/v1/requests/{rid}/verify", "dpo")
+        assert r.status_code == 200 and r.json()["subject_message"] == "queued", r.text
+        assert queued == len([e for e in core.ledger.entries() if e.type == "notification.queued"])
+        r = s.call("GET", f"/v1/requests/{rid}", "dpo")
+        assert r.status_code == 200 and r.json()["subject_message"] == "queued", r.text
+        assert not smtp.mails
+        with s.client:  # the server's own pass delivers it
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                r = s.call("GET", f"/v1/requests/{rid}", "dpo")
+                if r.json()["subject_message"] != "queued":
+                    break
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["subject_message"] == "delivered", r.text
+        assert [m.to for m in smtp.mails if rid in m.subject] == [["zelda@example.invalid"]]
+        (listed,) = [
+            x
+            for x in s.call("GET", "/v1/requests", "dpo").json()["requests"]
+            if x["request_id"] == rid
+        ]
+        assert listed["subject_message"] == "delivered"
+    # A message that cannot be delivered reads so: retried, then given up.
+    yann = core.add_subject(source="test", contact="yann@example.invalid")
+    r = s.call("POST", f"/v1/subjects/{yann}/requests", "dpo", json={"right": "erasure"})
     rid = r.json()["request_id"]
-    r = s.call("POST", f"/v1/requests/{rid}/verify", "dpo")
-    assert r.status_code == 200, r.text
-    assert r.json()["subject_told"] is None, r.json()
+    nowhere = NotifyParams(smtp_port=free_port(), max_attempts=2, backoff_seconds=0.0)
+    for state in ("retrying", "failed"):
+        Notifier(s.world.paths, core=core, params=nowhere).deliver()
+        r = s.call("GET", f"/v1/requests/{rid}", "dpo")
+        assert r.status_code == 200 and r.json()["subject_message"] == state, r.text
+    # `visage privacy notify --retry-dead` gives it another round: queued again.
+    Outbox(core).revive()
+    assert s.call("GET", f"/v1/requests/{rid}", "dpo").json()["subject_message"] == "queued"
+    r = s.call("GET", "/v1/requests/r20260101-00000000", "dpo")
+    assert r.status_code == 404 and error_of(r) == "unknown_request"
+    assert s.call("GET", f"/v1/requests/{rid}", "operator").status_code == 403
+    assert get_args(SubjectMessage) == SUBJECT_MESSAGE_STATES  # the schema names every state
 
 
 def test_the_ledger_pages_hold_every_entry_once_and_the_filters_miss_none(enrolled, monkeypatch):

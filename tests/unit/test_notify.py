@@ -71,8 +71,18 @@ def test_failed_delivery_is_retried_with_backoff_then_given_up_and_revived(setup
     port = free_port()  # nothing listens here yet
     params = NotifyParams(smtp_port=port, max_attempts=3, backoff_seconds=60.0)
     notifier = Notifier(core.paths, core=core, params=params)
-    RequestBook(core).receive(pid, "access")
+    rid = RequestBook(core).receive(pid, "access").request_id
+    env = {"VISAGE_PROJECT": str(core.paths.root)}
+
+    def shown() -> str:
+        # What the DPO sees of the subject's message (the HTTP API's subject_message too).
+        r = CliRunner().invoke(app, ["privacy", "request", "show", rid, "--json"], env=env)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["subject_message"]
+
+    assert shown() == "queued"
     assert notifier.deliver().retrying  # first try fails
+    assert shown() == "retrying"
     assert notifier.deliver().to_dict() == {"delivered": [], "retrying": [], "dead": []}
     clock.advance(seconds=61)  # waited 60 s
     assert notifier.deliver().retrying
@@ -84,6 +94,7 @@ def test_failed_delivery_is_retried_with_backoff_then_given_up_and_revived(setup
     assert msg.state == "dead" and msg.attempts == 3 and msg.last_error == "smtp_unreachable"
     failed = events(core, "notification.failed")
     assert [f.payload["state"] for f in failed] == ["retrying", "retrying", "dead"]
+    assert shown() == "failed"
     # The server is back: `visage privacy notify --retry-dead` delivers it.
     smtp = SmtpServer()
     smtp.port = port
@@ -97,9 +108,13 @@ def test_failed_delivery_is_retried_with_backoff_then_given_up_and_revived(setup
             env={"VISAGE_PROJECT": str(core.paths.root)},
         )
         assert r.exit_code == 1, r.output  # the CLI's params point at port 25: still failing
+        assert shown() == "retrying"  # revived (notification.revived), then failed once more
         Outbox(core).revive()
         assert len(notifier.deliver().delivered) == 1
     assert len(smtp.mails) == 1 and Outbox(core).messages() == []
+    assert shown() == "delivered"
+    revived = events(core, "notification.revived")
+    assert [e.payload["request_id"] for e in revived] == [rid]  # the CLI's; then none was dead
 
 
 def test_webhooks_are_signed_and_art19_reaches_every_registered_recipient(setup):

@@ -101,6 +101,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "notification.sent",
         "notification.queued",  # a message put in the outbox: its SHA-256, channel, audience
         "notification.failed",  # a delivery attempt failed (retried) or gave up, with a code
+        "notification.revived",  # a message given up on gets another round (--retry-dead)
         "consent.expired",  # a consent older than privacy.retention.consent_months lapsed
         "retention.applied",  # `visage privacy enforce` carried out a policy (action, reason)
         "recipient.registered",  # Art. 19 recipients register (ids and hashes only)

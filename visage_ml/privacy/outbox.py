@@ -5,7 +5,9 @@ Every message the controller owes is first written, durably, to ``privacy/outbox
 SHA-256 of what will be sent, its channel and audience; delivery (:mod:`visage_ml.rights.notify`,
 ``visage privacy notify``) sends it by SMTP or webhook, retries with a growing wait, and records
 ``notification.sent`` (the same SHA-256) or ``notification.failed`` (a code; ``dead`` after the
-last try). The ledger never holds a message body or an address, only hashes and states. A
+last try; ``notification.revived`` when ``visage privacy notify --retry-dead`` gives it another
+round). From these :meth:`Outbox.subject_message` tells where a request's message to the subject
+stands. The ledger never holds a message body or an address, only hashes and states. A
 delivered message's file is removed: the address it held is not kept. A ``dead`` one is kept for
 ``visage privacy notify --retry-dead`` until ``visage privacy enforce`` discards it,
 ``privacy.retention.dead_messages_days`` after it died.
@@ -61,6 +63,11 @@ CLOSING = frozenset({"completion", "denial"})
 ART19_RIGHTS = frozenset({"rectification", "erasure", "restriction"})
 SMTP, WEBHOOK, NONE = "smtp", "webhook", "none"
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+# Where a request's last message to the subject stands (the rights API's subject_message):
+# queued without an address (never sent), queued, a try failed and another is due, given up
+# (dead), delivered.
+NO_ADDRESS, QUEUED, RETRYING, FAILED = "no_address", "queued", "retrying", "failed"
+SUBJECT_MESSAGE_STATES: tuple[str, ...] = (NO_ADDRESS, QUEUED, RETRYING, DELIVERED, FAILED)
 MESSAGE_ID_RE = re.compile(r"^m[0-9a-f]{16}$")
 RECIPIENT_ID_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -145,25 +152,57 @@ def channel_of(address: str | None) -> str:
     return SMTP if EMAIL_RE.fullmatch(address) else NONE
 
 
-def _subject_states_fold(states: Mapping[str, str], chunk: bytes, offset: int) -> Mapping[str, str]:
-    """The state of the last message queued to the data subject, per request id."""
-    out: dict[str, str] | None = None
-    for a, b in line_spans(chunk, (b'"notification.queued"',)):
+@dataclass(frozen=True)
+class _SubjectMessages:
+    """The last message queued to the data subject about each request, and its state."""
+
+    last: Mapping[str, str]  # request id -> message id
+    states: Mapping[str, str]  # message id (the last of its request) -> SUBJECT_MESSAGE_STATES
+
+
+_NOTIFICATION_LINES = (
+    b'"notification.queued"',
+    b'"notification.sent"',
+    b'"notification.failed"',
+    b'"notification.revived"',
+)
+
+
+def _subject_messages_fold(held: _SubjectMessages, chunk: bytes, offset: int) -> _SubjectMessages:
+    """What the ledger says of each request's last message to the subject: queued (with an
+    address or without), a failed try (retried, or given up), revived, delivered."""
+    last: dict[str, str] | None = None
+    states: dict[str, str] | None = None
+    for a, b in line_spans(chunk, _NOTIFICATION_LINES):
         entry = orjson.loads(chunk[a:b])
-        payload = entry.get("payload") or {}
-        if entry.get("type") != "notification.queued" or payload.get("audience") != (
-            "data_subject"
-        ):
+        type_, payload = entry.get("type"), entry.get("payload") or {}
+        mid = payload.get("message_id")
+        if not isinstance(mid, str):
             continue
-        rid = payload.get("request_id")
-        if isinstance(rid, str):
-            out = dict(states) if out is None else out
-            out[rid] = payload.get("state")
-    return states if out is None else MappingProxyType(out)
+        if last is None or states is None:
+            last, states = dict(held.last), dict(held.states)
+        if type_ == "notification.queued":
+            rid = payload.get("request_id")
+            if payload.get("audience") != "data_subject" or not isinstance(rid, str):
+                continue
+            states.pop(last.get(rid, ""), None)  # an earlier message of the request
+            last[rid] = mid
+            states[mid] = NO_ADDRESS if payload.get("state") == NO_ADDRESS else QUEUED
+        elif mid not in states:
+            continue  # a recipient's message, or an earlier one of its request
+        elif type_ == "notification.sent":
+            states[mid] = DELIVERED
+        elif type_ == "notification.failed":
+            states[mid] = FAILED if payload.get("state") == DEAD else RETRYING
+        elif type_ == "notification.revived":
+            states[mid] = QUEUED
+    if last is None or states is None:
+        return held
+    return _SubjectMessages(MappingProxyType(last), MappingProxyType(states))
 
 
-_SUBJECT_STATES: LedgerFold[Mapping[str, str]] = LedgerFold(
-    _subject_states_fold, MappingProxyType({})
+_SUBJECT_MESSAGES: LedgerFold[_SubjectMessages] = LedgerFold(
+    _subject_messages_fold, _SubjectMessages(MappingProxyType({}), MappingProxyType({}))
 )
 
 
@@ -417,7 +456,7 @@ class Outbox:
             "sha256": msg.sha256,
             "request_id": request_id,
             "recipient_id": recipient_id,
-            "state": PENDING if channel != NONE else "no_address",
+            "state": PENDING if channel != NONE else NO_ADDRESS,
         }
         if channel == NONE:
             self.core.ledger.append("notification.queued", pid, payload)
@@ -521,12 +560,16 @@ class Outbox:
         )
         return msg
 
-    def unaddressed(self, request_id: str) -> bool:
-        """Whether the last message queued about request ``request_id`` had no address to go
-        to (the subject has no contact in the vault): the subject was not told. Read from a fold
-        of the ledger carried on from where the process's last call stopped (every request's
-        answer asks: reading a 150k-entry ledger each time cost 0.25 s)."""
-        return _SUBJECT_STATES(self.core.ledger.path).get(request_id) == "no_address"
+    def subject_message(self, request_id: str) -> str | None:
+        """Where the last message queued to the subject about request ``request_id`` stands,
+        one of :data:`SUBJECT_MESSAGE_STATES` (``no_address``: the subject has no contact in
+        the vault and was not told), or None when none was queued. Read from the ledger's
+        ``notification.*`` entries (what delivery recorded, not what was hoped), by a fold
+        carried on from where the process's last call stopped (every request's answer asks:
+        reading a 150k-entry ledger each time cost 0.25 s)."""
+        held = _SUBJECT_MESSAGES(self.core.ledger.path)
+        mid = held.last.get(request_id)
+        return held.states.get(mid) if mid is not None else None
 
     def discard(self, message_id: str, *, only_dead: bool = False) -> Message | None:
         """Remove a message's file without delivering it (and, for a closing message, the
@@ -546,12 +589,23 @@ class Outbox:
         return msg
 
     def revive(self, ids: Iterable[str] | None = None) -> int:
-        """Make dead messages (all, or ``ids``) pending again; returns how many."""
+        """Make dead messages (all, or ``ids``) pending again, each recorded as
+        ``notification.revived``; returns how many."""
         n = 0
         wanted = set(ids) if ids is not None else None
         for m in self.messages():
             if m.state == DEAD and (wanted is None or m.id in wanted):
                 m.state, m.attempts, m.next_attempt = PENDING, 0, ""
-                self.save(m)
+                self.save(m)  # saved before it is recorded, as a queued message is
+                self.core.ledger.append(
+                    "notification.revived",
+                    m.pid,
+                    {
+                        "message_id": m.id,
+                        "sha256": m.sha256,
+                        "request_id": m.request_id,
+                        "state": PENDING,
+                    },
+                )
                 n += 1
         return n

@@ -30,7 +30,7 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.keys import load_public_key
 from visage_ml.privacy.ledger import LedgerError, utc_now
-from visage_ml.privacy.outbox import Outbox
+from visage_ml.privacy.outbox import NO_ADDRESS, Outbox
 from visage_ml.privacy.records import plural
 from visage_ml.privacy.requests import (
     RequestBook,
@@ -574,7 +574,7 @@ MSG_NOT_TOLD = (
 def _told(core: Any, request_id: str | None, as_json: bool, out: dict[str, Any]) -> None:
     """Say so when the message a request command queued for the subject had no address (with
     --json, as ``subject_not_told`` in ``out``)."""
-    if not request_id or not Outbox(core).unaddressed(request_id):
+    if not request_id or Outbox(core).subject_message(request_id) != NO_ADDRESS:
         return
     if as_json:
         out["subject_not_told"] = MSG_NOT_TOLD
@@ -705,17 +705,21 @@ def request_deny(
 def request_show(
     request_id: str = typer.Argument(..., help="The request id."), as_json: bool = JSON_OPT
 ) -> None:
-    """Show a request: status, deadline, history, outcome. Writes nothing."""
+    """Show a request: status, deadline, history, outcome, and where its last message to the
+    subject stands (no_address, queued, retrying, delivered, failed). Writes nothing."""
     with _rights_errors():
         book = _book()
         st = book.get(request_id)
         doc = st.to_dict(book.now())
+        doc["subject_message"] = Outbox(book.core).subject_message(request_id)
     if as_json:
         emit_json(doc)
         return
     console.print(_request_line(st, book.now()), highlight=False)
     for h in doc["history"]:
         console.print(f"  seq {h['seq']:>6}  {h['time']}  {h['event']}", highlight=False)
+    if doc["subject_message"] is not None:
+        console.print(f"  message to the subject: {doc['subject_message']}", highlight=False)
     hint = failure_hint(st)
     if hint:
         console.print(escape(hint), highlight=False)

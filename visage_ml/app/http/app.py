@@ -20,7 +20,7 @@ operator  ``POST /v1/identify`` (ranked candidates, no scores), ``/v1/verify`` (
 dpo       ``POST /v1/verify`` (with the score), ``/v1/enroll`` (re-enrolment as well),
           ``GET /v1/subjects/{pid}``, ``POST /v1/subjects/{pid}/consent/withdraw``,
           ``/restrict``, ``/lift``, ``/object``, ``/erasure``, ``/requests``,
-          ``GET /v1/subjects/{pid}/export``, ``GET /v1/requests``,
+          ``GET /v1/subjects/{pid}/export``, ``GET /v1/requests[/{id}]``,
           ``POST /v1/requests/{id}/verify``, ``/extend``, ``/deny``
 auditor   ``POST /v1/verify`` (with the score), ``GET /v1/subjects/{pid}``, ``GET /v1/ledger``,
           ``GET /v1/certificates[/{name}]``, ``GET /metrics``

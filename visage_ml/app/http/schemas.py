@@ -19,11 +19,17 @@ MAX_ENROL_IMAGES = 20
 MAX_TOP_K = 100
 
 
-SUBJECT_TOLD = (
-    "Whether the message this call queued for the subject had an address: false, they were not "
-    "told (no contact in the vault; reach them another way and keep a record); null where "
-    "nothing was queued or not asked (listings)."
+SUBJECT_MESSAGE = (
+    "Where the request's last message to the subject (receipt, extension, completion, denial) "
+    "stands now, as the ledger records it: 'no_address', never sent (no contact in the vault; "
+    "reach them another way and keep a record); 'queued', waiting for the next delivery pass "
+    "(`visage serve` runs one every privacy.retention.serve_interval_seconds, `visage privacy "
+    "notify` on demand); 'retrying', a try failed and another is due; 'delivered', accepted by "
+    "the subject's mail server or webhook; 'failed', given up after privacy.notify.max_attempts "
+    "(`visage privacy notify --retry-dead`). Null where nothing was queued (no request). "
+    "GET /v1/requests/{request_id} shows it as it changes."
 )
+SubjectMessage = Literal["no_address", "queued", "retrying", "delivered", "failed"]  # outbox.py
 
 
 class ErrorDetail(BaseModel):
@@ -258,7 +264,7 @@ class RightsResponse(BaseModel):
     event: str = Field(description="Type of the ledger event appended.")
     seq: int = Field(description="Its sequence number in the ledger.")
     subject: SubjectResponse
-    subject_told: bool | None = Field(default=None, description=SUBJECT_TOLD)
+    subject_message: SubjectMessage | None = Field(default=None, description=SUBJECT_MESSAGE)
 
 
 class LedgerEntryOut(BaseModel):
@@ -355,7 +361,7 @@ class RequestOut(BaseModel):
         "null when nothing failed or the request is closed (`visage privacy requests` says the "
         "same).",
     )
-    subject_told: bool | None = Field(default=None, description=SUBJECT_TOLD)
+    subject_message: SubjectMessage | None = Field(default=None, description=SUBJECT_MESSAGE)
 
 
 class RequestsResponse(BaseModel):
@@ -370,7 +376,7 @@ class ErasureResponse(BaseModel):
     artefacts: int = Field(description="Artefacts removed (hashes in the certificate).")
     models_stale: int = Field(description="Models trained with the subject, stale until retrained.")
     timings_s: dict[str, float]
-    subject_told: bool | None = Field(default=None, description=SUBJECT_TOLD)
+    subject_message: SubjectMessage | None = Field(default=None, description=SUBJECT_MESSAGE)
 
 
 class ExportBundle(BaseModel):

@@ -97,27 +97,24 @@ def _book(svc: Service) -> RequestBook:
     return RequestBook(PrivacyCore(svc.paths), params=svc.params.privacy)
 
 
-def _out(
-    st: Any, b: RequestBook, *, told: bool = False, now: datetime | None = None
-) -> dict[str, Any]:
-    """A request's state at ``now`` (default: the book's clock); with ``told``, whether its
-    last message to the subject had an address (``subject_told``: listings leave it out)."""
-    out = {**st.to_dict(now or b.now()), "failure_hint": failure_hint(st)}
-    if told:
-        out["subject_told"] = not Outbox(b.core).unaddressed(st.request_id)
-    return out
+def _out(st: Any, b: RequestBook, *, now: datetime | None = None) -> dict[str, Any]:
+    """A request's state at ``now`` (default: the book's clock), with where its last message
+    to the subject stands (``subject_message``, as the ledger says now)."""
+    return {
+        **st.to_dict(now or b.now()),
+        "failure_hint": failure_hint(st),
+        "subject_message": Outbox(b.core).subject_message(st.request_id),
+    }
 
 
-def _transition(
-    svc: Service, action: Callable[[RequestBook], Any], *, told: bool = True
-) -> dict[str, Any]:
+def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str, Any]:
     """Apply ``action`` to a fresh request book and answer the request's new state."""
     b = _book(svc)
     with _answered():
         st = action(b)
     if svc.gallery is not None:
         svc.gallery.refresh()
-    return _out(st, b, told=told)
+    return _out(st, b)
 
 
 @router.get(
@@ -137,6 +134,23 @@ def requests_(
     items = b.all() if all else b.open()
     now = b.now()  # one reading of the clock for the whole listing (it folds the ledger)
     return {"requests": [_out(st, b, now=now) for st in items]}
+
+
+@router.get(
+    "/v1/requests/{request_id}",
+    name="request_get",
+    response_model=RequestOut,
+    responses=error_responses(*AUTH_ERRORS, 404, 422),
+)
+def request_get(
+    request_id: RequestId, _: ApiKey = DPO_KEY, svc: Service = SERVICE
+) -> dict[str, Any]:
+    """One request as it stands now: status, deadline, the last failure and what to do, and
+    where its last message to the subject stands (queued, delivered, ...)."""
+    b = _book(svc)
+    with _answered():
+        st = b.get(request_id)
+    return _out(st, b)
 
 
 @post("/v1/subjects/{pid}/requests", name="request_new")
@@ -159,7 +173,7 @@ def request_new(
         st = b.receive(
             pid, body.right, received_at=body.received_at, details=details, channel=body.channel
         )
-    return _out(st, b, told=True)
+    return _out(st, b)
 
 
 @post("/v1/requests/{request_id}/verify", name="request_verify")
@@ -171,8 +185,8 @@ def request_verify(
 ) -> dict[str, Any]:
     """Record that the requester's identity was verified (Art. 12(6))."""
     method = body.method if body is not None else "identity_verified"
-    # Verifying queues no message to the subject: subject_told stays null.
-    return _transition(svc, lambda b: b.verify(request_id, method=method), told=False)
+    # Verifying queues no message to the subject: subject_message is still the receipt's.
+    return _transition(svc, lambda b: b.verify(request_id, method=method))
 
 
 @post("/v1/requests/{request_id}/extend", name="request_extend")
@@ -240,7 +254,7 @@ def erasure(
         "artefacts": result.artefacts,
         "models_stale": len(claims.get("models") or []),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-        "subject_told": not Outbox(er.core).unaddressed(result.request_id),
+        "subject_message": Outbox(er.core).subject_message(result.request_id),
     }
 
 

@@ -115,7 +115,7 @@ def restrict(
         reason = body.reason_code if body is not None else "subject_request"
         st = restrict_request(svc.paths, pid, core=svc.core, reason_code=reason)
     answer = _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
-    return {**answer, "subject_told": not Outbox(svc.core).unaddressed(st.request_id)}
+    return {**answer, "subject_message": Outbox(svc.core).subject_message(st.request_id)}
 
 
 @post("/v1/subjects/{pid}/lift", name="lift")
@@ -132,7 +132,7 @@ def lift(
             raise ApiError(409, "not_restricted", MSG_NOT_RESTRICTED.format(pid=pid))
         st = restrict_request(svc.paths, pid, core=svc.core, lift=True)
     answer = _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
-    return {**answer, "subject_told": not Outbox(svc.core).unaddressed(st.request_id)}
+    return {**answer, "subject_message": Outbox(svc.core).subject_message(st.request_id)}
 
 
 @post("/v1/subjects/{pid}/object", name="object")
