@@ -683,14 +683,14 @@ class TrainDemographicsParams:
 
     backbone: str = "demographic_cnn"
     input_size: int = field(default=64, metadata=rng(ge=32, le=512))
-    epochs: int = field(default=12, metadata=rng(ge=1, le=10_000))
+    epochs: int = field(default=30, metadata=rng(ge=1, le=10_000))
     batch_size: int = field(default=64, metadata=rng(ge=2, le=65_536))
     lr: float = field(default=3e-3, metadata=rng(gt=0, le=10))
     weight_decay: float = field(default=0.01, metadata=rng(ge=0, le=10))
     warmup_epochs: float = field(default=0.5, metadata=rng(ge=0, le=1000))
-    group_balanced_loss: bool = False
+    group_balanced_loss: bool = True
     age_bands: tuple[int, ...] = field(default=(18, 30, 45, 60), metadata=rng(ge=0, le=120))
-    early_stopping_patience: int = field(default=12, metadata=rng(ge=1, le=1000))
+    early_stopping_patience: int = field(default=30, metadata=rng(ge=1, le=1000))
     augment: AugmentParams = AugmentParams()
     device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -836,7 +836,7 @@ class EvaluateParams:
     """Stage ``evaluate``: verification, identification and demographic differentials."""
 
     target_fmr: float = field(default=1e-3, metadata=rng(gt=0, lt=1))
-    impostor_pairs: int = field(default=200_000, metadata=rng(ge=100, le=100_000_000))
+    impostor_pairs: int = field(default=2_000_000, metadata=rng(ge=100, le=100_000_000))
     bootstrap: int = field(default=200, metadata=rng(ge=0, le=100_000))
     fdr_alpha: float = field(default=0.5, metadata=rng(ge=0, le=1))
     gate: GateParams = GateParams()
