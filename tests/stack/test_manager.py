@@ -114,3 +114,21 @@ def test_stack_up_configures_project_and_is_idempotent(stack):
         host, port = local_addr.split(":")
         if state == "0A" and int(port, 16) in ports:
             assert host == "0100007F", f"port {int(port, 16)} listens beyond loopback"
+
+
+def test_the_stack_keeps_its_data_and_its_credentials_out_of_git_and_dvc(tmp_path):
+    """A project without the repository's ignore files (one made by hand, or its .gitignore
+    lost): `stack up` adds both the services' folder and ``secrets/`` (the PostgreSQL password
+    and the S3 keys), so `git add -A` or `dvc add` cannot take the credentials."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    copy_repo_params(root / "params.yaml")
+    (root / ".gitignore").write_text("/data/raw\n")  # no final newline would also do
+    stack = Stack.of(ProjectPaths(root))
+    stack._ignore_stack_dir()
+    stack._ignore_stack_dir()  # idempotent
+    for name in (".gitignore", ".dvcignore"):
+        lines = (root / name).read_text().splitlines()
+        assert "/.stack/" in lines and "/secrets/" in lines, (name, lines)
+        assert len(lines) == len(set(lines))
+    assert (root / ".gitignore").read_text().startswith("/data/raw\n")

@@ -331,15 +331,18 @@ class Stack:
         return self.paths.root / ".visage" / "stack.lock"
 
     def _ignore_stack_dir(self) -> None:
-        """``stack.dir`` and ``secrets/`` in the project's .gitignore and .dvcignore."""
-        entry = f"/{self.params.dir.strip('/')}/"
+        """``stack.dir`` and ``secrets/`` in the project's .gitignore and .dvcignore: the
+        services' data (plaintext gallery embeddings in PostgreSQL among it) and the
+        credentials ``secrets/stack.json`` holds must never be committed or pushed."""
+        entries = (f"/{self.params.dir.strip('/')}/", f"/{self.paths.secrets.name}/")
         for name in IGNORED:
             path = self.paths.root / name
             text = path.read_text() if path.is_file() else ""
             lines = {line.strip() for line in text.splitlines()}
-            if entry not in lines and entry.lstrip("/") not in lines:
+            missing = [e for e in entries if e not in lines and e.lstrip("/") not in lines]
+            if missing:
                 sep = "" if not text or text.endswith("\n") else "\n"
-                atomic_write_text(path, f"{text}{sep}{entry}\n")
+                atomic_write_text(path, text + sep + "".join(f"{e}\n" for e in missing))
 
 
 def _redact(uri: str) -> str:
