@@ -74,6 +74,7 @@ from visage_ml.privacy.ledger import (
     KEYS_FILE,
     Entry,
     Ledger,
+    LedgerError,
     entry_hash_of,
     verify_inclusion_record,
 )
@@ -303,6 +304,30 @@ def published_keys(paths: ProjectPaths) -> Path:
     ledger has had) once a rotation wrote it, else ``privacy/ledger.pub``."""
     every = paths.ledger_public_key.with_name(KEYS_FILE)
     return every if every.is_file() else paths.ledger_public_key
+
+
+def checkout_ledger(paths: ProjectPaths) -> Ledger:
+    """The checkout's ledger, to read (nothing is signed with it here)."""
+    return Ledger(paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key)
+
+
+def signer_in_history(
+    paths: ProjectPaths, cert_path: str | os.PathLike[str]
+) -> Ed25519PublicKey | None:
+    """The key of the checkout's ledger history that signed the certificate (a certificate
+    made before a key rotation is signed by an earlier key than ``privacy/ledger.pub``); None
+    when the certificate names no key of the ledger's key chain."""
+    if not paths.ledger.is_file() or not paths.ledger_public_key.is_file():
+        return None
+    try:
+        wanted = json.loads(Path(cert_path).read_text(encoding="utf-8")).get("signature") or {}
+        chain = checkout_ledger(paths).key_chain()
+    except (OSError, ValueError, AttributeError, LedgerError):
+        return None
+    for key in chain.public_keys():
+        if key_id(key) == wanted.get("key_id"):
+            return key
+    return None
 
 
 def models_retrained_event(

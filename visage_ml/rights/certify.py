@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Container, Iterable, Mapping
@@ -28,12 +27,13 @@ from visage_ml.config import ProjectPaths
 from visage_ml.io import CHUNK
 from visage_ml.privacy.certificate import (
     CertificateReport,
+    checkout_ledger,
     models_retrained_event,
     published_keys,
+    signer_in_history,
     verify_proof,
 )
-from visage_ml.privacy.keys import key_id
-from visage_ml.privacy.ledger import Ledger, LedgerError
+from visage_ml.privacy.ledger import LedgerError
 from visage_ml.rights import dvc_objects, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
@@ -84,7 +84,7 @@ def verify_certificate(
     """
     paths = ProjectPaths.discover(root)
     if public_key is None:
-        public_key = _signer_in_history(paths, cert_path)
+        public_key = signer_in_history(paths, cert_path)
     report, doc, pub = verify_proof(
         cert_path,
         public_key=public_key,
@@ -100,29 +100,6 @@ def verify_certificate(
     if models:
         report.models = _models_status(paths, doc, claims, pub)
     return report
-
-
-def _signer_in_history(
-    paths: ProjectPaths, cert_path: str | os.PathLike[str]
-) -> Ed25519PublicKey | None:
-    """The key of the checkout's ledger history that signed the certificate (a certificate
-    made before a key rotation is signed by an earlier key than ``privacy/ledger.pub``)."""
-    if not paths.ledger.is_file() or not paths.ledger_public_key.is_file():
-        return None
-    try:
-        wanted = json.loads(Path(cert_path).read_text(encoding="utf-8")).get("signature") or {}
-        chain = _ledger(paths).key_chain()
-    except (OSError, ValueError, AttributeError, LedgerError):
-        return None
-    for key in chain.public_keys():
-        if key_id(key) == wanted.get("key_id"):
-            return key
-    return None
-
-
-def _ledger(paths: ProjectPaths) -> Ledger:
-    """The checkout's ledger, to read (nothing is signed with it here)."""
-    return Ledger(paths.ledger, key_path=paths.signing_key, public_key_path=paths.ledger_public_key)
 
 
 def _sha256_stream(path: Path) -> tuple[str, int]:
@@ -270,7 +247,7 @@ def _models_status(
 ) -> dict[str, Any]:
     stale = list(claims.get("models") or [])
     check = lineage.check_certified(paths, str(doc.get("pid")), claims)
-    ledger = _ledger(paths)
+    ledger = checkout_ledger(paths)
     # The certificate's key and those it rotated to since (each rotation signed by the key in
     # force), as the page and `lineage --refresh` read the event: a refresh after a rotation is
     # signed by the new key.
