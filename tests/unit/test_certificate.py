@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -19,15 +20,16 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.io import canonical_json, md5_file
-from visage_ml.privacy.certificate import render, sign, verify_offline
+from visage_ml.privacy.certificate import claims_digest, render, sign, unsigned, verify_offline
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.keys import key_id
 from visage_ml.privacy.tombstones import Tombstones, set_mac
 from visage_ml.privacy.witness import Witness, default_witness_dir
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.erasure import raw as raw_store
 from visage_ml.rights.erasure import tombstone as tombstone_store
-from visage_ml.rights.lineage import subject_lineage
+from visage_ml.rights.lineage import NO_MODEL, subject_lineage
 
 
 @pytest.fixture
@@ -322,7 +324,9 @@ def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded
     assert PrivacyCore(paths).ledger.verify().ok
 
 
-def test_lineage_its_refresh_and_the_verifier_agree_on_whether_models_were_retrained(project):
+def test_lineage_its_refresh_and_the_verifier_agree_on_whether_models_were_retrained(
+    project, monkeypatch
+):
     """`lineage PID` judged the models in use against the data versions the certificate's
     dataset lists only; `lineage --refresh` and verify-certificate also count the versions its
     models were trained on. A certificate whose list is shorter read "retrained (run --refresh
@@ -331,11 +335,20 @@ def test_lineage_its_refresh_and_the_verifier_agree_on_whether_models_were_retra
     paths, victim = proj.paths, proj.pids[1]
     trained_on = md5_file(paths.processed / "faces.sealed")
     write_training_lock(paths, trained_on, "a" * 32)
+    claims_of = Erasure.claims
+
+    def shorter(self, st):
+        claims = claims_of(self, st)
+        claims["dataset"]["processed_md5s_with_subject"] = []
+        return claims
+
+    # Made so by the erasure (signed and committed in its ledger entry), not edited afterwards:
+    # an edited certificate is not judged at all.
+    monkeypatch.setattr(Erasure, "claims", shorter)
     result = Erasure(paths).erase(victim)
     doc = json.loads(result.certificate_path.read_text())
     assert {m["data_md5"] for m in doc["claims"]["models"]} == {trained_on}
-    doc["claims"]["dataset"]["processed_md5s_with_subject"] = []
-    result.certificate_path.write_text(render(sign(doc, paths)))
+    assert doc["claims"]["dataset"]["processed_md5s_with_subject"] == []
     runner = CliRunner()
 
     def shown() -> tuple[set[str], bool]:
@@ -378,6 +391,78 @@ def test_a_retraining_recorded_after_a_key_rotation_is_read_by_the_verifier(proj
     assert json.loads(refresh.output)["upgraded"] == [result.request_id]
     report = verify_certificate(result.certificate_path, root=paths.root)
     assert report.models["status"].startswith("retrained (signed"), report.models["status"]
+
+
+def _signed_with(doc: dict, key: Ed25519PrivateKey) -> dict:
+    """``doc`` signed as :func:`sign` signs, with ``key``."""
+    body = unsigned(doc)
+    value = base64.b64encode(key.sign(canonical_json(body))).decode("ascii")
+    signature = {"alg": "Ed25519", "key_id": key_id(key.public_key()), "value": value}
+    return {**body, "signature": signature}
+
+
+@pytest.mark.parametrize("forgery", ["edited", "re-signed, another key", "re-signed, ledger key"])
+def test_lineage_refresh_signs_nothing_on_a_certificate_edited_on_disk(project, forgery):
+    """The attack: whoever can write privacy/certificates/ edits an erasure certificate's claims
+    so that the embedder in use, trained on data that held the subject, no longer counts; then
+    `lineage --refresh` signed erasure.models_retrained ("retrained without the subject") on the
+    file's word, signature unchecked, and `lineage PID` said "retrained (run --refresh...)"."""
+    proj = make_project(project, n_subjects=4)
+    paths, victim = proj.paths, proj.pids[1]
+    write_training_lock(paths, md5_file(paths.processed / "faces.sealed"), "a" * 32)
+    result = Erasure(paths).erase(victim)
+    cert = result.certificate_path
+    original = cert.read_bytes()
+    doc = json.loads(original)
+    doc["claims"]["dataset"]["processed_md5s_with_subject"] = []
+    for model in doc["claims"]["models"]:
+        model["data_md5"] = "0" * 32
+    if forgery == "re-signed, another key":
+        doc["claims_sha256"] = claims_digest(doc["claims"])
+        doc = _signed_with(doc, Ed25519PrivateKey.generate())
+    elif forgery == "re-signed, ledger key":  # the key file read: the ledger entry differs
+        doc["claims_sha256"] = claims_digest(doc["claims"])
+        doc = sign(doc, paths)
+    cert.write_text(render(doc))
+    ledger = paths.ledger.read_bytes()
+    runner = CliRunner()
+    refresh = runner.invoke(app, ["privacy", "lineage", "--refresh"])
+    assert refresh.exit_code == 1, refresh.output
+    said = " ".join(refresh.output.split())
+    assert "failed verification" in said
+    assert f"run `visage privacy verify-certificate {cert}`" in said
+    assert "upgraded" not in said
+    assert paths.ledger.read_bytes() == ledger  # nothing signed, not even a tree head
+    refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
+    assert refresh.exit_code == 1
+    out = json.loads(refresh.stdout)
+    assert out["upgraded"] == [] and [r["request_id"] for r in out["refused"]] == [
+        result.request_id
+    ]
+    # `lineage PID` says the certificate failed verification, not a verdict on the models.
+    shown = runner.invoke(app, ["privacy", "lineage", victim])
+    assert shown.exit_code == 1
+    said = " ".join(shown.output.split())
+    assert "failed verification" in said and "retrained" not in said
+    assert NO_MODEL not in said
+    lin = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).stdout)
+    assert lin["lineage"]["certificate_verified"] is False
+    assert "models" not in lin["lineage"] and "current_models_clean" not in lin["lineage"]
+    # The certificate the ledger signed, put back: judged again (the models are still stale).
+    cert.write_bytes(original)
+    assert json.loads(runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"]).stdout) == {
+        "upgraded": [],
+        "refused": [],
+    }
+    shown = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).stdout)
+    assert {m["status"] for m in shown["lineage"]["models"]} == {"stale"}
+    assert paths.ledger.read_bytes() == ledger
+    # Retrained for real on the purged data: recorded.
+    write_training_lock(paths, doc["claims"]["dataset"]["processed_md5_after"], "b" * 32)
+    refresh = runner.invoke(app, ["privacy", "lineage", "--refresh"])
+    assert refresh.exit_code == 0 and result.request_id in refresh.output
+    shown = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).stdout)
+    assert {m["status"] for m in shown["lineage"]["models"]} == {"retrained"}
 
 
 # ---------------------------------------------------------------------------------------------

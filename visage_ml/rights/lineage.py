@@ -17,13 +17,15 @@ prove presence are purged) and puts the result into the certificate. Models in i
 ``stale`` until retrained: :func:`current_models` and :func:`check_retrained` say whether the
 models now in use were trained on data without the subject (for a certificate,
 :func:`check_certified`, whichever command asks), and :func:`refresh` appends the signed
-``erasure.models_retrained`` event that upgrades a certificate's model status.
+``erasure.models_retrained`` event that upgrades a certificate's model status. A certificate is
+judged only as :func:`verified_certificate` reads it: signed by a key of the ledger's key chain
+and matching its signed ``erasure.completed`` entry (a file edited on disk is not).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import logging
 import os
 import subprocess
@@ -38,8 +40,9 @@ import yaml
 from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
 from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
-from visage_ml.io import md5_file, sha256_file
+from visage_ml.io import md5_file
 from visage_ml.privacy import certificate_page
+from visage_ml.privacy.certificate import render, signer_in_history, verify_proof
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.procenv import child_env
@@ -63,6 +66,12 @@ NO_MODEL_UNKNOWN = (
 )
 RETRAINED = "retrained"
 CLEAN = "clean"
+# A certificate whose signature or ledger entry does not verify: its claims are not judged.
+MSG_UNVERIFIED = (
+    "the erasure certificate {path} failed verification ({failed}): its claims are not judged "
+    "and no retraining is recorded on them; run `visage privacy verify-certificate {path}`"
+)
+NOT_LEDGER_KEY = "signature (by no key of the ledger's key chain)"
 
 
 @dataclass(frozen=True)
@@ -511,7 +520,47 @@ def check_certified(paths: ProjectPaths, pid: str, claims: Mapping[str, Any]) ->
     return check_retrained(paths, pid, certified_md5s(claims))
 
 
-def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
+def verified_certificate(
+    paths: ProjectPaths, cert_path: Path, *, request_id: str, pid: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The certificate of ``request_id`` when it verifies, else None and :data:`MSG_UNVERIFIED`.
+
+    The proof checks of ``verify-certificate`` (:func:`~visage_ml.privacy.certificate.verify_proof`:
+    encoding, signature, the ``erasure.completed`` entry, claims committed in it, tree head,
+    inclusion, the checkout's ledger holding both entries) and that it is this request's and
+    subject's; the key is only one of the ledger's own key chain (never one a key file beside it
+    lists), since whoever can edit the certificate can edit that file too.
+    """
+    key = signer_in_history(paths, cert_path)
+    if key is None:
+        failed = [NOT_LEDGER_KEY]
+    else:
+        report, doc, _ = verify_proof(cert_path, public_key=key, ledger_path=paths.ledger)
+        report.expect(request_id=request_id, pid=pid)
+        if report.ok and doc is not None:
+            return doc, None
+        failed = [c.name for c in report.checks if not c.ok]
+    return None, MSG_UNVERIFIED.format(path=cert_path, failed=", ".join(failed))
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A certificate :func:`refresh` did not judge: it failed verification."""
+
+    request_id: str
+    certificate: str
+    reason: str
+
+
+@dataclass
+class Refreshed:
+    """What :func:`refresh` did: certificates upgraded, and those refused."""
+
+    upgraded: list[str] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+
+
+def refresh(paths: ProjectPaths, *, core: Any = None) -> Refreshed:
     """Append ``erasure.models_retrained`` for each erasure whose stale models were replaced.
 
     For every completed erasure whose certificate lists models trained on the subject and that
@@ -521,14 +570,18 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
     head is appended so that the event can be proven included. The certificate's readable page
     (``<request id>.html``) is rewritten to say the models were retrained.
 
+    A certificate that fails :func:`verified_certificate` is refused, not judged: nothing is
+    appended for it (its claims, edited on disk, could drop the data versions that held the
+    subject and have the controller sign "retrained" on models trained on them).
+
     Returns
     -------
-    list of str
-        The request ids whose certificate was upgraded.
+    Refreshed
+        The request ids whose certificate was upgraded, and the certificates refused.
     """
     core = core if core is not None else PrivacyCore(paths)
     book = RequestBook(core)
-    upgraded = []
+    done = Refreshed()
     pages: list[tuple[Path, dict[str, Any]]] = []
     for st in book.all():
         if st.right != "erasure" or st.erasure_completed_seq is None:
@@ -538,7 +591,10 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
         cert_path = paths.certificates / f"{st.request_id}.json"
         if not cert_path.is_file():
             continue
-        cert = json.loads(cert_path.read_text(encoding="utf-8"))
+        cert, why = verified_certificate(paths, cert_path, request_id=st.request_id, pid=st.pid)
+        if cert is None:
+            done.refused.append(Refused(st.request_id, str(cert_path), str(why)))
+            continue
         claims = cert.get("claims") or {}
         models = claims.get("models") or []
         if not models:
@@ -551,15 +607,17 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> list[str]:
             st.pid,
             {
                 "request_id": st.request_id,
-                "certificate_sha256": sha256_file(cert_path),
+                # The bytes verified (they are the canonical rendering), not the file read
+                # again: the event names the certificate that was judged.
+                "certificate_sha256": hashlib.sha256(render(cert).encode("utf-8")).hexdigest(),
                 "stale_models": len(models),
                 "current_models": [asdict(m) for m in check.current],
             },
         )
-        upgraded.append(st.request_id)
+        done.upgraded.append(st.request_id)
         pages.append((cert_path, {"seq": entry.seq, "time": entry.time}))
-    if upgraded:
+    if done.upgraded:
         core.ledger.checkpoint()
     for cert_path, retrained in pages:  # the readable page says retrained from now on
         certificate_page.write_page(core, cert_path, retrained=retrained)
-    return upgraded
+    return done

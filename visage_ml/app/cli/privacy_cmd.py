@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -1102,7 +1103,8 @@ def lineage_cmd(
     """Which data versions and models saw the subject (DVC lineage, ONNX metadata, MLflow).
 
     For an erased subject, the models their certificate lists and whether the models in use
-    were retrained without them.
+    were retrained without them. A certificate that fails verification is not judged: --refresh
+    records nothing for it, and both say so and exit 1.
     """
 
     if pid is None and not refresh:
@@ -1112,13 +1114,26 @@ def lineage_cmd(
         core = _core()
         out: dict[str, Any] = {}
         if refresh:
-            out["upgraded"] = lineage.refresh(paths, core=core)
+            done = lineage.refresh(paths, core=core)
+            out["upgraded"] = done.upgraded
+            out["refused"] = [asdict(r) for r in done.refused]
         if pid is not None:
             out["lineage"] = _lineage_of(paths, core, pid)
+    unverified = [r["reason"] for r in out.get("refused", [])]
+    if pid is not None and out["lineage"].get("certificate_verified") is False:
+        unverified.append(out["lineage"]["certificate_status"])
     if as_json:
         emit_json(out)
-        return
-    if refresh:
+    else:
+        _print_lineage(out, refresh=refresh)
+        for reason in dict.fromkeys(unverified):
+            err_console.print(f"[bold red]error:[/] {escape(reason)}", highlight=False)
+    if unverified:
+        raise typer.Exit(1)
+
+
+def _print_lineage(out: dict[str, Any], *, refresh: bool) -> None:
+    if refresh and (out["upgraded"] or not out["refused"]):
         ups = out["upgraded"]
         console.print(
             f"models retrained: certificate(s) {', '.join(ups)} upgraded"
@@ -1126,33 +1141,40 @@ def lineage_cmd(
             else "no certificate to upgrade (models still stale, or none listed)",
             highlight=False,
         )
-    if pid is not None:
-        doc = out["lineage"]
-        for d in doc.get("data_versions", []):
-            console.print(f"data   {d['kind']:<9} {d['md5']}  ({d['source']})", highlight=False)
-        for m in doc.get("models", []):
-            status = m.get("status", "")
-            console.print(
-                f"model  {m['kind']:<12} {m['model']} v{m['version']}  data {m['data_md5']}"
-                f"  {status}",
-                highlight=False,
-            )
-        if not doc.get("models"):
-            console.print(lineage.NO_MODEL_UNKNOWN if doc.get("notes") else lineage.NO_MODEL)
-        for n in doc.get("notes", []):
-            console.print(f"note: {n}", highlight=False)
+    doc = out.get("lineage")
+    if doc is None or doc.get("certificate_verified") is False:
+        return  # no verdict on a certificate that failed verification (said on stderr)
+    for d in doc.get("data_versions", []):
+        console.print(f"data   {d['kind']:<9} {d['md5']}  ({d['source']})", highlight=False)
+    for m in doc.get("models", []):
+        status = m.get("status", "")
+        console.print(
+            f"model  {m['kind']:<12} {m['model']} v{m['version']}  data {m['data_md5']}  {status}",
+            highlight=False,
+        )
+    if not doc.get("models"):
+        console.print(lineage.NO_MODEL_UNKNOWN if doc.get("notes") else lineage.NO_MODEL)
+    for n in doc.get("notes", []):
+        console.print(f"note: {n}", highlight=False)
 
 
 def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
-    import json
-
     state = core.subject(pid)
     if not state.erased:
         return lineage.subject_lineage(paths, pid).to_dict()
     for st in RequestBook(core).all(pid=pid):
         cert = paths.certificates / f"{st.request_id}.json"
         if st.right == "erasure" and cert.is_file():
-            claims = json.loads(cert.read_text(encoding="utf-8")).get("claims") or {}
+            doc, why = lineage.verified_certificate(paths, cert, request_id=st.request_id, pid=pid)
+            if doc is None:  # its claims, perhaps edited, are not shown as the lineage
+                return {
+                    "pid": pid,
+                    "erased": True,
+                    "certificate": str(cert),
+                    "certificate_verified": False,
+                    "certificate_status": why,
+                }
+            claims = doc.get("claims") or {}
             models = claims.get("models") or []
             check = lineage.check_certified(paths, pid, claims)
             status = "retrained" if st.models_retrained_seq is not None else "stale"
@@ -1162,6 +1184,7 @@ def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
                 "pid": pid,
                 "erased": True,
                 "certificate": str(cert),
+                "certificate_verified": True,
                 "data_versions": (claims.get("dataset") or {}).get("data_versions_with_subject")
                 or [],
                 "models": [{**m, "status": status} for m in models],
