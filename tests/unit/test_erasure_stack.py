@@ -131,3 +131,33 @@ def test_an_external_s3_remote_puts_its_caveat_on_the_certificate(monkeypatch, p
     outcome = dvc_remote.erase(ctx, proj.pids[0], [], plan)
     # The orchestrator gathers every step's "note" into the certificate's store_notes.
     assert outcome.info.get("note") == dvc_remote.EXTERNAL_NOTE
+
+
+def test_a_dvc_remote_on_another_provider_puts_its_caveat_on_the_certificate(project):
+    """A DVC remote on a provider's S3 (or GCS, Azure, SSH...) that is not the stack's: its
+    objects are deleted through the API, and the certificate called a table in clear there
+    "physically removed" without a word on versions, replicas or the provider's disks. A remote
+    on a path is deleted by the erasure itself, and the stack's remote has its own step."""
+    from visage_ml.rights import dvc_objects
+    from visage_ml.rights.erasure import dvc
+    from visage_ml.rights.erasure.base import Context
+
+    init_dvc_repo(project)
+    proj = make_project(project, n_subjects=2)
+    ctx = Context(paths=proj.paths, core=proj.core, params=load_params(proj.paths.params))
+    setup = dvc_objects.DvcSetup(proj.paths.root)
+    stack_name = Stack.of(proj.paths).params.dvc_remote
+    setup.remote_urls = {
+        "offsite": "s3://backups/visage",
+        "archive": "gs://archive/dvc",
+        "nas": "/mnt/nas/dvc",
+        "here": "file:///srv/dvc",
+    }
+    assert dvc.api_remotes(ctx, setup) == ["archive", "offsite"]
+    # The stack's own remote, once DVC knows it, is its step's to note (or compact).
+    setup.remote_urls[stack_name] = "s3://visage-dvc"
+    ctx.dvc_setup = lambda: setup  # type: ignore[method-assign]
+    assert dvc.api_remotes(ctx, setup) == ["archive", "offsite"]
+    plan = dvc.Plan([], {}, state=dvc_objects.PurgePlan(proj.pids[0]))
+    outcome = dvc.erase(ctx, proj.pids[0], [], plan)
+    assert outcome.info["note"] == dvc.API_NOTE.format(names="archive, offsite")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from visage_ml.rights import dvc_objects, manifest_index
 from visage_ml.rights.erasure import raw
@@ -29,6 +30,15 @@ from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.stack.manager import Stack
 
 log = logging.getLogger(__name__)
+
+# A remote the erasure reaches only through its API: deleting an object there says nothing of
+# the provider's disks, object versions, replicas or backups (the local stack's S3 is compacted
+# by the dvc_remote step, which notes an external stack S3 itself; a path is deleted here).
+API_NOTE = (
+    "DVC remote(s) {names}: objects deleted through the remote's API; the provider's disk "
+    "compaction, object versions, replication and backups are not observable from this "
+    "project (objects sealed under the subject's key are unreadable whatever remains)"
+)
 
 
 def plan(ctx: Context, pid: str) -> Plan | None:
@@ -56,6 +66,18 @@ def stack_remote(ctx: Context) -> tuple[Stack, list[Any]] | None:
     if name not in setup.remote_urls:
         return None
     return stack, [s for s in setup.stores if s.name.startswith(f"remote:{name}")]
+
+
+def api_remotes(ctx: Context, setup: dvc_objects.DvcSetup) -> list[str]:
+    """Names of the project's DVC remotes reached only through an API (a URL with a scheme),
+    but the stack's own remote, whose step compacts (local) or notes (external) it."""
+    found = stack_remote(ctx)
+    stack_name = found[0].params.dvc_remote if found is not None else None
+    return sorted(
+        name
+        for name, url in setup.remote_urls.items()
+        if name != stack_name and urlsplit(url).scheme not in ("", "file")
+    )
 
 
 def known_md5s(ctx: Context, pid: str) -> tuple[list[str], dict[str, str]]:
@@ -108,14 +130,14 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
             "another path and were kept; the certificate declares them",
             len(purge_plan.kept),
         )
-    return Outcome(
-        removed,
-        {
-            "remotes": sorted(setup.remote_urls),
-            "site_cache": str(setup.site_cache_dir) if setup.site_cache_dir else None,
-            **_kept_info(purge_plan),
-        },
-    )
+    info: dict[str, Any] = {
+        "remotes": sorted(setup.remote_urls),
+        "site_cache": str(setup.site_cache_dir) if setup.site_cache_dir else None,
+        **_kept_info(purge_plan),
+    }
+    if names := api_remotes(ctx, setup):
+        info["note"] = API_NOTE.format(names=", ".join(names))  # the certificate's store_notes
+    return Outcome(removed, info)
 
 
 def _keep_listings(
