@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import time
+import types
 import zipfile
 from pathlib import Path
 
@@ -762,3 +763,136 @@ def test_a_socket_closed_as_a_transaction_opens_counts_as_a_lost_connection(enro
         assert not gallery._lost()  # a statement's own failure is not retried
     finally:
         gallery._db = real
+
+
+@pytest.fixture
+def least_privilege(pg, table):
+    """The role docs/deploy.md offers for the erasure: pg_checkpoint + pg_maintain + owner of
+    the gallery's tables + EXECUTE on pg_switch_wal(), not a superuser. Yields its DSN and
+    makes it the owner of the tables ``table`` names (call ``own()`` once they exist)."""
+    role, password = f"eraser_{secrets.token_hex(4)}", secrets.token_hex(16)
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL(
+                "CREATE ROLE {r} LOGIN PASSWORD {p} IN ROLE pg_checkpoint, pg_maintain"
+            ).format(r=psycopg.sql.Identifier(role), p=psycopg.sql.Literal(password))
+        )
+        conn.execute(
+            psycopg.sql.SQL("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {r}").format(
+                r=psycopg.sql.Identifier(role)
+            )
+        )
+
+    def own() -> None:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for suffix in ("", "_revoked", "_state"):
+                conn.execute(
+                    psycopg.sql.SQL("ALTER TABLE {t} OWNER TO {r}").format(
+                        t=psycopg.sql.Identifier(table + suffix), r=psycopg.sql.Identifier(role)
+                    )
+                )
+
+    yield make_conninfo(pg.dsn, user=role, password=password), own
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        ident = psycopg.sql.Identifier(role)
+        conn.execute(psycopg.sql.SQL("REASSIGN OWNED BY {r} TO CURRENT_USER").format(r=ident))
+        conn.execute(psycopg.sql.SQL("DROP OWNED BY {r}").format(r=ident))
+        conn.execute(psycopg.sql.SQL("DROP ROLE {r}").format(r=ident))
+
+
+def test_the_documented_least_privilege_role_completes_the_purge(
+    world, engine, pg, table, least_privilege
+):
+    """docs/deploy.md's role (not a superuser) could not DELETE FROM pg_statistic, so the
+    purge raised "permission denied for table pg_statistic" and the erasure never completed.
+    With that role the purge now clears the statistics that held the subject's vector (an
+    older table's, analysed), compacts pg_statistic and drops the WAL: no byte left on disk."""
+    dsn, own = least_privilege
+    gallery = open_pg(world, pg, table)
+    pids = list(world.people)[:18]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 3)) for pid in pids})
+    own()
+    victim = pids[4]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        # A table of an older version, analysed before the erasure (as autovacuum does).
+        for col in ("pid", "embedding"):
+            conn.execute(
+                psycopg.sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET STATISTICS -1").format(
+                    t=psycopg.sql.Identifier(table), c=psycopg.sql.Identifier(col)
+                )
+            )
+        conn.execute(psycopg.sql.SQL("ANALYZE {t}").format(t=psycopg.sql.Identifier(table)))
+        conn.execute("CHECKPOINT")
+        rows = conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename = %s", (table,)
+        ).fetchone()[0]
+    assert rows == 2  # the attack's precondition: pid and embedding were sampled
+    assert any(k == "vector" for k, _ in _scan(pg.data_dir, {"vector": vector}))
+    gallery.erase(victim)
+    report = pg_gallery.purge_physically(dsn, table=table).to_dict()
+    assert report["statistics_cleared"] and report["wal_removed"], report
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename = %s", (table,)
+        ).fetchone()[0]
+        conn.execute("CHECKPOINT")
+    assert left == 0
+    assert _scan(pg.data_dir, {"vector": vector}) == []
+    gallery.close()
+
+
+def test_an_owner_without_pg_maintain_is_noted_not_claimed_cleared(
+    world, engine, pg, table, least_privilege
+):
+    """The table's owner clears its statistics but may not compact pg_statistic, where the old
+    rows' bytes stay: the report says so instead of claiming them cleared."""
+    dsn, own = least_privilege
+    gallery = open_pg(world, pg, table)
+    pid = next(iter(world.people))
+    gallery.enroll(pid, engine.embed(world.photo(pid, 2)))
+    own()
+    user = psycopg.conninfo.conninfo_to_dict(dsn)["user"]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("ALTER TABLE {t} ALTER COLUMN pid SET STATISTICS -1").format(
+                t=psycopg.sql.Identifier(table)
+            )
+        )
+        conn.execute(psycopg.sql.SQL("ANALYZE {t}").format(t=psycopg.sql.Identifier(table)))
+        conn.execute(
+            psycopg.sql.SQL("REVOKE pg_maintain FROM {r}").format(r=psycopg.sql.Identifier(user))
+        )
+    gallery.erase(pid)
+    report = pg_gallery.purge_physically(dsn, table=table).to_dict()
+    assert report["statistics_cleared"] is False
+    assert any("pg_maintain" in why for why in report["statistics"]), report
+    gallery.close()
+
+
+class _Settings:
+    """A connection answering wal_retention()'s queries: the stack's settings, no slot, and
+    ``senders`` WAL senders streaming to standbys."""
+
+    def __init__(self, senders: int) -> None:
+        self.senders = senders
+
+    def execute(self, query: str, params=None):
+        settings = {"wal_recycle": "off", "wal_keep_size": "0", "archive_mode": "off"}
+        if "current_setting" in query:
+            value = settings[params[0]]
+        elif "pg_replication_slots" in query:
+            value = 0
+        elif "pg_stat_replication" in query:
+            value = self.senders
+        else:
+            raise AssertionError(f"unexpected query {query}")
+        return types.SimpleNamespace(fetchone=lambda: (value,))
+
+
+def test_a_standby_streaming_without_a_slot_is_named_not_claimed_removed():
+    """A streaming standby without a replication slot holds the table and its own WAL; the
+    certificate said the WAL was removed, with no note."""
+    assert pg_gallery.wal_retention(_Settings(0)) == []
+    why = pg_gallery.wal_retention(_Settings(2))
+    assert len(why) == 1 and "2 standby" in why[0], why

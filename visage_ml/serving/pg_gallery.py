@@ -24,7 +24,7 @@ model version as associated data), ``template_sha256`` (of ``sealed``; the ledge
   table and its indexes, ``pg_switch_wal()`` closes the WAL segment and ``CHECKPOINT`` lets the
   server remove the old segments (:meth:`PgGallery.purge_physically`). WAL segments are only
   deleted (rather than renamed for reuse with the old bytes inside) with ``wal_recycle = off``,
-  and are kept longer by ``wal_keep_size``, replication slots and archiving:
+  and are kept longer by ``wal_keep_size``, replication slots, standbys and archiving:
   :func:`wal_retention` names what would keep them, and the erasure certificate says so.
 
 Whoever may write to the table without holding the project's keys can change ``embedding`` and
@@ -168,7 +168,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -549,8 +549,9 @@ def wal_retention(conn: psycopg.Connection) -> list[str]:
 
     Empty when ``pg_switch_wal()`` + ``CHECKPOINT`` removes every segment written before them:
     ``wal_recycle`` off (a recycled segment is renamed and keeps its old bytes until
-    overwritten), ``wal_keep_size`` 0, no archiving, no replication slot, and the role may call
-    ``pg_switch_wal()`` and ``CHECKPOINT``.
+    overwritten), ``wal_keep_size`` 0, no archiving, no replication slot, no standby streaming
+    from the server (one without a slot holds its own copy of the tables and of the WAL), and
+    the role may call ``pg_switch_wal()`` and ``CHECKPOINT``.
     """
     out: list[str] = []
 
@@ -567,19 +568,26 @@ def wal_retention(conn: psycopg.Connection) -> list[str]:
     slots = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()
     if slots and int(slots[0]):
         out.append(f"{slots[0]} replication slot(s) retain WAL and feed copies elsewhere")
+    # Every role sees one row per WAL sender (the details only with pg_read_all_stats).
+    senders = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()
+    if senders and int(senders[0]):
+        out.append(
+            f"{senders[0]} standby(s) stream from this server (pg_stat_replication) and keep "
+            "their own copy of the tables and of the WAL"
+        )
     return out
 
 
 @dataclass(frozen=True)
 class PurgeReport:
-    """What :meth:`PgGallery.purge_physically` did (no personal data)."""
+    """What :func:`purge_tables` did (no personal data)."""
 
     vacuum_full: bool
     wal_switched_from: str | None
     checkpoint: bool
     wal_retention: list[str]
     seconds: float
-    # Why the planner statistics of the table could not be cleared (empty: they were).
+    # Why the planner statistics of the tables could not be cleared (empty: they were).
     statistics: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -593,6 +601,10 @@ class PurgeReport:
             "statistics": list(self.statistics),
             "seconds": round(self.seconds, 3),
         }
+
+    def notes(self) -> list[str]:
+        """Why the purge may have left old bytes on the server (empty: it left none)."""
+        return [*self.wal_retention, *self.statistics]
 
 
 def no_statistics(conn: psycopg.Connection, names: Names) -> None:
@@ -614,63 +626,157 @@ def no_statistics(conn: psycopg.Connection, names: Names) -> None:
         )
 
 
-def _clear_statistics(conn: psycopg.Connection, names: Names) -> list[str]:
-    """Remove the table's planner statistics and compact ``pg_statistic`` (and its TOAST
-    table), so that the sample values a table of an older version kept leave the files too.
-    Returns why it could not (a role neither superuser nor ``pg_maintain``)."""
-    no_statistics(conn, names)
-    allowed = conn.execute(
-        "SELECT rolsuper OR pg_has_role(current_user, 'pg_maintain', 'USAGE') "
-        "FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
-    if not allowed or not allowed[0]:
-        return [MSG_STATS_ROLE]
-    deleted = conn.execute(
-        "DELETE FROM pg_catalog.pg_statistic WHERE starelid = %s::regclass", (names.table,)
-    ).rowcount
-    if deleted:  # none kept (the columns keep no statistics): nothing to compact
-        conn.execute("VACUUM FULL pg_catalog.pg_statistic")
+# pg_clear_attribute_stats(), which a role with MAINTAIN on a table may call, is PostgreSQL 18's.
+CLEAR_STATS_VERSION = 180000
+
+
+def _is_superuser(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+def _privileged(conn: psycopg.Connection, relation: str, privilege: str) -> bool:
+    row = conn.execute("SELECT has_table_privilege(%s, %s)", (relation, privilege)).fetchone()
+    return bool(row and row[0])
+
+
+def clear_statistics(conn: psycopg.Connection, tables: Sequence[str]) -> list[str]:
+    """Remove the planner statistics of ``tables`` and compact ``pg_statistic`` (and its TOAST
+    table), so that the sample values ANALYZE copied there leave the files too. Returns why it
+    could not (the notes for the certificate; empty: done).
+
+    Only a superuser may DELETE from ``pg_statistic``; another role clears them with
+    ``pg_clear_attribute_stats()`` (PostgreSQL 18, MAINTAIN on the table: its owner or
+    ``pg_maintain``) and compacts ``pg_statistic`` with MAINTAIN on it (``pg_maintain``).
+    Re-analysing would not do: a column kept out of the statistics (``SET STATISTICS 0``) keeps
+    its old row, and the others' new rows would hold other people's values.
+    """
+    if not tables:
+        return []
+    named = ", ".join(tables)
+    if _is_superuser(conn):
+        deleted = 0
+        for table in tables:
+            deleted += conn.execute(
+                "DELETE FROM pg_catalog.pg_statistic WHERE starelid = %s::regclass", (table,)
+            ).rowcount
+        if deleted:  # none kept (the columns keep no statistics): nothing to compact
+            conn.execute("VACUUM FULL pg_catalog.pg_statistic")
+        return []
+    if conn.info.server_version < CLEAR_STATS_VERSION or not all(
+        _privileged(conn, t, "MAINTAIN") for t in tables
+    ):
+        return [MSG_STATS_ROLE.format(tables=named)]
+    kept = False
+    for table in tables:
+        # pg_stats shows a column's rows only to a role that may read it: otherwise assume some.
+        row = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_stats s JOIN pg_catalog.pg_class c "
+            "ON c.relname = s.tablename JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace AND n.nspname = s.schemaname WHERE c.oid = %s::regclass",
+            (table,),
+        ).fetchone()
+        kept = kept or bool(row and row[0]) or not _privileged(conn, table, "SELECT")
+        conn.execute(
+            "SELECT pg_catalog.pg_clear_attribute_stats(n.nspname::text, c.relname::text, "
+            "a.attname::text, i.inherited) FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+            "CROSS JOIN (VALUES (false), (true)) AS i(inherited) "
+            "WHERE c.oid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            (table,),
+        )
+    if not kept:
+        return []
+    # VACUUM skips a relation the role may not vacuum with a mere warning: ask first.
+    if not _privileged(conn, "pg_catalog.pg_statistic", "MAINTAIN"):
+        return [MSG_STATS_FILES.format(tables=named)]
+    conn.execute("VACUUM FULL pg_catalog.pg_statistic")
     return []
 
 
 # The longest pause between a lost listener's reconnection attempts.
 LISTEN_BACKOFF_MAX_S = 30.0
 MSG_STATS_ROLE = (
-    "the gallery's planner statistics (pg_statistic) could not be cleared: the role is neither "
-    "superuser nor a member of pg_maintain; older sample values of the table may stay there"
+    "the planner statistics (pg_statistic) of {tables} could not be cleared: the role is not a "
+    "superuser and, on PostgreSQL 18 or later, lacks MAINTAIN on the table; older sample values "
+    "of the table may stay there (run the erasure as its owner, docs/deploy.md)"
+)
+MSG_STATS_FILES = (
+    "the planner statistics (pg_statistic) of {tables} were cleared but pg_statistic could not "
+    "be compacted: the role lacks MAINTAIN on it (grant pg_maintain); older sample values of the "
+    "table may stay in its files"
+)
+MSG_NO_VACUUM = (
+    "the role may not VACUUM FULL {table} (PostgreSQL would skip it with a warning and leave the "
+    "deleted rows on disk): run the erasure as the table's owner, a superuser or a member of "
+    "pg_maintain (docs/deploy.md)"
 )
 
 
-def purge_physically(dsn: str, *, table: str = DEFAULT_TABLE) -> PurgeReport:
-    """Rewrite the gallery's files without dead rows and let the server drop old WAL.
+class PurgeRefusedError(RuntimeError):
+    """The role cannot purge a table it was asked to: nothing could be claimed removed."""
 
-    ``VACUUM FULL`` of the table (its TOAST table and every index are rebuilt with it) and of the
-    revoked table, ``pg_switch_wal()``, then ``CHECKPOINT`` (after which the server removes or
-    recycles the WAL segments before it). Needs a role allowed to run them (a superuser, or
-    ``pg_checkpoint`` and EXECUTE on ``pg_switch_wal``).
+
+def _may_vacuum(conn: psycopg.Connection, table: str) -> bool:
+    if conn.info.server_version >= 170000:  # MAINTAIN: owner, pg_maintain or granted
+        return _privileged(conn, table, "MAINTAIN")
+    row = conn.execute(
+        "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class "
+        "WHERE oid = %s::regclass",
+        (table,),
+    ).fetchone()
+    return _is_superuser(conn) or bool(row and row[0])
+
+
+def purge_tables(
+    conn: psycopg.Connection, tables: Sequence[str], *, statistics_of: Sequence[str] = ()
+) -> PurgeReport:
+    """Rewrite ``tables`` without dead rows, clear the planner statistics of ``statistics_of``
+    and let the server drop old WAL; ``conn`` in autocommit mode.
+
+    ``VACUUM FULL`` of each table (its TOAST table and every index are rebuilt with it),
+    :func:`clear_statistics`, ``pg_switch_wal()``, then ``CHECKPOINT`` (after which the server
+    removes or recycles the WAL segments before it), twice; :func:`wal_retention` says what
+    may keep old segments anyway. Needs a role allowed to run them (a superuser, or the tables'
+    owner with ``pg_checkpoint``, ``pg_maintain`` and EXECUTE on ``pg_switch_wal``); raises
+    :class:`PurgeRefusedError` for a table it may not vacuum.
     """
-    names = Names(check_table(table))
     start = time.perf_counter()
-    with connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("VACUUM FULL {t}").format(t=names.t))
-        conn.execute(sql.SQL("VACUUM FULL {r}").format(r=names.revoked))
-        conn.execute(sql.SQL("VACUUM FULL {s}").format(s=names.state))
-        statistics = _clear_statistics(conn, names)
-        row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
-        conn.execute("CHECKPOINT")
-        # The checkpoint record itself opened a new segment; a second switch and checkpoint
-        # make sure no segment before the purge is still the current one or needed for redo.
-        conn.execute("SELECT pg_switch_wal()")
-        conn.execute("CHECKPOINT")
-        retention = wal_retention(conn)
+    for table in tables:
+        if not _may_vacuum(conn, table):
+            raise PurgeRefusedError(MSG_NO_VACUUM.format(table=table))
+    for table in tables:
+        conn.execute(sql.SQL("VACUUM FULL {t}").format(t=sql.Identifier(table)))
+    statistics = clear_statistics(conn, statistics_of)
+    row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
+    conn.execute("CHECKPOINT")
+    # The checkpoint record itself opened a new segment; a second switch and checkpoint
+    # make sure no segment before the purge is still the current one or needed for redo.
+    conn.execute("SELECT pg_switch_wal()")
+    conn.execute("CHECKPOINT")
     return PurgeReport(
-        vacuum_full=True,
+        vacuum_full=bool(tables),
         wal_switched_from=str(row[0]) if row else None,
         checkpoint=True,
-        wal_retention=retention,
+        wal_retention=wal_retention(conn),
         seconds=time.perf_counter() - start,
         statistics=statistics,
     )
+
+
+def purge_physically(dsn: str, *, table: str = DEFAULT_TABLE) -> PurgeReport:
+    """Rewrite the gallery's files without dead rows and let the server drop old WAL
+    (:func:`purge_tables` of the table, its revoked and state tables, and the table's
+    statistics)."""
+    names = Names(check_table(table))
+    with connect(dsn, autocommit=True) as conn:
+        no_statistics(conn, names)
+        return purge_tables(
+            conn,
+            [names.table, f"{names.table}_revoked", f"{names.table}_state"],
+            statistics_of=[names.table],
+        )
 
 
 def subject_rows(dsn: str, pid: str, *, table: str = DEFAULT_TABLE) -> dict[str, str]:

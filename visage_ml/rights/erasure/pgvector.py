@@ -11,9 +11,9 @@ nothing is planned or recorded). The row holds two copies of the template:
   ``VACUUM FULL`` rewrites the table, its TOAST table and its indexes (HNSW included), and
   ``pg_switch_wal()`` + ``CHECKPOINT`` let the server delete the WAL segments that held the old
   pages. That last part holds only with ``wal_recycle = off``, ``wal_keep_size = 0``, no
-  archiving and no replication slot (the stack's PostgreSQL is configured so); otherwise the
-  step's info lists what may keep old WAL (``wal_retention``) and ``wal_removed`` is false, and
-  the certificate's notes say so instead of claiming removal.
+  archiving, no replication slot and no streaming standby (the stack's PostgreSQL is configured
+  so); otherwise the step's info lists what may keep old WAL (``wal_retention``) and
+  ``wal_removed`` is false, and the certificate's notes say so instead of claiming removal.
 
 Run it right after the ``gallery`` step: from the end of :func:`erase` no replica returns the
 subject (the revoked table is checked by every query) and the bytes are gone from the data
@@ -75,9 +75,8 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         removed = rows
     report = pg_gallery.purge_physically(dsn, table=table)
     info = report.to_dict()
-    if report.wal_retention or report.statistics:
-        why = [*report.wal_retention, *report.statistics]
-        info["note"] = NOTE_WAL.format(why="; ".join(why))
+    if report.notes():
+        info["note"] = NOTE_WAL.format(why="; ".join(report.notes()))
     artefacts = [
         {"store": STORE, "path": k, "sha256": v}
         for k, v in removed.items()
