@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
+import psycopg
 import pytest
 from project_helpers import stack_project_on
 
@@ -64,3 +67,125 @@ def test_runs_artefacts_and_rows_of_the_subject_removed(stack, project, tmp_path
     # The attack: the image copy's bytes are nowhere in SeaweedFS's volume files.
     assert scan(stack.s3_data_dir, image[3000:3064]) == []
     assert mlflow_server.db_rows_naming(Stack.of(paths), PID) == []
+
+
+def _files_holding(data_dir, needle: bytes) -> list[str]:
+    """Every file of PostgreSQL's data folder holding ``needle`` (relation files, WAL, ...)."""
+    hits = []
+    for root, _dirs, files in os.walk(data_dir):
+        for name in files:
+            path = Path(root) / name
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path.relative_to(data_dir)))
+            except OSError:
+                continue
+    return hits
+
+
+def _named(stack, files: list[str]) -> list[str]:
+    """The files with the relation each one is (``base/<db oid>/<filenode>``), for a message."""
+    out = []
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        dbs = dict(conn.execute("SELECT oid::text, datname FROM pg_database").fetchall())
+    for f in files:
+        parts = f.split("/")
+        if len(parts) == 3 and parts[0] == "base" and parts[2].split(".")[0].isdigit():
+            dsn = stack.manager.postgres_dsn(dbs.get(parts[1], "visage"))
+            with psycopg.connect(dsn) as conn:
+                rel = conn.execute(
+                    "SELECT pg_filenode_relation(0, %s::oid)::text", (parts[2].split(".")[0],)
+                ).fetchone()[0]
+            f = f"{f} ({dbs.get(parts[1])}: {rel})"
+        out.append(f)
+    return out
+
+
+def test_rows_gc_deleted_leave_no_byte_in_the_database_files(stack, project):
+    """``mlflow gc`` deletes the runs' rows before the step purges: a plain DELETE leaves the
+    old tuples in the tables' files (and the WAL), where SQL no longer sees them."""
+    from mlflow import MlflowClient  # heavy optional dependency
+
+    pid = f"p_mlfdisk{os.urandom(4).hex()}"
+    stack_project_on(stack, project)
+    paths = ProjectPaths(project)
+    client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    exp = client.create_experiment(f"disk-{os.urandom(4).hex()}")
+    rid = client.create_run(exp, run_name=f"debug {pid}", tags={"note": f"for {pid}"}).info.run_id
+    client.log_param(rid, "subject", pid)
+    client.log_metric(rid, f"loss_{pid}", 0.5)
+    mlflow_dsn = stack.manager.postgres_dsn(stack.manager.params.mlflow.database)
+    with psycopg.connect(mlflow_dsn, autocommit=True) as conn:
+        for table in ("runs", "tags", "params", "metrics"):
+            conn.execute(f"ANALYZE {table}")  # as autovacuum does: samples in pg_statistic
+        conn.execute("CHECKPOINT")  # the rows' pages reach the tables' files
+    needle = pid.encode()
+    before = _files_holding(stack.data_dir, needle)
+    # The attack works before the erasure: the tables' files hold the pid.
+    assert any(f.startswith("base/") for f in before), before
+
+    ctx = Context(paths=paths, core=None, params=load_params(paths.params), planned={"raw": []})
+    plan = mlflow_server.plan(ctx, pid)
+    assert plan is not None and {a["run_id"] for a in plan.artefacts} == {rid}
+    out = mlflow_server.erase(ctx, pid, plan.artefacts, plan)
+    assert out.info["runs"] == 1
+    assert {"runs", "params", "tags", "metrics", "latest_metrics"} <= set(out.info["rewritten"])
+    # The same claims as the gallery's purge, each one checked.
+    assert out.info["vacuum_full"] and out.info["wal_removed"], out.info
+    assert out.info["statistics_cleared"] and "note" not in out.info, out.info
+    assert mlflow_server.verify(ctx, pid) == []
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+    left = _files_holding(stack.data_dir, needle)
+    assert left == [], "\n".join(_named(stack, left))
+
+
+def test_wal_the_server_may_keep_is_noted_not_claimed_removed(stack, project):
+    """The step switched the WAL once and claimed nothing either way: with recycled segments
+    (which keep their old bytes) the certificate could not tell the run's rows may survive."""
+    from mlflow import MlflowClient  # heavy optional dependency
+
+    pid = f"p_mlfwal{os.urandom(4).hex()}"
+    stack_project_on(stack, project)
+    paths = ProjectPaths(project)
+    client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    exp = client.create_experiment(f"wal-{os.urandom(4).hex()}")
+    client.create_run(exp, run_name=f"debug {pid}")
+    ctx = Context(paths=paths, core=None, params=load_params(paths.params), planned={"raw": []})
+    plan = mlflow_server.plan(ctx, pid)
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET wal_recycle = on")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.2)
+        try:
+            out = mlflow_server.erase(ctx, pid, plan.artefacts, plan)
+        finally:
+            conn.execute("ALTER SYSTEM SET wal_recycle = off")
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.2)
+    assert out.info["wal_removed"] is False, out.info
+    assert any("wal_recycle" in why for why in out.info["wal_retention"])
+    assert "wal_recycle" in out.info["note"]
+
+
+def test_the_tables_rewritten_after_gc_are_those_the_installed_mlflow_deletes_from():
+    """An MLflow upgrade whose gc deletes from another table would leave that table's dead rows
+    on disk unnoticed: the lists follow the installed MLflow's code."""
+    import inspect
+    import re
+
+    from mlflow.store.tracking import sqlalchemy_store as store
+    from mlflow.store.tracking.dbmodels import models
+
+    def tables(fn) -> set[str]:
+        names = set(re.findall(r"\b(Sql[A-Za-z]+)\b", inspect.getsource(fn)))
+        return {getattr(models, n).__tablename__ for n in names if hasattr(models, n)}
+
+    run = {m.__tablename__ for m in store._RUN_DELETE_CASCADE_MODELS} | {"runs"}
+    run |= tables(store.SqlAlchemyStore._hard_delete_run)
+    run |= tables(store.SqlAlchemyStore._mark_run_deleted)  # deleting a run through the client
+    assert run <= set(mlflow_server.GC_RUN_TABLES)
+    experiment = tables(store.SqlAlchemyStore._hard_delete_experiment) | {"experiments"}
+    assert experiment <= set(mlflow_server.GC_EXPERIMENT_TABLES)
+    logged = tables(store.SqlAlchemyStore._hard_delete_logged_model)
+    assert logged <= set(mlflow_server.GC_LOGGED_MODEL_TABLES)

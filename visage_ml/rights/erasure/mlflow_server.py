@@ -7,11 +7,15 @@ MLflow holds no personal data by design, so this normally finds nothing; what it
   naming the pid or byte-identical to one of the subject's raw files or to an erased image's
   plaintext (:mod:`visage_ml.rights.content_hashes`; recorded without its SHA-256). Such a
   run is deleted through the client API (with any registered model version made from it) and
-  ``mlflow gc`` removes its rows from the backend store and its artefacts from S3, for good;
+  ``mlflow gc`` removes its rows from the backend store and its artefacts from S3;
 - rows of the backend PostgreSQL outside runs that still name the pid (an experiment's name or
-  description): leaf rows are deleted, other values have the pid replaced, and the touched
-  tables are rewritten (``VACUUM FULL``) with the WAL switched and checkpointed, so no dead
-  tuple keeps the old bytes;
+  description): leaf rows are deleted, other values have the pid replaced;
+- a DELETE or UPDATE only marks the old row versions dead: they stay in the tables' files (and
+  the WAL) where SQL no longer sees them. So every table ``mlflow gc`` deletes from
+  (:func:`gc_tables`) and every table touched here is rewritten (``VACUUM FULL``), its planner
+  statistics cleared and re-sampled, and the WAL switched and checkpointed, by the gallery's
+  own :func:`visage_ml.serving.pg_gallery.purge_tables`: the step's info makes the same claims
+  (``vacuum_full``, ``wal_removed``, ``statistics_cleared``) with the same notes;
 - on the local stack, the S3 volumes are then vacuumed (:mod:`visage_ml.stack.seaweed`).
 
 Active only when the project tracks to a server (``stack.tracking: server``).
@@ -24,13 +28,14 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Container
+from collections.abc import Collection, Container
 from pathlib import Path
 from typing import Any
 
 from visage_ml.rights.content_hashes import ContentHashes, content_hit
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.rights.erasure.mlflow import ERASED_TEXT, MLFLOW_LEAF_TABLES
+from visage_ml.serving import pg_gallery
 from visage_ml.stack.manager import Stack
 from visage_ml.stack.mlflow_server import gc
 from visage_ml.stack.proc import StackError
@@ -44,6 +49,26 @@ UNREACHABLE = (
     "the MLflow server {uri} does not answer, so the subject's runs there cannot be checked; "
     "start it (`visage stack up`) and resume the erasure"
 )
+NOTE_PURGE = (
+    "mlflow-server: the rows naming the subject were deleted and their tables rewritten "
+    "(VACUUM FULL), but the server may still hold them ({why})"
+)
+# What ``mlflow gc --run-ids`` (MLflow 3.x, ``mlflow/cli/__init__.py``) deletes from: each run
+# (``_hard_delete_run``: its metrics, latest metrics, params and tags, then the run; deleting it
+# through the client removed its assessments), every experiment in the deleted stage
+# (``_hard_delete_experiment``: the trace roll-ups, then the experiment) and every logged model
+# in the deleted stage; deleting a model version rewrites its row and drops its aliases. The
+# tables their foreign keys cascade to are added from the catalog (:func:`gc_tables`).
+GC_RUN_TABLES = ("runs", "metrics", "latest_metrics", "params", "tags", "assessments")
+GC_EXPERIMENT_TABLES = (
+    "experiments",
+    "sql_trace_rollup_rebuild_queue",
+    "sql_trace_metric_daily_rollups",
+    "sql_span_cost_daily_rollups",
+    "sql_assessment_daily_rollups",
+)
+GC_LOGGED_MODEL_TABLES = ("logged_models",)
+MODEL_VERSION_TABLES = ("model_versions", "registered_model_aliases", "registered_models")
 
 
 def _active(ctx: Context) -> Stack | None:
@@ -177,8 +202,57 @@ def db_rows_naming(stack: Stack, pid: str) -> list[str]:
     return out
 
 
-def purge_rows(stack: Stack, pid: str) -> list[str]:
-    """Delete or rewrite backend rows naming ``pid``, then rewrite those tables and the WAL."""
+def _existing(conn: Any, tables: list[str]) -> list[str]:
+    rows = conn.execute(
+        "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND relname = ANY(%s)",
+        (tables,),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def _any_deleted(conn: Any, table: str) -> bool:
+    if not _existing(conn, [table]):
+        return False
+    row = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM \"{table}\" WHERE lifecycle_stage = 'deleted')"  # noqa: S608
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def gc_tables(stack: Stack, *, model_versions: bool) -> list[str]:
+    """The backend tables that deleting the planned runs (``model_versions``: and model versions
+    made from them) and ``mlflow gc --run-ids`` delete from or rewrite; call it before the gc
+    (which removes the deleted experiments and logged models it looks for)."""
+    import psycopg  # heavy optional dependency: only the stack needs it
+
+    with psycopg.connect(stack.postgres_dsn(stack.params.mlflow.database)) as conn:
+        roots = list(GC_RUN_TABLES)
+        if _any_deleted(conn, "experiments"):
+            roots += GC_EXPERIMENT_TABLES
+        if _any_deleted(conn, "logged_models"):
+            roots += GC_LOGGED_MODEL_TABLES
+        if model_versions:
+            roots += MODEL_VERSION_TABLES
+        # Rows of other tables go with them where a foreign key cascades (or is set null).
+        rows = conn.execute(
+            "WITH RECURSIVE gc(rel) AS ("
+            " SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)"
+            " UNION SELECT k.conrelid FROM pg_constraint k JOIN gc ON k.confrelid = gc.rel"
+            " WHERE k.contype = 'f' AND k.confdeltype IN ('c', 'n', 'd'))"
+            " SELECT relname FROM pg_class WHERE oid IN (SELECT rel FROM gc)",
+            (roots,),
+        ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def purge_rows(
+    stack: Stack, pid: str, *, rewrite: Collection[str] = ()
+) -> tuple[list[str], list[str], pg_gallery.PurgeReport | None]:
+    """Delete or rewrite backend rows naming ``pid``, then purge those tables and ``rewrite``
+    (:func:`visage_ml.serving.pg_gallery.purge_tables`); the tables touched, the tables
+    rewritten and the purge's report (None: nothing to purge)."""
     import psycopg  # heavy optional dependency: only the stack needs it
 
     touched: set[str] = set()
@@ -195,13 +269,16 @@ def purge_rows(stack: Stack, pid: str) -> list[str]:
                 )
             if cur.rowcount:
                 touched.add(table)
-    if touched:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for table in sorted(touched):
-                conn.execute(f'VACUUM FULL "{table}"')
-            conn.execute("SELECT pg_switch_wal()")
-            conn.execute("CHECKPOINT")
-    return sorted(touched)
+    if not touched and not rewrite:
+        return [], [], None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = _existing(conn, sorted(touched | set(rewrite)))
+        # ANALYZE may have sampled the subject's values into pg_statistic: cleared, and the
+        # tables (without them now) sampled again for MLflow's query plans.
+        report = pg_gallery.purge_tables(conn, tables, statistics_of=tables)
+        for table in tables:
+            conn.execute(f'ANALYZE "{table}"')
+    return sorted(touched), tables, report
 
 
 def _run_needles(stack: Stack, run_ids: list[str]) -> list[str]:
@@ -236,6 +313,7 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     client = _client(stack)
     run_ids = sorted({a["run_id"] for a in planned if a.get("run_id")})
     versions = 0
+    rewrite: list[str] = []
     if run_ids:
         for rm in client.search_registered_models():
             for mv in client.search_model_versions(f"name='{rm.name}'"):
@@ -248,9 +326,15 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         for rid in run_ids:
             if client.get_run(rid).info.lifecycle_stage != "deleted":
                 client.delete_run(rid)
+        rewrite = gc_tables(stack, model_versions=bool(versions))
         gc(stack.backend(), tracking_uri=stack.mlflow_uri, run_ids=run_ids)
-    tables = purge_rows(stack, pid)
+    tables, rewritten, report = purge_rows(stack, pid, rewrite=rewrite)
     info: dict[str, Any] = {"runs": len(run_ids), "model_versions": versions, "tables": tables}
+    if report is not None:
+        info["rewritten"] = rewritten
+        info.update(report.to_dict())
+        if report.notes():
+            info["note"] = NOTE_PURGE.format(why="; ".join(report.notes()))
     if stack.local and (run_ids or tables):
         info["vacuum"] = stack.seaweed().vacuum(wait_for=needles if run_ids else ())
     return Outcome(info=info)
