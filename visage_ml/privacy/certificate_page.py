@@ -91,7 +91,8 @@ OUTCOME_TEXT = {
     PHYSICALLY_REMOVED: (
         "a file not encrypted under the subject's key (an index or a list shared with other "
         "people) deleted, or rewritten without the subject: copies outside the controller's "
-        "reach are not covered by this"
+        "reach are not covered by this, nor the disk blocks the old file used, which the "
+        "filesystem overwrites in time, not at once"
     ),
     NOT_RECORDED: "the certificate does not say how (one made by an earlier version)",
 }
