@@ -683,3 +683,158 @@ def test_an_image_whose_file_is_gone_is_named_in_the_export_not_left_out(proj, t
     subject = validate_bundle(out)["subject"]
     assert subject["images_missing"] == [image_id]
     assert image_id not in {i["image_id"] for i in subject["images"]}
+
+
+# -- rectification while processing is restricted (Art. 18(1)(a)) ---------------------------
+
+
+def _completion_body(proj, rid: str) -> str:
+    from visage_ml.privacy.outbox import Outbox
+
+    (msg,) = [
+        m for m in Outbox(proj.core).messages() if m.request_id == rid and m.kind == "completion"
+    ]
+    return " ".join(msg.body.split())
+
+
+def test_a_restricted_subjects_photo_is_rectified_and_their_template_made_again_on_lift(proj):
+    """Art. 18(1)(a): the subject contests the accuracy of their photograph, processing is
+    restricted while it is checked, then the photograph is replaced. Re-enrolment refused the
+    restricted subject, so the rectification failed and its request stayed in progress."""
+    pid = proj.pids[0]  # the subject with a contact address: they are told
+    gallery = proj.gallery()
+    restrict(proj.paths, pid, core=proj.core, reason_code="accuracy_contested")
+    image_id = sorted(proj.images[pid])[0]
+    new_photo = face_tile(proj.world.people[pid], np.random.default_rng(11), noise=3.0)
+    book = RequestBook(proj.core)
+    rid = book.verify(book.receive(pid, "rectification").request_id).request_id
+    seq = len(list(proj.core.ledger.entries()))
+    result = rectify(
+        proj.paths,
+        pid,
+        images={image_id: png(new_photo)},
+        request_id=rid,
+        core=proj.core,
+        gallery=gallery,
+        engine=proj.engine,
+    )
+    st = book.get(rid)
+    assert st.status == "completed"
+    assert result.gallery == st.outcome["gallery"] == "template_removed_while_restricted"
+    # The rectified photograph is stored, sealed like every photograph.
+    store = RawStore(proj.paths, core=proj.core)
+    stored = store.read_image(pid, image_id)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), new_photo)
+    assert b"\x89PNG" not in store.image_path(pid, image_id).read_bytes()
+    # The template made from the old photograph is inaccurate: neither kept nor served; and no
+    # new one is computed while processing is restricted.
+    assert pid not in gallery.stored() and pid not in proj.gallery().stored()
+    after = list(proj.core.ledger.entries())[seq:]
+    assert not [e for e in after if e.type == "gallery.enrolled"]
+    (removed,) = [e for e in after if e.type == "gallery.removed"]
+    assert removed.pid == pid and removed.payload["reason"] == "rectification"
+    (event,) = [e for e in after if e.type == "rectification"]
+    assert event.payload["gallery"] == "template_removed_while_restricted"
+    assert proj.core.subject(pid).restricted
+    # The subject is told what happened, in words.
+    body = _completion_body(proj, rid)
+    assert "restricted" in body and "no new template" in body and "lifted" in body
+    # Lifting the restriction makes their template again, from the rectified photograph.
+    lifted = restrict(
+        proj.paths, pid, lift=True, core=proj.core, gallery=gallery, engine=proj.engine
+    )
+    assert lifted.status == "completed" and lifted.outcome["gallery"] == "reenrolled"
+    assert pid in gallery.stored()
+    match = gallery.identify(proj.engine.embed(new_photo[None])[0])
+    assert match and match[0].pid == pid
+    assert "made again" in _completion_body(proj, lifted.request_id)
+
+
+def test_a_lift_that_cannot_enrol_the_rectified_subject_says_they_must_be_enrolled_again(
+    project,
+):
+    proj = make_project(project, n_subjects=3)
+    (proj.paths.models / "embedder.onnx").unlink()  # nothing to embed with at the lift
+    pid = proj.pids[0]
+    restrict(proj.paths, pid, core=proj.core)
+    image_id = sorted(proj.images[pid])[0]
+    photo = png(face_tile(proj.world.people[pid], proj.world.rng))
+    result = rectify(proj.paths, pid, images={image_id: photo}, core=proj.core)
+    assert result.gallery == "template_removed_while_restricted"
+    assert pid not in proj.gallery().stored()
+    lifted = restrict(proj.paths, pid, lift=True, core=proj.core)
+    assert lifted.status == "completed"
+    assert lifted.outcome["gallery"] == "reenrolment_needed"
+    assert pid not in proj.gallery().stored()
+    body = _completion_body(proj, lifted.request_id)
+    assert "enrolled again" in body
+    # A second restriction and lift still knows: nothing has enrolled them since.
+    restrict(proj.paths, pid, core=proj.core)
+    again = restrict(proj.paths, pid, lift=True, core=proj.core)
+    assert again.outcome["gallery"] == "reenrolment_needed"
+
+
+def test_a_rectification_after_consent_to_identification_was_withdrawn_completes(proj):
+    # The template not purged yet (no `visage privacy enforce` since the withdrawal): the
+    # re-enrolment was refused and the request stayed in progress, as for a restriction.
+    pid = proj.pids[0]
+    gallery = proj.gallery()
+    proj.core.withdraw_consent(pid, ["identification"])
+    assert pid in gallery.stored()
+    image_id = sorted(proj.images[pid])[0]
+    photo = png(face_tile(proj.world.people[pid], np.random.default_rng(5)))
+    result = rectify(
+        proj.paths,
+        pid,
+        images={image_id: photo},
+        core=proj.core,
+        gallery=gallery,
+        engine=proj.engine,
+    )
+    assert RequestBook(proj.core).get(result.request_id).status == "completed"
+    assert result.gallery == "template_removed_no_legal_basis"
+    assert pid not in gallery.stored()
+    assert "no legal basis" in _completion_body(proj, result.request_id)
+
+
+def test_http_and_cli_lifts_say_what_became_of_a_template_removed_during_the_restriction(
+    proj, tmp_path
+):
+    call = _client(proj)
+    pid, other = proj.pids[2], proj.pids[3]
+    for p in (pid, other):
+        assert call("POST", f"/v1/subjects/{p}/restrict", "dpo").status_code == 200
+    image_id = sorted(proj.images[pid])[0]
+    new_photo = face_tile(proj.world.people[pid], np.random.default_rng(13), noise=3.0)
+    rectify(proj.paths, pid, images={image_id: png(new_photo)}, core=proj.core)
+    state = call("GET", f"/v1/subjects/{pid}", "auditor").json()
+    assert state["gallery"]["enrolled"] is False
+    # HTTP: the server's gallery and engine make the template again at the lift.
+    r = call("POST", f"/v1/subjects/{pid}/lift", "dpo")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["template"] == "reenrolled" and "made again" in body["note"]
+    assert body["subject"]["gallery"]["enrolled"] is True
+    assert body["subject"]["gallery"]["searchable"] is True
+    # ... from the rectified photograph.
+    match = proj.gallery().identify(proj.engine.embed(new_photo[None])[0])
+    assert match and match[0].pid == pid
+    # A lift that owes nothing says nothing of a template.
+    r = call("POST", f"/v1/subjects/{other}/lift", "dpo")
+    assert r.status_code == 200 and r.json()["template"] is None and r.json()["note"] is None
+    # CLI, without an embedder: the rectification and the lift say what to do, in words.
+    runner = CliRunner()
+    (proj.paths.models / "embedder.onnx").unlink()
+    third = proj.pids[4]
+    assert runner.invoke(app, ["privacy", "restrict", third]).exit_code == 0
+    photo = tmp_path / "new.png"
+    photo.write_bytes(png(face_tile(proj.world.people[third], proj.world.rng)))
+    image_id = sorted(proj.images[third])[0]
+    done = runner.invoke(app, ["privacy", "rectify", third, "--image", f"{image_id}={photo}"])
+    assert done.exit_code == 0, done.output
+    assert "no new one is made while" in _flat(done.output)
+    lifted = runner.invoke(app, ["privacy", "lift", third, "--json"])
+    assert lifted.exit_code == 0, lifted.output
+    out = json.loads(lifted.output)
+    assert out["template"] == "reenrolment_needed"
+    assert "enrolled again" in out["note"] and "no embedder" in out["note"]

@@ -94,6 +94,37 @@ REASON_TEXT: dict[str, str] = {
     "retention_expired": "the retention period of your data ended",
 }
 
+# What a request's outcome did to the subject's biometric template (its ``gallery`` code, from
+# a rectification or the lift of a restriction), in words for the subject's completion message.
+GALLERY_TEXT: dict[str, str] = {
+    "reenrolled": "Your biometric template was made again from your corrected photograph(s).",
+    "template_removed_while_restricted": (
+        "Your corrected photograph(s) are stored. Because processing of your data is "
+        "restricted (Art. 18), the biometric template made from the old photograph(s) was "
+        "deleted and no new template is made while the restriction lasts. When the "
+        "restriction is lifted (we tell you before, Art. 18(3)), your template is made again "
+        "from the corrected photograph(s)."
+    ),
+    "template_removed_no_legal_basis": (
+        "The biometric template made from your old photograph(s) was deleted; no new one is "
+        "made, as no legal basis covers identifying you."
+    ),
+    "template_removed_until_reenrolment": (
+        "The biometric template made from your old photograph(s) was deleted; a new one is "
+        "made from the corrected photograph(s) when our gallery is next rebuilt."
+    ),
+    "template_removed_no_face": (
+        "The biometric template made from your old photograph(s) was deleted; no face could "
+        "be found in the corrected photograph(s), so you are not identified until you are "
+        "enrolled again."
+    ),
+    "reenrolment_needed": (
+        "Your biometric template, deleted when your photograph(s) were corrected during the "
+        "restriction, could not be made again: you are not identified until you are enrolled "
+        "again."
+    ),
+}
+
 SUBJECTS: dict[str, str] = {
     "receipt": "We received your {right} request ({rid})",
     "extension": "Your {right} request ({rid}): more time needed",
@@ -112,7 +143,7 @@ BODIES: dict[str, str] = {
         "{deadline} (Art. 12(3)).\nReasons: {reasons}.\n\n{signature}"
     ),
     "completion": (
-        "Your {right} request {rid} ({article}) was completed on {completed}.\nThe signed "
+        "Your {right} request {rid} ({article}) was completed on {completed}.\n{done}The signed "
         "receipt of what was done has SHA-256 {receipt}; ask us for a copy.\n\n{signature}"
     ),
     "denial": (
@@ -413,6 +444,11 @@ class Outbox:
             "signature": f"{records.controller.name}\nData protection officer: "
             f"{records.dpo.contact}",
             "receipt": extra.get("receipt_sha256") or "-",
+            "done": "".join(
+                GALLERY_TEXT[code] + "\n"
+                for code in (st.outcome.get("gallery"),)
+                if code in GALLERY_TEXT
+            ),
         }
 
     def enqueue(

@@ -5,6 +5,14 @@ Rectification replaces attributes or images through :class:`~visage_ml.data.raws
 in a ``rectification`` ledger event, and re-enrols the subject in the gallery from the corrected
 images (or, without an embedder, removes the now-inaccurate template until ``dvc repro gallery``
 enrols it again).
+
+A subject whose processing is restricted is rectified too: that is Art. 18(1)(a), where the
+accuracy is contested, processing restricted while it is checked, and the data then rectified.
+The corrected images are stored (sealed, as always) and the template made from the old ones,
+now inaccurate, is removed; no new template is computed while the restriction lasts (computing
+an embedding is processing beyond storage). Lifting the restriction
+(:func:`~visage_ml.rights.runner.restrict`) makes it again from the corrected images
+(:func:`owed_enrolment`, :func:`enrol_owed`), or says that the subject must be enrolled again.
 """
 
 from __future__ import annotations
@@ -34,11 +42,13 @@ from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subj
 from visage_ml.io import canonical_json, sha256_file
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
+from visage_ml.privacy.registry import NO_BASIS_REASONS
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.export import jsonable, row_dict
 from visage_ml.rights.lifecycle import begin, recorded
 from visage_ml.serving.engine import Engine
-from visage_ml.serving.gallery import Gallery, read_meta
+from visage_ml.serving.gallery import PURPOSE as IDENTIFICATION
+from visage_ml.serving.gallery import EnrolmentRefusedError, Gallery, GalleryError, read_meta
 from visage_ml.serving.pg_gallery import open_project_gallery
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,35 @@ MSG_BAD_IMAGE = (
 MSG_NO_ROW = (
     "subject {pid} has no row in data/raw/subjects.parquet: there are no attributes to correct"
 )
+# What a rectification did to the subject's template (``gallery`` of the result, of the
+# ``rectification`` event and of the request's outcome), and what the lift of a restriction
+# did to a template a rectification removed while it lasted (``gallery`` of its outcome).
+REENROLLED = "reenrolled"
+REMOVED_WHILE_RESTRICTED = "template_removed_while_restricted"
+REMOVED_NO_BASIS = "template_removed_no_legal_basis"
+REENROLMENT_NEEDED = "reenrolment_needed"
+MSG_REMOVED_WHILE_RESTRICTED = (
+    "the template made from subject {pid}'s old images was removed, and no new one is made "
+    "while their processing is restricted; lifting the restriction (`visage privacy lift "
+    "{pid}`, POST /v1/subjects/{pid}/lift) makes it again from the rectified images"
+)
+MSG_REENROLLED = (
+    "subject {pid}'s template, removed when their images were rectified during the "
+    "restriction, was made again from the rectified images"
+)
+MSG_REENROLMENT_NEEDED = (
+    "subject {pid}'s template, removed when their images were rectified during the "
+    "restriction, could not be made again ({why}); they are not identified until enrolled "
+    "again: run `dvc repro gallery` (its prepare stage reads the rectified images in "
+    "data/raw), or enrol them with a dpo key (POST /v1/enroll)"
+)
+# Why a template owed after a lift could not be made (the ``status`` of the attempt).
+REENROLMENT_WHY = {
+    "no_gallery": "there is no gallery",
+    "no_embedder": "there is no embedder, models/embedder.onnx",
+    "template_removed_no_face": "no single face was found in the rectified images",
+    "gallery_error": "the gallery could not be written; see the log",
+}
 ATTRIBUTES = ("age", "gender", "group")
 # What the data key is stretched for to MAC the attributes (a subkey for this use only).
 ATTRIBUTES_MAC_CONTEXT = b"visage-ml rectification attributes v1"
@@ -140,6 +179,8 @@ def rectify(
         A :class:`~visage_ml.serving.engine.Engine` to re-enrol the subject from the corrected
         images; without one (and without ``models/embedder.onnx``) the subject's template is
         removed until ``dvc repro gallery`` enrols them again.
+        While the subject's processing is restricted no template is made: the old one is
+        removed, and lifting the restriction makes it again.
 
     Returns
     -------
@@ -316,7 +357,9 @@ def reenrol(
     -------
     str
         What happened: ``no_gallery``, ``not_enrolled``, ``reenrolled``,
-        ``template_removed_until_reenrolment`` (no embedder) or ``template_removed_no_face``.
+        ``template_removed_until_reenrolment`` (no embedder), ``template_removed_no_face``,
+        ``template_removed_while_restricted`` (made again when the restriction is lifted) or
+        ``template_removed_no_legal_basis`` (identification not allowed: withdrawn, objected).
     """
     enrolment = _enrolment(paths, pid, core=core, gallery=gallery, engine=engine)
     return _reenrol(paths, pid, enrolment, core=core)
@@ -338,6 +381,7 @@ def _enrolment(
     core: PrivacyCore,
     gallery: Gallery | None,
     engine: Engine | None,
+    enrolled_only: bool = True,
 ) -> _Enrolment:
     # Opened (and the model loaded) before a rectification starts: a gallery or model that
     # cannot be opened leaves its request as it was.
@@ -347,7 +391,11 @@ def _enrolment(
     g = gallery
     if g is None:
         g = open_project_gallery(paths, core=core, load=False)
-    if g is None or pid not in g.stored():
+    if g is None:
+        return _Enrolment("no_gallery")
+    # status(), not stored(): a gallery opened without loading lists in stored() only the
+    # subjects allowed for identification, so a restricted subject's template was missed.
+    if enrolled_only and not g.status(pid)["enrolled"]:
         return _Enrolment("not_enrolled")
     if engine is None and (paths.models / "embedder.onnx").is_file():
         engine = Engine.from_project(paths, load_params(paths.params), gallery_meta=meta)
@@ -369,6 +417,13 @@ def _reenrol(
     g, engine = enrolment.gallery, enrolment.engine
     assert g is not None
     replaced = dict(replaced or {})
+    state = core.subject(pid)
+    if state.restricted or state.decision(IDENTIFICATION).reason in NO_BASIS_REASONS:
+        # The old images' template is inaccurate, so it is not kept; a new one would be
+        # processing that a restriction stops until it is lifted (Art. 18(1)(a): the accuracy
+        # was contested), or that no legal basis covers. The lift makes it (enrol_owed).
+        g.erase(pid, reason="rectification")
+        return REMOVED_WHILE_RESTRICTED if state.restricted else REMOVED_NO_BASIS
     if engine is None:
         g.erase(pid, reason="rectification")
         return "template_removed_until_reenrolment"
@@ -391,4 +446,85 @@ def _reenrol(
         return "template_removed_no_face"
     emb = engine.embed(np.stack(crops))
     g.enroll(pid, emb, model_version=engine.embedder.model_version)
-    return "reenrolled"
+    return REENROLLED
+
+
+def _removed_while_restricted(core: PrivacyCore, pid: str) -> bool:
+    """Whether ``pid``'s last rectification removed their template during a restriction and no
+    enrolment has made one since (the ledger's ``rectification`` and ``gallery.enrolled``)."""
+    if core.subject(pid).template_sha256 is not None:
+        return False
+    last = None
+    for e in core.ledger.entries(containing=pid.encode()):
+        if e.pid != pid:
+            continue
+        if e.type == "rectification":
+            last = e.payload.get("gallery")
+        elif e.type == "gallery.enrolled":
+            last = None
+    return last == REMOVED_WHILE_RESTRICTED
+
+
+def owed_enrolment(
+    paths: ProjectPaths,
+    pid: str,
+    *,
+    core: PrivacyCore,
+    gallery: Gallery | None = None,
+    engine: Engine | None = None,
+) -> _Enrolment | None:
+    """The template a restriction's lift owes ``pid``: None when none is owed, else the gallery
+    and engine to make it with (opened, and the model loaded, here: before the lift is
+    recorded, so that one that cannot be opened leaves the request as it was).
+
+    One is owed when a rectification removed the subject's template while their processing was
+    restricted (``template_removed_while_restricted``) and nothing enrolled them since.
+    """
+    if not _removed_while_restricted(core, pid):
+        return None
+    return _enrolment(paths, pid, core=core, gallery=gallery, engine=engine, enrolled_only=False)
+
+
+def enrol_owed(
+    paths: ProjectPaths, pid: str, owed: _Enrolment, *, core: PrivacyCore
+) -> dict[str, str]:
+    """Make ``pid``'s template again from their rectified images, once the restriction is lifted.
+
+    Returns
+    -------
+    dict
+        For the lift's outcome: ``{"gallery": "reenrolled"}``; ``{"gallery":
+        "reenrolment_needed", "gallery_reason": why}`` when it could not be made (no gallery or
+        embedder, no face, the gallery failed; :func:`lift_note` says what to do); empty when
+        identification is still not allowed (an objection, a withdrawn consent): no template
+        is owed then.
+    """
+    if not core.may_process(pid, IDENTIFICATION).allowed:
+        return {}
+    status = owed.status
+    if status is None and owed.engine is None:
+        status = "no_embedder"
+    if status is None:
+        try:
+            status = _reenrol(paths, pid, owed, core=core)
+        except (GalleryError, EnrolmentRefusedError) as exc:
+            # The restriction is lifted already: the lift is answered, and says what to do.
+            log.warning(
+                "subject %s: template not made again after the lift (%s)", pid, type(exc).__name__
+            )
+            status = "gallery_error"
+    if status == REENROLLED:
+        return {"gallery": REENROLLED}
+    log.warning(lift_note(pid, {"gallery": REENROLMENT_NEEDED, "gallery_reason": status}))
+    return {"gallery": REENROLMENT_NEEDED, "gallery_reason": status}
+
+
+def lift_note(pid: str, outcome: Mapping[str, Any]) -> str | None:
+    """What a lift's ``outcome`` says of the subject's template, in words for the DPO (None:
+    nothing to say). The same for the CLI and the HTTP answer."""
+    if outcome.get("gallery") == REENROLLED:
+        return MSG_REENROLLED.format(pid=pid)
+    if outcome.get("gallery") == REENROLMENT_NEEDED:
+        why = str(outcome.get("gallery_reason") or "")
+        return MSG_REENROLMENT_NEEDED.format(pid=pid, why=REENROLMENT_WHY.get(why, why))
+    return None

@@ -18,6 +18,9 @@ from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, Req
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.rights.lifecycle import begin
+from visage_ml.rights.rectify import enrol_owed, owed_enrolment
+from visage_ml.serving.engine import Engine
+from visage_ml.serving.gallery import Gallery
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ def restrict(
     lift: bool = False,
     core: PrivacyCore | None = None,
     reason_code: str = "subject_request",
+    gallery: Gallery | None = None,
+    engine: Engine | None = None,
 ) -> RequestState:
     """Answer a restriction request: restrict (or lift) processing; complete the request.
 
@@ -50,6 +55,11 @@ def restrict(
     about to happen (Art. 18(3)). So a restriction or a lift the DPO makes directly (``visage
     privacy restrict`` / ``lift``, ``POST /v1/subjects/{pid}/restrict`` / ``lift``) comes
     here too.
+
+    A lift also makes again the template that a rectification removed while processing was
+    restricted (:func:`~visage_ml.rights.rectify.enrol_owed`): the outcome's ``gallery`` is
+    ``reenrolled``, or ``reenrolment_needed`` (with ``gallery_reason``) when it could not be
+    made, and the subject's completion message says which.
 
     Parameters
     ----------
@@ -65,6 +75,9 @@ def restrict(
         Open privacy core (opened when None).
     reason_code
         Why the restriction is set (a code, recorded with ``restriction.set``).
+    gallery, engine
+        For a lift that owes a template: the gallery and engine to make it with (opened from
+        the project when None).
 
     Returns
     -------
@@ -75,17 +88,21 @@ def restrict(
     if lift and not core.subject(pid).restricted:
         # Before any request is recorded or any subject told.
         raise ValueError(f"subject {pid} is not restricted; nothing to lift")
+    owed = owed_enrolment(paths, pid, core=core, gallery=gallery, engine=engine) if lift else None
     book = RequestBook(core)
     st = begin(
         book, pid, ("restriction",), request_id, details={"action": "lift" if lift else "set"}
     )
+    made: dict[str, str] = {}
     if lift:
         # Art. 18(3): the subject is told before the restriction is lifted, not only after.
         book.outbox.for_request(st, "lift_notice")
         entry = core.lift(pid)
+        if owed is not None:
+            made = enrol_owed(paths, pid, owed, core=core)
     else:
         entry = core.restrict(pid, reason_code=reason_code)
-    book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})
+    book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq, **made})
     return book.get(st.request_id)
 
 

@@ -43,6 +43,11 @@ from visage_ml.rights import lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
+from visage_ml.rights.rectify import (
+    MSG_REMOVED_WHILE_RESTRICTED,
+    REMOVED_WHILE_RESTRICTED,
+    lift_note,
+)
 from visage_ml.rights.rectify import rectify as do_rectify
 from visage_ml.rights.runner import restrict as restrict_request
 from visage_ml.rights.runner import run_request
@@ -258,15 +263,25 @@ def lift(
     pid: str = typer.Argument(..., help="The subject's pid."), as_json: bool = JSON_OPT
 ) -> None:
     """Lift a restriction: the subject is told first (Art. 18(3)), then restriction.lifted is
-    appended, recorded as a completed restriction request (recipients told, Art. 19)."""
+    appended, recorded as a completed restriction request (recipients told, Art. 19).
+
+    A template that a rectification removed during the restriction is made again from the
+    rectified images, or the output says that the subject must be enrolled again."""
     with user_errors():
         core = _core()
         st = restrict_request(core.paths, pid, core=core, lift=True)
     seq = st.outcome["seq"]
+    note = lift_note(pid, st.outcome)
     _done(
         as_json,
-        {"seq": seq, "request_id": st.request_id},
-        f"restriction of {pid} lifted (seq {seq}; request {st.request_id})",
+        {
+            "seq": seq,
+            "request_id": st.request_id,
+            "template": st.outcome.get("gallery"),
+            "note": note,
+        },
+        f"restriction of {pid} lifted (seq {seq}; request {st.request_id})"
+        + (f"\n{note}" if note else ""),
     )
 
 
@@ -831,7 +846,9 @@ def rectify(
     """Rectification (Art. 16): correct attributes or replace images through the raw store.
 
     The ledger records before/after hashes; `dvc add data/raw` makes derived data stale; the
-    subject is re-enrolled in the gallery from the corrected images.
+    subject is re-enrolled in the gallery from the corrected images. A restricted subject
+    (Art. 18(1)(a)) is rectified too: their old template is removed, and `visage privacy lift`
+    makes it again from the corrected images.
     """
 
     attributes = {
@@ -854,12 +871,18 @@ def rectify(
             core=(core := _core()),
         )
     shown = result.to_dict()
+    note = (
+        MSG_REMOVED_WHILE_RESTRICTED.format(pid=pid)
+        if result.gallery == REMOVED_WHILE_RESTRICTED
+        else None
+    )
+    shown["note"] = note
     _told(core, result.request_id, as_json, shown)
     _done(
         as_json,
         shown,
         f"{pid} rectified ({', '.join(result.fields) or 'images'}); gallery: {result.gallery}; "
-        f"request {result.request_id} completed",
+        f"request {result.request_id} completed" + (f"\n{note}" if note else ""),
     )
 
 

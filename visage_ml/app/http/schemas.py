@@ -265,6 +265,17 @@ class RightsResponse(BaseModel):
     seq: int = Field(description="Its sequence number in the ledger.")
     subject: SubjectResponse
     subject_message: SubjectMessage | None = Field(default=None, description=SUBJECT_MESSAGE)
+    template: Literal["reenrolled", "reenrolment_needed"] | None = Field(
+        default=None,
+        description=(
+            "A lift only: what became of the template that a rectification removed while "
+            "processing was restricted: made again from the rectified images, or not (the "
+            "subject must be enrolled again; see note). Null when none was owed."
+        ),
+    )
+    note: str | None = Field(
+        default=None, description="A lift only: the same in words, with what to do."
+    )
 
 
 class LedgerEntryOut(BaseModel):

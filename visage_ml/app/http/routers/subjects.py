@@ -31,6 +31,7 @@ from visage_ml.app.http.schemas import (
 from visage_ml.app.http.service import DPO_KEY, READER_KEY, SERVICE, Service
 from visage_ml.config import PURPOSES
 from visage_ml.privacy.outbox import Outbox
+from visage_ml.rights.rectify import lift_note
 from visage_ml.rights.runner import restrict as restrict_request
 
 MSG_NOT_RESTRICTED = "subject {pid} is not restricted; nothing to lift"
@@ -125,14 +126,30 @@ def lift(
     """Lift a restriction.
 
     Recorded as a completed restriction request (action ``lift``): the subject is told before
-    it is lifted (Art. 18(3)) and every registered recipient after (Art. 19)."""
+    it is lifted (Art. 18(3)) and every registered recipient after (Art. 19). A template that a
+    rectification removed during the restriction is made again from the rectified images
+    (``template``: ``reenrolled``), or ``note`` says that the subject must be enrolled again
+    (``reenrolment_needed``)."""
     request_info(request)["pid"] = pid
     with svc.lock:
         if not svc.live_subject(pid).restricted:
             raise ApiError(409, "not_restricted", MSG_NOT_RESTRICTED.format(pid=pid))
-        st = restrict_request(svc.paths, pid, core=svc.core, lift=True)
+        st = restrict_request(
+            svc.paths,
+            pid,
+            core=svc.core,
+            lift=True,
+            gallery=svc.gallery,
+            # In analytics mode the engine has no embedder: the project's is loaded, if any.
+            engine=svc.engine if svc.gallery is not None else None,
+        )
     answer = _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
-    return {**answer, "subject_message": Outbox(svc.core).subject_message(st.request_id)}
+    return {
+        **answer,
+        "subject_message": Outbox(svc.core).subject_message(st.request_id),
+        "template": st.outcome.get("gallery"),
+        "note": lift_note(pid, st.outcome),
+    }
 
 
 @post("/v1/subjects/{pid}/object", name="object")
