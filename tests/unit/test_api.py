@@ -252,6 +252,30 @@ def test_objection_and_withdrawal_stop_identification(enrolled):
     assert [e.actor for e in done] == [f"api-key:{dpo_id}"] * 2
 
 
+def test_a_consent_withdrawal_for_analytics_is_refused_saying_why(enrolled):
+    # Analytics identifies no one and never asks the consent registry: a withdrawal for it was
+    # refused with a bare schema error, and a withdrawal of "all purposes" recorded one for
+    # analytics too, which changed nothing.
+    s = enrolled
+    pid = s.pids[6]
+    r = s.call(
+        "POST", f"/v1/subjects/{pid}/consent/withdraw", "dpo", json={"purposes": ["analytics"]}
+    )
+    assert r.status_code == 422 and error_of(r) == "not_by_consent", r.text
+    assert "identifies no one" in r.json()["error"]["message"]
+    assert "object" in r.json()["error"]["message"]
+    r = s.call("POST", f"/v1/subjects/{pid}/consent/withdraw", "dpo")
+    assert r.status_code == 200, r.text
+    purposes = r.json()["subject"]["purposes"]
+    assert purposes["training"]["reason"] == "consent_withdrawn"
+    assert purposes["analytics"]["reason"] == "no_consent"
+    (withdrawn,) = [e for e in s.world.core.ledger.entries() if e.type == "consent.withdrawn"]
+    assert "analytics" not in withdrawn.payload["purposes"]
+    # An objection to analytics can be recorded (the DPO weighs and answers it).
+    r = s.call("POST", f"/v1/subjects/{pid}/object", "dpo", json={"purposes": ["analytics"]})
+    assert r.status_code == 200 and r.json()["subject"]["objected"] == ["analytics"], r.text
+
+
 def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipients(enrolled):
     # What a DPO must be able to show: when the subject was identified (Art. 15), and that the
     # recipients of their data heard of the restriction set over HTTP (Art. 19), by whom.

@@ -91,20 +91,75 @@ def test_a_consent_or_basis_the_records_do_not_allow_is_refused(project):
     core.record_basis(pid, purposes=["training"], legal_basis=["art6(1)(f)", "art9(2)(j)"])
     ensure_records(paths)
     doc = yaml.safe_load(records_path(paths).read_text())
-    del doc["purposes"]["analytics"]["subjects"]["enrolled"]  # passers-by only
+    del doc["purposes"]["evaluation"]["subjects"]["enrolled"]  # research data sets only
     records_path(paths).write_text(yaml.safe_dump(doc))
-    with pytest.raises(RecordsError, match="analytics"):
-        core.give_consent(pid, receipt(["analytics"]))
-    assert core.subject(pid).decision("analytics").reason == "no_consent"
+    with pytest.raises(RecordsError, match="evaluation"):
+        core.give_consent(pid, receipt(["evaluation"]))
+    assert core.subject(pid).decision("evaluation").reason == "no_consent"
 
 
-def test_analytics_can_be_consented_to_and_objected_to(project):
-    core = PrivacyCore(ProjectPaths(project))
+def _notice_rows(html: str, purpose: str) -> str:
+    """The notice table's rows of ``purpose``."""
+    rows = html[html.index(f">{purpose}</td>") :]
+    return rows[: min(i for i in (rows.find("<tr><td rowspan"), rows.find("</table>")) if i >= 0)]
+
+
+def test_analytics_offers_no_consent_it_could_not_honour(project):
+    """Analytics counts passers-by without identifying them and never asks the consent
+    registry; the notice offered enrolled persons consent to it ("You can withdraw your
+    consent at any time"), and a withdrawal was recorded and had no effect."""
+    paths = ProjectPaths(project)
+    ensure_records(paths)
+    recs = records_of(paths)
+    # One basis for everyone the camera counts, enrolled or not: legitimate interests.
+    (basis,) = recs.purposes["analytics"].subjects.values()
+    assert not basis.consent and basis.legitimate_interests
+    html = render_notice(recs).html
+    rows = _notice_rows(html, "analytics")
+    assert "consent" not in rows and "enrolled or not" in rows
+    counting = html[html.index("How the counting works") :]
+    counting = " ".join(counting[: counting.index("</p>")].split())
+    assert "no one's consent is asked" in counting
+    # What an objection can do is said: not take one person out of counts that hold no one.
+    interests = html[html.index("Legitimate interests (Art. 6(1)(f)") :]
+    assert "cannot leave one person out" in " ".join(interests.split())
+    # Nothing can be consented to, nor withdrawn, for analytics; the refusal says why.
+    core = PrivacyCore(paths)
     pid = core.add_subject(source="test")
-    core.give_consent(pid, receipt(["analytics"]))
-    assert core.may_process(pid, "analytics").allowed
+    with pytest.raises(ValueError, match="analytics does not rest on consent"):
+        core.give_consent(pid, receipt(["analytics"]))
+    core.give_consent(pid, receipt(["training", "identification"]))
+    with pytest.raises(ValueError, match="identifies no one"):
+        core.withdraw_consent(pid, ["analytics"])
+    # "All purposes" are the purposes a consent is given for.
+    assert core.withdraw_consent(pid).payload["purposes"] == [
+        "training",
+        "evaluation",
+        "identification",
+    ]
+    assert core.subject(pid).decision("analytics").reason == "no_consent"
+    # An objection is still recorded, for the DPO to weigh and answer (Art. 21(1)).
     core.object(pid, ["analytics"])
     assert core.may_process(pid, "analytics").reason == "objected"
+    # The CLI says the same, and its default purposes leave analytics out.
+    runner = CliRunner()
+    r = runner.invoke(app, ["privacy", "consent", "withdraw", pid, "-p", "analytics"])
+    assert r.exit_code == 2 and "does not rest on consent" in " ".join(r.output.split())
+    other = core.add_subject(source="test")
+    r = runner.invoke(app, ["privacy", "consent", "give", other, "--json"])
+    assert r.exit_code == 0, r.output
+    assert "analytics" not in yaml.safe_load(r.output)["purposes"]
+
+
+def test_records_that_rest_analytics_on_consent_are_refused_saying_what_to_use():
+    doc = default_records(controller="C", contact="dpo@example.org")
+    doc["purposes"]["analytics"]["subjects"]["enrolled"] = {
+        "legal_bases": ["art6(1)(a)", "art9(2)(a)"]
+    }
+    with pytest.raises(RecordsError, match="identifies no one") as refused:
+        parse_records(doc)
+    message = str(refused.value)
+    assert "purposes.analytics.subjects.enrolled" in message and "art6(1)(f)" in message
 
 
 def test_cli_validates_and_renders_the_register(project):

@@ -39,6 +39,21 @@ DATA_CATEGORIES: tuple[str, ...] = (
     "skin-tone group",
 )
 
+# Analytics counts the faces passing the camera without identifying anyone (no template; the
+# consent registry is never asked), so it could not leave out a person who refused or withdrew
+# consent: no one's consent is asked for it, and it rests on legitimate interests for everyone
+# (privacy/records.yaml refuses consent as its basis).
+ANALYTICS = "analytics"
+CONSENT_PURPOSES: tuple[str, ...] = tuple(p for p in PURPOSES if p != ANALYTICS)
+MSG_ANALYTICS_NOT_CONSENT = (
+    "analytics does not rest on consent, so no consent to it can be given or withdrawn: it "
+    "counts the faces passing the camera per time window and identifies no one (no template, "
+    "nothing of a face kept past the window), so it could not leave one person out of the "
+    "counts (Art. 11(1)). It rests on legitimate interests (Art. 6(1)(f)) for everyone the "
+    "camera sees, as the notice says; a subject who disagrees can object (Art. 21): `visage "
+    "privacy object PID -p analytics` (POST /v1/subjects/PID/object) records it for the DPO "
+    "to weigh against the counting as a whole"
+)
 BAD_PURPOSE = "unknown purpose '{p}'; purposes are: " + ", ".join(PURPOSES)
 BAD_BASIS = (
     "unknown legal basis '{b}'; accepted: "

@@ -25,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from visage_ml.config import PURPOSES, ProjectPaths
 from visage_ml.io import sha256_bytes
 from visage_ml.privacy.certificate import offline_proof
-from visage_ml.privacy.consent import ConsentReceipt, check_basis, check_purposes
+from visage_ml.privacy.consent import (
+    ANALYTICS,
+    CONSENT_PURPOSES,
+    MSG_ANALYTICS_NOT_CONSENT,
+    ConsentReceipt,
+    check_basis,
+    check_purposes,
+)
 from visage_ml.privacy.datakeys import DataKeys, wrapped_keys_exist
 from visage_ml.privacy.keys import CACHE_KEY_FILE, check_pid, new_pid
 from visage_ml.privacy.ledger import ROTATION_TYPE, Entry, Ledger, LedgerError
@@ -375,6 +382,8 @@ class PrivacyCore:
         """Record the same consent receipt for several subjects (one lock, one fsync)."""
         for pid in pids:
             self._live(pid)
+        if ANALYTICS in receipt.purposes:
+            raise ValueError(MSG_ANALYTICS_NOT_CONSENT)
         # Every consent names purposes of the records of processing, with a basis they allow.
         records_of(self.paths).check_basis(receipt.purposes, receipt.legal_basis)
         payload = {"receipt": receipt.to_dict(), "receipt_hash": receipt.digest()}
@@ -427,9 +436,14 @@ class PrivacyCore:
     def withdraw_consent(
         self, pid: str, purposes: Iterable[str] | None = None, *, snapshot: bool = True
     ) -> Entry:
-        """Withdraw consent for ``purposes`` (all when None), Art. 7(3)."""
+        """Withdraw consent for ``purposes`` (every purpose a consent is given for when None),
+        Art. 7(3). Analytics is refused (:data:`~visage_ml.privacy.consent.
+        MSG_ANALYTICS_NOT_CONSENT`): no consent to it is asked, and a withdrawal could not
+        change what it counts."""
         self._live(pid)
-        chosen = list(check_purposes(purposes)) if purposes else list(PURPOSES)
+        chosen = list(check_purposes(purposes)) if purposes else list(CONSENT_PURPOSES)
+        if ANALYTICS in chosen:
+            raise ValueError(MSG_ANALYTICS_NOT_CONSENT)
         entry = self.ledger.append("consent.withdrawn", pid, {"purposes": chosen})
         if snapshot:
             self.snapshot()

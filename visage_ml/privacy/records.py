@@ -40,7 +40,7 @@ from visage_ml.config import (
     load_params,
 )
 from visage_ml.io import atomic_write_text
-from visage_ml.privacy.consent import CONSENT_BASES, LEGAL_BASES, check_basis
+from visage_ml.privacy.consent import ANALYTICS, CONSENT_BASES, LEGAL_BASES, check_basis
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,10 @@ SUBJECT_CLASSES: dict[str, str] = {
     "enrolled": "enrolled persons who gave their consent (enrolment, or an import with consent "
     "evidence)",
     "research": "persons in research data sets imported under a basis other than consent",
-    "passer_by": "persons passing the camera, who are not enrolled",
+    # Enrolled or not: a purpose that rests on this class (analytics) identifies no one, so it
+    # cannot tell an enrolled person from anyone else passing.
+    "passer_by": "persons passing the camera, enrolled or not (the camera does not tell them "
+    "apart)",
 }
 REGISTERED_CLASSES: tuple[str, ...] = ("enrolled", "research")
 SubjectClass = Literal["enrolled", "research", "passer_by"]
@@ -80,8 +83,23 @@ MSG_FORMAT = (
     "`visage privacy records` to write the new default, and carry your edits over"
 )
 MSG_PASSER_BY_CONSENT = (
-    "persons passing the camera are not enrolled and cannot give consent; rest their processing "
-    "on another basis (e.g. art6(1)(f) legitimate interests, with the interest pursued)"
+    "persons passing the camera are counted without being identified or registered, so they "
+    "cannot give consent; rest their processing on another basis (e.g. art6(1)(f) legitimate "
+    "interests, with the interest pursued)"
+)
+MSG_ANALYTICS_CONSENT = (
+    "consent cannot be the basis of analytics: the counting identifies no one (Art. 11(1)) and "
+    "never asks the consent registry, so it counts a person who refused or withdrew consent "
+    "like anyone else, and the notice would offer a withdrawal that changes nothing. Remove "
+    "purposes.analytics.subjects.{cls}; analytics counts everyone the camera sees under "
+    "purposes.analytics.subjects.passer_by: art6(1)(f) (legitimate interests, with the "
+    "legitimate_interest pursued and where the balancing_test is on file) and an Art. 9 "
+    "condition (e.g. art9(2)(j))"
+)
+MSG_NOT_PER_PERSON = (
+    "purpose '{purpose}' has no legal basis recorded per person in privacy/records.yaml: it "
+    "rests only on the basis of persons passing the camera, who are never registered, so "
+    "nothing can be consented to or recorded for a subject"
 )
 MSG_INTEREST = (
     "art6(1)(f) (legitimate interests) needs the interest pursued (legitimate_interest, stated "
@@ -301,6 +319,10 @@ class Records(_Strict):
                     f"purposes.{name}.data_categories: {', '.join(missing)} not under "
                     "data_categories"
                 )
+        analytics = self.purposes[ANALYTICS]
+        for cls, basis in analytics.subjects.items():
+            if basis.consent:
+                raise ValueError(MSG_ANALYTICS_CONSENT.format(cls=cls))
         for i, r in enumerate(self.recipients):
             bad = [p for p in r.purposes if p not in self.purposes]
             if bad:
@@ -351,6 +373,8 @@ class Records(_Strict):
                     + ", ".join(self.purposes)
                 )
             allowed = set(self.allowed_bases(purpose))
+            if not allowed:
+                raise RecordsError(MSG_NOT_PER_PERSON.format(purpose=purpose))
             if not set(codes) <= allowed:
                 raise RecordsError(
                     MSG_BASIS_NOT_ALLOWED.format(
@@ -498,12 +522,10 @@ def default_records(
                 "summary": "Counting passers-by per age band, gender and skin-tone group. No one "
                 "is identified; no image is kept.",
                 "data_categories": ["transient_frames", "demographic_attributes"],
-                # Passers-by are not enrolled and cannot consent; an enrolled person may also
-                # consent to analytics of their own images.
-                "subjects": {
-                    "enrolled": consent(),
-                    "passer_by": interest(interests.passer_by),
-                },
+                # One basis for everyone the camera counts, enrolled or not: the counting
+                # identifies no one, so it could not honour a consent or its withdrawal
+                # (MSG_ANALYTICS_CONSENT).
+                "subjects": {"passer_by": interest(interests.passer_by)},
             },
         },
         "data_categories": {

@@ -26,7 +26,7 @@ from visage_ml.config import PURPOSES, load_params
 from visage_ml.io import atomic_write_text
 from visage_ml.privacy import certificate_page as cp
 from visage_ml.privacy.certificate import models_retrained_event, verify_offline
-from visage_ml.privacy.consent import ConsentReceipt, sha256_text
+from visage_ml.privacy.consent import CONSENT_PURPOSES, ConsentReceipt, sha256_text
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.keys import load_public_key
@@ -68,6 +68,10 @@ app.add_typer(subject_app, name="subject")
 app.add_typer(consent_app, name="consent")
 
 PURPOSE_HELP = f"Purpose ({', '.join(PURPOSES)}); repeat for several. Default: all."
+CONSENT_PURPOSE_HELP = (
+    f"Purpose ({', '.join(CONSENT_PURPOSES)}); repeat for several. Default: all of these "
+    "(analytics rests on no one's consent: it identifies no one)."
+)
 JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
 
 
@@ -147,7 +151,7 @@ def subject_list(as_json: bool = JSON_OPT) -> None:
 @consent_app.command("give")
 def consent_give(
     pid: str = typer.Argument(..., help="The subject's pid."),
-    purpose: list[str] = typer.Option(None, "--purpose", "-p", help=PURPOSE_HELP),
+    purpose: list[str] = typer.Option(None, "--purpose", "-p", help=CONSENT_PURPOSE_HELP),
     notice_version: str = typer.Option(
         None, help="Version of the notice shown (with --notice-file; default its hash)."
     ),
@@ -179,7 +183,7 @@ def consent_give(
         receipt = ConsentReceipt(
             controller=params.project.controller,
             controller_contact=params.project.controller_contact,
-            purposes=tuple(purpose or PURPOSES),
+            purposes=tuple(purpose or CONSENT_PURPOSES),
             notice_version=notice_version,
             notice_hash=notice_hash,
             collection_method=method,
@@ -221,7 +225,7 @@ def consent_check_evidence(
 @consent_app.command("withdraw")
 def consent_withdraw(
     pid: str = typer.Argument(..., help="The subject's pid."),
-    purpose: list[str] = typer.Option(None, "--purpose", "-p", help=PURPOSE_HELP),
+    purpose: list[str] = typer.Option(None, "--purpose", "-p", help=CONSENT_PURPOSE_HELP),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Withdraw consent (Art. 7(3)); the pipeline becomes stale in `dvc status`.

@@ -49,7 +49,7 @@ Base64Image = Annotated[
         description="The image file (JPEG, PNG, WebP or BMP) encoded as base64.",
     ),
 ]
-Purpose = Literal["training", "evaluation", "identification"]
+Purpose = Literal["training", "evaluation", "identification", "analytics"]
 PidPath = Annotated[str, Path(pattern=PID_PATTERN, description="Pseudonymous subject id.")]
 
 
@@ -83,7 +83,11 @@ class AnalyticsRequest(_Strict):
 
 class PurposesRequest(_Strict):
     purposes: list[Purpose] | None = Field(
-        None, description="Purposes concerned; all when omitted."
+        None,
+        description=(
+            "Purposes concerned; when omitted, all (a consent withdrawal: every purpose a "
+            "consent is given for, which analytics is not)."
+        ),
     )
 
 

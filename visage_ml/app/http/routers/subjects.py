@@ -29,7 +29,7 @@ from visage_ml.app.http.schemas import (
     SubjectResponse,
 )
 from visage_ml.app.http.service import DPO_KEY, READER_KEY, SERVICE, Service
-from visage_ml.config import PURPOSES
+from visage_ml.privacy.consent import ANALYTICS, MSG_ANALYTICS_NOT_CONSENT
 from visage_ml.privacy.outbox import Outbox
 from visage_ml.rights.rectify import lift_note
 from visage_ml.rights.runner import restrict as restrict_request
@@ -77,11 +77,12 @@ def _for_purposes(
     body: PurposesRequest | None,
     record: Callable[..., Any],
 ) -> dict[str, Any]:
-    """Record a per-purpose event (the purposes given, all when omitted) for a live pid."""
+    """Record a per-purpose event (the purposes given; when omitted, the core's default) for a
+    live pid."""
     request_info(request)["pid"] = pid
     with svc.lock:
         svc.live_subject(pid)
-        purposes = body.purposes if body is not None and body.purposes else list(PURPOSES)
+        purposes = body.purposes if body is not None and body.purposes else None
         entry = record(pid, purposes)
     return _done(svc, pid, entry)
 
@@ -94,7 +95,13 @@ def consent_withdraw(
     _: ApiKey = DPO_KEY,
     svc: Service = SERVICE,
 ) -> dict[str, Any]:
-    """Withdraw consent (Art. 7(3)) for the purposes given (all when omitted)."""
+    """Withdraw consent (Art. 7(3)) for the purposes given (when omitted, every purpose a
+    consent is given for). Analytics is refused (422 ``not_by_consent``): it identifies no one,
+    so no one's consent is asked for it and a withdrawal could not change what it counts; an
+    objection to it (``/object``) is recorded for the DPO to weigh."""
+    if body is not None and body.purposes and ANALYTICS in body.purposes:
+        request_info(request)["pid"] = pid
+        raise ApiError(422, "not_by_consent", MSG_ANALYTICS_NOT_CONSENT)
     return _for_purposes(svc, pid, request, body, svc.core.withdraw_consent)
 
 
