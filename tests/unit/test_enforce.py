@@ -530,3 +530,21 @@ def test_the_servers_pass_holds_the_request_lock_for_the_policies_only(project):
     t.join(timeout=30)
     assert not t.is_alive()
     assert seen == {"free_while_waiting": True, "free_while_delivering": True}
+
+
+def test_a_consent_to_analytics_recorded_before_it_was_refused_keeps_no_subject(project):
+    # Earlier versions recorded consent to analytics (the CLI's default). Analytics counts
+    # faces without identifying anyone: that consent keeps nothing of the subject's, so once
+    # every other consent is withdrawn the subject is erased by policy as anyone else.
+    proj = make_project(project, n_subjects=2, n_images=1, processed=False)
+    core, paths = proj.core, proj.paths
+    a, b = proj.pids
+    core.ledger.append(
+        "consent.given", a, {"receipt": {"purposes": ["analytics"]}, "receipt_hash": "00" * 32}
+    )
+    assert core.may_process(a, "analytics").allowed
+    core.withdraw_consent(a)  # every purpose a consent is given for; analytics refused
+    params = load_params(paths.root / "params.yaml")
+    plan = Enforcer(paths, core=core, params=params).plan()
+    assert ("erase_subject", a, "no_legal_basis") in [(x.kind, x.pid, x.reason) for x in plan]
+    assert b not in {x.pid for x in plan}

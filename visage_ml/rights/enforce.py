@@ -55,6 +55,7 @@ import orjson
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
 from visage_ml.io import file_lock, secure_unlink, sha256_file
 from visage_ml.privacy.clock import Now, WitnessTimes, decide, given, ledger_times
+from visage_ml.privacy.consent import ANALYTICS
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import SCHEDULER, acting_as
 from visage_ml.privacy.outbox import DEAD, Outbox
@@ -348,8 +349,11 @@ class Enforcer:
         if images_end is not None and images_end <= now:
             detail = {"category": "facial_images"}
             return [Action("erase_subject", RETENTION_EXPIRED, st.pid, detail)]
-        if retention.erase_without_basis and all(r in NO_BASIS_REASONS for r in reasons.values()):
-            why = {p: r for p, r in sorted(reasons.items())}
+        # Analytics keeps nothing of a registered subject's (it counts faces and identifies no
+        # one): a consent to it recorded by an earlier version must not keep their data.
+        kept_for = {p: r for p, r in reasons.items() if p != ANALYTICS}
+        if retention.erase_without_basis and all(r in NO_BASIS_REASONS for r in kept_for.values()):
+            why = {p: r for p, r in sorted(kept_for.items())}
             return [Action("erase_subject", NO_LEGAL_BASIS, st.pid, {"purposes": why})]
         if st.template_sha256 is None:
             return []
