@@ -16,6 +16,7 @@ from typing import get_args
 import anyio
 import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from notify_fakes import SmtpServer, free_port
 from PIL import Image
@@ -37,7 +38,7 @@ from visage_ml.app.cli import app as cli
 from visage_ml.app.http.app import create_app
 from visage_ml.app.http.auth import ROLES, KeyStore, parse_time
 from visage_ml.app.http.schemas import SubjectMessage
-from visage_ml.config import NotifyParams, load_params
+from visage_ml.config import NotifyParams, ProjectPaths, load_params
 from visage_ml.data.rawstore import RawStore
 from visage_ml.privacy import auditlog
 from visage_ml.privacy.core import PrivacyCore
@@ -1228,6 +1229,29 @@ def test_apikey_expiry_rotation_and_listing_on_the_command_line(project):
 def test_serve_refuses_an_unknown_mode(project):
     r = CliRunner().invoke(cli, ["serve", "--mode", "turbo"])
     assert r.exit_code == 2 and "full" in r.output
+
+
+def test_serve_names_records_that_do_not_validate_before_it_starts(project, monkeypatch):
+    """Records of an earlier version that rest analytics on consent (refused now): the server
+    started and answered every rights call and notice with a 500; it now stops at start,
+    naming the key and what to use."""
+    import uvicorn
+
+    from visage_ml.privacy.records import default_records, records_path
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(True))
+    doc = default_records(controller="C", contact="dpo@example.org")
+    doc["purposes"]["analytics"]["subjects"]["enrolled"] = {
+        "legal_bases": ["art6(1)(a)", "art9(2)(a)"]
+    }
+    path = records_path(ProjectPaths(project))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = CliRunner().invoke(cli, ["serve"])
+    assert r.exit_code == 2, r.output
+    assert "purposes.analytics.subjects.enrolled" in r.output and "records.yaml" in r.output
+    assert started == []
 
 
 def test_gallery_cli_lists_and_counts(enrolled):

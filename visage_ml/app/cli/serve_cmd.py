@@ -26,6 +26,7 @@ from visage_ml.app.stages.gallery import run
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import atomic_write_bytes, private_dir
+from visage_ml.privacy.records import records_of
 from visage_ml.serving.engine import ModelMismatchError
 from visage_ml.serving.gallery import Gallery, GalleryError
 from visage_ml.serving.gallery_check import IN_FLIGHT_S, MSG_IN_FLIGHT
@@ -190,6 +191,9 @@ def serve(
         check_transport(bind, tls=bool(tls), insecure_http=insecure_http)
         if mode is not None and mode not in ("full", "analytics"):
             raise UserError(f"--mode must be 'full' or 'analytics', not '{mode}'")
+        # The records are read by every rights call and notice: one that does not validate is
+        # named now, not answered with a 500 on each of those requests once serving.
+        records_of(paths)
         app = create_app(paths, params=params, mode=mode)
     uvicorn.run(
         app,  # an app object: one process, no workers that would inherit the environment
