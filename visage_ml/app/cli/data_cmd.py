@@ -121,7 +121,8 @@ def import_(
     Person names go only into the encrypted identity vault (privacy/vault/);
     the ledger gets subject.added and consent.given or basis.recorded events.
     Files not imported are listed with a reason code in
-    privacy/imports/import-<time>.json, the only place file names are written.
+    privacy/imports/import-<time>.json, the only place file names are written
+    (an erased subject's are counted there, never listed: the name is the person).
     Exit code 1 when `dvc add` failed after data/raw was written.
     """
     setup_logging()

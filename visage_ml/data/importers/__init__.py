@@ -20,7 +20,8 @@ after the swap while the ``data/raw`` lock is still held, so that the pairs name
 ``data/raw`` holds (an erasure or a second import waits for both); an erasure removes the pairs
 that name the subject's images, under the same lock. A
 person whose external reference, or any of whose files, matches the keyed tombstone of an
-erased subject is skipped (``erased_subject``). References that differ only by case, spaces or
+erased subject is skipped (``erased_subject``, counted in the report and never listed by path:
+the path names the person). References that differ only by case, spaces or
 Unicode form (NFC and NFD, full-width letters, zero-width characters:
 :func:`~visage_ml.privacy.tombstones.normalise_ref`) are one person, for the tombstones and
 within an import (one pid, registered under the first spelling found).
@@ -293,7 +294,7 @@ def import_dataset(
         for item in bar:
             ref = persons[normalise_ref(item.ref)]
             if erased.person(ref, item.aliases):
-                erased.skip(result, item, "the person was erased")
+                erased.skip(result)
                 continue
             try:
                 data = read_untrusted(item.path)
@@ -302,7 +303,7 @@ def import_dataset(
                 continue
             source_sha = sha256_bytes(data)
             if erased.file(ref, source_sha):
-                erased.skip(result, item, "same bytes as a file of an erased subject")
+                erased.skip(result)
                 continue
             earlier = by_source.get(source_sha)
             if earlier is not None:
@@ -315,7 +316,7 @@ def import_dataset(
                 result.skipped.append(Skip(item.rel, exc.reason, exc.detail))
                 continue
             if erased.file(ref, checked.sha256):
-                erased.skip(result, item, "same pixels as a file of an erased subject")
+                erased.skip(result)
                 continue
             earlier = by_pixels.get(checked.sha256)
             if earlier is not None:

@@ -169,7 +169,8 @@ class ErasedFilter:
     A file is refused when the person's external reference (or an alias) or the file's SHA-256
     (as read, or of its re-encoded PNG) matches a tombstone; a person any of whose files matched
     is refused whole, files accepted before the match included (:meth:`drop_accepted`). All
-    refusals carry the reason ``erased_subject``.
+    refusals carry the reason ``erased_subject`` and are counted, never listed by path: the
+    import report is read without the tombstone key, and the path names the erased person.
     """
 
     def __init__(self, tombstones: Tombstones) -> None:
@@ -203,9 +204,9 @@ class ErasedFilter:
         self.refs.add(ref)
         return True
 
-    def skip(self, result: ImportResult, item: Item, detail: str) -> None:
-        """Record ``item`` as not imported with reason ``erased_subject``."""
-        result.skipped.append(Skip(item.rel, ERASED_SUBJECT, detail))
+    def skip(self, result: ImportResult) -> None:
+        """Count a file as not imported with reason ``erased_subject`` (without its path)."""
+        result.withheld[ERASED_SUBJECT] += 1
 
     def drop_accepted(
         self,
@@ -218,8 +219,6 @@ class ErasedFilter:
         for ref in sorted(self.refs & set(accepted)):
             for acc in accepted.pop(ref):
                 txn.drop(acc.image_id)
-                self.skip(
-                    result, acc.item, "another file of this person belonged to an erased subject"
-                )
+                self.skip(result)
                 if acc.item.key and key_to_image.get(acc.item.key) == acc.image_id:
                     del key_to_image[acc.item.key]

@@ -23,7 +23,7 @@ from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.importers import utkface
-from visage_ml.data.importers.common import ERASED_SUBJECT, IMPORTS_DIR
+from visage_ml.data.importers.common import IMPORTS_DIR
 from visage_ml.io import NONCE_KEY, atomic_write_text, version_nonce
 
 # What a redacted line says instead of its path.
@@ -61,31 +61,25 @@ def _read(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and isinstance(doc.get("files"), list) else None
 
 
-def _naming(doc: dict[str, Any], names: Names, *, refusals: bool = True) -> list[int]:
+def _naming(doc: dict[str, Any], names: Names) -> list[int]:
     """Indices of the lines of report ``doc`` that name someone ``names`` accepts."""
     fmt = str(doc.get("format") or "")
     hits = []
     for i, line in enumerate(doc["files"]):
         if not isinstance(line, dict) or not isinstance(line.get("file"), str):
             continue
-        if not refusals and line.get("reason") == ERASED_SUBJECT:
-            continue
         if names(line_refs(fmt, line["file"])):
             hits.append(i)
     return hits
 
 
-def reports_naming(paths: ProjectPaths, names: Names, *, refusals: bool = True) -> list[Path]:
-    """The reports with a line that names someone ``names`` accepts.
-
-    ``refusals=False`` leaves out the lines of files an import refused because their person was
-    erased (reason ``erased_subject``): a later import of the person's folder writes them, and
-    the README says so.
-    """
+def reports_naming(paths: ProjectPaths, names: Names) -> list[Path]:
+    """The reports with a line that names someone ``names`` accepts (an import refusing an
+    erased subject's files counts them without a line, but an older version listed them)."""
     out = []
     for path in report_files(paths):
         doc = _read(path)
-        if doc is not None and _naming(doc, names, refusals=refusals):
+        if doc is not None and _naming(doc, names):
             out.append(path)
     return out
 

@@ -3,7 +3,10 @@
 The report under ``privacy/imports/`` (git-ignored, next to the vault) is the only place file
 names are written: it lists the files that were *not* imported, with a reason code, and is not
 linked to any pid. An erasure rewrites it without the lines naming the erased person
-(:mod:`visage_ml.data.importers.reports`).
+(:mod:`visage_ml.data.importers.reports`). Files refused because they belong to an erased
+subject are counted by reason and never listed (:attr:`ImportResult.withheld`): their path
+would name the person, in a report anyone who may read ``privacy/`` reads without the
+tombstone key.
 """
 
 from __future__ import annotations
@@ -32,10 +35,18 @@ from visage_ml.data.importers.common import (
 from visage_ml.data.rawstore import frame_parquet_bytes
 from visage_ml.io import NONCE_KEY, atomic_write_bytes, atomic_write_text, version_nonce
 
+# Said in the report beside the listed files when some were counted only.
+WITHHELD_TEXT = (
+    "files refused because they belong to an erased subject are counted in skipped_by_reason, "
+    "not listed: their folder or file name is the person"
+)
+
 
 @dataclass
 class ImportResult:
-    """What an import did. ``skipped`` holds file names (for the report file only)."""
+    """What an import did. ``skipped`` holds file names (for the report file only);
+    ``withheld`` counts, per reason, the files refused whose path is not written anywhere (an
+    erased subject's: the folder or file name is the person)."""
 
     format: str
     source: str
@@ -44,6 +55,7 @@ class ImportResult:
     subjects_updated: int = 0
     images_imported: int = 0
     skipped: list[Skip] = field(default_factory=list)
+    withheld: Counter[str] = field(default_factory=Counter)
     conversions: Counter[str] = field(default_factory=Counter)
     pairs_written: int | None = None
     pairs_dropped: int | None = None
@@ -56,8 +68,8 @@ class ImportResult:
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
-        """Number of files not imported, per reason code."""
-        return dict(sorted(Counter(s.reason for s in self.skipped).items()))
+        """Number of files not imported, per reason code (the withheld ones included)."""
+        return dict(sorted((Counter(s.reason for s in self.skipped) + self.withheld).items()))
 
     def summary(self) -> dict[str, Any]:
         """Counts only (no file names): safe for logs and ``--json``."""
@@ -68,7 +80,7 @@ class ImportResult:
             "subjects_added": self.subjects_added,
             "subjects_updated": self.subjects_updated,
             "images_imported": self.images_imported,
-            "files_skipped": len(self.skipped),
+            "files_skipped": len(self.skipped) + sum(self.withheld.values()),
             "skipped_by_reason": self.skipped_by_reason,
             "conversions": dict(sorted(self.conversions.items())),
             "lfw_pairs": None
@@ -191,6 +203,7 @@ def write_report(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reason_text": {k: REASON_TEXT[k] for k in result.skipped_by_reason},
         "files": [s.to_dict() for s in result.skipped],
+        **({"files_withheld": WITHHELD_TEXT} if result.withheld else {}),
         NONCE_KEY: version_nonce(),
     }
     atomic_write_text(target, json.dumps(doc, indent=2, ensure_ascii=False) + "\n", mode=0o600)

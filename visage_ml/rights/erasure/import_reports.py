@@ -9,8 +9,8 @@ the tombstones.
 
 Run in the ``vault`` step, after the tombstone and before the vault store: the reference is read
 from the vault record before it is destroyed. :func:`verify` asks the tombstones, so it finds a
-line naming any erased person, but for the refusals a later import of their folder writes
-(reason ``erased_subject``: the README says so).
+line naming any erased person. A later import of their folder writes none: it counts the files
+it refuses as ``erased_subject`` without their path (:mod:`visage_ml.data.importers.result`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,6 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
-    """Reports that still name an erased person (refusals of a later import aside)."""
-    found = reports_naming(ctx.paths, _names(ctx, None), refusals=False)
+    """Reports that still name an erased person."""
+    found = reports_naming(ctx.paths, _names(ctx, None))
     return [ctx.rel(f) for f in found]
