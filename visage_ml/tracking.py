@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visage_ml.config import ProjectPaths
+from visage_ml.stack import stores
 
 if TYPE_CHECKING:
     import mlflow
@@ -38,10 +39,14 @@ def configure(paths: ProjectPaths, experiment: str = EXPERIMENT) -> str:
     import mlflow  # deferred: slow to import, and only stages that log need it
 
     uri = paths.tracking_uri
-    mlflow.set_tracking_uri(uri)
     # SQLite: artefacts beside the database under mlruns/. A tracking server (the stack's,
     # `stack.tracking: server`) keeps its own artefact root (S3 through the server's proxy).
     local = uri.startswith("sqlite:")
+    if not local:
+        # Before anything is logged there: every later erasure looks at this server, even
+        # after the project goes back to SQLite (visage_ml.stack.stores).
+        stores.remember_mlflow_server(paths, uri)
+    mlflow.set_tracking_uri(uri)
     if local:
         paths.mlruns.mkdir(parents=True, exist_ok=True)
     exp = mlflow.get_experiment_by_name(experiment)

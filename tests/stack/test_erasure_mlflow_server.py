@@ -10,15 +10,17 @@ import psycopg
 import pytest
 from project_helpers import stack_project_on
 
+from visage_ml import tracking
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.io import sha256_bytes
 from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights.erasure import mlflow_server
 from visage_ml.rights.erasure.base import Context
-from visage_ml.stack.manager import Stack
+from visage_ml.stack.manager import Stack, set_tracking
 from visage_ml.stack.seaweed import scan
 
 PID = "p_mlflowerase01"
+PID2 = "p_mlflowerase02"
 
 
 def test_runs_artefacts_and_rows_of_the_subject_removed(stack, project, tmp_path):
@@ -189,3 +191,27 @@ def test_the_tables_rewritten_after_gc_are_those_the_installed_mlflow_deletes_fr
     assert experiment <= set(mlflow_server.GC_EXPERIMENT_TABLES)
     logged = tables(store.SqlAlchemyStore._hard_delete_logged_model)
     assert logged <= set(mlflow_server.GC_LOGGED_MODEL_TABLES)
+
+
+def test_a_server_the_project_tracked_to_is_erased_after_a_switch_back_to_sqlite(stack, project):
+    """A project that tracked to the stack's MLflow server, then went back to SQLite
+    (`stack.tracking: sqlite`), kept its runs on the server: the erasure planned the server step
+    from params.yaml alone and never looked there, the certificate silent about it."""
+    from mlflow import MlflowClient  # heavy optional dependency
+
+    stack_project_on(stack, project)
+    paths = ProjectPaths(project)
+    with tracking.stage_run(paths, "train"):
+        pass  # the project tracks to the server: it remembers it
+    client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+    exp = client.create_experiment(f"erase-{os.urandom(4).hex()}")
+    named = client.create_run(exp, tags={"note": f"debug run for {PID2}"}).info.run_id
+    set_tracking(paths, "sqlite")
+    assert paths.tracking_uri.startswith("sqlite:")
+
+    ctx = Context(paths=paths, core=None, params=load_params(paths.params), planned={"raw": []})
+    plan = mlflow_server.plan(ctx, PID2)
+    assert plan is not None, "the server the project tracked to is not looked at"
+    assert {a["run_id"] for a in plan.artefacts} == {named}
+    mlflow_server.erase(ctx, PID2, plan.artefacts, plan)
+    assert mlflow_server.verify(ctx, PID2) == []

@@ -23,7 +23,9 @@ from project_helpers import write_overrides
 from psycopg.conninfo import make_conninfo
 from rights_fakes import make_project
 from serving_fakes import DIM, THRESHOLD, fake_engine, make_world, png_b64
+from typer.testing import CliRunner
 
+from visage_ml.app.cli import app as cli
 from visage_ml.app.http.app import create_app
 from visage_ml.app.http.auth import KeyStore
 from visage_ml.config import load_params
@@ -47,6 +49,7 @@ from visage_ml.serving.gallery import (
 )
 from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
+from visage_ml.stack.proc import StackError
 
 VERSION = "emb-test-1"
 PLAIN = Delivery(plaintext=True)
@@ -433,6 +436,78 @@ def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(p
     assert outcome[f"gallery/templates/{victim[1:3]}/{victim}.tpl"] == "crypto-shredded"
     assert not old.exists()
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+@pytest.mark.parametrize(
+    "switch", [{"serving.gallery.backend": "memory"}, {"serving.gallery.table": "g_renamed"}]
+)
+def test_an_erasure_reaches_a_shared_gallery_the_project_no_longer_points_at(
+    project, pg, table, switch
+):
+    """A project that enrolled into PostgreSQL and then went back to `memory` (or renamed the
+    table) leaves the table in the server, each row holding a template in clear (the
+    `embedding` column). The erasure planned its pgvector step from params.yaml alone: the key
+    went, the row stayed, and the certificate said nothing of it."""
+    proj = make_project(project, enrol=False)
+    gallery = _served_from_pg(proj, project, pg, table)
+    victim, other = proj.pids[0], proj.pids[1]
+    gallery.close()
+    write_overrides(project / "params.yaml", switch)
+
+    result = Erasure(proj.paths).erase(victim)
+    assert pg_gallery.subject_rows(pg.dsn, victim, table=table) == {}, "template left in clear"
+    assert pg_gallery.subject_rows(pg.dsn, other, table=table)
+    claims = result.certificate["claims"]
+    outcome = {a["path"]: a["outcome"] for a in claims["artefacts"] if a["step"] == "gallery"}
+    assert outcome[f"pgvector:{table}/{victim}.embedding"] == "physically removed"
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert Erasure(proj.paths).remaining(victim)["gallery"] == []
+
+
+def test_a_shared_gallery_the_project_cannot_reach_stops_the_erasure_until_reached_or_forgotten(
+    project, pg, table, monkeypatch
+):
+    """Back on `memory` with the DSN (and its password) gone from params.yaml, the table the
+    project wrote to cannot be reached: the erasure stops before erasing anything, naming the
+    store (never its password) and what to do; given the DSN again it goes through. A store
+    decommissioned with its data is forgotten by a command the ledger records."""
+    monkeypatch.delenv(pg_gallery.DSN_ENV, raising=False)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(project / "no-pgpass"))
+    proj = make_project(project, enrol=False)
+    gallery = _served_from_pg(proj, project, pg, table)
+    gallery.close()
+    victim, second = proj.pids[0], proj.pids[1]
+    write_overrides(
+        project / "params.yaml", {"serving.gallery.backend": "memory", "serving.gallery.dsn": ""}
+    )
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["stack", "stores", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (store,) = [s["store"] for s in json.loads(listed.output) if s["kind"] == "pgvector"]
+    assert table in store and str(pg.port) in store and pg.password not in listed.output
+
+    with pytest.raises(StackError) as refused:
+        Erasure(proj.paths).erase(victim)
+    msg = str(refused.value)
+    assert store in msg and "nothing was erased" in msg and "visage stack forget" in msg
+    assert pg.password not in msg
+    assert pg_gallery.subject_rows(pg.dsn, victim, table=table)
+    assert PrivacyCore(proj.paths).data_keys.exists(victim)
+    assert not [e for e in PrivacyCore(proj.paths).ledger.entries() if e.type == "erasure.step"]
+
+    monkeypatch.setenv(pg_gallery.DSN_ENV, pg.dsn)
+    Erasure(proj.paths).erase(victim)
+    assert pg_gallery.subject_rows(pg.dsn, victim, table=table) == {}
+
+    # Decommissioned (its data destroyed with it): forgotten, on the ledger, and erasures run.
+    monkeypatch.delenv(pg_gallery.DSN_ENV)
+    forgot = runner.invoke(cli, ["stack", "forget", store])
+    assert forgot.exit_code == 0, forgot.output
+    (event,) = [e for e in PrivacyCore(proj.paths).ledger.entries() if e.type == "store.forgotten"]
+    assert event.payload["store"] == store and pg.password not in json.dumps(event.payload)
+    Erasure(proj.paths).erase(second)
+    assert pg_gallery.subject_rows(pg.dsn, second, table=table)  # forgotten: not reached
 
 
 def test_a_withdrawal_after_a_switch_to_pgvector_removes_the_old_memory_template(

@@ -117,6 +117,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "ledger.repaired",
         "ledger.key_rotated",
         "witness.set",  # the witnesses and quorum in force (privacy/witnessed.py)
+        "store.forgotten",  # `visage stack forget`: a decommissioned store erasures skip now
     }
 )
 

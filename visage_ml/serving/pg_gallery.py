@@ -229,6 +229,7 @@ from visage_ml.serving.gallery_check import (
     ledger_verdict,
 )
 from visage_ml.serving.index import normalize_queries, template_of
+from visage_ml.stack import stores
 from visage_ml.stack.manager import Stack
 from visage_ml.stack.proc import StackError
 
@@ -1221,6 +1222,9 @@ class PgGallery(Gallery):
 
     def _setup(self) -> None:
         conn, n = self._conn, self.names
+        # Before the table can hold a row: every later erasure reaches it, wherever
+        # params.yaml points by then (visage_ml.stack.stores).
+        stores.remember_pgvector(self.paths, dsn=self.options.dsn, table=n.table)
         self._signal = ensure_schema(conn, n, self.meta.embedding_dim)
         if self._signal[0] == SIGNAL_ADDED:
             logger.info(MSG_SIGNAL_ADDED.format(table=n.table))

@@ -16,7 +16,9 @@ from visage_ml.app.cli.common import (
     user_errors,
 )
 from visage_ml.config import load_params
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witnessed import independence_note
+from visage_ml.stack import stores
 from visage_ml.stack.manager import Stack
 from visage_ml.stack.proc import StackError
 
@@ -97,6 +99,48 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         _print_status(result)
     if not all(s["up"] for s in result.values()):
         raise typer.Exit(1)
+
+
+@app.command("stores")
+def list_stores(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the stores outside the project it has written personal data to (gallery tables,
+    MLflow servers): every erasure reaches each, whatever params.yaml points at now."""
+    with _stack_errors():
+        found = [stores.to_dict(s) for s in stores.remembered(project())]
+    if as_json:
+        emit_json(found)
+        return
+    if not found:
+        console.print("no store outside the project folder was ever written to")
+    for s in found:
+        console.print(f"{s['store']}  (since {s['since']})", highlight=False)
+
+
+@app.command("forget")
+def forget(
+    store: str = typer.Argument(..., help="The store as `visage stack stores` names it."),
+) -> None:
+    """Stop erasing from a store that was decommissioned with its data (signed in the ledger).
+
+    Only for a store whose data is destroyed (a dropped table, a deleted server and its
+    backups): a store forgotten while it still holds data keeps every later erasure's subject
+    there, and the certificates would not say so.
+    """
+    setup_logging()
+    with _stack_errors():
+        paths = project()
+        known = {s.store: s for s in stores.remembered(paths)}
+        if store not in known:
+            raise stores.StoresError(stores.MSG_UNKNOWN.format(store=store))
+        # Recorded first: a store is never dropped from the list without its entry.
+        entry = PrivacyCore(paths).ledger.append(
+            "store.forgotten", None, stores.to_dict(known[store])
+        )
+        stores.forget(paths, store)
+    console.print(
+        f"forgotten: {store} (ledger entry {entry.seq}); erasures no longer reach it",
+        highlight=False,
+    )
 
 
 def _print_status(status: dict) -> None:

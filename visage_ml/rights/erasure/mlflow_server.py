@@ -18,7 +18,10 @@ MLflow holds no personal data by design, so this normally finds nothing; what it
   (``vacuum_full``, ``wal_removed``, ``statistics_cleared``) with the same notes;
 - on the local stack, the S3 volumes are then vacuumed (:mod:`visage_ml.stack.seaweed`).
 
-Active only when the project tracks to a server (``stack.tracking: server``).
+Active when the project tracks to a server (``stack.tracking: server``), and when it once did
+(:mod:`visage_ml.stack.stores` remembers the server): a project gone back to SQLite leaves its
+runs on the server. A remembered server the stack's settings no longer name cannot be reached
+(:func:`foreign`): the preflight stops the erasure before anything is erased.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from visage_ml.rights.content_hashes import ContentHashes, content_hit
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.rights.erasure.mlflow import ERASED_TEXT, MLFLOW_LEAF_TABLES
 from visage_ml.serving import pg_gallery
+from visage_ml.stack import stores
 from visage_ml.stack.manager import Stack
 from visage_ml.stack.mlflow_server import gc
 from visage_ml.stack.proc import StackError
@@ -71,10 +75,31 @@ GC_LOGGED_MODEL_TABLES = ("logged_models",)
 MODEL_VERSION_TABLES = ("model_versions", "registered_model_aliases", "registered_models")
 
 
-def _active(ctx: Context) -> Stack | None:
-    if not ctx.paths.params.is_file() or ctx.params.stack.tracking != "server":
+def _stack_uri(stack: Stack) -> str | None:
+    try:
+        return stores.without_credentials(stack.mlflow_uri)
+    except StackError:  # an external stack without stack.mlflow.uri
         return None
-    return Stack.of(ctx.paths)
+
+
+def active(ctx: Context) -> Stack | None:
+    """The stack whose MLflow server the project tracks to now, or once did (remembered)."""
+    if not ctx.paths.params.is_file():
+        return None
+    stack = Stack.of(ctx.paths)
+    if ctx.params.stack.tracking == "server":
+        return stack
+    uris = {s.uri for s in stores.remembered(ctx.paths, kind=stores.MLFLOW_SERVER)}
+    return stack if uris and _stack_uri(stack) in uris else None
+
+
+def foreign(ctx: Context) -> list[str]:
+    """Remembered MLflow servers the stack's settings no longer name (so none is reached)."""
+    found = stores.remembered(ctx.paths, kind=stores.MLFLOW_SERVER)
+    if not found:
+        return []
+    current = _stack_uri(Stack.of(ctx.paths)) if ctx.paths.params.is_file() else None
+    return [s.store for s in found if s.uri != current]
 
 
 def _client(stack: Stack) -> Any:
@@ -297,8 +322,9 @@ def _run_needles(stack: Stack, run_ids: list[str]) -> list[str]:
 
 
 def plan(ctx: Context, pid: str) -> Plan | None:
-    """The server's runs and artefacts holding the subject; None when tracking is SQLite."""
-    stack = _active(ctx)
+    """The server's runs and artefacts holding the subject; None when the project never
+    tracked to a server."""
+    stack = active(ctx)
     if stack is None:
         return None
     hashes = ContentHashes.of(ctx.paths, ctx.planned.get("raw", []))
@@ -307,7 +333,7 @@ def plan(ctx: Context, pid: str) -> Plan | None:
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
     """Delete the planned runs (and model versions made from them), ``mlflow gc``, rows, vacuum."""
-    stack = _active(ctx)
+    stack = active(ctx)
     if stack is None:
         return Outcome(info={"server": False})
     client = _client(stack)
@@ -342,10 +368,11 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
 
 def verify(ctx: Context, pid: str) -> list[str]:
     """Runs, artefacts and backend rows of the server still naming the subject."""
-    stack = _active(ctx)
+    left = [f"{s}: not reachable with the stack's settings" for s in foreign(ctx)]
+    stack = active(ctx)
     if stack is None:
-        return []
-    left = [a["path"] for a in scan_server(stack, pid, set())]
+        return left
+    left += [a["path"] for a in scan_server(stack, pid, set())]
     left += [f"mlflow database: {r}" for r in db_rows_naming(stack, pid)]
     if stack.local:
         garbage = stack.seaweed().garbage_bytes()

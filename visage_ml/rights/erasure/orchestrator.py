@@ -7,7 +7,8 @@ step           what it does
 =============  =================================================================================
 lineage        (reads only) which data versions and models saw the subject; needed before the
                manifests that prove presence are purged
-gallery        with the shared gallery (``serving.gallery.backend: pgvector``) first its row,
+gallery        with a shared gallery (``serving.gallery.backend: pgvector``, or a table the
+               project once wrote to: :mod:`visage_ml.stack.stores`) first its row,
                revoked for every replica and deleted, then the table rewritten and the WAL
                switched (:mod:`.pgvector`); the subject's template and gallery key
                (:mod:`.gallery`): from the end of this step the subject is never matched again
@@ -28,8 +29,9 @@ processed      ``data/processed`` without the subject (:mod:`.processed`), the s
                resume checkpoints, whose margin head holds a row per training identity
                (:mod:`.checkpoints`)
 mlflow         MLflow artefacts and rows naming the subject (by design none), SQLite pages
-               included (:mod:`.mlflow`); on an MLflow server its runs deleted and
-               garbage-collected, its rows rewritten (:mod:`.mlflow_server`)
+               included (:mod:`.mlflow`); on the MLflow server the project tracks or once
+               tracked to, its runs deleted and garbage-collected, its rows rewritten
+               (:mod:`.mlflow_server`)
 snapshot       the consent snapshot refreshed
 certificate    ``erasure.completed`` (committing to the claims), a tree head, a checkpoint
                cosigned by the witnesses, the signed certificate

@@ -1,7 +1,13 @@
 """The pgvector store: the subject's row of the shared gallery in PostgreSQL, down to disk.
 
-Only when ``serving.gallery.backend`` is ``pgvector`` (otherwise :func:`plan` returns None and
-nothing is planned or recorded). The row holds two copies of the template:
+Every gallery table the project ever wrote to: the one ``serving.gallery`` names when its
+backend is ``pgvector``, and each one :mod:`visage_ml.stack.stores` remembers (a project that
+went back to ``memory`` or renamed its table leaves the old table in the server, each row a
+template in clear). None of them: :func:`plan` returns None and nothing is planned or recorded.
+A remembered table is reached with the password of the configured DSN, ``$VISAGE_GALLERY_DSN``
+or the stack's credentials when one names its server (:func:`targets`); the preflight stops the
+erasure before anything is erased when one cannot be reached. The row holds two copies of the
+template:
 
 - ``pgvector:<table>/<pid>.tpl``: the sealed template (AES-GCM under the subject's gallery key).
   Crypto-shredded once that key is destroyed (the ``gallery`` step, or :func:`erase` here),
@@ -22,11 +28,17 @@ folder of the server.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.gallery import GalleryError
+from visage_ml.stack import stores
+from visage_ml.stack.manager import Stack
+from visage_ml.stack.proc import StackError
 
 STORE = "pgvector"
 NOTE_WAL = (
@@ -36,47 +48,128 @@ NOTE_WAL = (
 )
 
 
-def _dsn(ctx: Context) -> str | None:
-    if ctx.params.serving.gallery.backend != pg_gallery.BACKEND:
-        return None
-    return pg_gallery.resolve_dsn(ctx.params, os.environ, paths=ctx.paths)
+@dataclass(frozen=True)
+class Target:
+    """One gallery table the erasure reaches: its identity (no secret), how to connect, and
+    whether it is the one ``serving.gallery`` names now."""
+
+    store: str
+    dsn: str
+    table: str
+    configured: bool
 
 
-def _table(ctx: Context) -> str:
-    return pg_gallery.check_table(ctx.params.serving.gallery.table)
+def _candidates(ctx: Context) -> list[str]:
+    """Connection strings the project holds, password included: the configured DSN,
+    ``$VISAGE_GALLERY_DSN``, the stack's PostgreSQL."""
+    out = [d for d in (ctx.params.serving.gallery.dsn, os.environ.get(pg_gallery.DSN_ENV)) if d]
+    if ctx.paths.params.is_file() and ctx.paths.stack_secrets.is_file():
+        with contextlib.suppress(StackError):
+            out.append(Stack.of(ctx.paths).postgres_dsn())
+    return out
+
+
+def _dsn_for(ctx: Context, store: stores.RememberedStore) -> str:
+    """A DSN of the remembered store's server: one the project holds (with its password), else
+    the remembered one (the password from libpq's ``PGPASSWORD`` or ``.pgpass``, if any)."""
+    server = stores.pg_server(store.conninfo)
+    for dsn in _candidates(ctx):
+        with contextlib.suppress(Exception):  # a malformed DSN is not this server's
+            if stores.pg_server(dsn) == server:
+                return dsn
+    return store.conninfo
+
+
+def targets(ctx: Context) -> list[Target]:
+    """The configured gallery table (backend ``pgvector``) and every remembered one, once each.
+
+    Raises
+    ------
+    StoresError
+        The list of remembered stores cannot be read.
+    """
+    out: list[Target] = []
+    gallery = ctx.params.serving.gallery
+    if gallery.backend == pg_gallery.BACKEND:
+        dsn = pg_gallery.resolve_dsn(ctx.params, os.environ, paths=ctx.paths)
+        table = pg_gallery.check_table(gallery.table)
+        out.append(Target(stores.pgvector_id(dsn, table), dsn, table, configured=True))
+    for store in stores.remembered(ctx.paths, kind=stores.PGVECTOR):
+        if store.store not in {t.store for t in out}:
+            dsn = _dsn_for(ctx, store)
+            table = pg_gallery.check_table(store.table)
+            out.append(Target(store.store, dsn, table, configured=False))
+    return out
+
+
+def _exists(target: Target) -> bool:
+    with pg_gallery.connect(target.dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT to_regclass(%s)", (target.table,)).fetchone()
+    return bool(found and found[0] is not None)
 
 
 def plan(ctx: Context, pid: str) -> Plan | None:
-    """The subject's sealed template and search vector in the gallery table, hashed."""
-    dsn = _dsn(ctx)
-    if dsn is None:
+    """The subject's sealed template and search vector in each gallery table, hashed."""
+    found = targets(ctx)
+    if not found:
         return None
-    rows = pg_gallery.subject_rows(dsn, pid, table=_table(ctx))
-    return Plan(
-        [{"store": STORE, "path": k, "sha256": v} for k, v in rows.items()],
-        info={"table": _table(ctx)},
-    )
+    artefacts = [
+        {"store": STORE, "path": k, "sha256": v}
+        for t in found
+        for k, v in pg_gallery.subject_rows(t.dsn, pid, table=t.table).items()
+    ]
+    info: dict[str, Any] = {"stores": [t.store for t in found]}
+    configured = [t for t in found if t.configured]
+    if configured:
+        info["table"] = configured[0].table
+    return Plan(artefacts, info=info)
 
 
-def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
-    """Revoke and delete the row (every replica stops returning it), destroy the gallery key
-    if the ``gallery`` step has not, then purge the server's files (VACUUM FULL, WAL)."""
-    dsn = _dsn(ctx)
-    if dsn is None:
-        return Outcome()
-    table = _table(ctx)
-    rows = pg_gallery.subject_rows(dsn, pid, table=table)
+def _erase_one(ctx: Context, pid: str, target: Target) -> tuple[dict[str, str], dict[str, Any]]:
+    """Revoke and delete the row in one table, then purge its server's files."""
+    rows = pg_gallery.subject_rows(target.dsn, pid, table=target.table)
     gallery = ctx.gallery
-    removed: dict[str, str] = {}
-    if isinstance(gallery, pg_gallery.PgGallery):
+    if (
+        target.configured
+        and isinstance(gallery, pg_gallery.PgGallery)
+        and gallery.names.table == target.table
+    ):
         removed = dict(gallery.erase(pid, reason="erasure").removed)
-    else:
-        pg_gallery.delete_subject(dsn, pid, table=table)
+    elif _exists(target):
+        pg_gallery.delete_subject(target.dsn, pid, table=target.table)
         removed = rows
-    report = pg_gallery.purge_physically(dsn, table=table)
+    else:  # dropped since (a rebuild, by hand): nothing of anyone is left to purge
+        return {}, {"table_absent": True}
+    report = pg_gallery.purge_physically(target.dsn, table=target.table)
     info = report.to_dict()
     if report.notes():
         info["note"] = NOTE_WAL.format(why="; ".join(report.notes()))
+    return removed, info
+
+
+def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
+    """Revoke and delete the row in each table (every replica stops returning it), destroy the
+    gallery key if the ``gallery`` step has not, then purge the servers' files (VACUUM FULL,
+    WAL)."""
+    found = targets(ctx)
+    if not found:
+        return Outcome()
+    removed: dict[str, str] = {}
+    by_store: dict[str, dict[str, Any]] = {}
+    for target in found:
+        gone, by_store[target.store] = _erase_one(ctx, pid, target)
+        removed.update(gone)
+    # The configured table's report as before (or the only one's); each table's by its store.
+    main = next((t for t in found if t.configured), found[0])
+    info = {k: v for k, v in by_store[main.store].items() if k != "note"}
+    info["stores"] = by_store
+    notes = [
+        (f"{store}: {i['note']}" if len(found) > 1 else str(i["note"]))
+        for store, i in by_store.items()
+        if i.get("note")
+    ]
+    if notes:
+        info["note"] = "; ".join(notes)
     artefacts = [
         {"store": STORE, "path": k, "sha256": v}
         for k, v in removed.items()
@@ -86,11 +179,15 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
-    """What the gallery table still holds of the subject (empty once erased)."""
-    dsn = _dsn(ctx)
-    if dsn is None:
-        return []
+    """What the gallery tables still hold of the subject (empty once erased)."""
     try:
-        return sorted(pg_gallery.subject_rows(dsn, pid, table=_table(ctx)))
-    except GalleryError as exc:
-        return [f"{STORE}: unreachable ({exc})"]
+        found = targets(ctx)
+    except (GalleryError, stores.StoresError) as exc:
+        return [f"{STORE}: {exc}"]
+    left: list[str] = []
+    for t in found:
+        try:
+            left += sorted(pg_gallery.subject_rows(t.dsn, pid, table=t.table))
+        except GalleryError as exc:
+            left.append(f"{t.store}: unreachable ({exc})")
+    return left

@@ -1,0 +1,219 @@
+"""The stores outside the project's folder that it has written personal data to, remembered.
+
+``params.yaml`` says where the project writes *now*; an erasure must reach where it *ever*
+wrote. A project that enrolled into a pgvector gallery and went back to ``serving.gallery.backend:
+memory`` (or renamed ``serving.gallery.table``) leaves that table in PostgreSQL, each row a
+template in clear; one that tracked to an MLflow server and went back to SQLite leaves its runs
+there. So the first time the project creates or opens a gallery table, or tracks to a server,
+the store is added to ``.visage/stores.json`` (git-ignored, 0600, written atomically under a
+lock), and the erasure plans its pgvector and MLflow-server steps for every store remembered
+here as well as for the configured one (:mod:`visage_ml.rights.erasure.preflight` stops it
+before anything is erased while one cannot be reached).
+
+An entry names a store by its identity (``pgvector:<host>:<port>/<database>/<table>``,
+``mlflow-server:<uri>``) and keeps how to reach it without any secret: a PostgreSQL connection
+string without its password (the erasure takes the password from the configured DSN,
+``$VISAGE_GALLERY_DSN`` or the stack's ``secrets/stack.json`` when one names the same server,
+else from libpq's ``PGPASSWORD`` / ``.pgpass``), an MLflow URI without credentials. A store
+decommissioned with its data is forgotten with ``visage stack forget STORE``, which the
+ledger records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from visage_ml.config import ProjectPaths
+from visage_ml.io import atomic_write_text, file_lock, private_dir
+from visage_ml.stack.proc import StackError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = Path(".visage") / "stores.json"
+LOCK_FILE = Path(".visage") / "locks" / "stores.lock"
+PGVECTOR = "pgvector"
+MLFLOW_SERVER = "mlflow-server"
+# What of a libpq connection string is kept: where the server is and how to talk to it, never
+# a password (nor a passfile, a service file or an SSL key: they hold or lead to secrets).
+PG_KEPT = ("host", "hostaddr", "port", "dbname", "user", "sslmode")
+
+MSG_UNKNOWN = (
+    "{store} is not a store this project remembers; `visage stack stores` lists them "
+    "(copy the name from there)"
+)
+MSG_UNREADABLE = (
+    "{path} cannot be read ({why}): it lists the stores outside the project that hold personal "
+    "data, which every erasure must reach. Restore it from a backup of the project (or remove "
+    "it after checking that no gallery table or MLflow server outside the configured ones "
+    "ever held this project's data)"
+)
+
+
+class StoresError(StackError):
+    """The list of remembered stores cannot be read, or names no such store."""
+
+
+@dataclass(frozen=True)
+class RememberedStore:
+    """One store the project wrote personal data to (no secret in any field).
+
+    Attributes
+    ----------
+    store
+        Its identity, as messages and the ledger name it.
+    kind
+        ``pgvector`` or ``mlflow-server``.
+    since
+        When the project first wrote to it (UTC, ISO 8601).
+    conninfo, table
+        pgvector: the connection string without password, and the gallery table.
+    uri
+        mlflow-server: the tracking URI without credentials.
+    """
+
+    store: str
+    kind: str
+    since: str
+    conninfo: str = ""
+    table: str = ""
+    uri: str = ""
+
+
+def _path(paths: ProjectPaths) -> Path:
+    return paths.root / STATE_FILE
+
+
+def remembered(paths: ProjectPaths, *, kind: str | None = None) -> list[RememberedStore]:
+    """The stores remembered for the project (of ``kind`` only, when given), oldest first.
+
+    Raises
+    ------
+    StoresError
+        The file exists but cannot be read: an erasure must not go on as if it listed nothing.
+    """
+    path = _path(paths)
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        items = [RememberedStore(**item) for item in doc["stores"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoresError(MSG_UNREADABLE.format(path=path, why=type(exc).__name__)) from None
+    return [s for s in items if kind is None or s.kind == kind]
+
+
+def _write(paths: ProjectPaths, items: list[RememberedStore]) -> None:
+    private_dir(_path(paths).parent)
+    doc = {"stores": [asdict(s) for s in items]}
+    atomic_write_text(_path(paths), json.dumps(doc, indent=2) + "\n", mode=0o600)
+
+
+def remember(paths: ProjectPaths, entry: RememberedStore) -> bool:
+    """Add ``entry`` unless its store is remembered already; True if it was added."""
+    if any(s.store == entry.store for s in remembered(paths)):
+        return False  # the common case (every open of a gallery): no lock, no write
+    with file_lock(paths.root / LOCK_FILE):
+        items = remembered(paths)
+        if any(s.store == entry.store for s in items):
+            return False
+        _write(paths, [*items, entry])
+    log.info("the project now remembers the store %s for its erasures", entry.store)
+    return True
+
+
+def forget(paths: ProjectPaths, store: str) -> RememberedStore:
+    """Remove ``store`` from the remembered ones and return it (the caller records it).
+
+    Raises
+    ------
+    StoresError
+        No such store is remembered.
+    """
+    with file_lock(paths.root / LOCK_FILE):
+        items = remembered(paths)
+        found = [s for s in items if s.store == store]
+        if not found:
+            raise StoresError(MSG_UNKNOWN.format(store=store))
+        _write(paths, [s for s in items if s.store != store])
+    return found[0]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+def pg_parts(dsn: str) -> dict[str, str]:
+    """The kept fields (:data:`PG_KEPT`) of a libpq connection string (URI or key=value)."""
+    from psycopg.conninfo import conninfo_to_dict  # heavy optional dependency: pgvector only
+
+    parts = conninfo_to_dict(dsn)
+    return {k: str(parts[k]) for k in PG_KEPT if parts.get(k) not in (None, "")}
+
+
+def pg_server(dsn: str) -> tuple[str, str, str]:
+    """(host, port, database) of ``dsn``, as libpq defaults them: which server and database."""
+    parts = pg_parts(dsn)
+    host = parts.get("host") or parts.get("hostaddr") or "localhost"
+    return host, parts.get("port") or "5432", parts.get("dbname") or parts.get("user") or ""
+
+
+def pgvector_id(dsn: str, table: str) -> str:
+    """The identity of gallery ``table`` on the server of ``dsn`` (no user, no password)."""
+    host, port, dbname = pg_server(dsn)
+    return f"{PGVECTOR}:{host}:{port}/{dbname}/{table}"
+
+
+def remember_pgvector(paths: ProjectPaths, *, dsn: str, table: str) -> bool:
+    """Remember gallery ``table`` on the server of ``dsn`` (its password left out)."""
+    from psycopg.conninfo import make_conninfo  # heavy optional dependency: pgvector only
+
+    entry = RememberedStore(
+        store=pgvector_id(dsn, table),
+        kind=PGVECTOR,
+        since=_now(),
+        conninfo=make_conninfo("", **pg_parts(dsn)),
+        table=table,
+    )
+    return remember(paths, entry)
+
+
+# -- MLflow ------------------------------------------------------------------------------------
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` without a user or password in its authority (nor a query or fragment)."""
+    parts = urlsplit(uri.rstrip("/"))
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def mlflow_id(uri: str) -> str:
+    """The identity of the MLflow tracking server at ``uri``."""
+    return f"{MLFLOW_SERVER}:{without_credentials(uri)}"
+
+
+def remember_mlflow_server(paths: ProjectPaths, uri: str) -> bool:
+    """Remember the MLflow tracking server at ``uri`` (its credentials left out)."""
+    clean = without_credentials(uri)
+    entry = RememberedStore(store=mlflow_id(uri), kind=MLFLOW_SERVER, since=_now(), uri=clean)
+    return remember(paths, entry)
+
+
+def to_dict(store: RememberedStore) -> dict[str, Any]:
+    """What ``visage stack stores`` shows and the ledger records of a store."""
+    out: dict[str, Any] = {"store": store.store, "kind": store.kind, "since": store.since}
+    if store.table:
+        out["table"] = store.table
+    return out
