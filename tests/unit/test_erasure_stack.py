@@ -161,3 +161,22 @@ def test_a_dvc_remote_on_another_provider_puts_its_caveat_on_the_certificate(pro
     plan = dvc.Plan([], {}, state=dvc_objects.PurgePlan(proj.pids[0]))
     outcome = dvc.erase(ctx, proj.pids[0], [], plan)
     assert outcome.info["note"] == dvc.API_NOTE.format(names="archive, offsite")
+
+
+def test_a_step_keeps_every_stores_caveat_not_the_last_one():
+    """The dvc step runs the stack's S3 store, then DVC's: with an external stack S3 and an
+    offsite remote, each has a caveat, and the step's record kept only the later one, so the
+    external S3's never reached the certificate."""
+    from visage_ml.rights.erasure import dvc, dvc_remote
+    from visage_ml.rights.erasure.orchestrator import merge_infos
+
+    offsite = dvc.API_NOTE.format(names="offsite")
+    merged = merge_infos(
+        [
+            {"stack_remote": True, "note": dvc_remote.EXTERNAL_NOTE},
+            {"remotes": ["offsite", "visage"], "note": offsite},
+        ]
+    )
+    assert merged["note"] == f"{dvc_remote.EXTERNAL_NOTE}; {offsite}"
+    assert merged["stack_remote"] is True and merged["remotes"] == ["offsite", "visage"]
+    assert "note" not in merge_infos([{"remotes": []}, {"dvc": False}])

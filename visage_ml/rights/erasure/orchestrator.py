@@ -393,7 +393,7 @@ class Erasure:
         outcomes = [s.erase(ctx, st.pid, planned, p) for s, p in zip(stores, plans, strict=True)]
         _fault(step)
         done = label_outcomes(merge(planned, *(o.artefacts for o in outcomes)), ctx.planned)
-        self._record(st, step, "done", done, {k: v for o in outcomes for k, v in o.info.items()})
+        self._record(st, step, "done", done, merge_infos([o.info for o in outcomes]))
 
     def _lineage(self, st: RequestState, previous: list[Artefact]) -> None:
         setup = self.ctx.dvc_setup() if self.ctx.is_dvc else None
@@ -601,3 +601,19 @@ def erase_subject(paths: ProjectPaths, pid: str, **kwargs: Any) -> ErasureResult
 def resume_all(paths: ProjectPaths) -> list[ErasureResult]:
     """Finish every interrupted erasure of the project."""
     return Erasure(paths).resume()
+
+
+def merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step's record from its stores' outcomes: a later store's key replaces an earlier
+    one's, except ``note``, what a store could not guarantee, which are all kept (the
+    certificate's ``store_notes``): the dvc step's stack S3 and another API remote each have
+    one."""
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    for info in infos:
+        out.update(info)
+        if info.get("note") and str(info["note"]) not in notes:
+            notes.append(str(info["note"]))
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out
