@@ -547,6 +547,25 @@ def test_basis_options_are_checked(tmp_path):
         ImportBasis.from_options(legal_basis="art6(1)(a)+art9(2)(a)")
 
 
+def test_an_import_consented_to_analytics_is_refused_before_anyone_is_registered(project, tmp_path):
+    """Analytics rests on no one's consent; an import with consent evidence for it registered
+    its people, then failed on the refused consent, leaving subjects with no basis."""
+    src = tmp_path / "faces"
+    put(src / ZELDA / "a.jpg", jpeg(1))
+    evidence = put(tmp_path / "signed-forms.pdf", b"%PDF scanned consent forms")
+    before = tree(project)
+    result = CliRunner().invoke(
+        app,
+        [
+            "data", "import", "imagefolder", str(src),
+            "--consent-evidence", str(evidence), "-p", "training", "-p", "analytics",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "analytics does not rest on consent" in " ".join(result.output.split())
+    assert tree(project) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from visage_ml.data.importers.common import (
     BasisRequiredError,
 )
 from visage_ml.privacy.consent import (
+    ANALYTICS,
     CONSENT_BASES,
+    MSG_ANALYTICS_NOT_CONSENT,
     ConsentReceipt,
     check_purposes,
     parse_basis,
@@ -61,7 +63,8 @@ class ImportBasis:
         BasisRequiredError
             Neither or both of ``consent_evidence`` and ``legal_basis``.
         ValueError
-            Unknown purposes or basis codes; consent codes given as ``legal_basis``.
+            Unknown purposes or basis codes; consent codes given as ``legal_basis``; consent
+            to analytics, which rests on no one's consent.
         """
         if consent_evidence is None and not legal_basis:
             raise BasisRequiredError(BASIS_REQUIRED)
@@ -70,6 +73,8 @@ class ImportBasis:
         chosen = check_purposes(purposes or DEFAULT_PURPOSES)
         notice_hash = sha256_text(notice_file.read_bytes()) if notice_file else None
         if consent_evidence is not None:
+            if ANALYTICS in chosen:  # before any subject is registered
+                raise ValueError(MSG_ANALYTICS_NOT_CONSENT)
             return cls(
                 kind="consent",
                 purposes=chosen,
