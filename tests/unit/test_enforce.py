@@ -548,3 +548,78 @@ def test_a_consent_to_analytics_recorded_before_it_was_refused_keeps_no_subject(
     plan = Enforcer(paths, core=core, params=params).plan()
     assert ("erase_subject", a, "no_legal_basis") in [(x.kind, x.pid, x.reason) for x in plan]
     assert b not in {x.pid for x in plan}
+
+
+def test_one_failed_action_does_not_stop_the_rest_of_the_pass(project, monkeypatch):
+    # An erasure stopped by a store that cannot be reached (a remembered gallery table, say)
+    # raised out of the pass: every later action (other subjects' lapsed consents, expired
+    # exports) waited for the store too. Now the others are carried out, and the pass still
+    # fails with the first error and a note of what else happened.
+    from visage_ml.rights.enforce import Action
+    from visage_ml.stack.proc import StackError
+
+    proj = make_project(project, n_subjects=2, n_images=1, processed=False)
+    a, b = proj.pids
+    params = load_params(proj.paths.root / "params.yaml")
+    enforcer = Enforcer(proj.paths, core=proj.core, params=params)
+    done: list[str] = []
+
+    def erase(action, result):
+        if action.pid == a:
+            raise StackError("the gallery table pgvector:db/t cannot be reached; nothing erased")
+        done.append(action.pid)
+
+    monkeypatch.setattr(enforcer, "_do_erase_subject", erase)
+    actions = [Action("erase_subject", "retention", a), Action("erase_subject", "retention", b)]
+    with pytest.raises(StackError, match="cannot be reached") as failed:
+        enforcer.apply(actions, deliver=False)
+    assert done == [b]
+    assert "1 action(s) of this enforcement pass failed and 1 were carried out" in " ".join(
+        failed.value.__notes__
+    )
+
+
+def test_a_server_restarted_before_the_interval_still_enforces(tmp_path):
+    # The notice says retention runs at least once an hour while the service runs. The first
+    # pass waited one interval after each start, so a server restarted every 50 minutes never
+    # enforced. The last pass's start is kept: a start an interval after it passes at once.
+    from visage_ml.rights.enforce import LAST_PASS, run_periodically
+
+    mark = tmp_path / LAST_PASS
+    passes: list[float] = []
+
+    class Fake:
+        def apply(self, **_):
+            passes.append(time.time())
+            stop.set()
+
+    def start(interval: float) -> None:
+        t = threading.Thread(
+            target=run_periodically,
+            kwargs={"make": Fake, "interval_seconds": interval, "stop": stop, "mark": mark},
+        )
+        t.start()
+        t.join(timeout=0.5)
+        stop.set()
+        t.join()
+
+    # A first start: no pass recorded, so none now (a test app, a short-lived server).
+    stop = threading.Event()
+    start(3600)
+    assert passes == [] and mark.is_file()
+    # Restarted 50 minutes later: the next pass is due 10 minutes on, not an hour.
+    mark.write_text(f"{time.time() - 3000:.0f}\n")
+    stop = threading.Event()
+    start(3600)
+    assert passes == []
+    # Restarted more than an hour after the last pass began: it runs at once and is recorded.
+    mark.write_text(f"{time.time() - 3700:.0f}\n")
+    stop = threading.Event()
+    start(3600)
+    assert len(passes) == 1
+    assert abs(float(mark.read_text()) - passes[0]) < 2
+    # A recorded time ahead of this clock waits one interval, no more.
+    mark.write_text(f"{time.time() + 10**6:.0f}\n")
+    stop = threading.Event()
+    start(3600)
+    assert len(passes) == 1

@@ -53,7 +53,7 @@ from typing import Any
 import orjson
 
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
-from visage_ml.io import file_lock, secure_unlink, sha256_file
+from visage_ml.io import atomic_write_text, file_lock, private_dir, secure_unlink, sha256_file
 from visage_ml.privacy.clock import Now, WitnessTimes, decide, given, ledger_times
 from visage_ml.privacy.consent import ANALYTICS
 from visage_ml.privacy.core import PrivacyCore
@@ -77,6 +77,10 @@ from visage_ml.serving.pg_gallery import open_project_gallery
 log = logging.getLogger(__name__)
 
 LOCK = Path(".visage") / "locks" / "enforce.lock"
+# When `visage serve`'s last pass began (seconds since the epoch): a server restarted before an
+# interval had run would otherwise never enforce (the first pass waited one interval after
+# each start).
+LAST_PASS = Path(".visage") / "enforce-last-pass"
 CONSENT_BASES = frozenset({"art6(1)(a)", "art9(2)(a)"})
 IDENTIFICATION = "identification"
 EXPIRED, NO_LEGAL_BASIS, RETENTION_EXPIRED = (
@@ -475,8 +479,14 @@ class Enforcer:
         ):
             actions = self.plan() if actions is None else actions
             result = EnforceResult(actions)
+            failed: list[BaseException] = []
             for action in actions:
-                getattr(self, f"_do_{action.kind}")(action, result)
+                try:
+                    getattr(self, f"_do_{action.kind}")(action, result)
+                except Exception as exc:  # one action's failure (a store down) stops no other
+                    log.warning("enforce: %s failed (%s)", action.describe(), type(exc).__name__)
+                    failed.append(exc)
+                    continue
                 log.info("enforce: %s", action.describe())
             if actions:
                 self.core.snapshot()
@@ -484,6 +494,12 @@ class Enforcer:
                 result.delivery = Notifier(
                     self.paths, core=self.core, params=self.params.privacy.notify, now=self.now
                 ).deliver()
+        if failed:
+            # The first failure says what to do (its own message); the note, what else happened.
+            failed[0].add_note(
+                MSG_ENFORCE_INCOMPLETE.format(failed=len(failed), done=len(actions) - len(failed))
+            )
+            raise failed[0]
         return result
 
     def _applied(self, action: Action, **extra: Any) -> None:
@@ -582,6 +598,12 @@ class Enforcer:
         )
 
 
+MSG_ENFORCE_INCOMPLETE = (
+    "{failed} action(s) of this enforcement pass failed and {done} were carried out; the "
+    "failed ones are planned again by the next pass (`visage privacy enforce --apply`)"
+)
+
+
 def run_periodically(
     make: Callable[[], Enforcer],
     *,
@@ -589,10 +611,15 @@ def run_periodically(
     stop: threading.Event,
     lock: Any = None,
     deliver: Callable[[], Any] | None = None,
+    mark: Path | None = None,
 ) -> None:
     """Apply the policies every ``interval_seconds`` until ``stop`` is set (``visage serve``'s
-    background task), the first pass one interval after the start; a failing pass is logged
-    and the next one runs on time.
+    background task); a failing pass is logged and the next one runs on time.
+
+    The first pass is one interval after the last one began, as recorded in ``mark``, across
+    restarts (at once when that is past; one interval after the start when ``mark`` records
+    none or lies ahead of the clock): a server restarted more often than the interval still
+    enforces.
 
     Passes start at most ``interval_seconds`` apart (what the notice promises), however long
     one takes. ``lock`` is held for the policies only, taken once the enforcement lock is (a
@@ -601,9 +628,11 @@ def run_periodically(
     SMTP servers and webhooks, which must not hold up what the lock guards (a server's requests);
     without it the pass delivers, under ``lock``.
     """
-    due = time.monotonic() + interval_seconds
+    due = time.monotonic() + _first_delay(mark, interval_seconds)
     while not stop.wait(max(0.0, due - time.monotonic())):
         due = time.monotonic() + interval_seconds
+        if mark is not None:
+            _mark_pass(mark)
         try:
             make().apply(deliver=deliver is None, guard=lock)
         except Exception:  # a background loop must not die of one bad pass
@@ -614,3 +643,23 @@ def run_periodically(
             deliver()
         except Exception:  # nor of one failed delivery (each message's failure is recorded)
             log.exception("notification delivery failed; retrying in %.0f s", interval_seconds)
+
+
+def _first_delay(mark: Path | None, interval_seconds: float) -> float:
+    """Seconds until the first pass: one interval after the last recorded one began."""
+    if mark is None:
+        return interval_seconds
+    try:
+        last = float(mark.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):  # none yet, or unreadable: count from this start
+        _mark_pass(mark)
+        return interval_seconds
+    return min(interval_seconds, max(0.0, last + interval_seconds - time.time()))
+
+
+def _mark_pass(mark: Path) -> None:
+    try:
+        private_dir(mark.parent)
+        atomic_write_text(mark, f"{time.time():.0f}\n")
+    except OSError:  # the schedule falls back to this process's own clock
+        log.warning("could not record the enforcement pass in %s", mark)

@@ -64,7 +64,7 @@ from visage_ml.app.http.service import ANY_KEY, Service, known_query_only
 from visage_ml.config import Params, ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import SCHEDULER, acting_as, warm_folds
-from visage_ml.rights.enforce import Enforcer, run_periodically
+from visage_ml.rights.enforce import LAST_PASS, Enforcer, run_periodically
 from visage_ml.rights.notify import DeliveryReport, Notifier
 from visage_ml.serving.analytics import Analytics, close_windows_periodically
 from visage_ml.serving.correction import ConfusionModel, load_confusion
@@ -293,9 +293,10 @@ def create_app(
         warm_folds(paths.ledger)
         # Retention enforcement and notification delivery in the background, every
         # privacy.retention.serve_interval_seconds (hourly by default; the notice says so), the
-        # first pass one interval after the start. The policies run under the lock that guards
-        # the shared privacy core and gallery; delivery, which waits on SMTP servers and
-        # webhooks, runs without it, on a core of its own as a request's rights calls do.
+        # first pass one interval after the last one began, across restarts (LAST_PASS). The
+        # policies run under the lock that guards the shared privacy core and gallery;
+        # delivery, which waits on SMTP servers and webhooks, runs without it, on a core of its
+        # own as a request's rights calls do.
         # (0: none here; run `visage privacy enforce --apply` by timer.)
         stop = threading.Event()
         interval = params.privacy.retention.serve_interval_seconds
@@ -310,6 +311,7 @@ def create_app(
                     "stop": stop,
                     "lock": lock,
                     "deliver": functools.partial(deliver_outbox, paths, params),
+                    "mark": paths.root / LAST_PASS,
                 },
                 name="visage-enforce",
                 daemon=True,
