@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -560,6 +561,16 @@ class Refreshed:
     refused: list[Refused] = field(default_factory=list)
 
 
+def _lists_models(cert_path: Path) -> bool:
+    """Whether the certificate file, read as it is, lists models (unreadable: yes, so that
+    it is verified and refused by name)."""
+    try:
+        doc = json.loads(cert_path.read_text(encoding="utf-8"))
+        return bool(((doc.get("claims") or {}).get("models")) or [])
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
 def refresh(paths: ProjectPaths, *, core: Any = None) -> Refreshed:
     """Append ``erasure.models_retrained`` for each erasure whose stale models were replaced.
 
@@ -590,6 +601,10 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> Refreshed:
             continue
         cert_path = paths.certificates / f"{st.request_id}.json"
         if not cert_path.is_file():
+            continue
+        if not _lists_models(cert_path):
+            # Nothing to judge, and nothing would be signed for it (a file edited to list no
+            # models loses its holder an upgrade, nothing more): not verified, not refused.
             continue
         cert, why = verified_certificate(paths, cert_path, request_id=st.request_id, pid=st.pid)
         if cert is None:
