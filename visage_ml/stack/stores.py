@@ -1,12 +1,13 @@
 """The stores outside the project's folder that it has written personal data to, remembered.
 
 ``params.yaml`` says where the project writes *now*; an erasure must reach where it *ever*
-wrote. A project that enrolled into a pgvector gallery and went back to ``serving.gallery.backend:
-memory`` (or renamed ``serving.gallery.table``) leaves that table in PostgreSQL, each row a
-template in clear; one that tracked to an MLflow server and went back to SQLite leaves its runs
-there. So the first time the project creates or opens a gallery table, or tracks to a server,
-the store is added to ``.visage/stores.json`` (git-ignored, 0600, written atomically under a
-lock), and the erasure plans its pgvector and MLflow-server steps for every store remembered
+wrote. A project that enrolled into a pgvector gallery and went back to
+``serving.gallery.backend: memory`` (or renamed ``serving.gallery.table``) leaves that table in
+PostgreSQL, each row a template in clear; one that tracked to an MLflow server and went back to
+SQLite leaves its runs there. So the first time the project creates or opens a gallery table,
+or tracks to a server, the store is added to ``.visage/stores.json`` (git-ignored, 0600,
+written atomically under a lock; a store left before this version remembered stores is not
+known), and the erasure plans its pgvector and MLflow-server steps for every store remembered
 here as well as for the configured one (:mod:`visage_ml.rights.erasure.preflight` stops it
 before anything is erased while one cannot be reached).
 

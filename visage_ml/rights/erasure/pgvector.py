@@ -1,9 +1,10 @@
 """The pgvector store: the subject's row of the shared gallery in PostgreSQL, down to disk.
 
-Every gallery table the project ever wrote to: the one ``serving.gallery`` names when its
-backend is ``pgvector``, and each one :mod:`visage_ml.stack.stores` remembers (a project that
-went back to ``memory`` or renamed its table leaves the old table in the server, each row a
-template in clear). None of them: :func:`plan` returns None and nothing is planned or recorded.
+Every gallery table the project wrote to since it remembers them: the one ``serving.gallery``
+names when its backend is ``pgvector``, and each one :mod:`visage_ml.stack.stores` remembers (a
+project that went back to ``memory`` or renamed its table leaves the old table in the server,
+each row a template in clear). None of them: :func:`plan` returns None and nothing is planned
+or recorded.
 A remembered table is reached with the password of the configured DSN, ``$VISAGE_GALLERY_DSN``
 or the stack's credentials when one names its server (:func:`targets`); the preflight stops the
 erasure before anything is erased when one cannot be reached. The row holds two copies of the
