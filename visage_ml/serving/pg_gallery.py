@@ -701,7 +701,8 @@ LISTEN_BACKOFF_MAX_S = 30.0
 MSG_STATS_ROLE = (
     "the planner statistics (pg_statistic) of {tables} could not be cleared: the role is not a "
     "superuser and, on PostgreSQL 18 or later, lacks MAINTAIN on the table; older sample values "
-    "of the table may stay there (run the erasure as its owner, docs/deploy.md)"
+    "of the table may stay there (run the erasure as a superuser, or as the table's owner with "
+    "pg_maintain on PostgreSQL 18 or later: docs/deploy.md)"
 )
 MSG_STATS_FILES = (
     "the planner statistics (pg_statistic) of {tables} were cleared but pg_statistic could not "

@@ -1096,13 +1096,15 @@ def certificate_page_cmd(
                 witness_keys=tuple(witness_key or ()) or own.witness_keys,
                 origin=origin if origin is not None else own.origin,
                 by=f"{'some given on the command line, ' if given else ''}{own.by}",
-                own=True,
+                # Keys given on the command line are the reader's choice: not the checkout's.
+                own=not given,
             )
             retrained = models_retrained_event(
                 core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
             )
             page = cp.render_page(cert, pins=pins, retrained=retrained)
         atomic_write_text(target, page.html)
+    headline = cp.HEADLINE.get(page.verdict, page.verdict)  # the page's own word
     _done(
         as_json,
         {
@@ -1111,7 +1113,7 @@ def certificate_page_cmd(
             "verdict": page.verdict,
             "certificate_sha256": page.sha256,
         },
-        f"page {target}: certificate {page.request_id} {page.verdict}",
+        f"page {target}: certificate {page.request_id} {headline}",
     )
     if page.verdict == cp.NOT_VERIFIED:
         raise typer.Exit(1)
