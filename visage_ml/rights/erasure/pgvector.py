@@ -165,7 +165,8 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     info = {k: v for k, v in by_store[main.store].items() if k != "note"}
     info["stores"] = by_store
     notes = [
-        (f"{store}: {i['note']}" if len(found) > 1 else str(i["note"]))
+        # Each table's store names it (pgvector:host:port/db/table) in place of the bare prefix.
+        (f"{store}:{str(i['note']).removeprefix('pgvector:')}" if len(found) > 1 else i["note"])
         for store, i in by_store.items()
         if i.get("note")
     ]
