@@ -64,6 +64,8 @@ def _candidates(ctx: Context) -> list[str]:
     """Connection strings the project holds, password included: the configured DSN,
     ``$VISAGE_GALLERY_DSN``, the stack's PostgreSQL."""
     out = [d for d in (ctx.params.serving.gallery.dsn, os.environ.get(pg_gallery.DSN_ENV)) if d]
+    if isinstance(ctx.gallery, pg_gallery.PgGallery):  # the open gallery's (a server's) own
+        out.insert(0, ctx.gallery.options.dsn)
     if ctx.paths.params.is_file() and ctx.paths.stack_secrets.is_file():
         with contextlib.suppress(StackError):
             out.append(Stack.of(ctx.paths).postgres_dsn())
@@ -126,15 +128,21 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     return Plan(artefacts, info=info)
 
 
+def _is_open(gallery: Any, target: Target) -> bool:
+    """Whether ``gallery`` is the open gallery of ``target``'s table (erased through it, so that
+    its replicas and caches follow), configured or remembered."""
+    if not isinstance(gallery, pg_gallery.PgGallery) or gallery.names.table != target.table:
+        return False
+    with contextlib.suppress(Exception):  # a DSN psycopg cannot parse is not this table's
+        return stores.pgvector_id(gallery.options.dsn, target.table) == target.store
+    return False
+
+
 def _erase_one(ctx: Context, pid: str, target: Target) -> tuple[dict[str, str], dict[str, Any]]:
     """Revoke and delete the row in one table, then purge its server's files."""
     rows = pg_gallery.subject_rows(target.dsn, pid, table=target.table)
     gallery = ctx.gallery
-    if (
-        target.configured
-        and isinstance(gallery, pg_gallery.PgGallery)
-        and gallery.names.table == target.table
-    ):
+    if _is_open(gallery, target):
         removed = dict(gallery.erase(pid, reason="erasure").removed)
     elif _exists(target):
         pg_gallery.delete_subject(target.dsn, pid, table=target.table)
