@@ -732,6 +732,19 @@ def _drop(pg, gallery) -> None:
         assert admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0]
 
 
+def _analysed_as_an_older_version(conn, table: str) -> None:
+    """A gallery table of an older version, its columns sampled into pg_statistic before the
+    erasure (as autovacuum's ANALYZE does), checkpointed to disk."""
+    for col in ("pid", "embedding"):
+        conn.execute(
+            psycopg.sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET STATISTICS -1").format(
+                t=psycopg.sql.Identifier(table), c=psycopg.sql.Identifier(col)
+            )
+        )
+    conn.execute(psycopg.sql.SQL("ANALYZE {t}").format(t=psycopg.sql.Identifier(table)))
+    conn.execute("CHECKPOINT")
+
+
 def test_a_dropped_connection_is_a_503_to_retry_not_an_internal_error(world, engine, pg, table):
     gallery = open_pg(world, pg, table, engine=engine)
     keys = KeyStore(world.paths.api_keys)
@@ -788,15 +801,7 @@ def test_erasure_leaves_no_embedding_in_the_planner_statistics(world, engine, pg
     victim = pids[4]
     vector = gallery.template(victim)[0].astype("<f4").tobytes()
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        # A table of an older version, analysed before the erasure (as autovacuum does).
-        for col in ("pid", "embedding"):
-            conn.execute(
-                psycopg.sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET STATISTICS -1").format(
-                    t=psycopg.sql.Identifier(table), c=psycopg.sql.Identifier(col)
-                )
-            )
-        conn.execute(psycopg.sql.SQL("ANALYZE {t}").format(t=psycopg.sql.Identifier(table)))
-        conn.execute("CHECKPOINT")
+        _analysed_as_an_older_version(conn, table)
         stats = conn.execute(
             "SELECT count(*) FROM pg_stats WHERE tablename = %s AND attname = 'embedding'",
             (table,),
@@ -890,15 +895,7 @@ def test_the_documented_least_privilege_role_completes_the_purge(
     victim = pids[4]
     vector = gallery.template(victim)[0].astype("<f4").tobytes()
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        # A table of an older version, analysed before the erasure (as autovacuum does).
-        for col in ("pid", "embedding"):
-            conn.execute(
-                psycopg.sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} SET STATISTICS -1").format(
-                    t=psycopg.sql.Identifier(table), c=psycopg.sql.Identifier(col)
-                )
-            )
-        conn.execute(psycopg.sql.SQL("ANALYZE {t}").format(t=psycopg.sql.Identifier(table)))
-        conn.execute("CHECKPOINT")
+        _analysed_as_an_older_version(conn, table)
         rows = conn.execute(
             "SELECT count(*) FROM pg_stats WHERE tablename = %s", (table,)
         ).fetchone()[0]
