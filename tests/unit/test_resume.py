@@ -70,3 +70,38 @@ def test_turning_compile_on_or_off_resumes_the_same_run(tmp_path: Path):
     assert point[2] is not None and point[2]["epoch"] == 1
     # A setting that changes the training is another run.
     assert resume_point(paths, "embedder", {**SECTION, "lr": 0.02}, "d" * 32, 7)[2] is None
+
+
+def test_every_code_dependency_of_the_training_stages_is_in_the_fingerprint():
+    """dvc.yaml re-runs a training stage when one of its code dependencies changes. The
+    checkpoint of the finished run stays (its folder persists), and its fingerprint covered the
+    loop and the networks only: after an edit of preprocess.py (mean, std, resize) the run
+    resumed at its last epoch, trained nothing and released the old weights under the new
+    preprocessing record. Every visage_ml dependency of those stages is now part of it."""
+    import yaml
+
+    from visage_ml.training.resume import CODE_PATHS
+
+    repo = Path(__file__).resolve().parents[2]
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    deps = {
+        d.removeprefix("visage_ml/")
+        for name in ("train_embedder", "train_demographics")
+        for d in stages[name]["deps"]
+        if d.startswith("visage_ml/")
+    }
+    assert deps <= set(CODE_PATHS), sorted(deps - set(CODE_PATHS))
+
+
+def test_an_edit_of_the_preprocessing_starts_training_again(tmp_path: Path, monkeypatch):
+    from visage_ml.training import resume
+
+    paths = ProjectPaths(tmp_path)
+    fp, folder, _ = resume_point(paths, "embedder", SECTION, "md5", 0)
+    save_resume(folder, {"epoch": 2}, fingerprint=fp)
+    real = Path(resume.__file__).resolve().parents[1] / "preprocess.py"
+    edited = real.read_bytes().replace(b"MEAN", b"MEAN_EDITED", 1)
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: edited if self == real else original(self))
+    fp2, _, state = resume_point(paths, "embedder", SECTION, "md5", 0)
+    assert fp2 != fp and state is None

@@ -25,16 +25,20 @@ MSG_RESUME_DISAGREES = (
 )
 
 # Code whose change makes an old resume checkpoint meaningless (part of its fingerprint), relative
-# to the package: every module of the training loop, and the networks it trains.
-CODE_FILES = (
-    "training/batches.py",
-    "training/config.py",
-    "training/distributed.py",
-    "training/loop.py",
-    "training/tasks.py",
-    "models/backbones.py",
-    "models/heads.py",
-    "models/demographic.py",
+# to the package: every code dependency of the training stages in dvc.yaml (a folder: each of
+# its modules). DVC re-runs a stage when one changes; had the checkpoint of a finished run
+# survived that (a change of preprocess.py's mean, say), the run would resume at its last epoch,
+# train nothing and release the old weights under the new preprocessing record.
+CODE_PATHS = (
+    "training",
+    "models",
+    "preprocess.py",
+    "data/processed.py",
+    "data/crops.py",
+    "data/eval_population.py",
+    "app/stages/_train_common.py",
+    "app/stages/train_embedder.py",
+    "app/stages/train_demographics.py",
 )
 
 
@@ -47,9 +51,12 @@ def code_hash() -> str:
     """SHA-256 of the training code that a resume checkpoint's tensors depend on."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for rel in CODE_FILES:
-        h.update(rel.encode())
-        h.update((root / rel).read_bytes())
+    for rel in CODE_PATHS:
+        path = root / rel
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 
