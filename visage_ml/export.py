@@ -104,6 +104,11 @@ MSG_MISSING_META = (
     "export metadata lacks {keys}; build it with visage_ml.export.build_metadata(checkpoint_meta, "
     "root=...) so the ONNX file records its lineage"
 )
+MSG_STALE_MODEL = (
+    "the {kind} checkpoint was trained on data md5 {trained}, but dvc.lock records {locked} for "
+    "{file}: the model is older than the data, and its ONNX file would name data it was not "
+    "trained on; run `dvc repro` (which trains it again) instead of exporting it alone"
+)
 MSG_PARITY = (
     "ONNX parity failed for the {kind} model: {failures}. The ONNX graph does not compute what "
     "the torch model computes; look for layers the exporter mistranslates (data-dependent "
@@ -161,9 +166,16 @@ def build_metadata(
     checkpoint_meta
         The ``meta`` dict of ``visage_ml.models.checkpoint.load_model``.
     root
-        The project root: ``dvc.lock`` there gives the data md5 (md5 of the prepare stage's
-        ``data/processed/faces.sealed``), falling back to the checkpoint's ``data_md5``; git
-        there gives the code revision.
+        The project root: the data md5 is the checkpoint's ``data_md5`` (what the model was
+        trained on), which must be what ``dvc.lock`` there records for the prepare stage's
+        ``data/processed/faces.sealed`` when it records one; git there gives the code revision.
+
+    Raises
+    ------
+    ExportError
+        The checkpoint was trained on other data than ``dvc.lock`` records (the model is
+        stale): its file would name data it was not trained on, and an erasure's lineage, which
+        matches models by that md5, would miss it.
 
     Returns
     -------
@@ -182,18 +194,14 @@ def build_metadata(
     }
     trained_on = str(checkpoint_meta.get("data_md5") or UNKNOWN)
     outs = read_prepare_outs(Path(root) / "dvc.lock")
-    metadata[META_DATA_MD5] = outs.get(DATA_FILE, trained_on)
+    locked = outs.get(DATA_FILE)
+    if trained_on != UNKNOWN and locked is not None and trained_on != locked:
+        raise ExportError(
+            MSG_STALE_MODEL.format(kind=kind, trained=trained_on, locked=locked, file=DATA_FILE)
+        )
+    metadata[META_DATA_MD5] = trained_on if trained_on != UNKNOWN else (locked or UNKNOWN)
     if outs:
         metadata[META_DATA_FILES] = json.dumps(outs, sort_keys=True)
-    if trained_on not in (UNKNOWN, metadata[META_DATA_MD5]):
-        logger.warning(
-            "the %s checkpoint was trained on data md5 %s but dvc.lock records %s for %s; "
-            "run `dvc repro` so model and data agree",
-            kind,
-            trained_on,
-            metadata[META_DATA_MD5],
-            DATA_FILE,
-        )
     if kind == DEMOGRAPHICS:
         labels = checkpoint_meta.get("labels") or {}
         age_bands = labels.get("age_bands", config.get("age_bands", []))

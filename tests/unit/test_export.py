@@ -314,7 +314,7 @@ def checkpoint_meta(kind: str) -> dict:
     }
 
 
-def test_build_metadata_prefers_dvc_lock_and_falls_back_to_checkpoint(tmp_path: Path):
+def test_build_metadata_names_the_data_the_model_was_trained_on(tmp_path: Path):
     meta = build_metadata(checkpoint_meta("embedder"), root=tmp_path)
     assert meta["visage.data_md5"] == "c" * 32
     assert meta["visage.git_rev"] == "unknown"
@@ -328,10 +328,16 @@ def test_build_metadata_prefers_dvc_lock_and_falls_back_to_checkpoint(tmp_path: 
         "data/processed/faces.sealed": "1" * 32,
         "data/processed/manifest.parquet": "2" * 32,
     }
-    meta = build_metadata(checkpoint_meta("demographics"), root=tmp_path)
+    trained = {**checkpoint_meta("demographics"), "data_md5": "1" * 32}
+    meta = build_metadata(trained, root=tmp_path)
     assert meta["visage.data_md5"] == "1" * 32
     assert json.loads(meta["visage.data_files"]) == outs
     assert json.loads(meta["visage.labels"]) == LABELS
+    # `dvc repro -s export` after prepare ran again: the model was trained on older data. Its
+    # file named the newer data (dvc.lock's), so an erasure's lineage, which matches models by
+    # that md5, missed it; the export now refuses, saying what to run.
+    with pytest.raises(ExportError, match=r"trained on data md5 c{32}.*dvc repro"):
+        build_metadata(checkpoint_meta("embedder"), root=tmp_path)
 
 
 def test_git_rev_inside_a_repository(tmp_path: Path):
