@@ -33,6 +33,7 @@ import pandas as pd
 from visage_ml.config import GENDERS, GROUPS, ExportParams, ProjectPaths
 from visage_ml.data.crops import read_crops
 from visage_ml.data.prepare import FACES_FILE, MANIFEST_FILE
+from visage_ml.data.processed import check_allowed
 from visage_ml.dvcops import git_revision
 from visage_ml.inference import (
     DEMOGRAPHICS,
@@ -60,6 +61,7 @@ from visage_ml.inference import (
 from visage_ml.io import atomic_write_bytes, fsync_dir, sha256_file
 from visage_ml.preprocess import PreprocessSpec, to_model_input
 from visage_ml.privacy.datakeys import DataKeys
+from visage_ml.privacy.registry import Registry
 
 if TYPE_CHECKING:
     import onnx
@@ -696,11 +698,15 @@ def export_with_parity(
 # ---------------------------------------------------------------------------------------------
 
 
-def parity_crops(processed: Path, n: int, *, keys: DataKeys) -> np.ndarray:
+def parity_crops(
+    processed: Path, n: int, *, keys: DataKeys, registry: Registry | None = None
+) -> np.ndarray:
     """``n`` validation crops (train when there is no validation split), spread evenly.
 
     ``manifest.parquet``'s ``row`` column indexes the crops of ``faces.sealed``; only the
-    chosen split's subjects are decrypted, in memory.
+    chosen split's subjects are decrypted, in memory, and only once ``registry`` (when given)
+    still allows each of them for the split's purpose, as training and evaluation check
+    (:func:`visage_ml.data.processed.check_allowed`).
     """
     faces_path, manifest_path = processed / FACES_FILE, processed / MANIFEST_FILE
     for p in (faces_path, manifest_path):
@@ -708,6 +714,8 @@ def parity_crops(processed: Path, n: int, *, keys: DataKeys) -> np.ndarray:
             raise FileNotFoundError(f"{p} is missing; run `dvc repro prepare` first")
     full = pd.read_parquet(manifest_path, columns=["row", "pid", "split"])
     chosen = "val" if (full["split"] == "val").any() else "train"
+    if registry is not None:  # before any crop is decrypted (data/processed may be older)
+        check_allowed(full, [chosen], registry)
     faces = read_crops(
         faces_path, keys, full, pids=set(full.loc[full["split"] == chosen, "pid"].astype(str))
     )
@@ -771,7 +779,12 @@ def export_models(
     ExportError
         A checkpoint holds another kind of model than its name says.
     """
-    crops = parity_crops(paths.processed, params.parity_samples, keys=DataKeys.for_project(paths))
+    crops = parity_crops(
+        paths.processed,
+        params.parity_samples,
+        keys=DataKeys.for_project(paths),
+        registry=Registry.for_project(paths),
+    )
     summaries: dict[str, Any] = {}
     failed: list[str] = []
     for name in MODELS:

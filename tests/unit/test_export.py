@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
+from visage_ml import export as export_mod
 from visage_ml.app.stages import export as stage
 from visage_ml.config import ExportParams, ProjectPaths
 from visage_ml.data.crops import write_crops
+from visage_ml.data.processed import ConsentChangedError
 from visage_ml.dvcops import git_revision
 from visage_ml.export import (
     ExportError,
@@ -368,6 +370,38 @@ def test_git_rev_inside_a_repository(tmp_path: Path):
 
 def pids_of(n: int) -> list[str]:
     return [f"p{k:016x}" for k in range(n)]
+
+
+class Allowing:
+    """A subject registry that allows ``pids`` (all when None) for every purpose."""
+
+    def __init__(self, pids=None) -> None:
+        self.pids = pids
+
+    def allowed(self, purpose: str) -> set[str]:
+        return set(self.pids if self.pids is not None else pids_of(64))
+
+
+@pytest.fixture(autouse=True)
+def _registry_allows_the_fake_subjects(monkeypatch):
+    # These projects are crops and a manifest, with no ledger: their subjects are allowed.
+    monkeypatch.setattr(export_mod.Registry, "for_project", lambda paths: Allowing())
+
+
+def test_parity_decrypts_no_subject_who_may_no_longer_be_processed(tmp_path: Path, monkeypatch):
+    """The parity check decrypted the validation subjects with no look at the registry, which
+    training and evaluation consult before any crop is decrypted (data/processed may be older
+    than a withdrawal)."""
+    paths = make_project(tmp_path, ["train"] * 3 + ["val"] * 3)
+    withdrawn = pids_of(6)[4]
+    allowed = Allowing([p for p in pids_of(6) if p != withdrawn])
+    monkeypatch.setattr(export_mod.Registry, "for_project", lambda paths: allowed)
+    opened = []
+    real = export_mod.read_crops
+    monkeypatch.setattr(export_mod, "read_crops", lambda *a, **k: opened.append(k) or real(*a, **k))
+    with pytest.raises(ConsentChangedError, match="val split"):
+        stage.run(paths, ExportParams(parity_samples=4), loader=loader_for(TinyEmbedder()))
+    assert opened == []
 
 
 def make_project(root: Path, splits: list[str]) -> ProjectPaths:
