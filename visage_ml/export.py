@@ -11,7 +11,7 @@ on the CPU (:func:`decompose_prelu`).
 The exporter is torch's TorchScript-based one (``dynamo=False``): the dynamo exporter needs the
 ``onnxscript`` package, which visage-ml does not depend on, while the TorchScript exporter ships
 with torch, handles every registered backbone, and writes byte-identical files for the same
-weights (so DVC sees a change only when the model changed).
+weights and metadata (the metadata names the code revision: a new commit alone changes the file).
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ def build_metadata(
     metadata = {
         META_BACKBONE: str(config.get("backbone") or UNKNOWN),
         META_MODEL_VERSION: str(checkpoint_meta.get("model_version") or UNKNOWN),
-        META_GIT_REV: git_revision(Path(root)),
+        # "+dirty" when tracked files differ from the commit (a `dvc exp run -S` edits
+        # params.yaml), as evaluation records it: the file never names a revision it was not.
+        META_GIT_REV: git_revision(Path(root), mark_dirty=True),
     }
     trained_on = str(checkpoint_meta.get("data_md5") or UNKNOWN)
     outs = read_prepare_outs(Path(root) / "dvc.lock")

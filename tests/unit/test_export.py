@@ -361,6 +361,11 @@ def test_git_rev_inside_a_repository(tmp_path: Path):
     (repo / "f").write_text("x")
     subprocess.run(["git", "add", "f"], cwd=repo, env=env, check=True)
     assert git_revision(repo, mark_dirty=True) == rev + "+dirty"
+    # The ONNX file says so too: it named the clean commit while params.yaml (a `dvc exp run
+    # -S`) or the code differed from it.
+    assert build_metadata(checkpoint_meta("embedder"), root=repo)["visage.git_rev"] == (
+        rev + "+dirty"
+    )
 
 
 # --------------------------------------------------------------------------------------------
