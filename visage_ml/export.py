@@ -758,8 +758,9 @@ def export_models(
 ) -> tuple[dict[str, Any], list[str]]:
     """Export each of :data:`MODELS` from ``models/<name>.pt`` to ``models/<name>.onnx``.
 
-    Each is checked against torch on :func:`parity_crops`; one that fails parity keeps its
-    previous ONNX file and the others are still exported.
+    Each is checked against torch on :func:`parity_crops`; one that fails parity does not
+    overwrite its previous ONNX file (under ``dvc repro`` there is none: DVC removed the stage's
+    outputs before running it) and the others are still exported.
 
     Parameters
     ----------

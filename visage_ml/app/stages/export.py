@@ -2,9 +2,12 @@
 
 Reads ``models/{embedder,demographics}.pt``, writes ``models/{embedder,demographics}.onnx`` and
 ``reports/export.json`` (per model: parity numbers, opset, SHA-256 and size of the file). A model
-that fails parity leaves its previous ONNX file untouched and the stage exits non-zero, naming
-the model and the number that failed. When both pass, their SHA-256s are recorded in the privacy
-ledger as a ``model.released`` event: ``visage serve`` serves those files and no others.
+that fails parity is not written and the stage exits non-zero, naming the model and the number
+that failed. Run by hand, the previous ONNX file stays; under `dvc repro`, DVC has removed the
+stage's outputs before it ran, so `dvc checkout models/<model>.onnx` restores the last released
+one (`visage serve` serves only files whose SHA-256 a ``model.released`` entry names). When both
+pass, their SHA-256s are recorded in the privacy ledger as a ``model.released`` event: ``visage
+serve`` serves those files and no others.
 """
 
 from __future__ import annotations
