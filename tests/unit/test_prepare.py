@@ -261,3 +261,22 @@ def test_the_processed_files_replaced_by_an_erasure_are_not_rebuilt_from_a_guess
         pq.write_table(table.replace_schema_metadata(kept), sink)
         guesses.add(hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest())
     assert not guesses & recorded
+
+
+def test_training_records_the_data_it_read_not_a_stale_dvc_lock(tiny_project, tmp_path):
+    """The data md5 a model records (and an erasure's lineage matches it by) came from
+    dvc.lock's prepare entry: after prepare ran again by hand (or the file was restored from
+    an older version), a model trained on the new file named the old one."""
+    from visage_ml.data.processed import data_md5
+    from visage_ml.io import md5_file
+
+    paths = _project(tiny_project, tmp_path)
+    prepare(paths, load_params(paths.params), detector_factory=HalfBlindDetector)
+    faces = paths.processed / "faces.sealed"
+    (paths.root / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: python -m visage_ml.app.stages.prepare\n"
+        "    outs:\n    - path: data/processed/faces.sealed\n"
+        f"      md5: {'0' * 32}\n      size: 1\n"
+    )
+    assert data_md5(paths) == md5_file(faces) != "0" * 32
+    assert load_processed(paths, splits=("train",)).data_md5 == md5_file(faces)
