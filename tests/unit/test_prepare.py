@@ -276,7 +276,7 @@ def test_training_records_the_data_it_read_not_a_stale_dvc_lock(tiny_project, tm
     (paths.root / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  prepare:\n    cmd: python -m visage_ml.app.stages.prepare\n"
         "    outs:\n    - path: data/processed/faces.sealed\n"
-        f"      md5: {'0' * 32}\n      size: 1\n"
+        f"      md5: {'ab' * 16}\n      size: 1\n"
     )
-    assert data_md5(paths) == md5_file(faces) != "0" * 32
+    assert data_md5(paths) == md5_file(faces) != "ab" * 16
     assert load_processed(paths, splits=("train",)).data_md5 == md5_file(faces)
