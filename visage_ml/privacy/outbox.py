@@ -95,30 +95,37 @@ REASON_TEXT: dict[str, str] = {
 }
 
 # What a request's outcome did to the subject's biometric template (its ``gallery`` code, from
-# a rectification or the lift of a restriction), in words for the subject's completion message.
+# a rectification or the lift of a restriction: visage_ml.rights.rectify), and the same in
+# words for the subject's completion message.
+REENROLLED = "reenrolled"
+REMOVED_WHILE_RESTRICTED = "template_removed_while_restricted"
+REMOVED_NO_BASIS = "template_removed_no_legal_basis"
+REMOVED_UNTIL_REENROLMENT = "template_removed_until_reenrolment"
+REMOVED_NO_FACE = "template_removed_no_face"
+REENROLMENT_NEEDED = "reenrolment_needed"
 GALLERY_TEXT: dict[str, str] = {
-    "reenrolled": "Your biometric template was made again from your corrected photograph(s).",
-    "template_removed_while_restricted": (
+    REENROLLED: "Your biometric template was made again from your corrected photograph(s).",
+    REMOVED_WHILE_RESTRICTED: (
         "Your corrected photograph(s) are stored. Because processing of your data is "
         "restricted (Art. 18), the biometric template made from the old photograph(s) was "
         "deleted and no new template is made while the restriction lasts. When the "
         "restriction is lifted (we tell you before, Art. 18(3)), your template is made again "
         "from the corrected photograph(s)."
     ),
-    "template_removed_no_legal_basis": (
+    REMOVED_NO_BASIS: (
         "The biometric template made from your old photograph(s) was deleted; no new one is "
         "made, as no legal basis covers identifying you."
     ),
-    "template_removed_until_reenrolment": (
+    REMOVED_UNTIL_REENROLMENT: (
         "The biometric template made from your old photograph(s) was deleted; a new one is "
         "made from the corrected photograph(s) when our gallery is next rebuilt."
     ),
-    "template_removed_no_face": (
+    REMOVED_NO_FACE: (
         "The biometric template made from your old photograph(s) was deleted; no face could "
         "be found in the corrected photograph(s), so you are not identified until you are "
         "enrolled again."
     ),
-    "reenrolment_needed": (
+    REENROLMENT_NEEDED: (
         "Your biometric template, deleted when your photograph(s) were corrected during the "
         "restriction, could not be made again: you are not identified until you are enrolled "
         "again."

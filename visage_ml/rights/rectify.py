@@ -42,6 +42,14 @@ from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subj
 from visage_ml.io import canonical_json, sha256_file
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
+from visage_ml.privacy.outbox import (
+    REENROLLED,
+    REENROLMENT_NEEDED,
+    REMOVED_NO_BASIS,
+    REMOVED_NO_FACE,
+    REMOVED_UNTIL_REENROLMENT,
+    REMOVED_WHILE_RESTRICTED,
+)
 from visage_ml.privacy.registry import NO_BASIS_REASONS
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.export import jsonable, row_dict
@@ -72,11 +80,8 @@ MSG_NO_ROW = (
 )
 # What a rectification did to the subject's template (``gallery`` of the result, of the
 # ``rectification`` event and of the request's outcome), and what the lift of a restriction
-# did to a template a rectification removed while it lasted (``gallery`` of its outcome).
-REENROLLED = "reenrolled"
-REMOVED_WHILE_RESTRICTED = "template_removed_while_restricted"
-REMOVED_NO_BASIS = "template_removed_no_legal_basis"
-REENROLMENT_NEEDED = "reenrolment_needed"
+# did to a template a rectification removed while it lasted (``gallery`` of its outcome): the
+# codes are visage_ml.privacy.outbox's, which words them for the subject; these, for the DPO.
 MSG_REMOVED_WHILE_RESTRICTED = (
     "the template made from subject {pid}'s old images was removed, and no new one is made "
     "while their processing is restricted; lifting the restriction (`visage privacy lift "
@@ -96,7 +101,7 @@ MSG_REENROLMENT_NEEDED = (
 REENROLMENT_WHY = {
     "no_gallery": "there is no gallery",
     "no_embedder": "there is no embedder, models/embedder.onnx",
-    "template_removed_no_face": "no single face was found in the rectified images",
+    REMOVED_NO_FACE: "no single face was found in the rectified images",
     "gallery_error": "the gallery could not be written; see the log",
 }
 ATTRIBUTES = ("age", "gender", "group")
@@ -426,7 +431,7 @@ def _reenrol(
         return REMOVED_WHILE_RESTRICTED if state.restricted else REMOVED_NO_BASIS
     if engine is None:
         g.erase(pid, reason="rectification")
-        return "template_removed_until_reenrolment"
+        return REMOVED_UNTIL_REENROLMENT
     rows = read_images(paths.raw)
     rows = rows[rows["pid"].astype(str) == pid].sort_values("image_id")
     per_subject = load_params(paths.params).gallery.images_per_subject
@@ -443,7 +448,7 @@ def _reenrol(
             break
     if not crops:
         g.erase(pid, reason="rectification")
-        return "template_removed_no_face"
+        return REMOVED_NO_FACE
     emb = engine.embed(np.stack(crops))
     g.enroll(pid, emb, model_version=engine.embedder.model_version)
     return REENROLLED
