@@ -388,7 +388,7 @@ class Erasure:
                 (a for p in plans if p is not None for a in p.artefacts), ctx.planned
             )
             infos = [p.info for p in plans if p is not None and p.info is not None]
-            info = {k: v for i in infos for k, v in i.items()} if infos else None
+            info = merge_infos(infos) if infos else None
             planned = self._planned(st, step, previous, found, info)
         outcomes = [s.erase(ctx, st.pid, planned, p) for s, p in zip(stores, plans, strict=True)]
         _fault(step)
