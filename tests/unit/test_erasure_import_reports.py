@@ -56,14 +56,20 @@ def test_an_erasure_leaves_the_reports_counting_the_person_s_files_but_not_namin
     assert Erasure(paths, core=core).remaining(pids[ZELDA])["vault"] == []
 
 
+def _add_line(paths, file: str, reason: str):
+    """The only import report, with a refused ``file`` listed by path as an older version did."""
+    (report,) = report_files(paths)
+    doc = json.loads(report.read_text())
+    doc["files"].append({"file": file, "reason": reason, "detail": ""})
+    report.write_text(json.dumps(doc))
+    return report
+
+
 def test_a_line_an_older_erasure_left_is_found_and_cleaned_by_the_next(imported):
     _, paths, core, pids = imported
     Erasure(paths, core=core).erase(pids[ZELDA])
     # A report that still names her, as an erasure before this store left them.
-    (report,) = report_files(paths)
-    doc = json.loads(report.read_text())
-    doc["files"].append({"file": f"{ZELDA}/other.jpg", "reason": "too_small", "detail": ""})
-    report.write_text(json.dumps(doc))
+    report = _add_line(paths, f"{ZELDA}/other.jpg", "too_small")
     erasure = Erasure(paths, core=core)
     # Found by the tombstones before any erasure of hers runs again (Yorick's own files aside).
     assert f"privacy/imports/{report.name}" in erasure.remaining(pids[YORICK])["vault"]
@@ -101,10 +107,7 @@ def test_a_report_an_older_version_wrote_naming_a_refused_erased_person_is_found
     erasure rewrites them, and until then `remaining` finds them (it skipped them before)."""
     _, paths, core, pids = imported
     Erasure(paths, core=core).erase(pids[ZELDA])
-    (report,) = report_files(paths)
-    doc = json.loads(report.read_text())
-    doc["files"].append({"file": f"{ZELDA}/c.jpg", "reason": "erased_subject", "detail": ""})
-    report.write_text(json.dumps(doc))
+    report = _add_line(paths, f"{ZELDA}/c.jpg", "erased_subject")
     erasure = Erasure(paths, core=core)
     assert f"privacy/imports/{report.name}" in erasure.remaining(pids[ZELDA])["vault"]
     erasure.erase(pids[YORICK])
