@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,41 @@ def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def line_spans(data: bytes, needles: Sequence[bytes]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each line of ``data`` (complete lines) holding one of ``needles``
+    (non-empty), in order, ``end`` at its newline: found by jumping from one needle to the next,
+    so the rest (nearly all of a large ledger) is neither split nor parsed."""
+    spans = set()
+    for needle in needles:
+        pos = data.find(needle)
+        while pos != -1:
+            stop = data.find(b"\n", pos)
+            spans.add((data.rfind(b"\n", 0, pos) + 1, stop))
+            pos = data.find(needle, stop)
+    return sorted(spans)
+
+
+def lines_containing(
+    path: Path, needles: Sequence[bytes], *, start_offset: int = 0, block: int = 1 << 24
+) -> Iterator[bytes]:
+    """Complete lines of the file at ``path`` (from ``start_offset``) holding one of
+    ``needles`` (non-empty), without their newline, in order: found by searching ``block``
+    bytes at a time for each needle, never line by line. Nothing when the file is missing."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return
+    with fh:
+        fh.seek(start_offset)
+        rest = b""
+        while chunk := fh.read(block):
+            data = rest + chunk
+            end = data.rfind(b"\n") + 1
+            data, rest = data[:end], data[end:]
+            for a, b in line_spans(data, needles):
+                yield data[a:b]
 
 
 def sha256_bytes(data: bytes) -> str:

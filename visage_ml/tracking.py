@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     import mlflow
 
 EXPERIMENT = "visage"
+MSG_UNRECORDED = (
+    "tracking to a server needs the ledger recorder (visage_ml.privacy.core.store_recorder): "
+    "every erasure must know the servers the project logged to"
+)
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
@@ -33,8 +37,14 @@ def sanitize_key(key: str) -> str:
     return _KEY_BAD.sub("_", key)
 
 
-def configure(paths: ProjectPaths, experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the project's store and make sure ``experiment`` exists; return its id."""
+def configure(
+    paths: ProjectPaths, experiment: str = EXPERIMENT, *, record: stores.Recorder | None = None
+) -> str:
+    """Point MLflow at the project's store and make sure ``experiment`` exists; return its id.
+
+    ``record`` signs the ledger entry by which a tracking server is remembered
+    (:mod:`visage_ml.stack.stores`); a server cannot be used without it.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow  # deferred: slow to import, and only stages that log need it
 
@@ -45,7 +55,9 @@ def configure(paths: ProjectPaths, experiment: str = EXPERIMENT) -> str:
     if not local:
         # Before anything is logged there: every later erasure looks at this server, even
         # after the project goes back to SQLite (visage_ml.stack.stores).
-        stores.remember_mlflow_server(paths, uri)
+        if record is None:
+            raise ValueError(MSG_UNRECORDED)
+        stores.remember_mlflow_server(paths, uri, record=record)
     mlflow.set_tracking_uri(uri)
     if local:
         paths.mlruns.mkdir(parents=True, exist_ok=True)
@@ -66,9 +78,11 @@ def stage_run(
     *,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
+    record: stores.Recorder | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Open an MLflow run named after ``stage`` with flattened ``params`` and ``tags``."""
-    configure(paths)
+    """Open an MLflow run named after ``stage`` with flattened ``params`` and ``tags``
+    (``record``: as :func:`configure` takes it)."""
+    configure(paths, record=record)
     import mlflow  # deferred: slow to import, and only stages that log need it
 
     with mlflow.start_run(run_name=stage) as run:

@@ -13,6 +13,7 @@ from project_helpers import stack_project_on
 from visage_ml import tracking
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.io import sha256_bytes
+from visage_ml.privacy.core import store_recorder
 from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights.erasure import mlflow_server
 from visage_ml.rights.erasure.base import Context
@@ -201,7 +202,7 @@ def test_a_server_the_project_tracked_to_is_erased_after_a_switch_back_to_sqlite
 
     stack_project_on(stack, project)
     paths = ProjectPaths(project)
-    with tracking.stage_run(paths, "train"):
+    with tracking.stage_run(paths, "train", record=store_recorder(paths)):
         pass  # the project tracks to the server: it remembers it
     client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
     exp = client.create_experiment(f"erase-{os.urandom(4).hex()}")

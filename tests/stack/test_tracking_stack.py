@@ -8,6 +8,7 @@ from project_helpers import stack_project_on
 
 from visage_ml import tracking
 from visage_ml.config import ProjectPaths
+from visage_ml.privacy.core import store_recorder
 from visage_ml.rights import lineage
 
 
@@ -18,7 +19,11 @@ def test_stage_run_registry_and_lineage_through_the_server(stack, project):
     paths = ProjectPaths(project)
     md5 = "0123456789abcdef0123456789abcdef"
     with tracking.stage_run(
-        paths, "train_embedder", params={"epochs": 3}, tags={"visage.data_md5": md5}
+        paths,
+        "train_embedder",
+        params={"epochs": 3},
+        tags={"visage.data_md5": md5},
+        record=store_recorder(paths),
     ) as run:
         tracking.log_metrics({"val/auc": 0.9})
         tracking.log_contents({"summary.json": json.dumps({"ok": True})}, "reports")

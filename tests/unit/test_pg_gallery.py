@@ -49,6 +49,7 @@ from visage_ml.serving.gallery import (
 )
 from visage_ml.serving.index import TemplateIndex, normalize_queries, template_of
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
+from visage_ml.stack import stores
 from visage_ml.stack.proc import StackError
 
 VERSION = "emb-test-1"
@@ -438,21 +439,25 @@ def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(p
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
 
 
+@pytest.mark.parametrize("list_deleted", [False, True], ids=["list-kept", "list-deleted"])
 @pytest.mark.parametrize(
     "switch", [{"serving.gallery.backend": "memory"}, {"serving.gallery.table": "g_renamed"}]
 )
 def test_an_erasure_reaches_a_shared_gallery_the_project_no_longer_points_at(
-    project, pg, table, switch
+    project, pg, table, switch, list_deleted
 ):
     """A project that enrolled into PostgreSQL and then went back to `memory` (or renamed the
     table) leaves the table in the server, each row holding a template in clear (the
     `embedding` column). The erasure planned its pgvector step from params.yaml alone: the key
-    went, the row stayed, and the certificate said nothing of it."""
+    went, the row stayed, and the certificate said nothing of it. Deleting the project's list
+    of stores (`.visage/stores.json`) does not hide the table: the ledger remembers it."""
     proj = make_project(project, enrol=False)
     gallery = _served_from_pg(proj, project, pg, table)
     victim, other = proj.pids[0], proj.pids[1]
     gallery.close()
     write_overrides(project / "params.yaml", switch)
+    if list_deleted:
+        (project / stores.STATE_FILE).unlink()
 
     result = Erasure(proj.paths).erase(victim)
     assert pg_gallery.subject_rows(pg.dsn, victim, table=table) == {}, "template left in clear"

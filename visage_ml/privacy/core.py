@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -505,6 +505,23 @@ class PrivacyCore:
             return None
         # changed_seq is the largest last_seq of any subject.
         return (len(registry), registry.changed_seq, st.st_mtime_ns, st.st_size)
+
+    def record_store(self, type_: str, payload: Mapping[str, Any]) -> Entry:
+        """Sign a ``store.*`` entry (no pid): the recorder :mod:`visage_ml.stack.stores` is
+        handed, as the layers below the ledger's cannot sign."""
+        if not type_.startswith("store."):
+            raise ValueError(f"{type_} is not a store event")
+        return self.ledger.append(type_, None, payload)
+
+
+def store_recorder(paths: ProjectPaths) -> Callable[[str, Mapping[str, Any]], Entry]:
+    """:meth:`PrivacyCore.record_store` of the project at ``paths``, the core opened only when
+    a store is recorded (the first write to it): for callers that hold no core."""
+
+    def record(type_: str, payload: Mapping[str, Any]) -> Entry:
+        return PrivacyCore(paths).record_store(type_, payload)
+
+    return record
 
 
 def last_rotation(ledger: Ledger) -> Entry | None:

@@ -52,7 +52,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from visage_ml import faults
-from visage_ml.io import atomic_write_bytes, canonical_json, file_lock, fsync_dir
+from visage_ml.io import (
+    atomic_write_bytes,
+    canonical_json,
+    file_lock,
+    fsync_dir,
+    line_spans,
+    lines_containing,
+)
 from visage_ml.privacy import merkle
 from visage_ml.privacy.keys import (
     CACHE_KEY_FILE,
@@ -117,6 +124,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "ledger.repaired",
         "ledger.key_rotated",
         "witness.set",  # the witnesses and quorum in force (privacy/witnessed.py)
+        "store.remembered",  # a gallery table or MLflow server written to (stack/stores.py)
         "store.forgotten",  # `visage stack forget`: a decommissioned store erasures skip now
     }
 )
@@ -229,20 +237,6 @@ def read_appended(path: Path, offset: int, size: int) -> bytes:
         fh.seek(offset)
         data = fh.read(size - offset)
     return data[: data.rfind(b"\n") + 1]
-
-
-def line_spans(data: bytes, needles: Sequence[bytes]) -> list[tuple[int, int]]:
-    """``(start, end)`` of each line of ``data`` (complete lines) holding one of ``needles``
-    (non-empty), in order, ``end`` at its newline: found by jumping from one needle to the next,
-    so the rest (nearly all of a large ledger) is neither split nor parsed."""
-    spans = set()
-    for needle in needles:
-        pos = data.find(needle)
-        while pos != -1:
-            stop = data.find(b"\n", pos)
-            spans.add((data.rfind(b"\n", 0, pos) + 1, stop))
-            pos = data.find(needle, stop)
-    return sorted(spans)
 
 
 @dataclass(frozen=True)
@@ -752,21 +746,11 @@ class Ledger:
     ) -> Iterator[bytes]:
         """Complete lines holding one of ``needles`` (without their newline), in order: found
         by searching large blocks for each needle, never line by line."""
-        if not self.path.exists():
-            return
         if not all(needles):  # b"" is in every line (and found again at once: no progress)
             for _, line in self.iter_lines(start_offset=start_offset):
                 yield line
             return
-        with open(self.path, "rb") as fh:
-            fh.seek(start_offset)
-            rest = b""
-            while block := fh.read(SCAN_BLOCK):
-                data = rest + block
-                end = data.rfind(b"\n") + 1
-                data, rest = data[:end], data[end:]
-                for a, b in line_spans(data, needles):
-                    yield data[a:b]
+        yield from lines_containing(self.path, needles, start_offset=start_offset, block=SCAN_BLOCK)
 
     def offset_before(self, seq: int) -> int:
         """A byte offset at which a line with seq at most ``seq`` starts (0 at worst): where a

@@ -1225,7 +1225,9 @@ class PgGallery(Gallery):
         conn, n = self._conn, self.names
         # Before the table can hold a row: every later erasure reaches it, wherever
         # params.yaml points by then (visage_ml.stack.stores).
-        stores.remember_pgvector(self.paths, dsn=self.options.dsn, table=n.table)
+        stores.remember_pgvector(
+            self.paths, dsn=self.options.dsn, table=n.table, record=self.core.record_store
+        )
         self._signal = ensure_schema(conn, n, self.meta.embedding_dim)
         if self._signal[0] == SIGNAL_ADDED:
             logger.info(MSG_SIGNAL_ADDED.format(table=n.table))

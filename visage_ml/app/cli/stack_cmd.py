@@ -129,14 +129,7 @@ def forget(
     setup_logging()
     with _stack_errors():
         paths = project()
-        known = {s.store: s for s in stores.remembered(paths)}
-        if store not in known:
-            raise stores.StoresError(stores.MSG_UNKNOWN.format(store=store))
-        # Recorded first: a store is never dropped from the list without its entry.
-        entry = PrivacyCore(paths).ledger.append(
-            "store.forgotten", None, stores.to_dict(known[store])
-        )
-        stores.forget(paths, store)
+        _store, entry = stores.forget(paths, store, record=PrivacyCore(paths).record_store)
     console.print(
         f"forgotten: {store} (ledger entry {entry.seq}); erasures no longer reach it",
         highlight=False,

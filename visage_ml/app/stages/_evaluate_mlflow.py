@@ -14,6 +14,7 @@ from visage_ml.config import ProjectPaths
 from visage_ml.evaluation.fairness import GateOutcome
 from visage_ml.evaluation.outputs import PLOTS_DIR, REPORT_FILES
 from visage_ml.evaluation.protocol import EvaluationResult
+from visage_ml.privacy.core import store_recorder
 from visage_ml.tracking import (
     flat_metrics,
     log_contents,
@@ -76,7 +77,8 @@ def log_evaluation(
         "visage.demographics_version": str(lineage["demographics_model_version"]),
     }
     versions: dict[str, str] = {}
-    with stage_run(paths, STAGE, params=result.params, tags=tags) as active:
+    record = store_recorder(paths)
+    with stage_run(paths, STAGE, params=result.params, tags=tags, record=record) as active:
         log_metrics(flat_metrics(result.metrics))
         for name in REPORT_FILES:
             mlflow.log_artifact(str(paths.reports / name), artifact_path="reports")

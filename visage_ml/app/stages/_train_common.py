@@ -14,6 +14,7 @@ import mlflow
 from visage_ml.config import ProjectPaths, flatten
 from visage_ml.io import atomic_write_json
 from visage_ml.models.checkpoint import save_checkpoint, save_resume
+from visage_ml.privacy.core import store_recorder
 from visage_ml.tracking import log_metrics, stage_run
 from visage_ml.training.distributed import worker_env
 from visage_ml.training.launch import WorkersFailedError
@@ -37,7 +38,11 @@ def tracked_run(
         return contextlib.nullcontext()
     params = {**flatten(section, stage), "project.seed": seed}
     return stage_run(
-        paths, stage, params=params, tags={"visage.data_md5": data_md5, "visage.kind": kind}
+        paths,
+        stage,
+        params=params,
+        tags={"visage.data_md5": data_md5, "visage.kind": kind},
+        record=store_recorder(paths),
     )
 
 

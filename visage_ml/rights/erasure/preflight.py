@@ -105,6 +105,9 @@ def check(ctx: Context, pid: str) -> None:
     """Raise :class:`StackError` naming every needed service that does not answer (only the
     needed ones are looked at), every configured DVC remote DVC cannot open, or every store the
     project once wrote to that cannot be reached."""
+    # A store only the file knew (an older version kept the file alone) goes into the ledger
+    # first: deleting the file no longer takes it out of this or any later erasure's reach.
+    stores.record_unrecorded(ctx.paths, ctx.core.record_store)
     if ctx.is_dvc and (unopened := ctx.dvc_setup().unopened):
         names = ", ".join(f"{n} ({why})" for n, why in sorted(unopened.items()))
         raise StackError(MSG_UNOPENED.format(names=names, pid=pid))
