@@ -1440,6 +1440,8 @@ class Gallery:
                         results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                         written[pid] = (vec, digest)
                         continue
+                    if not self.keys.exists(pid):  # a first enrolment undone leaves no key
+                        undo.append((self.keys.path(pid), None))
                     key = self.keys.get(pid, create=True)
                     faults.crash_point("gallery:enroll:key-created")
                     blob = self._seal(pid, key, vec, counts[pid])

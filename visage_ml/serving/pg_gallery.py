@@ -2472,6 +2472,8 @@ class PgGallery(Gallery):
                             )
                     results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                     continue
+            if not self.keys.exists(pid):  # a first enrolment undone leaves no key
+                undo.append((self.keys.path(pid), None))
             blob = self._seal(pid, self.keys.get(pid, create=True), vec, counts[pid])
             anchor = None if keep_anchor else self._write_anchor(pid, vec, counts[pid], undo)
             digest = hashlib.sha256(blob).hexdigest()
