@@ -2560,9 +2560,9 @@ class PgGallery(Gallery):
                 self._bound.pop(pid, None)
                 self._unbound.discard(pid)
                 key_path = self.keys.path(pid)
-                key_hash = self.keys.destroy(pid)
-                if key_hash is not None:
-                    removed[_rel(key_path, root)] = key_hash
+                keys = self.keys.destroy_files(pid)  # with the copies killed writes left
+                key_hash = keys.get(key_path)
+                removed.update((_rel(p, root), h) for p, h in keys.items())
                 if anchor_hash is not None:
                     secure_unlink(anchor)
                     removed[_rel(anchor, root)] = anchor_hash

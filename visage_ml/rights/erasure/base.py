@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from visage_ml import dvcops
 from visage_ml.config import Params, ProjectPaths
-from visage_ml.io import CHUNK, sha256_file
+from visage_ml.io import CHUNK, leftover_target, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
@@ -196,6 +196,8 @@ def outcome_of(artefact: Mapping[str, Any], sealed_md5s: set[str]) -> str:
     A DVC object is crypto-shredded when its md5 is that of a sealed file of the erasure.
     """
     path = str(artefact.get("path", ""))
+    # A copy a killed write left (``.p1.key.x1y2z3.tmp``) is what it was to replace.
+    path = leftover_target(path) or path
     if path.endswith(".key"):
         return KEY_DESTROYED
     if str(artefact.get("store", "")).startswith("dvc-"):
