@@ -18,8 +18,9 @@
 - :func:`doctor` (``visage privacy doctor [--purge]``) lists what should not be at rest: files
   of erased or unknown subjects (a restored backup of ``data/raw``, ``gallery/`` or the key
   rings), sealed files whose key is gone, plaintext faces in ``data/``, the DVC cache and local
-  remotes, plaintext export bundles, notebooks whose saved outputs hold images; ``--purge``
-  removes them (a notebook loses its outputs only).
+  remotes, plaintext export bundles, notebooks whose saved outputs hold images, the temporary
+  files killed writes left in the key rings and the vault (each a key, a record or an index
+  whole); ``--purge`` removes them (a notebook loses its outputs only).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from visage_ml.io import (
     atomic_write_bytes,
     atomic_write_json,
     fsync_dir,
+    leftover_target,
     md5_file,
     secure_unlink,
     sha256_file,
@@ -600,6 +602,11 @@ class _Doctor:
                 self.add(UNRECORDED_ANCHOR, anchor, pid)
 
     def key_rings(self) -> None:
+        """Keys of erased subjects in the data and vault rings (the gallery's are its own), and
+        what killed writes left in every ring, the vault and its records: each a key (a record,
+        an index) as whole as the file it was to replace, named by its subject's status."""
+        seen = {f.path for f in self.report.findings}
+        folders = [folder for folder, _ in _key_rings(self.paths).values()]
         for name, (folder, _) in _key_rings(self.paths).items():
             if name in ("collections", "gallery") or not folder.is_dir():
                 continue
@@ -607,6 +614,14 @@ class _Doctor:
                 status = _status(self.states, f.stem)
                 if status == ERASED:
                     self.add(ERASED, f, f.stem)
+        for folder in [*folders, self.paths.vault, self.paths.vault / "records"]:
+            for f in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+                target = leftover_target(f)
+                if target is None or _rel(f, self.root) in seen:
+                    continue
+                pid = Path(target).stem if PID_RE.fullmatch(Path(target).stem) else None
+                status = _status(self.states, pid) if pid else None
+                self.add(status or LEFTOVER, f, pid if status else None)
 
     def exports(self) -> None:
         folder = self.root / EXPORTS_DIR
