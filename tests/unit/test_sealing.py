@@ -524,6 +524,38 @@ def test_doctor_finds_a_face_decrypted_anywhere_under_data_and_leaves_it_to_a_pe
     assert r.exit_code == 1 and "marked review" in " ".join(r.output.split())
 
 
+def test_doctor_lists_face_images_in_mlflow_models_notebooks_and_reports_for_review(project):
+    # A re-encoded or cropped face is no exact copy: the erasure cannot know it, and doctor
+    # looked only under data/ and at the top, so a debug JPEG logged to MLflow, a crop beside
+    # the models or a "hardest pair" plot went unnoticed. The project's own figures are not
+    # faces: they are not listed.
+    proj = make_project(project, n_subjects=3)
+    paths = proj.paths
+    face = Image.open(io.BytesIO(next(iter(proj.images[proj.pids[0]].values()))))
+    run = paths.mlruns / "1" / "0123abcd" / "artifacts"
+    leaks = {
+        run / "debug" / "raw.jpg": "JPEG",
+        paths.root / "reports" / "plots" / "hardest_pair.png": "PNG",
+        paths.models / "debug_crop.png": "PNG",
+        paths.root / "notebooks" / "crop.png": "PNG",
+    }
+    for leak, fmt in leaks.items():
+        leak.parent.mkdir(parents=True, exist_ok=True)
+        face.resize((24, 24)).save(leak, format=fmt)
+    own = [
+        run / "figures" / "roc_group.png",
+        run / "figures" / "fnir_vs_gallery_size.png",
+        paths.root / "reports" / "privacy" / "sign.png",
+    ]
+    for figure in own:
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        face.save(figure, format="PNG")
+    found = {(f.kind, f.path, f.action) for f in doctor(paths).findings}
+    assert found == {
+        ("stray_image", leak.relative_to(paths.root).as_posix(), "review") for leak in leaks
+    }
+
+
 class _Remote:
     """A DVC remote whose server is down (the local stack stopped): botocore raises."""
 
