@@ -59,6 +59,7 @@ ERASE = [
     "erasure:dvc",
     "erasure:processed",
     "erasure:mlflow",
+    "erasure:copies",
     "erasure:snapshot",
     "erasure:certificate:completed",
     "erasure:certificate",

@@ -7,7 +7,8 @@ which checks passed, made by whom:
 - the request, the subject's pseudonymous id (pid) and nothing else of them, the controller,
   when the request was received and when the erasure completed;
 - what was erased, counted by store and by outcome (key destroyed, crypto-shredded, physically
-  removed), the shared file rewritten without the subject rather than deleted, what a store
+  removed), the shared file rewritten without the subject rather than deleted, the exact
+  copies found elsewhere in the project and removed (counted by top folder), what a store
   could not guarantee and the content kept because other data shares it;
 - the models trained on data that held the subject, stale or retrained since (the signed
   ``erasure.models_retrained`` entry the caller found);
@@ -369,6 +370,13 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def _copies(value: Any) -> dict[str, Any]:
+    """Exact copies the erasure removed, by top folder: their total and ``data 2, reports 1``."""
+    counts = {str(k): _count(v) for k, v in _obj(value).items() if _count(v)}
+    where = ", ".join(f"{folder} {n}" for folder, n in sorted(counts.items()))
+    return {"total": sum(counts.values()), "where": where}
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -523,6 +531,7 @@ def _context(
         "shared_kept": _shared_text(shared_kept(claims)),
         "store_notes": [_text(n) for n in _list(claims.get("store_notes"))],
         "lineage_notes": [_text(n) for n in _list(claims.get("lineage_notes"))],
+        "copies": _copies(claims.get("copies_removed")),
         "retained": len(_list(claims.get("retained_shared_content"))),
         # The subject's photographs kept in clear in DVC because other current data holds the
         # same photograph: counted in the certificate, their hashes withheld.

@@ -35,16 +35,14 @@ from visage_ml.privacy.certificate import (
 )
 from visage_ml.privacy.ledger import LedgerError
 from visage_ml.rights import dvc_objects, lineage
-from visage_ml.rights.content_hashes import LISTED, ContentHashes
+from visage_ml.rights.content_hashes import (
+    LISTED,
+    ContentHashes,
+    scanned_roots,
+    walk_files,
+)
 
 log = logging.getLogger(__name__)
-
-# Folders of the checkout that may hold subject data (hashed in full by the verifier): the
-# data, the gallery, MLflow, the models (the embedder's resume checkpoints hold a row per
-# training subject) and the whole privacy folder (its exports, and the data keys and vault
-# files the certificate says were destroyed: one put back from a backup must be found).
-SCANNED_FOLDERS: tuple[str, ...] = ("data", "gallery", "mlruns", "models", "privacy")
-
 
 MSG_REMOTE_UNREACHABLE = (
     "the DVC remote(s) {names} could not be reached, so their objects were not checked: make "
@@ -112,19 +110,6 @@ def _sha256_stream(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _walk_files(root: Path) -> Iterable[Path]:
-    if not root.exists():
-        return
-    if root.is_file():
-        yield root
-        return
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
-        for name in filenames:
-            p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                yield p
-
-
 def scan_for_hashes(
     roots: Iterable[Path],
     sha256s: Container[str],
@@ -138,7 +123,7 @@ def scan_for_hashes(
     that names a listed md5 or the subject's folder."""
     seen: set[Path] = set()
     for root in roots:
-        for path in _walk_files(Path(root)):
+        for path in walk_files(Path(root)):
             real = path.resolve()
             if real in seen:
                 continue
@@ -188,7 +173,7 @@ def _scan(
         exclude=[*(r.get("sha256") for r in retained), hashlib.sha256(b"").hexdigest()],
         pid=str(doc.get("pid")) if doc.get("pid") else None,
     )
-    roots = [paths.root / f for f in SCANNED_FOLDERS]
+    roots = scanned_roots(paths.root)
     remote_objects: list[tuple[Any, str]] = []
     unopened: dict[str, str] = {}
     if dvcops.is_dvc_repo(paths.root):

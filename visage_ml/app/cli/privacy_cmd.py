@@ -983,9 +983,9 @@ def verify_certificate_cmd(
 
     Checks the encoding, the Ed25519 signature, the ledger entries and the Merkle inclusion
     proof, then hashes every file under data/, gallery/, mlruns/, models/, privacy/ (the
-    destroyed keys and vault files too), the DVC cache, the configured remotes and DVC's site
-    cache for the listed content hashes, and says whether
-    the models in use were trained without the subject. Exit code 0 when valid, 1 when not.
+    destroyed keys and vault files too), reports/, notebooks/ and at the project's top, the DVC
+    cache, the configured remotes and DVC's site cache for the listed content hashes, and says
+    whether the models in use were trained without the subject. Exit code 0 when valid, 1 when not.
     """
 
     with _rights_errors():

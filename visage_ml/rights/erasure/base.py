@@ -1,7 +1,8 @@
 """What every store of the erasure provides, and what the orchestrator hands them.
 
 A store module (``gallery``, ``vault``, ``import_reports``, ``raw``, ``dvc``, ``processed``,
-``exports``, ``checkpoints``, ``mlflow``) has three functions, the :class:`Store` protocol:
+``exports``, ``checkpoints``, ``mlflow``, ``copies``) has three functions, the :class:`Store`
+protocol:
 
 - ``plan(ctx, pid)``: find and hash what the store holds of the subject, deleting nothing
   (a :class:`Plan`; None when the store is not part of the project, e.g. DVC outside a DVC
@@ -84,6 +85,9 @@ class Context:
     planned
         Artefacts each step of the current request planned so far (from the ledger): the DVC
         step purges the objects of the raw files, the MLflow step looks for their hashes.
+    done, infos
+        What each step of the request recorded done so far, and its info (from the ledger):
+        the copies step looks for what the certificate will list.
     """
 
     paths: ProjectPaths
@@ -91,6 +95,8 @@ class Context:
     params: Params
     gallery: Any = None
     planned: Mapping[str, list[Artefact]] = field(default_factory=dict)
+    done: Mapping[str, list[Artefact]] = field(default_factory=dict)
+    infos: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     _setup: dvc_objects.DvcSetup | None = field(default=None, repr=False)
 
     @property
@@ -173,6 +179,18 @@ def merge(*lists: Iterable[Mapping[str, Any]]) -> list[Artefact]:
         for a in items:
             seen.setdefault((a.get("store"), a.get("path"), a.get("sha256")), dict(a))
     return list(seen.values())
+
+
+def retained_shared(
+    artefacts: Iterable[Mapping[str, Any]], dvc_info: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """(md5, SHA-256) of the removed content the current data still holds under another path:
+    the DVC objects the dvc step kept (``kept_still_referenced``), declared by the certificate
+    and not looked for as a copy."""
+    kept = set(dvc_info.get("kept_still_referenced") or [])
+    return sorted(
+        {(a["md5"], a["sha256"]) for a in artefacts if a.get("md5") in kept and a.get("sha256")}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
