@@ -24,7 +24,7 @@ the signature, both ledger entries (hash and signature), the inclusion proof and
 are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
 checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
 log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
-pins (``docs/verify.md`` holds the same checks in ~150 lines that need only
+pins (``docs/verify.md`` holds the same checks in ~215 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
@@ -39,7 +39,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,9 +110,19 @@ MSG_OTHER_KEY = (
     "privacy/ledger-keys.pem (every key the ledger has had) as the public key"
 )
 MSG_LOCAL_WITNESS = (
-    "{name} is a directory witness (a folder the controller keeps): it proves nothing against "
-    "the controller, who can restore or copy it with the ledger; rely on a witness run by "
-    "someone else (docs/verify.md)"
+    "{name} is a directory witness of this project (privacy.witness, kind directory: a folder "
+    "the controller keeps, whatever its name): it proves nothing against the controller, who "
+    "can restore or copy it with the ledger, and its clock is the controller's; rely on a "
+    "witness run by someone else (docs/verify.md)"
+)
+MSG_WITNESS_NAME = (
+    "{name}: a witness's name is chosen by whoever creates it and proves nothing of who runs "
+    "it; check that the witness whose key you pinned is run by someone other than the "
+    "controller (its own folder, whatever its name, proves nothing against it: docs/verify.md)"
+)
+MSG_DEFAULT_NAME = (
+    "; this one bears the name visage-ml gives a witness made without --name, as the "
+    "controller's own directory witness is"
 )
 MSG_ORIGIN_FROM_CERT = (
     "log origin taken from the certificate itself: a second log kept under the same key would "
@@ -589,6 +599,7 @@ def verify_offline(
     public_key: Ed25519PublicKey | Path | None = None,
     witness_keys: Sequence[str] = (),
     origin: str | None = None,
+    directory_witnesses: Collection[str] | None = None,
 ) -> CertificateReport:
     """Check a certificate with nothing but the file and the keys the verifier pins.
 
@@ -609,6 +620,11 @@ def verify_offline(
     origin
         The controller's log name as published with its key: the checkpoint must be of that
         log, not of a second log kept under the same key. Without it the report says so.
+    directory_witnesses
+        The vkeys of the witnesses the caller knows to be directory witnesses (the controller's
+        own configuration: a folder on its disk, stamped by its clock): marked ``local``, and
+        their time dates nothing. None: not known; a witness's name proves nothing either way
+        (its creator chose it), and the report says so of each pinned witness.
     """
     pub: Ed25519PublicKey | Path | None = public_key
     from_cert: list[str] = []
@@ -628,7 +644,15 @@ def verify_offline(
         return report
     if origin is None:
         from_cert.append(MSG_ORIGIN_FROM_CERT)
-    _check_witnessed(doc, key, witness_keys, report, from_cert, origin=origin)
+    _check_witnessed(
+        doc,
+        key,
+        witness_keys,
+        report,
+        from_cert,
+        origin=origin,
+        directory_witnesses=directory_witnesses,
+    )
     return report
 
 
@@ -640,6 +664,7 @@ def _check_witnessed(
     notes: list[str],
     *,
     origin: str | None = None,
+    directory_witnesses: Collection[str] | None = None,
 ) -> None:
     proof = doc.get("proof")
     if not isinstance(proof, Mapping) or proof.get("format") != PROOF_FORMAT:
@@ -713,20 +738,28 @@ def _check_witnessed(
         ", ".join(f"{v.name} at {_utc(times[v.name])}" for v in cosigned) or "none"
     )
     report.add("witness cosignatures", enough, detail)
+    # Kept by the controller: as its configuration says, when the caller knows it. A name is
+    # whatever its creator typed, so it marks nothing (the notes say so of each pinned one).
+    local = {v.name for v in cosigned if v.vkey in (directory_witnesses or ())}
     report.cosignatures = [
         {
             "name": v.name,
             "fingerprint": v.fingerprint,
             "time": _utc(times[v.name]),
             "pinned": bool(witness_keys),
-            "local": v.name.startswith(LOCAL_WITNESS_PREFIX),
+            "local": v.name in local,
         }
         for v in cosigned
     ]
     _check_witness_time(completed.get("time"), times, report)
     for v in cosigned:
-        if v.name.startswith(LOCAL_WITNESS_PREFIX):
+        if v.name in local:
             report.notes.append(MSG_LOCAL_WITNESS.format(name=v.name))
+        elif witness_keys:
+            default = v.name.startswith(LOCAL_WITNESS_PREFIX)
+            report.notes.append(
+                MSG_WITNESS_NAME.format(name=v.name) + (MSG_DEFAULT_NAME if default else "")
+            )
     report.unpinned = report.unpinned or bool(notes)
     report.notes.extend(notes)
 

@@ -13,7 +13,9 @@ which checks passed, made by whom:
 - the models trained on data that held the subject, stale or retrained since (the signed
   ``erasure.models_retrained`` entry the caller found);
 - the ``erasure.completed`` ledger entry, its tree head and checkpoint, and the witnesses whose
-  cosignature verified, with their keys' fingerprints and the witness's own time;
+  cosignature verified, with their keys' fingerprints and the witness's own time, each marked
+  by the kind the checkout configures for it (a directory witness is the controller's own
+  folder, whatever its name);
 - the checks of :func:`~visage_ml.privacy.certificate.verify_offline`, the keys they used and
   where those keys came from, and how anyone can check the file themselves;
 - the certificate file's SHA-256, which ties the page to one JSON file.
@@ -162,6 +164,10 @@ class Pins:
     own
         The checks are made by the project's own installation with the keys it holds (the page
         then says they are the controller's word, not an independent verification).
+    directory
+        The vkeys of the witnesses configured as directory witnesses (``privacy.witness``:
+        folders on the controller's disk, stamped by its clock), which the page marks so
+        whatever their names; None: not known (a copy rendered elsewhere).
     """
 
     public_key: Ed25519PublicKey | Path | None = None
@@ -169,6 +175,7 @@ class Pins:
     origin: str | None = None
     by: str = ""
     own: bool = False
+    directory: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -297,6 +304,7 @@ def render_page(
         public_key=pins.public_key,
         witness_keys=pins.witness_keys,
         origin=pins.origin,
+        directory_witnesses=pins.directory,
     )
     if Path(cert_path).read_bytes() != raw:  # what was checked must be what is shown
         raise CertificatePageError(MSG_CHANGED.format(path=cert_path))
@@ -318,7 +326,8 @@ def render_page(
 def controller_pins(core: Any, cert_path: str | os.PathLike[str]) -> Pins:
     """The controller's own keys for its certificate's page: the published ledger key file,
     the project's log name, and the configured witnesses whose cosignature is on the
-    certificate's checkpoint (taken from the witnesses' configuration, not from the file)."""
+    certificate's checkpoint (taken from the witnesses' configuration, not from the file), and
+    which of them are directory witnesses (by their configured kind: a name proves nothing)."""
     paths = core.paths
     key_file = published_keys(paths)
     witness_keys: tuple[str, ...] = ()
@@ -328,12 +337,19 @@ def controller_pins(core: Any, cert_path: str | os.PathLike[str]) -> Pins:
         witness_keys = tuple(v.vkey for v in core.witnessing.cosigners_of(note))
     except (CertificatePageError, NoteError, ValueError, TypeError):
         witness_keys = ()  # the page's check then names the failure
+    witnessing = core.witnessing
+    directory = tuple(
+        v.vkey
+        for spec, client in zip(witnessing.params.witnesses, witnessing.clients, strict=True)
+        if spec.kind == "directory" and (v := client.cosigner()) is not None
+    )
     return Pins(
         public_key=key_file if key_file.is_file() else None,
         witness_keys=witness_keys,
-        origin=core.witnessing.origin,
+        origin=witnessing.origin,
         by="the controller's checkout",
         own=True,
+        directory=directory,
     )
 
 

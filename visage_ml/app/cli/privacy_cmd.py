@@ -1098,6 +1098,7 @@ def certificate_page_cmd(
                 by=f"{'some given on the command line, ' if given else ''}{own.by}",
                 # Keys given on the command line are the reader's choice: not the checkout's.
                 own=not given,
+                directory=own.directory,  # the configured kinds, whoever chose the keys
             )
             retrained = models_retrained_event(
                 core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
