@@ -5,7 +5,9 @@ is the proof; this page (``<request id>.html`` beside it) says in words what it 
 which checks passed, made by whom:
 
 - the request, the subject's pseudonymous id (pid) and nothing else of them, the controller,
-  when the request was received and when the erasure completed;
+  when the request was received (the controller's statement) and when the erasure completed
+  (the controller's clock), with the time a pinned witness not kept by the controller cosigned
+  it, or that none corroborates it (the ``completion date witnessed`` check);
 - what was erased, counted by store and by outcome (key destroyed, crypto-shredded, physically
   removed), the shared file rewritten without the subject rather than deleted, the exact
   copies found elsewhere in the project and removed (counted by top folder), what a store
@@ -52,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from visage_ml import __version__
 from visage_ml.io import atomic_write_text
 from visage_ml.privacy.certificate import (
+    CLOCK_SKEW_S,
     CertificateReport,
     published_keys,
     verify_offline,
@@ -136,6 +139,16 @@ SHARED_KEPT_MANY = (
     "without the subject and kept for the others; the subject's part, unreadable once their key "
     "was destroyed, was removed"
 )
+
+# What dates the request and the completion, beside the dates the certificate states.
+RECEIVED_CONTROLLERS = (
+    "the controller's statement: it enters this date (any past date is accepted) and no "
+    "witness dates it"
+)
+COMPLETION_CONTROLLERS = (
+    "the controller's clock: no pinned witness run by someone else cosigned at that time"
+)
+COMPLETION_NOT_CORROBORATED = "not corroborated by the witnesses"
 
 # A value shown inside the command a reader copies: anything else (a certificate is a file
 # anyone can edit) stands as a placeholder, never as text a shell would run.
@@ -412,11 +425,15 @@ def _when(value: Any) -> datetime | None:
         return None
 
 
-def _elapsed(received: Any, completed: Any) -> str:
+def _elapsed(received: Any, completed: Any, *, slack: float = 0) -> str:
+    """How long after ``received`` ``completed`` is; ``slack``: seconds before it that still
+    read as at once (a witness's time is in whole seconds, on another host's clock)."""
     start, end = _when(received), _when(completed)
     if start is None or end is None or (start.tzinfo is None) != (end.tzinfo is None):
         return ""
     seconds = (end - start).total_seconds()
+    if -slack <= seconds < 0:
+        seconds = 0
     if seconds < 0:
         return "before the request was received: the dates do not agree"
     if seconds < 60:
@@ -428,6 +445,35 @@ def _elapsed(received: Any, completed: Any) -> str:
     else:
         took = f"{seconds / 86400:.1f} days"
     return f"{took} after the request was received"
+
+
+def _completion(doc: Mapping[str, Any], report: CertificateReport) -> dict[str, Any]:
+    """What dates the completion: witnesses on other hosts that cosigned at that time, or the
+    controller's clock alone (the ``completion date witnessed`` check of the verifier)."""
+    check = next((c for c in report.checks if c.name == "completion date witnessed"), None)
+    cosigned = report.cosignatures
+    if check is not None and not check.ok and cosigned:
+        first = min(cosigned, key=lambda c: c["time"])
+        elapsed = _elapsed(doc.get("received_at"), first["time"], slack=CLOCK_SKEW_S)
+        times = ", ".join(f"{c['name']} at {c['time']}" for c in cosigned)
+        return {
+            "ok": False,
+            "text": f"{COMPLETION_NOT_CORROBORATED}: cosigned by {times} (the witness's clock), "
+            f"so the erasure is proven done by {first['time']} at the latest"
+            + (f" ({elapsed})" if elapsed else ""),
+        }
+    dating = [c for c in cosigned if c["pinned"] and not c["local"]]
+    if check is not None and check.ok and dating:
+        first = min(dating, key=lambda c: c["time"])
+        elapsed = _elapsed(doc.get("received_at"), first["time"], slack=CLOCK_SKEW_S)
+        by = ", ".join(f"{c['name']} at {c['time']}" for c in dating)
+        return {
+            "ok": True,
+            "text": f"witnessed by {by} (the witness's clock"
+            + (f"; {elapsed}" if elapsed else "")
+            + ")",
+        }
+    return {"ok": True, "text": COMPLETION_CONTROLLERS}
 
 
 def _draft(controller: Mapping[str, Any]) -> str:
@@ -542,6 +588,8 @@ def _context(
         "received_at": _text(doc.get("received_at")),
         "completed_at": _text(doc.get("completed_at")),
         "elapsed": _elapsed(doc.get("received_at"), doc.get("completed_at")),
+        "received_note": RECEIVED_CONTROLLERS,
+        "completion": _completion(doc, report),
         "counts": outcome_counts(claims),
         "outcome_text": OUTCOME_TEXT,
         "shared_kept": _shared_text(shared_kept(claims)),
