@@ -277,6 +277,31 @@ def test_a_consent_withdrawal_for_analytics_is_refused_saying_why(enrolled):
     assert r.status_code == 200 and r.json()["subject"]["objected"] == ["analytics"], r.text
 
 
+def test_an_empty_purpose_list_is_refused_not_taken_for_every_purpose(served):
+    # "purposes": [] names no purpose; it is not an omitted list. A withdrawal with it recorded
+    # consent.withdrawn for every purpose (the subject was no longer searched, and retention then
+    # erased the template), an objection (or an objection request) one to all four.
+    s = served
+    pid = s.pids[9]
+    ledger = s.world.paths.ledger.read_bytes()
+    for path, body in (
+        ("consent/withdraw", {"purposes": []}),
+        ("object", {"purposes": []}),
+        ("requests", {"right": "objection", "purposes": []}),
+    ):
+        r = s.call("POST", f"/v1/subjects/{pid}/{path}", "dpo", json=body)
+        assert r.status_code == 422 and error_of(r) == "invalid_request", (path, r.text)
+        assert "purposes" in r.json()["error"]["message"]
+    assert s.world.paths.ledger.read_bytes() == ledger
+    state = s.call("GET", f"/v1/subjects/{pid}", "dpo").json()
+    assert state["purposes"]["identification"]["allowed"] and state["objected"] == []
+    # The privacy core (which the CLI and every other caller use) refuses it too.
+    for record in (s.world.core.withdraw_consent, s.world.core.object):
+        with pytest.raises(ValueError, match="name at least one purpose"):
+            record(pid, [])
+    assert s.world.paths.ledger.read_bytes() == ledger
+
+
 def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipients(enrolled):
     # What a DPO must be able to show: when the subject was identified (Art. 15), and that the
     # recipients of their data heard of the restriction set over HTTP (Art. 19), by whom.

@@ -441,7 +441,8 @@ class PrivacyCore:
         MSG_ANALYTICS_NOT_CONSENT`): no consent to it is asked, and a withdrawal could not
         change what it counts."""
         self._live(pid)
-        chosen = list(check_purposes(purposes)) if purposes else list(CONSENT_PURPOSES)
+        # An empty list names no purpose (refused): only None means every purpose.
+        chosen = list(CONSENT_PURPOSES if purposes is None else check_purposes(purposes))
         if ANALYTICS in chosen:
             raise ValueError(MSG_ANALYTICS_NOT_CONSENT)
         entry = self.ledger.append("consent.withdrawn", pid, {"purposes": chosen})
@@ -467,7 +468,7 @@ class PrivacyCore:
     def object(self, pid: str, purposes: Iterable[str] | None = None) -> Entry:
         """Record an objection (Art. 21) to ``purposes`` (all when None)."""
         self._live(pid)
-        chosen = list(check_purposes(purposes)) if purposes else list(PURPOSES)
+        chosen = list(PURPOSES if purposes is None else check_purposes(purposes))
         entry = self.ledger.append("objection", pid, {"purposes": chosen})
         self.snapshot()
         return entry
@@ -475,7 +476,7 @@ class PrivacyCore:
     def withdraw_objection(self, pid: str, purposes: Iterable[str] | None = None) -> Entry:
         """The subject withdraws an objection."""
         self._live(pid)
-        chosen = list(check_purposes(purposes)) if purposes else list(PURPOSES)
+        chosen = list(PURPOSES if purposes is None else check_purposes(purposes))
         entry = self.ledger.append("objection.withdrawn", pid, {"purposes": chosen})
         self.snapshot()
         return entry

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from visage_ml.config import PURPOSES, ProjectPaths
+from visage_ml.privacy.consent import check_purposes
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, RequestStateError
 from visage_ml.rights.erasure import Erasure
@@ -136,7 +137,7 @@ def object_to(
     """
     core = core if core is not None else PrivacyCore(paths)
     book = RequestBook(core)
-    chosen = list(purposes or PURPOSES)
+    chosen = list(PURPOSES if purposes is None else check_purposes(purposes))
     st = begin(book, pid, ("objection",), request_id, details={"purposes": chosen})
     entry = core.object(pid, chosen)
     book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})

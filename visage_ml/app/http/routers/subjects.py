@@ -82,7 +82,7 @@ def _for_purposes(
     request_info(request)["pid"] = pid
     with svc.lock:
         svc.live_subject(pid)
-        purposes = body.purposes if body is not None and body.purposes else None
+        purposes = body.purposes if body is not None else None
         entry = record(pid, purposes)
     return _done(svc, pid, entry)
 
@@ -99,7 +99,7 @@ def consent_withdraw(
     consent is given for). Analytics is refused (422 ``not_by_consent``): it identifies no one,
     so no one's consent is asked for it and a withdrawal could not change what it counts; an
     objection to it (``/object``) is recorded for the DPO to weigh."""
-    if body is not None and body.purposes and ANALYTICS in body.purposes:
+    if body is not None and body.purposes is not None and ANALYTICS in body.purposes:
         request_info(request)["pid"] = pid
         raise ApiError(422, "not_by_consent", MSG_ANALYTICS_NOT_CONSENT)
     return _for_purposes(svc, pid, request, body, svc.core.withdraw_consent)
