@@ -500,6 +500,42 @@ def test_no_route_lets_in_a_role_it_should_not():
     assert seen == ROUTE_ROLES
 
 
+def test_the_role_table_of_the_api_says_what_the_routes_allow():
+    # app.py's table listed GET /v1/analytics/windows under operator, a key the route refuses
+    # (it feeds the frames: reading the windows would tell it whether a person was seen).
+    from visage_ml.app.http import app as http_app
+
+    doc = http_app.__doc__ or ""
+    table = doc.split("========  ")[2].split("\n========")[0]  # between the header and the end
+    rows: dict[str, str] = {}
+    role = ""
+    for line in table.splitlines()[1:]:
+        head, text = line[:8].strip(), line[10:]
+        role = head or role
+        rows[role] = rows.get(role, "") + " " + text
+    listed: dict[tuple[str, str], set[str]] = {}
+    for role, text in rows.items():
+        method, base = "", ""
+        for ref in re.findall(r"``((?:GET |POST )?/[^`]*)``", text):
+            if " " in ref:
+                method, ref = ref.split(" ")
+            if ref.startswith(("/v1/", "/metrics")):
+                # A short ``/lift`` after /v1/subjects/{pid}/restrict: a sibling under {pid}.
+                base = re.sub(r"(\{[^}]*\}).*", r"\1", ref)
+            else:
+                ref = base + ref
+            short = re.sub(r"\[(.*)\]", "", ref)
+            for path in {short, ref.replace("[", "").replace("]", "")}:
+                path = re.sub(r"\{[^}]*\}", "{}", path)
+                listed.setdefault((method, path), set()).add(role)
+    declared = {
+        (method, re.sub(r"\{[^}]*\}", "{}", path)): roles
+        for (method, path), roles in ROUTE_ROLES.items()
+        if roles is not None  # /healthz, public, is not in the table
+    }
+    assert listed == declared
+
+
 def test_revoked_key_is_refused_by_a_running_server(served):
     s = served
     store = KeyStore(s.world.paths.api_keys)
