@@ -302,6 +302,21 @@ def test_an_empty_purpose_list_is_refused_not_taken_for_every_purpose(served):
     assert s.world.paths.ledger.read_bytes() == ledger
 
 
+def test_a_request_received_before_its_subject_was_registered_is_refused_saying_why(served):
+    # Accepted before: "received_at": "1970-01-01" recorded a request 20 000 days overdue (and
+    # an erasure's request with it). Answered as the API answers the other receipt times it
+    # cannot take (in the future, out of range): 409 not_allowed, nothing appended.
+    s = served
+    pid = s.pids[10]
+    ledger = s.world.paths.ledger.read_bytes()
+    old = {"received_at": "1970-01-01T00:00:00Z"}
+    for path, body in (("requests", {"right": "access", **old}), ("erasure", old)):
+        r = s.call("POST", f"/v1/subjects/{pid}/{path}", "dpo", json=body)
+        assert r.status_code == 409 and error_of(r) == "not_allowed", (path, r.text)
+        assert "before subject" in r.text and "added to the registry" in r.text
+    assert s.world.paths.ledger.read_bytes() == ledger
+
+
 def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipients(enrolled):
     # What a DPO must be able to show: when the subject was identified (Art. 15), and that the
     # recipients of their data heard of the restriction set over HTTP (Art. 19), by whom.

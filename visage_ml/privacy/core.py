@@ -295,6 +295,19 @@ class PrivacyCore:
             raise UnknownSubjectError(pid)
         return st
 
+    def added_at(self, pid: str) -> str | None:
+        """When ``pid`` was added to the registry: the time of its ``subject.added`` entry
+        (read from near that seq, not from the first entry); None when the ledger lacks it."""
+        seq = self.subject(pid).added_seq
+        ledger = self.ledger
+        start = ledger.offset_before(seq)
+        for entry in ledger.entries(start_offset=start, containing=pid.encode()):
+            if entry.seq == seq:
+                return entry.time
+            if entry.seq > seq:
+                break
+        return None
+
     def _live(self, pid: str) -> SubjectState:
         st = self.subject(pid)
         if st.erased:
