@@ -317,6 +317,48 @@ def test_a_request_received_before_its_subject_was_registered_is_refused_saying_
     assert s.world.paths.ledger.read_bytes() == ledger
 
 
+def test_a_withdrawal_or_objection_that_changes_nothing_is_refused_and_not_recorded(served):
+    # Withdrawing a consent never given appended a signed consent.withdrawn, and repeating an
+    # objection appended another objection, each answered 200: ledger lines that changed
+    # nothing, read as the subject's acts. Refused like the lift of a subject who is not
+    # restricted: 409 saying how things stand, nothing appended.
+    s = served
+    never, pid = s.pids[-1], s.pids[11]  # never consented to identification; consented to all
+    ledger = s.world.paths.ledger
+    ident = {"purposes": ["identification"]}
+
+    def post(who, action, body):
+        n = len(ledger.read_bytes().splitlines())
+        r = s.call("POST", f"/v1/subjects/{who}/{action}", "dpo", json=body)
+        return r, len(ledger.read_bytes().splitlines()) - n
+
+    r, appended = post(never, "consent/withdraw", ident)
+    assert (r.status_code, error_of(r), appended) == (409, "not_consented", 0), r.text
+    assert "no consent given for identification" in r.json()["error"]["message"]
+    for action in ("consent/withdraw", "object"):
+        r, appended = post(pid, action, ident)
+        assert (r.status_code, appended) == (200, 1), r.text
+        r, appended = post(pid, action, ident)
+        assert (r.status_code, appended) == (409, 0), r.text
+    assert error_of(r) == "already_objected" and "already objects" in r.text
+    # A withdrawal with a consent still given among its purposes, an objection naming a purpose
+    # not yet objected to: recorded.
+    r, appended = post(pid, "consent/withdraw", {"purposes": ["identification", "training"]})
+    assert (r.status_code, appended) == (200, 1), r.text
+    r, appended = post(pid, "object", {})
+    assert (r.status_code, appended) == (200, 1), r.text
+    assert r.json()["subject"]["objected"] == [
+        "analytics",
+        "evaluation",
+        "identification",
+        "training",
+    ]
+    r, appended = post(pid, "consent/withdraw", None)  # every consent: evaluation is still given
+    assert (r.status_code, appended) == (200, 1), r.text
+    r, appended = post(pid, "consent/withdraw", None)
+    assert (r.status_code, error_of(r), appended) == (409, "not_consented", 0), r.text
+
+
 def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipients(enrolled):
     # What a DPO must be able to show: when the subject was identified (Art. 15), and that the
     # recipients of their data heard of the restriction set over HTTP (Art. 19), by whom.

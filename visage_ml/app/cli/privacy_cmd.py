@@ -230,7 +230,8 @@ def consent_withdraw(
 ) -> None:
     """Withdraw consent (Art. 7(3)); the pipeline becomes stale in `dvc status`.
 
-    Appends consent.withdrawn and refreshes data/registry/consents.parquet.
+    Appends consent.withdrawn and refreshes data/registry/consents.parquet; refused, with
+    nothing appended, when no purpose named has a consent given now.
     """
     with user_errors():
         entry = _core().withdraw_consent(pid, purpose or None)
@@ -295,7 +296,10 @@ def object_(
     purpose: list[str] = typer.Option(None, "--purpose", "-p", help=PURPOSE_HELP),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Record an objection (Art. 21) to purposes. Appends objection; refreshes the snapshot."""
+    """Record an objection (Art. 21) to purposes. Appends objection; refreshes the snapshot.
+
+    Refused, with nothing appended, when the subject already objects to each purpose named.
+    """
     with user_errors():
         entry = _core().object(pid, purpose or None)
     _done(
