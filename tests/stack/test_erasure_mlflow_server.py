@@ -13,7 +13,7 @@ from project_helpers import stack_project_on
 from visage_ml import tracking
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.io import sha256_bytes
-from visage_ml.privacy.core import store_recorder
+from visage_ml.privacy.core import PrivacyCore, store_recorder
 from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights.erasure import mlflow_server
 from visage_ml.rights.erasure.base import Context
@@ -36,10 +36,10 @@ def test_runs_artefacts_and_rows_of_the_subject_removed(stack, project, tmp_path
     client.set_experiment_tag(exp, "owner", f"asked by {PID}")
     named = client.create_run(exp, tags={"note": f"debug run for {PID}"}).info.run_id
     image = os.urandom(8000)  # a plaintext copy of the subject's image, logged by mistake
-    copy = tmp_path / "face.png"
+    copy = tmp_path / "Jane_Doe.png"  # under the person's name
     copy.write_bytes(image)
     holding = client.create_run(exp).info.run_id
-    client.log_artifact(holding, str(copy))
+    client.log_artifact(holding, str(copy), artifact_path="Jane_Doe")
     clean = client.create_run(exp).info.run_id
     other = tmp_path / "metrics.json"
     other.write_bytes(os.urandom(3000))
@@ -47,12 +47,16 @@ def test_runs_artefacts_and_rows_of_the_subject_removed(stack, project, tmp_path
 
     # The image's erasure left its PNG's hash in the tombstones (any erased subject's counts).
     Tombstones.open(paths).add("p" + "e" * 16, plains=[sha256_bytes(image)])
-    ctx = Context(paths=paths, core=None, params=load_params(paths.params), planned={"raw": []})
+    ctx = Context(
+        paths=paths, core=PrivacyCore(paths), params=load_params(paths.params), planned={"raw": []}
+    )
     plan = mlflow_server.plan(ctx, PID)
     assert plan is not None
     assert {a["run_id"] for a in plan.artefacts} == {named, holding}
-    # The copy is recorded without what the photograph hashes to.
+    # The copy is recorded without what the photograph hashes to, nor the name it was logged
+    # under (the ledger and the certificate pair it with the pid for good).
     assert sha256_bytes(image) not in str(plan.artefacts)
+    assert "Jane" not in str(plan.artefacts)
     assert mlflow_server.verify(ctx, PID)  # the experiment tag still names the subject
     assert scan(stack.s3_data_dir, image[3000:3064])
 

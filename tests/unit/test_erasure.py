@@ -34,6 +34,7 @@ from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.dvcops import tracked_md5
 from visage_ml.evaluation.lfw import protocol_accuracy
 from visage_ml.io import sha256_bytes, sha256_file
+from visage_ml.privacy.certificate_page import page_path
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights import dvc_objects
@@ -425,6 +426,52 @@ def test_the_purge_leaves_every_processed_file_as_private_as_it_found_it(proj):
         os.chmod(f, 0o600)
     purge_subject(paths.processed, proj.pids[4])
     assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+
+
+# The dot is in no alphabet of the ledger's signatures and hashes: only a leak can spell it.
+NAME = "Jane.Doe"
+
+
+@pytest.mark.parametrize("fault", [None, "mlflow:planned"])
+def test_files_named_like_the_person_are_removed_and_their_names_never_recorded(proj, fault):
+    # The attack: the subject's photo logged to MLflow under their name (a folder and files
+    # named after them), their export bundle written under it. The ledger (kept for good) and
+    # the certificate (handed to a regulator) name the pid: a path recorded there pairs it with
+    # the person's name. Also after a crash between the MLflow plan and its purge, whose resumed
+    # run reads that plan back from the ledger.
+    victim = proj.pids[0]
+    folder = proj.paths.mlruns / "1" / ("ab" * 16) / "artifacts" / NAME
+    folder.mkdir(parents=True)
+    plain = folder / f"{NAME}.png"
+    plain.write_bytes(next(iter(proj.images[victim].values())))
+    sealed = folder / f"{NAME}.sealed"
+    sealed.write_bytes(next((proj.paths.raw / victim).glob("*.sealed")).read_bytes())
+    recipient = str(x25519.Identity.generate().to_public())
+    bundle = proj.paths.root / "privacy" / "exports" / f"{NAME}.zip.age"
+    export_subject(
+        proj.paths, victim, core=proj.core, out=bundle, delivery=Delivery(recipients=(recipient,))
+    )
+    if fault is None:
+        cert = Erasure(proj.paths).erase(victim).certificate_path
+    else:
+        child = _erase_in_child(proj.paths.root, victim, fault)
+        assert child.returncode == erasure_mod.FAULT_EXIT, child.stderr[-2000:]
+        assert plain.exists()  # planned, not yet purged
+        (done,) = Erasure(proj.paths).resume()
+        cert = done.certificate_path
+    assert not plain.exists() and not sealed.exists() and not bundle.exists()
+    records = {
+        "ledger": proj.paths.ledger.read_text(encoding="utf-8"),
+        "certificate": cert.read_text(encoding="utf-8"),
+        "page": page_path(cert).read_text(encoding="utf-8"),
+    }
+    assert {k for k, text in records.items() if NAME in text or "Jane." in text} == set()
+    claims = json.loads(records["certificate"])["claims"]
+    # Each file certified once, and as what it was: the sealed copy crypto-shredded.
+    logged = sorted(a["outcome"] for a in claims["artefacts"] if a["store"] == "mlflow")
+    assert logged == ["crypto-shredded", "physically removed"]
+    assert sum(a["store"] == "exports" for a in claims["artefacts"]) == 1
+    assert verify_certificate(cert, root=proj.paths.root).ok
 
 
 def test_mlflow_rows_artefacts_and_freed_pages_naming_the_subject_are_purged(project):

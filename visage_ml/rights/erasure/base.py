@@ -23,12 +23,21 @@ and a plaintext image the erasure removes itself (a PNG of a project not yet sea
 ``data/raw``, its DVC objects; ``content``
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`, no MD5, and a DVC object's path
 names the file it held, not the object). Their outcome is ``physically removed``.
+
+The path of an MLflow artefact (:mod:`.mlflow`, :mod:`.mlflow_server`) or of an export bundle
+(:mod:`.exports`) keeps only the names MLflow or the export made (experiment and run ids, its
+folders, ``<request id>.zip.age``): a name someone chose there, an artefact's file or folder, a
+bundle written under another name, may be the person's, which the ledger and the certificate
+would pair with the pid for good. Each such component is recorded as ``~`` and the first 12 hex
+digits of its MAC under the tombstone key (:func:`chosen_names`): the same file gives the same
+record, so a resumed run, which finds it again by scanning, merges with the plan it reads back
+from the ledger; the store removes what it found, never the recorded path.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +51,11 @@ from visage_ml.rights import dvc_objects
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 
 Artefact = dict[str, Any]
+# A name someone chose, as a path records it (chosen_names): its MAC's domain under the
+# tombstone key (no other MAC shares it), and how much of the MAC is kept.
+NAME_KIND = "chosen_name"
+NAME_PREFIX = "~"
+NAME_HEX = 12
 
 
 @dataclass
@@ -133,6 +147,27 @@ def rel(path: Path, root: Path) -> str:
         return Path(path).resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def chosen_names(
+    ctx: Context, artefact: Artefact, *, under: str, made: Callable[[str], bool]
+) -> Artefact:
+    """``artefact`` as the ledger may hold it: each component of its path below ``under`` that
+    ``made`` does not recognise replaced by ``~`` and a MAC of it (see the module docstring).
+
+    Its ``outcome`` is read from the real path first: a sealed file's suffix says
+    ``crypto-shredded``.
+    """
+    path = str(artefact["path"])
+    prefix = under.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return artefact
+    parts = [
+        p if made(p) else NAME_PREFIX + ctx.core.tombstones.mac(NAME_KIND, p)[:NAME_HEX]
+        for p in path[len(prefix) :].split("/")
+    ]
+    outcome = artefact.get("outcome") or outcome_of(artefact, set())
+    return {**artefact, "path": prefix + "/".join(parts), "outcome": outcome}
 
 
 def file_artefact(ctx: Context, store: str, path: Path, *, md5: bool = False) -> Artefact:

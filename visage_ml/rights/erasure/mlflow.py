@@ -2,7 +2,12 @@
 
 Every file under ``mlruns/`` that names the pid, or whose SHA-256 is one of the subject's raw
 files or the plaintext of an erased image (:mod:`visage_ml.rights.content_hashes`), is
-overwritten and deleted; a plaintext copy is recorded by its path only. In the SQLite tracking
+overwritten and deleted; a plaintext copy is recorded by its path only. A path keeps MLflow's
+own names (experiment and run ids, its folders: ``mlruns/1/<run id>/artifacts/``); an
+artefact's file and folder names, a registered model's name, a tag's key were chosen by whoever
+logged them and may be the person's: each is recorded keyed
+(:func:`~visage_ml.rights.erasure.base.chosen_names`), and the purge removes what this run's
+scan found (a resumed run scans again). In the SQLite tracking
 database the pid is removed by raw SQL against MLflow's schema, on purpose: MLflow's API can
 delete runs and tags but cannot erase a value from a tag or param in place, and nothing in it
 rewrites the freed SQLite pages that still hold deleted bytes (``PRAGMA secure_delete=ON`` +
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sqlite3
 from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
@@ -22,7 +28,7 @@ from typing import Any
 from visage_ml.config import ProjectPaths
 from visage_ml.io import secure_unlink, sha256_file
 from visage_ml.rights.content_hashes import ContentHashes, content_hit
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, rel
+from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, chosen_names, rel
 
 STORE = "mlflow"
 DB_FILE = "mlflow.db"
@@ -45,6 +51,18 @@ MLFLOW_LEAF_TABLES = frozenset(
     }
 )
 ERASED_TEXT = "[erased]"
+# The names MLflow makes under mlruns/ (and in a server's artefact paths): experiment ids,
+# run, logged-model and trace ids, a model's versions, its own folders and files. Any other
+# name was chosen by whoever logged it.
+MLFLOW_NAMES = re.compile(
+    r"\d+|(?:m-|tr-)?[0-9a-f]{32}|version-\d+|\.trash|meta\.yaml|mlflow\.db"
+    r"|artifacts|metrics|params|tags|inputs|outputs|models|traces"
+)
+
+
+def mlflow_made(name: str) -> bool:
+    """Whether a path component is a name MLflow made (see :data:`MLFLOW_NAMES`)."""
+    return MLFLOW_NAMES.fullmatch(name) is not None
 
 
 def _db(paths: ProjectPaths) -> Path:
@@ -170,12 +188,16 @@ def plan(ctx: Context, pid: str) -> Plan:
     """What under ``mlruns/`` names the subject or holds one of their raw files (sealed), or a
     plaintext copy of an erased image (the tombstones know it; older plans' ``plain_mac``)."""
     hashes = ContentHashes.of(ctx.paths, ctx.planned.get("raw", []))
-    return Plan(scan_mlflow(ctx.paths, pid, hashes))
+    found = scan_mlflow(ctx.paths, pid, hashes)
+    under = ctx.rel(ctx.paths.mlruns)
+    recorded = [chosen_names(ctx, a, under=under, made=mlflow_made) for a in found]
+    return Plan(recorded, state=found)
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
-    """Purge what was planned; the step's info counts it."""
-    purge_mlflow(ctx.paths, pid, planned)
+    """Purge what this run's scan found (the plan records chosen names keyed: a resumed run
+    finds what is left by scanning again); the step's info counts what was planned."""
+    purge_mlflow(ctx.paths, pid, plan.state if plan is not None else planned)
     return Outcome(info={"found": len(planned)})
 
 

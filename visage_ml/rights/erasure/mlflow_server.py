@@ -5,7 +5,8 @@ MLflow holds no personal data by design, so this normally finds nothing; what it
 
 - runs (active or deleted) whose name, params or tags name the pid, or that hold an artefact
   naming the pid or byte-identical to one of the subject's raw files or to an erased image's
-  plaintext (:mod:`visage_ml.rights.content_hashes`; recorded without its SHA-256). Such a
+  plaintext (:mod:`visage_ml.rights.content_hashes`; recorded without its SHA-256, and the
+  names chosen in its path keyed, as in :mod:`.mlflow`). Such a
   run is deleted through the client API (with any registered model version made from it) and
   ``mlflow gc`` removes its rows from the backend store and its artefacts from S3;
 - rows of the backend PostgreSQL outside runs that still name the pid (an experiment's name or
@@ -36,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.rights.content_hashes import ContentHashes, content_hit
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
-from visage_ml.rights.erasure.mlflow import ERASED_TEXT, MLFLOW_LEAF_TABLES
+from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, chosen_names
+from visage_ml.rights.erasure.mlflow import ERASED_TEXT, MLFLOW_LEAF_TABLES, mlflow_made
 from visage_ml.serving import pg_gallery
 from visage_ml.stack import stores
 from visage_ml.stack.manager import Stack
@@ -328,7 +329,13 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     if stack is None:
         return None
     hashes = ContentHashes.of(ctx.paths, ctx.planned.get("raw", []))
-    return Plan(scan_server(stack, pid, hashes), {"server": stack.mlflow_uri})
+    # An artefact's path as the local store's (mlflow.plan): names chosen by whoever logged it
+    # recorded keyed; runs are deleted by their id.
+    found = [
+        chosen_names(ctx, a, under=f"runs/{a['run_id']}/artifacts", made=mlflow_made)
+        for a in scan_server(stack, pid, hashes)
+    ]
+    return Plan(found, {"server": stack.mlflow_uri})
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
