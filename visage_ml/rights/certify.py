@@ -98,7 +98,7 @@ def verify_certificate(
     if scan:
         _scan(paths, doc, claims, report)
     if models:
-        report.models = _models_status(paths, doc, claims, pub)
+        report.models = _models_status(paths, doc, claims, pub, report)
     return report
 
 
@@ -243,7 +243,11 @@ def _scan(
 
 
 def _models_status(
-    paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], pub: Any
+    paths: ProjectPaths,
+    doc: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    pub: Any,
+    report: CertificateReport,
 ) -> dict[str, Any]:
     stale = list(claims.get("models") or [])
     check = lineage.check_certified(paths, str(doc.get("pid")), claims)
@@ -256,11 +260,16 @@ def _models_status(
     except (LedgerError, ValueError):
         keys = [pub]
     event = models_retrained_event(ledger, doc.get("request_id"), keys)
+    verdict = lineage.models_verdict(recorded=event is not None, clean=check.clean)
     if not stale:
         status = lineage.NO_MODEL_UNKNOWN if claims.get("lineage_notes") else lineage.NO_MODEL
-    elif event is not None:
+    elif verdict == lineage.RETRAINED and event is not None:
         status = f"retrained (signed erasure.models_retrained, ledger seq {event['seq']})"
-    elif check.clean:
+    elif verdict == lineage.IN_USE_AGAIN and event is not None:
+        # The ledger says what was once done; the checkout says what is in use now.
+        status = lineage.MSG_IN_USE_AGAIN.format(seq=event["seq"])
+        report.notes.append(status)
+    elif verdict == lineage.RETRAINED_UNRECORDED:
         status = "retrained, not yet recorded: run `visage privacy lineage --refresh`"
     else:
         status = "stale until retrained (`dvc repro`)"

@@ -1099,8 +1099,12 @@ def certificate_page_cmd(
                 # Keys given on the command line are the reader's choice: not the checkout's.
                 own=not given,
             )
-            retrained = models_retrained_event(
+            event = models_retrained_event(
                 core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
+            )
+            # The event says they were retrained once; the models in use say whether still.
+            retrained = lineage.page_retrained(
+                paths, str(doc.get("pid")), doc.get("claims") or {}, event
             )
             page = cp.render_page(cert, pins=pins, retrained=retrained)
         atomic_write_text(target, page.html)
@@ -1206,9 +1210,9 @@ def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
             claims = doc.get("claims") or {}
             models = claims.get("models") or []
             check = lineage.check_certified(paths, pid, claims)
-            status = "retrained" if st.models_retrained_seq is not None else "stale"
-            if status == "stale" and check.clean:
-                status = "retrained (run --refresh to record it)"
+            status = lineage.models_verdict(
+                recorded=st.models_retrained_seq is not None, clean=check.clean
+            )
             return {
                 "pid": pid,
                 "erased": True,

@@ -1,0 +1,78 @@
+"""A regulator verifying an erasure certificate (session 50): what the verifiers say must be what
+they found. "Retrained" only while the models in use are clean; pins given on site are checked,
+not dropped; a certificate checked with keys it carries itself is not called VALID; a witness the
+certificate lists but that never cosigned is named; and what the claims concede (stale models,
+kept content, store notes) is said beside the verdict. Each test failed while the attack it
+describes worked."""
+
+from __future__ import annotations
+
+import json
+
+from rights_fakes import make_project, write_training_lock
+from test_certificate import _mlflow_db
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.io import md5_file
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.rights import lineage
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+
+def _erased_with_models(project):
+    """An erasure of a subject the embedder was trained on (the certificate says stale)."""
+    proj = make_project(project, n_subjects=4)
+    paths, victim = proj.paths, proj.pids[1]
+    old_md5 = md5_file(paths.processed / "faces.sealed")
+    write_training_lock(paths, old_md5, "a" * 32)
+    _mlflow_db(paths, [(1, old_md5)])
+    result = Erasure(paths).erase(victim)
+    return proj, victim, old_md5, result
+
+
+def _says_in_use_again(paths, victim, result, runner):
+    report = verify_certificate(result.certificate_path, root=paths.root)
+    status = report.models["status"]
+    assert not status.startswith(lineage.RETRAINED), status
+    assert lineage.IN_USE_AGAIN in status and report.models["current_models_clean"] is False
+    assert any(lineage.IN_USE_AGAIN in n for n in report.notes), report.notes
+    cli = runner.invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
+    assert "models: retrained" not in cli.output and lineage.IN_USE_AGAIN in cli.output
+    # Flagged, as stale models are: never a plain VALID.
+    assert "certificate VALID\n" not in cli.output, cli.output
+    lin = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).output)
+    assert {m["status"] for m in lin["lineage"]["models"]} == {lineage.IN_USE_AGAIN}
+    page = runner.invoke(app, ["privacy", "certificate-page", str(result.certificate_path)])
+    assert page.exit_code == 0, page.output
+    html = result.certificate_path.with_suffix(".html").read_text()
+    assert "retrained without the subject" not in html and lineage.IN_USE_AGAIN in html
+
+
+def test_models_put_back_in_service_after_the_retrained_event_are_not_called_retrained(project):
+    proj, victim, old_md5, result = _erased_with_models(project)
+    paths = proj.paths
+    new_md5 = result.certificate["claims"]["dataset"]["processed_md5_after"]
+    write_training_lock(paths, new_md5, "b" * 32)
+    _mlflow_db(paths, [(2, new_md5)])
+    runner = CliRunner()
+    out = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
+    assert json.loads(out.output)["upgraded"] == [result.request_id]
+    retrained = verify_certificate(result.certificate_path, root=paths.root)
+    assert retrained.models["status"].startswith("retrained (signed"), retrained.models
+    # The controller puts the old model, trained with the subject, back in service.
+    write_training_lock(paths, old_md5, "a" * 32)
+    _mlflow_db(paths, [(3, old_md5)])
+    _says_in_use_again(paths, victim, result, runner)
+
+
+def test_a_retrained_event_appended_without_retraining_is_not_believed(project):
+    proj, victim, _, result = _erased_with_models(project)
+    core = PrivacyCore(proj.paths)
+    core.ledger.append(
+        "erasure.models_retrained",
+        victim,
+        {"request_id": result.request_id, "stale_models": 1, "current_models": []},
+    )
+    _says_in_use_again(proj.paths, victim, result, CliRunner())
