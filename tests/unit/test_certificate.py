@@ -223,9 +223,18 @@ def test_certificate_and_key_alone_verify_the_proof_without_the_checkout(erased,
     empty = tmp_path / "elsewhere"
     empty.mkdir()
     report = verify_certificate(
-        tmp_path / "cert.json", root=empty, public_key=tmp_path / "ledger.pub", models=False
+        tmp_path / "cert.json",
+        root=empty,
+        public_key=tmp_path / "ledger.pub",
+        models=False,
+        scan=False,
     )
     assert report.ok
+    # With the scan asked for, nothing there to hash is not "no erased content remains".
+    scanned = verify_certificate(
+        tmp_path / "cert.json", root=empty, public_key=tmp_path / "ledger.pub", models=False
+    )
+    assert failed(scanned) == {"no erased content remains"}
     # A checkout whose ledger disagrees with the certificate is reported.
     ledger = proj.paths.ledger
     lines = ledger.read_bytes().split(b"\n")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 
+from regulator_helpers import offline_copy, witness_vkey
 from rights_fakes import make_project, write_training_lock
 from test_certificate import _mlflow_db
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.io import md5_file
+from visage_ml.privacy.certificate import render, sign
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.witness import Witness
 from visage_ml.rights import lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -76,3 +79,45 @@ def test_a_retrained_event_appended_without_retraining_is_not_believed(project):
         {"request_id": result.request_id, "stale_models": 1, "current_models": []},
     )
     _says_in_use_again(proj.paths, victim, result, CliRunner())
+
+
+def test_pins_given_without_offline_are_checked_not_dropped(project, tmp_path, monkeypatch):
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    cert, pub = offline_copy(proj, result, tmp_path)
+    doc = json.loads(cert.read_text())
+    stranger = Witness.create(tmp_path / "stranger", name="witness.example.org/w1").verifier.vkey
+    wrong = ["--witness-key", stranger, "--origin", "example.org/not-the-log"]
+    runner = CliRunner()
+    # On site, in the controller's checkout: a witness that never cosigned, a wrong log name.
+    on_site = runner.invoke(
+        app, ["privacy", "verify-certificate", str(result.certificate_path), *wrong]
+    )
+    assert on_site.exit_code == 1 and "certificate INVALID" in on_site.output, on_site.output
+    assert "FAIL witness cosignatures" in on_site.output
+    assert "FAIL log origin" in on_site.output
+    # The right pins pass there.
+    right = ["--witness-key", witness_vkey(), "--origin", doc["proof"]["log"]["origin"]]
+    good = runner.invoke(
+        app, ["privacy", "verify-certificate", str(result.certificate_path), *right]
+    )
+    assert good.exit_code == 0 and "ok   witness cosignatures" in good.output, good.output
+    # A certificate stripped of its witnessed proof bundle and signed again fails on site.
+    doc.pop("proof")
+    stripped = proj.paths.root / "stripped.json"
+    stripped.write_text(render(sign(doc, proj.paths)))
+    for pins in ([], right):
+        out = runner.invoke(app, ["privacy", "verify-certificate", str(stripped), *pins])
+        assert out.exit_code == 1 and "no tlog-proof" in out.output, out.output
+    # A regulator who forgot --offline, in an empty folder: nothing was scanned, nothing is
+    # said to be clean, and the pins are checked all the same.
+    empty = tmp_path / "regulator"
+    empty.mkdir()
+    monkeypatch.setenv("VISAGE_PROJECT", str(empty))
+    away = runner.invoke(
+        app, ["privacy", "verify-certificate", str(cert), "--public-key", str(pub), *wrong]
+    )
+    assert away.exit_code == 1 and "certificate INVALID" in away.output, away.output
+    assert "ok   no erased content remains" not in away.output
+    assert "FAIL no erased content remains" in away.output and "--offline" in away.output
+    assert "FAIL witness cosignatures" in away.output

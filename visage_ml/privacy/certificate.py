@@ -628,19 +628,38 @@ def verify_offline(
         return report
     if origin is None:
         from_cert.append(MSG_ORIGIN_FROM_CERT)
-    _check_witnessed(doc, key, witness_keys, report, from_cert, origin=origin)
+    check_witnessed(doc, key, report, witness_keys=witness_keys, origin=origin, notes=from_cert)
     return report
 
 
-def _check_witnessed(
+def check_witnessed(
     doc: Mapping[str, Any],
     pub: Ed25519PublicKey,
-    witness_keys: Sequence[str],
     report: CertificateReport,
-    notes: list[str],
     *,
+    witness_keys: Sequence[str] = (),
     origin: str | None = None,
+    own_witnesses: Sequence[str] = (),
+    notes: list[str] | None = None,
 ) -> None:
+    """Check the certificate's witnessed checkpoint (its ``proof`` bundle) with the ledger key
+    ``pub``: the tlog-proof carries the ``erasure.completed`` line, included under the
+    checkpoint, which the ledger key signed and the witnesses cosigned.
+
+    Parameters
+    ----------
+    witness_keys
+        Witness keys the verifier pins: each must have cosigned.
+    origin
+        The log name the verifier pins (else not checked).
+    own_witnesses
+        Without pinned keys: the witnesses the controller's checkout is configured with, one of
+        which must have cosigned (the checkout's word, as its ledger key is). Without either,
+        the certificate's own list, and a note says so.
+    notes
+        Notes on what was not pinned, said beside the verdict (and making it unpinned).
+    """
+    notes = [] if notes is None else notes
     proof = doc.get("proof")
     if not isinstance(proof, Mapping) or proof.get("format") != PROOF_FORMAT:
         report.add("witnessed checkpoint", False, "the certificate carries no tlog-proof")
@@ -700,6 +719,8 @@ def _check_witnessed(
     try:
         if witness_keys:
             keys = [cosigner(k) for k in witness_keys]
+        elif own_witnesses:
+            keys = [cosigner(k) for k in own_witnesses]
         else:
             keys = [cosigner(str(w["vkey"])) for w in proof.get("witnesses") or []]
             notes.append(MSG_KEYS_FROM_CERT.format(what="witness keys", option="--witness-key"))

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from visage_ml.config import ProjectPaths
 from visage_ml.io import CHUNK
 from visage_ml.privacy.certificate import (
     CertificateReport,
+    check_witnessed,
     checkout_ledger,
     models_retrained_event,
     published_keys,
@@ -34,6 +35,7 @@ from visage_ml.privacy.certificate import (
     verify_proof,
 )
 from visage_ml.privacy.ledger import LedgerError
+from visage_ml.privacy.witnessed import make_client, witness_params
 from visage_ml.rights import dvc_objects, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
@@ -51,6 +53,11 @@ MSG_REMOTE_UNREACHABLE = (
     "them reachable (`visage stack up`) and verify again"
 )
 
+MSG_NOT_SCANNED = (
+    "not checked: {root} is not the controller's checkout (no ledger, or no file to hash); run "
+    "it there (or set VISAGE_PROJECT), or check the proof alone with --offline"
+)
+
 
 def verify_certificate(
     cert_path: str | os.PathLike[str],
@@ -59,6 +66,8 @@ def verify_certificate(
     public_key: Ed25519PublicKey | Path | None = None,
     scan: bool = True,
     models: bool = True,
+    witness_keys: Sequence[str] = (),
+    origin: str | None = None,
 ) -> CertificateReport:
     """Verify an erasure certificate against the public key and the checkout at ``root``.
 
@@ -76,6 +85,12 @@ def verify_certificate(
         Say whether the models in use were trained without the subject (informative: a stale
         model does not fail verification; the certificate says models stay stale until
         retrained).
+    witness_keys
+        Witness keys the verifier pins: each must have cosigned the certificate's checkpoint.
+        Without them one of the witnesses the checkout is configured with must have (the
+        checkout's word, as its ledger key is).
+    origin
+        The log name the verifier pins: the checkpoint must be of that log.
 
     Returns
     -------
@@ -94,12 +109,34 @@ def verify_certificate(
     )
     if doc is None or pub is None:
         return report
+    # The witnessed proof bundle is checked here too: pins given on site are not dropped, and a
+    # certificate stripped of its proof and signed again does not pass in the checkout.
+    check_witnessed(
+        doc,
+        pub,
+        report,
+        witness_keys=witness_keys,
+        origin=origin,
+        own_witnesses=() if witness_keys else configured_witnesses(paths),
+    )
     claims = doc.get("claims") or {}
     if scan:
         _scan(paths, doc, claims, report)
     if models:
         report.models = _models_status(paths, doc, claims, pub, report)
     return report
+
+
+def configured_witnesses(paths: ProjectPaths) -> list[str]:
+    """The keys (vkeys) of the witnesses the checkout's params.yaml names, as their folders or
+    configuration publish them (nothing is created or asked over the network)."""
+    try:
+        params = witness_params(paths)
+        clients = [make_client(s, timeout=params.timeout_seconds) for s in params.witnesses]
+        return [v.vkey for c in clients if (v := c.cosigner()) is not None]
+    except (OSError, ValueError, TypeError) as exc:  # unreadable params: none configured
+        log.warning("the configured witnesses could not be read (%s)", type(exc).__name__)
+        return []
 
 
 def _sha256_stream(path: Path) -> tuple[str, int]:
@@ -234,6 +271,10 @@ def _scan(
         unkeyed = True  # not shown to be clean either
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
     images = " and every erased image's plaintext" if sha256s.key is not None else ""
+    if not paths.ledger.is_file() or report.files_hashed == 0:
+        # Not the controller's checkout: nothing was looked at, so nothing is shown clean.
+        report.add("no erased content remains", False, MSG_NOT_SCANNED.format(root=paths.root))
+        return
     report.add(
         "no erased content remains",
         not report.findings and not unkeyed,

@@ -966,10 +966,13 @@ def verify_certificate_cmd(
         "--witness-key).",
     ),
     witness_key: list[str] = typer.Option(
-        None, "--witness-key", help="A witness verifier key that must have cosigned (repeatable)."
+        None,
+        "--witness-key",
+        help="A witness verifier key that must have cosigned (repeatable; in the checkout, "
+        "default: one of the configured witnesses).",
     ),
     origin: str = typer.Option(
-        None, "--origin", help="With --offline: the controller's published log name to require."
+        None, "--origin", help="The controller's published log name to require."
     ),
     request_id: str = typer.Option(
         None, "--request-id", help="Fail unless the certificate is for this erasure request."
@@ -981,11 +984,13 @@ def verify_certificate_cmd(
 ) -> None:
     """Verify an erasure certificate with only the certificate, the public key and the checkout.
 
-    Checks the encoding, the Ed25519 signature, the ledger entries and the Merkle inclusion
-    proof, then hashes every file under data/, gallery/, mlruns/, models/, privacy/ (the
-    destroyed keys and vault files too), the DVC cache, the configured remotes and DVC's site
-    cache for the listed content hashes, and says whether
-    the models in use were trained without the subject. Exit code 0 when valid, 1 when not.
+    Checks the encoding, the Ed25519 signature, the ledger entries, the Merkle inclusion proof
+    and the witnessed checkpoint (cosigned by the witnesses pinned with --witness-key, else by
+    one the checkout is configured with; of the log --origin names), then hashes every file
+    under data/, gallery/, mlruns/, models/, privacy/ (the destroyed keys and vault files too),
+    the DVC cache, the configured remotes and DVC's site cache for the listed content hashes
+    (outside the checkout: not checked, a failed check), and says whether the models in use
+    were trained without the subject. Exit code 0 when valid, 1 when not.
     """
 
     with _rights_errors():
@@ -995,7 +1000,12 @@ def verify_certificate_cmd(
             )
         else:
             report = verify_certificate(
-                cert, root=project().root, public_key=public_key, scan=not no_scan
+                cert,
+                root=project().root,
+                public_key=public_key,
+                scan=not no_scan,
+                witness_keys=witness_key or (),
+                origin=origin,
             )
         report.expect(request_id=request_id, pid=subject)
     if as_json:
