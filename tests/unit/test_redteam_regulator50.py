@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import json
 
-from regulator_helpers import offline_copy, witness_vkey
+from regulator_helpers import (
+    offline_copy,
+    pinned_cli_args,
+    run_cli,
+    run_verify_py,
+    verifier_script,
+    witness_vkey,
+)
 from rights_fakes import make_project, write_training_lock
 from test_certificate import _mlflow_db
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.io import md5_file
-from visage_ml.privacy.certificate import render, sign
+from visage_ml.privacy.certificate import CONSISTENT_ONLY, EXIT_CONSISTENT_ONLY, render, sign
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.witness import Witness
+from visage_ml.privacy.witness import Witness, default_witness_dir
 from visage_ml.rights import lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -121,3 +128,29 @@ def test_pins_given_without_offline_are_checked_not_dropped(project, tmp_path, m
     assert "ok   no erased content remains" not in away.output
     assert "FAIL no erased content remains" in away.output and "--offline" in away.output
     assert "FAIL witness cosignatures" in away.output
+
+
+def test_a_certificate_checked_with_its_own_keys_is_not_called_valid(project, tmp_path):
+    # Anyone can make a project, a key and a witness named like a public one.
+    Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    forger = make_project(project, n_subjects=3)
+    result = Erasure(forger.paths).erase(forger.pids[0])
+    cert, pub = offline_copy(forger, result, tmp_path)
+    doc = json.loads(cert.read_text())
+    script = verifier_script(tmp_path)
+    cli, py = run_cli(cert), run_verify_py(script, cert)
+    for out, code in ((cli.output, cli.exit_code), (py.stdout, py.returncode)):
+        assert code == EXIT_CONSISTENT_ONLY, out
+        assert "certificate VALID" not in out and CONSISTENT_ONLY in out.splitlines()[-1], out
+    as_json = json.loads(run_cli(cert, "--json").output)
+    assert as_json["verdict"] == CONSISTENT_ONLY and as_json["unpinned"]
+    # One pin missing is still not authenticated (here the log name).
+    partial = ["--public-key", str(pub), "--witness-key", witness_vkey()]
+    cli, py = run_cli(cert, *partial), run_verify_py(script, cert, *partial)
+    assert (cli.exit_code, py.returncode) == (EXIT_CONSISTENT_ONLY,) * 2, cli.output + py.stdout
+    # Everything pinned: VALID, exit 0, in both.
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, witness_vkey()))
+    py = run_verify_py(script, cert, *partial, "--origin", doc["proof"]["log"]["origin"])
+    assert (cli.exit_code, py.returncode) == (0, 0), cli.output + py.stdout
+    assert py.stdout.splitlines()[-1] == "certificate VALID"
+    assert "certificate VALID" in cli.output and CONSISTENT_ONLY not in cli.output

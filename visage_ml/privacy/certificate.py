@@ -24,7 +24,7 @@ the signature, both ledger entries (hash and signature), the inclusion proof and
 are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
 checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
 log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
-pins (``docs/verify.md`` holds the same checks in ~150 lines that need only
+pins (``docs/verify.md`` holds the same checks in ~215 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
@@ -86,6 +86,15 @@ CERTIFICATE_FORMAT = "visage-erasure-certificate/1"
 SIGNATURE_ALG = "Ed25519"
 PROOF_FORMAT = "c2sp.org/tlog-proof@v1"
 _RETRAINED_MARK = b'"erasure.models_retrained"'
+
+# The verdicts of both verifiers (this module's and docs/verify.md's) and their exit codes:
+# every check passed with a ledger key, witness keys and log name the verifier pinned (0); a
+# check failed (1); every check passed but something came from the certificate itself, which
+# shows the certificate is consistent, not who made it (3; 2 is a usage error).
+VALID = "VALID"
+INVALID = "INVALID"
+CONSISTENT_ONLY = "CONSISTENT ONLY, NOT AUTHENTICATED"
+EXIT_CONSISTENT_ONLY = 3
 
 MSG_KEYS_FROM_CERT = (
     "{what} taken from the certificate itself: this shows the certificate is consistent, not "
@@ -392,6 +401,18 @@ class CertificateReport:
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
+    @property
+    def verdict(self) -> str:
+        """:data:`VALID`, :data:`INVALID`, or :data:`CONSISTENT_ONLY` when every check passed
+        but a key, witness or log name was taken from the certificate itself."""
+        if not self.ok:
+            return INVALID
+        return CONSISTENT_ONLY if self.unpinned else VALID
+
+    @property
+    def exit_code(self) -> int:
+        return {VALID: 0, INVALID: 1}.get(self.verdict, EXIT_CONSISTENT_ONLY)
+
     def add(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append(Check(name, bool(ok), detail))
         return bool(ok)
@@ -414,6 +435,7 @@ class CertificateReport:
         return {
             "path": self.path,
             "ok": self.ok,
+            "verdict": self.verdict,
             "request_id": self.request_id,
             "pid": self.pid,
             "checks": [c.__dict__ for c in self.checks],

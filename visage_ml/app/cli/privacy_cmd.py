@@ -25,7 +25,11 @@ from visage_ml.app.cli.common import (
 from visage_ml.config import PURPOSES, load_params
 from visage_ml.io import atomic_write_text
 from visage_ml.privacy import certificate_page as cp
-from visage_ml.privacy.certificate import models_retrained_event, verify_offline
+from visage_ml.privacy.certificate import (
+    CONSISTENT_ONLY,
+    models_retrained_event,
+    verify_offline,
+)
 from visage_ml.privacy.consent import CONSENT_PURPOSES, ConsentReceipt, sha256_text
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
@@ -990,7 +994,9 @@ def verify_certificate_cmd(
     under data/, gallery/, mlruns/, models/, privacy/ (the destroyed keys and vault files too),
     the DVC cache, the configured remotes and DVC's site cache for the listed content hashes
     (outside the checkout: not checked, a failed check), and says whether the models in use
-    were trained without the subject. Exit code 0 when valid, 1 when not.
+    were trained without the subject. Exit code 0 when valid, 1 when not, 3 when every check
+    passed but a key, the witnesses or the log name came from the certificate itself
+    (CONSISTENT ONLY, NOT AUTHENTICATED: pin them).
     """
 
     with _rights_errors():
@@ -1020,13 +1026,20 @@ def verify_certificate_cmd(
             console.print(f"models: {report.models['status']}", highlight=False)
         for text in report.notes:
             console.print(f"[yellow]note[/] {text}", highlight=False)
-        why = "not all pinned: see the notes" if report.unpinned else "see the notes"
-        valid = "certificate VALID" + (f" ({why})" if report.notes else "")
-        console.print(valid if report.ok else "certificate INVALID")
-    if not report.ok:
-        raise typer.Exit(1)
+        verdict = f"certificate {report.verdict}"
+        if report.verdict == CONSISTENT_ONLY:
+            verdict += f" ({MSG_UNPINNED})"
+        elif report.ok and report.notes:
+            verdict += " (see the notes)"
+        console.print(verdict, highlight=False)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
 
+MSG_UNPINNED = (
+    "a key, the witnesses or the log name came from the certificate itself, see the notes: pin "
+    "--public-key, --witness-key and --origin with what the controller published"
+)
 MSG_NO_CHECKOUT = (
     "no ledger here ({ledger}): run inside the controller's checkout (or set VISAGE_PROJECT), "
     "or render a copy with --offline --public-key ledger.pub"
