@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from visage_ml.app.cli import app
 from visage_ml.io import md5_file
 from visage_ml.privacy.certificate import CONSISTENT_ONLY, EXIT_CONSISTENT_ONLY, render, sign
+from visage_ml.privacy.checkpoint import cosigner
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import Witness, default_witness_dir
 from visage_ml.rights import lineage
@@ -154,3 +155,28 @@ def test_a_certificate_checked_with_its_own_keys_is_not_called_valid(project, tm
     assert (cli.exit_code, py.returncode) == (0, 0), cli.output + py.stdout
     assert py.stdout.splitlines()[-1] == "certificate VALID"
     assert "certificate VALID" in cli.output and CONSISTENT_ONLY not in cli.output
+
+
+def test_a_listed_witness_that_never_cosigned_is_named_by_both_verifiers(project, tmp_path):
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    cert, pub = offline_copy(proj, result, tmp_path)
+    doc = json.loads(cert.read_text())
+    # The controller lists a witness of a name it chose, with a key it made: it never cosigned.
+    fake = cosigner(
+        Witness.create(tmp_path / "fake", name="witness.edpb.europa.eu/w1").verifier.vkey
+    )
+    doc["proof"]["witnesses"].append(
+        {"name": fake.name, "vkey": fake.vkey, "fingerprint": fake.fingerprint}
+    )
+    cert.write_text(render(sign(doc, proj.paths)))
+    vkey = witness_vkey()
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    pins = ["--public-key", str(pub), "--witness-key", vkey, "--origin"]
+    py = run_verify_py(verifier_script(tmp_path), cert, *pins, doc["proof"]["log"]["origin"])
+    for out in (cli.output, py.stdout):
+        assert f"listed but not cosigned: {fake.name}" in out, out
+    assert "certificate VALID (see the notes)" in cli.output
+    # The real certificate names no such witness.
+    real = run_cli(result.certificate_path, *pinned_cli_args(doc, pub, vkey))
+    assert "listed but not cosigned" not in real.output, real.output

@@ -24,7 +24,7 @@ the signature, both ledger entries (hash and signature), the inclusion proof and
 are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
 checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
 log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
-pins (``docs/verify.md`` holds the same checks in ~215 lines that need only
+pins (``docs/verify.md`` holds the same checks in ~225 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
@@ -122,6 +122,10 @@ MSG_LOCAL_WITNESS = (
     "{name} is a directory witness (a folder the controller keeps): it proves nothing against "
     "the controller, who can restore or copy it with the ledger; rely on a witness run by "
     "someone else (docs/verify.md)"
+)
+MSG_LISTED_UNCOSIGNED = (
+    "listed but not cosigned: {names}: the certificate names them as witnesses, but no "
+    "cosignature of theirs is on its checkpoint; rely only on the witnesses that cosigned"
 )
 MSG_ORIGIN_FROM_CERT = (
     "log origin taken from the certificate itself: a second log kept under the same key would "
@@ -711,8 +715,9 @@ def check_witnessed(
         log_ok,
         f"{cp.origin} size {cp.size}, signed by the ledger key (fingerprint {log_v.fingerprint})",
     )
-    # What the certificate says of its keys must be the keys that verified: a reader compares
-    # these fingerprints with the ones the controller published.
+    # What the certificate says of its keys must be the keys' own: a reader compares these
+    # fingerprints with the ones the controller published (and a listed witness that did not
+    # cosign is named in a note, below).
     log_doc = _object(proof.get("log"))
     history = proof.get("key_history") or []
     report.add(
@@ -750,6 +755,7 @@ def check_witnessed(
     except (NoteError, KeyError, TypeError) as exc:
         report.add("witness cosignatures", False, f"a cosignature does not verify ({exc})")
         return
+    _note_uncosigned(note, proof.get("witnesses"), report)
     enough = bool(cosigned) and (not witness_keys or len(cosigned) == len(keys))
     times = _cosigned_times(note, cosigned)
     detail = f"{len(cosigned)} of {len(keys)} witnesses cosigned: " + (
@@ -772,6 +778,19 @@ def check_witnessed(
             report.notes.append(MSG_LOCAL_WITNESS.format(name=v.name))
     report.unpinned = report.unpinned or bool(notes)
     report.notes.extend(notes)
+
+
+def _note_uncosigned(note: Any, witnesses: Any, report: CertificateReport) -> None:
+    """Name each witness the certificate lists whose cosignature is not on its checkpoint (an
+    erasure lists only those that cosigned: another is a name the file claims, nothing more)."""
+    try:
+        listed = [cosigner(str(w["vkey"])) for w in witnesses or []]
+        named = {v.name for v in verified_cosigners(note, listed)}
+    except (NoteError, KeyError, TypeError):
+        return  # the key fingerprints check fails on such a list already
+    missing = [v.name for v in listed if v.name not in named]
+    if missing:
+        report.notes.append(MSG_LISTED_UNCOSIGNED.format(names=", ".join(missing)))
 
 
 def _witness_fields_ok(witnesses: Any) -> bool:
