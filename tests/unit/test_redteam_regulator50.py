@@ -23,7 +23,13 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.io import md5_file
-from visage_ml.privacy.certificate import CONSISTENT_ONLY, EXIT_CONSISTENT_ONLY, render, sign
+from visage_ml.privacy.certificate import (
+    CONSISTENT_ONLY,
+    EXIT_CONSISTENT_ONLY,
+    conceded,
+    render,
+    sign,
+)
 from visage_ml.privacy.checkpoint import cosigner
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import Witness, default_witness_dir
@@ -142,7 +148,8 @@ def test_a_certificate_checked_with_its_own_keys_is_not_called_valid(project, tm
     cli, py = run_cli(cert), run_verify_py(script, cert)
     for out, code in ((cli.output, cli.exit_code), (py.stdout, py.returncode)):
         assert code == EXIT_CONSISTENT_ONLY, out
-        assert "certificate VALID" not in out and CONSISTENT_ONLY in out.splitlines()[-1], out
+        verdicts = [line for line in out.splitlines() if line.startswith("certificate ")]
+        assert len(verdicts) == 1 and verdicts[0].startswith(f"certificate {CONSISTENT_ONLY}"), out
     as_json = json.loads(run_cli(cert, "--json").output)
     assert as_json["verdict"] == CONSISTENT_ONLY and as_json["unpinned"]
     # One pin missing is still not authenticated (here the log name).
@@ -153,7 +160,7 @@ def test_a_certificate_checked_with_its_own_keys_is_not_called_valid(project, tm
     cli = run_cli(cert, *pinned_cli_args(doc, pub, witness_vkey()))
     py = run_verify_py(script, cert, *partial, "--origin", doc["proof"]["log"]["origin"])
     assert (cli.exit_code, py.returncode) == (0, 0), cli.output + py.stdout
-    assert py.stdout.splitlines()[-1] == "certificate VALID"
+    assert "\ncertificate VALID\n" in py.stdout, py.stdout
     assert "certificate VALID" in cli.output and CONSISTENT_ONLY not in cli.output
 
 
@@ -180,3 +187,35 @@ def test_a_listed_witness_that_never_cosigned_is_named_by_both_verifiers(project
     # The real certificate names no such witness.
     real = run_cli(result.certificate_path, *pinned_cli_args(doc, pub, vkey))
     assert "listed but not cosigned" not in real.output, real.output
+
+
+def test_what_the_claims_concede_is_said_beside_the_verdict(project, tmp_path):
+    proj, _, _, result = _erased_with_models(project)
+    doc = result.certificate
+    assert {m["status"] for m in doc["claims"]["models"]} == {"stale"}
+    cert, pub = offline_copy(proj, result, tmp_path)
+    vkey = witness_vkey()
+    pins = pinned_cli_args(doc, pub, vkey)
+    as_json = json.loads(run_cli(cert, *pins, "--json").output)
+    n = len(doc["claims"]["models"])
+    assert as_json["ok"] and as_json["models"]["certified_stale"] == n, as_json
+    assert any("stale" in c for c in as_json["conceded"]), as_json["conceded"]
+    cli = run_cli(cert, *pins)
+    py = run_verify_py(verifier_script(tmp_path), cert, *pins)
+    for out in (cli.output, py.stdout):
+        after = out[out.index("certificate VALID") :]
+        assert f"conceded: {n} model(s) trained on data that held the subject" in after, out
+    # Every concession a certificate can make, as both verifiers word it.
+    claims = {
+        "models": [{"status": "stale"}, {"status": "stale"}],
+        "lineage_notes": ["dvc.lock@abc: a manifest is not in any DVC store"],
+        "store_notes": ["the database server may keep WAL segments for a while"],
+        "dvc": {"kept_plaintext": 2},
+        "retained_shared_content": [{"md5": "a" * 32, "sha256": "b" * 64}],
+    }
+    said = conceded(claims)
+    assert len(said) == 5 and said[0].startswith("2 model(s) trained"), said
+    assert any("2 DVC object(s)" in c and "in clear" in c for c in said), said
+    assert any("the database server may keep WAL" in c for c in said), said
+    assert any(c.startswith("1 file(s) byte-identical") for c in said), said
+    assert conceded({}) == [] and conceded({"models": "x", "dvc": 3}) == []

@@ -24,7 +24,7 @@ the signature, both ledger entries (hash and signature), the inclusion proof and
 are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
 checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
 log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
-pins (``docs/verify.md`` holds the same checks in ~225 lines that need only
+pins (``docs/verify.md`` holds the same checks in ~235 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
@@ -132,6 +132,10 @@ MSG_ORIGIN_FROM_CERT = (
     "verify too; pin --origin with the log name the controller published"
 )
 
+MSG_MODELS_OFFLINE = (
+    "stale, as the certificate says; whether they were retrained since is in the controller's "
+    "ledger (`visage privacy verify-certificate` in its checkout)"
+)
 MSG_NO_KEY = (
     "no public key to verify with: pass --public-key (the controller's published ledger.pub) "
     "or run inside the checkout, which keeps it in privacy/ledger.pub"
@@ -209,6 +213,44 @@ def _object(value: Any) -> Mapping[str, Any]:
     """``value`` when it is a JSON object, else an empty one: a member of the wrong type in a
     hostile file then fails its check instead of stopping the verifier."""
     return value if isinstance(value, Mapping) else {}
+
+
+def conceded(claims: Any) -> list[str]:
+    """What a certificate's ``claims`` themselves concede, one line each, as both verifiers say
+    it beside the verdict: models trained on the subject (stale when it was made), data versions
+    whose models could not be judged, what a store could not guarantee, the subject's photographs
+    kept in clear, and content kept because other current data refers to it. Members of the
+    wrong type in a hostile file say nothing (its other checks fail)."""
+    claims = _object(claims)
+
+    def many(name: str) -> list[Any]:
+        value = claims.get(name)
+        return value if isinstance(value, list) else []
+
+    out = []
+    if models := many("models"):
+        out.append(
+            f"{len(models)} model(s) trained on data that held the subject, stale when the "
+            "certificate was made (until retrained without them)"
+        )
+    if notes := many("lineage_notes"):
+        out.append(
+            f"{len(notes)} data version(s) could not be read, so other models may have seen the "
+            "subject (claims.lineage_notes)"
+        )
+    out.extend(f"a store could not guarantee: {n}" for n in many("store_notes") if n)
+    kept = _object(claims.get("dvc")).get("kept_plaintext")
+    if isinstance(kept, int) and not isinstance(kept, bool) and kept > 0:
+        out.append(
+            f"{kept} DVC object(s) holding the subject's photographs in clear kept, unencrypted, "
+            "because other current data holds the same photograph"
+        )
+    if retained := many("retained_shared_content"):
+        out.append(
+            f"{len(retained)} file(s) byte-identical to erased content kept because other "
+            "current data still refers to them"
+        )
+    return out
 
 
 def claims_digest(claims: Mapping[str, Any]) -> str:
@@ -400,6 +442,8 @@ class CertificateReport:
     # key was pinned): what a reader or a rendered page names, never taken unchecked.
     checkpoint: dict[str, Any] = field(default_factory=dict)
     cosignatures: list[dict[str, Any]] = field(default_factory=list)
+    # What the verified claims themselves concede (:func:`conceded`): said beside the verdict.
+    conceded: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -451,6 +495,7 @@ class CertificateReport:
             "unpinned": self.unpinned,
             "checkpoint": self.checkpoint,
             "cosignatures": self.cosignatures,
+            "conceded": self.conceded,
         }
 
 
@@ -576,6 +621,7 @@ def verify_proof(
         included = False
     report.add("inclusion proof", included, f"leaf {inclusion.get('leaf_index')}")
     _check_against_ledger(ledger_path, completed, head, report)
+    report.conceded = conceded(claims)
     return report, doc, pub
 
 
@@ -654,6 +700,9 @@ def verify_offline(
         return report
     if origin is None:
         from_cert.append(MSG_ORIGIN_FROM_CERT)
+    stale = _object(doc.get("claims")).get("models")
+    if isinstance(stale, list) and stale:  # the certificate's status: no ledger to say more
+        report.models = {"status": MSG_MODELS_OFFLINE, "certified_stale": len(stale)}
     check_witnessed(doc, key, report, witness_keys=witness_keys, origin=origin, notes=from_cert)
     return report
 

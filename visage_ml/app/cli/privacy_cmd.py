@@ -1032,6 +1032,8 @@ def verify_certificate_cmd(
         elif report.ok and report.notes:
             verdict += " (see the notes)"
         console.print(verdict, highlight=False)
+        for text in report.conceded if report.ok else ():  # what the VALID claims admit
+            console.print(f"conceded: {text}", highlight=False)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 
