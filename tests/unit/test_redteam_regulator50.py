@@ -33,7 +33,7 @@ from visage_ml.privacy.certificate import (
 from visage_ml.privacy.checkpoint import cosigner
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import Witness, default_witness_dir
-from visage_ml.rights import lineage
+from visage_ml.rights import certify, lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 
@@ -116,6 +116,16 @@ def test_pins_given_without_offline_are_checked_not_dropped(project, tmp_path, m
         app, ["privacy", "verify-certificate", str(result.certificate_path), *right]
     )
     assert good.exit_code == 0 and "ok   witness cosignatures" in good.output, good.output
+    # Without pins, one of the checkout's configured witnesses must have cosigned; none of
+    # them (a witness replaced since) leaves the certificate's own list: consistent only.
+    unpinned = runner.invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
+    assert unpinned.exit_code == 0 and "ok   witness cosignatures" in unpinned.output
+    with monkeypatch.context() as m:
+        m.setattr(certify, "configured_witnesses", lambda paths: [stranger])
+        args = ["privacy", "verify-certificate", str(result.certificate_path)]
+        replaced = runner.invoke(app, args)
+    assert replaced.exit_code == EXIT_CONSISTENT_ONLY, replaced.output
+    assert "none of the witnesses this checkout is configured with" in replaced.output
     # A certificate stripped of its witnessed proof bundle and signed again fails on site.
     doc.pop("proof")
     stripped = proj.paths.root / "stripped.json"

@@ -123,6 +123,10 @@ MSG_LOCAL_WITNESS = (
     "the controller, who can restore or copy it with the ledger; rely on a witness run by "
     "someone else (docs/verify.md)"
 )
+MSG_NO_OWN_WITNESS = (
+    "none of the witnesses this checkout is configured with cosigned the certificate's "
+    "checkpoint (removed or replaced since?)"
+)
 MSG_LISTED_UNCOSIGNED = (
     "listed but not cosigned: {names}: the certificate names them as witnesses, but no "
     "cosignature of theirs is on its checkpoint; rely only on the witnesses that cosigned"
@@ -793,11 +797,15 @@ def check_witnessed(
             "fingerprint": log_v.fingerprint,
         }
     try:
+        own = [cosigner(k) for k in own_witnesses]
         if witness_keys:
             keys = [cosigner(k) for k in witness_keys]
-        elif own_witnesses:
-            keys = [cosigner(k) for k in own_witnesses]
+        elif own and verified_cosigners(note, own):
+            keys = own
         else:
+            # A witness removed or replaced since leaves the certificate's own list, said so.
+            if own:
+                notes.append(MSG_NO_OWN_WITNESS)
             keys = [cosigner(str(w["vkey"])) for w in proof.get("witnesses") or []]
             notes.append(MSG_KEYS_FROM_CERT.format(what="witness keys", option="--witness-key"))
         cosigned = verified_cosigners(note, keys)
