@@ -1,13 +1,16 @@
 """Verifying an erasure certificate against the project: the proof, then every store.
 
 :func:`verify_certificate` runs the proof checks of
-:func:`visage_ml.privacy.certificate.verify_proof`, then looks for the erased content: none of
+:func:`visage_ml.privacy.certificate.verify_proof` and those of the witnessed checkpoint
+(:func:`~visage_ml.privacy.certificate.check_witnessed`, with the witness keys and log name
+pinned, else the checkout's configured witnesses), then looks for the erased content: none of
 the listed content hashes, and no erased subject's image in clear (the tombstones know its
 PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file under ``data/``,
 ``gallery/``, ``mlruns/``, ``models/``, ``privacy/`` (its keys and vault too), the DVC cache,
 the configured remotes and DVC's
 site cache (every file is hashed; ``.dir`` manifests are also read for the listed objects and
-the subject's folder); and it says whether the models in use were trained without the subject.
+the subject's folder; outside a checkout, or with no file to hash, the content is not shown
+clean: the check fails); and it says whether the models in use were trained without the subject.
 """
 
 from __future__ import annotations
