@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -69,6 +71,27 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def leftovers(path: Path) -> list[Path]:
+    """The temporary files of :func:`atomic_write_bytes` calls of ``path`` that were killed
+    between write and rename: nothing else removes them, and each holds a full version of the
+    file (a key under the current master key, an index naming a subject)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+# ``.<name>.<mkstemp's random part>.tmp``, as atomic_write_bytes names its temporary files.
+_LEFTOVER_RE = re.compile(r"\.(.+)\.[a-z0-9_]+\.tmp")
+
+
+def leftover_target(path: Path | str) -> str | None:
+    """The name of the file a temporary file of :func:`atomic_write_bytes` was to replace
+    (``.p1.key.x1y2z3.tmp``: ``p1.key``); None when ``path`` is not named as one."""
+    match = _LEFTOVER_RE.fullmatch(Path(path).name)
+    return match.group(1) if match else None
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:

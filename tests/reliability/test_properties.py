@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from visage_ml.config import PURPOSES, ProjectPaths
-from visage_ml.privacy.core import NewSubject, PrivacyCore
+from visage_ml.privacy.core import NewSubject, NothingChangedError, PrivacyCore
 from visage_ml.privacy.ledger import Ledger
 from visage_ml.privacy.registry import Registry, fold
 from visage_ml.serving.gallery import EnrolmentRefusedError, Gallery, NotEnrolledError
@@ -245,7 +245,10 @@ def check_gallery(ops: list[tuple]) -> None:
             elif kind in ("withdraw", "restrict", "lift"):
                 if pid in ref.erased:
                     continue
-                if kind == "withdraw":
+                if kind == "withdraw" and pid in ref.withdrawn:
+                    with pytest.raises(NothingChangedError):  # records nothing a second time
+                        run.core.withdraw_consent(pid, ["identification"], snapshot=False)
+                elif kind == "withdraw":
                     run.core.withdraw_consent(pid, ["identification"], snapshot=False)
                     ref.withdrawn.add(pid)
                 elif kind == "restrict":

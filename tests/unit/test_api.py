@@ -277,6 +277,88 @@ def test_a_consent_withdrawal_for_analytics_is_refused_saying_why(enrolled):
     assert r.status_code == 200 and r.json()["subject"]["objected"] == ["analytics"], r.text
 
 
+def test_an_empty_purpose_list_is_refused_not_taken_for_every_purpose(served):
+    # "purposes": [] names no purpose; it is not an omitted list. A withdrawal with it recorded
+    # consent.withdrawn for every purpose (the subject was no longer searched, and retention then
+    # erased the template), an objection (or an objection request) one to all four.
+    s = served
+    pid = s.pids[9]
+    ledger = s.world.paths.ledger.read_bytes()
+    for path, body in (
+        ("consent/withdraw", {"purposes": []}),
+        ("object", {"purposes": []}),
+        ("requests", {"right": "objection", "purposes": []}),
+    ):
+        r = s.call("POST", f"/v1/subjects/{pid}/{path}", "dpo", json=body)
+        assert r.status_code == 422 and error_of(r) == "invalid_request", (path, r.text)
+        assert "purposes" in r.json()["error"]["message"]
+    assert s.world.paths.ledger.read_bytes() == ledger
+    state = s.call("GET", f"/v1/subjects/{pid}", "dpo").json()
+    assert state["purposes"]["identification"]["allowed"] and state["objected"] == []
+    # The privacy core (which the CLI and every other caller use) refuses it too.
+    for record in (s.world.core.withdraw_consent, s.world.core.object):
+        with pytest.raises(ValueError, match="name at least one purpose"):
+            record(pid, [])
+    assert s.world.paths.ledger.read_bytes() == ledger
+
+
+def test_a_request_received_before_its_subject_was_registered_is_refused_saying_why(served):
+    # Accepted before: "received_at": "1970-01-01" recorded a request 20 000 days overdue (and
+    # an erasure's request with it). Answered as the API answers the other receipt times it
+    # cannot take (in the future, out of range): 409 not_allowed, nothing appended.
+    s = served
+    pid = s.pids[10]
+    ledger = s.world.paths.ledger.read_bytes()
+    old = {"received_at": "1970-01-01T00:00:00Z"}
+    for path, body in (("requests", {"right": "access", **old}), ("erasure", old)):
+        r = s.call("POST", f"/v1/subjects/{pid}/{path}", "dpo", json=body)
+        assert r.status_code == 409 and error_of(r) == "not_allowed", (path, r.text)
+        assert "before subject" in r.text and "added to the registry" in r.text
+    assert s.world.paths.ledger.read_bytes() == ledger
+
+
+def test_a_withdrawal_or_objection_that_changes_nothing_is_refused_and_not_recorded(served):
+    # Withdrawing a consent never given appended a signed consent.withdrawn, and repeating an
+    # objection appended another objection, each answered 200: ledger lines that changed
+    # nothing, read as the subject's acts. Refused like the lift of a subject who is not
+    # restricted: 409 saying how things stand, nothing appended.
+    s = served
+    never, pid = s.pids[-1], s.pids[11]  # never consented to identification; consented to all
+    ledger = s.world.paths.ledger
+    ident = {"purposes": ["identification"]}
+
+    def post(who, action, body):
+        n = len(ledger.read_bytes().splitlines())
+        r = s.call("POST", f"/v1/subjects/{who}/{action}", "dpo", json=body)
+        return r, len(ledger.read_bytes().splitlines()) - n
+
+    r, appended = post(never, "consent/withdraw", ident)
+    assert (r.status_code, error_of(r), appended) == (409, "not_consented", 0), r.text
+    assert "no consent given for identification" in r.json()["error"]["message"]
+    for action in ("consent/withdraw", "object"):
+        r, appended = post(pid, action, ident)
+        assert (r.status_code, appended) == (200, 1), r.text
+        r, appended = post(pid, action, ident)
+        assert (r.status_code, appended) == (409, 0), r.text
+    assert error_of(r) == "already_objected" and "already objects" in r.text
+    # A withdrawal with a consent still given among its purposes, an objection naming a purpose
+    # not yet objected to: recorded.
+    r, appended = post(pid, "consent/withdraw", {"purposes": ["identification", "training"]})
+    assert (r.status_code, appended) == (200, 1), r.text
+    r, appended = post(pid, "object", {})
+    assert (r.status_code, appended) == (200, 1), r.text
+    assert r.json()["subject"]["objected"] == [
+        "analytics",
+        "evaluation",
+        "identification",
+        "training",
+    ]
+    r, appended = post(pid, "consent/withdraw", None)  # every consent: evaluation is still given
+    assert (r.status_code, appended) == (200, 1), r.text
+    r, appended = post(pid, "consent/withdraw", None)
+    assert (r.status_code, error_of(r), appended) == (409, "not_consented", 0), r.text
+
+
 def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipients(enrolled):
     # What a DPO must be able to show: when the subject was identified (Art. 15), and that the
     # recipients of their data heard of the restriction set over HTTP (Art. 19), by whom.
@@ -473,6 +555,42 @@ def test_no_route_lets_in_a_role_it_should_not():
             roles = None if route.name in PUBLIC_ROUTES else set(route_roles(route) or ROLES)
             seen.update({(method, route.path): roles for method in route.methods})
     assert seen == ROUTE_ROLES
+
+
+def test_the_role_table_of_the_api_says_what_the_routes_allow():
+    # app.py's table listed GET /v1/analytics/windows under operator, a key the route refuses
+    # (it feeds the frames: reading the windows would tell it whether a person was seen).
+    from visage_ml.app.http import app as http_app
+
+    doc = http_app.__doc__ or ""
+    table = doc.split("========  ")[2].split("\n========")[0]  # between the header and the end
+    rows: dict[str, str] = {}
+    role = ""
+    for line in table.splitlines()[1:]:
+        head, text = line[:8].strip(), line[10:]
+        role = head or role
+        rows[role] = rows.get(role, "") + " " + text
+    listed: dict[tuple[str, str], set[str]] = {}
+    for role, text in rows.items():
+        method, base = "", ""
+        for ref in re.findall(r"``((?:GET |POST )?/[^`]*)``", text):
+            if " " in ref:
+                method, ref = ref.split(" ")
+            if ref.startswith(("/v1/", "/metrics")):
+                # A short ``/lift`` after /v1/subjects/{pid}/restrict: a sibling under {pid}.
+                base = re.sub(r"(\{[^}]*\}).*", r"\1", ref)
+            else:
+                ref = base + ref
+            short = re.sub(r"\[(.*)\]", "", ref)
+            for path in {short, ref.replace("[", "").replace("]", "")}:
+                path = re.sub(r"\{[^}]*\}", "{}", path)
+                listed.setdefault((method, path), set()).add(role)
+    declared = {
+        (method, re.sub(r"\{[^}]*\}", "{}", path)): roles
+        for (method, path), roles in ROUTE_ROLES.items()
+        if roles is not None  # /healthz, public, is not in the table
+    }
+    assert listed == declared
 
 
 def test_revoked_key_is_refused_by_a_running_server(served):

@@ -230,6 +230,7 @@ FAULTS = [
     pytest.param("raw:planned", marks=pytest.mark.slow),
     pytest.param("dvc", marks=pytest.mark.slow),
     pytest.param("mlflow", marks=pytest.mark.slow),
+    pytest.param("copies", marks=pytest.mark.slow),
     pytest.param("snapshot", marks=pytest.mark.slow),
     pytest.param("certificate", marks=pytest.mark.slow),
 ]

@@ -312,6 +312,7 @@ def test_failed_ledger_append_leaves_the_gallery_as_it_was(world, engine, monkey
         gallery.enroll(pid, crops=world.photo(pid, 2))
     assert not gallery.template_path(pid).exists()
     assert not gallery.anchor_path(pid).exists()
+    assert not gallery.keys.exists(pid), "a key for a subject the gallery never enrolled"
     assert gallery.size == 0
 
 

@@ -635,6 +635,8 @@ def test_a_failed_enrolment_leaves_the_anchor_as_it_was(world, engine, pg, table
         gallery.enroll_many({p: engine.embed(world.photo(p, 2)) for p in (a, b)})
     assert gallery.anchor_path(a).read_bytes() == before
     assert not gallery.anchor_path(b).exists()
+    assert not gallery.keys.exists(b), "a key for a subject the gallery never enrolled"
+    assert gallery.keys.exists(a)
     assert gallery.stored() == [a]
     gallery.close()
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.consent import ConsentReceipt, sha256_text
-from visage_ml.privacy.core import NewSubject, PrivacyCore
+from visage_ml.privacy.core import NewSubject, NothingChangedError, PrivacyCore
 from visage_ml.privacy.keys import MasterKeyError
 from visage_ml.privacy.sealed import KeyDestroyedError
 from visage_ml.privacy.snapshot import snapshot_frame, write_snapshot
@@ -172,6 +172,17 @@ def test_commands_refuse_unknown_subject_and_purpose(project):
     assert result.exit_code == 2 and "unknown purpose" in result.output
     result = run(app, ["privacy", "lift", pid])
     assert result.exit_code == 2 and "not restricted" in result.output
+    # A withdrawal of a consent never given, an objection repeated: refused like that lift,
+    # nothing appended (each appended a signed event that changed nothing).
+    before = (project / "privacy" / "ledger.jsonl").read_bytes()
+    result = run(app, ["privacy", "consent", "withdraw", pid])
+    assert result.exit_code == 2 and "nothing to withdraw" in result.output
+    assert (project / "privacy" / "ledger.jsonl").read_bytes() == before
+    assert run(app, ["privacy", "object", pid, "-p", "analytics"]).exit_code == 0
+    before = (project / "privacy" / "ledger.jsonl").read_bytes()
+    result = run(app, ["privacy", "object", pid, "-p", "analytics"])
+    assert result.exit_code == 2 and "already objects to analytics" in result.output
+    assert (project / "privacy" / "ledger.jsonl").read_bytes() == before
 
 
 def test_snapshot_patch_is_byte_identical_to_a_full_rebuild(project):
@@ -214,3 +225,19 @@ def test_snapshot_patches_in_place_and_after_new_or_gone_subjects_match_a_full_r
     pd.concat([extra, foreign], ignore_index=True).to_parquet(path, index=False)
     assert write_snapshot(core.registry, path) is True
     check()
+
+
+def test_a_refused_repeat_of_a_withdrawal_still_brings_the_snapshot_up_to_date(project):
+    # A withdrawal that died after its ledger append, before refreshing the snapshot the
+    # pipeline reads: run again, it is refused (nothing left to withdraw), and must not leave
+    # the snapshot saying the subject may still be trained on.
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(source="test")
+    core.give_consent(pid, receipt())
+    core.ledger.append("consent.withdrawn", pid, {"purposes": ["training"]})  # then it died
+    snap = pd.read_parquet(core.paths.consents)
+    assert snap[(snap.pid == pid) & (snap.purpose == "training")].allowed.all()
+    with pytest.raises(NothingChangedError, match="nothing to withdraw"):
+        PrivacyCore(core.paths).withdraw_consent(pid, ["training"])
+    snap = pd.read_parquet(core.paths.consents)
+    assert not snap[(snap.pid == pid) & (snap.purpose == "training")].allowed.any()

@@ -444,6 +444,33 @@ def test_an_operator_cannot_time_consent_state_off_the_one_answer(
     assert not s.gallery.status(allowed)["enrolled"]
 
 
+def test_a_refusal_on_a_decoy_draws_no_noise_per_request(lenient, monkeypatch):
+    # The decoy's noise was drawn afresh for each refusal of a subject who may not be processed,
+    # shaped like the request's crops: work a refusal of one who may never did, and whose time
+    # (0.2 ms for one crop, 3.8 ms for twenty) told the two apart. One noise crop is drawn when
+    # the service starts; each refusal stacks it as a real one stacks its crops.
+    s = lenient
+    a, allowed, withdrawn = s.pids[0], s.pids[1], s.pids[2]
+    for pid in (a, withdrawn):
+        assert s.enroll(pid).status_code == 200
+    assert s.call("POST", f"/v1/subjects/{withdrawn}/consent/withdraw", "dpo").status_code == 200
+    draws: list = []
+    rng = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda *a: draws.append(a) or rng(*a))
+    embedded: list[np.ndarray] = []
+    spy_work(s, monkeypatch, embedded)
+    for n in (1, 3):
+        images = s.photos(a, n)  # a's face: someone else's for both
+        for pid in (allowed, withdrawn, withdrawn):
+            r = s.enroll(pid, images=images)
+            assert (r.status_code, error(r)["code"]) == (409, "not_available")
+        real, decoy, again = embedded[-3:]
+        assert decoy.shape == real.shape and decoy.dtype == real.dtype
+        assert decoy.flags.c_contiguous == real.flags.c_contiguous
+        assert np.array_equal(decoy, again)  # the same noise: nothing drawn for the request
+    assert draws == []
+
+
 def test_an_operator_is_not_told_why_a_subject_withdrawn_mid_enrolment_is_refused(
     lenient, monkeypatch
 ):

@@ -175,8 +175,9 @@ def test_a_certificate_from_before_a_key_rotation_verifies_with_the_published_ke
 def test_the_stand_alone_verifier_says_what_the_cli_says_of_a_directory_witness_and_old_keys(
     project, tmp_path
 ):
-    """README: "a directory witness is a folder on its disk (both verifiers say so)"; verify.py
-    said nothing of it, nor which file to ask for when the certificate's key was rotated."""
+    """README: both verifiers say a pinned witness's name proves nothing of who runs it, and
+    name the default name a directory witness has; verify.py said nothing of it, nor which
+    file to ask for when the certificate's key was rotated."""
     proj = make_project(project, n_subjects=3)
     result = Erasure(proj.paths).erase(proj.pids[0])
     cert, pub = offline_copy(proj, result, tmp_path)
@@ -187,7 +188,7 @@ def test_the_stand_alone_verifier_says_what_the_cli_says_of_a_directory_witness_
     pins = ("--public-key", str(pub), "--witness-key", vkey, "--origin", origin)
     py = run_verify_py(script, cert, *pins)
     assert py.returncode == 0, py.stdout
-    assert "is a directory witness" in py.stdout and "proves nothing" in py.stdout
+    assert "proves nothing of who runs it" in py.stdout and "directory witness" in py.stdout
     _, problems = PrivacyCore(proj.paths).rotate_ledger_key()
     assert problems == []
     only_new = run_verify_py(

@@ -121,7 +121,7 @@ def test_pins_given_without_offline_are_checked_not_dropped(project, tmp_path, m
     unpinned = runner.invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
     assert unpinned.exit_code == 0 and "ok   witness cosignatures" in unpinned.output
     with monkeypatch.context() as m:
-        m.setattr(certify, "configured_witnesses", lambda paths: [stranger])
+        m.setattr(certify, "configured_witnesses", lambda paths, **_: [stranger])
         args = ["privacy", "verify-certificate", str(result.certificate_path)]
         replaced = runner.invoke(app, args)
     assert replaced.exit_code == EXIT_CONSISTENT_ONLY, replaced.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -17,14 +18,17 @@ from visage_ml.config import PrivacyParams, ProjectPaths
 from visage_ml.privacy.certificate import render, signature_ok
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.keys import load_public_key
+from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.requests import (
     RequestBook,
     RequestStateError,
     UnknownRequestError,
     add_months,
     fold_requests,
+    format_time,
 )
 from visage_ml.privacy.witness import Witness, make_server
+from visage_ml.rights.erasure import Erasure
 
 RECEIVED = "2026-10-01T09:00:00.000Z"
 
@@ -37,10 +41,19 @@ class Clock:
         return self.t
 
 
+def add_subject_at(core: PrivacyCore, when: datetime) -> str:
+    """A subject added to the registry at ``when`` (no request about them is received before)."""
+    core.ledger.clock = lambda: format_time(when)
+    try:
+        return core.add_subject(source="test")
+    finally:
+        core.ledger.clock = utc_now
+
+
 @pytest.fixture
 def setup(project):
     core = PrivacyCore(ProjectPaths(project))
-    pid = core.add_subject(source="test")
+    pid = add_subject_at(core, datetime(2026, 9, 1, tzinfo=UTC))
     clock = Clock(datetime(2026, 10, 10, 12, 0, tzinfo=UTC))
     return core, pid, RequestBook(core, params=PrivacyParams(), now=clock), clock
 
@@ -179,6 +192,30 @@ def test_invalid_transitions_are_refused_with_what_is_allowed(setup):
         book.receive(pid, "access", received_at=datetime.now(UTC) + timedelta(days=2))
 
 
+def test_a_request_cannot_be_received_before_its_subject_was_registered(project):
+    # A receipt time in 1970 was recorded as given: the request was 20 000 days overdue the
+    # moment it was recorded, in the DPO's listing and in the signed ledger. No request about a
+    # subject arrives before the subject is on the registry: refused, saying why, over the API
+    # (as the other receipt times it cannot take), the CLI and the erasure that records one.
+    runner = CliRunner()
+    core = PrivacyCore(ProjectPaths(project))
+    pid = add_subject_at(core, datetime(2026, 9, 1, tzinfo=UTC))
+    book = RequestBook(core)
+    ledger = core.paths.ledger.read_bytes()
+    for when in ("1970-01-01T00:00:00Z", "2026-08-31T23:59:59Z"):
+        with pytest.raises(ValueError, match=rf"before subject {pid} was added to the registry"):
+            book.receive(pid, "access", received_at=when)
+        with pytest.raises(ValueError, match=re.escape("(2026-09-01T00:00:00.000Z)")):
+            Erasure(core.paths, core=core).erase(pid, received_at=when)
+        r = runner.invoke(
+            app, ["privacy", "request", "new", pid, "--right", "access", "--received-at", when]
+        )
+        assert r.exit_code != 0 and "added to the registry" in " ".join(r.output.split())
+    assert core.paths.ledger.read_bytes() == ledger
+    st = book.receive(pid, "access", received_at="2026-09-01T00:00:00Z")
+    assert st.received_at == "2026-09-01T00:00:00.000Z"
+
+
 def test_started_erasure_stops_processing_and_a_denial_restores_it(setup):
     core, pid, book, _ = setup
     from serving_fakes import receipt
@@ -200,8 +237,8 @@ def test_started_erasure_stops_processing_and_a_denial_restores_it(setup):
 def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     runner = CliRunner()
     core = PrivacyCore(ProjectPaths(project))
-    pid = core.add_subject(source="test")
     now = datetime.now(UTC)
+    pid = add_subject_at(core, now - timedelta(days=60))
     received = now - timedelta(days=40)
     old = received.isoformat()
     # The deadline is a calendar month after receipt: 9 to 12 days ago, depending on the month.
@@ -294,7 +331,7 @@ def test_a_failed_attempt_shows_its_step_code_and_what_to_do_in_the_listing_and_
     to do, not only that the request is late."""
     runner = CliRunner()
     core = PrivacyCore(ProjectPaths(project))
-    pid = core.add_subject(source="test")
+    pid = add_subject_at(core, datetime.now(UTC) - timedelta(days=60))
     received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     book = RequestBook(core)
     st = book.receive(pid, "erasure", received_at=received)

@@ -27,6 +27,7 @@ from visage_ml.app.stages import prepare
 from visage_ml.config import load_params
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.io import sha256_file
+from visage_ml.privacy.core import NothingChangedError
 from visage_ml.privacy.datakeys import NoDataKeyError
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights.erasure import Erasure
@@ -361,6 +362,11 @@ def test_objection_to_identification_keeps_training_but_stops_matching(proj, mon
     assert st.status == "completed" and st.details == {"purposes": ["identification"]}
     assert not _identified(proj, gallery, pid)
     assert pid in _prepared_pids(proj, monkeypatch)
+    # The same objection again changes nothing: refused before any request is recorded.
+    ledger = proj.paths.ledger.read_bytes()
+    with pytest.raises(NothingChangedError, match="already objects to identification"):
+        object_to(proj.paths, pid, purposes=["identification"], core=proj.core)
+    assert proj.paths.ledger.read_bytes() == ledger
     object_to(proj.paths, pid, core=proj.core)  # all purposes
     assert pid not in _prepared_pids(proj, monkeypatch)
     proj.core.withdraw_objection(pid)

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from PIL import Image
 from rights_fakes import REF, make_project
 from typer.testing import CliRunner
@@ -26,8 +28,11 @@ from visage_ml.data.processed import load_processed
 from visage_ml.data.rawstore import RawStore
 from visage_ml.faults import FAULT_ENV, FAULT_EXIT
 from visage_ml.privacy.core import PrivacyCore
-from visage_ml.privacy.datakeys import IMAGE_KINDS, sniff, sniff_bytes
-from visage_ml.privacy.keys import MASTER_KEY_ENV, MasterKeyError
+from visage_ml.privacy.datakeys import IMAGE_KINDS, parse_header, sniff, sniff_bytes
+from visage_ml.privacy.keys import MASTER_KEY_ENV, MasterKeyError, load_master_key
+from visage_ml.privacy.sealed import open_sealed
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.rights.sealing import doctor, rotate_master_key, seal_project
 from visage_ml.serving.gallery import Gallery
@@ -244,6 +249,122 @@ def test_rotating_the_master_key_rewraps_every_key_and_touches_no_data_file(proj
         del os.environ[MASTER_KEY_ENV]
 
 
+# The key rings a subject has a key in: folder under the project, wrapping context.
+_RINGS = {"privacy/keys": "data", "privacy/vault/keys": "vault", "gallery/keys": "gallery"}
+
+
+def _unwraps(root: Path, pid: str, masters: list[bytes]) -> dict[str, bytes]:
+    """Every file of a key ring that unwraps ``pid``'s key under one of ``masters`` (the key
+    it gives, by project-relative path)."""
+    found = {}
+    for folder, context in _RINGS.items():
+        for f in sorted((root / folder).rglob("*")):
+            blob = f.read_bytes() if f.is_file() else b""
+            for master in masters:
+                try:
+                    key = AESGCM(master).decrypt(blob[:12], blob[12:], f"{context}:{pid}".encode())
+                except (InvalidTag, ValueError):
+                    continue
+                found[f.relative_to(root).as_posix()] = key
+    return found
+
+
+def _kill_rotation_at(root: Path, target: str) -> None:
+    """Run `rotate-master-key` in a child killed (as by ``kill -9``) as it renames ``target``
+    (project-relative) into place: the new version written in full beside it, not renamed."""
+    code = f"""
+import os
+from visage_ml.config import ProjectPaths
+from visage_ml.rights.sealing import rotate_master_key
+rename = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith({target!r}):
+        os._exit({FAULT_EXIT})
+    return rename(src, dst, *args, **kwargs)
+os.replace = replace
+rotate_master_key(ProjectPaths.discover())
+"""
+    child = _in_child(root, code, "")
+    assert child.returncode == FAULT_EXIT, child.stderr[-2000:]
+
+
+def test_a_rotation_killed_at_a_rename_leaves_no_copy_of_an_erased_subjects_keys(project):
+    # Killed as each ring renames the victim's re-wrapped key into place, and as the vault's
+    # blind index is replaced, then finished: the temporary files those renames never moved
+    # hold the victim's keys wrapped under the master key now in use. After the erasure no
+    # file of any key ring may still give them: the sealed copies in backups and the DVC
+    # cache would open again.
+    proj = make_project(project, n_subjects=4)
+    paths, root = proj.paths, project
+    victim = proj.pids[0]
+    image_id = sorted(proj.images[victim])[0]
+    backup = (paths.raw / victim / f"{image_id}.sealed").read_bytes()
+    old = load_master_key(paths.master_key, create=False)
+    for target in (*(f"{folder}/{victim}.key" for folder in _RINGS), "privacy/vault/index.json"):
+        _kill_rotation_at(root, target)
+    rotate_master_key(paths)
+    assert doctor(paths).ok  # the finished rotation cleared what its killed runs left
+    new = load_master_key(paths.master_key, create=False)
+    keys = _unwraps(root, victim, [new])
+    assert set(keys) == {f"{folder}/{victim}.key" for folder in _RINGS}
+    _, end = parse_header(backup)
+    assert open_sealed(keys[f"privacy/keys/{victim}.key"], backup[end:], aad=backup[:end])
+
+    result = Erasure(paths).erase(victim)
+
+    assert verify_certificate(result.certificate_path, root=root).ok
+    assert not any(Erasure(paths).remaining(victim).values())
+    assert doctor(paths).ok
+    assert sorted(_unwraps(root, victim, [new, old])) == []
+    # Nor does the vault keep a blind index entry naming the victim (an older index's copy).
+    vault = [f for f in (root / "privacy/vault").rglob("*") if f.is_file()]
+    assert [f.name for f in vault if victim.encode() in f.read_bytes()] == []
+
+
+def test_an_erasure_destroys_leftover_copies_of_the_subjects_keys_and_the_doctor_finds_them(
+    project,
+):
+    # A key file's copy a killed write left beside it (an older version's rotation, a first
+    # creation killed at the rename) unwraps like the key itself: the erasure plans, destroys
+    # and certifies it with the key; one put back afterwards is the doctor's to purge.
+    proj = make_project(project, n_subjects=3)
+    paths, root = proj.paths, project
+    victim, live = proj.pids[:2]
+    copies = {}
+    for folder in _RINGS:
+        key = root / folder / f"{victim}.key"
+        copies[f"{folder}/.{victim}.key.k1ll3d00.tmp"] = key.read_bytes()
+    for rel, blob in copies.items():
+        (root / rel).write_bytes(blob)
+    before = [p for paths_ in Erasure(paths).remaining(victim).values() for p in paths_]
+    assert set(copies) <= set(before)
+
+    result = Erasure(paths).erase(victim)
+
+    outcome = {a["path"]: a["outcome"] for a in result.certificate["claims"]["artefacts"]}
+    assert {outcome.get(rel) for rel in copies} == {"key destroyed"}
+    assert verify_certificate(result.certificate_path, root=root).ok
+    assert not any(Erasure(paths).remaining(victim).values())
+    master = load_master_key(paths.master_key, create=False)
+    assert sorted(_unwraps(root, victim, [master])) == []
+
+    # Put back (a restored backup of the key rings), beside a live subject's own leftover.
+    for rel, blob in copies.items():
+        (root / rel).write_bytes(blob)
+    mine = root / "privacy/keys" / f".{live}.key.k1ll3d00.tmp"
+    mine.write_bytes((root / "privacy/keys" / f"{live}.key").read_bytes())
+    found = {(f.kind, f.path, f.action) for f in doctor(paths).findings}
+    assert found == {
+        *(("erased_subject", rel, "purge") for rel in copies),
+        ("leftover", mine.relative_to(root).as_posix(), "purge"),
+    }
+    doctor(paths, purge=True)
+    assert doctor(paths).ok and not mine.exists()
+    assert sorted(_unwraps(root, victim, [master])) == []
+    image_id = sorted(proj.images[live])[0]
+    assert RawStore(paths).read_image(live, image_id) == proj.images[live][image_id]
+
+
 def test_rotation_with_the_key_in_the_environment_needs_the_new_key(project, monkeypatch):
     proj = make_project(project, n_subjects=2, enrol=False)
     paths = proj.paths
@@ -401,6 +522,38 @@ def test_doctor_finds_a_face_decrypted_anywhere_under_data_and_leaves_it_to_a_pe
     assert all(leak.is_file() for leak in leaks)
     r = CliRunner().invoke(app, ["privacy", "doctor", "--purge"])
     assert r.exit_code == 1 and "marked review" in " ".join(r.output.split())
+
+
+def test_doctor_lists_face_images_in_mlflow_models_notebooks_and_reports_for_review(project):
+    # A re-encoded or cropped face is no exact copy: the erasure cannot know it, and doctor
+    # looked only under data/ and at the top, so a debug JPEG logged to MLflow, a crop beside
+    # the models or a "hardest pair" plot went unnoticed. The project's own figures are not
+    # faces: they are not listed.
+    proj = make_project(project, n_subjects=3)
+    paths = proj.paths
+    face = Image.open(io.BytesIO(next(iter(proj.images[proj.pids[0]].values()))))
+    run = paths.mlruns / "1" / "0123abcd" / "artifacts"
+    leaks = {
+        run / "debug" / "raw.jpg": "JPEG",
+        paths.root / "reports" / "plots" / "hardest_pair.png": "PNG",
+        paths.models / "debug_crop.png": "PNG",
+        paths.root / "notebooks" / "crop.png": "PNG",
+    }
+    for leak, fmt in leaks.items():
+        leak.parent.mkdir(parents=True, exist_ok=True)
+        face.resize((24, 24)).save(leak, format=fmt)
+    own = [
+        run / "figures" / "roc_group.png",
+        run / "figures" / "fnir_vs_gallery_size.png",
+        paths.root / "reports" / "privacy" / "sign.png",
+    ]
+    for figure in own:
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        face.save(figure, format="PNG")
+    found = {(f.kind, f.path, f.action) for f in doctor(paths).findings}
+    assert found == {
+        ("stray_image", leak.relative_to(paths.root).as_posix(), "review") for leak in leaks
+    }
 
 
 class _Remote:

@@ -71,3 +71,28 @@ def test_destroy_removes_every_entry_of_the_pid(vault):
     vault.destroy(PID)
     assert vault.find(NFD) is None and vault.find(NFC) is None
     assert vault.find("lfw:somebody_else") == OTHER
+
+
+def test_what_killed_writes_left_of_a_subject_goes_with_their_record(vault):
+    # Each a full version beside the file it was to replace: the key of a first storing killed
+    # at the rename (storing again clears it), a record's and an index's copy naming the pid.
+    key = vault.keys.path(PID)
+    killed_key = key.with_name(f".{key.name}.k1ll3d00.tmp")
+    killed_key.parent.mkdir(parents=True, exist_ok=True)
+    killed_key.write_bytes(b"\x01" * 60)
+    vault.put_many({PID: {"external_ref": NFC}, OTHER: {"external_ref": "lfw:Somebody_Else"}})
+    assert not killed_key.exists()
+    record = vault.records_dir / f"{PID}.bin"
+    copies = [
+        record.with_name(f".{record.name}.k1ll3d00.tmp"),
+        vault._index_path.with_name(".index.json.k1ll3d00.tmp"),
+        key.with_name(f".{key.name}.k1ll3d01.tmp"),
+    ]
+    sources = [record, vault._index_path, key]
+    for copy, source in zip(copies, sources, strict=True):
+        copy.write_bytes(source.read_bytes())
+    assert set(copies) <= set(vault.files_of(PID))
+    removed = vault.destroy(PID).removed
+    assert {str(c) for c in copies} <= set(removed)
+    assert vault.files_of(PID) == [] and not any(c.exists() for c in copies)
+    assert vault.find("lfw:somebody_else") == OTHER

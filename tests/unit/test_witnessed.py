@@ -644,6 +644,7 @@ def test_lowering_the_quorum_or_dropping_a_second_witness_is_refused(project, wi
     paths = ProjectPaths(project)
     core = PrivacyCore(paths)
     pid = core.add_subject(source="t")
+    core.give_consent(pid, receipt())
     core.withdraw_consent(pid)
     write_overrides(project / "params.yaml", {"privacy.witness.quorum": 1})
     forget_checks()
@@ -706,6 +707,7 @@ def test_a_project_without_witnesses_records_none_until_one_is_configured(projec
     paths = ProjectPaths(project)
     core = PrivacyCore(paths)
     pid = core.add_subject(source="t")
+    core.give_consent(pid, receipt())
     core.withdraw_consent(pid)
     assert witness_sets(paths) == []
     # An existing ledger gains its record at its first checkpoint with a witness.
@@ -882,6 +884,7 @@ def test_the_default_witness_is_read_but_never_made_by_the_open_check(
     paths = ProjectPaths(project)
     core = PrivacyCore(paths)
     pid = core.add_subject(source="t")
+    core.give_consent(pid, receipt())
     core.withdraw_consent(pid)
     forget_checks()
     assert not PrivacyCore(paths).may_process(pid, "training").allowed

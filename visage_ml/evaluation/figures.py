@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,14 @@ DET_TICKS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95)
 DET_CEILING = 0.95  # DET axes end here: a weak group's operating point (FNMR 0.6) stays in view
 DPI = 150  # legible cell labels and ticks when a reviewer zooms in
 COLORS: tuple[str, ...] = ("#1b6ca8", "#e07b00", "#2a9d3a", "#c0392b", "#7d3c98", "#8c564b")
+# Where the evaluate stage logs the figures in an MLflow run, and the names :func:`make_figures`
+# and the serving report (``fnir_vs_gallery_size.png``) give them: plots, never a face
+# (``visage privacy doctor`` does not list them among the images to review).
+MLFLOW_FOLDER = "figures"
+FIGURE_NAME = re.compile(
+    r"(?:(?:roc|det|cross_fmr|rates|demographics)_\w+|detection_miss_rate|fnir_vs_gallery_size)"
+    r"\.png"
+)
 
 
 # ---------------------------------------------------------------------------------------------

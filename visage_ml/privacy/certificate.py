@@ -24,7 +24,7 @@ the signature, both ledger entries (hash and signature), the inclusion proof and
 are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
 checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
 log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
-pins (``docs/verify.md`` holds the same checks in ~235 lines that need only
+pins (``docs/verify.md`` holds the same checks in ~250 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
@@ -39,7 +39,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,23 +105,49 @@ MSG_RECEIVED_UNCOMMITTED = (
     "received_at ({received}) is not in the ledger entry (a certificate of an older version): "
     "the date the request arrived rests on the certificate's signature alone"
 )
-MSG_WITNESS_TIME = (
-    "the witness {name} cosigned at {at}, {days:.1f} day(s) from the entry's time {entry}: the "
-    "witness's clock does not corroborate the certificate's dates, which rest on the "
-    "controller's clock alone"
+MSG_DATE_NOT_WITNESSED = (
+    "the entry's time is {entry}, but the witness {name} cosigned at {at}, {gap} {side}: no "
+    "witness dates the completion, which rests on the controller's clock alone (set back, or "
+    "the certificate made long after a completion its witnesses could not see at the time). "
+    "What is proven: the erasure was done by {first} at the latest (the earliest cosignature)"
 )
-# A witness's clock may run this far behind the ledger's; a cosignature this long after the
-# entry no longer dates it (an erasure's completion is witnessed at once).
+MSG_DATE_WITNESSED = (
+    "{names} cosigned at {at}, within {within} of the entry's time {entry}: the erasure was "
+    "done by then"
+)
+MSG_DATE_CONTROLLERS = (
+    "the completion date is the controller's statement ({entry}, the ledger's clock): no pinned "
+    "witness run by someone else dates it; pin one with --witness-key"
+)
+MSG_RECEIVED_CONTROLLERS = "the controller's statement: no witness dates the request's arrival"
+# An erasure.completed entry is witnessed at once (a narrowing event: the append returns only
+# once the witnesses cosigned), and the certificate's own checkpoint is cosigned seconds later,
+# so an honest certificate's cosignatures follow its entry within seconds, whatever the
+# checkpoint cadence of other events (privacy.witness.every_seconds). The window allows two
+# hosts' clocks to differ by CLOCK_SKEW_S (as the retention clock does) and the cosignature to
+# come up to WITNESS_DELAY_S later: witnesses answering at their timeout (up to 600 s each) and a
+# large ledger hashed before the certificate is made. Past it the date is not the witness's: an
+# hour hides nothing against the month of Art. 12(3); a day let a set-back clock hide a day.
 CLOCK_SKEW_S = 300
-WITNESS_DELAY_S = 86400
+WITNESS_DELAY_S = 3600
 MSG_OTHER_KEY = (
     "the certificate names key {signer}: a key from before a rotation? give the controller's "
     "privacy/ledger-keys.pem (every key the ledger has had) as the public key"
 )
 MSG_LOCAL_WITNESS = (
-    "{name} is a directory witness (a folder the controller keeps): it proves nothing against "
-    "the controller, who can restore or copy it with the ledger; rely on a witness run by "
-    "someone else (docs/verify.md)"
+    "{name} is a directory witness of this project (privacy.witness, kind directory: a folder "
+    "the controller keeps, whatever its name): it proves nothing against the controller, who "
+    "can restore or copy it with the ledger, and its clock is the controller's; rely on a "
+    "witness run by someone else (docs/verify.md)"
+)
+MSG_WITNESS_NAME = (
+    "{name}: a witness's name is chosen by whoever creates it and proves nothing of who runs "
+    "it; check that the witness whose key you pinned is run by someone other than the "
+    "controller (its own folder, whatever its name, proves nothing against it: docs/verify.md)"
+)
+MSG_DEFAULT_NAME = (
+    "; this one bears the name visage-ml gives a witness made without --name, as the "
+    "controller's own directory witness is"
 )
 MSG_NO_OWN_WITNESS = (
     "none of the witnesses this checkout is configured with cosigned the certificate's "
@@ -597,7 +623,8 @@ def verify_proof(
         report.add(
             "reception date",
             doc.get("received_at") == committed.get("received_at"),
-            f"received_at {doc.get('received_at')}, in the entry {committed.get('received_at')}",
+            f"received_at {doc.get('received_at')}, in the entry {committed.get('received_at')} "
+            f"({MSG_RECEIVED_CONTROLLERS})",
         )
     else:
         report.notes.append(MSG_RECEIVED_UNCOMMITTED.format(received=doc.get("received_at")))
@@ -665,6 +692,7 @@ def verify_offline(
     public_key: Ed25519PublicKey | Path | None = None,
     witness_keys: Sequence[str] = (),
     origin: str | None = None,
+    directory_witnesses: Collection[str] | None = None,
 ) -> CertificateReport:
     """Check a certificate with nothing but the file and the keys the verifier pins.
 
@@ -685,6 +713,11 @@ def verify_offline(
     origin
         The controller's log name as published with its key: the checkpoint must be of that
         log, not of a second log kept under the same key. Without it the report says so.
+    directory_witnesses
+        The vkeys of the witnesses the caller knows to be directory witnesses (the controller's
+        own configuration: a folder on its disk, stamped by its clock): marked ``local``, and
+        their time dates nothing. None: not known; a witness's name proves nothing either way
+        (its creator chose it), and the report says so of each pinned witness.
     """
     pub: Ed25519PublicKey | Path | None = public_key
     from_cert: list[str] = []
@@ -707,7 +740,15 @@ def verify_offline(
     stale = _object(doc.get("claims")).get("models")
     if isinstance(stale, list) and stale:  # the certificate's status: no ledger to say more
         report.models = {"status": MSG_MODELS_OFFLINE, "certified_stale": len(stale)}
-    check_witnessed(doc, key, report, witness_keys=witness_keys, origin=origin, notes=from_cert)
+    check_witnessed(
+        doc,
+        key,
+        report,
+        witness_keys=witness_keys,
+        origin=origin,
+        notes=from_cert,
+        directory_witnesses=directory_witnesses,
+    )
     return report
 
 
@@ -720,6 +761,7 @@ def check_witnessed(
     origin: str | None = None,
     own_witnesses: Sequence[str] = (),
     notes: list[str] | None = None,
+    directory_witnesses: Collection[str] | None = None,
 ) -> None:
     """Check the certificate's witnessed checkpoint (its ``proof`` bundle) with the ledger key
     ``pub``: the tlog-proof carries the ``erasure.completed`` line, included under the
@@ -737,6 +779,8 @@ def check_witnessed(
         the certificate's own list, and a note says so.
     notes
         Notes on what was not pinned, said beside the verdict (and making it unpinned).
+    directory_witnesses
+        The vkeys the caller knows to be directory witnesses (see :func:`verify_offline`).
     """
     notes = [] if notes is None else notes
     proof = doc.get("proof")
@@ -819,20 +863,29 @@ def check_witnessed(
         ", ".join(f"{v.name} at {_utc(times[v.name])}" for v in cosigned) or "none"
     )
     report.add("witness cosignatures", enough, detail)
+    # Kept by the controller: as its configuration says, when the caller knows it. A name is
+    # whatever its creator typed, so it marks nothing (the notes say so of each pinned one).
+    local = {v.name for v in cosigned if v.vkey in (directory_witnesses or ())}
     report.cosignatures = [
         {
             "name": v.name,
             "fingerprint": v.fingerprint,
             "time": _utc(times[v.name]),
             "pinned": bool(witness_keys),
-            "local": v.name.startswith(LOCAL_WITNESS_PREFIX),
+            "local": v.name in local,
         }
         for v in cosigned
     ]
-    _check_witness_time(completed.get("time"), times, report)
+    dating = [v.name for v in cosigned if witness_keys and v.name not in local]
+    _check_completion_date(completed.get("time"), times, report, dating=dating)
     for v in cosigned:
-        if v.name.startswith(LOCAL_WITNESS_PREFIX):
+        if v.name in local:
             report.notes.append(MSG_LOCAL_WITNESS.format(name=v.name))
+        elif witness_keys:
+            default = v.name.startswith(LOCAL_WITNESS_PREFIX)
+            report.notes.append(
+                MSG_WITNESS_NAME.format(name=v.name) + (MSG_DEFAULT_NAME if default else "")
+            )
     report.unpinned = report.unpinned or bool(notes)
     report.notes.extend(notes)
 
@@ -881,24 +934,66 @@ def _utc(stamp: int) -> str:
         return f"POSIX time {stamp} (out of range)"
 
 
-def _check_witness_time(entry_time: Any, times: Mapping[str, int], report: Any) -> None:
-    """Say so when the witnesses' clocks do not corroborate the entry's time.
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} minute(s)"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} hour(s)"
+    return f"{seconds / 86400:.1f} day(s)"
 
-    An erasure's completion is witnessed at once, so its cosignature follows the entry within
-    minutes; a later cosignature (a witness down for a while) or one before the entry (the
-    ledger's clock set forward) leaves the certificate's dates on the controller's clock alone.
+
+def _check_completion_date(
+    entry_time: Any, times: Mapping[str, int], report: Any, *, dating: Sequence[str]
+) -> None:
+    """Whether the witnesses' clocks date the completion entry (the ``completion date
+    witnessed`` check), or say that its time is the controller's statement.
+
+    Every witness that cosigned must have done so within the window of :data:`WITNESS_DELAY_S`
+    (:data:`CLOCK_SKEW_S` before): one further off shows the ledger's clock was not the time
+    (whether or not the witness is pinned: the certificate disagrees with itself). Within it,
+    the date is witnessed when ``dating`` (pinned witnesses not known to be the controller's
+    own) is not empty, and is the controller's statement (a note) otherwise.
     """
+    if not times:
+        return  # no cosignature verified: the witness check failed and says why
     try:
         parsed = datetime.fromisoformat(str(entry_time).replace("Z", "+00:00"))
         written = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     except ValueError:
-        report.add("completion date", False, f"the entry's time {entry_time!r} is not ISO 8601")
+        report.add(
+            "completion date witnessed", False, f"the entry's time {entry_time!r} is not ISO 8601"
+        )
         return
-    for name, stamp in times.items():
-        gap = stamp - written
-        if gap < -CLOCK_SKEW_S or gap > WITNESS_DELAY_S:
-            report.notes.append(
-                MSG_WITNESS_TIME.format(
-                    entry=entry_time, name=name, at=_utc(stamp), days=abs(gap) / 86400
-                )
-            )
+    off = {
+        n: t - written
+        for n, t in times.items()
+        if not -CLOCK_SKEW_S <= t - written <= WITNESS_DELAY_S
+    }
+    if off:
+        name, gap = max(off.items(), key=lambda item: abs(item[1]))
+        report.add(
+            "completion date witnessed",
+            False,
+            MSG_DATE_NOT_WITNESSED.format(
+                entry=entry_time,
+                name=name,
+                at=_utc(times[name]),
+                gap=_span(gap),
+                side="before it" if gap < 0 else "after it",
+                first=_utc(min(times.values())),
+            ),
+        )
+    elif dating:
+        report.add(
+            "completion date witnessed",
+            True,
+            MSG_DATE_WITNESSED.format(
+                names=", ".join(dating),
+                at=", ".join(_utc(times[n]) for n in dating),
+                within=f"{WITNESS_DELAY_S // 60} minutes",
+                entry=entry_time,
+            ),
+        )
+    else:
+        report.notes.append(MSG_DATE_CONTROLLERS.format(entry=entry_time))

@@ -5,14 +5,19 @@ is the proof; this page (``<request id>.html`` beside it) says in words what it 
 which checks passed, made by whom:
 
 - the request, the subject's pseudonymous id (pid) and nothing else of them, the controller,
-  when the request was received and when the erasure completed;
+  when the request was received (the controller's statement) and when the erasure completed
+  (the controller's clock), with the time a pinned witness not kept by the controller cosigned
+  it, or that none corroborates it (the ``completion date witnessed`` check);
 - what was erased, counted by store and by outcome (key destroyed, crypto-shredded, physically
-  removed), the shared file rewritten without the subject rather than deleted, what a store
+  removed), the shared file rewritten without the subject rather than deleted, the exact
+  copies found elsewhere in the project and removed (counted by top folder), what a store
   could not guarantee and the content kept because other data shares it;
 - the models trained on data that held the subject, stale or retrained since (the signed
   ``erasure.models_retrained`` entry the caller found);
 - the ``erasure.completed`` ledger entry, its tree head and checkpoint, and the witnesses whose
-  cosignature verified, with their keys' fingerprints and the witness's own time;
+  cosignature verified, with their keys' fingerprints and the witness's own time, each marked
+  by the kind the checkout configures for it (a directory witness is the controller's own
+  folder, whatever its name);
 - the checks of :func:`~visage_ml.privacy.certificate.verify_offline`, the keys they used and
   where those keys came from, and how anyone can check the file themselves;
 - the certificate file's SHA-256, which ties the page to one JSON file.
@@ -49,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from visage_ml import __version__
 from visage_ml.io import atomic_write_text
 from visage_ml.privacy.certificate import (
+    CLOCK_SKEW_S,
     CertificateReport,
     published_keys,
     verify_offline,
@@ -136,6 +142,16 @@ SHARED_KEPT_MANY = (
     "was destroyed, was removed"
 )
 
+# What dates the request and the completion, beside the dates the certificate states.
+RECEIVED_CONTROLLERS = (
+    "the controller's statement: it enters this date (any past date is accepted) and no "
+    "witness dates it"
+)
+COMPLETION_CONTROLLERS = (
+    "the controller's clock: no pinned witness run by someone else cosigned at that time"
+)
+COMPLETION_NOT_CORROBORATED = "not corroborated by the witnesses"
+
 # A value shown inside the command a reader copies: anything else (a certificate is a file
 # anyone can edit) stands as a placeholder, never as text a shell would run.
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,199}")
@@ -163,6 +179,10 @@ class Pins:
     own
         The checks are made by the project's own installation with the keys it holds (the page
         then says they are the controller's word, not an independent verification).
+    directory
+        The vkeys of the witnesses configured as directory witnesses (``privacy.witness``:
+        folders on the controller's disk, stamped by its clock), which the page marks so
+        whatever their names; None: not known (a copy rendered elsewhere).
     """
 
     public_key: Ed25519PublicKey | Path | None = None
@@ -170,6 +190,7 @@ class Pins:
     origin: str | None = None
     by: str = ""
     own: bool = False
+    directory: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -298,6 +319,7 @@ def render_page(
         public_key=pins.public_key,
         witness_keys=pins.witness_keys,
         origin=pins.origin,
+        directory_witnesses=pins.directory,
     )
     if Path(cert_path).read_bytes() != raw:  # what was checked must be what is shown
         raise CertificatePageError(MSG_CHANGED.format(path=cert_path))
@@ -319,7 +341,8 @@ def render_page(
 def controller_pins(core: Any, cert_path: str | os.PathLike[str]) -> Pins:
     """The controller's own keys for its certificate's page: the published ledger key file,
     the project's log name, and the configured witnesses whose cosignature is on the
-    certificate's checkpoint (taken from the witnesses' configuration, not from the file)."""
+    certificate's checkpoint (taken from the witnesses' configuration, not from the file), and
+    which of them are directory witnesses (by their configured kind: a name proves nothing)."""
     paths = core.paths
     key_file = published_keys(paths)
     witness_keys: tuple[str, ...] = ()
@@ -329,12 +352,19 @@ def controller_pins(core: Any, cert_path: str | os.PathLike[str]) -> Pins:
         witness_keys = tuple(v.vkey for v in core.witnessing.cosigners_of(note))
     except (CertificatePageError, NoteError, ValueError, TypeError):
         witness_keys = ()  # the page's check then names the failure
+    witnessing = core.witnessing
+    directory = tuple(
+        v.vkey
+        for spec, client in zip(witnessing.params.witnesses, witnessing.clients, strict=True)
+        if spec.kind == "directory" and (v := client.cosigner()) is not None
+    )
     return Pins(
         public_key=key_file if key_file.is_file() else None,
         witness_keys=witness_keys,
-        origin=core.witnessing.origin,
+        origin=witnessing.origin,
         by="the controller's checkout",
         own=True,
+        directory=directory,
     )
 
 
@@ -371,6 +401,13 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def _copies(value: Any) -> dict[str, Any]:
+    """Exact copies the erasure removed, by top folder: their total and ``data 2, reports 1``."""
+    counts = {str(k): _count(v) for k, v in _obj(value).items() if _count(v)}
+    where = ", ".join(f"{folder} {n}" for folder, n in sorted(counts.items()))
+    return {"total": sum(counts.values()), "where": where}
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -390,11 +427,15 @@ def _when(value: Any) -> datetime | None:
         return None
 
 
-def _elapsed(received: Any, completed: Any) -> str:
+def _elapsed(received: Any, completed: Any, *, slack: float = 0) -> str:
+    """How long after ``received`` ``completed`` is; ``slack``: seconds before it that still
+    read as at once (a witness's time is in whole seconds, on another host's clock)."""
     start, end = _when(received), _when(completed)
     if start is None or end is None or (start.tzinfo is None) != (end.tzinfo is None):
         return ""
     seconds = (end - start).total_seconds()
+    if -slack <= seconds < 0:
+        seconds = 0
     if seconds < 0:
         return "before the request was received: the dates do not agree"
     if seconds < 60:
@@ -406,6 +447,35 @@ def _elapsed(received: Any, completed: Any) -> str:
     else:
         took = f"{seconds / 86400:.1f} days"
     return f"{took} after the request was received"
+
+
+def _completion(doc: Mapping[str, Any], report: CertificateReport) -> dict[str, Any]:
+    """What dates the completion: witnesses on other hosts that cosigned at that time, or the
+    controller's clock alone (the ``completion date witnessed`` check of the verifier)."""
+    check = next((c for c in report.checks if c.name == "completion date witnessed"), None)
+    cosigned = report.cosignatures
+    if check is not None and not check.ok and cosigned:
+        first = min(cosigned, key=lambda c: c["time"])
+        elapsed = _elapsed(doc.get("received_at"), first["time"], slack=CLOCK_SKEW_S)
+        times = ", ".join(f"{c['name']} at {c['time']}" for c in cosigned)
+        return {
+            "ok": False,
+            "text": f"{COMPLETION_NOT_CORROBORATED}: cosigned by {times} (the witness's clock), "
+            f"so the erasure is proven done by {first['time']} at the latest"
+            + (f" ({elapsed})" if elapsed else ""),
+        }
+    dating = [c for c in cosigned if c["pinned"] and not c["local"]]
+    if check is not None and check.ok and dating:
+        first = min(dating, key=lambda c: c["time"])
+        elapsed = _elapsed(doc.get("received_at"), first["time"], slack=CLOCK_SKEW_S)
+        by = ", ".join(f"{c['name']} at {c['time']}" for c in dating)
+        return {
+            "ok": True,
+            "text": f"witnessed by {by} (the witness's clock"
+            + (f"; {elapsed}" if elapsed else "")
+            + ")",
+        }
+    return {"ok": True, "text": COMPLETION_CONTROLLERS}
 
 
 def _draft(controller: Mapping[str, Any]) -> str:
@@ -528,11 +598,14 @@ def _context(
         "received_at": _text(doc.get("received_at")),
         "completed_at": _text(doc.get("completed_at")),
         "elapsed": _elapsed(doc.get("received_at"), doc.get("completed_at")),
+        "received_note": RECEIVED_CONTROLLERS,
+        "completion": _completion(doc, report),
         "counts": outcome_counts(claims),
         "outcome_text": OUTCOME_TEXT,
         "shared_kept": _shared_text(shared_kept(claims)),
         "store_notes": [_text(n) for n in _list(claims.get("store_notes"))],
         "lineage_notes": [_text(n) for n in _list(claims.get("lineage_notes"))],
+        "copies": _copies(claims.get("copies_removed")),
         "retained": len(_list(claims.get("retained_shared_content"))),
         # The subject's photographs kept in clear in DVC because other current data holds the
         # same photograph: counted in the certificate, their hashes withheld.

@@ -60,6 +60,17 @@ UNKNOWN_SUBJECT = (
     "no subject {pid} in the registry; list subjects with `visage privacy subject list`"
 )
 ALREADY_ERASED = "subject {pid} was erased; nothing about them can be changed any more"
+MSG_NOTHING_TO_WITHDRAW = "subject {pid} has no consent given for {purposes}; nothing to withdraw"
+MSG_ALREADY_OBJECTED = "subject {pid} already objects to {purposes}; nothing to record"
+
+
+class NothingChangedError(ValueError):
+    """A rights event that would change nothing about the subject, refused before anything is
+    appended; ``code`` names how things stand (the API's error code)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UnknownSubjectError(KeyError):
@@ -295,6 +306,19 @@ class PrivacyCore:
             raise UnknownSubjectError(pid)
         return st
 
+    def added_at(self, pid: str) -> str | None:
+        """When ``pid`` was added to the registry: the time of its ``subject.added`` entry
+        (read from near that seq, not from the first entry); None when the ledger lacks it."""
+        seq = self.subject(pid).added_seq
+        ledger = self.ledger
+        start = ledger.offset_before(seq)
+        for entry in ledger.entries(start_offset=start, containing=pid.encode()):
+            if entry.seq == seq:
+                return entry.time
+            if entry.seq > seq:
+                break
+        return None
+
     def _live(self, pid: str) -> SubjectState:
         st = self.subject(pid)
         if st.erased:
@@ -440,10 +464,16 @@ class PrivacyCore:
         Art. 7(3). Analytics is refused (:data:`~visage_ml.privacy.consent.
         MSG_ANALYTICS_NOT_CONSENT`): no consent to it is asked, and a withdrawal could not
         change what it counts."""
-        self._live(pid)
-        chosen = list(check_purposes(purposes)) if purposes else list(CONSENT_PURPOSES)
+        st = self._live(pid)
+        # An empty list names no purpose (refused): only None means every purpose.
+        chosen = list(CONSENT_PURPOSES if purposes is None else check_purposes(purposes))
         if ANALYTICS in chosen:
             raise ValueError(MSG_ANALYTICS_NOT_CONSENT)
+        # Refused when no purpose named has a basis given now (never given, withdrawn, expired):
+        # a signed withdrawal that changes nothing would read as an act of the subject's.
+        if not any((perm := st.permissions.get(p)) is not None and perm.granted for p in chosen):
+            message = MSG_NOTHING_TO_WITHDRAW.format(pid=pid, purposes=", ".join(chosen))
+            raise self._unchanged("not_consented", message, snapshot=snapshot)
         entry = self.ledger.append("consent.withdrawn", pid, {"purposes": chosen})
         if snapshot:
             self.snapshot()
@@ -464,10 +494,28 @@ class PrivacyCore:
         self.snapshot()
         return entry
 
+    def objection_purposes(self, pid: str, purposes: Iterable[str] | None = None) -> list[str]:
+        """The purposes an objection to ``purposes`` (all when None) records; refused
+        (:class:`NothingChangedError`) when the subject already objects to each of them."""
+        st = self._live(pid)
+        chosen = list(PURPOSES if purposes is None else check_purposes(purposes))
+        if st.objected.issuperset(chosen):
+            message = MSG_ALREADY_OBJECTED.format(pid=pid, purposes=", ".join(chosen))
+            raise self._unchanged("already_objected", message)
+        return chosen
+
+    def _unchanged(self, code: str, message: str, *, snapshot: bool = True) -> NothingChangedError:
+        """The refusal of an event that changes nothing. The event may be on the ledger from a
+        call that died before refreshing the snapshot: the repeated call still refreshes it
+        (nothing is written when it is current)."""
+        if snapshot:
+            self.snapshot()
+        return NothingChangedError(code, message)
+
     def object(self, pid: str, purposes: Iterable[str] | None = None) -> Entry:
-        """Record an objection (Art. 21) to ``purposes`` (all when None)."""
-        self._live(pid)
-        chosen = list(check_purposes(purposes)) if purposes else list(PURPOSES)
+        """Record an objection (Art. 21) to ``purposes`` (all when None); refused when it would
+        add none (:meth:`objection_purposes`)."""
+        chosen = self.objection_purposes(pid, purposes)
         entry = self.ledger.append("objection", pid, {"purposes": chosen})
         self.snapshot()
         return entry
@@ -475,7 +523,7 @@ class PrivacyCore:
     def withdraw_objection(self, pid: str, purposes: Iterable[str] | None = None) -> Entry:
         """The subject withdraws an objection."""
         self._live(pid)
-        chosen = list(check_purposes(purposes)) if purposes else list(PURPOSES)
+        chosen = list(PURPOSES if purposes is None else check_purposes(purposes))
         entry = self.ledger.append("objection.withdrawn", pid, {"purposes": chosen})
         self.snapshot()
         return entry

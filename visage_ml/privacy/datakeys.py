@@ -249,11 +249,19 @@ class DataKeys:
         """File of ``pid``'s wrapped data key."""
         return self.ring.path(pid)
 
-    def destroy(self, pid: str) -> str | None:
-        """Crypto-shred ``pid``: overwrite and delete the key file; its SHA-256 before (or None)."""
+    def files(self, pid: str) -> list[Path]:
+        """``pid``'s key file and the copies of it killed writes left (what an erasure destroys)."""
+        return self.ring.files(pid)
+
+    def destroy_files(self, pid: str) -> dict[Path, str]:
+        """Crypto-shred ``pid``: overwrite, delete :meth:`files`; each with its SHA-256 before."""
         with self._lock:
             self._cache.pop(pid, None)
-        return self.ring.destroy(pid)
+        return self.ring.destroy_files(pid)
+
+    def destroy(self, pid: str) -> str | None:
+        """Crypto-shred ``pid`` (:meth:`destroy_files`); the key file's SHA-256 before (or None)."""
+        return self.destroy_files(pid).get(self.path(pid))
 
     def collection_key(self, name: str, *, create: bool = False) -> bytes:
         """The key of collection ``name`` (data of no registered subject)."""

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 NOTICES_DIR = "notices"
 # A4 at 150 dpi.
 SIGN_SIZE = (1240, 1754)
+# The sign's image file, as written under reports/privacy (an image, never a face: `visage
+# privacy doctor` does not list it among the images to review).
+SIGN_PNG = "sign.png"
 SIGN_TITLE = "Face recognition and demographic counting in operation"
 # The sign is read from a distance: type sizes in points (A4), for the PDF and the PNG alike.
 # The draft warning is for whoever prints the sign, not for passers-by.
@@ -796,7 +799,7 @@ def write_documents(paths: ProjectPaths, out: Path) -> dict[str, Path]:
         "records_pdf": out / "records.pdf",
         "notice_html": out / "notice.html",
         "sign_pdf": out / "sign.pdf",
-        "sign_png": out / "sign.png",
+        "sign_png": out / SIGN_PNG,
     }
     atomic_write_text(files["records_html"], records_html(records))
     atomic_write_bytes(files["records_pdf"], records_pdf(records))

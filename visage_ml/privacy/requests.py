@@ -115,6 +115,10 @@ MSG_BAD_TIME = (
     "'{text}' is not an ISO 8601 time between years 1 and 9999 (e.g. 2026-11-26T09:30:00Z)"
 )
 MSG_FUTURE = "received time {text} is in the future; give the time the request arrived"
+MSG_BEFORE_SUBJECT = (
+    "received time {text} is before subject {pid} was added to the registry ({added}); give "
+    "the time the request arrived"
+)
 MSG_FAILED = (
     "the last attempt failed at {time} ({step}: {code}); {action}, then run it again with "
     "--request {rid} (HTTP: request_id={rid}), or deny it with a reason code "
@@ -540,6 +544,15 @@ class RequestBook:
             received = parse_time(received_at)
         if received > now + timedelta(minutes=5):
             raise ValueError(MSG_FUTURE.format(text=format_time(received)))
+        if received_at is not None:
+            # A time given by hand (a typo, a 1970 default) made the request overdue by years
+            # the moment it was recorded. Only a given time: the default is now, and a host
+            # clock set back must not refuse a request.
+            added = self.core.added_at(pid)
+            if added is not None and received < parse_time(added):
+                raise ValueError(
+                    MSG_BEFORE_SUBJECT.format(text=format_time(received), pid=pid, added=added)
+                )
         rid = new_request_id(received)
         deadline = add_months(received, self.params.deadline_months)
         self.core.ledger.append(

@@ -19,7 +19,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from visage_ml import faults
-from visage_ml.io import atomic_write_bytes, file_lock, private_dir, secure_unlink, sha256_file
+from visage_ml.io import (
+    atomic_write_bytes,
+    file_lock,
+    leftover_target,
+    leftovers,
+    private_dir,
+    secure_unlink,
+    sha256_file,
+)
 from visage_ml.privacy.keys import WRONG_MASTER_KEY, MasterKeyError, check_pid
 
 NONCE_BYTES = 12
@@ -143,6 +151,9 @@ class KeyRing:
                 raise KeyDestroyedError(pid)
             with file_lock(self.directory / ".lock"):
                 if not path.exists():
+                    # A creation killed before its rename left a key nothing was sealed with.
+                    for left in leftovers(path):
+                        secure_unlink(left)
                     key = AESGCM.generate_key(bit_length=256)
                     nonce = os.urandom(NONCE_BYTES)
                     atomic_write_bytes(
@@ -155,14 +166,26 @@ class KeyRing:
         except InvalidTag:
             raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
 
-    def destroy(self, pid: str) -> str | None:
-        """Overwrite and delete ``pid``'s key file; return its SHA-256 before deletion (or None)."""
+    def files(self, pid: str) -> list[Path]:
+        """``pid``'s key file and the copies of it that killed writes left beside it (a rotation
+        or a first creation killed at the rename), those that exist: each unwraps the key."""
         path = self.path(pid)
-        if not path.exists():
-            return None
-        digest = sha256_file(path)
-        secure_unlink(path)
-        return digest
+        return [*([path] if path.is_file() else []), *leftovers(path)]
+
+    def destroy_files(self, pid: str) -> dict[Path, str]:
+        """Overwrite and delete :meth:`files` (the key file first); each with its SHA-256 before
+        deletion."""
+        removed = {}
+        for path in self.files(pid):
+            digest = sha256_file(path)
+            if secure_unlink(path):
+                removed[path] = digest
+        return removed
+
+    def destroy(self, pid: str) -> str | None:
+        """Overwrite and delete ``pid``'s key file and its leftover copies (:meth:`files`);
+        return the key file's SHA-256 before deletion (or None)."""
+        return self.destroy_files(pid).get(self.path(pid))
 
     def pids(self) -> list[str]:
         """Subjects that currently hold a key."""
@@ -188,7 +211,9 @@ def rewrap_keyring(
     The data keys themselves do not change, so nothing they seal is touched. Each file is
     replaced atomically; a file that already opens under ``new_master`` is skipped, so an
     interrupted run is finished by running it again. The check file goes last: while it still
-    opens under ``old_master`` the folder is not done.
+    opens under ``old_master`` the folder is not done. The temporary files of a run killed at
+    a rename go first: each is a subject's key under ``new_master``, which no erasure of the
+    key file would reach.
 
     Raises
     ------
@@ -199,6 +224,10 @@ def rewrap_keyring(
     result = RewrapResult(str(directory))
     if not directory.is_dir():
         return result
+    with file_lock(directory / ".lock"):  # held while a key is created: its file is no leftover
+        for left in sorted(directory.glob(".*.tmp")):
+            if (leftover_target(left) or "").endswith((".key", ".check")):
+                secure_unlink(left)
     old, new = AESGCM(old_master), AESGCM(new_master)
     files = sorted(directory.glob("*.key"))
     check = directory / ".check"

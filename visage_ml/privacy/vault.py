@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from visage_ml.io import (
     atomic_write_json,
     file_lock,
+    leftovers,
     private_dir,
     secure_unlink,
     sha256_file,
@@ -126,6 +127,9 @@ class IdentityVault:
         # A fresh nonce per version: the hash an erasure records of the version it replaced
         # cannot be rebuilt from this one plus a guessed reference (the index key is on disk).
         doc = {**index, INDEX_NONCE: version_nonce()}
+        # Killed writes' versions (the caller holds the lock): one may name an erased subject.
+        for left in leftovers(self._index_path):
+            secure_unlink(left)
         atomic_write_json(self._index_path, doc, mode=0o600, indent=None)
 
     def _lookup(self, index: Mapping[str, str], external_ref: str) -> str | None:
@@ -224,26 +228,33 @@ class IdentityVault:
         """Cryptographically erase ``pid``: destroy the data key, then record and index entry."""
         removed: dict[str, str] = {}
         with file_lock(self._lock):
-            key_path = self.keys.path(pid)
-            digest = self.keys.destroy(pid)
-            if digest:
-                removed[str(key_path)] = digest
+            for path, digest in self.keys.destroy_files(pid).items():
+                removed[str(path)] = digest
             rec = self._record_path(pid)
-            if rec.exists():
-                removed[str(rec)] = sha256_file(rec)
-                secure_unlink(rec)
+            for path in [*([rec] if rec.exists() else []), *self._leftovers_of(pid)]:
+                removed[str(path)] = sha256_file(path)
+                secure_unlink(path)
             index = self._read_index()
             kept = {k: v for k, v in index.items() if v != pid}
             if len(kept) != len(index):
                 self._write_index(kept)
         return DestroyResult(pid, removed)
 
+    def _leftovers_of(self, pid: str) -> list[Path]:
+        """What killed writes left of ``pid``'s record, and versions of the index naming them."""
+        named = json.dumps(pid).encode()
+        index = [f for f in leftovers(self._index_path) if named in f.read_bytes()]
+        return [*leftovers(self._record_path(pid)), *index]
+
     def files_of(self, pid: str) -> list[Path]:
-        """The vault's files that hold something of ``pid``: record, key, the index naming them.
+        """The vault's files that hold something of ``pid``: record, key, the copies of them
+        killed writes left, the index naming them.
 
         What an erasure plans to remove (and hashes first); only files that exist.
         """
-        out = [f for f in (self._record_path(pid), self.keys.path(pid)) if f.is_file()]
+        record = self._record_path(pid)
+        out = [*([record] if record.is_file() else []), *self.keys.files(pid)]
+        out += self._leftovers_of(pid)
         if pid in self._read_index().values():
             out.append(self._index_path)
         return out

@@ -92,7 +92,9 @@ MAX_BODY = 64 * 1024
 ROTATE_PATH = "/visage/rotate-log-key"
 CHECKPOINT_PATH = "/visage/checkpoint"
 
-# The name of a witness made without --name (the default directory witness of a project).
+# The name of a witness made without --name, the default directory witness of a project or one
+# served from another host alike. A name is whatever its creator typed: it says nothing of who
+# runs the witness, nor of its kind (the controller's page goes by privacy.witness instead).
 LOCAL_WITNESS_PREFIX = "visage-witness.local/"
 MSG_UNKNOWN_ORIGIN = (
     "this witness does not know the log {origin}; its operator adds it with "

@@ -40,16 +40,14 @@ from visage_ml.privacy.certificate import (
 from visage_ml.privacy.ledger import LedgerError
 from visage_ml.privacy.witnessed import make_client, witness_params
 from visage_ml.rights import dvc_objects, lineage
-from visage_ml.rights.content_hashes import LISTED, ContentHashes
+from visage_ml.rights.content_hashes import (
+    LISTED,
+    ContentHashes,
+    scanned_roots,
+    walk_files,
+)
 
 log = logging.getLogger(__name__)
-
-# Folders of the checkout that may hold subject data (hashed in full by the verifier): the
-# data, the gallery, MLflow, the models (the embedder's resume checkpoints hold a row per
-# training subject) and the whole privacy folder (its exports, and the data keys and vault
-# files the certificate says were destroyed: one put back from a backup must be found).
-SCANNED_FOLDERS: tuple[str, ...] = ("data", "gallery", "mlruns", "models", "privacy")
-
 
 MSG_REMOTE_UNREACHABLE = (
     "the DVC remote(s) {names} could not be reached, so their objects were not checked: make "
@@ -121,6 +119,7 @@ def verify_certificate(
         witness_keys=witness_keys,
         origin=origin,
         own_witnesses=() if witness_keys else configured_witnesses(paths),
+        directory_witnesses=configured_witnesses(paths, directory_only=True),
     )
     claims = doc.get("claims") or {}
     if scan:
@@ -130,13 +129,18 @@ def verify_certificate(
     return report
 
 
-def configured_witnesses(paths: ProjectPaths) -> list[str]:
-    """The keys (vkeys) of the witnesses the checkout's params.yaml names, as their folders or
-    configuration publish them (nothing is created or asked over the network)."""
+def configured_witnesses(paths: ProjectPaths, *, directory_only: bool = False) -> list[str]:
+    """The keys (vkeys) of the witnesses the checkout's params.yaml names (``directory_only``:
+    its directory witnesses, the controller's own by their configured kind), as their folders
+    or configuration publish them (nothing is created or asked over the network)."""
     try:
         params = witness_params(paths)
-        clients = [make_client(s, timeout=params.timeout_seconds) for s in params.witnesses]
-        return [v.vkey for c in clients if (v := c.cosigner()) is not None]
+        return [
+            v.vkey
+            for s in params.witnesses
+            if (not directory_only or s.kind == "directory")
+            and (v := make_client(s, timeout=params.timeout_seconds).cosigner()) is not None
+        ]
     except (OSError, ValueError, TypeError) as exc:  # unreadable params: none configured
         log.warning("the configured witnesses could not be read (%s)", type(exc).__name__)
         return []
@@ -152,19 +156,6 @@ def _sha256_stream(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _walk_files(root: Path) -> Iterable[Path]:
-    if not root.exists():
-        return
-    if root.is_file():
-        yield root
-        return
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
-        for name in filenames:
-            p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                yield p
-
-
 def scan_for_hashes(
     roots: Iterable[Path],
     sha256s: Container[str],
@@ -178,7 +169,7 @@ def scan_for_hashes(
     that names a listed md5 or the subject's folder."""
     seen: set[Path] = set()
     for root in roots:
-        for path in _walk_files(Path(root)):
+        for path in walk_files(Path(root)):
             real = path.resolve()
             if real in seen:
                 continue
@@ -228,7 +219,7 @@ def _scan(
         exclude=[*(r.get("sha256") for r in retained), hashlib.sha256(b"").hexdigest()],
         pid=str(doc.get("pid")) if doc.get("pid") else None,
     )
-    roots = [paths.root / f for f in SCANNED_FOLDERS]
+    roots = scanned_roots(paths.root)
     remote_objects: list[tuple[Any, str]] = []
     unopened: dict[str, str] = {}
     if dvcops.is_dvc_repo(paths.root):

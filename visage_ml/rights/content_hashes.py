@@ -23,8 +23,10 @@ or, older still, in clear (``plain_sha256``): both are still looked for.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping
+import os
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
@@ -39,6 +41,22 @@ ERASED_IMAGE = "plaintext of an erased image"
 # What an erasure records of a plaintext image it removes (a PNG in data/raw, its DVC object) in
 # place of its hashes: the SHA-256 and MD5 of a photograph of the subject are the hashes.
 PLAINTEXT_WITHHELD = "plaintext image, hash withheld"
+# Where a copy of erased content is looked for, by the erasure before it certifies
+# (:mod:`visage_ml.rights.erasure.copies`) and by the verifier after
+# (:mod:`visage_ml.rights.certify`), every file hashed: the data, the gallery, MLflow, the
+# models (the embedder's resume checkpoints hold a row per training subject), the whole privacy
+# folder (its exports, and the data keys and vault files a certificate says were destroyed: one
+# put back from a backup must be found), the folders people save files into, and the files at
+# the project's top (:func:`scanned_roots`).
+SCANNED_FOLDERS: tuple[str, ...] = (
+    "data",
+    "gallery",
+    "mlruns",
+    "models",
+    "privacy",
+    "reports",
+    "notebooks",
+)
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
 MSG_BAD_TOMBSTONES = (
     "plaintext copies not looked for: privacy/tombstones.jsonl is damaged or not of this "
@@ -137,6 +155,26 @@ class ContentHashes:
 
     def __len__(self) -> int:
         return len(self.sha256s) + len(self.plain_macs)
+
+
+def scanned_roots(root: Path) -> list[Path]:
+    """The folders of :data:`SCANNED_FOLDERS` under ``root``, then each file at its top."""
+    top = sorted(f for f in root.iterdir() if f.is_file() and not f.is_symlink())
+    return [root / f for f in SCANNED_FOLDERS] + top
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every file under ``root`` (``root`` itself if a file), symbolic links not followed."""
+    if not root.exists():
+        return
+    if root.is_file():
+        yield root
+        return
+    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink():
+                yield p
 
 
 def content_hit(hashes: Container[str], digest: str, *, store: str, path: str) -> dict[str, Any]:

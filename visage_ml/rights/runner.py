@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from visage_ml.config import PURPOSES, ProjectPaths
+from visage_ml.config import ProjectPaths
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, RequestStateError
 from visage_ml.rights.erasure import Erasure
@@ -136,7 +136,9 @@ def object_to(
     """
     core = core if core is not None else PrivacyCore(paths)
     book = RequestBook(core)
-    chosen = list(purposes or PURPOSES)
+    # Checked before any request is recorded (as a lift of a subject who is not restricted):
+    # an objection the subject already made is not recorded again.
+    chosen = core.objection_purposes(pid, purposes)
     st = begin(book, pid, ("objection",), request_id, details={"purposes": chosen})
     entry = core.object(pid, chosen)
     book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})

@@ -18,8 +18,9 @@
 - :func:`doctor` (``visage privacy doctor [--purge]``) lists what should not be at rest: files
   of erased or unknown subjects (a restored backup of ``data/raw``, ``gallery/`` or the key
   rings), sealed files whose key is gone, plaintext faces in ``data/``, the DVC cache and local
-  remotes, plaintext export bundles, notebooks whose saved outputs hold images; ``--purge``
-  removes them (a notebook loses its outputs only).
+  remotes, plaintext export bundles, notebooks whose saved outputs hold images, the temporary
+  files killed writes left in the key rings and the vault (each a key, a record or an index
+  whole); ``--purge`` removes them (a notebook loses its outputs only).
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ from visage_ml.config import ProjectPaths
 from visage_ml.data.crops import CropWriter
 from visage_ml.data.prepare import FACES_FILE, LEGACY_FACES_FILE, MANIFEST_FILE, purge_subject
 from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore
+from visage_ml.evaluation.figures import FIGURE_NAME, MLFLOW_FOLDER
 from visage_ml.io import (
     atomic_write_bytes,
     atomic_write_json,
     fsync_dir,
+    leftover_target,
     md5_file,
     secure_unlink,
     sha256_file,
@@ -61,6 +64,7 @@ from visage_ml.privacy.datakeys import (
     parse_header,
     sniff,
 )
+from visage_ml.privacy.documents import SIGN_PNG
 from visage_ml.privacy.keys import (
     MASTER_KEY_ENV,
     PID_RE,
@@ -86,10 +90,14 @@ NO_KEY = "no_key"
 PLAINTEXT = "plaintext"
 LEFTOVER = "leftover"
 NOTEBOOK = "notebook_image"
-# A plaintext image under data/ (or at the project's top) that no store accounts for: a face
-# copied out of its sealed file, or a source set kept inside the project. Someone decides:
-# --purge leaves it (it may be the only copy of a source set).
+# An image file under data/, mlruns/, models/, notebooks/, reports/ (or at the project's top)
+# that no store accounts for: a face copied out of its sealed file, a source set kept inside the
+# project, a debug image or crop saved with a run or a report. Someone decides: --purge leaves it
+# (it may be the only copy of a source set).
 STRAY = "stray_image"
+STRAY_FOLDERS: tuple[str, ...] = ("data", "mlruns", "models", "notebooks", "reports")
+# The project's own images: the evaluation's figures in an MLflow run, the privacy sign.
+SIGN_FILE = f"reports/privacy/{SIGN_PNG}"
 # An anchor template that is not the one the ledger last recorded (an older one put back from a
 # copy or a backup): never used; purged, the subject is re-anchored by a dpo's re-enrolment.
 UNRECORDED_ANCHOR = "unrecorded_anchor"
@@ -600,6 +608,11 @@ class _Doctor:
                 self.add(UNRECORDED_ANCHOR, anchor, pid)
 
     def key_rings(self) -> None:
+        """Keys of erased subjects in the data and vault rings (the gallery's are its own), and
+        what killed writes left in every ring, the vault and its records: each a key (a record,
+        an index) as whole as the file it was to replace, named by its subject's status."""
+        seen = {f.path for f in self.report.findings}
+        folders = [folder for folder, _ in _key_rings(self.paths).values()]
         for name, (folder, _) in _key_rings(self.paths).items():
             if name in ("collections", "gallery") or not folder.is_dir():
                 continue
@@ -607,6 +620,14 @@ class _Doctor:
                 status = _status(self.states, f.stem)
                 if status == ERASED:
                     self.add(ERASED, f, f.stem)
+        for folder in [*folders, self.paths.vault, self.paths.vault / "records"]:
+            for f in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+                target = leftover_target(f)
+                if target is None or _rel(f, self.root) in seen:
+                    continue
+                pid = Path(target).stem if PID_RE.fullmatch(Path(target).stem) else None
+                status = _status(self.states, pid) if pid else None
+                self.add(status or LEFTOVER, f, pid if status else None)
 
     def exports(self) -> None:
         folder = self.root / EXPORTS_DIR
@@ -625,19 +646,25 @@ class _Doctor:
                 self.add(NO_KEY, f, pid)
 
     def strays(self) -> None:
-        """Plaintext images anywhere under ``data/``, and at the project's top, that no other
-        check found (a decrypted face saved beside the data, a source set kept inside)."""
+        """Image files under ``data/``, ``mlruns/``, ``models/``, ``notebooks/``, ``reports/``
+        and at the project's top that no other check found (a decrypted face saved beside the
+        data, a source set kept inside, a debug image logged to MLflow, a crop in a plot): an
+        erasure removes exact copies of a subject's files only, so a re-encoded or cropped face
+        is for a person to review. The project's own figures are not listed."""
         seen = {f.path for f in self.report.findings}
-        data = self.root / "data"
         files = [f for f in sorted(self.root.iterdir()) if f.is_file()]
-        if data.is_dir():
-            for dirpath, dirnames, filenames in os.walk(data):
+        for name in STRAY_FOLDERS:
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            for dirpath, dirnames, filenames in os.walk(folder):
                 dirnames[:] = sorted(
                     d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))
                 )
                 files += [Path(dirpath, n) for n in sorted(filenames)]
         for f in files:
-            if f.is_symlink() or not f.is_file() or _rel(f, self.root) in seen:
+            rel = _rel(f, self.root)
+            if f.is_symlink() or not f.is_file() or rel in seen or _project_figure(rel):
                 continue
             with contextlib.suppress(OSError):
                 if sniff(f) in IMAGE_KINDS:
@@ -720,6 +747,19 @@ class _Doctor:
         return secure_unlink(path)
 
 
+def _project_figure(rel: str) -> bool:
+    """Whether project-relative ``rel`` is one of the project's own images (not a face)."""
+    parts = rel.split("/")
+    if rel == SIGN_FILE:
+        return True
+    return (
+        parts[0] == "mlruns"
+        and len(parts) > 2
+        and parts[-2] == MLFLOW_FOLDER
+        and FIGURE_NAME.fullmatch(parts[-1]) is not None
+    )
+
+
 def doctor(
     paths: ProjectPaths, *, purge: bool = False, core: PrivacyCore | None = None
 ) -> DoctorReport:
@@ -727,8 +767,9 @@ def doctor(
 
     Looks at ``data/raw``, ``data/scenes``, ``data/processed``, ``gallery/``, the key rings,
     ``privacy/exports``, notebooks (outputs holding images), the DVC cache and local remotes,
-    and for any other plaintext image under ``data/`` or at the project's top (``review``:
-    deleted by a person, never by ``purge``).
+    and for any other image file under ``data/``, ``mlruns/``, ``models/``, ``notebooks/``,
+    ``reports/`` or at the project's top, the project's own figures aside (``review``: deleted by
+    a person, never by ``purge``; an erasure removes exact copies only).
     Plaintext files of live data that have
     no sealed twin are listed with action ``seal`` (``visage privacy seal`` converts them);
     everything else is purged by ``purge``: files of subjects the registry marks erased or does

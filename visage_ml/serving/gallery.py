@@ -88,6 +88,7 @@ from visage_ml.io import (
     atomic_write_json,
     file_lock,
     fsync_dir,
+    leftovers,
     private_dir,
     secure_unlink,
     sha256_bytes,
@@ -520,15 +521,15 @@ def listed_pids(root: Path, suffix: str) -> list[str]:
 
 
 def subject_files(directory: Path, pid: str) -> list[Path]:
-    """The files of ``pid`` (template, anchor, then key) in the gallery folder ``directory`` that
-    exist.
+    """The files of ``pid`` (template, anchor, then key, each after the copies of it that
+    killed writes left) in the gallery folder ``directory`` that exist.
 
     Needs no master key, so that an erasure can plan what it removes even when the gallery
     cannot be opened.
     """
     key = directory / KEYS_DIR / f"{check_pid(pid)}.key"
     files = (template_path(directory, pid), anchor_path(directory, pid), key)
-    return [f for f in files if f.is_file()]
+    return [f for path in files for f in (*leftovers(path), path) if f.is_file()]
 
 
 class Gallery:
@@ -1440,6 +1441,8 @@ class Gallery:
                         results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                         written[pid] = (vec, digest)
                         continue
+                    if not self.keys.exists(pid):  # a first enrolment undone leaves no key
+                        undo.append((self.keys.path(pid), None))
                     key = self.keys.get(pid, create=True)
                     faults.crash_point("gallery:enroll:key-created")
                     blob = self._seal(pid, key, vec, counts[pid])
@@ -1555,10 +1558,10 @@ class Gallery:
             self._drop(pid)
             faults.crash_point("gallery:erase:dropped")
             key_path = self.keys.path(pid)
-            key_hash = self.keys.destroy(pid)
+            keys = self.keys.destroy_files(pid)  # with the copies killed writes left
             faults.crash_point("gallery:erase:key-destroyed")
-            if key_hash is not None:
-                removed[_rel(key_path, root)] = key_hash
+            key_hash = keys.get(key_path)
+            removed.update((_rel(p, root), h) for p, h in keys.items())
             # The anchor before the template: a crash between leaves a template without a key,
             # which start-up finishes removing (anchor included).
             if anchor_hash is not None:

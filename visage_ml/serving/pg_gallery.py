@@ -2472,6 +2472,8 @@ class PgGallery(Gallery):
                             )
                     results.append(Enrolment(pid, digest, counts[pid], True, changed=False))
                     continue
+            if not self.keys.exists(pid):  # a first enrolment undone leaves no key
+                undo.append((self.keys.path(pid), None))
             blob = self._seal(pid, self.keys.get(pid, create=True), vec, counts[pid])
             anchor = None if keep_anchor else self._write_anchor(pid, vec, counts[pid], undo)
             digest = hashlib.sha256(blob).hexdigest()
@@ -2558,9 +2560,9 @@ class PgGallery(Gallery):
                 self._bound.pop(pid, None)
                 self._unbound.discard(pid)
                 key_path = self.keys.path(pid)
-                key_hash = self.keys.destroy(pid)
-                if key_hash is not None:
-                    removed[_rel(key_path, root)] = key_hash
+                keys = self.keys.destroy_files(pid)  # with the copies killed writes left
+                key_hash = keys.get(key_path)
+                removed.update((_rel(p, root), h) for p, h in keys.items())
                 if anchor_hash is not None:
                     secure_unlink(anchor)
                     removed[_rel(anchor, root)] = anchor_hash

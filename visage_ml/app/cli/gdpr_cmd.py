@@ -22,6 +22,7 @@ from visage_ml.io import atomic_write_bytes, atomic_write_text, sha256_file
 from visage_ml.privacy import auditlog
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import (
+    SIGN_PNG,
     draft_text,
     publish_notice,
     records_html,
@@ -108,7 +109,7 @@ def notice(
         files = {
             "notice_html": folder / "notice.html",
             "sign_pdf": folder / "sign.pdf",
-            "sign_png": folder / "sign.png",
+            "sign_png": folder / SIGN_PNG,
         }
         atomic_write_text(files["notice_html"], current.html)
         atomic_write_bytes(files["sign_pdf"], sign_pdf(recs, current))

@@ -234,7 +234,8 @@ def consent_withdraw(
 ) -> None:
     """Withdraw consent (Art. 7(3)); the pipeline becomes stale in `dvc status`.
 
-    Appends consent.withdrawn and refreshes data/registry/consents.parquet.
+    Appends consent.withdrawn and refreshes data/registry/consents.parquet; refused, with
+    nothing appended, when no purpose named has a consent given now.
     """
     with user_errors():
         entry = _core().withdraw_consent(pid, purpose or None)
@@ -299,7 +300,10 @@ def object_(
     purpose: list[str] = typer.Option(None, "--purpose", "-p", help=PURPOSE_HELP),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Record an objection (Art. 21) to purposes. Appends objection; refreshes the snapshot."""
+    """Record an objection (Art. 21) to purposes. Appends objection; refreshes the snapshot.
+
+    Refused, with nothing appended, when the subject already objects to each purpose named.
+    """
     with user_errors():
         entry = _core().object(pid, purpose or None)
     _done(
@@ -992,11 +996,11 @@ def verify_certificate_cmd(
     and the witnessed checkpoint (cosigned by the witnesses pinned with --witness-key, else by
     one the checkout is configured with; of the log --origin names), then hashes every file
     under data/, gallery/, mlruns/, models/, privacy/ (the destroyed keys and vault files too),
-    the DVC cache, the configured remotes and DVC's site cache for the listed content hashes
-    (outside the checkout: not checked, a failed check), and says whether the models in use
-    were trained without the subject. Exit code 0 when valid, 1 when not, 3 when every check
-    passed but a key, the witnesses or the log name came from the certificate itself
-    (CONSISTENT ONLY, NOT AUTHENTICATED: pin them).
+    reports/, notebooks/ and at the project's top, the DVC cache, the configured remotes and
+    DVC's site cache for the listed content hashes (outside the checkout: not checked, a failed
+    check), and says whether the models in use were trained without the subject. Exit code 0
+    when valid, 1 when not, 3 when every check passed but a key, the witnesses or the log name
+    came from the certificate itself (CONSISTENT ONLY, NOT AUTHENTICATED: pin them).
     """
 
     with _rights_errors():
@@ -1123,6 +1127,7 @@ def certificate_page_cmd(
                 by=f"{'some given on the command line, ' if given else ''}{own.by}",
                 # Keys given on the command line are the reader's choice: not the checkout's.
                 own=not given,
+                directory=own.directory,  # the configured kinds, whoever chose the keys
             )
             event = models_retrained_event(
                 core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()

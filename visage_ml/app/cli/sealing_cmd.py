@@ -104,8 +104,10 @@ def doctor(
     """List biometric leftovers at rest: files of erased or unknown subjects (a restored backup
     of data/raw, gallery/ or the key rings), sealed files without a key, plaintext faces in
     data/, the DVC cache, local remotes and privacy/exports, notebooks whose saved outputs hold
-    images (--purge clears their outputs), and any other plaintext image under data/ or at the
-    project's top (marked review: --purge leaves it). Exit code 1 when any is left."""
+    images (--purge clears their outputs), and any other image file under data/, mlruns/,
+    models/, notebooks/, reports/ or at the project's top, the project's own figures aside (marked
+    review: --purge leaves it; an erasure removes exact copies only). Exit code 1 when any is
+    left."""
     setup_logging()
     with user_errors():
         report = run_doctor(project(), purge=purge)

@@ -16,14 +16,16 @@ role      endpoints
 operator  ``POST /v1/identify`` (ranked candidates, no scores), ``/v1/verify`` (a decision,
           no score), ``/v1/enroll`` (a re-enrolment must match both the stored template and
           the subject's anchor template, which it leaves as it is),
-          ``/v1/analytics``, ``GET /v1/analytics/windows``
+          ``/v1/analytics`` (frames; never the windows, which would tell the key that feeds
+          them whether a person it put in a cell was seen)
 dpo       ``POST /v1/verify`` (with the score), ``/v1/enroll`` (re-enrolment as well),
           ``GET /v1/subjects/{pid}``, ``POST /v1/subjects/{pid}/consent/withdraw``,
           ``/restrict``, ``/lift``, ``/object``, ``/erasure``, ``/requests``,
           ``GET /v1/subjects/{pid}/export``, ``GET /v1/requests[/{id}]``,
-          ``POST /v1/requests/{id}/verify``, ``/extend``, ``/deny``
+          ``POST /v1/requests/{id}/verify``, ``/extend``, ``/deny``,
+          ``GET /v1/analytics/windows``
 auditor   ``POST /v1/verify`` (with the score), ``GET /v1/subjects/{pid}``, ``GET /v1/ledger``,
-          ``GET /v1/certificates[/{name}]``, ``GET /metrics``
+          ``GET /v1/certificates[/{name}]``, ``GET /metrics``, ``GET /v1/analytics/windows``
 metrics   ``GET /metrics`` (a Prometheus scraper's key)
 ========  ==============================================================================
 

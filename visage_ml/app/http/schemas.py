@@ -82,11 +82,14 @@ class AnalyticsRequest(_Strict):
 
 
 class PurposesRequest(_Strict):
+    # At least one when given: an empty list names no purpose, and taken for an omitted one it
+    # withdrew or objected to every purpose.
     purposes: list[Purpose] | None = Field(
         None,
+        min_length=1,
         description=(
-            "Purposes concerned; when omitted, all (a consent withdrawal: every purpose a "
-            "consent is given for, which analytics is not)."
+            "Purposes concerned, at least one; when omitted, all (a consent withdrawal: every "
+            "purpose a consent is given for, which analytics is not)."
         ),
     )
 
@@ -316,7 +319,11 @@ class NewRequestBody(_Strict):
     right: Literal["access", "portability", "rectification", "erasure", "restriction", "objection"]
     received_at: str | None = Field(None, description="ISO 8601 receipt time (default now).")
     channel: Code = "api"
-    purposes: list[Purpose] | None = Field(None, description="Objection: purposes concerned.")
+    purposes: list[Purpose] | None = Field(
+        None,
+        min_length=1,
+        description="Objection: purposes concerned, at least one (all when omitted).",
+    )
     lift: bool = Field(False, description="Restriction: the subject asks to lift it.")
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -96,6 +97,15 @@ class Service:
     # The 1:N threshold at the gallery's size (None in analytics mode), and the quality gate.
     identification: IdentificationPolicy | None = None
     quality: QualityGate = field(default_factory=QualityGate)
+    # What a refused operator enrolment of a subject who may not be processed embeds in place
+    # of the images (:mod:`.routers.recognition`): one aligned crop of noise, drawn here, when
+    # the service starts. Drawn per refusal, it was work (shaped like the request's crops) that
+    # a refusal of a subject who may be enrolled never does, and its time told the two apart.
+    decoy_crop: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        side = self.engine.crop_size
+        self.decoy_crop = np.random.default_rng().integers(0, 256, (side, side, 3), np.uint8)
 
     def decode(self, data: str, field: str = "image") -> Image.Image:
         """A base64 image field as a loaded RGB image, within the size limits."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.evaluation.fairness import GateOutcome
+from visage_ml.evaluation.figures import MLFLOW_FOLDER
 from visage_ml.evaluation.outputs import PLOTS_DIR, REPORT_FILES
 from visage_ml.evaluation.protocol import EvaluationResult
 from visage_ml.privacy.core import store_recorder
@@ -83,7 +84,7 @@ def log_evaluation(
         for name in REPORT_FILES:
             mlflow.log_artifact(str(paths.reports / name), artifact_path="reports")
         mlflow.log_artifacts(str(paths.reports / PLOTS_DIR), artifact_path="reports/plots")
-        log_contents(result.figures, "figures")
+        log_contents(result.figures, MLFLOW_FOLDER)
         log_contents(result.tables, "tables")
         client = MlflowClient()
         requirements = pinned_requirements(("onnx", "onnxruntime", "numpy"))

@@ -1,7 +1,8 @@
 """What every store of the erasure provides, and what the orchestrator hands them.
 
 A store module (``gallery``, ``vault``, ``import_reports``, ``raw``, ``dvc``, ``processed``,
-``exports``, ``checkpoints``, ``mlflow``) has three functions, the :class:`Store` protocol:
+``exports``, ``checkpoints``, ``mlflow``, ``copies``) has three functions, the :class:`Store`
+protocol:
 
 - ``plan(ctx, pid)``: find and hash what the store holds of the subject, deleting nothing
   (a :class:`Plan`; None when the store is not part of the project, e.g. DVC outside a DVC
@@ -35,7 +36,7 @@ from typing import Any, Protocol
 
 from visage_ml import dvcops
 from visage_ml.config import Params, ProjectPaths
-from visage_ml.io import CHUNK, sha256_file
+from visage_ml.io import CHUNK, leftover_target, sha256_file
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
@@ -84,6 +85,9 @@ class Context:
     planned
         Artefacts each step of the current request planned so far (from the ledger): the DVC
         step purges the objects of the raw files, the MLflow step looks for their hashes.
+    done, infos
+        What each step of the request recorded done so far, and its info (from the ledger):
+        the copies step looks for what the certificate will list.
     """
 
     paths: ProjectPaths
@@ -91,6 +95,8 @@ class Context:
     params: Params
     gallery: Any = None
     planned: Mapping[str, list[Artefact]] = field(default_factory=dict)
+    done: Mapping[str, list[Artefact]] = field(default_factory=dict)
+    infos: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     _setup: dvc_objects.DvcSetup | None = field(default=None, repr=False)
 
     @property
@@ -175,6 +181,18 @@ def merge(*lists: Iterable[Mapping[str, Any]]) -> list[Artefact]:
     return list(seen.values())
 
 
+def retained_shared(
+    artefacts: Iterable[Mapping[str, Any]], dvc_info: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """(md5, SHA-256) of the removed content the current data still holds under another path:
+    the DVC objects the dvc step kept (``kept_still_referenced``), declared by the certificate
+    and not looked for as a copy."""
+    kept = set(dvc_info.get("kept_still_referenced") or [])
+    return sorted(
+        {(a["md5"], a["sha256"]) for a in artefacts if a.get("md5") in kept and a.get("sha256")}
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # How each artefact was erased
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +214,8 @@ def outcome_of(artefact: Mapping[str, Any], sealed_md5s: set[str]) -> str:
     A DVC object is crypto-shredded when its md5 is that of a sealed file of the erasure.
     """
     path = str(artefact.get("path", ""))
+    # A copy a killed write left (``.p1.key.x1y2z3.tmp``) is what it was to replace.
+    path = leftover_target(path) or path
     if path.endswith(".key"):
         return KEY_DESTROYED
     if str(artefact.get("store", "")).startswith("dvc-"):

@@ -21,27 +21,23 @@ def _has_keys(ctx: Context) -> bool:
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """The subject's wrapped data key, hashed."""
+    """The subject's wrapped data key and the copies of it killed writes left, hashed."""
     if not _has_keys(ctx):
         return Plan()
-    path = ctx.core.data_keys.path(pid)
-    return Plan([file_artefact(ctx, STORE, path)] if path.is_file() else [])
+    return Plan([file_artefact(ctx, STORE, p) for p in ctx.core.data_keys.files(pid)])
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
-    """Destroy the subject's data key (overwrite, fsync, unlink)."""
+    """Destroy the subject's data key and its leftover copies (overwrite, fsync, unlink)."""
     if not _has_keys(ctx):
         return Outcome(info={"data_key": "none"})
-    keys = ctx.core.data_keys
-    path = keys.path(pid)
-    digest = keys.destroy(pid)
-    artefacts = [{"store": STORE, "path": ctx.rel(path), "sha256": digest}] if digest else []
-    return Outcome(artefacts, {"data_key": "destroyed" if digest or planned else "none"})
+    removed = ctx.core.data_keys.destroy_files(pid)
+    artefacts = [{"store": STORE, "path": ctx.rel(p), "sha256": d} for p, d in removed.items()]
+    return Outcome(artefacts, {"data_key": "destroyed" if removed or planned else "none"})
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
-    """The subject's data key, while it exists."""
+    """The subject's data key and its leftover copies, while they exist."""
     if not _has_keys(ctx):
         return []
-    path = ctx.core.data_keys.path(pid)
-    return [ctx.rel(path)] if path.is_file() else []
+    return [ctx.rel(p) for p in ctx.core.data_keys.files(pid)]

@@ -32,6 +32,10 @@ mlflow         MLflow artefacts and rows naming the subject (by design none), SQ
                included (:mod:`.mlflow`); on the MLflow server the project tracks or once
                tracked to, its runs deleted and garbage-collected, its rows rewritten
                (:mod:`.mlflow_server`)
+copies         exact copies of what the steps listed, and of any erased image's plaintext,
+               wherever the verifier looks (``data/``, ``reports/``, ``notebooks/``, the top,
+               ...): removed, counted by top folder (:mod:`.copies`); a copy that cannot be
+               removed stops the erasure before the certificate
 snapshot       the consent snapshot refreshed
 certificate    ``erasure.completed`` (committing to the claims), a tree head, a checkpoint
                cosigned by the witnesses, the signed certificate
@@ -93,6 +97,7 @@ from visage_ml.privacy.witnessed import WitnessUnavailableError
 from visage_ml.rights import lineage
 from visage_ml.rights.erasure import (
     checkpoints,
+    copies,
     datakey,
     dvc,
     dvc_remote,
@@ -108,7 +113,15 @@ from visage_ml.rights.erasure import (
     tombstone,
     vault,
 )
-from visage_ml.rights.erasure.base import Artefact, Context, Plan, Store, label_outcomes, merge
+from visage_ml.rights.erasure.base import (
+    Artefact,
+    Context,
+    Plan,
+    Store,
+    label_outcomes,
+    merge,
+    retained_shared,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +133,7 @@ STEPS: tuple[str, ...] = (
     "dvc",
     "processed",
     "mlflow",
+    "copies",
     "snapshot",
     "certificate",
 )
@@ -141,6 +155,8 @@ STORES: Mapping[str, tuple[Store, ...]] = {
     "processed": (processed, exports, checkpoints),
     # The local SQLite file, then the stack's MLflow server (client API, `mlflow gc`, vacuum).
     "mlflow": (mlflow, mlflow_server),
+    # Last: it looks for everything the steps before listed, wherever a copy may have been put.
+    "copies": (copies,),
 }
 LOCK = Path(".visage") / "locks" / "erasure.lock"
 
@@ -324,6 +340,9 @@ class Erasure:
                 rec = st.steps.get(step)
                 if rec is not None and rec.done:
                     continue
+                if rec is None and st.erasure_completed_seq is not None:
+                    # Completed by a version without this step: the claims are committed.
+                    continue
                 if rec is not None:
                     result.resumed_steps.append(step)
                 t = time.perf_counter()
@@ -380,6 +399,8 @@ class Erasure:
         """Plan with every store of ``step``, record the plan, erase, record what was done."""
         ctx = self.ctx
         ctx.planned = {name: list(rec.planned) for name, rec in st.steps.items()}
+        ctx.done = {name: list(rec.artefacts) for name, rec in st.steps.items() if rec.done}
+        ctx.infos = {name: dict(rec.info) for name, rec in st.steps.items()}
         stores = STORES[step]
         plans: list[Plan | None] = [s.plan(ctx, st.pid) for s in stores]
         planned: list[Artefact] = []
@@ -428,17 +449,18 @@ class Erasure:
         raw_info = info.get("raw", {})
         proc = info.get("processed", {})
         dvc_info = info.get("dvc") or {}
-        kept = set(dvc_info.get("kept_still_referenced") or [])
         dvc_claims = {
             "remotes": dvc_info.get("remotes", []),
-            "kept_still_referenced": sorted(kept),
+            "kept_still_referenced": sorted(set(dvc_info.get("kept_still_referenced") or [])),
         }
         if dvc_info.get("kept_plaintext"):
             # Plaintext images' objects kept alike: counted, their md5 withheld.
             dvc_claims["kept_plaintext"] = dvc_info["kept_plaintext"]
-        retained = sorted(
-            {(a["md5"], a["sha256"]) for a in artefacts if a.get("md5") in kept and a.get("sha256")}
-        )
+        retained = retained_shared(artefacts, dvc_info)
+        extra: dict[str, Any] = {}
+        if copies_removed := (info.get("copies") or {}).get(copies.REMOVED):
+            # Exact copies found elsewhere in the project, by top folder: no path, no hash.
+            extra["copies_removed"] = copies_removed
         return {
             "artefacts": artefacts,
             "dataset": {
@@ -476,6 +498,7 @@ class Erasure:
                 }
                 for m, h in retained
             ],
+            **extra,
         }
 
     def _certificate(self, result: ErasureResult) -> None:

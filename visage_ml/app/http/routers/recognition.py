@@ -194,11 +194,12 @@ def _as_if_refused(svc: Service, crops: list[np.ndarray]) -> None:
 
     Refused at once, a subject who may not be processed was answered sooner than one who may
     by the embedder's time (tens of ms a face): the one answer's timing told consent state,
-    which verify (404 for both) does not. The decoy is noise of the crops' shape and a pid no
-    subject has, so the images of a subject who may not be processed are never embedded.
+    which verify (404 for both) does not. The decoy is the service's noise crop, once for each
+    image (stacked as a real refusal stacks the crops: nothing is drawn here, which it does not
+    do), and a pid no subject has, so the images of a subject who may not be processed are
+    never embedded.
     """
-    noise = np.random.default_rng().integers(0, 256, size=(len(crops), *crops[0].shape))
-    emb = svc.engine.embed(noise.astype(crops[0].dtype))
+    emb = _embed(svc, [svc.decoy_crop] * len(crops))
     gallery = svc.require_gallery()
     gallery.status(DECOY_PID)
     decoy = template_of(emb, gallery.embedding_dim)
@@ -247,7 +248,7 @@ def enroll(
         raise EnrolmentRefusedError(body.pid, decision.reason)
     if crops is None:
         crops = _enrolment_crops(svc, body.images)
-    emb = svc.engine.embed(np.stack(crops))
+    emb = _embed(svc, crops)
     checked = None
     if operator:
         checked = Reference.none_stored(body.pid)
@@ -283,6 +284,11 @@ def enroll(
         "replaced": result.replaced,
         "model_version": gallery.model_version,
     }
+
+
+def _embed(svc: Service, crops: Sequence[np.ndarray]) -> np.ndarray:
+    """The embeddings of an enrolment's crops, or of a refusal's decoy (one way for both)."""
+    return svc.engine.embed(np.stack(crops))
 
 
 def _enrolment_crops(svc: Service, images: list[str]) -> list[np.ndarray]:

@@ -165,7 +165,7 @@ def request_new(
     request_info(request)["pid"] = pid
     details: dict[str, Any] = {}
     if body.right == "objection":
-        details["purposes"] = list(body.purposes or PURPOSES)
+        details["purposes"] = list(PURPOSES if body.purposes is None else body.purposes)
     if body.right == "restriction":
         details["action"] = "lift" if body.lift else "set"
     b = _book(svc)

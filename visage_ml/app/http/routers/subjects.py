@@ -30,6 +30,7 @@ from visage_ml.app.http.schemas import (
 )
 from visage_ml.app.http.service import DPO_KEY, READER_KEY, SERVICE, Service
 from visage_ml.privacy.consent import ANALYTICS, MSG_ANALYTICS_NOT_CONSENT
+from visage_ml.privacy.core import NothingChangedError
 from visage_ml.privacy.outbox import Outbox
 from visage_ml.rights.rectify import lift_note
 from visage_ml.rights.runner import restrict as restrict_request
@@ -82,8 +83,11 @@ def _for_purposes(
     request_info(request)["pid"] = pid
     with svc.lock:
         svc.live_subject(pid)
-        purposes = body.purposes if body is not None and body.purposes else None
-        entry = record(pid, purposes)
+        purposes = body.purposes if body is not None else None
+        try:
+            entry = record(pid, purposes)
+        except NothingChangedError as exc:  # as a lift of a subject who is not restricted
+            raise ApiError(409, exc.code, str(exc)) from None
     return _done(svc, pid, entry)
 
 
@@ -98,8 +102,9 @@ def consent_withdraw(
     """Withdraw consent (Art. 7(3)) for the purposes given (when omitted, every purpose a
     consent is given for). Analytics is refused (422 ``not_by_consent``): it identifies no one,
     so no one's consent is asked for it and a withdrawal could not change what it counts; an
-    objection to it (``/object``) is recorded for the DPO to weigh."""
-    if body is not None and body.purposes and ANALYTICS in body.purposes:
+    objection to it (``/object``) is recorded for the DPO to weigh. 409 ``not_consented`` when
+    no purpose given has a consent given now: nothing is recorded."""
+    if body is not None and body.purposes is not None and ANALYTICS in body.purposes:
         request_info(request)["pid"] = pid
         raise ApiError(422, "not_by_consent", MSG_ANALYTICS_NOT_CONSENT)
     return _for_purposes(svc, pid, request, body, svc.core.withdraw_consent)
@@ -167,5 +172,6 @@ def object_(
     _: ApiKey = DPO_KEY,
     svc: Service = SERVICE,
 ) -> dict[str, Any]:
-    """Record an objection (Art. 21) to the purposes given (all when omitted)."""
+    """Record an objection (Art. 21) to the purposes given (all when omitted); 409
+    ``already_objected`` when the subject already objects to each: nothing is recorded."""
     return _for_purposes(svc, pid, request, body, svc.core.object)

@@ -1,0 +1,228 @@
+"""What an erasure certificate's witnesses prove to a regulator: the completion date, only when a
+pinned witness cosigned at that time; who runs a witness, never its name.
+
+Both verifiers (``visage privacy verify-certificate --offline`` and docs/verify.md's verify.py)
+and the controller's page must say the same."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from html import unescape
+
+import pytest
+from project_helpers import write_overrides
+from regulator_helpers import (
+    cosign_times,
+    offline_copy,
+    pinned_cli_args,
+    run_cli,
+    run_verify_py,
+    verifier_script,
+)
+from rights_fakes import make_project
+
+from visage_ml.config import ProjectPaths
+from visage_ml.privacy import ledger as ledger_mod
+from visage_ml.privacy.certificate import EXIT_CONSISTENT_ONLY
+from visage_ml.privacy.certificate_page import VERIFIED, controller_pins, page_path, render_page
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.witness import (
+    LOCAL_WITNESS_PREFIX,
+    Witness,
+    default_witness_dir,
+    make_server,
+)
+from visage_ml.rights.erasure import Erasure
+
+
+def _text(html: str) -> str:
+    """The page as a reader sees it (tags dropped, entities decoded, whitespace folded)."""
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def _row(html: str, header: str) -> str:
+    """The text of the page's table row whose header is ``header``."""
+    return _text(re.search(rf"<tr><th>{header}</th>(.*?)</tr>", html, re.S).group(1))
+
+
+def _day(stamp: int) -> str:
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def _set_back(monkeypatch, delta: timedelta) -> None:
+    real_now = ledger_mod.utc_now
+
+    def now() -> str:
+        t = datetime.fromisoformat(real_now().replace("Z", "+00:00")) - delta
+        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    monkeypatch.setattr(ledger_mod, "utc_now", now)
+
+
+@pytest.mark.parametrize("back", [timedelta(days=40), timedelta(hours=3)], ids=["40d", "3h"])
+def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
+    project, tmp_path, monkeypatch, back
+):
+    """Received 60 days ago; the ledger's clock set back when the erasure completed, so that it
+    reads as on time. The witness (here the default folder under a name of another host's,
+    standing in for one) cosigned at the real time: both verifiers must fail the completion
+    date, not print VALID with a note, and the controller's page must not say "checks passed"
+    of it nor take its dates as fact. Up to a day of set-back used to pass without a word."""
+    witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    proj = make_project(project, n_subjects=3)
+    received = (datetime.now(UTC) - timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    real_now = ledger_mod.utc_now
+    _set_back(monkeypatch, back)
+    result = Erasure(proj.paths).erase(proj.pids[0], received_at=received)
+    monkeypatch.setattr(ledger_mod, "utc_now", real_now)
+    cert, pub = offline_copy(proj, result, tmp_path)
+    doc = json.loads(cert.read_text())
+    (stamp,) = cosign_times(doc)
+    vkey = witness.verifier.vkey
+
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    assert cli.exit_code == 1 and "certificate INVALID" in cli.output, cli.output
+    failed = [line for line in cli.output.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and "completion date witnessed" in failed[0], cli.output
+    # What the certificate does prove: done by the witness's time at the latest.
+    assert _day(stamp) in failed[0], failed
+
+    origin = doc["proof"]["log"]["origin"]
+    py = run_verify_py(
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey, "--origin", origin),
+    )
+    assert py.returncode == 1 and "certificate INVALID" in py.stdout, py.stdout
+    failed = [line for line in py.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and "completion date witnessed" in failed[0], py.stdout
+    assert _day(stamp) in failed[0], failed
+
+    html = page_path(result.certificate_path).read_text()
+    assert "Checks passed" not in html and "NOT VERIFIED" in html
+    completed = _row(html, "erasure completed")
+    assert doc["completed_at"] in completed and "not corroborated" in completed, completed
+    assert _day(stamp) in completed, completed
+    received_row = _row(html, "request received")
+    assert "the controller's statement" in received_row, received_row
+
+
+def _http_witness(project, remote: Witness):
+    """params.yaml with one witness, ``remote``, served over HTTP as from another host."""
+    server = make_server(remote, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    write_overrides(
+        project / "params.yaml",
+        {
+            "privacy.witness.witnesses": [
+                {"kind": "http", "url": url, "key": remote.verifier.vkey}
+            ],
+            "privacy.witness.quorum": 0,
+            "privacy.witness.timeout_seconds": 2.0,
+        },
+    )
+    remote.add_log(PrivacyCore(ProjectPaths(project)).witnessing.log_verifier().vkey)
+    return server
+
+
+def test_a_witness_on_another_host_dates_the_completion_whatever_its_name(project, tmp_path):
+    """An HTTP witness made without --name bears the name visage-ml gives the default directory
+    witness: the controller's page must mark it by its configured kind (http), not call it
+    the controller's folder, and print the time it cosigned beside the controller's dates."""
+    remote = Witness.create(tmp_path / "remote-host")  # no --name: visage-witness.local/...
+    assert remote.name.startswith(LOCAL_WITNESS_PREFIX)
+    server = _http_witness(project, remote)
+    try:
+        proj = make_project(project, n_subjects=3)
+        result = Erasure(proj.paths).erase(proj.pids[0])
+    finally:
+        server.shutdown()
+    cert, pub = offline_copy(proj, result, tmp_path)
+    doc = json.loads(cert.read_text())
+    (stamp,) = cosign_times(doc)
+    vkey = remote.verifier.vkey
+
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    assert cli.exit_code == 0, cli.output
+    assert re.search(
+        r"^ok\s+completion date witnessed: .*" + re.escape(remote.name), cli.output, re.M
+    )
+    origin = doc["proof"]["log"]["origin"]
+    py = run_verify_py(
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey, "--origin", origin),
+    )
+    assert py.returncode == 0, py.stdout
+    assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
+
+    html = page_path(result.certificate_path).read_text()
+    assert "Checks passed" in html
+    assert "kept by the controller itself" not in html and "this host's clock" not in _text(html)
+    completed = _row(html, "erasure completed")
+    assert f"witnessed by {remote.name} at {_day(stamp)}" in completed, completed
+    assert "the controller's statement" in _row(html, "request received")
+
+
+def test_without_a_pinned_witness_the_completion_date_is_the_controllers_statement(
+    project, tmp_path
+):
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    cert, pub = offline_copy(proj, result, tmp_path)
+    cli = run_cli(cert, "--public-key", str(pub))
+    assert cli.exit_code == EXIT_CONSISTENT_ONLY, cli.output  # no witness pinned
+    assert "completion date witnessed" not in cli.output
+    assert "the completion date is the controller's statement" in cli.output, cli.output
+    py = run_verify_py(verifier_script(tmp_path), cert, "--public-key", str(pub))
+    assert py.returncode == EXIT_CONSISTENT_ONLY, py.stdout
+    assert "completion date witnessed" not in py.stdout, py.stdout
+    assert "the completion date is the controller's statement" in py.stdout, py.stdout
+    # The controller's page: its only witness is a folder on its disk, stamped by its clock.
+    html = page_path(result.certificate_path).read_text()
+    assert "the controller's clock" in _row(html, "erasure completed")
+
+
+def test_the_controllers_own_witness_is_flagged_whatever_name_it_was_given(project, tmp_path):
+    """`visage witness init --name witness.dpa-audit.eu/w1` on the default folder: the witness
+    is still a folder on the controller's disk. The verifiers cannot know (they say a name
+    proves nothing); the controller's page knows its configuration and must say so."""
+    witness = Witness.create(default_witness_dir(), name="witness.dpa-audit.eu/w1")
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    cert, pub = offline_copy(proj, result, tmp_path)
+    doc = json.loads(cert.read_text())
+    vkey = witness.verifier.vkey
+
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    assert cli.exit_code == 0, cli.output
+    notes = [line for line in cli.output.splitlines() if line.startswith("note")]
+    assert any(witness.name in n and "proves nothing" in n and "who runs" in n for n in notes), (
+        notes
+    )
+    origin = doc["proof"]["log"]["origin"]
+    py = run_verify_py(
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey, "--origin", origin),
+    )
+    assert py.returncode == 0, py.stdout
+    notes = [line for line in py.stdout.splitlines() if line.startswith("note")]
+    assert any(witness.name in n and "proves nothing" in n and "who runs" in n for n in notes), (
+        notes
+    )
+
+    page = page_path(result.certificate_path).read_text()
+    assert "kept by the controller itself" in page
+    assert "a directory witness the controller keeps itself" in page
+    assert "this host's clock" in _text(page)
+    # The in-checkout render says the same as the page the erasure wrote.
+    again = render_page(
+        result.certificate_path,
+        pins=controller_pins(PrivacyCore(proj.paths), result.certificate_path),
+    )
+    assert again.html == page and again.verdict == VERIFIED

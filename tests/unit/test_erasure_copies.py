@@ -1,0 +1,160 @@
+"""Exact copies of an erased subject's files elsewhere in the project: removed before the
+certificate, counted on it without a name, and looked for by the verifier in the same places."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+from rights_fakes import make_project
+
+from visage_ml.privacy.certificate_page import page_path
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.erasure import orchestrator as erasure_mod
+
+# What someone names a photo they copied out: the person's name.
+NAME = "Zelda_Testperson_portrait"
+
+
+@pytest.fixture
+def proj(project):
+    return make_project(project, n_subjects=4)
+
+
+def _plant(proj, pid: str) -> dict[Path, bytes]:
+    """A plaintext photo of ``pid`` and a copy of one of their sealed files, where people put
+    files: beside the data, in reports, notebooks, models and at the project's top."""
+    root = proj.paths.root
+    photo = next(iter(proj.images[pid].values()))
+    sealed = next((proj.paths.raw / pid).glob("*.sealed")).read_bytes()
+    planted = {
+        root / "data" / "interim_qx9" / f"{NAME}.png": photo,
+        root / "data" / "aside_qx9" / f"{NAME}.sealed": sealed,
+        root / "reports" / f"{NAME}.png": photo,
+        root / "notebooks" / "scratch_qx9" / f"{NAME}.png": photo,
+        root / "models" / f"{NAME}.png": photo,
+        root / f"{NAME}.png": photo,
+    }
+    for path, data in planted.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return planted
+
+
+def test_exact_copies_anywhere_in_the_project_go_before_the_certificate_which_names_none(proj):
+    # Copies under data/ outside data/raw, in reports/, notebooks/ and at the top survived the
+    # erasure, which certified it; the verifier then failed it ("1 found"), and did not even
+    # look in reports/, notebooks/ or at the top.
+    victim, other = proj.pids[0], proj.pids[1]
+    planted = _plant(proj, victim)
+    # Another subject's photo under reports/ is no copy of the victim's: it stays.
+    kept = proj.paths.root / "reports" / "other.png"
+    kept.write_bytes(next(iter(proj.images[other].values())))
+    result = Erasure(proj.paths).erase(victim)
+    assert [p for p in planted if p.exists()] == []
+    assert kept.is_file() and (proj.paths.raw / other).is_dir()
+    # Counted by top folder on the certificate; no file name, no folder below the top.
+    claims = result.certificate["claims"]
+    assert claims["copies_removed"] == {
+        "data": 2,
+        "models": 1,
+        "notebooks": 1,
+        "reports": 1,
+        "top level": 1,
+    }
+    written = [
+        result.certificate_path.read_text(encoding="utf-8"),
+        page_path(result.certificate_path).read_text(encoding="utf-8"),
+        proj.paths.ledger.read_text(encoding="utf-8"),
+    ]
+    for needle in (NAME, "qx9"):
+        assert not [w for w in written if needle in w], needle
+    assert "6 exact cop" in " ".join(written[1].split())
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    # Put back, every one of them is found by the verifier, in the same places.
+    for path, data in planted.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]) for f in report.findings} == set(planted)
+
+
+def test_a_copy_that_cannot_be_removed_stops_the_erasure_before_it_certifies(proj, monkeypatch):
+    victim = proj.pids[0]
+    planted = _plant(proj, victim)
+    from visage_ml.rights.erasure import copies as copies_store  # the store under test
+
+    stuck = proj.paths.root / "reports" / f"{NAME}.png"
+    removed = copies_store.secure_unlink
+
+    def unlink(path: Path) -> bool:
+        if Path(path) == stuck:  # a read-only mount
+            raise OSError(errno.EROFS, "Read-only file system")
+        return removed(path)
+
+    monkeypatch.setattr(copies_store, "secure_unlink", unlink)
+    with pytest.raises(OSError) as caught:
+        Erasure(proj.paths).erase(victim)
+    message = str(caught.value)
+    # Says where (top folder), why and what to do, never the file's name.
+    assert "reports" in message and "visage privacy resume" in message
+    assert NAME not in message and "Read-only" in message
+    assert list((proj.paths.root / "privacy" / "certificates").glob("*.json")) == []
+    (st,) = RequestBook(PrivacyCore(proj.paths)).open(pid=victim)
+    assert st.status == IN_PROGRESS
+    assert [p for p in planted if p.exists()] == [stuck]
+    monkeypatch.setattr(copies_store, "secure_unlink", removed)
+    (result,) = Erasure(proj.paths).resume()
+    assert not stuck.exists()
+    # The copies the first run removed are still counted.
+    assert sum(result.certificate["claims"]["copies_removed"].values()) == len(planted)
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+def test_a_completion_committed_before_the_copies_step_existed_certifies_what_it_committed(
+    proj, monkeypatch
+):
+    # An erasure whose `erasure.completed` an earlier version recorded (the witnesses did not
+    # answer, say) is resumed by this one: the claims were committed, a new step must not
+    # change them (the certificate would not match its entry).
+    victim = proj.pids[0]
+    steps, fault = erasure_mod.STEPS, erasure_mod._fault
+    monkeypatch.setattr(erasure_mod, "STEPS", tuple(s for s in steps if s != "copies"))
+    monkeypatch.setattr(erasure_mod, "_fault", _stop_after_completion)
+    with pytest.raises(_StopError):
+        Erasure(proj.paths).erase(victim)
+    monkeypatch.setattr(erasure_mod, "STEPS", steps)
+    monkeypatch.setattr(erasure_mod, "_fault", fault)
+    (result,) = Erasure(proj.paths).resume()
+    assert "copies" not in {s["step"] for s in result.certificate["claims"]["steps"]}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+class _StopError(Exception):
+    pass
+
+
+def _stop_after_completion(step: str, where: str = "") -> None:
+    if (step, where) == ("certificate", "completed"):
+        raise _StopError
+
+
+def test_the_ledger_records_of_the_copies_step_hold_counts_only(proj):
+    victim = proj.pids[0]
+    _plant(proj, victim)
+    Erasure(proj.paths).erase(victim)
+    records = [
+        e.payload
+        for e in PrivacyCore(proj.paths).ledger.entries()
+        if e.type == "erasure.step" and e.payload["step"] == "copies"
+    ]
+    assert [r["phase"] for r in records] == ["planned", "done"]
+    assert all(r["artefacts"] == [] for r in records)
+    assert NAME not in json.dumps(records)
