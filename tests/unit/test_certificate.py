@@ -212,6 +212,7 @@ def test_a_certificate_naming_the_png_as_earlier_versions_did_still_verifies_and
     script.write_text(_verifier_code())
     cert, pub = _offline_copy(proj, result, tmp_path)
     args = [str(script), str(cert), "--public-key", str(pub), "--witness-key", _witness_vkey()]
+    args += ["--origin", doc["proof"]["log"]["origin"]]
     ran = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path)
     assert ran.returncode == 0 and "certificate VALID" in ran.stdout, ran.stdout + ran.stderr
 
@@ -223,9 +224,18 @@ def test_certificate_and_key_alone_verify_the_proof_without_the_checkout(erased,
     empty = tmp_path / "elsewhere"
     empty.mkdir()
     report = verify_certificate(
-        tmp_path / "cert.json", root=empty, public_key=tmp_path / "ledger.pub", models=False
+        tmp_path / "cert.json",
+        root=empty,
+        public_key=tmp_path / "ledger.pub",
+        models=False,
+        scan=False,
     )
     assert report.ok
+    # With the scan asked for, nothing there to hash is not "no erased content remains".
+    scanned = verify_certificate(
+        tmp_path / "cert.json", root=empty, public_key=tmp_path / "ledger.pub", models=False
+    )
+    assert failed(scanned) == {"no erased content remains"}
     # A checkout whose ledger disagrees with the certificate is reported.
     ledger = proj.paths.ledger
     lines = ledger.read_bytes().split(b"\n")
@@ -548,10 +558,11 @@ def test_the_certificate_carries_a_witnessed_tlog_proof_verified_offline(erased,
     alone = verify_offline(cert)
     assert alone.ok and any("taken from the certificate" in n for n in alone.notes)
     unpinned = CliRunner().invoke(app, ["privacy", "verify-certificate", "--offline", str(cert)])
-    assert "certificate VALID (not all pinned" in unpinned.output, unpinned.output
+    assert unpinned.exit_code == 3, unpinned.output
+    assert "certificate CONSISTENT ONLY, NOT AUTHENTICATED" in unpinned.output, unpinned.output
     runner = CliRunner()
     args = ["privacy", "verify-certificate", "--offline", str(cert), "--public-key", str(pub)]
-    ok = runner.invoke(app, [*args, "--witness-key", vkey])
+    ok = runner.invoke(app, [*args, "--witness-key", vkey, "--origin", proof["log"]["origin"]])
     assert ok.exit_code == 0 and "certificate VALID" in ok.output, ok.output
     # VALID for which erasure: a certificate of another request or subject must be visible.
     assert doc["request_id"] in ok.output and doc["pid"] in ok.output
@@ -559,10 +570,11 @@ def test_the_certificate_carries_a_witnessed_tlog_proof_verified_offline(erased,
     # The log's name pinned: a checkpoint of a second log under the same key would fail.
     origin = [*args, "--witness-key", vkey, "--origin"]
     pinned = runner.invoke(app, [*origin, proof["log"]["origin"]])
-    assert pinned.exit_code == 0 and "not all pinned" not in pinned.output, pinned.output
+    assert pinned.exit_code == 0 and "CONSISTENT ONLY" not in pinned.output, pinned.output
     assert runner.invoke(app, [*origin, "example.org/another-log"]).exit_code == 1
     # A valid certificate of another erasure fails a verifier who says which one it asked for.
-    asked = [*args, "--witness-key", vkey, "--request-id", doc["request_id"], "--subject"]
+    asked = [*args, "--witness-key", vkey, "--origin", proof["log"]["origin"]]
+    asked += ["--request-id", doc["request_id"], "--subject"]
     assert runner.invoke(app, [*asked, doc["pid"]]).exit_code == 0
     other_subject = runner.invoke(app, [*asked, "p-someone-else"])
     assert other_subject.exit_code == 1 and "certificate INVALID" in other_subject.output
@@ -583,18 +595,22 @@ def test_the_standalone_verifier_of_docs_accepts_a_real_certificate_and_rejects_
     proj, _, _, result = erased
     code = _verifier_code()
     # Short enough to read in one sitting (dates, fingerprints and the asked-for pins included).
-    assert len(code.splitlines()) <= 230
+    assert len(code.splitlines()) <= 250
     imported = set(re.findall(r"^(?:from|import) (\w+)", code, re.M))
     assert imported <= {"argparse", "base64", "datetime", "hashlib", "json", "sys", "cryptography"}
     script = tmp_path / "verify.py"
     script.write_text(code)
     cert, pub = _offline_copy(proj, result, tmp_path)
     vkey = _witness_vkey()
+    origin = json.loads(cert.read_text())["proof"]["log"]["origin"]
 
     def run(path):
         args = [sys.executable, str(script), str(path), "--public-key", str(pub)]
         return subprocess.run(
-            [*args, "--witness-key", vkey], capture_output=True, text=True, cwd=tmp_path
+            [*args, "--witness-key", vkey, "--origin", origin],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
         )
 
     good = run(cert)

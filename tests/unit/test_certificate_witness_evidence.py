@@ -26,6 +26,7 @@ from rights_fakes import make_project
 
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy import ledger as ledger_mod
+from visage_ml.privacy.certificate import EXIT_CONSISTENT_ONLY
 from visage_ml.privacy.certificate_page import VERIFIED, controller_pins, page_path, render_page
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import (
@@ -89,8 +90,11 @@ def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
     # What the certificate does prove: done by the witness's time at the latest.
     assert _day(stamp) in failed[0], failed
 
+    origin = doc["proof"]["log"]["origin"]
     py = run_verify_py(
-        verifier_script(tmp_path), cert, "--public-key", str(pub), "--witness-key", vkey
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey, "--origin", origin),
     )
     assert py.returncode == 1 and "certificate INVALID" in py.stdout, py.stdout
     failed = [line for line in py.stdout.splitlines() if line.startswith("FAIL")]
@@ -147,8 +151,11 @@ def test_a_witness_on_another_host_dates_the_completion_whatever_its_name(projec
     assert re.search(
         r"^ok\s+completion date witnessed: .*" + re.escape(remote.name), cli.output, re.M
     )
+    origin = doc["proof"]["log"]["origin"]
     py = run_verify_py(
-        verifier_script(tmp_path), cert, "--public-key", str(pub), "--witness-key", vkey
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey, "--origin", origin),
     )
     assert py.returncode == 0, py.stdout
     assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
@@ -168,11 +175,12 @@ def test_without_a_pinned_witness_the_completion_date_is_the_controllers_stateme
     result = Erasure(proj.paths).erase(proj.pids[0])
     cert, pub = offline_copy(proj, result, tmp_path)
     cli = run_cli(cert, "--public-key", str(pub))
-    assert cli.exit_code == 0, cli.output
+    assert cli.exit_code == EXIT_CONSISTENT_ONLY, cli.output  # no witness pinned
     assert "completion date witnessed" not in cli.output
     assert "the completion date is the controller's statement" in cli.output, cli.output
     py = run_verify_py(verifier_script(tmp_path), cert, "--public-key", str(pub))
-    assert py.returncode == 0 and "completion date witnessed" not in py.stdout, py.stdout
+    assert py.returncode == EXIT_CONSISTENT_ONLY, py.stdout
+    assert "completion date witnessed" not in py.stdout, py.stdout
     assert "the completion date is the controller's statement" in py.stdout, py.stdout
     # The controller's page: its only witness is a folder on its disk, stamped by its clock.
     html = page_path(result.certificate_path).read_text()
@@ -196,8 +204,11 @@ def test_the_controllers_own_witness_is_flagged_whatever_name_it_was_given(proje
     assert any(witness.name in n and "proves nothing" in n and "who runs" in n for n in notes), (
         notes
     )
+    origin = doc["proof"]["log"]["origin"]
     py = run_verify_py(
-        verifier_script(tmp_path), cert, "--public-key", str(pub), "--witness-key", vkey
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey, "--origin", origin),
     )
     assert py.returncode == 0, py.stdout
     notes = [line for line in py.stdout.splitlines() if line.startswith("note")]

@@ -160,8 +160,11 @@ def test_a_certificate_from_before_a_key_rotation_verifies_with_the_published_ke
     keys = proj.paths.ledger_public_key.with_name("ledger-keys.pem")
     assert keys.read_bytes().count(b"BEGIN PUBLIC KEY") == 2
     cli = run_cli(cert, *pinned_cli_args(doc, keys, vkey))
+    origin = doc["proof"]["log"]["origin"]
     py = run_verify_py(
-        verifier_script(tmp_path), cert, "--public-key", str(keys), "--witness-key", vkey
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(keys), "--witness-key", vkey, "--origin", origin),
     )
     assert (cli.exit_code, py.returncode) == (0, 0), cli.output + py.stdout
     # The current key alone says what to ask for.
@@ -181,7 +184,9 @@ def test_the_stand_alone_verifier_says_what_the_cli_says_of_a_directory_witness_
     vkey = witness_vkey()
     assert vkey.startswith("visage-witness.local/")
     script = verifier_script(tmp_path)
-    py = run_verify_py(script, cert, "--public-key", str(pub), "--witness-key", vkey)
+    origin = json.loads(cert.read_text())["proof"]["log"]["origin"]
+    pins = ("--public-key", str(pub), "--witness-key", vkey, "--origin", origin)
+    py = run_verify_py(script, cert, *pins)
     assert py.returncode == 0, py.stdout
     assert "proves nothing of who runs it" in py.stdout and "directory witness" in py.stdout
     _, problems = PrivacyCore(proj.paths).rotate_ledger_key()

@@ -24,7 +24,7 @@ the signature, both ledger entries (hash and signature), the inclusion proof and
 are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
 checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
 log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
-pins (``docs/verify.md`` holds the same checks in ~225 lines that need only
+pins (``docs/verify.md`` holds the same checks in ~250 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
@@ -87,6 +87,15 @@ SIGNATURE_ALG = "Ed25519"
 PROOF_FORMAT = "c2sp.org/tlog-proof@v1"
 _RETRAINED_MARK = b'"erasure.models_retrained"'
 
+# The verdicts of both verifiers (this module's and docs/verify.md's) and their exit codes:
+# every check passed with a ledger key, witness keys and log name the verifier pinned (0); a
+# check failed (1); every check passed but something came from the certificate itself, which
+# shows the certificate is consistent, not who made it (3; 2 is a usage error).
+VALID = "VALID"
+INVALID = "INVALID"
+CONSISTENT_ONLY = "CONSISTENT ONLY, NOT AUTHENTICATED"
+EXIT_CONSISTENT_ONLY = 3
+
 MSG_KEYS_FROM_CERT = (
     "{what} taken from the certificate itself: this shows the certificate is consistent, not "
     "who made it; pin {option} with the key the controller (or witness) published"
@@ -140,11 +149,23 @@ MSG_DEFAULT_NAME = (
     "; this one bears the name visage-ml gives a witness made without --name, as the "
     "controller's own directory witness is"
 )
+MSG_NO_OWN_WITNESS = (
+    "none of the witnesses this checkout is configured with cosigned the certificate's "
+    "checkpoint (removed or replaced since?)"
+)
+MSG_LISTED_UNCOSIGNED = (
+    "listed but not cosigned: {names}: the certificate names them as witnesses, but no "
+    "cosignature of theirs is on its checkpoint; rely only on the witnesses that cosigned"
+)
 MSG_ORIGIN_FROM_CERT = (
     "log origin taken from the certificate itself: a second log kept under the same key would "
     "verify too; pin --origin with the log name the controller published"
 )
 
+MSG_MODELS_OFFLINE = (
+    "stale, as the certificate says; whether they were retrained since is in the controller's "
+    "ledger (`visage privacy verify-certificate` in its checkout)"
+)
 MSG_NO_KEY = (
     "no public key to verify with: pass --public-key (the controller's published ledger.pub) "
     "or run inside the checkout, which keeps it in privacy/ledger.pub"
@@ -222,6 +243,44 @@ def _object(value: Any) -> Mapping[str, Any]:
     """``value`` when it is a JSON object, else an empty one: a member of the wrong type in a
     hostile file then fails its check instead of stopping the verifier."""
     return value if isinstance(value, Mapping) else {}
+
+
+def conceded(claims: Any) -> list[str]:
+    """What a certificate's ``claims`` themselves concede, one line each, as both verifiers say
+    it beside the verdict: models trained on the subject (stale when it was made), data versions
+    whose models could not be judged, what a store could not guarantee, the subject's photographs
+    kept in clear, and content kept because other current data refers to it. Members of the
+    wrong type in a hostile file say nothing (its other checks fail)."""
+    claims = _object(claims)
+
+    def many(name: str) -> list[Any]:
+        value = claims.get(name)
+        return value if isinstance(value, list) else []
+
+    out = []
+    if models := many("models"):
+        out.append(
+            f"{len(models)} model(s) trained on data that held the subject, stale when the "
+            "certificate was made (until retrained without them)"
+        )
+    if notes := many("lineage_notes"):
+        out.append(
+            f"{len(notes)} data version(s) could not be read, so other models may have seen the "
+            "subject (claims.lineage_notes)"
+        )
+    out.extend(f"a store could not guarantee: {n}" for n in many("store_notes") if n)
+    kept = _object(claims.get("dvc")).get("kept_plaintext")
+    if isinstance(kept, int) and not isinstance(kept, bool) and kept > 0:
+        out.append(
+            f"{kept} DVC object(s) holding the subject's photographs in clear kept, unencrypted, "
+            "because other current data holds the same photograph"
+        )
+    if retained := many("retained_shared_content"):
+        out.append(
+            f"{len(retained)} file(s) byte-identical to erased content kept because other "
+            "current data still refers to them"
+        )
+    return out
 
 
 def claims_digest(claims: Mapping[str, Any]) -> str:
@@ -413,10 +472,24 @@ class CertificateReport:
     # key was pinned): what a reader or a rendered page names, never taken unchecked.
     checkpoint: dict[str, Any] = field(default_factory=dict)
     cosignatures: list[dict[str, Any]] = field(default_factory=list)
+    # What the verified claims themselves concede (:func:`conceded`): said beside the verdict.
+    conceded: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        """:data:`VALID`, :data:`INVALID`, or :data:`CONSISTENT_ONLY` when every check passed
+        but a key, witness or log name was taken from the certificate itself."""
+        if not self.ok:
+            return INVALID
+        return CONSISTENT_ONLY if self.unpinned else VALID
+
+    @property
+    def exit_code(self) -> int:
+        return {VALID: 0, INVALID: 1}.get(self.verdict, EXIT_CONSISTENT_ONLY)
 
     def add(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append(Check(name, bool(ok), detail))
@@ -440,6 +513,7 @@ class CertificateReport:
         return {
             "path": self.path,
             "ok": self.ok,
+            "verdict": self.verdict,
             "request_id": self.request_id,
             "pid": self.pid,
             "checks": [c.__dict__ for c in self.checks],
@@ -451,6 +525,7 @@ class CertificateReport:
             "unpinned": self.unpinned,
             "checkpoint": self.checkpoint,
             "cosignatures": self.cosignatures,
+            "conceded": self.conceded,
         }
 
 
@@ -577,6 +652,7 @@ def verify_proof(
         included = False
     report.add("inclusion proof", included, f"leaf {inclusion.get('leaf_index')}")
     _check_against_ledger(ledger_path, completed, head, report)
+    report.conceded = conceded(claims)
     return report, doc, pub
 
 
@@ -661,28 +737,52 @@ def verify_offline(
         return report
     if origin is None:
         from_cert.append(MSG_ORIGIN_FROM_CERT)
-    _check_witnessed(
+    stale = _object(doc.get("claims")).get("models")
+    if isinstance(stale, list) and stale:  # the certificate's status: no ledger to say more
+        report.models = {"status": MSG_MODELS_OFFLINE, "certified_stale": len(stale)}
+    check_witnessed(
         doc,
         key,
-        witness_keys,
         report,
-        from_cert,
+        witness_keys=witness_keys,
         origin=origin,
+        notes=from_cert,
         directory_witnesses=directory_witnesses,
     )
     return report
 
 
-def _check_witnessed(
+def check_witnessed(
     doc: Mapping[str, Any],
     pub: Ed25519PublicKey,
-    witness_keys: Sequence[str],
     report: CertificateReport,
-    notes: list[str],
     *,
+    witness_keys: Sequence[str] = (),
     origin: str | None = None,
+    own_witnesses: Sequence[str] = (),
+    notes: list[str] | None = None,
     directory_witnesses: Collection[str] | None = None,
 ) -> None:
+    """Check the certificate's witnessed checkpoint (its ``proof`` bundle) with the ledger key
+    ``pub``: the tlog-proof carries the ``erasure.completed`` line, included under the
+    checkpoint, which the ledger key signed and the witnesses cosigned.
+
+    Parameters
+    ----------
+    witness_keys
+        Witness keys the verifier pins: each must have cosigned.
+    origin
+        The log name the verifier pins (else not checked).
+    own_witnesses
+        Without pinned keys: the witnesses the controller's checkout is configured with, one of
+        which must have cosigned (the checkout's word, as its ledger key is). Without either,
+        the certificate's own list, and a note says so.
+    notes
+        Notes on what was not pinned, said beside the verdict (and making it unpinned).
+    directory_witnesses
+        The vkeys the caller knows to be directory witnesses (see :func:`verify_offline`).
+    """
+    notes = [] if notes is None else notes
     proof = doc.get("proof")
     if not isinstance(proof, Mapping) or proof.get("format") != PROOF_FORMAT:
         report.add("witnessed checkpoint", False, "the certificate carries no tlog-proof")
@@ -712,8 +812,9 @@ def _check_witnessed(
         log_ok,
         f"{cp.origin} size {cp.size}, signed by the ledger key (fingerprint {log_v.fingerprint})",
     )
-    # What the certificate says of its keys must be the keys that verified: a reader compares
-    # these fingerprints with the ones the controller published.
+    # What the certificate says of its keys must be the keys' own: a reader compares these
+    # fingerprints with the ones the controller published (and a listed witness that did not
+    # cosign is named in a note, below).
     log_doc = _object(proof.get("log"))
     history = proof.get("key_history") or []
     report.add(
@@ -740,15 +841,22 @@ def _check_witnessed(
             "fingerprint": log_v.fingerprint,
         }
     try:
+        own = [cosigner(k) for k in own_witnesses]
         if witness_keys:
             keys = [cosigner(k) for k in witness_keys]
+        elif own and verified_cosigners(note, own):
+            keys = own
         else:
+            # A witness removed or replaced since leaves the certificate's own list, said so.
+            if own:
+                notes.append(MSG_NO_OWN_WITNESS)
             keys = [cosigner(str(w["vkey"])) for w in proof.get("witnesses") or []]
             notes.append(MSG_KEYS_FROM_CERT.format(what="witness keys", option="--witness-key"))
         cosigned = verified_cosigners(note, keys)
     except (NoteError, KeyError, TypeError) as exc:
         report.add("witness cosignatures", False, f"a cosignature does not verify ({exc})")
         return
+    _note_uncosigned(note, proof.get("witnesses"), report)
     enough = bool(cosigned) and (not witness_keys or len(cosigned) == len(keys))
     times = _cosigned_times(note, cosigned)
     detail = f"{len(cosigned)} of {len(keys)} witnesses cosigned: " + (
@@ -780,6 +888,19 @@ def _check_witnessed(
             )
     report.unpinned = report.unpinned or bool(notes)
     report.notes.extend(notes)
+
+
+def _note_uncosigned(note: Any, witnesses: Any, report: CertificateReport) -> None:
+    """Name each witness the certificate lists whose cosignature is not on its checkpoint (an
+    erasure lists only those that cosigned: another is a name the file claims, nothing more)."""
+    try:
+        listed = [cosigner(str(w["vkey"])) for w in witnesses or []]
+        named = {v.name for v in verified_cosigners(note, listed)}
+    except (NoteError, KeyError, TypeError):
+        return  # the key fingerprints check fails on such a list already
+    missing = [v.name for v in listed if v.name not in named]
+    if missing:
+        report.notes.append(MSG_LISTED_UNCOSIGNED.format(names=", ".join(missing)))
 
 
 def _witness_fields_ok(witnesses: Any) -> bool:

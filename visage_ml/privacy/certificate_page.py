@@ -84,6 +84,8 @@ KEY_DESTROYED = "key destroyed"
 CRYPTO_SHREDDED = "crypto-shredded"
 PHYSICALLY_REMOVED = "physically removed"
 NOT_RECORDED = "not recorded"
+# Models trained on the subject in use after a signed "retrained" (lineage.models_verdict).
+IN_USE_AGAIN = "models trained on the subject are in use again"
 OUTCOME_TEXT = {
     KEY_DESTROYED: (
         "a key that encrypted the subject's data was destroyed: every copy encrypted under it, "
@@ -492,7 +494,13 @@ def _models(claims: Mapping[str, Any], retrained: Mapping[str, Any] | None) -> l
     rows = []
     for m in _list(claims.get("models")):
         m = _obj(m)
-        if retrained is not None:
+        if retrained is not None and retrained.get("in_use_again"):
+            status = (
+                f"{IN_USE_AGAIN}: the signed ledger entry {retrained.get('seq')} "
+                f"({retrained.get('time')}) said they were retrained, but a model in use now was "
+                "trained on data that held the subject"
+            )
+        elif retrained is not None:
             status = (
                 f"retrained without the subject (signed ledger entry {retrained.get('seq')}, "
                 f"{retrained.get('time')})"
@@ -507,7 +515,9 @@ def _models(claims: Mapping[str, Any], retrained: Mapping[str, Any] | None) -> l
                 "version": _text(m.get("version")),
                 "kind": _text(m.get("kind")),
                 "status": status,
-                "retrained": retrained is not None,
+                "retrained": retrained is not None and not retrained.get("in_use_again"),
+                # The status is the ledger's and the checkout's, not the certificate's.
+                "checked": retrained is not None,
             }
         )
     return rows

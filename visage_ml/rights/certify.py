@@ -1,13 +1,16 @@
 """Verifying an erasure certificate against the project: the proof, then every store.
 
 :func:`verify_certificate` runs the proof checks of
-:func:`visage_ml.privacy.certificate.verify_proof`, then looks for the erased content: none of
+:func:`visage_ml.privacy.certificate.verify_proof` and those of the witnessed checkpoint
+(:func:`~visage_ml.privacy.certificate.check_witnessed`, with the witness keys and log name
+pinned, else the checkout's configured witnesses), then looks for the erased content: none of
 the listed content hashes, and no erased subject's image in clear (the tombstones know its
 PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file under ``data/``,
 ``gallery/``, ``mlruns/``, ``models/``, ``privacy/`` (its keys and vault too), the DVC cache,
 the configured remotes and DVC's
 site cache (every file is hashed; ``.dir`` manifests are also read for the listed objects and
-the subject's folder); and it says whether the models in use were trained without the subject.
+the subject's folder; outside a checkout, or with no file to hash, the content is not shown
+clean: the check fails); and it says whether the models in use were trained without the subject.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from visage_ml.config import ProjectPaths
 from visage_ml.io import CHUNK
 from visage_ml.privacy.certificate import (
     CertificateReport,
+    check_witnessed,
     checkout_ledger,
     models_retrained_event,
     published_keys,
@@ -34,6 +38,7 @@ from visage_ml.privacy.certificate import (
     verify_proof,
 )
 from visage_ml.privacy.ledger import LedgerError
+from visage_ml.privacy.witnessed import make_client, witness_params
 from visage_ml.rights import dvc_objects, lineage
 from visage_ml.rights.content_hashes import (
     LISTED,
@@ -49,6 +54,11 @@ MSG_REMOTE_UNREACHABLE = (
     "them reachable (`visage stack up`) and verify again"
 )
 
+MSG_NOT_SCANNED = (
+    "not checked: {root} is not the controller's checkout (no ledger, or no file to hash); run "
+    "it there (or set VISAGE_PROJECT), or check the proof alone with --offline"
+)
+
 
 def verify_certificate(
     cert_path: str | os.PathLike[str],
@@ -57,6 +67,8 @@ def verify_certificate(
     public_key: Ed25519PublicKey | Path | None = None,
     scan: bool = True,
     models: bool = True,
+    witness_keys: Sequence[str] = (),
+    origin: str | None = None,
 ) -> CertificateReport:
     """Verify an erasure certificate against the public key and the checkout at ``root``.
 
@@ -74,6 +86,12 @@ def verify_certificate(
         Say whether the models in use were trained without the subject (informative: a stale
         model does not fail verification; the certificate says models stay stale until
         retrained).
+    witness_keys
+        Witness keys the verifier pins: each must have cosigned the certificate's checkpoint.
+        Without them one of the witnesses the checkout is configured with must have (the
+        checkout's word, as its ledger key is).
+    origin
+        The log name the verifier pins: the checkpoint must be of that log.
 
     Returns
     -------
@@ -92,12 +110,40 @@ def verify_certificate(
     )
     if doc is None or pub is None:
         return report
+    # The witnessed proof bundle is checked here too: pins given on site are not dropped, and a
+    # certificate stripped of its proof and signed again does not pass in the checkout.
+    check_witnessed(
+        doc,
+        pub,
+        report,
+        witness_keys=witness_keys,
+        origin=origin,
+        own_witnesses=() if witness_keys else configured_witnesses(paths),
+        directory_witnesses=configured_witnesses(paths, directory_only=True),
+    )
     claims = doc.get("claims") or {}
     if scan:
         _scan(paths, doc, claims, report)
     if models:
-        report.models = _models_status(paths, doc, claims, pub)
+        report.models = _models_status(paths, doc, claims, pub, report)
     return report
+
+
+def configured_witnesses(paths: ProjectPaths, *, directory_only: bool = False) -> list[str]:
+    """The keys (vkeys) of the witnesses the checkout's params.yaml names (``directory_only``:
+    its directory witnesses, the controller's own by their configured kind), as their folders
+    or configuration publish them (nothing is created or asked over the network)."""
+    try:
+        params = witness_params(paths)
+        return [
+            v.vkey
+            for s in params.witnesses
+            if (not directory_only or s.kind == "directory")
+            and (v := make_client(s, timeout=params.timeout_seconds).cosigner()) is not None
+        ]
+    except (OSError, ValueError, TypeError) as exc:  # unreadable params: none configured
+        log.warning("the configured witnesses could not be read (%s)", type(exc).__name__)
+        return []
 
 
 def _sha256_stream(path: Path) -> tuple[str, int]:
@@ -219,6 +265,10 @@ def _scan(
         unkeyed = True  # not shown to be clean either
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
     images = " and every erased image's plaintext" if sha256s.key is not None else ""
+    if not paths.ledger.is_file() or report.files_hashed == 0:
+        # Not the controller's checkout: nothing was looked at, so nothing is shown clean.
+        report.add("no erased content remains", False, MSG_NOT_SCANNED.format(root=paths.root))
+        return
     report.add(
         "no erased content remains",
         not report.findings and not unkeyed,
@@ -228,7 +278,11 @@ def _scan(
 
 
 def _models_status(
-    paths: ProjectPaths, doc: Mapping[str, Any], claims: Mapping[str, Any], pub: Any
+    paths: ProjectPaths,
+    doc: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    pub: Any,
+    report: CertificateReport,
 ) -> dict[str, Any]:
     stale = list(claims.get("models") or [])
     check = lineage.check_certified(paths, str(doc.get("pid")), claims)
@@ -241,11 +295,16 @@ def _models_status(
     except (LedgerError, ValueError):
         keys = [pub]
     event = models_retrained_event(ledger, doc.get("request_id"), keys)
+    verdict = lineage.models_verdict(recorded=event is not None, clean=check.clean)
     if not stale:
         status = lineage.NO_MODEL_UNKNOWN if claims.get("lineage_notes") else lineage.NO_MODEL
-    elif event is not None:
+    elif verdict == lineage.RETRAINED and event is not None:
         status = f"retrained (signed erasure.models_retrained, ledger seq {event['seq']})"
-    elif check.clean:
+    elif verdict == lineage.IN_USE_AGAIN and event is not None:
+        # The ledger says what was once done; the checkout says what is in use now.
+        status = lineage.MSG_IN_USE_AGAIN.format(seq=event["seq"])
+        report.notes.append(status)
+    elif verdict == lineage.RETRAINED_UNRECORDED:
         status = "retrained, not yet recorded: run `visage privacy lineage --refresh`"
     else:
         status = "stale until retrained (`dvc repro`)"

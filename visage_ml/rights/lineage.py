@@ -67,6 +67,15 @@ NO_MODEL_UNKNOWN = (
 )
 RETRAINED = "retrained"
 CLEAN = "clean"
+# What becomes of a certificate's stale models (:func:`models_verdict`).
+RETRAINED_UNRECORDED = "retrained (run --refresh to record it)"
+IN_USE_AGAIN = certificate_page.IN_USE_AGAIN
+MSG_IN_USE_AGAIN = (
+    IN_USE_AGAIN + ": the signed erasure.models_retrained of ledger seq {seq} said they were "
+    "retrained, but a model in use now was trained on data that held the subject (or the "
+    "processed data holds them again); retrain (`dvc repro`) and run `visage privacy lineage "
+    "--refresh`"
+)
 # A certificate whose signature or ledger entry does not verify: its claims are not judged.
 MSG_UNVERIFIED = (
     "the erasure certificate {path} failed verification ({failed}): its claims are not judged "
@@ -519,6 +528,29 @@ def check_certified(paths: ProjectPaths, pid: str, claims: Mapping[str, Any]) ->
     ``lineage PID``, ``lineage --refresh`` and ``verify-certificate`` say the models in use were
     retrained without the subject of a certificate."""
     return check_retrained(paths, pid, certified_md5s(claims))
+
+
+def models_verdict(*, recorded: bool, clean: bool) -> str:
+    """The one rule for a certificate's stale models: :data:`RETRAINED` only when the signed
+    ``erasure.models_retrained`` event exists (``recorded``) and the models in use are clean
+    now (:func:`check_certified`); an event with models trained on the subject in use again
+    (put back, or the event appended without retraining) is :data:`IN_USE_AGAIN`, since the
+    ledger says what was once done and the checkout what is in use; clean without the event is
+    :data:`RETRAINED_UNRECORDED`; else :data:`STALE`."""
+    if recorded:
+        return RETRAINED if clean else IN_USE_AGAIN
+    return RETRAINED_UNRECORDED if clean else STALE
+
+
+def page_retrained(
+    paths: ProjectPaths, pid: str, claims: Mapping[str, Any], event: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The signed event as the certificate's page shows it (:func:`models_verdict`): None
+    without one, else ``{"seq", "time", "in_use_again"}``."""
+    if event is None or not (claims.get("models") or []):
+        return None if event is None else dict(event)
+    clean = check_certified(paths, pid, claims).clean
+    return {**event, "in_use_again": models_verdict(recorded=True, clean=clean) == IN_USE_AGAIN}
 
 
 def verified_certificate(

@@ -25,7 +25,11 @@ from visage_ml.app.cli.common import (
 from visage_ml.config import PURPOSES, load_params
 from visage_ml.io import atomic_write_text
 from visage_ml.privacy import certificate_page as cp
-from visage_ml.privacy.certificate import models_retrained_event, verify_offline
+from visage_ml.privacy.certificate import (
+    CONSISTENT_ONLY,
+    models_retrained_event,
+    verify_offline,
+)
 from visage_ml.privacy.consent import CONSENT_PURPOSES, ConsentReceipt, sha256_text
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.documents import notice_for_receipts
@@ -970,10 +974,13 @@ def verify_certificate_cmd(
         "--witness-key).",
     ),
     witness_key: list[str] = typer.Option(
-        None, "--witness-key", help="A witness verifier key that must have cosigned (repeatable)."
+        None,
+        "--witness-key",
+        help="A witness verifier key that must have cosigned (repeatable; in the checkout, "
+        "default: one of the configured witnesses).",
     ),
     origin: str = typer.Option(
-        None, "--origin", help="With --offline: the controller's published log name to require."
+        None, "--origin", help="The controller's published log name to require."
     ),
     request_id: str = typer.Option(
         None, "--request-id", help="Fail unless the certificate is for this erasure request."
@@ -985,11 +992,15 @@ def verify_certificate_cmd(
 ) -> None:
     """Verify an erasure certificate with only the certificate, the public key and the checkout.
 
-    Checks the encoding, the Ed25519 signature, the ledger entries and the Merkle inclusion
-    proof, then hashes every file under data/, gallery/, mlruns/, models/, privacy/ (the
-    destroyed keys and vault files too), reports/, notebooks/ and at the project's top, the DVC
-    cache, the configured remotes and DVC's site cache for the listed content hashes, and says
-    whether the models in use were trained without the subject. Exit code 0 when valid, 1 when not.
+    Checks the encoding, the Ed25519 signature, the ledger entries, the Merkle inclusion proof
+    and the witnessed checkpoint (cosigned by the witnesses pinned with --witness-key, else by
+    one the checkout is configured with; of the log --origin names), then hashes every file
+    under data/, gallery/, mlruns/, models/, privacy/ (the destroyed keys and vault files too),
+    reports/, notebooks/ and at the project's top, the DVC cache, the configured remotes and
+    DVC's site cache for the listed content hashes (outside the checkout: not checked, a failed
+    check), and says whether the models in use were trained without the subject. Exit code 0
+    when valid, 1 when not, 3 when every check passed but a key, the witnesses or the log name
+    came from the certificate itself (CONSISTENT ONLY, NOT AUTHENTICATED: pin them).
     """
 
     with _rights_errors():
@@ -999,7 +1010,12 @@ def verify_certificate_cmd(
             )
         else:
             report = verify_certificate(
-                cert, root=project().root, public_key=public_key, scan=not no_scan
+                cert,
+                root=project().root,
+                public_key=public_key,
+                scan=not no_scan,
+                witness_keys=witness_key or (),
+                origin=origin,
             )
         report.expect(request_id=request_id, pid=subject)
     if as_json:
@@ -1014,13 +1030,22 @@ def verify_certificate_cmd(
             console.print(f"models: {report.models['status']}", highlight=False)
         for text in report.notes:
             console.print(f"[yellow]note[/] {text}", highlight=False)
-        why = "not all pinned: see the notes" if report.unpinned else "see the notes"
-        valid = "certificate VALID" + (f" ({why})" if report.notes else "")
-        console.print(valid if report.ok else "certificate INVALID")
-    if not report.ok:
-        raise typer.Exit(1)
+        verdict = f"certificate {report.verdict}"
+        if report.verdict == CONSISTENT_ONLY:
+            verdict += f" ({MSG_UNPINNED})"
+        elif report.ok and report.notes:
+            verdict += " (see the notes)"
+        console.print(verdict, highlight=False)
+        for text in report.conceded if report.ok else ():  # what the VALID claims admit
+            console.print(f"conceded: {text}", highlight=False)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
 
+MSG_UNPINNED = (
+    "a key, the witnesses or the log name came from the certificate itself, see the notes: pin "
+    "--public-key, --witness-key and --origin with what the controller published"
+)
 MSG_NO_CHECKOUT = (
     "no ledger here ({ledger}): run inside the controller's checkout (or set VISAGE_PROJECT), "
     "or render a copy with --offline --public-key ledger.pub"
@@ -1104,8 +1129,12 @@ def certificate_page_cmd(
                 own=not given,
                 directory=own.directory,  # the configured kinds, whoever chose the keys
             )
-            retrained = models_retrained_event(
+            event = models_retrained_event(
                 core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
+            )
+            # The event says they were retrained once; the models in use say whether still.
+            retrained = lineage.page_retrained(
+                paths, str(doc.get("pid")), doc.get("claims") or {}, event
             )
             page = cp.render_page(cert, pins=pins, retrained=retrained)
         atomic_write_text(target, page.html)
@@ -1211,9 +1240,9 @@ def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
             claims = doc.get("claims") or {}
             models = claims.get("models") or []
             check = lineage.check_certified(paths, pid, claims)
-            status = "retrained" if st.models_retrained_seq is not None else "stale"
-            if status == "stale" and check.clean:
-                status = "retrained (run --refresh to record it)"
+            status = lineage.models_verdict(
+                recorded=st.models_retrained_seq is not None, clean=check.clean
+            )
             return {
                 "pid": pid,
                 "erased": True,
