@@ -72,9 +72,11 @@ def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
     date, not print VALID with a note, and the controller's page must not say "checks passed"
     of it nor take its dates as fact. Up to a day of set-back used to pass without a word."""
     witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
-    proj = make_project(project, n_subjects=3)
-    received = (datetime.now(UTC) - timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     real_now = ledger_mod.utc_now
+    _set_back(monkeypatch, timedelta(days=90))  # the subjects were added before the request
+    proj = make_project(project, n_subjects=3)
+    monkeypatch.setattr(ledger_mod, "utc_now", real_now)
+    received = (datetime.now(UTC) - timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     _set_back(monkeypatch, back)
     result = Erasure(proj.paths).erase(proj.pids[0], received_at=received)
     monkeypatch.setattr(ledger_mod, "utc_now", real_now)
