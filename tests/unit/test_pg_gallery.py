@@ -469,6 +469,37 @@ def test_an_erasure_reaches_a_shared_gallery_the_project_no_longer_points_at(
     assert Erasure(proj.paths).remaining(victim)["gallery"] == []
 
 
+def test_tables_of_one_name_in_two_databases_are_each_on_the_certificate(project, pg, table):
+    """The project enrolled into table T of one database, then moved to a table of the same
+    name in another: the erasure empties both, and the certificate lists both rows (it merged
+    them by their shared name, `pgvector:T/<pid>.embedding`, into one artefact: a regulator
+    read of one copy where there were two)."""
+    proj = make_project(project, enrol=False)
+    _served_from_pg(proj, project, pg, table).close()
+    other_db = f"d_{secrets.token_hex(4)}"
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(other_db)))
+    moved = types.SimpleNamespace(dsn=make_conninfo(pg.dsn, dbname=other_db))
+    with psycopg.connect(moved.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    _served_from_pg(proj, project, moved, table).close()
+    victim = proj.pids[0]
+
+    result = Erasure(proj.paths).erase(victim)
+    for dsn in (pg.dsn, moved.dsn):
+        assert pg_gallery.subject_rows(dsn, victim, table=table) == {}
+    claims = result.certificate["claims"]
+    vectors = [
+        a["path"]
+        for a in claims["artefacts"]
+        if a["step"] == "gallery" and a["path"].endswith(f"{victim}.embedding")
+    ]
+    assert len(vectors) == 2 and len(set(vectors)) == 2, vectors
+    outcomes = {a["path"]: a["outcome"] for a in claims["artefacts"] if a["path"] in vectors}
+    assert set(outcomes.values()) == {"physically removed"}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
 def test_a_shared_gallery_the_project_cannot_reach_stops_the_erasure_until_reached_or_forgotten(
     project, pg, table, monkeypatch
 ):

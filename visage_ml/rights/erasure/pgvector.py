@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,14 +74,23 @@ def _candidates(ctx: Context) -> list[str]:
 
 
 def _dsn_for(ctx: Context, store: stores.RememberedStore) -> str:
-    """A DSN of the remembered store's server: one the project holds (with its password), else
-    the remembered one (the password from libpq's ``PGPASSWORD`` or ``.pgpass``, if any)."""
-    server = stores.pg_server(store.conninfo)
+    """A DSN of the remembered store's database: one the project holds (with its password);
+    else one it holds for another database of the same server, pointed at this one (a role's
+    password is the server's, not a database's: a gallery moved to another database of the
+    server is still reached); else the remembered one (the password from libpq's
+    ``PGPASSWORD`` or ``.pgpass``, if any)."""
+    from psycopg.conninfo import make_conninfo  # heavy optional dependency: pgvector only
+
+    host, port, dbname = stores.pg_server(store.conninfo)
+    same_server: list[str] = []
     for dsn in _candidates(ctx):
         with contextlib.suppress(Exception):  # a malformed DSN is not this server's
-            if stores.pg_server(dsn) == server:
+            found = stores.pg_server(dsn)
+            if found == (host, port, dbname):
                 return dsn
-    return store.conninfo
+            if found[:2] == (host, port):
+                same_server.append(make_conninfo(dsn, dbname=dbname))
+    return same_server[0] if same_server else store.conninfo
 
 
 def targets(ctx: Context) -> list[Target]:
@@ -105,6 +115,25 @@ def targets(ctx: Context) -> list[Target]:
     return out
 
 
+def _named(found: list[Target]) -> Callable[[Target, dict[str, str]], dict[str, str]]:
+    """How each target's row names read on the certificate: ``pgvector:<table>/<pid>.tpl``, or,
+    for a remembered table whose name another target shares (another database or server),
+    ``<its store>/<pid>.tpl`` (one name for two rows would list one copy where there were two).
+    """
+    tables = [t.table for t in found]
+
+    def name(target: Target, rows: dict[str, str]) -> dict[str, str]:
+        if target.configured or tables.count(target.table) < 2:
+            return rows
+        bare = f"{pg_gallery.BACKEND}:{target.table}/"
+        return {
+            (f"{target.store}/{k.removeprefix(bare)}" if k.startswith(bare) else k): v
+            for k, v in rows.items()
+        }
+
+    return name
+
+
 def _exists(target: Target) -> bool:
     with pg_gallery.connect(target.dsn, autocommit=True) as conn:
         found = conn.execute("SELECT to_regclass(%s)", (target.table,)).fetchone()
@@ -116,10 +145,11 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     found = targets(ctx)
     if not found:
         return None
+    name = _named(found)
     artefacts = [
         {"store": STORE, "path": k, "sha256": v}
         for t in found
-        for k, v in pg_gallery.subject_rows(t.dsn, pid, table=t.table).items()
+        for k, v in name(t, pg_gallery.subject_rows(t.dsn, pid, table=t.table)).items()
     ]
     info: dict[str, Any] = {"stores": [t.store for t in found]}
     configured = [t for t in found if t.configured]
@@ -165,9 +195,10 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         return Outcome()
     removed: dict[str, str] = {}
     by_store: dict[str, dict[str, Any]] = {}
+    name = _named(found)
     for target in found:
         gone, by_store[target.store] = _erase_one(ctx, pid, target)
-        removed.update(gone)
+        removed.update(name(target, gone))
     # The configured table's report as before (or the only one's); each table's by its store.
     main = next((t for t in found if t.configured), found[0])
     info = {k: v for k, v in by_store[main.store].items() if k != "note"}
@@ -195,9 +226,10 @@ def verify(ctx: Context, pid: str) -> list[str]:
     except (GalleryError, stores.StoresError) as exc:
         return [f"{STORE}: {exc}"]
     left: list[str] = []
+    name = _named(found)
     for t in found:
         try:
-            left += sorted(pg_gallery.subject_rows(t.dsn, pid, table=t.table))
+            left += sorted(name(t, pg_gallery.subject_rows(t.dsn, pid, table=t.table)))
         except GalleryError as exc:
             left.append(f"{t.store}: unreachable ({exc})")
     return left
