@@ -168,7 +168,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -330,24 +330,32 @@ MSG_NO_DSN = (
 DSN_ENV = "VISAGE_GALLERY_DSN"
 
 
+def dsn_candidates(
+    params: Any, environ: Mapping[str, str], *, paths: ProjectPaths | None = None
+) -> Iterator[str]:
+    """The connection strings the project holds for its gallery, in the order they count:
+    ``serving.gallery.dsn``, ``$VISAGE_GALLERY_DSN``, the PostgreSQL of the project's stack
+    (``visage stack up``: ``stack`` in params and ``secrets/stack.json``), read only when asked
+    for (it raises :class:`StackError` when the stack's settings do not name one)."""
+    yield from (d for d in (params.serving.gallery.dsn, environ.get(DSN_ENV, "")) if d)
+    if paths is not None and paths.params.is_file() and paths.stack_secrets.is_file():
+        yield Stack.of(paths).postgres_dsn()
+
+
 def resolve_dsn(
     params: Any, environ: Mapping[str, str], *, paths: ProjectPaths | None = None
 ) -> str:
-    """The gallery's connection string: ``serving.gallery.dsn``, else ``$VISAGE_GALLERY_DSN``,
-    else the PostgreSQL of the project's stack (``visage stack up``: ``stack`` in params and
-    ``secrets/stack.json``).
+    """The gallery's connection string: the first of :func:`dsn_candidates`.
 
     Raises
     ------
     GalleryError
         None is set.
     """
-    dsn = params.serving.gallery.dsn or environ.get(DSN_ENV, "")
-    if not dsn and paths is not None and paths.stack_secrets.is_file():
-        try:
-            dsn = Stack.of(paths).postgres_dsn()
-        except StackError as exc:
-            raise GalleryError(f"{MSG_NO_DSN} ({exc})") from None
+    try:
+        dsn = next(dsn_candidates(params, environ, paths=paths), "")
+    except StackError as exc:
+        raise GalleryError(f"{MSG_NO_DSN} ({exc})") from None
     if not dsn:
         raise GalleryError(MSG_NO_DSN)
     return dsn

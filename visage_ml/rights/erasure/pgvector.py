@@ -39,7 +39,6 @@ from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.gallery import GalleryError
 from visage_ml.stack import stores
-from visage_ml.stack.manager import Stack
 from visage_ml.stack.proc import StackError
 
 STORE = "pgvector"
@@ -62,14 +61,12 @@ class Target:
 
 
 def _candidates(ctx: Context) -> list[str]:
-    """Connection strings the project holds, password included: the configured DSN,
-    ``$VISAGE_GALLERY_DSN``, the stack's PostgreSQL."""
-    out = [d for d in (ctx.params.serving.gallery.dsn, os.environ.get(pg_gallery.DSN_ENV)) if d]
-    if isinstance(ctx.gallery, pg_gallery.PgGallery):  # the open gallery's (a server's) own
-        out.insert(0, ctx.gallery.options.dsn)
-    if ctx.paths.params.is_file() and ctx.paths.stack_secrets.is_file():
-        with contextlib.suppress(StackError):
-            out.append(Stack.of(ctx.paths).postgres_dsn())
+    """Connection strings the project holds, password included: the open gallery's (a
+    server's) own, then the gallery's (:func:`~visage_ml.serving.pg_gallery.dsn_candidates`)."""
+    out = [ctx.gallery.options.dsn] if isinstance(ctx.gallery, pg_gallery.PgGallery) else []
+    found = pg_gallery.dsn_candidates(ctx.params, os.environ, paths=ctx.paths)
+    with contextlib.suppress(StackError):  # a stack that names no PostgreSQL holds no password
+        out.extend(found)
     return out
 
 
