@@ -39,6 +39,7 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 from visage_ml.rights.erasure import STEPS, Erasure
 from visage_ml.rights.erasure import orchestrator as erasure_mod
 from visage_ml.rights.erasure.mlflow import purge_mlflow, scan_mlflow
@@ -472,6 +473,81 @@ def test_files_named_like_the_person_are_removed_and_their_names_never_recorded(
     assert logged == ["crypto-shredded", "physically removed"]
     assert sum(a["store"] == "exports" for a in claims["artefacts"]) == 1
     assert verify_certificate(cert, root=proj.paths.root).ok
+
+
+def _named_nowhere(paths: ProjectPaths, cert: Path) -> set[str]:
+    """Which of the ledger, the certificate and its page spell the person's name."""
+    records = {
+        "ledger": paths.ledger.read_text(encoding="utf-8"),
+        "certificate": cert.read_text(encoding="utf-8"),
+        "page": page_path(cert).read_text(encoding="utf-8"),
+    }
+    return {k for k, text in records.items() if NAME in text or "Jane." in text}
+
+
+@pytest.mark.parametrize("fault", [None, "raw:planned", "processed:planned"])
+def test_files_placed_by_hand_under_the_persons_name_are_removed_and_never_named(proj, fault):
+    # The attack: the subject's photo copied by hand into their raw folder under their name
+    # (an import names every file by its image id), a file saved under it among the embedder's
+    # resume checkpoints. The raw step lists every file of the folder, the checkpoints store
+    # every file of its own: recorded by path, each would pair the name with the pid for good.
+    # Also after a crash between a step's plan and its purge: the resumed run scans again.
+    victim = proj.pids[0]
+    by_hand = proj.paths.raw / victim / f"{NAME}.png"
+    by_hand.write_bytes(next(iter(proj.images[victim].values())))
+    checkpoint = proj.paths.models / "checkpoints" / "embedder" / f"{NAME}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes(b"a margin head")
+    if fault is None:
+        cert = Erasure(proj.paths).erase(victim).certificate_path
+    else:
+        child = _erase_in_child(proj.paths.root, victim, fault)
+        assert child.returncode == erasure_mod.FAULT_EXIT, child.stderr[-2000:]
+        assert checkpoint.exists()  # planned, not yet purged
+        (done,) = Erasure(proj.paths).resume()
+        cert = done.certificate_path
+    assert not by_hand.exists() and not checkpoint.exists()
+    assert _named_nowhere(proj.paths, cert) == set()
+    claims = json.loads(cert.read_text(encoding="utf-8"))["claims"]
+    # Each file certified once, as what it was; the image ids an import gave stay readable.
+    raw = [a for a in claims["artefacts"] if a["path"].startswith(f"data/raw/{victim}/")]
+    assert len(raw) == len(proj.images[victim]) + 1
+    assert sum(a.get("content") == PLAINTEXT_WITHHELD for a in raw) == 1
+    assert {a["path"] for a in raw} >= {
+        f"data/raw/{victim}/{image_id}.sealed" for image_id in proj.images[victim]
+    }
+    assert sum(a["path"].startswith("models/checkpoints/") for a in claims["artefacts"]) == 1
+    report = verify_certificate(cert, root=proj.paths.root)
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+@pytest.mark.pipeline
+def test_a_dvc_project_records_a_file_placed_by_hand_by_no_name(tiny_project, tmp_path):
+    # The same file in a DVC project, tracked and pushed: the manifests list it under the
+    # subject's folder by its name, and the dvc step records each of its objects by that file.
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    victim = proj.pids[0]
+    by_hand = proj.paths.raw / victim / f"{NAME}.png"
+    by_hand.write_bytes(next(iter(proj.images[victim].values())))
+    dvc_objects.add(root, proj.paths.raw)
+    remote = tmp_path / "remote"
+    assert _dvc(root, "remote", "add", "-d", "store", str(remote)).returncode == 0
+    assert _dvc(root, "push").returncode == 0
+    md5 = md5_bytes(by_hand.read_bytes())
+    assert md5 in _objects(root / ".dvc" / "cache") and md5 in _objects(remote)
+    result = Erasure(proj.paths).erase(victim)
+    assert not by_hand.exists()
+    assert md5 not in _objects(root / ".dvc" / "cache") and md5 not in _objects(remote)
+    assert _named_nowhere(proj.paths, result.certificate_path) == set()
+    held = [
+        a
+        for a in result.certificate["claims"]["artefacts"]
+        if a["step"] == "dvc" and a.get("content") == PLAINTEXT_WITHHELD
+    ]
+    assert {a["store"] for a in held} == {"dvc-cache", "dvc-remote:store"}
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
 
 
 def test_mlflow_rows_artefacts_and_freed_pages_naming_the_subject_are_purged(project):

@@ -32,7 +32,8 @@ SHA-256, except the objects of plaintext images (a manifest lists them under ``<
 name that is not sealed, ``.png`` of a project not yet sealed; or the caller knows their md5):
 their md5 and SHA-256 are those of a photograph of the subject, so they are recorded by the file
 they held (``"path": "<relpath> (DVC object)"``, or ``"<relpath> (DVC object i of n)"`` when
-manifests list ``n`` versions of that file, so that each object removed is certified once;
+manifests list ``n`` versions of that file, so that each object removed is certified once; the
+erasure records a name someone chose in ``<relpath>`` keyed, :class:`PurgePlan`'s ``name``;
 ``"sha256": None``, ``content``
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`) and counted, not named, among the
 objects kept because still referenced. A resumed erasure cannot take those objects from the
@@ -420,7 +421,9 @@ class PurgePlan:
     """What to delete: objects per store (with SHA-256 before deletion) and site-cache files.
 
     ``objects`` name each object (``md5``) for :func:`execute`; ``plain`` maps the md5 of each
-    plaintext image's object to the file it held, which is all :meth:`artefacts` records of it.
+    plaintext image's object to the file it held, which is all :meth:`artefacts` records of it,
+    as ``name`` records that file's path (None: as it is; the erasure's keys the names someone
+    chose, :func:`visage_ml.rights.erasure.raw.recorded_name`).
     """
 
     pid: str
@@ -429,6 +432,7 @@ class PurgePlan:
     targets: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     plain: dict[str, str] = field(default_factory=dict)
+    name: Callable[[str], str] | None = None
 
     def recorded(self, art: dict[str, Any]) -> dict[str, Any]:
         """Object ``art`` as the ledger may hold it: a plaintext image's without its names.
@@ -443,9 +447,10 @@ class PurgePlan:
             return art
         versions = sorted(m for m, f in self.plain.items() if f == held)
         which = f" {versions.index(md5) + 1} of {len(versions)}" if len(versions) > 1 else ""
+        shown = held if self.name is None else self.name(held)
         return {
             "store": art["store"],
-            "path": f"{held} (DVC object{which})",
+            "path": f"{shown} (DVC object{which})",
             "sha256": None,
             "content": PLAINTEXT_WITHHELD,
         }
@@ -554,12 +559,14 @@ def plan(
     *,
     known_md5s: Iterable[str] = (),
     plain_md5s: Mapping[str, str] | None = None,
+    name: Callable[[str], str] | None = None,
 ) -> PurgePlan:
     """Find and hash everything of the subject in DVC's stores and site cache; delete nothing.
 
-    ``known_md5s`` and ``plain_md5s`` as in :func:`find_subject_objects`.
+    ``known_md5s`` and ``plain_md5s`` as in :func:`find_subject_objects`; ``name`` as in
+    :class:`PurgePlan`.
     """
-    out = PurgePlan(pid)
+    out = PurgePlan(pid, name=name)
     found = find_subject_objects(setup, pid, known_md5s=known_md5s, plain_md5s=plain_md5s)
     out.targets = sorted(found.targets)
     out.kept = sorted(found.kept)

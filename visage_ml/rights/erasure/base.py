@@ -24,19 +24,22 @@ and a plaintext image the erasure removes itself (a PNG of a project not yet sea
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`, no MD5, and a DVC object's path
 names the file it held, not the object). Their outcome is ``physically removed``.
 
-The path of an MLflow artefact (:mod:`.mlflow`, :mod:`.mlflow_server`) or of an export bundle
-(:mod:`.exports`) keeps only the names MLflow or the export made (experiment and run ids, its
-folders, ``<request id>.zip.age``): a name someone chose there, an artefact's file or folder, a
-bundle written under another name, may be the person's, which the ledger and the certificate
-would pair with the pid for good. Each such component is recorded as ``~`` and the first 12 hex
-digits of its MAC under the tombstone key (:func:`chosen_names`): the same file gives the same
-record, so a resumed run, which finds it again by scanning, merges with the plan it reads back
-from the ledger; the store removes what it found, never the recorded path.
+The path of an MLflow artefact (:mod:`.mlflow`, :mod:`.mlflow_server`), of an export bundle
+(:mod:`.exports`), of a file in the subject's raw folder (:mod:`.raw`, and the DVC objects of one
+in clear, :mod:`.dvc`) or of an embedder checkpoint (:mod:`.checkpoints`) keeps only the names
+the project or MLflow made (experiment and run ids, its folders, ``<request id>.zip.age``,
+``<image id>.sealed``, ``epoch-0001.pt``): a name someone chose there, an artefact's file or
+folder, a bundle written under another name, a file placed by hand, may be the person's, which
+the ledger and the certificate would pair with the pid for good. Each such component is recorded as ``~`` and the
+first 12 hex digits of its MAC under the tombstone key (:func:`chosen_names`): the same file
+gives the same record, so a resumed run, which finds it again by scanning, merges with the plan
+it reads back from the ledger; the store removes what it found, never the recorded path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,10 +55,11 @@ from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 
 Artefact = dict[str, Any]
 # A name someone chose, as a path records it (chosen_names): its MAC's domain under the
-# tombstone key (no other MAC shares it), and how much of the MAC is kept.
+# tombstone key (no other MAC shares it), how much of the MAC is kept, and how it then reads.
 NAME_KIND = "chosen_name"
 NAME_PREFIX = "~"
 NAME_HEX = 12
+KEYED_NAME = re.compile(re.escape(NAME_PREFIX) + f"[0-9a-f]{{{NAME_HEX}}}")
 
 
 @dataclass
@@ -159,15 +163,26 @@ def chosen_names(
     ``crypto-shredded``.
     """
     path = str(artefact["path"])
+    recorded = chosen_path(ctx, path, under=under, made=made)
+    if recorded == path:
+        return artefact
+    outcome = artefact.get("outcome") or outcome_of(artefact, set())
+    return {**artefact, "path": recorded, "outcome": outcome}
+
+
+def chosen_path(ctx: Context, path: str, *, under: str, made: Callable[[str], bool]) -> str:
+    """``path`` as the ledger may hold it (:func:`chosen_names`): a component already recorded
+    so (``~`` and 12 hex digits, read back from a plan) is left as it is."""
     prefix = under.rstrip("/") + "/"
     if not path.startswith(prefix):
-        return artefact
+        return path
     parts = [
-        p if made(p) else NAME_PREFIX + ctx.core.tombstones.mac(NAME_KIND, p)[:NAME_HEX]
+        p
+        if made(p) or KEYED_NAME.fullmatch(p)
+        else NAME_PREFIX + ctx.core.tombstones.mac(NAME_KIND, p)[:NAME_HEX]
         for p in path[len(prefix) :].split("/")
     ]
-    outcome = artefact.get("outcome") or outcome_of(artefact, set())
-    return {**artefact, "path": prefix + "/".join(parts), "outcome": outcome}
+    return prefix + "/".join(parts)
 
 
 def file_artefact(ctx: Context, store: str, path: Path, *, md5: bool = False) -> Artefact:

@@ -8,7 +8,8 @@ data still references identical content.
 Each object is recorded with its store, path, md5 and SHA-256, except a plaintext image's (a PNG
 of a project not yet sealed): the raw step planned that file without its MD5, so its objects are
 found through the ``.dir`` manifests that list it under ``<pid>/`` (old manifests stay in the
-stores after the raw step's ``dvc add``) and recorded by the file they held, without md5, SHA-256
+stores after the raw step's ``dvc add``) and recorded by the file they held, as the raw step
+records its path (a name someone chose keyed, :func:`.raw.recorded_name`), without md5, SHA-256
 or a path naming the object (``content``
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`); the kept ones are counted
 (``kept_plaintext``), not named. A resumed run takes the other objects an interrupted one
@@ -46,7 +47,13 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     if not ctx.is_dvc:
         return None
     known, plain = known_md5s(ctx, pid)
-    purge_plan = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known, plain_md5s=plain)
+    purge_plan = dvc_objects.plan(
+        ctx.dvc_setup(),
+        pid,
+        known_md5s=known,
+        plain_md5s=plain,
+        name=raw.recorded_name(ctx, pid),
+    )
     found = stack_remote(ctx)
     if found is not None and found[0].local:
         # The local stack's S3 is the dvc_remote store's: it deletes, vacuums and records
@@ -85,7 +92,10 @@ def known_md5s(ctx: Context, pid: str) -> tuple[list[str], dict[str, str]]:
     clear, which a raw plan of an earlier version named (this one does not). A file in clear is
     told by the rule the raw step and :func:`dvc_objects.find_subject_objects` use (any file of
     the subject's folder that is not sealed, whatever its extension), so that an erasure begun
-    by an earlier version and resumed now does not name a ``.webp`` photograph by its hash."""
+    by an earlier version and resumed now does not name a ``.webp`` photograph by its hash.
+    A file the raw plan records keyed (``~`` and a MAC: placed by hand under a name someone
+    chose) is taken as one in clear whatever it was: its suffix is not recorded, and a file
+    taken for a photograph is recorded by its path alone."""
     known: list[str] = []
     plain: dict[str, str] = {}
     for a in ctx.planned.get(raw.STEP, []):

@@ -7,8 +7,8 @@ referenced by current data are kept alike), notes the volume needles that hold t
 the objects, waits until the volume server no longer serves those needles and compacts every
 volume holding deleted bytes (``/vol/vacuum``). ``verify`` reports any object still there and
 any deleted bytes still inside a volume file. Objects are recorded as the dvc step records them
-(a plaintext image's without md5 or SHA-256) with their volume needles, and deleted before the
-``.dir`` manifests.
+(a plaintext image's without md5 or SHA-256, a name someone chose keyed) with their volume
+needles, and deleted before the ``.dir`` manifests.
 
 An external S3 (``stack.mode: external``) gets the deletion through DVC's own step; compaction
 is the provider's, which this project cannot observe: the plan's info says so.
@@ -22,6 +22,7 @@ from typing import Any
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.rights.erasure.dvc import known_md5s, stack_remote
+from visage_ml.rights.erasure.raw import recorded_name
 from visage_ml.stack.proc import StackError
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,13 @@ def plan(ctx: Context, pid: str) -> Plan | None:
     if not seaweed.running():
         raise StackError(NOT_RUNNING)
     known, plain = known_md5s(ctx, pid)
-    purge = dvc_objects.plan(ctx.dvc_setup(), pid, known_md5s=known, plain_md5s=plain)
+    purge = dvc_objects.plan(
+        ctx.dvc_setup(),
+        pid,
+        known_md5s=known,
+        plain_md5s=plain,
+        name=recorded_name(ctx, pid),
+    )
     names = {"dvc-" + s.name: s for s in stores}
     artefacts: list[Artefact] = []
     chunks: list[str] = []

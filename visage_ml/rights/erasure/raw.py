@@ -13,6 +13,13 @@ photograph of the subject. Its SHA-256 goes to the tombstones instead (an import
 refused, a copy elsewhere is still found), and the DVC step finds its objects through the
 ``.dir`` manifests that list it.
 
+An import names each file by its image id (``<image id>.sealed``, ``.png`` before sealing); a
+file placed there by hand keeps the name someone gave it, which may be the person's: the plan
+records such a name (a folder's too) as ``~`` and a MAC of it
+(:func:`~visage_ml.rights.erasure.base.chosen_names`, :func:`recorded_name`), and so does the
+DVC step for the objects of a file in clear. The removal takes the whole folder, whatever the
+plan names.
+
 The LFW pairs protocol (``data/protocols/lfw_pairs.parquet``) names images of ``data/raw``: its
 rows naming the subject's images are removed in the same transaction, after the swap and before
 the lock is released (:meth:`RawTransaction.then`, where the import writes it), the table
@@ -22,12 +29,12 @@ repository ``data/protocols`` is added again, so the DVC step can purge the old 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from visage_ml import dvcops
 from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
-from visage_ml.data.rawstore import IMAGE_ID_RE, RawStore, read_images
+from visage_ml.data.rawstore import IMAGE_EXT, IMAGE_ID_RE, PLAIN_EXTS, RawStore, read_images
 from visage_ml.io import sha256_file
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import (
@@ -35,6 +42,8 @@ from visage_ml.rights.erasure.base import (
     Context,
     Outcome,
     Plan,
+    chosen_names,
+    chosen_path,
     file_artefact,
     withheld_artefact,
 )
@@ -45,6 +54,30 @@ MSG_DVC_ADD = (
     "data/raw no longer holds the subject but `dvc add {target}` failed; fix DVC and run "
     "`visage privacy resume`: {error}"
 )
+# What an import appends to an image id in a subject's folder: sealed, or in clear before
+# `visage privacy seal`.
+RAW_SUFFIXES = frozenset({IMAGE_EXT, *PLAIN_EXTS})
+
+
+def raw_made(name: str) -> bool:
+    """Whether ``name`` is one an import gives a file of a subject's folder: its image id and
+    suffix (any other was chosen by whoever put the file there)."""
+    stem, dot, suffix = name.partition(".")
+    return IMAGE_ID_RE.fullmatch(stem) is not None and (dot + suffix).lower() in RAW_SUFFIXES
+
+
+def recorded_name(ctx: Context, pid: str) -> Callable[[str], str]:
+    """How a path under the subject's folder is recorded (``data/raw/<pid>/...`` or a DVC
+    manifest's ``<pid>/...``): each name after the pid that an import did not make keyed."""
+
+    def name(path: str) -> str:
+        parts = path.split("/")
+        if pid not in parts[:-1]:
+            return path
+        under = "/".join(parts[: parts.index(pid) + 1])
+        return chosen_path(ctx, path, under=under, made=raw_made)
+
+    return name
 
 
 def tracked_md5(ctx: Context) -> str | None:
@@ -90,15 +123,17 @@ def plan(ctx: Context, pid: str) -> Plan:
     store = RawStore(ctx.paths, core=ctx.core, track=False)
     files = store.files_of(pid)
     folder = ctx.paths.raw / pid
+    under = ctx.rel(folder)
     found: list[Artefact] = []
     plain_files: list[str] = []
     for f in files:
         # Whatever is not sealed there: the rule by which the DVC step takes its objects.
         if folder in f.parents and dvc_objects.is_plaintext_entry(f.name):
             plain_files.append(sha256_file(f))
-            found.append(withheld_artefact(ctx, STORE, f))
+            art = withheld_artefact(ctx, STORE, f)
         else:
-            found.append(file_artefact(ctx, STORE, f, md5=True))
+            art = file_artefact(ctx, STORE, f, md5=True)
+        found.append(chosen_names(ctx, art, under=under, made=raw_made))
     if lfw_pairs_naming(ctx.paths, subject_image_ids(ctx, pid, files)):
         found.append(file_artefact(ctx, STORE, lfw_pairs_file(ctx.paths), md5=True))
     images = read_images(ctx.paths.raw)
