@@ -112,3 +112,18 @@ def test_a_report_an_older_version_wrote_naming_a_refused_erased_person_is_found
     assert f"privacy/imports/{report.name}" in erasure.remaining(pids[ZELDA])["vault"]
     erasure.erase(pids[YORICK])
     assert named(paths, ZELDA) == []
+
+
+def test_a_report_named_by_hand_is_rewritten_and_recorded_by_no_name(imported):
+    # A report someone renamed after the person it is about: the vault step records the reports
+    # it rewrites by path, in the ledger (kept for good) and the certificate, next to the pid.
+    # The dot is in no alphabet of the ledger's signatures and hashes: only a leak spells it.
+    _, paths, core, pids = imported
+    (report,) = report_files(paths)
+    by_hand = report.rename(report.with_name("import-Jane.Doe.json"))
+    result = Erasure(paths, core=core).erase(pids[ZELDA])
+    assert named(paths, ZELDA) == [] and by_hand.is_file()
+    texts = [paths.ledger.read_text(), result.certificate_path.read_text()]
+    assert not [t for t in texts if "Jane." in t]
+    claimed = [a for a in result.certificate["claims"]["artefacts"] if a["store"] == "imports"]
+    assert len(claimed) == 1

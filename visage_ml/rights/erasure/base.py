@@ -26,11 +26,12 @@ names the file it held, not the object). Their outcome is ``physically removed``
 
 The path of an MLflow artefact (:mod:`.mlflow`, :mod:`.mlflow_server`), of an export bundle
 (:mod:`.exports`), of a file in the subject's raw folder (:mod:`.raw`, and the DVC objects of one
-in clear, :mod:`.dvc`) or of an embedder checkpoint (:mod:`.checkpoints`) keeps only the names
-the project or MLflow made (experiment and run ids, its folders, ``<request id>.zip.age``,
-``<image id>.sealed``, ``epoch-0001.pt``): a name someone chose there, an artefact's file or
-folder, a bundle written under another name, a file placed by hand, may be the person's, which
-the ledger and the certificate would pair with the pid for good. Each such component is recorded as ``~`` and the
+in clear, :mod:`.dvc`), of an embedder checkpoint (:mod:`.checkpoints`) or an import report
+(:mod:`.import_reports`) keeps only the names the project or MLflow made (experiment and run
+ids, its folders, ``<request id>.zip.age``, ``<image id>.sealed``, ``epoch-0001.pt``,
+``import-<time>.json``): a name someone chose there, an artefact's file or folder, a bundle
+written under another name, a file placed by hand, may be the person's, which the ledger and the
+certificate would pair with the pid for good. Each such component is recorded as ``~`` and the
 first 12 hex digits of its MAC under the tombstone key (:func:`chosen_names`): the same file
 gives the same record, so a resumed run, which finds it again by scanning, merges with the plan
 it reads back from the ledger; the store removes what it found, never the recorded path.

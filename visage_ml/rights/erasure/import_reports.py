@@ -11,17 +11,37 @@ Run in the ``vault`` step, after the tombstone and before the vault store: the r
 from the vault record before it is destroyed. :func:`verify` asks the tombstones, so it finds a
 line naming any erased person. A later import of their folder writes none: it counts the files
 it refuses as ``erased_subject`` without their path (:mod:`visage_ml.data.importers.result`).
+
+A report is recorded by the name the import gave it (``import-<time>.json``); one renamed by
+hand by ``~`` and a MAC of its name (:func:`~visage_ml.rights.erasure.base.chosen_names`): the
+name may be the person's. The rewrite takes the reports the folder holds.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
+from visage_ml.data.importers.common import IMPORTS_DIR
 from visage_ml.data.importers.reports import Names, redact_reports, reports_naming
 from visage_ml.privacy.tombstones import normalise_ref
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
+from visage_ml.rights.erasure.base import (
+    Artefact,
+    Context,
+    Outcome,
+    Plan,
+    chosen_names,
+    file_artefact,
+)
 
 STORE = "imports"
+# The name an import gives its report (visage_ml.data.importers.result.write_report).
+REPORT_NAME = re.compile(r"import-\d{8}T\d{6}Z(?:-\d+)?\.json")
+
+
+def _import_made(name: str) -> bool:
+    """Whether ``name`` is one an import gives its report."""
+    return REPORT_NAME.fullmatch(name) is not None
 
 
 def _ref(ctx: Context, pid: str) -> str | None:
@@ -53,7 +73,14 @@ def plan(ctx: Context, pid: str) -> Plan:
     kept in memory for :func:`erase`, never recorded."""
     ref = _ref(ctx, pid)
     found = reports_naming(ctx.paths, _names(ctx, ref))
-    return Plan([file_artefact(ctx, STORE, f) for f in found], state=ref)
+    under = ctx.rel(ctx.paths.privacy / IMPORTS_DIR)
+    return Plan(
+        [
+            chosen_names(ctx, file_artefact(ctx, STORE, f), under=under, made=_import_made)
+            for f in found
+        ],
+        state=ref,
+    )
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
