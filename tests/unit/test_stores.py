@@ -175,3 +175,12 @@ def test_an_unreadable_store_entry_of_the_ledger_stops_the_listing(project):
         fh.write(b'{"type":"store.remembered","payload":"cut here\n')
     with pytest.raises(stores.StoresError, match="verify-ledger"):
         stores.remembered(paths)
+
+
+def test_the_words_of_a_store_entry_inside_another_entry_are_not_one(project):
+    make_project(project, n_subjects=1)
+    paths = ProjectPaths(project)
+    PrivacyCore(paths).ledger.append("audit.exported", None, {"x": {"type": stores.REMEMBERED}})
+    assert stores.remembered(paths) == []
+    stores.remember_mlflow_server(paths, OLD_SERVER, record=_record(paths))
+    assert [s.uri for s in stores.remembered(paths)] == [OLD_SERVER]

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -66,6 +68,8 @@ MSG_UNREADABLE = (
 )
 
 
+_MEMO: dict[str, tuple[tuple[int, int, int], dict[str, Any], frozenset[str]]] = {}
+_MEMO_LOCK = threading.Lock()
 _FIELDS = ("store", "kind", "since", "conninfo", "table", "uri")  # of RememberedStore
 
 # Appends one signed ledger entry (event type, payload) and returns it: the privacy core's,
@@ -136,22 +140,40 @@ def _from_ledger(paths: ProjectPaths) -> tuple[dict[str, RememberedStore], set[s
     StoresError
         A store line of the ledger cannot be read.
     """
+    try:
+        st = os.stat(paths.ledger)
+    except FileNotFoundError:
+        return {}, set()
+    # An erasure asks several times (preflight, each step's targets) and a long ledger takes
+    # a while to search: the answer is kept while the file is the same inode, size and mtime
+    # (the ledger is only appended to; a rewrite in place is the privacy core's to catch).
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    key = str(paths.ledger)
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+    if hit is not None and hit[0] == stamp:
+        return dict(hit[1]), set(hit[2])
     known: dict[str, RememberedStore] = {}
     forgotten: set[str] = set()
     for line in lines_containing(paths.ledger, _NEEDLES):
         try:
             obj = json.loads(line)
+            kind = obj.get("type")
+            if kind not in (REMEMBERED, FORGOTTEN):
+                continue  # the words inside another entry's payload
             payload = obj["payload"]
             store = str(payload["store"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             why = f"a store entry does not read: {type(exc).__name__}"
             raise StoresError(MSG_LEDGER.format(path=paths.ledger, why=why)) from None
-        if obj.get("type") == REMEMBERED:
+        if kind == REMEMBERED:
             fields = {k: str(payload.get(k, "")) for k in _FIELDS}
             known[store] = RememberedStore(**fields)
             forgotten.discard(store)
-        elif obj.get("type") == FORGOTTEN:
+        else:
             forgotten.add(store)
+    with _MEMO_LOCK:
+        _MEMO[key] = (stamp, dict(known), frozenset(forgotten))
     return known, forgotten
 
 
