@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,36 @@ def test_the_ledger_records_of_the_copies_step_hold_counts_only(proj):
     assert [r["phase"] for r in records] == ["planned", "done"]
     assert all(r["artefacts"] == [] for r in records)
     assert NAME not in json.dumps(records)
+
+
+def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    return subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.pipeline
+def test_a_copy_tracked_with_dvc_goes_with_its_objects(tiny_project):
+    """The subject's photo saved in data/external and tracked with `dvc add` (and pushed to a
+    local remote): the copy went from the workspace, its object stayed in DVC's cache and the
+    remote, `dvc checkout` put it back, and the verifier failed the certificate just made."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    victim = proj.pids[0]
+    photo = next(iter(proj.images[victim].values()))
+    ext = root / "data" / "external"
+    ext.mkdir(parents=True)
+    (ext / "portrait.png").write_bytes(photo)
+    (ext / "unrelated.txt").write_text("kept")
+    assert _dvc(root, "add", "data/external").returncode == 0
+    remote = root.parent / "remote"
+    assert _dvc(root, "remote", "add", "-f", "-d", "local", str(remote)).returncode == 0
+    assert _dvc(root, "push").returncode == 0
+
+    result = Erasure(proj.paths).erase(victim)
+    removed = result.certificate["claims"]["copies_removed"]
+    assert removed == {"data": 1, "dvc cache": 1, "dvc remote:local": 1}, removed
+    assert not (ext / "portrait.png").exists() and (ext / "unrelated.txt").read_text() == "kept"
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+    _dvc(root, "checkout", "data/external")
+    assert not (ext / "portrait.png").exists(), "dvc checkout put the erased photo back"

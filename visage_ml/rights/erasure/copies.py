@@ -12,8 +12,11 @@ Only exact copies: a re-encoded or cropped face has other bytes, and is for ``vi
 doctor`` to list for review. Not looked at: the files ``data/raw`` holds of its current
 subjects (the raw step's; a photograph two subjects share stays with the other, as DVC keeps
 its object), content the certificate declares still in use
-(:func:`~visage_ml.rights.erasure.base.retained_shared`), the empty file; DVC's cache and
-remotes are the dvc step's.
+(:func:`~visage_ml.rights.erasure.base.retained_shared`), the empty file. DVC's cache and local
+remotes are looked through too, as the verifier does (a copy tracked with ``dvc add`` has its
+object there, which ``dvc checkout`` would put back), and the objects of the copies found are
+removed from the other remotes by their md5; the ``.dvc`` file that tracked a copy then names
+an object that is gone (``dvc status`` says so). The subject's own objects are the dvc step's.
 
 The ledger and the certificate record a count per top folder (``top level`` for the project's
 own files), never a path or a hash: a file name may be the person's name, and a plaintext's hash
@@ -26,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from visage_ml.data.rawstore import read_images
-from visage_ml.io import secure_unlink, sha256_file
+from visage_ml.io import md5_file, secure_unlink, sha256_file
 from visage_ml.rights.content_hashes import ContentHashes, scanned_roots, walk_files
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, retained_shared
 
@@ -70,7 +75,31 @@ def _folder(ctx: Context, path: Path) -> str:
     return parts[0] if len(parts) > 1 else TOP_LEVEL
 
 
-def _found(ctx: Context, pid: str) -> list[Path]:
+@dataclass(frozen=True)
+class Copy:
+    """One exact copy: a file (``path``), or an object of a DVC remote not on this file system
+    (``store``, ``oid``); ``where`` is what the records count it under."""
+
+    where: str
+    path: Path | None = None
+    store: Any = None
+    oid: str = ""
+
+    def remove(self) -> None:
+        if self.path is not None:
+            secure_unlink(self.path)
+        else:
+            self.store.remove(self.oid)
+
+    def exists(self) -> bool:
+        return self.path.exists() if self.path is not None else bool(self.store.exists(self.oid))
+
+
+def _dvc_where(store: Any) -> str:
+    return "dvc cache" if store.kind == "cache" else f"dvc {store.name}"  # dvc remote:<name>
+
+
+def _found(ctx: Context, pid: str) -> list[Copy]:
     artefacts = _artefacts(ctx)
     hashes = _hashes(ctx, pid, artefacts)
     if not len(hashes) and hashes.tombstones is None:
@@ -80,8 +109,13 @@ def _found(ctx: Context, pid: str) -> list[Path]:
     # A file a step recorded is that step's (removed, or rewritten without the subject where it
     # is shared): never taken for a copy of itself.
     seen = {(ctx.paths.root / str(a["path"])).resolve() for a in artefacts if a.get("path")}
-    found: list[Path] = []
-    for root in scanned_roots(ctx.paths.root):
+    stores = ctx.dvc_setup().stores if ctx.is_dvc else []
+    # DVC's cache and local remotes are looked through as the verifier does: a copy tracked
+    # with `dvc add` has its object there, and `dvc checkout` would put it back.
+    roots = [(r, None) for r in scanned_roots(ctx.paths.root)]
+    roots += [(s.local_path, _dvc_where(s)) for s in stores if s.local_path is not None]
+    found: list[Copy] = []
+    for root, where in roots:
         for path in walk_files(root):
             real = path.resolve()
             if real in seen:
@@ -91,21 +125,27 @@ def _found(ctx: Context, pid: str) -> list[Path]:
                 continue
             try:
                 if sha256_file(path) in hashes:
-                    found.append(path)
+                    found.append(Copy(where or _folder(ctx, path), path=path))
             except OSError:
                 continue
+    # A remote elsewhere cannot be hashed whole: the objects of the copies found here are
+    # looked for there by their md5, DVC's name for them.
+    md5s = sorted({md5_file(c.path) for c in found if c.path is not None})
+    for store in stores:
+        if store.local_path is None:
+            found += [Copy(_dvc_where(store), store=store, oid=m) for m in md5s if store.exists(m)]
     return found
 
 
-def _count(ctx: Context, paths: list[Path]) -> dict[str, int]:
-    return dict(sorted(Counter(_folder(ctx, p) for p in paths).items()))
+def _count(copies: list[Copy]) -> dict[str, int]:
+    return dict(sorted(Counter(c.where for c in copies).items()))
 
 
 def plan(ctx: Context, pid: str) -> Plan:
     """The copies, counted by top folder (the files themselves stay in this run's memory); a
     folder's count is at least what an earlier run of the request planned and removed."""
     found = _found(ctx, pid)
-    now = _count(ctx, found)
+    now = _count(found)
     earlier = (ctx.infos.get("copies") or {}).get(FOUND) or {}
     counts = {f: max(earlier.get(f, 0), now.get(f, 0)) for f in sorted({*earlier, *now})}
     return Plan(info={FOUND: counts}, state=found)
@@ -113,16 +153,16 @@ def plan(ctx: Context, pid: str) -> Plan:
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
     """Remove the copies; an OSError saying where (top folder) and what to do if one stays."""
-    found: list[Path] = plan.state if plan is not None else []
+    found: list[Copy] = plan.state if plan is not None else []
     stuck: dict[str, str] = {}
-    for path in found:
+    for copy in found:
         try:
-            secure_unlink(path)
+            copy.remove()
         except OSError as exc:
-            stuck.setdefault(_folder(ctx, path), exc.strerror or type(exc).__name__)
+            stuck.setdefault(copy.where, exc.strerror or type(exc).__name__)
     if stuck:
         where = "; ".join(f"{folder}: {why}" for folder, why in sorted(stuck.items()))
-        n = sum(1 for p in found if p.exists())
+        n = sum(1 for c in found if c.exists())
         raise OSError(MSG_NOT_REMOVED.format(n=n, where=where))
     counts = (plan.info or {}).get(FOUND, {}) if plan is not None else {}
     return Outcome(info={REMOVED: {f: n for f, n in counts.items() if n}})
@@ -130,4 +170,4 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
 
 def verify(ctx: Context, pid: str) -> list[str]:
     """Top folders still holding an exact copy (of what this request's steps listed)."""
-    return [f"{folder}: {n}" for folder, n in _count(ctx, _found(ctx, pid)).items()]
+    return [f"{folder}: {n}" for folder, n in _count(_found(ctx, pid)).items()]
