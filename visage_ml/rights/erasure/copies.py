@@ -28,7 +28,9 @@ folder, the larger of the earlier plan's count and its own.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,20 @@ class Copy:
         return self.path.exists() if self.path is not None else bool(self.store.exists(self.oid))
 
 
+def _workers() -> int:
+    cpus = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    return max(1, min(8, len(cpus)))
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:  # gone or unreadable since the walk: not a copy this run can see
+        return None
+
+
 def _dvc_where(store: Any) -> str:
     return "dvc cache" if store.kind == "cache" else f"dvc {store.name}"  # dvc remote:<name>
 
@@ -114,7 +130,7 @@ def _found(ctx: Context, pid: str) -> list[Copy]:
     # with `dvc add` has its object there, and `dvc checkout` would put it back.
     roots = [(r, None) for r in scanned_roots(ctx.paths.root)]
     roots += [(s.local_path, _dvc_where(s)) for s in stores if s.local_path is not None]
-    found: list[Copy] = []
+    todo: list[tuple[Path, str | None]] = []
     for root, where in roots:
         for path in walk_files(root):
             real = path.resolve()
@@ -123,11 +139,16 @@ def _found(ctx: Context, pid: str) -> list[Copy]:
             seen.add(real)
             if real.parent.parent == raw and (real.parent.name, real.name.split(".")[0]) in in_use:
                 continue
-            try:
-                if sha256_file(path) in hashes:
-                    found.append(Copy(where or _folder(ctx, path), path=path))
-            except OSError:
-                continue
+            todo.append((path, where))
+    # Hashed on every CPU this process may use (hashlib lets go of the GIL on large reads):
+    # the scan reads the whole project, on each run of the step.
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        digests = list(pool.map(_sha256_or_none, [p for p, _ in todo]))
+    found = [
+        Copy(where or _folder(ctx, path), path=path)
+        for (path, where), digest in zip(todo, digests, strict=True)
+        if digest is not None and digest in hashes
+    ]
     # A remote elsewhere cannot be hashed whole: the objects of the copies found here are
     # looked for there by their md5, DVC's name for them.
     md5s = sorted({md5_file(c.path) for c in found if c.path is not None})
