@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from html import unescape
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from project_helpers import write_overrides
@@ -23,8 +27,11 @@ from regulator_helpers import (
     verifier_script,
 )
 from rights_fakes import make_project
+from typer.testing import CliRunner
 
+from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
+from visage_ml.privacy import checkpoint as checkpoint_mod
 from visage_ml.privacy import ledger as ledger_mod
 from visage_ml.privacy.certificate import EXIT_CONSISTENT_ONLY
 from visage_ml.privacy.certificate_page import VERIFIED, controller_pins, page_path, render_page
@@ -36,6 +43,7 @@ from visage_ml.privacy.witness import (
     make_server,
 )
 from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.erasure import orchestrator as erasure_mod
 
 
 def _text(html: str) -> str:
@@ -110,6 +118,71 @@ def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
     assert _day(stamp) in completed, completed
     received_row = _row(html, "request received")
     assert "the controller's statement" in received_row, received_row
+
+
+class _Killed(BaseException):
+    """The process dies at this point (kill -9): nothing after it runs."""
+
+
+def _killed_at(monkeypatch, step: str, where: str) -> None:
+    def fault(s: str, w: str = "") -> None:
+        if (s, w) == (step, where):
+            raise _Killed
+
+    monkeypatch.setattr(erasure_mod, "_fault", fault)
+
+
+def _later(monkeypatch, delta: timedelta) -> None:
+    """Every clock reads ``delta`` later: the ledger's and the witness's (its cosignatures)."""
+    _set_back(monkeypatch, -delta)
+    real = time.time
+    monkeypatch.setattr(
+        checkpoint_mod, "time", SimpleNamespace(time=lambda: real() + delta.total_seconds())
+    )
+
+
+@pytest.mark.parametrize(
+    "killed", [("certificate", "completed"), ("certificate", "")], ids=["completed", "written"]
+)
+def test_an_erasure_killed_after_its_witnessed_completion_and_resumed_hours_later_verifies(
+    project, tmp_path, monkeypatch, killed
+):
+    """The process dies right after the witnesses cosigned `erasure.completed` (or after the
+    certificate was written, before the request was closed); `visage privacy resume` runs 3
+    hours later. The completion was witnessed at its time, so the resumed certificate must
+    carry that checkpoint and verify VALID: it carried a checkpoint cosigned at the resume,
+    and both verifiers failed the completion date of an honest controller's erasure."""
+    witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    proj = make_project(project, n_subjects=3)
+    real_fault = erasure_mod._fault
+    _killed_at(monkeypatch, *killed)
+    with pytest.raises(_Killed):
+        Erasure(proj.paths).erase(proj.pids[0])
+    monkeypatch.setattr(erasure_mod, "_fault", real_fault)  # the next run lives
+    _later(monkeypatch, timedelta(hours=3))
+    res = CliRunner().invoke(app, ["privacy", "resume", "--json"])
+    assert res.exit_code == 0, res.output
+    (done,) = json.loads(res.output[res.output.index("[") :])
+    cert = tmp_path / "cert.json"
+    shutil.copy(done["certificate"], cert)
+    pub = tmp_path / "ledger.pub"
+    shutil.copy(proj.paths.ledger_public_key, pub)
+    doc = json.loads(cert.read_text())
+    vkey = witness.verifier.vkey
+
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    assert cli.exit_code == 0 and "certificate VALID" in cli.output, cli.output
+    assert re.search(r"^ok\s+completion date witnessed", cli.output, re.M), cli.output
+    py = run_verify_py(
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey),
+        *("--origin", doc["proof"]["log"]["origin"]),
+    )
+    assert py.returncode == 0 and "certificate VALID" in py.stdout, py.stdout
+    assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
+    html = page_path(Path(done["certificate"])).read_text()
+    assert "NOT VERIFIED" not in html and "not corroborated" not in html
 
 
 def _http_witness(project, remote: Witness):

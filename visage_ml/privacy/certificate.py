@@ -121,9 +121,10 @@ MSG_DATE_CONTROLLERS = (
 )
 MSG_RECEIVED_CONTROLLERS = "the controller's statement: no witness dates the request's arrival"
 # An erasure.completed entry is witnessed at once (a narrowing event: the append returns only
-# once the witnesses cosigned), and the certificate's own checkpoint is cosigned seconds later,
-# so an honest certificate's cosignatures follow its entry within seconds, whatever the
-# checkpoint cadence of other events (privacy.witness.every_seconds). The window allows two
+# once the witnesses cosigned), and the certificate carries that checkpoint (kept in
+# privacy/checkpoints/kept, even when the certificate is made later by a resume), so an honest
+# certificate's cosignatures follow its entry within seconds, whatever the checkpoint cadence
+# of other events (privacy.witness.every_seconds). The window allows two
 # hosts' clocks to differ by CLOCK_SKEW_S (as the retention clock does) and the cosignature to
 # come up to WITNESS_DELAY_S later: witnesses answering at their timeout (up to 600 s each) and a
 # large ledger hashed before the certificate is made. Past it the date is not the witness's: an

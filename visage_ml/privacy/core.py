@@ -154,10 +154,14 @@ class PrivacyCore:
         return self.witnessing.checkpoint_and_witness()
 
     def offline_proof(self, entry: Entry) -> dict[str, Any]:
-        """Witness a checkpoint covering ``entry`` now; return the offline proof bundle of
-        ``entry`` under it (what an erasure certificate carries, see
-        :func:`~visage_ml.privacy.certificate.offline_proof`)."""
-        witnessed = self.checkpoint_and_witness()
+        """The offline proof bundle of ``entry`` (what an erasure certificate carries, see
+        :func:`~visage_ml.privacy.certificate.offline_proof`) under the checkpoint the entry
+        was witnessed under when appended, kept
+        (:meth:`~visage_ml.privacy.witnessed.Witnessing.witnessed_with`): its cosignatures date
+        the entry, however late the certificate is made. Without one (the witnesses did not
+        answer then), under a checkpoint witnessed now, whose cosignatures date nothing
+        earlier."""
+        witnessed = self.witnessing.witnessed_with(entry.seq) or self.checkpoint_and_witness()
         if witnessed.tree is None or witnessed.tree.size <= entry.seq:
             raise LedgerError(f"the witnessed checkpoint does not cover entry {entry.seq}")
         return offline_proof(

@@ -13,7 +13,9 @@ witnesses keep their own copy.
 - :meth:`Witnessing.after_append` runs after every append of the privacy core: an event that
   narrows processing (:data:`NARROWING_EVENTS`) is covered by a witnessed checkpoint before the
   append returns, so before any command or HTTP request reports success; other events at least
-  every ``every_entries`` entries or ``every_seconds`` seconds.
+  every ``every_entries`` entries or ``every_seconds`` seconds. The checkpoint an
+  ``erasure.completed`` entry was cosigned under is kept (``privacy/checkpoints/kept/<seq>``,
+  :meth:`Witnessing.witnessed_with`): its certificate carries it, however late it is made.
 - :meth:`Witnessing.check` is the open check. It gathers every checkpoint it can find (the
   local one, each directory witness's, each HTTP witness's), keeps those the ledger's own keys
   signed, and stops with :class:`LedgerRollbackError` when the ledger is shorter than one of
@@ -120,8 +122,14 @@ NARROWING_EVENTS: frozenset[str] = frozenset(
         "erasure.completed",
     }
 )
+# Events whose witnessed checkpoint is kept (privacy/checkpoints/kept/<seq>): the certificate
+# of an erasure carries the checkpoint its completion was cosigned under, whose cosignature
+# times date it, even when the certificate is made later (the process died after the
+# completion was witnessed, and `visage privacy resume` ran hours after), not one cosigned then.
+KEPT_EVENTS: frozenset[str] = frozenset({"erasure.completed"})
 ORIGIN_PREFIX = "visage-ml.local/ledger/"
 LATEST = "latest"
+KEPT = "kept"
 # How long an HTTP witness's answer to "your latest checkpoint?" is reused by a process.
 REMOTE_TTL_SECONDS = 60.0
 # An HTTP witness no longer configured (removed on the record) is read on a short timeout, and
@@ -541,7 +549,10 @@ class Witnessing:
         if all(e.type == WITNESS_SET for e in entries):
             return  # appended by this class, which witnesses it itself
         if any(e.type in NARROWING_EVENTS for e in entries):
-            self.checkpoint_and_witness()
+            witnessed = self.checkpoint_and_witness()
+            for e in entries:
+                if e.type in KEPT_EVENTS:
+                    atomic_write_bytes(self._kept_path(e.seq), witnessed.note, mode=0o644)
             return
         if self._due is None:
             info = self._latest_info()
@@ -789,6 +800,32 @@ class Witnessing:
             except WitnessError as exc:
                 problems.append(f"{client.where}: {exc}")
         return witnessed, problems
+
+    def _kept_path(self, seq: int) -> Path:
+        return self.paths.checkpoints / KEPT / str(int(seq))
+
+    def witnessed_with(self, seq: int) -> Witnessed | None:
+        """The checkpoint entry ``seq`` (of :data:`KEPT_EVENTS`) was witnessed under when it
+        was appended, while it still serves as its proof: signed by the current ledger key,
+        of this log, covering the entry, its root the ledger's at its size, and cosigned by a
+        configured witness (those are the cosigners it names). None otherwise: not kept (the
+        witnesses did not answer then, or the process died before it was written), a key
+        rotated or every witness replaced since."""
+        try:
+            data = self._kept_path(seq).read_bytes()
+            note = parse_note(data)
+            verify_note(note, [self.log_verifier()])
+            cp = parse_checkpoint(note.text)
+            names = [v.name for v in self.cosigners_of(data)]
+        except (OSError, NoteError, WitnessError):
+            return None
+        if cp.origin != self.origin or cp.size <= seq or not names:
+            return None
+        hashes = self.ledger.leaf_hashes(cp.size)
+        tree = merkle.tree(hashes)
+        if len(hashes) != cp.size or tree.root() != cp.root:
+            return None
+        return Witnessed(cp, data, names, tree)
 
     def checkpoint_and_witness_partial(self) -> Witnessed:
         """The local latest checkpoint with its tree (after a checkpoint short of quorum)."""

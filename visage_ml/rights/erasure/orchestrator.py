@@ -37,8 +37,9 @@ copies         exact copies of what the steps listed, and of any erased image's 
                ...): removed, counted by top folder (:mod:`.copies`); a copy that cannot be
                removed stops the erasure before the certificate
 snapshot       the consent snapshot refreshed
-certificate    ``erasure.completed`` (committing to the claims), a tree head, a checkpoint
-               cosigned by the witnesses, the signed certificate
+certificate    ``erasure.completed`` (committing to the claims, cosigned by the witnesses
+               at once), a tree head, the signed certificate carrying the checkpoint the
+               completion was cosigned under (kept: a resume hours later carries it too)
                ``privacy/certificates/<request id>.json`` with its offline proof bundle
                (c2sp.org/tlog-proof) and its readable page ``<request id>.html``
                (:mod:`visage_ml.privacy.certificate_page`), the request's receipt
@@ -531,7 +532,8 @@ class Erasure:
         if head is None:
             head = ledger.append("tree_head", None, {"size": len(hashes), "root": root})
         inclusion = _inclusion(tree, completed.seq)
-        # A checkpoint covering the completion, cosigned by the witnesses: the offline proof.
+        # The checkpoint the completion was cosigned under (its witnesses' times date it), or,
+        # when they did not answer then, one cosigned now: the offline proof.
         proof = self.core.offline_proof(completed)
         project = self.params.project
         doc = build_certificate(
