@@ -33,7 +33,8 @@ from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy import checkpoint as checkpoint_mod
 from visage_ml.privacy import ledger as ledger_mod
-from visage_ml.privacy.certificate import EXIT_CONSISTENT_ONLY
+from visage_ml.privacy import witnessed as witnessed_mod
+from visage_ml.privacy.certificate import EXIT_CONSISTENT_ONLY, EXIT_DATE_NOT_WITNESSED
 from visage_ml.privacy.certificate_page import VERIFIED, controller_pins, page_path, render_page
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import (
@@ -77,7 +78,8 @@ def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
     """Received 60 days ago; the ledger's clock set back when the erasure completed, so that it
     reads as on time. The witness (here the default folder under a name of another host's,
     standing in for one) cosigned at the real time: both verifiers must fail the completion
-    date, not print VALID with a note, and the controller's page must not say "checks passed"
+    date, not print VALID with a note, and their verdict must say the date is not witnessed
+    and by when the erasure is proven done; the controller's page must not say "checks passed"
     of it nor take its dates as fact. Up to a day of set-back used to pass without a word."""
     witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
     real_now = ledger_mod.utc_now
@@ -94,11 +96,13 @@ def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
     vkey = witness.verifier.vkey
 
     cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
-    assert cli.exit_code == 1 and "certificate INVALID" in cli.output, cli.output
+    assert cli.exit_code == EXIT_DATE_NOT_WITNESSED, cli.output
+    assert "certificate VALID" not in cli.output, cli.output
     failed = [line for line in cli.output.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and "completion date witnessed" in failed[0], cli.output
     # What the certificate does prove: done by the witness's time at the latest.
     assert _day(stamp) in failed[0], failed
+    assert _day(stamp) in _verdict(cli.output), cli.output
 
     origin = doc["proof"]["log"]["origin"]
     py = run_verify_py(
@@ -106,13 +110,15 @@ def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
         cert,
         *("--public-key", str(pub), "--witness-key", vkey, "--origin", origin),
     )
-    assert py.returncode == 1 and "certificate INVALID" in py.stdout, py.stdout
+    assert py.returncode == EXIT_DATE_NOT_WITNESSED, py.stdout
+    assert "certificate VALID" not in py.stdout, py.stdout
     failed = [line for line in py.stdout.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and "completion date witnessed" in failed[0], py.stdout
     assert _day(stamp) in failed[0], failed
+    assert _day(stamp) in _verdict(py.stdout), py.stdout
 
     html = page_path(result.certificate_path).read_text()
-    assert "Checks passed" not in html and "NOT VERIFIED" in html
+    assert "Checks passed" not in html and "Completion date not witnessed" in html
     completed = _row(html, "erasure completed")
     assert doc["completed_at"] in completed and "not corroborated" in completed, completed
     assert _day(stamp) in completed, completed
@@ -183,6 +189,78 @@ def test_an_erasure_killed_after_its_witnessed_completion_and_resumed_hours_late
     assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
     html = page_path(Path(done["certificate"])).read_text()
     assert "NOT VERIFIED" not in html and "not corroborated" not in html
+
+
+def test_an_erasure_whose_witness_was_down_at_its_completion_is_proven_done_when_it_cosigned(
+    project, tmp_path, monkeypatch
+):
+    """The witness does not answer when the erasure completes (the entry is on the ledger; the
+    command says the certificate waits); it is back 3 hours later and `visage privacy resume`
+    issues the certificate. No witness saw the completion at its time, so its date is not
+    proven; but nothing in the certificate is false: both verifiers must say exactly what it
+    proves (the erasure done by the witness's cosignature, the date it states the controller's
+    clock) under a verdict and exit code of their own. They said `certificate INVALID`, the
+    verdict of a forgery, of an honest controller's certificate, and so did its page."""
+    witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    proj = make_project(project, n_subjects=3)
+    real = witnessed_mod.Witnessing.after_append
+
+    def down_at_completion(self, entries):
+        if any(e.type == "erasure.completed" for e in entries):
+            raise witnessed_mod.WitnessUnavailableError("witness down (test)")
+        return real(self, entries)
+
+    monkeypatch.setattr(witnessed_mod.Witnessing, "after_append", down_at_completion)
+    with pytest.raises(witnessed_mod.WitnessUnavailableError) as down:
+        Erasure(proj.paths).erase(proj.pids[0])
+    # The operator learns at once that the date is proven only once the witnesses cosign.
+    said = " ".join(" ".join(down.value.__notes__).split())
+    assert "proven done only by the time" in said, said
+    monkeypatch.setattr(witnessed_mod.Witnessing, "after_append", real)
+    _later(monkeypatch, timedelta(hours=3))
+    res = CliRunner().invoke(app, ["privacy", "resume", "--json"])
+    assert res.exit_code == 0, res.output
+    (done,) = json.loads(res.output[res.output.index("[") :])
+    cert = tmp_path / "cert.json"
+    shutil.copy(done["certificate"], cert)
+    pub = tmp_path / "ledger.pub"
+    shutil.copy(proj.paths.ledger_public_key, pub)
+    doc = json.loads(cert.read_text())
+    (stamp,) = cosign_times(doc)
+    vkey = witness.verifier.vkey
+
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    py = run_verify_py(
+        verifier_script(tmp_path),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey),
+        *("--origin", doc["proof"]["log"]["origin"]),
+    )
+    for code, out in ((cli.exit_code, cli.output), (py.returncode, py.stdout)):
+        assert code == EXIT_DATE_NOT_WITNESSED, out
+        assert "INVALID" not in out and "certificate VALID" not in out, out
+        failed = [line for line in out.splitlines() if line.startswith("FAIL")]
+        assert len(failed) == 1 and "completion date witnessed" in failed[0], out
+        verdict = _verdict(out)
+        assert verdict.startswith("certificate COMPLETION DATE NOT WITNESSED"), verdict
+        # What is proven, and what is not: the witness's time, the date stated.
+        assert _day(stamp) in verdict and doc["completed_at"] in verdict, verdict
+
+    html = page_path(Path(done["certificate"])).read_text()
+    assert "NOT VERIFIED" not in html and "Checks passed" not in html
+    assert "Completion date not witnessed" in html
+    assert "so they are not proven" not in html  # the counts are signed and committed
+    completed = _row(html, "erasure completed")
+    assert "not corroborated" in completed and _day(stamp) in completed, completed
+
+
+def _verdict(out: str) -> str:
+    """The verifier's verdict: its last line that starts with "certificate ", up to the
+    `conceded:` lines (a wrapped line joined)."""
+    lines = out.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("certificate "))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("conceded:")), None)
+    return " ".join(" ".join(lines[start:end]).split())
 
 
 def _http_witness(project, remote: Witness):

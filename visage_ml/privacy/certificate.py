@@ -24,7 +24,7 @@ the signature, both ledger entries (hash and signature), the inclusion proof and
 are the ones the ledger entry committed to. :func:`verify_offline` adds the witnessed
 checkpoint: the tlog-proof's inclusion of the completion entry under the checkpoint's root, the
 log's signature on the checkpoint and the witnesses' cosignatures, against keys the verifier
-pins (``docs/verify.md`` holds the same checks in ~250 lines that need only
+pins (``docs/verify.md`` holds the same checks in ~260 lines that need only
 ``cryptography``). Both need nothing above the privacy core, so a verifier can run without the
 rest of visage-ml. Whether the listed content is still in any of
 the project's stores is checked above, in :mod:`visage_ml.rights.certify`. A readable page of a
@@ -90,11 +90,23 @@ _RETRAINED_MARK = b'"erasure.models_retrained"'
 # The verdicts of both verifiers (this module's and docs/verify.md's) and their exit codes:
 # every check passed with a ledger key, witness keys and log name the verifier pinned (0); a
 # check failed (1); every check passed but something came from the certificate itself, which
-# shows the certificate is consistent, not who made it (3; 2 is a usage error).
+# shows the certificate is consistent, not who made it (3; 2 is a usage error); every check
+# passed with what was pinned but the completion date's: the certificate is the controller's
+# and proves the erasure done, by the witnesses' time rather than the date it states (4; its
+# witnesses could not be reached when it completed, or the ledger's clock was set back: the
+# file cannot tell which, and it need not, as the witnesses' time is what is proven).
 VALID = "VALID"
 INVALID = "INVALID"
 CONSISTENT_ONLY = "CONSISTENT ONLY, NOT AUTHENTICATED"
 EXIT_CONSISTENT_ONLY = 3
+DATE_NOT_WITNESSED = "COMPLETION DATE NOT WITNESSED"
+EXIT_DATE_NOT_WITNESSED = 4
+DATE_CHECK = "completion date witnessed"
+MSG_VERDICT_DATE = (
+    "(every other check passed: the erasure is proven done by {first} at the latest, when the "
+    "witnesses cosigned; the completion date it states, {entry}, is the controller's clock)"
+)
+MSG_UNPINNED_DATE = "and its completion date is not witnessed: see that check"
 
 MSG_KEYS_FROM_CERT = (
     "{what} taken from the certificate itself: this shows the certificate is consistent, not "
@@ -107,9 +119,9 @@ MSG_RECEIVED_UNCOMMITTED = (
 )
 MSG_DATE_NOT_WITNESSED = (
     "the entry's time is {entry}, but the witness {name} cosigned at {at}, {gap} {side}: no "
-    "witness dates the completion, which rests on the controller's clock alone (set back, or "
-    "the certificate made long after a completion its witnesses could not see at the time). "
-    "What is proven: the erasure was done by {first} at the latest (the earliest cosignature)"
+    "witness dates the completion, which rests on the controller's clock alone (its witnesses "
+    "could not be reached when it completed, or the ledger's clock was set back). What is "
+    "proven: the erasure was done by {first} at the latest (the earliest cosignature)"
 )
 MSG_DATE_WITNESSED = (
     "{names} cosigned at {at}, within {within} of the entry's time {entry}: the erasure was "
@@ -120,15 +132,15 @@ MSG_DATE_CONTROLLERS = (
     "witness run by someone else dates it; pin one with --witness-key"
 )
 MSG_RECEIVED_CONTROLLERS = "the controller's statement: no witness dates the request's arrival"
-# An erasure.completed entry is witnessed at once (a narrowing event: the append returns only
-# once the witnesses cosigned), and the certificate carries that checkpoint (kept in
+# An erasure.completed entry is witnessed at once (a narrowing event: the append returns only once
+# the witnesses cosigned), and the certificate carries that checkpoint (kept in
 # privacy/checkpoints/kept, even when the certificate is made later by a resume), so an honest
-# certificate's cosignatures follow its entry within seconds, whatever the checkpoint cadence
-# of other events (privacy.witness.every_seconds). The window allows two
-# hosts' clocks to differ by CLOCK_SKEW_S (as the retention clock does) and the cosignature to
-# come up to WITNESS_DELAY_S later: witnesses answering at their timeout (up to 600 s each) and a
-# large ledger hashed before the certificate is made. Past it the date is not the witness's: an
-# hour hides nothing against the month of Art. 12(3); a day let a set-back clock hide a day.
+# certificate's cosignatures follow its entry within seconds, whatever the checkpoint cadence of
+# other events (privacy.witness.every_seconds). The window allows two hosts' clocks to differ by
+# CLOCK_SKEW_S (as the retention clock does) and the cosignature to come up to WITNESS_DELAY_S
+# later: witnesses answering at their timeout (up to 600 s each) and a large ledger hashed before
+# its checkpoint is signed. Past it the date is not the witness's: an hour hides nothing against
+# the month of Art. 12(3); a day let a set-back clock hide a day.
 CLOCK_SKEW_S = 300
 WITNESS_DELAY_S = 3600
 MSG_OTHER_KEY = (
@@ -475,22 +487,45 @@ class CertificateReport:
     cosignatures: list[dict[str, Any]] = field(default_factory=list)
     # What the verified claims themselves concede (:func:`conceded`): said beside the verdict.
     conceded: list[str] = field(default_factory=list)
+    # The completion date not witnessed (the :data:`DATE_CHECK` failed): the time stated and
+    # the earliest cosignature's, by which the erasure is proven done. Empty otherwise.
+    completion: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
     @property
+    def date_only(self) -> bool:
+        """Every check passed but :data:`DATE_CHECK`: what the certificate states holds, but no
+        witness dates its completion (the erasure is proven done by the witnesses' time)."""
+        failed = [c.name for c in self.checks if not c.ok]
+        return bool(failed) and set(failed) == {DATE_CHECK}
+
+    @property
     def verdict(self) -> str:
-        """:data:`VALID`, :data:`INVALID`, or :data:`CONSISTENT_ONLY` when every check passed
-        but a key, witness or log name was taken from the certificate itself."""
-        if not self.ok:
+        """:data:`VALID`, :data:`INVALID`, :data:`CONSISTENT_ONLY` when every check passed
+        but a key, witness or log name was taken from the certificate itself, or
+        :data:`DATE_NOT_WITNESSED` when, with everything pinned, only the completion date's
+        check failed."""
+        if not self.ok and not self.date_only:
             return INVALID
-        return CONSISTENT_ONLY if self.unpinned else VALID
+        if self.unpinned:
+            return CONSISTENT_ONLY
+        return VALID if self.ok else DATE_NOT_WITNESSED
 
     @property
     def exit_code(self) -> int:
-        return {VALID: 0, INVALID: 1}.get(self.verdict, EXIT_CONSISTENT_ONLY)
+        return {VALID: 0, INVALID: 1, DATE_NOT_WITNESSED: EXIT_DATE_NOT_WITNESSED}.get(
+            self.verdict, EXIT_CONSISTENT_ONLY
+        )
+
+    def verdict_line(self) -> str:
+        """The verdict as both verifiers print it, with what a date not witnessed proves."""
+        line = f"certificate {self.verdict}"
+        if self.verdict == DATE_NOT_WITNESSED:
+            line += " " + MSG_VERDICT_DATE.format(**self.completion)
+        return line
 
     def add(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append(Check(name, bool(ok), detail))
@@ -527,6 +562,7 @@ class CertificateReport:
             "checkpoint": self.checkpoint,
             "cosignatures": self.cosignatures,
             "conceded": self.conceded,
+            "completion": self.completion,
         }
 
 
@@ -962,9 +998,8 @@ def _check_completion_date(
         parsed = datetime.fromisoformat(str(entry_time).replace("Z", "+00:00"))
         written = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     except ValueError:
-        report.add(
-            "completion date witnessed", False, f"the entry's time {entry_time!r} is not ISO 8601"
-        )
+        # Signed, but no time: the entry is malformed, not merely undated by a witness.
+        report.add("completion entry time", False, f"{entry_time!r} is not ISO 8601")
         return
     off = {
         n: t - written
@@ -973,8 +1008,9 @@ def _check_completion_date(
     }
     if off:
         name, gap = max(off.items(), key=lambda item: abs(item[1]))
+        report.completion = {"entry": str(entry_time), "first": _utc(min(times.values()))}
         report.add(
-            "completion date witnessed",
+            DATE_CHECK,
             False,
             MSG_DATE_NOT_WITNESSED.format(
                 entry=entry_time,
@@ -987,7 +1023,7 @@ def _check_completion_date(
         )
     elif dating:
         report.add(
-            "completion date witnessed",
+            DATE_CHECK,
             True,
             MSG_DATE_WITNESSED.format(
                 names=", ".join(dating),

@@ -24,15 +24,16 @@ which checks passed, made by whom:
 
 The page never shows an artefact's path or hash: a path can name a person's folder, and a hash
 of a file can be compared with a copy of a photograph. It claims no more than was checked: a
-failed check reads NOT VERIFIED, keys taken from the certificate itself read as consistency,
-not authenticity, and checks that all passed read as the word of whoever rendered the page (the
-controller's own installation, for the page beside its certificate), not as a verification a
-reader can rely on: that is the offline verifier, run by the reader with the published keys.
-The same certificate, keys and retraining event give the same bytes (no rendering time), so
-the controller's copy is rewritten rather than versioned: an erasure writes it beside its
-certificate (:func:`write_page`, with the controller's published key, log name and configured
-witnesses), ``visage privacy lineage --refresh`` rewrites it once the models were retrained,
-and ``visage privacy certificate-page`` renders any certificate.
+failed check reads NOT VERIFIED (the completion date's alone: completion date not witnessed, the
+erasure proven done by the witnesses' time), keys taken from the certificate itself read as
+consistency, not authenticity, and checks that all passed read as the word of whoever rendered
+the page (the controller's own installation, for the page beside its certificate), not as a
+verification a reader can rely on: that is the offline verifier, run by the reader with the
+published keys. The same certificate, keys and retraining event give the same bytes (no
+rendering time), so the controller's copy is rewritten rather than versioned: an erasure writes
+it beside its certificate (:func:`write_page`, with the controller's published key, log name and
+configured witnesses), ``visage privacy lineage --refresh`` rewrites it once the models were
+retrained, and ``visage privacy certificate-page`` renders any certificate.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ from visage_ml import __version__
 from visage_ml.io import atomic_write_text
 from visage_ml.privacy.certificate import (
     CLOCK_SKEW_S,
+    CONSISTENT_ONLY,
+    INVALID,
     CertificateReport,
     published_keys,
     verify_offline,
 )
+from visage_ml.privacy.certificate import DATE_NOT_WITNESSED as CERT_DATE_NOT_WITNESSED
 from visage_ml.privacy.checkpoint import NoteError, parse_tlog_proof
 from visage_ml.privacy.pages import template_env
 from visage_ml.privacy.records import EXAMPLE_CONTROLLER, at_example_domain, plural
@@ -121,10 +125,23 @@ STORE_TEXT = {
 VERIFIED = "verified"
 CONSISTENT = "consistent only"
 NOT_VERIFIED = "NOT VERIFIED"
+# Every check passed but no witness cosigned the completion at its time (the verifiers'
+# COMPLETION DATE NOT WITNESSED): proven done by the witnesses' time, not at the date stated.
+DATE_NOT_WITNESSED = "completion date not witnessed"
 # What the page calls a verdict: every check passing with pinned keys is still only the word of
 # whoever rendered the page (the controller, for the page beside its certificate); a reader
 # verifies by running the offline verifier themselves.
-HEADLINE = {VERIFIED: "checks passed", CONSISTENT: CONSISTENT, NOT_VERIFIED: NOT_VERIFIED}
+HEADLINE = {
+    VERIFIED: "checks passed",
+    CONSISTENT: CONSISTENT,
+    NOT_VERIFIED: NOT_VERIFIED,
+    DATE_NOT_WITNESSED: DATE_NOT_WITNESSED,
+}
+_PAGE_VERDICT = {
+    INVALID: NOT_VERIFIED,
+    CONSISTENT_ONLY: CONSISTENT,
+    CERT_DATE_NOT_WITNESSED: DATE_NOT_WITNESSED,
+}
 OWN_CHECKER = "this project's own visage-ml installation, with the keys it holds"
 OTHER_CHECKER = "visage-ml run by whoever rendered this copy, with the keys they gave"
 # The prepared training data (data/processed/faces.sealed): every subject's crops, each sealed
@@ -324,7 +341,7 @@ def render_page(
     if Path(cert_path).read_bytes() != raw:  # what was checked must be what is shown
         raise CertificatePageError(MSG_CHANGED.format(path=cert_path))
     sha256 = hashlib.sha256(raw).hexdigest()
-    verdict = NOT_VERIFIED if not report.ok else CONSISTENT if report.unpinned else VERIFIED
+    verdict = _PAGE_VERDICT.get(report.verdict, VERIFIED)
     context = _context(
         doc,
         report,

@@ -27,6 +27,8 @@ from visage_ml.io import atomic_write_text
 from visage_ml.privacy import certificate_page as cp
 from visage_ml.privacy.certificate import (
     CONSISTENT_ONLY,
+    INVALID,
+    MSG_UNPINNED_DATE,
     models_retrained_event,
     verify_offline,
 )
@@ -1000,7 +1002,9 @@ def verify_certificate_cmd(
     DVC's site cache for the listed content hashes (outside the checkout: not checked, a failed
     check), and says whether the models in use were trained without the subject. Exit code 0
     when valid, 1 when not, 3 when every check passed but a key, the witnesses or the log name
-    came from the certificate itself (CONSISTENT ONLY, NOT AUTHENTICATED: pin them).
+    came from the certificate itself (CONSISTENT ONLY, NOT AUTHENTICATED: pin them), 4 when
+    every check passed but no witness cosigned within an hour of the completion (COMPLETION
+    DATE NOT WITNESSED: the erasure is proven done by the time they cosigned, which it names).
     """
 
     with _rights_errors():
@@ -1030,13 +1034,15 @@ def verify_certificate_cmd(
             console.print(f"models: {report.models['status']}", highlight=False)
         for text in report.notes:
             console.print(f"[yellow]note[/] {text}", highlight=False)
-        verdict = f"certificate {report.verdict}"
+        verdict = report.verdict_line()
         if report.verdict == CONSISTENT_ONLY:
-            verdict += f" ({MSG_UNPINNED})"
+            undated = f"; {MSG_UNPINNED_DATE}" if report.completion else ""
+            verdict += f" ({MSG_UNPINNED}{undated})"
         elif report.ok and report.notes:
             verdict += " (see the notes)"
         console.print(verdict, highlight=False)
-        for text in report.conceded if report.ok else ():  # what the VALID claims admit
+        # What the claims admit, once they verified (a date not witnessed leaves them so).
+        for text in report.conceded if report.verdict != INVALID else ():
             console.print(f"conceded: {text}", highlight=False)
     if report.exit_code:
         raise typer.Exit(report.exit_code)

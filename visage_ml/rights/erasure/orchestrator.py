@@ -175,7 +175,10 @@ MSG_REQUEST_UNWITNESSED = (
 MSG_COMPLETION_UNWITNESSED = (
     "The subject's data is erased (every step has run); the certificate waits for the "
     "witnesses to cosign the completion. Run `visage privacy checkpoint` when they answer, then "
-    "`visage privacy resume` to issue it."
+    "`visage privacy resume` to issue it. Until they cosign, nothing dates the completion: a "
+    "certificate shows the erasure proven done only by the time they cosign (its verdict then "
+    "reads COMPLETION DATE NOT WITNESSED when that is more than an hour from now), so bring "
+    "them back soon."
 )
 MSG_NO_ENTRY = "the ledger has no entry {seq}; restore it from a backup"
 
