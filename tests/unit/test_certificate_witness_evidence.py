@@ -191,6 +191,28 @@ def test_an_erasure_killed_after_its_witnessed_completion_and_resumed_hours_late
     assert "NOT VERIFIED" not in html and "not corroborated" not in html
 
 
+def test_a_certificate_rendered_again_or_resumed_days_later_keeps_its_witnessed_date(
+    project, tmp_path, monkeypatch
+):
+    """Nothing re-makes a certificate once its request is closed: `visage privacy resume` finds
+    nothing to do and `certificate-page` renders the same file two days later. Its checkpoint,
+    cosigned at the completion, still dates it: VALID, and the page still says checks passed."""
+    witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    issued = result.certificate_path.read_bytes()
+    _later(monkeypatch, timedelta(days=2))
+    runner = CliRunner()
+    res = runner.invoke(app, ["privacy", "resume", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output[res.output.index("[") :]) == []
+    res = runner.invoke(app, ["privacy", "certificate-page", str(result.certificate_path)])
+    assert res.exit_code == 0 and "checks passed" in res.output, res.output
+    assert result.certificate_path.read_bytes() == issued
+    cert, pub = offline_copy(proj, result, tmp_path)
+    cli = run_cli(cert, *pinned_cli_args(json.loads(issued), pub, witness.verifier.vkey))
+    assert cli.exit_code == 0 and "certificate VALID" in cli.output, cli.output
+
+
 def test_an_erasure_whose_witness_was_down_at_its_completion_is_proven_done_when_it_cosigned(
     project, tmp_path, monkeypatch
 ):
