@@ -16,6 +16,7 @@ import hmac
 import json
 import threading
 import time
+import types
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +29,7 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.config import load_params
+from visage_ml.privacy import checkpoint as checkpoint_mod
 from visage_ml.privacy.checkpoint import Signature, Signer
 from visage_ml.privacy.consent import ConsentReceipt
 from visage_ml.privacy.core import PrivacyCore
@@ -70,11 +72,16 @@ def ledger_lines(core: PrivacyCore) -> list[dict]:
 
 
 @pytest.fixture
-def month(project):
+def month(project, monkeypatch):
     clock = SimClock()
     proj = make_project(project, n_subjects=6, n_images=2)
     core = proj.core
     core.ledger.clock = clock.iso
+    # The witness's clock moves with the simulated month, as every clock of a deployment does:
+    # its cosignatures date the erasures' completions (the certificate's date check).
+    monkeypatch.setattr(
+        checkpoint_mod, "time", types.SimpleNamespace(time=lambda: clock.t.timestamp())
+    )
     return proj, core, clock
 
 
