@@ -34,7 +34,12 @@ from visage_ml.config import ProjectPaths
 from visage_ml.privacy import checkpoint as checkpoint_mod
 from visage_ml.privacy import ledger as ledger_mod
 from visage_ml.privacy import witnessed as witnessed_mod
-from visage_ml.privacy.certificate import EXIT_CONSISTENT_ONLY, EXIT_DATE_NOT_WITNESSED
+from visage_ml.privacy.certificate import (
+    CONSISTENT_ONLY,
+    EXIT_CONSISTENT_ONLY,
+    EXIT_DATE_NOT_WITNESSED,
+    checkout_witnesses,
+)
 from visage_ml.privacy.certificate_page import VERIFIED, controller_pins, page_path, render_page
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.witness import (
@@ -43,6 +48,7 @@ from visage_ml.privacy.witness import (
     default_witness_dir,
     make_server,
 )
+from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.erasure import orchestrator as erasure_mod
 
@@ -401,3 +407,60 @@ def test_the_controllers_own_witness_is_flagged_whatever_name_it_was_given(proje
         pins=controller_pins(PrivacyCore(proj.paths), result.certificate_path),
     )
     assert again.html == page and again.verdict == VERIFIED
+
+
+def test_a_witness_replaced_since_still_authenticates_its_certificates_in_the_checkout(
+    project, tmp_path
+):
+    """The controller moves to another witness, on the record: the certificates the old one
+    cosigned are still the checkout's own (VALID, its directory witness marked as such), not
+    "consistent only" as if they were anyone's."""
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    old = Witness(default_witness_dir()).verifier
+    new = Witness.create(tmp_path / "w2", name="witness.other.org/w2")
+    both = [{"kind": "directory", "path": "default"}, {"kind": "directory", "path": str(new.root)}]
+    write_overrides(proj.paths.params, {"privacy.witness.witnesses": both})
+    runner = CliRunner()
+    out = runner.invoke(app, ["privacy", "checkpoint"])  # the new witness goes on the record
+    assert out.exit_code == 0, out.output
+    write_overrides(proj.paths.params, {"privacy.witness.witnesses": both[1:]})
+    out = runner.invoke(app, ["privacy", "remove-witness", old.name, "--reason", "decommissioned"])
+    assert out.exit_code == 0, out.output
+
+    cert = str(result.certificate_path)
+    out = runner.invoke(app, ["privacy", "verify-certificate", cert])
+    assert out.exit_code == 0 and "certificate VALID" in out.output, out.output
+    assert "none of the witnesses" not in out.output and CONSISTENT_ONLY not in out.output
+    report = verify_certificate(cert, root=proj.paths.root)
+    assert [(c["name"], c["local"]) for c in report.cosignatures] == [(old.name, True)]
+    assert any(old.name in n and "directory witness of this project" in n for n in report.notes)
+    # The page the controller renders again (as `lineage --refresh` does) says the same.
+    out = runner.invoke(app, ["privacy", "certificate-page", cert])
+    assert out.exit_code == 0 and "checks passed" in out.output, out.output
+    assert "kept by the controller itself" in page_path(result.certificate_path).read_text()
+    pins = controller_pins(PrivacyCore(proj.paths), cert)
+    assert pins.witness_keys == (old.vkey,) and old.vkey in pins.directory
+
+
+def test_a_witness_set_line_written_in_without_the_ledger_key_names_no_witness_of_the_checkout(
+    project, tmp_path
+):
+    """Someone with the ledger file but not its key writes in a witness.set naming a witness of
+    theirs: the checkout does not take it as one of its own."""
+    proj = make_project(project, n_subjects=3)
+    Erasure(proj.paths).erase(proj.pids[0])
+    old = Witness(default_witness_dir()).verifier.vkey
+    assert checkout_witnesses(proj.paths).vkeys == (old,)
+    stranger = Witness.create(tmp_path / "stranger", name="witness.example.org/w1").verifier.vkey
+    lines = proj.paths.ledger.read_bytes().splitlines()
+    recorded = json.loads(next(line for line in lines if b'"witness.set"' in line))
+    recorded["seq"] = json.loads(lines[-1])["seq"] + 1
+    recorded["payload"]["witnesses"] = [
+        {"kind": "http", "url": "https://witness.example.org", "vkey": stranger},
+        {"kind": "http", "url": "https://witness.example.org/old", "vkey": old},
+    ]
+    with proj.paths.ledger.open("ab") as fh:
+        fh.write(json.dumps(recorded, separators=(",", ":")).encode() + b"\n")
+    own = checkout_witnesses(proj.paths)
+    assert own.vkeys == (old,) and own.directory == (old,)

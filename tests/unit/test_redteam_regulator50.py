@@ -26,6 +26,7 @@ from visage_ml.io import md5_file
 from visage_ml.privacy.certificate import (
     CONSISTENT_ONLY,
     EXIT_CONSISTENT_ONLY,
+    OwnWitnesses,
     conceded,
     render,
     sign,
@@ -116,12 +117,13 @@ def test_pins_given_without_offline_are_checked_not_dropped(project, tmp_path, m
         app, ["privacy", "verify-certificate", str(result.certificate_path), *right]
     )
     assert good.exit_code == 0 and "ok   witness cosignatures" in good.output, good.output
-    # Without pins, one of the checkout's configured witnesses must have cosigned; none of
-    # them (a witness replaced since) leaves the certificate's own list: consistent only.
+    # Without pins, one of the checkout's witnesses (configured or on its ledger's record) must
+    # have cosigned; none of them (a checkout that never knew the certificate's witnesses)
+    # leaves the certificate's own list: consistent only.
     unpinned = runner.invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
     assert unpinned.exit_code == 0 and "ok   witness cosignatures" in unpinned.output
     with monkeypatch.context() as m:
-        m.setattr(certify, "configured_witnesses", lambda paths, **_: [stranger])
+        m.setattr(certify, "checkout_witnesses", lambda paths: OwnWitnesses(vkeys=(stranger,)))
         args = ["privacy", "verify-certificate", str(result.certificate_path)]
         replaced = runner.invoke(app, args)
     assert replaced.exit_code == EXIT_CONSISTENT_ONLY, replaced.output

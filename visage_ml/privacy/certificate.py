@@ -79,6 +79,7 @@ from visage_ml.privacy.ledger import (
     verify_inclusion_record,
 )
 from visage_ml.privacy.witness import LOCAL_WITNESS_PREFIX
+from visage_ml.privacy.witnessed import make_client, witness_params, witness_set_lines
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,8 @@ MSG_OTHER_KEY = (
     "privacy/ledger-keys.pem (every key the ledger has had) as the public key"
 )
 MSG_LOCAL_WITNESS = (
-    "{name} is a directory witness of this project (privacy.witness, kind directory: a folder "
+    "{name} is a directory witness of this project (kind directory in privacy.witness or its "
+    "ledger's witness.set record: a folder "
     "the controller keeps, whatever its name): it proves nothing against the controller, who "
     "can restore or copy it with the ledger, and its clock is the controller's; rely on a "
     "witness run by someone else (docs/verify.md)"
@@ -163,8 +165,8 @@ MSG_DEFAULT_NAME = (
     "controller's own directory witness is"
 )
 MSG_NO_OWN_WITNESS = (
-    "none of the witnesses this checkout is configured with cosigned the certificate's "
-    "checkpoint (removed or replaced since?)"
+    "none of the witnesses this checkout is configured with or its ledger has recorded "
+    "(witness.set) cosigned the certificate's checkpoint: they are the certificate's word alone"
 )
 MSG_LISTED_UNCOSIGNED = (
     "listed but not cosigned: {names}: the certificate names them as witnesses, but no "
@@ -426,6 +428,45 @@ def signer_in_history(
         if key_id(key) == wanted.get("key_id"):
             return key
     return None
+
+
+@dataclass(frozen=True)
+class OwnWitnesses:
+    """The witnesses a checkout knows as its own (:func:`checkout_witnesses`), by key."""
+
+    vkeys: tuple[str, ...] = ()
+    directory: tuple[str, ...] = ()  # configured or recorded as directory witnesses
+
+
+def checkout_witnesses(paths: ProjectPaths) -> OwnWitnesses:
+    """The witnesses of the checkout: those its params.yaml configures (their keys as their
+    folders or configuration publish them) and every one a ``witness.set`` entry of its
+    ledger records, the entry signed by the ledger key of its time. A witness replaced since
+    cosigned the certificates of its time: they are still the checkout's own. A witness
+    configured or recorded as a directory witness is in ``directory`` (the controller's own,
+    by its kind, never by its name). Nothing is created or asked over the network."""
+    found: list[tuple[str, str]] = []  # (kind, vkey), configured first
+    try:
+        params = witness_params(paths)
+        for spec in params.witnesses:
+            v = make_client(spec, timeout=params.timeout_seconds).cosigner()
+            if v is not None:
+                found.append((spec.kind, v.vkey))
+    except (OSError, ValueError, TypeError) as exc:  # unreadable params: none configured
+        log.warning("the configured witnesses could not be read (%s)", type(exc).__name__)
+    try:
+        chain = checkout_ledger(paths).key_chain() if paths.ledger.is_file() else None
+        for line, recorded in witness_set_lines(paths.ledger) if chain else ():
+            # Only the ledger's own word: a line written in without its key names nobody.
+            key = Ed25519PublicKey.from_public_bytes(chain.key_at(recorded.seq))
+            if entry_ok(json.loads(line), key):
+                found.extend((w.kind, w.vkey) for w in recorded.witnesses if w.vkey)
+    except (OSError, ValueError, LedgerError) as exc:
+        log.warning("the ledger's witness record could not be read (%s)", type(exc).__name__)
+    return OwnWitnesses(
+        vkeys=tuple(dict.fromkeys(vkey for _, vkey in found)),
+        directory=tuple(dict.fromkeys(vkey for kind, vkey in found if kind == "directory")),
+    )
 
 
 def models_retrained_event(
@@ -811,9 +852,10 @@ def check_witnessed(
     origin
         The log name the verifier pins (else not checked).
     own_witnesses
-        Without pinned keys: the witnesses the controller's checkout is configured with, one of
-        which must have cosigned (the checkout's word, as its ledger key is). Without either,
-        the certificate's own list, and a note says so.
+        Without pinned keys: the witnesses of the controller's checkout (configured, or
+        recorded by its ledger: :func:`checkout_witnesses`), one of which must have cosigned
+        (the checkout's word, as its ledger key is). Without either, the certificate's own
+        list, and a note says so.
     notes
         Notes on what was not pinned, said beside the verdict (and making it unpinned).
     directory_witnesses
@@ -884,7 +926,7 @@ def check_witnessed(
         elif own and verified_cosigners(note, own):
             keys = own
         else:
-            # A witness removed or replaced since leaves the certificate's own list, said so.
+            # A witness the checkout never knew leaves the certificate's own list, said so.
             if own:
                 notes.append(MSG_NO_OWN_WITNESS)
             keys = [cosigner(str(w["vkey"])) for w in proof.get("witnesses") or []]

@@ -16,8 +16,8 @@ which checks passed, made by whom:
   ``erasure.models_retrained`` entry the caller found);
 - the ``erasure.completed`` ledger entry, its tree head and checkpoint, and the witnesses whose
   cosignature verified, with their keys' fingerprints and the witness's own time, each marked
-  by the kind the checkout configures for it (a directory witness is the controller's own
-  folder, whatever its name);
+  by the kind the checkout configures or its ledger recorded for it (a directory witness is the
+  controller's own folder, whatever its name);
 - the checks of :func:`~visage_ml.privacy.certificate.verify_offline`, the keys they used and
   where those keys came from, and how anyone can check the file themselves;
 - the certificate file's SHA-256, which ties the page to one JSON file.
@@ -32,8 +32,9 @@ verification a reader can rely on: that is the offline verifier, run by the read
 published keys. The same certificate, keys and retraining event give the same bytes (no
 rendering time), so the controller's copy is rewritten rather than versioned: an erasure writes
 it beside its certificate (:func:`write_page`, with the controller's published key, log name and
-configured witnesses), ``visage privacy lineage --refresh`` rewrites it once the models were
-retrained, and ``visage privacy certificate-page`` renders any certificate.
+its witnesses, configured or recorded in its ledger), ``visage privacy lineage --refresh``
+rewrites it once the models were retrained, and ``visage privacy certificate-page`` renders any
+certificate.
 """
 
 from __future__ import annotations
@@ -59,11 +60,18 @@ from visage_ml.privacy.certificate import (
     CONSISTENT_ONLY,
     INVALID,
     CertificateReport,
+    checkout_witnesses,
     published_keys,
     verify_offline,
 )
 from visage_ml.privacy.certificate import DATE_NOT_WITNESSED as CERT_DATE_NOT_WITNESSED
-from visage_ml.privacy.checkpoint import NoteError, parse_tlog_proof
+from visage_ml.privacy.checkpoint import (
+    NoteError,
+    cosigner,
+    parse_note,
+    parse_tlog_proof,
+    verified_cosigners,
+)
 from visage_ml.privacy.pages import template_env
 from visage_ml.privacy.records import EXAMPLE_CONTROLLER, at_example_domain, plural
 
@@ -197,9 +205,10 @@ class Pins:
         The checks are made by the project's own installation with the keys it holds (the page
         then says they are the controller's word, not an independent verification).
     directory
-        The vkeys of the witnesses configured as directory witnesses (``privacy.witness``:
-        folders on the controller's disk, stamped by its clock), which the page marks so
-        whatever their names; None: not known (a copy rendered elsewhere).
+        The vkeys of the witnesses configured (``privacy.witness``) or recorded in the ledger
+        (``witness.set``) as directory witnesses (folders on the controller's disk, stamped by
+        its clock), which the page marks so whatever their names; None: not known (a copy
+        rendered elsewhere).
     """
 
     public_key: Ed25519PublicKey | Path | None = None
@@ -357,31 +366,29 @@ def render_page(
 
 def controller_pins(core: Any, cert_path: str | os.PathLike[str]) -> Pins:
     """The controller's own keys for its certificate's page: the published ledger key file,
-    the project's log name, and the configured witnesses whose cosignature is on the
-    certificate's checkpoint (taken from the witnesses' configuration, not from the file), and
-    which of them are directory witnesses (by their configured kind: a name proves nothing)."""
+    the project's log name, and the checkout's witnesses (configured, or recorded in its
+    ledger: a witness replaced since cosigned the certificates of its time) whose cosignature
+    is on the certificate's checkpoint (their keys taken from the checkout, not from the file),
+    and which of them are directory witnesses (by their configured or recorded kind: a name
+    proves nothing)."""
     paths = core.paths
     key_file = published_keys(paths)
+    own = checkout_witnesses(paths)
     witness_keys: tuple[str, ...] = ()
     try:
         _, doc = load_certificate(cert_path)
         note = parse_tlog_proof(str(_obj(doc.get("proof")).get("tlog_proof"))).checkpoint
-        witness_keys = tuple(v.vkey for v in core.witnessing.cosigners_of(note))
+        keys = [cosigner(k) for k in own.vkeys]
+        witness_keys = tuple(v.vkey for v in verified_cosigners(parse_note(note), keys))
     except (CertificatePageError, NoteError, ValueError, TypeError):
         witness_keys = ()  # the page's check then names the failure
-    witnessing = core.witnessing
-    directory = tuple(
-        v.vkey
-        for spec, client in zip(witnessing.params.witnesses, witnessing.clients, strict=True)
-        if spec.kind == "directory" and (v := client.cosigner()) is not None
-    )
     return Pins(
         public_key=key_file if key_file.is_file() else None,
         witness_keys=witness_keys,
-        origin=witnessing.origin,
+        origin=core.witnessing.origin,
         by="the controller's checkout",
         own=True,
-        directory=directory,
+        directory=own.directory,
     )
 
 

@@ -1518,6 +1518,21 @@ def witness_sets(ledger_path: Path) -> list[WitnessSet]:
         raise LedgerError(f"{ledger_path}: {exc}") from None
 
 
+def witness_set_lines(ledger_path: Path) -> list[tuple[bytes, WitnessSet]]:
+    """Every ``witness.set`` entry of the ledger at ``ledger_path`` with its line (without its
+    newline), oldest first: to check its signature, which :func:`witness_sets` does not.
+
+    Raises
+    ------
+    LedgerError
+        A ``witness.set`` line is unreadable.
+    """
+    try:
+        return [(held[1].rstrip(b"\n"), held[2]) for held in _WITNESS_SETS(ledger_path)]
+    except LedgerError as exc:
+        raise LedgerError(f"{ledger_path}: {exc}") from None
+
+
 def _tree_key(cp: Checkpoint) -> str:
     """What the open check compares of a checkpoint: its origin, size and root."""
     return f"{cp.origin}\n{cp.size}\n{cp.root.hex()}"

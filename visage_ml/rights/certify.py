@@ -3,14 +3,14 @@
 :func:`verify_certificate` runs the proof checks of
 :func:`visage_ml.privacy.certificate.verify_proof` and those of the witnessed checkpoint
 (:func:`~visage_ml.privacy.certificate.check_witnessed`, with the witness keys and log name
-pinned, else the checkout's configured witnesses), then looks for the erased content: none of
-the listed content hashes, and no erased subject's image in clear (the tombstones know its
-PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file under ``data/``,
-``gallery/``, ``mlruns/``, ``models/``, ``privacy/`` (its keys and vault too), the DVC cache,
-the configured remotes and DVC's
-site cache (every file is hashed; ``.dir`` manifests are also read for the listed objects and
-the subject's folder; outside a checkout, or with no file to hash, the content is not shown
-clean: the check fails); and it says whether the models in use were trained without the subject.
+pinned, else the checkout's witnesses, configured or recorded in its ledger), then looks for
+the erased content: none of the listed content hashes, and no erased subject's image in clear
+(the tombstones know its PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file
+under ``data/``, ``gallery/``, ``mlruns/``, ``models/``, ``privacy/`` (its keys and vault
+too), the DVC cache, the configured remotes and DVC's site cache (every file is hashed;
+``.dir`` manifests are also read for the listed objects and the subject's folder; outside a
+checkout, or with no file to hash, the content is not shown clean: the check fails); and it
+says whether the models in use were trained without the subject.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from visage_ml.privacy.certificate import (
     CertificateReport,
     check_witnessed,
     checkout_ledger,
+    checkout_witnesses,
     models_retrained_event,
     published_keys,
     signer_in_history,
     verify_proof,
 )
 from visage_ml.privacy.ledger import LedgerError
-from visage_ml.privacy.witnessed import make_client, witness_params
 from visage_ml.rights import dvc_objects, lineage
 from visage_ml.rights.content_hashes import (
     LISTED,
@@ -88,8 +88,8 @@ def verify_certificate(
         retrained).
     witness_keys
         Witness keys the verifier pins: each must have cosigned the certificate's checkpoint.
-        Without them one of the witnesses the checkout is configured with must have (the
-        checkout's word, as its ledger key is).
+        Without them one of the checkout's witnesses must have, those it is configured with or
+        its ledger recorded (the checkout's word, as its ledger key is).
     origin
         The log name the verifier pins: the checkpoint must be of that log.
 
@@ -112,14 +112,15 @@ def verify_certificate(
         return report
     # The witnessed proof bundle is checked here too: pins given on site are not dropped, and a
     # certificate stripped of its proof and signed again does not pass in the checkout.
+    own = checkout_witnesses(paths)
     check_witnessed(
         doc,
         pub,
         report,
         witness_keys=witness_keys,
         origin=origin,
-        own_witnesses=() if witness_keys else configured_witnesses(paths),
-        directory_witnesses=configured_witnesses(paths, directory_only=True),
+        own_witnesses=() if witness_keys else own.vkeys,
+        directory_witnesses=own.directory,
     )
     claims = doc.get("claims") or {}
     if scan:
@@ -127,23 +128,6 @@ def verify_certificate(
     if models:
         report.models = _models_status(paths, doc, claims, pub, report)
     return report
-
-
-def configured_witnesses(paths: ProjectPaths, *, directory_only: bool = False) -> list[str]:
-    """The keys (vkeys) of the witnesses the checkout's params.yaml names (``directory_only``:
-    its directory witnesses, the controller's own by their configured kind), as their folders
-    or configuration publish them (nothing is created or asked over the network)."""
-    try:
-        params = witness_params(paths)
-        return [
-            v.vkey
-            for s in params.witnesses
-            if (not directory_only or s.kind == "directory")
-            and (v := make_client(s, timeout=params.timeout_seconds).cosigner()) is not None
-        ]
-    except (OSError, ValueError, TypeError) as exc:  # unreadable params: none configured
-        log.warning("the configured witnesses could not be read (%s)", type(exc).__name__)
-        return []
 
 
 def _sha256_stream(path: Path) -> tuple[str, int]:

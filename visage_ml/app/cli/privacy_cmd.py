@@ -979,7 +979,7 @@ def verify_certificate_cmd(
         None,
         "--witness-key",
         help="A witness verifier key that must have cosigned (repeatable; in the checkout, "
-        "default: one of the configured witnesses).",
+        "default: one of its witnesses, configured or recorded in its ledger).",
     ),
     origin: str = typer.Option(
         None, "--origin", help="The controller's published log name to require."
@@ -996,15 +996,16 @@ def verify_certificate_cmd(
 
     Checks the encoding, the Ed25519 signature, the ledger entries, the Merkle inclusion proof
     and the witnessed checkpoint (cosigned by the witnesses pinned with --witness-key, else by
-    one the checkout is configured with; of the log --origin names), then hashes every file
-    under data/, gallery/, mlruns/, models/, privacy/ (the destroyed keys and vault files too),
-    reports/, notebooks/ and at the project's top, the DVC cache, the configured remotes and
-    DVC's site cache for the listed content hashes (outside the checkout: not checked, a failed
-    check), and says whether the models in use were trained without the subject. Exit code 0
-    when valid, 1 when not, 3 when every check passed but a key, the witnesses or the log name
-    came from the certificate itself (CONSISTENT ONLY, NOT AUTHENTICATED: pin them), 4 when
-    every check passed but no witness cosigned within an hour of the completion (COMPLETION
-    DATE NOT WITNESSED: the erasure is proven done by the time they cosigned, which it names).
+    one the checkout is configured with or its ledger recorded; of the log --origin names),
+    then hashes every file under data/, gallery/, mlruns/, models/, privacy/ (the destroyed
+    keys and vault files too), reports/, notebooks/ and at the project's top, the DVC cache,
+    the configured remotes and DVC's site cache for the listed content hashes (outside the
+    checkout: not checked, a failed check), and says whether the models in use were trained
+    without the subject. Exit code 0 when valid, 1 when not, 3 when every check passed but a
+    key, the witnesses or the log name came from the certificate itself (CONSISTENT ONLY, NOT
+    AUTHENTICATED: pin them), 4 when every check passed but no witness cosigned within an hour
+    of the completion (COMPLETION DATE NOT WITNESSED: the erasure is proven done by the time
+    they cosigned, which it names).
     """
 
     with _rights_errors():
@@ -1133,7 +1134,7 @@ def certificate_page_cmd(
                 by=f"{'some given on the command line, ' if given else ''}{own.by}",
                 # Keys given on the command line are the reader's choice: not the checkout's.
                 own=not given,
-                directory=own.directory,  # the configured kinds, whoever chose the keys
+                directory=own.directory,  # the checkout's kinds, whoever chose the keys
             )
             event = models_retrained_event(
                 core.ledger, doc.get("request_id"), core.ledger.key_chain().public_keys()
