@@ -196,6 +196,15 @@ def test_a_listed_witness_that_never_cosigned_is_named_by_both_verifiers(project
     for out in (cli.output, py.stdout):
         assert f"listed but not cosigned: {fake.name}" in out, out
     assert "certificate VALID (see the notes)" in cli.output
+    # Unpinned, both give one verdict: what the witnesses that cosigned show, without keys of
+    # the reader's, is consistency only; the listed name is a claim, said in a note.
+    pins = ["--public-key", str(pub), "--origin", doc["proof"]["log"]["origin"]]
+    cli = run_cli(cert, *pins)
+    py = run_verify_py(verifier_script(tmp_path), cert, *pins)
+    assert (cli.exit_code, py.returncode) == (EXIT_CONSISTENT_ONLY,) * 2, cli.output + py.stdout
+    for out in (cli.output, py.stdout):
+        assert f"listed but not cosigned: {fake.name}" in out, out
+        assert f"certificate {CONSISTENT_ONLY}" in out, out
     # The real certificate names no such witness.
     real = run_cli(result.certificate_path, *pinned_cli_args(doc, pub, vkey))
     assert "listed but not cosigned" not in real.output, real.output
