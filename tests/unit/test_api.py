@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import get_args
 
@@ -302,18 +303,34 @@ def test_an_empty_purpose_list_is_refused_not_taken_for_every_purpose(served):
     assert s.world.paths.ledger.read_bytes() == ledger
 
 
-def test_a_request_received_before_its_subject_was_registered_is_refused_saying_why(served):
-    # Accepted before: "received_at": "1970-01-01" recorded a request 20 000 days overdue (and
-    # an erasure's request with it). Answered as the API answers the other receipt times it
-    # cannot take (in the future, out of range): 409 not_allowed, nothing appended.
+def test_a_request_received_before_its_subject_was_registered_is_taken_and_says_so(served):
+    # A request that reached the controller before the subject was added (a letter answered
+    # after an import) was refused 409: the DPO could only record a later date and a later
+    # deadline. Taken as received, it says it predates the registration, in the answer and in
+    # GET /v1/requests/{id}; a time before the GDPR applied (1970) is still refused, with
+    # nothing appended.
     s = served
     pid = s.pids[10]
+    added = s.world.core.added_at(pid)
+    received = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    r = s.call(
+        "POST",
+        f"/v1/subjects/{pid}/requests",
+        "dpo",
+        json={"right": "access", "received_at": received},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["received_before_registration"] is True and body["subject_added_at"] == added
+    got = s.call("GET", f"/v1/requests/{body['request_id']}", "dpo").json()
+    assert got["received_before_registration"] is True and got["subject_added_at"] == added
+    assert got["days_left"] in (27, 28, 29)  # a month from receipt, not from now
     ledger = s.world.paths.ledger.read_bytes()
     old = {"received_at": "1970-01-01T00:00:00Z"}
     for path, body in (("requests", {"right": "access", **old}), ("erasure", old)):
         r = s.call("POST", f"/v1/subjects/{pid}/{path}", "dpo", json=body)
         assert r.status_code == 409 and error_of(r) == "not_allowed", (path, r.text)
-        assert "before subject" in r.text and "added to the registry" in r.text
+        assert "before 25 May 2018, when the GDPR began to apply" in r.text
     assert s.world.paths.ledger.read_bytes() == ledger
 
 

@@ -42,7 +42,7 @@ class Clock:
 
 
 def add_subject_at(core: PrivacyCore, when: datetime) -> str:
-    """A subject added to the registry at ``when`` (no request about them is received before)."""
+    """A subject added to the registry at ``when`` (a request received before says so)."""
     core.ledger.clock = lambda: format_time(when)
     try:
         return core.add_subject(source="test")
@@ -192,28 +192,64 @@ def test_invalid_transitions_are_refused_with_what_is_allowed(setup):
         book.receive(pid, "access", received_at=datetime.now(UTC) + timedelta(days=2))
 
 
-def test_a_request_cannot_be_received_before_its_subject_was_registered(project):
-    # A receipt time in 1970 was recorded as given: the request was 20 000 days overdue the
-    # moment it was recorded, in the DPO's listing and in the signed ledger. No request about a
-    # subject arrives before the subject is on the registry: refused, saying why, over the API
-    # (as the other receipt times it cannot take), the CLI and the erasure that records one.
+def test_a_request_received_before_its_subject_was_registered_counts_from_receipt_and_says_so(
+    project,
+):
+    # A postal request that arrived before its subject's data was imported (or a pending
+    # request migrated in) was refused: the DPO had to record a later date, which moved the
+    # Art. 12(3) deadline in the controller's favour. Recorded as received, its deadline counts
+    # from receipt, and the request says it predates the registration, with when that was.
+    runner = CliRunner()
+    core = PrivacyCore(ProjectPaths(project))
+    pid = add_subject_at(core, datetime(2026, 9, 1, tzinfo=UTC))
+    book = RequestBook(core)
+    st = book.receive(pid, "access", received_at="2026-08-20T08:00:00Z", channel="letter")
+    assert st.received_at == "2026-08-20T08:00:00.000Z"
+    assert st.deadline == "2026-09-20T08:00:00.000Z"
+    assert st.received_before_registration and st.subject_added_at == "2026-09-01T00:00:00.000Z"
+    (entry,) = [e for e in core.ledger.entries() if e.type == "request.received"]
+    assert entry.payload["received_before_registration"] is True
+    assert entry.payload["subject_added_at"] == "2026-09-01T00:00:00.000Z"
+    # The erasure that records its own request takes it too.
+    erasure = Erasure(core.paths, core=core).request(pid, received_at="2026-08-21T00:00:00Z")
+    assert erasure.received_before_registration
+    # The DPO sees it in the listing, in `request show` and in their JSON.
+    listing = " ".join(runner.invoke(app, ["privacy", "requests"]).output.split())
+    assert listing.count("received before registration (2026-09-01)") == 2, listing
+    shown = runner.invoke(app, ["privacy", "request", "show", st.request_id])
+    assert "received before registration (2026-09-01)" in " ".join(shown.output.split())
+    shown = runner.invoke(app, ["privacy", "request", "show", st.request_id, "--json"])
+    doc = json.loads(shown.output)
+    assert doc["received_before_registration"] is True
+    assert doc["subject_added_at"] == "2026-09-01T00:00:00.000Z"
+    # A request received after the registration says nothing of it.
+    later = book.receive(pid, "access", received_at="2026-09-01T00:00:00Z")
+    assert not later.received_before_registration
+    assert later.to_dict()["subject_added_at"] is None
+
+
+def test_a_receipt_time_before_the_gdpr_applied_is_refused_saying_why(project):
+    # "1970-01-01" recorded a request 20 000 days overdue. No request under Arts. 15-21 can
+    # have arrived before 25 May 2018 (Art. 99(2)): refused over the core, the erasure and the
+    # CLI, naming the date; the first instant of 25 May anywhere is taken.
     runner = CliRunner()
     core = PrivacyCore(ProjectPaths(project))
     pid = add_subject_at(core, datetime(2026, 9, 1, tzinfo=UTC))
     book = RequestBook(core)
     ledger = core.paths.ledger.read_bytes()
-    for when in ("1970-01-01T00:00:00Z", "2026-08-31T23:59:59Z"):
-        with pytest.raises(ValueError, match=rf"before subject {pid} was added to the registry"):
+    for when in ("1970-01-01T00:00:00Z", "2018-05-24T23:59:59+14:00", "2018-05-24T09:59:59Z"):
+        with pytest.raises(ValueError, match=r"before 25 May 2018, when the GDPR began to apply"):
             book.receive(pid, "access", received_at=when)
-        with pytest.raises(ValueError, match=re.escape("(2026-09-01T00:00:00.000Z)")):
+        with pytest.raises(ValueError, match=re.escape("Art. 99(2)")):
             Erasure(core.paths, core=core).erase(pid, received_at=when)
         r = runner.invoke(
             app, ["privacy", "request", "new", pid, "--right", "access", "--received-at", when]
         )
-        assert r.exit_code != 0 and "added to the registry" in " ".join(r.output.split())
+        assert r.exit_code != 0 and "GDPR began to apply" in " ".join(r.output.split())
     assert core.paths.ledger.read_bytes() == ledger
-    st = book.receive(pid, "access", received_at="2026-09-01T00:00:00Z")
-    assert st.received_at == "2026-09-01T00:00:00.000Z"
+    st = book.receive(pid, "access", received_at="2018-05-25T00:00:00+14:00")
+    assert st.received_at == "2018-05-24T10:00:00.000Z" and st.received_before_registration
+    assert st.overdue()
 
 
 def test_started_erasure_stops_processing_and_a_denial_restores_it(setup):
@@ -237,8 +273,8 @@ def test_started_erasure_stops_processing_and_a_denial_restores_it(setup):
 def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     runner = CliRunner()
     core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(source="test")
     now = datetime.now(UTC)
-    pid = add_subject_at(core, now - timedelta(days=60))
     received = now - timedelta(days=40)
     old = received.isoformat()
     # The deadline is a calendar month after receipt: 9 to 12 days ago, depending on the month.
@@ -258,6 +294,9 @@ def test_cli_lists_open_requests_with_days_left_and_flags_overdue(project):
     assert f"OVERDUE by {overdue} days" in listing.output, listing.output
     assert f"{left} days left" in listing.output and "(s) left" not in listing.output
     assert "2 request(s), 1 overdue" in listing.output
+    # Received 40 days before the subject was added just now: the late one says so, the other not.
+    flat = " ".join(listing.output.split())
+    assert flat.count(f"received before registration ({now.date().isoformat()})") == 1, flat
     data = json.loads(runner.invoke(app, ["privacy", "requests", "--json"]).output)
     assert [d["overdue"] for d in data] == [True, False]
     assert runner.invoke(app, ["privacy", "request", "verify", recent]).exit_code == 0
@@ -331,7 +370,7 @@ def test_a_failed_attempt_shows_its_step_code_and_what_to_do_in_the_listing_and_
     to do, not only that the request is late."""
     runner = CliRunner()
     core = PrivacyCore(ProjectPaths(project))
-    pid = add_subject_at(core, datetime.now(UTC) - timedelta(days=60))
+    pid = core.add_subject(source="test")
     received = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     book = RequestBook(core)
     st = book.receive(pid, "erasure", received_at=received)

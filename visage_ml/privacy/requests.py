@@ -4,7 +4,10 @@ A request (access, portability, rectification, erasure, restriction, objection) 
 subject (pid), a received time and a deadline: one calendar month from receipt
 (``privacy.deadline_months``; the same day of the next month, or its last day when it has no
 such day), extendable before it passes by up to two further months with a reason
-(``privacy.max_extension_months``, Art. 12(3)). Its lifecycle is::
+(``privacy.max_extension_months``, Art. 12(3)). The received time is the one the request
+reached the controller at, even before its subject was added to the registry (the request then
+says so: ``received_before_registration``, ``subject_added_at``); only a time in the future or
+before the GDPR applied (25 May 2018) is refused. Its lifecycle is::
 
     received -> verified -> in_progress -> completed
         \\-----------\\-------------\\--------> denied (with a reason code)
@@ -41,7 +44,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,10 @@ REQUEST_ID_RE = re.compile(r"^r\d{8}-[0-9a-f]{8}$")
 CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 RECEIPT_FORMAT = "visage-request-receipt/1"
 DAY = timedelta(days=1)
+# The first instant at which it was 25 May 2018 anywhere (UTC+14): the rights of Arts. 15-21
+# apply from that day (Art. 99(2)), so no request of theirs arrived before it, in any time
+# zone a DPO may have written its date in. The only receipt times refused besides the future.
+GDPR_APPLIES = datetime(2018, 5, 25, tzinfo=timezone(timedelta(hours=14)))
 
 MSG_UNKNOWN_REQUEST = (
     "no request {rid}; list open requests with `visage privacy requests` (all with --all)"
@@ -115,9 +122,9 @@ MSG_BAD_TIME = (
     "'{text}' is not an ISO 8601 time between years 1 and 9999 (e.g. 2026-11-26T09:30:00Z)"
 )
 MSG_FUTURE = "received time {text} is in the future; give the time the request arrived"
-MSG_BEFORE_SUBJECT = (
-    "received time {text} is before subject {pid} was added to the registry ({added}); give "
-    "the time the request arrived"
+MSG_BEFORE_GDPR = (
+    "received time {text} is before 25 May 2018, when the GDPR began to apply (Art. 99(2)): "
+    "no request under it can have arrived then; give the time the request arrived"
 )
 MSG_FAILED = (
     "the last attempt failed at {time} ({step}: {code}); {action}, then run it again with "
@@ -224,6 +231,8 @@ class RequestState:
     outcome: dict[str, Any] = field(default_factory=dict)
     receipt_sha256: str | None = None
     completed_at: str | None = None
+    received_before_registration: bool = False
+    subject_added_at: str | None = None
     failure: dict[str, Any] | None = None
     history: list[tuple[int, str, str]] = field(default_factory=list)
     steps: dict[str, StepRecord] = field(default_factory=dict)
@@ -257,6 +266,8 @@ class RequestState:
             "article": self.article,
             "status": self.status,
             "received_at": self.received_at,
+            "received_before_registration": self.received_before_registration,
+            "subject_added_at": self.subject_added_at,
             "deadline": self.deadline,
             "days_left": self.days_left(now) if self.is_open else None,
             "overdue": self.overdue(now),
@@ -295,6 +306,8 @@ def _apply(states: dict[str, RequestState], obj: Mapping[str, Any]) -> None:
             first_deadline=payload.get("deadline", time),
             received_seq=seq,
             details=dict(payload.get("details") or {}),
+            received_before_registration=payload.get("received_before_registration") is True,
+            subject_added_at=payload.get("subject_added_at"),
             history=[(seq, type_, time)],
         )
         return
@@ -523,7 +536,14 @@ class RequestBook:
         right
             One of :data:`RIGHTS`.
         received_at
-            When the request reached the controller (default now): the deadline counts from it.
+            When the request reached the controller (default now): the deadline counts from it
+            (Art. 12(3)), even when that was before the subject was added to the registry (a
+            letter answered after the import of its subject's data, pending requests migrated
+            in): the request then records ``received_before_registration`` and
+            ``subject_added_at``, which the listing and ``GET /v1/requests/{id}`` show. Refused
+            only when it cannot be true: in the future, or before the GDPR applied
+            (:data:`GDPR_APPLIES`); a bound at the registration (or at the ledger's start) would
+            refuse true dates and make the DPO record a later one, and a later deadline.
         details
             Codes only (purposes, fields, an action), never values: the ledger keeps them.
         channel
@@ -544,30 +564,27 @@ class RequestBook:
             received = parse_time(received_at)
         if received > now + timedelta(minutes=5):
             raise ValueError(MSG_FUTURE.format(text=format_time(received)))
-        if received_at is not None:
-            # A time given by hand (a typo, a 1970 default) made the request overdue by years
-            # the moment it was recorded. Only a given time: the default is now, and a host
-            # clock set back must not refuse a request.
-            added = self.core.added_at(pid)
-            if added is not None and received < parse_time(added):
-                raise ValueError(
-                    MSG_BEFORE_SUBJECT.format(text=format_time(received), pid=pid, added=added)
-                )
+        if received < GDPR_APPLIES:
+            # A typo or a 1970 default: overdue by years the moment it was recorded.
+            raise ValueError(MSG_BEFORE_GDPR.format(text=format_time(received)))
         rid = new_request_id(received)
         deadline = add_months(received, self.params.deadline_months)
-        self.core.ledger.append(
-            "request.received",
-            pid,
-            {
-                "request_id": rid,
-                "right": right,
-                "article": RIGHTS[right],
-                "received_at": format_time(received),
-                "deadline": format_time(deadline),
-                "channel": channel,
-                "details": dict(details or {}),
-            },
-        )
+        payload: dict[str, Any] = {
+            "request_id": rid,
+            "right": right,
+            "article": RIGHTS[right],
+            "received_at": format_time(received),
+            "deadline": format_time(deadline),
+            "channel": channel,
+            "details": dict(details or {}),
+        }
+        added = self.core.added_at(pid)
+        if added is not None and received < parse_time(added):
+            # True, and the deadline counts from it; said on the record so that a reviewer
+            # sees a receipt the registry did not know of yet (and can ask for the letter).
+            payload["received_before_registration"] = True
+            payload["subject_added_at"] = added
+        self.core.ledger.append("request.received", pid, payload)
         log.info("request %s (%s) received", rid, right)
         st = self.get(rid)
         self.outbox.for_request(st, "receipt")

@@ -620,9 +620,15 @@ def _request_line(st: Any, now: Any) -> str:
     else:
         when = st.status
     failed = f"  [red]failed: {st.failure['code']}[/]" if st.is_open and st.failure else ""
+    # A receipt the registry did not know of yet: a reviewer may ask for the letter.
+    early = (
+        f"  [yellow]received before registration ({(st.subject_added_at or '')[:10]})[/]"
+        if st.received_before_registration
+        else ""
+    )
     return (
         f"{st.request_id}  {st.pid}  {st.right:<13} {st.status:<11} "
-        f"deadline {st.deadline[:10]}  {when}{failed}"
+        f"deadline {st.deadline[:10]}  {when}{failed}{early}"
     )
 
 
@@ -663,7 +669,9 @@ def request_new(
         help="access, portability, rectification, erasure, restriction or objection.",
     ),
     received_at: str = typer.Option(
-        None, "--received-at", help="When it arrived (ISO 8601; default now)."
+        None,
+        "--received-at",
+        help="When it arrived (ISO 8601; default now), before the subject was added too.",
     ),
     channel: str = typer.Option("unspecified", help="How it arrived, as a code (email, ...)."),
     purpose: list[str] = typer.Option(None, "--purpose", "-p", help="Objection: " + PURPOSE_HELP),

@@ -364,6 +364,15 @@ class RequestOut(BaseModel):
     article: str
     status: str
     received_at: str
+    received_before_registration: bool = Field(
+        default=False,
+        description="The request reached the controller before the subject was added to the "
+        "registry (at subject_added_at); its deadline counts from received_at all the same.",
+    )
+    subject_added_at: str | None = Field(
+        default=None,
+        description="When the subject was added, for a request received before; else null.",
+    )
     deadline: str
     days_left: int | None
     overdue: bool
