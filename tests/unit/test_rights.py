@@ -42,7 +42,7 @@ from visage_ml.rights.export import (
     validate_bundle,
 )
 from visage_ml.rights.rectify import attributes_mac, rectify
-from visage_ml.rights.runner import object_to, restrict
+from visage_ml.rights.runner import object_to, restrict, run_request
 from visage_ml.rights.sealing import doctor, open_sealed_file
 
 # The requester's age key pair (they keep the secret; the controller gets the public key).
@@ -844,3 +844,51 @@ def test_http_and_cli_lifts_say_what_became_of_a_template_removed_during_the_res
     out = json.loads(lifted.output)
     assert out["template"] == "reenrolment_needed"
     assert "enrolled again" in out["note"] and "no embedder" in out["note"]
+
+
+def test_a_verified_objection_or_lift_request_that_finds_nothing_to_change_is_completed_saying_so(
+    proj,
+):
+    """A subject's objection request, verified, then an objection to every purpose recorded by
+    the DPO in the meantime: running the request raised 'already objects', and the request
+    stayed verified while its deadline ran; the only way out was a denial, which told the
+    subject their honoured right was refused. Likewise a lift request for a restriction lifted
+    since. Each is completed with what was found; the subject is told; nothing else changes."""
+    from visage_ml.privacy.outbox import Outbox, Recipients
+
+    runner = CliRunner()
+    pid = proj.pids[0]  # the subject with a contact address: they are told
+    Recipients(proj.core).add("partner", name="Partner Ltd", address="dpo@partner.example")
+    book = RequestBook(proj.core)
+    objection = book.verify(
+        book.receive(pid, "objection", details={"purposes": ["training"]}).request_id
+    )
+    lift = book.verify(book.receive(pid, "restriction", details={"action": "lift"}).request_id)
+    proj.core.object(pid, None)  # meanwhile: an objection to every purpose
+    seen = len(list(proj.core.ledger.entries()))
+
+    r = runner.invoke(app, ["privacy", "request", "run", objection.request_id, "--json"])
+    assert r.exit_code == 0, r.output
+    done = json.loads(r.output)
+    assert done["status"] == "completed" and done["outcome"] == {"already_objected": ["training"]}
+    body = _completion_body(proj, objection.request_id)
+    assert "already objected" in body and "training" in body and "stands" in body
+
+    done = run_request(proj.paths, lift.request_id, core=proj.core)
+    assert done.status == "completed" and done.outcome == {"not_restricted": True}
+    assert "was not restricted" in _completion_body(proj, lift.request_id)
+
+    new = [e.type for e in proj.core.ledger.entries()][seen:]
+    # No objection or lift recorded again; the subject hears of each completion, and no
+    # recipient is asked to lift a restriction nobody set (Art. 19), nor the subject warned of
+    # one being lifted (Art. 18(3)).
+    assert "objection" not in new and "restriction.lifted" not in new
+    kinds = [m.kind for m in Outbox(proj.core).messages() if m.request_id == lift.request_id]
+    assert "art19" not in kinds and "lift_notice" not in kinds
+    assert not proj.core.subject(pid).restricted
+    # Acting without a request still refuses what would change nothing, recording nothing.
+    with pytest.raises(NothingChangedError):
+        object_to(proj.paths, pid, purposes=["training"], core=proj.core)
+    with pytest.raises(ValueError, match="nothing to lift"):
+        restrict(proj.paths, pid, lift=True, core=proj.core)
+    assert len(list(proj.core.ledger.entries())) == len(new) + seen

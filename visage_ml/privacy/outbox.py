@@ -132,6 +132,36 @@ GALLERY_TEXT: dict[str, str] = {
     ),
 }
 
+# What a verified request found already so when it was run (its outcome's key, from
+# visage_ml.rights.runner): it is completed with that, nothing changed, rather than left open
+# while its deadline runs or denied (which would tell the subject an honoured right was
+# refused); the words for the subject's completion message. Nothing changed: no Art. 19 notice.
+ALREADY_OBJECTED = "already_objected"
+NOT_RESTRICTED = "not_restricted"
+UNCHANGED_TEXT: dict[str, str] = {
+    ALREADY_OBJECTED: (
+        "You had already objected to the processing of your data for {value}; that objection "
+        "is recorded and stands, so nothing needed to change."
+    ),
+    NOT_RESTRICTED: (
+        "Processing of your data was not restricted when we acted on your request: there was "
+        "no restriction to lift, and nothing changed."
+    ),
+}
+
+
+def unchanged_text(outcome: Mapping[str, Any]) -> str:
+    """The subject's words for what a request found already so (:data:`UNCHANGED_TEXT`), one
+    line each; empty when it changed something."""
+    out = []
+    for code, text in UNCHANGED_TEXT.items():
+        value = outcome.get(code)
+        if value:
+            shown = ", ".join(value) if isinstance(value, list) else str(value)
+            out.append(text.format(value=shown) + "\n")
+    return "".join(out)
+
+
 SUBJECTS: dict[str, str] = {
     "receipt": "We received your {right} request ({rid})",
     "extension": "Your {right} request ({rid}): more time needed",
@@ -455,7 +485,8 @@ class Outbox:
                 GALLERY_TEXT[code] + "\n"
                 for code in (st.outcome.get("gallery"),)
                 if code in GALLERY_TEXT
-            ),
+            )
+            + unchanged_text(st.outcome),
         }
 
     def enqueue(
@@ -525,8 +556,8 @@ class Outbox:
 
     def art19(self, st: Any) -> list[Message]:
         """Queue an Art. 19 notice to every registered recipient (rectification, erasure,
-        restriction requests only)."""
-        if st.right not in ART19_RIGHTS:
+        restriction requests only; none for a request that found nothing to change)."""
+        if st.right not in ART19_RIGHTS or unchanged_text(st.outcome):
             return []
         values = self._values(st)
         if st.right == "restriction" and (st.details or {}).get("action") == "lift":

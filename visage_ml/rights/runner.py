@@ -3,7 +3,8 @@
 :func:`run_request` carries out a request of any right that needs no further input by
 dispatching to the module that answers it: export (access, portability), restriction,
 objection, erasure. A rectification needs the corrected values (:func:`~visage_ml.rights.
-rectify.rectify`).
+rectify.rectify`). A request that finds what it asks for already so (an objection that stands,
+a lift of a restriction not set) is completed with that as its outcome, not left open.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from visage_ml.config import ProjectPaths
-from visage_ml.privacy.core import PrivacyCore
+from visage_ml.config import PURPOSES, ProjectPaths
+from visage_ml.privacy.consent import check_purposes
+from visage_ml.privacy.core import NothingChangedError, PrivacyCore
+from visage_ml.privacy.outbox import ALREADY_OBJECTED, NOT_RESTRICTED
 from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, RequestStateError
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
@@ -79,6 +82,10 @@ def restrict(
         For a lift that owes a template: the gallery and engine to make it with (opened from
         the project when None).
 
+    A verified lift request for a subject who is not restricted (lifted since, or never) is
+    completed with ``outcome`` ``{"not_restricted": true}``, nothing lifted and no recipient
+    notified, and the subject is told so; without ``request_id`` that is refused (ValueError).
+
     Returns
     -------
     RequestState
@@ -86,8 +93,10 @@ def restrict(
     """
     core = core if core is not None else PrivacyCore(paths)
     if lift and not core.subject(pid).restricted:
-        # Before any request is recorded or any subject told.
-        raise ValueError(f"subject {pid} is not restricted; nothing to lift")
+        if request_id is None or core.subject(pid).erased:
+            # Before any request is recorded or any subject told.
+            raise ValueError(f"subject {pid} is not restricted; nothing to lift")
+        return _unchanged(core, pid, "restriction", request_id, outcome={NOT_RESTRICTED: True})
     owed = owed_enrolment(paths, pid, core=core, gallery=gallery, engine=engine) if lift else None
     book = RequestBook(core)
     st = begin(
@@ -129,6 +138,12 @@ def object_to(
     core
         Open privacy core (opened when None).
 
+    A verified request naming only purposes the subject already objects to (an objection
+    recorded before it arrived, or since) is completed with ``outcome``
+    ``{"already_objected": [...]}``, nothing recorded again, and the subject is told their
+    objection stands; without ``request_id`` that is refused
+    (:class:`~visage_ml.privacy.core.NothingChangedError`).
+
     Returns
     -------
     RequestState
@@ -136,12 +151,31 @@ def object_to(
     """
     core = core if core is not None else PrivacyCore(paths)
     book = RequestBook(core)
-    # Checked before any request is recorded (as a lift of a subject who is not restricted):
-    # an objection the subject already made is not recorded again.
-    chosen = core.objection_purposes(pid, purposes)
+    # An objection the subject already made is not recorded again: without a request, refused
+    # before one is recorded (as a lift of a subject who is not restricted); a verified request
+    # is answered with it.
+    try:
+        chosen = core.objection_purposes(pid, purposes)
+    except NothingChangedError:
+        if request_id is None:
+            raise
+        named = list(PURPOSES if purposes is None else check_purposes(purposes))
+        return _unchanged(core, pid, "objection", request_id, outcome={ALREADY_OBJECTED: named})
     st = begin(book, pid, ("objection",), request_id, details={"purposes": chosen})
     entry = core.object(pid, chosen)
     book.complete(st.request_id, outcome={"event": entry.type, "seq": entry.seq})
+    return book.get(st.request_id)
+
+
+def _unchanged(
+    core: PrivacyCore, pid: str, right: str, request_id: str, *, outcome: dict[str, Any]
+) -> RequestState:
+    """Complete verified request ``request_id`` with what it found already so (``outcome``):
+    left verified, its deadline ran with no way out but a denial, which would tell the subject
+    that a right they have was refused."""
+    book = RequestBook(core)
+    st = begin(book, pid, (right,), request_id)
+    book.complete(st.request_id, outcome=outcome)
     return book.get(st.request_id)
 
 
