@@ -172,14 +172,7 @@ def test_an_erasure_killed_after_its_witnessed_completion_and_resumed_hours_late
         Erasure(proj.paths).erase(proj.pids[0])
     monkeypatch.setattr(erasure_mod, "_fault", real_fault)  # the next run lives
     _later(monkeypatch, timedelta(hours=3))
-    res = CliRunner().invoke(app, ["privacy", "resume", "--json"])
-    assert res.exit_code == 0, res.output
-    (done,) = json.loads(res.output[res.output.index("[") :])
-    cert = tmp_path / "cert.json"
-    shutil.copy(done["certificate"], cert)
-    pub = tmp_path / "ledger.pub"
-    shutil.copy(proj.paths.ledger_public_key, pub)
-    doc = json.loads(cert.read_text())
+    issued, cert, pub, doc = _resumed_copy(proj, tmp_path)
     vkey = witness.verifier.vkey
 
     cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
@@ -193,8 +186,21 @@ def test_an_erasure_killed_after_its_witnessed_completion_and_resumed_hours_late
     )
     assert py.returncode == 0 and "certificate VALID" in py.stdout, py.stdout
     assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
-    html = page_path(Path(done["certificate"])).read_text()
+    html = page_path(issued).read_text()
     assert "NOT VERIFIED" not in html and "not corroborated" not in html
+
+
+def _resumed_copy(proj, tmp_path: Path) -> tuple[Path, Path, Path, dict]:
+    """`visage privacy resume` run now: the one certificate it issued, a copy of it and of the
+    ledger's public key, and the certificate's document."""
+    res = CliRunner().invoke(app, ["privacy", "resume", "--json"])
+    assert res.exit_code == 0, res.output
+    (done,) = json.loads(res.output[res.output.index("[") :])
+    cert = tmp_path / "cert.json"
+    shutil.copy(done["certificate"], cert)
+    pub = tmp_path / "ledger.pub"
+    shutil.copy(proj.paths.ledger_public_key, pub)
+    return Path(done["certificate"]), cert, pub, json.loads(cert.read_text())
 
 
 def test_a_certificate_rendered_again_or_resumed_days_later_keeps_its_witnessed_date(
@@ -246,14 +252,7 @@ def test_an_erasure_whose_witness_was_down_at_its_completion_is_proven_done_when
     assert "proven done only by the time" in said, said
     monkeypatch.setattr(witnessed_mod.Witnessing, "after_append", real)
     _later(monkeypatch, timedelta(hours=3))
-    res = CliRunner().invoke(app, ["privacy", "resume", "--json"])
-    assert res.exit_code == 0, res.output
-    (done,) = json.loads(res.output[res.output.index("[") :])
-    cert = tmp_path / "cert.json"
-    shutil.copy(done["certificate"], cert)
-    pub = tmp_path / "ledger.pub"
-    shutil.copy(proj.paths.ledger_public_key, pub)
-    doc = json.loads(cert.read_text())
+    issued, cert, pub, doc = _resumed_copy(proj, tmp_path)
     (stamp,) = cosign_times(doc)
     vkey = witness.verifier.vkey
 
@@ -274,7 +273,7 @@ def test_an_erasure_whose_witness_was_down_at_its_completion_is_proven_done_when
         # What is proven, and what is not: the witness's time, the date stated.
         assert _day(stamp) in verdict and doc["completed_at"] in verdict, verdict
 
-    html = page_path(Path(done["certificate"])).read_text()
+    html = page_path(issued).read_text()
     assert "NOT VERIFIED" not in html and "Checks passed" not in html
     assert "Completion date not witnessed" in html
     assert "so they are not proven" not in html  # the counts are signed and committed
