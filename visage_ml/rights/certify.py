@@ -195,12 +195,11 @@ def _scan(
     retained = [r for r in claims.get("retained_shared_content") or [] if isinstance(r, Mapping)]
     md5s -= {r.get("md5") for r in retained}
     # A plaintext copy of an erased image counts too: the tombstones know its PNG (older
-    # certificates name it, keyed: plain_mac, or in clear: plain_sha256). An empty file carries
-    # no data and has one well-known hash: never a finding.
+    # certificates name it, keyed: plain_mac, or in clear: plain_sha256).
     sha256s = ContentHashes.of(
         paths,
         artefacts,
-        exclude=[*(r.get("sha256") for r in retained), hashlib.sha256(b"").hexdigest()],
+        exclude=[r.get("sha256") for r in retained],
         pid=str(doc.get("pid")) if doc.get("pid") else None,
     )
     roots = scanned_roots(paths.root)

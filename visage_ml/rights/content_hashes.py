@@ -23,6 +23,7 @@ or, older still, in clear (``plain_sha256``): both are still looked for.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ SCANNED_FOLDERS: tuple[str, ...] = (
     "reports",
     "notebooks",
 )
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
 MSG_BAD_TOMBSTONES = (
     "plaintext copies not looked for: privacy/tombstones.jsonl is damaged or not of this "
@@ -95,14 +97,15 @@ class ContentHashes:
         """What ``artefacts`` name (``sha256``, and ``plain_sha256`` / ``plain_mac`` of older
         records), and every erased image's plaintext the tombstones know.
 
-        ``exclude``: SHA-256s not to look for (shared content in use). ``pid``: the erased
+        ``exclude``: SHA-256s not to look for (shared content in use); the empty file, which
+        carries no data and has one well-known hash, never is. ``pid``: the erased
         subject, whose tombstone must then be there when the records name sealed images
         without their PNG (made since the PNG went to the tombstones only) or plaintext images
         without their hash (:data:`PLAINTEXT_WITHHELD`); else :attr:`gap`
         says why plaintext copies could not all be looked for.
         """
         rows = [a for a in artefacts if isinstance(a, Mapping)]
-        excluded = frozenset(str(e) for e in exclude if e)
+        excluded = frozenset(str(e) for e in exclude if e) | {EMPTY_SHA256}
         sha256s = {str(a[k]) for a in rows for k in ("sha256", PLAIN_KIND) if a.get(k)}
         macs = frozenset(str(a["plain_mac"]) for a in rows if a.get("plain_mac"))
         unnamed = any(

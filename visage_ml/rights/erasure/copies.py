@@ -27,7 +27,6 @@ folder, the larger of the earlier plan's count and its own.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +42,6 @@ from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, reta
 FOUND = "copies_found"
 REMOVED = "copies_removed"
 TOP_LEVEL = "top level"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MSG_NOT_REMOVED = (
     "{n} exact copy(ies) of the erased content could not be removed ({where}); the erasure stops "
     "before its certificate. Make them removable (a read-only mount, an immutable file, a "
@@ -60,9 +58,7 @@ def _hashes(ctx: Context, pid: str, artefacts: list[Artefact]) -> ContentHashes:
     """The verifier's hashes: what ``artefacts`` name less the content the current data shares,
     and every erased image's plaintext."""
     retained = retained_shared(artefacts, ctx.infos.get("dvc") or {})
-    return ContentHashes.of(
-        ctx.paths, artefacts, exclude=[*(h for _, h in retained), EMPTY_SHA256], pid=pid
-    )
+    return ContentHashes.of(ctx.paths, artefacts, exclude=[h for _, h in retained], pid=pid)
 
 
 def _in_use(ctx: Context) -> set[tuple[str, str]]:
