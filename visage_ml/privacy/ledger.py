@@ -59,6 +59,7 @@ from visage_ml.io import (
     fsync_dir,
     line_spans,
     lines_containing,
+    usable_cpus,
 )
 from visage_ml.privacy import merkle
 from visage_ml.privacy.keys import (
@@ -1166,9 +1167,7 @@ class Ledger:
 
 # Threads that check a ledger's signatures (Ledger.verify): one per core this process may run
 # on, at most 16, and one thread for each _SIGNATURES_PER_THREAD entries at least.
-SIGNATURE_THREADS = min(
-    16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-)
+SIGNATURE_THREADS = min(16, usable_cpus())
 _SIGNATURES_PER_THREAD = 2048
 
 

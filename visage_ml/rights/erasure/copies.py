@@ -27,7 +27,6 @@ folder, the larger of the earlier plan's count and its own.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.data.rawstore import read_images
-from visage_ml.io import md5_file, secure_unlink, sha256_file
+from visage_ml.io import md5_file, secure_unlink, sha256_file, usable_cpus
 from visage_ml.rights.content_hashes import ContentHashes, scanned_roots, walk_files
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, retained_shared
 
@@ -93,13 +92,6 @@ class Copy:
         return self.path.exists() if self.path is not None else bool(self.store.exists(self.oid))
 
 
-def _workers() -> int:
-    cpus = (
-        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    )
-    return max(1, min(8, len(cpus)))
-
-
 def _sha256_or_none(path: Path) -> str | None:
     try:
         return sha256_file(path)
@@ -138,7 +130,7 @@ def _found(ctx: Context, pid: str) -> list[Copy]:
             todo.append((path, where))
     # Hashed on every CPU this process may use (hashlib lets go of the GIL on large reads):
     # the scan reads the whole project, on each run of the step.
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
         digests = list(pool.map(_sha256_or_none, [p for p, _ in todo]))
     found = [
         Copy(where or _folder(ctx, path), path=path)
