@@ -264,8 +264,9 @@ def conceded(claims: Any) -> list[str]:
     """What a certificate's ``claims`` themselves concede, one line each, as both verifiers say
     it beside the verdict: models trained on the subject (stale when it was made), data versions
     whose models could not be judged, what a store could not guarantee, the subject's photographs
-    kept in clear, and content kept because other current data refers to it. Members of the
-    wrong type in a hostile file say nothing (its other checks fail)."""
+    kept in clear, files other current subjects hold identical to erased content, and content
+    kept because other current data refers to it. Members of the wrong type in a hostile file
+    say nothing (its other checks fail)."""
     claims = _object(claims)
 
     def many(name: str) -> list[Any]:
@@ -289,6 +290,12 @@ def conceded(claims: Any) -> list[str]:
         out.append(
             f"{kept} DVC object(s) holding the subject's photographs in clear kept, unencrypted, "
             "because other current data holds the same photograph"
+        )
+    in_use = claims.get("copies_in_use")
+    if isinstance(in_use, int) and not isinstance(in_use, bool) and in_use > 0:
+        out.append(
+            f"{in_use} file(s) of other current subjects' data identical to erased content kept "
+            "as theirs (a photograph they share)"
         )
     if retained := many("retained_shared_content"):
         out.append(

@@ -16,10 +16,9 @@ says whether the models in use were trained without the subject.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
-from visage_ml.io import CHUNK
 from visage_ml.privacy.certificate import (
     CertificateReport,
     check_witnessed,
@@ -39,19 +37,19 @@ from visage_ml.privacy.certificate import (
     verify_proof,
 )
 from visage_ml.privacy.ledger import LedgerError
-from visage_ml.rights import dvc_objects, lineage
-from visage_ml.rights.content_hashes import (
-    LISTED,
-    ContentHashes,
-    scanned_roots,
-    walk_files,
-)
+from visage_ml.rights import content_scan, dvc_objects, lineage
+from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
 log = logging.getLogger(__name__)
 
 MSG_REMOTE_UNREACHABLE = (
     "the DVC remote(s) {names} could not be reached, so their objects were not checked: make "
     "them reachable (`visage stack up`) and verify again"
+)
+
+MSG_BEYOND_DECLARED = (
+    "{n} file(s) of current subjects' data in data/raw hold erased content, more than the "
+    "{declared} the certificate declares kept: filed under another subject since; review them"
 )
 
 MSG_NOT_SCANNED = (
@@ -130,60 +128,64 @@ def verify_certificate(
     return report
 
 
-def _sha256_stream(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
 def scan_for_hashes(
-    roots: Iterable[Path],
-    sha256s: Container[str],
+    paths: ProjectPaths,
+    walked: Sequence[content_scan.Root],
+    sha256s: ContentHashes,
     *,
     pid: str,
     md5s: set[str],
+    declared_in_use: int,
     report: CertificateReport,
-) -> None:
-    """Hash every file under ``roots``; record any whose SHA-256 is in ``sha256s`` (with
-    :class:`ContentHashes`: listed, or an erased image's plaintext), and any ``.dir`` manifest
-    that names a listed md5 or the subject's folder."""
-    seen: set[Path] = set()
-    for root in roots:
-        for path in walk_files(Path(root)):
-            real = path.resolve()
-            if real in seen:
-                continue
-            seen.add(real)
-            try:
-                digest, n = _sha256_stream(path)
-            except OSError:
-                continue
-            report.files_hashed += 1
-            report.bytes_hashed += n
-            if digest in sha256s:
-                why = sha256s.why(digest) if isinstance(sha256s, ContentHashes) else LISTED
-                # An erased image's plaintext by its path only: the report names the pid, so
-                # its SHA-256 would pair a photograph with them (as content_hit in the ledger).
-                named = digest if why == LISTED else None
-                report.findings.append({"path": str(path), "sha256": named, "why": why})
-            if path.name.endswith(".dir") and n < (64 << 20):
-                with contextlib.suppress(OSError):
-                    entries = dvc_objects.read_manifest(path.read_bytes())
-                    if entries is None:
-                        continue
-                    named = {str(e.get("md5")) for e in entries} & md5s
-                    if named or dvc_objects.manifest_lists(entries, pid):
-                        report.findings.append(
-                            {
-                                "path": str(path),
-                                "why": "a .dir manifest lists an erased object or the subject",
-                                "md5s": sorted(named),
-                            }
-                        )
+) -> int:
+    """Hash every file under ``walked``; record any whose SHA-256 is in ``sha256s`` (listed, or
+    an erased image's plaintext) but other current subjects' data
+    (:func:`~visage_ml.rights.content_scan.in_use`, the erasure's rule) up to the
+    ``declared_in_use`` files the certificate counts, and any ``.dir`` manifest that names a
+    listed md5 or the subject's folder. Returns how many files current subjects hold."""
+    hashed = content_scan.hash_files(walked)
+    hits = [h for h in hashed if h.digest is not None and h.digest in sha256s]
+    kept = content_scan.in_use(paths, hits, pid=pid)
+    beyond = len(kept.files) > declared_in_use
+    for h in hashed:
+        if h.digest is None:
+            continue
+        report.files_hashed += 1
+        report.bytes_hashed += h.size
+        if h.path.name.endswith(".dir") and h.size < (64 << 20):
+            _check_manifest(h.path, pid=pid, md5s=md5s, report=report)
+    for h in hits:
+        if h.path in kept.objects or (h.path in kept.files and not beyond):
+            continue
+        why = sha256s.why(str(h.digest))
+        if h.path in kept.files:
+            why = MSG_BEYOND_DECLARED.format(n=len(kept.files), declared=declared_in_use)
+        # An erased image's plaintext by its path only: the report names the pid, so its
+        # SHA-256 would pair a photograph with them (as content_hit in the ledger).
+        named = h.digest if sha256s.why(str(h.digest)) == LISTED else None
+        report.findings.append({"path": str(h.path), "sha256": named, "why": why})
+    return len(kept.files)
+
+
+def _count(value: Any) -> int:
+    """A count from the claims (0 for anything else in a hostile file)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _check_manifest(path: Path, *, pid: str, md5s: set[str], report: CertificateReport) -> None:
+    with contextlib.suppress(OSError):
+        entries = dvc_objects.read_manifest(path.read_bytes())
+        if entries is None:
+            return
+        named = {str(e.get("md5")) for e in entries} & md5s
+        if named or dvc_objects.manifest_lists(entries, pid):
+            report.findings.append(
+                {
+                    "path": str(path),
+                    "why": "a .dir manifest lists an erased object or the subject",
+                    "md5s": sorted(named),
+                }
+            )
 
 
 def _scan(
@@ -202,7 +204,8 @@ def _scan(
         exclude=[r.get("sha256") for r in retained],
         pid=str(doc.get("pid")) if doc.get("pid") else None,
     )
-    roots = scanned_roots(paths.root)
+    setup = None
+    walked: list[content_scan.Root] = []
     remote_objects: list[tuple[Any, str]] = []
     unopened: dict[str, str] = {}
     if dvcops.is_dvc_repo(paths.root):
@@ -210,18 +213,22 @@ def _scan(
             setup = dvc_objects.open_setup(paths.root)
         except Exception as exc:  # DVC unreadable: the local cache folder is still scanned
             log.warning("DVC could not be opened (%s); scanning .dvc/cache only", exc)
-            roots.append(paths.root / ".dvc" / "cache")
+            walked.append(content_scan.Root(paths.root / ".dvc" / "cache", "dvc cache", True))
         else:
-            for store in setup.stores:
-                if store.local_path is not None:
-                    roots.append(store.local_path)
-                else:
-                    remote_objects.extend((store, m) for m in md5s)
+            remote_objects = [(s, m) for s in setup.stores if s.local_path is None for m in md5s]
             # A remote DVC cannot open is not shown to be clean.
             unopened = {f"remote:{n}": f"not opened: {why}" for n, why in setup.unopened.items()}
-            if setup.site_cache_dir is not None:
-                roots.append(setup.site_cache_dir)
-    scan_for_hashes(roots, sha256s, pid=str(doc.get("pid")), md5s=md5s, report=report)
+    walked = content_scan.roots(paths, setup) + walked
+    in_use = _count(claims.get(content_scan.IN_USE))
+    held = scan_for_hashes(
+        paths,
+        walked,
+        sha256s,
+        pid=str(doc.get("pid")),
+        md5s=md5s,
+        declared_in_use=in_use,
+        report=report,
+    )
     unreachable: dict[str, str] = dict(unopened)
     known: dict[Any, str | None] = {}
     for store, md5 in remote_objects:
@@ -240,6 +247,8 @@ def _scan(
                 {"path": store.oid_path(md5), "md5": md5, "why": "object still in remote"}
             )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
+    if held:
+        declared += f"; {held} file(s) of current subjects' data kept, {in_use} declared"
     # Files that could not be checked for a plaintext copy: not shown to be clean.
     unkeyed = sha256s.gap is not None and report.files_hashed > 0
     unkeyed_note = f"; {sha256s.gap}" if unkeyed else ""

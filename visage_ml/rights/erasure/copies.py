@@ -1,18 +1,17 @@
 """Exact copies of the erased content anywhere the verifier looks: found by hash, removed, counted.
 
 The verifier (:mod:`visage_ml.rights.certify`) hashes every file of the places a subject's data
-could be (:func:`~visage_ml.rights.content_hashes.scanned_roots`: ``data/``, ``gallery/``,
-``mlruns/``, ``models/``, ``privacy/``, ``reports/``, ``notebooks/`` and the files at the
-project's top) for the content hashes a certificate lists and every erased image's plaintext.
-This store does the same, with the same hashes, before the certificate is made: a copy someone
-saved (the subject's photo in ``data/interim`` or ``reports/``, a sealed file in a backup
-folder) is removed (overwritten, then deleted) rather than certified and found afterwards.
+could be for the content hashes a certificate lists and every erased image's plaintext. This
+store does the same walk, with the same hashes and the same rule for what is kept
+(:mod:`visage_ml.rights.content_scan`), before the certificate is made: a copy someone saved
+(the subject's photo in ``data/interim`` or ``reports/``, a sealed file in a backup folder) is
+removed (overwritten, then deleted) rather than certified and found afterwards.
 
 Only exact copies: a re-encoded or cropped face has other bytes, and is for ``visage privacy
-doctor`` to list for review. Not looked at: the files ``data/raw`` holds of its current
-subjects (the raw step's; a photograph two subjects share stays with the other, as DVC keeps
-its object), content the certificate declares still in use
-(:func:`~visage_ml.rights.erasure.base.retained_shared`), the empty file. DVC's cache and local
+doctor`` to list for review. Kept: a file of ``data/raw`` its images table lists under another
+current subject (a photograph two subjects share), and the DVC objects with its md5, counted in
+the certificate (``claims.copies_in_use``); content the certificate declares still in use
+(:func:`~visage_ml.rights.erasure.base.retained_shared`); the empty file. DVC's cache and local
 remotes are looked through too, as the verifier does (a copy tracked with ``dvc add`` has its
 object there, which ``dvc checkout`` would put back), and the objects of the copies found are
 removed from the other remotes by their md5; the ``.dvc`` file that tracked a copy then names
@@ -28,19 +27,18 @@ folder, the larger of the earlier plan's count and its own.
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visage_ml.data.rawstore import read_images
-from visage_ml.io import md5_file, secure_unlink, sha256_file, usable_cpus
-from visage_ml.rights.content_hashes import ContentHashes, scanned_roots, walk_files
+from visage_ml.io import md5_file, secure_unlink
+from visage_ml.rights import content_scan
+from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, retained_shared
 
 FOUND = "copies_found"
 REMOVED = "copies_removed"
-TOP_LEVEL = "top level"
+IN_USE = content_scan.IN_USE
 MSG_NOT_REMOVED = (
     "{n} exact copy(ies) of the erased content could not be removed ({where}); the erasure stops "
     "before its certificate. Make them removable (a read-only mount, an immutable file, a "
@@ -58,18 +56,6 @@ def _hashes(ctx: Context, pid: str, artefacts: list[Artefact]) -> ContentHashes:
     and every erased image's plaintext."""
     retained = retained_shared(artefacts, ctx.infos.get("dvc") or {})
     return ContentHashes.of(ctx.paths, artefacts, exclude=[h for _, h in retained], pid=pid)
-
-
-def _in_use(ctx: Context) -> set[tuple[str, str]]:
-    """(pid, image id) of the images ``data/raw`` lists now (the other subjects')."""
-    images = read_images(ctx.paths.raw)
-    return set(zip(images["pid"].astype(str), images["image_id"].astype(str), strict=True))
-
-
-def _folder(ctx: Context, path: Path) -> str:
-    """The top folder of ``path`` in the project (:data:`TOP_LEVEL` for a file at its top)."""
-    parts = Path(ctx.rel(path)).parts
-    return parts[0] if len(parts) > 1 else TOP_LEVEL
 
 
 @dataclass(frozen=True)
@@ -92,58 +78,30 @@ class Copy:
         return self.path.exists() if self.path is not None else bool(self.store.exists(self.oid))
 
 
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return sha256_file(path)
-    except OSError:  # gone or unreadable since the walk: not a copy this run can see
-        return None
-
-
-def _dvc_where(store: Any) -> str:
-    return "dvc cache" if store.kind == "cache" else f"dvc {store.name}"  # dvc remote:<name>
-
-
-def _found(ctx: Context, pid: str) -> list[Copy]:
+def _found(ctx: Context, pid: str) -> tuple[list[Copy], int]:
+    """The copies, and how many files of ``data/raw`` that matched are other current subjects'
+    data (kept: :func:`~visage_ml.rights.content_scan.in_use`, the verifier's rule)."""
     artefacts = _artefacts(ctx)
     hashes = _hashes(ctx, pid, artefacts)
     if not len(hashes) and hashes.tombstones is None:
-        return []
-    raw = ctx.paths.raw.resolve()
-    in_use = _in_use(ctx)
+        return [], 0
     # A file a step recorded is that step's (removed, or rewritten without the subject where it
     # is shared): never taken for a copy of itself.
-    seen = {(ctx.paths.root / str(a["path"])).resolve() for a in artefacts if a.get("path")}
-    stores = ctx.dvc_setup().stores if ctx.is_dvc else []
-    # DVC's cache and local remotes are looked through as the verifier does: a copy tracked
-    # with `dvc add` has its object there, and `dvc checkout` would put it back.
-    roots = [(r, None) for r in scanned_roots(ctx.paths.root)]
-    roots += [(s.local_path, _dvc_where(s)) for s in stores if s.local_path is not None]
-    todo: list[tuple[Path, str | None]] = []
-    for root, where in roots:
-        for path in walk_files(root):
-            real = path.resolve()
-            if real in seen:
-                continue
-            seen.add(real)
-            if real.parent.parent == raw and (real.parent.name, real.name.split(".")[0]) in in_use:
-                continue
-            todo.append((path, where))
-    # Hashed on every CPU this process may use (hashlib lets go of the GIL on large reads):
-    # the scan reads the whole project, on each run of the step.
-    with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
-        digests = list(pool.map(_sha256_or_none, [p for p, _ in todo]))
-    found = [
-        Copy(where or _folder(ctx, path), path=path)
-        for (path, where), digest in zip(todo, digests, strict=True)
-        if digest is not None and digest in hashes
-    ]
+    recorded = {(ctx.paths.root / str(a["path"])).resolve() for a in artefacts if a.get("path")}
+    setup = ctx.dvc_setup() if ctx.is_dvc else None
+    hashed = content_scan.hash_files(content_scan.roots(ctx.paths, setup), skip=recorded)
+    hits = [h for h in hashed if h.digest is not None and h.digest in hashes]
+    kept = content_scan.in_use(ctx.paths, hits, pid=pid)
+    root = ctx.paths.root
+    found = [Copy(h.where(root), path=h.path) for h in hits if h.path not in kept]
     # A remote elsewhere cannot be hashed whole: the objects of the copies found here are
-    # looked for there by their md5, DVC's name for them.
-    md5s = sorted({md5_file(c.path) for c in found if c.path is not None})
-    for store in stores:
+    # looked for there by their md5, DVC's name for them (not those current data holds).
+    md5s = sorted({md5_file(c.path) for c in found if c.path is not None} - kept.md5s)
+    for store in setup.stores if setup is not None else []:
         if store.local_path is None:
-            found += [Copy(_dvc_where(store), store=store, oid=m) for m in md5s if store.exists(m)]
-    return found
+            label = content_scan.store_label(store)
+            found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
+    return found, len(kept.files)
 
 
 def _count(copies: list[Copy]) -> dict[str, int]:
@@ -153,11 +111,15 @@ def _count(copies: list[Copy]) -> dict[str, int]:
 def plan(ctx: Context, pid: str) -> Plan:
     """The copies, counted by top folder (the files themselves stay in this run's memory); a
     folder's count is at least what an earlier run of the request planned and removed."""
-    found = _found(ctx, pid)
+    found, in_use = _found(ctx, pid)
     now = _count(found)
-    earlier = (ctx.infos.get("copies") or {}).get(FOUND) or {}
+    before = ctx.infos.get("copies") or {}
+    earlier = before.get(FOUND) or {}
     counts = {f: max(earlier.get(f, 0), now.get(f, 0)) for f in sorted({*earlier, *now})}
-    return Plan(info={FOUND: counts}, state=found)
+    info: dict[str, Any] = {FOUND: counts}
+    if in_use := max(in_use, int(before.get(IN_USE) or 0)):
+        info[IN_USE] = in_use
+    return Plan(info=info, state=found)
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
@@ -173,10 +135,11 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         where = "; ".join(f"{folder}: {why}" for folder, why in sorted(stuck.items()))
         n = sum(1 for c in found if c.exists())
         raise OSError(MSG_NOT_REMOVED.format(n=n, where=where))
-    counts = (plan.info or {}).get(FOUND, {}) if plan is not None else {}
-    return Outcome(info={REMOVED: {f: n for f, n in counts.items() if n}})
+    info = (plan.info or {}) if plan is not None else {}
+    removed = {f: n for f, n in (info.get(FOUND) or {}).items() if n}
+    return Outcome(info={REMOVED: removed, **({IN_USE: info[IN_USE]} if IN_USE in info else {})})
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
     """Top folders still holding an exact copy (of what this request's steps listed)."""
-    return [f"{folder}: {n}" for folder, n in _count(_found(ctx, pid)).items()]
+    return [f"{folder}: {n}" for folder, n in _count(_found(ctx, pid)[0]).items()]

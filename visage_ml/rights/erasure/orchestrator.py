@@ -465,6 +465,10 @@ class Erasure:
         if copies_removed := (info.get("copies") or {}).get(copies.REMOVED):
             # Exact copies found elsewhere in the project, by top folder: no path, no hash.
             extra["copies_removed"] = copies_removed
+        if in_use := (info.get("copies") or {}).get(copies.IN_USE):
+            # Files of data/raw identical to erased content that other current subjects hold:
+            # kept, counted (the verifier accepts that many and no more).
+            extra[copies.IN_USE] = in_use
         return {
             "artefacts": artefacts,
             "dataset": {

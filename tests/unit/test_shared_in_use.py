@@ -1,0 +1,146 @@
+"""A photograph two current subjects share, on a project whose images are in clear (or a sealed
+file filed byte for byte under another subject): the erasure of one keeps the other's file, and
+its own verifier must then agree with it.
+
+Before, the copies step skipped the other subject's file while the verifier flagged it: the
+erasure's own certificate failed "no erased content remains" on the controller's checkout.
+The file stays (it is another current subject's data), and the certificate says so, counted.
+A copy filed under another subject after the certificate is not covered by that count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from rights_fakes import make_project
+from test_erasure import _dvc, _objects, md5_bytes
+from test_redteam_plaintext import unseal
+
+from visage_ml.data.rawstore import RawStore
+from visage_ml.io import sha256_bytes
+from visage_ml.privacy.certificate_page import render_page
+from visage_ml.rights import dvc_objects
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+
+def _file_under(proj, other: str, data: bytes, *, sealed: bool) -> str:
+    """Give ``other`` a new image (listed in data/raw's manifest) and return its id; its file then
+    holds ``data`` byte for byte (a PNG in clear, or the victim's sealed file)."""
+    store = RawStore(proj.paths, core=proj.core)
+    size = {"width": 32, "height": 32}
+    with store.transaction() as txn:
+        image_id = txn.write_image(other, data if not sealed else b"placeholder")
+        txn.add_images([{"pid": other, "image_id": image_id, "sha256": sha256_bytes(data), **size}])
+    if sealed:
+        (proj.paths.raw / other / f"{image_id}.sealed").write_bytes(data)
+    return image_id
+
+
+def _shared_plain(proj):
+    victim, other = proj.pids[0], proj.pids[1]
+    pngs = unseal(proj, victim)
+    image_id = _file_under(proj, other, pngs[0], sealed=False)
+    unseal(proj, other)
+    assert (proj.paths.raw / other / f"{image_id}.png").read_bytes() == pngs[0]
+    return victim, other, pngs, image_id
+
+
+def test_a_photograph_two_subjects_share_in_clear_stays_with_the_other_and_is_declared(project):
+    proj = make_project(project, n_subjects=3)
+    victim, other, pngs, image_id = _shared_plain(proj)
+    result = Erasure(proj.paths).erase(victim)
+    assert (proj.paths.raw / other / f"{image_id}.png").read_bytes() == pngs[0]
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok, report.findings
+    assert any("current subject" in c for c in report.conceded), report.conceded
+    cert = result.certificate_path.read_text(encoding="utf-8")
+    assert sha256_bytes(pngs[0]) not in cert and other not in cert
+
+
+def test_a_copy_filed_under_another_subject_after_the_certificate_is_found(project):
+    proj = make_project(project, n_subjects=3)
+    victim, other, pngs, _ = _shared_plain(proj)
+    result = Erasure(proj.paths).erase(victim)
+    # After the certificate, someone files a second photograph of the erased subject (kept
+    # aside) as the other subject's: not the content the certificate declared in use.
+    _file_under(proj, other, pngs[1], sealed=False)
+    unseal(proj, other)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f for f in report.findings if f"/{other}/" in f["path"]], report.findings
+
+
+def test_a_sealed_file_filed_under_another_subject_is_kept_declared_and_verifies(project):
+    proj = make_project(project, n_subjects=3)
+    victim, other = proj.pids[0], proj.pids[1]
+    sealed = sorted((proj.paths.raw / victim).glob("*.sealed"))[0].read_bytes()
+    image_id = _file_under(proj, other, sealed, sealed=True)
+    result = Erasure(proj.paths).erase(victim)
+    assert (proj.paths.raw / other / f"{image_id}.sealed").read_bytes() == sealed
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok, report.findings
+    assert any("current subject" in c for c in report.conceded), report.conceded
+
+
+@pytest.mark.pipeline
+def test_a_shared_photograph_in_clear_under_dvc_verifies_after_the_erasure(tiny_project, tmp_path):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    victim, other, pngs, image_id = _shared_plain(proj)
+    dvc_objects.add(root, proj.paths.raw)
+    assert _dvc(root, "remote", "add", "-d", "store", str(tmp_path / "remote")).returncode == 0
+    assert _dvc(root, "push").returncode == 0
+    result = Erasure(proj.paths).erase(victim)
+    assert (proj.paths.raw / other / f"{image_id}.png").read_bytes() == pngs[0]
+    # The other subject's object stays in the cache and the remote: DVC still has their photo.
+    for folder in (root / ".dvc" / "cache", tmp_path / "remote"):
+        assert md5_bytes(pngs[0]) in _objects(folder)
+    status = _dvc(root, "status", "-c")
+    assert status.returncode == 0 and "deleted" not in status.stdout, status.stdout
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok, report.findings
+    assert any("current subject" in c for c in report.conceded), report.conceded
+
+
+def test_the_certificate_page_says_what_other_subjects_keep(project):
+    proj = make_project(project, n_subjects=3)
+    victim, *_ = _shared_plain(proj)
+    result = Erasure(proj.paths).erase(victim)
+    page = render_page(result.certificate_path).html
+    assert "1 file(s) of other current subjects' data hold content identical" in page
+
+
+@pytest.mark.pipeline
+def test_a_stray_copy_of_a_shared_photograph_takes_not_the_other_subjects_object_from_a_remote(
+    tiny_project, tmp_path, monkeypatch
+):
+    """A remote the erasure reaches only through its API (S3) is asked for the objects of the
+    copies found, by md5: the stray copy's md5 is the other subject's object's too."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    victim, other, pngs, image_id = _shared_plain(proj)
+    dvc_objects.add(root, proj.paths.raw)
+    remote = tmp_path / "remote"
+    assert _dvc(root, "remote", "add", "-d", "store", str(remote)).returncode == 0
+    assert _dvc(root, "push").returncode == 0
+    stray = proj.paths.root / "data" / "interim" / "copy.png"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(pngs[0])
+    open_setup = dvc_objects.open_setup
+
+    def api_only(*args, **kwargs):
+        setup = open_setup(*args, **kwargs)
+        setup.stores = [
+            dataclasses.replace(s, local_path=None) if s.kind == "remote" else s
+            for s in setup.stores
+        ]
+        return setup
+
+    monkeypatch.setattr(dvc_objects, "open_setup", api_only)
+    result = Erasure(proj.paths).erase(victim)
+    assert not stray.exists()
+    assert result.certificate["claims"]["copies_removed"] == {"data": 1}
+    assert md5_bytes(pngs[0]) in _objects(remote), "the other subject's photo left the remote"
+    assert (proj.paths.raw / other / f"{image_id}.png").read_bytes() == pngs[0]
