@@ -12,10 +12,12 @@ strips.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,4 +118,104 @@ def strip_file(path: Path) -> int:
     removed = strip_outputs(nb)
     text = json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"  # as nbformat
     atomic_write_text(path, text, mode=path.stat().st_mode & 0o777)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# The images themselves: an erasure looks for an erased photograph among them
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode(value: Any) -> bytes | None:
+    text = "".join(value) if isinstance(value, list) else value
+    if not isinstance(text, str):
+        return None
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None  # not base64 (an SVG is text): not a file's bytes
+
+
+def _inline(text: str) -> list[bytes]:
+    """The images a text inlines as ``data:`` URLs in base64."""
+    out = []
+    for m in INLINE_DATA.finditer(text):
+        if m.group(1).endswith(";base64") and (data := _decode(m.group(0).split(",", 1)[1])):
+            out.append(data)
+    return out
+
+
+def _output_images(output: dict[str, Any]) -> list[bytes]:
+    data = output.get("data") or {}
+    if not isinstance(data, dict):
+        return []
+    out = []
+    for k, v in data.items():
+        if str(k).startswith(IMAGE_PREFIX) and (raw := _decode(v)) is not None:
+            out.append(raw)
+        elif str(k).startswith("text/"):
+            out += _inline("".join(v) if isinstance(v, list) else str(v))
+    return out
+
+
+def _cell_own_images(cell: dict[str, Any]) -> list[bytes]:
+    out = []
+    for bundle in (cell.get("attachments") or {}).values():
+        if isinstance(bundle, dict):
+            out += [
+                raw for k, v in bundle.items() if k.startswith(IMAGE_PREFIX) and (raw := _decode(v))
+            ]
+    return out + _inline(_source(cell))
+
+
+def embedded_images(nb: Any) -> list[bytes]:
+    """The bytes of every image ``nb`` (a notebook as JSON) holds in base64: its outputs'
+    ``image/*`` data and ``data:`` URLs, its Markdown cells' attachments and inlined images."""
+    if not isinstance(nb, dict):
+        return []
+    out: list[bytes] = []
+    for cell in nb.get("cells", []) or []:
+        if not isinstance(cell, dict):
+            continue
+        if cell.get("cell_type") == "code":
+            for o in cell.get("outputs", []) or []:
+                out += _output_images(o) if isinstance(o, dict) else []
+        else:
+            out += _cell_own_images(cell)
+    return out
+
+
+def drop_images(path: Path, match: Callable[[bytes], bool]) -> int:
+    """Remove from the notebook at ``path`` every output holding an image ``match`` accepts (the
+    whole output: its other forms show the same thing), and every Markdown cell's image it
+    accepts; rewritten atomically when anything went. Returns how many were removed."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    removed = 0
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            keep = [
+                o for o in cell.get("outputs", []) or [] if not any(map(match, _output_images(o)))
+            ]
+            removed += len(cell.get("outputs", []) or []) - len(keep)
+            cell["outputs"] = keep
+            continue
+        atts = cell.get("attachments") or {}
+        for name in [
+            n for n, b in atts.items() if any(map(match, _cell_own_images({"attachments": {n: b}})))
+        ]:
+            atts.pop(name)
+            removed += 1
+
+        def unlink(m: re.Match[str]) -> str:
+            nonlocal removed
+            if any(map(match, _inline(m.group(0)))):
+                removed += 1
+                return m.group(1) + ","
+            return m.group(0)
+
+        if (text := INLINE_DATA.sub(unlink, _source(cell))) != _source(cell):
+            cell["source"] = text
+    if removed:
+        text = json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"  # as nbformat
+        atomic_write_text(path, text, mode=path.stat().st_mode & 0o777)
     return removed

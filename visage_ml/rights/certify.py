@@ -47,6 +47,8 @@ MSG_REMOTE_UNREACHABLE = (
     "them reachable (`visage stack up`) and verify again"
 )
 
+NOTEBOOK_SHOWS = "a notebook's output shows erased content"
+GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_BEYOND_DECLARED = (
     "{n} file(s) of current subjects' data in data/raw hold erased content, more than the "
     "{declared} the certificate declares kept: filed under another subject since; review them"
@@ -138,13 +140,14 @@ def scan_for_hashes(
     declared_in_use: int,
     report: CertificateReport,
 ) -> int:
-    """Hash every file under ``walked``; record any whose SHA-256 is in ``sha256s`` (listed, or
-    an erased image's plaintext) but other current subjects' data
+    """Hash every file under ``walked`` and every git object; record any whose SHA-256 is in
+    ``sha256s`` (listed, or an erased image's plaintext), or a notebook holding such an image,
+    but other current subjects' data
     (:func:`~visage_ml.rights.content_scan.in_use`, the erasure's rule) up to the
     ``declared_in_use`` files the certificate counts, and any ``.dir`` manifest that names a
     listed md5 or the subject's folder. Returns how many files current subjects hold."""
     hashed = content_scan.hash_files(walked)
-    hits = [h for h in hashed if h.digest is not None and h.digest in sha256s]
+    hits = [h for h in hashed if h.matches(sha256s)]
     kept = content_scan.in_use(paths, hits, pid=pid)
     beyond = len(kept.files) > declared_in_use
     for h in hashed:
@@ -154,16 +157,19 @@ def scan_for_hashes(
         report.bytes_hashed += h.size
         if h.path.name.endswith(".dir") and h.size < (64 << 20):
             _check_manifest(h.path, pid=pid, md5s=md5s, report=report)
-    for h in hits:
+    for h in hits + [h for h in content_scan.git_objects(paths.root) if h.matches(sha256s)]:
         if h.path in kept.objects or (h.path in kept.files and not beyond):
             continue
-        why = sha256s.why(str(h.digest))
+        whole = h.digest is not None and h.digest in sha256s
+        why = str(sha256s.why(str(h.digest)) if whole else NOTEBOOK_SHOWS)
         if h.path in kept.files:
             why = MSG_BEYOND_DECLARED.format(n=len(kept.files), declared=declared_in_use)
         # An erased image's plaintext by its path only: the report names the pid, so its
-        # SHA-256 would pair a photograph with them (as content_hit in the ledger).
-        named = h.digest if sha256s.why(str(h.digest)) == LISTED else None
-        report.findings.append({"path": str(h.path), "sha256": named, "why": why})
+        # SHA-256 would pair a photograph with them (as content_hit in the ledger); a git
+        # object by the repository alone (its id is a hash of the content too).
+        named = h.digest if whole and sha256s.why(str(h.digest)) == LISTED else None
+        shown = f"{h.path} ({GIT_OBJECT})" if h.root.git else str(h.path)
+        report.findings.append({"path": shown, "sha256": named, "why": why})
     return len(kept.files)
 
 

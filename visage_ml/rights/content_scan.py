@@ -19,7 +19,9 @@ the certificate is beyond its count, and the verifier reports it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import json
+import subprocess
+from collections.abc import Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import read_images
 from visage_ml.io import CHUNK, md5_file, usable_cpus
+from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
 
 TOP_LEVEL = "top level"
@@ -44,16 +47,27 @@ class Root:
     path: Path
     where: str | None = None
     store: bool = False
+    git: bool = False
 
 
 @dataclass(frozen=True)
 class Hashed:
-    """One file walked: its SHA-256 (None: unreadable, or gone since the walk) and size."""
+    """One file walked (or one git object: ``path`` is then the repository's git folder): its
+    SHA-256 (None: unreadable, or gone since the walk), size, and the SHA-256s of the images a
+    notebook holds in base64 (``inner``)."""
 
     path: Path
     root: Root
     digest: str | None
     size: int
+    inner: tuple[str, ...] = ()
+    name: str = ""  # a git object's id
+
+    def matches(self, hashes: Container[str]) -> bool:
+        """Whether the file, or an image it holds, is in ``hashes``."""
+        return (self.digest is not None and self.digest in hashes) or any(
+            d in hashes for d in self.inner
+        )
 
     def where(self, project: Path) -> str:
         """What counts call it: the store's label, or its top folder (:data:`TOP_LEVEL`)."""
@@ -89,17 +103,44 @@ def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
     return out
 
 
-def _hash(path: Path) -> tuple[str | None, int]:
+# A notebook larger than this is not parsed for its images (its own hash is still taken).
+NOTEBOOK_MAX = 64 << 20
+NOTEBOOK_SUFFIX = ".ipynb"
+
+
+def _inner(data: bytes) -> tuple[str, ...]:
+    """SHA-256s of the images the notebook ``data`` holds in base64 (none when not one)."""
+    try:
+        nb = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return ()
+    return tuple(hashlib.sha256(img).hexdigest() for img in embedded_images(nb))
+
+
+def notebook_images(path: Path) -> tuple[str, ...]:
+    """SHA-256s of the images the notebook at ``path`` holds in base64 (none when unreadable)."""
+    try:
+        return _inner(path.read_bytes())
+    except OSError:
+        return ()
+
+
+def _hash(path: Path) -> tuple[str | None, int, tuple[str, ...]]:
     h = hashlib.sha256()
     n = 0
+    notebook = path.name.endswith(NOTEBOOK_SUFFIX)
+    kept: list[bytes] = []
     try:
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 h.update(chunk)
                 n += len(chunk)
+                if notebook and n <= NOTEBOOK_MAX:
+                    kept.append(chunk)
     except OSError:  # gone or unreadable since the walk: not a file this scan can judge
-        return None, 0
-    return h.hexdigest(), n
+        return None, 0, ()
+    inner = _inner(b"".join(kept)) if notebook and n <= NOTEBOOK_MAX else ()
+    return h.hexdigest(), n, inner
 
 
 def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Hashed]:
@@ -117,7 +158,61 @@ def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Has
     # reads the whole project.
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
         digests = list(pool.map(_hash, [p for p, _ in todo]))
-    return [Hashed(p, r, d, n) for (p, r), (d, n) in zip(todo, digests, strict=True)]
+    return [Hashed(p, r, d, n, i) for (p, r), (d, n, i) in zip(todo, digests, strict=True)]
+
+
+GIT_WHERE = "git history"
+
+
+def git_dir(root: Path) -> Path | None:
+    """The git folder of the repository holding ``root``; None outside one (or without git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--absolute-git-dir"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def git_objects(root: Path) -> list[Hashed]:
+    """Every blob of the git repository holding ``root``, hashed as a file is: reachable or not
+    (any commit of any branch or tag, a stash, the reflog, DVC's experiments under
+    ``refs/exps``, and objects nothing names any more until ``git gc`` prunes them). A file
+    committed by mistake is there for good, whatever the working tree holds now."""
+    folder = git_dir(root)
+    if folder is None:
+        return []
+    where = Root(folder, GIT_WHERE, git=True)
+    cmd = [
+        "git",
+        "cat-file",
+        "--batch-all-objects",
+        "--unordered",
+        "--batch=%(objectname) %(objecttype) %(objectsize)",
+    ]
+    out: list[Hashed] = []
+    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        while header := proc.stdout.readline():
+            oid, kind, size = header.split()
+            left = int(size)
+            h = hashlib.sha256()
+            head = b""
+            while left:
+                chunk = proc.stdout.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                if kind == b"blob":
+                    h.update(chunk)
+                    if int(size) <= NOTEBOOK_MAX:
+                        head += chunk
+            proc.stdout.read(1)  # the newline after each object
+            if kind == b"blob":
+                inner = _inner(head) if head[:1] == b"{" and b'"cells"' in head else ()
+                out.append(Hashed(folder, where, h.hexdigest(), int(size), inner, oid.decode()))
+    return out
 
 
 def _listed(paths: ProjectPaths, pid: str) -> set[tuple[str, str]]:
@@ -165,3 +260,19 @@ def in_use(paths: ProjectPaths, hits: Iterable[Hashed], *, pid: str) -> InUse:
             continue
     objects = {h.path for h in hits if h.oid is not None and h.oid in md5s}
     return InUse(frozenset(files), frozenset(objects), frozenset(md5s))
+
+
+def git_paths(root: Path, oids: Iterable[str]) -> dict[str, list[str]]:
+    """The paths under which commits (of every ref and the reflog) hold each of ``oids``; an
+    object no commit reaches has none (only expiring the reflog and pruning removes it)."""
+    wanted = set(oids)
+    out: dict[str, list[str]] = {o: [] for o in wanted}
+    if not wanted:
+        return out
+    cmd = ["git", "rev-list", "--all", "--reflog", "--objects"]
+    listed = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        oid, _, path = line.partition(" ")
+        if oid in wanted and path and path not in out[oid]:
+            out[oid].append(path)
+    return out

@@ -77,7 +77,8 @@ from visage_ml.privacy.notebooks import find_image_notebooks, strip_file
 from visage_ml.privacy.registry import SubjectState
 from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring
 from visage_ml.privacy.vault import IdentityVault
-from visage_ml.rights import dvc_objects
+from visage_ml.rights import content_scan, dvc_objects
+from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
 from visage_ml.serving import gallery as gallery_store
 
@@ -101,6 +102,11 @@ SIGN_FILE = f"reports/privacy/{SIGN_PNG}"
 # An anchor template that is not the one the ledger last recorded (an older one put back from a
 # copy or a backup): never used; purged, the subject is re-anchored by a dpo's re-enrolment.
 UNRECORDED_ANCHOR = "unrecorded_anchor"
+# An object of the project's git history holding an erased subject's image (a photo or a
+# notebook showing it, committed once): there for good, whatever the working tree holds now, until
+# the history is rewritten and pruned. Someone does that: --purge leaves it.
+ERASED_IN_GIT = "erased_in_git"
+GIT_UNREACHED = "an object no commit reaches (expire the reflog, then prune)"
 # Folders of personal data: 0700, their files 0600 (privacy/ itself holds the public key).
 PRIVATE_FOLDERS: tuple[str, ...] = (
     "data/raw",
@@ -670,6 +676,19 @@ class _Doctor:
                 if sniff(f) in IMAGE_KINDS:
                     self.add(STRAY, f, None, "review")
 
+    def git_history(self) -> None:
+        """Objects of the git history that hold an erased subject's image, or a notebook
+        showing one (the tombstones know every erased image's PNG), by the paths commits hold
+        them under (``git:<path>``)."""
+        hashes = ContentHashes.of(self.paths, [])
+        if hashes.key is None or hashes.tombstones is None or not len(hashes.tombstones):
+            return
+        found = [h for h in content_scan.git_objects(self.root) if h.matches(hashes)]
+        where = content_scan.git_paths(self.root, [h.name for h in found])
+        for h in found:
+            for path in where[h.name] or [GIT_UNREACHED]:
+                self.report.findings.append(Finding(ERASED_IN_GIT, f"git:{path}", None, "review"))
+
     def notebooks(self) -> None:
         """Notebooks anywhere in the project whose outputs hold images (faces shown, saved)."""
         for path in find_image_notebooks(self.root):
@@ -785,6 +804,7 @@ def doctor(
     doc.key_rings()
     doc.exports()
     doc.notebooks()
+    doc.git_history()
     objects = doc.dvc()
     doc.strays()
     if purge:

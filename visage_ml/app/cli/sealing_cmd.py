@@ -105,9 +105,10 @@ def doctor(
     of data/raw, gallery/ or the key rings), sealed files without a key, plaintext faces in
     data/, the DVC cache, local remotes and privacy/exports, notebooks whose saved outputs hold
     images (--purge clears their outputs), and any other image file under data/, mlruns/,
-    models/, notebooks/, reports/ or at the project's top, the project's own figures aside (marked
-    review: --purge leaves it; an erasure removes exact copies only). Exit code 1 when any is
-    left."""
+    models/, notebooks/, reports/ or at the project's top, the project's own figures aside, and
+    erased subjects' images in the git history (git:<path>) (both marked review: --purge leaves
+    them; an erasure removes exact copies only, and never rewrites history). Exit code 1 when
+    any is left."""
     setup_logging()
     with user_errors():
         report = run_doctor(project(), purge=purge)

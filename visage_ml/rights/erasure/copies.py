@@ -26,12 +26,14 @@ folder, the larger of the earlier plan's count and its own.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from visage_ml.io import md5_file, secure_unlink
+from visage_ml.privacy.notebooks import drop_images
 from visage_ml.rights import content_scan
 from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, retained_shared
@@ -39,10 +41,19 @@ from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, reta
 FOUND = "copies_found"
 REMOVED = "copies_removed"
 IN_USE = content_scan.IN_USE
+IN_GIT = "copies_in_git"
 MSG_NOT_REMOVED = (
     "{n} exact copy(ies) of the erased content could not be removed ({where}); the erasure stops "
     "before its certificate. Make them removable (a read-only mount, an immutable file, a "
     "folder's permissions) or delete them, then run `visage privacy resume`"
+)
+MSG_IN_GIT = (
+    "{n} object(s) of the project's git repository hold erased content (a file committed, in "
+    "any branch, tag, stash, reflog or DVC experiment); the erasure stops before its "
+    "certificate. `visage privacy doctor` lists where; rewrite them out of the history (`git "
+    "filter-repo --invert-paths --path <file>`), expire the reflog and prune (`git reflog "
+    "expire --expire=now --all && git gc --prune=now`), push the rewritten history and have "
+    "every clone do the same, then run `visage privacy resume`"
 )
 
 
@@ -60,48 +71,75 @@ def _hashes(ctx: Context, pid: str, artefacts: list[Artefact]) -> ContentHashes:
 
 @dataclass(frozen=True)
 class Copy:
-    """One exact copy: a file (``path``), or an object of a DVC remote not on this file system
+    """One exact copy: a file (``path``), an image a notebook holds (``path``, and the SHA-256s
+    of its images to remove, ``images``), or an object of a DVC remote not on this file system
     (``store``, ``oid``); ``where`` is what the records count it under."""
 
     where: str
     path: Path | None = None
     store: Any = None
     oid: str = ""
+    images: frozenset[str] = frozenset()
 
     def remove(self) -> None:
-        if self.path is not None:
+        if self.images and self.path is not None:
+            # The notebook stays, without the outputs that showed the erased content.
+            drop_images(self.path, lambda b: hashlib.sha256(b).hexdigest() in self.images)
+        elif self.path is not None:
             secure_unlink(self.path)
         else:
             self.store.remove(self.oid)
 
     def exists(self) -> bool:
+        if self.images and self.path is not None:
+            return self.path.exists() and bool(
+                set(content_scan.notebook_images(self.path)) & self.images
+            )
         return self.path.exists() if self.path is not None else bool(self.store.exists(self.oid))
 
 
-def _found(ctx: Context, pid: str) -> tuple[list[Copy], int]:
-    """The copies, and how many files of ``data/raw`` that matched are other current subjects'
-    data (kept: :func:`~visage_ml.rights.content_scan.in_use`, the verifier's rule)."""
+@dataclass(frozen=True)
+class Found:
+    """What :func:`_found` found: the ``copies`` to remove, how many files of ``data/raw`` that
+    matched are other current subjects' data (``in_use``: kept, the verifier's rule
+    :func:`~visage_ml.rights.content_scan.in_use`), and how many git objects hold erased
+    content (``in_git``: only a rewrite of the history removes them)."""
+
+    copies: list[Copy] = field(default_factory=list)
+    in_use: int = 0
+    in_git: int = 0
+
+
+def _found(ctx: Context, pid: str) -> Found:
     artefacts = _artefacts(ctx)
     hashes = _hashes(ctx, pid, artefacts)
     if not len(hashes) and hashes.tombstones is None:
-        return [], 0
+        return Found()
     # A file a step recorded is that step's (removed, or rewritten without the subject where it
     # is shared): never taken for a copy of itself.
     recorded = {(ctx.paths.root / str(a["path"])).resolve() for a in artefacts if a.get("path")}
     setup = ctx.dvc_setup() if ctx.is_dvc else None
     hashed = content_scan.hash_files(content_scan.roots(ctx.paths, setup), skip=recorded)
-    hits = [h for h in hashed if h.digest is not None and h.digest in hashes]
+    hits = [h for h in hashed if h.matches(hashes)]
     kept = content_scan.in_use(ctx.paths, hits, pid=pid)
     root = ctx.paths.root
-    found = [Copy(h.where(root), path=h.path) for h in hits if h.path not in kept]
+    found = [
+        Copy(h.where(root), path=h.path)
+        if h.digest in hashes
+        else Copy(h.where(root), path=h.path, images=frozenset(d for d in h.inner if d in hashes))
+        for h in hits
+        if h.path not in kept
+    ]
     # A remote elsewhere cannot be hashed whole: the objects of the copies found here are
     # looked for there by their md5, DVC's name for them (not those current data holds).
-    md5s = sorted({md5_file(c.path) for c in found if c.path is not None} - kept.md5s)
+    files = [c.path for c in found if c.path is not None and not c.images]
+    md5s = sorted({md5_file(p) for p in files} - kept.md5s)
     for store in setup.stores if setup is not None else []:
         if store.local_path is None:
             label = content_scan.store_label(store)
             found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
-    return found, len(kept.files)
+    in_git = sum(h.matches(hashes) for h in content_scan.git_objects(root))
+    return Found(found, len(kept.files), in_git)
 
 
 def _count(copies: list[Copy]) -> dict[str, int]:
@@ -111,7 +149,8 @@ def _count(copies: list[Copy]) -> dict[str, int]:
 def plan(ctx: Context, pid: str) -> Plan:
     """The copies, counted by top folder (the files themselves stay in this run's memory); a
     folder's count is at least what an earlier run of the request planned and removed."""
-    found, in_use = _found(ctx, pid)
+    result = _found(ctx, pid)
+    found, in_use = result.copies, result.in_use
     now = _count(found)
     before = ctx.infos.get("copies") or {}
     earlier = before.get(FOUND) or {}
@@ -119,12 +158,15 @@ def plan(ctx: Context, pid: str) -> Plan:
     info: dict[str, Any] = {FOUND: counts}
     if in_use := max(in_use, int(before.get(IN_USE) or 0)):
         info[IN_USE] = in_use
-    return Plan(info=info, state=found)
+    if result.in_git:
+        info[IN_GIT] = result.in_git
+    return Plan(info=info, state=result)
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
     """Remove the copies; an OSError saying where (top folder) and what to do if one stays."""
-    found: list[Copy] = plan.state if plan is not None else []
+    result: Found = plan.state if plan is not None else Found()
+    found = result.copies
     stuck: dict[str, str] = {}
     for copy in found:
         try:
@@ -135,6 +177,8 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         where = "; ".join(f"{folder}: {why}" for folder, why in sorted(stuck.items()))
         n = sum(1 for c in found if c.exists())
         raise OSError(MSG_NOT_REMOVED.format(n=n, where=where))
+    if result.in_git:
+        raise OSError(MSG_IN_GIT.format(n=result.in_git))
     info = (plan.info or {}) if plan is not None else {}
     removed = {f: n for f, n in (info.get(FOUND) or {}).items() if n}
     return Outcome(info={REMOVED: removed, **({IN_USE: info[IN_USE]} if IN_USE in info else {})})
@@ -142,4 +186,6 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
 
 def verify(ctx: Context, pid: str) -> list[str]:
     """Top folders still holding an exact copy (of what this request's steps listed)."""
-    return [f"{folder}: {n}" for folder, n in _count(_found(ctx, pid)[0]).items()]
+    result = _found(ctx, pid)
+    git = [f"{content_scan.GIT_WHERE}: {result.in_git}"] if result.in_git else []
+    return [f"{folder}: {n}" for folder, n in _count(result.copies).items()] + git

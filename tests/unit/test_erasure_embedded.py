@@ -1,0 +1,128 @@
+"""Erased content the file walk cannot see as a file: a photograph shown in a notebook (a
+base64 PNG in the ``.ipynb``) and one committed to git (an object in ``.git``, compressed).
+
+Before, both survived a certified erasure that verified VALID: the copies step and the verifier
+hashed files only, and ``git checkout`` put the committed photograph back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+
+import pytest
+from rights_fakes import make_project
+
+from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.sealing import ERASED_IN_GIT, doctor
+
+ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+def git(root, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def notebook(png: bytes, other: bytes) -> dict:
+    """A notebook whose first cell showed ``png`` and whose second cell printed a table and
+    showed ``other``, as VS Code or nbconvert save it (outputs kept)."""
+
+    def cell(data: dict) -> dict:
+        out = {"output_type": "display_data", "metadata": {}, "data": data}
+        return {"cell_type": "code", "source": "show()", "metadata": {}, "outputs": [out]}
+
+    return {
+        "cells": [
+            cell({"image/png": base64.b64encode(png).decode(), "text/plain": "<Figure>"}),
+            cell({"image/png": base64.b64encode(other).decode()}),
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def images_in(path) -> set[bytes]:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        base64.b64decode(o["data"]["image/png"])
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    }
+
+
+def test_a_photograph_shown_in_a_notebook_goes_with_the_erasure_and_is_looked_for(project):
+    proj = make_project(project, n_subjects=3)
+    victim, other = proj.pids[0], proj.pids[1]
+    png = next(iter(proj.images[victim].values()))
+    theirs = next(iter(proj.images[other].values()))
+    nb = proj.paths.root / "notebooks" / "explore.ipynb"
+    nb.parent.mkdir(parents=True)
+    nb.write_text(json.dumps(notebook(png, theirs)), encoding="utf-8")
+    saved = nb.read_bytes()
+    result = Erasure(proj.paths).erase(victim)
+    assert nb.is_file(), "the notebook stays"
+    assert png not in images_in(nb)
+    assert result.certificate["claims"]["copies_removed"] == {"notebooks": 1}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    # The notebook as saved before (a backup put back): the verifier finds the photograph.
+    nb.write_bytes(saved)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f["path"] for f in report.findings] == [str(nb)]
+
+
+@pytest.mark.pipeline
+def test_a_photograph_committed_to_git_stops_the_erasure_until_history_is_rewritten(
+    tiny_project,
+):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    victim = proj.pids[0]
+    png = next(iter(proj.images[victim].values()))
+    face = root / "notebooks" / "face_review.png"
+    face.parent.mkdir(parents=True)
+    face.write_bytes(png)
+    git(root, "add", "-f", "notebooks/face_review.png")
+    git(root, "commit", "-qm", "review")
+    git(root, "rm", "-q", "notebooks/face_review.png")
+    git(root, "commit", "-qm", "tidy")
+    with pytest.raises(OSError, match="git") as stop:
+        Erasure(proj.paths).erase(victim)
+    assert "face_review" not in str(stop.value), "a name someone chose in the message"
+    assert "visage privacy doctor" in str(stop.value)
+    # The operator's own console: where the history holds it, left for them to rewrite.
+    found = [f for f in doctor(proj.paths).findings if f.kind == ERASED_IN_GIT]
+    assert [(f.path, f.action) for f in found] == [("git:notebooks/face_review.png", "review")]
+    assert list((root / "privacy" / "certificates").glob("*.json")) == []
+    (st,) = RequestBook(PrivacyCore(proj.paths)).open(pid=victim)
+    assert st.status == IN_PROGRESS
+    # History rewritten without the photograph (git filter-repo does the same), the reflog
+    # expired and the objects pruned: the erasure completes, and verifies.
+    git(root, "reset", "-q", "--hard", "HEAD~2")
+    git(root, "reflog", "expire", "--expire=now", "--all")
+    git(root, "gc", "-q", "--prune=now")
+    (result,) = Erasure(proj.paths).resume()
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    # The photograph written into git again (a clone pushed back, a stash): found.
+    blob = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"], cwd=root, input=png, capture_output=True
+    )
+    assert blob.returncode == 0
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert any("git" in f["path"] for f in report.findings), report.findings
