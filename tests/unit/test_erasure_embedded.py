@@ -126,3 +126,21 @@ def test_a_photograph_committed_to_git_stops_the_erasure_until_history_is_rewrit
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
     assert not report.ok
     assert any("git" in f["path"] for f in report.findings), report.findings
+
+
+@pytest.mark.pipeline
+def test_a_git_history_that_cannot_be_read_is_not_shown_clean(tiny_project, monkeypatch):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    assert verify_certificate(result.certificate_path, root=root).ok
+    # git gone from the PATH (or the repository owned by another user): the history was not
+    # looked at, so the erased content is not shown to be absent from it.
+    monkeypatch.setenv("PATH", "/nonexistent")
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok
+    assert any(
+        "git repository of the project could not be read" in f["why"] for f in report.findings
+    )
+    with pytest.raises(OSError, match="git repository of the project could not be read"):
+        Erasure(proj.paths).erase(proj.pids[1])

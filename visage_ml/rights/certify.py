@@ -157,7 +157,12 @@ def scan_for_hashes(
         report.bytes_hashed += h.size
         if h.path.name.endswith(".dir") and h.size < (64 << 20):
             _check_manifest(h.path, pid=pid, md5s=md5s, report=report)
-    for h in hits + [h for h in content_scan.git_objects(paths.root) if h.matches(sha256s)]:
+    try:
+        history = content_scan.git_objects(paths.root)
+    except content_scan.GitUnreadableError as exc:  # not shown clean: a finding says why
+        history = []
+        report.findings.append({"path": str(paths.root / ".git"), "why": str(exc)})
+    for h in hits + [h for h in history if h.matches(sha256s)]:
         if h.path in kept.objects or (h.path in kept.files and not beyond):
             continue
         whole = h.digest is not None and h.digest in sha256s

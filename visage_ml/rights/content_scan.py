@@ -164,22 +164,53 @@ def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Has
 GIT_WHERE = "git history"
 
 
+class GitUnreadableError(OSError):
+    """The project is in a git repository whose objects could not be read."""
+
+
+MSG_GIT_UNREADABLE = (
+    "the git repository of the project could not be read ({why}), so its history was not "
+    "looked at for erased content: make `git cat-file --batch-all-objects --batch-check` work "
+    "there (git installed; `git config --global --add safe.directory <project>` when another "
+    "user owns it), then run it again"
+)
+
+
 def git_dir(root: Path) -> Path | None:
-    """The git folder of the repository holding ``root``; None outside one (or without git)."""
+    """The git folder of the repository holding ``root``; None outside one.
+
+    Raises
+    ------
+    GitUnreadableError
+        ``root`` has a ``.git`` but git cannot read it (git missing, another owner).
+    """
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--absolute-git-dir"], cwd=root, capture_output=True, text=True
         )
-    except OSError:
+    except OSError as exc:
+        if (root / ".git").exists():
+            raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=type(exc).__name__)) from exc
         return None
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+    if out.returncode == 0 and out.stdout.strip():
+        return Path(out.stdout.strip())
+    if (root / ".git").exists():
+        why = (out.stderr.strip().splitlines() or ["git rev-parse failed"])[-1][:200]
+        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why))
+    return None
 
 
 def git_objects(root: Path) -> list[Hashed]:
     """Every blob of the git repository holding ``root``, hashed as a file is: reachable or not
     (any commit of any branch or tag, a stash, the reflog, DVC's experiments under
     ``refs/exps``, and objects nothing names any more until ``git gc`` prunes them). A file
-    committed by mistake is there for good, whatever the working tree holds now."""
+    committed by mistake is there for good, whatever the working tree holds now.
+
+    Raises
+    ------
+    GitUnreadableError
+        The repository is there but its objects could not be read: not shown clean.
+    """
     folder = git_dir(root)
     if folder is None:
         return []
@@ -192,26 +223,33 @@ def git_objects(root: Path) -> list[Hashed]:
         "--batch=%(objectname) %(objecttype) %(objectsize)",
     ]
     out: list[Hashed] = []
-    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
-        assert proc.stdout is not None
-        while header := proc.stdout.readline():
+    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        stream = proc.stdout
+        if stream is None:  # never: stdout is a pipe
+            raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why="no output"))
+        while header := stream.readline():
             oid, kind, size = header.split()
             left = int(size)
             h = hashlib.sha256()
-            head = b""
+            parts: list[bytes] = []
             while left:
-                chunk = proc.stdout.read(min(CHUNK, left))
+                chunk = stream.read(min(CHUNK, left))
                 if not chunk:
                     break
                 left -= len(chunk)
                 if kind == b"blob":
                     h.update(chunk)
                     if int(size) <= NOTEBOOK_MAX:
-                        head += chunk
-            proc.stdout.read(1)  # the newline after each object
+                        parts.append(chunk)
+            stream.read(1)  # the newline after each object
             if kind == b"blob":
+                head = b"".join(parts)
                 inner = _inner(head) if head[:1] == b"{" and b'"cells"' in head else ()
                 out.append(Hashed(folder, where, h.hexdigest(), int(size), inner, oid.decode()))
+        err = proc.stderr.read() if proc.stderr is not None else b""
+    if proc.returncode != 0:
+        why = (err.decode(errors="replace").strip().splitlines() or ["git cat-file failed"])[-1]
+        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why[:200]))
     return out
 
 

@@ -683,7 +683,12 @@ class _Doctor:
         hashes = ContentHashes.of(self.paths, [])
         if hashes.key is None or hashes.tombstones is None or not len(hashes.tombstones):
             return
-        found = [h for h in content_scan.git_objects(self.root) if h.matches(hashes)]
+        try:
+            found = [h for h in content_scan.git_objects(self.root) if h.matches(hashes)]
+        except content_scan.GitUnreadableError as exc:
+            log.warning("%s", exc)
+            self.report.findings.append(Finding(ERASED_IN_GIT, "git:", None, "review"))
+            return
         where = content_scan.git_paths(self.root, [h.name for h in found])
         for h in found:
             for path in where[h.name] or [GIT_UNREACHED]:
