@@ -7,11 +7,16 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
+from visage_ml.privacy import checkpoint as checkpoint_mod
+from visage_ml.privacy import ledger as ledger_mod
 from visage_ml.privacy.witness import Witness, default_witness_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,3 +82,23 @@ def cosign_times(doc: dict) -> list[int]:
         if len(blob) == 4 + 72:
             out.append(int.from_bytes(blob[4:12], "big"))
     return out
+
+
+def set_back(monkeypatch, delta: timedelta) -> None:
+    """The ledger's clock reads ``delta`` earlier (its entries' times)."""
+    real_now = ledger_mod.utc_now
+
+    def now() -> str:
+        t = datetime.fromisoformat(real_now().replace("Z", "+00:00")) - delta
+        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    monkeypatch.setattr(ledger_mod, "utc_now", now)
+
+
+def later(monkeypatch, delta: timedelta) -> None:
+    """Every clock reads ``delta`` later: the ledger's and the witness's (its cosignatures)."""
+    set_back(monkeypatch, -delta)
+    real = time.time
+    monkeypatch.setattr(
+        checkpoint_mod, "time", SimpleNamespace(time=lambda: real() + delta.total_seconds())
+    )

@@ -10,20 +10,20 @@ import json
 import re
 import shutil
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from project_helpers import write_overrides
 from regulator_helpers import (
     cosign_times,
+    later,
     offline_copy,
     pinned_cli_args,
     run_cli,
     run_verify_py,
+    set_back,
     verifier_script,
 )
 from rights_fakes import make_project
@@ -31,7 +31,6 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
-from visage_ml.privacy import checkpoint as checkpoint_mod
 from visage_ml.privacy import ledger as ledger_mod
 from visage_ml.privacy import witnessed as witnessed_mod
 from visage_ml.privacy.certificate import (
@@ -67,16 +66,6 @@ def _day(stamp: int) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M")
 
 
-def _set_back(monkeypatch, delta: timedelta) -> None:
-    real_now = ledger_mod.utc_now
-
-    def now() -> str:
-        t = datetime.fromisoformat(real_now().replace("Z", "+00:00")) - delta
-        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-    monkeypatch.setattr(ledger_mod, "utc_now", now)
-
-
 @pytest.mark.parametrize("back", [timedelta(days=40), timedelta(hours=3)], ids=["40d", "3h"])
 def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
     project, tmp_path, monkeypatch, back
@@ -89,11 +78,11 @@ def test_a_completion_stamped_by_a_clock_set_back_fails_the_date_check(
     of it nor take its dates as fact. Up to a day of set-back used to pass without a word."""
     witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
     real_now = ledger_mod.utc_now
-    _set_back(monkeypatch, timedelta(days=90))  # the subjects were added before the request
+    set_back(monkeypatch, timedelta(days=90))  # the subjects were added before the request
     proj = make_project(project, n_subjects=3)
     monkeypatch.setattr(ledger_mod, "utc_now", real_now)
     received = (datetime.now(UTC) - timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    _set_back(monkeypatch, back)
+    set_back(monkeypatch, back)
     result = Erasure(proj.paths).erase(proj.pids[0], received_at=received)
     monkeypatch.setattr(ledger_mod, "utc_now", real_now)
     cert, pub = offline_copy(proj, result, tmp_path)
@@ -144,15 +133,6 @@ def _killed_at(monkeypatch, step: str, where: str) -> None:
     monkeypatch.setattr(erasure_mod, "_fault", fault)
 
 
-def _later(monkeypatch, delta: timedelta) -> None:
-    """Every clock reads ``delta`` later: the ledger's and the witness's (its cosignatures)."""
-    _set_back(monkeypatch, -delta)
-    real = time.time
-    monkeypatch.setattr(
-        checkpoint_mod, "time", SimpleNamespace(time=lambda: real() + delta.total_seconds())
-    )
-
-
 @pytest.mark.parametrize(
     "killed", [("certificate", "completed"), ("certificate", "")], ids=["completed", "written"]
 )
@@ -171,7 +151,7 @@ def test_an_erasure_killed_after_its_witnessed_completion_and_resumed_hours_late
     with pytest.raises(_Killed):
         Erasure(proj.paths).erase(proj.pids[0])
     monkeypatch.setattr(erasure_mod, "_fault", real_fault)  # the next run lives
-    _later(monkeypatch, timedelta(hours=3))
+    later(monkeypatch, timedelta(hours=3))
     issued, cert, pub, doc = _resumed_copy(proj, tmp_path)
     vkey = witness.verifier.vkey
 
@@ -213,7 +193,7 @@ def test_a_certificate_rendered_again_or_resumed_days_later_keeps_its_witnessed_
     proj = make_project(project, n_subjects=3)
     result = Erasure(proj.paths).erase(proj.pids[0])
     issued = result.certificate_path.read_bytes()
-    _later(monkeypatch, timedelta(days=2))
+    later(monkeypatch, timedelta(days=2))
     runner = CliRunner()
     res = runner.invoke(app, ["privacy", "resume", "--json"])
     assert res.exit_code == 0 and json.loads(res.output[res.output.index("[") :]) == []
@@ -251,7 +231,7 @@ def test_an_erasure_whose_witness_was_down_at_its_completion_is_proven_done_when
     said = " ".join(" ".join(down.value.__notes__).split())
     assert "proven done only by the time" in said, said
     monkeypatch.setattr(witnessed_mod.Witnessing, "after_append", real)
-    _later(monkeypatch, timedelta(hours=3))
+    later(monkeypatch, timedelta(hours=3))
     issued, cert, pub, doc = _resumed_copy(proj, tmp_path)
     (stamp,) = cosign_times(doc)
     vkey = witness.verifier.vkey
