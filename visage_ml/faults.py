@@ -15,6 +15,8 @@ point                                  where
 ``ledger:append:before-write``         events signed, nothing written yet
 ``ledger:append:torn``                 half of the new lines written (a torn tail), then death
 ``ledger:append:before-fsync``         lines written, not yet fsync'd
+``witness:kept:cosigned``              the witnesses cosigned the checkpoint of an
+                                       ``erasure.completed``, nothing of it written here yet
 ``gallery:enroll:key-created``         the subject's data key exists, no template yet
 ``gallery:enroll:template-written``    template file replaced, ``gallery.enrolled`` not appended
 ``gallery:enroll:recorded``            ``gallery.enrolled`` appended, memory not updated

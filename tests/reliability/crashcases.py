@@ -61,6 +61,7 @@ ERASE = [
     "erasure:mlflow",
     "erasure:copies",
     "erasure:snapshot",
+    "witness:kept:cosigned",
     "erasure:certificate:completed",
     "erasure:certificate",
     "ledger:append:torn",

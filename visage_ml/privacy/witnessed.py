@@ -15,7 +15,9 @@ witnesses keep their own copy.
   append returns, so before any command or HTTP request reports success; other events at least
   every ``every_entries`` entries or ``every_seconds`` seconds. The checkpoint an
   ``erasure.completed`` entry was cosigned under is kept (``privacy/checkpoints/kept/<seq>``,
-  :meth:`Witnessing.witnessed_with`): its certificate carries it, however late it is made.
+  :meth:`Witnessing.witnessed_with`): its certificate carries it, however late it is made. A
+  process killed once the witnesses cosigned leaves a mark, and the next checkpoint or
+  certificate keeps it from the witnesses' copies.
 - :meth:`Witnessing.check` is the open check. It gathers every checkpoint it can find (the
   local one, each directory witness's, each HTTP witness's), keeps those the ledger's own keys
   signed, and stops with :class:`LedgerRollbackError` when the ledger is shorter than one of
@@ -69,7 +71,8 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from visage_ml.config import ProjectPaths, WitnessParams, WitnessSpec, load_params
-from visage_ml.io import atomic_write_bytes, file_lock
+from visage_ml.faults import crash_point
+from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir
 from visage_ml.privacy import merkle
 from visage_ml.privacy.checkpoint import (
     ED25519,
@@ -80,6 +83,7 @@ from visage_ml.privacy.checkpoint import (
     Signer,
     Verifier,
     cosignature_timestamp,
+    cosigner,
     parse_checkpoint,
     parse_note,
     verified_cosigners,
@@ -130,6 +134,8 @@ KEPT_EVENTS: frozenset[str] = frozenset({"erasure.completed"})
 ORIGIN_PREFIX = "visage-ml.local/ledger/"
 LATEST = "latest"
 KEPT = "kept"
+# kept/<seq>.pending: the checkpoint asked of the witnesses for entry seq, until it is kept.
+PENDING = ".pending"
 # How long an HTTP witness's answer to "your latest checkpoint?" is reused by a process.
 REMOTE_TTL_SECONDS = 60.0
 # An HTTP witness no longer configured (removed on the record) is read on a short timeout, and
@@ -549,10 +555,7 @@ class Witnessing:
         if all(e.type == WITNESS_SET for e in entries):
             return  # appended by this class, which witnesses it itself
         if any(e.type in NARROWING_EVENTS for e in entries):
-            witnessed = self.checkpoint_and_witness()
-            for e in entries:
-                if e.type in KEPT_EVENTS:
-                    atomic_write_bytes(self._kept_path(e.seq), witnessed.note, mode=0o644)
+            self.checkpoint_and_witness(keep=[e.seq for e in entries if e.type in KEPT_EVENTS])
             return
         if self._due is None:
             info = self._latest_info()
@@ -578,6 +581,7 @@ class Witnessing:
         *,
         extra_signers: Iterable[Ed25519PrivateKey] = (),
         tell: Sequence[WitnessClient] = (),
+        keep: Sequence[int] = (),
     ) -> Witnessed:
         """Sign a checkpoint of the whole ledger and have every witness cosign it.
 
@@ -593,6 +597,12 @@ class Witnessing:
         tell
             Witnesses asked to cosign besides the configured ones, whose cosignatures count
             for no quorum (those a removal lets go).
+        keep
+            Entries (of :data:`KEPT_EVENTS`) whose certificate carries this checkpoint: kept in
+            ``privacy/checkpoints/kept/<seq>`` once the quorum cosigned it, before it is
+            recorded as the latest. A ``<seq>.pending`` mark, written before any witness is
+            asked, lets the next checkpoint or certificate keep it from the witnesses' copies
+            when the process dies once they cosigned (:meth:`_settle_pending`).
 
         Returns
         -------
@@ -610,6 +620,8 @@ class Witnessing:
         """
         self.check_witness_set()
         with file_lock(self.paths.checkpoints / ".lock"):
+            # Before a witness is asked to cosign a newer tree, which replaces its copy.
+            self._settle_pending()
             self._record_witness_set()
             hashes = self.ledger.leaf_hashes()
             size = len(hashes)
@@ -624,6 +636,8 @@ class Witnessing:
             key = self.ledger.signing_key()
             signers = [*extra_signers, key]
             note = Note(text, tuple(Signer(self.origin, k).sign(text) for k in signers))
+            for seq in keep:
+                atomic_write_bytes(self._pending_path(seq), note.to_bytes(), mode=0o644)
             cosigs: list[Signature] = []
             names: list[str] = []
             problems: list[str] = []
@@ -640,11 +654,19 @@ class Witnessing:
                 cosigs.append(sig)
                 names.append(sig.name)
                 counted += i < len(self.clients)
+            if keep:
+                crash_point("witness:kept:cosigned")
             signed = note.with_signatures(cosigs).to_bytes()
+            needed = self.params.quorum or len(self.clients)
+            for seq in keep:
+                # Kept before it is the latest: a checkpoint that no longer is (another process
+                # checkpointed since) is still the one this entry was cosigned under.
+                if counted and counted >= needed:
+                    atomic_write_bytes(self._kept_path(seq), signed, mode=0o644)
+                self._unmark(seq)
             if local is None or local[0].origin != self.origin or size >= local[0].size:
                 atomic_write_bytes(self.latest_path, signed, mode=0o644)
             self._remember(hashes, [cp])
-        needed = self.params.quorum or len(self.clients)
         if counted < needed:
             raise WitnessUnavailableError(
                 MSG_NOT_WITNESSED.format(
@@ -804,13 +826,94 @@ class Witnessing:
     def _kept_path(self, seq: int) -> Path:
         return self.paths.checkpoints / KEPT / str(int(seq))
 
+    def _pending_path(self, seq: int) -> Path:
+        return self.paths.checkpoints / KEPT / f"{int(seq)}{PENDING}"
+
+    def _unmark(self, seq: int) -> None:
+        path = self._pending_path(seq)
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)
+
+    def _settle_pending(self) -> None:
+        """Keep the checkpoint of each entry whose witnessing a process did not finish: a
+        ``kept/<seq>.pending`` mark holds the checkpoint it asked the witnesses to cosign.
+
+        Each witness keeps the checkpoint it cosigned last with its cosignature (and so does
+        ``privacy/checkpoints/latest``): those of the checkpoint asked are gathered, and
+        ``kept/<seq>`` written once they reach the quorum. The mark goes then, or once every
+        configured witness that has not cosigned it was read (it never did: the process died
+        before it asked, or the witness refused); while one cannot be read it stays, with the
+        cosignatures gathered so far. Called with the checkpoints' lock held, before any
+        witness is asked to cosign a newer tree (which replaces its copy).
+        """
+        folder = self.paths.checkpoints / KEPT
+        try:
+            marks = sorted(p for p in folder.iterdir() if p.name.endswith(PENDING))
+        except FileNotFoundError:
+            return
+        if not marks:
+            return
+        keys = [v for v in (c.cosigner() for c in self.clients) if v is not None]
+        found: list[bytes | None] = [self._local()]
+        unread: list[Verifier] = []
+        for client in self.clients:
+            try:
+                found.append(client.latest(self.origin))
+            except (WitnessError, OSError) as exc:
+                log.warning("%s: its latest checkpoint could not be read (%s)", client.where, exc)
+                if (v := client.cosigner()) is not None:
+                    unread.append(v)
+        copies: list[Note] = []
+        for data in found:
+            with contextlib.suppress(NoteError):
+                if data is not None:
+                    copies.append(parse_note(data))
+        needed = self.params.quorum or len(self.clients)
+        for mark in marks:
+            seq_text = mark.name.removesuffix(PENDING)
+            try:
+                asked = parse_note(mark.read_bytes()) if seq_text.isdigit() else None
+            except (OSError, NoteError):
+                asked = None
+            if asked is None:
+                mark.unlink(missing_ok=True)
+                continue
+            seq = int(seq_text)
+            if self._kept_path(seq).exists():  # kept, the process died before the mark went
+                self._unmark(seq)
+                continue
+            gathered = asked.with_signatures(
+                sig
+                for copy in copies
+                if copy.text == asked.text
+                for sig in copy.signatures
+                if any(_cosigned_by(k, asked.text, sig) for k in keys)
+            )
+            cosigned = {
+                k.vkey
+                for k in keys
+                if any(_cosigned_by(k, asked.text, s) for s in gathered.signatures)
+            }
+            if cosigned and len(cosigned) >= needed:
+                atomic_write_bytes(self._kept_path(seq), gathered.to_bytes(), mode=0o644)
+                log.info("entry %d: its checkpoint kept from the witnesses' copies", seq)
+            elif any(u.vkey not in cosigned for u in unread):
+                atomic_write_bytes(mark, gathered.to_bytes(), mode=0o644)
+                continue
+            self._unmark(seq)
+
     def witnessed_with(self, seq: int) -> Witnessed | None:
         """The checkpoint entry ``seq`` (of :data:`KEPT_EVENTS`) was witnessed under when it
         was appended, while it still serves as its proof: signed by the current ledger key,
         of this log, covering the entry, its root the ledger's at its size, and cosigned by a
         configured witness (those are the cosigners it names). None otherwise: not kept (the
-        witnesses did not answer then, or the process died before it was written), a key
-        rotated or every witness replaced since."""
+        witnesses did not answer then), a key rotated or every witness replaced since. A
+        process that died once the witnesses cosigned left a mark: the checkpoint is kept
+        from their copies first (:meth:`_settle_pending`)."""
+        if not self._kept_path(seq).exists() and self._pending_path(seq).exists():
+            with file_lock(self.paths.checkpoints / ".lock"):
+                self._settle_pending()
         try:
             data = self._kept_path(seq).read_bytes()
             note = parse_note(data)
@@ -1502,6 +1605,12 @@ def _sets_of(found: tuple[_Held, ...], data: bytes, offset: int) -> tuple[_Held,
 # registry refuses a ledger with a forged line, and `visage privacy verify-ledger` names it.
 # Each line is read again on every call (held): a set rewritten in place is seen at once.
 _WITNESS_SETS: LedgerFold[tuple[_Held, ...]] = LedgerFold(_sets_of, (), held=held_lines)
+
+
+def _cosigned_by(witness: Verifier, text: bytes, sig: Signature) -> bool:
+    """Whether ``sig`` is ``witness``'s cosignature/v1 of the checkpoint ``text``."""
+    v = cosigner(witness)
+    return (sig.name, sig.key_id) == (v.name, v.key_id) and v.verify(text, sig.sig)
 
 
 def witness_sets(ledger_path: Path) -> list[WitnessSet]:
