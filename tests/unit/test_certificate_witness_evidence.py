@@ -183,6 +183,86 @@ def _resumed_copy(proj, tmp_path: Path) -> tuple[Path, Path, Path, dict]:
     return Path(done["certificate"]), cert, pub, json.loads(cert.read_text())
 
 
+def test_kept_checkpoints_go_once_their_certificate_is_issued_and_old_ones_still_verify(
+    project, tmp_path, monkeypatch
+):
+    """privacy/checkpoints/kept held the checkpoint of every erasure's completion for good: a
+    file more with each erasure. A certificate carries its checkpoint verbatim, so it is needed
+    only until the certificate is issued: an erasure killed before then keeps it (resumed 3
+    hours later it still verifies VALID, its completion date witnessed), a finished one leaves
+    nothing, and a certificate issued earlier still verifies VALID once its copy is gone."""
+    witness = Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    vkey = witness.verifier.vkey
+    proj = make_project(project, n_subjects=4)
+    kept = proj.paths.checkpoints / "kept"
+
+    def held() -> list[str]:
+        return sorted(p.name for p in kept.iterdir()) if kept.is_dir() else []
+
+    first = Erasure(proj.paths).erase(proj.pids[0])
+    assert held() == []
+    real_fault = erasure_mod._fault
+    _killed_at(monkeypatch, "certificate", "completed")
+    with pytest.raises(_Killed):
+        Erasure(proj.paths).erase(proj.pids[1])
+    monkeypatch.setattr(erasure_mod, "_fault", real_fault)  # the next runs live
+    (interrupted,) = held()
+    Erasure(proj.paths).erase(proj.pids[2])
+    assert held() == [interrupted]  # its certificate is still to be issued
+
+    later(monkeypatch, timedelta(hours=3))
+    _, cert, pub, doc = _resumed_copy(proj, tmp_path)
+    assert doc["ledger"]["erasure_completed"]["seq"] == int(interrupted)
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    assert cli.exit_code == 0 and "certificate VALID" in cli.output, cli.output
+    assert re.search(r"^ok\s+completion date witnessed", cli.output, re.M), cli.output
+    assert held() == []
+
+    (tmp_path / "old").mkdir()
+    old, pub = offline_copy(proj, first, tmp_path / "old")
+    cli = run_cli(old, *pinned_cli_args(json.loads(old.read_text()), pub, vkey))
+    assert cli.exit_code == 0 and "certificate VALID" in cli.output, cli.output
+    assert re.search(r"^ok\s+completion date witnessed", cli.output, re.M), cli.output
+    assert verify_certificate(first.certificate_path, root=proj.paths.root).ok
+
+
+def test_doctor_names_and_purges_a_kept_checkpoint_whose_certificate_was_issued(
+    project, monkeypatch
+):
+    """An erasure killed once its request was closed, before its kept checkpoint went: nothing
+    reads that file again (the certificate carries the checkpoint), and no later erasure need
+    come. `visage privacy doctor` names it (exit 1) and `--purge` removes it; the certificate
+    still verifies VALID."""
+    Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    proj = make_project(project, n_subjects=3)
+
+    real = witnessed_mod.Witnessing.prune_kept
+
+    def killed(self, *, needed):
+        raise _Killed
+
+    monkeypatch.setattr(witnessed_mod.Witnessing, "prune_kept", killed)
+    with pytest.raises(_Killed):
+        Erasure(proj.paths).erase(proj.pids[0])
+    monkeypatch.setattr(witnessed_mod.Witnessing, "prune_kept", real)  # the next runs live
+    (issued,) = proj.paths.certificates.glob("*.json")
+    (left,) = (proj.paths.checkpoints / "kept").iterdir()
+    runner = CliRunner()
+    res = runner.invoke(app, ["privacy", "doctor", "--json"])
+    assert res.exit_code == 1, res.output
+    report = json.loads(res.output[res.output.index("{") :])
+    found = [f for f in report["findings"] if f["kind"] == "kept_checkpoint"]
+    assert [(f["path"], f["action"]) for f in found] == [
+        (f"privacy/checkpoints/kept/{left.name}", "purge")
+    ], report
+    res = runner.invoke(app, ["privacy", "doctor", "--purge"])
+    assert not left.exists(), res.output
+    res = runner.invoke(app, ["privacy", "doctor", "--json"])
+    report = json.loads(res.output[res.output.index("{") :])
+    assert not [f for f in report["findings"] if f["kind"] == "kept_checkpoint"], report
+    assert verify_certificate(issued, root=proj.paths.root).ok
+
+
 def test_a_certificate_rendered_again_or_resumed_days_later_keeps_its_witnessed_date(
     project, tmp_path, monkeypatch
 ):

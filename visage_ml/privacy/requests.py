@@ -500,6 +500,16 @@ class RequestBook:
             (s for s in self.all(pid=pid) if s.is_open), key=lambda s: parse_time(s.deadline)
         )
 
+    def uncertified_completions(self) -> set[int]:
+        """The ``erasure.completed`` entries (seq) of erasure requests still open: their
+        certificates are yet to be issued, and need the checkpoints kept for them
+        (:meth:`~visage_ml.privacy.witnessed.Witnessing.prune_kept`)."""
+        return {
+            s.erasure_completed_seq
+            for s in self.all()
+            if s.right == "erasure" and s.is_open and s.erasure_completed_seq is not None
+        }
+
     def overdue(self) -> list[RequestState]:
         """Open requests past their deadline."""
         now = self.now()

@@ -17,7 +17,8 @@ witnesses keep their own copy.
   ``erasure.completed`` entry was cosigned under is kept (``privacy/checkpoints/kept/<seq>``,
   :meth:`Witnessing.witnessed_with`): its certificate carries it, however late it is made. A
   process killed once the witnesses cosigned leaves a mark, and the next checkpoint or
-  certificate keeps it from the witnesses' copies.
+  certificate keeps it from the witnesses' copies; it goes once the certificate is issued
+  (:meth:`Witnessing.prune_kept`).
 - :meth:`Witnessing.check` is the open check. It gathers every checkpoint it can find (the
   local one, each directory witness's, each HTTP witness's), keeps those the ledger's own keys
   signed, and stops with :class:`LedgerRollbackError` when the ledger is shorter than one of
@@ -59,6 +60,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -136,6 +138,8 @@ LATEST = "latest"
 KEPT = "kept"
 # kept/<seq>.pending: the checkpoint asked of the witnesses for entry seq, until it is kept.
 PENDING = ".pending"
+# What kept/ holds for an entry: <seq>, <seq>.pending, and atomic writes' temporary files.
+_KEPT_NAME = re.compile(r"\.?(\d+)(?:\.pending)?(?:\.[^.]+\.tmp)?")
 # How long an HTTP witness's answer to "your latest checkpoint?" is reused by a process.
 REMOTE_TTL_SECONDS = 60.0
 # An HTTP witness no longer configured (removed on the record) is read on a short timeout, and
@@ -902,6 +906,44 @@ class Witnessing:
                 atomic_write_bytes(mark, gathered.to_bytes(), mode=0o644)
                 continue
             self._unmark(seq)
+
+    def kept_files(self) -> dict[int, list[Path]]:
+        """The files under ``privacy/checkpoints/kept`` by the entry they are kept for: its
+        checkpoint, its pending mark, temporary files of a write that was killed."""
+        folder = self.paths.checkpoints / KEPT
+        out: dict[int, list[Path]] = {}
+        try:
+            found = sorted(folder.iterdir())
+        except FileNotFoundError:
+            return out
+        for path in found:
+            m = _KEPT_NAME.fullmatch(path.name)
+            if m is not None and path.is_file():
+                out.setdefault(int(m.group(1)), []).append(path)
+        return out
+
+    def prune_kept(self, *, needed: Iterable[int]) -> list[Path]:
+        """Remove what ``privacy/checkpoints/kept`` holds for entries not in ``needed`` (those
+        whose certificate is yet to be written); returns what was removed.
+
+        A certificate carries its checkpoint verbatim (the tlog-proof's note, see
+        :func:`~visage_ml.privacy.certificate.offline_proof`): once it is written, nothing
+        reads the kept copy again, and every erasure would otherwise add a file for good.
+        """
+        keep = set(needed)
+        removed: list[Path] = []
+        if all(seq in keep for seq in self.kept_files()):
+            return removed
+        with file_lock(self.paths.checkpoints / ".lock"):
+            for seq, paths in self.kept_files().items():
+                if seq in keep:
+                    continue
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+            if removed:
+                fsync_dir(removed[0].parent)
+        return removed
 
     def witnessed_with(self, seq: int) -> Witnessed | None:
         """The checkpoint entry ``seq`` (of :data:`KEPT_EVENTS`) was witnessed under when it

@@ -75,6 +75,7 @@ from visage_ml.privacy.keys import (
 )
 from visage_ml.privacy.notebooks import find_image_notebooks, strip_file
 from visage_ml.privacy.registry import SubjectState
+from visage_ml.privacy.requests import RequestBook
 from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring
 from visage_ml.privacy.vault import IdentityVault
 from visage_ml.rights import content_scan, dvc_objects
@@ -107,6 +108,9 @@ UNRECORDED_ANCHOR = "unrecorded_anchor"
 # the history is rewritten and pruned. Someone does that: --purge leaves it.
 ERASED_IN_GIT = "erased_in_git"
 GIT_UNREACHED = "an object no commit reaches (expire the reflog, then prune)"
+# A checkpoint kept for an erasure whose certificate was issued (it carries the checkpoint): the
+# process was killed before it went. No personal data; nothing reads it again.
+KEPT_CHECKPOINT = "kept_checkpoint"
 # Folders of personal data: 0700, their files 0600 (privacy/ itself holds the public key).
 PRIVATE_FOLDERS: tuple[str, ...] = (
     "data/raw",
@@ -479,7 +483,7 @@ class Finding:
     """One thing at rest that should not be: what, where, and what ``--purge`` does."""
 
     # erased_subject, unknown_subject, no_key, plaintext, leftover, notebook_image,
-    # unrecorded_anchor, stray_image
+    # unrecorded_anchor, stray_image, kept_checkpoint, erased_in_git
     kind: str
     path: str
     pid: str | None = None
@@ -694,6 +698,14 @@ class _Doctor:
             for path in where[h.name] or [GIT_UNREACHED]:
                 self.report.findings.append(Finding(ERASED_IN_GIT, f"git:{path}", None, "review"))
 
+    def kept_checkpoints(self) -> None:
+        """What ``privacy/checkpoints/kept`` holds for erasures whose certificate was issued."""
+        needed = RequestBook(self.core).uncertified_completions()
+        for seq, files in sorted(self.core.witnessing.kept_files().items()):
+            if seq not in needed:
+                for f in files:
+                    self.add(KEPT_CHECKPOINT, f)
+
     def notebooks(self) -> None:
         """Notebooks anywhere in the project whose outputs hold images (faces shown, saved)."""
         for path in find_image_notebooks(self.root):
@@ -797,8 +809,10 @@ def doctor(
     Plaintext files of live data that have
     no sealed twin are listed with action ``seal`` (``visage privacy seal`` converts them);
     everything else is purged by ``purge``: files of subjects the registry marks erased or does
-    not know (a restored backup), sealed files without a key, plaintext copies of sealed data
-    and unreferenced plaintext objects in DVC.
+    not know (a restored backup), sealed files without a key, plaintext copies of sealed data,
+    unreferenced plaintext objects in DVC, and checkpoints kept for erasures whose certificate
+    was issued (``privacy/checkpoints/kept``: the certificate carries its checkpoint; a process
+    killed between the two left them).
     """
     core = core if core is not None else PrivacyCore(paths)
     doc = _Doctor(paths, core)
@@ -810,6 +824,7 @@ def doctor(
     doc.exports()
     doc.notebooks()
     doc.git_history()
+    doc.kept_checkpoints()
     objects = doc.dvc()
     doc.strays()
     if purge:

@@ -107,7 +107,8 @@ def doctor(
     images (--purge clears their outputs), and any other image file under data/, mlruns/,
     models/, notebooks/, reports/ or at the project's top, the project's own figures aside, and
     erased subjects' images in the git history (git:<path>) (both marked review: --purge leaves
-    them; an erasure removes exact copies only, and never rewrites history). Exit code 1 when
+    them; an erasure removes exact copies only, and never rewrites history), and checkpoints
+    kept for erasures whose certificate was issued (privacy/checkpoints/kept). Exit code 1 when
     any is left."""
     setup_logging()
     with user_errors():

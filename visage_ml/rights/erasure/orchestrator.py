@@ -39,7 +39,8 @@ copies         exact copies of what the steps listed, and of any erased image's 
 snapshot       the consent snapshot refreshed
 certificate    ``erasure.completed`` (committing to the claims, cosigned by the witnesses
                at once), a tree head, the signed certificate carrying the checkpoint the
-               completion was cosigned under (kept: a resume hours later carries it too)
+               completion was cosigned under (kept until the certificate is issued: a
+               resume hours later carries it too)
                ``privacy/certificates/<request id>.json`` with its offline proof bundle
                (c2sp.org/tlog-proof) and its readable page ``<request id>.html``
                (:mod:`visage_ml.privacy.certificate_page`), the request's receipt
@@ -578,6 +579,13 @@ class Erasure:
                     "models_stale": len(claims["models"]),
                 },
             )
+        # Issued, the certificate carries its checkpoint: the kept copy goes, and so does any
+        # a process killed between an issue and this left. A file that cannot go fails nothing
+        # (it holds no personal data): `visage privacy doctor` names it.
+        try:
+            self.core.witnessing.prune_kept(needed=self.book.uncertified_completions())
+        except OSError as exc:
+            log.warning("kept checkpoints not removed (%s): see `visage privacy doctor`", exc)
         result.certificate_path = path
         result.certificate = doc
 
