@@ -193,3 +193,34 @@ def test_a_copy_tracked_with_dvc_goes_with_its_objects(tiny_project):
     assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
     _dvc(root, "checkout", "data/external")
     assert not (ext / "portrait.png").exists(), "dvc checkout put the erased photo back"
+
+
+def test_a_file_that_cannot_be_read_is_never_shown_clean(proj, monkeypatch):
+    """A file the scan could not read (permissions, an I/O error) was skipped in silence: it
+    may be a copy, yet the erasure certified and the verifier said nothing remains."""
+    from visage_ml.rights import content_scan
+
+    done = Erasure(proj.paths).erase(proj.pids[0])
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    locked = proj.paths.root / "reports" / f"{NAME}.png"
+    locked.parent.mkdir(parents=True, exist_ok=True)
+    locked.write_bytes(b"whatever it holds")
+    real_open = open
+
+    def guarded(path, *args, **kwargs):
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(content_scan, "open", guarded, raising=False)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f["path"] for f in report.findings] == [str(locked)]
+    with pytest.raises(OSError) as caught:
+        Erasure(proj.paths).erase(proj.pids[1])
+    message = str(caught.value)
+    assert "could not be read" in message and "reports" in message and NAME not in message
+    assert "visage privacy resume" in message
+    monkeypatch.delattr(content_scan, "open")
+    (result,) = Erasure(proj.paths).resume()
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok

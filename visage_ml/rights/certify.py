@@ -47,6 +47,7 @@ MSG_REMOTE_UNREACHABLE = (
     "them reachable (`visage stack up`) and verify again"
 )
 
+UNREAD = "could not be read, so not shown to hold no erased content: make it readable"
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_BEYOND_DECLARED = (
@@ -151,6 +152,8 @@ def scan_for_hashes(
     kept = content_scan.in_use(paths, hits, pid=pid)
     beyond = len(kept.files) > declared_in_use
     for h in hashed:
+        if h.unreadable:  # not shown clean: it may be a copy
+            report.findings.append({"path": str(h.path), "why": UNREAD})
         if h.digest is None:
             continue
         report.files_hashed += 1

@@ -63,6 +63,11 @@ class Hashed:
     inner: tuple[str, ...] = ()
     name: str = ""  # a git object's id
 
+    @property
+    def unreadable(self) -> bool:
+        """There, but not readable (permissions, an I/O error): nothing shows it clean."""
+        return self.digest is None and self.size == UNREADABLE
+
     def matches(self, hashes: Container[str]) -> bool:
         """Whether the file, or an image it holds, is in ``hashes``."""
         return (self.digest is not None and self.digest in hashes) or any(
@@ -103,6 +108,8 @@ def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
     return out
 
 
+# The size of a file that is there but could not be read.
+UNREADABLE = -1
 # A notebook larger than this is not parsed for its images (its own hash is still taken).
 NOTEBOOK_MAX = 64 << 20
 NOTEBOOK_SUFFIX = ".ipynb"
@@ -137,8 +144,10 @@ def _hash(path: Path) -> tuple[str | None, int, tuple[str, ...]]:
                 n += len(chunk)
                 if notebook and n <= NOTEBOOK_MAX:
                     kept.append(chunk)
-    except OSError:  # gone or unreadable since the walk: not a file this scan can judge
+    except FileNotFoundError:  # gone since the walk: nothing left to judge
         return None, 0, ()
+    except OSError:  # there, but not readable: not shown clean (``Hashed.unreadable``)
+        return None, UNREADABLE, ()
     inner = _inner(b"".join(kept)) if notebook and n <= NOTEBOOK_MAX else ()
     return h.hexdigest(), n, inner
 

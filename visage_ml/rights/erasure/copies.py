@@ -47,6 +47,11 @@ MSG_NOT_REMOVED = (
     "before its certificate. Make them removable (a read-only mount, an immutable file, a "
     "folder's permissions) or delete them, then run `visage privacy resume`"
 )
+MSG_UNREADABLE = (
+    "{n} file(s) could not be read ({where}), so none of them is shown to be no copy of the "
+    "erased content; the erasure stops before its certificate. Make them readable to this "
+    "user (or delete them), then run `visage privacy resume`"
+)
 MSG_IN_GIT = (
     "{n} object(s) of the project's git repository hold erased content (a file committed, in "
     "any branch, tag, stash, reflog or DVC experiment); the erasure stops before its "
@@ -103,11 +108,13 @@ class Found:
     """What :func:`_found` found: the ``copies`` to remove, how many files of ``data/raw`` that
     matched are other current subjects' data (``in_use``: kept, the verifier's rule
     :func:`~visage_ml.rights.content_scan.in_use`), and how many git objects hold erased
-    content (``in_git``: only a rewrite of the history removes them)."""
+    content (``in_git``: only a rewrite of the history removes them), and the files that could
+    not be read, by top folder (``unreadable``: none of them is shown to be no copy)."""
 
     copies: list[Copy] = field(default_factory=list)
     in_use: int = 0
     in_git: int = 0
+    unreadable: dict[str, int] = field(default_factory=dict)
 
 
 def _found(ctx: Context, pid: str) -> Found:
@@ -139,7 +146,8 @@ def _found(ctx: Context, pid: str) -> Found:
             label = content_scan.store_label(store)
             found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
     in_git = sum(h.matches(hashes) for h in content_scan.git_objects(root))
-    return Found(found, len(kept.files), in_git)
+    unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
+    return Found(found, len(kept.files), in_git, dict(sorted(unreadable.items())))
 
 
 def _count(copies: list[Copy]) -> dict[str, int]:
@@ -177,6 +185,9 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         where = "; ".join(f"{folder}: {why}" for folder, why in sorted(stuck.items()))
         n = sum(1 for c in found if c.exists())
         raise OSError(MSG_NOT_REMOVED.format(n=n, where=where))
+    if result.unreadable:
+        where = ", ".join(f"{folder}: {n}" for folder, n in result.unreadable.items())
+        raise OSError(MSG_UNREADABLE.format(n=sum(result.unreadable.values()), where=where))
     if result.in_git:
         raise OSError(MSG_IN_GIT.format(n=result.in_git))
     info = (plan.info or {}) if plan is not None else {}
