@@ -144,3 +144,23 @@ def test_a_stray_copy_of_a_shared_photograph_takes_not_the_other_subjects_object
     assert result.certificate["claims"]["copies_removed"] == {"data": 1}
     assert md5_bytes(pngs[0]) in _objects(remote), "the other subject's photo left the remote"
     assert (proj.paths.raw / other / f"{image_id}.png").read_bytes() == pngs[0]
+
+
+def test_the_kept_file_is_the_one_declared_not_any_as_many(project):
+    """The certificate once counted the kept files: the shared photograph gone (its subject's
+    data deleted), another photograph of the erased subject filed under a third subject kept the
+    count and verified."""
+    proj = make_project(project, n_subjects=3)
+    victim, other, pngs, image_id = _shared_plain(proj)
+    result = Erasure(proj.paths).erase(victim)
+    cert = result.certificate_path.read_text(encoding="utf-8")
+    assert f"{other}/{image_id}" not in cert and image_id not in cert
+    store = RawStore(proj.paths, core=proj.core)
+    with store.transaction() as txn:
+        txn.remove_subject(other)
+    third = proj.pids[2]
+    _file_under(proj, third, pngs[1], sealed=False)
+    unseal(proj, third)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f for f in report.findings if f"/{third}/" in f["path"]], report.findings

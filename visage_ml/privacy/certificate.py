@@ -291,11 +291,10 @@ def conceded(claims: Any) -> list[str]:
             f"{kept} DVC object(s) holding the subject's photographs in clear kept, unencrypted, "
             "because other current data holds the same photograph"
         )
-    in_use = claims.get("copies_in_use")
-    if isinstance(in_use, int) and not isinstance(in_use, bool) and in_use > 0:
+    if in_use := many("copies_in_use"):
         out.append(
-            f"{in_use} file(s) of other current subjects' data identical to erased content kept "
-            "as theirs (a photograph they share)"
+            f"{len(in_use)} file(s) of other current subjects' data identical to erased content "
+            "kept as theirs (a photograph they share)"
         )
     if retained := many("retained_shared_content"):
         out.append(

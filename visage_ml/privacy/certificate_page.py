@@ -632,7 +632,7 @@ def _context(
         "copies": _copies(claims.get("copies_removed")),
         "retained": len(_list(claims.get("retained_shared_content"))),
         # Files of data/raw identical to erased content that other current subjects hold.
-        "in_use": _count(claims.get("copies_in_use")),
+        "in_use": len(_list(claims.get("copies_in_use"))),
         # The subject's photographs kept in clear in DVC because other current data holds the
         # same photograph: counted in the certificate, their hashes withheld.
         "kept_plaintext": _count(_obj(claims.get("dvc")).get("kept_plaintext")),

@@ -37,6 +37,7 @@ from visage_ml.privacy.certificate import (
     verify_proof,
 )
 from visage_ml.privacy.ledger import LedgerError
+from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights import content_scan, dvc_objects, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
 
@@ -50,9 +51,9 @@ MSG_REMOTE_UNREACHABLE = (
 UNREAD = "could not be read, so not shown to hold no erased content: make it readable"
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
-MSG_BEYOND_DECLARED = (
-    "{n} file(s) of current subjects' data in data/raw hold erased content, more than the "
-    "{declared} the certificate declares kept: filed under another subject since; review them"
+MSG_NOT_DECLARED = (
+    "a file of another current subject in data/raw holds erased content, and the certificate "
+    "does not declare it kept: filed under that subject since? review it"
 )
 
 MSG_NOT_SCANNED = (
@@ -138,19 +139,33 @@ def scan_for_hashes(
     *,
     pid: str,
     md5s: set[str],
-    declared_in_use: int,
+    declared_in_use: Sequence[str],
     report: CertificateReport,
 ) -> int:
     """Hash every file under ``walked`` and every git object; record any whose SHA-256 is in
     ``sha256s`` (listed, or an erased image's plaintext), or a notebook holding such an image,
-    but other current subjects' data
-    (:func:`~visage_ml.rights.content_scan.in_use`, the erasure's rule) up to the
-    ``declared_in_use`` files the certificate counts, and any ``.dir`` manifest that names a
-    listed md5 or the subject's folder. Returns how many files current subjects hold."""
+    but the files of other current subjects (:func:`~visage_ml.rights.content_scan.in_use`,
+    the erasure's rule) that the certificate lists kept (``declared_in_use``, each as
+    :func:`~visage_ml.rights.content_scan.in_use_name` records it); and any ``.dir`` manifest
+    that names a listed md5 or the subject's folder. Returns how many files current subjects
+    hold."""
     hashed = content_scan.hash_files(walked)
     hits = [h for h in hashed if h.matches(sha256s)]
     kept = content_scan.in_use(paths, hits, pid=pid)
-    beyond = len(kept.files) > declared_in_use
+    declared = set(declared_in_use)
+    if sha256s.key is not None:
+        key = sha256s.key
+
+        def mac(kind: str, value: str) -> str:
+            return Tombstones.mac_with(key, kind, value)
+
+        accepted = {
+            f for f in kept.files if content_scan.in_use_name(mac, paths.root, f) in declared
+        }
+    elif len(kept.files) <= len(declared):  # without the key, as many as it lists
+        accepted = set(kept.files)
+    else:
+        accepted = set()
     for h in hashed:
         if h.unreadable:  # not shown clean: it may be a copy
             report.findings.append({"path": str(h.path), "why": UNREAD})
@@ -166,12 +181,12 @@ def scan_for_hashes(
         history = []
         report.findings.append({"path": str(paths.root / ".git"), "why": str(exc)})
     for h in hits + [h for h in history if h.matches(sha256s)]:
-        if h.path in kept.objects or (h.path in kept.files and not beyond):
+        if h.path in kept.objects or h.path in accepted:
             continue
         whole = h.digest is not None and h.digest in sha256s
         why = str(sha256s.why(str(h.digest)) if whole else NOTEBOOK_SHOWS)
         if h.path in kept.files:
-            why = MSG_BEYOND_DECLARED.format(n=len(kept.files), declared=declared_in_use)
+            why = MSG_NOT_DECLARED
         # An erased image's plaintext by its path only: the report names the pid, so its
         # SHA-256 would pair a photograph with them (as content_hit in the ledger); a git
         # object by the repository alone (its id is a hash of the content too).
@@ -179,11 +194,6 @@ def scan_for_hashes(
         shown = f"{h.path} ({GIT_OBJECT})" if h.root.git else str(h.path)
         report.findings.append({"path": shown, "sha256": named, "why": why})
     return len(kept.files)
-
-
-def _count(value: Any) -> int:
-    """A count from the claims (0 for anything else in a hostile file)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _check_manifest(path: Path, *, pid: str, md5s: set[str], report: CertificateReport) -> None:
@@ -233,7 +243,8 @@ def _scan(
             # A remote DVC cannot open is not shown to be clean.
             unopened = {f"remote:{n}": f"not opened: {why}" for n, why in setup.unopened.items()}
     walked = content_scan.roots(paths, setup) + walked
-    in_use = _count(claims.get(content_scan.IN_USE))
+    listed = claims.get(content_scan.IN_USE)
+    in_use = [str(n) for n in listed] if isinstance(listed, list) else []
     held = scan_for_hashes(
         paths,
         walked,
@@ -262,7 +273,7 @@ def _scan(
             )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
     if held:
-        declared += f"; {held} file(s) of current subjects' data kept, {in_use} declared"
+        declared += f"; {held} file(s) of current subjects' data kept, {len(in_use)} declared"
     # Files that could not be checked for a plaintext copy: not shown to be clean.
     unkeyed = sha256s.gap is not None and report.files_hashed > 0
     unkeyed_note = f"; {sha256s.gap}" if unkeyed else ""

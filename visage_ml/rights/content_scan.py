@@ -9,11 +9,11 @@ to what matches (:func:`in_use`), so that an erasure's own certificate never fai
 over a file the erasure chose to keep.
 
 That rule: a file that matches is a copy, to be removed, unless it is another current subject's
-data, which the erasure keeps and the certificate counts (``claims.copies_in_use``): a file of
-``data/raw`` that its images table lists under a current subject (a photograph two subjects
-share, in clear on a project not yet sealed; a sealed file filed byte for byte under another
-subject), and the DVC objects with that file's md5. A copy filed under another subject after
-the certificate is beyond its count, and the verifier reports it.
+data, which the erasure keeps and the certificate lists, keyed (``claims.copies_in_use``): a
+file of ``data/raw`` that its images table lists under a current subject (a photograph two
+subjects share, in clear on a project not yet sealed; a sealed file filed byte for byte under
+another subject), and the DVC objects with that file's md5. A copy filed under another subject after
+the certificate is not among those, and the verifier reports it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +34,13 @@ from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
 
 TOP_LEVEL = "top level"
-# The certificate's count of the files of data/raw, identical to erased content, that other
-# current subjects hold (kept by the erasure; the verifier accepts that many, no more).
+# The certificate's list of the files of data/raw, identical to erased content, that other
+# current subjects hold (kept by the erasure; the verifier accepts those, no other): each as
+# ``~`` and 12 hex digits of a MAC of its path under the tombstone key (the path names another
+# subject), :func:`in_use_name`.
 IN_USE = "copies_in_use"
+IN_USE_KIND = "in_use_file"
+IN_USE_HEX = 12
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,13 @@ def in_use(paths: ProjectPaths, hits: Iterable[Hashed], *, pid: str) -> InUse:
             continue
     objects = {h.path for h in hits if h.oid is not None and h.oid in md5s}
     return InUse(frozenset(files), frozenset(objects), frozenset(md5s))
+
+
+def in_use_name(mac: Callable[[str, str], str], root: Path, path: Path) -> str:
+    """What the certificate records of a file other current subjects hold (:data:`IN_USE`):
+    ``~`` and the first hex digits of ``mac(kind, its project-relative path)``."""
+    relpath = path.resolve().relative_to(root.resolve()).as_posix()
+    return "~" + mac(IN_USE_KIND, relpath)[:IN_USE_HEX]
 
 
 def git_paths(root: Path, oids: Iterable[str]) -> dict[str, list[str]]:

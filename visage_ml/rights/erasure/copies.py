@@ -9,13 +9,14 @@ removed (overwritten, then deleted) rather than certified and found afterwards.
 
 Only exact copies: a re-encoded or cropped face has other bytes, and is for ``visage privacy
 doctor`` to list for review. Kept: a file of ``data/raw`` its images table lists under another
-current subject (a photograph two subjects share), and the DVC objects with its md5, counted in
-the certificate (``claims.copies_in_use``); content the certificate declares still in use
-(:func:`~visage_ml.rights.erasure.base.retained_shared`); the empty file. DVC's cache and local
-remotes are looked through too, as the verifier does (a copy tracked with ``dvc add`` has its
-object there, which ``dvc checkout`` would put back), and the objects of the copies found are
-removed from the other remotes by their md5; the ``.dvc`` file that tracked a copy then names
-an object that is gone (``dvc status`` says so). The subject's own objects are the dvc step's.
+current subject (a photograph two subjects share), and the DVC objects with its md5, listed in
+the certificate by a keyed MAC of the path (``claims.copies_in_use``); content the certificate
+declares still in use (:func:`~visage_ml.rights.erasure.base.retained_shared`); the empty file.
+DVC's cache and local remotes are looked through too, as the verifier does (a copy tracked
+with ``dvc add`` has its object there, which ``dvc checkout`` would put back), and the objects
+of the copies found are removed from the other remotes by their md5; the ``.dvc`` file that
+tracked a copy then names an object that is gone (``dvc status`` says so). The subject's own
+objects are the dvc step's.
 
 The ledger and the certificate record a count per top folder (``top level`` for the project's
 own files), never a path or a hash: a file name may be the person's name, and a plaintext's hash
@@ -106,13 +107,14 @@ class Copy:
 @dataclass(frozen=True)
 class Found:
     """What :func:`_found` found: the ``copies`` to remove, how many files of ``data/raw`` that
-    matched are other current subjects' data (``in_use``: kept, the verifier's rule
+    matched are other current subjects' data (``in_use``: kept, as the certificate records them,
+    :func:`~visage_ml.rights.content_scan.in_use_name`; the verifier's rule
     :func:`~visage_ml.rights.content_scan.in_use`), and how many git objects hold erased
     content (``in_git``: only a rewrite of the history removes them), and the files that could
     not be read, by top folder (``unreadable``: none of them is shown to be no copy)."""
 
     copies: list[Copy] = field(default_factory=list)
-    in_use: int = 0
+    in_use: list[str] = field(default_factory=list)
     in_git: int = 0
     unreadable: dict[str, int] = field(default_factory=dict)
 
@@ -147,7 +149,8 @@ def _found(ctx: Context, pid: str) -> Found:
             found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
     in_git = sum(h.matches(hashes) for h in content_scan.git_objects(root))
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
-    return Found(found, len(kept.files), in_git, dict(sorted(unreadable.items())))
+    names = sorted({content_scan.in_use_name(ctx.core.tombstones.mac, root, f) for f in kept.files})
+    return Found(found, names, in_git, dict(sorted(unreadable.items())))
 
 
 def _count(copies: list[Copy]) -> dict[str, int]:
@@ -164,7 +167,8 @@ def plan(ctx: Context, pid: str) -> Plan:
     earlier = before.get(FOUND) or {}
     counts = {f: max(earlier.get(f, 0), now.get(f, 0)) for f in sorted({*earlier, *now})}
     info: dict[str, Any] = {FOUND: counts}
-    if in_use := max(in_use, int(before.get(IN_USE) or 0)):
+    earlier_in_use = before.get(IN_USE)
+    if in_use := sorted({*in_use, *(earlier_in_use if isinstance(earlier_in_use, list) else [])}):
         info[IN_USE] = in_use
     if result.in_git:
         info[IN_GIT] = result.in_git
