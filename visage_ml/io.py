@@ -148,14 +148,29 @@ def secure_unlink(path: Path) -> bool:
     return True
 
 
+class LockHeldError(BlockingIOError):
+    """:func:`file_lock` with ``wait=False`` found the lock held by someone else."""
+
+
 @contextlib.contextmanager
-def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
-    """Advisory ``flock`` on ``path`` (created if missing) for the duration of the block."""
+def file_lock(path: Path, *, shared: bool = False, wait: bool = True) -> Iterator[None]:
+    """Advisory ``flock`` on ``path`` (created if missing) for the duration of the block.
+
+    With ``wait`` false, :class:`LockHeldError` at once instead of waiting for its holder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    how = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        fcntl.flock(fd, how)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockHeldError(str(path)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

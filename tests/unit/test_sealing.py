@@ -27,6 +27,7 @@ from visage_ml.data.prepare import prepare
 from visage_ml.data.processed import load_processed
 from visage_ml.data.rawstore import RawStore
 from visage_ml.faults import FAULT_ENV, FAULT_EXIT
+from visage_ml.io import file_lock
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import IMAGE_KINDS, parse_header, sniff, sniff_bytes
 from visage_ml.privacy.keys import MASTER_KEY_ENV, MasterKeyError, load_master_key
@@ -363,6 +364,58 @@ def test_an_erasure_destroys_leftover_copies_of_the_subjects_keys_and_the_doctor
     assert sorted(_unwraps(root, victim, [master])) == []
     image_id = sorted(proj.images[live])[0]
     assert RawStore(paths).read_image(live, image_id) == proj.images[live][image_id]
+
+
+@pytest.mark.timeout(120)
+def test_doctor_purge_leaves_a_locked_key_rings_leftovers_and_says_why(project, monkeypatch):
+    # A key ring's lock is held while a rotation re-wraps it or a key is created: a temporary
+    # file there may be the one about to be renamed into place. The purge leaves that ring's
+    # (it does not wait either) and says why; the other rings' leftovers go.
+    proj = make_project(project, n_subjects=2)
+    root, live = project, proj.pids[0]
+    left = {}
+    for folder in _RINGS:
+        left[folder] = root / folder / f".{live}.key.k1ll3d00.tmp"
+        left[folder].write_bytes((root / folder / f"{live}.key").read_bytes())
+    monkeypatch.chdir(root)
+    runner = CliRunner()
+    with file_lock(root / "privacy/keys/.lock"):  # a rotation at work on the data keys
+        r = runner.invoke(app, ["privacy", "doctor", "--purge"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1, r.output
+    assert left["privacy/keys"].exists()
+    assert not left["privacy/vault/keys"].exists() and not left["gallery/keys"].exists()
+    assert "privacy/keys: 1 leftover(s) left in place: the folder is locked" in said
+    assert "run `visage privacy doctor --purge` again" in said
+    r = runner.invoke(app, ["privacy", "doctor", "--purge", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["locked"] == {} and not left["privacy/keys"].exists()
+
+
+def test_a_purge_during_a_master_key_rotation_leaves_the_rotations_files_alone(
+    project, monkeypatch
+):
+    # A doctor started before the rotation purges while the rotation has written a key's
+    # re-wrapped version and not yet renamed it: the purge deleted it and the rotation died.
+    proj = make_project(project, n_subjects=2)
+    paths = proj.paths
+    core = PrivacyCore(paths)
+    assert core.data_keys  # opened before the rotation began
+    rename, purges = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        if not purges and Path(dst).parent == paths.data_keys and Path(dst).suffix == ".key":
+            purges.append(doctor(paths, purge=True, core=core))
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    rotate_master_key(paths)
+    monkeypatch.setattr(os, "replace", rename)
+    assert list(purges[0].locked) == ["privacy/keys"]
+    pid = proj.pids[1]
+    image_id = sorted(proj.images[pid])[0]
+    assert RawStore(paths).read_image(pid, image_id) == proj.images[pid][image_id]
+    assert doctor(paths).ok
 
 
 def test_rotation_with_the_key_in_the_environment_needs_the_new_key(project, monkeypatch):

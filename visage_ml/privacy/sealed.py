@@ -224,30 +224,32 @@ def rewrap_keyring(
     result = RewrapResult(str(directory))
     if not directory.is_dir():
         return result
-    with file_lock(directory / ".lock"):  # held while a key is created: its file is no leftover
+    # Held while a key is created (its file is no leftover) and for the whole re-wrap: a
+    # doctor's purge takes it too, so it never deletes a version that is about to be renamed.
+    with file_lock(directory / ".lock"):
         for left in sorted(directory.glob(".*.tmp")):
             if (leftover_target(left) or "").endswith((".key", ".check")):
                 secure_unlink(left)
-    old, new = AESGCM(old_master), AESGCM(new_master)
-    files = sorted(directory.glob("*.key"))
-    check = directory / ".check"
-    if check.exists():
-        files.append(check)
-    for path in files:
-        aad = f"{context}:{'check' if path == check else path.stem}".encode()
-        blob = path.read_bytes()
-        nonce, body = blob[:NONCE_BYTES], blob[NONCE_BYTES:]
-        try:
-            plain = old.decrypt(nonce, body, aad)
-        except InvalidTag:
+        old, new = AESGCM(old_master), AESGCM(new_master)
+        files = sorted(directory.glob("*.key"))
+        check = directory / ".check"
+        if check.exists():
+            files.append(check)
+        for path in files:
+            aad = f"{context}:{'check' if path == check else path.stem}".encode()
+            blob = path.read_bytes()
+            nonce, body = blob[:NONCE_BYTES], blob[NONCE_BYTES:]
             try:
-                new.decrypt(nonce, body, aad)
+                plain = old.decrypt(nonce, body, aad)
             except InvalidTag:
-                raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
-            result.already += 1
-            continue
-        fresh = os.urandom(NONCE_BYTES)
-        atomic_write_bytes(path, fresh + new.encrypt(fresh, plain, aad), mode=0o600)
-        faults.crash_point("keys:rewrap:file")
-        result.rewrapped += 1
+                try:
+                    new.decrypt(nonce, body, aad)
+                except InvalidTag:
+                    raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
+                result.already += 1
+                continue
+            fresh = os.urandom(NONCE_BYTES)
+            atomic_write_bytes(path, fresh + new.encrypt(fresh, plain, aad), mode=0o600)
+            faults.crash_point("keys:rewrap:file")
+            result.rewrapped += 1
     return result

@@ -46,8 +46,10 @@ from visage_ml.data.prepare import FACES_FILE, LEGACY_FACES_FILE, MANIFEST_FILE,
 from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore
 from visage_ml.evaluation.figures import FIGURE_NAME, MLFLOW_FOLDER
 from visage_ml.io import (
+    LockHeldError,
     atomic_write_bytes,
     atomic_write_json,
+    file_lock,
     fsync_dir,
     leftover_target,
     md5_file,
@@ -135,6 +137,11 @@ MSG_ENV_NEEDS_KEY = (
     "key with --new-key-file FILE (base64 or hex of 32 bytes), then set VISAGE_MASTER_KEY to it"
 )
 MSG_SET_ENV = "set VISAGE_MASTER_KEY to the new key now: the old one opens nothing any more"
+MSG_RING_LOCKED = (
+    "{folder}: {n} leftover(s) left in place: the folder is locked by a command writing to it "
+    "(a master-key rotation, a key's creation, an erasure), whose next file may be one of them; "
+    "run `visage privacy doctor --purge` again when it has finished"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +505,8 @@ class DoctorReport:
 
     findings: list[Finding] = field(default_factory=list)
     purged: int = 0
+    # Key-ring folder -> its leftovers the purge left because the folder's lock was held.
+    locked: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -515,6 +524,7 @@ class DoctorReport:
             "counts": self.counts(),
             "purged": self.purged,
             "findings": [asdict(f) for f in self.findings],
+            "locked": self.locked,
         }
 
 
@@ -527,6 +537,8 @@ class _Doctor:
         self.keys: DataKeys | None = core.data_keys if paths.data_keys.is_dir() else None
         self.report = DoctorReport()
         self.bad_pids: dict[str, str] = {}
+        # A key ring's leftover (project-relative) -> the lock its writers hold while writing.
+        self.ring_locks: dict[str, Path] = {}
 
     def add(self, kind: str, path: Path, pid: str | None = None, action: str = "purge") -> None:
         self.report.findings.append(Finding(kind, _rel(path, self.root), pid, action))
@@ -630,7 +642,14 @@ class _Doctor:
                 status = _status(self.states, f.stem)
                 if status == ERASED:
                     self.add(ERASED, f, f.stem)
-        for folder in [*folders, self.paths.vault, self.paths.vault / "records"]:
+        # A ring's keys are created and re-wrapped under its own lock; the vault's records and
+        # index are written under the vault's.
+        vault_lock = self.paths.vault / ".lock"
+        for folder, lock in [
+            *((folder, folder / ".lock") for folder in folders),
+            (self.paths.vault, vault_lock),
+            (self.paths.vault / "records", vault_lock),
+        ]:
             for f in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
                 target = leftover_target(f)
                 if target is None or _rel(f, self.root) in seen:
@@ -638,6 +657,7 @@ class _Doctor:
                 pid = Path(target).stem if PID_RE.fullmatch(Path(target).stem) else None
                 status = _status(self.states, pid) if pid else None
                 self.add(status or LEFTOVER, f, pid if status else None)
+                self.ring_locks[_rel(f, self.root)] = lock
 
     def exports(self) -> None:
         folder = self.root / EXPORTS_DIR
@@ -753,8 +773,11 @@ class _Doctor:
         for pid in sorted(processed_pids):
             purge_subject(self.paths.processed, pid)
             purged += 1
+        purged += self._purge_ring_leftovers([f for f in todo if f.path in self.ring_locks])
         for f in todo:
             path = self.root / f.path if not Path(f.path).is_absolute() else Path(f.path)
+            if f.path in self.ring_locks:
+                continue
             if f.path.startswith("data/raw/") and f.pid in raw_pids:
                 continue
             if f.path == f"data/processed/{MANIFEST_FILE}":
@@ -773,6 +796,29 @@ class _Doctor:
             forget_owner(self.paths, exported)
         for store, oid in objects:
             purged += int(store.remove(oid))
+        return purged
+
+    def _purge_ring_leftovers(self, found: list[Finding]) -> int:
+        """Remove key rings' leftovers, each under the lock its ring's writers hold: a
+        temporary file there may be a rotation's or a key creation's next version, about to be
+        renamed into place. A ring whose lock is held keeps its leftovers
+        (:attr:`DoctorReport.locked`, :data:`MSG_RING_LOCKED`): a writer may hold it for a
+        whole rotation, and a later run removes what is still left."""
+        by_lock: dict[Path, list[Finding]] = {}
+        for f in found:
+            by_lock.setdefault(self.ring_locks[f.path], []).append(f)
+        purged = 0
+        for lock, files in sorted(by_lock.items()):
+            try:
+                with file_lock(lock, wait=False):
+                    for f in files:
+                        # Gone when its writer renamed it before the lock was ours.
+                        path = self.root / f.path
+                        purged += int(path.is_file() and secure_unlink(path))
+            except LockHeldError:
+                folder = _rel(lock.parent, self.root)
+                self.report.locked[folder] = [f.path for f in files]
+                log.warning(MSG_RING_LOCKED.format(folder=folder, n=len(files)))
         return purged
 
     def _destroy_key(self, path: Path, pid: str) -> bool:
@@ -812,7 +858,9 @@ def doctor(
     not know (a restored backup), sealed files without a key, plaintext copies of sealed data,
     unreferenced plaintext objects in DVC, and checkpoints kept for erasures whose certificate
     was issued (``privacy/checkpoints/kept``: the certificate carries its checkpoint; a process
-    killed between the two left them).
+    killed between the two left them). The key rings' and the vault's leftovers are removed
+    under the lock of their folder's writers; a folder whose lock is held keeps them
+    (``report.locked``).
     """
     core = core if core is not None else PrivacyCore(paths)
     doc = _Doctor(paths, core)
