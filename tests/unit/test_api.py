@@ -376,6 +376,22 @@ def test_a_withdrawal_or_objection_that_changes_nothing_is_refused_and_not_recor
     assert (r.status_code, error_of(r), appended) == (409, "not_consented", 0), r.text
 
 
+def test_a_restriction_already_set_is_refused_and_not_recorded(served):
+    # A second POST /restrict appended a second restriction.set, recorded a completed request
+    # and told every recipient (Art. 19) of a restriction that changed nothing. Refused like
+    # the lift of a subject who is not restricted: 409, nothing appended.
+    s = served
+    pid = s.pids[3]
+    ledger = s.world.paths.ledger
+    r = s.call("POST", f"/v1/subjects/{pid}/restrict", "dpo")
+    assert r.status_code == 200 and r.json()["event"] == "restriction.set", r.text
+    before = ledger.read_bytes()
+    r = s.call("POST", f"/v1/subjects/{pid}/restrict", "dpo", json={"reason_code": "dispute"})
+    assert (r.status_code, error_of(r)) == (409, "already_restricted"), r.text
+    assert f"subject {pid} is already restricted" in r.json()["error"]["message"]
+    assert ledger.read_bytes() == before
+
+
 def test_an_identification_reaches_the_access_page_and_a_restriction_its_recipients(enrolled):
     # What a DPO must be able to show: when the subject was identified (Art. 15), and that the
     # recipients of their data heard of the restriction set over HTTP (Art. 19), by whom.

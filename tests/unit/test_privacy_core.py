@@ -185,6 +185,23 @@ def test_commands_refuse_unknown_subject_and_purpose(project):
     assert (project / "privacy" / "ledger.jsonl").read_bytes() == before
 
 
+def test_a_restriction_already_set_is_refused_and_not_recorded(project):
+    # `visage privacy restrict` of a subject already restricted appended a second
+    # restriction.set (and an Art. 19 notice to every recipient) that changed nothing.
+    run = CliRunner().invoke
+    ledger = project / "privacy" / "ledger.jsonl"
+    pid = run(app, ["privacy", "subject", "add"]).output.strip()
+    assert run(app, ["privacy", "restrict", pid]).exit_code == 0
+    before = ledger.read_bytes()
+    result = run(app, ["privacy", "restrict", pid])
+    assert result.exit_code == 2 and "already restricted" in result.output
+    assert ledger.read_bytes() == before
+    with pytest.raises(NothingChangedError, match="already restricted") as refused:
+        PrivacyCore(ProjectPaths(project)).restrict(pid)
+    assert refused.value.code == "already_restricted"
+    assert ledger.read_bytes() == before
+
+
 def test_snapshot_patch_is_byte_identical_to_a_full_rebuild(project):
     core = PrivacyCore(ProjectPaths(project))
     pids = [core.add_subject(source="manual") for _ in range(12)]

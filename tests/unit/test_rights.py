@@ -892,3 +892,34 @@ def test_a_verified_objection_or_lift_request_that_finds_nothing_to_change_is_co
     with pytest.raises(ValueError, match="nothing to lift"):
         restrict(proj.paths, pid, lift=True, core=proj.core)
     assert len(list(proj.core.ledger.entries())) == len(new) + seen
+
+
+def test_a_restriction_already_set_is_refused_or_its_verified_request_completed_saying_so(proj):
+    """A restriction set a second time appended a second restriction.set (and told every
+    recipient, Art. 19) though nothing changed; a subject's verified restriction request run
+    after the DPO had restricted them did the same. Refused without a request, nothing
+    recorded; the request is completed with what was found and the subject told so."""
+    from visage_ml.privacy.outbox import Outbox, Recipients
+
+    pid = proj.pids[0]  # the subject with a contact address: they are told
+    Recipients(proj.core).add("partner", name="Partner Ltd", address="dpo@partner.example")
+    book = RequestBook(proj.core)
+    asked = book.verify(book.receive(pid, "restriction", details={"action": "set"}).request_id)
+    restrict(proj.paths, pid, core=proj.core)  # meanwhile: the DPO restricts them
+    seen = len(list(proj.core.ledger.entries()))
+
+    with pytest.raises(NothingChangedError, match="already restricted") as refused:
+        restrict(proj.paths, pid, core=proj.core)
+    assert refused.value.code == "already_restricted"
+    assert len(list(proj.core.ledger.entries())) == seen  # no request, no event
+
+    r = CliRunner().invoke(app, ["privacy", "request", "run", asked.request_id, "--json"])
+    assert r.exit_code == 0, r.output
+    done = json.loads(r.output)
+    assert done["status"] == "completed" and done["outcome"] == {"already_restricted": True}
+    assert "was already restricted" in _completion_body(proj, asked.request_id)
+    new = [e.type for e in proj.core.ledger.entries()][seen:]
+    assert "restriction.set" not in new
+    kinds = [m.kind for m in Outbox(proj.core).messages() if m.request_id == asked.request_id]
+    assert "art19" not in kinds and "completion" in kinds
+    assert proj.core.subject(pid).restricted

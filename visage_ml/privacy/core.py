@@ -62,6 +62,7 @@ UNKNOWN_SUBJECT = (
 ALREADY_ERASED = "subject {pid} was erased; nothing about them can be changed any more"
 MSG_NOTHING_TO_WITHDRAW = "subject {pid} has no consent given for {purposes}; nothing to withdraw"
 MSG_ALREADY_OBJECTED = "subject {pid} already objects to {purposes}; nothing to record"
+MSG_ALREADY_RESTRICTED = "subject {pid} is already restricted; nothing to record"
 
 
 class NothingChangedError(ValueError):
@@ -483,9 +484,16 @@ class PrivacyCore:
             self.snapshot()
         return entry
 
+    def check_unrestricted(self, pid: str) -> None:
+        """Refuse (:class:`NothingChangedError`) a restriction of a subject already restricted:
+        a second ``restriction.set`` would tell recipients (Art. 19) of a change never made."""
+        if self._live(pid).restricted:
+            raise self._unchanged("already_restricted", MSG_ALREADY_RESTRICTED.format(pid=pid))
+
     def restrict(self, pid: str, *, reason_code: str = "subject_request") -> Entry:
-        """Restrict processing (Art. 18): data kept, no purpose allowed until lifted."""
-        self._live(pid)
+        """Restrict processing (Art. 18): data kept, no purpose allowed until lifted; refused
+        when it is restricted already (:meth:`check_unrestricted`)."""
+        self.check_unrestricted(pid)
         entry = self.ledger.append("restriction.set", pid, {"reason_code": reason_code})
         self.snapshot()
         return entry

@@ -137,11 +137,16 @@ GALLERY_TEXT: dict[str, str] = {
 # while its deadline runs or denied (which would tell the subject an honoured right was
 # refused); the words for the subject's completion message. Nothing changed: no Art. 19 notice.
 ALREADY_OBJECTED = "already_objected"
+ALREADY_RESTRICTED = "already_restricted"
 NOT_RESTRICTED = "not_restricted"
 UNCHANGED_TEXT: dict[str, str] = {
     ALREADY_OBJECTED: (
         "You had already objected to the processing of your data for {value}; that objection "
         "is recorded and stands, so nothing needed to change."
+    ),
+    ALREADY_RESTRICTED: (
+        "Processing of your data was already restricted when we acted on your request; that "
+        "restriction is recorded and stands, so nothing needed to change."
     ),
     NOT_RESTRICTED: (
         "Processing of your data was not restricted when we acted on your request: there was "

@@ -4,7 +4,8 @@
 dispatching to the module that answers it: export (access, portability), restriction,
 objection, erasure. A rectification needs the corrected values (:func:`~visage_ml.rights.
 rectify.rectify`). A request that finds what it asks for already so (an objection that stands,
-a lift of a restriction not set) is completed with that as its outcome, not left open.
+a restriction already set, a lift of a restriction not set) is completed with that as its
+outcome, not left open.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from visage_ml.config import PURPOSES, ProjectPaths
 from visage_ml.privacy.consent import check_purposes
 from visage_ml.privacy.core import NothingChangedError, PrivacyCore
-from visage_ml.privacy.outbox import ALREADY_OBJECTED, NOT_RESTRICTED
+from visage_ml.privacy.outbox import ALREADY_OBJECTED, ALREADY_RESTRICTED, NOT_RESTRICTED
 from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, RequestStateError
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
@@ -85,6 +86,9 @@ def restrict(
     A verified lift request for a subject who is not restricted (lifted since, or never) is
     completed with ``outcome`` ``{"not_restricted": true}``, nothing lifted and no recipient
     notified, and the subject is told so; without ``request_id`` that is refused (ValueError).
+    Likewise a verified restriction request for a subject already restricted: ``outcome``
+    ``{"already_restricted": true}``, nothing recorded again; without ``request_id``, refused
+    (:class:`~visage_ml.privacy.core.NothingChangedError`).
 
     Returns
     -------
@@ -97,6 +101,14 @@ def restrict(
             # Before any request is recorded or any subject told.
             raise ValueError(f"subject {pid} is not restricted; nothing to lift")
         return _unchanged(core, pid, "restriction", request_id, outcome={NOT_RESTRICTED: True})
+    if not lift:
+        try:
+            core.check_unrestricted(pid)
+        except NothingChangedError:
+            if request_id is None:
+                raise  # before any request is recorded or any subject told
+            outcome = {ALREADY_RESTRICTED: True}
+            return _unchanged(core, pid, "restriction", request_id, outcome=outcome)
     owed = owed_enrolment(paths, pid, core=core, gallery=gallery, engine=engine) if lift else None
     book = RequestBook(core)
     st = begin(

@@ -258,7 +258,8 @@ def restrict(
 
     Appends restriction.set and refreshes the consent snapshot. Recorded as a completed
     restriction request: the subject is told, and each registered recipient gets its Art. 19
-    notice (`visage privacy notify` delivers them).
+    notice (`visage privacy notify` delivers them). Refused, with nothing appended, when the
+    subject is restricted already.
     """
     with user_errors():
         core = _core()

@@ -121,12 +121,16 @@ def restrict(
     """Restrict processing (Art. 18): data kept, never searched until lifted.
 
     Recorded as a completed restriction request, so the subject and every registered
-    recipient (Art. 19) are told."""
+    recipient (Art. 19) are told. 409 ``already_restricted`` when the subject is restricted
+    already: nothing is recorded."""
     request_info(request)["pid"] = pid
     with svc.lock:
         svc.live_subject(pid)
         reason = body.reason_code if body is not None else "subject_request"
-        st = restrict_request(svc.paths, pid, core=svc.core, reason_code=reason)
+        try:
+            st = restrict_request(svc.paths, pid, core=svc.core, reason_code=reason)
+        except NothingChangedError as exc:  # as a lift of a subject who is not restricted
+            raise ApiError(409, exc.code, str(exc)) from None
     answer = _answer(svc, pid, event=st.outcome["event"], seq=st.outcome["seq"])
     return {**answer, "subject_message": Outbox(svc.core).subject_message(st.request_id)}
 
