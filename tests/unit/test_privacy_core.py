@@ -202,6 +202,26 @@ def test_a_restriction_already_set_is_refused_and_not_recorded(project):
     assert ledger.read_bytes() == before
 
 
+def test_lifting_an_objection_that_does_not_stand_is_refused_and_not_recorded(project):
+    # withdraw_objection appended a signed objection.withdrawn for purposes the subject never
+    # objected to, read as an act of theirs that changed nothing.
+    core = PrivacyCore(ProjectPaths(project))
+    pid = core.add_subject(source="test")
+    before = core.paths.ledger.read_bytes()
+    with pytest.raises(NothingChangedError, match="does not object to training") as refused:
+        core.withdraw_objection(pid, ["training"])
+    assert refused.value.code == "not_objected"
+    assert core.paths.ledger.read_bytes() == before
+    # Lifted where one of the purposes named stands: recorded; lifted again: refused.
+    core.object(pid, ["training"])
+    assert core.withdraw_objection(pid, ["training", "evaluation"]).type == "objection.withdrawn"
+    assert not core.subject(pid).objected
+    before = core.paths.ledger.read_bytes()
+    with pytest.raises(NothingChangedError, match="nothing to lift"):
+        core.withdraw_objection(pid)
+    assert core.paths.ledger.read_bytes() == before
+
+
 def test_snapshot_patch_is_byte_identical_to_a_full_rebuild(project):
     core = PrivacyCore(ProjectPaths(project))
     pids = [core.add_subject(source="manual") for _ in range(12)]

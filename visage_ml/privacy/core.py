@@ -63,6 +63,7 @@ ALREADY_ERASED = "subject {pid} was erased; nothing about them can be changed an
 MSG_NOTHING_TO_WITHDRAW = "subject {pid} has no consent given for {purposes}; nothing to withdraw"
 MSG_ALREADY_OBJECTED = "subject {pid} already objects to {purposes}; nothing to record"
 MSG_ALREADY_RESTRICTED = "subject {pid} is already restricted; nothing to record"
+MSG_NOT_OBJECTED = "subject {pid} does not object to {purposes}; nothing to lift"
 
 
 class NothingChangedError(ValueError):
@@ -533,9 +534,15 @@ class PrivacyCore:
         return entry
 
     def withdraw_objection(self, pid: str, purposes: Iterable[str] | None = None) -> Entry:
-        """The subject withdraws an objection."""
-        self._live(pid)
+        """The subject withdraws an objection to ``purposes`` (all when None); refused
+        (:class:`NothingChangedError`) when they object to none of them."""
+        st = self._live(pid)
         chosen = list(PURPOSES if purposes is None else check_purposes(purposes))
+        # A lift of no standing objection would read as an act of the subject's that changed
+        # nothing.
+        if not st.objected.intersection(chosen):
+            message = MSG_NOT_OBJECTED.format(pid=pid, purposes=", ".join(chosen))
+            raise self._unchanged("not_objected", message)
         entry = self.ledger.append("objection.withdrawn", pid, {"purposes": chosen})
         self.snapshot()
         return entry
