@@ -664,3 +664,62 @@ def test_a_certificate_made_before_a_ledger_key_rotation_still_verifies(erased):
     assert problems == [] and proj.paths.ledger_public_key.read_bytes() != old_pub
     report = verify_certificate(result.certificate_path, root=proj.paths.root, scan=False)
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_a_certificate_says_its_request_was_received_before_the_subject_was_registered(
+    project, tmp_path
+):
+    """A letter dated before its subject's import is taken as the receipt, the deadline counting
+    from it; the request says so (received_before_registration), but its certificate did not,
+    so a regulator read the receipt date as one the registry corroborated. The certificate
+    carries both, committed in the signed entry, and its page says so near "received"."""
+    from datetime import UTC, datetime, timedelta
+
+    from visage_ml.privacy.certificate_page import page_path
+
+    proj = make_project(project, n_subjects=3)
+    victim, other = proj.pids[:2]
+    added = PrivacyCore(proj.paths).added_at(victim)
+    received = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    result = Erasure(proj.paths).erase(victim, received_at=received)
+    doc = json.loads(result.certificate_path.read_text())
+    assert doc["received_at"] == received
+    assert doc["received_before_registration"] is True and doc["subject_added_at"] == added
+    payload = doc["ledger"]["erasure_completed"]["payload"]
+    assert payload["received_before_registration"] is True
+    assert payload["subject_added_at"] == added
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    html = " ".join(page_path(result.certificate_path).read_text().split())
+    row = html[html.index("<th>request received</th>") :].split("</tr>")[0]
+    assert f"before the subject was added to the registry ({added[:10]})" in row, row
+    assert "the deadline counts from it" in row, row
+
+    # Dropped from the certificate, which is signed again with the controller's key: the
+    # signed entry still says so.
+    edited = json.loads(result.certificate_path.read_text())
+    del edited["received_before_registration"], edited["subject_added_at"]
+    forged = tmp_path / "forged.json"
+    forged.write_text(render(sign(unsigned(edited), proj.paths)))
+    report = verify_certificate(forged, root=proj.paths.root, scan=False, models=False)
+    assert "reception date" in failed(report)
+
+    # The stand-alone verifier of docs/verify.md takes it as it is.
+    script = tmp_path / "verify.py"
+    script.write_text(_verifier_code())
+    cert, pub = _offline_copy(proj, result, tmp_path)
+    origin = doc["proof"]["log"]["origin"]
+    args = ["--public-key", str(pub), "--witness-key", _witness_vkey(), "--origin", origin]
+    out = subprocess.run(
+        [sys.executable, str(script), str(cert), *args], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "certificate VALID" in out.stdout, out.stdout + out.stderr
+
+    # A request received after registration: no such field, nothing said (as a certificate
+    # of an older version, which still verifies).
+    plain = Erasure(proj.paths).erase(other)
+    doc = json.loads(plain.certificate_path.read_text())
+    assert "received_before_registration" not in doc
+    assert "received_before_registration" not in doc["ledger"]["erasure_completed"]["payload"]
+    assert verify_certificate(plain.certificate_path, root=proj.paths.root).ok
+    assert "added to the registry" not in page_path(plain.certificate_path).read_text()

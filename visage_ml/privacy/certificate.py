@@ -133,6 +133,9 @@ MSG_DATE_CONTROLLERS = (
     "witness run by someone else dates it; pin one with --witness-key"
 )
 MSG_RECEIVED_CONTROLLERS = "the controller's statement: no witness dates the request's arrival"
+# A request received before its subject was added to the registry (a letter answered after the
+# import of their data): the certificate and its entry carry both, as the request does.
+BEFORE_REGISTRATION = ("received_before_registration", "subject_added_at")
 # An erasure.completed entry is witnessed at once (a narrowing event: the append returns only once
 # the witnesses cosigned), and the certificate carries that checkpoint (kept in
 # privacy/checkpoints/kept, even when the certificate is made later by a resume), so an honest
@@ -304,6 +307,16 @@ def conceded(claims: Any) -> list[str]:
     return out
 
 
+def registration_note(request: Any) -> dict[str, Any]:
+    """``received_before_registration`` and ``subject_added_at`` of a request (a
+    :class:`~visage_ml.privacy.requests.RequestState`) received before its subject was added to
+    the registry, for its certificate and completion entry; empty otherwise (as a certificate of
+    a version that did not say so)."""
+    if not request.received_before_registration:
+        return {}
+    return {"received_before_registration": True, "subject_added_at": request.subject_added_at}
+
+
 def claims_digest(claims: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a certificate's claims."""
     return hashlib.sha256(canonical_json(claims)).hexdigest()
@@ -335,6 +348,7 @@ def build_certificate(
         "pid": request["pid"],
         "article": "Art. 17",
         "received_at": request["received_at"],
+        **{k: request[k] for k in BEFORE_REGISTRATION if k in request},
         "completed_at": completed.time,
         "controller": dict(controller),
         "claims": dict(claims),
@@ -704,11 +718,19 @@ def verify_proof(
         f"completed_at {doc.get('completed_at')}, the entry's time {completed.get('time')}",
     )
     if "received_at" in committed:
+        # A receipt before the subject's registration, committed too (an entry of an older
+        # version says nothing of it: the certificate may then say it alone).
+        keys = ("received_at", *(k for k in BEFORE_REGISTRATION if k in committed))
+        before = (
+            f", before the subject was added to the registry at {committed['subject_added_at']}"
+            if committed.get("received_before_registration")
+            else ""
+        )
         report.add(
             "reception date",
-            doc.get("received_at") == committed.get("received_at"),
-            f"received_at {doc.get('received_at')}, in the entry {committed.get('received_at')} "
-            f"({MSG_RECEIVED_CONTROLLERS})",
+            all(doc.get(k) == committed.get(k) for k in keys),
+            f"received_at {doc.get('received_at')}, in the entry {committed.get('received_at')}"
+            f"{before} ({MSG_RECEIVED_CONTROLLERS})",
         )
     else:
         report.notes.append(MSG_RECEIVED_UNCOMMITTED.format(received=doc.get("received_at")))

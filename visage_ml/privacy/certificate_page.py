@@ -172,6 +172,12 @@ RECEIVED_CONTROLLERS = (
     "the controller's statement: it enters this date (any past date is accepted) and no "
     "witness dates it"
 )
+# A receipt the controller dated before it added the subject to the registry (a letter answered
+# after the import of their data): taken as it is, so the deadline counts from it.
+RECEIVED_BEFORE_REGISTRATION = (
+    "Received before the subject was added to the registry ({added}): the controller dated "
+    "this receipt before it registered the subject, and the deadline counts from it."
+)
 COMPLETION_CONTROLLERS = (
     "the controller's clock: no pinned witness run by someone else cosigned at that time"
 )
@@ -451,6 +457,14 @@ def _when(value: Any) -> datetime | None:
         return None
 
 
+def _received_before(doc: Mapping[str, Any]) -> str:
+    """:data:`RECEIVED_BEFORE_REGISTRATION` for a certificate that says its request was received
+    before its subject was registered; empty otherwise (a certificate of an older version)."""
+    if doc.get("received_before_registration") is not True:
+        return ""
+    return RECEIVED_BEFORE_REGISTRATION.format(added=_text(doc.get("subject_added_at"))[:10])
+
+
 def _elapsed(received: Any, completed: Any, *, slack: float = 0) -> str:
     """How long after ``received`` ``completed`` is; ``slack``: seconds before it that still
     read as at once (a witness's time is in whole seconds, on another host's clock)."""
@@ -623,6 +637,7 @@ def _context(
         "completed_at": _text(doc.get("completed_at")),
         "elapsed": _elapsed(doc.get("received_at"), doc.get("completed_at")),
         "received_note": RECEIVED_CONTROLLERS,
+        "received_before": _received_before(doc),
         "completion": _completion(doc, report),
         "counts": outcome_counts(claims),
         "outcome_text": OUTCOME_TEXT,

@@ -80,6 +80,7 @@ from visage_ml.privacy.certificate import (
     build_certificate,
     claims_digest,
     models_retrained_event,
+    registration_note,
     write_certificate,
 )
 from visage_ml.privacy.core import PrivacyCore
@@ -514,6 +515,9 @@ class Erasure:
         st = self.book.get(result.request_id)
         claims = self.claims(st)
         ledger = self.core.ledger
+        # A receipt dated before the subject was added to the registry (the deadline counts
+        # from it): the certificate says so, as the request does, for a regulator to weigh.
+        before = registration_note(st)
         if st.erasure_completed_seq is not None:
             completed, head = _completion_entries(ledger, st.erasure_completed_seq)
         else:
@@ -524,6 +528,7 @@ class Erasure:
                 "raw_md5_after": claims["dataset"]["raw_md5_after"],
                 # Committed, so that the certificate's date of reception is the ledger's.
                 "received_at": st.received_at,
+                **before,
             }
             try:
                 completed = ledger.append("erasure.completed", st.pid, payload)
@@ -550,6 +555,7 @@ class Erasure:
                 "request_id": st.request_id,
                 "pid": st.pid,
                 "received_at": st.received_at,
+                **before,
             },
             claims=claims,
             completed=completed,
