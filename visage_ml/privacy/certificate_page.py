@@ -169,8 +169,8 @@ SHARED_KEPT_MANY = (
 
 # What dates the request and the completion, beside the dates the certificate states.
 RECEIVED_CONTROLLERS = (
-    "the controller's statement: it enters this date (any past date is accepted) and no "
-    "witness dates it"
+    "the controller's statement: it enters this date (any past date since 25 May 2018 is "
+    "accepted) and no witness dates it"
 )
 # A receipt the controller dated before it added the subject to the registry (a letter answered
 # after the import of their data): taken as it is, so the deadline counts from it.
