@@ -214,6 +214,47 @@ def write_training_lock(paths: ProjectPaths, faces_md5: str, model_md5: str) -> 
     (paths.root / "dvc.lock").write_text(yaml.safe_dump(doc))
 
 
+def write_pipeline_lock(root: Path, raw_md5: str, faces_md5: str, model_md5: str) -> None:
+    """A dvc.lock saying ``prepare`` made ``faces.sealed`` (``faces_md5``) from ``data/raw``
+    (``raw_md5``) and the embedder (``model_md5``) was trained on it."""
+    doc = {
+        "schema": "2.0",
+        "stages": {
+            "prepare": {
+                "cmd": "python -m visage_ml.app.stages.prepare",
+                "deps": [{"path": "data/raw", "md5": raw_md5}],
+                "outs": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
+            },
+            "train_embedder": {
+                "cmd": "python -m visage_ml.app.stages.train_embedder",
+                "deps": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
+                "outs": [{"path": "models/embedder.pt", "md5": model_md5}],
+            },
+        },
+    }
+    (root / "dvc.lock").write_text(yaml.safe_dump(doc))
+
+
+def retrain(
+    paths: ProjectPaths, faces_md5: str, model_md5: str, *, raw_md5: str | None = None
+) -> None:
+    """What `dvc repro` leaves: dvc.lock says the embedder (``model_md5``) was trained on
+    ``faces_md5`` (which ``prepare`` made from ``raw_md5``, when given), and the exported ONNX
+    models say so in their ``visage.data_md5``."""
+    import onnx  # deferred: protobuf-heavy
+
+    if raw_md5 is None:
+        write_training_lock(paths, faces_md5, model_md5)
+    else:
+        write_pipeline_lock(paths.root, raw_md5, faces_md5, model_md5)
+    for f in sorted(paths.models.glob("*.onnx")):
+        model = onnx.load(str(f))
+        for prop in model.metadata_props:
+            if prop.key == "visage.data_md5":
+                prop.value = faces_md5
+        onnx.save(model, str(f))
+
+
 def erase_first(root: Path, *, n_subjects: int = 4) -> tuple[Any, str, dict, Any]:
     """A project of ``n_subjects`` whose first subject is erased: the project, the pid, the
     images it had (by image id) and the erasure's result."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rights_fakes import erase_first, make_project, write_training_lock
+from rights_fakes import erase_first, make_project, retrain, write_training_lock
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -317,7 +317,7 @@ def test_models_trained_with_the_subject_are_stale_until_retrained_then_upgraded
     # `dvc repro` retrains on the purged data: new lock, new MLflow version.
     new_md5 = claims["dataset"]["processed_md5_after"]
     assert new_md5 == md5_file(paths.processed / "faces.sealed") != data_md5
-    write_training_lock(paths, new_md5, "b" * 32)
+    retrain(paths, new_md5, "b" * 32)
     _mlflow_db(paths, [(2, new_md5)])
     refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
     assert json.loads(refresh.output)["upgraded"] == [result.request_id]
@@ -378,7 +378,7 @@ def test_lineage_its_refresh_and_the_verifier_agree_on_whether_models_were_retra
     assert shown() == ({"stale"}, False)
     assert verifier_clean() is False and refreshed() == []
     # Retrained on the purged data: all three say so, and --refresh records it.
-    write_training_lock(paths, doc["claims"]["dataset"]["processed_md5_after"], "b" * 32)
+    retrain(paths, doc["claims"]["dataset"]["processed_md5_after"], "b" * 32)
     assert shown() == ({"retrained (run --refresh to record it)"}, True)
     assert verifier_clean() is True and refreshed() == [result.request_id]
     assert shown() == ({"retrained"}, True)
@@ -395,7 +395,7 @@ def test_a_retraining_recorded_after_a_key_rotation_is_read_by_the_verifier(proj
     _, problems = PrivacyCore(paths).rotate_ledger_key()
     assert not problems
     new_md5 = result.certificate["claims"]["dataset"]["processed_md5_after"]
-    write_training_lock(paths, new_md5, "b" * 32)
+    retrain(paths, new_md5, "b" * 32)
     runner = CliRunner()
     refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
     assert json.loads(refresh.output)["upgraded"] == [result.request_id]
@@ -468,7 +468,7 @@ def test_lineage_refresh_signs_nothing_on_a_certificate_edited_on_disk(project, 
     assert {m["status"] for m in shown["lineage"]["models"]} == {"stale"}
     assert paths.ledger.read_bytes() == ledger
     # Retrained for real on the purged data: recorded.
-    write_training_lock(paths, doc["claims"]["dataset"]["processed_md5_after"], "b" * 32)
+    retrain(paths, doc["claims"]["dataset"]["processed_md5_after"], "b" * 32)
     refresh = runner.invoke(app, ["privacy", "lineage", "--refresh"])
     assert refresh.exit_code == 0 and result.request_id in refresh.output
     shown = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).stdout)

@@ -12,7 +12,7 @@ from html import unescape
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rights_fakes import erase_first, make_project, write_training_lock
+from rights_fakes import erase_first, make_project, retrain, write_training_lock
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -321,9 +321,7 @@ def test_the_page_says_stale_then_retrained_once_lineage_refresh_upgrades_it(pro
     assert "train_embedder:models/embedder.pt" in page.read_text()
     assert "stale: trained on data that held the subject" in page.read_text()
     # `dvc repro` on the purged data, then the upgrade: the page beside is rewritten.
-    write_training_lock(
-        paths, result.certificate["claims"]["dataset"]["processed_md5_after"], "b" * 32
-    )
+    retrain(paths, result.certificate["claims"]["dataset"]["processed_md5_after"], "b" * 32)
     runner = CliRunner()
     refresh = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])
     assert json.loads(refresh.output)["upgraded"] == [result.request_id]

@@ -95,18 +95,31 @@ def test_lineage_does_not_say_no_model_saw_a_subject_when_a_version_could_not_be
 def test_a_model_of_unknown_training_data_is_not_called_retrained(project, monkeypatch):
     """`lineage --refresh` signs "retrained without the subject" only for models shown to be:
     an ONNX file with no lineage metadata (its data version unknown) counted as clean, and so
-    did a project with no model at all."""
+    did a project with no model at all, and a model trained on a data version lineage had never
+    seen (neither among those that held the subject nor known to be without them)."""
     from visage_ml.rights import lineage
 
     proj = make_project(project, n_subjects=3)
-    contained = {"a" * 32}
+    contained, without = {"a" * 32}, ["b" * 32]
     known = lineage.ModelVersion("onnx", "models/embedder.onnx", "v2", "b" * 32, "models")
     unknown = lineage.ModelVersion("onnx", "models/embedder.onnx", "v3", None, "models")
+    unseen = lineage.ModelVersion("onnx", "models/embedder.onnx", "v4", "c" * 32, "models")
     monkeypatch.setattr(lineage, "processed_has", lambda paths, pid: False)
-    for current, clean in (([known], True), ([known, unknown], False), ([], False)):
+    for current, clean in (
+        ([known], True),
+        ([known, unknown], False),
+        ([known, unseen], False),
+        ([], False),
+    ):
         monkeypatch.setattr(lineage, "current_models", lambda paths, c=current: c)
-        check = lineage.check_retrained(proj.paths, proj.pids[0], contained)
+        check = lineage.check_retrained(proj.paths, proj.pids[0], contained, clean_md5s=without)
         assert check.clean is clean, current
     assert check.stale == []
-    monkeypatch.setattr(lineage, "current_models", lambda paths: [known, unknown])
-    assert lineage.check_retrained(proj.paths, proj.pids[0], contained).stale == [unknown]
+    monkeypatch.setattr(lineage, "current_models", lambda paths: [known, unknown, unseen])
+    check = lineage.check_retrained(proj.paths, proj.pids[0], contained, clean_md5s=without)
+    assert check.stale == [unknown, unseen]
+    assert lineage.check_retrained(proj.paths, proj.pids[0], contained).stale == [
+        known,
+        unknown,
+        unseen,
+    ]

@@ -17,7 +17,7 @@ from regulator_helpers import (
     verifier_script,
     witness_vkey,
 )
-from rights_fakes import make_project, write_training_lock
+from rights_fakes import make_project, retrain, write_training_lock
 from test_certificate import _mlflow_db
 from typer.testing import CliRunner
 
@@ -72,7 +72,7 @@ def test_models_put_back_in_service_after_the_retrained_event_are_not_called_ret
     proj, victim, old_md5, result = _erased_with_models(project)
     paths = proj.paths
     new_md5 = result.certificate["claims"]["dataset"]["processed_md5_after"]
-    write_training_lock(paths, new_md5, "b" * 32)
+    retrain(paths, new_md5, "b" * 32)
     _mlflow_db(paths, [(2, new_md5)])
     runner = CliRunner()
     out = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"])

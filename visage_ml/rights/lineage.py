@@ -7,7 +7,8 @@ registered model versions, read through MLflow's client from whatever backend th
 names). A processed data version contained the subject when
 
 - it is the workspace's and ``manifest.parquet`` lists the pid (exact), or
-- a ``dvc.lock`` (the workspace's or one in git history) produced it from a ``data/raw``
+- a ``dvc.lock`` (the workspace's or one git holds under any ref: branches, tags,
+  ``dvc exp run``'s ``refs/exps``, the stash, the reflogs) produced it from a ``data/raw``
   manifest that lists the subject's folder (conservative: the consent filter may have left the
   subject out, but raw data containing them went in); for a manifest an erasure of someone
   else purged, what :mod:`visage_ml.rights.manifest_index` kept of it.
@@ -15,7 +16,8 @@ names). A processed data version contained the subject when
 Erasure calls :func:`subject_lineage` before deleting anything (afterwards the manifests that
 prove presence are purged) and puts the result into the certificate. Models in it stay
 ``stale`` until retrained: :func:`current_models` and :func:`check_retrained` say whether the
-models now in use were trained on data without the subject (for a certificate,
+models now in use were trained on data known to be without the subject (positive evidence,
+:func:`known_without`: a data version lineage has never seen is not clean; for a certificate,
 :func:`check_certified`, whichever command asks), and :func:`refresh` appends the signed
 ``erasure.models_retrained`` event that upgrades a certificate's model status. A certificate is
 judged only as :func:`verified_certificate` reads it: signed by a key of the ledger's key chain
@@ -55,7 +57,12 @@ log = logging.getLogger(__name__)
 FACES = f"data/processed/{FACES_FILE}"
 MANIFEST = f"data/processed/{MANIFEST_FILE}"
 RAW = "data/raw"
-MAX_REVISIONS = 500
+# Distinct dvc.lock versions read from git (each a few kilobytes of YAML).
+MAX_REVISIONS = 5000
+MSG_UNREAD_LOCKS = (
+    "{n} older dvc.lock version(s) in git were not read (only the newest {max} are), so "
+    "whether their models saw the subject is unknown"
+)
 DATA_MD5_TAG = "visage.data_md5"
 SQLITE_PREFIX = "sqlite:///"
 STALE = "stale"
@@ -65,6 +72,15 @@ NO_MODEL_UNKNOWN = (
     "no model is known to have been trained on data containing the subject (some data versions "
     "could not be read: see the notes)"
 )
+# Models whose training data no lineage records: not ruled out, conceded (claims.lineage_notes).
+MSG_UNRECORDED_DATA = (
+    "data version {md5}, which no dvc.lock records: whether the models trained on it saw the "
+    "subject is unknown ({models})"
+)
+MSG_NO_DATA = (
+    "models that record no training data version: whether they saw the subject is unknown "
+    "({models})"
+)
 RETRAINED = "retrained"
 CLEAN = "clean"
 # What becomes of a certificate's stale models (:func:`models_verdict`).
@@ -72,9 +88,9 @@ RETRAINED_UNRECORDED = "retrained (run --refresh to record it)"
 IN_USE_AGAIN = certificate_page.IN_USE_AGAIN
 MSG_IN_USE_AGAIN = (
     IN_USE_AGAIN + ": the signed erasure.models_retrained of ledger seq {seq} said they were "
-    "retrained, but a model in use now was trained on data that held the subject (or the "
-    "processed data holds them again); retrain (`dvc repro`) and run `visage privacy lineage "
-    "--refresh`"
+    "retrained, but a model in use now was trained on data that held the subject or on data "
+    "not known to be without them (or the processed data holds them again); retrain (`dvc "
+    "repro`) and run `visage privacy lineage --refresh`"
 )
 # A certificate whose signature or ledger entry does not verify: its claims are not judged.
 MSG_UNVERIFIED = (
@@ -135,45 +151,85 @@ class Lineage:
 # ---------------------------------------------------------------------------------------------
 
 
-def lock_documents(root: Path, *, history: bool = True) -> list[tuple[str, dict[str, Any]]]:
-    """``(source, dvc.lock document)``: the workspace's first, then each git revision's."""
+def lock_documents(
+    root: Path, *, history: bool = True, notes: list[str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, dvc.lock document)``: the workspace's first, then each version git holds.
+
+    Every ref is read, not the branch checked out: other branches, tags, ``dvc exp run``'s
+    ``refs/exps/...``, the stash and the reflogs (a model trained there is one `git checkout`
+    or `dvc exp apply` away from use). Each distinct version once, newest first, up to
+    :data:`MAX_REVISIONS`; when more exist, ``notes`` (when given) says how many were not read.
+    """
     root = Path(root)
     out: list[tuple[str, dict[str, Any]]] = []
     lock = root / "dvc.lock"
     if lock.is_file():
         with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError, OSError):
-            out.append(("dvc.lock", yaml.safe_load(lock.read_text(encoding="utf-8")) or {}))
+            out.append(("dvc.lock", _load_yaml(lock.read_bytes()) or {}))
     if not history or not (root / ".git").exists():
         return out
+    revs = (_git(root, "log", "--all", "--reflog", "--format=%H", "--", "dvc.lock") or b"").split()
+    if not revs:
+        return out
+    names = [f"{rev.decode()}:dvc.lock" for rev in revs]
+    found = _git(root, "cat-file", "--batch-check=%(objectname)", stdin=names) or b""
+    first: dict[str, str] = {}  # blob -> the newest revision holding it
+    for name, line in zip(names, found.decode().splitlines(), strict=False):
+        oid = line.strip()
+        if oid and not oid.endswith("missing"):
+            first.setdefault(oid, name.split(":", 1)[0])
+    blobs = list(first)
+    if len(blobs) > MAX_REVISIONS and notes is not None:
+        notes.append(MSG_UNREAD_LOCKS.format(n=len(blobs) - MAX_REVISIONS, max=MAX_REVISIONS))
+    for oid, data in _blobs(root, blobs[:MAX_REVISIONS]):
+        with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError):
+            doc = _load_yaml(data) or {}
+            if isinstance(doc, dict):
+                out.append((f"dvc.lock@{first[oid][:12]}", doc))
+    return out
+
+
+def _load_yaml(data: bytes) -> Any:
+    # libyaml when built in: thousands of lock versions are read on every lineage question.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(data.decode("utf-8"), Loader=loader)  # noqa: S506 (a safe loader)
+
+
+def _git(root: Path, *args: str, stdin: list[str] | None = None) -> bytes | None:
+    """git's output (None when it failed or could not run)."""
     try:
-        revs = subprocess.run(
-            ["git", "log", f"--max-count={MAX_REVISIONS}", "--format=%H", "--", "dvc.lock"],
+        done = subprocess.run(
+            ["git", *args],
             cwd=root,
             env=child_env(),
+            input="".join(f"{line}\n" for line in stdin).encode() if stdin is not None else None,
             capture_output=True,
-            text=True,
             check=False,
-            timeout=30,
-        ).stdout.split()
+            timeout=120,
+        )
     except (OSError, subprocess.SubprocessError):
-        return out
-    for rev in revs:
-        try:
-            text = subprocess.run(
-                ["git", "show", f"{rev}:dvc.lock"],
-                cwd=root,
-                env=child_env(),
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=30,
-            ).stdout
-            doc = yaml.safe_load(text) or {}
-        except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _blobs(root: Path, oids: list[str]) -> Iterator[tuple[str, bytes]]:
+    """``(oid, content)`` of git blobs, read by one ``git cat-file --batch``."""
+    if not oids:
+        return
+    data = _git(root, "cat-file", "--batch", stdin=oids) or b""
+    pos = 0
+    while pos < len(data):
+        eol = data.find(b"\n", pos)
+        if eol < 0:
+            return
+        header = data[pos:eol].decode(errors="replace").split()
+        pos = eol + 1
+        if len(header) != 3:  # "<oid> missing"
             continue
-        if isinstance(doc, dict):
-            out.append((f"dvc.lock@{rev[:12]}", doc))
-    return out
+        size = int(header[2])
+        yield header[0], data[pos : pos + size]
+        pos += size + 1
 
 
 def _entries(stage: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -424,7 +480,7 @@ def subject_lineage(
         md5 = workspace_processed_md5(paths)
         if md5:
             lin.data.append(DataVersion("processed", md5, "workspace", True))
-    docs = lock_documents(paths.root, history=history)
+    docs = lock_documents(paths.root, history=history, notes=lin.notes)
     kept: dict[str, list[str]] | None = None
     for source, doc in docs:
         prepare = _stages(doc).get("prepare")
@@ -456,8 +512,36 @@ def subject_lineage(
     versions, runs = mlflow_models(paths) if contained else ([], [])
     candidates = [*dvc_models(docs), *onnx_models(paths), *versions, *runs] if contained else []
     lin.models = _dedupe(m for m in candidates if m.data_md5 in contained)
+    lin.notes.extend(_unjudged_notes(paths, docs, contained, candidates))
     lin.data = list({(d.kind, d.md5): d for d in lin.data}.values())
     return lin
+
+
+def _unjudged_notes(
+    paths: ProjectPaths,
+    docs: list[tuple[str, dict[str, Any]]],
+    contained: set[str],
+    candidates: list[ModelVersion],
+) -> list[str]:
+    """What is said of models whose training data no lineage records (a `dvc repro` whose
+    dvc.lock was never committed, an untagged registry version): whether they saw the
+    subject is unknown, so it is conceded rather than passed over."""
+    recorded = set(contained)
+    for _source, doc in docs:
+        if faces := _md5_of(_stages(doc).get("prepare") or {}, "outs", FACES):
+            recorded.add(faces)
+    unjudged = [m for m in _dedupe(candidates) if m.data_md5 not in recorded]
+    if unjudged and (workspace := workspace_processed_md5(paths)):
+        unjudged = [m for m in unjudged if m.data_md5 != workspace]
+    by_md5: dict[str | None, list[str]] = {}
+    for m in unjudged:
+        by_md5.setdefault(m.data_md5, []).append(f"{m.model} v{m.version} ({m.kind})")
+    return [
+        MSG_NO_DATA.format(models=", ".join(names))
+        if md5 is None
+        else MSG_UNRECORDED_DATA.format(md5=md5, models=", ".join(names))
+        for md5, names in by_md5.items()
+    ]
 
 
 def current_models(paths: ProjectPaths) -> list[ModelVersion]:
@@ -497,19 +581,72 @@ class RetrainCheck:
         }
 
 
-def check_retrained(paths: ProjectPaths, pid: str, contained_md5s: Iterable[str]) -> RetrainCheck:
-    """Are the current models free of data versions in ``contained_md5s``?
+def check_retrained(
+    paths: ProjectPaths,
+    pid: str,
+    contained_md5s: Iterable[str],
+    *,
+    clean_md5s: Iterable[str] = (),
+) -> RetrainCheck:
+    """Were the current models trained on data versions known to be without the subject?
 
-    Only shown so: a model whose training data is unknown (an ONNX file without lineage
-    metadata) counts with the stale ones, since it may have been trained on the subject; and
-    with no current model at all nothing was retrained.
+    Only shown so: a model counts as retrained when the data version it was trained on is in
+    ``clean_md5s`` (e.g. the one the erasure left) or is shown by :func:`known_without` not to
+    hold the subject, and is not in ``contained_md5s``. A model whose training data is unknown
+    (an ONNX file without lineage metadata, an untagged registry version) or is a version
+    nothing recorded (a `dvc repro` whose dvc.lock was never committed) counts with the stale
+    ones, since it may have been trained on the subject; and with no current model at all
+    nothing was retrained.
     """
     contained = set(contained_md5s)
     current = current_models(paths)
-    stale = [m for m in current if m.data_md5 is None or m.data_md5 in contained]
     in_processed = processed_has(paths, pid)
+    shown = set(clean_md5s) - contained
+    unjudged = {m.data_md5 for m in current if m.data_md5} - contained - shown
+    if unjudged and not in_processed:
+        shown |= known_without(paths, pid, unjudged) - contained
+    stale = [m for m in current if m.data_md5 in contained or m.data_md5 not in shown]
     clean = bool(current) and not stale and not in_processed
     return RetrainCheck(clean, current, stale, in_processed)
+
+
+def known_without(paths: ProjectPaths, pid: str, md5s: Iterable[str]) -> set[str]:
+    """Which of the processed data versions ``md5s`` are shown not to hold ``pid``.
+
+    A version is when a ``dvc.lock`` (the workspace's or one in git) says ``prepare`` made it
+    from a ``data/raw`` whose ``.dir`` manifest, read from a DVC store, does not list the
+    subject's folder; or when the workspace's ``dvc.lock`` names it and the processed manifest
+    beside it, which does not list the subject. What :mod:`~visage_ml.rights.manifest_index`
+    kept of a purged manifest is not enough: an unsigned file, read only to add a model.
+    """
+    wanted = set(md5s)
+    shown: set[str] = set()
+    root = paths.root
+    lock = root / "dvc.lock"
+    manifest = root / MANIFEST
+    if lock.is_file() and manifest.is_file() and not processed_has(paths, pid):
+        with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError, OSError):
+            prepare = _stages(_load_yaml(lock.read_bytes()) or {}).get("prepare") or {}
+            faces = _md5_of(prepare, "outs", FACES)
+            if faces in wanted and _md5_of(prepare, "outs", MANIFEST) == md5_file(manifest):
+                shown.add(str(faces))
+    made: dict[str, set[str]] = {}  # data/raw .dir md5 -> processed versions made from it
+    for _source, doc in lock_documents(root):
+        prepare = _stages(doc).get("prepare") or {}
+        faces, raw_dep = _md5_of(prepare, "outs", FACES), _md5_of(prepare, "deps", RAW)
+        if faces in wanted - shown and raw_dep:
+            made.setdefault(raw_dep, set()).add(str(faces))
+    if not made or not dvcops.is_dvc_repo(root):
+        return shown
+    try:
+        setup = dvc_objects.open_setup(root)
+    except Exception as exc:  # DVC unreadable: nothing more is shown clean
+        log.warning("DVC could not be opened (%s); data versions not judged", type(exc).__name__)
+        return shown
+    for raw_dep, faces_md5s in made.items():
+        if _manifest_lists_pid(setup, raw_dep, pid) is False:
+            shown |= faces_md5s
+    return shown
 
 
 def certified_md5s(claims: Mapping[str, Any]) -> set[str]:
@@ -526,8 +663,12 @@ def certified_md5s(claims: Mapping[str, Any]) -> set[str]:
 def check_certified(paths: ProjectPaths, pid: str, claims: Mapping[str, Any]) -> RetrainCheck:
     """:func:`check_retrained` against :func:`certified_md5s`: the one rule by which
     ``lineage PID``, ``lineage --refresh`` and ``verify-certificate`` say the models in use were
-    retrained without the subject of a certificate."""
-    return check_retrained(paths, pid, certified_md5s(claims))
+    retrained without the subject of a certificate. The processed data the erasure left
+    (``processed_md5_after``, signed in the claims) is known to be without the subject."""
+    after = (claims.get("dataset") or {}).get("processed_md5_after")
+    return check_retrained(
+        paths, pid, certified_md5s(claims), clean_md5s=[str(after)] if after else []
+    )
 
 
 def models_verdict(*, recorded: bool, clean: bool) -> str:

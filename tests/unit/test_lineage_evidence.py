@@ -1,0 +1,150 @@
+"""Which models in use count as retrained after an erasure (rights/lineage.py): only those trained
+on a data version known to be without the subject, wherever the model was trained and however the
+registry serves it. A model trained in a `dvc exp run`, on another branch or in a stash was neither
+on the certificate nor conceded; a data version lineage had never seen counted as clean; a registry
+alias or stage on a version trained on the subject, or a version registered again without the
+project's tag, was ignored. Each read "retrained" while a model trained on the subject was in use;
+each test failed while that was so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from rights_fakes import make_project, retrain, write_pipeline_lock
+from test_certificate import _mlflow_db
+from test_redteam_regulator50 import _erased_with_models, _says_in_use_again
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.dvcops import tracked_md5
+from visage_ml.io import md5_file
+from visage_ml.rights import lineage
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+EXP_FACES, EXP_MODEL = "e" * 32, "9" * 32
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+def _git(root, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, env={**os.environ, **GIT_ENV}
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _commit_lock(root, raw_md5: str, faces_md5: str, model_md5: str, message: str) -> None:
+    write_pipeline_lock(root, raw_md5, faces_md5, model_md5)
+    _git(root, "add", "dvc.lock")
+    _git(root, "commit", "-qm", message)
+
+
+def _refreshed(runner) -> list[str]:
+    out = runner.invoke(app, ["privacy", "lineage", "--refresh", "--json"]).output
+    return json.loads(out)["upgraded"]
+
+
+def _retrained(paths, result) -> dict:
+    report = verify_certificate(result.certificate_path, root=paths.root, scan=False)
+    return report.models
+
+
+@pytest.mark.pipeline
+def test_a_model_trained_in_a_dvc_experiment_is_listed_and_not_retrained_once_applied(
+    tiny_project,
+):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=4, track=True)
+    paths, victim = proj.paths, proj.pids[1]
+    raw_md5 = tracked_md5(root, paths.raw)
+    faces = md5_file(paths.processed / "faces.sealed")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "data")
+    base = _git(root, "rev-parse", "HEAD")
+    # `dvc exp run` commits its dvc.lock under refs/exps/..., never on the branch.
+    write_pipeline_lock(root, raw_md5, EXP_FACES, EXP_MODEL)
+    _git(root, "add", "dvc.lock")
+    exp = _git(root, "commit-tree", _git(root, "write-tree"), "-p", base, "-m", "exp-big")
+    _git(root, "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/exp-big", exp)
+    _commit_lock(root, raw_md5, faces, "a" * 32, "run")
+    _mlflow_db(paths, [(1, faces), (2, EXP_FACES)])  # the experiment's evaluate registered v2
+    result = Erasure(paths, core=proj.core).erase(victim)
+    claims = result.certificate["claims"]
+    listed = {(m["kind"], m["version"], m["data_md5"]) for m in claims["models"]}
+    assert {("dvc", EXP_MODEL, EXP_FACES), ("mlflow_model", "2", EXP_FACES)} <= listed, listed
+    # `dvc repro` on the purged data/raw: prepare's new output (its manifest is in the cache
+    # and does not list the subject), the embedder trained on it, registered as v3.
+    new_raw = tracked_md5(root, paths.raw)
+    assert new_raw != raw_md5
+    retrain(paths, "d" * 32, "b" * 32, raw_md5=new_raw)
+    _mlflow_db(paths, [(3, "d" * 32)])
+    runner = CliRunner()
+    assert _refreshed(runner) == [result.request_id]
+    assert _retrained(paths, result)["status"].startswith("retrained (signed")
+    # `dvc exp apply exp-big` writes the experiment's dvc.lock into the workspace.
+    (root / "dvc.lock").write_text(_git(root, "show", f"{exp}:dvc.lock") + "\n")
+    _says_in_use_again(paths, victim, result, runner)
+
+
+@pytest.mark.pipeline
+def test_models_on_another_branch_in_a_stash_or_past_the_history_read_are_not_left_out(
+    tiny_project, monkeypatch
+):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=4, track=True)
+    paths, victim = proj.paths, proj.pids[1]
+    raw_md5 = tracked_md5(root, paths.raw)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "data")
+    main = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    _git(root, "checkout", "-qb", "bigger-backbone")
+    _commit_lock(root, raw_md5, "1" * 32, "c" * 32, "branch run")
+    _git(root, "checkout", "-q", main)
+    _commit_lock(root, raw_md5, "2" * 32, "d" * 32, "run")
+    # A run whose dvc.lock was stashed, not committed.
+    write_pipeline_lock(root, raw_md5, "3" * 32, "e" * 32)
+    _git(root, "stash", "-q")
+    trained = {"c" * 32, "d" * 32, "e" * 32}
+    assert trained <= {m.version for m in lineage.subject_lineage(paths, victim).models}
+    # More dvc.lock versions than are read: the unread ones are conceded, not passed over.
+    monkeypatch.setattr(lineage, "MAX_REVISIONS", 1)
+    lin = lineage.subject_lineage(paths, victim)
+    assert any("not read" in n for n in lin.notes), lin.notes
+    monkeypatch.undo()
+    result = Erasure(paths, core=proj.core).erase(victim)
+    assert trained <= {m["version"] for m in result.certificate["claims"]["models"]}
+
+
+def test_a_model_trained_on_a_data_version_never_recorded_is_not_called_retrained(project):
+    proj, victim, _, result = _erased_with_models(project)
+    paths = proj.paths
+    after = result.certificate["claims"]["dataset"]["processed_md5_after"]
+    retrain(paths, after, "b" * 32)
+    _mlflow_db(paths, [(2, after)])
+    runner = CliRunner()
+    assert _refreshed(runner) == [result.request_id]
+    # A `dvc repro` of data that still held the subject, its dvc.lock never committed and since
+    # overwritten: only its MLflow version says which data it was trained on.
+    _mlflow_db(paths, [(3, "f" * 32)])
+    _says_in_use_again(paths, victim, result, runner)
+
+
+def test_a_model_of_a_data_version_no_lock_records_is_conceded_by_the_certificate(project):
+    proj = make_project(project, n_subjects=4)
+    paths, victim = proj.paths, proj.pids[1]
+    retrain(paths, md5_file(paths.processed / "faces.sealed"), "a" * 32)
+    _mlflow_db(paths, [(1, md5_file(paths.processed / "faces.sealed")), (2, "f" * 32)])
+    result = Erasure(paths).erase(victim)
+    notes = result.certificate["claims"]["lineage_notes"]
+    assert any("f" * 32 in n and "visage-embedder v2" in n for n in notes), notes
+    said = verify_certificate(result.certificate_path, root=paths.root, scan=False).conceded
+    assert any("could not be read" in c for c in said), said
