@@ -40,6 +40,9 @@ def test_stage_run_registry_and_lineage_through_the_server(stack, project):
     client.create_registered_model(name)
     mv = client.create_model_version(name, f"runs:/{rid}/reports", run_id=rid)
     client.set_model_version_tag(name, mv.version, "visage.data_md5", md5)
-    versions, runs = lineage.mlflow_models(paths)
-    assert (name, str(mv.version), md5) in {(v.model, v.version, v.data_md5) for v in versions}
-    assert rid in {r.version for r in runs}
+    registry = lineage.mlflow_models(paths)
+    found = {(v.model, v.version, v.data_md5) for v in registry.versions}
+    assert (name, str(mv.version), md5) in found
+    assert rid in {r.version for r in registry.runs}
+    # The newest version is in use, read through the server as from the SQLite file.
+    assert (name, str(mv.version)) in {(v.model, v.version) for v in registry.in_use}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import warnings
 
 import pytest
 from rights_fakes import make_project, retrain, write_pipeline_lock
@@ -148,3 +149,49 @@ def test_a_model_of_a_data_version_no_lock_records_is_conceded_by_the_certificat
     assert any("f" * 32 in n and "visage-embedder v2" in n for n in notes), notes
     said = verify_certificate(result.certificate_path, root=paths.root, scan=False).conceded
     assert any("could not be read" in c for c in said), said
+
+
+def test_a_registry_alias_or_stage_on_a_version_trained_on_the_subject_is_not_retrained(project):
+    from mlflow import MlflowClient
+
+    proj, victim, _, result = _erased_with_models(project)
+    paths = proj.paths
+    after = result.certificate["claims"]["dataset"]["processed_md5_after"]
+    retrain(paths, after, "b" * 32)
+    _mlflow_db(paths, [(2, after)])
+    runner = CliRunner()
+    assert _refreshed(runner) == [result.request_id]
+    client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    # Serving resolves `models:/visage-embedder@champion`: version 1, trained on the subject.
+    client.set_registered_model_alias("visage-embedder", "champion", "1")
+    _says_in_use_again(paths, victim, result, runner)
+    client.set_registered_model_alias("visage-embedder", "champion", "2")
+    assert _retrained(paths, result)["status"].startswith("retrained (signed")
+    # ... or `models:/visage-embedder/Production` (stages: deprecated, still served).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage("visage-embedder", "1", "Production")
+    _says_in_use_again(paths, victim, result, runner)
+
+
+def test_a_version_registered_without_the_projects_tag_is_not_retrained(project):
+    from mlflow import MlflowClient
+
+    proj, victim, old_md5, result = _erased_with_models(project)
+    paths = proj.paths
+    after = result.certificate["claims"]["dataset"]["processed_md5_after"]
+    retrain(paths, after, "b" * 32)
+    _mlflow_db(paths, [(2, after)])
+    runner = CliRunner()
+    assert _refreshed(runner) == [result.request_id]
+    client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    # `mlflow.register_model` or the UI: a version of unknown training data is the newest.
+    client.create_model_version("visage-embedder", str(paths.models / "other.onnx"))
+    _says_in_use_again(paths, victim, result, runner)
+    # Version 1's model registered again from its run: trained on the subject, untagged.
+    run = client.create_run(client.create_experiment("evaluate")).info.run_id
+    client.set_tag(run, lineage.DATA_MD5_TAG, old_md5)
+    client.create_model_version("visage-embedder", f"runs:/{run}/embedder", run)
+    models = _retrained(paths, result)
+    stale = {(m["kind"], m["version"], m["data_md5"]) for m in models["stale"]}
+    assert ("mlflow_model", "4", old_md5) in stale, models

@@ -358,63 +358,112 @@ def _paged(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
             return
 
 
-def mlflow_models(paths: ProjectPaths) -> tuple[list[ModelVersion], list[ModelVersion]]:
-    """(registered model versions, active runs) with a ``visage.data_md5`` tag.
+@dataclass
+class Registry:
+    """What :func:`mlflow_models` read from the MLflow store."""
 
-    Read through MLflow's client from the project's tracking store, whatever its backend:
-    versions in the order they were made, runs in run-id order. A SQLite store that does not
+    # Every registered model version, in the order they were made; ``data_md5`` is the
+    # version's ``visage.data_md5`` tag, else the one data version the model it copies (a
+    # tagged version of the same run or source) or its run was trained on, else None.
+    versions: list[ModelVersion] = field(default_factory=list)
+    # Active runs with a ``visage.data_md5`` tag, in run-id order.
+    runs: list[ModelVersion] = field(default_factory=list)
+    # The versions serving can load: the newest of each model, and those an alias or a stage
+    # (Staging, Production) names.
+    in_use: list[ModelVersion] = field(default_factory=list)
+    # An untagged version's candidate data versions, when it copies models of several.
+    copied: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+
+
+SERVING_STAGES = ("Staging", "Production")
+
+
+def mlflow_models(paths: ProjectPaths) -> Registry:
+    """The registered model versions, the runs and the versions in use in the MLflow store.
+
+    Read through MLflow's client from the project's tracking store, whatever its backend (the
+    SQLite file, or the stack's tracking server). A version registered without the project's
+    tag (``mlflow.register_model``, the UI) is not dropped: it takes the data version of the
+    model it copies, when that is one, and is unknown otherwise. A SQLite store that does not
     exist is not created.
     """
     uri = paths.tracking_uri
     if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX) :]).is_file():
-        return [], []
+        return Registry()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Deferred: MLflow takes seconds to import and only projects with a tracking store get here.
     from mlflow import MlflowClient
-    from mlflow.entities import ViewType
+    from mlflow.entities import LifecycleStage, ViewType
     from mlflow.exceptions import MlflowException
 
-    versions: list[ModelVersion] = []
-    runs: list[ModelVersion] = []
+    out = Registry()
     try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        tagged = [mv for mv in _paged(client.search_model_versions) if DATA_MD5_TAG in mv.tags]
-        tagged.sort(key=lambda mv: (mv.creation_timestamp or 0, mv.name, int(mv.version)))
-        versions = [
-            ModelVersion(
-                "mlflow_model", str(mv.name), str(mv.version), mv.tags[DATA_MD5_TAG], "mlflow"
-            )
-            for mv in tagged
-        ]
+        found = list(_paged(client.search_model_versions))
+        found.sort(key=lambda mv: (mv.creation_timestamp or 0, mv.name, int(mv.version)))
         experiments = [
             e.experiment_id for e in _paged(client.search_experiments, view_type=ViewType.ALL)
         ]
-        found = (
-            _paged(
-                client.search_runs,
-                experiment_ids=experiments,
-                run_view_type=ViewType.ACTIVE_ONLY,
-            )
+        all_runs = (
+            list(_paged(client.search_runs, experiment_ids=experiments, run_view_type=ViewType.ALL))
             if experiments
             else []
         )
-        runs = sorted(
-            (
-                ModelVersion(
-                    "mlflow_run",
-                    str(run.info.run_name),
-                    str(run.info.run_id),
-                    str(run.data.tags[DATA_MD5_TAG]),
-                    "mlflow",
-                )
-                for run in found
-                if DATA_MD5_TAG in run.data.tags
-            ),
-            key=lambda m: m.version,
-        )
+        aliases = {
+            str(rm.name): {str(v) for v in (rm.aliases or {}).values()}
+            for rm in _paged(client.search_registered_models)
+        }
     except (MlflowException, OSError) as exc:
         log.warning("the MLflow store could not be read (%s); MLflow lineage is unknown", exc)
-    return versions, runs
+        return out
+    run_md5 = {
+        r.info.run_id: str(r.data.tags[DATA_MD5_TAG])
+        for r in all_runs
+        if DATA_MD5_TAG in r.data.tags
+    }
+    out.runs = sorted(
+        (
+            ModelVersion(
+                "mlflow_run",
+                str(r.info.run_name),
+                str(r.info.run_id),
+                run_md5[r.info.run_id],
+                "mlflow",
+            )
+            for r in all_runs
+            if r.info.run_id in run_md5 and r.info.lifecycle_stage == LifecycleStage.ACTIVE
+        ),
+        key=lambda m: m.version,
+    )
+    # A version made from the same run or the same artefact as a tagged one is that model.
+    tagged: dict[tuple[str, str, str], set[str]] = {}
+    for mv in found:
+        if md5 := mv.tags.get(DATA_MD5_TAG):
+            for how, value in (("run", mv.run_id), ("source", mv.source)):
+                if value:
+                    tagged.setdefault((str(mv.name), how, str(value)), set()).add(str(md5))
+    newest: dict[str, ModelVersion] = {}
+    for mv in found:
+        name, own = str(mv.name), mv.tags.get(DATA_MD5_TAG)
+        if own:
+            candidates = {str(own)}
+        else:
+            candidates = tagged.get((name, "run", str(mv.run_id)), set()) | tagged.get(
+                (name, "source", str(mv.source)), set()
+            )
+            if mv.run_id in run_md5:
+                candidates = candidates | {run_md5[mv.run_id]}
+        data = next(iter(candidates)) if len(candidates) == 1 else None
+        version = ModelVersion("mlflow_model", name, str(mv.version), data, "mlflow")
+        out.versions.append(version)
+        if len(candidates) > 1:
+            out.copied[version.key()] = candidates
+        if name not in newest or int(mv.version) > int(newest[name].version):
+            newest[name] = version
+        if mv.current_stage in SERVING_STAGES or str(mv.version) in aliases.get(name, set()):
+            out.in_use.append(version)
+    out.in_use = _dedupe([*newest.values(), *out.in_use])
+    return out
 
 
 def dvc_models(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> list[ModelVersion]:
@@ -509,8 +558,18 @@ def subject_lineage(
     contained = lin.processed_md5s
     # No data version held the subject: no model can have seen them, and the model stores
     # (ONNX files, MLflow, both slow to open) need not be read.
-    versions, runs = mlflow_models(paths) if contained else ([], [])
-    candidates = [*dvc_models(docs), *onnx_models(paths), *versions, *runs] if contained else []
+    registry = mlflow_models(paths) if contained else Registry()
+    # An untagged version copying models of several data versions: listed with one that held
+    # the subject, if any did.
+    versions = [
+        ModelVersion(v.kind, v.model, v.version, min(held), v.source)
+        if (held := registry.copied.get(v.key(), set()) & contained)
+        else v
+        for v in registry.versions
+    ]
+    candidates = (
+        [*dvc_models(docs), *onnx_models(paths), *versions, *registry.runs] if contained else []
+    )
     lin.models = _dedupe(m for m in candidates if m.data_md5 in contained)
     lin.notes.extend(_unjudged_notes(paths, docs, contained, candidates))
     lin.data = list({(d.kind, d.md5): d for d in lin.data}.values())
@@ -545,22 +604,10 @@ def _unjudged_notes(
 
 
 def current_models(paths: ProjectPaths) -> list[ModelVersion]:
-    """The models in use now: workspace ``dvc.lock`` outputs, ONNX files, latest MLflow versions."""
+    """The models in use now: workspace ``dvc.lock`` outputs, ONNX files, and of each
+    registered model the newest version and those an alias or a stage names (tagged or not)."""
     docs = lock_documents(paths.root, history=False)
-    versions, _runs = mlflow_models(paths)
-    latest: dict[str, ModelVersion] = {}
-    for v in versions:
-        cur = latest.get(v.model)
-        if cur is None or _version_number(v.version) > _version_number(cur.version):
-            latest[v.model] = v
-    return _dedupe([*dvc_models(docs), *onnx_models(paths), *latest.values()])
-
-
-def _version_number(v: str) -> int:
-    try:
-        return int(v)
-    except ValueError:
-        return -1
+    return _dedupe([*dvc_models(docs), *onnx_models(paths), *mlflow_models(paths).in_use])
 
 
 @dataclass
@@ -748,8 +795,9 @@ def refresh(paths: ProjectPaths, *, core: Any = None) -> Refreshed:
     """Append ``erasure.models_retrained`` for each erasure whose stale models were replaced.
 
     For every completed erasure whose certificate lists models trained on the subject and that
-    has no such event yet: when the current models (``dvc.lock``, ONNX files, latest MLflow
-    versions) were all trained on data versions without the subject, and the processed data no
+    has no such event yet: when the current models (``dvc.lock``, ONNX files, the MLflow
+    versions in use: the newest, aliased or staged) were all trained on data versions known to
+    be without the subject (:func:`check_certified`), and the processed data no
     longer holds them, a signed event names the certificate and the current models, and a tree
     head is appended so that the event can be proven included. The certificate's readable page
     (``<request id>.html``) is rewritten to say the models were retrained.
