@@ -8,6 +8,7 @@ each test failed while that was so."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -57,6 +58,15 @@ def _refreshed(runner) -> list[str]:
 def _retrained(paths, result) -> dict:
     report = verify_certificate(result.certificate_path, root=paths.root, scan=False)
     return report.models
+
+
+def _cached(root, body: bytes) -> str:
+    """An object in the DVC cache, as `dvc repro` caches a stage output; its md5."""
+    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    obj = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    obj.write_bytes(body)
+    return md5
 
 
 @pytest.mark.pipeline
@@ -195,3 +205,42 @@ def test_a_version_registered_without_the_projects_tag_is_not_retrained(project)
     models = _retrained(paths, result)
     stale = {(m["kind"], m["version"], m["data_md5"]) for m in models["stale"]}
     assert ("mlflow_model", "4", old_md5) in stale, models
+
+
+@pytest.mark.pipeline
+def test_models_trained_on_the_subject_still_restorable_after_retraining_are_conceded(
+    tiny_project,
+):
+    """ "Retrained" said nothing of the bytes: the model trained on the subject stayed in DVC's
+    cache (one `dvc checkout` away) and its MLflow version stayed registered."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=4, track=True)
+    paths, victim = proj.paths, proj.pids[1]
+    body = b"weights trained on the subject"
+    model = _cached(root, body)
+    faces = md5_file(paths.processed / "faces.sealed")
+    write_pipeline_lock(root, tracked_md5(root, paths.raw), faces, model)
+    _mlflow_db(paths, [(1, faces)])
+    result = Erasure(paths, core=proj.core).erase(victim)
+    after = result.certificate["claims"]["dataset"]["processed_md5_after"]
+    retrain(paths, after, "b" * 32)
+    _mlflow_db(paths, [(2, after)])
+    runner = CliRunner()
+    assert _refreshed(runner) == [result.request_id]
+    report = verify_certificate(result.certificate_path, root=paths.root, scan=False)
+    assert report.models["status"].startswith("retrained (signed")
+    said = [c for c in report.conceded if "remain restorable" in c]
+    assert len(said) == 1 and said[0].startswith("2 model(s) trained on the subject"), said
+    assert model in said[0] and "visage-embedder v1" in said[0], said
+    cli = runner.invoke(app, ["privacy", "verify-certificate", str(result.certificate_path)])
+    assert "conceded: 2 model(s) trained on the subject remain restorable" in cli.output
+    lin = json.loads(runner.invoke(app, ["privacy", "lineage", victim, "--json"]).output)
+    assert any("remain restorable" in n for n in lin["lineage"]["notes"]), lin
+    # Purged as docs/security.md says: nothing is conceded any more.
+    (root / ".dvc" / "cache" / "files" / "md5" / model[:2] / model[2:]).unlink()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    client.delete_model_version("visage-embedder", "1")
+    report = verify_certificate(result.certificate_path, root=paths.root, scan=False)
+    assert not any("remain restorable" in c for c in report.conceded), report.conceded

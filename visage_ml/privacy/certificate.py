@@ -280,7 +280,8 @@ def conceded(claims: Any) -> list[str]:
     if models := many("models"):
         out.append(
             f"{len(models)} model(s) trained on data that held the subject, stale when the "
-            "certificate was made (until retrained without them)"
+            "certificate was made (until retrained without them; retraining does not delete "
+            "them: DVC and MLflow may still hold them)"
         )
     if notes := many("lineage_notes"):
         out.append(

@@ -325,6 +325,8 @@ def _models_status(
         status = "retrained, not yet recorded: run `visage privacy lineage --refresh`"
     else:
         status = "stale until retrained (`dvc repro`)"
+    if stale and (kept := lineage.restorable(paths, stale)):
+        report.conceded.append(kept)  # "retrained" says nothing of the bytes
     return {
         "status": status,
         "certified_stale": len(stale),

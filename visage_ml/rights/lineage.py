@@ -92,6 +92,11 @@ MSG_IN_USE_AGAIN = (
     "not known to be without them (or the processed data holds them again); retrain (`dvc "
     "repro`) and run `visage privacy lineage --refresh`"
 )
+# Retraining replaces the models in use; those trained on the subject stay restorable.
+MSG_RESTORABLE = (
+    "{n} model(s) trained on the subject remain restorable in DVC/MLflow: {models} (retraining "
+    "does not delete them; docs/security.md says how to purge them)"
+)
 # A certificate whose signature or ledger entry does not verify: its claims are not judged.
 MSG_UNVERIFIED = (
     "the erasure certificate {path} failed verification ({failed}): its claims are not judged "
@@ -694,6 +699,38 @@ def known_without(paths: ProjectPaths, pid: str, md5s: Iterable[str]) -> set[str
         if _manifest_lists_pid(setup, raw_dep, pid) is False:
             shown |= faces_md5s
     return shown
+
+
+def restorable(paths: ProjectPaths, models: Iterable[Any]) -> str | None:
+    """:data:`MSG_RESTORABLE` for the certified stale ``models`` whose bytes can still be put
+    back (None when none can): a DVC stage output whose object is in the cache or a remote on
+    this file system, an MLflow version still registered or run still active. Remotes elsewhere
+    are not asked (slow, perhaps unreachable); docs/security.md says they may hold them too."""
+    listed = [m for m in models if isinstance(m, Mapping)]
+    kinds = {str(m.get("kind")) for m in listed}
+    found: list[str] = []
+    if "dvc" in kinds and dvcops.is_dvc_repo(paths.root):
+        try:
+            stores = [s for s in dvc_objects.open_setup(paths.root).stores if s.local_path]
+        except Exception as exc:  # DVC unreadable: its objects are not looked for
+            log.warning("DVC could not be opened (%s); cached models not checked", exc)
+            stores = []
+        found += [
+            f"{m.get('model')} {m.get('version')}"
+            for m in listed
+            if m.get("kind") == "dvc" and any(s.exists(str(m.get("version"))) for s in stores)
+        ]
+    if kinds & {"mlflow_model", "mlflow_run"}:
+        registry = mlflow_models(paths)
+        kept = {v.key() for v in [*registry.versions, *registry.runs]}
+        found += [
+            f"{m.get('model')} v{m.get('version')}"
+            for m in listed
+            if (str(m.get("kind")), str(m.get("model")), str(m.get("version"))) in kept
+        ]
+    if not found:
+        return None
+    return MSG_RESTORABLE.format(n=len(found), models=", ".join(found))
 
 
 def certified_md5s(claims: Mapping[str, Any]) -> set[str]:

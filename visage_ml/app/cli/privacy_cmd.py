@@ -1268,6 +1268,10 @@ def _lineage_of(paths: Any, core: PrivacyCore, pid: str) -> dict[str, Any]:
                 or [],
                 "models": [{**m, "status": status} for m in models],
                 "current_models_clean": check.clean,
-                "notes": [*(claims.get("lineage_notes") or []), *(claims.get("store_notes") or [])],
+                "notes": [
+                    *(claims.get("lineage_notes") or []),
+                    *(claims.get("store_notes") or []),
+                    *filter(None, [lineage.restorable(paths, models)]),
+                ],
             }
     return {"pid": pid, "erased": True, "data_versions": [], "models": [], "notes": []}
