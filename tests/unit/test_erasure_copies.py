@@ -224,3 +224,47 @@ def test_a_file_that_cannot_be_read_is_never_shown_clean(proj, monkeypatch):
     monkeypatch.delattr(content_scan, "open")
     (result,) = Erasure(proj.paths).resume()
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+def test_a_copy_in_any_folder_of_the_project_goes_and_tool_folders_are_not_read(proj):
+    """The walk covered data/, gallery/, mlruns/, models/, privacy/, reports/, notebooks/ and
+    the top: a photo in backup/ or a hidden folder survived a certified erasure that verified
+    VALID."""
+    victim = proj.pids[0]
+    root = proj.paths.root
+    photo = next(iter(proj.images[victim].values()))
+    planted = [root / "backup" / "2026" / f"{NAME}.png", root / ".cache-qx9" / f"{NAME}.png"]
+    # A virtual environment (any name: it has a pyvenv.cfg) is the tools', not read.
+    venv = root / "env-qx9"
+    (venv / "lib").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n", encoding="utf-8")
+    in_venv = venv / "lib" / "sample.png"
+    in_venv.write_bytes(photo)
+    for path in planted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(photo)
+    result = Erasure(proj.paths).erase(victim)
+    assert [p for p in planted if p.exists()] == []
+    assert result.certificate["claims"]["copies_removed"] == {".cache-qx9": 1, "backup": 1}
+    assert in_venv.exists()
+    assert verify_certificate(result.certificate_path, root=root).ok
+    planted[0].write_bytes(photo)
+    report = verify_certificate(result.certificate_path, root=root)
+    assert [f["path"] for f in report.findings] == [str(planted[0])]
+
+
+@pytest.mark.pipeline
+def test_a_copy_in_a_dvc_temporary_workspace_goes(tiny_project):
+    """``dvc exp run --temp`` and ``--queue`` check the project out under .dvc/tmp/exps: a copy
+    there was not looked at."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    victim = proj.pids[0]
+    photo = next(iter(proj.images[victim].values()))
+    copy = root / ".dvc" / "tmp" / "exps" / "tmpx1" / "data" / "interim" / f"{NAME}.png"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(photo)
+    result = Erasure(proj.paths).erase(victim)
+    assert not copy.exists()
+    assert result.certificate["claims"]["copies_removed"] == {".dvc": 1}
+    assert verify_certificate(result.certificate_path, root=root).ok

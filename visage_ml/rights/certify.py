@@ -6,8 +6,9 @@
 pinned, else the checkout's witnesses, configured or recorded in its ledger), then looks for
 the erased content: none of the listed content hashes, and no erased subject's image in clear
 (the tombstones know its PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file
-under ``data/``, ``gallery/``, ``mlruns/``, ``models/``, ``privacy/`` (its keys and vault
-too), the DVC cache, the configured remotes and DVC's site cache (every file is hashed;
+of the project but the tools' folders (``privacy/``, its keys and vault, included), an image a
+notebook shows, an object of the git history, the DVC cache, the configured remotes and DVC's
+site cache (one walk with the erasure's, :mod:`visage_ml.rights.content_scan`; every file is hashed;
 ``.dir`` manifests are also read for the listed objects and the subject's folder; outside a
 checkout, or with no file to hash, the content is not shown clean: the check fails); and it
 says whether the models in use were trained without the subject.

@@ -44,20 +44,28 @@ ERASED_IMAGE = "plaintext of an erased image"
 PLAINTEXT_WITHHELD = "plaintext image, hash withheld"
 # Where a copy of erased content is looked for, by the erasure before it certifies
 # (:mod:`visage_ml.rights.erasure.copies`) and by the verifier after
-# (:mod:`visage_ml.rights.certify`), every file hashed: the data, the gallery, MLflow, the
-# models (the embedder's resume checkpoints hold a row per training subject), the whole privacy
-# folder (its exports, and the data keys and vault files a certificate says were destroyed: one
-# put back from a backup must be found), the folders people save files into, and the files at
-# the project's top (:func:`scanned_roots`).
-SCANNED_FOLDERS: tuple[str, ...] = (
-    "data",
-    "gallery",
-    "mlruns",
-    "models",
-    "privacy",
-    "reports",
-    "notebooks",
+# (:mod:`visage_ml.rights.certify`), every file hashed: the whole project (:func:`scanned_roots`)
+# but what tools keep there, which holds no one's data and can be large: git's object store
+# (read as objects, :func:`~visage_ml.rights.content_scan.git_objects`), DVC's folder (its cache
+# is walked as a store; its temporary experiment workspaces under ``.dvc/tmp`` are walked),
+# virtual environments (any folder holding a ``pyvenv.cfg``) and the caches of Python tools.
+SKIPPED_DIRS: frozenset[str] = frozenset(
+    {
+        ".git",
+        ".dvc",
+        ".venv",
+        "venv",
+        "node_modules",
+        "__pycache__",
+        ".tox",
+        ".nox",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+    }
 )
+DVC_TMP = Path(".dvc") / "tmp"
+VENV_MARK = "pyvenv.cfg"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
 MSG_BAD_TOMBSTONES = (
@@ -160,20 +168,30 @@ class ContentHashes:
         return len(self.sha256s) + len(self.plain_macs)
 
 
+def skipped(folder: Path) -> bool:
+    """Whether ``folder`` is a tool's (:data:`SKIPPED_DIRS`, or a virtual environment)."""
+    return folder.name in SKIPPED_DIRS or (folder / VENV_MARK).is_file()
+
+
 def scanned_roots(root: Path) -> list[Path]:
-    """The folders of :data:`SCANNED_FOLDERS` under ``root``, then each file at its top."""
-    top = sorted(f for f in root.iterdir() if f.is_file() and not f.is_symlink())
-    return [root / f for f in SCANNED_FOLDERS] + top
+    """What to walk in the project at ``root``: each folder at its top but the tools'
+    (:func:`skipped`), DVC's temporary workspaces, then each file at its top."""
+    entries = sorted(root.iterdir())
+    folders = [e for e in entries if e.is_dir() and not e.is_symlink() and not skipped(e)]
+    top = [f for f in entries if f.is_file() and not f.is_symlink()]
+    return [*folders, root / DVC_TMP, *top]
 
 
 def walk_files(root: Path) -> Iterator[Path]:
-    """Every file under ``root`` (``root`` itself if a file), symbolic links not followed."""
+    """Every file under ``root`` (``root`` itself if a file), symbolic links not followed, the
+    tools' folders below it (:func:`skipped`) not entered."""
     if not root.exists():
         return
     if root.is_file():
         yield root
         return
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not skipped(Path(dirpath) / d)]
         for name in filenames:
             p = Path(dirpath) / name
             if p.is_file() and not p.is_symlink():
