@@ -8,13 +8,12 @@ of each kind by default, all of them under the slow marker.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from datetime import timedelta
 
 import pytest
 from crashcases import CASES, DEFAULT, Crashed, child, crash_and_recover
-from regulator_helpers import later, pinned_cli_args, run_cli, run_verify_py, verifier_script
+from regulator_helpers import assert_witnessed_valid, later
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -64,14 +63,4 @@ def test_an_erasure_killed_once_its_completion_was_cosigned_verifies_when_resume
     doc = json.loads(cert.read_text())
     vkey = witness.verifier.vkey
 
-    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
-    assert cli.exit_code == 0 and "certificate VALID" in cli.output, cli.output
-    assert re.search(r"^ok\s+completion date witnessed", cli.output, re.M), cli.output
-    py = run_verify_py(
-        verifier_script(tmp_path),
-        cert,
-        *("--public-key", str(pub), "--witness-key", vkey),
-        *("--origin", doc["proof"]["log"]["origin"]),
-    )
-    assert py.returncode == 0 and "certificate VALID" in py.stdout, py.stdout
-    assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
+    assert_witnessed_valid(tmp_path, cert, pub, doc, vkey)

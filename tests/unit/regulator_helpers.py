@@ -46,6 +46,22 @@ def run_cli(cert: Path, *args: str):
     return CliRunner().invoke(app, ["privacy", "verify-certificate", "--offline", str(cert), *args])
 
 
+def assert_witnessed_valid(tmp: Path, cert: Path, pub: Path, doc: dict, vkey: str) -> None:
+    """Both verifiers, every pin given, say VALID (exit 0) and that the completion date is
+    witnessed."""
+    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
+    assert cli.exit_code == 0 and "certificate VALID" in cli.output, cli.output
+    assert re.search(r"^ok\s+completion date witnessed", cli.output, re.M), cli.output
+    py = run_verify_py(
+        verifier_script(tmp),
+        cert,
+        *("--public-key", str(pub), "--witness-key", vkey),
+        *("--origin", doc["proof"]["log"]["origin"]),
+    )
+    assert py.returncode == 0 and "certificate VALID" in py.stdout, py.stdout
+    assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
+
+
 def pinned_cli_args(doc: dict, pub: Path, vkey: str) -> list[str]:
     """Every pin the README offers: key, witness, origin, request and subject."""
     return [

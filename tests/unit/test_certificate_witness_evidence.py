@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from project_helpers import write_overrides
 from regulator_helpers import (
+    assert_witnessed_valid,
     cosign_times,
     later,
     offline_copy,
@@ -155,17 +156,7 @@ def test_an_erasure_killed_after_its_witnessed_completion_and_resumed_hours_late
     issued, cert, pub, doc = _resumed_copy(proj, tmp_path)
     vkey = witness.verifier.vkey
 
-    cli = run_cli(cert, *pinned_cli_args(doc, pub, vkey))
-    assert cli.exit_code == 0 and "certificate VALID" in cli.output, cli.output
-    assert re.search(r"^ok\s+completion date witnessed", cli.output, re.M), cli.output
-    py = run_verify_py(
-        verifier_script(tmp_path),
-        cert,
-        *("--public-key", str(pub), "--witness-key", vkey),
-        *("--origin", doc["proof"]["log"]["origin"]),
-    )
-    assert py.returncode == 0 and "certificate VALID" in py.stdout, py.stdout
-    assert re.search(r"^ok\s+completion date witnessed", py.stdout, re.M), py.stdout
+    assert_witnessed_valid(tmp_path, cert, pub, doc, vkey)
     html = page_path(issued).read_text()
     assert "NOT VERIFIED" not in html and "not corroborated" not in html
 

@@ -4,8 +4,7 @@ shared (rights/lineage.py, rights/manifest_index.py)."""
 from __future__ import annotations
 
 import pytest
-import yaml
-from rights_fakes import make_project
+from rights_fakes import make_project, write_pipeline_lock
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -19,22 +18,7 @@ MODEL = "a" * 32
 
 def _lock(root, raw_md5: str, faces_md5: str) -> None:
     """A dvc.lock: prepare made faces.sealed from data/raw, the embedder was trained on it."""
-    doc = {
-        "schema": "2.0",
-        "stages": {
-            "prepare": {
-                "cmd": "python -m visage_ml.app.stages.prepare",
-                "deps": [{"path": "data/raw", "md5": raw_md5}],
-                "outs": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
-            },
-            "train_embedder": {
-                "cmd": "python -m visage_ml.app.stages.train_embedder",
-                "deps": [{"path": "data/processed/faces.sealed", "md5": faces_md5}],
-                "outs": [{"path": "models/embedder.pt", "md5": MODEL}],
-            },
-        },
-    }
-    (root / "dvc.lock").write_text(yaml.safe_dump(doc))
+    write_pipeline_lock(root, raw_md5, faces_md5, MODEL)
 
 
 @pytest.mark.pipeline

@@ -161,10 +161,12 @@ def test_a_model_of_a_data_version_no_lock_records_is_conceded_by_the_certificat
     assert any("could not be read" in c for c in said), said
 
 
-def test_a_registry_alias_or_stage_on_a_version_trained_on_the_subject_is_not_retrained(project):
+def _retrained_then_registry(project):
+    """An erasure whose models were retrained (MLflow version 2) and recorded so (--refresh):
+    ``(paths, victim, old data md5, result, runner, MLflow client)``."""
     from mlflow import MlflowClient
 
-    proj, victim, _, result = _erased_with_models(project)
+    proj, victim, old_md5, result = _erased_with_models(project)
     paths = proj.paths
     after = result.certificate["claims"]["dataset"]["processed_md5_after"]
     retrain(paths, after, "b" * 32)
@@ -172,6 +174,11 @@ def test_a_registry_alias_or_stage_on_a_version_trained_on_the_subject_is_not_re
     runner = CliRunner()
     assert _refreshed(runner) == [result.request_id]
     client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    return paths, victim, old_md5, result, runner, client
+
+
+def test_a_registry_alias_or_stage_on_a_version_trained_on_the_subject_is_not_retrained(project):
+    paths, victim, _, result, runner, client = _retrained_then_registry(project)
     # Serving resolves `models:/visage-embedder@champion`: version 1, trained on the subject.
     client.set_registered_model_alias("visage-embedder", "champion", "1")
     _says_in_use_again(paths, victim, result, runner)
@@ -185,16 +192,7 @@ def test_a_registry_alias_or_stage_on_a_version_trained_on_the_subject_is_not_re
 
 
 def test_a_version_registered_without_the_projects_tag_is_not_retrained(project):
-    from mlflow import MlflowClient
-
-    proj, victim, old_md5, result = _erased_with_models(project)
-    paths = proj.paths
-    after = result.certificate["claims"]["dataset"]["processed_md5_after"]
-    retrain(paths, after, "b" * 32)
-    _mlflow_db(paths, [(2, after)])
-    runner = CliRunner()
-    assert _refreshed(runner) == [result.request_id]
-    client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    paths, victim, old_md5, result, runner, client = _retrained_then_registry(project)
     # `mlflow.register_model` or the UI: a version of unknown training data is the newest.
     client.create_model_version("visage-embedder", str(paths.models / "other.onnx"))
     _says_in_use_again(paths, victim, result, runner)
