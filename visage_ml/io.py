@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -121,14 +122,24 @@ def atomic_write_json(
 def secure_unlink(path: Path) -> bool:
     """Overwrite a small file with zeros, fsync, then unlink it. Returns whether it existed.
 
+    A file with other hard links is only unlinked (its bytes are theirs too).
+
     On copy-on-write or journalling file systems the overwrite is best effort; the guarantee of
     erasure comes from destroying keys (crypto-shredding) and from hash-level verification.
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.lstat()
     except FileNotFoundError:
         return False
+    size = st.st_size
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        # Other names share these bytes (a hard link: DVC's hardlink cache, a copy made with
+        # `cp -l`): zeroing would destroy what they hold, which may be another subject's kept
+        # data. This name goes; the bytes go with their last name (each found by its content).
+        os.unlink(path)
+        fsync_dir(path.parent)
+        return True
     try:
         with open(path, "r+b") as fh:
             remaining = size
