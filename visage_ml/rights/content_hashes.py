@@ -65,6 +65,10 @@ SKIPPED_DIRS: frozenset[str] = frozenset(
     }
 )
 DVC_TMP = Path(".dvc") / "tmp"
+# The project's own folders: walked even when linked elsewhere.
+PROJECT_FOLDERS: frozenset[str] = frozenset(
+    {"data", "gallery", "mlruns", "models", "privacy", "reports", "notebooks", "secrets"}
+)
 VENV_MARK = "pyvenv.cfg"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MSG_NO_KEY = "plaintext copies not looked for: the tombstone key is missing"
@@ -177,7 +181,13 @@ def scanned_roots(root: Path) -> list[Path]:
     """What to walk in the project at ``root``: each folder at its top but the tools'
     (:func:`skipped`), DVC's temporary workspaces, then each file at its top."""
     entries = sorted(root.iterdir())
-    folders = [e for e in entries if e.is_dir() and not e.is_symlink() and not skipped(e)]
+    # A link to a folder is followed only for the project's own folders (data/ on another
+    # volume); any other may lead anywhere (the tests link the package in).
+    folders = [
+        e
+        for e in entries
+        if e.is_dir() and not skipped(e) and (not e.is_symlink() or e.name in PROJECT_FOLDERS)
+    ]
     top = [f for f in entries if f.is_file() and not f.is_symlink()]
     return [*folders, root / DVC_TMP, *top]
 

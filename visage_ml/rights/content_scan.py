@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
-from visage_ml.data.rawstore import read_images
+from visage_ml.data.rawstore import PLAIN_EXTS, read_images
 from visage_ml.io import CHUNK, md5_file, usable_cpus
 from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
@@ -266,16 +267,31 @@ def git_objects(root: Path) -> list[Hashed]:
     return out
 
 
-def _listed(paths: ProjectPaths, pid: str) -> set[tuple[str, str]]:
-    """(pid, image id) of the images ``data/raw`` lists now, but ``pid``'s."""
+def _listed(paths: ProjectPaths, pid: str) -> dict[tuple[str, str], str]:
+    """(pid, image id) -> the PNG's SHA-256, of the images ``data/raw`` lists now, but
+    ``pid``'s."""
     if not paths.raw.is_dir():
-        return set()
+        return {}
     images = read_images(paths.raw)
-    return {
-        (p, i)
-        for p, i in zip(images["pid"].astype(str), images["image_id"].astype(str), strict=True)
-        if p != pid
-    }
+    rows = zip(
+        images["pid"].astype(str),
+        images["image_id"].astype(str),
+        images["sha256"].astype(str),
+        strict=True,
+    )
+    return {(p, i): h for p, i, h in rows if p != pid}
+
+
+def _own_plaintext(raw: Path, h: Hashed, listed: dict[tuple[str, str], str]) -> bool:
+    """Whether ``h`` is the plaintext file of an image ``listed``, exactly: at
+    ``<raw>/<pid>/<image id><ext>`` (a project not yet sealed, :data:`PLAIN_EXTS`), holding the
+    PNG its row names. Not a sealed file (sealed under its own subject's key, it is never
+    byte-identical to another's), not ``<image id>.bak.png`` beside it, not other bytes."""
+    real = h.path.resolve()
+    stem, ext = os.path.splitext(real.name)
+    if real.parent.parent != raw or ext.lower() not in PLAIN_EXTS:
+        return False
+    return listed.get((real.parent.name, stem)) == h.digest
 
 
 @dataclass(frozen=True)
@@ -292,17 +308,13 @@ class InUse:
 
 
 def in_use(paths: ProjectPaths, hits: Iterable[Hashed], *, pid: str) -> InUse:
-    """Which ``hits`` (files that matched erased content) are another current subject's data: a
-    file ``<raw>/<pid>/<image id>.*`` the images table lists (``pid`` excepted), and a DVC
-    store's object with the md5 of such a file."""
+    """Which ``hits`` (files that matched erased content) are another current subject's data:
+    the plaintext file of an image the images table lists under them (:func:`_own_plaintext`),
+    and a DVC store's object with that file's md5."""
     hits = list(hits)
-    listed = _listed(paths, pid) if hits else set()
+    listed = _listed(paths, pid) if hits else {}
     raw = paths.raw.resolve()
-    files: set[Path] = set()
-    for h in hits:
-        real = h.path.resolve()
-        if real.parent.parent == raw and (real.parent.name, real.name.split(".")[0]) in listed:
-            files.add(h.path)
+    files = {h.path for h in hits if not h.root.store and _own_plaintext(raw, h, listed)}
     md5s = set()
     for p in files:
         try:
@@ -316,7 +328,10 @@ def in_use(paths: ProjectPaths, hits: Iterable[Hashed], *, pid: str) -> InUse:
 def in_use_name(mac: Callable[[str, str], str], root: Path, path: Path) -> str:
     """What the certificate records of a file other current subjects hold (:data:`IN_USE`):
     ``~`` and the first hex digits of ``mac(kind, its project-relative path)``."""
-    relpath = path.resolve().relative_to(root.resolve()).as_posix()
+    try:  # as walked: a project folder may be a link to another volume
+        relpath = path.relative_to(root).as_posix()
+    except ValueError:
+        relpath = path.as_posix()
     return "~" + mac(IN_USE_KIND, relpath)[:IN_USE_HEX]
 
 
