@@ -144,3 +144,102 @@ def test_a_git_history_that_cannot_be_read_is_not_shown_clean(tiny_project, monk
     )
     with pytest.raises(OSError, match="git repository of the project could not be read"):
         Erasure(proj.paths).erase(proj.pids[1])
+
+
+@pytest.mark.pipeline
+def test_a_notebook_tracked_with_dvc_leaves_no_object_showing_the_photograph(tiny_project):
+    """The cached object of a notebook (no .ipynb suffix in the cache) was not looked inside:
+    the workspace notebook lost its output, the object kept the photograph, the certificate
+    verified and `dvc checkout --force` put it back."""
+    from test_erasure import _dvc
+
+    from visage_ml.rights import dvc_objects
+
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    victim, other = proj.pids[0], proj.pids[1]
+    png = next(iter(proj.images[victim].values()))
+    nb = root / "notebooks" / "look.ipynb"
+    nb.parent.mkdir(parents=True)
+    nb.write_text(json.dumps(notebook(png, next(iter(proj.images[other].values())))))
+    dvc_objects.add(root, nb)
+    cached = [p for p in (root / ".dvc" / "cache").rglob("*") if p.is_file()]
+    assert any(base64.b64encode(png) in p.read_bytes() for p in cached)
+    result = Erasure(proj.paths).erase(victim)
+    cached = [p for p in (root / ".dvc" / "cache").rglob("*") if p.is_file()]
+    assert not any(base64.b64encode(png) in p.read_bytes() for p in cached)
+    assert png not in images_in(nb)
+    assert verify_certificate(result.certificate_path, root=root).ok
+    _dvc(root, "checkout", "--force")
+    assert not nb.exists() or png not in images_in(nb)
+
+
+def test_a_notebook_too_large_to_look_inside_is_not_shown_clean(project, monkeypatch):
+    from visage_ml.rights import content_scan
+
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    nb = proj.paths.root / "notebooks" / "huge.ipynb"
+    nb.parent.mkdir(parents=True)
+    nb.write_text(json.dumps({"cells": [], "metadata": {"pad": "x" * 4096}}))
+    monkeypatch.setattr(content_scan, "NOTEBOOK_MAX", 1024)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f["path"] for f in report.findings] == [str(nb)]
+    with pytest.raises(OSError, match="notebooks too large to look inside"):
+        Erasure(proj.paths).erase(proj.pids[1])
+
+
+def test_a_parent_repository_git_refuses_to_read_is_not_shown_clean(tmp_path, monkeypatch):
+    """A project in a folder of a repository another user owns: git refuses it ("dubious
+    ownership"), and the history was skipped as if there were none."""
+    from visage_ml.rights import content_scan
+
+    (tmp_path / "mono").mkdir()
+    git(tmp_path / "mono", "init", "-q")
+    project = tmp_path / "mono" / "team" / "proj"
+    project.mkdir(parents=True)
+    assert content_scan.git_dir(project) is not None
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    (tmp_path / "gitconfig").write_text("[safe]\n\tdirectory = /nowhere\n")
+    monkeypatch.setenv("GIT_TEST_ASSUME_DIFFERENT_OWNER", "1")
+    with pytest.raises(content_scan.GitUnreadableError, match="could not be read"):
+        content_scan.git_objects(project)
+    assert content_scan.git_dir(tmp_path) is None
+
+
+@pytest.mark.pipeline
+def test_git_stops_the_erasure_for_what_it_must_and_doctor_says_where(tiny_project):
+    """A photograph another subject holds (shared with the erased one) and a sealed file whose
+    key the erasure destroys, committed to git, stopped every erasure for good; an old table
+    naming the subject stopped it, and doctor could not say where."""
+    from test_redteam_plaintext import unseal
+    from test_shared_in_use import _file_under
+
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    victim, other, second = proj.pids
+    pngs = unseal(proj, victim)
+    _file_under(proj, other, pngs[0], sealed=False)
+    unseal(proj, other)
+    snaps = root / "snapshots"
+    snaps.mkdir()
+    (snaps / "shared.png").write_bytes(pngs[0])
+    git(root, "add", "-f", "snapshots")
+    git(root, "commit", "-qm", "the photo two subjects share")
+    (snaps / "shared.png").unlink()
+    result = Erasure(proj.paths).erase(victim)
+    assert verify_certificate(result.certificate_path, root=root).ok
+    # The next subject's sealed file and the images table naming them, committed.
+    (snaps / "one.sealed").write_bytes(
+        sorted((proj.paths.raw / second).glob("*.sealed"))[0].read_bytes()
+    )
+    (snaps / "images.parquet").write_bytes((proj.paths.raw / "images.parquet").read_bytes())
+    git(root, "add", "-f", "snapshots")
+    git(root, "commit", "-qm", "snapshots")
+    for f in snaps.iterdir():
+        f.unlink()
+    with pytest.raises(OSError, match="git"):
+        Erasure(proj.paths).erase(second)
+    found = [f.path for f in doctor(proj.paths).findings if f.kind == ERASED_IN_GIT]
+    assert found == ["git:snapshots/images.parquet"], found

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from visage_ml.privacy.ledger import LedgerError
 from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights import content_scan, dvc_objects, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
+from visage_ml.rights.erasure.copies import git_allowed
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ MSG_REMOTE_UNREACHABLE = (
 )
 
 UNREAD = "could not be read, so not shown to hold no erased content: make it readable"
+OPAQUE = "a notebook too large to look inside, so not shown to hold no erased content"
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_NOT_DECLARED = (
@@ -141,6 +143,7 @@ def scan_for_hashes(
     pid: str,
     md5s: set[str],
     declared_in_use: Sequence[str],
+    allowed_in_git: Container[str] = frozenset(),
     report: CertificateReport,
 ) -> int:
     """Hash every file under ``walked`` and every git object; record any whose SHA-256 is in
@@ -169,7 +172,7 @@ def scan_for_hashes(
         accepted = set()
     for h in hashed:
         if h.unreadable:  # not shown clean: it may be a copy
-            report.findings.append({"path": str(h.path), "why": UNREAD})
+            report.findings.append({"path": str(h.path), "why": OPAQUE if h.opaque else UNREAD})
         if h.digest is None:
             continue
         report.files_hashed += 1
@@ -177,11 +180,11 @@ def scan_for_hashes(
         if h.path.name.endswith(".dir") and h.size < (64 << 20):
             _check_manifest(h.path, pid=pid, md5s=md5s, report=report)
     try:
-        history = content_scan.git_objects(paths.root)
+        history = content_scan.git_hits(paths.root, sha256s, allowed=allowed_in_git)
     except content_scan.GitUnreadableError as exc:  # not shown clean: a finding says why
         history = []
         report.findings.append({"path": str(paths.root / ".git"), "why": str(exc)})
-    for h in hits + [h for h in history if h.matches(sha256s)]:
+    for h in hits + history:
         if h.path in kept.objects or h.path in accepted:
             continue
         whole = h.digest is not None and h.digest in sha256s
@@ -253,6 +256,7 @@ def _scan(
         pid=str(doc.get("pid")),
         md5s=md5s,
         declared_in_use=in_use,
+        allowed_in_git=git_allowed(paths, str(doc.get("pid")), artefacts),
         report=report,
     )
     unreachable: dict[str, str] = dict(unopened)

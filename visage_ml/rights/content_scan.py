@@ -24,7 +24,7 @@ import os
 import subprocess
 from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +67,14 @@ class Hashed:
     size: int
     inner: tuple[str, ...] = ()
     name: str = ""  # a git object's id
+    # A notebook too large to look inside (over NOTEBOOK_MAX): its images are not shown clean.
+    opaque: bool = False
 
     @property
     def unreadable(self) -> bool:
-        """There, but not readable (permissions, an I/O error): nothing shows it clean."""
-        return self.digest is None and self.size == UNREADABLE
+        """There, but not readable (permissions, an I/O error), or a notebook too large to look
+        inside: nothing shows it clean."""
+        return (self.digest is None and self.size == UNREADABLE) or self.opaque
 
     def matches(self, hashes: Container[str]) -> bool:
         """Whether the file, or an image it holds, is in ``hashes``."""
@@ -115,15 +118,24 @@ def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
 
 # The size of a file that is there but could not be read.
 UNREADABLE = -1
-# A notebook larger than this is not parsed for its images (its own hash is still taken).
-NOTEBOOK_MAX = 64 << 20
+# A notebook larger than this is not looked inside: not shown clean (``Hashed.opaque``).
+NOTEBOOK_MAX = 256 << 20
 NOTEBOOK_SUFFIX = ".ipynb"
+NOTEBOOK_KEY = b'"cells"'
+
+
+def _json_start(first: bytes) -> bool:
+    """Whether a file beginning with ``first`` may be JSON (a notebook): ``{`` after a byte
+    order mark and white space. A DVC or git object has no ``.ipynb`` suffix to go by."""
+    return first.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
 
 
 def _inner(data: bytes) -> tuple[str, ...]:
     """SHA-256s of the images the notebook ``data`` holds in base64 (none when not one)."""
+    if NOTEBOOK_KEY not in data:
+        return ()
     try:
-        nb = json.loads(data)
+        nb = json.loads(data.removeprefix(b"\xef\xbb\xbf"))
     except (ValueError, UnicodeDecodeError):
         return ()
     return tuple(hashlib.sha256(img).hexdigest() for img in embedded_images(nb))
@@ -137,24 +149,47 @@ def notebook_images(path: Path) -> tuple[str, ...]:
         return ()
 
 
-def _hash(path: Path) -> tuple[str | None, int, tuple[str, ...]]:
-    h = hashlib.sha256()
-    n = 0
-    notebook = path.name.endswith(NOTEBOOK_SUFFIX)
-    kept: list[bytes] = []
+@dataclass
+class _Reader:
+    """One file's or object's bytes as they stream by: its SHA-256, size, and the notebook it
+    may be."""
+
+    name: str = ""
+    n: int = 0
+    json: bool | None = None
+    parts: list[bytes] = field(default_factory=list)
+    h: Any = field(default_factory=hashlib.sha256)
+
+    def update(self, chunk: bytes) -> None:
+        if self.json is None:
+            self.json = _json_start(chunk)
+        self.h.update(chunk)
+        self.n += len(chunk)
+        if self.json and self.n <= NOTEBOOK_MAX:
+            self.parts.append(chunk)
+
+    def done(self) -> tuple[str, int, tuple[str, ...], bool]:
+        """(SHA-256, size, the images' SHA-256s, too large a notebook to look inside)."""
+        if not self.json:
+            return self.h.hexdigest(), self.n, (), False
+        if self.n <= NOTEBOOK_MAX:
+            return self.h.hexdigest(), self.n, _inner(b"".join(self.parts)), False
+        first = self.parts[0] if self.parts else b""
+        opaque = self.name.endswith(NOTEBOOK_SUFFIX) or NOTEBOOK_KEY in first
+        return self.h.hexdigest(), self.n, (), opaque
+
+
+def _hash(path: Path) -> tuple[str | None, int, tuple[str, ...], bool]:
+    reader = _Reader(path.name)
     try:
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
-                h.update(chunk)
-                n += len(chunk)
-                if notebook and n <= NOTEBOOK_MAX:
-                    kept.append(chunk)
+                reader.update(chunk)
     except FileNotFoundError:  # gone since the walk: nothing left to judge
-        return None, 0, ()
+        return None, 0, (), False
     except OSError:  # there, but not readable: not shown clean (``Hashed.unreadable``)
-        return None, UNREADABLE, ()
-    inner = _inner(b"".join(kept)) if notebook and n <= NOTEBOOK_MAX else ()
-    return h.hexdigest(), n, inner
+        return None, UNREADABLE, (), False
+    return reader.done()
 
 
 def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Hashed]:
@@ -172,7 +207,9 @@ def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Has
     # reads the whole project.
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
         digests = list(pool.map(_hash, [p for p, _ in todo]))
-    return [Hashed(p, r, d, n, i) for (p, r), (d, n, i) in zip(todo, digests, strict=True)]
+    return [
+        Hashed(p, r, d, n, i, opaque=o) for (p, r), (d, n, i, o) in zip(todo, digests, strict=True)
+    ]
 
 
 GIT_WHERE = "git history"
@@ -190,28 +227,35 @@ MSG_GIT_UNREADABLE = (
 )
 
 
+def _in_a_repository(root: Path) -> bool:
+    """Whether ``root`` or a folder above it holds a ``.git``."""
+    return any((p / ".git").exists() for p in (root, *root.resolve().parents))
+
+
 def git_dir(root: Path) -> Path | None:
-    """The git folder of the repository holding ``root``; None outside one.
+    """The git folder of the repository holding ``root`` (its own, or one above it); None
+    outside one.
 
     Raises
     ------
     GitUnreadableError
-        ``root`` has a ``.git`` but git cannot read it (git missing, another owner).
+        There is a repository, but git cannot read it (git missing, another owner: "dubious
+        ownership").
     """
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--absolute-git-dir"], cwd=root, capture_output=True, text=True
         )
     except OSError as exc:
-        if (root / ".git").exists():
+        if _in_a_repository(root):
             raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=type(exc).__name__)) from exc
         return None
     if out.returncode == 0 and out.stdout.strip():
         return Path(out.stdout.strip())
-    if (root / ".git").exists():
-        why = (out.stderr.strip().splitlines() or ["git rev-parse failed"])[-1][:200]
-        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why))
-    return None
+    if not _in_a_repository(root):  # git says so in the user's language: not parsed
+        return None
+    why = (out.stderr.strip().splitlines() or ["git rev-parse failed"])[-1][:200]
+    raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why))
 
 
 def git_objects(root: Path) -> list[Hashed]:
@@ -244,22 +288,18 @@ def git_objects(root: Path) -> list[Hashed]:
         while header := stream.readline():
             oid, kind, size = header.split()
             left = int(size)
-            h = hashlib.sha256()
-            parts: list[bytes] = []
+            reader = _Reader() if kind == b"blob" else None
             while left:
                 chunk = stream.read(min(CHUNK, left))
                 if not chunk:
                     break
                 left -= len(chunk)
-                if kind == b"blob":
-                    h.update(chunk)
-                    if int(size) <= NOTEBOOK_MAX:
-                        parts.append(chunk)
+                if reader is not None:
+                    reader.update(chunk)
             stream.read(1)  # the newline after each object
-            if kind == b"blob":
-                head = b"".join(parts)
-                inner = _inner(head) if head[:1] == b"{" and b'"cells"' in head else ()
-                out.append(Hashed(folder, where, h.hexdigest(), int(size), inner, oid.decode()))
+            if reader is not None:
+                digest, n, inner, opaque = reader.done()
+                out.append(Hashed(folder, where, digest, n, inner, oid.decode(), opaque))
         err = proc.stderr.read() if proc.stderr is not None else b""
     if proc.returncode != 0:
         why = (err.decode(errors="replace").strip().splitlines() or ["git cat-file failed"])[-1]
@@ -323,6 +363,25 @@ def in_use(paths: ProjectPaths, hits: Iterable[Hashed], *, pid: str) -> InUse:
             continue
     objects = {h.path for h in hits if h.oid is not None and h.oid in md5s}
     return InUse(frozenset(files), frozenset(objects), frozenset(md5s))
+
+
+def current_pngs(paths: ProjectPaths, pid: str) -> set[str]:
+    """The SHA-256s of the PNGs ``data/raw`` lists now under a subject other than ``pid``."""
+    return set(_listed(paths, pid).values())
+
+
+def git_hits(root: Path, hashes: Container[str], *, allowed: Container[str]) -> list[Hashed]:
+    """The objects of the git history holding erased content (or a notebook showing it), but
+    those whose bytes are ``allowed``: a current subject's own photograph (:func:`current_pngs`,
+    one the erased subject shared), a sealed file whose key the erasure destroyed (unreadable
+    for good, as every other copy of it: a key file itself is never allowed).
+
+    Raises
+    ------
+    GitUnreadableError
+        As :func:`git_objects`.
+    """
+    return [h for h in git_objects(root) if h.matches(hashes) and h.digest not in allowed]
 
 
 def in_use_name(mac: Callable[[str, str], str], root: Path, path: Path) -> str:

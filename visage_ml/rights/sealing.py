@@ -77,11 +77,12 @@ from visage_ml.privacy.keys import (
 )
 from visage_ml.privacy.notebooks import find_image_notebooks, strip_file
 from visage_ml.privacy.registry import SubjectState
-from visage_ml.privacy.requests import RequestBook
+from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
 from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring
 from visage_ml.privacy.vault import IdentityVault
 from visage_ml.rights import content_scan, dvc_objects
 from visage_ml.rights.content_hashes import ContentHashes
+from visage_ml.rights.erasure.copies import git_allowed
 from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
 from visage_ml.serving import gallery as gallery_store
 
@@ -702,13 +703,25 @@ class _Doctor:
 
     def git_history(self) -> None:
         """Objects of the git history that hold an erased subject's image, or a notebook
-        showing one (the tombstones know every erased image's PNG), by the paths commits hold
-        them under (``git:<path>``)."""
-        hashes = ContentHashes.of(self.paths, [])
-        if hashes.key is None or hashes.tombstones is None or not len(hashes.tombstones):
+        showing one (the tombstones know every erased image's PNG), or what an erasure under
+        way recorded, by the paths commits hold them under (``git:<path>``); as the erasure's
+        rule (:func:`~visage_ml.rights.content_scan.git_hits`) allows, not the current
+        subjects' photographs nor ciphertext whose key was destroyed."""
+        # And what the erasures under way recorded (an old table version committed, a key file):
+        # the erasure stops on them until the history is rewritten, and says to look here.
+        pending = [
+            a
+            for st in RequestBook(self.core).open()
+            if st.right == "erasure" and st.status == IN_PROGRESS
+            for rec in st.steps.values()
+            for a in (*rec.planned, *rec.artefacts)
+        ]
+        hashes = ContentHashes.of(self.paths, pending)
+        if not len(hashes) and (hashes.key is None or not hashes.tombstones):
             return
         try:
-            found = [h for h in content_scan.git_objects(self.root) if h.matches(hashes)]
+            allowed = git_allowed(self.paths, "", pending)
+            found = content_scan.git_hits(self.root, hashes, allowed=allowed)
         except content_scan.GitUnreadableError as exc:
             log.warning("%s", exc)
             self.report.findings.append(Finding(ERASED_IN_GIT, "git:", None, "review"))

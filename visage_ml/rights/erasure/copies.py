@@ -29,15 +29,25 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visage_ml.config import ProjectPaths
 from visage_ml.io import md5_file, secure_unlink
 from visage_ml.privacy.notebooks import drop_images
 from visage_ml.rights import content_scan
 from visage_ml.rights.content_hashes import ContentHashes
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, retained_shared
+from visage_ml.rights.erasure.base import (
+    CRYPTO_SHREDDED,
+    Artefact,
+    Context,
+    Outcome,
+    Plan,
+    outcome_of,
+    retained_shared,
+)
 
 FOUND = "copies_found"
 REMOVED = "copies_removed"
@@ -49,9 +59,10 @@ MSG_NOT_REMOVED = (
     "folder's permissions) or delete them, then run `visage privacy resume`"
 )
 MSG_UNREADABLE = (
-    "{n} file(s) could not be read ({where}), so none of them is shown to be no copy of the "
-    "erased content; the erasure stops before its certificate. Make them readable to this "
-    "user (or delete them), then run `visage privacy resume`"
+    "{n} file(s) could not be read, or are notebooks too large to look inside ({where}), so "
+    "none of them is shown to be no copy of the erased content; the erasure stops before its "
+    "certificate. Make them readable to this user (or delete them, or clear a notebook's "
+    "outputs), then run `visage privacy resume`"
 )
 MSG_IN_GIT = (
     "{n} object(s) of the project's git repository hold erased content (a file committed, in "
@@ -119,6 +130,19 @@ class Found:
     unreadable: dict[str, int] = field(default_factory=dict)
 
 
+def git_allowed(paths: ProjectPaths, pid: str, artefacts: Iterable[Artefact]) -> set[str]:
+    """What a git object may hold and not stop the erasure
+    (:func:`~visage_ml.rights.content_scan.git_hits`): the current subjects' photographs, and
+    the erased files sealed under a destroyed key (``crypto-shredded``: not a key file)."""
+    rows = [a for a in artefacts if isinstance(a, Mapping) and a.get("sha256")]
+    shredded = {
+        str(a["sha256"])
+        for a in rows
+        if (a.get("outcome") or outcome_of(a, set())) == CRYPTO_SHREDDED
+    }
+    return shredded | content_scan.current_pngs(paths, pid)
+
+
 def _found(ctx: Context, pid: str) -> Found:
     artefacts = _artefacts(ctx)
     hashes = _hashes(ctx, pid, artefacts)
@@ -133,8 +157,9 @@ def _found(ctx: Context, pid: str) -> Found:
     kept = content_scan.in_use(ctx.paths, hits, pid=pid)
     root = ctx.paths.root
     found = [
+        # A notebook a store holds goes whole: an object is its content (DVC's name for it).
         Copy(h.where(root), path=h.path)
-        if h.digest in hashes
+        if h.digest in hashes or h.root.store
         else Copy(h.where(root), path=h.path, images=frozenset(d for d in h.inner if d in hashes))
         for h in hits
         if h.path not in kept
@@ -147,7 +172,9 @@ def _found(ctx: Context, pid: str) -> Found:
         if store.local_path is None:
             label = content_scan.store_label(store)
             found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
-    in_git = sum(h.matches(hashes) for h in content_scan.git_objects(root))
+    in_git = len(
+        content_scan.git_hits(root, hashes, allowed=git_allowed(ctx.paths, pid, artefacts))
+    )
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
     names = sorted({content_scan.in_use_name(ctx.core.tombstones.mac, root, f) for f in kept.files})
     return Found(found, names, in_git, dict(sorted(unreadable.items())))
