@@ -212,3 +212,15 @@ def test_a_symlinked_data_folder_is_walked_and_names_no_one_when_it_fails(projec
     assert not stray.exists()
     assert (elsewhere / "raw" / other / f"{image_id}.png").read_bytes() == pngs[0]
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+def test_a_later_erasure_of_a_shared_photograph_leaves_earlier_certificates_valid(project):
+    """The verifier looks for every erased subject's photographs: after a second erasure whose
+    subject shared a photo with a current subject (declared on its own certificate), the first,
+    honest certificate failed on that file."""
+    proj = make_project(project, n_subjects=4)
+    first = Erasure(proj.paths).erase(proj.pids[3])
+    victim, other, pngs, image_id = _shared_plain(proj)
+    Erasure(proj.paths).erase(victim)
+    report = verify_certificate(first.certificate_path, root=proj.paths.root)
+    assert report.ok, report.findings

@@ -37,7 +37,9 @@ from visage_ml.privacy.certificate import (
     signer_in_history,
     verify_proof,
 )
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import LedgerError
+from visage_ml.privacy.requests import RequestBook
 from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights import content_scan, dvc_objects, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
@@ -200,6 +202,25 @@ def scan_for_hashes(
     return len(kept.files)
 
 
+def _declared_in_use(paths: ProjectPaths) -> set[str]:
+    """The kept files every erasure of the checkout's ledger declared (its copies step's
+    ``copies_in_use``, each a keyed name of a path)."""
+    try:
+        states = RequestBook(PrivacyCore(paths)).all()
+    except (LedgerError, OSError, ValueError) as exc:
+        log.warning(
+            "the request book could not be read (%s): only this certificate's kept files", exc
+        )
+        return set()
+    out: set[str] = set()
+    for st in states:
+        rec = st.steps.get("copies")
+        names = (rec.info or {}).get(content_scan.IN_USE) if rec is not None else None
+        if isinstance(names, list):
+            out.update(str(n) for n in names)
+    return out
+
+
 def _check_manifest(path: Path, *, pid: str, md5s: set[str], report: CertificateReport) -> None:
     with contextlib.suppress(OSError):
         entries = dvc_objects.read_manifest(path.read_bytes())
@@ -249,13 +270,16 @@ def _scan(
     walked = content_scan.roots(paths, setup) + walked
     listed = claims.get(content_scan.IN_USE)
     in_use = [str(n) for n in listed] if isinstance(listed, list) else []
+    # The file of a current subject that a later erasure declared kept (a photograph its
+    # subject shared) is found through the tombstones too: accepted as that erasure declared it.
+    declared = sorted({*in_use, *_declared_in_use(paths)})
     held = scan_for_hashes(
         paths,
         walked,
         sha256s,
         pid=str(doc.get("pid")),
         md5s=md5s,
-        declared_in_use=in_use,
+        declared_in_use=declared,
         allowed_in_git=git_allowed(paths, str(doc.get("pid")), artefacts),
         report=report,
     )
