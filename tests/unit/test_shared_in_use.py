@@ -220,7 +220,7 @@ def test_a_later_erasure_of_a_shared_photograph_leaves_earlier_certificates_vali
     honest certificate failed on that file."""
     proj = make_project(project, n_subjects=4)
     first = Erasure(proj.paths).erase(proj.pids[3])
-    victim, other, pngs, image_id = _shared_plain(proj)
+    victim, *_ = _shared_plain(proj)
     Erasure(proj.paths).erase(victim)
     report = verify_certificate(first.certificate_path, root=proj.paths.root)
     assert report.ok, report.findings
