@@ -285,8 +285,8 @@ def conceded(claims: Any) -> list[str]:
         )
     if notes := many("lineage_notes"):
         out.append(
-            f"{len(notes)} data version(s) could not be read, so other models may have seen the "
-            "subject (claims.lineage_notes)"
+            f"{len(notes)} data version(s) could not be read or are recorded by no dvc.lock, so "
+            "other models may have seen the subject (claims.lineage_notes)"
         )
     out.extend(f"a store could not guarantee: {n}" for n in many("store_notes") if n)
     kept = _object(claims.get("dvc")).get("kept_plaintext")
