@@ -8,8 +8,10 @@ hashed files only, and ``git checkout`` put the committed photograph back.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -243,3 +245,35 @@ def test_git_stops_the_erasure_for_what_it_must_and_doctor_says_where(tiny_proje
         Erasure(proj.paths).erase(second)
     found = [f.path for f in doctor(proj.paths).findings if f.kind == ERASED_IN_GIT]
     assert found == ["git:snapshots/images.parquet"], found
+
+
+@pytest.mark.pipeline
+def test_a_submodules_history_and_git_lfs_objects_are_looked_through(tiny_project):
+    """A submodule keeps its objects in .git/modules/<name>, git LFS its files' bytes in
+    .git/lfs/objects: both held a photograph of the erased subject after a VALID certificate."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    assert verify_certificate(result.certificate_path, root=root).ok
+    png = next(iter(proj.images[proj.pids[0]].values()))
+    module = root / ".git" / "modules" / "sub"
+    git(root, "init", "-q", "--bare", str(module))
+    blob = subprocess.run(
+        ["git", f"--git-dir={module}", "hash-object", "-w", "--stdin"],
+        input=png,
+        capture_output=True,
+    )
+    assert blob.returncode == 0
+    report = verify_certificate(result.certificate_path, root=root)
+    assert [f["path"] for f in report.findings] == [
+        f"{module} (an object of the git history: rewrite it out, see `visage privacy doctor`)"
+    ]
+    found = [f.path for f in doctor(proj.paths).findings if f.kind == ERASED_IN_GIT]
+    assert found == ["git:.git/modules/sub"]
+    shutil.rmtree(module)
+    sha = hashlib.sha256(png).hexdigest()
+    lfs = root / ".git" / "lfs" / "objects" / sha[:2] / sha[2:4] / sha
+    lfs.parent.mkdir(parents=True)
+    lfs.write_bytes(png)
+    report = verify_certificate(result.certificate_path, root=root)
+    assert [f["path"] for f in report.findings] == [str(lfs)]

@@ -18,6 +18,7 @@ the certificate is not among those, and the verifier reports it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -109,6 +110,11 @@ def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
     """Where to look: the project's scanned folders and top files, then (``setup``: an open
     :class:`~visage_ml.rights.dvc_objects.DvcSetup`) each local DVC store and the site cache."""
     out = [Root(p) for p in scanned_roots(paths.root)]
+    with contextlib.suppress(GitUnreadableError):  # said by git_objects, which reads the rest
+        folder = git_dir(paths.root)
+        if folder is not None and (folder / LFS_OBJECTS).is_dir():
+            # Git LFS keeps each tracked file's bytes under their SHA-256: plain files.
+            out.append(Root(folder / LFS_OBJECTS, GIT_LFS_WHERE))
     if setup is not None:
         out += [Root(s.local_path, store_label(s), True) for s in setup.stores if s.local_path]
         if setup.site_cache_dir is not None:
@@ -213,6 +219,8 @@ def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Has
 
 
 GIT_WHERE = "git history"
+GIT_LFS_WHERE = "git lfs"
+LFS_OBJECTS = Path("lfs") / "objects"
 
 
 class GitUnreadableError(OSError):
@@ -272,9 +280,33 @@ def git_objects(root: Path) -> list[Hashed]:
     folder = git_dir(root)
     if folder is None:
         return []
-    where = Root(folder, GIT_WHERE, git=True)
+    out: list[Hashed] = []
+    for repo in [folder, *_submodule_dirs(folder)]:
+        out += _objects_of(root, repo)
+    return out
+
+
+def _submodule_dirs(folder: Path) -> list[Path]:
+    """The git folders of the submodules under ``<git dir>/modules`` (nested ones too): each
+    keeps its own objects, which the outer repository's do not include."""
+    modules = folder / "modules"
+    if not modules.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, _files in os.walk(modules):
+        here = Path(dirpath)
+        if (here / "HEAD").is_file() and (here / "objects").is_dir():
+            found.append(here)
+            dirnames[:] = [d for d in dirnames if d == "modules"]
+    return sorted(found)
+
+
+def _objects_of(root: Path, repo: Path) -> list[Hashed]:
+    """Every blob of the git folder ``repo`` (run from ``root``)."""
+    where = Root(repo, GIT_WHERE, git=True)
     cmd = [
         "git",
+        f"--git-dir={repo}",
         "cat-file",
         "--batch-all-objects",
         "--unordered",
@@ -299,7 +331,7 @@ def git_objects(root: Path) -> list[Hashed]:
             stream.read(1)  # the newline after each object
             if reader is not None:
                 digest, n, inner, opaque = reader.done()
-                out.append(Hashed(folder, where, digest, n, inner, oid.decode(), opaque))
+                out.append(Hashed(repo, where, digest, n, inner, oid.decode(), opaque))
         err = proc.stderr.read() if proc.stderr is not None else b""
     if proc.returncode != 0:
         why = (err.decode(errors="replace").strip().splitlines() or ["git cat-file failed"])[-1]

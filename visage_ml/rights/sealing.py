@@ -726,8 +726,14 @@ class _Doctor:
             log.warning("%s", exc)
             self.report.findings.append(Finding(ERASED_IN_GIT, "git:", None, "review"))
             return
-        where = content_scan.git_paths(self.root, [h.name for h in found])
+        main = content_scan.git_dir(self.root)
+        where = content_scan.git_paths(self.root, [h.name for h in found if h.path == main])
         for h in found:
+            if h.path != main:  # a submodule's own history
+                self.report.findings.append(
+                    Finding(ERASED_IN_GIT, f"git:{_rel(h.path, self.root)}", None, "review")
+                )
+                continue
             for path in where[h.name] or [GIT_UNREACHED]:
                 self.report.findings.append(Finding(ERASED_IN_GIT, f"git:{path}", None, "review"))
 
