@@ -244,6 +244,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_sized(path: Path) -> tuple[str, int]:
+    """Hex SHA-256 of a file's content and its size in bytes, from one read (the size of the
+    content hashed, not of a file changed since)."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
 def md5_file(path: Path) -> str:
     """Hex MD5 of a file's content (the hash DVC names its cache objects by)."""
     h = hashlib.md5(usedforsecurity=False)

@@ -96,6 +96,9 @@ def test_one_request_erases_the_subject_from_every_store_of_the_stack(stack, pro
     on_s3 = {a["path"] for a in claims["artefacts"] if a["store"] == "dvc-remote"}
     twice = [a for a in claims["artefacts"] if a["store"] != "dvc-remote" and a["path"] in on_s3]
     assert twice == []
+    # Each hash with the size of its content: the scans for copies read only files of a size
+    # sought (one without would have every file of the project read).
+    assert [a for a in claims["artefacts"] if a.get("sha256") and "size" not in a] == []
     assert verify_certificate(result.certificate_path, root=paths.root).ok
     # ... and after: nothing of the subject in S3's volume files or PostgreSQL's data folder.
     assert scan(stack.s3_data_dir, probe) == []

@@ -420,6 +420,34 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     assert anchor["stored_sha256"] == hashlib.sha256(sealed_anchor).hexdigest()
 
 
+def test_an_erasure_of_a_pgvector_project_reads_no_file_of_a_size_nothing_erased_has(
+    project, pg, table
+):
+    """The shared gallery's rows are recorded with their sizes like files: without them the
+    copies step and the verifier read every byte of the project (GBs of unrelated data)."""
+    from visage_ml.rights import content_scan
+
+    proj = make_project(project, enrol=False)
+    _served_from_pg(proj, project, pg, table).close()
+    bulk = proj.paths.root / "data" / "interim" / "bulk.bin"
+    bulk.parent.mkdir(parents=True)
+    bulk.write_bytes(os.urandom(300_001))
+    read: list[Path] = []
+    real_hash = content_scan._hash
+
+    def hashed(path: Path):
+        read.append(Path(path))
+        return real_hash(path)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(content_scan, "_hash", hashed)
+        result = Erasure(proj.paths).erase(proj.pids[0])
+        rows = [a for a in result.certificate["claims"]["artefacts"] if a["store"] == "pgvector"]
+        assert rows and all(isinstance(a.get("size"), int) for a in rows if a.get("sha256"))
+        assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert read and bulk not in read
+
+
 def test_an_erasure_after_a_switch_to_pgvector_removes_the_old_memory_template(project, pg, table):
     """deploy.md switches a project that served from memory to PostgreSQL: the memory gallery's
     template file of the subject is left beside the shared key. The erasure removes it too, so

@@ -535,6 +535,9 @@ class CertificateReport:
     pid: str | None = None
     checks: list[Check] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
+    # Files the scan looked at (each file's size, at least), and of those the files it read
+    # and hashed (a file of a size nothing erased has cannot be a copy: it is not read).
+    files_looked_at: int = 0
     files_hashed: int = 0
     bytes_hashed: int = 0
     models: dict[str, Any] = field(default_factory=dict)
@@ -616,6 +619,7 @@ class CertificateReport:
             "pid": self.pid,
             "checks": [c.__dict__ for c in self.checks],
             "findings": self.findings,
+            "files_looked_at": self.files_looked_at,
             "files_hashed": self.files_hashed,
             "bytes_hashed": self.bytes_hashed,
             "models": self.models,

@@ -22,8 +22,12 @@ mode 0600) over a kind prefix and a value: an erased subject's pid, their extern
 spaces collapsed, so a folder copied through macOS (NFD), retyped in another case, with a
 zero-width or a leading space is still the erased person; MACs of the older case-fold-only
 normalisation still match), the SHA-256 of one of their files, or the SHA-256 of one of their
-images' PNG (the plaintext a sealed image holds, kind ``plain_sha256``). Without the key the file
-reveals nothing: not who, not which files, not which MAC is a pid, a reference or a file. With it,
+images' PNG (the plaintext a sealed image holds, kind ``plain_sha256``) and that PNG's size in
+bytes (kind ``plain_size``, so that a scan for plaintext copies reads only files of a size some
+erased image has; the header's ``sizes``, a MAC of the whole set, says every PNG's size is there,
+and a file without it, as earlier versions wrote and rewrite it, leaves every file to be read).
+Without the key the file reveals nothing: not who, not which files, not which MAC is a pid, a
+reference, a file or a size. With it,
 an import asks "was this reference erased?", "was this file's SHA-256 erased?" and skips the
 person or file with reason ``erased_subject``; an acquisition asks "was this pid erased?"; a scan
 for plaintext copies (MLflow artefacts, a certificate's verification) asks "is this file an
@@ -51,7 +55,7 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -76,6 +80,14 @@ KIND_PID = "pid"
 # An erased image's PNG, as a scan for plaintext copies asks for it (the domain, and so the MACs,
 # that erasure records of earlier versions kept as ``plain_mac``).
 KIND_PLAIN = "plain_sha256"
+# The size in bytes of an erased image's PNG (the value: its decimal digits), so that a scan
+# reads only the files of a size some erased image has. Keyed like the rest: without the key
+# nothing says which MACs are sizes; with it, a size alone names no one.
+KIND_PLAIN_SIZE = "plain_size"
+# The header's word that every erased image's PNG in the set has its size there too: a MAC of the
+# whole set (:func:`sizes_mac`). A file without it (one an earlier version wrote or rewrote,
+# migrated, or edited) says nothing of sizes, and every file is read.
+SIZES_FIELD = "sizes"
 
 MSG_KEY_LOST = (
     "{tombstones} holds tombstones of erased subjects but the tombstone key {key} is missing: "
@@ -117,6 +129,16 @@ def set_mac(key: bytes, macs: Iterable[str]) -> str:
     """The MAC of a whole sorted set of tombstone MACs (the version 2 header's ``mac``): a MAC
     dropped, changed or added, or another key, does not verify."""
     h = hmac.new(key, b"set\0", hashlib.sha256)
+    for m in sorted(macs):
+        h.update(m.encode("ascii"))
+    return h.hexdigest()
+
+
+def sizes_mac(key: bytes, macs: Iterable[str]) -> str:
+    """The header's :data:`SIZES_FIELD`: a MAC of the whole set in another domain than
+    :func:`set_mac`, written only when every PNG in the set has its size there too. An earlier
+    version rewrites the header without it; without the key it cannot be made."""
+    h = hmac.new(key, b"sizes\0", hashlib.sha256)
     for m in sorted(macs):
         h.update(m.encode("ascii"))
     return h.hexdigest()
@@ -166,6 +188,7 @@ class Tombstones:
         self.key_path = Path(key_path)
         self._key: bytes | None = None
         self._macs: frozenset[str] = frozenset()
+        self._sized = True
         self._stat: tuple[int, int, int] | None = None
 
     @property
@@ -266,9 +289,10 @@ class Tombstones:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _read(self) -> tuple[frozenset[str], bool]:
-        """The MACs the file holds, and whether it must be rewritten (version 1 lines, or a
-        version 2 header without its count and set MAC).
+    def _read(self) -> tuple[frozenset[str], bool, bool]:
+        """The MACs the file holds, whether it must be rewritten (version 1 lines, or a
+        version 2 header without its count and set MAC), and whether every PNG among them has
+        its size there too (:data:`SIZES_FIELD`; an empty set has nothing without one).
 
         A version 2 file is only ever replaced whole (temporary file, fsync, rename), so a line
         that is not a MAC, a count that differs or a set MAC that does not verify under the key
@@ -281,13 +305,13 @@ class Tombstones:
         except FileNotFoundError:
             if self._marked():
                 raise self._keyless("missing") from None
-            return frozenset(), False
+            return frozenset(), False, True
         except UnicodeDecodeError:
             raise self._damaged("not text") from None
         if not text:
             if self._marked():
                 raise self._keyless("empty")
-            return frozenset(), False
+            return frozenset(), False, True
         head, _, body = text.partition("\n")
         try:
             header = json.loads(head)
@@ -312,11 +336,11 @@ class Tombstones:
             if isinstance(doc, dict):  # version 1: one subject's MACs, grouped
                 found = [doc.get("subject"), *(doc.get("macs") or [])]
                 macs.update(m for m in map(str, found) if _MAC_RE.fullmatch(m))
-        return frozenset(macs), True
+        return frozenset(macs), True, not macs
 
     def _read_v2(
         self, header: dict[str, object], head: str, body: str
-    ) -> tuple[frozenset[str], bool]:
+    ) -> tuple[frozenset[str], bool, bool]:
         found = _MAC_LINE_RE.findall(body)
         if len(body) != _MAC_LINE_LEN * len(found):
             raise self._damaged("a line that is not a MAC, or a line cut short")
@@ -327,31 +351,42 @@ class Tombstones:
         if mac is None and self._marked():
             raise self._keyless("without its set MAC")
         if head == HEADER:  # as first written: no count, no set MAC (rewritten with them)
-            return held, True
+            return held, True, not held
         if header.get("n") != len(found):
             raise self._damaged(f"{len(found)} MACs where its header counts {header.get('n')}")
         key = self.existing_key()
+        # Sizes are known only where the key shows the header's word was written with this set
+        # (an edit without the key, or a rewrite by an earlier version, leaves them unknown).
+        sizes = header.get(SIZES_FIELD)
+        sized = not held or (
+            key is not None
+            and isinstance(sizes, str)
+            and hmac.compare_digest(sizes, sizes_mac(key, held))
+        )
         if mac is None:
-            return held, key is not None  # written without the key (a migration): add it
+            return held, key is not None, sized  # written without the key (a migration): add it
         if key is not None:
             if not hmac.compare_digest(str(mac), set_mac(key, held)):
                 raise TombstoneFileError(
                     MSG_WRONG_KEY.format(tombstones=self.path, key=self.key_path)
                 )
             self._mark()  # a set MACed by a version that left no mark
-        return held, False
+        return held, False, sized
 
     def _damaged(self, why: str) -> TombstoneFileError:
         return TombstoneFileError(MSG_DAMAGED.format(tombstones=self.path, why=why))
 
-    def _write(self, macs: Iterable[str]) -> None:
+    def _write(self, macs: Iterable[str], *, sized: bool) -> None:
         """Replace the file with ``macs`` as one sorted set, its header counting them and, when
-        the key is at hand, MACing the set (the caller holds the lock)."""
+        the key is at hand, MACing the set and (``sized``: every PNG's size is in it) saying so
+        (the caller holds the lock)."""
         held = sorted(set(macs))
         header: dict[str, object] = {"v": VERSION, "n": len(held)}
         key = self.existing_key()
         if key is not None:
             header["mac"] = set_mac(key, held)
+            if sized:
+                header[SIZES_FIELD] = sizes_mac(key, held)
         lines = [json.dumps(header, separators=(",", ":")), *(f'"{m}"' for m in held)]
         private_dir(self.path.parent)
         self._remove_leftovers()
@@ -373,23 +408,23 @@ class Tombstones:
         if stamp is None:
             if self._marked():
                 raise self._keyless("missing")
-            self._macs, self._stat = frozenset(), None
+            self._macs, self._sized, self._stat = frozenset(), True, None
             return
         if stamp == self._stat:
             return
-        macs, stale = self._read()
+        macs, stale, sized = self._read()
         leftovers = any(self.path.parent.glob(f".{self.path.name}.*.tmp"))
         if stale or leftovers:  # an older file links a subject's MACs: rewritten at once
             try:
                 with self._lock():
                     self._remove_leftovers()
-                    macs, stale = self._read()
+                    macs, stale, sized = self._read()
                     if stale:
-                        self._write(macs)
+                        self._write(macs, sized=sized)
                     stamp = self._stamp()
             except OSError as exc:
                 log.warning(MSG_NOT_REWRITTEN, self.path, exc.strerror or exc)
-        self._macs, self._stat = macs, stamp
+        self._macs, self._sized, self._stat = macs, sized, stamp
 
     def __len__(self) -> int:
         """How many MACs the tombstones hold (0: no erasure left one)."""
@@ -422,6 +457,22 @@ class Tombstones:
         """Whether ``pid`` left a tombstone."""
         return self._matches(KIND_PID, check_pid(pid))
 
+    def sizes_known(self) -> bool:
+        """Whether :meth:`has_plain_size` answers for every erased image's PNG: the set holds
+        none, or the key shows that every erasure that added one added its size (False for a
+        file an earlier version wrote, or without the key)."""
+        if not self._has_lines():
+            return True
+        if self.existing_key() is None:
+            return False
+        self._refresh()
+        return self._sized
+
+    def has_plain_size(self, size: int) -> bool:
+        """Whether an erased image's PNG is ``size`` bytes long (meaningful while
+        :meth:`sizes_known`)."""
+        return self._matches(KIND_PLAIN_SIZE, str(int(size)))
+
     # -- writing -------------------------------------------------------------------------------
     def add(
         self,
@@ -430,15 +481,18 @@ class Tombstones:
         refs: Iterable[str] = (),
         sha256s: Iterable[str] = (),
         plains: Iterable[str] = (),
+        plain_sizes: Mapping[str, int] | None = None,
     ) -> bool:
         """Record ``pid``'s tombstone; returns whether the pid was new to it.
 
-        The MACs of the pid, of ``refs``, of ``sha256s`` (files) and of ``plains`` (the SHA-256
-        of images' PNG) join the set, which replaces the file whole (sorted, under a lock, fsync
-        and rename, mode 0600): nothing in it says which MACs came together. A second call for
-        the same pid (a resumed erasure) writes nothing unless it brings a MAC the set lacks
-        (an erasure begun by an earlier version, whose tombstone held no ``plains``) or the
-        file was of version 1 (rewritten, with the same MACs).
+        The MACs of the pid, of ``refs``, of ``sha256s`` (files), of ``plains`` (the SHA-256
+        of images' PNG) and of their sizes (``plain_sizes``: SHA-256 -> bytes) join the set,
+        which replaces the file whole (sorted, under a lock, fsync and rename, mode 0600):
+        nothing in it says which MACs came together. A PNG new to the set without its size
+        leaves the sizes unknown from then on (:meth:`sizes_known`). A second call for the same
+        pid (a resumed erasure) writes nothing unless it brings a MAC the set lacks (an erasure
+        begun by an earlier version, whose tombstone held no ``plains``) or the file was of
+        version 1 (rewritten, with the same MACs).
         """
         key = self._load_key(create=True)
         if key is None:  # pragma: no cover - see mac()
@@ -446,15 +500,24 @@ class Tombstones:
         subject = self.mac(KIND_PID, check_pid(pid), key=key)
         macs = {self.mac(KIND_REF, normalise_ref(r), key=key) for r in refs if r}
         macs |= {self.mac(KIND_SHA256, s.lower(), key=key) for s in sha256s if s}
-        macs |= {self.mac(KIND_PLAIN, s.lower(), key=key) for s in plains if s}
+        sizes = {str(s).lower(): n for s, n in (plain_sizes or {}).items()}
+        pngs = {self.mac(KIND_PLAIN, s.lower(), key=key): s.lower() for s in plains if s}
+        macs |= set(pngs)
+        macs |= {
+            self.mac(KIND_PLAIN_SIZE, str(int(sizes[s])), key=key)
+            for s in pngs.values()
+            if s in sizes
+        }
         macs.add(subject)
         private_dir(self.path.parent)
         with self._lock():
-            held, stale = self._read()
+            held, stale, sized = self._read()
             new = subject not in held
+            # A PNG the set lacks, without its size: no size is known to be there for every PNG.
+            sized = sized and all(m in held or s in sizes for m, s in pngs.items())
             if not macs <= held:
                 held, stale = held | macs, True
             if stale:
-                self._write(held)
-            self._macs, self._stat = held, self._stamp()
+                self._write(held, sized=sized)
+            self._macs, self._sized, self._stat = held, sized, self._stamp()
         return new

@@ -8,10 +8,12 @@ the erased content: none of the listed content hashes, and no erased subject's i
 (the tombstones know its PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file
 of the project but the tools' folders (``privacy/``, its keys and vault, included), an image a
 notebook shows, an object of the git history, the DVC cache, the configured remotes and DVC's
-site cache (one walk with the erasure's, :mod:`visage_ml.rights.content_scan`; every file is hashed;
-``.dir`` manifests are also read for the listed objects and the subject's folder; outside a
-checkout, or with no file to hash, the content is not shown clean: the check fails); and it
-says whether the models in use were trained without the subject.
+site cache (one walk with the erasure's, :mod:`visage_ml.rights.content_scan`: every file is
+looked at and hashed, but one of a size none of that content has, which cannot be a copy and is
+not read; a notebook is read whatever its size; ``.dir`` manifests are also read for the listed
+objects and the subject's folder; outside a checkout, or with no file to look at, the content is
+not shown clean: the check fails); and it says whether the models in use were trained without
+the subject.
 """
 
 from __future__ import annotations
@@ -148,14 +150,16 @@ def scan_for_hashes(
     allowed_in_git: Container[str] = frozenset(),
     report: CertificateReport,
 ) -> int:
-    """Hash every file under ``walked`` and every git object; record any whose SHA-256 is in
+    """Hash every file under ``walked`` and every git object (but those of a size nothing in
+    ``sha256s`` has, :meth:`~visage_ml.rights.content_hashes.ContentHashes.may_match`, which are
+    not read); record any whose SHA-256 is in
     ``sha256s`` (listed, or an erased image's plaintext), or a notebook holding such an image,
     but the files of other current subjects (:func:`~visage_ml.rights.content_scan.in_use`,
     the erasure's rule) that the certificate lists kept (``declared_in_use``, each as
     :func:`~visage_ml.rights.content_scan.in_use_name` records it); and any ``.dir`` manifest
     that names a listed md5 or the subject's folder. Returns how many files current subjects
     hold."""
-    hashed = content_scan.hash_files(walked)
+    hashed = content_scan.hash_files(walked, sizes=sha256s)
     hits = [h for h in hashed if h.matches(sha256s)]
     kept = content_scan.in_use(paths, hits, pid=pid)
     declared = set(declared_in_use)
@@ -175,14 +179,17 @@ def scan_for_hashes(
     for h in hashed:
         if h.unreadable:  # not shown clean: it may be a copy
             report.findings.append({"path": str(h.path), "why": OPAQUE if h.opaque else UNREAD})
-        if h.digest is None:
+        if h.gone:
+            continue
+        report.files_looked_at += 1
+        if not h.read:
             continue
         report.files_hashed += 1
         report.bytes_hashed += h.size
         if h.path.name.endswith(".dir") and h.size < (64 << 20):
             _check_manifest(h.path, pid=pid, md5s=md5s, report=report)
     try:
-        history = content_scan.git_hits(paths.root, sha256s, allowed=allowed_in_git)
+        history = content_scan.git_hits(paths.root, sha256s, allowed=allowed_in_git, sizes=sha256s)
     except content_scan.GitUnreadableError as exc:  # not shown clean: a finding says why
         history = []
         report.findings.append({"path": str(paths.root / ".git"), "why": str(exc)})
@@ -304,22 +311,24 @@ def _scan(
     if held:
         declared += f"; {held} file(s) of current subjects' data kept, {len(in_use)} declared"
     # Files that could not be checked for a plaintext copy: not shown to be clean.
-    unkeyed = sha256s.gap is not None and report.files_hashed > 0
+    unkeyed = sha256s.gap is not None and report.files_looked_at > 0
     unkeyed_note = f"; {sha256s.gap}" if unkeyed else ""
     if unreachable:
         names = ", ".join(f"{n} ({why})" for n, why in sorted(unreachable.items()))
         unkeyed = True  # not shown to be clean either
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
     images = " and every erased image's plaintext" if sha256s.key is not None else ""
-    if not paths.ledger.is_file() or report.files_hashed == 0:
+    unread = report.files_looked_at - report.files_hashed
+    if not paths.ledger.is_file() or report.files_looked_at == 0:
         # Not the controller's checkout: nothing was looked at, so nothing is shown clean.
         report.add("no erased content remains", False, MSG_NOT_SCANNED.format(root=paths.root))
         return
     report.add(
         "no erased content remains",
         not report.findings and not unkeyed,
-        f"{len(sha256s)} hashes{images} looked for in {report.files_hashed} files "
-        f"({report.bytes_hashed} bytes): {len(report.findings)} found{declared}{unkeyed_note}",
+        f"{len(sha256s)} hashes{images} looked for: {report.files_looked_at} files looked at "
+        f"({report.files_hashed} read, {report.bytes_hashed} bytes; {unread} of a size nothing "
+        f"sought has, not read): {len(report.findings)} found{declared}{unkeyed_note}",
     )
 
 

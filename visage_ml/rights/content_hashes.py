@@ -19,6 +19,11 @@ goes to the tombstones.
 
 Records made before carry the PNG keyed (``plain_mac``: the same MAC, under the tombstone key)
 or, older still, in clear (``plain_sha256``): both are still looked for.
+
+A file that cannot be a copy because of its size is not read (:meth:`ContentHashes.may_match`):
+records name each SHA-256 with the ``size`` of its content, and the tombstones hold every erased
+image's PNG size, keyed. Whenever a size sought is not known (a record or a tombstone file of an
+earlier version, no tombstone key, any :attr:`~ContentHashes.gap`), every size may match.
 """
 
 from __future__ import annotations
@@ -87,7 +92,9 @@ class ContentHashes:
     """SHA-256s to look for, and an erased image's plaintext matched through the tombstones.
 
     ``digest in hashes`` for each file's SHA-256 (hex); :meth:`why` says how it matched;
-    ``len(hashes)`` how many the records name.
+    ``len(hashes)`` how many the records name; :meth:`may_match` whether a file of a size can.
+    ``sizes``: the byte sizes of what the records name (None: not all known); ``sized``:
+    whether the tombstones know every erased image's PNG size.
     """
 
     sha256s: frozenset[str]
@@ -96,6 +103,8 @@ class ContentHashes:
     tombstones: Tombstones | None = None
     excluded: frozenset[str] = frozenset()
     gap: str | None = None
+    sizes: frozenset[int] | None = None
+    sized: bool = False
 
     @classmethod
     def of(
@@ -120,6 +129,7 @@ class ContentHashes:
         excluded = frozenset(str(e) for e in exclude if e) | {EMPTY_SHA256}
         sha256s = {str(a[k]) for a in rows for k in ("sha256", PLAIN_KIND) if a.get(k)}
         macs = frozenset(str(a["plain_mac"]) for a in rows if a.get("plain_mac"))
+        sizes = _sizes(rows, sha256s - excluded) if not macs else None
         unnamed = any(
             a.get("content") == PLAINTEXT_WITHHELD
             or (
@@ -142,10 +152,18 @@ class ContentHashes:
                 gap = MSG_NO_TOMBSTONE
             if key is not None:
                 len(tombstones)  # reads (and checks) the file now, not in the middle of a scan
+            # Any doubt (no key, a gap) leaves every size possible.
+            sized = gap is None and (
+                tombstones.sizes_known() if key is not None else not len(tombstones)
+            )
         except TombstoneFileError:
             # Not asked again: the listed hashes are still looked for, the gap says what not.
-            return cls(frozenset(sha256s - excluded), macs, key, None, excluded, MSG_BAD_TOMBSTONES)
-        return cls(frozenset(sha256s - excluded), macs, key, tombstones, excluded, gap)
+            return cls(
+                frozenset(sha256s - excluded), macs, key, None, excluded, MSG_BAD_TOMBSTONES, sizes
+            )
+        return cls(
+            frozenset(sha256s - excluded), macs, key, tombstones, excluded, gap, sizes, sized
+        )
 
     @property
     def keyed(self) -> bool:
@@ -165,6 +183,19 @@ class ContentHashes:
             return ERASED_IMAGE
         return None
 
+    def may_match(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes may be what is sought: a size a record names, or an
+        erased image's PNG size; True whenever one is not known (a file then read is never
+        wrongly clean)."""
+        if self.sizes is None or not self.sized or size in self.sizes:
+            return True
+        # Plaintexts are looked for only with the key (and so a gap when they must be).
+        if self.key is None or self.tombstones is None:
+            return False
+        # Asked of the file as it is now: an erasure by an earlier version while the scan runs
+        # leaves the sizes unknown from then on.
+        return self.tombstones.has_plain_size(size) or not self.tombstones.sizes_known()
+
     def __contains__(self, digest: object) -> bool:
         return isinstance(digest, str) and self.why(digest) is not None
 
@@ -175,6 +206,20 @@ class ContentHashes:
 def skipped(folder: Path) -> bool:
     """Whether ``folder`` is a tool's (:data:`SKIPPED_DIRS`, or a virtual environment)."""
     return folder.name in SKIPPED_DIRS or (folder / VENV_MARK).is_file()
+
+
+def _sizes(rows: Iterable[Mapping[str, Any]], sought: Iterable[str]) -> frozenset[int] | None:
+    """The sizes of the content ``sought`` names, from the records that give one (a SHA-256
+    fixes its content, so any record will do); None when one has none (an earlier version's)."""
+    known: dict[str, set[int]] = {}
+    for a in rows:
+        size = a.get("size")
+        if a.get("sha256") and isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            known.setdefault(str(a["sha256"]), set()).add(size)
+    try:
+        return frozenset(n for s in sought for n in known[s])
+    except KeyError:
+        return None
 
 
 def scanned_roots(root: Path) -> list[Path]:
@@ -208,11 +253,16 @@ def walk_files(root: Path) -> Iterator[Path]:
                 yield p
 
 
-def content_hit(hashes: Container[str], digest: str, *, store: str, path: str) -> dict[str, Any]:
+def content_hit(
+    hashes: Container[str], digest: str, *, store: str, path: str, size: int | None = None
+) -> dict[str, Any]:
     """The artefact a scan records for a file at ``path`` it found by its SHA-256 ``digest``
-    in ``hashes``: with the digest, or, for an erased image's plaintext, with ``sha256`` None
-    and ``content`` saying so (in the ledger, a photograph that hashes to it would find the
-    pid)."""
+    in ``hashes``: with the digest (and ``size``, its bytes), or, for an erased image's
+    plaintext, with ``sha256`` None and ``content`` saying so (in the ledger, a photograph that
+    hashes to it would find the pid; its size stays keyed in the tombstones)."""
     if isinstance(hashes, ContentHashes) and hashes.why(digest) == ERASED_IMAGE:
         return {"store": store, "path": path, "sha256": None, "content": ERASED_IMAGE}
-    return {"store": store, "path": path, "sha256": digest}
+    hit: dict[str, Any] = {"store": store, "path": path, "sha256": digest}
+    if size is not None:
+        hit["size"] = size
+    return hit

@@ -6,7 +6,11 @@ certificate when it still finds something. Both walk the same roots
 (:func:`roots`: :func:`~visage_ml.rights.content_hashes.scanned_roots`, DVC's local stores and
 its site cache), hash every file once (:func:`hash_files`, in parallel) and apply the same rule
 to what matches (:func:`in_use`), so that an erasure's own certificate never fails its verifier
-over a file the erasure chose to keep.
+over a file the erasure chose to keep. A file whose size nothing sought has
+(:meth:`~visage_ml.rights.content_hashes.ContentHashes.may_match`) is looked at, not read: it
+cannot be a copy. A notebook (its images are decoded from it: any file that begins as JSON, a
+DVC or git object has no suffix) and DVC's ``.dir`` manifests (the verifier reads them for the
+subject's folder) are read whatever their size.
 
 That rule: a file that matches is a copy, to be removed, unless it is another current subject's
 data, which the erasure keeps and the certificate lists, keyed (``claims.copies_in_use``): a
@@ -23,11 +27,12 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import PLAIN_EXTS, read_images
@@ -70,12 +75,19 @@ class Hashed:
     name: str = ""  # a git object's id
     # A notebook too large to look inside (over NOTEBOOK_MAX): its images are not shown clean.
     opaque: bool = False
+    # False: not read, being of a size nothing sought has (``digest`` None).
+    read: bool = True
 
     @property
     def unreadable(self) -> bool:
         """There, but not readable (permissions, an I/O error), or a notebook too large to look
         inside: nothing shows it clean."""
         return (self.digest is None and self.size == UNREADABLE) or self.opaque
+
+    @property
+    def gone(self) -> bool:
+        """Gone since the walk (or unreadable): nothing of it was looked at."""
+        return self.digest is None and self.read
 
     def matches(self, hashes: Container[str]) -> bool:
         """Whether the file, or an image it holds, is in ``hashes``."""
@@ -128,6 +140,17 @@ UNREADABLE = -1
 NOTEBOOK_MAX = 256 << 20
 NOTEBOOK_SUFFIX = ".ipynb"
 NOTEBOOK_KEY = b'"cells"'
+# Read whatever its size: the verifier reads a DVC ``.dir`` manifest for the objects and the
+# subject's folder it lists.
+ALWAYS_READ = (".dir",)
+# What a file that is not read shows first, to tell a notebook (any JSON) from the rest.
+SNIFF = 64
+
+
+class SizeFilter(Protocol):
+    """What is sought, by size (:class:`~visage_ml.rights.content_hashes.ContentHashes`)."""
+
+    def may_match(self, size: int) -> bool: ...
 
 
 def _json_start(first: bytes) -> bool:
@@ -198,9 +221,36 @@ def _hash(path: Path) -> tuple[str | None, int, tuple[str, ...], bool]:
     return reader.done()
 
 
-def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Hashed]:
+def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Any, ...]:
+    """:func:`_hash` of ``path`` and True, unless ``sizes`` shows from its size alone that it
+    cannot be what is sought and its first bytes that it is no notebook: then its size, opened
+    (one this user cannot open is still :attr:`Hashed.unreadable`) but not read, and False."""
+    if sizes is not None and not path.name.endswith(ALWAYS_READ):
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:  # gone since the walk
+            return None, 0, (), False, True
+        except OSError:  # left for the read to say
+            size = None
+        if size is not None and not sizes.may_match(size):
+            try:
+                with open(path, "rb") as fh:
+                    first = fh.read(SNIFF)
+            except FileNotFoundError:
+                return None, 0, (), False, True
+            except OSError:
+                return None, UNREADABLE, (), False, True
+            if not _json_start(first):
+                return None, size, (), False, False
+    return (*_hash(path), True)
+
+
+def hash_files(
+    walked: Sequence[Root], *, skip: Iterable[Path] = (), sizes: SizeFilter | None = None
+) -> list[Hashed]:
     """Every file under ``walked`` once (by real path; symbolic links not followed), but
-    ``skip`` (real paths), with its SHA-256, in walk order."""
+    ``skip`` (real paths), with its SHA-256, in walk order; with ``sizes``, a file of a size
+    that cannot match, and no notebook, is not read (``read`` False)."""
     seen = {Path(p) for p in skip}
     todo: list[tuple[Path, Root]] = []
     for root in walked:
@@ -212,9 +262,10 @@ def hash_files(walked: Sequence[Root], *, skip: Iterable[Path] = ()) -> list[Has
     # On every CPU this process may use (hashlib lets go of the GIL on large reads): the walk
     # reads the whole project.
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
-        digests = list(pool.map(_hash, [p for p, _ in todo]))
+        digests = list(pool.map(lambda p: _looked_at(p, sizes), [p for p, _ in todo]))
     return [
-        Hashed(p, r, d, n, i, opaque=o) for (p, r), (d, n, i, o) in zip(todo, digests, strict=True)
+        Hashed(p, r, d, n, i, opaque=o, read=read)
+        for (p, r), (d, n, i, o, read) in zip(todo, digests, strict=True)
     ]
 
 
@@ -266,11 +317,15 @@ def git_dir(root: Path) -> Path | None:
     raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why))
 
 
-def git_objects(root: Path) -> list[Hashed]:
+def git_objects(root: Path, *, sizes: SizeFilter | None = None) -> list[Hashed]:
     """Every blob of the git repository holding ``root``, hashed as a file is: reachable or not
     (any commit of any branch or tag, a stash, the reflog, DVC's experiments under
     ``refs/exps``, and objects nothing names any more until ``git gc`` prunes them). A file
     committed by mistake is there for good, whatever the working tree holds now.
+
+    With ``sizes``, the objects are listed first (git's header gives their size): a blob of a
+    size that cannot match is not read (``read`` False) when too large to be a notebook worth
+    looking inside (:data:`GIT_FETCH_MAX`; git does not say which blob is a notebook).
 
     Raises
     ------
@@ -282,7 +337,7 @@ def git_objects(root: Path) -> list[Hashed]:
         return []
     out: list[Hashed] = []
     for repo in [folder, *_submodule_dirs(folder)]:
-        out += _objects_of(root, repo)
+        out += _objects_of(root, repo, sizes)
     return out
 
 
@@ -301,24 +356,77 @@ def _submodule_dirs(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _objects_of(root: Path, repo: Path) -> list[Hashed]:
-    """Every blob of the git folder ``repo`` (run from ``root``)."""
+GIT_FORMAT = "%(objectname) %(objecttype) %(objectsize)"
+# A blob larger than this, of no size sought, is not fetched (a notebook in it is not looked at).
+GIT_FETCH_MAX = 64 << 20
+
+
+def _objects_of(root: Path, repo: Path, sizes: SizeFilter | None) -> list[Hashed]:
+    """Every blob of the git folder ``repo`` (run from ``root``): with ``sizes``, listed first
+    and those of no size sought beyond :data:`GIT_FETCH_MAX` not read."""
     where = Root(repo, GIT_WHERE, git=True)
-    cmd = [
-        "git",
-        f"--git-dir={repo}",
-        "cat-file",
-        "--batch-all-objects",
-        "--unordered",
-        "--batch=%(objectname) %(objecttype) %(objectsize)",
-    ]
+    if sizes is None:
+        return _git_read(root, where, None)
+    listed = subprocess.run(
+        [
+            "git",
+            f"--git-dir={repo}",
+            "cat-file",
+            "--batch-all-objects",
+            "--unordered",
+            f"--batch-check={GIT_FORMAT}",
+        ],
+        cwd=root,
+        capture_output=True,
+    )
+    if listed.returncode != 0:
+        raise _git_error(listed.stderr)
     out: list[Hashed] = []
-    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    wanted: list[str] = []
+    for line in listed.stdout.splitlines():
+        oid, kind, size = line.decode().split()
+        if kind != "blob":
+            continue
+        n = int(size)
+        if n <= GIT_FETCH_MAX or sizes.may_match(n):
+            wanted.append(oid)
+        else:
+            out.append(Hashed(repo, where, None, n, (), oid, read=False))
+    return out + (_git_read(root, where, wanted) if wanted else [])
+
+
+def _git_error(err: bytes) -> GitUnreadableError:
+    why = (err.decode(errors="replace").strip().splitlines() or ["git cat-file failed"])[-1]
+    return GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why[:200]))
+
+
+def _git_read(root: Path, where: Root, oids: Sequence[str] | None) -> list[Hashed]:
+    """The blobs ``oids`` of the git folder ``where.path`` (None: every object) read through
+    ``git cat-file --batch``, hashed, a notebook's images decoded."""
+    repo = where.path
+    cmd = ["git", f"--git-dir={repo}", "cat-file", f"--batch={GIT_FORMAT}"]
+    if oids is None:
+        cmd[3:3] = ["--batch-all-objects", "--unordered"]
+    out: list[Hashed] = []
+    with subprocess.Popen(
+        cmd,
+        cwd=root,
+        stdin=subprocess.DEVNULL if oids is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         stream = proc.stdout
         if stream is None:  # never: stdout is a pipe
             raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why="no output"))
+        feeder = None
+        if oids is not None and proc.stdin is not None:
+            feeder = threading.Thread(target=_feed, args=(proc.stdin, oids), daemon=True)
+            feeder.start()
         while header := stream.readline():
-            oid, kind, size = header.split()
+            fields = header.split()
+            if len(fields) != 3:  # "<oid> missing": pruned since it was listed
+                continue
+            oid, kind, size = fields
             left = int(size)
             reader = _Reader() if kind == b"blob" else None
             while left:
@@ -332,11 +440,24 @@ def _objects_of(root: Path, repo: Path) -> list[Hashed]:
             if reader is not None:
                 digest, n, inner, opaque = reader.done()
                 out.append(Hashed(repo, where, digest, n, inner, oid.decode(), opaque))
+        if feeder is not None:
+            feeder.join()
         err = proc.stderr.read() if proc.stderr is not None else b""
     if proc.returncode != 0:
-        why = (err.decode(errors="replace").strip().splitlines() or ["git cat-file failed"])[-1]
-        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why[:200]))
+        raise _git_error(err)
     return out
+
+
+def _feed(pipe: Any, oids: Sequence[str]) -> None:
+    """Write the object ids ``git cat-file --batch`` is to print, then close its input."""
+    try:
+        for i in range(0, len(oids), 4096):
+            pipe.write("".join(f"{o}\n" for o in oids[i : i + 4096]).encode())
+    except OSError:  # git stopped reading: its exit status says why
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            pipe.close()
 
 
 def _listed(paths: ProjectPaths, pid: str) -> dict[tuple[str, str], str]:
@@ -402,7 +523,13 @@ def current_pngs(paths: ProjectPaths, pid: str) -> set[str]:
     return set(_listed(paths, pid).values())
 
 
-def git_hits(root: Path, hashes: Container[str], *, allowed: Container[str]) -> list[Hashed]:
+def git_hits(
+    root: Path,
+    hashes: Container[str],
+    *,
+    allowed: Container[str],
+    sizes: SizeFilter | None = None,
+) -> list[Hashed]:
     """The objects of the git history holding erased content (or a notebook showing it), but
     those whose bytes are ``allowed``: a current subject's own photograph (:func:`current_pngs`,
     one the erased subject shared), a sealed file whose key the erasure destroyed (unreadable
@@ -413,7 +540,8 @@ def git_hits(root: Path, hashes: Container[str], *, allowed: Container[str]) -> 
     GitUnreadableError
         As :func:`git_objects`.
     """
-    return [h for h in git_objects(root) if h.matches(hashes) and h.digest not in allowed]
+    found = git_objects(root, sizes=sizes)
+    return [h for h in found if h.matches(hashes) and h.digest not in allowed]
 
 
 def in_use_name(mac: Callable[[str, str], str], root: Path, path: Path) -> str:

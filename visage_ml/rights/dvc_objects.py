@@ -62,7 +62,7 @@ import yaml
 from visage_ml.data.manifest import parquet_names
 from visage_ml.data.rawstore import IMAGE_EXT
 from visage_ml.dvcops import is_dvc_repo, tracked_md5
-from visage_ml.io import CHUNK, fsync_dir, secure_unlink, sha256_file
+from visage_ml.io import fsync_dir, secure_unlink, sha256_sized
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,12 @@ class ObjectStore:
                 return fh.read()
         return bytes(self.odb.fs.cat_file(self.oid_path(oid)))
 
-    def sha256(self, oid: str) -> str:
-        h = hashlib.sha256()
+    def sha256(self, oid: str) -> tuple[str, int]:
+        """The SHA-256 of object ``oid`` and its size in bytes (of the content hashed)."""
         if self.local_path is not None:
-            with open(self.oid_path(oid), "rb") as fh:
-                for chunk in iter(lambda: fh.read(CHUNK), b""):
-                    h.update(chunk)
-        else:
-            h.update(self.read(oid))
-        return h.hexdigest()
+            return sha256_sized(Path(self.oid_path(oid)))
+        data = self.read(oid)
+        return hashlib.sha256(data).hexdigest(), len(data)
 
     def remove(self, oid: str) -> bool:
         path = self.oid_path(oid)
@@ -576,7 +573,7 @@ def plan(
             try:
                 if not store.exists(oid):
                     continue
-                digest = store.sha256(oid)
+                digest, size = store.sha256(oid)
             except OSError:
                 continue
             out.objects.append(
@@ -585,6 +582,7 @@ def plan(
                     "path": store.display(oid, setup.root),
                     "md5": oid,
                     "sha256": digest,
+                    "size": size,
                 }
             )
     if setup.site_cache_dir is not None:
@@ -674,7 +672,10 @@ def plan_site_cache(site: Path, needles: list[bytes]) -> list[dict[str, Any]]:
     out = []
     for path in sorted(_site_files(site)):
         if _contains(path, needles):
-            out.append({"store": "dvc-site-cache", "path": str(path), "sha256": sha256_file(path)})
+            digest, size = sha256_sized(path)
+            out.append(
+                {"store": "dvc-site-cache", "path": str(path), "sha256": digest, "size": size}
+            )
     return out
 
 
@@ -689,13 +690,14 @@ def purge_site_cache(site: Path, needles: list[bytes]) -> list[dict[str, Any]]:
     for path in sorted(_site_files(site)):
         if path.name.endswith(("-wal", "-shm", "-journal")) or not _contains(path, needles):
             continue
-        before = sha256_file(path)
+        digest, size = sha256_sized(path)
+        before = {"store": "dvc-site-cache", "path": str(path), "sha256": digest, "size": size}
         if _is_sqlite(path) and _purge_kv(path, needles) and not _contains(path, needles):
-            changed.append({"store": "dvc-site-cache", "path": str(path), "sha256": before})
+            changed.append(before)
             continue
         for companion in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
             secure_unlink(companion)
-        changed.append({"store": "dvc-site-cache", "path": str(path), "sha256": before})
+        changed.append(before)
     return changed
 
 

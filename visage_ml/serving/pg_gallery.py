@@ -795,6 +795,14 @@ def subject_rows(dsn: str, pid: str, *, table: str = DEFAULT_TABLE) -> dict[str,
     The names are ``pgvector:<table>/<pid>.tpl`` (the sealed template) and
     ``pgvector:<table>/<pid>.embedding`` (the plaintext search vector, as float32 bytes).
     """
+    return {k: d for k, (d, _) in subject_row_digests(dsn, pid, table=table).items()}
+
+
+def subject_row_digests(
+    dsn: str, pid: str, *, table: str = DEFAULT_TABLE
+) -> dict[str, tuple[str, int]]:
+    """:func:`subject_rows` with the size in bytes of each content hashed (a scan for a copy of
+    it reads only files of that size)."""
     check_pid(pid)
     names = Names(check_table(table))
     with connect(dsn, autocommit=True) as conn:
@@ -806,10 +814,10 @@ def subject_rows(dsn: str, pid: str, *, table: str = DEFAULT_TABLE) -> dict[str,
         ).fetchone()
     if row is None:
         return {}
-    sealed, emb = bytes(row[0]), as_array(row[1])
+    sealed, emb = bytes(row[0]), as_array(row[1]).tobytes()
     return {
-        artefact_name(table, pid, SEALED_SUFFIX): hashlib.sha256(sealed).hexdigest(),
-        artefact_name(table, pid, EMBEDDING_SUFFIX): hashlib.sha256(emb.tobytes()).hexdigest(),
+        artefact_name(table, pid, SEALED_SUFFIX): (hashlib.sha256(sealed).hexdigest(), len(sealed)),
+        artefact_name(table, pid, EMBEDDING_SUFFIX): (hashlib.sha256(emb).hexdigest(), len(emb)),
     }
 
 

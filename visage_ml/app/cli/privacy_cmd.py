@@ -1008,9 +1008,10 @@ def verify_certificate_cmd(
     one the checkout is configured with or its ledger recorded; of the log --origin names),
     then hashes every file under data/, gallery/, mlruns/, models/, privacy/ (the destroyed
     keys and vault files too), reports/, notebooks/ and at the project's top, the DVC cache,
-    the configured remotes and DVC's site cache for the listed content hashes (outside the
-    checkout: not checked, a failed check), and says whether the models in use were trained
-    without the subject. Exit code 0 when valid, 1 when not, 3 when every check passed but a
+    the configured remotes and DVC's site cache for the listed content hashes (a file of a size
+    none of that content has cannot be a copy: looked at, not read; outside the checkout: not
+    checked, a failed check), and says whether the models in use were trained without the
+    subject. Exit code 0 when valid, 1 when not, 3 when every check passed but a
     key, the witnesses or the log name came from the certificate itself (CONSISTENT ONLY, NOT
     AUTHENTICATED: pin them), 4 when every check passed but no witness cosigned within an hour
     of the completion (COMPLETION DATE NOT WITNESSED: the erasure is proven done by the time

@@ -13,8 +13,10 @@ protocol:
 - ``verify(ctx, pid)``: what the store still holds of the subject (project-relative paths or
   object names; empty once erased).
 
-An artefact is a dict ``{"store", "path", "sha256"[, "md5"]}``: the SHA-256 is taken before
-deletion, the path is project-relative where the file is inside the project. Plaintext images
+An artefact is a dict ``{"store", "path", "sha256"[, "md5"][, "size"]}``: the SHA-256 is taken
+before deletion, with the size in bytes of what it hashed where the step has it (the copies
+step and the verifier then read only files of a size sought), the path is project-relative
+where the file is inside the project. Plaintext images
 are recorded by their path alone, with ``"sha256": None`` and ``"content"`` saying why, since
 their hashes would lead anyone holding the photograph to the erased pid in the ledger and the
 certificate: a file found only because it is the plaintext of an erased image (an MLflow copy,
@@ -49,7 +51,7 @@ from typing import Any, Protocol
 
 from visage_ml import dvcops
 from visage_ml.config import Params, ProjectPaths
-from visage_ml.io import CHUNK, leftover_target, sha256_file
+from visage_ml.io import CHUNK, leftover_target, sha256_sized
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
@@ -187,11 +189,13 @@ def chosen_path(ctx: Context, path: str, *, under: str, made: Callable[[str], bo
 
 
 def file_artefact(ctx: Context, store: str, path: Path, *, md5: bool = False) -> Artefact:
-    """An artefact for file ``path`` of ``store``: its SHA-256 (and MD5, DVC's object name)."""
+    """An artefact for file ``path`` of ``store``: its SHA-256 (and MD5, DVC's object name) and
+    size (a scan for copies reads only the files of a size sought)."""
     if not md5:
-        return {"store": store, "path": ctx.rel(path), "sha256": sha256_file(path)}
-    sha, digest = hash_pair(path)
-    return {"store": store, "path": ctx.rel(path), "sha256": sha, "md5": digest}
+        sha, size = sha256_sized(path)
+        return {"store": store, "path": ctx.rel(path), "sha256": sha, "size": size}
+    sha, digest, size = hash_pair(path)
+    return {"store": store, "path": ctx.rel(path), "sha256": sha, "md5": digest, "size": size}
 
 
 def withheld_artefact(ctx: Context, store: str, path: Path) -> Artefact:
@@ -199,28 +203,30 @@ def withheld_artefact(ctx: Context, store: str, path: Path) -> Artefact:
     return {"store": store, "path": ctx.rel(path), "sha256": None, "content": PLAINTEXT_WITHHELD}
 
 
-def hash_pair(path: Path) -> tuple[str, str]:
-    """(SHA-256, MD5) of a file in one pass.
+def hash_pair(path: Path) -> tuple[str, str, int]:
+    """(SHA-256, MD5, size in bytes) of a file in one pass.
 
     Past the first chunk the MD5 runs in a helper thread while this one computes the SHA-256
     and reads ahead (hashlib releases the GIL on large buffers): the crops of a default project
     (140 MB) take the time of their MD5 alone on two cores.
     """
     sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    n = 0
     with open(path, "rb") as fh:
         chunk = fh.read(CHUNK)
         if len(chunk) < CHUNK:
             sha.update(chunk)
             md5.update(chunk)
-            return sha.hexdigest(), md5.hexdigest()
+            return sha.hexdigest(), md5.hexdigest(), len(chunk)
         with ThreadPoolExecutor(max_workers=1) as pool:
             while chunk:
                 job = pool.submit(md5.update, chunk)
                 sha.update(chunk)
+                n += len(chunk)
                 ahead = fh.read(CHUNK)
                 job.result()
                 chunk = ahead
-    return sha.hexdigest(), md5.hexdigest()
+    return sha.hexdigest(), md5.hexdigest(), n
 
 
 def merge(*lists: Iterable[Mapping[str, Any]]) -> list[Artefact]:

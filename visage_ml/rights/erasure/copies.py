@@ -1,7 +1,8 @@
 """Exact copies of the erased content anywhere the verifier looks: found by hash, removed, counted.
 
 The verifier (:mod:`visage_ml.rights.certify`) hashes every file of the places a subject's data
-could be for the content hashes a certificate lists and every erased image's plaintext. This
+could be for the content hashes a certificate lists and every erased image's plaintext (but
+a file of a size none of that content has, which cannot be a copy and is not read). This
 store does the same walk, with the same hashes and the same rule for what is kept
 (:mod:`visage_ml.rights.content_scan`), before the certificate is made: a copy someone saved
 (the subject's photo in ``data/interim`` or ``reports/``, a sealed file in a backup folder) is
@@ -152,7 +153,9 @@ def _found(ctx: Context, pid: str) -> Found:
     # is shared): never taken for a copy of itself.
     recorded = {(ctx.paths.root / str(a["path"])).resolve() for a in artefacts if a.get("path")}
     setup = ctx.dvc_setup() if ctx.is_dvc else None
-    hashed = content_scan.hash_files(content_scan.roots(ctx.paths, setup), skip=recorded)
+    # A file of a size nothing sought has is not read (it cannot be a copy).
+    walked = content_scan.roots(ctx.paths, setup)
+    hashed = content_scan.hash_files(walked, skip=recorded, sizes=hashes)
     hits = [h for h in hashed if h.matches(hashes)]
     kept = content_scan.in_use(ctx.paths, hits, pid=pid)
     root = ctx.paths.root
@@ -172,9 +175,8 @@ def _found(ctx: Context, pid: str) -> Found:
         if store.local_path is None:
             label = content_scan.store_label(store)
             found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
-    in_git = len(
-        content_scan.git_hits(root, hashes, allowed=git_allowed(ctx.paths, pid, artefacts))
-    )
+    allowed = git_allowed(ctx.paths, pid, artefacts)
+    in_git = len(content_scan.git_hits(root, hashes, allowed=allowed, sizes=hashes))
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
     names = sorted({content_scan.in_use_name(ctx.core.tombstones.mac, root, f) for f in kept.files})
     return Found(found, names, in_git, dict(sorted(unreadable.items())))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
-from visage_ml.io import secure_unlink, sha256_file
+from visage_ml.io import secure_unlink, sha256_sized
 from visage_ml.rights.content_hashes import ContentHashes, content_hit
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, chosen_names, rel
 
@@ -131,13 +131,19 @@ def scan_mlflow(paths: ProjectPaths, pid: str, file_sha256s: Container[str]) -> 
                 continue
             digest = hashlib.sha256(data).hexdigest()
             if needle in data:
-                found.append({"store": STORE, "path": rel(f, root), "sha256": digest})
+                found.append(
+                    {"store": STORE, "path": rel(f, root), "sha256": digest, "size": len(data)}
+                )
             elif digest in file_sha256s:
-                found.append(content_hit(file_sha256s, digest, store=STORE, path=rel(f, root)))
+                hit = content_hit(
+                    file_sha256s, digest, store=STORE, path=rel(f, root), size=len(data)
+                )
+                found.append(hit)
     if db.is_file():
         in_bytes = any(p.is_file() and needle in p.read_bytes() for p in _db_files(db))
         if in_bytes or _db_rows_naming(db, pid):
-            found.append({"store": STORE, "path": rel(db, root), "sha256": sha256_file(db)})
+            digest, size = sha256_sized(db)
+            found.append({"store": STORE, "path": rel(db, root), "sha256": digest, "size": size})
     return found
 
 

@@ -150,7 +150,8 @@ def _artifact_files(client: Any, run_id: str, path: str | None = None) -> list[A
     return out
 
 
-def _run_digest(run: Any) -> str:
+def _run_digest(run: Any) -> dict[str, Any]:
+    """The ``sha256`` and ``size`` of a run's record (its name, parameters, tags, metrics)."""
     doc = {
         "run_id": run.info.run_id,
         "name": run.info.run_name,
@@ -158,7 +159,8 @@ def _run_digest(run: Any) -> str:
         "tags": run.data.tags,
         "metrics": run.data.metrics,
     }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    data = json.dumps(doc, sort_keys=True, default=str).encode()
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def scan_server(stack: Stack, pid: str, file_sha256s: Container[str]) -> list[Artefact]:
@@ -178,7 +180,7 @@ def scan_server(stack: Stack, pid: str, file_sha256s: Container[str]) -> list[Ar
             texts += list(run.data.metrics)
             hits: list[Artefact] = []
             if any(pid in t for t in texts):
-                hits.append({"store": STORE, "path": f"runs/{rid}", "sha256": _run_digest(run)})
+                hits.append({"store": STORE, "path": f"runs/{rid}", **_run_digest(run)})
             for info in _artifact_files(client, rid):
                 if pid in info.path:
                     hits.append({"store": STORE, "path": f"runs/{rid}/artifacts/{info.path}"})
@@ -191,14 +193,15 @@ def scan_server(stack: Stack, pid: str, file_sha256s: Container[str]) -> list[Ar
                 digest = hashlib.sha256(data).hexdigest()
                 path = f"runs/{rid}/artifacts/{info.path}"
                 if needle in data:
-                    hits.append({"store": STORE, "path": path, "sha256": digest})
+                    hits.append({"store": STORE, "path": path, "sha256": digest, "size": len(data)})
                 elif digest in file_sha256s:
-                    hit = content_hit(file_sha256s, digest, store=STORE, path=path)
+                    hit = content_hit(file_sha256s, digest, store=STORE, path=path, size=len(data))
                     if hit["sha256"] is None:  # named by the run, as a hit by its path
                         del hit["sha256"]
                     hits.append(hit)
             for hit in hits:
-                hit.setdefault("sha256", _run_digest(run))
+                if "sha256" not in hit:
+                    hit.update(_run_digest(run))
                 hit["run_id"] = rid
             found += hits
     return found

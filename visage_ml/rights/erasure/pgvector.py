@@ -112,14 +112,14 @@ def targets(ctx: Context) -> list[Target]:
     return out
 
 
-def _named(found: list[Target]) -> Callable[[Target, dict[str, str]], dict[str, str]]:
+def _named(found: list[Target]) -> Callable[[Target, dict[str, Any]], dict[str, Any]]:
     """How each target's row names read on the certificate: ``pgvector:<table>/<pid>.tpl``, or,
     for a remembered table whose name another target shares (another database or server),
     ``<its store>/<pid>.tpl`` (one name for two rows would list one copy where there were two).
     """
     tables = [t.table for t in found]
 
-    def name(target: Target, rows: dict[str, str]) -> dict[str, str]:
+    def name(target: Target, rows: dict[str, Any]) -> dict[str, Any]:
         if target.configured or tables.count(target.table) < 2:
             return rows
         bare = f"{pg_gallery.BACKEND}:{target.table}/"
@@ -144,9 +144,9 @@ def plan(ctx: Context, pid: str) -> Plan | None:
         return None
     name = _named(found)
     artefacts = [
-        {"store": STORE, "path": k, "sha256": v}
+        {"store": STORE, "path": k, "sha256": v, "size": n}
         for t in found
-        for k, v in name(t, pg_gallery.subject_rows(t.dsn, pid, table=t.table)).items()
+        for k, (v, n) in name(t, pg_gallery.subject_row_digests(t.dsn, pid, table=t.table)).items()
     ]
     info: dict[str, Any] = {"stores": [t.store for t in found]}
     configured = [t for t in found if t.configured]

@@ -57,17 +57,19 @@ def plan(ctx: Context, pid: str) -> Plan:
     stores = ctx.dvc_setup().stores if ctx.is_dvc else []
     # An object with the md5 of a file hashed above has its content: reuse its SHA-256
     # rather than read another 100 MB per store.
-    known = {a["md5"]: a["sha256"] for a in found}
+    known = {a["md5"]: (a["sha256"], a["size"]) for a in found}
     for store in stores:
         for md5 in sorted(old_md5s):
             with contextlib.suppress(OSError):
                 if store.exists(md5):
+                    digest, size = known.get(md5) or store.sha256(md5)
                     found.append(
                         {
                             "store": "dvc-" + store.name,
                             "path": store.display(md5, root),
                             "md5": md5,
-                            "sha256": known.get(md5) or store.sha256(md5),
+                            "sha256": digest,
+                            "size": size,
                         }
                     )
     leftovers = leftover_files(ctx.paths.processed)

@@ -35,7 +35,7 @@ from pathlib import Path
 from visage_ml import dvcops
 from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
 from visage_ml.data.rawstore import IMAGE_EXT, IMAGE_ID_RE, PLAIN_EXTS, RawStore, read_images
-from visage_ml.io import sha256_file
+from visage_ml.io import sha256_sized
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import (
     Artefact,
@@ -47,6 +47,7 @@ from visage_ml.rights.erasure.base import (
     file_artefact,
     withheld_artefact,
 )
+from visage_ml.rights.erasure.tombstone import png_sizes
 
 STORE = "data"
 STEP = "raw"  # the orchestrator's step this store belongs to (its plan holds the image ids)
@@ -126,10 +127,13 @@ def plan(ctx: Context, pid: str) -> Plan:
     under = ctx.rel(folder)
     found: list[Artefact] = []
     plain_files: list[str] = []
+    sizes: dict[str, int] = {}
     for f in files:
         # Whatever is not sealed there: the rule by which the DVC step takes its objects.
         if folder in f.parents and dvc_objects.is_plaintext_entry(f.name):
-            plain_files.append(sha256_file(f))
+            sha, size = sha256_sized(f)
+            plain_files.append(sha)
+            sizes[sha] = size
             art = withheld_artefact(ctx, STORE, f)
         else:
             art = file_artefact(ctx, STORE, f, md5=True)
@@ -137,12 +141,16 @@ def plan(ctx: Context, pid: str) -> Plan:
     if lfw_pairs_naming(ctx.paths, subject_image_ids(ctx, pid, files)):
         found.append(file_artefact(ctx, STORE, lfw_pairs_file(ctx.paths), md5=True))
     images = read_images(ctx.paths.raw)
-    plains = images.loc[images["pid"].astype(str) == pid, "sha256"].dropna().astype(str)
+    rows = images.loc[images["pid"].astype(str) == pid].dropna(subset=["sha256"])
+    plains = rows["sha256"].astype(str)
     # The vault step's tombstone holds the PNGs' already; one written by an earlier version (an
-    # erasure resumed since) did not: added now, while data/raw still names the images. A
-    # plaintext file is added as it is on disk (refused on import, found as a copy), whatever
-    # the table says of it.
-    ctx.core.tombstones.add(pid, sha256s=plain_files, plains=[*plains, *plain_files])
+    # erasure resumed since) did not: added now, while data/raw still names the images, with
+    # their sizes. A plaintext file is added as it is on disk (refused on import, found as a
+    # copy), whatever the table says of it.
+    sizes |= png_sizes(ctx, pid, zip(rows["image_id"].astype(str), plains, strict=True))
+    ctx.core.tombstones.add(
+        pid, sha256s=plain_files, plains=[*plains, *plain_files], plain_sizes=sizes
+    )
     before = tracked_md5(ctx)
     return Plan(found, {"raw_md5_before": before}, state=before)
 
