@@ -90,14 +90,17 @@ def _plant(proj, pid: str) -> dict[Path, bytes]:
 
 
 class _Counted:
-    """A file the scan opened: ``read`` says so in ``log``."""
+    """A file the scan opened: reading more of it than its first bytes (what tells a notebook,
+    which has no suffix in a DVC store, from the rest) says so in ``log``."""
 
     def __init__(self, fh, path: Path, log: list[Path]) -> None:
         self.fh, self.path, self.log = fh, path, log
 
     def read(self, *args):
-        self.log.append(self.path)
-        return self.fh.read(*args)
+        data = self.fh.read(*args)
+        if self.fh.tell() > content_scan.SNIFF:
+            self.log.append(self.path)
+        return data
 
     def __enter__(self):
         return self
@@ -313,8 +316,8 @@ def test_git_objects_of_no_size_sought_are_not_read_and_a_copy_there_is_found(pr
         "notebook": _git(root, "hash-object", "-w", "--stdin", data=_notebook(photo).encode()),
         "bulk": _git(root, "hash-object", "-w", "--stdin", data=os.urandom(50_000)),
     }
-    # Past this size a blob is not parsed as a notebook (so, of no size sought, never read).
-    monkeypatch.setattr(content_scan, "NOTEBOOK_MAX", 20_000)
+    # Past this size a blob of no size sought is not fetched (nor looked inside as a notebook).
+    monkeypatch.setattr(content_scan, "GIT_FETCH_MAX", 20_000)
     report = verify_certificate(result.certificate_path, root=root)
     assert not report.ok
     found = [f for f in report.findings if GIT_OBJECT in f["path"]]
