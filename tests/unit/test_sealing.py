@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,11 @@ from visage_ml.data.processed import load_processed
 from visage_ml.data.rawstore import RawStore
 from visage_ml.faults import FAULT_ENV, FAULT_EXIT
 from visage_ml.io import file_lock
+from visage_ml.privacy import sealed as sealed_mod
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import IMAGE_KINDS, parse_header, sniff, sniff_bytes
 from visage_ml.privacy.keys import MASTER_KEY_ENV, MasterKeyError, load_master_key
-from visage_ml.privacy.sealed import open_sealed
+from visage_ml.privacy.sealed import KeyDestroyedError, open_sealed
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
@@ -416,6 +418,87 @@ def test_a_purge_during_a_master_key_rotation_leaves_the_rotations_files_alone(
     image_id = sorted(proj.images[pid])[0]
     assert RawStore(paths).read_image(pid, image_id) == proj.images[pid][image_id]
     assert doctor(paths).ok
+
+
+def _victims_keys(root: Path, victim: str, folder: str, masters: list[bytes]) -> list[str]:
+    """The files of key ring ``folder`` that still unwrap ``victim``'s key."""
+    return [p for p in _unwraps(root, victim, masters) if p.startswith(f"{folder}/")]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("folder", list(_RINGS))
+def test_a_key_destroyed_during_a_master_key_rotation_stays_destroyed(project, monkeypatch, folder):
+    # An erasure that opened its stores before the rotation began destroys the subject's key
+    # while the rotation has read it and is writing it back re-wrapped: the rotation brought
+    # the key back under the new master key (new bytes: the hash the certificate records finds
+    # nothing), and the erased subject's sealed copies in backups opened again.
+    proj = make_project(project, n_subjects=2)
+    paths, root = proj.paths, project
+    victim = proj.pids[0]
+    core = PrivacyCore(paths)
+    gallery = Gallery.open_existing(paths, core=core)
+    assert core.data_keys and core.vault  # opened before the rotation began
+    old = load_master_key(paths.master_key, create=False)
+    destroy = {
+        "privacy/keys": lambda: core.data_keys.destroy_files(victim),
+        "privacy/vault/keys": lambda: core.vault.destroy(victim).removed,
+        "gallery/keys": lambda: gallery.erase(victim).removed,
+    }[folder]
+    target = root / folder / f"{victim}.key"
+    write, erasers, removed = sealed_mod.atomic_write_bytes, [], []
+
+    def rewrite(path, data, **kwargs):
+        if Path(path) == target and not erasers:
+            erasers.append(threading.Thread(target=lambda: removed.append(destroy())))
+            erasers[0].start()
+            erasers[0].join(timeout=2)  # it runs now, unless the rotation holds it off
+        return write(path, data, **kwargs)
+
+    monkeypatch.setattr(sealed_mod, "atomic_write_bytes", rewrite)
+    rotate_master_key(paths)
+    monkeypatch.setattr(sealed_mod, "atomic_write_bytes", write)
+    erasers[0].join(timeout=60)
+    assert removed and removed[0]  # the erasure destroyed the key (its certificate says so)
+    new = load_master_key(paths.master_key, create=False)
+    assert _victims_keys(root, victim, folder, [old, new]) == []
+    core = PrivacyCore(paths)
+    rings = {"privacy/keys": core.data_keys.ring, "privacy/vault/keys": core.vault.keys}
+    ring = rings.get(folder) or Gallery.open_existing(paths, core=core).keys
+    with pytest.raises(KeyDestroyedError):  # what it sealed, in every copy, stays unreadable
+        ring.get(victim)
+    other = proj.pids[1]
+    image_id = sorted(proj.images[other])[0]
+    assert RawStore(paths).read_image(other, image_id) == proj.images[other][image_id]
+
+
+def test_a_key_deleted_without_the_rings_lock_during_a_rotation_is_not_written_back(
+    project, monkeypatch
+):
+    # A key file removed by something that does not take the ring's lock (a person, a process
+    # of an older version) after the rotation read it: the rotation must not write it back.
+    proj = make_project(project, n_subjects=2, enrol=False)
+    paths, root = proj.paths, project
+    victim = proj.pids[0]
+    target = paths.data_keys / f"{victim}.key"
+    old = load_master_key(paths.master_key, create=False)
+    read, deleted = Path.read_bytes, []
+
+    def read_then_delete(self: Path) -> bytes:
+        blob = read(self)
+        if self == target and not deleted:
+            deleted.append(self)
+            self.unlink()  # read by the rotation, not yet written back
+        return blob
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_delete)
+    rotate_master_key(paths)
+    monkeypatch.setattr(Path, "read_bytes", read)
+    assert deleted
+    new = load_master_key(paths.master_key, create=False)
+    assert _victims_keys(root, victim, "privacy/keys", [old, new]) == []
+    other = proj.pids[1]
+    image_id = sorted(proj.images[other])[0]
+    assert RawStore(paths).read_image(other, image_id) == proj.images[other][image_id]
 
 
 def test_rotation_with_the_key_in_the_environment_needs_the_new_key(project, monkeypatch):

@@ -253,15 +253,18 @@ class DataKeys:
         """``pid``'s key file and the copies of it killed writes left (what an erasure destroys)."""
         return self.ring.files(pid)
 
-    def destroy_files(self, pid: str) -> dict[Path, str]:
-        """Crypto-shred ``pid``: overwrite, delete :meth:`files`; each with its SHA-256 before."""
+    def destroy_files(self, pid: str, *, wait: bool = True) -> dict[Path, str]:
+        """Crypto-shred ``pid``: overwrite, delete :meth:`files`; each with its SHA-256 before.
+
+        Under the ring's lock (:meth:`KeyRing.destroy_files`; ``wait`` false: ``LockHeldError``
+        while a rotation holds it)."""
         with self._lock:
             self._cache.pop(pid, None)
-        return self.ring.destroy_files(pid)
+        return self.ring.destroy_files(pid, wait=wait)
 
-    def destroy(self, pid: str) -> str | None:
+    def destroy(self, pid: str, *, wait: bool = True) -> str | None:
         """Crypto-shred ``pid`` (:meth:`destroy_files`); the key file's SHA-256 before (or None)."""
-        return self.destroy_files(pid).get(self.path(pid))
+        return self.destroy_files(pid, wait=wait).get(self.path(pid))
 
     def collection_key(self, name: str, *, create: bool = False) -> bytes:
         """The key of collection ``name`` (data of no registered subject)."""

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,19 @@ _CHECK_PLAINTEXT = b"visage-ml master key check v1"
 
 class KeyDestroyedError(KeyError):
     """The subject's data key was destroyed (cryptographic erase); the data is unrecoverable."""
+
+
+@contextmanager
+def ring_lock(directory: Path, *, wait: bool = True) -> Iterator[None]:
+    """The lock of key-ring folder ``directory``: held while a key is created or destroyed and
+    for a whole re-wrap (:func:`rewrap_keyring`), so a rotation never writes back a key an
+    erasure destroyed after the rotation read it. Not re-entrant (``flock`` on a second
+    descriptor of the same file waits, in the same process too): never nest it.
+
+    With ``wait`` false, :class:`~visage_ml.io.LockHeldError` at once instead of waiting.
+    """
+    with file_lock(Path(directory) / ".lock", wait=wait):
+        yield
 
 
 def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
@@ -149,7 +164,7 @@ class KeyRing:
         if not path.exists():
             if not create:
                 raise KeyDestroyedError(pid)
-            with file_lock(self.directory / ".lock"):
+            with ring_lock(self.directory):
                 if not path.exists():
                     # A creation killed before its rename left a key nothing was sealed with.
                     for left in leftovers(path):
@@ -172,20 +187,27 @@ class KeyRing:
         path = self.path(pid)
         return [*([path] if path.is_file() else []), *leftovers(path)]
 
-    def destroy_files(self, pid: str) -> dict[Path, str]:
+    def destroy_files(self, pid: str, *, wait: bool = True) -> dict[Path, str]:
         """Overwrite and delete :meth:`files` (the key file first); each with its SHA-256 before
-        deletion."""
+        deletion.
+
+        Under the ring's lock (:func:`ring_lock`): a rotation re-wrapping the ring holds it
+        until it is done, so the key it may have read is gone after it, not written back under
+        the new master key. With ``wait`` false, :class:`~visage_ml.io.LockHeldError` when
+        the lock is held, and nothing is destroyed.
+        """
         removed = {}
-        for path in self.files(pid):
-            digest = sha256_file(path)
-            if secure_unlink(path):
-                removed[path] = digest
+        with ring_lock(self.directory, wait=wait):
+            for path in self.files(pid):
+                digest = sha256_file(path)
+                if secure_unlink(path):
+                    removed[path] = digest
         return removed
 
-    def destroy(self, pid: str) -> str | None:
+    def destroy(self, pid: str, *, wait: bool = True) -> str | None:
         """Overwrite and delete ``pid``'s key file and its leftover copies (:meth:`files`);
         return the key file's SHA-256 before deletion (or None)."""
-        return self.destroy_files(pid).get(self.path(pid))
+        return self.destroy_files(pid, wait=wait).get(self.path(pid))
 
     def pids(self) -> list[str]:
         """Subjects that currently hold a key."""
@@ -224,9 +246,10 @@ def rewrap_keyring(
     result = RewrapResult(str(directory))
     if not directory.is_dir():
         return result
-    # Held while a key is created (its file is no leftover) and for the whole re-wrap: a
-    # doctor's purge takes it too, so it never deletes a version that is about to be renamed.
-    with file_lock(directory / ".lock"):
+    # Held while a key is created (its file is no leftover) or destroyed and for the whole
+    # re-wrap: a doctor's purge takes it too, so it never deletes a version that is about to
+    # be renamed, and an erasure's destroy waits, so the key read here is never written back.
+    with ring_lock(directory):
         for left in sorted(directory.glob(".*.tmp")):
             if (leftover_target(left) or "").endswith((".key", ".check")):
                 secure_unlink(left)
@@ -237,7 +260,10 @@ def rewrap_keyring(
             files.append(check)
         for path in files:
             aad = f"{context}:{'check' if path == check else path.stem}".encode()
-            blob = path.read_bytes()
+            try:
+                blob = path.read_bytes()
+            except FileNotFoundError:
+                continue  # destroyed by something that does not take the lock (a person)
             nonce, body = blob[:NONCE_BYTES], blob[NONCE_BYTES:]
             try:
                 plain = old.decrypt(nonce, body, aad)
@@ -247,6 +273,10 @@ def rewrap_keyring(
                 except InvalidTag:
                     raise MasterKeyError(WRONG_MASTER_KEY.format(what=str(path))) from None
                 result.already += 1
+                continue
+            if not path.exists():
+                # Deleted since it was read, by something that does not take the lock: writing
+                # it back would bring a destroyed key back under the new master key.
                 continue
             fresh = os.urandom(NONCE_BYTES)
             atomic_write_bytes(path, fresh + new.encrypt(fresh, plain, aad), mode=0o600)

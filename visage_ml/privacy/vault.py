@@ -224,11 +224,16 @@ class IdentityVault:
         """Subjects whose record is still readable."""
         return self.keys.pids()
 
-    def destroy(self, pid: str) -> DestroyResult:
-        """Cryptographically erase ``pid``: destroy the data key, then record and index entry."""
+    def destroy(self, pid: str, *, wait: bool = True) -> DestroyResult:
+        """Cryptographically erase ``pid``: destroy the data key, then record and index entry.
+
+        The vault's lock, then its key ring's (a rotation holds that one for its whole re-wrap,
+        never the other way round). With ``wait`` false, ``LockHeldError`` when either is held,
+        and nothing is destroyed.
+        """
         removed: dict[str, str] = {}
-        with file_lock(self._lock):
-            for path, digest in self.keys.destroy_files(pid).items():
+        with file_lock(self._lock, wait=wait):
+            for path, digest in self.keys.destroy_files(pid, wait=wait).items():
                 removed[str(path)] = digest
             rec = self._record_path(pid)
             for path in [*([rec] if rec.exists() else []), *self._leftovers_of(pid)]:
