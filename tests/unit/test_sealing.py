@@ -501,6 +501,44 @@ def test_a_key_deleted_without_the_rings_lock_during_a_rotation_is_not_written_b
     assert RawStore(paths).read_image(other, image_id) == proj.images[other][image_id]
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("folder", list(_RINGS))
+def test_a_purge_during_a_rotation_leaves_an_erased_subjects_key_to_a_later_run(
+    project, monkeypatch, folder
+):
+    # An erased subject's key put back (a restored backup of the ring), purged by a doctor
+    # while the rotation is writing that key back re-wrapped: the purge deleted it, reported
+    # it purged, and the rotation wrote it back under the new master key.
+    proj = make_project(project, n_subjects=2)
+    paths, root = proj.paths, project
+    victim = proj.pids[0]
+    target = root / folder / f"{victim}.key"
+    copy = target.read_bytes()
+    Erasure(paths).erase(victim)
+    target.write_bytes(copy)
+    rel = f"{folder}/{victim}.key"
+    assert [f.path for f in doctor(paths).findings if f.pid == victim] == [rel]
+    core = PrivacyCore(paths)
+    assert core.data_keys and core.vault  # opened before the rotation began
+    write, purges = sealed_mod.atomic_write_bytes, []
+
+    def rewrite(path, data, **kwargs):
+        if Path(path) == target and not purges:
+            purges.append(doctor(paths, purge=True, core=core))
+        return write(path, data, **kwargs)
+
+    monkeypatch.setattr(sealed_mod, "atomic_write_bytes", rewrite)
+    rotate_master_key(paths)
+    monkeypatch.setattr(sealed_mod, "atomic_write_bytes", write)
+    (purge,) = purges
+    assert purge.locked == {str(Path(rel).parent): [rel]}
+    assert [f.path for f in doctor(paths).findings if f.pid == victim] == [rel]
+    report = doctor(paths, purge=True)
+    assert report.locked == {} and doctor(paths).ok
+    new = load_master_key(paths.master_key, create=False)
+    assert _victims_keys(root, victim, folder, [new]) == []
+
+
 def test_rotation_with_the_key_in_the_environment_needs_the_new_key(project, monkeypatch):
     proj = make_project(project, n_subjects=2, enrol=False)
     paths = proj.paths

@@ -78,7 +78,7 @@ from visage_ml.privacy.keys import (
 from visage_ml.privacy.notebooks import find_image_notebooks, strip_file
 from visage_ml.privacy.registry import SubjectState
 from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
-from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring
+from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring, ring_lock
 from visage_ml.privacy.vault import IdentityVault
 from visage_ml.rights import content_scan, dvc_objects
 from visage_ml.rights.content_hashes import ContentHashes
@@ -793,6 +793,7 @@ class _Doctor:
             purge_subject(self.paths.processed, pid)
             purged += 1
         purged += self._purge_ring_leftovers([f for f in todo if f.path in self.ring_locks])
+        rings = {folder for folder, _ in _key_rings(self.paths).values()}
         for f in todo:
             path = self.root / f.path if not Path(f.path).is_absolute() else Path(f.path)
             if f.path in self.ring_locks:
@@ -801,7 +802,7 @@ class _Doctor:
                 continue
             if f.path == f"data/processed/{MANIFEST_FILE}":
                 continue
-            if f.path.endswith(".key") and f.path.startswith("privacy/") and f.pid:
+            if path.suffix == ".key" and path.parent in rings and f.pid:
                 purged += int(self._destroy_key(path, f.pid))
                 continue
             if f.kind == NOTEBOOK:
@@ -810,6 +811,8 @@ class _Doctor:
                 continue
             if path.is_file() and secure_unlink(path):
                 purged += 1
+        for folder, files in self.report.locked.items():
+            log.warning(MSG_RING_LOCKED.format(folder=folder, n=len(files)))
         exported = [Path(f.path).name for f in todo if f.path.startswith(f"{EXPORTS_DIR}/")]
         if exported:
             forget_owner(self.paths, exported)
@@ -836,16 +839,25 @@ class _Doctor:
                         purged += int(path.is_file() and secure_unlink(path))
             except LockHeldError:
                 folder = _rel(lock.parent, self.root)
-                self.report.locked[folder] = [f.path for f in files]
-                log.warning(MSG_RING_LOCKED.format(folder=folder, n=len(files)))
+                self.report.locked.setdefault(folder, []).extend(f.path for f in files)
         return purged
 
     def _destroy_key(self, path: Path, pid: str) -> bool:
-        if path.parent == self.paths.data_keys and self.keys is not None:
-            return self.keys.destroy(pid) is not None
-        if path.parent == self.paths.vault / "keys":
-            return bool(self.core.vault.destroy(pid).removed)
-        return secure_unlink(path)
+        """Destroy a subject's key file (erased, unknown) as an erasure does, under its ring's
+        lock, without waiting: a rotation holding it may have read the key and would write it
+        back re-wrapped. A locked ring keeps the key (:attr:`DoctorReport.locked`) for a later
+        run."""
+        try:
+            if path.parent == self.paths.data_keys and self.keys is not None:
+                return self.keys.destroy(pid, wait=False) is not None
+            if path.parent == self.paths.vault / "keys":
+                return bool(self.core.vault.destroy(pid, wait=False).removed)
+            with ring_lock(path.parent, wait=False):
+                return path.is_file() and secure_unlink(path)
+        except LockHeldError:
+            folder = _rel(path.parent, self.root)
+            self.report.locked.setdefault(folder, []).append(_rel(path, self.root))
+            return False
 
 
 def _project_figure(rel: str) -> bool:

@@ -115,8 +115,8 @@ def doctor(
     them; an erasure removes exact copies only, and never rewrites history), and checkpoints
     kept for erasures whose certificate was issued (privacy/checkpoints/kept). A key ring or
     vault folder that a running rotation, key creation or erasure holds locked keeps its
-    leftovers (one may be that command's next file), and says so: run --purge again later. Exit
-    code 1 when any is left."""
+    leftovers and erased subjects' keys (one may be that command's next file), and says so: run
+    --purge again later. Exit code 1 when any is left."""
     setup_logging()
     with user_errors():
         report = run_doctor(project(), purge=purge)
