@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
+from visage_ml.io import file_lock
 from visage_ml.privacy import ledger as ledger_mod
 from visage_ml.privacy import witnessed as witnessed_mod
 from visage_ml.privacy.certificate import (
@@ -42,6 +43,7 @@ from visage_ml.privacy.certificate import (
 )
 from visage_ml.privacy.certificate_page import VERIFIED, controller_pins, page_path, render_page
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.requests import RequestBook
 from visage_ml.privacy.witness import (
     LOCAL_WITNESS_PREFIX,
     Witness,
@@ -51,6 +53,7 @@ from visage_ml.privacy.witness import (
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.erasure import orchestrator as erasure_mod
+from visage_ml.rights.sealing import doctor as run_doctor
 
 
 def _text(html: str) -> str:
@@ -246,12 +249,68 @@ def test_doctor_names_and_purges_a_kept_checkpoint_whose_certificate_was_issued(
     assert [(f["path"], f["action"]) for f in found] == [
         (f"privacy/checkpoints/kept/{left.name}", "purge")
     ], report
+    with file_lock(proj.paths.root / erasure_mod.LOCK):  # an erasure running meanwhile
+        res = runner.invoke(app, ["privacy", "doctor", "--purge"])
+    assert res.exit_code == 1 and left.exists(), res.output
+    said = " ".join(res.output.split())
+    assert "privacy/checkpoints/kept: 1 kept checkpoint(s) left in place" in said, said
+    assert "an erasure is running" in said, said
     res = runner.invoke(app, ["privacy", "doctor", "--purge"])
     assert not left.exists(), res.output
     res = runner.invoke(app, ["privacy", "doctor", "--json"])
     report = json.loads(res.output[res.output.index("{") :])
     assert not [f for f in report["findings"] if f["kind"] == "kept_checkpoint"], report
     assert verify_certificate(issued, root=proj.paths.root).ok
+
+
+@pytest.mark.timeout(120)
+def test_a_doctor_purge_during_an_erasure_leaves_its_kept_checkpoint(project, monkeypatch):
+    """A `visage privacy doctor --purge` that looked at the open requests just before an
+    erasure recorded its completion, and at privacy/checkpoints/kept once its witnesses had
+    cosigned it: it took the running erasure's kept checkpoint for one whose certificate was
+    issued, and deleted it before the certificate could carry it. It leaves it (the erasure
+    holds its lock), says so, and a later run finds nothing to purge."""
+    Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    proj = make_project(project, n_subjects=3)
+    kept = proj.paths.checkpoints / "kept"
+    decided, go, reports = threading.Event(), threading.Event(), []
+    real_needed = RequestBook.uncertified_completions
+
+    def needed(self):
+        out = real_needed(self)
+        if threading.current_thread() is doctor_run and not decided.is_set():
+            decided.set()
+            go.wait(timeout=60)  # the erasure records its completion meanwhile
+        return out
+
+    monkeypatch.setattr(RequestBook, "uncertified_completions", needed)
+    doctor_run = threading.Thread(target=lambda: reports.append(run_doctor(proj.paths, purge=True)))
+    doctor_run.start()
+    assert decided.wait(timeout=60)
+    real_fault, held = erasure_mod._fault, []
+
+    def fault(step: str, where: str = "") -> None:
+        if (step, where) == ("certificate", "completed") and not held:
+            # Witnessed and kept, the certificate not yet written: the doctor goes on.
+            held.extend((p.name, p.read_bytes()) for p in sorted(kept.iterdir()))
+            go.set()
+            doctor_run.join(timeout=60)
+        real_fault(step, where)
+
+    monkeypatch.setattr(erasure_mod, "_fault", fault)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    (report,) = reports
+    ((seq, cosigned),) = held
+    rel = f"privacy/checkpoints/kept/{seq}"
+    assert report.locked == {"privacy/checkpoints/kept": [rel]}
+    doc = json.loads(result.certificate_path.read_text())
+    assert doc["ledger"]["erasure_completed"]["seq"] == int(seq)
+    # The certificate carries the checkpoint its completion was cosigned under, verbatim (not
+    # one cosigned later, which dates the completion later than it was).
+    assert cosigned.decode() in doc["proof"]["tlog_proof"]
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert list(kept.iterdir()) == []  # the erasure's own prune, once issued
+    assert not [f for f in run_doctor(proj.paths).findings if f.kind == "kept_checkpoint"]
 
 
 def test_a_certificate_rendered_again_or_resumed_days_later_keeps_its_witnessed_date(

@@ -83,6 +83,7 @@ from visage_ml.privacy.vault import IdentityVault
 from visage_ml.rights import content_scan, dvc_objects
 from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.erasure.copies import git_allowed
+from visage_ml.rights.erasure.orchestrator import LOCK as ERASURE_LOCK
 from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
 from visage_ml.serving import gallery as gallery_store
 
@@ -143,6 +144,19 @@ MSG_RING_LOCKED = (
     "(a master-key rotation, a key's creation, an erasure), whose next file may be one of them; "
     "run `visage privacy doctor --purge` again when it has finished"
 )
+MSG_KEPT_LOCKED = (
+    "{folder}: {n} kept checkpoint(s) left in place: an erasure is running, whose certificate "
+    "may need one of them; run `visage privacy doctor --purge` again when it has finished"
+)
+KEPT_FOLDER = "privacy/checkpoints/kept"
+
+
+def locked_message(folder: str, n: int) -> str:
+    """What the purge says of ``folder`` (project-relative), whose ``n`` findings it left
+    because a running command holds the folder's lock (:attr:`DoctorReport.locked`)."""
+    return (MSG_KEPT_LOCKED if folder == KEPT_FOLDER else MSG_RING_LOCKED).format(
+        folder=folder, n=n
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,10 +807,11 @@ class _Doctor:
             purge_subject(self.paths.processed, pid)
             purged += 1
         purged += self._purge_ring_leftovers([f for f in todo if f.path in self.ring_locks])
+        purged += self._purge_kept([f for f in todo if f.kind == KEPT_CHECKPOINT])
         rings = {folder for folder, _ in _key_rings(self.paths).values()}
         for f in todo:
             path = self.root / f.path if not Path(f.path).is_absolute() else Path(f.path)
-            if f.path in self.ring_locks:
+            if f.path in self.ring_locks or f.kind == KEPT_CHECKPOINT:
                 continue
             if f.path.startswith("data/raw/") and f.pid in raw_pids:
                 continue
@@ -812,7 +827,7 @@ class _Doctor:
             if path.is_file() and secure_unlink(path):
                 purged += 1
         for folder, files in self.report.locked.items():
-            log.warning(MSG_RING_LOCKED.format(folder=folder, n=len(files)))
+            log.warning("%s", locked_message(folder, len(files)))
         exported = [Path(f.path).name for f in todo if f.path.startswith(f"{EXPORTS_DIR}/")]
         if exported:
             forget_owner(self.paths, exported)
@@ -840,6 +855,34 @@ class _Doctor:
             except LockHeldError:
                 folder = _rel(lock.parent, self.root)
                 self.report.locked.setdefault(folder, []).extend(f.path for f in files)
+        return purged
+
+    def _purge_kept(self, found: list[Finding]) -> int:
+        """Remove the kept checkpoints found, only while no erasure runs (its lock, not waited
+        for) and only those still not needed, decided again under the lock the witnessing
+        writes them under: the open requests were read before a running erasure recorded its
+        completion, and its checkpoint, kept since, is what its certificate will carry. While
+        an erasure runs they stay (:attr:`DoctorReport.locked`, :data:`MSG_KEPT_LOCKED`)."""
+        if not found:
+            return 0
+        purged = 0
+        try:
+            with (
+                file_lock(self.root / ERASURE_LOCK, wait=False),
+                file_lock(self.paths.checkpoints / ".lock"),
+            ):
+                needed = RequestBook(self.core).uncertified_completions()
+                spare = {
+                    _rel(path, self.root)
+                    for seq, paths in self.core.witnessing.kept_files().items()
+                    if seq not in needed
+                    for path in paths
+                }
+                for f in found:
+                    path = self.root / f.path
+                    purged += int(f.path in spare and path.is_file() and secure_unlink(path))
+        except LockHeldError:
+            self.report.locked.setdefault(KEPT_FOLDER, []).extend(f.path for f in found)
         return purged
 
     def _destroy_key(self, path: Path, pid: str) -> bool:
@@ -889,9 +932,9 @@ def doctor(
     not know (a restored backup), sealed files without a key, plaintext copies of sealed data,
     unreferenced plaintext objects in DVC, and checkpoints kept for erasures whose certificate
     was issued (``privacy/checkpoints/kept``: the certificate carries its checkpoint; a process
-    killed between the two left them). The key rings' and the vault's leftovers are removed
-    under the lock of their folder's writers; a folder whose lock is held keeps them
-    (``report.locked``).
+    killed between the two left them; while an erasure runs they stay). The key rings' and the
+    vault's leftovers, and erased or unknown subjects' keys, are removed under the lock of their
+    folder's writers; a folder whose lock is held keeps them (``report.locked``).
     """
     core = core if core is not None else PrivacyCore(paths)
     doc = _Doctor(paths, core)

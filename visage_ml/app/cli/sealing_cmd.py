@@ -17,13 +17,13 @@ from visage_ml.app.cli.common import (
 )
 from visage_ml.io import atomic_write_bytes
 from visage_ml.privacy.keys import decode_master_key
+from visage_ml.rights.sealing import doctor as run_doctor
 from visage_ml.rights.sealing import (
-    MSG_RING_LOCKED,
+    locked_message,
     open_sealed_file,
     rotate_master_key,
     seal_project,
 )
-from visage_ml.rights.sealing import doctor as run_doctor
 
 JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
 MSG_DOCTOR_FOUND = (
@@ -113,10 +113,10 @@ def doctor(
     models/, notebooks/, reports/ or at the project's top, the project's own figures aside, and
     erased subjects' images in the git history (git:<path>) (both marked review: --purge leaves
     them; an erasure removes exact copies only, and never rewrites history), and checkpoints
-    kept for erasures whose certificate was issued (privacy/checkpoints/kept). A key ring or
-    vault folder that a running rotation, key creation or erasure holds locked keeps its
-    leftovers and erased subjects' keys (one may be that command's next file), and says so: run
-    --purge again later. Exit code 1 when any is left."""
+    kept for erasures whose certificate was issued (privacy/checkpoints/kept; left, saying so,
+    while an erasure runs). A key ring or vault folder that a running rotation, key creation or
+    erasure holds locked keeps its leftovers and erased subjects' keys (one may be that
+    command's next file), and says so: run --purge again later. Exit code 1 when any is left."""
     setup_logging()
     with user_errors():
         report = run_doctor(project(), purge=purge)
@@ -133,7 +133,7 @@ def doctor(
     remaining = [f for f in report.findings if not purge or f.action != "purge" or f.path in locked]
     if not as_json:
         for folder, paths in report.locked.items():
-            console.print(MSG_RING_LOCKED.format(folder=folder, n=len(paths)), highlight=False)
+            console.print(locked_message(folder, len(paths)), highlight=False)
     if remaining:
         if not as_json:
             console.print(MSG_DOCTOR_FOUND.format(n=len(remaining)), highlight=False)
