@@ -277,3 +277,55 @@ def test_a_submodules_history_and_git_lfs_objects_are_looked_through(tiny_projec
     lfs.write_bytes(png)
     report = verify_certificate(result.certificate_path, root=root)
     assert [f["path"] for f in report.findings] == [str(lfs)]
+
+
+@pytest.mark.parametrize("form", ["stream", "nbformat3", "widget"])
+def test_a_photograph_a_notebook_holds_in_any_form_goes_and_is_looked_for(project, form):
+    """Only nbformat 4 outputs' data was looked inside: a print of an <img> tag (a stream), an
+    nbformat 3 notebook's png output and an Image widget's saved state kept the photograph."""
+    proj = make_project(project, n_subjects=3)
+    victim = proj.pids[0]
+    png = next(iter(proj.images[victim].values()))
+    b64 = base64.b64encode(png).decode()
+    other = {"cell_type": "code", "source": "1", "metadata": {}, "outputs": []}
+    if form == "stream":
+        out = {
+            "output_type": "stream",
+            "name": "stdout",
+            "text": f'<img src="data:image/png;base64,{b64}">',
+        }
+        doc = {
+            "cells": [{**other, "outputs": [out]}],
+            "metadata": {},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    elif form == "nbformat3":
+        out = {"output_type": "display_data", "png": b64, "metadata": {}}
+        cell = {"cell_type": "code", "input": "show()", "outputs": [out], "language": "python"}
+        doc = {
+            "worksheets": [{"cells": [cell]}],
+            "metadata": {},
+            "nbformat": 3,
+            "nbformat_minor": 0,
+        }
+    else:
+        state = {"model_name": "ImageModel", "state": {"value": b64, "format": "png"}}
+        doc = {
+            "cells": [other],
+            "metadata": {
+                "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {"m1": state}}}
+            },
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    nb = proj.paths.root / "notebooks" / "look.ipynb"
+    nb.parent.mkdir(parents=True)
+    nb.write_text(json.dumps(doc), encoding="utf-8")
+    saved = nb.read_bytes()
+    result = Erasure(proj.paths).erase(victim)
+    assert nb.is_file() and b64 not in nb.read_text(encoding="utf-8")
+    assert result.certificate["claims"]["copies_removed"] == {"notebooks": 1}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    nb.write_bytes(saved)
+    assert not verify_certificate(result.certificate_path, root=proj.paths.root).ok

@@ -145,17 +145,62 @@ def _inline(text: str) -> list[bytes]:
     return out
 
 
+# nbformat 3 kept an output's image under its short name (``png``), not its MIME type.
+V3_IMAGES = ("png", "jpeg", "jpg", "gif")
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8")
+
+
 def _output_images(output: dict[str, Any]) -> list[bytes]:
     data = output.get("data") or {}
     if not isinstance(data, dict):
-        return []
+        data = {}
     out = []
-    for k, v in data.items():
+    for k, v in [
+        *data.items(),
+        *((f"{IMAGE_PREFIX}{k}", output[k]) for k in V3_IMAGES if k in output),
+    ]:
         if str(k).startswith(IMAGE_PREFIX) and (raw := _decode(v)) is not None:
             out.append(raw)
         elif str(k).startswith("text/"):
             out += _inline("".join(v) if isinstance(v, list) else str(v))
+    # A stream (print of an <img> tag, nbformat 3's html) inlines them in its text.
+    for k in ("text", "html"):
+        if isinstance(text := output.get(k), list | str):
+            out += _inline("".join(text) if isinstance(text, list) else text)
     return out
+
+
+def _widget_images(value: Any) -> list[bytes]:
+    """Images held anywhere in widget state (an Image widget's value, a buffer): any string
+    that decodes from base64 to an image, and any ``data:`` URL."""
+    out: list[bytes] = []
+    if isinstance(value, dict):
+        for v in value.values():
+            out += _widget_images(v)
+    elif isinstance(value, list):
+        for v in value:
+            out += _widget_images(v)
+    elif isinstance(value, str) and len(value) >= 16:
+        raw = _decode(value)
+        if raw is not None and raw.startswith(IMAGE_MAGIC):
+            out.append(raw)
+        else:
+            out += _inline(value)
+    return out
+
+
+def _cells(nb: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells of nbformat 4 (``cells``) and of nbformat 3 (``worksheets[].cells``)."""
+    cells = list(nb.get("cells") or [])
+    for sheet in nb.get("worksheets") or []:
+        if isinstance(sheet, dict):
+            cells += list(sheet.get("cells") or [])
+    return [c for c in cells if isinstance(c, dict)]
+
+
+def _widgets(nb: dict[str, Any]) -> Any:
+    meta = nb.get("metadata")
+    return meta.get("widgets") if isinstance(meta, dict) else None
 
 
 def _cell_own_images(cell: dict[str, Any]) -> list[bytes]:
@@ -169,29 +214,32 @@ def _cell_own_images(cell: dict[str, Any]) -> list[bytes]:
 
 
 def embedded_images(nb: Any) -> list[bytes]:
-    """The bytes of every image ``nb`` (a notebook as JSON) holds in base64: its outputs'
-    ``image/*`` data and ``data:`` URLs, its Markdown cells' attachments and inlined images."""
+    """The bytes of every image ``nb`` (a notebook as JSON, nbformat 4 or 3) holds in base64:
+    its outputs' image data and ``data:`` URLs (streams too), its Markdown cells' attachments and
+    inlined images, and the widget state saved in its metadata."""
     if not isinstance(nb, dict):
         return []
     out: list[bytes] = []
-    for cell in nb.get("cells", []) or []:
-        if not isinstance(cell, dict):
-            continue
+    for cell in _cells(nb):
         if cell.get("cell_type") == "code":
             for o in cell.get("outputs", []) or []:
                 out += _output_images(o) if isinstance(o, dict) else []
         else:
             out += _cell_own_images(cell)
-    return out
+    return out + _widget_images(_widgets(nb))
 
 
 def drop_images(path: Path, match: Callable[[bytes], bool]) -> int:
     """Remove from the notebook at ``path`` every output holding an image ``match`` accepts (the
-    whole output: its other forms show the same thing), and every Markdown cell's image it
-    accepts; rewritten atomically when anything went. Returns how many were removed."""
+    whole output: its other forms show the same thing), every Markdown cell's image it accepts,
+    and the widget state when it holds one; rewritten atomically when anything went. Returns how
+    many were removed."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     removed = 0
-    for cell in nb.get("cells", []):
+    if any(map(match, _widget_images(_widgets(nb)))):
+        nb["metadata"].pop("widgets", None)  # widget state is a cache the kernel rebuilds
+        removed += 1
+    for cell in _cells(nb):
         if cell.get("cell_type") == "code":
             keep = [
                 o for o in cell.get("outputs", []) or [] if not any(map(match, _output_images(o)))

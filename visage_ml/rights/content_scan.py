@@ -140,6 +140,7 @@ UNREADABLE = -1
 NOTEBOOK_MAX = 256 << 20
 NOTEBOOK_SUFFIX = ".ipynb"
 NOTEBOOK_KEY = b'"cells"'
+NOTEBOOK_V3_KEY = b'"worksheets"'
 # Read whatever its size: the verifier reads a DVC ``.dir`` manifest for the objects and the
 # subject's folder it lists.
 ALWAYS_READ = (".dir",)
@@ -161,7 +162,7 @@ def _json_start(first: bytes) -> bool:
 
 def _inner(data: bytes) -> tuple[str, ...]:
     """SHA-256s of the images the notebook ``data`` holds in base64 (none when not one)."""
-    if NOTEBOOK_KEY not in data:
+    if NOTEBOOK_KEY not in data and NOTEBOOK_V3_KEY not in data:
         return ()
     try:
         nb = json.loads(data.removeprefix(b"\xef\xbb\xbf"))
