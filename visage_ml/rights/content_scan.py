@@ -38,6 +38,7 @@ from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import PLAIN_EXTS, read_images
 from visage_ml.io import CHUNK, md5_file, usable_cpus
 from visage_ml.privacy.notebooks import embedded_images
+from visage_ml.procenv import child_env
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
 
 TOP_LEVEL = "top level"
@@ -304,7 +305,11 @@ def git_dir(root: Path) -> Path | None:
     """
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--absolute-git-dir"], cwd=root, capture_output=True, text=True
+            ["git", "rev-parse", "--absolute-git-dir"],
+            cwd=root,
+            env=child_env(),
+            capture_output=True,
+            text=True,
         )
     except OSError as exc:
         if _in_a_repository(root):
@@ -378,6 +383,7 @@ def _objects_of(root: Path, repo: Path, sizes: SizeFilter | None) -> list[Hashed
             f"--batch-check={GIT_FORMAT}",
         ],
         cwd=root,
+        env=child_env(),
         capture_output=True,
     )
     if listed.returncode != 0:
@@ -412,6 +418,7 @@ def _git_read(root: Path, where: Root, oids: Sequence[str] | None) -> list[Hashe
     with subprocess.Popen(
         cmd,
         cwd=root,
+        env=child_env(),
         stdin=subprocess.DEVNULL if oids is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -563,7 +570,7 @@ def git_paths(root: Path, oids: Iterable[str]) -> dict[str, list[str]]:
     if not wanted:
         return out
     cmd = ["git", "rev-list", "--all", "--reflog", "--objects"]
-    listed = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    listed = subprocess.run(cmd, cwd=root, env=child_env(), capture_output=True, text=True)
     for line in listed.stdout.splitlines():
         oid, _, path = line.partition(" ")
         if oid in wanted and path and path not in out[oid]:

@@ -197,8 +197,11 @@ def lock_documents(
 
 def _load_yaml(data: bytes) -> Any:
     # libyaml when built in: thousands of lock versions are read on every lineage question.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(data.decode("utf-8"), Loader=loader)  # noqa: S506 (a safe loader)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(data.decode("utf-8"))
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _git(root: Path, *args: str, stdin: list[str] | None = None) -> bytes | None:
