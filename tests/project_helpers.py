@@ -115,3 +115,23 @@ def stack_project_on(stack, root: Path, *, tracking: str = "server") -> Path:
     (secrets / "stack.json").chmod(0o600)
     (root / ".stack").symlink_to(stack.root)
     return root
+
+
+# Who commits in a test repository (git refuses to commit without a name).
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in ``root`` (it must succeed); its output, stripped."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, env={**os.environ, **GIT_ENV}
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

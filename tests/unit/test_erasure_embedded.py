@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 
 import pytest
+from project_helpers import git
 from rights_fakes import make_project
 
 from visage_ml.privacy.core import PrivacyCore
@@ -22,20 +22,6 @@ from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.sealing import ERASED_IN_GIT, doctor
-
-ENV = {
-    **os.environ,
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-}
-
-
-def git(root, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=ENV)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 def notebook(png: bytes, other: bytes) -> dict:

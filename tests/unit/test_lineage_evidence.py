@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import warnings
 
 import pytest
+from project_helpers import git
 from rights_fakes import make_project, retrain, write_pipeline_lock
 from test_certificate import _mlflow_db
 from test_redteam_regulator50 import _erased_with_models, _says_in_use_again
@@ -28,26 +27,12 @@ from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 
 EXP_FACES, EXP_MODEL = "e" * 32, "9" * 32
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-}
-
-
-def _git(root, *args: str) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, env={**os.environ, **GIT_ENV}
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def _commit_lock(root, raw_md5: str, faces_md5: str, model_md5: str, message: str) -> None:
     write_pipeline_lock(root, raw_md5, faces_md5, model_md5)
-    _git(root, "add", "dvc.lock")
-    _git(root, "commit", "-qm", message)
+    git(root, "add", "dvc.lock")
+    git(root, "commit", "-qm", message)
 
 
 def _refreshed(runner) -> list[str]:
@@ -78,14 +63,14 @@ def test_a_model_trained_in_a_dvc_experiment_is_listed_and_not_retrained_once_ap
     paths, victim = proj.paths, proj.pids[1]
     raw_md5 = tracked_md5(root, paths.raw)
     faces = md5_file(paths.processed / "faces.sealed")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "data")
-    base = _git(root, "rev-parse", "HEAD")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "data")
+    base = git(root, "rev-parse", "HEAD")
     # `dvc exp run` commits its dvc.lock under refs/exps/..., never on the branch.
     write_pipeline_lock(root, raw_md5, EXP_FACES, EXP_MODEL)
-    _git(root, "add", "dvc.lock")
-    exp = _git(root, "commit-tree", _git(root, "write-tree"), "-p", base, "-m", "exp-big")
-    _git(root, "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/exp-big", exp)
+    git(root, "add", "dvc.lock")
+    exp = git(root, "commit-tree", git(root, "write-tree"), "-p", base, "-m", "exp-big")
+    git(root, "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/exp-big", exp)
     _commit_lock(root, raw_md5, faces, "a" * 32, "run")
     _mlflow_db(paths, [(1, faces), (2, EXP_FACES)])  # the experiment's evaluate registered v2
     result = Erasure(paths, core=proj.core).erase(victim)
@@ -102,7 +87,7 @@ def test_a_model_trained_in_a_dvc_experiment_is_listed_and_not_retrained_once_ap
     assert _refreshed(runner) == [result.request_id]
     assert _retrained(paths, result)["status"].startswith("retrained (signed")
     # `dvc exp apply exp-big` writes the experiment's dvc.lock into the workspace.
-    (root / "dvc.lock").write_text(_git(root, "show", f"{exp}:dvc.lock") + "\n")
+    (root / "dvc.lock").write_text(git(root, "show", f"{exp}:dvc.lock") + "\n")
     _says_in_use_again(paths, victim, result, runner)
 
 
@@ -114,16 +99,16 @@ def test_models_on_another_branch_in_a_stash_or_past_the_history_read_are_not_le
     proj = make_project(root, n_subjects=4, track=True)
     paths, victim = proj.paths, proj.pids[1]
     raw_md5 = tracked_md5(root, paths.raw)
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "data")
-    main = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
-    _git(root, "checkout", "-qb", "bigger-backbone")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "data")
+    main = git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    git(root, "checkout", "-qb", "bigger-backbone")
     _commit_lock(root, raw_md5, "1" * 32, "c" * 32, "branch run")
-    _git(root, "checkout", "-q", main)
+    git(root, "checkout", "-q", main)
     _commit_lock(root, raw_md5, "2" * 32, "d" * 32, "run")
     # A run whose dvc.lock was stashed, not committed.
     write_pipeline_lock(root, raw_md5, "3" * 32, "e" * 32)
-    _git(root, "stash", "-q")
+    git(root, "stash", "-q")
     trained = {"c" * 32, "d" * 32, "e" * 32}
     assert trained <= {m.version for m in lineage.subject_lineage(paths, victim).models}
     # More dvc.lock versions than are read: the unread ones are conceded, not passed over.
@@ -136,13 +121,7 @@ def test_models_on_another_branch_in_a_stash_or_past_the_history_read_are_not_le
 
 
 def test_a_model_trained_on_a_data_version_never_recorded_is_not_called_retrained(project):
-    proj, victim, _, result = _erased_with_models(project)
-    paths = proj.paths
-    after = result.certificate["claims"]["dataset"]["processed_md5_after"]
-    retrain(paths, after, "b" * 32)
-    _mlflow_db(paths, [(2, after)])
-    runner = CliRunner()
-    assert _refreshed(runner) == [result.request_id]
+    paths, victim, _, result, runner, _client = _retrained_then_registry(project)
     # A `dvc repro` of data that still held the subject, its dvc.lock never committed and since
     # overwritten: only its MLflow version says which data it was trained on.
     _mlflow_db(paths, [(3, "f" * 32)])
