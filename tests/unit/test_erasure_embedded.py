@@ -315,3 +315,62 @@ def test_a_photograph_a_notebook_holds_in_any_form_goes_and_is_looked_for(projec
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
     nb.write_bytes(saved)
     assert not verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+def test_a_damaged_git_object_is_not_shown_clean(project):
+    """A damaged object (`<oid> missing` from git) crashed the verifier with a ValueError, or
+    was taken for one pruned and skipped."""
+    proj = make_project(project, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    root = proj.paths.root
+    git(root, "init", "-q")
+    png = next(iter(proj.images[proj.pids[0]].values()))
+    oid = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"], cwd=root, input=png, capture_output=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    loose = root / ".git" / "objects" / oid[:2] / oid[2:]
+    loose.chmod(0o644)
+    loose.write_bytes(b"garbage")
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok
+    assert any("damaged" in f["why"] for f in report.findings), report.findings
+    assert oid not in json.dumps(report.findings)
+
+
+def test_a_notebook_with_a_byte_order_mark_or_odd_json_is_handled(project):
+    proj = make_project(project, n_subjects=3)
+    victim = proj.pids[0]
+    png = next(iter(proj.images[victim].values()))
+    theirs = next(iter(proj.images[proj.pids[1]].values()))
+    folder = proj.paths.root / "notebooks"
+    folder.mkdir()
+    bom = folder / "bom.ipynb"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(notebook(png, theirs)).encode())
+    spaced = folder / "spaced.ipynb"
+    spaced.write_text(" " * 5000 + json.dumps(notebook(png, theirs)), encoding="utf-8")
+    odd = folder / "odd.json"
+    odd.write_text(json.dumps({"cells": [{"cell_type": "markdown", "attachments": ["a"]}]}))
+    result = Erasure(proj.paths).erase(victim)
+    assert png not in images_in(bom) and png not in images_in(spaced)
+    assert result.certificate["claims"]["copies_removed"] == {"notebooks": 2}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+
+
+@pytest.mark.pipeline
+def test_a_submodules_git_lfs_objects_are_walked(tiny_project):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    png = next(iter(proj.images[proj.pids[0]].values()))
+    module = root / ".git" / "modules" / "sub"
+    git(root, "init", "-q", "--bare", str(module))
+    sha = hashlib.sha256(png).hexdigest()
+    lfs = module / "lfs" / "objects" / sha[:2] / sha[2:4] / sha
+    lfs.parent.mkdir(parents=True)
+    lfs.write_bytes(png)
+    report = verify_certificate(result.certificate_path, root=root)
+    assert [f["path"] for f in report.findings] == [str(lfs)]

@@ -234,7 +234,7 @@ def drop_images(path: Path, match: Callable[[bytes], bool]) -> int:
     whole output: its other forms show the same thing), every Markdown cell's image it accepts,
     and the widget state when it holds one; rewritten atomically when anything went. Returns how
     many were removed."""
-    nb = json.loads(path.read_text(encoding="utf-8"))
+    nb = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is no error
     removed = 0
     if any(map(match, _widget_images(_widgets(nb)))):
         nb["metadata"].pop("widgets", None)  # widget state is a cache the kernel rebuilds

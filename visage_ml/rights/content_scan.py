@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,9 +124,11 @@ def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
     out = [Root(p) for p in scanned_roots(paths.root)]
     with contextlib.suppress(GitUnreadableError):  # said by git_objects, which reads the rest
         folder = git_dir(paths.root)
-        if folder is not None and (folder / LFS_OBJECTS).is_dir():
-            # Git LFS keeps each tracked file's bytes under their SHA-256: plain files.
-            out.append(Root(folder / LFS_OBJECTS, GIT_LFS_WHERE))
+        # Git LFS keeps each tracked file's bytes under their SHA-256, plain files: the
+        # repository's, and each submodule's.
+        for repo in [folder, *_submodule_dirs(folder)] if folder is not None else []:
+            if (repo / LFS_OBJECTS).is_dir():
+                out.append(Root(repo / LFS_OBJECTS, GIT_LFS_WHERE))
     if setup is not None:
         out += [Root(s.local_path, store_label(s), True) for s in setup.stores if s.local_path]
         if setup.site_cache_dir is not None:
@@ -142,11 +143,11 @@ NOTEBOOK_MAX = 256 << 20
 NOTEBOOK_SUFFIX = ".ipynb"
 NOTEBOOK_KEY = b'"cells"'
 NOTEBOOK_V3_KEY = b'"worksheets"'
-# Read whatever its size: the verifier reads a DVC ``.dir`` manifest for the objects and the
-# subject's folder it lists.
-ALWAYS_READ = (".dir",)
+# Read whatever their size: the verifier reads a DVC ``.dir`` manifest for the objects and the
+# subject's folder it lists; a notebook holds images.
+ALWAYS_READ = (".dir", NOTEBOOK_SUFFIX)
 # What a file that is not read shows first, to tell a notebook (any JSON) from the rest.
-SNIFF = 64
+SNIFF = 4096
 
 
 class SizeFilter(Protocol):
@@ -167,9 +168,10 @@ def _inner(data: bytes) -> tuple[str, ...]:
         return ()
     try:
         nb = json.loads(data.removeprefix(b"\xef\xbb\xbf"))
-    except (ValueError, UnicodeDecodeError):
-        return ()
-    return tuple(hashlib.sha256(img).hexdigest() for img in embedded_images(nb))
+        images = embedded_images(nb)
+    except (ValueError, UnicodeDecodeError, TypeError, AttributeError):
+        return ()  # not JSON, or JSON of another shape: no notebook's images
+    return tuple(hashlib.sha256(img).hexdigest() for img in images)
 
 
 def notebook_images(path: Path) -> tuple[str, ...]:
@@ -323,27 +325,25 @@ def git_dir(root: Path) -> Path | None:
     raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why))
 
 
-def git_objects(root: Path, *, sizes: SizeFilter | None = None) -> list[Hashed]:
-    """Every blob of the git repository holding ``root``, hashed as a file is: reachable or not
-    (any commit of any branch or tag, a stash, the reflog, DVC's experiments under
-    ``refs/exps``, and objects nothing names any more until ``git gc`` prunes them). A file
-    committed by mistake is there for good, whatever the working tree holds now.
-
-    With ``sizes``, the objects are listed first (git's header gives their size): a blob of a
-    size that cannot match is not read (``read`` False) when too large to be a notebook worth
-    looking inside (:data:`GIT_FETCH_MAX`; git does not say which blob is a notebook).
+def git_objects(root: Path) -> list[Hashed]:
+    """Every blob of the git repository holding ``root`` (and of each submodule), hashed as a
+    file is: reachable or not (any commit of any branch or tag, a stash, the reflog, DVC's
+    experiments under ``refs/exps``, and objects nothing names any more until ``git gc`` prunes
+    them). A file committed by mistake is there for good, whatever the working tree holds now.
+    Every blob is read, whatever its size: git does not say which blob is a notebook.
 
     Raises
     ------
     GitUnreadableError
-        The repository is there but its objects could not be read: not shown clean.
+        The repository is there but its objects could not be read (an object damaged, git
+        refusing it): not shown clean.
     """
     folder = git_dir(root)
     if folder is None:
         return []
     out: list[Hashed] = []
     for repo in [folder, *_submodule_dirs(folder)]:
-        out += _objects_of(root, repo, sizes)
+        out += _git_read(root, Root(repo, GIT_WHERE, git=True))
     return out
 
 
@@ -363,43 +363,7 @@ def _submodule_dirs(folder: Path) -> list[Path]:
 
 
 GIT_FORMAT = "%(objectname) %(objecttype) %(objectsize)"
-# A blob larger than this, of no size sought, is not fetched (a notebook in it is not looked at).
-GIT_FETCH_MAX = 64 << 20
-
-
-def _objects_of(root: Path, repo: Path, sizes: SizeFilter | None) -> list[Hashed]:
-    """Every blob of the git folder ``repo`` (run from ``root``): with ``sizes``, listed first
-    and those of no size sought beyond :data:`GIT_FETCH_MAX` not read."""
-    where = Root(repo, GIT_WHERE, git=True)
-    if sizes is None:
-        return _git_read(root, where, None)
-    listed = subprocess.run(
-        [
-            "git",
-            f"--git-dir={repo}",
-            "cat-file",
-            "--batch-all-objects",
-            "--unordered",
-            f"--batch-check={GIT_FORMAT}",
-        ],
-        cwd=root,
-        env=child_env(),
-        capture_output=True,
-    )
-    if listed.returncode != 0:
-        raise _git_error(listed.stderr)
-    out: list[Hashed] = []
-    wanted: list[str] = []
-    for line in listed.stdout.splitlines():
-        oid, kind, size = line.decode().split()
-        if kind != "blob":
-            continue
-        n = int(size)
-        if n <= GIT_FETCH_MAX or sizes.may_match(n):
-            wanted.append(oid)
-        else:
-            out.append(Hashed(repo, where, None, n, (), oid, read=False))
-    return out + (_git_read(root, where, wanted) if wanted else [])
+MSG_GIT_DAMAGED = "an object git lists cannot be read (damaged): run `git fsck`"
 
 
 def _git_error(err: bytes) -> GitUnreadableError:
@@ -407,32 +371,35 @@ def _git_error(err: bytes) -> GitUnreadableError:
     return GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why[:200]))
 
 
-def _git_read(root: Path, where: Root, oids: Sequence[str] | None) -> list[Hashed]:
-    """The blobs ``oids`` of the git folder ``where.path`` (None: every object) read through
-    ``git cat-file --batch``, hashed, a notebook's images decoded."""
+def _git_read(root: Path, where: Root) -> list[Hashed]:
+    """Every blob of the git folder ``where.path`` read through ``git cat-file --batch``,
+    hashed, a notebook's images decoded."""
     repo = where.path
-    cmd = ["git", f"--git-dir={repo}", "cat-file", f"--batch={GIT_FORMAT}"]
-    if oids is None:
-        cmd[3:3] = ["--batch-all-objects", "--unordered"]
+    cmd = [
+        "git",
+        f"--git-dir={repo}",
+        "cat-file",
+        "--batch-all-objects",
+        "--unordered",
+        f"--batch={GIT_FORMAT}",
+    ]
     out: list[Hashed] = []
+    damaged = False
     with subprocess.Popen(
         cmd,
         cwd=root,
         env=child_env(),
-        stdin=subprocess.DEVNULL if oids is None else subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
         stream = proc.stdout
         if stream is None:  # never: stdout is a pipe
             raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why="no output"))
-        feeder = None
-        if oids is not None and proc.stdin is not None:
-            feeder = threading.Thread(target=_feed, args=(proc.stdin, oids), daemon=True)
-            feeder.start()
         while header := stream.readline():
             fields = header.split()
-            if len(fields) != 3:  # "<oid> missing": pruned since it was listed
+            if len(fields) != 3:  # "<oid> missing": listed, not readable (its id not said)
+                damaged = True
                 continue
             oid, kind, size = fields
             left = int(size)
@@ -448,24 +415,12 @@ def _git_read(root: Path, where: Root, oids: Sequence[str] | None) -> list[Hashe
             if reader is not None:
                 digest, n, inner, opaque = reader.done()
                 out.append(Hashed(repo, where, digest, n, inner, oid.decode(), opaque))
-        if feeder is not None:
-            feeder.join()
         err = proc.stderr.read() if proc.stderr is not None else b""
     if proc.returncode != 0:
         raise _git_error(err)
+    if damaged:
+        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=MSG_GIT_DAMAGED))
     return out
-
-
-def _feed(pipe: Any, oids: Sequence[str]) -> None:
-    """Write the object ids ``git cat-file --batch`` is to print, then close its input."""
-    try:
-        for i in range(0, len(oids), 4096):
-            pipe.write("".join(f"{o}\n" for o in oids[i : i + 4096]).encode())
-    except OSError:  # git stopped reading: its exit status says why
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            pipe.close()
 
 
 def _listed(paths: ProjectPaths, pid: str) -> dict[tuple[str, str], str]:
@@ -531,13 +486,7 @@ def current_pngs(paths: ProjectPaths, pid: str) -> set[str]:
     return set(_listed(paths, pid).values())
 
 
-def git_hits(
-    root: Path,
-    hashes: Container[str],
-    *,
-    allowed: Container[str],
-    sizes: SizeFilter | None = None,
-) -> list[Hashed]:
+def git_hits(root: Path, hashes: Container[str], *, allowed: Container[str]) -> list[Hashed]:
     """The objects of the git history holding erased content (or a notebook showing it), but
     those whose bytes are ``allowed``: a current subject's own photograph (:func:`current_pngs`,
     one the erased subject shared), a sealed file whose key the erasure destroyed (unreadable
@@ -548,8 +497,7 @@ def git_hits(
     GitUnreadableError
         As :func:`git_objects`.
     """
-    found = git_objects(root, sizes=sizes)
-    return [h for h in found if h.matches(hashes) and h.digest not in allowed]
+    return [h for h in git_objects(root) if h.matches(hashes) and h.digest not in allowed]
 
 
 def in_use_name(mac: Callable[[str, str], str], root: Path, path: Path) -> str:

@@ -176,7 +176,7 @@ def _found(ctx: Context, pid: str) -> Found:
             label = content_scan.store_label(store)
             found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
     allowed = git_allowed(ctx.paths, pid, artefacts)
-    in_git = len(content_scan.git_hits(root, hashes, allowed=allowed, sizes=hashes))
+    in_git = len(content_scan.git_hits(root, hashes, allowed=allowed))
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
     names = sorted({content_scan.in_use_name(ctx.core.tombstones.mac, root, f) for f in kept.files})
     return Found(found, names, in_git, dict(sorted(unreadable.items())))
@@ -214,6 +214,8 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
             copy.remove()
         except OSError as exc:
             stuck.setdefault(copy.where, exc.strerror or type(exc).__name__)
+        except (ValueError, TypeError, AttributeError) as exc:  # a notebook not rewritable
+            stuck.setdefault(copy.where, f"not rewritable ({type(exc).__name__})")
     if stuck:
         where = "; ".join(f"{folder}: {why}" for folder, why in sorted(stuck.items()))
         n = sum(1 for c in found if c.exists())
