@@ -433,6 +433,18 @@ def test_the_purge_leaves_every_processed_file_as_private_as_it_found_it(proj):
 NAME = "Jane.Doe"
 
 
+def _erased_or_killed_and_resumed(proj, victim: str, fault: str | None, *, planned: Path) -> Path:
+    """The certificate of ``victim``'s erasure: run whole (``fault`` None), or killed at
+    ``fault`` (``planned`` still there: planned, not yet purged) and resumed."""
+    if fault is None:
+        return Erasure(proj.paths).erase(victim).certificate_path
+    child = _erase_in_child(proj.paths.root, victim, fault)
+    assert child.returncode == erasure_mod.FAULT_EXIT, child.stderr[-2000:]
+    assert planned.exists()
+    (done,) = Erasure(proj.paths).resume()
+    return done.certificate_path
+
+
 @pytest.mark.parametrize("fault", [None, "mlflow:planned"])
 def test_files_named_like_the_person_are_removed_and_their_names_never_recorded(proj, fault):
     # The attack: the subject's photo logged to MLflow under their name (a folder and files
@@ -452,14 +464,7 @@ def test_files_named_like_the_person_are_removed_and_their_names_never_recorded(
     export_subject(
         proj.paths, victim, core=proj.core, out=bundle, delivery=Delivery(recipients=(recipient,))
     )
-    if fault is None:
-        cert = Erasure(proj.paths).erase(victim).certificate_path
-    else:
-        child = _erase_in_child(proj.paths.root, victim, fault)
-        assert child.returncode == erasure_mod.FAULT_EXIT, child.stderr[-2000:]
-        assert plain.exists()  # planned, not yet purged
-        (done,) = Erasure(proj.paths).resume()
-        cert = done.certificate_path
+    cert = _erased_or_killed_and_resumed(proj, victim, fault, planned=plain)
     assert not plain.exists() and not sealed.exists() and not bundle.exists()
     records = {
         "ledger": proj.paths.ledger.read_text(encoding="utf-8"),
@@ -498,14 +503,7 @@ def test_files_placed_by_hand_under_the_persons_name_are_removed_and_never_named
     checkpoint = proj.paths.models / "checkpoints" / "embedder" / f"{NAME}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_bytes(b"a margin head")
-    if fault is None:
-        cert = Erasure(proj.paths).erase(victim).certificate_path
-    else:
-        child = _erase_in_child(proj.paths.root, victim, fault)
-        assert child.returncode == erasure_mod.FAULT_EXIT, child.stderr[-2000:]
-        assert checkpoint.exists()  # planned, not yet purged
-        (done,) = Erasure(proj.paths).resume()
-        cert = done.certificate_path
+    cert = _erased_or_killed_and_resumed(proj, victim, fault, planned=checkpoint)
     assert not by_hand.exists() and not checkpoint.exists()
     assert _named_nowhere(proj.paths, cert) == set()
     claims = json.loads(cert.read_text(encoding="utf-8"))["claims"]
