@@ -34,6 +34,7 @@ from visage_ml.app.cli import app
 from visage_ml.config import ProjectPaths
 from visage_ml.io import file_lock
 from visage_ml.privacy import ledger as ledger_mod
+from visage_ml.privacy import witness as witness_mod
 from visage_ml.privacy import witnessed as witnessed_mod
 from visage_ml.privacy.certificate import (
     CONSISTENT_ONLY,
@@ -573,3 +574,58 @@ def test_a_witness_set_line_written_in_without_the_ledger_key_names_no_witness_o
         fh.write(json.dumps(recorded, separators=(",", ":")).encode() + b"\n")
     own = checkout_witnesses(proj.paths)
     assert own.vkeys == (old,) and own.directory == (old,)
+
+
+def test_a_witness_unread_when_a_killed_erasure_is_resumed_keeps_its_cosignature(
+    project, tmp_path, monkeypatch
+):
+    """Two witnesses, both needed. The process dies once both cosigned `erasure.completed`;
+    at the resume one witness's folder cannot be read for a moment (the checkpoint's pending
+    mark keeps what the other holds, and waits for it), and it is back when the resume asks it
+    to cosign a newer tree. Its copy of the completion's checkpoint must be gathered before
+    that cosignature replaces it: it was not, the mark was dropped, and the certificate of a
+    completion both witnesses cosigned read COMPLETION DATE NOT WITNESSED."""
+    default = Witness.create(default_witness_dir(), name="witness.example.org/w1")
+    second = Witness.create(tmp_path / "w2", name="witness.example.org/w2")
+    write_overrides(
+        project / "params.yaml",
+        {
+            "privacy.witness.witnesses": [
+                {"kind": "directory", "path": "default"},
+                {"kind": "directory", "path": str(tmp_path / "w2")},
+            ],
+            "privacy.witness.quorum": 0,
+        },
+    )
+    proj = make_project(project, n_subjects=3)
+
+    def killed_once_cosigned(point: str) -> None:
+        if point == "witness:kept:cosigned":
+            raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(witnessed_mod, "crash_point", killed_once_cosigned)
+        with pytest.raises(_Killed):
+            Erasure(proj.paths).erase(proj.pids[0])
+    assert list((proj.paths.checkpoints / "kept").glob("*.pending"))
+    later(monkeypatch, timedelta(hours=3))
+    real_latest = witness_mod.DirectoryWitness.latest
+    real_record = witnessed_mod.Witnessing._record_witness_set
+    back = {"w2": False}
+
+    def flaky(self, origin):
+        if self.root == tmp_path / "w2" and not back["w2"]:
+            raise OSError(5, "Input/output error")
+        return real_latest(self, origin)
+
+    def record(self):  # w2 is back once the resume's checkpoint settled the marks without it
+        back["w2"] = True
+        return real_record(self)
+
+    monkeypatch.setattr(witness_mod.DirectoryWitness, "latest", flaky)
+    monkeypatch.setattr(witnessed_mod.Witnessing, "_record_witness_set", record)
+    _issued, cert, pub, doc = _resumed_copy(proj, tmp_path)
+    assert back["w2"], "no newer tree was cosigned"
+
+    for w in (default, second):
+        assert_witnessed_valid(tmp_path, cert, pub, doc, w.verifier.vkey)

@@ -163,7 +163,12 @@ class PrivacyCore:
         the entry, however late the certificate is made. Without one (the witnesses did not
         answer then), under a checkpoint witnessed now, whose cosignatures date nothing
         earlier."""
-        witnessed = self.witnessing.witnessed_with(entry.seq) or self.checkpoint_and_witness()
+        witnessed = self.witnessing.witnessed_with(entry.seq)
+        if witnessed is None:
+            now = self.checkpoint_and_witness()
+            # Its settling may have kept the entry's own checkpoint, from a witness that could
+            # not be read a moment before and was asked to cosign this newer tree.
+            witnessed = self.witnessing.witnessed_with(entry.seq) or now
         if witnessed.tree is None or witnessed.tree.size <= entry.seq:
             raise LedgerError(f"the witnessed checkpoint does not cover entry {entry.seq}")
         return offline_proof(

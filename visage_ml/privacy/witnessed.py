@@ -625,7 +625,7 @@ class Witnessing:
         self.check_witness_set()
         with file_lock(self.paths.checkpoints / ".lock"):
             # Before a witness is asked to cosign a newer tree, which replaces its copy.
-            self._settle_pending()
+            waiting = self._settle_pending()
             self._record_witness_set()
             hashes = self.ledger.leaf_hashes()
             size = len(hashes)
@@ -647,6 +647,11 @@ class Witnessing:
             problems: list[str] = []
             counted = 0
             for i, client in enumerate([*self.clients, *tell]):
+                if client.where in waiting:
+                    # It could not be read, and is about to cosign a newer tree, which
+                    # replaces its copy of the checkpoint a mark waits for: gathered first.
+                    waiting.discard(client.where)
+                    self._settle_pending(only=client)
                 try:
                     sig = self._witness_one(client, tree, note, local_size, signers)
                 except WitnessError as exc:
@@ -839,7 +844,7 @@ class Witnessing:
             path.unlink()
             fsync_dir(path.parent)
 
-    def _settle_pending(self) -> None:
+    def _settle_pending(self, only: WitnessClient | None = None) -> set[str]:
         """Keep the checkpoint of each entry whose witnessing a process did not finish: a
         ``kept/<seq>.pending`` mark holds the checkpoint it asked the witnesses to cosign.
 
@@ -850,30 +855,35 @@ class Witnessing:
         before it asked, or the witness refused); while one cannot be read it stays, with the
         cosignatures gathered so far. Called with the checkpoints' lock held, before any
         witness is asked to cosign a newer tree (which replaces its copy).
+
+        ``only``: read that witness alone (one that could not be read before, about to be asked
+        to cosign a newer tree): its copy is gathered into the marks, which stay unless kept.
+
+        Returns the witnesses (``where``) that could not be read while a mark waits for them.
         """
         folder = self.paths.checkpoints / KEPT
         try:
             marks = sorted(p for p in folder.iterdir() if p.name.endswith(PENDING))
         except FileNotFoundError:
-            return
+            return set()
         if not marks:
-            return
+            return set()
         keys = [v for v in (c.cosigner() for c in self.clients) if v is not None]
-        found: list[bytes | None] = [self._local()]
-        unread: list[Verifier] = []
-        for client in self.clients:
+        found: list[bytes | None] = [self._local()] if only is None else []
+        unread: dict[str, Verifier | None] = {}
+        for client in self.clients if only is None else [only]:
             try:
                 found.append(client.latest(self.origin))
             except (WitnessError, OSError) as exc:
                 log.warning("%s: its latest checkpoint could not be read (%s)", client.where, exc)
-                if (v := client.cosigner()) is not None:
-                    unread.append(v)
+                unread[client.where] = client.cosigner()
         copies: list[Note] = []
         for data in found:
             with contextlib.suppress(NoteError):
                 if data is not None:
                     copies.append(parse_note(data))
         needed = self.params.quorum or len(self.clients)
+        waiting: set[str] = set()
         for mark in marks:
             seq_text = mark.name.removesuffix(PENDING)
             try:
@@ -902,10 +912,15 @@ class Witnessing:
             if cosigned and len(cosigned) >= needed:
                 atomic_write_bytes(self._kept_path(seq), gathered.to_bytes(), mode=0o644)
                 log.info("entry %d: its checkpoint kept from the witnesses' copies", seq)
-            elif any(u.vkey not in cosigned for u in unread):
-                atomic_write_bytes(mark, gathered.to_bytes(), mode=0o644)
+            elif only is not None or any(
+                v is None or v.vkey not in cosigned for v in unread.values()
+            ):
+                if gathered != asked:
+                    atomic_write_bytes(mark, gathered.to_bytes(), mode=0o644)
+                waiting |= {w for w, v in unread.items() if v is None or v.vkey not in cosigned}
                 continue
             self._unmark(seq)
+        return waiting
 
     def kept_files(self) -> dict[int, list[Path]]:
         """The files under ``privacy/checkpoints/kept`` by the entry they are kept for: its
