@@ -21,7 +21,7 @@ from test_redteam_plaintext import unseal
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import sha256_bytes
 from visage_ml.privacy.certificate_page import render_page
-from visage_ml.rights import dvc_objects
+from visage_ml.rights import content_scan, dvc_objects
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 
@@ -224,3 +224,54 @@ def test_a_later_erasure_of_a_shared_photograph_leaves_earlier_certificates_vali
     Erasure(proj.paths).erase(victim)
     report = verify_certificate(first.certificate_path, root=proj.paths.root)
     assert report.ok, report.findings
+
+
+def _group_photo(proj):
+    """One photograph filed under three subjects, in clear: the first two are erased."""
+    first, second, third = proj.pids[0], proj.pids[1], proj.pids[2]
+    png = unseal(proj, first)[0]
+    for pid in (second, third):
+        _file_under(proj, pid, png, sealed=False)
+        unseal(proj, pid)
+    return first, second
+
+
+def test_two_certificates_do_not_show_that_their_subjects_shared_a_photograph(project):
+    """The kept file's name was a MAC of its path alone: each certificate of a subject who shared
+    a photograph with the same current subject listed the same name, so anyone reading both (the
+    subjects, a regulator) learnt that the two shared a photograph with one third person."""
+    proj = make_project(project, n_subjects=4)
+    first, second = _group_photo(proj)
+    one = Erasure(proj.paths).erase(first)
+    two = Erasure(proj.paths).erase(second)
+    names = [set(r.certificate["claims"]["copies_in_use"]) for r in (one, two)]
+    assert all(names), names
+    assert not names[0] & names[1], names
+    for result in (one, two):
+        report = verify_certificate(result.certificate_path, root=proj.paths.root)
+        assert report.ok, report.findings
+
+
+def test_certificates_that_named_kept_files_by_path_alone_still_verify(project, monkeypatch):
+    """Certificates issued before the names were bound to their request list the path's MAC
+    alone: they (and an earlier one, whose verifier finds the same file) still verify, and so
+    does a later erasure's."""
+    proj = make_project(project, n_subjects=4)
+    earlier = Erasure(proj.paths).erase(proj.pids[3])
+    first, second = _group_photo(proj)
+    bound = content_scan.in_use_name
+
+    def by_path(mac, root, path, *, request_id):
+        return bound(mac, root, path, request_id=None)
+
+    with monkeypatch.context() as m:
+        m.setattr(content_scan, "in_use_name", by_path)
+        old = Erasure(proj.paths).erase(first)
+    assert len(old.certificate["claims"]["copies_in_use"]) == 2
+    for result in (old, earlier):
+        report = verify_certificate(result.certificate_path, root=proj.paths.root)
+        assert report.ok, report.findings
+    later = Erasure(proj.paths).erase(second)
+    for result in (old, earlier, later):
+        report = verify_certificate(result.certificate_path, root=proj.paths.root)
+        assert report.ok, report.findings

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Collection, Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def scan_for_hashes(
     *,
     pid: str,
     md5s: set[str],
-    declared_in_use: Sequence[str],
+    declared_in_use: Mapping[str | None, Collection[str]],
     allowed_in_git: Container[str] = frozenset(),
     report: CertificateReport,
 ) -> int:
@@ -155,24 +155,33 @@ def scan_for_hashes(
     not read); record any whose SHA-256 is in
     ``sha256s`` (listed, or an erased image's plaintext), or a notebook holding such an image,
     but the files of other current subjects (:func:`~visage_ml.rights.content_scan.in_use`,
-    the erasure's rule) that the certificate lists kept (``declared_in_use``, each as
-    :func:`~visage_ml.rights.content_scan.in_use_name` records it); and any ``.dir`` manifest
+    the erasure's rule) that an erasure lists kept (``declared_in_use``: by request id, the
+    names as :func:`~visage_ml.rights.content_scan.in_use_name` gives them for that request,
+    or as it gave them before, unbound); and any ``.dir`` manifest
     that names a listed md5 or the subject's folder. Returns how many files current subjects
     hold."""
     hashed = content_scan.hash_files(walked, sizes=sha256s)
     hits = [h for h in hashed if h.matches(sha256s)]
     kept = content_scan.in_use(paths, hits, pid=pid)
-    declared = set(declared_in_use)
+    declared = {(rid, str(n)) for rid, names in declared_in_use.items() for n in names}
     if sha256s.key is not None:
         key = sha256s.key
 
         def mac(kind: str, value: str) -> str:
             return Tombstones.mac_with(key, kind, value)
 
+        def name(f: Path, rid: str | None) -> str:
+            return content_scan.in_use_name(mac, paths.root, f, request_id=rid)
+
+        # A certificate made before names were bound to their request lists the path's alone.
+        unbound = {n for _, n in declared}
         accepted = {
-            f for f in kept.files if content_scan.in_use_name(mac, paths.root, f) in declared
+            f
+            for f in kept.files
+            if name(f, None) in unbound
+            or any((rid, name(f, rid)) in declared for rid in declared_in_use if rid)
         }
-    elif len(kept.files) <= len(declared):  # without the key, as many as it lists
+    elif len(kept.files) <= len(declared):  # without the key, as many as they list
         accepted = set(kept.files)
     else:
         accepted = set()
@@ -209,22 +218,22 @@ def scan_for_hashes(
     return len(kept.files)
 
 
-def _declared_in_use(paths: ProjectPaths) -> set[str]:
-    """The kept files every erasure of the checkout's ledger declared (its copies step's
-    ``copies_in_use``, each a keyed name of a path)."""
+def _declared_in_use(paths: ProjectPaths) -> dict[str | None, set[str]]:
+    """The kept files every erasure of the checkout's ledger declared, by its request id (its
+    copies step's ``copies_in_use``, each a keyed name of the request and a path)."""
     try:
         states = RequestBook(PrivacyCore(paths)).all()
     except (LedgerError, OSError, ValueError) as exc:
         log.warning(
             "the request book could not be read (%s): only this certificate's kept files", exc
         )
-        return set()
-    out: set[str] = set()
+        return {}
+    out: dict[str | None, set[str]] = {}
     for st in states:
         rec = st.steps.get("copies")
         names = (rec.info or {}).get(content_scan.IN_USE) if rec is not None else None
         if isinstance(names, list):
-            out.update(str(n) for n in names)
+            out.setdefault(st.request_id, set()).update(str(n) for n in names)
     return out
 
 
@@ -279,7 +288,9 @@ def _scan(
     in_use = [str(n) for n in listed] if isinstance(listed, list) else []
     # The file of a current subject that a later erasure declared kept (a photograph its
     # subject shared) is found through the tombstones too: accepted as that erasure declared it.
-    declared = sorted({*in_use, *_declared_in_use(paths)})
+    declared = _declared_in_use(paths)
+    rid = doc.get("request_id")
+    declared.setdefault(rid if isinstance(rid, str) else None, set()).update(in_use)
     held = scan_for_hashes(
         paths,
         walked,

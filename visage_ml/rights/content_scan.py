@@ -43,8 +43,8 @@ from visage_ml.rights.content_hashes import scanned_roots, walk_files
 TOP_LEVEL = "top level"
 # The certificate's list of the files of data/raw, identical to erased content, that other
 # current subjects hold (kept by the erasure; the verifier accepts those, no other): each as
-# ``~`` and 12 hex digits of a MAC of its path under the tombstone key (the path names another
-# subject), :func:`in_use_name`.
+# ``~`` and 12 hex digits of a MAC of its request id and path under the tombstone key (the path
+# names another subject), :func:`in_use_name`.
 IN_USE = "copies_in_use"
 IN_USE_KIND = "in_use_file"
 IN_USE_HEX = 12
@@ -500,14 +500,22 @@ def git_hits(root: Path, hashes: Container[str], *, allowed: Container[str]) -> 
     return [h for h in git_objects(root) if h.matches(hashes) and h.digest not in allowed]
 
 
-def in_use_name(mac: Callable[[str, str], str], root: Path, path: Path) -> str:
-    """What the certificate records of a file other current subjects hold (:data:`IN_USE`):
-    ``~`` and the first hex digits of ``mac(kind, its project-relative path)``."""
+def in_use_name(
+    mac: Callable[[str, str], str], root: Path, path: Path, *, request_id: str | None
+) -> str:
+    """What the certificate of erasure ``request_id`` records of a file other current subjects
+    hold (:data:`IN_USE`): ``~`` and the first hex digits of ``mac(kind, request id NUL its
+    project-relative path)``. The request binds it: a file kept by two erasures (a photograph
+    three subjects share) is named apart on each certificate, or two of them would show their
+    subjects shared a photograph with one third. ``request_id`` None: the name certificates
+    made before gave (the path alone; neither an id nor a path holds a NUL, so the two forms
+    never meet), which the verifier still reads."""
     try:  # as walked: a project folder may be a link to another volume
         relpath = path.relative_to(root).as_posix()
     except ValueError:
         relpath = path.as_posix()
-    return "~" + mac(IN_USE_KIND, relpath)[:IN_USE_HEX]
+    value = relpath if request_id is None else f"{request_id}\0{relpath}"
+    return "~" + mac(IN_USE_KIND, value)[:IN_USE_HEX]
 
 
 def git_paths(root: Path, oids: Iterable[str]) -> dict[str, list[str]]:

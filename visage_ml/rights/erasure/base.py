@@ -109,6 +109,9 @@ class Context:
     done, infos
         What each step of the request recorded done so far, and its info (from the ledger):
         the copies step looks for what the certificate will list.
+    request_id
+        The request a step runs for (None outside one): the copies step names the files it
+        keeps under it, :func:`~visage_ml.rights.content_scan.in_use_name`.
     """
 
     paths: ProjectPaths
@@ -118,6 +121,7 @@ class Context:
     planned: Mapping[str, list[Artefact]] = field(default_factory=dict)
     done: Mapping[str, list[Artefact]] = field(default_factory=dict)
     infos: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    request_id: str | None = None
     _setup: dvc_objects.DvcSetup | None = field(default=None, repr=False)
 
     @property

@@ -11,8 +11,9 @@ removed (overwritten, then deleted) rather than certified and found afterwards.
 Only exact copies: a re-encoded or cropped face has other bytes, and is for ``visage privacy
 doctor`` to list for review. Kept: a file of ``data/raw`` its images table lists under another
 current subject (a photograph two subjects share), and the DVC objects with its md5, listed in
-the certificate by a keyed MAC of the path (``claims.copies_in_use``); content the certificate
-declares still in use (:func:`~visage_ml.rights.erasure.base.retained_shared`); the empty file.
+the certificate by a keyed MAC of the request and the path (``claims.copies_in_use``: no name
+another certificate lists); content the certificate declares still in use
+(:func:`~visage_ml.rights.erasure.base.retained_shared`); the empty file.
 DVC's cache and local remotes are looked through too, as the verifier does (a copy tracked
 with ``dvc add`` has its object there, which ``dvc checkout`` would put back), and the objects
 of the copies found are removed from the other remotes by their md5; the ``.dvc`` file that
@@ -178,7 +179,8 @@ def _found(ctx: Context, pid: str) -> Found:
     allowed = git_allowed(ctx.paths, pid, artefacts)
     in_git = len(content_scan.git_hits(root, hashes, allowed=allowed))
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
-    names = sorted({content_scan.in_use_name(ctx.core.tombstones.mac, root, f) for f in kept.files})
+    mac, rid = ctx.core.tombstones.mac, ctx.request_id
+    names = sorted({content_scan.in_use_name(mac, root, f, request_id=rid) for f in kept.files})
     return Found(found, names, in_git, dict(sorted(unreadable.items())))
 
 

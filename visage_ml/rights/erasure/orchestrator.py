@@ -404,6 +404,7 @@ class Erasure:
     def _store_step(self, st: RequestState, step: str, previous: list[Artefact]) -> None:
         """Plan with every store of ``step``, record the plan, erase, record what was done."""
         ctx = self.ctx
+        ctx.request_id = st.request_id
         ctx.planned = {name: list(rec.planned) for name, rec in st.steps.items()}
         ctx.done = {name: list(rec.artefacts) for name, rec in st.steps.items() if rec.done}
         ctx.infos = {name: dict(rec.info) for name, rec in st.steps.items()}
