@@ -57,6 +57,15 @@ MSG_REMOTE_UNREACHABLE = (
 UNREAD = "could not be read, so not shown to hold no erased content: make it readable"
 OPAQUE = "a notebook too large to look inside, so not shown to hold no erased content"
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
+HELD_INSIDE = (
+    "holds erased content inside (base64-encoded, an archive's member, a photo's bytes in a "
+    "pickle, an array or a table)"
+)
+# What the scan can find, said beside what it found (docs/security.md, the certificate's page).
+SCOPE = (
+    "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy and "
+    "Parquet files; not inside other formats, and a re-encoded image is never found by hash"
+)
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_NOT_DECLARED = (
     "a file of another current subject in data/raw holds erased content, and the certificate "
@@ -206,7 +215,10 @@ def scan_for_hashes(
         if h.path in kept.objects or h.path in accepted:
             continue
         whole = h.digest is not None and h.digest in sha256s
-        why = str(sha256s.why(str(h.digest)) if whole else NOTEBOOK_SHOWS)
+        shown_in = any(d in sha256s for d in h.inner)
+        why = str(
+            sha256s.why(str(h.digest)) if whole else NOTEBOOK_SHOWS if shown_in else HELD_INSIDE
+        )
         if h.path in kept.files:
             why = MSG_NOT_DECLARED
         # An erased image's plaintext by its path only: the report names the pid, so its
@@ -339,7 +351,8 @@ def _scan(
         not report.findings and not unkeyed,
         f"{len(sha256s)} hashes{images} looked for: {report.files_looked_at} files looked at "
         f"({report.files_hashed} read, {report.bytes_hashed} bytes; {unread} of a size nothing "
-        f"sought has, not read): {len(report.findings)} found{declared}{unkeyed_note}",
+        f"sought has, not read): {len(report.findings)} found{declared}{unkeyed_note}; "
+        f"{SCOPE}",
     )
 
 

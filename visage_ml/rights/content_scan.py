@@ -29,15 +29,16 @@ import os
 import subprocess
 from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import PLAIN_EXTS, read_images
 from visage_ml.io import CHUNK, md5_file, usable_cpus
 from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.procenv import child_env
+from visage_ml.rights import embedded
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
 
 TOP_LEVEL = "top level"
@@ -77,6 +78,11 @@ class Hashed:
     opaque: bool = False
     # False: not read, being of a size nothing sought has (``digest`` None).
     read: bool = True
+    # The SHA-256s of the files it holds inside (an archive's members, a base64 run of a text
+    # file, a pickled photo: :func:`~visage_ml.rights.embedded.inside`), and what it is
+    # (:func:`~visage_ml.rights.embedded.kind`: a text file is rewritten without them).
+    held: tuple[str, ...] = ()
+    kind: str | None = None
 
     @property
     def unreadable(self) -> bool:
@@ -92,7 +98,7 @@ class Hashed:
     def matches(self, hashes: Container[str]) -> bool:
         """Whether the file, or an image it holds, is in ``hashes``."""
         return (self.digest is not None and self.digest in hashes) or any(
-            d in hashes for d in self.inner
+            d in hashes for d in (*self.inner, *self.held)
         )
 
     def where(self, project: Path) -> str:
@@ -150,10 +156,8 @@ ALWAYS_READ = (".dir", NOTEBOOK_SUFFIX)
 SNIFF = 4096
 
 
-class SizeFilter(Protocol):
-    """What is sought, by size (:class:`~visage_ml.rights.content_hashes.ContentHashes`)."""
-
-    def may_match(self, size: int) -> bool: ...
+# What is sought, by size (:class:`~visage_ml.rights.content_hashes.ContentHashes`).
+SizeFilter = embedded.SizeFilter
 
 
 def _json_start(first: bytes) -> bool:
@@ -174,6 +178,13 @@ def _inner(data: bytes) -> tuple[str, ...]:
     return tuple(hashlib.sha256(img).hexdigest() for img in images)
 
 
+def held_in(path: Path) -> tuple[str, ...]:
+    """SHA-256s of the images the notebook at ``path`` holds and of the files it holds inside
+    (:mod:`visage_ml.rights.embedded`); none when unreadable."""
+    read = _hash(path)
+    return (*read.inner, *read.held)
+
+
 def notebook_images(path: Path) -> tuple[str, ...]:
     """SHA-256s of the images the notebook at ``path`` holds in base64 (none when unreadable)."""
     try:
@@ -182,58 +193,96 @@ def notebook_images(path: Path) -> tuple[str, ...]:
         return ()
 
 
+@dataclass(frozen=True)
+class Read:
+    """What :class:`_Reader` found: SHA-256, size, the notebook's images' SHA-256s, whether it
+    is a notebook too large to look inside, and what it holds inside (``held``, ``kind``)."""
+
+    digest: str | None
+    size: int
+    inner: tuple[str, ...] = ()
+    opaque: bool = False
+    held: tuple[str, ...] = ()
+    kind: str | None = None
+
+
 @dataclass
 class _Reader:
-    """One file's or object's bytes as they stream by: its SHA-256, size, and the notebook it
-    may be."""
+    """One file's or object's bytes as they stream by: its SHA-256, size, the notebook it may
+    be, and what it may hold inside (:mod:`visage_ml.rights.embedded`)."""
 
     name: str = ""
+    sizes: SizeFilter | None = None
     n: int = 0
     json: bool | None = None
+    kind: str | None = None
     parts: list[bytes] = field(default_factory=list)
     h: Any = field(default_factory=hashlib.sha256)
 
     def update(self, chunk: bytes) -> None:
         if self.json is None:
             self.json = _json_start(chunk)
+            self.kind = embedded.kind(chunk[: embedded.SNIFF])
         self.h.update(chunk)
         self.n += len(chunk)
-        if self.json and self.n <= NOTEBOOK_MAX:
+        if self.n <= self._kept:
             self.parts.append(chunk)
 
-    def done(self) -> tuple[str, int, tuple[str, ...], bool]:
-        """(SHA-256, size, the images' SHA-256s, too large a notebook to look inside)."""
+    @property
+    def _kept(self) -> int:
+        """How much is kept to look inside: a notebook's, or another holder's, whole."""
+        if self.json:
+            return NOTEBOOK_MAX
+        return embedded.EMBED_MAX if self.kind is not None else -1
+
+    def _held(self) -> tuple[str, ...]:
+        if self.kind is None or self.n > embedded.EMBED_MAX:  # an archive: its file, streamed
+            return ()
+        data = b"".join(self.parts)
+        return tuple(embedded.inside(data, self.kind, sizes=self.sizes))
+
+    def done(self) -> Read:
+        digest = self.h.hexdigest()
         if not self.json:
-            return self.h.hexdigest(), self.n, (), False
+            return Read(digest, self.n, held=self._held(), kind=self.kind)
         if self.n <= NOTEBOOK_MAX:
-            return self.h.hexdigest(), self.n, _inner(b"".join(self.parts)), False
+            inner = _inner(b"".join(self.parts))
+            return Read(digest, self.n, inner, held=self._held(), kind=self.kind)
         first = self.parts[0] if self.parts else b""
         opaque = self.name.endswith(NOTEBOOK_SUFFIX) or NOTEBOOK_KEY in first
-        return self.h.hexdigest(), self.n, (), opaque
+        return Read(digest, self.n, (), opaque, kind=self.kind)
 
 
-def _hash(path: Path) -> tuple[str | None, int, tuple[str, ...], bool]:
-    reader = _Reader(path.name)
+def _hash(path: Path, sizes: SizeFilter | None = None) -> Read:
+    reader = _Reader(path.name, sizes)
     try:
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 reader.update(chunk)
+            read = reader.done()
+            if read.kind in embedded.STREAMED and read.size > embedded.EMBED_MAX:
+                # An archive too large to hold in memory: read member by member from its file.
+                fh.seek(0)
+                held = tuple(embedded.inside_file(fh, read.kind, sizes=sizes))
+                read = replace(read, held=held)
     except FileNotFoundError:  # gone since the walk: nothing left to judge
-        return None, 0, (), False
+        return Read(None, 0)
     except OSError:  # there, but not readable: not shown clean (``Hashed.unreadable``)
-        return None, UNREADABLE, (), False
-    return reader.done()
+        return Read(None, UNREADABLE)
+    return read
 
 
-def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Any, ...]:
+def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Read, bool]:
     """:func:`_hash` of ``path`` and True, unless ``sizes`` shows from its size alone that it
-    cannot be what is sought and its first bytes that it is no notebook: then its size, opened
-    (one this user cannot open is still :attr:`Hashed.unreadable`) but not read, and False."""
+    cannot be what is sought and its first bytes that it is no notebook and holds nothing
+    inside (:func:`~visage_ml.rights.embedded.kind`: no text, archive, pickle, array or
+    table): then its size, opened (one this user cannot open is still
+    :attr:`Hashed.unreadable`) but not read, and False."""
     if sizes is not None and not path.name.endswith(ALWAYS_READ):
         try:
             size = os.stat(path).st_size
         except FileNotFoundError:  # gone since the walk
-            return None, 0, (), False, True
+            return Read(None, 0), True
         except OSError:  # left for the read to say
             size = None
         if size is not None and not sizes.may_match(size):
@@ -241,12 +290,12 @@ def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Any, ...]:
                 with open(path, "rb") as fh:
                     first = fh.read(SNIFF)
             except FileNotFoundError:
-                return None, 0, (), False, True
+                return Read(None, 0), True
             except OSError:
-                return None, UNREADABLE, (), False, True
-            if not _json_start(first):
-                return None, size, (), False, False
-    return (*_hash(path), True)
+                return Read(None, UNREADABLE), True
+            if not _json_start(first) and embedded.kind(first) is None:
+                return Read(None, size), False
+    return _hash(path, sizes), True
 
 
 def hash_files(
@@ -268,8 +317,10 @@ def hash_files(
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
         digests = list(pool.map(lambda p: _looked_at(p, sizes), [p for p, _ in todo]))
     return [
-        Hashed(p, r, d, n, i, opaque=o, read=read)
-        for (p, r), (d, n, i, o, read) in zip(todo, digests, strict=True)
+        Hashed(
+            p, r, x.digest, x.size, x.inner, opaque=x.opaque, read=read, held=x.held, kind=x.kind
+        )
+        for (p, r), (x, read) in zip(todo, digests, strict=True)
     ]
 
 
@@ -413,8 +464,20 @@ def _git_read(root: Path, where: Root) -> list[Hashed]:
                     reader.update(chunk)
             stream.read(1)  # the newline after each object
             if reader is not None:
-                digest, n, inner, opaque = reader.done()
-                out.append(Hashed(repo, where, digest, n, inner, oid.decode(), opaque))
+                x = reader.done()
+                out.append(
+                    Hashed(
+                        repo,
+                        where,
+                        x.digest,
+                        x.size,
+                        x.inner,
+                        oid.decode(),
+                        x.opaque,
+                        held=x.held,
+                        kind=x.kind,
+                    )
+                )
         err = proc.stderr.read() if proc.stderr is not None else b""
     if proc.returncode != 0:
         raise _git_error(err)

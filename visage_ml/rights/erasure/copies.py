@@ -39,8 +39,9 @@ from typing import Any
 from visage_ml.config import ProjectPaths
 from visage_ml.io import md5_file, secure_unlink
 from visage_ml.privacy.notebooks import drop_images
-from visage_ml.rights import content_scan
+from visage_ml.rights import content_scan, embedded
 from visage_ml.rights.content_hashes import ContentHashes
+from visage_ml.rights.embedded import cut_encoded
 from visage_ml.rights.erasure.base import (
     CRYPTO_SHREDDED,
     Artefact,
@@ -91,28 +92,39 @@ def _hashes(ctx: Context, pid: str, artefacts: list[Artefact]) -> ContentHashes:
 @dataclass(frozen=True)
 class Copy:
     """One exact copy: a file (``path``), an image a notebook holds (``path``, and the SHA-256s
-    of its images to remove, ``images``), or an object of a DVC remote not on this file system
-    (``store``, ``oid``); ``where`` is what the records count it under."""
+    of its images to remove, ``images``), erased content a text file holds base64-encoded
+    (``path``, and the SHA-256s to cut out, ``encoded``), or an object of a DVC remote not on
+    this file system (``store``, ``oid``); ``where`` is what the records count it under."""
 
     where: str
     path: Path | None = None
     store: Any = None
     oid: str = ""
     images: frozenset[str] = frozenset()
+    encoded: frozenset[str] = frozenset()
+
+    @property
+    def rewritten(self) -> bool:
+        """Whether the file stays, rewritten without the erased content (not removed)."""
+        return bool(self.images or self.encoded) and self.path is not None
 
     def remove(self) -> None:
-        if self.images and self.path is not None:
-            # The notebook stays, without the outputs that showed the erased content.
-            drop_images(self.path, lambda b: hashlib.sha256(b).hexdigest() in self.images)
+        if self.rewritten and self.path is not None:
+            if self.images:
+                # The notebook stays, without the outputs that showed the erased content.
+                drop_images(self.path, lambda b: hashlib.sha256(b).hexdigest() in self.images)
+            if self.encoded:
+                # An HTML export, a JSON or CSV file stays, without the encoded photograph.
+                cut_encoded(self.path, self.encoded)
         elif self.path is not None:
             secure_unlink(self.path)
         else:
             self.store.remove(self.oid)
 
     def exists(self) -> bool:
-        if self.images and self.path is not None:
+        if self.rewritten and self.path is not None:
             return self.path.exists() and bool(
-                set(content_scan.notebook_images(self.path)) & self.images
+                set(content_scan.held_in(self.path)) & (self.images | self.encoded)
             )
         return self.path.exists() if self.path is not None else bool(self.store.exists(self.oid))
 
@@ -161,16 +173,23 @@ def _found(ctx: Context, pid: str) -> Found:
     kept = content_scan.in_use(ctx.paths, hits, pid=pid)
     root = ctx.paths.root
     found = [
-        # A notebook a store holds goes whole: an object is its content (DVC's name for it).
+        # A notebook a store holds goes whole: an object is its content (DVC's name for it);
+        # so does anything but a text file that holds erased content inside (an archive, a
+        # pickle, an array, a table: not rewritten).
         Copy(h.where(root), path=h.path)
-        if h.digest in hashes or h.root.store
-        else Copy(h.where(root), path=h.path, images=frozenset(d for d in h.inner if d in hashes))
+        if h.digest in hashes or h.root.store or not _rewritable(h, hashes)
+        else Copy(
+            h.where(root),
+            path=h.path,
+            images=frozenset(d for d in h.inner if d in hashes),
+            encoded=frozenset(d for d in h.held if d in hashes),
+        )
         for h in hits
         if h.path not in kept
     ]
     # A remote elsewhere cannot be hashed whole: the objects of the copies found here are
     # looked for there by their md5, DVC's name for them (not those current data holds).
-    files = [c.path for c in found if c.path is not None and not c.images]
+    files = [c.path for c in found if c.path is not None and not c.rewritten]
     md5s = sorted({md5_file(p) for p in files} - kept.md5s)
     for store in setup.stores if setup is not None else []:
         if store.local_path is None:
@@ -182,6 +201,12 @@ def _found(ctx: Context, pid: str) -> Found:
     mac, rid = ctx.core.tombstones.mac, ctx.request_id
     names = sorted({content_scan.in_use_name(mac, root, f, request_id=rid) for f in kept.files})
     return Found(found, names, in_git, dict(sorted(unreadable.items())))
+
+
+def _rewritable(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
+    """Whether the erased content ``h`` holds inside can be taken out of it, the file kept: a
+    notebook's images, a text file's base64 runs; not what an archive or a pickle holds."""
+    return h.kind == embedded.TEXT or not any(d in hashes for d in h.held)
 
 
 def _count(copies: list[Copy]) -> dict[str, int]:

@@ -1,0 +1,188 @@
+"""An erased photograph held inside another file, as a data scientist's ordinary day leaves it:
+an HTML export of a notebook (``jupyter nbconvert --to html`` inlines each image as a base64
+``data:`` URL), an archive of the data folder made for a colleague, a pickle, an array, a torch
+file or a Parquet table holding the photo's bytes, the photo base64-encoded in a JSON or CSV file.
+
+Before, every one of them survived an erasure whose certificate the verifier called VALID: the
+copies step and the verifier hashed each file whole (and decoded notebooks only).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rights_fakes import make_project
+
+from visage_ml.privacy.certificate_page import page_path
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+# What someone names a file they made: the person's name.
+NAME = "Zelda_Testperson"
+
+
+@pytest.fixture
+def proj(project):
+    return make_project(project, n_subjects=3)
+
+
+def _photos(proj) -> tuple[str, bytes, bytes]:
+    victim, other = proj.pids[0], proj.pids[1]
+    return victim, next(iter(proj.images[victim].values())), next(iter(proj.images[other].values()))
+
+
+def _shown(png: bytes, other: bytes) -> dict:
+    """A notebook that showed ``png`` with ``IPython.display.Image(filename=...)`` (its exact
+    bytes) and then ``other``, outputs kept."""
+
+    def cell(n: int, img: bytes) -> dict:
+        data = {"image/png": base64.b64encode(img).decode(), "text/plain": "<Image>"}
+        out = {"output_type": "execute_result", "execution_count": n, "metadata": {}, "data": data}
+        return {
+            "cell_type": "code",
+            "execution_count": n,
+            "id": f"c{n}",
+            "metadata": {},
+            "source": "Image(filename='face.png')",
+            "outputs": [out],
+        }
+
+    return {
+        "cells": [cell(1, png), cell(2, other)],
+        "metadata": {"language_info": {"name": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_an_html_export_of_a_notebook_keeps_no_erased_photograph(proj):
+    nbformat = pytest.importorskip("nbformat")
+    nbconvert = pytest.importorskip("nbconvert")
+    victim, png, theirs = _photos(proj)
+    nb = nbformat.from_dict(_shown(png, theirs))
+    html, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    out = proj.paths.root / "reports" / f"{NAME}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    assert f"data:image/png;base64,{_b64(png)}" in html  # as nbconvert writes it
+    saved = out.read_bytes()
+    result = Erasure(proj.paths).erase(victim)
+    # The report stays, without the erased photograph; the other subject's is still shown.
+    text = out.read_text(encoding="utf-8")
+    assert _b64(png) not in text
+    assert f"data:image/png;base64,{_b64(theirs)}" in text
+    assert result.certificate["claims"]["copies_removed"] == {"reports": 1}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    # The export as it was (a copy put back): the verifier finds the photograph in it.
+    out.write_bytes(saved)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f["path"] for f in report.findings] == [str(out)]
+
+
+def _containers(png: bytes, victim: str) -> dict[str, bytes]:
+    """Files a data scientist makes that hold ``png``'s bytes: archives for a colleague, a
+    pickle, NumPy, torch and Parquet files of the photo."""
+    made: dict[str, bytes] = {}
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w:gz") as t:
+        info = tarfile.TarInfo("data/interim/face.png")
+        info.size = len(png)
+        t.addfile(info, io.BytesIO(png))
+    made["data.tar.gz"] = tar.getvalue()
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("data/interim/face.png", png)
+        z.writestr("data/README.txt", "for the colleague")
+    made["backup.zip"] = zipped.getvalue()
+    made["face.png.gz"] = gzip.compress(png)
+    made["photo.pkl"] = pickle.dumps({"img": png, "note": "checked"})
+    arr = io.BytesIO()
+    np.save(arr, np.frombuffer(png, dtype=np.uint8))
+    made["photo.npy"] = arr.getvalue()
+    npz = io.BytesIO()
+    np.savez_compressed(npz, img=np.frombuffer(png, dtype=np.uint8))
+    made["photos.npz"] = npz.getvalue()
+    table = io.BytesIO()
+    pd.DataFrame({"name": ["face"], "img": [png]}).to_parquet(table)  # snappy, as pandas does
+    made["faces.parquet"] = table.getvalue()
+    torch = pytest.importorskip("torch")
+    pt = io.BytesIO()
+    torch.save({"img": torch.frombuffer(bytearray(png), dtype=torch.uint8)}, pt)
+    made["crop.pt"] = pt.getvalue()
+    return made
+
+
+def test_an_archive_pickle_array_or_table_holding_the_photograph_goes(proj):
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "shared_for_colleague"
+    folder.mkdir(parents=True)
+    made = {folder / name: data for name, data in _containers(png, victim).items()}
+    for path, data in made.items():
+        path.write_bytes(data)
+    # The same kinds of file holding only another subject's photograph stay.
+    kept = {folder / f"other-{n}": d for n, d in _containers(theirs, victim).items()}
+    for path, data in kept.items():
+        path.write_bytes(data)
+    result = Erasure(proj.paths).erase(victim)
+    assert [p.name for p in made if p.exists()] == []
+    assert [p.name for p in kept if not p.exists()] == []
+    assert result.certificate["claims"]["copies_removed"] == {"data": len(made)}
+    written = [
+        result.certificate_path.read_text(encoding="utf-8"),
+        page_path(result.certificate_path).read_text(encoding="utf-8"),
+        proj.paths.ledger.read_text(encoding="utf-8"),
+    ]
+    for needle in ("shared_for_colleague", "backup.zip", "photo.pkl", "crop.pt"):
+        assert not [w for w in written if needle in w], needle
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok
+    # What is not looked inside is said beside the verdict, and on the certificate's page.
+    (check,) = [c for c in report.checks if c.name == "no erased content remains"]
+    assert "not inside other formats" in check.detail
+    assert "is not looked for" in " ".join(written[1].split())
+    for path, data in made.items():
+        path.write_bytes(data)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+
+
+def test_the_photograph_base64_encoded_in_json_or_csv_is_cut_out(proj):
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "labels"
+    folder.mkdir(parents=True)
+    as_json = folder / "faces.json"
+    as_json.write_text(
+        json.dumps([{"id": 1, "img": _b64(png)}, {"id": 2, "img": _b64(theirs)}]),
+        encoding="utf-8",
+    )
+    as_csv = folder / "faces.csv"
+    as_csv.write_text(f"id,img\n1,{_b64(png)}\n2,{_b64(theirs)}\n", encoding="utf-8")
+    saved = {p: p.read_bytes() for p in (as_json, as_csv)}
+    result = Erasure(proj.paths).erase(victim)
+    # Each file stays, readable as before, the erased photograph's field emptied.
+    rows = json.loads(as_json.read_text(encoding="utf-8"))
+    assert [r["img"] for r in rows] == ["", _b64(theirs)]
+    assert pd.read_csv(as_csv, keep_default_na=False)["img"].tolist() == ["", _b64(theirs)]
+    assert result.certificate["claims"]["copies_removed"] == {"data": 2}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    for path, data in saved.items():
+        path.write_bytes(data)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {f["path"] for f in report.findings} == {str(as_json), str(as_csv)}
