@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from rights_fakes import make_project
+from typer.testing import CliRunner
 
+from visage_ml.app.cli import app
 from visage_ml.privacy.certificate_page import page_path
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -127,29 +129,46 @@ def _containers(png: bytes, victim: str) -> dict[str, bytes]:
     return made
 
 
-def test_an_archive_pickle_array_or_table_holding_the_photograph_goes(proj):
+def test_an_archive_pickle_array_or_table_holding_the_photograph_stops_the_erasure(proj):
+    """Such a file holds other content too (a colleague's backup): the erasure neither rewrites
+    it nor deletes it whole, but stops before its certificate and says where to look; the
+    operator takes the photograph out, and the resumed erasure certifies."""
     victim, png, theirs = _photos(proj)
     folder = proj.paths.root / "data" / "shared_for_colleague"
     folder.mkdir(parents=True)
     made = {folder / name: data for name, data in _containers(png, victim).items()}
     for path, data in made.items():
         path.write_bytes(data)
-    # The same kinds of file holding only another subject's photograph stay.
+    # The same kinds of file holding only another subject's photograph are no concern.
     kept = {folder / f"other-{n}": d for n, d in _containers(theirs, victim).items()}
     for path, data in kept.items():
         path.write_bytes(data)
-    result = Erasure(proj.paths).erase(victim)
-    assert [p.name for p in made if p.exists()] == []
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert f"{len(made)} file(s) hold erased content inside" in said and "data: " in said, said
+    assert "visage privacy doctor" in said and "visage privacy resume" in said, said
+    assert NAME not in said and "backup.zip" not in said
+    assert [p.name for p in made if not p.exists()] == []  # nothing of the colleague's lost
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    listed = {
+        Path(f["path"]).name
+        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
+        if f["kind"] == "erased_inside"
+    }
+    assert listed == {p.name for p in made}, doctor.output
+    for path in made:  # the operator takes the photograph out (here: the files go)
+        path.unlink()
+    (done,) = Erasure(proj.paths).resume()
     assert [p.name for p in kept if not p.exists()] == []
-    assert result.certificate["claims"]["copies_removed"] == {"data": len(made)}
     written = [
-        result.certificate_path.read_text(encoding="utf-8"),
-        page_path(result.certificate_path).read_text(encoding="utf-8"),
+        done.certificate_path.read_text(encoding="utf-8"),
+        page_path(done.certificate_path).read_text(encoding="utf-8"),
         proj.paths.ledger.read_text(encoding="utf-8"),
     ]
     for needle in ("shared_for_colleague", "backup.zip", "photo.pkl", "crop.pt"):
         assert not [w for w in written if needle in w], needle
-    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
     assert report.ok
     # What is not looked inside is said beside the verdict, and on the certificate's page.
     (check,) = [c for c in report.checks if c.name == "no erased content remains"]
@@ -157,7 +176,7 @@ def test_an_archive_pickle_array_or_table_holding_the_photograph_goes(proj):
     assert "is not looked for" in " ".join(written[1].split())
     for path, data in made.items():
         path.write_bytes(data)
-    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
     assert not report.ok
     assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
 

@@ -10,11 +10,13 @@ file such a file holds, to be matched as a whole file is (:mod:`visage_ml.rights
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
 keeps its content. A text file (UTF-8, no NUL) is read for base64 runs (a ``data:`` URL's, a JSON
 or CSV field's, one wrapped in lines); the copies step cuts a matching run out of it and keeps
-the file (:func:`cut_encoded`). Anything else that holds one goes whole: an archive, a pickle,
-an array or a table is not rewritten. Archives and compressed streams are read member by member,
-nested ones too (to :data:`DEPTH`); a member larger than :data:`EMBED_MAX` is hashed, not looked
-inside, and a pickle, an array, a table or a text file that large is only hashed whole. A part
-of a size nothing sought has is not hashed (``sizes``).
+the file (:func:`cut_encoded`). An archive, a pickle, an array or a table is not rewritten: one
+of the project stops the erasure for the operator to decide, a DVC object goes whole
+(:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams are
+read member by member, nested ones too (to :data:`DEPTH`); a member larger than
+:data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array, a table or a text
+file that large is only hashed whole. A part of a size nothing sought has is not hashed
+(``sizes``).
 
 Not looked inside: other binary formats (a database, a PDF, an image container, an encrypted
 archive), a damaged archive past the point it breaks, base64 of another alphabet

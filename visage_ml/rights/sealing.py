@@ -82,7 +82,7 @@ from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring, ring_loc
 from visage_ml.privacy.vault import IdentityVault
 from visage_ml.rights import content_scan, dvc_objects
 from visage_ml.rights.content_hashes import ContentHashes
-from visage_ml.rights.erasure.copies import git_allowed
+from visage_ml.rights.erasure.copies import git_allowed, holds_inside
 from visage_ml.rights.erasure.orchestrator import LOCK as ERASURE_LOCK
 from visage_ml.rights.export import EXPORTS_DIR, bundle_owner, forget_owner
 from visage_ml.serving import gallery as gallery_store
@@ -112,6 +112,10 @@ UNRECORDED_ANCHOR = "unrecorded_anchor"
 # the history is rewritten and pruned. Someone does that: --purge leaves it.
 ERASED_IN_GIT = "erased_in_git"
 GIT_UNREACHED = "an object no commit reaches (expire the reflog, then prune)"
+# A file of the project holding an erased subject's image among other content the erasure does
+# not cut it from (an archive made for a colleague, a pickle, an array, a table): the erasure
+# stops on it. Someone takes the image out, or deletes the file: --purge leaves it.
+ERASED_INSIDE = "erased_inside"
 # A checkpoint kept for an erasure whose certificate was issued (it carries the checkpoint): the
 # process was killed before it went. No personal data; nothing reads it again.
 KEPT_CHECKPOINT = "kept_checkpoint"
@@ -505,7 +509,7 @@ class Finding:
     """One thing at rest that should not be: what, where, and what ``--purge`` does."""
 
     # erased_subject, unknown_subject, no_key, plaintext, leftover, notebook_image,
-    # unrecorded_anchor, stray_image, kept_checkpoint, erased_in_git
+    # unrecorded_anchor, stray_image, kept_checkpoint, erased_in_git, erased_inside
     kind: str
     path: str
     pid: str | None = None
@@ -733,6 +737,7 @@ class _Doctor:
         hashes = ContentHashes.of(self.paths, pending)
         if not len(hashes) and (hashes.key is None or not hashes.tombstones):
             return
+        self.held_inside(hashes)
         try:
             allowed = git_allowed(self.paths, "", pending)
             found = content_scan.git_hits(self.root, hashes, allowed=allowed)
@@ -750,6 +755,15 @@ class _Doctor:
                 continue
             for path in where[h.name] or [GIT_UNREACHED]:
                 self.report.findings.append(Finding(ERASED_IN_GIT, f"git:{path}", None, "review"))
+
+    def held_inside(self, hashes: ContentHashes) -> None:
+        """Files of the project that hold erased content (``hashes``) among other content the
+        erasure does not take it out of (:func:`~visage_ml.rights.erasure.copies.holds_inside`),
+        by path: the erasure stopped on them, and says to look here."""
+        walked = content_scan.roots(self.paths)
+        for h in content_scan.hash_files(walked, sizes=hashes):
+            if h.matches(hashes) and holds_inside(h, hashes):
+                self.add(ERASED_INSIDE, h.path, None, "review")
 
     def kept_checkpoints(self) -> None:
         """What ``privacy/checkpoints/kept`` holds for erasures whose certificate was issued."""

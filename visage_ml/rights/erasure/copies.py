@@ -56,6 +56,7 @@ FOUND = "copies_found"
 REMOVED = "copies_removed"
 IN_USE = content_scan.IN_USE
 IN_GIT = "copies_in_git"
+HELD = "copies_held_inside"
 MSG_NOT_REMOVED = (
     "{n} exact copy(ies) of the erased content could not be removed ({where}); the erasure stops "
     "before its certificate. Make them removable (a read-only mount, an immutable file, a "
@@ -74,6 +75,13 @@ MSG_IN_GIT = (
     "filter-repo --invert-paths --path <file>`), expire the reflog and prune (`git reflog "
     "expire --expire=now --all && git gc --prune=now`), push the rewritten history and have "
     "every clone do the same, then run `visage privacy resume`"
+)
+
+MSG_HELD = (
+    "{n} file(s) hold erased content inside other content ({where}: an archive, a pickle, an "
+    "array or a table), which the erasure neither rewrites nor deletes with the rest of what "
+    "they hold; it stops before its certificate. `visage privacy doctor` lists them; take the "
+    "erased photograph out of each (or delete the file), then run `visage privacy resume`"
 )
 
 
@@ -135,13 +143,17 @@ class Found:
     matched are other current subjects' data (``in_use``: kept, as the certificate records them,
     :func:`~visage_ml.rights.content_scan.in_use_name`; the verifier's rule
     :func:`~visage_ml.rights.content_scan.in_use`), and how many git objects hold erased
-    content (``in_git``: only a rewrite of the history removes them), and the files that could
-    not be read, by top folder (``unreadable``: none of them is shown to be no copy)."""
+    content (``in_git``: only a rewrite of the history removes them), the files that could
+    not be read, by top folder (``unreadable``: none of them is shown to be no copy), and the
+    files that hold erased content among other content the erasure does not rewrite, by top
+    folder (``held``: an archive made for a colleague, a pickle; deleting one would take the
+    rest with it, so the operator decides)."""
 
     copies: list[Copy] = field(default_factory=list)
     in_use: list[str] = field(default_factory=list)
     in_git: int = 0
     unreadable: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
 
 
 def git_allowed(paths: ProjectPaths, pid: str, artefacts: Iterable[Artefact]) -> set[str]:
@@ -172,12 +184,15 @@ def _found(ctx: Context, pid: str) -> Found:
     hits = [h for h in hashed if h.matches(hashes)]
     kept = content_scan.in_use(ctx.paths, hits, pid=pid)
     root = ctx.paths.root
+    # A notebook a store holds goes whole: an object is its content (DVC's name for it), the
+    # version of a file DVC keeps (and so does any object holding erased content inside). A
+    # file of the project that holds it among other content it cannot be cut from (an
+    # archive, a pickle, an array, a table) stops the erasure instead.
+    held = [h for h in hits if h.path not in kept and holds_inside(h, hashes)]
+    stopping = {h.path for h in held}
     found = [
-        # A notebook a store holds goes whole: an object is its content (DVC's name for it);
-        # so does anything but a text file that holds erased content inside (an archive, a
-        # pickle, an array, a table: not rewritten).
         Copy(h.where(root), path=h.path)
-        if h.digest in hashes or h.root.store or not _rewritable(h, hashes)
+        if h.digest in hashes or h.root.store
         else Copy(
             h.where(root),
             path=h.path,
@@ -185,7 +200,7 @@ def _found(ctx: Context, pid: str) -> Found:
             encoded=frozenset(d for d in h.held if d in hashes),
         )
         for h in hits
-        if h.path not in kept
+        if h.path not in kept and h.path not in stopping
     ]
     # A remote elsewhere cannot be hashed whole: the objects of the copies found here are
     # looked for there by their md5, DVC's name for them (not those current data holds).
@@ -200,7 +215,15 @@ def _found(ctx: Context, pid: str) -> Found:
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
     mac, rid = ctx.core.tombstones.mac, ctx.request_id
     names = sorted({content_scan.in_use_name(mac, root, f, request_id=rid) for f in kept.files})
-    return Found(found, names, in_git, dict(sorted(unreadable.items())))
+    inside = dict(sorted(Counter(h.where(root) for h in held).items()))
+    return Found(found, names, in_git, dict(sorted(unreadable.items())), inside)
+
+
+def holds_inside(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
+    """Whether ``h``, a file of the project (not a store's object), holds erased content among
+    other content the erasure does not take it out of (an archive, a pickle, an array, a
+    table): it stops the erasure, for the operator to decide (:data:`MSG_HELD`)."""
+    return h.digest not in hashes and not h.root.store and not _rewritable(h, hashes)
 
 
 def _rewritable(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
@@ -228,6 +251,8 @@ def plan(ctx: Context, pid: str) -> Plan:
         info[IN_USE] = in_use
     if result.in_git:
         info[IN_GIT] = result.in_git
+    if result.held:
+        info[HELD] = result.held
     return Plan(info=info, state=result)
 
 
@@ -250,6 +275,9 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     if result.unreadable:
         where = ", ".join(f"{folder}: {n}" for folder, n in result.unreadable.items())
         raise OSError(MSG_UNREADABLE.format(n=sum(result.unreadable.values()), where=where))
+    if result.held:
+        where = ", ".join(f"{folder}: {n}" for folder, n in result.held.items())
+        raise OSError(MSG_HELD.format(n=sum(result.held.values()), where=where))
     if result.in_git:
         raise OSError(MSG_IN_GIT.format(n=result.in_git))
     info = (plan.info or {}) if plan is not None else {}
@@ -261,4 +289,5 @@ def verify(ctx: Context, pid: str) -> list[str]:
     """Top folders still holding an exact copy (of what this request's steps listed)."""
     result = _found(ctx, pid)
     git = [f"{content_scan.GIT_WHERE}: {result.in_git}"] if result.in_git else []
-    return [f"{folder}: {n}" for folder, n in _count(result.copies).items()] + git
+    held = [f"{folder}: {n}" for folder, n in result.held.items()]
+    return [f"{folder}: {n}" for folder, n in _count(result.copies).items()] + held + git
