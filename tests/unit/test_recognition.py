@@ -622,6 +622,39 @@ def test_an_operator_re_enrolment_is_not_checked_against_an_anchor_put_back(
     assert s.enroll(a, images=morph_photos(s, a, b, 0.5)).status_code == 409
 
 
+@pytest.mark.parametrize("removed", [("template",), ("template", "anchor")])
+def test_an_operator_cannot_take_over_a_subject_whose_template_file_is_missing(lenient, removed):
+    # The attack: a's template file is gone (deleted by someone who may write the gallery's
+    # files, or a backup restored without it) while the ledger still records a's template and
+    # anchor. Taken for a first enrolment, an operator's enrolment of a stranger's face (b) was
+    # written with no match asked for, and it re-anchored a to b: b then verified as a, and a's
+    # own face was refused to operators for good.
+    s = lenient
+    a = s.pids[0]
+    assert s.enroll(a).status_code == 200
+    pa = s.world.people[a]
+    b = make_person("p" + "b" * 16, np.random.default_rng(7), pa.group, pa.gender)
+    paths = {"template": s.gallery.template_path(a), "anchor": s.gallery.anchor_path(a)}
+    anchor = paths["anchor"].read_bytes()
+    for name in removed:
+        paths[name].unlink()
+    s.gallery.refresh()
+    r = s.enroll(a, images=morph_photos(s, a, b, 1.0))
+    unknown = s.enroll(UNKNOWN, images=morph_photos(s, a, b, 1.0))
+    assert r.status_code == unknown.status_code == 409
+    assert error(r)["message"].replace(a, "PID") == error(unknown)["message"].replace(
+        UNKNOWN, "PID"
+    )
+    assert not paths["template"].exists()
+    if "anchor" not in removed:
+        assert paths["anchor"].read_bytes() == anchor
+    # A dpo key re-enrols the subject (as the refusal says), and then an operator's
+    # re-enrolment with a's own face is checked against that as before.
+    assert s.enroll(a, role="dpo").status_code == 200
+    assert s.enroll(a).status_code == 200
+    assert s.enroll(a, images=morph_photos(s, a, b, 1.0)).status_code == 409
+
+
 def test_a_dpo_re_enrolment_between_an_operator_check_and_write_is_not_overwritten(
     lenient_each_backend, monkeypatch
 ):

@@ -201,7 +201,7 @@ def _as_if_refused(svc: Service, crops: list[np.ndarray]) -> None:
     """
     emb = _embed(svc, [svc.decoy_crop] * len(crops))
     gallery = svc.require_gallery()
-    gallery.status(DECOY_PID)
+    _has_reference(gallery, DECOY_PID)
     decoy = template_of(emb, gallery.embedding_dim)
     _same_person(gallery, emb, (decoy, decoy))
     with contextlib.suppress(ApiError):  # the noise matched someone: nothing to tell
@@ -224,12 +224,12 @@ def enroll(
     key before any image is looked at, with the reason; for an operator, one answer for every
     reason, after the images were checked (never embedded; the work of a refusal is done on a
     decoy), so that neither an image that could not be enrolled nor the time taken tells who the
-    subject is. Re-enrolling a subject who has a template needs a dpo key, or images each of
-    which, and their template, match (as verify scores a probe) both the stored template
-    and the subject's anchor template (that of the first enrolment, or of the last by a dpo key,
-    the gallery stage or a rebuild); an operator's re-enrolment keeps the anchor, a dpo's
-    replaces it. Under an operator key, images that match another subject (at the 1:1 and the
-    1:N threshold) are refused.
+    subject is. Re-enrolling a subject who has a template (or whom the ledger records one for,
+    its file missing) needs a dpo key, or images each of which, and their template, match (as
+    verify scores a probe) both the stored template and the subject's anchor template (that of
+    the first enrolment, or of the last by a dpo key, the gallery stage or a rebuild); an
+    operator's re-enrolment keeps the anchor, a dpo's replaces it. Under an operator key, images
+    that match another subject (at the 1:1 and the 1:N threshold) are refused.
     Every image must pass the quality gate.
     """
     gallery = svc.require_gallery()
@@ -253,7 +253,7 @@ def enroll(
     if operator:
         checked = Reference.none_stored(body.pid)
         mismatch = None
-        if gallery.status(body.pid)["enrolled"]:
+        if _has_reference(gallery, body.pid):
             try:
                 checked = _check_same_person(svc, body.pid, emb)
             except ApiError as exc:
@@ -312,6 +312,25 @@ def _enrolment_crops(svc: Service, images: list[str]) -> list[np.ndarray]:
             )
         crops.append(faces[0].crop)
     return crops
+
+
+def _has_reference(gallery: Gallery, pid: str) -> bool:
+    """Whether an operator's enrolment of ``pid`` is a re-enrolment, to be matched against the
+    subject's template and anchor: a template is stored, or the ledger records a template or an
+    anchor for the subject.
+
+    Not the file alone: with a recorded template's file missing (deleted, or a backup restored
+    without it), a first enrolment asked for no match and re-anchored the subject to whatever
+    face it was given. Such a subject is refused (no template to match) until a dpo key, the
+    gallery stage or a rebuild re-enrols it.
+    """
+    if gallery.status(pid)["enrolled"]:
+        return True
+    with gallery.lock:
+        state = gallery.core.registry.peek(pid)
+    return state is not None and (
+        state.template_sha256 is not None or state.anchor_sha256 is not None
+    )
 
 
 def _check_same_person(svc: Service, pid: str, emb: np.ndarray) -> Reference:
