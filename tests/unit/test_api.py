@@ -647,6 +647,31 @@ def test_failed_authentications_are_rate_limited_per_client(served):
     assert s.call("GET", "/v1/ledger", "auditor").status_code == 200
 
 
+def test_a_client_without_a_key_cannot_grow_the_audit_log_or_the_ledger_without_bound(project):
+    # The attack: anyone who can reach the port floods it, with wrong keys past the failed-
+    # authentication limit and with keyless /healthz calls. Each was a line of the audit log
+    # (kept whole, never rotated) and every serving.audit.anchor_every_lines of them a signed
+    # ledger entry kept for good: 3,000 such requests wrote 860 kB and 3 ledger entries.
+    s = Served(project, overrides={"serving.audit.anchor_every_lines": 10})
+    limit = s.params.serving.auth.max_failures
+    flood = 200
+    with s.client:
+        for _ in range(flood):
+            s.call("GET", "/v1/ledger", headers={"X-API-Key": "vk_nope"})
+            assert s.call("GET", "/healthz").status_code == 200
+        r = s.call("GET", "/v1/ledger", "auditor")
+        assert r.status_code == 429  # the limit holds, for the client's valid key too
+    lines = audit_lines(s)
+    # The failed attempts the limit counts are audited; what it refuses unread, and a liveness
+    # probe without a key, are counted in /metrics only.
+    assert [(x["status"], x["error"]) for x in lines] == [(401, "unauthenticated")] * limit
+    anchored = [e for e in s.world.core.ledger.entries() if e.type == "audit.anchored"]
+    assert [e.payload["lines"] for e in anchored] == [limit]
+    metrics = s.client.app.state.visage.metrics
+    assert metrics.count(endpoint="/healthz", method="GET", outcome="200") == flood
+    assert metrics.count(endpoint="/v1/ledger", method="GET", outcome="429") == flood - limit + 1
+
+
 def test_behind_a_trusted_proxy_a_key_guesser_does_not_lock_everyone_out(project):
     # The layout docs/deploy.md recommends: replicas behind a reverse proxy, so every request
     # comes from the proxy's address. A stranger on the internet guesses keys (or a monitor
@@ -1070,7 +1095,8 @@ def test_an_unexpected_error_is_a_500_and_the_server_keeps_serving(project):
     detector.broken = False
     assert s.call("GET", "/healthz").status_code == 200
     assert s.top1(s.pids[0]) == s.pids[0]
-    assert audit_lines(s)[-3]["status"] == 500
+    # (The keyless /healthz is counted in the metrics only.)
+    assert [x["status"] for x in audit_lines(s)[-2:]] == [500, 200]
 
 
 # -- analytics ------------------------------------------------------------------------------

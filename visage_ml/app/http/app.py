@@ -34,7 +34,8 @@ no ``/docs`` or ``/redoc`` page (they load scripts from a CDN).
 
 Every error is ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status; an unexpected
 exception becomes a 500 with code ``internal_error`` and the server keeps running. Each request
-is counted in ``/metrics`` and written to the audit log (``privacy/audit.jsonl``).
+is counted in ``/metrics`` and written to the audit log (``privacy/audit.jsonl``), but for
+``/healthz`` without a key and the 429 of the failed-authentication limit, counted only.
 
 The package: :mod:`.schemas` (request/response models), :mod:`.errors` (the error shape and
 handlers), :mod:`.boundary` (ASGI body limit, request id, metrics, audit), :mod:`.service` (the

@@ -1,4 +1,6 @@
-"""The serving audit log: one JSON line per HTTP request in ``privacy/audit.jsonl``.
+"""The serving audit log: one JSON line per HTTP request in ``privacy/audit.jsonl`` (but for
+those answered without looking at a key: ``/healthz`` without one, and the 429 of the
+failed-authentication limit, counted in the metrics only).
 
 A line holds the time, a request id, the API key id and role, the action (route name), the
 subject pid(s) concerned if any, the outcome (status and error code) and the latency (none for

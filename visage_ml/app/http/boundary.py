@@ -18,7 +18,9 @@ For each request, in this order and before any route or body parser sees it:
 It answers an unexpected exception with a 500 (the server keeps running), and counts every
 request in the metrics and writes it to the audit log (route templates, key ids and the method
 as one of a fixed set, never a requested path, a client's own method token or an image), with
-its duration except for analytics frames (:data:`UNTIMED_ROUTES`). A
+its duration except for analytics frames (:data:`UNTIMED_ROUTES`), but for those answered
+without looking at a key (``/healthz`` without one, the failed-authentication limit's 429:
+:data:`UNAUDITED_ERRORS`), which are counted only. A
 refusal sent before the body was read closes the connection.
 """
 
@@ -53,6 +55,12 @@ UNBOUNDED_ROUTES: frozenset[str] = frozenset({"health", "metrics"})
 # windows are released (k-suppressed, optionally noisy). Summed over a window it would still
 # give the exact total a window suppresses or noises, so no aggregate of it is kept either.
 UNTIMED_ROUTES: frozenset[str] = frozenset({"analytics"})
+# Refusals made before any key is looked at (the failed-authentication limit's 429): counted in
+# the metrics, not written to the audit log. The log is kept whole, never rotated, and anchored
+# in the signed ledger every serving.audit.anchor_every_lines lines, so a line per such request
+# let anyone who can reach the port grow both without bound; the failed attempts that set the
+# limit off (at most max_failures per client per window) are audited.
+UNAUDITED_ERRORS: frozenset[str] = frozenset({"too_many_failed_attempts"})
 BODY_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH"})
 # Methods recorded by name in the metrics and the audit log. The method is the client's token
 # (h11 accepts any), so anything else is recorded as OTHER_METHOD: no label value or audit
@@ -152,7 +160,8 @@ def route_roles(route: BaseRoute) -> Roles:
 
 
 class Boundary:
-    """Outermost layer: nothing escapes it unanswered, and every request is counted and audited.
+    """Outermost layer: nothing escapes it unanswered, and every request is counted and (but
+    for those answered without looking at a key) audited.
 
     Parameters
     ----------
@@ -244,7 +253,9 @@ class Boundary:
                 info["route"] = route
             presented = presented_key(scope)
             # A public route answers without a key; a key presented to it is checked as on any
-            # other route (it may be told more: /healthz's operating point).
+            # other route (it may be told more: /healthz's operating point). Without one, the
+            # answer (liveness) is counted in the metrics only, as the limit's refusals are.
+            info["unaudited"] = public and presented is None
             if not public or presented is not None:
                 svc = self.service()
                 try:
@@ -357,6 +368,8 @@ class Boundary:
             svc.metrics.observe(
                 endpoint=endpoint, method=method, outcome=str(status), seconds=seconds
             )
+            if info.get("unaudited") or info.get("error") in UNAUDITED_ERRORS:
+                return False
             return svc.audit.write(
                 {
                     "time": info.get("time"),
