@@ -924,8 +924,9 @@ class AuthParams:
     key_ttl_days: float = field(default=90.0, metadata=rng(gt=0, le=3650))
     # `visage apikey rotate`: the old key keeps working this long, then expires.
     rotation_grace_hours: float = field(default=24.0, metadata=rng(ge=0, le=24 * 365))
-    # Reverse proxies (addresses or networks, e.g. 127.0.0.1 or 10.0.0.0/8) that append the
+    # Reverse proxies (addresses or networks, e.g. 127.0.0.1 or 10.0.8.0/29) that append the
     # client's address to X-Forwarded-For: behind one, failures count per client, not per proxy.
+    # Proxies only: a client in a trusted network is believed about its own address.
     trusted_proxies: tuple[str, ...] = ()
 
     def check(self) -> tuple[str, Any, str] | None:
