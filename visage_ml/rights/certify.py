@@ -207,7 +207,8 @@ def scan_for_hashes(
         if h.path.name.endswith(".dir") and h.size < (64 << 20):
             _check_manifest(h.path, pid=pid, md5s=md5s, report=report)
     try:
-        history = content_scan.git_hits(paths.root, sha256s, allowed=allowed_in_git)
+        # Every object read, the scan cache never: whoever can write the git folder can edit it.
+        history = content_scan.git_hits(paths.root, sha256s, allowed=allowed_in_git, cached=False)
     except content_scan.GitUnreadableError as exc:  # not shown clean: a finding says why
         history = []
         report.findings.append({"path": str(paths.root / ".git"), "why": str(exc)})

@@ -23,10 +23,13 @@ the certificate is not among those, and the verifier reports it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -35,11 +38,14 @@ from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import PLAIN_EXTS, read_images
-from visage_ml.io import CHUNK, md5_file, usable_cpus
+from visage_ml.io import CHUNK, atomic_write_bytes, leftovers, md5_file, usable_cpus
+from visage_ml.privacy import notebooks
 from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.procenv import child_env
 from visage_ml.rights import embedded
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
+
+log = logging.getLogger(__name__)
 
 TOP_LEVEL = "top level"
 # The certificate's list of the files of data/raw, identical to erased content, that other
@@ -376,12 +382,18 @@ def git_dir(root: Path) -> Path | None:
     raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why))
 
 
-def git_objects(root: Path) -> list[Hashed]:
+def git_objects(root: Path, *, cached: bool = False) -> list[Hashed]:
     """Every blob of the git repository holding ``root`` (and of each submodule), hashed as a
     file is: reachable or not (any commit of any branch or tag, a stash, the reflog, DVC's
     experiments under ``refs/exps``, and objects nothing names any more until ``git gc`` prunes
     them). A file committed by mistake is there for good, whatever the working tree holds now.
     Every blob is read, whatever its size: git does not say which blob is a notebook.
+
+    ``cached``: what an earlier scan read of an object is taken from the git folder's
+    :data:`SCAN_CACHE` (an object's id is the hash of its content, which never changes), and
+    only the objects it does not hold are read (:func:`_git_read_cached`); the erasure's copies
+    step and ``visage privacy doctor`` do so. The verifier does not: anyone able to write the
+    git folder can edit the cache, so it reads every object and never the cache.
 
     Raises
     ------
@@ -392,9 +404,10 @@ def git_objects(root: Path) -> list[Hashed]:
     folder = git_dir(root)
     if folder is None:
         return []
+    read = _git_read_cached if cached else _git_read
     out: list[Hashed] = []
     for repo in [folder, *_submodule_dirs(folder)]:
-        out += _git_read(root, Root(repo, GIT_WHERE, git=True))
+        out += read(root, Root(repo, GIT_WHERE, git=True))
     return out
 
 
@@ -422,31 +435,43 @@ def _git_error(err: bytes) -> GitUnreadableError:
     return GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why[:200]))
 
 
-def _git_read(root: Path, where: Root) -> list[Hashed]:
-    """Every blob of the git folder ``where.path`` read through ``git cat-file --batch``,
-    hashed, a notebook's images decoded."""
+def _feed(stream: Any, oids: Sequence[str]) -> None:
+    """Write ``oids`` to git's input, one a line, then close it (in a thread: git answers while
+    it is fed, and a full pipe either way would stop both)."""
+    try:
+        for i in range(0, len(oids), 4096):
+            stream.write("".join(f"{o}\n" for o in oids[i : i + 4096]).encode())
+    except OSError:  # git stopped early: its exit status says why
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+def _git_read(root: Path, where: Root, *, oids: Sequence[str] | None = None) -> list[Hashed]:
+    """Every blob of the git folder ``where.path`` (``oids``: those objects only) read through
+    ``git cat-file --batch``, hashed, a notebook's images decoded."""
     repo = where.path
-    cmd = [
-        "git",
-        f"--git-dir={repo}",
-        "cat-file",
-        "--batch-all-objects",
-        "--unordered",
-        f"--batch={GIT_FORMAT}",
-    ]
+    cmd = ["git", f"--git-dir={repo}", "cat-file", f"--batch={GIT_FORMAT}"]
+    if oids is None:
+        cmd += ["--batch-all-objects", "--unordered"]
     out: list[Hashed] = []
     damaged = False
+    feeder = None
     with subprocess.Popen(
         cmd,
         cwd=root,
         env=child_env(),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if oids is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
         stream = proc.stdout
         if stream is None:  # never: stdout is a pipe
             raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why="no output"))
+        if oids is not None:
+            feeder = threading.Thread(target=_feed, args=(proc.stdin, oids), daemon=True)
+            feeder.start()
         while header := stream.readline():
             fields = header.split()
             if len(fields) != 3:  # "<oid> missing": listed, not readable (its id not said)
@@ -479,11 +504,149 @@ def _git_read(root: Path, where: Root) -> list[Hashed]:
                     )
                 )
         err = proc.stderr.read() if proc.stderr is not None else b""
+        if feeder is not None:
+            feeder.join()
     if proc.returncode != 0:
         raise _git_error(err)
     if damaged:
         raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=MSG_GIT_DAMAGED))
     return out
+
+
+# What the scan read of each blob, kept by object id in each git folder (the repository's, each
+# submodule's): an erasure or doctor on a monorepo reads only the objects written since. Inside
+# the git folder, which the walk of files never enters (it is not taken for a copy).
+#
+# What is trusted, and by whom: an entry is used only for an object git lists now, of the size
+# the entry says (a cache copied from another repository, or an entry of another object, is
+# not); the whole cache only when written by this scanner's code (:func:`_scanner_id`: a change
+# to what a notebook's images are reads everything again). Beyond that an entry is believed:
+# telling an edited digest from a true one takes reading the object, the very cost saved. So
+# the erasure and doctor trust what this user's git folder says of its own objects, as they
+# trust git itself (which does not check a loose object rewritten in place either); the
+# verifier, which a regulator runs to check that erasure, reads every object and never this.
+SCAN_CACHE = Path("visage") / "scan-cache.json"
+SCAN_CACHE_FORMAT = 1
+_HEX = frozenset("0123456789abcdef")
+_Entry = tuple[str, int, tuple[str, ...], bool]
+
+
+@functools.cache
+def _scanner_id() -> str:
+    """The SHA-256 of the code that decides what a blob holds (this module and the notebooks'
+    reader): a cache another version wrote is not used."""
+    h = hashlib.sha256()
+    try:
+        for module in (__file__, notebooks.__file__):
+            h.update(Path(str(module)).read_bytes())
+    except OSError:  # code not in files: no cache is this one's
+        return os.urandom(32).hex()
+    return h.hexdigest()
+
+
+def _sha256_hex(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def _entry(value: object) -> _Entry | None:
+    """A cache entry as :class:`Hashed` fields, or None when not one (then the object is
+    read)."""
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    digest, size, inner, opaque = value
+    if not _sha256_hex(digest) or type(size) is not int or size < 0:
+        return None
+    if not isinstance(inner, list) or not all(_sha256_hex(d) for d in inner):
+        return None
+    if not isinstance(opaque, bool):
+        return None
+    return digest, size, tuple(inner), opaque
+
+
+def _load_cache(repo: Path) -> dict[str, Any]:
+    """The entries of ``repo``'s scan cache; none when it is missing, damaged or not this
+    scanner's (all is read)."""
+    try:
+        doc = json.loads((repo / SCAN_CACHE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("format") != SCAN_CACHE_FORMAT:
+        return {}
+    objects = doc.get("objects")
+    if doc.get("scanner") != _scanner_id() or not isinstance(objects, dict):
+        return {}
+    return objects
+
+
+def _save_cache(repo: Path, entries: dict[str, _Entry]) -> None:
+    """Replace ``repo``'s scan cache with ``entries`` (the objects git lists now, no other: an
+    object pruned after a history rewrite leaves no digest behind), and remove what a killed
+    write left. A git folder this user cannot write is read in full each time."""
+    path = repo / SCAN_CACHE
+    doc = {
+        "format": SCAN_CACHE_FORMAT,
+        "scanner": _scanner_id(),
+        "objects": {o: [d, n, list(i), op] for o, (d, n, i, op) in entries.items()},
+    }
+    try:
+        for left in leftovers(path):
+            left.unlink(missing_ok=True)
+        data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        atomic_write_bytes(path, data, mode=0o600)
+    except OSError as exc:
+        log.debug("git scan cache not written: %s", type(exc).__name__)
+
+
+def _git_list(root: Path, repo: Path) -> list[tuple[str, int]]:
+    """The blobs git lists in ``repo`` (``--batch-check``: headers only, nothing read), as
+    (object id, size), in the order they are stored."""
+    cmd = [
+        "git",
+        f"--git-dir={repo}",
+        "cat-file",
+        "--batch-all-objects",
+        "--unordered",
+        f"--batch-check={GIT_FORMAT}",
+    ]
+    done = subprocess.run(cmd, cwd=root, env=child_env(), capture_output=True)
+    if done.returncode != 0:
+        raise _git_error(done.stderr)
+    out = []
+    damaged = False
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) != 3:  # "<oid> missing": listed, its header not readable
+            damaged = True
+        elif fields[1] == b"blob":
+            out.append((fields[0].decode(), int(fields[2])))
+    if damaged:
+        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=MSG_GIT_DAMAGED))
+    return out
+
+
+def _git_read_cached(root: Path, where: Root) -> list[Hashed]:
+    """:func:`_git_read` of the git folder ``where.path``, but what its :data:`SCAN_CACHE` holds
+    of a blob git lists now, of the size it says, is taken from there; the rest is read (their
+    ids fed to ``git cat-file --batch``) and the cache rewritten with the blobs listed now."""
+    repo = where.path
+    listed = _git_list(root, repo)
+    cache = _load_cache(repo)
+    entries: dict[str, _Entry] = {}
+    todo: list[str] = []
+    for oid, size in listed:
+        entry = _entry(cache.get(oid))
+        if entry is not None and entry[1] == size:
+            entries[oid] = entry
+        else:
+            todo.append(oid)
+    for h in _git_read(root, where, oids=todo) if todo else []:
+        if h.digest is not None:
+            entries[h.name] = (h.digest, h.size, h.inner, h.opaque)
+    if any(oid not in entries for oid, _ in listed):  # never: git says "missing" instead
+        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=MSG_GIT_DAMAGED))
+    if todo or len(cache) != len(entries):
+        _save_cache(repo, entries)
+    return [Hashed(repo, where, *entries[oid][:3], oid, entries[oid][3]) for oid, _ in listed]
 
 
 def _listed(paths: ProjectPaths, pid: str) -> dict[tuple[str, str], str]:
@@ -549,18 +712,23 @@ def current_pngs(paths: ProjectPaths, pid: str) -> set[str]:
     return set(_listed(paths, pid).values())
 
 
-def git_hits(root: Path, hashes: Container[str], *, allowed: Container[str]) -> list[Hashed]:
+def git_hits(
+    root: Path, hashes: Container[str], *, allowed: Container[str], cached: bool = False
+) -> list[Hashed]:
     """The objects of the git history holding erased content (or a notebook showing it), but
     those whose bytes are ``allowed``: a current subject's own photograph (:func:`current_pngs`,
     one the erased subject shared), a sealed file whose key the erasure destroyed (unreadable
     for good, as every other copy of it: a key file itself is never allowed).
+
+    ``cached``: as :func:`git_objects` (never the verifier's).
 
     Raises
     ------
     GitUnreadableError
         As :func:`git_objects`.
     """
-    return [h for h in git_objects(root) if h.matches(hashes) and h.digest not in allowed]
+    found = git_objects(root, cached=cached)
+    return [h for h in found if h.matches(hashes) and h.digest not in allowed]
 
 
 def in_use_name(

@@ -740,7 +740,7 @@ class _Doctor:
         self.held_inside(hashes)
         try:
             allowed = git_allowed(self.paths, "", pending)
-            found = content_scan.git_hits(self.root, hashes, allowed=allowed)
+            found = content_scan.git_hits(self.root, hashes, allowed=allowed, cached=True)
         except content_scan.GitUnreadableError as exc:
             log.warning("%s", exc)
             self.report.findings.append(Finding(ERASED_IN_GIT, "git:", None, "review"))

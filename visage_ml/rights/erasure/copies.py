@@ -211,7 +211,7 @@ def _found(ctx: Context, pid: str) -> Found:
             label = content_scan.store_label(store)
             found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
     allowed = git_allowed(ctx.paths, pid, artefacts)
-    in_git = len(content_scan.git_hits(root, hashes, allowed=allowed))
+    in_git = len(content_scan.git_hits(root, hashes, allowed=allowed, cached=True))
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
     mac, rid = ctx.core.tombstones.mac, ctx.request_id
     names = sorted({content_scan.in_use_name(mac, root, f, request_id=rid) for f in kept.files})
