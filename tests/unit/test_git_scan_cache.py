@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import subprocess
+import zipfile
 
 import pytest
 from project_helpers import git
@@ -196,3 +198,18 @@ def test_a_git_folder_the_scan_cannot_write_to_is_still_read(erased, monkeypatch
     monkeypatch.setattr(content_scan, "atomic_write_bytes", refuse)
     assert in_git(doctor(proj.paths))
     assert not cache_of(root / ".git").exists()
+
+
+def test_an_archive_holding_the_photograph_in_git_is_found_with_the_cache_warm(erased):
+    """A zip of the data folder committed once: what it holds inside is kept with its entry,
+    so a warm cache still finds the photograph in it (the entry kept only the archive's own
+    digest, and the next doctor or erasure called the history clean)."""
+    proj, _result, png = erased
+    root = proj.paths.root
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("data/face.png", png)
+        z.writestr("data/README.txt", "for a colleague")
+    blob(root, zipped.getvalue())
+    assert in_git(doctor(proj.paths)) == [f"git:{GIT_UNREACHED}"]  # cold: read
+    assert in_git(doctor(proj.paths)) == [f"git:{GIT_UNREACHED}"]  # warm: from the cache

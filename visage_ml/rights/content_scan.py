@@ -526,18 +526,19 @@ def _git_read(root: Path, where: Root, *, oids: Sequence[str] | None = None) -> 
 # trust git itself (which does not check a loose object rewritten in place either); the
 # verifier, which a regulator runs to check that erasure, reads every object and never this.
 SCAN_CACHE = Path("visage") / "scan-cache.json"
-SCAN_CACHE_FORMAT = 1
+SCAN_CACHE_FORMAT = 2
 _HEX = frozenset("0123456789abcdef")
-_Entry = tuple[str, int, tuple[str, ...], bool]
+# SHA-256, size, a notebook's images, too large a notebook, what it holds inside, its kind.
+_Entry = tuple[str, int, tuple[str, ...], bool, tuple[str, ...], str | None]
 
 
 @functools.cache
 def _scanner_id() -> str:
-    """The SHA-256 of the code that decides what a blob holds (this module and the notebooks'
-    reader): a cache another version wrote is not used."""
+    """The SHA-256 of the code that decides what a blob holds (this module, the notebooks'
+    reader, what other files hold inside): a cache another version wrote is not used."""
     h = hashlib.sha256()
     try:
-        for module in (__file__, notebooks.__file__):
+        for module in (__file__, notebooks.__file__, embedded.__file__):
             h.update(Path(str(module)).read_bytes())
     except OSError:  # code not in files: no cache is this one's
         return os.urandom(32).hex()
@@ -551,16 +552,17 @@ def _sha256_hex(value: object) -> bool:
 def _entry(value: object) -> _Entry | None:
     """A cache entry as :class:`Hashed` fields, or None when not one (then the object is
     read)."""
-    if not isinstance(value, list) or len(value) != 4:
+    if not isinstance(value, list) or len(value) != 6:
         return None
-    digest, size, inner, opaque = value
+    digest, size, inner, opaque, held, what = value
     if not _sha256_hex(digest) or type(size) is not int or size < 0:
         return None
-    if not isinstance(inner, list) or not all(_sha256_hex(d) for d in inner):
+    for found in (inner, held):
+        if not isinstance(found, list) or not all(_sha256_hex(d) for d in found):
+            return None
+    if not isinstance(opaque, bool) or not (what is None or what in embedded.KINDS):
         return None
-    if not isinstance(opaque, bool):
-        return None
-    return digest, size, tuple(inner), opaque
+    return digest, size, tuple(inner), opaque, tuple(held), what
 
 
 def _load_cache(repo: Path) -> dict[str, Any]:
@@ -586,7 +588,10 @@ def _save_cache(repo: Path, entries: dict[str, _Entry]) -> None:
     doc = {
         "format": SCAN_CACHE_FORMAT,
         "scanner": _scanner_id(),
-        "objects": {o: [d, n, list(i), op] for o, (d, n, i, op) in entries.items()},
+        "objects": {
+            o: [d, n, list(i), op, list(held), what]
+            for o, (d, n, i, op, held, what) in entries.items()
+        },
     }
     try:
         for left in leftovers(path):
@@ -641,12 +646,16 @@ def _git_read_cached(root: Path, where: Root) -> list[Hashed]:
             todo.append(oid)
     for h in _git_read(root, where, oids=todo) if todo else []:
         if h.digest is not None:
-            entries[h.name] = (h.digest, h.size, h.inner, h.opaque)
+            entries[h.name] = (h.digest, h.size, h.inner, h.opaque, h.held, h.kind)
     if any(oid not in entries for oid, _ in listed):  # never: git says "missing" instead
         raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=MSG_GIT_DAMAGED))
     if todo or len(cache) != len(entries):
         _save_cache(repo, entries)
-    return [Hashed(repo, where, *entries[oid][:3], oid, entries[oid][3]) for oid, _ in listed]
+    return [
+        Hashed(repo, where, d, n, inner, oid, opaque, held=held, kind=what)
+        for oid, _ in listed
+        for d, n, inner, opaque, held, what in [entries[oid]]
+    ]
 
 
 def _listed(paths: ProjectPaths, pid: str) -> dict[tuple[str, str], str]:

@@ -57,6 +57,7 @@ COMPRESSED = "compressed"
 PARQUET = "parquet"
 # A pickle or a .npy array: the bytes it holds lie in it as they are.
 BINARY = "binary"
+KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY})
 # Kinds read as a stream from their file: looked inside whatever its size.
 STREAMED = frozenset({ZIP, TAR, COMPRESSED})
 
