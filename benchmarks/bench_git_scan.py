@@ -13,7 +13,8 @@ text file, and every ``--notebook-every`` commits a notebook showing a small PNG
 - ``cold_s``: nothing read before (the erasure's or doctor's first scan);
 - ``warm_s``: again, nothing new (the next erasure, doctor);
 - ``new_commit_s``: after one more commit (a 1 MB file);
-- ``verifier_s``: as the verifier calls it, reading every object whatever was read before.
+- ``verifier_s``: as the verifier calls it, reading every object whatever was read before;
+- ``cache_bytes``: the size of the git folder's scan cache (0: none).
 
 The operating system's page cache is warm throughout (the repository was just written): the
 figures are the CPU's cost of reading, not the disk's.
@@ -109,6 +110,10 @@ def _scan(root: Path, **kw: bool) -> tuple[float, int, int]:
     return time.perf_counter() - t, len(found), sum(h.size for h in found)
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--commits", type=int, default=2000)
@@ -151,6 +156,7 @@ def main() -> None:
             "warm_s": round(warm, 3),
             "new_commit_s": round(new_commit, 3),
             "verifier_s": round(verifier, 3),
+            "cache_bytes": _size(root / ".git" / getattr(content_scan, "SCAN_CACHE", "none")),
         }
         print(json.dumps(out, indent=2))
     finally:
