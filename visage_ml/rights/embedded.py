@@ -71,8 +71,8 @@ PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND"
 # A base64 run: at least 64 characters (no photograph is shorter), possibly wrapped in lines
-# (``base64`` wraps at 76) or in JSON's escaped line breaks.
-B64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}(?:(?:\r?\n|\\n)[A-Za-z0-9+/]{16,})*={0,2}")
+# (``base64`` wraps at 76) or in JSON's escaped line breaks; its last line as short as it is.
+B64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}(?:(?:\r?\n|\\n)[A-Za-z0-9+/]+)*={0,2}")
 B64_MIN = 64
 B64_BREAKS = re.compile(rb"\r?\n|\\n")
 
@@ -210,7 +210,9 @@ def _decompressed(fh: IO[bytes], sizes: SizeFilter | None, depth: int) -> Iterat
 def _runs(data: bytes) -> Iterator[tuple[re.Match[bytes], bytes]]:
     """Each base64 run of ``data`` and the bytes it decodes to."""
     for m in B64_RUN.finditer(data):
-        run = B64_BREAKS.sub(b"", m.group(0))
+        run = m.group(0)
+        if b"\n" in run or b"\\" in run:  # wrapped: a line break, or JSON's escaped one
+            run = B64_BREAKS.sub(b"", run)
         if len(run) < B64_MIN or len(run) % 4:
             continue
         try:
