@@ -50,8 +50,9 @@ from visage_ml.rights.erasure.copies import git_allowed
 log = logging.getLogger(__name__)
 
 MSG_REMOTE_UNREACHABLE = (
-    "the DVC remote(s) {names} could not be reached, so their objects were not checked: make "
-    "them reachable (`visage stack up`) and verify again"
+    "the DVC remote(s) {names} could not be reached or listed, so their objects were not "
+    "checked: make them reachable (`visage stack up`, the network, the remote's credentials) and "
+    "verify again"
 )
 
 UNREAD = "could not be read, so not shown to hold no erased content: make it readable"
@@ -158,6 +159,7 @@ def scan_for_hashes(
     declared_in_use: Mapping[str | None, Collection[str]],
     allowed_in_git: Container[str] = frozenset(),
     report: CertificateReport,
+    unreachable: dict[str, str] | None = None,
 ) -> int:
     """Hash every file under ``walked`` and every git object (but those of a size nothing in
     ``sha256s`` has, :meth:`~visage_ml.rights.content_hashes.ContentHashes.may_match`, which are
@@ -168,7 +170,7 @@ def scan_for_hashes(
     names as :func:`~visage_ml.rights.content_scan.in_use_name` gives them for that request,
     or as it gave them before, unbound); and any ``.dir`` manifest
     that names a listed md5 or the subject's folder. Returns how many files current subjects
-    hold."""
+    hold; a DVC remote that could not be listed goes into ``unreachable`` (its name: why)."""
     hashed = content_scan.hash_files(walked, sizes=sha256s)
     hits = [h for h in hashed if h.matches(sha256s)]
     kept = content_scan.in_use(paths, hits, pid=pid)
@@ -195,6 +197,8 @@ def scan_for_hashes(
     else:
         accepted = set()
     for h in hashed:
+        if h.down and unreachable is not None:
+            unreachable[h.root.remote.name] = h.down
         if h.unreadable:  # not shown clean: it may be a copy
             report.findings.append({"path": str(h.path), "why": OPAQUE if h.opaque else UNREAD})
         if h.gone:
@@ -204,7 +208,7 @@ def scan_for_hashes(
             continue
         report.files_hashed += 1
         report.bytes_hashed += h.size
-        if h.path.name.endswith(".dir") and h.size < (64 << 20):
+        if h.root.remote is None and h.path.name.endswith(".dir") and h.size < (64 << 20):
             _check_manifest(h.path, pid=pid, md5s=md5s, report=report)
     try:
         # Every object read, the scan cache never: whoever can write the git folder can edit it.
@@ -284,8 +288,9 @@ def _scan(
     )
     setup = None
     walked: list[content_scan.Root] = []
-    remote_objects: list[tuple[Any, str]] = []
-    unopened: dict[str, str] = {}
+    # A remote DVC cannot open, or cannot reach or list (:func:`scan_for_hashes`), is not shown
+    # to be clean.
+    unreachable: dict[str, str] = {}
     if dvcops.is_dvc_repo(paths.root):
         try:
             setup = dvc_objects.open_setup(paths.root)
@@ -293,9 +298,7 @@ def _scan(
             log.warning("DVC could not be opened (%s); scanning .dvc/cache only", exc)
             walked.append(content_scan.Root(paths.root / ".dvc" / "cache", "dvc cache", True))
         else:
-            remote_objects = [(s, m) for s in setup.stores if s.local_path is None for m in md5s]
-            # A remote DVC cannot open is not shown to be clean.
-            unopened = {f"remote:{n}": f"not opened: {why}" for n, why in setup.unopened.items()}
+            unreachable = {f"remote:{n}": f"not opened: {why}" for n, why in setup.unopened.items()}
     walked = content_scan.roots(paths, setup) + walked
     listed = claims.get(content_scan.IN_USE)
     in_use = [str(n) for n in listed] if isinstance(listed, list) else []
@@ -313,24 +316,8 @@ def _scan(
         declared_in_use=declared,
         allowed_in_git=git_allowed(paths, str(doc.get("pid")), artefacts),
         report=report,
+        unreachable=unreachable,
     )
-    unreachable: dict[str, str] = dict(unopened)
-    known: dict[Any, str | None] = {}
-    for store, md5 in remote_objects:
-        if store.name in unreachable:
-            continue
-        if why := dvc_objects.endpoint_down(store, known):  # not asked object by object
-            unreachable[store.name] = why
-            continue
-        try:
-            found = store.exists(md5)
-        except Exception as exc:  # the client's own errors (botocore, fsspec): not "absent"
-            unreachable[store.name] = type(exc).__name__
-            continue
-        if found:
-            report.findings.append(
-                {"path": store.oid_path(md5), "md5": md5, "why": "object still in remote"}
-            )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
     if held:
         declared += f"; {held} file(s) of current subjects' data kept, {len(in_use)} declared"

@@ -3,8 +3,9 @@
 The erasure's copies step (:mod:`visage_ml.rights.erasure.copies`) removes what this walk finds
 before the certificate is made; the verifier (:mod:`visage_ml.rights.certify`) fails a
 certificate when it still finds something. Both walk the same roots
-(:func:`roots`: :func:`~visage_ml.rights.content_hashes.scanned_roots`, DVC's local stores and
-its site cache), hash every file once (:func:`hash_files`, in parallel) and apply the same rule
+(:func:`roots`: :func:`~visage_ml.rights.content_hashes.scanned_roots`, DVC's local stores, its
+site cache and every other remote's objects, read through DVC's filesystem API), hash every file
+once (:func:`hash_files`, in parallel) and apply the same rule
 to what matches (:func:`in_use`), so that an erasure's own certificate never fails its verifier
 over a file the erasure chose to keep. A file whose size nothing sought has
 (:meth:`~visage_ml.rights.content_hashes.ContentHashes.may_match`) is looked at, not read: it
@@ -66,6 +67,9 @@ class Root:
     where: str | None = None
     store: bool = False
     git: bool = False
+    # A DVC remote not on this file system (its ObjectStore: S3, SSH, ...), listed and read
+    # through DVC's filesystem API; ``path`` is then its objects' folder there.
+    remote: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class Hashed:
     # (:func:`~visage_ml.rights.embedded.kind`: a text file is rewritten without them).
     held: tuple[str, ...] = ()
     kind: str | None = None
+    # Why a DVC remote (``root.remote``, ``path`` its folder) could not be listed: none of its
+    # objects was looked at, so none is shown clean.
+    down: str = ""
 
     @property
     def unreadable(self) -> bool:
@@ -132,7 +139,8 @@ def store_label(store: Any) -> str:
 
 def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
     """Where to look: the project's scanned folders and top files, then (``setup``: an open
-    :class:`~visage_ml.rights.dvc_objects.DvcSetup`) each local DVC store and the site cache."""
+    :class:`~visage_ml.rights.dvc_objects.DvcSetup`) each local DVC store, the site cache and
+    each DVC remote elsewhere (read through DVC's filesystem API, :func:`hash_files`)."""
     out = [Root(p) for p in scanned_roots(paths.root)]
     with contextlib.suppress(GitUnreadableError):  # said by git_objects, which reads the rest
         folder = git_dir(paths.root)
@@ -145,6 +153,14 @@ def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
         out += [Root(s.local_path, store_label(s), True) for s in setup.stores if s.local_path]
         if setup.site_cache_dir is not None:
             out.append(Root(setup.site_cache_dir, "dvc site cache"))
+        # A copy pushed and then gone from the cache and the workspace (`dvc gc -w -c`, a
+        # clone that never pulled) is there alone, under its own md5 (a notebook's): only its
+        # bytes show it, and `dvc pull` brings it back.
+        out += [
+            Root(Path(s.odb.path), store_label(s), True, remote=s)
+            for s in setup.stores
+            if s.local_path is None
+        ]
     return out
 
 
@@ -309,10 +325,13 @@ def hash_files(
 ) -> list[Hashed]:
     """Every file under ``walked`` once (by real path; symbolic links not followed), but
     ``skip`` (real paths), with its SHA-256, in walk order; with ``sizes``, a file of a size
-    that cannot match, and no notebook, is not read (``read`` False)."""
+    that cannot match, and no notebook, is not read (``read`` False). A remote root's objects
+    come after the files (:func:`_remote_objects`)."""
     seen = {Path(p) for p in skip}
     todo: list[tuple[Path, Root]] = []
     for root in walked:
+        if root.remote is not None:
+            continue
         for path in walk_files(root.path):
             real = path.resolve()
             if real not in seen:
@@ -322,12 +341,85 @@ def hash_files(
     # reads the whole project.
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
         digests = list(pool.map(lambda p: _looked_at(p, sizes), [p for p, _ in todo]))
-    return [
+    local = [
         Hashed(
             p, r, x.digest, x.size, x.inner, opaque=x.opaque, read=read, held=x.held, kind=x.kind
         )
         for (p, r), (x, read) in zip(todo, digests, strict=True)
     ]
+    return local + _remote_objects([r for r in walked if r.remote is not None], sizes)
+
+
+# Objects of a remote read at once: each request waits on the network, not on a CPU.
+REMOTE_JOBS = 16
+
+
+def _remote_objects(walked: Sequence[Root], sizes: SizeFilter | None) -> list[Hashed]:
+    """Every object of the DVC remotes ``walked`` (each object once, by its path: the legacy
+    layout's folder holds the current one's), looked at as a file is (:func:`_looked_at_object`),
+    after one listing per remote that gives every size. A remote whose endpoint takes no
+    connection, or that cannot be listed, is one :attr:`Hashed.down` entry saying why."""
+    # Deferred: dvc_objects imports DVC's data layer, which only a DVC project needs.
+    from visage_ml.rights.dvc_objects import endpoint_down
+
+    known: dict[Any, str | None] = {}
+    down: list[Hashed] = []
+    seen: set[str] = set()
+    todo: list[tuple[str, int, Root]] = []
+    for root in walked:
+        why = endpoint_down(root.remote, known)  # at once, not after the client's retries
+        if not why:
+            try:
+                listed = list(root.remote.listed())
+            except Exception as exc:  # the client's own errors (botocore, fsspec): not "empty"
+                why = type(exc).__name__
+        if why:
+            down.append(Hashed(root.path, root, None, 0, down=why))
+            continue
+        for _oid, path, size in listed:
+            if path not in seen:
+                seen.add(path)
+                todo.append((path, size, root))
+    with ThreadPoolExecutor(max_workers=REMOTE_JOBS) as pool:
+        digests = list(pool.map(lambda t: _looked_at_object(t[2].remote, t[0], t[1], sizes), todo))
+    return down + [
+        Hashed(
+            Path(p),
+            r,
+            x.digest,
+            x.size,
+            x.inner,
+            opaque=x.opaque,
+            read=read,
+            held=x.held,
+            kind=x.kind,
+        )
+        for (p, _, r), (x, read) in zip(todo, digests, strict=True)
+    ]
+
+
+def _looked_at_object(
+    store: Any, path: str, size: int, sizes: SizeFilter | None
+) -> tuple[Read, bool]:
+    """:func:`_looked_at` for the object at ``path`` of a remote ``store``, its ``size`` as
+    listed: one that cannot match by size is told from a notebook, or a file that holds others
+    inside, by its first bytes (a ranged read), else read whole, streamed (an archive over
+    :data:`~visage_ml.rights.embedded.EMBED_MAX` is hashed, not looked inside)."""
+    try:
+        cannot = sizes is not None and not path.endswith(ALWAYS_READ) and not sizes.may_match(size)
+        if cannot:
+            first = store.head(path, SNIFF)
+            if not _json_start(first) and embedded.kind(first) is None:
+                return Read(None, size), False
+        reader = _Reader(path, sizes)
+        with store.open_path(path) as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                reader.update(chunk)
+    except FileNotFoundError:  # gone since the listing: nothing left to judge
+        return Read(None, 0), True
+    except Exception:  # the client's own errors, or a 403: not shown clean
+        return Read(None, UNREADABLE), True
+    return reader.done(), True
 
 
 GIT_WHERE = "git history"

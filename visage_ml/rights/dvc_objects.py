@@ -156,6 +156,39 @@ class ObjectStore:
                 if len(parts) == 3 and len(parts[1]) == 2:
                     yield parts[1] + parts[2]
 
+    def listed(self) -> Iterator[tuple[str, str, int]]:
+        """``(object id, its path, its size)`` of every object of a store not on this file
+        system, as DVC's filesystem API lists them: an S3 listing gives each size, and no object
+        is read (a file system whose listing gives none is asked each file's size). A remote
+        without its folder yet lists nothing; any other error is the client's own (botocore,
+        aiohttp; a 403 is s3fs's PermissionError), raised: not an empty remote."""
+        fs = self.odb.fs
+        try:
+            found = fs.fs.find(self.odb.path, detail=True)
+        except FileNotFoundError:
+            return
+        entries = found.items() if isinstance(found, Mapping) else ((p, None) for p in found)
+        for path, info in entries:
+            parts = str(path).replace("\\", "/").rsplit("/", 2)
+            if len(parts) != 3 or len(parts[1]) != 2 or parts[2].startswith("."):
+                continue
+            if isinstance(info, Mapping) and info.get("type") == "directory":
+                continue
+            size = info.get("size") if isinstance(info, Mapping) else None
+            if not isinstance(size, int):
+                size = int(fs.info(str(path))["size"])
+            yield parts[1] + parts[2], str(path), size
+
+    def head(self, path: str, n: int) -> bytes:
+        """The first ``n`` bytes of the object at ``path`` of a store not on this file system
+        (a ranged read on S3)."""
+        return bytes(self.odb.fs.cat_file(path, start=0, end=n))
+
+    def open_path(self, path: str) -> Any:
+        """The object at ``path`` of a store not on this file system, opened for reading in
+        chunks (not read whole into memory)."""
+        return self.odb.fs.open(path, "rb")
+
     def display(self, oid: str, root: Path) -> str:
         """Where the object is, relative to the project when it lies inside it."""
         path = self.oid_path(oid)

@@ -14,11 +14,15 @@ current subject (a photograph two subjects share), and the DVC objects with its 
 the certificate by a keyed MAC of the request and the path (``claims.copies_in_use``: no name
 another certificate lists); content the certificate declares still in use
 (:func:`~visage_ml.rights.erasure.base.retained_shared`); the empty file.
-DVC's cache and local remotes are looked through too, as the verifier does (a copy tracked
-with ``dvc add`` has its object there, which ``dvc checkout`` would put back), and the objects
-of the copies found are removed from the other remotes by their md5; the ``.dvc`` file that
-tracked a copy then names an object that is gone (``dvc status`` says so). The subject's own
-objects are the dvc step's.
+DVC's cache and every remote are looked through too, as the verifier does (a copy tracked
+with ``dvc add`` has its object there, which ``dvc checkout`` or ``dvc pull`` would put back;
+one pushed and gone from the cache is there alone): a remote on this file system as files, any
+other (S3) through DVC's filesystem API, listed once with every size, an object of a size
+nothing sought has told from a notebook by a ranged read of its first bytes. The ``.dvc`` file
+that tracked a copy then names an object that is gone (``dvc status`` says so); on the local
+stack's S3 the volumes are compacted after (:func:`_on_stack`). A remote that
+cannot be reached or listed stops the erasure before the certificate (:data:`MSG_REMOTE_DOWN`):
+it is not shown clean. The subject's own objects are the dvc step's.
 
 The ledger and the certificate record a count per top folder (``top level`` for the project's
 own files), never a path or a hash: a file name may be the person's name, and a plaintext's hash
@@ -37,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
-from visage_ml.io import md5_file, secure_unlink
+from visage_ml.io import secure_unlink
 from visage_ml.privacy.notebooks import drop_images
 from visage_ml.rights import content_scan, embedded
 from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.embedded import cut_encoded
+from visage_ml.rights.erasure import dvc_remote
 from visage_ml.rights.erasure.base import (
     CRYPTO_SHREDDED,
     Artefact,
@@ -51,6 +56,8 @@ from visage_ml.rights.erasure.base import (
     outcome_of,
     retained_shared,
 )
+from visage_ml.rights.erasure.dvc import stack_remote
+from visage_ml.stack.proc import StackError
 
 FOUND = "copies_found"
 REMOVED = "copies_removed"
@@ -68,6 +75,14 @@ MSG_UNREADABLE = (
     "certificate. Make them readable to this user (or delete them, or clear a notebook's "
     "outputs), then run `visage privacy resume`"
 )
+MSG_REMOTE_DOWN = (
+    "the DVC remote(s) {names} could not be reached or listed, so none of their objects is shown "
+    "to be no copy of the erased content (an object pushed there alone comes back with `dvc "
+    "pull`); the erasure stops before its certificate. Make them reachable from here (`visage "
+    "stack up`, the network, the remote's credentials: `dvc push` works), or remove a remote "
+    "that holds nothing from .dvc/config, then run `visage privacy resume`"
+)
+MSG_NOT_LISTED = "not reached or not listed ({why}), its objects not looked at"
 MSG_IN_GIT = (
     "{n} object(s) of the project's git repository hold erased content (a file committed, in "
     "any branch, tag, stash, reflog or DVC experiment); the erasure stops before its "
@@ -144,16 +159,18 @@ class Found:
     :func:`~visage_ml.rights.content_scan.in_use_name`; the verifier's rule
     :func:`~visage_ml.rights.content_scan.in_use`), and how many git objects hold erased
     content (``in_git``: only a rewrite of the history removes them), the files that could
-    not be read, by top folder (``unreadable``: none of them is shown to be no copy), and the
+    not be read, by top folder (``unreadable``: none of them is shown to be no copy), the
     files that hold erased content among other content the erasure does not rewrite, by top
     folder (``held``: an archive made for a colleague, a pickle; deleting one would take the
-    rest with it, so the operator decides)."""
+    rest with it, so the operator decides), and the DVC remotes that could not be listed,
+    with why (``down``: none of their objects is shown to be no copy either)."""
 
     copies: list[Copy] = field(default_factory=list)
     in_use: list[str] = field(default_factory=list)
     in_git: int = 0
     unreadable: dict[str, int] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
+    down: dict[str, str] = field(default_factory=dict)
 
 
 def git_allowed(paths: ProjectPaths, pid: str, artefacts: Iterable[Artefact]) -> set[str]:
@@ -191,7 +208,9 @@ def _found(ctx: Context, pid: str) -> Found:
     held = [h for h in hits if h.path not in kept and holds_inside(h, hashes)]
     stopping = {h.path for h in held}
     found = [
-        Copy(h.where(root), path=h.path)
+        Copy(h.where(root), store=h.root.remote, oid=str(h.oid))
+        if h.root.remote is not None
+        else Copy(h.where(root), path=h.path)
         if h.digest in hashes or h.root.store
         else Copy(
             h.where(root),
@@ -202,21 +221,21 @@ def _found(ctx: Context, pid: str) -> Found:
         for h in hits
         if h.path not in kept and h.path not in stopping
     ]
-    # A remote elsewhere cannot be hashed whole: the objects of the copies found here are
-    # looked for there by their md5, DVC's name for them (not those current data holds).
-    files = [c.path for c in found if c.path is not None and not c.rewritten]
-    md5s = sorted({md5_file(p) for p in files} - kept.md5s)
-    for store in setup.stores if setup is not None else []:
-        if store.local_path is None:
-            label = content_scan.store_label(store)
-            found += [Copy(label, store=store, oid=m) for m in md5s if store.exists(m)]
     allowed = git_allowed(ctx.paths, pid, artefacts)
     in_git = len(content_scan.git_hits(root, hashes, allowed=allowed, cached=True))
     unreadable = Counter(h.where(root) for h in hashed if h.unreadable)
+    down = {h.where(root): h.down for h in hashed if h.down}
     mac, rid = ctx.core.tombstones.mac, ctx.request_id
     names = sorted({content_scan.in_use_name(mac, root, f, request_id=rid) for f in kept.files})
     inside = dict(sorted(Counter(h.where(root) for h in held).items()))
-    return Found(found, names, in_git, dict(sorted(unreadable.items())), inside)
+    return Found(
+        found,
+        names,
+        in_git,
+        dict(sorted(unreadable.items())),
+        inside,
+        dict(sorted(down.items())),
+    )
 
 
 def holds_inside(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
@@ -256,10 +275,35 @@ def plan(ctx: Context, pid: str) -> Plan:
     return Plan(info=info, state=result)
 
 
+def _on_stack(ctx: Context, copies: list[Copy]) -> tuple[Any, list[str]] | None:
+    """The local stack's SeaweedFS and the volume needles of the ``copies`` on its S3, when
+    some are there or its volumes hold deleted bytes (an interrupted run deleted some); else
+    None. Deleting an S3 object there only marks its needle deleted: its bytes stay in the
+    volume file until it is compacted, as the dvc_remote step does for the subject's own."""
+    found = stack_remote(ctx)
+    if found is None or not found[0].local:
+        return None
+    stack, stores = found
+    names = {s.name for s in stores}
+    mine = [c for c in copies if c.store is not None and c.store.name in names]
+    seaweed = stack.seaweed()
+    if not seaweed.running():
+        if mine:
+            raise StackError(dvc_remote.NOT_RUNNING)
+        return None
+    if not mine and not seaweed.garbage_bytes():
+        return None
+    bucket = seaweed.bucket
+    return seaweed, [
+        n for c in mine for n in seaweed.chunk_ids(dvc_remote.object_key(c.store, c.oid, bucket))
+    ]
+
+
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
     """Remove the copies; an OSError saying where (top folder) and what to do if one stays."""
     result: Found = plan.state if plan is not None else Found()
     found = result.copies
+    stack = _on_stack(ctx, found)
     stuck: dict[str, str] = {}
     for copy in found:
         try:
@@ -272,9 +316,15 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         where = "; ".join(f"{folder}: {why}" for folder, why in sorted(stuck.items()))
         n = sum(1 for c in found if c.exists())
         raise OSError(MSG_NOT_REMOVED.format(n=n, where=where))
+    if stack is not None:
+        seaweed, needles = stack
+        seaweed.vacuum(wait_for=needles)
     if result.unreadable:
         where = ", ".join(f"{folder}: {n}" for folder, n in result.unreadable.items())
         raise OSError(MSG_UNREADABLE.format(n=sum(result.unreadable.values()), where=where))
+    if result.down:
+        names = ", ".join(f"{label} ({why})" for label, why in result.down.items())
+        raise OSError(MSG_REMOTE_DOWN.format(names=names))
     if result.held:
         where = ", ".join(f"{folder}: {n}" for folder, n in result.held.items())
         raise OSError(MSG_HELD.format(n=sum(result.held.values()), where=where))
@@ -290,4 +340,5 @@ def verify(ctx: Context, pid: str) -> list[str]:
     result = _found(ctx, pid)
     git = [f"{content_scan.GIT_WHERE}: {result.in_git}"] if result.in_git else []
     held = [f"{folder}: {n}" for folder, n in result.held.items()]
-    return [f"{folder}: {n}" for folder, n in _count(result.copies).items()] + held + git
+    down = [f"{label}: {MSG_NOT_LISTED.format(why=why)}" for label, why in result.down.items()]
+    return [f"{folder}: {n}" for folder, n in _count(result.copies).items()] + held + git + down

@@ -38,7 +38,8 @@ EXTERNAL_NOTE = (
 )
 
 
-def _key(store: Any, oid: str, bucket: str) -> str:
+def object_key(store: Any, oid: str, bucket: str) -> str:
+    """The S3 key of object ``oid`` of ``store`` in ``bucket`` (its path less the bucket)."""
     path = store.oid_path(oid)
     return path[len(bucket) + 1 :] if path.startswith(f"{bucket}/") else path
 
@@ -72,7 +73,7 @@ def plan(ctx: Context, pid: str) -> Plan | None:
         store = names.get(art["store"])
         if store is None:
             continue
-        ids = seaweed.chunk_ids(_key(store, art["md5"], seaweed.bucket))
+        ids = seaweed.chunk_ids(object_key(store, art["md5"], seaweed.bucket))
         chunks.extend(ids)
         artefacts.append({**purge.recorded(art), "store": STORE, "needles": ids})
         objects.append((art["md5"], artefacts[-1]))
