@@ -19,9 +19,10 @@ from rights_fakes import make_project
 from test_erasure import _dvc
 from test_erasure_embedded import images_in, notebook
 
+from visage_ml.config import ProjectPaths
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
-from visage_ml.rights import dvc_objects
+from visage_ml.rights import dvc_objects, lineage
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.stack.manager import Stack, configure_project
@@ -195,3 +196,36 @@ def test_a_cloud_remote_that_cannot_be_reached_is_not_shown_clean(tiny_project):
     assert not report.ok
     detail = " ".join(c.detail for c in report.checks if not c.ok)
     assert "remote:cloud (ConnectionRefusedError)" in detail, detail
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("read", ["as files", "through the API"])
+def test_a_model_only_on_a_remote_is_still_said_to_be_restorable(tiny_project, monkeypatch, read):
+    """A model trained on the subject, pushed and gone from the cache: `dvc pull` puts it back,
+    yet `verify-certificate` and `lineage` conceded nothing when the remote was an S3 one
+    (remotes elsewhere were not asked); one that cannot be asked is said to be so."""
+    if read == "through the API":
+        _through_the_api(monkeypatch)
+    root = tiny_project(dvc=True)
+    weights = root / "data" / "external" / "embedder-v1.pt"  # an old stage output, kept
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"weights trained on the subject")
+    md5 = dvc_objects.add(root, weights)
+    assert (
+        _dvc(root, "remote", "add", "-f", "-d", "local", str(root.parent / "remote")).returncode
+        == 0
+    )
+    assert _dvc(root, "push").returncode == 0
+    weights.unlink()
+    shutil.rmtree(root / ".dvc" / "cache")
+    models = [{"kind": "dvc", "model": "train_embedder: models/embedder.pt", "version": md5}]
+
+    said = lineage.restorable(ProjectPaths(root), models)
+    assert said is not None and "1 model(s) trained on the subject remain restorable" in said
+    assert md5 in said, said
+
+    shutil.rmtree(root.parent / "remote")
+    _cloud_remote_down(root)
+    said = lineage.restorable(ProjectPaths(root), models)
+    assert said is not None and "remote:cloud (ConnectionRefusedError)" in said, said
+    assert "could not be asked" in said and "remain restorable" not in said, said

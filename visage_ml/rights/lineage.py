@@ -97,6 +97,11 @@ MSG_RESTORABLE = (
     "{n} model(s) trained on the subject remain restorable in DVC/MLflow: {models} (retraining "
     "does not delete them; docs/security.md says how to purge them)"
 )
+# A remote that could not be asked whether it holds a model trained on the subject.
+MSG_NOT_ASKED = (
+    "the DVC remote(s) {names} could not be asked whether they hold the model(s) trained on the "
+    "subject (one pushed there comes back with `dvc pull`): make them reachable and run it again"
+)
 # A certificate whose signature or ledger entry does not verify: its claims are not judged.
 MSG_UNVERIFIED = (
     "the erasure certificate {path} failed verification ({failed}): its claims are not judged "
@@ -706,22 +711,27 @@ def known_without(paths: ProjectPaths, pid: str, md5s: Iterable[str]) -> set[str
 
 def restorable(paths: ProjectPaths, models: Iterable[Any]) -> str | None:
     """:data:`MSG_RESTORABLE` for the certified stale ``models`` whose bytes can still be put
-    back (None when none can): a DVC stage output whose object is in the cache or a remote on
-    this file system, an MLflow version still registered or run still active. Remotes elsewhere
-    are not asked (slow, perhaps unreachable); docs/security.md says they may hold them too."""
+    back (None when none can): a DVC stage output whose object is in the cache or any remote
+    (one on this file system as a file; any other, S3, asked through DVC's API, one request per
+    model), an MLflow version still registered or run still active. A remote that cannot be
+    asked (its endpoint down, its client's error) is named, :data:`MSG_NOT_ASKED`: it may hold
+    those not found elsewhere."""
     listed = [m for m in models if isinstance(m, Mapping)]
     kinds = {str(m.get("kind")) for m in listed}
     found: list[str] = []
-    if "dvc" in kinds and dvcops.is_dvc_repo(paths.root):
+    down: dict[str, str] = {}
+    known: dict[Any, str | None] = {}
+    dvc_models = [m for m in listed if m.get("kind") == "dvc"]
+    if dvc_models and dvcops.is_dvc_repo(paths.root):
         try:
-            stores = [s for s in dvc_objects.open_setup(paths.root).stores if s.local_path]
+            stores = dvc_objects.open_setup(paths.root).stores
         except Exception as exc:  # DVC unreadable: its objects are not looked for
             log.warning("DVC could not be opened (%s); cached models not checked", exc)
             stores = []
         found += [
             f"{m.get('model')} {m.get('version')}"
-            for m in listed
-            if m.get("kind") == "dvc" and any(s.exists(str(m.get("version"))) for s in stores)
+            for m in dvc_models
+            if _held(stores, str(m.get("version")), down, known)
         ]
     if kinds & {"mlflow_model", "mlflow_run"}:
         registry = mlflow_models(paths)
@@ -731,9 +741,30 @@ def restorable(paths: ProjectPaths, models: Iterable[Any]) -> str | None:
             for m in listed
             if (str(m.get("kind")), str(m.get("model")), str(m.get("version"))) in kept
         ]
-    if not found:
-        return None
-    return MSG_RESTORABLE.format(n=len(found), models=", ".join(found))
+    notes = [MSG_RESTORABLE.format(n=len(found), models=", ".join(found))] if found else []
+    if down and len(found) < len(listed):
+        names = ", ".join(f"{n} ({why})" for n, why in sorted(down.items()))
+        notes.append(MSG_NOT_ASKED.format(names=names))
+    return "; ".join(notes) or None
+
+
+def _held(
+    stores: Iterable[Any], md5: str, down: dict[str, str], known: dict[Any, str | None]
+) -> bool:
+    """Whether a DVC store holds object ``md5``; a remote that cannot be asked goes into
+    ``down`` (name: why), is asked no more, and holds it for none (``known``: the endpoints
+    tried, :func:`~visage_ml.rights.dvc_objects.endpoint_down`)."""
+    for store in stores:
+        if store.name in down:
+            continue
+        try:
+            if why := dvc_objects.endpoint_down(store, known):  # at once, not after retries
+                down[store.name] = why
+            elif store.exists(md5):
+                return True
+        except Exception as exc:  # the client's own errors (botocore, fsspec; a 403)
+            down[store.name] = type(exc).__name__
+    return False
 
 
 def certified_md5s(claims: Mapping[str, Any]) -> set[str]:
