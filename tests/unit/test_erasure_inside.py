@@ -209,8 +209,8 @@ def test_the_photograph_base64_encoded_in_json_or_csv_is_cut_out(proj):
     assert {f["path"] for f in report.findings} == {str(as_json), str(as_csv)}
 
 
-@pytest.mark.parametrize("escaped", [False, True], ids=["lines", "json-escaped"])
-def test_base64_wrapped_in_lines_is_found_whatever_its_last_line(escaped):
+@pytest.mark.parametrize("how", ["lines", "json-escaped", "csv-row"])
+def test_base64_wrapped_in_lines_is_found_whatever_its_last_line(how):
     """``base64.encodebytes`` (and MIME, and PEM-like dumps) wrap at 76 characters: the last
     line is as short as the length makes it. A run whose last line was under 16 characters was
     cut before it and no longer decoded: about one photograph in five, wrapped, was missed."""
@@ -218,7 +218,12 @@ def test_base64_wrapped_in_lines_is_found_whatever_its_last_line(escaped):
     for n in range(3000, 3000 + 57):  # every last-line length of a 76-character wrap
         data = bytes((i * 7 + n) % 251 for i in range(n))
         wrapped = base64.encodebytes(data)
-        text = b'{"img": "' + wrapped.replace(b"\n", b"\\n") + b'"}' if escaped else wrapped
+        text = {
+            "lines": wrapped,
+            "json-escaped": b'{"img": "' + wrapped.replace(b"\n", b"\\n") + b'"}',
+            # The next row's first field follows the last line's break.
+            "csv-row": b"1," + wrapped + b"2,x\n",
+        }[how]
         if hashlib.sha256(data).hexdigest() not in set(embedded.inside(text, embedded.TEXT)):
             missed.append(n)
     assert missed == []

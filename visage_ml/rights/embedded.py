@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bz2
+import contextlib
 import gzip
 import hashlib
 import io
@@ -207,18 +208,23 @@ def _decompressed(fh: IO[bytes], sizes: SizeFilter | None, depth: int) -> Iterat
         return
 
 
-def _runs(data: bytes) -> Iterator[tuple[re.Match[bytes], bytes]]:
-    """Each base64 run of ``data`` and the bytes it decodes to."""
+def _runs(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """Each base64 run of ``data`` (its span) and the bytes it decodes to. A wrapped run's last
+    line may be none of it (a CSV row's next field after the line break, ``1,<run>\\n2,...``):
+    without it, the run is tried again."""
     for m in B64_RUN.finditer(data):
-        run = m.group(0)
-        if b"\n" in run or b"\\" in run:  # wrapped: a line break, or JSON's escaped one
-            run = B64_BREAKS.sub(b"", run)
-        if len(run) < B64_MIN or len(run) % 4:
-            continue
-        try:
-            yield m, base64.b64decode(run, validate=True)
-        except (binascii.Error, ValueError):
-            continue
+        start, run = m.start(), m.group(0)
+        while True:
+            wrapped = b"\n" in run or b"\\" in run  # a line break, or JSON's escaped one
+            flat = B64_BREAKS.sub(b"", run) if wrapped else run
+            if len(flat) >= B64_MIN and not len(flat) % 4:
+                with contextlib.suppress(binascii.Error, ValueError):
+                    yield (start, start + len(run)), base64.b64decode(flat, validate=True)
+                    break
+            if not wrapped:
+                break
+            # Each line break is "\n", "\r\n" or JSON's "\\n": what comes before it, less a "\r".
+            run = run[: max(run.rfind(b"\n"), run.rfind(b"\\n"))].rstrip(b"\r\\")
 
 
 def _pngs(data: bytes) -> Iterator[bytes]:
@@ -297,9 +303,9 @@ def cut_encoded(path: Path, digests: Container[str]) -> int:
     ``data:`` URL keeps its header, a JSON or CSV field is left empty."""
     data = path.read_bytes()
     cut: list[tuple[int, int]] = []
-    for m, raw in _runs(data):
+    for span, raw in _runs(data):
         if any(d in digests for d in _part(raw, None, 0)):
-            cut.append(m.span())
+            cut.append(span)
     if not cut:
         return 0
     out, at = [], 0
