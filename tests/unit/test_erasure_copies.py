@@ -268,3 +268,34 @@ def test_a_copy_in_a_dvc_temporary_workspace_goes(tiny_project):
     assert not copy.exists()
     assert result.certificate["claims"]["copies_removed"] == {".dvc": 1}
     assert verify_certificate(result.certificate_path, root=root).ok
+
+
+def test_a_folder_that_cannot_be_listed_is_never_shown_clean(proj, monkeypatch):
+    """A folder the walk could not list (its permissions, an I/O error) was skipped in
+    silence, every file in it unseen: the erasure certified and the verifier said nothing
+    remains, whatever it held."""
+    import os
+
+    done = Erasure(proj.paths).erase(proj.pids[0])
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    locked = proj.paths.root / "reports" / "backup"
+    locked.mkdir(parents=True)
+    (locked / f"{NAME}.png").write_bytes(b"whatever it holds")
+    real_scandir = os.scandir
+
+    def guarded(path=".", *args, **kwargs):
+        if isinstance(path, str | os.PathLike) and Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", guarded)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f["path"] for f in report.findings] == [str(locked)]
+    with pytest.raises(OSError) as caught:
+        Erasure(proj.paths).erase(proj.pids[1])
+    message = str(caught.value)
+    assert "could not be read" in message and "reports" in message and NAME not in message
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    (result,) = Erasure(proj.paths).resume()
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok

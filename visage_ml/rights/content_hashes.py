@@ -239,18 +239,29 @@ def scanned_roots(root: Path) -> list[Path]:
 
 def walk_files(root: Path) -> Iterator[Path]:
     """Every file under ``root`` (``root`` itself if a file), symbolic links not followed, the
-    tools' folders below it (:func:`skipped`) not entered."""
+    tools' folders below it (:func:`skipped`) not entered. A folder that cannot be listed
+    (its permissions, an I/O error) is yielded itself: reading it fails, so what it holds is
+    never shown clean (``os.walk`` passes over it in silence)."""
     if not root.exists():
         return
     if root.is_file():
         yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    unlisted: list[Path] = []
+
+    def _unlisted(exc: OSError) -> None:
+        if exc.filename is not None and not isinstance(exc, FileNotFoundError):
+            unlisted.append(Path(os.fsdecode(exc.filename)))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_unlisted, followlinks=False):
+        yield from unlisted
+        unlisted.clear()
         dirnames[:] = [d for d in dirnames if not skipped(Path(dirpath) / d)]
         for name in filenames:
             p = Path(dirpath) / name
             if p.is_file() and not p.is_symlink():
                 yield p
+    yield from unlisted
 
 
 def content_hit(
