@@ -57,6 +57,10 @@ MSG_REMOTE_UNREACHABLE = (
 
 UNREAD = "could not be read, so not shown to hold no erased content: make it readable"
 OPAQUE = "a notebook too large to look inside, so not shown to hold no erased content"
+EXPANDS = (
+    "expands too far to look inside (an archive or table of far more than its size: a zip "
+    "bomb, or near enough), so not shown to hold no erased content: remove it, or unpack it"
+)
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 HELD_INSIDE = (
     "holds erased content inside (base64-encoded, an archive's member, a photo's bytes in a "
@@ -200,7 +204,8 @@ def scan_for_hashes(
         if h.down and unreachable is not None:
             unreachable[h.root.remote.name] = h.down
         if h.unreadable:  # not shown clean: it may be a copy
-            report.findings.append({"path": str(h.path), "why": OPAQUE if h.opaque else UNREAD})
+            why = EXPANDS if h.expands else OPAQUE if h.opaque else UNREAD
+            report.findings.append({"path": str(h.path), "why": why})
         if h.gone:
             continue
         report.files_looked_at += 1

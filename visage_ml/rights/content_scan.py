@@ -96,12 +96,16 @@ class Hashed:
     # Why a DVC remote (``root.remote``, ``path`` its folder) could not be listed: none of its
     # objects was looked at, so none is shown clean.
     down: str = ""
+    # What it holds inside expands beyond what its size allows (a zip bomb, or near enough:
+    # :class:`~visage_ml.rights.embedded.TooLarge`): not read to its end, so not shown clean.
+    expands: bool = False
 
     @property
     def unreadable(self) -> bool:
-        """There, but not readable (permissions, an I/O error), or a notebook too large to look
-        inside: nothing shows it clean."""
-        return (self.digest is None and self.size == UNREADABLE) or self.opaque
+        """There, but not readable (permissions, an I/O error), a notebook too large to look
+        inside, or a file whose content expands too far to look inside: nothing shows it
+        clean."""
+        return (self.digest is None and self.size == UNREADABLE) or self.opaque or self.expands
 
     @property
     def gone(self) -> bool:
@@ -226,6 +230,8 @@ class Read:
     opaque: bool = False
     held: tuple[str, ...] = ()
     kind: str | None = None
+    # What it holds inside expands too far to look inside (``Hashed.expands``).
+    expands: bool = False
 
 
 @dataclass
@@ -265,11 +271,15 @@ class _Reader:
 
     def done(self) -> Read:
         digest = self.h.hexdigest()
+        try:
+            held = self._held()
+        except embedded.TooLarge:  # a bomb, or near enough: nothing of it shown clean
+            return Read(digest, self.n, kind=self.kind, expands=True)
         if not self.json:
-            return Read(digest, self.n, held=self._held(), kind=self.kind)
+            return Read(digest, self.n, held=held, kind=self.kind)
         if self.n <= NOTEBOOK_MAX:
             inner = _inner(b"".join(self.parts))
-            return Read(digest, self.n, inner, held=self._held(), kind=self.kind)
+            return Read(digest, self.n, inner, held=held, kind=self.kind)
         first = self.parts[0] if self.parts else b""
         opaque = self.name.endswith(NOTEBOOK_SUFFIX) or NOTEBOOK_KEY in first
         return Read(digest, self.n, (), opaque, kind=self.kind)
@@ -285,8 +295,12 @@ def _hash(path: Path, sizes: SizeFilter | None = None) -> Read:
             if read.kind in embedded.STREAMED and read.size > embedded.EMBED_MAX:
                 # An archive too large to hold in memory: read member by member from its file.
                 fh.seek(0)
-                held = tuple(embedded.inside_file(fh, read.kind, sizes=sizes))
-                read = replace(read, held=held)
+                try:
+                    held = tuple(embedded.inside_file(fh, read.kind, sizes=sizes))
+                except embedded.TooLarge:  # a bomb, or near enough: not shown clean
+                    read = replace(read, expands=True)
+                else:
+                    read = replace(read, held=held)
     except FileNotFoundError:  # gone since the walk: nothing left to judge
         return Read(None, 0)
     except OSError:  # there, but not readable: not shown clean (``Hashed.unreadable``)
@@ -343,7 +357,16 @@ def hash_files(
         digests = list(pool.map(lambda p: _looked_at(p, sizes), [p for p, _ in todo]))
     local = [
         Hashed(
-            p, r, x.digest, x.size, x.inner, opaque=x.opaque, read=read, held=x.held, kind=x.kind
+            p,
+            r,
+            x.digest,
+            x.size,
+            x.inner,
+            opaque=x.opaque,
+            read=read,
+            held=x.held,
+            kind=x.kind,
+            expands=x.expands,
         )
         for (p, r), (x, read) in zip(todo, digests, strict=True)
     ]
@@ -393,6 +416,7 @@ def _remote_objects(walked: Sequence[Root], sizes: SizeFilter | None) -> list[Ha
             read=read,
             held=x.held,
             kind=x.kind,
+            expands=x.expands,
         )
         for (p, _, r), (x, read) in zip(todo, digests, strict=True)
     ]
@@ -590,7 +614,8 @@ def _git_read(root: Path, where: Root, *, oids: Sequence[str] | None = None) -> 
                         x.size,
                         x.inner,
                         oid.decode(),
-                        x.opaque,
+                        # A blob that expands too far is as a notebook too large (kept so).
+                        x.opaque or x.expands,
                         held=x.held,
                         kind=x.kind,
                     )

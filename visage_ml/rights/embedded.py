@@ -38,7 +38,7 @@ import re
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -73,9 +73,37 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND"
 # A base64 run: at least 64 characters (no photograph is shorter), possibly wrapped in lines
 # (``base64`` wraps at 76) or in JSON's escaped line breaks; its last line as short as it is.
-B64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}(?:(?:\r?\n|\\n)[A-Za-z0-9+/]+)*={0,2}")
+B64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}(?:(?:\r?\n|(?:\\r)?\\n)[A-Za-z0-9+/]+)*={0,2}")
 B64_MIN = 64
-B64_BREAKS = re.compile(rb"\r?\n|\\n")
+# The widest line a wrapper gives (``base64``, MIME: 76; PEM: 64).
+WRAP_MAX = 76
+# A line break: "\n", "\r\n", or JSON's escaped ones.
+B64_BREAKS = re.compile(rb"\r?\n|(?:\\r)?\\n")
+# How far a file's content may expand, all it holds inside read together (an archive's members,
+# theirs, a table's columns): what a file of its size holds in earnest, however compressible
+# (:data:`INSIDE_RATIO` times its size), and at least :data:`INSIDE_FLOOR`. Beyond that it is
+# a bomb, or near enough: not read to its end (which its maker may put a day away) and not
+# shown clean either (:class:`TooLarge`).
+INSIDE_FLOOR = 4 << 30
+INSIDE_RATIO = 100
+
+
+class TooLarge(Exception):  # noqa: N818 - says what the file is, as ValueError does
+    """A file whose content, read inside, expands beyond what its size allows (a zip bomb):
+    nothing it holds is shown clean. Never one of :data:`ARCHIVE_ERRORS`, which pass over a
+    damaged archive's rest."""
+
+
+class _Budget:
+    """What is left to read inside one file (:data:`INSIDE_FLOOR`, :data:`INSIDE_RATIO`)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = max(INSIDE_FLOOR, INSIDE_RATIO * size)
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise TooLarge
 
 
 class SizeFilter(Protocol):
@@ -115,27 +143,33 @@ def _digest(data: bytes, sizes: SizeFilter | None) -> list[str]:
     return [hashlib.sha256(data).hexdigest()] if sizes is None or sizes.may_match(len(data)) else []
 
 
-def _part(data: bytes, sizes: SizeFilter | None, depth: int) -> Iterator[str]:
+def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
     """A file held inside another: its SHA-256, and what it holds itself."""
     yield from _digest(data, sizes)
     if depth < DEPTH and (what := kind(data[:SNIFF])) is not None:
-        yield from inside(data, what, sizes=sizes, depth=depth + 1)
+        yield from inside(data, what, sizes=sizes, depth=depth + 1, budget=budget)
 
 
-def _stream(stream: IO[bytes], size: int | None, sizes: SizeFilter | None, depth: int):
+def _stream(
+    stream: IO[bytes], size: int | None, sizes: SizeFilter | None, depth: int, budget: _Budget
+):
     """A member as it streams: looked inside when small enough, else only hashed (and not
-    even read when its size and first bytes show it can be nothing sought)."""
+    even read when its size and first bytes show it can be nothing sought). What is read
+    (decompressed) is spent from ``budget``."""
     head = stream.read(SNIFF)
+    budget.spend(len(head))
     unsought = size is not None and sizes is not None and not sizes.may_match(size)
     if unsought and kind(head) is None:
         return
     rest = stream.read(EMBED_MAX + 1 - len(head))
+    budget.spend(len(rest))
     data = head + rest
     if len(data) <= EMBED_MAX:
-        yield from _part(data, sizes, depth)
+        yield from _part(data, sizes, depth, budget)
         return
     h, n = hashlib.sha256(data), len(data)
     for chunk in iter(lambda: stream.read(CHUNK), b""):
+        budget.spend(len(chunk))
         h.update(chunk)
         n += len(chunk)
     if sizes is None or sizes.may_match(n):
@@ -156,13 +190,13 @@ ARCHIVE_ERRORS = (
 )
 
 
-def _zip(fh: IO[bytes], sizes: SizeFilter | None, depth: int) -> Iterator[str]:
+def _zip(fh: IO[bytes], sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
     try:
         with zipfile.ZipFile(fh) as z:
             for info in z.infolist():
                 if not info.is_dir():
                     with z.open(info) as member:
-                        yield from _stream(member, info.file_size, sizes, depth)
+                        yield from _stream(member, info.file_size, sizes, depth, budget)
     except ARCHIVE_ERRORS:
         return
 
@@ -175,21 +209,27 @@ def _open_tar(fh: IO[bytes]) -> tarfile.TarFile | None:
         return None
 
 
-def _tar(t: tarfile.TarFile, sizes: SizeFilter | None, depth: int) -> Iterator[str]:
+def _tar(
+    t: tarfile.TarFile, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
     try:
         with t:
             for member in t:
+                # Passing over a member of a compressed tar decompresses it, read or not.
+                budget.spend(member.size)
                 if member.isfile() and (stream := t.extractfile(member)) is not None:
-                    yield from _stream(stream, member.size, sizes, depth)
+                    yield from _stream(stream, member.size, sizes, depth, budget)
     except ARCHIVE_ERRORS:
         return
 
 
-def _decompressed(fh: IO[bytes], sizes: SizeFilter | None, depth: int) -> Iterator[str]:
+def _decompressed(
+    fh: IO[bytes], sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
     """A gzip, bzip2 or xz file: a compressed tar's members, else the one file it holds."""
     start = fh.tell()
     if (t := _open_tar(fh)) is not None:
-        yield from _tar(t, sizes, depth)
+        yield from _tar(t, sizes, depth, budget)
         return
     fh.seek(start)
     first = fh.read(len(COMPRESSED_MAGIC[1]))
@@ -203,53 +243,97 @@ def _decompressed(fh: IO[bytes], sizes: SizeFilter | None, depth: int) -> Iterat
     )
     try:
         with opener(fh, "rb") as stream:
-            yield from _stream(stream, None, sizes, depth)
+            yield from _stream(stream, None, sizes, depth, budget)
     except ARCHIVE_ERRORS:
         return
 
 
+def _wraps(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """The lines (``first``, ``last`` + 1) of a run of lines of these ``widths`` that may each
+    be one base64 text. A wrapped one is lines of one width, then one no longer (``base64``
+    wraps at 76, PEM at 64): each run of lines of one width is tried whole, and with the line
+    after it when that is shorter (its last line; else the CSV row's next field,
+    ``1,<run>\\n2,...``, or the next photograph's line). A line longer than any wrap is tried
+    alone too (a photograph a line, ``base64 -w0``, beside others of its length). Each line is
+    in a few tries at most, so a file of short lines is read in linear time (trying every
+    shorter prefix of a run was quadratic)."""
+    i, n = 0, len(widths)
+    while i < n:
+        j = i + 1
+        while j < n and widths[j] == widths[i]:
+            j += 1
+        yield i, j
+        if widths[i] > WRAP_MAX and j - i > 1:
+            yield from ((k, k + 1) for k in range(i, j))
+        if j < n and widths[j] < widths[i]:
+            yield i, j + 1
+        i = j
+
+
 def _runs(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
-    """Each base64 run of ``data`` (its span) and the bytes it decodes to. A wrapped run's last
-    line may be none of it (a CSV row's next field after the line break, ``1,<run>\\n2,...``):
-    without it, the run is tried again."""
+    """Each base64 text of ``data`` (its span) and the bytes it decodes to: a run of the
+    alphabet, or of lines of it (:func:`_wraps`: a wrapped one, one a line, the next row's
+    field after it)."""
     for m in B64_RUN.finditer(data):
         start, run = m.start(), m.group(0)
-        while True:
-            wrapped = b"\n" in run or b"\\" in run  # a line break, or JSON's escaped one
-            flat = B64_BREAKS.sub(b"", run) if wrapped else run
-            if len(flat) >= B64_MIN and not len(flat) % 4:
+        if b"\n" not in run and b"\\" not in run:  # no line break, nor JSON's escaped one
+            if len(run) >= B64_MIN and not len(run) % 4:
                 with contextlib.suppress(binascii.Error, ValueError):
-                    yield (start, start + len(run)), base64.b64decode(flat, validate=True)
-                    break
-            if not wrapped:
-                break
-            # Each line break is "\n", "\r\n" or JSON's "\\n": what comes before it, less a "\r".
-            run = run[: max(run.rfind(b"\n"), run.rfind(b"\\n"))].rstrip(b"\r\\")
+                    yield m.span(), base64.b64decode(run, validate=True)
+            continue
+        lines, at = [], 0
+        for brk in B64_BREAKS.finditer(run):
+            lines.append((at, brk.start()))
+            at = brk.end()
+        lines.append((at, len(run)))
+        for first, last in _wraps([e - s for s, e in lines]):
+            if sum(e - s for s, e in lines[first:last]) < B64_MIN:
+                continue
+            flat = b"".join(run[s:e] for s, e in lines[first:last])
+            if not len(flat) % 4:
+                with contextlib.suppress(binascii.Error, ValueError):
+                    raw = base64.b64decode(flat, validate=True)
+                    yield (start + lines[first][0], start + lines[last - 1][1]), raw
 
 
 def _pngs(data: bytes) -> Iterator[bytes]:
-    """Each PNG lying in ``data`` as it is (a pickle's bytes, an array's), signature to IEND."""
+    """Each PNG lying in ``data`` as it is (a pickle's bytes, an array's), signature to IEND.
+    A chunk walked from one signature that led to no IEND leads to none from the next either:
+    it is not walked again (crafted signatures, each followed by many tiny chunks, made the
+    walk quadratic)."""
+    dead = bytearray(len(data) // 8 + 1)  # chunk offsets from which no IEND is reached
     at = data.find(PNG_MAGIC)
     while at >= 0:
-        end = at + len(PNG_MAGIC)
-        while end + 12 <= len(data):
+        end, walked, found = at + len(PNG_MAGIC), [], False
+        while end + 12 <= len(data) and not dead[end >> 3] & (1 << (end & 7)):
+            walked.append(end)
             n = int.from_bytes(data[end : end + 4], "big")
             chunk = data[end + 4 : end + 8]
             end += 12 + n
             if chunk == PNG_END:
-                if end <= len(data):
-                    yield data[at:end]
+                found = end <= len(data)
                 break
+        if found:
+            yield data[at:end]
+            at = data.find(PNG_MAGIC, end)
+            continue
+        for offset in walked:
+            dead[offset >> 3] |= 1 << (offset & 7)
         at = data.find(PNG_MAGIC, at + 1)
 
 
-def _parquet(data: bytes, sizes: SizeFilter | None, depth: int) -> Iterator[str]:
+def _parquet(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
     """Every binary value of a Parquet table (compressed in its pages, so not as it is in the
-    file), and the base64 runs of its strings."""
+    file), and the base64 runs of its strings. What it expands to is spent from ``budget``
+    before it is read (a table of one value repeated is a bomb too); a column that cannot be
+    read (a string that is not UTF-8, as a writer that does not check leaves it) is passed
+    over, the others read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+        budget.spend(sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError):
         return
@@ -258,60 +342,102 @@ def _parquet(data: bytes, sizes: SizeFilter | None, depth: int) -> Iterator[str]
         binary = pa.types.is_binary(t) or pa.types.is_large_binary(t)
         if not (binary or pa.types.is_string(t) or pa.types.is_large_string(t)):
             continue
-        for value in column.to_pylist():
-            if isinstance(value, bytes):
-                yield from _part(value, sizes, depth)
-            elif isinstance(value, str) and len(value) >= B64_MIN:
-                for _, raw in _runs(value.encode("utf-8")):
-                    yield from _part(raw, sizes, depth)
+        try:
+            values = column.cast(pa.large_binary()).to_pylist()
+        except (pa.ArrowException, ValueError):
+            continue
+        for value in values:
+            if value is None:
+                continue
+            if binary:
+                yield from _part(value, sizes, depth, budget)
+            elif len(value) >= B64_MIN:
+                for _, raw in _runs(value):
+                    yield from _part(raw, sizes, depth, budget)
 
 
 def inside(
-    data: bytes, what: str, *, sizes: SizeFilter | None = None, depth: int = 0
+    data: bytes,
+    what: str,
+    *,
+    sizes: SizeFilter | None = None,
+    depth: int = 0,
+    budget: _Budget | None = None,
 ) -> Iterator[str]:
     """The SHA-256 of each file ``data`` (a file of kind ``what``, :func:`kind`) holds inside,
-    to :data:`DEPTH`; with ``sizes``, only those of a size it may match."""
+    to :data:`DEPTH`; with ``sizes``, only those of a size it may match.
+
+    Raises
+    ------
+    TooLarge
+        When what it holds expands beyond what its size allows (``budget``: that of the file
+        it lies in, else its own).
+    """
+    budget = budget if budget is not None else _Budget(len(data))
     if what in STREAMED:
-        yield from inside_file(io.BytesIO(data), what, sizes=sizes, depth=depth)
+        yield from inside_file(io.BytesIO(data), what, sizes=sizes, depth=depth, budget=budget)
     elif what == PARQUET:
-        yield from _parquet(data, sizes, depth)
+        yield from _parquet(data, sizes, depth, budget)
     else:
         for _, raw in _runs(data):
-            yield from _part(raw, sizes, depth)
+            yield from _part(raw, sizes, depth, budget)
         if what == BINARY:
             for png in _pngs(data):
-                yield from _part(png, sizes, depth)
+                yield from _part(png, sizes, depth, budget)
 
 
 def inside_file(
-    fh: IO[bytes], what: str, *, sizes: SizeFilter | None = None, depth: int = 0
+    fh: IO[bytes],
+    what: str,
+    *,
+    sizes: SizeFilter | None = None,
+    depth: int = 0,
+    budget: _Budget | None = None,
 ) -> Iterator[str]:
     """:func:`inside` for an archive or a compressed file read from ``fh`` (seekable), whatever
-    its size: member by member."""
+    its size: member by member.
+
+    Raises
+    ------
+    TooLarge
+        As :func:`inside`.
+    """
+    if budget is None:
+        at = fh.tell()
+        budget = _Budget(fh.seek(0, io.SEEK_END) - at)
+        fh.seek(at)
     if what == ZIP:
-        yield from _zip(fh, sizes, depth)
+        yield from _zip(fh, sizes, depth, budget)
     elif what == TAR:
         if (t := _open_tar(fh)) is not None:
-            yield from _tar(t, sizes, depth)
+            yield from _tar(t, sizes, depth, budget)
     elif what == COMPRESSED:
-        yield from _decompressed(fh, sizes, depth)
+        yield from _decompressed(fh, sizes, depth, budget)
 
 
 def cut_encoded(path: Path, digests: Container[str]) -> int:
     """Rewrite the text file at ``path`` (atomically, mode kept) without each base64 run that
     decodes to, or to a file holding, content in ``digests``; returns how many went. A
-    ``data:`` URL keeps its header, a JSON or CSV field is left empty."""
+    ``data:`` URL keeps its header, a JSON or CSV field is left empty, a line of its own is
+    left empty (the lines about it kept)."""
     data = path.read_bytes()
+    budget = _Budget(len(data))
     cut: list[tuple[int, int]] = []
     for span, raw in _runs(data):
-        if any(d in digests for d in _part(raw, None, 0)):
+        if any(d in digests for d in _part(raw, None, 0, budget)):
             cut.append(span)
     if not cut:
         return 0
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(cut):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
     out, at = [], 0
-    for start, end in cut:
+    for start, end in merged:
         out.append(data[at:start])
         at = end
     out.append(data[at:])
     atomic_write_bytes(path, b"".join(out), mode=path.stat().st_mode & 0o777)
-    return len(cut)
+    return len(merged)

@@ -116,6 +116,10 @@ GIT_UNREACHED = "an object no commit reaches (expire the reflog, then prune)"
 # not cut it from (an archive made for a colleague, a pickle, an array, a table): the erasure
 # stops on it. Someone takes the image out, or deletes the file: --purge leaves it.
 ERASED_INSIDE = "erased_inside"
+# A file of the project whose content expands too far to look inside (an archive of far more than
+# its size: a zip bomb, or near enough): not shown to hold no erased image, so the erasure stops
+# on it. Someone unpacks or deletes it: --purge leaves it.
+EXPANDS_INSIDE = "expands_inside"
 # A checkpoint kept for an erasure whose certificate was issued (it carries the checkpoint): the
 # process was killed before it went. No personal data; nothing reads it again.
 KEPT_CHECKPOINT = "kept_checkpoint"
@@ -759,11 +763,14 @@ class _Doctor:
     def held_inside(self, hashes: ContentHashes) -> None:
         """Files of the project that hold erased content (``hashes``) among other content the
         erasure does not take it out of (:func:`~visage_ml.rights.erasure.copies.holds_inside`),
-        by path: the erasure stopped on them, and says to look here."""
+        by path: the erasure stopped on them, and says to look here. And those whose content
+        expands too far to look inside (a zip bomb), on which it stops too."""
         walked = content_scan.roots(self.paths)
         for h in content_scan.hash_files(walked, sizes=hashes):
             if h.matches(hashes) and holds_inside(h, hashes):
                 self.add(ERASED_INSIDE, h.path, None, "review")
+            elif h.expands:
+                self.add(EXPANDS_INSIDE, h.path, None, "review")
 
     def kept_checkpoints(self) -> None:
         """What ``privacy/checkpoints/kept`` holds for erasures whose certificate was issued."""

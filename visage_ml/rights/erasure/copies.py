@@ -70,10 +70,12 @@ MSG_NOT_REMOVED = (
     "folder's permissions) or delete them, then run `visage privacy resume`"
 )
 MSG_UNREADABLE = (
-    "{n} file(s) could not be read, or are notebooks too large to look inside ({where}), so "
-    "none of them is shown to be no copy of the erased content; the erasure stops before its "
-    "certificate. Make them readable to this user (or delete them, or clear a notebook's "
-    "outputs), then run `visage privacy resume`"
+    "{n} file(s) could not be read, or are notebooks too large to look inside, or archives "
+    "that expand too far to look inside (a zip bomb, or near enough) ({where}), so none of "
+    "them is shown to be no copy of the erased content; the erasure stops before its "
+    "certificate. Make them readable to this user (or delete them, clear a notebook's "
+    "outputs, unpack an archive; `visage privacy doctor` lists them), then run `visage "
+    "privacy resume`"
 )
 MSG_REMOTE_DOWN = (
     "the DVC remote(s) {names} could not be reached or listed, so none of their objects is shown "

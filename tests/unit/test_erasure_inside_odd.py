@@ -1,0 +1,187 @@
+"""Files that would stall or crash the scan for erased content held inside other files, and
+base64 laid out otherwise than one wrapped run: what anyone able to write into the project (or
+an ordinary tool) leaves there.
+
+Before: a text file of short base64-looking lines was read in time quadratic in its size (a
+1 MB one took minutes, a larger one never ended), as was a pickle of repeated PNG signatures; a
+zip bomb was decompressed to the end, however far; a Parquet table whose string column held
+bytes that are not UTF-8 made the scan raise, stopping every erasure and every verification of
+the project; and photographs base64-encoded one a line were read as one run (two photographs'
+bytes together, matching neither), so both the copies step and the verifier missed them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rights_fakes import make_project
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.rights import embedded
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+# What a scan of one such file may take here: the files below took from 20 s to minutes.
+QUICK_S = 5.0
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _data(n: int, salt: int = 0) -> bytes:
+    return bytes((i * 7 + n + salt) % 251 for i in range(n))
+
+
+@pytest.fixture
+def proj(project):
+    return make_project(project, n_subjects=3)
+
+
+def _photos(proj) -> tuple[str, bytes, bytes]:
+    victim, other = proj.pids[0], proj.pids[1]
+    return victim, next(iter(proj.images[victim].values())), next(iter(proj.images[other].values()))
+
+
+@pytest.mark.parametrize("breaks", [b"\n", b"\r\n", b"\\n"], ids=["lf", "crlf", "json-lf"])
+def test_a_text_file_of_short_base64_like_lines_is_read_quickly(breaks):
+    """Lines of 16 letters after one of 17 never add up to a multiple of four characters: the
+    scan dropped them one at a time from the end, each time rejoining all before it."""
+    text = b"A" * 17 + b"".join(breaks + b"B" * 16 for _ in range(12_000))
+    started = time.monotonic()
+    list(embedded.inside(text, embedded.TEXT))
+    assert time.monotonic() - started < QUICK_S
+
+
+def test_a_pickle_of_repeated_png_signatures_is_read_quickly():
+    data = b"\x80\x04" + (embedded.PNG_MAGIC + b"\0" * 4) * 15_000
+    started = time.monotonic()
+    list(embedded.inside(data, embedded.BINARY))
+    assert time.monotonic() - started < QUICK_S
+
+
+def _lines(*items: bytes, sep: bytes = b"\n") -> bytes:
+    return b"".join(base64.b64encode(i) + sep for i in items)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "one-a-line",
+        "one-a-line-crlf",
+        "shorter-after",
+        "title-line",
+        "two-wrapped",
+        "json-escaped",
+        "json-escaped-crlf",
+    ],
+)
+def test_photographs_base64_encoded_one_a_line_are_each_found(layout):
+    """``base64 -w0 a.png >> faces.txt`` for each photograph, a title line above a wrapped one,
+    two wrapped one after the other: each photograph is found, whatever its neighbours. A
+    photograph whose base64 needs no padding (one in three) was read together with the next
+    line, and neither was found."""
+    missed = []
+    for n in range(3000, 3012):
+        a, b = _data(n), _data(n + 40, salt=1)
+        text = {
+            "one-a-line": _lines(a, b),
+            "one-a-line-crlf": _lines(a, b, sep=b"\r\n"),
+            # The next photograph's line shorter than the erased one's.
+            "shorter-after": _lines(_data(n + 40, salt=2), a, _data(n - 40, salt=3)),
+            "title-line": b"Photographofthesubject\n" + base64.encodebytes(a),
+            "two-wrapped": base64.encodebytes(a) + base64.encodebytes(b),
+            "json-escaped": _lines(a, b, sep=b"\\n"),
+            # A wrap made on Windows, then put in a JSON string.
+            "json-escaped-crlf": b'{"img": "'
+            + base64.encodebytes(a).replace(b"\n", b"\\r\\n")
+            + b'"}',
+        }[layout]
+        if _sha(a) not in set(embedded.inside(text, embedded.TEXT)):
+            missed.append(n)
+    assert missed == []
+
+
+def test_the_photograph_on_its_own_line_is_cut_and_its_neighbours_kept(tmp_path):
+    kept_before, erased, kept_after = _data(3003, 1), _data(3000), _data(2997, 2)
+    path = tmp_path / "faces.txt"
+    path.write_bytes(_lines(kept_before, erased, kept_after))
+    assert embedded.cut_encoded(path, {_sha(erased)}) == 1
+    left = path.read_bytes().split(b"\n")
+    assert left == [base64.b64encode(kept_before), b"", base64.b64encode(kept_after), b""]
+
+
+def _bad_utf8_table(png: bytes) -> bytes:
+    """A table whose string column holds bytes that are not UTF-8 (as a writer that does not
+    check leaves them), before the column holding the photograph."""
+    notes = pa.array([b"\xff\xfe caption", b"ok"], type=pa.binary()).view(pa.string())
+    table = pa.table({"note": notes, "img": pa.array([png, b"x" * 20], type=pa.binary())})
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+def test_a_table_with_a_string_that_is_not_utf8_does_not_stop_the_scan(proj):
+    """It made the scan raise (UnicodeDecodeError) in the erasure and in the verifier; its
+    other columns are still read, the photograph there found."""
+    victim, png, _ = _photos(proj)
+    folder = proj.paths.root / "data" / "tables"
+    folder.mkdir(parents=True)
+    (folder / "faces.parquet").write_bytes(_bad_utf8_table(png))
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    assert "1 file(s) hold erased content inside" in " ".join(str(stopped.value).split())
+
+
+def _bomb(inner_mb: int, copies: int) -> bytes:
+    """A zip of ``copies`` zips, each of ``inner_mb`` MB of one letter: a few kB on disk."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.txt", b"A" * (inner_mb << 20))
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(copies):
+            z.writestr(f"part{i}.zip", inner.getvalue())
+    return outer.getvalue()
+
+
+def test_a_zip_bomb_is_not_read_to_its_end_and_not_shown_clean(proj, monkeypatch):
+    """Decompressing a zip bomb to its end stalls the erasure for as long as its maker likes:
+    the scan stops at what so small a file can hold in earnest, and the file is not shown clean
+    (the erasure stops and says where; the verifier reports it)."""
+    monkeypatch.setattr(embedded, "INSIDE_FLOOR", 32 << 20)  # here, rather than gigabytes
+    victim, _, _ = _photos(proj)
+    bomb = proj.paths.root / "data" / "attachments" / "invoice.zip"
+    bomb.parent.mkdir(parents=True)
+    made = _bomb(16, 8)
+    bomb.write_bytes(made)
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert "archives that expand too far to look inside" in said and "data: 1" in said, said
+    assert "invoice" not in said
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    listed = [
+        (Path(f["path"]).name, f["kind"])
+        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
+        if f["kind"] == "expands_inside"
+    ]
+    assert listed == [("invoice.zip", "expands_inside")], doctor.output
+    bomb.unlink()
+    (done,) = Erasure(proj.paths).resume()
+    bomb.write_bytes(made)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [(f["path"], "expands too far to look inside" in f["why"]) for f in report.findings] == [
+        (str(bomb), True)
+    ]
