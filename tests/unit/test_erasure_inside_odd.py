@@ -185,3 +185,29 @@ def test_a_zip_bomb_is_not_read_to_its_end_and_not_shown_clean(proj, monkeypatch
     assert [(f["path"], "expands too far to look inside" in f["why"]) for f in report.findings] == [
         (str(bomb), True)
     ]
+
+
+def test_a_text_file_too_large_to_hold_whole_is_read_for_base64_too(proj, monkeypatch):
+    """A CSV of a dataset's photographs runs past what is held in memory at once (64 MiB; here
+    made small): it is read a window at a time, a run never split between two. Before, a text
+    file that large was only hashed whole, and both the erasure and the verifier passed over
+    the photograph in it."""
+    monkeypatch.setattr(embedded, "EMBED_MAX", 64 << 10)
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "labels"
+    folder.mkdir(parents=True)
+    csv = folder / "faces.csv"
+    filler = [f"{i},{base64.b64encode(_data(900 + i)).decode()}" for i in range(150)]
+    rows = ["id,img", *filler[:75], f"75,{base64.b64encode(png).decode()}", *filler[75:]]
+    rows.append(f"999,{base64.b64encode(theirs).decode()}")
+    csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    saved = csv.read_bytes()
+    assert len(saved) > 3 * embedded.EMBED_MAX
+    result = Erasure(proj.paths).erase(victim)
+    left = csv.read_text(encoding="utf-8").splitlines()
+    assert left == [*rows[:76], "75,", *rows[77:]]
+    assert result.certificate["claims"]["copies_removed"] == {"data": 1}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    csv.write_bytes(saved)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert [f["path"] for f in report.findings] == [str(csv)]

@@ -292,11 +292,16 @@ def _hash(path: Path, sizes: SizeFilter | None = None) -> Read:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 reader.update(chunk)
             read = reader.done()
-            if read.kind in embedded.STREAMED and read.size > embedded.EMBED_MAX:
-                # An archive too large to hold in memory: read member by member from its file.
+            if read.size > embedded.EMBED_MAX and read.kind in (*embedded.STREAMED, embedded.TEXT):
+                # Too large to hold in memory: an archive read member by member from its file,
+                # a text file (a CSV of a dataset's photographs) a window at a time.
                 fh.seek(0)
                 try:
-                    held = tuple(embedded.inside_file(fh, read.kind, sizes=sizes))
+                    held = tuple(
+                        embedded.inside_text(fh, sizes=sizes)
+                        if read.kind == embedded.TEXT
+                        else embedded.inside_file(fh, read.kind, sizes=sizes)
+                    )
                 except embedded.TooLarge:  # a bomb, or near enough: not shown clean
                     read = replace(read, expands=True)
                 else:

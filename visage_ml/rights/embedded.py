@@ -14,9 +14,9 @@ the file (:func:`cut_encoded`). An archive, a pickle, an array or a table is not
 of the project stops the erasure for the operator to decide, a DVC object goes whole
 (:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams are
 read member by member, nested ones too (to :data:`DEPTH`); a member larger than
-:data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array, a table or a text
-file that large is only hashed whole. A part of a size nothing sought has is not hashed
-(``sizes``).
+:data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array or a table that large is
+only hashed whole; a text file that large is read a window at a time (:func:`inside_text`). A
+part of a size nothing sought has is not hashed (``sizes``).
 
 Not looked inside: other binary formats (a database, a PDF, an image container, an encrypted
 archive), a damaged archive past the point it breaks, base64 of another alphabet
@@ -384,6 +384,34 @@ def inside(
         if what == BINARY:
             for png in _pngs(data):
                 yield from _part(png, sizes, depth, budget)
+
+
+# A byte no base64 run holds (:data:`B64_RUN`: the alphabet, padding, line breaks, JSON's
+# escaped ones), the last of a window: a large text file is read in windows split there.
+_OUTSIDE_RUN_TAIL = re.compile(rb"[^A-Za-z0-9+/=\r\n\\][A-Za-z0-9+/=\r\n\\]*\Z")
+
+
+def inside_text(
+    fh: IO[bytes], *, sizes: SizeFilter | None = None, budget: _Budget | None = None
+) -> Iterator[str]:
+    """:func:`inside` for a text file too large to hold whole (over :data:`EMBED_MAX`), read
+    from ``fh`` a window at a time: each window ends at its last byte no base64 run holds, what
+    follows read with the next (a run is never split, unless one run is longer than a
+    window)."""
+    if budget is None:
+        at = fh.tell()
+        budget = _Budget(fh.seek(0, io.SEEK_END) - at)
+        fh.seek(at)
+    carry = b""
+    while block := fh.read(EMBED_MAX):
+        buf = carry + block
+        tail = _OUTSIDE_RUN_TAIL.search(buf)
+        cut = tail.start() + 1 if tail is not None and len(buf) - tail.start() <= EMBED_MAX else 0
+        cut = cut or len(buf)
+        yield from inside(buf[:cut], TEXT, sizes=sizes, budget=budget)
+        carry = buf[cut:]
+    if carry:
+        yield from inside(carry, TEXT, sizes=sizes, budget=budget)
 
 
 def inside_file(
