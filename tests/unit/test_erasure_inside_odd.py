@@ -211,3 +211,24 @@ def test_a_text_file_too_large_to_hold_whole_is_read_for_base64_too(proj, monkey
     csv.write_bytes(saved)
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
     assert [f["path"] for f in report.findings] == [str(csv)]
+
+
+def test_an_archive_base64_encoded_in_a_text_file_is_not_cut_out_whole(proj):
+    """A JSON file whose field holds a zip, base64-encoded, of the photograph and a colleague's
+    notes: cutting the field would take the notes with it, as deleting the zip would. The
+    erasure stops and says where, as for the zip itself, and the file is left as it was; a
+    field that is the photograph itself is still cut out."""
+    victim, png, _ = _photos(proj)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("face.png", png)
+        z.writestr("notes.txt", "the colleague's notes, nowhere else")
+    folder = proj.paths.root / "data" / "exchange"
+    folder.mkdir(parents=True)
+    bundle = folder / "bundle.json"
+    bundle.write_text(json.dumps({"zip": base64.b64encode(zipped.getvalue()).decode()}))
+    saved = bundle.read_bytes()
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    assert "1 file(s) hold erased content inside" in " ".join(str(stopped.value).split())
+    assert bundle.read_bytes() == saved

@@ -443,17 +443,20 @@ def inside_file(
         yield from _decompressed(fh, sizes, depth, budget)
 
 
+def encoded(path: Path) -> set[str]:
+    """The SHA-256s of what each base64 run of the text file at ``path`` decodes to, itself
+    (not what that holds: an archive's members)."""
+    return {hashlib.sha256(raw).hexdigest() for _, raw in _runs(path.read_bytes())}
+
+
 def cut_encoded(path: Path, digests: Container[str]) -> int:
     """Rewrite the text file at ``path`` (atomically, mode kept) without each base64 run that
-    decodes to, or to a file holding, content in ``digests``; returns how many went. A
-    ``data:`` URL keeps its header, a JSON or CSV field is left empty, a line of its own is
-    left empty (the lines about it kept)."""
+    decodes to content in ``digests``; returns how many went. A ``data:`` URL keeps its header,
+    a JSON or CSV field is left empty, a line of its own is left empty (the lines about it
+    kept). A run that decodes to a file holding such content (an archive) is not cut: the rest
+    of what it holds would go with it (:func:`encoded` tells the one from the other)."""
     data = path.read_bytes()
-    budget = _Budget(len(data))
-    cut: list[tuple[int, int]] = []
-    for span, raw in _runs(data):
-        if any(d in digests for d in _part(raw, None, 0, budget)):
-            cut.append(span)
+    cut = [span for span, raw in _runs(data) if hashlib.sha256(raw).hexdigest() in digests]
     if not cut:
         return 0
     merged: list[tuple[int, int]] = []

@@ -249,8 +249,18 @@ def holds_inside(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
 
 def _rewritable(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
     """Whether the erased content ``h`` holds inside can be taken out of it, the file kept: a
-    notebook's images, a text file's base64 runs; not what an archive or a pickle holds."""
-    return h.kind == embedded.TEXT or not any(d in hashes for d in h.held)
+    notebook's images, a text file's base64 runs that are the erased content itself; not what
+    an archive or a pickle holds, nor an archive base64-encoded in a text file (cutting its run
+    would take the rest of what it holds)."""
+    held = {d for d in h.held if d in hashes}
+    if not held:
+        return True
+    if h.kind != embedded.TEXT:
+        return False
+    try:
+        return held <= embedded.encoded(h.path)
+    except OSError:  # gone or unreadable since the scan: the erasure's next look says so
+        return False
 
 
 def _count(copies: list[Copy]) -> dict[str, int]:
