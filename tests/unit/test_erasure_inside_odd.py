@@ -84,6 +84,7 @@ def _lines(*items: bytes, sep: bytes = b"\n") -> bytes:
         "two-wrapped",
         "json-escaped",
         "json-escaped-crlf",
+        "csv-four-digit-ids",
     ],
 )
 def test_photographs_base64_encoded_one_a_line_are_each_found(layout):
@@ -102,6 +103,8 @@ def test_photographs_base64_encoded_one_a_line_are_each_found(layout):
             "title-line": b"Photographofthesubject\n" + base64.encodebytes(a),
             "two-wrapped": base64.encodebytes(a) + base64.encodebytes(b),
             "json-escaped": _lines(a, b, sep=b"\\n"),
+            # The next row's id, four digits, made the run with it decode (to neither).
+            "csv-four-digit-ids": b"1000," + base64.b64encode(a) + b"\n1001,x\n",
             # A wrap made on Windows, then put in a JSON string.
             "json-escaped-crlf": b'{"img": "'
             + base64.encodebytes(a).replace(b"\n", b"\\r\\n")
