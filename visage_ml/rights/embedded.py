@@ -309,6 +309,11 @@ def _runs(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
                 yield (start + starts[first], start + starts[last - 1] + widths[last - 1]), raw
 
 
+def _chunk_length(data: bytes, at: int) -> int:
+    """The length a PNG chunk at ``at`` declares (its first 4 bytes, big-endian)."""
+    return int.from_bytes(data[at : at + 4], "big")
+
+
 def _pngs(data: bytes) -> Iterator[bytes]:
     """Each PNG lying in ``data`` as it is (a pickle's bytes, an array's), signature to IEND.
     A chunk walked from one signature that led to no IEND leads to none from the next either:
@@ -320,7 +325,7 @@ def _pngs(data: bytes) -> Iterator[bytes]:
         end, walked, found = at + len(PNG_MAGIC), [], False
         while end + 12 <= len(data) and not dead[end >> 3] & (1 << (end & 7)):
             walked.append(end)
-            n = int.from_bytes(data[end : end + 4], "big")
+            n = _chunk_length(data, end)
             chunk = data[end + 4 : end + 8]
             end += 12 + n
             if chunk == PNG_END:
