@@ -435,9 +435,9 @@ def test_an_erasure_of_a_pgvector_project_reads_no_file_of_a_size_nothing_erased
     read: list[Path] = []
     real_hash = content_scan._hash
 
-    def hashed(path: Path):
+    def hashed(path: Path, *args, **kwargs):
         read.append(Path(path))
-        return real_hash(path)
+        return real_hash(path, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as m:
         m.setattr(content_scan, "_hash", hashed)
