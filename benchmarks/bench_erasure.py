@@ -27,8 +27,20 @@ With ``--remote-api`` the DVC remote is read as an S3 one is, through DVC's file
 others read whole), rather than as files: what the copies step and the verifier add for a cloud
 remote, less the network's round trips (each of those reads is one request there).
 
+The bulk a real project holds besides its data, none of it a copy, in ``data/interim``:
+``--bulk-gb`` random binary files (of a size nothing erased has, they are only looked at);
+``--bulk-text-gb`` CSV and JSON-lines logs of 32 MB (hex request ids and SHA-256s, floats),
+read for base64 runs; ``--bulk-archive-gb`` tar.gz and zip files of 256 MB holding other
+people's photographs (JPEG-like random bytes of 50-400 kB), read member by member;
+``--bulk-parquet-gb`` Parquet tables of about 48 MB (ids, hex digests, a 128-float embedding
+per row), read for binary values and base64 in strings. For the copies step and the verifier,
+each scan of the files (:func:`~visage_ml.rights.content_scan.hash_files`) is reported with
+its seconds, the bytes this process read meanwhile (``rchar``: from the page cache or the
+disk, compressed as stored) and the bytes of the files it hashed.
+
     python benchmarks/bench_erasure.py [--identities 300] [--gallery 100000] [--dim 128]
-        [--bulk-gb 0] [--remote-api] [--scratch DIR] [--keep]
+        [--bulk-gb 0] [--bulk-text-gb 0] [--bulk-archive-gb 0] [--bulk-parquet-gb 0]
+        [--remote-api] [--scratch DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -258,6 +270,157 @@ def fill(folder: Path, gb: float) -> int:
     return total
 
 
+def _rchar() -> int:
+    """Bytes this process (every thread) has read so far, page cache or disk; 0 off Linux."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _hex_rows(rng: np.random.Generator, n: int, width: int) -> list[str]:
+    return [x.hex() for x in np.frombuffer(rng.bytes(n * width), f"S{width}")]
+
+
+def fill_text(folder: Path, gb: float, *, each: int = 32 << 20) -> int:
+    """Write ``gb`` GB of logs into ``folder``: CSV and JSON lines, alternately, of ``each``
+    bytes (a request id of 32 hex digits and a SHA-256 of 64 per row, floats, a status)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    total, written, i = int(gb * (1 << 30)), 0, 0
+    while written < total:
+        want = min(each, total - written)
+        out, n = [], 0
+        csv = i % 2 == 0
+        if csv:
+            out.append("ts,request_id,image_sha256,score,latency_ms,status\n")
+        while n < want:
+            k = 20000
+            ids, shas = _hex_rows(rng, k, 16), _hex_rows(rng, k, 32)
+            scores, lat = rng.random(k), rng.random(k) * 100
+            for j in range(k):
+                ts = f"2024-05-{1 + (i + j) % 28:02d}T12:{j % 60:02d}:{(j * 7) % 60:02d}Z"
+                if csv:
+                    row = f"{ts},{ids[j]},{shas[j]},{scores[j]:.6f},{lat[j]:.3f},ok\n"
+                else:
+                    row = (
+                        f'{{"ts": "{ts}", "request_id": "{ids[j]}", "image_sha256": '
+                        f'"{shas[j]}", "score": {scores[j]:.6f}, "latency_ms": {lat[j]:.3f}, '
+                        '"status": "ok"}\n'
+                    )
+                out.append(row)
+                n += len(row)
+                if n >= want:
+                    break
+        data = "".join(out).encode()[:want]
+        (folder / f"log-{i:05d}.{'csv' if csv else 'jsonl'}").write_bytes(data)
+        written += len(data)
+        i += 1
+    return written
+
+
+def _photo(rng: np.random.Generator) -> bytes:
+    """Another person's photograph as far as the scan goes: a JPEG's markers around random
+    bytes (no compressor shrinks them) of 50-400 kB."""
+    n = int(rng.integers(50_000, 400_000))
+    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + rng.bytes(n) + b"\xff\xd9"
+
+
+def fill_archives(folder: Path, gb: float, *, each: int = 256 << 20) -> int:
+    """Write ``gb`` GB of archives of photographs into ``folder``: a .tar.gz and a .zip
+    (deflated), alternately, of about ``each`` bytes."""
+    import tarfile
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    total, written, i = int(gb * (1 << 30)), 0, 0
+    while written < total:
+        want = min(each, total - written)
+        if i % 2 == 0:
+            path = folder / f"photos-{i:03d}.tar.gz"
+            with tarfile.open(path, "w:gz", compresslevel=1) as t:
+                n, j = 0, 0
+                while n < want:
+                    photo = _photo(rng)
+                    info = tarfile.TarInfo(f"people/{j:06d}.jpg")
+                    info.size = len(photo)
+                    t.addfile(info, io.BytesIO(photo))
+                    n, j = n + len(photo), j + 1
+        else:
+            path = folder / f"photos-{i:03d}.zip"
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+                n, j = 0, 0
+                while n < want:
+                    photo = _photo(rng)
+                    z.writestr(f"people/{j:06d}.jpg", photo)
+                    n, j = n + len(photo), j + 1
+        written += path.stat().st_size
+        i += 1
+    return written
+
+
+def fill_parquet(folder: Path, gb: float, *, rows: int = 80_000) -> int:
+    """Write ``gb`` GB of Parquet tables into ``folder``, ``rows`` rows each (about 48 MB): a
+    pid, an image id and a SHA-256 in hex (strings), a score, a split and a 128-float
+    embedding."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    total, written, i = int(gb * (1 << 30)), 0, 0
+    while written < total:
+        emb = rng.standard_normal(rows * 128, dtype=np.float32)
+        table = pa.table(
+            {
+                "pid": ["p" + h for h in _hex_rows(rng, rows, 8)],
+                "image_id": _hex_rows(rng, rows, 4),
+                "sha256": _hex_rows(rng, rows, 32),
+                "score": rng.random(rows),
+                "split": pa.array(["train", "val", "test"] * (rows // 3) + ["train"] * (rows % 3)),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb), 128),
+            }
+        )
+        path = folder / f"embeddings-{i:03d}.parquet"
+        pq.write_table(table, path)
+        written += path.stat().st_size
+        i += 1
+    return written
+
+
+@contextlib.contextmanager
+def scans_timed() -> Iterator[list[dict]]:
+    """Each call of ``content_scan.hash_files`` meanwhile: its seconds, the bytes this process
+    read (``rchar``), how many files it read and their bytes."""
+    calls: list[dict] = []
+    real = content_scan.hash_files
+
+    def timed(*args, **kwargs):
+        t, r = time.perf_counter(), _rchar()
+        out = real(*args, **kwargs)
+        hashed = [h for h in out if h.read and h.digest is not None]
+        calls.append(
+            {
+                "s": round(time.perf_counter() - t, 3),
+                "rchar_bytes": _rchar() - r,
+                "files": len(out),
+                "files_hashed": len(hashed),
+                "bytes_hashed": sum(h.size for h in hashed),
+            }
+        )
+        return out
+
+    content_scan.hash_files = timed
+    try:
+        yield calls
+    finally:
+        content_scan.hash_files = real
+
+
 def erase(root: Path, victim: str, *, remote_api: bool = False) -> dict:
     """Erase ``victim`` with a cold core (as the CLI does) and verify the certificate
     (``remote_api``: the DVC remote read through DVC's filesystem API, as S3 is)."""
@@ -266,11 +429,13 @@ def erase(root: Path, victim: str, *, remote_api: bool = False) -> dict:
         dvc_objects._is_local = lambda odb: False
     remote_objects = sum(1 for p in (root.parent / "remote").rglob("*") if p.is_file())
     t, cpu = time.perf_counter(), time.process_time()
-    result = Erasure(paths).erase(victim)
+    with scans_timed() as erasure_scans:
+        result = Erasure(paths).erase(victim)
     total, cpu = time.perf_counter() - t, time.process_time() - cpu
-    t = time.perf_counter()
-    report = verify_certificate(result.certificate_path, root=root)
-    verify_s = time.perf_counter() - t
+    t, r = time.perf_counter(), _rchar()
+    with scans_timed() as verify_scans:
+        report = verify_certificate(result.certificate_path, root=root)
+    verify_s, verify_rchar = time.perf_counter() - t, _rchar() - r
     assert report.ok, report.findings
     t = time.perf_counter()
     n_git = len(content_scan.git_objects(root))
@@ -290,6 +455,10 @@ def erase(root: Path, victim: str, *, remote_api: bool = False) -> dict:
         "verify_files_looked_at": report.files_looked_at,
         "verify_files_hashed": report.files_hashed,
         "verify_bytes_hashed": report.bytes_hashed,
+        "verify_rchar_bytes": verify_rchar,
+        # Each scan of the files: the copies step's (and any other step's), the verifier's.
+        "erasure_file_scans": erasure_scans,
+        "verify_file_scans": verify_scans,
         # Reading every object of the git history, as the verifier does (the copies step reads
         # only those its cache lacks: benchmarks/bench_git_scan.py).
         "git_objects": n_git,
@@ -319,6 +488,17 @@ def main() -> None:
         "copies step and the verifier look at (of a size nothing erased has, they are not "
         "read): what a large project costs them.",
     )
+    for kind, what in (
+        ("text", "CSV and JSON-lines logs of 32 MB (read for base64 runs)"),
+        ("archive", "tar.gz and zip files of 256 MB of photographs (read member by member)"),
+        ("parquet", "Parquet tables of about 48 MB (ids, digests, embeddings)"),
+    ):
+        ap.add_argument(
+            f"--bulk-{kind}-gb",
+            type=float,
+            default=0.0,
+            help=f"Also fill data/interim/{kind} with this many GB of {what}, none a copy.",
+        )
     ap.add_argument(
         "--remote-api",
         action="store_true",
@@ -335,6 +515,16 @@ def main() -> None:
             t = time.perf_counter()
             info["bulk_bytes"] = fill(base / "proj" / "data" / "interim", args.bulk_gb)
             info["bulk_s"] = round(time.perf_counter() - t, 1)
+        interim = base / "proj" / "data" / "interim"
+        for kind, gb, write in (
+            ("text", args.bulk_text_gb, fill_text),
+            ("archive", args.bulk_archive_gb, fill_archives),
+            ("parquet", args.bulk_parquet_gb, fill_parquet),
+        ):
+            if gb > 0:
+                t = time.perf_counter()
+                info[f"bulk_{kind}_bytes"] = write(interim / kind, gb)
+                info[f"bulk_{kind}_s"] = round(time.perf_counter() - t, 1)
         if args.build_only:
             args.keep = True
             print(json.dumps({"project": str(base / "proj"), "victim": victim, **info}))
