@@ -10,10 +10,12 @@ copies step and the verifier hashed each file whole (and decoded notebooks only)
 from __future__ import annotations
 
 import base64
+import bz2
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import pickle
 import tarfile
 import zipfile
@@ -227,3 +229,92 @@ def test_base64_wrapped_in_lines_is_found_whatever_its_last_line(how):
         if hashlib.sha256(data).hexdigest() not in set(embedded.inside(text, embedded.TEXT)):
             missed.append(n)
     assert missed == []
+
+
+class _Sought:
+    """What a scan seeks, by size (as :class:`~visage_ml.rights.content_hashes.ContentHashes`)."""
+
+    def __init__(self, *sizes: int) -> None:
+        self.sizes = set(sizes)
+
+    def may_match(self, size: int) -> bool:
+        return size in self.sizes
+
+
+def test_a_small_archive_base64_encoded_in_a_log_of_hex_ids_is_found():
+    """A log's hex ids decode as base64 to fewer bytes than anything sought, and are passed
+    over unread; a zip or gzip of a compressible file encodes shorter than that file, and is
+    still opened."""
+    sought = b"scan line 0000\n" * 400  # 6,000 bytes that compress to a few dozen
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("scan.txt", sought)
+    table = io.BytesIO()
+    pd.DataFrame({"scan": [sought]}).to_parquet(table)
+    small = {
+        "zip": zipped.getvalue(),
+        "gzip": gzip.compress(sought, mtime=0),
+        "bzip2": bz2.compress(sought),
+        "xz": lzma.compress(sought),
+        "parquet": table.getvalue(),
+    }
+    for name, packed in small.items():
+        assert len(_b64(packed)) < len(sought), name
+        rows = [f"{i},{hashlib.sha256(bytes([i])).hexdigest()},0.5" for i in range(200)]
+        rows.insert(100, f"100,{_b64(packed)},0.5")
+        text = ("id,sha256,score\n" + "\n".join(rows) + "\n").encode()
+        found = set(embedded.inside(text, embedded.TEXT, sizes=_Sought(len(sought))))
+        assert hashlib.sha256(sought).hexdigest() in found, name
+
+
+def _table(column, png: bytes):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 3
+    other = [b"\x89PNG not this one %d" % i for i in range(n - 1)]
+    values = {
+        "binary": pa.array([png, *other], pa.binary()),
+        "large_binary": pa.array([png, *other], pa.large_binary()),
+        "fixed_size_binary": pa.array([png] * n, pa.binary(len(png))),
+        "base64 string": pa.array([_b64(png), "a", "b"]),
+        "categorical": pa.array([_b64(png), "a", _b64(png)]).dictionary_encode(),
+        "list of binary": pa.array([[png], [], other], pa.list_(pa.binary())),
+        "struct": pa.array([{"img": png}, {"img": None}, {"img": other[0]}]),
+    }[column]
+    table = pa.table(
+        {
+            "pid": [f"p{i:016x}" for i in range(n)],
+            "embedding": pa.array([[0.5] * 128] * n, pa.list_(pa.float32())),
+            "score": [0.1, 0.2, 0.3],
+            "img": values,
+        }
+    )
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        "binary",
+        "large_binary",
+        "fixed_size_binary",
+        "base64 string",
+        "categorical",
+        "list of binary",
+        "struct",
+    ],
+)
+def test_a_parquet_table_holding_the_photograph_in_any_column_of_bytes_or_text(proj, column):
+    """Only the columns that can hold bytes or text are read (an embedding column is passed
+    over): each of them, whatever its type, top level or nested."""
+    victim, png, _ = _photos(proj)
+    data = _table(column, png)
+    assert hashlib.sha256(png).hexdigest() in set(embedded.inside(data, embedded.PARQUET))
+    table = proj.paths.root / "data" / "features" / "faces.parquet"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(data)
+    with pytest.raises(OSError, match="hold erased content inside"):
+        Erasure(proj.paths).erase(victim)

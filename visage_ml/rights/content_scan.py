@@ -347,6 +347,8 @@ def hash_files(
     that cannot match, and no notebook, is not read (``read`` False). A remote root's objects
     come after the files (:func:`_remote_objects`)."""
     seen = {Path(p) for p in skip}
+    if sizes is not None:  # the smallest size sought, worked out once for every file
+        sizes = embedded.Floored(sizes)
     todo: list[tuple[Path, Root]] = []
     for root in walked:
         if root.remote is not None:

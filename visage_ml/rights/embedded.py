@@ -41,7 +41,7 @@ import zipfile
 import zlib
 from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from visage_ml.io import CHUNK, atomic_write_bytes
 
@@ -105,6 +105,48 @@ class _Budget:
         self.left -= n
         if self.left < 0:
             raise TooLarge
+
+
+# A part is known to be smaller than anything sought when nothing sought is smaller than this
+# (asked size by size, once a scan: :func:`smallest_sought`).
+FLOOR_PROBE = 4096
+# How base64 of a compressed file begins (the first 12 bits of its magic number): "UE" a zip or
+# a Parquet table... what such a file holds may be larger than itself, so it is looked inside
+# whatever its size.
+B64_EXPANDS = frozenset(
+    base64.b64encode(m[:2])[:2] for m in (*(b"PK", b"\x1f\x8b", b"\xfd7", b"BZ"), b"PA")
+)
+
+
+def smallest_sought(sizes: SizeFilter | None) -> int:
+    """The size below which nothing is sought (asked of ``sizes`` up to :data:`FLOOR_PROBE`; 0
+    when every size is, or ``sizes`` is None). A filter may carry its own (``smallest``)."""
+    if sizes is None:
+        return 0
+    known = getattr(sizes, "smallest", None)
+    if isinstance(known, int):
+        return known
+    return next((n for n in range(FLOOR_PROBE) if sizes.may_match(n)), FLOOR_PROBE)
+
+
+class Floored:
+    """``sizes`` with :func:`smallest_sought` worked out once: one scan's filter, shared by every
+    file it reads (threads may each work it out; the answer is the same). Each size is still
+    asked of ``sizes`` (an erasure by an earlier version during the scan makes every size
+    sought from then on), and so is the empty size before the floor is used (then 0)."""
+
+    def __init__(self, sizes: SizeFilter) -> None:
+        self.sizes = sizes
+        self._smallest: int | None = None
+
+    def may_match(self, size: int) -> bool:
+        return self.sizes.may_match(size)
+
+    @property
+    def smallest(self) -> int:
+        if self._smallest is None:
+            self._smallest = smallest_sought(self.sizes)
+        return 0 if self.sizes.may_match(0) else self._smallest
 
 
 class SizeFilter(Protocol):
@@ -271,14 +313,21 @@ def _wraps(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
         i = j
 
 
-def _runs(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
+def _runs(data: bytes, below: int = 0) -> Iterator[tuple[tuple[int, int], bytes]]:
     """Each base64 text of ``data`` (its span) and the bytes it decodes to: a run of the
     alphabet, or of lines of it (:func:`_wraps`: a wrapped one, one a line, the next row's
-    field after it)."""
+    field after it). One that decodes to fewer than ``below`` bytes is passed over undecoded,
+    unless it begins as a compressed file does (:data:`B64_EXPANDS`): nothing of that size is
+    sought, and a text, a pickle or a tar holds only what is smaller than itself (a log's hex
+    ids, each a valid base64 run)."""
+
+    def small(n: int, text: bytes) -> bool:
+        return n * 3 // 4 < below and text[:2] not in B64_EXPANDS
+
     for m in B64_RUN.finditer(data):
         start, run = m.start(), m.group(0)
         if b"\n" not in run and b"\\" not in run:  # no line break, nor JSON's escaped one
-            if len(run) >= B64_MIN and not len(run) % 4:
+            if len(run) >= B64_MIN and not len(run) % 4 and not small(len(run), run):
                 with contextlib.suppress(binascii.Error, ValueError):
                     yield m.span(), base64.b64decode(run, validate=True)
             continue
@@ -300,7 +349,7 @@ def _runs(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
             starts[i] += before[i]
         for first, last in _wraps(widths):
             n = before[last] - before[first]
-            if n < B64_MIN or n % 4:
+            if n < B64_MIN or n % 4 or small(n, texts[first]):
                 continue
             # The whole run (a wrap, or a file of hex digests) flattened at once.
             flat = b"".join(texts) if last - first == len(texts) else b"".join(texts[first:last])
@@ -340,37 +389,91 @@ def _pngs(data: bytes) -> Iterator[bytes]:
         at = data.find(PNG_MAGIC, at + 1)
 
 
+def _holds_bytes(t: Any) -> bool:  # a pyarrow DataType (pyarrow is imported late)
+    """Whether a Parquet column of arrow type ``t`` can hold bytes or text: binary or string of
+    any width, or a dictionary, list, struct or map with such values."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        return _holds_bytes(t.value_type)
+    if isinstance(t, pa.ExtensionType):
+        return _holds_bytes(t.storage_type)
+    checks = (
+        "is_binary",
+        "is_large_binary",
+        "is_fixed_size_binary",
+        "is_binary_view",
+        "is_string",
+        "is_large_string",
+        "is_string_view",
+    )
+    if any(getattr(pa.types, c, lambda _: False)(t) for c in checks):
+        return True
+    return any(_holds_bytes(t.field(i).type) for i in range(t.num_fields))
+
+
+def _values(value: object) -> Iterator[bytes | str]:
+    """The bytes and strings in a value of a Parquet column, nested ones too."""
+    if isinstance(value, bytes | str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _values(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _values(v)
+
+
+def _column_values(column: Any) -> list[bytes]:
+    """The bytes and strings (as UTF-8 bytes, or as stored when they are not UTF-8) a Parquet
+    column holds, nested ones too, each once (a category, a repeated value)."""
+    import pyarrow as pa
+
+    t = column.type
+    flat = t.value_type if pa.types.is_dictionary(t) else t
+    if not pa.types.is_nested(flat.storage_type if isinstance(flat, pa.ExtensionType) else flat):
+        # Cast to bytes: a string column a writer left without checking may hold any bytes.
+        values: Iterator[object] = iter(column.cast(pa.large_binary()).to_pylist())
+    else:
+        values = _values(column.to_pylist())
+    return list(dict.fromkeys(v.encode("utf-8") if isinstance(v, str) else v for v in values if v))
+
+
 def _parquet(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
     """Every binary value of a Parquet table (compressed in its pages, so not as it is in the
-    file), and the base64 runs of its strings. What it expands to is spent from ``budget``
-    before it is read (a table of one value repeated is a bomb too); a column that cannot be
-    read (a string that is not UTF-8, as a writer that does not check leaves it) is passed
-    over, the others read."""
+    file), and the base64 runs of its strings; only the columns that can hold them are read
+    (numbers, an embedding, are not). What it expands to is spent from ``budget`` before it is
+    read (a table of one value repeated is a bomb too); a column that cannot be read (a
+    string that is not UTF-8, as a writer that does not check leaves it) is passed over, the
+    others read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+        table = pq.ParquetFile(io.BytesIO(data))
+        meta = table.metadata
         budget.spend(sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
-        table = pq.read_table(io.BytesIO(data))
+        schema = table.schema_arrow
+        wanted = [f.name for f in schema if _holds_bytes(f.type)]
+        if not wanted:
+            return
+        # Columns by name: a table whose names repeat is read whole.
+        unique = len(set(schema.names)) == len(schema.names)
+        read = table.read(columns=wanted if unique else None)
     except (pa.ArrowException, OSError, ValueError):
         return
-    for column in table.columns:
-        t = column.type
-        binary = pa.types.is_binary(t) or pa.types.is_large_binary(t)
-        if not (binary or pa.types.is_string(t) or pa.types.is_large_string(t)):
+    below = smallest_sought(sizes)
+    for column in read.columns:
+        if not _holds_bytes(column.type):
             continue
         try:
-            values = column.cast(pa.large_binary()).to_pylist()
+            values = _column_values(column)
         except (pa.ArrowException, ValueError):
             continue
         for value in values:
-            if value is None:
-                continue
-            if binary:
-                yield from _part(value, sizes, depth, budget)
-            elif len(value) >= B64_MIN:
-                for _, raw in _runs(value):
+            yield from _part(value, sizes, depth, budget)
+            if len(value) >= B64_MIN and kind(value[:SNIFF]) == TEXT:
+                for _, raw in _runs(value, below):
                     yield from _part(raw, sizes, depth, budget)
 
 
@@ -397,7 +500,7 @@ def inside(
     elif what == PARQUET:
         yield from _parquet(data, sizes, depth, budget)
     else:
-        for _, raw in _runs(data):
+        for _, raw in _runs(data, smallest_sought(sizes)):
             yield from _part(raw, sizes, depth, budget)
         if what == BINARY:
             for png in _pngs(data):
