@@ -250,3 +250,31 @@ def test_an_archive_base64_encoded_in_a_text_file_is_not_cut_out_whole(proj):
         Erasure(proj.paths).erase(victim)
     assert "1 file(s) hold erased content inside" in " ".join(str(stopped.value).split())
     assert bundle.read_bytes() == saved
+
+
+def test_a_compressed_file_committed_to_git_that_expands_too_far_is_not_shown_clean(
+    tiny_project, monkeypatch
+):
+    """Read only so far in the git history too: a bomb committed there stops the erasure and
+    fails the verifier (its object was taken as holding nothing)."""
+    import bz2
+
+    from project_helpers import git
+
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    result = Erasure(proj.paths).erase(proj.pids[0])
+    monkeypatch.setattr(embedded, "INSIDE_FLOOR", 1 << 20)
+    bomb = root / "notebooks" / "dump.bz2"
+    bomb.parent.mkdir(parents=True, exist_ok=True)
+    bomb.write_bytes(bz2.compress(b"bomb" * (8 << 20)))
+    git(root, "add", "-f", "notebooks/dump.bz2")
+    git(root, "commit", "-qm", "dump")
+    git(root, "rm", "-q", "notebooks/dump.bz2")
+    git(root, "commit", "-qm", "tidy")
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok
+    (found,) = report.findings
+    assert "git" in found["path"] and "expanding too far" in found["why"], found
+    with pytest.raises(OSError, match="expand too far"):
+        Erasure(proj.paths).erase(proj.pids[1])

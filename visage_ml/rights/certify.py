@@ -57,6 +57,10 @@ MSG_REMOTE_UNREACHABLE = (
 
 UNREAD = "could not be read, so not shown to hold no erased content: make it readable"
 OPAQUE = "a notebook too large to look inside, so not shown to hold no erased content"
+OPAQUE_OBJECT = (
+    "too large a notebook, or expanding too far, to look inside, so not shown to hold no erased "
+    "content"
+)
 EXPANDS = (
     "expands too far to look inside (an archive or table of far more than its size: a zip "
     "bomb, or near enough), so not shown to hold no erased content: remove it, or unpack it"
@@ -226,9 +230,14 @@ def scan_for_hashes(
             continue
         whole = h.digest is not None and h.digest in sha256s
         shown_in = any(d in sha256s for d in h.inner)
-        why = str(
-            sha256s.why(str(h.digest)) if whole else NOTEBOOK_SHOWS if shown_in else HELD_INSIDE
-        )
+        if whole:
+            why = str(sha256s.why(str(h.digest)))
+        elif shown_in:
+            why = NOTEBOOK_SHOWS
+        elif h.opaque and not h.matches(sha256s):  # a git object: too large, or a bomb
+            why = OPAQUE_OBJECT
+        else:
+            why = HELD_INSIDE
         if h.path in kept.files:
             why = MSG_NOT_DECLARED
         # An erased image's plaintext by its path only: the report names the pid, so its

@@ -848,8 +848,9 @@ def current_pngs(paths: ProjectPaths, pid: str) -> set[str]:
 def git_hits(
     root: Path, hashes: Container[str], *, allowed: Container[str], cached: bool = False
 ) -> list[Hashed]:
-    """The objects of the git history holding erased content (or a notebook showing it), but
-    those whose bytes are ``allowed``: a current subject's own photograph (:func:`current_pngs`,
+    """The objects of the git history holding erased content (or a notebook showing it), or
+    too large or expanding too far to look inside (``opaque``), but those whose bytes are
+    ``allowed``: a current subject's own photograph (:func:`current_pngs`,
     one the erased subject shared), a sealed file whose key the erasure destroyed (unreadable
     for good, as every other copy of it: a key file itself is never allowed).
 
@@ -861,7 +862,8 @@ def git_hits(
         As :func:`git_objects`.
     """
     found = git_objects(root, cached=cached)
-    return [h for h in found if h.matches(hashes) and h.digest not in allowed]
+    # An object too large or expanding too far to look inside is not shown clean either.
+    return [h for h in found if (h.matches(hashes) or h.opaque) and h.digest not in allowed]
 
 
 def in_use_name(

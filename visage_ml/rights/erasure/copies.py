@@ -86,8 +86,9 @@ MSG_REMOTE_DOWN = (
 )
 MSG_NOT_LISTED = "not reached or not listed ({why}), its objects not looked at"
 MSG_IN_GIT = (
-    "{n} object(s) of the project's git repository hold erased content (a file committed, in "
-    "any branch, tag, stash, reflog or DVC experiment); the erasure stops before its "
+    "{n} object(s) of the project's git repository hold erased content, or are too large or "
+    "expand too far to look inside (a file committed, in any branch, tag, stash, reflog or DVC "
+    "experiment); the erasure stops before its "
     "certificate. `visage privacy doctor` lists where; rewrite them out of the history (`git "
     "filter-repo --invert-paths --path <file>`), expire the reflog and prune (`git reflog "
     "expire --expire=now --all && git gc --prune=now`), push the rewritten history and have "
