@@ -10,6 +10,8 @@ the project; and photographs base64-encoded one a line were read as one run (two
 bytes together, matching neither), so both the copies step and the verifier missed them.
 """
 
+# ruff: noqa: F811 - fixtures imported from the modules that define them
+
 from __future__ import annotations
 
 import base64
@@ -23,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from rights_fakes import make_project
+from test_erasure_inside import _photos, proj  # noqa: F401 - a fixture
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -37,16 +40,6 @@ def _sha(data: bytes) -> str:
 
 def _data(n: int, salt: int = 0) -> bytes:
     return bytes((i * 7 + n + salt) % 251 for i in range(n))
-
-
-@pytest.fixture
-def proj(project):
-    return make_project(project, n_subjects=3)
-
-
-def _photos(proj) -> tuple[str, bytes, bytes]:
-    victim, other = proj.pids[0], proj.pids[1]
-    return victim, next(iter(proj.images[victim].values())), next(iter(proj.images[other].values()))
 
 
 @pytest.mark.parametrize("breaks", [b"\n", b"\r\n", b"\\n"], ids=["lf", "crlf", "json-lf"])

@@ -339,6 +339,22 @@ def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Read, bool]:
     return _hash(path, sizes), True
 
 
+def _hashed(path: Path, root: Root, x: Read, read: bool) -> Hashed:
+    """A file's (or a remote object's) :class:`Hashed`, from what reading it found."""
+    return Hashed(
+        path,
+        root,
+        x.digest,
+        x.size,
+        x.inner,
+        opaque=x.opaque,
+        read=read,
+        held=x.held,
+        kind=x.kind,
+        expands=x.expands,
+    )
+
+
 def hash_files(
     walked: Sequence[Root], *, skip: Iterable[Path] = (), sizes: SizeFilter | None = None
 ) -> list[Hashed]:
@@ -362,21 +378,7 @@ def hash_files(
     # reads the whole project.
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
         digests = list(pool.map(lambda p: _looked_at(p, sizes), [p for p, _ in todo]))
-    local = [
-        Hashed(
-            p,
-            r,
-            x.digest,
-            x.size,
-            x.inner,
-            opaque=x.opaque,
-            read=read,
-            held=x.held,
-            kind=x.kind,
-            expands=x.expands,
-        )
-        for (p, r), (x, read) in zip(todo, digests, strict=True)
-    ]
+    local = [_hashed(p, r, x, read) for (p, r), (x, read) in zip(todo, digests, strict=True)]
     return local + _remote_objects([r for r in walked if r.remote is not None], sizes)
 
 
@@ -413,19 +415,7 @@ def _remote_objects(walked: Sequence[Root], sizes: SizeFilter | None) -> list[Ha
     with ThreadPoolExecutor(max_workers=REMOTE_JOBS) as pool:
         digests = list(pool.map(lambda t: _looked_at_object(t[2].remote, t[0], t[1], sizes), todo))
     return down + [
-        Hashed(
-            Path(p),
-            r,
-            x.digest,
-            x.size,
-            x.inner,
-            opaque=x.opaque,
-            read=read,
-            held=x.held,
-            kind=x.kind,
-            expands=x.expands,
-        )
-        for (p, _, r), (x, read) in zip(todo, digests, strict=True)
+        _hashed(Path(p), r, x, read) for (p, _, r), (x, read) in zip(todo, digests, strict=True)
     ]
 
 
