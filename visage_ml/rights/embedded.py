@@ -130,23 +130,27 @@ def smallest_sought(sizes: SizeFilter | None) -> int:
 
 
 class Floored:
-    """``sizes`` with :func:`smallest_sought` worked out once: one scan's filter, shared by every
-    file it reads (threads may each work it out; the answer is the same). Each size is still
-    asked of ``sizes`` (an erasure by an earlier version during the scan makes every size
-    sought from then on), and so is the empty size before the floor is used (then 0)."""
+    """``sizes`` asked once a size, with :func:`smallest_sought` worked out once: one scan's
+    filter, shared by every file it reads (threads may each ask a size; the answer is the
+    same). What is sought is what it was when the scan began: a table's every value, a text's
+    every run, is asked of it, and each asking reads the tombstones' state."""
 
     def __init__(self, sizes: SizeFilter) -> None:
         self.sizes = sizes
+        self._asked: dict[int, bool] = {}
         self._smallest: int | None = None
 
     def may_match(self, size: int) -> bool:
-        return self.sizes.may_match(size)
+        known = self._asked.get(size)
+        if known is None:
+            known = self._asked[size] = self.sizes.may_match(size)
+        return known
 
     @property
     def smallest(self) -> int:
         if self._smallest is None:
-            self._smallest = smallest_sought(self.sizes)
-        return 0 if self.sizes.may_match(0) else self._smallest
+            self._smallest = next((n for n in range(FLOOR_PROBE) if self.may_match(n)), FLOOR_PROBE)
+        return self._smallest
 
 
 class SizeFilter(Protocol):
@@ -187,7 +191,11 @@ def _digest(data: bytes, sizes: SizeFilter | None) -> list[str]:
 
 
 def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
-    """A file held inside another: its SHA-256, and what it holds itself."""
+    """A file held inside another: its SHA-256, and what it holds itself; nothing when smaller
+    than anything sought and not compressed (a text, a pickle, a tar holds only what is smaller
+    than itself: a table's short strings)."""
+    if len(data) < smallest_sought(sizes) and base64.b64encode(data[:2])[:2] not in B64_EXPANDS:
+        return
     yield from _digest(data, sizes)
     if depth < DEPTH and (what := kind(data[:SNIFF])) is not None:
         yield from inside(data, what, sizes=sizes, depth=depth + 1, budget=budget)
@@ -472,7 +480,8 @@ def _parquet(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget)
             continue
         for value in values:
             yield from _part(value, sizes, depth, budget)
-            if len(value) >= B64_MIN and kind(value[:SNIFF]) == TEXT:
+            if len(value) >= B64_MIN and len(value) < below and kind(value[:SNIFF]) == TEXT:
+                # Too short to be sought itself (so not looked inside by _part): its base64.
                 for _, raw in _runs(value, below):
                     yield from _part(raw, sizes, depth, budget)
 
