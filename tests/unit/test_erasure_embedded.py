@@ -43,6 +43,19 @@ def notebook(png: bytes, other: bytes) -> dict:
     }
 
 
+def tracked_notebook(root, proj, victim: str, other: str):
+    """``notebooks/look.ipynb`` showing ``victim``'s photograph, then ``other``'s, tracked
+    with ``dvc add``: the photograph and the notebook."""
+    from visage_ml.rights import dvc_objects
+
+    png = next(iter(proj.images[victim].values()))
+    nb = root / "notebooks" / "look.ipynb"
+    nb.parent.mkdir(parents=True)
+    nb.write_text(json.dumps(notebook(png, next(iter(proj.images[other].values())))))
+    dvc_objects.add(root, nb)
+    return png, nb
+
+
 def images_in(path) -> set[bytes]:
     nb = json.loads(path.read_text(encoding="utf-8"))
     return {
@@ -141,16 +154,10 @@ def test_a_notebook_tracked_with_dvc_leaves_no_object_showing_the_photograph(tin
     verified and `dvc checkout --force` put it back."""
     from test_erasure import _dvc
 
-    from visage_ml.rights import dvc_objects
-
     root = tiny_project(dvc=True)
     proj = make_project(root, n_subjects=3)
     victim, other = proj.pids[0], proj.pids[1]
-    png = next(iter(proj.images[victim].values()))
-    nb = root / "notebooks" / "look.ipynb"
-    nb.parent.mkdir(parents=True)
-    nb.write_text(json.dumps(notebook(png, next(iter(proj.images[other].values())))))
-    dvc_objects.add(root, nb)
+    png, nb = tracked_notebook(root, proj, victim, other)
     cached = [p for p in (root / ".dvc" / "cache").rglob("*") if p.is_file()]
     assert any(base64.b64encode(png) in p.read_bytes() for p in cached)
     result = Erasure(proj.paths).erase(victim)

@@ -9,7 +9,6 @@ the erased photograph, the certificate verified VALID and ``dvc pull`` brought i
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import socket
 
@@ -17,7 +16,7 @@ import pytest
 from project_helpers import stack_project_on
 from rights_fakes import make_project
 from test_erasure import _dvc
-from test_erasure_embedded import images_in, notebook
+from test_erasure_embedded import images_in, tracked_notebook
 
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.core import PrivacyCore
@@ -31,11 +30,7 @@ from visage_ml.stack.manager import Stack, configure_project
 def _remote_only_notebook(root, proj, victim: str, other: str):
     """A notebook showing ``victim``'s photograph, tracked, pushed to a local remote, then gone
     from the workspace and the cache (as in a clone that never pulled)."""
-    png = next(iter(proj.images[victim].values()))
-    nb = root / "notebooks" / "look.ipynb"
-    nb.parent.mkdir(parents=True)
-    nb.write_text(json.dumps(notebook(png, next(iter(proj.images[other].values())))))
-    dvc_objects.add(root, nb)
+    png, nb = tracked_notebook(root, proj, victim, other)
     remote = root.parent / "remote"
     assert _dvc(root, "remote", "add", "-f", "-d", "local", str(remote)).returncode == 0
     assert _dvc(root, "push").returncode == 0
@@ -57,11 +52,7 @@ def test_a_notebook_only_on_the_stack_s3_leaves_it_and_its_volume_files(stack, t
     stack_project_on(stack, root)
     configure_project(Stack.of(proj.paths))
     victim, other = proj.pids[0], proj.pids[1]
-    png = next(iter(proj.images[victim].values()))
-    nb = root / "notebooks" / "look.ipynb"
-    nb.parent.mkdir(parents=True)
-    nb.write_text(json.dumps(notebook(png, next(iter(proj.images[other].values())))))
-    dvc_objects.add(root, nb)
+    png, nb = tracked_notebook(root, proj, victim, other)
     assert _dvc(root, "push", "notebooks/look.ipynb.dvc").returncode == 0
     nb.unlink()
     shutil.rmtree(root / ".dvc" / "cache")

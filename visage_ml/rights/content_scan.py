@@ -211,14 +211,6 @@ def held_in(path: Path) -> tuple[str, ...]:
     return (*read.inner, *read.held)
 
 
-def notebook_images(path: Path) -> tuple[str, ...]:
-    """SHA-256s of the images the notebook at ``path`` holds in base64 (none when unreadable)."""
-    try:
-        return _inner(path.read_bytes())
-    except OSError:
-        return ()
-
-
 @dataclass(frozen=True)
 class Read:
     """What :class:`_Reader` found: SHA-256, size, the notebook's images' SHA-256s, whether it
