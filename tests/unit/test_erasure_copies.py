@@ -226,6 +226,78 @@ def test_a_file_that_cannot_be_read_is_never_shown_clean(proj, monkeypatch):
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
 
 
+def test_doctor_lists_what_the_scan_could_not_read_and_what_to_do(proj, monkeypatch):
+    """A file the scan could not read, a folder it could not list and a notebook too large to
+    look inside stop the erasure before its certificate (and fail the verifier), whose message
+    sends the operator to `visage privacy doctor`: the doctor listed none of them, so nothing
+    said which files they were."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from visage_ml.app.cli import app
+    from visage_ml.rights import content_scan
+
+    root = proj.paths.root
+    Erasure(proj.paths).erase(proj.pids[0])  # something is sought from now on
+    locked_file = root / "reports" / f"{NAME}.png"
+    locked_folder = root / "data" / "backup_qx9"
+    locked_folder.mkdir(parents=True)
+    locked_file.parent.mkdir(parents=True, exist_ok=True)
+    locked_file.write_bytes(b"whatever it holds")
+    (locked_folder / f"{NAME}.png").write_bytes(b"whatever it holds")
+    monkeypatch.setattr(content_scan, "NOTEBOOK_MAX", 4096)  # here, rather than 256 MiB
+    large = root / "notebooks" / "survey_qx9.ipynb"
+    large.parent.mkdir(parents=True, exist_ok=True)
+    large.write_text(json.dumps({"cells": [{"source": "x" * 8192}]}), encoding="utf-8")
+    real_open, real_scandir = open, os.scandir
+
+    def no_open(path, *args, **kwargs):
+        if Path(path) == locked_file:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    def no_listing(path=".", *args, **kwargs):
+        if isinstance(path, str | os.PathLike) and Path(path) == locked_folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(content_scan, "open", no_open, raising=False)
+    monkeypatch.setattr(os, "scandir", no_listing)
+    with pytest.raises(OSError, match="could not be read"):
+        Erasure(proj.paths).erase(proj.pids[1])
+
+    said = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    assert said.exit_code == 1, said.output
+    report = json.loads(said.output[said.output.index("{") :])
+    listed = sorted(
+        (f["kind"], f["path"], f["action"])
+        for f in report["findings"]
+        if f["kind"] in ("unreadable", "opaque_notebook")
+    )
+    assert listed == [
+        ("opaque_notebook", "notebooks/survey_qx9.ipynb", "review"),
+        ("unreadable", "data/backup_qx9", "review"),
+        ("unreadable", f"reports/{NAME}.png", "review"),
+    ], report["findings"]
+    todo = " ".join(report["what_to_do"]["unreadable"].split())
+    assert "permissions" in todo and "visage privacy resume" in todo and NAME not in todo
+    assert "clear their outputs" in report["what_to_do"]["opaque_notebook"]
+
+    shown = CliRunner().invoke(app, ["privacy", "doctor", "--purge"])
+    text = " ".join(shown.output.split())
+    assert shown.exit_code == 1 and "visage privacy resume" in text, shown.output
+    assert f"reports/{NAME}.png" in text and "data/backup_qx9" in text
+    assert locked_file.exists() and (locked_folder / f"{NAME}.png").exists()  # a person decides
+    assert large.exists()
+
+    monkeypatch.delattr(content_scan, "open")
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    large.unlink()
+    (done,) = Erasure(proj.paths).resume()
+    assert verify_certificate(done.certificate_path, root=root).ok
+
+
 def test_a_copy_in_any_folder_of_the_project_goes_and_tool_folders_are_not_read(proj):
     """The walk covered data/, gallery/, mlruns/, models/, privacy/, reports/, notebooks/ and
     the top: a photo in backup/ or a hidden folder survived a certified erasure that verified

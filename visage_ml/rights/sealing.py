@@ -120,6 +120,33 @@ ERASED_INSIDE = "erased_inside"
 # its size: a zip bomb, or near enough): not shown to hold no erased image, so the erasure stops
 # on it. Someone unpacks or deletes it: --purge leaves it.
 EXPANDS_INSIDE = "expands_inside"
+# A file of the project the scan could not read, or a folder it could not list (permissions, an
+# I/O error), and a notebook too large to look inside: none is shown to hold no erased content,
+# so the erasure stops before its certificate and the verifier fails. Someone makes it readable
+# (or deletes it, clears the notebook's outputs): --purge leaves it.
+UNREADABLE = "unreadable"
+OPAQUE_NOTEBOOK = "opaque_notebook"
+# What to do about the kinds that stop an erasure (``DoctorReport.to_dict``'s ``what_to_do``).
+WHAT_TO_DO = {
+    ERASED_INSIDE: (
+        "these files hold an erased subject's content among other content: take it out of "
+        "them, or delete them, then run `visage privacy resume`"
+    ),
+    EXPANDS_INSIDE: (
+        "these files expand too far to look inside (a zip bomb, or near enough): unpack them "
+        "or delete them, then run `visage privacy resume`"
+    ),
+    UNREADABLE: (
+        "these files could not be read, or folders listed, by this user, so no erasure shows "
+        "them to hold no erased content (it stops before its certificate; the verifier "
+        "fails): fix their permissions or owner (an I/O error: the disk), or delete them, "
+        "then run `visage privacy resume`"
+    ),
+    OPAQUE_NOTEBOOK: (
+        "these notebooks are too large to look inside, so no erasure shows them to hold no "
+        "erased image: clear their outputs, or delete them, then run `visage privacy resume`"
+    ),
+}
 # A checkpoint kept for an erasure whose certificate was issued (it carries the checkpoint): the
 # process was killed before it went. No personal data; nothing reads it again.
 KEPT_CHECKPOINT = "kept_checkpoint"
@@ -513,7 +540,8 @@ class Finding:
     """One thing at rest that should not be: what, where, and what ``--purge`` does."""
 
     # erased_subject, unknown_subject, no_key, plaintext, leftover, notebook_image,
-    # unrecorded_anchor, stray_image, kept_checkpoint, erased_in_git, erased_inside
+    # unrecorded_anchor, stray_image, kept_checkpoint, erased_in_git, erased_inside,
+    # expands_inside, unreadable, opaque_notebook
     kind: str
     path: str
     pid: str | None = None
@@ -548,7 +576,12 @@ class DoctorReport:
             "purged": self.purged,
             "findings": [asdict(f) for f in self.findings],
             "locked": self.locked,
+            "what_to_do": self.what_to_do(),
         }
+
+    def what_to_do(self) -> dict[str, str]:
+        """What to do about each kind found that stops an erasure (:data:`WHAT_TO_DO`)."""
+        return {k: WHAT_TO_DO[k] for k in self.counts() if k in WHAT_TO_DO}
 
 
 class _Doctor:
@@ -763,14 +796,20 @@ class _Doctor:
     def held_inside(self, hashes: ContentHashes) -> None:
         """Files of the project that hold erased content (``hashes``) among other content the
         erasure does not take it out of (:func:`~visage_ml.rights.erasure.copies.holds_inside`),
-        by path: the erasure stopped on them, and says to look here. And those whose content
-        expands too far to look inside (a zip bomb), on which it stops too."""
+        by path: the erasure stopped on them, and says to look here. And those it stops on too,
+        being shown clean by nothing: content that expands too far to look inside (a zip bomb),
+        a notebook too large to look inside, a file it could not read or a folder it could not
+        list (:attr:`~visage_ml.rights.content_scan.Hashed.unreadable`)."""
         walked = content_scan.roots(self.paths)
         for h in content_scan.hash_files(walked, sizes=hashes):
             if h.matches(hashes) and holds_inside(h, hashes):
                 self.add(ERASED_INSIDE, h.path, None, "review")
             elif h.expands:
                 self.add(EXPANDS_INSIDE, h.path, None, "review")
+            elif h.opaque:
+                self.add(OPAQUE_NOTEBOOK, h.path, None, "review")
+            elif h.unreadable:
+                self.add(UNREADABLE, h.path, None, "review")
 
     def kept_checkpoints(self) -> None:
         """What ``privacy/checkpoints/kept`` holds for erasures whose certificate was issued."""

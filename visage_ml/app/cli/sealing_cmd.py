@@ -112,7 +112,10 @@ def doctor(
     images (--purge clears their outputs), and any other image file under data/, mlruns/,
     models/, notebooks/, reports/ or at the project's top, the project's own figures aside, and
     erased subjects' images in the git history (git:<path>) (both marked review: --purge leaves
-    them; an erasure removes exact copies only, and never rewrites history), and checkpoints
+    them; an erasure removes exact copies only, and never rewrites history), what an erasure
+    stops on (review: erased content inside an archive, one expanding too far, a file it could
+    not read or a folder it could not list, a notebook too large to look inside; what to do is
+    said for each kind), and checkpoints
     kept for erasures whose certificate was issued (privacy/checkpoints/kept; left, saying so,
     while an erasure runs). A key ring or vault folder that a running rotation, key creation or
     erasure holds locked keeps its leftovers and erased subjects' keys (one may be that
@@ -129,6 +132,8 @@ def doctor(
             f"{len(report.findings)} finding(s) {report.counts()}; {report.purged} purged",
             highlight=False,
         )
+        for kind, todo in report.what_to_do().items():
+            console.print(f"{kind}: {todo}", highlight=False)
     locked = {path for paths in report.locked.values() for path in paths}
     remaining = [f for f in report.findings if not purge or f.action != "purge" or f.path in locked]
     if not as_json:
