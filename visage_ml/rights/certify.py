@@ -43,7 +43,7 @@ from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import LedgerError
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.privacy.tombstones import Tombstones
-from visage_ml.rights import content_scan, dvc_objects, lineage
+from visage_ml.rights import content_scan, dvc_objects, embedded, lineage
 from visage_ml.rights.content_hashes import LISTED, ContentHashes
 from visage_ml.rights.erasure.copies import git_allowed
 
@@ -179,6 +179,7 @@ def scan_for_hashes(
     or as it gave them before, unbound); and any ``.dir`` manifest
     that names a listed md5 or the subject's folder. Returns how many files current subjects
     hold; a DVC remote that could not be listed goes into ``unreachable`` (its name: why)."""
+    embedded.spill_into(paths.root)
     hashed = content_scan.hash_files(walked, sizes=sha256s)
     hits = [h for h in hashed if h.matches(sha256s)]
     kept = content_scan.in_use(paths, hits, pid=pid)

@@ -37,18 +37,28 @@ import itertools
 import lzma
 import re
 import tarfile
+import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from visage_ml.io import CHUNK, atomic_write_bytes
+from visage_ml.io import CHUNK, atomic_write_bytes, private_dir
 
 # Looked inside in memory up to this size; a larger member is hashed as it streams.
 EMBED_MAX = 64 << 20
 # Archives within archives (a backup of a folder holding a .npz), base64 of a zip: so deep.
 DEPTH = 4
+# Archive members held in memory to be looked inside, every scan of the process together (each
+# level of nesting, in each scan thread, held one): one beyond is copied to an unnamed file of
+# SPILL_DIR and looked inside from there, with the same result (a file of nested archives of
+# 60 MiB made the scan hold 480 MiB a thread, 3 GB at once).
+MEMORY_MAX = 256 << 20
+# Where (:func:`spill_into`, by each scan of a project); None: the system's temporary folder.
+SPILL_DIR: Path | None = None
+SPILL_FOLDER = Path(".visage")
 # What a part shows first, to tell what it is.
 SNIFF = 4096
 
@@ -186,6 +196,36 @@ def kind(first: bytes) -> str | None:
     return TEXT if _text(first) else None
 
 
+class _Memory:
+    """What is left of :data:`MEMORY_MAX`, taken by a member before it is read into memory."""
+
+    def __init__(self) -> None:
+        self.used = 0
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            if self.used + n > MEMORY_MAX:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self.lock:
+            self.used -= n
+
+
+_MEMORY = _Memory()
+
+
+def spill_into(project: Path) -> None:
+    """Members spilled out of memory go to the private folder of the project at ``project``
+    (:data:`SPILL_FOLDER`, 0700) from now on, in this process: they are its content,
+    decompressed (each file has no name, and goes when closed, or with the process)."""
+    global SPILL_DIR
+    SPILL_DIR = private_dir(Path(project) / SPILL_FOLDER)
+
+
 def _digest(data: bytes, sizes: SizeFilter | None) -> list[str]:
     return [hashlib.sha256(data).hexdigest()] if sizes is None or sizes.may_match(len(data)) else []
 
@@ -209,22 +249,58 @@ def _stream(
     (decompressed) is spent from ``budget``."""
     head = stream.read(SNIFF)
     budget.spend(len(head))
+    what = kind(head)
     unsought = size is not None and sizes is not None and not sizes.may_match(size)
-    if unsought and kind(head) is None:
+    if unsought and what is None:
         return
-    rest = stream.read(EMBED_MAX + 1 - len(head))
-    budget.spend(len(rest))
-    data = head + rest
-    if len(data) <= EMBED_MAX:
-        yield from _part(data, sizes, depth, budget)
+    # Nothing looked inside (a photograph, the last level): hashed as it streams.
+    looked = what if depth < DEPTH else None
+    held = EMBED_MAX + 1 if size is None else min(size, EMBED_MAX) + 1
+    if looked is None or (looked in STREAMED and not _MEMORY.take(held)):
+        yield from _streamed(stream, head, looked, sizes, depth, budget)
         return
-    h, n = hashlib.sha256(data), len(data)
-    for chunk in iter(lambda: stream.read(CHUNK), b""):
-        budget.spend(len(chunk))
-        h.update(chunk)
-        n += len(chunk)
-    if sizes is None or sizes.may_match(n):
-        yield h.hexdigest()
+    try:
+        data = head + stream.read(EMBED_MAX + 1 - len(head))
+        budget.spend(len(data) - len(head))
+        if len(data) <= EMBED_MAX:
+            yield from _part(data, sizes, depth, budget)
+            return
+        yield from _streamed(stream, data, None, sizes, depth, budget)
+    finally:
+        if looked in STREAMED:
+            _MEMORY.give(held)
+
+
+def _streamed(
+    stream: IO[bytes],
+    head: bytes,
+    what: str | None,
+    sizes: SizeFilter | None,
+    depth: int,
+    budget: _Budget,
+) -> Iterator[str]:
+    """A member, ``head`` read already, hashed as it streams (as :func:`_part` would); an
+    archive (``what``) small enough to look inside is copied to an unnamed file as it streams,
+    and looked inside from there."""
+    h, n = hashlib.sha256(head), len(head)
+    with contextlib.ExitStack() as stack:
+        spill = None
+        if what is not None:
+            spill = stack.enter_context(tempfile.TemporaryFile(dir=SPILL_DIR))
+            spill.write(head)
+        for chunk in iter(lambda: stream.read(CHUNK), b""):
+            budget.spend(len(chunk))
+            h.update(chunk)
+            n += len(chunk)
+            if spill is not None and n <= EMBED_MAX:
+                spill.write(chunk)
+        if n < smallest_sought(sizes) and base64.b64encode(head[:2])[:2] not in B64_EXPANDS:
+            return
+        if sizes is None or sizes.may_match(n):
+            yield h.hexdigest()
+        if spill is not None and what is not None and n <= EMBED_MAX:
+            spill.seek(0)
+            yield from inside_file(spill, what, sizes=sizes, depth=depth + 1, budget=budget)
 
 
 # What a damaged or unsupported archive raises: what was read before it stays looked at.

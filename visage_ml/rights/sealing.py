@@ -80,7 +80,7 @@ from visage_ml.privacy.registry import SubjectState
 from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
 from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring, ring_lock
 from visage_ml.privacy.vault import IdentityVault
-from visage_ml.rights import content_scan, dvc_objects
+from visage_ml.rights import content_scan, dvc_objects, embedded
 from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.erasure.copies import git_allowed, holds_inside
 from visage_ml.rights.erasure.orchestrator import LOCK as ERASURE_LOCK
@@ -801,6 +801,7 @@ class _Doctor:
         a notebook too large to look inside, a file it could not read or a folder it could not
         list (:attr:`~visage_ml.rights.content_scan.Hashed.unreadable`)."""
         walked = content_scan.roots(self.paths)
+        embedded.spill_into(self.root)
         for h in content_scan.hash_files(walked, sizes=hashes):
             if h.matches(hashes) and holds_inside(h, hashes):
                 self.add(ERASED_INSIDE, h.path, None, "review")

@@ -200,6 +200,7 @@ def _found(ctx: Context, pid: str) -> Found:
     setup = ctx.dvc_setup() if ctx.is_dvc else None
     # A file of a size nothing sought has is not read (it cannot be a copy).
     walked = content_scan.roots(ctx.paths, setup)
+    embedded.spill_into(ctx.paths.root)
     hashed = content_scan.hash_files(walked, skip=recorded, sizes=hashes)
     hits = [h for h in hashed if h.matches(hashes)]
     kept = content_scan.in_use(ctx.paths, hits, pid=pid)
