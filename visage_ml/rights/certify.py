@@ -65,15 +65,21 @@ EXPANDS = (
     "expands too far to look inside (an archive or table of far more than its size: a zip "
     "bomb, or near enough), so not shown to hold no erased content: remove it, or unpack it"
 )
+NOT_READ_DB = (
+    "a database that could not be read to its end (damaged, encrypted, or a value too large to "
+    "read), so not shown to hold no erased content: repair it (`sqlite3 <file> .recover`), or "
+    "remove it"
+)
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 HELD_INSIDE = (
     "holds erased content inside (base64-encoded, an archive's member, a photo's bytes in a "
-    "pickle, an array or a table)"
+    "pickle, an array, a table or a database)"
 )
 # What the scan can find, said beside what it found (docs/security.md, the certificate's page).
 SCOPE = (
-    "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy and "
-    "Parquet files; not inside other formats, and a re-encoded image is never found by hash"
+    "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy, "
+    "Parquet and SQLite files; not inside other formats, and a re-encoded image is never found "
+    "by hash"
 )
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_NOT_DECLARED = (
@@ -209,7 +215,13 @@ def scan_for_hashes(
         if h.down and unreachable is not None:
             unreachable[h.root.remote.name] = h.down
         if h.unreadable:  # not shown clean: it may be a copy
-            why = EXPANDS if h.expands else OPAQUE if h.opaque else UNREAD
+            why = (
+                (NOT_READ_DB if h.kind == embedded.SQLITE else EXPANDS)
+                if h.expands
+                else OPAQUE
+                if h.opaque
+                else UNREAD
+            )
             report.findings.append({"path": str(h.path), "why": why})
         if h.gone:
             continue

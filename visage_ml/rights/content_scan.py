@@ -43,7 +43,7 @@ from visage_ml.io import CHUNK, atomic_write_bytes, leftovers, md5_file, usable_
 from visage_ml.privacy import notebooks
 from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.procenv import child_env
-from visage_ml.rights import embedded
+from visage_ml.rights import embedded, embedded_db
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class Hashed:
     # objects was looked at, so none is shown clean.
     down: str = ""
     # What it holds inside expands beyond what its size allows (a zip bomb, or near enough:
-    # :class:`~visage_ml.rights.embedded.TooLarge`): not read to its end, so not shown clean.
+    # :class:`~visage_ml.rights.embedded.TooLarge`), or a database could not be read to its end
+    # (damaged, encrypted: :class:`~visage_ml.rights.embedded_db.NotRead`): not shown clean.
     expands: bool = False
 
     @property
@@ -277,6 +278,10 @@ class _Reader:
         return Read(digest, self.n, (), opaque, kind=self.kind)
 
 
+# Kinds looked inside from their file when too large to hold in memory.
+LARGE = frozenset({*embedded.STREAMED, embedded.TEXT, embedded.SQLITE})
+
+
 def _hash(path: Path, sizes: SizeFilter | None = None) -> Read:
     reader = _Reader(path.name, sizes)
     try:
@@ -284,14 +289,17 @@ def _hash(path: Path, sizes: SizeFilter | None = None) -> Read:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 reader.update(chunk)
             read = reader.done()
-            if read.size > embedded.EMBED_MAX and read.kind in (*embedded.STREAMED, embedded.TEXT):
+            if read.size > embedded.EMBED_MAX and read.kind in LARGE:
                 # Too large to hold in memory: an archive read member by member from its file,
-                # a text file (a CSV of a dataset's photographs) a window at a time.
+                # a text file (a CSV of a dataset's photographs) a window at a time, a database
+                # table by table (opened read-only and immutable: nothing written beside it).
                 fh.seek(0)
                 try:
                     held = tuple(
                         embedded.inside_text(fh, sizes=sizes)
                         if read.kind == embedded.TEXT
+                        else embedded_db.inside_path(path, sizes=sizes)
+                        if read.kind == embedded.SQLITE
                         else embedded.inside_file(fh, read.kind, sizes=sizes)
                     )
                 except embedded.TooLarge:  # a bomb, or near enough: not shown clean
@@ -644,7 +652,7 @@ def _scanner_id() -> str:
     reader, what other files hold inside): a cache another version wrote is not used."""
     h = hashlib.sha256()
     try:
-        for module in (__file__, notebooks.__file__, embedded.__file__):
+        for module in (__file__, notebooks.__file__, embedded.__file__, embedded_db.__file__):
             h.update(Path(str(module)).read_bytes())
     except OSError:  # code not in files: no cache is this one's
         return os.urandom(32).hex()

@@ -69,7 +69,9 @@ COMPRESSED = "compressed"
 PARQUET = "parquet"
 # A pickle or a .npy array: the bytes it holds lie in it as they are.
 BINARY = "binary"
-KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY})
+# A SQLite database: read table by table (:mod:`visage_ml.rights.embedded_db`).
+SQLITE = "sqlite"
+KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE})
 # Kinds read as a stream from their file: looked inside whatever its size.
 STREAMED = frozenset({ZIP, TAR, COMPRESSED})
 
@@ -78,6 +80,7 @@ TAR_MAGIC, TAR_AT = b"ustar", 257
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00")
 BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 PARQUET_MAGIC = b"PAR1"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -191,6 +194,8 @@ def kind(first: bytes) -> str | None:
         return COMPRESSED
     if first.startswith(PARQUET_MAGIC):
         return PARQUET
+    if first.startswith(SQLITE_MAGIC):
+        return SQLITE
     if first.startswith(NPY_MAGIC) or PICKLE_MAGIC.match(first):
         return BINARY
     return TEXT if _text(first) else None
@@ -584,6 +589,10 @@ def inside(
         yield from inside_file(io.BytesIO(data), what, sizes=sizes, depth=depth, budget=budget)
     elif what == PARQUET:
         yield from _parquet(data, sizes, depth, budget)
+    elif what == SQLITE:
+        from visage_ml.rights import embedded_db  # it reads a table's values as _part does
+
+        yield from embedded_db.inside_db(data, sizes=sizes, depth=depth, budget=budget)
     else:
         for _, raw in _runs(data, smallest_sought(sizes)):
             yield from _part(raw, sizes, depth, budget)

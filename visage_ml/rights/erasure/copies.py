@@ -71,11 +71,12 @@ MSG_NOT_REMOVED = (
 )
 MSG_UNREADABLE = (
     "{n} file(s) could not be read, or are notebooks too large to look inside, or archives "
-    "that expand too far to look inside (a zip bomb, or near enough) ({where}), so none of "
-    "them is shown to be no copy of the erased content; the erasure stops before its "
-    "certificate. Make them readable to this user (or delete them, clear a notebook's "
-    "outputs, unpack an archive; `visage privacy doctor` lists them), then run `visage "
-    "privacy resume`"
+    "that expand too far to look inside (a zip bomb, or near enough), or databases that could "
+    "not be read to their end (damaged, encrypted) ({where}), so none of them is shown to be "
+    "no copy of the erased content; the erasure stops before its certificate. Make them "
+    "readable to this user (or delete them, clear a notebook's outputs, unpack an archive, "
+    "repair a database; `visage privacy doctor` lists them), then run `visage privacy "
+    "resume`"
 )
 MSG_REMOTE_DOWN = (
     "the DVC remote(s) {names} could not be reached or listed, so none of their objects is shown "
@@ -97,9 +98,10 @@ MSG_IN_GIT = (
 
 MSG_HELD = (
     "{n} file(s) hold erased content inside other content ({where}: an archive, a pickle, an "
-    "array or a table), which the erasure neither rewrites nor deletes with the rest of what "
-    "they hold; it stops before its certificate. `visage privacy doctor` lists them; take the "
-    "erased photograph out of each (or delete the file), then run `visage privacy resume`"
+    "array, a table or a database), which the erasure neither rewrites nor deletes with the "
+    "rest of what they hold; it stops before its certificate. `visage privacy doctor` lists "
+    "them; take the erased photograph out of each (a database: delete its rows, then `VACUUM`, "
+    "or its freed pages keep the bytes; or delete the file), then run `visage privacy resume`"
 )
 
 
