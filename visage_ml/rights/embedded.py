@@ -4,22 +4,26 @@ A photograph's exact bytes outlive it inside files of an ordinary day: an HTML e
 notebook (``jupyter nbconvert --to html`` inlines each image as a base64 ``data:`` URL), the
 photo base64-encoded in a JSON or CSV file, an archive made for a colleague (zip, tar, gzip,
 bzip2, xz; NumPy's ``.npz`` and torch's ``.pt`` are zip files), a pickle or a ``.npy`` array of
-its bytes, a Parquet table holding them in a column. :func:`inside` gives the SHA-256 of each
+its bytes, a Parquet table holding them in a column, a SQLite database in a BLOB or base64 in a
+TEXT (:mod:`visage_ml.rights.embedded_db`). :func:`inside` gives the SHA-256 of each
 file such a file holds, to be matched as a whole file is (:mod:`visage_ml.rights.content_scan`).
 
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
 keeps its content. A text file (UTF-8, no NUL) is read for base64 runs (a ``data:`` URL's, a JSON
 or CSV field's, one wrapped in lines); the copies step cuts a matching run out of it and keeps
-the file (:func:`cut_encoded`). An archive, a pickle, an array or a table is not rewritten: one
-of the project stops the erasure for the operator to decide, a DVC object goes whole
-(:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams are
-read member by member, nested ones too (to :data:`DEPTH`); a member larger than
+the file (:func:`cut_encoded`). An archive, a pickle, an array, a table or a database is not
+rewritten: one of the project stops the erasure for the operator to decide, a DVC object goes
+whole (:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams
+are read member by member, nested ones too (to :data:`DEPTH`); a member larger than
 :data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array or a table that large is
-only hashed whole; a text file that large is read a window at a time (:func:`inside_text`). A
-part of a size nothing sought has is not hashed (``sizes``).
+only hashed whole; a text file that large is read a window at a time (:func:`inside_text`), a
+database file that large table by table from its file (a git object or a remote's object that
+large is only hashed whole). A part of a size nothing sought has is not hashed (``sizes``).
 
-Not looked inside: other binary formats (a database, a PDF, an image container, an encrypted
-archive), a damaged archive past the point it breaks, base64 of another alphabet
+Not looked inside: other binary formats (another database than SQLite, a PDF, an image
+container, an encrypted archive), a damaged archive past the point it breaks (a damaged or
+encrypted SQLite database is not shown clean), what a SQLite ``-wal`` file holds not yet
+checkpointed and the rows deleted but left in freed pages, base64 of another alphabet
 (``urlsafe_b64encode``) or split otherwise than by line breaks. A re-encoded, resized or
 cropped face has other bytes wherever it is: no scan by hash finds it.
 """
