@@ -290,3 +290,31 @@ def test_a_virtual_table_is_read_through_the_tables_that_hold_its_rows(tmp_path,
     except sqlite3.OperationalError:
         pytest.skip("this SQLite has no FTS5")
     assert _found(db.read_bytes(), png)
+
+
+def test_a_small_archive_among_short_values_is_found_by_size_sought():
+    """Values shorter than anything sought are passed over in SQLite (a table of a log's hex
+    ids), but not a compressed file, which may hold more than itself: a gzip in a BLOB, an xz
+    or a zip base64-encoded in a TEXT, each shorter than what it holds."""
+    import gzip
+    import lzma
+
+    sought = b"scan line 0000\n" * 400  # 6,000 bytes that compress to a few dozen
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("scan.txt", sought)
+    small = {
+        "gzip blob": gzip.compress(sought, mtime=0),
+        "xz text": f"xz,{_b64(lzma.compress(sought))},end",
+        "zip text": f"note: {_b64(zipped.getvalue())}",
+    }
+    for name, value in small.items():
+        assert len(value) < len(sought), name
+        con = sqlite3.connect(":memory:")
+        con.execute("CREATE TABLE log (id INTEGER PRIMARY KEY, sha TEXT, v)")
+        rows = [(hashlib.sha256(bytes([i])).hexdigest(), None) for i in range(200)]
+        rows.insert(100, ("x", value))
+        con.executemany("INSERT INTO log (sha, v) VALUES (?, ?)", rows)
+        data = con.serialize()
+        found = set(embedded.inside(data, embedded.SQLITE, sizes=_Sought(len(sought))))
+        assert _sha(sought) in found, name

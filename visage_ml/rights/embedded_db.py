@@ -13,7 +13,9 @@ What is read is never written: a file is opened read-only and immutable (no jour
 ``-wal`` or ``-shm`` made beside it, nothing waited on), bytes in memory (an archive's member,
 a git object) are deserialized, and either connection only queries. Tables are read by the
 names the database's own schema gives, each quoted (a table named ``x"; DROP TABLE y; --`` is
-one table), rows streamed through a cursor. A value larger than
+one table), rows streamed through a cursor. A value that cannot matter (shorter than anything
+sought, not compressed, no base64 run of a compressed file in it) is passed over in SQLite, its
+row never made into Python's (a table of a log's hex ids). A value larger than
 :data:`~visage_ml.rights.embedded.EMBED_MAX` is not held in memory: a BLOB or TEXT of a rowid
 table is hashed as it streams (:meth:`sqlite3.Connection.blobopen`), not looked inside.
 
@@ -26,6 +28,7 @@ but still in freed pages (until ``VACUUM``): neither is in a table any more.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import sqlite3
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from visage_ml.io import CHUNK
 from visage_ml.rights import embedded
-from visage_ml.rights.embedded import SizeFilter, _Budget, _part, _runs
+from visage_ml.rights.embedded import B64_EXPANDS, SizeFilter, _Budget, _part, _runs
 
 # Bytes 18 and 19 of the header: 2 for a database in WAL mode. SQLite's in-memory files cannot
 # hold a WAL, so a copy in memory is read as a rollback-journal database (the same pages).
@@ -117,6 +120,24 @@ def _streamed(
     yield h.hexdigest()
 
 
+def _worth(q: str) -> str:
+    """When the value of the column ``q`` (quoted) may hold something sought, as SQL: a BLOB or
+    TEXT (its bytes) no shorter than anything sought (``:below``), or that begins as a
+    compressed file does (it may hold more than itself), or that may hold a base64 run
+    beginning as one does (:data:`~visage_ml.rights.embedded.B64_EXPANDS`). The rules of
+    :func:`~visage_ml.rights.embedded._part` and of a short text's runs, loosened, so that a
+    table of short values (a log's hex ids, names, labels) is passed over in SQLite, its rows
+    never made into Python's."""
+    b = f"CAST({q} AS BLOB)"
+    first = ", ".join(f"X'{base64.b64decode(p + b'==').hex()}'" for p in sorted(B64_EXPANDS))
+    runs = " OR ".join(f"instr({b}, X'{p.hex()}') > 0" for p in sorted(B64_EXPANDS))
+    return (
+        f"typeof({q}) IN ('blob', 'text') AND (length({b}) >= :below "
+        f"OR substr({b}, 1, 1) IN ({first}) "
+        f"OR (length({b}) >= {embedded.B64_MIN} AND ({runs})))"
+    )
+
+
 def _values(
     con: sqlite3.Connection,
     table: str,
@@ -131,22 +152,23 @@ def _values(
         return
     named = {c.lower() for c in columns}
     rowid = None if without_rowid else next((r for r in ROWID_NAMES if r not in named), None)
-    limit = embedded.EMBED_MAX
-    # Each value a BLOB or TEXT, but a BLOB too large to hold (NULL, its length said beside):
-    # numbers are never loaded, and a row of numbers only is never returned.
-    picked = []
+    picked, wanted = [], []
     for c in columns:
         q = _quoted(c)
-        picked.append(
-            f"CASE WHEN typeof({q}) = 'blob' AND length({q}) > {limit} THEN NULL "
-            f"WHEN typeof({q}) IN ('blob', 'text') THEN {q} END, "
-            f"CASE WHEN typeof({q}) = 'blob' AND length({q}) > {limit} THEN length({q}) END"
-        )
-    kinds = " OR ".join(f"typeof({_quoted(c)}) IN ('blob', 'text')" for c in columns)
+        too_large = f"typeof({q}) = 'blob' AND length({q}) > {embedded.EMBED_MAX}"
+        worth = _worth(q)
+        # Each value that may matter (:func:`_worth`), but a BLOB too large to hold: NULL, its
+        # length beside it. Numbers are never loaded, and a row of nothing else never returned.
+        picked.append(f"CASE WHEN {too_large} THEN NULL WHEN {worth} THEN {q} END")
+        picked.append(f"CASE WHEN {too_large} THEN length({q}) END")
+        wanted.append(f"({too_large}) OR ({worth})")
     head = f"{rowid}, " if rowid is not None else ""
-    sql = f"SELECT {head}{', '.join(picked)} FROM {_quoted(table)} WHERE {kinds}"  # noqa: S608
+    sql = (
+        f"SELECT {head}{', '.join(picked)} FROM {_quoted(table)} "  # noqa: S608
+        f"WHERE {' OR '.join(wanted)}"
+    )
     below = embedded.smallest_sought(sizes)
-    for row in con.execute(sql):
+    for row in con.execute(sql, {"below": below}):
         key, cells = (row[0], row[1:]) if rowid is not None else (None, row)
         for i, column in enumerate(columns):
             value, large = cells[2 * i], cells[2 * i + 1]
