@@ -134,8 +134,9 @@ WHAT_TO_DO = {
         "them, or delete them, then run `visage privacy resume`"
     ),
     EXPANDS_INSIDE: (
-        "these files expand too far to look inside (a zip bomb, or near enough): unpack them "
-        "or delete them, then run `visage privacy resume`"
+        "these files expand too far to look inside (a zip bomb, or near enough), or are "
+        "databases that could not be read to their end (damaged, encrypted): unpack, repair "
+        "(`sqlite3 FILE .recover`) or delete them, then run `visage privacy resume`"
     ),
     UNREADABLE: (
         "these files could not be read, or folders listed, by this user, so no erasure shows "
