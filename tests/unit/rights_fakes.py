@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class RightsProject:
     world: World
     engine: object
     pids: list[str]
-    images: dict[str, dict[str, bytes]]  # pid -> image_id -> png bytes
+    images: dict[str, dict[str, bytes]]  # pid -> image_id -> the file's bytes (PNG unless told)
 
     @property
     def paths(self) -> ProjectPaths:
@@ -122,8 +123,11 @@ def make_project(
     processed: bool = True,
     enrol: bool = True,
     seed: int = 0,
+    encode: Callable[[np.ndarray], bytes] = png,
 ) -> RightsProject:
-    """Subjects with raw images (through RawStore), processed crops, gallery templates."""
+    """Subjects with raw images (through RawStore), processed crops, gallery templates.
+    ``encode``: how a photograph's pixels become the file stored (a JPEG, as a project begun
+    before sealing kept its photographs and ``visage privacy seal`` sealed them)."""
     world = make_world(root, n_subjects=n_subjects, seed=seed)
     engine = fake_engine(root)
     pids = list(world.people)
@@ -144,7 +148,7 @@ def make_project(
         for pid in pids:
             images[pid] = {}
             for _ in range(n_images):
-                data = png(face_tile(world.people[pid], world.rng))
+                data = encode(face_tile(world.people[pid], world.rng))
                 image_id = txn.write_image(pid, data)
                 images[pid][image_id] = data
                 rows.append(

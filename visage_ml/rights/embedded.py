@@ -5,27 +5,33 @@ notebook (``jupyter nbconvert --to html`` inlines each image as a base64 ``data:
 photo base64-encoded in a JSON or CSV file, an archive made for a colleague (zip, tar, gzip,
 bzip2, xz; NumPy's ``.npz`` and torch's ``.pt`` are zip files), a pickle or a ``.npy`` array of
 its bytes, a Parquet table holding them in a column, a SQLite database in a BLOB or base64 in a
-TEXT (:mod:`visage_ml.rights.embedded_db`). :func:`inside` gives the SHA-256 of each
-file such a file holds, to be matched as a whole file is (:mod:`visage_ml.rights.content_scan`).
+TEXT (:mod:`visage_ml.rights.embedded_db`), a PDF report showing it (img2pdf and pdflatex embed
+a JPEG's bytes as they are; reportlab ASCII85-encodes them first). :func:`inside` gives the
+SHA-256 of each file such a file holds, to be matched as a whole file is
+(:mod:`visage_ml.rights.content_scan`).
 
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
 keeps its content. A text file (UTF-8, no NUL) is read for base64 runs (a ``data:`` URL's, a JSON
 or CSV field's, one wrapped in lines); the copies step cuts a matching run out of it and keeps
-the file (:func:`cut_encoded`). An archive, a pickle, an array, a table or a database is not
-rewritten: one of the project stops the erasure for the operator to decide, a DVC object goes
-whole (:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams
-are read member by member, nested ones too (to :data:`DEPTH`); a member larger than
-:data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array or a table that large is
-only hashed whole; a text file that large is read a window at a time (:func:`inside_text`), a
-database file that large table by table from its file (a git object or a remote's object that
-large is only hashed whole). A part of a size nothing sought has is not hashed (``sizes``).
+the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
+JPEG (SOI to EOI, :func:`_jpegs`) lies as it is, and is found so; a PDF's ASCII85 streams are
+decoded. An archive, a pickle, an array, a table, a database or a PDF is not rewritten: one of
+the project stops the erasure for the operator to decide, a DVC object goes whole
+(:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams are
+read member by member, nested ones too (to :data:`DEPTH`); a member larger than
+:data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array, a table or a PDF that
+large is only hashed whole; a text file that large is read a window at a time
+(:func:`inside_text`), a database file that large table by table from its file (a git object or
+a remote's object that large is only hashed whole). A part of a size nothing sought has is not
+hashed (``sizes``).
 
-Not looked inside: other binary formats (another database than SQLite, a PDF, an image
-container, an encrypted archive), a damaged archive past the point it breaks (a damaged or
-encrypted SQLite database is not shown clean), what a SQLite ``-wal`` file holds not yet
-checkpointed and the rows deleted but left in freed pages, base64 of another alphabet
-(``urlsafe_b64encode``) or split otherwise than by line breaks. A re-encoded, resized or
-cropped face has other bytes wherever it is: no scan by hash finds it.
+Not looked inside: other binary formats (another database than SQLite, an image container, an
+encrypted archive), a PDF's compressed streams (an embedded file, an image it re-encoded: a PNG
+always is), a JPEG with bytes after its EOI (a phone's multi-picture file), a damaged archive
+past the point it breaks (a damaged or encrypted SQLite database is not shown clean), what a
+SQLite ``-wal`` file holds not yet checkpointed and the rows deleted but left in freed pages,
+base64 of another alphabet (``urlsafe_b64encode``) or split otherwise than by line breaks. A
+re-encoded, resized or cropped face has other bytes wherever it is: no scan by hash finds it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import tempfile
 import threading
 import zipfile
 import zlib
+from array import array
 from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -75,7 +82,9 @@ PARQUET = "parquet"
 BINARY = "binary"
 # A SQLite database: read table by table (:mod:`visage_ml.rights.embedded_db`).
 SQLITE = "sqlite"
-KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE})
+# A PDF: a JPEG it shows lies in it as it is (a DCTDecode stream), or ASCII85-encoded.
+PDF = "pdf"
+KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE, PDF})
 # Kinds read as a stream from their file: looked inside whatever its size.
 STREAMED = frozenset({ZIP, TAR, COMPRESSED})
 
@@ -89,6 +98,24 @@ NPY_MAGIC = b"\x93NUMPY"
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND"
+# A PDF's header, where readers accept it: in its first kilobyte (after a mail's or a web
+# server's lines), the file not text (its second line, by custom, of bytes above 127).
+PDF_MAGIC, PDF_WITHIN = b"%PDF-", 1024
+# A JPEG's SOI marker and the marker after it.
+JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_SOI, JPEG_EOI, JPEG_SOS = 0xD8, 0xD9, 0xDA
+# Markers without a length: TEM and the restarts.
+JPEG_ALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+# What ends a scan's entropy-coded data: FF then a code, not 00 (an FF of the data, stuffed),
+# a restart (D0-D7: the data goes on) nor FF (a fill byte before the marker).
+JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Where entropy-coded data ends is searched for a block at a time (:class:`_ScanEnds`).
+SCAN_BLOCK = 64
+# A PDF stream's start, and what may follow it ASCII85-encoded (reportlab writes a JPEG so by
+# default): the alphabet, ``z`` (four zero bytes) and white space, to ``~>``.
+PDF_STREAM = re.compile(rb"stream\r?\n")
+A85_RUN = re.compile(rb"[!-uz\s]*")
+A85_END = b"~>"
 # A base64 run: at least 64 characters (no photograph is shorter), possibly wrapped in lines
 # (``base64`` wraps at 76) or in JSON's escaped line breaks; its last line as short as it is.
 B64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}(?:(?:\r?\n|(?:\\r)?\\n)[A-Za-z0-9+/]+)*={0,2}")
@@ -200,6 +227,8 @@ def kind(first: bytes) -> str | None:
         return PARQUET
     if first.startswith(SQLITE_MAGIC):
         return SQLITE
+    if first.startswith(PDF_MAGIC) or (PDF_MAGIC in first[:PDF_WITHIN] and not _text(first)):
+        return PDF
     if first.startswith(NPY_MAGIC) or PICKLE_MAGIC.match(first):
         return BINARY
     return TEXT if _text(first) else None
@@ -482,6 +511,115 @@ def _pngs(data: bytes) -> Iterator[bytes]:
         at = data.find(PNG_MAGIC, at + 1)
 
 
+def _marker(data: bytes, start: int, end: int) -> int:
+    """Where the first marker ending entropy-coded data lies in ``data[start:end]``
+    (:data:`JPEG_MARKER`), or -1."""
+    m = JPEG_MARKER.search(data, start, end)
+    return m.start() if m is not None else -1
+
+
+class _ScanEnds:
+    """Where a JPEG scan's entropy-coded data that begins at an offset of ``data`` ends: the
+    first marker at or after it (``len(data)``: none). Each block of :data:`SCAN_BLOCK` bytes
+    keeps the first marker at or after its start, found once; an offset is then answered by
+    the rest of its block at most. A search from each scan's start to its end went over the
+    same bytes once a walk (crafted scans, each from its own SOI and all ending in one long
+    stretch without a marker, made it quadratic)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.first = array("q")  # by block, from the first: the blocks known so far
+
+    def _know(self, block: int) -> None:
+        data, first = self.data, self.first
+        while len(first) <= block:
+            at = _marker(data, len(first) * SCAN_BLOCK, len(data))
+            at = at if at >= 0 else len(data)
+            # Every block up to the marker's has it as its first.
+            first.extend(array("q", [at]) * (at // SCAN_BLOCK + 1 - len(first)))
+
+    def end(self, at: int) -> int:
+        block = at // SCAN_BLOCK
+        self._know(block)
+        if (found := self.first[block]) >= at:
+            return found
+        # A marker before ``at`` in its block: the rest of it (a marker on its last byte too).
+        after = (block + 1) * SCAN_BLOCK
+        if (found := _marker(self.data, at, after + 1)) >= 0:
+            return found
+        if after >= len(self.data):
+            return len(self.data)
+        self._know(block + 1)
+        return self.first[block + 1]
+
+
+def _segment_length(data: bytes, at: int) -> int:
+    """The length a JPEG marker segment at ``at`` declares (after its marker, big-endian)."""
+    return int.from_bytes(data[at + 2 : at + 4], "big")
+
+
+def _jpegs(data: bytes) -> Iterator[bytes]:
+    """Each JPEG lying in ``data`` as it is (a pickle's bytes, an array's, a PDF's image), SOI
+    to EOI: marker segments by their lengths (an EXIF thumbnail, a JPEG itself, lies within
+    one: its EOI is not the photograph's), each scan's entropy-coded data to the marker after
+    it (stuffed FF00 and restarts within), the scans of a progressive one one after the
+    other. A segment walked from one SOI that led to no EOI leads to none from the next
+    either: it is not walked again (as :func:`_pngs`). Fill bytes before a segment's marker
+    (no encoder writes them) end the walk; before the marker after a scan they are passed
+    over. A JPEG with bytes after its EOI (a phone's multi-picture file) is not found."""
+    dead = bytearray(len(data) // 8 + 1)  # offsets from which no EOI is reached
+    ends: _ScanEnds | None = None
+    size = len(data)
+    at = data.find(JPEG_MAGIC)
+    while at >= 0:
+        end, walked, found = at + 2, [], False
+        while end + 2 <= size and not dead[end >> 3] & (1 << (end & 7)):
+            walked.append(end)
+            code = data[end + 1]
+            if data[end] != 0xFF or code in (0x00, 0xFF, JPEG_SOI):
+                break
+            if code == JPEG_EOI:
+                end, found = end + 2, True
+                break
+            if code in JPEG_ALONE:
+                end += 2
+                continue
+            n = _segment_length(data, end)
+            if n < 2 or end + 2 + n > size:
+                break
+            end += 2 + n
+            if code == JPEG_SOS:
+                ends = ends if ends is not None else _ScanEnds(data)
+                end = ends.end(end)
+        if found:
+            yield data[at:end]
+            at = data.find(JPEG_MAGIC, end)
+            continue
+        for offset in walked:
+            dead[offset >> 3] |= 1 << (offset & 7)
+        at = data.find(JPEG_MAGIC, at + 1)
+
+
+def _a85(data: bytes) -> Iterator[bytes]:
+    """What each ASCII85-encoded stream of a PDF decodes to (a JPEG, as reportlab writes it by
+    default). A run of the alphabet is read once, whatever ``stream`` words lie within it
+    (reading from each to the run's end was quadratic); it is the last of them that the
+    encoded stream begins after (an uncompressed content stream and the dictionary that
+    follows it are of the alphabet too)."""
+    at = 0
+    while (m := PDF_STREAM.search(data, at)) is not None:
+        run = A85_RUN.match(data, m.end())
+        end = run.end() if run is not None else m.end()
+        at = max(end, m.end())
+        if not data.startswith(A85_END, end):
+            continue
+        *_, last = PDF_STREAM.finditer(data, m.start(), end)
+        start = last.end() + 2 if data.startswith(b"<~", last.end()) else last.end()
+        if end - start >= B64_MIN:
+            with contextlib.suppress(ValueError):
+                yield base64.a85decode(data[start:end])
+
+
 def _holds_bytes(t: Any) -> bool:  # a pyarrow DataType (pyarrow is imported late)
     """Whether a Parquet column of arrow type ``t`` can hold bytes or text: binary or string of
     any width, or a dictionary, list, struct or map with such values."""
@@ -600,9 +738,13 @@ def inside(
     else:
         for _, raw in _runs(data, smallest_sought(sizes)):
             yield from _part(raw, sizes, depth, budget)
-        if what == BINARY:
-            for png in _pngs(data):
-                yield from _part(png, sizes, depth, budget)
+        if what in (BINARY, PDF):
+            for found in itertools.chain(_pngs(data), _jpegs(data)):
+                yield from _part(found, sizes, depth, budget)
+        if what == PDF:
+            for decoded in _a85(data):
+                budget.spend(len(decoded))
+                yield from _part(decoded, sizes, depth, budget)
 
 
 # A byte no base64 run holds (:data:`B64_RUN`: the alphabet, padding, line breaks, JSON's

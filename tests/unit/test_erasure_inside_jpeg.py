@@ -1,0 +1,244 @@
+"""An erased photograph that is a JPEG, held inside a pickle, a NumPy array or a PDF report.
+
+A project begun before sealing kept its photographs as the JPEG files a dataset brought, and
+``visage privacy seal`` sealed those bytes as they are: the erased content is then a JPEG. A
+data scientist's ordinary day leaves its exact bytes in ``pickle.dump(open(photo, "rb").read(),
+f)``, ``np.save(f, np.frombuffer(jpeg, np.uint8))``, a pickled list of a dataset's JPEGs, a
+PDF report (img2pdf and pdflatex embed a JPEG's bytes as they are, a DCTDecode stream;
+reportlab ASCII85-encodes them first, by default).
+
+Before, only PNGs were looked for inside pickles and arrays, and a PDF was not looked inside:
+each kept the erased photograph through a certificate the verifier called VALID.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rights_fakes import make_project
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.rights import embedded
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+
+def _jpeg(arr: np.ndarray, **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def _ifd_entry(tag: int, value: int) -> bytes:
+    """A TIFF directory entry of one LONG (type 4), big-endian."""
+    return b"".join(x.to_bytes(k, "big") for x, k in ((tag, 2), (4, 2), (1, 4), (value, 4)))
+
+
+def _with_thumbnail(arr: np.ndarray) -> bytes:
+    """A camera's JPEG: an EXIF segment (APP1) holding a thumbnail, itself a JPEG with its own
+    SOI and EOI, before the photograph's scan."""
+    thumb = _jpeg(np.ascontiguousarray(arr[::4, ::4]))
+    # TIFF: IFD0 with no entry, then IFD1 naming where the thumbnail lies and its length.
+    ifd1_at = 8 + 6
+    thumb_at = ifd1_at + 2 + 2 * 12 + 4
+    tiff = b"MM\x00*" + (8).to_bytes(4, "big") + b"\x00\x00" + ifd1_at.to_bytes(4, "big")
+    tiff += b"\x00\x02" + _ifd_entry(0x0201, thumb_at) + _ifd_entry(0x0202, len(thumb))
+    tiff += b"\x00" * 4 + thumb
+    app1 = b"Exif\x00\x00" + tiff
+    body = _jpeg(arr)
+    return body[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + body[2:]
+
+
+ENCODINGS = {
+    "baseline": _jpeg,
+    "progressive": lambda arr: _jpeg(arr, progressive=True),
+    "exif-thumbnail": _with_thumbnail,
+}
+
+
+def _pdf(photos: list[bytes], *, a85: bool = False) -> bytes:
+    """A report of ``photos``, one a page, as img2pdf or pdflatex writes it: each JPEG's bytes
+    as they are in an image's stream (``/DCTDecode``); with ``a85``, ASCII85-encoded first, as
+    reportlab does by default. Offsets in its cross-reference table are right."""
+    objs: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    kids = []
+    for photo in photos:
+        page = len(objs) + 1
+        kids.append(b"%d 0 R" % page)
+        data = base64.a85encode(photo, wrapcol=72) + b"~>" if a85 else photo
+        filters = b"[/ASCII85Decode /DCTDecode]" if a85 else b"/DCTDecode"
+        content = b"q 32 0 0 32 0 0 cm /Im0 Do Q"
+        objs += [
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 32 32] "
+            b"/Resources << /XObject << /Im0 %d 0 R >> >> /Contents %d 0 R >>"
+            % (page + 1, page + 2),
+            b"<< /Type /XObject /Subtype /Image /Width 32 /Height 32 /ColorSpace /DeviceRGB "
+            b"/BitsPerComponent 8 /Filter %s /Length %d >>\nstream\n%s\nendstream"
+            % (filters, len(data), data),
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+        ]
+    objs[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    return bytes(out)
+
+
+def _npy(data: bytes) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.frombuffer(data, dtype=np.uint8))
+    return out.getvalue()
+
+
+def _holders(photo: bytes, others: list[bytes]) -> dict[str, bytes]:
+    """Files holding ``photo``'s bytes as they are: a pickle of them, an array, a pickled list
+    of a dataset's photographs (``photo`` in the middle), PDF reports."""
+    return {
+        "photo.pkl": pickle.dumps(photo),
+        "photo.npy": _npy(photo),
+        "dataset.pkl": pickle.dumps([others[0], photo, others[1]]),
+        "report.pdf": _pdf([others[0], photo]),
+        "report-reportlab.pdf": _pdf([photo, others[1]], a85=True),
+    }
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, encoding):
+    """The files stay (they hold a colleague's work too): the erasure stops before its
+    certificate and says where to look, ``doctor`` lists them; once the operator has taken
+    the photograph out the resumed erasure certifies, and the verifier fails the certificate
+    while any of them is back."""
+    proj = make_project(project, n_subjects=3, encode=ENCODINGS[encoding])
+    victim = proj.pids[0]
+    photo = next(iter(proj.images[victim].values()))
+    theirs = [p for pid in proj.pids[1:] for p in proj.images[pid].values()]
+    assert photo.startswith(b"\xff\xd8\xff")  # stored as the JPEG it is
+    if encoding == "progressive":
+        assert photo.count(b"\xff\xda") > 1  # scan after scan
+    if encoding == "exif-thumbnail":
+        assert photo.index(b"\xff\xd9") < len(photo) - 2  # the thumbnail's EOI comes first
+        assert "exif" in Image.open(io.BytesIO(photo)).info
+    folder = proj.paths.root / "data" / "shared_for_colleague"
+    folder.mkdir(parents=True)
+    made = {folder / n: d for n, d in _holders(photo, theirs[:2]).items()}
+    # The same files of the other subjects' photographs are no concern.
+    kept = {folder / f"other-{n}": d for n, d in _holders(theirs[2], theirs[3:5]).items()}
+    for path, data in {**made, **kept}.items():
+        path.write_bytes(data)
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert f"{len(made)} file(s) hold erased content inside" in said and "data: " in said, said
+    assert [p.name for p in made if not p.exists()] == []
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    listed = {
+        Path(f["path"]).name
+        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
+        if f["kind"] == "erased_inside"
+    }
+    assert listed == {p.name for p in made}, doctor.output
+    for path in made:  # the operator takes the photograph out (here: the files go)
+        path.unlink()
+    (done,) = Erasure(proj.paths).resume()
+    assert [p.name for p in kept if not p.exists()] == []
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    for path, data in made.items():
+        path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+
+
+def test_a_pdf_is_told_by_its_header_not_its_name():
+    pdf = _pdf([b"\xff\xd8\xff\xd9"])
+    assert embedded.kind(pdf[: embedded.SNIFF]) == embedded.PDF
+    # Saved from a mail or a web server: lines before the header, which readers accept.
+    assert embedded.kind(b"Content-Type: application/pdf\r\n\r\n" + pdf) == embedded.PDF
+    # A text that names the header is still a text (its base64 runs cut out, the file kept).
+    assert embedded.kind(b'HEADER = b"%PDF-1.4"\n' + b"x = 1\n" * 10) == embedded.TEXT
+
+
+def _scan_of(*parts: bytes) -> bytes:
+    """A JPEG's shape by hand: a table segment, then a scan of ``parts``."""
+    return b"\xff\xd8\xff\xdb\x00\x04\x01\x02\xff\xda\x00\x04\x03\x04" + b"".join(parts)
+
+
+def test_a_scan_is_read_past_stuffed_bytes_restarts_and_fill_to_its_eoi():
+    """Entropy-coded data holds FF00 (an FF of the data) and restart markers, and may put
+    fill bytes before its EOI; the JPEG may end the buffer (an array's last bytes)."""
+    jpeg = _scan_of(
+        b"\x12\xff\x00\xd9\x34", b"\xff\xd0", b"\x56\xff\x00\xff\xd7\x78", b"\xff\xff\xd9"
+    )
+    for holder in (b"\x80\x04" + jpeg + b"\x94.", _npy(jpeg), b"\x80\x04" + jpeg):
+        assert list(embedded._jpegs(holder)) == [jpeg]
+    # Cut short, or a marker that cannot be there: no JPEG.
+    assert list(embedded._jpegs(b"\x80\x04" + jpeg[:-1])) == []
+    assert list(embedded._jpegs(b"\x80\x04" + _scan_of(b"\x12\xff\xd8\x34\xff\xd9"))) == []
+
+
+def test_crafted_jpeg_markers_are_read_in_linear_time(monkeypatch):
+    """SOIs each within the segment before it, and SOIs each followed by a scan ending in one
+    long stretch without a marker: walking each from its SOI went over every segment after it,
+    and searching each scan's data to its end went over the stretch once a SOI. Each segment
+    is now read a few times at most, and the stretch searched about once."""
+    segments, searched = [], []
+    real_length, real_marker = embedded._segment_length, embedded._marker
+
+    def length(data, at):
+        segments.append(at)
+        return real_length(data, at)
+
+    def marker(data, start, end):
+        found = real_marker(data, start, end)
+        searched.append((found if found >= 0 else end) - start)
+        return found
+
+    monkeypatch.setattr(embedded, "_segment_length", length)
+    monkeypatch.setattr(embedded, "_marker", marker)
+    n = 15_000
+    nested = b"\x80\x04\xff\xd8" + b"\xff\xe0\x00\x04\xff\xd8" * n
+    list(embedded.inside(nested, embedded.BINARY))
+    assert len(segments) <= 4 * n
+    n, stretch = 2_000, 1 << 20
+    units = bytearray(b"\x80\x04")
+    for i in range(n):
+        # SOI, then SOS whose scan begins in the stretch, each at its own offset.
+        at = len(units) + 4
+        units += b"\xff\xd8\xff\xda" + (12 * n + 7 * i - at).to_bytes(2, "big")
+    scans = bytes(units) + bytes(stretch)
+    list(embedded.inside(scans, embedded.BINARY))
+    assert sum(searched) <= 2 * len(scans)
+
+
+def test_an_ascii85_image_after_an_uncompressed_content_stream_is_found():
+    """A content stream left uncompressed and a dictionary without ``/Type`` are of ASCII85's
+    alphabet: one run from the first ``stream`` to the image's ``~>``. The image's stream is
+    the last to begin in it."""
+    photo = _jpeg(np.full((32, 32, 3), 128, dtype=np.uint8))
+    encoded = base64.a85encode(photo, wrapcol=72) + b"~>"
+    pdf = (
+        b"%%PDF-1.4\n%%\xe2\xe3\xcf\xd3\n"
+        b"5 0 obj\n<< /Length 28 >>\nstream\nq 32 0 0 32 0 0 cm /Im0 Do Q\nendstream\nendobj\n"
+        b"6 0 obj\n<< /Filter [/ASCII85Decode /DCTDecode] /Length %d >>\nstream\n%s\nendstream\n"
+        % (len(encoded), encoded)
+    )
+    assert _sha(photo) in set(embedded.inside(pdf, embedded.PDF))
