@@ -73,13 +73,13 @@ NOT_READ_DB = (
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 HELD_INSIDE = (
     "holds erased content inside (base64-encoded, an archive's member, a photo's bytes in a "
-    "pickle, an array, a table or a database)"
+    "pickle, an array, a table, a database or a PDF)"
 )
 # What the scan can find, said beside what it found (docs/security.md, the certificate's page).
 SCOPE = (
     "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy, "
-    "Parquet and SQLite files; not inside other formats, and a re-encoded image is never found "
-    "by hash"
+    "Parquet, SQLite and PDF files; not inside other formats, and a re-encoded image is never "
+    "found by hash"
 )
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_NOT_DECLARED = (

@@ -316,8 +316,8 @@ def _hash(path: Path, sizes: SizeFilter | None = None) -> Read:
 def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Read, bool]:
     """:func:`_hash` of ``path`` and True, unless ``sizes`` shows from its size alone that it
     cannot be what is sought and its first bytes that it is no notebook and holds nothing
-    inside (:func:`~visage_ml.rights.embedded.kind`: no text, archive, pickle, array or
-    table): then its size, opened (one this user cannot open is still
+    inside (:func:`~visage_ml.rights.embedded.kind`: no text, archive, pickle, array,
+    table or PDF): then its size, opened (one this user cannot open is still
     :attr:`Hashed.unreadable`) but not read, and False."""
     if sizes is not None and not path.name.endswith(ALWAYS_READ):
         try:
