@@ -102,6 +102,9 @@ class _Counted:
             self.log.append(self.path)
         return data
 
+    def __getattr__(self, name: str):  # fileno (the scan keys its cache by the file's state)
+        return getattr(self.fh, name)
+
     def __enter__(self):
         return self
 

@@ -43,8 +43,9 @@ from visage_ml.io import CHUNK, atomic_write_bytes, leftovers, md5_file, usable_
 from visage_ml.privacy import notebooks
 from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.procenv import child_env
-from visage_ml.rights import embedded, embedded_db
+from visage_ml.rights import embedded, embedded_db, scan_cache
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
+from visage_ml.rights.scan_cache import FileCache
 
 log = logging.getLogger(__name__)
 
@@ -282,42 +283,72 @@ class _Reader:
 LARGE = frozenset({*embedded.STREAMED, embedded.TEXT, embedded.SQLITE})
 
 
-def _hash(path: Path, sizes: SizeFilter | None = None) -> Read:
+def _read_open(fh: Any, path: Path, sizes: SizeFilter | None) -> Read:
+    """What the file at ``path``, open as ``fh`` at its start, is and holds (:class:`Read`)."""
     reader = _Reader(path.name, sizes)
+    for chunk in iter(lambda: fh.read(CHUNK), b""):
+        reader.update(chunk)
+    read = reader.done()
+    if read.size > embedded.EMBED_MAX and read.kind in LARGE:
+        # Too large to hold in memory: an archive read member by member from its file, a text
+        # file (a CSV of a dataset's photographs) a window at a time, a database table by table
+        # (opened read-only and immutable: nothing written beside it).
+        fh.seek(0)
+        try:
+            held = tuple(
+                embedded.inside_text(fh, sizes=sizes)
+                if read.kind == embedded.TEXT
+                else embedded_db.inside_path(path, sizes=sizes)
+                if read.kind == embedded.SQLITE
+                else embedded.inside_file(fh, read.kind, sizes=sizes)
+            )
+        except embedded.TooLarge:  # a bomb, or near enough: not shown clean
+            read = replace(read, expands=True)
+        else:
+            read = replace(read, held=held)
+    return read
+
+
+def _hash(
+    path: Path,
+    sizes: SizeFilter | None = None,
+    *,
+    cache: FileCache | None = None,
+    key: str = "",
+) -> Read:
+    """What the file at ``path`` is and holds; with ``cache``, what an earlier scan learnt of
+    it (``key``: its real path), unchanged since, when that holds for ``sizes``
+    (:meth:`~visage_ml.rights.scan_cache.FileCache.get`), and what this read learns is kept
+    there."""
     try:
         with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                reader.update(chunk)
-            read = reader.done()
-            if read.size > embedded.EMBED_MAX and read.kind in LARGE:
-                # Too large to hold in memory: an archive read member by member from its file,
-                # a text file (a CSV of a dataset's photographs) a window at a time, a database
-                # table by table (opened read-only and immutable: nothing written beside it).
-                fh.seek(0)
-                try:
-                    held = tuple(
-                        embedded.inside_text(fh, sizes=sizes)
-                        if read.kind == embedded.TEXT
-                        else embedded_db.inside_path(path, sizes=sizes)
-                        if read.kind == embedded.SQLITE
-                        else embedded.inside_file(fh, read.kind, sizes=sizes)
-                    )
-                except embedded.TooLarge:  # a bomb, or near enough: not shown clean
-                    read = replace(read, expands=True)
-                else:
-                    read = replace(read, held=held)
+            if cache is None:
+                return _read_open(fh, path, sizes)
+            key = key or str(path.resolve())
+            before = os.fstat(fh.fileno())
+            known = cache.get(key, before, sizes)
+            if known is not None:
+                return Read(*known)
+            noted = scan_cache.Noted(sizes) if sizes is not None else None
+            read = _read_open(fh, path, noted)
+            # Changed while read: what was read is of no state to key it by.
+            if scan_cache.state(os.fstat(fh.fileno())) == scan_cache.state(before):
+                cache.put(key, before, read, noted)
+            return read
     except FileNotFoundError:  # gone since the walk: nothing left to judge
         return Read(None, 0)
     except OSError:  # there, but not readable: not shown clean (``Hashed.unreadable``)
         return Read(None, UNREADABLE)
-    return read
 
 
-def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Read, bool]:
-    """:func:`_hash` of ``path`` and True, unless ``sizes`` shows from its size alone that it
-    cannot be what is sought and its first bytes that it is no notebook and holds nothing
-    inside (:func:`~visage_ml.rights.embedded.kind`: no text, archive, pickle, array,
-    table or PDF): then its size, opened (one this user cannot open is still
+def _looked_at(
+    path: Path, sizes: SizeFilter | None, cache: FileCache | None = None, *, key: str = ""
+) -> tuple[Read, bool]:
+    """:func:`_hash` of ``path`` (``cache``: as it says, ``key`` its real path) and True,
+    unless ``sizes`` shows from its size alone that it cannot be what is sought and its first
+    bytes that it is no notebook and holds nothing inside
+    (:func:`~visage_ml.rights.embedded.kind`: no text, archive, pickle, array, table, database
+    or PDF): then its size, opened (one this user cannot open is still
     :attr:`Hashed.unreadable`) but not read, and False."""
     if sizes is not None and not path.name.endswith(ALWAYS_READ):
         try:
@@ -336,7 +367,7 @@ def _looked_at(path: Path, sizes: SizeFilter | None) -> tuple[Read, bool]:
                 return Read(None, UNREADABLE), True
             if not _json_start(first) and embedded.kind(first) is None:
                 return Read(None, size), False
-    return _hash(path, sizes), True
+    return _hash(path, sizes, cache=cache, key=key), True
 
 
 def _hashed(path: Path, root: Root, x: Read, read: bool) -> Hashed:
@@ -355,17 +386,40 @@ def _hashed(path: Path, root: Root, x: Read, read: bool) -> Hashed:
     )
 
 
+def file_cache(paths: ProjectPaths) -> Path:
+    """The project's file scan cache (:mod:`~visage_ml.rights.scan_cache`)."""
+    return paths.root / scan_cache.FILES
+
+
 def hash_files(
-    walked: Sequence[Root], *, skip: Iterable[Path] = (), sizes: SizeFilter | None = None
+    walked: Sequence[Root],
+    *,
+    skip: Iterable[Path] = (),
+    sizes: SizeFilter | None = None,
+    cache: Path | None = None,
 ) -> list[Hashed]:
     """Every file under ``walked`` once (by real path; symbolic links not followed), but
     ``skip`` (real paths), with its SHA-256, in walk order; with ``sizes``, a file of a size
     that cannot match, and no notebook, is not read (``read`` False). A remote root's objects
-    come after the files (:func:`_remote_objects`)."""
-    seen = {Path(p) for p in skip}
+    come after the files (:func:`_remote_objects`).
+
+    ``cache``: the project's file scan cache (:func:`file_cache`): a file unchanged since an
+    earlier scan read it is not read again when what that read learnt holds for ``sizes``
+    (:mod:`~visage_ml.rights.scan_cache`), and the cache itself is passed over; the erasure's
+    copies step and ``visage privacy doctor`` do so. The verifier does not: anyone able to
+    write the project's state can edit the cache, so it reads every file and never the cache.
+    What ``sizes`` holds (``digest in sizes``, as
+    :class:`~visage_ml.rights.content_hashes.ContentHashes` says) leaves no entry behind."""
+    skip = [Path(p) for p in skip]
+    seen = set(skip)
+    files = None
+    if cache is not None:
+        files = scan_cache.FileCache(cache, scanner=_scanner_id())
+        seen.update(p.resolve() for p in (cache, *leftovers(cache)))
+    sought = sizes
     if sizes is not None:  # the smallest size sought, worked out once for every file
         sizes = embedded.Floored(sizes)
-    todo: list[tuple[Path, Root]] = []
+    todo: list[tuple[Path, Root, Path]] = []
     for root in walked:
         if root.remote is not None:
             continue
@@ -373,12 +427,22 @@ def hash_files(
             real = path.resolve()
             if real not in seen:
                 seen.add(real)
-                todo.append((path, root))
+                todo.append((path, root, real))
+
+    def look(t: tuple[Path, Root, Path]) -> tuple[Read, bool]:
+        return _looked_at(t[0], sizes, files, key=str(t[2]))
+
     # On every CPU this process may use (hashlib lets go of the GIL on large reads): the walk
     # reads the whole project.
     with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
-        digests = list(pool.map(lambda p: _looked_at(p, sizes), [p for p, _ in todo]))
-    local = [_hashed(p, r, x, read) for (p, r), (x, read) in zip(todo, digests, strict=True)]
+        digests = list(pool.map(look, todo))
+    local = [_hashed(p, r, x, read) for (p, r, _), (x, read) in zip(todo, digests, strict=True)]
+    if files is not None:
+        # What holds what is sought is the erased content's digest: never kept.
+        found = sought if isinstance(sought, Container) else ()
+        files.drop(str(p) for p in skip)
+        files.drop(str(t[2]) for t, h in zip(todo, local, strict=True) if h.matches(found))
+        files.save()
     return local + _remote_objects([r for r in walked if r.remote is not None], sizes)
 
 
@@ -648,11 +712,18 @@ _Entry = tuple[str, int, tuple[str, ...], bool, tuple[str, ...], str | None]
 
 @functools.cache
 def _scanner_id() -> str:
-    """The SHA-256 of the code that decides what a blob holds (this module, the notebooks'
-    reader, what other files hold inside): a cache another version wrote is not used."""
+    """The SHA-256 of the code that decides what a blob or a file holds (this module, the
+    notebooks' reader, what other files hold inside, the file cache's rules): a cache another
+    version wrote is not used (the git scan cache, the file scan cache)."""
     h = hashlib.sha256()
     try:
-        for module in (__file__, notebooks.__file__, embedded.__file__, embedded_db.__file__):
+        for module in (
+            __file__,
+            notebooks.__file__,
+            embedded.__file__,
+            embedded_db.__file__,
+            scan_cache.__file__,
+        ):
             h.update(Path(str(module)).read_bytes())
     except OSError:  # code not in files: no cache is this one's
         return os.urandom(32).hex()

@@ -264,6 +264,15 @@ def spill_into(project: Path) -> None:
     SPILL_DIR = private_dir(Path(project) / SPILL_FOLDER)
 
 
+def passed_over(sizes: SizeFilter | None, size: int) -> None:
+    """Tell ``sizes`` that a part of ``size`` bytes was passed over as smaller than anything
+    sought, when it keeps count (``passed_over``: a read whose findings are kept for a later
+    scan, which may seek something that small, :class:`~visage_ml.rights.scan_cache.Noted`)."""
+    note = getattr(sizes, "passed_over", None)
+    if note is not None:
+        note(size)
+
+
 def _digest(data: bytes, sizes: SizeFilter | None) -> list[str]:
     return [hashlib.sha256(data).hexdigest()] if sizes is None or sizes.may_match(len(data)) else []
 
@@ -273,6 +282,7 @@ def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) ->
     than anything sought and not compressed (a text, a pickle, a tar holds only what is smaller
     than itself: a table's short strings)."""
     if len(data) < smallest_sought(sizes) and base64.b64encode(data[:2])[:2] not in B64_EXPANDS:
+        passed_over(sizes, len(data))
         return
     yield from _digest(data, sizes)
     if depth < DEPTH and (what := kind(data[:SNIFF])) is not None:
@@ -333,6 +343,7 @@ def _streamed(
             if spill is not None and n <= EMBED_MAX:
                 spill.write(chunk)
         if n < smallest_sought(sizes) and base64.b64encode(head[:2])[:2] not in B64_EXPANDS:
+            passed_over(sizes, n)
             return
         if sizes is None or sizes.may_match(n):
             yield h.hexdigest()
@@ -435,16 +446,20 @@ def _wraps(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
         i = j
 
 
-def _runs(data: bytes, below: int = 0) -> Iterator[tuple[tuple[int, int], bytes]]:
+def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[int, int], bytes]]:
     """Each base64 text of ``data`` (its span) and the bytes it decodes to: a run of the
     alphabet, or of lines of it (:func:`_wraps`: a wrapped one, one a line, the next row's
-    field after it). One that decodes to fewer than ``below`` bytes is passed over undecoded,
-    unless it begins as a compressed file does (:data:`B64_EXPANDS`): nothing of that size is
-    sought, and a text, a pickle or a tar holds only what is smaller than itself (a log's hex
-    ids, each a valid base64 run)."""
+    field after it). One that decodes to fewer bytes than anything ``sizes`` seeks is passed
+    over undecoded, unless it begins as a compressed file does (:data:`B64_EXPANDS`): nothing
+    of that size is sought, and a text, a pickle or a tar holds only what is smaller than
+    itself (a log's hex ids, each a valid base64 run)."""
+    below = smallest_sought(sizes)
 
     def small(n: int, text: bytes) -> bool:
-        return n * 3 // 4 < below and text[:2] not in B64_EXPANDS
+        if n * 3 // 4 < below and text[:2] not in B64_EXPANDS:
+            passed_over(sizes, n * 3 // 4)
+            return True
+        return False
 
     for m in B64_RUN.finditer(data):
         start, run = m.start(), m.group(0)
@@ -705,7 +720,7 @@ def _parquet(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget)
             yield from _part(value, sizes, depth, budget)
             if len(value) >= B64_MIN and len(value) < below and kind(value[:SNIFF]) == TEXT:
                 # Too short to be sought itself (so not looked inside by _part): its base64.
-                for _, raw in _runs(value, below):
+                for _, raw in _runs(value, sizes):
                     yield from _part(raw, sizes, depth, budget)
 
 
@@ -736,7 +751,7 @@ def inside(
 
         yield from embedded_db.inside_db(data, sizes=sizes, depth=depth, budget=budget)
     else:
-        for _, raw in _runs(data, smallest_sought(sizes)):
+        for _, raw in _runs(data, sizes):
             yield from _part(raw, sizes, depth, budget)
         if what in (BINARY, PDF):
             for found in itertools.chain(_pngs(data), _jpegs(data)):

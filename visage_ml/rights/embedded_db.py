@@ -168,6 +168,9 @@ def _values(
         f"WHERE {' OR '.join(wanted)}"
     )
     below = embedded.smallest_sought(sizes)
+    # Values shorter than anything sought are passed over in SQLite, unseen here: the longest
+    # such may be one byte short of it (a later scan seeking smaller reads this file again).
+    embedded.passed_over(sizes, below - 1)
     for row in con.execute(sql, {"below": below}):
         key, cells = (row[0], row[1:]) if rowid is not None else (None, row)
         for i, column in enumerate(columns):

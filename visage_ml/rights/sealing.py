@@ -804,7 +804,8 @@ class _Doctor:
         list (:attr:`~visage_ml.rights.content_scan.Hashed.unreadable`)."""
         walked = content_scan.roots(self.paths)
         embedded.spill_into(self.root)
-        for h in content_scan.hash_files(walked, sizes=hashes):
+        cache = content_scan.file_cache(self.paths)
+        for h in content_scan.hash_files(walked, sizes=hashes, cache=cache):
             if h.matches(hashes) and holds_inside(h, hashes):
                 self.add(ERASED_INSIDE, h.path, None, "review")
             elif h.expands:

@@ -200,10 +200,12 @@ def _found(ctx: Context, pid: str) -> Found:
     # is shared): never taken for a copy of itself.
     recorded = {(ctx.paths.root / str(a["path"])).resolve() for a in artefacts if a.get("path")}
     setup = ctx.dvc_setup() if ctx.is_dvc else None
-    # A file of a size nothing sought has is not read (it cannot be a copy).
+    # A file of a size nothing sought has is not read (it cannot be a copy), nor one unchanged
+    # since an earlier scan read it, when what that learnt holds for what is sought now.
     walked = content_scan.roots(ctx.paths, setup)
     embedded.spill_into(ctx.paths.root)
-    hashed = content_scan.hash_files(walked, skip=recorded, sizes=hashes)
+    cache = content_scan.file_cache(ctx.paths)
+    hashed = content_scan.hash_files(walked, skip=recorded, sizes=hashes, cache=cache)
     hits = [h for h in hashed if h.matches(hashes)]
     kept = content_scan.in_use(ctx.paths, hits, pid=pid)
     root = ctx.paths.root
