@@ -263,3 +263,41 @@ def test_the_cache_forgets_files_gone(proj):
     Erasure(proj.paths).erase(second)
     assert str(archive.resolve()) not in _entries(proj)
     assert str(log.resolve()) in _entries(proj)
+
+
+def test_a_database_value_passed_over_in_sqlite_is_looked_at_when_smaller_is_sought(tmp_path):
+    """A database's values shorter than anything sought are passed over inside SQLite, never
+    seen by the scan: a later scan seeking content that small reads the database again rather
+    than take the cached read as clean."""
+    import sqlite3
+
+    small = os.urandom(300)
+    path = tmp_path / "data" / "labels.db"
+    path.parent.mkdir()
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    con.executemany("INSERT INTO t (v) VALUES (?)", [(os.urandom(200),), (small,)])
+    con.commit()
+    con.close()
+    os.utime(path, ns=(0, 0))
+    cache = tmp_path / scan_cache.FILES
+    walked = [content_scan.Root(tmp_path / "data")]
+
+    class Sought(set):
+        def __init__(self, sizes: set[int], digests: set[str]) -> None:
+            super().__init__(digests)
+            self.sizes = sizes
+
+        def may_match(self, size: int) -> bool:
+            return size in self.sizes
+
+    sha = hashlib.sha256(small).hexdigest()
+    scan_cache.RACY_NS, saved = 0, scan_cache.RACY_NS
+    try:
+        (h,) = content_scan.hash_files(walked, sizes=Sought({50_000}, {"0" * 64}), cache=cache)
+        assert not h.held
+        assert str(path.resolve()) in json.loads(cache.read_text(encoding="utf-8"))["files"]
+        (h,) = content_scan.hash_files(walked, sizes=Sought({300}, {sha}), cache=cache)
+    finally:
+        scan_cache.RACY_NS = saved
+    assert sha in h.held

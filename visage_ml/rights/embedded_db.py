@@ -189,7 +189,7 @@ def _values(
                 and embedded.kind(value[: embedded.SNIFF]) == embedded.TEXT
             ):
                 # Too short to be sought itself (so not looked inside by _part): its base64.
-                for _, raw in _runs(value, below):
+                for _, raw in _runs(value, sizes):
                     yield from _part(raw, sizes, depth, budget)
 
 
