@@ -24,18 +24,20 @@ the certificate is not among those, and the verifier reports it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
 import logging
 import os
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import PLAIN_EXTS, read_images
@@ -71,6 +73,9 @@ class Root:
     # A DVC remote not on this file system (its ObjectStore: S3, SSH, ...), listed and read
     # through DVC's filesystem API; ``path`` is then its objects' folder there.
     remote: Any = field(default=None, compare=False)
+    # The project's folder where an object of ``remote`` too large to hold is spilled, unnamed,
+    # to be looked inside (:class:`_Reader`): DVC's own temporary folder.
+    spill: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -163,11 +168,16 @@ def roots(paths: ProjectPaths, setup: Any = None) -> list[Root]:
         # clone that never pulled) is there alone, under its own md5 (a notebook's): only its
         # bytes show it, and `dvc pull` brings it back.
         out += [
-            Root(Path(s.odb.path), store_label(s), True, remote=s)
+            Root(Path(s.odb.path), store_label(s), True, remote=s, spill=dvc_tmp(setup.root))
             for s in setup.stores
             if s.local_path is None
         ]
     return out
+
+
+def dvc_tmp(root: Path) -> Path:
+    """DVC's temporary folder of the repository at ``root`` (``.dvc/tmp``)."""
+    return Path(root) / ".dvc" / "tmp"
 
 
 # The size of a file that is there but could not be read.
@@ -228,18 +238,41 @@ class Read:
     expands: bool = False
 
 
+# What is looked inside from its file when too large to hold whole (over
+# :data:`~visage_ml.rights.embedded.EMBED_MAX`): an archive or a compressed file member by member,
+# a text file a window at a time. A pickle, an array or a table that large is only hashed.
+FROM_FILE = frozenset({*embedded.STREAMED, embedded.TEXT})
+
+
+def _spill_file(folder: Path) -> IO[bytes]:
+    """An unnamed file in ``folder`` (``O_TMPFILE`` on Linux: no name is left behind, even by a
+    process killed while it writes; elsewhere named, and unlinked at once)."""
+    folder.mkdir(exist_ok=True)
+    return tempfile.TemporaryFile(dir=folder)
+
+
 @dataclass
 class _Reader:
     """One file's or object's bytes as they stream by: its SHA-256, size, the notebook it may
-    be, and what it may hold inside (:mod:`visage_ml.rights.embedded`)."""
+    be, and what it may hold inside (:mod:`visage_ml.rights.embedded`).
+
+    ``spill``: a folder of the project where an object streamed from elsewhere (a remote's, a
+    git blob) too large to hold (:data:`FROM_FILE`) is written, unnamed, as it streams, to be
+    looked inside from there as a local file is (:func:`_inside_large`); never the system's
+    temporary folder, which may be shared or kept. Where it cannot be written, ``spill_error``
+    says why, and the object is not looked inside (its caller does not show it clean). None:
+    nothing spilled (a local file is read again from itself)."""
 
     name: str = ""
     sizes: SizeFilter | None = None
+    spill: Path | None = None
     n: int = 0
     json: bool | None = None
     kind: str | None = None
     parts: list[bytes] = field(default_factory=list)
     h: Any = field(default_factory=hashlib.sha256)
+    spill_error: str = ""
+    _file: IO[bytes] | None = None
 
     def update(self, chunk: bytes) -> None:
         if self.json is None:
@@ -247,8 +280,35 @@ class _Reader:
             self.kind = embedded.kind(chunk[: embedded.SNIFF])
         self.h.update(chunk)
         self.n += len(chunk)
+        if self.spill is not None and self.n > embedded.EMBED_MAX and self.kind in FROM_FILE:
+            self._spill(self.spill, chunk)
         if self.n <= self._kept:
             self.parts.append(chunk)
+
+    def _spill(self, folder: Path, chunk: bytes) -> None:
+        """Write ``chunk`` to the spilled file, made in ``folder`` with what came before it when
+        there is none yet; on an error (no room, a folder this user cannot write) spill no
+        more."""
+        try:
+            if self._file is None:
+                self._file = _spill_file(folder)
+                self._file.writelines(self.parts)
+                if not self.json:  # only the spilled file is read now (a notebook's parts are)
+                    self.parts = []
+            self._file.write(chunk)
+        except OSError as exc:
+            self.close()
+            self.spill = None
+            if not self.json:
+                self.parts = []
+            self.spill_error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+    def close(self) -> None:
+        """Let go of the spilled file (unnamed: its space is freed)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     @property
     def _kept(self) -> int:
@@ -264,6 +324,19 @@ class _Reader:
         return tuple(embedded.inside(data, self.kind, sizes=self.sizes))
 
     def done(self) -> Read:
+        """What was read; an object spilled is looked inside from its spilled file, then let
+        go of."""
+        try:
+            read = self._done()
+            if self._file is not None:
+                self._file.flush()
+                self._file.seek(0)
+                read = _inside_large(read, self._file, self.sizes)
+            return read
+        finally:
+            self.close()
+
+    def _done(self) -> Read:
         digest = self.h.hexdigest()
         try:
             held = self._held()
@@ -279,8 +352,29 @@ class _Reader:
         return Read(digest, self.n, (), opaque, kind=self.kind)
 
 
-# Kinds looked inside from their file when too large to hold in memory.
-LARGE = frozenset({*embedded.STREAMED, embedded.TEXT, embedded.SQLITE})
+def _inside_large(
+    read: Read, fh: IO[bytes], sizes: SizeFilter | None, path: Path | None = None
+) -> Read:
+    """``read`` with what a file too large to hold in memory (over
+    :data:`~visage_ml.rights.embedded.EMBED_MAX`) holds inside, read from ``fh`` (seekable, at
+    its start): an archive member by member, a text file (a CSV of a dataset's photographs) a
+    window at a time (:data:`FROM_FILE`); a database of this file system (``path``) table by
+    table, opened read-only and immutable (nothing written beside it)."""
+    if read.size <= embedded.EMBED_MAX or read.expands:
+        return read
+    if read.kind not in FROM_FILE and not (read.kind == embedded.SQLITE and path is not None):
+        return read
+    try:
+        held = tuple(
+            embedded.inside_text(fh, sizes=sizes)
+            if read.kind == embedded.TEXT
+            else embedded_db.inside_path(path, sizes=sizes)
+            if read.kind == embedded.SQLITE and path is not None
+            else embedded.inside_file(fh, read.kind, sizes=sizes)
+        )
+    except embedded.TooLarge:  # a bomb, or near enough: not shown clean
+        return replace(read, expands=True)
+    return replace(read, held=held)
 
 
 def _read_open(fh: Any, path: Path, sizes: SizeFilter | None) -> Read:
@@ -289,23 +383,9 @@ def _read_open(fh: Any, path: Path, sizes: SizeFilter | None) -> Read:
     for chunk in iter(lambda: fh.read(CHUNK), b""):
         reader.update(chunk)
     read = reader.done()
-    if read.size > embedded.EMBED_MAX and read.kind in LARGE:
-        # Too large to hold in memory: an archive read member by member from its file, a text
-        # file (a CSV of a dataset's photographs) a window at a time, a database table by table
-        # (opened read-only and immutable: nothing written beside it).
-        fh.seek(0)
-        try:
-            held = tuple(
-                embedded.inside_text(fh, sizes=sizes)
-                if read.kind == embedded.TEXT
-                else embedded_db.inside_path(path, sizes=sizes)
-                if read.kind == embedded.SQLITE
-                else embedded.inside_file(fh, read.kind, sizes=sizes)
-            )
-        except embedded.TooLarge:  # a bomb, or near enough: not shown clean
-            read = replace(read, expands=True)
-        else:
-            read = replace(read, held=held)
+    if read.size > embedded.EMBED_MAX and (read.kind in FROM_FILE or read.kind == embedded.SQLITE):
+        fh.seek(0)  # too large to hold: read again from its file
+        read = _inside_large(read, fh, sizes, path)
     return read
 
 
@@ -477,34 +557,43 @@ def _remote_objects(walked: Sequence[Root], sizes: SizeFilter | None) -> list[Ha
                 seen.add(path)
                 todo.append((path, size, root))
     with ThreadPoolExecutor(max_workers=REMOTE_JOBS) as pool:
-        digests = list(pool.map(lambda t: _looked_at_object(t[2].remote, t[0], t[1], sizes), todo))
+        digests = list(pool.map(lambda t: _looked_at_object(t[2], t[0], t[1], sizes), todo))
     return down + [
         _hashed(Path(p), r, x, read) for (p, _, r), (x, read) in zip(todo, digests, strict=True)
     ]
 
 
 def _looked_at_object(
-    store: Any, path: str, size: int, sizes: SizeFilter | None
+    root: Root, path: str, size: int, sizes: SizeFilter | None
 ) -> tuple[Read, bool]:
-    """:func:`_looked_at` for the object at ``path`` of a remote ``store``, its ``size`` as
+    """:func:`_looked_at` for the object at ``path`` of the remote ``root``, its ``size`` as
     listed: one that cannot match by size is told from a notebook, or a file that holds others
-    inside, by its first bytes (a ranged read), else read whole, streamed (an archive over
-    :data:`~visage_ml.rights.embedded.EMBED_MAX` is hashed, not looked inside)."""
+    inside, by its first bytes (a ranged read), else read whole, streamed, once. One too large
+    to hold in memory (over :data:`~visage_ml.rights.embedded.EMBED_MAX`: a ``dataset.tar.gz``,
+    a CSV of photographs) is spilled as it streams to an unnamed file in ``root.spill`` and
+    looked inside from there as a local file is (read again from the remote, an archive's
+    members would cost a request each, and its content could change between the reads); where
+    it cannot be spilled it is not shown clean."""
+    store = root.remote
+    reader = _Reader(path, sizes, root.spill)
     try:
         cannot = sizes is not None and not path.endswith(ALWAYS_READ) and not sizes.may_match(size)
         if cannot:
             first = store.head(path, SNIFF)
             if not _json_start(first) and embedded.kind(first) is None:
                 return Read(None, size), False
-        reader = _Reader(path, sizes)
         with store.open_path(path) as fh:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 reader.update(chunk)
+        if reader.spill_error:  # too large to hold, and no room to look inside: not shown clean
+            return Read(None, UNREADABLE), True
+        return reader.done(), True
     except FileNotFoundError:  # gone since the listing: nothing left to judge
         return Read(None, 0), True
     except Exception:  # the client's own errors, or a 403: not shown clean
         return Read(None, UNREADABLE), True
-    return reader.done(), True
+    finally:
+        reader.close()
 
 
 GIT_WHERE = "git history"
@@ -564,7 +653,10 @@ def git_objects(root: Path, *, cached: bool = False) -> list[Hashed]:
     file is: reachable or not (any commit of any branch or tag, a stash, the reflog, DVC's
     experiments under ``refs/exps``, and objects nothing names any more until ``git gc`` prunes
     them). A file committed by mistake is there for good, whatever the working tree holds now.
-    Every blob is read, whatever its size: git does not say which blob is a notebook.
+    Every blob is read, whatever its size: git does not say which blob is a notebook. One too
+    large to hold in memory that may hold others inside (an archive, a text file over
+    :data:`~visage_ml.rights.embedded.EMBED_MAX`) is written as it streams to an unnamed file in
+    the git folder, and looked inside from there as a file of the project is (:class:`_Reader`).
 
     ``cached``: what an earlier scan read of an object is taken from the git folder's
     :data:`SCAN_CACHE` (an object's id is the hash of its content, which never changes), and
@@ -576,7 +668,8 @@ def git_objects(root: Path, *, cached: bool = False) -> list[Hashed]:
     ------
     GitUnreadableError
         The repository is there but its objects could not be read (an object damaged, git
-        refusing it): not shown clean.
+        refusing it), or a blob too large to hold could not be written to the git folder to be
+        looked inside (no room, not writable): not shown clean.
     """
     folder = git_dir(root)
     if folder is None:
@@ -605,6 +698,10 @@ def _submodule_dirs(folder: Path) -> list[Path]:
 
 GIT_FORMAT = "%(objectname) %(objecttype) %(objectsize)"
 MSG_GIT_DAMAGED = "an object git lists cannot be read (damaged): run `git fsck`"
+MSG_GIT_NO_ROOM = (
+    "a blob over {mib} MiB could not be written to the git folder to look inside it ({why}): "
+    "make room there, or make it writable"
+)
 
 
 def _git_error(err: bytes) -> GitUnreadableError:
@@ -634,6 +731,7 @@ def _git_read(root: Path, where: Root, *, oids: Sequence[str] | None = None) -> 
         cmd += ["--batch-all-objects", "--unordered"]
     out: list[Hashed] = []
     damaged = False
+    unspilled = ""
     feeder = None
     with subprocess.Popen(
         cmd,
@@ -656,7 +754,8 @@ def _git_read(root: Path, where: Root, *, oids: Sequence[str] | None = None) -> 
                 continue
             oid, kind, size = fields
             left = int(size)
-            reader = _Reader() if kind == b"blob" else None
+            # A blob too large to hold is spilled, unnamed, into the git folder itself.
+            reader = _Reader(spill=repo) if kind == b"blob" else None
             while left:
                 chunk = stream.read(min(CHUNK, left))
                 if not chunk:
@@ -665,7 +764,9 @@ def _git_read(root: Path, where: Root, *, oids: Sequence[str] | None = None) -> 
                 if reader is not None:
                     reader.update(chunk)
             stream.read(1)  # the newline after each object
-            if reader is not None:
+            if reader is not None and reader.spill_error:  # not looked inside: not shown clean
+                unspilled = reader.spill_error
+            elif reader is not None:
                 x = reader.done()
                 out.append(
                     Hashed(
@@ -688,6 +789,9 @@ def _git_read(root: Path, where: Root, *, oids: Sequence[str] | None = None) -> 
         raise _git_error(err)
     if damaged:
         raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=MSG_GIT_DAMAGED))
+    if unspilled:
+        why = MSG_GIT_NO_ROOM.format(mib=embedded.EMBED_MAX >> 20, why=unspilled)
+        raise GitUnreadableError(MSG_GIT_UNREADABLE.format(why=why))
     return out
 
 
