@@ -22,7 +22,10 @@ read member by member, nested ones too (to :data:`DEPTH`); a member larger than
 :data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array, a table or a PDF that
 large is only hashed whole; a text file that large is read a window at a time
 (:func:`inside_text`), a database file that large table by table from its file (a git object or
-a remote's object that large is only hashed whole). A part of a size nothing sought has is not
+a remote's object that large is only hashed whole). An archive or a text file that large is read
+from its file (:func:`inside_file`) wherever it lies: an object of a DVC remote (S3) or a git
+blob, which streams by, is first written to an unnamed file in a folder of the project
+(:class:`~visage_ml.rights.content_scan._Reader`). A part of a size nothing sought has is not
 hashed (``sizes``).
 
 Not looked inside: other binary formats (another database than SQLite, an image container, an
