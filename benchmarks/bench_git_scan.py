@@ -7,8 +7,10 @@ scan must not read them all again each time.
 
 The repository is built once with ``git fast-import`` (one pack, as after ``git gc``):
 ``--commits`` commits, each adding a file of random bytes (``--gb`` in all) and changing a small
-text file, and every ``--notebook-every`` commits a notebook showing a small PNG. Then
-``git_objects`` is timed:
+text file, and every ``--notebook-every`` commits a notebook showing a small PNG; with
+``--archive-mb``, one more commit adds a ``dataset.tar.gz`` of that many MB (random members),
+too large to hold in memory when over 64 MiB: it is written to an unnamed file in the git
+folder as it streams and read member by member. Then ``git_objects`` is timed:
 
 - ``cold_s``: nothing read before (the erasure's or doctor's first scan);
 - ``warm_s``: again, nothing new (the next erasure, doctor);
@@ -20,7 +22,7 @@ The operating system's page cache is warm throughout (the repository was just wr
 figures are the CPU's cost of reading, not the disk's.
 
     python benchmarks/bench_git_scan.py [--commits 2000] [--gb 1] [--notebook-every 200]
-        [--scratch DIR] [--keep]
+        [--archive-mb 0] [--scratch DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from __future__ import annotations
 import argparse
 import base64
 import inspect
+import io
 import json
 import os
 import platform
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -66,9 +70,21 @@ def _notebook(png: bytes) -> bytes:
     return json.dumps(nb).encode()
 
 
-def build(root: Path, *, commits: int, total: int, notebook_every: int) -> dict:
-    """A repository of ``commits`` commits holding ``total`` bytes of random blobs, in one
-    pack (``git fast-import``)."""
+def _archive(rng: np.random.Generator, total: int) -> bytes:
+    """A ``.tar.gz`` of ``total`` bytes of random members of 8 MB (incompressible)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as t:
+        for i in range(max(1, total // (8 << 20))):
+            data = rng.bytes(min(8 << 20, total))
+            info = tarfile.TarInfo(f"dataset/part-{i:04d}.bin")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def build(root: Path, *, commits: int, total: int, notebook_every: int, archive: int = 0) -> dict:
+    """A repository of ``commits`` commits holding ``total`` bytes of random blobs (and, after
+    them, a ``.tar.gz`` of ``archive`` bytes), in one pack (``git fast-import``)."""
     root.mkdir(parents=True)
     _git(root, "init", "-q")
     rng = np.random.default_rng(0)
@@ -82,10 +98,13 @@ def build(root: Path, *, commits: int, total: int, notebook_every: int) -> dict:
     assert proc.stdin is not None
     w = proc.stdin.write
     notebooks = 0
-    for i in range(commits):
-        blob = rng.bytes(each)
-        files = [(f"data/blob-{i:05d}.bin", blob), ("log.txt", f"commit {i}\n".encode())]
-        if notebook_every and i % notebook_every == 0:
+    for i in range(commits + (1 if archive else 0)):
+        if i == commits:  # the archive's own commit
+            files = [("data/dataset.tar.gz", _archive(rng, archive))]
+        else:
+            blob = rng.bytes(each)
+            files = [(f"data/blob-{i:05d}.bin", blob), ("log.txt", f"commit {i}\n".encode())]
+        if notebook_every and i % notebook_every == 0 and i < commits:
             png = b"\x89PNG\r\n\x1a\n" + rng.bytes(20_000)
             files.append((f"notebooks/nb-{notebooks:03d}.ipynb", _notebook(png)))
             notebooks += 1
@@ -101,7 +120,12 @@ def build(root: Path, *, commits: int, total: int, notebook_every: int) -> dict:
     if proc.wait() != 0:
         raise RuntimeError("git fast-import failed")
     _git(root, "symbolic-ref", "HEAD", "refs/heads/main")
-    return {"commits": commits, "blob_bytes": each * commits, "notebooks": notebooks}
+    return {
+        "commits": commits,
+        "blob_bytes": each * commits,
+        "notebooks": notebooks,
+        "archive_bytes": archive,
+    }
 
 
 def _scan(root: Path, **kw: bool) -> tuple[float, int, int]:
@@ -119,6 +143,9 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=2000)
     ap.add_argument("--gb", type=float, default=1.0, help="GB of random blobs in all")
     ap.add_argument("--notebook-every", type=int, default=200)
+    ap.add_argument(
+        "--archive-mb", type=int, default=0, help="also one .tar.gz blob of this many MB"
+    )
     ap.add_argument("--scratch", default=None, help="Folder for the repository (default: tmp).")
     ap.add_argument("--keep", action="store_true", help="Keep the repository afterwards.")
     args = ap.parse_args()
@@ -131,6 +158,7 @@ def main() -> None:
             commits=args.commits,
             total=int(args.gb * (1 << 30)),
             notebook_every=args.notebook_every,
+            archive=args.archive_mb << 20,
         )
         info["build_s"] = round(time.perf_counter() - t, 1)
         # Before the cache, git_objects had no ``cached`` keyword: every call read everything.
