@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sqlite3
+import struct
 import zipfile
 from pathlib import Path
 
@@ -318,3 +319,239 @@ def test_a_small_archive_among_short_values_is_found_by_size_sought():
         data = con.serialize()
         found = set(embedded.inside(data, embedded.SQLITE, sizes=_Sought(len(sought))))
         assert _sha(sought) in found, name
+
+
+# A database in WAL mode keeps its newest pages in the -wal file beside it until a checkpoint:
+# while the program writing it has it open, or for good once it was killed. Before, the scan
+# opened the database immutable (which ignores the WAL) and hashed the -wal file only whole,
+# the photograph split across its frames: it survived a VALID certificate.
+
+
+def _live(path: Path, png: bytes, theirs: bytes) -> sqlite3.Connection:
+    """A labelling tool's database with its connection still open: the table and another
+    person's photo checkpointed into the file, the photograph inserted since, in the -wal only."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA page_size = 512")
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.execute("CREATE TABLE faces (id INTEGER PRIMARY KEY, name TEXT, img BLOB)")
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", ("a", theirs))
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", (NAME, png))
+    return con
+
+
+def _crashed(live: Path, folder: Path) -> Path:
+    """The database and its -wal as a killed process leaves them (no -shm: it is rebuilt)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal"):
+        (folder / f"{live.name}{suffix}").write_bytes(Path(f"{live}{suffix}").read_bytes())
+    return folder / live.name
+
+
+def test_a_photograph_in_a_wal_not_checkpointed_stops_the_erasure_and_fails_the_verifier(proj):
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "labelling"
+    folder.mkdir(parents=True)
+    live = folder / "project.db"
+    con = _live(live, png, theirs)
+    wal = Path(f"{live}-wal")
+    assert png not in live.read_bytes() and png not in wal.read_bytes()  # split over frames
+    crashed = _crashed(live, proj.paths.root / "data" / "backup")
+    saved = {p: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    # Each database, and each -wal (which holds it, read with its database).
+    assert "4 file(s) hold erased content inside" in said and NAME not in said, said
+    assert {p: p.read_bytes() for p in folder.iterdir()} == saved  # nothing written beside
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    listed = {
+        f["path"]
+        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
+        if f["kind"] == "erased_inside"
+    }
+    assert listed == {
+        "data/labelling/project.db",
+        "data/labelling/project.db-wal",
+        "data/backup/project.db",
+        "data/backup/project.db-wal",
+    }, doctor.output
+    # The tool takes the photograph out (its row, then VACUUM); the copy left by the crash goes.
+    con.execute("DELETE FROM faces WHERE name = ?", (NAME,))
+    con.execute("VACUUM")
+    left = {p: p.read_bytes() for p in crashed.parent.iterdir()}
+    for p in left:
+        p.unlink()
+    (done,) = Erasure(proj.paths).resume()
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    con.close()
+    for p, data in left.items():  # the crashed copy comes back
+        p.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]).name for f in report.findings} == {"project.db", "project.db-wal"}
+    assert all(str(crashed.parent) in f["path"] for f in report.findings)
+
+
+def _scanned(folder: Path) -> dict[str, content_scan.Hashed]:
+    return {h.path.name: h for h in content_scan.hash_files([content_scan.Root(folder)])}
+
+
+def test_a_wal_file_alone_is_read_as_its_frames_or_not_shown_clean(tmp_path, proj):
+    """Its database deleted, or renamed (SQLite pairs them by name): the -wal alone is laid over
+    an empty database. One that holds the schema's page (a database made in WAL mode and never
+    checkpointed) is read; one that does not (the photograph written into a row made before, as
+    a tool filling a zeroblob does) cannot be: not shown clean."""
+    _, png, _ = _photos(proj)
+    made = tmp_path / "made"
+    made.mkdir()
+    con = sqlite3.connect(made / "new.db", isolation_level=None)
+    con.execute("PRAGMA page_size = 512")
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.execute("CREATE TABLE faces (img BLOB)")
+    con.execute("INSERT INTO faces VALUES (?)", (png,))
+    filled = sqlite3.connect(made / "filled.db", isolation_level=None)
+    filled.execute("PRAGMA page_size = 512")
+    filled.execute("PRAGMA journal_mode = WAL")
+    filled.execute("PRAGMA wal_autocheckpoint = 0")
+    filled.execute("CREATE TABLE faces (img BLOB)")
+    filled.execute("INSERT INTO faces VALUES (zeroblob(?))", (len(png),))
+    filled.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with filled.blobopen("faces", "img", 1) as blob:
+        blob.write(png)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("new.db-wal", "filled.db-wal"):
+        (alone / name).write_bytes((made / name).read_bytes())
+    # Renamed: the database no longer pairs with its -wal, which is then alone too.
+    (alone / "renamed.db").write_bytes((made / "filled.db").read_bytes())
+    (alone / "filled.db-wal").rename(alone / "renamed-before.db-wal")
+    con.close()
+    filled.close()
+    h = _scanned(alone)
+    assert h["new.db-wal"].kind == embedded.SQLITE and _sha(png) in h["new.db-wal"].held
+    assert h["renamed-before.db-wal"].unreadable
+    assert not h["renamed.db"].unreadable and _sha(png) not in h["renamed.db"].held
+    # In memory (a -wal committed to git, in an archive): the same.
+    assert _found((alone / "new.db-wal").read_bytes(), png)
+    with pytest.raises(embedded.TooLarge):
+        _found((alone / "renamed-before.db-wal").read_bytes(), png)
+    # Nothing of another person's is shown by a -wal of no commit (a header only): clean.
+    header = (alone / "new.db-wal").read_bytes()[:32]
+    assert set(embedded.inside(header, embedded.SQLITE)) == set()
+
+
+def _rows(db: Path) -> list[bytes]:
+    """What SQLite itself reads of a copy of ``db`` and its -wal (recovering the WAL)."""
+    with sqlite3.connect(db) as con:
+        rows = [r[0] for r in con.execute("SELECT img FROM faces ORDER BY rowid")]
+    con.close()
+    return rows
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, order: str) -> tuple[int, int]:
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) % 2**32
+        s1 = (s1 + words[i + 1] + s0) % 2**32
+    return s0, s1
+
+
+def _big_endian(wal: bytes, page_size: int) -> bytes:
+    """``wal`` as a big-endian machine writes it: magic 0x377f0683, checksums of big-endian
+    words (re-chained from the header through every frame)."""
+    out = bytearray(wal)
+    out[3] = 0x83
+    s = _wal_checksum(bytes(out[:24]), 0, 0, ">")
+    out[24:32] = struct.pack(">2I", *s)
+    for at in range(32, len(out) - 24 - page_size + 1, 24 + page_size):
+        s = _wal_checksum(bytes(out[at : at + 8] + out[at + 24 : at + 24 + page_size]), *s, ">")
+        out[at + 16 : at + 24] = struct.pack(">2I", *s)
+    return bytes(out)
+
+
+def test_the_wal_frames_read_are_those_sqlite_applies(tmp_path, proj):
+    """Against SQLite itself, on copies: the committed frames, checksum and salts checked, in
+    either byte order; a frame torn by a crash, one of a transaction not committed, one
+    damaged, one from before the WAL was reset are not applied, by SQLite nor here."""
+    from visage_ml.rights import embedded_db
+
+    _, png, theirs = _photos(proj)
+    folder = tmp_path / "live"
+    folder.mkdir()
+    con = _live(folder / "project.db", png, theirs)
+    con.execute("PRAGMA cache_size = 1")  # spill: frames of a transaction not yet committed
+    con.execute("BEGIN")
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", ("c", theirs[::-1] * 3))
+    db = (folder / "project.db").read_bytes()
+    wal = (folder / "project.db-wal").read_bytes()
+    con.execute("ROLLBACK")
+    con.close()
+    found = embedded_db.committed(wal)
+    assert found is not None and found.page_size == 512
+    frame = 24 + 512
+    n = (len(wal) - 32) // frame
+    (after,) = struct.unpack_from(">I", wal, 32 + frame * (n - 1) + 4)
+    assert after == 0  # the last frame is of the transaction not committed, spilled
+    commit_end = 32 + frame * max((at - 24 - 32) // frame + 1 for at in found.pages.values())
+    damaged = bytearray(wal)
+    damaged[commit_end - 100] ^= 0xFF  # inside the last committed frame's page
+    reset = bytearray(wal)
+    reset[16] ^= 0x01  # salt-1 of the header: every frame is of an earlier WAL
+    cases = {
+        "intact": wal,
+        "big-endian": _big_endian(wal, 512),
+        "torn": wal[: commit_end - 7],
+        "uncommitted tail": wal[: commit_end + frame],
+        "damaged": bytes(damaged),
+        "reset": bytes(reset),
+    }
+    expected_png = {"intact": True, "big-endian": True, "uncommitted tail": True}
+    for name, frames in cases.items():
+        copy = tmp_path / name / "project.db"
+        copy.parent.mkdir()
+        copy.write_bytes(db)
+        Path(f"{copy}-wal").write_bytes(frames)
+        held = {d for h in _scanned(copy.parent).values() for d in h.held}
+        rows = _rows(copy)  # SQLite's own reading (it checkpoints the copy as it closes)
+        assert (png in rows) == expected_png.get(name, False), name
+        assert (_sha(png) in held) == (png in rows), name
+        assert _sha(theirs) in held and theirs in rows, name
+
+
+def test_a_database_too_large_to_read_with_its_wal_is_not_shown_clean_until_checkpointed(
+    proj, monkeypatch
+):
+    """The two too large to hold together: while the -wal adds pages the database lacks, not
+    shown clean, and the verifier says to checkpoint it; once checkpointed (the -wal still
+    there, its frames copied in), the database is read from its file."""
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "labelling"
+    folder.mkdir(parents=True)
+    live = folder / "project.db"
+    con = _live(live, png, theirs)
+    con.execute("DELETE FROM faces WHERE name = ?", (NAME,))  # not the photograph: another's
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", ("b", theirs[::-1]))
+    monkeypatch.setattr(embedded, "EMBED_MAX", 1024)
+    h = _scanned(folder)
+    assert h["project.db"].unreadable and h["project.db-wal"].unreadable
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert "2 file(s) could not be read" in said and "wal_checkpoint(TRUNCATE)" in said, said
+    doctor = CliRunner().invoke(app, ["privacy", "doctor"])
+    assert "expands_inside" in doctor.output and "wal_checkpoint(TRUNCATE)" in doctor.output
+    con.execute("PRAGMA wal_checkpoint(PASSIVE)")  # copied in; the -wal stays, as it was
+    assert Path(f"{live}-wal").stat().st_size > 0
+    h = _scanned(folder)
+    assert not h["project.db"].unreadable and _sha(theirs[::-1]) in h["project.db"].held
+    (done,) = Erasure(proj.paths).resume()
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", (NAME, png))  # back, in the -wal
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    whys = {Path(f["path"]).name: f["why"] for f in report.findings}
+    assert set(whys) == {"project.db", "project.db-wal"}, whys
+    assert all("wal_checkpoint(TRUNCATE)" in w for w in whys.values()), whys
+    con.close()

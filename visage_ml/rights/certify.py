@@ -66,9 +66,10 @@ EXPANDS = (
     "bomb, or near enough), so not shown to hold no erased content: remove it, or unpack it"
 )
 NOT_READ_DB = (
-    "a database that could not be read to its end (damaged, encrypted, or a value too large to "
-    "read), so not shown to hold no erased content: repair it (`sqlite3 <file> .recover`), or "
-    "remove it"
+    "a database that could not be read to its end (damaged, encrypted, a value too large to "
+    "read, or a -wal file not yet checkpointed that it is too large to read with, or that is "
+    "alone), so not shown to hold no erased content: repair it (`sqlite3 <file> .recover`), "
+    'checkpoint its -wal (`sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`), or remove it'
 )
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 HELD_INSIDE = (

@@ -323,12 +323,12 @@ class _Reader:
         data = b"".join(self.parts)
         return tuple(embedded.inside(data, self.kind, sizes=self.sizes))
 
-    def done(self) -> Read:
+    def done(self, *, look: bool = True) -> Read:
         """What was read; an object spilled is looked inside from its spilled file, then let
-        go of."""
+        go of; ``look`` False: nothing looked inside (the caller reads it from its file)."""
         try:
-            read = self._done()
-            if self._file is not None:
+            read = self._done(look=look)
+            if self._file is not None and look:
                 self._file.flush()
                 self._file.seek(0)
                 read = _inside_large(read, self._file, self.sizes)
@@ -336,10 +336,10 @@ class _Reader:
         finally:
             self.close()
 
-    def _done(self) -> Read:
+    def _done(self, *, look: bool = True) -> Read:
         digest = self.h.hexdigest()
         try:
-            held = self._held()
+            held = self._held() if look else ()
         except embedded.TooLarge:  # a bomb, or near enough: nothing of it shown clean
             return Read(digest, self.n, kind=self.kind, expands=True)
         if not self.json:
@@ -353,14 +353,21 @@ class _Reader:
 
 
 def _inside_large(
-    read: Read, fh: IO[bytes], sizes: SizeFilter | None, path: Path | None = None
+    read: Read,
+    fh: IO[bytes],
+    sizes: SizeFilter | None,
+    path: Path | None = None,
+    *,
+    paired: bool = False,
 ) -> Read:
     """``read`` with what a file too large to hold in memory (over
     :data:`~visage_ml.rights.embedded.EMBED_MAX`) holds inside, read from ``fh`` (seekable, at
     its start): an archive member by member, a text file (a CSV of a dataset's photographs) a
     window at a time (:data:`FROM_FILE`); a database of this file system (``path``) table by
-    table, opened read-only and immutable (nothing written beside it)."""
-    if read.size <= embedded.EMBED_MAX or read.expands:
+    table, opened read-only and immutable (nothing written beside it); ``paired``: a database
+    and its ``-wal`` file, read together whatever their size
+    (:func:`~visage_ml.rights.embedded_db.inside_path`)."""
+    if (read.size <= embedded.EMBED_MAX and not paired) or read.expands:
         return read
     if read.kind not in FROM_FILE and not (read.kind == embedded.SQLITE and path is not None):
         return read
@@ -382,10 +389,13 @@ def _read_open(fh: Any, path: Path, sizes: SizeFilter | None) -> Read:
     reader = _Reader(path.name, sizes)
     for chunk in iter(lambda: fh.read(CHUNK), b""):
         reader.update(chunk)
-    read = reader.done()
-    if read.size > embedded.EMBED_MAX and (read.kind in FROM_FILE or read.kind == embedded.SQLITE):
-        fh.seek(0)  # too large to hold: read again from its file
-        read = _inside_large(read, fh, sizes, path)
+    # A database and its -wal file are read together, as SQLite reads them.
+    paired = reader.kind == embedded.SQLITE and None not in embedded_db.pair(path)
+    read = reader.done(look=not paired)
+    large = read.size > embedded.EMBED_MAX
+    if paired or (large and (read.kind in FROM_FILE or read.kind == embedded.SQLITE)):
+        fh.seek(0)  # too large to hold, or a database with its -wal: read again from its file
+        read = _inside_large(read, fh, sizes, path, paired=paired)
     return read
 
 

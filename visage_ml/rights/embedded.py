@@ -31,10 +31,11 @@ hashed (``sizes``).
 Not looked inside: other binary formats (another database than SQLite, an image container, an
 encrypted archive), a PDF's compressed streams (an embedded file, an image it re-encoded: a PNG
 always is), a JPEG with bytes after its EOI (a phone's multi-picture file), a damaged archive
-past the point it breaks (a damaged or encrypted SQLite database is not shown clean), what a
-SQLite ``-wal`` file holds not yet checkpointed and the rows deleted but left in freed pages,
-base64 of another alphabet (``urlsafe_b64encode``) or split otherwise than by line breaks. A
-re-encoded, resized or cropped face has other bytes wherever it is: no scan by hash finds it.
+past the point it breaks (a damaged or encrypted SQLite database is not shown clean; its
+``-wal`` file is read with it, as SQLite does), the rows deleted but left in freed pages and a
+``-wal``'s frames SQLite would not apply, base64 of another alphabet (``urlsafe_b64encode``) or
+split otherwise than by line breaks. A re-encoded, resized or cropped face has other bytes
+wherever it is: no scan by hash finds it.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00")
 BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 PARQUET_MAGIC = b"PAR1"
 SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # its -wal file (embedded_db)
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -228,7 +230,7 @@ def kind(first: bytes) -> str | None:
         return COMPRESSED
     if first.startswith(PARQUET_MAGIC):
         return PARQUET
-    if first.startswith(SQLITE_MAGIC):
+    if first.startswith((SQLITE_MAGIC, *SQLITE_WAL_MAGIC)):
         return SQLITE
     if first.startswith(PDF_MAGIC) or (PDF_MAGIC in first[:PDF_WITHIN] and not _text(first)):
         return PDF

@@ -19,20 +19,35 @@ row never made into Python's (a table of a log's hex ids). A value larger than
 :data:`~visage_ml.rights.embedded.EMBED_MAX` is not held in memory: a BLOB or TEXT of a rowid
 table is hashed as it streams (:meth:`sqlite3.Connection.blobopen`), not looked inside.
 
+A database in WAL mode keeps its newest pages in the ``-wal`` file beside it until a checkpoint
+copies them in: while the program writing it runs (a labelling tool, a notebook's open
+connection), or for good once it was killed. An immutable connection ignores that file, so the
+two are read together as SQLite reads them (:func:`committed`): the database's bytes and the
+WAL's valid committed frames laid over them, in memory (no copy written anywhere, so a crash
+leaves no photograph behind), then deserialized. A ``-wal`` file alone (its database deleted or
+renamed, or in git) is laid over an empty database: it is read when it holds the schema's page,
+and not shown clean when it does not. A database and its ``-wal`` too large to hold together
+are not shown clean while the WAL holds a page the database does not (checkpoint it:
+``sqlite3 x.db "PRAGMA wal_checkpoint(TRUNCATE)"``).
+
 Not shown clean (:class:`NotRead`): a database that cannot be read to its end (damaged,
 encrypted, not one though it begins as one), and a value too large to hold that cannot be
-streamed (a WITHOUT ROWID table's, a TEXT SQLite reports too large). Not looked inside: what a
-``-wal`` file beside the database holds that is not yet checkpointed into it, and rows deleted
-but still in freed pages (until ``VACUUM``): neither is in a table any more.
+streamed (a WITHOUT ROWID table's, a TEXT SQLite reports too large). Not looked inside: rows
+deleted but still in freed pages (until ``VACUUM``), and the frames of a ``-wal`` file SQLite
+would not apply (older than a page's last committed one, not committed, from before the WAL
+was reset, after a broken checksum): none of them is in a table any more.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import mmap
 import re
 import sqlite3
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from visage_ml.io import CHUNK
@@ -53,6 +68,126 @@ STORED = (0, 3)
 # default's text says so: its large values are then not shown clean, never passed over).
 VIRTUAL = re.compile(rb"\s*CREATE\s+VIRTUAL\s", re.IGNORECASE)
 WITHOUT_ROWID = re.compile(rb"WITHOUT\s+ROWID", re.IGNORECASE)
+
+# A WAL file (https://sqlite.org/fileformat2.html#walformat): a 32-byte header (magic, format
+# version, page size, checkpoint sequence, salt-1, salt-2, checksum-1, checksum-2), then frames
+# of a 24-byte header (page number, the database's size in pages after a commit, else 0; salt-1,
+# salt-2, checksum-1, checksum-2) and a page. Every integer big-endian; the checksum's words
+# are little-endian under the first magic, big-endian under the second.
+WAL_MAGIC = embedded.SQLITE_WAL_MAGIC
+WAL_VERSION = 3007000
+WAL_HEADER = 32
+FRAME_HEADER = 24
+WAL_SUFFIX = "-wal"
+PAGE_SIZES = frozenset(1 << n for n in range(9, 17))
+# Where a database's header gives its page size (1: 65536).
+PAGE_SIZE_AT = 16
+MASK32 = 0xFFFFFFFF
+
+
+def is_wal(first: bytes) -> bool:
+    """Whether a file beginning with ``first`` is a SQLite WAL file."""
+    return first[:4] in WAL_MAGIC
+
+
+def _checksum(data: bytes | memoryview, s0: int, s1: int, order: str) -> tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes) from ``(s0, s1)``: for each
+    pair of 32-bit words x0, x1 (of byte order ``order``), s0 += x0 + s1; s1 += x1 + s0."""
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for x0, x1 in zip(words[::2], words[1::2], strict=True):
+        s0 = (s0 + x0 + s1) & MASK32
+        s1 = (s1 + x1 + s0) & MASK32
+    return s0, s1
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a WAL file adds to its database: its page size, where in it the last committed
+    frame of each page lies (page number -> offset of the page), and the database's size in
+    pages after its last commit (0: no commit)."""
+
+    page_size: int
+    pages: dict[int, int]
+    size: int
+
+
+def committed(wal: bytes | mmap.mmap) -> Committed | None:
+    """The frames of ``wal`` SQLite applies (fileformat2 4.1 and 4.5): from the first, each
+    whose salts are the header's and whose checksum, chained from the header's through every
+    frame before it, holds, up to the last commit frame among them; of each page, the last.
+    None when ``wal`` is no WAL SQLite reads (no header, another version, a broken header
+    checksum: SQLite ignores it too)."""
+    if len(wal) < WAL_HEADER or not is_wal(wal):
+        return None
+    _, version, page_size, _, salt1, salt2, c1, c2 = struct.unpack_from(">8I", wal)
+    order = ">" if wal[3] & 1 else "<"
+    if version != WAL_VERSION or page_size not in PAGE_SIZES:
+        return None
+    with memoryview(wal) as view:
+        return _frames(view, page_size, (salt1, salt2), (c1, c2), order)
+
+
+def _frames(
+    view: memoryview, page_size: int, salts: tuple[int, int], check: tuple[int, int], order: str
+) -> Committed | None:
+    """:func:`committed` past the header's fields."""
+    s = _checksum(view[:24], 0, 0, order)
+    if s != check:
+        return None
+    pages: dict[int, int] = {}
+    pending: dict[int, int] = {}
+    size = 0
+    at = WAL_HEADER
+    while at + FRAME_HEADER + page_size <= len(view):
+        page, after, f1, f2, k1, k2 = struct.unpack_from(">6I", view, at)
+        if page == 0 or (f1, f2) != salts:
+            break
+        s = _checksum(view[at : at + 8], *s, order)
+        s = _checksum(view[at + FRAME_HEADER : at + FRAME_HEADER + page_size], *s, order)
+        if s != (k1, k2):
+            break
+        pending[page] = at + FRAME_HEADER
+        if after:  # a commit frame: its transaction, and those before, count
+            pages.update(pending)
+            pending.clear()
+            size = after
+        at += FRAME_HEADER + page_size
+    return Committed(page_size, pages, size)
+
+
+def _page_size(db: bytes) -> int:
+    """The page size a database's header gives (0: no header)."""
+    if len(db) < PAGE_SIZE_AT + 2:
+        return 0
+    (n,) = struct.unpack_from(">H", db, PAGE_SIZE_AT)
+    return 65536 if n == 1 else n
+
+
+def applied(db: bytes, wal: bytes) -> bytes:
+    """The database ``db`` (b"": none) as SQLite reads it with the WAL file ``wal`` beside it:
+    each page of the WAL's committed frames (:func:`committed`) laid over the database's, its
+    size the last commit's. In memory: nothing is written.
+
+    Raises
+    ------
+    NotRead
+        The WAL is of pages of another size than the database's, or gives a size its bytes and
+        the database's cannot fill (damaged, or made to take all memory).
+    """
+    found = committed(wal)
+    if found is None or not found.size:
+        return db
+    ps = found.page_size
+    if db and _page_size(db) != ps:
+        raise NotRead
+    if found.size * ps > len(db) + len(wal):
+        raise NotRead
+    image = bytearray(db[: found.size * ps])
+    image.extend(bytes(found.size * ps - len(image)))
+    for page, at in found.pages.items():
+        if page <= found.size:
+            image[(page - 1) * ps : page * ps] = wal[at : at + ps]
+    return bytes(image)
 
 
 class NotRead(embedded.TooLarge):
@@ -213,6 +348,7 @@ def inside_db(
 ) -> Iterator[str]:
     """The SHA-256 of each file the database ``data`` (bytes in memory) holds in a BLOB, or
     base64 in a TEXT (:func:`embedded.inside` for :data:`~visage_ml.rights.embedded.SQLITE`).
+    A WAL file alone is read as its frames laid over an empty database (:func:`applied`).
 
     Raises
     ------
@@ -220,6 +356,10 @@ def inside_db(
         What it holds expands beyond what its size allows (``budget``); :class:`NotRead`
         when it could not be read to its end.
     """
+    if is_wal(data):
+        data = applied(b"", data)
+    if not data:  # a WAL of no commit: nothing in a table
+        return
     if data[WAL_FLAGS_AT : WAL_FLAGS_AT + 2] == b"\x02\x02":
         data = data[:WAL_FLAGS_AT] + ROLLBACK_FLAGS + data[WAL_FLAGS_AT + 2 :]
     con = sqlite3.connect(":memory:")
@@ -231,19 +371,91 @@ def inside_db(
     yield from _read(con, sizes, depth, budget)
 
 
+def _first(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(len(embedded.SQLITE_MAGIC))
+
+
+def pair(path: Path) -> tuple[Path | None, Path | None]:
+    """The database and the WAL file SQLite reads together, of which the file at ``path`` (a
+    database or a WAL file, :func:`~visage_ml.rights.embedded.kind`) is one: a database's
+    ``-wal`` beside it (None when there is none, or it is empty), a WAL's database (its name
+    without ``-wal``; None when there is none, or it is no database).
+
+    Raises
+    ------
+    OSError
+        When ``path`` cannot be read.
+    """
+    if not is_wal(_first(path)):
+        wal = path.with_name(path.name + WAL_SUFFIX)
+        try:
+            return path, wal if wal.stat().st_size > 0 else None
+        except OSError:  # none (or none this user may see: then SQLite could not read it either)
+            return path, None
+    if path.name.endswith(WAL_SUFFIX):
+        db = path.with_name(path.name.removesuffix(WAL_SUFFIX))
+        try:
+            if _first(db) == embedded.SQLITE_MAGIC:
+                return db, path
+        except OSError:
+            pass
+    return None, path
+
+
+def _checkpointed(db: Path, wal: Path) -> bool:
+    """Whether every page the WAL file ``wal`` adds to the database file ``db`` (too large to
+    hold together) is already in it as it is (a checkpoint copied them, the WAL not yet
+    reset), or it adds none: then ``db`` alone is what SQLite reads. Both read from their
+    files (the WAL mapped read-only), a page at a time."""
+    with (
+        open(wal, "rb") as wh,
+        mmap.mmap(wh.fileno(), 0, access=mmap.ACCESS_READ) as frames,
+        open(db, "rb") as fh,
+    ):
+        found = committed(frames)
+        if found is None or not found.size:
+            return True
+        ps = found.page_size
+        if _page_size(fh.read(PAGE_SIZE_AT + 2)) != ps or found.size * ps > fh.seek(0, 2):
+            return False
+        for page, at in found.pages.items():
+            fh.seek((page - 1) * ps)
+            if fh.read(ps) != frames[at : at + ps]:
+                return False
+    return True
+
+
 def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]:
-    """:func:`inside_db` for the database file at ``path``, whatever its size: opened
-    read-only and immutable, so nothing is written beside it or in it.
+    """:func:`inside_db` for the database file at ``path``, whatever its size, or for a WAL
+    file: read with its pair (:func:`pair`) as SQLite reads them (:func:`applied`, in memory).
+    A database alone too large to hold is opened read-only and immutable, so nothing is
+    written beside it or in it; one whose WAL adds pages it lacks, the two too large to hold
+    together, is not shown clean.
 
     Raises
     ------
     TooLarge
-        As :func:`inside_db`.
+        As :func:`inside_db`; :class:`NotRead` too for a database and WAL too large to hold
+        together.
     OSError
         When the file cannot be opened.
     """
-    budget = _Budget(path.stat().st_size)
-    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+    db, wal = pair(path)
+    if wal is not None:
+        total = wal.stat().st_size + (db.stat().st_size if db is not None else 0)
+        if total <= embedded.EMBED_MAX:
+            # The WAL first: a checkpoint between the two reads leaves the same pages.
+            frames = wal.read_bytes()
+            data = applied(db.read_bytes() if db is not None else b"", frames)
+            yield from inside_db(data, sizes=sizes, budget=_Budget(total))
+            return
+        if db is None or not _checkpointed(db, wal):
+            raise NotRead
+    if db is None:  # never so: pair gives a WAL whenever it gives no database
+        raise NotRead
+    budget = _Budget(db.stat().st_size)
+    uri = f"{db.resolve().as_uri()}?mode=ro&immutable=1"
     try:
         con = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:

@@ -118,8 +118,9 @@ GIT_UNREACHED = "an object no commit reaches (expire the reflog, then prune)"
 ERASED_INSIDE = "erased_inside"
 # A file of the project whose content expands too far to look inside (an archive of far more than
 # its size: a zip bomb, or near enough), or a database that cannot be read to its end (damaged,
-# encrypted): not shown to hold no erased image, so the erasure stops on it. Someone unpacks,
-# repairs or deletes it: --purge leaves it.
+# encrypted, a -wal file not yet checkpointed too large to read with it, a -wal alone): not
+# shown to hold no erased image, so the erasure stops on it. Someone unpacks, repairs,
+# checkpoints or deletes it: --purge leaves it.
 EXPANDS_INSIDE = "expands_inside"
 # A file of the project the scan could not read, or a folder it could not list (permissions, an
 # I/O error), and a notebook too large to look inside: none is shown to hold no erased content,

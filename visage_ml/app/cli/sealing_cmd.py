@@ -17,19 +17,26 @@ from visage_ml.app.cli.common import (
 )
 from visage_ml.io import atomic_write_bytes
 from visage_ml.privacy.keys import decode_master_key
-from visage_ml.rights.sealing import doctor as run_doctor
 from visage_ml.rights.sealing import (
+    EXPANDS_INSIDE,
     locked_message,
     open_sealed_file,
     rotate_master_key,
     seal_project,
 )
+from visage_ml.rights.sealing import doctor as run_doctor
 
 JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
 MSG_DOCTOR_FOUND = (
     "{n} leftover(s) found; `visage privacy doctor --purge` removes those marked purge, "
     "`visage privacy seal` converts those marked seal; delete those marked review, or move "
     "them out of the project (a plaintext image: a face in clear?)"
+)
+# Said under the findings when one is a file not read to its end: a database may only need its
+# -wal checkpointed into it (too large to read with it, or alone), not repairing.
+MSG_DOCTOR_EXPANDS = (
+    "expands_inside: unpack an archive; repair a database (`sqlite3 <file> .recover`), or "
+    'checkpoint its -wal file into it (`sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`)'
 )
 
 
@@ -142,6 +149,8 @@ def doctor(
     if remaining:
         if not as_json:
             console.print(MSG_DOCTOR_FOUND.format(n=len(remaining)), highlight=False)
+            if any(f.kind == EXPANDS_INSIDE for f in remaining):
+                console.print(MSG_DOCTOR_EXPANDS, highlight=False)
         raise typer.Exit(1)
 
 

@@ -72,11 +72,12 @@ MSG_NOT_REMOVED = (
 MSG_UNREADABLE = (
     "{n} file(s) could not be read, or are notebooks too large to look inside, or archives "
     "that expand too far to look inside (a zip bomb, or near enough), or databases that could "
-    "not be read to their end (damaged, encrypted) ({where}), so none of them is shown to be "
-    "no copy of the erased content; the erasure stops before its certificate. Make them "
-    "readable to this user (or delete them, clear a notebook's outputs, unpack an archive, "
-    "repair a database; `visage privacy doctor` lists them), then run `visage privacy "
-    "resume`"
+    "not be read to their end (damaged, encrypted, a -wal file not yet checkpointed too large "
+    "to read with its database) ({where}), so none of them is shown to be no copy of the "
+    "erased content; the erasure stops before its certificate. Make them readable to this "
+    "user (or delete them, clear a notebook's outputs, unpack an archive, repair a database, "
+    'checkpoint one: `sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`; `visage privacy '
+    "doctor` lists them), then run `visage privacy resume`"
 )
 MSG_REMOTE_DOWN = (
     "the DVC remote(s) {names} could not be reached or listed, so none of their objects is shown "
