@@ -33,6 +33,9 @@ image_id       string       file ``<pid>/<image_id>.sealed``; unique in the tabl
 sha256         string       SHA-256 of the image's PNG bytes (the sealed file's plaintext)
 source_sha256  string, null SHA-256 of the original file's bytes (duplicate detection
                             across imports); null for images made here (SynthFaces)
+source_size    int64, null  the original file's size in bytes, so that an erasure's scans
+                            read only files of a size its source has; null for images made
+                            here, and for those an earlier version imported
 width          int32        pixels
 height         int32        pixels
 age            int16, null  per-image age where the source gives one
@@ -136,6 +139,7 @@ IMAGES_SCHEMA = pa.schema(
         ("image_id", pa.string()),
         ("sha256", pa.string()),
         ("source_sha256", pa.string()),
+        ("source_size", pa.int64()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("age", pa.int16()),
@@ -150,7 +154,7 @@ _PANDAS_DTYPE = {
     pa.int32(): "int32",
     pa.int64(): "int64",
 }
-_NULLABLE = {"age", "gender", "group", "age_band", "source_sha256"}
+_NULLABLE = {"age", "gender", "group", "age_band", "source_sha256", "source_size"}
 
 BAD_GENDER = "gender must be one of {allowed} or null, found {found!r}"
 BAD_IMAGE_ID = "image id {image_id!r} is not 'i' + 12 lowercase hex characters"
@@ -176,7 +180,13 @@ class RawStoreError(RuntimeError):
 
 def empty_table(schema: pa.Schema) -> pd.DataFrame:
     """An empty frame with the columns and pandas dtypes of ``schema``."""
-    return pd.DataFrame({f.name: pd.Series(dtype=_PANDAS_DTYPE[f.type]) for f in schema})
+    return pd.DataFrame({f.name: pd.Series(dtype=_dtype(f)) for f in schema})
+
+
+def _dtype(f: pa.Field) -> str:
+    """The pandas dtype of column ``f``: a nullable integer where the column may be null."""
+    dtype = _PANDAS_DTYPE[f.type]
+    return dtype.capitalize() if f.name in _NULLABLE and dtype.startswith("int") else dtype
 
 
 def normalise_table(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
@@ -186,7 +196,7 @@ def normalise_table(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     """
     out = df.copy()
     for f in schema:
-        dtype = _PANDAS_DTYPE[f.type]
+        dtype = _dtype(f)
         if f.name not in out.columns:
             if f.name not in _NULLABLE:
                 raise ValueError(f"table lacks the required column '{f.name}'")

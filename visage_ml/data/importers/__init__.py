@@ -326,7 +326,15 @@ def import_dataset(
             by_source[source_sha] = by_pixels[checked.sha256] = image_id
             result.conversions.update(checked.conversions)
             accepted.setdefault(ref, []).append(
-                Accepted(image_id, item, checked.sha256, source_sha, checked.width, checked.height)
+                Accepted(
+                    image_id,
+                    item,
+                    checked.sha256,
+                    source_sha,
+                    checked.width,
+                    checked.height,
+                    source_size=len(data),
+                )
             )
             if item.key:
                 key_to_image[item.key] = image_id

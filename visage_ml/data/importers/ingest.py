@@ -82,6 +82,8 @@ class Accepted:
     source_sha256: str
     width: int
     height: int
+    # The source file's size: what an erasure's scans need to read only files that could be it.
+    source_size: int | None = None
 
 
 def _common(values: list[Any]) -> Any:
@@ -148,6 +150,7 @@ def register_persons(
                     "image_id": acc.image_id,
                     "sha256": acc.sha256,
                     "source_sha256": acc.source_sha256,
+                    "source_size": acc.source_size,
                     "width": acc.width,
                     "height": acc.height,
                     **attrs,
