@@ -23,16 +23,19 @@ spaces collapsed, so a folder copied through macOS (NFD), retyped in another cas
 zero-width or a leading space is still the erased person; MACs of the older case-fold-only
 normalisation still match), the SHA-256 of one of their files, or the SHA-256 of one of their
 images' PNG (the plaintext a sealed image holds, kind ``plain_sha256``) and that PNG's size in
-bytes (kind ``plain_size``, so that a scan for plaintext copies reads only files of a size some
-erased image has; the header's ``sizes``, a MAC of the whole set, says every PNG's size is there,
-and a file without it, as earlier versions wrote and rewrite it, leaves every file to be read).
+bytes (kind ``plain_size``), and the size of each of their files (kind ``file_size``: the data
+set's file an import read, which a scan looks for too), so that a scan for copies reads only
+files of a size something erased has; the header's ``sizes``, a MAC of the whole set, says every
+PNG's and every file's size is there, and a file without it, as earlier versions wrote and
+rewrite it (or one whose ``sizes`` spoke for the PNGs alone), leaves every file to be read.
 Without the key the file reveals nothing: not who, not which files, not which MAC is a pid, a
 reference, a file or a size. With it,
 an import asks "was this reference erased?", "was this file's SHA-256 erased?" and skips the
 person or file with reason ``erased_subject``; an acquisition asks "was this pid erased?"; a scan
 for plaintext copies (MLflow artefacts, a certificate's verification) asks "is this file an
-erased image's PNG?", so that no record kept for good (ledger, certificate) needs to name the
-PNG, even keyed: with the key and a photograph that encodes to it, such a name leads to the pid.
+erased image's PNG, or the file it was imported from?", so that no record kept for good (ledger,
+certificate) needs to name either, even keyed: with the key and a photograph that encodes to
+it, such a name leads to the pid.
 
 Nothing links the answers: no record groups one erasure's MACs (a reference found does not lead
 to the pid, which the ledger lists in clear with its whole history), no date is kept, and every
@@ -84,10 +87,17 @@ KIND_PLAIN = "plain_sha256"
 # reads only the files of a size some erased image has. Keyed like the rest: without the key
 # nothing says which MACs are sizes; with it, a size alone names no one.
 KIND_PLAIN_SIZE = "plain_size"
-# The header's word that every erased image's PNG in the set has its size there too: a MAC of the
-# whole set (:func:`sizes_mac`). A file without it (one an earlier version wrote or rewrote,
-# migrated, or edited) says nothing of sizes, and every file is read.
+# The size in bytes of an erased subject's file (kind ``sha256``: the data set's file an import
+# read), so that a scan for that file reads only files of its size (a file that is one of the
+# PNGs has its size as ``plain_size``).
+KIND_FILE_SIZE = "file_size"
+# The header's word that every erased image's PNG and every erased file in the set has its size
+# there too: a MAC of the whole set (:func:`sizes_mac`). A file without it (one an earlier version
+# wrote or rewrote, migrated, or edited) says nothing of sizes, and every file is read.
 SIZES_FIELD = "sizes"
+# Its domain. Before, the word spoke for the PNGs alone (domain ``sizes``), written while the
+# files' sizes were not: such a word does not verify, and every file is read.
+_SIZES_DOMAIN = b"sizes+files\0"
 
 MSG_KEY_LOST = (
     "{tombstones} holds tombstones of erased subjects but the tombstone key {key} is missing: "
@@ -136,9 +146,10 @@ def set_mac(key: bytes, macs: Iterable[str]) -> str:
 
 def sizes_mac(key: bytes, macs: Iterable[str]) -> str:
     """The header's :data:`SIZES_FIELD`: a MAC of the whole set in another domain than
-    :func:`set_mac`, written only when every PNG in the set has its size there too. An earlier
-    version rewrites the header without it; without the key it cannot be made."""
-    h = hmac.new(key, b"sizes\0", hashlib.sha256)
+    :func:`set_mac`, written only when every PNG and every file in the set has its size there
+    too. An earlier version rewrites the header without it; without the key it cannot be
+    made."""
+    h = hmac.new(key, _SIZES_DOMAIN, hashlib.sha256)
     for m in sorted(macs):
         h.update(m.encode("ascii"))
     return h.hexdigest()
@@ -458,9 +469,10 @@ class Tombstones:
         return self._matches(KIND_PID, check_pid(pid))
 
     def sizes_known(self) -> bool:
-        """Whether :meth:`has_plain_size` answers for every erased image's PNG: the set holds
-        none, or the key shows that every erasure that added one added its size (False for a
-        file an earlier version wrote, or without the key)."""
+        """Whether :meth:`has_plain_size` and :meth:`has_file_size` answer for every erased
+        image's PNG and every erased file: the set holds none, or the key shows that every
+        erasure that added one added its size (False for a file an earlier version wrote, or
+        without the key)."""
         if not self._has_lines():
             return True
         if self.existing_key() is None:
@@ -473,6 +485,11 @@ class Tombstones:
         :meth:`sizes_known`)."""
         return self._matches(KIND_PLAIN_SIZE, str(int(size)))
 
+    def has_file_size(self, size: int) -> bool:
+        """Whether an erased subject's file (:meth:`has_file`) is ``size`` bytes long
+        (meaningful while :meth:`sizes_known`)."""
+        return self._matches(KIND_FILE_SIZE, str(int(size)))
+
     # -- writing -------------------------------------------------------------------------------
     def add(
         self,
@@ -482,39 +499,51 @@ class Tombstones:
         sha256s: Iterable[str] = (),
         plains: Iterable[str] = (),
         plain_sizes: Mapping[str, int] | None = None,
+        file_sizes: Mapping[str, int] | None = None,
     ) -> bool:
         """Record ``pid``'s tombstone; returns whether the pid was new to it.
 
         The MACs of the pid, of ``refs``, of ``sha256s`` (files), of ``plains`` (the SHA-256
-        of images' PNG) and of their sizes (``plain_sizes``: SHA-256 -> bytes) join the set,
-        which replaces the file whole (sorted, under a lock, fsync and rename, mode 0600):
-        nothing in it says which MACs came together. A PNG new to the set without its size
-        leaves the sizes unknown from then on (:meth:`sizes_known`). A second call for the same
-        pid (a resumed erasure) writes nothing unless it brings a MAC the set lacks (an erasure
-        begun by an earlier version, whose tombstone held no ``plains``) or the file was of
-        version 1 (rewritten, with the same MACs).
+        of images' PNG) and of their sizes (``plain_sizes`` and ``file_sizes``: SHA-256 ->
+        bytes) join the set, which replaces the file whole (sorted, under a lock, fsync and
+        rename, mode 0600): nothing in it says which MACs came together. A PNG or a file new
+        to the set without its size (a source an earlier version imported, its size not
+        recorded) leaves the sizes unknown from then on (:meth:`sizes_known`). A second call
+        for the same pid (a resumed erasure) writes nothing unless it brings a MAC the set
+        lacks (an erasure begun by an earlier version, whose tombstone held no ``plains``) or
+        the file was of version 1 (rewritten, with the same MACs).
         """
         key = self._load_key(create=True)
         if key is None:  # pragma: no cover - see mac()
             raise TombstoneKeyError(MSG_BAD_KEY.format(key=self.key_path))
         subject = self.mac(KIND_PID, check_pid(pid), key=key)
         macs = {self.mac(KIND_REF, normalise_ref(r), key=key) for r in refs if r}
-        macs |= {self.mac(KIND_SHA256, s.lower(), key=key) for s in sha256s if s}
+        files = {self.mac(KIND_SHA256, s.lower(), key=key): s.lower() for s in sha256s if s}
+        macs |= set(files)
+        lengths = {str(s).lower(): n for s, n in (file_sizes or {}).items()}
+        macs |= {
+            self.mac(KIND_FILE_SIZE, str(int(lengths[s])), key=key)
+            for s in files.values()
+            if s in lengths
+        }
         sizes = {str(s).lower(): n for s, n in (plain_sizes or {}).items()}
         pngs = {self.mac(KIND_PLAIN, s.lower(), key=key): s.lower() for s in plains if s}
         macs |= set(pngs)
-        macs |= {
-            self.mac(KIND_PLAIN_SIZE, str(int(sizes[s])), key=key)
-            for s in pngs.values()
-            if s in sizes
-        }
+        sized_pngs = {s for s in pngs.values() if s in sizes}
+        macs |= {self.mac(KIND_PLAIN_SIZE, str(int(sizes[s])), key=key) for s in sized_pngs}
         macs.add(subject)
         private_dir(self.path.parent)
         with self._lock():
             held, stale, sized = self._read()
             new = subject not in held
-            # A PNG the set lacks, without its size: no size is known to be there for every PNG.
-            sized = sized and all(m in held or s in sizes for m, s in pngs.items())
+            # A PNG or a file the set lacks, without its size: no size is known to be there for
+            # every one of them.
+            sized = (
+                sized
+                and all(m in held or s in sizes for m, s in pngs.items())
+                # (a file that is one of the PNGs has its size as one)
+                and all(m in held or s in lengths or s in sized_pngs for m, s in files.items())
+            )
             if not macs <= held:
                 held, stale = held | macs, True
             if stale:

@@ -179,7 +179,8 @@ def scan_for_hashes(
     """Hash every file under ``walked`` and every git object (but those of a size nothing in
     ``sha256s`` has, :meth:`~visage_ml.rights.content_hashes.ContentHashes.may_match`, which are
     not read); record any whose SHA-256 is in
-    ``sha256s`` (listed, or an erased image's plaintext), or a notebook holding such an image,
+    ``sha256s`` (listed, or an erased image's plaintext or source file), or a notebook holding
+    such an image,
     but the files of other current subjects (:func:`~visage_ml.rights.content_scan.in_use`,
     the erasure's rule) that an erasure lists kept (``declared_in_use``: by request id, the
     names as :func:`~visage_ml.rights.content_scan.in_use_name` gives them for that request,
@@ -254,7 +255,7 @@ def scan_for_hashes(
             why = HELD_INSIDE
         if h.path in kept.files:
             why = MSG_NOT_DECLARED
-        # An erased image's plaintext by its path only: the report names the pid, so its
+        # An erased image's plaintext or source by its path only: the report names the pid, so its
         # SHA-256 would pair a photograph with them (as content_hit in the ledger); a git
         # object by the repository alone (its id is a hash of the content too).
         named = h.digest if whole and sha256s.why(str(h.digest)) == LISTED else None
@@ -356,7 +357,9 @@ def _scan(
         names = ", ".join(f"{n} ({why})" for n, why in sorted(unreachable.items()))
         unkeyed = True  # not shown to be clean either
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
-    images = " and every erased image's plaintext" if sha256s.key is not None else ""
+    images = (
+        " and every erased image's plaintext and source file" if sha256s.key is not None else ""
+    )
     unread = report.files_looked_at - report.files_hashed
     if not paths.ledger.is_file() or report.files_looked_at == 0:
         # Not the controller's checkout: nothing was looked at, so nothing is shown clean.

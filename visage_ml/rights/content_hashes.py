@@ -9,8 +9,13 @@ holds the tombstone key and a photograph that encodes to the PNG computes the MA
 entry and so the pid). So the PNG's SHA-256 goes only to the tombstones
 (:mod:`visage_ml.privacy.tombstones`, kind ``plain_sha256``: one unlinked set of every
 erasure's MACs), and a scan asks them "is this file an erased image's PNG?": it finds a
-plaintext copy of any erased subject's image, not only the erasure's own. A file found so is
-recorded by its path, never by its SHA-256 (:func:`content_hit`).
+plaintext copy of any erased subject's image, not only the erasure's own. An import re-encodes
+each photograph as a PNG: the data set's own file (a JPEG, as read) is not the PNG, and the
+records never name it; the tombstones hold its SHA-256 (kind ``sha256``, which refuses a
+re-import), and a scan asks them "is this file one an erased subject was imported from?" too
+(:data:`ERASED_SOURCE`): a copy of the data set in the project, or a zip or a pickle of its
+files, holds the subject's photograph. A file found so is recorded by its path, never by its
+SHA-256 (:func:`content_hit`).
 
 A plaintext image an erasure removes itself (a project not yet sealed holds its PNGs in clear in
 ``data/raw``; their DVC objects) is planned the same way: by its path alone, with ``sha256``
@@ -22,8 +27,10 @@ or, older still, in clear (``plain_sha256``): both are still looked for.
 
 A file that cannot be a copy because of its size is not read (:meth:`ContentHashes.may_match`):
 records name each SHA-256 with the ``size`` of its content, and the tombstones hold every erased
-image's PNG size, keyed. Whenever a size sought is not known (a record or a tombstone file of an
-earlier version, no tombstone key, any :attr:`~ContentHashes.gap`), every size may match.
+image's PNG size and every source file's size (recorded by the import), keyed. Whenever a size
+sought is not known (a record or a tombstone file of an earlier version, a subject an earlier
+version imported without recording its source's size, no tombstone key, any
+:attr:`~ContentHashes.gap`), every size may match.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ RAW_STORE = "data"
 SEALED_IMAGE = ".sealed"
 LISTED = "listed hash"
 ERASED_IMAGE = "plaintext of an erased image"
+ERASED_SOURCE = "an erased subject's source file (the data set's file an import read)"
+# What a scan finds through the tombstones alone: recorded by its path, never by its hash.
+WITHHELD = frozenset({ERASED_IMAGE, ERASED_SOURCE})
 # What an erasure records of a plaintext image it removes (a PNG in data/raw, its DVC object) in
 # place of its hashes: the SHA-256 and MD5 of a photograph of the subject are the hashes.
 PLAINTEXT_WITHHELD = "plaintext image, hash withheld"
@@ -172,7 +182,7 @@ class ContentHashes:
 
     def why(self, digest: str) -> str | None:
         """How a file with SHA-256 ``digest`` matched: :data:`LISTED` (a record names it),
-        :data:`ERASED_IMAGE`, or None (it did not)."""
+        :data:`ERASED_IMAGE`, :data:`ERASED_SOURCE`, or None (it did not)."""
         if digest in self.sha256s:
             return LISTED
         if self.key is None or digest in self.excluded:
@@ -181,12 +191,14 @@ class ContentHashes:
             return ERASED_IMAGE
         if self.tombstones is not None and self.tombstones.has_plain(digest):
             return ERASED_IMAGE
+        if self.tombstones is not None and self.tombstones.has_file(digest):
+            return ERASED_SOURCE
         return None
 
     def may_match(self, size: int) -> bool:
-        """Whether a file of ``size`` bytes may be what is sought: a size a record names, or an
-        erased image's PNG size; True whenever one is not known (a file then read is never
-        wrongly clean)."""
+        """Whether a file of ``size`` bytes may be what is sought: a size a record names, an
+        erased image's PNG size or an erased source file's; True whenever one is not known (a
+        file then read is never wrongly clean)."""
         if self.sizes is None or not self.sized or size in self.sizes:
             return True
         # Plaintexts are looked for only with the key (and so a gap when they must be).
@@ -194,7 +206,8 @@ class ContentHashes:
             return False
         # Asked of the file as it is now: an erasure by an earlier version while the scan runs
         # leaves the sizes unknown from then on.
-        return self.tombstones.has_plain_size(size) or not self.tombstones.sizes_known()
+        t = self.tombstones
+        return t.has_plain_size(size) or t.has_file_size(size) or not t.sizes_known()
 
     def __contains__(self, digest: object) -> bool:
         return isinstance(digest, str) and self.why(digest) is not None
@@ -269,10 +282,12 @@ def content_hit(
 ) -> dict[str, Any]:
     """The artefact a scan records for a file at ``path`` it found by its SHA-256 ``digest``
     in ``hashes``: with the digest (and ``size``, its bytes), or, for an erased image's
-    plaintext, with ``sha256`` None and ``content`` saying so (in the ledger, a photograph that
-    hashes to it would find the pid; its size stays keyed in the tombstones)."""
-    if isinstance(hashes, ContentHashes) and hashes.why(digest) == ERASED_IMAGE:
-        return {"store": store, "path": path, "sha256": None, "content": ERASED_IMAGE}
+    plaintext or source file, with ``sha256`` None and ``content`` saying which (in the ledger,
+    a photograph that hashes to it would find the pid; its size stays keyed in the
+    tombstones)."""
+    why = hashes.why(digest) if isinstance(hashes, ContentHashes) else None
+    if why in WITHHELD:
+        return {"store": store, "path": path, "sha256": None, "content": why}
     hit: dict[str, Any] = {"store": store, "path": path, "sha256": digest}
     if size is not None:
         hit["size"] = size

@@ -20,7 +20,9 @@ where the file is inside the project. Plaintext images
 are recorded by their path alone, with ``"sha256": None`` and ``"content"`` saying why, since
 their hashes would lead anyone holding the photograph to the erased pid in the ledger and the
 certificate: a file found only because it is the plaintext of an erased image (an MLflow copy,
-asked of the tombstone set; ``content`` :data:`~visage_ml.rights.content_hashes.ERASED_IMAGE`),
+asked of the tombstone set; ``content`` :data:`~visage_ml.rights.content_hashes.ERASED_IMAGE`)
+or the data set's file an erased subject was imported from
+(:data:`~visage_ml.rights.content_hashes.ERASED_SOURCE`),
 and a plaintext image the erasure removes itself (a PNG of a project not yet sealed in
 ``data/raw``, its DVC objects; ``content``
 :data:`~visage_ml.rights.content_hashes.PLAINTEXT_WITHHELD`, no MD5, and a DVC object's path

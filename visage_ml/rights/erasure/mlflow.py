@@ -111,8 +111,8 @@ def scan_mlflow(paths: ProjectPaths, pid: str, file_sha256s: Container[str]) -> 
 
     Every file under ``mlruns/`` is read: a file naming the pid, or whose SHA-256 is in
     ``file_sha256s`` (the subject's files; with :class:`ContentHashes`, every erased image's
-    plaintext too, listed without its SHA-256), is listed; the SQLite store is listed when a
-    row names the pid or when its file still holds the pid in freed pages.
+    plaintext and source file too, listed without its SHA-256), is listed; the SQLite store is
+    listed when a row names the pid or when its file still holds the pid in freed pages.
     """
     root = paths.root
     found: list[Artefact] = []

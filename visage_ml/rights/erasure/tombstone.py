@@ -1,7 +1,8 @@
 """The tombstone an erasure leaves: keyed MACs of the subject's pid, external reference,
 files' SHA-256 and images' PNG SHA-256 (:mod:`visage_ml.privacy.tombstones`), so the same person
 or files are refused by every later import (reason ``erased_subject``) and a plaintext copy of
-an image is found by the scans that follow (MLflow, the certificate's verification). They join
+an image, or of the file it was imported from, is found by the scans that follow (MLflow, the
+copies step, the certificate's verification). They join
 one set of every erasure's MACs, which says neither which came together nor when: a name, a
 file or a photograph found there does not lead to the pid.
 
@@ -10,8 +11,12 @@ store destroys it, the file hashes from ``data/raw/images.parquet`` before the r
 removes nothing, so it plans no artefact; the step records that a tombstone exists.
 
 With each PNG's SHA-256 goes its size (:func:`png_sizes`, from the image itself while the data key
-is there), keyed the same way, so that the scans for copies read only files of a size an erased
-image has; a PNG whose bytes cannot be read back leaves the sizes unknown (every file is read).
+is there), and with each source file's SHA-256 (the data set's file an import read, which the
+scans look for too: a copy of the data set in the project is a copy of the subject's photograph)
+the size the import recorded beside it, keyed the same way, so that the scans for copies read
+only files of a size something erased has. A PNG whose bytes cannot be read back, or a source
+an earlier version imported without recording its size, leaves the sizes unknown: every file
+is read, by every scan from then on.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class _Marks:
     sha256s: list[str] = field(default_factory=list)
     plains: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+    source_sizes: dict[str, int] = field(default_factory=dict)
 
 
 def _png(store: RawStore, pid: str, image_id: str) -> bytes | None:
@@ -80,6 +86,11 @@ def plan(ctx: Context, pid: str) -> Plan:
     marks.sizes = png_sizes(
         ctx, pid, zip(pngs["image_id"].astype(str), pngs["sha256"].astype(str), strict=True)
     )
+    sources = rows.dropna(subset=["source_sha256", "source_size"])
+    marks.source_sizes = {
+        str(sha).lower(): int(n)
+        for sha, n in zip(sources["source_sha256"], sources["source_size"], strict=True)
+    }
     return Plan(info={"tombstone": True}, state=marks)
 
 
@@ -87,7 +98,12 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     """Add the subject's MACs to the tombstones (once; a resumed run finds them there)."""
     marks: _Marks = plan.state if plan is not None else _Marks()
     written = ctx.core.tombstones.add(
-        pid, refs=marks.refs, sha256s=marks.sha256s, plains=marks.plains, plain_sizes=marks.sizes
+        pid,
+        refs=marks.refs,
+        sha256s=marks.sha256s,
+        plains=marks.plains,
+        plain_sizes=marks.sizes,
+        file_sizes=marks.source_sizes,
     )
     # Whether, not how many: the number of MACs is about three per photograph, a photo count per
     # pid that the tombstone key and the source folder would match to a name.
