@@ -25,6 +25,7 @@ from lfw_fakes import make_lfw_set
 from visage_ml.config import ProjectPaths
 from visage_ml.data.importers import ImportBasis, import_dataset
 from visage_ml.data.rawstore import read_images
+from visage_ml.privacy.certificate_page import page_path
 from visage_ml.privacy.tombstones import Tombstones
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.content_hashes import ERASED_SOURCE, ContentHashes
@@ -90,7 +91,7 @@ def _put(files: dict[Path, bytes]) -> None:
 def test_a_copy_of_the_source_jpeg_is_removed_or_stops_the_erasure_and_fails_the_verifier(
     tiny_project, tmp_path
 ):
-    paths, _, victim, photo, other = _imported(tiny_project, tmp_path)
+    paths, base, victim, photo, other = _imported(tiny_project, tmp_path)
     planted = _holders(paths, photo, other)
     plain, *inside = planted
     _put(planted)
@@ -115,6 +116,11 @@ def test_a_copy_of_the_source_jpeg_is_removed_or_stops_the_erasure_and_fails_the
     assert not report.ok
     assert {Path(f["path"]) for f in report.findings} == set(planted)
     assert all(f.get("sha256") is None for f in report.findings), report.findings
+    # The page says the data set where it was imported from is beyond the erasure, and does
+    # not name that folder (its sub-folders are the people's names).
+    html = page_path(done.certificate_path).read_text()
+    assert "data set a subject was imported from" in " ".join(html.split())
+    assert str(base) not in html and "Testperson" not in html
 
 
 def test_a_subject_imported_before_source_sizes_were_recorded_has_every_file_read(

@@ -80,7 +80,8 @@ HELD_INSIDE = (
 SCOPE = (
     "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy, "
     "Parquet, SQLite and PDF files; not inside other formats, and a re-encoded image is never "
-    "found by hash"
+    "found by hash; in the project only: a data set a subject was imported from, outside it, is "
+    "not looked at"
 )
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_NOT_DECLARED = (
