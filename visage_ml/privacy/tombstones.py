@@ -27,7 +27,9 @@ bytes (kind ``plain_size``), and the size of each of their files (kind ``file_si
 set's file an import read, which a scan looks for too), so that a scan for copies reads only
 files of a size something erased has; the header's ``sizes``, a MAC of the whole set, says every
 PNG's and every file's size is there, and a file without it, as earlier versions wrote and
-rewrite it (or one whose ``sizes`` spoke for the PNGs alone), leaves every file to be read.
+rewrite it (or one whose ``sizes`` spoke for the PNGs alone, unless the signed ledger shows that
+no erased subject had any other file: :mod:`visage_ml.privacy.tombstone_sources`, the header then
+rewritten), leaves every file to be read.
 Without the key the file reveals nothing: not who, not which files, not which MAC is a pid, a
 reference, a file or a size. With it,
 an import asks "was this reference erased?", "was this file's SHA-256 erased?" and skips the
@@ -58,7 +60,7 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -96,8 +98,11 @@ KIND_FILE_SIZE = "file_size"
 # wrote or rewrote, migrated, or edited) says nothing of sizes, and every file is read.
 SIZES_FIELD = "sizes"
 # Its domain. Before, the word spoke for the PNGs alone (domain ``sizes``), written while the
-# files' sizes were not: such a word does not verify, and every file is read.
+# files' sizes were not: such a word does not verify, and every file is read (but see below).
 _SIZES_DOMAIN = b"sizes+files\0"
+# The earlier domain. Such a word is complete where no erasure added a file without its size:
+# where every erased subject was made by SynthFaces, which no import reaches (``sources``).
+_PNG_SIZES_DOMAIN = b"sizes\0"
 
 MSG_KEY_LOST = (
     "{tombstones} holds tombstones of erased subjects but the tombstone key {key} is missing: "
@@ -118,6 +123,10 @@ MSG_WRONG_KEY = (
 MSG_KEYLESS = (
     "{what}, though a set MAC under this key was written ({mark}): an edit by someone without "
     "the key, or a file older than the key's backup"
+)
+MSG_NOT_REWRITTEN_SIZES = (
+    "%s says every erased file's size is there in an earlier format and could not be "
+    "rewritten (%s), so every file is read by the scans for copies; make it writable"
 )
 MSG_NOT_REWRITTEN = (
     "%s is in the older tombstone format, whose lines link an erased subject's reference and "
@@ -144,12 +153,12 @@ def set_mac(key: bytes, macs: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def sizes_mac(key: bytes, macs: Iterable[str]) -> str:
+def sizes_mac(key: bytes, macs: Iterable[str], *, domain: bytes = _SIZES_DOMAIN) -> str:
     """The header's :data:`SIZES_FIELD`: a MAC of the whole set in another domain than
     :func:`set_mac`, written only when every PNG and every file in the set has its size there
     too. An earlier version rewrites the header without it; without the key it cannot be
     made."""
-    h = hmac.new(key, _SIZES_DOMAIN, hashlib.sha256)
+    h = hmac.new(key, domain, hashlib.sha256)
     for m in sorted(macs):
         h.update(m.encode("ascii"))
     return h.hexdigest()
@@ -192,14 +201,29 @@ class Tombstones:
         ``privacy/tombstones.jsonl``.
     key_path
         ``secrets/tombstone.key``.
+    sources
+        Given the key and a set of MACs, whether signed records show that no erased subject
+        among them had a file but their PNGs (:mod:`visage_ml.privacy.tombstone_sources`):
+        then a header word on sizes written for the PNGs alone speaks for every file, and is
+        rewritten in the current domain. None: such a word is never taken.
     """
 
-    def __init__(self, path: Path, key_path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key_path: Path,
+        *,
+        sources: Callable[[bytes, frozenset[str]], bool] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.key_path = Path(key_path)
+        self.sources = sources
         self._key: bytes | None = None
         self._macs: frozenset[str] = frozenset()
         self._sized = True
+        # Whether the file last read carries a word on sizes for the PNGs alone that verifies.
+        self._png_word = False
+        self._sources_said: dict[frozenset[str], bool] = {}
         self._stat: tuple[int, int, int] | None = None
 
     @property
@@ -243,8 +267,16 @@ class Tombstones:
 
     @classmethod
     def open(cls, paths: ProjectPaths) -> Tombstones:
-        """The tombstones of the project at ``paths``."""
-        return cls(paths.tombstones, paths.tombstone_key)
+        """The tombstones of the project at ``paths`` (its signed ledger says which erased
+        subjects had no source file)."""
+        # Deferred: the ledger's module is not needed by a project without tombstones.
+        from visage_ml.privacy.tombstone_sources import no_unsized_files
+
+        return cls(
+            paths.tombstones,
+            paths.tombstone_key,
+            sources=lambda key, held: no_unsized_files(paths, key, held),
+        )
 
     # -- key -----------------------------------------------------------------------------------
     def _has_lines(self) -> bool:
@@ -311,6 +343,7 @@ class Tombstones:
         version 1 files, which were appended to, may end in a torn line (its erasure, resumed,
         adds it again).
         """
+        self._png_word = False
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -374,6 +407,12 @@ class Tombstones:
             and isinstance(sizes, str)
             and hmac.compare_digest(sizes, sizes_mac(key, held))
         )
+        self._png_word = (
+            not sized
+            and key is not None
+            and isinstance(sizes, str)
+            and hmac.compare_digest(sizes, sizes_mac(key, held, domain=_PNG_SIZES_DOMAIN))
+        )
         if mac is None:
             return held, key is not None, sized  # written without the key (a migration): add it
         if key is not None:
@@ -383,6 +422,31 @@ class Tombstones:
                 )
             self._mark()  # a set MACed by a version that left no mark
         return held, False, sized
+
+    def _png_word_complete(self, key: bytes, held: frozenset[str]) -> bool:
+        """Whether the file just read (``held``) carries a word on sizes for the PNGs alone that
+        speaks for every file too: it verifies, and the signed records show that no erased
+        subject had a file without its size (asked once a set; anything unsure: False)."""
+        if not self._png_word or self.sources is None:
+            return False
+        if held not in self._sources_said:
+            self._sources_said[held] = bool(self.sources(key, held))
+        return self._sources_said[held]
+
+    def _adopt_png_word(self) -> None:
+        """Rewrite the header of a file whose word on sizes, written for the PNGs alone, speaks
+        for every file (:meth:`_png_word_complete`) with the word of the current domain (under
+        the lock, atomically, the same MACs), so that no scan reads every file for it."""
+        key = self.existing_key()
+        if key is None:
+            return
+        try:
+            with self._lock():
+                held, stale, sized = self._read()
+                if not stale and not sized and self._png_word_complete(key, held):
+                    self._write(held, sized=True)
+        except OSError as exc:  # every file is read until a process can rewrite it
+            log.warning(MSG_NOT_REWRITTEN_SIZES, self.path, exc.strerror or exc)
 
     def _damaged(self, why: str) -> TombstoneFileError:
         return TombstoneFileError(MSG_DAMAGED.format(tombstones=self.path, why=why))
@@ -435,6 +499,10 @@ class Tombstones:
                     stamp = self._stamp()
             except OSError as exc:
                 log.warning(MSG_NOT_REWRITTEN, self.path, exc.strerror or exc)
+        if not sized and self._png_word:
+            self._adopt_png_word()
+            macs, _, sized = self._read()
+            stamp = self._stamp()
         self._macs, self._sized, self._stat = macs, sized, stamp
 
     def __len__(self) -> int:
@@ -535,6 +603,8 @@ class Tombstones:
         private_dir(self.path.parent)
         with self._lock():
             held, stale, sized = self._read()
+            # A word on sizes of an earlier version, complete for this set: the sizes are known.
+            sized = sized or self._png_word_complete(key, held)
             new = subject not in held
             # A PNG or a file the set lacks, without its size: no size is known to be there for
             # every one of them.
