@@ -4,6 +4,7 @@ of nested archives had the scan hold hundreds of MB a thread, gigabytes at once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import tempfile
@@ -84,4 +85,29 @@ def test_memory_taken_for_a_member_is_given_back(monkeypatch):
         pass
     else:
         raise AssertionError("not stopped")
+    assert embedded._MEMORY.used == 0
+
+
+def test_an_archive_that_cannot_be_spilled_is_not_shown_clean(tmp_path, monkeypatch):
+    """With no memory left and no room in the project's private folder (a full disk, a folder
+    the scan cannot write), a nested archive cannot be looked inside: the file holding it is not
+    shown clean (before, the error ended the archive's read as a damaged archive's does, and
+    the photograph inside, and every member after, passed as looked at)."""
+    photo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
+    made = _nested(2, photo)
+    assert hashlib.sha256(photo).hexdigest() in list(embedded.inside(made, embedded.ZIP))
+
+    embedded.spill_into(tmp_path)
+    monkeypatch.setattr(embedded, "MEMORY_MAX", 0)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    try:
+        found = list(embedded.inside(made, embedded.ZIP))
+    except embedded.TooLarge:
+        pass
+    else:
+        raise AssertionError(f"shown clean: {len(found)} digests, the photograph's not among them")
     assert embedded._MEMORY.used == 0

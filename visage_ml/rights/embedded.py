@@ -56,7 +56,7 @@ import threading
 import zipfile
 import zlib
 from array import array
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -324,6 +324,26 @@ def _stream(
             _MEMORY.give(held)
 
 
+class NotSpilled(TooLarge):
+    """A member to look inside that could not be copied to its unnamed file (no room left, a
+    private folder this user cannot write): nothing the file holding it holds is shown clean.
+    Never one of :data:`ARCHIVE_ERRORS`: an OSError there ended the archive's read as a damaged
+    archive's does, and the member, and every one after it, passed as looked at."""
+
+
+def _spilling(do: Callable[[], Any]) -> Any:
+    """``do()``, an OSError of the spilled file (made, written, flushed) as :class:`NotSpilled`."""
+    try:
+        return do()
+    except OSError as exc:
+        raise NotSpilled from exc
+
+
+def _close(spill: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        spill.close()
+
+
 def _streamed(
     stream: IO[bytes],
     head: bytes,
@@ -339,21 +359,24 @@ def _streamed(
     with contextlib.ExitStack() as stack:
         spill = None
         if what is not None:
-            spill = stack.enter_context(tempfile.TemporaryFile(dir=SPILL_DIR))
-            spill.write(head)
+            spill = _spilling(lambda: tempfile.TemporaryFile(dir=SPILL_DIR))  # noqa: SIM115
+            # Closed by the stack; its close flushes what was not read back (passed over as too
+            # small): lost with it.
+            stack.callback(_close, spill)
+            _spilling(lambda: spill.write(head))
         for chunk in iter(lambda: stream.read(CHUNK), b""):
             budget.spend(len(chunk))
             h.update(chunk)
             n += len(chunk)
             if spill is not None and n <= EMBED_MAX:
-                spill.write(chunk)
+                _spilling(lambda c=chunk: spill.write(c))
         if n < smallest_sought(sizes) and base64.b64encode(head[:2])[:2] not in B64_EXPANDS:
             passed_over(sizes, n)
             return
         if sizes is None or sizes.may_match(n):
             yield h.hexdigest()
         if spill is not None and what is not None and n <= EMBED_MAX:
-            spill.seek(0)
+            _spilling(lambda: spill.seek(0))  # flushed: a full disk says so here
             yield from inside_file(spill, what, sizes=sizes, depth=depth + 1, budget=budget)
 
 
