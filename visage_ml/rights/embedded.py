@@ -121,6 +121,10 @@ SCAN_BLOCK = 64
 PDF_STREAM = re.compile(rb"stream\r?\n")
 A85_RUN = re.compile(rb"[!-uz\s]*")
 A85_END = b"~>"
+# ASCII85 is decoded so many groups at a time (:func:`_a85decode`): Python's decoder holds some
+# 90 bytes a character it decodes at once.
+A85_GROUPS = re.compile(rb"(?:z|[!-u]{5}){1,65536}")
+A85_SPACE = re.compile(rb"\s+")
 # A base64 run: at least 64 characters (no photograph is shorter), possibly wrapped in lines
 # (``base64`` wraps at 76) or in JSON's escaped line breaks; its last line as short as it is.
 B64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}(?:(?:\r?\n|(?:\\r)?\\n)[A-Za-z0-9+/]+)*={0,2}")
@@ -660,7 +664,26 @@ def _a85(data: bytes) -> Iterator[bytes]:
         start = last.end() + 2 if data.startswith(b"<~", last.end()) else last.end()
         if end - start >= B64_MIN:
             with contextlib.suppress(ValueError):
-                yield base64.a85decode(data[start:end])
+                yield _a85decode(data[start:end])
+
+
+def _a85decode(encoded: bytes) -> bytes:
+    """:func:`base64.a85decode` of ``encoded`` (white space in it ignored), a part of
+    :data:`A85_GROUPS` at a time: in memory of about twice what it decodes to (a stream of
+    ``z``, four zero bytes a character, held 6 GB for a PDF of 64 MiB decoded at once).
+
+    Raises
+    ------
+    ValueError
+        When ``encoded`` is no ASCII85.
+    """
+    text = A85_SPACE.sub(b"", encoded)
+    parts, at = [], 0
+    while (m := A85_GROUPS.match(text, at)) is not None:
+        parts.append(base64.a85decode(m[0]))
+        at = m.end()
+    parts.append(base64.a85decode(text[at:]))
+    return b"".join(parts)
 
 
 def _holds_bytes(t: Any) -> bool:  # a pyarrow DataType (pyarrow is imported late)
