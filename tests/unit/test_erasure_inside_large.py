@@ -197,10 +197,18 @@ def test_a_large_file_committed_to_git_stops_the_erasure_and_fails_the_verifier(
     assert [f for f in report.findings if "git" in f["path"]], report.findings
 
 
+class _FullAtFlush(io.BytesIO):
+    """A spilled file on a disk that fills as its last bytes are flushed to it."""
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 @pytest.mark.pipeline
+@pytest.mark.parametrize("full", ["made", "flushed"])
 @pytest.mark.parametrize("where", ["remote", "git"])
 def test_a_large_file_that_cannot_be_spilled_to_look_inside_is_not_shown_clean(
-    tiny_project, monkeypatch, where
+    tiny_project, monkeypatch, where, full
 ):
     """What is too large to hold is written, unnamed, to a folder of the project to be looked
     inside; with no room there (or a folder this user cannot write) it is not looked inside,
@@ -218,6 +226,8 @@ def test_a_large_file_that_cannot_be_spilled_to_look_inside_is_not_shown_clean(
         _hash_object(root, data)
 
     def no_room(folder):
+        if full == "flushed":
+            return _FullAtFlush()
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(content_scan, "_spill_file", no_room)

@@ -296,6 +296,9 @@ class _Reader:
                 if not self.json:  # only the spilled file is read now (a notebook's parts are)
                     self.parts = []
             self._file.write(chunk)
+            # A full disk said so here, not first when done() reads it back (a git blob's
+            # error escaped the scan, a traceback where the verifier says why).
+            self._file.flush()
         except OSError as exc:
             self.close()
             self.spill = None
