@@ -63,7 +63,8 @@ OPAQUE_OBJECT = (
 )
 EXPANDS = (
     "expands too far to look inside (an archive or table of far more than its size: a zip "
-    "bomb, or near enough), so not shown to hold no erased content: remove it, or unpack it"
+    "bomb, or near enough), or there was no room to unpack it to look inside, so not shown to "
+    "hold no erased content: remove it, or unpack it (or free disk space)"
 )
 NOT_READ_DB = (
     "a database that could not be read to its end (damaged, encrypted, a value too large to "

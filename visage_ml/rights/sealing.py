@@ -135,9 +135,11 @@ WHAT_TO_DO = {
         "them, or delete them, then run `visage privacy resume`"
     ),
     EXPANDS_INSIDE: (
-        "these files expand too far to look inside (a zip bomb, or near enough), or are "
+        "these files expand too far to look inside (a zip bomb, or near enough), or there was "
+        "no room to unpack them to look inside (.visage/, the git folder, .dvc/tmp), or are "
         "databases that could not be read to their end (damaged, encrypted): unpack, repair "
-        "(`sqlite3 FILE .recover`) or delete them, then run `visage privacy resume`"
+        "(`sqlite3 FILE .recover`) or delete them, or free disk space, then run `visage "
+        "privacy resume`"
     ),
     UNREADABLE: (
         "these files could not be read, or folders listed, by this user, so no erasure shows "

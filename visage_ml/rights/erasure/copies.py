@@ -71,11 +71,13 @@ MSG_NOT_REMOVED = (
 )
 MSG_UNREADABLE = (
     "{n} file(s) could not be read, or are notebooks too large to look inside, or archives "
-    "that expand too far to look inside (a zip bomb, or near enough), or databases that could "
+    "that expand too far to look inside (a zip bomb, or near enough) or that there was no room "
+    "to unpack in .visage/ to look inside, or databases that could "
     "not be read to their end (damaged, encrypted, a -wal file not yet checkpointed too large "
     "to read with its database) ({where}), so none of them is shown to be no copy of the "
     "erased content; the erasure stops before its certificate. Make them readable to this "
-    "user (or delete them, clear a notebook's outputs, unpack an archive, repair a database, "
+    "user (or delete them, clear a notebook's outputs, unpack an archive, free disk space, "
+    "repair a database, "
     'checkpoint one: `sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`; `visage privacy '
     "doctor` lists them), then run `visage privacy resume`"
 )
