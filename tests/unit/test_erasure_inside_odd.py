@@ -271,3 +271,108 @@ def test_a_compressed_file_committed_to_git_that_expands_too_far_is_not_shown_cl
     assert "git" in found["path"] and "expanding too far" in found["why"], found
     with pytest.raises(OSError, match="expand too far"):
         Erasure(proj.paths).erase(proj.pids[1])
+
+
+# A zip whose first member was damaged (a bad CRC, a broken deflate stream, a local header
+# overwritten) hid every member after it: the scan stopped at the first error and showed the
+# archive clean, while `unzip` (and zipfile member by member) still extracts the later ones, the
+# photograph among them, and a stored member whose CRC alone is wrong as it is.
+
+
+def _zip_of(*members: tuple[str, bytes, int]) -> bytearray:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data, how in members:
+            z.writestr(name, data, compress_type=how)
+    return bytearray(out.getvalue())
+
+
+def _member_at(data: bytearray, name: str) -> tuple[int, int]:
+    """Where the local header and the central directory entry of ``name`` begin."""
+    central = data.index(b"PK\x01\x02")
+    local = data.index(name.encode()) - 30
+    entry = data.index(name.encode(), central) - 46
+    return local, entry
+
+
+def _bad_crc(data: bytearray, name: str) -> bytearray:
+    """``name``'s CRC-32 wrong, in its local header and in the central directory (as a bit
+    flipped in its data, or the field itself, leaves it: unzip extracts it, and warns)."""
+    local, entry = _member_at(data, name)
+    data[local + 14] ^= 0xFF
+    data[entry + 16] ^= 0xFF
+    return data
+
+
+def _read_until_stopped(data: bytes) -> tuple[set[str], bool]:
+    """What the scan of ``data`` (a zip) found inside, and whether it was stopped as not shown
+    clean."""
+    found: set[str] = set()
+    try:
+        for digest in embedded.inside(data, embedded.ZIP):
+            found.add(digest)
+    except embedded.TooLarge:
+        return found, True
+    return found, False
+
+
+def test_a_damaged_zip_member_hides_none_after_it(proj):
+    _, png, theirs = _photos(proj)
+    notes = b"minutes of the meeting " * 400
+    deflated, stored = zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED
+    # The first member's CRC wrong: it is read as unzip extracts it, and so is the photograph.
+    crc = _bad_crc(_zip_of(("notes.txt", notes, deflated), ("photo.png", png, stored)), "notes.txt")
+    with zipfile.ZipFile(io.BytesIO(crc)) as z:
+        assert z.read("photo.png") == png  # extractable
+    assert _read_until_stopped(bytes(crc)) == ({_sha(notes), _sha(png)}, False)
+    # The photograph's own CRC wrong (stored: unzip writes its bytes as they are).
+    own = _bad_crc(_zip_of(("theirs.png", theirs, stored), ("photo.png", png, stored)), "photo.png")
+    assert _read_until_stopped(bytes(own)) == ({_sha(theirs), _sha(png)}, False)
+    # The first member's deflate stream broken, or its local header overwritten: it cannot be
+    # read, the photograph after it still is, and the archive is not shown clean.
+    broken = _zip_of(("notes.txt", notes, deflated), ("photo.png", png, stored))
+    local, _ = _member_at(broken, "notes.txt")
+    broken[local + 30 + len("notes.txt") : local + 30 + len("notes.txt") + 8] = b"\xff" * 8
+    overwritten = _zip_of(("notes.txt", notes, deflated), ("photo.png", png, stored))
+    overwritten[local : local + 4] = b"\0\0\0\0"
+    for damaged in (broken, overwritten):
+        with zipfile.ZipFile(io.BytesIO(damaged)) as z:
+            assert z.read("photo.png") == png  # extractable
+        found, stopped = _read_until_stopped(bytes(damaged))
+        assert _sha(png) in found and stopped
+    # An undamaged zip, and an encrypted member (not looked inside, as before): read, clean.
+    fine = _zip_of(("notes.txt", notes, deflated), ("theirs.png", theirs, stored))
+    assert _read_until_stopped(bytes(fine)) == ({_sha(notes), _sha(theirs)}, False)
+
+
+def test_a_zip_with_a_damaged_member_stops_the_erasure_and_fails_the_verifier(proj):
+    victim, png, _ = _photos(proj)
+    folder = proj.paths.root / "data" / "shared_for_colleague"
+    folder.mkdir(parents=True)
+    notes = b"minutes of the meeting " * 400
+    made = {
+        folder / "backup.zip": bytes(
+            _bad_crc(
+                _zip_of(
+                    ("notes.txt", notes, zipfile.ZIP_DEFLATED),
+                    ("photo.png", png, zipfile.ZIP_STORED),
+                ),
+                "notes.txt",
+            )
+        )
+    }
+    for path, data in made.items():
+        path.write_bytes(data)
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert "1 file(s) hold erased content inside" in said, said
+    for path in made:
+        path.unlink()
+    (done,) = Erasure(proj.paths).resume()
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    for path, data in made.items():
+        path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]).name for f in report.findings} == {"backup.zip"}

@@ -398,15 +398,39 @@ ARCHIVE_ERRORS = (
 )
 
 
+class DamagedMember(TooLarge):
+    """A zip member that could not be read to its end (a broken deflate stream, a local header
+    overwritten, a method not supported here), the members after it read: what ``unzip`` still
+    extracts of it is not looked at, so nothing the archive holds is shown clean."""
+
+
+# A zip member's encryption flag: not looked inside (no password), as before.
+ZIP_ENCRYPTED = 0x1
+
+
 def _zip(fh: IO[bytes], sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
+    """Each member read on its own, as ``unzip`` extracts it: one damaged does not hide those
+    after it (:class:`DamagedMember` once they are read). A member whose CRC-32 alone is wrong
+    is read as ``unzip`` writes it, its bytes as they are (a stored photograph, whole)."""
     try:
-        with zipfile.ZipFile(fh) as z:
-            for info in z.infolist():
-                if not info.is_dir():
-                    with z.open(info) as member:
-                        yield from _stream(member, info.file_size, sizes, depth, budget)
-    except ARCHIVE_ERRORS:
+        z = zipfile.ZipFile(fh)
+    except ARCHIVE_ERRORS:  # no central directory: nothing ``unzip`` extracts either
         return
+    damaged = False
+    with z:
+        for info in z.infolist():
+            if info.is_dir() or info.flag_bits & ZIP_ENCRYPTED:
+                continue
+            try:
+                with z.open(info) as member:
+                    # zipfile checks the CRC-32 only at the member's end, raising there;
+                    # unzip warns, and writes what it read: the same bytes, read here.
+                    member._expected_crc = None
+                    yield from _stream(member, info.file_size, sizes, depth, budget)
+            except ARCHIVE_ERRORS:
+                damaged = True
+    if damaged:
+        raise DamagedMember
 
 
 def _open_tar(fh: IO[bytes]) -> tarfile.TarFile | None:
