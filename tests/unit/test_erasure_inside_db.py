@@ -555,3 +555,169 @@ def test_a_database_too_large_to_read_with_its_wal_is_not_shown_clean_until_chec
     assert set(whys) == {"project.db", "project.db-wal"}, whys
     assert all("wal_checkpoint(TRUNCATE)" in w for w in whys.values()), whys
     con.close()
+
+
+# A database in rollback-journal mode (SQLite's default) with a hot -journal beside it, as a
+# crash in the middle of a transaction leaves them: SQLite lays the journal's pages back over
+# the database at its next open. Before, the scan read the database alone (immutable, which
+# ignores the journal): the photograph's row, deleted by the transaction the crash interrupted,
+# was not looked for where SQLite brings it back from.
+
+
+def _interrupted(folder: Path, png: bytes, theirs: bytes) -> dict[str, bytes]:
+    """A database and its -journal copied while a transaction deleting the photograph's row is
+    open (its pages spilled into the database), as a crash leaves them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    live = folder / "live.db"
+    con = sqlite3.connect(live, isolation_level=None)
+    con.execute("PRAGMA page_size = 512")
+    con.execute("PRAGMA secure_delete = ON")  # freed pages zeroed: no photo left in them
+    con.execute("CREATE TABLE faces (id INTEGER PRIMARY KEY, name TEXT, img BLOB)")
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", ("a", theirs))
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", (NAME, png))
+    con.execute("PRAGMA cache_size = 1")  # spill: pages written before the commit
+    con.execute("BEGIN")
+    con.execute("DELETE FROM faces WHERE name = ?", (NAME,))
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", ("c", theirs[::-1] * 3))
+    made = {"": live.read_bytes(), "-journal": Path(f"{live}-journal").read_bytes()}
+    con.execute("ROLLBACK")
+    con.close()
+    live.unlink()
+    return made
+
+
+def _at_commit(png: bytes, theirs: bytes, tmp: Path) -> dict[str, bytes]:
+    """A database whose transaction deleting the photograph's row wrote every page, and its
+    -journal, as a crash before the journal is deleted leaves them (made as SQLite writes one:
+    a record of each page as it was, checked against SQLite itself by the caller)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = _db(
+        tmp / "made.db",
+        ("PRAGMA secure_delete = ON", ()),
+        ("CREATE TABLE faces (id INTEGER PRIMARY KEY, name TEXT, img BLOB)", ()),
+        ("INSERT INTO faces (name, img) VALUES (?, ?)", ("a", theirs)),
+        ("INSERT INTO faces (name, img) VALUES (?, ?)", (NAME, png)),
+    )
+    before = path.read_bytes()
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA secure_delete = ON")
+        con.execute("DELETE FROM faces WHERE name = ?", (NAME,))
+    con.close()
+    after = path.read_bytes()
+    ps, nonce = 512, 0x1234ABCD
+    changed = [
+        n
+        for n in range(len(before) // ps)
+        if before[n * ps : (n + 1) * ps] != after[n * ps : (n + 1) * ps]
+    ]
+    header = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7" + struct.pack(
+        ">5I", len(changed), nonce, len(before) // ps, 512, ps
+    )
+    journal = bytearray(header.ljust(512, b"\0"))
+    for n in changed:
+        page = before[n * ps : (n + 1) * ps]
+        check = (nonce + sum(page[ps - 200 : 0 : -200])) % 2**32
+        journal += struct.pack(">I", n + 1) + page + struct.pack(">I", check)
+    assert png not in after and png not in journal  # split over pages
+    return {"": after, "-journal": bytes(journal)}
+
+
+def _names(db: Path) -> list[str]:
+    """What SQLite itself reads of a copy of ``db`` (playing its hot journal back)."""
+    with sqlite3.connect(db) as con:
+        names = [r[0] for r in con.execute("SELECT name FROM faces ORDER BY rowid")]
+    con.close()
+    return names
+
+
+def test_a_hot_journal_is_read_with_its_database_as_sqlite_plays_it_back(tmp_path, proj):
+    _, png, theirs = _photos(proj)
+    spilled = _interrupted(tmp_path / "live", png, theirs)
+    committed = _at_commit(png, theirs, tmp_path / "made")
+    j = committed["-journal"]
+    damaged = bytearray(j)
+    damaged[512 + 4 + 312] ^= 0xFF  # a sampled byte of the first record: its checksum fails
+    cases = {
+        "spilled": (spilled, True),
+        "at commit": (committed, True),
+        # PERSIST's committed journal: its header zeroed, not played back.
+        "header zeroed": ({**committed, "-journal": bytes(28) + j[28:]}, False),
+        "damaged": ({**committed, "-journal": bytes(damaged)}, False),
+    }
+    for name, (files, back) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for suffix, data in files.items():
+            (folder / f"crashed.db{suffix}").write_bytes(data)
+        h = _scanned(folder)
+        listing = sorted(os.listdir(folder))
+        assert listing == ["crashed.db", "crashed.db-journal"]  # nothing written beside
+        assert not h["crashed.db"].unreadable, name
+        assert (_sha(png) in h["crashed.db"].held) is back, name
+        assert _sha(theirs) in h["crashed.db"].held, name
+        # In memory too (a database and its journal read together as bytes).
+        from visage_ml.rights import embedded_db
+
+        data = embedded_db.rolled_back(files[""], files["-journal"])
+        assert (_sha(png) in set(embedded.inside(data, embedded.SQLITE))) is back, name
+        assert (NAME in _names(folder / "crashed.db")) is back, name  # SQLite's own reading
+
+
+def test_a_hot_journal_stops_the_erasure_and_fails_the_verifier(proj):
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "backup"
+    made = _at_commit(png, theirs, proj.paths.root.parent / "made")
+    folder.mkdir(parents=True)
+    for suffix, data in made.items():
+        (folder / f"project.db{suffix}").write_bytes(data)
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert "file(s) hold erased content inside" in said and NAME not in said, said
+    assert sorted(os.listdir(folder)) == ["project.db", "project.db-journal"]  # not played back
+    assert {s: (folder / f"project.db{s}").read_bytes() for s in made} == made
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    listed = {
+        f["path"]
+        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
+        if f["kind"] == "erased_inside"
+    }
+    assert "data/backup/project.db" in listed, doctor.output
+    (folder / "project.db-journal").unlink()  # the database alone holds no photograph
+    (done,) = Erasure(proj.paths).resume()
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    (folder / "project.db-journal").write_bytes(made["-journal"])
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert "project.db" in {Path(f["path"]).name for f in report.findings}
+
+
+def test_a_journal_alone_or_too_large_to_read_with_its_database_is_not_shown_clean(
+    tmp_path, proj, monkeypatch
+):
+    from visage_ml.rights import embedded_db
+
+    _, png, theirs = _photos(proj)
+    made = _at_commit(png, theirs, tmp_path / "made")
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    for suffix, data in made.items():
+        (folder / f"project.db{suffix}").write_bytes(data)
+    # Its database gone: the journal's pages laid over an empty database, read or not shown clean.
+    alone = tmp_path / "alone" / "gone.db-journal"
+    alone.parent.mkdir()
+    alone.write_bytes(made["-journal"])
+    try:
+        shown = _sha(png) in set(embedded_db.inside_path(alone))
+    except embedded.TooLarge:
+        shown = True  # not shown clean
+    assert shown
+    # Too large to hold with its database: not shown clean while it restores pages the
+    # database lacks.
+    monkeypatch.setattr(embedded, "EMBED_MAX", 1024)
+    with pytest.raises(embedded.TooLarge):
+        set(embedded_db.inside_path(folder / "project.db"))
+    assert _scanned(folder)["project.db"].unreadable
+    # Its pages all in the database as they are (no page written yet): the database is read.
+    (folder / "project.db").write_bytes(embedded_db.rolled_back(made[""], made["-journal"]))
+    assert _sha(png) in set(embedded_db.inside_path(folder / "project.db"))

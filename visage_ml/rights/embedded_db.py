@@ -84,6 +84,24 @@ PAGE_SIZES = frozenset(1 << n for n in range(9, 17))
 PAGE_SIZE_AT = 16
 MASK32 = 0xFFFFFFFF
 
+# A rollback journal (https://sqlite.org/fileformat.html, "The Rollback Journal"; SQLite's
+# pager.c, pager_playback): a header (magic, record count, checksum nonce, the database's size in
+# pages before the transaction, sector size, page size) padded to the sector size, then records
+# of a page number, the page as it was before the transaction, and a checksum (the nonce plus
+# every 200th byte of the page, from its end). A transaction that spilled pages into the
+# database before its commit may add a header, at the next sector boundary, with more records.
+# Every integer big-endian.
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+JOURNAL_SUFFIX = "-journal"
+JOURNAL_HEADER = 28
+SECTOR_SIZES = frozenset(1 << n for n in range(5, 17))
+# A record count of -1: as many records as the file holds (``PRAGMA synchronous = OFF``).
+TO_THE_END = 0xFFFFFFFF
+# The page holding the byte at 2**30 (SQLite's lock byte) is never journaled: a record naming
+# it, or page 0, ends the playback (as a broken checksum, or a record cut short, does).
+LOCK_BYTE = 1 << 30
+CHECKSUM_STEP = 200
+
 
 def is_wal(first: bytes) -> bool:
     """Whether a file beginning with ``first`` is a SQLite WAL file."""
@@ -187,6 +205,100 @@ def applied(db: bytes, wal: bytes) -> bytes:
     for page, at in found.pages.items():
         if page <= found.size:
             image[(page - 1) * ps : page * ps] = wal[at : at + ps]
+    return bytes(image)
+
+
+def is_journal(first: bytes) -> bool:
+    """Whether a file beginning with ``first`` is a SQLite rollback journal SQLite plays back
+    (a committed one is deleted, truncated, or its header zeroed: ``PERSIST``)."""
+    return first[: len(JOURNAL_MAGIC)] == JOURNAL_MAGIC
+
+
+def _journal_checksum(page: bytes | memoryview, nonce: int) -> int:
+    """pager.c's ``pager_cksum``: ``nonce`` plus every 200th byte of ``page`` from its end (the
+    byte at offset 0 never)."""
+    return (nonce + sum(page[len(page) - CHECKSUM_STEP : 0 : -CHECKSUM_STEP])) & MASK32
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """What a hot rollback journal restores of its database: its page size, where in it the
+    page each record restores lies (page number -> offset of the page; of a page twice, the
+    last, as SQLite plays them in order), and the database's size in pages before the
+    transaction (it is cut to it)."""
+
+    page_size: int
+    pages: dict[int, int]
+    size: int
+
+
+def journaled(journal: bytes | mmap.mmap) -> Journaled | None:
+    """The records of ``journal`` SQLite plays back at the database's next open (pager.c's
+    ``pager_playback``): header by header, each record up to the first of a page number 0 or
+    of the lock byte's page, of a broken checksum, or cut short, which ends the playback; a
+    record of a page beyond the database's size before the transaction passed over. None when
+    ``journal`` is none SQLite plays back (no magic, a header zeroed, a page or sector size
+    SQLite refuses)."""
+    if len(journal) < JOURNAL_HEADER or not is_journal(journal):
+        return None
+    size, sector, page_size = struct.unpack_from(">3I", journal, 16)
+    if page_size not in PAGE_SIZES or sector not in SECTOR_SIZES:
+        return None
+    with memoryview(journal) as view:
+        return Journaled(page_size, _records(view, page_size, sector, size), size)
+
+
+def _records(view: memoryview, page_size: int, sector: int, size: int) -> dict[int, int]:
+    """:func:`journaled` past the first header's fields."""
+    pages: dict[int, int] = {}
+    record = page_size + 8
+    lock_page = LOCK_BYTE // page_size + 1
+    header = 0
+    while header + sector <= len(view) and is_journal(view[header : header + 8]):
+        n, nonce = struct.unpack_from(">2I", view, header + 8)
+        at = header + sector
+        if n == TO_THE_END:
+            n = (len(view) - at) // record
+        for _ in range(n):
+            if at + record > len(view):
+                return pages
+            (page,) = struct.unpack_from(">I", view, at)
+            if page in (0, lock_page):
+                return pages
+            if page <= size:  # else a page the transaction added: cut off, not restored
+                (check,) = struct.unpack_from(">I", view, at + 4 + page_size)
+                if _journal_checksum(view[at + 4 : at + 4 + page_size], nonce) != check:
+                    return pages
+                pages[page] = at + 4
+            at += record
+        header = -(-at // sector) * sector  # the next header: at the next sector boundary
+    return pages
+
+
+def rolled_back(db: bytes, journal: bytes) -> bytes:
+    """The database ``db`` (b"": none) as SQLite reads it once it played back the hot
+    journal ``journal`` beside it: each page a record restores laid over the database's, cut
+    to its size before the transaction. In memory: nothing is written (SQLite itself would
+    write the pages back and delete the journal).
+
+    Raises
+    ------
+    NotRead
+        The journal is of pages of another size than the database's, or gives a size its
+        bytes and the database's cannot fill (damaged, or made to take all memory).
+    """
+    found = journaled(journal)
+    if found is None:
+        return db
+    ps = found.page_size
+    if db and _page_size(db) != ps:
+        raise NotRead
+    if found.size * ps > len(db) + len(journal):
+        raise NotRead
+    image = bytearray(db[: found.size * ps])
+    image.extend(bytes(found.size * ps - len(image)))
+    for page, at in found.pages.items():
+        image[(page - 1) * ps : page * ps] = journal[at : at + ps]
     return bytes(image)
 
 
@@ -358,6 +470,8 @@ def inside_db(
     """
     if is_wal(data):
         data = applied(b"", data)
+    elif is_journal(data):
+        data = rolled_back(b"", data)
     if not data:  # a WAL of no commit: nothing in a table
         return
     if data[WAL_FLAGS_AT : WAL_FLAGS_AT + 2] == b"\x02\x02":
@@ -376,31 +490,75 @@ def _first(path: Path) -> bytes:
         return fh.read(len(embedded.SQLITE_MAGIC))
 
 
+def _hot(journal: Path) -> bool:
+    """Whether the file at ``journal`` is a rollback journal SQLite plays back (none there, or
+    none this user may see: SQLite could not read it either)."""
+    try:
+        return is_journal(_first(journal))
+    except OSError:
+        return False
+
+
+def _beside(db: Path) -> tuple[Path | None, Path | None]:
+    """The ``-wal`` file (None when there is none, or it is empty) and the hot rollback journal
+    (:func:`is_journal`; None when there is none) beside the database at ``db``."""
+    wal = db.with_name(db.name + WAL_SUFFIX)
+    try:
+        has_wal = wal.stat().st_size > 0
+    except OSError:  # none (or none this user may see: then SQLite could not read it either)
+        has_wal = False
+    journal = db.with_name(db.name + JOURNAL_SUFFIX)
+    return (wal if has_wal else None), (journal if _hot(journal) else None)
+
+
 def pair(path: Path) -> tuple[Path | None, Path | None]:
-    """The database and the WAL file SQLite reads together, of which the file at ``path`` (a
-    database or a WAL file, :func:`~visage_ml.rights.embedded.kind`) is one: a database's
-    ``-wal`` beside it (None when there is none, or it is empty), a WAL's database (its name
-    without ``-wal``; None when there is none, or it is no database).
+    """The database and the file SQLite reads with it, of which the file at ``path`` (a
+    database, a WAL file or a rollback journal) is one: a database's ``-wal`` beside it, else
+    its hot ``-journal`` (None when there is neither); a WAL's or a journal's database (its
+    name without ``-wal`` or ``-journal``; None when there is none, or it is no database).
 
     Raises
     ------
     OSError
         When ``path`` cannot be read.
     """
-    if not is_wal(_first(path)):
-        wal = path.with_name(path.name + WAL_SUFFIX)
-        try:
-            return path, wal if wal.stat().st_size > 0 else None
-        except OSError:  # none (or none this user may see: then SQLite could not read it either)
-            return path, None
-    if path.name.endswith(WAL_SUFFIX):
-        db = path.with_name(path.name.removesuffix(WAL_SUFFIX))
+    first = _first(path)
+    if not is_wal(first) and not is_journal(first):
+        wal, journal = _beside(path)
+        return path, wal if wal is not None else journal
+    suffix = WAL_SUFFIX if is_wal(first) else JOURNAL_SUFFIX
+    if path.name.endswith(suffix):
+        db = path.with_name(path.name.removesuffix(suffix))
         try:
             if _first(db) == embedded.SQLITE_MAGIC:
                 return db, path
         except OSError:
             pass
     return None, path
+
+
+def _unchanged(db: Path, journal: Path) -> bool:
+    """Whether every page the hot journal ``journal`` restores of the database file ``db``
+    (too large to hold together) is in it as it is (the transaction had written none of its
+    pages yet), or it restores none: then ``db`` alone is what SQLite reads (cut to its size
+    before the transaction: less than is read here). Both read from their files (the journal
+    mapped read-only), a page at a time."""
+    with (
+        open(journal, "rb") as jh,
+        mmap.mmap(jh.fileno(), 0, access=mmap.ACCESS_READ) as records,
+        open(db, "rb") as fh,
+    ):
+        found = journaled(records)
+        if found is None or not found.pages:
+            return True
+        ps = found.page_size
+        if _page_size(fh.read(PAGE_SIZE_AT + 2)) != ps:
+            return False
+        for page, at in found.pages.items():
+            fh.seek((page - 1) * ps)
+            if fh.read(ps) != records[at : at + ps]:
+                return False
+    return True
 
 
 def _checkpointed(db: Path, wal: Path) -> bool:
@@ -428,31 +586,48 @@ def _checkpointed(db: Path, wal: Path) -> bool:
 
 def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]:
     """:func:`inside_db` for the database file at ``path``, whatever its size, or for a WAL
-    file: read with its pair (:func:`pair`) as SQLite reads them (:func:`applied`, in memory).
-    A database alone too large to hold is opened read-only and immutable, so nothing is
-    written beside it or in it; one whose WAL adds pages it lacks, the two too large to hold
-    together, is not shown clean.
+    file or a rollback journal: read with the files SQLite reads with it (:func:`pair`), in
+    memory: its hot journal's pages laid over it (:func:`rolled_back`), then its WAL's
+    (:func:`applied`). A database alone too large to hold is opened read-only and immutable,
+    so nothing is written beside it or in it; one whose journal restores pages it lacks, or
+    whose WAL adds pages it lacks, too large to hold with them, is not shown clean.
 
     Raises
     ------
     TooLarge
-        As :func:`inside_db`; :class:`NotRead` too for a database and WAL too large to hold
-        together.
+        As :func:`inside_db`; :class:`NotRead` too for a database too large to read with its
+        journal or WAL.
     OSError
         When the file cannot be opened.
     """
-    db, wal = pair(path)
-    if wal is not None:
-        total = wal.stat().st_size + (db.stat().st_size if db is not None else 0)
+    db, other = pair(path)
+    if db is not None:
+        wal, journal = _beside(db)
+    elif other is not None and is_wal(_first(other)):
+        wal, journal = other, None
+    else:
+        wal, journal = None, other
+    if wal is not None or journal is not None:
+        beside = [f for f in (db, journal, wal) if f is not None]
+        total = sum(f.stat().st_size for f in beside)
         if total <= embedded.EMBED_MAX:
-            # The WAL first: a checkpoint between the two reads leaves the same pages.
-            frames = wal.read_bytes()
-            data = applied(db.read_bytes() if db is not None else b"", frames)
+            # The WAL first: a checkpoint between the reads leaves the same pages.
+            frames = wal.read_bytes() if wal is not None else b""
+            records = journal.read_bytes() if journal is not None else b""
+            data = db.read_bytes() if db is not None else b""
+            if journal is not None:
+                data = rolled_back(data, records)
+            if wal is not None:
+                data = applied(data, frames)
             yield from inside_db(data, sizes=sizes, budget=_Budget(total))
             return
-        if db is None or not _checkpointed(db, wal):
+        if db is None:
             raise NotRead
-    if db is None:  # never so: pair gives a WAL whenever it gives no database
+        if journal is not None and not _unchanged(db, journal):
+            raise NotRead
+        if wal is not None and not _checkpointed(db, wal):
+            raise NotRead
+    if db is None:  # never so: pair gives a WAL or a journal whenever it gives no database
         raise NotRead
     budget = _Budget(db.stat().st_size)
     uri = f"{db.resolve().as_uri()}?mode=ro&immutable=1"
