@@ -63,14 +63,17 @@ OPAQUE_OBJECT = (
 )
 EXPANDS = (
     "expands too far to look inside (an archive or table of far more than its size: a zip "
-    "bomb, or near enough), or there was no room to unpack it to look inside, so not shown to "
-    "hold no erased content: remove it, or unpack it (or free disk space)"
+    "bomb, or near enough), or a member of it is damaged (the others read), or there was no "
+    "room to unpack it to look inside, so not shown to hold no erased content: remove it, or "
+    "unpack it (or free disk space)"
 )
 NOT_READ_DB = (
     "a database that could not be read to its end (damaged, encrypted, a value too large to "
-    "read, or a -wal file not yet checkpointed that it is too large to read with, or that is "
-    "alone), so not shown to hold no erased content: repair it (`sqlite3 <file> .recover`), "
-    'checkpoint its -wal (`sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`), or remove it'
+    "read, or a -wal file not yet checkpointed or a -journal left by a crash that it is too "
+    "large to read with, or that is alone), so not shown to hold no erased content: repair it "
+    "(`sqlite3 <file> .recover`), checkpoint its -wal "
+    '(`sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`), play its -journal back '
+    '(`sqlite3 <file> "PRAGMA integrity_check"`), or remove it'
 )
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 HELD_INSIDE = (

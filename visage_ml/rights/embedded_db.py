@@ -30,12 +30,26 @@ and not shown clean when it does not. A database and its ``-wal`` too large to h
 are not shown clean while the WAL holds a page the database does not (checkpoint it:
 ``sqlite3 x.db "PRAGMA wal_checkpoint(TRUNCATE)"``).
 
+A database in rollback-journal mode (SQLite's default) keeps, during a transaction, each page
+as it was in the ``-journal`` file beside it; a crash leaves that journal hot, and SQLite lays
+its pages back over the database at the next open (a row the transaction deleted comes back).
+An immutable connection ignores it too, so the journal's records SQLite plays back
+(:func:`journaled`: checksums checked, up to the first broken one) are laid over the database
+in memory (:func:`rolled_back`), before a WAL's frames, never played back into the file. A
+journal alone (its database deleted or renamed) is laid over an empty database: read when it
+holds the schema's page, not shown clean when it does not. A database and its journal too large
+to hold together are not shown clean while the journal restores a page the database lacks
+(``sqlite3 x.db "PRAGMA integrity_check"`` plays it back). A journal naming a super-journal is
+played back whether or not that still exists (SQLite would not, once it is gone: more is read
+here, never less).
+
 Not shown clean (:class:`NotRead`): a database that cannot be read to its end (damaged,
 encrypted, not one though it begins as one), and a value too large to hold that cannot be
 streamed (a WITHOUT ROWID table's, a TEXT SQLite reports too large). Not looked inside: rows
 deleted but still in freed pages (until ``VACUUM``), and the frames of a ``-wal`` file SQLite
 would not apply (older than a page's last committed one, not committed, from before the WAL
-was reset, after a broken checksum): none of them is in a table any more.
+was reset, after a broken checksum) or the records of a journal SQLite would not play back
+(after a broken checksum, a header zeroed): none of them is in a table any more.
 """
 
 from __future__ import annotations

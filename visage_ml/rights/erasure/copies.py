@@ -71,14 +71,16 @@ MSG_NOT_REMOVED = (
 )
 MSG_UNREADABLE = (
     "{n} file(s) could not be read, or are notebooks too large to look inside, or archives "
-    "that expand too far to look inside (a zip bomb, or near enough) or that there was no room "
-    "to unpack in .visage/ to look inside, or databases that could "
-    "not be read to their end (damaged, encrypted, a -wal file not yet checkpointed too large "
-    "to read with its database) ({where}), so none of them is shown to be no copy of the "
+    "that expand too far to look inside (a zip bomb, or near enough) or have a damaged member "
+    "or that there was no room to unpack in .visage/ to look inside, or databases that could "
+    "not be read to their end (damaged, encrypted, a -wal file not yet checkpointed or a "
+    "-journal left by a crash too large to read with its database) ({where}), so none of them "
+    "is shown to be no copy of the "
     "erased content; the erasure stops before its certificate. Make them readable to this "
     "user (or delete them, clear a notebook's outputs, unpack an archive, free disk space, "
     "repair a database, "
-    'checkpoint one: `sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`; `visage privacy '
+    'checkpoint one: `sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`, play its -journal '
+    'back: `sqlite3 <file> "PRAGMA integrity_check"`; `visage privacy '
     "doctor` lists them), then run `visage privacy resume`"
 )
 MSG_REMOTE_DOWN = (
