@@ -721,3 +721,19 @@ def test_a_journal_alone_or_too_large_to_read_with_its_database_is_not_shown_cle
     # Its pages all in the database as they are (no page written yet): the database is read.
     (folder / "project.db").write_bytes(embedded_db.rolled_back(made[""], made["-journal"]))
     assert _sha(png) in set(embedded_db.inside_path(folder / "project.db"))
+
+
+def test_a_journal_alone_is_read_by_the_walk_not_passed_over_as_an_unknown_file(tmp_path, proj):
+    """A hot -journal whose database was deleted or renamed, found by the walk (no database beside
+    it to pair with): told by its first bytes, so read as its pages over an empty database, never
+    passed over as a file of unknown kind."""
+    _, png, theirs = _photos(proj)
+    made = _at_commit(png, theirs, tmp_path / "made")
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    (folder / "gone.db-journal").write_bytes(made["-journal"])
+    (folder / "renamed.bin").write_bytes(made["-journal"])  # a name that says nothing
+    scanned = _scanned(folder)
+    for name in ("gone.db-journal", "renamed.bin"):
+        h = scanned[name]
+        assert _sha(png) in h.held or h.unreadable or h.expands, name

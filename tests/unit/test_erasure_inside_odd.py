@@ -376,3 +376,23 @@ def test_a_zip_with_a_damaged_member_stops_the_erasure_and_fails_the_verifier(pr
     report = verify_certificate(done.certificate_path, root=proj.paths.root)
     assert not report.ok
     assert {Path(f["path"]).name for f in report.findings} == {"backup.zip"}
+
+
+def test_a_damaged_tar_header_hides_none_after_it(proj):
+    """A tar whose middle member's header is damaged: GNU tar skips to the next header and still
+    extracts the photograph after it, so the scan reads on past it too (tarfile took the bad
+    header for the archive's end)."""
+    import tarfile
+
+    _, png, _theirs = _photos(proj)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in (("a.txt", b"a" * 700), ("b.txt", b"b" * 700), ("photo.png", png)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = bytearray(out.getvalue())
+    second = data.find(b"b.txt")
+    assert second % 512 == 0
+    data[second + 148 : second + 156] = b"9999999\0"  # its header checksum wrong
+    assert _sha(png) in set(embedded.inside(bytes(data), embedded.TAR))

@@ -99,6 +99,7 @@ BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 PARQUET_MAGIC = b"PAR1"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # its -wal file (embedded_db)
+SQLITE_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # its hot -journal (embedded_db)
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -234,7 +235,7 @@ def kind(first: bytes) -> str | None:
         return COMPRESSED
     if first.startswith(PARQUET_MAGIC):
         return PARQUET
-    if first.startswith((SQLITE_MAGIC, *SQLITE_WAL_MAGIC)):
+    if first.startswith((SQLITE_MAGIC, *SQLITE_WAL_MAGIC, SQLITE_JOURNAL_MAGIC)):
         return SQLITE
     if first.startswith(PDF_MAGIC) or (PDF_MAGIC in first[:PDF_WITHIN] and not _text(first)):
         return PDF
@@ -436,9 +437,14 @@ def _zip(fh: IO[bytes], sizes: SizeFilter | None, depth: int, budget: _Budget) -
 def _open_tar(fh: IO[bytes]) -> tarfile.TarFile | None:
     """``fh`` as a tar file (compressed or not), or None when it is none."""
     try:
-        return tarfile.open(fileobj=fh, mode="r:*")
+        t = tarfile.open(fileobj=fh, mode="r:*")  # noqa: SIM115 - closed by _tar
     except ARCHIVE_ERRORS:
         return None
+    # A tar (its first header is one): a damaged header after it is skipped to the next one, as
+    # GNU tar does when it extracts, not taken for the archive's end (which hid every member
+    # after it). Not set for the opening, which would take any compressed file for a tar.
+    t.ignore_zeros = True
+    return t
 
 
 def _tar(

@@ -105,7 +105,7 @@ MASK32 = 0xFFFFFFFF
 # every 200th byte of the page, from its end). A transaction that spilled pages into the
 # database before its commit may add a header, at the next sector boundary, with more records.
 # Every integer big-endian.
-JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+JOURNAL_MAGIC = embedded.SQLITE_JOURNAL_MAGIC
 JOURNAL_SUFFIX = "-journal"
 JOURNAL_HEADER = 28
 SECTOR_SIZES = frozenset(1 << n for n in range(5, 17))
