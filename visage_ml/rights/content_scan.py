@@ -240,8 +240,9 @@ class Read:
 
 # What is looked inside from its file when too large to hold whole (over
 # :data:`~visage_ml.rights.embedded.EMBED_MAX`): an archive or a compressed file member by member,
-# a text file a window at a time. A pickle, an array or a table that large is only hashed.
-FROM_FILE = frozenset({*embedded.STREAMED, embedded.TEXT})
+# a text file a window at a time, a table a few rows at a time, a pickle, an array or a PDF
+# mapped (:func:`~visage_ml.rights.embedded.inside_large`); a database from its path.
+FROM_FILE = embedded.LARGE
 
 
 def _spill_file(folder: Path) -> IO[bytes]:
@@ -364,9 +365,10 @@ def _inside_large(
     paired: bool = False,
 ) -> Read:
     """``read`` with what a file too large to hold in memory (over
-    :data:`~visage_ml.rights.embedded.EMBED_MAX`) holds inside, read from ``fh`` (seekable, at
+    :data:`~visage_ml.rights.embedded.EMBED_MAX`) holds inside, read from ``fh`` (a file, at
     its start): an archive member by member, a text file (a CSV of a dataset's photographs) a
-    window at a time (:data:`FROM_FILE`); a database of this file system (``path``) table by
+    window at a time, a table (a data set's Parquet shard) a few rows at a time, a pickle, an
+    array or a PDF mapped (:data:`FROM_FILE`); a database of this file system (``path``) table by
     table, opened read-only and immutable (nothing written beside it); ``paired``: a database
     and its ``-wal`` file, read together whatever their size
     (:func:`~visage_ml.rights.embedded_db.inside_path`)."""
@@ -376,11 +378,9 @@ def _inside_large(
         return read
     try:
         held = tuple(
-            embedded.inside_text(fh, sizes=sizes)
-            if read.kind == embedded.TEXT
-            else embedded_db.inside_path(path, sizes=sizes)
+            embedded_db.inside_path(path, sizes=sizes)
             if read.kind == embedded.SQLITE and path is not None
-            else embedded.inside_file(fh, read.kind, sizes=sizes)
+            else embedded.inside_large(fh, read.kind, sizes=sizes)
         )
     except embedded.TooLarge:  # a bomb, or near enough: not shown clean
         return replace(read, expands=True)

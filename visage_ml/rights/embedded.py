@@ -18,15 +18,17 @@ JPEG (SOI to EOI, :func:`_jpegs`) lies as it is, and is found so; a PDF's ASCII8
 decoded. An archive, a pickle, an array, a table, a database or a PDF is not rewritten: one of
 the project stops the erasure for the operator to decide, a DVC object goes whole
 (:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams are
-read member by member, nested ones too (to :data:`DEPTH`); a member larger than
-:data:`EMBED_MAX` is hashed, not looked inside, and a pickle, an array, a table or a PDF that
-large is only hashed whole; a text file that large is read a window at a time
-(:func:`inside_text`), a database file that large table by table from its file (a git object or
-a remote's object that large is only hashed whole). An archive or a text file that large is read
-from its file (:func:`inside_file`) wherever it lies: an object of a DVC remote (S3) or a git
-blob, which streams by, is first written to an unnamed file in a folder of the project
-(:class:`~visage_ml.rights.content_scan._Reader`). A part of a size nothing sought has is not
-hashed (``sizes``).
+read member by member, nested ones too (to :data:`DEPTH`). What is larger than
+:data:`EMBED_MAX` is not held in memory but looked inside from its file, whatever its size
+(:func:`inside_large`): an archive member by member, a text file a window at a time
+(:func:`inside_text`), a Parquet table (a data set's shard) a few rows at a time, a pickle, an
+array or a PDF mapped read-only and walked as bytes are (the system pages it in, the walks let go
+of what lies behind them), a database table by table from its file. Wherever it lies: an
+archive's member that large is first written to an unnamed file of :data:`SPILL_DIR`, an object
+of a DVC remote (S3) or a git blob, which streams by, to one in a folder of the project
+(:class:`~visage_ml.rights.content_scan._Reader`); with no room for it, it is not shown clean
+(:class:`NotSpilled`). A database in git or on a remote that large is only hashed whole. A part
+of a size nothing sought has is not hashed (``sizes``).
 
 Not looked inside: other binary formats (another database than SQLite, an image container, an
 encrypted archive), a PDF's compressed streams (an embedded file, an image it re-encoded: a PNG
@@ -49,6 +51,7 @@ import hashlib
 import io
 import itertools
 import lzma
+import mmap
 import re
 import tarfile
 import tempfile
@@ -56,7 +59,7 @@ import threading
 import zipfile
 import zlib
 from array import array
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -91,6 +94,12 @@ PDF = "pdf"
 KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE, PDF})
 # Kinds read as a stream from their file: looked inside whatever its size.
 STREAMED = frozenset({ZIP, TAR, COMPRESSED})
+# Kinds looked inside from their file when too large to hold (:func:`inside_large`): all but a
+# database, read from its own path (:mod:`visage_ml.rights.embedded_db`).
+LARGE = frozenset({*STREAMED, TEXT, BINARY, PDF, PARQUET})
+# Rows of a table read from its file at once (:func:`_table`): a data set's photographs, a few
+# MB each at most.
+TABLE_ROWS = 64
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 TAR_MAGIC, TAR_AT = b"ustar", 257
@@ -147,6 +156,14 @@ class TooLarge(Exception):  # noqa: N818 - says what the file is, as ValueError 
     """A file whose content, read inside, expands beyond what its size allows (a zip bomb):
     nothing it holds is shown clean. Never one of :data:`ARCHIVE_ERRORS`, which pass over a
     damaged archive's rest."""
+
+
+class NotSpilled(TooLarge):
+    """A member to look inside that could not be copied to its unnamed file (no room left, a
+    private folder this user cannot write): nothing the file holding it holds is shown clean (a
+    :class:`TooLarge`, so every caller that stops on one stops on this). Never one of
+    :data:`ARCHIVE_ERRORS`: an OSError there ended the archive's read as a damaged archive's
+    does, and the member, and every one after it, passed as looked at."""
 
 
 class _Budget:
@@ -314,7 +331,8 @@ def _stream(
     # Nothing looked inside (a photograph, the last level): hashed as it streams.
     looked = what if depth < DEPTH else None
     held = EMBED_MAX + 1 if size is None else min(size, EMBED_MAX) + 1
-    if looked is None or (looked in STREAMED and not _MEMORY.take(held)):
+    large = size is not None and size > EMBED_MAX
+    if looked is None or large or (looked in STREAMED and not _MEMORY.take(held)):
         yield from _streamed(stream, head, looked, sizes, depth, budget)
         return
     try:
@@ -323,17 +341,11 @@ def _stream(
         if len(data) <= EMBED_MAX:
             yield from _part(data, sizes, depth, budget)
             return
-        yield from _streamed(stream, data, None, sizes, depth, budget)
+        # Larger than it said (a compressed stream says nothing): from a file, as one is.
+        yield from _streamed(stream, data, looked, sizes, depth, budget)
     finally:
         if looked in STREAMED:
             _MEMORY.give(held)
-
-
-class NotSpilled(TooLarge):
-    """A member to look inside that could not be copied to its unnamed file (no room left, a
-    private folder this user cannot write): nothing the file holding it holds is shown clean.
-    Never one of :data:`ARCHIVE_ERRORS`: an OSError there ended the archive's read as a damaged
-    archive's does, and the member, and every one after it, passed as looked at."""
 
 
 def _spilling(do: Callable[[], Any]) -> Any:
@@ -357,9 +369,16 @@ def _streamed(
     depth: int,
     budget: _Budget,
 ) -> Iterator[str]:
-    """A member, ``head`` read already, hashed as it streams (as :func:`_part` would); an
-    archive (``what``) small enough to look inside is copied to an unnamed file as it streams,
-    and looked inside from there."""
+    """A member, ``head`` read already, hashed as it streams (as :func:`_part` would); one of a
+    kind looked inside (``what``: an archive, a table, a pickle... too large to hold, or with
+    no memory left to hold it) is copied to an unnamed file of :data:`SPILL_DIR` as it streams,
+    and looked inside from there (:func:`inside_large`), whatever its size.
+
+    Raises
+    ------
+    NotSpilled
+        When that file cannot be written.
+    """
     h, n = hashlib.sha256(head), len(head)
     with contextlib.ExitStack() as stack:
         spill = None
@@ -373,16 +392,17 @@ def _streamed(
             budget.spend(len(chunk))
             h.update(chunk)
             n += len(chunk)
-            if spill is not None and n <= EMBED_MAX:
+            if spill is not None:
                 _spilling(lambda c=chunk: spill.write(c))
         if n < smallest_sought(sizes) and base64.b64encode(head[:2])[:2] not in B64_EXPANDS:
             passed_over(sizes, n)
             return
         if sizes is None or sizes.may_match(n):
             yield h.hexdigest()
-        if spill is not None and what is not None and n <= EMBED_MAX:
-            _spilling(lambda: spill.seek(0))  # flushed: a full disk says so here
-            yield from inside_file(spill, what, sizes=sizes, depth=depth + 1, budget=budget)
+        if spill is not None and what is not None:
+            _spilling(spill.flush)  # a full disk says so here
+            spill.seek(0)
+            yield from inside_large(spill, what, sizes=sizes, depth=depth + 1, budget=budget)
 
 
 # What a damaged or unsupported archive raises: what was read before it stays looked at.
@@ -557,6 +577,68 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
                 yield (start + starts[first], start + starts[last - 1] + widths[last - 1]), raw
 
 
+class _Map(mmap.mmap):
+    """A file too large to hold, mapped read-only (:func:`inside_large`): the walks below read
+    it as they read bytes (find, slices, regular expressions), the system pages it in as they
+    go, and what lies behind them is let go of (:func:`_let_go`)."""
+
+    behind = 0  # what is let go of: up to here (page-aligned)
+
+
+# What the walks read: bytes held, or a file mapped.
+Buffer = bytes | _Map
+# A mapped file's pages behind a walk are let go of this much at a time (each a system call),
+# and a search for a signature goes this far at a time, so that it lets go of them too.
+LET_GO = 16 << 20
+
+
+def _let_go(data: Buffer, before: int) -> None:
+    """A mapped file's pages before ``before`` are read no more: out of the process's memory
+    (they are the file's, unchanged: read again, if ever, from it). Nothing for bytes."""
+    if isinstance(data, _Map) and before - data.behind >= LET_GO and hasattr(mmap, "MADV_DONTNEED"):
+        upto = before - before % mmap.PAGESIZE
+        data.madvise(mmap.MADV_DONTNEED, data.behind, upto - data.behind)
+        data.behind = upto
+
+
+def _find(data: Buffer, magic: bytes, start: int) -> int:
+    """``data.find(magic, start)``; over a mapped file :data:`LET_GO` at a time, letting go of
+    what it passed (a signature may be a gigabyte on, or nowhere)."""
+    if not isinstance(data, _Map):
+        return data.find(magic, start)
+    size = len(data)
+    while start < size:
+        stop = min(start + LET_GO, size)
+        at = data.find(magic, start, min(stop + len(magic) - 1, size))
+        if at >= 0:
+            return at
+        start = stop
+        _let_go(data, start)
+    return -1
+
+
+class _Marks:
+    """Offsets marked, a bit each (:func:`_pngs`, :func:`_jpegs`: where no walk leads on), kept
+    in pages made as one is first marked: a file's walks keep what they mark, not a bit for each
+    byte of it (an eighth of a mapped file of gigabytes)."""
+
+    PAGE = 1 << 15  # offsets a page holds (4 KiB of bits)
+
+    def __init__(self) -> None:
+        self.pages: dict[int, bytearray] = {}
+
+    def __contains__(self, at: int) -> bool:
+        page = self.pages.get(at // self.PAGE)
+        return page is not None and bool(page[(at % self.PAGE) >> 3] & (1 << (at & 7)))
+
+    def update(self, offsets: Iterable[int]) -> None:
+        for at in offsets:
+            page = self.pages.get(at // self.PAGE)
+            if page is None:
+                page = self.pages[at // self.PAGE] = bytearray(self.PAGE >> 3)
+            page[(at % self.PAGE) >> 3] |= 1 << (at & 7)
+
+
 def _chunk_length(data: bytes, at: int) -> int:
     """The length a PNG chunk at ``at`` declares (its first 4 bytes, big-endian)."""
     return int.from_bytes(data[at : at + 4], "big")
@@ -567,11 +649,12 @@ def _pngs(data: bytes) -> Iterator[bytes]:
     A chunk walked from one signature that led to no IEND leads to none from the next either:
     it is not walked again (crafted signatures, each followed by many tiny chunks, made the
     walk quadratic)."""
-    dead = bytearray(len(data) // 8 + 1)  # chunk offsets from which no IEND is reached
-    at = data.find(PNG_MAGIC)
+    dead = _Marks()  # chunk offsets from which no IEND is reached
+    at = _find(data, PNG_MAGIC, 0)
     while at >= 0:
+        _let_go(data, at)
         end, walked, found = at + len(PNG_MAGIC), [], False
-        while end + 12 <= len(data) and not dead[end >> 3] & (1 << (end & 7)):
+        while end + 12 <= len(data) and end not in dead:
             walked.append(end)
             n = _chunk_length(data, end)
             chunk = data[end + 4 : end + 8]
@@ -581,11 +664,10 @@ def _pngs(data: bytes) -> Iterator[bytes]:
                 break
         if found:
             yield data[at:end]
-            at = data.find(PNG_MAGIC, end)
+            at = _find(data, PNG_MAGIC, end)
             continue
-        for offset in walked:
-            dead[offset >> 3] |= 1 << (offset & 7)
-        at = data.find(PNG_MAGIC, at + 1)
+        dead.update(walked)
+        at = _find(data, PNG_MAGIC, at + 1)
 
 
 def _marker(data: bytes, start: int, end: int) -> int:
@@ -603,22 +685,35 @@ class _ScanEnds:
     same bytes once a walk (crafted scans, each from its own SOI and all ending in one long
     stretch without a marker, made it quadratic)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Buffer) -> None:
         self.data = data
-        self.first = array("q")  # by block, from the first: the blocks known so far
+        self.base = 0  # the first block kept (those before it are asked no more)
+        self.first = array("q")  # by block, from ``base``: the blocks known so far
 
     def _know(self, block: int) -> None:
         data, first = self.data, self.first
-        while len(first) <= block:
-            at = _marker(data, len(first) * SCAN_BLOCK, len(data))
+        while self.base + len(first) <= block:
+            at = _marker(data, (self.base + len(first)) * SCAN_BLOCK, len(data))
             at = at if at >= 0 else len(data)
             # Every block up to the marker's has it as its first.
-            first.extend(array("q", [at]) * (at // SCAN_BLOCK + 1 - len(first)))
+            first.extend(array("q", [at]) * (at // SCAN_BLOCK + 1 - self.base - len(first)))
+
+    def forget(self, before: int) -> None:
+        """No offset before ``before`` is asked again (a walk goes on from a later SOI): the
+        blocks wholly before it go once they are half of those kept, so that what is kept of a
+        large file is what lies ahead of the walk (each block goes once: linear still)."""
+        drop = min(before // SCAN_BLOCK - self.base, len(self.first))
+        if drop > 0 and 2 * drop >= len(self.first):
+            del self.first[:drop]
+            self.base += drop
+
+    def _first(self, block: int) -> int:
+        return self.first[block - self.base]
 
     def end(self, at: int) -> int:
         block = at // SCAN_BLOCK
         self._know(block)
-        if (found := self.first[block]) >= at:
+        if (found := self._first(block)) >= at:
             return found
         # A marker before ``at`` in its block: the rest of it (a marker on its last byte too).
         after = (block + 1) * SCAN_BLOCK
@@ -627,7 +722,7 @@ class _ScanEnds:
         if after >= len(self.data):
             return len(self.data)
         self._know(block + 1)
-        return self.first[block + 1]
+        return self._first(block + 1)
 
 
 def _segment_length(data: bytes, at: int) -> int:
@@ -644,13 +739,16 @@ def _jpegs(data: bytes) -> Iterator[bytes]:
     either: it is not walked again (as :func:`_pngs`). Fill bytes before a segment's marker
     (no encoder writes them) end the walk; before the marker after a scan they are passed
     over. A JPEG with bytes after its EOI (a phone's multi-picture file) is not found."""
-    dead = bytearray(len(data) // 8 + 1)  # offsets from which no EOI is reached
+    dead = _Marks()  # offsets from which no EOI is reached
     ends: _ScanEnds | None = None
     size = len(data)
-    at = data.find(JPEG_MAGIC)
+    at = _find(data, JPEG_MAGIC, 0)
     while at >= 0:
+        _let_go(data, at)
+        if ends is not None:
+            ends.forget(at)
         end, walked, found = at + 2, [], False
-        while end + 2 <= size and not dead[end >> 3] & (1 << (end & 7)):
+        while end + 2 <= size and end not in dead:
             walked.append(end)
             code = data[end + 1]
             if data[end] != 0xFF or code in (0x00, 0xFF, JPEG_SOI):
@@ -670,11 +768,10 @@ def _jpegs(data: bytes) -> Iterator[bytes]:
                 end = ends.end(end)
         if found:
             yield data[at:end]
-            at = data.find(JPEG_MAGIC, end)
+            at = _find(data, JPEG_MAGIC, end)
             continue
-        for offset in walked:
-            dead[offset >> 3] |= 1 << (offset & 7)
-        at = data.find(JPEG_MAGIC, at + 1)
+        dead.update(walked)
+        at = _find(data, JPEG_MAGIC, at + 1)
 
 
 def _a85(data: bytes) -> Iterator[bytes]:
@@ -688,10 +785,11 @@ def _a85(data: bytes) -> Iterator[bytes]:
         run = A85_RUN.match(data, m.end())
         end = run.end() if run is not None else m.end()
         at = max(end, m.end())
-        if not data.startswith(A85_END, end):
+        _let_go(data, m.start())
+        if data[end : end + len(A85_END)] != A85_END:  # a mapped file has no startswith
             continue
         *_, last = PDF_STREAM.finditer(data, m.start(), end)
-        start = last.end() + 2 if data.startswith(b"<~", last.end()) else last.end()
+        start = last.end() + 2 if data[last.end() : last.end() + 2] == b"<~" else last.end()
         if end - start >= B64_MIN:
             with contextlib.suppress(ValueError):
                 yield _a85decode(data[start:end])
@@ -767,17 +865,26 @@ def _column_values(column: Any) -> list[bytes]:
 
 
 def _parquet(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
+    """:func:`_table` of a table held in memory: read at once."""
+    yield from _table(io.BytesIO(data), sizes, depth, budget, rows=None)
+
+
+def _table(
+    source: IO[bytes], sizes: SizeFilter | None, depth: int, budget: _Budget, *, rows: int | None
+) -> Iterator[str]:
     """Every binary value of a Parquet table (compressed in its pages, so not as it is in the
     file), and the base64 runs of its strings; only the columns that can hold them are read
     (numbers, an embedding, are not). What it expands to is spent from ``budget`` before it is
     read (a table of one value repeated is a bomb too); a column that cannot be read (a
     string that is not UTF-8, as a writer that does not check leaves it) is passed over, the
-    others read."""
+    others read. ``rows``: read that many rows at a time, row group by row group (a table too
+    large to hold, read from its file: a data set's shard of gigabytes); None: at once."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    errors = (pa.ArrowException, OSError, ValueError)
     try:
-        table = pq.ParquetFile(io.BytesIO(data))
+        table = pq.ParquetFile(source)
         meta = table.metadata
         budget.spend(sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
         schema = table.schema_arrow
@@ -786,9 +893,30 @@ def _parquet(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget)
             return
         # Columns by name: a table whose names repeat is read whole.
         unique = len(set(schema.names)) == len(schema.names)
-        read = table.read(columns=wanted if unique else None)
-    except (pa.ArrowException, OSError, ValueError):
+        columns = wanted if unique else None
+        parts: Iterator[Any] = (
+            iter([table.read(columns=columns)])
+            if rows is None
+            else table.iter_batches(batch_size=rows, columns=columns)
+        )
+    except errors:
         return
+    while True:
+        try:
+            read = next(parts, None)
+        except errors:  # damaged past here: what was read stays looked at
+            return
+        if read is None:
+            return
+        yield from _table_values(read, sizes, depth, budget)
+
+
+def _table_values(
+    read: Any, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """What the columns of ``read`` (a pyarrow table, or a batch of its rows) hold."""
+    import pyarrow as pa
+
     below = smallest_sought(sizes)
     for column in read.columns:
         if not _holds_bytes(column.type):
@@ -849,7 +977,11 @@ _OUTSIDE_RUN_TAIL = re.compile(rb"[^A-Za-z0-9+/=\r\n\\][A-Za-z0-9+/=\r\n\\]*\Z")
 
 
 def inside_text(
-    fh: IO[bytes], *, sizes: SizeFilter | None = None, budget: _Budget | None = None
+    fh: IO[bytes],
+    *,
+    sizes: SizeFilter | None = None,
+    depth: int = 0,
+    budget: _Budget | None = None,
 ) -> Iterator[str]:
     """:func:`inside` for a text file too large to hold whole (over :data:`EMBED_MAX`), read
     from ``fh`` a window at a time: each window ends at its last byte no base64 run holds, what
@@ -865,10 +997,10 @@ def inside_text(
         tail = _OUTSIDE_RUN_TAIL.search(buf)
         cut = tail.start() + 1 if tail is not None and len(buf) - tail.start() <= EMBED_MAX else 0
         cut = cut or len(buf)
-        yield from inside(buf[:cut], TEXT, sizes=sizes, budget=budget)
+        yield from inside(buf[:cut], TEXT, sizes=sizes, depth=depth, budget=budget)
         carry = buf[cut:]
     if carry:
-        yield from inside(carry, TEXT, sizes=sizes, budget=budget)
+        yield from inside(carry, TEXT, sizes=sizes, depth=depth, budget=budget)
 
 
 def inside_file(
@@ -898,6 +1030,65 @@ def inside_file(
             yield from _tar(t, sizes, depth, budget)
     elif what == COMPRESSED:
         yield from _decompressed(fh, sizes, depth, budget)
+
+
+def inside_large(
+    fh: IO[bytes],
+    what: str,
+    *,
+    sizes: SizeFilter | None = None,
+    depth: int = 0,
+    budget: _Budget | None = None,
+) -> Iterator[str]:
+    """:func:`inside` for a file too large to hold (over :data:`EMBED_MAX`; one of
+    :data:`LARGE`), read from ``fh``, whatever its size: an archive member by member
+    (:func:`inside_file`), a text file a window at a time (:func:`inside_text`), a table a few
+    rows at a time (:func:`_table`); a pickle, an array or a PDF (``fh`` a file of the system,
+    read from its start) is mapped, read-only, and walked as bytes held are, the system paging
+    it in and the walks letting go of what lies behind them; its base64 runs a window at a time.
+
+    Raises
+    ------
+    TooLarge
+        As :func:`inside`.
+    """
+    if budget is None:
+        at = fh.tell()
+        budget = _Budget(fh.seek(0, io.SEEK_END) - at)
+        fh.seek(at)
+    if what in STREAMED:
+        yield from inside_file(fh, what, sizes=sizes, depth=depth, budget=budget)
+    elif what == TEXT:
+        yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)
+    elif what == PARQUET:
+        yield from _table(fh, sizes, depth, budget, rows=TABLE_ROWS)
+    elif what in (BINARY, PDF):
+        yield from _mapped(fh, what, sizes, depth, budget)
+
+
+def _mapped(
+    fh: IO[bytes], what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """:func:`inside` of a pickle, an array or a PDF read from its file (:func:`inside_large`):
+    the same base64 runs, PNGs, JPEGs and ASCII85 streams, in the same order."""
+    fh.seek(0)
+    yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)  # its base64 runs
+    fh.seek(0)
+    try:
+        data = _Map(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except ValueError:  # empty: nothing in it
+        return
+    try:
+        for found in itertools.chain(_pngs(data), _jpegs(data)):
+            yield from _part(found, sizes, depth, budget)
+        if what == PDF:
+            for decoded in _a85(data):
+                budget.spend(len(decoded))
+                yield from _part(decoded, sizes, depth, budget)
+    finally:
+        # A walk stopped early may still hold a view of it: then it goes with the walk.
+        with contextlib.suppress(BufferError):
+            data.close()
 
 
 def encoded(path: Path) -> set[str]:
