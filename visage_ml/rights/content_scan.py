@@ -285,6 +285,10 @@ class _Reader:
             self._spill(self.spill, chunk)
         if self.n <= self._kept:
             self.parts.append(chunk)
+        elif not self.json and self.parts:
+            # Too large to hold: looked inside from its file, if at all (its first 64 MiB were
+            # held to the end of the read, and through the read of it from its file).
+            self.parts = []
 
     def _spill(self, folder: Path, chunk: bytes) -> None:
         """Write ``chunk`` to the spilled file, made in ``folder`` with what came before it when
