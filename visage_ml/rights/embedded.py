@@ -12,7 +12,9 @@ SHA-256 of each file such a file holds, to be matched as a whole file is
 
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
 keeps its content. A text file (UTF-8, no NUL) is read for base64 runs (a ``data:`` URL's, a JSON
-or CSV field's, one wrapped in lines); the copies step cuts a matching run out of it and keeps
+or CSV field's, one wrapped in lines or two back to back; of the standard or URL-safe alphabet,
+padded or not, its slashes escaped as JSON may write them, ``\\/``); the copies step cuts a
+matching run out of it and keeps
 the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
 JPEG (SOI to EOI, :func:`_jpegs`) lies as it is, and is found so; a PDF's ASCII85 streams are
 decoded. An archive, a pickle, an array, a table, a database or a PDF is not rewritten: one of
@@ -35,9 +37,13 @@ encrypted archive), a PDF's compressed streams (an embedded file, an image it re
 always is), a JPEG with bytes after its EOI (a phone's multi-picture file), a damaged archive
 past the point it breaks (a damaged or encrypted SQLite database is not shown clean; its
 ``-wal`` file is read with it, as SQLite does), the rows deleted but left in freed pages and a
-``-wal``'s frames SQLite would not apply, base64 of another alphabet (``urlsafe_b64encode``) or
-split otherwise than by line breaks. A re-encoded, resized or cropped face has other bytes
-wherever it is: no scan by hash finds it.
+``-wal``'s frames SQLite would not apply, base64 of another alphabet than those two (base32,
+ASCII85 outside a PDF) or split otherwise than by line breaks, and, of two wrapped back to back
+in one run of lines, the first's lines all full, one whose bytes begin as no known file does
+where the sizes sought are not known (:func:`_splits`; :func:`encoded` and :func:`cut_encoded`
+know none, so such a one found by its size is not cut, and stops the erasure as an archive
+does). A re-encoded, resized or cropped face has other bytes wherever it is: no scan by hash
+finds it.
 """
 
 from __future__ import annotations
@@ -138,13 +144,34 @@ A85_END = b"~>"
 A85_GROUPS = re.compile(rb"(?:z|[!-u]{5}){1,65536}")
 A85_SPACE = re.compile(rb"\s+")
 # A base64 run: at least 64 characters (no photograph is shorter), possibly wrapped in lines
-# (``base64`` wraps at 76) or in JSON's escaped line breaks; its last line as short as it is.
-B64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}(?:(?:\r?\n|(?:\\r)?\\n)[A-Za-z0-9+/]+)*={0,2}")
+# (``base64`` wraps at 76); its last line as short as it is. Of either alphabet (the standard
+# one, or the URL-safe one's ``-`` and ``_`` for ``+`` and ``/``: a JWT's, a web API's), and
+# with a backslash: JSON's escaped line breaks and escaped slash (PHP's ``json_encode`` writes
+# ``/`` as ``\/``), told from other escapes by :func:`_lines`. A backslash is a letter of the
+# class rather than ``\\/`` an alternative: an alternation is read several times slower.
+B64_RUN = re.compile(rb"[A-Za-z0-9+/_\\-]{16,}(?:\r?\n[A-Za-z0-9+/_\\-]+)*={0,2}")
 B64_MIN = 64
 # The widest line a wrapper gives (``base64``, MIME: 76; PEM: 64).
 WRAP_MAX = 76
-# A line break: "\n", "\r\n", or JSON's escaped ones.
-B64_BREAKS = re.compile(rb"\r?\n|(?:\\r)?\\n")
+# Within a run holding a backslash: a line break, "\n" or "\r\n", itself or escaped (group 1),
+# or a backslash that is no escape a base64 text holds (``\"``, ``\t``, ``\u00e9``), which
+# ends one base64 text; ``\/`` is a slash.
+B64_BREAKS = re.compile(rb"(\r?\n|(?:\\r)?\\n)|\\(?!/)")
+# The URL-safe alphabet's letters, read as the standard one's.
+URLSAFE = bytes.maketrans(b"-_", b"+/")
+# How a file begins (a photograph, an archive, an array: :func:`kind` and the image formats), in
+# base64's decoded bytes: a wrapped run of full lines is split where one begins (two
+# photographs wrapped back to back, the first ending on a full line, are one run of lines).
+FILE_START = re.compile(
+    rb"\x89PNG\r\n\x1a\n|\xff\xd8\xff|GIF8[79]a|RIFF....WEBP|II\*\x00|MM\x00\*|PK\x03\x04|"
+    rb"\x1f\x8b\x08|\xfd7zXZ\x00|BZh[1-9]1AY&SY|\x93NUMPY|%PDF-|PAR1",
+    re.DOTALL,
+)
+# The first bytes those begin with: the lines of a run that may begin a file are found at once.
+FILE_FIRST = re.compile(rb"[\x89\xffGRIMP\x1f\xfdB\x93%]")
+# At most so many line boundaries of a wrapped run where a size sought would end are split at
+# (each split reads the run again; their first ones, from the run's start).
+SPLITS_SIZED = 4
 # How far a file's content may expand, all it holds inside read together (an archive's members,
 # theirs, a table's columns): what a file of its size holds in earnest, however compressible
 # (:data:`INSIDE_RATIO` times its size), and at least :data:`INSIDE_FLOOR`. Beyond that it is
@@ -530,53 +557,136 @@ def _wraps(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
         i = j
 
 
+def _decoded(text: bytes) -> bytes | None:
+    """What ``text`` (escapes taken out) decodes to, as base64 of the standard alphabet or of
+    the URL-safe one (which of ``+/`` or ``-_`` it holds: a text holding both is base64 of
+    neither), its padding there or not (a JWT's is not); None when it is not base64."""
+    urlsafe = b"-" in text or b"_" in text
+    if urlsafe and (b"+" in text or b"/" in text):
+        return None
+    missing = -len(text) % 4
+    if missing == 3:
+        return None
+    try:
+        return base64.b64decode(
+            (text.translate(URLSAFE) if urlsafe else text) + b"=" * missing, validate=True
+        )
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _lines(run: bytes) -> Iterator[tuple[list[bytes], list[int], list[int]]]:
+    """The lines of a run (:data:`B64_RUN`), escapes taken out, and where each begins and ends
+    in it, by base64 text they may make up: a backslash that is no escape base64 holds (a
+    JSON string's ``\\"``) ends one. Without a backslash the run is split at once (the regex is
+    slow over a large run)."""
+    if b"\\" not in run:
+        texts = run.split(b"\n")
+        ends = list(itertools.accumulate(len(t) + 1 for t in texts))
+        starts = [0, *ends[:-1]]
+        if b"\r" in run:
+            for i, t in enumerate(texts[:-1]):
+                if t.endswith(b"\r"):
+                    texts[i] = t[:-1]
+        yield texts, starts, [s + len(t) for s, t in zip(starts, texts, strict=True)]
+        return
+    texts, starts, ends, at = [], [], [], 0
+    for m in itertools.chain(B64_BREAKS.finditer(run), [None]):
+        end = m.start() if m is not None else len(run)
+        text = run[at:end]
+        texts.append(text.replace(b"\\/", b"/") if b"\\" in text else text)
+        starts.append(at)
+        ends.append(end)
+        if m is None or m.group(1) is None:
+            yield texts, starts, ends
+            texts, starts, ends = [], [], []
+        if m is not None:
+            at = m.end()
+
+
+def _splits(
+    widths: Sequence[int], first: int, last: int, raw: bytes, sizes: SizeFilter | None
+) -> Iterator[tuple[int, int, bytes]]:
+    """The parts (``first``, ``last`` + 1, bytes) of the base64 text that lines ``first`` to
+    ``last`` make up, decoded to ``raw``, that may each be a file: two photographs wrapped one
+    after the other, the first ending on a full line, are one run of lines (:func:`_wraps`
+    cannot tell them apart). It is split at each full line where a file begins
+    (:data:`FILE_START`), and, when ``sizes`` knows what is sought, where a size sought would
+    end, from its start or from its end (:data:`SPLITS_SIZED` of them): the splits read the
+    run a few times at most, whatever its lines (trying every line was quadratic)."""
+    width, lines = widths[first], last - first
+    if lines < 2 or width > WRAP_MAX or width % 4:
+        return
+    per = width // 4 * 3
+    # A part begins after full lines only: the last line is one when the run decodes to whole
+    # lines of bytes.
+    full = lines if widths[last - 1] == width and len(raw) % per == 0 else lines - 1
+    cuts = {
+        m.start()
+        for m in FILE_FIRST.finditer(raw[: full * per : per], 1)  # each full line's first byte
+        if FILE_START.match(raw, m.start() * per)
+    }
+    parts = list(itertools.pairwise(sorted({0, *cuts, lines})))
+    if sizes is not None and smallest_sought(sizes) > 0:  # else every size may be sought
+        sized = (
+            k
+            for k in range(1, min(full + 1, lines))
+            if sizes.may_match(k * per) or sizes.may_match(len(raw) - k * per)
+        )
+        for k in itertools.islice(sized, SPLITS_SIZED):
+            parts += [(0, k), (k, lines)]
+    for a, b in dict.fromkeys(parts):
+        if (a, b) != (0, lines):
+            yield first + a, first + b, raw[a * per : b * per if b < lines else len(raw)]
+
+
 def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[int, int], bytes]]:
     """Each base64 text of ``data`` (its span) and the bytes it decodes to: a run of the
-    alphabet, or of lines of it (:func:`_wraps`: a wrapped one, one a line, the next row's
-    field after it). One that decodes to fewer bytes than anything ``sizes`` seeks is passed
-    over undecoded, unless it begins as a compressed file does (:data:`B64_EXPANDS`): nothing
-    of that size is sought, and a text, a pickle or a tar holds only what is smaller than
-    itself (a log's hex ids, each a valid base64 run)."""
+    alphabet (either, :func:`_decoded`), or of lines of it (:func:`_wraps`: a wrapped one, one a
+    line, the next row's field after it; :func:`_splits`: two wrapped back to back). One that
+    decodes to fewer bytes than anything ``sizes`` seeks is passed over undecoded, unless it
+    begins as a compressed file does (:data:`B64_EXPANDS`): nothing of that size is sought,
+    and a text, a pickle or a tar holds only what is smaller than itself (a log's hex ids,
+    each a valid base64 run)."""
     below = smallest_sought(sizes)
 
     def small(n: int, text: bytes) -> bool:
-        if n * 3 // 4 < below and text[:2] not in B64_EXPANDS:
+        if n * 3 // 4 < below and text[:2].translate(URLSAFE) not in B64_EXPANDS:
             passed_over(sizes, n * 3 // 4)
             return True
         return False
 
     for m in B64_RUN.finditer(data):
         start, run = m.start(), m.group(0)
-        if b"\n" not in run and b"\\" not in run:  # no line break, nor JSON's escaped one
-            if len(run) >= B64_MIN and not len(run) % 4 and not small(len(run), run):
-                with contextlib.suppress(binascii.Error, ValueError):
-                    yield m.span(), base64.b64decode(run, validate=True)
+        if b"\n" not in run and b"\\" not in run:  # one line, no escape
+            if (
+                len(run) >= B64_MIN
+                and not small(len(run), run)
+                and (raw := _decoded(run)) is not None
+            ):
+                yield m.span(), raw
             continue
-        if b"\\" in run:  # JSON's escaped line breaks
-            texts = B64_BREAKS.split(run)
-            breaks = [len(b) for b in B64_BREAKS.findall(run)]
-        else:  # "\n" or "\r\n" (split at once: the regex is slow over a large run)
-            texts = run.split(b"\n")
-            breaks = [1] * (len(texts) - 1)
-            if b"\r" in run:
-                for i, t in enumerate(texts[:-1]):
-                    if t.endswith(b"\r"):
-                        texts[i], breaks[i] = t[:-1], 2
-        widths = [len(t) for t in texts]
-        # How many characters of the run's text come before each line, and where it starts.
-        before = [0, *itertools.accumulate(widths)]
-        starts = [0, *itertools.accumulate(breaks)]
-        for i in range(1, len(starts)):
-            starts[i] += before[i]
-        for first, last in _wraps(widths):
-            n = before[last] - before[first]
-            if n < B64_MIN or n % 4 or small(n, texts[first]):
-                continue
-            # The whole run (a wrap, or a file of hex digests) flattened at once.
-            flat = b"".join(texts) if last - first == len(texts) else b"".join(texts[first:last])
-            with contextlib.suppress(binascii.Error, ValueError):
-                raw = base64.b64decode(flat, validate=True)
-                yield (start + starts[first], start + starts[last - 1] + widths[last - 1]), raw
+        for texts, starts, ends in _lines(run):
+            widths = [len(t) for t in texts]
+            # How many characters of the text come before each line.
+            before = [0, *itertools.accumulate(widths)]
+            done: set[tuple[int, int]] = set()
+            for first, last in _wraps(widths):
+                n = before[last] - before[first]
+                if n < B64_MIN or small(n, texts[first]):
+                    continue
+                # The whole run (a wrap, or a file of hex digests) flattened at once.
+                whole = last - first == len(texts)
+                raw = _decoded(b"".join(texts) if whole else b"".join(texts[first:last]))
+                if raw is None:
+                    continue
+                for a, b, part in [(first, last, raw), *_splits(widths, first, last, raw, sizes)]:
+                    if (a, b) in done:
+                        continue
+                    done.add((a, b))
+                    if before[b] - before[a] < B64_MIN or small(before[b] - before[a], texts[a]):
+                        continue
+                    yield (start + starts[a], start + ends[b - 1]), part
 
 
 class _Map(mmap.mmap):
@@ -980,11 +1090,11 @@ def inside(
                 yield from _part(decoded, sizes, depth, budget)
 
 
-# The bytes a base64 run holds (:data:`B64_RUN`: the alphabet, padding, line breaks, JSON's
-# escaped ones): a large file is read in windows split at the last byte of a window not among
-# them (found from its end: a regular expression tried at each byte of the window took a
-# second for 20 MB of a pickle).
-_RUN_BYTES = (string.ascii_letters + string.digits + "+/=\r\n\\").encode()
+# The bytes a base64 run holds (:data:`B64_RUN`: either alphabet, padding, line breaks, JSON's
+# escapes): a large file is read in windows split at the last byte of a window not among them
+# (found from its end: a regular expression tried at each byte of the window took a second for
+# 20 MB of a pickle).
+_RUN_BYTES = (string.ascii_letters + string.digits + "+/_-=\r\n\\").encode()
 
 
 def inside_text(

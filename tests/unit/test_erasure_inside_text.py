@@ -1,0 +1,255 @@
+"""Erased photographs base64-encoded in a text file otherwise than the standard alphabet wrapped
+or not: the URL-safe alphabet (a JWT's payload, a web API's, a JS library's data URL), JSON's
+escaped slash (PHP's ``json_encode`` writes ``/`` as ``\\/``), two photographs wrapped back to
+back whose first ends on a full line.
+
+Before: none of them was looked inside (the run broke at each ``-``, ``_`` or ``\\/``, and two
+wrapped photographs were read as one run, decoding to both together); the erasure left the
+photograph in place and the verifier called the certificate VALID while it was there.
+"""
+
+# ruff: noqa: F811 - fixtures imported from the modules that define them
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from rights_fakes import make_project, png
+from test_erasure_inside import _photos, proj  # noqa: F401 - a fixture
+
+from visage_ml.rights import embedded
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _data(n: int, salt: int = 0) -> bytes:
+    return bytes((i * 7 + n + salt) % 251 for i in range(n))
+
+
+class _Sought:
+    """What a scan seeks, by size (as :class:`~visage_ml.rights.content_hashes.ContentHashes`)."""
+
+    def __init__(self, *sizes: int) -> None:
+        self.sizes = set(sizes)
+
+    def may_match(self, size: int) -> bool:
+        return size in self.sizes
+
+
+def _urlsafe(data: bytes, *, padded: bool = True) -> bytes:
+    out = base64.urlsafe_b64encode(data)
+    return out if padded else out.rstrip(b"=")
+
+
+def _php(data: bytes) -> bytes:
+    """The base64 of ``data`` as PHP's ``json_encode`` writes it in a string: ``/`` as ``\\/``."""
+    return base64.b64encode(data).replace(b"/", b"\\/")
+
+
+# A photograph whose base64 holds both '+' or '/' and '-' or '_' in each of these.
+LAYOUTS = {
+    "urlsafe-json": lambda a: b'{"img": "' + _urlsafe(a) + b'"}',
+    "urlsafe-unpadded-json": lambda a: b'{"img": "' + _urlsafe(a, padded=False) + b'"}',
+    "urlsafe-data-url": lambda a: b'<img src="data:image/png;base64,' + _urlsafe(a) + b'">',
+    "urlsafe-jwt": lambda a: b"eyJhbGciOiJIUzI1NiJ9." + _urlsafe(a, padded=False) + b".c2ln\n",
+    "urlsafe-wrapped": lambda a: b"\n".join(
+        _urlsafe(a)[i : i + 76] for i in range(0, len(_urlsafe(a)), 76)
+    ),
+    "php-escaped-slash": lambda a: b'{"img":"' + _php(a) + b'","id":1}',
+    # PHP's chunk_split (76, "\r\n") then json_encode: escaped slashes and escaped line breaks.
+    "php-chunked": lambda a: (
+        b'{"img":"'
+        + base64.encodebytes(a)
+        .replace(b"\n", b"\r\n")
+        .replace(b"/", b"\\/")
+        .replace(b"\r\n", b"\\r\\n")
+        + b'"}'
+    ),
+    "php-after-an-escaped-quote": lambda a: b'{"t":"say \\"hi\\"","img":"' + _php(a) + b'"}',
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_base64_of_the_urlsafe_alphabet_or_with_escaped_slashes_is_found(layout):
+    """Every length (every padding, every last line): the photograph is found, with and
+    without the sizes a scan seeks."""
+    missed = []
+    for n in range(3000, 3012):
+        a = _data(n)
+        text = LAYOUTS[layout](a)
+        assert b"-" in text or b"_" in text or b"\\/" in text  # the layout is what it says
+        for sizes in (None, _Sought(n)):
+            if _sha(a) not in set(embedded.inside(text, embedded.TEXT, sizes=sizes)):
+                missed.append((n, sizes is not None))
+    assert missed == []
+
+
+def _pngs_back_to_back(first_full: bool) -> tuple[bytes, bytes]:
+    """Two PNGs, the first ending on a full line of a 76-character wrap (its size a multiple
+    of 57) when ``first_full``."""
+    a = embedded.PNG_MAGIC + _data(57 * 50 - 8)
+    b = embedded.PNG_MAGIC + _data(3000 - 8, 1)
+    return (a, b) if first_full else (b, a)
+
+
+@pytest.mark.parametrize("sep", [b"\n", b"\r\n", b"\\n"], ids=["lf", "crlf", "json-lf"])
+@pytest.mark.parametrize("sized", [False, True], ids=["any-size", "sizes-sought"])
+def test_two_photographs_wrapped_back_to_back_are_each_found_and_cut(sep, sized, tmp_path):
+    """``base64 a.png >> faces.txt; base64 b.png >> faces.txt``: where the first's last line
+    is full, the two were one run of lines, decoding to both together (matching neither).
+    Each is found, and cutting one leaves the other."""
+    a, b = _pngs_back_to_back(first_full=True)
+    both = base64.encodebytes(a) + base64.encodebytes(b)
+    assert len(a) % 57 == 0 and base64.encodebytes(a).count(b"\n") == len(a) // 57
+    text = both.replace(b"\n", sep)
+    for erased, kept in ((a, b), (b, a)):
+        sizes = _Sought(len(erased)) if sized else None
+        assert _sha(erased) in set(embedded.inside(text, embedded.TEXT, sizes=sizes))
+        path = tmp_path / "faces.txt"
+        path.write_bytes(text)
+        assert _sha(erased) in embedded.encoded(path)
+        assert embedded.cut_encoded(path, {_sha(erased)}) == 1
+        left = path.read_bytes().replace(sep, b"\n")
+        assert base64.decodebytes(left) == kept
+
+
+def test_two_wrapped_photographs_of_no_known_format_are_found_by_the_sizes_sought():
+    """No signature to split at: where a size sought would end (from the start or the end)."""
+    a, b = _data(57 * 30), _data(57 * 31 + 5, 3)
+    text = base64.encodebytes(a) + base64.encodebytes(b)
+    for erased in (a, b):
+        found = set(embedded.inside(text, embedded.TEXT, sizes=_Sought(len(erased))))
+        assert _sha(erased) in found
+
+
+def test_a_mime_attachment_before_its_boundary_line_is_still_found():
+    """A boundary line (``--==...``) right after the wrapped photograph joins its run of lines:
+    it holds '-', the photograph '+' or '/', and the run is still read line by line."""
+    missed = []
+    for n in range(3000, 3003):
+        a = _data(n)
+        text = b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(a) + b"--==abc==--\n"
+        if _sha(a) not in set(embedded.inside(text, embedded.TEXT)):
+            missed.append(n)
+    assert missed == []
+
+
+def _decoded_counted(monkeypatch) -> list[int]:
+    decoded: list[int] = []
+    real = embedded._decoded
+
+    def counted(text):
+        decoded.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(embedded, "_decoded", counted)
+    return decoded
+
+
+@pytest.mark.parametrize(
+    "crafted",
+    ["dashes-lines", "escaped-slashes", "escaped-slash-lines", "full-lines-of-signatures"],
+)
+def test_crafted_text_of_the_new_alphabets_is_read_in_linear_time(crafted, monkeypatch):
+    """Lines of '-' and '_', ``\\/`` repeated, a long run of full lines each beginning a PNG
+    (a split at each): what is decoded, and what the splits hand on, stay within a few times
+    the file's size, with every size sought or none (splitting at each line where a size
+    sought would end, or handing on each part from a line where a file begins to the run's end,
+    was quadratic)."""
+    lines = 12_000
+    text = {
+        "dashes-lines": b"-" * 17 + b"".join(b"\n" + b"_-" * 8 for _ in range(lines)),
+        "escaped-slashes": b'{"a":"' + b"\\/" * (40 * lines) + b'"}',
+        "escaped-slash-lines": b"\\/" * 9 + b"".join(b"\\n" + b"A\\/" * 5 for _ in range(lines)),
+        "full-lines-of-signatures": base64.encodebytes((embedded.PNG_MAGIC + _data(49)) * lines),
+    }[crafted]
+    for sizes in (None, _Sought(*range(57, 57 * lines, 57))):
+        decoded = _decoded_counted(monkeypatch)
+        handed = 0
+        for _, raw in embedded._runs(text, sizes):
+            handed += len(raw)
+        assert sum(decoded) <= 3 * len(text), crafted
+        # The run, its parts where a file begins, and both sides of a few sized splits.
+        assert handed <= 10 * len(text), crafted
+
+
+def _padded_to_a_full_line(arr: np.ndarray) -> bytes:
+    """A PNG whose size is a multiple of 57: its base64, wrapped at 76, ends on a full line (a
+    text chunk, as an editor writes one, makes up the size)."""
+    data = png(arr)
+    body = b"c\x00" + b"x" * (-(len(data) + 14) % 57)
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body
+    chunk += struct.pack(">I", zlib.crc32(chunk[4:]) & 0xFFFFFFFF)
+    out = data[:-12] + chunk + data[-12:]  # before IEND
+    assert len(out) % 57 == 0
+    return out
+
+
+@pytest.fixture
+def full_lines(project):
+    return make_project(project, n_subjects=3, encode=_padded_to_a_full_line)
+
+
+@pytest.mark.parametrize("victim_first", [True, False], ids=["erased-first", "erased-second"])
+def test_wrapped_back_to_back_in_json_the_erasure_cuts_and_the_verifier_fails(
+    full_lines, victim_first
+):
+    """A JSON file of two subjects' photographs, each wrapped at 76 and written one after the
+    other into one string: the erased one is cut out of it (the file still JSON, the other
+    photograph whole), and the verifier fails while it is there."""
+    victim, png_, theirs = _photos(full_lines)
+    pair = (png_, theirs) if victim_first else (theirs, png_)
+    folder = full_lines.paths.root / "data" / "exports"
+    folder.mkdir(parents=True)
+    path = folder / "faces.json"
+    value = (base64.encodebytes(pair[0]) + base64.encodebytes(pair[1])).decode()
+    path.write_text(json.dumps({"faces": value, "n": 2}), encoding="utf-8")
+    saved = path.read_bytes()
+    result = Erasure(full_lines.paths).erase(victim)
+    left = json.loads(path.read_text(encoding="utf-8"))
+    assert left["n"] == 2 and base64.decodebytes(left["faces"].encode()) == theirs
+    assert result.certificate["claims"]["copies_removed"] == {"data": 1}
+    assert verify_certificate(result.certificate_path, root=full_lines.paths.root).ok
+    path.write_bytes(saved)
+    report = verify_certificate(result.certificate_path, root=full_lines.paths.root)
+    assert not report.ok
+    assert [f["path"] for f in report.findings] == [str(path)]
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [_urlsafe, lambda p: _urlsafe(p, padded=False), _php],
+    ids=["urlsafe", "urlsafe-unpadded", "php-escaped-slash"],
+)
+def test_the_photograph_urlsafe_or_php_encoded_in_json_is_cut_and_the_verifier_fails(proj, encode):
+    victim, png_, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "labels"
+    folder.mkdir(parents=True)
+    path = folder / "faces.json"
+    # As the serializer writes it (a string's escapes its own), no space after the colons.
+    rows = [
+        b'{"img":"' + encode(p) + b'","id":' + str(i).encode() + b"}"
+        for i, p in ((1, png_), (2, theirs))
+    ]
+    path.write_bytes(b"[" + b",".join(rows) + b"]")
+    saved = path.read_bytes()
+    result = Erasure(proj.paths).erase(victim)
+    left = json.loads(path.read_text(encoding="utf-8"))
+    kept = encode(theirs).replace(b"\\/", b"/").decode()
+    assert [(r["img"], r["id"]) for r in left] == [("", 1), (kept, 2)]
+    assert result.certificate["claims"]["copies_removed"] == {"data": 1}
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    path.write_bytes(saved)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [f["path"] for f in report.findings] == [str(path)]
