@@ -253,3 +253,20 @@ def test_the_photograph_urlsafe_or_php_encoded_in_json_is_cut_and_the_verifier_f
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
     assert not report.ok
     assert [f["path"] for f in report.findings] == [str(path)]
+
+
+def test_runs_found_through_the_mask_are_those_the_expression_finds():
+    """Runs are looked for where 16 bytes of their class begin (a mask of the bytes, searched),
+    not by trying the expression at every byte of a pickle or an array: the same runs, at the
+    same places, as the expression finds over text, binary and the edges between them."""
+    import random
+
+    rng = random.Random(53)
+    alphabet = b'ABCabc0129+/_-\\\r\n="x, '
+    for _ in range(2000):
+        n = rng.randrange(0, 300)
+        data = bytes(
+            rng.choice(alphabet) if rng.random() < 0.9 else rng.randrange(256) for _ in range(n)
+        )
+        expected = [(m.span(), m.group(0)) for m in embedded.B64_RUN.finditer(data)]
+        assert [(m.span(), m.group(0)) for m in embedded._run_matches(data)] == expected
