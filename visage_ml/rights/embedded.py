@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from visage_ml.io import CHUNK, atomic_write_bytes, private_dir
+from visage_ml.rights import embedded_formats
 
 # Looked inside in memory up to this size; a larger member is hashed as it streams.
 EMBED_MAX = 64 << 20
@@ -92,7 +93,8 @@ ZIP = "zip"
 TAR = "tar"
 COMPRESSED = "compressed"
 PARQUET = "parquet"
-# A pickle or a .npy array: the bytes it holds lie in it as they are.
+# A pickle, a .npy array, or a data set's container (Arrow, HDF5, LMDB, TFRecord:
+# :mod:`~visage_ml.rights.embedded_formats`): the bytes it holds lie in it as they are.
 BINARY = "binary"
 # A SQLite database: read table by table (:mod:`visage_ml.rights.embedded_db`).
 SQLITE = "sqlite"
@@ -293,6 +295,8 @@ def kind(first: bytes) -> str | None:
     if first.startswith(PDF_MAGIC) or (PDF_MAGIC in first[:PDF_WITHIN] and not _text(first)):
         return PDF
     if first.startswith(NPY_MAGIC) or PICKLE_MAGIC.match(first):
+        return BINARY
+    if embedded_formats.holds_as_is(first):  # Arrow, HDF5, LMDB, TFRecord: read as an array is
         return BINARY
     return TEXT if _text(first) else None
 
