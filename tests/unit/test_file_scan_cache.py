@@ -301,3 +301,18 @@ def test_a_database_value_passed_over_in_sqlite_is_looked_at_when_smaller_is_sou
     finally:
         scan_cache.RACY_NS = saved
     assert sha in h.held
+
+
+@pytest.mark.parametrize("module", ["embedded", "embedded_db", "embedded_formats"])
+def test_a_change_to_what_a_file_holds_inside_reads_every_file_again(tmp_path, monkeypatch, module):
+    """The caches are this scanner's code's: one written before a change to what a file holds
+    inside (a new container read, Arrow or TFRecord) is not used, or a file it learnt holds
+    nothing would pass as it did then (changed alone, the container module was not counted)."""
+    import importlib
+
+    mod = importlib.import_module(f"visage_ml.rights.{module}")
+    before = content_scan._scanner_id.__wrapped__()
+    changed = tmp_path / Path(mod.__file__).name
+    changed.write_bytes(Path(mod.__file__).read_bytes() + b"\n# changed\n")
+    monkeypatch.setattr(mod, "__file__", str(changed))
+    assert content_scan._scanner_id.__wrapped__() != before

@@ -45,7 +45,7 @@ from visage_ml.io import CHUNK, atomic_write_bytes, leftovers, md5_file, usable_
 from visage_ml.privacy import notebooks
 from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.procenv import child_env
-from visage_ml.rights import embedded, embedded_db, scan_cache
+from visage_ml.rights import embedded, embedded_db, embedded_formats, scan_cache
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
 from visage_ml.rights.scan_cache import FileCache
 
@@ -834,7 +834,8 @@ _Entry = tuple[str, int, tuple[str, ...], bool, tuple[str, ...], str | None]
 @functools.cache
 def _scanner_id() -> str:
     """The SHA-256 of the code that decides what a blob or a file holds (this module, the
-    notebooks' reader, what other files hold inside, the file cache's rules): a cache another
+    notebooks' reader, what other files hold inside and which files are looked inside, the
+    file cache's rules): a cache another
     version wrote is not used (the git scan cache, the file scan cache)."""
     h = hashlib.sha256()
     try:
@@ -843,6 +844,7 @@ def _scanner_id() -> str:
             notebooks.__file__,
             embedded.__file__,
             embedded_db.__file__,
+            embedded_formats.__file__,
             scan_cache.__file__,
         ):
             h.update(Path(str(module)).read_bytes())
