@@ -11,6 +11,7 @@ holding the erased photograph passed the verifier as VALID.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import struct
@@ -25,6 +26,7 @@ from rights_fakes import make_project, png
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
+from visage_ml.privacy.certificate_page import page_path
 from visage_ml.rights import embedded
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -176,6 +178,7 @@ def test_a_photo_in_an_arrow_hdf5_lmdb_or_tfrecord_file_stops_the_erasure(projec
         Erasure(proj.paths).erase(victim)
     said = " ".join(str(stopped.value).split())
     assert f"{len(made)} file(s) hold erased content inside" in said and "data: " in said, said
+    assert "a data set's container (Arrow, HDF5, LMDB, TFRecord)" in said, said
     assert [p.name for p in made if not p.exists()] == []
     doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
     listed = {
@@ -188,7 +191,17 @@ def test_a_photo_in_an_arrow_hdf5_lmdb_or_tfrecord_file_stops_the_erasure(projec
         path.unlink()
     (done,) = Erasure(proj.paths).resume()
     assert [p.name for p in kept if not p.exists()] == []
-    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert report.ok
+    # What is looked inside, and what of these formats is not, is said beside the verdict and
+    # on the certificate's page.
+    (check,) = [c for c in report.checks if c.name == "no erased content remains"]
+    page = " ".join(page_path(done.certificate_path).read_text(encoding="utf-8").split())
+    for said in (" ".join(check.detail.split()), page):
+        for name in ("Arrow", "HDF5", "LMDB", "TFRecord"):
+            assert name in said, (name, said)
+        assert "HDF5 datasets chunked and compressed" in said, said
+        assert "TFRecords compressed with ZLIB" in said, said
     for path, data in made.items():
         path.write_bytes(data)
     report = verify_certificate(done.certificate_path, root=proj.paths.root)
@@ -201,14 +214,16 @@ def _kind(data: bytes) -> str | None:
 
 
 def test_each_container_is_told_by_its_first_bytes_not_its_name():
-    photo = b"\xff\xd8\xff\xdb" + bytes(range(256)) * 8 + b"\xff\xd9"
+    photo = _jpeg(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3))
     for name, data in _holders(photo, [photo, photo]).items():
         assert _kind(data) == embedded.BINARY, name
     # A user block of 1024 or 2048 bytes puts the superblock there.
     for block in (1024, 2048):
         assert _kind(_hdf5([photo], user_block=block)) == embedded.BINARY
     # A TFRecord compressed with GZIP is a gzip file: the record is read inside it.
-    assert _kind(gzip.compress(_tfrecord([photo]))) == embedded.COMPRESSED
+    packed = gzip.compress(_tfrecord([photo]))
+    assert _kind(packed) == embedded.COMPRESSED
+    assert hashlib.sha256(photo).hexdigest() in set(embedded.inside(packed, embedded.COMPRESSED))
 
 
 def test_a_binary_file_is_not_taken_for_a_tfrecord_without_its_crc():

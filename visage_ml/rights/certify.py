@@ -78,14 +78,16 @@ NOT_READ_DB = (
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 HELD_INSIDE = (
     "holds erased content inside (base64-encoded, an archive's member, a photo's bytes in a "
-    "pickle, an array, a table, a database or a PDF)"
+    "pickle, an array, a table, a database, a PDF or a data set's container)"
 )
 # What the scan can find, said beside what it found (docs/security.md, the certificate's page).
 SCOPE = (
     "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy, "
-    "Parquet, SQLite and PDF files; not inside other formats, and a re-encoded image is never "
-    "found by hash; in the project only: a data set a subject was imported from, outside it, is "
-    "not looked at"
+    "Parquet, SQLite and PDF files, and Arrow, HDF5, LMDB and TFRecord files where a photo's "
+    "bytes lie as they are (not in HDF5 datasets chunked and compressed, TFRecords compressed "
+    "with ZLIB or an Arrow file's compressed buffers); not inside other formats, and a "
+    "re-encoded image is never found by hash; in the project only: a data set a subject was "
+    "imported from, outside it, is not looked at"
 )
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_NOT_DECLARED = (

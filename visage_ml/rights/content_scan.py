@@ -444,8 +444,8 @@ def _looked_at(
     """:func:`_hash` of ``path`` (``cache``: as it says, ``key`` its real path) and True,
     unless ``sizes`` shows from its size alone that it cannot be what is sought and its first
     bytes that it is no notebook and holds nothing inside
-    (:func:`~visage_ml.rights.embedded.kind`: no text, archive, pickle, array, table, database
-    or PDF): then its size, opened (one this user cannot open is still
+    (:func:`~visage_ml.rights.embedded.kind`: no text, archive, pickle, array, table, database,
+    PDF or data set's container): then its size, opened (one this user cannot open is still
     :attr:`Hashed.unreadable`) but not read, and False."""
     if sizes is not None and not path.name.endswith(ALWAYS_READ):
         try:

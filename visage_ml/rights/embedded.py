@@ -6,7 +6,9 @@ photo base64-encoded in a JSON or CSV file, an archive made for a colleague (zip
 bzip2, xz; NumPy's ``.npz`` and torch's ``.pt`` are zip files), a pickle or a ``.npy`` array of
 its bytes, a Parquet table holding them in a column, a SQLite database in a BLOB or base64 in a
 TEXT (:mod:`visage_ml.rights.embedded_db`), a PDF report showing it (img2pdf and pdflatex embed
-a JPEG's bytes as they are; reportlab ASCII85-encodes them first). :func:`inside` gives the
+a JPEG's bytes as they are; reportlab ASCII85-encodes them first), a data set packed in an
+Arrow IPC file (Hugging Face ``datasets``' shards and cache), HDF5, LMDB or TFRecord, read as an
+array is (:mod:`visage_ml.rights.embedded_formats`). :func:`inside` gives the
 SHA-256 of each file such a file holds, to be matched as a whole file is
 (:mod:`visage_ml.rights.content_scan`).
 
@@ -33,7 +35,9 @@ of a DVC remote (S3) or a git blob, which streams by, to one in a folder of the 
 of a size nothing sought has is not hashed (``sizes``).
 
 Not looked inside: other binary formats (another database than SQLite, an image container, an
-encrypted archive), a PDF's compressed streams (an embedded file, an image it re-encoded: a PNG
+encrypted archive), an Arrow file's compressed buffers (LZ4, ZSTD: Feather's default), an HDF5
+dataset chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compressed with
+GZIP is a gzip file), a PDF's compressed streams (an embedded file, an image it re-encoded: a PNG
 always is), a JPEG with bytes after its EOI (a phone's multi-picture file), a damaged archive
 past the point it breaks (a damaged or encrypted SQLite database is not shown clean; its
 ``-wal`` file is read with it, as SQLite does), the rows deleted but left in freed pages and a

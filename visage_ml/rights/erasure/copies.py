@@ -103,7 +103,8 @@ MSG_IN_GIT = (
 
 MSG_HELD = (
     "{n} file(s) hold erased content inside other content ({where}: an archive, a pickle, an "
-    "array, a table, a database or a PDF), which the erasure neither rewrites nor deletes with "
+    "array, a table, a database, a PDF or a data set's container (Arrow, HDF5, LMDB, "
+    "TFRecord)), which the erasure neither rewrites nor deletes with "
     "the rest of what they hold; it stops before its certificate. `visage privacy doctor` lists "
     "them; take the erased photograph out of each (a database: delete its rows, then `VACUUM`, "
     "or its freed pages keep the bytes; or delete the file), then run `visage privacy resume`"
@@ -254,7 +255,8 @@ def _found(ctx: Context, pid: str) -> Found:
 def holds_inside(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
     """Whether ``h``, a file of the project (not a store's object), holds erased content among
     other content the erasure does not take it out of (an archive, a pickle, an array, a
-    table, a PDF): it stops the erasure, for the operator to decide (:data:`MSG_HELD`)."""
+    table, a PDF, a data set's container): it stops the erasure, for the operator to decide
+    (:data:`MSG_HELD`)."""
     return h.digest not in hashes and not h.root.store and not _rewritable(h, hashes)
 
 
