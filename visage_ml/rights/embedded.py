@@ -38,8 +38,10 @@ Not looked inside: other binary formats (another database than SQLite, an image 
 encrypted archive), an Arrow file's compressed buffers (LZ4, ZSTD: Feather's default), an HDF5
 dataset chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compressed with
 GZIP is a gzip file), a PDF's compressed streams (an embedded file, an image it re-encoded: a PNG
-always is), a JPEG with bytes after its EOI (a phone's multi-picture file), a damaged archive
-past the point it breaks (a damaged or encrypted SQLite database is not shown clean; its
+always is), a JPEG with bytes after its EOI (a phone's multi-picture file), a compressed stream
+past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
+shown clean; a tar's damaged header is skipped to the next, as GNU tar does; a damaged or
+encrypted SQLite database is not shown clean; its
 ``-wal`` file is read with it, as SQLite does), the rows deleted but left in freed pages and a
 ``-wal``'s frames SQLite would not apply, base64 of another alphabet than those two (base32,
 ASCII85 outside a PDF) or split otherwise than by line breaks, and, of two wrapped back to back
