@@ -26,8 +26,10 @@ read member by member, nested ones too (to :data:`DEPTH`). What is larger than
 :data:`EMBED_MAX` is not held in memory but looked inside from its file, whatever its size
 (:func:`inside_large`): an archive member by member, a text file a window at a time
 (:func:`inside_text`), a Parquet table (a data set's shard) a few rows at a time, a pickle, an
-array or a PDF mapped read-only and walked as bytes are (the system pages it in, the walks let go
-of what lies behind them), a database table by table from its file. Wherever it lies: an
+array or a PDF copied to an unnamed file of :data:`SPILL_DIR` (:func:`mapped`: another program
+truncating a file mapped kills the process) and that mapped read-only and walked as bytes are
+(the system pages it in, the walks let go of what lies behind them), a database table by table
+from its file. Wherever it lies: an
 archive's member that large is first written to an unnamed file of :data:`SPILL_DIR`, an object
 of a DVC remote (S3) or a git blob, which streams by, to one in a folder of the project
 (:class:`~visage_ml.rights.content_scan._Reader`); with no room for it, it is not shown clean
@@ -64,7 +66,9 @@ import io
 import itertools
 import lzma
 import mmap
+import os
 import re
+import shutil
 import string
 import tarfile
 import tempfile
@@ -1199,13 +1203,15 @@ def inside_large(
     :data:`LARGE`), read from ``fh``, whatever its size: an archive member by member
     (:func:`inside_file`), a text file a window at a time (:func:`inside_text`), a table a few
     rows at a time (:func:`_table`); a pickle, an array or a PDF (``fh`` a file of the system,
-    read from its start) is mapped, read-only, and walked as bytes held are, the system paging
-    it in and the walks letting go of what lies behind them; its base64 runs a window at a time.
+    read from its start) is mapped, read-only (a copy of it: :func:`mapped`), and walked as
+    bytes held are, the system paging it in and the walks letting go of what lies behind them;
+    its base64 runs a window at a time.
 
     Raises
     ------
     TooLarge
-        As :func:`inside`.
+        As :func:`inside`; :class:`NotSpilled` when a pickle's, an array's or a PDF's copy cannot
+        be written.
     """
     if budget is None:
         at = fh.tell()
@@ -1228,22 +1234,49 @@ def _mapped(
     the same base64 runs, PNGs, JPEGs and ASCII85 streams, in the same order."""
     fh.seek(0)
     yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)  # its base64 runs
-    fh.seek(0)
-    try:
-        data = _Map(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except ValueError:  # empty: nothing in it
-        return
-    try:
+    with mapped(fh) as data:
         for found in itertools.chain(_pngs(data), _jpegs(data)):
             yield from _part(found, sizes, depth, budget)
         if what == PDF:
             for decoded in _a85(data):
                 budget.spend(len(decoded))
                 yield from _part(decoded, sizes, depth, budget)
-    finally:
-        # A walk stopped early may still hold a view of it: then it goes with the walk.
-        with contextlib.suppress(BufferError):
-            data.close()
+
+
+@contextlib.contextmanager
+def mapped(fh: IO[bytes]) -> Iterator[Buffer]:
+    """The bytes of ``fh`` (a file of the system, read from its start) mapped read-only; b""
+    when it is empty. A file with a name is copied first, to an unnamed file of
+    :data:`SPILL_DIR`, and the copy mapped: another program that truncates a file mapped while
+    it is read (``np.save`` or ``pickle.dump`` over it, whose ``open("wb")`` empties it first;
+    SQLite's checkpoint truncating its ``-wal``) has the system send SIGBUS at the first page
+    past its new end, which kills the whole process (an erasure half done, a verifier with no
+    report). An unnamed file (one spilled already) no other program can open is mapped itself.
+
+    Raises
+    ------
+    NotSpilled
+        When the copy cannot be written (no room left).
+    """
+    with contextlib.ExitStack() as stack:
+        if os.fstat(fh.fileno()).st_nlink:
+            copy = _spilling(lambda: tempfile.TemporaryFile(dir=SPILL_DIR))  # noqa: SIM115
+            stack.callback(_close, copy)
+            fh.seek(0)
+            _spilling(lambda: shutil.copyfileobj(fh, copy, CHUNK))
+            _spilling(copy.flush)
+            fh = copy
+        try:
+            data = _Map(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # empty: nothing in it
+            yield b""
+            return
+        try:
+            yield data
+        finally:
+            # A walk stopped early may still hold a view of it: then it goes with the walk.
+            with contextlib.suppress(BufferError):
+                data.close()
 
 
 def encoded(path: Path) -> set[str]:

@@ -556,10 +556,10 @@ def _unchanged(db: Path, journal: Path) -> bool:
     (too large to hold together) is in it as it is (the transaction had written none of its
     pages yet), or it restores none: then ``db`` alone is what SQLite reads (cut to its size
     before the transaction: less than is read here). Both read from their files (the journal
-    mapped read-only), a page at a time."""
+    copied and mapped, :func:`~visage_ml.rights.embedded.mapped`), a page at a time."""
     with (
         open(journal, "rb") as jh,
-        mmap.mmap(jh.fileno(), 0, access=mmap.ACCESS_READ) as records,
+        embedded.mapped(jh) as records,
         open(db, "rb") as fh,
     ):
         found = journaled(records)
@@ -579,10 +579,11 @@ def _checkpointed(db: Path, wal: Path) -> bool:
     """Whether every page the WAL file ``wal`` adds to the database file ``db`` (too large to
     hold together) is already in it as it is (a checkpoint copied them, the WAL not yet
     reset), or it adds none: then ``db`` alone is what SQLite reads. Both read from their
-    files (the WAL mapped read-only), a page at a time."""
+    files (the WAL copied and mapped, :func:`~visage_ml.rights.embedded.mapped`), a page at a
+    time."""
     with (
         open(wal, "rb") as wh,
-        mmap.mmap(wh.fileno(), 0, access=mmap.ACCESS_READ) as frames,
+        embedded.mapped(wh) as frames,
         open(db, "rb") as fh,
     ):
         found = committed(frames)
