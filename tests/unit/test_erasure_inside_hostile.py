@@ -11,11 +11,18 @@ whole process died, the erasure half done, the verifier with no report.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
+import tracemalloc
 from pathlib import Path
+
+import pytest
+
+from visage_ml.rights import embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,3 +105,34 @@ def test_a_large_databases_wal_truncated_by_a_checkpoint_while_read_does_not_kil
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert "scanned" in done.stdout
+
+
+def _many_empty_members(n: int) -> bytes:
+    """A tar.xz of ``n`` empty members: a few bytes each, compressed."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:xz") as tf:
+        for i in range(n):
+            tf.addfile(tarfile.TarInfo(f"m{i}"), io.BytesIO(b""))
+    return out.getvalue()
+
+
+def test_a_tar_of_many_empty_members_is_read_in_memory_that_does_not_grow_with_them():
+    """A tar.xz of two kilobytes a thousand members: read, each member's header let go of once
+    read (tarfile keeps every header it read: a 1.2 MB file of a million members made the scan
+    hold 900 MB, one of 12 MB would take 9 GB); its headers are spent from what it may expand
+    to, so that one of billions stops as a bomb does."""
+    n = 40_000
+    data = _many_empty_members(n)
+    assert len(data) < 2 * n
+    tracemalloc.start()
+    try:
+        found = sum(1 for _ in embedded.inside(data, embedded.COMPRESSED))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == n  # every member read (an empty file, sought when sizes say nothing)
+    assert peak < 16 << 20, peak  # the decompressor's buffers; 27 MB more before
+    budget = embedded._Budget(len(data))
+    budget.left = n // 2 * tarfile.BLOCKSIZE  # room for half their headers
+    with pytest.raises(embedded.TooLarge):
+        list(embedded.inside(data, embedded.COMPRESSED, budget=budget))
