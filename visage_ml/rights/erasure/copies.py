@@ -18,7 +18,8 @@ DVC's cache and every remote are looked through too, as the verifier does (a cop
 with ``dvc add`` has its object there, which ``dvc checkout`` or ``dvc pull`` would put back;
 one pushed and gone from the cache is there alone): a remote on this file system as files, any
 other (S3) through DVC's filesystem API, listed once with every size, an object of a size
-nothing sought has told from a notebook by a ranged read of its first bytes. The ``.dvc`` file
+nothing sought has told from a notebook, or a file that holds others, by a ranged read of its
+first bytes (read whole only when it is one). The ``.dvc`` file
 that tracked a copy then names an object that is gone (``dvc status`` says so); on the local
 stack's S3 the volumes are compacted after (:func:`_on_stack`). A remote that
 cannot be reached or listed stops the erasure before the certificate (:data:`MSG_REMOTE_DOWN`):
