@@ -16,8 +16,9 @@ names the database's own schema gives, each quoted (a table named ``x"; DROP TAB
 one table), rows streamed through a cursor. A value that cannot matter (shorter than anything
 sought, not compressed, no base64 run of a compressed file in it) is passed over in SQLite, its
 row never made into Python's (a table of a log's hex ids). A value larger than
-:data:`~visage_ml.rights.embedded.EMBED_MAX` is not held in memory: a BLOB or TEXT of a rowid
-table is hashed as it streams (:meth:`sqlite3.Connection.blobopen`), not looked inside.
+:data:`~visage_ml.rights.embedded.EMBED_MAX` is not held in memory: a BLOB of a rowid table is
+hashed as it streams (:meth:`sqlite3.Connection.blobopen`), not looked inside; a TEXT that large
+is not read, and the database not shown clean (:class:`NotRead`).
 
 A database in WAL mode keeps its newest pages in the ``-wal`` file beside it until a checkpoint
 copies them in: while the program writing it runs (a labelling tool, a notebook's open
