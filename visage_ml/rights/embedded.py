@@ -33,8 +33,8 @@ from its file. Wherever it lies: an
 archive's member that large is first written to an unnamed file of :data:`SPILL_DIR`, an object
 of a DVC remote (S3) or a git blob, which streams by, to one in a folder of the project
 (:class:`~visage_ml.rights.content_scan._Reader`); with no room for it, it is not shown clean
-(:class:`NotSpilled`). A database in git or on a remote that large is only hashed whole. A part
-of a size nothing sought has is not hashed (``sizes``).
+(:class:`NotSpilled`). A database in git, on a remote or inside an archive that large is only
+hashed whole. A part of a size nothing sought has is not hashed (``sizes``).
 
 Not looked inside: other binary formats (another database than SQLite, an image container, an
 encrypted archive), an Arrow file's compressed buffers (LZ4, ZSTD: Feather's default), an HDF5
