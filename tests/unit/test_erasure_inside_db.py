@@ -737,3 +737,33 @@ def test_a_journal_alone_is_read_by_the_walk_not_passed_over_as_an_unknown_file(
     for name in ("gone.db-journal", "renamed.bin"):
         h = scanned[name]
         assert _sha(png) in h.held or h.unreadable or h.expands, name
+
+
+def test_a_database_too_large_to_hold_inside_an_archive_or_spilled_is_read(
+    tmp_path, proj, monkeypatch
+):
+    """A database over EMBED_MAX inside a zip (or a git blob, a remote's object: spilled to an
+    unnamed file, as an archive's member is) is read from that file, not passed over: it has no
+    name to open, and was only hashed, the photograph in it shown clean."""
+    import tempfile
+
+    _, png, theirs = _photos(proj)
+    db = tmp_path / "labels.db"
+    _db(
+        db,
+        ("CREATE TABLE faces (id INTEGER PRIMARY KEY, img BLOB)", ()),
+        ("INSERT INTO faces (img) VALUES (?)", (theirs,)),
+        ("INSERT INTO faces (img) VALUES (?)", (png,)),
+        ("INSERT INTO faces (img) VALUES (?)", (os.urandom(40_000),)),
+    )
+    data = db.read_bytes()
+    monkeypatch.setattr(embedded, "EMBED_MAX", 16 << 10)
+    assert len(data) > embedded.EMBED_MAX
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("export/labels.db", data)
+    assert _sha(png) in set(embedded.inside(out.getvalue(), embedded.ZIP))
+    with tempfile.TemporaryFile() as spilled:  # as content_scan spills a blob or an object
+        spilled.write(data)
+        spilled.seek(0)
+        assert _sha(png) in set(embedded.inside_large(spilled, embedded.SQLITE))

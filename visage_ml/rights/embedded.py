@@ -33,8 +33,8 @@ from its file. Wherever it lies: an
 archive's member that large is first written to an unnamed file of :data:`SPILL_DIR`, an object
 of a DVC remote (S3) or a git blob, which streams by, to one in a folder of the project
 (:class:`~visage_ml.rights.content_scan._Reader`); with no room for it, it is not shown clean
-(:class:`NotSpilled`). A database in git, on a remote or inside an archive that large is only
-hashed whole. A part of a size nothing sought has is not hashed (``sizes``).
+(:class:`NotSpilled`); a database there is copied on to a named one, which SQLite can open
+(:func:`_database`). A part of a size nothing sought has is not hashed (``sizes``).
 
 Not looked inside: other binary formats (another database than SQLite, an image container, an
 encrypted archive), an Arrow file's compressed buffers (LZ4, ZSTD: Feather's default), an HDF5
@@ -115,7 +115,7 @@ KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE, PDF})
 STREAMED = frozenset({ZIP, TAR, COMPRESSED})
 # Kinds looked inside from their file when too large to hold (:func:`inside_large`): all but a
 # database, read from its own path (:mod:`visage_ml.rights.embedded_db`).
-LARGE = frozenset({*STREAMED, TEXT, BINARY, PDF, PARQUET})
+LARGE = frozenset({*STREAMED, TEXT, BINARY, PDF, PARQUET, SQLITE})
 # Rows of a table read from its file at once (:func:`_table`): a data set's photographs, a few
 # MB each at most.
 TABLE_ROWS = 64
@@ -1232,6 +1232,35 @@ def inside_large(
         yield from _table(fh, sizes, depth, budget, rows=TABLE_ROWS)
     elif what in (BINARY, PDF):
         yield from _mapped(fh, what, sizes, depth, budget)
+    elif what == SQLITE:
+        yield from _database(fh, sizes)
+
+
+def _database(fh: IO[bytes], sizes: SizeFilter | None) -> Iterator[str]:
+    """A database too large to hold, open as ``fh`` at its start (an archive's member, a git
+    blob or a remote's object, spilled to an unnamed file): SQLite opens only a file by its
+    name, so it is copied to a named one of :data:`SPILL_DIR`, read table by table
+    (read-only, immutable) and removed. Were the process killed, the copy left is in the
+    project, where the next scan finds it (it was only hashed, what it held passed as looked
+    at).
+
+    Raises
+    ------
+    NotSpilled
+        When the copy cannot be written.
+    """
+    from visage_ml.rights import embedded_db
+
+    with contextlib.ExitStack() as stack:
+        named = _spilling(
+            lambda: stack.enter_context(
+                tempfile.NamedTemporaryFile(dir=SPILL_DIR, prefix="scan-", suffix=".db")
+            )
+        )
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            _spilling(lambda c=chunk: named.write(c))
+        _spilling(named.flush)
+        yield from embedded_db.inside_path(Path(named.name), sizes=sizes)
 
 
 def _mapped(
