@@ -6,10 +6,11 @@ photo base64-encoded in a JSON or CSV file, an archive made for a colleague (zip
 bzip2, xz; NumPy's ``.npz`` and torch's ``.pt`` are zip files), a pickle or a ``.npy`` array of
 its bytes, a Parquet table holding them in a column, a SQLite database in a BLOB or base64 in a
 TEXT (:mod:`visage_ml.rights.embedded_db`), a PDF report showing it (img2pdf and pdflatex embed
-a JPEG's bytes as they are; reportlab ASCII85-encodes them first), a data set packed in an
-Arrow IPC file (Hugging Face ``datasets``' shards and cache), HDF5, LMDB or TFRecord, read as an
-array is (:mod:`visage_ml.rights.embedded_formats`). :func:`inside` gives the
-SHA-256 of each file such a file holds, to be matched as a whole file is
+a JPEG's bytes as they are; reportlab ASCII85-encodes them first) or holding it attached
+(``pdfattach``, a portfolio: deflated), a data set packed in an Arrow IPC file (Hugging Face
+``datasets``' shards and cache; Feather, its buffers LZ4-compressed by default), HDF5, LMDB or
+TFRecord, read as an array is (:mod:`visage_ml.rights.embedded_formats`). :func:`inside` gives
+the SHA-256 of each file such a file holds, to be matched as a whole file is
 (:mod:`visage_ml.rights.content_scan`).
 
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
@@ -19,17 +20,21 @@ padded or not, its slashes escaped as JSON may write them, ``\\/``); the copies 
 matching run out of it and keeps
 the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
 JPEG (SOI to EOI, :func:`_jpegs`) lies as it is, and is found so; a PDF's ASCII85 streams are
-decoded. An archive, a pickle, an array, a table, a database or a PDF is not rewritten: one of
-the project stops the erasure for the operator to decide, a DVC object goes whole
-(:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed streams are
-read member by member, nested ones too (to :data:`DEPTH`). What is larger than
+decoded, and those deflated first (``/FlateDecode``: an attached file, a JPEG deflated once more)
+inflated and read as an archive's member is (:func:`_flates`); an Arrow file's or stream's byte
+and text columns are also read with pyarrow, batch by batch, its LZ4 or ZSTD buffers
+decompressed (:func:`_arrow`). An archive, a pickle, an array, a table, a database or a PDF is
+not rewritten: one of the project stops the erasure for the operator to decide, a DVC object
+goes whole (:func:`~visage_ml.rights.erasure.copies.holds_inside`). Archives and compressed
+streams are read member by member, nested ones too (to :data:`DEPTH`). What is larger than
 :data:`EMBED_MAX` is not held in memory but looked inside from its file, whatever its size
 (:func:`inside_large`): an archive member by member, a text file a window at a time
 (:func:`inside_text`), a Parquet table (a data set's shard) a few rows at a time, a pickle, an
-array or a PDF copied to an unnamed file of :data:`SPILL_DIR` (:func:`mapped`: another program
-truncating a file mapped kills the process) and that mapped read-only and walked as bytes are
-(the system pages it in, the walks let go of what lies behind them), a database table by table
-from its file. Wherever it lies: an
+array, an Arrow file or a PDF copied to an unnamed file of :data:`SPILL_DIR` (:func:`mapped`:
+another program truncating a file mapped kills the process) and that mapped read-only and walked
+as bytes are (the system pages it in, the walks let go of what lies behind them; an Arrow file's
+batches read in place, one at a time), a database table by table from its file. Wherever it
+lies: an
 archive's member that large is first written to an unnamed file of :data:`SPILL_DIR`, an object
 of a DVC remote (S3) or a git blob, which streams by, to one in a folder of the project
 (:class:`~visage_ml.rights.content_scan._Reader`); with no room for it, it is not shown clean
@@ -37,10 +42,12 @@ of a DVC remote (S3) or a git blob, which streams by, to one in a folder of the 
 (:func:`_database`). A part of a size nothing sought has is not hashed (``sizes``).
 
 Not looked inside: other binary formats (another database than SQLite, an image container, an
-encrypted archive), an Arrow file's compressed buffers (LZ4, ZSTD: Feather's default), an HDF5
-dataset chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compressed with
-GZIP is a gzip file), a PDF's compressed streams (an embedded file, an image it re-encoded: a PNG
-always is), a JPEG with bytes after its EOI (a phone's multi-picture file), a compressed stream
+encrypted archive), an Arrow file's columns of numbers compressed (a photo's bytes as a list of
+uint8) or one pyarrow cannot read (what lies in it as it is is still found), an HDF5 dataset
+chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compressed with GZIP is
+a gzip file), a PDF's streams encrypted or compressed otherwise than deflated first (LZW;
+ASCII85, then deflated) and an image it re-encoded (a PNG always is: its pixels are deflated, not
+its file), a JPEG with bytes after its EOI (a phone's multi-picture file), a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does; a damaged or
 encrypted SQLite database is not shown clean; its
@@ -108,7 +115,8 @@ PARQUET = "parquet"
 BINARY = "binary"
 # A SQLite database: read table by table (:mod:`visage_ml.rights.embedded_db`).
 SQLITE = "sqlite"
-# A PDF: a JPEG it shows lies in it as it is (a DCTDecode stream), or ASCII85-encoded.
+# A PDF: a JPEG it shows lies in it as it is (a DCTDecode stream), ASCII85-encoded, or deflated
+# (an attached file's exact bytes too).
 PDF = "pdf"
 KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE, PDF})
 # Kinds read as a stream from their file: looked inside whatever its size.
@@ -151,6 +159,16 @@ SCAN_BLOCK = 64
 PDF_STREAM = re.compile(rb"stream\r?\n")
 A85_RUN = re.compile(rb"[!-uz\s]*")
 A85_END = b"~>"
+# A PDF stream's keyword after its dictionary (its line break a CR alone for some writers), to
+# its ``endstream`` (:func:`_flates`); the dictionary from the ``obj`` that opens it, so far back
+# at most, names its filters: deflated first, ``/Filter /FlateDecode`` or ``/Filter
+# [/FlateDecode /DCTDecode]``.
+PDF_STREAM_AT = re.compile(rb">>\s*stream(?:\r\n|\n|\r)")
+PDF_END, PDF_OBJ, PDF_FILTER = b"endstream", b"obj", b"/Filter"
+PDF_FLATE = re.compile(rb"/Filter\s*(?:\[\s*)?/FlateDecode(?![^\s/\[\]<>()%])")
+PDF_DICT_BACK = 64 << 10
+# Deflated data is fed to zlib so much at a time (:class:`_Inflated`).
+INFLATE_IN = 64 << 10
 # ASCII85 is decoded so many groups at a time (:func:`_a85decode`): Python's decoder holds some
 # 90 bytes a character it decodes at once.
 A85_GROUPS = re.compile(rb"(?:z|[!-u]{5}){1,65536}")
@@ -956,6 +974,64 @@ def _a85(data: bytes) -> Iterator[bytes]:
                 yield _a85decode(data[start:end])
 
 
+class _Inflated:
+    """A deflated PDF stream's content (``data[start:end]``), inflated as it is read
+    (:func:`_stream` reads it as an archive's member): ``read(n)`` gives ``n`` bytes, fewer
+    where the deflate data ends or breaks (what it gave until then is what a reader shows). Fed
+    :data:`INFLATE_IN` bytes at a time and never asked more than ``n`` out: a deflate bomb is
+    spent from the budget a part at a time, not held."""
+
+    def __init__(self, data: Buffer, start: int, end: int) -> None:
+        self.data, self.at, self.end = data, start, end
+        self.z = zlib.decompressobj()
+        self.tail = b""
+        self.done = False
+
+    def read(self, n: int) -> bytes:
+        out: list[bytes] = []
+        got = 0
+        while got < n and not self.done:
+            if not self.tail:
+                if self.at >= self.end:
+                    break
+                stop = min(self.at + INFLATE_IN, self.end)
+                self.tail = bytes(self.data[self.at : stop])
+                _let_go(self.data, self.at)
+                self.at = stop
+            try:
+                part = self.z.decompress(self.tail, n - got)
+            except zlib.error:
+                self.done = True
+                break
+            self.tail = self.z.unconsumed_tail
+            self.done = self.z.eof
+            out.append(part)
+            got += len(part)
+        return b"".join(out)
+
+
+def _flates(data: Buffer) -> Iterator[_Inflated]:
+    """Each stream of a PDF whose dictionary names ``/FlateDecode`` as its first filter (an
+    attached file, ``/EmbeddedFile``: its exact bytes; a JPEG ``[/FlateDecode /DCTDecode]``),
+    to be inflated as it is read. A stream runs from its ``stream`` keyword to the
+    ``endstream`` after it, and the walk goes on from there: each byte is inflated once at
+    most (``stream`` keywords within deflated data, each inflated to the file's end, made it
+    quadratic). Its dictionary is what lies before the keyword, from the ``obj`` that opens it
+    (:data:`PDF_DICT_BACK` at most)."""
+    at = 0
+    while (m := PDF_STREAM_AT.search(data, at)) is not None:
+        _let_go(data, m.start())
+        end = _find(data, PDF_END, m.end())
+        end = end if end >= 0 else len(data)
+        back = max(at, m.start() - PDF_DICT_BACK)
+        opened = data.rfind(PDF_OBJ, back, m.start())
+        head = bytes(data[max(back, opened) : m.start()])
+        at = max(end + len(PDF_END), m.end())
+        named = head.rfind(PDF_FILTER)
+        if named >= 0 and PDF_FLATE.match(head, named):
+            yield _Inflated(data, m.end(), end)
+
+
 def _a85decode(encoded: bytes) -> bytes:
     """:func:`base64.a85decode` of ``encoded`` (white space in it ignored), a part of
     :data:`A85_GROUPS` at a time: in memory of about twice what it decodes to (a stream of
@@ -1097,6 +1173,54 @@ def _table_values(
                     yield from _part(raw, sizes, depth, budget)
 
 
+def _arrow(
+    data: Buffer, form: str, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """What the byte and text columns of an Arrow file or stream (``form``:
+    :func:`~visage_ml.rights.embedded_formats.arrow`) hold, read with pyarrow record batch by
+    record batch (decompressed: Feather's LZ4, ZSTD), :data:`TABLE_ROWS` rows at a time, as a
+    Parquet table's are. What its batches decompress to is spent from ``budget`` before any is
+    read (:func:`~visage_ml.rights.embedded_formats.arrow_expands`). ``data`` held, or a file
+    mapped (read in place: a batch uncompressed is not copied). One pyarrow cannot read (cut
+    short, damaged) is read as far as it can be; what lies in it as it is, the raw walk finds
+    (:func:`inside`)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    try:
+        expands, batches = embedded_formats.arrow_expands(data, form)
+    except ValueError:
+        return
+    budget.spend(expands)
+    errors = (pa.ArrowException, OSError, ValueError)
+    opener = ipc.open_file if form == embedded_formats.ARROW_FILE else ipc.open_stream
+    try:
+        source = pa.py_buffer(data)
+        schema = opener(pa.BufferReader(source)).schema
+        # Only the columns that can hold bytes are decompressed (numbers, an embedding, are not).
+        wanted = [i for i, f in enumerate(schema) if _holds_bytes(f.type)]
+        if not wanted:
+            return
+        options = ipc.IpcReadOptions(included_fields=wanted)
+        reader = opener(pa.BufferReader(source), options=options)
+        read: Iterator[Any] = (
+            (reader.get_batch(i) for i in range(batches))
+            if form == embedded_formats.ARROW_FILE
+            else itertools.islice(reader, batches)
+        )
+    except errors:
+        return
+    while True:
+        try:
+            batch = next(read, None)
+        except errors:  # damaged past here: what was read stays looked at
+            return
+        if batch is None:
+            return
+        for at in range(0, batch.num_rows, TABLE_ROWS):
+            yield from _table_values(batch.slice(at, TABLE_ROWS), sizes, depth, budget)
+
+
 def inside(
     data: bytes,
     what: str,
@@ -1129,10 +1253,22 @@ def inside(
         if what in (BINARY, PDF):
             for found in itertools.chain(_pngs(data), _jpegs(data)):
                 yield from _part(found, sizes, depth, budget)
-        if what == PDF:
-            for decoded in _a85(data):
-                budget.spend(len(decoded))
-                yield from _part(decoded, sizes, depth, budget)
+        yield from _compressed(data, what, sizes, depth, budget)
+
+
+def _compressed(
+    data: Buffer, what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """What a PDF's ASCII85 and deflated streams and an Arrow file's batches hold, decoded
+    (:func:`inside`, :func:`_mapped`); what is decoded is spent from ``budget``."""
+    if what == PDF:
+        for decoded in _a85(data):
+            budget.spend(len(decoded))
+            yield from _part(decoded, sizes, depth, budget)
+        for stream in _flates(data):
+            yield from _stream(stream, None, sizes, depth, budget)
+    elif what == BINARY and (form := embedded_formats.arrow(bytes(data[:SNIFF]))) is not None:
+        yield from _arrow(data, form, sizes, depth, budget)
 
 
 # The bytes a base64 run holds (:data:`B64_RUN`: either alphabet, padding, line breaks, JSON's
@@ -1209,10 +1345,11 @@ def inside_large(
     """:func:`inside` for a file too large to hold (over :data:`EMBED_MAX`; one of
     :data:`LARGE`), read from ``fh``, whatever its size: an archive member by member
     (:func:`inside_file`), a text file a window at a time (:func:`inside_text`), a table a few
-    rows at a time (:func:`_table`); a pickle, an array or a PDF (``fh`` a file of the system,
-    read from its start) is mapped, read-only (a copy of it: :func:`mapped`), and walked as
-    bytes held are, the system paging it in and the walks letting go of what lies behind them;
-    its base64 runs a window at a time.
+    rows at a time (:func:`_table`); a pickle, an array, an Arrow file or a PDF (``fh`` a file
+    of the system, read from its start) is mapped, read-only (a copy of it: :func:`mapped`),
+    and walked as bytes held are, the system paging it in and the walks letting go of what lies
+    behind them; its base64 runs a window at a time, an Arrow file's batches one at a time, a
+    PDF's deflated streams inflated a part at a time.
 
     Raises
     ------
@@ -1266,17 +1403,15 @@ def _database(fh: IO[bytes], sizes: SizeFilter | None) -> Iterator[str]:
 def _mapped(
     fh: IO[bytes], what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
-    """:func:`inside` of a pickle, an array or a PDF read from its file (:func:`inside_large`):
-    the same base64 runs, PNGs, JPEGs and ASCII85 streams, in the same order."""
+    """:func:`inside` of a pickle, an array, an Arrow file or a PDF read from its file
+    (:func:`inside_large`): the same base64 runs, PNGs, JPEGs, PDF streams decoded and Arrow
+    batches, in the same order."""
     fh.seek(0)
     yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)  # its base64 runs
     with mapped(fh) as data:
         for found in itertools.chain(_pngs(data), _jpegs(data)):
             yield from _part(found, sizes, depth, budget)
-        if what == PDF:
-            for decoded in _a85(data):
-                budget.spend(len(decoded))
-                yield from _part(decoded, sizes, depth, budget)
+        yield from _compressed(data, what, sizes, depth, budget)
 
 
 @contextlib.contextmanager
