@@ -29,6 +29,7 @@ from rights_fakes import make_project
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
+from visage_ml.privacy.certificate_page import page_path
 from visage_ml.rights import embedded
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
@@ -206,7 +207,15 @@ def test_a_photo_compressed_in_an_arrow_file_or_a_pdf_stops_the_erasure(project,
         path.unlink()
     (done,) = Erasure(proj.paths).resume()
     assert [p.name for p in kept if not p.exists()] == []
-    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert report.ok
+    # Beside the verdict and on the certificate's page: these are looked inside now.
+    (check,) = [c for c in report.checks if c.name == "no erased content remains"]
+    page = " ".join(page_path(done.certificate_path).read_text(encoding="utf-8").split())
+    for said in (" ".join(check.detail.split()), page):
+        for name in ("Feather", "LZ4 or ZSTD", "deflated"):
+            assert name in said, (name, said)
+        assert "compressed buffers" not in said and "an image a PDF compressed" not in said
     for path, data in made.items():
         path.write_bytes(data)
     report = verify_certificate(done.certificate_path, root=proj.paths.root)

@@ -83,11 +83,12 @@ HELD_INSIDE = (
 # What the scan can find, said beside what it found (docs/security.md, the certificate's page).
 SCOPE = (
     "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy, "
-    "Parquet, SQLite and PDF files, and Arrow, HDF5, LMDB and TFRecord files where a photo's "
-    "bytes lie as they are (not in HDF5 datasets chunked and compressed, TFRecords compressed "
-    "with ZLIB or an Arrow file's compressed buffers); not inside other formats, and a "
-    "re-encoded image is never found by hash; in the project only: a data set a subject was "
-    "imported from, outside it, is not looked at"
+    "Parquet, SQLite and PDF files (their ASCII85 and deflated streams too: an attached file), "
+    "Arrow and Feather files (their LZ4 or ZSTD buffers too), and HDF5, LMDB and TFRecord files "
+    "where a photo's bytes lie as they are (not in HDF5 datasets chunked and compressed or "
+    "TFRecords compressed with ZLIB); not inside other formats, and a re-encoded image is never "
+    "found by hash; in the project only: a data set a subject was imported from, outside it, is "
+    "not looked at"
 )
 GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy doctor`"
 MSG_NOT_DECLARED = (
