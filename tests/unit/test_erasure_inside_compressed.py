@@ -11,6 +11,7 @@ certificate VALID.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -363,3 +364,22 @@ def test_a_category_column_compressed_is_read_too():
         data = sink.getvalue()
         assert photo not in data
         assert {_sha(photo), _sha(other)} <= set(embedded.inside(data, _kind(data)))
+
+
+def test_a_damaged_arrow_file_ends_its_read_not_the_scan():
+    """Bytes of a shard changed at random (a disk's, a copy's fault): pyarrow reads what a
+    damaged batch's offsets and lengths say (an offset past its buffer raised SystemError, a
+    length of -2^60 aborted the whole process, a field's name not UTF-8 raised as it was
+    read). Each batch is checked before a value of it is read: at worst the file is not shown
+    clean (a length that says it expands beyond its size)."""
+    photo = _jpeg(np.full((32, 32, 3), 90, np.uint8))
+    others = [_jpeg(np.full((32, 32, 3), v, np.uint8)) for v in (10, 200)]
+    shelf = [others[0], photo, others[1]]
+    rng = np.random.default_rng(0)
+    for base in (_ipc(shelf, stream=True, compression=None), _feather(shelf)):
+        for _ in range(400):
+            damaged = bytearray(base)
+            for at in rng.integers(0, len(base), 4):
+                damaged[at] = rng.integers(0, 256)
+            with contextlib.suppress(embedded.TooLarge):
+                list(embedded.inside(bytes(damaged), embedded.BINARY))

@@ -1197,6 +1197,7 @@ def _arrow(
     try:
         source = pa.py_buffer(data)
         schema = opener(pa.BufferReader(source)).schema
+        _ = schema.names  # a name that is no UTF-8 (damaged) raises here, not at each batch
         # Only the columns that can hold bytes are decompressed (numbers, an embedding, are not).
         wanted = [i for i, f in enumerate(schema) if _holds_bytes(f.type)]
         if not wanted:
@@ -1213,6 +1214,11 @@ def _arrow(
     while True:
         try:
             batch = next(read, None)
+            if batch is not None:
+                # A batch is checked whole before a value of it is read: pyarrow reads what a
+                # damaged one's offsets say (a length of -2^60 aborted the process, an offset
+                # past its buffer raised SystemError).
+                batch.validate(full=True)
         except errors:  # damaged past here: what was read stays looked at
             return
         if batch is None:
