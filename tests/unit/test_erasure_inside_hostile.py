@@ -140,10 +140,6 @@ def test_a_tar_of_many_empty_members_is_read_in_memory_that_does_not_grow_with_t
         list(embedded.inside(data, embedded.COMPRESSED, budget=budget))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not mended: each line of a run is a bytes object and three ints in _lines and _runs",
-)
 def test_a_text_of_short_lines_is_looked_inside_in_memory_of_a_few_times_its_size():
     """A text of 16-character lines (ids, tokens: each a base64 line, the whole file one run of
     lines): what is held to read it is a few times its size, not 20 (a window of 64 MiB held

@@ -187,6 +187,14 @@ _RUN_LEAD = 16
 _RUN_CLASS = bytes(
     1 if chr(b) in string.ascii_letters + string.digits + "+/_\\-" else 0 for b in range(256)
 )
+# Where a run ends, in that mask with a line feed as 3 and a carriage return as 2: at a byte of
+# no run, a carriage return not before a line feed and a letter, or a line feed not before a
+# letter (what :data:`B64_RUN` reads, without its repeated group: the expression held a
+# dozen bytes a line of a run to go back to, 100 MB for a text of 8 MB of short lines).
+_RUN_MASK = bytes({0x0D: 2, 0x0A: 3}.get(b, c) for b, c in enumerate(_RUN_CLASS))
+_RUN_STOP = re.compile(rb"\x00|\x02(?!\x03\x01)|\x03(?!\x01)")
+# A run found: its span, as a match (as :data:`B64_RUN` gives it).
+_RUN_SPAN = re.compile(rb".*", re.DOTALL)
 B64_MIN = 64
 # The widest line a wrapper gives (``base64``, MIME: 76; PEM: 64).
 WRAP_MAX = 76
@@ -621,31 +629,98 @@ def _decoded(text: bytes) -> bytes | None:
         return None
 
 
-def _lines(run: bytes) -> Iterator[tuple[list[bytes], list[int], list[int]]]:
-    """The lines of a run (:data:`B64_RUN`), escapes taken out, and where each begins and ends
-    in it, by base64 text they may make up: a backslash that is no escape base64 holds (a
-    JSON string's ``\\"``) ends one. Without a backslash the run is split at once (the regex is
-    slow over a large run)."""
-    if b"\\" not in run:
-        texts = run.split(b"\n")
-        ends = list(itertools.accumulate(len(t) + 1 for t in texts))
-        starts = [0, *ends[:-1]]
-        if b"\r" in run:
-            for i, t in enumerate(texts[:-1]):
-                if t.endswith(b"\r"):
-                    texts[i] = t[:-1]
-        yield texts, starts, [s + len(t) for s, t in zip(starts, texts, strict=True)]
+# A run without a backslash is measured so many bytes at a time (each piece split into its
+# lines, their lengths kept, the lines let go of at once).
+LINES_PIECE = 1 << 20
+_PLUS_ONE = (1).__add__
+# A line's width while every line is this narrow: a byte (a text of short lines, the one that
+# has many); wider ones widen the array.
+_NARROW = 255
+
+
+class _Lines:
+    """Lines of a run (:func:`_lines`) that may make up one base64 text: where each begins in
+    the bytes read (``starts``), how many characters of the text it holds (``widths``: escapes
+    taken out), and where it ends (``ends``; None where each ends ``widths`` after it begins).
+    No line is held as bytes of its own: a text of 16-character lines (a log of ids) is a line
+    in every 17 bytes, and a bytes object and a few ints a line held 20 times its size; a text
+    is taken out only when it is decoded (:meth:`text`)."""
+
+    __slots__ = ("data", "ends", "starts", "widths")
+
+    def __init__(self, data: bytes, starts: array, widths: array, ends: array | None) -> None:
+        self.data, self.starts, self.widths, self.ends = data, starts, widths, ends
+
+    def end(self, i: int) -> int:
+        """Where line ``i`` ends (its line break, or an escape, after it)."""
+        return self.ends[i] if self.ends is not None else self.starts[i] + self.widths[i]
+
+    def text(self, first: int, last: int) -> bytes:
+        """The text lines ``first`` to ``last`` - 1 make up: their span, its line breaks (a
+        group holds no other escape: a backslash that is none ends it) and escaped slashes
+        taken out."""
+        span = self.data[self.starts[first] : self.end(last - 1)]
+        if self.ends is None:  # no escape: a carriage return is only ever before a line feed
+            return span.translate(None, b"\r\n")
+        return B64_BREAKS.sub(b"", span).replace(b"\\/", b"/")
+
+    def chars(self, first: int, last: int) -> int:
+        """How many characters of the text lines ``first`` to ``last`` - 1 hold (counted over
+        their span: each line is in a few tries at most, :func:`_wraps`)."""
+        if self.ends is not None:
+            return sum(self.widths[first:last])
+        s, e = self.starts[first], self.end(last - 1)
+        return e - s - self.data.count(b"\n", s, e) - self.data.count(b"\r", s, e)
+
+    def head(self, i: int) -> bytes:
+        """The first two characters of line ``i``'s text."""
+        s = self.starts[i]
+        first = self.data[s : min(s + 4, self.end(i))]
+        return (first.replace(b"\\/", b"/") if self.ends is not None else first)[:2]
+
+
+def _offsets(size: int) -> str:
+    """The array type that holds an offset into ``size`` bytes (4 bytes one, not 8, where they
+    are under 2 GiB)."""
+    return "i" if size < 1 << 31 else "q"
+
+
+def _lines(data: bytes, start: int, end: int) -> Iterator[_Lines]:
+    """The lines of the run (:data:`B64_RUN`) from ``start`` to ``end`` of ``data``, by base64
+    text they may make up: a backslash that is no escape base64 holds (a JSON string's ``\\"``)
+    ends one. Without a backslash the run is split at once, a piece at a time (the regex is
+    slow over a large run); what is kept is a few ints a line in arrays (:class:`_Lines`), the
+    run itself not copied."""
+    code = _offsets(len(data) + 2)
+    if data.find(b"\\", start, end) < 0:
+        crlf = data.find(b"\r", start, end) >= 0
+        starts, widths, at = array(code, [start]), array("B"), start
+        while at <= end:
+            stop = data.find(b"\n", min(at + LINES_PIECE, end), end)
+            stop = end if stop < 0 else stop  # the piece ends on a line's end
+            piece = data[at:stop]
+            # Where each next line begins: this one's bytes and its line feed on.
+            after = itertools.accumulate(map(_PLUS_ONE, map(len, piece.split(b"\n"))), initial=at)
+            starts.extend(itertools.islice(after, 1, None))
+            wide = array(
+                code, map(len, (piece.replace(b"\r\n", b"\n") if crlf else piece).split(b"\n"))
+            )
+            if widths.typecode != code and max(wide) > _NARROW:
+                widths = array(code, widths)
+            widths.extend(wide if widths.typecode == code else iter(wide))
+            at = stop + 1
+        starts.pop()  # where a line after the last would begin
+        yield _Lines(data, starts, widths, None)
         return
-    texts, starts, ends, at = [], [], [], 0
-    for m in itertools.chain(B64_BREAKS.finditer(run), [None]):
-        end = m.start() if m is not None else len(run)
-        text = run[at:end]
-        texts.append(text.replace(b"\\/", b"/") if b"\\" in text else text)
+    starts, ends, widths, at = array(code), array(code), array(code), start
+    for m in itertools.chain(B64_BREAKS.finditer(data, start, end), [None]):
+        stop = m.start() if m is not None else end
         starts.append(at)
-        ends.append(end)
+        ends.append(stop)
+        widths.append(stop - at - data.count(b"\\/", at, stop))  # "\\/" is one "/"
         if m is None or m.group(1) is None:
-            yield texts, starts, ends
-            texts, starts, ends = [], [], []
+            yield _Lines(data, starts, widths, ends)
+            starts, ends, widths = array(code), array(code), array(code)
         if m is not None:
             at = m.end()
 
@@ -687,20 +762,22 @@ def _splits(
 
 
 def _run_matches(data: bytes) -> Iterator[re.Match[bytes]]:
-    """``B64_RUN.finditer(data)``, the same matches, each tried only where :data:`_RUN_LEAD`
+    """``B64_RUN.finditer(data)``, the same matches, each found only where :data:`_RUN_LEAD`
     bytes of its class begin (the first such place from where the last ended is where the
-    expression would match next)."""
+    expression would match next), and ended where :data:`_RUN_STOP` finds (in memory of the
+    mask, however many lines the run has)."""
     if not isinstance(data, bytes):  # a mapped file: as it is
         yield from B64_RUN.finditer(data)
         return
-    mask, lead, at = data.translate(_RUN_CLASS), b"\x01" * _RUN_LEAD, 0
+    mask, lead, at = data.translate(_RUN_MASK), b"\x01" * _RUN_LEAD, 0
     while (at := mask.find(lead, at)) >= 0:
-        m = B64_RUN.match(data, at)
-        if m is None:  # pragma: no cover - the lead is the expression's start
-            at += 1
-            continue
+        stop = _RUN_STOP.search(mask, at)
+        end = len(data) if stop is None else stop.start()
+        end += data.startswith(b"=", end) + data.startswith(b"==", end)  # its padding
+        m = _RUN_SPAN.match(data, at, end)
+        assert m is not None  # ".*" matches any span
         yield m
-        at = m.end() if m.end() > at else at + 1
+        at = end
 
 
 def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[int, int], bytes]]:
@@ -720,8 +797,9 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
         return False
 
     for m in _run_matches(data):
-        start, run = m.start(), m.group(0)
-        if b"\n" not in run and b"\\" not in run:  # one line, no escape
+        start, end = m.span()
+        if data.find(b"\n", start, end) < 0 and data.find(b"\\", start, end) < 0:  # one line
+            run = m.group(0)
             if (
                 len(run) >= B64_MIN
                 and not small(len(run), run)
@@ -729,27 +807,26 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
             ):
                 yield m.span(), raw
             continue
-        for texts, starts, ends in _lines(run):
-            widths = [len(t) for t in texts]
-            # How many characters of the text come before each line.
-            before = [0, *itertools.accumulate(widths)]
+        # Read where it lies (bytes: not copied), or a mapped file's run copied.
+        held, at = (data, 0) if isinstance(data, bytes) else (m.group(0), start)
+        for lines in _lines(held, start - at, end - at):
+            widths = lines.widths
             done: set[tuple[int, int]] = set()
             for first, last in _wraps(widths):
-                n = before[last] - before[first]
-                if n < B64_MIN or small(n, texts[first]):
+                n = lines.chars(first, last)
+                if n < B64_MIN or small(n, lines.head(first)):
                     continue
-                # The whole run (a wrap, or a file of hex digests) flattened at once.
-                whole = last - first == len(texts)
-                raw = _decoded(b"".join(texts) if whole else b"".join(texts[first:last]))
+                raw = _decoded(lines.text(first, last))
                 if raw is None:
                     continue
                 for a, b, part in [(first, last, raw), *_splits(widths, first, last, raw, sizes)]:
                     if (a, b) in done:
                         continue
                     done.add((a, b))
-                    if before[b] - before[a] < B64_MIN or small(before[b] - before[a], texts[a]):
+                    n = lines.chars(a, b)
+                    if n < B64_MIN or small(n, lines.head(a)):
                         continue
-                    yield (start + starts[a], start + ends[b - 1]), part
+                    yield (at + lines.starts[a], at + lines.end(b - 1)), part
 
 
 class _Map(mmap.mmap):
