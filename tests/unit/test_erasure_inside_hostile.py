@@ -154,10 +154,6 @@ def test_a_text_of_short_lines_is_looked_inside_in_memory_of_a_few_times_its_siz
     assert peak < 4 * len(data), peak
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not mended: _jpegs walks each SOI in Python; 2 GB of them would take 15 minutes",
-)
 def test_a_pickle_of_repeated_jpeg_markers_is_walked_about_as_fast_as_any_other():
     """``FF D8`` repeated (an SOI every two bytes, none leading to a JPEG): walked about as fast
     as a pickle of other bytes of its size (each SOI was walked from in Python: 0.45 s a MiB,

@@ -63,9 +63,12 @@ def test_a_text_file_of_short_base64_like_lines_is_read_in_linear_time(breaks, m
 
 
 def test_a_pickle_of_repeated_png_signatures_is_read_in_linear_time(monkeypatch):
-    """Each signature followed by the same tiny chunks: the walk from each signature went over
-    every chunk after it (240 kB took 67 s). Each chunk is now walked a few times at most."""
-    data = b"\x80\x04" + (embedded.PNG_MAGIC + b"\0" * 4) * 15_000
+    """Each signature followed by an IHDR and a chunk holding the next signature: the walk from
+    each signature went over every chunk after it (240 kB took 67 s). Each chunk is now walked
+    a few times at most (below the image starts a file may hold: here, all)."""
+    monkeypatch.setattr(embedded, "STARTS_FLOOR", 1 << 20)
+    ihdr = b"\0\0\0\x0dIHDR" + b"\0" * 17
+    data = b"\x80\x04" + (embedded.PNG_MAGIC + ihdr + b"\0\0\0\x04abcd") * 15_000
     walked = []
     real = embedded._chunk_length
 
@@ -152,6 +155,53 @@ def test_a_table_with_a_string_that_is_not_utf8_does_not_stop_the_scan(proj):
     with pytest.raises(OSError) as stopped:
         Erasure(proj.paths).erase(victim)
     assert "1 file(s) hold erased content inside" in " ".join(str(stopped.value).split())
+
+
+def test_a_pickle_of_repeated_image_headers_is_not_walked_to_its_end_and_not_shown_clean(proj):
+    """A JPEG's JFIF header repeated (each a valid start, none leading to an EOI) was walked
+    from each in Python: minutes a gigabyte in every scan. The scan stops at more image starts
+    than any file of images holds, and the file is not shown clean (the erasure stops and says
+    why; doctor lists it; the verifier reports it)."""
+    victim, _, _ = _photos(proj)
+    header = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    crafted = proj.paths.root / "data" / "cache" / "frames.pkl"
+    crafted.parent.mkdir(parents=True)
+    made = b"\x80\x04" + header * 50_000
+    crafted.write_bytes(made)
+    with pytest.raises(embedded.TooManyStarts):
+        list(embedded.inside(made, embedded.BINARY))
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert "more image starts than any image file has" in said and "data: 1" in said, said
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    found = json.loads(doctor.output[doctor.output.index("{") :])
+    listed = [(Path(f["path"]).name, f["kind"]) for f in found["findings"]]
+    assert ("frames.pkl", "expands_inside") in listed, doctor.output
+    assert "more image starts than any image file has" in found["what_to_do"]["expands_inside"]
+    crafted.unlink()
+    (done,) = Erasure(proj.paths).resume()
+    crafted.write_bytes(made)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert [(f["path"], "more image starts" in f["why"]) for f in report.findings] == [
+        (str(crafted), True)
+    ]
+
+
+def test_a_file_of_many_photographs_is_not_taken_for_repeated_headers():
+    """A pickle of hundreds of small photographs, each with its JFIF header: every one found,
+    none taken for a crafted start (one or two starts a photograph is what such a file holds)."""
+    from PIL import Image
+
+    photos = []
+    for i in range(600):
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8), (i % 256, i // 3 % 256, 7)).save(out, "JPEG", quality=90)
+        photos.append(out.getvalue())
+    data = b"\x80\x04" + b"".join(photos)
+    held = set(embedded.inside(data, embedded.BINARY))
+    assert {hashlib.sha256(p).hexdigest() for p in photos} <= held
 
 
 def _bomb(inner_mb: int, copies: int) -> bytes:

@@ -63,7 +63,8 @@ OPAQUE_OBJECT = (
 )
 EXPANDS = (
     "expands too far to look inside (an archive or table of far more than its size: a zip "
-    "bomb, or near enough), or a member of it is damaged (the others read), or there was no "
+    "bomb, or near enough), or it holds more image starts than any image file has, or a "
+    "member of it is damaged (the others read), or there was no "
     "room to unpack it to look inside, so not shown to hold no erased content: remove it, or "
     "unpack it (or free disk space)"
 )

@@ -103,8 +103,10 @@ class Hashed:
     # objects was looked at, so none is shown clean.
     down: str = ""
     # What it holds inside expands beyond what its size allows (a zip bomb, or near enough:
-    # :class:`~visage_ml.rights.embedded.TooLarge`), or a database could not be read to its end
-    # (damaged, encrypted: :class:`~visage_ml.rights.embedded_db.NotRead`): not shown clean.
+    # :class:`~visage_ml.rights.embedded.TooLarge`), or holds more image starts than any image
+    # file has (:class:`~visage_ml.rights.embedded.TooManyStarts`), or a database could not be
+    # read to its end (damaged, encrypted: :class:`~visage_ml.rights.embedded_db.NotRead`): not
+    # shown clean.
     expands: bool = False
 
     @property

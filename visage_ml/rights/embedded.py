@@ -895,6 +895,47 @@ class _Marks:
             page[(at % self.PAGE) >> 3] |= 1 << (at & 7)
 
 
+# Where a PNG or a JPEG may begin, found in C over the whole buffer: a PNG's signature and the
+# chunk every PNG begins with (IHDR; CgBI before it in an iPhone's), a JPEG's SOI and a marker
+# one may begin with (T.81 B.2: tables or miscellaneous DQT, DHT, DAC, DRI, COM, APPn; a frame's
+# SOFn, or DHP; JPEG-LS's SOF55 and LSE). A signature repeated (``FF D8`` a gigabyte long) is
+# none: each was walked from in Python, 7 s for 16 MiB.
+PNG_START = re.compile(rb"\x89PNG\r\n\x1a\n\x00\x00\x00(?:\rIHDR|\x04CgBI)")
+JPEG_START = re.compile(rb"\xff\xd8\xff[\xc0-\xc7\xc9-\xcf\xdb\xdd\xde\xe0-\xef\xf7\xf8\xfe]")
+# A file holds at most so many image starts walked from, and one more for each so many bytes of
+# it (a file of photographs: one or two a photograph, an EXIF thumbnail in each); beyond that it
+# is crafted (valid headers repeated) and not walked to its end (:class:`TooManyStarts`).
+STARTS_FLOOR, STARTS_EVERY = 4096, 256
+
+
+class TooManyStarts(TooLarge):
+    """A file holding more image starts than any file of images has (a PNG's or a JPEG's
+    header, valid, repeated every few bytes: :data:`STARTS_EVERY`): not walked from each to its
+    end, which took minutes a gigabyte in every scan, and not shown clean either: a
+    :class:`TooLarge`, so the erasure stops on it, doctor lists it as expands_inside and the
+    verifier fails it."""
+
+
+def _search(data: Buffer, start: re.Pattern[bytes], at: int) -> int:
+    """Where ``start`` (:data:`PNG_START`, :data:`JPEG_START`: 16 bytes at most) first matches
+    in ``data`` from ``at``, or -1; over a mapped file :data:`LET_GO` at a time, as
+    :func:`_find`."""
+    size = len(data)
+    while at < size:
+        stop = min(at + LET_GO, size) if isinstance(data, _Map) else size
+        m = start.search(data, at, min(stop + 15, size))
+        if m is not None:
+            return m.start()
+        at = stop
+        _let_go(data, at)
+    return -1
+
+
+def _starts_allowed(data: Buffer) -> int:
+    """How many image starts a walk of ``data`` goes from (:data:`STARTS_FLOOR`)."""
+    return STARTS_FLOOR + len(data) // STARTS_EVERY
+
+
 def _chunk_length(data: bytes, at: int) -> int:
     """The length a PNG chunk at ``at`` declares (its first 4 bytes, big-endian)."""
     return int.from_bytes(data[at : at + 4], "big")
@@ -904,10 +945,15 @@ def _pngs(data: bytes) -> Iterator[bytes]:
     """Each PNG lying in ``data`` as it is (a pickle's bytes, an array's), signature to IEND.
     A chunk walked from one signature that led to no IEND leads to none from the next either:
     it is not walked again (crafted signatures, each followed by many tiny chunks, made the
-    walk quadratic)."""
+    walk quadratic). Only a signature an IHDR follows is walked from (:data:`PNG_START`), and
+    no more of them than a file of its size holds (:class:`TooManyStarts`)."""
     dead = _Marks()  # chunk offsets from which no IEND is reached
-    at = _find(data, PNG_MAGIC, 0)
+    allowed = _starts_allowed(data)
+    at = _search(data, PNG_START, 0)
     while at >= 0:
+        allowed -= 1
+        if allowed < 0:
+            raise TooManyStarts
         _let_go(data, at)
         end, walked, found = at + len(PNG_MAGIC), [], False
         while end + 12 <= len(data) and end not in dead:
@@ -920,10 +966,10 @@ def _pngs(data: bytes) -> Iterator[bytes]:
                 break
         if found:
             yield data[at:end]
-            at = _find(data, PNG_MAGIC, end)
+            at = _search(data, PNG_START, end)
             continue
         dead.update(walked)
-        at = _find(data, PNG_MAGIC, at + 1)
+        at = _search(data, PNG_START, at + 1)
 
 
 def _marker(data: bytes, start: int, end: int) -> int:
@@ -994,12 +1040,18 @@ def _jpegs(data: bytes) -> Iterator[bytes]:
     other. A segment walked from one SOI that led to no EOI leads to none from the next
     either: it is not walked again (as :func:`_pngs`). Fill bytes before a segment's marker
     (no encoder writes them) end the walk; before the marker after a scan they are passed
-    over. A JPEG with bytes after its EOI (a phone's multi-picture file) is not found."""
+    over. A JPEG with bytes after its EOI (a phone's multi-picture file) is not found. Only an
+    SOI a marker that may begin a JPEG follows is walked from (:data:`JPEG_START`), and no more
+    of them than a file of its size holds (:class:`TooManyStarts`)."""
     dead = _Marks()  # offsets from which no EOI is reached
     ends: _ScanEnds | None = None
     size = len(data)
-    at = _find(data, JPEG_MAGIC, 0)
+    allowed = _starts_allowed(data)
+    at = _search(data, JPEG_START, 0)
     while at >= 0:
+        allowed -= 1
+        if allowed < 0:
+            raise TooManyStarts
         _let_go(data, at)
         if ends is not None:
             ends.forget(at)
@@ -1024,10 +1076,10 @@ def _jpegs(data: bytes) -> Iterator[bytes]:
                 end = ends.end(end)
         if found:
             yield data[at:end]
-            at = _find(data, JPEG_MAGIC, end)
+            at = _search(data, JPEG_START, end)
             continue
         dead.update(walked)
-        at = _find(data, JPEG_MAGIC, at + 1)
+        at = _search(data, JPEG_START, at + 1)
 
 
 def _a85(data: bytes) -> Iterator[bytes]:

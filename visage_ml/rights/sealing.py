@@ -117,7 +117,8 @@ GIT_UNREACHED = "an object no commit reaches (expire the reflog, then prune)"
 # stops on it. Someone takes the image out, or deletes the file: --purge leaves it.
 ERASED_INSIDE = "erased_inside"
 # A file of the project whose content expands too far to look inside (an archive of far more than
-# its size: a zip bomb, or near enough), or a database that cannot be read to its end (damaged,
+# its size: a zip bomb, or near enough), or that holds more image starts than any image file has
+# (a pickle of a JPEG's header repeated), or a database that cannot be read to its end (damaged,
 # encrypted, a -wal file not yet checkpointed too large to read with it, a -wal alone): not
 # shown to hold no erased image, so the erasure stops on it. Someone unpacks, repairs,
 # checkpoints or deletes it: --purge leaves it.
@@ -135,7 +136,8 @@ WHAT_TO_DO = {
         "them, or delete them, then run `visage privacy resume`"
     ),
     EXPANDS_INSIDE: (
-        "these files expand too far to look inside (a zip bomb, or near enough), or there was "
+        "these files expand too far to look inside (a zip bomb, or near enough), or hold more "
+        "image starts than any image file has, or there was "
         "no room to unpack them to look inside (.visage/, the git folder, .dvc/tmp), or are "
         "databases that could not be read to their end (damaged, encrypted): unpack, repair "
         "(`sqlite3 FILE .recover`) or delete them, or free disk space, then run `visage "

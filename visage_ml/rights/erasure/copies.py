@@ -73,8 +73,9 @@ MSG_NOT_REMOVED = (
 MSG_UNREADABLE = (
     "{n} file(s) could not be read, or are notebooks too large to look inside, or archives "
     "that expand too far to look inside (a zip bomb, or near enough) or have a damaged member "
-    "or that there was no room to unpack in .visage/ to look inside, or databases that could "
-    "not be read to their end (damaged, encrypted, a -wal file not yet checkpointed or a "
+    "or that there was no room to unpack in .visage/ to look inside, or files holding more "
+    "image starts than any image file has, or databases that could not be read to their end "
+    "(damaged, encrypted, a -wal file not yet checkpointed or a "
     "-journal left by a crash too large to read with its database) ({where}), so none of them "
     "is shown to be no copy of the "
     "erased content; the erasure stops before its certificate. Make them readable to this "
