@@ -40,10 +40,11 @@ from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.privacy.documents import notice_for_receipts
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.records import ensure_records
+from visage_ml.privacy.registry import SYNTHFACES_SOURCE
 
 log = logging.getLogger(__name__)
 
-SOURCE = "synthfaces"
+SOURCE = SYNTHFACES_SOURCE
 ERASED_SUBJECT = "erased_subject"
 NOT_SYNTH = (
     "{path} holds imported data and no SynthFaces; `visage data synth` never adds SynthFaces to "

@@ -71,6 +71,9 @@ from visage_ml.privacy.ledger import (
 log = logging.getLogger(__name__)
 
 # Reason codes of a Decision (stable strings: the snapshot and the API expose them).
+# The ``source`` of a subject SynthFaces rendered (``subject.added``): no data set's file behind
+# it (:mod:`visage_ml.privacy.tombstone_sources`), written by :mod:`visage_ml.data.acquire`.
+SYNTHFACES_SOURCE = "synthfaces"
 ALLOWED = "allowed"
 UNKNOWN = "unknown_subject"
 ERASED = "erased"

@@ -28,6 +28,7 @@ import os
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.keys import check_pid, load_or_create_signing_key
 from visage_ml.privacy.ledger import Ledger, LedgerError
+from visage_ml.privacy.registry import SYNTHFACES_SOURCE
 from visage_ml.privacy.tombstones import KIND_PID, Tombstones
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,6 @@ def registered_sources(paths: ProjectPaths) -> dict[str, set[str]] | None:
 def no_unsized_files(paths: ProjectPaths, key: bytes, held: frozenset[str]) -> bool:
     """Whether the signed ledger shows that every subject whose pid's MAC is in ``held`` was
     registered by SynthFaces alone (and at least one is): none had a file an import read."""
-    # Deferred: the data package's acquisition module is what names SynthFaces' source.
-    from visage_ml.data.acquire import SOURCE as SYNTHFACES
-
     sources = registered_sources(paths)
     if sources is None:
         return False
@@ -83,4 +81,4 @@ def no_unsized_files(paths: ProjectPaths, key: bytes, held: frozenset[str]) -> b
         erased = [p for p in sources if Tombstones.mac_with(key, KIND_PID, check_pid(p)) in held]
     except ValueError:  # a pid the ledger should not hold: not shown
         return False
-    return bool(erased) and all(sources[pid] == {SYNTHFACES} for pid in erased)
+    return bool(erased) and all(sources[pid] == {SYNTHFACES_SOURCE} for pid in erased)
