@@ -71,6 +71,30 @@ def _shown(png: bytes, other: bytes) -> dict:
     }
 
 
+def stopped_then_certified(proj, victim: str, made, kept) -> tuple[str, object]:
+    """The erasure of ``victim`` stops on the files ``made`` (each holds the erased photograph
+    among other content), deleting none of them; doctor lists exactly them (``erased_inside``);
+    with them taken out (here: deleted) it resumes and certifies, the files ``kept`` (other
+    people's) untouched. The stop message (its spaces collapsed) and the finished erasure."""
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert f"{len(made)} file(s) hold erased content inside" in said, said
+    assert [p.name for p in made if not p.exists()] == []  # nothing of anyone else's lost
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    listed = {
+        Path(f["path"]).name
+        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
+        if f["kind"] == "erased_inside"
+    }
+    assert listed == {p.name for p in made}, doctor.output
+    for path in made:  # the operator takes the photograph out (here: the files go)
+        path.unlink()
+    (done,) = Erasure(proj.paths).resume()
+    assert [p.name for p in kept if not p.exists()] == []
+    return said, done
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -147,24 +171,10 @@ def test_an_archive_pickle_array_or_table_holding_the_photograph_stops_the_erasu
     kept = {folder / f"other-{n}": d for n, d in _containers(theirs, victim).items()}
     for path, data in kept.items():
         path.write_bytes(data)
-    with pytest.raises(OSError) as stopped:
-        Erasure(proj.paths).erase(victim)
-    said = " ".join(str(stopped.value).split())
-    assert f"{len(made)} file(s) hold erased content inside" in said and "data: " in said, said
+    said, done = stopped_then_certified(proj, victim, made, kept)
+    assert "data: " in said, said
     assert "visage privacy doctor" in said and "visage privacy resume" in said, said
     assert NAME not in said and "backup.zip" not in said
-    assert [p.name for p in made if not p.exists()] == []  # nothing of the colleague's lost
-    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
-    listed = {
-        Path(f["path"]).name
-        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
-        if f["kind"] == "erased_inside"
-    }
-    assert listed == {p.name for p in made}, doctor.output
-    for path in made:  # the operator takes the photograph out (here: the files go)
-        path.unlink()
-    (done,) = Erasure(proj.paths).resume()
-    assert [p.name for p in kept if not p.exists()] == []
     written = [
         done.certificate_path.read_text(encoding="utf-8"),
         page_path(done.certificate_path).read_text(encoding="utf-8"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import time
 import tracemalloc
 import zlib
@@ -27,13 +26,11 @@ import pyarrow.ipc as ipc
 import pytest
 from PIL import Image
 from rights_fakes import make_project
-from typer.testing import CliRunner
+from test_erasure_inside import stopped_then_certified
 
-from visage_ml.app.cli import app
 from visage_ml.privacy.certificate_page import page_path
 from visage_ml.rights import embedded
 from visage_ml.rights.certify import verify_certificate
-from visage_ml.rights.erasure import Erasure
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -192,22 +189,7 @@ def test_a_photo_compressed_in_an_arrow_file_or_a_pdf_stops_the_erasure(project,
     kept = {folder / f"other-{n}": d for n, d in _holders(theirs[2], theirs[3:5]).items()}
     for path, data in {**made, **kept}.items():
         path.write_bytes(data)
-    with pytest.raises(OSError) as stopped:
-        Erasure(proj.paths).erase(victim)
-    said = " ".join(str(stopped.value).split())
-    assert f"{len(made)} file(s) hold erased content inside" in said, said
-    assert [p.name for p in made if not p.exists()] == []
-    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
-    listed = {
-        Path(f["path"]).name
-        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
-        if f["kind"] == "erased_inside"
-    }
-    assert listed == {p.name for p in made}, doctor.output
-    for path in made:  # the operator takes the photograph out (here: the files go)
-        path.unlink()
-    (done,) = Erasure(proj.paths).resume()
-    assert [p.name for p in kept if not p.exists()] == []
+    said, done = stopped_then_certified(proj, victim, made, kept)
     report = verify_certificate(done.certificate_path, root=proj.paths.root)
     assert report.ok
     # Beside the verdict and on the certificate's page: these are looked inside now.

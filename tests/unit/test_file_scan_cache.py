@@ -77,6 +77,17 @@ def _read_clean(proj, path: Path) -> None:
     _cache(proj).write_text(json.dumps(doc), encoding="utf-8")
 
 
+class Sought(set):
+    """What a scan seeks: digests, and the sizes they have (as ContentHashes)."""
+
+    def __init__(self, sizes: set[int], digests: set[str]) -> None:
+        super().__init__(digests)
+        self.sizes = sizes
+
+    def may_match(self, size: int) -> bool:
+        return size in self.sizes
+
+
 def test_an_unchanged_file_is_read_once_across_erasures(proj, monkeypatch):
     first, second, third = proj.pids
     log = _log(proj, _photo(proj, third), pad=50)
@@ -221,14 +232,6 @@ def test_what_a_scan_passed_over_as_too_small_is_looked_at_when_smaller_is_sough
     cache = tmp_path / scan_cache.FILES
     walked = [content_scan.Root(tmp_path / "data")]
 
-    class Sought(set):
-        def __init__(self, sizes: set[int], digests: set[str]) -> None:
-            super().__init__(digests)
-            self.sizes = sizes
-
-        def may_match(self, size: int) -> bool:
-            return size in self.sizes
-
     sha = hashlib.sha256(small).hexdigest()
     large = Sought({50_000}, {"0" * 64})
     scan_cache.RACY_NS, saved = 0, scan_cache.RACY_NS
@@ -282,14 +285,6 @@ def test_a_database_value_passed_over_in_sqlite_is_looked_at_when_smaller_is_sou
     os.utime(path, ns=(0, 0))
     cache = tmp_path / scan_cache.FILES
     walked = [content_scan.Root(tmp_path / "data")]
-
-    class Sought(set):
-        def __init__(self, sizes: set[int], digests: set[str]) -> None:
-            super().__init__(digests)
-            self.sizes = sizes
-
-        def may_match(self, size: int) -> bool:
-            return size in self.sizes
 
     sha = hashlib.sha256(small).hexdigest()
     scan_cache.RACY_NS, saved = 0, scan_cache.RACY_NS
