@@ -1413,6 +1413,14 @@ def _compressed(
 _RUN_BYTES = (string.ascii_letters + string.digits + "+/_-=\r\n\\").encode()
 
 
+def _file_budget(fh: IO[bytes]) -> _Budget:
+    """The budget of what the file ``fh`` holds from where it stands (its size from there)."""
+    at = fh.tell()
+    size = fh.seek(0, io.SEEK_END) - at
+    fh.seek(at)
+    return _Budget(size)
+
+
 def inside_text(
     fh: IO[bytes],
     *,
@@ -1424,10 +1432,7 @@ def inside_text(
     from ``fh`` a window at a time: each window ends at its last byte no base64 run holds, what
     follows read with the next (a run is never split, unless one run is longer than a
     window)."""
-    if budget is None:
-        at = fh.tell()
-        budget = _Budget(fh.seek(0, io.SEEK_END) - at)
-        fh.seek(at)
+    budget = _file_budget(fh) if budget is None else budget
     carry = b""
     while block := fh.read(EMBED_MAX):
         buf = carry + block
@@ -1456,10 +1461,7 @@ def inside_file(
     TooLarge
         As :func:`inside`.
     """
-    if budget is None:
-        at = fh.tell()
-        budget = _Budget(fh.seek(0, io.SEEK_END) - at)
-        fh.seek(at)
+    budget = _file_budget(fh) if budget is None else budget
     if what == ZIP:
         yield from _zip(fh, sizes, depth, budget)
     elif what == TAR:
@@ -1492,10 +1494,7 @@ def inside_large(
         As :func:`inside`; :class:`NotSpilled` when a pickle's, an array's or a PDF's copy cannot
         be written.
     """
-    if budget is None:
-        at = fh.tell()
-        budget = _Budget(fh.seek(0, io.SEEK_END) - at)
-        fh.seek(at)
+    budget = _file_budget(fh) if budget is None else budget
     if what in STREAMED:
         yield from inside_file(fh, what, sizes=sizes, depth=depth, budget=budget)
     elif what == TEXT:

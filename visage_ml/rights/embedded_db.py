@@ -196,6 +196,29 @@ def _page_size(db: bytes) -> int:
     return 65536 if n == 1 else n
 
 
+def _laid_over(db: bytes, found: Committed | Journaled, pages: bytes) -> bytes:
+    """``db`` as ``found`` leaves it (a WAL's committed frames, a hot journal's records: each
+    page's place in ``pages``), cut or grown to ``found.size`` pages.
+
+    Raises
+    ------
+    NotRead
+        ``pages`` are of another size than the database's, or ``found.size`` is more than its
+        bytes and the database's can fill (damaged, or made to take all memory).
+    """
+    ps = found.page_size
+    if db and _page_size(db) != ps:
+        raise NotRead
+    if found.size * ps > len(db) + len(pages):
+        raise NotRead
+    image = bytearray(db[: found.size * ps])
+    image.extend(bytes(found.size * ps - len(image)))
+    for page, at in found.pages.items():
+        if page <= found.size:  # a page the commit cut off (a journal records none)
+            image[(page - 1) * ps : page * ps] = pages[at : at + ps]
+    return bytes(image)
+
+
 def applied(db: bytes, wal: bytes) -> bytes:
     """The database ``db`` (b"": none) as SQLite reads it with the WAL file ``wal`` beside it:
     each page of the WAL's committed frames (:func:`committed`) laid over the database's, its
@@ -210,17 +233,7 @@ def applied(db: bytes, wal: bytes) -> bytes:
     found = committed(wal)
     if found is None or not found.size:
         return db
-    ps = found.page_size
-    if db and _page_size(db) != ps:
-        raise NotRead
-    if found.size * ps > len(db) + len(wal):
-        raise NotRead
-    image = bytearray(db[: found.size * ps])
-    image.extend(bytes(found.size * ps - len(image)))
-    for page, at in found.pages.items():
-        if page <= found.size:
-            image[(page - 1) * ps : page * ps] = wal[at : at + ps]
-    return bytes(image)
+    return _laid_over(db, found, wal)
 
 
 def is_journal(first: bytes) -> bool:
@@ -305,16 +318,7 @@ def rolled_back(db: bytes, journal: bytes) -> bytes:
     found = journaled(journal)
     if found is None:
         return db
-    ps = found.page_size
-    if db and _page_size(db) != ps:
-        raise NotRead
-    if found.size * ps > len(db) + len(journal):
-        raise NotRead
-    image = bytearray(db[: found.size * ps])
-    image.extend(bytes(found.size * ps - len(image)))
-    for page, at in found.pages.items():
-        image[(page - 1) * ps : page * ps] = journal[at : at + ps]
-    return bytes(image)
+    return _laid_over(db, found, journal)
 
 
 class NotRead(embedded.TooLarge):
