@@ -46,6 +46,7 @@ from visage_ml.data.prepare import FACES_FILE, LEGACY_FACES_FILE, MANIFEST_FILE,
 from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore
 from visage_ml.evaluation.figures import FIGURE_NAME, MLFLOW_FOLDER
 from visage_ml.io import (
+    CHUNK,
     LockHeldError,
     atomic_write_bytes,
     atomic_write_json,
@@ -170,6 +171,26 @@ PRIVATE_FOLDERS: tuple[str, ...] = (
     "privacy/imports",
     "secrets",
 )
+
+MSG_CROPS_CHANGED = (
+    "{path} changed while it was sealed (another program wrote, cut short or replaced it): "
+    "nothing was replaced and it is kept; run `visage privacy seal` again once that program "
+    "has finished"
+)
+MSG_NOT_CROPS = (
+    "{path} is not a crop array visage-ml wrote (a NumPy array, one crop a row, in C order): "
+    "move it out of data/processed (`visage prepare` makes the crops again from data/raw), "
+    "then run `visage privacy seal` again"
+)
+# The plaintext crop array is read this much at a time (:func:`_seal_crops`): memory stays
+# bounded whatever its size.
+LEGACY_CHUNK = 64 << 20
+
+
+class CropsChangedError(OSError):
+    """The plaintext crop array changed while ``visage privacy seal`` sealed it: nothing was
+    replaced; the seal is to be run again."""
+
 
 MSG_SAME_KEY = "the new master key is the current one; give another (or none: one is drawn)"
 MSG_OTHER_NEW_KEY = (
@@ -335,8 +356,9 @@ def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> Sea
     scenes_plain = _plain_scenes(paths.scenes)
     legacy = paths.processed / LEGACY_FACES_FILE
     md5s = {md5_file(f) for _, f in raw_plain} | {md5_file(f) for f in scenes_plain}
-    if legacy.is_file():
-        md5s.add(md5_file(legacy))
+    legacy_md5 = md5_file(legacy) if legacy.is_file() else None
+    if legacy_md5 is not None:
+        md5s.add(legacy_md5)
     journal = _journal(paths, md5s)
 
     store = RawStore(paths, core=core, track=False)
@@ -360,7 +382,7 @@ def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> Sea
         _seal_file(f, dst, sealed, lambda p: keys.open(p.read_bytes()))
         report.scenes_sealed += 1
     if legacy.is_file():
-        report.crops_rows_sealed = _seal_crops(paths, keys, states)
+        report.crops_rows_sealed = _seal_crops(paths, keys, states, md5=legacy_md5)
         secure_unlink(legacy)
         report.plaintext_crops_removed = True
     report.bundles_sealed, report.bundles_left = _seal_bundles(paths, keys, states)
@@ -376,8 +398,16 @@ def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> Sea
     return report
 
 
-def _seal_crops(paths: ProjectPaths, keys: DataKeys, states: Any) -> int:
-    """``faces.u8.npy`` -> ``faces.sealed`` (rows of subjects without a key stay empty)."""
+def _seal_crops(paths: ProjectPaths, keys: DataKeys, states: Any, *, md5: str | None) -> int:
+    """``faces.u8.npy`` -> ``faces.sealed`` (rows of subjects without a key stay empty).
+
+    The array is read a chunk at a time, never mapped: it lies in data/processed, where a
+    user's script (``np.save`` over it empties it first), ``dvc checkout`` or a second seal
+    (which overwrites it with zeros, then deletes it) may write while it is sealed; a mapped
+    file cut short kills the process with SIGBUS, and one overwritten is sealed as it is read.
+    ``faces.sealed`` is replaced only when what was read is the file whose MD5 (``md5``) the
+    journal holds and the same file is still in place (:class:`CropsChangedError` otherwise).
+    """
     legacy = paths.processed / LEGACY_FACES_FILE
     manifest_path = paths.processed / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -386,19 +416,78 @@ def _seal_crops(paths: ProjectPaths, keys: DataKeys, states: Any) -> int:
     owners = dict(
         zip(manifest["row"].astype(int).tolist(), manifest["pid"].astype(str).tolist(), strict=True)
     )
-    faces = np.load(legacy, mmap_mode="r")
+    changed = CropsChangedError(MSG_CROPS_CHANGED.format(path=_rel(legacy, paths.root)))
     sealed = 0
-    with CropWriter(paths.processed / FACES_FILE, keys, int(faces.shape[1])) as writer:
-        for row in range(faces.shape[0]):
-            pid = owners.get(row)
-            if pid is None or _status(states, pid) is not None or not keys.exists(pid):
-                writer.skip(1)
-                continue
-            writer.add(pid, np.asarray(faces[row]))
-            sealed += 1
-        writer.commit()
-    del faces
+    with legacy.open("rb") as raw:
+        before = _identity(os.fstat(raw.fileno()))
+        fh = _Hashing(raw)
+        shape, dtype = _crops_layout(fh, _rel(legacy, paths.root))
+        width = int(np.prod(shape[1:])) * dtype.itemsize
+        per_read = max(1, LEGACY_CHUNK // max(width, 1))
+        with CropWriter(paths.processed / FACES_FILE, keys, int(shape[1])) as writer:
+            for start in range(0, shape[0], per_read):
+                count = min(per_read, shape[0] - start)
+                data = fh.read(count * width)
+                if len(data) != count * width:
+                    raise changed  # cut short meanwhile
+                rows = np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
+                for row in range(start, start + count):
+                    pid = owners.get(row)
+                    if pid is None or _status(states, pid) is not None or not keys.exists(pid):
+                        writer.skip(1)
+                        continue
+                    writer.add(pid, rows[row - start])
+                    sealed += 1
+            while fh.read(CHUNK):  # np.save writes nothing after the rows; the MD5 covers all
+                pass
+            try:
+                now = _identity(os.stat(legacy))
+            except FileNotFoundError:
+                raise changed from None
+            if fh.hexdigest() != md5 or not before == now == _identity(os.fstat(raw.fileno())):
+                raise changed
+            writer.commit()
     return sealed
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file from the one read before (another in its place, or written)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _Hashing:
+    """A file read through, its MD5 taken of every byte read (as :func:`md5_file`'s)."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._md5.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
+def _crops_layout(fh: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the NumPy array whose header ``fh`` begins with; ``fh`` is left at
+    its first row."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        read = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read is None:
+            raise ValueError(version)
+        shape, fortran, dtype = read(fh)
+    except ValueError:
+        raise ValueError(MSG_NOT_CROPS.format(path=name)) from None
+    if fortran or dtype.hasobject or len(shape) < 2:
+        raise ValueError(MSG_NOT_CROPS.format(path=name))
+    return tuple(int(n) for n in shape), dtype
 
 
 def _seal_bundles(paths: ProjectPaths, keys: DataKeys, states: Any) -> tuple[int, int]:
