@@ -244,6 +244,28 @@ def test_restart_loads_only_allowed_subjects(world, engine, enrolled):
     assert restarted.stats()["not_searchable"] == 1
 
 
+def test_a_gallery_not_loaded_lists_every_stored_template_restricted_ones_too(world, enrolled):
+    """A notebook opens the gallery without loading it (``load=False``, as the rights commands and
+    ``open_project_gallery`` do) and asks which subjects have a template: a restricted subject's
+    template is stored (kept for them, exportable), so it is listed, and counted, as a loaded
+    gallery lists and counts it; an answer without it is silently wrong."""
+    _gallery, pids = enrolled
+    world.core.restrict(pids[0])
+    loaded = open_gallery(world, core=PrivacyCore(world.paths))
+    not_loaded = Gallery.open(
+        world.paths,
+        model_version=VERSION,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=PrivacyCore(world.paths),
+        load=False,
+    )
+    assert not_loaded.stored() == loaded.stored() == sorted(pids)
+    assert not_loaded.stats() == loaded.stats()
+    assert not_loaded.stats()["not_searchable"] == 1
+    assert sorted(not_loaded.searchable()) == sorted(pids[1:])
+
+
 def test_erasure_interrupted_after_key_destruction_is_finished_at_start_up(world, engine, enrolled):
     gallery, pids = enrolled
     pid = pids[2]
@@ -494,6 +516,24 @@ def test_purge_erases_templates_without_basis_and_keeps_restricted(world, engine
     assert [r.pid for r in removed] == [pids[0]]
     assert not gallery.template_path(pids[0]).exists()
     assert gallery.template_path(pids[1]).exists()
+
+
+def test_purge_from_a_gallery_not_loaded_erases_templates_without_basis(world, enrolled):
+    """The purge run on a gallery opened without loading it still finds the template whose
+    subject withdrew their consent (a refresh never loads it: it may not be identified)."""
+    _gallery, pids = enrolled
+    world.core.withdraw_consent(pids[0], ["identification"])
+    not_loaded = Gallery.open(
+        world.paths,
+        model_version=VERSION,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=PrivacyCore(world.paths),
+        load=False,
+    )
+    removed = not_loaded.purge_without_basis()
+    assert [r.pid for r in removed] == [pids[0]]
+    assert not not_loaded.template_path(pids[0]).exists()
 
 
 def test_bad_embeddings_are_refused(world, engine):

@@ -571,6 +571,9 @@ class Gallery:
         self._offset = 0
         self._meta_stat: tuple[int, int] | None = None
         self._rebuilt_to: str | None = None
+        # Whether :meth:`reload` ran: until then ``_stored`` holds only the subjects the ledger's
+        # events named that are allowed for identification (:meth:`refresh`), not every file.
+        self._loaded = False
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -786,6 +789,7 @@ class Gallery:
             # Lines before `offset` are folded; later ones are re-read by the next refresh
             # (re-applying an event is harmless).
             self._offset = self._offset_floor(ledger_path, offset)
+            self._loaded = True
             logger.info(
                 "gallery loaded: %d searchable of %d stored templates (%d of another embedder)",
                 len(self._index),
@@ -1016,8 +1020,18 @@ class Gallery:
             self.refresh()
             return pid in self._index
 
+    def _load_once(self) -> None:
+        """:meth:`reload` a gallery opened without loading (``load=False``), for what lists or
+        counts every stored template: a refresh loads only subjects allowed for identification,
+        so a restricted subject's template (kept, never searched) would be left out."""
+        with self.lock:
+            if not self._loaded:
+                self.reload()
+
     def stored(self) -> list[str]:
-        """Pids that have a template file (searchable or not)."""
+        """Pids that have a template file (searchable or not); a gallery opened without
+        loading is loaded first."""
+        self._load_once()
         self.refresh()
         with self.lock:
             return sorted(self._stored)
@@ -1248,7 +1262,9 @@ class Gallery:
         return np.frombuffer(plain, dtype="<f4").astype(np.float32), header
 
     def stats(self) -> dict[str, Any]:
-        """Counts only: stored, searchable and stale templates, the embedder and threshold."""
+        """Counts only: stored, searchable and stale templates, the embedder and threshold (a
+        gallery opened without loading is loaded first)."""
+        self._load_once()
         self.refresh()
         with self.lock:
             return {
@@ -1592,8 +1608,10 @@ class Gallery:
 
         Consent withdrawn, expired or never given for identification, an objection to it, or
         unknown subjects: the template has no basis to be kept. Restricted subjects keep theirs
-        (Art. 18: stored, not used); pending erasures are left to the erasure.
+        (Art. 18: stored, not used); pending erasures are left to the erasure. A gallery opened
+        without loading is loaded first (its templates without basis are in no refresh).
         """
+        self._load_once()
         self.refresh()
         registry = self.core.registry
         out = []
