@@ -26,7 +26,7 @@ from PIL import Image
 from rights_fakes import make_project
 from test_erasure_inside import stopped_then_certified
 
-from visage_ml.rights import embedded
+from visage_ml.rights import embedded, embedded_photos
 from visage_ml.rights.certify import verify_certificate
 
 
@@ -173,10 +173,10 @@ def test_a_scan_is_read_past_stuffed_bytes_restarts_and_fill_to_its_eoi():
         b"\x12\xff\x00\xd9\x34", b"\xff\xd0", b"\x56\xff\x00\xff\xd7\x78", b"\xff\xff\xd9"
     )
     for holder in (b"\x80\x04" + jpeg + b"\x94.", _npy(jpeg), b"\x80\x04" + jpeg):
-        assert list(embedded._jpegs(holder)) == [jpeg]
+        assert list(embedded_photos._jpegs(holder)) == [jpeg]
     # Cut short, or a marker that cannot be there: no JPEG.
-    assert list(embedded._jpegs(b"\x80\x04" + jpeg[:-1])) == []
-    assert list(embedded._jpegs(b"\x80\x04" + _scan_of(b"\x12\xff\xd8\x34\xff\xd9"))) == []
+    assert list(embedded_photos._jpegs(b"\x80\x04" + jpeg[:-1])) == []
+    assert list(embedded_photos._jpegs(b"\x80\x04" + _scan_of(b"\x12\xff\xd8\x34\xff\xd9"))) == []
 
 
 def test_crafted_jpeg_markers_are_read_in_linear_time(monkeypatch):
@@ -185,9 +185,9 @@ def test_crafted_jpeg_markers_are_read_in_linear_time(monkeypatch):
     and searching each scan's data to its end went over the stretch once a SOI. Each segment
     is now read a few times at most, and the stretch searched about once (below the image
     starts a file may hold: here, all)."""
-    monkeypatch.setattr(embedded, "STARTS_FLOOR", 1 << 20)
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
     segments, searched = [], []
-    real_length, real_marker = embedded._segment_length, embedded._marker
+    real_length, real_marker = embedded_photos._segment_length, embedded_photos._marker
 
     def length(data, at):
         segments.append(at)
@@ -198,8 +198,8 @@ def test_crafted_jpeg_markers_are_read_in_linear_time(monkeypatch):
         searched.append((found if found >= 0 else end) - start)
         return found
 
-    monkeypatch.setattr(embedded, "_segment_length", length)
-    monkeypatch.setattr(embedded, "_marker", marker)
+    monkeypatch.setattr(embedded_photos, "_segment_length", length)
+    monkeypatch.setattr(embedded_photos, "_marker", marker)
     n = 15_000
     nested = b"\x80\x04\xff\xd8" + b"\xff\xe0\x00\x04\xff\xd8" * n
     list(embedded.inside(nested, embedded.BINARY))

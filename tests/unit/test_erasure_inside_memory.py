@@ -11,7 +11,7 @@ import tempfile
 import tracemalloc
 import zipfile
 
-from visage_ml.rights import embedded
+from visage_ml.rights import embedded, embedded_spill
 
 MIB = 1 << 20
 
@@ -53,7 +53,7 @@ def test_nested_archives_beyond_the_memory_budget_are_looked_inside_from_a_file(
     assert held > 3 * 8 * MIB  # each level held at once
 
     embedded.spill_into(tmp_path)
-    monkeypatch.setattr(embedded, "MEMORY_MAX", 0)
+    monkeypatch.setattr(embedded_spill, "MEMORY_MAX", 0)
     spilled_to = []
     real = tempfile.TemporaryFile
 
@@ -68,7 +68,7 @@ def test_nested_archives_beyond_the_memory_budget_are_looked_inside_from_a_file(
     assert spilled_to == [tmp_path / ".visage"] * 3
     assert (tmp_path / ".visage").stat().st_mode & 0o777 == 0o700
     assert list((tmp_path / ".visage").iterdir()) == []  # no file left, none named
-    assert embedded._MEMORY.used == 0
+    assert embedded_spill._MEMORY.used == 0
 
 
 def test_memory_taken_for_a_member_is_given_back(monkeypatch):
@@ -76,7 +76,7 @@ def test_memory_taken_for_a_member_is_given_back(monkeypatch):
     also when the scan stops on a bomb: else every scan after would spill everything."""
     made = _nested(2, bytes(2 * MIB))
     list(embedded.inside(made, embedded.ZIP))
-    assert embedded._MEMORY.used == 0
+    assert embedded_spill._MEMORY.used == 0
     monkeypatch.setattr(embedded, "INSIDE_FLOOR", 2 * MIB)
     monkeypatch.setattr(embedded, "INSIDE_RATIO", 1)
     try:
@@ -85,7 +85,7 @@ def test_memory_taken_for_a_member_is_given_back(monkeypatch):
         pass
     else:
         raise AssertionError("not stopped")
-    assert embedded._MEMORY.used == 0
+    assert embedded_spill._MEMORY.used == 0
 
 
 def test_an_archive_that_cannot_be_spilled_is_not_shown_clean(tmp_path, monkeypatch):
@@ -98,7 +98,7 @@ def test_an_archive_that_cannot_be_spilled_is_not_shown_clean(tmp_path, monkeypa
     assert hashlib.sha256(photo).hexdigest() in list(embedded.inside(made, embedded.ZIP))
 
     embedded.spill_into(tmp_path)
-    monkeypatch.setattr(embedded, "MEMORY_MAX", 0)
+    monkeypatch.setattr(embedded_spill, "MEMORY_MAX", 0)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -110,4 +110,4 @@ def test_an_archive_that_cannot_be_spilled_is_not_shown_clean(tmp_path, monkeypa
         pass
     else:
         raise AssertionError(f"shown clean: {len(found)} digests, the photograph's not among them")
-    assert embedded._MEMORY.used == 0
+    assert embedded_spill._MEMORY.used == 0

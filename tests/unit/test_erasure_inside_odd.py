@@ -29,7 +29,7 @@ from test_erasure_inside import _photos, proj  # noqa: F401 - a fixture
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
-from visage_ml.rights import embedded
+from visage_ml.rights import embedded, embedded_photos, embedded_text
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 
@@ -50,14 +50,14 @@ def test_a_text_file_of_short_base64_like_lines_is_read_in_linear_time(breaks, m
     lines = 12_000
     text = b"A" * 17 + b"".join(breaks + b"B" * 16 for _ in range(lines))
     tried = []
-    real = embedded._wraps
+    real = embedded_text._wraps
 
     def counted(widths):
         for first, last in real(widths):
             tried.append(last - first)
             yield first, last
 
-    monkeypatch.setattr(embedded, "_wraps", counted)
+    monkeypatch.setattr(embedded_text, "_wraps", counted)
     list(embedded.inside(text, embedded.TEXT))
     assert tried and sum(tried) <= 3 * (lines + 1)  # lines put together to be tried, in all
 
@@ -66,17 +66,17 @@ def test_a_pickle_of_repeated_png_signatures_is_read_in_linear_time(monkeypatch)
     """Each signature followed by an IHDR and a chunk holding the next signature: the walk from
     each signature went over every chunk after it (240 kB took 67 s). Each chunk is now walked
     a few times at most (below the image starts a file may hold: here, all)."""
-    monkeypatch.setattr(embedded, "STARTS_FLOOR", 1 << 20)
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
     ihdr = b"\0\0\0\x0dIHDR" + b"\0" * 17
-    data = b"\x80\x04" + (embedded.PNG_MAGIC + ihdr + b"\0\0\0\x04abcd") * 15_000
+    data = b"\x80\x04" + (embedded_photos.PNG_MAGIC + ihdr + b"\0\0\0\x04abcd") * 15_000
     walked = []
-    real = embedded._chunk_length
+    real = embedded_photos._chunk_length
 
     def counted(buf, at):
         walked.append(at)
         return real(buf, at)
 
-    monkeypatch.setattr(embedded, "_chunk_length", counted)
+    monkeypatch.setattr(embedded_photos, "_chunk_length", counted)
     list(embedded.inside(data, embedded.BINARY))
     assert len(walked) <= 4 * 15_000
 

@@ -23,7 +23,7 @@ import pytest
 from rights_fakes import make_project, png
 from test_erasure_inside import _photos, proj  # noqa: F401 - a fixture
 
-from visage_ml.rights import embedded
+from visage_ml.rights import embedded, embedded_photos, embedded_text
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 
@@ -97,8 +97,8 @@ def test_base64_of_the_urlsafe_alphabet_or_with_escaped_slashes_is_found(layout)
 def _pngs_back_to_back(first_full: bool) -> tuple[bytes, bytes]:
     """Two PNGs, the first ending on a full line of a 76-character wrap (its size a multiple
     of 57) when ``first_full``."""
-    a = embedded.PNG_MAGIC + _data(57 * 50 - 8)
-    b = embedded.PNG_MAGIC + _data(3000 - 8, 1)
+    a = embedded_photos.PNG_MAGIC + _data(57 * 50 - 8)
+    b = embedded_photos.PNG_MAGIC + _data(3000 - 8, 1)
     return (a, b) if first_full else (b, a)
 
 
@@ -146,13 +146,13 @@ def test_a_mime_attachment_before_its_boundary_line_is_still_found():
 
 def _decoded_counted(monkeypatch) -> list[int]:
     decoded: list[int] = []
-    real = embedded._decoded
+    real = embedded_text._decoded
 
     def counted(text):
         decoded.append(len(text))
         return real(text)
 
-    monkeypatch.setattr(embedded, "_decoded", counted)
+    monkeypatch.setattr(embedded_text, "_decoded", counted)
     return decoded
 
 
@@ -171,12 +171,14 @@ def test_crafted_text_of_the_new_alphabets_is_read_in_linear_time(crafted, monke
         "dashes-lines": b"-" * 17 + b"".join(b"\n" + b"_-" * 8 for _ in range(lines)),
         "escaped-slashes": b'{"a":"' + b"\\/" * (40 * lines) + b'"}',
         "escaped-slash-lines": b"\\/" * 9 + b"".join(b"\\n" + b"A\\/" * 5 for _ in range(lines)),
-        "full-lines-of-signatures": base64.encodebytes((embedded.PNG_MAGIC + _data(49)) * lines),
+        "full-lines-of-signatures": base64.encodebytes(
+            (embedded_photos.PNG_MAGIC + _data(49)) * lines
+        ),
     }[crafted]
     for sizes in (None, _Sought(*range(57, 57 * lines, 57))):
         decoded = _decoded_counted(monkeypatch)
         handed = 0
-        for _, raw in embedded._runs(text, sizes):
+        for _, raw in embedded_text._runs(text, sizes):
             handed += len(raw)
         assert sum(decoded) <= 3 * len(text), crafted
         # The run, its parts where a file begins, and both sides of a few sized splits.
@@ -268,5 +270,5 @@ def test_runs_found_through_the_mask_are_those_the_expression_finds():
         data = bytes(
             rng.choice(alphabet) if rng.random() < 0.9 else rng.randrange(256) for _ in range(n)
         )
-        expected = [(m.span(), m.group(0)) for m in embedded.B64_RUN.finditer(data)]
-        assert [(m.span(), m.group(0)) for m in embedded._run_matches(data)] == expected
+        expected = [(m.span(), m.group(0)) for m in embedded_text.B64_RUN.finditer(data)]
+        assert [(m.span(), m.group(0)) for m in embedded_text._run_matches(data)] == expected

@@ -45,7 +45,19 @@ from visage_ml.io import CHUNK, atomic_write_bytes, leftovers, md5_file, usable_
 from visage_ml.privacy import notebooks
 from visage_ml.privacy.notebooks import embedded_images
 from visage_ml.procenv import child_env
-from visage_ml.rights import embedded, embedded_db, embedded_formats, scan_cache
+from visage_ml.rights import (
+    embedded,
+    embedded_archives,
+    embedded_db,
+    embedded_formats,
+    embedded_mapping,
+    embedded_pdf,
+    embedded_photos,
+    embedded_spill,
+    embedded_tables,
+    embedded_text,
+    scan_cache,
+)
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
 from visage_ml.rights.scan_cache import FileCache
 
@@ -845,8 +857,15 @@ def _scanner_id() -> str:
             __file__,
             notebooks.__file__,
             embedded.__file__,
+            embedded_archives.__file__,
             embedded_db.__file__,
             embedded_formats.__file__,
+            embedded_mapping.__file__,
+            embedded_pdf.__file__,
+            embedded_photos.__file__,
+            embedded_spill.__file__,
+            embedded_tables.__file__,
+            embedded_text.__file__,
             scan_cache.__file__,
         ):
             h.update(Path(str(module)).read_bytes())

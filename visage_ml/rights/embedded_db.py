@@ -66,8 +66,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visage_ml.io import CHUNK
-from visage_ml.rights import embedded
-from visage_ml.rights.embedded import B64_EXPANDS, SizeFilter, _Budget, _part, _runs
+from visage_ml.rights import embedded, embedded_text
+from visage_ml.rights.embedded import B64_EXPANDS, SizeFilter, _Budget, _part
+from visage_ml.rights.embedded_text import _runs
 
 # Bytes 18 and 19 of the header: 2 for a database in WAL mode. SQLite's in-memory files cannot
 # hold a WAL, so a copy in memory is read as a rollback-journal database (the same pages).
@@ -400,7 +401,7 @@ def _worth(q: str) -> str:
     return (
         f"typeof({q}) IN ('blob', 'text') AND (length({b}) >= :below "
         f"OR substr({b}, 1, 1) IN ({first}) "
-        f"OR (length({b}) >= {embedded.B64_MIN} AND ({runs})))"
+        f"OR (length({b}) >= {embedded_text.B64_MIN} AND ({runs})))"
     )
 
 
@@ -451,7 +452,7 @@ def _values(
             budget.spend(len(value))
             yield from _part(value, sizes, depth, budget)
             if (
-                embedded.B64_MIN <= len(value) < below
+                embedded_text.B64_MIN <= len(value) < below
                 and embedded.kind(value[: embedded.SNIFF]) == embedded.TEXT
             ):
                 # Too short to be sought itself (so not looked inside by _part): its base64.

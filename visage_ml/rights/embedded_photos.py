@@ -1,0 +1,233 @@
+"""PNGs and JPEGs lying as they are in a file (:func:`_pngs`, signature to IEND; :func:`_jpegs`,
+SOI to EOI): a pickle's or an array's bytes, an image column of a data set's container, a PDF's
+image (a DCTDecode stream is the JPEG's own bytes). Each is walked from where one may begin, by
+its chunks' or segments' lengths, a stretch no walk ends in walked once, and no more starts than
+a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`): a crafted file is
+read in time linear in its size, a mapped one in memory of a few pages."""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Iterable, Iterator
+
+from visage_ml.rights import embedded
+from visage_ml.rights.embedded_mapping import LET_GO, Buffer, _let_go, _Map
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND"
+
+# A JPEG's SOI marker and the marker after it.
+JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_SOI, JPEG_EOI, JPEG_SOS = 0xD8, 0xD9, 0xDA
+# Markers without a length: TEM and the restarts.
+JPEG_ALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+# What ends a scan's entropy-coded data: FF then a code, not 00 (an FF of the data, stuffed),
+# a restart (D0-D7: the data goes on) nor FF (a fill byte before the marker).
+JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Where entropy-coded data ends is searched for a block at a time (:class:`_ScanEnds`).
+SCAN_BLOCK = 64
+
+
+class _Marks:
+    """Offsets marked, a bit each (:func:`_pngs`, :func:`_jpegs`: where no walk leads on), kept
+    in pages made as one is first marked: a file's walks keep what they mark, not a bit for each
+    byte of it (an eighth of a mapped file of gigabytes)."""
+
+    PAGE = 1 << 15  # offsets a page holds (4 KiB of bits)
+
+    def __init__(self) -> None:
+        self.pages: dict[int, bytearray] = {}
+
+    def __contains__(self, at: int) -> bool:
+        page = self.pages.get(at // self.PAGE)
+        return page is not None and bool(page[(at % self.PAGE) >> 3] & (1 << (at & 7)))
+
+    def update(self, offsets: Iterable[int]) -> None:
+        for at in offsets:
+            page = self.pages.get(at // self.PAGE)
+            if page is None:
+                page = self.pages[at // self.PAGE] = bytearray(self.PAGE >> 3)
+            page[(at % self.PAGE) >> 3] |= 1 << (at & 7)
+
+
+# Where a PNG or a JPEG may begin, found in C over the whole buffer: a PNG's signature and the
+# chunk every PNG begins with (IHDR; CgBI before it in an iPhone's), a JPEG's SOI and a marker
+# one may begin with (T.81 B.2: tables or miscellaneous DQT, DHT, DAC, DRI, COM, APPn; a frame's
+# SOFn, or DHP; JPEG-LS's SOF55 and LSE). A signature repeated (``FF D8`` a gigabyte long) is
+# none: each was walked from in Python, 7 s for 16 MiB.
+PNG_START = re.compile(rb"\x89PNG\r\n\x1a\n\x00\x00\x00(?:\rIHDR|\x04CgBI)")
+JPEG_START = re.compile(rb"\xff\xd8\xff[\xc0-\xc7\xc9-\xcf\xdb\xdd\xde\xe0-\xef\xf7\xf8\xfe]")
+# A file holds at most so many image starts walked from, and one more for each so many bytes of
+# it (a file of photographs: one or two a photograph, an EXIF thumbnail in each); beyond that it
+# is crafted (valid headers repeated) and not walked to its end
+# (:class:`~visage_ml.rights.embedded.TooManyStarts`).
+STARTS_FLOOR, STARTS_EVERY = 4096, 256
+
+
+def _search(data: Buffer, start: re.Pattern[bytes], at: int) -> int:
+    """Where ``start`` (:data:`PNG_START`, :data:`JPEG_START`: 16 bytes at most) first matches
+    in ``data`` from ``at``, or -1; over a mapped file :data:`LET_GO` at a time, as
+    :func:`~visage_ml.rights.embedded_mapping._find`."""
+    size = len(data)
+    while at < size:
+        stop = min(at + LET_GO, size) if isinstance(data, _Map) else size
+        m = start.search(data, at, min(stop + 15, size))
+        if m is not None:
+            return m.start()
+        at = stop
+        _let_go(data, at)
+    return -1
+
+
+def _starts_allowed(data: Buffer) -> int:
+    """How many image starts a walk of ``data`` goes from (:data:`STARTS_FLOOR`)."""
+    return STARTS_FLOOR + len(data) // STARTS_EVERY
+
+
+def _chunk_length(data: bytes, at: int) -> int:
+    """The length a PNG chunk at ``at`` declares (its first 4 bytes, big-endian)."""
+    return int.from_bytes(data[at : at + 4], "big")
+
+
+def _pngs(data: bytes) -> Iterator[bytes]:
+    """Each PNG lying in ``data`` as it is (a pickle's bytes, an array's), signature to IEND.
+    A chunk walked from one signature that led to no IEND leads to none from the next either:
+    it is not walked again (crafted signatures, each followed by many tiny chunks, made the
+    walk quadratic). Only a signature an IHDR follows is walked from (:data:`PNG_START`), and
+    no more of them than a file of its size holds
+    (:class:`~visage_ml.rights.embedded.TooManyStarts`)."""
+    dead = _Marks()  # chunk offsets from which no IEND is reached
+    allowed = _starts_allowed(data)
+    at = _search(data, PNG_START, 0)
+    while at >= 0:
+        allowed -= 1
+        if allowed < 0:
+            raise embedded.TooManyStarts
+        _let_go(data, at)
+        end, walked, found = at + len(PNG_MAGIC), [], False
+        while end + 12 <= len(data) and end not in dead:
+            walked.append(end)
+            n = _chunk_length(data, end)
+            chunk = data[end + 4 : end + 8]
+            end += 12 + n
+            if chunk == PNG_END:
+                found = end <= len(data)
+                break
+        if found:
+            yield data[at:end]
+            at = _search(data, PNG_START, end)
+            continue
+        dead.update(walked)
+        at = _search(data, PNG_START, at + 1)
+
+
+def _marker(data: bytes, start: int, end: int) -> int:
+    """Where the first marker ending entropy-coded data lies in ``data[start:end]``
+    (:data:`JPEG_MARKER`), or -1."""
+    m = JPEG_MARKER.search(data, start, end)
+    return m.start() if m is not None else -1
+
+
+class _ScanEnds:
+    """Where a JPEG scan's entropy-coded data that begins at an offset of ``data`` ends: the
+    first marker at or after it (``len(data)``: none). Each block of :data:`SCAN_BLOCK` bytes
+    keeps the first marker at or after its start, found once; an offset is then answered by
+    the rest of its block at most. A search from each scan's start to its end went over the
+    same bytes once a walk (crafted scans, each from its own SOI and all ending in one long
+    stretch without a marker, made it quadratic)."""
+
+    def __init__(self, data: Buffer) -> None:
+        self.data = data
+        self.base = 0  # the first block kept (those before it are asked no more)
+        self.first = array("q")  # by block, from ``base``: the blocks known so far
+
+    def _know(self, block: int) -> None:
+        data, first = self.data, self.first
+        while self.base + len(first) <= block:
+            at = _marker(data, (self.base + len(first)) * SCAN_BLOCK, len(data))
+            at = at if at >= 0 else len(data)
+            # Every block up to the marker's has it as its first.
+            first.extend(array("q", [at]) * (at // SCAN_BLOCK + 1 - self.base - len(first)))
+
+    def forget(self, before: int) -> None:
+        """No offset before ``before`` is asked again (a walk goes on from a later SOI): the
+        blocks wholly before it go once they are half of those kept, so that what is kept of a
+        large file is what lies ahead of the walk (each block goes once: linear still)."""
+        drop = min(before // SCAN_BLOCK - self.base, len(self.first))
+        if drop > 0 and 2 * drop >= len(self.first):
+            del self.first[:drop]
+            self.base += drop
+
+    def _first(self, block: int) -> int:
+        return self.first[block - self.base]
+
+    def end(self, at: int) -> int:
+        block = at // SCAN_BLOCK
+        self._know(block)
+        if (found := self._first(block)) >= at:
+            return found
+        # A marker before ``at`` in its block: the rest of it (a marker on its last byte too).
+        after = (block + 1) * SCAN_BLOCK
+        if (found := _marker(self.data, at, after + 1)) >= 0:
+            return found
+        if after >= len(self.data):
+            return len(self.data)
+        self._know(block + 1)
+        return self._first(block + 1)
+
+
+def _segment_length(data: bytes, at: int) -> int:
+    """The length a JPEG marker segment at ``at`` declares (after its marker, big-endian)."""
+    return int.from_bytes(data[at + 2 : at + 4], "big")
+
+
+def _jpegs(data: bytes) -> Iterator[bytes]:
+    """Each JPEG lying in ``data`` as it is (a pickle's bytes, an array's, a PDF's image), SOI
+    to EOI: marker segments by their lengths (an EXIF thumbnail, a JPEG itself, lies within
+    one: its EOI is not the photograph's), each scan's entropy-coded data to the marker after
+    it (stuffed FF00 and restarts within), the scans of a progressive one one after the
+    other. A segment walked from one SOI that led to no EOI leads to none from the next
+    either: it is not walked again (as :func:`_pngs`). Fill bytes before a segment's marker
+    (no encoder writes them) end the walk; before the marker after a scan they are passed
+    over. A JPEG with bytes after its EOI (a phone's multi-picture file) is not found. Only an
+    SOI a marker that may begin a JPEG follows is walked from (:data:`JPEG_START`), and no more
+    of them than a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`).
+    """
+    dead = _Marks()  # offsets from which no EOI is reached
+    ends: _ScanEnds | None = None
+    size = len(data)
+    allowed = _starts_allowed(data)
+    at = _search(data, JPEG_START, 0)
+    while at >= 0:
+        allowed -= 1
+        if allowed < 0:
+            raise embedded.TooManyStarts
+        _let_go(data, at)
+        if ends is not None:
+            ends.forget(at)
+        end, walked, found = at + 2, [], False
+        while end + 2 <= size and end not in dead:
+            walked.append(end)
+            code = data[end + 1]
+            if data[end] != 0xFF or code in (0x00, 0xFF, JPEG_SOI):
+                break
+            if code == JPEG_EOI:
+                end, found = end + 2, True
+                break
+            if code in JPEG_ALONE:
+                end += 2
+                continue
+            n = _segment_length(data, end)
+            if n < 2 or end + 2 + n > size:
+                break
+            end += 2 + n
+            if code == JPEG_SOS:
+                ends = ends if ends is not None else _ScanEnds(data)
+                end = ends.end(end)
+        if found:
+            yield data[at:end]
+            at = _search(data, JPEG_START, end)
+            continue
+        dead.update(walked)
+        at = _search(data, JPEG_START, at + 1)

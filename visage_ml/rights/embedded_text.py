@@ -1,0 +1,306 @@
+"""Base64 texts a file holds (:func:`_runs`): a photograph pasted into a notebook's HTML export
+as a ``data:`` URL, into a JSON or CSV field, a mail's attachment. A run of the alphabet
+(either: the standard one or the URL-safe one, padded or not, its slashes escaped as JSON may
+write them), wrapped in lines or not, or two wrapped back to back, each decoded to the bytes it
+holds; in memory of a few times the text's size, in time linear in it. A text file, a
+pickle's or an array's strings, a table's short values and a database's TEXT are read so
+(:mod:`visage_ml.rights.embedded`, :mod:`visage_ml.rights.embedded_db`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import re
+import string
+from array import array
+from collections.abc import Iterator, Sequence
+
+from visage_ml.rights import embedded
+from visage_ml.rights.embedded import SizeFilter
+
+# A base64 run: at least 64 characters (no photograph is shorter), possibly wrapped in lines
+# (``base64`` wraps at 76); its last line as short as it is. Of either alphabet (the standard
+# one, or the URL-safe one's ``-`` and ``_`` for ``+`` and ``/``: a JWT's, a web API's), and
+# with a backslash: JSON's escaped line breaks and escaped slash (PHP's ``json_encode`` writes
+# ``/`` as ``\/``), told from other escapes by :func:`_lines`. A backslash is a letter of the
+# class rather than ``\\/`` an alternative: an alternation is read several times slower.
+B64_RUN = re.compile(rb"[A-Za-z0-9+/_\\-]{16,}(?:\r?\n[A-Za-z0-9+/_\\-]+)*={0,2}")
+# What a run must begin with (:data:`B64_RUN`): so many bytes of its class in a row, found in a
+# mask of the bytes first (``bytes.find`` over ``bytes.translate``: the expression tried at each
+# byte of a pickle or an array took 14 s a gigabyte, where runs are few).
+_RUN_LEAD = 16
+_RUN_CLASS = bytes(
+    1 if chr(b) in string.ascii_letters + string.digits + "+/_\\-" else 0 for b in range(256)
+)
+# Where a run ends, in that mask with a line feed as 3 and a carriage return as 2: at a byte of
+# no run, a carriage return not before a line feed and a letter, or a line feed not before a
+# letter (what :data:`B64_RUN` reads, without its repeated group: the expression held a
+# dozen bytes a line of a run to go back to, 100 MB for a text of 8 MB of short lines).
+_RUN_MASK = bytes({0x0D: 2, 0x0A: 3}.get(b, c) for b, c in enumerate(_RUN_CLASS))
+_RUN_STOP = re.compile(rb"\x00|\x02(?!\x03\x01)|\x03(?!\x01)")
+# A run found: its span, as a match (as :data:`B64_RUN` gives it).
+_RUN_SPAN = re.compile(rb".*", re.DOTALL)
+B64_MIN = 64
+# The widest line a wrapper gives (``base64``, MIME: 76; PEM: 64).
+WRAP_MAX = 76
+# Within a run holding a backslash: a line break, "\n" or "\r\n", itself or escaped (group 1),
+# or a backslash that is no escape a base64 text holds (``\"``, ``\t``, ``\u00e9``), which
+# ends one base64 text; ``\/`` is a slash.
+B64_BREAKS = re.compile(rb"(\r?\n|(?:\\r)?\\n)|\\(?!/)")
+# The URL-safe alphabet's letters, read as the standard one's.
+URLSAFE = bytes.maketrans(b"-_", b"+/")
+# How a file begins (a photograph, an archive, an array: :func:`~visage_ml.rights.embedded.kind`
+# and the image formats), in base64's decoded bytes: a wrapped run of full lines is split where
+# one begins (two photographs wrapped back to back, the first ending on a full line, are one run
+# of lines).
+FILE_START = re.compile(
+    rb"\x89PNG\r\n\x1a\n|\xff\xd8\xff|GIF8[79]a|RIFF....WEBP|II\*\x00|MM\x00\*|PK\x03\x04|"
+    rb"\x1f\x8b\x08|\xfd7zXZ\x00|BZh[1-9]1AY&SY|\x93NUMPY|%PDF-|PAR1",
+    re.DOTALL,
+)
+# The first bytes those begin with: the lines of a run that may begin a file are found at once.
+FILE_FIRST = re.compile(rb"[\x89\xffGRIMP\x1f\xfdB\x93%]")
+# At most so many line boundaries of a wrapped run where a size sought would end are split at
+# (each split reads the run again; their first ones, from the run's start).
+SPLITS_SIZED = 4
+
+
+def _wraps(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """The lines (``first``, ``last`` + 1) of a run of lines of these ``widths`` that may each
+    be one base64 text. A wrapped one is lines of one width, then one no longer (``base64``
+    wraps at 76, PEM at 64): each run of lines of one width is tried whole, and with the line
+    after it when that is shorter (its last line; else the CSV row's next field,
+    ``1,<run>\\n2,...``, or the next photograph's line). A line longer than any wrap is tried
+    alone too (a photograph a line, ``base64 -w0``, beside others of its length). Each line is
+    in a few tries at most, so a file of short lines is read in linear time (trying every
+    shorter prefix of a run was quadratic)."""
+    i, n = 0, len(widths)
+    while i < n:
+        j = i + 1
+        while j < n and widths[j] == widths[i]:
+            j += 1
+        yield i, j
+        if widths[i] > WRAP_MAX and j - i > 1:
+            yield from ((k, k + 1) for k in range(i, j))
+        if j < n and widths[j] < widths[i]:
+            yield i, j + 1
+        i = j
+
+
+def _decoded(text: bytes) -> bytes | None:
+    """What ``text`` (escapes taken out) decodes to, as base64 of the standard alphabet or of
+    the URL-safe one (which of ``+/`` or ``-_`` it holds: a text holding both is base64 of
+    neither), its padding there or not (a JWT's is not); None when it is not base64."""
+    urlsafe = b"-" in text or b"_" in text
+    if urlsafe and (b"+" in text or b"/" in text):
+        return None
+    missing = -len(text) % 4
+    if missing == 3:
+        return None
+    try:
+        return base64.b64decode(
+            (text.translate(URLSAFE) if urlsafe else text) + b"=" * missing, validate=True
+        )
+    except (binascii.Error, ValueError):
+        return None
+
+
+# A run without a backslash is measured so many bytes at a time (each piece split into its
+# lines, their lengths kept, the lines let go of at once).
+LINES_PIECE = 1 << 20
+_PLUS_ONE = (1).__add__
+# A line's width while every line is this narrow: a byte (a text of short lines, the one that
+# has many); wider ones widen the array.
+_NARROW = 255
+
+
+class _Lines:
+    """Lines of a run (:func:`_lines`) that may make up one base64 text: where each begins in
+    the bytes read (``starts``), how many characters of the text it holds (``widths``: escapes
+    taken out), and where it ends (``ends``; None where each ends ``widths`` after it begins).
+    No line is held as bytes of its own: a text of 16-character lines (a log of ids) is a line
+    in every 17 bytes, and a bytes object and a few ints a line held 20 times its size; a text
+    is taken out only when it is decoded (:meth:`text`)."""
+
+    __slots__ = ("data", "ends", "starts", "widths")
+
+    def __init__(self, data: bytes, starts: array, widths: array, ends: array | None) -> None:
+        self.data, self.starts, self.widths, self.ends = data, starts, widths, ends
+
+    def end(self, i: int) -> int:
+        """Where line ``i`` ends (its line break, or an escape, after it)."""
+        return self.ends[i] if self.ends is not None else self.starts[i] + self.widths[i]
+
+    def text(self, first: int, last: int) -> bytes:
+        """The text lines ``first`` to ``last`` - 1 make up: their span, its line breaks (a
+        group holds no other escape: a backslash that is none ends it) and escaped slashes
+        taken out."""
+        span = self.data[self.starts[first] : self.end(last - 1)]
+        if self.ends is None:  # no escape: a carriage return is only ever before a line feed
+            return span.translate(None, b"\r\n")
+        return B64_BREAKS.sub(b"", span).replace(b"\\/", b"/")
+
+    def chars(self, first: int, last: int) -> int:
+        """How many characters of the text lines ``first`` to ``last`` - 1 hold (counted over
+        their span: each line is in a few tries at most, :func:`_wraps`)."""
+        if self.ends is not None:
+            return sum(self.widths[first:last])
+        s, e = self.starts[first], self.end(last - 1)
+        return e - s - self.data.count(b"\n", s, e) - self.data.count(b"\r", s, e)
+
+    def head(self, i: int) -> bytes:
+        """The first two characters of line ``i``'s text."""
+        s = self.starts[i]
+        first = self.data[s : min(s + 4, self.end(i))]
+        return (first.replace(b"\\/", b"/") if self.ends is not None else first)[:2]
+
+
+def _offsets(size: int) -> str:
+    """The array type that holds an offset into ``size`` bytes (4 bytes one, not 8, where they
+    are under 2 GiB)."""
+    return "i" if size < 1 << 31 else "q"
+
+
+def _lines(data: bytes, start: int, end: int) -> Iterator[_Lines]:
+    """The lines of the run (:data:`B64_RUN`) from ``start`` to ``end`` of ``data``, by base64
+    text they may make up: a backslash that is no escape base64 holds (a JSON string's ``\\"``)
+    ends one. Without a backslash the run is split at once, a piece at a time (the regex is
+    slow over a large run); what is kept is a few ints a line in arrays (:class:`_Lines`), the
+    run itself not copied."""
+    code = _offsets(len(data) + 2)
+    if data.find(b"\\", start, end) < 0:
+        crlf = data.find(b"\r", start, end) >= 0
+        starts, widths, at = array(code, [start]), array("B"), start
+        while at <= end:
+            stop = data.find(b"\n", min(at + LINES_PIECE, end), end)
+            stop = end if stop < 0 else stop  # the piece ends on a line's end
+            piece = data[at:stop]
+            # Where each next line begins: this one's bytes and its line feed on.
+            after = itertools.accumulate(map(_PLUS_ONE, map(len, piece.split(b"\n"))), initial=at)
+            starts.extend(itertools.islice(after, 1, None))
+            wide = array(
+                code, map(len, (piece.replace(b"\r\n", b"\n") if crlf else piece).split(b"\n"))
+            )
+            if widths.typecode != code and max(wide) > _NARROW:
+                widths = array(code, widths)
+            widths.extend(wide if widths.typecode == code else iter(wide))
+            at = stop + 1
+        starts.pop()  # where a line after the last would begin
+        yield _Lines(data, starts, widths, None)
+        return
+    starts, ends, widths, at = array(code), array(code), array(code), start
+    for m in itertools.chain(B64_BREAKS.finditer(data, start, end), [None]):
+        stop = m.start() if m is not None else end
+        starts.append(at)
+        ends.append(stop)
+        widths.append(stop - at - data.count(b"\\/", at, stop))  # "\\/" is one "/"
+        if m is None or m.group(1) is None:
+            yield _Lines(data, starts, widths, ends)
+            starts, ends, widths = array(code), array(code), array(code)
+        if m is not None:
+            at = m.end()
+
+
+def _splits(
+    widths: Sequence[int], first: int, last: int, raw: bytes, sizes: SizeFilter | None
+) -> Iterator[tuple[int, int, bytes]]:
+    """The parts (``first``, ``last`` + 1, bytes) of the base64 text that lines ``first`` to
+    ``last`` make up, decoded to ``raw``, that may each be a file: two photographs wrapped one
+    after the other, the first ending on a full line, are one run of lines (:func:`_wraps`
+    cannot tell them apart). It is split at each full line where a file begins
+    (:data:`FILE_START`), and, when ``sizes`` knows what is sought, where a size sought would
+    end, from its start or from its end (:data:`SPLITS_SIZED` of them): the splits read the
+    run a few times at most, whatever its lines (trying every line was quadratic)."""
+    width, lines = widths[first], last - first
+    if lines < 2 or width > WRAP_MAX or width % 4:
+        return
+    per = width // 4 * 3
+    # A part begins after full lines only: the last line is one when the run decodes to whole
+    # lines of bytes.
+    full = lines if widths[last - 1] == width and len(raw) % per == 0 else lines - 1
+    cuts = {
+        m.start()
+        for m in FILE_FIRST.finditer(raw[: full * per : per], 1)  # each full line's first byte
+        if FILE_START.match(raw, m.start() * per)
+    }
+    parts = list(itertools.pairwise(sorted({0, *cuts, lines})))
+    if sizes is not None and embedded.smallest_sought(sizes) > 0:  # else every size may be sought
+        sized = (
+            k
+            for k in range(1, min(full + 1, lines))
+            if sizes.may_match(k * per) or sizes.may_match(len(raw) - k * per)
+        )
+        for k in itertools.islice(sized, SPLITS_SIZED):
+            parts += [(0, k), (k, lines)]
+    for a, b in dict.fromkeys(parts):
+        if (a, b) != (0, lines):
+            yield first + a, first + b, raw[a * per : b * per if b < lines else len(raw)]
+
+
+def _run_matches(data: bytes) -> Iterator[re.Match[bytes]]:
+    """``B64_RUN.finditer(data)``, the same matches, each found only where :data:`_RUN_LEAD`
+    bytes of its class begin (the first such place from where the last ended is where the
+    expression would match next), and ended where :data:`_RUN_STOP` finds (in memory of the
+    mask, however many lines the run has)."""
+    if not isinstance(data, bytes):  # a mapped file: as it is
+        yield from B64_RUN.finditer(data)
+        return
+    mask, lead, at = data.translate(_RUN_MASK), b"\x01" * _RUN_LEAD, 0
+    while (at := mask.find(lead, at)) >= 0:
+        stop = _RUN_STOP.search(mask, at)
+        end = len(data) if stop is None else stop.start()
+        end += data.startswith(b"=", end) + data.startswith(b"==", end)  # its padding
+        m = _RUN_SPAN.match(data, at, end)
+        assert m is not None  # ".*" matches any span
+        yield m
+        at = end
+
+
+def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """Each base64 text of ``data`` (its span) and the bytes it decodes to: a run of the
+    alphabet (either, :func:`_decoded`), or of lines of it (:func:`_wraps`: a wrapped one, one a
+    line, the next row's field after it; :func:`_splits`: two wrapped back to back). One that
+    decodes to fewer bytes than anything ``sizes`` seeks is passed over undecoded, unless it
+    begins as a compressed file does (:data:`~visage_ml.rights.embedded.B64_EXPANDS`): nothing
+    of that size is sought, and a text, a pickle or a tar holds only what is smaller than itself
+    (a log's hex ids, each a valid base64 run)."""
+    below = embedded.smallest_sought(sizes)
+
+    def small(n: int, text: bytes) -> bool:
+        if n * 3 // 4 < below and text[:2].translate(URLSAFE) not in embedded.B64_EXPANDS:
+            embedded.passed_over(sizes, n * 3 // 4)
+            return True
+        return False
+
+    for m in _run_matches(data):
+        start, end = m.span()
+        if data.find(b"\n", start, end) < 0 and data.find(b"\\", start, end) < 0:  # one line
+            run = m.group(0)
+            if (
+                len(run) >= B64_MIN
+                and not small(len(run), run)
+                and (raw := _decoded(run)) is not None
+            ):
+                yield m.span(), raw
+            continue
+        # Read where it lies (bytes: not copied), or a mapped file's run copied.
+        held, at = (data, 0) if isinstance(data, bytes) else (m.group(0), start)
+        for lines in _lines(held, start - at, end - at):
+            widths = lines.widths
+            done: set[tuple[int, int]] = set()
+            for first, last in _wraps(widths):
+                n = lines.chars(first, last)
+                if n < B64_MIN or small(n, lines.head(first)):
+                    continue
+                raw = _decoded(lines.text(first, last))
+                if raw is None:
+                    continue
+                for a, b, part in [(first, last, raw), *_splits(widths, first, last, raw, sizes)]:
+                    if (a, b) in done:
+                        continue
+                    done.add((a, b))
+                    n = lines.chars(a, b)
+                    if n < B64_MIN or small(n, lines.head(a)):
+                        continue
+                    yield (at + lines.starts[a], at + lines.end(b - 1)), part
