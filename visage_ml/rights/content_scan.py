@@ -849,8 +849,8 @@ _Entry = tuple[str, int, tuple[str, ...], bool, tuple[str, ...], str | None]
 def _scanner_id() -> str:
     """The SHA-256 of the code that decides what a blob or a file holds (this module, the
     notebooks' reader, what other files hold inside and which files are looked inside, the
-    file cache's rules): a cache another
-    version wrote is not used (the git scan cache, the file scan cache)."""
+    file cache's rules): a cache another version wrote is not used (the git scan cache, the
+    file scan cache)."""
     h = hashlib.sha256()
     try:
         for module in (
