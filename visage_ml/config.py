@@ -990,6 +990,15 @@ class ServingParams:
     max_concurrent: int = field(default=16, metadata=rng(ge=1, le=1024))
     # A request body not received whole within this many seconds gets 408.
     body_timeout_s: float = field(default=30.0, metadata=rng(gt=0, le=3600))
+    # A request's line, headers and body must all be in within this many seconds of its first
+    # byte (of the connection's opening, for its first one), however steadily they trickle;
+    # else the connection is closed (visage_ml.app.http.deadline), so a client that sends
+    # slowly or stops halfway holds a connection and its file descriptor that long at most.
+    # body_timeout_s (30 s for the body, the largest of which, serving.max_request_bytes, a
+    # camera must send at about 2.7 Mbit/s) plus 10 s for a head of a few hundred bytes over a
+    # lossy link (TCP retransmits after 1, 2 and 4 s): above body_timeout_s, so that the
+    # body's own 408, which names that limit, comes first.
+    request_read_timeout_s: float = field(default=40.0, metadata=rng(gt=0, le=3600))
     # Images are downscaled to this longest side before face detection.
     max_detect_side: int = field(default=1280, metadata=rng(ge=64, le=16384))
     # GET /openapi.json (for any valid API key); off by default. /docs and /redoc never exist.
@@ -1000,6 +1009,16 @@ class ServingParams:
     quality: QualityParams = QualityParams()
     gallery: ServingGalleryParams = ServingGalleryParams()
     audit: AuditParams = AuditParams()
+
+    def check(self) -> tuple[str, Any, str] | None:
+        if self.request_read_timeout_s <= self.body_timeout_s:
+            return (
+                "request_read_timeout_s",
+                self.request_read_timeout_s,
+                f"more than serving.body_timeout_s ({self.body_timeout_s:g}), whose 408 names "
+                "the body's limit",
+            )
+        return None
 
 
 @dataclass(frozen=True)

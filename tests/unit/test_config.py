@@ -38,6 +38,11 @@ def test_a_params_file_that_leaves_a_key_out_gets_the_documented_setting():
         ({"train_embedder": {"head": "magic"}}, "train_embedder.head", "'arcface'"),
         ({"evaluate": {"gate": {"enforce": "yes"}}}, "evaluate.gate.enforce", "true or false"),
         (
+            {"serving": {"request_read_timeout_s": 20.0}},
+            "serving.request_read_timeout_s",
+            "more than serving.body_timeout_s (30)",
+        ),
+        (
             {"evaluate": {"gate": {"min_identities": {"group": 50}}}},
             "evaluate.gate.min_identities",
             "a minimum for each of ['group', 'group_gender']",

@@ -181,6 +181,7 @@ def serve(
 
     # Deferred: the HTTP app loads fastapi, which the other `visage` commands do not need.
     from visage_ml.app.http.app import create_app
+    from visage_ml.app.http.deadline import connection_options
 
     setup_logging(verbose)
     with _serving_errors():
@@ -210,6 +211,10 @@ def serve(
         # or any local user), letting a key guesser pose as a new client with every guess.
         # The limiter reads the header itself, from serving.auth.trusted_proxies only.
         proxy_headers=False,
+        # A request's line, headers and body must be in within serving.request_read_timeout_s:
+        # uvicorn alone let a client that sends slowly, or stops halfway, hold a connection
+        # for good (its h11 protocol, with the deadline, replaces httptools where installed).
+        **connection_options(params.serving),
         **tls,
     )
 

@@ -95,7 +95,8 @@ DOCUMENTED: dict[int, str] = {
     401: "Missing, invalid or expired API key (checked before the body is read).",
     403: "The key's role may not call this endpoint.",
     404: "Unknown subject, certificate or template.",
-    408: "The request body did not arrive within serving.body_timeout_s.",
+    408: "The request body did not arrive within serving.body_timeout_s (or the whole request "
+    "within serving.request_read_timeout_s: `request_timeout`, and the connection is closed).",
     409: "The subject's state does not allow this.",
     413: "Request or image too large.",
     422: "Invalid input: a malformed or unknown field or query parameter, bad base64, not an "
