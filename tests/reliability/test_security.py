@@ -862,6 +862,8 @@ def test_security_doc_covers_the_http_defences():
         "before the body is read",
         "serving.max_concurrent",
         "serving.body_timeout_s",
+        "serving.request_read_timeout_s",
+        "limit_conn",
         "serving.max_detect_side",
         "serving.openapi",
         "EXIF",
