@@ -190,6 +190,12 @@ MSG_REFERENCE_CHANGED = (
     "or anchor changed after the images were checked against them (a concurrent enrolment); "
     "enrol again"
 )
+MSG_MATCHES_ENROLLED = (
+    "gallery: subject {pid} was not enrolled: the template matches another searchable subject "
+    "at the identification threshold (one face, one pid: under a second pid the face would "
+    "outlive the other subject's erasure); a dpo key may enrol it (twins), which the ledger "
+    "records"
+)
 
 
 def enrolled_event(
@@ -199,11 +205,15 @@ def enrolled_event(
     model_version: str,
     replaced: bool,
     anchor_sha256: str | None = None,
+    matched_enrolled: bool = False,
 ) -> tuple[str, str, dict[str, Any]]:
     """The ledger's ``gallery.enrolled`` entry of a template (both backends record the same).
 
     ``anchor_sha256``: the subject's anchor file after an enrolment that set the anchor (every
     one but an operator's re-enrolment, whose entry names none: the anchor stays as recorded).
+    ``matched_enrolled``: a dpo key enrolled a template that matched another searchable subject
+    (twins); recorded as a flag, not whom it matched: a pid kept for good beside this one would
+    tie the two subjects together after the other's erasure.
     No image count: the ledger is kept for good with pids in clear, and a photo count per pid
     matches a person in the source data set to the pid (the count stays in the sealed
     template, for the subject's access right).
@@ -215,6 +225,8 @@ def enrolled_event(
     }
     if anchor_sha256 is not None:
         payload["anchor_sha256"] = anchor_sha256
+    if matched_enrolled:
+        payload["matched_enrolled"] = True
     return "gallery.enrolled", pid, payload
 
 
@@ -281,6 +293,16 @@ class ReferenceChangedError(GalleryError):
     def __init__(self, pid: str) -> None:
         self.pid = pid
         super().__init__(MSG_REFERENCE_CHANGED.format(pid=pid))
+
+
+class MatchesEnrolledError(GalleryError):
+    """An enrolment with ``distinct_at`` found the template matching another searchable subject
+    (:meth:`Gallery.enroll`); nothing was written. The message names the subject enrolled, never
+    the one matched."""
+
+    def __init__(self, pid: str) -> None:
+        self.pid = pid
+        super().__init__(MSG_MATCHES_ENROLLED.format(pid=pid))
 
 
 class NotEnrolledError(KeyError):
@@ -1344,6 +1366,8 @@ class Gallery:
         model_version: str | None = None,
         keep_anchor: bool = False,
         expect: Reference | None = None,
+        distinct_at: Callable[[int], float] | None = None,
+        match_overridden: bool = False,
     ) -> Enrolment:
         """Store ``pid``'s template (replacing an existing one) if identification is allowed.
 
@@ -1365,6 +1389,14 @@ class Gallery:
             :class:`Reference` was read from (:meth:`reference`; :meth:`Reference.none_stored`:
             still no template), checked under the locks of the write: an operator's enrolment,
             checked against them before.
+        distinct_at
+            Refuse the template when it matches another searchable subject at or above
+            ``distinct_at(N)`` (the 1:N threshold at the gallery's size ``N``), searched under
+            the locks of the write, so that two enrolments of one face under two pids cannot
+            both pass: an operator's enrolment (one face, one pid).
+        match_overridden
+            The template was found to match another searchable subject and a dpo key enrols it
+            anyway (twins): the ledger's ``gallery.enrolled`` says so (``matched_enrolled``).
 
         Raises
         ------
@@ -1374,6 +1406,9 @@ class Gallery:
             ``model_version`` is not the gallery's embedder.
         ReferenceChangedError
             ``expect`` is not what is stored any more (nothing written; logged with the pid).
+        MatchesEnrolledError
+            With ``distinct_at``: the template matches another searchable subject (nothing
+            written; the other subject is not named).
         """
         items = {pid: self._embeddings(embeddings, crops)}
         kw: dict[str, Any] = {}
@@ -1384,6 +1419,10 @@ class Gallery:
             kw["keep_anchor"] = True
         if expect is not None:
             kw["expect"] = {pid: expect}
+        if distinct_at is not None:
+            kw["distinct_at"] = distinct_at
+        if match_overridden:
+            kw["match_overridden"] = True
         return self.enroll_many(items, model_version=model_version, **kw)[0]
 
     def enroll_many(
@@ -1393,6 +1432,8 @@ class Gallery:
         model_version: str | None = None,
         keep_anchor: bool = False,
         expect: Mapping[str, Reference] | None = None,
+        distinct_at: Callable[[int], float] | None = None,
+        match_overridden: bool = False,
     ) -> list[Enrolment]:
         """Enrol several subjects under one lock and one ledger append.
 
@@ -1410,6 +1451,11 @@ class Gallery:
         ``gallery.anchored`` when the template is left alone but the anchor is not the one
         recorded). With ``keep_anchor`` (an operator's re-enrolment) the anchor is left as it
         is, and none is made for a subject who has none.
+
+        ``distinct_at`` and ``match_overridden``: as in :meth:`enroll`, for every subject. A
+        rebuild or the gallery stage passes neither: they re-enrol consented subjects from the
+        project's own labelled crops, whose identities are the data set's (the DPO's) to answer
+        for, and refusing one of them would drop a consented subject from the gallery.
         """
         if model_version is not None and model_version != self.meta.model_version:
             raise GalleryVersionError(
@@ -1430,6 +1476,8 @@ class Gallery:
                     raise EnrolmentRefusedError(pid, decision.reason)
             for pid, ref in (expect or {}).items():
                 self._check_unchanged(ref, self._sealed(pid), registry.peek(pid))
+            if distinct_at is not None:
+                self._refuse_matches(vectors, distinct_at)
             results: list[Enrolment] = []
             undo: list[tuple[Path, bytes | None]] = []
             events: list[tuple[str, str | None, Mapping[str, Any]]] = []
@@ -1481,6 +1529,7 @@ class Gallery:
                             model_version=self.meta.model_version,
                             replaced=old is not None,
                             anchor_sha256=anchor,
+                            matched_enrolled=match_overridden,
                         )
                     )
                 if events:
@@ -1496,6 +1545,21 @@ class Gallery:
                 self._index.put(pid, vec)
                 self._hashes[pid] = digest
         return results
+
+    def _refuse_matches(
+        self, vectors: Mapping[str, np.ndarray], threshold_for: Callable[[int], float]
+    ) -> None:
+        """Raise :class:`MatchesEnrolledError` for the first template that matches a searchable
+        subject other than its own at or above ``threshold_for(N)`` (the caller holds the
+        gallery's locks). Only searchable subjects are compared: a restricted, objecting or
+        withdrawn subject's template may not be processed, not even to refuse a copy of it."""
+        pids = list(vectors)
+        rows, _, _ = self.search(
+            np.stack([vectors[p] for p in pids]), top_k=2, threshold_for=threshold_for
+        )
+        for pid, row in zip(pids, rows, strict=True):
+            if any(m.pid != pid for m in row):
+                raise MatchesEnrolledError(pid)
 
     def _same_template(self, pid: str, blob: bytes, vec: np.ndarray, magic: bytes = MAGIC) -> bool:
         try:

@@ -2396,9 +2396,16 @@ class PgGallery(Gallery):
         model_version: str | None = None,
         keep_anchor: bool = False,
         expect: Mapping[str, Reference] | None = None,
+        distinct_at: Callable[[int], float] | None = None,
+        match_overridden: bool = False,
     ) -> list[Enrolment]:
         """As :meth:`Gallery.enroll_many`: rows written in one transaction that commits only
         after the ledger records the enrolments (no row the ledger does not vouch for).
+
+        ``distinct_at`` searches the shared table under this process's lock and the gallery's
+        file lock, before the write: enrolments through this replica (or on this machine) are
+        serialised with it; another machine's replica enrolling the same face in the same
+        instant is not.
 
         Unless ``keep_anchor`` (an operator's re-enrolment), each template also becomes the
         subject's anchor file, a row left unchanged included (a subject enrolled before anchors
@@ -2429,10 +2436,21 @@ class PgGallery(Gallery):
             undo: list[tuple[Any, bytes | None]] = []
             conn = self._conn
             try:
-                with file_lock(self._file_lock), conn.transaction():
-                    self._enroll_rows(
-                        conn, vectors, counts, keep_anchor, results, events, undo, expect=expect
-                    )
+                with file_lock(self._file_lock):
+                    if distinct_at is not None:
+                        self._refuse_matches(vectors, distinct_at)
+                    with conn.transaction():
+                        self._enroll_rows(
+                            conn,
+                            vectors,
+                            counts,
+                            keep_anchor,
+                            results,
+                            events,
+                            undo,
+                            expect=expect,
+                            match_overridden=match_overridden,
+                        )
             except BaseException:
                 self._undo(undo)
                 raise
@@ -2453,6 +2471,7 @@ class PgGallery(Gallery):
         undo: list[tuple[Any, bytes | None]],
         *,
         expect: Mapping[str, Reference] | None = None,
+        match_overridden: bool = False,
     ) -> None:
         """:meth:`enroll_many` inside its transaction: the rows, the anchor files (their old
         bytes noted in ``undo``) and the ledger append; ``results`` and ``events`` filled in."""
@@ -2512,6 +2531,7 @@ class PgGallery(Gallery):
                     model_version=self.meta.model_version,
                     replaced=prev is not None,
                     anchor_sha256=anchor,
+                    matched_enrolled=match_overridden,
                 )
             )
         if not events:

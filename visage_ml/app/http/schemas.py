@@ -163,6 +163,14 @@ class EnrollResponse(BaseModel):
     images_used: int
     replaced: bool
     model_version: str
+    matches_enrolled: list[str] | None = Field(
+        default=None,
+        description=(
+            "dpo keys only: the searchable subjects the new template matched at the 1:N "
+            "threshold, enrolled anyway (twins; the ledger records that a match was "
+            "overridden). An operator's enrolment of such a face is refused; null for operators."
+        ),
+    )
 
 
 Cell = int | Literal["suppressed"]

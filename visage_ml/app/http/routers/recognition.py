@@ -13,7 +13,9 @@
   a template that the new images do not match (re-enrolment needs every image, and their
   template, to match both the stored template and the subject's anchor template as verify
   scores a probe, or a dpo key), or the images are identified as another subject (one face, one
-  pid): no oracle for consent state. An operator's images are checked (one face, quality) before
+  pid, at the 1:N threshold identify answers at: a face identify names as one subject never
+  takes a second pid, where it would outlive that subject's erasure): no oracle for consent
+  state. An operator's images are checked (one face, quality) before
   the subject is, so an unusable image cannot serve as that oracle either, and a refusal of a
   subject who may not be processed does the work of one who may (embedding, the comparisons, a
   search) on a decoy, so the time an answer takes cannot;
@@ -30,7 +32,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,7 @@ from visage_ml.serving.gallery import (
     Gallery,
     GalleryError,
     GalleryUnavailableError,
+    MatchesEnrolledError,
     NotEnrolledError,
     Reference,
     ReferenceChangedError,
@@ -74,6 +77,8 @@ SCORE_ROLES: frozenset[str] = frozenset({DPO, AUDITOR})
 DECOY_PID = "p" + "0" * 16
 VERIFY_KEY = Depends(require(OPERATOR, DPO, AUDITOR))
 ENROL_KEY = Depends(require(OPERATOR, DPO))
+# The most subjects a dpo's enrolment answer names as matched (the search's top_k).
+MATCHES_SHOWN = 5
 
 router = APIRouter(tags=["identification"])
 
@@ -103,8 +108,9 @@ def identify(
     found: dict[int, list[Any]] = {}
     if searched:
         emb = svc.engine.embed(np.stack([faces[i].crop for i in searched]))
-        threshold_for = policy.threshold if policy is not None else (lambda _n: gallery.threshold)
-        rows, n, threshold = gallery.search(emb, top_k=body.top_k, threshold_for=threshold_for)
+        rows, n, threshold = gallery.search(
+            emb, top_k=body.top_k, threshold_for=_identify_threshold(svc)
+        )
         found = dict(zip(searched, rows, strict=True))
     else:
         # Nothing searched: the size a search would have used now (changes by other processes
@@ -229,7 +235,10 @@ def enroll(
     verify scores a probe) both the stored template and the subject's anchor template (that of
     the first enrolment, or of the last by a dpo key, the gallery stage or a rebuild); an
     operator's re-enrolment keeps the anchor, a dpo's replaces it. Under an operator key, images
-    that match another subject (at the 1:1 and the 1:N threshold) are refused.
+    whose template matches another searchable subject at the 1:N threshold ``/v1/identify``
+    answers at are refused (checked again under the gallery's lock as it is written); a dpo key
+    enrols them (twins), is told whom they matched (``matches_enrolled``), and the ledger's
+    ``gallery.enrolled`` records that a match was overridden.
     Every image must pass the quality gate.
     """
     gallery = svc.require_gallery()
@@ -263,6 +272,10 @@ def enroll(
         _check_not_someone_else(svc, body.pid, emb)
         if mismatch is not None:
             raise mismatch
+        matched = None
+    else:
+        matched = _matching_others(svc, body.pid, emb)
+        request_info(request)["pids"] = matched or None
     try:
         result = gallery.enroll(
             body.pid,
@@ -274,8 +287,12 @@ def enroll(
             # against (or none), under the gallery's lock: a concurrent enrolment is never
             # overwritten by one checked against what that replaced.
             expect=checked,
+            # An operator's is searched again under the gallery's lock as it is written: two
+            # enrolments of one face under two pids cannot both pass the check above.
+            distinct_at=_identify_threshold(svc) if operator else None,
+            match_overridden=bool(matched),
         )
-    except ReferenceChangedError:
+    except (ReferenceChangedError, MatchesEnrolledError):
         raise _not_available(body.pid) from None
     return {
         "pid": body.pid,
@@ -283,6 +300,7 @@ def enroll(
         "images_used": result.images,
         "replaced": result.replaced,
         "model_version": gallery.model_version,
+        "matches_enrolled": matched,
     }
 
 
@@ -380,18 +398,37 @@ def _same_person(gallery: Gallery, emb: np.ndarray, references: Sequence[np.ndar
     return worst >= gallery.threshold
 
 
-def _check_not_someone_else(svc: Service, pid: str, emb: np.ndarray) -> None:
-    """Refuse (one answer) when the new template matches another searchable subject both as
-    ``/v1/identify`` and as ``/v1/verify`` would decide (the higher of the 1:N and 1:1
-    thresholds, so that a small gallery's low 1:N threshold refuses no newcomer): one face may
-    not take a second pid under an operator key."""
+def _identify_threshold(svc: Service) -> Callable[[int], float]:
+    """``N -> threshold``: what ``/v1/identify`` answers at for a gallery of ``N`` searchable
+    templates (the 1:N operating point, or the 1:1 threshold without a score model)."""
     gallery = svc.require_gallery()
     policy = svc.identification
+    return policy.threshold if policy is not None else (lambda _n: gallery.threshold)
 
-    def threshold_for(n: int) -> float:
-        return max(policy.threshold(n), gallery.threshold) if policy else gallery.threshold
 
+def _matching_others(svc: Service, pid: str, emb: np.ndarray) -> list[str]:
+    """The searchable subjects other than ``pid`` whose templates the images' template matches
+    as ``/v1/identify`` would decide (for a dpo's answer and the audit log only)."""
+    gallery = svc.require_gallery()
     template = template_of(emb, gallery.embedding_dim)
-    rows, _, _ = gallery.search(template[None, :], top_k=2, threshold_for=threshold_for)
+    rows, _, _ = gallery.search(
+        template[None, :], top_k=MATCHES_SHOWN + 1, threshold_for=_identify_threshold(svc)
+    )
+    return [m.pid for m in rows[0] if m.pid != pid][:MATCHES_SHOWN]
+
+
+def _check_not_someone_else(svc: Service, pid: str, emb: np.ndarray) -> None:
+    """Refuse (one answer) when the new template matches another searchable subject as
+    ``/v1/identify`` would decide (the 1:N threshold at the gallery's size): one face may not
+    take a second pid under an operator key.
+
+    Not the higher of the 1:N and 1:1 thresholds: on a small gallery the 1:N one is the lower,
+    and a face identify names as a would be enrolled as b; once a is erased, identify would
+    answer b for a's photograph. A newcomer refused so (about ``target_fpir`` of strangers) is
+    one identify would name as someone else too; a dpo key enrols it.
+    """
+    gallery = svc.require_gallery()
+    template = template_of(emb, gallery.embedding_dim)
+    rows, _, _ = gallery.search(template[None, :], top_k=2, threshold_for=_identify_threshold(svc))
     if any(m.pid != pid for m in rows[0]):
         raise _not_available(pid)
