@@ -163,6 +163,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import os
 import re
 import struct
@@ -170,7 +171,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import psycopg
@@ -246,6 +247,7 @@ REVOKED_ERASED = "erased"
 REVOKED_NO_CONSENT = "not_allowed"
 REVOKED_UNRECORDED = "unrecorded"
 DEFAULT_POLL_S = 0.25
+DEFAULT_PURGE_MEMORY_MB = 1024
 # AS-norm: templates the SQL shortlist (by raw cosine) holds before the normalised rerank.
 COHORT_SHORTLIST = 200
 # Bindings checked by this process, ``pid -> (SHA-256 of the sealed column as hex, SHA-256 of the
@@ -283,6 +285,11 @@ MSG_CONNECT = (
 )
 MSG_LOST = (
     "the pgvector gallery's PostgreSQL dropped the connection (a restart or a failover); the "
+    "request was not completed: retry it (repeating it is safe)"
+)
+MSG_REWRITING = (
+    "the pgvector gallery's table is being rewritten (an erasure's VACUUM FULL) or held by "
+    "another long operation, and did not answer within serving.gallery.lock_timeout_s; the "
     "request was not completed: retry it (repeating it is safe)"
 )
 MSG_NO_EXTENSION = (
@@ -386,6 +393,13 @@ class PgOptions:
         Fallback poll of the change counter, beside ``LISTEN``.
     listen
         Run the listener thread (off for one-shot CLI use).
+    lock_timeout_s
+        How long a call waits for a lock on the tables before it raises
+        :class:`GalleryUnavailableError` (0: as long as it takes). An erasure's ``VACUUM FULL``
+        holds the table for the whole rewrite; ``visage serve`` sets it so that requests answer
+        503 to retry instead of hanging. Opening the gallery and :meth:`PgGallery.erase` wait.
+    purge_memory_mb
+        The most ``maintenance_work_mem`` :func:`purge_physically` gives the HNSW rebuild.
     """
 
     dsn: str
@@ -396,10 +410,16 @@ class PgOptions:
     ef_construction: int = 64
     poll_interval_s: float = DEFAULT_POLL_S
     listen: bool = True
+    lock_timeout_s: float = 0.0
+    purge_memory_mb: int = DEFAULT_PURGE_MEMORY_MB
 
     @classmethod
-    def from_params(cls, params: Any, *, dsn: str, listen: bool = True) -> PgOptions:
-        """The options of ``params.serving.gallery`` with connection string ``dsn``."""
+    def from_params(
+        cls, params: Any, *, dsn: str, listen: bool = True, serving: bool = True
+    ) -> PgOptions:
+        """The options of ``params.serving.gallery`` with connection string ``dsn``; unless
+        ``serving`` (commands, rights, the gallery stage), calls wait for locks as long as it
+        takes rather than ``lock_timeout_s``."""
         g = params.serving.gallery
         return cls(
             dsn=dsn,
@@ -410,6 +430,8 @@ class PgOptions:
             ef_construction=int(g.ef_construction),
             poll_interval_s=float(g.poll_interval_s),
             listen=listen,
+            lock_timeout_s=float(g.lock_timeout_s) if serving else 0.0,
+            purge_memory_mb=int(g.purge_memory_mb),
         )
 
 
@@ -440,18 +462,37 @@ class Names:
         return f"{self.table}_changed"
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """A connection with the ``vector`` type registered (numpy arrays in and out)."""
+def connect(
+    dsn: str, *, autocommit: bool = False, lock_timeout_s: float = 0.0
+) -> psycopg.Connection:
+    """A connection with the ``vector`` type registered (numpy arrays in and out); its
+    statements wait at most ``lock_timeout_s`` for a lock when it is over 0
+    (:func:`set_lock_timeout`)."""
     try:
         conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise GalleryUnavailableError(MSG_CONNECT.format(error=type(exc).__name__)) from None
     try:
         register_vector(conn)
+        if lock_timeout_s > 0:
+            set_lock_timeout(conn, lock_timeout_s)
     except psycopg.ProgrammingError:
         conn.close()
         raise GalleryError(MSG_NO_EXTENSION) from None
     return conn
+
+
+def set_lock_timeout(conn: psycopg.Connection, seconds: float) -> None:
+    """Make the session's statements wait at most ``seconds`` for a lock (0: as long as it
+    takes); call outside a transaction. PostgreSQL then fails the statement with
+    ``LockNotAvailable``."""
+    # Session-wide (not LOCAL): it lasts for the connection's life, committed at once.
+    conn.execute(
+        "SELECT pg_catalog.set_config('lock_timeout', %s, false)",
+        (f"{max(0, round(seconds * 1000))}ms",),
+    )
+    if not conn.autocommit:
+        conn.commit()
 
 
 def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> tuple[str, list[str]]:
@@ -598,6 +639,13 @@ class PurgeReport:
     seconds: float
     # Why the planner statistics of the tables could not be cleared (empty: they were).
     statistics: list[str] = field(default_factory=list)
+    # The most tries any table's VACUUM FULL took to get its lock (:func:`purge_tables`).
+    lock_attempts: int = 0
+    # What the server said while purging (NOTICE, WARNING: severity and message only), e.g.
+    # pgvector's "hnsw graph no longer fits into maintenance_work_mem".
+    server_messages: list[str] = field(default_factory=list)
+    # The rebuild's maintenance_work_mem (MB) when :func:`purge_physically` set it.
+    maintenance_work_mem_mb: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -609,6 +657,9 @@ class PurgeReport:
             "statistics_cleared": not self.statistics,
             "statistics": list(self.statistics),
             "seconds": round(self.seconds, 3),
+            "lock_attempts": self.lock_attempts,
+            "server_messages": list(self.server_messages),
+            "maintenance_work_mem_mb": self.maintenance_work_mem_mb,
         }
 
     def notes(self) -> list[str]:
@@ -724,6 +775,22 @@ MSG_NO_VACUUM = (
 )
 
 
+# VACUUM FULL asks for its ACCESS EXCLUSIVE lock this long at a time, this many times with a
+# pause between, before it waits as long as it takes (the erasure must complete). A VACUUM
+# waiting for its lock makes every later search wait behind it: a long transaction reading the
+# table would otherwise hold serving up for its whole length, not only for the rewrite.
+PURGE_LOCK_TIMEOUT_S = 0.5
+PURGE_LOCK_TRIES = 10
+PURGE_LOCK_PAUSE_S = 1.0
+# Server messages a purge report keeps (each cut to this many characters).
+SERVER_MESSAGES_MAX = 20
+SERVER_MESSAGE_CHARS = 300
+# The HNSW graph in memory against the index's size on disk: each neighbour is a 16-byte
+# pointer and distance in memory against a 6-byte TID on disk, so at small dimensions the
+# graph is up to about twice the index (512-d: about the same).
+HNSW_MEMORY_HEADROOM = 2.0
+
+
 class PurgeRefusedError(RuntimeError):
     """The role cannot purge a table it was asked to: nothing could be claimed removed."""
 
@@ -756,37 +823,109 @@ def purge_tables(
     for table in tables:
         if not _may_vacuum(conn, table):
             raise PurgeRefusedError(MSG_NO_VACUUM.format(table=table))
-    for table in tables:
-        conn.execute(sql.SQL("VACUUM FULL {t}").format(t=sql.Identifier(table)))
-    statistics = clear_statistics(conn, statistics_of)
-    row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
-    conn.execute("CHECKPOINT")
-    # The checkpoint record itself opened a new segment; a second switch and checkpoint
-    # make sure no segment before the purge is still the current one or needed for redo.
-    conn.execute("SELECT pg_switch_wal()")
-    conn.execute("CHECKPOINT")
+    heard: list[str] = []
+
+    def hear(diag: psycopg.errors.Diagnostic) -> None:
+        # Severity and primary message only: a DETAIL or CONTEXT may quote a row's values.
+        said = f"{diag.severity_nonlocalized or diag.severity}: {diag.message_primary or ''}"
+        said = said[:SERVER_MESSAGE_CHARS]
+        if said not in heard and len(heard) < SERVER_MESSAGES_MAX:
+            heard.append(said)
+
+    conn.add_notice_handler(hear)
+    try:
+        attempts = max((_vacuum_full(conn, table) for table in tables), default=0)
+        statistics = clear_statistics(conn, statistics_of)
+        row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
+        conn.execute("CHECKPOINT")
+        # The checkpoint record itself opened a new segment; a second switch and checkpoint
+        # make sure no segment before the purge is still the current one or needed for redo.
+        conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+        retention = wal_retention(conn)
+    finally:
+        conn.remove_notice_handler(hear)
     return PurgeReport(
         vacuum_full=bool(tables),
         wal_switched_from=str(row[0]) if row else None,
         checkpoint=True,
-        wal_retention=wal_retention(conn),
+        wal_retention=retention,
         seconds=time.perf_counter() - start,
         statistics=statistics,
+        lock_attempts=attempts,
+        server_messages=heard,
     )
 
 
-def purge_physically(dsn: str, *, table: str = DEFAULT_TABLE) -> PurgeReport:
+def _vacuum_full(conn: psycopg.Connection, table: str) -> int:
+    """``VACUUM FULL`` of ``table`` (autocommit); returns the tries its lock took.
+
+    The lock is asked for :data:`PURGE_LOCK_TIMEOUT_S` at a time (serving's calls queue behind
+    a waiting VACUUM only that long), then, after :data:`PURGE_LOCK_TRIES` tries, as long as it
+    takes: the erasure is not given up."""
+    vacuum = sql.SQL("VACUUM FULL {t}").format(t=sql.Identifier(table))
+    for attempt in range(1, PURGE_LOCK_TRIES):
+        set_lock_timeout(conn, PURGE_LOCK_TIMEOUT_S)
+        try:
+            conn.execute(vacuum)
+            return attempt
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(PURGE_LOCK_PAUSE_S)
+        finally:
+            set_lock_timeout(conn, 0)
+    conn.execute(vacuum)
+    return PURGE_LOCK_TRIES
+
+
+def size_rebuild_memory(conn: psycopg.Connection, names: Names, *, cap_mb: int) -> int:
+    """Give this session's rebuild of the table's HNSW index the memory the graph needs
+    (``maintenance_work_mem``, :data:`HNSW_MEMORY_HEADROOM` times the index's size, at most
+    ``cap_mb``, never below the session's own setting) and build it in this process alone;
+    returns the setting in MB.
+
+    The rebuild inherits the server's ``maintenance_work_mem`` (64 MB by default): a larger graph
+    is built on disk, several times slower (506 s instead of about 110 s at 100k x 512-d), and
+    every replica's searches wait for it."""
+    row = conn.execute(
+        "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'maintenance_work_mem'"
+    ).fetchone()
+    current_kb = int(row[0]) if row else 0
+    row = conn.execute(
+        "SELECT coalesce(max(pg_catalog.pg_relation_size(i.indexrelid)), 0) "
+        "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_catalog.pg_am a ON a.oid = c.relam "
+        "WHERE i.indrelid = %s::regclass AND a.amname = 'hnsw'",
+        (names.table,),
+    ).fetchone()
+    need_kb = math.ceil(HNSW_MEMORY_HEADROOM * int(row[0] if row else 0) / 1024)
+    want_kb = max(current_kb, min(need_kb, int(cap_mb) * 1024))
+    conn.execute(
+        "SELECT pg_catalog.set_config('maintenance_work_mem', %s, false)", (f"{want_kb}kB",)
+    )
+    # A parallel build takes maintenance_work_mem of dynamic shared memory (/dev/shm): in a
+    # container (Docker gives it 64 MB) a parallel rebuild of a large graph fails, and the
+    # erasure with it; one process builds it slower but surely.
+    conn.execute("SELECT pg_catalog.set_config('max_parallel_maintenance_workers', '0', false)")
+    return math.ceil(want_kb / 1024)
+
+
+def purge_physically(
+    dsn: str, *, table: str = DEFAULT_TABLE, memory_mb: int = DEFAULT_PURGE_MEMORY_MB
+) -> PurgeReport:
     """Rewrite the gallery's files without dead rows and let the server drop old WAL
     (:func:`purge_tables` of the table, its revoked and state tables, and the table's
-    statistics)."""
+    statistics), the HNSW index rebuilt with up to ``memory_mb`` of memory
+    (:func:`size_rebuild_memory`)."""
     names = Names(check_table(table))
     with connect(dsn, autocommit=True) as conn:
         no_statistics(conn, names)
-        return purge_tables(
+        memory = size_rebuild_memory(conn, names, cap_mb=memory_mb)
+        report = purge_tables(
             conn,
             [names.table, f"{names.table}_revoked", f"{names.table}_state"],
             statistics_of=[names.table],
         )
+    return dataclasses.replace(report, maintenance_work_mem_mb=memory)
 
 
 def subject_rows(dsn: str, pid: str, *, table: str = DEFAULT_TABLE) -> dict[str, str]:
@@ -1063,7 +1202,8 @@ def open_configured(
     if params.serving.gallery.backend != BACKEND:
         return Gallery.open_existing(paths, core=core, load=load)
     dsn = resolve_dsn(params, environ, paths=paths)
-    options = PgOptions.from_params(params, dsn=dsn, listen=False)
+    # Commands and rights wait for the tables as long as it takes (no 503 to retry there).
+    options = PgOptions.from_params(params, dsn=dsn, listen=False, serving=False)
     return PgGallery.open_existing(paths, options=options, core=core, load=load)
 
 
@@ -1094,6 +1234,17 @@ def _writes(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def call(self: PgGallery, *args: Any, **kw: Any) -> T:
         return self._writing(lambda: method(self, *args, **kw))
+
+    return call
+
+
+def _erases(method: Callable[..., T]) -> Callable[..., T]:
+    """:func:`_writes` for the erasure: it waits for its locks as long as it takes (a purge in
+    progress, an enrolment of the subject), however short serving's lock timeout."""
+
+    @functools.wraps(method)
+    def call(self: PgGallery, *args: Any, **kw: Any) -> T:
+        return self._writing(lambda: method(self, *args, **kw), wait=True)
 
     return call
 
@@ -1132,6 +1283,10 @@ class PgGallery(Gallery):
         self._bound: dict[str, tuple[str, bytes]] = {}
         self._unbound: set[str] = set()
         self._behind: set[str] = set()
+        # The connection's lock timeout once opened (:meth:`_limit_lock_waits`), and whether a
+        # call ran out of it: then each call first asks whether the tables are still held.
+        self._lock_timeout_s = 0.0
+        self._rewriting = False
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -1199,6 +1354,7 @@ class PgGallery(Gallery):
             gallery.reload()
             if options.listen:
                 gallery.start_listener()
+        gallery._limit_lock_waits()
         return gallery
 
     @classmethod
@@ -1270,6 +1426,13 @@ class PgGallery(Gallery):
                 conn, n, m=self.options.hnsw_m, ef_construction=self.options.ef_construction
             )
 
+    def _limit_lock_waits(self) -> None:
+        """From now on, statements wait at most ``options.lock_timeout_s`` for a lock. Opening
+        waits as long as it takes (a replica starting during a rewrite starts after it)."""
+        self._lock_timeout_s = max(0.0, float(self.options.lock_timeout_s))
+        if self._lock_timeout_s > 0:
+            set_lock_timeout(self._conn, self._lock_timeout_s)
+
     def close(self) -> None:
         """Stop the listener and close the connection."""
         self._stop.set()
@@ -1284,7 +1447,7 @@ class PgGallery(Gallery):
         failover, an idle timeout): psycopg marks it broken at the first statement that fails."""
         if self._db.closed or self._db.broken:
             logger.warning("pgvector gallery lost its connection to PostgreSQL; reconnecting")
-            self._db = connect(self.options.dsn)
+            self._db = connect(self.options.dsn, lock_timeout_s=self._lock_timeout_s)
         return self._db
 
     def _lost(self) -> bool:
@@ -1304,23 +1467,73 @@ class PgGallery(Gallery):
         """``call`` (which only reads), once more on a new connection if the server dropped
         the last one under it (a restart, a failover): the caller never sees the drop."""
         try:
+            self._fail_fast()
             return call()
+        except psycopg.errors.LockNotAvailable:
+            self._timed_out()
         except psycopg.OperationalError:
             if not self._lost():
                 raise
         return self._writing(call)
 
-    def _writing(self, call: Callable[[], T]) -> T:
-        """``call``, with a dropped connection reported as :class:`GalleryUnavailableError`.
+    def _writing(self, call: Callable[[], T], *, wait: bool = False) -> T:
+        """``call``, with a dropped connection, or a lock not obtained within the lock timeout
+        (the table being rewritten), reported as :class:`GalleryUnavailableError`; ``wait``:
+        not refused early while the tables are held (:meth:`_fail_fast`).
 
         A write is not repeated here: the caller decides (it is safe, see the error)."""
         try:
+            if not wait:
+                self._fail_fast()
             return call()
+        except psycopg.errors.LockNotAvailable:
+            self._timed_out()
         except psycopg.OperationalError:
             if not self._lost():
                 raise
             logger.warning("pgvector gallery lost its connection during a call")
             raise GalleryUnavailableError(MSG_LOST) from None
+
+    def _timed_out(self) -> NoReturn:
+        """A statement waited ``lock_timeout_s`` for a lock on the tables (an erasure's
+        ``VACUUM FULL`` holds them for the rewrite): the call is refused, to retry."""
+        with contextlib.suppress(psycopg.Error):
+            # A statement outside an explicit transaction leaves the implicit one failed.
+            if self._db.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                self._db.rollback()
+        if not self._rewriting:
+            logger.warning(
+                "pgvector gallery %s: a lock on the table was not granted within %.1f s "
+                "(a rewrite in progress); calls answer unavailable until it is released",
+                self.names.table,
+                self._lock_timeout_s,
+            )
+        self._rewriting = True
+        raise GalleryUnavailableError(MSG_REWRITING) from None
+
+    def _fail_fast(self) -> None:
+        """After a lock timeout, refuse a call at once while the tables are still held or
+        waited for by an ACCESS EXCLUSIVE lock: calls queued behind ``lock`` in this replica
+        would otherwise each wait a lock timeout in turn, and requests pile up."""
+        if not self._rewriting:
+            return
+        with self.lock:
+            if not self._rewriting:
+                return
+            n, conn = self.names, self._conn
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'relation'"
+                    " AND mode = 'AccessExclusiveLock' AND database = (SELECT oid FROM"
+                    " pg_catalog.pg_database WHERE datname = pg_catalog.current_database())"
+                    " AND relation = ANY(ARRAY[to_regclass(%s), to_regclass(%s),"
+                    " to_regclass(%s)]::oid[]))",
+                    (n.table, f"{n.table}_revoked", f"{n.table}_state"),
+                ).fetchone()
+            if row and row[0]:
+                raise GalleryUnavailableError(MSG_REWRITING)
+            self._rewriting = False
+            logger.info("pgvector gallery %s: its tables are no longer held", n.table)
 
     def __enter__(self) -> PgGallery:
         return self
@@ -2564,7 +2777,7 @@ class PgGallery(Gallery):
             )
         _bump(conn, n)
 
-    @_writes
+    @_erases
     def erase(self, pid: str, *, reason: str = "erasure") -> Removal:
         """Remove ``pid`` for good: revoked and deleted for every replica, key destroyed.
 
@@ -2592,6 +2805,9 @@ class PgGallery(Gallery):
                 anchor = self.anchor_path(pid)
                 anchor_hash = sha256_file(anchor) if anchor.is_file() else None
                 with self._conn.transaction():
+                    # The erasure waits for its locks (a purge in progress, an enrolment of
+                    # the subject), whatever serving's lock timeout.
+                    self._conn.execute("SET LOCAL lock_timeout = 0")
                     _revoke_delete(self._conn, self.names, pid)
                 self._bound.pop(pid, None)
                 self._unbound.discard(pid)
@@ -2627,7 +2843,9 @@ class PgGallery(Gallery):
 
     def purge_physically(self) -> PurgeReport:
         """:func:`purge_physically` on this gallery's table."""
-        return purge_physically(self.options.dsn, table=self.names.table)
+        return purge_physically(
+            self.options.dsn, table=self.names.table, memory_mb=self.options.purge_memory_mb
+        )
 
     def purge_without_basis(self) -> list[Removal]:
         """As :meth:`Gallery.purge_without_basis`, over the shared table's rows and the anchor

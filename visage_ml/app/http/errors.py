@@ -48,7 +48,8 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # (EnrolmentRefusedError is answered by install_error_handlers: its reason to a dpo key only.)
     (NotEnrolledError, 404, "not_enrolled"),
     (GalleryVersionError, 503, "gallery_version_mismatch"),
-    # The shared gallery's database dropped the connection or cannot be reached: retry.
+    # The shared gallery's database dropped the connection, cannot be reached, or holds the
+    # table for an erasure's rewrite longer than serving.gallery.lock_timeout_s: retry.
     (GalleryUnavailableError, 503, "gallery_unavailable"),
     (ModelMismatchError, 503, "model_mismatch"),
     (ModelUnavailableError, 404, "not_available"),
@@ -67,8 +68,9 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
 LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
 # Answers that do not repeat the library's message (it is for the operator: the server's log).
 LIBRARY_MESSAGES: dict[str, str] = {
-    "gallery_unavailable": "the gallery's database is unreachable or dropped the connection; "
-    "the request was not completed: retry it after Retry-After (repeating it is safe)"
+    "gallery_unavailable": "the gallery's database is unreachable, dropped the connection, or "
+    "the gallery is being rewritten (an erasure); the request was not completed: retry it "
+    "after Retry-After (repeating it is safe)"
 }
 # One answer for an operator's enrolment, whatever the reason: unknown subject, no
 # identification consent (withdrawn, never given, restricted, objected, erased), a stored
@@ -105,7 +107,8 @@ DOCUMENTED: dict[int, str] = {
     503: "The server is answering serving.max_concurrent requests (retry after Retry-After); "
     "or the gallery was rebuilt for another embedder, or a model is damaged: restart "
     "the server (after `visage gallery rebuild` or `dvc repro export`); or the shared "
-    "gallery's database dropped the connection (retry after Retry-After); or "
+    "gallery's database dropped the connection or is being rewritten by an erasure (retry "
+    "after Retry-After); or "
     "(audit_log_unverified) the audit log fails verification against its anchors in the "
     "ledger: no access export until privacy/audit.jsonl is restored from a backup.",
 }

@@ -39,7 +39,7 @@ def run(paths: ProjectPaths, params: Params, *, embedder: Any = None) -> Rebuild
     pg_options = None
     if params.serving.gallery.backend == BACKEND:  # the shared gallery (docs/deploy.md)
         dsn = resolve_dsn(params, os.environ, paths=paths)
-        pg_options = PgOptions.from_params(params, dsn=dsn, listen=False)
+        pg_options = PgOptions.from_params(params, dsn=dsn, listen=False, serving=False)
     report = rebuild(
         paths,
         embedder=emb,

@@ -176,7 +176,11 @@ def _erase_one(ctx: Context, pid: str, target: Target) -> tuple[dict[str, str], 
         removed = rows
     else:  # dropped since (a rebuild, by hand): nothing of anyone is left to purge
         return {}, {"table_absent": True}
-    report = pg_gallery.purge_physically(target.dsn, table=target.table)
+    report = pg_gallery.purge_physically(
+        target.dsn,
+        table=target.table,
+        memory_mb=int(ctx.params.serving.gallery.purge_memory_mb),
+    )
     info = report.to_dict()
     if report.notes():
         info["note"] = NOTE_WAL.format(why="; ".join(report.notes()))

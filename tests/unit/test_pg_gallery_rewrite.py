@@ -1,0 +1,262 @@
+"""The pgvector gallery while an erasure rewrites its table (VACUUM FULL): the rebuild of the
+HNSW index gets the memory it needs whatever the server's setting, serving answers 503 to retry
+instead of hanging for the rewrite, and the erasure itself still waits for its locks."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from psycopg import sql
+from serving_fakes import DIM, THRESHOLD, fake_engine, make_world, png_b64
+
+from visage_ml.app.http.app import create_app
+from visage_ml.app.http.auth import KeyStore
+from visage_ml.config import load_params
+from visage_ml.serving import pg_gallery
+from visage_ml.serving.gallery import GalleryUnavailableError
+from visage_ml.serving.pg_gallery import PgGallery, PgOptions
+
+VERSION = "emb-test-1"
+# Short, so that the tests are: serving's default is 2 s.
+LOCK_TIMEOUT_S = 0.5
+
+
+@pytest.fixture
+def table():
+    return f"g_{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def world(project):
+    return make_world(project, n_subjects=6, seed=secrets.randbits(31))
+
+
+@pytest.fixture
+def engine(world):
+    return fake_engine(world.paths.root)
+
+
+def open_pg(world, dsn, table, *, lock_timeout_s=LOCK_TIMEOUT_S, engine=None):
+    return PgGallery.open(
+        world.paths,
+        options=PgOptions(dsn=dsn, table=table, listen=False, lock_timeout_s=lock_timeout_s),
+        model_version=VERSION,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=world.core,
+        embed=engine.embed if engine is not None else None,
+    )
+
+
+@pytest.fixture
+def enrolled(world, engine, stack_postgres, table):
+    gallery = open_pg(world, stack_postgres.dsn, table, engine=engine)
+    pids = list(world.people)[:5]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in pids})
+    yield gallery, pids
+    gallery.close()
+
+
+class Holder:
+    """Another session holding a lock on the gallery table (``mode``) until released."""
+
+    def __init__(self, dsn: str, table: str, mode: str = "ACCESS EXCLUSIVE") -> None:
+        self.conn = psycopg.connect(dsn)
+        self.conn.execute(
+            sql.SQL("LOCK TABLE {t} IN {m} MODE").format(t=sql.Identifier(table), m=sql.SQL(mode))
+        )
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()
+
+    def release_after(self, seconds: float) -> threading.Timer:
+        timer = threading.Timer(seconds, self.release)
+        timer.start()
+        return timer
+
+
+def _hnsw_gallery_table(dsn: str, table: str, *, rows: int, dim: int = 64) -> None:
+    """A gallery table of ``rows`` random templates with its HNSW index (no project needed:
+    only the purge runs on it)."""
+    names = pg_gallery.Names(table)
+    rng = np.random.default_rng(7)
+    vecs = rng.standard_normal((rows, dim)).astype("f4")
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    with pg_gallery.connect(dsn, autocommit=True) as conn:
+        pg_gallery.ensure_schema(conn, names, dim)
+        with conn.cursor().copy(
+            sql.SQL(
+                "COPY {t} (pid, model_version, embedding, sealed, template_sha256, n_images) "
+                "FROM STDIN WITH (FORMAT BINARY)"
+            ).format(t=names.t)
+        ) as copy:
+            copy.set_types(["text", "text", "vector", "bytea", "text", "int4"])
+            for i, v in enumerate(vecs):
+                copy.write_row((f"p{i:016x}", VERSION, v, b"\x00" * 64, "0" * 64, 1))
+        pg_gallery.ensure_hnsw(conn, names)
+
+
+def _server_messages(report) -> list[str]:
+    return list(report.to_dict().get("server_messages", ["(not reported)"]))
+
+
+def test_the_purge_rebuilds_the_hnsw_index_in_memory_whatever_the_servers_setting(
+    stack_postgres, table
+):
+    dsn = stack_postgres.dsn
+    _hnsw_gallery_table(dsn, table, rows=4000)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        size = admin.execute(
+            "SELECT pg_relation_size(%s::regclass)", (f"{table}_hnsw",)
+        ).fetchone()[0]
+        assert size > 2 * 1024 * 1024, size  # larger than the server's setting below
+        # A server configured with little maintenance memory (PostgreSQL's least: 1 MB).
+        admin.execute("ALTER ROLE CURRENT_USER SET maintenance_work_mem = '1MB'")
+        try:
+            # Capped below the index, the rebuild spills to disk: pgvector says so, and the
+            # purge's report carries what the server said.
+            slow = pg_gallery.purge_physically(dsn, table=table, memory_mb=1)
+            assert any("no longer fits" in m for m in _server_messages(slow)), slow
+            # With the default cap the purge sizes the rebuild's memory from the index.
+            report = pg_gallery.purge_physically(dsn, table=table)
+        finally:
+            admin.execute("ALTER ROLE CURRENT_USER RESET maintenance_work_mem")
+    assert _server_messages(report) == [], report
+    info = report.to_dict()
+    assert info["maintenance_work_mem_mb"] * 1024 * 1024 >= size, info
+    assert info["vacuum_full"] and info["wal_removed"], info
+
+
+def test_the_purge_never_lowers_the_servers_maintenance_memory(stack_postgres, table):
+    dsn = stack_postgres.dsn
+    _hnsw_gallery_table(dsn, table, rows=200)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("ALTER ROLE CURRENT_USER SET maintenance_work_mem = '300MB'")
+        try:
+            report = pg_gallery.purge_physically(dsn, table=table, memory_mb=64)
+        finally:
+            admin.execute("ALTER ROLE CURRENT_USER RESET maintenance_work_mem")
+    assert report.to_dict()["maintenance_work_mem_mb"] == 300
+
+
+def test_a_search_or_enrolment_blocked_by_a_rewrite_answers_unavailable_not_hangs(
+    world, engine, enrolled, stack_postgres, table
+):
+    gallery, pids = enrolled
+    probe = engine.embed(world.photo(pids[0]))[0]
+    newcomer = list(world.people)[5]
+    holder = Holder(stack_postgres.dsn, table)
+    try:
+        for call in (
+            lambda: gallery.identify(probe, top_k=1),
+            lambda: gallery.enroll(newcomer, engine.embed(world.photo(newcomer, 2))),
+        ):
+            start = time.perf_counter()
+            with pytest.raises(GalleryUnavailableError, match="rewritten") as caught:
+                call()
+            assert time.perf_counter() - start < LOCK_TIMEOUT_S + 2.0
+            assert pids[0] not in str(caught.value)
+        # Calls queued behind each other in one replica do not wait a lock timeout each.
+        errors: list[BaseException] = []
+
+        def search() -> None:
+            try:
+                gallery.identify(probe, top_k=1)
+            except BaseException as exc:
+                errors.append(exc)
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=search) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.perf_counter() - start < 2 * LOCK_TIMEOUT_S + 2.0
+        assert len(errors) == 6 and all(isinstance(e, GalleryUnavailableError) for e in errors)
+    finally:
+        holder.release()
+    # The rewrite over: answered again, on the same connection.
+    assert gallery.identify(probe, top_k=1)[0].pid == pids[0]
+    gallery.enroll(newcomer, engine.embed(world.photo(newcomer, 2)))
+    assert newcomer in gallery.searchable()
+
+
+def test_the_api_answers_503_with_retry_after_while_the_gallery_is_rewritten(
+    world, engine, enrolled, stack_postgres, table
+):
+    gallery, pids = enrolled
+    app = create_app(
+        world.paths,
+        params=load_params(world.paths.params),
+        engine=engine,
+        gallery=gallery,
+        core=world.core,
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    headers = {"X-API-Key": KeyStore(world.paths.api_keys).create("operator")[1]}
+    body = {"image": png_b64(world.photo(pids[0], 1)[0])}
+    holder = Holder(stack_postgres.dsn, table)
+    try:
+        r = client.post("/v1/identify", json=body, headers=headers)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "gallery_unavailable"
+        assert "rewritten" in r.json()["error"]["message"]
+        assert r.headers["Retry-After"]
+    finally:
+        holder.release()
+    r = client.post("/v1/identify", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["faces"][0]["matches"][0]["pid"] == pids[0]
+
+
+def test_an_erasure_waits_for_the_table_as_long_as_it_takes(enrolled, stack_postgres, table):
+    gallery, pids = enrolled
+    holder = Holder(stack_postgres.dsn, table)
+    timer = holder.release_after(3 * LOCK_TIMEOUT_S)
+    try:
+        start = time.perf_counter()
+        removal = gallery.erase(pids[1])  # the DELETE waits for the lock, then goes through
+        assert time.perf_counter() - start >= 2 * LOCK_TIMEOUT_S
+    finally:
+        timer.join()
+    assert removal.removed
+    assert pids[1] not in gallery.searchable()
+    assert pg_gallery.subject_rows(stack_postgres.dsn, pids[1], table=table) == {}
+
+
+def test_the_purge_does_not_queue_serving_behind_a_long_reader(
+    world, engine, stack_postgres, table, monkeypatch
+):
+    """A VACUUM FULL waiting for its lock makes every later search wait behind it: a long
+    transaction reading the table (a report, `visage gallery verify`) would stall serving for its
+    whole length. The purge asks for the lock briefly, again and again, instead."""
+    gallery = open_pg(world, stack_postgres.dsn, table, lock_timeout_s=2.0)
+    pids = list(world.people)[:3]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in pids})
+    probe = engine.embed(world.photo(pids[0]))[0]
+    gallery.erase(pids[2])
+    reader = Holder(stack_postgres.dsn, table, mode="ACCESS SHARE")
+    done: list = []
+    purge = threading.Thread(target=lambda: done.append(gallery.purge_physically()))
+    try:
+        purge.start()
+        time.sleep(0.3)
+        # Serving goes on while the reader holds the table and the purge waits its turn.
+        for _ in range(3):
+            assert gallery.identify(probe, top_k=1)[0].pid == pids[0]
+            time.sleep(0.3)
+    finally:
+        reader.release()
+        purge.join(timeout=60)
+        gallery.close()
+    assert done, "the purge did not finish once the reader was gone"
+    info = done[0].to_dict()
+    assert info["vacuum_full"] and info["lock_attempts"] > 1, info
