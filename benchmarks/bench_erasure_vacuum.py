@@ -22,10 +22,16 @@ revoke + DELETE, then ``VACUUM FULL`` of the table, its TOAST table and indexes,
 subjects back to back, ``erase_absent`` of a subject the gallery never held. For each window:
 the step's seconds and its purge's (``purge_s``), and per replica the calls that completed, their
 p50 / p99 / max latency, and the longest time in which no call completed (``longest_gap_s``, the
-window's edges included). ``table_bytes``: heap, TOAST, indexes, before and after.
+window's edges included) and those answered with an error (``failed``: with
+``--lock-timeout-s``, a search or enrolment that waited that long for the rewrite's lock is
+refused, as ``visage serve`` answers 503). ``table_bytes``: heap, TOAST, indexes, before and
+after. ``--server-maintenance-work-mem`` sets the server's ``maintenance_work_mem`` after the
+load and index build (the purge sizes its own from the HNSW index, up to
+``serving.gallery.purge_memory_mb``; the step's info says what it set and what the server said).
 
     python benchmarks/bench_erasure_vacuum.py [--templates 100000] [--hnsw] [--dim 512]
         [--baseline-s 10] [--windows erase_1,erase_2,erase_absent] [--scratch /work/scratch/h5]
+        [--lock-timeout-s 2] [--server-maintenance-work-mem 16MB]
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from psycopg import sql as psycopg_sql
 
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
@@ -101,6 +108,7 @@ class Replica:
         self.call, self.pause = call, pause
         self.spans: list[tuple[float, float]] = []
         self.errors: list[str] = []
+        self.failed_at: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -112,6 +120,7 @@ class Replica:
                 self.call(i)
             except Exception as exc:  # counted: the window goes on
                 self.errors.append(type(exc).__name__)
+                self.failed_at.append(time.perf_counter())
             self.spans.append((t0, time.perf_counter()))
             i += 1
             if self.pause:
@@ -132,6 +141,8 @@ class Replica:
         out: dict[str, Any] = {
             "calls": len(done),
             "longest_gap_s": round(max(np.diff(ends)), 3),
+            # Answered with an error (503 gallery_unavailable under a lock timeout).
+            "failed": sum(start <= t <= end for t in self.failed_at),
         }
         if len(lat):
             out.update(
@@ -153,6 +164,17 @@ def main() -> None:
         "--windows", default="erase_1,erase_2,erase_absent", help="which erasures, in order"
     )
     ap.add_argument("--scratch", type=Path, default=Path("/work/scratch/h5"))
+    ap.add_argument(
+        "--lock-timeout-s",
+        type=float,
+        default=0.0,
+        help="the replicas' serving.gallery.lock_timeout_s (default 0: wait for the rewrite)",
+    )
+    ap.add_argument(
+        "--server-maintenance-work-mem",
+        default="",
+        help="the server's maintenance_work_mem (e.g. 16MB; default: PostgreSQL's 64MB)",
+    )
     args = ap.parse_args()
     d, n = args.dim, args.templates
     out: dict[str, Any] = {
@@ -161,6 +183,7 @@ def main() -> None:
         "templates": n,
         "dim": d,
         "hnsw": args.hnsw,
+        "lock_timeout_s": args.lock_timeout_s,
     }
     victims = [f"pa{i:015x}" for i in range(2)]
     enrolees = [f"pe{i:015x}" for i in range(2000)]
@@ -173,6 +196,16 @@ def main() -> None:
         del m
         if args.hnsw:
             out["hnsw_build_s"] = round(build_hnsw(dsn, table, m=16, ef_construction=64), 1)
+        # After the build: only the erasure's rebuild runs under it.
+        if args.server_maintenance_work_mem:
+            with pg_gallery.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    psycopg_sql.SQL("ALTER SYSTEM SET maintenance_work_mem = {v}").format(
+                        v=psycopg_sql.Literal(args.server_maintenance_work_mem)
+                    )
+                )
+                conn.execute("SELECT pg_reload_conf()")
+        out["server_maintenance_work_mem"] = args.server_maintenance_work_mem or "default"
         proj = args.scratch / f"project-{table}"
         proj.mkdir()
         paths = ProjectPaths(proj)
@@ -183,7 +216,13 @@ def main() -> None:
         def open_() -> PgGallery:
             return PgGallery.open(
                 paths,
-                options=PgOptions(dsn=dsn, table=table, hnsw=args.hnsw, listen=False),
+                options=PgOptions(
+                    dsn=dsn,
+                    table=table,
+                    hnsw=args.hnsw,
+                    listen=False,
+                    lock_timeout_s=args.lock_timeout_s,
+                ),
                 model_version=VERSION,
                 embedding_dim=d,
                 threshold=THRESHOLD,
@@ -240,6 +279,9 @@ def main() -> None:
                     "purge_s": info.get("seconds"),
                     "rows_removed": len(outcome.artefacts),
                     "wal_removed": info.get("wal_removed"),
+                    "maintenance_work_mem_mb": info.get("maintenance_work_mem_mb"),
+                    "lock_attempts": info.get("lock_attempts"),
+                    "server_messages": info.get("server_messages"),
                 }
 
             return step
