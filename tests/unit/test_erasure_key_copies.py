@@ -201,3 +201,41 @@ def test_a_key_copy_tracked_and_pushed_with_dvc_goes_from_the_cache_and_the_remo
     assert verify_certificate(result.certificate_path, root=root).ok
     _dvc(root, "checkout", "keys-backup")
     assert not (backup / f"{victim}.key").exists(), "dvc checkout put the erased key back"
+
+
+def test_a_backup_made_before_a_master_key_rotation_loses_the_erased_subjects_keys(proj):
+    # The backup holds each key wrapped under the OLD master key: other bytes than the key file
+    # a rotation rewrote, so the erasure, seeking the key file's bytes as they are now, passed
+    # it over and certified. The operator who kept the old master key (secrets/ in the same
+    # backup) unwrapped the data key and opened every off-site copy of the photographs.
+    from visage_ml.rights.sealing import rotate_master_key
+
+    root = proj.paths.root
+    victim, other = proj.pids[0], proj.pids[1]
+    sealed_path = next((proj.paths.raw / victim).glob("*.sealed"))
+    offsite = (sealed_path.read_bytes(), sealed_path.stem)
+    old_master = load_master_key(proj.paths.master_key, create=False)
+    shutil.copytree(proj.paths.privacy, root / "privacy.bak")
+    shutil.copytree(proj.paths.gallery, root / "gallery.bak")
+    before = _key_files(proj, victim)
+    rotate_master_key(proj.paths, core=proj.core)
+    assert all(p.read_bytes() != b for p, b in before.items()), "the rotation rewrapped each"
+    copies = {
+        root / f"{top.name}.bak" / p.relative_to(top): b
+        for p, b in before.items()
+        for top in (proj.paths.privacy, proj.paths.gallery)
+        if p.is_relative_to(top)
+    }
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert [p for p in copies if p.exists()] == []
+    with pytest.raises(NoDataKeyError):
+        DataKeys(root / "privacy.bak" / "keys", old_master).open_raw(offsite[0], victim, offsite[1])
+    assert (root / "privacy.bak" / "keys" / f"{other}.key").is_file()
+    assert verify_certificate(result.certificate_path, root=root).ok
+    for path, data in copies.items():
+        path.write_bytes(data)
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok
+    assert {Path(f["path"]) for f in report.findings} >= set(copies), report.findings

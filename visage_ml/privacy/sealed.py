@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +35,46 @@ from visage_ml.privacy.keys import WRONG_MASTER_KEY, MasterKeyError, check_pid
 
 NONCE_BYTES = 12
 _CHECK_PLAINTEXT = b"visage-ml master key check v1"
+# Beside a key file (``.<pid>.key.was``): the SHA-256 and size of each version of it a master-key
+# rotation replaced, a line each. Each such version is the same data key wrapped under an earlier
+# master key: a backup made before the rotation holds it, and whoever kept that master key too
+# unwraps it, so an erasure seeks those bytes as well as the key file's (a digest opens nothing).
+# Hidden, and not ``*.key``: never taken for a key by the rings, the rotation or the doctor.
+WAS_SUFFIX = ".was"
 
 
 class KeyDestroyedError(KeyError):
     """The subject's data key was destroyed (cryptographic erase); the data is unrecoverable."""
+
+
+def was_path(key_path: Path) -> Path:
+    """Where the earlier versions of key file ``key_path`` are named (:data:`WAS_SUFFIX`)."""
+    key_path = Path(key_path)
+    return key_path.with_name(f".{key_path.name}{WAS_SUFFIX}")
+
+
+def earlier_wrappings(key_path: Path) -> list[tuple[str, int]]:
+    """(SHA-256, size) of each version of key file ``key_path`` a rotation replaced."""
+    try:
+        text = was_path(key_path).read_text(encoding="ascii")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        digest, _, size = line.partition(" ")
+        if len(digest) == 64 and size.isdigit():
+            out.append((digest, int(size)))
+    return out
+
+
+def _remember_wrapping(key_path: Path, blob: bytes) -> None:
+    """Name ``blob``, the version of ``key_path`` about to be replaced, in its ``.was`` file
+    (before the replace: a rotation killed between names it twice at worst, never not)."""
+    entry = (hashlib.sha256(blob).hexdigest(), len(blob))
+    known = earlier_wrappings(key_path)
+    if entry not in known:
+        lines = [f"{d} {n}\n" for d, n in [*known, entry]]
+        atomic_write_bytes(was_path(key_path), "".join(lines).encode("ascii"), mode=0o600)
 
 
 @contextmanager
@@ -189,7 +226,7 @@ class KeyRing:
 
     def destroy_files(self, pid: str, *, wait: bool = True) -> dict[Path, str]:
         """Overwrite and delete :meth:`files` (the key file first); each with its SHA-256 before
-        deletion.
+        deletion. The names of its earlier versions (:func:`was_path`) go too.
 
         Under the ring's lock (:func:`ring_lock`): a rotation re-wrapping the ring holds it
         until it is done, so the key it may have read is gone after it, not written back under
@@ -202,6 +239,8 @@ class KeyRing:
                 digest = sha256_file(path)
                 if secure_unlink(path):
                     removed[path] = digest
+            # Digests only (no key): gone with the key, as nothing is left to seek for it.
+            secure_unlink(was_path(self.path(pid)))
         return removed
 
     def destroy(self, pid: str, *, wait: bool = True) -> str | None:
@@ -235,7 +274,8 @@ def rewrap_keyring(
     interrupted run is finished by running it again. The check file goes last: while it still
     opens under ``old_master`` the folder is not done. The temporary files of a run killed at
     a rename go first: each is a subject's key under ``new_master``, which no erasure of the
-    key file would reach.
+    key file would reach. Each key file's version replaced is named beside it first
+    (:func:`earlier_wrappings`): a backup made before holds it, for an erasure to seek.
 
     Raises
     ------
@@ -278,6 +318,8 @@ def rewrap_keyring(
                 # Deleted since it was read, by something that does not take the lock: writing
                 # it back would bring a destroyed key back under the new master key.
                 continue
+            if path != check:
+                _remember_wrapping(path, blob)
             fresh = os.urandom(NONCE_BYTES)
             atomic_write_bytes(path, fresh + new.encrypt(fresh, plain, aad), mode=0o600)
             faults.crash_point("keys:rewrap:file")

@@ -55,6 +55,7 @@ from visage_ml import dvcops
 from visage_ml.config import Params, ProjectPaths
 from visage_ml.io import CHUNK, leftover_target, sha256_sized
 from visage_ml.privacy.core import PrivacyCore
+from visage_ml.privacy.sealed import earlier_wrappings
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 
@@ -202,6 +203,18 @@ def file_artefact(ctx: Context, store: str, path: Path, *, md5: bool = False) ->
         return {"store": store, "path": ctx.rel(path), "sha256": sha, "size": size}
     sha, digest, size = hash_pair(path)
     return {"store": store, "path": ctx.rel(path), "sha256": sha, "md5": digest, "size": size}
+
+
+def earlier_key_artefacts(ctx: Context, store: str, key_path: Path) -> list[Artefact]:
+    """The versions of key file ``key_path`` a master-key rotation replaced
+    (:func:`~visage_ml.privacy.sealed.earlier_wrappings`): the same key wrapped under an earlier
+    master key, which a backup made before the rotation holds, sought by the copies step and the
+    verifier like the key file itself."""
+    rel = ctx.rel(key_path)
+    return [
+        {"store": store, "path": rel, "sha256": d, "size": n}
+        for d, n in earlier_wrappings(key_path)
+    ]
 
 
 def withheld_artefact(ctx: Context, store: str, path: Path) -> Artefact:

@@ -9,7 +9,14 @@ physical purge of the following steps is defence in depth.
 
 from __future__ import annotations
 
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
+from visage_ml.rights.erasure.base import (
+    Artefact,
+    Context,
+    Outcome,
+    Plan,
+    earlier_key_artefacts,
+    file_artefact,
+)
 
 STORE = "keys"
 
@@ -21,10 +28,15 @@ def _has_keys(ctx: Context) -> bool:
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """The subject's wrapped data key and the copies of it killed writes left, hashed."""
+    """The subject's wrapped data key and the copies of it killed writes left, hashed, and the
+    versions of it master-key rotations replaced (sought as copies: a backup before holds one)."""
     if not _has_keys(ctx):
         return Plan()
-    return Plan([file_artefact(ctx, STORE, p) for p in ctx.core.data_keys.files(pid)])
+    keys = ctx.core.data_keys
+    return Plan(
+        [file_artefact(ctx, STORE, p) for p in keys.files(pid)]
+        + earlier_key_artefacts(ctx, STORE, keys.path(pid))
+    )
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:

@@ -7,16 +7,28 @@ open gallery, whose memory is updated at once.
 from __future__ import annotations
 
 from visage_ml.io import secure_unlink, sha256_file
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
-from visage_ml.serving.gallery import subject_files
+from visage_ml.rights.erasure.base import (
+    Artefact,
+    Context,
+    Outcome,
+    Plan,
+    earlier_key_artefacts,
+    file_artefact,
+)
+from visage_ml.serving.gallery import KEYS_DIR, subject_files
 from visage_ml.serving.pg_gallery import open_project_gallery
 
 STORE = "gallery"
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """The subject's template and key files, hashed (found without opening the gallery)."""
-    return Plan([file_artefact(ctx, STORE, p) for p in subject_files(ctx.paths.gallery, pid)])
+    """The subject's template and key files, hashed (found without opening the gallery), and
+    the versions of the key master-key rotations replaced."""
+    key = ctx.paths.gallery / KEYS_DIR / f"{pid}.key"
+    return Plan(
+        [file_artefact(ctx, STORE, p) for p in subject_files(ctx.paths.gallery, pid)]
+        + earlier_key_artefacts(ctx, STORE, key)
+    )
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:

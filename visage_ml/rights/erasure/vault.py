@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan, file_artefact
+from visage_ml.rights.erasure.base import (
+    Artefact,
+    Context,
+    Outcome,
+    Plan,
+    earlier_key_artefacts,
+    file_artefact,
+)
 
 STORE = "vault"
 
@@ -16,9 +23,15 @@ def _has_vault(ctx: Context) -> bool:
 
 
 def plan(ctx: Context, pid: str) -> Plan:
-    """The vault's files that hold something of the subject, hashed."""
-    files = ctx.core.vault.files_of(pid) if _has_vault(ctx) else []
-    return Plan([file_artefact(ctx, STORE, p) for p in files])
+    """The vault's files that hold something of the subject, hashed, and the versions of its
+    key master-key rotations replaced."""
+    if not _has_vault(ctx):
+        return Plan()
+    vault = ctx.core.vault
+    return Plan(
+        [file_artefact(ctx, STORE, p) for p in vault.files_of(pid)]
+        + earlier_key_artefacts(ctx, STORE, vault.keys.path(pid))
+    )
 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
