@@ -166,3 +166,53 @@ def _owned(paths, faces):
     """``write_crops``' pids and crops: every row of the manifest, in order."""
     manifest = pd.read_parquet(paths.processed / "manifest.parquet", columns=["row", "pid"])
     return manifest.sort_values("row")["pid"].astype(str).tolist(), faces
+
+
+def _forged(path: Path, faces: np.ndarray, *, shape: tuple[int, ...], descr: str) -> None:
+    """An array file whose header declares ``shape`` and ``descr`` over the rows of ``faces``
+    (cast to ``descr``): what a user's script or a hand edit may leave in data/processed."""
+    with open(path, "wb") as fh:
+        header = {"descr": descr, "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(faces.astype(np.dtype(descr)).tobytes())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("shape", "descr"),
+    [
+        # A row of 3 TiB declared over a file of a few KiB (read whole: MemoryError).
+        pytest.param(lambda s: (s[0], 1 << 20, 1 << 20, 3), "|u1", id="row-far-larger-than-file"),
+        pytest.param(lambda s: (s[0], -s[1], *s[2:]), "|u1", id="negative-side"),
+        # Rows of nothing, a trillion of them: the seal looped for good.
+        pytest.param(lambda s: (10**12, 0, *s[2:]), "|u1", id="zero-width-rows"),
+        # No rows declared over the crops: the seal wrote none, then deleted the array.
+        pytest.param(lambda s: (0, *s[1:]), "|u1", id="no-rows-over-crops"),
+        # Floats in [0, 1] (or 16-bit values) were cast to uint8 row by row: the crops sealed
+        # were zeros, and the array deleted.
+        pytest.param(lambda s: s, "<f4", id="float-crops"),
+        pytest.param(lambda s: s, "<u2", id="16-bit-crops"),
+    ],
+)
+def test_an_array_whose_header_does_not_describe_the_crops_is_refused_and_kept(
+    legacy, shape, descr
+):
+    """A crop array whose header lies (a shape far larger than the file, a negative or empty
+    side, no rows over the crops, another dtype): the seal refuses it with its message, at once
+    and without reading it whole, and neither replaces faces.sealed nor deletes the array."""
+    paths, faces = legacy
+    legacy_path = paths.processed / "faces.u8.npy"
+    _forged(
+        legacy_path, faces if descr != "<f4" else faces / 255, shape=shape(faces.shape), descr=descr
+    )
+    kept = legacy_path.read_bytes()
+    try:
+        seal_project(paths)
+    except (ValueError, CropsChangedError) as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    assert "is not a crop array visage-ml wrote" in refused, refused
+    assert legacy_path.read_bytes() == kept
+    assert not (paths.processed / "faces.sealed").exists()
+    assert _leftovers(paths.processed) == []

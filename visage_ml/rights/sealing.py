@@ -421,9 +421,15 @@ def _seal_crops(paths: ProjectPaths, keys: DataKeys, states: Any, *, md5: str | 
     with legacy.open("rb") as raw:
         before = _identity(os.fstat(raw.fileno()))
         fh = _Hashing(raw)
-        shape, dtype = _crops_layout(fh, _rel(legacy, paths.root))
+        name = _rel(legacy, paths.root)
+        shape, dtype = _crops_layout(fh, name)
         width = int(np.prod(shape[1:])) * dtype.itemsize
-        per_read = max(1, LEGACY_CHUNK // max(width, 1))
+        # The header is the file's word only: rows it declares that the file does not hold
+        # (a read of terabytes, or a loop over rows of nothing), or crops it leaves out (sealed
+        # as none, then deleted), are refused before a row is read.
+        if raw.tell() + shape[0] * width != before[2]:
+            raise ValueError(MSG_NOT_CROPS.format(path=name))
+        per_read = max(1, LEGACY_CHUNK // width)
         with CropWriter(paths.processed / FACES_FILE, keys, int(shape[1])) as writer:
             for start in range(0, shape[0], per_read):
                 count = min(per_read, shape[0] - start)
@@ -485,7 +491,15 @@ def _crops_layout(fh: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
         shape, fortran, dtype = read(fh)
     except ValueError:
         raise ValueError(MSG_NOT_CROPS.format(path=name)) from None
-    if fortran or dtype.hasobject or len(shape) < 2:
+    # uint8 only: another dtype's values were cast row by row (floats in [0, 1] sealed as
+    # zeros) before the array was deleted. Every side of a crop at least 1, and rows >= 0.
+    if (
+        fortran
+        or dtype != np.uint8
+        or len(shape) < 2
+        or shape[0] < 0
+        or any(int(n) < 1 for n in shape[1:])
+    ):
         raise ValueError(MSG_NOT_CROPS.format(path=name))
     return tuple(int(n) for n in shape), dtype
 
