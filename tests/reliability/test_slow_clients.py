@@ -244,3 +244,18 @@ def test_an_answer_that_takes_longer_than_the_deadline_is_not_cut(project, monke
         )
         assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"4000"), reply
         assert closed is None  # kept alive for the next request
+
+
+def test_a_request_after_a_body_sent_past_its_answer_gets_its_own_deadline(served):
+    """A request answered before its body was in (``/healthz`` reads none), the body then sent
+    whole, and a next request on the same connection: that one is given the full deadline from
+    its own first byte, not what was left of the first request's (it was answered 408 a moment
+    after it began), and the connection idles under the keep-alive timeout meanwhile."""
+    _, port = served
+    every = 0.4 * DEADLINE
+    line = b"GET /healthz HTTP/1.1\r\n"
+    chunks = [HEALTH_WITH_BODY, b"x" * 1000, line, b"Host: visage\r\n\r\n"]
+    closed, reply = held(port, chunks, every=every, watch=len(chunks) * every + 0.5)
+    assert b"HTTP/1.1 408" not in reply, reply
+    assert reply.count(b"HTTP/1.1 200 ") == 2, reply
+    assert closed is None

@@ -73,8 +73,25 @@ class RequestDeadlineProtocol(H11Protocol):
         self._track()
 
     def data_received(self, data: bytes) -> None:
+        cycle, state = self.cycle, self.conn.their_state
         super().data_received(data)
+        if state is h11.SEND_BODY and (
+            self.conn.their_state is not h11.SEND_BODY or self.cycle is not cycle
+        ):
+            self._request_ended()
         self._track()
+
+    def _request_ended(self) -> None:
+        """A body still coming after its answer ended in these bytes: its timer is stopped, and
+        the connection, idle now, gets uvicorn's keep-alive timeout (which uvicorn sets only as
+        an answer completes). Kept running, the timer would have cut a next request short by
+        the time the first had taken, and held the idle connection until then."""
+        self._cancel()
+        idle = self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]
+        if idle and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
