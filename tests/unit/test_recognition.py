@@ -812,6 +812,27 @@ def test_the_gallery_refuses_a_second_pid_for_a_face_it_holds_on_both_backends(
     assert sorted(s.gallery.searchable()) == sorted([a, b])
 
 
+def test_one_face_under_two_new_pids_in_one_enrolment_is_refused_on_both_backends(
+    lenient_each_backend,
+):
+    # Several subjects enrolled at once with ``distinct_at``: the search sees only stored
+    # templates, so one face under two pids, neither stored yet, passed it and both were written.
+    from visage_ml.serving.gallery import MatchesEnrolledError
+
+    s = lenient_each_backend
+    a, b = s.pids[0], s.pids[1]
+    face = np.random.default_rng(5).normal(size=s.gallery.embedding_dim).astype(np.float32)
+    face /= np.linalg.norm(face)
+    with pytest.raises(MatchesEnrolledError):
+        s.gallery.enroll_many(
+            {a: face[None, :], b: face[None, :]},
+            model_version=VERSION,
+            distinct_at=lambda _n: 0.5,
+        )
+    assert s.gallery.searchable() == []
+    assert not s.gallery.status(a)["enrolled"] and not s.gallery.status(b)["enrolled"]
+
+
 def test_a_restricted_subjects_face_under_a_second_pid_is_not_caught(lenient):
     # What de-duplication does not cover (docs/security.md): a restricted subject's template is
     # not searched, not even to refuse a copy of the face, which would process it and tell the

@@ -1551,14 +1551,19 @@ class Gallery:
     ) -> None:
         """Raise :class:`MatchesEnrolledError` for the first template that matches a searchable
         subject other than its own at or above ``threshold_for(N)`` (the caller holds the
-        gallery's locks). Only searchable subjects are compared: a restricted, objecting or
-        withdrawn subject's template may not be processed, not even to refuse a copy of it."""
+        gallery's locks), or another template of the same enrolment at that threshold (the
+        search sees only stored templates: one face under two new pids would pass it). Only
+        searchable subjects are compared: a restricted, objecting or withdrawn subject's
+        template may not be processed, not even to refuse a copy of it."""
         pids = list(vectors)
-        rows, _, _ = self.search(
-            np.stack([vectors[p] for p in pids]), top_k=2, threshold_for=threshold_for
-        )
+        stacked = np.stack([vectors[p] for p in pids])
+        rows, _, threshold = self.search(stacked, top_k=2, threshold_for=threshold_for)
         for pid, row in zip(pids, rows, strict=True):
             if any(m.pid != pid for m in row):
+                raise MatchesEnrolledError(pid)
+        # Scored as the search scores (the served calibration), at the threshold it applied.
+        for i, pid in enumerate(pids[1:], start=1):
+            if (self.compare(stacked[:i], stacked[i]) >= threshold).any():
                 raise MatchesEnrolledError(pid)
 
     def _same_template(self, pid: str, blob: bytes, vec: np.ndarray, magic: bytes = MAGIC) -> bool:
