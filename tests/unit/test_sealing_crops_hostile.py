@@ -213,6 +213,8 @@ def test_an_array_whose_header_does_not_describe_the_crops_is_refused_and_kept(
     else:
         refused = ""
     assert "is not a crop array visage-ml wrote" in refused, refused
+    # What to do names the command that makes the crops again (there is no `visage prepare`).
+    assert "`dvc repro prepare`" in refused, refused
     assert legacy_path.read_bytes() == kept
     assert not (paths.processed / "faces.sealed").exists()
     assert _leftovers(paths.processed) == []

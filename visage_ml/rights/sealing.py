@@ -179,7 +179,7 @@ MSG_CROPS_CHANGED = (
 )
 MSG_NOT_CROPS = (
     "{path} is not a crop array visage-ml wrote (a NumPy array, one crop a row, in C order): "
-    "move it out of data/processed (`visage prepare` makes the crops again from data/raw), "
+    "move it out of data/processed (`dvc repro prepare` makes the crops again from data/raw), "
     "then run `visage privacy seal` again"
 )
 # The plaintext crop array is read this much at a time (:func:`_seal_crops`): memory stays
