@@ -46,8 +46,9 @@ def seal(as_json: bool = JSON_OPT) -> None:
     Raw images, SynthFaces scenes, the crop array data/processed/faces.u8.npy and kept export
     bundles are encrypted under their subject's data key (privacy/keys/); the plaintext is
     overwritten and deleted, and its objects leave the DVC cache and every remote. Killed
-    anywhere, a second run finishes the job. Erased or unknown subjects get no key: see
-    `visage privacy doctor`.
+    anywhere, a second run finishes the job. A crop array another program changes meanwhile,
+    or one that is not the crops visage-ml wrote, is kept and the error says what to do.
+    Erased or unknown subjects get no key: see `visage privacy doctor`.
     """
     setup_logging()
     with user_errors():
@@ -83,9 +84,11 @@ def rotate_master_key_cmd(
 ) -> None:
     """Re-wrap every data key (data, vault, gallery) under a new master key.
 
-    No data file is read or written; each key file is replaced atomically, and a killed run
-    is finished by running again (other commands refuse to run meanwhile). Recorded in the
-    ledger with both keys' fingerprints. Back up the new secrets/master.key.
+    No data file is read or written; each key file is replaced atomically, the version it
+    replaces named beside it (.<pid>.key.was: digest and size, no key) for an erasure to seek
+    copies of, and a killed run is finished by running again (other commands refuse to run
+    meanwhile). Recorded in the ledger with both keys' fingerprints. Back up the new
+    secrets/master.key.
     """
     setup_logging()
     with user_errors():

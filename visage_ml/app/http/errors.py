@@ -99,7 +99,8 @@ DOCUMENTED: dict[int, str] = {
     404: "Unknown subject, certificate or template.",
     408: "The request body did not arrive within serving.body_timeout_s (or the whole request "
     "within serving.request_read_timeout_s: `request_timeout`, and the connection is closed).",
-    409: "The subject's state does not allow this.",
+    409: "The subject's state does not allow this (an operator's enrolment: also images that "
+    "do not match the subject's template, or that match another subject's template).",
     413: "Request or image too large.",
     422: "Invalid input: a malformed or unknown field or query parameter, bad base64, not an "
     "image, no face, too many faces.",
