@@ -18,6 +18,7 @@ from serving_fakes import DIM, THRESHOLD, fake_engine, make_world, png_b64
 from visage_ml.app.http.app import create_app
 from visage_ml.app.http.auth import KeyStore
 from visage_ml.config import load_params
+from visage_ml.evaluation.calibration import calibration_set, fit_calibration
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.gallery import GalleryUnavailableError
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
@@ -260,3 +261,62 @@ def test_the_purge_does_not_queue_serving_behind_a_long_reader(
     assert done, "the purge did not finish once the reader was gone"
     info = done[0].to_dict()
     assert info["vacuum_full"] and info["lock_attempts"] > 1, info
+
+
+def test_the_gallery_size_asked_during_a_rewrite_answers_503_to_retry(
+    world, engine, enrolled, stack_postgres, table
+):
+    """/healthz with a key (and identify when no face was searched) answer with the gallery's
+    size: asked while the table is rewritten, the 503 to retry, not a server error."""
+    gallery, pids = enrolled
+    app = create_app(
+        world.paths,
+        params=load_params(world.paths.params),
+        engine=engine,
+        gallery=gallery,
+        core=world.core,
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    headers = {"X-API-Key": KeyStore(world.paths.api_keys).create("operator")[1]}
+    holder = Holder(stack_postgres.dsn, table)
+    try:
+        start = time.perf_counter()
+        r = client.get("/healthz", headers=headers)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "gallery_unavailable"
+        assert time.perf_counter() - start < LOCK_TIMEOUT_S + 2.0
+    finally:
+        holder.release()
+    r = client.get("/healthz", headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["identification"]["gallery_size"] == len(pids)
+
+
+def test_a_replica_starting_during_a_rewrite_sets_its_calibration_after_it(
+    world, engine, enrolled, stack_postgres, table
+):
+    """visage serve opens the gallery, then sets the released score calibration (the stored
+    clusters rewritten when it changed): a replica started during an erasure's rewrite waits for
+    it, as opening does, instead of failing to start."""
+    gallery, pids = enrolled
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(60, DIM))
+    emb = np.repeat(centres, 3, axis=0) + 0.5 * rng.normal(size=(180, DIM))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cal = fit_calibration(
+        "fsn",
+        calibration_set(
+            emb, np.repeat(np.arange(60), 3), n_clusters=2, impostor_pairs_max=10**5, seed=0
+        ),
+        target_fmr=1e-2,
+    )
+    holder = Holder(stack_postgres.dsn, table)
+    timer = holder.release_after(3 * LOCK_TIMEOUT_S)
+    try:
+        start = time.perf_counter()
+        gallery.set_calibration(cal)
+        assert time.perf_counter() - start >= 2 * LOCK_TIMEOUT_S
+    finally:
+        timer.join()
+    probe = engine.embed(world.photo(pids[0]))[0]
+    assert gallery.identify(probe, top_k=1)[0].pid == pids[0]

@@ -397,7 +397,8 @@ class PgOptions:
         How long a call waits for a lock on the tables before it raises
         :class:`GalleryUnavailableError` (0: as long as it takes). An erasure's ``VACUUM FULL``
         holds the table for the whole rewrite; ``visage serve`` sets it so that requests answer
-        503 to retry instead of hanging. Opening the gallery and :meth:`PgGallery.erase` wait.
+        503 to retry instead of hanging. Opening the gallery, setting its calibration
+        and :meth:`PgGallery.erase` wait.
     purge_memory_mb
         The most ``maintenance_work_mem`` :func:`purge_physically` gives the HNSW rebuild.
     """
@@ -1861,6 +1862,9 @@ class PgGallery(Gallery):
         conn, n = self._conn, self.names
         want = self._calibration_id()
         with conn.transaction():
+            # Part of starting a replica (visage serve sets the released calibration after
+            # opening): it waits for a rewrite in progress, as opening does.
+            conn.execute("SET LOCAL lock_timeout = 0")
             row = conn.execute(
                 sql.SQL("SELECT calibration FROM {s} WHERE id = 1 FOR UPDATE").format(s=n.state)
             ).fetchone()
@@ -1894,6 +1898,11 @@ class PgGallery(Gallery):
         listening = self._listener is not None and self._listener.is_alive()
         if cached[0] >= 0 and cached[0] >= self._raw[0] and listening:
             return cached[1]
+        return self._size_now()
+
+    @_reads
+    def _size_now(self) -> int:
+        # As a search counts it: a table held by a rewrite is the 503 to retry, not an error.
         with self.lock:
             self.refresh()
             return self._size_in_tx()
