@@ -320,3 +320,61 @@ def test_a_replica_starting_during_a_rewrite_sets_its_calibration_after_it(
         timer.join()
     probe = engine.embed(world.photo(pids[0]))[0]
     assert gallery.identify(probe, top_k=1)[0].pid == pids[0]
+
+
+def test_an_api_erasure_done_as_another_rewrite_begins_answers_its_certificate(
+    project, stack_postgres, table, monkeypatch
+):
+    """The erasure endpoint refreshes the gallery after the erasure: another replica's (or
+    erasure's) rewrite beginning then must not turn a completed, certified erasure into a 503
+    that says it was not completed (its retry answers 409 subject_erased)."""
+    from project_helpers import write_overrides
+    from rights_fakes import make_project
+
+    from visage_ml.app.http.routers import requests as requests_router
+    from visage_ml.rights.certify import verify_certificate
+    from visage_ml.rights.erasure import Erasure
+
+    proj = make_project(project, enrol=False)
+    dsn = stack_postgres.dsn
+    write_overrides(
+        project / "params.yaml",
+        {
+            "serving.gallery.backend": "pgvector",
+            "serving.gallery.dsn": dsn,
+            "serving.gallery.table": table,
+        },
+    )
+    gallery = open_pg(proj.world, dsn, table, engine=proj.engine)
+    gallery.enroll_many({pid: proj.engine.embed(proj.world.photo(pid, 2)) for pid in proj.pids})
+    gallery.write_meta()
+    holders: list[Holder] = []
+
+    class RewriteBegins(Erasure):
+        def erase(self, *args, **kw):
+            result = super().erase(*args, **kw)
+            holders.append(Holder(dsn, table))  # another erasure's VACUUM FULL, elsewhere
+            return result
+
+    monkeypatch.setattr(requests_router, "Erasure", RewriteBegins)
+    app = create_app(
+        proj.paths,
+        params=load_params(proj.paths.params),
+        engine=proj.engine,
+        gallery=gallery,
+        core=proj.core,
+        mode="full",
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    headers = {"X-API-Key": KeyStore(proj.paths.api_keys).create("dpo")[1]}
+    victim = proj.pids[0]
+    try:
+        r = client.post(f"/v1/subjects/{victim}/erasure", headers=headers)
+    finally:
+        for h in holders:
+            h.release()
+        gallery.close()
+    assert holders, "the erasure did not run"
+    assert r.status_code == 200, r.text
+    cert = proj.paths.certificates / r.json()["certificate"]
+    assert verify_certificate(cert, root=proj.paths.root).ok

@@ -53,6 +53,7 @@ from visage_ml.privacy.requests import (
 )
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
+from visage_ml.serving.gallery import GalleryUnavailableError
 
 MSG_OTHER_SUBJECT = "request {request_id} is about another subject"
 
@@ -88,6 +89,17 @@ def _answered() -> Iterator[None]:
         raise ApiError(409, "not_allowed", _message(exc)) from None
 
 
+def _refresh_after(svc: Service) -> None:
+    """Apply the ledger events just recorded to the served gallery, if it answers now.
+
+    The action is done and recorded: a gallery being rewritten (another erasure's ``VACUUM
+    FULL``) or out of reach applies them at its next call (a search refreshes first), so it must
+    not turn the answer into a 503 that says the request was not completed."""
+    if svc.gallery is not None:
+        with contextlib.suppress(GalleryUnavailableError):
+            svc.gallery.refresh()
+
+
 def _message(exc: BaseException) -> str:
     """The error's message and its notes (e.g. which request stays open after a failure)."""
     return " ".join([str(exc), *getattr(exc, "__notes__", ())])
@@ -112,8 +124,7 @@ def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str,
     b = _book(svc)
     with _answered():
         st = action(b)
-    if svc.gallery is not None:
-        svc.gallery.refresh()
+    _refresh_after(svc)
     return _out(st, b)
 
 
@@ -242,8 +253,7 @@ def erasure(
         else:
             received = body.received_at if body is not None else None
             result = er.erase(pid, received_at=received, channel="api")
-    if svc.gallery is not None:
-        svc.gallery.refresh()
+    _refresh_after(svc)
     claims = result.certificate.get("claims") or {}
     path = result.certificate_path
     return {
