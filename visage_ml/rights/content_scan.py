@@ -291,7 +291,8 @@ class _Reader:
 
     def update(self, chunk: bytes) -> None:
         if self.json is None:
-            self.json = _json_start(chunk)
+            # Told from the first CHUNK, however much comes at once (a file held is read whole).
+            self.json = _json_start(chunk[:CHUNK])
             self.kind = embedded.kind(chunk[: embedded.SNIFF])
         self.h.update(chunk)
         self.n += len(chunk)
@@ -408,6 +409,16 @@ def _inside_large(
 def _read_open(fh: Any, path: Path, sizes: SizeFilter | None) -> Read:
     """What the file at ``path``, open as ``fh`` at its start, is and holds (:class:`Read`)."""
     reader = _Reader(path.name, sizes)
+    size = os.fstat(fh.fileno()).st_size
+    # Small enough to hold, and held to be looked inside (a notebook it may be, or what it is,
+    # from its first bytes): read in one piece, which is looked inside as read (read a chunk at
+    # a time, each text file or table was held twice at once, its chunks and their join: a
+    # copy of every byte of it). What it grew by since is read on, a chunk at a time; any other
+    # file streams, a chunk at a time held.
+    head = fh.peek(SNIFF)[:SNIFF] if size <= embedded.EMBED_MAX else b""
+    held = head and (_json_start(head) or embedded.kind(head) is not None)
+    if held and (whole := fh.read(size + 1)):
+        reader.update(whole)
     for chunk in iter(lambda: fh.read(CHUNK), b""):
         reader.update(chunk)
     # A database and its -wal file are read together, as SQLite reads them.
