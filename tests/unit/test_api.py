@@ -223,6 +223,7 @@ def test_restricted_subject_is_not_returned_until_lifted(enrolled):
     body = r.json()
     assert body["event"] == "restriction.set" and body["subject"]["restricted"] is True
     assert body["subject"]["gallery"] == {
+        "status": "current",
         "enrolled": True,
         "searchable": False,
         "template_model_version": VERSION,
@@ -490,6 +491,7 @@ def test_erased_subject_is_gone_key_destroyed_and_stays_gone_after_restart(enrol
     assert s.top1(pid) != pid
     r = s.call("GET", f"/v1/subjects/{pid}", "dpo")
     assert r.json()["gallery"] == {
+        "status": "current",
         "enrolled": False,
         "searchable": False,
         "template_model_version": None,

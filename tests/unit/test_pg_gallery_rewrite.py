@@ -378,3 +378,111 @@ def test_an_api_erasure_done_as_another_rewrite_begins_answers_its_certificate(
     assert r.status_code == 200, r.text
     cert = proj.paths.certificates / r.json()["certificate"]
     assert verify_certificate(cert, root=proj.paths.root).ok
+
+
+def _api(world, engine, gallery):
+    app = create_app(
+        world.paths,
+        params=load_params(world.paths.params),
+        engine=engine,
+        gallery=gallery,
+        core=world.core,
+    )
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_a_rights_event_recorded_during_a_rewrite_answers_done_with_the_gallery_pending(
+    world, engine, enrolled, stack_postgres, table
+):
+    """A withdrawal, objection or restriction is recorded in the ledger before the answer reads
+    the gallery: a rewrite then must not turn it into a 503 that says to retry (the retry
+    answers 409, the event being recorded already). The answer says it was done, its gallery
+    part pending."""
+    gallery, pids = enrolled
+    client = _api(world, engine, gallery)
+    headers = {"X-API-Key": KeyStore(world.paths.api_keys).create("dpo")[1]}
+    calls = {
+        pids[0]: ("consent/withdraw", {"purposes": ["identification"]}, "consent.withdrawn"),
+        pids[1]: ("object", {"purposes": ["identification"]}, "objection"),
+        pids[2]: ("restrict", None, None),
+    }
+    answers = {}
+    holder = Holder(stack_postgres.dsn, table)
+    try:
+        for pid, (path, body, _) in calls.items():
+            start = time.perf_counter()
+            answers[pid] = client.post(f"/v1/subjects/{pid}/{path}", json=body, headers=headers)
+            assert time.perf_counter() - start < LOCK_TIMEOUT_S + 2.0
+    finally:
+        holder.release()
+    for pid, (path, _, event) in calls.items():
+        r = answers[pid]
+        assert r.status_code == 200, (path, r.text)
+        out = r.json()
+        if event is not None:
+            assert out["event"] == event
+        gallery_state = out["subject"]["gallery"]
+        assert gallery_state["status"] == "pending", gallery_state
+        assert gallery_state["enrolled"] is None and gallery_state["searchable"] is None
+        # Recorded once: what the answer says, the ledger holds.
+        recorded = [
+            e.seq
+            for e in world.core.ledger.entries(containing=pid.encode())
+            if e.type == out["event"] and e.pid == pid
+        ]
+        assert recorded == [out["seq"]]
+    # Which is why the answer may not say to retry: the retry is refused, the event done.
+    path, body, _ = calls[pids[0]]
+    r = client.post(f"/v1/subjects/{pids[0]}/{path}", json=body, headers=headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_consented", r.text
+    # The rewrite over, the gallery's part is read again: no longer searchable, nor found.
+    for pid in calls:
+        state = client.get(f"/v1/subjects/{pid}", headers=headers).json()["gallery"]
+        assert state["status"] == "current" and state["searchable"] is False, state
+        probe = engine.embed(world.photo(pid))[0]
+        assert all(m.pid != pid for m in gallery.identify(probe, top_k=3))
+    # An answer not interrupted says the gallery's part is current.
+    r = client.post(f"/v1/subjects/{pids[3]}/restrict", headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["subject"]["gallery"]["status"] == "current"
+
+
+def test_metrics_during_a_rewrite_answer_without_the_gallery_gauge(
+    world, engine, enrolled, stack_postgres, table
+):
+    """A Prometheus scrape during an erasure's rewrite: answered (a 503 marks the replica down
+    for every erasure), the gallery's size left out, ``visage_gallery_available`` 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gallery, pids = enrolled
+    client = _api(world, engine, gallery)
+    headers = {"X-API-Key": KeyStore(world.paths.api_keys).create("metrics")[1]}
+
+    def scrape() -> dict[str, float]:
+        start = time.perf_counter()
+        r = client.get("/metrics", headers=headers)
+        assert r.status_code == 200, r.text
+        assert time.perf_counter() - start < LOCK_TIMEOUT_S + 2.0
+        return {s.name: s.value for f in text_string_to_metric_families(r.text) for s in f.samples}
+
+    before = scrape()
+    assert before["visage_gallery_templates"] == len(pids)
+    assert before["visage_gallery_available"] == 1
+    # Another replica's erasure: its DELETE changes the gallery (the size cached by this replica
+    # is stale), then its VACUUM FULL holds the table.
+    other = open_pg(world, stack_postgres.dsn, table, engine=engine)
+    try:
+        assert other.erase(pids[4]).removed
+    finally:
+        other.close()
+    holder = Holder(stack_postgres.dsn, table)
+    try:
+        during = scrape()
+    finally:
+        holder.release()
+    assert "visage_gallery_templates" not in during, during
+    assert during["visage_gallery_available"] == 0
+    assert "visage_analytics_frames" in during
+    after = scrape()
+    assert after["visage_gallery_templates"] == len(pids) - 1
+    assert after["visage_gallery_available"] == 1

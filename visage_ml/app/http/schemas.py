@@ -254,9 +254,23 @@ class PurposeState(BaseModel):
 
 
 class GalleryState(BaseModel):
-    enrolled: bool
-    searchable: bool
-    template_model_version: str | None
+    status: Literal["current", "pending"] = Field(
+        description=(
+            "current: read now. pending (only in the answer to a rights event): the gallery "
+            "could not be read now (an erasure rewrites it, or its database is out of reach); "
+            "the event is recorded and in force (every search reads the ledger first) and "
+            "applied to the gallery at its next call: do not repeat the request, read "
+            "GET /v1/subjects/{pid} later for the gallery's part. The other fields are then "
+            "null."
+        )
+    )
+    enrolled: bool | None = Field(description="A template is stored (null when pending).")
+    searchable: bool | None = Field(
+        description="The subject can be identified now (null when pending)."
+    )
+    template_model_version: str | None = Field(
+        description="The embedder of the stored template (null when none, or pending)."
+    )
 
 
 class SubjectResponse(BaseModel):

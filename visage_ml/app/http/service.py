@@ -43,7 +43,7 @@ from visage_ml.config import Params, ProjectPaths
 from visage_ml.privacy.core import UnknownSubjectError
 from visage_ml.serving.analytics import Analytics
 from visage_ml.serving.engine import Engine
-from visage_ml.serving.gallery import Gallery
+from visage_ml.serving.gallery import Gallery, GalleryUnavailableError
 from visage_ml.serving.operating_point import IdentificationPolicy
 from visage_ml.serving.quality import QualityGate
 
@@ -71,6 +71,15 @@ MSG_BASE64 = "field '{field}' is not valid base64; send the image file's bytes b
 MSG_IMAGE = "field '{field}' is not a readable image ({reason}); send a JPEG, PNG, WebP or BMP file"
 MSG_ERASED = "subject {pid} was erased; nothing about them can be changed any more"
 MSG_UNKNOWN = "no subject {pid} in the registry"
+# A subject's gallery state: read now, or not readable now after an event was recorded (see
+# Service.subject_state).
+GALLERY_CURRENT = "current"
+GALLERY_PENDING = {
+    "status": "pending",
+    "enrolled": None,
+    "searchable": None,
+    "template_model_version": None,
+}
 MSG_UNKNOWN_QUERY = (
     "{n} query parameter(s) that this endpoint does not define; it accepts: {known} "
     "(unknown parameters are refused, not ignored, like unknown body fields)"
@@ -157,14 +166,21 @@ class Service:
             raise ApiError(404, "not_available", MSG_ANALYTICS_MODE)
         return self.gallery
 
-    def subject_state(self, pid: str) -> dict[str, Any]:
-        """Registry state (no identity data) plus the gallery state."""
+    def subject_state(self, pid: str, *, recorded: bool = False) -> dict[str, Any]:
+        """Registry state (no identity data) plus the gallery state (``status`` ``current``).
+
+        ``recorded``: the answer to an event just recorded in the ledger. A gallery that cannot
+        be read then (an erasure rewrites its table, its database is out of reach) gives the
+        gallery state ``pending``, its fields null, rather than a 503 that says the request was
+        not completed: it was, and its retry would be refused as done already. The event is in
+        force meanwhile: every search reads the ledger before it searches."""
         with self.lock:
             try:
                 state = self.core.subject(pid).to_dict()
             except UnknownSubjectError:
                 raise ApiError(404, "unknown_subject", MSG_UNKNOWN.format(pid=pid)) from None
-            state["gallery"] = self.gallery.status(pid) if self.gallery is not None else None
+            gallery = self.gallery
+            state["gallery"] = None if gallery is None else _gallery_state(gallery, pid, recorded)
         return state
 
     def live_subject(self, pid: str) -> Any:
@@ -176,6 +192,15 @@ class Service:
         if st.erased:
             raise ApiError(409, "subject_erased", MSG_ERASED.format(pid=pid))
         return st
+
+
+def _gallery_state(gallery: Gallery, pid: str, recorded: bool) -> dict[str, Any]:
+    try:
+        return {"status": GALLERY_CURRENT, **gallery.status(pid)}
+    except GalleryUnavailableError:
+        if not recorded:
+            raise  # nothing was done: the 503 to retry
+        return dict(GALLERY_PENDING)
 
 
 def get_service(request: Request) -> Service:

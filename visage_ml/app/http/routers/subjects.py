@@ -65,10 +65,17 @@ def _done(svc: Service, pid: str, entry: Any) -> dict[str, Any]:
 
 
 def _answer(svc: Service, pid: str, *, event: str, seq: int) -> dict[str, Any]:
-    """The answer to a rights event: its type and seq, and the subject's new state."""
-    if svc.gallery is not None:
-        svc.gallery.refresh()
-    return {"pid": pid, "event": event, "seq": seq, "subject": svc.subject_state(pid)}
+    """The answer to a rights event: its type and seq, and the subject's new state.
+
+    The event is recorded: its answer is a 200 whatever the gallery, whose part is ``pending``
+    when it cannot be read now (an erasure rewrites its table). A 503 there told the client to
+    retry what was done; the retry answered 409 (``not_consented``, ``already_restricted``)."""
+    return {
+        "pid": pid,
+        "event": event,
+        "seq": seq,
+        "subject": svc.subject_state(pid, recorded=True),
+    }
 
 
 def _for_purposes(
