@@ -1232,6 +1232,7 @@ def test_metrics_count_requests_per_endpoint_and_outcome_without_pids(enrolled):
     bucket = "visage_http_request_duration_seconds_bucket"
     assert value(bucket, endpoint="/v1/identify", outcome="200", le="+Inf") == 1
     assert value("visage_gallery_templates") == 18
+    assert value("visage_gallery_available") == 1
     assert "_created" not in r.text  # only the series /metrics has always served
     assert not PID_RE.search(r.text)
 

@@ -3,7 +3,9 @@
 ``visage_http_requests_total{endpoint, method, outcome}`` counts requests,
 ``visage_http_request_duration_seconds{endpoint, outcome}`` is their latency histogram (not of
 ``/v1/analytics``: a frame's duration tells its number of faces, see the boundary's
-``UNTIMED_ROUTES``), and gauges (gallery size, analytics frames) are read when scraped.
+``UNTIMED_ROUTES``), and gauges (gallery size, analytics frames) are read when scraped; a gauge
+that cannot be read then is left out of that scrape, not the scrape failed (Prometheus'
+convention; an availability gauge says why it is missing).
 ``endpoint`` is the route template (``/v1/subjects/{pid}``), never the requested path, so no pid
 reaches a label (``unmatched`` where no route matched); ``method`` is one of the nine standard
 methods, or ``other`` (the boundary's ``method_label``): no label value is the client's own
@@ -15,10 +17,10 @@ apps, tests do), so nothing goes to the global registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 # The text format generate_latest writes. prometheus_client >= 0.22 names it
 # CONTENT_TYPE_PLAIN_0_0_4 and moved CONTENT_TYPE_LATEST to version=1.0.0; we keep the type
@@ -61,6 +63,25 @@ class _WithoutCreated:
             yield metric
 
 
+class _ReadTogether:
+    """Gauges read by one call at each scrape; those it does not answer are left out."""
+
+    def __init__(self, helps: Mapping[str, str], read: Callable[[], Mapping[str, float]]) -> None:
+        self.helps = dict(helps)
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        # Names known without a read: the registry checks them for clashes when registering.
+        for name, help_text in self.helps.items():
+            yield GaugeMetricFamily(name, help_text)
+
+    def collect(self) -> Iterator[Metric]:
+        values = self.read()
+        for name, help_text in self.helps.items():
+            if name in values:
+                yield GaugeMetricFamily(name, help_text, value=values[name])
+
+
 class Metrics:
     """Request counters and latency histograms (thread-safe), plus gauges read at scrape time."""
 
@@ -95,6 +116,12 @@ class Metrics:
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Add a gauge whose value is ``read()`` at each scrape."""
         Gauge(name, help_text, registry=self.registry).set_function(read)
+
+    def gauges(self, helps: Mapping[str, str], read: Callable[[], Mapping[str, float]]) -> None:
+        """Add the gauges named in ``helps`` (name: help text), their values read together by
+        ``read()`` at each scrape: a gauge it leaves out is left out of that scrape, rather than
+        the scrape failing or a stale value standing for a current one."""
+        self.registry.register(_ReadTogether(helps, read))
 
     def render(self) -> bytes:
         """The exposition text (Prometheus text format 0.0.4)."""

@@ -18,13 +18,17 @@ from visage_ml.app.http.errors import AUTH_ERRORS, error_responses
 from visage_ml.app.http.metrics import CONTENT_TYPE
 from visage_ml.app.http.schemas import HealthResponse
 from visage_ml.app.http.service import METRICS_KEY, OPTIONAL_KEY, SERVICE, Service
-from visage_ml.serving.gallery import GalleryVersionError
+from visage_ml.serving.gallery import GalleryUnavailableError, GalleryVersionError
+
+GALLERY_TEMPLATES = "visage_gallery_templates"
+GALLERY_AVAILABLE = "visage_gallery_available"
 
 router = APIRouter(tags=["service"])
 
 
 def register_gauges(svc: Service) -> None:
-    """The scrape-time gauges of ``svc.metrics``: analytics frames and, with a gallery, its size."""
+    """The scrape-time gauges of ``svc.metrics``: analytics frames and, with a gallery, its size
+    and whether it could be read."""
     svc.metrics.gauge(
         "visage_analytics_frames",
         "Frames analysed since the server started.",
@@ -33,17 +37,30 @@ def register_gauges(svc: Service) -> None:
     gallery = svc.gallery
     if gallery is not None:
 
-        def templates() -> float:
-            # Another process may have changed the gallery; a rebuild for another embedder is
-            # reported by the routes (503), not by a failing scrape.
-            with contextlib.suppress(GalleryVersionError):
-                gallery.refresh()
-            return float(gallery.size)
+        def read() -> dict[str, float]:
+            try:
+                # Another process may have changed the gallery; a rebuild for another embedder
+                # is reported by the routes (503), not by a failing scrape.
+                with contextlib.suppress(GalleryVersionError):
+                    gallery.refresh()
+                size = gallery.size
+            except GalleryUnavailableError:
+                # An erasure's rewrite holds the table (or the database is out of reach): the
+                # rest of the scrape is answered, so that a monitor does not mark the replica
+                # down during every erasure; the size is left out, not a stale one given.
+                return {GALLERY_AVAILABLE: 0.0}
+            return {GALLERY_AVAILABLE: 1.0, GALLERY_TEMPLATES: float(size)}
 
-        svc.metrics.gauge(
-            "visage_gallery_templates",
-            "Searchable templates (subjects allowed for identification).",
-            templates,
+        svc.metrics.gauges(
+            {
+                GALLERY_TEMPLATES: "Searchable templates (subjects allowed for identification).",
+                GALLERY_AVAILABLE: (
+                    "1 when the gallery answered this scrape; 0 when it could not be read (an "
+                    "erasure rewrites its table, or its database is out of reach): "
+                    f"{GALLERY_TEMPLATES} is then left out."
+                ),
+            },
+            read,
         )
 
 
@@ -89,5 +106,8 @@ def health(key: ApiKey | None = OPTIONAL_KEY, svc: Service = SERVICE) -> dict[st
 )
 def metrics(_: ApiKey = METRICS_KEY, svc: Service = SERVICE) -> Response:
     """Prometheus metrics: request counts and latencies per endpoint, gallery size, requests in
-    flight (a key of role `auditor` or `metrics`)."""
+    flight (a key of role `auditor` or `metrics`).
+
+    Answered while the gallery cannot be read (an erasure rewrites its table):
+    `visage_gallery_available` is then 0 and `visage_gallery_templates` left out."""
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
