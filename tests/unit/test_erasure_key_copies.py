@@ -239,3 +239,36 @@ def test_a_backup_made_before_a_master_key_rotation_loses_the_erased_subjects_ke
     report = verify_certificate(result.certificate_path, root=root)
     assert not report.ok
     assert {Path(f["path"]) for f in report.findings} >= set(copies), report.findings
+
+
+def test_a_backup_made_before_a_consent_withdrawal_purged_the_gallery_loses_the_key(proj):
+    # Identification consent withdrawn: the gallery's purge destroyed the subject's gallery key
+    # (no erasure), and with it the names of its versions. The subject's later erasure knew no
+    # version of that key, passed over the copy in `cp -r gallery gallery.bak` and certified;
+    # the kept master key unwrapped it and opened the sealed template copy beside it.
+    from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing
+    from visage_ml.serving.gallery import KEY_CONTEXT
+
+    root = proj.paths.root
+    victim, other = proj.pids[0], proj.pids[1]
+    master = load_master_key(proj.paths.master_key, create=False)
+    shutil.copytree(proj.paths.gallery, root / "gallery.bak")
+    copy = root / "gallery.bak" / "keys" / f"{victim}.key"
+    kept = copy.read_bytes()
+    proj.core.withdraw_consent(victim, ["identification"])
+    (removal,) = proj.gallery().purge_without_basis()
+    assert removal.pid == victim and not (proj.paths.gallery / "keys" / f"{victim}.key").exists()
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert not copy.exists()
+    with pytest.raises(KeyDestroyedError):
+        KeyRing(root / "gallery.bak" / "keys", master, context=KEY_CONTEXT).get(victim)
+    assert (root / "gallery.bak" / "keys" / f"{other}.key").is_file()
+    assert verify_certificate(result.certificate_path, root=root).ok
+    # The trace the purge kept went with the erasure.
+    assert not list((proj.paths.gallery / "keys").glob(f".{victim}.key*"))
+    copy.write_bytes(kept)
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok
+    assert copy in {Path(f["path"]) for f in report.findings}, report.findings

@@ -368,6 +368,42 @@ def test_an_erasure_destroys_leftover_copies_of_the_subjects_keys_and_the_doctor
     assert RawStore(paths).read_image(live, image_id) == proj.images[live][image_id]
 
 
+def test_a_key_destroyed_without_an_erasure_stays_named_and_nothing_takes_the_name_for_a_key(
+    project,
+):
+    # A consent withdrawal's purge destroys the gallery key, the doctor an unknown subject's:
+    # no erasure, so the versions destroyed stay named beside them for the subject's later
+    # erasure to seek in a backup. The name is no key and no leftover: the doctor passes it
+    # over, the rotation neither re-wraps it nor fails on it, and no subject is listed by it.
+    proj = make_project(project, n_subjects=3)
+    paths = proj.paths
+    victim, live = proj.pids[:2]
+    key = paths.gallery / "keys" / f"{victim}.key"
+    blob = key.read_bytes()
+    proj.core.withdraw_consent(victim, ["identification"])
+    gallery = proj.gallery()
+    assert [r.pid for r in gallery.purge_without_basis()] == [victim]
+    was = sealed_mod.was_path(key)
+    named = [(hashlib.sha256(blob).hexdigest(), len(blob))]
+    assert not key.exists() and sealed_mod.earlier_wrappings(key) == named
+    # A gallery key the registry does not know (restored from elsewhere): the doctor's purge.
+    stranger = "p" + "e" * 16
+    foreign = paths.gallery / "keys" / f"{stranger}.key"
+    foreign.write_bytes(blob)
+    assert doctor(paths, purge=True).findings
+    assert not foreign.exists() and sealed_mod.earlier_wrappings(foreign) == named
+
+    report = doctor(paths)
+    assert report.ok, report.findings
+    assert victim not in gallery.keys.pids() and stranger not in gallery.keys.pids()
+    before = was.read_bytes()
+    rotate_master_key(paths, core=proj.core)
+    assert was.read_bytes() == before and not key.exists()
+    assert doctor(paths).ok
+    image_id = sorted(proj.images[live])[0]
+    assert RawStore(paths).read_image(live, image_id) == proj.images[live][image_id]
+
+
 @pytest.mark.timeout(120)
 def test_doctor_purge_leaves_a_locked_key_rings_leftovers_and_says_why(project, monkeypatch):
     # A key ring's lock is held while a rotation re-wraps it or a key is created: a temporary

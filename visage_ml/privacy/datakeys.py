@@ -253,18 +253,21 @@ class DataKeys:
         """``pid``'s key file and the copies of it killed writes left (what an erasure destroys)."""
         return self.ring.files(pid)
 
-    def destroy_files(self, pid: str, *, wait: bool = True) -> dict[Path, str]:
+    def destroy_files(
+        self, pid: str, *, wait: bool = True, erasure: bool = False
+    ) -> dict[Path, str]:
         """Crypto-shred ``pid``: overwrite, delete :meth:`files`; each with its SHA-256 before.
 
         Under the ring's lock (:meth:`KeyRing.destroy_files`; ``wait`` false: ``LockHeldError``
-        while a rotation holds it)."""
+        while a rotation holds it). Without ``erasure`` the versions destroyed stay named
+        beside the key file for the subject's later erasure to seek."""
         with self._lock:
             self._cache.pop(pid, None)
-        return self.ring.destroy_files(pid, wait=wait)
+        return self.ring.destroy_files(pid, wait=wait, erasure=erasure)
 
-    def destroy(self, pid: str, *, wait: bool = True) -> str | None:
+    def destroy(self, pid: str, *, wait: bool = True, erasure: bool = False) -> str | None:
         """Crypto-shred ``pid`` (:meth:`destroy_files`); the key file's SHA-256 before (or None)."""
-        return self.destroy_files(pid, wait=wait).get(self.path(pid))
+        return self.destroy_files(pid, wait=wait, erasure=erasure).get(self.path(pid))
 
     def collection_key(self, name: str, *, create: bool = False) -> bytes:
         """The key of collection ``name`` (data of no registered subject)."""

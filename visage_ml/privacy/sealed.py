@@ -30,15 +30,18 @@ from visage_ml.io import (
     private_dir,
     secure_unlink,
     sha256_file,
+    sha256_sized,
 )
 from visage_ml.privacy.keys import WRONG_MASTER_KEY, MasterKeyError, check_pid
 
 NONCE_BYTES = 12
 _CHECK_PLAINTEXT = b"visage-ml master key check v1"
 # Beside a key file (``.<pid>.key.was``): the SHA-256 and size of each version of it a master-key
-# rotation replaced, a line each. Each such version is the same data key wrapped under an earlier
-# master key: a backup made before the rotation holds it, and whoever kept that master key too
-# unwraps it, so an erasure seeks those bytes as well as the key file's (a digest opens nothing).
+# rotation replaced, or a destruction outside an erasure (a consent withdrawal's purge, the
+# doctor) removed, a line each. Each such version is the subject's data key wrapped under the
+# master key, an earlier one or the kept one: a backup made before holds it, and whoever kept
+# that master key unwraps it, so an erasure seeks those bytes as well as the key file's (a
+# digest opens nothing). Only the erasure, which sought them, removes the file.
 # Hidden, and not ``*.key``: never taken for a key by the rings, the rotation or the doctor.
 WAS_SUFFIX = ".was"
 
@@ -54,7 +57,8 @@ def was_path(key_path: Path) -> Path:
 
 
 def earlier_wrappings(key_path: Path) -> list[tuple[str, int]]:
-    """(SHA-256, size) of each version of key file ``key_path`` a rotation replaced."""
+    """(SHA-256, size) of each version of key file ``key_path`` a rotation replaced or a
+    destruction outside an erasure removed (:meth:`KeyRing.destroy_files`)."""
     try:
         text = was_path(key_path).read_text(encoding="ascii")
     except FileNotFoundError:
@@ -70,10 +74,15 @@ def earlier_wrappings(key_path: Path) -> list[tuple[str, int]]:
 def _remember_wrapping(key_path: Path, blob: bytes) -> None:
     """Name ``blob``, the version of ``key_path`` about to be replaced, in its ``.was`` file
     (before the replace: a rotation killed between names it twice at worst, never not)."""
-    entry = (hashlib.sha256(blob).hexdigest(), len(blob))
+    _remember_versions(key_path, [(hashlib.sha256(blob).hexdigest(), len(blob))])
+
+
+def _remember_versions(key_path: Path, entries: list[tuple[str, int]]) -> None:
+    """Add ``entries`` (SHA-256, size) not named yet to ``key_path``'s ``.was`` file."""
     known = earlier_wrappings(key_path)
-    if entry not in known:
-        lines = [f"{d} {n}\n" for d, n in [*known, entry]]
+    fresh = [e for e in dict.fromkeys(entries) if e not in known]
+    if fresh:
+        lines = [f"{d} {n}\n" for d, n in [*known, *fresh]]
         atomic_write_bytes(was_path(key_path), "".join(lines).encode("ascii"), mode=0o600)
 
 
@@ -142,6 +151,39 @@ def read_sealed(path: Path, key: bytes, *, aad: bytes, prefix_len: int = 0) -> b
         another key.
     """
     return open_sealed(key, Path(path).read_bytes()[prefix_len:], aad=aad)
+
+
+def destroy_key(key_path: Path, *, wait: bool = True, erasure: bool = False) -> dict[Path, str]:
+    """Overwrite and delete key file ``key_path`` and the copies of it killed writes left
+    (the key file first); each with its SHA-256 before deletion.
+
+    With ``erasure`` (the subject's erasure, which sought every version named in
+    :func:`was_path` before destroying) that file goes too. Without (a consent withdrawal's
+    purge, a rectification, the doctor) each file's SHA-256 and size is added to it first: a
+    backup made before holds the key, which the kept master key unwraps, and the subject's later
+    erasure seeks it there by that name (:func:`earlier_wrappings`).
+
+    Under the ring's lock (:func:`ring_lock`): a rotation re-wrapping the ring holds it until it
+    is done, so the key it may have read is gone after it, not written back under the new
+    master key. With ``wait`` false, :class:`~visage_ml.io.LockHeldError` when the lock is
+    held, and nothing is destroyed.
+    """
+    key_path = Path(key_path)
+    removed = {}
+    with ring_lock(key_path.parent, wait=wait):
+        files = [*([key_path] if key_path.is_file() else []), *leftovers(key_path)]
+        if not erasure:
+            # Named before any is destroyed: a destruction killed between leaves the key with
+            # its name, never the key gone without one.
+            _remember_versions(key_path, [sha256_sized(p) for p in files])
+        for path in files:
+            digest = sha256_file(path)
+            if secure_unlink(path):
+                removed[path] = digest
+        if erasure:
+            # Digests only (no key): each was sought, nothing is left to seek for it.
+            secure_unlink(was_path(key_path))
+    return removed
 
 
 class KeyRing:
@@ -224,29 +266,19 @@ class KeyRing:
         path = self.path(pid)
         return [*([path] if path.is_file() else []), *leftovers(path)]
 
-    def destroy_files(self, pid: str, *, wait: bool = True) -> dict[Path, str]:
+    def destroy_files(
+        self, pid: str, *, wait: bool = True, erasure: bool = False
+    ) -> dict[Path, str]:
         """Overwrite and delete :meth:`files` (the key file first); each with its SHA-256 before
-        deletion. The names of its earlier versions (:func:`was_path`) go too.
+        deletion (:func:`destroy_key`: with ``erasure``, the names of its versions go too;
+        without, the versions destroyed are named for the subject's later erasure)."""
+        return destroy_key(self.path(pid), wait=wait, erasure=erasure)
 
-        Under the ring's lock (:func:`ring_lock`): a rotation re-wrapping the ring holds it
-        until it is done, so the key it may have read is gone after it, not written back under
-        the new master key. With ``wait`` false, :class:`~visage_ml.io.LockHeldError` when
-        the lock is held, and nothing is destroyed.
-        """
-        removed = {}
-        with ring_lock(self.directory, wait=wait):
-            for path in self.files(pid):
-                digest = sha256_file(path)
-                if secure_unlink(path):
-                    removed[path] = digest
-            # Digests only (no key): gone with the key, as nothing is left to seek for it.
-            secure_unlink(was_path(self.path(pid)))
-        return removed
-
-    def destroy(self, pid: str, *, wait: bool = True) -> str | None:
+    def destroy(self, pid: str, *, wait: bool = True, erasure: bool = False) -> str | None:
         """Overwrite and delete ``pid``'s key file and its leftover copies (:meth:`files`);
-        return the key file's SHA-256 before deletion (or None)."""
-        return self.destroy_files(pid, wait=wait).get(self.path(pid))
+        return the key file's SHA-256 before deletion (or None). ``erasure``: as
+        :meth:`destroy_files`."""
+        return self.destroy_files(pid, wait=wait, erasure=erasure).get(self.path(pid))
 
     def pids(self) -> list[str]:
         """Subjects that currently hold a key."""

@@ -224,16 +224,18 @@ class IdentityVault:
         """Subjects whose record is still readable."""
         return self.keys.pids()
 
-    def destroy(self, pid: str, *, wait: bool = True) -> DestroyResult:
+    def destroy(self, pid: str, *, wait: bool = True, erasure: bool = False) -> DestroyResult:
         """Cryptographically erase ``pid``: destroy the data key, then record and index entry.
 
         The vault's lock, then its key ring's (a rotation holds that one for its whole re-wrap,
         never the other way round). With ``wait`` false, ``LockHeldError`` when either is held,
-        and nothing is destroyed.
+        and nothing is destroyed. ``erasure``: as
+        :meth:`~visage_ml.privacy.sealed.KeyRing.destroy_files` (without it the key's versions
+        stay named for the subject's later erasure).
         """
         removed: dict[str, str] = {}
         with file_lock(self._lock, wait=wait):
-            for path, digest in self.keys.destroy_files(pid, wait=wait).items():
+            for path, digest in self.keys.destroy_files(pid, wait=wait, erasure=erasure).items():
                 removed[str(path)] = digest
             rec = self._record_path(pid)
             for path in [*([rec] if rec.exists() else []), *self._leftovers_of(pid)]:

@@ -79,7 +79,7 @@ from visage_ml.privacy.keys import (
 from visage_ml.privacy.notebooks import find_image_notebooks, strip_file
 from visage_ml.privacy.registry import SubjectState
 from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
-from visage_ml.privacy.sealed import KeyDestroyedError, rewrap_keyring, ring_lock
+from visage_ml.privacy.sealed import KeyDestroyedError, destroy_key, rewrap_keyring
 from visage_ml.privacy.vault import IdentityVault
 from visage_ml.rights import content_scan, dvc_objects, embedded
 from visage_ml.rights.content_hashes import ContentHashes
@@ -1061,14 +1061,14 @@ class _Doctor:
         """Destroy a subject's key file (erased, unknown) as an erasure does, under its ring's
         lock, without waiting: a rotation holding it may have read the key and would write it
         back re-wrapped. A locked ring keeps the key (:attr:`DoctorReport.locked`) for a later
-        run."""
+        run. No erasure: the versions destroyed stay named beside it (``.<pid>.key.was``), for
+        an erasure of the subject to seek in a backup made before."""
         try:
             if path.parent == self.paths.data_keys and self.keys is not None:
                 return self.keys.destroy(pid, wait=False) is not None
             if path.parent == self.paths.vault / "keys":
                 return bool(self.core.vault.destroy(pid, wait=False).removed)
-            with ring_lock(path.parent, wait=False):
-                return path.is_file() and secure_unlink(path)
+            return bool(destroy_key(path, wait=False))
         except LockHeldError:
             folder = _rel(path.parent, self.root)
             self.report.locked.setdefault(folder, []).append(_rel(path, self.root))

@@ -125,6 +125,10 @@ META_FILE = "gallery.json"
 KEYS_DIR = "keys"
 TEMPLATES_DIR = "templates"
 KEY_CONTEXT = "gallery"
+# The reason of the subject's erasure (its gallery step): the only removal that also forgets the
+# names of the key's versions, which the erasure sought. Any other (a consent withdrawal's purge,
+# a rectification) keeps them for the subject's later erasure (KeyRing.destroy_files).
+ERASURE_REASON = "erasure"
 SUFFIX = ".tpl"
 MAGIC = b"VGT1"
 ANCHORS_DIR = "anchors"
@@ -1618,7 +1622,7 @@ class Gallery:
                 else:
                     atomic_write_bytes(path, old, mode=0o600)
 
-    def erase(self, pid: str, *, reason: str = "erasure") -> Removal:
+    def erase(self, pid: str, *, reason: str = ERASURE_REASON) -> Removal:
         """Remove ``pid`` from the gallery for good: row, key, ciphertext; durable.
 
         Order: the row leaves memory (never scored again), the key file is destroyed (commit
@@ -1643,7 +1647,7 @@ class Gallery:
             self._drop(pid)
             faults.crash_point("gallery:erase:dropped")
             key_path = self.keys.path(pid)
-            keys = self.keys.destroy_files(pid)  # with the copies killed writes left
+            keys = self.keys.destroy_files(pid, erasure=reason == ERASURE_REASON)
             faults.crash_point("gallery:erase:key-destroyed")
             key_hash = keys.get(key_path)
             removed.update((_rel(p, root), h) for p, h in keys.items())

@@ -189,6 +189,7 @@ from visage_ml.privacy.sealed import KeyDestroyedError, open_sealed
 from visage_ml.serving.gallery import (
     ANCHOR_SUFFIX,
     ANCHORS_DIR,
+    ERASURE_REASON,
     MAGIC,
     MSG_REBUILD,
     MSG_TAMPERED,
@@ -2787,7 +2788,7 @@ class PgGallery(Gallery):
         _bump(conn, n)
 
     @_erases
-    def erase(self, pid: str, *, reason: str = "erasure") -> Removal:
+    def erase(self, pid: str, *, reason: str = ERASURE_REASON) -> Removal:
         """Remove ``pid`` for good: revoked and deleted for every replica, key destroyed.
 
         The row's removal from the database files (``VACUUM FULL``, WAL) is
@@ -2821,7 +2822,7 @@ class PgGallery(Gallery):
                 self._bound.pop(pid, None)
                 self._unbound.discard(pid)
                 key_path = self.keys.path(pid)
-                keys = self.keys.destroy_files(pid)  # with the copies killed writes left
+                keys = self.keys.destroy_files(pid, erasure=reason == ERASURE_REASON)
                 key_hash = keys.get(key_path)
                 removed.update((_rel(p, root), h) for p, h in keys.items())
                 if anchor_hash is not None:

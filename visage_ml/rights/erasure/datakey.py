@@ -43,7 +43,7 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     """Destroy the subject's data key and its leftover copies (overwrite, fsync, unlink)."""
     if not _has_keys(ctx):
         return Outcome(info={"data_key": "none"})
-    removed = ctx.core.data_keys.destroy_files(pid)
+    removed = ctx.core.data_keys.destroy_files(pid, erasure=True)
     artefacts = [{"store": STORE, "path": ctx.rel(p), "sha256": d} for p, d in removed.items()]
     return Outcome(artefacts, {"data_key": "destroyed" if removed or planned else "none"})
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from visage_ml.rights.erasure.base import Artefact, Context, Outcome, Plan
 from visage_ml.serving import pg_gallery
-from visage_ml.serving.gallery import GalleryError
+from visage_ml.serving.gallery import ERASURE_REASON, GalleryError
 from visage_ml.stack import stores
 from visage_ml.stack.proc import StackError
 
@@ -170,7 +170,7 @@ def _erase_one(ctx: Context, pid: str, target: Target) -> tuple[dict[str, str], 
     rows = pg_gallery.subject_rows(target.dsn, pid, table=target.table)
     gallery = ctx.gallery
     if _is_open(gallery, target):
-        removed = dict(gallery.erase(pid, reason="erasure").removed)
+        removed = dict(gallery.erase(pid, reason=ERASURE_REASON).removed)
     elif _exists(target):
         pg_gallery.delete_subject(target.dsn, pid, table=target.table)
         removed = rows

@@ -38,7 +38,7 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
     """Destroy the subject's data key, record and index entry."""
     removed: dict[str, str] = {}
     if _has_vault(ctx):
-        removed = ctx.core.vault.destroy(pid).removed
+        removed = ctx.core.vault.destroy(pid, erasure=True).removed
     return Outcome(
         [{"store": STORE, "path": ctx.rel(Path(k)), "sha256": v} for k, v in removed.items()]
     )
