@@ -20,12 +20,13 @@ model version as associated data), ``template_sha256`` (of ``sealed``; the ledge
 - Not sealed: the ``embedding`` column. The in-memory backend holds the plaintext template only
   in RAM; here it is at rest in the table's heap files, its HNSW index (when enabled), the WAL,
   and in any base backup, WAL archive or streaming replica of the cluster. Only physical removal
-  protects it: an erasure deletes the row, then ``VACUUM FULL`` rewrites the table, its TOAST
-  table and its indexes, ``pg_switch_wal()`` closes the WAL segment and ``CHECKPOINT`` lets the
-  server remove the old segments (:meth:`PgGallery.purge_physically`). WAL segments are only
-  deleted (rather than renamed for reuse with the old bytes inside) with ``wal_recycle = off``,
-  and are kept longer by ``wal_keep_size``, replication slots, standbys and archiving:
-  :func:`wal_retention` names what would keep them, and the erasure certificate says so.
+  protects it: an erasure deletes the row, then the table, its TOAST table and its indexes are
+  rewritten into new files (copy and swap, :mod:`visage_ml.serving.pg_swap`),
+  ``pg_switch_wal()`` closes the WAL segment and ``CHECKPOINT`` lets the server remove the old
+  segments (:meth:`PgGallery.purge_physically`). WAL segments are only deleted (rather than
+  renamed for reuse with the old bytes inside) with ``wal_recycle = off``, and are kept longer
+  by ``wal_keep_size``, replication slots, standbys and archiving: :func:`wal_retention` names
+  what would keep them, and the erasure certificate says so.
 
 Whoever may write to the table without holding the project's keys can change ``embedding`` and
 ``cluster`` (put an intruder's own vector in a subject's row, swap two subjects'). No answer rests
@@ -186,6 +187,7 @@ from visage_ml.privacy.datakeys import wrapped_keys_exist
 from visage_ml.privacy.keys import PID_RE, check_pid, load_master_key
 from visage_ml.privacy.registry import NO_BASIS_REASONS
 from visage_ml.privacy.sealed import KeyDestroyedError, open_sealed
+from visage_ml.serving import pg_swap
 from visage_ml.serving.gallery import (
     ANCHOR_SUFFIX,
     ANCHORS_DIR,
@@ -289,7 +291,7 @@ MSG_LOST = (
     "request was not completed: retry it (repeating it is safe)"
 )
 MSG_REWRITING = (
-    "the pgvector gallery's table is being rewritten (an erasure's VACUUM FULL) or held by "
+    "the pgvector gallery's table is being rewritten (an erasure's purge) or held by "
     "another long operation, and did not answer within serving.gallery.lock_timeout_s; the "
     "request was not completed: retry it (repeating it is safe)"
 )
@@ -396,10 +398,10 @@ class PgOptions:
         Run the listener thread (off for one-shot CLI use).
     lock_timeout_s
         How long a call waits for a lock on the tables before it raises
-        :class:`GalleryUnavailableError` (0: as long as it takes). An erasure's ``VACUUM FULL``
-        holds the table for the whole rewrite; ``visage serve`` sets it so that requests answer
-        503 to retry instead of hanging. Opening the gallery, setting its calibration
-        and :meth:`PgGallery.erase` wait.
+        :class:`GalleryUnavailableError` (0: as long as it takes). An erasure's purge holds
+        writes off for its copy of the table, and a ``VACUUM FULL`` everything for the rewrite;
+        ``visage serve`` sets it so that requests answer 503 to retry instead of hanging.
+        Opening the gallery, setting its calibration and :meth:`PgGallery.erase` wait.
     purge_memory_mb
         The most ``maintenance_work_mem`` :func:`purge_physically` gives the HNSW rebuild.
     """
@@ -648,6 +650,11 @@ class PurgeReport:
     server_messages: list[str] = field(default_factory=list)
     # The rebuild's maintenance_work_mem (MB) when :func:`purge_physically` set it.
     maintenance_work_mem_mb: int | None = None
+    # The gallery table was rewritten by copy and swap (serving read on), not VACUUM FULL;
+    # ``vacuum_full`` says that every table was rewritten into new files either way.
+    swapped: bool = False
+    # Why it was VACUUM FULLed instead (what the swap cannot carry over; no personal data).
+    swap_refused: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -662,6 +669,8 @@ class PurgeReport:
             "lock_attempts": self.lock_attempts,
             "server_messages": list(self.server_messages),
             "maintenance_work_mem_mb": self.maintenance_work_mem_mb,
+            "rewrite": "swap" if self.swapped else "vacuum_full",
+            "swap_refused": self.swap_refused,
         }
 
     def notes(self) -> list[str]:
@@ -770,6 +779,10 @@ MSG_STATS_FILES = (
     "be compacted: the role lacks MAINTAIN on it (grant pg_maintain); older sample values of the "
     "table may stay in its files"
 )
+MSG_SWAP_REFUSED = (
+    "gallery table {table} rewritten by VACUUM FULL, serving held for the rewrite, not by copy "
+    "and swap: {why}"
+)
 MSG_NO_VACUUM = (
     "the role may not VACUUM FULL {table} (PostgreSQL would skip it with a warning and leave the "
     "deleted rows on disk): run the erasure as the table's owner, a superuser or a member of "
@@ -809,7 +822,11 @@ def _may_vacuum(conn: psycopg.Connection, table: str) -> bool:
 
 
 def purge_tables(
-    conn: psycopg.Connection, tables: Sequence[str], *, statistics_of: Sequence[str] = ()
+    conn: psycopg.Connection,
+    tables: Sequence[str],
+    *,
+    statistics_of: Sequence[str] = (),
+    swap: str | None = None,
 ) -> PurgeReport:
     """Rewrite ``tables`` without dead rows, clear the planner statistics of ``statistics_of``
     and let the server drop old WAL; ``conn`` in autocommit mode.
@@ -817,9 +834,12 @@ def purge_tables(
     ``VACUUM FULL`` of each table (its TOAST table and every index are rebuilt with it),
     :func:`clear_statistics`, ``pg_switch_wal()``, then ``CHECKPOINT`` (after which the server
     removes or recycles the WAL segments before it), twice; :func:`wal_retention` says what
-    may keep old segments anyway. Needs a role allowed to run them (a superuser, or the tables'
-    owner with ``pg_checkpoint``, ``pg_maintain`` and EXECUTE on ``pg_switch_wal``); raises
-    :class:`PurgeRefusedError` for a table it may not vacuum.
+    may keep old segments anyway. ``swap``, one of ``tables``: rewritten by copy and swap
+    instead (:func:`visage_ml.serving.pg_swap.rewrite_and_swap`, serving reads on meanwhile),
+    its statistics cleared first (the old table's go with it), or by ``VACUUM FULL`` where the
+    swap cannot carry the table over (the report says why). Needs a role allowed to run them
+    (a superuser, or the tables' owner with ``pg_checkpoint``, ``pg_maintain`` and EXECUTE on
+    ``pg_switch_wal``); raises :class:`PurgeRefusedError` for a table it may not vacuum.
     """
     start = time.perf_counter()
     for table in tables:
@@ -835,9 +855,26 @@ def purge_tables(
             heard.append(said)
 
     conn.add_notice_handler(hear)
+    attempts, refused, statistics = 0, None, []
     try:
-        attempts = max((_vacuum_full(conn, table) for table in tables), default=0)
-        statistics = clear_statistics(conn, statistics_of)
+        if swap is not None:
+            # Before the swap: the old table's pg_statistic rows are deleted with it, their
+            # bytes left in pg_statistic's files, which only this compacts.
+            statistics = clear_statistics(conn, [t for t in statistics_of if t == swap])
+            try:
+                attempts = pg_swap.rewrite_and_swap(
+                    conn,
+                    swap,
+                    lock_tries=PURGE_LOCK_TRIES,
+                    lock_timeout_s=PURGE_LOCK_TIMEOUT_S,
+                    pause_s=PURGE_LOCK_PAUSE_S,
+                )
+                tables = [t for t in tables if t != swap]
+            except pg_swap.SwapRefusedError as exc:
+                refused = str(exc)
+                logger.warning(MSG_SWAP_REFUSED.format(table=swap, why=refused))
+        attempts = max([attempts, *(_vacuum_full(conn, table) for table in tables)])
+        statistics = statistics or clear_statistics(conn, statistics_of)
         row = conn.execute("SELECT pg_switch_wal()::text").fetchone()
         conn.execute("CHECKPOINT")
         # The checkpoint record itself opened a new segment; a second switch and checkpoint
@@ -848,7 +885,7 @@ def purge_tables(
     finally:
         conn.remove_notice_handler(hear)
     return PurgeReport(
-        vacuum_full=bool(tables),
+        vacuum_full=bool(tables) or swap is not None,
         wal_switched_from=str(row[0]) if row else None,
         checkpoint=True,
         wal_retention=retention,
@@ -856,6 +893,8 @@ def purge_tables(
         statistics=statistics,
         lock_attempts=attempts,
         server_messages=heard,
+        swapped=swap is not None and refused is None,
+        swap_refused=refused,
     )
 
 
@@ -915,9 +954,9 @@ def purge_physically(
     dsn: str, *, table: str = DEFAULT_TABLE, memory_mb: int = DEFAULT_PURGE_MEMORY_MB
 ) -> PurgeReport:
     """Rewrite the gallery's files without dead rows and let the server drop old WAL
-    (:func:`purge_tables` of the table, its revoked and state tables, and the table's
-    statistics), the HNSW index rebuilt with up to ``memory_mb`` of memory
-    (:func:`size_rebuild_memory`)."""
+    (:func:`purge_tables` of the table, copied and swapped while serving reads on, its revoked
+    and state tables, and the table's statistics), the HNSW index rebuilt with up to
+    ``memory_mb`` of memory (:func:`size_rebuild_memory`)."""
     names = Names(check_table(table))
     with connect(dsn, autocommit=True) as conn:
         no_statistics(conn, names)
@@ -926,6 +965,7 @@ def purge_physically(
             conn,
             [names.table, f"{names.table}_revoked", f"{names.table}_state"],
             statistics_of=[names.table],
+            swap=names.table,
         )
     return dataclasses.replace(report, maintenance_work_mem_mb=memory)
 
@@ -1537,6 +1577,18 @@ class PgGallery(Gallery):
             self._rewriting = False
             logger.info("pgvector gallery %s: its tables are no longer held", n.table)
 
+    def _snapshot(self, conn: psycopg.Connection) -> None:
+        """Make the open transaction a read-only REPEATABLE READ snapshot taken after a lock on
+        the gallery table: an erasure's purge swaps in a copy of the table whose rows a snapshot
+        from before the swap does not see (:mod:`visage_ml.serving.pg_swap`); locked first, the
+        snapshot sees the old table whole (the swap waits for it) or the new one."""
+        conn.execute(
+            sql.SQL(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                "LOCK TABLE {t} IN ACCESS SHARE MODE"
+            ).format(t=self.names.t)
+        )
+
     def __enter__(self) -> PgGallery:
         return self
 
@@ -1591,7 +1643,7 @@ class PgGallery(Gallery):
 
     def _recount(self, conn: psycopg.Connection, *, notified: bool = False) -> None:
         with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._snapshot(conn)
             version = self._version(conn)
             if version in (self._size[0], self._raw[0]):
                 return
@@ -1835,7 +1887,7 @@ class PgGallery(Gallery):
 
     def _size_in_tx(self) -> int:
         with self._conn.transaction():
-            self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._snapshot(self._conn)
             size = self._size_in(self._conn)
         self._repair_revocations()
         return size
@@ -1983,7 +2035,7 @@ class PgGallery(Gallery):
         conn = self._conn
         for last in (False, True):
             with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                self._snapshot(conn)
                 n = self._size_in(conn)
                 if last or not self._suspect:
                     threshold = float(threshold_for(n))
@@ -2225,7 +2277,7 @@ class PgGallery(Gallery):
                 again = False
                 with conn.transaction():
                     # One snapshot: the row scored is the row checked against its sealed template.
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    self._snapshot(conn)
                     row = conn.execute(
                         sql.SQL(
                             "SELECT t.embedding <#> %s, t.cluster, t.embedding FROM {t} t "
@@ -2506,7 +2558,7 @@ class PgGallery(Gallery):
             params = (list(pids),)
         seen: set[str] = set()
         with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._snapshot(conn)
             # The snapshot first, the ledger after: the event of every row in the snapshot is
             # in the ledger as read below (a row commits after its gallery.enrolled event).
             conn.execute("SELECT 1")
@@ -2700,6 +2752,10 @@ class PgGallery(Gallery):
         bytes noted in ``undo``) and the ledger append; ``results`` and ``events`` filled in."""
         n = self.names
         registry = self.core.registry
+        # The write's lock first: a row lock read (FOR UPDATE) before it would hold the table
+        # while waiting for the write's lock behind an erasure's copy (pg_swap), whose swap then
+        # waits for this transaction: a deadlock that PostgreSQL ends by failing one of them.
+        conn.execute(sql.SQL("LOCK TABLE {t} IN ROW EXCLUSIVE MODE").format(t=n.t))
         old = {
             r[0]: (bytes(r[1]), as_array(r[2]))
             for r in conn.execute(

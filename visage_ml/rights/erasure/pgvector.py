@@ -14,8 +14,10 @@ template:
   Crypto-shredded once that key is destroyed (the ``gallery`` step, or :func:`erase` here),
   including copies this step cannot reach (base backups, WAL archives, streaming replicas);
 - ``pgvector:<table>/<pid>.embedding``: the plaintext search vector. Only physical removal
-  protects it: the row is revoked for every replica and deleted in one transaction, then
-  ``VACUUM FULL`` rewrites the table, its TOAST table and its indexes (HNSW included), and
+  protects it: the row is revoked for every replica and deleted in one transaction, then the
+  table, its TOAST table and its indexes (HNSW included) are rewritten into new files (copied
+  and swapped while serving searches on, :mod:`visage_ml.serving.pg_swap`, or by ``VACUUM FULL``
+  where the table holds what the swap cannot carry over; ``rewrite`` in the info says which), and
   ``pg_switch_wal()`` + ``CHECKPOINT`` let the server delete the WAL segments that held the old
   pages. That last part holds only with ``wal_recycle = off``, ``wal_keep_size = 0``, no
   archiving, no replication slot and no streaming standby (the stack's PostgreSQL is configured
@@ -43,7 +45,7 @@ from visage_ml.stack.proc import StackError
 
 STORE = "pgvector"
 NOTE_WAL = (
-    "pgvector: the plaintext search vector was deleted and the table rewritten (VACUUM FULL), "
+    "pgvector: the plaintext search vector was deleted and the table rewritten into new files, "
     "but the server may still hold it ({why}); the sealed template is "
     "crypto-shredded regardless"
 )
@@ -189,8 +191,8 @@ def _erase_one(ctx: Context, pid: str, target: Target) -> tuple[dict[str, str], 
 
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
     """Revoke and delete the row in each table (every replica stops returning it), destroy the
-    gallery key if the ``gallery`` step has not, then purge the servers' files (VACUUM FULL,
-    WAL)."""
+    gallery key if the ``gallery`` step has not, then purge the servers' files (the table
+    rewritten, WAL)."""
     found = targets(ctx)
     if not found:
         return Outcome()

@@ -1,0 +1,372 @@
+"""An erasure's purge rewrites the pgvector gallery table by copy and swap: serving searches on
+while the copy and the index build run, the swapped table is the old one in every respect but
+its files, the erased template is in no file of the data folder, and a table holding what the
+swap cannot carry over is rewritten by VACUUM FULL as before."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from serving_fakes import DIM, THRESHOLD, fake_engine, make_world
+
+from visage_ml.serving import pg_gallery, pg_swap
+from visage_ml.serving.gallery import GalleryUnavailableError
+from visage_ml.serving.pg_gallery import PgGallery, PgOptions
+
+VERSION = "emb-test-1"
+LOCK_TIMEOUT_S = 0.5
+
+
+@pytest.fixture
+def table():
+    return f"g_{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def world(project):
+    return make_world(project, n_subjects=8, seed=secrets.randbits(31))
+
+
+@pytest.fixture
+def engine(world):
+    return fake_engine(world.paths.root)
+
+
+@pytest.fixture
+def pg(stack_postgres):
+    with psycopg.connect(stack_postgres.dsn, autocommit=True) as conn:
+        if conn.execute("SHOW wal_recycle").fetchone()[0] != "off":
+            conn.execute("ALTER SYSTEM SET wal_recycle = off")
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.2)
+    return stack_postgres
+
+
+def open_pg(world, pg, table, engine, *, hnsw=True, listen=False, lock_timeout_s=LOCK_TIMEOUT_S):
+    return PgGallery.open(
+        world.paths,
+        options=PgOptions(
+            dsn=pg.dsn, table=table, hnsw=hnsw, listen=listen, lock_timeout_s=lock_timeout_s
+        ),
+        model_version=VERSION,
+        embedding_dim=DIM,
+        threshold=THRESHOLD,
+        core=world.core,
+        embed=engine.embed,
+    )
+
+
+@pytest.fixture
+def enrolled(world, engine, pg, table):
+    gallery = open_pg(world, pg, table, engine)
+    pids = list(world.people)[:6]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in pids})
+    yield gallery, pids
+    gallery.close()
+
+
+def _scan(data_dir: Path, needle: bytes) -> list[str]:
+    hits = []
+    for root, _dirs, files in os.walk(data_dir):
+        for name in files:
+            path = Path(root) / name
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path.relative_to(data_dir)))
+            except OSError:
+                continue
+    return hits
+
+
+def _describe(dsn: str, table: str) -> tuple[int, dict]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        oid = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]
+        return oid, pg_swap.describe(conn, oid)
+
+
+def _counter(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        query = sql.SQL("SELECT version FROM {s}").format(s=sql.Identifier(f"{table}_state"))
+        return int(conn.execute(query).fetchone()[0])
+
+
+def _plan(dsn: str, table: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        rows = conn.execute(
+            sql.SQL(
+                "EXPLAIN (COSTS OFF) SELECT pid FROM {t} ORDER BY embedding <#> "
+                "(SELECT embedding FROM {t} LIMIT 1) LIMIT 3"
+            ).format(t=sql.Identifier(table))
+        ).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def test_the_purge_swaps_in_the_same_table_without_the_erased_template(
+    world, engine, enrolled, pg, table
+):
+    gallery, pids = enrolled
+    role = f"reader_{secrets.token_hex(4)}"
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {r}").format(r=sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT ON {t} TO {r}").format(
+                t=sql.Identifier(table), r=sql.Identifier(role)
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {t} SET (fillfactor = 90)").format(t=sql.Identifier(table))
+        )
+    victim = pids[2]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    oid, before = _describe(pg.dsn, table)
+    plan_before = _plan(pg.dsn, table)
+    assert f"{table}_hnsw" in plan_before
+    for _ in range(8):  # psycopg prepares a statement run five times: the replica's are
+        assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
+    version = _counter(pg.dsn, table)
+    gallery.erase(victim)
+    report = gallery.purge_physically().to_dict()
+    assert report["swap_refused"] is None, report["swap_refused"]
+    assert report["rewrite"] == "swap"
+    assert report["vacuum_full"] and report["wal_removed"], report
+    swapped, after = _describe(pg.dsn, table)
+    assert swapped != oid  # new files...
+    assert after == before  # ...of the same table: columns, statistics targets, grants, indexes
+    assert _plan(pg.dsn, table) == plan_before
+    assert _scan(pg.data_dir, vector) == []
+    # The replica opened before the swap answers from the new table, its statements re-planned.
+    for pid in (pids[0], pids[3]):
+        assert gallery.identify(engine.embed(world.photo(pid))[0])[0].pid == pid
+    assert victim not in gallery.stored()
+    newcomer = list(world.people)[6]
+    gallery.enroll(newcomer, engine.embed(world.photo(newcomer, 2)))
+    assert _counter(pg.dsn, table) > version
+    # Opening the gallery again (ensure_schema) changes nothing of the swapped table.
+    with pg_gallery.connect(pg.dsn, autocommit=True) as conn:
+        assert pg_gallery.ensure_schema(conn, pg_gallery.Names(table), DIM) == (
+            pg_gallery.SIGNAL_OK,
+            [],
+        )
+    again = open_pg(world, pg, table, engine)
+    try:
+        assert newcomer in again.searchable()
+    finally:
+        again.close()
+    assert _describe(pg.dsn, table) == (swapped, after)
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("REVOKE ALL ON {t} FROM {r}").format(
+                t=sql.Identifier(table), r=sql.Identifier(role)
+            )
+        )
+        conn.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
+
+
+def test_serving_searches_while_the_purge_copies_and_builds(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    gallery, pids = enrolled
+    listening = open_pg(world, pg, table, engine, listen=True)
+    held, go = threading.Event(), threading.Event()
+
+    def hold(conn, phase):
+        if phase == "built":
+            held.set()
+            go.wait(30)
+
+    monkeypatch.setattr(pg_swap, "_phase", hold)
+    gallery.erase(pids[1])
+    done: list = []
+    purge = threading.Thread(target=lambda: done.append(gallery.purge_physically()))
+    purge.start()
+    try:
+        assert held.wait(30), "the purge never reached the index build"
+        # The copy and its index are built; the old table still serves every search at once.
+        for pid in (pids[0], pids[4]):
+            start = time.perf_counter()
+            assert listening.identify(engine.embed(world.photo(pid))[0])[0].pid == pid
+            assert time.perf_counter() - start < LOCK_TIMEOUT_S
+        # Writes wait for the copy (enrolment answers unavailable after its lock timeout).
+        newcomer = list(world.people)[6]
+        with pytest.raises(GalleryUnavailableError):
+            listening.enroll(newcomer, engine.embed(world.photo(newcomer, 2)))
+    finally:
+        go.set()
+        purge.join(timeout=60)
+    assert done and done[0].to_dict()["rewrite"] == "swap", done
+    # After the swap the listening replica follows changes through the triggers and counter.
+    size = listening.size
+    gallery.erase(pids[5])
+    deadline = time.monotonic() + 5
+    while listening.size != size - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listening.size == size - 1
+    assert listening.identify(engine.embed(world.photo(pids[4]))[0])[0].pid == pids[4]
+    listening.close()
+
+
+def test_a_search_whose_snapshot_began_before_the_swap_still_finds_everyone(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """A snapshot taken before the swap committed sees the new table's rows as not yet
+    written: a search that had read the change counter when the swap committed found nobody."""
+    gallery, pids = enrolled
+    gallery.erase(pids[1])
+    real = PgGallery._size_in
+    purged: list = []
+
+    def size_in(self, conn):
+        if not purged:
+            # The snapshot is taken (the change counter read first does) and the swap commits.
+            conn.execute("SELECT 1")
+            purge = threading.Thread(
+                target=lambda: purged.append(pg_gallery.purge_physically(pg.dsn, table=table))
+            )
+            purged.append(purge)
+            purge.start()
+            purge.join(timeout=5)
+        return real(self, conn)
+
+    monkeypatch.setattr(PgGallery, "_size_in", size_in)
+    found = gallery.identify(engine.embed(world.photo(pids[0]))[0])
+    purged[0].join(timeout=60)
+    assert found and found[0].pid == pids[0]
+    assert purged[-1].to_dict()["rewrite"] == "swap"
+
+
+def test_a_purge_killed_during_the_copy_leaves_the_gallery_as_it_was(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    gallery, pids = enrolled
+    victim = pids[3]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    gallery.erase(victim)
+
+    def kill(conn, phase):
+        if phase == "copied":
+            with psycopg.connect(pg.dsn, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+    monkeypatch.setattr(pg_swap, "_phase", kill)
+    with pytest.raises((psycopg.OperationalError, GalleryUnavailableError)):
+        pg_gallery.purge_physically(pg.dsn, table=table)
+    monkeypatch.undo()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0]
+    assert left is None
+    assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
+    # A copy left by hand or by an older version (live rows only: copied after the DELETE) is
+    # dropped by the next purge.
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {c} AS SELECT * FROM {t}").format(
+                c=sql.Identifier(f"{table}$purge"), t=sql.Identifier(table)
+            )
+        )
+    report = pg_gallery.purge_physically(pg.dsn, table=table).to_dict()
+    assert report["rewrite"] == "swap" and report["wal_removed"], report
+    assert report["server_messages"] == [], report
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0] is None
+    assert _scan(pg.data_dir, vector) == []
+
+
+OBSTACLES = {
+    "trigger": (
+        "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+        "CREATE TRIGGER audit BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION {f}()",
+    ),
+    "view": ("CREATE VIEW {v} AS SELECT pid FROM {t}",),
+    "foreign key": ("CREATE TABLE {v} (pid text REFERENCES {t} (pid))",),
+    "policy": ("CREATE POLICY p ON {t} USING (true)",),
+    "publication": ("CREATE PUBLICATION {v} FOR TABLE {t}",),
+}
+DROP = {
+    "trigger": ("DROP TRIGGER IF EXISTS audit ON {t}", "DROP FUNCTION IF EXISTS {f}()"),
+    "view": ("DROP VIEW IF EXISTS {v}",),
+    "foreign key": ("DROP TABLE IF EXISTS {v}",),
+    "policy": ("DROP POLICY IF EXISTS p ON {t}",),
+    "publication": ("DROP PUBLICATION IF EXISTS {v}",),
+}
+
+
+@pytest.mark.parametrize("kind", list(OBSTACLES))
+def test_a_table_with_what_the_swap_cannot_carry_over_is_vacuumed_as_before(
+    world, engine, enrolled, pg, table, kind
+):
+    gallery, pids = enrolled
+    names = {
+        "t": sql.Identifier(table),
+        "f": sql.Identifier(f"{table}_audit"),
+        "v": sql.Identifier(f"{table}_other"),
+    }
+    victim = pids[2]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        for statement in OBSTACLES[kind]:
+            conn.execute(sql.SQL(statement).format(**names))
+        oid = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]
+    try:
+        gallery.erase(victim)
+        report = gallery.purge_physically().to_dict()
+        assert report["rewrite"] == "vacuum_full" and report["swap_refused"], report
+        assert report["vacuum_full"] and report["wal_removed"], report
+        assert _scan(pg.data_dir, vector) == []
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0] == oid
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for statement in DROP[kind]:
+                conn.execute(sql.SQL(statement).format(**names))
+
+
+def test_an_enrolment_that_waits_for_the_copy_goes_through_after_the_swap(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """An enrolment reads its row FOR UPDATE before it writes: waiting for its write lock
+    behind the copy while holding the table, it deadlocked with the swap, and PostgreSQL failed
+    the enrolment or the erasure's purge."""
+    gallery, pids = enrolled
+    waiting = open_pg(world, pg, table, engine, lock_timeout_s=0)  # a command: it waits
+    held, go = threading.Event(), threading.Event()
+
+    def hold(conn, phase):
+        if phase == "built":
+            held.set()
+            go.wait(30)
+
+    monkeypatch.setattr(pg_swap, "_phase", hold)
+    gallery.erase(pids[1])
+    done: list = []
+    purge = threading.Thread(target=lambda: done.append(gallery.purge_physically()))
+    purge.start()
+    newcomer = list(world.people)[6]
+    errors: list[BaseException] = []
+
+    def enrol() -> None:
+        try:
+            waiting.enroll(newcomer, engine.embed(world.photo(newcomer, 2)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        assert held.wait(30)
+        enrolment = threading.Thread(target=enrol)
+        enrolment.start()
+        time.sleep(0.5)  # the enrolment waits behind the copy
+    finally:
+        go.set()
+        purge.join(timeout=60)
+        enrolment.join(timeout=60)
+    assert errors == []
+    assert done and done[0].to_dict()["rewrite"] == "swap", done
+    assert newcomer in waiting.searchable()
+    waiting.close()

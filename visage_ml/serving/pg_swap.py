@@ -1,0 +1,443 @@
+"""An erasure's rewrite of the pgvector gallery table by copy and swap, serving reading on.
+
+``VACUUM FULL`` holds ACCESS EXCLUSIVE on the table for the whole rewrite (the copy and every
+index rebuild: about 5 s per erasure at 100k exact templates, minutes with HNSW), and every
+replica's searches wait for it or answer 503. :func:`rewrite_and_swap` writes the same new files
+while reads go on, in one transaction:
+
+1. ``LOCK`` the table ``SHARE ROW EXCLUSIVE``: searches read on; enrolments and other erasures
+   wait (as long as their lock timeout: ``visage serve`` answers 503); a second purge waits too
+   (the mode conflicts with itself, where ``SHARE`` would let two copy and deadlock at the swap);
+2. ``CREATE TABLE <table>$purge (LIKE <table> INCLUDING ALL EXCLUDING INDEXES)``, then what
+   ``LIKE`` leaves out: each column's statistics target (``0``: ANALYZE would otherwise copy
+   sample vectors into ``pg_statistic``, set before any row is written), the table's storage
+   options and comment, its owner and grants;
+3. ``INSERT ... SELECT`` of every row (after the erasure's ``DELETE`` committed: the copy holds
+   only live rows), then each index built from the old one's definition (the HNSW graph in one
+   build, not row by row; the session's ``maintenance_work_mem`` as the caller sized it);
+4. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is),
+   ``DROP TABLE`` of the old table (its heap, TOAST and index files are unlinked at the commit,
+   as ``VACUUM FULL``'s old files are), the new table, its indexes and constraints renamed to the
+   old names, and the result compared with the old table's catalog description before the
+   commit: any difference rolls the whole swap back.
+
+Being one transaction, a purge that dies (its connection, its process, the server) leaves the
+gallery as it was and no ``<table>$purge`` behind (a server crash may leave the new files
+orphaned on disk, as a crash during ``VACUUM FULL`` does: they hold live rows only). ``$`` is in
+no gallery table's name, so the copy's name is never another gallery's table.
+
+The swap carries over what the gallery's schema holds (:func:`obstacles` names anything else: a
+trigger, a rule or view, a foreign key, a policy, a publication, an owned sequence, extended
+statistics, inheritance, column grants...); for such a table :class:`SwapRefusedError` is raised
+before anything is written and the caller falls back to ``VACUUM FULL``.
+
+The new rows carry the purge's transaction id: a REPEATABLE READ snapshot taken before the swap
+committed sees the new table empty (as after ``TRUNCATE``). Serving's snapshots take their lock on
+the table first (``LOCK TABLE`` before the snapshot), so they see the old table whole or the new
+one; another client's long REPEATABLE READ transaction (``pg_dump``) is not protected.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+# Appended to the gallery table's name for its copy (``$`` is in no name check_table allows).
+COPY_SUFFIX = "$purge"
+
+MSG_NOT_PLAIN = "it is not a plain, logged table"
+MSG_INHERITS = "it is part of an inheritance tree or a typed table"
+MSG_ROW_SECURITY = "it has row-level security"
+MSG_REPLICA_IDENTITY = "its replica identity is not the default"
+MSG_PUBLICATION = "a publication covers it"
+MSG_DEPENDS = "{what} depends on it"
+MSG_COLUMNS = "a column is an identity or generated column, or has grants of its own"
+MSG_LABELS = "it has security labels"
+MSG_TOAST = "its TOAST table has storage options"
+MSG_INDEX = "an index or constraint is of a kind the swap does not rebuild"
+MSG_DIFFERS = "the copy's description differs from the table's ({what})"
+MSG_DEADLOCK = (
+    "a client holding the table waited, without a lock timeout, to write to it behind the copy"
+)
+MSG_FAILED = (
+    "the copy could not be made or swapped in ({error}: e.g. the role may not create a table in "
+    "the schema, or give it the table's owner and grants, or an object depends on the table)"
+)
+# What makes the copy or the swap fail for the table's schema or the role's rights (not the
+# connection's loss, which fails the purge: the erasure is resumed).
+_SCHEMA_ERRORS = (
+    psycopg.errors.ProgrammingError,
+    psycopg.errors.NotSupportedError,
+    psycopg.errors.DependentObjectsStillExist,
+)
+
+# What a pg_depend entry on the table is, when it is not the table's own part.
+_DEPENDENT_KIND = {
+    "pg_trigger": "a trigger",
+    "pg_rewrite": "a rule or view",
+    "pg_policy": "a policy",
+    "pg_publication_rel": "a publication",
+    "pg_statistic_ext": "an extended statistics object",
+    "pg_constraint": "a foreign key or exclusion constraint",
+    "pg_class": "a sequence or other relation",
+}
+
+
+class SwapRefusedError(RuntimeError):
+    """The table holds something the swap cannot carry over (the message says what, no data):
+    rewrite it with ``VACUUM FULL`` instead. Nothing was written."""
+
+
+def _phase(conn: psycopg.Connection, name: str) -> None:
+    """Where a purge is (``copied``, ``built``, ``swapped``): a point tests hold it at."""
+
+
+def _one(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def obstacles(conn: psycopg.Connection, oid: int) -> list[str]:
+    """Why the table ``oid`` cannot be swapped (empty: it can)."""
+    out: list[str] = []
+    row = conn.execute(
+        "SELECT relkind, relpersistence, reloftype <> 0 OR relhassubclass OR EXISTS (SELECT 1 "
+        "FROM pg_catalog.pg_inherits WHERE inhrelid = c.oid), relrowsecurity OR "
+        "relforcerowsecurity, relreplident, (SELECT reloptions FROM pg_catalog.pg_class t "
+        "WHERE t.oid = c.reltoastrelid) FROM pg_catalog.pg_class c WHERE oid = %s",
+        (oid,),
+    ).fetchone()
+    kind, persistence, inherits, rls, replident, toast_options = row
+    if kind != "r" or persistence != "p":
+        out.append(MSG_NOT_PLAIN)
+    if inherits:
+        out.append(MSG_INHERITS)
+    if rls or _one(conn, "SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid = %s", (oid,)):
+        out.append(MSG_ROW_SECURITY)
+    if replident != "d":
+        out.append(MSG_REPLICA_IDENTITY)
+    if toast_options:
+        out.append(MSG_TOAST)
+    # A publication of all tables or of the schema would publish the copy's rows and the drop.
+    if _one(
+        conn,
+        "SELECT count(*) FROM pg_catalog.pg_publication p WHERE p.puballtables OR EXISTS "
+        "(SELECT 1 FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = "
+        "%s) OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_namespace s JOIN "
+        "pg_catalog.pg_class c ON c.relnamespace = s.pnnspid WHERE s.pnpubid = p.oid AND c.oid = "
+        "%s)",
+        (oid, oid),
+    ):
+        out.append(MSG_PUBLICATION)
+    # Everything that depends on the table but its own parts (indexes, TOAST table, row type,
+    # defaults, NOT NULL / CHECK / PRIMARY KEY / UNIQUE constraints): DROP TABLE would drop it
+    # with the table (a trigger, a policy) or refuse (a view, another table's foreign key).
+    for (catalog,) in conn.execute(
+        "SELECT DISTINCT d.classid::regclass::text FROM pg_catalog.pg_depend d "
+        "WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = %(t)s "
+        "AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND (d.objid IN (SELECT indexrelid "
+        "FROM pg_catalog.pg_index WHERE indrelid = %(t)s) OR d.objid = (SELECT reltoastrelid "
+        "FROM pg_catalog.pg_class WHERE oid = %(t)s))) "
+        "AND NOT (d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = (SELECT reltype "
+        "FROM pg_catalog.pg_class WHERE oid = %(t)s)) "
+        "AND NOT d.classid = 'pg_catalog.pg_attrdef'::regclass "
+        "AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid IN (SELECT oid "
+        "FROM pg_catalog.pg_constraint WHERE conrelid = %(t)s AND contype IN ('p','u','c','n')))",
+        {"t": oid},
+    ).fetchall():
+        out.append(MSG_DEPENDS.format(what=_DEPENDENT_KIND.get(catalog, "another object")))
+    # Functions or columns of other tables of the table's row type.
+    if _one(
+        conn,
+        "SELECT count(*) FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c "
+        "ON d.refobjid = c.reltype WHERE c.oid = %s AND d.refclassid = 'pg_catalog.pg_type'"
+        "::regclass AND NOT (d.classid = 'pg_catalog.pg_type'::regclass AND d.deptype = 'i')",
+        (oid,),
+    ):
+        out.append(MSG_DEPENDS.format(what="an object using its row type"))
+    if _one(
+        conn,
+        "SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attnum > 0 AND "
+        "NOT attisdropped AND (attidentity <> '' OR attgenerated <> '' OR attacl IS NOT NULL)",
+        (oid,),
+    ):
+        out.append(MSG_COLUMNS)
+    if _one(conn, "SELECT count(*) FROM pg_catalog.pg_seclabel WHERE objoid = %s", (oid,)):
+        out.append(MSG_LABELS)
+    if _one(
+        conn,
+        "SELECT count(*) FROM pg_catalog.pg_index i LEFT JOIN pg_catalog.pg_constraint k "
+        "ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid WHERE i.indrelid = %s AND "
+        "(i.indisclustered OR NOT i.indisvalid OR (k.oid IS NOT NULL AND k.contype NOT IN "
+        "('p', 'u')))",
+        (oid,),
+    ):
+        out.append(MSG_INDEX)
+    return out
+
+
+def describe(conn: psycopg.Connection, oid: int) -> dict[str, Any]:
+    """What of the table ``oid`` must be the same after the swap (its name, oid and files
+    aside): columns, constraints, indexes, options, owner, grants, comments."""
+    q = {
+        "table": "SELECT relowner::regrole::text, relacl::text[], reloptions, relpersistence, "
+        "relreplident, relrowsecurity, obj_description(oid, 'pg_class') FROM pg_catalog.pg_class "
+        "WHERE oid = %(t)s",
+        "columns": "SELECT a.attnum, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), "
+        "a.attnotnull, a.attstorage, a.attcompression, a.attstattarget, a.attcollation, "
+        "pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attacl::text[], "
+        "pg_catalog.col_description(a.attrelid, a.attnum) FROM pg_catalog.pg_attribute a "
+        "LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE a.attrelid = %(t)s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attname",
+        "constraints": "SELECT conname, contype, pg_catalog.pg_get_constraintdef(oid), "
+        "condeferrable, condeferred, convalidated, obj_description(oid, 'pg_constraint') "
+        "FROM pg_catalog.pg_constraint WHERE conrelid = %(t)s ORDER BY conname",
+        "indexes": "SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid), c.reloptions, "
+        "i.indisprimary, i.indisunique, obj_description(c.oid, 'pg_class') "
+        "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = %(t)s ORDER BY c.relname",
+    }
+    out: dict[str, Any] = {}
+    for key, query in q.items():
+        rows = conn.execute(query, {"t": oid}).fetchall()
+        out[key] = [tuple(sorted(v) if isinstance(v, list) else v for v in r) for r in rows]
+    return out
+
+
+def _oid(conn: psycopg.Connection, schema: str, name: str) -> int | None:
+    return _one(
+        conn, "SELECT to_regclass(%s)::oid", (sql.Identifier(schema, name).as_string(conn),)
+    )
+
+
+def _lock_briefly(
+    conn: psycopg.Connection,
+    target: sql.Composable,
+    *,
+    tries: int,
+    timeout_s: float,
+    pause_s: float,
+) -> int:
+    """ACCESS EXCLUSIVE on ``target`` in the open transaction, asked for ``timeout_s`` at a time
+    (a waiting request makes every later search wait behind it) ``tries`` times, then as long
+    as it takes; each failed try rolled back to a savepoint (the copy is kept). Returns the
+    tries."""
+    lock = sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=target)
+    attempt = 0
+    while True:
+        attempt += 1
+        wait = timeout_s if attempt < tries else 0.0
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+                    (f"{max(1, round(wait * 1000)) if wait else 0}ms",),
+                )
+                conn.execute(lock)
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(pause_s)
+            continue
+        except psycopg.errors.DeadlockDetected:
+            # A client read the table and waits, with no lock timeout, to write behind the copy:
+            # one of the two must give way, and the purge can (by VACUUM FULL after it).
+            raise SwapRefusedError(MSG_DEADLOCK) from None
+        conn.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
+        return attempt
+
+
+def rewrite_and_swap(
+    conn: psycopg.Connection, table: str, *, lock_tries: int, lock_timeout_s: float, pause_s: float
+) -> int:
+    """Rewrite ``table`` into new files by copy and swap (module docstring); ``conn`` in
+    autocommit mode, its ``maintenance_work_mem`` set for the index builds. Returns the tries
+    the ACCESS EXCLUSIVE lock took.
+
+    Raises
+    ------
+    SwapRefusedError
+        The table holds something the swap cannot carry over, or the role may not create the
+        copy in the table's schema or give it the table's owner: nothing was changed.
+    """
+    with conn.transaction():
+        # One schema change of the gallery at a time (ensure_schema, ensure_hnsw take it too).
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        oid = _one(conn, "SELECT to_regclass(%s)::oid", (sql.Identifier(table).as_string(conn),))
+        schema = _one(
+            conn,
+            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = %s",
+            (oid,),
+        )
+        old = sql.Identifier(schema, table)
+        conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=old))
+        why = obstacles(conn, oid)
+        if why:
+            raise SwapRefusedError("; ".join(why))
+        before = describe(conn, oid)
+        # With the head of each definition up to USING, as pg_get_indexdef quotes the names.
+        indexes = conn.execute(
+            "SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid), i.indisunique, "
+            "k.conname, k.contype, 'CREATE ' || CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' "
+            "END || 'INDEX ' || pg_catalog.quote_ident(c.relname) || ' ON ' || "
+            "pg_catalog.quote_ident(%s) || '.' || pg_catalog.quote_ident(%s) || ' USING ' "
+            "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+            "LEFT JOIN pg_catalog.pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = "
+            "i.indrelid WHERE i.indrelid = %s ORDER BY c.relname",
+            (schema, table, oid),
+        ).fetchall()
+        try:
+            attempts = _copy_and_swap(
+                conn,
+                schema=schema,
+                table=table,
+                oid=oid,
+                indexes=indexes,
+                locking=(lock_tries, lock_timeout_s, pause_s),
+            )
+        except _SCHEMA_ERRORS as exc:
+            # Raised inside the transaction: whatever the copy and the swap did is rolled back.
+            raise SwapRefusedError(MSG_FAILED.format(error=type(exc).__name__)) from None
+        after = describe(conn, _oid(conn, schema, table))
+        differs = [k for k in before if before[k] != after[k]]
+        if differs:
+            raise SwapRefusedError(MSG_DIFFERS.format(what=", ".join(differs)))
+        _phase(conn, "swapped")
+    return attempts
+
+
+def _copy_and_swap(
+    conn: psycopg.Connection,
+    *,
+    schema: str,
+    table: str,
+    oid: int,
+    indexes: list[tuple],
+    locking: tuple[int, float, float],
+) -> int:
+    """Steps 2 to 4 of the module docstring in the caller's transaction; returns the tries the
+    ACCESS EXCLUSIVE lock took."""
+    old = sql.Identifier(schema, table)
+    copy_name = f"{table}{COPY_SUFFIX}"
+    new = sql.Identifier(schema, copy_name)
+    # A purge that died took its copy with it (one transaction): a table of this name was made
+    # by hand or by an older version; the name is this purge's (no gallery's has a ``$``).
+    if _oid(conn, schema, copy_name) is not None:
+        conn.execute(sql.SQL("DROP TABLE {t}").format(t=new))
+    conn.execute(
+        sql.SQL("CREATE TABLE {n} (LIKE {t} INCLUDING ALL EXCLUDING INDEXES)").format(n=new, t=old)
+    )
+    _carry_over(conn, oid, new)
+    conn.execute(sql.SQL("INSERT INTO {n} SELECT * FROM {t}").format(n=new, t=old))
+    _phase(conn, "copied")
+    renames = _build_indexes(conn, indexes, schema=schema, table=table, new=new)
+    _phase(conn, "built")
+    tries, timeout_s, pause_s = locking
+    attempts = _lock_briefly(conn, old, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+    conn.execute(sql.SQL("DROP TABLE {t}").format(t=old))
+    conn.execute(sql.SQL("ALTER TABLE {n} RENAME TO {t}").format(n=new, t=sql.Identifier(table)))
+    for statement in renames:
+        conn.execute(statement)
+    return attempts
+
+
+def _carry_over(conn: psycopg.Connection, oid: int, new: sql.Composable) -> None:
+    """What ``LIKE ... INCLUDING ALL`` does not copy: the statistics targets (before any row is
+    written), the table's storage options, comment, owner and grants."""
+    for name, target in conn.execute(
+        "SELECT attname, attstattarget FROM pg_catalog.pg_attribute WHERE attrelid = %s "
+        "AND attnum > 0 AND NOT attisdropped AND attstattarget IS NOT NULL",
+        (oid,),
+    ).fetchall():
+        conn.execute(
+            sql.SQL("ALTER TABLE {n} ALTER COLUMN {c} SET STATISTICS {v}").format(
+                n=new, c=sql.Identifier(name), v=sql.Literal(int(target))
+            )
+        )
+    options, comment, owner = conn.execute(
+        "SELECT reloptions, obj_description(oid, 'pg_class'), relowner::regrole::text "
+        "FROM pg_catalog.pg_class WHERE oid = %s",
+        (oid,),
+    ).fetchone()
+    if options:
+        pairs = [o.split("=", 1) for o in options]
+        conn.execute(
+            sql.SQL("ALTER TABLE {n} SET ({o})").format(
+                n=new,
+                o=sql.SQL(", ").join(
+                    sql.SQL("{k} = {v}").format(k=sql.SQL(k), v=sql.Literal(v)) for k, v in pairs
+                ),
+            )
+        )
+    if comment is not None:
+        conn.execute(sql.SQL("COMMENT ON TABLE {n} IS {c}").format(n=new, c=sql.Literal(comment)))
+    conn.execute(sql.SQL("ALTER TABLE {n} OWNER TO {o}").format(n=new, o=sql.SQL(owner)))
+    for grantee, privilege, grantable in conn.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, "
+        "a.privilege_type, a.is_grantable FROM pg_catalog.pg_class c, "
+        "LATERAL pg_catalog.aclexplode(c.relacl) a WHERE c.oid = %s AND a.grantee <> c.relowner",
+        (oid,),
+    ).fetchall():
+        conn.execute(
+            sql.SQL("GRANT {p} ON {n} TO {g}{w}").format(
+                p=sql.SQL(privilege),
+                n=new,
+                g=sql.SQL(grantee),
+                w=sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
+
+
+def _build_indexes(
+    conn: psycopg.Connection,
+    indexes: list[tuple],
+    *,
+    schema: str,
+    table: str,
+    new: sql.Composable,
+) -> list[sql.Composable]:
+    """Build on the copy each index of the table (``indexes``: name, definition, unique,
+    constraint, its kind, the definition's head up to ``USING``) under a name of its own;
+    returns the statements that give the indexes and constraints the old names once the old
+    table is dropped."""
+    renames: list[sql.Composable] = []
+    for i, (name, definition, unique, constraint, kind, head) in enumerate(indexes):
+        if not definition.startswith(head):
+            raise SwapRefusedError(MSG_INDEX)
+        temporary = sql.Identifier(f"{table}{COPY_SUFFIX}_{i}")
+        conn.execute(
+            sql.SQL("CREATE {u}INDEX {i} ON {n} USING {rest}").format(
+                u=sql.SQL("UNIQUE " if unique else ""),
+                i=temporary,
+                n=new,
+                rest=sql.SQL(definition[len(head) :]),
+            )
+        )
+        target = sql.Identifier(schema, f"{table}{COPY_SUFFIX}_{i}")
+        if constraint is None:
+            renames.append(
+                sql.SQL("ALTER INDEX {i} RENAME TO {o}").format(i=target, o=sql.Identifier(name))
+            )
+            continue
+        conn.execute(
+            sql.SQL("ALTER TABLE {n} ADD CONSTRAINT {k} {c} USING INDEX {i}").format(
+                n=new,
+                k=temporary,
+                c=sql.SQL("PRIMARY KEY" if kind == "p" else "UNIQUE"),
+                i=temporary,
+            )
+        )
+        renames.append(
+            sql.SQL("ALTER TABLE {t} RENAME CONSTRAINT {k} TO {o}").format(
+                t=sql.Identifier(schema, table), k=temporary, o=sql.Identifier(constraint)
+            )
+        )
+        if constraint != name:  # the index keeps its own name apart from the constraint's
+            renames.append(
+                sql.SQL("ALTER INDEX {i} RENAME TO {o}").format(
+                    i=sql.Identifier(schema, constraint), o=sql.Identifier(name)
+                )
+            )
+    return renames
