@@ -1,4 +1,4 @@
-"""What an erasure's ``VACUUM FULL`` of the pgvector gallery costs, and what serving sees; one JSON.
+"""What an erasure's rewrite of the pgvector gallery costs, and what serving sees; one JSON.
 
 A PostgreSQL of the stack (:class:`~visage_ml.stack.postgres.PostgresServer`, with its erasure
 settings: ``wal_recycle = off``...) is started in ``--scratch`` and a gallery table of
@@ -17,7 +17,8 @@ Then, while two serving replicas run against the table (each its own :class:`PgG
 
 each window is timed: ``baseline`` (``--baseline-s`` with no erasure), then each erasure in a
 row, each the real erasure step (:func:`visage_ml.rights.erasure.pgvector.plan` and ``erase``:
-revoke + DELETE, then ``VACUUM FULL`` of the table, its TOAST table and indexes, the statistics,
+revoke + DELETE, then the table, its TOAST table and indexes rewritten (copy and swap, or
+``VACUUM FULL`` where it cannot be swapped: ``rewrite``), the statistics,
 ``pg_switch_wal()`` + ``CHECKPOINT`` twice): ``erase_1`` and ``erase_2`` of two enrolled
 subjects back to back, ``erase_absent`` of a subject the gallery never held. For each window:
 the step's seconds and its purge's (``purge_s``), and per replica the calls that completed, their
@@ -281,6 +282,7 @@ def main() -> None:
                     "wal_removed": info.get("wal_removed"),
                     "maintenance_work_mem_mb": info.get("maintenance_work_mem_mb"),
                     "lock_attempts": info.get("lock_attempts"),
+                    "rewrite": info.get("rewrite"),
                     "server_messages": info.get("server_messages"),
                 }
 
