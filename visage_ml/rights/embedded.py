@@ -201,6 +201,15 @@ FLOOR_PROBE = 4096
 B64_EXPANDS = frozenset(
     base64.b64encode(m[:2])[:2] for m in (*(b"PK", b"\x1f\x8b", b"\xfd7", b"BZ"), b"PA")
 )
+# The first two bytes of a part whose base64 begins so (:data:`B64_EXPANDS`: its first 12 bits,
+# the first byte and the high half of the second), to tell it without encoding each part.
+EXPANDS_PAIRS = frozenset(
+    bytes((first, second | low))
+    for first in range(256)
+    for second in range(0, 256, 16)
+    if base64.b64encode(bytes((first, second)))[:2] in B64_EXPANDS
+    for low in range(16)
+)
 
 
 def smallest_sought(sizes: SizeFilter | None) -> int:

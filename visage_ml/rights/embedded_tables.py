@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections.abc import Iterator
 from typing import IO, Any
 
 from visage_ml.rights import embedded, embedded_formats
-from visage_ml.rights.embedded import SizeFilter, _Budget
+from visage_ml.rights.embedded import B64_EXPANDS, EXPANDS_PAIRS, SizeFilter, _Budget
 from visage_ml.rights.embedded_mapping import Buffer
 from visage_ml.rights.embedded_text import B64_MIN, _runs
+
+# What a value must hold for a base64 run of it to begin as a compressed file's does
+# (:data:`~visage_ml.rights.embedded.B64_EXPANDS`, of either alphabet; ``\/`` holds ``/``).
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_EXPANDS_TEXT = re.compile(
+    b"|".join(map(re.escape, sorted(B64_EXPANDS | {p.translate(_TO_URLSAFE) for p in B64_EXPANDS})))
+)
 
 # Rows of a table read from its file at once (:func:`_table`): a data set's photographs, a few
 # MB each at most.
@@ -137,16 +145,37 @@ def _table_values(
             values = _column_values(column)
         except (pa.ArrowException, ValueError):
             continue
-        for value in values:
-            yield from embedded._part(value, sizes, depth, budget)
-            if (
-                len(value) >= B64_MIN
-                and len(value) < below
-                and embedded.kind(value[: embedded.SNIFF]) == embedded.TEXT
-            ):
-                # Too short to be sought itself (so not looked inside by _part): its base64.
-                for _, raw in _runs(value, sizes):
-                    yield from embedded._part(raw, sizes, depth, budget)
+        # A table's every value is a part (millions in a gigabyte of tables: a SHA-256 in hex
+        # each row), and most are shorter than anything sought: what _part would do with
+        # those is decided here without a call a value, their largest noted once a column.
+        largest = -1
+        try:
+            for value in values:
+                n = len(value)
+                if n < below and value[:2] not in EXPANDS_PAIRS:  # _part passes it over
+                    largest = n if n > largest else largest
+                    # Its base64 runs decode to less than it: _runs passes over each (its note
+                    # smaller than this one) but one that begins as a compressed file's base64.
+                    if (
+                        n >= B64_MIN
+                        and _EXPANDS_TEXT.search(value) is not None
+                        and embedded.kind(value[: embedded.SNIFF]) == embedded.TEXT
+                    ):
+                        for _, raw in _runs(value, sizes):
+                            yield from embedded._part(raw, sizes, depth, budget)
+                    continue
+                yield from embedded._part(value, sizes, depth, budget)
+                if (
+                    n >= B64_MIN
+                    and n < below
+                    and embedded.kind(value[: embedded.SNIFF]) == embedded.TEXT
+                ):
+                    # Too short to be sought itself (so not looked inside by _part): its base64.
+                    for _, raw in _runs(value, sizes):
+                        yield from embedded._part(raw, sizes, depth, budget)
+        finally:  # noted too when a part of it raises (TooLarge), as each was before
+            if largest >= 0:
+                embedded.passed_over(sizes, largest)
 
 
 def _arrow(
