@@ -39,8 +39,6 @@ _RUN_CLASS = bytes(
 # dozen bytes a line of a run to go back to, 100 MB for a text of 8 MB of short lines).
 _RUN_MASK = bytes({0x0D: 2, 0x0A: 3}.get(b, c) for b, c in enumerate(_RUN_CLASS))
 _RUN_STOP = re.compile(rb"\x00|\x02(?!\x03\x01)|\x03(?!\x01)")
-# A run found: its span, as a match (as :data:`B64_RUN` gives it).
-_RUN_SPAN = re.compile(rb".*", re.DOTALL)
 B64_MIN = 64
 # The widest line a wrapper gives (``base64``, MIME: 76; PEM: 64).
 WRAP_MAX = 76
@@ -238,22 +236,23 @@ def _splits(
             yield first + a, first + b, raw[a * per : b * per if b < lines else len(raw)]
 
 
-def _run_matches(data: bytes) -> Iterator[re.Match[bytes]]:
-    """``B64_RUN.finditer(data)``, the same matches, each found only where :data:`_RUN_LEAD`
-    bytes of its class begin (the first such place from where the last ended is where the
-    expression would match next), and ended where :data:`_RUN_STOP` finds (in memory of the
-    mask, however many lines the run has)."""
+def _run_spans(data: bytes) -> Iterator[tuple[int, int]]:
+    """The spans of ``B64_RUN.finditer(data)``, each found only where :data:`_RUN_LEAD` bytes
+    of its class begin (the first such place from where the last ended is where the expression
+    would match next), and ended where :data:`_RUN_STOP` finds (in memory of the mask, however
+    many lines the run has). Spans, not matches: a gigabyte of logs is 16 million runs (each
+    hex id, each SHA-256), and most are dropped at once by their length (:func:`_runs`)."""
     if not isinstance(data, bytes):  # a mapped file: as it is
-        yield from B64_RUN.finditer(data)
+        for m in B64_RUN.finditer(data):
+            yield m.span()
         return
-    mask, lead, at = data.translate(_RUN_MASK), b"\x01" * _RUN_LEAD, 0
-    while (at := mask.find(lead, at)) >= 0:
-        stop = _RUN_STOP.search(mask, at)
-        end = len(data) if stop is None else stop.start()
-        end += data.startswith(b"=", end) + data.startswith(b"==", end)  # its padding
-        m = _RUN_SPAN.match(data, at, end)
-        assert m is not None  # ".*" matches any span
-        yield m
+    mask, lead, at, size = data.translate(_RUN_MASK), b"\x01" * _RUN_LEAD, 0, len(data)
+    find, stop_at, padded = mask.find, _RUN_STOP.search, data.startswith
+    while (at := find(lead, at)) >= 0:
+        stop = stop_at(mask, at)
+        end = size if stop is None else stop.start()
+        end += padded(b"=", end) + padded(b"==", end)  # its padding
+        yield at, end
         at = end
 
 
@@ -265,27 +264,34 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
     begins as a compressed file does (:data:`~visage_ml.rights.embedded.B64_EXPANDS`): nothing
     of that size is sought, and a text, a pickle or a tar holds only what is smaller than itself
     (a log's hex ids, each a valid base64 run)."""
-    below = embedded.smallest_sought(sizes)
+    below, expands = embedded.smallest_sought(sizes), embedded.B64_EXPANDS
+    # The largest run passed over: noted as it grows, not run by run (a note keeps the largest).
+    largest = -1
 
     def small(n: int, text: bytes) -> bool:
-        if n * 3 // 4 < below and text[:2].translate(URLSAFE) not in embedded.B64_EXPANDS:
-            embedded.passed_over(sizes, n * 3 // 4)
+        nonlocal largest
+        if n * 3 // 4 < below and text[:2].translate(URLSAFE) not in expands:
+            if n * 3 // 4 > largest:
+                largest = n * 3 // 4
+                embedded.passed_over(sizes, largest)
             return True
         return False
 
-    for m in _run_matches(data):
-        start, end = m.span()
+    for start, end in _run_spans(data):
+        if end - start < B64_MIN:  # nor does any text of its lines: fewer characters than it
+            continue
         if data.find(b"\n", start, end) < 0 and data.find(b"\\", start, end) < 0:  # one line
-            run = m.group(0)
-            if (
-                len(run) >= B64_MIN
-                and not small(len(run), run)
-                and (raw := _decoded(run)) is not None
-            ):
-                yield m.span(), raw
+            n = end - start
+            if n * 3 // 4 < below and data[start : start + 2].translate(URLSAFE) not in expands:
+                if n * 3 // 4 > largest:  # small(), inline: asked of nearly every run
+                    largest = n * 3 // 4
+                    embedded.passed_over(sizes, largest)
+                continue
+            if (raw := _decoded(data[start:end])) is not None:
+                yield (start, end), raw
             continue
         # Read where it lies (bytes: not copied), or a mapped file's run copied.
-        held, at = (data, 0) if isinstance(data, bytes) else (m.group(0), start)
+        held, at = (data, 0) if isinstance(data, bytes) else (data[start:end], start)
         for lines in _lines(held, start - at, end - at):
             widths = lines.widths
             done: set[tuple[int, int]] = set()
