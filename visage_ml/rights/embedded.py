@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -232,7 +233,6 @@ class Floored:
     def __init__(self, sizes: SizeFilter) -> None:
         self.sizes = sizes
         self._asked: dict[int, bool] = {}
-        self._smallest: int | None = None
 
     def may_match(self, size: int) -> bool:
         known = self._asked.get(size)
@@ -240,11 +240,11 @@ class Floored:
             known = self._asked[size] = self.sizes.may_match(size)
         return known
 
-    @property
+    # Worked out when first asked, then an attribute: asked of each part (a table's every
+    # value, a text's every run), and a property was a call each time.
+    @functools.cached_property
     def smallest(self) -> int:
-        if self._smallest is None:
-            self._smallest = next((n for n in range(FLOOR_PROBE) if self.may_match(n)), FLOOR_PROBE)
-        return self._smallest
+        return next((n for n in range(FLOOR_PROBE) if self.may_match(n)), FLOOR_PROBE)
 
 
 class SizeFilter(Protocol):
