@@ -370,3 +370,66 @@ def test_an_enrolment_that_waits_for_the_copy_goes_through_after_the_swap(
     assert done and done[0].to_dict()["rewrite"] == "swap", done
     assert newcomer in waiting.searchable()
     waiting.close()
+
+
+def test_a_copy_left_from_before_the_erasure_is_dropped_when_the_table_is_vacuumed_instead(
+    world, engine, enrolled, pg, table
+):
+    """A ``<table>$purge`` made before the erasure holds the subject's search vector; when the
+    swap could not run (here a trigger on the table) its drop was rolled back with the refused
+    swap, and the erasure certified a table whose old copy still held the vector on disk."""
+    gallery, pids = enrolled
+    victim = pids[2]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    names = {"t": sql.Identifier(table), "f": sql.Identifier(f"{table}_audit")}
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {c} AS SELECT * FROM {t}").format(
+                c=sql.Identifier(f"{table}$purge"), t=names["t"]
+            )
+        )
+        for statement in OBSTACLES["trigger"]:
+            conn.execute(sql.SQL(statement).format(**names))
+    try:
+        gallery.erase(victim)
+        report = gallery.purge_physically().to_dict()
+        assert report["rewrite"] == "vacuum_full" and report["swap_refused"], report
+        assert report["wal_removed"], report
+        assert _scan(pg.data_dir, vector) == []
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            left = conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0]
+        assert left is None
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for statement in DROP["trigger"]:
+                conn.execute(sql.SQL(statement).format(**names))
+
+
+def test_a_swap_the_server_refuses_halfway_rolls_back_and_the_table_is_vacuumed(
+    world, engine, enrolled, pg, table
+):
+    """The copy is written, then the index build fails (a relation already has the name the
+    swap gives the copy's index): nothing of the swap stays, VACUUM FULL rewrites the table
+    and the report says so."""
+    gallery, pids = enrolled
+    victim = pids[4]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    taken = sql.Identifier(f"{table}$purge_0")
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SEQUENCE {s}").format(s=taken))
+        oid = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]
+    try:
+        gallery.erase(victim)
+        report = gallery.purge_physically().to_dict()
+        assert report["rewrite"] == "vacuum_full", report
+        assert "DuplicateTable" in report["swap_refused"], report
+        assert report["vacuum_full"] and report["wal_removed"], report
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0] == oid
+            left = conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0]
+        assert left is None
+        assert _scan(pg.data_dir, vector) == []
+        assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SEQUENCE IF EXISTS {s}").format(s=taken))

@@ -23,8 +23,9 @@ while reads go on, in one transaction:
 
 Being one transaction, a purge that dies (its connection, its process, the server) leaves the
 gallery as it was and no ``<table>$purge`` behind (a server crash may leave the new files
-orphaned on disk, as a crash during ``VACUUM FULL`` does: they hold live rows only). ``$`` is in
-no gallery table's name, so the copy's name is never another gallery's table.
+orphaned on disk, as a crash during ``VACUUM FULL`` does: they hold the rows live at that time,
+which a later erasure's subject may be among). ``$`` is in no gallery table's name, so the
+copy's name is never another gallery's table.
 
 The swap carries over what the gallery's schema holds (:func:`obstacles` names anything else: a
 trigger, a rule or view, a foreign key, a policy, a publication, an owned sequence, extended
@@ -261,6 +262,7 @@ def rewrite_and_swap(
         The table holds something the swap cannot carry over, or the role may not create the
         copy in the table's schema or give it the table's owner: nothing was changed.
     """
+    _drop_left_copy(conn, table)
     with conn.transaction():
         # One schema change of the gallery at a time (ensure_schema, ensure_hnsw take it too).
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
@@ -308,6 +310,29 @@ def rewrite_and_swap(
     return attempts
 
 
+def _drop_left_copy(conn: psycopg.Connection, table: str) -> None:
+    """Drop a ``<table>$purge`` left beside the table, committed on its own before the swap.
+
+    A purge that died took its copy with it (one transaction): a table of this name was made
+    by hand or by an older version, and holds the rows of its time, a subject erased since among
+    them. Dropped inside the swap's transaction, the drop was rolled back with a swap that could
+    not run (the table VACUUM FULLed instead) and the copy's files kept the erased vector.
+    The name is the purge's (no gallery's has a ``$``); the caller's WAL switch and checkpoint
+    follow the drop."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        schema = _one(
+            conn,
+            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+            (sql.Identifier(table).as_string(conn),),
+        )
+        if schema is not None and _oid(conn, schema, f"{table}{COPY_SUFFIX}") is not None:
+            conn.execute(
+                sql.SQL("DROP TABLE {t}").format(t=sql.Identifier(schema, f"{table}{COPY_SUFFIX}"))
+            )
+
+
 def _copy_and_swap(
     conn: psycopg.Connection,
     *,
@@ -322,10 +347,6 @@ def _copy_and_swap(
     old = sql.Identifier(schema, table)
     copy_name = f"{table}{COPY_SUFFIX}"
     new = sql.Identifier(schema, copy_name)
-    # A purge that died took its copy with it (one transaction): a table of this name was made
-    # by hand or by an older version; the name is this purge's (no gallery's has a ``$``).
-    if _oid(conn, schema, copy_name) is not None:
-        conn.execute(sql.SQL("DROP TABLE {t}").format(t=new))
     conn.execute(
         sql.SQL("CREATE TABLE {n} (LIKE {t} INCLUDING ALL EXCLUDING INDEXES)").format(n=new, t=old)
     )
