@@ -288,6 +288,13 @@ OBSTACLES = {
     "foreign key": ("CREATE TABLE {v} (pid text REFERENCES {t} (pid))",),
     "policy": ("CREATE POLICY p ON {t} USING (true)",),
     "publication": ("CREATE PUBLICATION {v} FOR TABLE {t}",),
+    "unlogged": ("ALTER TABLE {t} SET UNLOGGED",),
+    # What a failed CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY leaves: an invalid index,
+    # built, holding every vector (VACUUM FULL rebuilds it from the new heap).
+    "invalid index": (
+        "CREATE INDEX {v} ON {t} (embedding)",
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{v}'::regclass",
+    ),
 }
 DROP = {
     "trigger": ("DROP TRIGGER IF EXISTS audit ON {t}", "DROP FUNCTION IF EXISTS {f}()"),
@@ -295,6 +302,8 @@ DROP = {
     "foreign key": ("DROP TABLE IF EXISTS {v}",),
     "policy": ("DROP POLICY IF EXISTS p ON {t}",),
     "publication": ("DROP PUBLICATION IF EXISTS {v}",),
+    "unlogged": ("ALTER TABLE {t} SET LOGGED",),
+    "invalid index": ("DROP INDEX IF EXISTS {v}",),
 }
 
 
@@ -433,3 +442,113 @@ def test_a_swap_the_server_refuses_halfway_rolls_back_and_the_table_is_vacuumed(
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SEQUENCE IF EXISTS {s}").format(s=taken))
+
+
+def test_an_erasure_and_its_purge_while_another_purge_copies_both_leave_no_trace(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """Two erasures at once (two processes): the second's DELETE waits for the first's copy and
+    lands in the swapped table, its purge waits for the first's; both certify, neither vector
+    is in the data folder, serving answers throughout."""
+    gallery, pids = enrolled
+    other = open_pg(world, pg, table, engine)  # the second process's gallery
+    first, second = pids[1], pids[3]
+    vectors = [gallery.template(p)[0].astype("<f4").tobytes() for p in (first, second)]
+    held, go = threading.Event(), threading.Event()
+
+    def hold(conn, phase):
+        if phase == "built" and not go.is_set():
+            held.set()
+            go.wait(30)
+
+    monkeypatch.setattr(pg_swap, "_phase", hold)
+    gallery.erase(first)
+    reports: list = []
+    errors: list[BaseException] = []
+
+    def run(call) -> None:
+        try:
+            reports.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    purge = threading.Thread(target=run, args=(gallery.purge_physically,))
+    purge.start()
+    assert held.wait(30)
+    later = threading.Thread(
+        target=run, args=(lambda: (other.erase(second), other.purge_physically())[1],)
+    )
+    later.start()
+    time.sleep(0.5)  # the second erasure waits behind the copy
+    assert later.is_alive()
+    assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
+    go.set()
+    purge.join(timeout=60)
+    later.join(timeout=60)
+    assert errors == [], errors
+    assert [r.to_dict()["rewrite"] for r in reports] == ["swap", "swap"], reports
+    for vector in vectors:
+        assert _scan(pg.data_dir, vector) == []
+    stored = other.stored()
+    assert first not in stored and second not in stored
+    assert other.identify(engine.embed(world.photo(pids[4]))[0])[0].pid == pids[4]
+    other.close()
+
+
+def test_an_owner_without_create_on_the_schema_erases_by_vacuum_full_and_with_it_by_swap(
+    world, engine, enrolled, pg, table
+):
+    """The documented least-privilege role (the tables' owner with pg_checkpoint, pg_maintain
+    and pg_switch_wal) lacks CREATE on the schema: its purge is VACUUM FULL, said so in the
+    report, and certifies; given CREATE, its next purge swaps and the table stays its own."""
+    gallery, pids = enrolled
+    role, password = f"owner_{secrets.token_hex(4)}", secrets.token_hex(8)
+    tables = [sql.Identifier(f"{table}{s}") for s in ("", "_revoked", "_state")]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {r} LOGIN PASSWORD {p} IN ROLE pg_checkpoint, pg_maintain").format(
+                r=sql.Identifier(role), p=sql.Literal(password)
+            )
+        )
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {r}").format(
+                r=sql.Identifier(role)
+            )
+        )
+        for t in tables:
+            conn.execute(
+                sql.SQL("ALTER TABLE {t} OWNER TO {r}").format(t=t, r=sql.Identifier(role))
+            )
+    dsn = psycopg.conninfo.make_conninfo(pg.dsn, user=role, password=password)
+    try:
+        victim = pids[2]
+        vector = gallery.template(victim)[0].astype("<f4").tobytes()
+        gallery.erase(victim)
+        report = pg_gallery.purge_physically(dsn, table=table).to_dict()
+        assert report["rewrite"] == "vacuum_full", report
+        assert "InsufficientPrivilege" in report["swap_refused"], report
+        assert report["vacuum_full"] and report["wal_removed"], report
+        assert _scan(pg.data_dir, vector) == []
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("GRANT CREATE ON SCHEMA public TO {r}").format(r=sql.Identifier(role))
+            )
+        victim = pids[3]
+        vector = gallery.template(victim)[0].astype("<f4").tobytes()
+        gallery.erase(victim)
+        report = pg_gallery.purge_physically(dsn, table=table).to_dict()
+        assert report["rewrite"] == "swap" and report["wal_removed"], report
+        assert _scan(pg.data_dir, vector) == []
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            owner = conn.execute(
+                "SELECT relowner::regrole::text FROM pg_class WHERE oid = %s::regclass", (table,)
+            ).fetchone()[0]
+        assert owner == role
+        assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("REASSIGN OWNED BY {r} TO CURRENT_USER").format(r=sql.Identifier(role))
+            )
+            conn.execute(sql.SQL("DROP OWNED BY {r}").format(r=sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
