@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import contextlib
 import datetime
 import hashlib
 import io
@@ -19,7 +18,6 @@ import shutil
 import socket
 import ssl
 import stat
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from harness import REPO, make_site
-from loadgen import free_port
+from loadgen import run_server
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
@@ -325,7 +323,6 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 
 def test_serve_over_tls_with_a_private_key_only(project, tmp_path):
     import httpx
-    import uvicorn
 
     from visage_ml.app.cli import app as cli
     from visage_ml.app.cli.common import UserError
@@ -345,19 +342,8 @@ def test_serve_over_tls_with_a_private_key_only(project, tmp_path):
     trust = ssl.create_default_context(cafile=str(cert))
 
     site = make_site(project, enrol=2)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            site.build_app(), host="127.0.0.1", port=port, log_level="warning", **options
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
+    serving = {"host": "127.0.0.1", "log_level": "warning", **options}
+    with run_server(site.build_app(), serving) as port:
         r = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=10)
         assert r.status_code == 200 and r.json()["status"] == "ok"
         r = httpx.get(
@@ -369,9 +355,6 @@ def test_serve_over_tls_with_a_private_key_only(project, tmp_path):
         assert r.status_code == 200
         with pytest.raises(httpx.HTTPError):  # plain HTTP gets no answer from a TLS port
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def test_security_doc_covers_tls_keys_and_the_audit_log():
@@ -394,26 +377,9 @@ def test_security_doc_covers_tls_keys_and_the_audit_log():
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def live_server(app):
     """``app`` under uvicorn on a free loopback port, in a thread; yields the port."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    return run_server(app, {"host": "127.0.0.1", "log_level": "warning", "log_config": None})
 
 
 def exchange(port: int, head: bytes, body: bytes = b"", *, timeout: float = 10.0) -> bytes:

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import http.client
 import io
 import json
 import logging
 import select
 import socket
-import threading
 import time
 
 import numpy as np
 import pytest
 from harness import make_site
-from loadgen import free_port
+from loadgen import run_server
 from PIL import Image
 from project_helpers import write_overrides
 from serving_fakes import TILE
@@ -34,26 +32,6 @@ DEADLINE = 1.5  # serving.request_read_timeout_s in these tests
 BODY_TIMEOUT = 1.0  # serving.body_timeout_s: below the deadline, as params require
 TRICKLE = 0.3  # seconds between two bytes: far under any idle timeout (keep-alive is 5 s)
 LIMITS = {"serving.request_read_timeout_s": DEADLINE, "serving.body_timeout_s": BODY_TIMEOUT}
-
-
-@contextlib.contextmanager
-def run_server(app, options: dict):
-    """uvicorn on ``app`` with ``options`` (a free loopback port) in a thread; yields the port."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, **{**options, "port": port}))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def serve_options(monkeypatch, app) -> dict:
