@@ -30,7 +30,7 @@ from visage_ml.serving.index import template_of
 VERSION = "emb-test-1"
 
 
-def open_gallery(world, engine=None, *, core=None, version=VERSION):
+def open_gallery(world, engine=None, *, core=None, version=VERSION, load=True):
     return Gallery.open(
         world.paths,
         model_version=version,
@@ -38,6 +38,7 @@ def open_gallery(world, engine=None, *, core=None, version=VERSION):
         threshold=THRESHOLD,
         core=core or world.core,
         embed=engine.embed if engine is not None else None,
+        load=load,
     )
 
 
@@ -252,14 +253,7 @@ def test_a_gallery_not_loaded_lists_every_stored_template_restricted_ones_too(wo
     _gallery, pids = enrolled
     world.core.restrict(pids[0])
     loaded = open_gallery(world, core=PrivacyCore(world.paths))
-    not_loaded = Gallery.open(
-        world.paths,
-        model_version=VERSION,
-        embedding_dim=DIM,
-        threshold=THRESHOLD,
-        core=PrivacyCore(world.paths),
-        load=False,
-    )
+    not_loaded = open_gallery(world, core=PrivacyCore(world.paths), load=False)
     assert not_loaded.stored() == loaded.stored() == sorted(pids)
     assert not_loaded.stats() == loaded.stats()
     assert not_loaded.stats()["not_searchable"] == 1
@@ -523,14 +517,7 @@ def test_purge_from_a_gallery_not_loaded_erases_templates_without_basis(world, e
     subject withdrew their consent (a refresh never loads it: it may not be identified)."""
     _gallery, pids = enrolled
     world.core.withdraw_consent(pids[0], ["identification"])
-    not_loaded = Gallery.open(
-        world.paths,
-        model_version=VERSION,
-        embedding_dim=DIM,
-        threshold=THRESHOLD,
-        core=PrivacyCore(world.paths),
-        load=False,
-    )
+    not_loaded = open_gallery(world, core=PrivacyCore(world.paths), load=False)
     removed = not_loaded.purge_without_basis()
     assert [r.pid for r in removed] == [pids[0]]
     assert not not_loaded.template_path(pids[0]).exists()
