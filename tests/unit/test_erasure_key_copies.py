@@ -59,6 +59,16 @@ def _opens(proj, key_dir: Path, sealed: bytes, pid: str, image_id: str) -> bool:
     return True
 
 
+def _certified_and_each_found_put_back(result, copies: dict[Path, bytes], *, root: Path) -> None:
+    """The erasure's certificate verifies; each erased copy put back, the verifier finds it."""
+    assert verify_certificate(result.certificate_path, root=root).ok
+    for path, data in copies.items():
+        path.write_bytes(data)
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok
+    assert {Path(f["path"]) for f in report.findings} >= set(copies), report.findings
+
+
 def test_a_copied_privacy_folder_loses_the_erased_subjects_keys_and_nothing_else(proj):
     # `cp -r privacy privacy.bak` (and a copy of gallery/): an honest backup. Its copy of the
     # subject's key, with the master key the erasure keeps, opened the off-site copy of every
@@ -86,13 +96,7 @@ def test_a_copied_privacy_folder_loses_the_erased_subjects_keys_and_nothing_else
     assert not _opens(proj, root / "privacy.bak" / "keys", offsite[0], victim, offsite[1])
     # The other subject's key copy is no copy of the erased one's: kept.
     assert (root / "privacy.bak" / "keys" / f"{other}.key").is_file()
-    assert verify_certificate(result.certificate_path, root=root).ok
-    # Put back, each is found by the verifier.
-    for path, data in copies.items():
-        path.write_bytes(data)
-    report = verify_certificate(result.certificate_path, root=root)
-    assert not report.ok
-    assert {Path(f["path"]) for f in report.findings} >= set(copies), report.findings
+    _certified_and_each_found_put_back(result, copies, root=root)
 
 
 def _stops(proj, victim: str, made: Path) -> None:
@@ -233,12 +237,7 @@ def test_a_backup_made_before_a_master_key_rotation_loses_the_erased_subjects_ke
     with pytest.raises(NoDataKeyError):
         DataKeys(root / "privacy.bak" / "keys", old_master).open_raw(offsite[0], victim, offsite[1])
     assert (root / "privacy.bak" / "keys" / f"{other}.key").is_file()
-    assert verify_certificate(result.certificate_path, root=root).ok
-    for path, data in copies.items():
-        path.write_bytes(data)
-    report = verify_certificate(result.certificate_path, root=root)
-    assert not report.ok
-    assert {Path(f["path"]) for f in report.findings} >= set(copies), report.findings
+    _certified_and_each_found_put_back(result, copies, root=root)
 
 
 def test_a_backup_made_before_a_consent_withdrawal_purged_the_gallery_loses_the_key(proj):
