@@ -48,7 +48,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,7 @@ from visage_ml.rights.erasure import pgvector as pg_store
 from visage_ml.rights.erasure.base import Context
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
-from visage_ml.stack import proc
-from visage_ml.stack.postgres import PostgresServer
+from visage_ml.stack.postgres import PostgresServer, temporary_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The bulk rows and index build of bench_identify_pgvector, the consenting subjects of
@@ -74,21 +73,10 @@ ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.5
 
 
-@contextlib.contextmanager
-def server(scratch: Path) -> Iterator[PostgresServer]:
+def server(scratch: Path) -> contextlib.AbstractContextManager[PostgresServer]:
     """A PostgreSQL of the stack's settings in ``scratch`` (removed afterwards)."""
-    base = scratch / f"pg-{secrets.token_hex(4)}"
-    base.mkdir(parents=True)
-    base.chmod(0o711)  # the service user (nobody, as root) reaches its data
-    srv = PostgresServer(
-        root=base / "postgres", port=proc.free_port(), password=secrets.token_hex(16)
-    )
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    return temporary_server(prefix="pg-", parent=scratch)
 
 
 def table_bytes(dsn: str, table: str) -> dict[str, int]:

@@ -259,14 +259,17 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def temporary_server(prefix: str = "visage-pg-") -> Iterator[PostgresServer]:
+def temporary_server(
+    prefix: str = "visage-pg-", *, parent: Path | None = None
+) -> Iterator[PostgresServer]:
     """A PostgreSQL started in a new temporary folder on a free loopback port, with a generated
     password; stopped and its folder removed afterwards (tests and benchmarks).
 
-    The folder is made with :mod:`tempfile` under the system's temporary folder and opened to
-    traverse (0711): the service user (``nobody`` when run as root) must reach its data.
+    The folder is made with :mod:`tempfile` under ``parent`` (the system's temporary folder by
+    default) and opened to traverse (0711): the service user (``nobody`` when run as root) must
+    reach its data.
     """
-    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     base.chmod(0o711)
     server = PostgresServer(
         root=base / "postgres", port=proc.free_port(), password=proc.generate_secret()
