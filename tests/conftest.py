@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,26 @@ def stack_postgres():
 
     with temporary_server(prefix="visage-stack-pg-") as server:
         yield server
+
+
+@pytest.fixture
+def pg(stack_postgres):
+    """The session's PostgreSQL, as the stack configures it for erasure (WAL not recycled)."""
+    import psycopg
+
+    with psycopg.connect(stack_postgres.dsn, autocommit=True) as conn:
+        if conn.execute("SHOW wal_recycle").fetchone()[0] != "off":
+            # The stack writes this into visage.conf; an older cluster may lack it.
+            conn.execute("ALTER SYSTEM SET wal_recycle = off")
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.2)
+    return stack_postgres
+
+
+@pytest.fixture
+def table():
+    """A gallery table of the test's own in the session's PostgreSQL."""
+    return f"g_{secrets.token_hex(6)}"
 
 
 @pytest.fixture(scope="session")

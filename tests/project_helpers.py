@@ -145,3 +145,17 @@ def git(root: Path, *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def files_holding(root: Path, needle: bytes) -> list[str]:
+    """Every file below ``root`` (a server's data folder) holding ``needle``, relative to it."""
+    hits = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path.relative_to(root)))
+            except OSError:
+                continue  # a file the server removed or rotated while it was walked
+    return hits

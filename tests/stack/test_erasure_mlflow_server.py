@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
-from project_helpers import stack_project_on
+from project_helpers import files_holding, stack_project_on
 
 from visage_ml import tracking
 from visage_ml.config import ProjectPaths, load_params
@@ -76,20 +75,6 @@ def test_runs_artefacts_and_rows_of_the_subject_removed(stack, project, tmp_path
     assert mlflow_server.db_rows_naming(Stack.of(paths), PID) == []
 
 
-def _files_holding(data_dir, needle: bytes) -> list[str]:
-    """Every file of PostgreSQL's data folder holding ``needle`` (relation files, WAL, ...)."""
-    hits = []
-    for root, _dirs, files in os.walk(data_dir):
-        for name in files:
-            path = Path(root) / name
-            try:
-                if needle in path.read_bytes():
-                    hits.append(str(path.relative_to(data_dir)))
-            except OSError:
-                continue
-    return hits
-
-
 def _named(stack, files: list[str]) -> list[str]:
     """The files with the relation each one is (``base/<db oid>/<filenode>``), for a message."""
     out = []
@@ -127,7 +112,7 @@ def test_rows_gc_deleted_leave_no_byte_in_the_database_files(stack, project):
             conn.execute(f"ANALYZE {table}")  # as autovacuum does: samples in pg_statistic
         conn.execute("CHECKPOINT")  # the rows' pages reach the tables' files
     needle = pid.encode()
-    before = _files_holding(stack.data_dir, needle)
+    before = files_holding(stack.data_dir, needle)
     # The attack works before the erasure: the tables' files hold the pid.
     assert any(f.startswith("base/") for f in before), before
 
@@ -143,7 +128,7 @@ def test_rows_gc_deleted_leave_no_byte_in_the_database_files(stack, project):
     assert mlflow_server.verify(ctx, pid) == []
     with psycopg.connect(stack.dsn, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
-    left = _files_holding(stack.data_dir, needle)
+    left = files_holding(stack.data_dir, needle)
     assert left == [], "\n".join(_named(stack, left))
 
 

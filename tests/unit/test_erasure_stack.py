@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from project_helpers import init_dvc_repo, stack_project_on, write_overrides
+from project_helpers import files_holding, init_dvc_repo, stack_project_on, write_overrides
 from rights_fakes import VERSION, make_project
 from serving_fakes import DIM, THRESHOLD
 
@@ -30,19 +30,6 @@ def _dvc(root: Path, *args: str) -> None:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     out = subprocess.run([DVC, *args], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-
-
-def _files_holding(root: Path, needle: bytes) -> list[str]:
-    hits = []
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(folder) / name
-            try:
-                if needle in path.read_bytes():
-                    hits.append(str(path.relative_to(root)))
-            except OSError:
-                continue
-    return hits
 
 
 @pytest.mark.pipeline
@@ -79,7 +66,7 @@ def test_one_request_erases_the_subject_from_every_store_of_the_stack(stack, pro
         conn.execute("CHECKPOINT")
     # The attack works before: the subject's bytes are in each service's data folder.
     assert scan(stack.s3_data_dir, probe)
-    assert _files_holding(stack.data_dir, vector)
+    assert files_holding(stack.data_dir, vector)
 
     t = time.perf_counter()
     result = Erasure(paths).erase(victim)
@@ -102,7 +89,7 @@ def test_one_request_erases_the_subject_from_every_store_of_the_stack(stack, pro
     assert verify_certificate(result.certificate_path, root=paths.root).ok
     # ... and after: nothing of the subject in S3's volume files or PostgreSQL's data folder.
     assert scan(stack.s3_data_dir, probe) == []
-    assert _files_holding(stack.data_dir, vector) == []
+    assert files_holding(stack.data_dir, vector) == []
     shared = PgGallery.open(
         paths,
         options=PgOptions(dsn=dsn, table=table, listen=False),

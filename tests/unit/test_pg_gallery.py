@@ -57,23 +57,6 @@ PLAIN = Delivery(plaintext=True)
 
 
 @pytest.fixture
-def pg(stack_postgres):
-    """The session's PostgreSQL, as the stack configures it for erasure (WAL not recycled)."""
-    with psycopg.connect(stack_postgres.dsn, autocommit=True) as conn:
-        if conn.execute("SHOW wal_recycle").fetchone()[0] != "off":
-            # The stack writes this into visage.conf; an older cluster may lack it.
-            conn.execute("ALTER SYSTEM SET wal_recycle = off")
-            conn.execute("SELECT pg_reload_conf()")
-            time.sleep(0.2)
-    return stack_postgres
-
-
-@pytest.fixture
-def table():
-    return f"g_{secrets.token_hex(6)}"
-
-
-@pytest.fixture
 def world(project):
     # A seed of its own: other tests' tables in the shared cluster must not hold these templates.
     return make_world(project, n_subjects=20, without_identification=2, seed=secrets.randbits(31))

@@ -29,11 +29,6 @@ LOCK_TIMEOUT_S = 0.5
 
 
 @pytest.fixture
-def table():
-    return f"g_{secrets.token_hex(6)}"
-
-
-@pytest.fixture
 def world(project):
     return make_world(project, n_subjects=6, seed=secrets.randbits(31))
 
@@ -107,6 +102,17 @@ def _hnsw_gallery_table(dsn: str, table: str, *, rows: int, dim: int = 64) -> No
 
 def _server_messages(report) -> list[str]:
     return list(report.to_dict().get("server_messages", ["(not reported)"]))
+
+
+def _api(world, engine, gallery):
+    app = create_app(
+        world.paths,
+        params=load_params(world.paths.params),
+        engine=engine,
+        gallery=gallery,
+        core=world.core,
+    )
+    return TestClient(app, raise_server_exceptions=False)
 
 
 def test_the_purge_rebuilds_the_hnsw_index_in_memory_whatever_the_servers_setting(
@@ -194,14 +200,7 @@ def test_the_api_answers_503_with_retry_after_while_the_gallery_is_rewritten(
     world, engine, enrolled, stack_postgres, table
 ):
     gallery, pids = enrolled
-    app = create_app(
-        world.paths,
-        params=load_params(world.paths.params),
-        engine=engine,
-        gallery=gallery,
-        core=world.core,
-    )
-    client = TestClient(app, raise_server_exceptions=False)
+    client = _api(world, engine, gallery)
     headers = {"X-API-Key": KeyStore(world.paths.api_keys).create("operator")[1]}
     body = {"image": png_b64(world.photo(pids[0], 1)[0])}
     holder = Holder(stack_postgres.dsn, table)
@@ -269,14 +268,7 @@ def test_the_gallery_size_asked_during_a_rewrite_answers_503_to_retry(
     """/healthz with a key (and identify when no face was searched) answer with the gallery's
     size: asked while the table is rewritten, the 503 to retry, not a server error."""
     gallery, pids = enrolled
-    app = create_app(
-        world.paths,
-        params=load_params(world.paths.params),
-        engine=engine,
-        gallery=gallery,
-        core=world.core,
-    )
-    client = TestClient(app, raise_server_exceptions=False)
+    client = _api(world, engine, gallery)
     headers = {"X-API-Key": KeyStore(world.paths.api_keys).create("operator")[1]}
     holder = Holder(stack_postgres.dsn, table)
     try:
@@ -378,17 +370,6 @@ def test_an_api_erasure_done_as_another_rewrite_begins_answers_its_certificate(
     assert r.status_code == 200, r.text
     cert = proj.paths.certificates / r.json()["certificate"]
     assert verify_certificate(cert, root=proj.paths.root).ok
-
-
-def _api(world, engine, gallery):
-    app = create_app(
-        world.paths,
-        params=load_params(world.paths.params),
-        engine=engine,
-        gallery=gallery,
-        core=world.core,
-    )
-    return TestClient(app, raise_server_exceptions=False)
 
 
 def test_a_rights_event_recorded_during_a_rewrite_answers_done_with_the_gallery_pending(

@@ -5,14 +5,13 @@ swap cannot carry over is rewritten by VACUUM FULL as before."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
+from project_helpers import files_holding
 from psycopg import sql
 from serving_fakes import DIM, THRESHOLD, fake_engine, make_world
 
@@ -25,11 +24,6 @@ LOCK_TIMEOUT_S = 0.5
 
 
 @pytest.fixture
-def table():
-    return f"g_{secrets.token_hex(6)}"
-
-
-@pytest.fixture
 def world(project):
     return make_world(project, n_subjects=8, seed=secrets.randbits(31))
 
@@ -37,16 +31,6 @@ def world(project):
 @pytest.fixture
 def engine(world):
     return fake_engine(world.paths.root)
-
-
-@pytest.fixture
-def pg(stack_postgres):
-    with psycopg.connect(stack_postgres.dsn, autocommit=True) as conn:
-        if conn.execute("SHOW wal_recycle").fetchone()[0] != "off":
-            conn.execute("ALTER SYSTEM SET wal_recycle = off")
-            conn.execute("SELECT pg_reload_conf()")
-            time.sleep(0.2)
-    return stack_postgres
 
 
 def open_pg(world, pg, table, engine, *, hnsw=True, listen=False, lock_timeout_s=LOCK_TIMEOUT_S):
@@ -72,19 +56,6 @@ def enrolled(world, engine, pg, table):
     gallery.close()
 
 
-def _scan(data_dir: Path, needle: bytes) -> list[str]:
-    hits = []
-    for root, _dirs, files in os.walk(data_dir):
-        for name in files:
-            path = Path(root) / name
-            try:
-                if needle in path.read_bytes():
-                    hits.append(str(path.relative_to(data_dir)))
-            except OSError:
-                continue
-    return hits
-
-
 def _describe(dsn: str, table: str) -> tuple[int, dict]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         oid = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]
@@ -107,6 +78,27 @@ def _plan(dsn: str, table: str) -> str:
             ).format(t=sql.Identifier(table))
         ).fetchall()
     return "\n".join(r[0] for r in rows)
+
+
+def _hold_when_built(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """A purge stops once its copy and the copy's index are built (``held`` set), until ``go``."""
+    held, go = threading.Event(), threading.Event()
+
+    def hold(conn, phase):
+        if phase == "built" and not go.is_set():
+            held.set()
+            go.wait(30)
+
+    monkeypatch.setattr(pg_swap, "_phase", hold)
+    return held, go
+
+
+def _purge_in_thread(gallery) -> tuple[threading.Thread, list]:
+    """``gallery``'s purge started in a thread; its report lands in the list."""
+    done: list = []
+    purge = threading.Thread(target=lambda: done.append(gallery.purge_physically()))
+    purge.start()
+    return purge, done
 
 
 def test_the_purge_swaps_in_the_same_table_without_the_erased_template(
@@ -141,7 +133,7 @@ def test_the_purge_swaps_in_the_same_table_without_the_erased_template(
     assert swapped != oid  # new files...
     assert after == before  # ...of the same table: columns, statistics targets, grants, indexes
     assert _plan(pg.dsn, table) == plan_before
-    assert _scan(pg.data_dir, vector) == []
+    assert files_holding(pg.data_dir, vector) == []
     # The replica opened before the swap answers from the new table, its statements re-planned.
     for pid in (pids[0], pids[3]):
         assert gallery.identify(engine.embed(world.photo(pid))[0])[0].pid == pid
@@ -175,18 +167,9 @@ def test_serving_searches_while_the_purge_copies_and_builds(
 ):
     gallery, pids = enrolled
     listening = open_pg(world, pg, table, engine, listen=True)
-    held, go = threading.Event(), threading.Event()
-
-    def hold(conn, phase):
-        if phase == "built":
-            held.set()
-            go.wait(30)
-
-    monkeypatch.setattr(pg_swap, "_phase", hold)
+    held, go = _hold_when_built(monkeypatch)
     gallery.erase(pids[1])
-    done: list = []
-    purge = threading.Thread(target=lambda: done.append(gallery.purge_physically()))
-    purge.start()
+    purge, done = _purge_in_thread(gallery)
     try:
         assert held.wait(30), "the purge never reached the index build"
         # The copy and its index are built; the old table still serves every search at once.
@@ -276,7 +259,7 @@ def test_a_purge_killed_during_the_copy_leaves_the_gallery_as_it_was(
     assert report["server_messages"] == [], report
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0] is None
-    assert _scan(pg.data_dir, vector) == []
+    assert files_holding(pg.data_dir, vector) == []
 
 
 OBSTACLES = {
@@ -328,7 +311,7 @@ def test_a_table_with_what_the_swap_cannot_carry_over_is_vacuumed_as_before(
         report = gallery.purge_physically().to_dict()
         assert report["rewrite"] == "vacuum_full" and report["swap_refused"], report
         assert report["vacuum_full"] and report["wal_removed"], report
-        assert _scan(pg.data_dir, vector) == []
+        assert files_holding(pg.data_dir, vector) == []
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             assert conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0] == oid
     finally:
@@ -345,18 +328,9 @@ def test_an_enrolment_that_waits_for_the_copy_goes_through_after_the_swap(
     the enrolment or the erasure's purge."""
     gallery, pids = enrolled
     waiting = open_pg(world, pg, table, engine, lock_timeout_s=0)  # a command: it waits
-    held, go = threading.Event(), threading.Event()
-
-    def hold(conn, phase):
-        if phase == "built":
-            held.set()
-            go.wait(30)
-
-    monkeypatch.setattr(pg_swap, "_phase", hold)
+    held, go = _hold_when_built(monkeypatch)
     gallery.erase(pids[1])
-    done: list = []
-    purge = threading.Thread(target=lambda: done.append(gallery.purge_physically()))
-    purge.start()
+    purge, done = _purge_in_thread(gallery)
     newcomer = list(world.people)[6]
     errors: list[BaseException] = []
 
@@ -404,7 +378,7 @@ def test_a_copy_left_from_before_the_erasure_is_dropped_when_the_table_is_vacuum
         report = gallery.purge_physically().to_dict()
         assert report["rewrite"] == "vacuum_full" and report["swap_refused"], report
         assert report["wal_removed"], report
-        assert _scan(pg.data_dir, vector) == []
+        assert files_holding(pg.data_dir, vector) == []
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             left = conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0]
         assert left is None
@@ -437,7 +411,7 @@ def test_a_swap_the_server_refuses_halfway_rolls_back_and_the_table_is_vacuumed(
             assert conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0] == oid
             left = conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0]
         assert left is None
-        assert _scan(pg.data_dir, vector) == []
+        assert files_holding(pg.data_dir, vector) == []
         assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
@@ -454,14 +428,7 @@ def test_an_erasure_and_its_purge_while_another_purge_copies_both_leave_no_trace
     other = open_pg(world, pg, table, engine)  # the second process's gallery
     first, second = pids[1], pids[3]
     vectors = [gallery.template(p)[0].astype("<f4").tobytes() for p in (first, second)]
-    held, go = threading.Event(), threading.Event()
-
-    def hold(conn, phase):
-        if phase == "built" and not go.is_set():
-            held.set()
-            go.wait(30)
-
-    monkeypatch.setattr(pg_swap, "_phase", hold)
+    held, go = _hold_when_built(monkeypatch)
     gallery.erase(first)
     reports: list = []
     errors: list[BaseException] = []
@@ -488,7 +455,7 @@ def test_an_erasure_and_its_purge_while_another_purge_copies_both_leave_no_trace
     assert errors == [], errors
     assert [r.to_dict()["rewrite"] for r in reports] == ["swap", "swap"], reports
     for vector in vectors:
-        assert _scan(pg.data_dir, vector) == []
+        assert files_holding(pg.data_dir, vector) == []
     stored = other.stored()
     assert first not in stored and second not in stored
     assert other.identify(engine.embed(world.photo(pids[4]))[0])[0].pid == pids[4]
@@ -528,7 +495,7 @@ def test_an_owner_without_create_on_the_schema_erases_by_vacuum_full_and_with_it
         assert report["rewrite"] == "vacuum_full", report
         assert "InsufficientPrivilege" in report["swap_refused"], report
         assert report["vacuum_full"] and report["wal_removed"], report
-        assert _scan(pg.data_dir, vector) == []
+        assert files_holding(pg.data_dir, vector) == []
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("GRANT CREATE ON SCHEMA public TO {r}").format(r=sql.Identifier(role))
@@ -538,7 +505,7 @@ def test_an_owner_without_create_on_the_schema_erases_by_vacuum_full_and_with_it
         gallery.erase(victim)
         report = pg_gallery.purge_physically(dsn, table=table).to_dict()
         assert report["rewrite"] == "swap" and report["wal_removed"], report
-        assert _scan(pg.data_dir, vector) == []
+        assert files_holding(pg.data_dir, vector) == []
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             owner = conn.execute(
                 "SELECT relowner::regrole::text FROM pg_class WHERE oid = %s::regclass", (table,)

@@ -24,11 +24,6 @@ VERSION = "emb-test-1"
 
 
 @pytest.fixture
-def table():
-    return f"g_{secrets.token_hex(6)}"
-
-
-@pytest.fixture
 def world(project):
     # Enrolled: the first 17 people. The 18th is the attacker: a face the gallery does not hold.
     return make_world(project, n_subjects=18, seed=secrets.randbits(31))
