@@ -767,3 +767,142 @@ def test_a_database_too_large_to_hold_inside_an_archive_or_spilled_is_read(
         spilled.write(data)
         spilled.seek(0)
         assert _sha(png) in set(embedded.inside_large(spilled, embedded.SQLITE))
+
+
+def _jpeg(png: bytes, side: int = 200) -> bytes:
+    """The photograph as a JPEG larger than a page (a camera's, a crop's upscaled)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").resize((side, side)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _deleted(
+    path: Path, tables: dict[str, list[tuple[str, bytes | str]]], *, secure_delete: bool = False
+) -> Path:
+    """A database whose rows of ``NAME`` were deleted as a data scientist deletes them: a
+    DELETE, no VACUUM. SQLite's default is ``secure_delete`` off (some distributions build it
+    on: set here, so that the file is as most users' SQLite leaves it)."""
+    statements: list[tuple[str, tuple]] = [
+        (f"PRAGMA secure_delete = {'ON' if secure_delete else 'OFF'}", ())
+    ]
+    for table, rows in tables.items():  # the test's own table names
+        statements.append((f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT, v BLOB)", ()))
+        insert = f"INSERT INTO {table} (name, v) VALUES (?, ?)"  # noqa: S608
+        statements += [(insert, row) for row in rows]
+        statements.append((f"DELETE FROM {table} WHERE name = ?", (NAME,)))  # noqa: S608
+    return _db(path, *statements, page_size=8192)
+
+
+def _doctor(kind: str) -> tuple[set[str], str]:
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    report = json.loads(doctor.output[doctor.output.index("{") :])
+    listed = {Path(f["path"]).name for f in report["findings"] if f["kind"] == kind}
+    return listed, report.get("what_to_do", {}).get(kind, "")
+
+
+def test_a_photograph_deleted_from_a_table_but_left_in_freed_space_stops_the_erasure(proj):
+    """``DELETE FROM images WHERE ...`` without ``VACUUM`` leaves the rows' bytes in the file
+    (a freed cell of the leaf page, overflow pages on the freelist), where any forensic tool
+    reads them. No table holds them: the erasure certified and the verifier agreed."""
+    victim, png, theirs = _photos(proj)
+    jpeg = _jpeg(png)
+    assert len(png) < 8192 < len(jpeg)  # one under a page, one over
+    folder = proj.paths.root / "data" / "labelling"
+    folder.mkdir(parents=True)
+    # Other people's rows share each photograph's leaf page, which stays as it is (a page left
+    # less than a third full is rebuilt with its neighbours, its freed space with it).
+    db = _deleted(
+        folder / "project.db",
+        {
+            "images": [("a", theirs), ("b", theirs[::-1]), (NAME, png)],
+            "crops": [("c", theirs), (NAME, jpeg)],
+        },
+    )
+    saved = db.read_bytes()
+    # Carved without SQLite: the PNG whole, the JPEG's overflow pages on the freelist.
+    assert png in saved and jpeg[-2000:-1000] in saved
+    with sqlite3.connect(db) as con:  # SQLite's own reading: the rows are gone
+        for table in ("images", "crops"):
+            left = f"SELECT count(*) FROM {table} WHERE name = ?"  # noqa: S608
+            assert con.execute(left, (NAME,)).fetchone() == (0,)
+    con.close()
+    with pytest.raises(OSError) as stopped:
+        Erasure(proj.paths).erase(victim)
+    said = " ".join(str(stopped.value).split())
+    assert "1 file(s) could not be read" in said, said
+    assert "deleted rows still in their freed space" in said and "VACUUM" in said, said
+    assert db.read_bytes() == saved  # looked at, not written
+    listed, todo = _doctor("expands_inside")
+    assert listed == {"project.db"}
+    assert "VACUUM" in todo and "secure_delete" in todo, todo
+    with sqlite3.connect(db) as con:  # the data scientist runs VACUUM
+        con.execute("VACUUM")
+    con.close()
+    assert png not in db.read_bytes()
+    (done,) = Erasure(proj.paths).resume()
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    db.write_bytes(saved)  # the file as it was (a copy put back)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    (finding,) = report.findings
+    assert Path(finding["path"]).name == "project.db" and "VACUUM" in finding["why"], finding
+
+
+def test_freed_space_zeroed_or_holding_no_image_start_is_no_alarm(proj):
+    """``PRAGMA secure_delete`` before the DELETE zeroes what it frees; deleted rows of text
+    leave nothing that begins a photograph: neither database stops the erasure."""
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "labelling"
+    folder.mkdir(parents=True)
+    secure = _deleted(
+        folder / "secure.db",
+        {
+            "images": [("a", theirs), ("b", theirs[::-1]), (NAME, png)],
+            "crops": [("c", theirs), (NAME, _jpeg(png))],
+        },
+        secure_delete=True,
+    )
+    text = _deleted(
+        folder / "notes.db",
+        {"notes": [("a", "a note " * 600), (NAME, f"{NAME} asked to be forgotten " * 100)]},
+    )
+    assert png not in secure.read_bytes()
+    assert f"{NAME} asked".encode() in text.read_bytes()  # deleted, still in the file
+    result = Erasure(proj.paths).erase(victim)
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert secure.exists() and text.exists()
+
+
+def test_freed_space_is_read_in_a_large_database_and_in_a_wal_not_checkpointed(
+    tmp_path, proj, monkeypatch
+):
+    """The freed space of each page as SQLite reads it: a database too large to hold, read
+    from its file; a DELETE committed in the -wal only (the page's newest version)."""
+    _, png, theirs = _photos(proj)
+    (tmp_path / "jpeg").mkdir()
+    over_a_page = _deleted(
+        tmp_path / "jpeg" / "project.db", {"crops": [("c", theirs), (NAME, _jpeg(png))]}
+    )
+    (h,) = content_scan.hash_files([content_scan.Root(over_a_page)])
+    assert h.unreadable
+    (tmp_path / "large").mkdir()
+    large = _deleted(
+        tmp_path / "large" / "project.db", {"images": [("a", theirs), ("b", theirs), (NAME, png)]}
+    )
+    live = tmp_path / "live" / "project.db"
+    live.parent.mkdir()
+    con = _live(live, png, theirs)
+    con.execute("PRAGMA secure_delete = OFF")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the photograph's row in the file
+    con.execute("DELETE FROM faces WHERE name = ?", (NAME,))  # its deletion in the -wal only
+    assert Path(f"{live}-wal").stat().st_size > 0
+    scanned = _scanned(live.parent)
+    assert scanned["project.db"].unreadable and scanned["project.db-wal"].unreadable
+    con.execute("VACUUM")
+    con.close()
+    assert not any(h.unreadable for h in _scanned(live.parent).values())
+    monkeypatch.setattr(embedded, "EMBED_MAX", 1024)
+    (h,) = content_scan.hash_files([content_scan.Root(large)])
+    assert h.unreadable

@@ -71,10 +71,12 @@ EXPANDS = (
 NOT_READ_DB = (
     "a database that could not be read to its end (damaged, encrypted, a value too large to "
     "read, or a -wal file not yet checkpointed or a -journal left by a crash that it is too "
-    "large to read with, or that is alone), so not shown to hold no erased content: repair it "
+    "large to read with, or that is alone), or whose freed space holds deleted rows that may "
+    "be a photograph, so not shown to hold no erased content: repair it "
     "(`sqlite3 <file> .recover`), checkpoint its -wal "
     '(`sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`), play its -journal back '
-    '(`sqlite3 <file> "PRAGMA integrity_check"`), or remove it'
+    '(`sqlite3 <file> "PRAGMA integrity_check"`), clear its freed space '
+    '(`sqlite3 <file> "VACUUM"`), or remove it'
 )
 NOTEBOOK_SHOWS = "a notebook's output shows erased content"
 HELD_INSIDE = (

@@ -117,8 +117,9 @@ class Hashed:
     # What it holds inside expands beyond what its size allows (a zip bomb, or near enough:
     # :class:`~visage_ml.rights.embedded.TooLarge`), or holds more image starts than any image
     # file has (:class:`~visage_ml.rights.embedded.TooManyStarts`), or a database could not be
-    # read to its end (damaged, encrypted: :class:`~visage_ml.rights.embedded_db.NotRead`): not
-    # shown clean.
+    # read to its end (damaged, encrypted: :class:`~visage_ml.rights.embedded_db.NotRead`) or
+    # holds deleted rows that may be a photograph in its freed space
+    # (:class:`~visage_ml.rights.embedded_db.HoldsDeleted`): not shown clean.
     expands: bool = False
 
     @property

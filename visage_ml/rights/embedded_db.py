@@ -44,10 +44,21 @@ to hold together are not shown clean while the journal restores a page the datab
 played back whether or not that still exists (SQLite would not, once it is gone: more is read
 here, never less).
 
+Rows deleted without ``VACUUM`` (SQLite's default: ``auto_vacuum`` and ``secure_delete`` off)
+are in no table, yet their bytes stay in the file until overwritten: each value's first part in
+its leaf page's freed space (a freeblock, or the gap between the cell pointers and the cells),
+the rest in overflow pages put on the freelist, where any forensic tool reads them. So before
+the tables the freed space is read (:func:`holds_deleted`: the freelist's pages, each b-tree
+page's gap and freeblocks; of the pages as a WAL or a hot journal leaves them), a megabyte at a
+time: one holding what may begin a photograph (:data:`FREED_SIGNS`) is not shown clean
+(:class:`HoldsDeleted`) until the database is vacuumed. Deleted text or numbers stop nothing.
+
 Not shown clean (:class:`NotRead`): a database that cannot be read to its end (damaged,
-encrypted, not one though it begins as one), and a value too large to hold that cannot be
-streamed (a WITHOUT ROWID table's, a TEXT SQLite reports too large). Not looked inside: rows
-deleted but still in freed pages (until ``VACUUM``), and the frames of a ``-wal`` file SQLite
+encrypted, not one though it begins as one), a value too large to hold that cannot be
+streamed (a WITHOUT ROWID table's, a TEXT SQLite reports too large), and one whose freed space
+may hold a photograph (above). Not looked inside: freed space that begins as no photograph or
+archive does (the rest of one whose start was overwritten), the stale tail of a page reused
+(past a value's end on its last overflow page), and the frames of a ``-wal`` file SQLite
 would not apply (older than a page's last committed one, not committed, from before the WAL
 was reset, after a broken checksum) or the records of a journal SQLite would not play back
 (after a broken checksum, a header zeroed): none of them is in a table any more.
@@ -58,15 +69,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import mmap
+import os
 import re
 import sqlite3
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from visage_ml.io import CHUNK
-from visage_ml.rights import embedded, embedded_text
+from visage_ml.rights import embedded, embedded_photos, embedded_text
 from visage_ml.rights.embedded import B64_EXPANDS, SizeFilter, _Budget, _part
 from visage_ml.rights.embedded_text import _runs
 
@@ -329,6 +342,148 @@ class NotRead(embedded.TooLarge):
     this)."""
 
 
+# A database's freed space (https://sqlite.org/fileformat2.html, 1.5 and 1.6): the pages of its
+# freelist, whose first trunk's number and count the header gives, and in each b-tree page the
+# gap between its cell pointers and its cells and the chain of its freeblocks. A page's header
+# (at 100 on page 1, after the file's): its kind, the first freeblock, the count of cells, where
+# the cells begin (0: 65536); 8 bytes on a leaf, 12 on an interior page. A freeblock: the next
+# one's offset and its own size, then what its cell held.
+FILE_HEADER = 100
+FREELIST_AT = 32
+RESERVED_AT = 20
+LEAVES, INTERIORS = frozenset({0x0A, 0x0D}), frozenset({0x02, 0x05})
+TRUNK_HEADER = 8
+FREEBLOCK_HEADER = 4
+# How many bytes of a database file are read at a time for its freed space.
+FREED_CHUNK = 1 << 20
+
+
+def _b64_starts(start: re.Pattern[bytes], first: bytes) -> bytes:
+    """A pattern of how base64 of a file begins whose start ``start`` matches: its first 3
+    bytes ``first``, then a byte of those ``start`` allows (its 5th character: that byte's
+    high 6 bits)."""
+    chars = {
+        base64.b64encode(bytes((x, 0, 0)))[:1]
+        for x in range(256)
+        if start.match(first + bytes((x,)))
+    }
+    return re.escape(base64.b64encode(first)) + b"[" + b"".join(sorted(chars)) + b"]"
+
+
+# What in freed space may begin a photograph, or a file that holds one: a PNG's or a JPEG's start
+# (as :mod:`~visage_ml.rights.embedded_photos` walks from), either's base64 (a labelling tool's
+# TEXT), and an archive's or a compressed stream's magic (a gzip's, of two bytes, with the fields
+# that follow it, lest freed random bytes match it every 64 kB). Deleted text, numbers and short
+# values hold none of them.
+FREED_SIGNS = re.compile(
+    b"|".join(
+        (
+            embedded_photos.PNG_START.pattern,
+            embedded_photos.JPEG_START.pattern,
+            *(
+                re.escape(base64.b64encode(embedded_photos.PNG_MAGIC + b"\x00\x00\x00" + n))
+                for n in (b"\r", b"\x04")  # IHDR's length, CgBI's
+            ),
+            _b64_starts(embedded_photos.JPEG_START, embedded_photos.JPEG_MAGIC),
+            *(re.escape(m) for m in embedded.ZIP_MAGIC),
+            rb"\x1f\x8b\x08[\x00-\x1f][\x00-\xff]{4}[\x00\x02\x04][\x00-\x0d\xff]",
+            re.escape(embedded.COMPRESSED_MAGIC[1]),
+            embedded.BZIP2_MAGIC.pattern,
+            re.escape(embedded.TAR_MAGIC) + rb"(?:\x0000|  \x00)",
+        )
+    )
+)
+
+
+class HoldsDeleted(NotRead):
+    """A database whose freed space (rows deleted, not yet overwritten: until ``VACUUM``) holds
+    what may begin a photograph (:data:`FREED_SIGNS`): any forensic tool reads it back, so the
+    database is not shown clean (a :class:`NotRead`, so every caller that stops on one stops on
+    this) until it is vacuumed."""
+
+
+def _freelist(
+    read: Callable[[int, int], bytes | memoryview], ps: int, usable: int, n: int
+) -> tuple[bytearray, dict[int, int]]:
+    """The freelist of a database of ``n`` pages of ``ps`` bytes: a bitmap of its leaf pages
+    (by page number), and its trunk pages (page number -> how many leaves each lists). A chain
+    that loops, or names a page past the file's end, is followed no further."""
+    leaves = bytearray(n // 8 + 1)
+    trunks: dict[int, int] = {}
+    (trunk,) = struct.unpack_from(">I", read(FREELIST_AT, 4))
+    while 0 < trunk <= n and trunk not in trunks:
+        page = read((trunk - 1) * ps, ps)
+        if len(page) < ps:
+            break
+        after, count = struct.unpack_from(">II", page)
+        count = min(count, (usable - TRUNK_HEADER) // 4)
+        trunks[trunk] = count
+        for leaf in struct.unpack_from(f">{count}I", page, TRUNK_HEADER):
+            if 0 < leaf <= n:
+                leaves[leaf >> 3] |= 1 << (leaf & 7)
+        trunk = after
+    return leaves, trunks
+
+
+def _freed_in(
+    buf: bytes | memoryview, at: int, page: int, usable: int
+) -> Iterator[tuple[int, int]]:
+    """Where in ``buf`` the b-tree page ``page``, at ``at``, has freed space (its gap, its
+    freeblocks); nothing when it is no b-tree page (an overflow page of a row, or damaged)."""
+    h = at + (FILE_HEADER if page == 1 else 0)
+    kind = buf[h]
+    if kind not in LEAVES and kind not in INTERIORS:
+        return
+    block, cells, content = struct.unpack_from(">HHH", buf, h + 1)
+    gap = h - at + (8 if kind in LEAVES else 12) + 2 * cells
+    content = content or 65536
+    if gap <= content <= usable:
+        yield at + gap, at + content
+    # In order of offset, each after the last (SQLite's rule): a loop ends at once.
+    while gap <= block <= usable - FREEBLOCK_HEADER:
+        after, size = struct.unpack_from(">HH", buf, at + block)
+        yield at + block + FREEBLOCK_HEADER, at + min(block + size, usable)
+        if after <= block:
+            break
+        block = after
+
+
+def holds_deleted(read: Callable[[int, int], bytes | memoryview], size: int) -> bool:
+    """Whether the freed space of the database of ``size`` bytes that ``read(offset, n)``
+    reads holds what may begin a photograph (:data:`FREED_SIGNS`): its freelist's pages (each
+    trunk's past the leaves it lists) and each b-tree page's gap and freeblocks. Read a
+    megabyte at a time, the freelist kept as a bitmap (a bit a page); a file that is not one
+    SQLite reads holds nothing here (SQLite's own reading says so)."""
+    header = read(0, FILE_HEADER)
+    if (
+        len(header) < FILE_HEADER
+        or bytes(header[: len(embedded.SQLITE_MAGIC)]) != embedded.SQLITE_MAGIC
+    ):
+        return False
+    ps = _page_size(header)
+    if ps not in PAGE_SIZES:
+        return False
+    usable = ps - header[RESERVED_AT]
+    n = size // ps
+    leaves, trunks = _freelist(read, ps, usable, n)
+    step = max(1, FREED_CHUNK // ps)
+    for first in range(1, n + 1, step):
+        buf = read((first - 1) * ps, step * ps)
+        for page in range(first, min(first + step, n + 1)):
+            at = (page - first) * ps
+            if at + ps > len(buf):  # the file cut short since its size was taken
+                return False
+            if leaves[page >> 3] & (1 << (page & 7)):
+                regions: Iterator[tuple[int, int]] = iter(((at, at + usable),))
+            elif page in trunks:
+                regions = iter(((at + TRUNK_HEADER + 4 * trunks[page], at + usable),))
+            else:
+                regions = _freed_in(buf, at, page, usable)
+            if any(FREED_SIGNS.search(buf, lo, hi) for lo, hi in regions):
+                return True
+    return False
+
+
 def _quoted(name: str) -> str:
     """``name`` as an SQL identifier: in double quotes, each one in it doubled."""
     return '"' + name.replace('"', '""') + '"'
@@ -494,6 +649,9 @@ def inside_db(
         data = rolled_back(b"", data)
     if not data:  # a WAL of no commit: nothing in a table
         return
+    with memoryview(data) as view:
+        if holds_deleted(lambda at, n: view[at : at + n], len(data)):
+            raise HoldsDeleted
     if data[WAL_FLAGS_AT : WAL_FLAGS_AT + 2] == b"\x02\x02":
         data = data[:WAL_FLAGS_AT] + ROLLBACK_FLAGS + data[WAL_FLAGS_AT + 2 :]
     con = sqlite3.connect(":memory:")
@@ -503,6 +661,11 @@ def inside_db(
         con.close()
         raise NotRead from exc
     yield from _read(con, sizes, depth, budget)
+
+
+def _read_at(fh: BinaryIO, at: int, n: int) -> bytes:
+    fh.seek(at)
+    return fh.read(n)
 
 
 def _first(path: Path) -> bytes:
@@ -650,6 +813,9 @@ def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]
             raise NotRead
     if db is None:  # never so: pair gives a WAL or a journal whenever it gives no database
         raise NotRead
+    with open(db, "rb") as fh:
+        if holds_deleted(lambda at, n: _read_at(fh, at, n), os.fstat(fh.fileno()).st_size):
+            raise HoldsDeleted
     budget = _Budget(db.stat().st_size)
     uri = f"{db.resolve().as_uri()}?mode=ro&immutable=1"
     try:

@@ -120,9 +120,10 @@ ERASED_INSIDE = "erased_inside"
 # A file of the project whose content expands too far to look inside (an archive of far more than
 # its size: a zip bomb, or near enough), or that holds more image starts than any image file has
 # (a pickle of a JPEG's header repeated), or a database that cannot be read to its end (damaged,
-# encrypted, a -wal file not yet checkpointed too large to read with it, a -wal alone): not
-# shown to hold no erased image, so the erasure stops on it. Someone unpacks, repairs,
-# checkpoints or deletes it: --purge leaves it.
+# encrypted, a -wal file not yet checkpointed too large to read with it, a -wal alone) or whose
+# freed space holds deleted rows that may be a photograph (until VACUUM): not shown to hold no
+# erased image, so the erasure stops on it. Someone unpacks, repairs, checkpoints, vacuums or
+# deletes it: --purge leaves it.
 EXPANDS_INSIDE = "expands_inside"
 # A file of the project the scan could not read, or a folder it could not list (permissions, an
 # I/O error), and a notebook too large to look inside: none is shown to hold no erased content,
@@ -140,9 +141,11 @@ WHAT_TO_DO = {
         "these files expand too far to look inside (a zip bomb, or near enough), or hold more "
         "image starts than any image file has, or there was "
         "no room to unpack them to look inside (.visage/, the git folder, .dvc/tmp), or are "
-        "databases that could not be read to their end (damaged, encrypted): unpack, repair "
-        "(`sqlite3 FILE .recover`) or delete them, or free disk space, then run `visage "
-        "privacy resume`"
+        "databases that could not be read to their end (damaged, encrypted) or whose freed "
+        "space holds deleted rows that may be a photograph: unpack, repair "
+        '(`sqlite3 FILE .recover`), vacuum (`sqlite3 FILE "VACUUM"`; `PRAGMA secure_delete = '
+        "ON` before deleting zeroes what is deleted) or delete them, or free disk space, then "
+        "run `visage privacy resume`"
     ),
     UNREADABLE: (
         "these files could not be read, or folders listed, by this user, so no erasure shows "

@@ -35,8 +35,9 @@ MSG_DOCTOR_FOUND = (
 # Said under the findings when one is a file not read to its end: a database may only need its
 # -wal checkpointed into it (too large to read with it, or alone), not repairing.
 MSG_DOCTOR_EXPANDS = (
-    "expands_inside: unpack an archive; repair a database (`sqlite3 <file> .recover`), or "
-    'checkpoint its -wal file into it (`sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`)'
+    "expands_inside: unpack an archive; repair a database (`sqlite3 <file> .recover`), "
+    'checkpoint its -wal file into it (`sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`), '
+    'or clear the deleted rows left in its freed space (`sqlite3 <file> "VACUUM"`)'
 )
 
 

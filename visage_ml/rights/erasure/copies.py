@@ -76,13 +76,15 @@ MSG_UNREADABLE = (
     "or that there was no room to unpack in .visage/ to look inside, or files holding more "
     "image starts than any image file has, or databases that could not be read to their end "
     "(damaged, encrypted, a -wal file not yet checkpointed or a "
-    "-journal left by a crash too large to read with its database) ({where}), so none of them "
+    "-journal left by a crash too large to read with its database), or databases with deleted "
+    "rows still in their freed space that may be a photograph ({where}), so none of them "
     "is shown to be no copy of the "
     "erased content; the erasure stops before its certificate. Make them readable to this "
     "user (or delete them, clear a notebook's outputs, unpack an archive, free disk space, "
     "repair a database, "
     'checkpoint one: `sqlite3 <file> "PRAGMA wal_checkpoint(TRUNCATE)"`, play its -journal '
-    'back: `sqlite3 <file> "PRAGMA integrity_check"`; `visage privacy '
+    'back: `sqlite3 <file> "PRAGMA integrity_check"`, clear its freed space: `sqlite3 <file> '
+    '"VACUUM"` (and `PRAGMA secure_delete = ON` before deleting next time); `visage privacy '
     "doctor` lists them), then run `visage privacy resume`"
 )
 MSG_REMOTE_DOWN = (
