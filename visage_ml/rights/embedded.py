@@ -54,9 +54,11 @@ its file), a JPEG with bytes after its EOI (a phone's multi-picture file), a com
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does; a damaged or
 encrypted SQLite database is not shown clean; its
-``-wal`` file is read with it, as SQLite does), the rows deleted but left in freed pages and a
-``-wal``'s frames SQLite would not apply, base64 of another alphabet than those two (base32,
-ASCII85 outside a PDF) or split otherwise than by line breaks, and, of two wrapped back to back
+``-wal`` file is read with it, as SQLite does; one whose freed space holds a deleted
+photograph's start is not shown clean either), of rows deleted but left in freed pages what
+begins as no photograph does, a ``-wal``'s frames SQLite would not apply, base64 of another
+alphabet than those two (base32, ASCII85 outside a PDF) or split otherwise than by line
+breaks, and, of two wrapped back to back
 in one run of lines, the first's lines all full, one whose bytes begin as no known file does
 where the sizes sought are not known (:func:`~visage_ml.rights.embedded_text._splits`;
 :func:`encoded` and :func:`cut_encoded` know none, so such a one found by its size is not cut,
