@@ -13,7 +13,6 @@ from test_pg_gallery_tamper import (  # noqa: F401 - fixtures
     engine,
     enrolled,
     open_pg,
-    table,
     world,
 )
 
