@@ -26,18 +26,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import gc
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Container, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import PLAIN_EXTS, read_images
@@ -558,13 +561,7 @@ def hash_files(
                 seen.add(real)
                 todo.append((path, root, real))
 
-    def look(t: tuple[Path, Root, Path]) -> tuple[Read, bool]:
-        return _looked_at(t[0], sizes, files, key=str(t[2]))
-
-    # On every CPU this process may use (hashlib lets go of the GIL on large reads): the walk
-    # reads the whole project.
-    with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
-        digests = list(pool.map(look, todo))
+    digests = _look_all(todo, sizes, files)
     local = [_hashed(p, r, x, read) for (p, r, _), (x, read) in zip(todo, digests, strict=True)]
     if files is not None:
         # What holds what is sought is the erased content's digest: never kept.
@@ -573,6 +570,164 @@ def hash_files(
         files.drop(str(t[2]) for t, h in zip(todo, local, strict=True) if h.matches(found))
         files.save()
     return local + _remote_objects([r for r in walked if r.remote is not None], sizes)
+
+
+# The local files of a scan are looked at in this many processes, forked (the work is Python,
+# value by value: threads of one process share one core's worth of it, two threads gave 1.0x).
+SCAN_PROCESSES = min(8, usable_cpus())
+# A scan reading less than this runs in threads of its own process: forking costs more.
+PROCESS_MIN_BYTES = 64 << 20
+# A process is handed files a batch at a time, up to this many or this many bytes (a large
+# table alone: the processes stay busy to the end).
+BATCH_FILES = 64
+BATCH_BYTES = 8 << 20
+
+MSG_SCAN_INCOMPLETE = (
+    "a process of the content scan ended before the files it was given were looked at "
+    "(killed: out of memory, or by a signal), so nothing of this scan was taken as clean and "
+    "it stopped: give the machine more free memory, then run it again"
+)
+
+
+class ScanIncompleteError(RuntimeError):
+    """A process of the scan ended (killed) before its files were looked at."""
+
+
+class _Notes(NamedTuple):
+    """What a :class:`~visage_ml.rights.scan_cache.Noted` noted, as a process hands it back."""
+
+    small: int
+    refused: frozenset[int]
+
+
+class _Kept:
+    """The file cache as a scan process asks it: answered from the cache as the scan's process
+    holds it (forked), what the process used or learnt kept to hand back; that process alone
+    keeps and writes the cache (:func:`_kept_back`)."""
+
+    def __init__(self, files: FileCache) -> None:
+        self.files = files
+        self.used: list[str] = []
+        self.learnt: list[tuple[str, os.stat_result, Read, _Notes | None]] = []
+
+    def get(self, key: str, st: os.stat_result, sizes: SizeFilter | None) -> Any:
+        known = self.files.get(key, st, sizes)
+        if known is not None:
+            self.used.append(key)
+        return known
+
+    def put(self, key: str, st: os.stat_result, read: Read, noted: Any) -> None:
+        notes = None if noted is None else _Notes(noted.small, frozenset(noted.refused))
+        self.learnt.append((key, st, read, notes))
+
+
+# What the scan's processes look at with: the scan's size filter and file cache, as forked.
+_FORKED: tuple[SizeFilter | None, FileCache | None] = (None, None)
+
+
+def _in_process(processes: int) -> None:
+    """A scan process begins: its share of the memory members are held in (each process has
+    its own), nothing of it taken."""
+    embedded_spill.MEMORY_MAX //= processes
+    embedded_spill._MEMORY = embedded_spill._Memory()
+
+
+def _look_batch(batch: list[tuple[Path, str]]) -> tuple[list[tuple[Read, bool]], Any]:
+    """:func:`_looked_at` of each file of ``batch`` (path, real path), in a scan process, and
+    what it used or learnt of the file cache."""
+    sizes, files = _FORKED
+    kept = _Kept(files) if files is not None else None
+    out = [_looked_at(path, sizes, kept, key=key) for path, key in batch]  # type: ignore[arg-type]
+    return out, None if kept is None else (kept.used, kept.learnt)
+
+
+def _kept_back(files: FileCache, back: Any) -> None:
+    used, learnt = back
+    for key in used:
+        files.keep(key)
+    for key, st, read, notes in learnt:
+        files.put(key, st, read, notes)
+
+
+def _batches(todo: Sequence[tuple[Path, Root, Path]]) -> tuple[list[list[tuple[Path, str]]], int]:
+    """``todo`` cut into batches (:data:`BATCH_FILES`, :data:`BATCH_BYTES`), and its bytes."""
+    out: list[list[tuple[Path, str]]] = []
+    batch: list[tuple[Path, str]] = []
+    held = total = 0
+    for path, _root, real in todo:
+        try:
+            size = os.lstat(path).st_size
+        except OSError:  # the read says why
+            size = 0
+        if batch and (len(batch) >= BATCH_FILES or held + size > BATCH_BYTES):
+            out.append(batch)
+            batch, held = [], 0
+        batch.append((path, str(real)))
+        held += size
+        total += size
+    if batch:
+        out.append(batch)
+    return out, total
+
+
+# Threads that take no lock a scan process needs: the progress bars' monitor, which DVC
+# starts (it sleeps, and looks at the bars now and then).
+QUIET_THREADS = frozenset({"tqdm_monitor"})
+
+
+def _alone() -> bool:
+    """Whether this is the process's one thread (but :data:`QUIET_THREADS`)."""
+    main = threading.main_thread()
+    return all(t is main or t.name in QUIET_THREADS for t in threading.enumerate())
+
+
+def _look_all(
+    todo: Sequence[tuple[Path, Root, Path]], sizes: SizeFilter | None, files: FileCache | None
+) -> list[tuple[Read, bool]]:
+    """:func:`_looked_at` of each file of ``todo``, in order: in :data:`SCAN_PROCESSES`
+    processes, forked, where the system forks and the scan reads enough to pay for them, else
+    in threads. The processes hand back what they found and what they used or learnt of the
+    file cache (``files``), kept here as a thread's would be.
+
+    Raises
+    ------
+    ScanIncompleteError
+        When a process ended (killed) before its files were looked at.
+    """
+    processes = SCAN_PROCESSES
+    # Forked only where this is the process's one thread (the command line, the verifier): a
+    # fork takes no other thread along, and a lock one held then (SQLite's, in the service
+    # answering other requests beside the erasure) would stay held in the child for good.
+    forks = processes > 1 and "fork" in multiprocessing.get_all_start_methods() and _alone()
+    batches, total = _batches(todo) if forks else ([], 0)
+    if not forks or total < PROCESS_MIN_BYTES:
+        # hashlib lets go of the GIL on large reads; little else does.
+        with ThreadPoolExecutor(max_workers=max(1, processes)) as pool:
+            return list(pool.map(lambda t: _looked_at(t[0], sizes, files, key=str(t[2])), todo))
+    global _FORKED
+    _FORKED = (sizes, files)
+    out: list[tuple[Read, bool]] = []
+    # What this process holds now is never collected in a child: a collection there ran the
+    # destructor of this process's garbage (an ONNX session's, joining threads a fork does not
+    # take along) and the child hung.
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_in_process,
+            initargs=(processes,),
+        ) as pool:
+            for found, back in pool.map(_look_batch, batches):
+                out += found
+                if files is not None:
+                    _kept_back(files, back)
+    except BrokenProcessPool as exc:  # never a file of it taken as clean
+        raise ScanIncompleteError(MSG_SCAN_INCOMPLETE) from exc
+    finally:
+        gc.unfreeze()
+        _FORKED = (None, None)
+    return out
 
 
 # Objects of a remote read at once: each request waits on the network, not on a CPU.

@@ -209,6 +209,11 @@ class FileCache:
         with self._lock:
             self._new[key] = value
 
+    def keep(self, key: str) -> None:
+        """Keep the entry of ``key`` as it was: a scan process had it from :meth:`get`."""
+        with self._lock:
+            self._new[key] = self._old[key]
+
     def drop(self, keys: Iterable[str]) -> None:
         """Keep nothing of the files ``keys``: those found to hold what was sought, those the
         walk passed over."""

@@ -1,0 +1,154 @@
+"""The content scan looks at the project's files in processes, forked, where the system forks
+and the scan reads enough to pay for them: its work is Python, value by value, and the threads
+of one process shared one core's worth of it (two threads gave 1.0x on a 3 GB project).
+
+What it finds, and what the file cache keeps, is what the threads found and kept; a process
+killed (out of memory) stops the scan, and the erasure, instead of passing its files as clean.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import zipfile
+from pathlib import Path
+
+import pytest
+from rights_fakes import make_project
+
+from visage_ml.rights import content_scan, embedded_spill, scan_cache
+from visage_ml.rights.erasure import Erasure
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+
+
+class Sought(set):
+    """What a scan seeks: digests, and the sizes they have (as ContentHashes)."""
+
+    def __init__(self, *found: bytes) -> None:
+        super().__init__(hashlib.sha256(f).hexdigest() for f in found)
+        self.sizes = {len(f) for f in found}
+
+    def may_match(self, size: int) -> bool:
+        return size in self.sizes
+
+
+def _files(root: Path, photo: bytes, other: bytes) -> None:
+    """A log holding ``photo`` in base64, a zip holding it, a copy of it, a table-like CSV of hex
+    ids, files of sizes nothing sought has, and ``other`` (of a size not sought) in a log."""
+    (root / "logs").mkdir(parents=True)
+    b64 = base64.b64encode(photo).decode()
+    ids = "\n".join(hashlib.sha256(bytes([i])).hexdigest() for i in range(200))
+    (root / "logs" / "a.csv").write_text(f"id,img\n1,{b64}\n{ids}\n", encoding="utf-8")
+    (root / "logs" / "b.csv").write_text(
+        f"id,img\n2,{base64.b64encode(other).decode()}\n{ids}\n", encoding="utf-8"
+    )
+    with zipfile.ZipFile(root / "shared.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("face.png", photo)
+        z.writestr("notes.txt", "for a colleague")
+    (root / "copy.png").write_bytes(photo)
+    for i in range(30):
+        (root / f"blob{i}.bin").write_bytes(bytes([i]) * (100 + i))
+
+
+def _scan(root: Path, cache: Path, sought: Sought, pids: Path) -> list[content_scan.Hashed]:
+    pids.unlink(missing_ok=True)
+    return content_scan.hash_files([content_scan.Root(root)], sizes=sought, cache=cache)
+
+
+@pytest.fixture
+def recorded(monkeypatch, tmp_path):
+    """Each file looked at writes the process it was looked at in, and that process's memory
+    budget, to a file (a process's lists are not the test's)."""
+    pids = tmp_path / "pids.txt"
+    real = content_scan._looked_at
+
+    def looked_at(path, sizes, cache=None, *, key=""):
+        with open(pids, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()} {embedded_spill.MEMORY_MAX}\n")
+        return real(path, sizes, cache, key=key)
+
+    monkeypatch.setattr(content_scan, "_looked_at", looked_at)
+    monkeypatch.setattr(scan_cache, "RACY_NS", 0)
+    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
+    # As the command line is: one thread (a test before may have left one of its own running).
+    monkeypatch.setattr(content_scan, "_alone", lambda: True)
+    return pids
+
+
+def _seen(pids: Path) -> set[tuple[int, int]]:
+    return {tuple(map(int, line.split())) for line in pids.read_text().splitlines()}
+
+
+@needs_fork
+def test_processes_find_and_cache_what_threads_do(tmp_path, monkeypatch, recorded):
+    photo, other = os.urandom(3000), os.urandom(4000)
+    root = tmp_path / "proj"
+    _files(root, photo, other)
+    sought = Sought(photo)
+    # Threads: the scan reads less than the processes' threshold.
+    by_threads = _scan(root, tmp_path / "threads.json", sought, recorded)
+    assert {pid for pid, _ in _seen(recorded)} == {os.getpid()}
+
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(content_scan, "BATCH_FILES", 4)
+    by_processes = _scan(root, tmp_path / "processes.json", sought, recorded)
+    seen = _seen(recorded)
+    assert os.getpid() not in {pid for pid, _ in seen}, "looked at in this process"
+    # Each process holds members in its share of the memory the scan may hold.
+    assert {most for _, most in seen} == {embedded_spill.MEMORY_MAX // 2}
+    assert embedded_spill.MEMORY_MAX == 256 << 20, "this process's budget was changed"
+
+    assert by_processes == by_threads
+    hits = {h.path.name for h in by_processes if h.matches(sought)}
+    assert hits == {"a.csv", "shared.zip", "copy.png"}
+
+    def files(name: str) -> dict:
+        return json.loads((tmp_path / name).read_text(encoding="utf-8"))["files"]
+
+    assert files("processes.json") == files("threads.json")
+    # What the processes noted as passed over (the other photograph's size) is kept: a scan for
+    # it reads the log again, and finds it.
+    entry = files("processes.json")[str((root / "logs" / "b.csv").resolve())]
+    assert len(other) in entry["refused"]
+    again = _scan(root, tmp_path / "processes.json", Sought(other), recorded)
+    assert {h.path.name for h in again if h.matches(Sought(other))} == {"b.csv"}
+
+    # A scan taking its answers from the cache keeps them, as the threads' did.
+    _scan(root, tmp_path / "threads.json", sought, recorded)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 1 << 40)
+    _scan(root, tmp_path / "threads2.json", sought, recorded)
+    _scan(root, tmp_path / "threads2.json", sought, recorded)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    warm = _scan(root, tmp_path / "processes.json", sought, recorded)
+    assert warm == by_threads
+    assert files("processes.json") == files("threads2.json")
+
+
+@needs_fork
+def test_a_scan_process_killed_stops_the_erasure(project, monkeypatch, recorded):
+    """A process of the scan is killed (out of memory) while it reads a log holding the
+    subject's photograph: the erasure stops saying why, and nothing is certified."""
+    proj = make_project(project, n_subjects=2)
+    pid = proj.pids[0]
+    photo = next(iter(proj.images[pid].values()))
+    log = proj.paths.root / "data" / "labels" / "faces.csv"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"id,img\n1,{base64.b64encode(photo).decode()}\n", encoding="utf-8")
+    real = content_scan._read_open
+    this = os.getpid()
+
+    def killed(fh, path, sizes):
+        if path.name == log.name and os.getpid() != this:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(fh, path, sizes)
+
+    monkeypatch.setattr(content_scan, "_read_open", killed)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    with pytest.raises(content_scan.ScanIncompleteError, match="nothing of this scan was taken"):
+        Erasure(proj.paths).erase(pid)
+    assert log.is_file() and base64.b64encode(photo).decode() in log.read_text(encoding="utf-8")
+    assert not list(proj.paths.root.rglob("*.cert*")), "a certificate was made"
