@@ -152,3 +152,26 @@ def test_a_scan_process_killed_stops_the_erasure(project, monkeypatch, recorded)
         Erasure(proj.paths).erase(pid)
     assert log.is_file() and base64.b64encode(photo).decode() in log.read_text(encoding="utf-8")
     assert not list(proj.paths.root.rglob("*.cert*")), "a certificate was made"
+
+
+@needs_fork
+def test_the_environment_keeps_a_scan_in_threads_of_its_own_process(
+    tmp_path, monkeypatch, recorded
+):
+    """``VISAGE_SCAN_PROCESSES=1`` (a host that does not want a process with native libraries
+    loaded forked): the scan stays in this process and finds the same; a word is refused."""
+    photo, other = os.urandom(3000), os.urandom(4000)
+    root = tmp_path / "proj"
+    _files(root, photo, other)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setenv(content_scan.PROCESSES_ENV, "1")
+    found = _scan(root, tmp_path / "c.json", Sought(photo), recorded)
+    assert {pid for pid, _ in _seen(recorded)} == {os.getpid()}
+    assert {h.path.name for h in found if h.matches(Sought(photo))} == {
+        "a.csv",
+        "shared.zip",
+        "copy.png",
+    }
+    monkeypatch.setenv(content_scan.PROCESSES_ENV, "two")
+    with pytest.raises(ValueError, match="VISAGE_SCAN_PROCESSES"):
+        _scan(root, tmp_path / "d.json", Sought(photo), recorded)

@@ -577,6 +577,10 @@ def hash_files(
 SCAN_PROCESSES = min(8, usable_cpus())
 # A scan reading less than this runs in threads of its own process: forking costs more.
 PROCESS_MIN_BYTES = 64 << 20
+# Set to a number, how many processes the scan forks at most; 0 or 1: none (threads only), for
+# a host where forking a process that has loaded native libraries is not wanted.
+PROCESSES_ENV = "VISAGE_SCAN_PROCESSES"
+MSG_PROCESSES_ENV = f"{PROCESSES_ENV} must be a whole number of processes (0 or 1: none)"
 # A process is handed files a batch at a time, up to this many or this many bytes (a large
 # table alone: the processes stay busy to the end).
 BATCH_FILES = 64
@@ -681,6 +685,17 @@ def _alone() -> bool:
     return all(t is main or t.name in QUIET_THREADS for t in threading.enumerate())
 
 
+def _processes() -> int:
+    """How many processes a scan forks: :data:`SCAN_PROCESSES`, or fewer as
+    :data:`PROCESSES_ENV` says."""
+    given = os.environ.get(PROCESSES_ENV, "").strip()
+    if not given:
+        return SCAN_PROCESSES
+    if not given.isdigit():
+        raise ValueError(MSG_PROCESSES_ENV)
+    return min(SCAN_PROCESSES, int(given))
+
+
 def _look_all(
     todo: Sequence[tuple[Path, Root, Path]], sizes: SizeFilter | None, files: FileCache | None
 ) -> list[tuple[Read, bool]]:
@@ -694,7 +709,7 @@ def _look_all(
     ScanIncompleteError
         When a process ended (killed) before its files were looked at.
     """
-    processes = SCAN_PROCESSES
+    processes = _processes()
     # Forked only where this is the process's one thread (the command line, the verifier): a
     # fork takes no other thread along, and a lock one held then (SQLite's, in the service
     # answering other requests beside the erasure) would stay held in the child for good.
