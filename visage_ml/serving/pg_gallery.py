@@ -905,17 +905,17 @@ def _vacuum_full(conn: psycopg.Connection, table: str) -> int:
     a waiting VACUUM only that long), then, after :data:`PURGE_LOCK_TRIES` tries, as long as it
     takes: the erasure is not given up."""
     vacuum = sql.SQL("VACUUM FULL {t}").format(t=sql.Identifier(table))
-    for attempt in range(1, PURGE_LOCK_TRIES):
-        set_lock_timeout(conn, PURGE_LOCK_TIMEOUT_S)
+
+    def run(wait: float) -> None:
+        set_lock_timeout(conn, wait)
         try:
             conn.execute(vacuum)
-            return attempt
-        except psycopg.errors.LockNotAvailable:
-            time.sleep(PURGE_LOCK_PAUSE_S)
         finally:
             set_lock_timeout(conn, 0)
-    conn.execute(vacuum)
-    return PURGE_LOCK_TRIES
+
+    return pg_swap.ask_briefly(
+        run, tries=PURGE_LOCK_TRIES, timeout_s=PURGE_LOCK_TIMEOUT_S, pause_s=PURGE_LOCK_PAUSE_S
+    )
 
 
 def size_rebuild_memory(conn: psycopg.Connection, names: Names, *, cap_mb: int) -> int:

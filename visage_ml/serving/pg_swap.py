@@ -41,6 +41,7 @@ one; another client's long REPEATABLE READ transaction (``pg_dump``) is not prot
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -214,6 +215,25 @@ def _oid(conn: psycopg.Connection, schema: str, name: str) -> int | None:
     )
 
 
+def ask_briefly(
+    do: Callable[[float], None], *, tries: int, timeout_s: float, pause_s: float
+) -> int:
+    """``do(wait)``, a statement that takes a lock waiting at most ``wait`` seconds for it (0: as
+    long as it takes), asked ``timeout_s`` at a time ``tries - 1`` times, ``pause_s`` apart, then
+    as long as it takes: a request waiting for a lock makes every later one on the table wait
+    behind it, so a purge asks briefly rather than hold serving up behind a long reader. Returns
+    the tries it took."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            do(timeout_s if attempt < tries else 0.0)
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(pause_s)
+            continue
+        return attempt
+
+
 def _lock_briefly(
     conn: psycopg.Connection,
     target: sql.Composable,
@@ -222,31 +242,26 @@ def _lock_briefly(
     timeout_s: float,
     pause_s: float,
 ) -> int:
-    """ACCESS EXCLUSIVE on ``target`` in the open transaction, asked for ``timeout_s`` at a time
-    (a waiting request makes every later search wait behind it) ``tries`` times, then as long
-    as it takes; each failed try rolled back to a savepoint (the copy is kept). Returns the
-    tries."""
+    """ACCESS EXCLUSIVE on ``target`` in the open transaction, asked for as :func:`ask_briefly`
+    says, each failed try rolled back to a savepoint (the copy is kept). Returns the tries."""
     lock = sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=target)
-    attempt = 0
-    while True:
-        attempt += 1
-        wait = timeout_s if attempt < tries else 0.0
-        try:
-            with conn.transaction():
-                conn.execute(
-                    "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
-                    (f"{max(1, round(wait * 1000)) if wait else 0}ms",),
-                )
-                conn.execute(lock)
-        except psycopg.errors.LockNotAvailable:
-            time.sleep(pause_s)
-            continue
-        except psycopg.errors.DeadlockDetected:
-            # A client read the table and waits, with no lock timeout, to write behind the copy:
-            # one of the two must give way, and the purge can (by VACUUM FULL after it).
-            raise SwapRefusedError(MSG_DEADLOCK) from None
-        conn.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
-        return attempt
+
+    def take(wait: float) -> None:
+        with conn.transaction():
+            conn.execute(
+                "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+                (f"{max(1, round(wait * 1000)) if wait else 0}ms",),
+            )
+            conn.execute(lock)
+
+    try:
+        attempts = ask_briefly(take, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+    except psycopg.errors.DeadlockDetected:
+        # A client read the table and waits, with no lock timeout, to write behind the copy:
+        # one of the two must give way, and the purge can (by VACUUM FULL after it).
+        raise SwapRefusedError(MSG_DEADLOCK) from None
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
+    return attempts
 
 
 def rewrite_and_swap(
