@@ -71,6 +71,14 @@ def _shown(png: bytes, other: bytes) -> dict:
     }
 
 
+def doctor_listed(kind: str) -> tuple[list[str], str]:
+    """The paths `visage privacy doctor --json` lists as ``kind`` (in its order), and its output
+    (for an assertion's message)."""
+    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
+    findings = json.loads(doctor.output[doctor.output.index("{") :])["findings"]
+    return [f["path"] for f in findings if f["kind"] == kind], doctor.output
+
+
 def stopped_then_certified(proj, victim: str, made, kept) -> tuple[str, object]:
     """The erasure of ``victim`` stops on the files ``made`` (each holds the erased photograph
     among other content), deleting none of them; doctor lists exactly them (``erased_inside``);
@@ -81,13 +89,9 @@ def stopped_then_certified(proj, victim: str, made, kept) -> tuple[str, object]:
     said = " ".join(str(stopped.value).split())
     assert f"{len(made)} file(s) hold erased content inside" in said, said
     assert [p.name for p in made if not p.exists()] == []  # nothing of anyone else's lost
-    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
-    listed = {
-        Path(f["path"]).name
-        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
-        if f["kind"] == "erased_inside"
-    }
-    assert listed == {p.name for p in made}, doctor.output
+    paths, output = doctor_listed("erased_inside")
+    listed = {Path(p).name for p in paths}
+    assert listed == {p.name for p in made}, output
     for path in made:  # the operator takes the photograph out (here: the files go)
         path.unlink()
     (done,) = Erasure(proj.paths).resume()

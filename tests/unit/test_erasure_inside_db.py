@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from rights_fakes import make_project
+from test_erasure_inside import doctor_listed
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -124,13 +125,9 @@ def test_a_database_holding_the_photograph_stops_the_erasure_and_fails_the_verif
     assert sorted(os.listdir(folder)) == listing
     assert {p: p.read_bytes() for p in made} == made
     assert {p: p.stat().st_mtime_ns for p in made} == before
-    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
-    listed = {
-        Path(f["path"]).name
-        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
-        if f["kind"] == "erased_inside"
-    }
-    assert listed == {p.name for p in made}, doctor.output
+    paths, output = doctor_listed("erased_inside")
+    listed = {Path(p).name for p in paths}
+    assert listed == {p.name for p in made}, output
     for path in made:  # the operator takes the photograph out (here: the files go)
         path.unlink()
     (done,) = Erasure(proj.paths).resume()
@@ -257,13 +254,9 @@ def test_a_damaged_database_is_not_shown_clean_and_the_rest_is_still_scanned(pro
     said = " ".join(str(stopped.value).split())
     assert f"{len(bad)} file(s) could not be read" in said and "database" in said, said
     assert not copy.exists()  # the rest of the project was scanned, its copy removed
-    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
-    listed = {
-        Path(f["path"]).name
-        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
-        if f["kind"] == "expands_inside"
-    }
-    assert listed == set(bad), doctor.output
+    paths, output = doctor_listed("expands_inside")
+    listed = {Path(p).name for p in paths}
+    assert listed == set(bad), output
     for name in bad:
         (folder / name).unlink()
     (done,) = Erasure(proj.paths).resume()
@@ -365,18 +358,14 @@ def test_a_photograph_in_a_wal_not_checkpointed_stops_the_erasure_and_fails_the_
     # Each database, and each -wal (which holds it, read with its database).
     assert "4 file(s) hold erased content inside" in said and NAME not in said, said
     assert {p: p.read_bytes() for p in folder.iterdir()} == saved  # nothing written beside
-    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
-    listed = {
-        f["path"]
-        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
-        if f["kind"] == "erased_inside"
-    }
+    paths, output = doctor_listed("erased_inside")
+    listed = set(paths)
     assert listed == {
         "data/labelling/project.db",
         "data/labelling/project.db-wal",
         "data/backup/project.db",
         "data/backup/project.db-wal",
-    }, doctor.output
+    }, output
     # The tool takes the photograph out (its row, then VACUUM); the copy left by the crash goes.
     con.execute("DELETE FROM faces WHERE name = ?", (NAME,))
     con.execute("VACUUM")
@@ -676,13 +665,9 @@ def test_a_hot_journal_stops_the_erasure_and_fails_the_verifier(proj):
     assert "file(s) hold erased content inside" in said and NAME not in said, said
     assert sorted(os.listdir(folder)) == ["project.db", "project.db-journal"]  # not played back
     assert {s: (folder / f"project.db{s}").read_bytes() for s in made} == made
-    doctor = CliRunner().invoke(app, ["privacy", "doctor", "--json"])
-    listed = {
-        f["path"]
-        for f in json.loads(doctor.output[doctor.output.index("{") :])["findings"]
-        if f["kind"] == "erased_inside"
-    }
-    assert "data/backup/project.db" in listed, doctor.output
+    paths, output = doctor_listed("erased_inside")
+    listed = set(paths)
+    assert "data/backup/project.db" in listed, output
     (folder / "project.db-journal").unlink()  # the database alone holds no photograph
     (done,) = Erasure(proj.paths).resume()
     assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
