@@ -40,12 +40,20 @@ $(JUPYTER_CFG): jupyter-config/visage-ml.json | $(STAMP)
 demo: setup
 	$(VISAGE) demo
 
+# The suite in TEST_WORKERS processes (pytest-xdist): two on the 2 cores CI has (a third of the
+# time off, as much of the suite waits on servers and subprocesses). Each process starts servers
+# of its own for the session (a stack: PostgreSQL, SeaweedFS, MLflow); the tests of the shared
+# tiny pipeline run in one of them, which builds it once (tests/conftest.py). `TEST_WORKERS=0`
+# runs everything in this process.
+TEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadgroup
+
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_XDIST)
 
 # Everything but the GPU tests (`pytest -m gpu` on a CUDA machine), slow ones included.
 test-all: lint
-	$(VENV)/bin/pytest -m "not gpu"
+	$(VENV)/bin/pytest $(PYTEST_XDIST) -m "not gpu"
 
 # ruff, then the architecture: layers import only from the layers below (docs/architecture.md).
 lint: setup

@@ -26,6 +26,17 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["VISAGE_WITNESS_DIR"] = tempfile.mkdtemp(prefix="visage-witness-")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``), the tests of the tiny pipeline all run in one
+    process, which builds it once (about 100 s): a session fixture is built in every process
+    whose tests ask for it."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "tiny_pipeline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_pipeline"))
+
+
 @pytest.fixture(autouse=True)
 def _own_witness(
     request: pytest.FixtureRequest,
