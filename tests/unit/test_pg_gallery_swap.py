@@ -177,14 +177,16 @@ def test_serving_searches_while_the_purge_copies_and_builds(
             start = time.perf_counter()
             assert listening.identify(engine.embed(world.photo(pid))[0])[0].pid == pid
             assert time.perf_counter() - start < LOCK_TIMEOUT_S
-        # Writes wait for the copy (enrolment answers unavailable after its lock timeout).
+        # Writes go on too: an enrolment is not held for the copy.
         newcomer = list(world.people)[6]
-        with pytest.raises(GalleryUnavailableError):
-            listening.enroll(newcomer, engine.embed(world.photo(newcomer, 2)))
+        start = time.perf_counter()
+        listening.enroll(newcomer, engine.embed(world.photo(newcomer, 2)))
+        assert time.perf_counter() - start < LOCK_TIMEOUT_S
     finally:
         go.set()
         purge.join(timeout=60)
     assert done and done[0].to_dict()["rewrite"] == "swap", done
+    assert newcomer in listening.searchable()
     # After the swap the listening replica follows changes through the triggers and counter.
     size = listening.size
     gallery.erase(pids[5])
@@ -194,6 +196,57 @@ def test_serving_searches_while_the_purge_copies_and_builds(
     assert listening.size == size - 1
     assert listening.identify(engine.embed(world.photo(pids[4]))[0])[0].pid == pids[4]
     listening.close()
+
+
+def _row(dsn: str, table: str, pid: str) -> tuple | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        query = sql.SQL("SELECT template_sha256, embedding::text FROM {t} WHERE pid = %s")
+        return conn.execute(query.format(t=sql.Identifier(table)), (pid,)).fetchone()
+
+
+def test_what_is_written_during_the_copy_is_in_the_swapped_table(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """Enrolments, re-enrolments and erasures committed while the purge copies and builds (a
+    replica in another process): the swapped table holds each as it was last written, and the
+    erased subject's template is in no file once its own purge has run."""
+    gallery, pids = enrolled
+    other = open_pg(world, pg, table, engine)  # another process's replica
+    held, go = _hold_when_built(monkeypatch)
+    gallery.erase(pids[1])
+    purge, done = _purge_in_thread(gallery)
+    newcomers = list(world.people)[6:8]
+    renewed, erased = pids[0], pids[3]
+    erased_vector = gallery.template(erased)[0].astype("<f4").tobytes()
+    kept = _row(pg.dsn, table, pids[4])
+    try:
+        assert held.wait(30), "the purge never reached the index build"
+        other.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in newcomers})
+        before = _row(pg.dsn, table, renewed)
+        other.enroll(renewed, engine.embed(world.photo(renewed, 3)))
+        written = _row(pg.dsn, table, renewed)
+        assert written != before  # a new template in the old table
+        other.erase(erased)
+    finally:
+        go.set()
+        purge.join(timeout=60)
+    assert done and done[0].to_dict()["rewrite"] == "swap", done
+    for pid in newcomers:
+        assert _row(pg.dsn, table, pid) is not None
+    assert _row(pg.dsn, table, renewed) == written
+    assert _row(pg.dsn, table, pids[4]) == kept
+    assert _row(pg.dsn, table, erased) is None
+    assert _row(pg.dsn, table, pids[1]) is None
+    fresh = open_pg(world, pg, table, engine)
+    try:
+        assert set(fresh.searchable()) == {pids[0], pids[2], pids[4], pids[5], *newcomers}
+        for pid in (*newcomers, renewed):
+            assert fresh.identify(engine.embed(world.photo(pid))[0])[0].pid == pid
+        assert other.purge_physically().to_dict()["rewrite"] == "swap"
+        assert files_holding(pg.data_dir, erased_vector) == []
+    finally:
+        fresh.close()
+        other.close()
 
 
 def test_a_search_whose_snapshot_began_before_the_swap_still_finds_everyone(

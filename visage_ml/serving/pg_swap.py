@@ -5,17 +5,21 @@ index rebuild: about 5 s per erasure at 100k exact templates, minutes with HNSW)
 replica's searches wait for it or answer 503. :func:`rewrite_and_swap` writes the same new files
 while reads go on, in one transaction:
 
-1. ``LOCK`` the table ``SHARE ROW EXCLUSIVE``: searches read on; enrolments and other erasures
-   wait (as long as their lock timeout: ``visage serve`` answers 503); a second purge waits too
-   (the mode conflicts with itself, where ``SHARE`` would let two copy and deadlock at the swap);
+1. ``LOCK`` the table ``SHARE UPDATE EXCLUSIVE``: searches and writes (enrolments, another
+   erasure's ``DELETE``) go on; a second purge waits (the mode conflicts with itself), and so do
+   ``VACUUM``, ``CLUSTER`` and schema changes, which would move rows (step 3 tells rows apart by
+   where they lie);
 2. ``CREATE TABLE <table>$purge (LIKE <table> INCLUDING ALL EXCLUDING INDEXES)``, then what
    ``LIKE`` leaves out: each column's statistics target (``0``: ANALYZE would otherwise copy
    sample vectors into ``pg_statistic``, set before any row is written), the table's storage
    options and comment, its owner and grants;
 3. ``INSERT ... SELECT`` of every row (after the erasure's ``DELETE`` committed: the copy holds
-   only live rows), then each index built from the old one's definition (the HNSW graph in one
-   build, not row by row; the session's ``maintenance_work_mem`` as the caller sized it);
-4. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is),
+   only live rows), each copied row's version (primary key, ``ctid``, ``xmin``) noted in a
+   temporary table by the same statement, then each index built from the old one's definition
+   (the HNSW graph in one build, not row by row; the session's ``maintenance_work_mem`` as the
+   caller sized it);
+4. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is);
+   the copy brought up to what was written since its snapshot (:func:`_catch_up`);
    ``DROP TABLE`` of the old table (its heap, TOAST and index files are unlinked at the commit,
    as ``VACUUM FULL``'s old files are), the new table, its indexes and constraints renamed to the
    old names, and the result compared with the old table's catalog description before the
@@ -61,8 +65,9 @@ MSG_LABELS = "it has security labels"
 MSG_TOAST = "its TOAST table has storage options"
 MSG_INDEX = "an index or constraint is of a kind the swap does not rebuild"
 MSG_DIFFERS = "the copy's description differs from the table's ({what})"
+MSG_NO_KEY = "it has no primary key (the copy's rows could not be matched to the table's)"
 MSG_DEADLOCK = (
-    "a client holding the table waited, without a lock timeout, to write to it behind the copy"
+    "a client holding the table waited, without a lock timeout, for a lock the copy's excludes"
 )
 MSG_FAILED = (
     "the copy could not be made or swapped in ({error}: e.g. the role may not create a table in "
@@ -257,7 +262,7 @@ def _lock_briefly(
     try:
         attempts = ask_briefly(take, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
     except psycopg.errors.DeadlockDetected:
-        # A client read the table and waits, with no lock timeout, to write behind the copy:
+        # A client read the table and waits, with no lock timeout, for a lock behind the copy's:
         # one of the two must give way, and the purge can (by VACUUM FULL after it).
         raise SwapRefusedError(MSG_DEADLOCK) from None
     conn.execute("SELECT pg_catalog.set_config('lock_timeout', '0', true)")
@@ -289,7 +294,7 @@ def rewrite_and_swap(
             (oid,),
         )
         old = sql.Identifier(schema, table)
-        conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=old))
+        conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE UPDATE EXCLUSIVE MODE").format(t=old))
         why = obstacles(conn, oid)
         if why:
             raise SwapRefusedError("; ".join(why))
@@ -366,17 +371,85 @@ def _copy_and_swap(
         sql.SQL("CREATE TABLE {n} (LIKE {t} INCLUDING ALL EXCLUDING INDEXES)").format(n=new, t=old)
     )
     _carry_over(conn, oid, new)
-    conn.execute(sql.SQL("INSERT INTO {n} SELECT * FROM {t}").format(n=new, t=old))
+    key = _primary_key(conn, oid)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    seen = sql.Identifier(f"{table}{COPY_SUFFIX}_seen")
+    # Each row version copied, by its place and writer (``ctid``, ``xmin``): the lock taken
+    # keeps VACUUM FULL and CLUSTER, which move rows, off the table until the commit, so a
+    # version still there at the swap is the one copied (a slot pruned and written again
+    # holds another transaction's version).
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMPORARY TABLE {s} ON COMMIT DROP AS SELECT {k}, ctid AS at, xmin AS x "
+            "FROM {t} WITH NO DATA"
+        ).format(s=seen, k=columns, t=old)
+    )
+    # One statement, one snapshot: the rows copied are the rows noted.
+    conn.execute(
+        sql.SQL(
+            "WITH copied AS (INSERT INTO {n} SELECT * FROM {t}) "
+            "INSERT INTO {s} SELECT {k}, ctid, xmin FROM {t}"
+        ).format(n=new, t=old, s=seen, k=columns)
+    )
     _phase(conn, "copied")
     renames = _build_indexes(conn, indexes, schema=schema, table=table, new=new)
     _phase(conn, "built")
     tries, timeout_s, pause_s = locking
     attempts = _lock_briefly(conn, old, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+    _catch_up(conn, old=old, new=new, seen=seen, key=key)
     conn.execute(sql.SQL("DROP TABLE {t}").format(t=old))
     conn.execute(sql.SQL("ALTER TABLE {n} RENAME TO {t}").format(n=new, t=sql.Identifier(table)))
     for statement in renames:
         conn.execute(statement)
     return attempts
+
+
+def _primary_key(conn: psycopg.Connection, oid: int) -> list[str]:
+    """The table's primary key columns (the rows' identity between the table and its copy)."""
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL unnest(i.indkey) "
+            "WITH ORDINALITY AS k(attnum, n) JOIN pg_catalog.pg_attribute a ON a.attrelid = "
+            "i.indrelid AND a.attnum = k.attnum WHERE i.indrelid = %s AND i.indisprimary "
+            "ORDER BY k.n",
+            (oid,),
+        ).fetchall()
+    ]
+    if not names:
+        raise SwapRefusedError(MSG_NO_KEY)
+    return names
+
+
+def _catch_up(
+    conn: psycopg.Connection,
+    *,
+    old: sql.Composable,
+    new: sql.Composable,
+    seen: sql.Composable,
+    key: list[str],
+) -> None:
+    """Under the swap's ACCESS EXCLUSIVE lock: bring the copy up to what was written to the
+    table since the copy's snapshot (enrolments, re-enrolments, another erasure's ``DELETE``),
+    reads and writes having gone on meanwhile. A copied row whose version is no longer in the
+    table is deleted from the copy (it was deleted or written again: a later erasure's purge,
+    which waits for this one, rewrites the copy's files in turn), then every version the copy
+    did not see is copied."""
+    match = sql.SQL(" AND ").join(sql.SQL("n.{c} = s.{c}").format(c=sql.Identifier(c)) for c in key)
+    # NOT EXISTS (a hash anti-join) rather than NOT IN, which PostgreSQL runs row by row when
+    # the set does not fit in work_mem.
+    conn.execute(
+        sql.SQL(
+            "DELETE FROM {n} AS n USING {s} AS s WHERE {m} AND NOT EXISTS (SELECT 1 FROM {t} AS "
+            "o WHERE o.ctid = s.at AND o.xmin = s.x)"
+        ).format(n=new, s=seen, m=match, t=old)
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {n} SELECT o.* FROM {t} AS o WHERE NOT EXISTS (SELECT 1 FROM {s} AS s "
+            "WHERE s.at = o.ctid AND s.x = o.xmin)"
+        ).format(n=new, t=old, s=seen)
+    )
 
 
 def _carry_over(conn: psycopg.Connection, oid: int, new: sql.Composable) -> None:
