@@ -2677,10 +2677,9 @@ class PgGallery(Gallery):
         """As :meth:`Gallery.enroll_many`: rows written in one transaction that commits only
         after the ledger records the enrolments (no row the ledger does not vouch for).
 
-        ``distinct_at`` searches the shared table under this process's lock and the gallery's
-        file lock, before the write: enrolments through this replica (or on this machine) are
-        serialised with it; another machine's replica enrolling the same face in the same
-        instant is not.
+        ``distinct_at`` searches the shared table before the write, under this process's lock,
+        the gallery's file lock and a lock of the server's (:meth:`_enrolling`): enrolments that
+        search are serialised with it across replicas and hosts.
 
         Unless ``keep_anchor`` (an operator's re-enrolment), each template also becomes the
         subject's anchor file, a row left unchanged included (a subject enrolled before anchors
@@ -2711,7 +2710,7 @@ class PgGallery(Gallery):
             undo: list[tuple[Any, bytes | None]] = []
             conn = self._conn
             try:
-                with file_lock(self._file_lock):
+                with file_lock(self._file_lock), self._enrolling(distinct_at is not None):
                     if distinct_at is not None:
                         self._refuse_matches(vectors, distinct_at)
                     with conn.transaction():
@@ -2734,6 +2733,28 @@ class PgGallery(Gallery):
                 self.refresh()
                 self._unbound.difference_update(r.pid for r in results if r.changed)
         return results
+
+    @contextlib.contextmanager
+    def _enrolling(self, searched: bool) -> Iterator[None]:
+        """With ``searched``: a session advisory lock of the server's held from the search for
+        a matching face to the commit, so that replicas on other hosts (whose file locks this
+        one's does not see) cannot both find nobody and both write one face under two pids.
+        Waited for as long as serving's lock timeout allows (enrolments hold it for a search
+        and a write); released when the connection ends, were this process to die."""
+        if not searched:
+            yield
+            return
+        conn, key = self._conn, f"{self.names.table}$enrol"
+        with conn.transaction():  # a session lock: it outlasts the statement's transaction
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                    conn.rollback()
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     def _enroll_rows(
         self,
