@@ -80,12 +80,13 @@ def _plan(dsn: str, table: str) -> str:
     return "\n".join(r[0] for r in rows)
 
 
-def _hold_when_built(monkeypatch) -> tuple[threading.Event, threading.Event]:
-    """A purge stops once its copy and the copy's index are built (``held`` set), until ``go``."""
+def _hold_when_built(monkeypatch, at: str = "built") -> tuple[threading.Event, threading.Event]:
+    """A purge stops once its copy and the copy's index are built (``held`` set), until ``go``
+    (``at="caught_up"``: once it has also caught up with what was written meanwhile)."""
     held, go = threading.Event(), threading.Event()
 
     def hold(conn, phase):
-        if phase == "built" and not go.is_set():
+        if phase == at and not go.is_set():
             held.set()
             go.wait(30)
 
@@ -204,15 +205,17 @@ def _row(dsn: str, table: str, pid: str) -> tuple | None:
         return conn.execute(query.format(t=sql.Identifier(table)), (pid,)).fetchone()
 
 
+@pytest.mark.parametrize("at", ["built", "caught_up"])
 def test_what_is_written_during_the_copy_is_in_the_swapped_table(
-    world, engine, enrolled, pg, table, monkeypatch
+    world, engine, enrolled, pg, table, monkeypatch, at
 ):
     """Enrolments, re-enrolments and erasures committed while the purge copies and builds (a
-    replica in another process): the swapped table holds each as it was last written, and the
-    erased subject's template is in no file once its own purge has run."""
+    replica in another process), or after its first catch-up, before it asks for the swap's
+    lock: the swapped table holds each as it was last written, and the erased subject's
+    template is in no file once its own purge has run."""
     gallery, pids = enrolled
     other = open_pg(world, pg, table, engine)  # another process's replica
-    held, go = _hold_when_built(monkeypatch)
+    held, go = _hold_when_built(monkeypatch, at)
     gallery.erase(pids[1])
     purge, done = _purge_in_thread(gallery)
     newcomers = list(world.people)[6:8]

@@ -18,12 +18,14 @@ while reads go on, in one transaction:
    temporary table by the same statement, then each index built from the old one's definition
    (the HNSW graph in one build, not row by row; the session's ``maintenance_work_mem`` as the
    caller sized it);
-4. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is);
-   the copy brought up to what was written since its snapshot (:func:`_catch_up`);
-   ``DROP TABLE`` of the old table (its heap, TOAST and index files are unlinked at the commit,
-   as ``VACUUM FULL``'s old files are), the new table, its indexes and constraints renamed to the
-   old names, and the result compared with the old table's catalog description before the
-   commit: any difference rolls the whole swap back.
+4. the copy brought up to what was written since its snapshot (:func:`_catch_up`), writes
+   going on;
+5. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is);
+   the copy brought up to what was written since step 4; ``DROP TABLE`` of the old table (its
+   heap, TOAST and index files are unlinked at the commit, as ``VACUUM FULL``'s old files are),
+   the new table, its indexes and constraints renamed to the old names, and the result compared
+   with the old table's catalog description before the commit: any difference rolls the whole
+   swap back.
 
 Being one transaction, a purge that dies (its connection, its process, the server) leaves the
 gallery as it was and no ``<table>$purge`` behind (a server crash may leave the new files
@@ -53,6 +55,8 @@ from psycopg import sql
 
 # Appended to the gallery table's name for its copy (``$`` is in no name check_table allows).
 COPY_SUFFIX = "$purge"
+# The temporary table of the row versions copied (:func:`_catch_up`).
+SEEN = "visage_purge_seen"
 
 MSG_NOT_PLAIN = "it is not a plain, logged table"
 MSG_INHERITS = "it is part of an inheritance tree or a typed table"
@@ -99,7 +103,8 @@ class SwapRefusedError(RuntimeError):
 
 
 def _phase(conn: psycopg.Connection, name: str) -> None:
-    """Where a purge is (``copied``, ``built``, ``swapped``): a point tests hold it at."""
+    """Where a purge is (``copied``, ``built``, ``caught_up``, ``swapped``): a point tests hold
+    it at."""
 
 
 def _one(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
@@ -362,7 +367,7 @@ def _copy_and_swap(
     indexes: list[tuple],
     locking: tuple[int, float, float],
 ) -> int:
-    """Steps 2 to 4 of the module docstring in the caller's transaction; returns the tries the
+    """Steps 2 to 5 of the module docstring in the caller's transaction; returns the tries the
     ACCESS EXCLUSIVE lock took."""
     old = sql.Identifier(schema, table)
     copy_name = f"{table}{COPY_SUFFIX}"
@@ -373,7 +378,8 @@ def _copy_and_swap(
     _carry_over(conn, oid, new)
     key = _primary_key(conn, oid)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
-    seen = sql.Identifier(f"{table}{COPY_SUFFIX}_seen")
+    # Temporary tables are the session's own: a fixed name (the table's could pass 63 bytes).
+    seen = sql.Identifier(SEEN)
     # Each row version copied, by its place and writer (``ctid``, ``xmin``): the lock taken
     # keeps VACUUM FULL and CLUSTER, which move rows, off the table until the commit, so a
     # version still there at the swap is the one copied (a slot pruned and written again
@@ -394,6 +400,10 @@ def _copy_and_swap(
     _phase(conn, "copied")
     renames = _build_indexes(conn, indexes, schema=schema, table=table, new=new)
     _phase(conn, "built")
+    # What was written during the copy and the build, while writes go on; then the rest,
+    # written since, under the lock (a pass over the table, and seldom a row to copy).
+    _catch_up(conn, old=old, new=new, seen=seen, key=key)
+    _phase(conn, "caught_up")
     tries, timeout_s, pause_s = locking
     attempts = _lock_briefly(conn, old, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
     _catch_up(conn, old=old, new=new, seen=seen, key=key)
@@ -428,28 +438,73 @@ def _catch_up(
     new: sql.Composable,
     seen: sql.Composable,
     key: list[str],
-) -> None:
-    """Under the swap's ACCESS EXCLUSIVE lock: bring the copy up to what was written to the
-    table since the copy's snapshot (enrolments, re-enrolments, another erasure's ``DELETE``),
-    reads and writes having gone on meanwhile. A copied row whose version is no longer in the
-    table is deleted from the copy (it was deleted or written again: a later erasure's purge,
-    which waits for this one, rewrites the copy's files in turn), then every version the copy
-    did not see is copied."""
-    match = sql.SQL(" AND ").join(sql.SQL("n.{c} = s.{c}").format(c=sql.Identifier(c)) for c in key)
-    # NOT EXISTS (a hash anti-join) rather than NOT IN, which PostgreSQL runs row by row when
-    # the set does not fit in work_mem.
+) -> int:
+    """Bring the copy up to what was written to the table since the versions ``seen`` were
+    copied (enrolments, re-enrolments, another erasure's ``DELETE``); returns the rows changed.
+
+    The table's versions now (key, ``ctid``, ``xmin``) are read in one pass over it, and the
+    keys whose version differs from the one ``seen`` are the rows changed: each is deleted from
+    the copy (a row deleted or written again: a later erasure's purge, which waits for this one,
+    rewrites the copy's files in turn) and copied again as it is now, its new version noted in
+    ``seen`` by the same statement. Run once while writes go on (most of what was written during
+    the copy and the index build, the HNSW inserts included), then under the swap's ACCESS
+    EXCLUSIVE lock, where it leaves the copy the same as the table. A row written between the
+    first run's statements is noted with the version it was copied at, so the second run
+    finds it if it changed again."""
+    live, changed = sql.Identifier(f"{SEEN}_live"), sql.Identifier(f"{SEEN}_changed")
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+
+    def on(a: str, b: str) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{a}.{c} = {b}.{c}").format(a=sql.SQL(a), b=sql.SQL(b), c=sql.Identifier(c))
+            for c in key
+        )
+
     conn.execute(
         sql.SQL(
-            "DELETE FROM {n} AS n USING {s} AS s WHERE {m} AND NOT EXISTS (SELECT 1 FROM {t} AS "
-            "o WHERE o.ctid = s.at AND o.xmin = s.x)"
-        ).format(n=new, s=seen, m=match, t=old)
+            "CREATE TEMPORARY TABLE {l} ON COMMIT DROP AS SELECT {k}, ctid AS at, xmin AS x "
+            "FROM {t}"
+        ).format(l=live, k=columns, t=old)
     )
+    # NOT EXISTS (hash anti-joins, which spill in batches) rather than NOT IN, which PostgreSQL
+    # runs row by row when the set does not fit in work_mem.
     conn.execute(
         sql.SQL(
-            "INSERT INTO {n} SELECT o.* FROM {t} AS o WHERE NOT EXISTS (SELECT 1 FROM {s} AS s "
-            "WHERE s.at = o.ctid AND s.x = o.xmin)"
-        ).format(n=new, t=old, s=seen)
+            "CREATE TEMPORARY TABLE {c} ON COMMIT DROP AS "
+            "SELECT {k} FROM {s} AS s WHERE NOT EXISTS (SELECT 1 FROM {l} AS l WHERE l.at = s.at "
+            "AND l.x = s.x AND {sl}) UNION "
+            "SELECT {k} FROM {l} AS l WHERE NOT EXISTS (SELECT 1 FROM {s} AS s WHERE s.at = l.at "
+            "AND s.x = l.x AND {sl})"
+        ).format(c=changed, k=columns, s=seen, l=live, sl=on("s", "l"))
     )
+    rows = int(_one(conn, sql.SQL("SELECT count(*) FROM {c}").format(c=changed)))
+    if rows:
+        conn.execute(
+            sql.SQL("DELETE FROM {n} AS n USING {c} AS c WHERE {m}").format(
+                n=new, c=changed, m=on("n", "c")
+            )
+        )
+        conn.execute(
+            sql.SQL("DELETE FROM {s} AS s USING {c} AS c WHERE {m}").format(
+                s=seen, c=changed, m=on("s", "c")
+            )
+        )
+        # One statement, one snapshot: the versions copied are the versions noted.
+        conn.execute(
+            sql.SQL(
+                "WITH copied AS (INSERT INTO {n} SELECT o.* FROM {t} AS o JOIN {c} AS c ON {m}) "
+                "INSERT INTO {s} SELECT {ok}, o.ctid, o.xmin FROM {t} AS o JOIN {c} AS c ON {m}"
+            ).format(
+                n=new,
+                t=old,
+                c=changed,
+                m=on("o", "c"),
+                s=seen,
+                ok=sql.SQL(", ").join(sql.SQL("o.{c}").format(c=sql.Identifier(c)) for c in key),
+            )
+        )
+    conn.execute(sql.SQL("DROP TABLE {l}, {c}").format(l=live, c=changed))
+    return rows
 
 
 def _carry_over(conn: psycopg.Connection, oid: int, new: sql.Composable) -> None:
