@@ -52,6 +52,9 @@ the tables the freed space is read (:func:`holds_deleted`: the freelist's pages,
 page's gap and freeblocks; of the pages as a WAL or a hot journal leaves them), a megabyte at a
 time: one holding what may begin a photograph (:data:`FREED_SIGNS`) is not shown clean
 (:class:`HoldsDeleted`) until the database is vacuumed. Deleted text or numbers stop nothing.
+So do the pages SQLite no longer reads in WAL mode (:func:`superseded`: the file's own version
+of a page the WAL replaces, a frame the WAL does not apply), where a row deleted with
+``secure_delete`` on is still whole, until a checkpoint.
 
 Not shown clean (:class:`NotRead`): a database that cannot be read to its end (damaged,
 encrypted, not one though it begins as one), a value too large to hold that cannot be
@@ -67,13 +70,15 @@ was reset, after a broken checksum) or the records of a journal SQLite would not
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
+import itertools
 import mmap
 import os
 import re
 import sqlite3
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -487,6 +492,135 @@ def holds_deleted(read: Callable[[int, int], bytes | memoryview], size: int) -> 
     return False
 
 
+# How much of what follows a sign (:data:`FREED_SIGNS`) in a page SQLite no longer reads is
+# sought in the database as it reads it, cut at the page's end: a photograph's start and its
+# first bytes of data (PNGs of one size share their first 33 bytes, JPEG headers hundreds), the
+# same bytes wherever the row's cell lies, as long as the row is unchanged.
+SUPERSEDED_WINDOW = 512
+
+
+def _varint(buf: bytes | memoryview, at: int) -> tuple[int, int]:
+    """SQLite's variable-length integer at ``at``: its value and where it ends."""
+    value = 0
+    for i in range(8):
+        byte = buf[at + i]
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, at + i + 1
+    return (value << 8) | buf[at + 8], at + 9
+
+
+class _Cells:
+    """The cells of the b-tree page at ``at`` of ``buf`` (none for a page that is not a b-tree
+    page with payloads: an overflow page, a table's interior page), asked where the payload a
+    cell keeps on the page ends: each cell parsed once, when asked (a crafted page of 32,000
+    cells is sorted once, not walked once a sign)."""
+
+    def __init__(self, buf: bytes | memoryview, at: int, page: int, ps: int, usable: int) -> None:
+        self.buf, self.at, self.ps, self.usable = buf, at, ps, usable
+        h = at + (FILE_HEADER if page == 1 else 0)
+        self.kind = buf[h]
+        self.starts: list[int] = []
+        if self.kind in (0x0D, 0x0A, 0x02):
+            first = h + (8 if self.kind in LEAVES else 12)
+            (cells,) = struct.unpack_from(">H", buf, h + 3)
+            n = max(0, min(cells, (at + ps - first) // 2))
+            self.starts = sorted(at + c for c in struct.unpack_from(f">{n}H", buf, first))
+
+    def end(self, offset: int) -> int | None:
+        """Where the payload on the page of the cell holding ``offset`` ends (None: in none)."""
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if i < 0:
+            return None
+        kind, usable = self.kind, self.usable
+        most = usable - 35 if kind == 0x0D else (usable - 12) * 64 // 255 - 23
+        least = (usable - 12) * 32 // 255 - 23
+        try:
+            c = self.starts[i] + (4 if kind == 0x02 else 0)
+            size, c = _varint(self.buf, c)
+            if kind == 0x0D:
+                _, c = _varint(self.buf, c)  # the rowid
+        except IndexError:  # a damaged page
+            return None
+        local = size if size <= most else least + (size - least) % (usable - 4)
+        if size > most and local > most:
+            local = least
+        end = min(c + local, self.at + self.ps)
+        return end if offset < end else None
+
+
+def _windows(
+    buf: bytes | memoryview, bodies: Iterable[tuple[int, int]], ps: int, usable: int
+) -> Iterator[bytes]:
+    """What follows each sign in the pages of ``buf`` at ``bodies`` (offset, page number),
+    each of ``ps`` bytes, up to :data:`SUPERSEDED_WINDOW` bytes or the end of the cell's
+    payload on the page (the same bytes wherever the cell of a row unchanged lies), else the
+    page's end."""
+    for lo, page in bodies:
+        hi = min(lo + ps, len(buf))
+        cells: _Cells | None = None
+        for m in FREED_SIGNS.finditer(buf, lo, hi):
+            if cells is None and hi - lo == ps:
+                cells = _Cells(buf, lo, page, ps, usable)
+            end = (cells.end(m.start()) if cells is not None else None) or hi
+            yield bytes(buf[m.start() : min(m.start() + SUPERSEDED_WINDOW, end)])
+
+
+def superseded(db: bytes, wal: bytes, image: bytes) -> bool:
+    """Whether a page SQLite no longer reads holds what may begin a photograph
+    (:data:`FREED_SIGNS`) that ``image``, the database as SQLite reads it (:func:`applied`),
+    does not hold: the database file's own version of a page the WAL's committed frames replace,
+    or a frame of the WAL that SQLite does not apply (an older version of a page, a frame not
+    committed, one from before the WAL was reset). A row deleted with ``secure_delete`` on is
+    zeroed in the page's new version only; the old one is in the file until a checkpoint writes
+    the new one over it, where a carving tool reads it. A row unchanged in a page rewritten
+    (another row of it changed, or the row moved) is in ``image`` too: no alarm."""
+    found = committed(wal)
+    if found is not None:
+        ps = found.page_size
+    elif len(wal) >= WAL_HEADER and is_wal(wal):
+        ps = struct.unpack_from(">I", wal, 8)[0]
+    else:
+        return False
+    if ps not in PAGE_SIZES:
+        ps = _page_size(db) if _page_size(db) in PAGE_SIZES else 1 << 16
+    applied_at = set(found.pages.values()) if found is not None else set()
+    replaced = sorted(found.pages) if found is not None and _page_size(db) == ps else []
+    header = image if _page_size(image) == ps else db if _page_size(db) == ps else b""
+    usable = ps - (header[RESERVED_AT] if len(header) > RESERVED_AT else 0)
+    frames = (
+        (at + FRAME_HEADER, struct.unpack_from(">I", wal, at)[0])
+        for at in range(WAL_HEADER, len(wal) - FRAME_HEADER - ps + 1, FRAME_HEADER + ps)
+    )
+    old = _digests(
+        itertools.chain(
+            _windows(db, (((p - 1) * ps, p) for p in replaced if p * ps <= len(db)), ps, usable),
+            _windows(wal, ((at, p) for at, p in frames if at not in applied_at), ps, usable),
+        )
+    )
+    if old is not None and not old:
+        return False
+    pages = ((at, at // ps + 1) for at in range(0, len(image), ps))
+    live = _digests(_windows(image, pages, ps, usable)) if old is not None else None
+    # More signs than a database of photographs this size holds (None): not shown clean.
+    return old is None or live is None or not old <= live
+
+
+# Signs :func:`superseded` compares at most, on either side (what a database of 64 MiB of
+# thumbnails holds; a crafted file with a sign every few bytes would take gigabytes).
+SUPERSEDED_MAX = 100_000
+
+
+def _digests(windows: Iterable[bytes]) -> set[bytes] | None:
+    """A digest of each window (None past :data:`SUPERSEDED_MAX` of them)."""
+    out: set[bytes] = set()
+    for n, w in enumerate(windows):
+        if n >= SUPERSEDED_MAX:
+            return None
+        out.add(hashlib.blake2b(w, digest_size=16).digest())
+    return out
+
+
 def _quoted(name: str) -> str:
     """``name`` as an SQL identifier: in double quotes, each one in it doubled."""
     return '"' + name.replace('"', '""') + '"'
@@ -647,7 +781,10 @@ def inside_db(
         when it could not be read to its end.
     """
     if is_wal(data):
-        data = applied(b"", data)
+        image = applied(b"", data)
+        if superseded(b"", data, image):
+            raise HoldsDeleted
+        data = image
     elif is_journal(data):
         data = rolled_back(b"", data)
     if not data:  # a WAL of no commit: nothing in a table
@@ -805,7 +942,10 @@ def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]
             if journal is not None:
                 data = rolled_back(data, records)
             if wal is not None:
-                data = applied(data, frames)
+                image = applied(data, frames)
+                if superseded(data, frames, image):
+                    raise HoldsDeleted
+                data = image
             yield from inside_db(data, sizes=sizes, budget=_Budget(total))
             return
         if db is None:
