@@ -950,6 +950,33 @@ def test_a_page_the_wal_supersedes_whose_photograph_is_still_live_is_no_alarm(tm
     assert not scanned.unreadable
     assert _sha(png) in scanned.held
     con.close()
+    # A column after the photograph's written longer: the row's payload kept on the page ends
+    # elsewhere, the photograph's bytes the same.
+    page_size = 512
+    labelled = tmp_path / "labelled" / "project.db"
+    labelled.parent.mkdir()
+    con = sqlite3.connect(labelled, isolation_level=None)
+    con.execute(f"PRAGMA page_size = {page_size}")
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.execute("CREATE TABLE crops (id INTEGER PRIMARY KEY, img BLOB, label TEXT)")
+    for i, blob in enumerate((png, theirs)):
+        con.execute("INSERT INTO crops (img, label) VALUES (?, ?)", (blob, f"l{i}"))
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    # The part of the payload kept on a page is sized from the whole row's: it ends at another
+    # place after each (39 to 477 bytes in, on pages of 512).
+    for width in (250, 120, 60, 10):
+        con.execute("UPDATE crops SET label = ?", ("x" * width,))
+        scanned = _scanned(labelled.parent)["project.db"]
+        assert not scanned.unreadable, width
+        assert _sha(png) in scanned.held
+    # Here the page keeps 33 bytes of the photograph, what every PNG of its size begins with:
+    # too few to tell it from a deleted one, so not shown clean until a checkpoint.
+    con.execute("UPDATE crops SET label = ?", ("x" * 400,))
+    assert _scanned(labelled.parent)["project.db"].unreadable
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert not _scanned(labelled.parent)["project.db"].unreadable
+    con.close()
 
 
 def test_a_wal_crafted_with_a_photograph_start_every_few_bytes_is_not_shown_clean(monkeypatch):

@@ -493,10 +493,11 @@ def holds_deleted(read: Callable[[int, int], bytes | memoryview], size: int) -> 
 
 
 # How much of what follows a sign (:data:`FREED_SIGNS`) in a page SQLite no longer reads is
-# sought in the database as it reads it, cut at the page's end: a photograph's start and its
-# first bytes of data (PNGs of one size share their first 33 bytes, JPEG headers hundreds), the
-# same bytes wherever the row's cell lies, as long as the row is unchanged.
-SUPERSEDED_WINDOW = 512
+# sought in the database as it reads it, cut at the end of the cell's payload on the page: a
+# photograph's start and its first bytes of data (PNGs of one size share their first 33 bytes;
+# JPEG headers of one encoder hundreds, so a JPEG is told apart from another of its size and
+# quality only by bytes past these), the same bytes wherever the row's cell lies.
+SUPERSEDED_WINDOW = 256
 
 
 def _varint(buf: bytes | memoryview, at: int) -> tuple[int, int]:
@@ -592,18 +593,26 @@ def superseded(db: bytes, wal: bytes, image: bytes) -> bool:
         (at + FRAME_HEADER, struct.unpack_from(">I", wal, at)[0])
         for at in range(WAL_HEADER, len(wal) - FRAME_HEADER - ps + 1, FRAME_HEADER + ps)
     )
-    old = _digests(
-        itertools.chain(
-            _windows(db, (((p - 1) * ps, p) for p in replaced if p * ps <= len(db)), ps, usable),
-            _windows(wal, ((at, p) for at, p in frames if at not in applied_at), ps, usable),
+    old = list(
+        itertools.islice(
+            itertools.chain(
+                _windows(
+                    db, (((p - 1) * ps, p) for p in replaced if p * ps <= len(db)), ps, usable
+                ),
+                _windows(wal, ((at, p) for at, p in frames if at not in applied_at), ps, usable),
+            ),
+            SUPERSEDED_MAX + 1,
         )
     )
-    if old is not None and not old:
+    if not old:
         return False
+    if len(old) > SUPERSEDED_MAX:  # more than a database of photographs this size holds
+        return True
     pages = ((at, at // ps + 1) for at in range(0, len(image), ps))
-    live = _digests(_windows(image, pages, ps, usable)) if old is not None else None
-    # More signs than a database of photographs this size holds (None): not shown clean.
-    return old is None or live is None or not old <= live
+    live = list(itertools.islice(_windows(image, pages, ps, usable), SUPERSEDED_MAX + 1))
+    if len(live) > SUPERSEDED_MAX:
+        return True
+    return not all(_held(old, live))
 
 
 # Signs :func:`superseded` compares at most, on either side (what a database of 64 MiB of
@@ -611,14 +620,29 @@ def superseded(db: bytes, wal: bytes, image: bytes) -> bool:
 SUPERSEDED_MAX = 100_000
 
 
-def _digests(windows: Iterable[bytes]) -> set[bytes] | None:
-    """A digest of each window (None past :data:`SUPERSEDED_MAX` of them)."""
-    out: set[bytes] = set()
-    for n, w in enumerate(windows):
-        if n >= SUPERSEDED_MAX:
-            return None
-        out.add(hashlib.blake2b(w, digest_size=16).digest())
-    return out
+# The fewest bytes from a sign on that tell one photograph from another of its kind and size.
+SUPERSEDED_TOLD = 64
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _held(old: list[bytes], live: list[bytes]) -> Iterator[bool]:
+    """For each window of ``old``, whether a window of ``live`` begins with it, or is its
+    beginning (a cell that ends sooner on its page now: the rest of the photograph lies on
+    overflow pages), compared by digest at each length asked."""
+    lengths = {len(w) for w in old}
+    prefixes = {(n, _digest(v[:n])) for v in live for n in lengths if n <= len(v)}
+    # Fewer bytes than a photograph is told apart by vouch for none (PNGs of one size share
+    # their first 33): such a page is not shown clean until a checkpoint.
+    told = [v for v in live if len(v) >= SUPERSEDED_TOLD]
+    whole = {(len(v), _digest(v)) for v in told}
+    shorter = sorted({len(v) for v in told})
+    for w in old:
+        yield (len(w), _digest(w)) in prefixes or any(
+            (n, _digest(w[:n])) in whole for n in shorter if n < len(w)
+        )
 
 
 def _quoted(name: str) -> str:
