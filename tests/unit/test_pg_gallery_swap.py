@@ -575,3 +575,93 @@ def test_an_owner_without_create_on_the_schema_erases_by_vacuum_full_and_with_it
             )
             conn.execute(sql.SQL("DROP OWNED BY {r}").format(r=sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
+
+
+def test_access_revoked_while_the_purge_copies_stays_revoked_after_the_swap(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """A role's access to the templates revoked (or granted) while an erasure's purge copies
+    the table: GRANT and REVOKE take no lock on the table, so they went on during the copy,
+    and the swapped table came back with the grants copied before them (the revoked role read
+    every search vector again, the granted one was refused)."""
+    gallery, pids = enrolled
+    revoked, granted = (f"reader_{secrets.token_hex(4)}" for _ in range(2))
+    t = sql.Identifier(table)
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        for role in (revoked, granted):
+            conn.execute(sql.SQL("CREATE ROLE {r}").format(r=sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON {t} TO {r}").format(t=t, r=sql.Identifier(revoked)))
+    held, go = _hold_when_built(monkeypatch)
+    gallery.erase(pids[1])
+    purge, done = _purge_in_thread(gallery)
+    try:
+        assert held.wait(30), "the purge never reached the index build"
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("REVOKE SELECT ON {t} FROM {r}").format(t=t, r=sql.Identifier(revoked))
+            )
+            conn.execute(
+                sql.SQL("GRANT SELECT ON {t} TO {r}").format(t=t, r=sql.Identifier(granted))
+            )
+    finally:
+        go.set()
+        purge.join(timeout=60)
+    try:
+        assert done and done[0].to_dict()["rewrite"] == "swap", done
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            may = {
+                role: conn.execute(
+                    "SELECT has_table_privilege(%s, %s, 'SELECT')", (role, table)
+                ).fetchone()[0]
+                for role in (revoked, granted)
+            }
+        assert may == {revoked: False, granted: True}
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for role in (revoked, granted):
+                conn.execute(
+                    sql.SQL("REVOKE ALL ON {t} FROM {r}").format(t=t, r=sql.Identifier(role))
+                )
+                conn.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
+
+
+def test_a_column_grant_made_while_the_purge_copies_is_kept(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """A grant on one column (``GRANT SELECT (pid)``: no lock on the table either) made while
+    an erasure's purge copies the table: the swapped table lost it; the swap cannot carry
+    column grants over, so the table is rewritten by VACUUM FULL instead, the grant kept and
+    the erased template in no file."""
+    gallery, pids = enrolled
+    role = f"reader_{secrets.token_hex(4)}"
+    t = sql.Identifier(table)
+    victim = pids[1]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {r}").format(r=sql.Identifier(role)))
+    held, go = _hold_when_built(monkeypatch)
+    gallery.erase(victim)
+    purge, done = _purge_in_thread(gallery)
+    try:
+        assert held.wait(30), "the purge never reached the index build"
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("GRANT SELECT (pid) ON {t} TO {r}").format(t=t, r=sql.Identifier(role))
+            )
+    finally:
+        go.set()
+        purge.join(timeout=60)
+    try:
+        assert done, "the purge failed"
+        report = done[0].to_dict()
+        assert report["wal_removed"], report
+        assert files_holding(pg.data_dir, vector) == []
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            kept = conn.execute(
+                "SELECT has_column_privilege(%s, %s, 'pid', 'SELECT')", (role, table)
+            ).fetchone()[0]
+        assert kept, report
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("REVOKE ALL ON {t} FROM {r}").format(t=t, r=sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
