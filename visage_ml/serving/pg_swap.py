@@ -21,11 +21,12 @@ while reads go on, in one transaction:
 4. the copy brought up to what was written since its snapshot (:func:`_catch_up`), writes
    going on;
 5. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is);
-   the copy brought up to what was written since step 4; ``DROP TABLE`` of the old table (its
-   heap, TOAST and index files are unlinked at the commit, as ``VACUUM FULL``'s old files are),
-   the new table, its indexes and constraints renamed to the old names, and the result compared
-   with the old table's catalog description before the commit: any difference rolls the whole
-   swap back.
+   the copy brought up to what was written since step 4, and given the table's grants again
+   (``GRANT`` and ``REVOKE`` take no lock on the table: one committed during the copy is kept);
+   ``DROP TABLE`` of the old table (its heap, TOAST and index files are unlinked at the commit,
+   as ``VACUUM FULL``'s old files are), the new table, its indexes and constraints renamed to the
+   old names, and the result compared with the old table's catalog description just before the
+   drop: any difference rolls the whole swap back.
 
 Being one transaction, a purge that dies (its connection, its process, the server) leaves the
 gallery as it was and no ``<table>$purge`` behind (a server crash may leave the new files
@@ -303,7 +304,6 @@ def rewrite_and_swap(
         why = obstacles(conn, oid)
         if why:
             raise SwapRefusedError("; ".join(why))
-        before = describe(conn, oid)
         # With the head of each definition up to USING, as pg_get_indexdef quotes the names.
         indexes = conn.execute(
             "SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid), i.indisunique, "
@@ -316,7 +316,7 @@ def rewrite_and_swap(
             (schema, table, oid),
         ).fetchall()
         try:
-            attempts = _copy_and_swap(
+            attempts, before = _copy_and_swap(
                 conn,
                 schema=schema,
                 table=table,
@@ -366,9 +366,10 @@ def _copy_and_swap(
     oid: int,
     indexes: list[tuple],
     locking: tuple[int, float, float],
-) -> int:
+) -> tuple[int, dict[str, Any]]:
     """Steps 2 to 5 of the module docstring in the caller's transaction; returns the tries the
-    ACCESS EXCLUSIVE lock took."""
+    ACCESS EXCLUSIVE lock took and the table's description (:func:`describe`) under it, which
+    the swapped table must match."""
     old = sql.Identifier(schema, table)
     copy_name = f"{table}{COPY_SUFFIX}"
     new = sql.Identifier(schema, copy_name)
@@ -407,11 +408,15 @@ def _copy_and_swap(
     tries, timeout_s, pause_s = locking
     attempts = _lock_briefly(conn, old, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
     _catch_up(conn, old=old, new=new, seen=seen, key=key)
+    # GRANT and REVOKE take no lock on the table: those committed since the copy's are carried
+    # over now, and the swapped table must match the table as it is now, just before the drop.
+    _carry_grants(conn, oid, new)
+    before = describe(conn, oid)
     conn.execute(sql.SQL("DROP TABLE {t}").format(t=old))
     conn.execute(sql.SQL("ALTER TABLE {n} RENAME TO {t}").format(n=new, t=sql.Identifier(table)))
     for statement in renames:
         conn.execute(statement)
-    return attempts
+    return attempts, before
 
 
 def _primary_key(conn: psycopg.Connection, oid: int) -> list[str]:
@@ -538,6 +543,21 @@ def _carry_over(conn: psycopg.Connection, oid: int, new: sql.Composable) -> None
     if comment is not None:
         conn.execute(sql.SQL("COMMENT ON TABLE {n} IS {c}").format(n=new, c=sql.Literal(comment)))
     conn.execute(sql.SQL("ALTER TABLE {n} OWNER TO {o}").format(n=new, o=sql.SQL(owner)))
+    _carry_grants(conn, oid, new)
+
+
+def _carry_grants(conn: psycopg.Connection, oid: int, new: sql.Composable) -> None:
+    """Give ``new`` the grants the table ``oid`` holds now (its owner's aside), those given
+    before revoked first: ``GRANT`` and ``REVOKE`` take no lock on the table, so one committed
+    during the copy is carried over again under the swap's lock."""
+    target = _one(conn, "SELECT to_regclass(%s)::oid", (new.as_string(conn),))
+    for (grantee,) in conn.execute(
+        "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END "
+        "FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a "
+        "WHERE c.oid = %s AND a.grantee <> c.relowner",
+        (target,),
+    ).fetchall():
+        conn.execute(sql.SQL("REVOKE ALL ON {n} FROM {g}").format(n=new, g=sql.SQL(grantee)))
     for grantee, privilege, grantable in conn.execute(
         "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, "
         "a.privilege_type, a.is_grantable FROM pg_catalog.pg_class c, "
