@@ -972,15 +972,15 @@ class ServingGalleryParams:
     # Fallback poll of the shared change counter beside LISTEN/NOTIFY (seconds).
     poll_interval_s: float = field(default=0.25, metadata=rng(gt=0, le=60))
     # How long a search or enrolment of `visage serve` waits for a lock on the gallery's tables
-    # (an erasure's purge: a swap holds one briefly from searches and for the copy from
-    # enrolment, a VACUUM FULL for the whole rewrite) before it answers 503 gallery_unavailable
+    # (an erasure's purge: a swap holds one briefly at its end, a VACUUM FULL for the whole
+    # rewrite) before it answers 503 gallery_unavailable
     # with Retry-After (seconds; 0: as long as it takes). Commands, rights and the erasure itself
     # always wait.
     lock_timeout_s: float = field(default=2.0, metadata=rng(ge=0, le=600))
     # The most maintenance_work_mem (MB) an erasure's purge gives the rebuild of the HNSW
     # index (sized from the index, never below the server's own setting): a graph that does not
-    # fit is built on disk, several times slower, with enrolment (and, under VACUUM FULL,
-    # serving) locked out meanwhile.
+    # fit is built on disk, several times slower (under VACUUM FULL, with serving locked out
+    # meanwhile).
     purge_memory_mb: int = field(default=1024, metadata=rng(ge=1, le=1_048_576))
 
 

@@ -477,9 +477,9 @@ def test_a_swap_the_server_refuses_halfway_rolls_back_and_the_table_is_vacuumed(
 def test_an_erasure_and_its_purge_while_another_purge_copies_both_leave_no_trace(
     world, engine, enrolled, pg, table, monkeypatch
 ):
-    """Two erasures at once (two processes): the second's DELETE waits for the first's copy and
-    lands in the swapped table, its purge waits for the first's; both certify, neither vector
-    is in the data folder, serving answers throughout."""
+    """Two erasures at once (two processes): the second's DELETE goes on during the first's copy
+    and the swapped table holds it, its purge waits for the first's; both certify, neither
+    vector is in the data folder, serving answers throughout."""
     gallery, pids = enrolled
     other = open_pg(world, pg, table, engine)  # the second process's gallery
     first, second = pids[1], pids[3]
@@ -502,7 +502,7 @@ def test_an_erasure_and_its_purge_while_another_purge_copies_both_leave_no_trace
         target=run, args=(lambda: (other.erase(second), other.purge_physically())[1],)
     )
     later.start()
-    time.sleep(0.5)  # the second erasure waits behind the copy
+    time.sleep(0.5)  # the second erasure's purge waits behind the first
     assert later.is_alive()
     assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
     go.set()

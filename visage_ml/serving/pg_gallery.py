@@ -398,8 +398,8 @@ class PgOptions:
         Run the listener thread (off for one-shot CLI use).
     lock_timeout_s
         How long a call waits for a lock on the tables before it raises
-        :class:`GalleryUnavailableError` (0: as long as it takes). An erasure's purge holds
-        writes off for its copy of the table, and a ``VACUUM FULL`` everything for the rewrite;
+        :class:`GalleryUnavailableError` (0: as long as it takes). An erasure's swap holds the
+        table briefly at its end, and a ``VACUUM FULL`` everything for the whole rewrite;
         ``visage serve`` sets it so that requests answer 503 to retry instead of hanging.
         Opening the gallery, setting its calibration and :meth:`PgGallery.erase` wait.
     purge_memory_mb
