@@ -75,3 +75,24 @@ def test_one_face_enrolled_under_two_pids_on_two_hosts_at_once_is_refused_once(
     finally:
         first.close()
         second.close()
+
+
+def test_the_server_lets_go_of_a_replica_gone_silent_within_minutes(world, pg, table):
+    """A replica's host frozen or cut off while it holds a lock (a row's, the enrolment's
+    advisory lock): the server learns of it from TCP keepalives, after the system's default
+    of two hours unless the session asks sooner, and every other replica's enrolment answers
+    503 until then."""
+    engine = fake_engine(world.paths.root)
+    gallery = _open(world, pg, table, engine)
+    try:
+        conn = gallery._conn
+        assert conn.info.host.startswith("127.") or conn.info.host == "localhost"  # TCP
+        said = {
+            name: int(conn.execute(f"SHOW {name}").fetchone()[0].rstrip("s"))
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+        }
+        conn.rollback()
+        idle, interval, count = said.values()
+        assert 0 < idle + interval * count <= 120, said
+    finally:
+        gallery.close()

@@ -478,12 +478,32 @@ def connect(
         raise GalleryUnavailableError(MSG_CONNECT.format(error=type(exc).__name__)) from None
     try:
         register_vector(conn)
+        keep_alive(conn)
         if lock_timeout_s > 0:
             set_lock_timeout(conn, lock_timeout_s)
     except psycopg.ProgrammingError:
         conn.close()
         raise GalleryError(MSG_NO_EXTENSION) from None
     return conn
+
+
+# How soon the server gives up on a client gone silent over TCP (a replica's host frozen or cut
+# off): the locks its session holds (a row's, the enrolment's advisory lock) are released after
+# about idle + interval x count seconds, not after the system's two hours.
+KEEPALIVE = {
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+}
+
+
+def keep_alive(conn: psycopg.Connection) -> None:
+    """Set the session's server-side TCP keepalives (:data:`KEEPALIVE`; a Unix socket ignores
+    them); call outside a transaction."""
+    for name, value in KEEPALIVE.items():
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+    if not conn.autocommit:
+        conn.commit()
 
 
 def set_lock_timeout(conn: psycopg.Connection, seconds: float) -> None:
