@@ -252,6 +252,51 @@ def test_what_is_written_during_the_copy_is_in_the_swapped_table(
         other.close()
 
 
+def test_what_is_written_while_the_swap_waits_for_its_lock_is_copied_before_it(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """A long reader holds the table, so the swap's ACCESS EXCLUSIVE is refused try after try
+    while enrolments go on: what they write is copied between the tries (their HNSW entries
+    too), not all under the lock once the reader is gone, where serving waits for it."""
+    gallery, pids = enrolled
+    other = open_pg(world, pg, table, engine, lock_timeout_s=0)  # waits out a try's queue
+    held, go = _hold_when_built(monkeypatch, "caught_up")
+    copied: list[int] = []
+    catch_up = pg_swap._catch_up
+    monkeypatch.setattr(pg_swap, "_catch_up", lambda *a, **kw: copied.append(catch_up(*a, **kw)))
+    gallery.erase(pids[1])
+    purge, done = _purge_in_thread(gallery)
+    newcomers = list(world.people)[6:8]
+    reader = psycopg.connect(pg.dsn)
+    try:
+        assert held.wait(30)
+        reader.execute(
+            sql.SQL("LOCK TABLE {t} IN ACCESS SHARE MODE").format(t=sql.Identifier(table))
+        )
+        go.set()
+        other.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in newcomers})
+        deadline = time.monotonic() + 20
+        while sum(copied[1:]) < len(newcomers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(copied[1:]) == len(newcomers), copied  # between the tries
+    finally:
+        go.set()
+        reader.rollback()  # the reader is done: the swap takes its lock
+        reader.close()
+        purge.join(timeout=60)
+    assert done and done[0].to_dict()["rewrite"] == "swap", done
+    assert copied[-1] == 0, copied  # nothing left to copy under the lock
+    assert done[0].to_dict()["lock_attempts"] > 1
+    fresh = open_pg(world, pg, table, engine)
+    try:
+        assert set(newcomers) <= set(fresh.searchable())
+        for pid in newcomers:
+            assert fresh.identify(engine.embed(world.photo(pid))[0])[0].pid == pid
+    finally:
+        fresh.close()
+        other.close()
+
+
 def test_a_search_whose_snapshot_began_before_the_swap_still_finds_everyone(
     world, engine, enrolled, pg, table, monkeypatch
 ):

@@ -20,7 +20,8 @@ while reads go on, in one transaction:
    caller sized it);
 4. the copy brought up to what was written since its snapshot (:func:`_catch_up`), writes
    going on;
-5. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is);
+5. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is,
+   step 4 run again after each try refused);
    the copy brought up to what was written since step 4, and given the table's grants again
    (``GRANT`` and ``REVOKE`` take no lock on the table: one committed during the copy is kept);
    ``DROP TABLE`` of the old table (its heap, TOAST and index files are unlinked at the commit,
@@ -104,8 +105,8 @@ class SwapRefusedError(RuntimeError):
 
 
 def _phase(conn: psycopg.Connection, name: str) -> None:
-    """Where a purge is (``copied``, ``built``, ``caught_up``, ``swapped``): a point tests hold
-    it at."""
+    """Where a purge is (``copied``, ``built``, ``caught_up``, ``waiting`` for its lock,
+    ``swapped``): a point tests hold it at."""
 
 
 def _one(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
@@ -227,19 +228,26 @@ def _oid(conn: psycopg.Connection, schema: str, name: str) -> int | None:
 
 
 def ask_briefly(
-    do: Callable[[float], None], *, tries: int, timeout_s: float, pause_s: float
+    do: Callable[[float], None],
+    *,
+    tries: int,
+    timeout_s: float,
+    pause_s: float,
+    meanwhile: Callable[[], None] | None = None,
 ) -> int:
     """``do(wait)``, a statement that takes a lock waiting at most ``wait`` seconds for it (0: as
     long as it takes), asked ``timeout_s`` at a time ``tries - 1`` times, ``pause_s`` apart, then
     as long as it takes: a request waiting for a lock makes every later one on the table wait
-    behind it, so a purge asks briefly rather than hold serving up behind a long reader. Returns
-    the tries it took."""
+    behind it, so a purge asks briefly rather than hold serving up behind a long reader.
+    ``meanwhile`` runs after each try refused, before the pause. Returns the tries it took."""
     attempt = 0
     while True:
         attempt += 1
         try:
             do(timeout_s if attempt < tries else 0.0)
         except psycopg.errors.LockNotAvailable:
+            if meanwhile is not None:
+                meanwhile()
             time.sleep(pause_s)
             continue
         return attempt
@@ -252,9 +260,11 @@ def _lock_briefly(
     tries: int,
     timeout_s: float,
     pause_s: float,
+    meanwhile: Callable[[], None] | None = None,
 ) -> int:
     """ACCESS EXCLUSIVE on ``target`` in the open transaction, asked for as :func:`ask_briefly`
-    says, each failed try rolled back to a savepoint (the copy is kept). Returns the tries."""
+    says (``meanwhile`` between tries), each failed try rolled back to a savepoint (the copy is
+    kept). Returns the tries."""
     lock = sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=target)
 
     def take(wait: float) -> None:
@@ -266,7 +276,9 @@ def _lock_briefly(
             conn.execute(lock)
 
     try:
-        attempts = ask_briefly(take, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+        attempts = ask_briefly(
+            take, tries=tries, timeout_s=timeout_s, pause_s=pause_s, meanwhile=meanwhile
+        )
     except psycopg.errors.DeadlockDetected:
         # A client read the table and waits, with no lock timeout, for a lock behind the copy's:
         # one of the two must give way, and the purge can (by VACUUM FULL after it).
@@ -406,7 +418,14 @@ def _copy_and_swap(
     _catch_up(conn, old=old, new=new, seen=seen, key=key)
     _phase(conn, "caught_up")
     tries, timeout_s, pause_s = locking
-    attempts = _lock_briefly(conn, old, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+
+    def meanwhile() -> None:  # between tries of the lock, what was written since, writes going on
+        _catch_up(conn, old=old, new=new, seen=seen, key=key)
+        _phase(conn, "waiting")
+
+    attempts = _lock_briefly(
+        conn, old, tries=tries, timeout_s=timeout_s, pause_s=pause_s, meanwhile=meanwhile
+    )
     _catch_up(conn, old=old, new=new, seen=seen, key=key)
     # GRANT and REVOKE take no lock on the table: those committed since the copy's are carried
     # over now, and the swapped table must match the table as it is now, just before the drop.
