@@ -979,6 +979,40 @@ def test_a_page_the_wal_supersedes_whose_photograph_is_still_live_is_no_alarm(tm
     con.close()
 
 
+def test_a_photograph_deleted_securely_whose_cell_kept_few_of_its_bytes_still_stops_it(
+    tmp_path, proj
+):
+    """A row whose other column is long keeps only the first 33 bytes of its photograph on its
+    page (the rest on overflow pages), what every PNG of its size begins with. Deleted with
+    ``secure_delete`` on, the database file's own pages still hold it whole until a checkpoint;
+    another person's live PNG of the same size began with those 33 bytes, and vouched for the
+    deleted one: shown clean while the file held the photograph."""
+    _, png, theirs = _photos(proj)
+    assert png[:33] == theirs[:33]  # of one size: the same first 33 bytes
+    db = tmp_path / "labelled" / "project.db"
+    db.parent.mkdir()
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA page_size = 512")
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.execute("CREATE TABLE crops (id INTEGER PRIMARY KEY, name TEXT, img BLOB, label TEXT)")
+    con.execute("INSERT INTO crops (name, img, label) VALUES (?, ?, ?)", (NAME, png, "x" * 400))
+    con.execute("INSERT INTO crops (name, img, label) VALUES (?, ?, ?)", ("a", theirs, "l"))
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # both rows in the file
+    con.execute("PRAGMA secure_delete = ON")
+    con.execute("DELETE FROM crops WHERE name = ?", (NAME,))  # zeroed, in the -wal only
+    # Its first overflow page, in the file (a page SQLite no longer reads): carved from it.
+    assert png[40:500] in db.read_bytes()
+    scanned = _scanned(db.parent)["project.db"]
+    assert scanned.unreadable
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert png[40:500] not in db.read_bytes()
+    scanned = _scanned(db.parent)["project.db"]
+    assert not scanned.unreadable
+    assert _sha(theirs) in scanned.held
+    con.close()
+
+
 def test_a_wal_crafted_with_a_photograph_start_every_few_bytes_is_not_shown_clean(monkeypatch):
     """Pages SQLite no longer reads, each byte range a PNG's start, the database as read holding
     every one too: past a bound, not compared window by window (gigabytes of them for a 64 MiB
