@@ -1022,11 +1022,13 @@ def test_a_wal_crafted_with_a_photograph_start_every_few_bytes_is_not_shown_clea
     ps, start = 512, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
     page = bytearray(ps)
     for at in range(0, ps - 32, 32):
-        page[at : at + len(start)] = start + bytes((at // 32,))
+        page[at : at + len(start) + 1] = start + bytes((at // 32,))  # of ps bytes still
     header = struct.pack(">8I", 0x377F0682, 3007000, ps, 0, 1, 2, 0, 0)
-    # Frames of pages 1 to 3 that SQLite does not apply (no commit, no checksum).
-    wal = header + b"".join(struct.pack(">I", n) + bytes(20) + page for n in (1, 2, 3))
-    image = bytes(page) * 3
+    # Frames of pages 2 to 4 that SQLite does not apply (no commit, no checksum); not page 1,
+    # whose page header at 100 would make it a b-tree page whose cells cut some windows short.
+    wal = header + b"".join(struct.pack(">I", n) + bytes(20) + page for n in (2, 3, 4))
+    assert len(page) == ps
+    image = bytes(ps) + bytes(page) * 3
     assert not embedded_db.superseded(b"", wal, image)  # each in the database as read
     monkeypatch.setattr(embedded_db, "SUPERSEDED_MAX", 10)
     assert embedded_db.superseded(b"", wal, image)

@@ -631,7 +631,9 @@ def _digest(data: bytes) -> bytes:
 def _held(old: list[bytes], live: list[bytes]) -> Iterator[bool]:
     """For each window of ``old``, whether a window of ``live`` begins with it, or is its
     beginning (a cell that ends sooner on its page now: the rest of the photograph lies on
-    overflow pages), compared by digest at each length asked."""
+    overflow pages), compared by digest at each length asked. A window of ``old`` shorter than
+    :data:`SUPERSEDED_TOLD` (a cell that keeps few bytes of its photograph on its page) is held
+    by none: another photograph of its size begins with it."""
     lengths = {len(w) for w in old}
     prefixes = {(n, _digest(v[:n])) for v in live for n in lengths if n <= len(v)}
     # Fewer bytes than a photograph is told apart by vouch for none (PNGs of one size share
@@ -640,8 +642,11 @@ def _held(old: list[bytes], live: list[bytes]) -> Iterator[bool]:
     whole = {(len(v), _digest(v)) for v in told}
     shorter = sorted({len(v) for v in told})
     for w in old:
-        yield (len(w), _digest(w)) in prefixes or any(
-            (n, _digest(w[:n])) in whole for n in shorter if n < len(w)
+        # Nor is a deleted one told by so few (the rest of it on its overflow pages): held by
+        # no live window, whatever it begins with.
+        yield len(w) >= SUPERSEDED_TOLD and (
+            (len(w), _digest(w)) in prefixes
+            or any((n, _digest(w[:n])) in whole for n in shorter if n < len(w))
         )
 
 
