@@ -1034,6 +1034,36 @@ def test_a_wal_crafted_with_a_photograph_start_every_few_bytes_is_not_shown_clea
     assert embedded_db.superseded(b"", wal, image)
 
 
+def test_a_wal_crafted_with_windows_of_every_length_takes_memory_its_size_warrants():
+    """Frames SQLite does not apply whose zip magics' windows are of every length from 64 to
+    256 (each cut at its page's end), beside a database of distinct magics, each under the
+    bound of 100,000: each live window was digested at every one of those lengths and the
+    digests kept, 193 to a window. A 35 kB pair held 75 MB; one of the bound's size (under
+    1 MB) about 2 GB, with a minute of CPU."""
+    import tracemalloc
+
+    from visage_ml.rights import embedded_db
+
+    ps, magic, n = 512, b"PK\x03\x04", 4000
+    signs = b"".join(magic + struct.pack(">I", i) for i in range(n))
+    image = bytes(ps) + signs + bytes(-len(signs) % ps)  # page 1 none, then pages of magics
+    frames = []
+    for k in range(4):  # magics at 256 + k, 260 + k, ... 448 + k: windows 256 - k down to 64 - k
+        page = bytearray(ps)
+        for at in range(256 + k, ps - 60, 4):
+            page[at : at + 4] = magic
+        frames.append(struct.pack(">I", 2 + k) + bytes(20) + bytes(page))
+    header = struct.pack(">8I", 0x377F0682, 3007000, ps, 0, 1, 2, 0, 0)
+    wal = header + b"".join(frames)  # no commit: none applied
+    tracemalloc.start()
+    try:
+        assert embedded_db.superseded(b"", wal, image)  # magics the database does not hold
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak
+
+
 def test_freeblocks_crafted_to_overlap_are_read_once_not_once_each(tmp_path, monkeypatch):
     """A page's freeblocks (ascending, as SQLite's rule wants) each claiming the rest of the
     page: each read to the page's end made a 64 kB page 16,000 reads of up to 64 kB (six
