@@ -624,30 +624,50 @@ SUPERSEDED_MAX = 100_000
 SUPERSEDED_TOLD = 64
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
 def _held(old: list[bytes], live: list[bytes]) -> Iterator[bool]:
     """For each window of ``old``, whether a window of ``live`` begins with it, or is its
     beginning (a cell that ends sooner on its page now: the rest of the photograph lies on
-    overflow pages), compared by digest at each length asked. A window of ``old`` shorter than
-    :data:`SUPERSEDED_TOLD` (a cell that keeps few bytes of its photograph on its page) is held
-    by none: another photograph of its size begins with it."""
-    lengths = {len(w) for w in old}
-    prefixes = {(n, _digest(v[:n])) for v in live for n in lengths if n <= len(v)}
+    overflow pages), found in ``live`` sorted (those beginning with a window follow it there;
+    of those it begins with, the longest is the last before it once what it shares with the
+    ones between is cut off), not by every prefix of every window: memory as the windows'
+    own, whatever their lengths. A window of ``old`` shorter than :data:`SUPERSEDED_TOLD` (a
+    cell that keeps few bytes of its photograph on its page) is held by none: another
+    photograph of its size begins with it."""
+    ordered = sorted(live)
     # Fewer bytes than a photograph is told apart by vouch for none (PNGs of one size share
     # their first 33): such a page is not shown clean until a checkpoint.
-    told = [v for v in live if len(v) >= SUPERSEDED_TOLD]
-    whole = {(len(v), _digest(v)) for v in told}
-    shorter = sorted({len(v) for v in told})
+    told = [v for v in ordered if len(v) >= SUPERSEDED_TOLD]
     for w in old:
-        # Nor is a deleted one told by so few (the rest of it on its overflow pages): held by
-        # no live window, whatever it begins with.
-        yield len(w) >= SUPERSEDED_TOLD and (
-            (len(w), _digest(w)) in prefixes
-            or any((n, _digest(w[:n])) in whole for n in shorter if n < len(w))
-        )
+        if len(w) < SUPERSEDED_TOLD:
+            yield False
+            continue
+        i = bisect.bisect_left(ordered, w)
+        if i < len(ordered) and ordered[i].startswith(w):
+            yield True
+            continue
+        yield _begun_by(w, told)
+
+
+def _begun_by(w: bytes, told: list[bytes]) -> bool:
+    """Whether a window of ``told`` (sorted) is the beginning of ``w``: the last one before
+    ``w`` is, or none longer than what the two share is (it would lie between them)."""
+    key = w
+    while len(key) >= SUPERSEDED_TOLD:
+        i = bisect.bisect_right(told, key) - 1
+        if i < 0:
+            return False
+        v = told[i]
+        if key.startswith(v):
+            return True
+        key = key[: _shared(v, key)]
+    return False
+
+
+def _shared(a: bytes, b: bytes) -> int:
+    """How many bytes ``a`` and ``b`` begin with alike."""
+    return next(
+        (j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
 
 
 def _quoted(name: str) -> str:
