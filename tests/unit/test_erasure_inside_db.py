@@ -1013,6 +1013,40 @@ def test_a_photograph_deleted_securely_whose_cell_kept_few_of_its_bytes_still_st
     con.close()
 
 
+def test_a_photograph_deleted_then_vacuumed_on_pages_past_the_wal_commit_stops_it(tmp_path, proj):
+    """``secure_delete`` off (SQLite's default), a long note before the photograph (its start on
+    an overflow page, put on the freelist by the DELETE as it is, not written), then a VACUUM:
+    the database shrinks, and the pages past its new end, the INSERT's frames in the -wal or the
+    database file's own pages, are in no table and written by no later frame. SQLite reads
+    none of them; the -wal, or the file, holds the photograph whole until a checkpoint, which
+    a carving tool reads there. Neither was read: shown clean."""
+    _, png, theirs = _photos(proj)
+    for checkpointed in (False, True):
+        db = tmp_path / str(checkpointed) / "project.db"
+        db.parent.mkdir()
+        con = sqlite3.connect(db, isolation_level=None)
+        con.execute("PRAGMA page_size = 512")
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute("PRAGMA wal_autocheckpoint = 0")
+        con.execute("PRAGMA secure_delete = OFF")
+        con.execute("CREATE TABLE faces (id INTEGER PRIMARY KEY, name TEXT, note TEXT, img BLOB)")
+        con.execute("INSERT INTO faces (name, note, img) VALUES (?, ?, ?)", ("a", "", theirs))
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.execute("INSERT INTO faces (name, note, img) VALUES (?, ?, ?)", (NAME, "x" * 1200, png))
+        if checkpointed:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the photograph in the file
+        con.execute("DELETE FROM faces WHERE name = ?", (NAME,))
+        con.execute("VACUUM")
+        left = (db if checkpointed else Path(f"{db}-wal")).read_bytes()
+        assert png[:64] in left, checkpointed  # carved from it
+        assert png not in _rows(_crashed(db, tmp_path / f"copy{checkpointed}"))
+        assert _scanned(db.parent)["project.db"].unreadable, checkpointed
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert png[:64] not in db.read_bytes()
+        assert not _scanned(db.parent)["project.db"].unreadable
+        con.close()
+
+
 def test_a_wal_crafted_with_a_photograph_start_every_few_bytes_is_not_shown_clean(monkeypatch):
     """Pages SQLite no longer reads, each byte range a PNG's start, the database as read holding
     every one too: past a bound, not compared window by window (gigabytes of them for a 64 MiB
