@@ -571,11 +571,13 @@ def superseded(db: bytes, wal: bytes, image: bytes) -> bool:
     """Whether a page SQLite no longer reads holds what may begin a photograph
     (:data:`FREED_SIGNS`) that ``image``, the database as SQLite reads it (:func:`applied`),
     does not hold: the database file's own version of a page the WAL's committed frames replace,
-    or a frame of the WAL that SQLite does not apply (an older version of a page, a frame not
-    committed, one from before the WAL was reset). A row deleted with ``secure_delete`` on is
-    zeroed in the page's new version only; the old one is in the file until a checkpoint writes
-    the new one over it, where a carving tool reads it. A row unchanged in a page rewritten
-    (another row of it changed, or the row moved) is in ``image`` too: no alarm."""
+    or that lies past the size its last commit gives (a VACUUM shrank it), or a frame of the WAL
+    that SQLite does not apply (an older version of a page, a frame not committed, one from
+    before the WAL was reset, one of a page past that size). A row deleted with
+    ``secure_delete`` on is zeroed in the page's new version only; the old one is in the file
+    until a checkpoint writes the new one over it, where a carving tool reads it. A row
+    unchanged in a page rewritten (another row of it changed, or the row moved) is in ``image``
+    too: no alarm."""
     found = committed(wal)
     if found is not None:
         ps = found.page_size
@@ -585,8 +587,16 @@ def superseded(db: bytes, wal: bytes, image: bytes) -> bool:
         return False
     if ps not in PAGE_SIZES:
         ps = _page_size(db) if _page_size(db) in PAGE_SIZES else 1 << 16
-    applied_at = set(found.pages.values()) if found is not None else set()
-    replaced = sorted(found.pages) if found is not None and _page_size(db) == ps else []
+    # SQLite applies a page's last committed frame only within the last commit's size; of the
+    # database's own pages it no longer reads those a frame replaces, and those past that size
+    # (a VACUUM's, or an auto-vacuum's, shrinking: cut off only at a checkpoint).
+    applied_at = set()
+    replaced: list[int] = []
+    if found is not None:
+        applied_at = {at for p, at in found.pages.items() if p <= found.size}
+        if _page_size(db) == ps:
+            past = range(found.size + 1, len(db) // ps + 1) if found.size else range(0)
+            replaced = sorted(set(found.pages).union(past))
     header = image if _page_size(image) == ps else db if _page_size(db) == ps else b""
     usable = ps - (header[RESERVED_AT] if len(header) > RESERVED_AT else 0)
     frames = (
