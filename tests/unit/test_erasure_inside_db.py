@@ -557,6 +557,33 @@ def test_a_database_too_large_to_read_with_its_wal_is_not_shown_clean_until_chec
     con.close()
 
 
+def test_a_large_database_whose_wal_is_checkpointed_but_holds_older_frames_stops_it(
+    tmp_path, proj, monkeypatch
+):
+    """Too large to hold with its -wal, a database whose -wal's committed pages are all copied
+    in (a passive checkpoint, as SQLite's automatic ones are: the -wal is not emptied) was read
+    from its file alone. The -wal's frames SQLite no longer applies (the INSERT's, before the
+    DELETE's) still hold the photograph, which a carving tool reads there: shown clean, where
+    the same files held together are not."""
+    _, png, theirs = _photos(proj)
+    live = tmp_path / "live" / "project.db"
+    live.parent.mkdir()
+    con = _live(live, png, theirs)  # the photograph in the -wal's frames
+    con.execute("PRAGMA secure_delete = ON")
+    con.execute("DELETE FROM faces WHERE name = ?", (NAME,))
+    con.execute("PRAGMA wal_checkpoint(PASSIVE)")  # copied in; the -wal stays, as it was
+    wal = Path(f"{live}-wal").read_bytes()
+    pieces = [png[i : i + 64] for i in range(64, len(png) - 64, 64)]  # its data, not header
+    assert sum(p in wal for p in pieces) > len(pieces) // 2  # carved from the -wal
+    assert not any(p in live.read_bytes() for p in pieces)
+    assert _scanned(live.parent)["project.db"].unreadable  # held together: not shown clean
+    monkeypatch.setattr(embedded, "EMBED_MAX", 1024)
+    assert _scanned(live.parent)["project.db"].unreadable
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert not _scanned(live.parent)["project.db"].unreadable
+    con.close()
+
+
 # A database in rollback-journal mode (SQLite's default) with a hot -journal beside it, as a
 # crash in the middle of a transaction leaves them: SQLite lays the journal's pages back over
 # the database at its next open. Before, the scan read the database alone (immutable, which
