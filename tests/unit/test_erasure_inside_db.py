@@ -526,7 +526,8 @@ def test_a_database_too_large_to_read_with_its_wal_is_not_shown_clean_until_chec
 ):
     """The two too large to hold together: while the -wal adds pages the database lacks, not
     shown clean, and the verifier says to checkpoint it; once checkpointed (the -wal still
-    there, its frames copied in), the database is read from its file."""
+    there, its frames copied in, none of them older ones holding the photograph), the database
+    is read from its file."""
     victim, png, theirs = _photos(proj)
     folder = proj.paths.root / "data" / "labelling"
     folder.mkdir(parents=True)
@@ -543,6 +544,12 @@ def test_a_database_too_large_to_read_with_its_wal_is_not_shown_clean_until_chec
     assert "2 file(s) could not be read" in said and "wal_checkpoint(TRUNCATE)" in said, said
     doctor = CliRunner().invoke(app, ["privacy", "doctor"])
     assert "expands_inside" in doctor.output and "wal_checkpoint(TRUNCATE)" in doctor.output
+    con.execute("PRAGMA wal_checkpoint(PASSIVE)")  # copied in; the -wal stays, as it was
+    assert Path(f"{live}-wal").stat().st_size > 0
+    # Its frames of the photograph's INSERT, which SQLite no longer applies, still hold it.
+    assert _scanned(folder)["project.db"].unreadable
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("INSERT INTO faces (name, img) VALUES (?, ?)", ("c", theirs[::-1]))
     con.execute("PRAGMA wal_checkpoint(PASSIVE)")  # copied in; the -wal stays, as it was
     assert Path(f"{live}-wal").stat().st_size > 0
     h = _scanned(folder)

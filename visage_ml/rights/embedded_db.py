@@ -967,6 +967,27 @@ def _checkpointed(db: Path, wal: Path) -> bool:
     return True
 
 
+def _superseded_beside(db: Path, wal: Path) -> bool:
+    """:func:`superseded` for the database file ``db`` and the WAL file ``wal`` beside it, too
+    large to hold together, every page the WAL adds already in the database
+    (:func:`_checkpointed`): the WAL's frames SQLite no longer applies (a passive checkpoint,
+    as SQLite's automatic ones are, leaves them all in it) and the database's pages past the
+    last commit's size, compared with the database as SQLite reads it, which is the file's own
+    pages up to that size. Both copied and mapped
+    (:func:`~visage_ml.rights.embedded.mapped`), never held in memory."""
+    with (
+        open(wal, "rb") as wh,
+        embedded.mapped(wh) as frames,
+        open(db, "rb") as fh,
+        embedded.mapped(fh) as pages,
+        memoryview(pages) as view,
+    ):
+        found = committed(frames)
+        size = found.size * found.page_size if found is not None and found.size else len(view)
+        with view[:size] as image:
+            return superseded(pages, frames, image)
+
+
 def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]:
     """:func:`inside_db` for the database file at ``path``, whatever its size, or for a WAL
     file or a rollback journal: read with the files SQLite reads with it (:func:`pair`), in
@@ -1013,6 +1034,8 @@ def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]
             raise NotRead
         if wal is not None and not _checkpointed(db, wal):
             raise NotRead
+        if wal is not None and _superseded_beside(db, wal):
+            raise HoldsDeleted
     if db is None:  # never so: pair gives a WAL or a journal whenever it gives no database
         raise NotRead
     with open(db, "rb") as fh:
