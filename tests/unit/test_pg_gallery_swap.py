@@ -102,6 +102,24 @@ def _purge_in_thread(gallery) -> tuple[threading.Thread, list]:
     return purge, done
 
 
+def _purge_while_built(gallery, victim, pg, monkeypatch, *statements) -> list:
+    """``victim`` erased and the gallery purged in a thread, ``statements`` committed (by
+    another client) while the purge holds once its copy and index are built; the purge's
+    report in the list returned (empty: it failed)."""
+    held, go = _hold_when_built(monkeypatch)
+    gallery.erase(victim)
+    purge, done = _purge_in_thread(gallery)
+    try:
+        assert held.wait(30), "the purge never reached the index build"
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+    finally:
+        go.set()
+        purge.join(timeout=60)
+    return done
+
+
 def test_the_purge_swaps_in_the_same_table_without_the_erased_template(
     world, engine, enrolled, pg, table
 ):
@@ -636,21 +654,14 @@ def test_access_revoked_while_the_purge_copies_stays_revoked_after_the_swap(
         for role in (revoked, granted):
             conn.execute(sql.SQL("CREATE ROLE {r}").format(r=sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT SELECT ON {t} TO {r}").format(t=t, r=sql.Identifier(revoked)))
-    held, go = _hold_when_built(monkeypatch)
-    gallery.erase(pids[1])
-    purge, done = _purge_in_thread(gallery)
-    try:
-        assert held.wait(30), "the purge never reached the index build"
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("REVOKE SELECT ON {t} FROM {r}").format(t=t, r=sql.Identifier(revoked))
-            )
-            conn.execute(
-                sql.SQL("GRANT SELECT ON {t} TO {r}").format(t=t, r=sql.Identifier(granted))
-            )
-    finally:
-        go.set()
-        purge.join(timeout=60)
+    done = _purge_while_built(
+        gallery,
+        pids[1],
+        pg,
+        monkeypatch,
+        sql.SQL("REVOKE SELECT ON {t} FROM {r}").format(t=t, r=sql.Identifier(revoked)),
+        sql.SQL("GRANT SELECT ON {t} TO {r}").format(t=t, r=sql.Identifier(granted)),
+    )
     try:
         assert done and done[0].to_dict()["rewrite"] == "swap", done
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
@@ -684,18 +695,13 @@ def test_a_column_grant_made_while_the_purge_copies_is_kept(
     vector = gallery.template(victim)[0].astype("<f4").tobytes()
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {r}").format(r=sql.Identifier(role)))
-    held, go = _hold_when_built(monkeypatch)
-    gallery.erase(victim)
-    purge, done = _purge_in_thread(gallery)
-    try:
-        assert held.wait(30), "the purge never reached the index build"
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("GRANT SELECT (pid) ON {t} TO {r}").format(t=t, r=sql.Identifier(role))
-            )
-    finally:
-        go.set()
-        purge.join(timeout=60)
+    done = _purge_while_built(
+        gallery,
+        victim,
+        pg,
+        monkeypatch,
+        sql.SQL("GRANT SELECT (pid) ON {t} TO {r}").format(t=t, r=sql.Identifier(role)),
+    )
     try:
         assert done, "the purge failed"
         report = done[0].to_dict()
