@@ -86,6 +86,7 @@ from typing import BinaryIO
 from visage_ml.io import CHUNK
 from visage_ml.rights import embedded, embedded_photos, embedded_text
 from visage_ml.rights.embedded import B64_EXPANDS, SizeFilter, _Budget, _part
+from visage_ml.rights.embedded_mapping import Buffer
 from visage_ml.rights.embedded_text import _runs
 
 # Bytes 18 and 19 of the header: 2 for a database in WAL mode. SQLite's in-memory files cannot
@@ -248,11 +249,15 @@ def applied(db: bytes, wal: bytes) -> bytes:
     NotRead
         The WAL is of pages of another size than the database's, or gives a size its bytes and
         the database's cannot fill (damaged, or made to take all memory).
+    HoldsDeleted
+        The pages SQLite no longer reads hold what may begin a photograph the database as read
+        does not (:func:`superseded`).
     """
     found = committed(wal)
-    if found is None or not found.size:
-        return db
-    return _laid_over(db, found, wal)
+    image = db if found is None or not found.size else _laid_over(db, found, wal)
+    if _superseded(db, wal, image, found):
+        raise HoldsDeleted
+    return image
 
 
 def is_journal(first: bytes) -> bool:
@@ -578,7 +583,12 @@ def superseded(db: bytes, wal: bytes, image: bytes) -> bool:
     until a checkpoint writes the new one over it, where a carving tool reads it. A row
     unchanged in a page rewritten (another row of it changed, or the row moved) is in ``image``
     too: no alarm."""
-    found = committed(wal)
+    return _superseded(db, wal, image, committed(wal))
+
+
+def _superseded(db: Buffer, wal: Buffer, image: Buffer, found: Committed | None) -> bool:
+    """:func:`superseded`, ``found`` the WAL's :func:`committed` frames (read once by the
+    caller: its checksums are a pass over the whole WAL)."""
     if found is not None:
         ps = found.page_size
     elif len(wal) >= WAL_HEADER and is_wal(wal):
@@ -635,14 +645,13 @@ SUPERSEDED_TOLD = 64
 
 
 def _held(old: list[bytes], live: list[bytes]) -> Iterator[bool]:
-    """For each window of ``old``, whether a window of ``live`` begins with it, or is its
-    beginning (a cell that ends sooner on its page now: the rest of the photograph lies on
-    overflow pages), found in ``live`` sorted (those beginning with a window follow it there;
-    of those it begins with, the longest is the last before it once what it shares with the
-    ones between is cut off), not by every prefix of every window: memory as the windows'
-    own, whatever their lengths. A window of ``old`` shorter than :data:`SUPERSEDED_TOLD` (a
-    cell that keeps few bytes of its photograph on its page) is held by none: another
-    photograph of its size begins with it."""
+    """For each window of ``old``, whether a window of ``live`` begins with it (found in
+    ``live`` sorted: those beginning with a window follow it there), or is its beginning (a
+    cell that ends sooner on its page now: the rest of the photograph lies on overflow pages;
+    found by its prefixes at the lengths live windows have). Memory as the windows' own,
+    whatever their lengths. A window shorter than :data:`SUPERSEDED_TOLD` (a cell that keeps
+    few bytes of its photograph on its page), old or live, is held by none and holds none:
+    another photograph of its size begins with it."""
     ordered = sorted(live)
     # Fewer bytes than a photograph is told apart by vouch for none (PNGs of one size share
     # their first 33): such a page is not shown clean until a checkpoint.
@@ -821,10 +830,7 @@ def inside_db(
         when it could not be read to its end.
     """
     if is_wal(data):
-        image = applied(b"", data)
-        if superseded(b"", data, image):
-            raise HoldsDeleted
-        data = image
+        data = applied(b"", data)
     elif is_journal(data):
         data = rolled_back(b"", data)
     if not data:  # a WAL of no commit: nothing in a table
@@ -924,38 +930,23 @@ def _unchanged(db: Path, journal: Path) -> bool:
     return True
 
 
-def _checkpointed(db: Path, wal: Path) -> bool:
-    """Whether every page the WAL file ``wal`` adds to the database file ``db`` (too large to
-    hold together) is already in it as it is (a checkpoint copied them, the WAL not yet
-    reset), or it adds none: then ``db`` alone is what SQLite reads. Both read from their
-    files (the WAL copied and mapped, :func:`~visage_ml.rights.embedded.mapped`), a page at a
-    time."""
-    with (
-        open(wal, "rb") as wh,
-        embedded.mapped(wh) as frames,
-        open(db, "rb") as fh,
-    ):
-        found = committed(frames)
-        if found is None or not found.size:
-            return True
-        ps = found.page_size
-        if _page_size(fh.read(PAGE_SIZE_AT + 2)) != ps or found.size * ps > fh.seek(0, 2):
-            return False
-        for page, at in found.pages.items():
-            fh.seek((page - 1) * ps)
-            if fh.read(ps) != frames[at : at + ps]:
-                return False
-    return True
+def _read_beside(db: Path, wal: Path) -> None:
+    """Check the database file ``db`` and the WAL file ``wal`` beside it, too large to hold
+    together, before ``db`` alone is read as what SQLite reads: every page the WAL adds must be
+    in it already as it is (a checkpoint copied them, the WAL not yet reset), or the WAL adds
+    none; and the pages SQLite no longer reads (:func:`superseded`: the WAL's frames, which a
+    passive checkpoint, as SQLite's automatic ones are, leaves all in it, and the database's
+    pages past the last commit's size) hold nothing the database's own pages up to that size
+    do not. Both copied and mapped once (:func:`~visage_ml.rights.embedded.mapped`), never
+    held in memory; the WAL's checksums read once.
 
-
-def _superseded_beside(db: Path, wal: Path) -> bool:
-    """:func:`superseded` for the database file ``db`` and the WAL file ``wal`` beside it, too
-    large to hold together, every page the WAL adds already in the database
-    (:func:`_checkpointed`): the WAL's frames SQLite no longer applies (a passive checkpoint,
-    as SQLite's automatic ones are, leaves them all in it) and the database's pages past the
-    last commit's size, compared with the database as SQLite reads it, which is the file's own
-    pages up to that size. Both copied and mapped
-    (:func:`~visage_ml.rights.embedded.mapped`), never held in memory."""
+    Raises
+    ------
+    NotRead
+        The WAL adds pages the file does not hold as they are.
+    HoldsDeleted
+        Its superseded pages hold what may begin a photograph the database does not.
+    """
     with (
         open(wal, "rb") as wh,
         embedded.mapped(wh) as frames,
@@ -964,9 +955,18 @@ def _superseded_beside(db: Path, wal: Path) -> bool:
         memoryview(pages) as view,
     ):
         found = committed(frames)
-        size = found.size * found.page_size if found is not None and found.size else len(view)
+        size = len(view)
+        if found is not None and found.size:
+            ps = found.page_size
+            size = found.size * ps
+            if _page_size(view[: PAGE_SIZE_AT + 2]) != ps or size > len(view):
+                raise NotRead
+            for page, at in found.pages.items():
+                if view[(page - 1) * ps : page * ps] != frames[at : at + ps]:
+                    raise NotRead
         with view[:size] as image:
-            return superseded(pages, frames, image)
+            if _superseded(pages, frames, image, found):
+                raise HoldsDeleted
 
 
 def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]:
@@ -1003,20 +1003,15 @@ def inside_path(path: Path, *, sizes: SizeFilter | None = None) -> Iterator[str]
             if journal is not None:
                 data = rolled_back(data, records)
             if wal is not None:
-                image = applied(data, frames)
-                if superseded(data, frames, image):
-                    raise HoldsDeleted
-                data = image
+                data = applied(data, frames)
             yield from inside_db(data, sizes=sizes, budget=_Budget(total))
             return
         if db is None:
             raise NotRead
         if journal is not None and not _unchanged(db, journal):
             raise NotRead
-        if wal is not None and not _checkpointed(db, wal):
-            raise NotRead
-        if wal is not None and _superseded_beside(db, wal):
-            raise HoldsDeleted
+        if wal is not None:
+            _read_beside(db, wal)
     if db is None:  # never so: pair gives a WAL or a journal whenever it gives no database
         raise NotRead
     with open(db, "rb") as fh:
