@@ -21,8 +21,8 @@ while reads go on, in one transaction:
 4. the copy brought up to what was written since its snapshot (:func:`_catch_up`), writes
    going on;
 5. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is,
-   step 4 run again after each try refused);
-   the copy brought up to what was written since step 4, and given the table's grants again
+   step 4 run again after each try refused); under it the copy brought up to what was written
+   since, and given the table's grants again
    (``GRANT`` and ``REVOKE`` take no lock on the table: one committed during the copy is kept);
    ``DROP TABLE`` of the old table (its heap, TOAST and index files are unlinked at the commit,
    as ``VACUUM FULL``'s old files are), the new table, its indexes and constraints renamed to the
@@ -403,13 +403,7 @@ def _copy_and_swap(
             "FROM {t} WITH NO DATA"
         ).format(s=seen, k=columns, t=old)
     )
-    # One statement, one snapshot: the rows copied are the rows noted.
-    conn.execute(
-        sql.SQL(
-            "WITH copied AS (INSERT INTO {n} SELECT * FROM {t}) "
-            "INSERT INTO {s} SELECT {k}, ctid, xmin FROM {t}"
-        ).format(n=new, t=old, s=seen, k=columns)
-    )
+    _copy_noting(conn, old=old, new=new, seen=seen, key=key)
     _phase(conn, "copied")
     renames = _build_indexes(conn, indexes, schema=schema, table=table, new=new)
     _phase(conn, "built")
@@ -513,22 +507,40 @@ def _catch_up(
                 s=seen, c=changed, m=on("s", "c")
             )
         )
-        # One statement, one snapshot: the versions copied are the versions noted.
-        conn.execute(
-            sql.SQL(
-                "WITH copied AS (INSERT INTO {n} SELECT o.* FROM {t} AS o JOIN {c} AS c ON {m}) "
-                "INSERT INTO {s} SELECT {ok}, o.ctid, o.xmin FROM {t} AS o JOIN {c} AS c ON {m}"
-            ).format(
-                n=new,
-                t=old,
-                c=changed,
-                m=on("o", "c"),
-                s=seen,
-                ok=sql.SQL(", ").join(sql.SQL("o.{c}").format(c=sql.Identifier(c)) for c in key),
-            )
-        )
+        _copy_noting(conn, old=old, new=new, seen=seen, key=key, only=changed)
     conn.execute(sql.SQL("DROP TABLE {l}, {c}").format(l=live, c=changed))
     return rows
+
+
+def _copy_noting(
+    conn: psycopg.Connection,
+    *,
+    old: sql.Composable,
+    new: sql.Composable,
+    seen: sql.Composable,
+    key: list[str],
+    only: sql.Composable | None = None,
+) -> None:
+    """Copy the rows of ``old`` into ``new`` (``only``: those whose key a table of keys
+    holds) and note each copied row's version (key, ``ctid``, ``xmin``) in ``seen``, in one
+    statement: one snapshot, so the versions copied are the versions noted."""
+    rows = sql.SQL("{t} AS o").format(t=old)
+    if only is not None:
+        on = sql.SQL(" AND ").join(
+            sql.SQL("o.{c} = k.{c}").format(c=sql.Identifier(c)) for c in key
+        )
+        rows = sql.SQL("{t} AS o JOIN {k} AS k ON {on}").format(t=old, k=only, on=on)
+    conn.execute(
+        sql.SQL(
+            "WITH copied AS (INSERT INTO {n} SELECT o.* FROM {rows}) "
+            "INSERT INTO {s} SELECT {ok}, o.ctid, o.xmin FROM {rows}"
+        ).format(
+            n=new,
+            rows=rows,
+            s=seen,
+            ok=sql.SQL(", ").join(sql.SQL("o.{c}").format(c=sql.Identifier(c)) for c in key),
+        )
+    )
 
 
 def _carry_over(conn: psycopg.Connection, oid: int, new: sql.Composable) -> None:
