@@ -98,16 +98,35 @@ def init_dvc_repo(root: Path) -> None:
 
 
 def free_port_range(n: int) -> int:
-    """The first of ``n`` consecutive loopback ports nothing listens on now."""
+    """The first of ``n`` consecutive loopback ports nothing is bound to now, below the
+    system's ephemeral range: a port there may be the local end of any process's outgoing
+    connection (the other test process's clients, under ``make test``) when a server comes
+    to bind it, though nothing listened on it when it was chosen."""
     import random
 
-    from visage_ml.stack import proc
-
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        ephemeral = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
     for _ in range(500):
-        base = random.randint(20000, 60000 - n)
-        if not any(proc.port_open(base + i) for i in range(n)):
+        base = random.randint(10000, max(10000, ephemeral - n - 1))
+        if all(_bindable(base + i) for i in range(n)):
             return base
     raise RuntimeError("no free range of loopback ports")
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server could bind ``port`` on loopback now (as the stack's servers bind)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def stack_project_on(stack, root: Path, *, tracking: str = "server") -> Path:
