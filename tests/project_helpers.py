@@ -4,9 +4,13 @@ A test module cannot ``from conftest import ...`` reliably: tests/ and tests/rel
 hold a conftest.py, and whichever was imported first answers to that name.
 """
 
+import contextlib
 import os
 import shutil
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -127,6 +131,35 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port() -> int:
+    """A loopback port nothing is bound to now (the system's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def run_server(app, options: dict):
+    """uvicorn on ``app`` with ``options`` (a free loopback port) in a thread; yields the port
+    once it serves, and stops it (the thread joined) on leaving."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, **{**options, "port": port}))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+    assert not thread.is_alive(), "the server did not stop within 20 s"
 
 
 def stack_project_on(stack, root: Path, *, tracking: str = "server") -> Path:

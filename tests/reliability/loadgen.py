@@ -15,9 +15,7 @@ Not a test module.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from harness import VERSION, Site, make_site  # noqa: E402 - after the path set-up above
+from project_helpers import free_port, run_server  # noqa: E402, F401 - run_server for its users
 
 from visage_ml.config import ProjectPaths, load_params  # noqa: E402
 from visage_ml.io import sha256_file  # noqa: E402
@@ -56,32 +55,6 @@ class Record:
 class LoadResult:
     records: list[Record] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def run_server(app, options: dict):
-    """uvicorn on ``app`` with ``options`` (a free loopback port) in a thread; yields the port."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, **{**options, "port": port}))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def prepare(root: Path, *, n_subjects: int = 64, enrolled: int = 32) -> Site:

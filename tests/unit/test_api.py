@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import yaml
 from fastapi.testclient import TestClient
 from notify_fakes import SmtpServer, free_port
 from PIL import Image
+from project_helpers import run_server
 from prometheus_client.parser import text_string_to_metric_families
 from serving_fakes import (
     DIM,
@@ -1310,28 +1310,11 @@ def test_openapi_schema_documents_every_endpoint_response_and_error(project):
 # -- a real server ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_uvicorn_serves_on_loopback_and_stops(enrolled):
     import httpx
-    import uvicorn
 
     s = enrolled
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(s.client.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
+    with run_server(s.client.app, {"host": "127.0.0.1", "log_level": "warning"}) as port:
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/healthz", timeout=10).json()["status"] == "ok"
         pid = s.pids[1]
@@ -1343,10 +1326,6 @@ def test_uvicorn_serves_on_loopback_and_stops(enrolled):
         )
         assert r.status_code == 200 and r.json()["faces"][0]["matches"][0]["pid"] == pid
         assert r.headers["x-request-id"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-    assert not thread.is_alive()
 
 
 # -- CLI ------------------------------------------------------------------------------------
