@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 import zipfile
 from pathlib import Path
 
@@ -175,3 +176,52 @@ def test_the_environment_keeps_a_scan_in_threads_of_its_own_process(
     monkeypatch.setenv(content_scan.PROCESSES_ENV, "two")
     with pytest.raises(ValueError, match="VISAGE_SCAN_PROCESSES"):
         _scan(root, tmp_path / "d.json", Sought(photo), recorded)
+
+
+@needs_fork
+@pytest.mark.timeout(180)  # the old scan waited on the hung process for good
+def test_a_scan_process_that_hangs_stops_the_erasure_and_is_killed(
+    project, monkeypatch, recorded, tmp_path
+):
+    """A process of the scan hangs while it reads a log holding the subject's photograph (a
+    lock a thread of the parent held at the fork, which nobody in the child will release):
+    the scan does not wait for it for good. When no batch has come back for longer than the
+    slowest read the scan allows, the erasure stops saying why, nothing is certified, and the
+    hung process is not left behind."""
+    proj = make_project(project, n_subjects=2)
+    pid = proj.pids[0]
+    photo = next(iter(proj.images[pid].values()))
+    log = proj.paths.root / "data" / "labels" / "faces.csv"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"id,img\n1,{base64.b64encode(photo).decode()}\n", encoding="utf-8")
+    real = content_scan._read_open
+    this = os.getpid()
+    hung = tmp_path / "hung.pid"
+
+    def hangs(fh, path, sizes):
+        if path.name == log.name and os.getpid() != this:
+            hung.write_text(str(os.getpid()), encoding="utf-8")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # deaf, as a hang is
+            while True:
+                time.sleep(1)
+        return real(fh, path, sizes)
+
+    monkeypatch.setattr(content_scan, "_read_open", hangs)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(content_scan, "STALL_SECONDS", 3)
+    with pytest.raises(content_scan.ScanIncompleteError, match="no batch came back"):
+        Erasure(proj.paths).erase(pid)
+    assert log.is_file() and base64.b64encode(photo).decode() in log.read_text(encoding="utf-8")
+    assert not list(proj.paths.root.rglob("*.cert*")), "a certificate was made"
+    child = int(hung.read_text(encoding="utf-8"))
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not a zombie
+        os.kill(child, 0)
+
+
+def test_the_scan_waits_longer_for_larger_batches():
+    """The wait allowed for the next batch grows with the bytes still out: a large table alone
+    in its batch, read at the slowest rate the scan allows, is not taken for a hang."""
+    small = content_scan._stall_limit([1 << 20])
+    large = content_scan._stall_limit([1 << 20, 8 << 30])
+    assert small >= content_scan.STALL_SECONDS
+    assert large >= (8 << 30) / content_scan.STALL_RATE

@@ -35,8 +35,14 @@ import os
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Container, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -593,6 +599,22 @@ MSG_SCAN_INCOMPLETE = (
 )
 
 
+# A process that hangs (a lock another thread of this process held at the fork, which nobody in
+# the child will release) never hands its batch back: the scan waits for the next batch at most
+# this long, plus the time the largest batch still out takes at STALL_RATE (a 96 MiB Parquet
+# shard or pickle alone in its batch was looked inside at 52-65 MiB/s on 2 busy cores,
+# benchmarks/bench_inside_large.py), then kills its processes.
+STALL_SECONDS = 300
+STALL_RATE = 2 << 20
+
+MSG_SCAN_STALLED = (
+    "no batch came back from the content scan's processes in {seconds:.0f} s (a process hung: "
+    "a lock held at the fork, or the disk stopped answering), so they were killed, nothing of "
+    "this scan was taken as clean and it stopped: run it again, or set {env}=1 to scan in "
+    "this process alone"
+)
+
+
 class ScanIncompleteError(RuntimeError):
     """A process of the scan ended (killed) before its files were looked at."""
 
@@ -659,10 +681,7 @@ def _batches(todo: Sequence[tuple[Path, Root, Path]]) -> tuple[list[list[tuple[P
     batch: list[tuple[Path, str]] = []
     held = total = 0
     for path, _root, real in todo:
-        try:
-            size = os.lstat(path).st_size
-        except OSError:  # the read says why
-            size = 0
+        size = _size(path)
         if batch and (len(batch) >= BATCH_FILES or held + size > BATCH_BYTES):
             out.append(batch)
             batch, held = [], 0
@@ -733,7 +752,7 @@ def _look_all(
             initializer=_in_process,
             initargs=(processes,),
         ) as pool:
-            for found, back in pool.map(_look_batch, batches):
+            for found, back in _watched(pool, batches):
                 out += found
                 if files is not None:
                     _kept_back(files, back)
@@ -743,6 +762,46 @@ def _look_all(
         gc.unfreeze()
         _FORKED = (None, None)
     return out
+
+
+def _stall_limit(out: Sequence[int]) -> float:
+    """How long the scan waits for the next batch, with batches of ``out`` bytes still out."""
+    return STALL_SECONDS + max(out, default=0) / STALL_RATE
+
+
+def _watched(pool: ProcessPoolExecutor, batches: list[list[tuple[Path, str]]]) -> Iterator[Any]:
+    """What :func:`_look_batch` gives for each of ``batches``, in order, from ``pool``'s
+    processes; when none comes back for :func:`_stall_limit`, the processes are killed (one
+    that hangs does not answer SIGTERM, nor its pool's shutdown) and the scan stops.
+
+    Raises
+    ------
+    ScanIncompleteError
+        When no batch came back in time.
+    """
+    sizes = [sum(_size(path) for path, _ in batch) for batch in batches]
+    futures: list[Future] = [pool.submit(_look_batch, batch) for batch in batches]
+    out: dict[Future, int] = {f: size for f, size in zip(futures, sizes, strict=True)}
+    for future in futures:
+        while not future.done():
+            limit = _stall_limit(list(out.values()))
+            done, _ = wait(list(out), timeout=limit, return_when=FIRST_COMPLETED)
+            if not done:
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.kill()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise ScanIncompleteError(MSG_SCAN_STALLED.format(seconds=limit, env=PROCESSES_ENV))
+            for f in done:
+                out.pop(f, None)
+        out.pop(future, None)
+        yield future.result()
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:  # the read says why
+        return 0
 
 
 # Objects of a remote read at once: each request waits on the network, not on a CPU.
