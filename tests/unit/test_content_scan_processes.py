@@ -129,16 +129,22 @@ def test_processes_find_and_cache_what_threads_do(tmp_path, monkeypatch, recorde
     assert files("processes.json") == files("threads2.json")
 
 
-@needs_fork
-def test_a_scan_process_killed_stops_the_erasure(project, monkeypatch, recorded):
-    """A process of the scan is killed (out of memory) while it reads a log holding the
-    subject's photograph: the erasure stops saying why, and nothing is certified."""
+def _a_log_holding_a_photo(project):
+    """A project of two subjects, and a log holding the first one's photograph in base64."""
     proj = make_project(project, n_subjects=2)
     pid = proj.pids[0]
     photo = next(iter(proj.images[pid].values()))
     log = proj.paths.root / "data" / "labels" / "faces.csv"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"id,img\n1,{base64.b64encode(photo).decode()}\n", encoding="utf-8")
+    return proj, pid, photo, log
+
+
+@needs_fork
+def test_a_scan_process_killed_stops_the_erasure(project, monkeypatch, recorded):
+    """A process of the scan is killed (out of memory) while it reads a log holding the
+    subject's photograph: the erasure stops saying why, and nothing is certified."""
+    proj, pid, photo, log = _a_log_holding_a_photo(project)
     real = content_scan._read_open
     this = os.getpid()
 
@@ -188,12 +194,7 @@ def test_a_scan_process_that_hangs_stops_the_erasure_and_is_killed(
     the scan does not wait for it for good. When no batch has come back for longer than the
     slowest read the scan allows, the erasure stops saying why, nothing is certified, and the
     hung process is not left behind."""
-    proj = make_project(project, n_subjects=2)
-    pid = proj.pids[0]
-    photo = next(iter(proj.images[pid].values()))
-    log = proj.paths.root / "data" / "labels" / "faces.csv"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"id,img\n1,{base64.b64encode(photo).decode()}\n", encoding="utf-8")
+    proj, pid, photo, log = _a_log_holding_a_photo(project)
     real = content_scan._read_open
     this = os.getpid()
     hung = tmp_path / "hung.pid"
