@@ -4,8 +4,10 @@
 :func:`visage_ml.privacy.certificate.verify_proof` and those of the witnessed checkpoint
 (:func:`~visage_ml.privacy.certificate.check_witnessed`, with the witness keys and log name
 pinned, else the checkout's witnesses, configured or recorded in its ledger), then looks for
-the erased content: none of the listed content hashes, and no erased subject's image in clear
-(the tombstones know its PNG, :mod:`visage_ml.rights.content_hashes`), may exist in any file
+the erased content: none of the listed content hashes, no erased subject's image in clear
+(the tombstones know its PNG, :mod:`visage_ml.rights.content_hashes`) and no erased subject's
+key as unwrapped (printed as hex or base64, or saved as it is: the tombstones know it too,
+:mod:`visage_ml.rights.erasure.unwrapped`), may exist in any file
 of the project but the tools' folders (``privacy/``, its keys and vault, included), an image a
 notebook shows, an object of the git history, the DVC cache, the configured remotes and DVC's
 site cache (one walk with the erasure's, :mod:`visage_ml.rights.content_scan`: every file is
@@ -85,7 +87,8 @@ HELD_INSIDE = (
 )
 # What the scan can find, said beside what it found (docs/security.md, the certificate's page).
 SCOPE = (
-    "exact bytes only, whole or inside notebooks, text (base64), archives, pickles, NumPy, "
+    "exact bytes only, whole or inside notebooks, text (base64; an erased subject's key, "
+    "unwrapped, as 64 hex digits or base64 too), archives, pickles, NumPy, "
     "Parquet, SQLite and PDF files (their ASCII85 and deflated streams too: an attached file), "
     "Arrow and Feather files (their LZ4 or ZSTD buffers too), and HDF5, LMDB and TFRecord files "
     "where a photo's bytes lie as they are (not in HDF5 datasets chunked and compressed or "
@@ -369,7 +372,10 @@ def _scan(
         unkeyed = True  # not shown to be clean either
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
     images = (
-        " and every erased image's plaintext and source file" if sha256s.key is not None else ""
+        " and every erased image's plaintext and source file, and erased subjects' keys as "
+        "unwrapped"
+        if sha256s.key is not None
+        else ""
     )
     unread = report.files_looked_at - report.files_hashed
     if not paths.ledger.is_file() or report.files_looked_at == 0:

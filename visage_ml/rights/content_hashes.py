@@ -25,6 +25,16 @@ goes to the tombstones.
 Records made before carry the PNG keyed (``plain_mac``: the same MAC, under the tombstone key)
 or, older still, in clear (``plain_sha256``): both are still looked for.
 
+An erased subject's keys as they are once unwrapped (the data key, the vault's, the gallery's:
+32 bytes each, which open every sealed copy of the subject without a key file) are sought the
+same way (:data:`ERASED_KEY`): each step that destroys a key first adds its SHA-256 to the
+tombstones, keyed (:mod:`visage_ml.rights.erasure.unwrapped`), and a scan asks them of each
+32-byte part it finds (a run of 64 hex digits or base64 of 32 bytes in a text,
+:mod:`visage_ml.rights.embedded_text`; a member; a file of 32 bytes):
+:meth:`ContentHashes.key_test` tests it with one keyed hash before it is hashed and kept, so
+that a log's SHA-256s cost a test each and leave nothing. Found, it is recorded by its path
+alone.
+
 A file that cannot be a copy because of its size is not read (:meth:`ContentHashes.may_match`):
 records name each SHA-256 with the ``size`` of its content, and the tombstones hold every erased
 image's PNG size and every source file's size (recorded by the import), keyed. Whenever a size
@@ -35,15 +45,17 @@ version imported without recording its source's size, no tombstone key, any
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
 from visage_ml.privacy.tombstones import KIND_PLAIN, TombstoneFileError, Tombstones
+from visage_ml.rights import embedded
 
 # Older records' name of the PNG in clear (and the domain of their plain_mac).
 PLAIN_KIND = KIND_PLAIN
@@ -52,8 +64,12 @@ SEALED_IMAGE = ".sealed"
 LISTED = "listed hash"
 ERASED_IMAGE = "plaintext of an erased image"
 ERASED_SOURCE = "an erased subject's source file (the data set's file an import read)"
+ERASED_KEY = "an erased subject's key, unwrapped"
 # What a scan finds through the tombstones alone: recorded by its path, never by its hash.
-WITHHELD = frozenset({ERASED_IMAGE, ERASED_SOURCE})
+WITHHELD = frozenset({ERASED_IMAGE, ERASED_SOURCE, ERASED_KEY})
+# The size of a key once unwrapped (:mod:`visage_ml.rights.erasure.unwrapped`).
+KEY_SIZE = embedded.KEY_SIZE
+KEY_MARK = embedded.KEY_MARK
 # What an erasure records of a plaintext image it removes (a PNG in data/raw, its DVC object) in
 # place of its hashes: the SHA-256 and MD5 of a photograph of the subject are the hashes.
 PLAINTEXT_WITHHELD = "plaintext image, hash withheld"
@@ -193,7 +209,64 @@ class ContentHashes:
             return ERASED_IMAGE
         if self.tombstones is not None and self.tombstones.has_file(digest):
             return ERASED_SOURCE
+        t = self.tombstones
+        if t is not None and self._keys is not None and t.has_key(digest):
+            return ERASED_KEY
         return None
+
+    @functools.cached_property
+    def _keys(self) -> tuple[Callable[[bytes], str], frozenset[str]] | None:
+        """The tombstones' tag of 32 bytes and the set that holds each erased subject's key's
+        (:meth:`~visage_ml.privacy.tombstones.Tombstones.key_check`), as it was when first
+        asked; None: it holds none."""
+        if self.key is None or self.tombstones is None:
+            return None
+        try:
+            return self.tombstones.key_check()
+        except TombstoneFileError:
+            return None
+
+    @functools.cached_property
+    def _key_sized(self) -> bool:
+        """Whether something a record or the tombstones name is :data:`KEY_SIZE` bytes long
+        (as the tombstones were when first asked). Sizes not all known (every size may match)
+        leave that size to the keys: no photograph, no key file (wrapped: 60 bytes) is so short."""
+        if self.sizes is not None and KEY_SIZE in self.sizes:
+            return True
+        t = self.tombstones
+        if t is None or self.key is None or not self.sized or not t.sizes_known():
+            return False
+        return t.has_plain_size(KEY_SIZE) or t.has_file_size(KEY_SIZE)
+
+    def key_tagger(self) -> tuple[Callable[[bytes], str], frozenset[str]] | None:
+        """The tag of a part of :data:`KEY_SIZE` bytes and the tags sought
+        (:meth:`key_test`); None when every such part is sought, or none."""
+        return None if self._key_sized else self._keys
+
+    def key_test(self) -> Callable[[bytes], bool]:
+        """Whether a part of :data:`KEY_SIZE` bytes a file holds (a run of 64 hex digits or
+        base64 decoded, an archive's member) is to be hashed: every one when something sought
+        has that size, else an erased subject's key (one keyed hash, so that the SHA-256s of a
+        gigabyte of logs are tested, not each hashed and kept; no file read for it)."""
+        if self._key_sized:
+            return _every
+        if self._keys is None:
+            return _none
+        tag, tags = self._keys
+        return lambda raw: tag(raw) in tags
+
+    @functools.cached_property
+    def key_marks(self) -> frozenset[str] | None:
+        """The first :data:`KEY_MARK` hex digits of every MAC of the tombstones (as they were
+        when first asked), against which the file scan cache checks the tags of what a file
+        read earlier held that might have been a key (:mod:`~visage_ml.rights.scan_cache`);
+        None: no tombstone key, and no tag."""
+        if self.key is None or self.tombstones is None:
+            return None
+        try:
+            return frozenset(m[:KEY_MARK] for m in self.tombstones.macs())
+        except TombstoneFileError:
+            return None
 
     def may_match(self, size: int) -> bool:
         """Whether a file of ``size`` bytes may be what is sought: a size a record names, an
@@ -207,6 +280,8 @@ class ContentHashes:
         # Asked of the file as it is now: an erasure by an earlier version while the scan runs
         # leaves the sizes unknown from then on.
         t = self.tombstones
+        if size == KEY_SIZE and self._keys is not None:
+            return True
         return t.has_plain_size(size) or t.has_file_size(size) or not t.sizes_known()
 
     def __contains__(self, digest: object) -> bool:
@@ -214,6 +289,14 @@ class ContentHashes:
 
     def __len__(self) -> int:
         return len(self.sha256s) + len(self.plain_macs)
+
+
+def _every(data: bytes) -> bool:
+    return True
+
+
+def _none(data: bytes) -> bool:
+    return False
 
 
 def skipped(folder: Path) -> bool:

@@ -624,6 +624,7 @@ class _Notes(NamedTuple):
 
     small: int
     refused: frozenset[int]
+    tags: frozenset[str]
 
 
 class _Kept:
@@ -643,7 +644,11 @@ class _Kept:
         return known
 
     def put(self, key: str, st: os.stat_result, read: Read, noted: Any) -> None:
-        notes = None if noted is None else _Notes(noted.small, frozenset(noted.refused))
+        notes = (
+            None
+            if noted is None
+            else _Notes(noted.small, frozenset(noted.refused), frozenset(noted.tags))
+        )
         self.learnt.append((key, st, read, notes))
 
 

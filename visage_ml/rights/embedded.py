@@ -90,7 +90,7 @@ import re
 import shutil
 import string
 import tempfile
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -215,15 +215,59 @@ EXPANDS_PAIRS = frozenset(
 )
 
 
+# The size of a key once unwrapped (an erased subject's data key, vault key, gallery key), sought
+# by its exact size alone: a part of 32 bytes is hashed when :func:`keyed` says so, and the size
+# does not lower :func:`smallest_sought` (a text of 48 bytes, a log's 64-digit hex decoded as
+# base64, is no key and cannot hold one: base64 of a key is 43 characters and more, hex 64). The
+# tombstones' :data:`~visage_ml.privacy.tombstones.KEY_SIZE`, written again so that the readers
+# import no part of the privacy core.
+KEY_SIZE = 32
+# How many hex digits of a key's tag the file scan cache keeps for each part of a file that might
+# have been one (:class:`~visage_ml.rights.scan_cache.Noted`; 48 bits: a log of 440,000
+# SHA-256s against a million MACs is read again for nothing once in 600 scans).
+KEY_MARK = 12
+
+
 def smallest_sought(sizes: SizeFilter | None) -> int:
     """The size below which nothing is sought (asked of ``sizes`` up to :data:`FLOOR_PROBE`; 0
-    when every size is, or ``sizes`` is None). A filter may carry its own (``smallest``)."""
+    when every size is, or ``sizes`` is None), but a key's (:data:`KEY_SIZE`, :func:`keyed`).
+    A filter may carry its own (``smallest``)."""
     if sizes is None:
         return 0
     known = getattr(sizes, "smallest", None)
     if isinstance(known, int):
         return known
-    return next((n for n in range(FLOOR_PROBE) if sizes.may_match(n)), FLOOR_PROBE)
+    return _smallest(sizes)
+
+
+def _smallest(sizes: SizeFilter) -> int:
+    return next(
+        (n for n in range(FLOOR_PROBE) if n != KEY_SIZE and sizes.may_match(n)), FLOOR_PROBE
+    )
+
+
+def _every(data: bytes) -> bool:
+    return True
+
+
+def key_test(sizes: SizeFilter | None) -> Callable[[bytes], bool] | None:
+    """How to tell whether :data:`KEY_SIZE` bytes a file holds (a run of 64 hex digits or
+    base64 decoded, an archive's member) are to be hashed, asked once a file and then of each
+    such part: None when that size is not sought (``sizes.may_match``); else the filter's own
+    test (``key_test``: an erased subject's key, one keyed hash each, so that a log's SHA-256s are
+    tested, not hashed and kept), or every part (without ``sizes``, or a filter without one)."""
+    if sizes is None:
+        return _every
+    if not sizes.may_match(KEY_SIZE):
+        return None
+    make = getattr(sizes, "key_test", None)
+    return _every if make is None else make()
+
+
+def keyed(sizes: SizeFilter | None, data: bytes) -> bool:
+    """Whether ``data``, :data:`KEY_SIZE` bytes, is to be hashed (:func:`key_test`)."""
+    test = key_test(sizes)
+    return test is not None and test(data)
 
 
 class Floored:
@@ -242,11 +286,27 @@ class Floored:
             known = self._asked[size] = self.sizes.may_match(size)
         return known
 
+    def key_test(self) -> Callable[[bytes], bool]:
+        """:func:`key_test`'s test of ``sizes``, when it has one."""
+        make = getattr(self.sizes, "key_test", None)
+        return _every if make is None else make()
+
+    def key_tagger(self) -> tuple[Callable[[bytes], str], frozenset[str]] | None:
+        """``sizes``' tag of a key's 32 bytes and the tags sought, when it has them
+        (:class:`~visage_ml.rights.scan_cache.Noted` keeps what it tags)."""
+        make = getattr(self.sizes, "key_tagger", None)
+        return None if make is None else make()
+
+    @property
+    def key_marks(self) -> frozenset[str] | None:
+        """``sizes``' marks of what is sought, to check a file cache's tags against."""
+        return getattr(self.sizes, "key_marks", None)
+
     # Worked out when first asked, then an attribute: asked of each part (a table's every
     # value, a text's every run), and a property was a call each time.
     @functools.cached_property
     def smallest(self) -> int:
-        return next((n for n in range(FLOOR_PROBE) if self.may_match(n)), FLOOR_PROBE)
+        return _smallest(self)
 
 
 class SizeFilter(Protocol):
@@ -306,13 +366,18 @@ def passed_over(sizes: SizeFilter | None, size: int) -> None:
 
 
 def _digest(data: bytes, sizes: SizeFilter | None) -> list[str]:
+    if len(data) == KEY_SIZE:
+        return [hashlib.sha256(data).hexdigest()] if keyed(sizes, data) else []
     return [hashlib.sha256(data).hexdigest()] if sizes is None or sizes.may_match(len(data)) else []
 
 
 def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
     """A file held inside another: its SHA-256, and what it holds itself; nothing when smaller
     than anything sought and not compressed (a text, a pickle, a tar holds only what is smaller
-    than itself: a table's short strings)."""
+    than itself: a table's short strings), but for a key's 32 bytes (:func:`keyed`)."""
+    if len(data) == KEY_SIZE:
+        yield from _digest(data, sizes)
+        return
     if len(data) < smallest_sought(sizes) and base64.b64encode(data[:2])[:2] not in B64_EXPANDS:
         passed_over(sizes, len(data))
         return

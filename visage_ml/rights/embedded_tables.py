@@ -152,7 +152,8 @@ def _table_values(
         try:
             for value in values:
                 n = len(value)
-                if n < below and value[:2] not in EXPANDS_PAIRS:  # _part passes it over
+                # _part passes it over (but a key's 32 bytes, tested as it tests them)
+                if n < below and value[:2] not in EXPANDS_PAIRS and n != embedded.KEY_SIZE:
                     largest = n if n > largest else largest
                     # Its base64 runs decode to less than it: _runs passes over each (its note
                     # smaller than this one) but one that begins as a compressed file's base64.

@@ -4,17 +4,20 @@ as a ``data:`` URL, into a JSON or CSV field, a mail's attachment. A run of the 
 write them), wrapped in lines or not, or two wrapped back to back, each decoded to the bytes it
 holds; in memory of a few times the text's size, in time linear in it. A text file, a
 pickle's or an array's strings, a table's short values and a database's TEXT are read so
-(:mod:`visage_ml.rights.embedded`, :mod:`visage_ml.rights.embedded_db`)."""
+(:mod:`visage_ml.rights.embedded`, :mod:`visage_ml.rights.embedded_db`). In every run, however
+short, a key as an operator prints one (64 hex digits, base64 of 32 bytes) is decoded and
+tested against the keys sought (:func:`_keys`), and yielded only when it is one."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import itertools
 import re
 import string
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from visage_ml.rights import embedded
 from visage_ml.rights.embedded import SizeFilter
@@ -59,6 +62,17 @@ FILE_START = re.compile(
 )
 # The first bytes those begin with: the lines of a run that may begin a file are found at once.
 FILE_FIRST = re.compile(rb"[\x89\xffGRIMP\x1f\xfdB\x93%]")
+# A key once unwrapped (:data:`~visage_ml.rights.embedded.KEY_SIZE` bytes) as an operator prints
+# it: 64 hex digits (``key.hex()``), no more in a row (a SHA-512 is no key); base64, 43 letters
+# of either alphabet and its padding (``base64.b64encode(key)``), no more in a row, a JSON
+# string's escaped line break before it (a notebook's stream output) counted as none. Looked for
+# in every run of the alphabet (:func:`_keys`), however short: base64 of a key is shorter than
+# :data:`B64_MIN`.
+HEX_KEY = re.compile(rb"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
+B64_KEY = re.compile(
+    rb"(?:(?<![A-Za-z0-9+/_\\-])|(?<=\\[nrt]))[A-Za-z0-9+/_-]{43}(?:=|(?![A-Za-z0-9+/_=-]))"
+)
+KEY_CHARS = 43
 # At most so many line boundaries of a wrapped run where a size sought would end are split at
 # (each split reads the run again; their first ones, from the run's start).
 SPLITS_SIZED = 4
@@ -256,6 +270,37 @@ def _run_spans(data: bytes) -> Iterator[tuple[int, int]]:
         at = end
 
 
+def _keys(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """Each key the run from ``start`` to ``end`` of ``data`` may hold (:data:`HEX_KEY`,
+    :data:`B64_KEY`), decoded. A run of one line without an escape (nearly all: a log's
+    SHA-256, a key printed alone) is one only by its length, or holds 64 hex digits among other
+    letters (``0x…``, ``key_…``); one of lines or escapes is searched whole."""
+    n = end - start
+    if n == 64:  # nearly all: a SHA-256 of a log, a key printed alone (no escape is hex)
+        with contextlib.suppress(binascii.Error, ValueError):
+            yield (start, end), binascii.unhexlify(data[start:end])
+            return
+    if (
+        data.find(b"\n", start, end) < 0
+        and data.find(b"\\", start, end) < 0
+        and data.find(b"\r", start, end) < 0
+    ):
+        if n == KEY_CHARS or (n == KEY_CHARS + 1 and data[end - 1 : end] == b"="):
+            raw = _decoded(data[start:end])
+            if raw is not None and len(raw) == embedded.KEY_SIZE:
+                yield (start, end), raw
+        elif n > 64:
+            for m in HEX_KEY.finditer(data, start, end):
+                yield m.span(), binascii.unhexlify(m.group())
+        return
+    for m in HEX_KEY.finditer(data, start, end):
+        yield m.span(), binascii.unhexlify(m.group())
+    for m in B64_KEY.finditer(data, start, end):
+        raw = _decoded(m.group())
+        if raw is not None and len(raw) == embedded.KEY_SIZE:
+            yield m.span(), raw
+
+
 def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[int, int], bytes]]:
     """Each base64 text of ``data`` (its span) and the bytes it decodes to: a run of the
     alphabet (either, :func:`_decoded`), or of lines of it (:func:`_wraps`: a wrapped one, one a
@@ -277,7 +322,25 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
             return True
         return False
 
+    # How a key found is told from other 32 bytes (:func:`~visage_ml.rights.embedded.key_test`):
+    # asked at the first found, so that a text holding none leaves the scan cache no note.
+    test: Callable[[bytes], bool] | None = None
+    asked = False
+    unhexlify = binascii.unhexlify
     for start, end in _run_spans(data):
+        if end - start >= KEY_CHARS:
+            found: Iterable[tuple[tuple[int, int], bytes]]
+            try:  # 64 hex digits (a log's SHA-256: nearly every such run), without a call
+                if end - start != 64:
+                    raise ValueError
+                found = (((start, end), unhexlify(data[start:end])),)
+            except (binascii.Error, ValueError):
+                found = _keys(data, start, end)
+            for span, raw in found:
+                if not asked:
+                    test, asked = embedded.key_test(sizes), True
+                if test is not None and test(raw):
+                    yield span, raw
         if end - start < B64_MIN:  # nor does any text of its lines: fewer characters than it
             continue
         if data.find(b"\n", start, end) < 0 and data.find(b"\\", start, end) < 0:  # one line

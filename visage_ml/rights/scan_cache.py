@@ -18,9 +18,16 @@ smaller than anything sought (:mod:`~visage_ml.rights.embedded`). Each entry nam
 (``refused``: each size it was told is not sought; ``small``: the largest part passed over as
 too small), and counts for a later scan only when that one seeks none of them: a file read while
 one subject was erased is read again for the next when it holds something of that subject's
-size. Beyond that an entry is believed: telling an edited digest from a true one takes reading
-the file, the very cost saved. The verifier, which a regulator runs to check an erasure, never
-reads this and reads every file.
+size. A part of a key's size (a run of 64 hex digits: a log's SHA-256s,
+:func:`~visage_ml.rights.embedded.key_test`) is tested against the keys sought and its digest
+kept only when it is one; each erasure seeks its own subject's keys, so the entry keeps the
+first :data:`KEY_MARK` hex digits of each such part's tag under the tombstone key (``tags``: a
+keyed value, which names nothing without that key), and counts only while none is among the
+tombstones' MACs then (a key sought since); a read that had no tag to make (no key sought yet)
+notes the size as refused instead. A file of a key's size leaves no entry (its SHA-256 would be
+a check value of the key it may be). Beyond that an entry is believed: telling an edited digest
+from a true one takes reading the file, the very cost saved. The verifier, which a regulator
+runs to check an erasure, never reads this and reads every file.
 
 The cache holds digests, sizes and paths, never content; a file found to hold what was sought
 leaves no entry (its digest is the erased content's), nor does a file gone or passed over by the
@@ -69,19 +76,23 @@ def state(st: os.stat_result) -> State:
 
 class Noted:
     """A scan's size filter (``sizes``) as one file's read asks it, noting what that read passed
-    over: each size it was told is not sought (``refused``), and the largest part it passed over
-    as smaller than anything sought (``small``, :func:`~visage_ml.rights.embedded.passed_over`)."""
+    over: each size it was told is not sought (``refused``), the largest part it passed over
+    as smaller than anything sought (``small``, :func:`~visage_ml.rights.embedded.passed_over`),
+    and the tags of the parts it tested for a key (``tags``, :meth:`key_test`)."""
 
     def __init__(self, sizes: embedded.SizeFilter) -> None:
         self.sizes = sizes
         self.refused: set[int] = set()
+        self.tags: set[str] = set()
         self.small = -1
         self.smallest = embedded.smallest_sought(sizes)
 
     # Each asked once a part (a table's every value, a text's every base64 run: millions of
     # times a scan of a gigabyte of logs), so as plain comparisons, no call of their own.
     def may_match(self, size: int) -> bool:
-        if size < self.smallest:  # noted as the largest passed over, not size by size
+        # noted as the largest passed over, not size by size; a key's size is sought alone
+        # (:data:`~visage_ml.rights.embedded.KEY_SIZE`): noted as refused
+        if size < self.smallest and size != embedded.KEY_SIZE:
             if size > self.small:
                 self.small = size
             return False
@@ -89,6 +100,30 @@ class Noted:
         if not sought:
             self.refused.add(size)
         return sought
+
+    def key_test(self) -> Callable[[bytes], bool]:
+        """:func:`~visage_ml.rights.embedded.key_test`'s test of ``sizes``, noting what it
+        tested: the read keeps no digest of a 32-byte part that is not a key sought now, and
+        each erasure seeks its own subject's. So the first :data:`KEY_MARK` hex digits of each
+        part's tag are noted (``tags``), which a later scan checks against the tombstones as
+        they are then (:meth:`FileCache.get`); where there is no tag (no tombstone key, no key
+        sought yet), the key's size is noted as refused, and a scan seeking a key reads it
+        again."""
+        found = getattr(self.sizes, "key_tagger", None)
+        tagged = found() if found is not None else None
+        if tagged is None:
+            self.refused.add(embedded.KEY_SIZE)
+            make = getattr(self.sizes, "key_test", None)
+            return make() if make is not None else lambda _data: True
+        tag, sought = tagged
+        tags = self.tags
+
+        def test(raw: bytes) -> bool:
+            t = tag(raw)
+            tags.add(t[:KEY_MARK])
+            return t in sought
+
+        return test
 
     def passed_over(self, size: int) -> None:
         if size > self.small:
@@ -104,13 +139,35 @@ def _int(value: object, *, least: int = 0) -> bool:
 
 
 _KEYS = frozenset(
-    {"state", "sha256", "size", "inner", "opaque", "held", "kind", "expands", "small", "refused"}
+    {
+        "state",
+        "sha256",
+        "size",
+        "inner",
+        "opaque",
+        "held",
+        "kind",
+        "expands",
+        "small",
+        "refused",
+        "tags",
+    }
 )
+KEY_MARK = embedded.KEY_MARK
 
 
-def _entry(value: object) -> tuple[State, Learnt, int, tuple[int, ...]] | None:
-    """An entry as (state, what was learnt, ``small``, ``refused``); None when not one."""
-    if not isinstance(value, dict) or set(value) != _KEYS:
+def _tags(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) % KEY_MARK == 0
+        and not value.strip("0123456789abcdef")
+    )
+
+
+def _entry(value: object) -> tuple[State, Learnt, int, tuple[int, ...], str] | None:
+    """An entry as (state, what was learnt, ``small``, ``refused``, ``tags``); None when not
+    one."""
+    if not isinstance(value, dict) or set(value) != _KEYS or not _tags(value["tags"]):
         return None
     st, inner, held, refused = value["state"], value["inner"], value["held"], value["refused"]
     if not isinstance(st, list) or len(st) != 5 or not all(_int(n) for n in st):
@@ -136,7 +193,7 @@ def _entry(value: object) -> tuple[State, Learnt, int, tuple[int, ...]] | None:
         what,
         value["expands"],
     )
-    return tuple(st), learnt, value["small"], tuple(refused)  # type: ignore[return-value]
+    return tuple(st), learnt, value["small"], tuple(refused), value["tags"]  # type: ignore[return-value]
 
 
 def _racy(st: State, since: int) -> bool:
@@ -178,21 +235,34 @@ class FileCache:
         found = _entry(self._old.get(key))
         if found is None:
             return None
-        was, learnt, small, refused = found
+        was, learnt, small, refused, tags = found
         if was != state(st) or _racy(was, self._written):
             return None
         may: Callable[[int], bool] = sizes.may_match if sizes is not None else lambda _n: True
         if small >= embedded.smallest_sought(sizes) or any(may(n) for n in refused):
             return None
+        if tags and not self._untagged(tags, sizes):
+            return None
         with self._lock:
             self._new[key] = self._old[key]
         return learnt
+
+    def _untagged(self, tags: str, sizes: embedded.SizeFilter | None) -> bool:
+        """Whether none of ``tags`` (what a read tagged as a key might be) is a key sought now:
+        none is a MAC of the tombstones as they are now (its first :data:`KEY_MARK` digits;
+        a tag that was one made the file a find, which leaves no entry)."""
+        marks = getattr(sizes, "key_marks", None)
+        if marks is None:
+            return False
+        return not any(tags[i : i + KEY_MARK] in marks for i in range(0, len(tags), KEY_MARK))
 
     def put(self, key: str, st: os.stat_result, read: Any, noted: Noted | None) -> None:
         """Keep what this scan read of the file ``key`` in state ``st`` (``read``: a
         :class:`~visage_ml.rights.content_scan.Read`; ``noted``: what its read passed over)."""
         was = state(st)
-        if read.digest is None or _racy(was, self.since):
+        # A file of a key's size is not kept: its SHA-256 is a check value of whatever key it is
+        # (the tombstone key, a master key, an erased subject's), and it is read again at once.
+        if read.digest is None or _racy(was, self.since) or read.size == embedded.KEY_SIZE:
             return
         value = {
             "state": list(was),
@@ -205,6 +275,7 @@ class FileCache:
             "expands": read.expands,
             "small": noted.small if noted is not None else -1,
             "refused": sorted(noted.refused) if noted is not None else [],
+            "tags": "".join(sorted(noted.tags)) if noted is not None else "",
         }
         with self._lock:
             self._new[key] = value

@@ -6,7 +6,10 @@ a file of a size none of that content has, which cannot be a copy and is not rea
 store does the same walk, with the same hashes and the same rule for what is kept
 (:mod:`visage_ml.rights.content_scan`), before the certificate is made: a copy someone saved
 (the subject's photo in ``data/interim`` or ``reports/``, a sealed file in a backup folder) is
-removed (overwritten, then deleted) rather than certified and found afterwards.
+removed (overwritten, then deleted) rather than certified and found afterwards. The subject's
+keys as unwrapped are sought too (:mod:`.unwrapped`): printed in a notebook or a text file, as
+hex or base64, the run is cut out of it, as a key file's base64 is; a file that is the key alone
+is removed.
 
 Only exact copies: a re-encoded or cropped face has other bytes, and is for ``visage privacy
 doctor`` to list for review. Kept: a file of ``data/raw`` its images table lists under another

@@ -32,7 +32,9 @@ mlflow         MLflow artefacts and rows naming the subject (by design none), SQ
                included (:mod:`.mlflow`); on the MLflow server the project tracks or once
                tracked to, its runs deleted and garbage-collected, its rows rewritten
                (:mod:`.mlflow_server`)
-copies         exact copies of what the steps listed, and of any erased image's plaintext,
+copies         exact copies of what the steps listed, of any erased image's plaintext, and of
+               the subject's keys as unwrapped (printed as hex or base64: :mod:`.unwrapped`
+               adds them to the tombstones first in each step that destroys a key),
                wherever the verifier looks (``data/``, ``reports/``, ``notebooks/``, the top,
                ...): removed, counted by top folder (:mod:`.copies`); a copy that cannot be
                removed stops the erasure before the certificate
@@ -114,6 +116,7 @@ from visage_ml.rights.erasure import (
     processed,
     raw,
     tombstone,
+    unwrapped,
     vault,
 )
 from visage_ml.rights.erasure.base import (
@@ -143,14 +146,16 @@ STEPS: tuple[str, ...] = (
 # The stores each destructive step drives, in order (their artefacts are recorded under the
 # step): export bundles and resume checkpoints go with the processed data.
 STORES: Mapping[str, tuple[Store, ...]] = {
+    # Each step that destroys a key first adds the keys, unwrapped, to what is sought
+    # (:mod:`.unwrapped`: their MACs in the tombstones), while they are there to unwrap.
     # The shared gallery's row first: no replica returns the subject from then on, before the
     # key that seals the row's template goes.
-    "gallery": (pgvector, gallery),
+    "gallery": (unwrapped, pgvector, gallery),
     # The tombstone reads the vault record and the image hashes before they go; the import
     # reports are cleaned of the reference the vault record holds.
-    "vault": (tombstone, import_reports, vault),
+    "vault": (unwrapped, tombstone, import_reports, vault),
     # The data key first: destroying it crypto-shreds every copy of the sealed files.
-    "raw": (datakey, raw),
+    "raw": (unwrapped, datakey, raw),
     # The stack's S3 remote first (it notes where the objects sit in the volume files before
     # they are deleted, then compacts them); then DVC's purge of the cache and every remote.
     "dvc": (dvc_remote, dvc),

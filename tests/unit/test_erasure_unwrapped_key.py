@@ -1,0 +1,228 @@
+"""An erased subject's UNWRAPPED keys, printed by an operator: crypto-shredding against them.
+
+An erasure destroys the subject's wrapped key files (the data key's, the vault's, the
+gallery's) and keeps the master key. The key as it is once unwrapped (32 bytes: what
+``DataKeys.for_project(paths).key(pid)`` or the vault's ``KeyRing.get(pid)`` hand back), printed
+in a notebook's output (``key.hex()``, ``base64.b64encode(key)``) or saved in a text file or a
+file of its own, opens every sealed copy of the subject that survived out of reach (a DVC
+remote, an off-site backup) without any key file: the certificate's "no one can open them any
+more" would be false. These tests play that operator: the erasure must take each printed key
+out of the file it is in (as it cuts a key file's base64 out of a notebook), stop on one in git,
+and the verifier must fail while one is put back; another subject's key, or 32 random bytes
+printed the same way, are no copy and stop nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from project_helpers import git
+from rights_fakes import make_project
+
+from visage_ml.privacy.datakeys import DataKeys
+from visage_ml.privacy.keys import load_master_key
+from visage_ml.privacy.sealed import KeyRing
+from visage_ml.rights import scan_cache
+from visage_ml.rights.certify import verify_certificate
+from visage_ml.rights.erasure import Erasure
+
+
+@pytest.fixture
+def proj(project):
+    return make_project(project, n_subjects=3)
+
+
+def _data_key(proj, pid: str) -> bytes:
+    """The subject's data key as an operator gets it: the project's data keys, unwrapped."""
+    return DataKeys.for_project(proj.paths).key(pid)
+
+
+def _vault_key(proj, pid: str) -> bytes:
+    """The subject's vault key, unwrapped with the master key as the vault does."""
+    master = load_master_key(proj.paths.master_key, create=False)
+    return KeyRing(proj.paths.vault / "keys", master, context="vault").get(pid)
+
+
+def _notebook(lines: list[str]) -> str:
+    """A notebook whose one code cell printed ``lines`` (a stream output)."""
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": 1,
+                "id": "c1",
+                "metadata": {},
+                "source": "k = DataKeys.for_project(paths).key(pid)\nprint(k.hex())",
+                "outputs": [
+                    {"output_type": "stream", "name": "stdout", "text": [f"{t}\n" for t in lines]}
+                ],
+            },
+            {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "the rest stays"},
+        ],
+        "metadata": {"language_info": {"name": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    return json.dumps(nb, indent=1)
+
+
+def _put_back_fails(result, path: Path, text: str, *, root: Path) -> None:
+    """The certificate verifies; ``text`` written back to ``path``, the verifier names it."""
+    assert verify_certificate(result.certificate_path, root=root).ok
+    path.write_text(text, encoding="utf-8")
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok
+    assert path in {Path(f["path"]) for f in report.findings}, report.findings
+
+
+def test_a_notebook_that_printed_the_unwrapped_data_key_loses_it(proj):
+    # The operator looked at the subject's data key in a notebook, as hex and as base64, and
+    # saved it with its outputs. The erasure sought only the wrapped key FILE and certified:
+    # the printed key alone opened every off-site copy of the sealed photographs.
+    root, victim = proj.paths.root, proj.pids[0]
+    key = _data_key(proj, victim)
+    hexed, b64 = key.hex(), base64.b64encode(key).decode()
+    text = _notebook([hexed, b64])
+    path = root / "notebooks" / "keys.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+    result = Erasure(proj.paths).erase(victim)
+
+    left = path.read_text(encoding="utf-8")
+    assert hexed not in left and b64 not in left
+    # The notebook stays, and what else it holds.
+    assert json.loads(left)["cells"][1]["source"] == "the rest stays"
+    assert result.certificate["claims"]["copies_removed"] == {"notebooks": 1}
+    _put_back_fails(result, path, text, root=root)
+
+
+def test_a_text_file_holding_the_unwrapped_vault_key_loses_it_and_keeps_the_rest(proj):
+    root, victim = proj.paths.root, proj.pids[0]
+    key = _vault_key(proj, victim)
+    text = f"run 12\nvault key: {key.hex()}\nthreshold 0.41\n"
+    path = root / "reports" / "debug.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert path.read_text(encoding="utf-8") == "run 12\nvault key: \nthreshold 0.41\n"
+    _put_back_fails(result, path, text, root=root)
+
+
+def test_the_unwrapped_key_base64_in_a_json_file_and_raw_in_a_file_of_its_own_go(proj):
+    root, victim = proj.paths.root, proj.pids[0]
+    key = _data_key(proj, victim)
+    doc = root / "data" / "interim" / "keys.json"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"pid": victim, "key": base64.b64encode(key).decode()})
+    doc.write_text(text, encoding="utf-8")
+    raw = root / "data" / "interim" / "key.bin"
+    raw.write_bytes(key)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert not raw.exists()
+    assert json.loads(doc.read_text(encoding="utf-8")) == {"pid": victim, "key": ""}
+    assert verify_certificate(result.certificate_path, root=root).ok
+    raw.write_bytes(key)
+    report = verify_certificate(result.certificate_path, root=root)
+    assert not report.ok and raw in {Path(f["path"]) for f in report.findings}
+    raw.unlink()
+    _put_back_fails(result, doc, text, root=root)
+
+
+def test_another_subjects_key_and_random_bytes_printed_so_stop_nothing(proj):
+    # No false alarm: 32 bytes printed as a key is (another subject's key, random bytes, a
+    # SHA-256 in a log) is no copy of the erased subject's key.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    theirs = _data_key(proj, other)
+    rand = os.urandom(32)
+    text = _notebook([theirs.hex(), base64.b64encode(theirs).decode(), rand.hex()])
+    path = root / "notebooks" / "other.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    log = root / "reports" / "ids.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log_text = f"{rand.hex()}\n{base64.b64encode(rand).decode()}\n"
+    log.write_text(log_text, encoding="utf-8")
+    (root / "data" / "interim").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "interim" / "other.bin").write_bytes(theirs)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert path.read_text(encoding="utf-8") == text
+    assert log.read_text(encoding="utf-8") == log_text
+    assert (root / "data" / "interim" / "other.bin").read_bytes() == theirs
+    assert "copies_removed" not in result.certificate["claims"]
+    assert verify_certificate(result.certificate_path, root=root).ok
+
+
+def test_a_file_read_by_an_earlier_erasure_is_read_again_for_the_next_subjects_key(
+    proj, monkeypatch
+):
+    # The file scan cache keeps what a read learnt of each file; a file read while another
+    # subject was erased (their key sought, not this one's) must not pass as clean now. Before,
+    # it kept nothing of a 32-byte part, and the next erasure believed its entry.
+    monkeypatch.setattr(scan_cache, "RACY_NS", 0)  # written a moment before: trusted
+    root, first, second = proj.paths.root, proj.pids[1], proj.pids[0]
+    key = _data_key(proj, second)
+    path = root / "reports" / "keys.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [hashlib.sha256(bytes([i])).hexdigest() for i in range(20)]
+    path.write_text("\n".join([*rows, f"key {key.hex()}", *rows]) + "\n", encoding="utf-8")
+
+    Erasure(proj.paths).erase(first)
+    assert key.hex() in path.read_text(encoding="utf-8")
+    cache = json.loads((root / scan_cache.FILES).read_text(encoding="utf-8"))
+    assert str(path.resolve()) in cache["files"]
+    result = Erasure(proj.paths).erase(second)
+
+    assert path.read_text(encoding="utf-8") == "\n".join([*rows, "key ", *rows]) + "\n"
+    assert verify_certificate(result.certificate_path, root=root).ok
+
+
+def test_the_key_reaches_no_log_ledger_certificate_or_tombstone(proj, caplog):
+    root, victim = proj.paths.root, proj.pids[0]
+    keys = [_data_key(proj, victim), _vault_key(proj, victim)]
+    path = root / "notebooks" / "keys.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_notebook([k.hex() for k in keys]), encoding="utf-8")
+
+    with caplog.at_level(logging.DEBUG):
+        result = Erasure(proj.paths).erase(victim)
+
+    held = [
+        caplog.text.encode(),
+        proj.paths.ledger.read_bytes(),
+        result.certificate_path.read_bytes(),
+        result.certificate_path.with_suffix(".html").read_bytes(),
+        proj.paths.tombstones.read_bytes(),
+    ]
+    cache = root / ".visage" / "file-scan-cache.json"
+    held += [cache.read_bytes()] if cache.is_file() else []
+    for key in keys:
+        for form in (key, key.hex().encode(), base64.b64encode(key)):
+            assert not [h for h in held if form in h]
+
+
+def test_the_unwrapped_key_committed_to_git_stops_the_erasure(tiny_project):
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3)
+    victim = proj.pids[0]
+    key = _data_key(proj, victim)
+    (root / "notes.txt").write_text(f"data key {key.hex()}\n", encoding="utf-8")
+    git(root, "add", "notes.txt")
+    git(root, "commit", "-qm", "notes")
+    git(root, "rm", "-q", "notes.txt")
+    git(root, "commit", "-qm", "tidy")
+    with pytest.raises(OSError, match="git"):
+        Erasure(proj.paths).erase(victim)
+    assert not list(proj.paths.certificates.glob("*.json"))
