@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -154,14 +155,13 @@ _KEYS = frozenset(
     }
 )
 KEY_MARK = embedded.KEY_MARK
+# An entry's tags: separated by spaces, so that the cache is no run of base64 (or hex) that the
+# verifier, which reads it as any file, would decode whole.
+_TAGS = re.compile(rf"(?:[0-9a-f]{{{KEY_MARK}}}(?: [0-9a-f]{{{KEY_MARK}}})*)?")
 
 
 def _tags(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) % KEY_MARK == 0
-        and not value.strip("0123456789abcdef")
-    )
+    return isinstance(value, str) and _TAGS.fullmatch(value) is not None
 
 
 def _entry(value: object) -> tuple[State, Learnt, int, tuple[int, ...], str] | None:
@@ -252,9 +252,7 @@ class FileCache:
         none is a MAC of the tombstones as they are now (its first :data:`KEY_MARK` digits;
         a tag that was one made the file a find, which leaves no entry)."""
         marks = getattr(sizes, "key_marks", None)
-        if marks is None:
-            return False
-        return not any(tags[i : i + KEY_MARK] in marks for i in range(0, len(tags), KEY_MARK))
+        return marks is not None and marks.isdisjoint(tags.split(" "))
 
     def put(self, key: str, st: os.stat_result, read: Any, noted: Noted | None) -> None:
         """Keep what this scan read of the file ``key`` in state ``st`` (``read``: a
@@ -275,7 +273,7 @@ class FileCache:
             "expands": read.expands,
             "small": noted.small if noted is not None else -1,
             "refused": sorted(noted.refused) if noted is not None else [],
-            "tags": "".join(sorted(noted.tags)) if noted is not None else "",
+            "tags": " ".join(sorted(noted.tags)) if noted is not None else "",
         }
         with self._lock:
             self._new[key] = value
