@@ -171,6 +171,30 @@ def make_project(
     return proj
 
 
+def printed_notebook(lines: list[str], source: str) -> str:
+    """A notebook whose one code cell (``source``) printed ``lines`` (a stream output), and a
+    markdown cell after it: an operator's notebook as Jupyter saves it."""
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": 1,
+                "id": "c1",
+                "metadata": {},
+                "source": source,
+                "outputs": [
+                    {"output_type": "stream", "name": "stdout", "text": [f"{t}\n" for t in lines]}
+                ],
+            },
+            {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "the rest stays"},
+        ],
+        "metadata": {"language_info": {"name": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    return json.dumps(nb, indent=1)
+
+
 def scan(roots, needles: dict[str, bytes]) -> dict[str, list[str]]:
     """``{needle name: [files holding it]}`` over every file under ``roots``."""
     hits: dict[str, list[str]] = {k: [] for k in needles}

@@ -13,7 +13,6 @@ the verifier must fail while one is put back.
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import tarfile
 import zipfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from project_helpers import git
-from rights_fakes import make_project
+from rights_fakes import make_project, printed_notebook
 from test_erasure import _dvc
 
 from visage_ml.privacy.datakeys import DataKeys, NoDataKeyError
@@ -134,34 +133,14 @@ def test_a_notebook_that_printed_the_key_file_in_base64_loses_it(proj):
     root, victim = proj.paths.root, proj.pids[0]
     wrapped = (proj.paths.data_keys / f"{victim}.key").read_bytes()
     text = base64.b64encode(wrapped).decode()
-    nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": 1,
-                "id": "c1",
-                "metadata": {},
-                "source": "base64.b64encode(open(k, 'rb').read())",
-                "outputs": [
-                    {
-                        "output_type": "stream",
-                        "name": "stdout",
-                        "text": [f"{text}\n"],
-                    }
-                ],
-            }
-        ],
-        "metadata": {"language_info": {"name": "python"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
+    nb = printed_notebook([text], "base64.b64encode(open(k, 'rb').read())")
     path = root / "notebooks" / "keys.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(nb), encoding="utf-8")
+    path.write_text(nb, encoding="utf-8")
     result = Erasure(proj.paths).erase(victim)
     assert text not in path.read_text(encoding="utf-8") if path.exists() else True
     assert verify_certificate(result.certificate_path, root=root).ok
-    path.write_text(json.dumps(nb), encoding="utf-8")
+    path.write_text(nb, encoding="utf-8")
     assert not verify_certificate(result.certificate_path, root=root).ok
 
 

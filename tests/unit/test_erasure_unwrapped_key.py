@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from project_helpers import git
-from rights_fakes import make_project
+from rights_fakes import make_project, printed_notebook
 
 from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.privacy.keys import load_master_key
@@ -51,25 +51,7 @@ def _vault_key(proj, pid: str) -> bytes:
 
 def _notebook(lines: list[str]) -> str:
     """A notebook whose one code cell printed ``lines`` (a stream output)."""
-    nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": 1,
-                "id": "c1",
-                "metadata": {},
-                "source": "k = DataKeys.for_project(paths).key(pid)\nprint(k.hex())",
-                "outputs": [
-                    {"output_type": "stream", "name": "stdout", "text": [f"{t}\n" for t in lines]}
-                ],
-            },
-            {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "the rest stays"},
-        ],
-        "metadata": {"language_info": {"name": "python"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    return json.dumps(nb, indent=1)
+    return printed_notebook(lines, "k = DataKeys.for_project(paths).key(pid)\nprint(k.hex())")
 
 
 def _put_back_fails(result, path: Path, text: str, *, root: Path) -> None:
