@@ -716,3 +716,215 @@ def test_a_column_grant_made_while_the_purge_copies_is_kept(
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("REVOKE ALL ON {t} FROM {r}").format(t=t, r=sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
+
+
+def _log_state(dsn: str, table: str) -> dict:
+    """The purge's change log as the catalogs show it: the triggers on the table (name,
+    enabled), the log table's columns (name, type) and whether its trigger function exists."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        triggers = conn.execute(
+            "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass "
+            "AND NOT tgisinternal ORDER BY tgname",
+            (table,),
+        ).fetchall()
+        log = f'"{table}{pg_swap.LOG_SUFFIX}"'
+        columns = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (log,),
+        ).fetchall()
+        function = conn.execute("SELECT to_regprocedure(%s)", (f"{log}()",)).fetchone()[0]
+    return {"triggers": triggers, "log": columns, "function": function is not None}
+
+
+NO_LOG = {"triggers": [], "log": [], "function": False}
+
+
+def _xact_reads(conn, table: str) -> dict[str, tuple[int, int, int]]:
+    """What this transaction has read of the table and of its copy so far: sequential scans,
+    rows they read, rows fetched through an index."""
+    rows = conn.execute(
+        "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_tup_fetch, 0) "
+        "FROM pg_stat_xact_user_tables WHERE relid IN (to_regclass(%s), to_regclass(%s))",
+        (f'"{table}"', f'"{table}$purge"'),
+    ).fetchall()
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+def test_under_the_swaps_lock_only_the_rows_written_since_are_read(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """The catch-up under the swap's ACCESS EXCLUSIVE lock read the table's versions in one
+    pass over the heap (0.29 s of a 0.65 s hold at 100k HNSW rows; past serving's 2 s lock
+    timeout at 1M): it reads only the rows written since the last catch-up, through the key,
+    and copies them; the table and its copy are not scanned while serving waits."""
+    gallery, pids = enrolled
+    other = open_pg(world, pg, table, engine)  # another process's replica
+    held, go = _hold_when_built(monkeypatch, "caught_up")
+    reads: dict[str, dict] = {}
+    lock, describe = pg_swap._lock_briefly, pg_swap.describe
+
+    def locked(conn, *a, **kw):
+        tries = lock(conn, *a, **kw)
+        reads["locked"] = _xact_reads(conn, table)
+        return tries
+
+    def before_drop(conn, oid):
+        if "locked" in reads and "dropping" not in reads:
+            reads["dropping"] = _xact_reads(conn, table)
+        return describe(conn, oid)
+
+    monkeypatch.setattr(pg_swap, "_lock_briefly", locked)
+    monkeypatch.setattr(pg_swap, "describe", before_drop)
+    gallery.erase(pids[1])
+    purge, done = _purge_in_thread(gallery)
+    newcomers = list(world.people)[6:8]
+    renewed = pids[0]
+    try:
+        assert held.wait(30), "the purge never caught up"
+        other.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in newcomers})
+        other.enroll(renewed, engine.embed(world.photo(renewed, 3)))
+        written = _row(pg.dsn, table, renewed)
+        other.erase(pids[3])
+    finally:
+        go.set()
+        purge.join(timeout=60)
+    assert done and done[0].to_dict()["rewrite"] == "swap", done
+    assert set(reads) == {"locked", "dropping"}, reads
+    changed = len(newcomers) + 2
+    for name in (table, f"{table}$purge"):
+        at_lock, at_drop = (reads[when].get(name, (0, 0, 0)) for when in ("locked", "dropping"))
+        scans, scanned, fetched = (b - a for a, b in zip(at_lock, at_drop, strict=True))
+        assert (scans, scanned) == (0, 0), (name, reads)
+        assert fetched <= 2 * changed, (name, reads)  # a row deleted, then copied again
+    # ...and what was written meanwhile is in the swapped table.
+    for pid in newcomers:
+        assert _row(pg.dsn, table, pid) is not None
+    assert _row(pg.dsn, table, renewed) == written
+    assert _row(pg.dsn, table, pids[3]) is None
+    # The swapped table has no trigger, and the log and its function are gone with the old one.
+    assert _log_state(pg.dsn, table) == NO_LOG
+    other.close()
+
+
+def test_the_change_log_holds_keys_only_and_catches_writes_of_other_clients(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """Writes to the gallery table by another client in plain SQL, as a role that owns nothing
+    (an insert, an update, a delete), while the purge copies: the swapped table holds them as
+    written. The log the purge keeps meanwhile holds the written rows' keys and nothing else
+    (no search vector, no sealed template)."""
+    gallery, pids = enrolled
+    role, password = f"writer_{secrets.token_hex(4)}", secrets.token_hex(8)
+    t = sql.Identifier(table)
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {r} LOGIN PASSWORD {p}").format(
+                r=sql.Identifier(role), p=sql.Literal(password)
+            )
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {r}").format(
+                t=t, r=sql.Identifier(role)
+            )
+        )
+    held, go = _hold_when_built(monkeypatch)
+    gallery.erase(pids[1])
+    purge, done = _purge_in_thread(gallery)
+    planted = f"p{secrets.token_hex(8)}"
+    whole = sql.SQL("SELECT pid, template_sha256, n_images, embedding::text FROM {t} ORDER BY pid")
+    try:
+        assert held.wait(30), "the purge never reached the index build"
+        dsn = psycopg.conninfo.make_conninfo(pg.dsn, user=role, password=password)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed, "
+                    "template_sha256, n_images) SELECT %s, model_version, embedding, cluster, "
+                    "sealed, template_sha256, n_images FROM {t} WHERE pid = %s"
+                ).format(t=t),
+                (planted, pids[0]),
+            )
+            conn.execute(
+                sql.SQL("UPDATE {t} SET n_images = n_images + 7 WHERE pid = %s").format(t=t),
+                (pids[4],),
+            )
+            conn.execute(sql.SQL("DELETE FROM {t} WHERE pid = %s").format(t=t), (pids[5],))
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            expected = conn.execute(whole.format(t=t)).fetchall()
+            log = sql.Identifier(f"{table}{pg_swap.LOG_SUFFIX}")
+            logged = conn.execute(sql.SQL("SELECT * FROM {g}").format(g=log)).fetchall()
+        state = _log_state(pg.dsn, table)
+    finally:
+        go.set()
+        purge.join(timeout=60)
+    assert done and done[0].to_dict()["rewrite"] == "swap", done
+    assert state["triggers"] == [(pg_swap.LOG_TRIGGER, "A")], state
+    assert state["log"] == [("pid", "text")], state
+    assert sorted(logged) == sorted([(planted,), (pids[4],), (pids[5],)])
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        assert conn.execute(whole.format(t=t)).fetchall() == expected
+        conn.execute(sql.SQL("REVOKE ALL ON {t} FROM {r}").format(t=t, r=sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
+    assert _log_state(pg.dsn, table) == NO_LOG
+
+
+@pytest.mark.parametrize("removed_by", ["opening", "purge"])
+def test_a_purge_that_dies_leaves_a_log_that_enrolments_pass_and_the_next_removes(
+    world, engine, enrolled, pg, table, monkeypatch, removed_by
+):
+    """A purge killed during its copy: its change log (committed before the copy, so that
+    concurrent writes reach it) stays with its trigger. Enrolments go on through it (the log
+    gains their keys only); the next opening of the gallery, or the next purge, removes it,
+    and that purge swaps (the log's trigger is the one trigger a swap allows)."""
+    gallery, pids = enrolled
+    gallery.erase(pids[3])
+    during: list[dict] = []
+
+    def kill(conn, phase):
+        if phase == "copied":
+            during.append(_log_state(pg.dsn, table))
+            with psycopg.connect(pg.dsn, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+    monkeypatch.setattr(pg_swap, "_phase", kill)
+    with pytest.raises((psycopg.OperationalError, GalleryUnavailableError)):
+        pg_gallery.purge_physically(pg.dsn, table=table)
+    monkeypatch.undo()
+    left = {"triggers": [(pg_swap.LOG_TRIGGER, "A")], "log": [("pid", "text")], "function": True}
+    assert during == [left]
+    assert _log_state(pg.dsn, table) == left
+    newcomer = list(world.people)[6]
+    gallery.enroll(newcomer, engine.embed(world.photo(newcomer, 2)))
+    assert gallery.identify(engine.embed(world.photo(newcomer))[0])[0].pid == newcomer
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        log = sql.Identifier(f"{table}{pg_swap.LOG_SUFFIX}")
+        assert conn.execute(sql.SQL("SELECT * FROM {g}").format(g=log)).fetchall() == [(newcomer,)]
+    if removed_by == "opening":
+        open_pg(world, pg, table, engine).close()
+        assert _log_state(pg.dsn, table) == NO_LOG
+    gallery.erase(pids[4])
+    report = gallery.purge_physically().to_dict()
+    assert report["rewrite"] == "swap", report
+    assert _log_state(pg.dsn, table) == NO_LOG
+    assert newcomer in gallery.searchable()
+    assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]
+
+
+def test_a_refused_swap_removes_its_log_before_the_table_is_vacuumed(
+    world, engine, enrolled, pg, table
+):
+    """The swap fails after its log was made (a relation has the name of the copy's index):
+    the log, its trigger and function are removed, and the table is vacuumed as before."""
+    gallery, pids = enrolled
+    taken = sql.Identifier(f"{table}$purge_0")
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SEQUENCE {s}").format(s=taken))
+    try:
+        gallery.erase(pids[4])
+        report = gallery.purge_physically().to_dict()
+        assert report["rewrite"] == "vacuum_full", report
+        assert _log_state(pg.dsn, table) == NO_LOG
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SEQUENCE IF EXISTS {s}").format(s=taken))

@@ -567,6 +567,10 @@ def ensure_schema(conn: psycopg.Connection, names: Names, dim: int) -> tuple[str
             )
         )
         signal = ensure_signals(conn, n)
+        # The change log of an erasure's purge that died (its trigger fires on every write):
+        # removed unless a purge is running, or left for the next purge where the table is
+        # busy or this role may not (logged).
+        pg_swap.drop_left_log(conn, n.table, timeout_s=PURGE_LOCK_TIMEOUT_S)
         if signal[0] == SIGNAL_ADDED and (new is None or new[0] is None):
             signal = (SIGNAL_OK, [])  # created with the tables: no older version involved
         row = conn.execute(

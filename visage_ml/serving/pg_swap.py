@@ -3,42 +3,88 @@
 ``VACUUM FULL`` holds ACCESS EXCLUSIVE on the table for the whole rewrite (the copy and every
 index rebuild: about 5 s per erasure at 100k exact templates, minutes with HNSW), and every
 replica's searches wait for it or answer 503. :func:`rewrite_and_swap` writes the same new files
-while reads go on, in one transaction:
+while reads go on:
 
-1. ``LOCK`` the table ``SHARE UPDATE EXCLUSIVE``: searches and writes (enrolments, another
+1. the change log, in a short transaction of its own committed before the copy (so that every
+   writer sees it): ``<table>$purge_log``, an unlogged table of the primary key's columns, and
+   the trigger ``visage$purge_log`` on the table (after each row inserted, updated or deleted;
+   enabled ``ALWAYS``, so it fires under ``session_replication_role = replica`` too) whose
+   function (``<table>$purge_log()``, ``SECURITY DEFINER``: the writers need no right on the
+   log) inserts the row's key into the log in the writer's own transaction. ``CREATE TRIGGER``
+   takes ``SHARE ROW EXCLUSIVE``: it waits for the writes in progress and holds new ones off
+   until its commit, never a search; it is asked for briefly, again and again, as step 6's lock
+   is. From its commit on, every write's key is in the log once the write commits;
+
+then, in one transaction:
+
+2. ``LOCK`` the table ``SHARE UPDATE EXCLUSIVE``: searches and writes (enrolments, another
    erasure's ``DELETE``) go on; a second purge waits (the mode conflicts with itself), and so do
-   ``VACUUM``, ``CLUSTER`` and schema changes, which would move rows (step 3 tells rows apart by
-   where they lie);
-2. ``CREATE TABLE <table>$purge (LIKE <table> INCLUDING ALL EXCLUDING INDEXES)``, then what
-   ``LIKE`` leaves out: each column's statistics target (``0``: ANALYZE would otherwise copy
-   sample vectors into ``pg_statistic``, set before any row is written), the table's storage
-   options and comment, its owner and grants;
-3. ``INSERT ... SELECT`` of every row (after the erasure's ``DELETE`` committed: the copy holds
-   only live rows), each copied row's version (primary key, ``ctid``, ``xmin``) noted in a
-   temporary table by the same statement, then each index built from the old one's definition
-   (the HNSW graph in one build, not row by row; the session's ``maintenance_work_mem`` as the
-   caller sized it);
-4. the copy brought up to what was written since its snapshot (:func:`_catch_up`), writes
-   going on;
-5. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is,
-   step 4 run again after each try refused); under it the copy brought up to what was written
-   since, and given the table's grants again
-   (``GRANT`` and ``REVOKE`` take no lock on the table: one committed during the copy is kept);
-   ``DROP TABLE`` of the old table (its heap, TOAST and index files are unlinked at the commit,
-   as ``VACUUM FULL``'s old files are), the new table, its indexes and constraints renamed to the
-   old names, and the result compared with the old table's catalog description just before the
-   drop: any difference rolls the whole swap back.
+   ``VACUUM``, ``TRUNCATE`` (which fires no row trigger) and schema changes; the log is locked
+   too (``ROW EXCLUSIVE``: writers insert on, nobody drops it) and checked to be as step 1 made
+   it;
+3. ``CREATE TABLE <table>$purge (LIKE <table> INCLUDING ALL EXCLUDING INDEXES)`` (``LIKE``
+   copies no trigger), then what ``LIKE`` leaves out: each column's statistics target (``0``:
+   ANALYZE would otherwise copy sample vectors into ``pg_statistic``, set before any row is
+   written), the table's storage options and comment, its owner and grants;
+4. ``INSERT ... SELECT`` of every row (after the erasure's ``DELETE`` committed: the copy holds
+   only live rows), then each index built from the old one's definition (the HNSW graph in one
+   build, not row by row; the session's ``maintenance_work_mem`` as the caller sized it);
+5. the copy brought up to what was written since (:func:`_catch_up`), writes going on: the keys
+   in the log are taken out of it, and the rows of those keys deleted from the copy and copied
+   again as they are now, reached through the primary key's index;
+6. a short ACCESS EXCLUSIVE (asked for briefly, again and again, as ``VACUUM FULL``'s lock is,
+   step 5 run again after each try refused); under it step 5 once more, which reads the log
+   and the rows it names, not the table (no write is in progress: the log holds every write not
+   yet copied, and the copy is then the same as the table), and the copy given the table's
+   grants again (``GRANT`` and ``REVOKE`` take no lock on the table: one committed during the
+   copy is kept); ``DROP TABLE`` of the old table (its trigger with it; its heap, TOAST and index
+   files are unlinked at the commit, as ``VACUUM FULL``'s old files are) and of the log and its
+   function, the new table, its indexes and constraints renamed to the old names, and the result
+   compared with the old table's catalog description just before the drop: any difference rolls
+   the whole swap back.
 
-Being one transaction, a purge that dies (its connection, its process, the server) leaves the
-gallery as it was and no ``<table>$purge`` behind (a server crash may leave the new files
-orphaned on disk, as a crash during ``VACUUM FULL`` does: they hold the rows live at that time,
-which a later erasure's subject may be among). ``$`` is in no gallery table's name, so the
-copy's name is never another gallery's table.
+Why a change log kept by a trigger
+----------------------------------
+The catch-up first compared the version of every row of the table (key, ``ctid``, ``xmin``)
+with the versions copied: one pass over the heap under the ACCESS EXCLUSIVE lock, 0.29 s of a
+0.65 s hold at 100k HNSW templates, past serving's 2 s lock timeout towards 1M (every search
+503 during each erasure). With the log, the work under the lock is the rows written since the
+last catch-up (tested: no sequential scan of the table or the copy between the lock and the
+drop). The keys are logged by a trigger rather than by the gallery's own write path
+(:mod:`visage_ml.serving.pg_gallery`): the table is written by other clients too (a role that
+may write it without the project's keys, an administrator deleting a row by hand), and a write
+the log missed would be undone by the swap (a row deleted by hand back in the table), where a
+trigger sees every write whoever makes it. Logical decoding was not taken either: it needs
+``wal_level = logical`` and a replication slot, which keeps old WAL, the bytes an erasure
+removes. The cost: while a purge runs, each row written also inserts its key into an unlogged
+table (no WAL); creating the trigger holds writes (not searches) for a brief lock.
+
+The log holds keys only (``pid``: pseudonymous), never a vector or a sealed template.
+
+A purge that dies
+-----------------
+Being one transaction, steps 2 to 6 leave the gallery as it was and no ``<table>$purge``
+behind when the purge dies (its connection, its process, the server; a server crash may leave
+the new files orphaned on disk, as a crash during ``VACUUM FULL`` does: they hold the rows live
+at that time, which a later erasure's subject may be among). ``$`` is in no gallery table's
+name, so the copy's and the log's names are never another gallery's table.
+
+The log, committed before, stays: its trigger goes on inserting keys (an enrolment is not
+slowed or refused; with the log dropped by hand it does nothing). A purge holds a session
+advisory lock (:data:`PURGE_LOCK` with the table's name) from before the log is made until it
+is gone, released with its connection: a log found by whoever gets that lock is a purge's that
+died. It is removed (:func:`drop_left_log`) by the purge itself where the swap was refused or
+failed with the connection alive (before the ``VACUUM FULL`` that replaces it), by the next
+opening of the gallery (:func:`~visage_ml.serving.pg_gallery.ensure_schema`), and replaced by
+the next purge's step 1. Dropping a trigger takes ACCESS EXCLUSIVE on the table: asked for
+briefly, and where refused (or the role does not own the table) the log is left, logged, for
+the next try.
 
 The swap carries over what the gallery's schema holds (:func:`obstacles` names anything else: a
-trigger, a rule or view, a foreign key, a policy, a publication, an owned sequence, extended
-statistics, inheritance, column grants...); for such a table :class:`SwapRefusedError` is raised
-before anything is written and the caller falls back to ``VACUUM FULL``.
+trigger other than the log's, a rule or view, a foreign key, a policy, a publication, an owned
+sequence, extended statistics, inheritance, column grants...); for such a table
+:class:`SwapRefusedError` is raised before anything is written and the caller falls back to
+``VACUUM FULL``.
 
 The new rows carry the purge's transaction id: a REPEATABLE READ snapshot taken before the swap
 committed sees the new table empty (as after ``TRUNCATE``). Serving's snapshots take their lock on
@@ -48,6 +94,8 @@ one; another client's long REPEATABLE READ transaction (``pg_dump``) is not prot
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,10 +103,21 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+logger = logging.getLogger(__name__)
+
 # Appended to the gallery table's name for its copy (``$`` is in no name check_table allows).
 COPY_SUFFIX = "$purge"
-# The temporary table of the row versions copied (:func:`_catch_up`).
-SEEN = "visage_purge_seen"
+# Appended to it for the change log: the table of keys and the trigger function writing it.
+LOG_SUFFIX = "$purge_log"
+# The trigger on the table that writes the change log (the one trigger obstacles() allows).
+LOG_TRIGGER = "visage$purge_log"
+# pg_trigger.tgtype of it: row 1, insert 4, delete 8, update 16 (AFTER: no before bit).
+LOG_TRIGGER_TYPE = 1 | 4 | 8 | 16
+# The temporary table of the keys a catch-up takes from the log (:func:`_catch_up`).
+CHANGED = "visage_purge_changed"
+# With the table's name, the session advisory lock a purge holds from before its log is made
+# until it is removed: whoever gets it knows that a log found is left by a purge that died.
+PURGE_LOCK = "visage$purge"
 
 MSG_NOT_PLAIN = "it is not a plain, logged table"
 MSG_INHERITS = "it is part of an inheritance tree or a typed table"
@@ -72,6 +131,19 @@ MSG_TOAST = "its TOAST table has storage options"
 MSG_INDEX = "an index or constraint is of a kind the swap does not rebuild"
 MSG_DIFFERS = "the copy's description differs from the table's ({what})"
 MSG_NO_KEY = "it has no primary key (the copy's rows could not be matched to the table's)"
+MSG_LOG_GONE = (
+    "the change log made for the copy was removed or altered before the copy began (by hand, "
+    "or by a gallery opened meanwhile)"
+)
+MSG_LOG_KEPT = (
+    "gallery table {table}: the change log of a purge that died (trigger {trigger}, table "
+    "{log}: keys only) could not be removed now ({why}); writes go on through it, and the next "
+    "purge or opening of the gallery by the tables' owner removes it"
+)
+MSG_LOG_REMOVED = (
+    "gallery table {table}: the change log of a purge that died (trigger {trigger}, table {log}) "
+    "was removed"
+)
 MSG_DEADLOCK = (
     "a client holding the table waited, without a lock timeout, for a lock the copy's excludes"
 )
@@ -85,6 +157,14 @@ _SCHEMA_ERRORS = (
     psycopg.errors.ProgrammingError,
     psycopg.errors.NotSupportedError,
     psycopg.errors.DependentObjectsStillExist,
+)
+
+# What leaves a dead purge's log in place rather than fail (the role's rights, an object on it).
+_LEAVE_LOG_ERRORS = (
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+    psycopg.InternalError,
+    psycopg.IntegrityError,
 )
 
 # What a pg_depend entry on the table is, when it is not the table's own part.
@@ -147,8 +227,9 @@ def obstacles(conn: psycopg.Connection, oid: int) -> list[str]:
     ):
         out.append(MSG_PUBLICATION)
     # Everything that depends on the table but its own parts (indexes, TOAST table, row type,
-    # defaults, NOT NULL / CHECK / PRIMARY KEY / UNIQUE constraints): DROP TABLE would drop it
-    # with the table (a trigger, a policy) or refuse (a view, another table's foreign key).
+    # defaults, NOT NULL / CHECK / PRIMARY KEY / UNIQUE constraints) and the purge's own change
+    # log trigger: DROP TABLE would drop it with the table (a trigger, a policy) or refuse (a
+    # view, another table's foreign key).
     for (catalog,) in conn.execute(
         "SELECT DISTINCT d.classid::regclass::text FROM pg_catalog.pg_depend d "
         "WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = %(t)s "
@@ -158,9 +239,11 @@ def obstacles(conn: psycopg.Connection, oid: int) -> list[str]:
         "AND NOT (d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = (SELECT reltype "
         "FROM pg_catalog.pg_class WHERE oid = %(t)s)) "
         "AND NOT d.classid = 'pg_catalog.pg_attrdef'::regclass "
+        "AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND d.objid IN (SELECT oid "
+        "FROM pg_catalog.pg_trigger WHERE tgrelid = %(t)s AND tgname = %(log)s)) "
         "AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid IN (SELECT oid "
         "FROM pg_catalog.pg_constraint WHERE conrelid = %(t)s AND contype IN ('p','u','c','n')))",
-        {"t": oid},
+        {"t": oid, "log": LOG_TRIGGER},
     ).fetchall():
         out.append(MSG_DEPENDS.format(what=_DEPENDENT_KIND.get(catalog, "another object")))
     # Functions or columns of other tables of the table's row type.
@@ -300,22 +383,75 @@ def rewrite_and_swap(
         The table holds something the swap cannot carry over, or the role may not create the
         copy in the table's schema or give it the table's owner: nothing was changed.
     """
-    _drop_left_copy(conn, table)
+    locking = (lock_tries, lock_timeout_s, pause_s)
+    # Held until the log is gone (released with the connection, were this process to die).
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (PURGE_LOCK, table))
+    swapped = False
+    try:
+        _drop_left_copy(conn, table)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+            oid, schema = _located(conn, table)
+            # Refused before the log is made (checked again under the copy's lock).
+            why = obstacles(conn, oid)
+            if why:
+                raise SwapRefusedError("; ".join(why))
+            key = _primary_key(conn, oid)
+        try:
+            _make_log(conn, schema=schema, table=table, key=key, locking=locking)
+        except _SCHEMA_ERRORS as exc:
+            raise SwapRefusedError(MSG_FAILED.format(error=type(exc).__name__)) from None
+        attempts = _swap(conn, table, key=key, locking=locking)
+        swapped = True
+    finally:
+        if not swapped and not conn.closed:
+            # The swap's transaction took the trigger with the old table; here it was refused or
+            # failed. A connection lost leaves the log to the next purge or opening.
+            with contextlib.suppress(psycopg.Error):
+                drop_left_log(conn, table, tries=lock_tries, timeout_s=lock_timeout_s)
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(
+                "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (PURGE_LOCK, table)
+            )
+    return attempts
+
+
+def _located(conn: psycopg.Connection, table: str) -> tuple[int, str]:
+    """The table's oid and schema (found on the search path)."""
+    oid = _one(conn, "SELECT to_regclass(%s)::oid", (sql.Identifier(table).as_string(conn),))
+    schema = _one(
+        conn,
+        "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.oid = %s",
+        (oid,),
+    )
+    return oid, schema
+
+
+def _swap(
+    conn: psycopg.Connection, table: str, *, key: list[str], locking: tuple[int, float, float]
+) -> int:
+    """Steps 2 to 6 of the module docstring, in one transaction; returns the tries the ACCESS
+    EXCLUSIVE lock took."""
     with conn.transaction():
         # One schema change of the gallery at a time (ensure_schema, ensure_hnsw take it too).
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
-        oid = _one(conn, "SELECT to_regclass(%s)::oid", (sql.Identifier(table).as_string(conn),))
-        schema = _one(
-            conn,
-            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.oid = %s",
-            (oid,),
-        )
+        oid, schema = _located(conn, table)
         old = sql.Identifier(schema, table)
         conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE UPDATE EXCLUSIVE MODE").format(t=old))
         why = obstacles(conn, oid)
         if why:
             raise SwapRefusedError("; ".join(why))
+        log = sql.Identifier(schema, f"{table}{LOG_SUFFIX}")
+        # Held from here to the commit, the lock keeps the log from being dropped (DROP waits);
+        # writers' inserts through the trigger go on.
+        if _oid(conn, schema, f"{table}{LOG_SUFFIX}") is None:
+            raise SwapRefusedError(MSG_LOG_GONE)
+        conn.execute(sql.SQL("LOCK TABLE {g} IN ROW EXCLUSIVE MODE").format(g=log))
+        if _primary_key(conn, oid) != key or not _log_in_place(
+            conn, oid=oid, schema=schema, table=table, key=key
+        ):
+            raise SwapRefusedError(MSG_LOG_GONE)
         # With the head of each definition up to USING, as pg_get_indexdef quotes the names.
         indexes = conn.execute(
             "SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid), i.indisunique, "
@@ -334,7 +470,7 @@ def rewrite_and_swap(
                 table=table,
                 oid=oid,
                 indexes=indexes,
-                locking=(lock_tries, lock_timeout_s, pause_s),
+                locking=locking,
             )
         except _SCHEMA_ERRORS as exc:
             # Raised inside the transaction: whatever the copy and the swap did is rolled back.
@@ -345,6 +481,204 @@ def rewrite_and_swap(
             raise SwapRefusedError(MSG_DIFFERS.format(what=", ".join(differs)))
         _phase(conn, "swapped")
     return attempts
+
+
+def _log_body(conn: psycopg.Connection, *, schema: str, table: str, key: list[str]) -> str:
+    """The trigger function's body: the key of each row written (both keys of an update that
+    changes it) inserted into the log, when the log exists (a log dropped by hand must not
+    fail enrolments; while a purge runs its lock keeps the log from being dropped)."""
+    log = sql.Identifier(schema, f"{table}{LOG_SUFFIX}")
+
+    def keys(row: str) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("{r}.{c}").format(r=sql.SQL(row), c=sql.Identifier(c)) for c in key
+        )
+
+    return (
+        sql.SQL(
+            "BEGIN\n"
+            "  IF pg_catalog.to_regclass({name}) IS NULL THEN\n"
+            "    RETURN NULL;\n"
+            "  END IF;\n"
+            "  IF TG_OP <> 'INSERT' THEN\n"
+            "    INSERT INTO {g} VALUES ({old});\n"
+            "  END IF;\n"
+            "  IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND ROW({old}) IS DISTINCT FROM "
+            "ROW({new})) THEN\n"
+            "    INSERT INTO {g} VALUES ({new});\n"
+            "  END IF;\n"
+            "  RETURN NULL;\n"
+            "END"
+        )
+        .format(name=sql.Literal(log.as_string(conn)), g=log, old=keys("OLD"), new=keys("NEW"))
+        .as_string(conn)
+    )
+
+
+def _make_log(
+    conn: psycopg.Connection,
+    *,
+    schema: str,
+    table: str,
+    key: list[str],
+    locking: tuple[int, float, float],
+) -> None:
+    """Step 1 of the module docstring: the change log (a table of the key columns, emptied),
+    its trigger function and the trigger on the table, committed on their own, the table's
+    SHARE ROW EXCLUSIVE lock (which waits for the writes in progress, and holds later writes
+    off until the commit, never searches) asked for as :func:`ask_briefly` says. What a purge
+    that died left is replaced."""
+    old = sql.Identifier(schema, table)
+    log = sql.Identifier(schema, f"{table}{LOG_SUFFIX}")
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    body = _log_body(conn, schema=schema, table=table, key=key)
+    trigger = sql.Identifier(LOG_TRIGGER)
+
+    def make(wait: float) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+            conn.execute(
+                "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+                (f"{max(1, round(wait * 1000)) if wait else 0}ms",),
+            )
+            conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=old))
+            if _oid(conn, schema, f"{table}{LOG_SUFFIX}") is not None:
+                conn.execute(sql.SQL("DROP TABLE {g}").format(g=log))
+            # Unlogged: written by every enrolment during the purge, needed by nobody after a
+            # crash (the purge died with it; the next one makes its own).
+            conn.execute(
+                sql.SQL("CREATE UNLOGGED TABLE {g} AS SELECT {k} FROM {t} WITH NO DATA").format(
+                    g=log, k=columns, t=old
+                )
+            )
+            # SECURITY DEFINER: the writers (serving's role) need no right on the log.
+            conn.execute(
+                sql.SQL(
+                    "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql "
+                    "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {b}"
+                ).format(f=log, b=sql.Literal(body))
+            )
+            conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {f}() FROM PUBLIC").format(f=log))
+            conn.execute(
+                sql.SQL(
+                    "CREATE OR REPLACE TRIGGER {g} AFTER INSERT OR UPDATE OR DELETE ON {t} "
+                    "FOR EACH ROW EXECUTE FUNCTION {f}()"
+                ).format(g=trigger, t=old, f=log)
+            )
+            # Fired under session_replication_role = replica too (a logical replication apply).
+            conn.execute(
+                sql.SQL("ALTER TABLE {t} ENABLE ALWAYS TRIGGER {g}").format(t=old, g=trigger)
+            )
+
+    tries, timeout_s, pause_s = locking
+    ask_briefly(make, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+
+
+def _log_in_place(
+    conn: psycopg.Connection, *, oid: int, schema: str, table: str, key: list[str]
+) -> bool:
+    """Whether the table's change log is as :func:`_make_log` made it: its trigger on the table,
+    always enabled, for every row written, calling the function with the body made for it, and
+    the log's columns the key's."""
+    name = f"{table}{LOG_SUFFIX}"
+    fired = _one(
+        conn,
+        "SELECT count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p "
+        "ON p.oid = t.tgfoid WHERE t.tgrelid = %s AND t.tgname = %s AND t.tgenabled = 'A' "
+        "AND t.tgtype = %s AND t.tgnargs = 0 AND t.tgqual IS NULL AND t.tgattr::text = '' "
+        "AND p.oid = pg_catalog.to_regprocedure(%s) AND p.prosrc = %s AND p.prosecdef",
+        (
+            oid,
+            LOG_TRIGGER,
+            LOG_TRIGGER_TYPE,
+            sql.Identifier(schema, name).as_string(conn) + "()",
+            _log_body(conn, schema=schema, table=table, key=key),
+        ),
+    )
+    columns = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            (_oid(conn, schema, name),),
+        ).fetchall()
+    ]
+    return bool(fired) and columns == key
+
+
+def drop_left_log(
+    conn: psycopg.Connection, table: str, *, tries: int = 1, timeout_s: float = 0.5
+) -> bool:
+    """Remove the change log, its trigger and function that a purge left (one that died, or
+    was refused after making them); call outside a transaction or inside one (a savepoint).
+
+    Nothing is done while a purge holds the table (its log is in use) or when there is nothing
+    to remove. Dropping the trigger takes ACCESS EXCLUSIVE on the table: asked for ``timeout_s``
+    at a time, ``tries`` times, then left as it is (logged: writes go on through it, and the
+    next purge, or the next try, removes it). Returns whether something was removed."""
+    why = ""
+    for attempt in range(tries):
+        try:
+            return _drop_log(conn, table, timeout_s=timeout_s)
+        except psycopg.errors.LockNotAvailable as exc:
+            why = type(exc).__name__
+            if attempt + 1 < tries:
+                time.sleep(timeout_s)
+        except _LEAVE_LOG_ERRORS as exc:
+            # Not this role's to drop, or something made on the log: a gallery's opening
+            # must not fail for it.
+            why = type(exc).__name__
+            break
+    logger.warning(
+        MSG_LOG_KEPT.format(table=table, trigger=LOG_TRIGGER, log=f"{table}{LOG_SUFFIX}", why=why)
+    )
+    return False
+
+
+def _drop_log(conn: psycopg.Connection, table: str, *, timeout_s: float) -> bool:
+    with conn.transaction():
+        held = _one(
+            conn,
+            "SELECT pg_try_advisory_xact_lock(hashtext(%s), hashtext(%s))",
+            (PURGE_LOCK, table),
+        )
+        if not held:
+            return False
+        oid, schema = _located(conn, table)
+        if oid is None:
+            return False
+        name = f"{table}{LOG_SUFFIX}"
+        trigger = _one(
+            conn,
+            "SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = %s AND tgname = %s",
+            (oid, LOG_TRIGGER),
+        )
+        log = _oid(conn, schema, name)
+        function = _one(
+            conn,
+            "SELECT pg_catalog.to_regprocedure(%s)::oid",
+            (sql.Identifier(schema, name).as_string(conn) + "()",),
+        )
+        if not trigger and log is None and function is None:
+            return False
+        before = _one(conn, "SELECT pg_catalog.current_setting('lock_timeout')")
+        conn.execute(
+            "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+            (f"{max(1, round(timeout_s * 1000))}ms",),
+        )
+        if trigger:
+            conn.execute(
+                sql.SQL("DROP TRIGGER {g} ON {t}").format(
+                    g=sql.Identifier(LOG_TRIGGER), t=sql.Identifier(schema, table)
+                )
+            )
+        if log is not None:
+            conn.execute(sql.SQL("DROP TABLE {g}").format(g=sql.Identifier(schema, name)))
+        if function is not None:
+            conn.execute(sql.SQL("DROP FUNCTION {f}()").format(f=sql.Identifier(schema, name)))
+        conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (before,))
+    logger.info(MSG_LOG_REMOVED.format(table=table, trigger=LOG_TRIGGER, log=name))
+    return True
 
 
 def _drop_left_copy(conn: psycopg.Connection, table: str) -> None:
@@ -379,7 +713,7 @@ def _copy_and_swap(
     indexes: list[tuple],
     locking: tuple[int, float, float],
 ) -> tuple[int, dict[str, Any]]:
-    """Steps 2 to 5 of the module docstring in the caller's transaction; returns the tries the
+    """Steps 3 to 6 of the module docstring in the caller's transaction; returns the tries the
     ACCESS EXCLUSIVE lock took and the table's description (:func:`describe`) under it, which
     the swapped table must match."""
     old = sql.Identifier(schema, table)
@@ -390,42 +724,42 @@ def _copy_and_swap(
     )
     _carry_over(conn, oid, new)
     key = _primary_key(conn, oid)
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
-    # Temporary tables are the session's own: a fixed name (the table's could pass 63 bytes).
-    seen = sql.Identifier(SEEN)
-    # Each row version copied, by its place and writer (``ctid``, ``xmin``): the lock taken
-    # keeps VACUUM FULL and CLUSTER, which move rows, off the table until the commit, so a
-    # version still there at the swap is the one copied (a slot pruned and written again
-    # holds another transaction's version).
+    log = sql.Identifier(schema, f"{table}{LOG_SUFFIX}")
+    # The keys a catch-up takes from the log; temporary tables are the session's own.
+    changed = sql.Identifier(CHANGED)
     conn.execute(
         sql.SQL(
-            "CREATE TEMPORARY TABLE {s} ON COMMIT DROP AS SELECT {k}, ctid AS at, xmin AS x "
-            "FROM {t} WITH NO DATA"
-        ).format(s=seen, k=columns, t=old)
+            "CREATE TEMPORARY TABLE {c} ON COMMIT DROP AS SELECT {k} FROM {t} WITH NO DATA"
+        ).format(c=changed, k=sql.SQL(", ").join(sql.Identifier(c) for c in key), t=old)
     )
-    _copy_noting(conn, old=old, new=new, seen=seen, key=key)
+    # Every write committed since the log was made is in it: those committed before this
+    # statement's snapshot are in the copy too, and copied again at the catch-up (no harm).
+    conn.execute(sql.SQL("INSERT INTO {n} SELECT * FROM {t}").format(n=new, t=old))
     _phase(conn, "copied")
     renames = _build_indexes(conn, indexes, schema=schema, table=table, new=new)
     _phase(conn, "built")
     # What was written during the copy and the build, while writes go on; then the rest,
-    # written since, under the lock (a pass over the table, and seldom a row to copy).
-    _catch_up(conn, old=old, new=new, seen=seen, key=key)
+    # written since, under the lock (the rows the log names, reached by their key).
+    _catch_up(conn, old=old, new=new, log=log, changed=changed, key=key)
     _phase(conn, "caught_up")
     tries, timeout_s, pause_s = locking
 
     def meanwhile() -> None:  # between tries of the lock, what was written since, writes going on
-        _catch_up(conn, old=old, new=new, seen=seen, key=key)
+        _catch_up(conn, old=old, new=new, log=log, changed=changed, key=key)
         _phase(conn, "waiting")
 
     attempts = _lock_briefly(
         conn, old, tries=tries, timeout_s=timeout_s, pause_s=pause_s, meanwhile=meanwhile
     )
-    _catch_up(conn, old=old, new=new, seen=seen, key=key)
+    _catch_up(conn, old=old, new=new, log=log, changed=changed, key=key)
     # GRANT and REVOKE take no lock on the table: those committed since the copy's are carried
     # over now, and the swapped table must match the table as it is now, just before the drop.
     _carry_grants(conn, oid, new)
     before = describe(conn, oid)
+    # The log's trigger goes with the old table; the copy never had it (LIKE copies none).
     conn.execute(sql.SQL("DROP TABLE {t}").format(t=old))
+    conn.execute(sql.SQL("DROP TABLE {g}").format(g=log))
+    conn.execute(sql.SQL("DROP FUNCTION {f}()").format(f=log))
     conn.execute(sql.SQL("ALTER TABLE {n} RENAME TO {t}").format(n=new, t=sql.Identifier(table)))
     for statement in renames:
         conn.execute(statement)
@@ -454,22 +788,24 @@ def _catch_up(
     *,
     old: sql.Composable,
     new: sql.Composable,
-    seen: sql.Composable,
+    log: sql.Composable,
+    changed: sql.Composable,
     key: list[str],
 ) -> int:
-    """Bring the copy up to what was written to the table since the versions ``seen`` were
-    copied (enrolments, re-enrolments, another erasure's ``DELETE``); returns the rows changed.
+    """Bring the copy up to what was written to the table since the last catch-up (or the
+    copy): enrolments, re-enrolments, another erasure's ``DELETE``; returns the rows changed.
 
-    The table's versions now (key, ``ctid``, ``xmin``) are read in one pass over it, and the
-    keys whose version differs from the one ``seen`` are the rows changed: each is deleted from
-    the copy (a row deleted or written again: a later erasure's purge, which waits for this one,
-    rewrites the copy's files in turn) and copied again as it is now, its new version noted in
-    ``seen`` by the same statement. Run once while writes go on (most of what was written during
-    the copy and the index build, the HNSW inserts included), then under the swap's ACCESS
-    EXCLUSIVE lock, where it leaves the copy the same as the table. A row written between the
-    first run's statements is noted with the version it was copied at, so the second run
-    finds it if it changed again."""
-    live, changed = sql.Identifier(f"{SEEN}_live"), sql.Identifier(f"{SEEN}_changed")
+    The keys the log holds are taken from it (deleted, in one statement: a key logged by a
+    transaction that commits later stays for the next run), and each row of those keys is
+    deleted from the copy (a row deleted or written again: a later erasure's purge, which waits
+    for this one, rewrites the copy's files in turn) and copied again as it is now. The rows are
+    reached through the primary keys' indexes (nested loops; no scan of the table or the copy):
+    the work is the rows written, not the table's size. Run once while writes go on (most of
+    what was written during the copy and the index build, the HNSW inserts included), after each
+    try of the lock refused, then under the swap's ACCESS EXCLUSIVE lock, where no write is in
+    progress and the log holds every one not yet copied: it leaves the copy the same as the
+    table. A key copied again before its writer's log entry was taken is copied once more at
+    the next run (no harm)."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
 
     def on(a: str, b: str) -> sql.Composable:
@@ -480,67 +816,37 @@ def _catch_up(
 
     conn.execute(
         sql.SQL(
-            "CREATE TEMPORARY TABLE {l} ON COMMIT DROP AS SELECT {k}, ctid AS at, xmin AS x "
-            "FROM {t}"
-        ).format(l=live, k=columns, t=old)
-    )
-    # NOT EXISTS (hash anti-joins, which spill in batches) rather than NOT IN, which PostgreSQL
-    # runs row by row when the set does not fit in work_mem.
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMPORARY TABLE {c} ON COMMIT DROP AS "
-            "SELECT {k} FROM {s} AS s WHERE NOT EXISTS (SELECT 1 FROM {l} AS l WHERE l.at = s.at "
-            "AND l.x = s.x AND {sl}) UNION "
-            "SELECT {k} FROM {l} AS l WHERE NOT EXISTS (SELECT 1 FROM {s} AS s WHERE s.at = l.at "
-            "AND s.x = l.x AND {sl})"
-        ).format(c=changed, k=columns, s=seen, l=live, sl=on("s", "l"))
+            "WITH taken AS (DELETE FROM {g} RETURNING {k}) INSERT INTO {c} SELECT DISTINCT {k} "
+            "FROM taken"
+        ).format(g=log, k=columns, c=changed)
     )
     rows = int(_one(conn, sql.SQL("SELECT count(*) FROM {c}").format(c=changed)))
     if rows:
+        # By key whatever the planner estimates (the copy and the keys have no statistics): a
+        # hash or merge join would read the whole table and copy to match a few keys.
+        plans = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
+        kept = conn.execute(
+            "SELECT " + ", ".join("pg_catalog.current_setting(%s)" for _ in plans), plans
+        ).fetchone()
+        conn.execute(
+            "SELECT " + ", ".join("pg_catalog.set_config(%s, 'off', true)" for _ in plans), plans
+        )
         conn.execute(
             sql.SQL("DELETE FROM {n} AS n USING {c} AS c WHERE {m}").format(
                 n=new, c=changed, m=on("n", "c")
             )
         )
         conn.execute(
-            sql.SQL("DELETE FROM {s} AS s USING {c} AS c WHERE {m}").format(
-                s=seen, c=changed, m=on("s", "c")
+            sql.SQL("INSERT INTO {n} SELECT o.* FROM {t} AS o JOIN {c} AS c ON {m}").format(
+                n=new, t=old, c=changed, m=on("o", "c")
             )
         )
-        _copy_noting(conn, old=old, new=new, seen=seen, key=key, only=changed)
-    conn.execute(sql.SQL("DROP TABLE {l}, {c}").format(l=live, c=changed))
+        conn.execute(
+            "SELECT " + ", ".join("pg_catalog.set_config(%s, %s, true)" for _ in plans),
+            [v for pair in zip(plans, kept, strict=True) for v in pair],
+        )
+        conn.execute(sql.SQL("DELETE FROM {c}").format(c=changed))
     return rows
-
-
-def _copy_noting(
-    conn: psycopg.Connection,
-    *,
-    old: sql.Composable,
-    new: sql.Composable,
-    seen: sql.Composable,
-    key: list[str],
-    only: sql.Composable | None = None,
-) -> None:
-    """Copy the rows of ``old`` into ``new`` (``only``: those whose key a table of keys
-    holds) and note each copied row's version (key, ``ctid``, ``xmin``) in ``seen``, in one
-    statement: one snapshot, so the versions copied are the versions noted."""
-    rows = sql.SQL("{t} AS o").format(t=old)
-    if only is not None:
-        on = sql.SQL(" AND ").join(
-            sql.SQL("o.{c} = k.{c}").format(c=sql.Identifier(c)) for c in key
-        )
-        rows = sql.SQL("{t} AS o JOIN {k} AS k ON {on}").format(t=old, k=only, on=on)
-    conn.execute(
-        sql.SQL(
-            "WITH copied AS (INSERT INTO {n} SELECT o.* FROM {rows}) "
-            "INSERT INTO {s} SELECT {ok}, o.ctid, o.xmin FROM {rows}"
-        ).format(
-            n=new,
-            rows=rows,
-            s=seen,
-            ok=sql.SQL(", ").join(sql.SQL("o.{c}").format(c=sql.Identifier(c)) for c in key),
-        )
-    )
 
 
 def _carry_over(conn: psycopg.Connection, oid: int, new: sql.Composable) -> None:
