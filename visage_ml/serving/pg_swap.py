@@ -57,7 +57,11 @@ the log missed would be undone by the swap (a row deleted by hand back in the ta
 trigger sees every write whoever makes it. Logical decoding was not taken either: it needs
 ``wal_level = logical`` and a replication slot, which keeps old WAL, the bytes an erasure
 removes. The cost: while a purge runs, each row written also inserts its key into an unlogged
-table (no WAL); creating the trigger holds writes (not searches) for a brief lock.
+table (no WAL); creating the trigger holds writes (not searches) for a brief lock. Measured at
+100k HNSW templates, the catch-up under the lock went from 0.32-0.41 s to 0.07-0.10 s (the HNSW
+inserts of the 7-8 rows written since the last one); what remains of the hold grows with the
+table still: the ``DROP TABLE``'s commit unlinks the old files with the lock held (0.21 s for
+528 MB of heap and TOAST at 100k; docs/shared-gallery.md).
 
 The log holds keys only (``pid``: pseudonymous), never a vector or a sealed template.
 
@@ -381,7 +385,9 @@ def rewrite_and_swap(
     ------
     SwapRefusedError
         The table holds something the swap cannot carry over, or the role may not create the
-        copy in the table's schema or give it the table's owner: nothing was changed.
+        copy or the change log in the table's schema or give the copy the table's owner:
+        nothing was changed (the change log made for it is removed again, where the table
+        can be locked briefly: :func:`drop_left_log`).
     """
     locking = (lock_tries, lock_timeout_s, pause_s)
     # Held until the log is gone (released with the connection, were this process to die).
@@ -571,7 +577,10 @@ def _make_log(
             )
 
     tries, timeout_s, pause_s = locking
-    ask_briefly(make, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+    try:
+        ask_briefly(make, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+    except psycopg.errors.DeadlockDetected:
+        raise SwapRefusedError(MSG_DEADLOCK) from None
 
 
 def _log_in_place(
