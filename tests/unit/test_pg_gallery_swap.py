@@ -120,6 +120,33 @@ def _purge_while_built(gallery, victim, pg, monkeypatch, *statements) -> list:
     return done
 
 
+def _purge_killed_when_copied(monkeypatch, pg, table: str, before=lambda: None) -> None:
+    """A purge whose connection is terminated once the copy is made (``before`` called then):
+    it fails, as a purge whose process or server dies does."""
+
+    def kill(conn, phase):
+        if phase == "copied":
+            before()
+            with psycopg.connect(pg.dsn, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+    monkeypatch.setattr(pg_swap, "_phase", kill)
+    with pytest.raises((psycopg.OperationalError, GalleryUnavailableError)):
+        pg_gallery.purge_physically(pg.dsn, table=table)
+    monkeypatch.undo()
+
+
+def _login_role(conn: psycopg.Connection, prefix: str, options: str = "") -> tuple[str, str]:
+    """A new role that may log in (``options`` appended to CREATE ROLE); its name and password."""
+    role, password = f"{prefix}_{secrets.token_hex(4)}", secrets.token_hex(8)
+    conn.execute(
+        sql.SQL("CREATE ROLE {r} LOGIN PASSWORD {p}" + options).format(
+            r=sql.Identifier(role), p=sql.Literal(password)
+        )
+    )
+    return role, password
+
+
 def test_the_purge_swaps_in_the_same_table_without_the_erased_template(
     world, engine, enrolled, pg, table
 ):
@@ -351,16 +378,7 @@ def test_a_purge_killed_during_the_copy_leaves_the_gallery_as_it_was(
     victim = pids[3]
     vector = gallery.template(victim)[0].astype("<f4").tobytes()
     gallery.erase(victim)
-
-    def kill(conn, phase):
-        if phase == "copied":
-            with psycopg.connect(pg.dsn, autocommit=True) as other:
-                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-
-    monkeypatch.setattr(pg_swap, "_phase", kill)
-    with pytest.raises((psycopg.OperationalError, GalleryUnavailableError)):
-        pg_gallery.purge_physically(pg.dsn, table=table)
-    monkeypatch.undo()
+    _purge_killed_when_copied(monkeypatch, pg, table)
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         left = conn.execute("SELECT to_regclass(%s)", (f'"{table}$purge"',)).fetchone()[0]
     assert left is None
@@ -588,14 +606,9 @@ def test_an_owner_without_create_on_the_schema_erases_by_vacuum_full_and_with_it
     and pg_switch_wal) lacks CREATE on the schema: its purge is VACUUM FULL, said so in the
     report, and certifies; given CREATE, its next purge swaps and the table stays its own."""
     gallery, pids = enrolled
-    role, password = f"owner_{secrets.token_hex(4)}", secrets.token_hex(8)
     tables = [sql.Identifier(f"{table}{s}") for s in ("", "_revoked", "_state")]
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {r} LOGIN PASSWORD {p} IN ROLE pg_checkpoint, pg_maintain").format(
-                r=sql.Identifier(role), p=sql.Literal(password)
-            )
-        )
+        role, password = _login_role(conn, "owner", " IN ROLE pg_checkpoint, pg_maintain")
         conn.execute(
             sql.SQL("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {r}").format(
                 r=sql.Identifier(role)
@@ -815,14 +828,9 @@ def test_the_change_log_holds_keys_only_and_catches_writes_of_other_clients(
     written. The log the purge keeps meanwhile holds the written rows' keys and nothing else
     (no search vector, no sealed template)."""
     gallery, pids = enrolled
-    role, password = f"writer_{secrets.token_hex(4)}", secrets.token_hex(8)
     t = sql.Identifier(table)
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {r} LOGIN PASSWORD {p}").format(
-                r=sql.Identifier(role), p=sql.Literal(password)
-            )
-        )
+        role, password = _login_role(conn, "writer")
         conn.execute(
             sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {r}").format(
                 t=t, r=sql.Identifier(role)
@@ -880,17 +888,9 @@ def test_a_purge_that_dies_leaves_a_log_that_enrolments_pass_and_the_next_remove
     gallery, pids = enrolled
     gallery.erase(pids[3])
     during: list[dict] = []
-
-    def kill(conn, phase):
-        if phase == "copied":
-            during.append(_log_state(pg.dsn, table))
-            with psycopg.connect(pg.dsn, autocommit=True) as other:
-                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-
-    monkeypatch.setattr(pg_swap, "_phase", kill)
-    with pytest.raises((psycopg.OperationalError, GalleryUnavailableError)):
-        pg_gallery.purge_physically(pg.dsn, table=table)
-    monkeypatch.undo()
+    _purge_killed_when_copied(
+        monkeypatch, pg, table, before=lambda: during.append(_log_state(pg.dsn, table))
+    )
     left = {"triggers": [(pg_swap.LOG_TRIGGER, "A")], "log": [("pid", "text")], "function": True}
     assert during == [left]
     assert _log_state(pg.dsn, table) == left
