@@ -246,8 +246,16 @@ def _smallest(sizes: SizeFilter) -> int:
     )
 
 
-def _every(data: bytes) -> bool:
+def every_part(data: bytes) -> bool:
+    """A key test that hashes every part of :data:`KEY_SIZE` bytes."""
     return True
+
+
+def own_key_test(sizes: SizeFilter) -> Callable[[bytes], bool]:
+    """``sizes``' own test of a part of :data:`KEY_SIZE` bytes (its ``key_test``), or
+    :func:`every_part` for a filter without one."""
+    make = getattr(sizes, "key_test", None)
+    return every_part if make is None else make()
 
 
 def key_test(sizes: SizeFilter | None) -> Callable[[bytes], bool] | None:
@@ -257,11 +265,10 @@ def key_test(sizes: SizeFilter | None) -> Callable[[bytes], bool] | None:
     test (``key_test``: an erased subject's key, one keyed hash each, so that a log's SHA-256s are
     tested, not hashed and kept), or every part (without ``sizes``, or a filter without one)."""
     if sizes is None:
-        return _every
+        return every_part
     if not sizes.may_match(KEY_SIZE):
         return None
-    make = getattr(sizes, "key_test", None)
-    return _every if make is None else make()
+    return own_key_test(sizes)
 
 
 def keyed(sizes: SizeFilter | None, data: bytes) -> bool:
@@ -279,6 +286,7 @@ class Floored:
     def __init__(self, sizes: SizeFilter) -> None:
         self.sizes = sizes
         self._asked: dict[int, bool] = {}
+        self._key_test: Callable[[bytes], bool] | None = None
 
     def may_match(self, size: int) -> bool:
         known = self._asked.get(size)
@@ -287,9 +295,11 @@ class Floored:
         return known
 
     def key_test(self) -> Callable[[bytes], bool]:
-        """:func:`key_test`'s test of ``sizes``, when it has one."""
-        make = getattr(self.sizes, "key_test", None)
-        return _every if make is None else make()
+        """:func:`own_key_test` of ``sizes``, made once (asked of every 32-byte part: a table's
+        every value)."""
+        if self._key_test is None:
+            self._key_test = own_key_test(self.sizes)
+        return self._key_test
 
     def key_tagger(self) -> tuple[Callable[[bytes], str], frozenset[str]] | None:
         """``sizes``' tag of a key's 32 bytes and the tags sought, when it has them

@@ -86,6 +86,7 @@ class Noted:
         self.refused: set[int] = set()
         self.tags: set[str] = set()
         self.small = -1
+        self._key_test: Callable[[bytes], bool] | None = None
         self.smallest = embedded.smallest_sought(sizes)
 
     # Each asked once a part (a table's every value, a text's every base64 run: millions of
@@ -109,13 +110,17 @@ class Noted:
         part's tag are noted (``tags``), which a later scan checks against the tombstones as
         they are then (:meth:`FileCache.get`); where there is no tag (no tombstone key, no key
         sought yet), the key's size is noted as refused, and a scan seeking a key reads it
-        again."""
+        again. Made once a read (asked of every 32-byte part: a table's every value)."""
+        if self._key_test is None:
+            self._key_test = self._make_key_test()
+        return self._key_test
+
+    def _make_key_test(self) -> Callable[[bytes], bool]:
         found = getattr(self.sizes, "key_tagger", None)
         tagged = found() if found is not None else None
         if tagged is None:
             self.refused.add(embedded.KEY_SIZE)
-            make = getattr(self.sizes, "key_test", None)
-            return make() if make is not None else lambda _data: True
+            return embedded.own_key_test(self.sizes)
         tag, sought = tagged
         tags = self.tags
 
