@@ -680,22 +680,27 @@ def _kept_back(files: FileCache, back: Any) -> None:
         files.put(key, st, read, notes)
 
 
-def _batches(todo: Sequence[tuple[Path, Root, Path]]) -> tuple[list[list[tuple[Path, str]]], int]:
-    """``todo`` cut into batches (:data:`BATCH_FILES`, :data:`BATCH_BYTES`), and its bytes."""
+def _batches(
+    todo: Sequence[tuple[Path, Root, Path]],
+) -> tuple[list[list[tuple[Path, str]]], list[int]]:
+    """``todo`` cut into batches (:data:`BATCH_FILES`, :data:`BATCH_BYTES`), and each batch's
+    bytes."""
     out: list[list[tuple[Path, str]]] = []
+    held_by: list[int] = []
     batch: list[tuple[Path, str]] = []
-    held = total = 0
+    held = 0
     for path, _root, real in todo:
         size = _size(path)
         if batch and (len(batch) >= BATCH_FILES or held + size > BATCH_BYTES):
             out.append(batch)
+            held_by.append(held)
             batch, held = [], 0
         batch.append((path, str(real)))
         held += size
-        total += size
     if batch:
         out.append(batch)
-    return out, total
+        held_by.append(held)
+    return out, held_by
 
 
 # Threads that take no lock a scan process needs: the progress bars' monitor, which DVC
@@ -738,8 +743,8 @@ def _look_all(
     # fork takes no other thread along, and a lock one held then (SQLite's, in the service
     # answering other requests beside the erasure) would stay held in the child for good.
     forks = processes > 1 and "fork" in multiprocessing.get_all_start_methods() and _alone()
-    batches, total = _batches(todo) if forks else ([], 0)
-    if not forks or total < PROCESS_MIN_BYTES:
+    batches, held = _batches(todo) if forks else ([], [])
+    if not forks or sum(held) < PROCESS_MIN_BYTES:
         # hashlib lets go of the GIL on large reads; little else does.
         with ThreadPoolExecutor(max_workers=max(1, processes)) as pool:
             return list(pool.map(lambda t: _looked_at(t[0], sizes, files, key=str(t[2])), todo))
@@ -757,7 +762,7 @@ def _look_all(
             initializer=_in_process,
             initargs=(processes,),
         ) as pool:
-            for found, back in _watched(pool, batches):
+            for found, back in _watched(pool, batches, held):
                 out += found
                 if files is not None:
                     _kept_back(files, back)
@@ -774,19 +779,21 @@ def _stall_limit(out: Sequence[int]) -> float:
     return STALL_SECONDS + max(out, default=0) / STALL_RATE
 
 
-def _watched(pool: ProcessPoolExecutor, batches: list[list[tuple[Path, str]]]) -> Iterator[Any]:
-    """What :func:`_look_batch` gives for each of ``batches``, in order, from ``pool``'s
-    processes; when none comes back for :func:`_stall_limit`, the processes are killed (one
-    that hangs does not answer SIGTERM, nor its pool's shutdown) and the scan stops.
+def _watched(
+    pool: ProcessPoolExecutor, batches: list[list[tuple[Path, str]]], held: list[int]
+) -> Iterator[Any]:
+    """What :func:`_look_batch` gives for each of ``batches`` (of ``held`` bytes each), in
+    order, from ``pool``'s processes; when none comes back for :func:`_stall_limit`, the
+    processes are killed (one that hangs does not answer SIGTERM, nor its pool's shutdown) and
+    the scan stops.
 
     Raises
     ------
     ScanIncompleteError
         When no batch came back in time.
     """
-    sizes = [sum(_size(path) for path, _ in batch) for batch in batches]
     futures: list[Future] = [pool.submit(_look_batch, batch) for batch in batches]
-    out: dict[Future, int] = {f: size for f, size in zip(futures, sizes, strict=True)}
+    out: dict[Future, int] = dict(zip(futures, held, strict=True))
     for future in futures:
         while not future.done():
             limit = _stall_limit(list(out.values()))
