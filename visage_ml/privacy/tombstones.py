@@ -195,8 +195,17 @@ def _key_tag_key(key: bytes) -> bytes:
 def key_tag(key: bytes, raw: bytes) -> str:
     """The tag of an erased subject's unwrapped key ``raw`` under the tombstone key ``key``:
     keyed BLAKE2b (RFC 7693) of its 32 bytes, hex, a line of the set as a MAC is."""
-    tag = hashlib.blake2b(raw, key=_key_tag_key(key), digest_size=32, person=_KEY_TAG_PERSON)
-    return tag.hexdigest()
+    return _tagger(key)(raw)
+
+
+def _tagger(key: bytes) -> Callable[[bytes], str]:
+    """:func:`key_tag` under the tombstone key ``key``, its own key derived once."""
+    blake2b, tag_key = hashlib.blake2b, _key_tag_key(key)
+
+    def tag(raw: bytes) -> str:
+        return blake2b(raw, key=tag_key, digest_size=32, person=_KEY_TAG_PERSON).hexdigest()
+
+    return tag
 
 
 def normalise_ref(external_ref: str) -> str:
@@ -609,12 +618,7 @@ class Tombstones:
         key = self.existing_key()
         if key is None or not self.holds_keys():
             return None
-        blake2b, tag_key = hashlib.blake2b, _key_tag_key(key)
-
-        def tag(raw: bytes) -> str:
-            return blake2b(raw, key=tag_key, digest_size=32, person=_KEY_TAG_PERSON).hexdigest()
-
-        return tag, self._macs
+        return _tagger(key), self._macs
 
     def macs(self) -> frozenset[str]:
         """Every MAC of the set as it is now (which says nothing without the key)."""
