@@ -208,3 +208,50 @@ def test_the_unwrapped_key_committed_to_git_stops_the_erasure(tiny_project):
     with pytest.raises(OSError, match="git"):
         Erasure(proj.paths).erase(victim)
     assert not list(proj.paths.certificates.glob("*.json"))
+
+
+def _gallery_key(proj, pid: str) -> bytes:
+    """The subject's gallery key, unwrapped with the master key as the gallery does."""
+    master = load_master_key(proj.paths.master_key, create=False)
+    return KeyRing(proj.paths.gallery / "keys", master, context="gallery").get(pid)
+
+
+def test_a_gallery_key_destroyed_at_consent_withdrawal_is_sought_at_the_later_erasure(proj):
+    # The operator printed the subject's gallery key; the subject withdrew consent to
+    # identification, and the template went with its key file (no erasure: the rest of the
+    # subject stays). Months later the subject asks for erasure. The key file was gone, so the
+    # erasure sought nothing of that key, and certified: the printed key still opened the
+    # template's sealed copy in every off-site backup.
+    root, victim = proj.paths.root, proj.pids[0]
+    key = _gallery_key(proj, victim)
+    text = _notebook([key.hex()])
+    path = root / "notebooks" / "gallery.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    proj.core.withdraw_consent(victim, ["identification"])
+    removed = proj.gallery().purge_without_basis()
+    assert [r.pid for r in removed] == [victim]
+    assert not (proj.paths.gallery / "keys" / f"{victim}.key").exists()
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert key.hex() not in path.read_text(encoding="utf-8")
+    _put_back_fails(result, path, text, root=root)
+
+
+def test_tombstones_that_cannot_be_written_do_not_keep_a_withdrawn_template(proj, caplog):
+    # The template's removal is the subject's right; the key's tag a further safeguard. A
+    # damaged tombstone file (restored from the wrong backup) says so in the log, and the
+    # template and its key go all the same.
+    victim = proj.pids[1]
+    Erasure(proj.paths).erase(proj.pids[2])  # tombstones exist
+    proj.paths.tombstones.write_text("not a tombstone file\n", encoding="utf-8")
+    proj.core.withdraw_consent(victim, ["identification"])
+
+    with caplog.at_level(logging.WARNING):
+        removed = proj.gallery().purge_without_basis()
+
+    assert [r.pid for r in removed] == [victim]
+    assert not (proj.paths.gallery / "keys" / f"{victim}.key").exists()
+    (record,) = [r for r in caplog.records if "without its tag in the tombstones" in r.message]
+    assert victim in record.message and "damaged" in record.message

@@ -2923,6 +2923,7 @@ class PgGallery(Gallery):
                 self._bound.pop(pid, None)
                 self._unbound.discard(pid)
                 key_path = self.keys.path(pid)
+                self._key_sought(pid)
                 keys = self.keys.destroy_files(pid, erasure=reason == ERASURE_REASON)
                 key_hash = keys.get(key_path)
                 removed.update((_rel(p, root), h) for p, h in keys.items())
