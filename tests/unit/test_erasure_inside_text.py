@@ -272,3 +272,32 @@ def test_runs_found_through_the_mask_are_those_the_expression_finds():
         )
         expected = [m.span() for m in embedded_text.B64_RUN.finditer(data)]
         assert list(embedded_text._run_spans(data)) == expected
+
+
+# Keys Python prints with single quotes, with double quotes (it holds a ' and no "), and with a
+# backslash, a quote and printable bytes among the escapes.
+_PRINTED_KEYS = [
+    bytes(range(0x80, 0xA0)),
+    b"'" + bytes(range(0xA0, 0xBF)),
+    b"\\'\"\t\n\r a~" + bytes(range(0xE0, 0xF7)),
+]
+
+
+@pytest.mark.parametrize("key", _PRINTED_KEYS, ids=["single", "double", "escapes"])
+@pytest.mark.parametrize("layer", ["text", "json"])
+def test_a_key_printed_as_python_prints_bytes_is_found_where_it_lies(key, layer):
+    printed = repr(key)
+    text = f"k = {printed}\n" if layer == "text" else json.dumps({"text": [f"{printed}\n"]})
+    data = text.encode()
+    found = [(span, raw) for span, raw in embedded_text._runs(data) if len(raw) == 32]
+    assert [raw for _, raw in found] == [key]
+    (start, end), _ = found[0]
+    # The span is the literal as it lies: cut, nothing of it is left.
+    expected = printed if layer == "text" else json.dumps(printed)[1:-1]
+    assert data[start:end].decode() == expected
+
+
+def test_bytes_of_another_length_or_not_a_literal_are_no_key():
+    near = [repr(bytes(31)), repr(bytes(33)), "rb'" + "a" * 32 + "'", "xb'" + "\\x00" * 32 + "'"]
+    data = "\n".join(near).encode()
+    assert [raw for _, raw in embedded_text._runs(data) if len(raw) == 32] == []

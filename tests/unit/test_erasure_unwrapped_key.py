@@ -255,3 +255,31 @@ def test_tombstones_that_cannot_be_written_do_not_keep_a_withdrawn_template(proj
     assert not (proj.paths.gallery / "keys" / f"{victim}.key").exists()
     (record,) = [r for r in caplog.records if "without its tag in the tombstones" in r.message]
     assert victim in record.message and "damaged" in record.message
+
+
+def test_the_key_printed_as_python_prints_bytes_is_found_in_a_notebook_and_a_text(proj):
+    # ``print(key)``, or ``key`` as a cell's last line, shows b'\x8f\x1a...' (JSON-escaped in the
+    # saved notebook: each backslash doubled); a debug log wrote it as Python does. Neither is
+    # hex nor base64, and the erasure certified with both in place.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    key, theirs = _data_key(proj, victim), _data_key(proj, other)
+    # Printable bytes, a quote and a backslash among the escapes, as some key will have.
+    odd = bytes(range(0x20, 0x30)) + b"'\\\"" + key[: 32 - 19]
+    nb = printed_notebook([repr(key), repr(theirs)], "k = DataKeys.for_project(paths).key(pid)")
+    path = root / "notebooks" / "keys.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(nb, encoding="utf-8")
+    log = root / "reports" / "debug.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    text = f"key={key!r} other={theirs!r} odd={odd!r}\n"
+    log.write_text(text, encoding="utf-8")
+
+    result = Erasure(proj.paths).erase(victim)
+
+    left = json.loads(path.read_text(encoding="utf-8"))["cells"][0]["outputs"][0]["text"]
+    assert left == ["\n", f"{theirs!r}\n"]
+    kept = f"key= other={theirs!r} odd={odd!r}\n"
+    assert log.read_text(encoding="utf-8") == kept
+    _put_back_fails(result, log, text, root=root)
+    log.write_text(kept, encoding="utf-8")
+    _put_back_fails(result, path, nb, root=root)
