@@ -19,11 +19,13 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import pytest
 from project_helpers import git
 from rights_fakes import make_project, printed_notebook
+from test_erasure_inside import stopped_then_certified
 
 from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.privacy.keys import load_master_key
@@ -283,3 +285,29 @@ def test_the_key_printed_as_python_prints_bytes_is_found_in_a_notebook_and_a_tex
     _put_back_fails(result, log, text, root=root)
     log.write_text(kept, encoding="utf-8")
     _put_back_fails(result, path, nb, root=root)
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_the_unwrapped_key_pickled_among_other_values_stops_the_erasure(proj, protocol):
+    # ``pickle.dump({"key": key, ...})``: the 32 bytes lie as they are among the pickle's
+    # opcodes, neither a file of their own nor printed, and the erasure certified. Such a file
+    # holds other things too: the erasure stops and says where to look, as it does for a pickle
+    # holding an erased photograph; another subject's key pickled so is no concern.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    folder = root / "data" / "interim"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def pickled(key: bytes) -> bytes:
+        return pickle.dumps({"run": 12, "key": key, "rows": list(range(50))}, protocol=protocol)
+
+    made = {folder / "state.pkl": pickled(_data_key(proj, victim))}
+    kept = {folder / "other.pkl": pickled(_data_key(proj, other))}
+    for path, data in {**made, **kept}.items():
+        path.write_bytes(data)
+
+    _, done = stopped_then_certified(proj, victim, made, kept)
+
+    ((path, data),) = made.items()
+    path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=root)
+    assert not report.ok and path in {Path(f["path"]) for f in report.findings}

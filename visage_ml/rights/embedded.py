@@ -140,6 +140,10 @@ SQLITE_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # its -wal file (
 SQLITE_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # its hot -journal (embedded_db)
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
+# 32 bytes as a pickle holds ``bytes`` (protocol 3 and up: SHORT_BINBYTES, its length a byte)
+# or a ``bytearray`` (5: BYTEARRAY8, eight): an erased subject's key pickled as it is, among
+# other values (:func:`_pickled_keys`).
+PICKLED_KEY = re.compile(rb"C\x20|\x96\x20\x00{7}")
 # A PDF's header, where readers accept it: in its first kilobyte (after a mail's or a web
 # server's lines), the file not text (its second line, by custom, of bytes above 127).
 PDF_MAGIC, PDF_WITHIN = b"%PDF-", 1024
@@ -429,11 +433,27 @@ def inside(
 
         for _, raw in embedded_text._runs(data, sizes):
             yield from _part(raw, sizes, depth, budget)
+        if what == BINARY and PICKLE_MAGIC.match(data[:2]):
+            for raw in _pickled_keys(data, sizes):
+                yield from _part(raw, sizes, depth, budget)
         if what in (BINARY, PDF):
             images = itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data))
             for found in images:
                 yield from _part(found, sizes, depth, budget)
         yield from _compressed(data, what, sizes, depth, budget)
+
+
+def _pickled_keys(data: Buffer, sizes: SizeFilter | None) -> Iterator[bytes]:
+    """The 32 bytes after each opcode of :data:`PICKLED_KEY` in a pickle's ``data`` that are
+    a key sought (:func:`key_test`): the opcodes' two bytes found in other bytes too (an
+    array's floats) are tested and let go, about one every 64 KiB."""
+    test = key_test(sizes)
+    if test is None:
+        return
+    for m in PICKLED_KEY.finditer(data):
+        raw = bytes(data[m.end() : m.end() + KEY_SIZE])
+        if len(raw) == KEY_SIZE and test(raw):
+            yield raw
 
 
 def _compressed(
