@@ -56,6 +56,13 @@ def _notebook(lines: list[str]) -> str:
     return printed_notebook(lines, "k = DataKeys.for_project(paths).key(pid)\nprint(k.hex())")
 
 
+def _put(path: Path, text: str) -> Path:
+    """``text`` written to ``path``, its folder made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def _put_back_fails(result, path: Path, text: str, *, root: Path) -> None:
     """The certificate verifies; ``text`` written back to ``path``, the verifier names it."""
     assert verify_certificate(result.certificate_path, root=root).ok
@@ -73,9 +80,7 @@ def test_a_notebook_that_printed_the_unwrapped_data_key_loses_it(proj):
     key = _data_key(proj, victim)
     hexed, b64 = key.hex(), base64.b64encode(key).decode()
     text = _notebook([hexed, b64])
-    path = root / "notebooks" / "keys.ipynb"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path = _put(root / "notebooks" / "keys.ipynb", text)
 
     result = Erasure(proj.paths).erase(victim)
 
@@ -91,9 +96,7 @@ def test_a_text_file_holding_the_unwrapped_vault_key_loses_it_and_keeps_the_rest
     root, victim = proj.paths.root, proj.pids[0]
     key = _vault_key(proj, victim)
     text = f"run 12\nvault key: {key.hex()}\nthreshold 0.41\n"
-    path = root / "reports" / "debug.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path = _put(root / "reports" / "debug.txt", text)
 
     result = Erasure(proj.paths).erase(victim)
 
@@ -130,13 +133,9 @@ def test_another_subjects_key_and_random_bytes_printed_so_stop_nothing(proj):
     theirs = _data_key(proj, other)
     rand = os.urandom(32)
     text = _notebook([theirs.hex(), base64.b64encode(theirs).decode(), rand.hex()])
-    path = root / "notebooks" / "other.ipynb"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    log = root / "reports" / "ids.txt"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    path = _put(root / "notebooks" / "other.ipynb", text)
     log_text = f"{rand.hex()}\n{base64.b64encode(rand).decode()}\n"
-    log.write_text(log_text, encoding="utf-8")
+    log = _put(root / "reports" / "ids.txt", log_text)
     (root / "data" / "interim").mkdir(parents=True, exist_ok=True)
     (root / "data" / "interim" / "other.bin").write_bytes(theirs)
 
@@ -227,9 +226,7 @@ def test_a_gallery_key_destroyed_at_consent_withdrawal_is_sought_at_the_later_er
     root, victim = proj.paths.root, proj.pids[0]
     key = _gallery_key(proj, victim)
     text = _notebook([key.hex()])
-    path = root / "notebooks" / "gallery.ipynb"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path = _put(root / "notebooks" / "gallery.ipynb", text)
     proj.core.withdraw_consent(victim, ["identification"])
     removed = proj.gallery().purge_without_basis()
     assert [r.pid for r in removed] == [victim]
@@ -268,13 +265,9 @@ def test_the_key_printed_as_python_prints_bytes_is_found_in_a_notebook_and_a_tex
     # Printable bytes, a quote and a backslash among the escapes, as some key will have.
     odd = bytes(range(0x20, 0x30)) + b"'\\\"" + key[: 32 - 19]
     nb = printed_notebook([repr(key), repr(theirs)], "k = DataKeys.for_project(paths).key(pid)")
-    path = root / "notebooks" / "keys.ipynb"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(nb, encoding="utf-8")
-    log = root / "reports" / "debug.txt"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    path = _put(root / "notebooks" / "keys.ipynb", nb)
     text = f"key={key!r} other={theirs!r} odd={odd!r}\n"
-    log.write_text(text, encoding="utf-8")
+    log = _put(root / "reports" / "debug.txt", text)
 
     result = Erasure(proj.paths).erase(victim)
 
