@@ -25,7 +25,11 @@ the step's seconds and its purge's (``purge_s``), and per replica the calls that
 p50 / p99 / max latency, and the longest time in which no call completed (``longest_gap_s``, the
 window's edges included) and those answered with an error (``failed``: with
 ``--lock-timeout-s``, a search or enrolment that waited that long for the rewrite's lock is
-refused, as ``visage serve`` answers 503). ``table_bytes``: heap, TOAST, indexes, before and
+refused, as ``visage serve`` answers 503). ``hold_s``: how long the swap held the table
+ACCESS EXCLUSIVE, from the lock taken to the swap's commit (its lock released), timed at the
+swap's phase markers (``pg_swap._phase``: ``locked``, ``committed``); ``old_drop_s``: the drop
+of the old table after it, where the swap drops it in a transaction of its own (``dropped``;
+null where it has no such step). ``table_bytes``: heap, TOAST, indexes, before and
 after. ``--server-maintenance-work-mem`` sets the server's ``maintenance_work_mem`` after the
 load and index build (the purge sizes its own from the HNSW index, up to
 ``serving.gallery.purge_memory_mb``; the step's info says what it set and what the server said).
@@ -59,7 +63,7 @@ from visage_ml.config import ProjectPaths, load_params
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.rights.erasure import pgvector as pg_store
 from visage_ml.rights.erasure.base import Context
-from visage_ml.serving import pg_gallery
+from visage_ml.serving import pg_gallery, pg_swap
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
 from visage_ml.stack.postgres import PostgresServer, temporary_server
 
@@ -77,6 +81,29 @@ def server(scratch: Path) -> contextlib.AbstractContextManager[PostgresServer]:
     """A PostgreSQL of the stack's settings in ``scratch`` (removed afterwards)."""
     scratch.mkdir(parents=True, exist_ok=True)
     return temporary_server(prefix="pg-", parent=scratch)
+
+
+def timed_phases(marks: list[tuple[str, float]]) -> Callable[[Any, str], None]:
+    """A stand-in for ``pg_swap._phase`` that notes when the purge reaches each phase."""
+    real = pg_swap._phase
+
+    def phase(conn: Any, name: str) -> None:
+        marks.append((name, time.perf_counter()))
+        real(conn, name)
+
+    return phase
+
+
+def held(marks: list[tuple[str, float]]) -> dict[str, float | None]:
+    """The swap's hold (``locked`` to ``committed``) and the old table's drop after it
+    (``committed`` to ``dropped``), in seconds; None for a phase the purge did not reach."""
+    at = dict(marks)  # the last of each: the lock taken on the try that got it
+    hold = at["committed"] - at["locked"] if {"locked", "committed"} <= set(at) else None
+    drop = at["dropped"] - at["committed"] if {"committed", "dropped"} <= set(at) else None
+    return {
+        "hold_s": None if hold is None else round(hold, 4),
+        "old_drop_s": None if drop is None else round(drop, 4),
+    }
 
 
 def table_bytes(dsn: str, table: str) -> dict[str, int]:
@@ -241,6 +268,8 @@ def main() -> None:
         enrol.start()
         time.sleep(2.0)  # warm: plans, caches
         windows: dict[str, Any] = {}
+        marks: list[tuple[str, float]] = []
+        pg_swap._phase = timed_phases(marks)  # type: ignore[assignment]
 
         def timed(name: str, step: Callable[[], dict[str, Any]]) -> None:
             start = time.perf_counter()
@@ -259,6 +288,7 @@ def main() -> None:
 
         def erase(pid: str) -> Callable[[], dict[str, Any]]:
             def step() -> dict[str, Any]:
+                marks.clear()
                 t0 = time.perf_counter()
                 plan = pg_store.plan(ctx, pid)
                 outcome = pg_store.erase(ctx, pid, plan.artefacts if plan else [], plan)
@@ -272,6 +302,7 @@ def main() -> None:
                     "lock_attempts": info.get("lock_attempts"),
                     "rewrite": info.get("rewrite"),
                     "server_messages": info.get("server_messages"),
+                    **held(marks),
                 }
 
             return step
