@@ -5,9 +5,11 @@ swap cannot carry over is rewritten by VACUUM FULL as before."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,6 +17,9 @@ from project_helpers import files_holding
 from psycopg import sql
 from serving_fakes import DIM, THRESHOLD, fake_engine, make_world
 
+from visage_ml.config import load_params
+from visage_ml.rights.erasure import pgvector as pg_store
+from visage_ml.rights.erasure.base import Context
 from visage_ml.serving import pg_gallery, pg_swap
 from visage_ml.serving.gallery import GalleryUnavailableError
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
@@ -134,6 +139,19 @@ def _purge_killed_when_copied(monkeypatch, pg, table: str, before=lambda: None) 
     with pytest.raises((psycopg.OperationalError, GalleryUnavailableError)):
         pg_gallery.purge_physically(pg.dsn, table=table)
     monkeypatch.undo()
+
+
+def _erasure_context(world, gallery, pg, table: str) -> Context:
+    """What the erasure's pgvector step is given for ``gallery`` (params.yaml naming its table)."""
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    g = dataclasses.replace(params.serving.gallery, backend="pgvector", dsn=pg.dsn, table=table)
+    params = dataclasses.replace(params, serving=dataclasses.replace(params.serving, gallery=g))
+    return Context(paths=world.paths, core=world.core, params=params, gallery=gallery)
+
+
+def _exists(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT to_regclass(%s)", (f'"{name}"',)).fetchone()[0] is not None
 
 
 def _login_role(conn: psycopg.Connection, prefix: str, options: str = "") -> tuple[str, str]:
@@ -928,3 +946,38 @@ def test_a_refused_swap_removes_its_log_before_the_table_is_vacuumed(
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SEQUENCE IF EXISTS {s}").format(s=taken))
+
+
+@pytest.mark.parametrize("removed_by", ["opening", "purge"])
+def test_an_old_table_left_beside_the_gallery_fails_the_erasure_until_dropped(
+    world, engine, enrolled, pg, table, removed_by
+):
+    """A ``<table>$purge_old`` (the old table a purge that dies between its swap's commit and
+    the old table's drop leaves; made here by hand before the erasure) holds the erased
+    subject's vector in its files: the erasure's verify names it while it is there, and the
+    next opening of the gallery, or the next purge, drops it."""
+    gallery, pids = enrolled
+    victim = pids[2]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    old = f"{table}{pg_swap.OLD_SUFFIX}"
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {o} AS SELECT * FROM {t}").format(
+                o=sql.Identifier(old), t=sql.Identifier(table)
+            )
+        )
+    gallery.erase(victim)
+    ctx = _erasure_context(world, gallery, pg, table)
+    left = pg_store.verify(ctx, victim)
+    assert len(left) == 1 and old in left[0], left
+    assert pg_gallery.purge_leftovers(pg.dsn, table=table) == [old]
+    if removed_by == "opening":
+        open_pg(world, pg, table, engine).close()
+        assert not _exists(pg.dsn, old)
+        assert pg_store.verify(ctx, victim) == []
+    report = gallery.purge_physically().to_dict()
+    assert report["rewrite"] == "swap" and report["wal_removed"], report
+    assert not _exists(pg.dsn, old)
+    assert pg_store.verify(ctx, victim) == []
+    assert files_holding(pg.data_dir, vector) == []
+    assert gallery.identify(engine.embed(world.photo(pids[0]))[0])[0].pid == pids[0]

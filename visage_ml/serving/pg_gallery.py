@@ -1003,6 +1003,15 @@ def subject_rows(dsn: str, pid: str, *, table: str = DEFAULT_TABLE) -> dict[str,
     return {k: d for k, (d, _) in subject_row_digests(dsn, pid, table=table).items()}
 
 
+def purge_leftovers(dsn: str, *, table: str = DEFAULT_TABLE) -> list[str]:
+    """The tables beside the gallery table holding its rows of an earlier time, erased rows'
+    bytes among them (:func:`visage_ml.serving.pg_swap.left_tables`: a purge that died after its
+    swap left its old table); empty when there are none. The next purge drops them."""
+    names = Names(check_table(table))
+    with connect(dsn, autocommit=True) as conn:
+        return pg_swap.left_tables(conn, names.table)
+
+
 def subject_row_digests(
     dsn: str, pid: str, *, table: str = DEFAULT_TABLE
 ) -> dict[str, tuple[str, int]]:

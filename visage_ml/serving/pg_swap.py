@@ -113,6 +113,13 @@ logger = logging.getLogger(__name__)
 COPY_SUFFIX = "$purge"
 # Appended to it for the change log: the table of keys and the trigger function writing it.
 LOG_SUFFIX = "$purge_log"
+# Appended to it for the old table, renamed aside under the swap's lock and dropped after the
+# swap's commit (its indexes: with ``_<n>``). Its files hold the rows as they were before the
+# purge, the erased subject's deleted row among them.
+OLD_SUFFIX = "$purge_old"
+# The tables beside the gallery table that hold its rows of an earlier time: the copy (left by
+# hand or by an older version) and the old table (left by a purge that died after its swap).
+LEFT_SUFFIXES = (COPY_SUFFIX, OLD_SUFFIX)
 # The trigger on the table that writes the change log (the one trigger obstacles() allows).
 LOG_TRIGGER = "visage$purge_log"
 # pg_trigger.tgtype of it: row 1, insert 4, delete 8, update 16 (AFTER: no before bit).
@@ -147,6 +154,14 @@ MSG_LOG_KEPT = (
 MSG_LOG_REMOVED = (
     "gallery table {table}: the change log of a purge that died (trigger {trigger}, table {log}) "
     "was removed"
+)
+MSG_OLD_KEPT = (
+    "gallery table {table}: the old table a purge that died renamed aside ({old}: its rows as "
+    "they were before the purge) could not be dropped now ({why}); the next purge or opening of "
+    "the gallery by the tables' owner drops it, and until then an erasure does not verify"
+)
+MSG_OLD_REMOVED = (
+    "gallery table {table}: the old table a purge that died renamed aside ({old}) was dropped"
 )
 MSG_DEADLOCK = (
     "a client holding the table waited, without a lock timeout, for a lock the copy's excludes"
@@ -621,13 +636,50 @@ def _log_in_place(
 def drop_left_log(
     conn: psycopg.Connection, table: str, *, tries: int = 1, timeout_s: float = 0.5
 ) -> bool:
-    """Remove the change log, its trigger and function that a purge left (one that died, or
-    was refused after making them); call outside a transaction or inside one (a savepoint).
+    """Remove what a purge left: the old table a purge that died after its swap renamed aside
+    (:data:`OLD_SUFFIX`, dropped in a transaction of its own), the change log, its trigger and
+    function (a purge that died, or was refused after making them); call outside a transaction
+    or inside one (a savepoint).
 
-    Nothing is done while a purge holds the table (its log is in use) or when there is nothing
-    to remove. Dropping the trigger takes ACCESS EXCLUSIVE on the table: asked for ``timeout_s``
-    at a time, ``tries`` times, then left as it is (logged: writes go on through it, and the
-    next purge, or the next try, removes it). Returns whether something was removed."""
+    Nothing is done while a purge holds the table (its log is in use, its old table about to be
+    dropped by it) or when there is nothing to remove. Dropping the trigger takes ACCESS
+    EXCLUSIVE on the table: asked for ``timeout_s`` at a time, ``tries`` times, then left as it
+    is (logged: writes go on through it, and the next purge, or the next try, removes it); the
+    old table's lock is asked for once, ``timeout_s`` long (nobody but a client reading it by
+    its name holds it). Returns whether something was removed."""
+    old = _drop_left_old(conn, table, timeout_s=timeout_s)
+    return _drop_left_log(conn, table, tries=tries, timeout_s=timeout_s) or old
+
+
+def _drop_left_old(conn: psycopg.Connection, table: str, *, timeout_s: float) -> bool:
+    name = f"{table}{OLD_SUFFIX}"
+    try:
+        with conn.transaction():
+            held = _one(
+                conn,
+                "SELECT pg_try_advisory_xact_lock(hashtext(%s), hashtext(%s))",
+                (PURGE_LOCK, table),
+            )
+            if not held:
+                return False
+            oid, schema = _located(conn, table)
+            if oid is None or _oid(conn, schema, name) is None:
+                return False
+            before = _one(conn, "SELECT pg_catalog.current_setting('lock_timeout')")
+            conn.execute(
+                "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+                (f"{max(1, round(timeout_s * 1000))}ms",),
+            )
+            conn.execute(sql.SQL("DROP TABLE {o}").format(o=sql.Identifier(schema, name)))
+            conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (before,))
+    except (psycopg.errors.LockNotAvailable, *_LEAVE_LOG_ERRORS) as exc:
+        logger.warning(MSG_OLD_KEPT.format(table=table, old=name, why=type(exc).__name__))
+        return False
+    logger.info(MSG_OLD_REMOVED.format(table=table, old=name))
+    return True
+
+
+def _drop_left_log(conn: psycopg.Connection, table: str, *, tries: int, timeout_s: float) -> bool:
     why = ""
     for attempt in range(tries):
         try:
@@ -693,27 +745,36 @@ def _drop_log(conn: psycopg.Connection, table: str, *, timeout_s: float) -> bool
     return True
 
 
-def _drop_left_copy(conn: psycopg.Connection, table: str) -> None:
-    """Drop a ``<table>$purge`` left beside the table, committed on its own before the swap.
+def left_tables(conn: psycopg.Connection, table: str) -> list[str]:
+    """The tables beside ``table`` (in its schema) that hold its rows of an earlier time
+    (:data:`LEFT_SUFFIXES`): a ``<table>$purge`` copy left by hand or by an older version, the
+    ``<table>$purge_old`` a purge that died after its swap left. Their files may hold a row
+    deleted since, an erased subject's; a purge drops them before it rewrites the table."""
+    oid, schema = _located(conn, table)
+    if oid is None:
+        return []
+    return [
+        f"{table}{suffix}"
+        for suffix in LEFT_SUFFIXES
+        if _oid(conn, schema, f"{table}{suffix}") is not None
+    ]
 
-    A purge that died took its copy with it (one transaction): a table of this name was made
-    by hand or by an older version, and holds the rows of its time, a subject erased since among
-    them. Dropped inside the swap's transaction, the drop was rolled back with a swap that could
-    not run (the table VACUUM FULLed instead) and the copy's files kept the erased vector.
-    The name is the purge's (no gallery's has a ``$``); the caller's WAL switch and checkpoint
-    follow the drop."""
+
+def _drop_left_copy(conn: psycopg.Connection, table: str) -> None:
+    """Drop the tables :func:`left_tables` finds, committed on their own before the swap.
+
+    A purge that died during its copy took its copy with it (one transaction): a
+    ``<table>$purge`` was made by hand or by an older version, and holds the rows of its time,
+    a subject erased since among them. Dropped inside the swap's transaction, the drop was
+    rolled back with a swap that could not run (the table VACUUM FULLed instead) and the copy's
+    files kept the erased vector. A ``<table>$purge_old`` is the old table of a purge that died
+    between its swap's commit and its drop. The names are the purge's (no gallery's has a
+    ``$``); the caller's WAL switch and checkpoint follow the drop."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
-        schema = _one(
-            conn,
-            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
-            (sql.Identifier(table).as_string(conn),),
-        )
-        if schema is not None and _oid(conn, schema, f"{table}{COPY_SUFFIX}") is not None:
-            conn.execute(
-                sql.SQL("DROP TABLE {t}").format(t=sql.Identifier(schema, f"{table}{COPY_SUFFIX}"))
-            )
+        schema = _located(conn, table)[1]
+        for name in left_tables(conn, table):
+            conn.execute(sql.SQL("DROP TABLE {t}").format(t=sql.Identifier(schema, name)))
 
 
 def _copy_and_swap(

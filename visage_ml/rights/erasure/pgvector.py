@@ -49,6 +49,12 @@ NOTE_WAL = (
     "but the server may still hold it ({why}); the sealed template is "
     "crypto-shredded regardless"
 )
+# What verify names for a table a purge left beside the gallery table (no row, no pid in it).
+MSG_LEFT = (
+    "{store}: {relation} (left beside the table by a purge that died, or by hand: its files hold "
+    "the table's rows of before, erased ones among them; the next purge drops it, and `visage "
+    "privacy resume` finishes an erasure stopped with it)"
+)
 
 
 @dataclass(frozen=True)
@@ -223,7 +229,10 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
-    """What the gallery tables still hold of the subject (empty once erased)."""
+    """What the gallery tables still hold of the subject (empty once erased): the subject's
+    row, and any table left beside one holding its rows of before a purge
+    (:func:`~visage_ml.serving.pg_gallery.purge_leftovers`), whose files may hold the erased
+    row's bytes."""
     try:
         found = targets(ctx)
     except (GalleryError, stores.StoresError) as exc:
@@ -233,6 +242,10 @@ def verify(ctx: Context, pid: str) -> list[str]:
     for t in found:
         try:
             left += sorted(name(t, pg_gallery.subject_rows(t.dsn, pid, table=t.table)))
+            left += [
+                MSG_LEFT.format(store=t.store, relation=r)
+                for r in pg_gallery.purge_leftovers(t.dsn, table=t.table)
+            ]
         except GalleryError as exc:
             left.append(f"{t.store}: unreachable ({exc})")
     return left
