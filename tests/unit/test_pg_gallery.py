@@ -38,7 +38,7 @@ from visage_ml.rights.erasure import pgvector as pg_store
 from visage_ml.rights.erasure.base import Context, label_outcomes
 from visage_ml.rights.export import Delivery, export_subject
 from visage_ml.rights.sealing import doctor
-from visage_ml.serving import pg_gallery
+from visage_ml.serving import pg_gallery, pg_swap
 from visage_ml.serving.gallery import (
     AnchorUnrecordedError,
     EnrolmentRefusedError,
@@ -401,6 +401,44 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     assert anchor["vector"] == template["vector"]
     sealed_anchor = (proj.paths.gallery / "anchors" / other[1:3] / f"{other}.anc").read_bytes()
     assert anchor["stored_sha256"] == hashlib.sha256(sealed_anchor).hexdigest()
+
+
+def test_an_erasure_whose_purge_dies_after_its_swap_certifies_only_once_resumed(
+    project, pg, table, monkeypatch
+):
+    """The purge drops the old table after the swap's commit, in a transaction of its own. A
+    process dying in between leaves it (``<table>$purge_old``), its files holding the erased
+    vector: the erasure stops uncertified, its verify names the table, and the resumed erasure
+    drops it before its WAL switch and checkpoint, then certifies with nothing of the victim
+    on disk."""
+    proj = make_project(project, enrol=False)
+    gallery = _served_from_pg(proj, project, pg, table)
+    victim = proj.pids[0]
+    needles = _needles(gallery, pg, table, victim)
+    gallery.close()
+    aside = f"{table}{pg_swap.OLD_SUFFIX}"
+
+    def die(conn, phase):
+        if phase == "committed":
+            with psycopg.connect(pg.dsn, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+    with monkeypatch.context() as patched, pytest.raises(psycopg.OperationalError):
+        patched.setattr(pg_swap, "_phase", die)
+        Erasure(proj.paths).erase(victim)
+    assert not list(proj.paths.certificates.glob("*.json"))
+    left = [x for x in Erasure(proj.paths).remaining(victim)["gallery"] if x.startswith("pgvector")]
+    assert len(left) == 1 and aside in left[0], left  # the row is gone, the old table is not
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # the old table's pages reach its files
+    assert any(f.startswith("base/") for _, f in _scan(pg.data_dir, needles))
+
+    (result,) = Erasure(proj.paths).resume()
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert Erasure(proj.paths).remaining(victim)["gallery"] == []
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f'"{aside}"',)).fetchone()[0] is None
+    assert _scan(pg.data_dir, needles) == []
 
 
 def test_an_erasure_of_a_pgvector_project_reads_no_file_of_a_size_nothing_erased_has(

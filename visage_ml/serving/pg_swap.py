@@ -37,11 +37,26 @@ then, in one transaction:
    and the rows it names, not the table (no write is in progress: the log holds every write not
    yet copied, and the copy is then the same as the table), and the copy given the table's
    grants again (``GRANT`` and ``REVOKE`` take no lock on the table: one committed during the
-   copy is kept); ``DROP TABLE`` of the old table (its trigger with it; its heap, TOAST and index
-   files are unlinked at the commit, as ``VACUUM FULL``'s old files are) and of the log and its
-   function, the new table, its indexes and constraints renamed to the old names, and the result
-   compared with the old table's catalog description just before the drop: any difference rolls
-   the whole swap back.
+   copy is kept); the log's trigger dropped from the old table, the log and its function
+   dropped; the old table renamed aside (``<table>$purge_old``), its indexes too (to
+   ``<table>$purge_old_<n>``, their constraints with them: index names are the schema's), the
+   new table, its indexes and constraints renamed to the old names, and the result compared
+   with the old table's catalog description taken before the renames: any difference rolls the
+   whole swap back. The old table is not dropped here: a ``DROP``'s commit unlinks the table's
+   heap, TOAST and index files, and did so with this lock held (0.21 s for 528 MB at 100k
+   HNSW templates, and growing with the table: past serving's 2 s lock timeout towards 1M);
+
+then, after the commit:
+
+7. ``DROP TABLE <table>$purge_old`` in a transaction of its own, its files unlinked at its
+   commit, before :func:`rewrite_and_swap` returns (so before the caller's WAL switch and
+   checkpoint, and before an erasure is certified: the files hold the erased row). It takes
+   ACCESS EXCLUSIVE on the old table alone, which nobody reaches by the gallery's name any
+   more: searches and writes go on meanwhile (tested). A search or write that was waiting for
+   the gallery table at the swap's commit asked for its lock on the old table; once granted,
+   PostgreSQL looks the name up again (invalidation messages arrived meanwhile), releases the
+   old table and locks the new one, and a prepared statement's plan, invalidated by the
+   rename, is planned again by name: each reads or writes the new table (tested).
 
 Why a change log kept by a trigger
 ----------------------------------
@@ -59,9 +74,9 @@ trigger sees every write whoever makes it. Logical decoding was not taken either
 removes. The cost: while a purge runs, each row written also inserts its key into an unlogged
 table (no WAL); creating the trigger holds writes (not searches) for a brief lock. Measured at
 100k HNSW templates, the catch-up under the lock went from 0.32-0.41 s to 0.07-0.10 s (the HNSW
-inserts of the 7-8 rows written since the last one); what remains of the hold grows with the
-table still: the ``DROP TABLE``'s commit unlinks the old files with the lock held (0.21 s for
-528 MB of heap and TOAST at 100k; docs/shared-gallery.md).
+inserts of the 7-8 rows written since the last one); what then remained of the hold grew
+with the table still, the ``DROP TABLE``'s commit unlinking the old files with the lock held,
+which step 7 moved out of it (docs/shared-gallery.md).
 
 The log holds keys only (``pid``: pseudonymous), never a vector or a sealed template.
 
@@ -71,18 +86,27 @@ Being one transaction, steps 2 to 6 leave the gallery as it was and no ``<table>
 behind when the purge dies (its connection, its process, the server; a server crash may leave
 the new files orphaned on disk, as a crash during ``VACUUM FULL`` does: they hold the rows live
 at that time, which a later erasure's subject may be among). ``$`` is in no gallery table's
-name, so the copy's and the log's names are never another gallery's table.
+name, so the copy's, the log's and the old table's names are never another gallery's table.
 
 The log, committed before, stays: its trigger goes on inserting keys (an enrolment is not
 slowed or refused; with the log dropped by hand it does nothing). A purge holds a session
-advisory lock (:data:`PURGE_LOCK` with the table's name) from before the log is made until it
-is gone, released with its connection: a log found by whoever gets that lock is a purge's that
-died. It is removed (:func:`drop_left_log`) by the purge itself where the swap was refused or
-failed with the connection alive (before the ``VACUUM FULL`` that replaces it), by the next
-opening of the gallery (:func:`~visage_ml.serving.pg_gallery.ensure_schema`), and replaced by
-the next purge's step 1. Dropping a trigger takes ACCESS EXCLUSIVE on the table: asked for
-briefly, and where refused (or the role does not own the table) the log is left, logged, for
-the next try.
+advisory lock (:data:`PURGE_LOCK` with the table's name) from before the log is made until
+the old table is dropped, released with its connection: a log found by whoever gets that lock
+is a purge's that died. It is removed (:func:`drop_left_log`) by the purge itself where the
+swap was refused or failed with the connection alive (before the ``VACUUM FULL`` that
+replaces it), by the next opening of the gallery
+(:func:`~visage_ml.serving.pg_gallery.ensure_schema`), and replaced by the next purge's step 1.
+Dropping a trigger takes ACCESS EXCLUSIVE on the table: asked for briefly, and where refused
+(or the role does not own the table) the log is left, logged, for the next try.
+
+A purge that dies between step 6's commit and step 7's leaves the old table as
+``<table>$purge_old``, its files holding the erased row: the swapped table serves, but the
+erasure is not done. The erasure's verify names the table while it is there
+(:func:`left_tables`, :mod:`visage_ml.rights.erasure.pgvector`), and it is dropped by the next
+purge before anything else (:func:`_drop_left_copy`, followed by that purge's WAL switch and
+checkpoint: a resumed erasure runs its purge again) and by the next opening of the gallery
+(:func:`drop_left_log`), unless a purge is running (it holds the advisory lock, and drops its
+own old table).
 
 The swap carries over what the gallery's schema holds (:func:`obstacles` names anything else: a
 trigger other than the log's, a rule or view, a foreign key, a policy, a publication, an owned
@@ -205,8 +229,9 @@ class SwapRefusedError(RuntimeError):
 
 def _phase(conn: psycopg.Connection, name: str) -> None:
     """Where a purge is (``copied``, ``built``, ``caught_up``, ``waiting`` for its lock,
-    ``locked`` once it holds it, ``swapped`` just before the commit, ``committed``): a point
-    tests hold it at, and the benchmark times the hold by (``benchmarks/bench_erasure_vacuum.py``:
+    ``locked`` once it holds it, ``swapped`` just before the commit, ``committed``, then
+    ``dropping`` the old table before that drop's commit and ``dropped``): a point tests hold
+    it at, and the benchmark times the hold by (``benchmarks/bench_erasure_vacuum.py``:
     ``locked`` to ``committed``)."""
 
 
@@ -395,8 +420,9 @@ def rewrite_and_swap(
     conn: psycopg.Connection, table: str, *, lock_tries: int, lock_timeout_s: float, pause_s: float
 ) -> int:
     """Rewrite ``table`` into new files by copy and swap (module docstring); ``conn`` in
-    autocommit mode, its ``maintenance_work_mem`` set for the index builds. Returns the tries
-    the ACCESS EXCLUSIVE lock took.
+    autocommit mode, its ``maintenance_work_mem`` set for the index builds. The old table is
+    dropped after the swap's commit, before this returns. Returns the tries the ACCESS
+    EXCLUSIVE lock took.
 
     Raises
     ------
@@ -426,6 +452,7 @@ def rewrite_and_swap(
             raise SwapRefusedError(MSG_FAILED.format(error=type(exc).__name__)) from None
         attempts = _swap(conn, table, key=key, locking=locking)
         swapped = True
+        _drop_old(conn, table)
     finally:
         if not swapped and not conn.closed:
             # The swap's transaction took the trigger with the old table; here it was refused or
@@ -777,6 +804,23 @@ def _drop_left_copy(conn: psycopg.Connection, table: str) -> None:
             conn.execute(sql.SQL("DROP TABLE {t}").format(t=sql.Identifier(schema, name)))
 
 
+def _drop_old(conn: psycopg.Connection, table: str) -> None:
+    """Drop the old table the swap renamed aside (``<table>$purge_old``), in a transaction of
+    its own: its heap, TOAST and index files are unlinked at this commit, with ACCESS EXCLUSIVE
+    held on it alone, which nobody reaches by name any more; searches and writes of the gallery
+    table go on meanwhile. Run before :func:`rewrite_and_swap` returns, so before the caller's
+    WAL switch and checkpoint: the old files hold the erased row."""
+    with conn.transaction():
+        schema = _located(conn, table)[1]
+        conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {o}").format(
+                o=sql.Identifier(schema, f"{table}{OLD_SUFFIX}")
+            )
+        )
+        _phase(conn, "dropping")
+    _phase(conn, "dropped")
+
+
 def _copy_and_swap(
     conn: psycopg.Connection,
     *,
@@ -830,10 +874,22 @@ def _copy_and_swap(
     # over now, and the swapped table must match the table as it is now, just before the drop.
     _carry_grants(conn, oid, new)
     before = describe(conn, oid)
-    # The log's trigger goes with the old table; the copy never had it (LIKE copies none).
-    conn.execute(sql.SQL("DROP TABLE {t}").format(t=old))
+    # The log's trigger is dropped from the old table (the copy never had it: LIKE copies
+    # none), then the log and its function. The old table is renamed aside, not dropped: a
+    # DROP's commit unlinks its files, with this lock held (0.21 s for 528 MB at 100k HNSW
+    # templates); rewrite_and_swap drops it after the commit. Its indexes are renamed aside too
+    # (their constraints with them): index names are the schema's, and the copy's take them.
+    conn.execute(sql.SQL("DROP TRIGGER {g} ON {t}").format(g=sql.Identifier(LOG_TRIGGER), t=old))
     conn.execute(sql.SQL("DROP TABLE {g}").format(g=log))
     conn.execute(sql.SQL("DROP FUNCTION {f}()").format(f=log))
+    aside = f"{table}{OLD_SUFFIX}"
+    conn.execute(sql.SQL("ALTER TABLE {t} RENAME TO {o}").format(t=old, o=sql.Identifier(aside)))
+    for i, (name, *_) in enumerate(indexes):
+        conn.execute(
+            sql.SQL("ALTER INDEX {i} RENAME TO {o}").format(
+                i=sql.Identifier(schema, name), o=sql.Identifier(f"{aside}_{i}")
+            )
+        )
     conn.execute(sql.SQL("ALTER TABLE {n} RENAME TO {t}").format(n=new, t=sql.Identifier(table)))
     for statement in renames:
         conn.execute(statement)
