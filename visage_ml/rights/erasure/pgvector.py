@@ -17,12 +17,15 @@ template:
   protects it: the row is revoked for every replica and deleted in one transaction, then the
   table, its TOAST table and its indexes (HNSW included) are rewritten into new files (copied
   and swapped while serving searches on, :mod:`visage_ml.serving.pg_swap`, or by ``VACUUM FULL``
-  where the table holds what the swap cannot carry over; ``rewrite`` in the info says which), and
-  ``pg_switch_wal()`` + ``CHECKPOINT`` let the server delete the WAL segments that held the old
-  pages. That last part holds only with ``wal_recycle = off``, ``wal_keep_size = 0``, no
-  archiving, no replication slot and no streaming standby (the stack's PostgreSQL is configured
-  so); otherwise the step's info lists what may keep old WAL (``wal_retention``) and
-  ``wal_removed`` is false, and the certificate's notes say so instead of claiming removal.
+  where the table holds what the swap cannot carry over; ``rewrite`` in the info says which; the
+  swap's old table is dropped after its commit, before what follows), and ``pg_switch_wal()`` +
+  ``CHECKPOINT`` let the server delete the WAL segments that held the old pages. That last part
+  holds only with ``wal_recycle = off``, ``wal_keep_size = 0``, no archiving, no replication
+  slot and no streaming standby (the stack's PostgreSQL is configured so); otherwise the step's
+  info lists what may keep old WAL (``wal_retention``) and ``wal_removed`` is false, and the
+  certificate's notes say so instead of claiming removal. A table left beside the gallery table
+  by a purge that died (``<table>$purge_old``, whose files hold the rows of before) fails
+  :func:`verify` until the next purge drops it (a resumed erasure runs its purge again).
 
 Run it right after the ``gallery`` step: from the end of :func:`erase` no replica returns the
 subject (the revoked table is checked by every query) and the bytes are gone from the data
