@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -226,3 +227,52 @@ def test_the_scan_waits_longer_for_larger_batches():
     large = content_scan._stall_limit([1 << 20, 8 << 30])
     assert small >= content_scan.STALL_SECONDS
     assert large >= (8 << 30) / content_scan.STALL_RATE
+
+
+@pytest.fixture
+def another_thread():
+    """A second thread of this process, as the service's are (uvicorn's, a request's): the scan
+    is then not alone, and no process is forked."""
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait, name="service", daemon=True)
+    thread.start()
+    assert not content_scan._alone()
+    yield thread
+    done.set()
+    thread.join()
+
+
+@pytest.mark.timeout(60)  # the old scan waited on the hung read for good (its test: 120 s)
+@pytest.mark.parametrize("where", ["threads asked for", "a small scan in the service"])
+def test_a_read_that_hangs_in_a_thread_stops_the_erasure(
+    project, monkeypatch, another_thread, where
+):
+    """A read of the scan hangs in a thread of this process (the disk or a network file system
+    stopped answering), where the scan runs in threads (``VISAGE_SCAN_PROCESSES=1``, or a scan
+    too small for processes in the service): the scan does not wait for it for good. When no
+    batch has come back for the limit processes get, the erasure stops saying why, nothing is
+    certified, and the hung thread is a daemon, which does not keep the process from ending."""
+    proj, pid, photo, log = _a_log_holding_a_photo(project)
+    real = content_scan._read_open
+    release = threading.Event()
+    hung: list[threading.Thread] = []
+
+    def hangs(fh, path, sizes):
+        if path.name == log.name:
+            hung.append(threading.current_thread())
+            release.wait(120)  # for good, as far as the scan goes
+        return real(fh, path, sizes)
+
+    monkeypatch.setattr(content_scan, "_read_open", hangs)
+    monkeypatch.setattr(content_scan, "STALL_SECONDS", 3)
+    if where == "threads asked for":
+        monkeypatch.setenv(content_scan.PROCESSES_ENV, "1")
+        monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    try:
+        with pytest.raises(content_scan.ScanIncompleteError, match="a read hung"):
+            Erasure(proj.paths).erase(pid)
+        assert log.is_file() and base64.b64encode(photo).decode() in log.read_text("utf-8")
+        assert not list(proj.paths.root.rglob("*.cert*")), "a certificate was made"
+        assert [t.daemon for t in hung] == [True], "the hung read keeps the process from ending"
+    finally:
+        release.set()

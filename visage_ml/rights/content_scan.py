@@ -32,6 +32,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import subprocess
 import tempfile
 import threading
@@ -613,6 +614,13 @@ MSG_SCAN_STALLED = (
     "this scan was taken as clean and it stopped: run it again, or set {env}=1 to scan in "
     "this process alone"
 )
+# A thread cannot be killed: the hung read's is left behind, blocked in this process.
+MSG_SCAN_STALLED_THREADS = (
+    "no batch came back from the content scan's threads in {seconds:.0f} s (a read hung: the "
+    "disk or a network file system stopped answering), so nothing of this scan was taken as "
+    "clean and it stopped; the hung read is left waiting in this process: check that the "
+    "project's disk answers, then run it again (restart the service if its reads still hang)"
+)
 
 
 class ScanIncompleteError(RuntimeError):
@@ -736,18 +744,17 @@ def _look_all(
     Raises
     ------
     ScanIncompleteError
-        When a process ended (killed) before its files were looked at.
+        When a process ended (killed) before its files were looked at, or no batch of files
+        came back in time (:func:`_watched`).
     """
     processes = _processes()
     # Forked only where this is the process's one thread (the command line, the verifier): a
     # fork takes no other thread along, and a lock one held then (SQLite's, in the service
     # answering other requests beside the erasure) would stay held in the child for good.
     forks = processes > 1 and "fork" in multiprocessing.get_all_start_methods() and _alone()
-    batches, held = _batches(todo) if forks else ([], [])
+    batches, held = _batches(todo)
     if not forks or sum(held) < PROCESS_MIN_BYTES:
-        # hashlib lets go of the GIL on large reads; little else does.
-        with ThreadPoolExecutor(max_workers=max(1, processes)) as pool:
-            return list(pool.map(lambda t: _looked_at(t[0], sizes, files, key=str(t[2])), todo))
+        return _look_in_threads(batches, held, sizes, files, threads=max(1, processes))
     global _FORKED
     _FORKED = (sizes, files)
     out: list[tuple[Read, bool]] = []
@@ -762,7 +769,15 @@ def _look_all(
             initializer=_in_process,
             initargs=(processes,),
         ) as pool:
-            for found, back in _watched(pool, batches, held):
+
+            def kill() -> None:
+                # One that hangs answers neither SIGTERM nor its pool's shutdown.
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.kill()
+                pool.shutdown(wait=True, cancel_futures=True)
+
+            futures = [pool.submit(_look_batch, batch) for batch in batches]
+            for found, back in _watched(futures, held, stop=kill, said=MSG_SCAN_STALLED):
                 out += found
                 if files is not None:
                     _kept_back(files, back)
@@ -774,35 +789,104 @@ def _look_all(
     return out
 
 
-def _stall_limit(out: Sequence[int]) -> float:
-    """How long the scan waits for the next batch, with batches of ``out`` bytes still out."""
-    return STALL_SECONDS + max(out, default=0) / STALL_RATE
+# The names of the scan's own threads (:func:`_look_in_threads`).
+SCAN_THREAD = "content-scan"
 
 
-def _watched(
-    pool: ProcessPoolExecutor, batches: list[list[tuple[Path, str]]], held: list[int]
-) -> Iterator[Any]:
-    """What :func:`_look_batch` gives for each of ``batches`` (of ``held`` bytes each), in
-    order, from ``pool``'s processes; when none comes back for :func:`_stall_limit`, the
-    processes are killed (one that hangs does not answer SIGTERM, nor its pool's shutdown) and
-    the scan stops.
+def _look_in_threads(
+    batches: list[list[tuple[Path, str]]],
+    held: list[int],
+    sizes: SizeFilter | None,
+    files: FileCache | None,
+    *,
+    threads: int,
+) -> list[tuple[Read, bool]]:
+    """:func:`_looked_at` of each file of ``batches`` (of ``held`` bytes each), in order, in
+    ``threads`` threads of this process, watched as the processes are (:func:`_watched`).
+
+    A read that hangs cannot be stopped in a thread: its thread is left behind, blocked, and
+    the scan stops. So the threads are daemons (a :class:`ThreadPoolExecutor`'s are joined
+    when the interpreter exits, and its shutdown joins them: a hung one kept the erasure, and
+    then the command, from ending), each taking the next batch not cancelled; the batches not
+    begun when a read hangs are cancelled.
 
     Raises
     ------
     ScanIncompleteError
         When no batch came back in time.
     """
-    futures: list[Future] = [pool.submit(_look_batch, batch) for batch in batches]
+    work: queue.SimpleQueue[tuple[Future, list[tuple[Path, str]]]] = queue.SimpleQueue()
+    futures: list[Future] = []
+    for batch in batches:
+        futures.append(Future())
+        work.put((futures[-1], batch))
+
+    def look() -> None:
+        while True:
+            try:
+                future, batch = work.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():  # cancelled: a read hung
+                continue
+            try:
+                future.set_result([_looked_at(p, sizes, files, key=k) for p, k in batch])
+            except BaseException as exc:  # said by the scan, as a pool's worker does
+                future.set_exception(exc)
+
+    # hashlib lets go of the GIL on large reads; little else does.
+    workers = [
+        threading.Thread(target=look, name=SCAN_THREAD, daemon=True)
+        for _ in range(min(threads, len(batches)))
+    ]
+    for worker in workers:
+        worker.start()
+
+    def cancel() -> None:
+        for future in futures:
+            future.cancel()
+
+    out: list[tuple[Read, bool]] = []
+    try:
+        for found in _watched(futures, held, stop=cancel, said=MSG_SCAN_STALLED_THREADS):
+            out += found
+    except ScanIncompleteError:  # a read hung: its thread stays blocked, the others end
+        raise
+    except BaseException:
+        cancel()
+        raise
+    finally:
+        if not any(f.running() for f in futures):
+            for worker in workers:  # done (or about to be): none is left to a later scan
+                worker.join()
+    return out
+
+
+def _stall_limit(out: Sequence[int]) -> float:
+    """How long the scan waits for the next batch, with batches of ``out`` bytes still out."""
+    return STALL_SECONDS + max(out, default=0) / STALL_RATE
+
+
+def _watched(
+    futures: list[Future], held: list[int], *, stop: Callable[[], None], said: str
+) -> Iterator[Any]:
+    """What each of ``futures`` (batches of ``held`` bytes each) gives, in order; when none
+    comes back for :func:`_stall_limit`, ``stop`` is called (the processes killed, the batches
+    not begun cancelled) and the scan stops, saying ``said``.
+
+    Raises
+    ------
+    ScanIncompleteError
+        When no batch came back in time.
+    """
     out: dict[Future, int] = dict(zip(futures, held, strict=True))
     for future in futures:
         while not future.done():
             limit = _stall_limit(list(out.values()))
             done, _ = wait(list(out), timeout=limit, return_when=FIRST_COMPLETED)
             if not done:
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.kill()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise ScanIncompleteError(MSG_SCAN_STALLED.format(seconds=limit, env=PROCESSES_ENV))
+                stop()
+                raise ScanIncompleteError(said.format(seconds=limit, env=PROCESSES_ENV))
             for f in done:
                 out.pop(f, None)
         out.pop(future, None)
