@@ -1,9 +1,11 @@
-"""The content scan looks at the project's files in processes, forked, where the system forks
-and the scan reads enough to pay for them: its work is Python, value by value, and the threads
-of one process shared one core's worth of it (two threads gave 1.0x on a 3 GB project).
+"""The content scan looks at the project's files in processes where the scan reads enough to
+pay for them: its work is Python, value by value, and the threads of one process shared one
+core's worth of it (two threads gave 1.0x on a 3 GB project). Forked where the process is
+alone (the command line), a fork server's children beside other threads (the service).
 
 What it finds, and what the file cache keeps, is what the threads found and kept; a process
-killed (out of memory) stops the scan, and the erasure, instead of passing its files as clean.
+killed (out of memory), or one or a thread that hangs, stops the scan, and the erasure, instead
+of passing its files as clean.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import threading
@@ -21,7 +24,9 @@ from pathlib import Path
 import pytest
 from rights_fakes import make_project
 
+from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.rights import content_scan, embedded_spill, scan_cache
+from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.erasure import Erasure
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
@@ -276,3 +281,206 @@ def test_a_read_that_hangs_in_a_thread_stops_the_erasure(
         assert [t.daemon for t in hung] == [True], "the hung read keeps the process from ending"
     finally:
         release.set()
+
+
+needs_forkserver = pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here"
+)
+
+
+class Noting:
+    """What a scan seeks (as :class:`Sought`), noting in the file ``noted`` the process each
+    asking of a size comes from. The scan hands its size filter to its processes, so this
+    travels to a fork server's children (a monkeypatch of this process does not), and what
+    they note comes back through the file. ``hang``: asked in another process, it hangs there
+    instead (a read that never returns; deaf to SIGTERM, as a hang is)."""
+
+    def __init__(self, noted: Path, *found: bytes, hang: bool = False) -> None:
+        self.digests = {hashlib.sha256(f).hexdigest() for f in found}
+        self.sizes = {len(f) for f in found}
+        self.noted = noted
+        self.hang = hang
+        self.parent = os.getpid()
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self.digests
+
+    def may_match(self, size: int) -> bool:
+        with open(self.noted, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()}\n")
+        if self.hang and os.getpid() != self.parent:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            while True:
+                time.sleep(1)
+        return size in self.sizes
+
+
+def _asked_in(noted: Path) -> set[int]:
+    return {int(line) for line in noted.read_text(encoding="utf-8").split()}
+
+
+@needs_forkserver
+def test_a_scan_beside_another_thread_runs_in_processes_and_finds_what_threads_do(
+    tmp_path, monkeypatch, another_thread
+):
+    """The service (another thread running): a scan large enough for processes is looked at in
+    processes started from a fork server, not in this process's threads, and finds, and keeps
+    in the file cache, what the threads found and kept."""
+    photo, other = os.urandom(3000), os.urandom(4000)
+    root = tmp_path / "proj"
+    _files(root, photo, other)
+    monkeypatch.setattr(scan_cache, "RACY_NS", 0)
+    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(content_scan, "BATCH_FILES", 4)
+    noted = tmp_path / "asked.txt"
+
+    def scan(cache: str) -> list[content_scan.Hashed]:
+        noted.unlink(missing_ok=True)
+        sought = Noting(noted, photo)
+        return content_scan.hash_files(
+            [content_scan.Root(root)], sizes=sought, cache=tmp_path / cache
+        )
+
+    monkeypatch.setenv(content_scan.PROCESSES_ENV, "1")
+    by_threads = scan("threads.json")
+    assert _asked_in(noted) == {os.getpid()}
+    monkeypatch.delenv(content_scan.PROCESSES_ENV)
+    by_processes = scan("processes.json")
+    asked = _asked_in(noted)
+    assert asked and os.getpid() not in asked, "looked at in this process"
+
+    assert by_processes == by_threads
+    assert {h.path.name for h in by_processes if h.matches(Sought(photo))} == {
+        "a.csv",
+        "shared.zip",
+        "copy.png",
+    }
+
+    def files(name: str) -> dict:
+        return json.loads((tmp_path / name).read_text(encoding="utf-8"))["files"]
+
+    assert files("processes.json") == files("threads.json")
+    entry = files("processes.json")[str((root / "logs" / "b.csv").resolve())]
+    assert len(other) in entry["refused"]
+
+
+@needs_forkserver
+@pytest.mark.timeout(180)
+def test_a_fork_server_process_that_hangs_stops_the_scan_and_is_killed(
+    tmp_path, monkeypatch, another_thread
+):
+    """Beside another thread, a process of the scan (a fork server's child) hangs: when no
+    batch has come back for the limit, the scan stops saying why and the process is killed,
+    as a forked one is."""
+    photo, other = os.urandom(3000), os.urandom(4000)
+    root = tmp_path / "proj"
+    _files(root, photo, other)
+    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(content_scan, "STALL_SECONDS", 3)
+    noted = tmp_path / "asked.txt"
+    with pytest.raises(content_scan.ScanIncompleteError, match="no batch came back"):
+        content_scan.hash_files(
+            [content_scan.Root(root)], sizes=Noting(noted, photo, hang=True), cache=None
+        )
+    hung = _asked_in(noted) - {os.getpid()}
+    assert hung, "nothing was looked at in another process"
+    for child in hung:  # killed, and reaped by the fork server, not left behind
+        for _ in range(100):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("a hung process of the scan was left running")
+
+
+@needs_forkserver
+def test_an_erasure_asked_over_http_scans_in_processes_and_certifies(project, monkeypatch):
+    """An erasure asked of the HTTP API (the request in a thread of the service), with a log
+    holding the subject's photograph and a text file the subject's data key as unwrapped (the
+    processes are handed the tombstones to test it): the scan runs in processes of a fork
+    server, the log and the text file are rewritten without them, and the certificate
+    verifies."""
+    # Deferred: FastAPI is an optional, heavy dependency only these HTTP checks need.
+    from fastapi.testclient import TestClient
+
+    from visage_ml.app.http.app import create_app
+    from visage_ml.app.http.auth import ROLES, KeyStore
+    from visage_ml.config import load_params
+    from visage_ml.rights.certify import verify_certificate
+
+    proj, pid, photo, log = _a_log_holding_a_photo(project)
+    key = DataKeys.for_project(proj.paths).key(pid)
+    printed = proj.paths.root / "reports" / "debug.txt"
+    printed.parent.mkdir(parents=True, exist_ok=True)
+    printed.write_text(f"run 12\ndata key: {key.hex()}\n", encoding="utf-8")
+    started: list[str] = []
+    real = content_scan.ProcessPoolExecutor
+
+    class Pool(real):
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs["mp_context"].get_start_method())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(content_scan, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
+    app = create_app(
+        proj.paths,
+        params=load_params(proj.paths.params),
+        engine=proj.engine,
+        gallery=proj.gallery(),
+        core=proj.core,
+        mode="full",
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    dpo = {"X-API-Key": keys["dpo"]}
+    r = client.post(f"/v1/subjects/{pid}/erasure", headers=dpo)
+    assert r.status_code == 200, r.text
+    assert started and set(started) == {"forkserver"}
+    assert base64.b64encode(photo).decode() not in log.read_text(encoding="utf-8")
+    assert printed.read_text(encoding="utf-8") == "run 12\ndata key: \n"
+    cert = client.get(
+        f"/v1/certificates/{r.json()['request_id']}", headers={"X-API-Key": keys["auditor"]}
+    )
+    assert cert.status_code == 200, cert.text
+    path = proj.paths.root / "cert.json"
+    path.write_bytes(cert.content)
+    assert verify_certificate(path, root=proj.paths.root).ok
+
+
+@needs_forkserver
+def test_a_filter_that_made_its_key_test_is_handed_to_processes_and_finds_a_printed_key(
+    project, monkeypatch, another_thread
+):
+    """After an erasure, what it sought (the tombstones: the erased subject's key among them),
+    its key test already made (a closure, made again in each process): a scan beside another
+    thread runs in processes and finds the key printed in a text file."""
+    proj = make_project(project, n_subjects=2)
+    pid = proj.pids[0]
+    key = DataKeys.for_project(proj.paths).key(pid)
+    Erasure(proj.paths).erase(pid)
+    hashes = ContentHashes.of(proj.paths, [], pid=pid)
+    assert hashes.key_tagger() is not None
+    folder = project / "reports"
+    folder.mkdir(exist_ok=True)
+    (folder / "debug.txt").write_text(f"data key: {key.hex()}\n", encoding="utf-8")
+    (folder / "other.txt").write_text(f"a digest: {os.urandom(32).hex()}\n", encoding="utf-8")
+    started: list[str] = []
+    real = content_scan.ProcessPoolExecutor
+
+    class Pool(real):
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs["mp_context"].get_start_method())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(content_scan, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    found = content_scan.hash_files([content_scan.Root(folder)], sizes=hashes)
+    assert started == ["forkserver"]
+    assert {h.path.name for h in found if h.matches(hashes)} == {"debug.txt"}

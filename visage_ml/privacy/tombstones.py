@@ -59,6 +59,7 @@ is missing, every question fails with :data:`MSG_KEY_LOST` instead of silently a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -316,10 +317,12 @@ class Tombstones:
         # Deferred: the ledger's module is not needed by a project without tombstones.
         from visage_ml.privacy.tombstone_sources import no_unsized_files
 
+        # A partial, not a lambda: the scan hands the tombstones to a fork server's processes
+        # (pickled), which ask the sizes as this process would.
         return cls(
             paths.tombstones,
             paths.tombstone_key,
-            sources=lambda key, held: no_unsized_files(paths, key, held),
+            sources=functools.partial(no_unsized_files, paths),
         )
 
     # -- key -----------------------------------------------------------------------------------

@@ -191,6 +191,12 @@ class ContentHashes:
             frozenset(sha256s - excluded), macs, key, tombstones, excluded, gap, sizes, sized
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Handed to a scan process that is not forked (a fork server's): the tag of a key, a
+        # closure, is made again there from the tombstones when first asked (as in a forked
+        # process that had not asked it before the fork).
+        return {k: v for k, v in self.__dict__.items() if k != "_keys"}
+
     @property
     def keyed(self) -> bool:
         """Whether every plaintext copy can be looked for (False: see :attr:`gap`)."""

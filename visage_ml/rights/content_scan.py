@@ -579,12 +579,19 @@ def hash_files(
     return local + _remote_objects([r for r in walked if r.remote is not None], sizes)
 
 
-# The local files of a scan are looked at in this many processes, forked (the work is Python,
-# value by value: threads of one process share one core's worth of it, two threads gave 1.0x).
+# The local files of a scan are looked at in this many processes (the work is Python, value by
+# value: threads of one process share one core's worth of it, two threads gave 1.0x).
 SCAN_PROCESSES = min(8, usable_cpus())
-# A scan reading less than this runs in threads of its own process: forking costs more.
+# A scan reading less than this runs in threads of its own process: starting processes costs
+# more (:func:`_start_method`). A pool of 2 to its first answer, on 2 busy cores
+# (benchmarks/bench_scan_processes.py): forked 0.01-0.04 s, from a fork server 0.03-0.05 s once
+# it runs, 1.3-1.7 s the first time (the server started and this module imported in it: once a
+# process, the service's lifetime), while 64 MiB of logs take 1.2 s of a core to look at.
 PROCESS_MIN_BYTES = 64 << 20
-# Set to a number, how many processes the scan forks at most; 0 or 1: none (threads only), for
+# Where processes are spawned (no fork server: neither Linux nor macOS), each imports this
+# module itself, every scan: 2.3-2.8 s a pool of 2.
+SPAWN_MIN_BYTES = 256 << 20
+# Set to a number, how many processes the scan starts at most; 0 or 1: none (threads only), for
 # a host where forking a process that has loaded native libraries is not wanted.
 PROCESSES_ENV = "VISAGE_SCAN_PROCESSES"
 MSG_PROCESSES_ENV = f"{PROCESSES_ENV} must be a whole number of processes (0 or 1: none)"
@@ -600,11 +607,13 @@ MSG_SCAN_INCOMPLETE = (
 )
 
 
-# A process that hangs (a lock another thread of this process held at the fork, which nobody in
-# the child will release) never hands its batch back: the scan waits for the next batch at most
-# this long, plus the time the largest batch still out takes at STALL_RATE (a 96 MiB Parquet
-# shard or pickle alone in its batch was looked inside at 52-65 MiB/s on 2 busy cores,
-# benchmarks/bench_inside_large.py), then kills its processes.
+# A process or thread of the scan that hangs (a read the disk or a network file system never
+# answers; in a forked process, a lock another thread of this process held at the fork, which
+# nobody in the child will release) never hands its batch back: the scan waits for the next
+# batch at most this long, plus the time the largest batch still out takes at STALL_RATE (a
+# 96 MiB Parquet shard or pickle alone in its batch was looked inside at 52-65 MiB/s on 2 busy
+# cores, benchmarks/bench_inside_large.py), then kills its processes (a thread cannot be
+# killed: it is left behind) and stops.
 STALL_SECONDS = 300
 STALL_RATE = 2 << 20
 
@@ -636,8 +645,9 @@ class _Notes(NamedTuple):
 
 
 class _Kept:
-    """The file cache as a scan process asks it: answered from the cache as the scan's process
-    holds it (forked), what the process used or learnt kept to hand back; that process alone
+    """The file cache as a scan process asks it: answered from what the cache held of its
+    batch's files (:meth:`~visage_ml.rights.scan_cache.FileCache.part`, handed over with the
+    batch), what the process used or learnt kept to hand back; the scan's own process alone
     keeps and writes the cache (:func:`_kept_back`)."""
 
     def __init__(self, files: FileCache) -> None:
@@ -660,23 +670,31 @@ class _Kept:
         self.learnt.append((key, st, read, notes))
 
 
-# What the scan's processes look at with: the scan's size filter and file cache, as forked.
-_FORKED: tuple[SizeFilter | None, FileCache | None] = (None, None)
+# What a scan process looks at with: the scan's size filter (:func:`_in_process`).
+_SOUGHT: SizeFilter | None = None
 
 
-def _in_process(processes: int) -> None:
-    """A scan process begins: its share of the memory members are held in (each process has
-    its own), nothing of it taken."""
-    embedded_spill.MEMORY_MAX //= processes
+def _in_process(processes: int, memory: int, spill: Path | None, sizes: SizeFilter | None) -> None:
+    """A scan process begins, handed what its scan's process holds (a fork server's child has
+    none of it: its modules are imported afresh): ``memory`` (that process's
+    :data:`~visage_ml.rights.embedded_spill.MEMORY_MAX`), of which it takes its share (each
+    process has its own), nothing of it taken; where members too large for it are spilled
+    (:func:`~visage_ml.rights.embedded.spill_into`: the project's private folder, never the
+    system's temporary one); and the size filter it asks."""
+    global _SOUGHT
+    embedded_spill.MEMORY_MAX = memory // processes
     embedded_spill._MEMORY = embedded_spill._Memory()
+    embedded.SPILL_DIR = spill
+    _SOUGHT = sizes
 
 
-def _look_batch(batch: list[tuple[Path, str]]) -> tuple[list[tuple[Read, bool]], Any]:
-    """:func:`_looked_at` of each file of ``batch`` (path, real path), in a scan process, and
-    what it used or learnt of the file cache."""
-    sizes, files = _FORKED
+def _look_batch(
+    batch: list[tuple[Path, str]], files: FileCache | None
+) -> tuple[list[tuple[Read, bool]], Any]:
+    """:func:`_looked_at` of each file of ``batch`` (path, real path), in a scan process, with
+    what the file cache held of them (``files``), and what it used or learnt of that."""
     kept = _Kept(files) if files is not None else None
-    out = [_looked_at(path, sizes, kept, key=key) for path, key in batch]  # type: ignore[arg-type]
+    out = [_looked_at(path, _SOUGHT, kept, key=key) for path, key in batch]  # type: ignore[arg-type]
     return out, None if kept is None else (kept.used, kept.learnt)
 
 
@@ -723,7 +741,7 @@ def _alone() -> bool:
 
 
 def _processes() -> int:
-    """How many processes a scan forks: :data:`SCAN_PROCESSES`, or fewer as
+    """How many processes a scan starts: :data:`SCAN_PROCESSES`, or fewer as
     :data:`PROCESSES_ENV` says."""
     given = os.environ.get(PROCESSES_ENV, "").strip()
     if not given:
@@ -733,13 +751,51 @@ def _processes() -> int:
     return min(SCAN_PROCESSES, int(given))
 
 
+# Modules a fork server imports once, before it forks any scan process: this one and what it
+# imports (pandas, pyarrow, the readers of what files hold; no torch, ONNX Runtime nor MLflow),
+# 0.9 s a process otherwise; and the program's main module, as multiprocessing does by default
+# (each child would import it otherwise, to unpickle what it may define).
+SERVER_PRELOAD = ("__main__", __name__)
+
+
+def _start_method() -> str | None:
+    """How the scan's processes are started, here and now: ``fork`` where this is the process's
+    one thread (the command line, the verifier; the cheapest); else (the service) a fork
+    server's (``forkserver``), or ``spawn`` where there is none; None: in threads (no method).
+
+    A fork takes no other thread along: a lock one held then (SQLite's, an ONNX session's, in
+    the service answering other requests beside the erasure) would stay held in the child for
+    good. A fork server is a process of its own, started (fork and exec) from this one when
+    first needed, that has never run another thread of this one: its children, forked from it,
+    hold no lock of this process. It is started once, and kept for every later scan of this
+    process (and its children's imports with it: :data:`SERVER_PRELOAD`); it ends with it.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and _alone():
+        return "fork"
+    if "forkserver" in methods:
+        return "forkserver"
+    return "spawn" if "spawn" in methods else None
+
+
+def _context(method: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of ``method`` (:func:`_start_method`)."""
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # Only taken when the server starts (the first scan beside another thread); a server
+        # already running (this process's own use of one) is used as it is.
+        ctx.set_forkserver_preload(list(SERVER_PRELOAD))
+    return ctx
+
+
 def _look_all(
     todo: Sequence[tuple[Path, Root, Path]], sizes: SizeFilter | None, files: FileCache | None
 ) -> list[tuple[Read, bool]]:
     """:func:`_looked_at` of each file of ``todo``, in order: in :data:`SCAN_PROCESSES`
-    processes, forked, where the system forks and the scan reads enough to pay for them, else
-    in threads. The processes hand back what they found and what they used or learnt of the
-    file cache (``files``), kept here as a thread's would be.
+    processes (:func:`_start_method`) where the scan reads enough to pay for them, else in
+    threads of this process. The processes are handed the size filter when they start, the
+    file cache's entries with each batch of files, and hand back what they found and what they
+    used or learnt of the file cache (``files``), kept here as a thread's would be.
 
     Raises
     ------
@@ -748,26 +804,26 @@ def _look_all(
         came back in time (:func:`_watched`).
     """
     processes = _processes()
-    # Forked only where this is the process's one thread (the command line, the verifier): a
-    # fork takes no other thread along, and a lock one held then (SQLite's, in the service
-    # answering other requests beside the erasure) would stay held in the child for good.
-    forks = processes > 1 and "fork" in multiprocessing.get_all_start_methods() and _alone()
     batches, held = _batches(todo)
-    if not forks or sum(held) < PROCESS_MIN_BYTES:
+    method = _start_method() if processes > 1 else None
+    least = SPAWN_MIN_BYTES if method == "spawn" else PROCESS_MIN_BYTES
+    if method is None or sum(held) < least:
         return _look_in_threads(batches, held, sizes, files, threads=max(1, processes))
-    global _FORKED
-    _FORKED = (sizes, files)
     out: list[tuple[Read, bool]] = []
-    # What this process holds now is never collected in a child: a collection there ran the
-    # destructor of this process's garbage (an ONNX session's, joining threads a fork does not
-    # take along) and the child hung.
-    gc.freeze()
+    # What this process holds now is never collected in a forked child: a collection there ran
+    # the destructor of this process's garbage (an ONNX session's, joining threads a fork does
+    # not take along) and the child hung. (A fork server's child holds none of it.)
+    frozen = method == "fork"
+    if frozen:
+        gc.freeze()
     try:
+        # A fork server's child is handed the size filter pickled, the tombstone key with it
+        # (as a forked one has it in memory), through a pipe: never written to a file.
         with ProcessPoolExecutor(
             max_workers=processes,
-            mp_context=multiprocessing.get_context("fork"),
+            mp_context=_context(method),
             initializer=_in_process,
-            initargs=(processes,),
+            initargs=(processes, embedded_spill.MEMORY_MAX, embedded.SPILL_DIR, sizes),
         ) as pool:
 
             def kill() -> None:
@@ -776,7 +832,12 @@ def _look_all(
                     process.kill()
                 pool.shutdown(wait=True, cancel_futures=True)
 
-            futures = [pool.submit(_look_batch, batch) for batch in batches]
+            futures = [
+                pool.submit(
+                    _look_batch, batch, None if files is None else files.part(k for _, k in batch)
+                )
+                for batch in batches
+            ]
             for found, back in _watched(futures, held, stop=kill, said=MSG_SCAN_STALLED):
                 out += found
                 if files is not None:
@@ -784,8 +845,8 @@ def _look_all(
     except BrokenProcessPool as exc:  # never a file of it taken as clean
         raise ScanIncompleteError(MSG_SCAN_INCOMPLETE) from exc
     finally:
-        gc.unfreeze()
-        _FORKED = (None, None)
+        if frozen:
+            gc.unfreeze()
     return out
 
 

@@ -38,6 +38,7 @@ itself (it is no copy of anything); the verifier's reads it as any file.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -219,6 +220,22 @@ class FileCache:
         self._new: dict[str, Any] = {}
         self._dropped: set[str] = set()
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def part(self, keys: Iterable[str]) -> FileCache:
+        """What this cache held of the files ``keys`` when the scan began, alone: handed to a
+        scan process with its batch of files (pickled), to answer :meth:`get` there; what it
+        used or learnt is kept here (:meth:`keep`, :meth:`put`)."""
+        out = copy.copy(self)
+        out._old = {k: self._old[k] for k in keys if k in self._old}
+        out._new, out._dropped = {}, set()
+        return out
 
     def _load(self) -> dict[str, Any]:
         try:
