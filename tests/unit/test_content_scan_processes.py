@@ -484,3 +484,50 @@ def test_a_filter_that_made_its_key_test_is_handed_to_processes_and_finds_a_prin
     found = content_scan.hash_files([content_scan.Root(folder)], sizes=hashes)
     assert started == ["forkserver"]
     assert {h.path.name for h in found if h.matches(hashes)} == {"debug.txt"}
+
+
+@pytest.mark.timeout(60)  # the old erasure waited on the hung read for good
+def test_an_erasure_asked_over_http_whose_read_hangs_answers_503_saying_why(project, monkeypatch):
+    """The service's erasure, whose scan (too small for processes: threads of the service) has a
+    read that hangs: the DPO is answered 503 ``scan_incomplete``, saying what happened and what
+    to do, rather than waiting for good; nothing is certified, the request stays open."""
+    # Deferred: FastAPI is an optional, heavy dependency only these HTTP checks need.
+    from fastapi.testclient import TestClient
+
+    from visage_ml.app.http.app import create_app
+    from visage_ml.app.http.auth import ROLES, KeyStore
+    from visage_ml.config import load_params
+    from visage_ml.privacy.requests import RequestBook
+
+    proj, pid, photo, log = _a_log_holding_a_photo(project)
+    real = content_scan._read_open
+    release = threading.Event()
+
+    def hangs(fh, path, sizes):
+        if path.name == log.name:
+            release.wait(120)  # for good, as far as the scan goes
+        return real(fh, path, sizes)
+
+    monkeypatch.setattr(content_scan, "_read_open", hangs)
+    monkeypatch.setattr(content_scan, "STALL_SECONDS", 3)
+    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
+    app = create_app(
+        proj.paths,
+        params=load_params(proj.paths.params),
+        engine=proj.engine,
+        gallery=proj.gallery(),
+        core=proj.core,
+        mode="full",
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    try:
+        r = client.post(f"/v1/subjects/{pid}/erasure", headers={"X-API-Key": keys["dpo"]})
+    finally:
+        release.set()
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "scan_incomplete" and "a read hung" in error["message"]
+    assert base64.b64encode(photo).decode() in log.read_text(encoding="utf-8")
+    assert not list(proj.paths.root.rglob("*.cert*")), "a certificate was made"
+    [st] = RequestBook(proj.core).all(pid=pid)
+    assert st.status == "in_progress"  # for `visage privacy resume`, or the request again

@@ -26,6 +26,7 @@ from visage_ml.inference import ModelFileError
 from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.registry import LedgerRefusedError
 from visage_ml.privacy.witnessed import LedgerRollbackError, WitnessUnavailableError
+from visage_ml.rights.content_scan import ScanIncompleteError
 from visage_ml.serving.engine import (
     ModelMismatchError,
     ModelUnavailableError,
@@ -63,6 +64,9 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # The audit log fails verification against its ledger anchors: no access export until it
     # is restored (the message says how), since it could hide identifications.
     (AuditLogError, 503, "audit_log_unverified"),
+    # The content scan of an erasure stopped (a read or a process of it hung, or a process was
+    # killed): nothing certified, the request open; the message says what to do.
+    (ScanIncompleteError, 503, "scan_incomplete"),
 )
 # Headers that go with a library error's answer, by code.
 LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
