@@ -583,13 +583,14 @@ def hash_files(
 # value: threads of one process share one core's worth of it, two threads gave 1.0x).
 SCAN_PROCESSES = min(8, usable_cpus())
 # A scan reading less than this runs in threads of its own process: starting processes costs
-# more (:func:`_start_method`). A pool of 2 to its first answer, on 2 busy cores
-# (benchmarks/bench_scan_processes.py): forked 0.01-0.04 s, from a fork server 0.03-0.05 s once
-# it runs, 1.3-1.7 s the first time (the server started and this module imported in it: once a
-# process, the service's lifetime), while 64 MiB of logs take 1.2 s of a core to look at.
+# more (:func:`_start_method`). A pool of 2 to its first answer, on 2 idle cores (and busy with
+# other work; benchmarks/bench_scan_processes.py): forked 0.015 s (0.01-0.04), from a fork
+# server 0.015-0.02 s once it runs (0.03-0.05), 0.6-1.3 s the first time (1.3-1.7: the server
+# started, importing this module and what the main script imports, once a process: the
+# service's lifetime). 64 MiB of logs took 1.15 s in threads, 0.7 s in 2 processes of either.
 PROCESS_MIN_BYTES = 64 << 20
 # Where processes are spawned (no fork server: neither Linux nor macOS), each imports this
-# module itself, every scan: 2.3-2.8 s a pool of 2.
+# module itself, every scan: 0.7-2.8 s a pool of 2.
 SPAWN_MIN_BYTES = 256 << 20
 # Set to a number, how many processes the scan starts at most; 0 or 1: none (threads only), for
 # a host where forking a process that has loaded native libraries is not wanted.
@@ -753,9 +754,17 @@ def _processes() -> int:
 
 # Modules a fork server imports once, before it forks any scan process: this one and what it
 # imports (pandas, pyarrow, the readers of what files hold; no torch, ONNX Runtime nor MLflow),
-# 0.9 s a process otherwise; and the program's main module, as multiprocessing does by default
-# (each child would import it otherwise, to unpickle what it may define).
-SERVER_PRELOAD = ("__main__", __name__)
+# 0.9 s a process otherwise; and those :func:`preload` names.
+_SERVER_PRELOAD: list[str] = [__name__]
+
+
+def preload(*modules: str) -> None:
+    """Have this process's fork server, when it starts, import ``modules`` too: what the
+    program's main script imports. A fork server's child runs that script again (as
+    multiprocessing does, to unpickle what it may define; the fork server of Python 3.11 does
+    not do it for them, though asked): ``visage serve``'s, the ``visage`` script, imported the
+    CLI in each scan process, 0.7 s every scan."""
+    _SERVER_PRELOAD.extend(m for m in modules if m not in _SERVER_PRELOAD)
 
 
 def _start_method() -> str | None:
@@ -768,7 +777,7 @@ def _start_method() -> str | None:
     good. A fork server is a process of its own, started (fork and exec) from this one when
     first needed, that has never run another thread of this one: its children, forked from it,
     hold no lock of this process. It is started once, and kept for every later scan of this
-    process (and its children's imports with it: :data:`SERVER_PRELOAD`); it ends with it.
+    process (and its children's imports with it: :func:`preload`); it ends with it.
     """
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and _alone():
@@ -784,7 +793,7 @@ def _context(method: str) -> multiprocessing.context.BaseContext:
     if method == "forkserver":
         # Only taken when the server starts (the first scan beside another thread); a server
         # already running (this process's own use of one) is used as it is.
-        ctx.set_forkserver_preload(list(SERVER_PRELOAD))
+        ctx.set_forkserver_preload(list(_SERVER_PRELOAD))
     return ctx
 
 

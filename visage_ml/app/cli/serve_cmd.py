@@ -27,6 +27,7 @@ from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.rawstore import RawStore
 from visage_ml.io import atomic_write_bytes, private_dir
 from visage_ml.privacy.records import records_of
+from visage_ml.rights import content_scan
 from visage_ml.serving.engine import ModelMismatchError
 from visage_ml.serving.gallery import Gallery, GalleryError
 from visage_ml.serving.gallery_check import IN_FLIGHT_S, MSG_IN_FLIGHT
@@ -196,6 +197,9 @@ def serve(
         # named now, not answered with a 500 on each of those requests once serving.
         records_of(paths)
         app = create_app(paths, params=params, mode=mode)
+    # An erasure's content scan runs in a fork server's processes, each of which runs the
+    # `visage` script again: the server imports what it imports once, for all of them.
+    content_scan.preload("visage_ml.app.cli")
     uvicorn.run(
         app,  # an app object: one process, no workers that would inherit the environment
         host=bind,
