@@ -680,20 +680,29 @@ def drop_left_log(
     return _drop_left_log(conn, table, tries=tries, timeout_s=timeout_s) or old
 
 
+def _no_purge(conn: psycopg.Connection, table: str) -> tuple[int, str] | None:
+    """In the open transaction: the table's oid and schema when no purge holds it (the purge's
+    advisory lock, :data:`PURGE_LOCK`, then taken until the commit), else None (or no table):
+    what a purge left is removed only by whoever holds that lock."""
+    held = _one(
+        conn,
+        "SELECT pg_try_advisory_xact_lock(hashtext(%s), hashtext(%s))",
+        (PURGE_LOCK, table),
+    )
+    if not held:
+        return None
+    oid, schema = _located(conn, table)
+    return None if oid is None else (oid, schema)
+
+
 def _drop_left_old(conn: psycopg.Connection, table: str, *, timeout_s: float) -> bool:
     name = f"{table}{OLD_SUFFIX}"
     try:
         with conn.transaction():
-            held = _one(
-                conn,
-                "SELECT pg_try_advisory_xact_lock(hashtext(%s), hashtext(%s))",
-                (PURGE_LOCK, table),
-            )
-            if not held:
+            found = _no_purge(conn, table)
+            if found is None or _oid(conn, found[1], name) is None:
                 return False
-            oid, schema = _located(conn, table)
-            if oid is None or _oid(conn, schema, name) is None:
-                return False
+            schema = found[1]
             before = _one(conn, "SELECT pg_catalog.current_setting('lock_timeout')")
             conn.execute(
                 "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
@@ -730,16 +739,10 @@ def _drop_left_log(conn: psycopg.Connection, table: str, *, tries: int, timeout_
 
 def _drop_log(conn: psycopg.Connection, table: str, *, timeout_s: float) -> bool:
     with conn.transaction():
-        held = _one(
-            conn,
-            "SELECT pg_try_advisory_xact_lock(hashtext(%s), hashtext(%s))",
-            (PURGE_LOCK, table),
-        )
-        if not held:
+        found = _no_purge(conn, table)
+        if found is None:
             return False
-        oid, schema = _located(conn, table)
-        if oid is None:
-            return False
+        oid, schema = found
         name = f"{table}{LOG_SUFFIX}"
         trigger = _one(
             conn,
