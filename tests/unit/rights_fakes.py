@@ -290,3 +290,30 @@ def erase_first(root: Path, *, n_subjects: int = 4) -> tuple[Any, str, dict, Any
     victim = proj.pids[0]
     removed = dict(proj.images[victim])
     return proj, victim, removed, Erasure(proj.paths).erase(victim)
+
+
+def http_caller(proj: RightsProject) -> Callable[..., Any]:
+    """``call(method, path, role, **kw)``: a request to the project's HTTP app (every mode on)
+    with a key of that role."""
+    # fastapi, and the HTTP app built on it, load only for the HTTP tests
+    from fastapi.testclient import TestClient
+
+    from visage_ml.app.http.app import create_app
+    from visage_ml.app.http.auth import ROLES, KeyStore
+    from visage_ml.config import load_params
+
+    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
+    http_app = create_app(
+        proj.paths,
+        params=load_params(proj.paths.params),
+        engine=proj.engine,
+        gallery=proj.gallery(),
+        core=proj.core,
+        mode="full",
+    )
+    client = TestClient(http_app, raise_server_exceptions=False)
+
+    def call(method: str, path: str, role: str, **kw: Any) -> Any:
+        return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
+
+    return call

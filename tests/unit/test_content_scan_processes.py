@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from rights_fakes import make_project
+from rights_fakes import http_caller, make_project
 
 from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.rights import content_scan, embedded_spill, scan_cache
@@ -397,26 +397,9 @@ def test_a_fork_server_process_that_hangs_stops_the_scan_and_is_killed(
             pytest.fail("a hung process of the scan was left running")
 
 
-@needs_forkserver
-def test_an_erasure_asked_over_http_scans_in_processes_and_certifies(project, monkeypatch):
-    """An erasure asked of the HTTP API (the request in a thread of the service), with a log
-    holding the subject's photograph and a text file the subject's data key as unwrapped (the
-    processes are handed the tombstones to test it): the scan runs in processes of a fork
-    server, the log and the text file are rewritten without them, and the certificate
-    verifies."""
-    # Deferred: FastAPI is an optional, heavy dependency only these HTTP checks need.
-    from fastapi.testclient import TestClient
-
-    from visage_ml.app.http.app import create_app
-    from visage_ml.app.http.auth import ROLES, KeyStore
-    from visage_ml.config import load_params
-    from visage_ml.rights.certify import verify_certificate
-
-    proj, pid, photo, log = _a_log_holding_a_photo(project)
-    key = DataKeys.for_project(proj.paths).key(pid)
-    printed = proj.paths.root / "reports" / "debug.txt"
-    printed.parent.mkdir(parents=True, exist_ok=True)
-    printed.write_text(f"run 12\ndata key: {key.hex()}\n", encoding="utf-8")
+def _pools_started(monkeypatch) -> list[str]:
+    """The start method of each process pool a scan starts from now on (two processes, for a
+    scan of any size)."""
     started: list[str] = []
     real = content_scan.ProcessPoolExecutor
 
@@ -428,25 +411,31 @@ def test_an_erasure_asked_over_http_scans_in_processes_and_certifies(project, mo
     monkeypatch.setattr(content_scan, "ProcessPoolExecutor", Pool)
     monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
     monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
-    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
-    app = create_app(
-        proj.paths,
-        params=load_params(proj.paths.params),
-        engine=proj.engine,
-        gallery=proj.gallery(),
-        core=proj.core,
-        mode="full",
-    )
-    client = TestClient(app, raise_server_exceptions=False)
-    dpo = {"X-API-Key": keys["dpo"]}
-    r = client.post(f"/v1/subjects/{pid}/erasure", headers=dpo)
+    return started
+
+
+@needs_forkserver
+def test_an_erasure_asked_over_http_scans_in_processes_and_certifies(project, monkeypatch):
+    """An erasure asked of the HTTP API (the request in a thread of the service), with a log
+    holding the subject's photograph and a text file the subject's data key as unwrapped (the
+    processes are handed the tombstones to test it): the scan runs in processes of a fork
+    server, the log and the text file are rewritten without them, and the certificate
+    verifies."""
+    from visage_ml.rights.certify import verify_certificate
+
+    proj, pid, photo, log = _a_log_holding_a_photo(project)
+    key = DataKeys.for_project(proj.paths).key(pid)
+    printed = proj.paths.root / "reports" / "debug.txt"
+    printed.parent.mkdir(parents=True, exist_ok=True)
+    printed.write_text(f"run 12\ndata key: {key.hex()}\n", encoding="utf-8")
+    started = _pools_started(monkeypatch)
+    call = http_caller(proj)
+    r = call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
     assert r.status_code == 200, r.text
     assert started and set(started) == {"forkserver"}
     assert base64.b64encode(photo).decode() not in log.read_text(encoding="utf-8")
     assert printed.read_text(encoding="utf-8") == "run 12\ndata key: \n"
-    cert = client.get(
-        f"/v1/certificates/{r.json()['request_id']}", headers={"X-API-Key": keys["auditor"]}
-    )
+    cert = call("GET", f"/v1/certificates/{r.json()['request_id']}", "auditor")
     assert cert.status_code == 200, cert.text
     path = proj.paths.root / "cert.json"
     path.write_bytes(cert.content)
@@ -470,17 +459,7 @@ def test_a_filter_that_made_its_key_test_is_handed_to_processes_and_finds_a_prin
     folder.mkdir(exist_ok=True)
     (folder / "debug.txt").write_text(f"data key: {key.hex()}\n", encoding="utf-8")
     (folder / "other.txt").write_text(f"a digest: {os.urandom(32).hex()}\n", encoding="utf-8")
-    started: list[str] = []
-    real = content_scan.ProcessPoolExecutor
-
-    class Pool(real):
-        def __init__(self, *args, **kwargs):
-            started.append(kwargs["mp_context"].get_start_method())
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(content_scan, "ProcessPoolExecutor", Pool)
-    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
-    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    started = _pools_started(monkeypatch)
     found = content_scan.hash_files([content_scan.Root(folder)], sizes=hashes)
     assert started == ["forkserver"]
     assert {h.path.name for h in found if h.matches(hashes)} == {"debug.txt"}
@@ -491,12 +470,6 @@ def test_an_erasure_asked_over_http_whose_read_hangs_answers_503_saying_why(proj
     """The service's erasure, whose scan (too small for processes: threads of the service) has a
     read that hangs: the DPO is answered 503 ``scan_incomplete``, saying what happened and what
     to do, rather than waiting for good; nothing is certified, the request stays open."""
-    # Deferred: FastAPI is an optional, heavy dependency only these HTTP checks need.
-    from fastapi.testclient import TestClient
-
-    from visage_ml.app.http.app import create_app
-    from visage_ml.app.http.auth import ROLES, KeyStore
-    from visage_ml.config import load_params
     from visage_ml.privacy.requests import RequestBook
 
     proj, pid, photo, log = _a_log_holding_a_photo(project)
@@ -510,18 +483,9 @@ def test_an_erasure_asked_over_http_whose_read_hangs_answers_503_saying_why(proj
 
     monkeypatch.setattr(content_scan, "_read_open", hangs)
     monkeypatch.setattr(content_scan, "STALL_SECONDS", 3)
-    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
-    app = create_app(
-        proj.paths,
-        params=load_params(proj.paths.params),
-        engine=proj.engine,
-        gallery=proj.gallery(),
-        core=proj.core,
-        mode="full",
-    )
-    client = TestClient(app, raise_server_exceptions=False)
+    call = http_caller(proj)
     try:
-        r = client.post(f"/v1/subjects/{pid}/erasure", headers={"X-API-Key": keys["dpo"]})
+        r = call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
     finally:
         release.set()
     assert r.status_code == 503, r.text

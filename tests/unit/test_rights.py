@@ -18,13 +18,12 @@ import pyrage
 import pytest
 from PIL import Image
 from pyrage import x25519
-from rights_fakes import REF, PrepareTileDetector, make_project, png
+from rights_fakes import REF, PrepareTileDetector, http_caller, make_project, png
 from serving_fakes import THRESHOLD, face_tile
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.app.stages import prepare
-from visage_ml.config import load_params
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.io import sha256_file
 from visage_ml.privacy.core import NothingChangedError
@@ -376,32 +375,8 @@ def test_objection_to_identification_keeps_training_but_stops_matching(proj, mon
 # -- HTTP ----------------------------------------------------------------------------------
 
 
-def _client(proj):
-    # fastapi, and the HTTP app built on it, load only for the HTTP test
-    from fastapi.testclient import TestClient
-
-    from visage_ml.app.http.app import create_app
-    from visage_ml.app.http.auth import ROLES, KeyStore
-
-    keys = {role: KeyStore(proj.paths.api_keys).create(role)[1] for role in ROLES}
-    http_app = create_app(
-        proj.paths,
-        params=load_params(proj.paths.params),
-        engine=proj.engine,
-        gallery=proj.gallery(),
-        core=proj.core,
-        mode="full",
-    )
-    client = TestClient(http_app, raise_server_exceptions=False)
-
-    def call(method, path, role, **kw):
-        return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
-
-    return call
-
-
 def test_http_requests_lifecycle_and_export_for_the_dpo_only(proj, tmp_path):
-    call = _client(proj)
+    call = http_caller(proj)
     pid = proj.pids[1]
     r = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "portability"})
     assert r.status_code == 200, r.text
@@ -635,7 +610,7 @@ def test_an_export_refused_by_the_audit_log_is_recorded_on_its_request(proj):
 
 
 def test_http_export_refused_by_the_audit_log_says_to_restore_it(proj):
-    call = _client(proj)
+    call = http_caller(proj)
     pid = proj.pids[3]
     _broken_audit_log(proj)
     rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
@@ -806,7 +781,7 @@ def test_a_rectification_after_consent_to_identification_was_withdrawn_completes
 def test_http_and_cli_lifts_say_what_became_of_a_template_removed_during_the_restriction(
     proj, tmp_path
 ):
-    call = _client(proj)
+    call = http_caller(proj)
     pid, other = proj.pids[2], proj.pids[3]
     for p in (pid, other):
         assert call("POST", f"/v1/subjects/{p}/restrict", "dpo").status_code == 200
