@@ -24,6 +24,14 @@ Reported: the time of each step, the total, the certificate verification; then t
 second subject erased on the same project (``second_erasure``: what the scans learnt in the
 first is there to be used).
 
+With ``--service`` the erasures and the verifier run with a second thread of this process alive,
+as ``visage serve`` runs an erasure beside its other threads (uvicorn's, other requests'): the
+scans of the files then start no forked process
+(:func:`~visage_ml.rights.content_scan._start_method`), but a fork server's (a checkout before
+the fork server looked at them in threads), which imports what this script imports once, as
+``visage serve``'s imports what the ``visage`` script does (each of its processes runs the main
+script again). Each scan says where (``looked_in``).
+
 With ``--remote-api`` the DVC remote is read as an S3 one is, through DVC's filesystem API
 (listed once with every size, each object of another size ranged-read for its first bytes, the
 others read whole), rather than as files: what the copies step and the verifier add for a cloud
@@ -42,7 +50,7 @@ disk, compressed as stored) and the bytes of the files it hashed.
 
     python benchmarks/bench_erasure.py [--identities 300] [--gallery 100000] [--dim 128]
         [--bulk-gb 0] [--bulk-text-gb 0] [--bulk-archive-gb 0] [--bulk-parquet-gb 0]
-        [--remote-api] [--scratch DIR] [--keep]
+        [--remote-api] [--service] [--scratch DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -398,11 +407,19 @@ def fill_parquet(folder: Path, gb: float, *, rows: int = 80_000) -> int:
 @contextlib.contextmanager
 def scans_timed() -> Iterator[list[dict]]:
     """Each call of ``content_scan.hash_files`` meanwhile: its seconds, the bytes this process
-    read (``rchar``), how many files it read and their bytes."""
+    read (``rchar``), how many files it read and their bytes, and where it looked at them
+    (``looked_in``: the start method of its processes, or ``threads``)."""
     calls: list[dict] = []
-    real = content_scan.hash_files
+    real, pools = content_scan.hash_files, content_scan.ProcessPoolExecutor
+    started: list[str] = []
+
+    class Pool(pools):  # type: ignore[misc,valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            started.append(kwargs["mp_context"].get_start_method())
+            super().__init__(*args, **kwargs)
 
     def timed(*args, **kwargs):
+        started.clear()
         t, r = time.perf_counter(), _rchar()
         out = real(*args, **kwargs)
         hashed = [h for h in out if h.read and h.digest is not None]
@@ -413,20 +430,53 @@ def scans_timed() -> Iterator[list[dict]]:
                 "files": len(out),
                 "files_hashed": len(hashed),
                 "bytes_hashed": sum(h.size for h in hashed),
+                "looked_in": started[0] if started else "threads",
             }
         )
         return out
 
-    content_scan.hash_files = timed
+    content_scan.hash_files, content_scan.ProcessPoolExecutor = timed, Pool
     try:
         yield calls
     finally:
-        content_scan.hash_files = real
+        content_scan.hash_files, content_scan.ProcessPoolExecutor = real, pools
 
 
-def erase(root: Path, victim: str, *, remote_api: bool = False) -> dict:
+@contextlib.contextmanager
+def beside_another_thread(service: bool) -> Iterator[None]:
+    """With ``service``, a second thread of this process runs meanwhile (it waits), as the
+    service's do."""
+    if not service:
+        yield
+        return
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait, name="service", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def as_the_service() -> None:
+    """Have the scans' fork server import what this script imports, once for all its
+    processes, as ``visage serve`` has it import the CLI
+    (:func:`~visage_ml.rights.content_scan.preload`; a checkout before it has none)."""
+    preload = getattr(content_scan, "preload", None)
+    if preload is not None:
+        preload(*sorted(m for m in sys.modules if m.startswith("visage_ml.")))
+
+
+def erase(root: Path, victim: str, *, remote_api: bool = False, service: bool = False) -> dict:
     """Erase ``victim`` with a cold core (as the CLI does) and verify the certificate
-    (``remote_api``: the DVC remote read through DVC's filesystem API, as S3 is)."""
+    (``remote_api``: the DVC remote read through DVC's filesystem API, as S3 is; ``service``:
+    both beside another thread, :func:`beside_another_thread`)."""
+    with beside_another_thread(service):
+        return _erase(root, victim, remote_api=remote_api)
+
+
+def _erase(root: Path, victim: str, *, remote_api: bool) -> dict:
     paths = ProjectPaths(root)
     if remote_api:
         dvc_objects._is_local = lambda odb: False
@@ -503,11 +553,18 @@ def main() -> None:
             help=f"Also fill data/interim/{kind} with this many GB of {what}, none a copy.",
         )
     ap.add_argument(
+        "--service",
+        action="store_true",
+        help="Erase and verify with a second thread alive, as `visage serve` does.",
+    )
+    ap.add_argument(
         "--remote-api",
         action="store_true",
         help="Read the DVC remote through DVC's filesystem API, as an S3 remote is read.",
     )
     args = ap.parse_args()
+    if args.service:
+        as_the_service()
     base = Path(tempfile.mkdtemp(prefix="bench-erasure-", dir=args.scratch))
     try:
         t = time.perf_counter()
@@ -536,10 +593,14 @@ def main() -> None:
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "project": info,
-            "erasure": erase(base / "proj", victim, remote_api=args.remote_api),
+            "erasure": erase(
+                base / "proj", victim, remote_api=args.remote_api, service=args.service
+            ),
             # Another subject on the same project: what an erasure costs once one has run
             # (the scans' caches warm).
-            "second_erasure": erase(base / "proj", second, remote_api=args.remote_api),
+            "second_erasure": erase(
+                base / "proj", second, remote_api=args.remote_api, service=args.service
+            ),
         }
         print(json.dumps(out, indent=2))
     finally:
