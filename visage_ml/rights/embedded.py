@@ -586,13 +586,16 @@ def _mapped(
     fh: IO[bytes], what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
     """:func:`inside` of a pickle, an array, an Arrow file or a PDF read from its file
-    (:func:`inside_large`): the same base64 runs, PNGs, JPEGs, PDF streams decoded and Arrow
-    batches, in the same order."""
+    (:func:`inside_large`): the same base64 runs, pickled keys, PNGs, JPEGs, PDF streams decoded
+    and Arrow batches, in the same order."""
     from visage_ml.rights import embedded_photos
 
     fh.seek(0)
     yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)  # its base64 runs
     with mapped(fh) as data:
+        if what == BINARY and PICKLE_MAGIC.match(data[:2]):
+            for raw in _pickled_keys(data, sizes):
+                yield from _part(raw, sizes, depth, budget)
         images = itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data))
         for found in images:
             yield from _part(found, sizes, depth, budget)
