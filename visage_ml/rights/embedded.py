@@ -433,9 +433,7 @@ def inside(
 
         for _, raw in embedded_text._runs(data, sizes):
             yield from _part(raw, sizes, depth, budget)
-        if what == BINARY and PICKLE_MAGIC.match(data[:2]):
-            for raw in _pickled_keys(data, sizes):
-                yield from _part(raw, sizes, depth, budget)
+        yield from _pickled_keys(data, what, sizes, depth, budget)
         if what in (BINARY, PDF):
             images = itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data))
             for found in images:
@@ -443,17 +441,22 @@ def inside(
         yield from _compressed(data, what, sizes, depth, budget)
 
 
-def _pickled_keys(data: Buffer, sizes: SizeFilter | None) -> Iterator[bytes]:
-    """The 32 bytes after each opcode of :data:`PICKLED_KEY` in a pickle's ``data`` that are
-    a key sought (:func:`key_test`): the opcodes' two bytes found in other bytes too (an
-    array's floats) are tested and let go, about one every 64 KiB."""
+def _pickled_keys(
+    data: Buffer, what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """:func:`_part` of the 32 bytes after each opcode of :data:`PICKLED_KEY` in ``data``, a
+    file of kind ``what``, when it is a pickle, that are a key sought (:func:`key_test`): the
+    opcodes' two bytes found in other bytes too (an array's floats) are tested and let go,
+    about one every 64 KiB."""
+    if what != BINARY or not PICKLE_MAGIC.match(data[:2]):
+        return
     test = key_test(sizes)
     if test is None:
         return
     for m in PICKLED_KEY.finditer(data):
         raw = bytes(data[m.end() : m.end() + KEY_SIZE])
         if len(raw) == KEY_SIZE and test(raw):
-            yield raw
+            yield from _part(raw, sizes, depth, budget)
 
 
 def _compressed(
@@ -593,9 +596,7 @@ def _mapped(
     fh.seek(0)
     yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)  # its base64 runs
     with mapped(fh) as data:
-        if what == BINARY and PICKLE_MAGIC.match(data[:2]):
-            for raw in _pickled_keys(data, sizes):
-                yield from _part(raw, sizes, depth, budget)
+        yield from _pickled_keys(data, what, sizes, depth, budget)
         images = itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data))
         for found in images:
             yield from _part(found, sizes, depth, budget)
