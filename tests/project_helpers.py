@@ -199,6 +199,15 @@ def git(root: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def committed_then_removed(root: Path, *paths: str) -> None:
+    """``paths`` committed to git in ``root``, then removed in a second commit: gone from the
+    work tree, held by the history."""
+    git(root, "add", *paths)
+    git(root, "commit", "-qm", "add")
+    git(root, "rm", "-rq", *paths)
+    git(root, "commit", "-qm", "tidy")
+
+
 def files_holding(root: Path, needle: bytes) -> list[str]:
     """Every file below ``root`` (a server's data folder) holding ``needle``, relative to it."""
     hits = []

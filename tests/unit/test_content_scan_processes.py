@@ -319,6 +319,17 @@ def _asked_in(noted: Path) -> set[int]:
     return {int(line) for line in noted.read_text(encoding="utf-8").split()}
 
 
+def _a_project_scanned_in_processes(tmp_path, monkeypatch) -> tuple[Path, bytes, bytes]:
+    """A project's files (:func:`_files`: a photo's copies among others), its root, the photo
+    and the other file; its scans in two processes whatever their size."""
+    photo, other = os.urandom(3000), os.urandom(4000)
+    root = tmp_path / "proj"
+    _files(root, photo, other)
+    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
+    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    return root, photo, other
+
+
 @needs_forkserver
 def test_a_scan_beside_another_thread_runs_in_processes_and_finds_what_threads_do(
     tmp_path, monkeypatch, another_thread
@@ -326,12 +337,8 @@ def test_a_scan_beside_another_thread_runs_in_processes_and_finds_what_threads_d
     """The service (another thread running): a scan large enough for processes is looked at in
     processes started from a fork server, not in this process's threads, and finds, and keeps
     in the file cache, what the threads found and kept."""
-    photo, other = os.urandom(3000), os.urandom(4000)
-    root = tmp_path / "proj"
-    _files(root, photo, other)
+    root, photo, other = _a_project_scanned_in_processes(tmp_path, monkeypatch)
     monkeypatch.setattr(scan_cache, "RACY_NS", 0)
-    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
-    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
     monkeypatch.setattr(content_scan, "BATCH_FILES", 4)
     noted = tmp_path / "asked.txt"
 
@@ -373,11 +380,7 @@ def test_a_fork_server_process_that_hangs_stops_the_scan_and_is_killed(
     """Beside another thread, a process of the scan (a fork server's child) hangs: when no
     batch has come back for the limit, the scan stops saying why and the process is killed,
     as a forked one is."""
-    photo, other = os.urandom(3000), os.urandom(4000)
-    root = tmp_path / "proj"
-    _files(root, photo, other)
-    monkeypatch.setattr(content_scan, "SCAN_PROCESSES", 2)
-    monkeypatch.setattr(content_scan, "PROCESS_MIN_BYTES", 0)
+    root, photo, _ = _a_project_scanned_in_processes(tmp_path, monkeypatch)
     monkeypatch.setattr(content_scan, "STALL_SECONDS", 3)
     noted = tmp_path / "asked.txt"
     with pytest.raises(content_scan.ScanIncompleteError, match="no batch came back"):

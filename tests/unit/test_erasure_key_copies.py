@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from project_helpers import git
+from project_helpers import committed_then_removed
 from rights_fakes import make_project, printed_notebook
 from test_erasure import _dvc
 
@@ -150,10 +150,7 @@ def test_a_key_copy_committed_to_git_stops_the_erasure(tiny_project):
     proj = make_project(root, n_subjects=3)
     victim = proj.pids[0]
     shutil.copytree(proj.paths.data_keys, root / "keys-backup")
-    git(root, "add", "keys-backup")
-    git(root, "commit", "-qm", "backup")
-    git(root, "rm", "-rq", "keys-backup")
-    git(root, "commit", "-qm", "tidy")
+    committed_then_removed(root, "keys-backup")
     with pytest.raises(OSError, match="git"):
         Erasure(proj.paths).erase(victim)
     assert not list(proj.paths.certificates.glob("*.json"))

@@ -23,7 +23,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from project_helpers import git
+from project_helpers import committed_then_removed
 from rights_fakes import make_project, printed_notebook
 from test_erasure_inside import stopped_then_certified
 
@@ -202,10 +202,7 @@ def test_the_unwrapped_key_committed_to_git_stops_the_erasure(tiny_project):
     victim = proj.pids[0]
     key = _data_key(proj, victim)
     (root / "notes.txt").write_text(f"data key {key.hex()}\n", encoding="utf-8")
-    git(root, "add", "notes.txt")
-    git(root, "commit", "-qm", "notes")
-    git(root, "rm", "-q", "notes.txt")
-    git(root, "commit", "-qm", "tidy")
+    committed_then_removed(root, "notes.txt")
     with pytest.raises(OSError, match="git"):
         Erasure(proj.paths).erase(victim)
     assert not list(proj.paths.certificates.glob("*.json"))
