@@ -23,6 +23,7 @@ from project_helpers import write_overrides
 from psycopg.conninfo import make_conninfo
 from rights_fakes import make_project
 from serving_fakes import DIM, THRESHOLD, fake_engine, make_world, png_b64
+from test_pg_gallery_swap import ended_within, held_at_commit
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app as cli
@@ -433,6 +434,42 @@ def test_an_erasure_whose_purge_dies_after_its_swap_certifies_only_once_resumed(
         conn.execute("CHECKPOINT")  # the old table's pages reach its files
     assert any(f.startswith("base/") for _, f in _scan(pg.data_dir, needles))
 
+    (result,) = Erasure(proj.paths).resume()
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert Erasure(proj.paths).remaining(victim)["gallery"] == []
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f'"{aside}"',)).fetchone()[0] is None
+    assert _scan(pg.data_dir, needles) == []
+
+
+def test_an_erasure_whose_old_table_a_session_holds_certifies_only_once_it_ends(
+    project, pg, table, monkeypatch
+):
+    """A client holds the swap's old table (``<table>$purge_old``, read by its name in a
+    transaction left open) from the swap's commit on: the erasure waited for it with no
+    timeout. Now the erasure stops uncertified after a bounded wait, saying to end that session
+    and resume; a resume while it still holds the table stops the same way; once it ends, the
+    resumed erasure drops the old table and certifies with nothing of the victim on disk."""
+    proj = make_project(project, enrol=False)
+    gallery = _served_from_pg(proj, project, pg, table)
+    victim = proj.pids[0]
+    needles = _needles(gallery, pg, table, victim)
+    gallery.close()
+    aside = f"{table}{pg_swap.OLD_SUFFIX}"
+    monkeypatch.setattr(pg_gallery, "PURGE_LOCK_TRIES", 3)
+    blocker = held_at_commit(monkeypatch, pg, aside)
+
+    for run in (lambda: Erasure(proj.paths).erase(victim), lambda: Erasure(proj.paths).resume()):
+        error = ended_within(run, 60, blocker=blocker)
+        assert isinstance(error, pg_swap.OldTableHeldError), error
+        assert str(blocker.info.backend_pid) in str(error) and victim not in str(error)
+        assert not list(proj.paths.certificates.glob("*.json"))
+        left = [
+            x for x in Erasure(proj.paths).remaining(victim)["gallery"] if x.startswith("pgvector")
+        ]
+        assert len(left) == 1 and aside in left[0], left
+
+    blocker.close()
     (result,) = Erasure(proj.paths).resume()
     assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
     assert Erasure(proj.paths).remaining(victim)["gallery"] == []

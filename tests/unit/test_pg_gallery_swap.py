@@ -1168,3 +1168,83 @@ def test_a_search_and_an_enrolment_waiting_for_the_swaps_lock_reach_the_new_tabl
     client.close()
     waiting.close()
     searcher.close()
+
+
+def held_at_commit(monkeypatch, pg, name: str) -> psycopg.Connection:
+    """A client that, at a purge's swap's commit, reads the table ``name`` (the old table, by
+    its name: a pg_dump, a query typed by hand) in a transaction it leaves open, so holding a
+    lock on it; returned (closing it ends the transaction)."""
+    blocker = psycopg.connect(pg.dsn)
+    read_once: list[str] = []
+
+    def read(conn, phase):
+        if phase == "committed" and not read_once:
+            read_once.append(phase)
+            blocker.execute(sql.SQL("SELECT 1 FROM {o} LIMIT 1").format(o=sql.Identifier(name)))
+
+    monkeypatch.setattr(pg_swap, "_phase", read)
+    return blocker
+
+
+def ended_within(call, seconds: float, *, blocker: psycopg.Connection) -> BaseException | None:
+    """What ``call`` raised (None: it returned), run in a thread; it must end within
+    ``seconds``. One that waits longer fails the test, ``blocker`` closed so that it ends."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    waited = thread.is_alive()
+    if waited:
+        blocker.close()
+        thread.join(timeout=60)
+    assert not waited, f"still waiting after {seconds} s for the session holding the table"
+    return raised[0] if raised else None
+
+
+def test_a_session_holding_the_old_table_stops_the_erasure_after_a_bounded_wait(
+    world, engine, enrolled, pg, table, monkeypatch
+):
+    """A client reads ``<table>$purge_old`` by its name in a transaction it keeps open (a
+    pg_dump, a query typed by hand) just after the swap's commit: the old table's drop waited
+    for its lock with no timeout, and the erasure with it, for as long as that session lived.
+    Now it asks for the lock as the swap asks for the table's, then stops with a message that
+    names the session's backend and says what to do; the old table stays under its name, the
+    erasure's verify names it, and once the session ends the erasure's step run again drops it
+    and nothing of the vector is left in the data folder."""
+    gallery, pids = enrolled
+    victim = pids[3]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    ctx = _erasure_context(world, gallery, pg, table)
+    plan = pg_store.plan(ctx, victim)
+    aside = f"{table}{pg_swap.OLD_SUFFIX}"
+    monkeypatch.setattr(pg_gallery, "PURGE_LOCK_TRIES", 3)  # 3 x 0.5 s, 1 s apart
+    blocker = held_at_commit(monkeypatch, pg, aside)
+    start = time.monotonic()
+    error = ended_within(
+        lambda: pg_store.erase(ctx, victim, plan.artefacts, plan), 30, blocker=blocker
+    )
+    assert isinstance(error, pg_swap.OldTableHeldError), error
+    assert time.monotonic() - start < 20
+    said = str(error)
+    assert aside in said and "visage privacy resume" in said, said
+    assert str(blocker.info.backend_pid) in said, said
+    assert victim not in said
+    assert _exists(pg.dsn, aside)
+    assert victim not in gallery.stored()  # the swap committed: the new table serves
+    left = pg_store.verify(ctx, victim)
+    assert len(left) == 1 and aside in left[0], left
+
+    blocker.close()
+    again = pg_store.plan(ctx, victim)
+    outcome = pg_store.erase(ctx, victim, plan.artefacts, again)
+    assert outcome.info["rewrite"] == "swap" and outcome.info["wal_removed"], outcome.info
+    assert not _exists(pg.dsn, aside)
+    assert pg_store.verify(ctx, victim) == []
+    assert files_holding(pg.data_dir, vector) == []

@@ -58,7 +58,12 @@ then, after the commit:
    the gallery table at the swap's commit asked for its lock on the old table; once granted,
    PostgreSQL looks the name up again (invalidation messages arrived meanwhile), releases the
    old table and locks the new one, and a prepared statement's plan, invalidated by the
-   rename, is planned again by name: each reads or writes the new table (tested).
+   rename, is planned again by name: each reads or writes the new table (tested). Its lock is
+   asked for as step 6's is, the last try too for a while only (:func:`_drop_waiting`): a
+   session holding the old table by its name (a ``pg_dump``, a query typed by hand in a
+   transaction left open) would otherwise hold the erasure for as long as it lives; the purge
+   stops with :class:`OldTableHeldError` instead, the old table left under its name, as a purge
+   that died there leaves it (below).
 
 Why a change log kept by a trigger
 ----------------------------------
@@ -108,7 +113,7 @@ erasure is not done. The erasure's verify names the table while it is there
 purge before anything else (:func:`_drop_left_copy`, followed by that purge's WAL switch and
 checkpoint: a resumed erasure runs its purge again) and by the next opening of the gallery
 (:func:`drop_left_log`), unless a purge is running (it holds the advisory lock, and drops its
-own old table).
+own old table). The next purge's drop stops as step 7's does while a session holds the table.
 
 The swap carries over what the gallery's schema holds (:func:`obstacles` names anything else: a
 trigger other than the log's, a rule or view, a foreign key, a policy, a publication, an owned
@@ -189,6 +194,13 @@ MSG_OLD_KEPT = (
 MSG_OLD_REMOVED = (
     "gallery table {table}: the old table a purge that died renamed aside ({old}) was dropped"
 )
+MSG_OLD_HELD = (
+    "gallery table {table}: {old} (the table's rows as they were before a purge, the erased "
+    "ones among them) could not be dropped in {seconds:.0f} s: another session holds a lock on "
+    "it ({holders}: a pg_dump, or a query left open in a transaction). End that session (let "
+    "the dump finish, or pg_terminate_backend(pid)), then run `visage privacy resume`: the "
+    "resumed erasure drops it; until then the erasure does not verify"
+)
 MSG_DEADLOCK = (
     "a client holding the table waited, without a lock timeout, for a lock the copy's excludes"
 )
@@ -227,6 +239,13 @@ _DEPENDENT_KIND = {
 class SwapRefusedError(RuntimeError):
     """The table holds something the swap cannot carry over (the message says what, no data):
     rewrite it with ``VACUUM FULL`` instead. Nothing was written."""
+
+
+class OldTableHeldError(RuntimeError):
+    """The swap committed but the old table (or a copy left beside the table) could not be
+    dropped: another session held it past the purge's lock tries (the message names its
+    backend and says what to do). The table keeps its name; the erasure does not verify until
+    a later purge drops it."""
 
 
 def _phase(conn: psycopg.Connection, name: str) -> None:
@@ -365,18 +384,24 @@ def ask_briefly(
     timeout_s: float,
     pause_s: float,
     meanwhile: Callable[[], None] | None = None,
+    give_up: bool = False,
 ) -> int:
     """``do(wait)``, a statement that takes a lock waiting at most ``wait`` seconds for it (0: as
     long as it takes), asked ``timeout_s`` at a time ``tries - 1`` times, ``pause_s`` apart, then
     as long as it takes: a request waiting for a lock makes every later one on the table wait
     behind it, so a purge asks briefly rather than hold serving up behind a long reader.
-    ``meanwhile`` runs after each try refused, before the pause. Returns the tries it took."""
+    ``meanwhile`` runs after each try refused, before the pause. With ``give_up``, the last
+    try too waits ``timeout_s``, and its refusal (``LockNotAvailable``) is raised. Returns the
+    tries it took."""
     attempt = 0
     while True:
         attempt += 1
+        last = attempt >= tries
         try:
-            do(timeout_s if attempt < tries else 0.0)
+            do(timeout_s if give_up or not last else 0.0)
         except psycopg.errors.LockNotAvailable:
+            if give_up and last:
+                raise
             if meanwhile is not None:
                 meanwhile()
             time.sleep(pause_s)
@@ -400,10 +425,7 @@ def _lock_briefly(
 
     def take(wait: float) -> None:
         with conn.transaction():
-            conn.execute(
-                "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
-                (f"{max(1, round(wait * 1000)) if wait else 0}ms",),
-            )
+            _wait_for_locks(conn, wait)
             conn.execute(lock)
 
     try:
@@ -433,13 +455,16 @@ def rewrite_and_swap(
         copy or the change log in the table's schema or give the copy the table's owner:
         nothing was changed (the change log made for it is removed again, where the table
         can be locked briefly: :func:`drop_left_log`).
+    OldTableHeldError
+        Another session held the old table (or one a purge left) through every try of its
+        drop's lock: the swap may have committed, the old table is left under its name.
     """
     locking = (lock_tries, lock_timeout_s, pause_s)
     # Held until the log is gone (released with the connection, were this process to die).
     conn.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (PURGE_LOCK, table))
     swapped = False
     try:
-        _drop_left_copy(conn, table)
+        _drop_left_copy(conn, table, locking=locking)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
             oid, schema = _located(conn, table)
@@ -454,7 +479,7 @@ def rewrite_and_swap(
             raise SwapRefusedError(MSG_FAILED.format(error=type(exc).__name__)) from None
         attempts = _swap(conn, table, key=key, locking=locking)
         swapped = True
-        _drop_old(conn, table)
+        _drop_old(conn, table, locking=locking)
     finally:
         if not swapped and not conn.closed:
             # The swap's transaction took the trigger with the old table; here it was refused or
@@ -590,10 +615,7 @@ def _make_log(
     def make(wait: float) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
-            conn.execute(
-                "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
-                (f"{max(1, round(wait * 1000)) if wait else 0}ms",),
-            )
+            _wait_for_locks(conn, wait)
             conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=old))
             if _oid(conn, schema, f"{table}{LOG_SUFFIX}") is not None:
                 conn.execute(sql.SQL("DROP TABLE {g}").format(g=log))
@@ -792,7 +814,9 @@ def left_tables(conn: psycopg.Connection, table: str) -> list[str]:
     ]
 
 
-def _drop_left_copy(conn: psycopg.Connection, table: str) -> None:
+def _drop_left_copy(
+    conn: psycopg.Connection, table: str, *, locking: tuple[int, float, float]
+) -> None:
     """Drop the tables :func:`left_tables` finds, committed on their own before the swap.
 
     A purge that died during its copy took its copy with it (one transaction): a
@@ -801,29 +825,95 @@ def _drop_left_copy(conn: psycopg.Connection, table: str) -> None:
     rolled back with a swap that could not run (the table VACUUM FULLed instead) and the copy's
     files kept the erased vector. A ``<table>$purge_old`` is the old table of a purge that died
     between its swap's commit and its drop. The names are the purge's (no gallery's has a
-    ``$``); the caller's WAL switch and checkpoint follow the drop."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
-        schema = _located(conn, table)[1]
-        for name in left_tables(conn, table):
-            conn.execute(sql.SQL("DROP TABLE {t}").format(t=sql.Identifier(schema, name)))
+    ``$``); the caller's WAL switch and checkpoint follow the drop. Their lock is asked for as
+    the old table's is (:func:`_drop_waiting`)."""
+
+    def drop(wait: float) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+            _wait_for_locks(conn, wait)
+            schema = _located(conn, table)[1]
+            for name in left_tables(conn, table):
+                conn.execute(sql.SQL("DROP TABLE {t}").format(t=sql.Identifier(schema, name)))
+
+    _drop_waiting(conn, table, drop, locking=locking)
 
 
-def _drop_old(conn: psycopg.Connection, table: str) -> None:
+def _drop_old(conn: psycopg.Connection, table: str, *, locking: tuple[int, float, float]) -> None:
     """Drop the old table the swap renamed aside (``<table>$purge_old``), in a transaction of
     its own: its heap, TOAST and index files are unlinked at this commit, with ACCESS EXCLUSIVE
     held on it alone, which nobody reaches by name any more; searches and writes of the gallery
     table go on meanwhile. Run before :func:`rewrite_and_swap` returns, so before the caller's
-    WAL switch and checkpoint: the old files hold the erased row."""
-    with conn.transaction():
-        schema = _located(conn, table)[1]
-        conn.execute(
-            sql.SQL("DROP TABLE IF EXISTS {o}").format(
-                o=sql.Identifier(schema, f"{table}{OLD_SUFFIX}")
+    WAL switch and checkpoint: the old files hold the erased row. A session that holds it by
+    name (a pg_dump, a query left open in a transaction) stops the purge after the lock's tries
+    (:func:`_drop_waiting`), the old table left under its name."""
+
+    def drop(wait: float) -> None:
+        with conn.transaction():
+            _wait_for_locks(conn, wait)
+            schema = _located(conn, table)[1]
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {o}").format(
+                    o=sql.Identifier(schema, f"{table}{OLD_SUFFIX}")
+                )
             )
-        )
-        _phase(conn, "dropping")
+            _phase(conn, "dropping")
+
+    _drop_waiting(conn, table, drop, locking=locking)
     _phase(conn, "dropped")
+
+
+def _wait_for_locks(conn: psycopg.Connection, wait: float) -> None:
+    """In the open transaction, a statement waits at most ``wait`` seconds for a lock (0: as
+    long as it takes)."""
+    conn.execute(
+        "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+        (f"{max(1, round(wait * 1000)) if wait else 0}ms",),
+    )
+
+
+def _drop_waiting(
+    conn: psycopg.Connection,
+    table: str,
+    drop: Callable[[float], None],
+    *,
+    locking: tuple[int, float, float],
+) -> None:
+    """``drop(wait)`` of a table the purge left or renamed aside, its lock asked for as the
+    swap's is (:func:`ask_briefly`), the last try too for ``timeout_s`` only: nobody but a
+    session holding that table by name keeps the lock from it (a pg_dump, a query typed by
+    hand in a transaction left open), and the erasure must not wait on that session for good.
+
+    Raises
+    ------
+    OldTableHeldError
+        Refused at every try: the table keeps its name (the erasure's verify names it), and the
+        message names the backends holding it (their pids, never their queries).
+    """
+    tries, timeout_s, pause_s = locking
+    start = time.monotonic()
+    try:
+        ask_briefly(drop, tries=tries, timeout_s=timeout_s, pause_s=pause_s, give_up=True)
+    except psycopg.errors.LockNotAvailable:
+        names = [f"{table}{suffix}" for suffix in LEFT_SUFFIXES]
+        holders = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c "
+                "ON c.oid = l.relation JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() AND c.relname = ANY(%s) "
+                "AND n.nspname = %s ORDER BY 1",
+                (names, _located(conn, table)[1]),
+            ).fetchall()
+        ]
+        raise OldTableHeldError(
+            MSG_OLD_HELD.format(
+                table=table,
+                old=", ".join(left_tables(conn, table)) or names[-1],
+                seconds=time.monotonic() - start,
+                holders=f"backend pid {', '.join(holders)}" if holders else "ended since",
+            )
+        ) from None
 
 
 def _copy_and_swap(

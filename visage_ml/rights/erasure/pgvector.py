@@ -24,8 +24,9 @@ template:
   slot and no streaming standby (the stack's PostgreSQL is configured so); otherwise the step's
   info lists what may keep old WAL (``wal_retention``) and ``wal_removed`` is false, and the
   certificate's notes say so instead of claiming removal. A table left beside the gallery table
-  by a purge that died (``<table>$purge_old``, whose files hold the rows of before) fails
-  :func:`verify` until the next purge drops it (a resumed erasure runs its purge again).
+  by a purge that died, or that stopped because another session held it
+  (``<table>$purge_old``, whose files hold the rows of before), fails :func:`verify` until the
+  next purge drops it (a resumed erasure runs its purge again).
 
 Run it right after the ``gallery`` step: from the end of :func:`erase` no replica returns the
 subject (the revoked table is checked by every query) and the bytes are gone from the data
@@ -54,9 +55,10 @@ NOTE_WAL = (
 )
 # What verify names for a table a purge left beside the gallery table (no row, no pid in it).
 MSG_LEFT = (
-    "{store}: {relation} (left beside the table by a purge that died, or by hand: its files hold "
-    "the table's rows of before, erased ones among them; the next purge drops it, and `visage "
-    "privacy resume` finishes an erasure stopped with it)"
+    "{store}: {relation} (left beside the table by a purge that died or that another session "
+    "holding it kept from dropping it, or by hand: its files hold the table's rows of before, "
+    "erased ones among them; the next purge drops it, and `visage privacy resume` finishes an "
+    "erasure stopped with it)"
 )
 
 
