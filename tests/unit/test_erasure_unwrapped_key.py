@@ -33,6 +33,7 @@ from visage_ml.privacy.sealed import KeyRing
 from visage_ml.rights import scan_cache
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
+from visage_ml.rights.sealing import doctor
 
 
 @pytest.fixture
@@ -301,3 +302,45 @@ def test_the_unwrapped_key_pickled_among_other_values_stops_the_erasure(proj, pr
     path.write_bytes(data)
     report = verify_certificate(done.certificate_path, root=root)
     assert not report.ok and path in {Path(f["path"]) for f in report.findings}
+
+
+def test_a_key_the_doctors_purge_destroys_is_sought_at_the_subjects_later_erasure(proj):
+    # A subject's data came into the project before the subject was registered (migrated in
+    # from another project, the registration to follow), their gallery key with it, and the
+    # operator printed that key. `visage privacy doctor --purge`, run meanwhile, destroyed the
+    # key of a subject the registry did not know. The subject is registered, then asks for
+    # erasure: the key file was gone, so the erasure sought nothing of that key and certified
+    # while the notebook still printed it.
+    root, newcomer = proj.paths.root, "p" + "e" * 16
+    master = load_master_key(proj.paths.master_key, create=False)
+    ring = KeyRing(proj.paths.gallery / "keys", master, context="gallery")
+    key = ring.get(newcomer, create=True)
+    text = _notebook([key.hex()])
+    path = _put(root / "notebooks" / "migrated.ipynb", text)
+    assert doctor(proj.paths, purge=True).purged
+    assert not ring.exists(newcomer)
+    proj.core.add_subject(pid=newcomer, source="test")
+
+    result = Erasure(proj.paths).erase(newcomer)
+
+    assert key.hex() not in path.read_text(encoding="utf-8")
+    _put_back_fails(result, path, text, root=root)
+
+
+def test_tombstones_that_cannot_be_written_do_not_keep_a_key_from_the_doctors_purge(proj, caplog):
+    # As for a withdrawal's purge: the key's tag is a further safeguard, and a damaged
+    # tombstone file says so in the log (the pid, never the key) while the key goes all the same.
+    newcomer = "p" + "d" * 16
+    Erasure(proj.paths).erase(proj.pids[2])  # tombstones exist
+    master = load_master_key(proj.paths.master_key, create=False)
+    ring = KeyRing(proj.paths.gallery / "keys", master, context="gallery")
+    key = ring.get(newcomer, create=True)
+    proj.paths.tombstones.write_text("not a tombstone file\n", encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING):
+        doctor(proj.paths, purge=True)
+
+    assert not ring.exists(newcomer)
+    (record,) = [r for r in caplog.records if "without its tag in the tombstones" in r.message]
+    assert newcomer in record.message and "damaged" in record.message
+    assert key.hex() not in caplog.text

@@ -74,6 +74,7 @@ from pathlib import Path
 from visage_ml.config import ProjectPaths
 from visage_ml.io import atomic_write_bytes, file_lock, private_dir
 from visage_ml.privacy.keys import MasterKeyError, check_pid
+from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,11 @@ MSG_NOT_REWRITTEN_SIZES = (
     "%s says every erased file's size is there in an earlier format and could not be "
     "rewritten (%s), so every file is read by the scans for copies; make it writable"
 )
+MSG_KEY_NOT_SOUGHT = (
+    "the {ring} key of {pid} was destroyed without its tag in the tombstones ({error}): a copy "
+    "of the key printed in a notebook or saved to a file will not be found by a later erasure; "
+    "once the tombstones are restored, look for such copies by hand"
+)
 MSG_NOT_REWRITTEN = (
     "%s is in the older tombstone format, whose lines link an erased subject's reference and "
     "files to their pid, and could not be rewritten (%s); make it writable and run any import"
@@ -207,6 +213,25 @@ def _tagger(key: bytes) -> Callable[[bytes], str]:
         return blake2b(raw, key=tag_key, digest_size=32, person=_KEY_TAG_PERSON).hexdigest()
 
     return tag
+
+
+def seek_key(tombstones: Tombstones, ring: KeyRing, pid: str, *, name: str) -> None:
+    """Add ``pid``'s key in ``ring`` (called ``name`` in the log), as unwrapped, to the
+    tombstones (:meth:`Tombstones.add_keys`) before it is destroyed, whatever destroys it (a
+    gallery's purge, the doctor's): every later scan for copies (the subject's erasure,
+    another's, the certificate's verifier) then finds the key an operator printed in a notebook
+    or saved to a file, which opens the subject's sealed copies in any backup; the subject's
+    later erasure finds no key file left to take it from. Tombstones that cannot be written do
+    not keep the key: its destruction goes on, the tag a further safeguard
+    (:data:`MSG_KEY_NOT_SOUGHT` logged, with the pid alone)."""
+    try:
+        key = ring.get(pid)
+    except (KeyDestroyedError, MasterKeyError):
+        return  # no key, or not one this master key opens: nothing it could open
+    try:
+        tombstones.add_keys([key])
+    except (TombstoneKeyError, OSError) as exc:
+        log.warning(MSG_KEY_NOT_SOUGHT.format(ring=name, pid=pid, error=exc))
 
 
 def normalise_ref(external_ref: str) -> str:

@@ -79,7 +79,8 @@ from visage_ml.privacy.keys import (
 from visage_ml.privacy.notebooks import find_image_notebooks, strip_file
 from visage_ml.privacy.registry import SubjectState
 from visage_ml.privacy.requests import IN_PROGRESS, RequestBook
-from visage_ml.privacy.sealed import KeyDestroyedError, destroy_key, rewrap_keyring
+from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, destroy_key, rewrap_keyring
+from visage_ml.privacy.tombstones import seek_key
 from visage_ml.privacy.vault import IdentityVault
 from visage_ml.rights import content_scan, dvc_objects, embedded
 from visage_ml.rights.content_hashes import ContentHashes
@@ -1065,7 +1066,9 @@ class _Doctor:
         lock, without waiting: a rotation holding it may have read the key and would write it
         back re-wrapped. A locked ring keeps the key (:attr:`DoctorReport.locked`) for a later
         run. No erasure: the versions destroyed stay named beside it (``.<pid>.key.was``), for
-        an erasure of the subject to seek in a backup made before."""
+        an erasure of the subject to seek in a backup made before, and the key itself goes to
+        the tombstones first (:meth:`_seek_key`)."""
+        self._seek_key(path, pid)
         try:
             if path.parent == self.paths.data_keys and self.keys is not None:
                 return self.keys.destroy(pid, wait=False) is not None
@@ -1076,6 +1079,24 @@ class _Doctor:
             folder = _rel(path.parent, self.root)
             self.report.locked.setdefault(folder, []).append(_rel(path, self.root))
             return False
+
+    def _seek_key(self, path: Path, pid: str) -> None:
+        """Add the key file ``path`` holds for ``pid``, as unwrapped, to the tombstones before
+        it is destroyed (:func:`~visage_ml.privacy.tombstones.seek_key`, as a gallery's purge
+        does): a subject the registry does not know yet (data migrated in before the
+        registration) is erased later, and that erasure finds no key file left to seek the key
+        an operator printed. Without a master key that opens the ring, nothing can open what
+        the key sealed, and nothing is added."""
+        for name, (folder, context) in _key_rings(self.paths).items():
+            if folder != path.parent:
+                continue
+            try:
+                master = load_master_key(self.paths.master_key, create=False)
+                ring = KeyRing(folder, master, context=context)
+            except MasterKeyError:
+                return
+            seek_key(self.core.tombstones, ring, pid, name=name)
+            return
 
 
 def _project_figure(rel: str) -> bool:

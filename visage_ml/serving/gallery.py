@@ -96,11 +96,11 @@ from visage_ml.io import (
 )
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import wrapped_keys_exist
-from visage_ml.privacy.keys import MasterKeyError, check_pid, load_master_key
+from visage_ml.privacy.keys import check_pid, load_master_key
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.registry import NO_BASIS_REASONS, REASON_TEXT
 from visage_ml.privacy.sealed import KeyDestroyedError, KeyRing, open_sealed, seal
-from visage_ml.privacy.tombstones import TombstoneKeyError
+from visage_ml.privacy.tombstones import seek_key
 from visage_ml.serving.gallery_check import (
     ENROLLED_NEEDLE,
     NO_KEY,
@@ -154,11 +154,6 @@ MSG_REBUILD = (
 MSG_REBUILT_WHILE_RUNNING = (
     "the gallery was rebuilt with embedder {found!r} while this server runs {expected!r}; "
     "restart `visage serve` to load the new embedder and templates"
-)
-MSG_KEY_NOT_SOUGHT = (
-    "the gallery key of {pid} was destroyed without its tag in the tombstones ({error}): a copy "
-    "of the key printed in a notebook or saved to a file will not be found by a later erasure; "
-    "once the tombstones are restored, look for such copies by hand"
 )
 MSG_REFUSED = "subject {pid} may not be enrolled for identification: {text} ({reason})"
 MSG_NOT_ENROLLED = (
@@ -1693,15 +1688,8 @@ class Gallery:
         objection, the retention) destroys the key and keeps the subject, whose later erasure
         finds no key file left to take it from. Tombstones that cannot be written do not keep
         the template: its removal is the subject's right, the key's tag a further safeguard
-        (:data:`MSG_KEY_NOT_SOUGHT` logged)."""
-        try:
-            key = self.keys.get(pid)
-        except (KeyDestroyedError, MasterKeyError):
-            return  # no key, or not one this master key opens: nothing it could open
-        try:
-            self.core.tombstones.add_keys([key])
-        except (TombstoneKeyError, OSError) as exc:
-            logger.warning(MSG_KEY_NOT_SOUGHT.format(pid=pid, error=exc))
+        (:func:`~visage_ml.privacy.tombstones.seek_key`, which logs it)."""
+        seek_key(self.core.tombstones, self.keys, pid, name=KEY_CONTEXT)
 
     def purge_without_basis(self) -> list[Removal]:
         """Erase stored templates whose subject no longer has any legal basis for them.
