@@ -1307,6 +1307,24 @@ def test_openapi_schema_documents_every_endpoint_response_and_error(project):
     assert "base64" in image["description"]
 
 
+def test_openapi_documents_the_503_of_an_erasure_whose_content_scan_stopped(project):
+    # An erasure whose content scan stopped (a read or a process of it hung, one killed) is
+    # answered 503 scan_incomplete: nothing certified, the request open. The erasure and export
+    # routes listed 503 with the error model, but its description named every other cause and
+    # not this one: a client reading the schema learnt neither the code nor what to do.
+    served = Served(project, overrides={"serving.openapi": True})
+    paths = served.call("GET", "/openapi.json", "dpo").json()["paths"]
+    routes = {"/v1/subjects/{pid}/erasure": "post", "/v1/subjects/{pid}/export": "get"}
+    for path, method in routes.items():
+        documented = paths[path][method]["responses"]["503"]
+        assert documented["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"
+        }, path
+        said = " ".join(documented["description"].split())
+        assert "(scan_incomplete)" in said and "request_id" in said, said
+        assert "(audit_log_unverified)" in said, said
+
+
 # -- a real server ------------------------------------------------------------------------
 
 

@@ -115,7 +115,11 @@ DOCUMENTED: dict[int, str] = {
     "gallery's database dropped the connection or is being rewritten by an erasure (retry "
     "after Retry-After); or "
     "(audit_log_unverified) the audit log fails verification against its anchors in the "
-    "ledger: no access export until privacy/audit.jsonl is restored from a backup.",
+    "ledger: no access export until privacy/audit.jsonl is restored from a backup; or "
+    "(scan_incomplete) an erasure's content scan stopped before it had looked at every file (a "
+    "read or a process of it hung, or a process was killed): nothing was certified and the "
+    "request stays open; do what the message says, then send the erasure again with its "
+    "request_id (or run `visage privacy resume`).",
 }
 # What the boundary may answer before a route runs: for every route with a key ...
 AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)
