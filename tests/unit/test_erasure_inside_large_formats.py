@@ -175,6 +175,22 @@ def test_a_file_looked_inside_from_its_file_gives_what_it_does_in_memory(tmp_pat
     assert hashlib.sha256(photo).hexdigest() in from_file
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_key_pickled_is_found_from_its_file_as_in_memory(tmp_path, protocol):
+    """A key pickled among a data set's bytes (protocol 2, torch.save's: as a latin-1 string,
+    UTF-8 encoded), read from its file (mapped) as in memory: before, protocol 2's was found by
+    neither."""
+    key = bytes(range(0x70, 0x90))  # half of it 0x80 and up: two bytes each in protocol 2
+    data = pickle.dumps({"photos": _dataset(b"\x00" * 64, n=8), "key": key}, protocol=protocol)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    in_memory = set(embedded.inside(data, embedded.BINARY))
+    with open(path, "rb") as fh:
+        from_file = set(embedded.inside_large(fh, embedded.BINARY))
+    assert from_file == in_memory
+    assert hashlib.sha256(key).hexdigest() in from_file
+
+
 def test_a_large_pickle_of_photographs_is_looked_inside_in_bounded_memory(tmp_path, monkeypatch):
     """A pickle of a data set's JPEGs, over 20 MiB: what is held to look inside it stays about a
     window (the file itself is mapped: the system pages it), not a share of its size (a bit a

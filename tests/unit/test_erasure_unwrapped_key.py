@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 from project_helpers import committed_then_removed
 from rights_fakes import make_project, printed_notebook
@@ -278,12 +280,13 @@ def test_the_key_printed_as_python_prints_bytes_is_found_in_a_notebook_and_a_tex
     _put_back_fails(result, path, nb, root=root)
 
 
-@pytest.mark.parametrize("protocol", [3, 4, 5])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_the_unwrapped_key_pickled_among_other_values_stops_the_erasure(proj, protocol):
     # ``pickle.dump({"key": key, ...})``: the 32 bytes lie as they are among the pickle's
-    # opcodes, neither a file of their own nor printed, and the erasure certified. Such a file
-    # holds other things too: the erasure stops and says where to look, as it does for a pickle
-    # holding an erased photograph; another subject's key pickled so is no concern.
+    # opcodes (protocol 2, torch.save's, writes them as the latin-1 string they decode to,
+    # UTF-8 encoded), neither a file of their own nor printed, and the erasure certified. Such a
+    # file holds other things too: the erasure stops and says where to look, as it does for a
+    # pickle holding an erased photograph; another subject's key pickled so is no concern.
     root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
     folder = root / "data" / "interim"
     folder.mkdir(parents=True, exist_ok=True)
@@ -344,3 +347,62 @@ def test_tombstones_that_cannot_be_written_do_not_keep_a_key_from_the_doctors_pu
     (record,) = [r for r in caplog.records if "without its tag in the tombstones" in r.message]
     assert newcomer in record.message and "damaged" in record.message
     assert key.hex() not in caplog.text
+
+
+def _torch_saved(obj: object) -> bytes:
+    """``torch.save(obj, f)``: a zip whose ``data.pkl`` is a pickle of protocol 2."""
+    torch = pytest.importorskip("torch")
+    out = io.BytesIO()
+    torch.save(obj, out)
+    return out.getvalue()
+
+
+# The key pickled with protocol 2 among other values, as a checkpoint or a debug dump holds it:
+# ``torch.save`` of a state (the key after another 32 bytes: its ``'latin1'`` a memo's), a
+# ``bytearray``, a NumPy array of its bytes.
+_PROTOCOL_2 = {
+    "torch.save": lambda key: _torch_saved({"step": 12, "seed": bytes(32), "key": key}),
+    "bytearray": lambda key: pickle.dumps([1, bytearray(key)], protocol=2),
+    "numpy": lambda key: pickle.dumps({"k": np.frombuffer(key, np.uint8)}, protocol=2),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_PROTOCOL_2))
+def test_the_unwrapped_key_in_a_protocol_2_pickle_or_a_torch_checkpoint_stops_the_erasure(
+    proj, form
+):
+    # torch.save pickles with protocol 2, which holds bytes as ``_codecs.encode(str,
+    # 'latin1')``: the key's bytes from 0x80 up lie as two bytes each, and the erasure certified
+    # with a checkpoint holding the key in place.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    folder = root / "models" / "debug"
+    folder.mkdir(parents=True, exist_ok=True)
+    make = _PROTOCOL_2[form]
+    made = {folder / "state.pt": make(_data_key(proj, victim))}
+    kept = {folder / "other.pt": make(_data_key(proj, other))}
+    for path, data in {**made, **kept}.items():
+        path.write_bytes(data)
+
+    _, done = stopped_then_certified(proj, victim, made, kept)
+
+    ((path, data),) = made.items()
+    path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=root)
+    assert not report.ok and path in {Path(f["path"]) for f in report.findings}
+
+
+def test_a_32_character_string_pickled_with_protocol_2_is_no_key(proj):
+    # No false stop: a pickle of protocol 2 holding 32-character strings (ids, the key's hex
+    # halves) and another subject's key is left alone.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    key, theirs = _data_key(proj, victim), _data_key(proj, other)
+    rows = {"ids": ["a" * 32, key.hex()[:32], key.hex()[32:]], "theirs": theirs}
+    path = root / "data" / "interim" / "rows.pkl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = pickle.dumps(rows, protocol=2)
+    path.write_bytes(data)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert path.read_bytes() == data
+    assert verify_certificate(result.certificate_path, root=root).ok

@@ -142,8 +142,15 @@ NPY_MAGIC = b"\x93NUMPY"
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 # 32 bytes as a pickle holds ``bytes`` (protocol 3 and up: SHORT_BINBYTES, its length a byte)
 # or a ``bytearray`` (5: BYTEARRAY8, eight): an erased subject's key pickled as it is, among
-# other values (:func:`_pickled_keys`).
-PICKLED_KEY = re.compile(rb"C\x20|\x96\x20\x00{7}")
+# other values (:func:`_pickled_keys`). Protocol 2 (``torch.save``'s) has no opcode for bytes:
+# it pickles them, a ``bytearray``'s and a NumPy array's too, as ``_codecs.encode(s,
+# 'latin1')``, ``s`` the 32 characters they decode to as latin-1, a BINUNICODE of their UTF-8
+# (32 to 64 bytes, its length four; group 1), then ``'latin1'`` (or a memo's get: the second
+# such value of a pickle) and TUPLE2 (:data:`LATIN1_ARGS`, each optionally memoized).
+PICKLED_KEY = re.compile(rb"C\x20|\x96\x20\x00{7}|X([\x20-\x40])\x00{3}")
+LATIN1_ARGS = re.compile(
+    rb"(?:q.|r.{4})?(?:X\x06\x00{3}latin1(?:q.|r.{4})?|h.|j.{4})\x86", re.DOTALL
+)
 # A PDF's header, where readers accept it: in its first kilobyte (after a mail's or a web
 # server's lines), the file not text (its second line, by custom, of bytes above 127).
 PDF_MAGIC, PDF_WITHIN = b"%PDF-", 1024
@@ -445,18 +452,32 @@ def _pickled_keys(
     data: Buffer, what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
     """:func:`_part` of the 32 bytes after each opcode of :data:`PICKLED_KEY` in ``data``, a
-    file of kind ``what``, when it is a pickle, that are a key sought (:func:`key_test`): the
-    opcodes' two bytes found in other bytes too (an array's floats) are tested and let go,
-    about one every 64 KiB."""
+    file of kind ``what``, when it is a pickle, that are a key sought (:func:`key_test`), or
+    that a protocol-2 string there decodes to (:func:`_pickled_bytes`): the opcodes' two bytes
+    found in other bytes too (an array's floats) are tested and let go, about one every 64
+    KiB."""
     if what != BINARY or not PICKLE_MAGIC.match(data[:2]):
         return
     test = key_test(sizes)
     if test is None:
         return
     for m in PICKLED_KEY.finditer(data):
-        raw = bytes(data[m.end() : m.end() + KEY_SIZE])
-        if len(raw) == KEY_SIZE and test(raw):
+        raw = _pickled_bytes(data, m) if m.group(1) else bytes(data[m.end() : m.end() + KEY_SIZE])
+        if raw is not None and len(raw) == KEY_SIZE and test(raw):
             yield from _part(raw, sizes, depth, budget)
+
+
+def _pickled_bytes(data: Buffer, m: re.Match[bytes]) -> bytes | None:
+    """The bytes a protocol-2 pickle's ``_codecs.encode(s, 'latin1')`` gives, whose ``s`` is
+    the BINUNICODE ``m`` found (:data:`PICKLED_KEY`'s group 1, its length); None when it is
+    another string (not followed by ``'latin1'``, a character above 255)."""
+    end = m.end() + m.group(1)[0]
+    if LATIN1_ARGS.match(data, end) is None:
+        return None
+    try:
+        return bytes(data[m.end() : end]).decode("utf-8").encode("latin-1")
+    except UnicodeError:
+        return None
 
 
 def _compressed(
