@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
+import re
 import struct
 import zlib
 
@@ -301,3 +303,87 @@ def test_bytes_of_another_length_or_not_a_literal_are_no_key():
     near = [repr(bytes(31)), repr(bytes(33)), "rb'" + "a" * 32 + "'", "xb'" + "\\x00" * 32 + "'"]
     data = "\n".join(near).encode()
     assert [raw for _, raw in embedded_text._runs(data) if len(raw) == 32] == []
+
+
+_KEY = bytes(range(0x8F, 0xAF))  # a byte of each digit, upper half: "8f", "a0"...
+
+
+@pytest.mark.parametrize("sep", [":", " ", "-"])
+@pytest.mark.parametrize("case", ["lower", "upper"])
+@pytest.mark.parametrize("layer", ["text", "json"])
+def test_a_key_printed_as_hex_pairs_with_a_separator_is_found_where_it_lies(sep, case, layer):
+    printed = _KEY.hex(sep)
+    printed = printed.upper() if case == "upper" else printed
+    text = f"key: {printed}\n" if layer == "text" else json.dumps({"text": [f"{printed}\n"]})
+    data = text.encode()
+    found = [(span, raw) for span, raw in embedded_text._runs(data) if len(raw) == 32]
+    assert [raw for _, raw in found] == [_KEY]
+    (start, end), _ = found[0]
+    assert data[start:end].decode() == printed  # cut, nothing of it is left
+
+
+def test_hex_pairs_of_another_count_or_run_are_no_key():
+    # 31 or 33 pairs, the key's 32 inside a longer run (of pairs, or after a longer token of
+    # hex joined so), two separators, a mix of them, a MAC and a UUID: none is 32 bytes printed.
+    key = _KEY
+    near = [
+        key[:31].hex(":"),
+        (key + b"\x00").hex(":"),
+        (b"\x00" + key).hex(" "),
+        "ab:cd:" + key.hex(":"),
+        key.hex("-") + "-0f",
+        "beef:" + key.hex(":") + ":00",
+        key.hex(":").replace(":", "::"),
+        key[:16].hex(":") + "-" + key[16:].hex("-"),
+        key.hex(":") + "0",
+        "0" + key.hex(" "),
+        "ee:e7:61:5e:f3:5f",
+        "89e7d15f-1736-2f25-244c-af9c4dabb481",
+    ]
+    data = "\n".join(near).encode()
+    assert [raw for _, raw in embedded_text._runs(data) if len(raw) == 32] == []
+
+
+def test_a_key_printed_as_hex_pairs_over_the_edge_of_a_large_texts_window(monkeypatch):
+    # A text over EMBED_MAX is read a window at a time, each ending after the last byte no
+    # base64 run holds: a space or a colon between two pairs ended one there.
+    monkeypatch.setattr(embedded, "EMBED_MAX", 4096)
+    printed = _KEY.hex(" ").encode()
+    lines = b"".join(b"%05d run ok, loss 0.41.\n" % i for i in range(400))
+    for at in range(0, len(printed), 7):
+        head = lines[: 4096 - at - 5] + b"\nkey "
+        data = head + printed + b"\n" + lines
+        found = set(embedded.inside_text(io.BytesIO(data)))
+        assert _sha(_KEY) in found, at
+
+
+def test_pairs_found_through_the_mask_are_the_runs_of_32_an_expression_finds():
+    """Keys printed as hex pairs are found in a mask of the text, passing a run of more a key's
+    length at a time: the same, at the same places, as every maximal run of pairs (each a token
+    of its own) joined by one separator, of 32 pairs, that an expression finds, where runs of
+    31, 32 and 33 pairs of each separator and case lie back to back or a few bytes apart."""
+    import binascii
+    import random
+
+    rng = random.Random(29)
+
+    def expected(data: bytes) -> list:
+        found = []
+        for sep in embedded.PAIR_SEPARATORS:
+            lone = rb"[0-9A-Fa-f]{2}(?![0-9A-Za-z])"
+            run = rb"(?<![0-9A-Za-z])%s(?:%s%s)*" % (lone, re.escape(bytes([sep])), lone)
+            for m in re.finditer(run, data):
+                if len(m.group()) == 32 * 3 - 1:
+                    found.append(
+                        (m.span(), binascii.unhexlify(m.group().replace(bytes([sep]), b"")))
+                    )
+        return sorted(found)
+
+    for _ in range(1500):
+        parts = []
+        for _ in range(rng.randrange(1, 6)):
+            pairs = rng.randbytes(rng.choice([5, 31, 32, 32, 33])).hex(rng.choice(":- "))
+            parts.append((pairs.upper() if rng.random() < 0.3 else pairs).encode())
+            parts.append(bytes(rng.choice(b"0a9F:: --xZ.\n") for _ in range(rng.randrange(4))))
+        data = b"".join(parts)
+        assert sorted(embedded_text._paired(data)) == expected(data), data

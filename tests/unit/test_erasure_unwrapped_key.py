@@ -406,3 +406,46 @@ def test_a_32_character_string_pickled_with_protocol_2_is_no_key(proj):
 
     assert path.read_bytes() == data
     assert verify_certificate(result.certificate_path, root=root).ok
+
+
+def test_the_key_printed_as_hex_pairs_with_separators_is_found_and_cut(proj):
+    # ``key.hex(":")`` in a notebook's output, ``key.hex(" ").upper()`` and ``key.hex("-")`` in
+    # a debug log: 32 pairs joined are neither 64 hex digits in a row nor base64, and the
+    # erasure certified with all three in place.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    key, theirs = _data_key(proj, victim), _data_key(proj, other)
+    nb = _notebook([key.hex(":"), theirs.hex(":")])
+    path = _put(root / "notebooks" / "keys.ipynb", nb)
+    text = f"key {key.hex(' ').upper()}\nalso={key.hex('-')};\ntheirs {theirs.hex(' ')}\n"
+    log = _put(root / "reports" / "debug.txt", text)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    left = json.loads(path.read_text(encoding="utf-8"))["cells"][0]["outputs"][0]["text"]
+    assert left == ["\n", f"{theirs.hex(':')}\n"]
+    kept = f"key \nalso=;\ntheirs {theirs.hex(' ')}\n"
+    assert log.read_text(encoding="utf-8") == kept
+    _put_back_fails(result, log, text, root=root)
+    log.write_text(kept, encoding="utf-8")
+    _put_back_fails(result, path, nb, root=root)
+
+
+def test_hex_pairs_near_a_printed_key_stop_nothing(proj):
+    # No false stop: the key's pairs one short or one too many, inside a longer run of pairs,
+    # beside MAC addresses, UUIDs and timestamps, are no key printed; the log stays as it is.
+    root, victim = proj.paths.root, proj.pids[0]
+    key = _data_key(proj, victim)
+    near = [
+        f"12:34:56 short {key[:31].hex(':')}",
+        f"12:34:57 long {(key + bytes(1)).hex(':')}",
+        f"12:34:58 inside ab:cd:{key.hex(':')}:ef",
+        "12:34:59 mac ee:e7:61:5e:f3:5f uuid 89e7d15f-1736-2f25-244c-af9c4dabb481",
+    ]
+    text = "\n".join(near) + "\n"
+    log = _put(root / "reports" / "near.txt", text)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert log.read_text(encoding="utf-8") == text
+    assert "copies_removed" not in result.certificate["claims"]
+    assert verify_certificate(result.certificate_path, root=root).ok

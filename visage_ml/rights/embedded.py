@@ -504,6 +504,10 @@ def _compressed(
 # last byte of a window not among them (found from its end: a regular expression tried at each
 # byte of the window took a second for 20 MB of a pickle).
 _RUN_BYTES = (string.ascii_letters + string.digits + "+/_-=\r\n\\").encode()
+# The separators of a key printed as hex pairs joined (``key.hex(":")``:
+# :func:`~visage_ml.rights.embedded_text._paired`); no window ends between two pairs either.
+PAIR_SEPARATORS = b": -"
+_WINDOW_KEEPS = _RUN_BYTES + PAIR_SEPARATORS
 
 
 def _file_budget(fh: IO[bytes]) -> _Budget:
@@ -522,14 +526,14 @@ def inside_text(
     budget: _Budget | None = None,
 ) -> Iterator[str]:
     """:func:`inside` for a text file too large to hold whole (over :data:`EMBED_MAX`), read
-    from ``fh`` a window at a time: each window ends at its last byte no base64 run holds, what
-    follows read with the next (a run is never split, unless one run is longer than a
-    window)."""
+    from ``fh`` a window at a time: each window ends at its last byte no base64 run and no key
+    printed as hex pairs holds, what follows read with the next (a run is never split, unless
+    one run is longer than a window)."""
     budget = _file_budget(fh) if budget is None else budget
     carry = b""
     while block := fh.read(EMBED_MAX):
         buf = carry + block
-        last = len(buf.rstrip(_RUN_BYTES)) - 1  # -1: none
+        last = len(buf.rstrip(_WINDOW_KEEPS)) - 1  # -1: none
         cut = last + 1 if last >= 0 and len(buf) - last <= EMBED_MAX else 0
         cut = cut or len(buf)
         yield from inside(buf[:cut], TEXT, sizes=sizes, depth=depth, budget=budget)
