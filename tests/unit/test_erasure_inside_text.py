@@ -344,13 +344,15 @@ def test_hex_pairs_of_another_count_or_run_are_no_key():
     assert [raw for _, raw in embedded_text._runs(data) if len(raw) == 32] == []
 
 
-def test_a_key_printed_as_hex_pairs_over_the_edge_of_a_large_texts_window(monkeypatch):
+@pytest.mark.parametrize("form", ["pairs", "numbers"])
+def test_a_key_printed_as_pairs_or_numbers_over_the_edge_of_a_large_texts_window(monkeypatch, form):
     # A text over EMBED_MAX is read a window at a time, each ending after the last byte no
-    # base64 run holds: a space or a colon between two pairs ended one there.
+    # base64 run holds: a space or a colon between two pairs, a comma between two numbers
+    # ended one there.
     monkeypatch.setattr(embedded, "EMBED_MAX", 4096)
-    printed = _KEY.hex(" ").encode()
+    printed = (_KEY.hex(" ") if form == "pairs" else str(list(_KEY))).encode()
     lines = b"".join(b"%05d run ok, loss 0.41.\n" % i for i in range(400))
-    for at in range(0, len(printed), 7):
+    for at in range(0, len(printed), 5):
         head = lines[: 4096 - at - 5] + b"\nkey "
         data = head + printed + b"\n" + lines
         found = set(embedded.inside_text(io.BytesIO(data)))
@@ -387,3 +389,43 @@ def test_pairs_found_through_the_mask_are_the_runs_of_32_an_expression_finds():
             parts.append(bytes(rng.choice(b"0a9F:: --xZ.\n") for _ in range(rng.randrange(4))))
         data = b"".join(parts)
         assert sorted(embedded_text._paired(data)) == expected(data), data
+
+
+@pytest.mark.parametrize(
+    "printed",
+    [
+        str(list(_KEY)),
+        str(tuple(_KEY)),
+        json.dumps(list(_KEY), separators=(",", ":")),
+        json.dumps(list(_KEY), indent=1),
+        repr(np.frombuffer(_KEY, np.uint8))[len("array(") : -len(", dtype=uint8)")],
+    ],
+    ids=["list", "tuple", "json", "json-indented", "numpy"],
+)
+@pytest.mark.parametrize("layer", ["text", "json"])
+def test_a_key_printed_as_the_list_of_its_numbers_is_found_where_it_lies(printed, layer):
+    text = f"k = {printed}\n" if layer == "text" else json.dumps({"text": [f"{printed}\n"]})
+    data = text.encode()
+    found = [(span, raw) for span, raw in embedded_text._runs(data) if len(raw) == 32]
+    if layer == "json" and "\n" in printed:  # its line breaks escaped: not looked for
+        assert found == []
+        return
+    assert [raw for _, raw in found] == [_KEY]
+    (start, end), _ = found[0]
+    assert data[start:end].decode() == printed
+
+
+def test_numbers_of_another_count_range_or_list_are_no_key():
+    key = list(_KEY)
+    near = [
+        str(key[:31]),
+        str([*key, 0]),
+        str([0, *key]),
+        str([*key[:31], 256]),
+        str([[*key[:16]], [*key[16:]]]),
+        str([float(b) for b in key]),
+        str(key).replace(" 1", " 01"),
+        str([1, 2, *key, 3]),
+    ]
+    data = "\n".join(near).encode()
+    assert [raw for _, raw in embedded_text._runs(data) if len(raw) == 32] == []

@@ -449,3 +449,48 @@ def test_hex_pairs_near_a_printed_key_stop_nothing(proj):
     assert log.read_text(encoding="utf-8") == text
     assert "copies_removed" not in result.certificate["claims"]
     assert verify_certificate(result.certificate_path, root=root).ok
+
+
+def test_the_key_printed_as_the_list_of_its_numbers_is_found_and_cut(proj):
+    # ``list(key)`` in a notebook's output, ``tuple(key)`` and a NumPy array of its bytes in a
+    # debug log: 32 numbers are neither hex nor base64 nor a bytes literal, and the erasure
+    # certified with all three in place.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    key, theirs = _data_key(proj, victim), _data_key(proj, other)
+    nb = _notebook([str(list(key)), str(list(theirs))])
+    path = _put(root / "notebooks" / "keys.ipynb", nb)
+    shown = repr(np.frombuffer(key, np.uint8))
+    text = f"key={tuple(key)}\n{shown}\ntheirs={list(theirs)}\n"
+    log = _put(root / "reports" / "debug.txt", text)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    left = json.loads(path.read_text(encoding="utf-8"))["cells"][0]["outputs"][0]["text"]
+    assert left == ["\n", f"{list(theirs)}\n"]
+    kept = f"key=\narray(, dtype=uint8)\ntheirs={list(theirs)}\n"
+    assert log.read_text(encoding="utf-8") == kept
+    _put_back_fails(result, log, text, root=root)
+    log.write_text(kept, encoding="utf-8")
+    _put_back_fails(result, path, nb, root=root)
+
+
+def test_numbers_near_a_printed_key_stop_nothing(proj):
+    # No false stop: the key's numbers one short, one too many, inside a longer list, as
+    # floats; lists of small numbers beside them.
+    root, victim = proj.paths.root, proj.pids[0]
+    key = list(_data_key(proj, victim))
+    near = [
+        f"short {key[:31]}",
+        f"long {[*key, 7]}",
+        f"inside {[1, 2, *key]}",
+        f"floats {[float(b) for b in key]}",
+        f"batch {list(range(12))} shape (32, 3)",
+    ]
+    text = "\n".join(near) + "\n"
+    log = _put(root / "reports" / "near.txt", text)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert log.read_text(encoding="utf-8") == text
+    assert "copies_removed" not in result.certificate["claims"]
+    assert verify_certificate(result.certificate_path, root=root).ok

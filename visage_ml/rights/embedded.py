@@ -505,9 +505,11 @@ def _compressed(
 # byte of the window took a second for 20 MB of a pickle).
 _RUN_BYTES = (string.ascii_letters + string.digits + "+/_-=\r\n\\").encode()
 # The separators of a key printed as hex pairs joined (``key.hex(":")``:
-# :func:`~visage_ml.rights.embedded_text._paired`); no window ends between two pairs either.
+# :func:`~visage_ml.rights.embedded_text._paired`); no window ends between two pairs either, nor
+# within a key printed as its numbers (``[143, 26, ...]``: its brackets, commas and spaces,
+# :func:`~visage_ml.rights.embedded_text._numbered`).
 PAIR_SEPARATORS = b": -"
-_WINDOW_KEEPS = _RUN_BYTES + PAIR_SEPARATORS
+_WINDOW_KEEPS = _RUN_BYTES + PAIR_SEPARATORS + b",[]()"
 
 
 def _file_budget(fh: IO[bytes]) -> _Budget:
@@ -527,8 +529,8 @@ def inside_text(
 ) -> Iterator[str]:
     """:func:`inside` for a text file too large to hold whole (over :data:`EMBED_MAX`), read
     from ``fh`` a window at a time: each window ends at its last byte no base64 run and no key
-    printed as hex pairs holds, what follows read with the next (a run is never split, unless
-    one run is longer than a window)."""
+    printed as hex pairs or numbers holds, what follows read with the next (a run is never
+    split, unless one run is longer than a window)."""
     budget = _file_budget(fh) if budget is None else budget
     carry = b""
     while block := fh.read(EMBED_MAX):
