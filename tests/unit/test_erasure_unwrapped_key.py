@@ -408,85 +408,70 @@ def test_a_32_character_string_pickled_with_protocol_2_is_no_key(proj):
     assert verify_certificate(result.certificate_path, root=root).ok
 
 
-def test_the_key_printed_as_hex_pairs_with_separators_is_found_and_cut(proj):
-    # ``key.hex(":")`` in a notebook's output, ``key.hex(" ").upper()`` and ``key.hex("-")`` in
-    # a debug log: 32 pairs joined are neither 64 hex digits in a row nor base64, and the
-    # erasure certified with all three in place.
+# The key as an operator prints it otherwise: shown in a notebook's output, written to a debug
+# log, and what the log keeps once it is cut out. 32 hex pairs joined (``key.hex(":")``,
+# ``key.hex(" ").upper()``, ``key.hex("-")``), its 32 numbers (``list(key)``, ``tuple(key)``,
+# a NumPy array of its bytes).
+_PRINTED = {
+    "pairs": (
+        lambda k: k.hex(":"),
+        lambda k: f"key {k.hex(' ').upper()}\nalso={k.hex('-')};\n",
+        "key \nalso=;\n",
+    ),
+    "numbers": (
+        lambda k: str(list(k)),
+        lambda k: f"key={tuple(k)}\n{np.frombuffer(k, np.uint8)!r}\n",
+        "key=\narray(, dtype=uint8)\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_PRINTED))
+def test_the_key_printed_as_hex_pairs_or_its_numbers_is_found_and_cut(proj, form):
+    # Neither 64 hex digits in a row nor base64 nor a bytes literal: the erasure certified with
+    # the notebook and the log holding the key so.
+    shown, logged, left_in_log = _PRINTED[form]
     root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
     key, theirs = _data_key(proj, victim), _data_key(proj, other)
-    nb = _notebook([key.hex(":"), theirs.hex(":")])
+    nb = _notebook([shown(key), shown(theirs)])
     path = _put(root / "notebooks" / "keys.ipynb", nb)
-    text = f"key {key.hex(' ').upper()}\nalso={key.hex('-')};\ntheirs {theirs.hex(' ')}\n"
+    text = f"{logged(key)}theirs {shown(theirs)}\n"
     log = _put(root / "reports" / "debug.txt", text)
 
     result = Erasure(proj.paths).erase(victim)
 
     left = json.loads(path.read_text(encoding="utf-8"))["cells"][0]["outputs"][0]["text"]
-    assert left == ["\n", f"{theirs.hex(':')}\n"]
-    kept = f"key \nalso=;\ntheirs {theirs.hex(' ')}\n"
+    assert left == ["\n", f"{shown(theirs)}\n"]
+    kept = f"{left_in_log}theirs {shown(theirs)}\n"
     assert log.read_text(encoding="utf-8") == kept
     _put_back_fails(result, log, text, root=root)
     log.write_text(kept, encoding="utf-8")
     _put_back_fails(result, path, nb, root=root)
 
 
-def test_hex_pairs_near_a_printed_key_stop_nothing(proj):
-    # No false stop: the key's pairs one short or one too many, inside a longer run of pairs,
-    # beside MAC addresses, UUIDs and timestamps, are no key printed; the log stays as it is.
-    root, victim = proj.paths.root, proj.pids[0]
-    key = _data_key(proj, victim)
-    near = [
-        f"12:34:56 short {key[:31].hex(':')}",
-        f"12:34:57 long {(key + bytes(1)).hex(':')}",
-        f"12:34:58 inside ab:cd:{key.hex(':')}:ef",
+# Near a key printed so, and none: one short, one too many, inside a longer run or list, beside
+# MAC addresses, UUIDs, timestamps, lists of small numbers, floats.
+_NEAR = {
+    "pairs": lambda k: [
+        f"12:34:56 short {k[:31].hex(':')}",
+        f"12:34:57 long {(k + bytes(1)).hex(':')}",
+        f"12:34:58 inside ab:cd:{k.hex(':')}:ef",
         "12:34:59 mac ee:e7:61:5e:f3:5f uuid 89e7d15f-1736-2f25-244c-af9c4dabb481",
-    ]
-    text = "\n".join(near) + "\n"
-    log = _put(root / "reports" / "near.txt", text)
-
-    result = Erasure(proj.paths).erase(victim)
-
-    assert log.read_text(encoding="utf-8") == text
-    assert "copies_removed" not in result.certificate["claims"]
-    assert verify_certificate(result.certificate_path, root=root).ok
-
-
-def test_the_key_printed_as_the_list_of_its_numbers_is_found_and_cut(proj):
-    # ``list(key)`` in a notebook's output, ``tuple(key)`` and a NumPy array of its bytes in a
-    # debug log: 32 numbers are neither hex nor base64 nor a bytes literal, and the erasure
-    # certified with all three in place.
-    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
-    key, theirs = _data_key(proj, victim), _data_key(proj, other)
-    nb = _notebook([str(list(key)), str(list(theirs))])
-    path = _put(root / "notebooks" / "keys.ipynb", nb)
-    shown = repr(np.frombuffer(key, np.uint8))
-    text = f"key={tuple(key)}\n{shown}\ntheirs={list(theirs)}\n"
-    log = _put(root / "reports" / "debug.txt", text)
-
-    result = Erasure(proj.paths).erase(victim)
-
-    left = json.loads(path.read_text(encoding="utf-8"))["cells"][0]["outputs"][0]["text"]
-    assert left == ["\n", f"{list(theirs)}\n"]
-    kept = f"key=\narray(, dtype=uint8)\ntheirs={list(theirs)}\n"
-    assert log.read_text(encoding="utf-8") == kept
-    _put_back_fails(result, log, text, root=root)
-    log.write_text(kept, encoding="utf-8")
-    _put_back_fails(result, path, nb, root=root)
-
-
-def test_numbers_near_a_printed_key_stop_nothing(proj):
-    # No false stop: the key's numbers one short, one too many, inside a longer list, as
-    # floats; lists of small numbers beside them.
-    root, victim = proj.paths.root, proj.pids[0]
-    key = list(_data_key(proj, victim))
-    near = [
-        f"short {key[:31]}",
-        f"long {[*key, 7]}",
-        f"inside {[1, 2, *key]}",
-        f"floats {[float(b) for b in key]}",
+    ],
+    "numbers": lambda k: [
+        f"short {list(k[:31])}",
+        f"long {[*k, 7]}",
+        f"inside {[1, 2, *k]}",
+        f"floats {[float(b) for b in k]}",
         f"batch {list(range(12))} shape (32, 3)",
-    ]
-    text = "\n".join(near) + "\n"
+    ],
+}
+
+
+@pytest.mark.parametrize("form", sorted(_NEAR))
+def test_hex_pairs_or_numbers_near_a_printed_key_stop_nothing(proj, form):
+    root, victim = proj.paths.root, proj.pids[0]
+    text = "\n".join(_NEAR[form](_data_key(proj, victim))) + "\n"
     log = _put(root / "reports" / "near.txt", text)
 
     result = Erasure(proj.paths).erase(victim)
