@@ -59,8 +59,14 @@ def emit_json(obj: Any) -> None:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    # Evaluated when an error propagates only: the scan's and the shared gallery's modules stay
+    # out of every command's start.
+    from visage_ml.rights.content_scan import ScanIncompleteError
+    from visage_ml.serving.pg_swap import OldTableHeldError
 
     return (
+        ScanIncompleteError,  # an erasure's scan stopped: the message says what to do
+        OldTableHeldError,  # a session holds the gallery's old table: the message names it
         UserError,
         ConfigError,
         OSError,

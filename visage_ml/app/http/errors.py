@@ -39,6 +39,7 @@ from visage_ml.serving.gallery import (
     GalleryVersionError,
     NotEnrolledError,
 )
+from visage_ml.serving.pg_swap import OldTableHeldError
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # The content scan of an erasure stopped (a read or a process of it hung, or a process was
     # killed): nothing certified, the request open; the message says what to do.
     (ScanIncompleteError, 503, "scan_incomplete"),
+    # The shared gallery's purge swapped its copy in, but a session of the database holds the
+    # old table (the erased rows in it): nothing certified, the request open; the message names
+    # the session's backend and says what to do.
+    (OldTableHeldError, 503, "gallery_table_held"),
 )
 # Headers that go with a library error's answer, by code.
 LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
@@ -119,7 +124,11 @@ DOCUMENTED: dict[int, str] = {
     "(scan_incomplete) an erasure's content scan stopped before it had looked at every file (a "
     "read or a process of it hung, or a process was killed): nothing was certified and the "
     "request stays open; do what the message says, then send the erasure again with its "
-    "request_id (or run `visage privacy resume`).",
+    "request_id (or run `visage privacy resume`); or "
+    "(gallery_table_held) the shared gallery's purge could not drop the table's old copy, which "
+    "holds the erased rows: another session of the database holds it (the message names its "
+    "backend); nothing was certified and the request stays open; end that session, then send "
+    "the erasure again with its request_id (or run `visage privacy resume`).",
 }
 # What the boundary may answer before a route runs: for every route with a key ...
 AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)

@@ -1,0 +1,64 @@
+"""An erasure stopped for a reason the operator can mend (its content scan did not finish; a
+session of the shared gallery's database holds the table's old copy): the CLI says what to do
+in one line, and the HTTP API answers 503 with a code of its own, the request left open."""
+
+from __future__ import annotations
+
+import pytest
+from rights_fakes import http_caller, make_project
+from typer.testing import CliRunner
+
+from visage_ml.app.cli import app
+from visage_ml.privacy.requests import RequestBook
+from visage_ml.rights.content_scan import ScanIncompleteError
+from visage_ml.rights.erasure import Erasure
+from visage_ml.serving.pg_swap import MSG_OLD_HELD, OldTableHeldError
+
+STOPS = {
+    "scan_incomplete": ScanIncompleteError("the content scan stopped: a read hung (end it)"),
+    "gallery_table_held": OldTableHeldError(
+        MSG_OLD_HELD.format(
+            table="gallery", old="gallery$purge_old", seconds=14, holders="backend pid 4242"
+        )
+    ),
+}
+
+
+def _stopped(monkeypatch, error: Exception) -> None:
+    """The erasure's first step (the request started) stops with ``error``."""
+
+    def stops(self, st, artefacts):
+        raise error
+
+    monkeypatch.setattr(Erasure, "_lineage", stops)
+
+
+@pytest.mark.parametrize("code", sorted(STOPS))
+def test_the_cli_says_in_one_line_what_to_do(project, monkeypatch, code):
+    # Before: a traceback, the message on its last line.
+    proj = make_project(project, n_subjects=1, enrol=False)
+    monkeypatch.setenv("VISAGE_PROJECT", str(project))
+    _stopped(monkeypatch, STOPS[code])
+
+    r = CliRunner().invoke(app, ["privacy", "erase", proj.pids[0]])
+
+    assert r.exit_code == 2, r.output
+    said = " ".join(r.output.split())
+    assert "Traceback" not in r.output and said.startswith("error:")
+    assert " ".join(str(STOPS[code]).split()) in said
+
+
+@pytest.mark.parametrize("code", sorted(STOPS))
+def test_the_http_api_answers_503_with_its_code_the_request_open(project, monkeypatch, code):
+    # Before, for a held table: 500 internal_error, which says neither what nor what to do.
+    proj = make_project(project, n_subjects=1, enrol=False)
+    pid = proj.pids[0]
+    _stopped(monkeypatch, STOPS[code])
+
+    r = http_caller(proj)("POST", f"/v1/subjects/{pid}/erasure", "dpo")
+
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and str(STOPS[code]) in error["message"]
+    [st] = RequestBook(proj.core).all(pid=pid)
+    assert st.status == "in_progress"
