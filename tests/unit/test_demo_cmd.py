@@ -4,7 +4,10 @@ and the demographic model's accuracy per group, as a user reads them after `make
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -72,3 +75,46 @@ def test_a_demo_in_a_re_created_folder_releases_the_old_binding_only_when_nothin
     assert "released" in line and witness.bound(project_id(project)) is None
     forget_checks()
     PrivacyCore(paths).add_subject(source="t")  # the new project's ledger is witnessed
+
+
+FAKE_DVC = """\
+import sys, time
+print("'data/raw.dvc' didn't change, skipping")
+print("Stage 'prepare' didn't change, skipping")
+print("Running stage 'train':")
+print("> python -m visage_ml.app.stages.train")
+print("epoch 1/2", file=sys.stderr)
+time.sleep(1.0)
+print("Stage 'report.html' is not a stage of ours")
+print("Running stage 'evaluate':")
+time.sleep(0.5)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_the_demo_runs_dvc_once_and_times_each_stage_from_its_output(tmp_path, capfd, status):
+    """One `dvc repro` for the whole pipeline (not one DVC start per stage): its output, the
+    stages' own included, reaches the user as it comes, and each stage's time is read off the
+    lines where DVC starts or skips it; a failure names the stage it stopped in."""
+    from visage_ml.app.cli.demo_cmd import repro_timed
+
+    fake = tmp_path / "fake_dvc.py"
+    fake.write_text(FAKE_DVC)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    returncode, last = repro_timed(
+        [sys.executable, str(fake), str(status)],
+        tmp_path,
+        dict(os.environ),
+        ["prepare", "train", "evaluate", "gallery"],
+        timings,
+    )
+    assert (returncode, last) == (status, "evaluate")
+    assert list(timings) == ["prepare", "train", "evaluate"]
+    assert sum(timings.values()) <= time.perf_counter() - t
+    # The sleeps land in their stages; the skipped stage holds DVC's start only.
+    assert timings["train"] >= 1.0 and timings["evaluate"] >= 0.5
+    assert timings["prepare"] < 1.0
+    out = capfd.readouterr().out
+    assert "epoch 1/2" in out and "> python -m visage_ml.app.stages.train" in out
