@@ -404,6 +404,28 @@ def test_an_erasure_request_reaches_the_shared_gallery_and_certifies_it(project,
     assert anchor["stored_sha256"] == hashlib.sha256(sealed_anchor).hexdigest()
 
 
+def _a_pg_victim(project, pg, table):
+    """A project served from the table, its first subject the victim: (project, victim, the
+    victim's vector as the data folder would hold it, the name the swap puts the old table
+    under)."""
+    proj = make_project(project, enrol=False)
+    gallery = _served_from_pg(proj, project, pg, table)
+    victim = proj.pids[0]
+    needles = _needles(gallery, pg, table, victim)
+    gallery.close()
+    return proj, victim, needles, f"{table}{pg_swap.OLD_SUFFIX}"
+
+
+def _resumed_leaves_nothing(proj, pg, victim, aside, needles) -> None:
+    """The resumed erasure certifies, the old table gone and nothing of the victim on disk."""
+    (result,) = Erasure(proj.paths).resume()
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
+    assert Erasure(proj.paths).remaining(victim)["gallery"] == []
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f'"{aside}"',)).fetchone()[0] is None
+    assert _scan(pg.data_dir, needles) == []
+
+
 def test_an_erasure_whose_purge_dies_after_its_swap_certifies_only_once_resumed(
     project, pg, table, monkeypatch
 ):
@@ -412,12 +434,7 @@ def test_an_erasure_whose_purge_dies_after_its_swap_certifies_only_once_resumed(
     vector: the erasure stops uncertified, its verify names the table, and the resumed erasure
     drops it before its WAL switch and checkpoint, then certifies with nothing of the victim
     on disk."""
-    proj = make_project(project, enrol=False)
-    gallery = _served_from_pg(proj, project, pg, table)
-    victim = proj.pids[0]
-    needles = _needles(gallery, pg, table, victim)
-    gallery.close()
-    aside = f"{table}{pg_swap.OLD_SUFFIX}"
+    proj, victim, needles, aside = _a_pg_victim(project, pg, table)
 
     def die(conn, phase):
         if phase == "committed":
@@ -434,12 +451,7 @@ def test_an_erasure_whose_purge_dies_after_its_swap_certifies_only_once_resumed(
         conn.execute("CHECKPOINT")  # the old table's pages reach its files
     assert any(f.startswith("base/") for _, f in _scan(pg.data_dir, needles))
 
-    (result,) = Erasure(proj.paths).resume()
-    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
-    assert Erasure(proj.paths).remaining(victim)["gallery"] == []
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT to_regclass(%s)", (f'"{aside}"',)).fetchone()[0] is None
-    assert _scan(pg.data_dir, needles) == []
+    _resumed_leaves_nothing(proj, pg, victim, aside, needles)
 
 
 def test_an_erasure_whose_old_table_a_session_holds_certifies_only_once_it_ends(
@@ -450,12 +462,7 @@ def test_an_erasure_whose_old_table_a_session_holds_certifies_only_once_it_ends(
     timeout. Now the erasure stops uncertified after a bounded wait, saying to end that session
     and resume; a resume while it still holds the table stops the same way; once it ends, the
     resumed erasure drops the old table and certifies with nothing of the victim on disk."""
-    proj = make_project(project, enrol=False)
-    gallery = _served_from_pg(proj, project, pg, table)
-    victim = proj.pids[0]
-    needles = _needles(gallery, pg, table, victim)
-    gallery.close()
-    aside = f"{table}{pg_swap.OLD_SUFFIX}"
+    proj, victim, needles, aside = _a_pg_victim(project, pg, table)
     monkeypatch.setattr(pg_gallery, "PURGE_LOCK_TRIES", 3)
     blocker = held_at_commit(monkeypatch, pg, aside)
 
@@ -470,12 +477,7 @@ def test_an_erasure_whose_old_table_a_session_holds_certifies_only_once_it_ends(
         assert len(left) == 1 and aside in left[0], left
 
     blocker.close()
-    (result,) = Erasure(proj.paths).resume()
-    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
-    assert Erasure(proj.paths).remaining(victim)["gallery"] == []
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT to_regclass(%s)", (f'"{aside}"',)).fetchone()[0] is None
-    assert _scan(pg.data_dir, needles) == []
+    _resumed_leaves_nothing(proj, pg, victim, aside, needles)
 
 
 def test_an_erasure_of_a_pgvector_project_reads_no_file_of_a_size_nothing_erased_has(

@@ -1054,6 +1054,33 @@ def test_the_old_table_is_dropped_after_the_swaps_commit_not_under_its_lock(
     other.close()
 
 
+def _a_victim_planned(world, enrolled, pg, table):
+    """The pgvector step's plan to erase the fourth enrolled subject: (gallery, pids, victim,
+    the victim's vector as a file would hold it, the erasure's context, the plan, the name the
+    swap puts the old table under)."""
+    gallery, pids = enrolled
+    victim = pids[3]
+    vector = gallery.template(victim)[0].astype("<f4").tobytes()
+    ctx = _erasure_context(world, gallery, pg, table)
+    plan = pg_store.plan(ctx, victim)
+    return gallery, pids, victim, vector, ctx, plan, f"{table}{pg_swap.OLD_SUFFIX}"
+
+
+def _step_run_again(ctx, victim, plan) -> None:
+    """The erasure's pgvector step run again (as a resumed erasure runs it): a swap, the WAL
+    switched."""
+    again = pg_store.plan(ctx, victim)
+    outcome = pg_store.erase(ctx, victim, plan.artefacts, again)
+    assert outcome.info["rewrite"] == "swap" and outcome.info["wal_removed"], outcome.info
+
+
+def _nothing_left(pg, ctx, victim, aside, vector) -> None:
+    """The old table gone, the step verified, the victim's vector in no file."""
+    assert not _exists(pg.dsn, aside)
+    assert pg_store.verify(ctx, victim) == []
+    assert files_holding(pg.data_dir, vector) == []
+
+
 @pytest.mark.parametrize("removed_by", ["opening", "purge", "resumed erasure"])
 def test_a_purge_that_dies_after_its_swap_leaves_an_old_table_the_erasure_does_not_verify(
     world, engine, enrolled, pg, table, monkeypatch, removed_by
@@ -1062,12 +1089,7 @@ def test_a_purge_that_dies_after_its_swap_leaves_an_old_table_the_erasure_does_n
     left under ``<table>$purge_old``, its files holding the erased subject's vector. The
     erasure's verify names it while it is there; the next opening of the gallery, the next
     purge, or the erasure's step run again drops it, and the vector is then in no file."""
-    gallery, pids = enrolled
-    victim = pids[3]
-    vector = gallery.template(victim)[0].astype("<f4").tobytes()
-    ctx = _erasure_context(world, gallery, pg, table)
-    plan = pg_store.plan(ctx, victim)
-    aside = f"{table}{pg_swap.OLD_SUFFIX}"
+    gallery, pids, victim, vector, ctx, plan, aside = _a_victim_planned(world, enrolled, pg, table)
     _purge_killed(
         monkeypatch,
         pg,
@@ -1092,12 +1114,8 @@ def test_a_purge_that_dies_after_its_swap_leaves_an_old_table_the_erasure_does_n
         gallery.erase(pids[4])
         assert gallery.purge_physically().to_dict()["rewrite"] == "swap"
     else:
-        again = pg_store.plan(ctx, victim)
-        outcome = pg_store.erase(ctx, victim, plan.artefacts, again)
-        assert outcome.info["rewrite"] == "swap" and outcome.info["wal_removed"], outcome.info
-    assert not _exists(pg.dsn, aside)
-    assert pg_store.verify(ctx, victim) == []
-    assert files_holding(pg.data_dir, vector) == []
+        _step_run_again(ctx, victim, plan)
+    _nothing_left(pg, ctx, victim, aside, vector)
 
 
 def test_a_search_and_an_enrolment_waiting_for_the_swaps_lock_reach_the_new_table(
@@ -1218,12 +1236,7 @@ def test_a_session_holding_the_old_table_stops_the_erasure_after_a_bounded_wait(
     names the session's backend and says what to do; the old table stays under its name, the
     erasure's verify names it, and once the session ends the erasure's step run again drops it
     and nothing of the vector is left in the data folder."""
-    gallery, pids = enrolled
-    victim = pids[3]
-    vector = gallery.template(victim)[0].astype("<f4").tobytes()
-    ctx = _erasure_context(world, gallery, pg, table)
-    plan = pg_store.plan(ctx, victim)
-    aside = f"{table}{pg_swap.OLD_SUFFIX}"
+    gallery, _, victim, vector, ctx, plan, aside = _a_victim_planned(world, enrolled, pg, table)
     monkeypatch.setattr(pg_gallery, "PURGE_LOCK_TRIES", 3)  # 3 x 0.5 s, 1 s apart
     blocker = held_at_commit(monkeypatch, pg, aside)
     start = time.monotonic()
@@ -1242,9 +1255,5 @@ def test_a_session_holding_the_old_table_stops_the_erasure_after_a_bounded_wait(
     assert len(left) == 1 and aside in left[0], left
 
     blocker.close()
-    again = pg_store.plan(ctx, victim)
-    outcome = pg_store.erase(ctx, victim, plan.artefacts, again)
-    assert outcome.info["rewrite"] == "swap" and outcome.info["wal_removed"], outcome.info
-    assert not _exists(pg.dsn, aside)
-    assert pg_store.verify(ctx, victim) == []
-    assert files_holding(pg.data_dir, vector) == []
+    _step_run_again(ctx, victim, plan)
+    _nothing_left(pg, ctx, victim, aside, vector)
