@@ -9,8 +9,10 @@ process CPU time, so it does not depend on how busy the other core is.
 This machine's speed drifts by a third from minute to minute (other tenants): the rate is
 measured in ``--rounds`` rounds and reported per round, as the median (the figure held against
 the goal) and as the best (the code's own cost, as ``timeit`` reports). Also times
-:func:`write_synthfaces` end to end (files, fsync, parquet, scenes) on a small population.
-Prints one JSON object.
+:func:`write_synthfaces` end to end (files, fsync, parquet, scenes) on a small population, and
+a new process's first photograph (``first_photograph_s``): ``cold`` compiles the numba kernels
+(an empty cache, as on a fresh clone: ``make demo``'s synth step and each test worker pay it
+once), ``warm`` loads them from the cache. Prints one JSON object.
 
     python benchmarks/bench_synth.py [--rounds 5] [--images 240] [--size 160]
 """
@@ -23,6 +25,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +35,32 @@ import numpy as np
 
 from visage_ml.config import SynthParams
 from visage_ml.data.synth import encode_png, make_population, photograph, write_synthfaces
+
+# A new process's first photograph, timed from the import on (the kernels compile on first use).
+FIRST = """
+import time
+t = time.perf_counter()
+import numpy as np
+from visage_ml.config import SynthParams
+from visage_ml.data.synth import make_population, photograph
+p = SynthParams()
+photograph(make_population(p, 1)[0], rng=np.random.default_rng(0), params=p)
+print(time.perf_counter() - t)
+"""
+
+
+def first_photograph() -> dict[str, float]:
+    """Seconds to a new process's first photograph, with an empty numba cache, then with the
+    cache it left."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for name in ("cold", "warm"):
+            run = subprocess.run(
+                [sys.executable, "-c", FIRST], env=env, capture_output=True, text=True, check=True
+            )
+            out[name] = round(float(run.stdout.split()[-1]), 2)
+    return out
 
 
 def main() -> None:
@@ -82,6 +112,7 @@ def main() -> None:
         )
         e2e_wall, e2e_cpu = time.perf_counter() - t0, time.process_time() - c0
 
+    first = first_photograph()
     out = {
         "benchmark": "synth",
         "machine": platform.machine(),
@@ -98,6 +129,7 @@ def main() -> None:
         "images_per_s_wall": round(total / wall, 1),
         "png_kb_mean": round(n_bytes / total / 1024, 1),
         "goal_images_per_s_per_core": 300,
+        "first_photograph_s": first,
         "write_synthfaces": {
             "identities": summary.n_identities,
             "images": summary.n_images,

@@ -256,7 +256,8 @@ def _draw_op(
         return 0
     if total > len(xa_):
         return total
-    fill[: last - first] = starts[: last - first]
+    for r in range(last - first):
+        fill[r] = starts[r]
     wsub = 1.0 / sub
     for k in range(pieces):
         a, b = _piece_rows(kind, xy, s, e, quad, k, reach, first, last, sub)
@@ -396,7 +397,8 @@ def bands(canvas: np.ndarray, colours: np.ndarray, index: np.ndarray, vertical: 
             if vertical:
                 canvas[c, y, :] = colours[index[y], c]
             else:
-                canvas[c, y, :] = line
+                for x in range(w):
+                    canvas[c, y, x] = line[x]
 
 
 @njit(cache=True, nogil=True)
