@@ -344,19 +344,30 @@ def test_hex_pairs_of_another_count_or_run_are_no_key():
     assert [raw for _, raw in embedded_text._runs(data) if len(raw) == 32] == []
 
 
-@pytest.mark.parametrize("form", ["pairs", "numbers"])
-def test_a_key_printed_as_pairs_or_numbers_over_the_edge_of_a_large_texts_window(monkeypatch, form):
+# A key whose bytes literal holds characters no base64 run has (where a window may end).
+_PUNCTUATED = b"!#%&.;<>?@" + bytes(range(0x90, 0xA6))
+_PRINTED_FORMS = {
+    "pairs": (_KEY, _KEY.hex(" ")),
+    "numbers": (_KEY, str(list(_KEY))),
+    "literal": (_PUNCTUATED, repr(_PUNCTUATED)),
+    "literal in JSON": (_PUNCTUATED, json.dumps({"text": [repr(_PUNCTUATED)]})),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_PRINTED_FORMS))
+def test_a_key_printed_over_the_edge_of_a_large_texts_window(monkeypatch, form):
     # A text over EMBED_MAX is read a window at a time, each ending after the last byte no
-    # base64 run holds: a space or a colon between two pairs, a comma between two numbers
-    # ended one there.
+    # base64 run holds: a space or a colon between two pairs, a comma between two numbers, a
+    # character of a bytes literal that no base64 run has ended one there.
     monkeypatch.setattr(embedded, "EMBED_MAX", 4096)
-    printed = (_KEY.hex(" ") if form == "pairs" else str(list(_KEY))).encode()
+    key, printed = _PRINTED_FORMS[form]
+    printed = printed.encode()
     lines = b"".join(b"%05d run ok, loss 0.41.\n" % i for i in range(400))
     for at in range(0, len(printed), 5):
         head = lines[: 4096 - at - 5] + b"\nkey "
         data = head + printed + b"\n" + lines
         found = set(embedded.inside_text(io.BytesIO(data)))
-        assert _sha(_KEY) in found, at
+        assert _sha(key) in found, at
 
 
 def test_pairs_found_through_the_mask_are_the_runs_of_32_an_expression_finds():

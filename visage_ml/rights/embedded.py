@@ -510,6 +510,12 @@ _RUN_BYTES = (string.ascii_letters + string.digits + "+/_-=\r\n\\").encode()
 # :func:`~visage_ml.rights.embedded_text._numbered`).
 PAIR_SEPARATORS = b": -"
 _WINDOW_KEEPS = _RUN_BYTES + PAIR_SEPARATORS + b",[]()"
+# A key printed as a bytes literal (``b'!#\x8f...'``:
+# :func:`~visage_ml.rights.embedded_text._literals`) may hold any printable character: a window
+# ends before the last ``b'``, ``b"`` or JSON's ``b\"`` among its last bytes (as long as the
+# longest such literal, each byte JSON-escaped as ``\\x8f``), whether or not it closes there.
+_LITERAL_START = re.compile(rb"(?<![A-Za-z0-9_])b(?:'|\"|\\\")")
+_LITERAL_REACH = 8 + 5 * KEY_SIZE
 
 
 def _file_budget(fh: IO[bytes]) -> _Budget:
@@ -529,8 +535,9 @@ def inside_text(
 ) -> Iterator[str]:
     """:func:`inside` for a text file too large to hold whole (over :data:`EMBED_MAX`), read
     from ``fh`` a window at a time: each window ends at its last byte no base64 run and no key
-    printed as hex pairs or numbers holds, what follows read with the next (a run is never
-    split, unless one run is longer than a window)."""
+    printed as hex pairs or numbers holds, or before a bytes literal that may run past it, what
+    follows read with the next (a run is never split, unless one run is longer than a
+    window)."""
     budget = _file_budget(fh) if budget is None else budget
     carry = b""
     while block := fh.read(EMBED_MAX):
@@ -538,6 +545,10 @@ def inside_text(
         last = len(buf.rstrip(_WINDOW_KEEPS)) - 1  # -1: none
         cut = last + 1 if last >= 0 and len(buf) - last <= EMBED_MAX else 0
         cut = cut or len(buf)
+        # Nor a bytes literal (what follows it is read with the next window, or after the last).
+        reach = _LITERAL_START.finditer(buf, max(0, cut - _LITERAL_REACH), cut + 2)
+        starts = [m.start() for m in reach if 0 < m.start() < cut]
+        cut = starts[-1] if starts else cut
         yield from inside(buf[:cut], TEXT, sizes=sizes, depth=depth, budget=budget)
         carry = buf[cut:]
     if carry:
