@@ -134,11 +134,18 @@ _TOKEN = b"ha"  # a byte of the mask that continues a token of letters or digits
 # of 0 to 255 between brackets, or parentheses, no more (a longer list holding them is none).
 # Each expression begins with its bracket, found as it is (one beginning with either, a class,
 # took 0.27 s for 45 MiB of logs holding none, these two 0.035 s together: :func:`_numbered`).
+# Between them, space or line breaks: a saved notebook's too (JSON's escaped ``\n``, and where
+# its output's lines are the strings of a list, ``\n", "`` ending one and beginning the next).
 _NUMBER = rb"(?:0|[1-9][0-9]{0,2})"
+_GAP = rb'(?:\s|\\n|"\s*,\s*")*'
 NUMBERS = tuple(
-    re.compile(rb"%s\s*((?:%s,\s*){%d}%s)\s*%s" % (o, _NUMBER, embedded.KEY_SIZE - 1, _NUMBER, c))
+    re.compile(
+        rb"%s%s((?:%s,%s){%d}%s)%s%s"
+        % (o, _GAP, _NUMBER, _GAP, embedded.KEY_SIZE - 1, _NUMBER, _GAP, c)
+    )
     for o, c in ((rb"\[", rb"\]"), (rb"\(", rb"\)"))
 )
+_DIGITS = re.compile(rb"[0-9]+")
 # At most so many line boundaries of a wrapped run where a size sought would end are split at
 # (each split reads the run again; their first ones, from the run's start).
 SPLITS_SIZED = 4
@@ -427,7 +434,7 @@ def _numbered(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
     for expression in NUMBERS:
         for m in expression.finditer(data):
             with contextlib.suppress(ValueError):  # a number over 255: no bytes
-                yield m.span(), bytes(int(n) for n in m.group(1).split(b","))
+                yield m.span(), bytes(int(n) for n in _DIGITS.findall(m.group(1)))
 
 
 def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[int, int], bytes]]:
