@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from rights_fakes import make_project
+from rights_fakes import make_project, png
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -197,6 +197,94 @@ def test_an_archive_pickle_array_or_table_holding_the_photograph_stops_the_erasu
     report = verify_certificate(done.certificate_path, root=proj.paths.root)
     assert not report.ok
     assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+
+
+def torch_saved(obj: object) -> bytes:
+    """``torch.save(obj, f)``: a zip whose ``data.pkl`` is a pickle of protocol 2."""
+    torch = pytest.importorskip("torch")
+    out = io.BytesIO()
+    torch.save(obj, out)
+    return out.getvalue()
+
+
+# Files that hold photographs' bytes pickled with protocol 2, ``torch.save``'s (a checkpoint's
+# ``data.pkl``) or ``pickle.dump(..., protocol=2)``'s: each ``bytes`` value (a ``bytearray``'s,
+# a NumPy array's) held as ``_codecs.encode(str, 'latin1')``, the string UTF-8 encoded, so
+# that each byte from 0x80 up lies as two and no photograph lies in it as it is.
+_PROTOCOL_2 = {
+    "debug.pt": lambda photos: torch_saved({"step": 12, "imgs": photos, "note": "crops"}),
+    "rows.pkl": lambda photos: pickle.dumps(
+        [(f"face-{i}", p, 0.5 + i / 10) for i, p in enumerate(photos)], protocol=2
+    ),
+    "arrays.pkl": lambda photos: pickle.dumps(
+        {"crops": [np.frombuffer(p, np.uint8) for p in photos], "tag": bytearray(b"\xff" * 9)},
+        protocol=2,
+    ),
+}
+
+
+def test_a_photograph_pickled_with_protocol_2_or_torch_saved_stops_the_erasure(proj):
+    """A researcher's ``torch.save({"img": photo_bytes, ...})`` or a list of rows pickled with
+    protocol 2 holding the erased photograph beside another subject's: the erasure certified.
+    Now it stops on them, and the same files holding only other subjects' photographs are no
+    concern."""
+    victim, photo, theirs = _photos(proj)
+    third = next(iter(proj.images[proj.pids[2]].values()))
+    folder = proj.paths.root / "models" / "debug"
+    folder.mkdir(parents=True)
+    made = {folder / name: make([theirs, photo]) for name, make in _PROTOCOL_2.items()}
+    kept = {folder / f"other-{name}": make([theirs, third]) for name, make in _PROTOCOL_2.items()}
+    for path, data in {**made, **kept}.items():
+        path.write_bytes(data)
+        assert photo not in data and theirs not in data  # as it is, it lies in none
+    _, done = stopped_then_certified(proj, victim, made, kept)
+    for path, data in made.items():
+        path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+
+
+def test_a_photograph_in_a_file_of_protocol_2_pickles_dumped_one_by_one_is_found(tmp_path):
+    """``pickle.dump(row, f, protocol=2)`` row after row: each pickle memoizes
+    ``_codecs.encode`` at its own index (past 255 with LONG_BINPUT), more of them than are
+    sought one by one (``embedded.ENCODE_GETS_MAX``). The photograph in the last row is found,
+    in memory and from the file."""
+    photo = png(np.full((16, 16, 3), 7, np.uint8))
+    out = io.BytesIO()
+    for i in range(0, 600, 23):  # i strings memoized before the row's first bytes
+        row = [f"s{j}" for j in range(i)] + [b"\x80" * 40, photo if i > 580 else b"x"]
+        pickle.dump(row, out, protocol=2)
+    data = out.getvalue()
+    assert b"c_codecs\nencode\nr" in data and photo not in data
+    path = tmp_path / "rows.pkl"
+    path.write_bytes(data)
+    in_memory = set(embedded.inside(data, embedded.BINARY))
+    with open(path, "rb") as fh:
+        assert set(embedded.inside_large(fh, embedded.BINARY)) == in_memory
+    assert hashlib.sha256(photo).hexdigest() in in_memory
+
+
+def test_a_protocol_2_pickle_of_plain_strings_stops_nothing(proj):
+    """Strings pickled with protocol 2 (names, captions with accents, ``'latin1'`` itself, a
+    pair of a string and ``'latin1'``) hold no bytes: the erasure certifies, the files left as
+    they were."""
+    victim = proj.pids[0]
+    rows = [
+        {"caption": f"café n° {i} – ok", "codec": "latin1", "pair": ("ÿØÿà", "latin1")}
+        for i in range(50)
+    ]
+    folder = proj.paths.root / "data" / "interim"
+    folder.mkdir(parents=True)
+    made = {
+        folder / "captions.pkl": pickle.dumps(rows, protocol=2),
+        folder / "captions.pt": torch_saved(rows),
+    }
+    for path, data in made.items():
+        path.write_bytes(data)
+    result = Erasure(proj.paths).erase(victim)
+    assert {p: p.read_bytes() for p in made} == made
+    assert verify_certificate(result.certificate_path, root=proj.paths.root).ok
 
 
 def test_the_photograph_base64_encoded_in_json_or_csv_is_cut_out(proj):

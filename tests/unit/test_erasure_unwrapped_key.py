@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 from project_helpers import committed_then_removed
 from rights_fakes import make_project, printed_notebook
-from test_erasure_inside import stopped_then_certified
+from test_erasure_inside import stopped_then_certified, torch_saved
 
 from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.privacy.keys import load_master_key
@@ -349,19 +348,11 @@ def test_tombstones_that_cannot_be_written_do_not_keep_a_key_from_the_doctors_pu
     assert key.hex() not in caplog.text
 
 
-def _torch_saved(obj: object) -> bytes:
-    """``torch.save(obj, f)``: a zip whose ``data.pkl`` is a pickle of protocol 2."""
-    torch = pytest.importorskip("torch")
-    out = io.BytesIO()
-    torch.save(obj, out)
-    return out.getvalue()
-
-
 # The key pickled with protocol 2 among other values, as a checkpoint or a debug dump holds it:
 # ``torch.save`` of a state (the key after another 32 bytes: its ``'latin1'`` a memo's), a
 # ``bytearray``, a NumPy array of its bytes.
 _PROTOCOL_2 = {
-    "torch.save": lambda key: _torch_saved({"step": 12, "seed": bytes(32), "key": key}),
+    "torch.save": lambda key: torch_saved({"step": 12, "seed": bytes(32), "key": key}),
     "bytearray": lambda key: pickle.dumps([1, bytearray(key)], protocol=2),
     "numpy": lambda key: pickle.dumps({"k": np.frombuffer(key, np.uint8)}, protocol=2),
 }

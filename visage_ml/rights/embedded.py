@@ -20,7 +20,9 @@ padded or not, its slashes escaped as JSON may write them, ``\\/``); the copies 
 matching run out of it and keeps
 the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
 JPEG (SOI to EOI, :func:`~visage_ml.rights.embedded_photos._jpegs`) lies as it is, and is found
-so; a PDF's ASCII85 streams are decoded, and those deflated first (``/FlateDecode``: an attached
+so (a pickle of protocol 2, ``torch.save``'s, holds each ``bytes`` value as a latin-1 string's
+UTF-8: those that hold a PNG's or a JPEG's signature are decoded first, :func:`_pickled`); a
+PDF's ASCII85 streams are decoded, and those deflated first (``/FlateDecode``: an attached
 file, a JPEG deflated once more) inflated and read as an archive's member is
 (:func:`~visage_ml.rights.embedded_pdf._flates`); an Arrow file's or stream's byte and text
 columns are also read with pyarrow, batch by batch, its LZ4 or ZSTD buffers decompressed
@@ -79,6 +81,7 @@ kinds, the budget, :func:`_part`), so it imports each where it is used.
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import functools
 import hashlib
@@ -96,7 +99,7 @@ from typing import IO, Protocol
 
 from visage_ml.io import CHUNK, atomic_write_bytes, private_dir
 from visage_ml.rights import embedded_formats
-from visage_ml.rights.embedded_mapping import Buffer, _Map
+from visage_ml.rights.embedded_mapping import Buffer, _find, _Map
 
 # Looked inside in memory up to this size; a larger member is hashed as it streams.
 EMBED_MAX = 64 << 20
@@ -142,15 +145,28 @@ NPY_MAGIC = b"\x93NUMPY"
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 # 32 bytes as a pickle holds ``bytes`` (protocol 3 and up: SHORT_BINBYTES, its length a byte)
 # or a ``bytearray`` (5: BYTEARRAY8, eight): an erased subject's key pickled as it is, among
-# other values (:func:`_pickled_keys`). Protocol 2 (``torch.save``'s) has no opcode for bytes:
-# it pickles them, a ``bytearray``'s and a NumPy array's too, as ``_codecs.encode(s,
-# 'latin1')``, ``s`` the 32 characters they decode to as latin-1, a BINUNICODE of their UTF-8
-# (32 to 64 bytes, its length four; group 1), then ``'latin1'`` (or a memo's get: the second
-# such value of a pickle) and TUPLE2 (:data:`LATIN1_ARGS`, each optionally memoized).
-PICKLED_KEY = re.compile(rb"C\x20|\x96\x20\x00{7}|X([\x20-\x40])\x00{3}")
+# other values (:func:`_pickled`).
+PICKLED_KEY = re.compile(rb"C\x20|\x96\x20\x00{7}")
+# Protocol 2 (``torch.save``'s: a checkpoint's ``data.pkl``) has no opcode for bytes: it
+# pickles them, a ``bytearray``'s and a NumPy array's too, as ``_codecs.encode(s, 'latin1')``:
+# the GLOBAL ``_codecs encode`` (then memoized, BINPUT or LONG_BINPUT: :data:`MEMO_PUT`; later
+# ones a memo's get, BINGET or LONG_BINGET, of its index), ``s`` the characters the bytes decode
+# to as latin-1, a BINUNICODE of their UTF-8 (each byte from 0x80 up two: a photograph does not
+# lie in it as it is; its length four bytes), then ``'latin1'`` (or a memo's get: the second
+# such value of a pickle) and TUPLE2 (:data:`LATIN1_ARGS`, each optionally memoized). Found by
+# ``bytes.find`` of the GLOBAL and of its gets (:func:`_latin1_strings`): a pickle without it
+# holds no bytes so, and an expression beginning with either took 3.5 ns a byte.
+CODECS_ENCODE = b"c_codecs\nencode\n"
+MEMO_PUT = re.compile(rb"q(.)|r(.{4})", re.DOTALL)
+BINUNICODE = b"X"
 LATIN1_ARGS = re.compile(
     rb"(?:q.|r.{4})?(?:X\x06\x00{3}latin1(?:q.|r.{4})?|h.|j.{4})\x86", re.DOTALL
 )
+# Gets of ``_codecs.encode`` sought each by a ``bytes.find`` of its own (a file of several
+# pickles, each memoizing it at its own index); beyond so many, any get is sought
+# (:data:`ANY_GET`), a BINUNICODE after it, an expression that took 3.5 ns a byte.
+ENCODE_GETS_MAX = 8
+ANY_GET = re.compile(rb"(?:h.|j.{4})X", re.DOTALL)
 # A PDF's header, where readers accept it: in its first kilobyte (after a mail's or a web
 # server's lines), the file not text (its second line, by custom, of bytes above 127).
 PDF_MAGIC, PDF_WITHIN = b"%PDF-", 1024
@@ -436,46 +452,196 @@ def inside(
 
         yield from embedded_db.inside_db(data, sizes=sizes, depth=depth, budget=budget)
     else:
-        from visage_ml.rights import embedded_photos, embedded_text
+        from visage_ml.rights import embedded_text
 
         for _, raw in embedded_text._runs(data, sizes):
             yield from _part(raw, sizes, depth, budget)
-        yield from _pickled_keys(data, what, sizes, depth, budget)
+        yield from _pickled(data, what, sizes, depth, budget)
         if what in (BINARY, PDF):
-            images = itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data))
-            for found in images:
-                yield from _part(found, sizes, depth, budget)
+            yield from _photographs(data, sizes, depth, budget)
         yield from _compressed(data, what, sizes, depth, budget)
 
 
-def _pickled_keys(
+def _pickled(
     data: Buffer, what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
-    """:func:`_part` of the 32 bytes after each opcode of :data:`PICKLED_KEY` in ``data``, a
-    file of kind ``what``, when it is a pickle, that are a key sought (:func:`key_test`), or
-    that a protocol-2 string there decodes to (:func:`_pickled_bytes`): the opcodes' two bytes
-    found in other bytes too (an array's floats) are tested and let go, about one every 64
-    KiB."""
+    """What ``data``, a file of kind ``what``, holds as a pickle's bytes beyond what lies in it
+    as it is: :func:`_part` of the 32 bytes after each opcode of :data:`PICKLED_KEY` that are a
+    key sought (:func:`key_test`: the opcodes' two bytes found in other bytes too, an array's
+    floats, are tested and let go, about one every 64 KiB), and of protocol 2's bytes
+    (:func:`_latin1_strings`) what they would give lying in one of protocol 3 as they are: a
+    key sought, each PNG and JPEG (:func:`_photographs`). Only those a key's size could be, or
+    in which a PNG's or a JPEG's signature lies (:func:`_signed`), are decoded
+    (:func:`_latin1_bytes`: UTF-8 decoding took 3 ns a byte, most of the reader's time, and a
+    pickle of a data set's features holds little else); of those smaller than anything sought,
+    none."""
     if what != BINARY or not PICKLE_MAGIC.match(data[:2]):
         return
     test = key_test(sizes)
-    if test is None:
+    if test is not None:
+        for m in PICKLED_KEY.finditer(data):
+            raw = bytes(data[m.end() : m.end() + KEY_SIZE])
+            if len(raw) == KEY_SIZE and test(raw):
+                yield from _part(raw, sizes, depth, budget)
+    floor, signed = smallest_sought(sizes), _signed(data)
+    for start, end in _latin1_strings(data):
+        # a key's 32 bytes are 32 to 64 of UTF-8
+        if test is not None and KEY_SIZE <= end - start <= 2 * KEY_SIZE:
+            raw = _pickled_bytes(data, start, end)
+            if raw is not None and len(raw) == KEY_SIZE and test(raw):
+                yield from _part(raw, sizes, depth, budget)
+        if not signed(start, end):
+            continue
+        if end - start < floor:  # what it holds is smaller still
+            passed_over(sizes, end - start)
+            continue
+        budget.spend(end - start)
+        with _latin1_bytes(data, start, end) as held:
+            if held is not None:
+                yield from _photographs(held, sizes, depth, budget)
+
+
+def _photographs(
+    data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """:func:`_part` of each PNG and JPEG lying in ``data`` as it is."""
+    from visage_ml.rights import embedded_photos
+
+    for found in itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data)):
+        yield from _part(found, sizes, depth, budget)
+
+
+def _signed(data: Buffer) -> Callable[[int, int], bool]:
+    """Whether a PNG's or a JPEG's signature, as a protocol-2 string holds it (its latin-1
+    characters' UTF-8), lies in ``data[start:end]``, asked of spans in order: each signature
+    found by a ``bytes.find`` forward from where it last lay, so that the file is searched once
+    whatever the number of spans (0.2 s for 200 MiB, both), and a mapped one let go of."""
+    from visage_ml.rights import embedded_photos
+
+    next_at = {
+        magic.decode("latin-1").encode(): -1
+        for magic in (embedded_photos.PNG_MAGIC, embedded_photos.JPEG_MAGIC)
+    }
+
+    def signed(start: int, end: int) -> bool:
+        for sign, at in next_at.items():
+            if at < start:
+                at = _find(data, sign, start)
+                at = next_at[sign] = at if at >= 0 else len(data)
+            if at + len(sign) <= end:
+                return True
+        return False
+
+    return signed
+
+
+def _latin1_strings(data: Buffer) -> Iterator[tuple[int, int]]:
+    """Where the UTF-8 of each string ``s`` of a ``_codecs.encode(s, 'latin1')`` lies in
+    ``data``, a pickle of protocol 2 (:data:`CODECS_ENCODE`), in order, none within another:
+    a BINUNICODE after the GLOBAL or after a get of its memo, whichever lies first, that
+    :data:`LATIN1_ARGS` follows."""
+    from visage_ml.rights.embedded_photos import _search
+
+    heads: dict[bytes | re.Pattern[bytes], int] = {}
+
+    def look(head: bytes | re.Pattern[bytes], start: int) -> None:
+        at = _find(data, head, start) if isinstance(head, bytes) else _search(data, head, start)
+        if at < 0:
+            heads.pop(head, None)
+        else:
+            heads[head] = at
+
+    look(CODECS_ENCODE, 0)
+    done = 0  # where the last string ended: a head before it lies within one
+    while heads:
+        head = min(heads, key=heads.__getitem__)
+        at = heads[head]
+        if at < done:
+            look(head, done)
+            continue
+        if head is ANY_GET:
+            after = at + (3 if data[at : at + 1] == b"h" else 6)
+        elif head != CODECS_ENCODE:
+            after = at + len(head)
+        else:
+            after = _encode_got(data, at + len(head), heads, look)
+        start, end = after + 4, -1
+        if after >= 0:
+            end = start + int.from_bytes(data[after:start], "little")
+        if not start <= end <= len(data) or LATIN1_ARGS.match(data, end) is None:
+            look(head, at + 1)
+            continue
+        done = end
+        look(head, end)  # past the string: its UTF-8 is most of such a pickle
+        yield start, end
+
+
+def _encode_got(
+    data: Buffer,
+    after: int,
+    heads: dict[bytes | re.Pattern[bytes], int],
+    look: Callable[[bytes | re.Pattern[bytes], int], None],
+) -> int:
+    """Where the length of the BINUNICODE after ``_codecs.encode``'s GLOBAL (ending at
+    ``after``) lies, -1 when none does; a get of the index it is memoized at (:data:`MEMO_PUT`)
+    sought from there (``look``) among ``heads``, or any get beyond
+    :data:`ENCODE_GETS_MAX` of them."""
+    if (put := MEMO_PUT.match(data, after)) is not None:
+        got = (b"h" + put[1] if put[1] is not None else b"j" + put[2]) + BINUNICODE
+        if got not in heads and ANY_GET not in heads:
+            if len(heads) > ENCODE_GETS_MAX:
+                for head in [h for h in heads if h != CODECS_ENCODE]:
+                    del heads[head]
+                got = ANY_GET
+            look(got, put.end())
+        after = put.end()
+    return after + 1 if data[after : after + 1] == BINUNICODE else -1
+
+
+@contextlib.contextmanager
+def _latin1_bytes(data: Buffer, start: int, end: int) -> Iterator[Buffer | None]:
+    """The bytes ``_codecs.encode(s, 'latin1')`` gives, ``s`` the UTF-8 of ``data[start:end]``
+    (:func:`_latin1_strings`); None when it is no latin-1 string (a character above 255, or
+    no UTF-8). Up to :data:`EMBED_MAX` held, a larger one decoded a :data:`CHUNK` at a time
+    (at most) to an unnamed file of :data:`SPILL_DIR` and mapped (:func:`mapped`).
+
+    Raises
+    ------
+    NotSpilled
+        When that file cannot be written.
+    """
+    if end - start <= EMBED_MAX:
+        yield _pickled_bytes(data, start, end)
         return
-    for m in PICKLED_KEY.finditer(data):
-        raw = _pickled_bytes(data, m) if m.group(1) else bytes(data[m.end() : m.end() + KEY_SIZE])
-        if raw is not None and len(raw) == KEY_SIZE and test(raw):
-            yield from _part(raw, sizes, depth, budget)
+    from visage_ml.rights.embedded_spill import _close, _spilling
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    step = min(CHUNK, EMBED_MAX)
+    with contextlib.ExitStack() as stack:
+        spill = _spilling(lambda: tempfile.TemporaryFile(dir=SPILL_DIR))  # noqa: SIM115
+        stack.callback(_close, spill)
+        for at in range(start, end, step):
+            last = at + step >= end
+            raw = _latin1(lambda a=at, z=last: decoder.decode(data[a : min(a + step, end)], z))
+            if raw is None:
+                yield None
+                return
+            _spilling(lambda r=raw: spill.write(r))
+        _spilling(spill.flush)
+        yield stack.enter_context(mapped(spill))
 
 
-def _pickled_bytes(data: Buffer, m: re.Match[bytes]) -> bytes | None:
-    """The bytes a protocol-2 pickle's ``_codecs.encode(s, 'latin1')`` gives, whose ``s`` is
-    the BINUNICODE ``m`` found (:data:`PICKLED_KEY`'s group 1, its length); None when it is
-    another string (not followed by ``'latin1'``, a character above 255)."""
-    end = m.end() + m.group(1)[0]
-    if LATIN1_ARGS.match(data, end) is None:
-        return None
+def _pickled_bytes(data: Buffer, start: int, end: int) -> bytes | None:
+    """:func:`_latin1_bytes` of a string held in memory: the bytes ``_codecs.encode(s,
+    'latin1')`` gives, ``s`` the UTF-8 of ``data[start:end]``; None when it is another string."""
+    return _latin1(lambda: bytes(data[start:end]).decode("utf-8"))
+
+
+def _latin1(decode: Callable[[], str]) -> bytes | None:
+    """What ``decode()`` gives, encoded as latin-1; None when it fails (no UTF-8, a character
+    above 255)."""
     try:
-        return bytes(data[m.end() : end]).decode("utf-8").encode("latin-1")
+        return decode().encode("latin-1")
     except UnicodeError:
         return None
 
@@ -627,17 +793,13 @@ def _mapped(
     fh: IO[bytes], what: str, sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
     """:func:`inside` of a pickle, an array, an Arrow file or a PDF read from its file
-    (:func:`inside_large`): the same base64 runs, pickled keys, PNGs, JPEGs, PDF streams decoded
+    (:func:`inside_large`): the same base64 runs, pickled bytes, PNGs, JPEGs, PDF streams decoded
     and Arrow batches, in the same order."""
-    from visage_ml.rights import embedded_photos
-
     fh.seek(0)
     yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)  # its base64 runs
     with mapped(fh) as data:
-        yield from _pickled_keys(data, what, sizes, depth, budget)
-        images = itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data))
-        for found in images:
-            yield from _part(found, sizes, depth, budget)
+        yield from _pickled(data, what, sizes, depth, budget)
+        yield from _photographs(data, sizes, depth, budget)
         yield from _compressed(data, what, sizes, depth, budget)
 
 
