@@ -255,28 +255,22 @@ def test_tombstones_that_cannot_be_written_do_not_keep_a_withdrawn_template(proj
     assert victim in record.message and "damaged" in record.message
 
 
-def test_the_key_printed_as_python_prints_bytes_is_found_in_a_notebook_and_a_text(proj):
-    # ``print(key)``, or ``key`` as a cell's last line, shows b'\x8f\x1a...' (JSON-escaped in the
-    # saved notebook: each backslash doubled); a debug log wrote it as Python does. Neither is
-    # hex nor base64, and the erasure certified with both in place.
-    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
-    key, theirs = _data_key(proj, victim), _data_key(proj, other)
-    # Printable bytes, a quote and a backslash among the escapes, as some key will have.
-    odd = bytes(range(0x20, 0x30)) + b"'\\\"" + key[: 32 - 19]
-    nb = printed_notebook([repr(key), repr(theirs)], "k = DataKeys.for_project(paths).key(pid)")
-    path = _put(root / "notebooks" / "keys.ipynb", nb)
-    text = f"key={key!r} other={theirs!r} odd={odd!r}\n"
-    log = _put(root / "reports" / "debug.txt", text)
+def _stops_until_taken_out(proj, folder: Path, suffix: str, make) -> None:
+    """``make(key)`` of the victim's key in ``folder`` stops the erasure, another subject's
+    does not; once taken out the erasure certifies, and put back the verifier names it."""
+    victim, other = proj.pids[0], proj.pids[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {folder / f"state{suffix}": make(_data_key(proj, victim))}
+    kept = {folder / f"other{suffix}": make(_data_key(proj, other))}
+    for path, data in {**made, **kept}.items():
+        path.write_bytes(data)
 
-    result = Erasure(proj.paths).erase(victim)
+    _, done = stopped_then_certified(proj, victim, made, kept)
 
-    left = json.loads(path.read_text(encoding="utf-8"))["cells"][0]["outputs"][0]["text"]
-    assert left == ["\n", f"{theirs!r}\n"]
-    kept = f"key= other={theirs!r} odd={odd!r}\n"
-    assert log.read_text(encoding="utf-8") == kept
-    _put_back_fails(result, log, text, root=root)
-    log.write_text(kept, encoding="utf-8")
-    _put_back_fails(result, path, nb, root=root)
+    ((path, data),) = made.items()
+    path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok and path in {Path(f["path"]) for f in report.findings}
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
@@ -286,24 +280,10 @@ def test_the_unwrapped_key_pickled_among_other_values_stops_the_erasure(proj, pr
     # UTF-8 encoded), neither a file of their own nor printed, and the erasure certified. Such a
     # file holds other things too: the erasure stops and says where to look, as it does for a
     # pickle holding an erased photograph; another subject's key pickled so is no concern.
-    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
-    folder = root / "data" / "interim"
-    folder.mkdir(parents=True, exist_ok=True)
-
     def pickled(key: bytes) -> bytes:
         return pickle.dumps({"run": 12, "key": key, "rows": list(range(50))}, protocol=protocol)
 
-    made = {folder / "state.pkl": pickled(_data_key(proj, victim))}
-    kept = {folder / "other.pkl": pickled(_data_key(proj, other))}
-    for path, data in {**made, **kept}.items():
-        path.write_bytes(data)
-
-    _, done = stopped_then_certified(proj, victim, made, kept)
-
-    ((path, data),) = made.items()
-    path.write_bytes(data)
-    report = verify_certificate(done.certificate_path, root=root)
-    assert not report.ok and path in {Path(f["path"]) for f in report.findings}
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".pkl", pickled)
 
 
 def test_a_key_the_doctors_purge_destroys_is_sought_at_the_subjects_later_erasure(proj):
@@ -365,21 +345,7 @@ def test_the_unwrapped_key_in_a_protocol_2_pickle_or_a_torch_checkpoint_stops_th
     # torch.save pickles with protocol 2, which holds bytes as ``_codecs.encode(str,
     # 'latin1')``: the key's bytes from 0x80 up lie as two bytes each, and the erasure certified
     # with a checkpoint holding the key in place.
-    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
-    folder = root / "models" / "debug"
-    folder.mkdir(parents=True, exist_ok=True)
-    make = _PROTOCOL_2[form]
-    made = {folder / "state.pt": make(_data_key(proj, victim))}
-    kept = {folder / "other.pt": make(_data_key(proj, other))}
-    for path, data in {**made, **kept}.items():
-        path.write_bytes(data)
-
-    _, done = stopped_then_certified(proj, victim, made, kept)
-
-    ((path, data),) = made.items()
-    path.write_bytes(data)
-    report = verify_certificate(done.certificate_path, root=root)
-    assert not report.ok and path in {Path(f["path"]) for f in report.findings}
+    _stops_until_taken_out(proj, proj.paths.root / "models" / "debug", ".pt", _PROTOCOL_2[form])
 
 
 def test_a_32_character_string_pickled_with_protocol_2_is_no_key(proj):
@@ -399,28 +365,40 @@ def test_a_32_character_string_pickled_with_protocol_2_is_no_key(proj):
     assert verify_certificate(result.certificate_path, root=root).ok
 
 
-# The key as an operator prints it otherwise: shown in a notebook's output, written to a debug
-# log, and what the log keeps once it is cut out. 32 hex pairs joined (``key.hex(":")``,
-# ``key.hex(" ").upper()``, ``key.hex("-")``), its 32 numbers (``list(key)``, ``tuple(key)``,
-# a NumPy array of its bytes).
+def _odd(key: bytes) -> bytes:
+    """Printable bytes, a quote and a backslash among the escapes, as some key will have: the
+    literal of 32 bytes that is no key sought."""
+    return bytes(range(0x20, 0x30)) + b"'\\\"" + key[: 32 - 19]
+
+
+# The key as an operator prints it: shown in a notebook's output, written to a debug log, and
+# what the log keeps once it is cut out. As Python prints bytes (``print(key)``, ``key`` as a
+# cell's last line: b'\x8f\x1a...', JSON-escaped in the saved notebook, each backslash doubled);
+# 32 hex pairs joined (``key.hex(":")``, ``key.hex(" ").upper()``, ``key.hex("-")``); its 32
+# numbers (``list(key)``, ``tuple(key)``, a NumPy array of its bytes).
 _PRINTED = {
+    "literal": (
+        repr,
+        lambda k: f"key={k!r} odd={_odd(k)!r}\n",
+        lambda k: f"key= odd={_odd(k)!r}\n",
+    ),
     "pairs": (
         lambda k: k.hex(":"),
         lambda k: f"key {k.hex(' ').upper()}\nalso={k.hex('-')};\n",
-        "key \nalso=;\n",
+        lambda k: "key \nalso=;\n",
     ),
     "numbers": (
         lambda k: str(list(k)),
         lambda k: f"key={tuple(k)}\n{np.frombuffer(k, np.uint8)!r}\n",
-        "key=\narray(, dtype=uint8)\n",
+        lambda k: "key=\narray(, dtype=uint8)\n",
     ),
 }
 
 
 @pytest.mark.parametrize("form", sorted(_PRINTED))
-def test_the_key_printed_as_hex_pairs_or_its_numbers_is_found_and_cut(proj, form):
-    # Neither 64 hex digits in a row nor base64 nor a bytes literal: the erasure certified with
-    # the notebook and the log holding the key so.
+def test_the_key_printed_as_bytes_hex_pairs_or_its_numbers_is_found_and_cut(proj, form):
+    # Neither 64 hex digits in a row nor base64: the erasure certified with the notebook and
+    # the log holding the key so.
     shown, logged, left_in_log = _PRINTED[form]
     root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
     key, theirs = _data_key(proj, victim), _data_key(proj, other)
@@ -433,7 +411,7 @@ def test_the_key_printed_as_hex_pairs_or_its_numbers_is_found_and_cut(proj, form
 
     left = json.loads(path.read_text(encoding="utf-8"))["cells"][0]["outputs"][0]["text"]
     assert left == ["\n", f"{shown(theirs)}\n"]
-    kept = f"{left_in_log}theirs {shown(theirs)}\n"
+    kept = f"{left_in_log(key)}theirs {shown(theirs)}\n"
     assert log.read_text(encoding="utf-8") == kept
     _put_back_fails(result, log, text, root=root)
     log.write_text(kept, encoding="utf-8")
