@@ -4,7 +4,6 @@ and the demographic model's accuracy per group, as a user reads them after `make
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -106,7 +105,6 @@ def test_the_demo_runs_dvc_once_and_times_each_stage_from_its_output(tmp_path, c
     returncode, last = repro_timed(
         [sys.executable, str(fake), str(status)],
         tmp_path,
-        dict(os.environ),
         ["prepare", "train", "evaluate", "gallery"],
         timings,
     )

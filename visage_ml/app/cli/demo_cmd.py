@@ -35,6 +35,7 @@ def _venv_env() -> dict[str, str]:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["DVC_NO_ANALYTICS"] = "1"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env["PYTHONUNBUFFERED"] = "1"  # the stages' output through the pipe as it comes
     return env
 
 
@@ -157,7 +158,7 @@ _STAGE_LINE = re.compile(r"^(?:Running stage|Stage) '([^']+)'")
 
 
 def repro_timed(
-    cmd: list[str], root: Path, env: dict[str, str], stages: list[str], timings: dict[str, float]
+    cmd: list[str], root: Path, stages: list[str], timings: dict[str, float]
 ) -> tuple[int, str | None]:
     """Run ``dvc repro`` once, passing its output through, and time each stage of ``stages``.
 
@@ -166,9 +167,8 @@ def repro_timed(
     starts (or skips) it to the next such line, or to DVC's exit; the first one's from DVC's
     start. Returns DVC's exit status and the last stage it started.
     """
-    env = {**env, "PYTHONUNBUFFERED": "1"}  # the stages' output as it comes, not at their end
     proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=root, env=_venv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
     current, started = None, time.perf_counter()
@@ -223,7 +223,7 @@ def demo(
         )
     dvc = str(Path(sys.executable).with_name("dvc"))
     stages = list(yaml.safe_load((paths.root / "dvc.yaml").read_text())["stages"])
-    returncode, last = repro_timed([dvc, "repro"], paths.root, _venv_env(), stages, timings)
+    returncode, last = repro_timed([dvc, "repro"], paths.root, stages, timings)
     if returncode != 0:
         where = f" at stage {last}" if last else ""
         console.print(f"[red]dvc repro failed{where}[/]: see the messages above")
