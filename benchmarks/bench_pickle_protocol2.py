@@ -1,13 +1,14 @@
-"""Time of the reader of a large pickle of protocol 2 holding no photograph
-(:func:`visage_ml.rights.embedded.inside_large`, with a sizes filter, as the erasure and the
-verifier call it); one JSON object.
+"""Time of the reader of a large pickle of protocol 2 (or ``--protocol``) holding nothing
+sought (:func:`visage_ml.rights.embedded.inside_large`, with a sizes filter, as the erasure and
+the verifier call it); one JSON object.
 
 The pickle is ``pickle.dump(rows, f, protocol=2)`` (``torch.save``'s protocol) of ``--mib``
 MiB of rows of strings and bytes, as a researcher's dump of a data set's features holds them:
 an id, a caption with accents, an embedding's bytes, a thumbnail's noise, a NumPy array. Each
 ``bytes`` value (the array's too) is held as ``_codecs.encode(str, 'latin1')``, which the reader
-finds and looks through (:func:`~visage_ml.rights.embedded._pickled`). The file is about
-``--mib`` MiB; it is read from its file (mapped,
+finds and looks through (:func:`~visage_ml.rights.embedded._pickled`); with ``--protocol`` 3 to
+5, as it is, after its opcode and length (:func:`~visage_ml.rights.embedded._pickled_values`).
+The file is about ``--mib`` MiB; it is read from its file (mapped,
 over :data:`~visage_ml.rights.embedded.EMBED_MAX`) with this checkout's code, and with
 ``--before``'s (another checkout, e.g. ``git archive <commit> visage_ml | tar -x -C
 /tmp/before``) when given, in a child process each, best of ``--repeat``:
@@ -15,7 +16,8 @@ over :data:`~visage_ml.rights.embedded.EMBED_MAX`) with this checkout's code, an
 - ``seconds``: the best read's time; ``peak_rss_mib``: the child's peak resident set;
 - ``held``: how many SHA-256s it found inside (none sought: 0).
 
-    python benchmarks/bench_pickle_protocol2.py [--mib 200] [--repeat 3] [--before DIR]
+    python benchmarks/bench_pickle_protocol2.py [--mib 200] [--repeat 3] [--protocol 2]
+        [--before DIR]
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ def _child(path: Path, repeat: int) -> dict[str, object]:
     return {"seconds": round(best, 3), "peak_rss_mib": round(peak, 1), "held": held}
 
 
-def _make(path: Path, mib: int) -> int:
-    """The pickle of rows, ``mib`` MiB of it (its random bytes as UTF-8: half again as many)."""
+def _make(path: Path, mib: int, protocol: int) -> int:
+    """The pickle of rows, ``mib`` MiB of it (with protocol 2, its random bytes as UTF-8: half
+    again as many)."""
     import numpy as np
 
     rng = random.Random(0)
@@ -72,9 +75,9 @@ def _make(path: Path, mib: int) -> int:
             "label": i % 7,
         }
         rows.append(row)
-        n += (2048 + 6000 + i % 512 + 3072) * 3 // 2 + 120
+        n += (2048 + 6000 + i % 512 + 3072) * (3 if protocol == 2 else 2) // 2 + 120
     with open(path, "wb") as f:
-        pickle.dump(rows, f, protocol=2)
+        pickle.dump(rows, f, protocol=protocol)
     return len(rows)
 
 
@@ -82,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--protocol", type=int, default=2, choices=(2, 3, 4, 5))
     ap.add_argument("--before", type=Path, default=None, help="a checkout of the earlier code")
     ap.add_argument("--scratch", type=Path, default=None)
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -91,7 +95,7 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.repeat)))
         return
     if args.make is not None:
-        print(_make(args.make, args.mib))
+        print(_make(args.make, args.mib, args.protocol))
         return
     here = Path(__file__).resolve().parents[1]
     codes = {"after": here, **({"before": args.before.resolve()} if args.before else {})}
@@ -100,6 +104,7 @@ def main() -> None:
         path = Path(tmp) / "rows.pkl"
         # Made in a child process: Linux starts a child's peak resident set at its parent's.
         cmd = [sys.executable, __file__, "--make", str(path), "--mib", str(args.mib)]
+        cmd += ["--protocol", str(args.protocol)]
         rows = int(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         for name, code in codes.items():
             cmd = [sys.executable, __file__, "--child", str(path), "--repeat", str(args.repeat)]
@@ -111,6 +116,7 @@ def main() -> None:
         json.dumps(
             {
                 "rows": rows,
+                "protocol": args.protocol,
                 "file_mib": round(size / (1 << 20), 1),
                 **results,
                 "python": platform.python_version(),
