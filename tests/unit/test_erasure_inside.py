@@ -228,21 +228,34 @@ def test_a_photograph_pickled_with_protocol_2_or_torch_saved_stops_the_erasure(p
     protocol 2 holding the erased photograph beside another subject's: the erasure certified.
     Now it stops on them, and the same files holding only other subjects' photographs are no
     concern."""
-    victim, photo, theirs = _photos(proj)
+    _, photo, theirs = _photos(proj)
     third = next(iter(proj.images[proj.pids[2]].values()))
     folder = proj.paths.root / "models" / "debug"
+    made = held_until_taken_out(proj, folder, _PROTOCOL_2, photo, [theirs, third])
+    for data in made.values():
+        assert photo not in data and theirs not in data  # as it is, it lies in none
+
+
+def held_until_taken_out(
+    proj, folder: Path, makers: dict, photo: bytes, theirs: list[bytes]
+) -> dict[Path, bytes]:
+    """Each file of ``makers`` (name: how it is made of a list of photographs) made in
+    ``folder`` holding the erased subject's ``photo`` beside ``theirs[0]`` (another subject's)
+    stops the erasure until taken out (:func:`stopped_then_certified`), the same file holding
+    ``theirs`` alone stops nothing, and the verifier fails the certificate on exactly the first
+    ones, put back. Those files and their content."""
     folder.mkdir(parents=True)
-    made = {folder / name: make([theirs, photo]) for name, make in _PROTOCOL_2.items()}
-    kept = {folder / f"other-{name}": make([theirs, third]) for name, make in _PROTOCOL_2.items()}
+    made = {folder / name: make([theirs[0], photo]) for name, make in makers.items()}
+    kept = {folder / f"other-{name}": make(theirs) for name, make in makers.items()}
     for path, data in {**made, **kept}.items():
         path.write_bytes(data)
-        assert photo not in data and theirs not in data  # as it is, it lies in none
-    _, done = stopped_then_certified(proj, victim, made, kept)
+    _, done = stopped_then_certified(proj, proj.pids[0], made, kept)
     for path, data in made.items():
         path.write_bytes(data)
     report = verify_certificate(done.certificate_path, root=proj.paths.root)
     assert not report.ok
     assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+    return made
 
 
 def test_a_photograph_in_a_file_of_protocol_2_pickles_dumped_one_by_one_is_found(tmp_path):
@@ -263,6 +276,64 @@ def test_a_photograph_in_a_file_of_protocol_2_pickles_dumped_one_by_one_is_found
     with open(path, "rb") as fh:
         assert set(embedded.inside_large(fh, embedded.BINARY)) == in_memory
     assert hashlib.sha256(photo).hexdigest() in in_memory
+
+
+def _encoded(form: str):
+    """How a photograph's pixels become its file, in one of the importers' other formats."""
+
+    def encode(arr: np.ndarray) -> bytes:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=form)
+        return buf.getvalue()
+
+    return encode
+
+
+# Files that hold photographs as whole ``bytes`` values, whatever their format: pickled with
+# protocol 3 to 5 as they are (``bytes``, a ``bytearray``, a NumPy array's buffer), with
+# protocol 2 and by ``torch.save`` as latin-1 strings.
+_WHOLE = {
+    "rows.pkl": lambda photos: pickle.dumps(
+        [(f"face-{i}", p, 0.5 + i / 10) for i, p in enumerate(photos)], protocol=4
+    ),
+    "crops-protocol-3.pkl": lambda photos: pickle.dumps({"crops": photos}, protocol=3),
+    "crops-protocol-5.pkl": lambda photos: pickle.dumps(
+        {"crops": [bytearray(p) for p in photos], "n": len(photos)}, protocol=5
+    ),
+    "arrays.pkl": lambda photos: pickle.dumps([np.frombuffer(p, np.uint8) for p in photos]),
+    "rows-protocol-2.pkl": lambda photos: pickle.dumps(
+        [(f"face-{i}", p) for i, p in enumerate(photos)], protocol=2
+    ),
+    "debug.pt": lambda photos: torch_saved({"step": 3, "imgs": photos}),
+}
+
+
+@pytest.mark.parametrize("form", ["GIF", "WEBP"])
+def test_a_gif_or_webp_photograph_pickled_as_bytes_stops_the_erasure(project, form):
+    """A subject's photograph stored as a GIF or a WebP (formats the importers accept), pickled
+    as ``bytes`` beside another subject's: only PNGs and JPEGs were looked for inside a pickle,
+    and the erasure certified. Now each value of a size sought is compared whole; the same files
+    holding only other subjects' photographs stop nothing."""
+    proj = make_project(project, n_subjects=3, encode=_encoded(form))
+    _, photo, theirs = _photos(proj)
+    third = next(iter(proj.images[proj.pids[2]].values()))
+    assert photo[:4] in (b"GIF8", b"RIFF")
+    held_until_taken_out(proj, proj.paths.root / "data" / "interim", _WHOLE, photo, [theirs, third])
+
+
+def test_a_sealed_photograph_pickled_as_bytes_stops_the_erasure(proj):
+    """The subject's sealed file (ciphertext: no signature of any image in it), pickled whole
+    with protocol 4 and with protocol 2 (``torch.save``'s), is a copy of a file the erasure
+    removes: the erasure certified with it. The other subjects' sealed files stop nothing."""
+
+    def sealed(pid: str) -> bytes:
+        return sorted((proj.paths.raw / pid).glob("*.sealed"))[0].read_bytes()
+
+    victim, other, third = (sealed(pid) for pid in proj.pids)
+    makers = {name: _WHOLE[name] for name in ("rows.pkl", "rows-protocol-2.pkl", "debug.pt")}
+    held_until_taken_out(proj, proj.paths.root / "backups", makers, victim, [other, third])
 
 
 def test_a_protocol_2_pickle_of_plain_strings_stops_nothing(proj):

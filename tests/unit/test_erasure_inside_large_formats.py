@@ -21,6 +21,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from rights_fakes import make_project, png
+from test_erasure_inside import _Sought
 from test_erasure_inside_jpeg import ENCODINGS, _pdf
 from test_erasure_inside_large import _hash_object, _holds, _pushed_then_gone
 
@@ -262,3 +263,67 @@ def test_a_large_member_that_cannot_be_written_to_look_inside_is_not_shown_clean
     monkeypatch.setattr(embedded.tempfile, "TemporaryFile", no_room)
     with pytest.raises(embedded.TooLarge):
         list(embedded.inside(npz, embedded.ZIP))
+
+
+def _pickled_values(values: list[bytes], protocol: int) -> bytes:
+    """A data set's values pickled with ``protocol``: ``bytes``, with 5 a ``bytearray`` too."""
+    held: list[object] = list(values)
+    if protocol == 5:
+        held = [bytearray(v) if i % 2 else v for i, v in enumerate(values)]
+    return pickle.dumps({"n": len(values), "values": held}, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_value_of_a_size_sought_is_found_whole_from_its_file_as_in_memory(
+    tmp_path, monkeypatch, protocol
+):
+    """A GIF (no PNG's or JPEG's signature) and a file larger than what is held in memory (a
+    zip), each a whole value of a large pickle: before, neither read found either. The reads
+    from the file (mapped) and in memory give the same; a size sought that no value has finds
+    nothing."""
+    monkeypatch.setattr(embedded, "EMBED_MAX", SMALL_MAX)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(buf, format="GIF")
+    gif, large = buf.getvalue(), _filler(SMALL_MAX + 4321, 99)
+    data = _pickled_values([*_dataset(gif), large], protocol)
+    assert len(data) > 3 * SMALL_MAX
+    path = tmp_path / "values.pkl"
+    path.write_bytes(data)
+    for sizes, found in [
+        (_Sought(len(gif), len(large)), {hashlib.sha256(v).hexdigest() for v in (gif, large)}),
+        (_Sought(len(gif) + 1, FILLER - 1), set()),
+    ]:
+        in_memory = set(embedded.inside(data, embedded.BINARY, sizes=sizes))
+        with open(path, "rb") as fh:
+            assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == in_memory
+        assert in_memory == found
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_every_size_sought_hashes_each_value_of_a_pickle_and_no_long_stretch_beside(
+    monkeypatch, protocol
+):
+    """Where every size may be sought (sizes not known: each part is hashed), a pickle of
+    random bytes gives each value's SHA-256; an opcode's byte and a length found among other
+    bytes (each value holds several) are taken for a value only where the pickler's memo
+    follows it: no stretch longer than a SHORT_BINBYTES' (255 bytes) is hashed beside them."""
+    values = [_filler(n, n) for n in (300, 5000, 70_000, 200)]
+    values += [_filler(FILLER + i, i) for i in range(80)]
+    data = _pickled_values(values, protocol)
+    assert len(data) > 3 << 20
+    parts: list[int] = []
+    part = embedded._part
+
+    def hashed(raw, *args):
+        parts.append(len(raw))
+        return part(raw, *args)
+
+    monkeypatch.setattr(embedded, "_part", hashed)
+    found = set(embedded.inside(data, embedded.BINARY))
+    assert {hashlib.sha256(v).hexdigest() for v in values} <= found
+    beside = list(parts)
+    for v in values:
+        beside.remove(len(v))
+    assert max(beside, default=0) <= embedded.SHORT_MAX, beside

@@ -228,18 +228,23 @@ def test_what_a_scan_passed_over_as_too_small_is_looked_at_when_smaller_is_sough
     path = tmp_path / "data" / "notes.txt"
     path.parent.mkdir()
     path.write_text(f"note {_b64(small)} end\n", encoding="utf-8")
+    _read_again_when_smaller_is_sought(tmp_path, path, small)
+
+
+def _read_again_when_smaller_is_sought(tmp_path: Path, path: Path, small: bytes) -> None:
+    """A scan seeking only content of 50,000 bytes finds nothing in the file at ``path`` (in
+    ``tmp_path``'s ``data`` folder) and keeps what it learnt of it; a later one seeking
+    ``small``, which the file holds, finds it: it does not take the cached read as clean."""
     os.utime(path, ns=(0, 0))
     cache = tmp_path / scan_cache.FILES
     walked = [content_scan.Root(tmp_path / "data")]
-
     sha = hashlib.sha256(small).hexdigest()
-    large = Sought({50_000}, {"0" * 64})
     scan_cache.RACY_NS, saved = 0, scan_cache.RACY_NS
     try:
-        (h,) = content_scan.hash_files(walked, sizes=large, cache=cache)
+        (h,) = content_scan.hash_files(walked, sizes=Sought({50_000}, {"0" * 64}), cache=cache)
         assert not h.held
         assert str(path.resolve()) in json.loads(cache.read_text(encoding="utf-8"))["files"]
-        (h,) = content_scan.hash_files(walked, sizes=Sought({300}, {sha}), cache=cache)
+        (h,) = content_scan.hash_files(walked, sizes=Sought({len(small)}, {sha}), cache=cache)
     finally:
         scan_cache.RACY_NS = saved
     assert sha in h.held
@@ -282,20 +287,7 @@ def test_a_database_value_passed_over_in_sqlite_is_looked_at_when_smaller_is_sou
     con.executemany("INSERT INTO t (v) VALUES (?)", [(os.urandom(200),), (small,)])
     con.commit()
     con.close()
-    os.utime(path, ns=(0, 0))
-    cache = tmp_path / scan_cache.FILES
-    walked = [content_scan.Root(tmp_path / "data")]
-
-    sha = hashlib.sha256(small).hexdigest()
-    scan_cache.RACY_NS, saved = 0, scan_cache.RACY_NS
-    try:
-        (h,) = content_scan.hash_files(walked, sizes=Sought({50_000}, {"0" * 64}), cache=cache)
-        assert not h.held
-        assert str(path.resolve()) in json.loads(cache.read_text(encoding="utf-8"))["files"]
-        (h,) = content_scan.hash_files(walked, sizes=Sought({300}, {sha}), cache=cache)
-    finally:
-        scan_cache.RACY_NS = saved
-    assert sha in h.held
+    _read_again_when_smaller_is_sought(tmp_path, path, small)
 
 
 @pytest.mark.parametrize("module", ["embedded", "embedded_db", "embedded_formats"])
@@ -311,3 +303,17 @@ def test_a_change_to_what_a_file_holds_inside_reads_every_file_again(tmp_path, m
     changed.write_bytes(Path(mod.__file__).read_bytes() + b"\n# changed\n")
     monkeypatch.setattr(mod, "__file__", str(changed))
     assert content_scan._scanner_id.__wrapped__() != before
+
+
+@pytest.mark.parametrize(("n", "protocol"), [(300, 4), (200, 4), (300, 2)])
+def test_a_pickled_value_passed_over_is_looked_at_when_smaller_is_sought(tmp_path, n, protocol):
+    """A pickle's ``bytes`` value smaller than anything sought is passed over (one of 200
+    bytes, SHORT_BINBYTES, not even looked for): a later scan seeking content that small does
+    not take the cached read as clean."""
+    import pickle
+
+    small = os.urandom(n)
+    path = tmp_path / "data" / "rows.pkl"
+    path.parent.mkdir()
+    path.write_bytes(pickle.dumps([("a", os.urandom(150)), ("b", small)], protocol=protocol))
+    _read_again_when_smaller_is_sought(tmp_path, path, small)

@@ -20,8 +20,10 @@ padded or not, its slashes escaped as JSON may write them, ``\\/``); the copies 
 matching run out of it and keeps
 the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
 JPEG (SOI to EOI, :func:`~visage_ml.rights.embedded_photos._jpegs`) lies as it is, and is found
-so (a pickle of protocol 2, ``torch.save``'s, holds each ``bytes`` value as a latin-1 string's
-UTF-8: those that hold a PNG's or a JPEG's signature are decoded first, :func:`_pickled`); a
+so; a pickle's ``bytes`` values of a size sought are compared whole, whatever their format (a
+GIF, a WebP, a sealed file: :func:`_pickled_values`; a pickle of protocol 2, ``torch.save``'s,
+holds each as a latin-1 string's UTF-8: those of a size sought or that hold a PNG's or a JPEG's
+signature are decoded first, :func:`_pickled`); a
 PDF's ASCII85 streams are decoded, and those deflated first (``/FlateDecode``: an attached
 file, a JPEG deflated once more) inflated and read as an archive's member is
 (:func:`~visage_ml.rights.embedded_pdf._flates`); an Arrow file's or stream's byte and text
@@ -99,7 +101,7 @@ from typing import IO, Protocol
 
 from visage_ml.io import CHUNK, atomic_write_bytes, private_dir
 from visage_ml.rights import embedded_formats
-from visage_ml.rights.embedded_mapping import Buffer, _find, _Map
+from visage_ml.rights.embedded_mapping import LET_GO, Buffer, _find, _let_go, _Map
 
 # Looked inside in memory up to this size; a larger member is hashed as it streams.
 EMBED_MAX = 64 << 20
@@ -147,6 +149,25 @@ PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 # or a ``bytearray`` (5: BYTEARRAY8, eight): an erased subject's key pickled as it is, among
 # other values (:func:`_pickled`).
 PICKLED_KEY = re.compile(rb"C\x20|\x96\x20\x00{7}")
+# Protocol 3 and up hold every ``bytes`` value (a NumPy array's buffer too) as it is, after an
+# opcode and its length, little-endian: SHORT_BINBYTES (``C``, one byte), BINBYTES (``B``,
+# four), BINBYTES8 (eight: over 4 GiB) and protocol 5's BYTEARRAY8 (eight); each value of a
+# size sought is compared whole, whatever its format (a GIF, a WebP, a sealed file, a zip:
+# :func:`_pickled_values`). Each opcode is found where a length this file could hold follows
+# it (BINBYTES': :func:`_binbytes`), by an expression whose lookahead is tried in C: one pass
+# over the file each (0.12 s for 200 MiB; one for two opcodes took ten times as long), ``B``
+# one byte in 256 of other bytes, a length's highest byte fitting a file of 200 MiB one in 20.
+SHORT_BINBYTES = re.compile(rb"C(?=[\s\S])")
+BINBYTES8 = re.compile(rb"\x8e(?=[\s\S]{5}\x00{3})")
+BYTEARRAY8 = re.compile(rb"\x96(?=[\s\S]{5}\x00{3})")
+SHORT_MAX = 255  # SHORT_BINBYTES' longest
+# What a pickler writes after each such value: it memoizes it (protocol 4 and up, MEMOIZE, in a
+# frame of its own after one written outside frames, 64 KiB and up; protocol 3, BINPUT or
+# LONG_BINPUT: :data:`MEMO_PUT`). A length found among other bytes is taken for a value only
+# where that follows it (one in 256 does), so that where every size is sought (sizes not known)
+# no long stretch of the file is hashed for nothing. A pickle written with its memo off
+# (``Pickler.fast``, deprecated) is not read so.
+MEMOIZED = re.compile(rb"\x94|\x95.{8}\x94", re.DOTALL)
 # Protocol 2 (``torch.save``'s: a checkpoint's ``data.pkl``) has no opcode for bytes: it
 # pickles them, a ``bytearray``'s and a NumPy array's too, as ``_codecs.encode(s, 'latin1')``:
 # the GLOBAL ``_codecs encode`` (then memoized, BINPUT or LONG_BINPUT: :data:`MEMO_PUT`; later
@@ -468,13 +489,14 @@ def _pickled(
     """What ``data``, a file of kind ``what``, holds as a pickle's bytes beyond what lies in it
     as it is: :func:`_part` of the 32 bytes after each opcode of :data:`PICKLED_KEY` that are a
     key sought (:func:`key_test`: the opcodes' two bytes found in other bytes too, an array's
-    floats, are tested and let go, about one every 64 KiB), and of protocol 2's bytes
-    (:func:`_latin1_strings`) what they would give lying in one of protocol 3 as they are: a
-    key sought, each PNG and JPEG (:func:`_photographs`). Only those a key's size could be, or
-    in which a PNG's or a JPEG's signature lies (:func:`_signed`), are decoded
-    (:func:`_latin1_bytes`: UTF-8 decoding took 3 ns a byte, most of the reader's time, and a
-    pickle of a data set's features holds little else); of those smaller than anything sought,
-    none."""
+    floats, are tested and let go, about one every 64 KiB), of each value of a size sought,
+    whole (:func:`_pickled_values`), and of protocol 2's bytes (:func:`_latin1_strings`) what
+    they would give in one of protocol 3: a key sought, the value whole when of a size sought
+    (:func:`_latin1_sought`), each PNG and JPEG (:func:`_photographs`). Only those a key's size
+    could be, of a size sought, or in which a PNG's or a JPEG's signature lies
+    (:func:`_signed`), are decoded (:func:`_latin1_bytes`: UTF-8 decoding took 3 ns a byte,
+    most of the reader's time, and a pickle of a data set's features holds little else); of
+    those smaller than anything sought, none."""
     if what != BINARY or not PICKLE_MAGIC.match(data[:2]):
         return
     test = key_test(sizes)
@@ -484,21 +506,133 @@ def _pickled(
             if len(raw) == KEY_SIZE and test(raw):
                 yield from _part(raw, sizes, depth, budget)
     floor, signed = smallest_sought(sizes), _signed(data)
+    yield from _pickled_values(data, sizes, depth, budget, floor)
     for start, end in _latin1_strings(data):
         # a key's 32 bytes are 32 to 64 of UTF-8
         if test is not None and KEY_SIZE <= end - start <= 2 * KEY_SIZE:
             raw = _pickled_bytes(data, start, end)
             if raw is not None and len(raw) == KEY_SIZE and test(raw):
                 yield from _part(raw, sizes, depth, budget)
-        if not signed(start, end):
+        whole, photos = _latin1_sought(data, start, end, sizes, floor), signed(start, end)
+        if not whole and not photos:
             continue
-        if end - start < floor:  # what it holds is smaller still
+        if not whole and end - start < floor:  # what it holds is smaller still
             passed_over(sizes, end - start)
             continue
         budget.spend(end - start)
         with _latin1_bytes(data, start, end) as held:
-            if held is not None:
+            if held is None:
+                continue
+            if whole:
+                yield from _value(held, 0, len(held), sizes, depth, budget)
+            if photos:
                 yield from _photographs(held, sizes, depth, budget)
+
+
+def _pickled_values(
+    data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget, floor: int
+) -> Iterator[str]:
+    """:func:`_value` of each ``bytes`` or ``bytearray`` value ``data``, a pickle of protocol
+    3 and up, holds as it is (:data:`SHORT_BINBYTES`, :func:`_binbytes`, :data:`BINBYTES8`,
+    :data:`BYTEARRAY8`) of a size sought (a key's, 32 bytes, is :data:`PICKLED_KEY`'s); each
+    read from its opcode's length and memoized after it (:data:`MEMOIZED`), only those of a
+    size sought hashed (what is spent from ``budget``); those smaller than anything sought
+    (``floor``) passed over, SHORT_BINBYTES' not looked for unless something that short is
+    sought."""
+    protocol, size = data[1], len(data)
+    if protocol < 3:  # protocol 2 has no opcode for bytes (:func:`_latin1_strings`)
+        return
+    memo = MEMOIZED if protocol >= 4 else MEMO_PUT
+    heads = [(_binbytes(min(size >> 24, 255)), 4)]
+    if floor <= SHORT_MAX:
+        heads.append((SHORT_BINBYTES, 1))
+    else:
+        passed_over(sizes, SHORT_MAX)
+    if size >> 32:
+        heads.append((BINBYTES8, 8))
+    if protocol >= 5:
+        heads.append((BYTEARRAY8, 8))
+    for head, width in heads:
+        for at in _heads(data, head, width):
+            start = at + 1 + width
+            n = int.from_bytes(data[at + 1 : start], "little")
+            end = start + n
+            if not n or n == KEY_SIZE or end > size or memo.match(data, end) is None:
+                continue
+            if n < floor:
+                passed_over(sizes, n)
+            elif sizes is None or sizes.may_match(n):
+                budget.spend(n)
+                yield from _value(data, start, end, sizes, depth, budget)
+
+
+@functools.lru_cache(maxsize=16)
+def _binbytes(top: int) -> re.Pattern[bytes]:
+    """BINBYTES' ``B`` where a length follows whose last byte (the highest) is ``top`` at most:
+    that of a file's own length."""
+    return re.compile(rb"B(?=[\s\S]{3}[\x00-" + re.escape(bytes([top])) + rb"])")
+
+
+def _heads(data: Buffer, head: re.Pattern[bytes], width: int) -> Iterator[int]:
+    """Where ``head`` (an opcode's byte, a lookahead of ``width`` bytes after it) matches in
+    ``data``, in order; over a mapped file :data:`LET_GO` at a time, letting go of what it
+    passed."""
+    size = len(data)
+    step = LET_GO if isinstance(data, _Map) else max(size, 1)
+    for at in range(0, size, step):
+        stop = min(at + step, size)
+        for m in head.finditer(data, at, min(stop + width, size)):
+            if m.start() >= stop:
+                break
+            yield m.start()
+        _let_go(data, stop)
+
+
+def _value(
+    data: Buffer, start: int, end: int, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """:func:`_part` of ``data[start:end]``, a pickled value of a size sought, held; one larger
+    than :data:`EMBED_MAX` hashed a :data:`CHUNK` at a time (at most) where it lies (what it
+    holds is not looked inside)."""
+    if end - start <= EMBED_MAX:
+        yield from _part(bytes(data[start:end]), sizes, depth, budget)
+        return
+    h, step = hashlib.sha256(), min(CHUNK, EMBED_MAX)
+    for at in range(start, end, step):
+        h.update(data[at : min(at + step, end)])
+        _let_go(data, at)
+    yield h.hexdigest()
+
+
+def _latin1_sought(
+    data: Buffer, start: int, end: int, sizes: SizeFilter | None, floor: int
+) -> bool:
+    """Whether the bytes a protocol-2 string gives, its UTF-8 ``data[start:end]``
+    (:func:`_latin1_strings`), are of a size sought (a key's aside): as many as its characters
+    (:func:`_characters`), counted only when its UTF-8 is not shorter than anything sought
+    (``floor``); one that short, or holding fewer characters, is passed over."""
+    if end - start < floor:
+        passed_over(sizes, end - start)
+        return False
+    n = _characters(data, start, end)
+    if n < floor:
+        passed_over(sizes, n)
+        return False
+    return n > 0 and n != KEY_SIZE and (sizes is None or sizes.may_match(n))
+
+
+def _characters(data: Buffer, start: int, end: int) -> int:
+    """How many latin-1 characters the UTF-8 ``data[start:end]`` holds: a byte each, but for the
+    lead byte (C2 or C3) of each from 0x80 up, counted a :data:`CHUNK` at a time (at most) with
+    NumPy (0.2 ns a byte; ``bytes.count`` of each lead byte took 3.3 ns, as long as decoding,
+    one byte in three being one)."""
+    import numpy as np
+
+    n, step = end - start, min(CHUNK, EMBED_MAX)
+    for at in range(start, end, step):
+        window = np.frombuffer(data[at : min(at + step, end)], np.uint8)
+        n -= int(np.count_nonzero(window >= 0xC2))
+    return n
 
 
 def _photographs(
