@@ -1664,3 +1664,61 @@ def test_the_server_reads_the_ledger_folds_as_it_starts_not_on_the_first_request
         assert all(fold._memo[key][1] == size for fold in ledger_module._FOLDS)
         r = client.get("/v1/requests", headers={"X-API-Key": served.keys["dpo"]})
         assert r.status_code == 200
+
+
+def _answered_codes() -> set[tuple[int | None, str]]:
+    """Every ``(status, code)`` the HTTP package writes out as such: a call's first two
+    arguments (``ApiError(409, "...")``, ``error_json``, the boundary's ``answer``), a table's
+    row (``(Exception, 503, "...")``, ``(413, "...", message)``), a status-to-code map, a
+    ``{"code": "..."}`` written by hand (its status None); and the codes of the core's refusals
+    of an event that changes nothing (answered 409)."""
+    import ast
+    import itertools
+
+    from visage_ml.app import http
+
+    def const(node, kind):
+        if not (isinstance(node, ast.Constant) and type(node.value) is kind):
+            return False
+        return kind is not str or re.fullmatch("[a-z][a-z_]+", node.value) is not None
+
+    found: set[tuple[int | None, str]] = set()
+    for path in Path(http.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            items = node.args if isinstance(node, ast.Call) else getattr(node, "elts", [])
+            for a, b in itertools.pairwise(items):
+                if const(a, int) and const(b, str) and 400 <= a.value < 600:
+                    found.add((a.value, b.value))
+            if isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values, strict=True):
+                    if const(k, int) and const(v, str):
+                        found.add((k.value, v.value))
+                    if const(k, str) and k.value == "code" and const(v, str):
+                        found.add((None, v.value))
+    core = (Path(http.__file__).parents[2] / "privacy" / "core.py").read_text(encoding="utf-8")
+    found |= {(409, code) for code in re.findall(r'_unchanged\(\s*"([a-z_]+)"', core)}
+    return found
+
+
+def test_openapi_names_every_error_code_the_api_answers_under_its_status(project):
+    """A client switches on ``error.code``: every code the package answers is listed under its
+    status (``ERROR_CODES``), and each documented status's description names its codes."""
+    from visage_ml.app.http.errors import ERROR_CODES
+
+    answered = _answered_codes()
+    assert len(answered) > 30 and (503, "gallery_table_held") in answered
+    listed = {(status, code) for status, codes in ERROR_CODES.items() for code in codes}
+    missing = {
+        (status, code)
+        for status, code in answered
+        if (status, code) not in listed and not (status is None and code in dict(listed).values())
+    }
+    assert missing == set(), "codes the API answers that ERROR_CODES does not list"
+
+    served = Served(project, overrides={"serving.openapi": True})
+    paths = served.call("GET", "/openapi.json", "dpo").json()["paths"]
+    for path, ops in paths.items():
+        for op in ops.values():
+            for status, documented in op["responses"].items():
+                for code in ERROR_CODES.get(int(status), ()) if status.isdigit() else ():
+                    assert f"`{code}`" in documented["description"], (path, status, code)

@@ -102,7 +102,7 @@ CLIENT_KEY = "<key>"
 # The first item of a validation error's location: where the input was.
 LOCATIONS: frozenset[str] = frozenset({"body", "query", "path", "header", "cookie"})
 DOCUMENTED: dict[int, str] = {
-    400: "Malformed JSON body.",
+    400: "Malformed JSON body, or a Content-Length that is not a number.",
     401: "Missing, invalid or expired API key (checked before the body is read).",
     403: "The key's role may not call this endpoint.",
     404: "Unknown subject, certificate or template.",
@@ -129,6 +129,58 @@ DOCUMENTED: dict[int, str] = {
     "holds the erased rows: another session of the database holds it (the message names its "
     "backend); nothing was certified and the request stays open; end that session, then send "
     "the erasure again with its request_id (or run `visage privacy resume`).",
+}
+# Every error code the API answers, by status: what a client may switch on (``error.code``).
+# Each documented status's OpenAPI description names its codes, across the API (a route
+# answers some of them); tests/unit/test_api.py reads the package for every code it answers and
+# checks that it is here.
+ERROR_CODES: dict[int, tuple[str, ...]] = {
+    400: ("malformed_json", "bad_request"),
+    401: ("unauthenticated", "key_expired"),
+    403: ("forbidden",),
+    404: ("not_found", "unknown_subject", "unknown_request", "not_enrolled", "not_available"),
+    405: ("method_not_allowed",),
+    408: ("body_timeout", "request_timeout"),
+    409: (
+        "not_available",
+        "processing_not_allowed",
+        "not_allowed",
+        "subject_erased",
+        "request_state",
+        "not_restricted",
+        "already_restricted",
+        "already_objected",
+        "not_objected",
+        "not_consented",
+    ),
+    413: ("request_too_large", "image_too_large"),
+    422: (
+        "invalid_request",
+        "invalid_base64",
+        "invalid_image",
+        "no_face",
+        "too_many_faces",
+        "multiple_faces",
+        "quality_too_low",
+        "not_by_consent",
+        "delivery",
+    ),
+    429: ("too_many_failed_attempts",),
+    500: ("internal_error",),
+    503: (
+        "busy",
+        "gallery_unavailable",
+        "gallery_version_mismatch",
+        "model_mismatch",
+        "model_error",
+        "api_keys_unreadable",
+        "ledger_rollback",
+        "ledger_refused",
+        "not_witnessed",
+        "audit_log_unverified",
+        "scan_incomplete",
+        "gallery_table_held",
+    ),
 }
 # What the boundary may answer before a route runs: for every route with a key ...
 AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)
@@ -165,8 +217,14 @@ def error_json(
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route may answer."""
-    return {s: {"model": ErrorResponse, "description": DOCUMENTED[s]} for s in statuses}
+    """OpenAPI ``responses`` for the error statuses a route may answer, each description naming
+    the status's codes (:data:`ERROR_CODES`)."""
+    return {s: {"model": ErrorResponse, "description": _described(s)} for s in statuses}
+
+
+def _described(status: int) -> str:
+    codes = ", ".join(f"`{code}`" for code in ERROR_CODES.get(status, ()))
+    return f"{DOCUMENTED[status]} Codes across the API: {codes}." if codes else DOCUMENTED[status]
 
 
 @functools.cache
