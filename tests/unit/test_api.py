@@ -1708,10 +1708,11 @@ def test_openapi_names_every_error_code_the_api_answers_under_its_status(project
     answered = _answered_codes()
     assert len(answered) > 30 and (503, "gallery_table_held") in answered
     listed = {(status, code) for status, codes in ERROR_CODES.items() for code in codes}
+    any_status = {code for _, code in listed}  # for a code written by hand, its status unread
     missing = {
         (status, code)
         for status, code in answered
-        if (status, code) not in listed and not (status is None and code in dict(listed).values())
+        if (status, code) not in listed and not (status is None and code in any_status)
     }
     assert missing == set(), "codes the API answers that ERROR_CODES does not list"
 
