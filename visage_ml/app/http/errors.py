@@ -130,15 +130,12 @@ DOCUMENTED: dict[int, str] = {
     "backend); nothing was certified and the request stays open; end that session, then send "
     "the erasure again with its request_id (or run `visage privacy resume`).",
 }
-# Every error code the API answers, by status: what a client may switch on (``error.code``).
-# Each documented status's OpenAPI description names its codes, across the API (a route
-# answers some of them); tests/unit/test_api.py reads the package for every code it answers and
-# checks that it is here.
-ERROR_CODES: dict[int, tuple[str, ...]] = {
+# The codes the HTTP layer answers itself, by status; :data:`ERROR_CODES` adds the library's.
+_HTTP_CODES: dict[int, tuple[str, ...]] = {
     400: ("malformed_json", "bad_request"),
     401: ("unauthenticated", "key_expired"),
     403: ("forbidden",),
-    404: ("not_found", "unknown_subject", "unknown_request", "not_enrolled", "not_available"),
+    404: ("not_found", "unknown_subject", "unknown_request"),
     405: ("method_not_allowed",),
     408: ("body_timeout", "request_timeout"),
     409: (
@@ -158,8 +155,6 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
         "invalid_request",
         "invalid_base64",
         "invalid_image",
-        "no_face",
-        "too_many_faces",
         "multiple_faces",
         "quality_too_low",
         "not_by_consent",
@@ -167,21 +162,23 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     ),
     429: ("too_many_failed_attempts",),
     500: ("internal_error",),
-    503: (
-        "busy",
-        "gallery_unavailable",
-        "gallery_version_mismatch",
-        "model_mismatch",
-        "model_error",
-        "api_keys_unreadable",
-        "ledger_rollback",
-        "ledger_refused",
-        "not_witnessed",
-        "audit_log_unverified",
-        "scan_incomplete",
-        "gallery_table_held",
-    ),
+    503: ("busy",),
 }
+
+
+def _with_library(codes: dict[int, tuple[str, ...]]) -> dict[int, tuple[str, ...]]:
+    merged = dict(codes)
+    for _, status, code in LIBRARY_ERRORS:
+        if code not in merged.get(status, ()):
+            merged[status] = (*merged.get(status, ()), code)
+    return dict(sorted(merged.items()))
+
+
+# Every error code the API answers, by status: what a client may switch on (``error.code``).
+# Each documented status's OpenAPI description names its codes, across the API (a route
+# answers some of them); tests/unit/test_api.py reads the package for every code it answers and
+# checks that it is here.
+ERROR_CODES: dict[int, tuple[str, ...]] = _with_library(_HTTP_CODES)
 # What the boundary may answer before a route runs: for every route with a key ...
 AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)
 # ... and, where a body is read, about the body.
