@@ -27,7 +27,7 @@ def params():
         yield pytest.param(op, fault, marks=marks, id=f"{op}-{fault}")
 
 
-@pytest.mark.parametrize(("op", "fault"), params())
+@pytest.mark.parametrize(("op", "fault"), list(params()))
 def test_killed_at_a_fault_point_then_restart_is_consistent(project, tmp_path, op, fault):
     crash_and_recover(project, tmp_path, op, fault)
 
