@@ -336,6 +336,52 @@ def test_a_sealed_photograph_pickled_as_bytes_stops_the_erasure(proj):
     held_until_taken_out(proj, proj.paths.root / "backups", makers, victim, [other, third])
 
 
+def _dumped(*parts: tuple[object, int]) -> bytes:
+    """``pickle.dump(obj, f, protocol=n)`` one after another into one file: a log of records
+    written over the years (Python 3.8 changed the default protocol from 3 to 4; ``torch`` and
+    older code write 2)."""
+    return b"".join(pickle.dumps(obj, protocol=n) for obj, n in parts)
+
+
+def _rows(photos: list[bytes]) -> list[tuple[str, bytes]]:
+    return [(f"face-{i}", p) for i, p in enumerate(photos)]
+
+
+# Files of pickles of mixed protocols, the photographs in a later pickle than the first,
+# of another protocol: its bytes held after another opcode (protocol 5's BYTEARRAY8), memoized
+# otherwise (MEMOIZE from protocol 4, BINPUT in 3), or held at all (protocol 2 has no bytes).
+_MIXED = {
+    "log-2-then-4.pkl": lambda photos: _dumped(({"run": 1}, 2), (_rows(photos), 4)),
+    "log-3-then-4.pkl": lambda photos: _dumped(({"tag": b"v1" * 40}, 3), (_rows(photos), 4)),
+    "log-4-then-3.pkl": lambda photos: _dumped(({"tag": b"v1" * 40}, 4), (_rows(photos), 3)),
+    "log-4-then-5.pkl": lambda photos: _dumped(
+        ({"tag": b"v1" * 40}, 4), ([bytearray(p) for p in photos], 5)
+    ),
+}
+
+
+def test_a_sealed_photograph_in_a_file_of_pickles_of_mixed_protocols_stops_the_erasure(
+    proj, tmp_path
+):
+    """A log of records pickled one by one with different protocols, the subject's sealed file
+    (no image signature in it) in a record after the first: the first pickle's protocol decided
+    which opcodes and which memo were sought, and the erasure certified. The same files holding
+    other subjects' sealed files stop nothing; each is read alike in memory and from its file."""
+
+    def sealed(pid: str) -> bytes:
+        return sorted((proj.paths.raw / pid).glob("*.sealed"))[0].read_bytes()
+
+    victim, other, third = (sealed(pid) for pid in proj.pids)
+    for name, make in _MIXED.items():
+        data = make([other, victim])
+        (tmp_path / name).write_bytes(data)
+        held = set(embedded.inside(data, embedded.BINARY))
+        with open(tmp_path / name, "rb") as fh:
+            assert set(embedded.inside_large(fh, embedded.BINARY)) == held, name
+        assert hashlib.sha256(victim).hexdigest() in held, name
+    held_until_taken_out(proj, proj.paths.root / "logs", _MIXED, victim, [other, third])
+
+
 def test_a_protocol_2_pickle_of_plain_strings_stops_nothing(proj):
     """Strings pickled with protocol 2 (names, captions with accents, ``'latin1'`` itself, a
     pair of a string and ``'latin1'``) hold no bytes: the erasure certifies, the files left as
