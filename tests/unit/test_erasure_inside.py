@@ -382,6 +382,56 @@ def test_a_sealed_photograph_in_a_file_of_pickles_of_mixed_protocols_stops_the_e
     held_until_taken_out(proj, proj.paths.root / "logs", _MIXED, victim, [other, third])
 
 
+def _zipped(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("face.bin", data)
+    return out.getvalue()
+
+
+# Files that hold photographs inside a value a pickle holds, of no size sought: a zip, a gzip
+# stream or a pickle pickled as ``bytes`` (a cache of archives, a queue of serialised records),
+# with protocol 4, with protocol 2 (``torch.save``'s, whose bytes lie as UTF-8), or a pickle of
+# protocol 4 inside one of protocol 3 (whose values are memoized otherwise).
+_NESTED = {
+    "bundles.pkl": lambda photos: pickle.dumps(
+        {"bundles": [_zipped(p) for p in photos], "n": len(photos)}, protocol=4
+    ),
+    "compressed.pkl": lambda photos: pickle.dumps([gzip.compress(p) for p in photos], protocol=4),
+    "bundles.pt": lambda photos: torch_saved({"bundles": [_zipped(p) for p in photos]}),
+    "queue.pt": lambda photos: torch_saved(
+        {"records": [pickle.dumps({"img": p, "k": 2}, protocol=4) for p in photos]}
+    ),
+    "queue-protocol-3.pkl": lambda photos: pickle.dumps(
+        [pickle.dumps({"img": p, "k": 2}, protocol=4) for p in photos], protocol=3
+    ),
+}
+
+
+def test_a_sealed_photograph_in_a_zip_gzip_or_pickle_held_in_a_pickle_stops_the_erasure(
+    proj, tmp_path
+):
+    """The subject's sealed file zipped, gzipped or pickled, and that pickled as ``bytes``: a
+    value of no size sought was not looked inside, and the erasure certified. The same files
+    holding other subjects' sealed files stop nothing; each is read alike in memory and from
+    its file."""
+
+    def sealed(pid: str) -> bytes:
+        return sorted((proj.paths.raw / pid).glob("*.sealed"))[0].read_bytes()
+
+    victim, other, third = (sealed(pid) for pid in proj.pids)
+    sought = _Sought(len(victim))
+    for name, make in _NESTED.items():
+        data = make([other, victim])
+        (tmp_path / name).write_bytes(data)
+        what = embedded.kind(data[: embedded.SNIFF])
+        held = set(embedded.inside(data, what, sizes=sought))
+        with open(tmp_path / name, "rb") as fh:
+            assert set(embedded.inside_large(fh, what, sizes=sought)) == held, name
+        assert hashlib.sha256(victim).hexdigest() in held, name
+    held_until_taken_out(proj, proj.paths.root / "cache", _NESTED, victim, [other, third])
+
+
 def test_a_protocol_2_pickle_of_plain_strings_stops_nothing(proj):
     """Strings pickled with protocol 2 (names, captions with accents, ``'latin1'`` itself, a
     pair of a string and ``'latin1'``) hold no bytes: the erasure certifies, the files left as

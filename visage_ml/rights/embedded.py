@@ -114,6 +114,10 @@ SPILL_DIR: Path | None = None
 SPILL_FOLDER = Path(".visage")
 # What a part shows first, to tell what it is.
 SNIFF = 4096
+# What :func:`kind` reads of a pickled value to tell whether it holds files (a tar's magic at
+# byte 257, a PDF's header within its first kilobyte).
+KIND_SNIFF = 1032
+LATIN1_HEAD = 16  # what a protocol-2 string is decoded of first: the magic numbers at its start
 
 TEXT = "text"
 ZIP = "zip"
@@ -260,9 +264,8 @@ FLOOR_PROBE = 4096
 # How base64 of a compressed file begins (the first 12 bits of its magic number): "UE" a zip or
 # a Parquet table... what such a file holds may be larger than itself, so it is looked inside
 # whatever its size.
-B64_EXPANDS = frozenset(
-    base64.b64encode(m[:2])[:2] for m in (*(b"PK", b"\x1f\x8b", b"\xfd7", b"BZ"), b"PA")
-)
+EXPANDS = (b"PK", b"\x1f\x8b", b"\xfd7", b"BZ", b"PA")  # what such a file's first two bytes are
+B64_EXPANDS = frozenset(base64.b64encode(m)[:2] for m in EXPANDS)
 # The first two bytes of a part whose base64 begins so (:data:`B64_EXPANDS`: its first 12 bits,
 # the first byte and the high half of the second), to tell it without encoding each part.
 EXPANDS_PAIRS = frozenset(
@@ -398,6 +401,18 @@ def _text(first: bytes) -> bool:
 def kind(first: bytes) -> str | None:
     """What a file beginning with ``first`` is, as far as what it may hold goes; None: nothing
     looked inside (an image, a sealed file, a binary format not listed)."""
+    if (what := _magic_kind(first)) is not None:
+        return what
+    if first.startswith(NPY_MAGIC) or PICKLE_MAGIC.match(first):
+        return BINARY
+    if embedded_formats.holds_as_is(first):  # Arrow, HDF5, LMDB, TFRecord: read as an array is
+        return BINARY
+    return TEXT if _text(first) else None
+
+
+def _magic_kind(first: bytes) -> str | None:
+    """:func:`kind` of an archive, a compressed stream, a table or a PDF, told by its magic
+    number (a PDF's header within its first kilobyte of bytes that are no text)."""
     if first.startswith(ZIP_MAGIC):
         return ZIP
     if first[TAR_AT : TAR_AT + len(TAR_MAGIC)] == TAR_MAGIC:
@@ -410,11 +425,7 @@ def kind(first: bytes) -> str | None:
         return SQLITE
     if first.startswith(PDF_MAGIC) or (PDF_MAGIC in first[:PDF_WITHIN] and not _text(first)):
         return PDF
-    if first.startswith(NPY_MAGIC) or PICKLE_MAGIC.match(first):
-        return BINARY
-    if embedded_formats.holds_as_is(first):  # Arrow, HDF5, LMDB, TFRecord: read as an array is
-        return BINARY
-    return TEXT if _text(first) else None
+    return None
 
 
 def spill_into(project: Path) -> None:
@@ -525,9 +536,10 @@ def _pickled(
             if raw is not None and len(raw) == KEY_SIZE and test(raw):
                 yield from _part(raw, sizes, depth, budget)
         whole, photos = _latin1_sought(data, start, end, sizes, floor), signed(start, end)
-        if not whole and not photos:
+        files = not whole and _latin1_holds_files(data, start, end, depth, floor)
+        if not whole and not photos and not files:
             continue
-        if not whole and end - start < floor:  # what it holds is smaller still
+        if not whole and not files and end - start < floor:  # what it holds is smaller still
             passed_over(sizes, end - start)
             continue
         budget.spend(end - start)
@@ -536,6 +548,8 @@ def _pickled(
                 continue
             if whole:
                 yield from _value(held, 0, len(held), sizes, depth, budget)
+            elif files:
+                yield from _nested(held, 0, len(held), sizes, depth, budget, floor)
             if photos:
                 yield from _photographs(held, sizes, depth, budget)
 
@@ -571,11 +585,13 @@ def _pickled_values(
             end = start + n
             if not n or n == KEY_SIZE or end > size or memo.match(data, end) is None:
                 continue
-            if n < floor:
-                passed_over(sizes, n)
-            elif sizes is None or sizes.may_match(n):
+            if sizes is None or (n >= floor and sizes.may_match(n)):
                 budget.spend(n)
                 yield from _value(data, start, end, sizes, depth, budget)
+            else:
+                if n < floor:
+                    passed_over(sizes, n)
+                yield from _nested(data, start, end, sizes, depth, budget, floor, {2, *protocols})
 
 
 def _protocols(data: Buffer) -> set[int]:
@@ -610,6 +626,45 @@ def _heads(data: Buffer, head: re.Pattern[bytes], width: int) -> Iterator[int]:
                 break
             yield m.start()
         _let_go(data, stop)
+
+
+def _nested(
+    data: Buffer,
+    start: int,
+    end: int,
+    sizes: SizeFilter | None,
+    depth: int,
+    budget: _Budget,
+    floor: int,
+    read_as_is: Container[int] = (2,),
+) -> Iterator[str]:
+    """What ``data[start:end]``, a pickled value of no size sought, holds when it is a file that
+    holds others (:func:`_holds_files`: a zip, a gzip stream, a table, a pickle), up to
+    :data:`EMBED_MAX` (a cache of archives, a queue of serialised records); one smaller than
+    anything sought (``floor``) only when compressed (what it holds may be larger). A pickle of
+    a protocol in ``read_as_is`` is not read again: the reading of the file it lies in found
+    its opcodes where they lie (those of its own protocols, and protocol 2's strings)."""
+    n = end - start
+    if depth >= DEPTH or n > EMBED_MAX:
+        return
+    if n < floor and bytes(data[start : start + 2]) not in EXPANDS:
+        return
+    first = bytes(data[start : start + KIND_SNIFF])
+    what = _holds_files(first)
+    if what is None or (what == BINARY and first[1] in read_as_is):
+        return
+    budget.spend(n)
+    if what == BINARY:  # a pickle: what it holds as a pickle (no text, no photograph as it is)
+        yield from _pickled(bytes(data[start:end]), what, sizes, depth + 1, budget)
+    else:
+        yield from inside(bytes(data[start:end]), what, sizes=sizes, depth=depth + 1, budget=budget)
+
+
+def _holds_files(first: bytes) -> str | None:
+    """:func:`kind` of a part beginning with ``first`` when it holds other files as they are or
+    compressed (:func:`_magic_kind`), or is a pickle (:data:`BINARY`); None for a text (the file
+    it lies in is read as text already), an array's bytes and what holds none."""
+    return BINARY if PICKLE_MAGIC.match(first) else _magic_kind(first)
 
 
 def _value(
@@ -754,6 +809,34 @@ def _encode_got(
             look(got, put.end())
         after = put.end()
     return after + 1 if data[after : after + 1] == BINUNICODE else -1
+
+
+def _latin1_holds_files(data: Buffer, start: int, end: int, depth: int, floor: int) -> bool:
+    """Whether the bytes a protocol-2 string gives (its UTF-8 ``data[start:end]``) begin as a
+    file that holds others (:func:`_holds_files`), up to :data:`EMBED_MAX`, one smaller than
+    anything sought (``floor``: its UTF-8 is, then) only when compressed (:func:`_nested`): its
+    first :data:`KIND_SNIFF` characters decoded (two bytes each at most)."""
+    if depth >= DEPTH or end - start > EMBED_MAX:
+        return False
+    head = _latin1_head(data, start, end, LATIN1_HEAD)
+    if head is None or (end - start < floor and head[:2] not in EXPANDS):
+        return False
+    # A tar's magic and a PDF's header are ASCII: as they are in the UTF-8, a few bytes on.
+    near = start, min(end, start + 2 * KIND_SNIFF)
+    if _holds_files(head) is None and all(data.find(m, *near) < 0 for m in (TAR_MAGIC, PDF_MAGIC)):
+        return False
+    first = _latin1_head(data, start, end, KIND_SNIFF)
+    return first is not None and _holds_files(first) is not None
+
+
+def _latin1_head(data: Buffer, start: int, end: int, n: int) -> bytes | None:
+    """The first ``n`` bytes a protocol-2 string gives (its UTF-8 ``data[start:end]``); None
+    when they are no latin-1 characters."""
+    head = bytes(data[start : min(end, start + 2 * n)]).decode("utf-8", "ignore")
+    try:
+        return head[:n].encode("latin-1")
+    except UnicodeEncodeError:
+        return None
 
 
 @contextlib.contextmanager
