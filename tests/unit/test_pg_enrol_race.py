@@ -11,6 +11,7 @@ import threading
 import pytest
 from serving_fakes import DIM, THRESHOLD, fake_engine, make_world
 
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.serving import pg_gallery
 from visage_ml.serving.gallery import MatchesEnrolledError
 from visage_ml.serving.pg_gallery import PgGallery, PgOptions
@@ -23,14 +24,14 @@ def world(project):
     return make_world(project, n_subjects=6, seed=secrets.randbits(31))
 
 
-def _open(world, pg, table, engine) -> PgGallery:
+def _open(world, pg, table, engine, core=None) -> PgGallery:
     return PgGallery.open(
         world.paths,
         options=PgOptions(dsn=pg.dsn, table=table, hnsw=False, lock_timeout_s=5),
         model_version=VERSION,
         embedding_dim=DIM,
         threshold=THRESHOLD,
-        core=world.core,
+        core=core if core is not None else world.core,
         embed=engine.embed,
     )
 
@@ -39,9 +40,12 @@ def test_one_face_enrolled_under_two_pids_on_two_hosts_at_once_is_refused_once(
     world, pg, table, monkeypatch
 ):
     engine = fake_engine(world.paths.root)
-    # Two hosts: each replica's file lock is its own machine's, so neither waits for the other.
+    # Two hosts: each replica's file lock is its own machine's, so neither waits for the other,
+    # and each has its own privacy core (a registry shared by two threads without the one
+    # gallery lock a server holds around it was refused its own ledger now and then).
     monkeypatch.setattr(pg_gallery, "file_lock", lambda _path: contextlib.nullcontext())
-    first, second = _open(world, pg, table, engine), _open(world, pg, table, engine)
+    first = _open(world, pg, table, engine)
+    second = _open(world, pg, table, engine, core=PrivacyCore(world.paths))
     face_of, a, b = list(world.people)[:3]
     face = engine.embed(world.photo(face_of, 2))
     # Both searches run before either row is written, when nothing serialises them.

@@ -427,6 +427,10 @@ def _line_ending_at(path: Path, offset: int) -> bytes | None:
 class Registry:
     """Incrementally folded view of the ledger at ``ledger_path``.
 
+    Not for two threads at once (a refresh reads from where the last one ended): the server
+    calls it under the lock that guards its privacy core and gallery; another process, or
+    another host, has a registry of its own.
+
     Parameters
     ----------
     ledger_path
