@@ -44,6 +44,8 @@ LOSS_TOL = 1e-5
 SCORE_TOL = 1e-6
 BROKEN = 1e-2  # a wrong design moves the weights by more than this (seen: 0.44 - 0.49)
 STEPS = EPOCHS * 5  # 42 training images, global batch 8
+# In one process of `make test`: the two-process runs (module fixtures, 32 s) are made once.
+pytestmark = pytest.mark.xdist_group("distributed")
 
 
 def _torchrun(out: Path, *modes: str, timeout: float = 120) -> subprocess.CompletedProcess:
