@@ -17,12 +17,13 @@ over :data:`~visage_ml.rights.embedded.EMBED_MAX`) with this checkout's code, an
 - ``held``: how many SHA-256s it found inside (none sought: 0).
 
     python benchmarks/bench_pickle_protocol2.py [--mib 200] [--repeat 3] [--protocol 2]
-        [--nested] [--before DIR]
+        [--nested] [--compressed] [--before DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import pickle
@@ -59,10 +60,14 @@ def _child(path: Path, repeat: int) -> dict[str, object]:
     return {"seconds": round(best, 3), "peak_rss_mib": round(peak, 1), "held": held}
 
 
-def _make(path: Path, mib: int, protocol: int, nested: bool = False) -> int:
+def _make(
+    path: Path, mib: int, protocol: int, nested: bool = False, compressed: bool = False
+) -> int:
     """The pickle of rows, ``mib`` MiB of it (with protocol 2, its random bytes as UTF-8: half
     again as many); with ``nested``, each row also holds a record pickled as ``bytes`` (a queue
-    of serialised records), larger than what is sought, so that the reader looks inside each."""
+    of serialised records), larger than what is sought, so that the reader looks inside each;
+    with ``compressed``, ten gzip streams of about 1 KiB (a cache of compressed records), each
+    decompressed by the reader."""
     import numpy as np
 
     rng = random.Random(0)
@@ -82,6 +87,9 @@ def _make(path: Path, mib: int, protocol: int, nested: bool = False) -> int:
             record = {"id": i, "scan": rng.randbytes(SOUGHT + 100 + i % 512)}
             row["record"] = pickle.dumps(record, protocol=4)
             size += SOUGHT + 200 + i % 512
+        if compressed:
+            row["zipped"] = [gzip.compress(rng.randbytes(1000) + b"x" * 100) for _ in range(10)]
+            size += 10 * 1130
         rows.append(row)
         n += size * (3 if protocol == 2 else 2) // 2 + 120
     with open(path, "wb") as f:
@@ -96,6 +104,7 @@ def main() -> None:
     ap.add_argument("--protocol", type=int, default=2, choices=(2, 3, 4, 5))
     ap.add_argument("--before", type=Path, default=None, help="a checkout of the earlier code")
     ap.add_argument("--nested", action="store_true", help="each row holds a pickled record")
+    ap.add_argument("--compressed", action="store_true", help="each row holds gzip streams")
     ap.add_argument("--scratch", type=Path, default=None)
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--make", type=Path, default=None, help=argparse.SUPPRESS)
@@ -104,7 +113,7 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.repeat)))
         return
     if args.make is not None:
-        print(_make(args.make, args.mib, args.protocol, args.nested))
+        print(_make(args.make, args.mib, args.protocol, args.nested, args.compressed))
         return
     here = Path(__file__).resolve().parents[1]
     codes = {"after": here, **({"before": args.before.resolve()} if args.before else {})}
@@ -114,6 +123,7 @@ def main() -> None:
         # Made in a child process: Linux starts a child's peak resident set at its parent's.
         cmd = [sys.executable, __file__, "--make", str(path), "--mib", str(args.mib)]
         cmd += ["--protocol", str(args.protocol)] + (["--nested"] if args.nested else [])
+        cmd += ["--compressed"] if args.compressed else []
         rows = int(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         for name, code in codes.items():
             cmd = [sys.executable, __file__, "--child", str(path), "--repeat", str(args.repeat)]
@@ -127,6 +137,7 @@ def main() -> None:
                 "rows": rows,
                 "protocol": args.protocol,
                 "nested": args.nested,
+                "compressed": args.compressed,
                 "file_mib": round(size / (1 << 20), 1),
                 **results,
                 "python": platform.python_version(),

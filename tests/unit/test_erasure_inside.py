@@ -389,15 +389,28 @@ def _zipped(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def _tar_gzipped(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tf:
+        info = tarfile.TarInfo("face.bin")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 # Files that hold photographs inside a value a pickle holds, of no size sought: a zip, a gzip
-# stream or a pickle pickled as ``bytes`` (a cache of archives, a queue of serialised records),
-# with protocol 4, with protocol 2 (``torch.save``'s, whose bytes lie as UTF-8), or a pickle of
-# protocol 4 inside one of protocol 3 (whose values are memoized otherwise).
+# or xz stream, a tar.gz or a pickle pickled as ``bytes`` (a cache of archives, a queue of
+# serialised records), with protocol 4 or 5, with protocol 2 (``torch.save``'s, whose bytes lie
+# as UTF-8), or a pickle of protocol 4 inside one of protocol 3 (memoized otherwise).
 _NESTED = {
     "bundles.pkl": lambda photos: pickle.dumps(
         {"bundles": [_zipped(p) for p in photos], "n": len(photos)}, protocol=4
     ),
     "compressed.pkl": lambda photos: pickle.dumps([gzip.compress(p) for p in photos], protocol=4),
+    "archives.pkl": lambda photos: pickle.dumps(
+        {"tgz": [_tar_gzipped(p) for p in photos], "xz": [lzma.compress(p) for p in photos]},
+        protocol=5,
+    ),
     "bundles.pt": lambda photos: torch_saved({"bundles": [_zipped(p) for p in photos]}),
     "queue.pt": lambda photos: torch_saved(
         {"records": [pickle.dumps({"img": p, "k": 2}, protocol=4) for p in photos]}

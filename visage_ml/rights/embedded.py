@@ -83,21 +83,24 @@ kinds, the budget, :func:`_part`), so it imports each where it is used.
 from __future__ import annotations
 
 import base64
+import bz2
 import codecs
 import contextlib
 import functools
 import hashlib
 import io
 import itertools
+import lzma
 import mmap
 import os
 import re
 import shutil
 import string
 import tempfile
+import zlib
 from collections.abc import Callable, Container, Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from visage_ml.io import CHUNK, atomic_write_bytes, private_dir
 from visage_ml.rights import embedded_formats
@@ -653,11 +656,43 @@ def _nested(
     what = _holds_files(first)
     if what is None or (what == BINARY and first[1] in read_as_is):
         return
+    value = bytes(data[start:end])
     budget.spend(n)
     if what == BINARY:  # a pickle: what it holds as a pickle (no text, no photograph as it is)
-        yield from _pickled(bytes(data[start:end]), what, sizes, depth + 1, budget)
+        yield from _pickled(value, what, sizes, depth + 1, budget)
+    elif what == COMPRESSED and (out := _inflated(value, EMBED_MAX)) is not None:
+        budget.spend(len(out))  # a value of many: in memory, not as a stream read from a file
+        yield from _part(out, sizes, depth + 1, budget)
     else:
-        yield from inside(bytes(data[start:end]), what, sizes=sizes, depth=depth + 1, budget=budget)
+        yield from inside(value, what, sizes=sizes, depth=depth + 1, budget=budget)
+
+
+def _inflated(data: bytes, limit: int) -> bytes | None:
+    """What ``data``, a gzip, xz or bzip2 stream (of one or more members), decompresses to when
+    that is ``limit`` bytes at most; None when more, cut short or damaged (then read as a
+    stream is, :func:`inside`). A pickle's many small compressed values were each opened as a
+    file and tried as a tar: 100 us a value, ten times as long as the rest of the reading."""
+    if data.startswith(COMPRESSED_MAGIC[0]):
+        make: Callable[[], Any] = functools.partial(zlib.decompressobj, 31)
+    elif data.startswith(COMPRESSED_MAGIC[1]):
+        make = lzma.LZMADecompressor
+    else:
+        make = bz2.BZ2Decompressor
+    parts, total, rest = [], 0, data
+    while rest:
+        member = make()
+        try:
+            part = member.decompress(rest, limit + 1 - total)
+        except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError):
+            return None
+        parts.append(part)
+        total += len(part)
+        if total > limit or not member.eof:
+            return None
+        rest = member.unused_data
+        if rest and kind(rest[:SNIFF]) != COMPRESSED:  # what follows the last member: no more
+            break
+    return b"".join(parts)
 
 
 def _holds_files(first: bytes) -> str | None:
