@@ -415,6 +415,9 @@ _NESTED = {
     "queue.pt": lambda photos: torch_saved(
         {"records": [pickle.dumps({"img": p, "k": 2}, protocol=4) for p in photos]}
     ),
+    "queue-protocol-2.pt": lambda photos: torch_saved(
+        {"records": [pickle.dumps({"img": p, "k": 2}, protocol=2) for p in photos]}
+    ),
     "queue-protocol-3.pkl": lambda photos: pickle.dumps(
         [pickle.dumps({"img": p, "k": 2}, protocol=4) for p in photos], protocol=3
     ),

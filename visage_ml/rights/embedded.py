@@ -639,14 +639,15 @@ def _nested(
     depth: int,
     budget: _Budget,
     floor: int,
-    read_as_is: Container[int] = (2,),
+    read_as_is: Container[int] = (),
 ) -> Iterator[str]:
     """What ``data[start:end]``, a pickled value of no size sought, holds when it is a file that
     holds others (:func:`_holds_files`: a zip, a gzip stream, a table, a pickle), up to
     :data:`EMBED_MAX` (a cache of archives, a queue of serialised records); one smaller than
     anything sought (``floor``) only when compressed (what it holds may be larger). A pickle of
     a protocol in ``read_as_is`` is not read again: the reading of the file it lies in found
-    its opcodes where they lie (those of its own protocols, and protocol 2's strings)."""
+    its opcodes where they lie (a pickle of protocol 3 to 5: those of its own protocols, and
+    protocol 2's strings; none in a protocol-2 string, whose bytes lie there as UTF-8)."""
     n = end - start
     if depth >= DEPTH or n > EMBED_MAX:
         return
