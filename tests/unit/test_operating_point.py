@@ -21,6 +21,10 @@ from visage_ml.serving.operating_point import IdentificationPolicy, load_score_m
 from visage_ml.serving.release import SCORE_MODEL_JSON, THRESHOLD_JSON, record_release
 
 VERSION = "emb-test-1"
+# The served galleries' 1:1 threshold: below the 1:N points of the score model's galleries
+# (impostor scores of sd 0.1 around 0), as evaluation's own threshold is on a gallery of
+# more than target_fpir / target_fmr templates.
+VERIFY_AT = 0.25
 
 
 def model_doc(version: str = VERSION) -> dict:
@@ -46,7 +50,7 @@ def served_project(project):
     """A project with a gallery of 12 subjects and a released score model."""
     world = make_world(project, n_subjects=12)
     gallery = Gallery.open(
-        world.paths, model_version=VERSION, embedding_dim=DIM, threshold=THRESHOLD, core=world.core
+        world.paths, model_version=VERSION, embedding_dim=DIM, threshold=VERIFY_AT, core=world.core
     )
     rng = np.random.default_rng(1)
     gallery.enroll_many({pid: rng.normal(size=(2, DIM)) for pid in world.people})
@@ -72,10 +76,11 @@ def test_the_score_model_must_exist_and_belong_to_the_serving_embedder(project):
 
 def test_operating_points_are_cached_per_size_and_rise_with_it(served_project):
     model, _ = load_score_model(served_project.paths, model_version=VERSION, confidence=0.8)
+    # A 1:1 threshold below the 1:N ones of 10 and 100 templates (at FMR 0.02 in this model).
     policy = IdentificationPolicy.from_params(
-        model, load_params(served_project.paths.params), fallback=THRESHOLD
+        model, load_params(served_project.paths.params), verify_threshold=0.2
     )
-    assert policy.threshold(100) > policy.threshold(10)
+    assert policy.threshold(100) > policy.threshold(10) > 0.2
     policy.threshold(100)
     assert policy.served.cache_info().hits >= 1
     status = policy.status(10)
@@ -89,7 +94,8 @@ def test_gallery_info_shows_the_served_point_and_refuses_a_tampered_score_model(
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["gallery_size"] == 12 and info["target_fpir"] == 0.01
-    assert info["verify_threshold"] == THRESHOLD and info["too_large"] is False
+    assert info["verify_threshold"] == VERIFY_AT and info["too_large"] is False
+    assert info["at_verify_threshold"] is False and info["threshold"] > VERIFY_AT
     assert 0 < info["expected_fnir"] < 1 and info["threshold"] > 0
     text = runner.invoke(cli, ["gallery", "info"]).output
     assert "1:N threshold" in text and "expected FNIR" in text and "12 searchable" in text
@@ -120,11 +126,11 @@ def test_gallery_info_shows_the_1_1_threshold_serve_uses_after_a_new_evaluation(
     )
     # Not released yet: serving would refuse it, so nothing shows it.
     assert Gallery.open_existing(paths, core=served_project.core, load=False).threshold == (
-        THRESHOLD
+        VERIFY_AT
     )
     record_release(served_project.core.ledger, paths.root, [THRESHOLD_JSON], stage="evaluate")
     assert json.loads((paths.gallery / "gallery.json").read_text())["threshold"]["value"] == (
-        THRESHOLD
+        VERIFY_AT
     )
     opened = Gallery.open_existing(paths, core=served_project.core, load=False)
     assert opened is not None and opened.threshold == 0.45
@@ -139,8 +145,26 @@ def test_gallery_info_shows_the_1_1_threshold_serve_uses_after_a_new_evaluation(
     )
     record_release(served_project.core.ledger, paths.root, [THRESHOLD_JSON], stage="evaluate")
     assert Gallery.open_existing(paths, core=served_project.core, load=False).threshold == (
-        THRESHOLD
+        VERIFY_AT
     )
+
+
+def test_gallery_info_says_when_the_gallery_is_searched_at_the_1_1_threshold(served_project):
+    # A 1:1 threshold of 0.7 (FMR far below 1e-3 in this model): at 12 searchable templates
+    # the target alone would serve about 0.32, and identify would name subjects verify refuses.
+    paths = served_project.paths
+    (paths.reports / "threshold.json").write_text(
+        json.dumps({"threshold": 0.7, "target_fmr": 0.001, "embedder_model_version": VERSION})
+    )
+    record_release(served_project.core.ledger, paths.root, [THRESHOLD_JSON], stage="evaluate")
+    runner = CliRunner()
+    info = json.loads(runner.invoke(cli, ["gallery", "info", "--json"]).output)
+    assert info["threshold"] == info["verify_threshold"] == 0.7
+    assert info["at_verify_threshold"] is True and info["expected_fpir"] < 0.01
+    assert "identify never names whom verify would refuse" in info["source"]
+    text = runner.invoke(cli, ["gallery", "info"]).output
+    assert "1:N threshold    0.7000 (the 1:1 threshold: the target allows a lower one" in text
+    assert "median" not in text
 
 
 def test_serve_loads_only_the_released_score_model_and_confusion(project):
@@ -210,8 +234,10 @@ def test_serve_loads_only_the_released_score_model_and_confusion(project):
     app = create_app(paths, params=params, core=world.core)
     key = KeyStore(paths.api_keys).create("auditor")[1]
     health = TestClient(app).get("/healthz", headers={"X-API-Key": key}).json()
-    assert health["identification"]["source"] == "reports/score_model.json"
-    assert health["identification"]["gallery_size"] == 0
+    served = health["identification"]
+    # Derived from the score model (without one, no FMR is asked of a comparison).
+    assert served["required_fmr"] == 0.01 and served["expected_fnir"] is not None
+    assert "no score model" not in served["source"] and served["gallery_size"] == 0
     assert app.state.visage.analytics.confusion is not None
     # A score model edited after its release (a lower threshold) is not served ...
     doc = json.loads((paths.reports / "score_model.json").read_text())
@@ -254,7 +280,7 @@ def test_serving_logs_a_too_large_gallery_once_per_size_and_reports_do_not_log(
     # identify path logs it, once per gallery size, not once per search.
     model, _ = load_score_model(served_project.paths, model_version=VERSION, confidence=0.8)
     policy = IdentificationPolicy(
-        model, target_fpir=0.01, max_expected_fnir=1e-12, fallback=THRESHOLD
+        model, target_fpir=0.01, max_expected_fnir=1e-12, verify_threshold=VERIFY_AT
     )
     with caplog.at_level("WARNING", logger="visage_ml.serving.operating_point"):
         assert policy.status(12)["too_large"] is True

@@ -30,7 +30,11 @@ def inputs(n_ids: int = 60, per_id: int = 4, seed: int = 0):
     return test, emb, codes, groups, pred, labels
 
 
-def reports(score_model: ScoreModelParams, served: ServedContext | None = None):
+def reports(
+    score_model: ScoreModelParams,
+    served: ServedContext | None = None,
+    verify_threshold: float | None = None,
+):
     """serving_reports of :func:`inputs` with these score-model settings."""
     test, emb, codes, groups, pred, labels = inputs()
     return serving_reports(
@@ -44,6 +48,7 @@ def reports(score_model: ScoreModelParams, served: ServedContext | None = None):
         cfg=dataclasses.replace(EvaluateParams(), score_model=score_model),
         seed=0,
         served=served,
+        verify_threshold=verify_threshold,
     )
 
 
@@ -81,6 +86,39 @@ def test_serving_reports_make_the_released_documents_and_mark_the_served_point()
     conf = out.confusion
     assert conf["demographics_model_version"] == "dem-9"
     assert conf["gender"]["g1"]["accuracy"] == 1.0 and conf["group"]["accuracy"] == 1.0
+
+
+def test_the_report_shows_small_galleries_searched_at_the_1_1_threshold_as_serving_does():
+    # Serving never identifies below the 1:1 threshold (identify would name whom verify
+    # refuses); the report drew the curve and marked the served point at the lower threshold
+    # the target alone gives, and a DPO reading it was told a threshold that is not served.
+    from visage_ml.evaluation.score_model import ScoreModel
+    from visage_ml.serving.operating_point import IdentificationPolicy
+
+    sm = ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20)
+    served = ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=5)
+    free = reports(sm, served).summary
+    verify_at = free["thresholds"][free["sizes"].index(100)]
+    out = reports(sm, served, verify_threshold=verify_at)
+    s = out.summary
+    below = [n for n, t in zip(free["sizes"], free["thresholds"], strict=True) if t < verify_at]
+    assert below and s["at_verify_threshold"] == below and s["verify_threshold"] == verify_at
+    assert all(
+        t == (verify_at if n in below else f)
+        for n, t, f in zip(s["sizes"], s["thresholds"], free["thresholds"], strict=True)
+    )
+    assert s["served"]["threshold"] == verify_at and s["served"]["at_verify_threshold"] is True
+    # Fewer mates found at the higher threshold, and the same point serving derives.
+    assert s["served"]["expected_fnir"] > free["served"]["expected_fnir"]
+    policy = IdentificationPolicy(
+        ScoreModel(out.score_model, confidence=0.8),
+        target_fpir=0.01,
+        max_expected_fnir=0.5,
+        verify_threshold=verify_at,
+    )
+    st = policy.status(5)
+    assert st["threshold"] == s["served"]["threshold"]
+    assert st["expected_fnir"] == s["served"]["expected_fnir"]
 
 
 def test_the_served_point_counts_whom_the_gallery_stage_enrols_not_every_consent(project):

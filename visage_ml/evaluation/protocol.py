@@ -431,6 +431,7 @@ def evaluate(inputs: EvaluationInputs, *, cfg: EvaluateParams, seed: int) -> Eva
         seed=seed,
         served=inputs.served,
         calibration=calibration,
+        verify_threshold=threshold,
     )
     timings["serving_models"] = time.perf_counter() - t
 

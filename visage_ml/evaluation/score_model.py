@@ -617,6 +617,9 @@ class OperatingPoint:
         Expected FNIR (mate below ``threshold`` or outscored) at ``threshold``.
     bounded
         Whether ``required_fmr`` is within what the model claims to bound.
+    floored
+        Whether ``threshold`` was raised to the floor asked for (the 1:1 threshold: the
+        target would allow a lower one at this size); ``expected_fpir`` is then below it.
     """
 
     gallery_size: int
@@ -626,6 +629,7 @@ class OperatingPoint:
     expected_fpir: float
     expected_fnir: float
     bounded: bool
+    floored: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -757,10 +761,17 @@ class ScoreModel:
         found = float(np.sum(mass * above * p_found))
         return float(min(max(1.0 - found, 0.0), 1.0))
 
-    def operating_point(self, n: int, target_fpir: float) -> OperatingPoint:
-        """The 1:N threshold for ``n`` searchable templates at ``target_fpir``."""
+    def operating_point(
+        self, n: int, target_fpir: float, *, floor: float | None = None
+    ) -> OperatingPoint:
+        """The 1:N threshold for ``n`` searchable templates at ``target_fpir``, and never below
+        ``floor`` (serving's: the 1:1 threshold, so that identify never names a subject whom
+        verify refuses for the same face)."""
         need = required_fmr(n, target_fpir)
         t = self.threshold_for_fmr(need, upper=True)
+        floored = floor is not None and t < floor
+        if floored:
+            t = float(floor)
         point = self.fmr(t)
         return OperatingPoint(
             gallery_size=int(n),
@@ -770,22 +781,24 @@ class ScoreModel:
             expected_fpir=fpir(n, point) if np.isfinite(point) else float("nan"),
             expected_fnir=self.expected_fnir(n, t),
             bounded=need >= self.min_bounded_fmr,
+            floored=floored,
         )
 
 
 def fnir_against_size(
-    model: ScoreModel, sizes: Sequence[int], *, target_fpir: float
+    model: ScoreModel, sizes: Sequence[int], *, target_fpir: float, floor: float | None = None
 ) -> dict[str, list[float]]:
     """Expected FNIR at the served threshold for each gallery size, overall and per group.
 
-    The threshold at each size is the one serving would use (the overall model's upper bound);
-    each group's FNIR uses its own genuine scores and impostor tail.
+    The threshold at each size is the one serving would use (the overall model's upper bound,
+    never below ``floor``, the 1:1 threshold); each group's FNIR uses its own genuine scores
+    and impostor tail.
     """
     out: dict[str, list[float]] = {"all": []}
     for g in model.groups:
         out[g] = []
     for n in sizes:
-        t = model.operating_point(int(n), target_fpir).threshold
+        t = model.operating_point(int(n), target_fpir, floor=floor).threshold
         out["all"].append(model.expected_fnir(int(n), t))
         for g in model.groups:
             out[g].append(model.expected_fnir(int(n), t, group=g))

@@ -137,6 +137,7 @@ def serving_reports(
     served: ServedContext | None = None,
     sizes: Sequence[int] = GALLERY_SIZES,
     calibration: ScoreCalibration = NO_CALIBRATION,
+    verify_threshold: float | None = None,
 ) -> ServingReports:
     """The score model, the confusion report, and the report's FNIR-against-size view.
 
@@ -164,6 +165,9 @@ def serving_reports(
         Gallery sizes of the FNIR curve.
     calibration
         The served score calibration: comparisons are scored as serving scores them.
+    verify_threshold
+        The 1:1 threshold (``threshold.json``): serving never identifies below it, so neither
+        do the curve and the served point (a small gallery is searched at it).
     """
     ctx = served or ServedContext()
     sm = cfg.score_model
@@ -178,11 +182,13 @@ def serving_reports(
         model_version=str(lineage.get("embedder_model_version", "")),
     )
     model = ScoreModel(doc, confidence=_confidence(cfg, ctx.confidence))
-    curves = fnir_against_size(model, sizes, target_fpir=ctx.target_fpir)
-    thresholds = [model.operating_point(int(n), ctx.target_fpir).threshold for n in sizes]
+    floor = verify_threshold
+    curves = fnir_against_size(model, sizes, target_fpir=ctx.target_fpir, floor=floor)
+    points = [model.operating_point(int(n), ctx.target_fpir, floor=floor) for n in sizes]
+    thresholds = [p.threshold for p in points]
     served_point = None
     if ctx.gallery_size:
-        op = model.operating_point(int(ctx.gallery_size), ctx.target_fpir)
+        op = model.operating_point(int(ctx.gallery_size), ctx.target_fpir, floor=floor)
         served_point = {
             "gallery_size": int(ctx.gallery_size),
             "threshold": op.threshold,
@@ -190,6 +196,7 @@ def serving_reports(
             "expected_fnir": op.expected_fnir,
             "expected_fpir": op.expected_fpir,
             "bounded": op.bounded,
+            "at_verify_threshold": op.floored,
             # Serving's two flags (visage_ml.serving.operating_point): beyond what the model
             # bounds, or more mates missed than serving.identify.max_expected_fnir.
             "too_large": (not op.bounded) or op.expected_fnir > ctx.max_expected_fnir,
@@ -202,6 +209,8 @@ def serving_reports(
         "template_images": doc["template_images"],
         "sizes": [int(n) for n in sizes],
         "thresholds": thresholds,
+        "verify_threshold": floor,
+        "at_verify_threshold": [int(n) for n, p in zip(sizes, points, strict=True) if p.floored],
         "fnir": curves,
         "served": served_point,
         "min_bounded_fmr": model.min_bounded_fmr,
@@ -210,7 +219,7 @@ def serving_reports(
         "tail": doc["tail"],
         "method": (
             "threshold t(N): bound on FMR at level confidence (identity bootstrap) at "
-            "1 - (1 - target_fpir)^(1/N); expected FNIR "
+            "1 - (1 - target_fpir)^(1/N), never below the 1:1 verify threshold; expected FNIR "
             "= 1 - E_genuine[1{s >= t} (1 - FMR(s))^(N-1)]"
         ),
     }
@@ -237,7 +246,7 @@ def serving_reports(
         labels=demographic_labels,
         model_version=str(lineage.get("demographics_model_version", "")),
     )
-    unbounded = [n for n in sizes if not model.operating_point(int(n), ctx.target_fpir).bounded]
+    unbounded = [n for n, p in zip(sizes, points, strict=True) if not p.bounded]
     summary["unbounded_from"] = int(unbounded[0]) if unbounded else None
     figures = {
         FIGURE: fnir_gallery_size_figure(

@@ -20,7 +20,12 @@ is below what the score model can bound (``min_bounded_fmr``): the answer "unkno
 either nearly always given or not backed by the evaluation.
 
 The 1:1 verification threshold (``reports/threshold.json``, at ``evaluate.target_fmr``) is
-unchanged: a verification compares with one template, whatever the gallery's size.
+unchanged: a verification compares with one template, whatever the gallery's size. It is also
+the lowest threshold identification serves: on a small gallery the target FPIR would allow each
+comparison a larger FMR than verification does (below about ``target_fpir / target_fmr``
+templates: 10 at the defaults), and ``/v1/identify`` would name a subject whom ``/v1/verify``
+refuses for the same face. Such a gallery is searched at the 1:1 threshold, and its expected
+FPIR is below the target (``source`` says so).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ logger = logging.getLogger(__name__)
 SCORE_MODEL_FILE = "score_model.json"
 SOURCE_MODEL = "reports/score_model.json"
 SOURCE_FIXED = "the 1:1 verification threshold (no score model: FPIR grows with the gallery)"
+SOURCE_VERIFY = (
+    "the 1:1 verification threshold (reports/threshold.json): the target FPIR allows a lower one "
+    "at this gallery size, and identify never names whom verify would refuse"
+)
 
 MSG_NO_SCORE_MODEL = (
     "{path} is missing: the 1:N identification threshold is derived from the score model that "
@@ -123,6 +132,8 @@ class Served:
             "too_large": self.too_large,
             "warning": self.warning,
             "source": self.source,
+            # Raised to the 1:1 threshold: the target alone allows a lower one at this size.
+            "at_verify_threshold": p.floored,
         }
 
 
@@ -139,9 +150,10 @@ class IdentificationPolicy:
         The score model; None keeps the fixed ``fallback`` threshold (and says so).
     target_fpir, max_expected_fnir
         ``serving.identify`` parameters.
-    fallback
-        The threshold used without a score model (the 1:1 threshold: only for galleries built
-        in code, e.g. tests; ``visage serve`` refuses to start without a score model).
+    verify_threshold
+        The 1:1 verification threshold: the lowest threshold served, and the one used without
+        a score model (only for galleries built in code, e.g. tests; ``visage serve`` refuses to
+        start without a score model).
     """
 
     def __init__(
@@ -150,18 +162,18 @@ class IdentificationPolicy:
         *,
         target_fpir: float,
         max_expected_fnir: float,
-        fallback: float,
+        verify_threshold: float,
     ) -> None:
         self.model = model
         self.target_fpir = float(target_fpir)
         self.max_expected_fnir = float(max_expected_fnir)
-        self.fallback = float(fallback)
+        self.verify_threshold = float(verify_threshold)
         self.served = functools.lru_cache(maxsize=CACHE_SIZE)(self._served)
         self._warned: set[int] = set()
 
     @classmethod
     def from_params(
-        cls, model: ScoreModel | None, params: Any, *, fallback: float
+        cls, model: ScoreModel | None, params: Any, *, verify_threshold: float
     ) -> IdentificationPolicy:
         """The policy of ``params.serving.identify`` (a :class:`visage_ml.config.Params`)."""
         ident = params.serving.identify
@@ -169,7 +181,7 @@ class IdentificationPolicy:
             model,
             target_fpir=ident.target_fpir,
             max_expected_fnir=ident.max_expected_fnir,
-            fallback=fallback,
+            verify_threshold=verify_threshold,
         )
 
     def threshold(self, n: int) -> float:
@@ -187,13 +199,14 @@ class IdentificationPolicy:
                 gallery_size=n,
                 target_fpir=self.target_fpir,
                 required_fmr=float("nan"),
-                threshold=self.fallback,
+                threshold=self.verify_threshold,
                 expected_fpir=float("nan"),
                 expected_fnir=float("nan"),
                 bounded=False,
             )
             return Served(point, SOURCE_FIXED, too_large=False, warning=SOURCE_FIXED)
-        point = self.model.operating_point(max(n, 1), self.target_fpir)
+        point = self.model.operating_point(max(n, 1), self.target_fpir, floor=self.verify_threshold)
+        source = SOURCE_VERIFY if point.floored else SOURCE_MODEL
         point = OperatingPoint(**{**point.to_dict(), "gallery_size": n})
         warning = None
         if not point.bounded:
@@ -212,7 +225,7 @@ class IdentificationPolicy:
                 fnir=point.expected_fnir,
                 limit=self.max_expected_fnir,
             )
-        return Served(point, SOURCE_MODEL, too_large=warning is not None, warning=warning)
+        return Served(point, source, too_large=warning is not None, warning=warning)
 
     def status(self, n: int) -> dict[str, Any]:
         """What ``/healthz`` and ``visage gallery info`` show for ``n`` searchable templates."""

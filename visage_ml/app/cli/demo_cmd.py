@@ -104,13 +104,20 @@ def _operating_point(paths: ProjectPaths) -> list[str]:
         )
     except (OSError, ValueError, KeyError) as exc:
         return [f"  served 1:N point     n/a ({type(exc).__name__}: run `visage gallery info`)"]
-    policy = IdentificationPolicy.from_params(model, params, fallback=float(gallery["threshold"]))
+    policy = IdentificationPolicy.from_params(
+        model, params, verify_threshold=float(gallery["threshold"])
+    )
     s = policy.status(int(gallery["searchable"]))
     fnir = "n/a" if s.get("expected_fnir") is None else f"{s['expected_fnir']:.3g}"
     lines = [
         f"  served 1:N point     {s['gallery_size']} enrolled, target FPIR {s['target_fpir']:g}: "
         f"threshold {s['threshold']:.4f}, expected FNIR {fnir}"
     ]
+    if s.get("at_verify_threshold"):
+        lines.append(
+            "    at the 1:1 threshold: the target allows a lower one at this size, and identify "
+            "never names whom verify would refuse"
+        )
     if s.get("too_large"):
         lines.append(
             "    gallery too large for the target at this model's accuracy "

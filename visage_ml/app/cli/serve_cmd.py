@@ -374,7 +374,7 @@ def gallery_info(as_json: bool = JSON_OPT) -> None:
         )
         check_released(latest_releases(gallery.core.ledger), SCORE_MODEL_JSON, digest)
         stats = gallery.stats()
-        policy = IdentificationPolicy.from_params(model, params, fallback=gallery.threshold)
+        policy = IdentificationPolicy.from_params(model, params, verify_threshold=gallery.threshold)
         info = {
             **policy.status(int(stats["searchable"])),
             "stored": stats["stored"],
@@ -387,7 +387,7 @@ def gallery_info(as_json: bool = JSON_OPT) -> None:
     rows = [
         ("gallery size", f"{info['gallery_size']} searchable ({info['stored']} stored)"),
         ("target FPIR", f"{info['target_fpir']:g}"),
-        ("1:N threshold", f"{info['threshold']:.4f} (on {info.get('bound', 'a fixed threshold')})"),
+        ("1:N threshold", f"{info['threshold']:.4f} ({_threshold_basis(info)})"),
         ("required FMR", f"{info['required_fmr']:.3g} per comparison"),
         ("expected FPIR", _rate(info["expected_fpir"])),
         ("expected FNIR", _rate(info["expected_fnir"])),
@@ -407,6 +407,15 @@ def gallery_info(as_json: bool = JSON_OPT) -> None:
         console.print(f"[bold red]too large:[/] {info['warning']}", highlight=False)
     else:
         console.print("size             within what the target allows at this accuracy")
+
+
+def _threshold_basis(info: dict) -> str:
+    if info.get("at_verify_threshold"):
+        return (
+            "the 1:1 threshold: the target allows a lower one at this size, and identify "
+            "never names whom verify would refuse"
+        )
+    return f"on {info.get('bound', 'a fixed threshold')}"
 
 
 def _rate(x: float | None) -> str:

@@ -254,7 +254,7 @@ def create_app(
     identification = None
     if gallery is not None:
         identification = IdentificationPolicy.from_params(
-            score_model, params, fallback=gallery.threshold
+            score_model, params, verify_threshold=gallery.threshold
         )
     ap = params.serving.analytics
     service = Service(

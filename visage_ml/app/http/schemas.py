@@ -457,7 +457,9 @@ class ExportResponse(BaseModel):
 class IdentificationStatus(BaseModel):
     gallery_size: int
     target_fpir: float
-    threshold: float = Field(description="The 1:N threshold at this gallery size.")
+    threshold: float = Field(
+        description="The 1:N threshold at this gallery size, never below the 1:1 threshold."
+    )
     required_fmr: float | None
     expected_fpir: float | None
     expected_fnir: float | None
@@ -466,6 +468,11 @@ class IdentificationStatus(BaseModel):
     )
     warning: str | None
     source: str
+    at_verify_threshold: bool = Field(
+        False,
+        description="Searched at the 1:1 threshold: the target FPIR allows a lower one at this "
+        "gallery size, and identify never names a subject whom verify would refuse.",
+    )
     confidence: float | None = None
     min_bounded_fmr: float | None = None
     verify_threshold: float | None = Field(

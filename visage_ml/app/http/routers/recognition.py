@@ -419,13 +419,13 @@ def _matching_others(svc: Service, pid: str, emb: np.ndarray) -> list[str]:
 
 def _check_not_someone_else(svc: Service, pid: str, emb: np.ndarray) -> None:
     """Refuse (one answer) when the new template matches another searchable subject as
-    ``/v1/identify`` would decide (the 1:N threshold at the gallery's size): one face may not
-    take a second pid under an operator key.
+    ``/v1/identify`` would decide (the 1:N threshold at the gallery's size, never below the 1:1
+    one): one face may not take a second pid under an operator key.
 
-    Not the higher of the 1:N and 1:1 thresholds: on a small gallery the 1:N one is the lower,
-    and a face identify names as a would be enrolled as b; once a is erased, identify would
-    answer b for a's photograph. A newcomer refused so (about ``target_fpir`` of strangers) is
-    one identify would name as someone else too; a dpo key enrols it.
+    At identify's own threshold, whatever it is: at a higher one a face identify names as a
+    would be enrolled as b, and once a is erased identify would answer b for a's photograph.
+    A newcomer refused so (about ``target_fpir`` of strangers) is one identify would name as
+    someone else too; a dpo key enrols it.
     """
     gallery = svc.require_gallery()
     template = template_of(emb, gallery.embedding_dim)
