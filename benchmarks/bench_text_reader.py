@@ -6,9 +6,11 @@ one (:func:`visage_ml.rights.embedded_text._runs`). A log of ``--mib`` MiB is ma
 a service writes them, full of what is near a printed key and is none: ISO timestamps
 (``12:34:56``), UUIDs, MAC and IPv6 addresses, hex ids and SHA-256s, a TLS certificate's
 SHA-256 fingerprint (32 colon-separated hex pairs: tested as a key is, and no key), a SHA-1
-one (20 pairs), a hex dump's lines of 16 space-separated pairs, lists of small numbers and
-Python ``repr`` of short bytes. It is read as the copies step does (an erased subject's key
-sought by its tag: one keyed hash a candidate); reported, the best of ``--repeat`` reads:
+one (20 pairs), a hex dump's lines of 16 space-separated pairs, a 48-byte file as ``xxd``
+shows it (three lines from offset 0) and as ``xxd -p`` wraps it (60 hex digits, then 30),
+lists of small numbers and Python ``repr`` of short bytes. It is read as the copies step does
+(an erased subject's key sought by its tag: one keyed hash a candidate); reported, the best of
+``--repeat`` reads:
 
 - ``seconds``: the whole reader (:func:`~visage_ml.rights.embedded_text._runs`);
 - ``found``: what it gave (none: the log holds no key).
@@ -80,8 +82,17 @@ def log_text(mib: int, seed: int = 11) -> bytes:
             line += f"{_pairs(rng, 8, ' ')}  |................|"
         elif pick < 0.9:
             line = f"{t} INFO peer cert SHA256 Fingerprint={_pairs(rng, 32, ':').upper()}"
-        elif pick < 0.95:
+        elif pick < 0.92:
             line = f"{t} INFO peer cert SHA1 Fingerprint={_pairs(rng, 20, ':').upper()}"
+        elif pick < 0.935:  # a file of 48 bytes as xxd shows it: from offset 0, no key alone
+            line = "\n".join(
+                f"{at:08x}: "
+                + " ".join(f"{rng.getrandbits(16):04x}" for _ in range(8))
+                + "  ................"
+                for at in (0, 16, 32)
+            )
+        elif pick < 0.95:  # hex wrapped as xxd -p wraps it, 60 digits a line: 45 bytes
+            line = f"{rng.randbytes(30).hex()}\n{rng.randbytes(15).hex()}"
         else:
             nums = ", ".join(str(rng.randrange(256)) for _ in range(rng.randrange(3, 12)))
             line = f"{t} DEBUG batch=[{nums}] head={rng.randbytes(6)!r}"

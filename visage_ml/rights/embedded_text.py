@@ -8,8 +8,8 @@ pickle's or an array's strings, a table's short values and a database's TEXT are
 short, a key as an operator prints one (64 hex digits, base64 of 32 bytes) is decoded and
 tested against the keys sought (:func:`_keys`), and yielded only when it is one; so is each
 bytes literal of 32 bytes, as Python prints a key (:func:`_literals`), each run of 32 hex
-pairs joined by one separator (:func:`_paired`) and each list of 32 numbers
-(:func:`_numbered`)."""
+pairs joined by one separator (:func:`_paired`), each list of 32 numbers (:func:`_numbered`),
+and a key file as a hex viewer shows it (:func:`_wrapped`, :func:`_dumped`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import ast
 import base64
 import binascii
 import contextlib
+import functools
 import itertools
 import json
 import re
@@ -146,6 +147,37 @@ NUMBERS = tuple(
     for o, c in ((rb"\[", rb"\]"), (rb"\(", rb"\)"))
 )
 _DIGITS = re.compile(rb"[0-9]+")
+# A line break in a text, or in a JSON string (escaped), or between two of a notebook's output
+# lines saved as the strings of a list (``\n", "``).
+_BREAK = re.compile(rb'\r?\n|(?:\\r)?\\n(?:"\s*,\s*")?')
+_BREAK_BEFORE = re.compile(rb'(?:\r?\n|(?:\\r)?\\n(?:"\s*,\s*")?)\Z')
+# A key as a hex viewer wraps it (``xxd -p``: 60 digits a line, so 60 and 4; ``xxd -p -c 16``:
+# 32 and 32; ``fold``): lines of hex digits alone, all as wide as the first (32 to 63 digits)
+# but the last, 64 digits in all, no hex line before or after them. Found from the first line:
+# 32 hex digits in a row in the text's mask (:data:`_PAIRS_MASK`), a ``bytes.find``.
+_WRAPPED_AT = b"h" * 32
+_HEX_RUN = re.compile(rb"h*")
+# A key file shown by a hex viewer (a shell cell's output in a notebook, a terminal's log): two
+# lines of 16 bytes, at offsets 0 and 16, each its offset (6 to 8 digits: hex; ``od``'s default
+# octal, 20 for 16), a colon after it or not, then the bytes as pairs (``hexdump -C``, ``od -t
+# x1``, ``xxd -g1``) or as groups of four digits (``xxd``'s, in order; ``hexdump``'s and ``od
+# -x``'s, without the colon, little-endian words), then whatever column of characters the
+# viewer adds; no line of bytes after the second (a longer file's dump holds no key alone).
+# Found from the first line's offset: six zeros, a ``bytes.find`` (an expression beginning with
+# them took 0.15 s for 200 MiB of a pickle), then the offset's expression there; only in a text
+# whose mask (:data:`_PAIRS_MASK`) holds what every such line holds, eight pairs joined by spaces
+# or four groups of four digits (:data:`_DUMP_GROUPS`: two finds, 0.04 s for 200 MiB; the zeros'
+# find took 0.1 s, a short needle skipping little).
+_ZEROS = b"000000"
+_DUMP_GROUPS = (b"hhs" * 7 + b"hh", b"hhhhs" * 3 + b"hhhh")
+_DUMP_AT = re.compile(rb"000000(?:00?)?(?=:? )")
+_DUMP_LINE = re.compile(rb"([0-7][0-9a-f]{5,7})(:?)((?: {1,2}(?:[0-9A-Fa-f]{2}){1,2})+)")
+_DUMP_GROUP = re.compile(rb"[0-9A-Fa-f]+")
+_DUMP_ROW = 16
+# Where a dump's line ends (its column of characters is at most 16, JSON-escaped at most 6
+# bytes each, with the viewer's delimiters): a break, or a JSON string's end.
+_DUMP_LINE_END = re.compile(rb'\r?\n|\\[rn]|(?<!\\)"')
+_DUMP_REACH = 6 * _DUMP_ROW + 8
 # At most so many line boundaries of a wrapped run where a size sought would end are split at
 # (each split reads the run again; their first ones, from the run's start).
 SPLITS_SIZED = 4
@@ -400,12 +432,12 @@ def _lone_pair(mask: bytes, at: int) -> bool:
     )
 
 
-def _paired(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
+def _paired(data: bytes, mask: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
     """Each key in ``data`` printed as 32 hex pairs joined by one separator (:data:`_PAIRS`),
     decoded, with its span (the pairs and separators, nothing about them). Each place the
     mask's 32 pairs are found is read once; a run of more pairs is passed a key's length at a
     time (all of it too long), so a text of pairs alone is read in linear time."""
-    mask, n = data.translate(_PAIRS_MASK), len(_PAIRS)
+    n = len(_PAIRS)
     at = 0
     while (start := mask.find(_PAIRS, at)) >= 0:
         end = start + n
@@ -426,6 +458,109 @@ def _paired(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
         if data[end : end + 1] == sep and _lone_pair(mask, end + 1):
             continue
         yield (start, end), binascii.unhexlify(data[start:end].translate(None, sep))
+
+
+def _wrapped(data: bytes, mask: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """Each key in ``data`` printed as hex wrapped over lines (:data:`_WRAPPED_AT`), decoded,
+    with its span (its lines and the breaks between them). Each line is read at most twice: as
+    the first of a key and as the one after, so a long wrapped dump is read in linear time."""
+    h, size, at = ord("h"), len(mask), 0
+    while (start := mask.find(_WRAPPED_AT, at)) >= 0:
+        end = _HEX_RUN.match(mask, start).end()  # type: ignore[union-attr]
+        at, width = end, end - start
+        if width >= 2 * embedded.KEY_SIZE or (start and mask[start - 1] in _TOKEN):
+            continue
+        if _BREAK.match(data, end) is None:  # one line (a hex id, an MD5): nearly all
+            continue
+        before = _BREAK_BEFORE.search(data, max(0, start - 16), start)
+        if before is not None and before.start() and mask[before.start() - 1] == h:
+            continue  # a hex line before it
+        digits, pos = [data[start:end]], end
+        total = width
+        while total < 2 * embedded.KEY_SIZE and (brk := _BREAK.match(data, pos)) is not None:
+            line_end = _HEX_RUN.match(mask, brk.end()).end()  # type: ignore[union-attr]
+            n = line_end - brk.end()
+            if not n or n > width:
+                break
+            digits.append(data[brk.end() : line_end])
+            total, pos = total + n, line_end
+            if n < width:
+                break
+        if total != 2 * embedded.KEY_SIZE or (pos < size and mask[pos] in _TOKEN):
+            continue
+        brk = _BREAK.match(data, pos)
+        if brk is not None and brk.end() < size and mask[brk.end()] == h:
+            continue  # another hex line after it
+        yield (start, pos), binascii.unhexlify(b"".join(digits))
+
+
+def _dump_row(data: bytes, at: int, offsets: Sequence[bytes]) -> tuple[bytes, int, int] | None:
+    """The 32 hex digits of the hex viewer's line at ``at`` whose offset is one of ``offsets``,
+    in the order they lie; how many digits a group of them has, 2 or 4, and 0 for groups of
+    four after an offset with no colon (little-endian words, or in order); and where they end.
+    None when it is no such line."""
+    m = _DUMP_LINE.match(data, at)
+    if m is None or m.group(1) not in offsets:
+        return None
+    groups, end, n = [], m.start(3), 0
+    for g in _DUMP_GROUP.finditer(data, m.start(3), m.end(3)):
+        groups.append(g.group())
+        end, n = g.end(), n + g.end() - g.start()
+        if n >= 2 * _DUMP_ROW:
+            break
+    width = len(groups[0])
+    if n != 2 * _DUMP_ROW or any(len(g) != width for g in groups):
+        return None
+    return b"".join(groups), 0 if width == 4 and not m.group(2) else width, end
+
+
+@functools.lru_cache(maxsize=8)
+def _third_row(offset: bytes) -> re.Pattern[bytes]:
+    """A hex viewer's line of bytes at ``offset`` after a break: the dump goes on."""
+    return re.compile(
+        rb"(?:" + _BREAK.pattern + rb")" + re.escape(offset) + rb":? {1,2}[0-9A-Fa-f]{2}"
+    )
+
+
+def _dumped(data: bytes, mask: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """Each key in ``data`` (its :data:`_PAIRS_MASK` ``mask``) shown by a hex viewer
+    (:data:`_DUMP_AT`), decoded (groups of four digits without a colon: as little-endian words
+    too, one of the two tested), with its span (both lines, their columns of characters too)."""
+    if all(mask.find(g) < 0 for g in _DUMP_GROUPS):
+        return
+    at = 0
+    while (start := data.find(_ZEROS, at)) >= 0:
+        m = _DUMP_AT.match(data, start)
+        at = start + len(_ZEROS) if m is None else m.end()
+        if m is None or (start and data[start - 1 : start].isalnum()):
+            continue
+        digits = len(m.group())
+        first = _dump_row(data, start, (m.group(),))
+        if first is None:
+            continue
+        # The second line after the first's break: the first break-like bytes that one follows
+        # (its column of characters may hold a backslash and an n).
+        second_at = (b"0" * (digits - 2) + b"10", b"0" * (digits - 2) + b"20")
+        for brk in _BREAK.finditer(data, first[2], first[2] + _DUMP_REACH):
+            if (second := _dump_row(data, brk.end(), second_at)) is not None:
+                break
+        else:
+            continue
+        # Octal offsets (od's default: 0000020 for 16) or hex ones (hexdump's: 0000010).
+        octal = data[brk.end() + digits - 2 : brk.end() + digits] == b"20"
+        third = _third_row(b"0" * (digits - 2) + (b"40" if octal else b"20"))
+        if third.search(data, second[2], second[2] + _DUMP_REACH + 16):  # a longer file's dump
+            continue
+        ended = _DUMP_LINE_END.search(data, second[2], second[2] + _DUMP_REACH)
+        end = len(data) if ended is None else ended.start()
+        if ended is None and end - second[2] > _DUMP_REACH:
+            continue
+        if first[1] != second[1]:
+            continue
+        raw = binascii.unhexlify(first[0] + second[0])
+        yield (start, end), raw
+        if not first[1]:  # hexdump's and od -x's default: each group a little-endian word
+            yield (start, end), bytes(raw[i ^ 1] for i in range(len(raw)))
 
 
 def _numbered(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
@@ -509,8 +644,16 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
                     if n < B64_MIN or small(n, lines.head(a)):
                         continue
                     yield (at + lines.starts[a], at + lines.end(b - 1)), part
-    # A key as Python prints bytes, as hex pairs joined, as its numbers: no run of the alphabet.
-    for span, raw in itertools.chain(_literals(data), _paired(data), _numbered(data)):
+    # A key as Python prints bytes, as hex pairs joined, as its numbers, as a hex viewer shows a
+    # file of it: no run of the alphabet.
+    mask = data.translate(_PAIRS_MASK)
+    for span, raw in itertools.chain(
+        _literals(data),
+        _paired(data, mask),
+        _numbered(data),
+        _wrapped(data, mask),
+        _dumped(data, mask),
+    ):
         if not asked:
             test, asked = embedded.key_test(sizes), True
         if test is not None and test(raw):
