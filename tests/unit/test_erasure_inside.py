@@ -19,6 +19,7 @@ import lzma
 import pickle
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -446,6 +447,89 @@ def test_a_sealed_photograph_in_a_zip_gzip_or_pickle_held_in_a_pickle_stops_the_
             assert set(embedded.inside_large(fh, what, sizes=sought)) == held, name
         assert hashlib.sha256(victim).hexdigest() in held, name
     held_until_taken_out(proj, proj.paths.root / "cache", _NESTED, victim, [other, third])
+
+
+def _zst(data: bytes) -> bytes:
+    """``data`` as a zstd frame (``zstd``, ``pandas.to_pickle(..., compression="zstd")``)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def _joblib(obj: object, compress: object) -> bytes:
+    """``joblib.dump(obj, f, compress=compress)``: a pickle in a zlib (``compress=3``, joblib's
+    default compression) or LZMA stream, its arrays written after it."""
+    joblib = pytest.importorskip("joblib")
+    out = io.BytesIO()
+    joblib.dump(obj, out, compress=compress)
+    return out.getvalue()
+
+
+def _tarred(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        info = tarfile.TarInfo("face.bin")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+# Caches compressed as libraries compress them, with no file format around the stream: joblib's
+# (zlib, its default compression, or LZMA's "alone" format), a zstd frame (a ``.tar.zst``, a
+# pickle compressed as pandas compresses one), and such streams pickled as values.
+_STREAMS = {
+    "features.joblib": lambda photos: _joblib(
+        {"crops": photos, "emb": np.zeros((2, 8), np.float32)}, 3
+    ),
+    "features.joblib.lzma": lambda photos: _joblib({"crops": photos}, ("lzma", 3)),
+    "faces.tar.zst": lambda photos: _zst(_tarred(b"".join(photos[-1:]))),
+    "rows.pkl.zst": lambda photos: _zst(pickle.dumps({"crops": photos}, protocol=4)),
+    "values.pkl": lambda photos: pickle.dumps(
+        {
+            "zlib": [zlib.compress(p) for p in photos],
+            "zst": [_zst(p) for p in photos],
+            "lzma": [lzma.compress(p, format=lzma.FORMAT_ALONE) for p in photos],
+        },
+        protocol=5,
+    ),
+}
+
+
+def test_a_sealed_photograph_in_a_zlib_zstd_or_lzma_stream_stops_the_erasure(proj, tmp_path):
+    """A joblib cache (``joblib.dump(..., compress=3)``), a ``.tar.zst``, a pickle compressed
+    with zstd, and such streams held in a pickle: none was told from other bytes, and the
+    erasure certified with the subject's sealed file in each. Each is read alike in memory and
+    from its file; the same files holding other subjects' sealed files stop nothing."""
+
+    def sealed(pid: str) -> bytes:
+        return sorted((proj.paths.raw / pid).glob("*.sealed"))[0].read_bytes()
+
+    victim, other, third = (sealed(pid) for pid in proj.pids)
+    sought = _Sought(len(victim))
+    for name, make in _STREAMS.items():
+        data = make([other, victim])
+        (tmp_path / name).write_bytes(data)
+        what = embedded.kind(data[: embedded.SNIFF])
+        held = set(embedded.inside(data, what, sizes=sought))
+        with open(tmp_path / name, "rb") as fh:
+            assert set(embedded.inside_large(fh, what, sizes=sought)) == held, name
+        assert hashlib.sha256(victim).hexdigest() in held, name
+    held_until_taken_out(proj, proj.paths.root / "cache", _STREAMS, victim, [other, third])
+
+
+def test_a_text_that_begins_as_a_zlib_stream_is_read_as_text():
+    # "x^" begins a zlib stream of level 1 (78 5e), and a line of a maths note.
+    key_b64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(200)).decode()
+    text = f"x^2 + y^2 = r^2\nfigure: {key_b64}\n".encode()
+    assert embedded.kind(text) == embedded.TEXT
+    assert embedded.stream_kind(zlib.compress(b"abc" * 99, 1)) == embedded.ZLIB
+    # Binary files that begin with those headers but hold random bytes are none.
+    rng = np.random.default_rng(5)
+    for head in (b"]\x00\x00\x40\x00", b"\x78\x9c"):
+        assert embedded.stream_kind(head + rng.bytes(embedded.SNIFF)) is None
 
 
 def test_a_protocol_2_pickle_of_plain_strings_stops_nothing(proj):

@@ -365,3 +365,31 @@ def test_a_damaged_arrow_file_ends_its_read_not_the_scan():
                 damaged[at] = rng.integers(0, 256)
             with contextlib.suppress(embedded.TooLarge):
                 list(embedded.inside(bytes(damaged), embedded.BINARY))
+
+
+@pytest.mark.parametrize("codec", ["zstd", "zlib", "lzma"])
+def test_a_bomb_in_a_bare_compressed_stream_is_not_shown_clean(monkeypatch, codec):
+    """64 MiB of one letter in a zstd, zlib (joblib's) or LZMA stream is a few kB: read as it
+    decompresses, what comes out counted, and beyond what the file's size allows not shown
+    clean, as a file and as a value a pickle holds."""
+    import lzma
+    import pickle
+
+    _bomb_budget(monkeypatch)
+    zeros = b"A" * (64 << 20)
+    if codec == "zstd":
+        sink = pa.BufferOutputStream()
+        with pa.CompressedOutputStream(sink, "zstd") as out:
+            out.write(zeros)
+        bomb = sink.getvalue().to_pybytes()
+    elif codec == "zlib":
+        bomb = zlib.compress(zeros, 9)
+    else:
+        bomb = lzma.compress(zeros, format=lzma.FORMAT_ALONE)
+    assert len(bomb) < 1 << 20
+    assert embedded.kind(bomb[: embedded.SNIFF]) == embedded.COMPRESSED
+    with pytest.raises(embedded.TooLarge):
+        list(embedded.inside(bomb, embedded.COMPRESSED))
+    held = pickle.dumps({"cache": [bomb]}, protocol=4)
+    with pytest.raises(embedded.TooLarge):
+        list(embedded.inside(held, embedded.BINARY))

@@ -1,16 +1,16 @@
 """Files held inside other files: what the erasure and the verifier look for besides whole files.
 
-A photograph's exact bytes outlive it inside files of an ordinary day: an HTML export of a
-notebook (``jupyter nbconvert --to html`` inlines each image as a base64 ``data:`` URL), the
-photo base64-encoded in a JSON or CSV file, an archive made for a colleague (zip, tar, gzip,
-bzip2, xz; NumPy's ``.npz`` and torch's ``.pt`` are zip files), a pickle or a ``.npy`` array of
-its bytes, a Parquet table holding them in a column, a SQLite database in a BLOB or base64 in a
-TEXT (:mod:`visage_ml.rights.embedded_db`), a PDF report showing it (img2pdf and pdflatex embed
-a JPEG's bytes as they are; reportlab ASCII85-encodes them first) or holding it attached
-(``pdfattach``, a portfolio: deflated), a data set packed in an Arrow IPC file (Hugging Face
-``datasets``' shards and cache; Feather, its buffers LZ4-compressed by default), HDF5, LMDB or
-TFRecord, read as an array is (:mod:`visage_ml.rights.embedded_formats`). :func:`inside` gives
-the SHA-256 of each file such a file holds, to be matched as a whole file is
+A photograph's exact bytes outlive it inside files of an ordinary day: an HTML export of a notebook
+(``jupyter nbconvert --to html`` inlines each image as a base64 ``data:`` URL), the photo
+base64-encoded in a JSON or CSV file, an archive made for a colleague (zip, tar, gzip, bzip2, xz,
+and the zstd, zlib and LZMA streams caches are compressed in; NumPy's ``.npz`` and torch's ``.pt``
+are zip files), a pickle or a ``.npy`` array of its bytes, a Parquet table holding them in a column,
+a SQLite database in a BLOB or base64 in a TEXT (:mod:`visage_ml.rights.embedded_db`), a PDF report
+showing it (img2pdf and pdflatex embed a JPEG's bytes as they are; reportlab ASCII85-encodes them
+first) or holding it attached (``pdfattach``, a portfolio: deflated), a data set packed in an Arrow
+IPC file (Hugging Face ``datasets``' shards and cache; Feather, its buffers LZ4-compressed by
+default), HDF5, LMDB or TFRecord, read as an array is (:mod:`visage_ml.rights.embedded_formats`).
+:func:`inside` gives the SHA-256 of each file such a file holds, to be matched as a whole file is
 (:mod:`visage_ml.rights.content_scan`).
 
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
@@ -146,6 +146,17 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 TAR_MAGIC, TAR_AT = b"ustar", 257
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00")
 BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
+# Streams with no file format around them, as libraries write caches: zstd's frame
+# (``pandas.to_pickle(..., compression="zstd")``, ``tar --zstd``, a ``.zst`` file), four bytes;
+# zlib's (``joblib.dump(..., compress=3)``, joblib's default compression), two bytes (deflate,
+# a window of 32 KiB, the levels' flags) that other files begin with too; LZMA's "alone" format
+# (``joblib.dump(..., compress="lzma")``, a ``.lzma`` file), its properties byte (every
+# encoder's default) then a dictionary of a power of two. A zlib or LZMA stream is taken for
+# one only where its first bytes are no text and decompress (:func:`_stream_kind`).
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZLIB_MAGIC = re.compile(rb"\x78[\x01\x5e\x9c\xda]")
+LZMA_ALONE_MAGIC = b"\x5d"
+GZIP, XZ, BZIP2, ZSTD, ZLIB, LZMA_ALONE = "gzip", "xz", "bzip2", "zstd", "zlib", "lzma"
 PARQUET_MAGIC = b"PAR1"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # its -wal file (embedded_db)
@@ -267,7 +278,16 @@ FLOOR_PROBE = 4096
 # How base64 of a compressed file begins (the first 12 bits of its magic number): "UE" a zip or
 # a Parquet table... what such a file holds may be larger than itself, so it is looked inside
 # whatever its size.
-EXPANDS = (b"PK", b"\x1f\x8b", b"\xfd7", b"BZ", b"PA")  # what such a file's first two bytes are
+EXPANDS = (  # what such a file's first two bytes are
+    b"PK",
+    b"\x1f\x8b",
+    b"\xfd7",
+    b"BZ",
+    b"PA",
+    ZSTD_MAGIC[:2],
+    *(b"\x78" + bytes((flag,)) for flag in b"\x01\x5e\x9c\xda"),
+    b"\x5d\x00",
+)
 B64_EXPANDS = frozenset(base64.b64encode(m)[:2] for m in EXPANDS)
 # The first two bytes of a part whose base64 begins so (:data:`B64_EXPANDS`: its first 12 bits,
 # the first byte and the high half of the second), to tell it without encoding each part.
@@ -420,7 +440,7 @@ def _magic_kind(first: bytes) -> str | None:
         return ZIP
     if first[TAR_AT : TAR_AT + len(TAR_MAGIC)] == TAR_MAGIC:
         return TAR
-    if first.startswith(COMPRESSED_MAGIC) or BZIP2_MAGIC.match(first):
+    if stream_kind(first) is not None:
         return COMPRESSED
     if first.startswith(PARQUET_MAGIC):
         return PARQUET
@@ -429,6 +449,44 @@ def _magic_kind(first: bytes) -> str | None:
     if first.startswith(PDF_MAGIC) or (PDF_MAGIC in first[:PDF_WITHIN] and not _text(first)):
         return PDF
     return None
+
+
+def stream_kind(first: bytes) -> str | None:
+    """Which compressed stream a part beginning with ``first`` is (:data:`GZIP`, :data:`XZ`,
+    :data:`BZIP2`, :data:`ZSTD`, :data:`ZLIB`, :data:`LZMA_ALONE`), None for none."""
+    if first.startswith(COMPRESSED_MAGIC[0]):
+        return GZIP
+    if first.startswith(COMPRESSED_MAGIC[1]):
+        return XZ
+    if BZIP2_MAGIC.match(first):
+        return BZIP2
+    if first.startswith(ZSTD_MAGIC):
+        return ZSTD
+    if ZLIB_MAGIC.match(first) and _decompresses(zlib.decompressobj(), first):
+        return ZLIB
+    if first.startswith(LZMA_ALONE_MAGIC) and len(first) >= 13:
+        dictionary = int.from_bytes(first[1:5], "little")
+        if dictionary in _LZMA_DICTIONARIES and _decompresses(
+            lzma.LZMADecompressor(lzma.FORMAT_ALONE), first
+        ):
+            return LZMA_ALONE
+    return None
+
+
+# A dictionary an LZMA encoder writes: 2 ** n or 3 * 2 ** (n - 1) bytes, from 4 KiB to 1.5 GiB.
+_LZMA_DICTIONARIES = frozenset(size for n in range(12, 31) for size in (1 << n, 3 << (n - 1)))
+
+
+def _decompresses(decompressor: Any, first: bytes) -> bool:
+    """Whether ``first``, no text, is the start of what ``decompressor`` reads (a few KiB of
+    what it gives, at most)."""
+    if _text(first):
+        return False
+    try:
+        decompressor.decompress(first, 1 << 16)
+    except (zlib.error, lzma.LZMAError, EOFError, ValueError, MemoryError):
+        return False
+    return True
 
 
 def spill_into(project: Path) -> None:
@@ -669,16 +727,20 @@ def _nested(
 
 
 def _inflated(data: bytes, limit: int) -> bytes | None:
-    """What ``data``, a gzip, xz or bzip2 stream (of one or more members), decompresses to when
-    that is ``limit`` bytes at most; None when more, cut short or damaged (then read as a
-    stream is, :func:`inside`). A pickle's many small compressed values were each opened as a
-    file and tried as a tar: 100 us a value, ten times as long as the rest of the reading."""
-    if data.startswith(COMPRESSED_MAGIC[0]):
-        make: Callable[[], Any] = functools.partial(zlib.decompressobj, 31)
-    elif data.startswith(COMPRESSED_MAGIC[1]):
-        make = lzma.LZMADecompressor
-    else:
-        make = bz2.BZ2Decompressor
+    """What ``data``, a compressed stream (:func:`stream_kind`; a gzip, xz or bzip2 one of one
+    or more members), decompresses to when that is ``limit`` bytes at most; None when more, cut
+    short or damaged (then read as a stream is, :func:`inside`). A pickle's many small
+    compressed values were each opened as a file and tried as a tar: 100 us a value, ten times
+    as long as the rest of the reading."""
+    how = stream_kind(data[:SNIFF])
+    if how == ZSTD:
+        return _unzstd(data, limit)
+    make: Callable[[], Any] = {
+        GZIP: functools.partial(zlib.decompressobj, 31),
+        ZLIB: zlib.decompressobj,
+        XZ: lzma.LZMADecompressor,
+        LZMA_ALONE: functools.partial(lzma.LZMADecompressor, lzma.FORMAT_ALONE),
+    }.get(how or "", bz2.BZ2Decompressor)
     parts, total, rest = [], 0, data
     while rest:
         member = make()
@@ -694,6 +756,18 @@ def _inflated(data: bytes, limit: int) -> bytes | None:
         if rest and kind(rest[:SNIFF]) != COMPRESSED:  # what follows the last member: no more
             break
     return b"".join(parts)
+
+
+def _unzstd(data: bytes, limit: int) -> bytes | None:
+    """:func:`_inflated` of zstd frames (pyarrow's codec: the standard library has none)."""
+    import pyarrow as pa
+
+    try:
+        with pa.CompressedInputStream(pa.BufferReader(data), "zstd") as stream:
+            out = stream.read(limit + 1)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    return out if len(out) <= limit else None
 
 
 def _holds_files(first: bytes) -> str | None:

@@ -1,19 +1,20 @@
-"""What an archive or a compressed file holds (zip, tar, gzip, bzip2, xz; NumPy's ``.npz`` and
-torch's ``.pt`` are zip files): member by member, as ``unzip`` and GNU tar extract them, each
-read as it streams (:func:`~visage_ml.rights.embedded_spill._stream`), whatever the archive's
-size. A damaged member does not hide those after it; what a damaged archive held before its
-damage stays looked at."""
+"""What an archive or a compressed file holds (zip, tar, gzip, bzip2, xz, zstd, zlib, LZMA; NumPy's
+``.npz`` and torch's ``.pt`` are zip files): member by member, as ``unzip`` and GNU tar extract
+them, each read as it streams (:func:`~visage_ml.rights.embedded_spill._stream`), whatever the
+archive's size. A damaged member does not hide those after it; what a damaged archive held before
+its damage stays looked at."""
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 from visage_ml.rights import embedded
 from visage_ml.rights.embedded import SizeFilter, _Budget
@@ -100,23 +101,53 @@ def _tar(
 def _decompressed(
     fh: IO[bytes], sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
-    """A gzip, bzip2 or xz file: a compressed tar's members, else the one file it holds."""
+    """A compressed file (:func:`~visage_ml.rights.embedded.stream_kind`): a compressed tar's
+    members, else the one file it holds (a ``.tar.zst``'s tar, read as its member)."""
     start = fh.tell()
     if (t := _open_tar(fh)) is not None:
         yield from _tar(t, sizes, depth, budget)
         return
     fh.seek(start)
-    first = fh.read(len(embedded.COMPRESSED_MAGIC[1]))
+    how = embedded.stream_kind(fh.read(embedded.SNIFF))
     fh.seek(start)
-    opener = (
-        gzip.open
-        if first.startswith(embedded.COMPRESSED_MAGIC[0])
-        else lzma.open
-        if first.startswith(embedded.COMPRESSED_MAGIC[1])
-        else bz2.open
-    )
     try:
-        with opener(fh, "rb") as stream:
+        with _opened(fh, how) as stream:
             yield from _stream(stream, None, sizes, depth, budget)
     except ARCHIVE_ERRORS:
         return
+
+
+def _opened(fh: IO[bytes], how: str | None) -> IO[bytes]:
+    """``fh``, a compressed stream of kind ``how`` (:func:`~visage_ml.rights.embedded.
+    stream_kind`), as the stream of what it decompresses to."""
+    if how == embedded.ZSTD:
+        import pyarrow as pa
+
+        return pa.CompressedInputStream(pa.PythonFile(fh, mode="r"), "zstd")  # type: ignore[return-value]
+    if how == embedded.ZLIB:
+        return io.BufferedReader(_Inflating(fh))
+    if how == embedded.LZMA_ALONE:
+        return lzma.open(fh, "rb", format=lzma.FORMAT_ALONE)
+    opener = {embedded.GZIP: gzip.open, embedded.XZ: lzma.open}.get(how or "", bz2.open)
+    return opener(fh, "rb")
+
+
+class _Inflating(io.RawIOBase):
+    """A zlib stream read from ``fh`` as it inflates (the standard library opens gzip files as
+    streams, not zlib's: joblib's compressed pickles)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh, self._z = fh, zlib.decompressobj()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._z.eof:
+            data = self._z.unconsumed_tail or self._fh.read(embedded.SNIFF * 16)
+            if not data:
+                raise EOFError("the zlib stream is cut short")
+            if out := self._z.decompress(data, len(b)):
+                b[: len(out)] = out
+                return len(out)
+        return 0

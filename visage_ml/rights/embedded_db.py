@@ -399,6 +399,7 @@ FREED_SIGNS = re.compile(
             rb"\x1f\x8b\x08[\x00-\x1f][\x00-\xff]{4}[\x00\x02\x04][\x00-\x0d\xff]",
             re.escape(embedded.COMPRESSED_MAGIC[1]),
             embedded.BZIP2_MAGIC.pattern,
+            re.escape(embedded.ZSTD_MAGIC),
             re.escape(embedded.TAR_MAGIC) + rb"(?:\x0000|  \x00)",
         )
     )
