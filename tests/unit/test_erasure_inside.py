@@ -390,13 +390,18 @@ def _zipped(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def _tar_gzipped(data: bytes) -> bytes:
+def _tarred(data: bytes, mode: str = "w") -> bytes:
+    """A tar of ``data`` as its one member (``mode`` "w:gz": a tar.gz)."""
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tf:
+    with tarfile.open(fileobj=out, mode=mode) as tf:
         info = tarfile.TarInfo("face.bin")
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+def _tar_gzipped(data: bytes) -> bytes:
+    return _tarred(data, "w:gz")
 
 
 # Files that hold photographs inside a value a pickle holds, of no size sought: a zip, a gzip
@@ -425,20 +430,16 @@ _NESTED = {
 }
 
 
-def test_a_sealed_photograph_in_a_zip_gzip_or_pickle_held_in_a_pickle_stops_the_erasure(
-    proj, tmp_path
-):
-    """The subject's sealed file zipped, gzipped or pickled, and that pickled as ``bytes``: a
-    value of no size sought was not looked inside, and the erasure certified. The same files
-    holding other subjects' sealed files stop nothing; each is read alike in memory and from
-    its file."""
+def sealed_in_each(proj, tmp_path: Path, makers: dict) -> None:
+    """Each file of ``makers`` holding the first subject's sealed file beside the second's: the
+    first's found, alike in memory and from its file; then :func:`held_until_taken_out`."""
 
     def sealed(pid: str) -> bytes:
         return sorted((proj.paths.raw / pid).glob("*.sealed"))[0].read_bytes()
 
     victim, other, third = (sealed(pid) for pid in proj.pids)
     sought = _Sought(len(victim))
-    for name, make in _NESTED.items():
+    for name, make in makers.items():
         data = make([other, victim])
         (tmp_path / name).write_bytes(data)
         what = embedded.kind(data[: embedded.SNIFF])
@@ -446,7 +447,17 @@ def test_a_sealed_photograph_in_a_zip_gzip_or_pickle_held_in_a_pickle_stops_the_
         with open(tmp_path / name, "rb") as fh:
             assert set(embedded.inside_large(fh, what, sizes=sought)) == held, name
         assert hashlib.sha256(victim).hexdigest() in held, name
-    held_until_taken_out(proj, proj.paths.root / "cache", _NESTED, victim, [other, third])
+    held_until_taken_out(proj, proj.paths.root / "cache", makers, victim, [other, third])
+
+
+def test_a_sealed_photograph_in_a_zip_gzip_or_pickle_held_in_a_pickle_stops_the_erasure(
+    proj, tmp_path
+):
+    """The subject's sealed file zipped, gzipped or pickled, and that pickled as ``bytes``: a
+    value of no size sought was not looked inside, and the erasure certified. The same files
+    holding other subjects' sealed files stop nothing; each is read alike in memory and from
+    its file."""
+    sealed_in_each(proj, tmp_path, _NESTED)
 
 
 def _zst(data: bytes) -> bytes:
@@ -465,15 +476,6 @@ def _joblib(obj: object, compress: object) -> bytes:
     joblib = pytest.importorskip("joblib")
     out = io.BytesIO()
     joblib.dump(obj, out, compress=compress)
-    return out.getvalue()
-
-
-def _tarred(data: bytes) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tf:
-        info = tarfile.TarInfo("face.bin")
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
     return out.getvalue()
 
 
@@ -503,21 +505,7 @@ def test_a_sealed_photograph_in_a_zlib_zstd_or_lzma_stream_stops_the_erasure(pro
     with zstd, and such streams held in a pickle: none was told from other bytes, and the
     erasure certified with the subject's sealed file in each. Each is read alike in memory and
     from its file; the same files holding other subjects' sealed files stop nothing."""
-
-    def sealed(pid: str) -> bytes:
-        return sorted((proj.paths.raw / pid).glob("*.sealed"))[0].read_bytes()
-
-    victim, other, third = (sealed(pid) for pid in proj.pids)
-    sought = _Sought(len(victim))
-    for name, make in _STREAMS.items():
-        data = make([other, victim])
-        (tmp_path / name).write_bytes(data)
-        what = embedded.kind(data[: embedded.SNIFF])
-        held = set(embedded.inside(data, what, sizes=sought))
-        with open(tmp_path / name, "rb") as fh:
-            assert set(embedded.inside_large(fh, what, sizes=sought)) == held, name
-        assert hashlib.sha256(victim).hexdigest() in held, name
-    held_until_taken_out(proj, proj.paths.root / "cache", _STREAMS, victim, [other, third])
+    sealed_in_each(proj, tmp_path, _STREAMS)
 
 
 def test_a_text_that_begins_as_a_zlib_stream_is_read_as_text():
