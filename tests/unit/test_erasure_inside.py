@@ -460,12 +460,13 @@ def test_a_sealed_photograph_in_a_zip_gzip_or_pickle_held_in_a_pickle_stops_the_
     sealed_in_each(proj, tmp_path, _NESTED)
 
 
-def _zst(data: bytes) -> bytes:
-    """``data`` as a zstd frame (``zstd``, ``pandas.to_pickle(..., compression="zstd")``)."""
+def _zst(data: bytes, codec: str = "zstd") -> bytes:
+    """``data`` as a zstd frame (``zstd``, ``pandas.to_pickle(..., compression="zstd")``), or
+    an LZ4 one (``codec`` "lz4": ``lz4``, joblib's ``compress="lz4"``)."""
     import pyarrow as pa
 
     sink = pa.BufferOutputStream()
-    with pa.CompressedOutputStream(sink, "zstd") as out:
+    with pa.CompressedOutputStream(sink, codec) as out:
         out.write(data)
     return sink.getvalue().to_pybytes()
 
@@ -481,7 +482,7 @@ def _joblib(obj: object, compress: object) -> bytes:
 
 # Caches compressed as libraries compress them, with no file format around the stream: joblib's
 # (zlib, its default compression, or LZMA's "alone" format), a zstd frame (a ``.tar.zst``, a
-# pickle compressed as pandas compresses one), and such streams pickled as values.
+# pickle compressed as pandas compresses one), an LZ4 frame, and such streams pickled as values.
 _STREAMS = {
     "features.joblib": lambda photos: _joblib(
         {"crops": photos, "emb": np.zeros((2, 8), np.float32)}, 3
@@ -489,10 +490,12 @@ _STREAMS = {
     "features.joblib.lzma": lambda photos: _joblib({"crops": photos}, ("lzma", 3)),
     "faces.tar.zst": lambda photos: _zst(_tarred(b"".join(photos[-1:]))),
     "rows.pkl.zst": lambda photos: _zst(pickle.dumps({"crops": photos}, protocol=4)),
+    "faces.tar.lz4": lambda photos: _zst(_tarred(b"".join(photos[-1:])), "lz4"),
     "values.pkl": lambda photos: pickle.dumps(
         {
             "zlib": [zlib.compress(p) for p in photos],
             "zst": [_zst(p) for p in photos],
+            "lz4": [_zst(p, "lz4") for p in photos],
             "lzma": [lzma.compress(p, format=lzma.FORMAT_ALONE) for p in photos],
         },
         protocol=5,
@@ -500,7 +503,7 @@ _STREAMS = {
 }
 
 
-def test_a_sealed_photograph_in_a_zlib_zstd_or_lzma_stream_stops_the_erasure(proj, tmp_path):
+def test_a_sealed_photograph_in_a_zlib_zstd_lz4_or_lzma_stream_stops_the_erasure(proj, tmp_path):
     """A joblib cache (``joblib.dump(..., compress=3)``), a ``.tar.zst``, a pickle compressed
     with zstd, and such streams held in a pickle: none was told from other bytes, and the
     erasure certified with the subject's sealed file in each. Each is read alike in memory and

@@ -367,9 +367,9 @@ def test_a_damaged_arrow_file_ends_its_read_not_the_scan():
                 list(embedded.inside(bytes(damaged), embedded.BINARY))
 
 
-@pytest.mark.parametrize("codec", ["zstd", "zlib", "lzma"])
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "zlib", "lzma"])
 def test_a_bomb_in_a_bare_compressed_stream_is_not_shown_clean(monkeypatch, codec):
-    """64 MiB of one letter in a zstd, zlib (joblib's) or LZMA stream is a few kB: read as it
+    """64 MiB of one letter in a zstd, LZ4, zlib (joblib's) or LZMA stream is a few kB: read as it
     decompresses, what comes out counted, and beyond what the file's size allows not shown
     clean, as a file and as a value a pickle holds."""
     import lzma
@@ -377,9 +377,9 @@ def test_a_bomb_in_a_bare_compressed_stream_is_not_shown_clean(monkeypatch, code
 
     _bomb_budget(monkeypatch)
     zeros = b"A" * (64 << 20)
-    if codec == "zstd":
+    if codec in ("zstd", "lz4"):
         sink = pa.BufferOutputStream()
-        with pa.CompressedOutputStream(sink, "zstd") as out:
+        with pa.CompressedOutputStream(sink, codec) as out:
             out.write(zeros)
         bomb = sink.getvalue().to_pybytes()
     elif codec == "zlib":

@@ -147,16 +147,21 @@ TAR_MAGIC, TAR_AT = b"ustar", 257
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00")
 BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 # Streams with no file format around them, as libraries write caches: zstd's frame
-# (``pandas.to_pickle(..., compression="zstd")``, ``tar --zstd``, a ``.zst`` file), four bytes;
-# zlib's (``joblib.dump(..., compress=3)``, joblib's default compression), two bytes (deflate,
-# a window of 32 KiB, the levels' flags) that other files begin with too; LZMA's "alone" format
-# (``joblib.dump(..., compress="lzma")``, a ``.lzma`` file), its properties byte (every
-# encoder's default) then a dictionary of a power of two. A zlib or LZMA stream is taken for
-# one only where its first bytes are no text and decompress (:func:`_stream_kind`).
+# (``pandas.to_pickle(..., compression="zstd")``, ``tar --zstd``, a ``.zst`` file) and LZ4's
+# (``joblib.dump(..., compress="lz4")``, ``tar --lz4``, a ``.lz4`` file), four bytes each, read with
+# pyarrow's codecs (:data:`ARROW_CODECS`: the standard library has neither); zlib's
+# (``joblib.dump(..., compress=3)``, joblib's default compression), two bytes (deflate, a window of
+# 32 KiB, the levels' flags) that other files begin with too; LZMA's "alone" format
+# (``joblib.dump(..., compress="lzma")``, a ``.lzma`` file), its properties byte (every encoder's
+# default) then a dictionary of a power of two. A zlib or LZMA stream is taken for one only where
+# its first bytes are no text and decompress (:func:`stream_kind`).
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
 ZLIB_MAGIC = re.compile(rb"\x78[\x01\x5e\x9c\xda]")
 LZMA_ALONE_MAGIC = b"\x5d"
-GZIP, XZ, BZIP2, ZSTD, ZLIB, LZMA_ALONE = "gzip", "xz", "bzip2", "zstd", "zlib", "lzma"
+GZIP, XZ, BZIP2, ZLIB, LZMA_ALONE = "gzip", "xz", "bzip2", "zlib", "lzma"
+ZSTD, LZ4 = "zstd", "lz4"  # pyarrow's names of its codecs too
+ARROW_CODECS = frozenset({ZSTD, LZ4})
 PARQUET_MAGIC = b"PAR1"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # its -wal file (embedded_db)
@@ -285,6 +290,7 @@ EXPANDS = (  # what such a file's first two bytes are
     b"BZ",
     b"PA",
     ZSTD_MAGIC[:2],
+    LZ4_MAGIC[:2],
     *(b"\x78" + bytes((flag,)) for flag in b"\x01\x5e\x9c\xda"),
     b"\x5d\x00",
 )
@@ -453,7 +459,8 @@ def _magic_kind(first: bytes) -> str | None:
 
 def stream_kind(first: bytes) -> str | None:
     """Which compressed stream a part beginning with ``first`` is (:data:`GZIP`, :data:`XZ`,
-    :data:`BZIP2`, :data:`ZSTD`, :data:`ZLIB`, :data:`LZMA_ALONE`), None for none."""
+    :data:`BZIP2`, :data:`ZSTD`, :data:`LZ4`, :data:`ZLIB`, :data:`LZMA_ALONE`), None for
+    none."""
     if first.startswith(COMPRESSED_MAGIC[0]):
         return GZIP
     if first.startswith(COMPRESSED_MAGIC[1]):
@@ -462,6 +469,8 @@ def stream_kind(first: bytes) -> str | None:
         return BZIP2
     if first.startswith(ZSTD_MAGIC):
         return ZSTD
+    if first.startswith(LZ4_MAGIC):
+        return LZ4
     if ZLIB_MAGIC.match(first) and _decompresses(zlib.decompressobj(), first):
         return ZLIB
     if first.startswith(LZMA_ALONE_MAGIC) and len(first) >= 13:
@@ -733,8 +742,8 @@ def _inflated(data: bytes, limit: int) -> bytes | None:
     compressed values were each opened as a file and tried as a tar: 100 us a value, ten times
     as long as the rest of the reading."""
     how = stream_kind(data[:SNIFF])
-    if how == ZSTD:
-        return _unzstd(data, limit)
+    if how in ARROW_CODECS:
+        return _arrow_inflated(data, limit, how)
     make: Callable[[], Any] = {
         GZIP: functools.partial(zlib.decompressobj, 31),
         ZLIB: zlib.decompressobj,
@@ -758,12 +767,12 @@ def _inflated(data: bytes, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _unzstd(data: bytes, limit: int) -> bytes | None:
-    """:func:`_inflated` of zstd frames (pyarrow's codec: the standard library has none)."""
+def _arrow_inflated(data: bytes, limit: int, codec: str) -> bytes | None:
+    """:func:`_inflated` of zstd or LZ4 frames (pyarrow's ``codec``)."""
     import pyarrow as pa
 
     try:
-        with pa.CompressedInputStream(pa.BufferReader(data), "zstd") as stream:
+        with pa.CompressedInputStream(pa.BufferReader(data), codec) as stream:
             out = stream.read(limit + 1)
     except (pa.ArrowException, OSError, ValueError):
         return None

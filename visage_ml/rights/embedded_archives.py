@@ -120,10 +120,10 @@ def _decompressed(
 def _opened(fh: IO[bytes], how: str | None) -> IO[bytes]:
     """``fh``, a compressed stream of kind ``how`` (:func:`~visage_ml.rights.embedded.
     stream_kind`), as the stream of what it decompresses to."""
-    if how == embedded.ZSTD:
+    if how in embedded.ARROW_CODECS:
         import pyarrow as pa
 
-        return pa.CompressedInputStream(pa.PythonFile(fh, mode="r"), "zstd")  # type: ignore[return-value]
+        return pa.CompressedInputStream(pa.PythonFile(fh, mode="r"), how)  # type: ignore[return-value]
     if how == embedded.ZLIB:
         return io.BufferedReader(_Inflating(fh))
     if how == embedded.LZMA_ALONE:

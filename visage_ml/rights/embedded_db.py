@@ -400,6 +400,7 @@ FREED_SIGNS = re.compile(
             re.escape(embedded.COMPRESSED_MAGIC[1]),
             embedded.BZIP2_MAGIC.pattern,
             re.escape(embedded.ZSTD_MAGIC),
+            re.escape(embedded.LZ4_MAGIC),
             re.escape(embedded.TAR_MAGIC) + rb"(?:\x0000|  \x00)",
         )
     )
