@@ -351,6 +351,15 @@ _PRINTED_FORMS = {
     "numbers": (_KEY, str(list(_KEY))),
     "literal": (_PUNCTUATED, repr(_PUNCTUATED)),
     "literal in JSON": (_PUNCTUATED, json.dumps({"text": [repr(_PUNCTUATED)]})),
+    # ``xxd``: its column of characters holds any printable byte
+    "xxd": (
+        _PUNCTUATED,
+        "".join(
+            f"{at:08x}: {' '.join(_PUNCTUATED[at + i : at + i + 2].hex() for i in range(0, 16, 2))}"
+            f"  {''.join(chr(c) if 32 <= c < 127 else '.' for c in _PUNCTUATED[at : at + 16])}\n"
+            for at in (0, 16)
+        ),
+    ),
 }
 
 

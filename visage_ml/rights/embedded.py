@@ -1042,6 +1042,13 @@ _WINDOW_KEEPS = _RUN_BYTES + PAIR_SEPARATORS + b",[]()"
 # longest such literal, each byte JSON-escaped as ``\\x8f``), whether or not it closes there.
 _LITERAL_START = re.compile(rb"(?<![A-Za-z0-9_])b(?:'|\"|\\\")")
 _LITERAL_REACH = 8 + 5 * KEY_SIZE
+# A key file as a hex viewer shows it (:func:`~visage_ml.rights.embedded_text._dumped`) holds a
+# column of any printable characters too: a window ends before the first line among its last
+# bytes (as long as two such lines, each character JSON-escaped, and what joins them in a
+# notebook's list of lines) that begins with six zeros (the first line's offset) after a byte no
+# base64 run holds or JSON's escaped line break: never within a base64 run.
+_DUMP_LINE_START = re.compile(rb"(?:[^A-Za-z0-9+/_=\\-]|\\n)(?=000000)")
+_DUMP_REACH = 2 * (10 + 3 * 16 + 4 + 6 * 16 + 16)
 
 
 def _file_budget(fh: IO[bytes]) -> _Budget:
@@ -1061,9 +1068,9 @@ def inside_text(
 ) -> Iterator[str]:
     """:func:`inside` for a text file too large to hold whole (over :data:`EMBED_MAX`), read
     from ``fh`` a window at a time: each window ends at its last byte no base64 run and no key
-    printed as hex pairs or numbers holds, or before a bytes literal that may run past it, what
-    follows read with the next (a run is never split, unless one run is longer than a
-    window)."""
+    printed as hex pairs or numbers holds, or before a bytes literal or a hex viewer's dump
+    that may run past it, what follows read with the next (a run is never split, unless one
+    run is longer than a window)."""
     budget = _file_budget(fh) if budget is None else budget
     carry = b""
     while block := fh.read(EMBED_MAX):
@@ -1075,6 +1082,10 @@ def inside_text(
         reach = _LITERAL_START.finditer(buf, max(0, cut - _LITERAL_REACH), cut + 2)
         starts = [m.start() for m in reach if 0 < m.start() < cut]
         cut = starts[-1] if starts else cut
+        # Nor a hex viewer's dump: the first such line among those bytes (a later one may be
+        # its second line).
+        if (dump := _DUMP_LINE_START.search(buf, max(0, cut - _DUMP_REACH), cut)) is not None:
+            cut = dump.end()
         yield from inside(buf[:cut], TEXT, sizes=sizes, depth=depth, budget=budget)
         carry = buf[cut:]
     if carry:
