@@ -133,6 +133,10 @@ def _each_value(column: Any, sizes: Any) -> list[str]:
 
 @RUNS
 @given(VALUES, SOUGHT)
+# One byte whose base64 begins as a zlib stream's (78 ..) or an LZMA one's (5d 00) does: it holds
+# nothing, and is passed over (CI found b"x" held for reading once those streams were read).
+@example(b"x", {200})
+@example(b"]", {200})
 def test_a_value_is_passed_over_as_part_would_pass_it_over(value, sought):
     sizes = _Sought(sought)
     _outcome(lambda: embedded._part(value, sizes, 0, embedded._Budget(1 << 30)))

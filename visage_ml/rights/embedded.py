@@ -528,7 +528,7 @@ def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) ->
     if len(data) == KEY_SIZE:
         yield from _digest(data, sizes)
         return
-    if len(data) < smallest_sought(sizes) and base64.b64encode(data[:2])[:2] not in B64_EXPANDS:
+    if len(data) < smallest_sought(sizes) and bytes(data[:2]) not in EXPANDS_PAIRS:
         passed_over(sizes, len(data))
         return
     yield from _digest(data, sizes)

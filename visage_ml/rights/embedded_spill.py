@@ -7,7 +7,6 @@ The result is the same wherever it is held; the memory of a scan stays bounded."
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import tempfile
@@ -130,10 +129,7 @@ def _streamed(
             n += len(chunk)
             if spill is not None:
                 _spilling(lambda c=chunk: spill.write(c))
-        if (
-            n < embedded.smallest_sought(sizes)
-            and base64.b64encode(head[:2])[:2] not in embedded.B64_EXPANDS
-        ):
+        if n < embedded.smallest_sought(sizes) and head[:2] not in embedded.EXPANDS_PAIRS:
             embedded.passed_over(sizes, n)
             return
         if sizes is None or sizes.may_match(n):
