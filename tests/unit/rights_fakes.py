@@ -317,3 +317,44 @@ def http_caller(proj: RightsProject) -> Callable[..., Any]:
         return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
 
     return call
+
+
+def _shown(b: bytes) -> str:
+    return "".join(chr(c) if 0x20 <= c < 0x7F else "." for c in b)
+
+
+_EVEN = range(0, 16, 2)
+
+
+def _rows(k: bytes) -> list[tuple[int, bytes]]:
+    return [(at, k[at : at + 16]) for at in range(0, len(k), 16)]
+
+
+# A key file (``open("k.bin", "wb").write(key)``) shown by a hex viewer in a shell cell
+# (``!xxd k.bin``) or a terminal whose log is kept, as each prints it (checked against xxd
+# 2023, hexdump and od of util-linux and coreutils on 32 and 48 random bytes): xxd's groups of
+# four digits after an offset and a colon, and its column of characters; xxd -p's 60 digits a
+# line; hexdump -C's pairs; hexdump's little-endian words; od's pairs after hex offsets.
+HEX_DUMPS = {
+    "xxd": lambda k: "".join(
+        f"{at:08x}: {' '.join(r[i : i + 2].hex() for i in range(0, 16, 2))}  {_shown(r)}\n"
+        for at, r in _rows(k)
+    ),
+    "xxd -p": lambda k: "".join(k.hex()[i : i + 60] + "\n" for i in range(0, 2 * len(k), 60)),
+    "hexdump -C": lambda k: (
+        "".join(
+            f"{at:08x}  {r[:8].hex(' ')}  {r[8:].hex(' ')}  |{_shown(r)}|\n" for at, r in _rows(k)
+        )
+        + f"{len(k):08x}\n"
+    ),
+    "hexdump": lambda k: (
+        "".join(
+            f"{at:07x} {' '.join(r[i + 1 : i + 2].hex() + r[i : i + 1].hex() for i in _EVEN)}\n"
+            for at, r in _rows(k)
+        )
+        + f"{len(k):07x}\n"
+    ),
+    "od -A x -t x1z": lambda k: (
+        "".join(f"{at:06x} {r.hex(' ')}  >{_shown(r)}<\n" for at, r in _rows(k)) + f"{len(k):06x}\n"
+    ),
+}

@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 import pytest
-from rights_fakes import make_project, png
+from rights_fakes import HEX_DUMPS, make_project, png
 from test_erasure_inside import _photos, proj  # noqa: F401 - a fixture
 
 from visage_ml.rights import embedded, embedded_photos, embedded_text
@@ -352,14 +352,7 @@ _PRINTED_FORMS = {
     "literal": (_PUNCTUATED, repr(_PUNCTUATED)),
     "literal in JSON": (_PUNCTUATED, json.dumps({"text": [repr(_PUNCTUATED)]})),
     # ``xxd``: its column of characters holds any printable byte
-    "xxd": (
-        _PUNCTUATED,
-        "".join(
-            f"{at:08x}: {' '.join(_PUNCTUATED[at + i : at + i + 2].hex() for i in range(0, 16, 2))}"
-            f"  {''.join(chr(c) if 32 <= c < 127 else '.' for c in _PUNCTUATED[at : at + 16])}\n"
-            for at in (0, 16)
-        ),
-    ),
+    "xxd": (_PUNCTUATED, HEX_DUMPS["xxd"](_PUNCTUATED)),
 }
 
 

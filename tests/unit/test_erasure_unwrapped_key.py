@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from project_helpers import committed_then_removed
-from rights_fakes import make_project, printed_notebook
+from rights_fakes import HEX_DUMPS, make_project, printed_notebook
 from test_erasure_inside import stopped_then_certified, torch_saved
 
 from visage_ml.privacy.datakeys import DataKeys
@@ -450,54 +450,13 @@ def test_hex_pairs_or_numbers_near_a_printed_key_stop_nothing(proj, form):
     assert verify_certificate(result.certificate_path, root=root).ok
 
 
-def _shown(b: bytes) -> str:
-    return "".join(chr(c) if 0x20 <= c < 0x7F else "." for c in b)
-
-
-_EVEN = range(0, 16, 2)
-
-
-def _rows(k: bytes) -> list[tuple[int, bytes]]:
-    return [(at, k[at : at + 16]) for at in range(0, len(k), 16)]
-
-
-# A key file (``open("k.bin", "wb").write(key)``) shown by a hex viewer in a shell cell
-# (``!xxd k.bin``) or a terminal whose log is kept, as each prints it (checked against xxd
-# 2023, hexdump and od of util-linux and coreutils on 32 and 48 random bytes): xxd's groups of
-# four digits after an offset and a colon, and its column of characters; xxd -p's 60 digits a
-# line; hexdump -C's pairs; hexdump's little-endian words; od's pairs after hex offsets.
-_DUMPS = {
-    "xxd": lambda k: "".join(
-        f"{at:08x}: {' '.join(r[i : i + 2].hex() for i in range(0, 16, 2))}  {_shown(r)}\n"
-        for at, r in _rows(k)
-    ),
-    "xxd -p": lambda k: "".join(k.hex()[i : i + 60] + "\n" for i in range(0, 2 * len(k), 60)),
-    "hexdump -C": lambda k: (
-        "".join(
-            f"{at:08x}  {r[:8].hex(' ')}  {r[8:].hex(' ')}  |{_shown(r)}|\n" for at, r in _rows(k)
-        )
-        + f"{len(k):08x}\n"
-    ),
-    "hexdump": lambda k: (
-        "".join(
-            f"{at:07x} {' '.join(r[i + 1 : i + 2].hex() + r[i : i + 1].hex() for i in _EVEN)}\n"
-            for at, r in _rows(k)
-        )
-        + f"{len(k):07x}\n"
-    ),
-    "od -A x -t x1z": lambda k: (
-        "".join(f"{at:06x} {r.hex(' ')}  >{_shown(r)}<\n" for at, r in _rows(k)) + f"{len(k):06x}\n"
-    ),
-}
-
-
-@pytest.mark.parametrize("tool", sorted(_DUMPS))
+@pytest.mark.parametrize("tool", sorted(HEX_DUMPS))
 def test_the_key_file_shown_by_a_hex_viewer_is_found_and_cut(proj, tool):
     # The operator wrote the unwrapped key to a file, looked at it with a hex viewer in a shell
     # cell and deleted the file; the notebook kept the viewer's output, and so did a terminal's
     # log. Neither 64 hex digits in a row nor 32 pairs joined by one separator: the erasure
     # certified with both holding the key.
-    dump = _DUMPS[tool]
+    dump = HEX_DUMPS[tool]
     root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
     key, theirs = _data_key(proj, victim), _data_key(proj, other)
     nb = printed_notebook(
@@ -520,13 +479,13 @@ def test_the_key_file_shown_by_a_hex_viewer_is_found_and_cut(proj, tool):
     _put_back_fails(result, path, nb, root=root)
 
 
-@pytest.mark.parametrize("tool", sorted(_DUMPS))
+@pytest.mark.parametrize("tool", sorted(HEX_DUMPS))
 def test_a_longer_file_shown_by_a_hex_viewer_or_a_part_of_the_key_stops_nothing(proj, tool):
     # A dump of 48 bytes beginning with the key is no key printed alone (as 33 hex pairs joined
     # are none); neither is a dump of 31 of its bytes, nor of 32 random bytes.
     root, victim = proj.paths.root, proj.pids[0]
     key = _data_key(proj, victim)
-    dump = _DUMPS[tool]
+    dump = HEX_DUMPS[tool]
     text = f"{dump(key + bytes(16))}--\n{dump(key[:31])}--\n{dump(os.urandom(32))}"
     log = _put(root / "reports" / "near.log", text)
 

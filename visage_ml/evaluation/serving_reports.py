@@ -182,7 +182,7 @@ def serving_reports(
         model_version=str(lineage.get("embedder_model_version", "")),
     )
     model = ScoreModel(doc, confidence=_confidence(cfg, ctx.confidence))
-    floor = verify_threshold
+    floor = verify_threshold  # serving never identifies below it
     curves = fnir_against_size(model, sizes, target_fpir=ctx.target_fpir, floor=floor)
     points = [model.operating_point(int(n), ctx.target_fpir, floor=floor) for n in sizes]
     thresholds = [p.threshold for p in points]

@@ -1048,7 +1048,7 @@ _LITERAL_REACH = 8 + 5 * KEY_SIZE
 # notebook's list of lines) that begins with six zeros (the first line's offset) after a byte no
 # base64 run holds or JSON's escaped line break: never within a base64 run.
 _DUMP_LINE_START = re.compile(rb"(?:[^A-Za-z0-9+/_=\\-]|\\n)(?=000000)")
-_DUMP_REACH = 2 * (10 + 3 * 16 + 4 + 6 * 16 + 16)
+_DUMP_WINDOW_REACH = 2 * (10 + 3 * 16 + 4 + 6 * 16 + 16)
 
 
 def _file_budget(fh: IO[bytes]) -> _Budget:
@@ -1084,7 +1084,9 @@ def inside_text(
         cut = starts[-1] if starts else cut
         # Nor a hex viewer's dump: the first such line among those bytes (a later one may be
         # its second line).
-        if (dump := _DUMP_LINE_START.search(buf, max(0, cut - _DUMP_REACH), cut)) is not None:
+        if (
+            dump := _DUMP_LINE_START.search(buf, max(0, cut - _DUMP_WINDOW_REACH), cut)
+        ) is not None:
             cut = dump.end()
         yield from inside(buf[:cut], TEXT, sizes=sizes, depth=depth, budget=budget)
         carry = buf[cut:]

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
+from visage_ml.io import CHUNK
 from visage_ml.rights import embedded
 from visage_ml.rights.embedded import SizeFilter, _Budget
 from visage_ml.rights.embedded_spill import _stream
@@ -144,7 +145,7 @@ class _Inflating(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         while not self._z.eof:
-            data = self._z.unconsumed_tail or self._fh.read(embedded.SNIFF * 16)
+            data = self._z.unconsumed_tail or self._fh.read(CHUNK)
             if not data:
                 raise EOFError("the zlib stream is cut short")
             if out := self._z.decompress(data, len(b)):

@@ -150,7 +150,7 @@ _DIGITS = re.compile(rb"[0-9]+")
 # A line break in a text, or in a JSON string (escaped), or between two of a notebook's output
 # lines saved as the strings of a list (``\n", "``).
 _BREAK = re.compile(rb'\r?\n|(?:\\r)?\\n(?:"\s*,\s*")?')
-_BREAK_BEFORE = re.compile(rb'(?:\r?\n|(?:\\r)?\\n(?:"\s*,\s*")?)\Z')
+_BREAK_BEFORE = re.compile(rb"(?:" + _BREAK.pattern + rb")\Z")  # one that ends where asked
 # A key as a hex viewer wraps it (``xxd -p``: 60 digits a line, so 60 and 4; ``xxd -p -c 16``:
 # 32 and 32; ``fold``): lines of hex digits alone, all as wide as the first (32 to 63 digits)
 # but the last, 64 digits in all, no hex line before or after them. Found from the first line:
@@ -517,9 +517,8 @@ def _dump_row(data: bytes, at: int, offsets: Sequence[bytes]) -> tuple[bytes, in
 @functools.lru_cache(maxsize=8)
 def _third_row(offset: bytes) -> re.Pattern[bytes]:
     """A hex viewer's line of bytes at ``offset`` after a break: the dump goes on."""
-    return re.compile(
-        rb"(?:" + _BREAK.pattern + rb")" + re.escape(offset) + rb":? {1,2}[0-9A-Fa-f]{2}"
-    )
+    after = re.escape(offset) + rb":? {1,2}[0-9A-Fa-f]{2}"
+    return re.compile(rb"(?:" + _BREAK.pattern + rb")" + after)
 
 
 def _dumped(data: bytes, mask: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
@@ -546,6 +545,8 @@ def _dumped(data: bytes, mask: bytes) -> Iterator[tuple[tuple[int, int], bytes]]
                 break
         else:
             continue
+        if first[1] != second[1]:
+            continue
         # Octal offsets (od's default: 0000020 for 16) or hex ones (hexdump's: 0000010).
         octal = data[brk.end() + digits - 2 : brk.end() + digits] == b"20"
         third = _third_row(b"0" * (digits - 2) + (b"40" if octal else b"20"))
@@ -554,8 +555,6 @@ def _dumped(data: bytes, mask: bytes) -> Iterator[tuple[tuple[int, int], bytes]]
         ended = _DUMP_LINE_END.search(data, second[2], second[2] + _DUMP_REACH)
         end = len(data) if ended is None else ended.start()
         if ended is None and end - second[2] > _DUMP_REACH:
-            continue
-        if first[1] != second[1]:
             continue
         raw = binascii.unhexlify(first[0] + second[0])
         yield (start, end), raw

@@ -47,10 +47,13 @@ logger = logging.getLogger(__name__)
 SCORE_MODEL_FILE = "score_model.json"
 SOURCE_MODEL = "reports/score_model.json"
 SOURCE_FIXED = "the 1:1 verification threshold (no score model: FPIR grows with the gallery)"
-SOURCE_VERIFY = (
-    "the 1:1 verification threshold (reports/threshold.json): the target FPIR allows a lower one "
-    "at this gallery size, and identify never names whom verify would refuse"
+# Why a small gallery is searched at the 1:1 threshold, as operators are told (gallery info and
+# the demo; ``source`` says where that threshold comes from too).
+_WHY_VERIFY = (
+    "the target allows a lower one at this size, and identify never names whom verify would refuse"
 )
+AT_VERIFY_THRESHOLD = f"the 1:1 threshold: {_WHY_VERIFY}"
+SOURCE_VERIFY = f"the 1:1 verification threshold (reports/threshold.json): {_WHY_VERIFY}"
 
 MSG_NO_SCORE_MODEL = (
     "{path} is missing: the 1:N identification threshold is derived from the score model that "

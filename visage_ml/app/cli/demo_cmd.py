@@ -24,7 +24,11 @@ from visage_ml.privacy.records import ensure_records
 from visage_ml.privacy.witness import KEY_FILE, Witness, project_id
 from visage_ml.privacy.witnessed import witness_folder, witness_params
 from visage_ml.procenv import child_env
-from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
+from visage_ml.serving.operating_point import (
+    AT_VERIFY_THRESHOLD,
+    IdentificationPolicy,
+    load_score_model,
+)
 
 
 def _venv_env() -> dict[str, str]:
@@ -114,10 +118,7 @@ def _operating_point(paths: ProjectPaths) -> list[str]:
         f"threshold {s['threshold']:.4f}, expected FNIR {fnir}"
     ]
     if s.get("at_verify_threshold"):
-        lines.append(
-            "    at the 1:1 threshold: the target allows a lower one at this size, and identify "
-            "never names whom verify would refuse"
-        )
+        lines.append(f"    at {AT_VERIFY_THRESHOLD}")
     if s.get("too_large"):
         lines.append(
             "    gallery too large for the target at this model's accuracy "

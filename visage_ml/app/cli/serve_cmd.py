@@ -31,7 +31,11 @@ from visage_ml.rights import content_scan
 from visage_ml.serving.engine import ModelMismatchError
 from visage_ml.serving.gallery import Gallery, GalleryError
 from visage_ml.serving.gallery_check import IN_FLIGHT_S, MSG_IN_FLIGHT
-from visage_ml.serving.operating_point import IdentificationPolicy, load_score_model
+from visage_ml.serving.operating_point import (
+    AT_VERIFY_THRESHOLD,
+    IdentificationPolicy,
+    load_score_model,
+)
 from visage_ml.serving.pg_gallery import open_configured
 from visage_ml.serving.rebuild import select_holdout
 from visage_ml.serving.release import SCORE_MODEL_JSON, check_released, latest_releases
@@ -411,10 +415,7 @@ def gallery_info(as_json: bool = JSON_OPT) -> None:
 
 def _threshold_basis(info: dict) -> str:
     if info.get("at_verify_threshold"):
-        return (
-            "the 1:1 threshold: the target allows a lower one at this size, and identify "
-            "never names whom verify would refuse"
-        )
+        return AT_VERIFY_THRESHOLD
     return f"on {info.get('bound', 'a fixed threshold')}"
 
 
