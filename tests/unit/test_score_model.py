@@ -136,6 +136,22 @@ def test_fpir_algebra_and_the_threshold_rising_with_the_gallery():
     assert points[1].bounded and not m.operating_point(1_000_000, 0.01).bounded
 
 
+def test_the_sizes_searched_at_the_floor_end_where_the_target_reaches_it():
+    rng = np.random.default_rng(11)
+    doc = build_score_model(
+        iid(rng.normal(0, 0.1, N_IMPOSTOR), rng.normal(0.6, 0.1, 5000)), bootstrap=0
+    )
+    m = ScoreModel(doc, confidence=0.8)
+    floor = m.operating_point(1_000, 0.01).threshold
+    n = m.floored_below(0.01, floor)
+    assert 2 <= n <= 1_000
+    assert m.operating_point(n - 1, 0.01, floor=floor).floored
+    assert not m.operating_point(n, 0.01, floor=floor).floored
+    # A floor below every threshold floors nothing; one above them all floors every size.
+    assert m.floored_below(0.01, m.operating_point(1, 0.01).threshold - 0.01) == 1
+    assert m.floored_below(0.01, 0.99, limit=5_000) == 5_001
+
+
 def test_expected_fnir_agrees_with_a_simulated_search():
     """FNIR(N, t): the mate below t, or outscored by one of N - 1 independent impostors."""
     rng = np.random.default_rng(5)

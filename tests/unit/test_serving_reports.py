@@ -121,6 +121,44 @@ def test_the_report_shows_small_galleries_searched_at_the_1_1_threshold_as_servi
     assert st["expected_fnir"] == s["served"]["expected_fnir"]
 
 
+def test_the_report_page_says_which_galleries_are_searched_at_the_1_1_threshold():
+    # The page opened "Serving does not search at the 1:1 threshold" above a table whose small
+    # galleries are searched at it: a DPO read a rule that serving no longer follows.
+    import re
+
+    from visage_ml.evaluation.report import fmt_rate, render_html
+    from visage_ml.evaluation.score_model import ScoreModel
+
+    sm = ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20)
+    served = ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=5)
+    free = reports(sm, served).summary
+    verify_at = free["thresholds"][free["sizes"].index(100)]
+    out = reports(sm, served, verify_threshold=verify_at)
+    s = out.summary
+    # The first size the target alone serves at or above the 1:1 threshold, as serving finds it.
+    model = ScoreModel(out.score_model, confidence=0.8)
+    n = s["verify_threshold_below"]
+    assert model.operating_point(n - 1, 0.01, floor=verify_at).floored
+    assert not model.operating_point(n, 0.01, floor=verify_at).floored
+    assert max(s["at_verify_threshold"]) < n <= 100
+
+    def text(summary):
+        page = render_html(
+            fairness={"open_set_scale": summary}, metrics={}, figures={}, lineage={}, params={}
+        )
+        section = page.split("Identification threshold for the gallery")[1].split("<h2>")[0]
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", section))
+
+    words = text(s)
+    assert "does not search at the 1:1 threshold" not in words
+    v = fmt_rate(verify_at)
+    assert f"fewer than {n} subjects are searched at the 1:1 threshold {v}" in words
+    assert f"threshold {v} (the 1:1 threshold: the target allows a lower one at N = 5)" in words
+    # No floor (an evaluation without a 1:1 threshold): the page says nothing of one.
+    bare = text(reports(sm, served).summary)
+    assert "fewer than" not in bare and "searched at the 1:1 threshold" not in bare
+
+
 def test_the_served_point_counts_whom_the_gallery_stage_enrols_not_every_consent(project):
     # The report marked N = 161 (consents for identification) while the gallery served 145:
     # subjects allowed but without a processed image are never enrolled.

@@ -784,6 +784,32 @@ class ScoreModel:
             floored=floored,
         )
 
+    def floored_below(self, target_fpir: float, floor: float, *, limit: int = 10**9) -> int:
+        """The smallest gallery size whose threshold for ``target_fpir`` is not raised to
+        ``floor``: every smaller gallery is searched at the floor (1 when none is; ``limit + 1``
+        when every gallery up to ``limit`` is).
+
+        The threshold grows with the gallery, so the sizes searched at the floor are those
+        below one size, found by bisection.
+        """
+
+        def floored(n: int) -> bool:
+            t = self.threshold_for_fmr(required_fmr(n, target_fpir), upper=True)
+            return t < floor
+
+        if not floored(1):
+            return 1
+        lo, hi = 1, int(limit)  # floored(lo); the answer is in (lo, hi]
+        if floored(hi):
+            return hi + 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if floored(mid):
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
 
 def fnir_against_size(
     model: ScoreModel, sizes: Sequence[int], *, target_fpir: float, floor: float | None = None

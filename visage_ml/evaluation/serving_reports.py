@@ -211,6 +211,12 @@ def serving_reports(
         "thresholds": thresholds,
         "verify_threshold": floor,
         "at_verify_threshold": [int(n) for n, p in zip(sizes, points, strict=True) if p.floored],
+        # Galleries smaller than this are searched at the 1:1 threshold (None: no floor).
+        "verify_threshold_below": (
+            None
+            if floor is None
+            else model.floored_below(ctx.target_fpir, floor, limit=max(int(n) for n in sizes))
+        ),
         "fnir": curves,
         "served": served_point,
         "min_bounded_fmr": model.min_bounded_fmr,
