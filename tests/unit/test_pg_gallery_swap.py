@@ -1188,17 +1188,27 @@ def test_a_search_and_an_enrolment_waiting_for_the_swaps_lock_reach_the_new_tabl
     searcher.close()
 
 
-def held_at_commit(monkeypatch, pg, name: str) -> psycopg.Connection:
+def held_at_commit(monkeypatch, pg, name: str, *, toast: bool = False) -> psycopg.Connection:
     """A client that, at a purge's swap's commit, reads the table ``name`` (the old table, by
-    its name: a pg_dump, a query typed by hand) in a transaction it leaves open, so holding a
-    lock on it; returned (closing it ends the transaction)."""
+    its name: a pg_dump, a query typed by hand; with ``toast``, its TOAST table alone) in a
+    transaction it leaves open, so holding a lock on it; returned (closing it ends the
+    transaction)."""
     blocker = psycopg.connect(pg.dsn)
     read_once: list[str] = []
 
     def read(conn, phase):
         if phase == "committed" and not read_once:
             read_once.append(phase)
-            blocker.execute(sql.SQL("SELECT 1 FROM {o} LIMIT 1").format(o=sql.Identifier(name)))
+            target = sql.Identifier(name)
+            if toast:
+                found = blocker.execute(
+                    "SELECT n.nspname, c.relname FROM pg_class t JOIN pg_class c ON c.oid = "
+                    "t.reltoastrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE t.oid = %s::regclass",
+                    (target.as_string(blocker),),
+                ).fetchone()
+                target = sql.Identifier(*found)
+            blocker.execute(sql.SQL("SELECT 1 FROM {o} LIMIT 1").format(o=target))
 
     monkeypatch.setattr(pg_swap, "_phase", read)
     return blocker
@@ -1226,8 +1236,9 @@ def ended_within(call, seconds: float, *, blocker: psycopg.Connection) -> BaseEx
     return raised[0] if raised else None
 
 
+@pytest.mark.parametrize("toast", [False, True], ids=["table", "its TOAST table"])
 def test_a_session_holding_the_old_table_stops_the_erasure_after_a_bounded_wait(
-    world, engine, enrolled, pg, table, monkeypatch
+    world, engine, enrolled, pg, table, monkeypatch, toast
 ):
     """A client reads ``<table>$purge_old`` by its name in a transaction it keeps open (a
     pg_dump, a query typed by hand) just after the swap's commit: the old table's drop waited
@@ -1235,10 +1246,11 @@ def test_a_session_holding_the_old_table_stops_the_erasure_after_a_bounded_wait(
     Now it asks for the lock as the swap asks for the table's, then stops with a message that
     names the session's backend and says what to do; the old table stays under its name, the
     erasure's verify names it, and once the session ends the erasure's step run again drops it
-    and nothing of the vector is left in the data folder."""
+    and nothing of the vector is left in the data folder. A session holding only the old
+    table's TOAST table was named "ended since": it is named too."""
     gallery, _, victim, vector, ctx, plan, aside = _a_victim_planned(world, enrolled, pg, table)
     monkeypatch.setattr(pg_gallery, "PURGE_LOCK_TRIES", 3)  # 3 x 0.5 s, 1 s apart
-    blocker = held_at_commit(monkeypatch, pg, aside)
+    blocker = held_at_commit(monkeypatch, pg, aside, toast=toast)
     start = time.monotonic()
     error = ended_within(
         lambda: pg_store.erase(ctx, victim, plan.artefacts, plan), 30, blocker=blocker
@@ -1247,7 +1259,7 @@ def test_a_session_holding_the_old_table_stops_the_erasure_after_a_bounded_wait(
     assert time.monotonic() - start < 20
     said = str(error)
     assert aside in said and "visage privacy resume" in said, said
-    assert str(blocker.info.backend_pid) in said, said
+    assert f"{blocker.info.backend_pid} (client backend)" in said, said
     assert victim not in said
     assert _exists(pg.dsn, aside)
     assert victim not in gallery.stored()  # the swap committed: the new table serves
@@ -1257,3 +1269,83 @@ def test_a_session_holding_the_old_table_stops_the_erasure_after_a_bounded_wait(
     blocker.close()
     _step_run_again(ctx, victim, plan)
     _nothing_left(pg, ctx, victim, aside, vector)
+
+
+@pytest.fixture
+def pg_autovacuuming():
+    """A PostgreSQL of its own whose autovacuum launcher looks at the database every second
+    (the stack's session server is left as it is)."""
+    from visage_ml.stack.postgres import temporary_server
+
+    with temporary_server() as srv:
+        with psycopg.connect(srv.dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+            conn.execute("SELECT pg_reload_conf()")
+        yield srv
+
+
+def _autovacuuming(dsn: str, relation: str, *, within: float) -> int:
+    """The pid of the autovacuum worker that vacuums ``relation``, waited for."""
+    deadline = time.monotonic() + within
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                "AND query LIKE %s",
+                (f"%VACUUM {relation}%",),
+            ).fetchone()
+            if row:
+                return int(row[0])
+            time.sleep(0.2)
+    raise AssertionError(f"no autovacuum of {relation} within {within} s")
+
+
+def test_an_autovacuum_of_the_old_table_does_not_stop_the_erasure(
+    world, engine, pg_autovacuuming, table, monkeypatch
+):
+    """At a million templates an autovacuum of the gallery's TOAST table (where the sealed
+    templates lie) ran for minutes, and was still running when the swap had committed: the old
+    table's drop, asked for 0.5 s at a time, never waited the second (deadlock_timeout) after
+    which PostgreSQL cancels an autovacuum that blocks a lock, and the erasure stopped with
+    OldTableHeldError, its message naming no session ("ended since"). An autovacuum gives way to
+    the drop as it gives way to any schema change."""
+    pg = pg_autovacuuming
+    gallery = open_pg(world, pg, table, engine)
+    pids = list(world.people)[:6]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in pids})
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        t = sql.Identifier(table)
+        # Rows of other people, their sealed templates large enough to lie in the TOAST table;
+        # the table's autovacuum slowed (its TOAST table takes its settings) so that it is
+        # still at work when the purge drops the old table.
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed, "
+                "template_sha256, n_images) SELECT 'pz' || lpad(g::text, 15, '0'), %s, "
+                "array_fill(0.001::real, ARRAY[%s])::vector, 0, (SELECT decode(string_agg("
+                "md5(g::text || '.' || i::text), ''), 'hex') FROM generate_series(1, 2500) i), "
+                "'x', 1 FROM generate_series(1, 200) g"
+            ).format(t=t),
+            (VERSION, DIM),
+        )
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {t} SET (autovacuum_vacuum_cost_delay = 100, "
+                "autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_insert_threshold = 1, "
+                "autovacuum_vacuum_insert_scale_factor = 0)"
+            ).format(t=t)
+        )
+        toast = conn.execute(
+            "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = %s::regclass",
+            (sql.Identifier(table).as_string(conn),),
+        ).fetchone()[0]
+    _autovacuuming(pg.dsn, toast, within=90)
+    ctx = _erasure_context(world, gallery, pg, table)
+    victim = pids[3]
+    plan = pg_store.plan(ctx, victim)
+    monkeypatch.setattr(pg_gallery, "PURGE_LOCK_TRIES", 3)
+    outcome = pg_store.erase(ctx, victim, plan.artefacts, plan)
+    assert outcome.info["rewrite"] == "swap", outcome.info
+    assert not _exists(pg.dsn, f"{table}{pg_swap.OLD_SUFFIX}")
+    assert pg_store.verify(ctx, victim) == []
+    gallery.close()

@@ -63,7 +63,9 @@ then, after the commit:
    session holding the old table by its name (a ``pg_dump``, a query typed by hand in a
    transaction left open) would otherwise hold the erasure for as long as it lives; the purge
    stops with :class:`OldTableHeldError` instead, the old table left under its name, as a purge
-   that died there leaves it (below).
+   that died there leaves it (below). An autovacuum of the old table (of its TOAST table:
+   minutes at a million templates) gives way, as PostgreSQL makes it give way to any lock that
+   waits for it long enough (:func:`_drop_waiting`).
 
 Why a change log kept by a trigger
 ----------------------------------
@@ -201,6 +203,13 @@ MSG_OLD_HELD = (
     "the dump finish, or pg_terminate_backend(pid)), then run `visage privacy resume`: the "
     "resumed erasure drops it; until then the erasure does not verify"
 )
+# An autovacuum that PostgreSQL does not cancel for a lock: one preventing transaction ID
+# wraparound (its query says so in pg_stat_activity).
+MSG_AUTOVACUUM_HELD = (
+    "; an autovacuum worker holding it was not cancelled (one that prevents transaction ID "
+    "wraparound is not): let it finish, then run `visage privacy resume`"
+)
+AUTOVACUUM = "autovacuum worker"  # pg_stat_activity.backend_type
 MSG_DEADLOCK = (
     "a client holding the table waited, without a lock timeout, for a lock the copy's excludes"
 )
@@ -884,36 +893,76 @@ def _drop_waiting(
     session holding that table by name keeps the lock from it (a pg_dump, a query typed by
     hand in a transaction left open), and the erasure must not wait on that session for good.
 
+    An autovacuum of the table (of its TOAST table, where the sealed templates lie: minutes at
+    a million templates) gives way: PostgreSQL cancels an autovacuum that blocks a lock once
+    the lock has waited ``deadlock_timeout`` (1 s by default), longer than a try's
+    ``timeout_s``; after a try refused while an autovacuum worker holds the table, the next
+    tries wait that long too (:func:`_yielding`).
+
     Raises
     ------
     OldTableHeldError
         Refused at every try: the table keeps its name (the erasure's verify names it), and the
-        message names the backends holding it (their pids, never their queries).
+        message names the backends holding it (their pids and kinds, never their queries).
     """
     tries, timeout_s, pause_s = locking
     start = time.monotonic()
+    extra = [0.0]  # added to each try's wait once an autovacuum is seen holding the table
+
+    def meanwhile() -> None:
+        if any(kind == AUTOVACUUM for _, kind in _holders(conn, table)):
+            extra[0] = _yielding(conn)
+
     try:
-        ask_briefly(drop, tries=tries, timeout_s=timeout_s, pause_s=pause_s, give_up=True)
+        ask_briefly(
+            lambda wait: drop(wait + extra[0]),
+            tries=tries,
+            timeout_s=timeout_s,
+            pause_s=pause_s,
+            meanwhile=meanwhile,
+            give_up=True,
+        )
     except psycopg.errors.LockNotAvailable:
+        held = _holders(conn, table)
         names = [f"{table}{suffix}" for suffix in LEFT_SUFFIXES]
-        holders = [
-            str(r[0])
-            for r in conn.execute(
-                "SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c "
-                "ON c.oid = l.relation JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() AND c.relname = ANY(%s) "
-                "AND n.nspname = %s ORDER BY 1",
-                (names, _located(conn, table)[1]),
-            ).fetchall()
-        ]
+        holders = ", ".join(f"{pid} ({kind})" for pid, kind in held)
         raise OldTableHeldError(
             MSG_OLD_HELD.format(
                 table=table,
                 old=", ".join(left_tables(conn, table)) or names[-1],
                 seconds=time.monotonic() - start,
-                holders=f"backend pid {', '.join(holders)}" if holders else "ended since",
+                holders=f"backend pid {holders}" if holders else "ended since",
             )
+            + (MSG_AUTOVACUUM_HELD if any(kind == AUTOVACUUM for _, kind in held) else "")
         ) from None
+
+
+def _holders(conn: psycopg.Connection, table: str) -> list[tuple[int, str]]:
+    """The other backends holding a lock on a table the purge left or renamed aside
+    (:data:`LEFT_SUFFIXES`), on its TOAST table or on an index of either: their pids and
+    kinds (``client backend``, :data:`AUTOVACUUM`...)."""
+    rows = conn.execute(
+        "WITH t AS (SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c JOIN "
+        "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = ANY(%s) AND "
+        "n.nspname = %s), r AS (SELECT oid FROM t UNION SELECT reltoastrelid FROM t WHERE "
+        "reltoastrelid <> 0) SELECT DISTINCT l.pid, coalesce(a.backend_type, '') FROM "
+        "pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() AND (l.relation IN "
+        "(SELECT oid FROM r) OR l.relation IN (SELECT indexrelid FROM pg_catalog.pg_index "
+        "WHERE indrelid IN (SELECT oid FROM r))) ORDER BY 1",
+        ([f"{table}{suffix}" for suffix in LEFT_SUFFIXES], _located(conn, table)[1]),
+    ).fetchall()
+    return [(int(pid), str(kind)) for pid, kind in rows]
+
+
+def _yielding(conn: psycopg.Connection) -> float:
+    """How much longer than a brief try a lock must wait for PostgreSQL to cancel an
+    autovacuum that blocks it: ``deadlock_timeout``, and a quarter of a second for the worker
+    to stop."""
+    row = conn.execute(
+        "SELECT setting::float8 FROM pg_catalog.pg_settings WHERE name = 'deadlock_timeout'"
+    ).fetchone()  # in milliseconds
+    return (float(row[0]) if row else 1000.0) / 1000 + 0.25
 
 
 def _copy_and_swap(
