@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -23,7 +24,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # The default directory witness of test projects (privacy.witness) lives in a folder of this
 # test session, never in the user's ~/.local/share/visage-ml/witness.
+# Each pytest process (each xdist worker) makes its own, and removes it as it exits: one was
+# left in /tmp by every process of every run.
 os.environ["VISAGE_WITNESS_DIR"] = tempfile.mkdtemp(prefix="visage-witness-")
+atexit.register(shutil.rmtree, os.environ["VISAGE_WITNESS_DIR"], ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the group into the node id
