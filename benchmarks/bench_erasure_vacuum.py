@@ -307,12 +307,16 @@ def main() -> None:
 
             return step
 
-        timed("baseline", baseline)
         steps = {"erase_1": victims[0], "erase_2": victims[1], "erase_absent": "pf" + "0" * 15}
-        for name in (w for w in args.windows.split(",") if w):
-            timed(name, erase(steps[name]))
-        search.stop()
-        enrol.stop()
+        try:
+            timed("baseline", baseline)
+            for name in (w for w in args.windows.split(",") if w):
+                timed(name, erase(steps[name]))
+        finally:
+            # Stopped before the server is, an erasure's error too: they would otherwise call
+            # on into its shutdown, logging each lost connection.
+            search.stop()
+            enrol.stop()
         out["windows"] = windows
         out["errors"] = {"identify": search.errors[:5], "enrol": enrol.errors[:5]}
         out["enrolled_during_run"] = len(enrol.spans)
