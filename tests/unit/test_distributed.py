@@ -51,6 +51,7 @@ pytestmark = pytest.mark.xdist_group("distributed")
 def _torchrun(out: Path, *modes: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd.append(f"--log-dir={out / 'torchrun'}")  # not a torchelastic_* folder left in /tmp
     return subprocess.run(
         [*cmd, str(WORKER), str(out), *modes],
         env=env,

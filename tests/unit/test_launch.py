@@ -12,9 +12,17 @@ from visage_ml.training.launch import WorkersFailedError, check_launch, join_run
 
 
 def test_a_failed_worker_fails_the_stage_naming_its_rank(tmp_path: Path, monkeypatch):
+    # torchrun's agent made a torchelastic_* folder in the temporary folder at each run and
+    # left it there: one per training run with distributed.nproc > 1.
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with pytest.raises(WorkersFailedError, match=r"rank 0 exit code 1, rank 1 exit code 1"):
         launch_workers("visage_ml.no_such_stage", nproc=2, root=tmp_path)
+    assert list(temp.iterdir()) == []
 
 
 def test_a_batch_the_processes_cannot_share_is_refused_before_any_starts():

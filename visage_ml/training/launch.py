@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -123,9 +124,11 @@ def launch_workers(module: str, *, nproc: int, root: Path) -> None:
     env = child_env(
         {"VISAGE_PROJECT": str(root), "OMP_NUM_THREADS": threads}, keep=(MASTER_KEY_ENV,)
     )
-    with _environ(env):
+    # torchrun's agent keeps its workers' error files in a folder of its own, which it made
+    # in the temporary folder and left there at every run; here one of ours, removed after.
+    with _environ(env), tempfile.TemporaryDirectory(prefix="visage-torchrun-") as logs:
         try:
-            torchrun(parse_args(argv))
+            torchrun(parse_args([f"--log-dir={logs}", *argv]))
         except ChildFailedError as exc:
             failures = ", ".join(
                 f"rank {rank} exit code {f.exitcode}" for rank, f in sorted(exc.failures.items())
