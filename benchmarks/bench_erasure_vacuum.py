@@ -7,7 +7,9 @@ all but a few rows are random unit vectors loaded by ``COPY`` with a random ``se
 a real sealed template's size (as ``bench_identify_pgvector.py`` loads them; they are never above
 the threshold, so never opened), and ``--victims`` subjects are enrolled for real (consent in the
 ledger, sealed template, gallery key). ``--hnsw``: the HNSW index is built and served from, as
-``serving.gallery.hnsw: true`` does.
+``serving.gallery.hnsw: true`` does. ``--toast-autovacuum``: an autovacuum of the table's TOAST
+table (where the sealed templates lie) is made to run through the erasures, as one did by
+chance at a million templates (``toast_autovacuum_s``: how long it took to start).
 
 Then, while two serving replicas run against the table (each its own :class:`PgGallery`, as a
 ``visage serve`` process holds one):
@@ -36,7 +38,7 @@ load and index build (the purge sizes its own from the HNSW index, up to
 
     python benchmarks/bench_erasure_vacuum.py [--templates 100000] [--hnsw] [--dim 512]
         [--baseline-s 10] [--windows erase_1,erase_2,erase_absent] [--scratch /work/scratch/h5]
-        [--lock-timeout-s 2] [--server-maintenance-work-mem 16MB]
+        [--lock-timeout-s 2] [--server-maintenance-work-mem 16MB] [--toast-autovacuum]
 """
 
 from __future__ import annotations
@@ -117,6 +119,36 @@ def table_bytes(dsn: str, table: str) -> dict[str, int]:
     return dict(zip(("heap", "toast", "indexes", "total"), map(int, row), strict=True))
 
 
+def toast_autovacuum(dsn: str, table: str, *, within: float = 300.0) -> float:
+    """Make an autovacuum of ``table``'s TOAST table run, slowly enough to outlast the
+    erasures (the launcher every second, the table's vacuum cost-delayed: its TOAST table takes
+    its settings), and wait until it does; returns the seconds waited."""
+    t0 = time.perf_counter()
+    with pg_gallery.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            psycopg_sql.SQL(
+                "ALTER TABLE {t} SET (autovacuum_vacuum_cost_delay = 100, "
+                "autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_insert_threshold = 1, "
+                "autovacuum_vacuum_insert_scale_factor = 0)"
+            ).format(t=psycopg_sql.Identifier(table))
+        )
+        conn.execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+        conn.execute("SELECT pg_reload_conf()")
+        toast = conn.execute(
+            "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = %s::regclass",
+            (table,),
+        ).fetchone()[0]
+        while time.perf_counter() - t0 < within:
+            if conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                "AND query LIKE %s",
+                (f"%VACUUM {toast}%",),
+            ).fetchone():
+                return round(time.perf_counter() - t0, 1)
+            time.sleep(0.5)
+    raise SystemExit(f"no autovacuum of {toast} within {within:.0f} s")
+
+
 class Replica:
     """One serving replica calling ``call`` in a loop (``pause`` between calls), timing each."""
 
@@ -185,6 +217,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="the replicas' serving.gallery.lock_timeout_s (default 0: wait for the rewrite)",
+    )
+    ap.add_argument(
+        "--toast-autovacuum",
+        action="store_true",
+        help="an autovacuum of the table's TOAST table runs through the erasures (slowed; waited "
+        "for before the baseline), as one did by chance at 1M",
     )
     ap.add_argument(
         "--server-maintenance-work-mem",
@@ -267,6 +305,8 @@ def main() -> None:
         search.start()
         enrol.start()
         time.sleep(2.0)  # warm: plans, caches
+        if args.toast_autovacuum:
+            out["toast_autovacuum_s"] = toast_autovacuum(dsn, table)
         windows: dict[str, Any] = {}
         marks: list[tuple[str, float]] = []
         pg_swap._phase = timed_phases(marks)  # type: ignore[assignment]
