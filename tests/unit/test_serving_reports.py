@@ -88,6 +88,16 @@ def test_serving_reports_make_the_released_documents_and_mark_the_served_point()
     assert conf["gender"]["g1"]["accuracy"] == 1.0 and conf["group"]["accuracy"] == 1.0
 
 
+def floored_reports():
+    """The reports of a served gallery of 5 without a floor (their summary), the 1:1 threshold
+    set where the target alone serves N = 100, and the reports with that floor."""
+    sm = ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20)
+    served = ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=5)
+    free = reports(sm, served).summary
+    verify_at = free["thresholds"][free["sizes"].index(100)]
+    return free, verify_at, reports(sm, served, verify_threshold=verify_at)
+
+
 def test_the_report_shows_small_galleries_searched_at_the_1_1_threshold_as_serving_does():
     # Serving never identifies below the 1:1 threshold (identify would name whom verify
     # refuses); the report drew the curve and marked the served point at the lower threshold
@@ -95,11 +105,7 @@ def test_the_report_shows_small_galleries_searched_at_the_1_1_threshold_as_servi
     from visage_ml.evaluation.score_model import ScoreModel
     from visage_ml.serving.operating_point import IdentificationPolicy
 
-    sm = ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20)
-    served = ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=5)
-    free = reports(sm, served).summary
-    verify_at = free["thresholds"][free["sizes"].index(100)]
-    out = reports(sm, served, verify_threshold=verify_at)
+    free, verify_at, out = floored_reports()
     s = out.summary
     below = [n for n, t in zip(free["sizes"], free["thresholds"], strict=True) if t < verify_at]
     assert below and s["at_verify_threshold"] == below and s["verify_threshold"] == verify_at
@@ -129,11 +135,7 @@ def test_the_report_page_says_which_galleries_are_searched_at_the_1_1_threshold(
     from visage_ml.evaluation.report import fmt_rate, render_html
     from visage_ml.evaluation.score_model import ScoreModel
 
-    sm = ScoreModelParams(template_images=2, min_exceedances=20, bootstrap=20)
-    served = ServedContext(target_fpir=0.01, confidence=0.8, gallery_size=5)
-    free = reports(sm, served).summary
-    verify_at = free["thresholds"][free["sizes"].index(100)]
-    out = reports(sm, served, verify_threshold=verify_at)
+    free, verify_at, out = floored_reports()
     s = out.summary
     # The first size the target alone serves at or above the 1:1 threshold, as serving finds it.
     model = ScoreModel(out.score_model, confidence=0.8)
@@ -155,7 +157,7 @@ def test_the_report_page_says_which_galleries_are_searched_at_the_1_1_threshold(
     assert f"fewer than {n} subjects are searched at the 1:1 threshold {v}" in words
     assert f"threshold {v} (the 1:1 threshold: the target allows a lower one at N = 5)" in words
     # No floor (an evaluation without a 1:1 threshold): the page says nothing of one.
-    bare = text(reports(sm, served).summary)
+    bare = text(free)
     assert "fewer than" not in bare and "searched at the 1:1 threshold" not in bare
 
 
