@@ -71,3 +71,10 @@ def test_internal_filer_and_volume_servers_refuse_reads_without_token(stack):
         assert refused.value.code == 401, url
     assert stack.s3.needle_exists(fid)
     assert stack.s3.security_file.stat().st_mode & 0o077 == 0
+
+
+def test_weed_writes_its_log_files_in_the_stack_folder_not_the_temporary_one(stack):
+    # weed's glog files (weed.<host>.<user>.log.INFO...) went to /tmp at every start, and
+    # stayed there: about 170 on this machine after a day of test runs.
+    logs = stack.s3.log_dir
+    assert any(p.name.startswith("weed") for p in logs.iterdir()), list(logs.iterdir())

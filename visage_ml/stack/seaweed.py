@@ -139,6 +139,12 @@ class SeaweedServer(proc.PidFileService):
         return Path(self.root) / "weed.log"
 
     @property
+    def log_dir(self) -> Path:
+        """Where ``weed``'s own log files go (glog's: ``weed.*.log.INFO...``), which it
+        otherwise writes to the system's temporary folder and never removes."""
+        return Path(self.root) / "logs"
+
+    @property
     def pid_file(self) -> Path:
         return Path(self.root) / "weed.pid"
 
@@ -206,6 +212,7 @@ class SeaweedServer(proc.PidFileService):
         p = self.ports
         return [
             weed_binary(),
+            f"-logdir={self.log_dir}",  # a global flag: before the command
             "mini",
             f"-dir={self.data_dir}",
             f"-ip={self.host}",
@@ -254,6 +261,7 @@ class SeaweedServer(proc.PidFileService):
             )
         proc.service_dir(Path(self.root))
         proc.service_dir(self.data_dir)
+        proc.service_dir(self.log_dir)
         self._write_identities()
         self._ensure_security()
         self._launch(
