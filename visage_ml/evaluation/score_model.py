@@ -761,6 +761,10 @@ class ScoreModel:
         found = float(np.sum(mass * above * p_found))
         return float(min(max(1.0 - found, 0.0), 1.0))
 
+    def _target_threshold(self, n: int, target_fpir: float) -> float:
+        """The threshold ``target_fpir`` alone gives ``n`` templates (before any floor)."""
+        return self.threshold_for_fmr(required_fmr(n, target_fpir), upper=True)
+
     def operating_point(
         self, n: int, target_fpir: float, *, floor: float | None = None
     ) -> OperatingPoint:
@@ -768,7 +772,7 @@ class ScoreModel:
         ``floor`` (serving's: the 1:1 threshold, so that identify never names a subject whom
         verify refuses for the same face)."""
         need = required_fmr(n, target_fpir)
-        t = self.threshold_for_fmr(need, upper=True)
+        t = self._target_threshold(n, target_fpir)
         floored = floor is not None and t < floor
         if floored:
             t = float(floor)
@@ -793,9 +797,8 @@ class ScoreModel:
         below one size, found by bisection.
         """
 
-        def floored(n: int) -> bool:
-            t = self.threshold_for_fmr(required_fmr(n, target_fpir), upper=True)
-            return t < floor
+        def floored(n: int) -> bool:  # as operating_point floors it
+            return self._target_threshold(n, target_fpir) < floor
 
         if not floored(1):
             return 1
