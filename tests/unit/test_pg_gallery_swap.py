@@ -6,6 +6,7 @@ swap cannot carry over is rewritten by VACUUM FULL as before."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import threading
 import time
@@ -1285,19 +1286,49 @@ def pg_autovacuuming():
 
 
 def _autovacuuming(dsn: str, relation: str, *, within: float) -> int:
-    """The pid of the autovacuum worker that vacuums ``relation``, waited for."""
+    """The pid of the autovacuum worker that vacuums ``relation`` (schema-qualified), waited
+    for."""
     deadline = time.monotonic() + within
+    vacuums = re.compile(rf"VACUUM (ANALYZE )?{re.escape(relation)}\b")
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
-                "AND query LIKE %s",
-                (f"%VACUUM {relation}%",),
-            ).fetchone()
-            if row:
-                return int(row[0])
+            for pid, query in conn.execute(
+                "SELECT pid, query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ).fetchall():
+                if vacuums.search(query or ""):
+                    return int(pid)
             time.sleep(0.2)
     raise AssertionError(f"no autovacuum of {relation} within {within} s")
+
+
+def _slowly_autovacuumed(dsn: str, table: str, *, rows: int, sealed: int) -> str:
+    """``rows`` rows of other people put in ``table``, each with a sealed value of ``sealed``
+    bytes (over about 2,000: in the TOAST table), and the table's autovacuum slowed (its TOAST
+    table takes its settings) so that it is still at work when the purge asks for its locks.
+    Returns the TOAST table's name."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        t = sql.Identifier(table)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed, "
+                "template_sha256, n_images) SELECT 'pz' || lpad(g::text, 15, '0'), %s, "
+                "array_fill(0.001::real, ARRAY[%s])::vector, 0, (SELECT decode(string_agg("
+                "md5(g::text || '.' || i::text), ''), 'hex') FROM generate_series(1, %s) i), "
+                "'x', 1 FROM generate_series(1, %s) g"
+            ).format(t=t),
+            (VERSION, DIM, sealed // 16, rows),
+        )
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {t} SET (autovacuum_vacuum_cost_delay = 100, "
+                "autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_insert_threshold = 1, "
+                "autovacuum_vacuum_insert_scale_factor = 0)"
+            ).format(t=t)
+        )
+        return conn.execute(
+            "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = %s::regclass",
+            (t.as_string(conn),),
+        ).fetchone()[0]
 
 
 def test_an_autovacuum_of_the_old_table_does_not_stop_the_erasure(
@@ -1313,32 +1344,7 @@ def test_an_autovacuum_of_the_old_table_does_not_stop_the_erasure(
     gallery = open_pg(world, pg, table, engine)
     pids = list(world.people)[:6]
     gallery.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in pids})
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        t = sql.Identifier(table)
-        # Rows of other people, their sealed templates large enough to lie in the TOAST table;
-        # the table's autovacuum slowed (its TOAST table takes its settings) so that it is
-        # still at work when the purge drops the old table.
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {t} (pid, model_version, embedding, cluster, sealed, "
-                "template_sha256, n_images) SELECT 'pz' || lpad(g::text, 15, '0'), %s, "
-                "array_fill(0.001::real, ARRAY[%s])::vector, 0, (SELECT decode(string_agg("
-                "md5(g::text || '.' || i::text), ''), 'hex') FROM generate_series(1, 2500) i), "
-                "'x', 1 FROM generate_series(1, 200) g"
-            ).format(t=t),
-            (VERSION, DIM),
-        )
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {t} SET (autovacuum_vacuum_cost_delay = 100, "
-                "autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_insert_threshold = 1, "
-                "autovacuum_vacuum_insert_scale_factor = 0)"
-            ).format(t=t)
-        )
-        toast = conn.execute(
-            "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = %s::regclass",
-            (sql.Identifier(table).as_string(conn),),
-        ).fetchone()[0]
+    toast = _slowly_autovacuumed(pg.dsn, table, rows=200, sealed=40_000)
     _autovacuuming(pg.dsn, toast, within=90)
     ctx = _erasure_context(world, gallery, pg, table)
     victim = pids[3]
@@ -1348,4 +1354,41 @@ def test_an_autovacuum_of_the_old_table_does_not_stop_the_erasure(
     assert outcome.info["rewrite"] == "swap", outcome.info
     assert not _exists(pg.dsn, f"{table}{pg_swap.OLD_SUFFIX}")
     assert pg_store.verify(ctx, victim) == []
+    gallery.close()
+
+
+@pytest.mark.parametrize("rewrite", ["swap", "vacuum_full"])
+def test_an_autovacuum_of_the_table_gives_way_to_the_purge_at_its_second_try(
+    world, engine, pg_autovacuuming, table, rewrite
+):
+    """An autovacuum of the gallery table (a large one's runs for minutes) holds it in a mode
+    the change log's trigger (SHARE ROW EXCLUSIVE) and a VACUUM FULL conflict with. Each was
+    asked for 0.5 s at a time, shorter than the second (deadlock_timeout) after which
+    PostgreSQL cancels an autovacuum that blocks a lock: the purge went through all its tries,
+    about 14 s of refusals, before the last one waited long enough. Once a refused try finds an
+    autovacuum worker holding the table, the next waits for PostgreSQL to cancel it."""
+    pg = pg_autovacuuming
+    gallery = open_pg(world, pg, table, engine)
+    pids = list(world.people)[:6]
+    gallery.enroll_many({pid: engine.embed(world.photo(pid, 2)) for pid in pids})
+    # Heap pages, not TOAST: values under the TOAST threshold, a few rows to a page.
+    _slowly_autovacuumed(pg.dsn, table, rows=3000, sealed=800)
+    if rewrite == "vacuum_full":
+        names = {"t": sql.Identifier(table), "f": sql.Identifier(f"{table}_audit")}
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for statement in OBSTACLES["trigger"]:
+                conn.execute(sql.SQL(statement).format(**names))
+    worker = _autovacuuming(pg.dsn, f"public.{table}", within=90)
+    gallery.erase(pids[3])
+    report = gallery.purge_physically().to_dict()
+    assert report["rewrite"] == rewrite, report
+    assert report["lock_attempts"] <= 3 < pg_gallery.PURGE_LOCK_TRIES, report
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND query LIKE %s",
+                (worker, f"%{table}%"),
+            ).fetchone()[0]
+            == 0
+        ), "the autovacuum was not cancelled"
     gallery.close()

@@ -667,7 +667,8 @@ class PurgeReport:
     seconds: float
     # Why the planner statistics of the tables could not be cleared (empty: they were).
     statistics: list[str] = field(default_factory=list)
-    # The most tries any table's VACUUM FULL took to get its lock (:func:`purge_tables`).
+    # The most tries any of the purge's locks took (:func:`purge_tables`): a table's VACUUM
+    # FULL, or the swap's (its change log's trigger, its ACCESS EXCLUSIVE, the old table's drop).
     lock_attempts: int = 0
     # What the server said while purging (NOTICE, WARNING: severity and message only), e.g.
     # pgvector's "hnsw graph no longer fits into maintenance_work_mem".
@@ -927,7 +928,8 @@ def _vacuum_full(conn: psycopg.Connection, table: str) -> int:
 
     The lock is asked for :data:`PURGE_LOCK_TIMEOUT_S` at a time (serving's calls queue behind
     a waiting VACUUM only that long), then, after :data:`PURGE_LOCK_TRIES` tries, as long as it
-    takes: the erasure is not given up."""
+    takes: the erasure is not given up. An autovacuum of the table gives way at the second try
+    (:func:`~visage_ml.serving.pg_swap.autovacuum_longer`)."""
     vacuum = sql.SQL("VACUUM FULL {t}").format(t=sql.Identifier(table))
 
     def run(wait: float) -> None:
@@ -938,7 +940,11 @@ def _vacuum_full(conn: psycopg.Connection, table: str) -> int:
             set_lock_timeout(conn, 0)
 
     return pg_swap.ask_briefly(
-        run, tries=PURGE_LOCK_TRIES, timeout_s=PURGE_LOCK_TIMEOUT_S, pause_s=PURGE_LOCK_PAUSE_S
+        run,
+        tries=PURGE_LOCK_TRIES,
+        timeout_s=PURGE_LOCK_TIMEOUT_S,
+        pause_s=PURGE_LOCK_PAUSE_S,
+        longer=pg_swap.autovacuum_longer(conn, table),
     )
 
 

@@ -13,7 +13,8 @@ while reads go on:
    log) inserts the row's key into the log in the writer's own transaction. ``CREATE TRIGGER``
    takes ``SHARE ROW EXCLUSIVE``: it waits for the writes in progress and holds new ones off
    until its commit, never a search; it is asked for briefly, again and again, as step 6's lock
-   is. From its commit on, every write's key is in the log once the write commits;
+   is (an autovacuum of the table gives way at the second try: :func:`autovacuum_longer`).
+   From its commit on, every write's key is in the log once the write commits;
 
 then, in one transaction:
 
@@ -393,29 +394,54 @@ def ask_briefly(
     timeout_s: float,
     pause_s: float,
     meanwhile: Callable[[], None] | None = None,
+    longer: Callable[[], float] | None = None,
     give_up: bool = False,
 ) -> int:
     """``do(wait)``, a statement that takes a lock waiting at most ``wait`` seconds for it (0: as
     long as it takes), asked ``timeout_s`` at a time ``tries - 1`` times, ``pause_s`` apart, then
     as long as it takes: a request waiting for a lock makes every later one on the table wait
     behind it, so a purge asks briefly rather than hold serving up behind a long reader.
-    ``meanwhile`` runs after each try refused, before the pause. With ``give_up``, the last
-    try too waits ``timeout_s``, and its refusal (``LockNotAvailable``) is raised. Returns the
-    tries it took."""
-    attempt = 0
+    ``meanwhile`` runs after each try refused, before the pause; ``longer`` too, and the later
+    tries wait as much longer as the most it returned (:func:`autovacuum_longer`). With
+    ``give_up``, the last try too waits ``timeout_s`` (and that much longer), and its refusal
+    (``LockNotAvailable``) is raised. Returns the tries it took."""
+    attempt, extra = 0, 0.0
     while True:
         attempt += 1
         last = attempt >= tries
         try:
-            do(timeout_s if give_up or not last else 0.0)
+            do(timeout_s + extra if give_up or not last else 0.0)
         except psycopg.errors.LockNotAvailable:
             if give_up and last:
                 raise
             if meanwhile is not None:
                 meanwhile()
+            if longer is not None:
+                extra = max(extra, longer())
             time.sleep(pause_s)
             continue
         return attempt
+
+
+def autovacuum_longer(
+    conn: psycopg.Connection, table: str, names: list[str] | None = None
+) -> Callable[[], float]:
+    """For :func:`ask_briefly`'s ``longer``, after a try for a lock on ``table`` (found on the
+    search path; or on the tables ``names`` of its schema) was refused: how much longer the
+    next tries must wait for PostgreSQL to cancel an autovacuum worker that holds it (its TOAST
+    table or an index: :func:`holders`), 0 when none does.
+
+    PostgreSQL cancels an autovacuum that blocks a lock once the lock has waited
+    ``deadlock_timeout`` (1 s by default), longer than a purge's brief try: a large table's
+    autovacuum (minutes at a million templates) outlasted every try but the last, unbounded one
+    (about 14 s of refusals), or, where that too is bounded (a drop's), the erasure stopped.
+    An anti-wraparound autovacuum is not cancelled; it is waited for as any holder is."""
+
+    def extra() -> float:
+        held = holders(conn, _located(conn, table)[1], names or [table])
+        return _yielding(conn) if any(kind == AUTOVACUUM for _, kind in held) else 0.0
+
+    return extra
 
 
 def _lock_briefly(
@@ -454,8 +480,8 @@ def rewrite_and_swap(
 ) -> int:
     """Rewrite ``table`` into new files by copy and swap (module docstring); ``conn`` in
     autocommit mode, its ``maintenance_work_mem`` set for the index builds. The old table is
-    dropped after the swap's commit, before this returns. Returns the tries the ACCESS
-    EXCLUSIVE lock took.
+    dropped after the swap's commit, before this returns. Returns the most tries any of its
+    locks took (the log's trigger, the swap's ACCESS EXCLUSIVE, a drop of the old table).
 
     Raises
     ------
@@ -473,7 +499,7 @@ def rewrite_and_swap(
     conn.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (PURGE_LOCK, table))
     swapped = False
     try:
-        _drop_left_copy(conn, table, locking=locking)
+        attempts = _drop_left_copy(conn, table, locking=locking)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
             oid, schema = _located(conn, table)
@@ -483,12 +509,14 @@ def rewrite_and_swap(
                 raise SwapRefusedError("; ".join(why))
             key = _primary_key(conn, oid)
         try:
-            _make_log(conn, schema=schema, table=table, key=key, locking=locking)
+            attempts = max(
+                attempts, _make_log(conn, schema=schema, table=table, key=key, locking=locking)
+            )
         except _SCHEMA_ERRORS as exc:
             raise SwapRefusedError(MSG_FAILED.format(error=type(exc).__name__)) from None
-        attempts = _swap(conn, table, key=key, locking=locking)
+        attempts = max(attempts, _swap(conn, table, key=key, locking=locking))
         swapped = True
-        _drop_old(conn, table, locking=locking)
+        attempts = max(attempts, _drop_old(conn, table, locking=locking))
     finally:
         if not swapped and not conn.closed:
             # The swap's transaction took the trigger with the old table; here it was refused or
@@ -609,12 +637,12 @@ def _make_log(
     table: str,
     key: list[str],
     locking: tuple[int, float, float],
-) -> None:
+) -> int:
     """Step 1 of the module docstring: the change log (a table of the key columns, emptied),
     its trigger function and the trigger on the table, committed on their own, the table's
     SHARE ROW EXCLUSIVE lock (which waits for the writes in progress, and holds later writes
     off until the commit, never searches) asked for as :func:`ask_briefly` says. What a purge
-    that died left is replaced."""
+    that died left is replaced. Returns the tries the lock took."""
     old = sql.Identifier(schema, table)
     log = sql.Identifier(schema, f"{table}{LOG_SUFFIX}")
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
@@ -656,7 +684,13 @@ def _make_log(
 
     tries, timeout_s, pause_s = locking
     try:
-        ask_briefly(make, tries=tries, timeout_s=timeout_s, pause_s=pause_s)
+        return ask_briefly(
+            make,
+            tries=tries,
+            timeout_s=timeout_s,
+            pause_s=pause_s,
+            longer=autovacuum_longer(conn, table),
+        )
     except psycopg.errors.DeadlockDetected:
         raise SwapRefusedError(MSG_DEADLOCK) from None
 
@@ -825,7 +859,7 @@ def left_tables(conn: psycopg.Connection, table: str) -> list[str]:
 
 def _drop_left_copy(
     conn: psycopg.Connection, table: str, *, locking: tuple[int, float, float]
-) -> None:
+) -> int:
     """Drop the tables :func:`left_tables` finds, committed on their own before the swap.
 
     A purge that died during its copy took its copy with it (one transaction): a
@@ -835,7 +869,7 @@ def _drop_left_copy(
     files kept the erased vector. A ``<table>$purge_old`` is the old table of a purge that died
     between its swap's commit and its drop. The names are the purge's (no gallery's has a
     ``$``); the caller's WAL switch and checkpoint follow the drop. Their lock is asked for as
-    the old table's is (:func:`_drop_waiting`)."""
+    the old table's is (:func:`_drop_waiting`). Returns the tries it took."""
 
     def drop(wait: float) -> None:
         with conn.transaction():
@@ -845,17 +879,17 @@ def _drop_left_copy(
             for name in left_tables(conn, table):
                 conn.execute(sql.SQL("DROP TABLE {t}").format(t=sql.Identifier(schema, name)))
 
-    _drop_waiting(conn, table, drop, locking=locking)
+    return _drop_waiting(conn, table, drop, locking=locking)
 
 
-def _drop_old(conn: psycopg.Connection, table: str, *, locking: tuple[int, float, float]) -> None:
+def _drop_old(conn: psycopg.Connection, table: str, *, locking: tuple[int, float, float]) -> int:
     """Drop the old table the swap renamed aside (``<table>$purge_old``), in a transaction of
     its own: its heap, TOAST and index files are unlinked at this commit, with ACCESS EXCLUSIVE
     held on it alone, which nobody reaches by name any more; searches and writes of the gallery
     table go on meanwhile. Run before :func:`rewrite_and_swap` returns, so before the caller's
     WAL switch and checkpoint: the old files hold the erased row. A session that holds it by
     name (a pg_dump, a query left open in a transaction) stops the purge after the lock's tries
-    (:func:`_drop_waiting`), the old table left under its name."""
+    (:func:`_drop_waiting`), the old table left under its name. Returns the tries it took."""
 
     def drop(wait: float) -> None:
         with conn.transaction():
@@ -868,8 +902,9 @@ def _drop_old(conn: psycopg.Connection, table: str, *, locking: tuple[int, float
             )
             _phase(conn, "dropping")
 
-    _drop_waiting(conn, table, drop, locking=locking)
+    attempts = _drop_waiting(conn, table, drop, locking=locking)
     _phase(conn, "dropped")
+    return attempts
 
 
 def _wait_for_locks(conn: psycopg.Connection, wait: float) -> None:
@@ -887,7 +922,7 @@ def _drop_waiting(
     drop: Callable[[float], None],
     *,
     locking: tuple[int, float, float],
-) -> None:
+) -> int:
     """``drop(wait)`` of a table the purge left or renamed aside, its lock asked for as the
     swap's is (:func:`ask_briefly`), the last try too for ``timeout_s`` only: nobody but a
     session holding that table by name keeps the lock from it (a pg_dump, a query typed by
@@ -897,7 +932,7 @@ def _drop_waiting(
     a million templates) gives way: PostgreSQL cancels an autovacuum that blocks a lock once
     the lock has waited ``deadlock_timeout`` (1 s by default), longer than a try's
     ``timeout_s``; after a try refused while an autovacuum worker holds the table, the next
-    tries wait that long too (:func:`_yielding`).
+    tries wait that long too (:func:`autovacuum_longer`). Returns the tries it took.
 
     Raises
     ------
@@ -907,40 +942,34 @@ def _drop_waiting(
     """
     tries, timeout_s, pause_s = locking
     start = time.monotonic()
-    extra = [0.0]  # added to each try's wait once an autovacuum is seen holding the table
-
-    def meanwhile() -> None:
-        if any(kind == AUTOVACUUM for _, kind in _holders(conn, table)):
-            extra[0] = _yielding(conn)
-
+    names = [f"{table}{suffix}" for suffix in LEFT_SUFFIXES]
     try:
-        ask_briefly(
-            lambda wait: drop(wait + extra[0]),
+        return ask_briefly(
+            drop,
             tries=tries,
             timeout_s=timeout_s,
             pause_s=pause_s,
-            meanwhile=meanwhile,
+            longer=autovacuum_longer(conn, table, names),
             give_up=True,
         )
     except psycopg.errors.LockNotAvailable:
-        held = _holders(conn, table)
-        names = [f"{table}{suffix}" for suffix in LEFT_SUFFIXES]
-        holders = ", ".join(f"{pid} ({kind})" for pid, kind in held)
+        held = holders(conn, _located(conn, table)[1], names)
+        named = ", ".join(f"{pid} ({kind})" for pid, kind in held)
         raise OldTableHeldError(
             MSG_OLD_HELD.format(
                 table=table,
                 old=", ".join(left_tables(conn, table)) or names[-1],
                 seconds=time.monotonic() - start,
-                holders=f"backend pid {holders}" if holders else "ended since",
+                holders=f"backend pid {named}" if named else "ended since",
             )
             + (MSG_AUTOVACUUM_HELD if any(kind == AUTOVACUUM for _, kind in held) else "")
         ) from None
 
 
-def _holders(conn: psycopg.Connection, table: str) -> list[tuple[int, str]]:
-    """The other backends holding a lock on a table the purge left or renamed aside
-    (:data:`LEFT_SUFFIXES`), on its TOAST table or on an index of either: their pids and
-    kinds (``client backend``, :data:`AUTOVACUUM`...)."""
+def holders(conn: psycopg.Connection, schema: str, names: list[str]) -> list[tuple[int, str]]:
+    """The other backends holding a lock on the tables ``names`` of ``schema``, on their TOAST
+    tables or on an index of either: their pids and kinds (``client backend``,
+    :data:`AUTOVACUUM`...)."""
     rows = conn.execute(
         "WITH t AS (SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c JOIN "
         "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = ANY(%s) AND "
@@ -950,7 +979,7 @@ def _holders(conn: psycopg.Connection, table: str) -> list[tuple[int, str]]:
         "WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() AND (l.relation IN "
         "(SELECT oid FROM r) OR l.relation IN (SELECT indexrelid FROM pg_catalog.pg_index "
         "WHERE indrelid IN (SELECT oid FROM r))) ORDER BY 1",
-        ([f"{table}{suffix}" for suffix in LEFT_SUFFIXES], _located(conn, table)[1]),
+        (names, schema),
     ).fetchall()
     return [(int(pid), str(kind)) for pid, kind in rows]
 
