@@ -56,10 +56,23 @@ def _with_thumbnail(arr: np.ndarray) -> bytes:
     return body[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + body[2:]
 
 
+def _multi_picture(arr: np.ndarray) -> bytes:
+    """A phone's multi-picture file (MPF, as Pillow writes an MPO): the photograph, then a
+    depth map and its confidence after its EOI, each a JPEG of its own; the file ends with the
+    last one's EOI."""
+    depth = Image.fromarray(np.ascontiguousarray(arr[::2, ::2, 0]))
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(
+        buf, format="MPO", save_all=True, append_images=[depth, depth], quality=90
+    )
+    return buf.getvalue()
+
+
 ENCODINGS = {
     "baseline": _jpeg,
     "progressive": lambda arr: _jpeg(arr, progressive=True),
     "exif-thumbnail": _with_thumbnail,
+    "multi-picture": _multi_picture,
 }
 
 
@@ -135,6 +148,8 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
     if encoding == "exif-thumbnail":
         assert photo.index(b"\xff\xd9") < len(photo) - 2  # the thumbnail's EOI comes first
         assert "exif" in Image.open(io.BytesIO(photo)).info
+    if encoding == "multi-picture":
+        assert Image.open(io.BytesIO(photo)).n_frames == 3  # bytes after the first EOI
     folder = proj.paths.root / "data" / "shared_for_colleague"
     folder.mkdir(parents=True)
     made = {folder / n: d for n, d in _holders(photo, theirs[:2]).items()}
@@ -248,3 +263,47 @@ def test_an_ascii85_stream_is_decoded_in_memory_near_its_size():
         tracemalloc.stop()
     assert _sha(decoded) in found
     assert peak < 3 * len(decoded), peak >> 20
+
+
+class _Sought:
+    """A size filter seeking ``sizes``, counting what it is asked."""
+
+    def __init__(self, sizes: set[int]) -> None:
+        self.sizes, self.asked = sizes, 0
+
+    def may_match(self, size: int) -> bool:
+        self.asked += 1
+        return size in self.sizes
+
+
+def test_a_multi_picture_file_among_jpegs_one_after_another_is_found_by_its_size():
+    """A data set's image column (an Arrow buffer, an array of their bytes) holds its JPEGs one
+    right after another: a phone's multi-picture file among them is found where its size is
+    sought, and no other run of them is given."""
+    rng = np.random.default_rng(0)
+    photos = [_jpeg(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    phone = _multi_picture(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    column = _npy(b"".join([*photos[:2], phone, *photos[2:]]))
+    sizes = _Sought({len(phone)})
+    assert _sha(phone) in set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    found = list(embedded_photos._jpegs(column, sizes))
+    assert found[:3] == [*photos[:2], phone[: phone.index(b"\xff\xd9") + 2]]  # its photograph
+    assert phone in found
+    assert len(found) == len(photos) + 3 + 1  # each JPEG, and the one run of the size sought
+
+
+def test_jpegs_one_after_another_are_joined_in_bounded_work(monkeypatch):
+    """A crafted file of tiny JPEGs one right after another, every size of their runs sought: a
+    few sizes asked a JPEG, and each JPEG's bytes given in the runs of up to
+    :data:`MPF_IMAGES` JPEGs that hold it (10 times), not once for each JPEG before it."""
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
+    tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
+    n = 50_000
+    data = b"\x80\x04" + tiny * n
+    sizes = _Sought(set(range(0, len(data) + 1, len(tiny))))
+    given = 0
+    for found in embedded_photos._jpegs(data, sizes):
+        given += len(found)
+    k = embedded_photos.MPF_IMAGES
+    assert sizes.asked <= (k - 1) * n
+    assert len(data) * k < given <= len(data) * k * (k + 1) // 2  # runs of 1 to k JPEGs each

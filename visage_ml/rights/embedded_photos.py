@@ -1,14 +1,16 @@
 """PNGs and JPEGs lying as they are in a file (:func:`_pngs`, signature to IEND; :func:`_jpegs`,
-SOI to EOI): a pickle's or an array's bytes, an image column of a data set's container, a PDF's
-image (a DCTDecode stream is the JPEG's own bytes). Each is walked from where one may begin, by
-its chunks' or segments' lengths, a stretch no walk ends in walked once, and no more starts than
-a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`): a crafted file is
-read in time linear in its size, a mapped one in memory of a few pages."""
+SOI to EOI, and a phone's multi-picture file: its JPEGs one right after another): a pickle's or
+an array's bytes, an image column of a data set's container, a PDF's image (a DCTDecode stream
+is the JPEG's own bytes). Each is walked from where one may begin, by its chunks' or segments'
+lengths, a stretch no walk ends in walked once, and no more starts than a file of its size holds
+(:class:`~visage_ml.rights.embedded.TooManyStarts`): a crafted file is read in time linear in its
+size, a mapped one in memory of a few pages."""
 
 from __future__ import annotations
 
 import re
 from array import array
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 from visage_ml.rights import embedded
@@ -27,6 +29,9 @@ JPEG_ALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 # Where entropy-coded data ends is searched for a block at a time (:class:`_ScanEnds`).
 SCAN_BLOCK = 64
+# The most JPEGs a multi-picture file is taken to hold, one right after another (:func:`_jpegs`):
+# a phone's photograph, then a gain map, a depth map and its confidence, or a matte.
+MPF_IMAGES = 4
 
 
 class _Marks:
@@ -182,7 +187,7 @@ def _segment_length(data: bytes, at: int) -> int:
     return int.from_bytes(data[at + 2 : at + 4], "big")
 
 
-def _jpegs(data: bytes) -> Iterator[bytes]:
+def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[bytes]:
     """Each JPEG lying in ``data`` as it is (a pickle's bytes, an array's, a PDF's image), SOI
     to EOI: marker segments by their lengths (an EXIF thumbnail, a JPEG itself, lies within
     one: its EOI is not the photograph's), each scan's entropy-coded data to the marker after
@@ -190,14 +195,30 @@ def _jpegs(data: bytes) -> Iterator[bytes]:
     other. A segment walked from one SOI that led to no EOI leads to none from the next
     either: it is not walked again (as :func:`_pngs`). Fill bytes before a segment's marker
     (no encoder writes them) end the walk; before the marker after a scan they are passed
-    over. A JPEG with bytes after its EOI (a phone's multi-picture file) is not found. Only an
-    SOI a marker that may begin a JPEG follows is walked from (:data:`JPEG_START`), and no more
-    of them than a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`).
+    over. Only an SOI a marker that may begin a JPEG follows is walked from
+    (:data:`JPEG_START`), and no more of them than a file of its size holds
+    (:class:`~visage_ml.rights.embedded.TooManyStarts`).
+
+    A phone's multi-picture file (MPF: a photograph, then a gain map, a depth map... each a
+    JPEG, the file ending with the last one's EOI) is its JPEGs one right after another: where
+    a JPEG begins at the EOI of the one before, it also ends the run begun by each of the
+    :data:`MPF_IMAGES` - 1 before it, and such a run is given when ``sizes`` may seek its size
+    (every one without ``sizes``). That is a few sizes asked a JPEG, and no bytes but those of a
+    run of a size sought: where sizes are not known (every one may match), a JPEG lying in such
+    runs is given 10 times in all at most (1 + 2 + 3 + 4: once alone, in two runs of two...),
+    not once for each JPEG before it (a data set's image column holds its JPEGs one right after
+    another). A multi-picture file whose last bytes are no JPEG (a motion photo's video, a
+    vendor's trailer), with bytes between its JPEGs or of more than :data:`MPF_IMAGES`, is not
+    found.
     """
     dead = _Marks()  # offsets from which no EOI is reached
     ends: _ScanEnds | None = None
     size = len(data)
     allowed = _starts_allowed(data)
+    # Where the last JPEGs found, each beginning at the EOI of the one before, begin (the last
+    # :data:`MPF_IMAGES` - 1), and where the last ends.
+    run: deque[int] = deque(maxlen=MPF_IMAGES - 1)
+    run_end = -1
     at = _search(data, JPEG_START, 0)
     while at >= 0:
         allowed -= 1
@@ -227,6 +248,13 @@ def _jpegs(data: bytes) -> Iterator[bytes]:
                 end = ends.end(end)
         if found:
             yield data[at:end]
+            if at != run_end:
+                run.clear()
+            for start in run:
+                if sizes is None or sizes.may_match(end - start):
+                    yield data[start:end]
+            run.append(at)
+            run_end = end
             at = _search(data, JPEG_START, end)
             continue
         dead.update(walked)
