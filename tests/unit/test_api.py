@@ -103,7 +103,9 @@ class Served:
         headers = kw.pop("headers", {})
         if role is not None:
             headers["X-API-Key"] = self.keys[role]
-        return self.client.request(method, path, headers=headers, **kw)
+        r = self.client.request(method, path, headers=headers, **kw)
+        assert_documented(self.client.app, method, path, r)
+        return r
 
     def photo_b64(self, pid, n=1):
         return [png_b64(t) for t in self.world.photo(pid, n)]
@@ -123,6 +125,23 @@ class Served:
         assert r.status_code == 200, r.text
         matches = r.json()["faces"][0]["matches"]
         return matches[0]["pid"] if matches else None
+
+
+def assert_documented(app, method, path, r):
+    """An error that a route answers is one its OpenAPI description names under that status:
+    a client author handles the codes each route documents (a 500, and a path or method the
+    app lacks, are the API description's)."""
+    if r.status_code < 400 or r.status_code == 500 or "json" not in r.headers["content-type"]:
+        return
+    code = r.json()["error"]["code"]
+    for template, ops in app.openapi()["paths"].items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", template))
+        if re.fullmatch(pattern, path.partition("?")[0]) and method.lower() in ops:
+            documented = ops[method.lower()]["responses"].get(str(r.status_code))
+            assert documented and code in documented_codes(documented), (
+                f"{method} {template} answered {r.status_code} {code}, which it does not document"
+            )
+            return
 
 
 @pytest.fixture
@@ -1307,22 +1326,102 @@ def test_openapi_schema_documents_every_endpoint_response_and_error(project):
     assert "base64" in image["description"]
 
 
-def test_openapi_documents_the_503_of_an_erasure_whose_content_scan_stopped(project):
-    # An erasure whose content scan stopped (a read or a process of it hung, one killed) is
-    # answered 503 scan_incomplete: nothing certified, the request open. The erasure and export
-    # routes listed 503 with the error model, but its description named every other cause and
-    # not this one: a client reading the schema learnt neither the code nor what to do.
+def documented_codes(response: dict) -> list[str]:
+    """The codes an operation's error response names (``... Codes: `a`, `b`.``)."""
+    found = re.search(r"Codes: ((?:`[a-z0-9_]+`(?:, )?)+)\.$", response["description"])
+    return re.findall(r"`([a-z0-9_]+)`", found.group(1)) if found else []
+
+
+def test_each_route_documents_the_error_codes_it_can_answer_and_no_others(project):
+    # Every route's description of a status named the codes of that status across the API:
+    # /v1/identify's 503 explained an erasure's stopped content scan (scan_incomplete) and the
+    # shared gallery's held table (gallery_table_held), neither of which identify can answer,
+    # and a client author could not tell which codes to handle.
     served = Served(project, overrides={"serving.openapi": True})
     paths = served.call("GET", "/openapi.json", "dpo").json()["paths"]
-    routes = {"/v1/subjects/{pid}/erasure": "post", "/v1/subjects/{pid}/export": "get"}
-    for path, method in routes.items():
-        documented = paths[path][method]["responses"]["503"]
-        assert documented["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/ErrorResponse"
-        }, path
-        said = " ".join(documented["description"].split())
-        assert "(scan_incomplete)" in said and "request_id" in said, said
-        assert "(audit_log_unverified)" in said, said
+
+    def said(path, method, status):
+        response = paths[path][method]["responses"][str(status)]
+        assert "across the API" not in response["description"], (path, status)
+        return set(documented_codes(response)), " ".join(response["description"].split())
+
+    codes, text = said("/v1/identify", "post", 503)
+    assert {"busy", "gallery_unavailable", "gallery_version_mismatch", "model_error"} <= codes
+    for code in ("scan_incomplete", "gallery_table_held", "audit_log_unverified", "not_witnessed"):
+        assert code not in codes and code not in text, code
+
+    erasure = paths["/v1/subjects/{pid}/erasure"]["post"]["responses"]["503"]
+    assert erasure["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+    codes, text = said("/v1/subjects/{pid}/erasure", "post", 503)
+    assert {"busy", "scan_incomplete", "gallery_table_held", "not_witnessed"} <= codes
+    # ... each with what to do: the erasure is sent again with its request_id.
+    assert "`scan_incomplete`: an erasure's content scan stopped" in text, text
+    assert "`gallery_table_held`: " in text and "request_id" in text, text
+    assert "audit_log_unverified" not in text  # an erasure reads no audit log
+
+    codes, text = said("/v1/subjects/{pid}/export", "get", 503)
+    assert "audit_log_unverified" in codes and "privacy/audit.jsonl" in text, text
+    assert not {"scan_incomplete", "gallery_table_held"} & codes and "scan" not in text
+
+    # /healthz takes no slot among serving.max_concurrent, and checks a key for no role; with
+    # a key it reads the gallery (the operating point), which may be out of reach.
+    codes, _ = said("/healthz", "get", 503)
+    assert "gallery_unavailable" in codes and "busy" not in codes
+    assert "403" not in paths["/healthz"]["get"]["responses"]
+    assert said("/v1/ledger", "get", 503)[0] == {"busy", "api_keys_unreadable"}
+    assert said("/v1/verify", "post", 404)[0] == {"not_enrolled"}
+    assert said("/v1/enroll", "post", 409)[0] == {"not_available", "processing_not_allowed"}
+    assert said("/v1/subjects/{pid}/object", "post", 409)[0] == {
+        "subject_erased",
+        "already_objected",
+    }
+    # A GET has no body to refuse.
+    assert not {"400", "408", "413"} & set(paths["/v1/subjects/{pid}/export"]["get"]["responses"])
+
+
+def test_the_boundary_refusals_are_documented_on_every_route_they_reach(project):
+    """What the boundary answers before a route runs, derived from its own tables: a key
+    presented (every route), its role (every route but the public one), a slot among
+    serving.max_concurrent (every route it bounds), a body read whole (every POST), JSON parsed
+    (every route with a body model), and a query parameter the route does not define."""
+    from visage_ml.app.http.boundary import BODY_METHODS, PUBLIC_ROUTES, UNBOUNDED_ROUTES
+    from visage_ml.app.http.routers import (
+        analytics,
+        health,
+        ledger,
+        recognition,
+        requests,
+        subjects,
+    )
+
+    paths = Served(project).client.app.openapi()["paths"]
+    modules = (analytics, health, ledger, recognition, requests, subjects)
+    key = {(401, "unauthenticated"), (401, "key_expired"), (429, "too_many_failed_attempts")}
+    body = {(400, "bad_request"), (408, "body_timeout"), (413, "request_too_large")}
+    checked = 0
+    for route in (r for module in modules for r in module.router.routes):
+        for method in route.methods:
+            responses = paths[route.path][method.lower()]["responses"]
+            documented = {
+                (int(status), code)
+                for status, response in responses.items()
+                if status.isdigit() and int(status) >= 400
+                for code in documented_codes(response)
+            }
+            where = (route.path, method)
+            assert key | {(422, "invalid_request")} <= documented, where
+            assert ((403, "forbidden") in documented) is (route.name not in PUBLIC_ROUTES), where
+            assert ((503, "busy") in documented) is (route.name not in UNBOUNDED_ROUTES), where
+            if method in BODY_METHODS:
+                assert body <= documented, where
+            else:
+                assert not body & documented, where
+            json_body = route.body_field is not None
+            assert ((400, "malformed_json") in documented) is json_body, where
+            checked += 1
+    assert checked >= 20
 
 
 # -- a real server ------------------------------------------------------------------------
@@ -1702,7 +1801,8 @@ def _answered_codes() -> set[tuple[int | None, str]]:
 
 def test_openapi_names_every_error_code_the_api_answers_under_its_status(project):
     """A client switches on ``error.code``: every code the package answers is listed under its
-    status (``ERROR_CODES``), and each documented status's description names its codes."""
+    status (``ERROR_CODES``); each route's description of a status names the codes it answers
+    with it, all listed there, and every listed code is documented somewhere."""
     from visage_ml.app.http.errors import ERROR_CODES
 
     answered = _answered_codes()
@@ -1717,9 +1817,29 @@ def test_openapi_names_every_error_code_the_api_answers_under_its_status(project
     assert missing == set(), "codes the API answers that ERROR_CODES does not list"
 
     served = Served(project, overrides={"serving.openapi": True})
-    paths = served.call("GET", "/openapi.json", "dpo").json()["paths"]
-    for path, ops in paths.items():
+    schema = served.call("GET", "/openapi.json", "dpo").json()
+    declared = set()
+    for path, ops in schema["paths"].items():
         for op in ops.values():
             for status, documented in op["responses"].items():
-                for code in ERROR_CODES.get(int(status), ()) if status.isdigit() else ():
-                    assert f"`{code}`" in documented["description"], (path, status, code)
+                if not status.isdigit() or int(status) < 400:
+                    continue
+                codes = documented_codes(documented)
+                assert codes, (path, status)
+                for code in codes:
+                    assert code in ERROR_CODES[int(status)], (path, status, code)
+                    declared.add((int(status), code))
+    # Nothing is dropped from the docs: each code is documented by a route that answers it, or,
+    # answered outside any route (an unknown path or method, an unexpected error), by the API's
+    # description.
+    described = schema["info"]["description"]
+    undocumented = {
+        (status, code)
+        for status, codes in ERROR_CODES.items()
+        for code in codes
+        if (status, code) not in declared and f"`{code}`" not in described
+    }
+    # Answered by no route of the app as built: the 404 of a server without a gallery or a
+    # model (analytics mode, which does not mount the routes that need them) and the core's
+    # refusal of an objection's withdrawal (no route withdraws one).
+    assert undocumented == {(404, "not_available"), (409, "not_objected")}

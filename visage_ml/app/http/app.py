@@ -106,7 +106,10 @@ metrics), `metrics` (metrics only). Keys expire; an expired key gets 401 `key_ex
 Repeated failed authentications from one client are answered with 429 for a while; more
 requests in flight than the server allows get 503 with `Retry-After`.
 
-**Errors** are `{"error": {"code": "...", "message": "..."}}` with a 4xx or 5xx status.
+**Errors** are `{"error": {"code": "...", "message": "..."}}` with a 4xx or 5xx status. Each
+endpoint's error responses name the codes it answers with each status; besides them, a path the
+API does not have is answered 404 `not_found`, a method a path does not take 405
+`method_not_allowed`, and an unexpected failure 500 `internal_error`.
 
 Only subjects whose consent covers identification, and who are not restricted, objecting or
 erased, are ever searched. Analytics returns counts only; cells under `k_min` read

@@ -2,8 +2,8 @@
 
 :class:`ApiError` is what routes raise; :func:`install_error_handlers` maps it, the framework's
 own errors and the library's exceptions (no face, model mismatch, ...) to that shape and records
-the code in the request's audit record; :func:`error_responses` documents the statuses a route
-may answer in the OpenAPI schema.
+the code in the request's audit record; :func:`error_responses` documents the codes a route may
+answer, by status, in the OpenAPI schema (each route declares them from the groups below).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -101,34 +101,64 @@ MSG_ACCEPTED_FIELDS = "; the accepted fields are: {fields}"
 CLIENT_KEY = "<key>"
 # The first item of a validation error's location: where the input was.
 LOCATIONS: frozenset[str] = frozenset({"body", "query", "path", "header", "cookie"})
+# The codes a route may answer, by status.
+Codes = Mapping[int, tuple[str, ...]]
+# What an error status means, whatever the route; each route's OpenAPI description of it adds
+# what its codes need explained (EXPLAINED) and names them.
 DOCUMENTED: dict[int, str] = {
-    400: "Malformed JSON body, or a Content-Length that is not a number.",
+    400: "Malformed request.",
     401: "Missing, invalid or expired API key (checked before the body is read).",
     403: "The key's role may not call this endpoint.",
-    404: "Unknown subject, certificate or template.",
-    408: "The request body did not arrive within serving.body_timeout_s (or the whole request "
-    "within serving.request_read_timeout_s: `request_timeout`, and the connection is closed).",
-    409: "The subject's state does not allow this (an operator's enrolment: also images that "
-    "do not match the subject's template, or that match another subject's template).",
+    404: "Not found.",
+    408: "The request did not arrive in time.",
+    409: "The state of the subject or request does not allow this.",
     413: "Request or image too large.",
-    422: "Invalid input: a malformed or unknown field or query parameter, bad base64, not an "
-    "image, no face, too many faces.",
+    422: "Invalid input.",
     429: "Too many failed authentications from this client.",
-    503: "The server is answering serving.max_concurrent requests (retry after Retry-After); "
-    "or the gallery was rebuilt for another embedder, or a model is damaged: restart "
-    "the server (after `visage gallery rebuild` or `dvc repro export`); or the shared "
-    "gallery's database dropped the connection or is being rewritten by an erasure (retry "
-    "after Retry-After); or "
-    "(audit_log_unverified) the audit log fails verification against its anchors in the "
-    "ledger: no access export until privacy/audit.jsonl is restored from a backup; or "
-    "(scan_incomplete) an erasure's content scan stopped before it had looked at every file (a "
-    "read or a process of it hung, or a process was killed): nothing was certified and the "
-    "request stays open; do what the message says, then send the erasure again with its "
-    "request_id (or run `visage privacy resume`); or "
-    "(gallery_table_held) the shared gallery's purge could not drop the table's old copy, which "
-    "holds the erased rows: another session of the database holds it (the message names its "
-    "backend); nothing was certified and the request stays open; end that session, then send "
-    "the erasure again with its request_id (or run `visage privacy resume`).",
+    503: "The request was not completed: the code says why, and the message what to do.",
+}
+# What a code means where its name does not say it, for the routes that answer it.
+EXPLAINED: dict[tuple[int, str], str] = {
+    (400, "malformed_json"): "the body is not valid JSON",
+    (400, "bad_request"): "a Content-Length that is not a number, or a client that left before "
+    "sending the body",
+    (404, "not_enrolled"): "the subject is unknown, never enrolled, or not available for "
+    "identification (one answer)",
+    (408, "body_timeout"): "the body did not arrive within serving.body_timeout_s",
+    (408, "request_timeout"): "the whole request did not arrive within "
+    "serving.request_read_timeout_s; the connection is closed",
+    (409, "not_available"): "an operator's enrolment of a subject who may not be processed, or "
+    "of images that do not match the subject's template or that match another subject's (one "
+    "answer for every reason)",
+    (409, "processing_not_allowed"): "a dpo's enrolment of a subject whose consent does not "
+    "cover identification (the reason is named)",
+    (422, "invalid_request"): "a malformed or unknown field or query parameter",
+    (503, "busy"): "the server is answering serving.max_concurrent requests: retry after "
+    "Retry-After",
+    (503, "api_keys_unreadable"): "the server's API key file cannot be read",
+    (503, "gallery_unavailable"): "the shared gallery's database dropped the connection, cannot "
+    "be reached, or is being rewritten by an erasure: retry after Retry-After",
+    (503, "gallery_version_mismatch"): "the gallery was rebuilt for another embedder: restart "
+    "the server",
+    (503, "model_mismatch"): "a model is not the one the gallery was built with: restart the "
+    "server after `visage gallery rebuild` or `dvc repro export`",
+    (503, "model_error"): "a model is damaged: restart the server after `dvc repro export`",
+    (503, "ledger_rollback"): "the privacy ledger is shorter than, or forked from, a checkpoint "
+    "it signed: nothing is processed until it is restored (the message says how)",
+    (503, "ledger_refused"): "an entry of the privacy ledger does not verify: nothing is "
+    "processed until it is restored (the message says how)",
+    (503, "not_witnessed"): "the event is recorded and in force, but the ledger's witnesses did "
+    "not cosign it yet (the message says what to do)",
+    (503, "audit_log_unverified"): "the audit log fails verification against its anchors in the "
+    "ledger: no access export until privacy/audit.jsonl is restored from a backup",
+    (503, "scan_incomplete"): "an erasure's content scan stopped before it had looked at every "
+    "file (a read or a process of it hung, or a process was killed): nothing was certified and "
+    "the request stays open; do what the message says, then send the erasure again with its "
+    "request_id (or run `visage privacy resume`)",
+    (503, "gallery_table_held"): "the shared gallery's purge could not drop the table's old "
+    "copy, which holds the erased rows: another session of the database holds it (the message "
+    "names its backend); nothing was certified and the request stays open; end that session, "
+    "then send the erasure again with its request_id (or run `visage privacy resume`)",
 }
 # The codes the HTTP layer answers itself, by status; :data:`ERROR_CODES` adds the library's.
 _HTTP_CODES: dict[int, tuple[str, ...]] = {
@@ -166,23 +196,67 @@ _HTTP_CODES: dict[int, tuple[str, ...]] = {
 }
 
 
-def _with_library(codes: dict[int, tuple[str, ...]]) -> dict[int, tuple[str, ...]]:
-    merged = dict(codes)
-    for _, status, code in LIBRARY_ERRORS:
-        if code not in merged.get(status, ()):
-            merged[status] = (*merged.get(status, ()), code)
-    return dict(sorted(merged.items()))
+def merged(*groups: Codes) -> dict[int, tuple[str, ...]]:
+    """The codes of ``groups`` together, by status (each once, in the order first given)."""
+    out: dict[int, tuple[str, ...]] = {}
+    for group in groups:
+        for status, codes in group.items():
+            have = out.get(status, ())
+            out[status] = (*have, *(c for c in codes if c not in have))
+    return dict(sorted(out.items()))
 
 
 # Every error code the API answers, by status: what a client may switch on (``error.code``).
-# Each documented status's OpenAPI description names its codes, across the API (a route
-# answers some of them); tests/unit/test_api.py reads the package for every code it answers and
-# checks that it is here.
-ERROR_CODES: dict[int, tuple[str, ...]] = _with_library(_HTTP_CODES)
-# What the boundary may answer before a route runs: for every route with a key ...
-AUTH_ERRORS: tuple[int, ...] = (401, 403, 429, 503)
-# ... and, where a body is read, about the body.
-BODY_ERRORS: tuple[int, ...] = (400, 408, 413)
+# A route's OpenAPI description of a status names the codes that route declares (a few of
+# these); tests/unit/test_api.py reads the package for every code it answers and checks that it
+# is here, and that each is documented.
+ERROR_CODES: dict[int, tuple[str, ...]] = merged(
+    _HTTP_CODES, *({status: (code,)} for _, status, code in LIBRARY_ERRORS)
+)
+
+# The groups a route declares its codes from (error_responses), by what it does.
+# The boundary's, before a route runs (boundary.py): a key presented, checked on every route
+# (on the public /healthz only when one is presented) ...
+KEY_ERRORS: Codes = {
+    401: ("unauthenticated", "key_expired"),
+    429: ("too_many_failed_attempts",),
+    503: ("api_keys_unreadable",),
+}
+# ... its role (every route but /healthz) ...
+ROLE_ERRORS: Codes = {403: ("forbidden",)}
+# ... a slot among serving.max_concurrent (every route but /healthz and /metrics) ...
+BUSY_ERRORS: Codes = {503: ("busy",)}
+# ... together, for a route with a key;
+AUTH_ERRORS: Codes = merged(KEY_ERRORS, ROLE_ERRORS, BUSY_ERRORS)
+# the body of a POST, read whole before the route sees it ...
+BODY_ERRORS: Codes = {
+    400: ("bad_request",),
+    408: ("body_timeout", "request_timeout"),
+    413: ("request_too_large",),
+}
+# ... and parsed, where the route takes a JSON body.
+JSON_ERRORS: Codes = {400: ("malformed_json",), 422: ("invalid_request",)}
+# A query parameter the route does not define (the app's known_query_only), or a parameter it
+# refuses: every route (error_responses adds it).
+INPUT_ERRORS: Codes = {422: ("invalid_request",)}
+# An image field (Service.decode).
+IMAGE_ERRORS: Codes = {413: ("image_too_large",), 422: ("invalid_base64", "invalid_image")}
+# The models: a detection of more than serving.max_faces faces, a damaged model's output, a
+# model loaded that is not the gallery's.
+MODEL_ERRORS: Codes = {422: ("too_many_faces",), 503: ("model_error", "model_mismatch")}
+# The privacy ledger read: a privacy core opened checks it against its witnessed checkpoints,
+# and the registry verifies every entry it folds (a subject's state, a consent decision).
+LEDGER_ERRORS: Codes = {503: ("ledger_refused", "ledger_rollback")}
+# A narrowing event appended (consent withdrawn, restriction, objection, erasure): the
+# witnesses must cosign it at once (every other event waits for the next checkpoint).
+WITNESS_ERRORS: Codes = {503: ("not_witnessed",)}
+# The gallery: each read applies the ledger's new events first (LEDGER_ERRORS), and the shared
+# one's database may be out of reach.
+GALLERY_ERRORS: Codes = merged(
+    {503: ("gallery_unavailable", "gallery_version_mismatch")}, LEDGER_ERRORS
+)
+# A subject who must be on record and not erased (Service.live_subject).
+SUBJECT_ERRORS: Codes = {404: ("unknown_subject",), 409: ("subject_erased",)}
 
 
 class ApiError(Exception):
@@ -213,15 +287,37 @@ def error_json(
     )
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route may answer, each description naming
-    the status's codes (:data:`ERROR_CODES`)."""
-    return {s: {"model": ErrorResponse, "description": _described(s)} for s in statuses}
+def error_responses(*groups: Codes) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error codes a route may answer: ``groups`` (the groups
+    above, and codes of its own), with :data:`INPUT_ERRORS`, which every route may answer.
+
+    Each status's description is its general sentence (:data:`DOCUMENTED`), what the route's
+    codes of it need explained (:data:`EXPLAINED`), and those codes, in the order of
+    :data:`ERROR_CODES`.
+
+    Raises
+    ------
+    ValueError
+        A code that :data:`ERROR_CODES` does not list under its status (when the route is
+        defined).
+    """
+    declared = merged(INPUT_ERRORS, *groups)
+    for status, codes in declared.items():
+        unknown = [c for c in codes if c not in ERROR_CODES.get(status, ())]
+        if unknown:
+            raise ValueError(f"{status} {', '.join(unknown)}: not in ERROR_CODES")
+    return {
+        status: {"model": ErrorResponse, "description": _described(status, codes)}
+        for status, codes in declared.items()
+    }
 
 
-def _described(status: int) -> str:
-    codes = ", ".join(f"`{code}`" for code in ERROR_CODES.get(status, ()))
-    return f"{DOCUMENTED[status]} Codes across the API: {codes}." if codes else DOCUMENTED[status]
+def _described(status: int, codes: tuple[str, ...]) -> str:
+    ordered = [c for c in ERROR_CODES[status] if c in codes]
+    parts = [DOCUMENTED[status]]
+    parts += [f"`{c}`: {EXPLAINED[status, c]}." for c in ordered if (status, c) in EXPLAINED]
+    parts.append(f"Codes: {', '.join(f'`{c}`' for c in ordered)}.")
+    return " ".join(parts)
 
 
 @functools.cache

@@ -12,7 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from visage_ml.app.http.auth import ApiKey
-from visage_ml.app.http.errors import AUTH_ERRORS, BODY_ERRORS, error_responses
+from visage_ml.app.http.errors import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    IMAGE_ERRORS,
+    JSON_ERRORS,
+    MODEL_ERRORS,
+    error_responses,
+)
 from visage_ml.app.http.schemas import AnalyticsRequest, AnalyticsResponse, WindowsResponse
 from visage_ml.app.http.service import OPERATOR_KEY, READER_KEY, SERVICE, Service
 
@@ -23,7 +30,7 @@ router = APIRouter(tags=["analytics"])
     "/v1/analytics",
     name="analytics",
     response_model=AnalyticsResponse,
-    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 422),
+    responses=error_responses(AUTH_ERRORS, BODY_ERRORS, JSON_ERRORS, IMAGE_ERRORS, MODEL_ERRORS),
 )
 def analytics(
     body: AnalyticsRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
@@ -43,7 +50,7 @@ def analytics(
     "/v1/analytics/windows",
     name="analytics_windows",
     response_model=WindowsResponse,
-    responses=error_responses(*AUTH_ERRORS, 422),
+    responses=error_responses(AUTH_ERRORS),
 )
 def analytics_windows(_: ApiKey = READER_KEY, svc: Service = SERVICE) -> dict[str, Any]:
     """Closed aggregation windows, oldest first (each released once); a dpo or auditor key, not

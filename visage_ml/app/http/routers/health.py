@@ -14,7 +14,12 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from visage_ml.app.http.auth import ApiKey
-from visage_ml.app.http.errors import AUTH_ERRORS, error_responses
+from visage_ml.app.http.errors import (
+    KEY_ERRORS,
+    LEDGER_ERRORS,
+    ROLE_ERRORS,
+    error_responses,
+)
 from visage_ml.app.http.metrics import CONTENT_TYPE
 from visage_ml.app.http.schemas import HealthResponse
 from visage_ml.app.http.service import METRICS_KEY, OPTIONAL_KEY, SERVICE, Service
@@ -68,8 +73,9 @@ def register_gauges(svc: Service) -> None:
     "/healthz",
     name="health",
     response_model=HealthResponse,
-    # 401 / 429 only for a key presented and refused (no key: never).
-    responses=error_responses(401, 429, 422),
+    # The key's codes only for a key presented (no key: never), and for no role; with one, the
+    # operating point reads the gallery (a rebuild for another embedder is left to the routes).
+    responses=error_responses(KEY_ERRORS, {503: ("gallery_unavailable",)}, LEDGER_ERRORS),
 )
 def health(key: ApiKey | None = OPTIONAL_KEY, svc: Service = SERVICE) -> dict[str, Any]:
     """Liveness: the server answers and its models are loaded (no authentication).
@@ -102,7 +108,11 @@ def health(key: ApiKey | None = OPTIONAL_KEY, svc: Service = SERVICE) -> dict[st
     "/metrics",
     name="metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {}}}, **error_responses(*AUTH_ERRORS, 422)},
+    # The gallery's gauges apply the ledger's new events (an unreadable gallery is a gauge).
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}},
+        **error_responses(KEY_ERRORS, ROLE_ERRORS, LEDGER_ERRORS),
+    },
 )
 def metrics(_: ApiKey = METRICS_KEY, svc: Service = SERVICE) -> Response:
     """Prometheus metrics: request counts and latencies per endpoint, gallery size, requests in

@@ -26,7 +26,7 @@ router = APIRouter(tags=["audit"])
     "/v1/ledger",
     name="ledger",
     response_model=LedgerResponse,
-    responses=error_responses(*AUTH_ERRORS, 422),
+    responses=error_responses(AUTH_ERRORS),
 )
 def ledger(
     after_seq: Annotated[int, Query(ge=-1, description="Entries after this seq.")] = -1,
@@ -71,7 +71,7 @@ def ledger(
     "/v1/certificates",
     name="certificates",
     response_model=CertificatesResponse,
-    responses=error_responses(*AUTH_ERRORS, 422),
+    responses=error_responses(AUTH_ERRORS),
 )
 def certificates(_: ApiKey = AUDITOR_KEY, svc: Service = SERVICE) -> dict[str, Any]:
     """Erasure certificates and receipts kept under ``privacy/certificates``."""
@@ -92,7 +92,7 @@ def certificates(_: ApiKey = AUDITOR_KEY, svc: Service = SERVICE) -> dict[str, A
             "content": {"application/json": {"schema": {"type": "object"}}},
             "description": "The certificate, byte for byte as stored.",
         },
-        **error_responses(*AUTH_ERRORS, 404, 422),
+        **error_responses(AUTH_ERRORS, {404: ("not_found",)}),
     },
 )
 def certificate(name: str, _: ApiKey = AUDITOR_KEY, svc: Service = SERVICE) -> Response:

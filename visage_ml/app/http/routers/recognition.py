@@ -42,9 +42,14 @@ from visage_ml.app.http.auth import AUDITOR, DPO, OPERATOR, ApiKey
 from visage_ml.app.http.errors import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    GALLERY_ERRORS,
+    IMAGE_ERRORS,
+    JSON_ERRORS,
+    MODEL_ERRORS,
     MSG_NOT_AVAILABLE,
     ApiError,
     error_responses,
+    merged,
     request_info,
 )
 from visage_ml.app.http.schemas import (
@@ -79,6 +84,17 @@ VERIFY_KEY = Depends(require(OPERATOR, DPO, AUDITOR))
 ENROL_KEY = Depends(require(OPERATOR, DPO))
 # The most subjects a dpo's enrolment answer names as matched (the search's top_k).
 MATCHES_SHOWN = 5
+# What every route here may answer: an image (or images) with a face detected and embedded, and
+# the gallery searched or written.
+FACE_ERRORS = merged(
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    JSON_ERRORS,
+    IMAGE_ERRORS,
+    MODEL_ERRORS,
+    GALLERY_ERRORS,
+    {422: ("no_face",)},
+)
 
 router = APIRouter(tags=["identification"])
 
@@ -87,7 +103,7 @@ router = APIRouter(tags=["identification"])
     "/v1/identify",
     name="identify",
     response_model=IdentifyResponse,
-    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 422),
+    responses=error_responses(FACE_ERRORS),
 )
 def identify(
     body: IdentifyRequest, request: Request, _: ApiKey = OPERATOR_KEY, svc: Service = SERVICE
@@ -150,7 +166,7 @@ def identify(
     "/v1/verify",
     name="verify",
     response_model=VerifyResponse,
-    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 404, 422),
+    responses=error_responses(FACE_ERRORS, {404: ("not_enrolled",), 422: ("multiple_faces",)}),
 )
 def verify(
     body: VerifyRequest, request: Request, key: ApiKey = VERIFY_KEY, svc: Service = SERVICE
@@ -218,7 +234,13 @@ def _as_if_refused(svc: Service, crops: list[np.ndarray]) -> None:
     "/v1/enroll",
     name="enroll",
     response_model=EnrollResponse,
-    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 409, 422),
+    responses=error_responses(
+        FACE_ERRORS,
+        {
+            409: ("not_available", "processing_not_allowed"),
+            422: ("multiple_faces", "quality_too_low"),
+        },
+    ),
 )
 def enroll(
     body: EnrollRequest, request: Request, key: ApiKey = ENROL_KEY, svc: Service = SERVICE

@@ -21,8 +21,14 @@ from visage_ml.app.http.auth import ApiKey
 from visage_ml.app.http.errors import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    GALLERY_ERRORS,
+    JSON_ERRORS,
+    LEDGER_ERRORS,
+    SUBJECT_ERRORS,
+    WITNESS_ERRORS,
     ApiError,
     error_responses,
+    merged,
     request_info,
 )
 from visage_ml.app.http.schemas import (
@@ -58,8 +64,23 @@ from visage_ml.serving.gallery import GalleryUnavailableError
 MSG_OTHER_SUBJECT = "request {request_id} is about another subject"
 
 router = APIRouter(tags=["rights"])
-ERRORS = error_responses(*BODY_ERRORS, *AUTH_ERRORS, 404, 409, 422)
-post = functools.partial(router.post, response_model=RequestOut, responses=ERRORS)
+post = functools.partial(router.post, response_model=RequestOut)
+# What every route here may answer: each opens a privacy core of its own, which checks the
+# ledger against its witnessed checkpoints, and reads the requests and subjects on it.
+BOOK_ERRORS = merged(AUTH_ERRORS, LEDGER_ERRORS)
+# A step of a request recorded (_transition): the request refused (_answered), and the served
+# gallery told (_refresh_after: one out of reach applies it at its next call, but a rebuild for
+# another embedder is answered).
+STEP_ERRORS = merged(
+    BOOK_ERRORS,
+    BODY_ERRORS,
+    JSON_ERRORS,
+    {
+        404: ("unknown_request",),
+        409: ("request_state", "not_allowed"),
+        503: ("gallery_version_mismatch",),
+    },
+)
 
 
 MSG_HTTP_DELIVERY = (
@@ -132,7 +153,7 @@ def _transition(svc: Service, action: Callable[[RequestBook], Any]) -> dict[str,
     "/v1/requests",
     name="requests",
     response_model=RequestsResponse,
-    responses=error_responses(*AUTH_ERRORS, 422),
+    responses=error_responses(BOOK_ERRORS),
 )
 def requests_(
     all: Annotated[bool, Query(description="Also completed and denied requests.")] = False,
@@ -151,7 +172,7 @@ def requests_(
     "/v1/requests/{request_id}",
     name="request_get",
     response_model=RequestOut,
-    responses=error_responses(*AUTH_ERRORS, 404, 422),
+    responses=error_responses(BOOK_ERRORS, {404: ("unknown_request",)}),
 )
 def request_get(
     request_id: RequestId, _: ApiKey = DPO_KEY, svc: Service = SERVICE
@@ -164,7 +185,13 @@ def request_get(
     return _out(st, b)
 
 
-@post("/v1/subjects/{pid}/requests", name="request_new")
+@post(
+    "/v1/subjects/{pid}/requests",
+    name="request_new",
+    responses=error_responses(
+        BOOK_ERRORS, BODY_ERRORS, JSON_ERRORS, {404: ("unknown_subject",), 409: ("not_allowed",)}
+    ),
+)
 def request_new(
     pid: PidPath,
     body: NewRequestBody,
@@ -187,7 +214,11 @@ def request_new(
     return _out(st, b)
 
 
-@post("/v1/requests/{request_id}/verify", name="request_verify")
+@post(
+    "/v1/requests/{request_id}/verify",
+    name="request_verify",
+    responses=error_responses(STEP_ERRORS),
+)
 def request_verify(
     request_id: RequestId,
     body: VerifyRequestBody | None = None,
@@ -200,7 +231,11 @@ def request_verify(
     return _transition(svc, lambda b: b.verify(request_id, method=method))
 
 
-@post("/v1/requests/{request_id}/extend", name="request_extend")
+@post(
+    "/v1/requests/{request_id}/extend",
+    name="request_extend",
+    responses=error_responses(STEP_ERRORS),
+)
 def request_extend(
     request_id: RequestId, body: ExtendRequestBody, _: ApiKey = DPO_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
@@ -214,7 +249,7 @@ def request_extend(
     )
 
 
-@post("/v1/requests/{request_id}/deny", name="request_deny")
+@post("/v1/requests/{request_id}/deny", name="request_deny", responses=error_responses(STEP_ERRORS))
 def request_deny(
     request_id: RequestId, body: DenyRequestBody, _: ApiKey = DPO_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
@@ -226,7 +261,15 @@ def request_deny(
     "/v1/subjects/{pid}/erasure",
     name="erasure",
     response_model=ErasureResponse,
-    responses=ERRORS,
+    # Every store of the subject's erased (the gallery's too, the shared one purged), and its
+    # request's start and completion witnessed at once.
+    responses=error_responses(
+        STEP_ERRORS,
+        SUBJECT_ERRORS,
+        GALLERY_ERRORS,
+        WITNESS_ERRORS,
+        {503: ("scan_incomplete", "gallery_table_held")},
+    ),
 )
 def erasure(
     pid: PidPath,
@@ -272,7 +315,19 @@ def erasure(
     "/v1/subjects/{pid}/export",
     name="export",
     response_model=ExportResponse,
-    responses=ERRORS,
+    # The subject's data read from every store (the gallery's template too), and their
+    # identifications from the audit log, verified against its anchors first.
+    responses=error_responses(
+        BOOK_ERRORS,
+        SUBJECT_ERRORS,
+        GALLERY_ERRORS,
+        {
+            404: ("unknown_request",),
+            409: ("request_state", "not_allowed"),
+            422: ("delivery",),
+            503: ("audit_log_unverified",),
+        },
+    ),
 )
 def export(
     pid: PidPath,

@@ -17,8 +17,15 @@ from visage_ml.app.http.auth import ApiKey
 from visage_ml.app.http.errors import (
     AUTH_ERRORS,
     BODY_ERRORS,
+    GALLERY_ERRORS,
+    JSON_ERRORS,
+    LEDGER_ERRORS,
+    MODEL_ERRORS,
+    SUBJECT_ERRORS,
+    WITNESS_ERRORS,
     ApiError,
     error_responses,
+    merged,
     request_info,
 )
 from visage_ml.app.http.schemas import (
@@ -38,18 +45,26 @@ from visage_ml.rights.runner import restrict as restrict_request
 MSG_NOT_RESTRICTED = "subject {pid} is not restricted; nothing to lift"
 
 router = APIRouter(tags=["rights"])
-post = functools.partial(
-    router.post,
-    response_model=RightsResponse,
-    responses=error_responses(*BODY_ERRORS, *AUTH_ERRORS, 404, 409, 422),
+post = functools.partial(router.post, response_model=RightsResponse)
+# What each event recorded here may answer: the subject (on record, not erased), the ledger
+# read and appended to, and the answer's subject state, whose gallery part is read after the
+# event (`pending` when out of reach, but a rebuild for another embedder is answered).
+RIGHTS_ERRORS = merged(
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    SUBJECT_ERRORS,
+    LEDGER_ERRORS,
+    {503: ("gallery_version_mismatch",)},
 )
+# ... each event but a lift narrows processing: witnessed at once; and each takes a body.
+NARROWING_ERRORS = merged(RIGHTS_ERRORS, JSON_ERRORS, WITNESS_ERRORS)
 
 
 @router.get(
     "/v1/subjects/{pid}",
     name="subject_state",
     response_model=SubjectResponse,
-    responses=error_responses(*AUTH_ERRORS, 404, 422),
+    responses=error_responses(AUTH_ERRORS, {404: ("unknown_subject",)}, GALLERY_ERRORS),
 )
 def subject_state(
     pid: PidPath, request: Request, _: ApiKey = READER_KEY, svc: Service = SERVICE
@@ -98,7 +113,13 @@ def _for_purposes(
     return _done(svc, pid, entry)
 
 
-@post("/v1/subjects/{pid}/consent/withdraw", name="consent_withdraw")
+@post(
+    "/v1/subjects/{pid}/consent/withdraw",
+    name="consent_withdraw",
+    responses=error_responses(
+        NARROWING_ERRORS, {409: ("not_consented",), 422: ("not_by_consent",)}
+    ),
+)
 def consent_withdraw(
     pid: PidPath,
     request: Request,
@@ -117,7 +138,11 @@ def consent_withdraw(
     return _for_purposes(svc, pid, request, body, svc.core.withdraw_consent)
 
 
-@post("/v1/subjects/{pid}/restrict", name="restrict")
+@post(
+    "/v1/subjects/{pid}/restrict",
+    name="restrict",
+    responses=error_responses(NARROWING_ERRORS, {409: ("already_restricted",)}),
+)
 def restrict(
     pid: PidPath,
     request: Request,
@@ -142,7 +167,15 @@ def restrict(
     return {**answer, "subject_message": Outbox(svc.core).subject_message(st.request_id)}
 
 
-@post("/v1/subjects/{pid}/lift", name="lift")
+@post(
+    "/v1/subjects/{pid}/lift",
+    name="lift",
+    # A template a rectification removed during the restriction is made again from the
+    # subject's images (the gallery read and written, the models run) before the answer.
+    responses=error_responses(
+        RIGHTS_ERRORS, {409: ("not_restricted",)}, GALLERY_ERRORS, MODEL_ERRORS
+    ),
+)
 def lift(
     pid: PidPath, request: Request, _: ApiKey = DPO_KEY, svc: Service = SERVICE
 ) -> dict[str, Any]:
@@ -175,7 +208,11 @@ def lift(
     }
 
 
-@post("/v1/subjects/{pid}/object", name="object")
+@post(
+    "/v1/subjects/{pid}/object",
+    name="object",
+    responses=error_responses(NARROWING_ERRORS, {409: ("already_objected",)}),
+)
 def object_(
     pid: PidPath,
     request: Request,
