@@ -68,11 +68,75 @@ def _multi_picture(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _box(kind: bytes, payload: bytes, *, size: int | None = None) -> bytes:
+    """An ISO-BMFF box (an MP4's): its size (4 bytes, big-endian; ``size=1``: 8 more bytes hold
+    it; ``size=0``: it runs to the end of the file), its type, then ``payload``."""
+    if size == 1:
+        return b"\x00\x00\x00\x01" + kind + (16 + len(payload)).to_bytes(8, "big") + payload
+    return (8 + len(payload) if size is None else size).to_bytes(4, "big") + kind + payload
+
+
+def _video(arr: np.ndarray, *, mdat_size: int | None = None) -> bytes:
+    """A phone's short video as an MP4 lays out its top-level boxes: ``ftyp``, ``mdat`` (its
+    frames: here the photograph's pixels, twice), ``moov``; laid out as one is, not one that
+    plays. ``mdat_size``: how its size is written (1: in 64 bits; 0: to the end, ``mdat``
+    last)."""
+    ftyp = _box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2avc1mp41")
+    mdat = _box(b"mdat", arr.tobytes() * 2, size=mdat_size)
+    moov = _box(b"moov", _box(b"mvhd", bytes(100)) + _box(b"trak", _box(b"tkhd", bytes(84))))
+    return ftyp + (moov + mdat if mdat_size == 0 else mdat + moov)
+
+
+def _motion_photo(
+    arr: np.ndarray, *, gain_map: bool = False, mdat_size: int | None = None
+) -> bytes:
+    """A phone's motion photo as a Pixel writes it (Google's Motion Photo format): the
+    photograph, with ``gain_map`` an Ultra HDR one (its gain map a JPEG right after its EOI,
+    MPF), then the video (:func:`_video`) to the file's end; the photograph's XMP names the
+    video's length (``Container:Directory``)."""
+    video = _video(arr, mdat_size=mdat_size)
+    if gain_map:
+        buf = io.BytesIO()
+        small = Image.fromarray(np.ascontiguousarray(arr[::2, ::2, 0]))
+        Image.fromarray(arr).save(
+            buf, format="MPO", save_all=True, append_images=[small], quality=90
+        )
+        pictures = buf.getvalue()
+        primary = pictures[: pictures.index(b"\xff\xd9") + 2]
+        rest = pictures[len(primary) :]
+    else:
+        primary, rest = _jpeg(arr), b""
+    items = [(b"image/jpeg", b"Primary", 0)]
+    items += [(b"image/jpeg", b"GainMap", len(rest))] if rest else []
+    items += [(b"video/mp4", b"MotionPhoto", len(video))]
+    xmp = (
+        b'http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        b'xmlns:GCamera="http://ns.google.com/photos/1.0/camera/" '
+        b'xmlns:Container="http://ns.google.com/photos/1.0/container/" '
+        b'xmlns:Item="http://ns.google.com/photos/1.0/container/item/" '
+        b'GCamera:MotionPhoto="1" GCamera:MotionPhotoVersion="1" '
+        b'GCamera:MotionPhotoPresentationTimestampUs="0"><Container:Directory><rdf:Seq>'
+        + b"".join(
+            b'<rdf:li rdf:parseType="Resource"><Container:Item Item:Mime="%s" '
+            b'Item:Semantic="%s" Item:Length="%d"/></rdf:li>' % item
+            for item in items
+        )
+        + b"</rdf:Seq></Container:Directory></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    # After APP0 (JFIF) and before the MPF segment, whose offsets are from its own header.
+    app0_end = 4 + int.from_bytes(primary[4:6], "big")
+    app1 = b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp
+    return primary[:app0_end] + app1 + primary[app0_end:] + rest + video
+
+
 ENCODINGS = {
     "baseline": _jpeg,
     "progressive": lambda arr: _jpeg(arr, progressive=True),
     "exif-thumbnail": _with_thumbnail,
     "multi-picture": _multi_picture,
+    "motion-photo": _motion_photo,
+    "motion-photo-gain-map": lambda arr: _motion_photo(arr, gain_map=True, mdat_size=1),
 }
 
 
@@ -150,6 +214,11 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
         assert "exif" in Image.open(io.BytesIO(photo)).info
     if encoding == "multi-picture":
         assert Image.open(io.BytesIO(photo)).n_frames == 3  # bytes after the first EOI
+    if encoding.startswith("motion-photo"):  # a photograph, then a video to the file's end
+        shown = Image.open(io.BytesIO(photo))
+        assert b"MotionPhoto" in shown.info["xmp"]
+        assert getattr(shown, "n_frames", 1) == (2 if encoding.endswith("gain-map") else 1)
+        assert not photo.endswith(b"\xff\xd9")
     folder = proj.paths.root / "data" / "shared_for_colleague"
     folder.mkdir(parents=True)
     made = {folder / n: d for n, d in _holders(photo, theirs[:2]).items()}
@@ -307,3 +376,63 @@ def test_jpegs_one_after_another_are_joined_in_bounded_work(monkeypatch):
     k = embedded_photos.MPF_IMAGES
     assert sizes.asked <= (k - 1) * n
     assert len(data) * k < given <= len(data) * k * (k + 1) // 2  # runs of 1 to k JPEGs each
+
+
+def test_a_motion_photo_among_jpegs_one_after_another_is_found_by_its_size(tmp_path):
+    """Motion photos (a photograph, a gain map, a video to the end) among a data set's JPEGs one
+    right after another, the video's last box running to the end of the file for the last one:
+    each is found where its size is sought, from the file (mapped) as in memory, and no other
+    stretch is given. A video cut short (a copy broken off) gives its boxes before the cut."""
+    rng = np.random.default_rng(1)
+    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(7)]
+    photos = [_jpeg(p) for p in pixels[:4]]
+    phones = [
+        _motion_photo(pixels[4]),
+        _motion_photo(pixels[5], gain_map=True, mdat_size=1),
+        _motion_photo(pixels[6], mdat_size=0),
+    ]
+    column = _npy(b"".join([photos[0], phones[0], photos[1], phones[1], *photos[2:], phones[2]]))
+    sizes = _Sought({len(p) for p in phones})
+    found = set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    assert {_sha(p) for p in phones} <= found
+    path = tmp_path / "column.npy"
+    path.write_bytes(column)
+    with open(path, "rb") as fh:
+        assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == found
+    given = [g for g in embedded_photos._jpegs(column, sizes) if not g.endswith(b"\xff\xd9")]
+    assert given == phones  # each of its size, from its photograph to its video's end
+    # Bytes after it that read as one more box (a PDF's "\nendstream" does where 174 MB of the
+    # PDF follow: a box of that size, of type "stre").
+    after = _npy(phones[0] + b"\x00\x00\x01\x00stre" + bytes(400))
+    assert _sha(phones[0]) in set(embedded.inside(after, embedded.BINARY, sizes=sizes))
+    # Cut off in its video's moov: the boxes before the cut (ftyp, mdat) end it.
+    cut = phones[0][:-50]
+    assert list(embedded_photos._jpegs(_npy(cut)))[-1] == cut[: cut.rindex(b"moov") - 4]
+
+
+def test_a_video_after_jpegs_is_walked_once_however_many_jpegs_reach_it(monkeypatch):
+    """Crafted: tiny JPEGs, each lying in a box whose end is the next one's EOI (one chain of
+    boxes from the first JPEG's EOI to the end, reached from every JPEG's EOI); and tiny JPEGs
+    each followed by a long chain of its own. Each box is read about once, and each byte given
+    a few times (every size sought: to the last box's end and to the one's before), not once for
+    each JPEG before it."""
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
+    read: list[int] = []
+    real = embedded_photos._box_end
+
+    def box_end(data, at):
+        read.append(at)
+        return real(data, at)
+
+    monkeypatch.setattr(embedded_photos, "_box_end", box_end)
+    tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
+    n = 20_000
+    nested = b"\x80\x04" + tiny + (b"\x00\x00\x00\x10ftyp" + tiny) * n
+    chained = b"\x80\x04" + (tiny + b"\x00\x00\x00\x08ftyp" + b"\x00\x00\x00\x08free" * 500) * 80
+    for data in (nested, chained):
+        read.clear()
+        sizes = _Sought(set(range(len(data) + 1)))
+        given = sum(len(found) for found in embedded_photos._jpegs(data, sizes))
+        assert len(read) <= 2 * len(data) // 8
+        assert sizes.asked <= 2 * embedded_photos.MPF_IMAGES * (n + 1)
+        assert len(data) < given <= 3 * len(data)  # the JPEGs, then each with its chain

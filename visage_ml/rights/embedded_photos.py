@@ -1,10 +1,10 @@
-"""PNGs and JPEGs lying as they are in a file (:func:`_pngs`, signature to IEND; :func:`_jpegs`,
-SOI to EOI, and a phone's multi-picture file: its JPEGs one right after another): a pickle's or
-an array's bytes, an image column of a data set's container, a PDF's image (a DCTDecode stream
-is the JPEG's own bytes). Each is walked from where one may begin, by its chunks' or segments'
-lengths, a stretch no walk ends in walked once, and no more starts than a file of its size holds
-(:class:`~visage_ml.rights.embedded.TooManyStarts`): a crafted file is read in time linear in its
-size, a mapped one in memory of a few pages."""
+"""PNGs and JPEGs lying as they are in a file (:func:`_pngs`, signature to IEND; :func:`_jpegs`, SOI
+to EOI, and a phone's multi-picture file: its JPEGs one right after another, a motion photo's video,
+an MP4, after them): a pickle's or an array's bytes, an image column of a data set's container, a
+PDF's image (a DCTDecode stream is the JPEG's own bytes). Each is walked from where one may begin,
+by its chunks' or segments' lengths, a stretch no walk ends in walked once, and no more starts than
+a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`): a crafted file is read
+in time linear in its size, a mapped one in memory of a few pages."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ SCAN_BLOCK = 64
 # The most JPEGs a multi-picture file is taken to hold, one right after another (:func:`_jpegs`):
 # a phone's photograph, then a gain map, a depth map and its confidence, or a matte.
 MPF_IMAGES = 4
+# An ISO-BMFF file (an MP4: a motion photo's video, after its JPEGs) is its top-level boxes one
+# after another, each its size (4 bytes, big-endian, its header's included; 1: the 8 bytes after
+# its type hold it; 0: it runs to the end of the file), then its type, 4 printable ASCII
+# characters; the first is ``ftyp`` (:func:`_video_ends`).
+BOX_TYPE = re.compile(rb"[\x20-\x7e]{4}")
+BMFF_FIRST = b"ftyp"
 
 
 class _Marks:
@@ -187,6 +193,38 @@ def _segment_length(data: bytes, at: int) -> int:
     return int.from_bytes(data[at + 2 : at + 4], "big")
 
 
+def _box_end(data: Buffer, at: int) -> int:
+    """Where the ISO-BMFF box at ``at`` ends, or -1 where none lies there: a type not 4
+    printable characters, a size smaller than its header or running past ``data``."""
+    size = len(data)
+    if at + 8 > size or BOX_TYPE.fullmatch(data, at + 4, at + 8) is None:
+        return -1
+    n, header = int.from_bytes(data[at : at + 4], "big"), 8
+    if n == 0:  # the last box: to the end of the file
+        return size
+    if n == 1:  # its size in the 8 bytes after its type (an mdat over 4 GiB)
+        n, header = (int.from_bytes(data[at + 8 : at + 16], "big") if at + 16 <= size else 0), 16
+    return at + n if header <= n <= size - at else -1
+
+
+def _video_ends(data: Buffer, at: int) -> tuple[int, ...]:
+    """Where the ISO-BMFF file beginning at ``at`` (a motion photo's video, after its JPEGs) may
+    end: its top-level boxes walked by their sizes (:func:`_box_end`), the end of the last one
+    and of the one before it (bytes after the file may read as one more box: a PDF's
+    ``\\nendstream`` is a box of 174 MB where so much of the PDF follows); none where no
+    ``ftyp`` box begins there. A mapped file's pages behind the walk are let go of (a chain of
+    boxes may be gigabytes long)."""
+    if data[at + 4 : at + 8] != BMFF_FIRST:
+        return ()
+    before, end = at, at
+    while (after := _box_end(data, end)) >= 0:
+        before, end = end, after
+        _let_go(data, end)
+    if end == at:
+        return ()
+    return (before, end) if before > at else (end,)
+
+
 def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[bytes]:
     """Each JPEG lying in ``data`` as it is (a pickle's bytes, an array's, a PDF's image), SOI
     to EOI: marker segments by their lengths (an EXIF thumbnail, a JPEG itself, lies within
@@ -207,9 +245,23 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     run of a size sought: where sizes are not known (every one may match), a JPEG lying in such
     runs is given 10 times in all at most (1 + 2 + 3 + 4: once alone, in two runs of two...),
     not once for each JPEG before it (a data set's image column holds its JPEGs one right after
-    another). A multi-picture file whose last bytes are no JPEG (a motion photo's video, a
-    vendor's trailer), with bytes between its JPEGs or of more than :data:`MPF_IMAGES`, is not
-    found.
+    another).
+
+    A motion photo (Google's Motion Photo format, a Pixel's default; the older ``MVIMG_`` files) is
+    its JPEG or JPEGs (an Ultra HDR photograph's gain map after it) then its video to the file's
+    end, an MP4 (the photograph's XMP names its length; its boxes say where it ends): where the
+    bytes right after a JPEG's EOI are an ISO-BMFF ``ftyp`` box, the video's top-level boxes are
+    walked by their sizes (:func:`_video_ends`), and the stretch from each start of the run that
+    JPEG ends (itself, and the :data:`MPF_IMAGES` - 1 before it) to the end of the last box, and to
+    that of the box before it (bytes after the video may read as one more box), is given when
+    ``sizes`` may seek its size. No walk begins from an EOI within the boxes the last one went over
+    (a JPEG in a video's boxes: tiny JPEGs, each in a box ending at the next one's EOI, reached one
+    chain to the end from each, walked over and over): each box is read about once, and each byte
+    given in 2 x :data:`MPF_IMAGES` such stretches at most. A last box of size 0 (to the end of the
+    file; phones write its size) ends where ``data`` does (an array's last bytes; in a pickle or a
+    PDF, the stretch is not the video's). A multi-picture file with bytes between its JPEGs or of
+    more than :data:`MPF_IMAGES`, and a trailer that is no MP4 (Samsung's: the video in a
+    ``MotionPhoto_Data`` block, then its SEF directory), are not found.
     """
     dead = _Marks()  # offsets from which no EOI is reached
     ends: _ScanEnds | None = None
@@ -219,6 +271,7 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     # :data:`MPF_IMAGES` - 1), and where the last ends.
     run: deque[int] = deque(maxlen=MPF_IMAGES - 1)
     run_end = -1
+    video_end = 0  # where the last video walked after a JPEG's EOI ends
     at = _search(data, JPEG_START, 0)
     while at >= 0:
         allowed -= 1
@@ -253,6 +306,14 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
             for start in run:
                 if sizes is None or sizes.may_match(end - start):
                     yield data[start:end]
+            # A video after the run's last EOI (a motion photo's), unless that EOI lies within
+            # the last one walked (a JPEG in its boxes: the walk would go over them again).
+            if end >= video_end and (stops := _video_ends(data, end)):
+                video_end = stops[-1]
+                for stop in stops:
+                    for start in (*run, at):
+                        if sizes is None or sizes.may_match(stop - start):
+                            yield data[start:stop]
             run.append(at)
             run_end = end
             at = _search(data, JPEG_START, end)
