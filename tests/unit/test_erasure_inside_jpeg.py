@@ -130,6 +130,36 @@ def _motion_photo(
     return primary[:app0_end] + app1 + primary[app0_end:] + rest + video
 
 
+def _sef_block(kind: int, name: bytes, value: bytes) -> bytes:
+    """A block of a Samsung trailer: ``00 00``, its type and its name's length (little-endian),
+    its name, its value."""
+    return b"\x00\x00" + kind.to_bytes(2, "little") + len(name).to_bytes(4, "little") + name + value
+
+
+def _samsung(arr: np.ndarray, *, video: bool = True) -> bytes:
+    """A photograph as a Galaxy writes it (as ExifTool's Samsung.pm reads it): the JPEG, then its
+    trailer (SEF): its blocks one after another (with ``video``, a motion photo's, an MP4 in a
+    ``MotionPhoto_Data`` block; every photograph's: the time it was taken, the network's country
+    code, the camera's mode), then their directory (``SEFH``, a version, how many blocks, for
+    each its type, how far before the directory it begins and its length), the directory's
+    length and ``SEFT``."""
+    blocks = [
+        _sef_block(0x0A01, b"Image_UTC_Data", b"1700513181420"),
+        _sef_block(0x0AA1, b"MCC_Data", b"310"),
+        _sef_block(0x0C61, b"Camera_Capture_Mode_Info", b"1"),
+    ]
+    if video:
+        blocks.insert(0, _sef_block(0x0A30, b"MotionPhoto_Data", _video(arr)))
+    body = b"".join(blocks)
+    at = [sum(len(b) for b in blocks[:i]) for i in range(len(blocks))]
+    entries = b"".join(  # each: its type, how far before the directory it begins, its length
+        b[:4] + (len(body) - a).to_bytes(4, "little") + len(b).to_bytes(4, "little")
+        for b, a in zip(blocks, at, strict=True)
+    )
+    head = b"SEFH" + (106).to_bytes(4, "little") + len(blocks).to_bytes(4, "little") + entries
+    return _jpeg(arr) + body + head + len(head).to_bytes(4, "little") + b"SEFT"
+
+
 ENCODINGS = {
     "baseline": _jpeg,
     "progressive": lambda arr: _jpeg(arr, progressive=True),
@@ -137,6 +167,8 @@ ENCODINGS = {
     "multi-picture": _multi_picture,
     "motion-photo": _motion_photo,
     "motion-photo-gain-map": lambda arr: _motion_photo(arr, gain_map=True, mdat_size=1),
+    "samsung": lambda arr: _samsung(arr, video=False),
+    "samsung-motion-photo": _samsung,
 }
 
 
@@ -219,6 +251,10 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
         assert b"MotionPhoto" in shown.info["xmp"]
         assert getattr(shown, "n_frames", 1) == (2 if encoding.endswith("gain-map") else 1)
         assert not photo.endswith(b"\xff\xd9")
+    if encoding.startswith("samsung"):  # its trailer after the EOI, ending the file
+        assert Image.open(io.BytesIO(photo)).format == "JPEG"
+        assert photo.endswith(b"SEFT")
+        assert (b"MotionPhoto_Data" in photo) == encoding.endswith("motion-photo")
     folder = proj.paths.root / "data" / "shared_for_colleague"
     folder.mkdir(parents=True)
     made = {folder / n: d for n, d in _holders(photo, theirs[:2]).items()}
@@ -436,3 +472,81 @@ def test_a_video_after_jpegs_is_walked_once_however_many_jpegs_reach_it(monkeypa
         assert len(read) <= 2 * len(data) // 8
         assert sizes.asked <= 2 * embedded_photos.MPF_IMAGES * (n + 1)
         assert len(data) < given <= 3 * len(data)  # the JPEGs, then each with its chain
+
+
+def test_a_samsung_photograph_among_jpegs_one_after_another_is_found_by_its_size(tmp_path):
+    """Galaxy photographs with their trailer (SEF: a motion photo's video, or only the time it
+    was taken) among a data set's JPEGs one right after another: each is found where its size is
+    sought, from the file (mapped) as in memory, and no other stretch is given. A trailer cut
+    short (its directory gone) is not found, nor does it keep the next one from being found."""
+    rng = np.random.default_rng(2)
+    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    photos = [_jpeg(p) for p in pixels[:3]]
+    galaxy = [_samsung(pixels[3]), _samsung(pixels[4], video=False), _samsung(pixels[5])]
+    broken = galaxy[0][: galaxy[0].rindex(b"SEFH")]
+    parts = [photos[0], galaxy[0], photos[1], broken, galaxy[1], photos[2], galaxy[2]]
+    column = _npy(b"".join(parts))
+    sizes = _Sought({len(p) for p in [*galaxy, broken]})
+    found = set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    assert {_sha(p) for p in galaxy} <= found
+    assert _sha(broken) not in found
+    path = tmp_path / "column.npy"
+    path.write_bytes(column)
+    with open(path, "rb") as fh:
+        assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == found
+    given = [g for g in embedded_photos._jpegs(column, sizes) if not g.endswith(b"\xff\xd9")]
+    assert given == galaxy
+
+
+def test_samsung_trailers_are_read_once_however_many_photographs_wait_for_one(monkeypatch):
+    """Crafted: tiny JPEGs each followed by a trailer's first block, then many ``SEFT`` markers
+    after them, each with a directory naming where a trailer begins: each marker is read once,
+    not once for each JPEG waiting, and each byte given a few times (every size sought). More
+    JPEGs waiting at once than :data:`SEF_WAITING`, more markers than image starts the file may
+    hold, or trailers one within another giving the file over and over, and it is not read to
+    its end (not shown clean)."""
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
+    read: list[int] = []
+    real = embedded_photos._sef_start
+
+    def sef_start(data, at):
+        read.append(at)
+        return real(data, at)
+
+    monkeypatch.setattr(embedded_photos, "_sef_start", sef_start)
+    tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
+    block = _sef_block(0x0A01, b"Image_UTC_Data", b"")
+    n = 2_000
+    waiting = b"\x80\x04" + (tiny + block) * n
+    # Each directory names the block right before it: none of the JPEGs' EOIs.
+    head = b"SEFH" + bytes(4) + (1).to_bytes(4, "little") + block[:4] + (8).to_bytes(4, "little")
+    head += (8).to_bytes(4, "little")
+    data = waiting + (head + len(head).to_bytes(4, "little") + b"SEFT") * (20 * n)
+    sizes = _Sought(set(range(len(data) + 1)))
+    given = sum(len(found) for found in embedded_photos._jpegs(data, sizes))
+    assert len(read) == 20 * n
+    assert given <= 2 * len(data)
+    # Their own trailers: each JPEG's, then the next JPEG.
+    own = b"\x80\x04" + b"".join(_samsung(np.full((8, 8, 3), i, np.uint8)) for i in range(50))
+    read.clear()
+    given = [g for g in embedded_photos._jpegs(own, sizes) if g.endswith(b"SEFT")]
+    assert len(read) == len(given) == 50
+    for limit, value in [("SEF_WAITING", n - 1), ("STARTS_FLOOR", 10 * n)]:
+        with monkeypatch.context() as m:
+            m.setattr(embedded_photos, limit, value)
+            with pytest.raises(embedded.TooManyStarts):
+                list(embedded_photos._jpegs(data, sizes))
+    # Trailers one within another, each from its own EOI (the last directory names the first
+    # EOI): each would give most of the file.
+    ends = [2 + (i + 1) * len(tiny + block) - len(block) for i in range(n)]
+    nested = bytearray(waiting)
+    for end in reversed(ends):
+        back = len(nested) - end
+        head = b"SEFH" + bytes(4) + (1).to_bytes(4, "little") + block[:4]
+        head += back.to_bytes(4, "little") + len(block).to_bytes(4, "little")
+        nested += head + len(head).to_bytes(4, "little") + b"SEFT"
+    with pytest.raises(embedded.TooManyStarts):
+        list(embedded_photos._jpegs(bytes(nested), sizes))
+    monkeypatch.setattr(embedded_photos, "SEF_GIVEN", n)
+    given = sum(len(g) for g in embedded_photos._jpegs(bytes(nested), sizes))
+    assert given > len(nested) * n // 4  # what the bound keeps from being given

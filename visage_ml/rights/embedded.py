@@ -20,8 +20,8 @@ padded or not, its slashes escaped as JSON may write them, ``\\/``); the copies 
 matching run out of it and keeps
 the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
 JPEG (SOI to EOI, :func:`~visage_ml.rights.embedded_photos._jpegs`; a phone's multi-picture file,
-its JPEGs one right after another; a motion photo, its video's MP4 boxes after them) lies as it
-is, and is found so; a pickle's ``bytes`` values
+its JPEGs one right after another; a motion photo, its video's MP4 boxes after them; a Galaxy's
+photograph, Samsung's trailer after it) lies as it is, and is found so; a pickle's ``bytes`` values
 of a size sought are compared whole, whatever their format (a
 GIF, a WebP, a sealed file: :func:`_pickled_values`; a pickle of protocol 2, ``torch.save``'s,
 holds each as a latin-1 string's UTF-8: those of a size sought or that hold a PNG's or a JPEG's
@@ -57,8 +57,7 @@ chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compres
 a gzip file), a PDF's streams encrypted or compressed otherwise than deflated first (LZW;
 ASCII85, then deflated) and an image it re-encoded (a PNG always is: its pixels are deflated, not
 its file), a phone's multi-picture file with bytes between its JPEGs or of more than four, or
-with a trailer that is no MP4 (Samsung's, its video in a ``MotionPhoto_Data`` block), a
-compressed stream
+with a trailer neither an MP4 nor Samsung's (SEF), a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does; a damaged or
 encrypted SQLite database is not shown clean; its
@@ -841,7 +840,8 @@ def _photographs(
     data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
     """:func:`_part` of each PNG and JPEG lying in ``data`` as it is (a multi-picture file's
-    JPEGs together, a motion photo with its video, where its size is sought)."""
+    JPEGs together, a motion photo with its video, a Galaxy's with its trailer, where its size
+    is sought)."""
     from visage_ml.rights import embedded_photos
 
     for found in itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data, sizes)):

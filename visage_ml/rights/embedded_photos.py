@@ -1,16 +1,17 @@
 """PNGs and JPEGs lying as they are in a file (:func:`_pngs`, signature to IEND; :func:`_jpegs`, SOI
 to EOI, and a phone's multi-picture file: its JPEGs one right after another, a motion photo's video,
-an MP4, after them): a pickle's or an array's bytes, an image column of a data set's container, a
-PDF's image (a DCTDecode stream is the JPEG's own bytes). Each is walked from where one may begin,
-by its chunks' or segments' lengths, a stretch no walk ends in walked once, and no more starts than
-a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`): a crafted file is read
-in time linear in its size, a mapped one in memory of a few pages."""
+an MP4, or a Galaxy's trailer after them): a pickle's or an array's bytes, an image column of a data
+set's container, a PDF's image (a DCTDecode stream is the JPEG's own bytes). Each is walked from
+where one may begin, by its chunks' or segments' lengths, a stretch no walk ends in walked once, and
+no more starts than a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`): a
+crafted file is read in time linear in its size, a mapped one in memory of a few pages."""
 
 from __future__ import annotations
 
 import re
+import struct
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 
 from visage_ml.rights import embedded
@@ -38,6 +39,26 @@ MPF_IMAGES = 4
 # characters; the first is ``ftyp`` (:func:`_video_ends`).
 BOX_TYPE = re.compile(rb"[\x20-\x7e]{4}")
 BMFF_FIRST = b"ftyp"
+# A Samsung trailer (SEF: after a Galaxy's photograph, its motion photo's video, the time it was
+# taken...) is its blocks one after another, each ``00 00``, its type (2 bytes), its name's
+# length (4 bytes, little-endian as all here) and name, then its value; then its directory:
+# ``SEFH``, a version, how many blocks, for each 12 bytes (its type, how far before the
+# directory it begins, its length), then the directory's length and ``SEFT`` (as ExifTool's
+# Samsung.pm reads it). Only the directory says where the blocks end: a trailer is found from its
+# end (:class:`_Trailers`).
+SEF_BLOCK = re.compile(rb"\x00\x00..([\x01-\xff])\x00\x00\x00", re.DOTALL)  # a name under 256
+SEF_NAME = re.compile(rb"[\x20-\x7e]+")
+SEF_HEAD, SEF_END = b"SEFH", b"SEFT"
+SEF_END_AT = re.compile(re.escape(SEF_END))
+# A trailer is taken to be at most so long (a motion photo's video of a few seconds), its
+# directory to list so many blocks at most; so many photographs' ends at most wait for theirs at
+# once, and the stretches given to trailers' ends are so many times the file's size at most
+# (trailers do not overlap: crafted ones one within another, each from its own EOI, would give
+# the file over and over; more: :class:`~visage_ml.rights.embedded.TooManyStarts`).
+SEF_MAX = 64 << 20
+SEF_BLOCKS = 256
+SEF_WAITING = 4096
+SEF_GIVEN = 8
 
 
 class _Marks:
@@ -76,11 +97,11 @@ JPEG_START = re.compile(rb"\xff\xd8\xff[\xc0-\xc7\xc9-\xcf\xdb\xdd\xde\xe0-\xef\
 STARTS_FLOOR, STARTS_EVERY = 4096, 256
 
 
-def _search(data: Buffer, start: re.Pattern[bytes], at: int) -> int:
+def _search(data: Buffer, start: re.Pattern[bytes], at: int, stop: int | None = None) -> int:
     """Where ``start`` (:data:`PNG_START`, :data:`JPEG_START`: 16 bytes at most) first matches
-    in ``data`` from ``at``, or -1; over a mapped file :data:`LET_GO` at a time, as
-    :func:`~visage_ml.rights.embedded_mapping._find`."""
-    size = len(data)
+    in ``data`` from ``at`` (before ``stop``), or -1; over a mapped file :data:`LET_GO` at a
+    time, as :func:`~visage_ml.rights.embedded_mapping._find`."""
+    size = len(data) if stop is None else stop
     while at < size:
         stop = min(at + LET_GO, size) if isinstance(data, _Map) else size
         m = start.search(data, at, min(stop + 15, size))
@@ -225,6 +246,75 @@ def _video_ends(data: Buffer, at: int) -> tuple[int, ...]:
     return (before, end) if before > at else (end,)
 
 
+def _sef_start(data: Buffer, at: int) -> int:
+    """Where the Samsung trailer whose ``SEFT`` lies at ``at`` begins (the block its directory
+    puts furthest before it), or -1 where no directory lies before it."""
+    n = int.from_bytes(data[at - 4 : at], "little") if at >= 4 else 0
+    head = at - 4 - n
+    if not 24 <= n < 0x10000 or head < 0 or data[head : head + 4] != SEF_HEAD:
+        return -1
+    count = int.from_bytes(data[head + 8 : head + 12], "little")
+    if not 0 < count <= min(SEF_BLOCKS, (n - 12) // 12):
+        return -1
+    back = max(struct.unpack_from(f"<{3 * count}I", data, head + 12)[1::3])
+    return head - back if back <= head else -1
+
+
+class _Trailers:
+    """The Samsung trailers (SEF) after the JPEGs of ``data`` (:func:`_jpegs`). Each EOI a
+    block's head follows waits, with the starts of the run of JPEGs it ends, for the trailer that
+    begins there; each ``SEFT`` marker after one that waits is read once, in order, where the
+    trailer it ends begins is told by its directory (:func:`_sef_start`), and the stretch from
+    each start waiting there to its end is given when ``sizes`` may seek its size. An EOI waits
+    until the markers have been looked for :data:`SEF_MAX` past it; no more than
+    :data:`SEF_WAITING` wait at once, no more markers are read than image starts a file of its
+    size holds, and no more bytes given than :data:`SEF_GIVEN` times its size
+    (:class:`~visage_ml.rights.embedded.TooManyStarts`)."""
+
+    def __init__(self, data: Buffer) -> None:
+        self.data = data
+        self.waiting: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # EOI: its run's starts
+        self.read_to = 0  # the markers before this were read
+        self.left = _starts_allowed(data)  # markers yet to be read
+        self.give = SEF_GIVEN * len(data)  # bytes yet to be given
+
+    def wait(self, end: int, starts: tuple[int, ...]) -> None:
+        """The JPEGs beginning at ``starts`` end at ``end``: a trailer may begin there."""
+        data = self.data
+        m = SEF_BLOCK.match(data, end)
+        if m is None or SEF_NAME.fullmatch(data, end + 8, end + 8 + m[1][0]) is None:
+            return
+        if len(self.waiting) >= SEF_WAITING:
+            raise embedded.TooManyStarts
+        self.waiting[end] = starts
+
+    def ended(self, before: int, sizes: embedded.SizeFilter | None) -> Iterator[bytes]:
+        """The stretches from the starts waiting to the end of each trailer whose ``SEFT`` marker
+        lies before ``before`` (where the next JPEG begins: no EOI after it waits yet)."""
+        data, waiting = self.data, self.waiting
+        while waiting:
+            first = next(iter(waiting))
+            stop = min(before, first + SEF_MAX)
+            at = _search(data, SEF_END_AT, max(self.read_to, first), stop)
+            if at < 0:
+                self.read_to = max(self.read_to, stop)
+                if stop == before:
+                    return
+                del waiting[first]  # no trailer of its within SEF_MAX
+                continue
+            self.read_to = at + len(SEF_END)
+            self.left -= 1
+            if self.left < 0:
+                raise embedded.TooManyStarts
+            starts = waiting.pop(_sef_start(data, at), ())
+            for start in starts:
+                if sizes is None or sizes.may_match(self.read_to - start):
+                    self.give -= self.read_to - start
+                    if self.give < 0:
+                        raise embedded.TooManyStarts
+                    yield data[start : self.read_to]
+
+
 def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[bytes]:
     """Each JPEG lying in ``data`` as it is (a pickle's bytes, an array's, a PDF's image), SOI
     to EOI: marker segments by their lengths (an EXIF thumbnail, a JPEG itself, lies within
@@ -259,9 +349,17 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     chain to the end from each, walked over and over): each box is read about once, and each byte
     given in 2 x :data:`MPF_IMAGES` such stretches at most. A last box of size 0 (to the end of the
     file; phones write its size) ends where ``data`` does (an array's last bytes; in a pickle or a
-    PDF, the stretch is not the video's). A multi-picture file with bytes between its JPEGs or of
-    more than :data:`MPF_IMAGES`, and a trailer that is no MP4 (Samsung's: the video in a
-    ``MotionPhoto_Data`` block, then its SEF directory), are not found.
+    PDF, the stretch is not the video's).
+
+    A Galaxy's photograph (its motion photo's video in a ``MotionPhoto_Data`` block, the time it was
+    taken...) is its JPEG or JPEGs then Samsung's trailer (SEF), which ends with its directory, the
+    only part that says where its blocks lie: where a block's head follows a JPEG's EOI, each
+    ``SEFT`` after it is read, its directory telling where its trailer begins, and where that is the
+    EOI, the stretch from each start of the run to the ``SEFT``'s end is given when ``sizes`` may
+    seek its size (:class:`_Trailers`: each ``SEFT`` marker read once, however many EOIs wait). Not
+    found: bytes between a JPEG's EOI and its video or trailer, or between its JPEGs, more than
+    :data:`MPF_IMAGES` JPEGs, a trailer of neither kind (Samsung's older ``QDIO`` one), a Samsung
+    trailer over :data:`SEF_MAX` or of more than :data:`SEF_BLOCKS` blocks.
     """
     dead = _Marks()  # offsets from which no EOI is reached
     ends: _ScanEnds | None = None
@@ -272,6 +370,7 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     run: deque[int] = deque(maxlen=MPF_IMAGES - 1)
     run_end = -1
     video_end = 0  # where the last video walked after a JPEG's EOI ends
+    trailers = _Trailers(data)
     at = _search(data, JPEG_START, 0)
     while at >= 0:
         allowed -= 1
@@ -300,6 +399,7 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
                 ends = ends if ends is not None else _ScanEnds(data)
                 end = ends.end(end)
         if found:
+            yield from trailers.ended(at, sizes)
             yield data[at:end]
             if at != run_end:
                 run.clear()
@@ -314,9 +414,11 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
                     for start in (*run, at):
                         if sizes is None or sizes.may_match(stop - start):
                             yield data[start:stop]
+            trailers.wait(end, (*run, at))
             run.append(at)
             run_end = end
             at = _search(data, JPEG_START, end)
             continue
         dead.update(walked)
         at = _search(data, JPEG_START, at + 1)
+    yield from trailers.ended(size, sizes)
