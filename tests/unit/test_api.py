@@ -656,6 +656,63 @@ def test_revoked_key_is_refused_by_a_running_server(served):
     assert s.call("GET", "/v1/ledger", "auditor").status_code == 401
 
 
+def test_a_damaged_or_unreadable_key_file_is_a_503_that_says_what_to_do(served, caplog):
+    # The boundary caught only its own refusals while it checked a key: a key file that could
+    # not be read was an unexpected error (500 internal_error, on /healthz too), though the API
+    # documents 503 api_keys_unreadable for it. The client is told what to do; the file's path
+    # and what is wrong with it are the operator's (the server's log).
+    s = served
+    path = s.world.paths.api_keys
+    stored = path.read_bytes()
+    key = s.keys["operator"]
+    image = s.photo_b64(s.pids[0])[0]
+
+    def damaged(how):
+        if how == "a folder":
+            path.unlink()
+            path.mkdir()
+        else:
+            path.write_bytes(how)
+
+    def restore():
+        if path.is_dir():
+            path.rmdir()
+        path.write_bytes(stored)
+
+    limit = s.params.serving.auth.max_failures
+    for how in (
+        b"",
+        stored[: len(stored) // 2],
+        b"\x00\xffgarbage",
+        b'{"keys": ["x"]}',
+        "a folder",
+    ):
+        damaged(how)
+        for _ in range(limit + 1):  # not a failed attempt of the client's: never a 429
+            for method, path_, kw in (
+                ("POST", "/v1/identify", {"json": {"image": image}}),
+                ("GET", "/healthz", {}),
+            ):
+                r = s.call(method, path_, "operator", **kw)
+                assert (r.status_code, error_of(r)) == (503, "api_keys_unreadable"), (how, r.text)
+                message = r.json()["error"]["message"]
+                assert "visage apikey create" in message and "backup" in message, message
+                assert key not in message and key.split("_")[2] not in message
+                assert str(path.parent) not in message
+        assert s.call("GET", "/healthz").status_code == 200  # no key: liveness as before
+        lines = audit_lines(s)
+        assert (lines[-1]["action"], lines[-1]["status"], lines[-1]["error"]) == (
+            "health",
+            503,
+            "api_keys_unreadable",
+        )
+        assert lines[-1]["key_id"] is None
+        assert f"api_keys_unreadable: {path}" in caplog.text
+        caplog.clear()
+        restore()
+        assert s.call("POST", "/v1/identify", "operator", json={"image": image}).status_code == 200
+
+
 def test_failed_authentications_are_rate_limited_per_client(served):
     s = served
     limit = s.params.serving.auth.max_failures

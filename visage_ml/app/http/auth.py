@@ -75,6 +75,10 @@ MSG_BAD_FILE = (
     "{path} is not a visage API key file ({reason}); restore it from a backup or move it away "
     "and create new keys with `visage apikey create`"
 )
+MSG_UNREADABLE_FILE = (
+    "{path} cannot be read ({reason}); let the server's user read it (a file, mode 600), or "
+    "restore it from a backup, or move it away and create new keys with `visage apikey create`"
+)
 
 
 class ApiKeyFileError(ValueError):
@@ -179,7 +183,13 @@ class KeyStore:
         if not self.path.exists():
             return {}
         try:
-            doc = orjson.loads(self.path.read_bytes())
+            raw = self.path.read_bytes()
+        except OSError as exc:  # a folder in its place, no read permission
+            raise ApiKeyFileError(
+                MSG_UNREADABLE_FILE.format(path=self.path, reason=type(exc).__name__)
+            ) from None
+        try:
+            doc = orjson.loads(raw)
             keys = {}
             for k in doc["keys"]:
                 created = str(k.get("created", ""))
@@ -204,7 +214,7 @@ class KeyStore:
                 parse_time(key.expires or "")
                 keys[key.key_id] = key
             return keys
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ApiKeyFileError(
                 MSG_BAD_FILE.format(path=self.path, reason=type(exc).__name__)
             ) from None
@@ -221,6 +231,10 @@ class KeyStore:
             stat = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             stat = None
+        except OSError as exc:  # its folder may not be searched
+            raise ApiKeyFileError(
+                MSG_UNREADABLE_FILE.format(path=self.path, reason=type(exc).__name__)
+            ) from None
         with self._lock:
             if stat != self._stat:
                 self._keys = self._read()

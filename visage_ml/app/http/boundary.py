@@ -6,7 +6,8 @@ For each request, in this order and before any route or body parser sees it:
 2. the API key (``X-API-Key``, or ``Authorization: Bearer``) of every route, and of the public
    ones (``/healthz``) when one is presented: the client's failed attempts (429), the key (401,
    counted as a failed attempt), its expiry (401 ``key_expired``) and the route's roles (403;
-   any role for a public route). The body has not
+   any role for a public route; 503 ``api_keys_unreadable`` while the key file cannot be
+   read). The body has not
    been read: an unauthenticated client cannot make the server read, buffer or parse a byte of
    it, and a malformed body with a bad key is a failed login like any other;
 3. a slot among ``serving.max_concurrent`` requests in flight (503 with ``Retry-After`` when
@@ -38,7 +39,8 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 
-from visage_ml.app.http.errors import ApiError, error_json
+from visage_ml.app.http.auth import ApiKeyFileError
+from visage_ml.app.http.errors import ApiError, error_json, library_message
 from visage_ml.app.http.service import Service, authorize
 from visage_ml.privacy.ledger import api_key_actor, reset_actor, set_actor
 
@@ -268,6 +270,12 @@ class Boundary:
                     )
                 except ApiError as exc:
                     await answer(exc.status, exc.code, exc.message, exc.headers)
+                    return
+                except ApiKeyFileError as exc:
+                    # No key can be checked (nor the client's attempt counted as failed): the
+                    # operator mends the file, the client retries.
+                    code = "api_keys_unreadable"
+                    await answer(503, code, library_message(code, exc))
                     return
                 if info.get("key_id"):
                     # Ledger entries this request causes name its API key as their actor.

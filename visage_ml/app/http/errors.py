@@ -79,7 +79,12 @@ LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-Aft
 LIBRARY_MESSAGES: dict[str, str] = {
     "gallery_unavailable": "the gallery's database is unreachable, dropped the connection, or "
     "the gallery is being rewritten (an erasure); the request was not completed: retry it "
-    "after Retry-After (repeating it is safe)"
+    "after Retry-After (repeating it is safe)",
+    # The library's names the file's path on the server and says how to mend it.
+    "api_keys_unreadable": "the server cannot read its API key file, so no key can be checked "
+    "and nothing was done; ask the server's operator to restore secrets/api_keys.json (the "
+    "server's log says what is wrong with it) from a backup, or to create new keys with "
+    "`visage apikey create`, then retry",
 }
 # One answer for an operator's enrolment, whatever the reason: unknown subject, no
 # identification consent (withdrawn, never given, restricted, objected, erased), a stored
@@ -135,7 +140,8 @@ EXPLAINED: dict[tuple[int, str], str] = {
     (422, "invalid_request"): "a malformed or unknown field or query parameter",
     (503, "busy"): "the server is answering serving.max_concurrent requests: retry after "
     "Retry-After",
-    (503, "api_keys_unreadable"): "the server's API key file cannot be read",
+    (503, "api_keys_unreadable"): "the server's API key file cannot be read, so no key can be "
+    "checked: retry once its operator has restored it",
     (503, "gallery_unavailable"): "the shared gallery's database dropped the connection, cannot "
     "be reached, or is being rewritten by an erasure: retry after Retry-After",
     (503, "gallery_version_mismatch"): "the gallery was rebuilt for another embedder: restart "
@@ -320,6 +326,16 @@ def _described(status: int, codes: tuple[str, ...]) -> str:
     return " ".join(parts)
 
 
+def library_message(code: str, exc: Exception) -> str:
+    """The message answered with a library error's ``code``: the library's own, or one of
+    :data:`LIBRARY_MESSAGES` where the library's is for the operator (then logged)."""
+    message = LIBRARY_MESSAGES.get(code)
+    if message is None:
+        return str(exc)
+    logger.warning("%s: %s", code, exc)
+    return message
+
+
 @functools.cache
 def _model_fields(model: type[BaseModel]) -> tuple[tuple[str, ...], frozenset[str]]:
     """A body model's own field names: its top-level ones (as sent, in order) and all of them,
@@ -371,10 +387,8 @@ def install_error_handlers(app: FastAPI) -> None:
     def handler(status: int, code: str) -> Callable[[Request, Exception], Any]:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             request_info(request)["error"] = code
-            message = LIBRARY_MESSAGES.get(code)
-            if message is not None:
-                logger.warning("%s: %s", code, exc)
-            return error_json(status, code, message or str(exc), LIBRARY_HEADERS.get(code))
+            message = library_message(code, exc)
+            return error_json(status, code, message, LIBRARY_HEADERS.get(code))
 
         return handle
 
