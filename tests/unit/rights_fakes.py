@@ -316,6 +316,7 @@ def http_caller(proj: RightsProject) -> Callable[..., Any]:
     def call(method: str, path: str, role: str, **kw: Any) -> Any:
         return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
 
+    call.app = http_app  # type: ignore[attr-defined]  # its OpenAPI schema, for the docs' tests
     return call
 
 

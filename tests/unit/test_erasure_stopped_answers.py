@@ -5,10 +5,13 @@ in one line, and the HTTP API answers 503 with a code of its own, the request le
 from __future__ import annotations
 
 import pytest
+from notify_fakes import free_port
+from project_helpers import write_overrides
 from rights_fakes import http_caller, make_project
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
+from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.content_scan import ScanIncompleteError
 from visage_ml.rights.erasure import Erasure
@@ -62,3 +65,46 @@ def test_the_http_api_answers_503_with_its_code_the_request_open(project, monkey
     assert error["code"] == code and str(STOPS[code]) in error["message"]
     [st] = RequestBook(proj.core).all(pid=pid)
     assert st.status == "in_progress"
+
+
+def test_an_erasure_its_preflight_stops_is_answered_503_and_sent_again_once_the_stack_is_up(
+    project,
+):
+    # Before: 500 internal_error. The preflight's refusal (a service the erasure needs is down,
+    # a DVC remote cannot be opened, a store the project wrote to cannot be reached: nothing
+    # erased) had no answer of its own, though its message says what to do.
+    proj = make_project(project, n_subjects=1, enrol=False)
+    pid = proj.pids[0]
+    params = proj.paths.params
+    stack_on = {"stack.tracking": "server", "stack.mlflow.port": free_port()}
+    write_overrides(params, stack_on)  # `visage stack up` set it; the stack is down now
+    call = http_caller(proj)
+
+    r = call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
+
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "stores_unreachable"
+    assert "visage stack up" in error["message"] and "nothing was erased" in error["message"]
+    [st] = RequestBook(proj.core).all(pid=pid)
+    assert st.is_open and st.status == "verified"  # recorded, not started
+    assert not PrivacyCore(proj.paths).registry.get(pid).erased
+    # Documented on the erasure route alone, with what to do.
+    paths = call.app.openapi()["paths"]
+    erasure = paths["/v1/subjects/{pid}/erasure"]["post"]["responses"]["503"]["description"]
+    assert "`stores_unreachable`: " in erasure and "send the erasure again" in erasure, erasure
+    elsewhere = [
+        (path, method)
+        for path, ops in paths.items()
+        for method, op in ops.items()
+        if path != "/v1/subjects/{pid}/erasure"
+        and "stores_unreachable" in op["responses"].get("503", {}).get("description", "")
+    ]
+    assert elsewhere == []
+
+    # The stack answers again (here: the project tracks in sqlite): the same request finishes.
+    write_overrides(params, {"stack.tracking": "sqlite"})
+    r = http_caller(proj)("POST", f"/v1/subjects/{pid}/erasure", "dpo")
+    assert r.status_code == 200, r.text
+    assert r.json()["request_id"] == st.request_id
+    assert PrivacyCore(proj.paths).registry.get(pid).erased

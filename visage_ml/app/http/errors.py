@@ -40,6 +40,7 @@ from visage_ml.serving.gallery import (
     NotEnrolledError,
 )
 from visage_ml.serving.pg_swap import OldTableHeldError
+from visage_ml.stack.proc import StackError
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # old table (the erased rows in it): nothing certified, the request open; the message names
     # the session's backend and says what to do.
     (OldTableHeldError, 503, "gallery_table_held"),
+    # A store the erasure must erase from cannot be reached or opened (its preflight stops it
+    # before anything is erased; a step, after): the message names it and says what to do.
+    (StackError, 503, "stores_unreachable"),
 )
 # Headers that go with a library error's answer, by code.
 LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
@@ -165,6 +169,11 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "copy, which holds the erased rows: another session of the database holds it (the message "
     "names its backend); nothing was certified and the request stays open; end that session, "
     "then send the erasure again with its request_id (or run `visage privacy resume`)",
+    (503, "stores_unreachable"): "a store the erasure must erase from cannot be reached or "
+    "opened (a stack service down, a DVC remote without its plugin, a gallery table or an MLflow "
+    "server the project once wrote to): nothing was certified and the request stays open; do "
+    "what the message says (`visage stack up`, say), then send the erasure again (the subject's "
+    "open request is taken up)",
 }
 # The codes the HTTP layer answers itself, by status; :data:`ERROR_CODES` adds the library's.
 _HTTP_CODES: dict[int, tuple[str, ...]] = {

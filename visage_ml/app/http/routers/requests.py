@@ -261,14 +261,14 @@ def request_deny(
     "/v1/subjects/{pid}/erasure",
     name="erasure",
     response_model=ErasureResponse,
-    # Every store of the subject's erased (the gallery's too, the shared one purged), and its
-    # request's start and completion witnessed at once.
+    # Every store of the subject's erased (the gallery's too, the shared one purged), each
+    # reached first, and its request's start and completion witnessed at once.
     responses=error_responses(
         STEP_ERRORS,
         SUBJECT_ERRORS,
         GALLERY_ERRORS,
         WITNESS_ERRORS,
-        {503: ("scan_incomplete", "gallery_table_held")},
+        {503: ("scan_incomplete", "gallery_table_held", "stores_unreachable")},
     ),
 )
 def erasure(
