@@ -49,6 +49,7 @@ IDENTITY = x25519.Identity.generate()
 SECRET, PUBLIC = str(IDENTITY), str(IDENTITY.to_public())
 FOR_REQUESTER = Delivery(recipients=(PUBLIC,))
 PLAIN = Delivery(plaintext=True)
+TO_HIM = {"recipient": PUBLIC}  # an HTTP export's delivery
 
 
 @pytest.fixture
@@ -632,6 +633,59 @@ def test_http_export_refused_by_the_audit_log_says_to_restore_it(proj):
     assert "restore privacy/audit.jsonl" in hint and f"request_id={rid}" in hint
     for role in ("operator", "auditor"):
         assert call("GET", "/v1/requests", role).status_code == 403
+
+
+def test_http_an_export_that_finds_a_damaged_photograph_is_not_answered_as_a_refusal(proj):
+    # The request routes answered every ValueError 409 not_allowed: a sealed photograph that
+    # fails authentication (altered, truncated) told the DPO that the request's state did not
+    # allow the export, which a client takes for a refusal not worth retrying. It is the
+    # server's fault: an unexpected error, recorded on the request, which stays in progress.
+    call = http_caller(proj)
+    pid = proj.pids[1]
+    (photo, *_) = sorted((proj.paths.raw / pid).iterdir())
+    data = bytearray(photo.read_bytes())
+    data[-5] ^= 0xFF
+    photo.write_bytes(bytes(data))
+    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
+        "request_id"
+    ]
+    call("POST", f"/v1/requests/{rid}/verify", "dpo")
+
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
+
+    assert (r.status_code, r.json()["error"]["code"]) == (500, "internal_error"), r.text
+    (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
+    assert listed["status"] == "in_progress"
+    assert listed["failure"]["code"] == "sealed_file_error"
+
+
+def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):
+    # What the request book refuses for what a request says or the subject's state: nothing
+    # recorded, and the message says why (kept 409 when other errors were no longer taken for
+    # refusals).
+    call = http_caller(proj)
+    pid, erased = proj.pids[1], proj.pids[2]
+    Erasure(proj.paths, core=proj.core).erase(erased)
+    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
+        "request_id"
+    ]
+    refused = (
+        (f"/v1/subjects/{erased}/requests", {"right": "access"}, "was erased"),
+        (
+            f"/v1/subjects/{pid}/requests",
+            {"right": "access", "received_at": "2999-01-01"},
+            "future",
+        ),
+        (f"/v1/requests/{rid}/extend", {"days": 200, "reason_code": "x"}, "at most"),
+        (f"/v1/requests/{rid}/extend", {"days": 3, "months": 1, "reason_code": "x"}, "one of"),
+        (f"/v1/subjects/{pid}/erasure", {"received_at": "yesterday"}, "ISO 8601"),
+    )
+    ledger = proj.paths.ledger.read_bytes()
+    for path, body, said in refused:
+        r = call("POST", path, "dpo", json=body)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "not_allowed"), (path, r.text)
+        assert said in r.json()["error"]["message"], r.text
+    assert proj.paths.ledger.read_bytes() == ledger
 
 
 def test_the_access_export_shows_a_lapsed_consent_in_the_history(proj, tmp_path):

@@ -150,17 +150,26 @@ class RequestStateError(ValueError):
     """The request's status does not allow the asked transition."""
 
 
+class RequestRefusedError(ValueError):
+    """What a request says, or its subject's state, does not allow it to be recorded or
+    changed: the subject was erased, a receipt time cannot be true, an extension is not given
+    in months or days or goes past the limit, a right or code is not one. Nothing is recorded;
+    the message says why (the HTTP API answers 409 ``not_allowed``)."""
+
+
 def check_code(value: str, what: str) -> str:
-    """Return ``value`` if it is a ledger-safe code (``[a-z0-9_]{1,64}``)."""
+    """Return ``value`` if it is a ledger-safe code (``[a-z0-9_]{1,64}``), else raise
+    :class:`RequestRefusedError`."""
     if not isinstance(value, str) or not CODE_RE.fullmatch(value):
-        raise ValueError(MSG_CODE.format(what=what))
+        raise RequestRefusedError(MSG_CODE.format(what=what))
     return value
 
 
 def check_right(right: str) -> str:
-    """Return ``right`` if it is one of :data:`RIGHTS`."""
+    """Return ``right`` if it is one of :data:`RIGHTS`, else raise
+    :class:`RequestRefusedError`."""
     if right not in RIGHTS:
-        raise ValueError(MSG_BAD_RIGHT.format(right=right))
+        raise RequestRefusedError(MSG_BAD_RIGHT.format(right=right))
     return right
 
 
@@ -564,19 +573,22 @@ class RequestBook:
         check_code(channel, "channel")
         st = self.core.subject(pid)
         if st.erased:
-            raise ValueError(ALREADY_ERASED.format(pid=pid))
+            raise RequestRefusedError(ALREADY_ERASED.format(pid=pid))
         now = self.now()
         if received_at is None:
             received = now
         elif isinstance(received_at, datetime):
             received = received_at.astimezone(UTC)
         else:
-            received = parse_time(received_at)
+            try:
+                received = parse_time(received_at)
+            except ValueError as exc:
+                raise RequestRefusedError(str(exc)) from None
         if received > now + timedelta(minutes=5):
-            raise ValueError(MSG_FUTURE.format(text=format_time(received)))
+            raise RequestRefusedError(MSG_FUTURE.format(text=format_time(received)))
         if received < GDPR_APPLIES:
             # A typo or a 1970 default: overdue by years the moment it was recorded.
-            raise ValueError(MSG_BEFORE_GDPR.format(text=format_time(received)))
+            raise RequestRefusedError(MSG_BEFORE_GDPR.format(text=format_time(received)))
         rid = new_request_id(received)
         deadline = add_months(received, self.params.deadline_months)
         payload: dict[str, Any] = {
@@ -647,7 +659,7 @@ class RequestBook:
         ------
         RequestStateError
             The request is closed, or its deadline passed.
-        ValueError
+        RequestRefusedError
             Neither or both of months and days, a bad reason code, or beyond the limit.
         """
         st = self.get(request_id)
@@ -661,12 +673,12 @@ class RequestBook:
             raise RequestStateError(MSG_EXTEND_OVERDUE.format(rid=request_id, deadline=st.deadline))
         check_code(reason_code, "extension reason")
         if (months is None) == (days is None) or (months or days or 0) < 1:
-            raise ValueError(MSG_EXTEND_HOW)
+            raise RequestRefusedError(MSG_EXTEND_HOW)
         current = parse_time(st.deadline)
         deadline = add_months(current, months) if months else current + int(days or 0) * DAY
         limit = add_months(parse_time(st.first_deadline), self.params.max_extension_months)
         if deadline > limit:
-            raise ValueError(
+            raise RequestRefusedError(
                 MSG_EXTENSION.format(
                     rid=request_id, limit=format_time(limit), max=self.params.max_extension_months
                 )

@@ -69,7 +69,7 @@ from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.datakeys import ROLE_BUNDLE, SUFFIX, parse_header, sniff
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import utc_now
-from visage_ml.privacy.requests import RequestBook
+from visage_ml.privacy.requests import RequestBook, RequestRefusedError
 from visage_ml.rights.information import access_page, subject_information
 from visage_ml.rights.lifecycle import begin, recorded
 from visage_ml.rights.lineage import subject_lineage
@@ -582,16 +582,18 @@ def build_bundle(
     Raises
     ------
     ValueError
-        ``pid`` is malformed or the subject was erased, or the audit log fails verification
-        against its ledger anchors (:class:`~visage_ml.privacy.auditlog.AuditLogError`: its
-        identification events could be incomplete).
+        ``pid`` is malformed, or the subject was erased
+        (:class:`~visage_ml.privacy.requests.RequestRefusedError`), or the audit log fails
+        verification against its ledger anchors
+        (:class:`~visage_ml.privacy.auditlog.AuditLogError`: its identification events could be
+        incomplete).
     """
     check_pid(pid)
     core = core if core is not None else PrivacyCore(paths)
     params = params if params is not None else load_params(paths.params)
     state = core.subject(pid)
     if state.erased:
-        raise ValueError(ALREADY_ERASED.format(pid=pid))
+        raise RequestRefusedError(ALREADY_ERASED.format(pid=pid))
     try:
         identity = core.vault.get(pid)
     except KeyError:

@@ -141,6 +141,10 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "answer for every reason)",
     (409, "processing_not_allowed"): "a dpo's enrolment of a subject whose consent does not "
     "cover identification (the reason is named)",
+    (409, "not_allowed"): "what the request says, or its subject's state, does not allow it to "
+    "be recorded or changed (the subject was erased; a receipt time that is not one, in the "
+    "future or before the GDPR applied; an extension not given in months or days, or past the "
+    "limit): the message says why",
     (422, "invalid_request"): "a malformed or unknown field or query parameter",
     (503, "busy"): "the server is answering serving.max_concurrent requests: retry after "
     "Retry-After",

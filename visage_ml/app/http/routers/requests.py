@@ -53,6 +53,7 @@ from visage_ml.privacy.core import PrivacyCore, UnknownSubjectError
 from visage_ml.privacy.outbox import Outbox
 from visage_ml.privacy.requests import (
     RequestBook,
+    RequestRefusedError,
     RequestStateError,
     UnknownRequestError,
     failure_hint,
@@ -93,7 +94,11 @@ MSG_HTTP_DELIVERY = (
 @contextlib.contextmanager
 def _answered() -> Iterator[None]:
     """The request book's and registry's refusals as API errors (404, 409, or 503 for an audit
-    log that fails verification)."""
+    log that fails verification).
+
+    Only refusals: any other error (a library error answered with its own code, a damaged
+    file, a bug) goes on to the app's handlers, not taken for what the request's state does
+    not allow."""
     try:
         yield
     except UnknownRequestError as exc:
@@ -102,12 +107,12 @@ def _answered() -> Iterator[None]:
         raise ApiError(404, "unknown_subject", str(exc)) from None
     except RequestStateError as exc:
         raise ApiError(409, "request_state", _message(exc)) from None
+    except RequestRefusedError as exc:
+        raise ApiError(409, "not_allowed", _message(exc)) from None
     except AuditLogError as exc:
         # Not the subject's state nor the caller's permission: the server's audit log must be
         # restored before any access export (it could hide identifications).
         raise ApiError(503, "audit_log_unverified", _message(exc)) from None
-    except ValueError as exc:
-        raise ApiError(409, "not_allowed", _message(exc)) from None
 
 
 def _refresh_after(svc: Service) -> None:
