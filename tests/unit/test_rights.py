@@ -19,12 +19,13 @@ import pytest
 from PIL import Image
 from pyrage import x25519
 from rights_fakes import REF, PrepareTileDetector, http_caller, make_project, png
-from serving_fakes import THRESHOLD, face_tile
+from serving_fakes import THRESHOLD, face_tile, scene
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.app.stages import prepare
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.inference import ModelFileError
 from visage_ml.io import sha256_file
 from visage_ml.privacy.core import NothingChangedError
 from visage_ml.privacy.datakeys import NoDataKeyError
@@ -873,6 +874,58 @@ def test_http_and_cli_lifts_say_what_became_of_a_template_removed_during_the_res
     out = json.loads(lifted.output)
     assert out["template"] == "reenrolment_needed"
     assert "enrolled again" in out["note"] and "no embedder" in out["note"]
+
+
+def test_http_a_lift_whose_template_cannot_be_made_again_is_in_force_and_says_so(proj, monkeypatch):
+    # The lift is recorded, then the template a rectification removed during the restriction
+    # is made again. A rectified photograph with more faces than serving.max_faces made the
+    # detection raise, answered 422 too_many_faces (a damaged model's output: 503 model_error)
+    # to a lift in force, its request left in progress; the client, told the lift failed,
+    # sent it again and got 409 not_restricted.
+    call = http_caller(proj)
+    proj.engine.max_faces = 2
+    group, lone, broken = proj.pids[1], proj.pids[2], proj.pids[3]
+    people = proj.world.people
+    for pid in (group, lone, broken):
+        assert call("POST", f"/v1/subjects/{pid}/restrict", "dpo").status_code == 200
+    rng = np.random.default_rng(17)
+    crowd = {
+        pid: png(scene([face_tile(people[p], rng) for p in proj.pids[:3]])) for pid in (group, lone)
+    }
+    # Every photograph of the one, the first of the other, rectified to a group photograph.
+    rectify(
+        proj.paths, group, images=dict.fromkeys(proj.images[group], crowd[group]), core=proj.core
+    )
+    first = sorted(proj.images[lone])[0]
+    rectify(proj.paths, lone, images={first: crowd[lone]}, core=proj.core)
+    image_id = sorted(proj.images[broken])[0]
+    photo = png(face_tile(people[broken], rng))
+    rectify(proj.paths, broken, images={image_id: photo}, core=proj.core)
+
+    # No photograph with a single face: the subject must be enrolled again, as the note says.
+    r = call("POST", f"/v1/subjects/{group}/lift", "dpo")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["template"] == "reenrolment_needed"
+    assert "no single face was found" in body["note"] and "enrolled again" in body["note"]
+    assert body["subject"]["gallery"]["enrolled"] is False
+    # The group photograph is passed over like one with two faces: made from the others.
+    r = call("POST", f"/v1/subjects/{lone}/lift", "dpo")
+    assert r.status_code == 200, r.text
+    assert r.json()["template"] == "reenrolled"
+    # A model that fails on the photographs (non-finite output): the lift stands too.
+    damaged = ModelFileError("models/embedder.onnx produced non-finite values (NaN or infinity)")
+    monkeypatch.setattr(proj.engine, "embed", lambda *a, **k: (_ for _ in ()).throw(damaged))
+    r = call("POST", f"/v1/subjects/{broken}/lift", "dpo")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["template"] == "reenrolment_needed" and "model" in body["note"], body["note"]
+
+    for pid in (group, lone, broken):
+        assert not proj.core.subject(pid).restricted
+    assert call("GET", "/v1/requests", "dpo").json()["requests"] == []  # each completed
+    documented = call.app.openapi()["paths"]["/v1/subjects/{pid}/lift"]["post"]["responses"]
+    assert "too_many_faces" not in documented["422"]["description"]
 
 
 def test_a_verified_objection_or_lift_request_that_finds_nothing_to_change_is_completed_saying_so(

@@ -39,6 +39,7 @@ from visage_ml.data.imagecheck import (
 )
 from visage_ml.data.importers.common import MAX_AGE
 from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subjects
+from visage_ml.inference import ModelFileError
 from visage_ml.io import canonical_json, sha256_file
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.keys import check_pid
@@ -54,7 +55,7 @@ from visage_ml.privacy.registry import NO_BASIS_REASONS
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.export import jsonable, row_dict
 from visage_ml.rights.lifecycle import begin, recorded
-from visage_ml.serving.engine import Engine
+from visage_ml.serving.engine import Engine, TooManyFacesError
 from visage_ml.serving.gallery import PURPOSE as IDENTIFICATION
 from visage_ml.serving.gallery import EnrolmentRefusedError, Gallery, GalleryError, read_meta
 from visage_ml.serving.pg_gallery import open_project_gallery
@@ -103,6 +104,8 @@ REENROLMENT_WHY = {
     "no_embedder": "there is no embedder, models/embedder.onnx",
     REMOVED_NO_FACE: "no single face was found in the rectified images",
     "gallery_error": "the gallery could not be written; see the log",
+    "model_error": "a model failed on the rectified images, damaged: restore it first with "
+    "`dvc repro export` and restart the server; see the log",
 }
 ATTRIBUTES = ("age", "gender", "group")
 # What the data key is stretched for to MAC the attributes (a subkey for this use only).
@@ -441,7 +444,11 @@ def _reenrol(
         # Decrypted in memory only.
         data = replaced.get(image_id) or store.read_image(pid, image_id)
         with Image.open(io.BytesIO(data)) as im:
-            faces = engine.detect(im.convert("RGB"), look_again=engine.second_look)
+            try:
+                faces = engine.detect(im.convert("RGB"), look_again=engine.second_look)
+            except TooManyFacesError:
+                # More than serving.max_faces: not a single face, like two (passed over).
+                continue
         if len(faces) == 1:
             crops.append(faces[0].crop)
         if len(crops) >= per_subject:
@@ -500,7 +507,8 @@ def enrol_owed(
     dict
         For the lift's outcome: ``{"gallery": "reenrolled"}``; ``{"gallery":
         "reenrolment_needed", "gallery_reason": why}`` when it could not be made (no gallery or
-        embedder, no face, the gallery failed; :func:`lift_note` says what to do); empty when
+        embedder, no single face, the gallery or a model failed; :func:`lift_note` says what to
+        do); empty when
         identification is still not allowed (an objection, a withdrawn consent): no template
         is owed then.
     """
@@ -512,12 +520,12 @@ def enrol_owed(
     if status is None:
         try:
             status = _reenrol(paths, pid, owed, core=core)
-        except (GalleryError, EnrolmentRefusedError) as exc:
+        except (GalleryError, EnrolmentRefusedError, ModelFileError) as exc:
             # The restriction is lifted already: the lift is answered, and says what to do.
             log.warning(
                 "subject %s: template not made again after the lift (%s)", pid, type(exc).__name__
             )
-            status = "gallery_error"
+            status = "model_error" if isinstance(exc, ModelFileError) else "gallery_error"
     if status == REENROLLED:
         return {"gallery": REENROLLED}
     log.warning(lift_note(pid, {"gallery": REENROLMENT_NEEDED, "gallery_reason": status}))

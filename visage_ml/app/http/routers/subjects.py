@@ -20,7 +20,6 @@ from visage_ml.app.http.errors import (
     GALLERY_ERRORS,
     JSON_ERRORS,
     LEDGER_ERRORS,
-    MODEL_ERRORS,
     SUBJECT_ERRORS,
     WITNESS_ERRORS,
     ApiError,
@@ -171,9 +170,14 @@ def restrict(
     "/v1/subjects/{pid}/lift",
     name="lift",
     # A template a rectification removed during the restriction is made again from the
-    # subject's images (the gallery read and written, the models run) before the answer.
+    # subject's images: the gallery read and the models loaded (analytics mode) before the
+    # lift is recorded; what fails once it is in force (the gallery written, a detection, a
+    # model's output) is the answer's note, not an error.
     responses=error_responses(
-        RIGHTS_ERRORS, {409: ("not_restricted",)}, GALLERY_ERRORS, MODEL_ERRORS
+        RIGHTS_ERRORS,
+        {409: ("not_restricted",)},
+        GALLERY_ERRORS,
+        {503: ("model_error", "model_mismatch")},
     ),
 )
 def lift(
