@@ -639,12 +639,15 @@ def test_http_export_refused_by_the_audit_log_says_to_restore_it(proj):
 def test_http_an_export_that_finds_a_damaged_photograph_is_not_answered_as_a_refusal(proj):
     # The request routes answered every ValueError 409 not_allowed: a sealed photograph that
     # fails authentication (altered, truncated) told the DPO that the request's state did not
-    # allow the export, which a client takes for a refusal not worth retrying. It is the
-    # server's fault: an unexpected error, recorded on the request, which stays in progress.
+    # allow the export, which a client takes for a refusal not worth retrying; then a plain 500
+    # internal_error, what to do only in the server's log. It is the server's stored data that
+    # needs repair: 503 sealed_file_error saying so, recorded on the request, which stays in
+    # progress and is exported once the photograph is restored.
     call = http_caller(proj)
     pid = proj.pids[1]
     (photo, *_) = sorted((proj.paths.raw / pid).iterdir())
-    data = bytearray(photo.read_bytes())
+    sound = photo.read_bytes()
+    data = bytearray(sound)
     data[-5] ^= 0xFF
     photo.write_bytes(bytes(data))
     rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
@@ -654,10 +657,21 @@ def test_http_an_export_that_finds_a_damaged_photograph_is_not_answered_as_a_ref
 
     r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
 
-    assert (r.status_code, r.json()["error"]["code"]) == (500, "internal_error"), r.text
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "sealed_file_error"), r.text
+    message = r.json()["error"]["message"]
+    assert "dvc checkout" in message and "retry" in message, message
+    # Not where the server keeps it: the operator's log names the file.
+    assert str(proj.paths.root) not in message and photo.name not in message, message
     (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
     assert listed["status"] == "in_progress"
     assert listed["failure"]["code"] == "sealed_file_error"
+    documented = call.app.openapi()["paths"]["/v1/subjects/{pid}/export"]["get"]["responses"]
+    assert "`sealed_file_error`" in documented["503"]["description"]
+
+    photo.write_bytes(sound)  # restored (`dvc checkout`): the same request is exported
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
+    assert r.status_code == 200, r.text
+    assert call("GET", "/v1/requests", "dpo").json()["requests"] == []
 
 
 def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):

@@ -24,6 +24,7 @@ from visage_ml.app.http.auth import DPO, ApiKeyFileError
 from visage_ml.app.http.schemas import ErrorResponse
 from visage_ml.inference import ModelFileError
 from visage_ml.privacy.auditlog import AuditLogError
+from visage_ml.privacy.datakeys import SealedFileError
 from visage_ml.privacy.registry import LedgerRefusedError
 from visage_ml.privacy.witnessed import LedgerRollbackError, WitnessUnavailableError
 from visage_ml.rights.content_scan import ScanIncompleteError
@@ -76,6 +77,10 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # A store the erasure must erase from cannot be reached or opened (its preflight stops it
     # before anything is erased; a step, after): the message names it and says what to do.
     (StackError, 503, "stores_unreachable"),
+    # A sealed file the route reads (a subject's stored photograph) fails authentication:
+    # altered or truncated on the server's disk. Nothing more is done until it is restored;
+    # the request it was read for stays open, its failure recorded with this code.
+    (SealedFileError, 503, "sealed_file_error"),
 )
 # Headers that go with a library error's answer, by code.
 LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
@@ -89,6 +94,11 @@ LIBRARY_MESSAGES: dict[str, str] = {
     "and nothing was done; ask the server's operator to restore secrets/api_keys.json (the "
     "server's log says what is wrong with it) from a backup, or to create new keys with "
     "`visage apikey create`, then retry",
+    # The library's names the file (under the subject's pid) for the operator: the log has it.
+    "sealed_file_error": "a file the server stores for this subject (a sealed photograph) "
+    "fails authentication: it was altered or truncated on the server's disk, and nothing more "
+    "was done (an open request stays in progress); ask the server's operator to restore it "
+    "(`dvc checkout`, the server's log names it) or to re-import the image, then retry",
 }
 # One answer for an operator's enrolment, whatever the reason: unknown subject, no
 # identification consent (withdrawn, never given, restricted, objected, erased), a stored
@@ -178,6 +188,10 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "server the project once wrote to): nothing was certified and the request stays open; do "
     "what the message says (`visage stack up`, say), then send the erasure again (the subject's "
     "open request is taken up)",
+    (503, "sealed_file_error"): "a file the server stores for the subject (a sealed "
+    "photograph) fails authentication, altered or truncated on its disk: nothing more was done "
+    "and the request stays in progress; retry once the server's operator has restored it "
+    "(`dvc checkout`) or re-imported the image",
 }
 # The codes the HTTP layer answers itself, by status; :data:`ERROR_CODES` adds the library's.
 _HTTP_CODES: dict[int, tuple[str, ...]] = {
