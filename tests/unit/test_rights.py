@@ -942,6 +942,31 @@ def test_http_a_lift_whose_template_cannot_be_made_again_is_in_force_and_says_so
     assert "too_many_faces" not in documented["422"]["description"]
 
 
+def test_http_a_lift_that_finds_a_damaged_photograph_is_in_force_and_says_to_restore_it(proj):
+    # A stored photograph that fails authentication (altered or truncated on disk) made the
+    # re-enrolment after the lift raise: 500 internal_error to a lift in force, its request
+    # left in progress, and a client that sent it again got 409 not_restricted.
+    call = http_caller(proj)
+    pid = proj.pids[2]
+    assert call("POST", f"/v1/subjects/{pid}/restrict", "dpo").status_code == 200
+    rectified, *kept = sorted(proj.images[pid])
+    new_photo = png(face_tile(proj.world.people[pid], np.random.default_rng(13), noise=3.0))
+    rectify(proj.paths, pid, images={rectified: new_photo}, core=proj.core)
+    photo = proj.paths.raw / pid / f"{kept[0]}.sealed"
+    photo.write_bytes(photo.read_bytes()[:-7])  # truncated
+
+    r = call("POST", f"/v1/subjects/{pid}/lift", "dpo")
+
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["template"] == "reenrolment_needed"
+    assert "fails authentication" in body["note"] and "dvc checkout" in body["note"], body["note"]
+    assert photo.name not in body["note"] and str(proj.paths.root) not in body["note"]
+    assert body["subject"]["gallery"]["enrolled"] is False
+    assert not proj.core.subject(pid).restricted
+    assert call("GET", "/v1/requests", "dpo").json()["requests"] == []  # completed
+
+
 def test_a_verified_objection_or_lift_request_that_finds_nothing_to_change_is_completed_saying_so(
     proj,
 ):

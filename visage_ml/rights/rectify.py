@@ -42,6 +42,7 @@ from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subj
 from visage_ml.inference import ModelFileError
 from visage_ml.io import canonical_json, sha256_file
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
+from visage_ml.privacy.datakeys import SealedFileError
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.outbox import (
     REENROLLED,
@@ -106,6 +107,10 @@ REENROLMENT_WHY = {
     "gallery_error": "the gallery could not be written; see the log",
     "model_error": "a model failed on the rectified images, damaged: restore it first with "
     "`dvc repro export` and restart the server; see the log",
+    # The file's name is the log's (the HTTP answer carries the note).
+    "sealed_file_error": "a stored photograph of theirs fails authentication, altered or "
+    "truncated on disk: restore it first with `dvc checkout` (or re-import the image); the log "
+    "names it",
 }
 ATTRIBUTES = ("age", "gender", "group")
 # What the data key is stretched for to MAC the attributes (a subkey for this use only).
@@ -507,10 +512,9 @@ def enrol_owed(
     dict
         For the lift's outcome: ``{"gallery": "reenrolled"}``; ``{"gallery":
         "reenrolment_needed", "gallery_reason": why}`` when it could not be made (no gallery or
-        embedder, no single face, the gallery or a model failed; :func:`lift_note` says what to
-        do); empty when
-        identification is still not allowed (an objection, a withdrawn consent): no template
-        is owed then.
+        embedder, no single face, the gallery or a model failed, a stored photograph fails
+        authentication; :func:`lift_note` says what to do); empty when identification is still
+        not allowed (an objection, a withdrawn consent): no template is owed then.
     """
     if not core.may_process(pid, IDENTIFICATION).allowed:
         return {}
@@ -520,6 +524,12 @@ def enrol_owed(
     if status is None:
         try:
             status = _reenrol(paths, pid, owed, core=core)
+        except SealedFileError as exc:
+            # A damaged photograph is not passed over: it may be the rectified one, and a
+            # template made from the others would be the inaccurate one the rectification
+            # removed. Its message names the file (pid/image id) and says how to restore it.
+            log.warning("subject %s: template not made again after the lift: %s", pid, exc)
+            status = "sealed_file_error"
         except (GalleryError, EnrolmentRefusedError, ModelFileError) as exc:
             # The restriction is lifted already: the lift is answered, and says what to do.
             log.warning(

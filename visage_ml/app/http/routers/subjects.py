@@ -171,8 +171,8 @@ def restrict(
     name="lift",
     # A template a rectification removed during the restriction is made again from the
     # subject's images: the gallery read and the models loaded (analytics mode) before the
-    # lift is recorded; what fails once it is in force (the gallery written, a detection, a
-    # model's output) is the answer's note, not an error.
+    # lift is recorded; what fails once it is in force (a stored photograph read, the gallery
+    # written, a detection, a model's output) is the answer's note, not an error.
     responses=error_responses(
         RIGHTS_ERRORS,
         {409: ("not_restricted",)},
