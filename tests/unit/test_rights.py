@@ -967,6 +967,32 @@ def test_http_a_lift_that_finds_a_damaged_photograph_is_in_force_and_says_to_res
     assert call("GET", "/v1/requests", "dpo").json()["requests"] == []  # completed
 
 
+def test_http_a_lift_that_finds_a_photograph_missing_from_disk_is_in_force_and_says_to_restore_it(
+    proj,
+):
+    # A stored photograph gone from disk (deleted, or `dvc checkout` not run) made the
+    # re-enrolment after the lift raise a KeyError: 500 internal_error to a lift in force.
+    call = http_caller(proj)
+    pid = proj.pids[2]
+    assert call("POST", f"/v1/subjects/{pid}/restrict", "dpo").status_code == 200
+    rectified, *kept = sorted(proj.images[pid])
+    new_photo = png(face_tile(proj.world.people[pid], np.random.default_rng(13), noise=3.0))
+    rectify(proj.paths, pid, images={rectified: new_photo}, core=proj.core)
+    photo = proj.paths.raw / pid / f"{kept[0]}.sealed"
+    photo.unlink()
+
+    r = call("POST", f"/v1/subjects/{pid}/lift", "dpo")
+
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["template"] == "reenrolment_needed"
+    assert "missing" in body["note"] and "dvc checkout" in body["note"], body["note"]
+    assert photo.name not in body["note"] and str(proj.paths.root) not in body["note"]
+    assert body["subject"]["gallery"]["enrolled"] is False
+    assert not proj.core.subject(pid).restricted
+    assert call("GET", "/v1/requests", "dpo").json()["requests"] == []  # completed
+
+
 def test_a_verified_objection_or_lift_request_that_finds_nothing_to_change_is_completed_saying_so(
     proj,
 ):

@@ -173,6 +173,15 @@ class RawStoreError(RuntimeError):
     """``data/raw`` is in a state the store cannot repair on its own."""
 
 
+class ImageMissingError(KeyError):
+    """An image the raw table lists has no file in ``data/raw`` (deleted, or not checked out:
+    `dvc checkout` restores it). A KeyError, as the store raised before, so that a caller can
+    tell the read of a stored image from any other missing key."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
@@ -698,8 +707,8 @@ class RawStore:
 
         Raises
         ------
-        KeyError
-            No such image file.
+        ImageMissingError
+            No such image file (a KeyError).
         ValueError
             A plaintext or altered file (the message says what to do).
         visage_ml.privacy.datakeys.NoDataKeyError
@@ -711,7 +720,7 @@ class RawStore:
                 legacy = path.with_suffix(ext)
                 if legacy.is_file():
                     return read_raw_image(self.keys, legacy)  # raises MSG_PLAINTEXT
-            raise KeyError(MSG_NO_IMAGE.format(pid=pid, image_id=image_id))
+            raise ImageMissingError(MSG_NO_IMAGE.format(pid=pid, image_id=image_id))
         return read_raw_image(self.keys, path)
 
     @property

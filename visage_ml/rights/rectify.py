@@ -38,7 +38,13 @@ from visage_ml.data.imagecheck import (
     check_image,
 )
 from visage_ml.data.importers.common import MAX_AGE
-from visage_ml.data.rawstore import BAD_GENDER, RawStore, read_images, read_subjects
+from visage_ml.data.rawstore import (
+    BAD_GENDER,
+    ImageMissingError,
+    RawStore,
+    read_images,
+    read_subjects,
+)
 from visage_ml.inference import ModelFileError
 from visage_ml.io import canonical_json, sha256_file
 from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
@@ -111,6 +117,9 @@ REENROLMENT_WHY = {
     "sealed_file_error": "a stored photograph of theirs fails authentication, altered or "
     "truncated on disk: restore it first with `dvc checkout` (or re-import the image); the log "
     "names it",
+    "image_missing": "a stored photograph of theirs is missing from disk (deleted, or "
+    "`dvc checkout` not run): restore it first with `dvc checkout` (or re-import the image); "
+    "the log names it",
 }
 ATTRIBUTES = ("age", "gender", "group")
 # What the data key is stretched for to MAC the attributes (a subkey for this use only).
@@ -513,8 +522,9 @@ def enrol_owed(
         For the lift's outcome: ``{"gallery": "reenrolled"}``; ``{"gallery":
         "reenrolment_needed", "gallery_reason": why}`` when it could not be made (no gallery or
         embedder, no single face, the gallery or a model failed, a stored photograph fails
-        authentication; :func:`lift_note` says what to do); empty when identification is still
-        not allowed (an objection, a withdrawn consent): no template is owed then.
+        authentication or is missing; :func:`lift_note` says what to do); empty when
+        identification is still not allowed (an objection, a withdrawn consent): no template is
+        owed then.
     """
     if not core.may_process(pid, IDENTIFICATION).allowed:
         return {}
@@ -530,6 +540,10 @@ def enrol_owed(
             # removed. Its message names the file (pid/image id) and says how to restore it.
             log.warning("subject %s: template not made again after the lift: %s", pid, exc)
             status = "sealed_file_error"
+        except ImageMissingError as exc:
+            # A missing one neither, for the same reason; the message names it (pid/image id).
+            log.warning("subject %s: template not made again after the lift: %s", pid, exc)
+            status = "image_missing"
         except (GalleryError, EnrolmentRefusedError, ModelFileError) as exc:
             # The restriction is lifted already: the lift is answered, and says what to do.
             log.warning(
