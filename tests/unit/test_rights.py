@@ -674,6 +674,33 @@ def test_http_an_export_that_finds_a_damaged_photograph_is_not_answered_as_a_ref
     assert call("GET", "/v1/requests", "dpo").json()["requests"] == []
 
 
+def test_http_an_export_that_finds_a_damaged_gallery_template_says_to_repair_the_gallery(proj):
+    # The subject's template in the local gallery, altered on disk, made Gallery.template raise
+    # a bare GalleryError: 500 internal_error, what to do only in the server's log.
+    call = http_caller(proj)
+    pid = proj.pids[1]
+    template = proj.gallery().template_path(pid)
+    data = bytearray(template.read_bytes())
+    data[-5] ^= 0xFF
+    template.write_bytes(bytes(data))
+    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
+        "request_id"
+    ]
+    call("POST", f"/v1/requests/{rid}/verify", "dpo")
+
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
+
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "template_file_error"), r.text
+    message = r.json()["error"]["message"]
+    assert "visage gallery verify" in message and "retry" in message, message
+    assert str(proj.paths.root) not in message and template.name not in message, message
+    (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
+    assert listed["status"] == "in_progress"
+    assert listed["failure"]["code"] == "template_file_error"
+    documented = call.app.openapi()["paths"]["/v1/subjects/{pid}/export"]["get"]["responses"]
+    assert "`template_file_error`" in documented["503"]["description"]
+
+
 def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):
     # What the request book refuses for what a request says or the subject's state: nothing
     # recorded, and the message says why (kept 409 when other errors were no longer taken for

@@ -263,6 +263,11 @@ class GalleryVersionError(GalleryError):
     """Templates were made by another embedder version than the one serving."""
 
 
+class TemplateFileError(GalleryError):
+    """A subject's stored template or anchor template fails authentication (altered,
+    truncated or moved): the message names its file; `visage gallery verify` lists them."""
+
+
 class EnrolmentRefusedError(PermissionError):
     """The registry does not allow the subject to be processed for identification."""
 
@@ -1168,8 +1173,8 @@ class Gallery:
         NotEnrolledError
             No template file (never enrolled, or erased), or its key was destroyed (an
             erasure that stopped after its commit point).
-        GalleryError
-            The file fails authentication (altered or truncated).
+        TemplateFileError
+            The file fails authentication (altered or truncated): a GalleryError.
         """
         return self._open_file(pid, self.template_path(pid), MAGIC)
 
@@ -1197,8 +1202,8 @@ class Gallery:
             No anchor: never enrolled, erased, its key destroyed, enrolled before anchors were
             kept (a rebuild or a dpo re-enrolment makes one), or a backend that keeps none
             (:attr:`keeps_anchors`).
-        GalleryError
-            The file fails authentication (altered, truncated or moved).
+        TemplateFileError
+            The file fails authentication (altered, truncated or moved): a GalleryError.
         """
         if not self.keeps_anchors:
             raise NotEnrolledError(pid)
@@ -1285,7 +1290,7 @@ class Gallery:
         except (FileNotFoundError, KeyDestroyedError):
             raise NotEnrolledError(pid) from None
         except (InvalidTag, ValueError, orjson.JSONDecodeError, struct.error):
-            raise GalleryError(MSG_TAMPERED.format(name=name)) from None
+            raise TemplateFileError(MSG_TAMPERED.format(name=name)) from None
         return np.frombuffer(plain, dtype="<f4").astype(np.float32), header
 
     def stats(self) -> dict[str, Any]:

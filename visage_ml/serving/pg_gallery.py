@@ -206,6 +206,7 @@ from visage_ml.serving.gallery import (
     NotEnrolledError,
     Reference,
     Removal,
+    TemplateFileError,
     Threshold,
     _rel,
     anchored_event,
@@ -2452,7 +2453,7 @@ class PgGallery(Gallery):
         except KeyDestroyedError:
             raise NotEnrolledError(pid) from None
         except (InvalidTag, ValueError, KeyError):
-            raise GalleryError(MSG_TAMPERED.format(name=f"{self.names.table}/{pid}")) from None
+            raise TemplateFileError(MSG_TAMPERED.format(name=f"{self.names.table}/{pid}")) from None
         return np.frombuffer(plain, dtype="<f4").astype(np.float32), header
 
     @_reads

@@ -39,6 +39,7 @@ from visage_ml.serving.gallery import (
     GalleryUnavailableError,
     GalleryVersionError,
     NotEnrolledError,
+    TemplateFileError,
 )
 from visage_ml.serving.pg_swap import OldTableHeldError
 from visage_ml.stack.proc import StackError
@@ -81,6 +82,9 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # altered or truncated on the server's disk. Nothing more is done until it is restored;
     # the request it was read for stays open, its failure recorded with this code.
     (SealedFileError, 503, "sealed_file_error"),
+    # The subject's template (or anchor template) in the gallery fails authentication, read
+    # for their export: as a sealed photograph, the request stays open until it is repaired.
+    (TemplateFileError, 503, "template_file_error"),
 )
 # Headers that go with a library error's answer, by code.
 LIBRARY_HEADERS: dict[str, dict[str, str]] = {"gallery_unavailable": {"Retry-After": "1"}}
@@ -99,6 +103,12 @@ LIBRARY_MESSAGES: dict[str, str] = {
     "fails authentication: it was altered or truncated on the server's disk, and nothing more "
     "was done (an open request stays in progress); ask the server's operator to restore it "
     "(`dvc checkout`, the server's log names it) or to re-import the image, then retry",
+    # The library's names the template's file (the subject's pid) or table: the log has it.
+    "template_file_error": "the subject's template stored in the gallery fails "
+    "authentication: it was altered, truncated or moved on the server, and nothing more was "
+    "done (an open request stays in progress); ask the server's operator to run `visage "
+    "gallery verify` (it lists the damaged templates) and to restore the template from a "
+    "backup or enrol the subject again, then retry",
 }
 # One answer for an operator's enrolment, whatever the reason: unknown subject, no
 # identification consent (withdrawn, never given, restricted, objected, erased), a stored
@@ -192,6 +202,10 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "photograph) fails authentication, altered or truncated on its disk: nothing more was done "
     "and the request stays in progress; retry once the server's operator has restored it "
     "(`dvc checkout`) or re-imported the image",
+    (503, "template_file_error"): "the subject's template (or anchor template) stored in the "
+    "gallery fails authentication: nothing more was done and the request stays in progress; "
+    "retry once the server's operator has restored it from a backup or enrolled the subject "
+    "again (`visage gallery verify` lists the damaged templates)",
 }
 # The codes the HTTP layer answers itself, by status; :data:`ERROR_CODES` adds the library's.
 _HTTP_CODES: dict[int, tuple[str, ...]] = {

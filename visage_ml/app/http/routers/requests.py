@@ -320,9 +320,9 @@ def erasure(
     "/v1/subjects/{pid}/export",
     name="export",
     response_model=ExportResponse,
-    # The subject's data read from every store (the gallery's template too, their sealed
-    # photographs decrypted), and their identifications from the audit log, verified against
-    # its anchors first.
+    # The subject's data read from every store (the gallery's template and anchor too, both
+    # authenticated, their sealed photographs decrypted), and their identifications from the
+    # audit log, verified against its anchors first.
     responses=error_responses(
         BOOK_ERRORS,
         SUBJECT_ERRORS,
@@ -331,7 +331,7 @@ def erasure(
             404: ("unknown_request",),
             409: ("request_state", "not_allowed"),
             422: ("delivery",),
-            503: ("audit_log_unverified", "sealed_file_error"),
+            503: ("audit_log_unverified", "sealed_file_error", "template_file_error"),
         },
     ),
 )
