@@ -756,10 +756,34 @@ def test_an_image_whose_file_is_gone_is_named_in_the_export_not_left_out(proj, t
     (f,) = [p for p in (proj.paths.raw / pid).iterdir() if p.name.startswith(image_id)]
     f.unlink()
     out = tmp_path / "bundle.zip"
-    export_subject(proj.paths, pid, out=out, core=proj.core, delivery=PLAIN)
+    result = export_subject(proj.paths, pid, out=out, core=proj.core, delivery=PLAIN)
     subject = validate_bundle(out)["subject"]
     assert subject["images_missing"] == [image_id]
+    assert result.to_dict()["images_missing"] == 1  # what `visage privacy export` shows
     assert image_id not in {i["image_id"] for i in subject["images"]}
+
+
+def test_http_an_export_missing_a_photograph_says_so_to_the_dpo(proj):
+    # The bundle names a photograph whose file is gone (above), but it is encrypted for the
+    # requester: the DPO's answer said 200 and nothing else, and the request was closed without
+    # the photograph (a `dvc checkout` not run would have restored it). The answer counts the
+    # photographs exported and those missing.
+    call = http_caller(proj)
+    pid = proj.pids[1]
+    (photo, *_) = sorted((proj.paths.raw / pid).iterdir())
+    listed = len(proj.images[pid])
+    photo.unlink()
+    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
+        "request_id"
+    ]
+    call("POST", f"/v1/requests/{rid}/verify", "dpo")
+
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
+
+    assert r.status_code == 200, r.text
+    assert (r.json()["images"], r.json()["images_missing"]) == (listed - 1, 1), r.json()
+    documented = call.app.openapi()["components"]["schemas"]["ExportResponse"]["properties"]
+    assert "dvc checkout" in documented["images_missing"]["description"]
 
 
 # -- rectification while processing is restricted (Art. 18(1)(a)) ---------------------------

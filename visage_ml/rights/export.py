@@ -453,6 +453,9 @@ class ExportResult:
     data: bytes = field(default=b"", repr=False)
     bundle_sha256: str = ""
     delivery: str = PLAINTEXT
+    # Photographs the raw table lists for the subject whose file could not be read: named in
+    # the bundle (subject.json's images_missing), not in it.
+    images_missing: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -462,6 +465,7 @@ class ExportResult:
             "delivery": self.delivery,
             "files": len(self.files),
             "images": self.images,
+            "images_missing": self.images_missing,
             "templates": self.templates,
             "request_id": self.request_id,
         }
@@ -682,7 +686,8 @@ def build_bundle(
         z.writestr("manifest.json", _json_bytes(manifest))
         for name in sorted(files):
             z.writestr(name, files[name])
-    return buf.getvalue(), hashes, {"templates": len(templates), "images": len(image_items)}
+    counts = {"templates": len(templates), "images": len(image_items), "missing": len(missing)}
+    return buf.getvalue(), hashes, counts
 
 
 def export_subject(
@@ -798,6 +803,7 @@ def export_subject(
         data,
         bundle_sha256=zip_digest,
         delivery=delivery.mode,
+        images_missing=counts["missing"],
     )
 
 

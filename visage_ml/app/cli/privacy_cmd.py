@@ -596,6 +596,11 @@ def _book() -> Any:
     return RequestBook(_core())
 
 
+MSG_EXPORT_MISSING = (
+    "\n{n} photograph(s) the raw table lists for the subject could not be read (deleted, or "
+    "`dvc checkout` not run): named in the bundle's subject.json, not in it; restore them "
+    "(`dvc checkout`) and answer a new request to hand them over"
+)
 MSG_NOT_TOLD = (
     "the subject was not told: they have no contact address in the vault (`visage privacy "
     "subject add --contact`); reach them another way and keep a record of it"
@@ -845,6 +850,7 @@ def export(
         shown,
         f"{result.path} written ({result.images} images, {result.templates} template(s); "
         f"{result.delivery}; sha256 {result.sha256}); request {result.request_id} completed"
+        + (MSG_EXPORT_MISSING.format(n=result.images_missing) if result.images_missing else "")
         + (
             f"\nkept sealed under the subject's data key: hand it out with `visage data decrypt "
             f"{result.path} --out FILE`"

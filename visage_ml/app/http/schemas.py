@@ -452,6 +452,12 @@ class ExportResponse(BaseModel):
     request_id: str
     pid: str
     bundle: ExportBundle
+    images: int = Field(description="The subject's photographs in the bundle.")
+    images_missing: int = Field(
+        description="Photographs the raw table lists for the subject whose file could not be "
+        "read (deleted, or `dvc checkout` not run): named in the bundle's subject.json, not in "
+        "it. Restore them (`dvc checkout`) and answer a new request to hand them over."
+    )
 
 
 class IdentificationStatus(BaseModel):

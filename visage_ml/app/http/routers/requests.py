@@ -392,4 +392,6 @@ def export(
             "zip_sha256": result.bundle_sha256,
             **({"zip_base64": data} if delivery.plaintext else {"age_base64": data}),
         },
+        "images": result.images,
+        "images_missing": result.images_missing,
     }
