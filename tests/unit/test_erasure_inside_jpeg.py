@@ -446,21 +446,28 @@ def test_a_motion_photo_among_jpegs_one_after_another_is_found_by_its_size(tmp_p
     assert list(embedded_photos._jpegs(_npy(cut)))[-1] == cut[: cut.rindex(b"moov") - 4]
 
 
+def _counted(monkeypatch, name: str) -> list[int]:
+    """Where ``embedded_photos.<name>(data, at)`` is called from, each call appended to the list
+    returned; the limit on image starts raised (a crafted file's work is what is measured)."""
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
+    read: list[int] = []
+    real = getattr(embedded_photos, name)
+
+    def counted(data, at):
+        read.append(at)
+        return real(data, at)
+
+    monkeypatch.setattr(embedded_photos, name, counted)
+    return read
+
+
 def test_a_video_after_jpegs_is_walked_once_however_many_jpegs_reach_it(monkeypatch):
     """Crafted: tiny JPEGs, each lying in a box whose end is the next one's EOI (one chain of
     boxes from the first JPEG's EOI to the end, reached from every JPEG's EOI); and tiny JPEGs
     each followed by a long chain of its own. Each box is read about once, and each byte given
     a few times (every size sought: to the last box's end and to the one's before), not once for
     each JPEG before it."""
-    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
-    read: list[int] = []
-    real = embedded_photos._box_end
-
-    def box_end(data, at):
-        read.append(at)
-        return real(data, at)
-
-    monkeypatch.setattr(embedded_photos, "_box_end", box_end)
+    read = _counted(monkeypatch, "_box_end")
     tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
     n = 20_000
     nested = b"\x80\x04" + tiny + (b"\x00\x00\x00\x10ftyp" + tiny) * n
@@ -505,15 +512,7 @@ def test_samsung_trailers_are_read_once_however_many_photographs_wait_for_one(mo
     JPEGs waiting at once than :data:`SEF_WAITING`, more markers than image starts the file may
     hold, or trailers one within another giving the file over and over, and it is not read to
     its end (not shown clean)."""
-    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
-    read: list[int] = []
-    real = embedded_photos._sef_start
-
-    def sef_start(data, at):
-        read.append(at)
-        return real(data, at)
-
-    monkeypatch.setattr(embedded_photos, "_sef_start", sef_start)
+    read = _counted(monkeypatch, "_sef_start")
     tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
     block = _sef_block(0x0A01, b"Image_UTC_Data", b"")
     n = 2_000

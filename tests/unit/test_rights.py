@@ -636,6 +636,33 @@ def test_http_export_refused_by_the_audit_log_says_to_restore_it(proj):
         assert call("GET", "/v1/requests", role).status_code == 403
 
 
+def _http_access_export(call, pid: str):
+    """An access request received and verified for ``pid`` over HTTP, then exported: its id
+    and the export's answer."""
+    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
+        "request_id"
+    ]
+    call("POST", f"/v1/requests/{rid}/verify", "dpo")
+    return rid, call(
+        "GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM}
+    )
+
+
+def _export_stopped(call, r, proj, code: str, *, remedy: str, file: str) -> None:
+    """The export answered 503 ``code``, documented on its route, with ``remedy`` and a retry
+    in its message (neither the project's folder nor ``file`` named), its request in progress
+    with that failure."""
+    assert (r.status_code, r.json()["error"]["code"]) == (503, code), r.text
+    message = r.json()["error"]["message"]
+    assert remedy in message and "retry" in message, message
+    assert str(proj.paths.root) not in message and file not in message, message
+    (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
+    assert listed["status"] == "in_progress"
+    assert listed["failure"]["code"] == code
+    documented = call.app.openapi()["paths"]["/v1/subjects/{pid}/export"]["get"]["responses"]
+    assert f"`{code}`" in documented["503"]["description"]
+
+
 def test_http_an_export_that_finds_a_damaged_photograph_is_not_answered_as_a_refusal(proj):
     # The request routes answered every ValueError 409 not_allowed: a sealed photograph that
     # fails authentication (altered, truncated) told the DPO that the request's state did not
@@ -650,23 +677,10 @@ def test_http_an_export_that_finds_a_damaged_photograph_is_not_answered_as_a_ref
     data = bytearray(sound)
     data[-5] ^= 0xFF
     photo.write_bytes(bytes(data))
-    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
-        "request_id"
-    ]
-    call("POST", f"/v1/requests/{rid}/verify", "dpo")
+    rid, r = _http_access_export(call, pid)
 
-    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
-
-    assert (r.status_code, r.json()["error"]["code"]) == (503, "sealed_file_error"), r.text
-    message = r.json()["error"]["message"]
-    assert "dvc checkout" in message and "retry" in message, message
     # Not where the server keeps it: the operator's log names the file.
-    assert str(proj.paths.root) not in message and photo.name not in message, message
-    (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
-    assert listed["status"] == "in_progress"
-    assert listed["failure"]["code"] == "sealed_file_error"
-    documented = call.app.openapi()["paths"]["/v1/subjects/{pid}/export"]["get"]["responses"]
-    assert "`sealed_file_error`" in documented["503"]["description"]
+    _export_stopped(call, r, proj, "sealed_file_error", remedy="dvc checkout", file=photo.name)
 
     photo.write_bytes(sound)  # restored (`dvc checkout`): the same request is exported
     r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
@@ -683,22 +697,11 @@ def test_http_an_export_that_finds_a_damaged_gallery_template_says_to_repair_the
     data = bytearray(template.read_bytes())
     data[-5] ^= 0xFF
     template.write_bytes(bytes(data))
-    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
-        "request_id"
-    ]
-    call("POST", f"/v1/requests/{rid}/verify", "dpo")
+    _, r = _http_access_export(call, pid)
 
-    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
-
-    assert (r.status_code, r.json()["error"]["code"]) == (503, "template_file_error"), r.text
-    message = r.json()["error"]["message"]
-    assert "visage gallery verify" in message and "retry" in message, message
-    assert str(proj.paths.root) not in message and template.name not in message, message
-    (listed,) = call("GET", "/v1/requests", "dpo").json()["requests"]
-    assert listed["status"] == "in_progress"
-    assert listed["failure"]["code"] == "template_file_error"
-    documented = call.app.openapi()["paths"]["/v1/subjects/{pid}/export"]["get"]["responses"]
-    assert "`template_file_error`" in documented["503"]["description"]
+    _export_stopped(
+        call, r, proj, "template_file_error", remedy="visage gallery verify", file=template.name
+    )
 
 
 def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):
@@ -773,12 +776,7 @@ def test_http_an_export_missing_a_photograph_says_so_to_the_dpo(proj):
     (photo, *_) = sorted((proj.paths.raw / pid).iterdir())
     listed = len(proj.images[pid])
     photo.unlink()
-    rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
-        "request_id"
-    ]
-    call("POST", f"/v1/requests/{rid}/verify", "dpo")
-
-    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
+    _, r = _http_access_export(call, pid)
 
     assert r.status_code == 200, r.text
     assert (r.json()["images"], r.json()["images_missing"]) == (listed - 1, 1), r.json()
@@ -993,36 +991,22 @@ def test_http_a_lift_whose_template_cannot_be_made_again_is_in_force_and_says_so
     assert "too_many_faces" not in documented["422"]["description"]
 
 
-def test_http_a_lift_that_finds_a_damaged_photograph_is_in_force_and_says_to_restore_it(proj):
-    # A stored photograph that fails authentication (altered or truncated on disk) made the
-    # re-enrolment after the lift raise: 500 internal_error to a lift in force, its request
-    # left in progress, and a client that sent it again got 409 not_restricted.
-    call = http_caller(proj)
-    pid = proj.pids[2]
-    assert call("POST", f"/v1/subjects/{pid}/restrict", "dpo").status_code == 200
-    rectified, *kept = sorted(proj.images[pid])
-    new_photo = png(face_tile(proj.world.people[pid], np.random.default_rng(13), noise=3.0))
-    rectify(proj.paths, pid, images={rectified: new_photo}, core=proj.core)
-    photo = proj.paths.raw / pid / f"{kept[0]}.sealed"
-    photo.write_bytes(photo.read_bytes()[:-7])  # truncated
-
-    r = call("POST", f"/v1/subjects/{pid}/lift", "dpo")
-
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["template"] == "reenrolment_needed"
-    assert "fails authentication" in body["note"] and "dvc checkout" in body["note"], body["note"]
-    assert photo.name not in body["note"] and str(proj.paths.root) not in body["note"]
-    assert body["subject"]["gallery"]["enrolled"] is False
-    assert not proj.core.subject(pid).restricted
-    assert call("GET", "/v1/requests", "dpo").json()["requests"] == []  # completed
-
-
-def test_http_a_lift_that_finds_a_photograph_missing_from_disk_is_in_force_and_says_to_restore_it(
-    proj,
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        # Altered or truncated on disk: the re-enrolment after the lift raised SealedFileError.
+        (lambda photo: photo.write_bytes(photo.read_bytes()[:-7]), "fails authentication"),
+        # Gone (deleted, or `dvc checkout` not run): it raised a KeyError.
+        (lambda photo: photo.unlink(), "missing"),
+    ],
+    ids=["damaged", "missing"],
+)
+def test_http_a_lift_that_cannot_read_a_photograph_is_in_force_and_says_to_restore_it(
+    proj, damage, said
 ):
-    # A stored photograph gone from disk (deleted, or `dvc checkout` not run) made the
-    # re-enrolment after the lift raise a KeyError: 500 internal_error to a lift in force.
+    # A stored photograph the re-enrolment after the lift could not read made it raise: 500
+    # internal_error to a lift in force, its request left in progress, and a client that sent
+    # it again got 409 not_restricted.
     call = http_caller(proj)
     pid = proj.pids[2]
     assert call("POST", f"/v1/subjects/{pid}/restrict", "dpo").status_code == 200
@@ -1030,14 +1014,14 @@ def test_http_a_lift_that_finds_a_photograph_missing_from_disk_is_in_force_and_s
     new_photo = png(face_tile(proj.world.people[pid], np.random.default_rng(13), noise=3.0))
     rectify(proj.paths, pid, images={rectified: new_photo}, core=proj.core)
     photo = proj.paths.raw / pid / f"{kept[0]}.sealed"
-    photo.unlink()
+    damage(photo)
 
     r = call("POST", f"/v1/subjects/{pid}/lift", "dpo")
 
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["template"] == "reenrolment_needed"
-    assert "missing" in body["note"] and "dvc checkout" in body["note"], body["note"]
+    assert said in body["note"] and "dvc checkout" in body["note"], body["note"]
     assert photo.name not in body["note"] and str(proj.paths.root) not in body["note"]
     assert body["subject"]["gallery"]["enrolled"] is False
     assert not proj.core.subject(pid).restricted

@@ -69,6 +69,9 @@ post = functools.partial(router.post, response_model=RequestOut)
 # What every route here may answer: each opens a privacy core of its own, which checks the
 # ledger against its witnessed checkpoints, and reads the requests and subjects on it.
 BOOK_ERRORS = merged(AUTH_ERRORS, LEDGER_ERRORS)
+# A request named (its id) and taken a step further: unknown, in another state, refused
+# (_answered).
+REQUEST_ERRORS = {404: ("unknown_request",), 409: ("request_state", "not_allowed")}
 # A step of a request recorded (_transition): the request refused (_answered), and the served
 # gallery told (_refresh_after: one out of reach applies it at its next call, but a rebuild for
 # another embedder is answered).
@@ -76,11 +79,8 @@ STEP_ERRORS = merged(
     BOOK_ERRORS,
     BODY_ERRORS,
     JSON_ERRORS,
-    {
-        404: ("unknown_request",),
-        409: ("request_state", "not_allowed"),
-        503: ("gallery_version_mismatch",),
-    },
+    REQUEST_ERRORS,
+    {503: ("gallery_version_mismatch",)},
 )
 
 
@@ -327,9 +327,8 @@ def erasure(
         BOOK_ERRORS,
         SUBJECT_ERRORS,
         GALLERY_ERRORS,
+        REQUEST_ERRORS,
         {
-            404: ("unknown_request",),
-            409: ("request_state", "not_allowed"),
             422: ("delivery",),
             503: ("audit_log_unverified", "sealed_file_error", "template_file_error"),
         },
