@@ -97,11 +97,11 @@ JPEG_START = re.compile(rb"\xff\xd8\xff[\xc0-\xc7\xc9-\xcf\xdb\xdd\xde\xe0-\xef\
 STARTS_FLOOR, STARTS_EVERY = 4096, 256
 
 
-def _search(data: Buffer, start: re.Pattern[bytes], at: int, stop: int | None = None) -> int:
+def _search(data: Buffer, start: re.Pattern[bytes], at: int, end: int | None = None) -> int:
     """Where ``start`` (:data:`PNG_START`, :data:`JPEG_START`: 16 bytes at most) first matches
-    in ``data`` from ``at`` (before ``stop``), or -1; over a mapped file :data:`LET_GO` at a
+    in ``data`` from ``at`` (ending by ``end``), or -1; over a mapped file :data:`LET_GO` at a
     time, as :func:`~visage_ml.rights.embedded_mapping._find`."""
-    size = len(data) if stop is None else stop
+    size = len(data) if end is None else end
     while at < size:
         stop = min(at + LET_GO, size) if isinstance(data, _Map) else size
         m = start.search(data, at, min(stop + 15, size))

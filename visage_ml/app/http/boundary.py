@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 
 from visage_ml.app.http.auth import ApiKeyFileError
-from visage_ml.app.http.errors import ApiError, error_json, library_message
+from visage_ml.app.http.errors import ApiError, error_json, library_error
 from visage_ml.app.http.service import Service, authorize
 from visage_ml.privacy.ledger import api_key_actor, reset_actor, set_actor
 
@@ -274,8 +274,8 @@ class Boundary:
                 except ApiKeyFileError as exc:
                     # No key can be checked (nor the client's attempt counted as failed): the
                     # operator mends the file, the client retries.
-                    code = "api_keys_unreadable"
-                    await answer(503, code, library_message(code, exc))
+                    error = library_error(exc)
+                    await answer(error.status, error.code, error.message, error.headers)
                     return
                 if info.get("key_id"):
                     # Ledger entries this request causes name its API key as their actor.

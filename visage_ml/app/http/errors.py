@@ -377,6 +377,14 @@ def library_message(code: str, exc: Exception) -> str:
     return message
 
 
+def library_error(exc: Exception) -> ApiError:
+    """The answer to a library error raised where the app's handlers do not see it (the
+    boundary, before a route runs): its status and code from :data:`LIBRARY_ERRORS`, its
+    message (:func:`library_message`) and headers as the handlers give them."""
+    status, code = next((s, c) for t, s, c in LIBRARY_ERRORS if isinstance(exc, t))
+    return ApiError(status, code, library_message(code, exc), LIBRARY_HEADERS.get(code))
+
+
 @functools.cache
 def _model_fields(model: type[BaseModel]) -> tuple[tuple[str, ...], frozenset[str]]:
     """A body model's own field names: its top-level ones (as sent, in order) and all of them,
