@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -704,6 +707,70 @@ def test_http_an_export_that_finds_a_damaged_gallery_template_says_to_repair_the
     )
 
 
+def _unreadable(photo: Path, how: str, monkeypatch) -> Callable[[], None]:
+    """Leave ``photo`` there but unreadable: a folder in its place, or a read the system refuses
+    (the tests run as root, whom a file's mode does not stop: the read is made to fail).
+    Returns what makes it readable again."""
+    sound = photo.read_bytes()
+    if how == "folder":
+        photo.unlink()
+        photo.mkdir()
+        return lambda: (photo.rmdir(), photo.write_bytes(sound))
+    read = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self == photo:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    return lambda: monkeypatch.setattr(Path, "read_bytes", read)
+
+
+UNREADABLE = pytest.mark.parametrize("how", ["folder", "denied"])
+
+
+@UNREADABLE
+def test_http_an_export_that_cannot_read_a_photograph_says_to_check_the_servers_storage(
+    proj, monkeypatch, how
+):
+    # A stored photograph there but unreadable (its permissions, a folder in its place, the
+    # storage failing): a refused read was answered 500 internal_error, and a folder was
+    # counted as missing, the request closed without the photograph. The server's storage needs
+    # repair: 503 image_unreadable saying so, the request in progress until it is retried.
+    call = http_caller(proj)
+    pid = proj.pids[1]
+    (photo, *_) = sorted((proj.paths.raw / pid).iterdir())
+    readable_again = _unreadable(photo, how, monkeypatch)
+    rid, r = _http_access_export(call, pid)
+
+    _export_stopped(call, r, proj, "image_unreadable", remedy="permissions", file=photo.name)
+
+    readable_again()  # the same request is exported
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
+    assert r.status_code == 200, r.text
+    assert (r.json()["images"], r.json()["images_missing"]) == (len(proj.images[pid]), 0)
+
+
+@UNREADABLE
+def test_cli_an_export_that_cannot_read_a_photograph_says_what_to_check(proj, monkeypatch, how):
+    # The CLI printed the system's error with the photograph's full path and nothing to do (a
+    # refused read), or completed the request counting the photograph as missing (a folder).
+    pid = proj.pids[1]
+    (photo, *_) = sorted((proj.paths.raw / pid).iterdir())
+    _unreadable(photo, how, monkeypatch)
+
+    r = CliRunner().invoke(app, ["privacy", "export", pid, "-r", PUBLIC])
+
+    said = _flat(r.output)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"{pid}/{photo.name} in data/raw cannot be read" in said, said
+    assert "permissions" in said and "dvc checkout" in said, said
+    (st,) = RequestBook(proj.core).open(pid=pid)
+    assert st.status == "in_progress" and st.failure["code"] == "image_unreadable"
+    assert f"--request {st.request_id}" in said
+
+
 def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):
     # What the request book refuses for what a request says or the subject's state: nothing
     # recorded, and the message says why (kept 409 when other errors were no longer taken for
@@ -992,17 +1059,25 @@ def test_http_a_lift_whose_template_cannot_be_made_again_is_in_force_and_says_so
 
 
 @pytest.mark.parametrize(
-    ("damage", "said"),
+    ("damage", "said", "remedy"),
     [
         # Altered or truncated on disk: the re-enrolment after the lift raised SealedFileError.
-        (lambda photo: photo.write_bytes(photo.read_bytes()[:-7]), "fails authentication"),
+        (
+            lambda photo, _: photo.write_bytes(photo.read_bytes()[:-7]),
+            "fails authentication",
+            "dvc checkout",
+        ),
         # Gone (deleted, or `dvc checkout` not run): it raised a KeyError.
-        (lambda photo: photo.unlink(), "missing"),
+        (lambda photo, _: photo.unlink(), "missing", "dvc checkout"),
+        # There but unreadable: a read refused raised PermissionError, and a folder in its place
+        # was said to be missing (restoring it would not have helped).
+        (lambda photo, mp: _unreadable(photo, "folder", mp), "cannot be read", "permissions"),
+        (lambda photo, mp: _unreadable(photo, "denied", mp), "cannot be read", "permissions"),
     ],
-    ids=["damaged", "missing"],
+    ids=["damaged", "missing", "folder", "denied"],
 )
 def test_http_a_lift_that_cannot_read_a_photograph_is_in_force_and_says_to_restore_it(
-    proj, damage, said
+    proj, monkeypatch, damage, said, remedy
 ):
     # A stored photograph the re-enrolment after the lift could not read made it raise: 500
     # internal_error to a lift in force, its request left in progress, and a client that sent
@@ -1014,14 +1089,14 @@ def test_http_a_lift_that_cannot_read_a_photograph_is_in_force_and_says_to_resto
     new_photo = png(face_tile(proj.world.people[pid], np.random.default_rng(13), noise=3.0))
     rectify(proj.paths, pid, images={rectified: new_photo}, core=proj.core)
     photo = proj.paths.raw / pid / f"{kept[0]}.sealed"
-    damage(photo)
+    damage(photo, monkeypatch)
 
     r = call("POST", f"/v1/subjects/{pid}/lift", "dpo")
 
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["template"] == "reenrolment_needed"
-    assert said in body["note"] and "dvc checkout" in body["note"], body["note"]
+    assert said in body["note"] and remedy in body["note"], body["note"]
     assert photo.name not in body["note"] and str(proj.paths.root) not in body["note"]
     assert body["subject"]["gallery"]["enrolled"] is False
     assert not proj.core.subject(pid).restricted

@@ -164,6 +164,11 @@ MSG_PLAINTEXT = (
     "Run `visage privacy seal` to convert it (and any other plaintext file), then run again"
 )
 MSG_NO_IMAGE = "image {image_id} of subject {pid} is not in data/raw"
+MSG_UNREADABLE_IMAGE = (
+    "{path} in data/raw cannot be read ({why}): check that it is a file the user running this "
+    "may read (its permissions and owner) on a storage that answers, or restore it with `dvc "
+    "checkout data/raw` if something else took its place, then run again"
+)
 UNKNOWN_IMAGE_SUBJECT = "images row {image_id} names subject {pid}, which has no subjects row"
 DUPLICATE_IMAGE_ID = "image id {image_id} appears twice; use RawTransaction.new_image_id()"
 NOT_PENDING = "image {image_id} is not staged in this transaction"
@@ -180,6 +185,13 @@ class ImageMissingError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ImageUnreadableError(OSError):
+    """An image file in ``data/raw`` is there but cannot be read: its permissions, a folder in
+    its place, the storage failing (any OSError but a missing file, which `dvc checkout`
+    restores: :class:`ImageMissingError`). The message names it (``<pid>/<image_id>.sealed``)
+    and says what to check; an OSError, as the read raised before."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +345,10 @@ def read_raw_image(keys: DataKeys, path: Path) -> bytes:
 
     Raises
     ------
+    FileNotFoundError
+        No such file.
+    ImageUnreadableError
+        The file is there but cannot be read (an OSError: permissions, a folder, the storage).
     ValueError
         The file is a plaintext image (:data:`MSG_PLAINTEXT`), or it is not the sealed image
         its path names (:class:`~visage_ml.privacy.datakeys.SealedFileError`).
@@ -343,7 +359,15 @@ def read_raw_image(keys: DataKeys, path: Path) -> bytes:
     shown = f"{path.parent.name}/{path.name}"
     if path.suffix.lower() in PLAIN_EXTS:
         raise ValueError(MSG_PLAINTEXT.format(path=shown))
-    return keys.open_raw(path.read_bytes(), path.parent.name, path.stem, what=shown)
+    try:
+        sealed = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        # The system's message names the full path: ours names the file under data/raw.
+        why = exc.strerror or type(exc).__name__
+        raise ImageUnreadableError(MSG_UNREADABLE_IMAGE.format(path=shown, why=why)) from exc
+    return keys.open_raw(sealed, path.parent.name, path.stem, what=shown)
 
 
 def _write_durable(path: Path, data: bytes) -> None:
@@ -709,19 +733,25 @@ class RawStore:
         ------
         ImageMissingError
             No such image file (a KeyError).
+        ImageUnreadableError
+            The file is there but cannot be read (an OSError; the message says what to check).
         ValueError
             A plaintext or altered file (the message says what to do).
         visage_ml.privacy.datakeys.NoDataKeyError
             The subject's key was destroyed (erased).
         """
         path = self.image_path(pid, image_id)
-        if not path.is_file():
-            for ext in PLAIN_EXTS:
-                legacy = path.with_suffix(ext)
-                if legacy.is_file():
-                    return read_raw_image(self.keys, legacy)  # raises MSG_PLAINTEXT
-            raise ImageMissingError(MSG_NO_IMAGE.format(pid=pid, image_id=image_id))
-        return read_raw_image(self.keys, path)
+        # Read, not first tested with is_file(): a folder in the file's place, or a file the
+        # read is refused, is not missing (`dvc checkout` would not bring it back).
+        try:
+            return read_raw_image(self.keys, path)
+        except FileNotFoundError:
+            pass
+        for ext in PLAIN_EXTS:
+            legacy = path.with_suffix(ext)
+            if legacy.is_file():
+                return read_raw_image(self.keys, legacy)  # raises MSG_PLAINTEXT
+        raise ImageMissingError(MSG_NO_IMAGE.format(pid=pid, image_id=image_id))
 
     @property
     def lock_path(self) -> Path:

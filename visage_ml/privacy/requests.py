@@ -135,6 +135,9 @@ MSG_FAILED = (
 FAILURE_ACTIONS: Mapping[str, str] = {
     "audit_log_unverified": "restore privacy/audit.jsonl from a backup (check it with "
     "`visage privacy audit verify`)",
+    "image_unreadable": "make the stored photograph the error named (the server's log names "
+    "it) readable: its permissions and owner, the storage it is on; or restore it with `dvc "
+    "checkout data/raw`",
 }
 FAILURE_ACTION_DEFAULT = "fix what the failed command reported (also in the server's log)"
 

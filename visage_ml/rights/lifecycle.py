@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from visage_ml.data.rawstore import ImageUnreadableError
 from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.requests import (
     IN_PROGRESS,
@@ -43,6 +44,7 @@ MSG_STAYS_OPEN = (
 # snake case); the same code as the HTTP API answers.
 FAILURE_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (AuditLogError, "audit_log_unverified"),
+    (ImageUnreadableError, "image_unreadable"),
 )
 
 log = logging.getLogger(__name__)

@@ -41,6 +41,7 @@ from visage_ml.data.importers.common import MAX_AGE
 from visage_ml.data.rawstore import (
     BAD_GENDER,
     ImageMissingError,
+    ImageUnreadableError,
     RawStore,
     read_images,
     read_subjects,
@@ -120,6 +121,10 @@ REENROLMENT_WHY = {
     "image_missing": "a stored photograph of theirs is missing from disk (deleted, or "
     "`dvc checkout` not run): restore it first with `dvc checkout` (or re-import the image); "
     "the log names it",
+    "image_unreadable": "a stored photograph of theirs is on disk but cannot be read (its "
+    "permissions, a folder in its place, the storage failing): first make it readable by the "
+    "server (check its permissions, owner and storage) or restore it with `dvc checkout`; the "
+    "log names it",
 }
 ATTRIBUTES = ("age", "gender", "group")
 # What the data key is stretched for to MAC the attributes (a subkey for this use only).
@@ -522,9 +527,9 @@ def enrol_owed(
         For the lift's outcome: ``{"gallery": "reenrolled"}``; ``{"gallery":
         "reenrolment_needed", "gallery_reason": why}`` when it could not be made (no gallery or
         embedder, no single face, the gallery or a model failed, a stored photograph fails
-        authentication or is missing; :func:`lift_note` says what to do); empty when
-        identification is still not allowed (an objection, a withdrawn consent): no template is
-        owed then.
+        authentication, is missing or cannot be read; :func:`lift_note` says what to do); empty
+        when identification is still not allowed (an objection, a withdrawn consent): no
+        template is owed then.
     """
     if not core.may_process(pid, IDENTIFICATION).allowed:
         return {}
@@ -544,6 +549,10 @@ def enrol_owed(
             # A missing one neither, for the same reason; the message names it (pid/image id).
             log.warning("subject %s: template not made again after the lift: %s", pid, exc)
             status = "image_missing"
+        except ImageUnreadableError as exc:
+            # Nor one there that cannot be read (permissions, storage); the message names it.
+            log.warning("subject %s: template not made again after the lift: %s", pid, exc)
+            status = "image_unreadable"
         except (GalleryError, EnrolmentRefusedError, ModelFileError) as exc:
             # The restriction is lifted already: the lift is answered, and says what to do.
             log.warning(

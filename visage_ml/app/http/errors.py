@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visage_ml.app.http.auth import DPO, ApiKeyFileError
 from visage_ml.app.http.schemas import ErrorResponse
+from visage_ml.data.rawstore import ImageUnreadableError
 from visage_ml.inference import ModelFileError
 from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.datakeys import SealedFileError
@@ -82,6 +83,9 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # altered or truncated on the server's disk. Nothing more is done until it is restored;
     # the request it was read for stays open, its failure recorded with this code.
     (SealedFileError, 503, "sealed_file_error"),
+    # Such a photograph is there but cannot be read (its permissions, a folder in its place,
+    # the storage failing): as a damaged one, the request stays open until it is repaired.
+    (ImageUnreadableError, 503, "image_unreadable"),
     # The subject's template (or anchor template) in the gallery fails authentication, read
     # for their export: as a sealed photograph, the request stays open until it is repaired.
     (TemplateFileError, 503, "template_file_error"),
@@ -103,6 +107,12 @@ LIBRARY_MESSAGES: dict[str, str] = {
     "fails authentication: it was altered or truncated on the server's disk, and nothing more "
     "was done (an open request stays in progress); ask the server's operator to restore it "
     "(`dvc checkout`, the server's log names it) or to re-import the image, then retry",
+    # The library's names the file (under the subject's pid) for the operator: the log has it.
+    "image_unreadable": "a photograph the server stores for this subject cannot be read from "
+    "its disk (its permissions, something else in its place, or the storage failing), and "
+    "nothing more was done (an open request stays in progress); ask the server's operator to "
+    "check that the server may read it (its permissions and storage; the server's log names "
+    "it) or to restore it with `dvc checkout`, then retry",
     # The library's names the template's file (the subject's pid) or table: the log has it.
     "template_file_error": "the subject's template stored in the gallery fails "
     "authentication: it was altered, truncated or moved on the server, and nothing more was "
@@ -202,6 +212,10 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "photograph) fails authentication, altered or truncated on its disk: nothing more was done "
     "and the request stays in progress; retry once the server's operator has restored it "
     "(`dvc checkout`) or re-imported the image",
+    (503, "image_unreadable"): "a photograph the server stores for the subject cannot be read "
+    "from its disk (permissions, something else in its place, the storage failing): nothing "
+    "more was done and the request stays in progress; retry once the server's operator has "
+    "made it readable or restored it (`dvc checkout`)",
     (503, "template_file_error"): "the subject's template (or anchor template) stored in the "
     "gallery fails authentication: nothing more was done and the request stays in progress; "
     "retry once the server's operator has restored it from a backup or enrolled the subject "

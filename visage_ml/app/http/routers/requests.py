@@ -321,8 +321,8 @@ def erasure(
     name="export",
     response_model=ExportResponse,
     # The subject's data read from every store (the gallery's template and anchor too, both
-    # authenticated, their sealed photographs decrypted), and their identifications from the
-    # audit log, verified against its anchors first.
+    # authenticated, their sealed photographs read and decrypted), and their identifications
+    # from the audit log, verified against its anchors first.
     responses=error_responses(
         BOOK_ERRORS,
         SUBJECT_ERRORS,
@@ -330,7 +330,12 @@ def erasure(
         REQUEST_ERRORS,
         {
             422: ("delivery",),
-            503: ("audit_log_unverified", "sealed_file_error", "template_file_error"),
+            503: (
+                "audit_log_unverified",
+                "sealed_file_error",
+                "image_unreadable",
+                "template_file_error",
+            ),
         },
     ),
 )
