@@ -771,6 +771,78 @@ def test_cli_an_export_that_cannot_read_a_photograph_says_what_to_check(proj, mo
     assert f"--request {st.request_id}" in said
 
 
+def _raw_not_checked_out(paths, how: str) -> Callable[[], None]:
+    """``data/raw``'s tables not in the checkout, as ``how`` says; returns what restores them
+    (`dvc checkout data/raw`)."""
+    raw = paths.raw
+    if how == "no_images_table":  # a checkout cut short: subjects.parquet there, not images
+        table = raw / "images.parquet"
+        kept = table.read_bytes()
+        table.unlink()
+        return lambda: table.write_bytes(kept)
+    away = raw.parent / "raw.away"
+    if how == "tracked":  # DVC tracks data/raw, its tables never checked out here
+        away.mkdir()
+        for name in ("subjects.parquet", "images.parquet"):
+            (raw / name).rename(away / name)
+        dvcfile = raw.parent / "raw.dvc"
+        dvcfile.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: raw\n")
+
+        def restore() -> None:
+            for name in ("subjects.parquet", "images.parquet"):
+                (away / name).rename(raw / name)
+
+        return restore
+    raw.rename(away)  # no data/raw at all, untracked: data/processed holds their crops
+    return lambda: away.rename(raw)
+
+
+@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw"])
+def test_http_an_export_whose_raw_data_is_not_checked_out_says_to_check_it_out(proj, how):
+    # data/raw's tables absent (`dvc checkout` not run, or cut short): read_images gave an empty
+    # table and the export answered 200, its bundle without a photograph of the subject, and
+    # closed the request, as if they had none. Refused now: 503 raw_data_missing, saying what
+    # to run, the request in progress until the export is retried.
+    call = http_caller(proj)
+    pid = proj.pids[1]
+    restore = _raw_not_checked_out(proj.paths, how)
+    rid, r = _http_access_export(call, pid)
+
+    _export_stopped(
+        call, r, proj, "raw_data_missing", remedy="dvc checkout data/raw", file=str(proj.paths.raw)
+    )
+
+    restore()  # `dvc checkout data/raw`: the same request is exported, every photograph in it
+    r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})
+    assert r.status_code == 200, r.text
+    assert (r.json()["images"], r.json()["images_missing"]) == (len(proj.images[pid]), 0)
+
+
+def test_a_subject_without_photographs_is_exported_and_one_imported_with_them_is_refused(
+    proj, tmp_path
+):
+    # A subject added by hand (`visage privacy subject add`) has no row in data/raw: their
+    # export has no photograph, with data/raw there or not. One the registry says was imported
+    # has photographs: without data/raw, `visage privacy export` printed that the bundle was
+    # written, 0 images, and completed the request.
+    manual = proj.core.add_subject(external_ref="HR-1", source="manual")
+    imported = proj.core.add_subject(source="import:utkface")
+    for n in range(2):
+        out = tmp_path / f"manual-{n}.zip"
+        result = export_subject(proj.paths, manual, out=out, core=proj.core, delivery=PLAIN)
+        assert result.images == 0 and validate_bundle(out)["subject"]["images"] == []
+        if n == 0:
+            _raw_not_checked_out(proj.paths, "no_raw")
+
+    r = CliRunner().invoke(app, ["privacy", "export", imported, "-r", PUBLIC])
+
+    said = _flat(r.output)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "came from import:utkface" in said and "dvc checkout data/raw" in said, said
+    (st,) = RequestBook(proj.core).open(pid=imported)
+    assert st.status == "in_progress" and st.failure["code"] == "raw_data_missing"
+
+
 def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):
     # What the request book refuses for what a request says or the subject's state: nothing
     # recorded, and the message says why (kept 409 when other errors were no longer taken for

@@ -169,6 +169,11 @@ MSG_UNREADABLE_IMAGE = (
     "may read (its permissions and owner) on a storage that answers, or restore it with `dvc "
     "checkout data/raw` if something else took its place, then run again"
 )
+MSG_RAW_NOT_CHECKED_OUT = (
+    "{missing} not there, though {why}: the raw data is not checked out here, and what "
+    "would be read without it says that subject {pid} has no photographs; run `dvc checkout "
+    "data/raw` (`dvc pull data/raw` where the DVC cache lacks it), then run again"
+)
 UNKNOWN_IMAGE_SUBJECT = "images row {image_id} names subject {pid}, which has no subjects row"
 DUPLICATE_IMAGE_ID = "image id {image_id} appears twice; use RawTransaction.new_image_id()"
 NOT_PENDING = "image {image_id} is not staged in this transaction"
@@ -176,6 +181,12 @@ NOT_PENDING = "image {image_id} is not staged in this transaction"
 
 class RawStoreError(RuntimeError):
     """``data/raw`` is in a state the store cannot repair on its own."""
+
+
+class RawDataMissingError(RawStoreError):
+    """``data/raw``'s tables are not there, though a subject's rows in them are expected
+    (``dvc checkout data/raw`` not run, or cut short): read as empty, they would say the
+    subject has no photographs. The message says why they are expected and what to run."""
 
 
 class ImageMissingError(KeyError):
@@ -268,6 +279,12 @@ def read_subjects(raw_dir: Path) -> pd.DataFrame:
 def read_images(raw_dir: Path) -> pd.DataFrame:
     """``<raw_dir>/images.parquet`` as a typed frame (empty with the schema when absent)."""
     return _read(Path(raw_dir) / IMAGES_FILE, IMAGES_SCHEMA)
+
+
+def absent_tables(raw_dir: Path) -> list[str]:
+    """The tables of ``raw_dir`` (:data:`SUBJECTS_FILE`, :data:`IMAGES_FILE`) not there: read
+    as empty by :func:`read_subjects` and :func:`read_images`. A transaction writes both."""
+    return [name for name in (SUBJECTS_FILE, IMAGES_FILE) if not (Path(raw_dir) / name).is_file()]
 
 
 def _check_gender(values: pd.Series) -> None:

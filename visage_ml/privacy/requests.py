@@ -138,6 +138,8 @@ FAILURE_ACTIONS: Mapping[str, str] = {
     "image_unreadable": "make the stored photograph the error named (the server's log names "
     "it) readable: its permissions and owner, the storage it is on; or restore it with `dvc "
     "checkout data/raw`",
+    "raw_data_missing": "check out the raw data: `dvc checkout data/raw` (`dvc pull data/raw` "
+    "where the DVC cache lacks it)",
 }
 FAILURE_ACTION_DEFAULT = "fix what the failed command reported (also in the server's log)"
 

@@ -56,7 +56,16 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
-from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.data.rawstore import (
+    IMAGES_FILE,
+    MSG_RAW_NOT_CHECKED_OUT,
+    SUBJECTS_FILE,
+    RawDataMissingError,
+    RawStore,
+    absent_tables,
+    read_images,
+    read_subjects,
+)
 from visage_ml.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -69,6 +78,7 @@ from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.datakeys import ROLE_BUNDLE, SUFFIX, parse_header, sniff
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import utc_now
+from visage_ml.privacy.registry import SYNTHFACES_SOURCE
 from visage_ml.privacy.requests import RequestBook, RequestRefusedError
 from visage_ml.rights.information import access_page, subject_information
 from visage_ml.rights.lifecycle import begin, recorded
@@ -555,6 +565,36 @@ def _processed_rows(paths: ProjectPaths, pid: str) -> dict[str, Any]:
     }
 
 
+def _raw_expected(paths: ProjectPaths, pid: str, *, source: str, crops: int) -> str | None:
+    """Why ``pid``'s rows in ``data/raw``'s tables are expected, when one is not there (None:
+    nothing says so, as for a subject added by hand, whose export has no photograph)."""
+    missing = absent_tables(paths.raw)
+    if not missing:
+        return None
+    if len(missing) == 1:
+        there = SUBJECTS_FILE if missing == [IMAGES_FILE] else IMAGES_FILE
+        return f"data/raw/{there} is there (the two are written together)"
+    if Path(f"{paths.raw}.dvc").is_file():
+        return "DVC tracks data/raw (data/raw.dvc)"
+    if crops:
+        return f"data/processed holds crops of subject {pid}'s photographs"
+    if source.startswith("import:") or source == SYNTHFACES_SOURCE:
+        return f"the registry says subject {pid} came from {source}, with photographs"
+    return None
+
+
+def _check_raw(paths: ProjectPaths, pid: str, *, source: str, crops: int) -> None:
+    """Refuse to read ``data/raw`` as empty where ``pid``'s rows are expected in it: an access
+    export without their photographs, answered as complete, would say they have none."""
+    why = _raw_expected(paths, pid, source=source, crops=crops)
+    if why is not None:
+        missing = " and ".join(f"data/raw/{name}" for name in absent_tables(paths.raw))
+        verb = "is" if " and " not in missing else "are"
+        raise RawDataMissingError(
+            MSG_RAW_NOT_CHECKED_OUT.format(missing=f"{missing} {verb}", why=why, pid=pid)
+        )
+
+
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -591,6 +631,12 @@ def build_bundle(
         verification against its ledger anchors
         (:class:`~visage_ml.privacy.auditlog.AuditLogError`: its identification events could be
         incomplete).
+    visage_ml.data.rawstore.RawDataMissingError
+        ``data/raw``'s tables are not there, though the subject's rows in them are expected
+        (DVC tracks ``data/raw``, the other table is there, ``data/processed`` holds crops of
+        theirs, or the registry says they came from an import or SynthFaces).
+    visage_ml.data.rawstore.ImageUnreadableError
+        A photograph of theirs is there but cannot be read.
     """
     check_pid(pid)
     core = core if core is not None else PrivacyCore(paths)
@@ -602,6 +648,8 @@ def build_bundle(
         identity = core.vault.get(pid)
     except KeyError:
         identity = None
+    processed = _processed_rows(paths, pid)
+    _check_raw(paths, pid, source=state.source, crops=int(processed.get("crops") or 0))
     subjects = read_subjects(paths.raw)
     row = subjects[subjects["pid"].astype(str) == pid]
     attributes = row_dict(row.iloc[0]) if len(row) else None
@@ -632,7 +680,6 @@ def build_bundle(
         }
         for r in book.all(pid=pid)
     ]
-    processed = _processed_rows(paths, pid)
     templates, anchors = _templates(paths, pid, core, gallery)
     doc = {
         "subject": {

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from visage_ml.data.rawstore import ImageUnreadableError
+from visage_ml.data.rawstore import ImageUnreadableError, RawDataMissingError
 from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.requests import (
     IN_PROGRESS,
@@ -45,6 +45,7 @@ MSG_STAYS_OPEN = (
 FAILURE_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (AuditLogError, "audit_log_unverified"),
     (ImageUnreadableError, "image_unreadable"),
+    (RawDataMissingError, "raw_data_missing"),
 )
 
 log = logging.getLogger(__name__)

@@ -61,12 +61,14 @@ def emit_json(obj: Any) -> None:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     # Evaluated when an error propagates only: the scan's and the shared gallery's modules stay
     # out of every command's start.
+    from visage_ml.data.rawstore import RawDataMissingError
     from visage_ml.rights.content_scan import ScanIncompleteError
     from visage_ml.serving.pg_swap import OldTableHeldError
 
     return (
         ScanIncompleteError,  # an erasure's scan stopped: the message says what to do
         OldTableHeldError,  # a session holds the gallery's old table: the message names it
+        RawDataMissingError,  # data/raw not checked out: the message says to run dvc checkout
         UserError,
         ConfigError,
         OSError,

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visage_ml.app.http.auth import DPO, ApiKeyFileError
 from visage_ml.app.http.schemas import ErrorResponse
-from visage_ml.data.rawstore import ImageUnreadableError
+from visage_ml.data.rawstore import ImageUnreadableError, RawDataMissingError
 from visage_ml.inference import ModelFileError
 from visage_ml.privacy.auditlog import AuditLogError
 from visage_ml.privacy.datakeys import SealedFileError
@@ -86,6 +86,9 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # Such a photograph is there but cannot be read (its permissions, a folder in its place,
     # the storage failing): as a damaged one, the request stays open until it is repaired.
     (ImageUnreadableError, 503, "image_unreadable"),
+    # data/raw's tables are not checked out on the server, though the subject's rows in them
+    # are expected: an export would hand over none of their photographs as if they had none.
+    (RawDataMissingError, 503, "raw_data_missing"),
     # The subject's template (or anchor template) in the gallery fails authentication, read
     # for their export: as a sealed photograph, the request stays open until it is repaired.
     (TemplateFileError, 503, "template_file_error"),
@@ -113,6 +116,11 @@ LIBRARY_MESSAGES: dict[str, str] = {
     "nothing more was done (an open request stays in progress); ask the server's operator to "
     "check that the server may read it (its permissions and storage; the server's log names "
     "it) or to restore it with `dvc checkout`, then retry",
+    # The library's says why the subject's rows are expected, for the operator: the log has it.
+    "raw_data_missing": "the server's raw data (data/raw, the subjects' photographs and their "
+    "tables) is not checked out, so the subject's photographs cannot be read, and nothing more "
+    "was done (an open request stays in progress); ask the server's operator to run `dvc "
+    "checkout data/raw` (the server's log says why it is needed), then retry",
     # The library's names the template's file (the subject's pid) or table: the log has it.
     "template_file_error": "the subject's template stored in the gallery fails "
     "authentication: it was altered, truncated or moved on the server, and nothing more was "
@@ -216,6 +224,10 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "from its disk (permissions, something else in its place, the storage failing): nothing "
     "more was done and the request stays in progress; retry once the server's operator has "
     "made it readable or restored it (`dvc checkout`)",
+    (503, "raw_data_missing"): "the server's raw data (data/raw) is not checked out, though "
+    "the subject's photographs are expected in it: nothing more was done and the request stays "
+    "in progress (an export without them would say they have none); retry once the server's "
+    "operator has run `dvc checkout data/raw`",
     (503, "template_file_error"): "the subject's template (or anchor template) stored in the "
     "gallery fails authentication: nothing more was done and the request stays in progress; "
     "retry once the server's operator has restored it from a backup or enrolled the subject "

@@ -334,6 +334,7 @@ def erasure(
                 "audit_log_unverified",
                 "sealed_file_error",
                 "image_unreadable",
+                "raw_data_missing",
                 "template_file_error",
             ),
         },
