@@ -15,9 +15,12 @@ bytes together, matching neither), so both the copies step and the verifier miss
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
+import lzma
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -25,7 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from rights_fakes import make_project
-from test_erasure_inside import _photos, doctor_listed, proj  # noqa: F401 - a fixture
+from test_erasure_inside import (  # noqa: F401 - a fixture
+    _photos,
+    doctor_listed,
+    proj,
+    stopped_then_certified,
+)
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
@@ -442,3 +450,106 @@ def test_a_damaged_tar_header_hides_none_after_it(proj):
     assert second % 512 == 0
     data[second + 148 : second + 156] = b"9999999\0"  # its header checksum wrong
     assert _sha(png) in set(embedded.inside(bytes(data), embedded.TAR))
+
+
+# A tar that does not begin with a good header: tarfile, and the scan's test of what a file is
+# (``ustar`` at byte 257), gave up at once, while GNU tar reads on. An empty tar before it (``cat
+# empty.tar photos.tar``, or a tar written into a zeroed file at an offset): ``tar -i`` skips the
+# zero blocks and extracts what follows. Its first header damaged (its checksum wrong, or the
+# block overwritten): plain ``tar -x`` says "This does not look like a tar archive", skips to the
+# next header and extracts the members after it.
+
+
+def _tar_of(*members: tuple[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _tars_not_begun_by_a_header(photo: bytes) -> dict[str, bytes]:
+    """Tars of a note then ``photo`` that begin otherwise than with a good header."""
+    tar = _tar_of(("notes.txt", b"minutes of the meeting " * 30), ("photo.png", photo))
+    empty = _tar_of()  # its two zero blocks, padded to a record: 10 KiB of zeros
+    assert empty == bytes(10240)
+    checksum, overwritten, zeroed = bytearray(tar), bytearray(tar), bytearray(tar)
+    checksum[148:156] = b"9999999\0"  # the first header's checksum wrong, its magic kept
+    overwritten[:512] = bytes(range(256)) * 2
+    zeroed[:512] = bytes(512)
+    return {
+        "concatenated.tar": empty + tar,
+        "concatenated.tar.gz": gzip.compress(empty + tar),
+        "bad-checksum.tar": bytes(checksum),
+        "bad-checksum.tar.xz": lzma.compress(bytes(checksum)),
+        "overwritten.tar": bytes(overwritten),
+        "zeroed.tar": bytes(zeroed),
+    }
+
+
+def _extracted(data: bytes) -> dict[str, bytes]:
+    """What ``tar -xif`` extracts of ``data`` (GNU tar reads as tarfile does with ``ignore_zeros``:
+    zero blocks and blocks that are no header skipped)."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*", ignore_zeros=True) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_a_tar_not_begun_by_a_good_header_stops_the_erasure_and_fails_the_verifier(proj):
+    """Each such tar holding the erased photograph (extracted as it is by ``tar -i``, the
+    damaged ones by plain ``tar`` too) stops the erasure and is listed by doctor; with them taken
+    out it certifies, and the verifier fails while one is back. The same tars of another
+    subject's photograph stop nothing."""
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "shared_for_colleague"
+    folder.mkdir(parents=True)
+    made = {folder / n: d for n, d in _tars_not_begun_by_a_header(png).items()}
+    kept = {folder / f"other-{n}": d for n, d in _tars_not_begun_by_a_header(theirs).items()}
+    for path, data in {**made, **kept}.items():
+        assert _extracted(data)["photo.png"] in (png, theirs), path.name
+        path.write_bytes(data)
+    _, done = stopped_then_certified(proj, victim, made, kept)
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    for path, data in made.items():
+        path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+
+
+def test_zeros_and_blocks_that_are_no_header_are_read_once_for_a_tar(monkeypatch):
+    """Crafted, or a preallocated file: zeros with no header after them, each read once in the
+    search for one (not walked by tarfile, 2 to 4 us a block); blocks each bearing a header's
+    magic with its checksum wrong, each tried as a header once. Neither holds anything."""
+    from visage_ml.io import CHUNK
+    from visage_ml.rights import embedded_archives
+
+    tried: list[int] = []
+    real = tarfile.TarInfo.frombuf.__func__
+
+    def frombuf(cls, buf, encoding, errors):
+        tried.append(len(buf))
+        return real(cls, buf, encoding, errors)
+
+    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(frombuf))
+    read: list[int] = []
+
+    class Counted(io.BytesIO):
+        def read(self, n=-1):
+            out = super().read(n)
+            read.append(len(out))
+            return out
+
+    zeros = bytes(8 << 20)
+    bad = bytearray(4 << 20)
+    for at in range(0, len(bad), 512):
+        bad[at + 257 : at + 265] = b"ustar\x0000"  # a header's magic, its checksum not right
+    for data, blocks_tried in ((zeros, 0), (bytes(bad), len(bad) // 512)):
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.TAR
+        tried.clear()
+        read.clear()
+        assert list(embedded.inside_file(Counted(data), embedded.TAR)) == []
+        assert sum(read) <= len(data) + CHUNK
+        assert len(tried) <= blocks_tried + 2  # and the end, tried twice
+        assert embedded_archives._tar_start(io.BytesIO(data)) == (-1 if blocks_tried == 0 else 0)

@@ -59,7 +59,9 @@ ASCII85, then deflated) and an image it re-encoded (a PNG always is: its pixels 
 its file), a phone's multi-picture file with bytes between its JPEGs or of more than four, or
 with a trailer neither an MP4 nor Samsung's (SEF), a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
-shown clean; a tar's damaged header is skipped to the next, as GNU tar does; a damaged or
+shown clean; a tar's damaged header is skipped to the next, as GNU tar does, its first too, and
+zero blocks before it as ``tar -i`` skips them: :data:`TAR_BLOCK`; one whose first header lost
+its magic and whose next lies past its first :data:`SNIFF` bytes is not told a tar; a damaged or
 encrypted SQLite database is not shown clean; its
 ``-wal`` file is read with it, as SQLite does; one whose freed space holds a deleted
 photograph's start is not shown clean either), of rows deleted but left in freed pages what
@@ -147,6 +149,17 @@ LARGE = frozenset({*STREAMED, TEXT, BINARY, PDF, PARQUET, SQLITE})
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 TAR_MAGIC, TAR_AT = b"ustar", 257
+# A tar is its 512-byte blocks. GNU tar reads a file whose first block is no header on:
+# ``tar -x`` skips a damaged header (its checksum wrong, or the block overwritten) to the next
+# one and extracts the members after it, as it does past one in the middle; ``tar -i`` skips
+# zero blocks too, which end a tar otherwise (an empty tar before it: ``cat empty.tar
+# photos.tar``, 10 KiB of zeros; one written at an offset into a zeroed file). Such a file is
+# told a tar where its first block is zeros, or where a header's whole magic (POSIX's and pax's
+# ``ustar\0`` and ``00``, GNU's ``ustar  \0``: a NUL in each, so never a text's) begins a
+# later block of its first bytes (:func:`_tar_later`), and read from the first block bearing it
+# (:func:`~visage_ml.rights.embedded_archives._tar_start`).
+TAR_BLOCK = 512
+TAR_MAGICS = (b"ustar\x0000", b"ustar  \x00")
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00")
 BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 # Streams with no file format around them, as libraries write caches: zstd's frame
@@ -439,7 +452,21 @@ def kind(first: bytes) -> str | None:
         return BINARY
     if embedded_formats.holds_as_is(first):  # Arrow, HDF5, LMDB, TFRecord: read as an array is
         return BINARY
+    if _tar_later(first):  # after the formats above: an HDF5 file's user block may be zeros
+        return TAR
     return TEXT if _text(first) else None
+
+
+def _tar_later(first: bytes) -> bool:
+    """Whether a file beginning with ``first`` (no tar's magic at byte 257) may be a tar GNU tar
+    reads members of (:data:`TAR_BLOCK`): its first block zeros, or a later block of ``first``
+    beginning a header with its whole magic (:data:`TAR_MAGICS`)."""
+    if first[:TAR_BLOCK] == bytes(TAR_BLOCK):
+        return True
+    return any(
+        first[at : at + len(TAR_MAGICS[0])] in TAR_MAGICS
+        for at in range(TAR_BLOCK + TAR_AT, len(first), TAR_BLOCK)
+    )
 
 
 def _magic_kind(first: bytes) -> str | None:
@@ -784,9 +811,12 @@ def _arrow_inflated(data: bytes, limit: int, codec: str) -> bytes | None:
 
 def _holds_files(first: bytes) -> str | None:
     """:func:`kind` of a part beginning with ``first`` when it holds other files as they are or
-    compressed (:func:`_magic_kind`), or is a pickle (:data:`BINARY`); None for a text (the file
-    it lies in is read as text already), an array's bytes and what holds none."""
-    return BINARY if PICKLE_MAGIC.match(first) else _magic_kind(first)
+    compressed (:func:`_magic_kind`; a tar not begun by a header too, :func:`_tar_later`), or is
+    a pickle (:data:`BINARY`); None for a text (the file it lies in is read as text already), an
+    array's bytes and what holds none."""
+    if PICKLE_MAGIC.match(first):
+        return BINARY
+    return _magic_kind(first) or (TAR if _tar_later(first) else None)
 
 
 def _value(
@@ -947,7 +977,12 @@ def _latin1_holds_files(data: Buffer, start: int, end: int, depth: int, floor: i
         return False
     # A tar's magic and a PDF's header are ASCII: as they are in the UTF-8, a few bytes on.
     near = start, min(end, start + 2 * KIND_SNIFF)
-    if _holds_files(head) is None and all(data.find(m, *near) < 0 for m in (TAR_MAGIC, PDF_MAGIC)):
+    # Zeros first: a tar may follow them (:func:`_tar_later`).
+    if (
+        _holds_files(head) is None
+        and head.strip(b"\x00")
+        and all(data.find(m, *near) < 0 for m in (TAR_MAGIC, PDF_MAGIC))
+    ):
         return False
     first = _latin1_head(data, start, end, KIND_SNIFF)
     return first is not None and _holds_files(first) is not None

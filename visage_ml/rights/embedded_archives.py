@@ -16,6 +16,8 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
+import numpy as np
+
 from visage_ml.io import CHUNK
 from visage_ml.rights import embedded
 from visage_ml.rights.embedded import SizeFilter, _Budget
@@ -65,15 +67,62 @@ def _zip(fh: IO[bytes], sizes: SizeFilter | None, depth: int, budget: _Budget) -
         raise embedded.DamagedMember
 
 
+# A header's magic (:data:`~visage_ml.rights.embedded.TAR_MAGICS`) where it lies in a block.
+_MAGICS = np.array([np.frombuffer(m, np.uint8) for m in embedded.TAR_MAGICS])
+_MAGIC_AT = slice(embedded.TAR_AT, embedded.TAR_AT + _MAGICS.shape[1])
+
+
+def _tar_start(fh: IO[bytes]) -> int:
+    """Where the first block of ``fh`` from where it stands (a tar's: its kind told,
+    :func:`~visage_ml.rights.embedded.kind`) that begins a header with its whole magic lies, -1
+    where none does: a :data:`~visage_ml.io.CHUNK` read at a time and its blocks' magic compared
+    at once with NumPy (0.02 s for 64 MiB; tarfile's walk over blocks that are no header, as GNU
+    tar skips them, took 2 us a block of zeros and 4 us one of other bytes: 0.2 to 0.5 s)."""
+    at, carry = fh.tell(), b""
+    while chunk := fh.read(CHUNK):
+        data = carry + chunk
+        n = len(data) // embedded.TAR_BLOCK
+        blocks = np.frombuffer(data, np.uint8, n * embedded.TAR_BLOCK)
+        magic = blocks.reshape(n, embedded.TAR_BLOCK)[:, _MAGIC_AT]
+        found = np.flatnonzero((magic[:, None, :] == _MAGICS).all(axis=2).any(axis=1))
+        if found.size:
+            return at + int(found[0]) * embedded.TAR_BLOCK
+        at += n * embedded.TAR_BLOCK
+        carry = data[n * embedded.TAR_BLOCK :]
+    return -1
+
+
 def _open_tar(fh: IO[bytes]) -> tarfile.TarFile | None:
-    """``fh`` as a tar file (compressed or not), or None when it is none."""
+    """``fh``, a tar (:data:`~visage_ml.rights.embedded.TAR`), opened at its first header
+    (:func:`_tar_start`), or None when it has none. Zero blocks and damaged headers are skipped to
+    the next header (``ignore_zeros``), as GNU tar does (``tar -x`` a damaged header, the
+    first too; ``tar -i`` zero blocks), not taken for the archive's end (which hid every member
+    after it)."""
+    start = _tar_start(fh)
+    if start < 0:
+        return None
+    fh.seek(start)
+    try:
+        return tarfile.open(fileobj=fh, mode="r:", ignore_zeros=True)
+    except ARCHIVE_ERRORS:
+        return None
+
+
+def _compressed_tar(fh: IO[bytes]) -> tarfile.TarFile | None:
+    """``fh``, a compressed stream, as the tar it decompresses to (tarfile tries each compression
+    it knows) where that begins with a good header; None otherwise, and it is read as the one
+    file the stream holds (:func:`_decompressed`), a tar by its kind (:func:`_open_tar`): one
+    whose first header is damaged, or one that begins with zero blocks, which tarfile opened as
+    an empty tar, hiding its members (``cat empty.tar photos.tar | gzip``)."""
     try:
         t = tarfile.open(fileobj=fh, mode="r:*")  # noqa: SIM115 - closed by _tar
     except ARCHIVE_ERRORS:
         return None
-    # A tar (its first header is one): a damaged header after it is skipped to the next one, as
-    # GNU tar does when it extracts, not taken for the archive's end (which hid every member
-    # after it). Not set for the opening, which would take any compressed file for a tar.
+    if t.firstmember is None:  # a zero block first
+        t.close()
+        return None
+    # A damaged header after the first is skipped to the next one, as GNU tar does. Not set for
+    # the opening, which would take any compressed file for a tar.
     t.ignore_zeros = True
     return t
 
@@ -105,7 +154,7 @@ def _decompressed(
     """A compressed file (:func:`~visage_ml.rights.embedded.stream_kind`): a compressed tar's
     members, else the one file it holds (a ``.tar.zst``'s tar, read as its member)."""
     start = fh.tell()
-    if (t := _open_tar(fh)) is not None:
+    if (t := _compressed_tar(fh)) is not None:
         yield from _tar(t, sizes, depth, budget)
         return
     fh.seek(start)
