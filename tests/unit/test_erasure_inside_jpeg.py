@@ -68,6 +68,16 @@ def _multi_picture(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _multi_angle(arr: np.ndarray, *, views: int = 7) -> bytes:
+    """A camera's multi-picture file of more than four JPEGs (MPF's multi-angle, multi-frame
+    panorama or disparity images, as Pillow writes an MPO): ``views`` of the scene, each a JPEG
+    right after the one before, the first's MP index declaring how many (NumberOfImages)."""
+    shifted = [Image.fromarray(np.roll(arr, k, axis=1)) for k in range(1, views)]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="MPO", save_all=True, append_images=shifted, quality=90)
+    return buf.getvalue()
+
+
 def _box(kind: bytes, payload: bytes, *, size: int | None = None) -> bytes:
     """An ISO-BMFF box (an MP4's): its size (4 bytes, big-endian; ``size=1``: 8 more bytes hold
     it; ``size=0``: it runs to the end of the file), its type, then ``payload``."""
@@ -165,6 +175,7 @@ ENCODINGS = {
     "progressive": lambda arr: _jpeg(arr, progressive=True),
     "exif-thumbnail": _with_thumbnail,
     "multi-picture": _multi_picture,
+    "multi-angle": _multi_angle,
     "motion-photo": _motion_photo,
     "motion-photo-gain-map": lambda arr: _motion_photo(arr, gain_map=True, mdat_size=1),
     "samsung": lambda arr: _samsung(arr, video=False),
@@ -246,6 +257,9 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
         assert "exif" in Image.open(io.BytesIO(photo)).info
     if encoding == "multi-picture":
         assert Image.open(io.BytesIO(photo)).n_frames == 3  # bytes after the first EOI
+    if encoding == "multi-angle":
+        shown = Image.open(io.BytesIO(photo))
+        assert shown.n_frames == 7 and shown.mpinfo[0xB001] == 7  # as its MP index says
     if encoding.startswith("motion-photo"):  # a photograph, then a video to the file's end
         shown = Image.open(io.BytesIO(photo))
         assert b"MotionPhoto" in shown.info["xmp"]
@@ -412,6 +426,67 @@ def test_jpegs_one_after_another_are_joined_in_bounded_work(monkeypatch):
     k = embedded_photos.MPF_IMAGES
     assert sizes.asked <= (k - 1) * n
     assert len(data) * k < given <= len(data) * k * (k + 1) // 2  # runs of 1 to k JPEGs each
+
+
+def test_a_multi_angle_file_among_jpegs_one_after_another_is_found_by_its_size(tmp_path):
+    """A camera's multi-picture files of more than four JPEGs (seven, and the most taken as
+    declared, MPF_DECLARED) among a data set's JPEGs one right after another: each is found
+    where its size is sought, from the file (mapped) as in memory, the run its first JPEG
+    declares and no other stretch given. One that declares more JPEGs than follow it, or whose
+    run is broken by bytes between its JPEGs, gives nothing more."""
+    rng = np.random.default_rng(3)
+    pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
+    photos = [_jpeg(p) for p in pixels[:3]]
+    most = embedded_photos.MPF_DECLARED
+    cameras = [_multi_angle(pixels[3]), _multi_angle(pixels[4], views=most)]
+    column = _npy(b"".join([photos[0], cameras[0], photos[1], cameras[1], photos[2]]))
+    sizes = _Sought({len(c) for c in cameras})
+    found = set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    assert {_sha(c) for c in cameras} <= found
+    path = tmp_path / "column.npy"
+    path.write_bytes(column)
+    with open(path, "rb") as fh:
+        assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == found
+    jpegs = [g for g in embedded_photos._jpegs(column, sizes) if g.count(b"\xff\xd8\xff") == 1]
+    assert len(jpegs) == 3 + 7 + most  # each JPEG alone, and no run but the two sought
+    assert [g for g in embedded_photos._jpegs(column, sizes) if g not in jpegs] == cameras
+    # Cut short (its last JPEG gone), or a byte between two of its JPEGs: not that size.
+    cut = cameras[0][: cameras[0].rindex(b"\xff\xd8\xff")]
+    second = cameras[0].index(b"\xff\xd8\xff", 1)
+    gap = cameras[0][:second] + b"\x00" + cameras[0][second:]
+    for broken in (cut, gap):
+        sizes = _Sought(set(range(len(broken) + 1)))
+        assert broken not in list(embedded_photos._jpegs(_npy(broken), sizes))
+
+
+def _declaring(n: int) -> bytes:
+    """A tiny JPEG whose MP index declares ``n`` images (NumberOfImages, big-endian)."""
+    ifd = b"\x00\x01" + b"\xb0\x01\x00\x04\x00\x00\x00\x01" + n.to_bytes(4, "big") + bytes(4)
+    mpf = b"MPF\x00MM\x00*\x00\x00\x00\x08" + ifd
+    return b"\xff\xd8\xff\xe2" + (2 + len(mpf)).to_bytes(2, "big") + mpf + b"\xff\xd9"
+
+
+def test_declared_runs_of_jpegs_are_given_in_bounded_work(monkeypatch):
+    """Crafted: tiny JPEGs one right after another, each declaring the most images taken
+    (MPF_DECLARED), every size sought: each declared run overlaps the next ones, and past
+    MPF_GIVEN times the file's size given in them the file is not read to its end (not shown
+    clean). Declared runs one after another (a column of multi-angle files) are each given
+    once: one more size asked for each, no more than the file given once more."""
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
+    k, most = embedded_photos.MPF_IMAGES, embedded_photos.MPF_DECLARED
+    n = 20_000
+    every = b"\x80\x04" + _declaring(most) * n
+    sizes = _Sought(set(range(len(every) + 1)))
+    given = 0
+    with pytest.raises(embedded.TooManyStarts):
+        for found in embedded_photos._jpegs(every, sizes):
+            given += len(found)
+    assert given <= len(every) * (k * (k + 1) // 2 + embedded_photos.MPF_GIVEN)
+    files = b"\x80\x04" + (_declaring(16) + _declaring(0) * 15) * (n // 16)
+    sizes = _Sought(set(range(len(files) + 1)))
+    given = sum(len(found) for found in embedded_photos._jpegs(files, sizes))
+    assert sizes.asked <= (k - 1) * n + n // 16
+    assert given <= len(files) * (k * (k + 1) // 2 + 1)
 
 
 def test_a_motion_photo_among_jpegs_one_after_another_is_found_by_its_size(tmp_path):

@@ -56,8 +56,9 @@ uint8) or one pyarrow cannot read (what lies in it as it is is still found), an 
 chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compressed with GZIP is
 a gzip file), a PDF's streams encrypted or compressed otherwise than deflated first (LZW;
 ASCII85, then deflated) and an image it re-encoded (a PNG always is: its pixels are deflated, not
-its file), a phone's multi-picture file with bytes between its JPEGs or of more than four, or
-with a trailer neither an MP4 nor Samsung's (SEF), a compressed stream
+its file), a phone's multi-picture file with bytes between its JPEGs or of more than four that
+its MP index does not declare (or more than 64), or with a trailer neither an MP4 nor Samsung's
+(SEF), a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does, its first too, and
 zero blocks before it as ``tar -i`` skips them: :data:`TAR_BLOCK`; one whose first header lost

@@ -33,6 +33,19 @@ SCAN_BLOCK = 64
 # The most JPEGs a multi-picture file is taken to hold, one right after another (:func:`_jpegs`):
 # a phone's photograph, then a gain map, a depth map and its confidence, or a matte.
 MPF_IMAGES = 4
+# A multi-picture file's first JPEG says how many it holds: its MP index (an APP2 segment,
+# ``MPF\0``, then a TIFF header and the index's IFD, its tags ascending from B000) holds
+# NumberOfImages (B001). A camera's multi-angle, multi-frame panorama or disparity file (MPF's
+# types) holds more than :data:`MPF_IMAGES`: the run of as many JPEGs as its first declares, up to
+# :data:`MPF_DECLARED`, is given too. Only the index's first :data:`MPF_TAGS` entries are read;
+# the stretches so given are :data:`MPF_GIVEN` times the file's size at most (crafted JPEGs each
+# declaring many, each run over the next ones: more is
+# :class:`~visage_ml.rights.embedded.TooManyStarts`).
+MPF_APP2, MPF_ID = 0xE2, b"MPF\x00"
+MPF_COUNT_TAG = 0xB001
+MPF_TAGS = 8
+MPF_DECLARED = 64
+MPF_GIVEN = 8
 # An ISO-BMFF file (an MP4: a motion photo's video, after its JPEGs) is its top-level boxes one
 # after another, each its size (4 bytes, big-endian, its header's included; 1: the 8 bytes after
 # its type hold it; 0: it runs to the end of the file), then its type, 4 printable ASCII
@@ -214,6 +227,25 @@ def _segment_length(data: bytes, at: int) -> int:
     return int.from_bytes(data[at + 2 : at + 4], "big")
 
 
+def _mpf_declared(data: Buffer, at: int, n: int) -> int:
+    """How many images the MP index in the APP2 segment at ``at`` (its length ``n``) declares
+    (NumberOfImages: :data:`MPF_COUNT_TAG`), 0 where it is none or declares none."""
+    tiff, end = at + 4 + len(MPF_ID), at + 2 + n
+    if data[at + 4 : tiff] != MPF_ID or end - tiff < 8:
+        return 0
+    order = {b"MM\x00*": "big", b"II*\x00": "little"}.get(bytes(data[tiff : tiff + 4]))
+    if order is None:
+        return 0
+    ifd = tiff + int.from_bytes(data[tiff + 4 : tiff + 8], order)
+    if ifd + 2 > end:
+        return 0
+    entries = min(int.from_bytes(data[ifd : ifd + 2], order), MPF_TAGS, (end - ifd - 2) // 12)
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if int.from_bytes(data[entry : entry + 2], order) == MPF_COUNT_TAG:
+            return int.from_bytes(data[entry + 8 : entry + 12], order)
+    return 0
+
+
 def _box_end(data: Buffer, at: int) -> int:
     """Where the ISO-BMFF box at ``at`` ends, or -1 where none lies there: a type not 4
     printable characters, a size smaller than its header or running past ``data``."""
@@ -335,7 +367,12 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     run of a size sought: where sizes are not known (every one may match), a JPEG lying in such
     runs is given 10 times in all at most (1 + 2 + 3 + 4: once alone, in two runs of two...),
     not once for each JPEG before it (a data set's image column holds its JPEGs one right after
-    another).
+    another). A camera's file of more than :data:`MPF_IMAGES` (multi-angle, a multi-frame
+    panorama) says how many it holds, in its first JPEG's MP index (:func:`_mpf_declared`): where
+    that declares more, the run of as many JPEGs from it, up to :data:`MPF_DECLARED`, is given
+    too when ``sizes`` may seek its size (one more size asked for such a JPEG, and bytes given in
+    such runs :data:`MPF_GIVEN` times the file's size at most:
+    :class:`~visage_ml.rights.embedded.TooManyStarts`).
 
     A motion photo (Google's Motion Photo format, a Pixel's default; the older ``MVIMG_`` files) is
     its JPEG or JPEGs (an Ultra HDR photograph's gain map after it) then its video to the file's
@@ -358,8 +395,10 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     EOI, the stretch from each start of the run to the ``SEFT``'s end is given when ``sizes`` may
     seek its size (:class:`_Trailers`: each ``SEFT`` marker read once, however many EOIs wait). Not
     found: bytes between a JPEG's EOI and its video or trailer, or between its JPEGs, more than
-    :data:`MPF_IMAGES` JPEGs, a trailer of neither kind (Samsung's older ``QDIO`` one), a Samsung
-    trailer over :data:`SEF_MAX` or of more than :data:`SEF_BLOCKS` blocks.
+    :data:`MPF_IMAGES` JPEGs that the first does not declare, or more than :data:`MPF_DECLARED`,
+    more than :data:`MPF_IMAGES` followed by a video or trailer, a trailer of neither kind
+    (Samsung's older ``QDIO`` one), a Samsung trailer over :data:`SEF_MAX` or of more than
+    :data:`SEF_BLOCKS` blocks.
     """
     dead = _Marks()  # offsets from which no EOI is reached
     ends: _ScanEnds | None = None
@@ -369,6 +408,10 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     # :data:`MPF_IMAGES` - 1), and where the last ends.
     run: deque[int] = deque(maxlen=MPF_IMAGES - 1)
     run_end = -1
+    count = 0  # how many JPEGs the run holds so far
+    # By the count at which it ends, the start of each run a first JPEG declared (MPF_DECLARED).
+    due: dict[int, list[int]] = {}
+    give = MPF_GIVEN * size  # bytes yet to be given in such runs
     video_end = 0  # where the last video walked after a JPEG's EOI ends
     trailers = _Trailers(data)
     at = _search(data, JPEG_START, 0)
@@ -379,7 +422,7 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
         _let_go(data, at)
         if ends is not None:
             ends.forget(at)
-        end, walked, found = at + 2, [], False
+        end, walked, found, declared = at + 2, [], False, 0
         while end + 2 <= size and end not in dead:
             walked.append(end)
             code = data[end + 1]
@@ -394,6 +437,8 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
             n = _segment_length(data, end)
             if n < 2 or end + 2 + n > size:
                 break
+            if code == MPF_APP2 and not declared:
+                declared = _mpf_declared(data, end, n)
             end += 2 + n
             if code == JPEG_SOS:
                 ends = ends if ends is not None else _ScanEnds(data)
@@ -403,9 +448,22 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
             yield data[at:end]
             if at != run_end:
                 run.clear()
+                due.clear()
+                count = 0
+            count += 1
             for start in run:
                 if sizes is None or sizes.may_match(end - start):
                     yield data[start:end]
+            # The run of as many JPEGs as a first one declared ends here (one of more than
+            # MPF_IMAGES: a shorter one was given above); this one's declared run, later.
+            for start in due.pop(count, ()):
+                if sizes is None or sizes.may_match(end - start):
+                    give -= end - start
+                    if give < 0:
+                        raise embedded.TooManyStarts
+                    yield data[start:end]
+            if declared > MPF_IMAGES:
+                due.setdefault(count + min(declared, MPF_DECLARED) - 1, []).append(at)
             # A video after the run's last EOI (a motion photo's), unless that EOI lies within
             # the last one walked (a JPEG in its boxes: the walk would go over them again).
             if end >= video_end and (stops := _video_ends(data, end)):
