@@ -1,6 +1,7 @@
 """An erasure stopped for a reason the operator can mend (its content scan did not finish; a
-session of the shared gallery's database holds the table's old copy): the CLI says what to do
-in one line, and the HTTP API answers 503 with a code of its own, the request left open."""
+session of the shared gallery's database holds the table's old copy; a store out of reach): the
+CLI says what to do, and the HTTP API answers 503 with a code of its own, the request left open
+with its failure recorded under that code."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _stopped(monkeypatch, error: Exception) -> None:
 
 
 @pytest.mark.parametrize("code", sorted(STOPS))
-def test_the_cli_says_in_one_line_what_to_do(project, monkeypatch, code):
+def test_the_cli_says_what_to_do_and_which_request_stays_open(project, monkeypatch, code):
     # Before: a traceback, the message on its last line.
     proj = make_project(project, n_subjects=1, enrol=False)
     monkeypatch.setenv("VISAGE_PROJECT", str(project))
@@ -49,6 +50,10 @@ def test_the_cli_says_in_one_line_what_to_do(project, monkeypatch, code):
     said = " ".join(r.output.split())
     assert "Traceback" not in r.output and said.startswith("error:")
     assert " ".join(str(STOPS[code]).split()) in said
+    # The request it stopped, to run again, and what stopped it, on the request.
+    [st] = RequestBook(PrivacyCore(proj.paths)).all(pid=proj.pids[0])
+    assert f"--request {st.request_id}" in said
+    assert (st.failure["step"], st.failure["code"]) == ("lineage", code)
 
 
 @pytest.mark.parametrize("code", sorted(STOPS))
@@ -58,13 +63,18 @@ def test_the_http_api_answers_503_with_its_code_the_request_open(project, monkey
     pid = proj.pids[0]
     _stopped(monkeypatch, STOPS[code])
 
-    r = http_caller(proj)("POST", f"/v1/subjects/{pid}/erasure", "dpo")
+    call = http_caller(proj)
+    r = call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
 
     assert r.status_code == 503, r.text
     error = r.json()["error"]
     assert error["code"] == code and str(STOPS[code]) in error["message"]
     [st] = RequestBook(proj.core).all(pid=pid)
     assert st.status == "in_progress"
+    # Before, nothing on the request said what stopped it (an export's failure is recorded).
+    shown = call("GET", f"/v1/requests/{st.request_id}", "dpo").json()
+    assert (shown["failure"]["step"], shown["failure"]["code"]) == ("lineage", code), shown
+    assert f"request_id={st.request_id}" in shown["failure_hint"]
 
 
 def test_an_erasure_its_preflight_stops_is_answered_503_and_sent_again_once_the_stack_is_up(
@@ -89,6 +99,15 @@ def test_an_erasure_its_preflight_stops_is_answered_503_and_sent_again_once_the_
     [st] = RequestBook(proj.core).all(pid=pid)
     assert st.is_open and st.status == "verified"  # recorded, not started
     assert not PrivacyCore(proj.paths).registry.get(pid).erased
+    # What stopped it is on the request, under the same code, with what to do (before: no
+    # failure recorded, though the stops after its start are).
+    shown = call("GET", f"/v1/requests/{st.request_id}", "dpo").json()
+    assert shown["status"] == "verified"
+    assert (shown["failure"]["step"], shown["failure"]["code"]) == (
+        "preflight",
+        "stores_unreachable",
+    ), shown
+    assert "visage stack up" in shown["failure_hint"], shown["failure_hint"]
     # Documented on the erasure route alone, with what to do.
     paths = call.app.openapi()["paths"]
     erasure = paths["/v1/subjects/{pid}/erasure"]["post"]["responses"]["503"]["description"]
@@ -108,3 +127,5 @@ def test_an_erasure_its_preflight_stops_is_answered_503_and_sent_again_once_the_
     assert r.status_code == 200, r.text
     assert r.json()["request_id"] == st.request_id
     assert PrivacyCore(proj.paths).registry.get(pid).erased
+    done = call("GET", f"/v1/requests/{st.request_id}", "dpo").json()
+    assert done["status"] == "completed" and done["failure_hint"] is None

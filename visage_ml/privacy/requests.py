@@ -22,9 +22,10 @@ extension with its reasons, completion, denial with its reasons and the right to
 each Art. 19 notice to a registered recipient is put in the outbox
 (:mod:`visage_ml.privacy.outbox`), from which ``visage privacy notify`` delivers it.
 
-An action that fails once its request is in progress (a store or the audit log fails under it)
-records ``request.failed`` with a step and an error code: the request stays in progress (the
-subject is still owed an answer, and its deadline runs), and ``visage privacy requests`` /
+An action that fails once its request is in progress (a store or the audit log fails under it),
+or verified and about to start (an erasure's preflight finds a store out of reach), records
+``request.failed`` with a step and an error code: the request stays as it was (the subject is
+still owed an answer, and its deadline runs), and ``visage privacy requests`` /
 ``request show`` say what failed and how to answer it (:func:`failure_hint`): run the action
 again with the request id, or deny it.
 
@@ -140,6 +141,13 @@ FAILURE_ACTIONS: Mapping[str, str] = {
     "checkout data/raw`",
     "raw_data_missing": "check out the raw data: `dvc checkout data/raw` (`dvc pull data/raw` "
     "where the DVC cache lacks it)",
+    # An erasure's stops (nothing certified): the error said which store and what to do.
+    "stores_unreachable": "make the store the error named reachable (`visage stack up` for the "
+    "project's stack services; the server's log has the message)",
+    "scan_incomplete": "end what stopped the content scan, as the error said (a read or a "
+    "process that hung or was killed; the server's log has the message)",
+    "gallery_table_held": "end the database session that holds the gallery table's old copy "
+    "(the error named its backend; the server's log has the message)",
 }
 FAILURE_ACTION_DEFAULT = "fix what the failed command reported (also in the server's log)"
 
@@ -724,9 +732,10 @@ class RequestBook:
         return st
 
     def fail(self, request_id: str, *, step: str, code: str) -> RequestState:
-        """Record that an action on an in-progress request failed (``request.failed``).
+        """Record that an action on an in-progress request failed (``request.failed``), or on a
+        verified one before it started it (an erasure's preflight).
 
-        The request stays in progress: it is still owed, and its deadline runs. The subject is
+        The request stays as it was: it is still owed, and its deadline runs. The subject is
         not told (nothing was decided); ``visage privacy request show`` gives the DPO the step,
         the code and what to do (:func:`failure_hint`).
 
@@ -738,13 +747,16 @@ class RequestBook:
         Raises
         ------
         RequestStateError
-            The request is not in progress.
+            The request is neither verified nor in progress.
         """
         st = self.get(request_id)
-        if st.status != IN_PROGRESS:
+        if st.status not in (VERIFIED, IN_PROGRESS):
             raise RequestStateError(
                 MSG_TRANSITION.format(
-                    rid=request_id, status=st.status, target="failed", allowed=IN_PROGRESS
+                    rid=request_id,
+                    status=st.status,
+                    target="failed",
+                    allowed=f"{VERIFIED}, {IN_PROGRESS}",
                 )
             )
         check_code(step, "failed step")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from visage_ml.data.rawstore import ImageUnreadableError, RawDataMissingError
@@ -36,7 +36,7 @@ MSG_NOT_READY = (
 MSG_OTHER_SUBJECT = "request {rid} is about another subject"
 MSG_NOT_OPEN = "request {rid} is already {status}"
 MSG_STAYS_OPEN = (
-    "request {rid} stays in progress, with this failure recorded ({code}); once it is fixed, "
+    "request {rid} stays {status}, with this failure recorded ({code}); once it is fixed, "
     "run the same action again with --request {rid} (HTTP: request_id={rid}) instead of "
     "opening another request, or deny it (`visage privacy request deny {rid} --reason CODE`)"
 )
@@ -102,28 +102,36 @@ def begin(
     return st
 
 
-def failure_code(exc: BaseException) -> str:
-    """A ledger-safe code for ``exc``: its :data:`FAILURE_CODES` entry, else its class name in
-    snake case (``GalleryUnavailableError`` -> ``gallery_unavailable_error``); never its
-    message, which may hold values."""
-    for exc_type, code in FAILURE_CODES:
+# (exception, code) pairs: the failure codes of an action's own errors (see recorded).
+Codes = Sequence[tuple[type[BaseException], str]]
+
+
+def failure_code(exc: BaseException, codes: Codes = ()) -> str:
+    """A ledger-safe code for ``exc``: its entry in ``codes`` or :data:`FAILURE_CODES`, else its
+    class name in snake case (``GalleryUnavailableError`` -> ``gallery_unavailable_error``);
+    never its message, which may hold values."""
+    for exc_type, code in (*codes, *FAILURE_CODES):
         if isinstance(exc, exc_type):
             return code
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()[:64] or "error"
 
 
 @contextlib.contextmanager
-def recorded(book: RequestBook, st: RequestState, *, step: str) -> Iterator[None]:
-    """Record a failure inside the block on the in-progress request ``st``, and re-raise it.
+def recorded(
+    book: RequestBook, st: RequestState, *, step: str, codes: Codes = ()
+) -> Iterator[None]:
+    """Record a failure inside the block on the in-progress (or verified, not yet started)
+    request ``st``, and re-raise it.
 
-    The request stays in progress with ``request.failed`` (``step``, :func:`failure_code`), so
-    the DPO's request list shows what failed instead of a request nothing will finish; the
-    exception gets a note (:data:`MSG_STAYS_OPEN`) naming the request to run again.
+    The request stays as it was with ``request.failed`` (``step``, :func:`failure_code`, the
+    action's own ``codes`` first: the codes the HTTP API answers), so the DPO's request list
+    shows what failed instead of a request nothing will finish; the exception gets a note
+    (:data:`MSG_STAYS_OPEN`) naming the request to run again.
     """
     try:
         yield
     except Exception as exc:
-        code = failure_code(exc)
+        code = failure_code(exc, codes)
         try:
             book.fail(st.request_id, step=step, code=code)
         except Exception:
@@ -131,5 +139,6 @@ def recorded(book: RequestBook, st: RequestState, *, step: str) -> Iterator[None
             # the original error is the one to report.
             log.exception("request %s: its failure could not be recorded", st.request_id)
         else:
-            exc.add_note(MSG_STAYS_OPEN.format(rid=st.request_id, code=code))
+            status = st.status.replace("_", " ")
+            exc.add_note(MSG_STAYS_OPEN.format(rid=st.request_id, status=status, code=code))
         raise

@@ -205,17 +205,18 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "ledger: no access export until privacy/audit.jsonl is restored from a backup",
     (503, "scan_incomplete"): "an erasure's content scan stopped before it had looked at every "
     "file (a read or a process of it hung, or a process was killed): nothing was certified and "
-    "the request stays open; do what the message says, then send the erasure again with its "
-    "request_id (or run `visage privacy resume`)",
+    "the request stays open, its failure recorded with this code; do what the message says, "
+    "then send the erasure again with its request_id (or run `visage privacy resume`)",
     (503, "gallery_table_held"): "the shared gallery's purge could not drop the table's old "
     "copy, which holds the erased rows: another session of the database holds it (the message "
-    "names its backend); nothing was certified and the request stays open; end that session, "
-    "then send the erasure again with its request_id (or run `visage privacy resume`)",
+    "names its backend); nothing was certified and the request stays open, its failure "
+    "recorded with this code; end that session, then send the erasure again with its "
+    "request_id (or run `visage privacy resume`)",
     (503, "stores_unreachable"): "a store the erasure must erase from cannot be reached or "
     "opened (a stack service down, a DVC remote without its plugin, a gallery table or an MLflow "
-    "server the project once wrote to): nothing was certified and the request stays open; do "
-    "what the message says (`visage stack up`, say), then send the erasure again (the subject's "
-    "open request is taken up)",
+    "server the project once wrote to): nothing was certified and the request stays open, its "
+    "failure recorded with this code; do what the message says (`visage stack up`, say), then "
+    "send the erasure again (the subject's open request is taken up)",
     (503, "sealed_file_error"): "a file the server stores for the subject (a sealed "
     "photograph) fails authentication, altered or truncated on its disk: nothing more was done "
     "and the request stays in progress; retry once the server's operator has restored it "

@@ -100,6 +100,7 @@ from visage_ml.privacy.witnessed import WitnessUnavailableError
 
 # A module, not its function: lineage imports this package's DVC machinery.
 from visage_ml.rights import lineage
+from visage_ml.rights.content_scan import ScanIncompleteError
 from visage_ml.rights.erasure import (
     checkpoints,
     copies,
@@ -128,6 +129,9 @@ from visage_ml.rights.erasure.base import (
     merge,
     retained_shared,
 )
+from visage_ml.rights.lifecycle import recorded
+from visage_ml.serving.pg_swap import OldTableHeldError
+from visage_ml.stack.proc import StackError
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +146,13 @@ STEPS: tuple[str, ...] = (
     "copies",
     "snapshot",
     "certificate",
+)
+# The failure codes an erasure's stops are recorded under on its request (request.failed),
+# those the HTTP API answers them with (any other: its class, lifecycle.failure_code).
+STOP_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (StackError, "stores_unreachable"),
+    (ScanIncompleteError, "scan_incomplete"),
+    (OldTableHeldError, "gallery_table_held"),
 )
 # The stores each destructive step drives, in order (their artefacts are recorded under the
 # step): export bundles and resume checkpoints go with the processed data.
@@ -329,8 +340,10 @@ class Erasure:
                 raise RequestStateError(MSG_NOT_VERIFIED.format(rid=request_id))
             if st.status not in (VERIFIED, IN_PROGRESS):
                 raise RequestStateError(MSG_CLOSED.format(rid=request_id, status=st.status))
-            # Every service the stores need answers, or nothing is erased (one message).
-            preflight.check(self.ctx, st.pid)
+            # Every service the stores need answers, or nothing is erased (one message); what
+            # stops it, or a step, is recorded on the request, which stays open.
+            with recorded(self.book, st, step="preflight", codes=STOP_CODES):
+                preflight.check(self.ctx, st.pid)
             result = ErasureResult(request_id, st.pid)
             if st.status == VERIFIED:
                 t = time.perf_counter()
@@ -358,14 +371,18 @@ class Erasure:
                     result.resumed_steps.append(step)
                 t = time.perf_counter()
                 previous = list(rec.planned) if rec is not None else []
-                if step in actions:
-                    actions[step](st, previous)
-                else:
-                    self._store_step(st, step, previous)
+                with recorded(self.book, st, step=step, codes=STOP_CODES):
+                    if step in actions:
+                        actions[step](st, previous)
+                    else:
+                        self._store_step(st, step, previous)
                 result.timings[step] = time.perf_counter() - t
                 log.info("erasure %s: step %s done", request_id, step)
             t = time.perf_counter()
-            self._certificate(result)
+            with recorded(
+                self.book, self.book.get(request_id), step="certificate", codes=STOP_CODES
+            ):
+                self._certificate(result)
             result.timings["certificate"] = time.perf_counter() - t
             return result
 
