@@ -259,6 +259,107 @@ def held_until_taken_out(
     return made
 
 
+# Files that hold photographs' bytes pickled with protocol 0 or 1 (``pickle.dump(..., protocol=0)``,
+# Python 2's default, still written where code asks for it): no PROTO opcode first, each ``bytes``
+# value held as ``_codecs.encode(str, 'latin1')``, the string after a MARK, then a TUPLE: with
+# protocol 1 the string's UTF-8 (BINUNICODE), with protocol 0 its characters as they are, five
+# of them escaped (``\\u000a``...) to a line (UNICODE). Told by nothing in their first bytes, they
+# were not read at all.
+_OLD_PROTOCOLS = {
+    "rows-protocol-1.pkl": lambda photos: pickle.dumps(
+        [(f"face-{i}", p, 0.5 + i / 10) for i, p in enumerate(photos)], protocol=1
+    ),
+    "arrays-protocol-1.pkl": lambda photos: pickle.dumps(
+        {"crops": [np.frombuffer(p, np.uint8) for p in photos], "tag": bytearray(b"\xff" * 9)},
+        protocol=1,
+    ),
+    "rows-protocol-0.pkl": lambda photos: pickle.dumps(
+        [(f"face-{i}", p, 0.5 + i / 10) for i, p in enumerate(photos)], protocol=0
+    ),
+    # Its first bytes value far past its first 4 KiB: told by its opcodes, not by what it holds.
+    "labels-first-protocol-0.pkl": lambda photos: pickle.dumps(
+        {"labels": list(range(3000)), "imgs": photos}, protocol=0
+    ),
+}
+
+
+def test_a_photograph_pickled_with_protocol_0_or_1_stops_the_erasure(proj):
+    """Rows, arrays, a data set's dict pickled with protocol 0 or 1 holding the erased
+    photograph beside another subject's: not read, and the erasure certified. Now it stops on
+    them; the same files of other subjects' photographs are no concern."""
+    _, photo, theirs = _photos(proj)
+    third = next(iter(proj.images[proj.pids[2]].values()))
+    folder = proj.paths.root / "data" / "legacy"
+    made = held_until_taken_out(proj, folder, _OLD_PROTOCOLS, photo, [theirs, third])
+    for data in made.values():
+        assert not data.startswith(b"\x80") and photo not in data  # no PROTO; not as it is
+        assert pickle.loads(data)  # a pickle all the same
+
+
+def test_a_pickle_of_protocol_0_or_1_is_read_alike_from_its_file_and_in_parts(
+    tmp_path, monkeypatch
+):
+    """Each such pickle: the photograph found in memory and from its file (mapped); with values
+    larger than are held (EMBED_MAX), a protocol-0 string decoded and hashed a part at a time,
+    an escape cut between two parts, a protocol-1 one decoded to a file. Texts and other bytes
+    are not taken for such pickles."""
+    rng = np.random.default_rng(5)
+    photo = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    other = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    sha = hashlib.sha256(photo).hexdigest()
+    for name, make in _OLD_PROTOCOLS.items():
+        data = make([other, photo])
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
+        found = set(embedded.inside(data, embedded.BINARY))
+        (tmp_path / name).write_bytes(data)
+        with open(tmp_path / name, "rb") as fh:
+            assert set(embedded.inside_large(fh, embedded.BINARY)) == found, name
+        assert sha in found, name
+    monkeypatch.setattr(embedded, "EMBED_MAX", 1000)
+    for name in ("rows-protocol-0.pkl", "rows-protocol-1.pkl"):
+        data = _OLD_PROTOCOLS[name]([other, photo])
+        assert sha in set(embedded.inside(data, embedded.BINARY)), name
+    for text in (
+        b"NaN",
+        b"Name,age\nAda,36\n" * 300,
+        b"(a) a note\n" * 300,
+        b"class A:\n    x = 1\n",
+    ):
+        assert embedded.kind(text) == embedded.TEXT
+    # Random bytes after a byte a pickle begins with: a few in ten thousand read on to their end
+    # (a string's length past it), and are read whole for nothing.
+    heads = [bytes([b]) + rng.bytes(4095) for b in embedded.OLD_PICKLE_FIRST for _ in range(500)]
+    assert sum(embedded.kind(h) == embedded.BINARY for h in heads) <= 20
+
+
+def test_crafted_heads_of_protocol_0_and_1_strings_are_each_tried_once(monkeypatch):
+    """Crafted: a protocol-0 pickle's heads (a get, a MARK, an UNICODE) each followed by a long
+    line and no arguments, and a protocol-1 one's (a get, a MARK, a BINUNICODE's length past
+    the file's end): each MARK found once and its head tried, each line's end searched for over
+    the bytes to the next MARK's: linear, and nothing found. More such heads than image starts
+    a file of its size may hold, and it is not read to its end (not shown clean)."""
+    searched: list[int] = []
+    real = embedded._find
+
+    def find(data, sub, start):
+        at = real(data, sub, start)
+        searched.append((at if at >= 0 else len(data)) - start)
+        return at
+
+    monkeypatch.setattr(embedded, "_find", find)
+    n = 10_000
+    zero = b"(" + (b"g1\n(V" + b"\x89" * 200) * n
+    one = b"}" + (b"h\x01(X\xff\xff\xff\x7f" + b"\x89" * 200) * n
+    for data, protocol in ((zero, 0), (one, 1)):
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY
+        searched.clear()
+        assert list(embedded.inside(data, embedded.BINARY)) == []
+        assert len(searched) <= 4 * n, protocol
+        assert sum(searched) <= 4 * len(data), protocol
+    with pytest.raises(embedded.TooManyStarts):
+        list(embedded.inside(b"}" + b"h\x01(X" * 1_000_000, embedded.BINARY))
+
+
 def test_a_photograph_in_a_file_of_protocol_2_pickles_dumped_one_by_one_is_found(tmp_path):
     """``pickle.dump(row, f, protocol=2)`` row after row: each pickle memoizes
     ``_codecs.encode`` at its own index (past 255 with LONG_BINPUT), more of them than are

@@ -25,7 +25,8 @@ photograph, Samsung's trailer after it) lies as it is, and is found so; a pickle
 of a size sought are compared whole, whatever their format (a
 GIF, a WebP, a sealed file: :func:`_pickled_values`; a pickle of protocol 2, ``torch.save``'s,
 holds each as a latin-1 string's UTF-8: those of a size sought or that hold a PNG's or a JPEG's
-signature are decoded first, :func:`_pickled`); a
+signature are decoded first, :func:`_pickled`; one of protocol 0 or 1, told by its first
+opcodes, its strings of either, :func:`_old_pickled`); a
 PDF's ASCII85 streams are decoded, and those deflated first (``/FlateDecode``: an attached
 file, a JPEG deflated once more) inflated and read as an archive's member is
 (:func:`~visage_ml.rights.embedded_pdf._flates`); an Arrow file's or stream's byte and text
@@ -99,12 +100,13 @@ import itertools
 import lzma
 import mmap
 import os
+import pickletools
 import re
 import shutil
 import string
 import tempfile
 import zlib
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -239,6 +241,33 @@ LATIN1_ARGS = re.compile(
 # (:data:`ANY_GET`), a BINUNICODE after it, an expression that took 3.5 ns a byte.
 ENCODE_GETS_MAX = 8
 ANY_GET = re.compile(rb"(?:h.|j.{4})X", re.DOTALL)
+# Protocols 0 and 1 (``pickle.dump(..., protocol=0)``, Python 2's default) write no PROTO opcode:
+# such a pickle is told by its first opcodes, read with pickletools (:func:`_old_pickle`): one of
+# these first (a MARK, an empty dict, list or tuple, a GLOBAL, a value), none of protocol 2 and
+# up, at least :data:`OLD_PICKLE_OPS` of them, all the bytes read being opcodes of such pickles
+# one after another, the last cut off by their end (another file's bytes stop at their first
+# few: an opcode unknown, an argument that is none; 45 in a million random 4 KiB, 0.3 us each).
+OLD_PICKLE_FIRST = frozenset(b"(}])cNIJKMLFGSTUVXP")
+OLD_PICKLE_OPS = 3
+# Protocol 0 writes text (but for the bytes values it holds): a text is taken for one only where
+# it begins as a container or an object does, with one opcode more (``NaN`` reads as three:
+# NONE, APPEND, NONE).
+OLD_PICKLE_TEXT = frozenset(b"(}])c")
+# Each ``bytes`` value is ``_codecs.encode(s, 'latin1')`` there too, ``s`` after a MARK and the
+# arguments closed by TUPLE (``t``), not TUPLE2. Protocol 1: ``s`` a BINUNICODE of its UTF-8 (as
+# protocol 2's, :data:`OLD_STRING_1`); protocol 0: an UNICODE, its characters as they are (each
+# under 256: a byte) to the end of its line, the five a line would break (``\\``, NUL, LF, CR,
+# ^Z) escaped as ``\\u005c``..., the only backslashes it holds (:data:`OLD_STRING_0`). Each found
+# by its MARK and string opcode (protocol 0: the line's end before them), ``bytes.find`` of
+# :data:`OLD_MARKS` (an expression of the heads took 5.6 ns a byte, the find a tenth), where a
+# head lies before it, the GLOBAL or any memo's get, and the string's arguments follow it (a get
+# of another callable with a string: its string decoded for nothing, once).
+OLD_MARKS = {1: b"(X", 0: b"\n(V"}
+OLD_STRING_1 = re.compile(rb"(?:c_codecs\nencode\n(?:q.|r.{4})?|h.|j.{4})\(X(.{4})", re.DOTALL)
+OLD_ARGS_1 = re.compile(rb"(?:q.|r.{4})?(?:X\x06\x00{3}latin1(?:q.|r.{4})?|h.|j.{4})t", re.DOTALL)
+OLD_STRING_0 = re.compile(rb"(?:c_codecs\nencode\n(?:p\d{1,10}\n)?|g\d{1,10}\n)\(V")
+OLD_ARGS_0 = re.compile(rb"(?:p\d{1,10}\n)?(?:Vlatin1\n(?:p\d{1,10}\n)?|g\d{1,10}\n)t")
+ESCAPE = b"\\u0000"  # how long each escaped character is
 # A PDF's header, where readers accept it: in its first kilobyte (after a mail's or a web
 # server's lines), the file not text (its second line, by custom, of bytes above 127).
 PDF_MAGIC, PDF_WITHIN = b"%PDF-", 1024
@@ -455,7 +484,54 @@ def kind(first: bytes) -> str | None:
         return BINARY
     if _tar_later(first):  # after the formats above: an HDF5 file's user block may be zeros
         return TAR
-    return TEXT if _text(first) else None
+    text = _text(first)
+    if _old_pickle(first, text=text):
+        return BINARY
+    return TEXT if text else None
+
+
+def _old_pickle(first: bytes, *, text: bool = False) -> bool:
+    """Whether ``first`` begins a pickle of protocol 0 or 1 (:data:`OLD_PICKLE_FIRST`,
+    :data:`OLD_PICKLE_OPS`; ``text``: ``first`` is text, :data:`OLD_PICKLE_TEXT`)."""
+    begins, ops = (
+        (OLD_PICKLE_TEXT, OLD_PICKLE_OPS + 1) if text else (OLD_PICKLE_FIRST, OLD_PICKLE_OPS)
+    )
+    if not first or first[0] not in begins:
+        return False
+    fh, n, size = io.BytesIO(first), 0, len(first)
+    try:
+        # Pickles one after another (rows dumped one by one), each to its STOP.
+        while (op := _OLD_OPCODES.get(fh.read(1))) is not None:
+            n += 1
+            if op.arg is not None:
+                _OLD_READERS.get(op.arg, op.arg.reader)(fh)
+    except ValueError:  # an argument that is none, unless cut off by the end
+        return fh.tell() >= size and n >= ops
+    return fh.tell() >= size and n >= ops  # no more bytes, or one that is no such opcode
+
+
+# A line's argument (a STRING's, a GLOBAL's) read without decoding its escapes: pickletools'
+# ``escape_decode`` warns of a bad one, which other bytes are full of.
+_LINE = functools.partial(pickletools.read_stringnl, decode=False, stripquotes=False)
+# A GLOBAL's (an INST's) module and name: dotted identifiers (``class Foo:`` then a line of code
+# read as one).
+_DOTTED = re.compile(rb"[A-Za-z_][\w.]*")
+
+
+def _global(fh: IO[bytes]) -> None:
+    """Read a GLOBAL's two lines from ``fh``; ValueError where they are no module and name."""
+    for _ in range(2):
+        if _DOTTED.fullmatch(_LINE(fh)) is None:
+            raise ValueError("no module or name")
+
+
+_OLD_READERS: dict[Any, Callable[[IO[bytes]], object]] = {
+    pickletools.stringnl: functools.partial(pickletools.read_stringnl, decode=False),
+    pickletools.stringnl_noescape: _LINE,
+    pickletools.stringnl_noescape_pair: _global,
+}
+# The opcodes of protocols 0 and 1, by their byte (:func:`_old_pickle`).
+_OLD_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes if op.proto <= 1}
 
 
 def _tar_later(first: bytes) -> bool:
@@ -619,8 +695,13 @@ def _pickled(
     could be, of a size sought, or in which a PNG's or a JPEG's signature lies
     (:func:`_signed`), are decoded (:func:`_latin1_bytes`: UTF-8 decoding took 3 ns a byte,
     most of the reader's time, and a pickle of a data set's features holds little else); of
-    those smaller than anything sought, none."""
-    if what != BINARY or not PICKLE_MAGIC.match(data[:2]):
+    those smaller than anything sought, none. A pickle of protocol 0 or 1: its strings of
+    either (:func:`_old_pickled`)."""
+    if what != BINARY:
+        return
+    if not PICKLE_MAGIC.match(data[:2]):
+        if _old_pickle(bytes(data[:SNIFF])):
+            yield from _old_pickled(data, sizes, depth, budget)
         return
     test = key_test(sizes)
     if test is not None:
@@ -628,9 +709,25 @@ def _pickled(
             raw = bytes(data[m.end() : m.end() + KEY_SIZE])
             if len(raw) == KEY_SIZE and test(raw):
                 yield from _part(raw, sizes, depth, budget)
-    floor, signed = smallest_sought(sizes), _signed(data)
+    floor = smallest_sought(sizes)
     yield from _pickled_values(data, sizes, depth, budget, floor)
-    for start, end in _latin1_strings(data):
+    yield from _latin1_values(data, _latin1_strings(data), sizes, depth, budget, floor)
+
+
+def _latin1_values(
+    data: Buffer,
+    spans: Iterable[tuple[int, int]],
+    sizes: SizeFilter | None,
+    depth: int,
+    budget: _Budget,
+    floor: int,
+) -> Iterator[str]:
+    """What the strings of ``_codecs.encode(s, 'latin1')`` in ``data`` give (``spans``: where
+    each one's UTF-8 lies, in order): :func:`_part` of a key sought, the value whole when of a
+    size sought, each PNG and JPEG it holds, the files it holds when it is one that holds others
+    (:func:`_pickled`)."""
+    test, signed = key_test(sizes), _signed(data)
+    for start, end in spans:
         # a key's 32 bytes are 32 to 64 of UTF-8
         if test is not None and KEY_SIZE <= end - start <= 2 * KEY_SIZE:
             raw = _pickled_bytes(data, start, end)
@@ -653,6 +750,132 @@ def _pickled(
                 yield from _nested(held, 0, len(held), sizes, depth, budget, floor)
             if photos:
                 yield from _photographs(held, sizes, depth, budget)
+
+
+def _old_pickled(
+    data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget
+) -> Iterator[str]:
+    """What ``data``, a pickle of protocol 0 or 1 (:func:`_old_pickle`), holds as ``bytes``
+    values: its protocol-1 strings' as protocol 2's (:func:`_latin1_values`), then its
+    protocol-0 strings' (:func:`_unicode_values`)."""
+    floor = smallest_sought(sizes)
+    ones = ((start, end) for start, end, _ in _old_strings(data, 1))
+    yield from _latin1_values(data, ones, sizes, depth, budget, floor)
+    yield from _unicode_values(data, sizes, depth, budget, floor)
+
+
+def _old_strings(data: Buffer, protocol: int) -> Iterator[tuple[int, int, int]]:
+    """Where each string ``s`` of a ``_codecs.encode(s, 'latin1')`` lies in ``data``, a pickle
+    of ``protocol`` 0 or 1, in order, none within another, and where its arguments end: each
+    MARK and string opcode found (:data:`OLD_MARKS`), a head before it (:func:`_old_head`) and
+    the string's arguments after it. A protocol-1 string's end is its length's, a protocol-0
+    one's its line's end (found before the next MARK's own line end: linear however crafted).
+    No more heads that begin no string are tried than image starts a file of its size holds
+    (:class:`TooManyStarts`: a crafted file of them took 0.3 us a byte)."""
+    from visage_ml.rights.embedded_photos import _starts_allowed
+
+    mark, args = OLD_MARKS[protocol], (OLD_ARGS_1 if protocol else OLD_ARGS_0)
+    done, size, at, allowed = 0, len(data), 0, _starts_allowed(data)
+    while (pos := _find(data, mark, at)) >= 0:
+        at = pos + 1
+        if (m := _old_head(data, pos, protocol, done)) is None:
+            continue
+        start = m.end()
+        if protocol:  # its length before it
+            end = after = start + int.from_bytes(m[1], "little")
+        else:  # its line's end after it
+            end = _find(data, b"\n", start)
+            after = end + 1
+        if not start <= end <= size or (tail := args.match(data, after)) is None:
+            allowed -= 1  # a head that begins no string: crafted, past a few
+            if allowed < 0:
+                raise TooManyStarts
+            continue
+        done = at = tail.end()
+        yield start, end, done
+
+
+def _old_head(data: Buffer, pos: int, protocol: int, lo: int) -> re.Match[bytes] | None:
+    """The head (:data:`OLD_STRING_1`, :data:`OLD_STRING_0`) of the protocol-``protocol`` string
+    whose MARK lies at ``pos`` (:data:`OLD_MARKS`), begun at ``lo`` or after: tried where a get
+    (``h``, ``j``; ``g`` and its digits) or the GLOBAL (memoized or not) would begin, a few
+    places."""
+    if protocol:
+        string, tail = OLD_STRING_1, pos + len(OLD_MARKS[1]) + 4
+        starts: tuple[int, ...] = (pos - 2, pos - 5, pos - 16, pos - 18, pos - 21)
+    else:
+        string, tail = OLD_STRING_0, pos + len(OLD_MARKS[0])
+        starts = (
+            data.rfind(b"g", max(lo, pos - 11), pos),
+            data.rfind(CODECS_ENCODE, max(lo, pos - 27), pos + 1),
+        )
+    for at in starts:
+        if at >= lo and (m := string.match(data, at, tail)) is not None and m.end() == tail:
+            return m
+    return None
+
+
+def _unicode_values(
+    data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget, floor: int
+) -> Iterator[str]:
+    """What the protocol-0 strings of ``_codecs.encode(s, 'latin1')`` in ``data`` give
+    (:func:`_old_strings`): as many bytes as ``s`` has characters (each escaped one
+    :data:`ESCAPE` long), decoded only where that is a key's size (a key sought: :func:`_part`)
+    or not smaller than anything sought: then the value whole when of a size sought, each PNG
+    and JPEG it holds, the files it holds (:func:`_nested`). One over :data:`EMBED_MAX` is
+    hashed a :data:`CHUNK` at a time when of a size sought, not looked inside."""
+    from visage_ml.rights import embedded_photos
+
+    test = key_test(sizes)
+    for start, end, _ in _old_strings(data, 0):
+        if end - start > EMBED_MAX:
+            yield from _unicode_hashed(data, start, end, sizes, budget)
+            continue
+        text = bytes(data[start:end])
+        n = len(text) - (len(ESCAPE) - 1) * text.count(b"\\")
+        key = test is not None and n == KEY_SIZE
+        if n < floor and not key:
+            passed_over(sizes, n)
+            continue
+        raw = _latin1(lambda t=text: t.decode("raw_unicode_escape"))
+        if raw is None:  # a character above 255: a string, not bytes
+            continue
+        budget.spend(len(raw))
+        if key:
+            if test(raw):
+                yield from _part(raw, sizes, depth, budget)
+            continue
+        if sizes is None or sizes.may_match(n):
+            yield from _part(raw, sizes, depth, budget)
+        else:
+            yield from _nested(raw, 0, len(raw), sizes, depth, budget, floor)
+        if embedded_photos.PNG_MAGIC in raw or embedded_photos.JPEG_MAGIC in raw:
+            yield from _photographs(raw, sizes, depth, budget)
+
+
+def _unicode_hashed(
+    data: Buffer, start: int, end: int, sizes: SizeFilter | None, budget: _Budget
+) -> Iterator[str]:
+    """The SHA-256 of the bytes a protocol-0 string over :data:`EMBED_MAX` gives
+    (:func:`_unicode_values`) when ``sizes`` may seek their size, decoded a :data:`CHUNK` at a
+    time; nothing for a string that is no bytes' (a character above 255)."""
+    step = min(CHUNK, EMBED_MAX)
+    escaped = sum(
+        bytes(data[at : min(at + step, end)]).count(b"\\") for at in range(start, end, step)
+    )
+    n = end - start - (len(ESCAPE) - 1) * escaped
+    if sizes is not None and not sizes.may_match(n):
+        return
+    h, decoder = hashlib.sha256(), codecs.getincrementaldecoder("raw_unicode_escape")()
+    for at in range(start, end, step):
+        last = at + step >= end
+        raw = _latin1(lambda a=at, z=last: decoder.decode(data[a : min(a + step, end)], z))
+        if raw is None:
+            return
+        budget.spend(len(raw))
+        h.update(raw)
+        _let_go(data, at)
+    yield h.hexdigest()
 
 
 def _pickled_values(
