@@ -844,17 +844,15 @@ def test_a_subject_without_photographs_is_exported_and_one_imported_with_them_is
 
 
 def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):
-    # What the request book refuses for what a request says or the subject's state: nothing
-    # recorded, and the message says why (kept 409 when other errors were no longer taken for
-    # refusals).
+    # What the request book refuses for what a request says: nothing recorded, and the message
+    # says why (kept 409 when other errors were no longer taken for refusals; an erased
+    # subject's is subject_erased, below).
     call = http_caller(proj)
-    pid, erased = proj.pids[1], proj.pids[2]
-    Erasure(proj.paths, core=proj.core).erase(erased)
+    pid = proj.pids[1]
     rid = call("POST", f"/v1/subjects/{pid}/requests", "dpo", json={"right": "access"}).json()[
         "request_id"
     ]
     refused = (
-        (f"/v1/subjects/{erased}/requests", {"right": "access"}, "was erased"),
         (
             f"/v1/subjects/{pid}/requests",
             {"right": "access", "received_at": "2999-01-01"},
@@ -870,6 +868,36 @@ def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):
         assert (r.status_code, r.json()["error"]["code"]) == (409, "not_allowed"), (path, r.text)
         assert said in r.json()["error"]["message"], r.text
     assert proj.paths.ledger.read_bytes() == ledger
+
+
+def test_http_a_request_for_an_erased_subject_says_they_were_erased_and_where_the_certificate_is(
+    proj,
+):
+    # The request book's refusal of an erased subject was answered 409 not_allowed, the code of
+    # a receipt time or an extension refused, though the API documents subject_erased for it
+    # (every other route of a subject answers it). Only to a DPO: an operator is not told.
+    call = http_caller(proj)
+    erased = proj.pids[2]
+    rid = Erasure(proj.paths, core=proj.core).erase(erased).request_id
+    ledger = proj.paths.ledger.read_bytes()
+
+    r = call("POST", f"/v1/subjects/{erased}/requests", "dpo", json={"right": "access"})
+
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "subject_erased"), r.text
+    message = r.json()["error"]["message"]
+    assert f"subject {erased} was erased" in message, message
+    assert f"privacy/certificates/{rid}.json" in message, message
+    assert f"GET /v1/certificates/{rid}" in message, message
+    assert proj.paths.ledger.read_bytes() == ledger  # nothing recorded
+    assert call("GET", f"/v1/certificates/{rid}", "auditor").status_code == 200
+    route = call.app.openapi()["paths"]["/v1/subjects/{pid}/requests"]["post"]["responses"]
+    assert "`subject_erased`" in route["409"]["description"]
+    # The operator's routes answer as for any subject they may not process: no word of erasure.
+    assert call("POST", f"/v1/subjects/{erased}/requests", "operator").status_code == 403
+    photo = base64.b64encode(next(iter(proj.images[erased].values()))).decode()
+    r = call("POST", "/v1/enroll", "operator", json={"pid": erased, "images": [photo]})
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "not_available"), r.text
+    assert "erased" not in r.text
 
 
 def test_the_access_export_shows_a_lapsed_consent_in_the_history(proj, tmp_path):

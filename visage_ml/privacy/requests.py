@@ -105,6 +105,12 @@ MSG_UNKNOWN_REQUEST = (
     "no request {rid}; list open requests with `visage privacy requests` (all with --all)"
 )
 MSG_BAD_RIGHT = "unknown right '{right}'; rights are: " + ", ".join(RIGHTS)
+MSG_SUBJECT_ERASED = (
+    "subject {pid} was erased (erasure request {rid}; its certificate is "
+    "privacy/certificates/{rid}.json, checked with `visage privacy verify-certificate` and "
+    "served to auditors at GET /v1/certificates/{rid}): no request about them can be recorded "
+    "any more"
+)
 MSG_TRANSITION = "request {rid} is {status}; it cannot become {target} (allowed next: {allowed})"
 MSG_CODE = (
     "{what} must be a short code of lowercase letters, digits and '_' (the ledger keeps it for "
@@ -165,9 +171,16 @@ class RequestStateError(ValueError):
 
 class RequestRefusedError(ValueError):
     """What a request says, or its subject's state, does not allow it to be recorded or
-    changed: the subject was erased, a receipt time cannot be true, an extension is not given
-    in months or days or goes past the limit, a right or code is not one. Nothing is recorded;
-    the message says why (the HTTP API answers 409 ``not_allowed``)."""
+    changed: the subject was erased (:class:`SubjectErasedError`), a receipt time cannot be
+    true, an extension is not given in months or days or goes past the limit, a right or code is
+    not one. Nothing is recorded; the message says why (the HTTP API answers 409
+    ``not_allowed``)."""
+
+
+class SubjectErasedError(RequestRefusedError):
+    """The subject was erased: nothing about them can be recorded any more. The message names
+    their erasure's request and certificate where the ledger has it (the HTTP API answers 409
+    ``subject_erased``, to a DPO: an operator's routes do not tell)."""
 
 
 def check_code(value: str, what: str) -> str:
@@ -580,13 +593,21 @@ class RequestBook:
             Codes only (purposes, fields, an action), never values: the ledger keeps them.
         channel
             How it arrived, as a code (``email``, ``web_form``, ``letter``, ``api``, ...).
+
+        Raises
+        ------
+        SubjectErasedError
+            The subject was erased (a :class:`RequestRefusedError`).
+        RequestRefusedError
+            A receipt time in the future or before the GDPR applied, or not a time; a right or
+            channel that is not one.
         """
         check_pid(pid)
         check_right(right)
         check_code(channel, "channel")
         st = self.core.subject(pid)
         if st.erased:
-            raise RequestRefusedError(ALREADY_ERASED.format(pid=pid))
+            raise SubjectErasedError(self._erased_message(pid))
         now = self.now()
         if received_at is None:
             received = now
@@ -730,6 +751,14 @@ class RequestBook:
         st = self.get(request_id)
         self.outbox.for_request(st, "denial")
         return st
+
+    def _erased_message(self, pid: str) -> str:
+        """What the refusal of an erased subject's request says: their erasure's request and
+        certificate (the last erasure completed), or only that they were erased."""
+        erasures = [s for s in self.all(pid=pid) if s.right == "erasure" and s.status == COMPLETED]
+        if not erasures:
+            return ALREADY_ERASED.format(pid=pid)
+        return MSG_SUBJECT_ERASED.format(pid=pid, rid=erasures[-1].request_id)
 
     def fail(self, request_id: str, *, step: str, code: str) -> RequestState:
         """Record that an action on an in-progress request failed (``request.failed``), or on a

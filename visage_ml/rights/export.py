@@ -79,7 +79,7 @@ from visage_ml.privacy.datakeys import ROLE_BUNDLE, SUFFIX, parse_header, sniff
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import utc_now
 from visage_ml.privacy.registry import SYNTHFACES_SOURCE
-from visage_ml.privacy.requests import RequestBook, RequestRefusedError
+from visage_ml.privacy.requests import RequestBook, SubjectErasedError
 from visage_ml.rights.information import access_page, subject_information
 from visage_ml.rights.lifecycle import begin, recorded
 from visage_ml.rights.lineage import subject_lineage
@@ -627,7 +627,7 @@ def build_bundle(
     ------
     ValueError
         ``pid`` is malformed, or the subject was erased
-        (:class:`~visage_ml.privacy.requests.RequestRefusedError`), or the audit log fails
+        (:class:`~visage_ml.privacy.requests.SubjectErasedError`), or the audit log fails
         verification against its ledger anchors
         (:class:`~visage_ml.privacy.auditlog.AuditLogError`: its identification events could be
         incomplete).
@@ -643,7 +643,7 @@ def build_bundle(
     params = params if params is not None else load_params(paths.params)
     state = core.subject(pid)
     if state.erased:
-        raise RequestRefusedError(ALREADY_ERASED.format(pid=pid))
+        raise SubjectErasedError(ALREADY_ERASED.format(pid=pid))
     try:
         identity = core.vault.get(pid)
     except KeyError:

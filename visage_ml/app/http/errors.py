@@ -179,10 +179,11 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "answer for every reason)",
     (409, "processing_not_allowed"): "a dpo's enrolment of a subject whose consent does not "
     "cover identification (the reason is named)",
-    (409, "not_allowed"): "what the request says, or its subject's state, does not allow it to "
-    "be recorded or changed (the subject was erased; a receipt time that is not one, in the "
-    "future or before the GDPR applied; an extension not given in months or days, or past the "
-    "limit): the message says why",
+    (409, "not_allowed"): "what the request says does not allow it to be recorded or changed (a "
+    "receipt time that is not one, in the future or before the GDPR applied; an extension not "
+    "given in months or days, or past the limit): the message says why",
+    (409, "subject_erased"): "the subject was erased: nothing about them can be recorded or "
+    "changed any more (a new request's refusal names the erasure's request and certificate)",
     (422, "invalid_request"): "a malformed or unknown field or query parameter",
     (503, "busy"): "the server is answering serving.max_concurrent requests: retry after "
     "Retry-After",

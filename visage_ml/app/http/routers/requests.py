@@ -55,6 +55,7 @@ from visage_ml.privacy.requests import (
     RequestBook,
     RequestRefusedError,
     RequestStateError,
+    SubjectErasedError,
     UnknownRequestError,
     failure_hint,
 )
@@ -93,7 +94,8 @@ MSG_HTTP_DELIVERY = (
 
 @contextlib.contextmanager
 def _answered() -> Iterator[None]:
-    """The request book's and registry's refusals as API errors (404, 409, or 503 for an audit
+    """The request book's and registry's refusals as API errors (404, 409: ``subject_erased``
+    for an erased subject, ``not_allowed`` for the book's other refusals; or 503 for an audit
     log that fails verification).
 
     Only refusals: any other error (a library error answered with its own code, a damaged
@@ -107,6 +109,9 @@ def _answered() -> Iterator[None]:
         raise ApiError(404, "unknown_subject", str(exc)) from None
     except RequestStateError as exc:
         raise ApiError(409, "request_state", _message(exc)) from None
+    except SubjectErasedError as exc:
+        # These routes are a DPO's: an operator's never tell an erased subject from another.
+        raise ApiError(409, "subject_erased", _message(exc)) from None
     except RequestRefusedError as exc:
         raise ApiError(409, "not_allowed", _message(exc)) from None
     except AuditLogError as exc:
@@ -194,7 +199,7 @@ def request_get(
     "/v1/subjects/{pid}/requests",
     name="request_new",
     responses=error_responses(
-        BOOK_ERRORS, BODY_ERRORS, JSON_ERRORS, {404: ("unknown_subject",), 409: ("not_allowed",)}
+        BOOK_ERRORS, BODY_ERRORS, JSON_ERRORS, SUBJECT_ERRORS, {409: ("not_allowed",)}
     ),
 )
 def request_new(
