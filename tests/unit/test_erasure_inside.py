@@ -100,6 +100,16 @@ def stopped_then_certified(proj, victim: str, made, kept) -> tuple[str, object]:
     return said, done
 
 
+def put_back_fails_the_verifier(proj, done, made) -> None:
+    """With the files ``made`` put back, the certificate of the erasure ``done`` fails its
+    verification, which names exactly them."""
+    for path, data in made.items():
+        path.write_bytes(data)
+    report = verify_certificate(done.certificate_path, root=proj.paths.root)
+    assert not report.ok
+    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -193,11 +203,7 @@ def test_an_archive_pickle_array_or_table_holding_the_photograph_stops_the_erasu
     (check,) = [c for c in report.checks if c.name == "no erased content remains"]
     assert "not inside other formats" in check.detail
     assert "is not looked for" in " ".join(written[1].split())
-    for path, data in made.items():
-        path.write_bytes(data)
-    report = verify_certificate(done.certificate_path, root=proj.paths.root)
-    assert not report.ok
-    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+    put_back_fails_the_verifier(proj, done, made)
 
 
 def torch_saved(obj: object) -> bytes:
@@ -251,11 +257,7 @@ def held_until_taken_out(
     for path, data in {**made, **kept}.items():
         path.write_bytes(data)
     _, done = stopped_then_certified(proj, proj.pids[0], made, kept)
-    for path, data in made.items():
-        path.write_bytes(data)
-    report = verify_certificate(done.certificate_path, root=proj.paths.root)
-    assert not report.ok
-    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+    put_back_fails_the_verifier(proj, done, made)
     return made
 
 

@@ -18,13 +18,12 @@ import hashlib
 import io
 import pickle
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from rights_fakes import make_project
-from test_erasure_inside import stopped_then_certified
+from test_erasure_inside import put_back_fails_the_verifier, stopped_then_certified
 
 from visage_ml.rights import embedded, embedded_photos
 from visage_ml.rights.certify import verify_certificate
@@ -279,11 +278,7 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
     said, done = stopped_then_certified(proj, victim, made, kept)
     assert "data: " in said, said
     assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
-    for path, data in made.items():
-        path.write_bytes(data)
-    report = verify_certificate(done.certificate_path, root=proj.paths.root)
-    assert not report.ok
-    assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
+    put_back_fails_the_verifier(proj, done, made)
 
 
 def test_a_pdf_is_told_by_its_header_not_its_name():
@@ -428,6 +423,17 @@ def test_jpegs_one_after_another_are_joined_in_bounded_work(monkeypatch):
     assert len(data) * k < given <= len(data) * k * (k + 1) // 2  # runs of 1 to k JPEGs each
 
 
+def _found_alike(tmp_path, column: bytes, sizes) -> set[str]:
+    """What the scan finds in the array ``column`` held in memory, checked to be what it finds
+    reading the same array from its file."""
+    found = set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    path = tmp_path / "column.npy"
+    path.write_bytes(column)
+    with open(path, "rb") as fh:
+        assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == found
+    return found
+
+
 def test_a_multi_angle_file_among_jpegs_one_after_another_is_found_by_its_size(tmp_path):
     """A camera's multi-picture files of more than four JPEGs (seven, and the most taken as
     declared, MPF_DECLARED) among a data set's JPEGs one right after another: each is found
@@ -441,12 +447,8 @@ def test_a_multi_angle_file_among_jpegs_one_after_another_is_found_by_its_size(t
     cameras = [_multi_angle(pixels[3]), _multi_angle(pixels[4], views=most)]
     column = _npy(b"".join([photos[0], cameras[0], photos[1], cameras[1], photos[2]]))
     sizes = _Sought({len(c) for c in cameras})
-    found = set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    found = _found_alike(tmp_path, column, sizes)
     assert {_sha(c) for c in cameras} <= found
-    path = tmp_path / "column.npy"
-    path.write_bytes(column)
-    with open(path, "rb") as fh:
-        assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == found
     jpegs = [g for g in embedded_photos._jpegs(column, sizes) if g.count(b"\xff\xd8\xff") == 1]
     assert len(jpegs) == 3 + 7 + most  # each JPEG alone, and no run but the two sought
     assert [g for g in embedded_photos._jpegs(column, sizes) if g not in jpegs] == cameras
@@ -504,12 +506,8 @@ def test_a_motion_photo_among_jpegs_one_after_another_is_found_by_its_size(tmp_p
     ]
     column = _npy(b"".join([photos[0], phones[0], photos[1], phones[1], *photos[2:], phones[2]]))
     sizes = _Sought({len(p) for p in phones})
-    found = set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    found = _found_alike(tmp_path, column, sizes)
     assert {_sha(p) for p in phones} <= found
-    path = tmp_path / "column.npy"
-    path.write_bytes(column)
-    with open(path, "rb") as fh:
-        assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == found
     given = [g for g in embedded_photos._jpegs(column, sizes) if not g.endswith(b"\xff\xd9")]
     assert given == phones  # each of its size, from its photograph to its video's end
     # Bytes after it that read as one more box (a PDF's "\nendstream" does where 174 MB of the
@@ -569,13 +567,9 @@ def test_a_samsung_photograph_among_jpegs_one_after_another_is_found_by_its_size
     parts = [photos[0], galaxy[0], photos[1], broken, galaxy[1], photos[2], galaxy[2]]
     column = _npy(b"".join(parts))
     sizes = _Sought({len(p) for p in [*galaxy, broken]})
-    found = set(embedded.inside(column, embedded.BINARY, sizes=sizes))
+    found = _found_alike(tmp_path, column, sizes)
     assert {_sha(p) for p in galaxy} <= found
     assert _sha(broken) not in found
-    path = tmp_path / "column.npy"
-    path.write_bytes(column)
-    with open(path, "rb") as fh:
-        assert set(embedded.inside_large(fh, embedded.BINARY, sizes=sizes)) == found
     given = [g for g in embedded_photos._jpegs(column, sizes) if not g.endswith(b"\xff\xd9")]
     assert given == galaxy
 
