@@ -18,7 +18,7 @@ import pyarrow as pa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from visage_ml.rights import embedded, embedded_tables, scan_cache
+from visage_ml.rights import embedded, embedded_tables, embedded_text, scan_cache
 from visage_ml.rights.embedded_text import B64_MIN, _runs
 
 RUNS = settings(
@@ -119,6 +119,19 @@ def _outcome(run: Any) -> tuple[Any, ...]:
         return ("too large", type(exc).__name__)
 
 
+def _key_runs(value: bytes) -> list[bytes]:
+    """The keys a text's runs may be (64 hex digits, a key's base64), as embedded.key_texts
+    reads them."""
+    if len(value) < embedded.KEY_TEXT_MIN or not embedded._text(value[:4096]):
+        return []
+    return [
+        raw
+        for start, end in embedded_text._run_spans(value)
+        if end - start >= embedded.KEY_TEXT_MIN
+        for _, raw in embedded_text._keys(value, start, end)
+    ]
+
+
 def _each_value(column: Any, sizes: Any) -> list[str]:
     """What a column held is, each value read as a part and its base64 runs after it."""
     found: list[str] = []
@@ -137,6 +150,7 @@ def _each_value(column: Any, sizes: Any) -> list[str]:
 # nothing, and is passed over (CI found b"x" held for reading once those streams were read).
 @example(b"x", {200})
 @example(b"]", {200})
+@example(b"a1" * 32, {200})
 def test_a_value_is_passed_over_as_part_would_pass_it_over(value, sought):
     sizes = _Sought(sought)
     _outcome(lambda: embedded._part(value, sizes, 0, embedded._Budget(1 << 30)))
@@ -146,7 +160,9 @@ def test_a_value_is_passed_over_as_part_would_pass_it_over(value, sought):
     small = len(value) < min(sought) and len(value) != embedded.KEY_SIZE
     assert passed == (small and value[:2] not in embedded.EXPANDS_PAIRS)
     if passed:
-        assert sizes.events == [("passed_over", len(value))]
+        # Then only a key printed in it is asked of (by its size: embedded.key_texts).
+        keys = [] if not list(_key_runs(value)) else [("may_match", embedded.KEY_SIZE)]
+        assert sizes.events == [("passed_over", len(value)), *keys]
     # A value read (not passed over) is first asked of by its size; one passed over is not
     # (what its base64 decodes to is shorter).
     sizes = _Sought(sought)
@@ -163,6 +179,8 @@ def test_a_value_is_passed_over_as_part_would_pass_it_over(value, sought):
 @example([b'{"a": "' + base64.b64encode(_zipped(CONTENT[:300])) + b'"}'], {300})
 @example([base64.encodebytes(bz2.compress(CONTENT[:300]))], {300})
 @example([base64.b64encode(gzip.compress(CONTENT[:300])), b"x"], {300})
+@example([b"\x01" * 21 + b"+" * 43], {200})
+@example([b"a1" * 32, b"+" * 43 + b"="], {200})
 def test_a_column_finds_and_notes_what_each_value_read_as_a_part_does(values, sought):
     table = pa.table({"c": pa.array(values, pa.binary())})
     column = table.column("c")

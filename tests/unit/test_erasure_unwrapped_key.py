@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from project_helpers import committed_then_removed
 from rights_fakes import HEX_DUMPS, make_project, printed_notebook
-from test_erasure_inside import stopped_then_certified, torch_saved
+from test_erasure_inside import put_back_fails_the_verifier, stopped_then_certified, torch_saved
 
 from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.privacy.keys import load_master_key
@@ -494,3 +494,44 @@ def test_a_longer_file_shown_by_a_hex_viewer_or_a_part_of_the_key_stops_nothing(
     assert log.read_text(encoding="utf-8") == text
     assert "copies_removed" not in result.certificate["claims"]
     assert verify_certificate(result.certificate_path, root=root).ok
+
+
+@pytest.mark.parametrize("form", ["hex", "base64", "hex_in_json", "base64_in_json"])
+@pytest.mark.parametrize("store", ["parquet", "parquet_zstd", "sqlite"])
+def test_the_unwrapped_key_as_a_tables_value_stops_the_erasure(proj, store, form):
+    """An operator keeps the keys they unwrapped in a table (a column of hex or base64 keys,
+    or a JSON value holding one): the table is no text, so no printed key is cut out of it; the
+    erasure stops on it, certifies once it is gone, and the verifier fails while it is back.
+    Another subject's key kept the same way stops nothing."""
+    import sqlite3
+
+    import pandas as pd
+
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+
+    def shown(key: bytes) -> str:
+        text = key.hex() if form.startswith("hex") else base64.b64encode(key).decode()
+        return json.dumps({"kind": "data", "key": text}) if form.endswith("json") else text
+
+    folder = root / "data" / "interim"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def table(name: str, key: bytes) -> Path:
+        rows = {"run": [1, 2, 3], "value": ["a" * 40, shown(key), "threshold 0.41"]}
+        if store.startswith("parquet"):
+            path = folder / f"{name}.parquet"
+            # zstd: the values do not lie in the file as they are (snappy leaves short ones)
+            pd.DataFrame(rows).to_parquet(path, compression=store.partition("_")[2] or "snappy")
+        else:
+            path = folder / f"{name}.db"
+            with sqlite3.connect(path) as db:
+                db.execute("CREATE TABLE k (run INTEGER, value TEXT)")
+                db.executemany("INSERT INTO k VALUES (?, ?)", zip(*rows.values(), strict=True))
+            db.close()
+        return path
+
+    made = {(p := table("keys", _data_key(proj, victim))): p.read_bytes()}
+    kept = {table("theirs", _data_key(proj, other)): None}
+    _, done = stopped_then_certified(proj, victim, made, kept)
+    assert verify_certificate(done.certificate_path, root=root).ok
+    put_back_fails_the_verifier(proj, done, made)

@@ -637,10 +637,58 @@ def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) ->
         return
     if len(data) < smallest_sought(sizes) and bytes(data[:2]) not in EXPANDS_PAIRS:
         passed_over(sizes, len(data))
+        yield from key_texts(data, sizes, depth, budget)
         return
     yield from _digest(data, sizes)
     if depth < DEPTH and (what := kind(data[:SNIFF])) is not None:
         yield from inside(data, what, sizes=sizes, depth=depth + 1, budget=budget)
+
+
+# The fewest characters a key's 32 bytes are printed in (base64 without its padding), and where
+# one may be printed: 64 hex digits in a row, or embedded_text.B64_KEY (as it is): a superset of
+# what embedded_text._keys finds, searched first so that a table's labels and names cost no call.
+KEY_TEXT_MIN = 43
+_HEX64 = re.compile(rb"[0-9A-Fa-f]{64}")
+_KEY_LIKE = re.compile(
+    rb"[0-9A-Fa-f]{64}|"
+    rb"(?:(?<![A-Za-z0-9+/_\\-])|(?<=\\[nrt]))[A-Za-z0-9+/_-]{43}(?:=|(?![A-Za-z0-9+/_=-]))"
+)
+
+
+def key_texts(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
+    """The keys printed in ``data``, a part too short to be looked inside (:func:`_part`: a
+    table's value, an archive's member) that is text: each run of 64 hex digits or of a key's
+    base64 (either alphabet) decoded and tested as :func:`_part` tests :data:`KEY_SIZE` bytes.
+    An operator's table of the keys they unwrapped (a column of ``key.hex()`` or base64, a JSON
+    value holding one) is no text file, whose printed keys :func:`inside` finds; a part is
+    text here when its first bytes are UTF-8 without a NUL (:func:`kind`'s other tests cost
+    a table of a million SHA-256s in hex 8 s). ``sizes`` is
+    asked (:func:`key_test`) at the first run that may be a key, as a text's runs ask it, so
+    that a table of names and labels leaves the scan cache no note of a key's size."""
+    if len(data) < KEY_TEXT_MIN:
+        return
+    data = bytes(data)
+    # Most values hold no run as long as a key's (a label, a name): let go without a call.
+    if _KEY_LIKE.search(data) is None or not _text(data[:SNIFF]):
+        return
+    if len(data) == 64 and _HEX64.fullmatch(data):  # a column of them, a SHA-256 each row
+        if (test := key_test(sizes)) is not None and test(raw := bytes.fromhex(data.decode())):
+            yield from _part(raw, sizes, depth, budget)
+        return
+    from visage_ml.rights import embedded_text  # it imports this module
+
+    test: Callable[[bytes], bool] | None = None
+    asked = False
+    for start, end in embedded_text._run_spans(data):
+        if end - start < KEY_TEXT_MIN:
+            continue
+        for _, raw in embedded_text._keys(data, start, end):
+            if not asked:
+                test, asked = key_test(sizes), True
+            if test is None:
+                return
+            if test(raw):
+                yield from _part(raw, sizes, depth, budget)
 
 
 def inside(

@@ -737,14 +737,17 @@ def _worth(q: str) -> str:
     beginning as one does (:data:`~visage_ml.rights.embedded.B64_EXPANDS`). The rules of
     :func:`~visage_ml.rights.embedded._part` and of a short text's runs, loosened, so that a
     table of short values (a log's hex ids, names, labels) is passed over in SQLite, its rows
-    never made into Python's."""
+    never made into Python's; but, while a key is sought, a text as long as a key printed
+    (:func:`~visage_ml.rights.embedded.key_texts`)."""
     b = f"CAST({q} AS BLOB)"
     first = ", ".join(f"X'{base64.b64decode(p + b'==').hex()}'" for p in sorted(B64_EXPANDS))
     runs = " OR ".join(f"instr({b}, X'{p.hex()}') > 0" for p in sorted(B64_EXPANDS))
     return (
         f"typeof({q}) IN ('blob', 'text') AND (length({b}) >= :below "
         f"OR substr({b}, 1, 1) IN ({first}) "
-        f"OR (length({b}) >= {embedded_text.B64_MIN} AND ({runs})))"
+        f"OR (length({b}) >= {embedded_text.B64_MIN} AND ({runs})) "
+        # A key printed in it (embedded.key_texts), where a key is sought (``:keys``).
+        f"OR (:keys AND length({b}) >= {embedded.KEY_TEXT_MIN}))"
     )
 
 
@@ -781,7 +784,8 @@ def _values(
     # Values shorter than anything sought are passed over in SQLite, unseen here: the longest
     # such may be one byte short of it (a later scan seeking smaller reads this file again).
     embedded.passed_over(sizes, below - 1)
-    for row in con.execute(sql, {"below": below}):
+    keys = int(embedded.key_test(sizes) is not None)
+    for row in con.execute(sql, {"below": below, "keys": keys}):
         key, cells = (row[0], row[1:]) if rowid is not None else (None, row)
         for i, column in enumerate(columns):
             value, large = cells[2 * i], cells[2 * i + 1]

@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from visage_ml.rights import embedded, embedded_formats
-from visage_ml.rights.embedded import B64_EXPANDS, EXPANDS_PAIRS, SizeFilter, _Budget
+from visage_ml.rights.embedded import (
+    B64_EXPANDS,
+    EXPANDS_PAIRS,
+    KEY_TEXT_MIN,
+    SizeFilter,
+    _Budget,
+)
 from visage_ml.rights.embedded_mapping import Buffer
 from visage_ml.rights.embedded_text import B64_MIN, _runs
 
@@ -164,6 +170,8 @@ def _table_values(
                     ):
                         for _, raw in _runs(value, sizes):
                             yield from embedded._part(raw, sizes, depth, budget)
+                    elif n >= KEY_TEXT_MIN:  # a key printed in it, as _part tests one
+                        yield from embedded.key_texts(value, sizes, depth, budget)
                     continue
                 yield from embedded._part(value, sizes, depth, budget)
                 if (
