@@ -37,3 +37,34 @@ def test_a_binary_in_a_private_folder_runs_as_the_service_user_from_a_copy():
             assert runnable == tool.resolve()
     finally:
         subprocess.run(["rm", "-rf", str(private)], check=False)
+
+
+def test_a_copy_another_process_finished_first_is_kept_for_the_servers_running_from_it(
+    monkeypatch,
+):
+    """Two processes (the suite's two workers) start their servers at once: each finds no copy
+    and makes one. The second to finish must not remove the first's, from which a PostgreSQL
+    is already reading (CI: initdb failed, "pg_ident.conf.sample does not exist")."""
+    if not proc.dropping():  # an unprivileged user runs the servers as itself: nothing to copy
+        return
+    private = Path(tempfile.mkdtemp())
+    (private / "pkg" / "share").mkdir(parents=True)
+    (private / "pkg" / "share" / "sample.conf").write_text("in use\n")
+    try:
+        first = proc.service_copy(private / "pkg")
+        in_use = open(first / "share" / "sample.conf")  # noqa: SIM115 - held as a server holds it
+        # The second process looked (once) before the first had finished.
+        looked = iter([False])
+        complete = proc._complete
+        monkeypatch.setattr(
+            proc, "_complete", lambda target: next(looked, None) or complete(target)
+        )
+        second = proc.service_copy(private / "pkg")
+        monkeypatch.undo()
+        assert second == first
+        with in_use:
+            assert os.fstat(in_use.fileno()).st_nlink == 1  # the first's file is still there
+        assert (first / "share" / "sample.conf").read_text() == "in use\n"
+        assert not [p.name for p in first.parent.parent.glob(".staging-*")]
+    finally:
+        subprocess.run(["rm", "-rf", str(private)], check=False)

@@ -127,7 +127,7 @@ def service_copy(source: Path, *, keep: tuple[str, ...] = ()) -> Path:
         raise StackError(NOT_OURS.format(path=cache))
     cache.chmod(0o755)
     target = cache / key
-    if not (target / ".complete").exists():
+    if not _complete(target):
         staging = Path(tempfile.mkdtemp(dir=cache, prefix=".staging-"))
         staging.chmod(0o755)
         for name in (source.name, *keep):
@@ -137,10 +137,37 @@ def service_copy(source: Path, *, keep: tuple[str, ...] = ()) -> Path:
             elif item.exists():
                 shutil.copy2(item, staging / name)
         (staging / ".complete").touch()
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        _put_in_place(staging, target)
         log.info("binaries of %s copied to %s (the service user cannot reach them)", source, target)
     return target / source.name
+
+
+def _complete(target: Path) -> bool:
+    """Whether ``target``, a copy of :func:`service_copy`, was put in place whole."""
+    return (target / ".complete").exists()
+
+
+def _put_in_place(staging: Path, target: Path) -> None:
+    """Rename the finished copy ``staging`` to ``target``, unless another process (a test
+    worker, a second server starting) put a copy there first: the servers of that process run
+    from it, so it is kept and ``staging`` let go. Removing it (as before) took the files from
+    under a PostgreSQL its ``initdb`` was reading. A ``target`` left incomplete (by an older
+    version, which copied in place) is moved aside, then removed."""
+    for _ in range(3):
+        try:
+            staging.rename(target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        if _complete(target):
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        aside = target.with_name(f".stale-{target.name}-{secrets.token_hex(4)}")
+        with contextlib.suppress(FileNotFoundError):
+            target.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    raise StackError(f"could not put the copy {staging} in place at {target}; remove {target}")
 
 
 def service_dir(path: Path, *, drop: bool = True) -> Path:
