@@ -565,34 +565,32 @@ def _processed_rows(paths: ProjectPaths, pid: str) -> dict[str, Any]:
     }
 
 
-def _raw_expected(paths: ProjectPaths, pid: str, *, source: str, crops: int) -> str | None:
-    """Why ``pid``'s rows in ``data/raw``'s tables are expected, when one is not there (None:
-    nothing says so, as for a subject added by hand, whose export has no photograph)."""
-    missing = absent_tables(paths.raw)
-    if not missing:
-        return None
-    if len(missing) == 1:
-        there = SUBJECTS_FILE if missing == [IMAGES_FILE] else IMAGES_FILE
-        return f"data/raw/{there} is there (the two are written together)"
-    if Path(f"{paths.raw}.dvc").is_file():
-        return "DVC tracks data/raw (data/raw.dvc)"
-    if crops:
-        return f"data/processed holds crops of subject {pid}'s photographs"
-    if source.startswith("import:") or source == SYNTHFACES_SOURCE:
-        return f"the registry says subject {pid} came from {source}, with photographs"
-    return None
-
-
 def _check_raw(paths: ProjectPaths, pid: str, *, source: str, crops: int) -> None:
     """Refuse to read ``data/raw`` as empty where ``pid``'s rows are expected in it: an access
-    export without their photographs, answered as complete, would say they have none."""
-    why = _raw_expected(paths, pid, source=source, crops=crops)
-    if why is not None:
-        missing = " and ".join(f"data/raw/{name}" for name in absent_tables(paths.raw))
-        verb = "is" if " and " not in missing else "are"
-        raise RawDataMissingError(
-            MSG_RAW_NOT_CHECKED_OUT.format(missing=f"{missing} {verb}", why=why, pid=pid)
-        )
+    export without their photographs, answered as complete, would say they have none. They are
+    expected, when a table is not there, where the other is (the two are written together),
+    DVC tracks ``data/raw``, ``data/processed`` holds crops of theirs, or the registry says they
+    came from an import or SynthFaces; nothing says so for a subject added by hand, whose export
+    has no photograph."""
+    missing = absent_tables(paths.raw)
+    if not missing:
+        return
+    if len(missing) == 1:
+        there = SUBJECTS_FILE if missing == [IMAGES_FILE] else IMAGES_FILE
+        why = f"data/raw/{there} is there (the two are written together)"
+    elif Path(f"{paths.raw}.dvc").is_file():
+        why = "DVC tracks data/raw (data/raw.dvc)"
+    elif crops:
+        why = f"data/processed holds crops of subject {pid}'s photographs"
+    elif source.startswith("import:") or source == SYNTHFACES_SOURCE:
+        why = f"the registry says subject {pid} came from {source}, with photographs"
+    else:
+        return
+    shown = " and ".join(f"data/raw/{name}" for name in missing)
+    verb = "is" if len(missing) == 1 else "are"
+    raise RawDataMissingError(
+        MSG_RAW_NOT_CHECKED_OUT.format(missing=f"{shown} {verb}", why=why, pid=pid)
+    )
 
 
 def _json_bytes(obj: Any) -> bytes:

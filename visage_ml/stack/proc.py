@@ -53,6 +53,11 @@ NOT_TRAVERSABLE = (
 )
 
 
+MSG_NOT_IN_PLACE = (
+    "could not put the copy {staging} of the servers' binaries in place at {target}, which "
+    "another process keeps replacing; stop the other stacks starting, remove {target}, then "
+    "run again"
+)
 NOT_OURS = (
     "{path} is not a folder owned by this user and closed to others; remove it (it holds only "
     "copies of the stack's binaries) and run `visage stack up` again"
@@ -167,7 +172,7 @@ def _put_in_place(staging: Path, target: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             target.rename(aside)
         shutil.rmtree(aside, ignore_errors=True)
-    raise StackError(f"could not put the copy {staging} in place at {target}; remove {target}")
+    raise StackError(MSG_NOT_IN_PLACE.format(staging=staging, target=target))
 
 
 def service_dir(path: Path, *, drop: bool = True) -> Path:
