@@ -56,16 +56,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from visage_ml.config import PURPOSES, Params, ProjectPaths, load_params
-from visage_ml.data.rawstore import (
-    IMAGES_FILE,
-    MSG_RAW_NOT_CHECKED_OUT,
-    SUBJECTS_FILE,
-    RawDataMissingError,
-    RawStore,
-    absent_tables,
-    read_images,
-    read_subjects,
-)
+from visage_ml.data.rawstore import RawStore, read_images, read_subjects
 from visage_ml.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -78,11 +69,11 @@ from visage_ml.privacy.core import ALREADY_ERASED, PrivacyCore
 from visage_ml.privacy.datakeys import ROLE_BUNDLE, SUFFIX, parse_header, sniff
 from visage_ml.privacy.keys import check_pid
 from visage_ml.privacy.ledger import utc_now
-from visage_ml.privacy.registry import SYNTHFACES_SOURCE
 from visage_ml.privacy.requests import RequestBook, SubjectErasedError
 from visage_ml.rights.information import access_page, subject_information
 from visage_ml.rights.lifecycle import begin, recorded
 from visage_ml.rights.lineage import subject_lineage
+from visage_ml.rights.rawcheck import check_raw, processed_rows
 from visage_ml.serving.gallery import Gallery, NotEnrolledError, read_meta
 from visage_ml.serving.pg_gallery import open_project_gallery
 
@@ -552,47 +543,6 @@ def _history(core: PrivacyCore, pid: str) -> tuple[list[dict], list[dict], list[
     return history, gallery, events
 
 
-def _processed_rows(paths: ProjectPaths, pid: str) -> dict[str, Any]:
-    manifest = paths.processed / "manifest.parquet"
-    if not manifest.is_file():
-        return {"in_processed_data": False}
-    df = pd.read_parquet(manifest, columns=["pid", "split"])
-    rows = df[df["pid"].astype(str) == pid]
-    return {
-        "in_processed_data": bool(len(rows)),
-        "crops": len(rows),
-        "split": str(rows["split"].iloc[0]) if len(rows) else None,
-    }
-
-
-def _check_raw(paths: ProjectPaths, pid: str, *, source: str, crops: int) -> None:
-    """Refuse to read ``data/raw`` as empty where ``pid``'s rows are expected in it: an access
-    export without their photographs, answered as complete, would say they have none. They are
-    expected, when a table is not there, where the other is (the two are written together),
-    DVC tracks ``data/raw``, ``data/processed`` holds crops of theirs, or the registry says they
-    came from an import or SynthFaces; nothing says so for a subject added by hand, whose export
-    has no photograph."""
-    missing = absent_tables(paths.raw)
-    if not missing:
-        return
-    if len(missing) == 1:
-        there = SUBJECTS_FILE if missing == [IMAGES_FILE] else IMAGES_FILE
-        why = f"data/raw/{there} is there (the two are written together)"
-    elif Path(f"{paths.raw}.dvc").is_file():
-        why = "DVC tracks data/raw (data/raw.dvc)"
-    elif crops:
-        why = f"data/processed holds crops of subject {pid}'s photographs"
-    elif source.startswith("import:") or source == SYNTHFACES_SOURCE:
-        why = f"the registry says subject {pid} came from {source}, with photographs"
-    else:
-        return
-    shown = " and ".join(f"data/raw/{name}" for name in missing)
-    verb = "is" if len(missing) == 1 else "are"
-    raise RawDataMissingError(
-        MSG_RAW_NOT_CHECKED_OUT.format(missing=f"{shown} {verb}", why=why, pid=pid)
-    )
-
-
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -646,8 +596,8 @@ def build_bundle(
         identity = core.vault.get(pid)
     except KeyError:
         identity = None
-    processed = _processed_rows(paths, pid)
-    _check_raw(paths, pid, source=state.source, crops=int(processed.get("crops") or 0))
+    processed = processed_rows(paths, pid)
+    check_raw(paths, pid, source=state.source, crops=int(processed.get("crops") or 0))
     subjects = read_subjects(paths.raw)
     row = subjects[subjects["pid"].astype(str) == pid]
     attributes = row_dict(row.iloc[0]) if len(row) else None
