@@ -27,10 +27,10 @@ from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
 from visage_ml.app.stages import prepare
-from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.data.rawstore import RawDataMissingError, RawStore, read_images, read_subjects
 from visage_ml.inference import ModelFileError
 from visage_ml.io import sha256_file
-from visage_ml.privacy.core import NothingChangedError
+from visage_ml.privacy.core import NothingChangedError, PrivacyCore
 from visage_ml.privacy.datakeys import NoDataKeyError
 from visage_ml.privacy.requests import RequestBook, RequestStateError
 from visage_ml.rights.erasure import Erasure
@@ -841,6 +841,119 @@ def test_a_subject_without_photographs_is_exported_and_one_imported_with_them_is
     assert "came from import:utkface" in said and "dvc checkout data/raw" in said, said
     (st,) = RequestBook(proj.core).open(pid=imported)
     assert st.status == "in_progress" and st.failure["code"] == "raw_data_missing"
+
+
+@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw"])
+def test_a_rectification_whose_raw_data_is_not_checked_out_says_to_check_it_out(proj, how):
+    # data/raw's tables absent (`dvc checkout` not run, or cut short): the rectification read
+    # images.parquet as empty and refused the subject's own photograph as "not one of subject
+    # ...'s images in data/raw", blaming the request; a correction of attributes alone, with
+    # subjects.parquet there, wrote data/raw's images.parquet again without a row: every
+    # subject's photographs unlisted. Refused now, saying to run `dvc checkout data/raw`,
+    # nothing changed, the request kept with its failure recorded.
+    pid = proj.pids[1]
+    image_id = sorted(proj.images[pid])[0]
+    photo = png(face_tile(proj.world.people[pid], np.random.default_rng(9), noise=3.0))
+    gallery = proj.gallery()
+    book = RequestBook(proj.core)
+    rid = book.verify(book.receive(pid, "rectification").request_id).request_id
+    restore = _raw_not_checked_out(proj.paths, how)
+    raw = _tree(proj.paths.raw)
+
+    for kw in ({"images": {image_id: photo}}, {"attributes": {"age": 52}}):
+        with pytest.raises(RawDataMissingError, match="run `dvc checkout data/raw`") as refused:
+            rectify(
+                proj.paths,
+                pid,
+                request_id=rid,
+                core=proj.core,
+                gallery=gallery,
+                engine=proj.engine,
+                **kw,
+            )
+        assert f"--request {rid}" in "\n".join(refused.value.__notes__)
+
+    assert _tree(proj.paths.raw) == raw
+    st = RequestBook(proj.core).get(rid)
+    assert st.status == "verified", st.status
+    assert (st.failure["step"], st.failure["code"]) == ("rectification", "raw_data_missing")
+    # The DPO's own (no --request): one line, nothing recorded.
+    ledger = proj.paths.ledger.read_bytes()
+    r = CliRunner().invoke(app, ["privacy", "rectify", pid, "--age", "52"])
+    said = _flat(r.output)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "dvc checkout data/raw" in said, said
+    assert proj.paths.ledger.read_bytes() == ledger
+
+    restore()  # `dvc checkout data/raw`: the same request is answered
+    rectify(
+        proj.paths,
+        pid,
+        attributes={"age": 52},
+        images={image_id: photo},
+        request_id=rid,
+        core=proj.core,
+        gallery=gallery,
+        engine=proj.engine,
+    )
+    assert RequestBook(proj.core).get(rid).status == "completed"
+    assert int(read_subjects(proj.paths.raw).set_index("pid").loc[pid, "age"]) == 52
+    assert len(read_images(proj.paths.raw)) == sum(len(v) for v in proj.images.values())
+
+
+@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw"])
+def test_http_a_lift_whose_raw_data_is_not_checked_out_says_to_check_it_out(proj, how):
+    # The template a rectification removed during the restriction is made again at the lift
+    # from the subject's rows in images.parquet. Read as empty, the lift answered 200, in force,
+    # its note "no single face was found in the rectified images": the subject unidentified
+    # until enrolled again, for want of a `dvc checkout`. Refused now before anything is
+    # recorded, the restriction in force: 503 raw_data_missing; a verified lift request keeps
+    # its failure, and is lifted, the template made again, once the tables are back.
+    call = http_caller(proj)
+    pid = proj.pids[2]
+    assert call("POST", f"/v1/subjects/{pid}/restrict", "dpo").status_code == 200
+    rectified = sorted(proj.images[pid])[0]
+    new_photo = png(face_tile(proj.world.people[pid], np.random.default_rng(13), noise=3.0))
+    rectify(proj.paths, pid, images={rectified: new_photo}, core=proj.core)
+    restore = _raw_not_checked_out(proj.paths, how)
+    ledger = proj.paths.ledger.read_bytes()
+
+    r = call("POST", f"/v1/subjects/{pid}/lift", "dpo")
+
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "raw_data_missing"), r.text
+    message = r.json()["error"]["message"]
+    assert "dvc checkout data/raw" in message and "retry" in message, message
+    assert str(proj.paths.root) not in message
+    assert proj.paths.ledger.read_bytes() == ledger  # not lifted, the subject not told
+    assert PrivacyCore(proj.paths).subject(pid).restricted
+    documented = call.app.openapi()["paths"]["/v1/subjects/{pid}/lift"]["post"]["responses"]
+    assert "`raw_data_missing`" in documented["503"]["description"]
+    r = CliRunner().invoke(app, ["privacy", "lift", pid])
+    assert r.exit_code == 2 and "dvc checkout data/raw" in _flat(r.output), r.output
+    book = RequestBook(proj.core)
+    rid = book.verify(
+        book.receive(pid, "restriction", details={"action": "lift"}).request_id
+    ).request_id
+    with pytest.raises(RawDataMissingError, match="run `dvc checkout data/raw`"):
+        run_request(proj.paths, rid, core=proj.core)
+    st = RequestBook(proj.core).get(rid)
+    assert st.status == "verified" and st.failure["code"] == "raw_data_missing", st
+    assert PrivacyCore(proj.paths).subject(pid).restricted
+
+    restore()  # `dvc checkout data/raw`
+    gallery = proj.gallery()
+    done = restrict(
+        proj.paths,
+        pid,
+        request_id=rid,
+        lift=True,
+        core=proj.core,
+        gallery=gallery,
+        engine=proj.engine,
+    )
+    assert done.status == "completed" and done.outcome["gallery"] == "reenrolled", done.outcome
+    assert pid in gallery.stored()
+    assert not PrivacyCore(proj.paths).subject(pid).restricted
 
 
 def test_http_the_request_books_refusals_are_answered_409_not_allowed(proj):

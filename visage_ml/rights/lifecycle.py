@@ -6,7 +6,9 @@ Its own module because every action module (:mod:`~visage_ml.rights.export`,
 also dispatches to the others.
 
 What can be checked (ids, files, values) is checked before :func:`begin`, so bad input leaves
-the request as it was; a failure after it is recorded on the request by :func:`recorded`.
+the request as it was; a failure after it is recorded on the request by :func:`recorded`, and so
+is one of what the server holds checked before it (:func:`checked_first`: ``data/raw`` not
+checked out), the request left as it was.
 """
 
 from __future__ import annotations
@@ -86,20 +88,61 @@ def begin(
         st = book.receive(pid, rights[0], details=details, channel="dpo")
         st = book.verify(st.request_id, method="dpo_initiated")
     else:
-        st = book.get(request_id)
-        if st.right not in rights:
-            raise RequestStateError(
-                MSG_WRONG_RIGHT.format(rid=request_id, right=st.right, want=" or ".join(rights))
-            )
-        if st.pid != pid:
-            raise RequestStateError(MSG_OTHER_SUBJECT.format(rid=request_id))
-        if st.status == RECEIVED:
-            raise RequestStateError(MSG_NOT_READY.format(rid=request_id, status=st.status))
+        st = _answered(book, pid, rights, request_id)
     if st.status == VERIFIED:
         st = book.start(st.request_id)
     if st.status != IN_PROGRESS:
         raise RequestStateError(MSG_NOT_OPEN.format(rid=st.request_id, status=st.status))
     return st
+
+
+def _answered(
+    book: RequestBook, pid: str, rights: tuple[str, ...], request_id: str
+) -> RequestState:
+    """Request ``request_id``, refused (RequestStateError) unless it is of one of ``rights``,
+    about ``pid`` and verified (or further)."""
+    st = book.get(request_id)
+    if st.right not in rights:
+        raise RequestStateError(
+            MSG_WRONG_RIGHT.format(rid=request_id, right=st.right, want=" or ".join(rights))
+        )
+    if st.pid != pid:
+        raise RequestStateError(MSG_OTHER_SUBJECT.format(rid=request_id))
+    if st.status == RECEIVED:
+        raise RequestStateError(MSG_NOT_READY.format(rid=request_id, status=st.status))
+    return st
+
+
+@contextlib.contextmanager
+def checked_first(
+    book: RequestBook,
+    pid: str,
+    rights: tuple[str, ...],
+    request_id: str | None,
+    *,
+    step: str,
+) -> Iterator[None]:
+    """A check of what the server holds, made before an action starts its request
+    (:func:`begin`): a failure inside the block is recorded on the request answered, which
+    stays as it was (verified, or in progress) with ``request.failed``, as :func:`recorded`
+    does (the exception gets :data:`MSG_STAYS_OPEN`), and re-raised. Without ``request_id``
+    nothing is recorded, as for input refused: a request recorded for it would stay open each
+    time the DPO's own action is tried again.
+
+    Raises
+    ------
+    RequestStateError
+        ``request_id`` is of another right, about another subject, not verified yet, or closed
+        (before the block runs).
+    """
+    if request_id is None:
+        yield
+        return
+    st = _answered(book, pid, rights, request_id)
+    if st.status not in (VERIFIED, IN_PROGRESS):
+        raise RequestStateError(MSG_NOT_OPEN.format(rid=request_id, status=st.status))
+    with recorded(book, st, step=step):
+        yield
 
 
 # (exception, code) pairs: the failure codes of an action's own errors (see recorded).

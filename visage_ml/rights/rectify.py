@@ -62,7 +62,8 @@ from visage_ml.privacy.outbox import (
 from visage_ml.privacy.registry import NO_BASIS_REASONS
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.export import jsonable, row_dict
-from visage_ml.rights.lifecycle import begin, recorded
+from visage_ml.rights.lifecycle import begin, checked_first, recorded
+from visage_ml.rights.rawcheck import check_raw
 from visage_ml.serving.engine import Engine, TooManyFacesError
 from visage_ml.serving.gallery import PURPOSE as IDENTIFICATION
 from visage_ml.serving.gallery import EnrolmentRefusedError, Gallery, GalleryError, read_meta
@@ -213,6 +214,13 @@ def rectify(
     -------
     RectificationResult
         What changed, as hashes; also in the ``rectification`` ledger event and the receipt.
+
+    Raises
+    ------
+    visage_ml.data.rawstore.RawDataMissingError
+        ``data/raw``'s tables are not checked out, though the subject's rows are expected in
+        them (:func:`~visage_ml.rights.rawcheck.check_raw`): nothing changes, and a request
+        answered keeps the failure.
     """
     check_pid(pid)
     attributes = dict(attributes or {})
@@ -221,9 +229,15 @@ def rectify(
         raise ValueError(MSG_NOTHING)
     core = core if core is not None else PrivacyCore(paths)
     params = load_params(paths.params)
-    if core.subject(pid).erased:
+    state = core.subject(pid)
+    if state.erased:
         raise ValueError(ALREADY_ERASED.format(pid=pid))
     book = RequestBook(core, params=params.privacy)
+    # data/raw's tables not checked out would be read as empty: the subject's own image taken
+    # for not theirs, or the tables written again without anyone's rows. Refused first, the
+    # failure kept on the request.
+    with checked_first(book, pid, ("rectification",), request_id, step="rectification"):
+        check_raw(paths, pid, source=state.source)
     # Everything that can be refused is checked before the request starts: bad input leaves the
     # request (and data/raw and the gallery) as it was.
     store = RawStore(paths, core=core, track=True)
@@ -399,6 +413,12 @@ class _Enrolment:
     status: str | None
     gallery: Gallery | None = None
     engine: Engine | None = None
+
+    @property
+    def reads_raw(self) -> bool:
+        """Whether making the template reads the subject's images in ``data/raw`` (a gallery
+        and an engine to make it with)."""
+        return self.status is None and self.engine is not None
 
 
 def _enrolment(

@@ -21,7 +21,8 @@ from visage_ml.privacy.outbox import ALREADY_OBJECTED, ALREADY_RESTRICTED, NOT_R
 from visage_ml.privacy.requests import COMPLETED, RequestBook, RequestState, RequestStateError
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.export import Delivery, export_subject
-from visage_ml.rights.lifecycle import begin
+from visage_ml.rights.lifecycle import begin, checked_first
+from visage_ml.rights.rawcheck import check_raw
 from visage_ml.rights.rectify import enrol_owed, owed_enrolment
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery
@@ -94,6 +95,13 @@ def restrict(
     -------
     RequestState
         The completed request.
+
+    Raises
+    ------
+    visage_ml.data.rawstore.RawDataMissingError
+        A lift owes a template, and ``data/raw``'s tables, which it is made from, are not
+        checked out (:func:`~visage_ml.rights.rawcheck.check_raw`): nothing is lifted or
+        recorded but the failure, on the request answered.
     """
     core = core if core is not None else PrivacyCore(paths)
     if lift and not core.subject(pid).restricted:
@@ -111,6 +119,12 @@ def restrict(
             return _unchanged(core, pid, "restriction", request_id, outcome=outcome)
     owed = owed_enrolment(paths, pid, core=core, gallery=gallery, engine=engine) if lift else None
     book = RequestBook(core)
+    if owed is not None and owed.reads_raw:
+        # The template is made from the subject's rows in data/raw's tables: read as empty
+        # (not checked out), it would be "no single face was found", the lift in force and the
+        # subject unidentified until enrolled again. Refused before the lift is recorded.
+        with checked_first(book, pid, ("restriction",), request_id, step="lift"):
+            check_raw(paths, pid, source=core.subject(pid).source)
     st = begin(
         book, pid, ("restriction",), request_id, details={"action": "lift" if lift else "set"}
     )

@@ -87,7 +87,8 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     # the storage failing): as a damaged one, the request stays open until it is repaired.
     (ImageUnreadableError, 503, "image_unreadable"),
     # data/raw's tables are not checked out on the server, though the subject's rows in them
-    # are expected: an export would hand over none of their photographs as if they had none.
+    # are expected: an export would hand over none of their photographs as if they had none, a
+    # lift would make no template again from them ("no single face was found").
     (RawDataMissingError, 503, "raw_data_missing"),
     # The subject's template (or anchor template) in the gallery fails authentication, read
     # for their export: as a sealed photograph, the request stays open until it is repaired.
@@ -119,8 +120,8 @@ LIBRARY_MESSAGES: dict[str, str] = {
     # The library's says why the subject's rows are expected, for the operator: the log has it.
     "raw_data_missing": "the server's raw data (data/raw, the subjects' photographs and their "
     "tables) is not checked out, so the subject's photographs cannot be read, and nothing more "
-    "was done (an open request stays in progress); ask the server's operator to run `dvc "
-    "checkout data/raw` (the server's log says why it is needed), then retry",
+    "was done (a request answered stays open, its failure recorded); ask the server's operator "
+    "to run `dvc checkout data/raw` (the server's log says why it is needed), then retry",
     # The library's names the template's file (the subject's pid) or table: the log has it.
     "template_file_error": "the subject's template stored in the gallery fails "
     "authentication: it was altered, truncated or moved on the server, and nothing more was "
@@ -227,9 +228,10 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "more was done and the request stays in progress; retry once the server's operator has "
     "made it readable or restored it (`dvc checkout`)",
     (503, "raw_data_missing"): "the server's raw data (data/raw) is not checked out, though "
-    "the subject's photographs are expected in it: nothing more was done and the request stays "
-    "in progress (an export without them would say they have none); retry once the server's "
-    "operator has run `dvc checkout data/raw`",
+    "the subject's photographs are expected in it: nothing more was done and a request answered "
+    "stays open, its failure recorded (an export without them would say they have none, a lift "
+    "would make no template again from them); retry once the server's operator has run `dvc "
+    "checkout data/raw`",
     (503, "template_file_error"): "the subject's template (or anchor template) stored in the "
     "gallery fails authentication: nothing more was done and the request stays in progress; "
     "retry once the server's operator has restored it from a backup or enrolled the subject "

@@ -171,13 +171,15 @@ def restrict(
     name="lift",
     # A template a rectification removed during the restriction is made again from the
     # subject's images: the gallery read and the models loaded (analytics mode) before the
-    # lift is recorded; what fails once it is in force (a stored photograph read, the gallery
-    # written, a detection, a model's output) is the answer's note, not an error.
+    # lift is recorded, and data/raw's tables found there (not checked out: 503
+    # raw_data_missing, nothing recorded); what fails once it is in force (a stored photograph
+    # read, the gallery written, a detection, a model's output) is the answer's note, not an
+    # error.
     responses=error_responses(
         RIGHTS_ERRORS,
         {409: ("not_restricted",)},
         GALLERY_ERRORS,
-        {503: ("model_error", "model_mismatch")},
+        {503: ("model_error", "model_mismatch", "raw_data_missing")},
     ),
 )
 def lift(
@@ -189,7 +191,9 @@ def lift(
     it is lifted (Art. 18(3)) and every registered recipient after (Art. 19). A template that a
     rectification removed during the restriction is made again from the rectified images
     (``template``: ``reenrolled``), or ``note`` says that the subject must be enrolled again
-    (``reenrolment_needed``)."""
+    (``reenrolment_needed``). Where the server's ``data/raw`` is not checked out, such a lift is
+    refused before anything is recorded (503 ``raw_data_missing``): retry once its operator has
+    run ``dvc checkout data/raw``."""
     request_info(request)["pid"] = pid
     with svc.lock:
         if not svc.live_subject(pid).restricted:
