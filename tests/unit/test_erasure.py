@@ -30,7 +30,7 @@ from visage_ml.data.crops import iter_chunks, purge_chunks
 from visage_ml.data.importers import ImportBasis, import_dataset
 from visage_ml.data.prepare import prepare, purge_subject
 from visage_ml.data.processed import load_processed
-from visage_ml.data.rawstore import RawStore, read_images, read_subjects
+from visage_ml.data.rawstore import RawDataMissingError, RawStore, read_images, read_subjects
 from visage_ml.dvcops import tracked_md5
 from visage_ml.evaluation.lfw import protocol_accuracy
 from visage_ml.io import sha256_bytes, sha256_file
@@ -692,6 +692,50 @@ def test_a_dvc_remote_dvc_cannot_open_is_neither_skipped_by_the_erasure_nor_the_
     with pytest.raises(StackError, match=r"far \(.*dvc-ssh"):
         Erasure(proj.paths).erase(proj.pids[1])
     assert sorted(p.name for p in (proj.paths.raw / proj.pids[1]).iterdir()) == before
+
+
+@pytest.mark.pipeline
+def test_an_erasure_whose_raw_tables_are_not_checked_out_erases_nothing_until_they_are(
+    tiny_project,
+):
+    """data/raw tracked by DVC, its tables not in the workspace (`dvc checkout` not run, or
+    cut short): the tombstone and the raw step read images.parquet as empty, so no one sought
+    the subject's photographs by their content. A plaintext copy of one, in reports/, was kept,
+    and the erasure certified the subject erased (the verifier: nothing remains); the raw step
+    wrote data/raw's tables again without anyone's rows and `dvc add`ed them, and the DVC step
+    purged the old versions, which named the subject: every other subject's rows gone for
+    good. Refused now before anything is erased, the request kept with its failure."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    paths = proj.paths
+    victim = proj.pids[0]
+    copy = root / "reports" / "portrait.png"
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_bytes(next(iter(proj.images[victim].values())))
+    for name in ("subjects.parquet", "images.parquet"):
+        (paths.raw / name).unlink()
+    key = PrivacyCore(paths).data_keys.key(victim)
+
+    with pytest.raises(RawDataMissingError, match="run `dvc checkout data/raw`") as stopped:
+        Erasure(paths).erase(victim)
+
+    assert "nothing was erased" in "\n".join(stopped.value.__notes__)
+    core = PrivacyCore(paths)
+    [st] = RequestBook(core).all(pid=victim)
+    assert st.status == "verified", st.status
+    assert (st.failure["step"], st.failure["code"]) == ("preflight", "raw_data_missing")
+    assert not core.subject(victim).erased and core.data_keys.key(victim) == key
+    assert copy.is_file() and len(list((paths.raw / victim).iterdir())) == 3
+
+    assert _dvc(root, "checkout", "data/raw").returncode == 0
+    result = Erasure(paths).run(st.request_id)
+
+    assert not copy.exists()
+    assert set(read_subjects(paths.raw)["pid"]) == set(proj.pids) - {victim}
+    kept = read_images(paths.raw)
+    assert len(kept) == 6 and victim not in set(kept["pid"])
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
 
 
 @pytest.mark.pipeline

@@ -12,6 +12,7 @@ from rights_fakes import http_caller, make_project
 from typer.testing import CliRunner
 
 from visage_ml.app.cli import app
+from visage_ml.data.rawstore import read_images
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.requests import RequestBook
 from visage_ml.rights.content_scan import ScanIncompleteError
@@ -129,3 +130,45 @@ def test_an_erasure_its_preflight_stops_is_answered_503_and_sent_again_once_the_
     assert PrivacyCore(proj.paths).registry.get(pid).erased
     done = call("GET", f"/v1/requests/{st.request_id}", "dpo").json()
     assert done["status"] == "completed" and done["failure_hint"] is None
+
+
+def test_an_erasure_whose_raw_data_is_not_checked_out_is_answered_503_and_erases_nothing(
+    project,
+):
+    # images.parquet not checked out (`dvc checkout` cut short), subjects.parquet there: the
+    # erasure read the subject's images as none, so its tombstone held no photograph of theirs
+    # to seek copies by, and its raw step wrote images.parquet again without anyone's rows; it
+    # answered 200 with a certificate. Refused now before anything is erased: 503
+    # raw_data_missing, the request verified with that failure, sent again once checked out.
+    proj = make_project(project, n_subjects=3, enrol=False)
+    pid = proj.pids[0]
+    table = proj.paths.raw / "images.parquet"
+    kept = table.read_bytes()
+    table.unlink()
+    call = http_caller(proj)
+
+    r = call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
+
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "raw_data_missing" and "dvc checkout data/raw" in error["message"]
+    [st] = RequestBook(proj.core).all(pid=pid)
+    assert st.status == "verified"
+    assert not PrivacyCore(proj.paths).registry.get(pid).erased
+    assert len(list((proj.paths.raw / pid).iterdir())) == 3 and not table.exists()
+    shown = call("GET", f"/v1/requests/{st.request_id}", "dpo").json()
+    assert (shown["failure"]["step"], shown["failure"]["code"]) == (
+        "preflight",
+        "raw_data_missing",
+    ), shown
+    assert "dvc checkout data/raw" in shown["failure_hint"], shown["failure_hint"]
+    paths = call.app.openapi()["paths"]
+    erasure = paths["/v1/subjects/{pid}/erasure"]["post"]["responses"]["503"]["description"]
+    assert "`raw_data_missing`" in erasure, erasure
+
+    table.write_bytes(kept)  # `dvc checkout data/raw`: the same request finishes
+    r = call("POST", f"/v1/subjects/{pid}/erasure", "dpo")
+    assert r.status_code == 200, r.text
+    assert r.json()["request_id"] == st.request_id
+    left = read_images(proj.paths.raw)
+    assert set(left["pid"]) == set(proj.pids[1:]) and len(left) == 6

@@ -88,7 +88,8 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (ImageUnreadableError, 503, "image_unreadable"),
     # data/raw's tables are not checked out on the server, though the subject's rows in them
     # are expected: an export would hand over none of their photographs as if they had none, a
-    # lift would make no template again from them ("no single face was found").
+    # lift would make no template again from them ("no single face was found"), an erasure
+    # would seek no copy of them and certify the subject erased (nothing is erased).
     (RawDataMissingError, 503, "raw_data_missing"),
     # The subject's template (or anchor template) in the gallery fails authentication, read
     # for their export: as a sealed photograph, the request stays open until it is repaired.
@@ -230,8 +231,9 @@ EXPLAINED: dict[tuple[int, str], str] = {
     (503, "raw_data_missing"): "the server's raw data (data/raw) is not checked out, though "
     "the subject's photographs are expected in it: nothing more was done and a request answered "
     "stays open, its failure recorded (an export without them would say they have none, a lift "
-    "would make no template again from them); retry once the server's operator has run `dvc "
-    "checkout data/raw`",
+    "would make no template again from them, an erasure would seek no copy of them: nothing "
+    "was erased); retry once the server's operator has run `dvc checkout data/raw` (an "
+    "erasure: send it again, the subject's open request is taken up)",
     (503, "template_file_error"): "the subject's template (or anchor template) stored in the "
     "gallery fails authentication: nothing more was done and the request stays in progress; "
     "retry once the server's operator has restored it from a backup or enrolled the subject "

@@ -48,6 +48,12 @@ certificate    ``erasure.completed`` (committing to the claims, cosigned by the 
                (:mod:`visage_ml.privacy.certificate_page`), the request's receipt
 =============  =================================================================================
 
+Before the steps, on every run (a resumed one's too), the preflight stops the erasure, its
+request kept open with the failure recorded, where a store it needs cannot be reached
+(:mod:`.preflight`) or ``data/raw``'s tables are not checked out though the subject's rows are
+expected in them (:func:`~visage_ml.rights.rawcheck.check_raw`: read as empty, the tombstone would
+seek none of their photographs, and the raw step would write the tables without anyone's rows).
+
 This module knows the request lifecycle, the step order and the ledger records; what each store
 holds of a subject and how it goes is in the store's module (:mod:`.base` says what each one
 provides). Each destructive step appends ``erasure.step`` with ``phase: planned`` (the artefacts
@@ -75,6 +81,7 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.config import Params, ProjectPaths, load_params
+from visage_ml.data.rawstore import RawDataMissingError
 from visage_ml.faults import FAULT_ENV, FAULT_EXIT
 from visage_ml.io import file_lock, sha256_file
 from visage_ml.privacy import certificate_page, merkle
@@ -130,6 +137,7 @@ from visage_ml.rights.erasure.base import (
     retained_shared,
 )
 from visage_ml.rights.lifecycle import recorded
+from visage_ml.rights.rawcheck import check_raw
 from visage_ml.serving.pg_swap import OldTableHeldError
 from visage_ml.stack.proc import StackError
 
@@ -153,6 +161,7 @@ STOP_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (StackError, "stores_unreachable"),
     (ScanIncompleteError, "scan_incomplete"),
     (OldTableHeldError, "gallery_table_held"),
+    (RawDataMissingError, "raw_data_missing"),
 )
 # The stores each destructive step drives, in order (their artefacts are recorded under the
 # step): export bundles and resume checkpoints go with the processed data.
@@ -199,6 +208,11 @@ MSG_COMPLETION_UNWITNESSED = (
     "them back soon."
 )
 MSG_NO_ENTRY = "the ledger has no entry {seq}; restore it from a backup"
+MSG_RAW_NOT_ERASED = (
+    "nothing was erased: without data/raw's tables the erasure would seek none of the "
+    "subject's photographs by their content, and would write the tables again without anyone's "
+    "rows; once they are checked out, run the erasure again: `visage privacy erase {pid}`"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,10 +354,12 @@ class Erasure:
                 raise RequestStateError(MSG_NOT_VERIFIED.format(rid=request_id))
             if st.status not in (VERIFIED, IN_PROGRESS):
                 raise RequestStateError(MSG_CLOSED.format(rid=request_id, status=st.status))
-            # Every service the stores need answers, or nothing is erased (one message); what
-            # stops it, or a step, is recorded on the request, which stays open.
+            # Every service the stores need answers, and data/raw's tables are there, or
+            # nothing is erased (one message); what stops it, or a step, is recorded on the
+            # request, which stays open.
             with recorded(self.book, st, step="preflight", codes=STOP_CODES):
                 preflight.check(self.ctx, st.pid)
+                self._check_raw(st.pid)
             result = ErasureResult(request_id, st.pid)
             if st.status == VERIFIED:
                 t = time.perf_counter()
@@ -385,6 +401,18 @@ class Erasure:
                 self._certificate(result)
             result.timings["certificate"] = time.perf_counter() - t
             return result
+
+    def _check_raw(self, pid: str) -> None:
+        """Stop before anything is erased where ``data/raw``'s tables are not checked out (on
+        every run, a resumed one's too): read as empty, the subject's images are none, so the
+        tombstone holds no photograph of theirs to seek copies by (a copy elsewhere is kept and
+        certified gone), the raw step writes the tables again without anyone's rows, and the
+        copies step takes another subject's photograph for no one's."""
+        try:
+            check_raw(self.paths, pid, source=self.core.subject(pid).source)
+        except RawDataMissingError as exc:
+            exc.add_note(MSG_RAW_NOT_ERASED.format(pid=pid))
+            raise
 
     # -- recording -----------------------------------------------------------------------------
     def _record(

@@ -272,13 +272,21 @@ def request_deny(
     name="erasure",
     response_model=ErasureResponse,
     # Every store of the subject's erased (the gallery's too, the shared one purged), each
-    # reached first, and its request's start and completion witnessed at once.
+    # reached first, data/raw's tables found there, and its request's start and completion
+    # witnessed at once.
     responses=error_responses(
         STEP_ERRORS,
         SUBJECT_ERRORS,
         GALLERY_ERRORS,
         WITNESS_ERRORS,
-        {503: ("scan_incomplete", "gallery_table_held", "stores_unreachable")},
+        {
+            503: (
+                "scan_incomplete",
+                "gallery_table_held",
+                "stores_unreachable",
+                "raw_data_missing",
+            )
+        },
     ),
 )
 def erasure(
