@@ -1013,6 +1013,50 @@ def test_http_a_request_for_an_erased_subject_says_they_were_erased_and_where_th
     assert "erased" not in r.text
 
 
+def test_http_every_route_refusing_an_erased_subject_says_where_the_certificate_is(proj):
+    # Service.live_subject answered 409 subject_erased with "subject ... was erased; nothing
+    # about them can be changed any more" on every route of a subject but a new request's: the
+    # DPO told neither which erasure nor where its certificate is, though a new request's
+    # refusal names both. Each says the same now, and only to a DPO: every route that answers
+    # subject_erased is a DPO's, an operator refused it (403) as before.
+    call = http_caller(proj)
+    erased = proj.pids[2]
+    rid = Erasure(proj.paths, core=proj.core).erase(erased).request_id
+    ledger = proj.paths.ledger.read_bytes()
+    extra = {
+        ("get", "/v1/subjects/{pid}/export"): {"params": TO_HIM},
+        ("post", "/v1/subjects/{pid}/requests"): {"json": {"right": "access"}},
+    }
+    routes = sorted(
+        (method, path)
+        for path, ops in call.app.openapi()["paths"].items()
+        for method, op in ops.items()
+        if "`subject_erased`" in op["responses"].get("409", {}).get("description", "")
+    )
+    assert routes == sorted(
+        [
+            *(
+                ("post", f"/v1/subjects/{{pid}}/{action}")
+                for action in ("consent/withdraw", "restrict", "lift", "object", "erasure")
+            ),
+            *extra,
+        ]
+    )
+
+    for method, path in routes:
+        url = path.format(pid=erased)
+        r = call(method.upper(), url, "dpo", **extra.get((method, path), {}))
+
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "subject_erased"), (url, r.text)
+        message = r.json()["error"]["message"]
+        assert f"subject {erased} was erased (erasure request {rid}" in message, message
+        assert f"privacy/certificates/{rid}.json" in message, message
+        assert "visage privacy verify-certificate" in message, message
+        assert f"GET /v1/certificates/{rid}" in message, message
+        assert call(method.upper(), url, "operator").status_code == 403, url
+    assert proj.paths.ledger.read_bytes() == ledger  # nothing recorded
+
+
 def test_the_access_export_shows_a_lapsed_consent_in_the_history(proj, tmp_path):
     """A consent older than privacy.retention.consent_months lapses (consent.expired): the
     export said "consent_expired" as the reason, with no such event in the history."""

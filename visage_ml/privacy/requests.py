@@ -108,8 +108,8 @@ MSG_BAD_RIGHT = "unknown right '{right}'; rights are: " + ", ".join(RIGHTS)
 MSG_SUBJECT_ERASED = (
     "subject {pid} was erased (erasure request {rid}; its certificate is "
     "privacy/certificates/{rid}.json, checked with `visage privacy verify-certificate` and "
-    "served to auditors at GET /v1/certificates/{rid}): no request about them can be recorded "
-    "any more"
+    "served to auditors at GET /v1/certificates/{rid}): nothing about them can be recorded or "
+    "changed any more"
 )
 MSG_TRANSITION = "request {rid} is {status}; it cannot become {target} (allowed next: {allowed})"
 MSG_CODE = (
@@ -607,7 +607,7 @@ class RequestBook:
         check_code(channel, "channel")
         st = self.core.subject(pid)
         if st.erased:
-            raise SubjectErasedError(self._erased_message(pid))
+            raise SubjectErasedError(self.erased_message(pid))
         now = self.now()
         if received_at is None:
             received = now
@@ -752,9 +752,11 @@ class RequestBook:
         self.outbox.for_request(st, "denial")
         return st
 
-    def _erased_message(self, pid: str) -> str:
-        """What the refusal of an erased subject's request says: their erasure's request and
-        certificate (the last erasure completed), or only that they were erased."""
+    def erased_message(self, pid: str) -> str:
+        """What a refusal of erased subject ``pid`` says (a new request's, every other DPO route
+        of the HTTP API's): their erasure's request and certificate (the last erasure
+        completed), or only that they were erased. Pseudonymous ids only; not for an operator,
+        whose answers never tell an erased subject from another."""
         erasures = [s for s in self.all(pid=pid) if s.right == "erasure" and s.status == COMPLETED]
         if not erasures:
             return ALREADY_ERASED.format(pid=pid)

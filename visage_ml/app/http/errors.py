@@ -185,7 +185,7 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "receipt time that is not one, in the future or before the GDPR applied; an extension not "
     "given in months or days, or past the limit): the message says why",
     (409, "subject_erased"): "the subject was erased: nothing about them can be recorded or "
-    "changed any more (a new request's refusal names the erasure's request and certificate)",
+    "changed any more (the message names the erasure's request and its certificate)",
     (422, "invalid_request"): "a malformed or unknown field or query parameter",
     (503, "busy"): "the server is answering serving.max_concurrent requests: retry after "
     "Retry-After",

@@ -41,6 +41,7 @@ from visage_ml.app.http.errors import ApiError, request_info
 from visage_ml.app.http.metrics import Metrics
 from visage_ml.config import Params, ProjectPaths
 from visage_ml.privacy.core import UnknownSubjectError
+from visage_ml.privacy.requests import RequestBook
 from visage_ml.serving.analytics import Analytics
 from visage_ml.serving.engine import Engine
 from visage_ml.serving.gallery import Gallery, GalleryUnavailableError
@@ -69,7 +70,6 @@ MSG_IMAGE_BOMB = (
 )
 MSG_BASE64 = "field '{field}' is not valid base64; send the image file's bytes base64-encoded"
 MSG_IMAGE = "field '{field}' is not a readable image ({reason}); send a JPEG, PNG, WebP or BMP file"
-MSG_ERASED = "subject {pid} was erased; nothing about them can be changed any more"
 MSG_UNKNOWN = "no subject {pid} in the registry"
 # A subject's gallery state: read now, or not readable now after an event was recorded (see
 # Service.subject_state).
@@ -184,13 +184,19 @@ class Service:
         return state
 
     def live_subject(self, pid: str) -> Any:
-        """The subject's registry state; 404 when unknown, 409 when erased."""
+        """The subject's registry state; 404 when unknown, 409 when erased, naming the erasure's
+        request and certificate (:meth:`~visage_ml.privacy.requests.RequestBook.erased_message`,
+        as a new request's refusal does).
+
+        For a DPO's routes only (every caller is one): an operator's answers never tell an
+        erased subject from one they may not process."""
         try:
             st = self.core.subject(pid)
         except UnknownSubjectError:
             raise ApiError(404, "unknown_subject", MSG_UNKNOWN.format(pid=pid)) from None
         if st.erased:
-            raise ApiError(409, "subject_erased", MSG_ERASED.format(pid=pid))
+            book = RequestBook(self.core, params=self.params.privacy)
+            raise ApiError(409, "subject_erased", book.erased_message(pid))
         return st
 
 
