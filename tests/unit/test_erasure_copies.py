@@ -74,7 +74,9 @@ def test_exact_copies_anywhere_in_the_project_go_before_the_certificate_which_na
         page_path(result.certificate_path).read_text(encoding="utf-8"),
         proj.paths.ledger.read_text(encoding="utf-8"),
     ]
-    for needle in (NAME, "qx9"):
+    # The folders below the top, whole: a bare "qx9" turns up by chance in the ledger's base64
+    # signatures, failing the test at random.
+    for needle in (NAME, "interim_qx9", "aside_qx9", "scratch_qx9"):
         assert not [w for w in written if needle in w], needle
     assert "6 exact cop" in " ".join(written[1].split())
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
