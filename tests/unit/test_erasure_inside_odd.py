@@ -550,3 +550,102 @@ def test_zeros_and_blocks_that_are_no_header_are_read_once_for_a_tar(monkeypatch
         assert sum(read) <= len(data) + CHUNK
         assert len(tried) <= blocks_tried + 2  # and the end, tried twice
         assert embedded_archives._tar_start(io.BytesIO(data)) == (-1 if blocks_tried == 0 else 0)
+
+
+# Past the first 4 KiB: GNU tar reads a file block by block, each block whose checksum is right
+# taken for a header. A first header that lost its magic (its checksum then wrong: ``tar -x``
+# says "This does not look like a tar archive" and skips on) hides nothing after it, however far
+# the next header lies.
+
+
+def _tars_whose_first_header_lost_its_magic(photo: bytes) -> dict[str, bytes]:
+    """Tars of a first member of 10 KiB (binary data, a text), its header's magic lost, then
+    ``photo``: their first good header lies past their first 4 KiB."""
+    scan, minutes = _data(10 << 10), (b"minutes of the meeting " * 500)[: 10 << 10]
+    lost = bytearray(_tar_of(("scan.bin", scan), ("photo.png", photo)))
+    lost_text = bytearray(_tar_of(("minutes.txt", minutes), ("photo.png", photo)))
+    for tar in (lost, lost_text):
+        tar[257:265] = bytes(8)  # the first header's magic lost (its checksum wrong then)
+    return {
+        "magic-lost.tar": bytes(lost),
+        "magic-lost-text.tar": bytes(lost_text),
+        "magic-lost.tar.gz": gzip.compress(bytes(lost)),
+    }
+
+
+def _stop_the_erasure_and_fail_the_verifier(proj, tars_of, photo_in) -> None:
+    """Each of the tars ``tars_of`` makes of the erased photograph (``photo_in`` what ``tar
+    -xif`` extracts of one) stops the erasure and is listed by doctor; with them taken out it
+    certifies, and the verifier fails while they are back. The same tars of another subject's
+    photograph stop nothing."""
+    victim, png, theirs = _photos(proj)
+    folder = proj.paths.root / "data" / "shared_for_colleague"
+    folder.mkdir(parents=True)
+    made = {folder / n: d for n, d in tars_of(png).items()}
+    kept = {folder / f"other-{n}": d for n, d in tars_of(theirs).items()}
+    for path, data in {**made, **kept}.items():
+        assert photo_in(path.name, data) in (png, theirs), path.name
+        path.write_bytes(data)
+    _, done = stopped_then_certified(proj, victim, made, kept)
+    assert verify_certificate(done.certificate_path, root=proj.paths.root).ok
+    put_back_fails_the_verifier(proj, done, made)
+
+
+def test_a_tar_whose_first_header_lost_its_magic_stops_the_erasure(proj):
+    """Each extracted by GNU tar 1.34 (``tar -x``: "This does not look like a tar archive",
+    "Skipping to next header", then photo.png); each certified clean before (no magic in the
+    first 4 KiB: not read)."""
+    _stop_the_erasure_and_fail_the_verifier(
+        proj,
+        _tars_whose_first_header_lost_its_magic,
+        lambda name, data: _extracted(data)["photo.png"],
+    )
+
+
+def _binary_files_installed(per_suffix: int) -> list[Path]:
+    """Files of the Python installation that are no text, up to ``per_suffix`` of each suffix:
+    the standard library's and some packages' shared libraries, compiled modules, images, fonts,
+    sounds, archives, arrays, ONNX models, MATLAB and IDL files."""
+    import importlib.util
+    import os
+    import sysconfig
+
+    packages = ("numpy", "scipy", "PIL", "pyarrow", "onnx", "matplotlib", "sklearn")
+    folders = [Path(sysconfig.get_paths()["stdlib"]) / "lib-dynload"] + [
+        Path(spec.origin).parent for name in packages if (spec := importlib.util.find_spec(name))
+    ]
+    found: dict[str, list[Path]] = {}
+    for folder in folders:
+        for parent, _, names in sorted(os.walk(folder)):
+            for name in sorted(names):
+                path = Path(parent) / name
+                kept = found.setdefault(path.suffix, [])
+                if len(kept) < per_suffix and path.is_file() and not path.is_symlink():
+                    with open(path, "rb") as fh:
+                        if b"\x00" in fh.read(embedded.SNIFF):
+                            kept.append(path)
+    return [path for kept in found.values() for path in kept]
+
+
+def test_random_bytes_common_files_and_texts_of_octal_numbers_are_not_taken_for_a_tar():
+    """A header is told by its numeric fields (56 bytes of octal digits, white space and
+    NULs): none in 2,000 random first 4 KiB (16,000 blocks), in the binary files of the Python
+    installation (none a tar; up to 100 of each suffix, 800), nor in a text of octal numbers
+    (``od``'s dump), read as text."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        assert embedded.kind(rng.randbytes(embedded.SNIFF)) != embedded.TAR
+    files = _binary_files_installed(100)
+    assert len(files) > 500
+    for path in files:
+        with open(path, "rb") as fh:
+            first = fh.read(embedded.SNIFF)
+        assert not embedded._tar_blocks(first) or first[:512] == bytes(512), path
+    od = "".join(
+        f"{i * 16:07o} {' '.join(f'{rng.randrange(8**6):06o}' for _ in range(8))}\n"
+        for i in range(300)
+    )
+    assert embedded.kind(od.encode()) == embedded.TEXT
+    assert embedded.kind(od.encode()[: embedded.SNIFF]) == embedded.TEXT

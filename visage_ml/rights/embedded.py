@@ -62,8 +62,9 @@ its MP index does not declare (or more than 64), or with a trailer neither an MP
 (SEF), a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does, its first too, and
-zero blocks before it as ``tar -i`` skips them: :data:`TAR_BLOCK`; one whose first header lost
-its magic and whose next lies past its first :data:`SNIFF` bytes is not told a tar; a damaged or
+zero blocks before it as ``tar -i`` skips them: :data:`TAR_BLOCK`; one whose first header was
+overwritten whole, its numeric fields too, and whose next lies past its first :data:`SNIFF`
+bytes is not told a tar; a damaged or
 encrypted SQLite database is not shown clean; its
 ``-wal`` file is read with it, as SQLite does; one whose freed space holds a deleted
 photograph's start is not shown clean either), of rows deleted but left in freed pages what
@@ -157,12 +158,31 @@ TAR_MAGIC, TAR_AT = b"ustar", 257
 # one and extracts the members after it, as it does past one in the middle; ``tar -i`` skips
 # zero blocks too, which end a tar otherwise (an empty tar before it: ``cat empty.tar
 # photos.tar``, 10 KiB of zeros; one written at an offset into a zeroed file). Such a file is
-# told a tar where its first block is zeros, or where a header's whole magic (POSIX's and pax's
-# ``ustar\0`` and ``00``, GNU's ``ustar  \0``: a NUL in each, so never a text's) begins a
-# later block of its first bytes (:func:`_tar_later`), and read from the first block bearing it
-# (:func:`~visage_ml.rights.embedded_archives._tar_start`).
+# told a tar where its first block is zeros, or where a block of its first bytes bears a header:
+# a header's whole magic (POSIX's and pax's ``ustar\0`` and ``00``, GNU's ``ustar  \0``: a NUL
+# in each, so never a text's) at a later block, or, in any block, a header's numeric fields as
+# tar writes them (:data:`TAR_NUMBERS`: a header whose magic was lost, its checksum wrong then)
+# (:func:`_tar_blocks`), and read from the first block bearing a header's magic
+# (:func:`~visage_ml.rights.embedded_archives._tar_start`), however far.
 TAR_BLOCK = 512
 TAR_MAGICS = (b"ustar\x0000", b"ustar  \x00")
+# A header's numeric fields, where they lie and whether tar writes a digit in them: mode, uid,
+# gid, size, mtime, checksum; each in octal, its digits between white space or NULs (a uid, a
+# gid, an mtime may be left blank), or, but the mode and the checksum, in base 256 (GNU tar's
+# for a large value: its first byte 0x80 or 0xff). Each of 56 bytes in 14 of 256 values: no
+# other binary file bears them so by chance (none of the Python installation's does), nor a
+# text (a header holds NULs: its name's padding, its fields' ends).
+TAR_NUMBERS = (
+    (100, 108, True, False),
+    (108, 116, False, True),
+    (116, 124, False, True),
+    (124, 136, True, True),
+    (136, 148, False, True),
+    (148, 156, True, False),
+)
+_TAR_OCTAL = re.compile(rb"[0-7\s\x00]*")
+_TAR_DIGIT = re.compile(rb"[0-7]")
+TAR_BASE256 = (0x80, 0xFF)
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00")
 BZIP2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 # Streams with no file format around them, as libraries write caches: zstd's frame
@@ -482,9 +502,11 @@ def kind(first: bytes) -> str | None:
         return BINARY
     if embedded_formats.holds_as_is(first):  # Arrow, HDF5, LMDB, TFRecord: read as an array is
         return BINARY
-    if _tar_later(first):  # after the formats above: an HDF5 file's user block may be zeros
-        return TAR
     text = _text(first)
+    # After the formats above (an HDF5 file's user block may be zeros); never a text's (a
+    # header holds NULs): a text of octal numbers is read as text.
+    if not text and _tar_blocks(first):
+        return TAR
     if _old_pickle(first, text=text):
         return BINARY
     return TEXT if text else None
@@ -534,16 +556,38 @@ _OLD_READERS: dict[Any, Callable[[IO[bytes]], object]] = {
 _OLD_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes if op.proto <= 1}
 
 
-def _tar_later(first: bytes) -> bool:
+def _tar_blocks(first: bytes) -> bool:
     """Whether a file beginning with ``first`` (no tar's magic at byte 257) may be a tar GNU tar
-    reads members of (:data:`TAR_BLOCK`): its first block zeros, or a later block of ``first``
-    beginning a header with its whole magic (:data:`TAR_MAGICS`)."""
+    reads members of (:data:`TAR_BLOCK`): its first block zeros, or a block of ``first`` bearing
+    a header (:func:`_tar_header`)."""
     if first[:TAR_BLOCK] == bytes(TAR_BLOCK):
         return True
-    return any(
-        first[at : at + len(TAR_MAGICS[0])] in TAR_MAGICS
-        for at in range(TAR_BLOCK + TAR_AT, len(first), TAR_BLOCK)
-    )
+    return any(_tar_header(first, at) for at in range(0, len(first), TAR_BLOCK))
+
+
+def _tar_header(first: bytes, at: int) -> bool:
+    """Whether the block of ``first`` at ``at`` bears a header: a header's whole magic
+    (:data:`TAR_MAGICS`; past the first block, where :func:`_magic_kind` looks), or its numeric
+    fields as tar writes them (:func:`_tar_numbers`)."""
+    if at and first[at + TAR_AT : at + TAR_AT + len(TAR_MAGICS[0])] in TAR_MAGICS:
+        return True
+    return _tar_numbers(first[at : at + TAR_NUMBERS[-1][1]])
+
+
+def _tar_numbers(head: bytes) -> bool:
+    """Whether ``head``, a block's first bytes, bears a header's numeric fields as tar writes
+    them (:data:`TAR_NUMBERS`), with a NUL among them or before: a header whose magic (its
+    checksum then) was damaged is still told one. The checksum's field first: other bytes are
+    seldom all octal digits, white space and NULs there."""
+    if len(head) < TAR_NUMBERS[-1][1] or b"\x00" not in head:
+        return False
+    for start, end, digit, base256 in reversed(TAR_NUMBERS):
+        field = head[start:end]
+        if base256 and field[0] in TAR_BASE256:
+            continue
+        if _TAR_OCTAL.fullmatch(field) is None or (digit and _TAR_DIGIT.search(field) is None):
+            return False
+    return True
 
 
 def _magic_kind(first: bytes) -> str | None:
@@ -1083,12 +1127,14 @@ def _arrow_inflated(data: bytes, limit: int, codec: str) -> bytes | None:
 
 def _holds_files(first: bytes) -> str | None:
     """:func:`kind` of a part beginning with ``first`` when it holds other files as they are or
-    compressed (:func:`_magic_kind`; a tar not begun by a header too, :func:`_tar_later`), or is
-    a pickle (:data:`BINARY`); None for a text (the file it lies in is read as text already), an
-    array's bytes and what holds none."""
+    compressed (:func:`_magic_kind`; a tar not begun by a header too, :func:`_tar_blocks`), or
+    is a pickle (:data:`BINARY`); None for a text (the file it lies in is read as text already),
+    an array's bytes and what holds none."""
     if PICKLE_MAGIC.match(first):
         return BINARY
-    return _magic_kind(first) or (TAR if _tar_later(first) else None)
+    if (what := _magic_kind(first)) is not None:
+        return what
+    return TAR if not _text(first) and _tar_blocks(first) else None
 
 
 def _value(
@@ -1249,7 +1295,7 @@ def _latin1_holds_files(data: Buffer, start: int, end: int, depth: int, floor: i
         return False
     # A tar's magic and a PDF's header are ASCII: as they are in the UTF-8, a few bytes on.
     near = start, min(end, start + 2 * KIND_SNIFF)
-    # Zeros first: a tar may follow them (:func:`_tar_later`).
+    # Zeros first: a tar may follow them (:func:`_tar_blocks`).
     if (
         _holds_files(head) is None
         and head.strip(b"\x00")
