@@ -15,11 +15,13 @@ bytes together, matching neither), so both the copies step and the verifier miss
 from __future__ import annotations
 
 import base64
+import bz2
 import gzip
 import hashlib
 import io
 import json
 import lzma
+import pickle
 import tarfile
 import zipfile
 from pathlib import Path
@@ -27,6 +29,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rights_fakes import make_project
 from test_erasure_inside import (  # noqa: F401 - a fixture
     _photos,
@@ -518,7 +522,9 @@ def test_a_tar_not_begun_by_a_good_header_stops_the_erasure_and_fails_the_verifi
 def test_zeros_and_blocks_that_are_no_header_are_read_once_for_a_tar(monkeypatch):
     """Crafted, or a preallocated file: zeros with no header after them, each read once in the
     search for one (not walked by tarfile, 2 to 4 us a block); blocks each bearing a header's
-    magic with its checksum wrong, each tried as a header once. Neither holds anything."""
+    magic with its checksum wrong, each tried as a header once; V7 headers each with its
+    checksum wrong (one as tar writes it, in octal), each read once, none tried (their sums
+    compared at once). None holds anything."""
     from visage_ml.io import CHUNK
     from visage_ml.rights import embedded_archives
 
@@ -530,6 +536,14 @@ def test_zeros_and_blocks_that_are_no_header_are_read_once_for_a_tar(monkeypatch
         return real(cls, buf, encoding, errors)
 
     monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(frombuf))
+    checked: list[bytes] = []
+    real_checksummed = embedded._tar_checksummed
+
+    def checksummed(block):
+        checked.append(block)
+        return real_checksummed(block)
+
+    monkeypatch.setattr(embedded, "_tar_checksummed", checksummed)
     read: list[int] = []
 
     class Counted(io.BytesIO):
@@ -542,13 +556,17 @@ def test_zeros_and_blocks_that_are_no_header_are_read_once_for_a_tar(monkeypatch
     bad = bytearray(4 << 20)
     for at in range(0, len(bad), 512):
         bad[at + 257 : at + 265] = b"ustar\x0000"  # a header's magic, its checksum not right
-    for data, blocks_tried in ((zeros, 0), (bytes(bad), len(bad) // 512)):
+    v7 = bytearray(_v7_tar((b"photo.png", b"")))[:512]
+    v7[148:156] = b"%06o\x00 " % (int(v7[148:154], 8) + 1)
+    for data, blocks_tried in ((zeros, 0), (bytes(bad), len(bad) // 512), (bytes(v7) * 8192, 0)):
         assert embedded.kind(data[: embedded.SNIFF]) == embedded.TAR
         tried.clear()
         read.clear()
+        checked.clear()
         assert list(embedded.inside_file(Counted(data), embedded.TAR)) == []
         assert sum(read) <= len(data) + CHUNK
         assert len(tried) <= blocks_tried + 2  # and the end, tried twice
+        assert checked == []
         assert embedded_archives._tar_start(io.BytesIO(data)) == (-1 if blocks_tried == 0 else 0)
 
 
@@ -649,3 +667,106 @@ def test_random_bytes_common_files_and_texts_of_octal_numbers_are_not_taken_for_
     )
     assert embedded.kind(od.encode()) == embedded.TEXT
     assert embedded.kind(od.encode()[: embedded.SNIFF]) == embedded.TEXT
+
+
+# A tar of the old V7 format (GNU tar's ``--format=v7``): no magic, each header told by its
+# checksum, as GNU tar and tarfile tell every header.
+
+
+def _v7_tar(*members: tuple[bytes, bytes]) -> bytes:
+    """What ``tar --format=v7 -cf`` writes of ``members`` (owned by root, mode 644; compared
+    byte for byte with GNU tar 1.34's): headers with no magic."""
+    out = bytearray()
+    for name, data in members:
+        header = bytearray(512)
+        header[: len(name)] = name
+        header[100:124] = b"0000644\x00" + b"0000000\x00" * 2  # mode, uid, gid
+        header[124:148] = b"%011o\x00" % len(data) + b"%011o\x00" % 0o15305555733  # size, mtime
+        header[329:345] = b"0000000\x00" * 2  # devmajor, devminor: GNU tar writes them
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\x00 " % sum(header)
+        out += header + data + bytes(-len(data) % 512)
+    out += bytes(1024)
+    return bytes(out + bytes(-len(out) % 10240))
+
+
+def _v7_tars(photo: bytes) -> dict[str, bytes]:
+    """V7 tars holding ``photo``: as tar writes one, after an empty tar, its first header
+    damaged (its checksum wrong) and its next past its first 4 KiB, compressed; pickled (a
+    ``bytes`` value, and a protocol-2 string: ``torch.save``'s), the photograph bzip2-compressed
+    in it (a PNG lying as it is in a pickle is found anyway, in a gzip or xz stream too: a
+    photograph does not compress, and is stored)."""
+    minutes = b"minutes of the meeting " * 30
+    v7 = _v7_tar((b"notes.txt", minutes), (b"photo.png", photo))
+    damaged = bytearray(_v7_tar((b"scan.bin", _data(10 << 10)), (b"photo.png", photo)))
+    damaged[148:156] = b"9999999\x00"
+    compressed = _v7_tar((b"notes.txt", minutes), (b"photo.png.bz2", bz2.compress(photo)))
+    return {
+        "v7.tar": v7,
+        "v7-after-empty.tar": bytes(10240) + v7,
+        "v7-damaged-first.tar": bytes(damaged),
+        "v7.tar.xz": lzma.compress(v7),
+        "v7.pkl": pickle.dumps({"backup": compressed}, protocol=4),
+        "v7-protocol-2.pkl": pickle.dumps({"backup": compressed}, protocol=2),
+    }
+
+
+def _v7_photo(name: str, data: bytes) -> bytes:
+    """The photograph ``tar -xif`` extracts of ``data`` (of its pickled tar, decompressed)."""
+    if name.endswith(".pkl"):
+        return bz2.decompress(_extracted(pickle.loads(data)["backup"])["photo.png.bz2"])
+    return _extracted(data)["photo.png"]
+
+
+def test_a_v7_tar_stops_the_erasure_and_fails_the_verifier(proj):
+    """Each extracted by GNU tar 1.34 (the one after an empty tar with ``-i``; the damaged one
+    after "Skipping to next header"); each certified clean before but the xz-compressed one
+    (tarfile opened the stream as a tar, by its first header's checksum)."""
+    _stop_the_erasure_and_fail_the_verifier(proj, _v7_tars, _v7_photo)
+
+
+# How a checksum's field is written: GNU tar's and tarfile's ``%06o\0 ``; seven digits, leading
+# spaces, a tab (other writers', old tars'); then any bytes a field is made of, and others.
+_CHECKSUM_FORMATS = (b"%06o\x00 ", b"%07o\x00", b"%06o  ", b"  %05o\x00", b"\t%o \x00", b"%o")
+_FIELD_BYTES = st.binary(min_size=8, max_size=8).map(
+    lambda b: bytes(b"01234567 \t\x00\n9x"[c % 13] for c in b)
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    st.binary(min_size=512, max_size=512),
+    st.sampled_from(range(len(_CHECKSUM_FORMATS))),
+    st.sampled_from([0, 0, 1, -1, 8, 64]),
+    st.booleans(),
+    _FIELD_BYTES,
+    st.booleans(),
+)
+def test_a_block_is_a_header_by_its_checksum_exactly_as_tarfile_reads_it(
+    block, fmt, off, signed, field, any_field
+):
+    """The scan takes a block for a header by its checksum (in the first 4 KiB of a file, and
+    where it looks for a tar's first header, a MiB at a time) exactly where tarfile reads one:
+    the octal number in its checksum field the sum of its bytes, that field taken for spaces
+    (unsigned or signed, as tarfile and GNU tar take it)."""
+    from visage_ml.rights import embedded_archives
+
+    block = bytearray(block)
+    if any_field:
+        block[148:156] = field
+    else:
+        block[148:156] = b" " * 8
+        unsigned, signed_sum = tarfile.calc_chksums(bytes(block))
+        number = (signed_sum if signed else unsigned) + off
+        written = _CHECKSUM_FORMATS[fmt] % abs(number) if number >= 0 else b"-%o" % -number
+        block[148:156] = written[:8].ljust(8, b"\x00")
+    block = bytes(block)
+    try:
+        expected = tarfile.nti(block[148:156]) in tarfile.calc_chksums(block)
+    except tarfile.HeaderError:
+        expected = False
+    if block[148:156].strip(b" \t\n\x00").startswith(b"-"):
+        expected = False  # no tar writes a negative checksum (GNU tar reads none; tarfile does)
+    assert embedded._tar_checksummed(block) == expected
+    data = bytes(range(256)) * 4 + block + bytes(512)
+    assert embedded_archives._tar_start(io.BytesIO(data)) == (1024 if expected else -1)
