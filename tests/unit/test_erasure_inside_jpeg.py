@@ -77,6 +77,37 @@ def _multi_angle(arr: np.ndarray, *, views: int = 7) -> bytes:
     return buf.getvalue()
 
 
+def _spaced(mpo: bytes, gaps: list[bytes]) -> bytes:
+    """A multi-picture file with ``gaps[i]`` between its JPEG ``i`` and the next (MPF puts each
+    image where its MP entry says, its offset from the MP header: a camera may pad them), its MP
+    entries' offsets and sizes written to match (Pillow's are wrong past the second image)."""
+    images = mpo.replace(b"\xff\xd9\xff\xd8\xff", b"\xff\xd9\n\xff\xd8\xff").split(b"\xff\xd9\n")
+    images = [image + b"\xff\xd9" for image in images[:-1]] + images[-1:]
+    base = mpo.index(b"MPF\x00") + 4  # the MP header (a TIFF header): offsets count from it
+    order = "big" if mpo[base : base + 2] == b"MM" else "little"
+
+    def u(at: int, n: int = 4) -> int:
+        return int.from_bytes(mpo[at : at + n], order)
+
+    ifd = base + u(base + 4)
+    tags = {u(e, 2): e for e in range(ifd + 2, ifd + 2 + 12 * u(ifd, 2), 12)}
+    table = base + u(tags[0xB002] + 8)  # each entry: attribute, size, offset, dependents
+    assert u(tags[0xB001] + 8) == len(images) == len(gaps) + 1
+    first, at = bytearray(images[0]), 0
+    for i, image in enumerate(images):
+        entry = table + 16 * i
+        first[entry + 4 : entry + 12] = b"".join(
+            n.to_bytes(4, order) for n in (len(image), at - base if i else 0)
+        )
+        at += len(image) + (len(gaps[i]) if i < len(gaps) else 0)
+    return bytes(first) + b"".join(g + image for g, image in zip(gaps, images[1:], strict=True))
+
+
+# Bytes a camera or a tool may leave between a file's JPEGs, or before its trailer: zeros that
+# align the next one, and a few others.
+PADDING = [bytes(4096), b"\x5a\x17\xc3\x00\x9e"]
+
+
 def _box(kind: bytes, payload: bytes, *, size: int | None = None) -> bytes:
     """An ISO-BMFF box (an MP4's): its size (4 bytes, big-endian; ``size=1``: 8 more bytes hold
     it; ``size=0``: it runs to the end of the file), its type, then ``payload``."""
@@ -97,14 +128,25 @@ def _video(arr: np.ndarray, *, mdat_size: int | None = None) -> bytes:
 
 
 def _motion_photo(
-    arr: np.ndarray, *, gain_map: bool = False, mdat_size: int | None = None
+    arr: np.ndarray,
+    *,
+    gain_map: bool = False,
+    mdat_size: int | None = None,
+    padding: int = 0,
+    views: int = 0,
 ) -> bytes:
     """A phone's motion photo as a Pixel writes it (Google's Motion Photo format): the
     photograph, with ``gain_map`` an Ultra HDR one (its gain map a JPEG right after its EOI,
     MPF), then the video (:func:`_video`) to the file's end; the photograph's XMP names the
-    video's length (``Container:Directory``)."""
+    video's length (``Container:Directory``). ``padding``: so many bytes between the photograph
+    and the video, as its item says (``Item:Padding``). ``views``: a multi-picture file of so
+    many JPEGs (:func:`_multi_angle`) before the video."""
     video = _video(arr, mdat_size=mdat_size)
-    if gain_map:
+    if views:
+        pictures = _multi_angle(arr, views=views)
+        primary = pictures[: pictures.index(b"\xff\xd9\xff\xd8") + 2]
+        rest = pictures[len(primary) :]
+    elif gain_map:
         buf = io.BytesIO()
         small = Image.fromarray(np.ascontiguousarray(arr[::2, ::2, 0]))
         Image.fromarray(arr).save(
@@ -115,9 +157,9 @@ def _motion_photo(
         rest = pictures[len(primary) :]
     else:
         primary, rest = _jpeg(arr), b""
-    items = [(b"image/jpeg", b"Primary", 0)]
-    items += [(b"image/jpeg", b"GainMap", len(rest))] if rest else []
-    items += [(b"video/mp4", b"MotionPhoto", len(video))]
+    items = [(b"image/jpeg", b"Primary", 0, padding)]
+    items += [(b"image/jpeg", b"GainMap", len(rest), 0)] if rest else []
+    items += [(b"video/mp4", b"MotionPhoto", len(video), 0)]
     xmp = (
         b'http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
         b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
@@ -128,7 +170,7 @@ def _motion_photo(
         b'GCamera:MotionPhotoPresentationTimestampUs="0"><Container:Directory><rdf:Seq>'
         + b"".join(
             b'<rdf:li rdf:parseType="Resource"><Container:Item Item:Mime="%s" '
-            b'Item:Semantic="%s" Item:Length="%d"/></rdf:li>' % item
+            b'Item:Semantic="%s" Item:Length="%d" Item:Padding="%d"/></rdf:li>' % item
             for item in items
         )
         + b"</rdf:Seq></Container:Directory></rdf:Description></rdf:RDF></x:xmpmeta>"
@@ -136,7 +178,7 @@ def _motion_photo(
     # After APP0 (JFIF) and before the MPF segment, whose offsets are from its own header.
     app0_end = 4 + int.from_bytes(primary[4:6], "big")
     app1 = b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp
-    return primary[:app0_end] + app1 + primary[app0_end:] + rest + video
+    return primary[:app0_end] + app1 + primary[app0_end:] + rest + bytes(padding) + video
 
 
 def _sef_block(kind: int, name: bytes, value: bytes) -> bytes:
@@ -145,20 +187,28 @@ def _sef_block(kind: int, name: bytes, value: bytes) -> bytes:
     return b"\x00\x00" + kind.to_bytes(2, "little") + len(name).to_bytes(4, "little") + name + value
 
 
-def _samsung(arr: np.ndarray, *, video: bool = True) -> bytes:
-    """A photograph as a Galaxy writes it (as ExifTool's Samsung.pm reads it): the JPEG, then its
-    trailer (SEF): its blocks one after another (with ``video``, a motion photo's, an MP4 in a
-    ``MotionPhoto_Data`` block; every photograph's: the time it was taken, the network's country
-    code, the camera's mode), then their directory (``SEFH``, a version, how many blocks, for
-    each its type, how far before the directory it begins and its length), the directory's
-    length and ``SEFT``."""
+def _samsung(
+    arr: np.ndarray,
+    *,
+    video: bool | bytes = True,
+    pictures: bytes | None = None,
+    padding: bytes = b"",
+) -> bytes:
+    """A photograph as a Galaxy writes it (as ExifTool's Samsung.pm reads it): the JPEG (or the
+    JPEGs of ``pictures``), then its trailer (SEF): its blocks one after another (with ``video``,
+    a motion photo's, an MP4 in a ``MotionPhoto_Data`` block, or those bytes; every photograph's:
+    the time it was taken, the network's country code, the camera's mode), then their directory
+    (``SEFH``, a version, how many blocks, for each its type, how far before the directory it
+    begins and its length), the directory's length and ``SEFT``. ``padding``: bytes between the
+    photograph and its trailer (the directory says where each block lies)."""
     blocks = [
         _sef_block(0x0A01, b"Image_UTC_Data", b"1700513181420"),
         _sef_block(0x0AA1, b"MCC_Data", b"310"),
         _sef_block(0x0C61, b"Camera_Capture_Mode_Info", b"1"),
     ]
     if video:
-        blocks.insert(0, _sef_block(0x0A30, b"MotionPhoto_Data", _video(arr)))
+        clip = video if isinstance(video, bytes) else _video(arr)
+        blocks.insert(0, _sef_block(0x0A30, b"MotionPhoto_Data", clip))
     body = b"".join(blocks)
     at = [sum(len(b) for b in blocks[:i]) for i in range(len(blocks))]
     entries = b"".join(  # each: its type, how far before the directory it begins, its length
@@ -166,7 +216,8 @@ def _samsung(arr: np.ndarray, *, video: bool = True) -> bytes:
         for b, a in zip(blocks, at, strict=True)
     )
     head = b"SEFH" + (106).to_bytes(4, "little") + len(blocks).to_bytes(4, "little") + entries
-    return _jpeg(arr) + body + head + len(head).to_bytes(4, "little") + b"SEFT"
+    photo = (_jpeg(arr) if pictures is None else pictures) + padding
+    return photo + body + head + len(head).to_bytes(4, "little") + b"SEFT"
 
 
 ENCODINGS = {
@@ -179,6 +230,14 @@ ENCODINGS = {
     "motion-photo-gain-map": lambda arr: _motion_photo(arr, gain_map=True, mdat_size=1),
     "samsung": lambda arr: _samsung(arr, video=False),
     "samsung-motion-photo": _samsung,
+    # Bytes between its JPEGs, or before its video or trailer.
+    "multi-picture-padded": lambda arr: _spaced(_multi_picture(arr), PADDING),
+    "multi-angle-padded": lambda arr: _spaced(_multi_angle(arr), [PADDING[1]] * 6),
+    "motion-photo-padded": lambda arr: _motion_photo(arr, padding=len(PADDING[0])),
+    "samsung-padded": lambda arr: _samsung(arr, video=False, padding=PADDING[1] + PADDING[0]),
+    # More than four JPEGs, as their first declares, then a video or trailer.
+    "multi-angle-motion-photo": lambda arr: _motion_photo(arr, views=6),
+    "multi-angle-samsung": lambda arr: _samsung(arr, pictures=_multi_angle(arr)),
 }
 
 
@@ -268,6 +327,15 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
         assert Image.open(io.BytesIO(photo)).format == "JPEG"
         assert photo.endswith(b"SEFT")
         assert (b"MotionPhoto_Data" in photo) == encoding.endswith("motion-photo")
+    if encoding.endswith("-padded"):  # bytes right after an EOI, before what follows it
+        assert any(b"\xff\xd9" + pad[:16] in photo for pad in PADDING)
+    if encoding in ("multi-picture-padded", "multi-angle-padded"):
+        shown = Image.open(io.BytesIO(photo))  # each JPEG where its MP entry says
+        for frame in range(shown.n_frames):
+            shown.seek(frame)
+            shown.load()
+    if encoding.startswith("multi-angle-"):  # more than four JPEGs, then a video or trailer
+        assert Image.open(io.BytesIO(photo)).mpinfo[0xB001] in (6, 7)
     folder = proj.paths.root / "data" / "shared_for_colleague"
     folder.mkdir(parents=True)
     made = {folder / n: d for n, d in _holders(photo, theirs[:2]).items()}
@@ -438,8 +506,8 @@ def test_a_multi_angle_file_among_jpegs_one_after_another_is_found_by_its_size(t
     """A camera's multi-picture files of more than four JPEGs (seven, and the most taken as
     declared, MPF_DECLARED) among a data set's JPEGs one right after another: each is found
     where its size is sought, from the file (mapped) as in memory, the run its first JPEG
-    declares and no other stretch given. One that declares more JPEGs than follow it, or whose
-    run is broken by bytes between its JPEGs, gives nothing more."""
+    declares and no other stretch given. One that declares more JPEGs than follow it gives
+    nothing more; one with bytes between its JPEGs (a camera may pad them) is found."""
     rng = np.random.default_rng(3)
     pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
     photos = [_jpeg(p) for p in pixels[:3]]
@@ -452,13 +520,13 @@ def test_a_multi_angle_file_among_jpegs_one_after_another_is_found_by_its_size(t
     jpegs = [g for g in embedded_photos._jpegs(column, sizes) if g.count(b"\xff\xd8\xff") == 1]
     assert len(jpegs) == 3 + 7 + most  # each JPEG alone, and no run but the two sought
     assert [g for g in embedded_photos._jpegs(column, sizes) if g not in jpegs] == cameras
-    # Cut short (its last JPEG gone), or a byte between two of its JPEGs: not that size.
+    # Cut short (its last JPEG gone): not that size. A byte between two of its JPEGs: found.
     cut = cameras[0][: cameras[0].rindex(b"\xff\xd8\xff")]
+    sizes = _Sought(set(range(len(cut) + 1)))
+    assert cut not in list(embedded_photos._jpegs(_npy(cut), sizes))
     second = cameras[0].index(b"\xff\xd8\xff", 1)
     gap = cameras[0][:second] + b"\x00" + cameras[0][second:]
-    for broken in (cut, gap):
-        sizes = _Sought(set(range(len(broken) + 1)))
-        assert broken not in list(embedded_photos._jpegs(_npy(broken), sizes))
+    assert gap in list(embedded_photos._jpegs(_npy(gap), _Sought({len(gap)})))
 
 
 def _declaring(n: int) -> bytes:
@@ -519,6 +587,62 @@ def test_a_motion_photo_among_jpegs_one_after_another_is_found_by_its_size(tmp_p
     assert list(embedded_photos._jpegs(_npy(cut)))[-1] == cut[: cut.rindex(b"moov") - 4]
 
 
+def test_jpegs_with_bytes_between_them_are_found_by_their_size(tmp_path, monkeypatch):
+    """A phone's multi-picture file with bytes between its JPEGs (each where its MP entry says),
+    a motion photo with padding before its video (``Item:Padding``), a Galaxy's photograph with
+    bytes before its trailer, among a data set's JPEGs one right after another: each is found
+    where its size is sought, from the file (mapped) as in memory, and no other stretch given.
+    More than GAP_MAX bytes between (here made small) and they are not."""
+    rng = np.random.default_rng(4)
+    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(7)]
+    photos = [_jpeg(p) for p in pixels[:4]]
+    padded = [
+        _spaced(_multi_picture(pixels[4]), PADDING),
+        _motion_photo(pixels[5], padding=len(PADDING[0])),
+        _samsung(pixels[6], padding=PADDING[1] + PADDING[0]),
+    ]
+    column = _npy(b"".join(x for pair in zip(photos, [*padded, b""], strict=True) for x in pair))
+    sizes = _Sought({len(p) for p in padded})
+    assert {_sha(p) for p in padded} <= _found_alike(tmp_path, column, sizes)
+    given = list(embedded_photos._jpegs(column, sizes))
+    assert [g for g in given if len(g) in sizes.sizes] == padded
+    assert len(given) == 4 + 3 + 1 + 1 + len(padded)  # each JPEG alone, and the three sought
+    monkeypatch.setattr(embedded_photos, "GAP_MAX", len(PADDING[0]) - 1)
+    assert not {_sha(p) for p in padded} & _found_alike(tmp_path, column, sizes)
+
+
+def test_a_samsung_trailer_of_any_length_is_found(tmp_path):
+    """A Galaxy's photograph whose trailer is over 64 MiB (its motion photo's video), among other
+    JPEGs: found where its size is sought, from the file (mapped) as in memory; the stretch,
+    too large to hold, hashed a MiB at a time."""
+    rng = np.random.default_rng(5)
+    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    clip = _video(pixels[2]) + bytes(embedded.EMBED_MAX)
+    galaxy = _samsung(pixels[2], video=clip)
+    column = _npy(_jpeg(pixels[0]) + galaxy + _jpeg(pixels[1]))
+    sizes = _Sought({len(galaxy)})
+    assert _sha(galaxy) in _found_alike(tmp_path, column, sizes)
+    assert _sha(galaxy) in list(embedded_photos._jpegs(column, sizes))  # as its SHA-256
+
+
+def test_jpegs_with_bytes_between_them_are_joined_in_bounded_work(monkeypatch):
+    """Crafted: tiny JPEGs, a byte between each two, every size sought: a few sizes asked a
+    JPEG, each byte given in a few runs (as for JPEGs one right after another). And with many
+    ``ftyp`` between them (a video's first box, none that walks): each is tried once."""
+    read = _counted(monkeypatch, "_video_ends")
+    tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
+    k, n = embedded_photos.MPF_IMAGES, 20_000
+    data = b"\x80\x04" + (tiny + b"\x00") * n
+    sizes = _Sought(set(range(len(data) + 1)))
+    given = sum(len(found) for found in embedded_photos._jpegs(data, sizes))
+    assert sizes.asked <= (k - 1) * n
+    assert given <= len(data) * k * (k + 1) // 2
+    boxes = b"\x80\x04" + (tiny + b"\xff\xff\xff\xffftyp" * 100) * (n // 100)
+    sizes = _Sought(set(range(len(boxes) + 1)))
+    list(embedded_photos._jpegs(boxes, sizes))
+    assert len(read) == 100 * (n // 100)
+
+
 def _counted(monkeypatch, name: str) -> list[int]:
     """Where ``embedded_photos.<name>(data, at)`` is called from, each call appended to the list
     returned; the limit on image starts raised (a crafted file's work is what is measured)."""
@@ -538,8 +662,9 @@ def test_a_video_after_jpegs_is_walked_once_however_many_jpegs_reach_it(monkeypa
     """Crafted: tiny JPEGs, each lying in a box whose end is the next one's EOI (one chain of
     boxes from the first JPEG's EOI to the end, reached from every JPEG's EOI); and tiny JPEGs
     each followed by a long chain of its own. Each box is read about once, and each byte given
-    a few times (every size sought: to the last box's end and to the one's before), not once for
-    each JPEG before it."""
+    a few times (every size sought: in runs of up to MPF_IMAGES JPEGs, a box's header between
+    two, and to the last box's end and to the one's before), not once for each JPEG before it;
+    no run goes over a video (the JPEG after it is another file's)."""
     read = _counted(monkeypatch, "_box_end")
     tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
     n = 20_000
@@ -551,7 +676,10 @@ def test_a_video_after_jpegs_is_walked_once_however_many_jpegs_reach_it(monkeypa
         given = sum(len(found) for found in embedded_photos._jpegs(data, sizes))
         assert len(read) <= 2 * len(data) // 8
         assert sizes.asked <= 2 * embedded_photos.MPF_IMAGES * (n + 1)
-        assert len(data) < given <= 3 * len(data)  # the JPEGs, then each with its chain
+        k = embedded_photos.MPF_IMAGES
+        # The runs (a box's header between two JPEGs), then each JPEG with its chain.
+        assert len(data) < given <= (k * (k + 1) // 2 + 2) * len(data)
+    assert given <= 3 * len(chained)  # each JPEG, then with its own chain: no run over one
 
 
 def test_a_samsung_photograph_among_jpegs_one_after_another_is_found_by_its_size(tmp_path):
@@ -574,19 +702,18 @@ def test_a_samsung_photograph_among_jpegs_one_after_another_is_found_by_its_size
     assert given == galaxy
 
 
-def test_samsung_trailers_are_read_once_however_many_photographs_wait_for_one(monkeypatch):
+def test_samsung_trailers_are_read_once_however_many_photographs_precede_them(monkeypatch):
     """Crafted: tiny JPEGs each followed by a trailer's first block, then many ``SEFT`` markers
     after them, each with a directory naming where a trailer begins: each marker is read once,
-    not once for each JPEG waiting, and each byte given a few times (every size sought). More
-    JPEGs waiting at once than :data:`SEF_WAITING`, more markers than image starts the file may
-    hold, or trailers one within another giving the file over and over, and it is not read to
-    its end (not shown clean)."""
+    not once for each JPEG before it, and each byte given a few times (every size sought). More
+    markers than image starts the file may hold, or trailers one within another giving the file
+    over and over, and it is not read to its end (not shown clean)."""
     read = _counted(monkeypatch, "_sef_start")
     tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
     block = _sef_block(0x0A01, b"Image_UTC_Data", b"")
     n = 2_000
     waiting = b"\x80\x04" + (tiny + block) * n
-    # Each directory names the block right before it: none of the JPEGs' EOIs.
+    # Each directory names the bytes right before it: no block's head, after no JPEG's EOI.
     head = b"SEFH" + bytes(4) + (1).to_bytes(4, "little") + block[:4] + (8).to_bytes(4, "little")
     head += (8).to_bytes(4, "little")
     data = waiting + (head + len(head).to_bytes(4, "little") + b"SEFT") * (20 * n)
@@ -594,16 +721,17 @@ def test_samsung_trailers_are_read_once_however_many_photographs_wait_for_one(mo
     given = sum(len(found) for found in embedded_photos._jpegs(data, sizes))
     assert len(read) == 20 * n
     assert given <= 2 * len(data)
-    # Their own trailers: each JPEG's, then the next JPEG.
-    own = b"\x80\x04" + b"".join(_samsung(np.full((8, 8, 3), i, np.uint8)) for i in range(50))
+    # Their own trailers: each JPEG's, then the next JPEG (another file: no run of JPEGs goes
+    # over a trailer).
+    photos = [_samsung(np.full((8, 8, 3), i, np.uint8)) for i in range(50)]
+    own = b"\x80\x04" + b"".join(photos)
     read.clear()
     given = [g for g in embedded_photos._jpegs(own, sizes) if g.endswith(b"SEFT")]
-    assert len(read) == len(given) == 50
-    for limit, value in [("SEF_WAITING", n - 1), ("STARTS_FLOOR", 10 * n)]:
-        with monkeypatch.context() as m:
-            m.setattr(embedded_photos, limit, value)
-            with pytest.raises(embedded.TooManyStarts):
-                list(embedded_photos._jpegs(data, sizes))
+    assert len(read) == 50 and given == photos
+    with monkeypatch.context() as m:
+        m.setattr(embedded_photos, "STARTS_FLOOR", 10 * n)
+        with pytest.raises(embedded.TooManyStarts):
+            list(embedded_photos._jpegs(data, sizes))
     # Trailers one within another, each from its own EOI (the last directory names the first
     # EOI): each would give most of the file.
     ends = [2 + (i + 1) * len(tiny + block) - len(block) for i in range(n)]
@@ -615,6 +743,7 @@ def test_samsung_trailers_are_read_once_however_many_photographs_wait_for_one(mo
         nested += head + len(head).to_bytes(4, "little") + b"SEFT"
     with pytest.raises(embedded.TooManyStarts):
         list(embedded_photos._jpegs(bytes(nested), sizes))
-    monkeypatch.setattr(embedded_photos, "SEF_GIVEN", n)
+    # (Each from the runs its EOI ends: the JPEG, and up to three before it, a block between.)
+    monkeypatch.setattr(embedded_photos, "SEF_GIVEN", embedded_photos.MPF_IMAGES * n)
     given = sum(len(g) for g in embedded_photos._jpegs(bytes(nested), sizes))
     assert given > len(nested) * n // 4  # what the bound keeps from being given

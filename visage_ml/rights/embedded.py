@@ -20,9 +20,9 @@ padded or not, its slashes escaped as JSON may write them, ``\\/``); the copies 
 matching run out of it and keeps
 the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
 JPEG (SOI to EOI, :func:`~visage_ml.rights.embedded_photos._jpegs`; a phone's multi-picture file,
-its JPEGs one right after another; a motion photo, its video's MP4 boxes after them; a Galaxy's
-photograph, Samsung's trailer after it) lies as it is, and is found so; a pickle's ``bytes`` values
-of a size sought are compared whole, whatever their format (a
+its JPEGs one after another, padding between them too; a motion photo, its video's MP4 boxes
+after them; a Galaxy's photograph, Samsung's trailer after it) lies as it is, and is found so;
+a pickle's ``bytes`` values of a size sought are compared whole, whatever their format (a
 GIF, a WebP, a sealed file: :func:`_pickled_values`; a pickle of protocol 2, ``torch.save``'s,
 holds each as a latin-1 string's UTF-8: those of a size sought or that hold a PNG's or a JPEG's
 signature are decoded first, :func:`_pickled`; one of protocol 0 or 1, told by its first
@@ -57,9 +57,9 @@ uint8) or one pyarrow cannot read (what lies in it as it is is still found), an 
 chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compressed with GZIP is
 a gzip file), a PDF's streams encrypted or compressed otherwise than deflated first (LZW;
 ASCII85, then deflated) and an image it re-encoded (a PNG always is: its pixels are deflated, not
-its file), a phone's multi-picture file with bytes between its JPEGs or of more than four that
-its MP index does not declare (or more than 64), or with a trailer neither an MP4 nor Samsung's
-(SEF), a compressed stream
+its file), a phone's multi-picture file of more than four JPEGs that its MP index does not
+declare (or more than 64), with more than a MiB between its JPEGs or before its video or
+trailer, or with a trailer neither an MP4 nor Samsung's (SEF), a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does, its first too, and
 zero blocks before it as ``tar -i`` skips them, a V7 tar's headers told by their checksum:
@@ -1230,11 +1230,15 @@ def _photographs(
 ) -> Iterator[str]:
     """:func:`_part` of each PNG and JPEG lying in ``data`` as it is (a multi-picture file's
     JPEGs together, a motion photo with its video, a Galaxy's with its trailer, where its size
-    is sought)."""
+    is sought); a stretch too large to hold comes as its SHA-256, its size sought already
+    (:func:`~visage_ml.rights.embedded_photos._given`)."""
     from visage_ml.rights import embedded_photos
 
     for found in itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data, sizes)):
-        yield from _part(found, sizes, depth, budget)
+        if isinstance(found, str):
+            yield found
+        else:
+            yield from _part(found, sizes, depth, budget)
 
 
 def _signed(data: Buffer) -> Callable[[int, int], bool]:

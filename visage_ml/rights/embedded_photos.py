@@ -1,21 +1,24 @@
 """PNGs and JPEGs lying as they are in a file (:func:`_pngs`, signature to IEND; :func:`_jpegs`, SOI
-to EOI, and a phone's multi-picture file: its JPEGs one right after another, a motion photo's video,
-an MP4, or a Galaxy's trailer after them): a pickle's or an array's bytes, an image column of a data
-set's container, a PDF's image (a DCTDecode stream is the JPEG's own bytes). Each is walked from
-where one may begin, by its chunks' or segments' lengths, a stretch no walk ends in walked once, and
-no more starts than a file of its size holds (:class:`~visage_ml.rights.embedded.TooManyStarts`): a
-crafted file is read in time linear in its size, a mapped one in memory of a few pages."""
+to EOI, and a phone's multi-picture file: its JPEGs one after another, padding between them too, a
+motion photo's video, an MP4, or a Galaxy's trailer after them): a pickle's or an array's bytes, an
+image column of a data set's container, a PDF's image (a DCTDecode stream is the JPEG's own bytes).
+Each is walked from where one may begin, by its chunks' or segments' lengths, a stretch no walk
+ends in walked once, and no more starts than a file of its size holds
+(:class:`~visage_ml.rights.embedded.TooManyStarts`): a crafted file is read in time linear in its
+size, a mapped one in memory of a few pages."""
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import re
 import struct
 from array import array
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
+from visage_ml.io import CHUNK
 from visage_ml.rights import embedded
-from visage_ml.rights.embedded_mapping import LET_GO, Buffer, _let_go, _Map
+from visage_ml.rights.embedded_mapping import LET_GO, Buffer, _find, _let_go, _Map
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND"
@@ -46,6 +49,14 @@ MPF_COUNT_TAG = 0xB001
 MPF_TAGS = 8
 MPF_DECLARED = 64
 MPF_GIVEN = 8
+# Bytes a file may hold between its JPEGs, or between its last EOI and its video or trailer (a
+# camera placing each image where its MP entry says, Google's ``Item:Padding`` before a motion
+# photo's video, a tool's alignment or junk): the JPEGs of a run (:data:`MPF_IMAGES`,
+# :data:`MPF_DECLARED`) are taken to lie so far apart at most, and a video or trailer so far
+# after the last one's EOI. A run's bytes are given a few times at most however far apart its
+# JPEGs lie: the bound keeps what a stretch holds besides them, and the search for a video after
+# an EOI, short.
+GAP_MAX = 1 << 20
 # An ISO-BMFF file (an MP4: a motion photo's video, after its JPEGs) is its top-level boxes one
 # after another, each its size (4 bytes, big-endian, its header's included; 1: the 8 bytes after
 # its type hold it; 0: it runs to the end of the file), then its type, 4 printable ASCII
@@ -57,20 +68,16 @@ BMFF_FIRST = b"ftyp"
 # length (4 bytes, little-endian as all here) and name, then its value; then its directory:
 # ``SEFH``, a version, how many blocks, for each 12 bytes (its type, how far before the
 # directory it begins, its length), then the directory's length and ``SEFT`` (as ExifTool's
-# Samsung.pm reads it). Only the directory says where the blocks end: a trailer is found from its
-# end (:class:`_Trailers`).
+# Samsung.pm reads it). Only the directory says where the blocks lie: a trailer is found from its
+# end, however long (:class:`_Trailers`).
 SEF_BLOCK = re.compile(rb"\x00\x00..([\x01-\xff])\x00\x00\x00", re.DOTALL)  # a name under 256
 SEF_NAME = re.compile(rb"[\x20-\x7e]+")
 SEF_HEAD, SEF_END = b"SEFH", b"SEFT"
-SEF_END_AT = re.compile(re.escape(SEF_END))
-# A trailer is taken to be at most so long (a motion photo's video of a few seconds), its
-# directory to list so many blocks at most; so many photographs' ends at most wait for theirs at
-# once, and the stretches given to trailers' ends are so many times the file's size at most
-# (trailers do not overlap: crafted ones one within another, each from its own EOI, would give
-# the file over and over; more: :class:`~visage_ml.rights.embedded.TooManyStarts`).
-SEF_MAX = 64 << 20
+# A directory is taken to list so many blocks at most, and the stretches given to trailers' ends
+# are so many times the file's size at most (trailers do not overlap: crafted ones one within
+# another, each from its own EOI, would give the file over and over; more:
+# :class:`~visage_ml.rights.embedded.TooManyStarts`).
 SEF_BLOCKS = 256
-SEF_WAITING = 4096
 SEF_GIVEN = 8
 
 
@@ -280,7 +287,8 @@ def _video_ends(data: Buffer, at: int) -> tuple[int, ...]:
 
 def _sef_start(data: Buffer, at: int) -> int:
     """Where the Samsung trailer whose ``SEFT`` lies at ``at`` begins (the block its directory
-    puts furthest before it), or -1 where no directory lies before it."""
+    puts furthest before it), or -1 where no directory lies before it or no block's head lies
+    where it says."""
     n = int.from_bytes(data[at - 4 : at], "little") if at >= 4 else 0
     head = at - 4 - n
     if not 24 <= n < 0x10000 or head < 0 or data[head : head + 4] != SEF_HEAD:
@@ -289,65 +297,175 @@ def _sef_start(data: Buffer, at: int) -> int:
     if not 0 < count <= min(SEF_BLOCKS, (n - 12) // 12):
         return -1
     back = max(struct.unpack_from(f"<{3 * count}I", data, head + 12)[1::3])
-    return head - back if back <= head else -1
+    start = head - back
+    block = SEF_BLOCK.match(data, start) if back <= head else None
+    if block is None or SEF_NAME.fullmatch(data, start + 8, start + 8 + block[1][0]) is None:
+        return -1
+    return start
+
+
+class _Given:
+    """Bytes yet to be given in stretches that nothing in a file's structure keeps from lying
+    over one another many times (declared runs, trailers): so many times the file's size; more
+    is crafted (:class:`~visage_ml.rights.embedded.TooManyStarts`)."""
+
+    def __init__(self, times: int, size: int) -> None:
+        self.left = times * size
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise embedded.TooManyStarts
+
+
+def _given(data: Buffer, start: int, stop: int) -> bytes | str:
+    """``data[start:stop]``, or, over :data:`~visage_ml.rights.embedded.EMBED_MAX`, its SHA-256
+    (hex), hashed a :data:`~visage_ml.io.CHUNK` at a time: a trailer of a gigabyte is not held."""
+    if stop - start <= embedded.EMBED_MAX:
+        return data[start:stop]
+    h = hashlib.sha256()
+    for at in range(start, stop, CHUNK):
+        h.update(data[at : min(at + CHUNK, stop)])
+        _let_go(data, at)
+    return h.hexdigest()
+
+
+class _Found:
+    """The JPEGs :func:`_jpegs` has found, in order: where each begins and ends, the first of its
+    chain (the JPEGs each beginning within :data:`GAP_MAX` of the EOI before it, no video or
+    trailer between: the JPEG after a motion photo's video begins another file), and the starts
+    of the runs their first JPEG declared that end with it (:data:`MPF_DECLARED`). A video or a
+    trailer found after a JPEG (:func:`_videos`, :class:`_Trailers`) is given from the start of
+    each run that JPEG ends (:meth:`runs`). 24 bytes a JPEG, and no more JPEGs than image starts a
+    file of its size holds."""
+
+    def __init__(self) -> None:
+        self.starts, self.ends, self.chain = array("q"), array("q"), array("q")
+        self.declared: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def add(self, at: int, end: int, *, linked: bool) -> int:
+        """The JPEG from ``at`` to ``end`` (after the last one found; ``linked``: no video or
+        trailer between them): its index."""
+        j = len(self.starts)
+        linked = linked and j > 0 and at - self.ends[j - 1] <= GAP_MAX
+        self.chain.append(self.chain[j - 1] if linked else j)
+        self.starts.append(at)
+        self.ends.append(end)
+        return j
+
+    def before(self, j: int) -> array[int]:
+        """Where the JPEGs of its chain right before the JPEG ``j`` begin (the last
+        :data:`MPF_IMAGES` - 1): the runs it ends, besides itself."""
+        return self.starts[max(self.chain[j], j - MPF_IMAGES + 1) : j]
+
+    def runs(self, j: int) -> list[int]:
+        """Where each run of JPEGs that the JPEG ``j`` ends begins: those :meth:`before` it,
+        itself, then those their first declared."""
+        return [*self.before(j), self.starts[j], *self.declared.get(j, ())]
+
+    def followed(self, at: int) -> int:
+        """The JPEG after whose EOI what begins at ``at`` lies (a trailer): the last to end at or
+        before it, within :data:`GAP_MAX`, no JPEG beginning between; -1 where none does."""
+        j = bisect.bisect_right(self.ends, at) - 1
+        if j < 0 or at - self.ends[j] > GAP_MAX:
+            return -1
+        return j if j + 1 == len(self.starts) or self.starts[j + 1] >= at else -1
+
+
+def _video_after(data: Buffer, end: int, before: int) -> tuple[int, ...]:
+    """Where the video after a JPEG ending at ``end`` may end (:func:`_video_ends`): the first
+    ``ftyp`` box that begins at its EOI or after bytes between (within :data:`GAP_MAX`, and
+    before ``before``, where the next JPEG begins), and walks. Each box sought is told in a few
+    comparisons; the stretch searched is the one between the two JPEGs, once."""
+    last = min(before - 1, end + GAP_MAX)  # where the box may begin at the latest
+    at = data.find(BMFF_FIRST, end + 4, last + 8)
+    while at >= 0:
+        if stops := _video_ends(data, at - 4):
+            return stops
+        at = data.find(BMFF_FIRST, at + 1, last + 8)
+    return ()
+
+
+def _videos(
+    data: Buffer,
+    found: _Found,
+    before: int,
+    video_end: int,
+    sizes: embedded.SizeFilter | None,
+    give: _Given,
+) -> Generator[bytes | str, None, int]:
+    """The stretches from each start of the runs the last JPEG found ends (:meth:`_Found.runs`)
+    to where the video after it may end (:func:`_video_after`; ``before``: where the next JPEG
+    begins), given when ``sizes`` may seek their size; it returns where the last video walked
+    ends: where it was (``video_end``) when none is after it, or when that JPEG's EOI lies within
+    it (a JPEG in its boxes: the walk would go over them again). A declared run's stretches are
+    spent from ``give``."""
+    j = len(found) - 1
+    end = found.ends[j]
+    if end < video_end or not (stops := _video_after(data, end, before)):
+        return video_end
+    ran = len(found.runs(j)) - len(found.declared.get(j, ()))
+    for stop in stops:
+        for k, start in enumerate(found.runs(j)):
+            if sizes is None or sizes.may_match(stop - start):
+                if k >= ran:
+                    give.spend(stop - start)
+                yield _given(data, start, stop)
+    return stops[-1]
 
 
 class _Trailers:
-    """The Samsung trailers (SEF) after the JPEGs of ``data`` (:func:`_jpegs`). Each EOI a
-    block's head follows waits, with the starts of the run of JPEGs it ends, for the trailer that
-    begins there; each ``SEFT`` marker after one that waits is read once, in order, where the
-    trailer it ends begins is told by its directory (:func:`_sef_start`), and the stretch from
-    each start waiting there to its end is given when ``sizes`` may seek its size. An EOI waits
-    until the markers have been looked for :data:`SEF_MAX` past it; no more than
-    :data:`SEF_WAITING` wait at once, no more markers are read than image starts a file of its
-    size holds, and no more bytes given than :data:`SEF_GIVEN` times its size
-    (:class:`~visage_ml.rights.embedded.TooManyStarts`)."""
+    """The Samsung trailers (SEF) after the JPEGs of ``data`` (:func:`_jpegs`). Each ``SEFT``
+    marker after the first JPEG's EOI is found once (the next one looked for ahead, not at each
+    JPEG) and read once, in order: where the trailer it ends begins is
+    told by its directory (:func:`_sef_start`), the JPEG it follows by where the JPEGs found end
+    (:meth:`_Found.followed`: right after its EOI, or after bytes between), and the stretch from
+    each start of the runs that JPEG ends (:meth:`_Found.runs`) to the marker's end is given when
+    ``sizes`` may seek its size, however long the trailer (one over
+    :data:`~visage_ml.rights.embedded.EMBED_MAX` as its SHA-256: :func:`_given`). No more
+    markers are read than image starts a file of its size holds, and no more bytes given than
+    :data:`SEF_GIVEN` times its size (:class:`~visage_ml.rights.embedded.TooManyStarts`)."""
 
-    def __init__(self, data: Buffer) -> None:
-        self.data = data
-        self.waiting: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # EOI: its run's starts
-        self.read_to = 0  # the markers before this were read
+    def __init__(self, data: Buffer, found: _Found) -> None:
+        self.data, self.found = data, found
+        self.next = -1  # the next marker (-1: not looked for yet; len(data): none)
+        self.last = -1  # where the last trailer found after a JPEG ends
         self.left = _starts_allowed(data)  # markers yet to be read
-        self.give = SEF_GIVEN * len(data)  # bytes yet to be given
+        self.give = _Given(SEF_GIVEN, len(data))
 
-    def wait(self, end: int, starts: tuple[int, ...]) -> None:
-        """The JPEGs beginning at ``starts`` end at ``end``: a trailer may begin there."""
-        data = self.data
-        m = SEF_BLOCK.match(data, end)
-        if m is None or SEF_NAME.fullmatch(data, end + 8, end + 8 + m[1][0]) is None:
-            return
-        if len(self.waiting) >= SEF_WAITING:
-            raise embedded.TooManyStarts
-        self.waiting[end] = starts
+    def _after(self, at: int) -> int:
+        found = _find(self.data, SEF_END, at)
+        return found if found >= 0 else len(self.data)
 
-    def ended(self, before: int, sizes: embedded.SizeFilter | None) -> Iterator[bytes]:
-        """The stretches from the starts waiting to the end of each trailer whose ``SEFT`` marker
-        lies before ``before`` (where the next JPEG begins: no EOI after it waits yet)."""
-        data, waiting = self.data, self.waiting
-        while waiting:
-            first = next(iter(waiting))
-            stop = min(before, first + SEF_MAX)
-            at = _search(data, SEF_END_AT, max(self.read_to, first), stop)
-            if at < 0:
-                self.read_to = max(self.read_to, stop)
-                if stop == before:
-                    return
-                del waiting[first]  # no trailer of its within SEF_MAX
-                continue
-            self.read_to = at + len(SEF_END)
+    def ended(self, before: int, sizes: embedded.SizeFilter | None) -> Iterator[bytes | str]:
+        """The stretches to the end of each trailer whose ``SEFT`` marker ends by ``before``
+        (where the next JPEG begins: the JPEGs found are those before it)."""
+        data, found = self.data, self.found
+        if self.next < 0:
+            if not len(found):
+                return
+            self.next = self._after(found.ends[0])
+        while self.next + len(SEF_END) <= before:
+            at = self.next + len(SEF_END)
+            self.next = self._after(at)
             self.left -= 1
             if self.left < 0:
                 raise embedded.TooManyStarts
-            starts = waiting.pop(_sef_start(data, at), ())
-            for start in starts:
-                if sizes is None or sizes.may_match(self.read_to - start):
-                    self.give -= self.read_to - start
-                    if self.give < 0:
-                        raise embedded.TooManyStarts
-                    yield data[start : self.read_to]
+            start = _sef_start(data, at - len(SEF_END))
+            j = found.followed(start) if start >= 0 else -1
+            if j < 0:
+                continue
+            self.last = at
+            for run in found.runs(j):
+                if sizes is None or sizes.may_match(at - run):
+                    self.give.spend(at - run)
+                    yield _given(data, run, at)
 
 
-def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[bytes]:
+def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[bytes | str]:
     """Each JPEG lying in ``data`` as it is (a pickle's bytes, an array's, a PDF's image), SOI
     to EOI: marker segments by their lengths (an EXIF thumbnail, a JPEG itself, lies within
     one: its EOI is not the photograph's), each scan's entropy-coded data to the marker after
@@ -360,60 +478,62 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     (:class:`~visage_ml.rights.embedded.TooManyStarts`).
 
     A phone's multi-picture file (MPF: a photograph, then a gain map, a depth map... each a
-    JPEG, the file ending with the last one's EOI) is its JPEGs one right after another: where
-    a JPEG begins at the EOI of the one before, it also ends the run begun by each of the
-    :data:`MPF_IMAGES` - 1 before it, and such a run is given when ``sizes`` may seek its size
-    (every one without ``sizes``). That is a few sizes asked a JPEG, and no bytes but those of a
-    run of a size sought: where sizes are not known (every one may match), a JPEG lying in such
-    runs is given 10 times in all at most (1 + 2 + 3 + 4: once alone, in two runs of two...),
-    not once for each JPEG before it (a data set's image column holds its JPEGs one right after
-    another). A camera's file of more than :data:`MPF_IMAGES` (multi-angle, a multi-frame
-    panorama) says how many it holds, in its first JPEG's MP index (:func:`_mpf_declared`): where
-    that declares more, the run of as many JPEGs from it, up to :data:`MPF_DECLARED`, is given
-    too when ``sizes`` may seek its size (one more size asked for such a JPEG, and bytes given in
-    such runs :data:`MPF_GIVEN` times the file's size at most:
+    JPEG, the file ending with the last one's EOI) is its JPEGs one after another, each right
+    after the one before or after bytes between (a camera puts each where its MP entry says, and
+    may pad them; :data:`GAP_MAX` at most): where a JPEG begins so after the EOI of the one
+    before, it also ends the run begun by each of the :data:`MPF_IMAGES` - 1 before it, and such
+    a run is given when ``sizes`` may seek its size (every one without ``sizes``). That is a few
+    sizes asked a JPEG, and no bytes but those of a run of a size sought: where sizes are not
+    known (every one may match), a JPEG lying in such runs is given 10 times in all at most (1 +
+    2 + 3 + 4: once alone, in two runs of two...), and the bytes between them 6, not once for each
+    JPEG before it (a data set's image column holds its JPEGs one right after another, a PDF its
+    images a few hundred bytes apart). A camera's file of more than :data:`MPF_IMAGES`
+    (multi-angle, a multi-frame panorama) says how many it holds, in its first JPEG's MP index
+    (:func:`_mpf_declared`): where that declares more, the run of as many JPEGs from it, up to
+    :data:`MPF_DECLARED`, is given too when ``sizes`` may seek its size (one more size asked for
+    such a JPEG, and bytes given in such runs :data:`MPF_GIVEN` times the file's size at most:
     :class:`~visage_ml.rights.embedded.TooManyStarts`).
 
     A motion photo (Google's Motion Photo format, a Pixel's default; the older ``MVIMG_`` files) is
     its JPEG or JPEGs (an Ultra HDR photograph's gain map after it) then its video to the file's
-    end, an MP4 (the photograph's XMP names its length; its boxes say where it ends): where the
-    bytes right after a JPEG's EOI are an ISO-BMFF ``ftyp`` box, the video's top-level boxes are
-    walked by their sizes (:func:`_video_ends`), and the stretch from each start of the run that
-    JPEG ends (itself, and the :data:`MPF_IMAGES` - 1 before it) to the end of the last box, and to
-    that of the box before it (bytes after the video may read as one more box), is given when
-    ``sizes`` may seek its size. No walk begins from an EOI within the boxes the last one went over
-    (a JPEG in a video's boxes: tiny JPEGs, each in a box ending at the next one's EOI, reached one
-    chain to the end from each, walked over and over): each box is read about once, and each byte
-    given in 2 x :data:`MPF_IMAGES` such stretches at most. A last box of size 0 (to the end of the
-    file; phones write its size) ends where ``data`` does (an array's last bytes; in a pickle or a
-    PDF, the stretch is not the video's).
+    end, an MP4 (the photograph's XMP names its length, and the bytes of padding before it; its
+    boxes say where it ends): where an ISO-BMFF ``ftyp`` box begins after a JPEG's EOI, right
+    after it or after bytes between, before the next JPEG (:func:`_video_after`), the video's
+    top-level boxes are walked by their sizes (:func:`_video_ends`), and the stretch from each
+    start of the runs that JPEG ends to the end of the last box, and to that of the box before it
+    (bytes after the video may read as one more box), is given when ``sizes`` may seek its size
+    (:func:`_videos`). No walk begins from an EOI within the boxes the last one went over (a JPEG
+    in a video's boxes: tiny JPEGs, each in a box ending at the next one's EOI, reached one chain
+    to the end from each, walked over and over): each box is read about once, and each byte given
+    in 2 x :data:`MPF_IMAGES` such stretches at most, or as a declared run's. A last box of size 0
+    (to the end of the file; phones write its size) ends where ``data`` does (an array's last
+    bytes; in a pickle or a PDF, the stretch is not the video's).
 
     A Galaxy's photograph (its motion photo's video in a ``MotionPhoto_Data`` block, the time it was
     taken...) is its JPEG or JPEGs then Samsung's trailer (SEF), which ends with its directory, the
-    only part that says where its blocks lie: where a block's head follows a JPEG's EOI, each
-    ``SEFT`` after it is read, its directory telling where its trailer begins, and where that is the
-    EOI, the stretch from each start of the run to the ``SEFT``'s end is given when ``sizes`` may
-    seek its size (:class:`_Trailers`: each ``SEFT`` marker read once, however many EOIs wait). Not
-    found: bytes between a JPEG's EOI and its video or trailer, or between its JPEGs, more than
-    :data:`MPF_IMAGES` JPEGs that the first does not declare, or more than :data:`MPF_DECLARED`,
-    more than :data:`MPF_IMAGES` followed by a video or trailer, a trailer of neither kind
-    (Samsung's older ``QDIO`` one), a Samsung trailer over :data:`SEF_MAX` or of more than
+    only part that says where its blocks lie: each ``SEFT`` after a JPEG's EOI is read once, its
+    directory telling where its trailer begins, and where that is a JPEG's EOI or within
+    :data:`GAP_MAX` after it, the stretch from each start of the runs that JPEG ends to the
+    ``SEFT``'s end is given when ``sizes`` may seek its size, however long (:class:`_Trailers`).
+    Not found: more than :data:`MPF_IMAGES` JPEGs that the first does not declare, or more than
+    :data:`MPF_DECLARED`, more than :data:`MPF_IMAGES` followed by a video or trailer, more than
+    :data:`GAP_MAX` bytes between a file's JPEGs or before its video or trailer, a trailer of
+    neither kind (Samsung's older ``QDIO`` one), a Samsung trailer of more than
     :data:`SEF_BLOCKS` blocks.
+
+    A stretch over :data:`~visage_ml.rights.embedded.EMBED_MAX` is given as its SHA-256 (hex):
+    :func:`_given`.
     """
     dead = _Marks()  # offsets from which no EOI is reached
     ends: _ScanEnds | None = None
     size = len(data)
     allowed = _starts_allowed(data)
-    # Where the last JPEGs found, each beginning at the EOI of the one before, begin (the last
-    # :data:`MPF_IMAGES` - 1), and where the last ends.
-    run: deque[int] = deque(maxlen=MPF_IMAGES - 1)
-    run_end = -1
-    count = 0  # how many JPEGs the run holds so far
-    # By the count at which it ends, the start of each run a first JPEG declared (MPF_DECLARED).
+    found = _Found()
+    # By the JPEG at which it ends, the start of each run a first JPEG declared (MPF_DECLARED).
     due: dict[int, list[int]] = {}
-    give = MPF_GIVEN * size  # bytes yet to be given in such runs
+    give = _Given(MPF_GIVEN, size)  # bytes yet to be given in such runs
     video_end = 0  # where the last video walked after a JPEG's EOI ends
-    trailers = _Trailers(data)
+    trailers = _Trailers(data, found)
     at = _search(data, JPEG_START, 0)
     while at >= 0:
         allowed -= 1
@@ -422,14 +542,14 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
         _let_go(data, at)
         if ends is not None:
             ends.forget(at)
-        end, walked, found, declared = at + 2, [], False, 0
+        end, walked, whole, declared = at + 2, [], False, 0
         while end + 2 <= size and end not in dead:
             walked.append(end)
             code = data[end + 1]
             if data[end] != 0xFF or code in (0x00, 0xFF, JPEG_SOI):
                 break
             if code == JPEG_EOI:
-                end, found = end + 2, True
+                end, whole = end + 2, True
                 break
             if code in JPEG_ALONE:
                 end += 2
@@ -443,40 +563,38 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
             if code == JPEG_SOS:
                 ends = ends if ends is not None else _ScanEnds(data)
                 end = ends.end(end)
-        if found:
-            yield from trailers.ended(at, sizes)
+        if whole:
+            # The video after the last one found (before this one), and the trailers that end
+            # before this one: this one begins another chain after either.
+            linked = len(found) > 0
+            # (A box's header, 8 bytes, fits between them: else no video lies there.)
+            if linked and at - found.ends[-1] >= 8:
+                walked_to = yield from _videos(data, found, at, video_end, sizes, give)
+                linked, video_end = walked_to == video_end, walked_to
+            if trailers.next < 0 or trailers.next + len(SEF_END) <= at:  # (a marker before it)
+                yield from trailers.ended(at, sizes)
+            linked = linked and trailers.last < found.ends[-1]
             yield data[at:end]
-            if at != run_end:
-                run.clear()
+            j = found.add(at, end, linked=linked)
+            if found.chain[j] == j:
                 due.clear()
-                count = 0
-            count += 1
-            for start in run:
+            for start in found.before(j):
                 if sizes is None or sizes.may_match(end - start):
                     yield data[start:end]
-            # The run of as many JPEGs as a first one declared ends here (one of more than
+            # The runs of as many JPEGs as a first one declared end here (each of more than
             # MPF_IMAGES: a shorter one was given above); this one's declared run, later.
-            for start in due.pop(count, ()):
-                if sizes is None or sizes.may_match(end - start):
-                    give -= end - start
-                    if give < 0:
-                        raise embedded.TooManyStarts
-                    yield data[start:end]
+            if (runs := due.pop(j, None)) is not None:
+                found.declared[j] = runs
+                for start in runs:
+                    if sizes is None or sizes.may_match(end - start):
+                        give.spend(end - start)
+                        yield _given(data, start, end)
             if declared > MPF_IMAGES:
-                due.setdefault(count + min(declared, MPF_DECLARED) - 1, []).append(at)
-            # A video after the run's last EOI (a motion photo's), unless that EOI lies within
-            # the last one walked (a JPEG in its boxes: the walk would go over them again).
-            if end >= video_end and (stops := _video_ends(data, end)):
-                video_end = stops[-1]
-                for stop in stops:
-                    for start in (*run, at):
-                        if sizes is None or sizes.may_match(stop - start):
-                            yield data[start:stop]
-            trailers.wait(end, (*run, at))
-            run.append(at)
-            run_end = end
+                due.setdefault(j + min(declared, MPF_DECLARED) - 1, []).append(at)
             at = _search(data, JPEG_START, end)
             continue
         dead.update(walked)
         at = _search(data, JPEG_START, at + 1)
+    if len(found):
+        yield from _videos(data, found, size, video_end, sizes, give)
     yield from trailers.ended(size, sizes)
