@@ -18,6 +18,7 @@ import hashlib
 import io
 import pickle
 import tracemalloc
+import types
 
 import numpy as np
 import pytest
@@ -106,6 +107,12 @@ def _spaced(mpo: bytes, gaps: list[bytes]) -> bytes:
 # Bytes a camera or a tool may leave between a file's JPEGs, or before its trailer: zeros that
 # align the next one, and a few others.
 PADDING = [bytes(4096), b"\x5a\x17\xc3\x00\x9e"]
+
+
+def _burst(arr: np.ndarray, *, frames: int = 6) -> bytes:
+    """More than four JPEGs one right after another whose first declares no count (no MP index):
+    a burst's frames saved as one file (``cat``), as a viewer shows the first."""
+    return b"".join(_jpeg(np.roll(arr, k, axis=1)) for k in range(frames))
 
 
 def _box(kind: bytes, payload: bytes, *, size: int | None = None) -> bytes:
@@ -235,9 +242,11 @@ ENCODINGS = {
     "multi-angle-padded": lambda arr: _spaced(_multi_angle(arr), [PADDING[1]] * 6),
     "motion-photo-padded": lambda arr: _motion_photo(arr, padding=len(PADDING[0])),
     "samsung-padded": lambda arr: _samsung(arr, video=False, padding=PADDING[1] + PADDING[0]),
-    # More than four JPEGs, as their first declares, then a video or trailer.
+    # More than four JPEGs: their first declares no count, or a video or trailer follows them.
+    "burst": _burst,
     "multi-angle-motion-photo": lambda arr: _motion_photo(arr, views=6),
     "multi-angle-samsung": lambda arr: _samsung(arr, pictures=_multi_angle(arr)),
+    "burst-samsung": lambda arr: _samsung(arr, video=False, pictures=_burst(arr)),
 }
 
 
@@ -334,6 +343,8 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
         for frame in range(shown.n_frames):
             shown.seek(frame)
             shown.load()
+    if "burst" in encoding:  # six JPEGs, the first without an MP index
+        assert photo.count(b"\xff\xd8\xff") == 6 and b"MPF\x00" not in photo
     if encoding.startswith("multi-angle-"):  # more than four JPEGs, then a video or trailer
         assert Image.open(io.BytesIO(photo)).mpinfo[0xB001] in (6, 7)
     folder = proj.paths.root / "data" / "shared_for_colleague"
@@ -477,7 +488,8 @@ def test_a_multi_picture_file_among_jpegs_one_after_another_is_found_by_its_size
 def test_jpegs_one_after_another_are_joined_in_bounded_work(monkeypatch):
     """A crafted file of tiny JPEGs one right after another, every size of their runs sought: a
     few sizes asked a JPEG, and each JPEG's bytes given in the runs of up to
-    :data:`MPF_IMAGES` JPEGs that hold it (10 times), not once for each JPEG before it."""
+    :data:`MPF_IMAGES` JPEGs that hold it (10 times), not once for each JPEG before it (the run
+    from the first of them is given as its SHA-256, hashed as it goes)."""
     monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
     tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
     n = 50_000
@@ -485,9 +497,9 @@ def test_jpegs_one_after_another_are_joined_in_bounded_work(monkeypatch):
     sizes = _Sought(set(range(0, len(data) + 1, len(tiny))))
     given = 0
     for found in embedded_photos._jpegs(data, sizes):
-        given += len(found)
+        given += len(found) if isinstance(found, bytes) else 0
     k = embedded_photos.MPF_IMAGES
-    assert sizes.asked <= (k - 1) * n
+    assert sizes.asked <= k * n
     assert len(data) * k < given <= len(data) * k * (k + 1) // 2  # runs of 1 to k JPEGs each
 
 
@@ -550,12 +562,12 @@ def test_declared_runs_of_jpegs_are_given_in_bounded_work(monkeypatch):
     given = 0
     with pytest.raises(embedded.TooManyStarts):
         for found in embedded_photos._jpegs(every, sizes):
-            given += len(found)
+            given += len(found) if isinstance(found, bytes) else 0
     assert given <= len(every) * (k * (k + 1) // 2 + embedded_photos.MPF_GIVEN)
     files = b"\x80\x04" + (_declaring(16) + _declaring(0) * 15) * (n // 16)
     sizes = _Sought(set(range(len(files) + 1)))
-    given = sum(len(found) for found in embedded_photos._jpegs(files, sizes))
-    assert sizes.asked <= (k - 1) * n + n // 16
+    given = sum(len(g) for g in embedded_photos._jpegs(files, sizes) if isinstance(g, bytes))
+    assert sizes.asked <= k * n + n // 16  # and the run from the first of them all
     assert given <= len(files) * (k * (k + 1) // 2 + 1)
 
 
@@ -641,6 +653,64 @@ def test_jpegs_with_bytes_between_them_are_joined_in_bounded_work(monkeypatch):
     sizes = _Sought(set(range(len(boxes) + 1)))
     list(embedded_photos._jpegs(boxes, sizes))
     assert len(read) == 100 * (n // 100)
+
+
+def test_more_than_four_jpegs_that_declare_no_count_are_found_where_they_begin(tmp_path):
+    """Files of more JPEGs than MPF_IMAGES, one right after another, whose first declares no count
+    (bursts saved as one file, of six and of 70), and a camera's that declares more than
+    MPF_DECLARED: each found where its size is sought and it begins its JPEGs one right after
+    another (bytes other than a JPEG's before it: an array of it alone, a pickled list's values, a
+    PDF's stream), from the file (mapped) as in memory. One in the middle of JPEGs one right after
+    another (an image column) is not: every JPEG there might be its first."""
+    rng = np.random.default_rng(6)
+    pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
+    photos = [_jpeg(p) for p in pixels[:2]]
+    most = embedded_photos.MPF_DECLARED
+    files = [
+        _burst(pixels[2]),
+        _burst(pixels[3], frames=70),
+        _multi_angle(pixels[4], views=most + 6),
+    ]
+    sizes = _Sought({len(f) for f in files})
+    apart = _npy(b"\x94B\x00\x00".join([photos[0], *files, photos[1]]))  # a few bytes between
+    assert {_sha(f) for f in files} <= _found_alike(tmp_path, apart, sizes)
+    given = [g for g in embedded_photos._jpegs(apart, sizes) if isinstance(g, str)]
+    assert given == [_sha(f) for f in files]  # each hashed as its run went, given as its SHA-256
+    column = _npy(b"".join([photos[0], files[0], photos[1]]))  # one right after another
+    assert _sha(files[0]) not in _found_alike(tmp_path, column, sizes)
+    assert _sha(files[0]) in _found_alike(tmp_path, _npy(files[0]), sizes)
+
+
+def test_runs_of_jpegs_from_where_they_begin_are_hashed_once(monkeypatch):
+    """Crafted: tiny JPEGs one right after another, every size sought: one more size asked a
+    JPEG, each run from the first given as its SHA-256, the bytes hashed once as the runs go, not
+    once a run."""
+    monkeypatch.setattr(embedded_photos, "STARTS_FLOOR", 1 << 20)
+    hashed = []
+
+    class Counted:
+        def __init__(self) -> None:
+            self.h = hashlib.sha256()
+
+        def update(self, data: bytes) -> None:
+            hashed.append(len(data))
+            self.h.update(data)
+
+        def copy(self):
+            return self.h.copy()
+
+        def hexdigest(self) -> str:
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(embedded_photos, "hashlib", types.SimpleNamespace(sha256=Counted))
+    tiny = b"\xff\xd8\xff\xe0\x00\x02\xff\xd9"
+    k, n = embedded_photos.MPF_IMAGES, 50_000
+    data = b"\x80\x04" + tiny * n
+    sizes = _Sought(set(range(len(data) + 1)))
+    digests = [g for g in embedded_photos._jpegs(data, sizes) if isinstance(g, str)]
+    assert digests[-1] == _sha(data[2:]) and len(digests) == n - k
+    assert sizes.asked <= k * n
+    assert sum(hashed) == len(data) - 2
 
 
 def _counted(monkeypatch, name: str) -> list[int]:

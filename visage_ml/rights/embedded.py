@@ -58,7 +58,8 @@ chunked and compressed (gzip, lzf), a TFRecord compressed with ZLIB (one compres
 a gzip file), a PDF's streams encrypted or compressed otherwise than deflated first (LZW;
 ASCII85, then deflated) and an image it re-encoded (a PNG always is: its pixels are deflated, not
 its file), a phone's multi-picture file of more than four JPEGs that its MP index does not
-declare (or more than 64), with more than a MiB between its JPEGs or before its video or
+declare (or more than 64) in the middle of JPEGs one right after another (an image column) or
+with bytes between them, with more than a MiB between its JPEGs or before its video or
 trailer, or with a trailer neither an MP4 nor Samsung's (SEF), a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does, its first too, and

@@ -333,14 +333,16 @@ def _given(data: Buffer, start: int, stop: int) -> bytes | str:
 class _Found:
     """The JPEGs :func:`_jpegs` has found, in order: where each begins and ends, the first of its
     chain (the JPEGs each beginning within :data:`GAP_MAX` of the EOI before it, no video or
-    trailer between: the JPEG after a motion photo's video begins another file), and the starts
-    of the runs their first JPEG declared that end with it (:data:`MPF_DECLARED`). A video or a
-    trailer found after a JPEG (:func:`_videos`, :class:`_Trailers`) is given from the start of
-    each run that JPEG ends (:meth:`runs`). 24 bytes a JPEG, and no more JPEGs than image starts a
-    file of its size holds."""
+    trailer between: the JPEG after a motion photo's video begins another file), the first of
+    those one right after another up to it (its ``head``), and the starts of the runs their first
+    JPEG declared that end with it (:data:`MPF_DECLARED`). A video or a trailer found after a JPEG
+    (:func:`_videos`, :class:`_Trailers`) is given from the start of each run that JPEG ends
+    (:meth:`runs`). 32 bytes a JPEG, and no more JPEGs than image starts a file of its size
+    holds."""
 
     def __init__(self) -> None:
-        self.starts, self.ends, self.chain = array("q"), array("q"), array("q")
+        self.starts, self.ends = array("q"), array("q")
+        self.chain, self.head = array("q"), array("q")
         self.declared: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
@@ -352,6 +354,7 @@ class _Found:
         j = len(self.starts)
         linked = linked and j > 0 and at - self.ends[j - 1] <= GAP_MAX
         self.chain.append(self.chain[j - 1] if linked else j)
+        self.head.append(self.head[j - 1] if linked and at == self.ends[j - 1] else j)
         self.starts.append(at)
         self.ends.append(end)
         return j
@@ -363,8 +366,13 @@ class _Found:
 
     def runs(self, j: int) -> list[int]:
         """Where each run of JPEGs that the JPEG ``j`` ends begins: those :meth:`before` it,
-        itself, then those their first declared."""
-        return [*self.before(j), self.starts[j], *self.declared.get(j, ())]
+        itself, then those their first declared, and the first of those one right after another
+        up to it where more than :data:`MPF_IMAGES` are (:class:`_Run`)."""
+        starts = [*self.before(j), self.starts[j], *self.declared.get(j, ())]
+        first = self.head[j]
+        if j - first >= MPF_IMAGES and self.starts[first] not in starts:
+            starts.append(self.starts[first])
+        return starts
 
     def followed(self, at: int) -> int:
         """The JPEG after whose EOI what begins at ``at`` lies (a trailer): the last to end at or
@@ -407,11 +415,11 @@ def _videos(
     end = found.ends[j]
     if end < video_end or not (stops := _video_after(data, end, before)):
         return video_end
-    ran = len(found.runs(j)) - len(found.declared.get(j, ()))
+    runs, ran = found.runs(j), len(found.before(j)) + 1
     for stop in stops:
-        for k, start in enumerate(found.runs(j)):
+        for k, start in enumerate(runs):
             if sizes is None or sizes.may_match(stop - start):
-                if k >= ran:
+                if k >= ran:  # a declared run, or one from the first of many
                     give.spend(stop - start)
                 yield _given(data, start, stop)
     return stops[-1]
@@ -465,6 +473,22 @@ class _Trailers:
                     yield _given(data, run, at)
 
 
+class _Run:
+    """JPEGs one right after another from the first of them (:attr:`_Found.head`), hashed as the
+    run goes: the SHA-256 of the run to an EOI (:meth:`to`) is its hash so far, its bytes hashed
+    once however many EOIs are asked, and only as far as the last one asked."""
+
+    def __init__(self, data: Buffer, start: int) -> None:
+        self.data, self.start, self.at = data, start, start
+        self.h = hashlib.sha256()
+
+    def to(self, end: int) -> str:
+        for at in range(self.at, end, CHUNK):
+            self.h.update(self.data[at : min(at + CHUNK, end)])
+        self.at = end
+        return self.h.copy().hexdigest()
+
+
 def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[bytes | str]:
     """Each JPEG lying in ``data`` as it is (a pickle's bytes, an array's, a PDF's image), SOI
     to EOI: marker segments by their lengths (an EXIF thumbnail, a JPEG itself, lies within
@@ -492,7 +516,13 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     (:func:`_mpf_declared`): where that declares more, the run of as many JPEGs from it, up to
     :data:`MPF_DECLARED`, is given too when ``sizes`` may seek its size (one more size asked for
     such a JPEG, and bytes given in such runs :data:`MPF_GIVEN` times the file's size at most:
-    :class:`~visage_ml.rights.embedded.TooManyStarts`).
+    :class:`~visage_ml.rights.embedded.TooManyStarts`). One that declares no count, or more than
+    :data:`MPF_DECLARED` (a burst saved as one file), is found where it begins JPEGs one right
+    after another (other bytes before it: an array of it alone, a pickled list's value, a PDF's
+    stream): the run from the first of those to each EOI after the :data:`MPF_IMAGES`-th is given
+    as its SHA-256 when ``sizes`` may seek its size, hashed as the run goes (:class:`_Run`: each
+    byte once, one more size asked a JPEG). In the middle of JPEGs one right after another (an
+    image column: each might be its first) it is not.
 
     A motion photo (Google's Motion Photo format, a Pixel's default; the older ``MVIMG_`` files) is
     its JPEG or JPEGs (an Ultra HDR photograph's gain map after it) then its video to the file's
@@ -516,10 +546,10 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     :data:`GAP_MAX` after it, the stretch from each start of the runs that JPEG ends to the
     ``SEFT``'s end is given when ``sizes`` may seek its size, however long (:class:`_Trailers`).
     Not found: more than :data:`MPF_IMAGES` JPEGs that the first does not declare, or more than
-    :data:`MPF_DECLARED`, more than :data:`MPF_IMAGES` followed by a video or trailer, more than
-    :data:`GAP_MAX` bytes between a file's JPEGs or before its video or trailer, a trailer of
-    neither kind (Samsung's older ``QDIO`` one), a Samsung trailer of more than
-    :data:`SEF_BLOCKS` blocks.
+    :data:`MPF_DECLARED`, where they do not begin JPEGs one right after another, or with bytes
+    between them, more than :data:`GAP_MAX` bytes between a file's JPEGs or before its video or
+    trailer, a trailer of neither kind (Samsung's older ``QDIO`` one), a Samsung trailer of more
+    than :data:`SEF_BLOCKS` blocks.
 
     A stretch over :data:`~visage_ml.rights.embedded.EMBED_MAX` is given as its SHA-256 (hex):
     :func:`_given`.
@@ -534,6 +564,7 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     give = _Given(MPF_GIVEN, size)  # bytes yet to be given in such runs
     video_end = 0  # where the last video walked after a JPEG's EOI ends
     trailers = _Trailers(data, found)
+    run = _Run(data, 0)  # from the first of the last JPEGs found one right after another
     at = _search(data, JPEG_START, 0)
     while at >= 0:
         allowed -= 1
@@ -591,6 +622,16 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
                         yield _given(data, start, end)
             if declared > MPF_IMAGES:
                 due.setdefault(j + min(declared, MPF_DECLARED) - 1, []).append(at)
+            # The run from the first of those one right after another, past MPF_IMAGES of them
+            # (unless it was declared).
+            if found.head[j] == j:
+                run = _Run(data, at)
+            elif (
+                j - found.head[j] >= MPF_IMAGES
+                and (runs is None or run.start not in runs)
+                and (sizes is None or sizes.may_match(end - run.start))
+            ):
+                yield run.to(end)
             at = _search(data, JPEG_START, end)
             continue
         dead.update(walked)
