@@ -200,6 +200,7 @@ def _samsung(
     video: bool | bytes = True,
     pictures: bytes | None = None,
     padding: bytes = b"",
+    sound: bytes = b"",
 ) -> bytes:
     """A photograph as a Galaxy writes it (as ExifTool's Samsung.pm reads it): the JPEG (or the
     JPEGs of ``pictures``), then its trailer (SEF): its blocks one after another (with ``video``,
@@ -207,7 +208,10 @@ def _samsung(
     the time it was taken, the network's country code, the camera's mode), then their directory
     (``SEFH``, a version, how many blocks, for each its type, how far before the directory it
     begins and its length), the directory's length and ``SEFT``. ``padding``: bytes between the
-    photograph and its trailer (the directory says where each block lies)."""
+    photograph and its trailer (the directory says where each block lies). With ``sound``, a
+    Galaxy Tab's "Sound & Shot" (the older trailer, as ExifTool reads it): the recording in a
+    block of its own, and after the directory a ``QDIO`` block (its version, where the recording
+    lies in the file, then its length and type) and ``BS``, which end the file."""
     blocks = [
         _sef_block(0x0A01, b"Image_UTC_Data", b"1700513181420"),
         _sef_block(0x0AA1, b"MCC_Data", b"310"),
@@ -216,6 +220,8 @@ def _samsung(
     if video:
         clip = video if isinstance(video, bytes) else _video(arr)
         blocks.insert(0, _sef_block(0x0A30, b"MotionPhoto_Data", clip))
+    if sound:
+        blocks.insert(0, _sef_block(0x0100, b"SoundShot_000", sound))
     body = b"".join(blocks)
     at = [sum(len(b) for b in blocks[:i]) for i in range(len(blocks))]
     entries = b"".join(  # each: its type, how far before the directory it begins, its length
@@ -224,7 +230,12 @@ def _samsung(
     )
     head = b"SEFH" + (106).to_bytes(4, "little") + len(blocks).to_bytes(4, "little") + entries
     photo = (_jpeg(arr) if pictures is None else pictures) + padding
-    return photo + body + head + len(head).to_bytes(4, "little") + b"SEFT"
+    trailer = body + head + len(head).to_bytes(4, "little") + b"SEFT"
+    if sound:
+        at = len(photo) + 8 + len(b"SoundShot_000")
+        where = b"".join(n.to_bytes(4, "little") for n in (101, 1, at, at + len(sound)))
+        trailer += b"QDIO" + where + (20).to_bytes(4, "little") + b"QDIO" + b"BS"
+    return photo + trailer
 
 
 ENCODINGS = {
@@ -247,6 +258,8 @@ ENCODINGS = {
     "multi-angle-motion-photo": lambda arr: _motion_photo(arr, views=6),
     "multi-angle-samsung": lambda arr: _samsung(arr, pictures=_multi_angle(arr)),
     "burst-samsung": lambda arr: _samsung(arr, video=False, pictures=_burst(arr)),
+    # Samsung's older trailer ("Sound & Shot"): QDIO and BS after the directory.
+    "samsung-sound-and-shot": lambda arr: _samsung(arr, video=False, sound=_video(arr)),
 }
 
 
@@ -334,7 +347,7 @@ def test_a_jpeg_held_in_a_pickle_an_array_or_a_pdf_stops_the_erasure(project, en
         assert not photo.endswith(b"\xff\xd9")
     if encoding.startswith("samsung"):  # its trailer after the EOI, ending the file
         assert Image.open(io.BytesIO(photo)).format == "JPEG"
-        assert photo.endswith(b"SEFT")
+        assert photo.endswith(b"QDIOBS" if encoding.endswith("sound-and-shot") else b"SEFT")
         assert (b"MotionPhoto_Data" in photo) == encoding.endswith("motion-photo")
     if encoding.endswith("-padded"):  # bytes right after an EOI, before what follows it
         assert any(b"\xff\xd9" + pad[:16] in photo for pad in PADDING)
@@ -754,15 +767,17 @@ def test_a_video_after_jpegs_is_walked_once_however_many_jpegs_reach_it(monkeypa
 
 def test_a_samsung_photograph_among_jpegs_one_after_another_is_found_by_its_size(tmp_path):
     """Galaxy photographs with their trailer (SEF: a motion photo's video, or only the time it
-    was taken) among a data set's JPEGs one right after another: each is found where its size is
+    was taken; a Galaxy Tab's "Sound & Shot", its recording in the trailer and QDIO and BS after
+    it) among a data set's JPEGs one right after another: each is found where its size is
     sought, from the file (mapped) as in memory, and no other stretch is given. A trailer cut
     short (its directory gone) is not found, nor does it keep the next one from being found."""
     rng = np.random.default_rng(2)
-    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(7)]
     photos = [_jpeg(p) for p in pixels[:3]]
     galaxy = [_samsung(pixels[3]), _samsung(pixels[4], video=False), _samsung(pixels[5])]
+    galaxy.append(_samsung(pixels[6], video=False, sound=_video(pixels[6])))  # QDIOBS after
     broken = galaxy[0][: galaxy[0].rindex(b"SEFH")]
-    parts = [photos[0], galaxy[0], photos[1], broken, galaxy[1], photos[2], galaxy[2]]
+    parts = [photos[0], galaxy[0], photos[1], broken, galaxy[1], photos[2], galaxy[2], galaxy[3]]
     column = _npy(b"".join(parts))
     sizes = _Sought({len(p) for p in [*galaxy, broken]})
     found = _found_alike(tmp_path, column, sizes)

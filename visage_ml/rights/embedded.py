@@ -60,7 +60,8 @@ ASCII85, then deflated) and an image it re-encoded (a PNG always is: its pixels 
 its file), a phone's multi-picture file of more than four JPEGs that its MP index does not
 declare (or more than 64) in the middle of JPEGs one right after another (an image column) or
 with bytes between them, with more than a MiB between its JPEGs or before its video or
-trailer, or with a trailer neither an MP4 nor Samsung's (SEF), a compressed stream
+trailer, or with a trailer neither an MP4 nor Samsung's (SEF, its older ``QDIOBS`` one too),
+a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does, its first too, and
 zero blocks before it as ``tar -i`` skips them, a V7 tar's headers told by their checksum:

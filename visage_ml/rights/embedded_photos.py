@@ -73,6 +73,11 @@ BMFF_FIRST = b"ftyp"
 SEF_BLOCK = re.compile(rb"\x00\x00..([\x01-\xff])\x00\x00\x00", re.DOTALL)  # a name under 256
 SEF_NAME = re.compile(rb"[\x20-\x7e]+")
 SEF_HEAD, SEF_END = b"SEFH", b"SEFT"
+# A Galaxy Tab's "Sound & Shot" photograph (Samsung's older trailer, its recording in a block):
+# after the directory, a QDIO block (``QDIO``, its version, 1, where the recording begins and
+# ends in the file, then the block's length, 20, and its type) and ``BS`` end the file
+# (ExifTool's Samsung.pm reads the trailer back from ``QDIOBS``, as from ``SEFT``).
+QDIO_AFTER = re.compile(rb"QDIO[\s\S]{16}\x14\x00\x00\x00QDIOBS")
 # A directory is taken to list so many blocks at most, and the stretches given to trailers' ends
 # are so many times the file's size at most (trailers do not overlap: crafted ones one within
 # another, each from its own EOI, would give the file over and over; more:
@@ -431,8 +436,9 @@ class _Trailers:
     JPEG) and read once, in order: where the trailer it ends begins is
     told by its directory (:func:`_sef_start`), the JPEG it follows by where the JPEGs found end
     (:meth:`_Found.followed`: right after its EOI, or after bytes between), and the stretch from
-    each start of the runs that JPEG ends (:meth:`_Found.runs`) to the marker's end is given when
-    ``sizes`` may seek its size, however long the trailer (one over
+    each start of the runs that JPEG ends (:meth:`_Found.runs`) to the marker's end, and to the
+    end of a QDIO block and ``BS`` right after it (:data:`QDIO_AFTER`), is given when ``sizes``
+    may seek its size, however long the trailer (one over
     :data:`~visage_ml.rights.embedded.EMBED_MAX` as its SHA-256: :func:`_given`). No more
     markers are read than image starts a file of its size holds, and no more bytes given than
     :data:`SEF_GIVEN` times its size (:class:`~visage_ml.rights.embedded.TooManyStarts`)."""
@@ -466,11 +472,14 @@ class _Trailers:
             j = found.followed(start) if start >= 0 else -1
             if j < 0:
                 continue
-            self.last = at
+            qdio = QDIO_AFTER.match(data, at)
+            ends = (at,) if qdio is None else (at, qdio.end())
+            self.last = ends[-1]
             for run in found.runs(j):
-                if sizes is None or sizes.may_match(at - run):
-                    self.give.spend(at - run)
-                    yield _given(data, run, at)
+                for end in ends:
+                    if sizes is None or sizes.may_match(end - run):
+                        self.give.spend(end - run)
+                        yield _given(data, run, end)
 
 
 class _Run:
@@ -544,12 +553,14 @@ def _jpegs(data: Buffer, sizes: embedded.SizeFilter | None = None) -> Iterator[b
     only part that says where its blocks lie: each ``SEFT`` after a JPEG's EOI is read once, its
     directory telling where its trailer begins, and where that is a JPEG's EOI or within
     :data:`GAP_MAX` after it, the stretch from each start of the runs that JPEG ends to the
-    ``SEFT``'s end is given when ``sizes`` may seek its size, however long (:class:`_Trailers`).
+    ``SEFT``'s end is given when ``sizes`` may seek its size, however long (:class:`_Trailers`);
+    a Galaxy Tab's "Sound & Shot" one has a QDIO block and ``BS`` after its directory, given
+    with it too.
     Not found: more than :data:`MPF_IMAGES` JPEGs that the first does not declare, or more than
     :data:`MPF_DECLARED`, where they do not begin JPEGs one right after another, or with bytes
     between them, more than :data:`GAP_MAX` bytes between a file's JPEGs or before its video or
-    trailer, a trailer of neither kind (Samsung's older ``QDIO`` one), a Samsung trailer of more
-    than :data:`SEF_BLOCKS` blocks.
+    trailer, a trailer of neither kind, a Samsung trailer of more than :data:`SEF_BLOCKS` blocks
+    or with other blocks than one QDIO after its directory.
 
     A stretch over :data:`~visage_ml.rights.embedded.EMBED_MAX` is given as its SHA-256 (hex):
     :func:`_given`.
