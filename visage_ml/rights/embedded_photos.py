@@ -342,8 +342,9 @@ class _Found:
     those one right after another up to it (its ``head``), and the starts of the runs their first
     JPEG declared that end with it (:data:`MPF_DECLARED`). A video or a trailer found after a JPEG
     (:func:`_videos`, :class:`_Trailers`) is given from the start of each run that JPEG ends
-    (:meth:`runs`). 32 bytes a JPEG, and no more JPEGs than image starts a file of its size
-    holds."""
+    (:meth:`runs`), however far back (a trailer of any length). 32 bytes a JPEG, and no more
+    JPEGs than image starts a file of its size holds: at most an eighth of a crafted file's size
+    (:data:`STARTS_EVERY`), as the offsets its walks mark (:class:`_Marks`)."""
 
     def __init__(self) -> None:
         self.starts, self.ends = array("q"), array("q")
@@ -433,8 +434,8 @@ def _videos(
 class _Trailers:
     """The Samsung trailers (SEF) after the JPEGs of ``data`` (:func:`_jpegs`). Each ``SEFT``
     marker after the first JPEG's EOI is found once (the next one looked for ahead, not at each
-    JPEG) and read once, in order: where the trailer it ends begins is
-    told by its directory (:func:`_sef_start`), the JPEG it follows by where the JPEGs found end
+    JPEG) and read once, in order: where the trailer it ends begins is told by its directory
+    (:func:`_sef_start`), the JPEG it follows by where the JPEGs found end
     (:meth:`_Found.followed`: right after its EOI, or after bytes between), and the stretch from
     each start of the runs that JPEG ends (:meth:`_Found.runs`) to the marker's end, and to the
     end of a QDIO block and ``BS`` right after it (:data:`QDIO_AFTER`), is given when ``sizes``
