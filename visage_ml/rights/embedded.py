@@ -26,7 +26,7 @@ a pickle's ``bytes`` values of a size sought are compared whole, whatever their 
 GIF, a WebP, a sealed file: :func:`_pickled_values`; a pickle of protocol 2, ``torch.save``'s,
 holds each as a latin-1 string's UTF-8: those of a size sought or that hold a PNG's or a JPEG's
 signature are decoded first, :func:`_pickled`; one of protocol 0 or 1, told by its first
-opcodes, its strings of either, :func:`_old_pickled`); a
+opcodes, its strings of either and Python 2's quoted ``str``, :func:`_old_pickled`); a
 PDF's ASCII85 streams are decoded, and those deflated first (``/FlateDecode``: an attached
 file, a JPEG deflated once more) inflated and read as an archive's member is
 (:func:`~visage_ml.rights.embedded_pdf._flates`); an Arrow file's or stream's byte and text
@@ -277,10 +277,18 @@ ANY_GET = re.compile(rb"(?:h.|j.{4})X", re.DOTALL)
 # few: an opcode unknown, an argument that is none; 45 in a million random 4 KiB, 0.3 us each).
 OLD_PICKLE_FIRST = frozenset(b"(}])cNIJKMLFGSTUVXP")
 OLD_PICKLE_OPS = 3
-# Protocol 0 writes text (but for the bytes values it holds): a text is taken for one only where
-# it begins as a container or an object does, with one opcode more (``NaN`` reads as three:
-# NONE, APPEND, NONE).
-OLD_PICKLE_TEXT = frozenset(b"(}])c")
+# Protocol 0 writes text (but for the bytes values it holds; all of it, Python 2's): a text is
+# taken for one only where it begins as a container or an object does, with one opcode more
+# (``NaN`` reads as three: NONE, APPEND, NONE), or as a STRING does (Python 2's ``str`` alone).
+OLD_PICKLE_TEXT = frozenset(b"(}])cS")
+# A pickle of one long value (Python 2's ``pickle.dump(photo_bytes, f)``; a tuple of them) reads
+# as fewer opcodes, the last cut off by the end of its first bytes: taken for one where that
+# last is a STRING (a repr line: its quote, then printable ASCII, :data:`PRINTABLE`) or a
+# BINSTRING (protocol 1, its bytes as they are) that begins as a photograph or a file holding
+# others does (:func:`_long_string`); a UNICODE or BINUNICODE (a ``str``'s) holds no bytes.
+OLD_LONG = frozenset(b"ST")
+PRINTABLE = bytes(range(0x20, 0x7F))
+BINSTRING_MAX = 1 << 31  # Python 2 wrote a longer ``str`` with no protocol 0 or 1 opcode
 # Each ``bytes`` value is ``_codecs.encode(s, 'latin1')`` there too, ``s`` after a MARK and the
 # arguments closed by TUPLE (``t``), not TUPLE2. Protocol 1: ``s`` a BINUNICODE of its UTF-8 (as
 # protocol 2's, :data:`OLD_STRING_1`); protocol 0: an UNICODE, its characters as they are (each
@@ -296,6 +304,15 @@ OLD_ARGS_1 = re.compile(rb"(?:q.|r.{4})?(?:X\x06\x00{3}latin1(?:q.|r.{4})?|h.|j.
 OLD_STRING_0 = re.compile(rb"(?:c_codecs\nencode\n(?:p\d{1,10}\n)?|g\d{1,10}\n)\(V")
 OLD_ARGS_0 = re.compile(rb"(?:p\d{1,10}\n)?(?:Vlatin1\n(?:p\d{1,10}\n)?|g\d{1,10}\n)t")
 ESCAPE = b"\\u0000"  # how long each escaped character is
+# Python 2 pickled a ``str`` (a photograph read from its file, a NumPy array's data) with
+# protocol 0 as a STRING: ``S``, its repr (quoted; each byte outside printable ASCII escaped,
+# ``\\x89``, ``\\n``, ``\\'``) to its line's end, which Python 3 reads with
+# ``codecs.escape_decode`` (``pickle.load(f, encoding="bytes")``, or ``"latin1"``): its bytes lie
+# nowhere as they are. Each found by its opcode and quote (:func:`_string_values`), the first
+# of its line only: an opcode with an argument ends its line, and before it on its line lie
+# only opcodes without one, none an ``S``.
+STRING_HEAD = re.compile(rb"S['\"]")
+REPR_ESCAPE = len(b"\\x00")  # the longest escape: a repr is 1 to 4 characters a byte
 # A PDF's header, where readers accept it: in its first kilobyte (after a mail's or a web
 # server's lines), the file not text (its second line, by custom, of bytes above 127).
 PDF_MAGIC, PDF_WITHIN = b"%PDF-", 1024
@@ -522,7 +539,8 @@ def kind(first: bytes) -> str | None:
 
 def _old_pickle(first: bytes, *, text: bool = False) -> bool:
     """Whether ``first`` begins a pickle of protocol 0 or 1 (:data:`OLD_PICKLE_FIRST`,
-    :data:`OLD_PICKLE_OPS`; ``text``: ``first`` is text, :data:`OLD_PICKLE_TEXT`)."""
+    :data:`OLD_PICKLE_OPS`; ``text``: ``first`` is text, :data:`OLD_PICKLE_TEXT`; fewer opcodes
+    where the last is a long string cut off, :func:`_long_string`)."""
     begins, ops = (
         (OLD_PICKLE_TEXT, OLD_PICKLE_OPS + 1) if text else (OLD_PICKLE_FIRST, OLD_PICKLE_OPS)
     )
@@ -533,11 +551,30 @@ def _old_pickle(first: bytes, *, text: bool = False) -> bool:
         # Pickles one after another (rows dumped one by one), each to its STOP.
         while (op := _OLD_OPCODES.get(fh.read(1))) is not None:
             n += 1
+            at = fh.tell()
             if op.arg is not None:
                 _OLD_READERS.get(op.arg, op.arg.reader)(fh)
     except ValueError:  # an argument that is none, unless cut off by the end
-        return fh.tell() >= size and n >= ops
+        if fh.tell() < size:
+            return False
+        return n >= ops or (first[at - 1] in OLD_LONG and _long_string(first, at))
     return fh.tell() >= size and n >= ops  # no more bytes, or one that is no such opcode
+
+
+def _long_string(first: bytes, at: int) -> bool:
+    """Whether the STRING or BINSTRING whose opcode lies before ``at`` in ``first``, cut off by
+    its end, is a ``str`` Python 2 pickled (:data:`OLD_LONG`)."""
+    if first[at - 1 : at] == b"S":  # its repr: its quote, then printable ASCII
+        return first[at : at + 1] in (b"'", b'"') and not first[at + 1 :].translate(None, PRINTABLE)
+    n = int.from_bytes(first[at : at + 4], "little")
+    if n >= BINSTRING_MAX:
+        return False
+    from visage_ml.rights.embedded_photos import JPEG_MAGIC, PNG_MAGIC
+
+    held = first[at + 4 :]  # not asked whether it is such a pickle: no chain of them
+    return held.startswith((PNG_MAGIC, JPEG_MAGIC)) or (
+        PICKLE_MAGIC.match(held) is not None or _magic_kind(held) is not None
+    )
 
 
 # A line's argument (a STRING's, a GLOBAL's) read without decoding its escapes: pickletools'
@@ -892,11 +929,13 @@ def _old_pickled(
 ) -> Iterator[str]:
     """What ``data``, a pickle of protocol 0 or 1 (:func:`_old_pickle`), holds as ``bytes``
     values: its protocol-1 strings' as protocol 2's (:func:`_latin1_values`), then its
-    protocol-0 strings' (:func:`_unicode_values`)."""
+    protocol-0 strings' (:func:`_unicode_values`), then Python 2's ``str`` values
+    (:func:`_string_values`)."""
     floor = smallest_sought(sizes)
     ones = ((start, end) for start, end, _ in _old_strings(data, 1))
     yield from _latin1_values(data, ones, sizes, depth, budget, floor)
     yield from _unicode_values(data, sizes, depth, budget, floor)
+    yield from _string_values(data, sizes, depth, budget, floor)
 
 
 def _old_strings(data: Buffer, protocol: int) -> Iterator[tuple[int, int, int]]:
@@ -1011,6 +1050,102 @@ def _unicode_hashed(
         h.update(raw)
         _let_go(data, at)
     yield h.hexdigest()
+
+
+def _string_values(
+    data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget, floor: int
+) -> Iterator[str]:
+    """What the STRING values (Python 2's ``str``, :data:`STRING_HEAD`) of ``data``, a pickle of
+    protocol 0 or 1, give: each line that begins one (the first such head of a line; its end
+    searched for once) and ends with its quote, its repr decoded (:func:`_unescaped`) where it
+    may be a key's or not shorter than anything sought (its bytes are no more than its
+    characters): :func:`_part` of a key sought, the value whole when of a size sought, each
+    PNG and JPEG it holds, the files it holds (:func:`_nested`). One over :data:`EMBED_MAX` is
+    hashed a part at a time (:func:`_string_hashed`), not looked inside."""
+    from visage_ml.rights import embedded_photos
+
+    test, at = key_test(sizes), 0
+    while (pos := embedded_photos._search(data, STRING_HEAD, at)) >= 0:
+        end = _find(data, b"\n", pos + 2)
+        if end < 0:
+            return
+        at = end + 1  # the next line: no other head of this one is tried
+        start, stop = pos + 2, end - 1
+        if stop < start or data[stop] != data[pos + 1]:
+            continue
+        key = test is not None and KEY_SIZE <= stop - start <= REPR_ESCAPE * KEY_SIZE
+        if stop - start < floor and not key:
+            passed_over(sizes, stop - start)
+            continue
+        if stop - start > EMBED_MAX:
+            yield from _string_hashed(data, start, stop, sizes, budget)
+            continue
+        raw = _unescaped(bytes(data[start:stop]))
+        if raw is None:
+            continue
+        budget.spend(len(raw))
+        if len(raw) == KEY_SIZE:
+            if test is not None and test(raw):
+                yield from _part(raw, sizes, depth, budget)
+            continue
+        if len(raw) < floor:
+            passed_over(sizes, len(raw))
+            continue
+        if sizes is None or sizes.may_match(len(raw)):
+            yield from _part(raw, sizes, depth, budget)
+        else:
+            yield from _nested(raw, 0, len(raw), sizes, depth, budget, floor)
+        if embedded_photos.PNG_MAGIC in raw or embedded_photos.JPEG_MAGIC in raw:
+            yield from _photographs(raw, sizes, depth, budget)
+
+
+def _unescaped(text: bytes) -> bytes | None:
+    """The bytes a STRING's repr ``text`` (its quotes off) gives, as Python 3's pickle reads it
+    (``codecs.escape_decode``); None for one Python 2 never wrote: bytes outside printable
+    ASCII, an escape cut off or ``\\x`` without two hex digits (an error), one unknown
+    (``\\q``: a DeprecationWarning, an error only where warnings are made errors)."""
+    if text.translate(None, PRINTABLE):
+        return None
+    try:
+        return codecs.escape_decode(text)[0]
+    except (ValueError, DeprecationWarning):
+        return None
+
+
+def _string_hashed(
+    data: Buffer, start: int, stop: int, sizes: SizeFilter | None, budget: _Budget
+) -> Iterator[str]:
+    """The SHA-256 of the bytes a STRING's repr over :data:`EMBED_MAX` gives
+    (:func:`_string_values`), ``data[start:stop]``, decoded a :data:`CHUNK` at a time (at
+    most; each part cut before an escape it would cut, :func:`_escape_cut`) when ``sizes`` may
+    seek their size; nothing for a repr Python 2 never wrote."""
+    h, n, at, step = hashlib.sha256(), 0, start, min(CHUNK, EMBED_MAX)
+    while at < stop:
+        cut = _escape_cut(data, at, min(at + step, stop), stop)
+        raw = _unescaped(bytes(data[at:cut]))
+        if raw is None:
+            return
+        budget.spend(len(raw))
+        h.update(raw)
+        n += len(raw)
+        _let_go(data, at)
+        at = cut
+    if sizes is None or sizes.may_match(n):
+        yield h.hexdigest()
+
+
+def _escape_cut(data: Buffer, lo: int, at: int, stop: int) -> int:
+    """Where to end the part of a repr begun at ``lo`` (where no escape goes on) that would end
+    at ``at``: there, or before an escape that a backslash in the last 3 bytes begins (one that
+    closes ``\\\\``, its run of backslashes from ``lo`` even, begins none)."""
+    if at >= stop:
+        return stop
+    tail = bytes(data[max(lo, at - REPR_ESCAPE + 1) : at])
+    if (last := tail.rfind(b"\\")) < 0:
+        return at
+    q = at - len(tail) + last
+    run = bytes(data[lo : q + 1])
+    return q if (len(run) - len(run.rstrip(b"\\"))) % 2 else at
 
 
 def _pickled_values(

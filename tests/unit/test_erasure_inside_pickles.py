@@ -1,0 +1,262 @@
+"""Photographs pickled as Python 2 pickled them, and pickles of protocol 0 or 1 held inside
+other pickles: files a project inherits from older code (a data set's cache made under Python 2,
+a queue of pickled records) that the content scan must read as it reads newer pickles.
+
+Python 2 pickled a ``str`` (a photograph read from its file, a NumPy array's data) with protocol
+0, its default, as a STRING: ``S``, then the string's repr, quoted, every byte outside printable
+ASCII escaped (``\\x89``, ``\\r``, ``\\'``), to the end of its line. Python 3 reads such a pickle
+(``pickle.load(f, encoding="bytes")`` or ``"latin1"``). No Python 2 is needed here: the pickles
+are written byte for byte as Python 2.7's ``pickle`` module writes them (:func:`py2_dumps`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rights_fakes import png
+from test_erasure_inside import _photos, held_until_taken_out, proj  # noqa: F401
+
+from visage_ml.rights import embedded
+
+
+def py2_repr(data: bytes) -> bytes:
+    """``repr(data)`` of a ``str`` in Python 2: single quotes unless it holds one and no double
+    quote; backslash and its quote escaped, tab, newline and return as ``\\t``, ``\\n``, ``\\r``,
+    every other byte outside printable ASCII as ``\\xhh``."""
+    quote = b'"' if b"'" in data and b'"' not in data else b"'"
+    named = {9: b"\\t", 10: b"\\n", 13: b"\\r", 92: b"\\\\", quote[0]: b"\\" + quote}
+    out = [named.get(c) or (bytes([c]) if 0x20 <= c < 0x7F else b"\\x%02x" % c) for c in data]
+    return quote + b"".join(out) + quote
+
+
+class _Global:
+    """A class or function named in a pickle (a GLOBAL)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+
+class _Reduced:
+    """An object pickled by its ``__reduce__``: ``func(*args)``, then ``state`` set (BUILD)."""
+
+    def __init__(self, func: _Global, args: tuple, state: object = None) -> None:
+        self.func, self.args, self.state = func, args, state
+
+
+def py2_dumps(obj: object) -> bytes:
+    """``pickle.dumps(obj)`` of Python 2.7 (protocol 0), ``bytes`` standing for its ``str`` and
+    ``str`` for its ``unicode``: each string, list, tuple and dict memoized (``p0``...), a
+    dict's items in their order."""
+    out: list[bytes] = []
+    memo = [0]
+
+    def put() -> None:
+        out.append(b"p%d\n" % memo[0])
+        memo[0] += 1
+
+    def save(o: object) -> None:
+        if o is None:
+            out.append(b"N")
+        elif isinstance(o, bool):
+            out.append(b"I01\n" if o else b"I00\n")
+        elif isinstance(o, int):
+            out.append(b"I%d\n" % o)
+        elif isinstance(o, float):
+            out.append(b"F" + repr(o).encode() + b"\n")
+        elif isinstance(o, bytes):
+            out.append(b"S" + py2_repr(o) + b"\n")
+            put()
+        elif isinstance(o, str):
+            text = o.replace("\\", "\\u005c").replace("\n", "\\u000a")
+            out.append(b"V" + text.encode("raw-unicode-escape") + b"\n")
+            put()
+        elif isinstance(o, list):
+            out.append(b"(l")
+            put()
+            for item in o:
+                save(item)
+                out.append(b"a")
+        elif isinstance(o, tuple):
+            out.append(b"(")
+            for item in o:
+                save(item)
+            out.append(b"t")
+            put()
+        elif isinstance(o, dict):
+            out.append(b"(d")
+            put()
+            for key, value in o.items():
+                save(key)
+                save(value)
+                out.append(b"s")
+        elif isinstance(o, _Global):
+            out.append(b"c%s\n%s\n" % (o.module.encode(), o.name.encode()))
+            put()
+        elif isinstance(o, _Reduced):
+            save(o.func)
+            save(o.args)
+            out.append(b"R")
+            put()
+            if o.state is not None:
+                save(o.state)
+                out.append(b"b")
+        else:
+            raise TypeError(type(o))
+
+    save(obj)
+    return b"".join(out) + b"."
+
+
+def py2_array(data: bytes) -> _Reduced:
+    """A NumPy ``uint8`` array of ``data`` as Python 2's NumPy pickled it: ``_reconstruct``, then
+    its state, the data a ``str``."""
+    dtype = _Reduced(
+        _Global("numpy", "dtype"), (b"u1", 0, 1), (3, b"|", None, None, None, -1, -1, 0)
+    )
+    return _Reduced(
+        _Global("numpy.core.multiarray", "_reconstruct"),
+        (_Global("numpy", "ndarray"), (0,), b"b"),
+        (1, (len(data),), dtype, False, data),
+    )
+
+
+# Python 2 ``str`` values, in files as Python 2 made them: ``pickle.dump(obj, f)``.
+_PY2 = {
+    "rows-py2.pkl": lambda photos: py2_dumps(
+        [(f"face-{i}", p, 0.5 + i / 10) for i, p in enumerate(photos)]
+    ),
+    "dataset-py2.pkl": lambda photos: py2_dumps(
+        {b"labels": list(range(2000)), b"imgs": photos, b"name": b"faces"}
+    ),
+    "arrays-py2.pkl": lambda photos: py2_dumps({b"crops": [py2_array(p) for p in photos]}),
+    # One long line: the first 4 KiB one string, cut off.
+    "bare-py2.pkl": lambda photos: b"".join(py2_dumps(p) for p in photos),
+    "pair-py2.pkl": lambda photos: py2_dumps(tuple(photos)),
+}
+
+
+def test_py2_dumps_writes_what_python_2_wrote():
+    """The pickles these tests make are Python 2.7's (``pickle.dumps``, protocol 0), as it wrote
+    them, and Python 3 reads them back."""
+    b = b"\x89PNG\r\n\x1a\n'\"\\ab\x00\x7f\x80\xff\t"
+    assert py2_dumps({b"photo": b}) == b"(dp0\nS'photo'\np1\nS'" + (
+        b"\\x89PNG\\r\\n\\x1a\\n\\'\"\\\\ab\\x00\\x7f\\x80\\xff\\t'\np2\ns."
+    )
+    assert py2_dumps([("face-0", b, 0.5)]) == (
+        b"(lp0\n(Vface-0\np1\nS'\\x89PNG\\r\\n\\x1a\\n\\'\"\\\\ab\\x00\\x7f\\x80\\xff\\t'\np2\n"
+        b"F0.5\ntp3\na."
+    )
+    assert pickle.loads(py2_dumps([("face-0", b, 0.5)]), encoding="bytes") == [("face-0", b, 0.5)]
+    array = pickle.loads(py2_dumps(py2_array(b)), encoding="latin1")
+    assert array.dtype == np.uint8 and array.tobytes() == b
+
+
+def test_a_photograph_python_2_pickled_as_a_str_stops_the_erasure(proj):  # noqa: F811
+    """Rows, a data set's dict, NumPy arrays, the photograph alone and a pair pickled as Python 2
+    did, each ``str`` a quoted, escaped line: the photograph's bytes lie in none as they are,
+    and the erasure was certified. Now it stops on them; the same files of others' photographs
+    are no concern."""
+    _, photo, theirs = _photos(proj)
+    third = next(iter(proj.images[proj.pids[2]].values()))
+    folder = proj.paths.root / "data" / "py2"
+    made = held_until_taken_out(proj, folder, _PY2, photo, [theirs, third])
+    for data in made.values():
+        assert photo not in data and py2_repr(photo) in data
+
+
+def test_a_python_2_pickle_is_read_alike_from_its_file_and_in_parts(tmp_path, monkeypatch):
+    """Each: the photograph found in memory and from its file (mapped); with strings larger than
+    are held (EMBED_MAX), decoded a part at a time, escapes cut between parts; a 32-byte key
+    pickled so. A string whose repr holds an escape Python 2 never writes is no value."""
+    rng = np.random.default_rng(7)
+    photo = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    other = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    sha = hashlib.sha256(photo).hexdigest()
+    for name, make in _PY2.items():
+        data = make([other, photo])
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
+        found = set(embedded.inside(data, embedded.BINARY))
+        (tmp_path / name).write_bytes(data)
+        with open(tmp_path / name, "rb") as fh:
+            assert set(embedded.inside_large(fh, embedded.BINARY)) == found, name
+        assert sha in found, name
+    key = bytes(range(0, 256, 8))
+    assert hashlib.sha256(key).hexdigest() in set(
+        embedded.inside(py2_dumps({"key": key, "n": list(range(900))}), embedded.BINARY)
+    )
+    backslashes = b"\\" * 3000 + photo + b"\\\x89" * 700
+    for step in (1000, 1001, 1002, 1003):
+        monkeypatch.setattr(embedded, "EMBED_MAX", step)
+        for value in (photo, backslashes):
+            data = py2_dumps({"v": value, "n": list(range(900))})
+            assert hashlib.sha256(value).hexdigest() in set(
+                embedded.inside(data, embedded.BINARY)
+            ), step
+    monkeypatch.undo()
+    odd = py2_dumps({"n": list(range(900)), "v": photo}).replace(b"'\\x89PNG", b"'\\xzz\\x89PNG")
+    assert sha not in set(embedded.inside(odd, embedded.BINARY))
+
+
+def test_crafted_string_heads_are_each_tried_once(monkeypatch):
+    """Crafted: a Python 2 pickle's STRING heads (``S'``) many to a line, lines of them without
+    their closing quote, a long line of them: each line's end searched for once, and each
+    string decoded once at most: linear (each reader of such pickles searches the bytes once)."""
+    searched: list[int] = []
+    real = embedded._find
+
+    def find(data, sub, start):
+        at = real(data, sub, start)
+        searched.append((at if at >= 0 else len(data)) - start)
+        return at
+
+    monkeypatch.setattr(embedded, "_find", find)
+    n = 20_000
+    for data in (
+        b"(lp0\n" + b"S'" * (n * 50) + b"'\np1\na.",
+        b"(lp0\n" + (b"S'\\x89" * 40 + b"\n") * n,
+        b"(lp0\n" + (b"S'S\"S'" * 40 + b'"\n') * n,
+    ):
+        searched.clear()
+        start = time.process_time()
+        list(embedded.inside(data, embedded.BINARY))
+        assert sum(searched) <= 8 * len(data)  # each reader's finds: once over it
+        assert time.process_time() - start < 2
+
+
+def _heads_taken(heads: list[bytes]) -> int:
+    return sum(embedded._old_pickle(h, text=embedded._text(h)) for h in heads)
+
+
+def test_random_bytes_and_common_texts_are_seldom_taken_for_such_a_pickle():
+    """Of random 4 KiB after a byte such a pickle begins with, and of the text files of the
+    Python installation (sources, CSV, JSON), few are taken for a pickle of protocol 0 or 1
+    (each is then read whole for nothing)."""
+    rng = np.random.default_rng(11)
+    firsts = sorted(embedded.OLD_PICKLE_FIRST)
+    heads = [bytes([b]) + rng.bytes(4095) for b in firsts for _ in range(2000)]
+    assert _heads_taken(heads) <= 3 * len(firsts)
+    texts = []
+    for suffix in ("py", "csv", "json", "txt"):
+        for path in sorted(Path(sys.prefix).rglob(f"*.{suffix}"))[:400]:
+            texts.append(path.read_bytes()[: embedded.SNIFF])
+    assert len(texts) > 400
+    assert _heads_taken(texts) == 0
+    assert embedded.kind(b"S'it is a line\n" * 300) == embedded.TEXT  # no closing quote
+
+
+def test_a_file_beginning_as_one_long_string_is_read_only_where_it_holds_something():
+    """A pickle of one value, a ``str`` (Python 2, protocol 1: BINSTRING) holding a
+    photograph: its first 4 KiB one string, cut off. Read where what the string holds begins as
+    a photograph or a file that holds others; other bytes after such a length are not."""
+    rng = np.random.default_rng(3)
+    photo = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    data = b"T" + len(photo).to_bytes(4, "little") + photo + b"q\x01."
+    assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY
+    assert hashlib.sha256(photo).hexdigest() in set(embedded.inside(data, embedded.BINARY))
+    other = b"T" + (9000).to_bytes(4, "little") + rng.bytes(9000) + b"q\x01."
+    assert embedded.kind(other[: embedded.SNIFF]) is None
