@@ -202,6 +202,35 @@ def test_a_python_2_pickle_is_read_alike_from_its_file_and_in_parts(tmp_path, mo
     assert sha not in set(embedded.inside(odd, embedded.BINARY))
 
 
+def test_a_pickle_of_protocol_0_or_1_held_in_another_pickle_is_read():
+    """A pickle's ``bytes`` value of no size sought that is itself a pickle of protocol 0 or 1
+    (a queue of records pickled by older code; Python 2's, a text) holding the photograph, in a
+    pickle of protocol 4, 2 or 0: only those beginning with ``\\x80`` were read as pickles, and
+    the photograph, escaped or UTF-8 in them, was not found."""
+    rng = np.random.default_rng(9)
+    photo = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    sha = hashlib.sha256(photo).hexdigest()
+
+    class Sought:  # the photograph's size, not the inner pickle's
+        def may_match(self, size: int) -> bool:
+            return size == len(photo)
+
+    inner = {
+        "protocol-0": pickle.dumps([("face", photo)], protocol=0),
+        "protocol-1": pickle.dumps([("face", photo)], protocol=1),
+        "python-2": py2_dumps([("face", photo)]),
+    }
+    for name, held in inner.items():
+        assert photo not in held
+        for outer in (4, 2, 0):
+            data = pickle.dumps({"queue": [held], "n": 3}, protocol=outer)
+            what = embedded.kind(data[: embedded.SNIFF])
+            assert what == embedded.BINARY, (name, outer)
+            assert sha in set(embedded.inside(data, what, sizes=Sought())), (name, outer)
+        data = py2_dumps({"queue": [held], "n": 3})  # Python 2's, the pickle a ``str``
+        assert sha in set(embedded.inside(data, embedded.BINARY, sizes=Sought())), name
+
+
 def test_crafted_string_heads_are_each_tried_once(monkeypatch):
     """Crafted: a Python 2 pickle's STRING heads (``S'``) many to a line, lines of them without
     their closing quote, a long line of them: each line's end searched for once, and each

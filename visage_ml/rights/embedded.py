@@ -1236,7 +1236,8 @@ def _nested(
     holds others (:func:`_holds_files`: a zip, a gzip stream, a table, a pickle), up to
     :data:`EMBED_MAX` (a cache of archives, a queue of serialised records); one smaller than
     anything sought (``floor``) only when compressed (what it holds may be larger). A pickle of
-    a protocol in ``read_as_is`` is not read again: the reading of the file it lies in found
+    a protocol in ``read_as_is`` (its PROTO's; one of protocol 0 or 1 has none, and is read) is
+    not read again: the reading of the file it lies in found
     its opcodes where they lie (a pickle of protocol 3 to 5: those of its own protocols, and
     protocol 2's strings; none in a protocol-2 string, whose bytes lie there as UTF-8)."""
     n = end - start
@@ -1246,7 +1247,7 @@ def _nested(
         return
     first = bytes(data[start : start + KIND_SNIFF])
     what = _holds_files(first)
-    if what is None or (what == BINARY and first[1] in read_as_is):
+    if what is None or (what == BINARY and PICKLE_MAGIC.match(first) and first[1] in read_as_is):
         return
     value = bytes(data[start:end])
     budget.spend(n)
@@ -1306,12 +1307,17 @@ def _arrow_inflated(data: bytes, limit: int, codec: str) -> bytes | None:
 def _holds_files(first: bytes) -> str | None:
     """:func:`kind` of a part beginning with ``first`` when it holds other files as they are or
     compressed (:func:`_magic_kind`; a tar not begun by a header too, :func:`_tar_blocks`), or
-    is a pickle (:data:`BINARY`); None for a text (the file it lies in is read as text already),
-    an array's bytes and what holds none."""
+    is a pickle (:data:`BINARY`; one of protocol 0 or 1 too, :func:`_old_pickle`, a text among
+    them: its strings' bytes lie in it escaped); None for another text (the file it lies in is
+    read as text already), an array's bytes and what holds none."""
     if PICKLE_MAGIC.match(first):
         return BINARY
     if (what := _magic_kind(first)) is not None:
         return what
+    # Protocol 0 or 1 (a text too: Python 2's, its strings' bytes escaped; its opcodes, not a
+    # tar's blocks, told first: a long decimal of octal digits may read as a header's numbers)
+    if _old_pickle(first, text=_text(first)):
+        return BINARY
     return TAR if not _text(first) and _tar_blocks(first) else None
 
 
