@@ -864,6 +864,47 @@ def test_import_in_a_dvc_repository_tracks_data_raw(project, tmp_path):
     assert ZELDA not in dvcfile.read_text()
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_an_import_where_data_raw_is_not_checked_out_is_refused_and_keeps_every_subject(
+    project, tmp_path
+):
+    """DVC tracks data/raw, but it is not checked out here (a fresh clone, `dvc checkout` not
+    run): the import read both tables as empty, wrote them with the new person's rows alone and
+    `dvc add`ed them, so data/raw.dvc's current version held no earlier subject. Refused now in
+    one line saying what to run, nothing written nor recorded; checked out, the same import
+    keeps everyone."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True, env=env)
+    subprocess.run([dvc, "init", "-q"], cwd=project, check=True, env=env)
+    first, second = tmp_path / "first", tmp_path / "second"
+    put(first / ZELDA / "a.jpg", jpeg(1))
+    put(second / YORICK / "a.jpg", jpeg(2))
+    run_import(project, "imagefolder", first)
+    paths = ProjectPaths(project)
+    earlier = set(read_subjects(paths.raw)["pid"])
+    shutil.rmtree(paths.raw)
+    before = tree(project)
+
+    cli = ["data", "import", "imagefolder", str(second), "--legal-basis", LEGAL]
+    refused = CliRunner().invoke(app, cli)
+
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    assert "DVC tracks data/raw" in said and "run `dvc checkout data/raw`" in said, said
+    assert YORICK not in said and ZELDA not in said
+    assert tree(project) == before  # no table, no ledger event, no report, data/raw.dvc as it was
+
+    checkout = subprocess.run(
+        [dvc, "checkout", "data/raw"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert checkout.returncode == 0, checkout.stderr
+    assert CliRunner().invoke(app, cli).exit_code == 0
+    subjects = set(read_subjects(paths.raw)["pid"])
+    assert earlier < subjects and len(subjects) == 2
+    assert len(read_images(paths.raw)) == 2
+
+
 def test_a_protocol_set_is_evaluation_only_by_default_and_roles_are_recorded(project, tmp_path):
     base = make_lfw(tmp_path / "download")
     result = run_import(project, "lfw", base)

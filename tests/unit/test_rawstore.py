@@ -5,6 +5,7 @@ import fcntl
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -381,3 +382,80 @@ def test_a_destroyed_key_makes_the_image_unreadable(store):
     store.keys.destroy(PID_A)
     with pytest.raises(NoDataKeyError, match="was erased"):
         store.read_image(PID_A, a1)
+
+
+def _not_checked_out(paths: ProjectPaths, how: str) -> Callable[[], None]:
+    """``data/raw``'s tables not in the workspace, as ``how`` says (`dvc checkout` not run, or
+    cut short); returns what `dvc checkout data/raw` would do: put them back."""
+    raw = paths.raw
+    away = paths.root / "checked-in"
+    dvcfile = paths.data / "raw.dvc"
+    if how.startswith("tracked"):
+        dvcfile.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: raw\n")
+    if how in ("tracked", "tracked_empty"):  # a fresh clone: nothing of data/raw checked out
+        raw.rename(away)
+        if how == "tracked_empty":
+            raw.mkdir()
+
+        def restore() -> None:
+            if raw.exists():
+                raw.rmdir()
+            away.rename(raw)
+
+        return restore
+    # "no_images_table", "no_subjects_table": cut short; "folders_only": the photographs'
+    # folders checked out, no table (a project DVC does not track, restored from a backup).
+    names = {
+        "no_images_table": ["images.parquet"],
+        "no_subjects_table": ["subjects.parquet"],
+        "folders_only": ["subjects.parquet", "images.parquet"],
+    }[how]
+    away.mkdir()
+    for name in names:
+        (raw / name).rename(away / name)
+
+    def restore() -> None:
+        for name in names:
+            (away / name).rename(raw / name)
+
+    return restore
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["no_images_table", "no_subjects_table", "folders_only", "tracked", "tracked_empty"],
+)
+def test_a_transaction_whose_tables_are_not_checked_out_refuses_to_begin(store, how):
+    """data/raw's tables not in the workspace (`dvc checkout` not run, or cut short): a
+    transaction read the absent table as empty and wrote both back, holding only its own rows,
+    and `dvc add data/raw` made that the current version: every earlier subject's rows gone
+    from it (an import, SynthFaces, a purge). Refused now before anything is staged, nothing
+    written, saying what to run; once checked out, the same change keeps everyone's rows."""
+    paths = store.paths
+    a1 = commit_one(store, PID_A, b"earlier subject")
+    restore = _not_checked_out(paths, how)
+    before = tree(paths.root)
+
+    with pytest.raises(rawstore.RawDataMissingError, match=r"run `dvc checkout data/raw`") as err:
+        commit_one(store, PID_B, b"new subject")
+
+    said = str(err.value)
+    assert "dvc pull data/raw" in said and "nothing was changed" in said, said
+    assert PID_A not in said and PID_B not in said  # no subject named: the cause is the checkout
+    assert tree(paths.root) == before  # no staging folder left either
+
+    restore()
+    b1 = commit_one(store, PID_B, b"new subject")
+    assert list(read_subjects(paths.raw)["pid"]) == [PID_A, PID_B]
+    assert list(read_images(paths.raw)["image_id"]) == [a1, b1]
+
+
+@pytest.mark.parametrize("how", ["no_raw", "empty_raw"])
+def test_the_first_transaction_of_a_new_project_creates_both_tables(store, how):
+    """A new project (no data/raw, or an empty one DVC does not track): nothing is expected in
+    the tables, so the first import writes them."""
+    if how == "empty_raw":
+        store.paths.raw.mkdir(parents=True)
+    a1 = commit_one(store, PID_A, b"first subject")
+    assert list(read_subjects(store.paths.raw)["pid"]) == [PID_A]
+    assert list(read_images(store.paths.raw)["image_id"]) == [a1]

@@ -68,6 +68,14 @@ replaced by rename), so until the first rename ``data/raw`` is byte-for-byte unt
 exception before the swap only removes the staging folder. After the swap the store runs
 ``dvc add data/raw`` (a warning outside a DVC repository) and refreshes the consent snapshot.
 
+A transaction does not begin where a table is not there though rows are expected in it
+(:func:`check_tables`: the other table is there, DVC tracks ``data/raw``, or ``data/raw`` holds
+subjects' folders; ``dvc checkout data/raw`` not run, or cut short): it would read the table as
+empty and write both back with its own rows alone, and the next ``dvc add`` would make every
+other subject's rows gone from the current version. :class:`RawDataMissingError` says to run
+``dvc checkout data/raw``; nothing is staged. A new project (no ``data/raw``, or an empty one
+DVC does not track) has nothing to lose: its first transaction writes both tables.
+
 Recovery rule, applied under the lock when a transaction starts (:meth:`RawStore.recover`):
 
 - ``data/raw`` is missing and ``data/raw.old-<t>`` exists: a crash fell between the two renames.
@@ -86,7 +94,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +111,7 @@ from visage_ml.io import atomic_write_bytes, file_lock, fsync_dir, version_nonce
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.datakeys import SUFFIX as SEALED_SUFFIX
 from visage_ml.privacy.datakeys import DataKeys
-from visage_ml.privacy.keys import check_pid
+from visage_ml.privacy.keys import PID_RE, check_pid
 from visage_ml.privacy.sealed import open_sealed, seal
 
 log = logging.getLogger(__name__)
@@ -173,6 +181,13 @@ MSG_RAW_NOT_CHECKED_OUT = (
     "{missing} not there, though {why}: the raw data is not checked out here, and what "
     "would be read without it says that subject {pid} has no photographs; run `dvc checkout "
     "data/raw` (`dvc pull data/raw` where the DVC cache lacks it), then run again"
+)
+MSG_RAW_TABLES_NOT_CHECKED_OUT = (
+    "{missing} not there, though {why}: the raw data is not checked out here, and data/raw "
+    "written without it would hold only this change's rows, every other subject's gone from "
+    "it (and from the version `dvc add` makes of it), so nothing was changed: run `dvc checkout "
+    "data/raw` (`dvc pull data/raw` where the DVC cache lacks it; where DVC does not track "
+    "data/raw, restore its tables from a backup), then run again"
 )
 UNKNOWN_IMAGE_SUBJECT = "images row {image_id} names subject {pid}, which has no subjects row"
 DUPLICATE_IMAGE_ID = "image id {image_id} appears twice; use RawTransaction.new_image_id()"
@@ -285,6 +300,68 @@ def absent_tables(raw_dir: Path) -> list[str]:
     """The tables of ``raw_dir`` (:data:`SUBJECTS_FILE`, :data:`IMAGES_FILE`) not there: read
     as empty by :func:`read_subjects` and :func:`read_images`. A transaction writes both."""
     return [name for name in (SUBJECTS_FILE, IMAGES_FILE) if not (Path(raw_dir) / name).is_file()]
+
+
+def dvc_file(raw_dir: Path) -> Path:
+    """The DVC file that tracks ``raw_dir`` (``data/raw.dvc``), there or not."""
+    return Path(f"{raw_dir}.dvc")
+
+
+def subject_folders(raw_dir: Path) -> int:
+    """How many subject folders (``<pid>/``, where their photographs are) ``raw_dir`` holds."""
+    try:
+        with os.scandir(raw_dir) as it:
+            return sum(1 for e in it if PID_RE.fullmatch(e.name) and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
+def tables_expected(raw_dir: Path, missing: Sequence[str]) -> str | None:
+    """Why rows are expected in the tables of ``raw_dir`` that are ``missing``
+    (:func:`absent_tables`), or None where nothing of the project says so: none is missing, or
+    it is a new project (no ``data/raw``, or one without a subject's folder, DVC tracking
+    neither).
+
+    They are expected where the other table is there (a transaction writes both), DVC tracks
+    ``data/raw`` (``data/raw.dvc``: it was written), or ``data/raw`` holds subjects' folders.
+    Read as empty, such a table says that nobody has a photograph; written back (a
+    transaction), it would hold only the transaction's rows.
+    """
+    if not missing:
+        return None
+    if len(missing) == 1:
+        there = SUBJECTS_FILE if list(missing) == [IMAGES_FILE] else IMAGES_FILE
+        return f"data/raw/{there} is there (the two are written together)"
+    if dvc_file(raw_dir).is_file():
+        return "DVC tracks data/raw (data/raw.dvc)"
+    n = subject_folders(raw_dir)
+    if n:
+        return f"data/raw holds {n} subject folder(s) of photographs (<pid>/)"
+    return None
+
+
+def absent_shown(missing: Sequence[str]) -> str:
+    """``missing`` tables as a message's subject: "data/raw/images.parquet is", "... are"."""
+    shown = " and ".join(f"data/raw/{name}" for name in missing)
+    return f"{shown} {'is' if len(missing) == 1 else 'are'}"
+
+
+def check_tables(raw_dir: Path) -> None:
+    """Refuse to go on where a table of ``raw_dir`` is not there though rows are expected in it
+    (:func:`tables_expected`): ``dvc checkout data/raw`` not run, or cut short.
+
+    Raises
+    ------
+    RawDataMissingError
+        The message says which table, why its rows are expected and what to run
+        (:data:`MSG_RAW_TABLES_NOT_CHECKED_OUT`); it names no subject.
+    """
+    missing = absent_tables(raw_dir)
+    why = tables_expected(raw_dir, missing)
+    if why is not None:
+        raise RawDataMissingError(
+            MSG_RAW_TABLES_NOT_CHECKED_OUT.format(missing=absent_shown(missing), why=why)
+        )
 
 
 def _check_gender(values: pd.Series) -> None:
@@ -841,6 +918,14 @@ class RawStore:
             Where to write images and rows. After the block, ``committed``, ``dvc_md5`` and
             ``dvc_error`` say what happened.
 
+        Raises
+        ------
+        RawDataMissingError
+            Before anything is staged, where a table of ``data/raw`` is not there though rows
+            are expected in it (:func:`check_tables`; not with ``replace``): read as empty and
+            written back, it would hold only this transaction's rows, and the next ``dvc add``
+            would make every other subject's rows gone from the current version.
+
         Notes
         -----
         An exception inside the block, or while the tables are written, removes the staging
@@ -849,6 +934,8 @@ class RawStore:
         paths = self.paths
         with self.lock():
             self.recover()
+            if not replace:
+                check_tables(paths.raw)
             paths.data.mkdir(parents=True, exist_ok=True)
             token = secrets.token_hex(6)
             staging = paths.data / f"{STAGING_PREFIX}{token}"

@@ -9,18 +9,17 @@ found"). :func:`check_raw` refuses that first, for every action that reads the t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import (
-    IMAGES_FILE,
     MSG_RAW_NOT_CHECKED_OUT,
-    SUBJECTS_FILE,
     RawDataMissingError,
+    absent_shown,
     absent_tables,
+    tables_expected,
 )
 from visage_ml.privacy.registry import SYNTHFACES_SOURCE
 
@@ -43,10 +42,12 @@ def processed_rows(paths: ProjectPaths, pid: str) -> dict[str, Any]:
 def check_raw(paths: ProjectPaths, pid: str, *, source: str, crops: int | None = None) -> None:
     """Refuse to read ``data/raw`` as empty where ``pid``'s rows are expected in it.
 
-    They are expected, when a table is not there, where the other is (the two are written
-    together), DVC tracks ``data/raw``, ``data/processed`` holds crops of theirs, or the registry
-    says they came from an import or SynthFaces; nothing says so for a subject added by hand,
-    who has no photograph.
+    They are expected, when a table is not there, where the project says rows are
+    (:func:`~visage_ml.data.rawstore.tables_expected`: the other table is there, DVC tracks
+    ``data/raw``, or ``data/raw`` holds subjects' folders: a raw-store transaction refuses to
+    begin then too), ``data/processed`` holds crops of theirs, or the registry says they came
+    from an import or SynthFaces; nothing says so for a subject added by hand, who has no
+    photograph.
 
     Parameters
     ----------
@@ -68,19 +69,18 @@ def check_raw(paths: ProjectPaths, pid: str, *, source: str, crops: int | None =
     missing = absent_tables(paths.raw)
     if not missing:
         return
-    if len(missing) == 1:
-        there = SUBJECTS_FILE if missing == [IMAGES_FILE] else IMAGES_FILE
-        why = f"data/raw/{there} is there (the two are written together)"
-    elif Path(f"{paths.raw}.dvc").is_file():
-        why = "DVC tracks data/raw (data/raw.dvc)"
-    elif processed_rows(paths, pid).get("crops", 0) if crops is None else crops:
-        why = f"data/processed holds crops of subject {pid}'s photographs"
-    elif source.startswith("import:") or source == SYNTHFACES_SOURCE:
-        why = f"the registry says subject {pid} came from {source}, with photographs"
-    else:
+    why = tables_expected(paths.raw, missing) or _theirs_expected(paths, pid, source, crops)
+    if why is None:
         return
-    shown = " and ".join(f"data/raw/{name}" for name in missing)
-    verb = "is" if len(missing) == 1 else "are"
     raise RawDataMissingError(
-        MSG_RAW_NOT_CHECKED_OUT.format(missing=f"{shown} {verb}", why=why, pid=pid)
+        MSG_RAW_NOT_CHECKED_OUT.format(missing=absent_shown(missing), why=why, pid=pid)
     )
+
+
+def _theirs_expected(paths: ProjectPaths, pid: str, source: str, crops: int | None) -> str | None:
+    """Why ``pid`` has rows in ``data/raw`` though the project says nothing of its tables."""
+    if processed_rows(paths, pid).get("crops", 0) if crops is None else crops:
+        return f"data/processed holds crops of subject {pid}'s photographs"
+    if source.startswith("import:") or source == SYNTHFACES_SOURCE:
+        return f"the registry says subject {pid} came from {source}, with photographs"
+    return None
