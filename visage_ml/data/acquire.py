@@ -3,7 +3,10 @@
 Generates the images (``data/raw``, ``data/scenes``), registers every synthetic subject in the
 privacy ledger with simulated consent events, writes the per-image table, refreshes the consent
 snapshot and puts both folders under DVC. Re-running with the data already present generates
-nothing and only completes registration steps a crash may have interrupted.
+nothing and only completes registration steps a crash may have interrupted; where data/raw's
+tables are not checked out though rows are expected in them (DVC tracks data/raw), nothing is
+generated either: :class:`~visage_ml.data.rawstore.RawDataMissingError` says to run
+``dvc checkout data/raw``.
 
 Every photograph is sealed under its subject's data key and every scene under the ``scenes``
 collection key (:class:`~visage_ml.privacy.datakeys.DataKeys`): DVC tracks ciphertext only.
@@ -25,9 +28,13 @@ from PIL import Image
 from visage_ml import dvcops
 from visage_ml.config import PURPOSES, Params, ProjectPaths, to_dict
 from visage_ml.data.rawstore import (
+    IMAGES_FILE,
     IMAGES_SCHEMA,
     SUBJECTS_SCHEMA,
     RawStore,
+    absent_tables,
+    check_tables,
+    dvc_file,
     read_raw_image,
     read_subjects,
     table_bytes,
@@ -89,6 +96,19 @@ def _normalise_tables(raw: Path, images: pd.DataFrame) -> None:
     subjects["source"] = SOURCE
     atomic_write_bytes(raw / "subjects.parquet", table_bytes(subjects, SUBJECTS_SCHEMA), mode=0o600)
     atomic_write_bytes(raw / "images.parquet", table_bytes(images, IMAGES_SCHEMA), mode=0o600)
+
+
+def _check_tables(raw: Path) -> None:
+    """Refuse to generate or complete ``data/raw`` where its tables are not checked out though
+    rows are expected in them (:func:`~visage_ml.data.rawstore.check_tables`): SynthFaces
+    generated into a data/raw that DVC tracks but that is not checked out would be `dvc add`ed
+    as its current version, without any subject imported into it.
+
+    :func:`_normalise_tables` writes subjects.parquet, then images.parquet: a crash between the
+    two, before DVC tracked data/raw, leaves images.parquet alone missing, and it is made again
+    from the sealed files (:func:`image_table`)."""
+    if absent_tables(raw) != [IMAGES_FILE] or dvc_file(raw).is_file():
+        check_tables(raw)
 
 
 def erased_pids(core: PrivacyCore, pids: list[str]) -> set[str]:
@@ -162,6 +182,7 @@ def acquire_synthfaces(
     erased = erased_pids(core, population)
     with store.lock():
         store.recover()
+        _check_tables(paths.raw)
         if not paths.subjects.exists():
             summary = write_synthfaces(
                 paths.raw,
@@ -182,7 +203,8 @@ def acquire_synthfaces(
             if SOURCE not in set(subjects["source"].dropna()):
                 raise FileExistsError(NOT_SYNTH.format(path=paths.raw))
             log.info(
-                "data/raw already holds SynthFaces: reusing it (delete data/raw to regenerate)"
+                "data/raw already holds SynthFaces: reusing it (delete data/raw, and `dvc "
+                "remove data/raw.dvc` where DVC tracks it, to regenerate)"
             )
             plan = consent_plan(make_population(synth, seed), synth, seed)
         present = set(read_subjects(paths.raw)["pid"].astype(str))

@@ -231,6 +231,8 @@ def synth(
     (frames + scenes.parquet), registers every synthetic subject with simulated consent events
     in the ledger, refreshes data/registry/consents.parquet and runs `dvc add` on both folders.
     Deterministic for project.seed; when data/raw already holds SynthFaces it is reused.
+    Nothing is generated where DVC tracks data/raw but its tables are not checked out: run
+    `dvc checkout data/raw` first (exit code 2).
     """
     setup_logging()
     with user_errors():
