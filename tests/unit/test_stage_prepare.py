@@ -52,6 +52,31 @@ def test_prepare_without_data_says_what_to_do(tiny_project, capsys, monkeypatch)
     assert "visage data synth" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("how", ["tracked", "no_images_table"])
+def test_prepare_where_data_raw_is_not_checked_out_says_to_check_it_out(
+    tiny_project, capsys, monkeypatch, how
+):
+    """DVC tracks data/raw, not checked out here: prepare said to acquire data with `visage
+    data synth` or `visage data import`, which then wrote data/raw anew without the tracked
+    subjects. images.parquet alone missing (a checkout cut short): prepare built
+    data/processed from whatever was checked out. Both refused now, saying what to run."""
+    root = tiny_project()
+    paths = ProjectPaths(root)
+    if how == "tracked":
+        (paths.data).mkdir()
+        (paths.data / "raw.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n")
+    else:
+        acquire_synthfaces(paths, load_params(paths.params), progress=False)
+        (paths.raw / "images.parquet").unlink()
+    monkeypatch.chdir(root)
+
+    assert prepare.main() == 2
+
+    said = " ".join(capsys.readouterr().err.split())
+    assert "run `dvc checkout data/raw`" in said and "visage data synth" not in said, said
+    assert not (paths.processed / "manifest.parquet").exists()
+
+
 @pytest.mark.pipeline
 def test_dvc_repro_prepare_then_consent_change_makes_it_stale(tiny_project):
     root = tiny_project(dvc=True)

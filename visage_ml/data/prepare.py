@@ -39,7 +39,7 @@ from visage_ml.data.manifest import (
     source_summary,
     usable_splits,
 )
-from visage_ml.data.rawstore import PLAIN_EXTS, frame_parquet_bytes, read_raw_image
+from visage_ml.data.rawstore import PLAIN_EXTS, check_tables, frame_parquet_bytes, read_raw_image
 from visage_ml.io import (
     NONCE_KEY,
     atomic_write_bytes,
@@ -146,6 +146,10 @@ def prepare(
     ------
     FileNotFoundError
         ``data/raw`` or the consent snapshot is missing.
+    RawDataMissingError
+        A table of ``data/raw`` is not there though rows are expected in it (DVC tracks it, or
+        the other table is there: :func:`~visage_ml.data.rawstore.check_tables`); the message
+        says to run ``dvc checkout data/raw``.
     ValueError
         A raw image cannot be read, or is a plaintext file (run ``visage privacy seal``).
     LedgerError
@@ -155,6 +159,9 @@ def prepare(
     t0 = time.perf_counter()
     keys = keys if keys is not None else DataKeys.for_project(paths)
 
+    # Not from a data/raw that is not checked out (or cut short): the advice to acquire data
+    # would write it anew without the tracked subjects, and a part of it is not the data set.
+    check_tables(paths.raw)
     subjects = read_subjects(paths.raw)
     snapshot = _narrowed_to_registry(
         read_snapshot(paths.consents),

@@ -14,6 +14,7 @@ import sys
 from visage_ml.config import ProjectPaths, load_params
 from visage_ml.data.detect import FaceDetector
 from visage_ml.data.prepare import prepare
+from visage_ml.data.rawstore import RawDataMissingError
 from visage_ml.privacy.core import PrivacyCore
 from visage_ml.privacy.ledger import LedgerError
 
@@ -32,7 +33,7 @@ def main() -> int:
     paths = ProjectPaths.discover()
     try:
         report = run(paths)
-    except (FileNotFoundError, ValueError, LedgerError) as exc:
+    except (FileNotFoundError, ValueError, LedgerError, RawDataMissingError) as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
     print(
