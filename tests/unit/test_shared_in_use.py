@@ -60,6 +60,35 @@ def test_a_photograph_two_subjects_share_in_clear_stays_with_the_other_and_is_de
     assert sha256_bytes(pngs[0]) not in cert and other not in cert
 
 
+def test_the_verifier_without_data_raws_images_table_says_it_cannot_tell_the_others_photograph(
+    project,
+):
+    """data/raw's images.parquet not checked out where the verifier runs (`dvc checkout` cut
+    short): read as empty, it listed no current subject's photograph, so the other subject's
+    own file, which the erasure declared kept, was reported as erased content that remains (a
+    false alarm, blaming the erasure). The verifier says now that it cannot tell without the
+    table and what to run; checked out, the certificate verifies."""
+    proj = make_project(project, n_subjects=3)
+    victim, other, _pngs, image_id = _shared_plain(proj)
+    result = Erasure(proj.paths).erase(victim)
+    table = proj.paths.raw / "images.parquet"
+    kept = table.read_bytes()
+    table.unlink()
+
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+
+    assert not report.ok
+    [finding] = report.findings
+    assert finding["path"].endswith(f"/{other}/{image_id}.png"), finding
+    assert "cannot be told" in finding["why"] and "dvc checkout data/raw" in finding["why"]
+    [check] = [c for c in report.checks if c.name == "no erased content remains"]
+    assert "dvc checkout data/raw" in check.detail, check.detail
+
+    table.write_bytes(kept)
+    report = verify_certificate(result.certificate_path, root=proj.paths.root)
+    assert report.ok, report.findings
+
+
 def test_a_copy_filed_under_another_subject_after_the_certificate_is_found(project):
     proj = make_project(project, n_subjects=3)
     victim, other, pngs, _ = _shared_plain(proj)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
+from visage_ml.data.rawstore import IMAGES_FILE, absent_tables, tables_expected
 from visage_ml.privacy.certificate import (
     CertificateReport,
     check_witnessed,
@@ -100,6 +101,19 @@ GIT_OBJECT = "an object of the git history: rewrite it out, see `visage privacy 
 MSG_NOT_DECLARED = (
     "a file of another current subject in data/raw holds erased content, and the certificate "
     "does not declare it kept: filed under that subject since? review it"
+)
+# data/raw's images table not checked out where the verifier runs: it lists the current
+# subjects' photographs (a file a subject shared with the erased one stays theirs), and read as
+# empty it lists none, so their own file would be taken for an erased one's copy.
+MSG_UNLISTED = (
+    "{found}, or another current subject's own photograph, kept as theirs: which cannot be "
+    "told without data/raw/images.parquet, not checked out here though {why}; run `dvc "
+    "checkout data/raw` and verify again"
+)
+MSG_UNLISTED_CHECK = (
+    "data/raw/images.parquet is not checked out here, though {why}: whether a file found is "
+    "another current subject's own photograph cannot be told; run `dvc checkout data/raw` and "
+    "verify again"
 )
 
 MSG_NOT_SCANNED = (
@@ -189,6 +203,7 @@ def scan_for_hashes(
     allowed_in_git: Container[str] = frozenset(),
     report: CertificateReport,
     unreachable: dict[str, str] | None = None,
+    unlisted: str | None = None,
 ) -> int:
     """Hash every file under ``walked`` and every git object (but those of a size nothing in
     ``sha256s`` has, :meth:`~visage_ml.rights.content_hashes.ContentHashes.may_match`, which are
@@ -200,7 +215,9 @@ def scan_for_hashes(
     names as :func:`~visage_ml.rights.content_scan.in_use_name` gives them for that request,
     or as it gave them before, unbound); and any ``.dir`` manifest
     that names a listed md5 or the subject's folder. Returns how many files current subjects
-    hold; a DVC remote that could not be listed goes into ``unreachable`` (its name: why)."""
+    hold; a DVC remote that could not be listed goes into ``unreachable`` (its name: why).
+    ``unlisted``: why data/raw's images table, not there, is expected (:func:`_unlisted`): a
+    found file that may be another current subject's own says that this cannot be told."""
     embedded.spill_into(paths.root)
     hashed = content_scan.hash_files(walked, sizes=sha256s)
     hits = [h for h in hashed if h.matches(sha256s)]
@@ -269,6 +286,8 @@ def scan_for_hashes(
             why = HELD_INSIDE
         if h.path in kept.files:
             why = MSG_NOT_DECLARED
+        elif unlisted is not None and _may_be_theirs(paths, h):
+            why = MSG_UNLISTED.format(found=why, why=unlisted)
         # An erased image's plaintext or source by its path only: the report names the pid, so its
         # SHA-256 would pair a photograph with them (as content_hit in the ledger); a git
         # object by the repository alone (its id is a hash of the content too).
@@ -276,6 +295,20 @@ def scan_for_hashes(
         shown = f"{h.path} ({GIT_OBJECT})" if h.root.git else str(h.path)
         report.findings.append({"path": shown, "sha256": named, "why": why})
     return len(kept.files)
+
+
+def _unlisted(paths: ProjectPaths) -> str | None:
+    """Why data/raw's images table is expected where it is not there (``dvc checkout`` not run
+    or cut short: :func:`~visage_ml.data.rawstore.tables_expected`), else None."""
+    missing = absent_tables(paths.raw)
+    return tables_expected(paths.raw, missing) if IMAGES_FILE in missing else None
+
+
+def _may_be_theirs(paths: ProjectPaths, h: content_scan.Hashed) -> bool:
+    """Whether a found file is of a kind the images table tells as a current subject's own
+    (:func:`~visage_ml.rights.content_scan.in_use`, :func:`git_allowed`): a file in data/raw, a
+    DVC object, a git object."""
+    return h.root.git or h.oid is not None or paths.raw.resolve() in h.path.resolve().parents
 
 
 def _declared_in_use(paths: ProjectPaths) -> dict[str | None, set[str]]:
@@ -350,6 +383,7 @@ def _scan(
     declared = _declared_in_use(paths)
     rid = doc.get("request_id")
     declared.setdefault(rid if isinstance(rid, str) else None, set()).update(in_use)
+    unlisted = _unlisted(paths)
     held = scan_for_hashes(
         paths,
         walked,
@@ -360,6 +394,7 @@ def _scan(
         allowed_in_git=git_allowed(paths, str(doc.get("pid")), artefacts),
         report=report,
         unreachable=unreachable,
+        unlisted=unlisted,
     )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
     if held:
@@ -371,6 +406,8 @@ def _scan(
         names = ", ".join(f"{n} ({why})" for n, why in sorted(unreachable.items()))
         unkeyed = True  # not shown to be clean either
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
+    if unlisted is not None and report.findings:
+        unkeyed_note += f"; {MSG_UNLISTED_CHECK.format(why=unlisted)}"
     images = (
         " and every erased image's plaintext and source file, and erased subjects' keys as "
         "unwrapped"
