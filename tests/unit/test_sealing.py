@@ -191,6 +191,31 @@ def test_seal_converts_a_legacy_project_resumably_and_purges_plaintext_from_dvc(
     assert again.raw_sealed == again.scenes_sealed == 0
 
 
+@pytest.mark.pipeline
+def test_seal_where_data_raw_is_not_checked_out_is_refused_and_dvc_adds_nothing(tiny_project):
+    """DVC tracks data/raw, its tables not checked out (`dvc checkout` cut short): `visage
+    privacy seal` sealed what it found and `dvc add`ed data/raw as it was, so data/raw.dvc's
+    current version held neither table, no subject's rows. Refused now before anything is
+    sealed, saying what to run."""
+    root = tiny_project(dvc=True)
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    dvcfile = paths.data / "raw.dvc"
+    tracked = dvcfile.read_text()
+    for name in ("subjects.parquet", "images.parquet"):
+        (paths.raw / name).unlink()
+
+    result = CliRunner().invoke(app, ["privacy", "seal"])
+
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "DVC tracks data/raw" in said and "run `dvc checkout data/raw`" in said, said
+    assert dvcfile.read_text() == tracked
+    assert _dvc(root, "checkout", "data/raw").returncode == 0
+    seal_project(paths)
+    assert dvcfile.read_text() == tracked
+
+
 # -- visage privacy rotate-master-key ------------------------------------------------------
 
 

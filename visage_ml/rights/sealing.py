@@ -43,7 +43,7 @@ from visage_ml import dvcops, faults
 from visage_ml.config import ProjectPaths
 from visage_ml.data.crops import CropWriter
 from visage_ml.data.prepare import FACES_FILE, LEGACY_FACES_FILE, MANIFEST_FILE, purge_subject
-from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore
+from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore, check_tables
 from visage_ml.evaluation.figures import FIGURE_NAME, MLFLOW_FOLDER
 from visage_ml.io import (
     CHUNK,
@@ -351,7 +351,16 @@ def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> Sea
     SealReport
         Counts; subjects left unsealed (erased or unknown to the registry) are counted in
         ``raw_left`` for :func:`doctor`.
+
+    Raises
+    ------
+    visage_ml.data.rawstore.RawDataMissingError
+        In a DVC repository, before anything is sealed, where a table of ``data/raw`` is not
+        there though rows are expected in it (:func:`~visage_ml.data.rawstore.check_tables`):
+        the ``dvc add data/raw`` that ends the seal would make a version without them current.
     """
+    if dvcops.is_dvc_repo(paths.root):
+        check_tables(paths.raw)
     core = core if core is not None else PrivacyCore(paths)
     keys = core.data_keys
     states = core.registry.states()
