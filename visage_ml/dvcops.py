@@ -6,6 +6,8 @@ plain YAML and read directly.
 
 from __future__ import annotations
 
+import configparser
+import json
 import logging
 import os
 import shutil
@@ -90,6 +92,51 @@ def tracked_md5(root: Path, target: Path) -> str | None:
     doc = yaml.safe_load(dvcfile.read_text(encoding="utf-8")) or {}
     outs = doc.get("outs") or []
     return str(outs[0].get("md5")) if outs else None
+
+
+def tracked_listing(target: Path) -> list[str] | None:
+    """The files ``<target>.dvc`` records in the folder ``target`` (relative paths, as its
+    ``.dir`` object in the DVC cache lists them), or None where that cannot be told: no such
+    file, not a folder's, its object not in the cache (not pulled). A record of no file
+    (``nfiles: 0``, ``dvc add`` of an empty folder) is an empty list without the cache."""
+    dvcfile = Path(f"{target}.dvc")
+    try:
+        doc = yaml.safe_load(dvcfile.read_text(encoding="utf-8")) or {}
+        out = (doc.get("outs") or [{}])[0]
+    except (OSError, yaml.YAMLError, AttributeError, IndexError, KeyError, TypeError):
+        return None
+    md5 = str(out.get("md5") or "")
+    if out.get("nfiles") == 0:
+        return []
+    if not md5.endswith(".dir") or len(md5) != 36:
+        return None
+    for cache in _cache_dirs(dvcfile.parent):
+        for obj in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
+            try:
+                entries = json.loads(obj.read_text(encoding="utf-8"))
+                return [str(e["relpath"]) for e in entries]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return None
+
+
+def _cache_dirs(start: Path) -> list[Path]:
+    """The DVC cache of the repository holding ``start`` (``cache.dir`` of its ``.dvc/config``
+    and ``config.local``, relative to ``.dvc/``; else ``.dvc/cache``)."""
+    for folder in (start, *start.parents):
+        dot = folder / ".dvc"
+        if not dot.is_dir():
+            continue
+        found = [dot / "cache"]
+        for name in ("config", "config.local"):
+            cfg = configparser.ConfigParser()
+            try:
+                cfg.read(dot / name, encoding="utf-8")
+                found.insert(0, (dot / cfg.get("cache", "dir").strip().strip("'\"")).resolve())
+            except (configparser.Error, OSError, ValueError):
+                continue
+        return found
+    return []
 
 
 def read_lock(root: Path) -> dict[str, Any]:

@@ -3,9 +3,13 @@
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
 from visage_ml.data import rawstore
 from visage_ml.data.rawstore import RawStore, read_images, read_subjects
@@ -459,3 +464,74 @@ def test_the_first_transaction_of_a_new_project_creates_both_tables(store, how):
     a1 = commit_one(store, PID_A, b"first subject")
     assert list(read_subjects(store.paths.raw)["pid"]) == [PID_A]
     assert list(read_images(store.paths.raw)["image_id"]) == [a1]
+
+
+def _track_as_dvc_did(paths: ProjectPaths, listing: list[str] | None) -> None:
+    """``data/raw.dvc`` as ``dvc add data/raw`` writes it, and its ``.dir`` object in the
+    project's DVC cache listing ``listing`` (the object left out where None: not pulled, a
+    record of three files)."""
+    body = json.dumps([{"md5": "0" * 32, "relpath": rel} for rel in listing or []])
+    md5 = hashlib.md5(body.encode(), usedforsecurity=False).hexdigest()  # as DVC names it
+    nfiles = 3 if listing is None else len(listing)
+    (paths.data / "raw.dvc").write_text(
+        f"outs:\n- md5: {md5}.dir\n  size: 0\n  nfiles: {nfiles}\n  hash: md5\n  path: raw\n"
+    )
+    if listing is not None:
+        obj = paths.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / f"{md5[2:]}.dir"
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_text(body)
+
+
+@pytest.mark.parametrize("listing", [[], ["README.md"]], ids=["empty", "no_table"])
+def test_a_data_raw_dvc_tracked_without_tables_takes_its_first_transaction(store, listing):
+    """`dvc add data/raw` run on a folder that held no table yet (a project set up before its
+    first import): DVC's record says no table was ever there, so nothing is expected of one.
+    The transaction refused, saying to run `dvc checkout data/raw`, which brings no table:
+    no import could ever begin."""
+    paths = store.paths
+    paths.raw.mkdir(parents=True)
+    (paths.root / ".dvc").mkdir(exist_ok=True)
+    _track_as_dvc_did(paths, listing)
+    a1 = commit_one(store, PID_A, b"first subject")
+    assert list(read_images(paths.raw)["image_id"]) == [a1]
+
+
+def test_a_data_raw_dvc_listing_the_tables_refuses_the_transaction_while_they_are_away(store):
+    """The same record listing the tables (the object in the cache), or not in the cache at all
+    (not pulled: nothing says they were not there): rows are expected, the transaction
+    refused."""
+    paths = store.paths
+    commit_one(store, PID_A, b"earlier subject")
+    (paths.root / ".dvc").mkdir(exist_ok=True)
+    for listing in (["images.parquet", "subjects.parquet", f"{PID_A}/x.sealed"], None):
+        _track_as_dvc_did(paths, listing)
+        for name in ("images.parquet", "subjects.parquet"):
+            (paths.raw / name).rename(paths.root / name)
+        with pytest.raises(rawstore.RawDataMissingError, match="DVC tracks data/raw"):
+            commit_one(store, PID_B, b"new subject")
+        for name in ("images.parquet", "subjects.parquet"):
+            (paths.root / name).rename(paths.raw / name)
+
+
+@pytest.mark.pipeline
+def test_the_files_dvc_records_in_a_folder_are_read_from_its_cache_wherever_it_is(tmp_path):
+    """What `dvc add` recorded, read as DVC wrote it: an empty folder's record (no cache
+    needed), a folder's, from a cache set with `dvc config cache.dir` (relative to .dvc/);
+    None where its object is not in the cache."""
+    root = tmp_path / "repo"
+    (root / "data" / "raw").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc = [*dvcops.dvc_executable()]
+    run = partial(subprocess.run, cwd=root, env=dvcops.dvc_env(), check=True, capture_output=True)
+    run([*dvc, "init", "-q"])
+    run([*dvc, "config", "cache.dir", str(tmp_path / "elsewhere")])
+    raw = root / "data" / "raw"
+    run([*dvc, "add", "-q", "data/raw"])
+    assert dvcops.tracked_listing(raw) == []
+    (raw / "subjects.parquet").write_bytes(b"a")
+    (raw / "p").mkdir()
+    (raw / "p" / "x.sealed").write_bytes(b"b")
+    run([*dvc, "add", "-q", "data/raw"])
+    assert sorted(dvcops.tracked_listing(raw)) == ["p/x.sealed", "subjects.parquet"]
+    shutil.rmtree(tmp_path / "elsewhere")
+    assert dvcops.tracked_listing(raw) is None

@@ -323,7 +323,10 @@ def tables_expected(raw_dir: Path, missing: Sequence[str]) -> str | None:
     neither).
 
     They are expected where the other table is there (a transaction writes both), DVC tracks
-    ``data/raw`` (``data/raw.dvc``: it was written), or ``data/raw`` holds subjects' folders.
+    ``data/raw`` (``data/raw.dvc``: it was written) unless its record says no such table was
+    in it (:func:`~visage_ml.dvcops.tracked_listing`: ``dvc add`` of a folder before its first
+    import; a record whose object is not in the cache says nothing), or ``data/raw`` holds
+    subjects' folders.
     Read as empty, such a table says that nobody has a photograph; written back (a
     transaction), it would hold only the transaction's rows.
     """
@@ -333,7 +336,9 @@ def tables_expected(raw_dir: Path, missing: Sequence[str]) -> str | None:
         there = SUBJECTS_FILE if list(missing) == [IMAGES_FILE] else IMAGES_FILE
         return f"data/raw/{there} is there (the two are written together)"
     if dvc_file(raw_dir).is_file():
-        return "DVC tracks data/raw (data/raw.dvc)"
+        listing = dvcops.tracked_listing(Path(raw_dir))
+        if listing is None or set(missing) & set(listing):
+            return "DVC tracks data/raw (data/raw.dvc)"
     n = subject_folders(raw_dir)
     if n:
         return f"data/raw holds {n} subject folder(s) of photographs (<pid>/)"
