@@ -12,6 +12,7 @@ are written byte for byte as Python 2.7's ``pickle`` module writes them (:func:`
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import sys
 import time
@@ -19,7 +20,12 @@ from pathlib import Path
 
 import numpy as np
 from rights_fakes import png
-from test_erasure_inside import _photos, held_until_taken_out, proj  # noqa: F401
+from test_erasure_inside import (  # noqa: F401
+    _photos,
+    held_until_taken_out,
+    proj,
+    sealed_in_each,
+)
 
 from visage_ml.rights import embedded
 
@@ -289,3 +295,28 @@ def test_a_file_beginning_as_one_long_string_is_read_only_where_it_holds_somethi
     assert hashlib.sha256(photo).hexdigest() in set(embedded.inside(data, embedded.BINARY))
     other = b"T" + (9000).to_bytes(4, "little") + rng.bytes(9000) + b"q\x01."
     assert embedded.kind(other[: embedded.SNIFF]) is None
+
+
+def _npy(values: list[bytes], how=np.save) -> bytes:
+    """``np.save`` (or ``np.savez``...) of an object array of ``values`` (``allow_pickle``: the
+    NPY header, then a pickle of the array)."""
+    out = io.BytesIO()
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    how(out, array)
+    return out.getvalue()
+
+
+# Object arrays saved by NumPy: the array pickled after the NPY header, alone or in an .npz.
+_OBJECT_ARRAYS = {
+    "crops.npy": lambda values: _npy(values),
+    "crops.npz": lambda values: _npy(values, np.savez),
+    "crops-compressed.npz": lambda values: _npy(values, np.savez_compressed),
+}
+
+
+def test_a_sealed_file_in_an_object_array_npy_or_npz_stops_the_erasure(proj, tmp_path):  # noqa: F811
+    """The subject's sealed file held in an object array saved by NumPy (``.npy``, ``.npz``):
+    the pickle after the NPY header was not read as a pickle, and nothing of the sealed file's
+    size was compared whole: the erasure was certified with it."""
+    sealed_in_each(proj, tmp_path, _OBJECT_ARRAYS)

@@ -214,6 +214,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # its -wal file (embedded_db)
 SQLITE_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # its hot -journal (embedded_db)
 NPY_MAGIC = b"\x93NUMPY"
+# A ``.npy`` file of an object array (``np.save(f, np.array([a, b], dtype=object))``, the
+# default ``allow_pickle``; an ``.npz``'s members too) holds the array pickled after its header,
+# whose ``descr`` says so: its ``bytes`` are read as a pickle's (:func:`_npy_pickle`).
+NPY_HEADER = re.compile(rb"""['"]descr['"]\s*:\s*['"][|<>=]?O""")
 PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 # 32 bytes as a pickle holds ``bytes`` (protocol 3 and up: SHORT_BINBYTES, its length a byte)
 # or a ``bytearray`` (5: BYTEARRAY8, eight): an erased subject's key pickled as it is, among
@@ -871,7 +875,8 @@ def _pickled(
     either (:func:`_old_pickled`)."""
     if what != BINARY:
         return
-    if not PICKLE_MAGIC.match(data[:2]):
+    begins = _npy_pickle(data)
+    if not PICKLE_MAGIC.match(data[begins : begins + 2]):
         if _old_pickle(bytes(data[:SNIFF])):
             yield from _old_pickled(data, sizes, depth, budget)
         return
@@ -882,8 +887,20 @@ def _pickled(
             if len(raw) == KEY_SIZE and test(raw):
                 yield from _part(raw, sizes, depth, budget)
     floor = smallest_sought(sizes)
-    yield from _pickled_values(data, sizes, depth, budget, floor)
+    yield from _pickled_values(data, sizes, depth, budget, floor, _protocols(data, begins))
     yield from _latin1_values(data, _latin1_strings(data), sizes, depth, budget, floor)
+
+
+def _npy_pickle(data: Buffer) -> int:
+    """Where the pickle of a ``.npy`` file's object array begins (``np.save`` of one: its
+    header, then the array pickled, :data:`NPY_HEADER`); 0 for another file (a pickle's is
+    its start)."""
+    if bytes(data[: len(NPY_MAGIC)]) != NPY_MAGIC or len(data) < len(NPY_MAGIC) + 6:
+        return 0
+    width = 2 if data[len(NPY_MAGIC)] == 1 else 4
+    head = len(NPY_MAGIC) + 2 + width
+    end = head + int.from_bytes(data[head - width : head], "little")
+    return end if NPY_HEADER.search(bytes(data[head:end])) is not None else 0
 
 
 def _latin1_values(
@@ -1149,7 +1166,12 @@ def _escape_cut(data: Buffer, lo: int, at: int, stop: int) -> int:
 
 
 def _pickled_values(
-    data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget, floor: int
+    data: Buffer,
+    sizes: SizeFilter | None,
+    depth: int,
+    budget: _Budget,
+    floor: int,
+    protocols: set[int],
 ) -> Iterator[str]:
     """:func:`_value` of each ``bytes`` or ``bytearray`` value ``data``, a pickle of protocol
     3 and up (or a file of pickles, one of them such: :func:`_protocols`), holds as it is
@@ -1159,7 +1181,7 @@ def _pickled_values(
     size sought hashed (what is spent from ``budget``); those smaller than anything sought
     (``floor``) passed over, SHORT_BINBYTES' not looked for unless something that short is
     sought."""
-    protocols, size = _protocols(data), len(data)
+    size = len(data)
     if max(protocols) < 3:  # protocol 2 has no opcode for bytes (:func:`_latin1_strings`)
         return
     memo = MEMO_PUT if max(protocols) < 4 else MEMOIZED if 3 not in protocols else MEMO_ANY
@@ -1188,11 +1210,12 @@ def _pickled_values(
                 yield from _nested(data, start, end, sizes, depth, budget, floor, {2, *protocols})
 
 
-def _protocols(data: Buffer) -> set[int]:
+def _protocols(data: Buffer, begins: int = 0) -> set[int]:
     """The protocols of the pickles ``data`` holds, one after another (a log dumped record by
-    record over years of Python versions): the first's, and each of 3 to 5 that a pickle's
-    STOP then PROTO (:data:`NEXT_PICKLE`) names."""
-    found = {data[1]}
+    record over years of Python versions): the first's (at ``begins``: after a ``.npy``
+    file's header, :func:`_npy_pickle`), and each of 3 to 5 that a pickle's STOP then PROTO
+    (:data:`NEXT_PICKLE`) names."""
+    found = {data[begins + 1]}
     for at in _heads(data, NEXT_PICKLE, NEXT_PICKLE_REACH):
         found.add(data[at + 2])
         if found >= {3, 4, 5}:
