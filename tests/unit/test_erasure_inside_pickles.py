@@ -320,3 +320,21 @@ def test_a_sealed_file_in_an_object_array_npy_or_npz_stops_the_erasure(proj, tmp
     the pickle after the NPY header was not read as a pickle, and nothing of the sealed file's
     size was compared whole: the erasure was certified with it."""
     sealed_in_each(proj, tmp_path, _OBJECT_ARRAYS)
+
+
+# Pickles of protocol 1 beginning with a long number or string of octal digits (with the NULs of
+# a memo's index or a length before it: read as a tar header's numeric fields).
+_LONG_FIRST = {
+    "long-number-protocol-1.pkl": lambda values: pickle.dumps([10**4000, *values], protocol=1),
+    "long-text-protocol-1.pkl": lambda values: pickle.dumps(["1" * 5000, *values], protocol=1),
+}
+
+
+def test_a_pickle_beginning_with_a_long_number_is_read_as_a_pickle(proj, tmp_path):  # noqa: F811
+    """A protocol-1 pickle whose first value is a long number or string of octal digits was
+    told a tar (its digits where a header's numbers lie, a NUL before them), so its strings
+    were not read: the subject's sealed file in it was certified gone."""
+    for name, make in _LONG_FIRST.items():
+        data = make([b"x" * 9000])
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
+    sealed_in_each(proj, tmp_path, _LONG_FIRST)

@@ -167,8 +167,10 @@ TAR_MAGIC, TAR_AT = b"ustar", 257
 # (:func:`_tar_blocks`): a header's whole magic (POSIX's and pax's ``ustar\0`` and ``00``,
 # GNU's ``ustar  \0``: a NUL in each, so never a text's) at a later block, or, in any block, a
 # header's numeric fields as tar writes them (:data:`TAR_NUMBERS`: a header whose magic or
-# checksum was damaged) or its checksum; it is read from the first block bearing a header's
-# magic or its checksum (:func:`~visage_ml.rights.embedded_archives._tar_start`), however far.
+# checksum was damaged; only where its first bytes are no pickle of protocol 0 or 1, whose long
+# number of octal digits reads as them) or its checksum; it is read from the first block
+# bearing a header's magic or its checksum
+# (:func:`~visage_ml.rights.embedded_archives._tar_start`), however far.
 TAR_BLOCK = 512
 TAR_MAGICS = (b"ustar\x0000", b"ustar  \x00")
 # A header's numeric fields but its checksum, where they lie and whether tar writes a digit in
@@ -533,11 +535,16 @@ def kind(first: bytes) -> str | None:
         return BINARY
     text = _text(first)
     # After the formats above (an HDF5 file's user block may be zeros); never a text's (a
-    # header holds NULs): a text of octal numbers is read as text.
-    if not text and _tar_blocks(first):
+    # header holds NULs): a text of octal numbers is read as text. A pickle of protocol 0 or 1
+    # is told before a header's numeric fields alone are: its first value a long number or
+    # string of octal digits, a memo's index or a length's NULs before it, reads as them.
+    told = 0 if text else _tar_told(first)
+    if told == 2:
         return TAR
     if _old_pickle(first, text=text):
         return BINARY
+    if told:
+        return TAR
     return TEXT if text else None
 
 
@@ -609,9 +616,15 @@ def _tar_blocks(first: bytes) -> bool:
     """Whether a file beginning with ``first`` (no tar's magic at byte 257) may be a tar GNU tar
     reads members of (:data:`TAR_BLOCK`): its first block zeros, or a block of ``first`` bearing
     a header (:func:`_tar_header`)."""
+    return _tar_told(first) > 0
+
+
+def _tar_told(first: bytes) -> int:
+    """:func:`_tar_blocks` told in one pass: 2 where ``first`` begins with zeros or a block of it
+    bears a header's magic or checksum, 1 where its numeric fields alone, 0 where none."""
     if first[:TAR_BLOCK] == bytes(TAR_BLOCK):
-        return True
-    start, end = TAR_NUMBERS[0][:2]
+        return 2
+    start, end, told = *TAR_NUMBERS[0][:2], 0
     for at in range(0, len(first), TAR_BLOCK):
         # A header bears its mode in octal (every tar writes it so; tarfile reads no header
         # whose mode is no number), or its magic: other bytes seldom do (a block of random
@@ -621,20 +634,21 @@ def _tar_blocks(first: bytes) -> bool:
             and first[at + TAR_AT : at + TAR_AT + len(TAR_MAGIC)] != TAR_MAGIC
         ):
             continue
-        if _tar_header(first, at):
-            return True
-    return False
+        told = max(told, _tar_header(first, at))
+        if told == 2:
+            break
+    return told
 
 
-def _tar_header(first: bytes, at: int) -> bool:
-    """Whether the block of ``first`` at ``at`` bears a header: a header's whole magic
-    (:data:`TAR_MAGICS`; past the first block, where :func:`_magic_kind` looks), its numeric
-    fields as tar writes them (:func:`_tar_numbers`), or its checksum (:func:`_tar_checksummed`:
-    a V7 header, or one of large numbers in base 256)."""
+def _tar_header(first: bytes, at: int) -> int:
+    """Whether the block of ``first`` at ``at`` bears a header: 2 by a header's whole magic
+    (:data:`TAR_MAGICS`; past the first block, where :func:`_magic_kind` looks) or its checksum
+    (:func:`_tar_checksummed`: a V7 header, or one of large numbers in base 256), 1 by its
+    numeric fields as tar writes them alone (:func:`_tar_numbers`), 0 not."""
     if at and first[at + TAR_AT : at + TAR_AT + len(TAR_MAGICS[0])] in TAR_MAGICS:
-        return True
+        return 2
     block = first[at : at + TAR_BLOCK]
-    return _tar_numbers(block) or _tar_checksummed(block)
+    return 2 if _tar_checksummed(block) else int(_tar_numbers(block))
 
 
 def _tar_checksummed(block: bytes) -> bool:
@@ -1337,11 +1351,15 @@ def _holds_files(first: bytes) -> str | None:
         return BINARY
     if (what := _magic_kind(first)) is not None:
         return what
-    # Protocol 0 or 1 (a text too: Python 2's, its strings' bytes escaped; its opcodes, not a
-    # tar's blocks, told first: a long decimal of octal digits may read as a header's numbers)
-    if _old_pickle(first, text=_text(first)):
+    # Protocol 0 or 1 (a text too: Python 2's, its strings' bytes escaped), told as kind()
+    # tells it: after a tar's headers by their magic or checksum, before their numbers alone.
+    text = _text(first)
+    told = 0 if text else _tar_told(first)
+    if told == 2:
+        return TAR
+    if _old_pickle(first, text=text):
         return BINARY
-    return TAR if not _text(first) and _tar_blocks(first) else None
+    return TAR if told else None
 
 
 def _value(
