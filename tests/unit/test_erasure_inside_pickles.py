@@ -297,6 +297,73 @@ def test_a_file_beginning_as_one_long_string_is_read_only_where_it_holds_somethi
     assert embedded.kind(other[: embedded.SNIFF]) is None
 
 
+def py2_binary_dumps(obj: object, protocol: int) -> bytes:
+    """``cPickle.dumps(obj, protocol)`` of Python 2.7, protocol 1 or 2 (:func:`py2_dumps`'
+    types): a ``str`` a SHORT_BINSTRING or BINSTRING of its bytes as they are, a ``unicode``
+    a BINUNICODE of its UTF-8, each memoized (BINPUT, LONG_BINPUT), a GLOBAL once (a get
+    after), a list's items after a MARK (APPENDS), a short tuple TUPLE1 to TUPLE3 with
+    protocol 2."""
+    out: list[bytes] = [b"\x80\x02" if protocol == 2 else b""]
+    globals_: dict[tuple[str, str], int] = {}
+    memo = [0]
+
+    def put() -> int:
+        n = memo[0]
+        out.append(b"q" + bytes([n]) if n < 256 else b"r" + n.to_bytes(4, "little"))
+        memo[0] += 1
+        return memo[0] - 1
+
+    def save(o: object) -> None:
+        if isinstance(o, int) and 0 <= o < 256:
+            out.append(b"K" + bytes([o]))
+        elif isinstance(o, bytes):
+            n = len(o)
+            out.append((b"U" + bytes([n]) if n < 256 else b"T" + n.to_bytes(4, "little")) + o)
+            put()
+        elif isinstance(o, str):
+            raw = o.encode("utf-8")
+            out.append(b"X" + len(raw).to_bytes(4, "little") + raw)
+            put()
+        elif isinstance(o, list):
+            out.append(b"]")
+            put()
+            out.append(b"(")
+            for item in o:
+                save(item)
+            out.append(b"e")
+        elif isinstance(o, tuple):
+            short = protocol == 2 and 1 <= len(o) <= 3
+            out.append(b"" if short else b"(")
+            for item in o:
+                save(item)
+            out.append(bytes([0x84 + len(o)]) if short else b"t")
+            put()
+        elif isinstance(o, _Global):
+            key = (o.module, o.name)
+            if key in globals_:
+                n = globals_[key]
+                out.append(b"h" + bytes([n]) if n < 256 else b"j" + n.to_bytes(4, "little"))
+                return
+            out.append(b"c%s\n%s\n" % (o.module.encode(), o.name.encode()))
+            globals_[key] = put()
+        elif isinstance(o, _Reduced):
+            save(o.func)
+            save(o.args)
+            out.append(b"R")
+            put()
+        else:
+            raise TypeError(type(o))
+
+    save(obj)
+    return b"".join(out) + b"."
+
+
+def py2_bytearray(data: bytes) -> _Reduced:
+    """A ``bytearray`` of ``data`` as Python 2 pickled it (its ``__reduce__``): ``bytearray``
+    called with the ``unicode`` its bytes decode to as latin-1 and the ``str`` ``'latin-1'``."""
+    return _Reduced(_Global("__builtin__", "bytearray"), (data.decode("latin-1"), b"latin-1"))
+
+
 def _npy(values: list[bytes], how=np.save) -> bytes:
     """``np.save`` (or ``np.savez``...) of an object array of ``values`` (``allow_pickle``: the
     NPY header, then a pickle of the array)."""
@@ -327,6 +394,7 @@ def test_a_sealed_file_in_an_object_array_npy_or_npz_stops_the_erasure(proj, tmp
 _LONG_FIRST = {
     "long-number-protocol-1.pkl": lambda values: pickle.dumps([10**4000, *values], protocol=1),
     "long-text-protocol-1.pkl": lambda values: pickle.dumps(["1" * 5000, *values], protocol=1),
+    "long-str-py2-protocol-1.pkl": lambda values: py2_binary_dumps([b"7" * 5000, *values], 1),
 }
 
 
@@ -338,3 +406,34 @@ def test_a_pickle_beginning_with_a_long_number_is_read_as_a_pickle(proj, tmp_pat
         data = make([b"x" * 9000])
         assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
     sealed_in_each(proj, tmp_path, _LONG_FIRST)
+
+
+# Python 2's ``str`` (SHORT_BINSTRING, BINSTRING: its bytes as they are) and ``bytearray`` (its
+# bytes as a ``unicode`` and ``'latin-1'``), pickled with protocol 0, 1 and 2 by Python 2.
+_PY2_BINARY = {
+    "strs-py2-protocol-1.pkl": lambda values: py2_binary_dumps(values, 1),
+    "strs-py2-protocol-2.pkl": lambda values: py2_binary_dumps(values, 2),
+    "bytearrays-py2.pkl": lambda values: py2_dumps([py2_bytearray(v) for v in values]),
+    "bytearrays-py2-protocol-1.pkl": lambda values: py2_binary_dumps(
+        [py2_bytearray(v) for v in values], 1
+    ),
+    "bytearrays-py2-protocol-2.pkl": lambda values: py2_binary_dumps(
+        [py2_bytearray(v) for v in values], 2
+    ),
+}
+
+
+def test_a_sealed_file_python_2_pickled_as_a_str_or_a_bytearray_stops_the_erasure(
+    proj,  # noqa: F811
+    tmp_path,
+):
+    """The subject's sealed file pickled by Python 2 as a ``str`` with protocol 1 or 2 (its
+    bytes as they are, no value of protocol 3's) or as a ``bytearray`` (a ``unicode`` of its
+    bytes, then ``'latin-1'``): nothing of its size was compared whole, and the erasure was
+    certified with it."""
+    for name, make in _PY2_BINARY.items():
+        made = make([b"\x89PNG" + bytes(range(256)) * 4, b"ab"])
+        back = pickle.loads(made, encoding="latin1")[0]
+        back = back.encode("latin-1") if isinstance(back, str) else bytes(back)
+        assert back == b"\x89PNG" + bytes(range(256)) * 4, name
+    sealed_in_each(proj, tmp_path, _PY2_BINARY)

@@ -26,7 +26,9 @@ a pickle's ``bytes`` values of a size sought are compared whole, whatever their 
 GIF, a WebP, a sealed file: :func:`_pickled_values`; a pickle of protocol 2, ``torch.save``'s,
 holds each as a latin-1 string's UTF-8: those of a size sought or that hold a PNG's or a JPEG's
 signature are decoded first, :func:`_pickled`; one of protocol 0 or 1, told by its first
-opcodes, its strings of either and Python 2's quoted ``str``, :func:`_old_pickled`); a
+opcodes, its strings of either and Python 2's quoted ``str``, :func:`_old_pickled`; Python
+2's ``str`` of protocol 1 and 2 and its ``bytearray`` too); a ``.npy`` file's object array is a
+pickle after its header (:func:`_npy_pickle`); a
 PDF's ASCII85 streams are decoded, and those deflated first (``/FlateDecode``: an attached
 file, a JPEG deflated once more) inflated and read as an archive's member is
 (:func:`~visage_ml.rights.embedded_pdf._flates`); an Arrow file's or stream's byte and text
@@ -237,6 +239,14 @@ SHORT_BINBYTES = re.compile(rb"C(?=[\s\S])")
 BINBYTES8 = re.compile(rb"\x8e(?=[\s\S]{5}\x00{3})")
 BYTEARRAY8 = re.compile(rb"\x96(?=[\s\S]{5}\x00{3})")
 SHORT_MAX = 255  # SHORT_BINBYTES' longest
+# Python 2 pickled a ``str`` with protocol 1 and 2 as it is too: SHORT_BINSTRING (``U``, its
+# length a byte) or BINSTRING (``T``, four), memoized after it (BINPUT, LONG_BINPUT: cPickle's
+# and pickle.py's, :data:`MEMO_PUT`); a Python 3 pickle of those protocols holds none (its
+# ``bytes`` are ``_codecs.encode`` strings). Each of a size sought compared whole
+# (:func:`_pickled_values`), in a pickle of protocol 2, or 1 (:func:`_binary_ops`); of the short
+# ones only a key's 32 bytes (``U`` then its length: an expression of any length took a third of
+# the reading of a pickle of other bytes, one in 256 of them a ``U``).
+SHORT_BINSTRING = re.compile(rb"U\x20")
 # What a pickler writes after each such value: it memoizes it (protocol 4 and up, MEMOIZE, in a
 # frame of its own after one written outside frames, 64 KiB and up; protocol 3, BINPUT or
 # LONG_BINPUT: :data:`MEMO_PUT`). A length found among other bytes is taken for a value only
@@ -268,7 +278,7 @@ NEXT_PICKLE = re.compile(rb"\.\x80(?=\x03|[\x04\x05]\x95[\s\S]{4}\x00{4})")
 NEXT_PICKLE_REACH = 12  # what NEXT_PICKLE reads from where it matches
 BINUNICODE = b"X"
 LATIN1_ARGS = re.compile(
-    rb"(?:q.|r.{4})?(?:X\x06\x00{3}latin1(?:q.|r.{4})?|h.|j.{4})\x86", re.DOTALL
+    rb"(?:q.|r.{4})?(?:(?:X\x06\x00{3}latin1|U\x07latin-1)(?:q.|r.{4})?|h.|j.{4})\x86", re.DOTALL
 )
 # Gets of ``_codecs.encode`` sought each by a ``bytes.find`` of its own (a file of several
 # pickles, each memoizing it at its own index); beyond so many, any get is sought
@@ -304,11 +314,25 @@ BINSTRING_MAX = 1 << 31  # Python 2 wrote a longer ``str`` with no protocol 0 or
 # :data:`OLD_MARKS` (an expression of the heads took 5.6 ns a byte, the find a tenth), where a
 # head lies before it, the GLOBAL or any memo's get, and the string's arguments follow it (a get
 # of another callable with a string: its string decoded for nothing, once).
+# Python 2 pickled a ``bytearray`` so too, ``bytearray(s, 'latin-1')`` (its ``__reduce__``):
+# the GLOBAL ``__builtin__ bytearray`` (:data:`PY2_BYTEARRAY`), ``s`` a ``unicode`` (protocol
+# 0: a line, only backslash and newline escaped; 1 and 2: a BINUNICODE of its UTF-8) and the
+# ``str`` ``'latin-1'`` (``S'latin-1'``, ``U\x07latin-1``).
 OLD_MARKS = {1: b"(X", 0: b"\n(V"}
-OLD_STRING_1 = re.compile(rb"(?:c_codecs\nencode\n(?:q.|r.{4})?|h.|j.{4})\(X(.{4})", re.DOTALL)
-OLD_ARGS_1 = re.compile(rb"(?:q.|r.{4})?(?:X\x06\x00{3}latin1(?:q.|r.{4})?|h.|j.{4})t", re.DOTALL)
-OLD_STRING_0 = re.compile(rb"(?:c_codecs\nencode\n(?:p\d{1,10}\n)?|g\d{1,10}\n)\(V")
-OLD_ARGS_0 = re.compile(rb"(?:p\d{1,10}\n)?(?:Vlatin1\n(?:p\d{1,10}\n)?|g\d{1,10}\n)t")
+PY2_BYTEARRAY = b"c__builtin__\nbytearray\n"
+OLD_STRING_1 = re.compile(
+    rb"(?:(?:c_codecs\nencode\n|c__builtin__\nbytearray\n)(?:q.|r.{4})?|h.|j.{4})\(X(.{4})",
+    re.DOTALL,
+)
+OLD_ARGS_1 = re.compile(
+    rb"(?:q.|r.{4})?(?:(?:X\x06\x00{3}latin1|U\x07latin-1)(?:q.|r.{4})?|h.|j.{4})t", re.DOTALL
+)
+OLD_STRING_0 = re.compile(
+    rb"(?:(?:c_codecs\nencode\n|c__builtin__\nbytearray\n)(?:p\d{1,10}\n)?|g\d{1,10}\n)\(V"
+)
+OLD_ARGS_0 = re.compile(
+    rb"(?:p\d{1,10}\n)?(?:(?:Vlatin1|S'latin-1')\n(?:p\d{1,10}\n)?|g\d{1,10}\n)t"
+)
 ESCAPE = b"\\u0000"  # how long each escaped character is
 # Python 2 pickled a ``str`` (a photograph read from its file, a NumPy array's data) with
 # protocol 0 as a STRING: ``S``, its repr (quoted; each byte outside printable ASCII escaped,
@@ -959,14 +983,31 @@ def _old_pickled(
     data: Buffer, sizes: SizeFilter | None, depth: int, budget: _Budget
 ) -> Iterator[str]:
     """What ``data``, a pickle of protocol 0 or 1 (:func:`_old_pickle`), holds as ``bytes``
-    values: its protocol-1 strings' as protocol 2's (:func:`_latin1_values`), then its
+    values: Python 2's ``str`` of protocol 1 (:func:`_pickled_values`), its protocol-1 strings'
+    as protocol 2's (:func:`_latin1_values`), then its
     protocol-0 strings' (:func:`_unicode_values`), then Python 2's ``str`` values
     (:func:`_string_values`)."""
     floor = smallest_sought(sizes)
+    if _binary_ops(bytes(data[:SNIFF])):  # Python 2's protocol 1: its ``str`` values
+        yield from _pickled_values(data, sizes, depth, budget, floor, {1})
     ones = ((start, end) for start, end, _ in _old_strings(data, 1))
     yield from _latin1_values(data, ones, sizes, depth, budget, floor)
     yield from _unicode_values(data, sizes, depth, budget, floor)
     yield from _string_values(data, sizes, depth, budget, floor)
+
+
+def _binary_ops(first: bytes) -> bool:
+    """Whether the opcodes ``first`` begins with (:func:`_old_pickle`) are of protocol 1, one
+    of them at least (a BINPUT after the first container, a BINSTRING): a pickle of protocol 0
+    holds no BINSTRING, and is not searched for one."""
+    fh = io.BytesIO(first)
+    with contextlib.suppress(ValueError):
+        while (op := _OLD_OPCODES.get(fh.read(1))) is not None:
+            if op.proto == 1:
+                return True
+            if op.arg is not None:
+                _OLD_READERS.get(op.arg, op.arg.reader)(fh)
+    return False
 
 
 def _old_strings(data: Buffer, protocol: int) -> Iterator[tuple[int, int, int]]:
@@ -1008,11 +1049,13 @@ def _old_head(data: Buffer, pos: int, protocol: int, lo: int) -> re.Match[bytes]
     if protocol:
         string, tail = OLD_STRING_1, pos + len(OLD_MARKS[1]) + 4
         starts: tuple[int, ...] = (pos - 2, pos - 5, pos - 16, pos - 18, pos - 21)
+        starts += (pos - 23, pos - 25, pos - 28)  # after PY2_BYTEARRAY
     else:
         string, tail = OLD_STRING_0, pos + len(OLD_MARKS[0])
         starts = (
             data.rfind(b"g", max(lo, pos - 11), pos),
             data.rfind(CODECS_ENCODE, max(lo, pos - 27), pos + 1),
+            data.rfind(PY2_BYTEARRAY, max(lo, pos - 34), pos + 1),
         )
     for at in starts:
         if at >= lo and (m := string.match(data, at, tail)) is not None and m.end() == tail:
@@ -1189,31 +1232,46 @@ def _pickled_values(
 ) -> Iterator[str]:
     """:func:`_value` of each ``bytes`` or ``bytearray`` value ``data``, a pickle of protocol
     3 and up (or a file of pickles, one of them such: :func:`_protocols`), holds as it is
-    (:data:`SHORT_BINBYTES`, :func:`_binbytes`, :data:`BINBYTES8`, :data:`BYTEARRAY8`) of a
-    size sought (a key's, 32 bytes, is :data:`PICKLED_KEY`'s); each read from its opcode's
-    length and memoized after it (:data:`MEMOIZED`, :data:`MEMO_PUT`), only those of a
-    size sought hashed (what is spent from ``budget``); those smaller than anything sought
-    (``floor``) passed over, SHORT_BINBYTES' not looked for unless something that short is
-    sought."""
-    size = len(data)
-    if max(protocols) < 3:  # protocol 2 has no opcode for bytes (:func:`_latin1_strings`)
-        return
-    memo = MEMO_PUT if max(protocols) < 4 else MEMOIZED if 3 not in protocols else MEMO_ANY
-    heads = [(_binbytes(min(size >> 24, 255)), 4)]
-    if floor <= SHORT_MAX:
-        heads.append((SHORT_BINBYTES, 1))
-    else:
+    (:data:`SHORT_BINBYTES`, :func:`_binbytes`, :data:`BINBYTES8`, :data:`BYTEARRAY8`; of
+    Python 2's protocols 0 to 2, each ``str``: :data:`SHORT_BINSTRING`) of a size sought (a
+    key's, 32 bytes, is :data:`PICKLED_KEY`'s; a SHORT_BINSTRING's is tested here); each read
+    from its opcode's length and memoized after it (:data:`MEMOIZED`, :data:`MEMO_PUT`), only
+    those of a size sought hashed (what is spent from ``budget``); those smaller than anything
+    sought (``floor``) passed over, SHORT_BINBYTES' not looked for unless something that short
+    is sought."""
+    size, top = len(data), min(len(data) >> 24, 255)
+    older = min(protocols) < 3  # Python 2's ``str`` (:data:`SHORT_BINSTRING`)
+    memo = (
+        MEMO_PUT if max(protocols) < 4 else MEMOIZED if not protocols & {0, 1, 2, 3} else MEMO_ANY
+    )
+    heads: list[tuple[re.Pattern[bytes], int]] = []
+    if max(protocols) >= 3:  # protocol 2 has no opcode for bytes (:func:`_latin1_strings`)
+        heads.append((_binbytes(top), 4))
+        if floor <= SHORT_MAX:
+            heads.append((SHORT_BINBYTES, 1))
+        if size >> 32:
+            heads.append((BINBYTES8, 8))
+        if 5 in protocols:
+            heads.append((BYTEARRAY8, 8))
+    test = key_test(sizes) if older else None  # a key's 32 bytes a SHORT_BINSTRING too
+    if older:
+        heads.append((_binbytes(top, b"T"), 4))
+        if test is not None:
+            heads.append((SHORT_BINSTRING, 1))
+    if floor > SHORT_MAX:
         passed_over(sizes, SHORT_MAX)
-    if size >> 32:
-        heads.append((BINBYTES8, 8))
-    if 5 in protocols:
-        heads.append((BYTEARRAY8, 8))
     for head, width in heads:
         for at in _heads(data, head, width):
             start = at + 1 + width
             n = int.from_bytes(data[at + 1 : start], "little")
             end = start + n
-            if not n or n == KEY_SIZE or end > size or memo.match(data, end) is None:
+            if not n or end > size or memo.match(data, end) is None:
+                continue
+            if n == KEY_SIZE:  # protocol 3 and up: PICKLED_KEY's
+                if head is SHORT_BINSTRING and test is not None:
+                    raw = bytes(data[start:end])
+                    if test(raw):
+                        yield from _part(raw, sizes, depth, budget)
                 continue
             if sizes is None or (n >= floor and sizes.may_match(n)):
                 budget.spend(n)
@@ -1238,10 +1296,10 @@ def _protocols(data: Buffer, begins: int = 0) -> set[int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _binbytes(top: int) -> re.Pattern[bytes]:
-    """BINBYTES' ``B`` where a length follows whose last byte (the highest) is ``top`` at most:
-    that of a file's own length."""
-    return re.compile(rb"B(?=[\s\S]{3}[\x00-" + re.escape(bytes([top])) + rb"])")
+def _binbytes(top: int, opcode: bytes = b"B") -> re.Pattern[bytes]:
+    """BINBYTES' ``B`` (BINSTRING's ``T``: ``opcode``) where a length follows whose last byte
+    (the highest) is ``top`` at most: that of a file's own length."""
+    return re.compile(opcode + rb"(?=[\s\S]{3}[\x00-" + re.escape(bytes([top])) + rb"])")
 
 
 def _heads(data: Buffer, head: re.Pattern[bytes], width: int) -> Iterator[int]:
@@ -1466,6 +1524,7 @@ def _latin1_strings(data: Buffer) -> Iterator[tuple[int, int]]:
             heads[head] = at
 
     look(CODECS_ENCODE, 0)
+    look(PY2_BYTEARRAY, 0)  # Python 2's bytearray, its string and 'latin-1' so too
     done = 0  # where the last string ended: a head before it lies within one
     while heads:
         head = min(heads, key=heads.__getitem__)
@@ -1475,7 +1534,7 @@ def _latin1_strings(data: Buffer) -> Iterator[tuple[int, int]]:
             continue
         if head is ANY_GET:
             after = at + (3 if data[at : at + 1] == b"h" else 6)
-        elif head != CODECS_ENCODE:
+        elif head not in (CODECS_ENCODE, PY2_BYTEARRAY):
             after = at + len(head)
         else:
             after = _encode_got(data, at + len(head), heads, look)
@@ -1504,7 +1563,7 @@ def _encode_got(
         got = (b"h" + put[1] if put[1] is not None else b"j" + put[2]) + BINUNICODE
         if got not in heads and ANY_GET not in heads:
             if len(heads) > ENCODE_GETS_MAX:
-                for head in [h for h in heads if h != CODECS_ENCODE]:
+                for head in [h for h in heads if h not in (CODECS_ENCODE, PY2_BYTEARRAY)]:
                     del heads[head]
                 got = ANY_GET
             look(got, put.end())
