@@ -110,6 +110,20 @@ def put_back_fails_the_verifier(proj, done, made) -> None:
     assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
 
 
+def pickles_read_alike(tmp_path, makers, photo: bytes, other: bytes) -> None:
+    """Each of ``makers``' pickles of ``[other, photo]`` is told a pickle by its first bytes,
+    and ``photo`` found in it alike in memory and from its file (mapped)."""
+    sha = hashlib.sha256(photo).hexdigest()
+    for name, make in makers.items():
+        data = make([other, photo])
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
+        found = set(embedded.inside(data, embedded.BINARY))
+        (tmp_path / name).write_bytes(data)
+        with open(tmp_path / name, "rb") as fh:
+            assert set(embedded.inside_large(fh, embedded.BINARY)) == found, name
+        assert sha in found, name
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -309,14 +323,7 @@ def test_a_pickle_of_protocol_0_or_1_is_read_alike_from_its_file_and_in_parts(
     photo = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     other = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     sha = hashlib.sha256(photo).hexdigest()
-    for name, make in _OLD_PROTOCOLS.items():
-        data = make([other, photo])
-        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
-        found = set(embedded.inside(data, embedded.BINARY))
-        (tmp_path / name).write_bytes(data)
-        with open(tmp_path / name, "rb") as fh:
-            assert set(embedded.inside_large(fh, embedded.BINARY)) == found, name
-        assert sha in found, name
+    pickles_read_alike(tmp_path, _OLD_PROTOCOLS, photo, other)
     monkeypatch.setattr(embedded, "EMBED_MAX", 1000)
     for name in ("rows-protocol-0.pkl", "rows-protocol-1.pkl"):
         data = _OLD_PROTOCOLS[name]([other, photo])

@@ -23,6 +23,7 @@ from rights_fakes import png
 from test_erasure_inside import (  # noqa: F401
     _photos,
     held_until_taken_out,
+    pickles_read_alike,
     proj,
     sealed_in_each,
 )
@@ -183,14 +184,7 @@ def test_a_python_2_pickle_is_read_alike_from_its_file_and_in_parts(tmp_path, mo
     photo = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     other = png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     sha = hashlib.sha256(photo).hexdigest()
-    for name, make in _PY2.items():
-        data = make([other, photo])
-        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
-        found = set(embedded.inside(data, embedded.BINARY))
-        (tmp_path / name).write_bytes(data)
-        with open(tmp_path / name, "rb") as fh:
-            assert set(embedded.inside_large(fh, embedded.BINARY)) == found, name
-        assert sha in found, name
+    pickles_read_alike(tmp_path, _PY2, photo, other)
     key = bytes(range(0, 256, 8))
     assert hashlib.sha256(key).hexdigest() in set(
         embedded.inside(py2_dumps({"key": key, "n": list(range(900))}), embedded.BINARY)

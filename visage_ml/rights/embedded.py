@@ -562,14 +562,19 @@ def kind(first: bytes) -> str | None:
     # header holds NULs): a text of octal numbers is read as text. A pickle of protocol 0 or 1
     # is told before a header's numeric fields alone are: its first value a long number or
     # string of octal digits, a memo's index or a length's NULs before it, reads as them.
+    return _tar_or_old_pickle(first, text) or (TEXT if text else None)
+
+
+def _tar_or_old_pickle(first: bytes, text: bool) -> str | None:
+    """:data:`TAR` or :data:`BINARY` (a pickle of protocol 0 or 1, :func:`_old_pickle`) for
+    ``first``, told in that order: a tar by its zeros, a header's magic or checksum, then such a
+    pickle by its opcodes, then a tar by a header's numeric fields alone (never a text's)."""
     told = 0 if text else _tar_told(first)
     if told == 2:
         return TAR
     if _old_pickle(first, text=text):
         return BINARY
-    if told:
-        return TAR
-    return TEXT if text else None
+    return TAR if told else None
 
 
 def _old_pickle(first: bytes, *, text: bool = False) -> bool:
@@ -1410,14 +1415,8 @@ def _holds_files(first: bytes) -> str | None:
     if (what := _magic_kind(first)) is not None:
         return what
     # Protocol 0 or 1 (a text too: Python 2's, its strings' bytes escaped), told as kind()
-    # tells it: after a tar's headers by their magic or checksum, before their numbers alone.
-    text = _text(first)
-    told = 0 if text else _tar_told(first)
-    if told == 2:
-        return TAR
-    if _old_pickle(first, text=text):
-        return BINARY
-    return TAR if told else None
+    # tells it.
+    return _tar_or_old_pickle(first, _text(first))
 
 
 def _value(
