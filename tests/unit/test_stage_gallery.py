@@ -15,6 +15,14 @@ from serving_fakes import receipt
 
 from visage_ml.app.stages import gallery as stage
 from visage_ml.config import ProjectPaths, load_params, write_params
+from visage_ml.data.rawstore import (
+    IMAGES_FILE,
+    IMAGES_SCHEMA,
+    SUBJECTS_FILE,
+    SUBJECTS_SCHEMA,
+    empty_table,
+    table_bytes,
+)
 from visage_ml.privacy.core import NewSubject, PrivacyCore
 from visage_ml.serving.gallery import Gallery, GalleryVersionError
 from visage_ml.serving.pg_gallery import PgGallery, open_project_gallery
@@ -181,6 +189,11 @@ def test_the_gallery_is_rebuilt_after_an_erasure_without_preparing_again(setup):
 
     paths, params, core, pids = setup
     stage.run(paths, params)
+    # data/raw checked out, its tables holding none of these crops' photographs (the erasure
+    # refuses to read absent tables as empty where data/processed holds the subject's crops).
+    paths.raw.mkdir(parents=True, exist_ok=True)
+    for name, schema in ((SUBJECTS_FILE, SUBJECTS_SCHEMA), (IMAGES_FILE, IMAGES_SCHEMA)):
+        (paths.raw / name).write_bytes(table_bytes(empty_table(schema), schema))
     Erasure(paths, core=core).erase(pids[0])
     manifest = pd.read_parquet(paths.processed / "manifest.parquet")
     assert len(manifest) < crops_info(paths.processed / "faces.sealed").rows
