@@ -535,3 +535,85 @@ def test_the_files_dvc_records_in_a_folder_are_read_from_its_cache_wherever_it_i
     assert sorted(dvcops.tracked_listing(raw)) == ["p/x.sealed", "subjects.parquet"]
     shutil.rmtree(tmp_path / "elsewhere")
     assert dvcops.tracked_listing(raw) is None
+
+
+def _dvc_repo(root: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """``root`` made a git + DVC repository; returns how to run ``dvc`` there."""
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    run = partial(subprocess.run, cwd=root, env=dvcops.dvc_env(), capture_output=True, text=True)
+    dvc = partial(lambda *args: run([*dvcops.dvc_executable(), *args]))
+    assert dvc("init", "-q").returncode == 0
+    return dvc
+
+
+def _links_and_files(root: Path) -> dict[str, str]:
+    """:func:`tree`, a link told by its target (one whose target is gone too)."""
+    return {
+        p.relative_to(root).as_posix(): f"-> {os.readlink(p)}"
+        if p.is_symlink()
+        else ("<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("how", ["a_photograph", "a_folder", "a_broken_link"])
+def test_a_transaction_where_data_raw_is_checked_out_in_part_refuses_to_begin(store, how):
+    """Both tables there, but photographs they list not (`dvc checkout` cut short, or run for
+    some files; files deleted): the transaction linked what was there, and `dvc add data/raw`
+    made a version without the others, so `dvc checkout data/raw` then brought them back no
+    more. Refused now before anything is staged, saying what to run; once checked out, the
+    same change keeps every photograph."""
+    paths = store.paths
+    dvc = _dvc_repo(paths.root)
+    if how == "a_broken_link":  # DVC's symlink cache type, the object not pulled
+        assert dvc("config", "cache.type", "symlink").returncode == 0
+    photos = (b"first", b"second")
+    with store.transaction() as txn:
+        ids = [txn.write_image(PID_A, png) for png in photos]
+        txn.add_subjects([{"pid": PID_A, "source": "test"}])
+        txn.add_images([image_row(PID_A, i, png) for i, png in zip(ids, photos, strict=True)])
+    assert txn.dvc_md5
+    record = (paths.data / "raw.dvc").read_text()
+    photo = paths.raw / PID_A / f"{ids[1]}.sealed"
+    if how == "a_photograph":
+        photo.unlink()
+    elif how == "a_folder":
+        shutil.rmtree(paths.raw / PID_A)
+    else:
+        cached = photo.resolve()
+        cached.chmod(0o600)
+        cached.unlink()
+    before = _links_and_files(paths.data)
+
+    with pytest.raises(rawstore.RawDataMissingError, match=r"run `dvc checkout data/raw`") as err:
+        commit_one(store, PID_B, b"new subject")
+
+    said = " ".join(str(err.value).split())
+    assert "checked out only in part" in said and "nothing was changed" in said, said
+    assert PID_A not in said and PID_B not in said and ids[1] not in said
+    assert _links_and_files(paths.data) == before  # no staging folder left either
+    assert (paths.data / "raw.dvc").read_text() == record
+
+    if how == "a_broken_link":
+        return  # the object is gone from the cache here: `dvc pull` from a remote brings it
+    assert dvc("checkout", "data/raw").returncode == 0
+    commit_one(store, PID_B, b"new subject")
+    assert dvc("checkout", "data/raw").returncode == 0
+    assert sorted(p.stem for p in (paths.raw / PID_A).iterdir()) == sorted(ids)
+
+
+def test_photographs_deleted_where_dvc_does_not_track_data_raw_do_not_stop_a_transaction(
+    store, caplog
+):
+    """Where nothing can bring them back (DVC does not track data/raw), a photograph deleted
+    stops no change: every import and erasure would be refused for good. A warning counts
+    them."""
+    paths = store.paths
+    a1 = commit_one(store, PID_A, b"earlier subject")
+    (paths.raw / PID_A / f"{a1}.sealed").unlink()
+    caplog.set_level(logging.WARNING)
+    b1 = commit_one(store, PID_B, b"new subject")
+    assert list(read_images(paths.raw)["image_id"]) == [a1, b1]
+    assert "1 photograph(s) that data/raw/images.parquet lists are not in data/raw" in caplog.text
+    assert PID_A not in caplog.text

@@ -75,6 +75,11 @@ empty and write both back with its own rows alone, and the next ``dvc add`` woul
 other subject's rows gone from the current version. :class:`RawDataMissingError` says to run
 ``dvc checkout data/raw``; nothing is staged. A new project (no ``data/raw``, or an empty one
 DVC does not track) has nothing to lose: its first transaction writes both tables.
+Nor does it begin where both tables are there but photographs they list are not, though DVC's
+record of ``data/raw`` holds them (:func:`check_images`: a checkout cut short, or run for some
+files): the next ``dvc add`` would record a version without them, and ``dvc checkout`` would
+bring them back no more. Photographs that nothing can bring back (DVC does not track
+``data/raw``, or its record lacks them) stop nothing; a warning counts them.
 
 Recovery rule, applied under the lock when a transaction starts (:meth:`RawStore.recover`):
 
@@ -189,6 +194,17 @@ MSG_RAW_TABLES_NOT_CHECKED_OUT = (
     "data/raw` (`dvc pull data/raw` where the DVC cache lacks it; where DVC does not track "
     "data/raw, restore its tables from a backup), then run again"
 )
+MSG_RAW_IMAGES_NOT_CHECKED_OUT = (
+    "{n} photograph(s) that data/raw/images.parquet lists, of {k} subject(s), are not there, "
+    "though {why}: the raw data is checked out only in part, and {effect}; run `dvc checkout "
+    "data/raw` (`dvc pull data/raw` where the DVC cache lacks it), then run again"
+)
+# What going on without the photographs would do, for MSG_RAW_IMAGES_NOT_CHECKED_OUT.
+EFFECT_WRITTEN = (
+    "data/raw written without them would make them gone from the version `dvc add` makes of "
+    "it, so nothing was changed"
+)
+EFFECT_READ = "what would be read without them leaves them out"
 UNKNOWN_IMAGE_SUBJECT = "images row {image_id} names subject {pid}, which has no subjects row"
 DUPLICATE_IMAGE_ID = "image id {image_id} appears twice; use RawTransaction.new_image_id()"
 NOT_PENDING = "image {image_id} is not staged in this transaction"
@@ -367,6 +383,98 @@ def check_tables(raw_dir: Path) -> None:
         raise RawDataMissingError(
             MSG_RAW_TABLES_NOT_CHECKED_OUT.format(missing=absent_shown(missing), why=why)
         )
+
+
+def absent_images(raw_dir: Path, pids: Iterable[str] | None = None) -> list[str]:
+    """``<pid>/<image_id>`` of each photograph ``images.parquet`` lists (of ``pids``; every
+    subject's when None) that has no file in ``raw_dir``, sealed or in clear (before ``visage
+    privacy seal``): a checkout cut short, ``dvc checkout`` of some files, files deleted.
+    Empty where the table is not there (:func:`check_tables` says so).
+
+    Counted from the table's two id columns and one listing of each subject's folder: no file
+    is opened or hashed.
+    """
+    table = Path(raw_dir) / IMAGES_FILE
+    if not table.is_file():
+        return []
+    listed = pq.read_table(table, columns=["pid", "image_id"]).to_pandas()
+    pid_of = listed["pid"].astype(str)
+    if pids is not None:
+        listed = listed[pid_of.isin(set(pids))]
+        pid_of = pid_of[listed.index]
+    absent: list[str] = []
+    for pid, ids in listed["image_id"].astype(str).groupby(pid_of, sort=True):
+        there = _image_stems(Path(raw_dir) / str(pid))
+        absent.extend(f"{pid}/{image_id}" for image_id in sorted(set(ids) - there))
+    return absent
+
+
+def _image_stems(folder: Path) -> set[str]:
+    """The image ids of the photograph files (sealed, or in clear) in a subject's folder."""
+    suffixes = (IMAGE_EXT, *PLAIN_EXTS)
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    out = set()
+    for e in entries:
+        stem, dot, ext = e.name.rpartition(".")
+        # A link whose target is gone (DVC's symlink cache type, the object not pulled) is
+        # not a file: not there.
+        if dot and f".{ext.lower()}" in suffixes and e.is_file():
+            out.add(stem)
+    return out
+
+
+def images_expected(raw_dir: Path, absent: Sequence[str]) -> str | None:
+    """Why the photographs ``absent`` (:func:`absent_images`) are expected in ``raw_dir``, or
+    None where nothing here can bring them back.
+
+    They are expected where DVC's record of ``data/raw`` (``data/raw.dvc``) lists them
+    (``dvc checkout data/raw`` restores them), or where its object is not in the cache
+    (``dvc pull`` brings it: nothing says they were not there). Where DVC does not track
+    ``data/raw``, or its record lacks them (deleted before a ``dvc add``), they are gone from
+    this project whatever is run: nothing is refused for them.
+    """
+    if not absent or not dvc_file(raw_dir).is_file():
+        return None
+    listing = dvcops.tracked_listing(Path(raw_dir))
+    if listing is None:
+        return "DVC tracks data/raw (data/raw.dvc)"
+    recorded = {rel.rpartition(".")[0] for rel in listing}
+    n = sum(1 for a in absent if a in recorded)
+    return f"DVC's record of data/raw (data/raw.dvc) holds {n} of them" if n else None
+
+
+def check_images(
+    raw_dir: Path, *, pids: Iterable[str] | None = None, effect: str = EFFECT_WRITTEN
+) -> None:
+    """Refuse to go on where photographs ``images.parquet`` lists (of ``pids``; everyone's
+    when None) are not in ``raw_dir`` though DVC can bring them back (:func:`images_expected`):
+    ``data/raw`` checked out only in part.
+
+    Raises
+    ------
+    RawDataMissingError
+        The message (:data:`MSG_RAW_IMAGES_NOT_CHECKED_OUT`) counts the photographs and their
+        subjects, says why they are expected, ``effect`` and what to run; it names no subject.
+    """
+    absent = absent_images(raw_dir, pids)
+    why = images_expected(raw_dir, absent)
+    if why is None:
+        if absent:
+            log.warning(
+                "%d photograph(s) that data/raw/images.parquet lists are not in data/raw, and "
+                "DVC's record of it does not hold them",
+                len(absent),
+            )
+        return
+    raise RawDataMissingError(
+        MSG_RAW_IMAGES_NOT_CHECKED_OUT.format(
+            n=len(absent), k=len({a.partition("/")[0] for a in absent}), why=why, effect=effect
+        )
+    )
 
 
 def _check_gender(values: pd.Series) -> None:
@@ -929,7 +1037,9 @@ class RawStore:
             Before anything is staged, where a table of ``data/raw`` is not there though rows
             are expected in it (:func:`check_tables`; not with ``replace``): read as empty and
             written back, it would hold only this transaction's rows, and the next ``dvc add``
-            would make every other subject's rows gone from the current version.
+            would make every other subject's rows gone from the current version. So too where
+            photographs the tables list are not there though DVC can bring them back
+            (:func:`check_images`): ``dvc add`` would make a version without them.
 
         Notes
         -----
@@ -941,6 +1051,7 @@ class RawStore:
             self.recover()
             if not replace:
                 check_tables(paths.raw)
+                check_images(paths.raw)
             paths.data.mkdir(parents=True, exist_ok=True)
             token = secrets.token_hex(6)
             staging = paths.data / f"{STAGING_PREFIX}{token}"
