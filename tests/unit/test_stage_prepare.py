@@ -78,6 +78,37 @@ def test_prepare_where_data_raw_is_not_checked_out_says_to_check_it_out(
 
 
 @pytest.mark.pipeline
+def test_prepare_where_data_raw_is_checked_out_in_part_says_to_check_it_out(
+    tiny_project, capsys, monkeypatch
+):
+    """Both tables there, a photograph they list not (a `dvc checkout` cut short): prepare
+    built data/processed from the photographs there, one short, and said nothing. Refused now,
+    saying what to run; once checked out, every photograph is prepared."""
+    root = tiny_project(dvc=True)
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    folder = sorted(p for p in paths.raw.iterdir() if p.is_dir())[0]
+    photo = sorted(folder.iterdir())[0]
+    photo.unlink()
+    monkeypatch.chdir(root)
+
+    assert prepare.main() == 2
+
+    said = " ".join(capsys.readouterr().err.split())
+    assert "checked out only in part" in said and "run `dvc checkout data/raw`" in said, said
+    assert folder.name not in said and photo.stem not in said
+    assert not (paths.processed / "manifest.parquet").exists()
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    checkout = subprocess.run([dvc, "checkout", "data/raw"], cwd=root, env=env, check=False)
+    assert checkout.returncode == 0 and photo.is_file()
+    assert prepare.main() == 0
+    detection = pd.read_parquet(paths.processed / "detection.parquet")
+    assert photo.stem in set(detection["image_id"])
+
+
+@pytest.mark.pipeline
 def test_dvc_repro_prepare_then_consent_change_makes_it_stale(tiny_project):
     root = tiny_project(dvc=True)
     paths = ProjectPaths(root)

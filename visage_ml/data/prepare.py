@@ -39,7 +39,13 @@ from visage_ml.data.manifest import (
     source_summary,
     usable_splits,
 )
-from visage_ml.data.rawstore import PLAIN_EXTS, check_tables, frame_parquet_bytes, read_raw_image
+from visage_ml.data.rawstore import (
+    PLAIN_EXTS,
+    check_images,
+    check_tables,
+    frame_parquet_bytes,
+    read_raw_image,
+)
 from visage_ml.io import (
     NONCE_KEY,
     atomic_write_bytes,
@@ -75,6 +81,8 @@ MSG_SNAPSHOT_WIDER = (
     "command stopped before refreshing it); they are left out. Run `visage privacy snapshot` "
     "to rewrite it from the ledger"
 )
+# What prepare would do without photographs data/raw lists (rawstore.check_images).
+EFFECT_PREPARED = "data/processed would be built without them, the data set one part short"
 MSG_RAW_IMAGE = (
     "{path} cannot be read as an image ({reason}): data/raw was changed outside visage-ml. "
     "Restore it (`dvc checkout data/raw`) or re-import the subject's images, then run again"
@@ -148,8 +156,10 @@ def prepare(
         ``data/raw`` or the consent snapshot is missing.
     RawDataMissingError
         A table of ``data/raw`` is not there though rows are expected in it (DVC tracks it, or
-        the other table is there: :func:`~visage_ml.data.rawstore.check_tables`); the message
-        says to run ``dvc checkout data/raw``.
+        the other table is there: :func:`~visage_ml.data.rawstore.check_tables`), or
+        photographs the tables list are not there though DVC's record of ``data/raw`` holds
+        them (:func:`~visage_ml.data.rawstore.check_images`); the message says to run
+        ``dvc checkout data/raw``.
     ValueError
         A raw image cannot be read, or is a plaintext file (run ``visage privacy seal``).
     LedgerError
@@ -160,8 +170,10 @@ def prepare(
     keys = keys if keys is not None else DataKeys.for_project(paths)
 
     # Not from a data/raw that is not checked out (or cut short): the advice to acquire data
-    # would write it anew without the tracked subjects, and a part of it is not the data set.
+    # would write it anew without the tracked subjects, and a part of it is not the data set
+    # (the folders are listed, every subject's: dvc.lock would record data/raw as found).
     check_tables(paths.raw)
+    check_images(paths.raw, effect=EFFECT_PREPARED)
     subjects = read_subjects(paths.raw)
     snapshot = _narrowed_to_registry(
         read_snapshot(paths.consents),
