@@ -739,6 +739,50 @@ def test_an_erasure_whose_raw_tables_are_not_checked_out_erases_nothing_until_th
 
 
 @pytest.mark.pipeline
+@pytest.mark.parametrize("whose", ["the_subjects", "anothers"])
+def test_an_erasure_where_data_raw_is_checked_out_in_part_erases_nothing_until_it_is(
+    tiny_project, whose
+):
+    """data/raw tracked by DVC, its tables there but a photograph they list not (a `dvc
+    checkout` cut short): the erasure went on, and the raw step's `dvc add` recorded a version
+    without the photograph not there; another subject's was then gone from data/raw's current
+    version (`dvc checkout data/raw` after the erasure brought it back no more). Refused now
+    before anything is erased, the request kept with its failure; once checked out, it is
+    erased and every other photograph kept."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    paths = proj.paths
+    victim, other = proj.pids[0], proj.pids[1]
+    photo = sorted((paths.raw / (victim if whose == "the_subjects" else other)).iterdir())[0]
+    photo.unlink()
+    key = PrivacyCore(paths).data_keys.key(victim)
+
+    with pytest.raises(RawDataMissingError, match="checked out only in part") as stopped:
+        Erasure(paths).erase(victim)
+
+    said = " ".join(str(stopped.value).split())
+    assert "run `dvc checkout data/raw`" in said and other not in said, said
+    assert "nothing was erased" in "\n".join(stopped.value.__notes__)
+    core = PrivacyCore(paths)
+    [st] = RequestBook(core).all(pid=victim)
+    assert st.status == "verified", st.status
+    assert (st.failure["step"], st.failure["code"]) == ("preflight", "raw_data_missing")
+    assert not core.subject(victim).erased and core.data_keys.key(victim) == key
+
+    assert _dvc(root, "checkout", "data/raw").returncode == 0 and photo.is_file()
+    result = Erasure(paths).run(st.request_id)
+
+    assert _dvc(root, "checkout", "data/raw").returncode == 0
+    assert not (paths.raw / victim).exists()
+    assert {p: len(list((paths.raw / p).iterdir())) for p in proj.pids[1:]} == {
+        p: 3 for p in proj.pids[1:]
+    }
+    assert len(read_images(paths.raw)) == 6
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
+
+
+@pytest.mark.pipeline
 def test_in_process_dvc_add_records_what_the_dvc_command_records(tiny_project, tmp_path):
     """The erasure updates data/raw.dvc from that file alone: same .dir md5, cache and status
     as `dvc add data/raw` in a copy of the project."""

@@ -781,11 +781,23 @@ def _raw_not_checked_out(paths, how: str) -> Callable[[], None]:
         table.unlink()
         return lambda: table.write_bytes(kept)
     away = raw.parent / "raw.away"
+    dvcfile = raw.parent / "raw.dvc"
+    if how == "a_photograph":  # both tables there, each subject's first photograph not
+        away.mkdir()
+        photos = [sorted(folder.iterdir())[0] for folder in sorted(raw.glob("p*/"))]
+        for photo in photos:
+            photo.rename(away / photo.name)
+        dvcfile.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: raw\n")
+
+        def restore_photos() -> None:
+            for photo in photos:
+                (away / photo.name).rename(photo)
+
+        return restore_photos
     if how == "tracked":  # DVC tracks data/raw, its tables never checked out here
         away.mkdir()
         for name in ("subjects.parquet", "images.parquet"):
             (raw / name).rename(away / name)
-        dvcfile = raw.parent / "raw.dvc"
         dvcfile.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: raw\n")
 
         def restore() -> None:
@@ -797,7 +809,7 @@ def _raw_not_checked_out(paths, how: str) -> Callable[[], None]:
     return lambda: away.rename(raw)
 
 
-@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw"])
+@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw", "a_photograph"])
 def test_http_an_export_whose_raw_data_is_not_checked_out_says_to_check_it_out(proj, how):
     # data/raw's tables absent (`dvc checkout` not run, or cut short): read_images gave an empty
     # table and the export answered 200, its bundle without a photograph of the subject, and
@@ -843,7 +855,7 @@ def test_a_subject_without_photographs_is_exported_and_one_imported_with_them_is
     assert st.status == "in_progress" and st.failure["code"] == "raw_data_missing"
 
 
-@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw"])
+@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw", "a_photograph"])
 def test_a_rectification_whose_raw_data_is_not_checked_out_says_to_check_it_out(proj, how):
     # data/raw's tables absent (`dvc checkout` not run, or cut short): the rectification read
     # images.parquet as empty and refused the subject's own photograph as "not one of subject
@@ -901,7 +913,7 @@ def test_a_rectification_whose_raw_data_is_not_checked_out_says_to_check_it_out(
     assert len(read_images(proj.paths.raw)) == sum(len(v) for v in proj.images.values())
 
 
-@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw"])
+@pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw", "a_photograph"])
 def test_http_a_lift_whose_raw_data_is_not_checked_out_says_to_check_it_out(proj, how):
     # The template a rectification removed during the restriction is made again at the lift
     # from the subject's rows in images.parquet. Read as empty, the lift answered 200, in force,

@@ -5,6 +5,14 @@ read a table that is not there as empty: where ``dvc checkout data/raw`` was not
 short), an action would take the subject to have no photographs and answer wrongly (an export
 without them, a rectification's "not one of their images", a lift's "no single face was
 found"). :func:`check_raw` refuses that first, for every action that reads the tables.
+
+So too where both tables are there but photographs they list are not, though DVC's record of
+``data/raw`` holds them (a checkout cut short, or run for some files: ``dvc checkout
+data/raw`` brings them back): an export would hand over fewer photographs than the subject
+has and complete the request, a rectification would call their own photograph not theirs, a
+lift would make the template from what is there, and an erasure or a rectification, which
+write ``data/raw`` again, would make every photograph not there gone from the version ``dvc
+add`` makes of it (:func:`~visage_ml.data.rawstore.check_images`).
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ import pandas as pd
 
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import (
+    EFFECT_READ,
+    EFFECT_WRITTEN,
     MSG_RAW_NOT_CHECKED_OUT,
     RawDataMissingError,
     absent_shown,
     absent_tables,
+    check_images,
     tables_expected,
 )
 from visage_ml.privacy.registry import SYNTHFACES_SOURCE
@@ -39,8 +50,16 @@ def processed_rows(paths: ProjectPaths, pid: str) -> dict[str, Any]:
     }
 
 
-def check_raw(paths: ProjectPaths, pid: str, *, source: str, crops: int | None = None) -> None:
-    """Refuse to read ``data/raw`` as empty where ``pid``'s rows are expected in it.
+def check_raw(
+    paths: ProjectPaths,
+    pid: str,
+    *,
+    source: str,
+    crops: int | None = None,
+    everyone: bool = False,
+) -> None:
+    """Refuse to read ``data/raw`` as empty where ``pid``'s rows are expected in it, or
+    without photographs its tables list that DVC can bring back.
 
     They are expected, when a table is not there, where the project says rows are
     (:func:`~visage_ml.data.rawstore.tables_expected`: the other table is there, DVC tracks
@@ -59,15 +78,26 @@ def check_raw(paths: ProjectPaths, pid: str, *, source: str, crops: int | None =
         Where the registry says the subject came from (``SubjectState.source``).
     crops
         Their crops in ``data/processed`` (counted from its manifest when None and needed).
+    everyone
+        Check every subject's photographs, not only ``pid``'s: the action writes ``data/raw``
+        again (an erasure, a rectification), and the version ``dvc add`` then makes would
+        lack any photograph not there.
 
     Raises
     ------
     visage_ml.data.rawstore.RawDataMissingError
-        A table is not there though the subject's rows are expected in it: the message says
-        which, why and what to run (``dvc checkout data/raw``).
+        A table is not there though the subject's rows are expected in it, or photographs the
+        tables list (the subject's; with ``everyone``, anyone's) are not there though DVC's
+        record of ``data/raw`` holds them: the message says which, why and what to run
+        (``dvc checkout data/raw``).
     """
     missing = absent_tables(paths.raw)
     if not missing:
+        check_images(
+            paths.raw,
+            pids=None if everyone else [pid],
+            effect=EFFECT_WRITTEN if everyone else EFFECT_READ,
+        )
         return
     why = tables_expected(paths.raw, missing) or _theirs_expected(paths, pid, source, crops)
     if why is None:

@@ -219,8 +219,9 @@ def rectify(
     ------
     visage_ml.data.rawstore.RawDataMissingError
         ``data/raw``'s tables are not checked out, though the subject's rows are expected in
-        them (:func:`~visage_ml.rights.rawcheck.check_raw`): nothing changes, and a request
-        answered keeps the failure.
+        them, or photographs the tables list are not there though DVC's record of
+        ``data/raw`` holds them (:func:`~visage_ml.rights.rawcheck.check_raw`): nothing
+        changes, and a request answered keeps the failure.
     """
     check_pid(pid)
     attributes = dict(attributes or {})
@@ -237,7 +238,7 @@ def rectify(
     # for not theirs, or the tables written again without anyone's rows. Refused first, the
     # failure kept on the request.
     with checked_first(book, pid, ("rectification",), request_id, step="rectification"):
-        check_raw(paths, pid, source=state.source)
+        check_raw(paths, pid, source=state.source, everyone=True)
     # Everything that can be refused is checked before the request starts: bad input leaves the
     # request (and data/raw and the gallery) as it was.
     store = RawStore(paths, core=core, track=True)

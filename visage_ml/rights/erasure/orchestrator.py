@@ -407,9 +407,11 @@ class Erasure:
         every run, a resumed one's too): read as empty, the subject's images are none, so the
         tombstone holds no photograph of theirs to seek copies by (a copy elsewhere is kept and
         certified gone), the raw step writes the tables again without anyone's rows, and the
-        copies step takes another subject's photograph for no one's."""
+        copies step takes another subject's photograph for no one's. Nor where photographs
+        the tables list are not there though DVC's record holds them (checked out in part):
+        the raw step's ``dvc add`` would make them gone from data/raw's current version."""
         try:
-            check_raw(self.paths, pid, source=self.core.subject(pid).source)
+            check_raw(self.paths, pid, source=self.core.subject(pid).source, everyone=True)
         except RawDataMissingError as exc:
             exc.add_note(MSG_RAW_NOT_ERASED.format(pid=pid))
             raise
