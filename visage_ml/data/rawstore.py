@@ -345,6 +345,12 @@ def tables_expected(raw_dir: Path, missing: Sequence[str]) -> str | None:
     subjects' folders.
     Read as empty, such a table says that nobody has a photograph; written back (a
     transaction), it would hold only the transaction's rows.
+
+    Only ``data/raw.dvc`` is read, the file the store's own ``dvc add data/raw`` writes. A
+    ``data/raw`` tracked through a parent's ``.dvc`` file or as a stage's output is not
+    supported, and DVC refuses both in this project: ``dvc add data`` overlaps the
+    ``prepare`` stage's outputs (``data/processed``), and ``dvc add data/raw`` fails where
+    ``data/raw`` is a stage's output. Such a layout is taken as not tracked here.
     """
     if not missing:
         return None
