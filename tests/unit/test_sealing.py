@@ -216,6 +216,33 @@ def test_seal_where_data_raw_is_not_checked_out_is_refused_and_dvc_adds_nothing(
     assert dvcfile.read_text() == tracked
 
 
+def test_seal_where_data_raw_is_checked_out_in_part_is_refused_and_dvc_adds_nothing(
+    tiny_project,
+):
+    """DVC tracks data/raw, both tables there, one photograph they list not (a checkout cut
+    short): `visage privacy seal` `dvc add`ed data/raw as it was, so data/raw.dvc's current
+    version lacked the photograph and `dvc checkout data/raw` brought it back no more.
+    Refused now before anything is sealed, saying what to run."""
+    root = tiny_project(dvc=True)
+    paths = ProjectPaths(root)
+    acquire_synthfaces(paths, load_params(paths.params), progress=False)
+    dvcfile = paths.data / "raw.dvc"
+    tracked = dvcfile.read_text()
+    photo = sorted(paths.raw.glob("*/*.sealed"))[0]
+    photo.unlink()
+
+    result = CliRunner().invoke(app, ["privacy", "seal"])
+
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "checked out only in part" in said and "run `dvc checkout data/raw`" in said, said
+    assert dvcfile.read_text() == tracked
+    assert _dvc(root, "checkout", "data/raw").returncode == 0
+    assert photo.is_file()
+    seal_project(paths)
+    assert dvcfile.read_text() == tracked
+
+
 # -- visage privacy rotate-master-key ------------------------------------------------------
 
 

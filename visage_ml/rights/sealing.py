@@ -43,7 +43,13 @@ from visage_ml import dvcops, faults
 from visage_ml.config import ProjectPaths
 from visage_ml.data.crops import CropWriter
 from visage_ml.data.prepare import FACES_FILE, LEGACY_FACES_FILE, MANIFEST_FILE, purge_subject
-from visage_ml.data.rawstore import IMAGE_ID_RE, PLAIN_EXTS, RawStore, check_tables
+from visage_ml.data.rawstore import (
+    IMAGE_ID_RE,
+    PLAIN_EXTS,
+    RawStore,
+    check_images,
+    check_tables,
+)
 from visage_ml.evaluation.figures import FIGURE_NAME, MLFLOW_FOLDER
 from visage_ml.io import (
     CHUNK,
@@ -358,9 +364,12 @@ def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> Sea
         In a DVC repository, before anything is sealed, where a table of ``data/raw`` is not
         there though rows are expected in it (:func:`~visage_ml.data.rawstore.check_tables`):
         the ``dvc add data/raw`` that ends the seal would make a version without them current.
+        So too where photographs the tables list are not there though DVC can bring them back
+        (:func:`~visage_ml.data.rawstore.check_images`: checked out only in part).
     """
     if dvcops.is_dvc_repo(paths.root):
         check_tables(paths.raw)
+        check_images(paths.raw)
     core = core if core is not None else PrivacyCore(paths)
     keys = core.data_keys
     states = core.registry.states()
