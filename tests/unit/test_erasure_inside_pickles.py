@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rights_fakes import png
+import pytest
+from rights_fakes import make_project, png
 from test_erasure_inside import (  # noqa: F401
     _photos,
+    _Sought,
     held_until_taken_out,
     pickles_read_alike,
     proj,
@@ -431,3 +433,55 @@ def test_a_sealed_file_python_2_pickled_as_a_str_or_a_bytearray_stops_the_erasur
         back = back.encode("latin-1") if isinstance(back, str) else bytes(back)
         assert back == b"\x89PNG" + bytes(range(256)) * 4, name
     sealed_in_each(proj, tmp_path, _PY2_BINARY)
+
+
+@pytest.fixture
+def thumbs(project):
+    """Three subjects whose photographs are thumbnails (2x2 pixels: a PNG of 79 bytes, each
+    sealed in 186)."""
+    return make_project(project, n_subjects=3, encode=lambda pixels: png(pixels[::16, ::16]))
+
+
+# Python 2's ``str`` of under 256 bytes (SHORT_BINSTRING: ``U``, its length a byte, its bytes as
+# they are), among other short ones, pickled with protocol 1 and 2.
+_PY2_SHORT = {
+    "thumbs-py2-protocol-1.pkl": lambda values: py2_binary_dumps([b"thumb", *values, b"x"], 1),
+    "thumbs-py2-protocol-2.pkl": lambda values: py2_binary_dumps([b"thumb", *values, b"x"], 2),
+}
+
+
+def test_a_sealed_file_of_under_256_bytes_python_2_pickled_as_a_str_stops_the_erasure(
+    thumbs, tmp_path
+):
+    """A thumbnail's sealed file (186 bytes) Python 2 pickled as a ``str`` with protocol 1 or
+    2: of the short ones only a key's 32 bytes were compared, and the erasure was certified with
+    it. The other subjects' sealed files, of the same size, stop nothing."""
+    sealed = sorted((thumbs.paths.raw / thumbs.pids[0]).glob("*.sealed"))[0]
+    assert sealed.stat().st_size < 256
+    sealed_in_each(thumbs, tmp_path, _PY2_SHORT)
+
+
+def test_only_short_strs_of_a_size_sought_are_hashed(monkeypatch):
+    """A Python 2 pickle of short ``str`` values of every length: those of the one short size
+    sought are given, no other; where no size under 256 bytes is sought, no SHORT_BINSTRING is
+    looked for at all (a pickle of millions of short strings is read as fast as before)."""
+    rng = np.random.default_rng(5)
+    values = [rng.bytes(1 + i % 255) for i in range(5000)]
+    sizes = _Sought(100, 9000)
+    for protocol in (1, 2):
+        data = py2_binary_dumps(values, protocol)
+        found = set(embedded.inside(data, embedded.BINARY, sizes=sizes))
+        assert found == {hashlib.sha256(v).hexdigest() for v in values if len(v) == 100}
+    asked: list[bytes] = []
+    real = embedded._short_strs
+
+    def spy(data, lengths):
+        asked.append(lengths)
+        return real(data, lengths)
+
+    monkeypatch.setattr(embedded, "_short_strs", spy)
+    assert set(embedded.inside(data, embedded.BINARY, sizes=_Sought(100, 9000))) == found
+    assert asked == [bytes([100])]
+    asked.clear()
+    assert not set(embedded.inside(data, embedded.BINARY, sizes=_Sought(9000)))
+    assert not asked

@@ -243,10 +243,14 @@ SHORT_MAX = 255  # SHORT_BINBYTES' longest
 # length a byte) or BINSTRING (``T``, four), memoized after it (BINPUT, LONG_BINPUT: cPickle's
 # and pickle.py's, :data:`MEMO_PUT`); a Python 3 pickle of those protocols holds none (its
 # ``bytes`` are ``_codecs.encode`` strings). Each of a size sought compared whole
-# (:func:`_pickled_values`), in a pickle of protocol 2, or 1 (:func:`_binary_ops`); of the short
-# ones only a key's 32 bytes (``U`` then its length: an expression of any length took a third of
-# the reading of a pickle of other bytes, one in 256 of them a ``U``).
-SHORT_BINSTRING = re.compile(rb"U\x20")
+# (:func:`_pickled_values`), in a pickle of protocol 2, or 1 (:func:`_binary_ops`); a short one
+# (a thumbnail's sealed file) only where its length is one sought, each ``U`` and its length
+# told with NumPy (:func:`_short_strs`: an expression of any length, a match each, took a third
+# of the reading of a pickle of other bytes, one in 256 of them a ``U``, and most of that of a
+# pickle of short strings), each hashed as it is, looked inside only where it may expand (through
+# :func:`_part`, a pickle of millions of short strings, every size sought, took 10 us a value).
+SHORT_BINSTRING = ord("U")
+SHORT_REACH = 2 + SHORT_MAX + 5  # its opcode, its length and bytes, then a LONG_BINPUT
 # What a pickler writes after each such value: it memoizes it (protocol 4 and up, MEMOIZE, in a
 # frame of its own after one written outside frames, 64 KiB and up; protocol 3, BINPUT or
 # LONG_BINPUT: :data:`MEMO_PUT`). A length found among other bytes is taken for a value only
@@ -1238,14 +1242,16 @@ def _pickled_values(
     """:func:`_value` of each ``bytes`` or ``bytearray`` value ``data``, a pickle of protocol
     3 and up (or a file of pickles, one of them such: :func:`_protocols`), holds as it is
     (:data:`SHORT_BINBYTES`, :func:`_binbytes`, :data:`BINBYTES8`, :data:`BYTEARRAY8`; of
-    Python 2's protocols 0 to 2, each ``str``: :data:`SHORT_BINSTRING`) of a size sought (a
-    key's, 32 bytes, is :data:`PICKLED_KEY`'s; a SHORT_BINSTRING's is tested here); each read
+    Python 2's protocols 0 to 2, each ``str``: BINSTRING, and SHORT_BINSTRING of a length sought,
+    :func:`_short_strs`) of a size sought (a key's, 32 bytes, is :data:`PICKLED_KEY`'s; a
+    SHORT_BINSTRING's is tested here, one of another length under 256 bytes hashed as it is,
+    looked inside only where it may expand: what else it holds is shorter still); each read
     from its opcode's length and memoized after it (:data:`MEMOIZED`, :data:`MEMO_PUT`), only
     those of a size sought hashed (what is spent from ``budget``); those smaller than anything
     sought (``floor``) passed over, SHORT_BINBYTES' not looked for unless something that short
     is sought."""
     size, top = len(data), min(len(data) >> 24, 255)
-    older = min(protocols) < 3  # Python 2's ``str`` (:data:`SHORT_BINSTRING`)
+    older = min(protocols) < 3  # Python 2's ``str`` (BINSTRING, SHORT_BINSTRING)
     memo = (
         MEMO_PUT if max(protocols) < 4 else MEMOIZED if not protocols & {0, 1, 2, 3} else MEMO_ANY
     )
@@ -1261,8 +1267,6 @@ def _pickled_values(
     test = key_test(sizes) if older else None  # a key's 32 bytes a SHORT_BINSTRING too
     if older:
         heads.append((_binbytes(top, b"T"), 4))
-        if test is not None:
-            heads.append((SHORT_BINSTRING, 1))
     if floor > SHORT_MAX:
         passed_over(sizes, SHORT_MAX)
     for head, width in heads:
@@ -1273,10 +1277,6 @@ def _pickled_values(
             if not n or end > size or memo.match(data, end) is None:
                 continue
             if n == KEY_SIZE:  # protocol 3 and up: PICKLED_KEY's
-                if head is SHORT_BINSTRING and test is not None:
-                    raw = bytes(data[start:end])
-                    if test(raw):
-                        yield from _part(raw, sizes, depth, budget)
                 continue
             if sizes is None or (n >= floor and sizes.may_match(n)):
                 budget.spend(n)
@@ -1285,6 +1285,57 @@ def _pickled_values(
                 if n < floor:
                     passed_over(sizes, n)
                 yield from _nested(data, start, end, sizes, depth, budget, floor, {2, *protocols})
+    lengths = _short_sought(sizes, floor, test is not None) if older else b""
+    for start, end in _short_strs(data, lengths) if lengths else ():
+        raw = bytes(data[start:end])
+        if end - start == KEY_SIZE:
+            if test is not None and test(raw):
+                yield from _part(raw, sizes, depth, budget)
+        elif raw.startswith(EXPANDS):
+            yield from _part(raw, sizes, depth, budget)
+        else:  # hashed here: millions of them, each a call through _part
+            yield hashlib.sha256(raw).hexdigest()
+
+
+def _short_sought(sizes: SizeFilter | None, floor: int, key: bool) -> bytes:
+    """The lengths under 256 bytes of a size sought (from ``floor``; a key's where ``key``),
+    as bytes: those of the SHORT_BINSTRING values to read (:func:`_pickled_values`)."""
+    if floor > SHORT_MAX:
+        return bytes([KEY_SIZE]) if key else b""
+    # each asked, those under ``floor`` too: a filter that keeps count notes them passed over
+    return bytes(
+        n
+        for n in range(1, SHORT_MAX + 1)
+        if (key if n == KEY_SIZE else sizes is None or sizes.may_match(n))
+    )
+
+
+def _short_strs(data: Buffer, lengths: bytes) -> Iterator[tuple[int, int]]:
+    """Where each SHORT_BINSTRING of one of ``lengths`` lies in ``data`` (its bytes' start and
+    end, in order), memoized after it (BINPUT, LONG_BINPUT: :data:`MEMO_PUT`): each ``U``, its
+    length and the opcode after it told with NumPy, over a mapped file :data:`LET_GO` at a
+    time, letting go of what it passed."""
+    import numpy as np
+
+    wanted = np.zeros(256, dtype=bool)
+    wanted[list(lengths)] = True
+    size = len(data)
+    step = LET_GO if isinstance(data, _Map) else max(size, 1)
+    for at in range(0, size, step):
+        stop = min(at + step, size)
+        window = np.frombuffer(data, np.uint8, min(stop + SHORT_REACH, size) - at, at)
+        ops = np.flatnonzero(window[: stop - at] == SHORT_BINSTRING)
+        ops = ops[ops + 1 < window.size]
+        n = window[ops + 1]
+        ends = ops + 2 + n
+        kept = wanted[n] & (ends + 1 < window.size)  # BINPUT's index after it, at least
+        ops, ends = ops[kept], ends[kept]
+        put = window[ends]
+        kept = (put == ord("q")) | ((put == ord("r")) & (ends + 4 < window.size))
+        del window, put
+        starts, ends = (ops[kept] + (at + 2)).tolist(), (ends[kept] + at).tolist()
+        yield from zip(starts, ends, strict=True)
+        _let_go(data, stop)
 
 
 def _protocols(data: Buffer, begins: int = 0) -> set[int]:
@@ -1315,10 +1366,9 @@ def _heads(data: Buffer, head: re.Pattern[bytes], width: int) -> Iterator[int]:
     step = LET_GO if isinstance(data, _Map) else max(size, 1)
     for at in range(0, size, step):
         stop = min(at + step, size)
-        for m in head.finditer(data, at, min(stop + width, size)):
-            if m.start() >= stop:
-                break
-            yield m.start()
+        # in C: a pickle of millions of short values is as many matches
+        starts = map(re.Match.start, head.finditer(data, at, min(stop + width, size)))
+        yield from itertools.takewhile(stop.__gt__, starts)
         _let_go(data, stop)
 
 
