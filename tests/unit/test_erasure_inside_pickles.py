@@ -485,3 +485,44 @@ def test_only_short_strs_of_a_size_sought_are_hashed(monkeypatch):
     asked.clear()
     assert not set(embedded.inside(data, embedded.BINARY, sizes=_Sought(9000)))
     assert not asked
+
+
+# Pickles of protocol 0 and 1 whose first value is a long ``str`` (UNICODE: a line, its
+# characters as they are; BINUNICODE: its UTF-8), a tuple's or alone before the next pickle:
+# their first 4 KiB that one string, cut off.
+_UNICODE_FIRST = {
+    "caption-first-protocol-0.pkl": lambda values: pickle.dumps(("x" * 5000, *values), protocol=0),
+    "caption-first-protocol-1.pkl": lambda values: pickle.dumps(("x" * 5000, *values), protocol=1),
+    "digits-first-protocol-1.pkl": lambda values: pickle.dumps(("1" * 5000, *values), protocol=1),
+    "latin-first-protocol-0.pkl": lambda values: pickle.dumps(("é" * 5000, *values), protocol=0),
+    "caption-first-py2.pkl": lambda values: py2_dumps(("x" * 5000, *values)),
+    "caption-first-py2-protocol-1.pkl": lambda values: py2_binary_dumps(("x" * 5000, *values), 1),
+    "caption-then-values.pkl": lambda values: (
+        pickle.dumps("x" * 5000, protocol=0) + pickle.dumps(list(values), protocol=0)
+    ),
+}
+
+
+def test_a_pickle_beginning_with_a_long_unicode_string_is_read_as_a_pickle(proj, tmp_path):  # noqa: F811
+    """A protocol-0 or 1 pickle whose first value is a long ``str`` (UNICODE, BINUNICODE) was
+    told a text, a tar or nothing (fewer opcodes than a pickle's first 4 KiB must hold, the last
+    no STRING or BINSTRING), so its strings were not read: the subject's sealed file in it was
+    certified gone."""
+    for name, make in _UNICODE_FIRST.items():
+        data = make([b"x" * 9000])
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
+    sealed_in_each(proj, tmp_path, _UNICODE_FIRST)
+
+
+def test_a_long_line_or_utf_8_after_a_mark_is_seldom_taken_for_such_a_pickle():
+    """Random bytes after a MARK and a UNICODE or BINUNICODE opcode (and its length), no line's
+    end among them, are not taken for a pickle beginning with a long string; a text of one long
+    line is read as a text unless it begins as such a pickle does."""
+    rng = np.random.default_rng(13)
+    for head in (b"(V", b"V", b"(X\x88\x13\x00\x00", b"X\x88\x13\x00\x00"):
+        firsts = [
+            head + rng.bytes(embedded.SNIFF - len(head)).replace(b"\n", b"n") for _ in range(2000)
+        ]
+        assert _heads_taken(firsts) == 0, head
+    line = b"It was the best of times, it was the worst of times, " * 80
+    assert embedded.kind(line[: embedded.SNIFF]) == embedded.TEXT

@@ -299,15 +299,19 @@ OLD_PICKLE_FIRST = frozenset(b"(}])cNIJKMLFGSTUVXP")
 OLD_PICKLE_OPS = 3
 # Protocol 0 writes text (but for the bytes values it holds; all of it, Python 2's): a text is
 # taken for one only where it begins as a container or an object does, with one opcode more
-# (``NaN`` reads as three: NONE, APPEND, NONE), or as a STRING does (Python 2's ``str`` alone).
-OLD_PICKLE_TEXT = frozenset(b"(}])cS")
+# (``NaN`` reads as three: NONE, APPEND, NONE), or as a STRING or UNICODE does (a ``str`` alone,
+# the first of pickles one after another).
+OLD_PICKLE_TEXT = frozenset(b"(}])cSV")
 # A pickle of one long value (Python 2's ``pickle.dump(photo_bytes, f)``; a tuple of them) reads
 # as fewer opcodes, the last cut off by the end of its first bytes: taken for one where that
 # last is a STRING (a repr line: its quote, then printable ASCII, :data:`PRINTABLE`) or a
 # BINSTRING (protocol 1, its bytes as they are) that begins as a photograph or a file holding
-# others does (:func:`_long_string`); a UNICODE or BINUNICODE (a ``str``'s) holds no bytes.
-OLD_LONG = frozenset(b"ST")
+# others does (:func:`_long_string`), or a ``str`` (a caption, the first of a tuple): a UNICODE
+# (a line of its characters, those under 256 as they are: no control character but a tab,
+# :data:`UNICODE_LINE`) or a BINUNICODE (UTF-8, cut off only at its end).
+OLD_LONG = frozenset(b"STVX")
 PRINTABLE = bytes(range(0x20, 0x7F))
+UNICODE_LINE = bytes(range(0x20, 0x100)) + b"\t"
 BINSTRING_MAX = 1 << 31  # Python 2 wrote a longer ``str`` with no protocol 0 or 1 opcode
 # Each ``bytes`` value is ``_codecs.encode(s, 'latin1')`` there too, ``s`` after a MARK and the
 # arguments closed by TUPLE (``t``), not TUPLE2. Protocol 1: ``s`` a BINUNICODE of its UTF-8 (as
@@ -606,13 +610,18 @@ def _old_pickle(first: bytes, *, text: bool = False) -> bool:
 
 
 def _long_string(first: bytes, at: int) -> bool:
-    """Whether the STRING or BINSTRING whose opcode lies before ``at`` in ``first``, cut off by
-    its end, is a ``str`` Python 2 pickled (:data:`OLD_LONG`)."""
-    if first[at - 1 : at] == b"S":  # its repr: its quote, then printable ASCII
+    """Whether the STRING, BINSTRING, UNICODE or BINUNICODE whose opcode lies before ``at`` in
+    ``first``, cut off by its end, is a string pickled (:data:`OLD_LONG`)."""
+    op = first[at - 1 : at]
+    if op == b"S":  # its repr: its quote, then printable ASCII
         return first[at : at + 1] in (b"'", b'"') and not first[at + 1 :].translate(None, PRINTABLE)
+    if op == b"V":
+        return not first[at:].translate(None, UNICODE_LINE)
     n = int.from_bytes(first[at : at + 4], "little")
     if n >= BINSTRING_MAX:
         return False
+    if op == b"X":
+        return _text(first[at + 4 :].replace(b"\x00", b" "))
     from visage_ml.rights.embedded_photos import JPEG_MAGIC, PNG_MAGIC
 
     held = first[at + 4 :]  # not asked whether it is such a pickle: no chain of them
