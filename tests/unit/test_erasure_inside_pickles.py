@@ -526,3 +526,39 @@ def test_a_long_line_or_utf_8_after_a_mark_is_seldom_taken_for_such_a_pickle():
         assert _heads_taken(firsts) == 0, head
     line = b"It was the best of times, it was the worst of times, " * 80
     assert embedded.kind(line[: embedded.SNIFF]) == embedded.TEXT
+
+
+def _windows(data: bytes) -> bytes:
+    """``data`` as Python 2 on Windows wrote it to a file opened in text mode (``open(path,
+    "w")``, then ``pickle.dump``): each line's end ``\\r\\n``."""
+    return data.replace(b"\n", b"\r\n")
+
+
+# Python 2's protocol-0 pickles written on Windows in text mode.
+_WINDOWS = {
+    "rows-py2-windows.pkl": lambda values: _windows(_PY2["rows-py2.pkl"](values)),
+    "dataset-py2-windows.pkl": lambda values: _windows(_PY2["dataset-py2.pkl"](values)),
+    "bare-py2-windows.pkl": lambda values: _windows(_PY2["bare-py2.pkl"](values)),
+}
+
+
+def test_a_python_2_pickle_written_on_windows_stops_the_erasure(proj, tmp_path):  # noqa: F811
+    """A Python 2 pickle of protocol 0 written in text mode on Windows (each ``\\n`` a
+    ``\\r\\n``: read back as Python 2 read it, in text mode) holding the subject's sealed file: its
+    lines were not read as a pickle's opcodes (``p0\\r``...) nor its STRINGs as ones (a
+    ``\\r`` after the closing quote), and the erasure was certified with it."""
+    value = b"\x89PNG\r\n" + bytes(range(256))
+    back = pickle.loads(_windows(py2_dumps([value])).replace(b"\r\n", b"\n"), encoding="bytes")
+    assert back == [value]
+    sealed_in_each(proj, tmp_path, _WINDOWS)
+
+
+def test_windows_texts_are_not_taken_for_such_a_pickle():
+    """The text files of the Python installation with Windows line ends are not taken for a
+    pickle of protocol 0 (their lines read again with ``\\n`` ends)."""
+    texts = []
+    for suffix in ("py", "csv", "json", "txt"):
+        for path in sorted(Path(sys.prefix).rglob(f"*.{suffix}"))[:400]:
+            texts.append(_windows(path.read_bytes())[: embedded.SNIFF])
+    assert len(texts) > 400
+    assert _heads_taken(texts) == 0

@@ -350,6 +350,7 @@ ESCAPE = b"\\u0000"  # how long each escaped character is
 # of its line only: an opcode with an argument ends its line, and before it on its line lie
 # only opcodes without one, none an ``S``.
 STRING_HEAD = re.compile(rb"S['\"]")
+CR = ord("\r")
 REPR_ESCAPE = len(b"\\x00")  # the longest escape: a repr is 1 to 4 characters a byte
 # A PDF's header, where readers accept it: in its first kilobyte (after a mail's or a web
 # server's lines), the file not text (its second line, by custom, of bytes above 127).
@@ -588,7 +589,18 @@ def _tar_or_old_pickle(first: bytes, text: bool) -> str | None:
 def _old_pickle(first: bytes, *, text: bool = False) -> bool:
     """Whether ``first`` begins a pickle of protocol 0 or 1 (:data:`OLD_PICKLE_FIRST`,
     :data:`OLD_PICKLE_OPS`; ``text``: ``first`` is text, :data:`OLD_PICKLE_TEXT`; fewer opcodes
-    where the last is a long string cut off, :func:`_long_string`)."""
+    where the last is a long string cut off, :func:`_long_string`), its lines' ends ``\n`` or
+    ``\r\n`` (Python 2's protocol 0 written on Windows in text mode: each ``\n`` written so,
+    which reading in text mode undoes)."""
+    if not first or first[0] not in (OLD_PICKLE_TEXT if text else OLD_PICKLE_FIRST):
+        return False
+    return _old_opcodes(first, text) or (
+        b"\r\n" in first and _old_opcodes(first.replace(b"\r\n", b"\n"), text)
+    )
+
+
+def _old_opcodes(first: bytes, text: bool) -> bool:
+    """:func:`_old_pickle` of ``first`` as it is."""
     begins, ops = (
         (OLD_PICKLE_TEXT, OLD_PICKLE_OPS + 1) if text else (OLD_PICKLE_FIRST, OLD_PICKLE_OPS)
     )
@@ -1163,6 +1175,8 @@ def _string_values(
             return
         at = end + 1  # the next line: no other head of this one is tried
         start, stop = pos + 2, end - 1
+        if stop > start and data[stop] == CR:  # written on Windows: a repr holds no CR
+            stop -= 1
         if stop < start or data[stop] != data[pos + 1]:
             continue
         key = test is not None and KEY_SIZE <= stop - start <= REPR_ESCAPE * KEY_SIZE
