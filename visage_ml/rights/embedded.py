@@ -251,6 +251,7 @@ SHORT_MAX = 255  # SHORT_BINBYTES' longest
 # :func:`_part`, a pickle of millions of short strings, every size sought, took 10 us a value).
 SHORT_BINSTRING = ord("U")
 SHORT_REACH = 2 + SHORT_MAX + 5  # its opcode, its length and bytes, then a LONG_BINPUT
+SHORT_CHUNK = 1 << 16  # bytes told at a time by :func:`_short_strs`
 # What a pickler writes after each such value: it memoizes it (protocol 4 and up, MEMOIZE, in a
 # frame of its own after one written outside frames, 64 KiB and up; protocol 3, BINPUT or
 # LONG_BINPUT: :data:`MEMO_PUT`). A length found among other bytes is taken for a value only
@@ -1336,14 +1337,15 @@ def _short_sought(sizes: SizeFilter | None, floor: int, key: bool) -> bytes:
 def _short_strs(data: Buffer, lengths: bytes) -> Iterator[tuple[int, int]]:
     """Where each SHORT_BINSTRING of one of ``lengths`` lies in ``data`` (its bytes' start and
     end, in order), memoized after it (BINPUT, LONG_BINPUT: :data:`MEMO_PUT`): each ``U``, its
-    length and the opcode after it told with NumPy, over a mapped file :data:`LET_GO` at a
-    time, letting go of what it passed."""
+    length and the opcode after it told with NumPy, :data:`SHORT_CHUNK` at a time (its arrays
+    are a few times a chunk: a window of the file, or one of nothing but ``U``), over a mapped file
+    letting go of what it passed."""
     import numpy as np
 
     wanted = np.zeros(256, dtype=bool)
     wanted[list(lengths)] = True
     size = len(data)
-    step = LET_GO if isinstance(data, _Map) else max(size, 1)
+    step = SHORT_CHUNK
     for at in range(0, size, step):
         stop = min(at + step, size)
         window = np.frombuffer(data, np.uint8, min(stop + SHORT_REACH, size) - at, at)
