@@ -719,12 +719,7 @@ def test_an_erasure_whose_raw_tables_are_not_checked_out_erases_nothing_until_th
     with pytest.raises(RawDataMissingError, match="run `dvc checkout data/raw`") as stopped:
         Erasure(paths).erase(victim)
 
-    assert "nothing was erased" in "\n".join(stopped.value.__notes__)
-    core = PrivacyCore(paths)
-    [st] = RequestBook(core).all(pid=victim)
-    assert st.status == "verified", st.status
-    assert (st.failure["step"], st.failure["code"]) == ("preflight", "raw_data_missing")
-    assert not core.subject(victim).erased and core.data_keys.key(victim) == key
+    st = _kept_stopped_at_preflight(paths, victim, key, stopped.value)
     assert copy.is_file() and len(list((paths.raw / victim).iterdir())) == 3
 
     assert _dvc(root, "checkout", "data/raw").returncode == 0
@@ -762,12 +757,7 @@ def test_an_erasure_where_data_raw_is_checked_out_in_part_erases_nothing_until_i
 
     said = " ".join(str(stopped.value).split())
     assert "run `dvc checkout data/raw`" in said and other not in said, said
-    assert "nothing was erased" in "\n".join(stopped.value.__notes__)
-    core = PrivacyCore(paths)
-    [st] = RequestBook(core).all(pid=victim)
-    assert st.status == "verified", st.status
-    assert (st.failure["step"], st.failure["code"]) == ("preflight", "raw_data_missing")
-    assert not core.subject(victim).erased and core.data_keys.key(victim) == key
+    st = _kept_stopped_at_preflight(paths, victim, key, stopped.value)
 
     assert _dvc(root, "checkout", "data/raw").returncode == 0 and photo.is_file()
     result = Erasure(paths).run(st.request_id)
@@ -780,6 +770,18 @@ def test_an_erasure_where_data_raw_is_checked_out_in_part_erases_nothing_until_i
     assert len(read_images(paths.raw)) == 6
     report = verify_certificate(result.certificate_path, root=root)
     assert report.ok, report.findings
+
+
+def _kept_stopped_at_preflight(paths, victim: str, key: bytes, stopped: BaseException):
+    """The erasure request of ``victim``, stopped before anything was erased
+    (``raw_data_missing``): kept with its failure, the subject and their key still there."""
+    assert "nothing was erased" in "\n".join(stopped.__notes__)
+    core = PrivacyCore(paths)
+    [st] = RequestBook(core).all(pid=victim)
+    assert st.status == "verified", st.status
+    assert (st.failure["step"], st.failure["code"]) == ("preflight", "raw_data_missing")
+    assert not core.subject(victim).erased and core.data_keys.key(victim) == key
+    return st
 
 
 @pytest.mark.pipeline
