@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from lfw_fakes import make_lfw_set
 from pyrage import x25519
 from rights_fakes import REF, make_project, png
@@ -770,6 +771,47 @@ def test_an_erasure_where_data_raw_is_checked_out_in_part_erases_nothing_until_i
     assert len(read_images(paths.raw)) == 6
     report = verify_certificate(result.certificate_path, root=root)
     assert report.ok, report.findings
+
+
+@pytest.mark.pipeline
+def test_an_erasure_whose_photograph_is_lost_for_good_can_go_on_once_the_loss_is_recorded(
+    tiny_project,
+):
+    """A photograph of the subject gone from the workspace and from the DVC cache, no remote
+    to pull it from: `dvc checkout` brings it back no more, so a refusal that only said to
+    check it out would block the subject's erasure for good. The refusal says how to record
+    the loss (`dvc add data/raw`); once recorded, the erasure goes on and its certificate
+    verifies."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    paths = proj.paths
+    victim = proj.pids[0]
+    photo = sorted((paths.raw / victim).iterdir())[0]
+    rel = photo.relative_to(paths.raw).as_posix()
+    [md5] = [e["md5"] for e in _dir_listing(root) if e["relpath"] == rel]
+    photo.unlink()
+    (root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+
+    with pytest.raises(RawDataMissingError, match="checked out only in part") as stopped:
+        Erasure(paths).erase(victim)
+
+    said = " ".join(str(stopped.value).split())
+    assert "lost" in said and "`dvc add data/raw`" in said, said
+    [st] = RequestBook(PrivacyCore(paths)).all(pid=victim)
+    assert _dvc(root, "add", "data/raw").returncode == 0
+    result = Erasure(paths).run(st.request_id)
+
+    assert not (paths.raw / victim).exists()
+    assert victim not in set(read_images(paths.raw)["pid"])
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
+
+
+def _dir_listing(root: Path) -> list[dict]:
+    """The entries of data/raw.dvc's .dir object in the DVC cache."""
+    md5 = yaml.safe_load((root / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
+    obj = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return json.loads(obj.read_text())
 
 
 def _kept_stopped_at_preflight(paths, victim: str, key: bytes, stopped: BaseException):

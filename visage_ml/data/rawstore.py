@@ -197,7 +197,9 @@ MSG_RAW_TABLES_NOT_CHECKED_OUT = (
 MSG_RAW_IMAGES_NOT_CHECKED_OUT = (
     "{n} photograph(s) that data/raw/images.parquet lists, of {k} subject(s), are not there, "
     "though {why}: the raw data is checked out only in part, and {effect}; run `dvc checkout "
-    "data/raw` (`dvc pull data/raw` where the DVC cache lacks it), then run again"
+    "data/raw` (`dvc pull data/raw` where the DVC cache lacks it), then run again; where "
+    "neither brings them back, they are lost: `dvc add data/raw` records data/raw without them, "
+    "after which this goes on (a warning counts them)"
 )
 # What going on without the photographs would do, for MSG_RAW_IMAGES_NOT_CHECKED_OUT.
 EFFECT_WRITTEN = (
