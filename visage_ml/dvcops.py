@@ -99,6 +99,14 @@ def tracked_listing(target: Path) -> list[str] | None:
     ``.dir`` object in the DVC cache lists them), or None where that cannot be told: no such
     file, not a folder's, its object not in the cache (not pulled). A record of no file
     (``nfiles: 0``, ``dvc add`` of an empty folder) is an empty list without the cache."""
+    objects = tracked_objects(target)
+    return None if objects is None else list(objects)
+
+
+def tracked_objects(target: Path) -> dict[str, str] | None:
+    """Each file ``<target>.dvc`` records in the folder ``target`` (its relative path) and the
+    md5 of its object in the DVC cache, or None where that cannot be told
+    (:func:`tracked_listing`)."""
     dvcfile = Path(f"{target}.dvc")
     try:
         doc = yaml.safe_load(dvcfile.read_text(encoding="utf-8")) or {}
@@ -107,17 +115,32 @@ def tracked_listing(target: Path) -> list[str] | None:
         return None
     md5 = str(out.get("md5") or "")
     if out.get("nfiles") == 0:
-        return []
+        return {}
     if not md5.endswith(".dir") or len(md5) != 36:
         return None
-    for cache in _cache_dirs(dvcfile.parent):
-        for obj in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
-            try:
-                entries = json.loads(obj.read_text(encoding="utf-8"))
-                return [str(e["relpath"]) for e in entries]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+    for obj in _object_paths(dvcfile.parent, md5):
+        try:
+            entries = json.loads(obj.read_text(encoding="utf-8"))
+            return {str(e["relpath"]): str(e["md5"]) for e in entries}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     return None
+
+
+def in_cache(start: Path, md5: str) -> bool:
+    """Whether the DVC cache of the repository holding ``start`` holds the object ``md5``
+    (a file of it there: ``dvc checkout`` can restore it without a remote)."""
+    return any(obj.is_file() for obj in _object_paths(Path(start), md5))
+
+
+def _object_paths(start: Path, md5: str) -> list[Path]:
+    """Where the object ``md5`` lies in the DVC cache of the repository holding ``start``
+    (DVC 3's ``files/md5/``, then DVC 2's layout)."""
+    return [
+        obj
+        for cache in _cache_dirs(start)
+        for obj in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:])
+    ]
 
 
 def _cache_dirs(start: Path) -> list[Path]:

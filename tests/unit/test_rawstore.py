@@ -546,6 +546,12 @@ def _dvc_repo(root: Path) -> Callable[..., subprocess.CompletedProcess]:
     return dvc
 
 
+def _dvc_in(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dvc args`` run in the repository ``root``."""
+    cmd = [*dvcops.dvc_executable(), *args]
+    return subprocess.run(cmd, cwd=root, env=dvcops.dvc_env(), capture_output=True, text=True)
+
+
 def _links_and_files(root: Path) -> dict[str, str]:
     """:func:`tree`, a link told by its target (one whose target is gone too)."""
     return {
@@ -601,6 +607,51 @@ def test_a_transaction_where_data_raw_is_checked_out_in_part_refuses_to_begin(st
     commit_one(store, PID_B, b"new subject")
     assert dvc("checkout", "data/raw").returncode == 0
     assert sorted(p.stem for p in (paths.raw / PID_A).iterdir()) == sorted(ids)
+
+
+@pytest.mark.pipeline
+def test_a_photograph_not_in_the_dvc_cache_either_is_refused_without_advice_that_empties_data_raw(
+    store,
+):
+    """A photograph gone from the workspace and from the DVC cache: `dvc checkout data/raw`,
+    which the refusal advised, takes the whole folder out of the workspace (DVC checks a folder
+    out whole or not at all), tables and every photograph, and checks nothing out again. The
+    refusal now says so, and to fetch first; `dvc fetch` touches no workspace file, and once the
+    object is back in the cache the advised checkout restores the photograph."""
+    paths = store.paths
+    dvc = _dvc_repo(paths.root)
+    photos = (b"first", b"second")
+    with store.transaction() as txn:
+        ids = [txn.write_image(PID_A, png) for png in photos]
+        txn.add_subjects([{"pid": PID_A, "source": "test"}])
+        txn.add_images([image_row(PID_A, i, png) for i, png in zip(ids, photos, strict=True)])
+    photo = paths.raw / PID_A / f"{ids[1]}.sealed"
+    md5 = hashlib.md5(photo.read_bytes(), usedforsecurity=False).hexdigest()
+    cached = paths.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    kept = cached.read_bytes()
+    photo.unlink()
+    cached.chmod(0o600)
+    cached.unlink()
+
+    with pytest.raises(rawstore.RawDataMissingError) as err:
+        commit_one(store, PID_B, b"new subject")
+
+    said = " ".join(str(err.value).split())
+    assert "not in the DVC cache" in said and "run `dvc fetch data/raw`" in said, said
+    assert "whole" in said and "lost" in said, said
+    followed = paths.root.parent / "followed"  # the advice before: in a copy, it empties it
+    shutil.copytree(paths.root, followed, symlinks=True)
+    assert _dvc_in(followed, "checkout", "data/raw").returncode != 0
+    assert not (followed / "data" / "raw").exists()
+    before = _links_and_files(paths.data)
+    dvc("fetch", "data/raw")  # no remote here: nothing fetched, no workspace file moved
+    assert _links_and_files(paths.data) == before
+    cached.write_bytes(kept)  # the object back, as `dvc fetch` from a remote holding it brings it
+    with pytest.raises(rawstore.RawDataMissingError, match=r"run `dvc checkout data/raw`") as err:
+        commit_one(store, PID_B, b"new subject")
+    assert "not in the DVC cache" not in str(err.value)
+    assert dvc("checkout", "data/raw").returncode == 0 and photo.is_file()
+    commit_one(store, PID_B, b"new subject")
 
 
 def test_photographs_deleted_where_dvc_does_not_track_data_raw_do_not_stop_a_transaction(

@@ -201,6 +201,17 @@ MSG_RAW_IMAGES_NOT_CHECKED_OUT = (
     "neither brings them back, they are lost: `dvc add data/raw` records data/raw without them, "
     "after which this goes on (a warning counts them)"
 )
+MSG_RAW_IMAGES_NOT_CACHED = (
+    "{n} photograph(s) that data/raw/images.parquet lists, of {k} subject(s), are not there, "
+    "though {why}: the raw data is checked out only in part, and {effect}; {m} of them are not "
+    "in the DVC cache either, and `dvc checkout data/raw` would now take the whole of data/raw "
+    "out of the workspace, its tables and every photograph (DVC checks a folder out whole or "
+    "not at all): run `dvc fetch data/raw` first, from a remote that holds them (it changes no "
+    "file of the workspace); once fetched, run `dvc checkout data/raw`, then run again; where "
+    "no remote "
+    "holds them, they are lost: `dvc add data/raw` records data/raw without them, after which "
+    "this goes on (a warning counts them)"
+)
 # What going on without the photographs would do, for MSG_RAW_IMAGES_NOT_CHECKED_OUT.
 EFFECT_WRITTEN = (
     "data/raw written without them would make them gone from the version `dvc add` makes of "
@@ -455,6 +466,18 @@ def images_expected(raw_dir: Path, absent: Sequence[str]) -> str | None:
     return f"DVC's record of data/raw (data/raw.dvc) holds {n} of them" if n else None
 
 
+def images_not_cached(raw_dir: Path, absent: Sequence[str]) -> int:
+    """How many of the photographs ``absent`` that DVC's record of ``data/raw`` holds
+    (:func:`images_expected`) have no object in the DVC cache: all of them where the record's
+    own object is not there. ``dvc checkout data/raw`` then fails and, checking the folder out
+    whole or not at all, takes every file of ``data/raw`` out of the workspace (DVC 3.67)."""
+    objects = dvcops.tracked_objects(Path(raw_dir))
+    if objects is None:
+        return len(absent)
+    md5_of = {rel.rpartition(".")[0]: md5 for rel, md5 in objects.items()}
+    return sum(1 for a in absent if a in md5_of and not dvcops.in_cache(Path(raw_dir), md5_of[a]))
+
+
 def check_images(
     raw_dir: Path, *, pids: Iterable[str] | None = None, effect: str = EFFECT_WRITTEN
 ) -> None:
@@ -478,10 +501,14 @@ def check_images(
                 len(absent),
             )
         return
-    raise RawDataMissingError(
-        MSG_RAW_IMAGES_NOT_CHECKED_OUT.format(
-            n=len(absent), k=len({a.partition("/")[0] for a in absent}), why=why, effect=effect
+    k = len({a.partition("/")[0] for a in absent})
+    m = images_not_cached(raw_dir, absent)
+    if m:
+        raise RawDataMissingError(
+            MSG_RAW_IMAGES_NOT_CACHED.format(n=len(absent), k=k, why=why, effect=effect, m=m)
         )
+    raise RawDataMissingError(
+        MSG_RAW_IMAGES_NOT_CHECKED_OUT.format(n=len(absent), k=k, why=why, effect=effect)
     )
 
 
