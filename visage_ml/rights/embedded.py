@@ -342,6 +342,19 @@ OLD_STRING_0 = re.compile(
 OLD_ARGS_0 = re.compile(
     rb"(?:p\d{1,10}\n)?(?:(?:Vlatin1|S'latin-1')\n(?:p\d{1,10}\n)?|g\d{1,10}\n)t"
 )
+# Python 2's protocol 0 written on Windows in text mode (:func:`_old_pickle`): each line's end
+# ``\r\n``, the heads' and arguments' (:func:`_old_crlf`) and the UNICODE's. A ``unicode`` line
+# holds a CR as it is (only backslash and newline escaped), so a value's last CR and the line
+# end's are told apart by the lines before its MARK: one of the head's, ending ``\r\n`` or not.
+OLD_CRLF = {
+    False: (OLD_STRING_0, OLD_ARGS_0, CODECS_ENCODE, PY2_BYTEARRAY),
+    True: (
+        re.compile(OLD_STRING_0.pattern.replace(rb"\n", rb"\r\n")),
+        re.compile(OLD_ARGS_0.pattern.replace(rb"\n", rb"\r\n")),
+        CODECS_ENCODE.replace(b"\n", b"\r\n"),
+        PY2_BYTEARRAY.replace(b"\n", b"\r\n"),
+    ),
+}
 ESCAPE = b"\\u0000"  # how long each escaped character is
 # Python 2 pickled a ``str`` (a photograph read from its file, a NumPy array's data) with
 # protocol 0 as a STRING: ``S``, its repr (quoted; each byte outside printable ASCII escaped,
@@ -1051,18 +1064,21 @@ def _old_strings(data: Buffer, protocol: int) -> Iterator[tuple[int, int, int]]:
     (:class:`TooManyStarts`: a crafted file of them took 0.3 us a byte)."""
     from visage_ml.rights.embedded_photos import _starts_allowed
 
-    mark, args = OLD_MARKS[protocol], (OLD_ARGS_1 if protocol else OLD_ARGS_0)
+    mark, args = OLD_MARKS[protocol], OLD_ARGS_1
     done, size, at, allowed = 0, len(data), 0, _starts_allowed(data)
     while (pos := _find(data, mark, at)) >= 0:
         at = pos + 1
-        if (m := _old_head(data, pos, protocol, done)) is None:
+        crlf = not protocol and pos > 0 and data[pos - 1] == CR  # written on Windows
+        if (m := _old_head(data, pos, protocol, done, crlf)) is None:
             continue
         start = m.end()
         if protocol:  # its length before it
             end = after = start + int.from_bytes(m[1], "little")
         else:  # its line's end after it
             end = _find(data, b"\n", start)
-            after = end + 1
+            after, args = end + 1, OLD_CRLF[crlf][1]
+            if crlf and end >= start:  # the line end's CR; one before it is the value's
+                end = end - 1 if data[end - 1] == CR else -1
         if not start <= end <= size or (tail := args.match(data, after)) is None:
             allowed -= 1  # a head that begins no string: crafted, past a few
             if allowed < 0:
@@ -1072,21 +1088,23 @@ def _old_strings(data: Buffer, protocol: int) -> Iterator[tuple[int, int, int]]:
         yield start, end, done
 
 
-def _old_head(data: Buffer, pos: int, protocol: int, lo: int) -> re.Match[bytes] | None:
+def _old_head(
+    data: Buffer, pos: int, protocol: int, lo: int, crlf: bool = False
+) -> re.Match[bytes] | None:
     """The head (:data:`OLD_STRING_1`, :data:`OLD_STRING_0`) of the protocol-``protocol`` string
     whose MARK lies at ``pos`` (:data:`OLD_MARKS`), begun at ``lo`` or after: tried where a get
     (``h``, ``j``; ``g`` and its digits) or the GLOBAL (memoized or not) would begin, a few
-    places."""
+    places; ``crlf``: its lines' ends ``\r\n`` (:data:`OLD_CRLF`)."""
     if protocol:
         string, tail = OLD_STRING_1, pos + len(OLD_MARKS[1]) + 4
         starts: tuple[int, ...] = (pos - 2, pos - 5, pos - 16, pos - 18, pos - 21)
         starts += (pos - 23, pos - 25, pos - 28)  # after PY2_BYTEARRAY
     else:
-        string, tail = OLD_STRING_0, pos + len(OLD_MARKS[0])
-        starts = (
-            data.rfind(b"g", max(lo, pos - 11), pos),
-            data.rfind(CODECS_ENCODE, max(lo, pos - 27), pos + 1),
-            data.rfind(PY2_BYTEARRAY, max(lo, pos - 34), pos + 1),
+        (string, _, encode, bytearray_), tail = OLD_CRLF[crlf], pos + len(OLD_MARKS[0])
+        starts = (  # each line's CR one byte more
+            data.rfind(b"g", max(lo, pos - 11 - crlf), pos),
+            data.rfind(encode, max(lo, pos - 27 - 3 * crlf), pos + 1),
+            data.rfind(bytearray_, max(lo, pos - 34 - 3 * crlf), pos + 1),
         )
     for at in starts:
         if at >= lo and (m := string.match(data, at, tail)) is not None and m.end() == tail:
