@@ -37,6 +37,7 @@ from test_erasure_inside import (  # noqa: F401 - a fixture
     doctor_listed,
     proj,
     put_back_fails_the_verifier,
+    sealed_in_each,
     stopped_then_certified,
 )
 from typer.testing import CliRunner
@@ -770,3 +771,81 @@ def test_a_block_is_a_header_by_its_checksum_exactly_as_tarfile_reads_it(
     assert embedded._tar_checksummed(block) == expected
     data = bytes(range(256)) * 4 + block + bytes(512)
     assert embedded_archives._tar_start(io.BytesIO(data)) == (1024 if expected else -1)
+
+
+# A tar whose first header is damaged (its magic lost, or its checksum wrong) and whose first
+# member's name reads as a pickle's first opcodes (``(lp0\nS'...``: a MARK, a list, a memo's put,
+# a STRING whose line runs on through the header's fields and a first member of no newline; or
+# protocol 2's ``\x80\x02``): told a pickle by its first 4 KiB, it was read as one only, and the
+# members after the first, which ``tar -x`` extracts ("Skipping to next header"), not at all.
+
+
+def _tar_named_as_a_pickle(name: bytes, values: list[bytes], *, v7: bool = False) -> bytes:
+    """A tar of a first member named ``name`` (10 KiB of minutes, no newline in them), its
+    header damaged, then ``values``."""
+    minutes = (b"minutes of the meeting " * 500)[: 10 << 10]
+    members = [(b"face-%d.sealed" % i, v) for i, v in enumerate(values)]
+    if v7:
+        tar = bytearray(_v7_tar((name, minutes), *members))
+        tar[148:156] = b"9999999\x00"  # its checksum wrong
+    else:
+        tar = bytearray(_tar_of(*((n.decode(), d) for n, d in [(name, minutes), *members])))
+        tar[257:265] = bytes(8)  # its magic lost (its checksum wrong then)
+    return bytes(tar)
+
+
+_TARS_NAMED_AS_PICKLES = {
+    "string-name.tar": lambda values: _tar_named_as_a_pickle(b"(lp0\nS'notes.txt", values),
+    "unicode-name.tar": lambda values: _tar_named_as_a_pickle(b"(lp0\nVnotes.txt", values),
+    "string-name-v7.tar": lambda values: _tar_named_as_a_pickle(
+        b"(lp0\nS'notes.txt", values, v7=True
+    ),
+    "protocol-2-name-v7.tar": lambda values: _tar_named_as_a_pickle(
+        b"\x80\x02]q\x00U\x05notes", values, v7=True
+    ),
+}
+
+
+def test_a_damaged_tar_whose_first_name_reads_as_a_pickle_stops_the_erasure(proj, tmp_path):
+    """Each such tar holding the subject's sealed file as its second member (extracted by
+    ``tar -x``, as tarfile reads on past a damaged header): told a pickle, its members were not
+    read, and the erasure was certified with it."""
+    for name, make in _TARS_NAMED_AS_PICKLES.items():
+        data = make([b"ab", b"cd"])
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY, name
+        assert _extracted(data)["face-1.sealed"] == b"cd", name
+    sealed_in_each(proj, tmp_path, _TARS_NAMED_AS_PICKLES)
+
+
+def test_only_pickles_bearing_a_tar_header_are_read_as_a_tar_too(monkeypatch):
+    """Random bytes after a pickle's first byte or PROTO, and pickles of every protocol, are
+    not read as a tar too; a pickle whose first value reads as a header's numbers is, its bytes
+    read once more in the search for a header (none found: nothing more given)."""
+    import random
+
+    from visage_ml.io import CHUNK
+
+    rng = random.Random(3)
+    heads = [*(bytes([b]) for b in embedded.OLD_PICKLE_FIRST), b"\x80\x02", b"\x80\x04"]
+    for head in heads:
+        for _ in range(500):
+            assert not embedded._also_tar(head + rng.randbytes(embedded.SNIFF - len(head)))
+    rows = [{"name": f"face-{i}", "crop": rng.randbytes(300), "n": i} for i in range(200)]
+    for protocol in range(6):
+        assert not embedded._also_tar(pickle.dumps(rows, protocol=protocol)[: embedded.SNIFF])
+    data = pickle.dumps(["1" * 5000, b"x" * 9000], protocol=1)
+    assert embedded._also_tar(data[: embedded.SNIFF])
+    read: list[int] = []
+
+    class Counted(io.BytesIO):
+        def read(self, n=-1):
+            out = super().read(n)
+            read.append(len(out))
+            return out
+
+    assert list(embedded.inside_file(Counted(data), embedded.TAR)) == []
+    assert sum(read) <= len(data) + CHUNK
+    found = set(embedded.inside(data, embedded.BINARY))
+    assert hashlib.sha256(b"x" * 9000).hexdigest() in found
+    monkeypatch.setattr(embedded, "_also_tar", lambda first: False)
+    assert set(embedded.inside(data, embedded.BINARY)) == found

@@ -600,6 +600,18 @@ def _tar_or_old_pickle(first: bytes, text: bool) -> str | None:
     return TAR if told else None
 
 
+def _also_tar(first: bytes) -> bool:
+    """Whether a file told a pickle (:data:`BINARY`) by its first bytes ``first`` is read as a
+    tar too: a block of them bears a header (:func:`_tar_blocks`) and they begin as a pickle
+    does (:data:`PICKLE_MAGIC`, :func:`_old_pickle`). A tar whose first header is damaged (its
+    magic lost, its checksum wrong: ``tar -x`` skips to the next) and whose first member's name
+    reads as a pickle's first opcodes (``(lp0\\nS'...``, its line run on through the header and
+    a first member of no newline; ``\\x80\\x02``) is one, and so is a pickle whose first value
+    reads as a header's numbers (:func:`kind`): no 4 KiB tell the one from the other, so both
+    are read (the tar's blocks searched for a header at NumPy's pace, then its members)."""
+    return _tar_blocks(first) and (PICKLE_MAGIC.match(first) is not None or _old_pickle(first))
+
+
 def _old_pickle(first: bytes, *, text: bool = False) -> bool:
     """Whether ``first`` begins a pickle of protocol 0 or 1 (:data:`OLD_PICKLE_FIRST`,
     :data:`OLD_PICKLE_OPS`; ``text``: ``first`` is text, :data:`OLD_PICKLE_TEXT`; fewer opcodes
@@ -938,6 +950,8 @@ def inside(
         if what in (BINARY, PDF):
             yield from _photographs(data, sizes, depth, budget)
         yield from _compressed(data, what, sizes, depth, budget)
+        if what == BINARY and _also_tar(data[:SNIFF]):
+            yield from inside_file(io.BytesIO(data), TAR, sizes=sizes, depth=depth, budget=budget)
 
 
 def _pickled(
@@ -1446,6 +1460,10 @@ def _nested(
     budget.spend(n)
     if what == BINARY:  # a pickle: what it holds as a pickle (no text, no photograph as it is)
         yield from _pickled(value, what, sizes, depth + 1, budget)
+        if _also_tar(value[:SNIFF]):
+            yield from inside_file(
+                io.BytesIO(value), TAR, sizes=sizes, depth=depth + 1, budget=budget
+            )
     elif what == COMPRESSED and (out := _inflated(value, EMBED_MAX)) is not None:
         budget.spend(len(out))  # a value of many: in memory, not as a stream read from a file
         yield from _part(out, sizes, depth + 1, budget)
@@ -1914,6 +1932,10 @@ def _mapped(
         yield from _pickled(data, what, sizes, depth, budget)
         yield from _photographs(data, sizes, depth, budget)
         yield from _compressed(data, what, sizes, depth, budget)
+        first = bytes(data[:SNIFF])
+    if what == BINARY and _also_tar(first):
+        fh.seek(0)
+        yield from inside_file(fh, TAR, sizes=sizes, depth=depth, budget=budget)
 
 
 @contextlib.contextmanager
