@@ -14,8 +14,9 @@ site cache (one walk with the erasure's, :mod:`visage_ml.rights.content_scan`: e
 looked at and hashed, but one of a size none of that content has, which cannot be a copy and is
 not read; a notebook is read whatever its size; ``.dir`` manifests are also read for the listed
 objects and the subject's folder; outside a checkout, or with no file to look at, the content is
-not shown clean: the check fails); and it says whether the models in use were trained without
-the subject.
+not shown clean: the check fails; so too where a file DVC's record of ``data/raw`` holds is
+neither checked out nor in a DVC store looked at, counted: it cannot tell); and it says whether
+the models in use were trained without the subject.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
-from visage_ml.data.rawstore import IMAGES_FILE, absent_tables, tables_expected
+from visage_ml.data.rawstore import (
+    IMAGES_FILE,
+    absent_images,
+    absent_tables,
+    dvc_file,
+    tables_expected,
+)
 from visage_ml.privacy.certificate import (
     CertificateReport,
     check_witnessed,
@@ -114,6 +121,17 @@ MSG_UNLISTED_CHECK = (
     "data/raw/images.parquet is not checked out here, though {why}: whether a file found is "
     "another current subject's own photograph cannot be told; run `dvc checkout data/raw` and "
     "verify again"
+)
+
+# data/raw checked out only in part where the verifier runs (a `dvc checkout` or `dvc pull` cut
+# short, or run for some files): a file DVC's record of data/raw holds whose bytes are nowhere
+# looked at, not in the workspace, the DVC cache or a remote, may be a copy of an erased one.
+MSG_NOT_CHECKED_OUT = (
+    "cannot tell: {n} {what} of data/raw that DVC's record of it (data/raw.dvc) holds "
+    "are not checked out here, nor in the DVC cache or a remote looked at, so not shown to "
+    "hold no erased content; run `dvc fetch data/raw` from a remote that holds them, then `dvc "
+    "checkout data/raw` (before it, the checkout would take the whole of data/raw out of the "
+    "workspace: DVC checks a folder out whole or not at all), and verify again"
 )
 
 MSG_NOT_SCANNED = (
@@ -204,6 +222,7 @@ def scan_for_hashes(
     report: CertificateReport,
     unreachable: dict[str, str] | None = None,
     unlisted: str | None = None,
+    objects: set[str] | None = None,
 ) -> int:
     """Hash every file under ``walked`` and every git object (but those of a size nothing in
     ``sha256s`` has, :meth:`~visage_ml.rights.content_hashes.ContentHashes.may_match`, which are
@@ -217,7 +236,8 @@ def scan_for_hashes(
     that names a listed md5 or the subject's folder. Returns how many files current subjects
     hold; a DVC remote that could not be listed goes into ``unreachable`` (its name: why).
     ``unlisted``: why data/raw's images table, not there, is expected (:func:`_unlisted`): a
-    found file that may be another current subject's own says that this cannot be told."""
+    found file that may be another current subject's own says that this cannot be told.
+    ``objects``: the md5 of each DVC object looked at (in the cache or a remote) goes into it."""
     embedded.spill_into(paths.root)
     hashed = content_scan.hash_files(walked, sizes=sha256s)
     hits = [h for h in hashed if h.matches(sha256s)]
@@ -258,6 +278,8 @@ def scan_for_hashes(
             report.findings.append({"path": str(h.path), "why": why})
         if h.gone:
             continue
+        if objects is not None and h.oid is not None:
+            objects.add(h.oid)
         report.files_looked_at += 1
         if not h.read:
             continue
@@ -302,6 +324,33 @@ def _unlisted(paths: ProjectPaths) -> str | None:
     or cut short: :func:`~visage_ml.data.rawstore.tables_expected`), else None."""
     missing = absent_tables(paths.raw)
     return tables_expected(paths.raw, missing) if IMAGES_FILE in missing else None
+
+
+def _not_checked_out(paths: ProjectPaths, objects: Container[str]) -> str | None:
+    """What of ``data/raw`` is not checked out here and nowhere looked at (``objects``: the md5s
+    of the DVC objects the scan looked at), as :data:`MSG_NOT_CHECKED_OUT` counts it, or None.
+
+    Each file DVC's record of ``data/raw`` lists is in the workspace or its object was looked at;
+    where that record's listing is not in the cache, each photograph ``images.parquet`` lists
+    is in the workspace. Where DVC does not track ``data/raw``, nothing can bring back a file
+    not there: it holds nothing. Counted only: a path would name its subject."""
+    if not dvc_file(paths.raw).is_file():
+        return None
+    entries = dvcops.tracked_objects(paths.raw)
+    if entries is None:
+        missing = absent_images(paths.raw)
+        photos = len(missing)
+    else:
+        missing = [
+            rel
+            for rel, md5 in entries.items()
+            if md5 not in objects and not (paths.raw / rel).is_file()
+        ]
+        photos = sum(1 for rel in missing if "/" in rel)
+    if not missing:
+        return None
+    what = "photograph(s)" if photos == len(missing) else "file(s)"
+    return MSG_NOT_CHECKED_OUT.format(n=len(missing), what=what)
 
 
 def _may_be_theirs(paths: ProjectPaths, h: content_scan.Hashed) -> bool:
@@ -384,6 +433,7 @@ def _scan(
     rid = doc.get("request_id")
     declared.setdefault(rid if isinstance(rid, str) else None, set()).update(in_use)
     unlisted = _unlisted(paths)
+    objects: set[str] = set()
     held = scan_for_hashes(
         paths,
         walked,
@@ -395,6 +445,7 @@ def _scan(
         report=report,
         unreachable=unreachable,
         unlisted=unlisted,
+        objects=objects,
     )
     declared = f"; {len(retained)} declared as shared content still in use" if retained else ""
     if held:
@@ -408,6 +459,9 @@ def _scan(
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
     if unlisted is not None and report.findings:
         unkeyed_note += f"; {MSG_UNLISTED_CHECK.format(why=unlisted)}"
+    if (absent := _not_checked_out(paths, objects)) is not None:
+        unkeyed = True  # not shown to be clean
+        unkeyed_note += f"; {absent}"
     images = (
         " and every erased image's plaintext and source file, and erased subjects' keys as "
         "unwrapped"
