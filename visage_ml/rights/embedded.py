@@ -850,10 +850,36 @@ def _digest(data: bytes, sizes: SizeFilter | None) -> list[str]:
     return [hashlib.sha256(data).hexdigest()] if sizes is None or sizes.may_match(len(data)) else []
 
 
-def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
+# kind() of so many first bytes of parts is remembered at most (:func:`_told`: 16 MiB).
+TOLD_MAX = 4096
+
+
+def _told(first: bytes, told: dict[bytes, str | None] | None) -> str | None:
+    """:func:`kind` of ``first``, remembered in ``told`` (when given) by its bytes, up to
+    :data:`TOLD_MAX` of them (then forgotten): the stretches a file's JPEGs give
+    (:func:`_photographs`), each JPEG alone and in the runs of those after it, are often alike
+    (a crafted file's every one), and kind() of each took two thirds of reading them."""
+    if told is None:
+        return kind(first)
+    what = told.get(first, told)
+    if what is told:
+        if len(told) >= TOLD_MAX:
+            told.clear()
+        what = told[first] = kind(first)
+    return what  # type: ignore[return-value]
+
+
+def _part(
+    data: bytes,
+    sizes: SizeFilter | None,
+    depth: int,
+    budget: _Budget,
+    told: dict[bytes, str | None] | None = None,
+) -> Iterator[str]:
     """A file held inside another: its SHA-256, and what it holds itself; nothing when smaller
     than anything sought and not compressed (a text, a pickle, a tar holds only what is smaller
-    than itself: a table's short strings), but for a key's 32 bytes (:func:`keyed`)."""
+    than itself: a table's short strings), but for a key's 32 bytes (:func:`keyed`). ``told``:
+    kind() remembered (:func:`_told`)."""
     if len(data) == KEY_SIZE:
         yield from _digest(data, sizes)
         return
@@ -862,7 +888,7 @@ def _part(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) ->
         yield from key_texts(data, sizes, depth, budget)
         return
     yield from _digest(data, sizes)
-    if depth < DEPTH and (what := kind(data[:SNIFF])) is not None:
+    if depth < DEPTH and (what := _told(data[:SNIFF], told)) is not None:
         yield from inside(data, what, sizes=sizes, depth=depth + 1, budget=budget)
 
 
@@ -1586,11 +1612,12 @@ def _photographs(
     (:func:`~visage_ml.rights.embedded_photos._given`)."""
     from visage_ml.rights import embedded_photos
 
+    told: dict[bytes, str | None] = {}  # kind() of the stretches' first bytes
     for found in itertools.chain(embedded_photos._pngs(data), embedded_photos._jpegs(data, sizes)):
         if isinstance(found, str):
             yield found
         else:
-            yield from _part(found, sizes, depth, budget)
+            yield from _part(found, sizes, depth, budget, told)
 
 
 def _signed(data: Buffer) -> Callable[[int, int], bool]:
