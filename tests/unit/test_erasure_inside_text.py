@@ -451,3 +451,68 @@ def test_numbers_of_another_count_range_or_list_are_no_key():
     ]
     data = "\n".join(near).encode()
     assert [raw for _, raw in embedded_text._runs(data) if len(raw) == 32] == []
+
+
+def test_texts_between_backslashes_are_those_a_run_read_whole_gives(monkeypatch):
+    """A run holding backslashes is split into its texts only within the stretches between those
+    that end a text (_unbroken: any but ``\\/``, ``\\n`` and ``\\r\\n``'s) long enough to hold
+    one, and searched for a key only where 43 bytes of no backslash nor line break lie in a row:
+    the same runs, keys, spans and bytes as reading each run whole, over escapes of every kind
+    and the edges of the pieces _unbroken reads (here 7 bytes)."""
+    import random
+
+    rng = random.Random(59)
+    photo = base64.b64encode(_data(300)).replace(b"/", b"\\/")
+    key = _data(32, salt=5)
+    pieces = [b"\\x9f", b"\\/", b"\\n", b"\\r\\n", b"\\r", b"\\\\", b"\\", b"\\t", b'\\"', b"A"]
+    pieces += [b"\n", b"\r\n", b"=", b" ", b"Zm9v" * 5, photo[:90], photo]
+    pieces += [key.hex().encode(), base64.b64encode(key), base64.urlsafe_b64encode(key)[:43]]
+    texts = [b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40))) for _ in range(600)]
+    texts += [b'{"img":"' + photo + b'"}', b"\\x41" * 30 + photo + b"\\x41" * 30]
+    monkeypatch.setattr(embedded_text, "CHUNK", 7)
+    for sizes in (None, _Sought(225, 300)):
+        for text in texts:
+            split = list(embedded_text._runs(text, sizes))
+            monkeypatch.setattr(embedded_text, "_unbroken", lambda data, _: iter([(0, len(data))]))
+            monkeypatch.setattr(embedded_text, "_KEY_FREE", b"\x01" * 256)
+            assert split == list(embedded_text._runs(text, sizes)), text
+            monkeypatch.undo()
+            monkeypatch.setattr(embedded_text, "CHUNK", 7)
+    assert key in [raw for text in texts for _, raw in embedded_text._runs(text)]
+    assert _data(300) in [raw for _, raw in embedded_text._runs(texts[-2])]
+
+
+def _py2_repr(data: bytes) -> bytes:
+    """A Python 2 ``str``'s repr, as test_erasure_inside_pickles.py's ``py2_repr``."""
+    named = {9: b"\\t", 10: b"\\n", 13: b"\\r", 92: b"\\\\", 39: b"\\'"}
+    out = [named.get(c) or (bytes([c]) if 0x20 <= c < 0x7F else b"\\x%02x" % c) for c in data]
+    return b"'" + b"".join(out) + b"'"
+
+
+def test_a_python_2_pickle_of_escaped_bytes_is_split_only_where_a_text_may_lie(monkeypatch):
+    """Crafted: a Python 2 pickle of protocol 0 whose strings are bytes (Python 2's ``repr``, a
+    ``\\xhh`` escape every few bytes), one run of the alphabet: it was split into a text at each
+    backslash (9 s for 38 MiB). Only the stretches between backslashes long enough to hold a text
+    are now: none of the bytes', and the sealed file's base64 held in a JSON string (escaped
+    quotes and slashes) among them is found, and so are the bytes themselves."""
+    rng = np.random.default_rng(61)
+    values = [rng.bytes(20_000) for _ in range(20)]
+    sealed = rng.bytes(3000)
+    json_ = b'{"note": "say \\"hi\\"", "img": "' + _php(sealed) + b'"}'
+    values.insert(10, json_)
+    pickled = b"(lp0\n" + b"".join(
+        b"S" + _py2_repr(v) + b"\np%d\na" % (i + 1) for i, v in enumerate(values)
+    )
+    pickled += b"."
+    read = []
+    real = embedded_text._lines
+
+    def lines(data, start, end):
+        read.append(end - start)
+        return real(data, start, end)
+
+    monkeypatch.setattr(embedded_text, "_lines", lines)
+    found = set(embedded.inside(pickled, embedded.kind(pickled[: embedded.SNIFF])))
+    assert _sha(sealed) in found
+    assert {_sha(v) for v in values} <= found
+    assert sum(read) < len(pickled) // 50, (len(read), sum(read), len(pickled))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
+import collections
 import contextlib
 import functools
 import itertools
@@ -25,6 +26,7 @@ import string
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from visage_ml.io import CHUNK
 from visage_ml.rights import embedded
 from visage_ml.rights.embedded import SizeFilter
 
@@ -79,6 +81,11 @@ B64_KEY = re.compile(
     rb"(?:(?<![A-Za-z0-9+/_\\-])|(?<=\\[nrt]))[A-Za-z0-9+/_-]{43}(?:=|(?![A-Za-z0-9+/_=-]))"
 )
 KEY_CHARS = 43
+# Either lies in a run of :data:`KEY_CHARS` bytes at least holding no backslash nor line break:
+# found with ``bytes.find`` in the run with those as NULs (:func:`_keys`), so that a run of
+# escapes (Python 2's ``repr`` of bytes, ``\\xhh`` every few bytes) is not searched for a key.
+_KEY_FREE = bytes(0 if b in b"\\\r\n" else 1 for b in range(256))
+_KEY_SPAN = b"\x01" * KEY_CHARS
 # A key as Python prints bytes (``print(key)``, ``key`` as a notebook cell's last line): a
 # literal of 32 characters or escapes, ``b'...'``, or ``b"..."`` when the key holds a ``'`` and
 # no ``"``. Found as it lies in a text, and JSON-escaped in a JSON string (a notebook's output:
@@ -319,6 +326,49 @@ def _lines(data: bytes, start: int, end: int) -> Iterator[_Lines]:
             at = m.end()
 
 
+# A backslash that ends a base64 text (:data:`B64_BREAKS`): any but an escaped slash or line
+# break's (``\/``, ``\n``, ``\r\n``), told by the bytes after it alone (:func:`_unbroken`).
+_BACKSLASH, _SLASH, _N, _R = b"\\/nr"
+
+
+def _unbroken(data: bytes, least: int) -> Iterator[tuple[int, int]]:
+    """The stretches of ``data`` between the backslashes that end a base64 text (as
+    :func:`_lines` ends one: :data:`B64_BREAKS`), from its start to its end, that are at least
+    ``least`` bytes long, in order. Where a run holds such backslashes its lines make a text
+    only within one such stretch: one shorter than :data:`B64_MIN` holds none. Found a
+    :data:`CHUNK` at a time with NumPy (Python 2's ``repr`` of bytes, a protocol-0 pickle's
+    strings, is a run of the alphabet, a ``\\xhh`` escape every few bytes: split into its
+    texts by :func:`_lines`, a regex match and a :class:`_Lines` a backslash, 9 s for 38 MiB,
+    none long enough)."""
+    import numpy as np
+
+    size, begin = len(data), 0
+    if data.find(b"\\") < 0:  # no backslash (a wrapped base64 text's): one stretch
+        if size >= least:
+            yield 0, size
+        return
+    for at in range(0, size, CHUNK):
+        stop = min(at + CHUNK, size)
+        piece = bytes(data[at : stop + 3])  # the bytes after a backslash: 3 at most
+        window = np.frombuffer(piece + bytes(stop + 3 - at - len(piece)), np.uint8)
+        slashes = np.flatnonzero(window[: stop - at] == _BACKSLASH)
+        after = window[slashes + 1]
+        ending = slashes[
+            (after != _SLASH)
+            & (after != _N)
+            & ~((after == _R) & (window[slashes + 2] == _BACKSLASH) & (window[slashes + 3] == _N))
+        ]
+        if not len(ending):
+            continue
+        ends = ending + at
+        starts = np.concatenate(([begin], ends[:-1] + 1))
+        long = ends - starts >= least
+        yield from zip(starts[long].tolist(), ends[long].tolist(), strict=True)
+        begin = int(ends[-1]) + 1
+    if size - begin >= least:
+        yield begin, size
+
+
 def _splits(
     widths: Sequence[int], first: int, last: int, raw: bytes, sizes: SizeFilter | None
 ) -> Iterator[tuple[int, int, bytes]]:
@@ -397,6 +447,8 @@ def _keys(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], 
         elif n > 64:
             for m in HEX_KEY.finditer(data, start, end):
                 yield m.span(), binascii.unhexlify(m.group())
+        return
+    if data[start:end].translate(_KEY_FREE).find(_KEY_SPAN) < 0:  # a run of escapes: no key
         return
     for m in HEX_KEY.finditer(data, start, end):
         yield m.span(), binascii.unhexlify(m.group())
@@ -597,6 +649,9 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
     test: Callable[[bytes], bool] | None = None
     asked = False
     unhexlify = binascii.unhexlify
+    # The stretches between backslashes that end a text (_unbroken), those reaching past the
+    # last run read: found as the runs go.
+    unbroken, ahead = _unbroken(data, B64_MIN), collections.deque[tuple[int, int]]()
     for start, end in _run_spans(data):
         if end - start >= KEY_CHARS:
             found: Iterable[tuple[tuple[int, int], bytes]]
@@ -623,9 +678,23 @@ def _runs(data: bytes, sizes: SizeFilter | None = None) -> Iterator[tuple[tuple[
             if (raw := _decoded(data[start:end])) is not None:
                 yield (start, end), raw
             continue
-        # Read where it lies (bytes: not copied), or a mapped file's run copied.
+        # Read where it lies (bytes: not copied), or a mapped file's run copied; only its
+        # stretches between backslashes that end a text long enough to hold one (_unbroken).
         held, at = (data, 0) if isinstance(data, bytes) else (data[start:end], start)
-        for lines in _lines(held, start - at, end - at):
+        while ahead and ahead[0][1] <= start:
+            ahead.popleft()
+        while not ahead or ahead[-1][0] < end:
+            if (stretch := next(unbroken, None)) is None:
+                break
+            if stretch[1] > start:
+                ahead.append(stretch)
+        texts = (
+            lines
+            for s, e in ahead
+            if s < end and min(e, end) - max(s, start) >= B64_MIN
+            for lines in _lines(held, max(s, start) - at, min(e, end) - at)
+        )
+        for lines in texts:
             widths = lines.widths
             done: set[tuple[int, int]] = set()
             for first, last in _wraps(widths):
