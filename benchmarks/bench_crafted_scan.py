@@ -12,7 +12,9 @@ and one size sought (a photograph's, which nothing in the file has):
   (noise): each a ``str``, ``S'...'`` with every byte outside printable ASCII a ``\\xhh``
   escape, read as text for base64 runs too (38 MiB);
 - ``py2_short_strings``: ``pickle.dumps`` of Python 2.7 (protocol 0) of a list of random 4-byte
-  ``str``, each memoized (``S'...'``, ``p1``: 32 MiB).
+  ``str``, each memoized (``S'...'``, ``p1``: 32 MiB);
+- ``short_bytes``: ``pickle.dumps`` (protocol 3) of a list of random 4-byte ``bytes`` (each
+  SHORT_BINBYTES, memoized: 36 MiB).
 
 Each file is read in a child process with this checkout's code and with ``--before``'s (another
 checkout, e.g. ``git archive <commit> visage_ml | tar -x -C /tmp/before``) when given, the
@@ -101,10 +103,18 @@ def _py2_short_strings(mib: int = 32) -> bytes:
     return b"".join(out) + b"."
 
 
+def _short_bytes(mib: int = 32) -> bytes:
+    import pickle
+
+    rng = random.Random(0)
+    return pickle.dumps([rng.randbytes(4) for _ in range(mib * MIB // 8)], protocol=3)
+
+
 CASES = {
     "jpegs_apart": _jpegs_apart,
     "py2_pickle0": _py2_pickle0,
     "py2_short_strings": _py2_short_strings,
+    "short_bytes": _short_bytes,
 }
 
 

@@ -702,6 +702,8 @@ def _tar_blocks(first: bytes) -> bool:
 def _tar_told(first: bytes) -> int:
     """:func:`_tar_blocks` told in one pass: 2 where ``first`` begins with zeros or a block of it
     bears a header's magic or checksum, 1 where its numeric fields alone, 0 where none."""
+    if len(first) < TAR_NUMBERS[-1][1]:  # no block's zeros, checksum nor numeric fields
+        return 0
     if first[:TAR_BLOCK] == bytes(TAR_BLOCK):
         return 2
     start, end, told = *TAR_NUMBERS[0][:2], 0

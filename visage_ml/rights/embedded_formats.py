@@ -267,6 +267,8 @@ def arrow_expands(data: Any, what: str) -> tuple[int, int]:
 def _hdf5(first: bytes) -> bool:
     """The superblock's signature where the format puts it, and a superblock version after."""
     n = len(HDF5_MAGIC)
+    if len(first) <= HDF5_AT[1]:  # a short part (a pickled value): its first bytes alone
+        return first.startswith(HDF5_MAGIC) and len(first) > n and first[n] in HDF5_VERSIONS
     return any(
         first[at : at + n] == HDF5_MAGIC and len(first) > at + n and first[at + n] in HDF5_VERSIONS
         for at in HDF5_AT
