@@ -852,22 +852,24 @@ def _digest(data: bytes, sizes: SizeFilter | None) -> list[str]:
     return [hashlib.sha256(data).hexdigest()] if sizes is None or sizes.may_match(len(data)) else []
 
 
-# kind() of so many first bytes of parts is remembered at most (:func:`_told`: 16 MiB).
+# kind() of so many first bytes of parts is remembered at most (:func:`_told`: under 1 MiB).
 TOLD_MAX = 4096
 
 
 def _told(first: bytes, told: dict[bytes, str | None] | None) -> str | None:
-    """:func:`kind` of ``first``, remembered in ``told`` (when given) by its bytes, up to
+    """:func:`kind` of ``first``, remembered in ``told`` (when given) by a 16-byte BLAKE2b
+    digest of its bytes (4 KiB kept each would make 16 MiB a level of nesting), up to
     :data:`TOLD_MAX` of them (then forgotten): the stretches a file's JPEGs give
     (:func:`_photographs`), each JPEG alone and in the runs of those after it, are often alike
     (a crafted file's every one), and kind() of each took two thirds of reading them."""
     if told is None:
         return kind(first)
-    what = told.get(first, told)
+    key = hashlib.blake2b(first, digest_size=16).digest()
+    what = told.get(key, told)
     if what is told:
         if len(told) >= TOLD_MAX:
             told.clear()
-        what = told[first] = kind(first)
+        what = told[key] = kind(first)
     return what  # type: ignore[return-value]
 
 
