@@ -110,6 +110,21 @@ def put_back_fails_the_verifier(proj, done, made) -> None:
     assert {Path(f["path"]).name for f in report.findings} == {p.name for p in made}
 
 
+def finds_searched(monkeypatch) -> list[int]:
+    """The lengths the scan's line and quote searches (``embedded._find``) go over, each
+    appended as it is made: the bytes searched, to bound its work."""
+    searched: list[int] = []
+    real = embedded._find
+
+    def find(data, sub, start):
+        at = real(data, sub, start)
+        searched.append((at if at >= 0 else len(data)) - start)
+        return at
+
+    monkeypatch.setattr(embedded, "_find", find)
+    return searched
+
+
 def pickles_read_alike(tmp_path, makers, photo: bytes, other: bytes) -> None:
     """Each of ``makers``' pickles of ``[other, photo]`` is told a pickle by its first bytes,
     and ``photo`` found in it alike in memory and from its file (mapped)."""
@@ -347,15 +362,7 @@ def test_crafted_heads_of_protocol_0_and_1_strings_are_each_tried_once(monkeypat
     the file's end): each MARK found once and its head tried, each line's end searched for over
     the bytes to the next MARK's: linear, and nothing found. More such heads than image starts
     a file of its size may hold, and it is not read to its end (not shown clean)."""
-    searched: list[int] = []
-    real = embedded._find
-
-    def find(data, sub, start):
-        at = real(data, sub, start)
-        searched.append((at if at >= 0 else len(data)) - start)
-        return at
-
-    monkeypatch.setattr(embedded, "_find", find)
+    searched = finds_searched(monkeypatch)
     n = 10_000
     zero = b"(" + (b"g1\n(V" + b"\x89" * 200) * n
     one = b"}" + (b"h\x01(X\xff\xff\xff\x7f" + b"\x89" * 200) * n

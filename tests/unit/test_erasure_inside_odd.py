@@ -24,6 +24,7 @@ import lzma
 import pickle
 import tarfile
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,6 +47,19 @@ from visage_ml.app.cli import app
 from visage_ml.rights import embedded, embedded_photos, embedded_text
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
+
+
+class _Counted(io.BytesIO):
+    """A file whose reads append their lengths to ``read``: the bytes a reader took."""
+
+    def __init__(self, data: bytes, *, read: list[int]) -> None:
+        super().__init__(data)
+        self._read = read
+
+    def read(self, n: int | None = -1) -> bytes:
+        out = super().read(n)
+        self._read.append(len(out))
+        return out
 
 
 def _sha(data: bytes) -> str:
@@ -546,12 +560,7 @@ def test_zeros_and_blocks_that_are_no_header_are_read_once_for_a_tar(monkeypatch
 
     monkeypatch.setattr(embedded, "_tar_checksummed", checksummed)
     read: list[int] = []
-
-    class Counted(io.BytesIO):
-        def read(self, n=-1):
-            out = super().read(n)
-            read.append(len(out))
-            return out
+    Counted = partial(_Counted, read=read)
 
     zeros = bytes(8 << 20)
     bad = bytearray(4 << 20)
@@ -836,12 +845,7 @@ def test_only_pickles_bearing_a_tar_header_are_read_as_a_tar_too(monkeypatch):
     data = pickle.dumps(["1" * 5000, b"x" * 9000], protocol=1)
     assert embedded._also_tar(data[: embedded.SNIFF])
     read: list[int] = []
-
-    class Counted(io.BytesIO):
-        def read(self, n=-1):
-            out = super().read(n)
-            read.append(len(out))
-            return out
+    Counted = partial(_Counted, read=read)
 
     assert list(embedded.inside_file(Counted(data), embedded.TAR)) == []
     assert sum(read) <= len(data) + CHUNK

@@ -24,6 +24,7 @@ from rights_fakes import make_project, png
 from test_erasure_inside import (  # noqa: F401
     _photos,
     _Sought,
+    finds_searched,
     held_until_taken_out,
     pickles_read_alike,
     proj,
@@ -237,15 +238,7 @@ def test_crafted_string_heads_are_each_tried_once(monkeypatch):
     """Crafted: a Python 2 pickle's STRING heads (``S'``) many to a line, lines of them without
     their closing quote, a long line of them: each line's end searched for once, and each
     string decoded once at most: linear (each reader of such pickles searches the bytes once)."""
-    searched: list[int] = []
-    real = embedded._find
-
-    def find(data, sub, start):
-        at = real(data, sub, start)
-        searched.append((at if at >= 0 else len(data)) - start)
-        return at
-
-    monkeypatch.setattr(embedded, "_find", find)
+    searched = finds_searched(monkeypatch)
     n = 20_000
     for data in (
         b"(lp0\n" + b"S'" * (n * 50) + b"'\np1\na.",
@@ -615,15 +608,7 @@ def test_crafted_windows_heads_of_protocol_0_strings_are_each_tried_once(monkeyp
     once and its head tried, each line's end searched for over the bytes to the next: linear,
     nothing found. More such heads than image starts a file of its size may hold: not read to
     its end (not shown clean)."""
-    searched: list[int] = []
-    real = embedded._find
-
-    def find(data, sub, start):
-        at = real(data, sub, start)
-        searched.append((at if at >= 0 else len(data)) - start)
-        return at
-
-    monkeypatch.setattr(embedded, "_find", find)
+    searched = finds_searched(monkeypatch)
     n = 10_000
     no_args = b"(" + (b"g1\r\n(V" + b"\x89" * 200 + b"\r") * n
     no_cr = b"(" + (b"c__builtin__\r\nbytearray\r\n(V" + b"\x89" * 200 + b"\n") * n
