@@ -429,8 +429,11 @@ def absent_images(raw_dir: Path, pids: Iterable[str] | None = None) -> list[str]
 
 
 def _image_stems(folder: Path) -> set[str]:
-    """The image ids of the photograph files (sealed, or in clear) in a subject's folder."""
-    suffixes = (IMAGE_EXT, *PLAIN_EXTS)
+    """The image ids of the photograph files in a subject's folder: sealed, in clear (before
+    ``visage privacy seal``), or in clear of another format (a file named ``<image_id>.webp``
+    by hand or by an earlier version); any file of the id is there, not one to check out. A
+    staged file (:data:`STAGED_EXT`) is not: a transaction's, that :meth:`RawStore.recover`
+    finishes or undoes."""
     try:
         with os.scandir(folder) as it:
             entries = list(it)
@@ -438,10 +441,10 @@ def _image_stems(folder: Path) -> set[str]:
         return set()
     out = set()
     for e in entries:
-        stem, dot, ext = e.name.rpartition(".")
+        stem, dot, _ = e.name.partition(".")
         # A link whose target is gone (DVC's symlink cache type, the object not pulled) is
         # not a file: not there.
-        if dot and f".{ext.lower()}" in suffixes and e.is_file():
+        if dot and not e.name.lower().endswith(STAGED_EXT) and e.is_file():
             out.add(stem)
     return out
 
