@@ -41,8 +41,7 @@ from visage_ml.data.manifest import (
 )
 from visage_ml.data.rawstore import (
     PLAIN_EXTS,
-    check_images,
-    check_tables,
+    check_checked_out,
     frame_parquet_bytes,
     read_raw_image,
 )
@@ -172,8 +171,7 @@ def prepare(
     # Not from a data/raw that is not checked out (or cut short): the advice to acquire data
     # would write it anew without the tracked subjects, and a part of it is not the data set
     # (the folders are listed, every subject's: dvc.lock would record data/raw as found).
-    check_tables(paths.raw)
-    check_images(paths.raw, effect=EFFECT_PREPARED)
+    check_checked_out(paths.raw, effect=EFFECT_PREPARED)
     subjects = read_subjects(paths.raw)
     snapshot = _narrowed_to_registry(
         read_snapshot(paths.consents),

@@ -208,9 +208,8 @@ MSG_RAW_IMAGES_NOT_CACHED = (
     "out of the workspace, its tables and every photograph (DVC checks a folder out whole or "
     "not at all): run `dvc fetch data/raw` first, from a remote that holds them (it changes no "
     "file of the workspace); once fetched, run `dvc checkout data/raw`, then run again; where "
-    "no remote "
-    "holds them, they are lost: `dvc add data/raw` records data/raw without them, after which "
-    "this goes on (a warning counts them)"
+    "no remote holds them, they are lost: `dvc add data/raw` records data/raw without them, "
+    "after which this goes on (a warning counts them)"
 )
 # What going on without the photographs would do, for MSG_RAW_IMAGES_NOT_CHECKED_OUT.
 EFFECT_WRITTEN = (
@@ -449,63 +448,74 @@ def _image_stems(folder: Path) -> set[str]:
     return out
 
 
-def images_expected(raw_dir: Path, absent: Sequence[str]) -> str | None:
-    """Why the photographs ``absent`` (:func:`absent_images`) are expected in ``raw_dir``, or
+def _image_key(rel: str) -> str:
+    """``<pid>/<image_id>`` of a photograph's path relative to ``data/raw``, whatever its
+    extension (as :func:`_image_stems` reads a folder's files)."""
+    return rel.partition(".")[0]
+
+
+def _images_expected(
+    absent: Sequence[str], tracked: bool, md5_of: Mapping[str, str] | None
+) -> str | None:
+    """Why the photographs ``absent`` (:func:`absent_images`) are expected in ``data/raw``, or
     None where nothing here can bring them back.
 
-    They are expected where DVC's record of ``data/raw`` (``data/raw.dvc``) lists them
-    (``dvc checkout data/raw`` restores them), or where its object is not in the cache
-    (``dvc pull`` brings it: nothing says they were not there). Where DVC does not track
-    ``data/raw``, or its record lacks them (deleted before a ``dvc add``), they are gone from
-    this project whatever is run: nothing is refused for them.
+    They are expected where DVC's record of ``data/raw`` (``data/raw.dvc``: ``tracked``) lists
+    them (``md5_of``: each recorded photograph's object, :func:`_image_key`; ``dvc checkout
+    data/raw`` restores them), or where its object is not in the cache (``md5_of`` None: ``dvc
+    pull`` brings it, nothing says they were not there). Where DVC does not track ``data/raw``,
+    or its record lacks them (deleted before a ``dvc add``), they are gone from this project
+    whatever is run: nothing is refused for them.
     """
-    if not absent or not dvc_file(raw_dir).is_file():
+    if not tracked:
         return None
-    listing = dvcops.tracked_listing(Path(raw_dir))
-    if listing is None:
+    if md5_of is None:
         return "DVC tracks data/raw (data/raw.dvc)"
-    recorded = {rel.rpartition(".")[0] for rel in listing}
-    n = sum(1 for a in absent if a in recorded)
+    n = sum(1 for a in absent if a in md5_of)
     return f"DVC's record of data/raw (data/raw.dvc) holds {n} of them" if n else None
 
 
-def images_not_cached(raw_dir: Path, absent: Sequence[str]) -> int:
-    """How many of the photographs ``absent`` that DVC's record of ``data/raw`` holds
-    (:func:`images_expected`) have no object in the DVC cache: all of them where the record's
-    own object is not there. ``dvc checkout data/raw`` then fails and, checking the folder out
-    whole or not at all, takes every file of ``data/raw`` out of the workspace (DVC 3.67)."""
-    objects = dvcops.tracked_objects(Path(raw_dir))
-    if objects is None:
+def _not_cached(raw_dir: Path, absent: Sequence[str], md5_of: Mapping[str, str] | None) -> int:
+    """How many of the photographs ``absent`` that DVC's record of ``data/raw`` holds have no
+    object in the DVC cache: all of them where the record's own object is not there (``md5_of``
+    None). ``dvc checkout data/raw`` then fails and, checking the folder out whole or not at
+    all, takes every file of ``data/raw`` out of the workspace (DVC 3.67)."""
+    if md5_of is None:
         return len(absent)
-    md5_of = {rel.rpartition(".")[0]: md5 for rel, md5 in objects.items()}
-    return sum(1 for a in absent if a in md5_of and not dvcops.in_cache(Path(raw_dir), md5_of[a]))
+    return sum(1 for a in absent if a in md5_of and not dvcops.in_cache(raw_dir, md5_of[a]))
 
 
 def check_images(
     raw_dir: Path, *, pids: Iterable[str] | None = None, effect: str = EFFECT_WRITTEN
 ) -> None:
     """Refuse to go on where photographs ``images.parquet`` lists (of ``pids``; everyone's
-    when None) are not in ``raw_dir`` though DVC can bring them back (:func:`images_expected`):
-    ``data/raw`` checked out only in part.
+    when None) are not in ``raw_dir`` though DVC can bring them back (:func:`_images_expected`):
+    ``data/raw`` checked out only in part. DVC's record of ``data/raw`` is read only where one
+    is not there.
 
     Raises
     ------
     RawDataMissingError
-        The message (:data:`MSG_RAW_IMAGES_NOT_CHECKED_OUT`) counts the photographs and their
-        subjects, says why they are expected, ``effect`` and what to run; it names no subject.
+        The message (:data:`MSG_RAW_IMAGES_NOT_CHECKED_OUT`; :data:`MSG_RAW_IMAGES_NOT_CACHED`
+        where the DVC cache lacks one) counts the photographs and their subjects, says why they
+        are expected, ``effect`` and what to run; it names no subject.
     """
     absent = absent_images(raw_dir, pids)
-    why = images_expected(raw_dir, absent)
+    if not absent:
+        return
+    tracked = dvc_file(raw_dir).is_file()
+    objects = dvcops.tracked_objects(Path(raw_dir)) if tracked else {}
+    md5_of = None if objects is None else {_image_key(r): md5 for r, md5 in objects.items()}
+    why = _images_expected(absent, tracked, md5_of)
     if why is None:
-        if absent:
-            log.warning(
-                "%d photograph(s) that data/raw/images.parquet lists are not in data/raw, and "
-                "DVC's record of it does not hold them",
-                len(absent),
-            )
+        log.warning(
+            "%d photograph(s) that data/raw/images.parquet lists are not in data/raw, and "
+            "DVC's record of it does not hold them",
+            len(absent),
+        )
         return
     k = len({a.partition("/")[0] for a in absent})
-    m = images_not_cached(raw_dir, absent)
+    m = _not_cached(Path(raw_dir), absent, md5_of)
     if m:
         raise RawDataMissingError(
             MSG_RAW_IMAGES_NOT_CACHED.format(n=len(absent), k=k, why=why, effect=effect, m=m)
@@ -513,6 +523,14 @@ def check_images(
     raise RawDataMissingError(
         MSG_RAW_IMAGES_NOT_CHECKED_OUT.format(n=len(absent), k=k, why=why, effect=effect)
     )
+
+
+def check_checked_out(raw_dir: Path, *, effect: str = EFFECT_WRITTEN) -> None:
+    """Refuse to go on where ``data/raw`` is not checked out (:func:`check_tables`) or only in
+    part (:func:`check_images`, every subject's photographs; ``effect``: what going on without
+    them would do): what every writer of ``data/raw`` and the ``prepare`` stage check first."""
+    check_tables(raw_dir)
+    check_images(raw_dir, effect=effect)
 
 
 def _check_gender(values: pd.Series) -> None:
@@ -1077,7 +1095,8 @@ class RawStore:
             written back, it would hold only this transaction's rows, and the next ``dvc add``
             would make every other subject's rows gone from the current version. So too where
             photographs the tables list are not there though DVC can bring them back
-            (:func:`check_images`): ``dvc add`` would make a version without them.
+            (:func:`check_images`): ``dvc add`` would make a version without them
+            (:func:`check_checked_out`).
 
         Notes
         -----
@@ -1088,8 +1107,7 @@ class RawStore:
         with self.lock():
             self.recover()
             if not replace:
-                check_tables(paths.raw)
-                check_images(paths.raw)
+                check_checked_out(paths.raw)
             paths.data.mkdir(parents=True, exist_ok=True)
             token = secrets.token_hex(6)
             staging = paths.data / f"{STAGING_PREFIX}{token}"

@@ -47,8 +47,7 @@ from visage_ml.data.rawstore import (
     IMAGE_ID_RE,
     PLAIN_EXTS,
     RawStore,
-    check_images,
-    check_tables,
+    check_checked_out,
 )
 from visage_ml.evaluation.figures import FIGURE_NAME, MLFLOW_FOLDER
 from visage_ml.io import (
@@ -368,8 +367,7 @@ def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> Sea
         (:func:`~visage_ml.data.rawstore.check_images`: checked out only in part).
     """
     if dvcops.is_dvc_repo(paths.root):
-        check_tables(paths.raw)
-        check_images(paths.raw)
+        check_checked_out(paths.raw)
     core = core if core is not None else PrivacyCore(paths)
     keys = core.data_keys
     states = core.registry.states()
