@@ -1,20 +1,24 @@
-"""The few DVC operations visage-ml performs itself: track a source, read lineage from dvc.lock.
+"""The few DVC operations visage-ml performs itself: track a source, read lineage from dvc.lock,
+tell a tracked folder against its record.
 
 DVC is driven through its command line (``dvc add``), the supported interface; ``dvc.lock`` is
-plain YAML and read directly.
+plain YAML and read directly; a folder's record is told by its hash as DVC computes it
+(:func:`folder_state`, DVC's own ignore rules applied).
 """
 
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -125,6 +129,96 @@ def tracked_objects(target: Path) -> dict[str, str] | None:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None
+
+
+class FolderState(NamedTuple):
+    """A tracked folder of the workspace against its ``.dvc`` record (:func:`folder_state`)."""
+
+    files: int
+    """Files in the workspace's folder, DVC's ignore rules applied."""
+    recorded: int | None
+    """Files the record counts (its ``nfiles``); None where it does not say."""
+    same: bool
+    """Whether the folder holds exactly the files recorded, told by their hashes."""
+
+
+def folder_state(target: Path) -> FolderState:
+    """Whether the folder ``target`` of the workspace holds exactly the files ``<target>.dvc``
+    records, told without the DVC cache: the md5 of the listing ``dvc add`` would record for it
+    (each file's md5 and relative path, DVC's ignore rules applied: DVC 3's ``.dir`` object) is
+    the record's. Each file is read in 1 MiB blocks, only where the record's file count and byte
+    total (``nfiles``, ``size``) are the workspace's. ``same`` is False too where it cannot be
+    told: no record of a folder, or one that cannot be read, a record of DVC 2's hash
+    (``md5-dos2unix``: no ``hash: md5``), a ``.dvcignore`` inside (``dvc add`` refuses it), a
+    file that is not a regular one or cannot be read, ``target`` not a folder of a DVC
+    repository."""
+    target = Path(target).absolute()
+    try:
+        doc = yaml.safe_load(Path(f"{target}.dvc").read_text(encoding="utf-8")) or {}
+        out = dict((doc.get("outs") or [{}])[0])
+    except (OSError, yaml.YAMLError, AttributeError, IndexError, KeyError, TypeError, ValueError):
+        out = {}
+    md5, nfiles, size = str(out.get("md5") or ""), out.get("nfiles"), out.get("size")
+    recorded = nfiles if isinstance(nfiles, int) else None
+    files = _folder_files(target)
+    state = FolderState(len(files or {}), recorded, False)
+    if (
+        files is None
+        or not md5.endswith(".dir")
+        or out.get("hash") != "md5"
+        or recorded not in (None, len(files))
+        or any(n < 0 for _, n in files.values())
+        or (isinstance(size, int) and size != sum(n for _, n in files.values()))
+    ):
+        return state
+    listing = []
+    for rel, (path, _) in sorted(files.items()):
+        digest = _file_md5(path)
+        if digest is None:
+            return state
+        listing.append({"md5": digest, "relpath": rel})
+    # DVC's Tree.as_bytes and Tree.digest (dvc-data): the listing sorted by path as JSON, its md5.
+    body = json.dumps(listing, sort_keys=True).encode("utf-8")
+    return state._replace(same=hashlib.md5(body, usedforsecurity=False).hexdigest() == md5[:-4])
+
+
+def _folder_files(target: Path) -> dict[str, tuple[Path, int]] | None:
+    """Each file ``dvc add`` would record in the folder ``target`` (its path relative to
+    ``target``, with ``/``): its path and size, walked as DVC walks it (its ignore rules: the
+    ``.dvcignore`` files from the repository's root down, ``.git``, ``.dvc``, sub-repositories).
+    A file that is not a regular one (nor a link to one) has size -1. None where ``target`` is
+    not a folder of a DVC repository."""
+    root = next((d for d in (target, *target.parents) if (d / ".dvc").is_dir()), None)
+    if root is None or not target.is_dir():
+        return None
+    from dvc.fs import LocalFileSystem  # heavy: only a check without DVC's listing needs it
+    from dvc.ignore import DvcIgnoreFilter
+
+    fs = LocalFileSystem()
+    ignore = DvcIgnoreFilter(fs, os.fspath(root))
+    found: dict[str, tuple[Path, int]] = {}
+    for folder, _dirs, names in ignore.walk(fs, os.fspath(target)):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                st = path.stat()
+                size = st.st_size if stat.S_ISREG(st.st_mode) and name != ".dvcignore" else -1
+            except OSError:
+                size = -1
+            found[path.relative_to(target).as_posix()] = (path, size)
+    return found
+
+
+def _file_md5(path: Path) -> str | None:
+    """The md5 of a file, read in 1 MiB blocks; None where it cannot be read."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                md5.update(block)
+    except OSError:
+        return None
+    return md5.hexdigest()
 
 
 def in_cache(start: Path, md5: str) -> bool:
