@@ -5,12 +5,15 @@ some files).
 A photograph not checked out whose object the DVC cache (or a remote looked at) holds was read
 there: nothing is hidden, and the certificate verifies. One whose bytes are nowhere the
 verifier looks may be a copy of the erased subject's photograph: it cannot tell, and says what
-to run, naming no subject.
+to run, naming no subject. So too where DVC's listing of data/raw is not in the cache and
+data/raw is not what data/raw.dvc records: a recorded file the images table does not list may
+be gone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import pytest
 from rights_fakes import make_project
@@ -100,3 +103,71 @@ def test_a_photograph_not_checked_out_nor_in_the_dvc_cache_says_the_verifier_can
         assert code == 0 and "certificate VALID" in said, said
     else:
         assert code == 1 and "cannot tell" not in said and photo.name in said, said
+
+
+@pytest.mark.pipeline
+def test_data_raw_checked_out_whole_with_no_dvc_cache_verifies(tiny_project):
+    """A regulator's copy checked out whole, its DVC cache gone (data/raw.dvc's listing with
+    it): data/raw is what DVC records, every file of it was read in the workspace, and the
+    certificate verifies."""
+    proj, _victim, _other, cert = _certified(tiny_project)
+    shutil.rmtree(proj.paths.root / ".dvc" / "cache")
+
+    code, said = _verify(cert)
+
+    assert code == 0 and "certificate VALID" in said, said
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("what", ["a_copy_of_the_erased_subjects", "any_file"])
+def test_a_recorded_file_no_images_table_lists_gone_with_the_dvc_cache_says_it_cannot_tell(
+    tiny_project, what
+):
+    """A file images.parquet does not list (a copy of the erased subject's photograph filed
+    under another subject with a new name, or any file) `dvc add`ed into data/raw, then deleted
+    from the workspace, the DVC cache gone: every photograph the table lists is there, but a
+    file DVC records was read nowhere. The verifier must not call the certificate VALID, nor
+    name anyone. Put back, it verifies again, or finds the copy."""
+    proj, victim, other, cert = _certified(tiny_project)
+    root = proj.paths.root
+    if what == "a_copy_of_the_erased_subjects":
+        extra = proj.paths.raw / other / "kept.png"
+        data = proj.images[victim][next(iter(proj.images[victim]))]
+    else:
+        extra = proj.paths.raw / "notes.bin"
+        data = b"notes kept beside the photographs\n"
+    extra.write_bytes(data)
+    assert _dvc(root, "add", "data/raw").returncode == 0
+    extra.unlink()
+    shutil.rmtree(root / ".dvc" / "cache")
+
+    code, said = _verify(cert)
+
+    assert code == 1 and "certificate VALID" not in said, said
+    assert "cannot tell" in said and "data/raw.dvc" in said, said
+    assert "run `dvc fetch data/raw`" in said, said
+    scanned = said[said.index("no erased content remains") :]
+    assert victim not in scanned and other not in said and extra.name not in said, said
+
+    extra.write_bytes(data)
+    code, said = _verify(cert)
+    if what == "any_file":
+        assert code == 0 and "certificate VALID" in said, said
+    else:
+        assert code == 1 and "cannot tell" not in said and extra.name in said, said
+
+
+@pytest.mark.pipeline
+def test_data_raw_not_checked_out_at_all_with_no_dvc_cache_says_it_cannot_tell(tiny_project):
+    """No data/raw in the workspace and no DVC cache (a clone that never pulled): no photograph
+    the images table lists is missing, for there is no table; every file DVC records was read
+    nowhere. It cannot tell, and says what to run."""
+    proj, _victim, other, cert = _certified(tiny_project)
+    shutil.rmtree(proj.paths.raw)
+    shutil.rmtree(proj.paths.root / ".dvc" / "cache")
+
+    code, said = _verify(cert)
+
+    assert code == 1 and "certificate VALID" not in said, said
+    assert "cannot tell" in said and "run `dvc fetch data/raw`" in said, said
+    assert other not in said, said

@@ -15,8 +15,9 @@ looked at and hashed, but one of a size none of that content has, which cannot b
 not read; a notebook is read whatever its size; ``.dir`` manifests are also read for the listed
 objects and the subject's folder; outside a checkout, or with no file to look at, the content is
 not shown clean: the check fails; so too where a file DVC's record of ``data/raw`` holds is
-neither checked out nor in a DVC store looked at, counted: it cannot tell); and it says whether
-the models in use were trained without the subject.
+neither checked out nor in a DVC store looked at, or, that record's listing not in the DVC
+cache, where ``data/raw`` is not shown to be what it holds, counted: it cannot tell); and it
+says whether the models in use were trained without the subject.
 """
 
 from __future__ import annotations
@@ -132,6 +133,18 @@ MSG_NOT_CHECKED_OUT = (
     "hold no erased content; run `dvc fetch data/raw` from a remote that holds them, then `dvc "
     "checkout data/raw` (before it, the checkout would take the whole of data/raw out of the "
     "workspace: DVC checks a folder out whole or not at all), and verify again"
+)
+
+# data/raw.dvc's listing not in the DVC cache where the verifier runs (a regulator's copy without
+# it), and data/raw not shown to be what that record holds: a file it holds that the images table
+# does not list (any file, or a copy of an erased photograph under a new name), deleted from the
+# workspace, was read nowhere. Told by the record's hash of data/raw (dvcops.folder_state).
+MSG_RAW_NOT_RECORDED = (
+    "cannot tell: data/raw here ({here} file(s)) is not shown to be what DVC's record of it "
+    "(data/raw.dvc, {recorded} file(s)) holds, and the listing of that record is not in the DVC "
+    "cache, so a file it holds may be neither here nor looked at, not shown to hold no erased "
+    "content; run `dvc fetch data/raw` from a remote that holds it (it brings the listing and "
+    "the files into the DVC cache, where they are read), and verify again"
 )
 
 MSG_NOT_SCANNED = (
@@ -332,14 +345,20 @@ def _not_checked_out(paths: ProjectPaths, objects: Container[str]) -> str | None
 
     Each file DVC's record of ``data/raw`` lists is in the workspace or its object was looked at;
     where that record's listing is not in the cache, each photograph ``images.parquet`` lists
-    is in the workspace. Where DVC does not track ``data/raw``, nothing can bring back a file
-    not there: it holds nothing. Counted only: a path would name its subject."""
+    is in the workspace, and ``data/raw`` is what the record holds, told by its hash
+    (:func:`~visage_ml.dvcops.folder_state`, as :data:`MSG_RAW_NOT_RECORDED` counts it): a file
+    the table does not list may be recorded too. Where DVC does not track ``data/raw``, nothing
+    can bring back a file not there: it holds nothing. Counted only: a path would name its
+    subject."""
     if not dvc_file(paths.raw).is_file():
         return None
     entries = dvcops.tracked_objects(paths.raw)
     if entries is None:
         missing = absent_images(paths.raw)
         photos = len(missing)
+        if not missing and not (state := dvcops.folder_state(paths.raw)).same:
+            recorded = "an unknown number of" if state.recorded is None else state.recorded
+            return MSG_RAW_NOT_RECORDED.format(here=state.files, recorded=recorded)
     else:
         missing = [
             rel
