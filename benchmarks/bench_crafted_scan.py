@@ -14,7 +14,11 @@ and one size sought (a photograph's, which nothing in the file has):
 - ``py2_short_strings``: ``pickle.dumps`` of Python 2.7 (protocol 0) of a list of random 4-byte
   ``str``, each memoized (``S'...'``, ``p1``: 32 MiB);
 - ``short_bytes``: ``pickle.dumps`` (protocol 3) of a list of random 4-byte ``bytes`` (each
-  SHORT_BINBYTES, memoized: 36 MiB).
+  SHORT_BINBYTES, memoized: 36 MiB);
+- ``random_64``, ``random_512``: random bytes (64 and 512 MiB: a sealed file, a model's
+  weights), told nothing by their first 4 KiB, each of their blocks searched for a tar's header
+  (:class:`~visage_ml.rights.embedded_archives.HeaderSearch`; before, one of a size not sought
+  was not read).
 
 Each file is read in a child process with this checkout's code and with ``--before``'s (another
 checkout, e.g. ``git archive <commit> visage_ml | tar -x -C /tmp/before``) when given, the
@@ -110,11 +114,19 @@ def _short_bytes(mib: int = 32) -> bytes:
     return pickle.dumps([rng.randbytes(4) for _ in range(mib * MIB // 8)], protocol=3)
 
 
+def _random(mib: int) -> bytes:
+    import numpy as np
+
+    return np.random.default_rng(0).bytes(mib * MIB)
+
+
 CASES = {
     "jpegs_apart": _jpegs_apart,
     "py2_pickle0": _py2_pickle0,
     "py2_short_strings": _py2_short_strings,
     "short_bytes": _short_bytes,
+    "random_64": lambda: _random(64),
+    "random_512": lambda: _random(512),
 }
 
 
