@@ -22,6 +22,7 @@ import io
 import json
 import lzma
 import pickle
+import random
 import tarfile
 import zipfile
 from functools import partial
@@ -628,6 +629,96 @@ def test_a_tar_whose_first_header_lost_its_magic_stops_the_erasure(proj):
         _tars_whose_first_header_lost_its_magic,
         lambda name, data: _extracted(data)["photo.png"],
     )
+
+
+# A backup damaged at its start (``tar -cf backup.tar photos/``, then its first 8 or 64 KiB
+# overwritten with zeros or random bytes: a disk's bad sectors, a header written over it): GNU tar
+# reads any file as a tar, ``tar -xif`` skipping zero blocks and every block that is no header to
+# the next one, however far, and extracts the photograph after it. Random bytes first told the
+# file nothing, so it was not read.
+
+
+def _backups_overwritten_at_their_start(photo: bytes) -> dict[str, bytes]:
+    """Tars of a folder's first file of 72 KiB (past what is overwritten) then ``photo``, their
+    first 8 KiB and 64 KiB overwritten with zeros and with random bytes."""
+    tar = _tar_of(("photos/scan.bin", _data(72 << 10)), ("photos/photo.png", photo))
+    made = {}
+    for how, fill in {"zeros": bytes, "random": random.Random(7).randbytes}.items():
+        for kib in (8, 64):
+            made[f"backup-{kib}k-{how}.tar"] = fill(kib << 10) + tar[kib << 10 :]
+    return made
+
+
+def test_a_tar_whose_start_was_overwritten_stops_the_erasure(proj):
+    """Each extracted by GNU tar 1.34 (``tar -xif``: "Skipping to next header", then
+    photos/photo.png); those overwritten with random bytes told nothing by their first 4 KiB
+    and certified clean before (not read)."""
+    from visage_ml.rights import content_scan
+
+    for name, data in _backups_overwritten_at_their_start(b"x" * 3000).items():
+        told = embedded.kind(data[: embedded.SNIFF])
+        assert told == (None if "random" in name else embedded.TAR), name
+        for n in (300, 1 << 20):  # as it streams (a git blob, a remote's object): short reads
+            reader = content_scan._Reader()
+            for at in range(0, len(data), n):
+                reader.update(data[at : at + n])
+            assert _sha(b"x" * 3000) in reader.done().held, name
+    _stop_the_erasure_and_fail_the_verifier(
+        proj,
+        _backups_overwritten_at_their_start,
+        lambda name, data: _extracted(data)["photos/photo.png"],
+    )
+
+
+def test_random_binary_files_are_told_clean_at_numpys_pace(tmp_path, monkeypatch):
+    """50 files of random bytes (a few hundred KiB each, as sealed photographs are), read for a
+    tar's header in every block: none is taken for a tar or tried as one by tarfile, each read
+    once, their sizes sought or not; nor one of them whose block in the middle passes the
+    checksum by chance (read as a tar from there: its fields no header's, skipped), which
+    holds nothing either."""
+    import time
+
+    from visage_ml.rights import content_scan
+
+    rng = random.Random(11)
+    folder = tmp_path / "sealed"
+    folder.mkdir()
+    for i in range(50):
+        (folder / f"{i:02d}.bin").write_bytes(rng.randbytes(rng.randrange(200, 400) << 10))
+    tried: list[int] = []
+    real = tarfile.TarInfo.frombuf.__func__
+
+    def frombuf(cls, buf, encoding, errors):
+        tried.append(len(buf))
+        return real(cls, buf, encoding, errors)
+
+    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(frombuf))
+
+    class Sought:  # a photograph's size, which none has
+        def may_match(self, size: int) -> bool:
+            return size == 23_456
+
+    walked = [content_scan.Root(folder)]
+    for sizes in (None, Sought()):
+        began = time.process_time()
+        found = content_scan.hash_files(walked, sizes=sizes)
+        spent = time.process_time() - began
+        assert len(found) == 50
+        assert all(h.held == () and h.kind is None for h in found)
+        assert all(h.read == (sizes is None) for h in found)
+        assert tried == []
+        assert spent < 5, spent  # about 0.1 s (20 MiB)
+    block = bytearray(rng.randbytes(512))
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\x00 " % sum(block)
+    chance = folder / "chance.bin"
+    chance.write_bytes(rng.randbytes(100 << 10) + bytes(block) + rng.randbytes(200 << 10))
+    assert embedded._tar_checksummed(bytes(block))
+    for sizes in (None, Sought()):
+        tried.clear()
+        (h,) = content_scan.hash_files([content_scan.Root(chance)], sizes=sizes)
+        assert h.held == () and h.read
+        assert 0 < len(tried) <= 1 + (200 << 10) // 512 + 2  # it, each after it once, the end
 
 
 def _binary_files_installed(per_suffix: int) -> list[Path]:

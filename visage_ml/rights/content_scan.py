@@ -299,14 +299,22 @@ class _Reader:
     h: Any = field(default_factory=hashlib.sha256)
     spill_error: str = ""
     _file: IO[bytes] | None = None
+    # A file told nothing by its first bytes: the search for a tar's header in every block.
+    _search: embedded_archives.HeaderSearch | None = None
 
     def update(self, chunk: bytes) -> None:
         if self.json is None:
             # Told from the first CHUNK, however much comes at once (a file held is read whole).
             self.json = _json_start(chunk[:CHUNK])
             self.kind = embedded.kind(chunk[: embedded.SNIFF])
+            if self.kind is None and not self.json:
+                self._search = embedded_archives.HeaderSearch()
         self.h.update(chunk)
         self.n += len(chunk)
+        if self._search is not None:
+            chunk = self._tar_from(chunk)
+            if not chunk:
+                return
         if self.spill is not None and self.n > embedded.EMBED_MAX and self.kind in FROM_FILE:
             self._spill(self.spill, chunk)
         if self.n <= self._kept:
@@ -315,6 +323,22 @@ class _Reader:
             # Too large to hold: looked inside from its file, if at all (its first 64 MiB were
             # held to the end of the read, and through the read of it from its file).
             self.parts = []
+
+    def _tar_from(self, chunk: bytes) -> bytes:
+        """What of ``chunk``, the last bytes read of a file told nothing, is kept as a tar's
+        (:data:`~visage_ml.rights.embedded.TAR`, held or spilled as one is): from the first block
+        that is a header (:class:`~visage_ml.rights.embedded_archives.HeaderSearch`) on, as ``tar
+        -xif`` reads it past the blocks before (a backup whose start was overwritten); b"" where
+        none is yet. Read from its file, it is found again there
+        (:func:`~visage_ml.rights.embedded_archives._tar_start`)."""
+        assert self._search is not None
+        begun = self._search.begun  # a block the chunk before began (a short read's)
+        found = self._search.feed(chunk)
+        if found < 0:
+            return b""
+        self._search, self.kind = None, embedded.TAR
+        at = found - (self.n - len(chunk))
+        return begun + chunk if at < 0 else chunk[at:]
 
     def _spill(self, folder: Path, chunk: bytes) -> None:
         """Write ``chunk`` to the spilled file, made in ``folder`` with what came before it when
@@ -494,12 +518,16 @@ def _looked_at(
             try:
                 with open(path, "rb") as fh:
                     first = fh.read(SNIFF)
+                    told = _json_start(first) or embedded.kind(first) is not None
+                    # Told nothing: not read unless a block further on is a tar's header
+                    # (``tar -xif`` reads a backup whose start was overwritten from there).
+                    fh.seek(0)
+                    if not told and embedded_archives._tar_start(fh) < 0:
+                        return Read(None, size), False
             except FileNotFoundError:
                 return Read(None, 0), True
             except OSError:
                 return Read(None, UNREADABLE), True
-            if not _json_start(first) and embedded.kind(first) is None:
-                return Read(None, size), False
     return _hash(path, sizes, cache=cache, key=key), True
 
 
