@@ -220,3 +220,29 @@ def files_holding(root: Path, needle: bytes) -> list[str]:
             except OSError:
                 continue  # a file the server removed or rotated while it was walked
     return hits
+
+
+def cached_object(root: Path, md5: str) -> Path:
+    """Where the object ``md5`` (a ``.dir`` one with its suffix) lies in the DVC cache of the
+    project at ``root`` (DVC 3's default cache)."""
+    return root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def follow_first_advice(said: str, root: Path, copy: Path):
+    """Run the first command ``said`` advises (``run `dvc ...```) in ``copy``, a copy of the
+    project at ``root`` (links kept as links): what a user following the message would have.
+    Returns the completed process."""
+    import re
+    import subprocess
+
+    advised = re.search(r"run `(dvc [^`]+)`", said)
+    assert advised, said
+    shutil.copytree(root, copy, symlinks=True)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    return subprocess.run(
+        [dvc, *advised.group(1).split()[1:]],
+        cwd=copy,
+        env=pipeline_env(copy),
+        capture_output=True,
+        text=True,
+    )

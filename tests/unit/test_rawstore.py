@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from project_helpers import cached_object, follow_first_advice
 
 from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
@@ -445,7 +446,10 @@ def test_a_transaction_whose_tables_are_not_checked_out_refuses_to_begin(store, 
         commit_one(store, PID_B, b"new subject")
 
     said = str(err.value)
-    assert "dvc pull data/raw" in said and "nothing was changed" in said, said
+    assert "nothing was changed" in said, said
+    # The record's listing is not in the cache where it is tracked here: fetch it first.
+    fetch_first = "run `dvc fetch data/raw` first" in said
+    assert fetch_first == how.startswith("tracked"), said
     assert PID_A not in said and PID_B not in said  # no subject named: the cause is the checkout
     assert tree(paths.root) == before  # no staging folder left either
 
@@ -652,6 +656,104 @@ def test_a_photograph_not_in_the_dvc_cache_either_is_refused_without_advice_that
     assert "not in the DVC cache" not in str(err.value)
     assert dvc("checkout", "data/raw").returncode == 0 and photo.is_file()
     commit_one(store, PID_B, b"new subject")
+
+
+def _tracked_then_images_table_away(store: RawStore) -> tuple[list[str], Path]:
+    """Two photographs of one subject written and tracked by DVC (`dvc add data/raw`), then
+    ``images.parquet`` not in the workspace (a checkout cut short); returns the photographs'
+    ids and the table's path."""
+    photos = (b"first", b"second")
+    with store.transaction() as txn:
+        ids = [txn.write_image(PID_A, png) for png in photos]
+        txn.add_subjects([{"pid": PID_A, "source": "test"}])
+        txn.add_images([image_row(PID_A, i, png) for i, png in zip(ids, photos, strict=True)])
+    assert txn.dvc_md5
+    table = store.paths.raw / "images.parquet"
+    table.unlink()
+    return ids, table
+
+
+def _off_the_cache(store: RawStore, what: str, ids: list[str]) -> Callable[[], None]:
+    """``what`` of data/raw's record taken out of the DVC cache (and out of the workspace,
+    where it is a photograph: ``a_photograph``; ``a_photograph_there`` leaves the file);
+    returns what `dvc fetch` from a remote holding it would do: put the object back."""
+    paths = store.paths
+    if what == "the_listing":
+        md5 = str(dvcops.tracked_md5(paths.root, paths.raw))
+    elif what == "the_table":
+        md5 = dict(dvcops.tracked_objects(paths.raw) or {})["images.parquet"]
+    else:
+        photo = paths.raw / PID_A / f"{ids[1]}.sealed"
+        md5 = hashlib.md5(photo.read_bytes(), usedforsecurity=False).hexdigest()
+        if what == "a_photograph":
+            photo.unlink()
+    cached = cached_object(paths.root, md5)
+    kept = cached.read_bytes()
+    cached.chmod(0o600)
+    cached.unlink()
+    return lambda: cached.write_bytes(kept)
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("what", ["a_photograph", "the_table", "the_listing"])
+def test_a_table_not_checked_out_whose_record_the_cache_lacks_is_refused_with_fetch_first(
+    store, tmp_path, what
+):
+    """images.parquet not in the workspace, and an object of data/raw's record not in the DVC
+    cache either (a photograph not in the workspace, the table's own, the record's listing):
+    the refusal said to run `dvc checkout data/raw`, which then fails and takes the whole
+    folder out of the workspace, its other table and every photograph (DVC checks a folder out
+    whole or not at all). It says now to fetch first (`dvc fetch` moves no workspace file);
+    once the object is back in the cache, to check out, which restores everything."""
+    paths = store.paths
+    _dvc_repo(paths.root)
+    ids, table = _tracked_then_images_table_away(store)
+    fetched = _off_the_cache(store, what, ids)
+    before = _links_and_files(paths.data)
+
+    with pytest.raises(rawstore.RawDataMissingError) as err:
+        commit_one(store, PID_B, b"new subject")
+
+    said = " ".join(str(err.value).split())
+    assert _links_and_files(paths.data) == before
+    follow_first_advice(said, paths.root, tmp_path / "followed")
+    assert _links_and_files(tmp_path / "followed" / "data") == before, said  # nothing taken out
+    assert "not in the DVC cache" in said and "whole of data/raw" in said, said
+    assert PID_A not in said and PID_B not in said and ids[1] not in said
+
+    fetched()
+    with pytest.raises(rawstore.RawDataMissingError, match=r"run `dvc checkout data/raw`") as err:
+        commit_one(store, PID_B, b"new subject")
+    assert "not in the DVC cache" not in str(err.value)
+    assert _dvc_in(paths.root, "checkout", "data/raw").returncode == 0 and table.is_file()
+    commit_one(store, PID_B, b"new subject")
+    assert sorted(p.stem for p in (paths.raw / PID_A).iterdir()) == sorted(ids)
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("what", ["all_cached", "a_photograph_there"])
+def test_a_table_not_checked_out_whose_record_checkout_can_restore_keeps_the_checkout_advice(
+    store, tmp_path, what
+):
+    """images.parquet not in the workspace, and the DVC cache holds every object `dvc checkout
+    data/raw` needs (a photograph whose object is gone but whose file is there, unchanged,
+    needs none): the refusal says to check out, and following it brings the table back and
+    takes nothing away."""
+    paths = store.paths
+    _dvc_repo(paths.root)
+    ids, _table = _tracked_then_images_table_away(store)
+    if what == "a_photograph_there":
+        _off_the_cache(store, what, ids)
+    before = _links_and_files(paths.data)
+
+    with pytest.raises(rawstore.RawDataMissingError) as err:
+        commit_one(store, PID_B, b"new subject")
+
+    said = " ".join(str(err.value).split())
+    assert "not in the DVC cache" not in said and "run `dvc checkout data/raw`" in said, said
+    assert follow_first_advice(said, paths.root, tmp_path / "followed").returncode == 0
+    restored = _links_and_files(tmp_path / "followed" / "data")
+    assert restored.pop("raw/images.parquet", None) is not None and restored == before
 
 
 def test_photographs_deleted_where_dvc_does_not_track_data_raw_do_not_stop_a_transaction(

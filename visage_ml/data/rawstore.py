@@ -73,7 +73,9 @@ A transaction does not begin where a table is not there though rows are expected
 subjects' folders; ``dvc checkout data/raw`` not run, or cut short): it would read the table as
 empty and write both back with its own rows alone, and the next ``dvc add`` would make every
 other subject's rows gone from the current version. :class:`RawDataMissingError` says to run
-``dvc checkout data/raw``; nothing is staged. A new project (no ``data/raw``, or an empty one
+``dvc checkout data/raw``, or ``dvc fetch data/raw`` first where the DVC cache lacks an object
+the checkout needs (:func:`uncached_shown`: the checkout would take the whole folder out of the
+workspace); nothing is staged. A new project (no ``data/raw``, or an empty one
 DVC does not track) has nothing to lose: its first transaction writes both tables.
 Nor does it begin where both tables are there but photographs they list are not, though DVC's
 record of ``data/raw`` holds them (:func:`check_images`: a checkout cut short, or run for some
@@ -182,6 +184,21 @@ MSG_UNREADABLE_IMAGE = (
     "may read (its permissions and owner) on a storage that answers, or restore it with `dvc "
     "checkout data/raw` if something else took its place, then run again"
 )
+# Where the DVC cache lacks an object `dvc checkout data/raw` needs (a file of DVC's record of
+# data/raw not in the workspace, or the record's listing), the checkout fails and takes the
+# whole folder out of the workspace, checking nothing out (DVC 3.67); `dvc fetch` moves no file.
+CHECKOUT_TAKES_ALL = (
+    "`dvc checkout data/raw` would now take the whole of data/raw out of the workspace, its "
+    "tables and every photograph (DVC checks a folder out whole or not at all): run `dvc fetch "
+    "data/raw` first, from a remote that holds them (it changes no file of the workspace); once "
+    "fetched, run `dvc checkout data/raw`"
+)
+# What of DVC's record of data/raw the cache lacks, for the messages' {uncached}.
+NOT_CACHED_LISTING = "DVC's listing of data/raw (the .dir object data/raw.dvc records) is"
+NOT_CACHED_FILES = (
+    "{m} file(s) of data/raw that DVC's record of it (data/raw.dvc) holds, not in the "
+    "workspace, are"
+)
 MSG_RAW_NOT_CHECKED_OUT = (
     "{missing} not there, though {why}: the raw data is not checked out here, and what "
     "would be read without it says that subject {pid} has no photographs; run `dvc checkout "
@@ -191,8 +208,15 @@ MSG_RAW_TABLES_NOT_CHECKED_OUT = (
     "{missing} not there, though {why}: the raw data is not checked out here, and data/raw "
     "written without it would hold only this change's rows, every other subject's gone from "
     "it (and from the version `dvc add` makes of it), so nothing was changed: run `dvc checkout "
-    "data/raw` (`dvc pull data/raw` where the DVC cache lacks it; where DVC does not track "
-    "data/raw, restore its tables from a backup), then run again"
+    "data/raw` (where DVC does not track data/raw, restore its tables from a backup), then run "
+    "again"
+)
+MSG_RAW_TABLES_NOT_CACHED = (
+    "{missing} not there, though {why}: the raw data is not checked out here, and data/raw "
+    "written without it would hold only this change's rows, every other subject's gone from "
+    "it (and from the version `dvc add` makes of it), so nothing was changed; {uncached} not "
+    "in the DVC cache, and " + CHECKOUT_TAKES_ALL + ", then run again; where no remote holds "
+    "them, restore data/raw's tables from a backup"
 )
 MSG_RAW_IMAGES_NOT_CHECKED_OUT = (
     "{n} photograph(s) that data/raw/images.parquet lists, of {k} subject(s), are not there, "
@@ -204,10 +228,7 @@ MSG_RAW_IMAGES_NOT_CHECKED_OUT = (
 MSG_RAW_IMAGES_NOT_CACHED = (
     "{n} photograph(s) that data/raw/images.parquet lists, of {k} subject(s), are not there, "
     "though {why}: the raw data is checked out only in part, and {effect}; {m} of them are not "
-    "in the DVC cache either, and `dvc checkout data/raw` would now take the whole of data/raw "
-    "out of the workspace, its tables and every photograph (DVC checks a folder out whole or "
-    "not at all): run `dvc fetch data/raw` first, from a remote that holds them (it changes no "
-    "file of the workspace); once fetched, run `dvc checkout data/raw`, then run again; where "
+    "in the DVC cache either, and " + CHECKOUT_TAKES_ALL + ", then run again; where "
     "no remote holds them, they are lost: `dvc add data/raw` records data/raw without them, "
     "after which this goes on (a warning counts them)"
 )
@@ -385,6 +406,33 @@ def absent_shown(missing: Sequence[str]) -> str:
     return f"{shown} {'is' if len(missing) == 1 else 'are'}"
 
 
+def uncached_shown(raw_dir: Path) -> str | None:
+    """What ``dvc checkout data/raw`` needs of the DVC cache that it lacks, as a message's
+    subject (:data:`NOT_CACHED_LISTING`, :data:`NOT_CACHED_FILES`), or None where it lacks
+    nothing: DVC does not track ``raw_dir``, or each file DVC's record of it holds is in the
+    workspace or has its object in the cache. Where it lacks one, the checkout fails and takes
+    the whole of ``data/raw`` out of the workspace (DVC 3.67): ``dvc fetch data/raw`` first.
+
+    A file in the workspace needs no object: DVC checks out only what differs there (one
+    changed there is refused, not taken away). Where the record's listing is not in the cache
+    (not pulled), or cannot be read, nothing says what the rest needs: the listing is shown.
+    Counted only, a path would name its subject; read where a refusal is made, one look at the
+    workspace and the cache a recorded file.
+    """
+    raw_dir = Path(raw_dir)
+    if not dvc_file(raw_dir).is_file():
+        return None
+    objects = dvcops.tracked_objects(raw_dir)
+    if objects is None:
+        return NOT_CACHED_LISTING
+    m = sum(
+        1
+        for rel, md5 in objects.items()
+        if not (raw_dir / rel).is_file() and not dvcops.in_cache(raw_dir, md5)
+    )
+    return NOT_CACHED_FILES.format(m=m) if m else None
+
+
 def check_tables(raw_dir: Path) -> None:
     """Refuse to go on where a table of ``raw_dir`` is not there though rows are expected in it
     (:func:`tables_expected`): ``dvc checkout data/raw`` not run, or cut short.
@@ -393,14 +441,21 @@ def check_tables(raw_dir: Path) -> None:
     ------
     RawDataMissingError
         The message says which table, why its rows are expected and what to run
-        (:data:`MSG_RAW_TABLES_NOT_CHECKED_OUT`); it names no subject.
+        (:data:`MSG_RAW_TABLES_NOT_CHECKED_OUT`; :data:`MSG_RAW_TABLES_NOT_CACHED`, fetch
+        first, where the DVC cache lacks what the checkout needs: :func:`uncached_shown`); it
+        names no subject.
     """
     missing = absent_tables(raw_dir)
     why = tables_expected(raw_dir, missing)
-    if why is not None:
+    if why is None:
+        return
+    shown = absent_shown(missing)
+    uncached = uncached_shown(raw_dir)
+    if uncached is not None:
         raise RawDataMissingError(
-            MSG_RAW_TABLES_NOT_CHECKED_OUT.format(missing=absent_shown(missing), why=why)
+            MSG_RAW_TABLES_NOT_CACHED.format(missing=shown, why=why, uncached=uncached)
         )
+    raise RawDataMissingError(MSG_RAW_TABLES_NOT_CHECKED_OUT.format(missing=shown, why=why))
 
 
 def absent_images(raw_dir: Path, pids: Iterable[str] | None = None) -> list[str]:
