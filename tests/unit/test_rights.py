@@ -20,6 +20,7 @@ import pandas as pd
 import pyrage
 import pytest
 from PIL import Image
+from project_helpers import cached_object, follow_first_advice
 from pyrage import x25519
 from rights_fakes import REF, PrepareTileDetector, http_caller, make_project, png
 from serving_fakes import THRESHOLD, face_tile, scene
@@ -853,6 +854,49 @@ def test_a_subject_without_photographs_is_exported_and_one_imported_with_them_is
     assert "came from import:utkface" in said and "dvc checkout data/raw" in said, said
     (st,) = RequestBook(proj.core).open(pid=imported)
     assert st.status == "in_progress" and st.failure["code"] == "raw_data_missing"
+
+
+def _dvc_added(root: Path) -> None:
+    """The project at ``root`` made a git + DVC repository tracking data/raw (`dvc add`)."""
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "add", "-q", "data/raw"]):
+        subprocess.run(cmd, cwd=root, check=True, env=env, capture_output=True)
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("cached", [False, True], ids=["a_photograph_not_cached", "all_cached"])
+def test_an_export_without_images_table_whose_photograph_the_cache_lacks_says_fetch_first(
+    proj, tmp_path, cached
+):
+    # data/raw's images.parquet not checked out, and a photograph of another subject gone from
+    # the workspace and the DVC cache: the refusal said to run `dvc checkout data/raw`, which
+    # then fails and takes the whole of data/raw out of the workspace (DVC 3.67), every
+    # photograph still there. It says to fetch first now, counting what the cache lacks; where
+    # the cache holds it all, the checkout it advises brings the table back.
+    pid, other = proj.pids[1], proj.pids[2]
+    _dvc_added(proj.paths.root)
+    (proj.paths.raw / "images.parquet").unlink()
+    if not cached:
+        photo = sorted((proj.paths.raw / other).iterdir())[0]
+        md5 = hashlib.md5(photo.read_bytes(), usedforsecurity=False).hexdigest()
+        photo.unlink()
+        cached_object(proj.paths.root, md5).unlink()
+    raw = _tree(proj.paths.raw)
+
+    with pytest.raises(RawDataMissingError) as refused:
+        export_subject(proj.paths, pid, out=tmp_path / "out.zip", core=proj.core, delivery=PLAIN)
+
+    said = _flat(str(refused.value))
+    followed = tmp_path / "followed"
+    assert follow_first_advice(said, proj.paths.root, followed).returncode == 0 or not cached
+    after = _tree(followed / "data" / "raw") if (followed / "data" / "raw").is_dir() else {}
+    assert after.pop("images.parquet", None) is not None or not cached, said
+    assert after == raw, said  # nothing taken out of the workspace
+    assert ("run `dvc fetch data/raw` first" in said) != cached, said
+    if not cached:
+        assert "1 file(s) of data/raw" in said and other not in said, said
+    assert _tree(proj.paths.raw) == raw and not (tmp_path / "out.zip").exists()
 
 
 @pytest.mark.parametrize("how", ["no_images_table", "tracked", "no_raw", "a_photograph"])

@@ -202,7 +202,14 @@ NOT_CACHED_FILES = (
 MSG_RAW_NOT_CHECKED_OUT = (
     "{missing} not there, though {why}: the raw data is not checked out here, and what "
     "would be read without it says that subject {pid} has no photographs; run `dvc checkout "
-    "data/raw` (`dvc pull data/raw` where the DVC cache lacks it), then run again"
+    "data/raw` (where DVC does not track data/raw, restore its tables from a backup), then run "
+    "again"
+)
+MSG_RAW_NOT_CACHED = (
+    "{missing} not there, though {why}: the raw data is not checked out here, and what "
+    "would be read without it says that subject {pid} has no photographs; {uncached} not in "
+    "the DVC cache, and " + CHECKOUT_TAKES_ALL + ", then run again; where no remote holds "
+    "them, restore data/raw's tables from a backup"
 )
 MSG_RAW_TABLES_NOT_CHECKED_OUT = (
     "{missing} not there, though {why}: the raw data is not checked out here, and data/raw "

@@ -25,12 +25,14 @@ from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import (
     EFFECT_READ,
     EFFECT_WRITTEN,
+    MSG_RAW_NOT_CACHED,
     MSG_RAW_NOT_CHECKED_OUT,
     RawDataMissingError,
     absent_shown,
     absent_tables,
     check_images,
     tables_expected,
+    uncached_shown,
 )
 from visage_ml.privacy.registry import SYNTHFACES_SOURCE
 
@@ -89,7 +91,9 @@ def check_raw(
         A table is not there though the subject's rows are expected in it, or photographs the
         tables list (the subject's; with ``everyone``, anyone's) are not there though DVC's
         record of ``data/raw`` holds them: the message says which, why and what to run
-        (``dvc checkout data/raw``).
+        (``dvc checkout data/raw``; ``dvc fetch data/raw`` first where the DVC cache lacks
+        what the checkout needs, :func:`~visage_ml.data.rawstore.uncached_shown`, which would
+        otherwise take the whole of ``data/raw`` out of the workspace).
     """
     missing = absent_tables(paths.raw)
     if not missing:
@@ -102,9 +106,13 @@ def check_raw(
     why = tables_expected(paths.raw, missing) or _theirs_expected(paths, pid, source, crops)
     if why is None:
         return
-    raise RawDataMissingError(
-        MSG_RAW_NOT_CHECKED_OUT.format(missing=absent_shown(missing), why=why, pid=pid)
-    )
+    shown = absent_shown(missing)
+    uncached = uncached_shown(paths.raw)
+    if uncached is not None:
+        raise RawDataMissingError(
+            MSG_RAW_NOT_CACHED.format(missing=shown, why=why, pid=pid, uncached=uncached)
+        )
+    raise RawDataMissingError(MSG_RAW_NOT_CHECKED_OUT.format(missing=shown, why=why, pid=pid))
 
 
 def _theirs_expected(paths: ProjectPaths, pid: str, source: str, crops: int | None) -> str | None:
