@@ -11,9 +11,11 @@ A copy filed under another subject after the certificate is not covered by that 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import pytest
+from project_helpers import cached_object, follow_first_advice
 from rights_fakes import make_project
 from test_erasure import _dvc, _objects, md5_bytes
 from test_redteam_plaintext import unseal
@@ -87,6 +89,49 @@ def test_the_verifier_without_data_raws_images_table_says_it_cannot_tell_the_oth
     table.write_bytes(kept)
     report = verify_certificate(result.certificate_path, root=proj.paths.root)
     assert report.ok, report.findings
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("cached", [False, True], ids=["a_photograph_not_cached", "all_cached"])
+def test_the_verifier_without_images_table_says_fetch_first_where_the_cache_lacks_a_photograph(
+    tiny_project, tmp_path, cached
+):
+    """data/raw's images.parquet not checked out where the verifier runs, and a third subject's
+    photograph gone from the workspace and the DVC cache: the verifier said to run `dvc
+    checkout data/raw`, which then fails and takes the whole of data/raw out of the workspace
+    (DVC 3.67), every photograph still there. It says to fetch first now, in the finding and
+    in the check; where the cache holds it all, the checkout it advises brings the table back."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    victim, other, _pngs, _image_id = _shared_plain(proj)
+    dvc_objects.add(root, proj.paths.raw)
+    result = Erasure(proj.paths).erase(victim)
+    (proj.paths.raw / "images.parquet").unlink()
+    if not cached:
+        photo = sorted((proj.paths.raw / proj.pids[2]).iterdir())[0]
+        md5 = hashlib.md5(photo.read_bytes(), usedforsecurity=False).hexdigest()
+        photo.unlink()
+        cached_object(root, md5).unlink()
+    raw = _files(proj.paths.raw)
+
+    report = verify_certificate(result.certificate_path, root=root)
+
+    assert not report.ok
+    untold = [f["why"] for f in report.findings if "cannot be told" in f["why"]]
+    [check] = [c for c in report.checks if c.name == "no erased content remains"]
+    assert untold, report.findings
+    for n, said in enumerate((untold[0], check.detail)):
+        followed = tmp_path / f"followed-{n}"
+        assert follow_first_advice(said, root, followed).returncode == 0 or not cached
+        after = _files(followed / "data" / "raw") if (followed / "data" / "raw").is_dir() else {}
+        assert after.pop("images.parquet", None) is not None or not cached, said
+        assert after == raw, said  # nothing taken out of the workspace
+        assert ("run `dvc fetch data/raw` first" in said) != cached, said
+        assert other not in said and proj.pids[2] not in said, said
 
 
 def test_a_copy_filed_under_another_subject_after_the_certificate_is_found(project):

@@ -34,11 +34,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from visage_ml import dvcops
 from visage_ml.config import ProjectPaths
 from visage_ml.data.rawstore import (
+    CHECKOUT_TAKES_ALL,
     IMAGES_FILE,
     absent_images,
     absent_tables,
     dvc_file,
     tables_expected,
+    uncached_shown,
 )
 from visage_ml.privacy.certificate import (
     CertificateReport,
@@ -115,14 +117,16 @@ MSG_NOT_DECLARED = (
 # empty it lists none, so their own file would be taken for an erased one's copy.
 MSG_UNLISTED = (
     "{found}, or another current subject's own photograph, kept as theirs: which cannot be "
-    "told without data/raw/images.parquet, not checked out here though {why}; run `dvc "
-    "checkout data/raw` and verify again"
+    "told without data/raw/images.parquet, not checked out here though {why}; {fix}"
 )
 MSG_UNLISTED_CHECK = (
     "data/raw/images.parquet is not checked out here, though {why}: whether a file found is "
-    "another current subject's own photograph cannot be told; run `dvc checkout data/raw` and "
-    "verify again"
+    "another current subject's own photograph cannot be told; {fix}"
 )
+# What to run for the table, {fix} above: the checkout, or a fetch first where the DVC cache
+# lacks an object the checkout needs (it would take the whole of data/raw out of the workspace).
+FIX_CHECKOUT = "run `dvc checkout data/raw` and verify again"
+FIX_FETCH_FIRST = "{uncached} not in the DVC cache, and " + CHECKOUT_TAKES_ALL + " and verify again"
 
 # data/raw checked out only in part where the verifier runs (a `dvc checkout` or `dvc pull` cut
 # short, or run for some files): a file DVC's record of data/raw holds whose bytes are nowhere
@@ -234,7 +238,7 @@ def scan_for_hashes(
     allowed_in_git: Container[str] = frozenset(),
     report: CertificateReport,
     unreachable: dict[str, str] | None = None,
-    unlisted: str | None = None,
+    unlisted: tuple[str, str] | None = None,
     objects: set[str] | None = None,
 ) -> int:
     """Hash every file under ``walked`` and every git object (but those of a size nothing in
@@ -248,8 +252,9 @@ def scan_for_hashes(
     or as it gave them before, unbound); and any ``.dir`` manifest
     that names a listed md5 or the subject's folder. Returns how many files current subjects
     hold; a DVC remote that could not be listed goes into ``unreachable`` (its name: why).
-    ``unlisted``: why data/raw's images table, not there, is expected (:func:`_unlisted`): a
-    found file that may be another current subject's own says that this cannot be told.
+    ``unlisted``: why data/raw's images table, not there, is expected and what to run
+    (:func:`_unlisted`): a found file that may be another current subject's own says that this
+    cannot be told.
     ``objects``: the md5 of each DVC object looked at (in the cache or a remote) goes into it."""
     embedded.spill_into(paths.root)
     hashed = content_scan.hash_files(walked, sizes=sha256s)
@@ -322,7 +327,7 @@ def scan_for_hashes(
         if h.path in kept.files:
             why = MSG_NOT_DECLARED
         elif unlisted is not None and _may_be_theirs(paths, h):
-            why = MSG_UNLISTED.format(found=why, why=unlisted)
+            why = MSG_UNLISTED.format(found=why, why=unlisted[0], fix=unlisted[1])
         # An erased image's plaintext or source by its path only: the report names the pid, so its
         # SHA-256 would pair a photograph with them (as content_hit in the ledger); a git
         # object by the repository alone (its id is a hash of the content too).
@@ -332,11 +337,18 @@ def scan_for_hashes(
     return len(kept.files)
 
 
-def _unlisted(paths: ProjectPaths) -> str | None:
+def _unlisted(paths: ProjectPaths) -> tuple[str, str] | None:
     """Why data/raw's images table is expected where it is not there (``dvc checkout`` not run
-    or cut short: :func:`~visage_ml.data.rawstore.tables_expected`), else None."""
+    or cut short: :func:`~visage_ml.data.rawstore.tables_expected`) and what to run
+    (:data:`FIX_CHECKOUT`; :data:`FIX_FETCH_FIRST` where the DVC cache lacks what the checkout
+    needs, :func:`~visage_ml.data.rawstore.uncached_shown`), else None."""
     missing = absent_tables(paths.raw)
-    return tables_expected(paths.raw, missing) if IMAGES_FILE in missing else None
+    why = tables_expected(paths.raw, missing) if IMAGES_FILE in missing else None
+    if why is None:
+        return None
+    uncached = uncached_shown(paths.raw)
+    fix = FIX_CHECKOUT if uncached is None else FIX_FETCH_FIRST.format(uncached=uncached)
+    return why, fix
 
 
 def _not_checked_out(paths: ProjectPaths, objects: Container[str]) -> str | None:
@@ -477,7 +489,7 @@ def _scan(
         unkeyed = True  # not shown to be clean either
         unkeyed_note += f"; {MSG_REMOTE_UNREACHABLE.format(names=names)}"
     if unlisted is not None and report.findings:
-        unkeyed_note += f"; {MSG_UNLISTED_CHECK.format(why=unlisted)}"
+        unkeyed_note += f"; {MSG_UNLISTED_CHECK.format(why=unlisted[0], fix=unlisted[1])}"
     if (absent := _not_checked_out(paths, objects)) is not None:
         unkeyed = True  # not shown to be clean
         unkeyed_note += f"; {absent}"
