@@ -824,6 +824,8 @@ def test_http_an_export_whose_raw_data_is_not_checked_out_says_to_check_it_out(p
     _export_stopped(
         call, r, proj, "raw_data_missing", remedy="dvc checkout data/raw", file=str(proj.paths.raw)
     )
+    # Not a checkout straight away: one with a file the DVC cache lacks empties data/raw.
+    assert "after `dvc fetch data/raw` where the DVC cache lacks" in r.json()["error"]["message"]
 
     restore()  # `dvc checkout data/raw`: the same request is exported, every photograph in it
     r = call("GET", f"/v1/subjects/{pid}/export", "dpo", params={"request_id": rid, **TO_HIM})

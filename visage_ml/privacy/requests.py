@@ -145,8 +145,9 @@ FAILURE_ACTIONS: Mapping[str, str] = {
     "image_unreadable": "make the stored photograph the error named (the server's log names "
     "it) readable: its permissions and owner, the storage it is on; or restore it with `dvc "
     "checkout data/raw`",
-    "raw_data_missing": "check out the raw data: `dvc checkout data/raw` (`dvc pull data/raw` "
-    "where the DVC cache lacks it)",
+    "raw_data_missing": "check out the raw data as the error said: `dvc checkout data/raw`, "
+    "or first `dvc fetch data/raw` where the DVC cache lacks a file of it (a checkout then "
+    "takes the whole of data/raw out of the workspace)",
     # An erasure's stops (nothing certified): the error said which store and what to do.
     "stores_unreachable": "make the store the error named reachable (`visage stack up` for the "
     "project's stack services; the server's log has the message)",

@@ -122,7 +122,8 @@ LIBRARY_MESSAGES: dict[str, str] = {
     "raw_data_missing": "the server's raw data (data/raw, the subjects' photographs and their "
     "tables) is not checked out, so the subject's photographs cannot be read, and nothing more "
     "was done (a request answered stays open, its failure recorded); ask the server's operator "
-    "to run `dvc checkout data/raw` (the server's log says why it is needed), then retry",
+    "to check it out as the server's log says (`dvc checkout data/raw`, after `dvc fetch "
+    "data/raw` where the DVC cache lacks a file of it), then retry",
     # The library's names the template's file (the subject's pid) or table: the log has it.
     "template_file_error": "the subject's template stored in the gallery fails "
     "authentication: it was altered, truncated or moved on the server, and nothing more was "
@@ -232,8 +233,9 @@ EXPLAINED: dict[tuple[int, str], str] = {
     "the subject's photographs are expected in it: nothing more was done and a request answered "
     "stays open, its failure recorded (an export without them would say they have none, a lift "
     "would make no template again from them, an erasure would seek no copy of them: nothing "
-    "was erased); retry once the server's operator has run `dvc checkout data/raw` (an "
-    "erasure: send it again, the subject's open request is taken up)",
+    "was erased); retry once the server's operator has checked it out as the server's log "
+    "says (`dvc checkout data/raw`, after `dvc fetch data/raw` where the DVC cache lacks a "
+    "file of it; an erasure: send it again, the subject's open request is taken up)",
     (503, "template_file_error"): "the subject's template (or anchor template) stored in the "
     "gallery fails authentication: nothing more was done and the request stays in progress; "
     "retry once the server's operator has restored it from a backup or enrolled the subject "
