@@ -50,6 +50,19 @@ from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 
 
+def _headers_tried(monkeypatch) -> list[int]:
+    """The blocks tarfile tries as a header from now on (the size of each), spied on."""
+    tried: list[int] = []
+    real = tarfile.TarInfo.frombuf.__func__
+
+    def frombuf(cls, buf, encoding, errors):
+        tried.append(len(buf))
+        return real(cls, buf, encoding, errors)
+
+    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(frombuf))
+    return tried
+
+
 class _Counted(io.BytesIO):
     """A file whose reads append their lengths to ``read``: the bytes a reader took."""
 
@@ -544,14 +557,7 @@ def test_zeros_and_blocks_that_are_no_header_are_read_once_for_a_tar(monkeypatch
     from visage_ml.io import CHUNK
     from visage_ml.rights import embedded_archives
 
-    tried: list[int] = []
-    real = tarfile.TarInfo.frombuf.__func__
-
-    def frombuf(cls, buf, encoding, errors):
-        tried.append(len(buf))
-        return real(cls, buf, encoding, errors)
-
-    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(frombuf))
+    tried = _headers_tried(monkeypatch)
     checked: list[bytes] = []
     real_checksummed = embedded._tar_checksummed
 
@@ -683,14 +689,7 @@ def test_random_binary_files_are_told_clean_and_none_taken_for_a_tar(tmp_path, m
     folder.mkdir()
     for i in range(50):
         (folder / f"{i:02d}.bin").write_bytes(rng.randbytes(rng.randrange(200, 400) << 10))
-    tried: list[int] = []
-    real = tarfile.TarInfo.frombuf.__func__
-
-    def frombuf(cls, buf, encoding, errors):
-        tried.append(len(buf))
-        return real(cls, buf, encoding, errors)
-
-    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(frombuf))
+    tried = _headers_tried(monkeypatch)
 
     class Sought:  # a photograph's size, which none has
         def may_match(self, size: int) -> bool:

@@ -578,12 +578,7 @@ def test_a_transaction_where_data_raw_is_checked_out_in_part_refuses_to_begin(st
     dvc = _dvc_repo(paths.root)
     if how == "a_broken_link":  # DVC's symlink cache type, the object not pulled
         assert dvc("config", "cache.type", "symlink").returncode == 0
-    photos = (b"first", b"second")
-    with store.transaction() as txn:
-        ids = [txn.write_image(PID_A, png) for png in photos]
-        txn.add_subjects([{"pid": PID_A, "source": "test"}])
-        txn.add_images([image_row(PID_A, i, png) for i, png in zip(ids, photos, strict=True)])
-    assert txn.dvc_md5
+    ids = _two_photographs_tracked(store)
     record = (paths.data / "raw.dvc").read_text()
     photo = paths.raw / PID_A / f"{ids[1]}.sealed"
     if how == "a_photograph":
@@ -624,11 +619,7 @@ def test_a_photograph_not_in_the_dvc_cache_either_is_refused_without_advice_that
     object is back in the cache the advised checkout restores the photograph."""
     paths = store.paths
     dvc = _dvc_repo(paths.root)
-    photos = (b"first", b"second")
-    with store.transaction() as txn:
-        ids = [txn.write_image(PID_A, png) for png in photos]
-        txn.add_subjects([{"pid": PID_A, "source": "test"}])
-        txn.add_images([image_row(PID_A, i, png) for i, png in zip(ids, photos, strict=True)])
+    ids = _two_photographs_tracked(store)
     photo = paths.raw / PID_A / f"{ids[1]}.sealed"
     md5 = hashlib.md5(photo.read_bytes(), usedforsecurity=False).hexdigest()
     cached = paths.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
@@ -658,16 +649,23 @@ def test_a_photograph_not_in_the_dvc_cache_either_is_refused_without_advice_that
     commit_one(store, PID_B, b"new subject")
 
 
-def _tracked_then_images_table_away(store: RawStore) -> tuple[list[str], Path]:
-    """Two photographs of one subject written and tracked by DVC (`dvc add data/raw`), then
-    ``images.parquet`` not in the workspace (a checkout cut short); returns the photographs'
-    ids and the table's path."""
+def _two_photographs_tracked(store: RawStore) -> list[str]:
+    """Two photographs of one subject written in a transaction, which `dvc add`s data/raw where
+    DVC is there; their image ids."""
     photos = (b"first", b"second")
     with store.transaction() as txn:
         ids = [txn.write_image(PID_A, png) for png in photos]
         txn.add_subjects([{"pid": PID_A, "source": "test"}])
         txn.add_images([image_row(PID_A, i, png) for i, png in zip(ids, photos, strict=True)])
-    assert txn.dvc_md5
+    assert txn.dvc_md5 or not (store.paths.root / ".dvc").is_dir()
+    return ids
+
+
+def _tracked_then_images_table_away(store: RawStore) -> tuple[list[str], Path]:
+    """Two photographs of one subject written and tracked by DVC (`dvc add data/raw`), then
+    ``images.parquet`` not in the workspace (a checkout cut short); returns the photographs'
+    ids and the table's path."""
+    ids = _two_photographs_tracked(store)
     table = store.paths.raw / "images.parquet"
     table.unlink()
     return ids, table
