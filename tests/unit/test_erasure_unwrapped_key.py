@@ -27,11 +27,12 @@ import pytest
 from project_helpers import committed_then_removed
 from rights_fakes import HEX_DUMPS, make_project, printed_notebook
 from test_erasure_inside import put_back_fails_the_verifier, stopped_then_certified, torch_saved
+from test_erasure_inside_pickles import py2_binary_dumps, py2_dumps
 
 from visage_ml.privacy.datakeys import DataKeys
 from visage_ml.privacy.keys import load_master_key
 from visage_ml.privacy.sealed import KeyRing
-from visage_ml.rights import scan_cache
+from visage_ml.rights import embedded, scan_cache
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.erasure import Erasure
 from visage_ml.rights.sealing import doctor
@@ -363,6 +364,78 @@ def test_a_32_character_string_pickled_with_protocol_2_is_no_key(proj):
 
     assert path.read_bytes() == data
     assert verify_certificate(result.certificate_path, root=root).ok
+
+
+# The key printed (``base64.b64encode(key)``, 44 characters; URL-safe without its padding, 43;
+# ``key.hex()``, 64) and pickled as a string among other values: Python 3's ``str`` (protocol 0,
+# Python 2's default: an UNICODE line, ``V...``; 1 to 3: a BINUNICODE; 4 and up: a
+# SHORT_BINUNICODE) or ``bytes`` (0 to 2: the string of ``_codecs.encode``; 3 and up: a
+# SHORT_BINBYTES; a ``bytearray`` of 5: BYTEARRAY8), Python 2's ``str`` (0: a STRING,
+# ``S'...'``; 1 and 2: a SHORT_BINSTRING) or ``unicode``. The opcode before the text (``V``),
+# its length (43 is ``+``) or the memo's BINPUT after it (``q``) are letters of base64, read by
+# the text reader as the key's own: a run one too long, no key, and the erasure certified.
+_PRINTED_KEY = {
+    "base64": lambda k: base64.b64encode(k).decode(),
+    "urlsafe": lambda k: base64.urlsafe_b64encode(k).decode().rstrip("="),
+    "hex": lambda k: k.hex(),
+}
+_PICKLED_TEXT = {
+    **{f"str-{p}": lambda s, p=p: pickle.dumps({"run": 1, "key": s}, protocol=p) for p in range(6)},
+    **{f"bytes-{p}": lambda s, p=p: pickle.dumps([1, s.encode()], protocol=p) for p in range(5)},
+    "bytearray-5": lambda s: pickle.dumps([1, bytearray(s.encode())], protocol=5),
+    "py2-str-0": lambda s: py2_dumps({b"run": 1, b"key": s.encode()}),
+    "py2-unicode-0": lambda s: py2_dumps({b"run": 1, b"key": s}),
+    **{
+        f"py2-{kind}-{p}": lambda s, p=p, b=b: py2_binary_dumps([1, b(s)], p)
+        for p in (1, 2)
+        for kind, b in (("str", str.encode), ("unicode", str))
+    },
+}
+
+
+@pytest.mark.parametrize("pickler", list(_PICKLED_TEXT))
+def test_the_unwrapped_key_printed_then_pickled_as_a_string_stops_the_erasure(proj, pickler):
+    # Each printed form in a pickle of its own: each stops the erasure (the message counts
+    # them, doctor lists them), another subject's key pickled so stops nothing, and put back
+    # after the erasure certified, the verifier names each.
+    victim, other = proj.pids[0], proj.pids[1]
+    key, theirs = _data_key(proj, victim), _data_key(proj, other)
+    folder = proj.paths.root / "data" / "interim"
+    folder.mkdir(parents=True, exist_ok=True)
+    dump = _PICKLED_TEXT[pickler]
+    made = {folder / f"{form}.pkl": dump(shown(key)) for form, shown in _PRINTED_KEY.items()}
+    kept = {
+        folder / f"theirs-{form}.pkl": dump(shown(theirs)) for form, shown in _PRINTED_KEY.items()
+    }
+    for path, data in {**made, **kept}.items():
+        path.write_bytes(data)
+
+    _, done = stopped_then_certified(proj, victim, made, kept)
+
+    put_back_fails_the_verifier(proj, done, made)
+
+
+@pytest.mark.parametrize("pickler", list(_PICKLED_TEXT))
+def test_a_key_printed_then_pickled_is_found_mapped_and_in_a_pickle_held_in_another(
+    tmp_path, pickler
+):
+    # The same pickles read from their file (mapped, as one over 64 MiB is) and held as a
+    # ``bytes`` value of another pickle (a queue of pickled records), whose text is not read:
+    # each printed form found alike; 64 hex digits or base64 of another length are no key.
+    key = os.urandom(32)
+    sha = hashlib.sha256(key).hexdigest()
+    dump = _PICKLED_TEXT[pickler]
+    for form, shown in _PRINTED_KEY.items():
+        data = dump(shown(key))
+        assert embedded.kind(data[: embedded.SNIFF]) == embedded.BINARY
+        assert sha in set(embedded.inside(data, embedded.BINARY)), form
+        (tmp_path / form).write_bytes(data)
+        with open(tmp_path / form, "rb") as fh:
+            assert sha in set(embedded.inside_large(fh, embedded.BINARY)), form
+        queue = pickle.dumps({"records": [data, bytes(64)]}, protocol=4)
+        assert sha in set(embedded.inside(queue, embedded.BINARY)), form
+    for near in (hashlib.sha512(key).hexdigest()[:63], base64.b64encode(key + b"!").decode()):
+        assert sha not in set(embedded.inside(dump(near), embedded.BINARY))
 
 
 def _odd(key: bytes) -> bytes:

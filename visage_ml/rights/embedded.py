@@ -1001,13 +1001,17 @@ def _pickled(
     (:func:`_signed`), are decoded (:func:`_latin1_bytes`: UTF-8 decoding took 3 ns a byte,
     most of the reader's time, and a pickle of a data set's features holds little else); of
     those smaller than anything sought, none. A pickle of protocol 0 or 1: its strings of
-    either (:func:`_old_pickled`)."""
+    either (:func:`_old_pickled`). Then, of any protocol, a key sought printed as a string
+    (:func:`~visage_ml.rights.embedded_pickled_keys._printed_keys`)."""
+    from visage_ml.rights.embedded_pickled_keys import _printed_keys  # it imports this module
+
     if what != BINARY:
         return
     begins = _npy_pickle(data)
     if not PICKLE_MAGIC.match(data[begins : begins + 2]):
         if _old_pickle(bytes(data[:SNIFF])):
             yield from _old_pickled(data, sizes, depth, budget)
+            yield from _printed_keys(data, None, sizes, depth, budget)
         return
     test = key_test(sizes)
     if test is not None:
@@ -1015,9 +1019,10 @@ def _pickled(
             raw = bytes(data[m.end() : m.end() + KEY_SIZE])
             if len(raw) == KEY_SIZE and test(raw):
                 yield from _part(raw, sizes, depth, budget)
-    floor = smallest_sought(sizes)
-    yield from _pickled_values(data, sizes, depth, budget, floor, _protocols(data, begins))
+    floor, protocols = smallest_sought(sizes), _protocols(data, begins)
+    yield from _pickled_values(data, sizes, depth, budget, floor, protocols)
     yield from _latin1_values(data, _latin1_strings(data), sizes, depth, budget, floor)
+    yield from _printed_keys(data, protocols, sizes, depth, budget)
 
 
 def _npy_pickle(data: Buffer) -> int:
