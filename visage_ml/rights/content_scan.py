@@ -67,6 +67,7 @@ from visage_ml.rights import (
     embedded_spill,
     embedded_tables,
     embedded_text,
+    embedded_utf16,
     scan_cache,
 )
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
@@ -1318,6 +1319,7 @@ def _scanner_id() -> str:
             embedded_spill.__file__,
             embedded_tables.__file__,
             embedded_text.__file__,
+            embedded_utf16.__file__,
             scan_cache.__file__,
         ):
             h.update(Path(str(module)).read_bytes())

@@ -14,12 +14,13 @@ default), HDF5, LMDB or TFRecord, read as an array is (:mod:`visage_ml.rights.em
 (:mod:`visage_ml.rights.content_scan`).
 
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
-keeps its content. A text file (UTF-8, no NUL) is read for base64 runs (a ``data:`` URL's, a JSON
-or CSV field's, one wrapped in lines or two back to back; of the standard or URL-safe alphabet,
-padded or not, its slashes escaped as JSON may write them, ``\\/``); the copies step cuts a
-matching run out of it and keeps
-the file (:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a
-JPEG (SOI to EOI, :func:`~visage_ml.rights.embedded_photos._jpegs`; a phone's multi-picture file,
+keeps its content. A text file (UTF-8, no NUL; or UTF-16 with its byte order mark, read as the
+UTF-8 it decodes to: :mod:`~visage_ml.rights.embedded_utf16`) is read for base64 runs (a
+``data:`` URL's, a JSON or CSV field's, one wrapped in lines or two back to back; of the standard
+or URL-safe alphabet, padded or not, its slashes escaped as JSON may write them, ``\\/``); the
+copies step cuts a matching run out of it and keeps the file (:func:`cut_encoded`). In a pickle,
+an array or a PDF, a PNG (signature to IEND) or a JPEG (SOI to EOI,
+:func:`~visage_ml.rights.embedded_photos._jpegs`; a phone's multi-picture file,
 its JPEGs one after another, padding between them too; a motion photo, its video's MP4 boxes
 after them; a Galaxy's photograph, Samsung's trailer after it) lies as it is, and is found so;
 a pickle's ``bytes`` values of a size sought are compared whole, whatever their format (a
@@ -83,7 +84,8 @@ and stops the erasure as an archive does). A re-encoded, resized or cropped face
 wherever it is: no scan by hash finds it.
 
 This module tells what a file is and hands it to its reader, each a module beside it: base64
-texts (:mod:`~visage_ml.rights.embedded_text`), PNGs and JPEGs lying as they are
+texts (:mod:`~visage_ml.rights.embedded_text`; UTF-16 ones decoded by
+:mod:`~visage_ml.rights.embedded_utf16`), PNGs and JPEGs lying as they are
 (:mod:`~visage_ml.rights.embedded_photos`), a PDF's streams (:mod:`~visage_ml.rights.embedded_pdf`),
 tables (:mod:`~visage_ml.rights.embedded_tables`), archives
 (:mod:`~visage_ml.rights.embedded_archives`), databases (:mod:`~visage_ml.rights.embedded_db`),
@@ -115,10 +117,10 @@ import tempfile
 import zlib
 from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from visage_ml.io import CHUNK, atomic_write_bytes, private_dir
-from visage_ml.rights import embedded_formats
+from visage_ml.rights import embedded_formats, embedded_utf16
 from visage_ml.rights.embedded_mapping import LET_GO, Buffer, _find, _let_go, _Map
 
 # Looked inside in memory up to this size; a larger member is hashed as it streams.
@@ -138,6 +140,9 @@ KIND_SNIFF = 1032
 LATIN1_HEAD = 16  # what a protocol-2 string is decoded of first: the magic numbers at its start
 
 TEXT = "text"
+# A UTF-16 text, its byte order mark first (PowerShell's ``Out-File``, Excel's "Unicode text"):
+# read as the UTF-8 text it decodes to (:mod:`~visage_ml.rights.embedded_utf16`).
+UTF16 = "utf16"
 ZIP = "zip"
 TAR = "tar"
 COMPRESSED = "compressed"
@@ -150,12 +155,12 @@ SQLITE = "sqlite"
 # A PDF: a JPEG it shows lies in it as it is (a DCTDecode stream), ASCII85-encoded, or deflated
 # (an attached file's exact bytes too).
 PDF = "pdf"
-KINDS = frozenset({TEXT, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE, PDF})
+KINDS = frozenset({TEXT, UTF16, ZIP, TAR, COMPRESSED, PARQUET, BINARY, SQLITE, PDF})
 # Kinds read as a stream from their file: looked inside whatever its size.
 STREAMED = frozenset({ZIP, TAR, COMPRESSED})
 # Kinds looked inside from their file when too large to hold (:func:`inside_large`): all but a
 # database, read from its own path (:mod:`visage_ml.rights.embedded_db`).
-LARGE = frozenset({*STREAMED, TEXT, BINARY, PDF, PARQUET, SQLITE})
+LARGE = frozenset({*STREAMED, TEXT, UTF16, BINARY, PDF, PARQUET, SQLITE})
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 TAR_MAGIC, TAR_AT = b"ustar", 257
@@ -583,6 +588,8 @@ def kind(first: bytes) -> str | None:
         return BINARY
     if embedded_formats.holds_as_is(first):  # Arrow, HDF5, LMDB, TFRecord: read as an array is
         return BINARY
+    if embedded_utf16.codec(first) is not None:
+        return UTF16
     text = _text(first)
     # After the formats above (an HDF5 file's user block may be zeros); never a text's (a
     # header holds NULs): a text of octal numbers is read as text. A pickle of protocol 0 or 1
@@ -974,6 +981,9 @@ def inside(
         from visage_ml.rights import embedded_db  # it reads a table's values as _part does
 
         yield from embedded_db.inside_db(data, sizes=sizes, depth=depth, budget=budget)
+    elif what == UTF16:
+        text = embedded_utf16.utf8_of(data)
+        yield from inside(text, TEXT, sizes=sizes, depth=depth, budget=budget)
     else:
         from visage_ml.rights import embedded_text
 
@@ -1947,6 +1957,9 @@ def inside_large(
         yield from inside_file(fh, what, sizes=sizes, depth=depth, budget=budget)
     elif what == TEXT:
         yield from inside_text(fh, sizes=sizes, depth=depth, budget=budget)
+    elif what == UTF16:  # decoded a window at a time, read as a text file's bytes are
+        text = cast(IO[bytes], embedded_utf16.Utf8Reader(fh))
+        yield from inside_text(text, sizes=sizes, depth=depth, budget=budget)
     elif what == PARQUET:
         from visage_ml.rights import embedded_tables as tables
 
@@ -2015,12 +2028,27 @@ def mapped(fh: IO[bytes]) -> Iterator[Buffer]:
                 data.close()
 
 
+def _text_of(data: bytes) -> bytes:
+    """The text file ``data`` as UTF-8: a UTF-16 text's decoded exactly
+    (:func:`~visage_ml.rights.embedded_utf16.utf8_of`; :class:`UnicodeDecodeError` where it is
+    no UTF-16 throughout), any other as it is."""
+    if embedded_utf16.codec(data[:SNIFF]) is None:
+        return data
+    return embedded_utf16.utf8_of(data, exact=True)
+
+
 def encoded(path: Path) -> set[str]:
     """The SHA-256s of what each base64 run of the text file at ``path`` decodes to, itself
-    (not what that holds: an archive's members)."""
+    (not what that holds: an archive's members); a UTF-16 text's, of the text it decodes to,
+    none where it does not decode exactly (it cannot be written back as it was:
+    :func:`cut_encoded`)."""
     from visage_ml.rights import embedded_text
 
-    return {hashlib.sha256(raw).hexdigest() for _, raw in embedded_text._runs(path.read_bytes())}
+    try:
+        text = _text_of(path.read_bytes())
+    except UnicodeDecodeError:
+        return set()
+    return {hashlib.sha256(raw).hexdigest() for _, raw in embedded_text._runs(text)}
 
 
 def cut_encoded(path: Path, digests: Container[str]) -> int:
@@ -2028,10 +2056,18 @@ def cut_encoded(path: Path, digests: Container[str]) -> int:
     decodes to content in ``digests``; returns how many went. A ``data:`` URL keeps its header,
     a JSON or CSV field is left empty, a line of its own is left empty (the lines about it
     kept). A run that decodes to a file holding such content (an archive) is not cut: the rest
-    of what it holds would go with it (:func:`encoded` tells the one from the other)."""
+    of what it holds would go with it (:func:`encoded` tells the one from the other). A UTF-16
+    text is cut in the text it decodes to, written back in its byte order, its mark first.
+
+    Raises
+    ------
+    UnicodeDecodeError
+        For a UTF-16 text that does not decode exactly (an odd byte at its end): not rewritten.
+    """
     from visage_ml.rights import embedded_text
 
-    data = path.read_bytes()
+    raw_file = path.read_bytes()
+    data = _text_of(raw_file)
     runs = embedded_text._runs(data)
     cut = [span for span, raw in runs if hashlib.sha256(raw).hexdigest() in digests]
     if not cut:
@@ -2047,5 +2083,8 @@ def cut_encoded(path: Path, digests: Container[str]) -> int:
         out.append(data[at:start])
         at = end
     out.append(data[at:])
-    atomic_write_bytes(path, b"".join(out), mode=path.stat().st_mode & 0o777)
+    kept = b"".join(out)
+    if data is not raw_file:  # a UTF-16 text's: written back so
+        kept = embedded_utf16.utf16_of(kept, raw_file)
+    atomic_write_bytes(path, kept, mode=path.stat().st_mode & 0o777)
     return len(merged)

@@ -111,8 +111,9 @@ MSG_IN_GIT = (
 
 MSG_HELD = (
     "{n} file(s) hold erased content inside other content ({where}: an archive, a pickle, an "
-    "array, a table, a database, a PDF or a data set's container (Arrow, HDF5, LMDB, "
-    "TFRecord)), which the erasure neither rewrites nor deletes with "
+    "array, a table, a database, a PDF, a data set's container (Arrow, HDF5, LMDB, "
+    "TFRecord) or a UTF-16 text that does not decode exactly, which could not be written back "
+    "as it was (an odd byte at its end)), which the erasure neither rewrites nor deletes with "
     "the rest of what they hold; it stops before its certificate. `visage privacy doctor` lists "
     "them; take the erased photograph out of each (a database: delete its rows, then `VACUUM`, "
     "or its freed pages keep the bytes; or delete the file), then run `visage privacy resume`"
@@ -270,13 +271,14 @@ def holds_inside(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
 
 def _rewritable(h: content_scan.Hashed, hashes: ContentHashes) -> bool:
     """Whether the erased content ``h`` holds inside can be taken out of it, the file kept: a
-    notebook's images, a text file's base64 runs that are the erased content itself; not what
-    an archive or a pickle holds, nor an archive base64-encoded in a text file (cutting its run
+    notebook's images, a text file's base64 runs that are the erased content itself (a UTF-16
+    text's too, where it decodes exactly: it is written back byte for byte); not what an
+    archive or a pickle holds, nor an archive base64-encoded in a text file (cutting its run
     would take the rest of what it holds)."""
     held = {d for d in h.held if d in hashes}
     if not held:
         return True
-    if h.kind != embedded.TEXT:
+    if h.kind not in (embedded.TEXT, embedded.UTF16):
         return False
     try:
         return held <= embedded.encoded(h.path)

@@ -1,0 +1,79 @@
+"""UTF-16 texts, read as the UTF-8 texts they decode to.
+
+Windows PowerShell 5.1's ``>`` and ``Out-File`` write UTF-16LE with a byte order mark (``echo
+$key > key.txt``), as Notepad's "Unicode" does, and Excel's "Unicode text" export is a UTF-16LE
+CSV: a key or a photograph's base64 printed there is a NUL every other byte, which no UTF-8
+text's reader finds. A file beginning with a mark (``FF FE`` little-endian, ``FE FF``
+big-endian) and text after it (:func:`codec`) is told a text of its own kind
+(:data:`~visage_ml.rights.embedded.UTF16`), decoded whole when held (:func:`utf8_of`) or a
+window at a time from its file (:class:`Utf8Reader`), and read as a UTF-8 text is
+(:mod:`~visage_ml.rights.embedded_text`). A run cut out of it is cut from the text it decodes
+to exactly, and that written back in its byte order with its mark (:func:`utf16_of`): UTF-16
+and UTF-8 spell the same characters, so what is not cut comes back byte for byte. A text
+without a mark (rarely written: PowerShell 7's ``-Encoding Unicode`` writes one too) is not
+told one.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import IO
+
+# Each byte order mark and the codec of the text after it.
+BOMS = ((b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+MARK = 2
+
+
+def codec(first: bytes) -> str | None:
+    """The codec of the UTF-16 text beginning with ``first``: its mark, then characters, none a
+    NUL (UTF-32LE's mark begins as UTF-16LE's, then a NUL), its last possibly cut off where
+    ``first`` ends; None when it is none."""
+    for bom, name in BOMS:
+        if first.startswith(bom):
+            try:
+                text = codecs.getincrementaldecoder(name)().decode(first[MARK:], False)
+            except UnicodeDecodeError:
+                return None
+            return name if text and "\x00" not in text else None
+    return None
+
+
+def _codec_of(data: bytes) -> str:
+    """The codec its mark names (``data``: a UTF-16 text, :func:`codec`)."""
+    return dict(BOMS)[bytes(data[:MARK])]
+
+
+def utf8_of(data: bytes, *, exact: bool = False) -> bytes:
+    """The UTF-8 of the UTF-16 text ``data`` (its mark first, not kept). ``exact``: every code
+    unit as it is (a lone surrogate too, to be written back as it was: :func:`utf16_of`),
+    raising :class:`UnicodeDecodeError` where it is no UTF-16 (an odd byte at its end); else
+    such bytes read as U+FFFD, as any reader of the text shows them."""
+    errors = "surrogatepass" if exact else "replace"
+    text = bytes(data[MARK:]).decode(_codec_of(data), errors)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def utf16_of(utf8: bytes, like: bytes) -> bytes:
+    """``utf8`` (from :func:`utf8_of` ``exact``) as a UTF-16 text in the byte order of
+    ``like``'s mark, that mark first."""
+    name = _codec_of(like)
+    return bytes(like[:MARK]) + utf8.decode("utf-8", "surrogatepass").encode(name, "surrogatepass")
+
+
+class Utf8Reader:
+    """The UTF-16 text file ``fh`` (at its start, its mark first) read as the UTF-8 it decodes
+    to, as :func:`utf8_of` gives it: ``read(n)`` decodes the next ``n`` bytes of the file (a
+    character cut off at their end with the next), at most 1.5 times as many bytes of UTF-8."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        name = _codec_of(fh.read(MARK))
+        self._decoder = codecs.getincrementaldecoder(name)("replace")
+
+    def read(self, n: int) -> bytes:
+        """The UTF-8 of the next ``n`` bytes of the file (or a few more); b"" at its end."""
+        while True:
+            raw = self.fh.read(n)
+            text = self._decoder.decode(raw, not raw)
+            if text or not raw:
+                return text.encode("utf-8", "surrogatepass")
