@@ -110,12 +110,31 @@ def test_a_utf16_text_that_does_not_decode_exactly_stops_the_erasure(proj):
     put_back_fails_the_verifier(proj, done, {path: saved})
 
 
+def test_the_key_in_a_utf16le_text_without_a_mark_is_cut(proj):
+    # Python's ``encode("utf-16-le")``, .NET's ``Encoding.Unicode.GetBytes``: no mark, told by
+    # its first 4 KiB of printable ASCII, each character's high byte NUL.
+    root, victim = proj.paths.root, proj.pids[0]
+    key = _data_key(proj, victim)
+    saved = f"run 12\r\nkey={key.hex()}\r\n".encode("utf-16-le")
+    path = _put(root / "data" / "interim" / "state.txt", saved)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert path.read_bytes() == "run 12\r\nkey=\r\n".encode("utf-16-le")
+    put_back_fails_the_verifier(proj, result, {path: saved})
+
+
 def test_a_bom_before_what_is_no_utf16_text_is_none():
     # UTF-32LE's mark begins as UTF-16LE's; a NUL then, and binary bytes, are no text.
     assert embedded.kind("key".encode("utf-32")) != embedded.UTF16
     assert embedded.kind(b"\xff\xfe" + bytes(range(256))) is None
     assert embedded.kind(_utf16("key", "le")) == embedded.UTF16
     assert embedded.kind(_utf16("key", "be")) == embedded.UTF16
+    # Without a mark: printable ASCII only, every other byte NUL, eight characters at least.
+    assert embedded.kind("key=0a1b2c".encode("utf-16-le")) == embedded.UTF16
+    assert embedded.kind("key".encode("utf-16-le")) is None
+    assert embedded.kind("cl\u00e9 0a1b2c".encode("utf-16-le")) is None
+    assert embedded.kind(bytes(range(1, 100)) + b"\x00") is None
 
 
 def test_a_large_utf16_text_is_read_a_window_at_a_time(monkeypatch):
@@ -150,3 +169,21 @@ def test_the_key_in_a_utf16_text_too_large_to_hold_is_cut(proj, monkeypatch):
 
     assert path.read_bytes() == _utf16(f"{lines}key \r\n{lines}", "be")
     put_back_fails_the_verifier(proj, result, {path: saved})
+
+
+def test_a_lone_surrogate_is_read_past_and_written_back_as_it_was(tmp_path):
+    # Windows lets a file name hold one, and a listing of names printed it so (past the first
+    # 4 KiB, which tell a text: random bytes after a mark are characters but for surrogates).
+    key = bytes(range(32))
+    names = "".join(f"C:\\data\\{i:05d}.png\r\n" for i in range(200))
+    text = f"{names}C:\\data\\x\ud800y.txt\r\nkey {key.hex()}\r\n"
+    path = tmp_path / "dir.txt"
+    path.write_bytes(b"\xff\xfe" + text.encode("utf-16-le", "surrogatepass"))
+    assert embedded.kind(path.read_bytes()[: embedded.SNIFF]) == embedded.UTF16
+    digest = hashlib.sha256(key).hexdigest()
+    assert digest in set(embedded.inside(path.read_bytes(), embedded.UTF16))
+
+    assert embedded.cut_encoded(path, {digest}) == 1
+
+    kept = f"{names}C:\\data\\x\ud800y.txt\r\nkey \r\n"
+    assert path.read_bytes() == b"\xff\xfe" + kept.encode("utf-16-le", "surrogatepass")

@@ -14,13 +14,13 @@ default), HDF5, LMDB or TFRecord, read as an array is (:mod:`visage_ml.rights.em
 (:mod:`visage_ml.rights.content_scan`).
 
 What a file is comes from its first bytes (:func:`kind`), never from its name: a copy renamed
-keeps its content. A text file (UTF-8, no NUL; or UTF-16 with its byte order mark, read as the
-UTF-8 it decodes to: :mod:`~visage_ml.rights.embedded_utf16`) is read for base64 runs (a
-``data:`` URL's, a JSON or CSV field's, one wrapped in lines or two back to back; of the standard
-or URL-safe alphabet, padded or not, its slashes escaped as JSON may write them, ``\\/``); the
-copies step cuts a matching run out of it and keeps the file (:func:`cut_encoded`). In a pickle,
-an array or a PDF, a PNG (signature to IEND) or a JPEG (SOI to EOI,
-:func:`~visage_ml.rights.embedded_photos._jpegs`; a phone's multi-picture file,
+keeps its content. A text file (UTF-8, no NUL; or UTF-16 with its byte order mark, or of
+ASCII without one, read as the UTF-8 it decodes to: :mod:`~visage_ml.rights.embedded_utf16`)
+is read for base64 runs (a ``data:`` URL's, a JSON or CSV field's, one wrapped in lines or two
+back to back; of the standard or URL-safe alphabet, padded or not, its slashes escaped as JSON
+may write them, ``\\/``); the copies step cuts a matching run out of it and keeps the file
+(:func:`cut_encoded`). In a pickle, an array or a PDF, a PNG (signature to IEND) or a JPEG (SOI
+to EOI, :func:`~visage_ml.rights.embedded_photos._jpegs`; a phone's multi-picture file,
 its JPEGs one after another, padding between them too; a motion photo, its video's MP4 boxes
 after them; a Galaxy's photograph, Samsung's trailer after it) lies as it is, and is found so;
 a pickle's ``bytes`` values of a size sought are compared whole, whatever their format (a
@@ -140,8 +140,9 @@ KIND_SNIFF = 1032
 LATIN1_HEAD = 16  # what a protocol-2 string is decoded of first: the magic numbers at its start
 
 TEXT = "text"
-# A UTF-16 text, its byte order mark first (PowerShell's ``Out-File``, Excel's "Unicode text"):
-# read as the UTF-8 text it decodes to (:mod:`~visage_ml.rights.embedded_utf16`).
+# A UTF-16 text, its byte order mark first (PowerShell's ``Out-File``, Excel's "Unicode text";
+# or UTF-16LE of printable ASCII without one): read as the UTF-8 text it decodes to
+# (:mod:`~visage_ml.rights.embedded_utf16`).
 UTF16 = "utf16"
 ZIP = "zip"
 TAR = "tar"
