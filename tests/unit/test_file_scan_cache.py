@@ -290,11 +290,16 @@ def test_a_database_value_passed_over_in_sqlite_is_looked_at_when_smaller_is_sou
     _read_again_when_smaller_is_sought(tmp_path, path, small)
 
 
-@pytest.mark.parametrize("module", ["embedded", "embedded_db", "embedded_formats"])
+@pytest.mark.parametrize(
+    "module",
+    ["embedded", "embedded_db", "embedded_formats", "embedded_pickled_keys", "embedded_utf16"],
+)
 def test_a_change_to_what_a_file_holds_inside_reads_every_file_again(tmp_path, monkeypatch, module):
     """The caches are this scanner's code's: one written before a change to what a file holds
     inside (a new container read, Arrow or TFRecord) is not used, or a file it learnt holds
-    nothing would pass as it did then (changed alone, the container module was not counted)."""
+    nothing would pass as it did then (changed alone, the container module was not counted; a
+    reader added later, of keys pickled as strings, was not either: every ``embedded*`` module
+    counts)."""
     import importlib
 
     mod = importlib.import_module(f"visage_ml.rights.{module}")

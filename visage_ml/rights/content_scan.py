@@ -28,6 +28,7 @@ import errno
 import functools
 import gc
 import hashlib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -60,14 +61,7 @@ from visage_ml.rights import (
     embedded,
     embedded_archives,
     embedded_db,
-    embedded_formats,
-    embedded_mapping,
-    embedded_pdf,
-    embedded_photos,
     embedded_spill,
-    embedded_tables,
-    embedded_text,
-    embedded_utf16,
     scan_cache,
 )
 from visage_ml.rights.content_hashes import scanned_roots, walk_files
@@ -1298,31 +1292,24 @@ _HEX = frozenset("0123456789abcdef")
 _Entry = tuple[str, int, tuple[str, ...], bool, tuple[str, ...], str | None]
 
 
+def _scanner_files() -> list[Path]:
+    """The code that decides what a blob or a file holds: this module, the notebooks' reader,
+    every reader of what other files hold inside (each ``embedded*.py`` of this package, found
+    so that a new one is not left out), the file cache's rules."""
+    names = sorted(p.stem for p in Path(embedded.__file__).parent.glob("embedded*.py"))
+    readers = [Path(str(importlib.import_module(f"{__package__}.{n}").__file__)) for n in names]
+    return [Path(__file__), Path(notebooks.__file__), *readers, Path(scan_cache.__file__)]
+
+
 @functools.cache
 def _scanner_id() -> str:
-    """The SHA-256 of the code that decides what a blob or a file holds (this module, the
-    notebooks' reader, what other files hold inside and which files are looked inside, the
-    file cache's rules): a cache another version wrote is not used (the git scan cache, the
-    file scan cache)."""
+    """The SHA-256 of the code that decides what a blob or a file holds
+    (:func:`_scanner_files`): a cache another version wrote is not used (the git scan cache,
+    the file scan cache)."""
     h = hashlib.sha256()
     try:
-        for module in (
-            __file__,
-            notebooks.__file__,
-            embedded.__file__,
-            embedded_archives.__file__,
-            embedded_db.__file__,
-            embedded_formats.__file__,
-            embedded_mapping.__file__,
-            embedded_pdf.__file__,
-            embedded_photos.__file__,
-            embedded_spill.__file__,
-            embedded_tables.__file__,
-            embedded_text.__file__,
-            embedded_utf16.__file__,
-            scan_cache.__file__,
-        ):
-            h.update(Path(str(module)).read_bytes())
+        for module in _scanner_files():
+            h.update(module.read_bytes())
     except OSError:  # code not in files: no cache is this one's
         return os.urandom(32).hex()
     return h.hexdigest()
