@@ -15,11 +15,15 @@ printed the same way, are no copy and stop nothing.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import pickle
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -608,3 +612,38 @@ def test_the_unwrapped_key_as_a_tables_value_stops_the_erasure(proj, store, form
     _, done = stopped_then_certified(proj, victim, made, kept)
     assert verify_certificate(done.certificate_path, root=root).ok
     put_back_fails_the_verifier(proj, done, made)
+
+
+def _zipped(key: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("key.bin", key)
+        z.writestr("notes.txt", "run 12, threshold 0.41\n" * 8)
+    return out.getvalue()
+
+
+def _tarred(key: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as t:
+        member = tarfile.TarInfo("key.bin")
+        member.size = len(key)
+        t.addfile(member, io.BytesIO(key))
+    return out.getvalue()
+
+
+def _torch_tensor(key: bytes) -> bytes:
+    torch = pytest.importorskip("torch")
+    return torch_saved({"step": 12, "key": torch.tensor(list(key), dtype=torch.uint8)})
+
+
+# The key's 32 bytes as an archive's member of their own: a file of a zip or a tar, a gzip
+# stream's one file, a tensor's storage in torch.save's zip (``archive/data/0``).
+_ARCHIVED = {"zip": _zipped, "tar": _tarred, "gzip": gzip.compress, "torch.save": _torch_tensor}
+
+
+@pytest.mark.parametrize("form", sorted(_ARCHIVED))
+def test_the_unwrapped_key_as_an_archives_member_stops_the_erasure(proj, form):
+    # A member of 32 bytes that begins as no known file does was hashed as it streamed and
+    # passed over as smaller than anything sought, never tested against the keys: the erasure
+    # certified with the key in a zip, a tar, a gzip stream, or a tensor of a checkpoint.
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".bin", _ARCHIVED[form])

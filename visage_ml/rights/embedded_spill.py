@@ -115,6 +115,7 @@ def _streamed(
         When that file cannot be written.
     """
     h, n = hashlib.sha256(head), len(head)
+    whole = head  # the member's bytes while no more than a key's (a stream may give them in pieces)
     with contextlib.ExitStack() as stack:
         spill = None
         if what is not None:
@@ -127,8 +128,13 @@ def _streamed(
             budget.spend(len(chunk))
             h.update(chunk)
             n += len(chunk)
+            if n <= embedded.KEY_SIZE:
+                whole += chunk
             if spill is not None:
                 _spilling(lambda c=chunk: spill.write(c))
+        if n == embedded.KEY_SIZE:  # tested against the keys sought, as a part of that size is
+            yield from embedded._digest(whole, sizes)
+            return
         if n < embedded.smallest_sought(sizes) and head[:2] not in embedded.EXPANDS_PAIRS:
             embedded.passed_over(sizes, n)
             return
