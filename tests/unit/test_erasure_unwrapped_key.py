@@ -647,3 +647,33 @@ def test_the_unwrapped_key_as_an_archives_member_stops_the_erasure(proj, form):
     # passed over as smaller than anything sought, never tested against the keys: the erasure
     # certified with the key in a zip, a tar, a gzip stream, or a tensor of a checkpoint.
     _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".bin", _ARCHIVED[form])
+
+
+def _npy(key: bytes, dtype: type = np.uint8) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.frombuffer(key, dtype))
+    return out.getvalue()
+
+
+def _npz(key: bytes, save=np.savez_compressed) -> bytes:
+    out = io.BytesIO()
+    save(out, key=np.frombuffer(key, np.uint8), x=np.arange(100))
+    return out.getvalue()
+
+
+# The key's 32 bytes as a NumPy array's buffer: a ``.npy`` of its bytes (or of the same bytes
+# seen as four floats), and such an array in an ``.npz`` beside another, compressed or stored.
+_ARRAYS = {
+    "npy": _npy,
+    "npy_float64": lambda key: _npy(key, np.float64),
+    "npz": _npz,
+    "npz_stored": lambda key: _npz(key, np.savez),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_ARRAYS))
+def test_the_unwrapped_key_as_an_arrays_buffer_stops_the_erasure(proj, form):
+    # ``np.save(f, np.frombuffer(key, np.uint8))``: the 32 bytes lie after the .npy header,
+    # which made the file (and an .npz's member) 160 bytes, smaller than anything sought, and
+    # the erasure certified with the key in it.
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".npy", _ARRAYS[form])

@@ -29,7 +29,8 @@ holds each as a latin-1 string's UTF-8: those of a size sought or that hold a PN
 signature are decoded first, :func:`_pickled`; one of protocol 0 or 1, told by its first
 opcodes, its strings of either and Python 2's quoted ``str``, :func:`_old_pickled`; Python
 2's ``str`` of protocol 1 and 2 and its ``bytearray`` too); a ``.npy`` file's object array is a
-pickle after its header (:func:`_npy_pickle`); a
+pickle after its header (:func:`_npy_pickle`), and an array of 32 bytes is tested for a key
+(:func:`_npy_key`); a
 PDF's ASCII85 streams are decoded, and those deflated first (``/FlateDecode``: an attached
 file, a JPEG deflated once more) inflated and read as an archive's member is
 (:func:`~visage_ml.rights.embedded_pdf._flates`); an Arrow file's or stream's byte and text
@@ -893,14 +894,16 @@ def _part(
 ) -> Iterator[str]:
     """A file held inside another: its SHA-256, and what it holds itself; nothing when smaller
     than anything sought and not compressed (a text, a pickle, a tar holds only what is smaller
-    than itself: a table's short strings), but for a key's 32 bytes (:func:`keyed`). ``told``:
-    kind() remembered (:func:`_told`)."""
+    than itself: a table's short strings), but for a key's 32 bytes (:func:`keyed`), printed
+    (:func:`key_texts`) or a ``.npy``'s array (:func:`_npy_key`). ``told``: kind() remembered
+    (:func:`_told`)."""
     if len(data) == KEY_SIZE:
         yield from _digest(data, sizes)
         return
     if len(data) < smallest_sought(sizes) and bytes(data[:2]) not in EXPANDS_PAIRS:
         passed_over(sizes, len(data))
         yield from key_texts(data, sizes, depth, budget)
+        yield from _npy_key(data, sizes)
         return
     yield from _digest(data, sizes)
     if depth < DEPTH and (what := _told(data[:SNIFF], told)) is not None:
@@ -991,6 +994,8 @@ def inside(
         for _, raw in embedded_text._runs(data, sizes):
             yield from _part(raw, sizes, depth, budget)
         yield from _pickled(data, what, sizes, depth, budget)
+        if what == BINARY:
+            yield from _npy_key(data, sizes)
         if what in (BINARY, PDF):
             yield from _photographs(data, sizes, depth, budget)
         yield from _compressed(data, what, sizes, depth, budget)
@@ -1040,12 +1045,29 @@ def _npy_pickle(data: Buffer) -> int:
     """Where the pickle of a ``.npy`` file's object array begins (``np.save`` of one: its
     header, then the array pickled, :data:`NPY_HEADER`); 0 for another file (a pickle's is
     its start)."""
+    head, end = _npy_header(data)
+    return end if end and NPY_HEADER.search(bytes(data[head:end])) is not None else 0
+
+
+def _npy_header(data: Buffer) -> tuple[int, int]:
+    """Where a ``.npy`` file's header begins and ends (its magic, version and length before it;
+    the array after it); (0, 0) for another file."""
     if bytes(data[: len(NPY_MAGIC)]) != NPY_MAGIC or len(data) < len(NPY_MAGIC) + 6:
-        return 0
+        return 0, 0
     width = 2 if data[len(NPY_MAGIC)] == 1 else 4
     head = len(NPY_MAGIC) + 2 + width
-    end = head + int.from_bytes(data[head - width : head], "little")
-    return end if NPY_HEADER.search(bytes(data[head:end])) is not None else 0
+    return head, head + int.from_bytes(data[head - width : head], "little")
+
+
+def _npy_key(data: Buffer, sizes: SizeFilter | None) -> list[str]:
+    """A key sought as a ``.npy`` file's whole array (``np.save(f, np.frombuffer(key,
+    np.uint8))``, or those bytes as another dtype; alone, or an ``.npz``'s member): the array's
+    buffer after the header, where it is exactly :data:`KEY_SIZE` bytes, tested as :func:`_part`
+    tests a part of that size (the file, 160 bytes, is smaller than anything sought)."""
+    _, end = _npy_header(data)
+    if not end or len(data) - end != KEY_SIZE:
+        return []
+    return _digest(bytes(data[end:]), sizes)
 
 
 def _latin1_values(
