@@ -677,3 +677,25 @@ def test_the_unwrapped_key_as_an_arrays_buffer_stops_the_erasure(proj, form):
     # which made the file (and an .npz's member) 160 bytes, smaller than anything sought, and
     # the erasure certified with the key in it.
     _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".npy", _ARRAYS[form])
+
+
+def _database(key: bytes) -> bytes:
+    """A SQLite database holding ``key`` in a BLOB column, beside 32 other bytes and a note."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE keys (run INTEGER, key BLOB, note TEXT)")
+    db.executemany(
+        "INSERT INTO keys VALUES (?, ?, ?)", [(1, bytes(range(32)), "seed"), (2, key, "data")]
+    )
+    db.commit()
+    data = db.serialize()
+    db.close()
+    return data
+
+
+def test_the_unwrapped_key_as_a_databases_blob_stops_the_erasure(proj):
+    # ``INSERT INTO keys VALUES (?, ?)`` with the key's bytes: a BLOB of 32 bytes, shorter than
+    # anything sought, was passed over in SQLite unread (a printed key was asked of the table,
+    # its raw bytes not), and the erasure certified with the key in the database.
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".db", _database)

@@ -14,9 +14,10 @@ What is read is never written: a file is opened read-only and immutable (no jour
 a git object) are deserialized, and either connection only queries. Tables are read by the
 names the database's own schema gives, each quoted (a table named ``x"; DROP TABLE y; --`` is
 one table), rows streamed through a cursor. A value that cannot matter (shorter than anything
-sought, not compressed, no base64 run of a compressed file in it) is passed over in SQLite, its
-row never made into Python's (a table of a log's hex ids). A value larger than
-:data:`~visage_ml.rights.embedded.EMBED_MAX` is not held in memory: a BLOB of a rowid table is
+sought, but a BLOB of a key's 32 bytes while a key is sought, not compressed, no base64 run of a
+compressed file in it) is passed over in SQLite, its row never made into Python's (a table of
+a log's hex ids). A value larger than :data:`~visage_ml.rights.embedded.EMBED_MAX` is not held
+in memory: a BLOB of a rowid table is
 hashed as it streams (:meth:`sqlite3.Connection.blobopen`), not looked inside; a TEXT that large
 is not read, and the database not shown clean (:class:`NotRead`).
 
@@ -738,7 +739,8 @@ def _worth(q: str) -> str:
     :func:`~visage_ml.rights.embedded._part` and of a short text's runs, loosened, so that a
     table of short values (a log's hex ids, names, labels) is passed over in SQLite, its rows
     never made into Python's; but, while a key is sought, a text as long as a key printed
-    (:func:`~visage_ml.rights.embedded.key_texts`)."""
+    (:func:`~visage_ml.rights.embedded.key_texts`) and a BLOB of a key's bytes
+    (:data:`~visage_ml.rights.embedded.KEY_SIZE`, tested as a part of that size is)."""
     b = f"CAST({q} AS BLOB)"
     first = ", ".join(f"X'{base64.b64decode(p + b'==').hex()}'" for p in sorted(B64_EXPANDS))
     runs = " OR ".join(f"instr({b}, X'{p.hex()}') > 0" for p in sorted(B64_EXPANDS))
@@ -747,7 +749,9 @@ def _worth(q: str) -> str:
         f"OR substr({b}, 1, 1) IN ({first}) "
         f"OR (length({b}) >= {embedded_text.B64_MIN} AND ({runs})) "
         # A key printed in it (embedded.key_texts), where a key is sought (``:keys``).
-        f"OR (:keys AND length({b}) >= {embedded.KEY_TEXT_MIN}))"
+        f"OR (:keys AND length({b}) >= {embedded.KEY_TEXT_MIN}) "
+        # A key's own bytes, where one is sought: a BLOB of exactly that many.
+        f"OR (:keys AND typeof({q}) = 'blob' AND length({q}) = {embedded.KEY_SIZE}))"
     )
 
 
