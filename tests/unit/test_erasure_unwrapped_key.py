@@ -699,3 +699,26 @@ def test_the_unwrapped_key_as_a_databases_blob_stops_the_erasure(proj):
     # anything sought, was passed over in SQLite unread (a printed key was asked of the table,
     # its raw bytes not), and the erasure certified with the key in the database.
     _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".db", _database)
+
+
+def _legacy_checkpoint(key: bytes, dtype: str) -> bytes:
+    """``torch.save(..., _use_new_zipfile_serialization=False)`` of a state holding ``key`` as a
+    tensor (its bytes as ``dtype``) between two others: no zip, the pickles then each storage's
+    bytes after its element count."""
+    torch = pytest.importorskip("torch")
+    tensor = torch.frombuffer(bytearray(key), dtype=getattr(torch, dtype))
+    state = {"w": torch.arange(40, dtype=torch.float32), "key": tensor, "b": torch.ones(3)}
+    out = io.BytesIO()
+    torch.save(state, out, _use_new_zipfile_serialization=False)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "float64"])
+def test_the_unwrapped_key_in_a_legacy_torch_checkpoint_stops_the_erasure(proj, dtype):
+    # torch's format before 1.6 (still written on request): the tensors' bytes lie as they are
+    # after the pickles, each storage after its element count; the key's 32 bytes were read
+    # as nothing and the erasure certified.
+    def saved(key: bytes) -> bytes:
+        return _legacy_checkpoint(key, dtype)
+
+    _stops_until_taken_out(proj, proj.paths.root / "models" / "debug", ".pt", saved)

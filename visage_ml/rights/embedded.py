@@ -237,6 +237,12 @@ PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
 # or a ``bytearray`` (5: BYTEARRAY8, eight): an erased subject's key pickled as it is, among
 # other values (:func:`_pickled`).
 PICKLED_KEY = re.compile(rb"C\x20|\x96\x20\x00{7}")
+# torch's format before 1.6 (``torch.save(..., _use_new_zipfile_serialization=False)``, no zip):
+# its pickles, the first of its magic number, then each tensor's storage as it is after its
+# element count, eight bytes little-endian; one of a key's 32 bytes counts 32, 16, 8 or 4
+# elements of one, two, four or eight bytes (:func:`_pickled`).
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+TORCH_STORAGE_KEY = re.compile(rb"[\x04\x08\x10\x20]\x00{7}")
 # Protocol 3 and up hold every ``bytes`` value (a NumPy array's buffer too) as it is, after an
 # opcode and its length, little-endian: SHORT_BINBYTES (``C``, one byte), BINBYTES (``B``,
 # four), BINBYTES8 (eight: over 4 GiB) and protocol 5's BYTEARRAY8 (eight); each value of a
@@ -1009,10 +1015,12 @@ def _pickled(
     """What ``data``, a file of kind ``what``, holds as a pickle's bytes beyond what lies in it
     as it is: :func:`_part` of the 32 bytes after each opcode of :data:`PICKLED_KEY` that are a
     key sought (:func:`key_test`: the opcodes' two bytes found in other bytes too, an array's
-    floats, are tested and let go, about one every 64 KiB), of each value of a size sought,
-    whole (:func:`_pickled_values`), and of protocol 2's bytes (:func:`_latin1_strings`) what
-    they would give in one of protocol 3: a key sought, the value whole when of a size sought
-    (:func:`_latin1_sought`), each PNG and JPEG (:func:`_photographs`). Only those a key's size
+    floats, are tested and let go, about one every 64 KiB), and in a checkpoint of torch's
+    legacy format after each element count of :data:`TORCH_STORAGE_KEY`; of each value of a
+    size sought, whole (:func:`_pickled_values`), and of protocol 2's bytes
+    (:func:`_latin1_strings`) what they would give in one of protocol 3: a key sought, the value
+    whole when of a size sought (:func:`_latin1_sought`), each PNG and JPEG
+    (:func:`_photographs`). Only those a key's size
     could be, of a size sought, or in which a PNG's or a JPEG's signature lies
     (:func:`_signed`), are decoded (:func:`_latin1_bytes`: UTF-8 decoding took 3 ns a byte,
     most of the reader's time, and a pickle of a data set's features holds little else); of
@@ -1031,14 +1039,29 @@ def _pickled(
         return
     test = key_test(sizes)
     if test is not None:
-        for m in PICKLED_KEY.finditer(data):
-            raw = bytes(data[m.end() : m.end() + KEY_SIZE])
-            if len(raw) == KEY_SIZE and test(raw):
-                yield from _part(raw, sizes, depth, budget)
+        yield from _keys_after(data, PICKLED_KEY, test, sizes, depth, budget)
+        if bytes(data[: len(TORCH_LEGACY_MAGIC)]) == TORCH_LEGACY_MAGIC:
+            yield from _keys_after(data, TORCH_STORAGE_KEY, test, sizes, depth, budget)
     floor, protocols = smallest_sought(sizes), _protocols(data, begins)
     yield from _pickled_values(data, sizes, depth, budget, floor, protocols)
     yield from _latin1_values(data, _latin1_strings(data), sizes, depth, budget, floor)
     yield from _printed_keys(data, protocols, sizes, depth, budget)
+
+
+def _keys_after(
+    data: Buffer,
+    head: re.Pattern[bytes],
+    test: Callable[[bytes], bool],
+    sizes: SizeFilter | None,
+    depth: int,
+    budget: _Budget,
+) -> Iterator[str]:
+    """:func:`_part` of the :data:`KEY_SIZE` bytes after each match of ``head`` (an opcode and
+    its length, a storage's element count) that are a key sought (``test``)."""
+    for m in head.finditer(data):
+        raw = bytes(data[m.end() : m.end() + KEY_SIZE])
+        if len(raw) == KEY_SIZE and test(raw):
+            yield from _part(raw, sizes, depth, budget)
 
 
 def _npy_pickle(data: Buffer) -> int:
