@@ -274,9 +274,8 @@ def _spill_file(folder: Path) -> IO[bytes]:
 
 
 # The project's own sealed files (a photograph, a crops file: its magic, then ciphertext), the
-# bulk of a project and of its DVC cache: not read for a tar's header past their first bytes,
-# which would read every one of them whole at every scan (455 of the 579 MB told nothing in the
-# demo's project) for a backup that no tar writes under such a head.
+# bulk of a project and of its DVC cache: where one is read (its size sought), its blocks are not
+# searched for a tar's header past its first bytes (no tar is written under such a head).
 SEALED = (datakeys.MAGIC, crops.MAGIC)
 
 
@@ -521,19 +520,16 @@ def _looked_at(
             try:
                 with open(path, "rb") as fh:
                     first = fh.read(SNIFF)
-                    told = _json_start(first) or embedded.kind(first) is not None
-                    # Told nothing: not read unless a block further on is a tar's header
-                    # (``tar -xif`` reads a backup whose start was overwritten from there),
-                    # but for the project's own sealed files (:data:`SEALED`).
-                    fh.seek(0)
-                    if not told and (
-                        first.startswith(SEALED) or embedded_archives._tar_start(fh) < 0
-                    ):
-                        return Read(None, size), False
             except FileNotFoundError:
                 return Read(None, 0), True
             except OSError:
                 return Read(None, UNREADABLE), True
+            # Told nothing: not read. A tar whose start was overwritten (``tar -xif`` reads it
+            # from its first header however far) is found only in a file read anyway
+            # (:class:`_Reader`): searching every such file would read all of a project's other
+            # data at every scan, where the size filter exists so that none of it is.
+            if not _json_start(first) and embedded.kind(first) is None:
+                return Read(None, size), False
     return _hash(path, sizes, cache=cache, key=key), True
 
 

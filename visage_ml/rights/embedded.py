@@ -69,9 +69,10 @@ a compressed stream
 past the point it breaks (a zip's damaged member is passed over, the rest read and the zip not
 shown clean; a tar's damaged header is skipped to the next, as GNU tar does, its first too, and
 zero blocks before it as ``tar -i`` skips them, a V7 tar's headers told by their checksum:
-:data:`TAR_BLOCK`; one whose start was overwritten, a file of the project its first
-:data:`SNIFF` bytes tell as nothing, is read from its first header however far, but held
-inside another file or streamed from a remote (S3) it is not; a damaged or
+:data:`TAR_BLOCK`; one whose start was overwritten, its first :data:`SNIFF` bytes telling it
+as nothing, is read from its first header however far where it is read anyway (a size sought,
+a git blob, a remote's object streamed), not as a file of no size sought nor held inside
+another file; a damaged or
 encrypted SQLite database is not shown clean; its
 ``-wal`` file is read with it, as SQLite does; one whose freed space holds a deleted
 photograph's start is not shown clean either), of rows deleted but left in freed pages what
@@ -179,10 +180,11 @@ TAR_MAGIC, TAR_AT = b"ustar", 257
 # checksum was damaged; only where its first bytes are no pickle of protocol 0 or 1, whose long
 # number of octal digits reads as them) or its checksum; it is read from the first block
 # bearing a header's magic or its checksum
-# (:func:`~visage_ml.rights.embedded_archives._tar_start`), however far. A file of the project
-# those bytes tell as nothing (kind() None: a tar whose first 8 KiB were overwritten with random
-# bytes) has every block searched so as it is read, and is read as a tar from the first found
-# (:class:`~visage_ml.rights.embedded_archives.HeaderSearch`).
+# (:func:`~visage_ml.rights.embedded_archives._tar_start`), however far. A file those bytes tell
+# as nothing (kind() None: a tar whose first 8 KiB were overwritten with random bytes) that is
+# read anyway has every block searched so as it is read, and is read as a tar from the first
+# found (:class:`~visage_ml.rights.embedded_archives.HeaderSearch`); one of no size sought is
+# not read.
 TAR_BLOCK = 512
 TAR_MAGICS = (b"ustar\x0000", b"ustar  \x00")
 # A header's numeric fields but its checksum, where they lie and whether tar writes a digit in
