@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from visage_ml.io import md5_file
 from visage_ml.procenv import child_env
 
 log = logging.getLogger(__name__)
@@ -146,12 +147,12 @@ def folder_state(target: Path) -> FolderState:
     """Whether the folder ``target`` of the workspace holds exactly the files ``<target>.dvc``
     records, told without the DVC cache: the md5 of the listing ``dvc add`` would record for it
     (each file's md5 and relative path, DVC's ignore rules applied: DVC 3's ``.dir`` object) is
-    the record's. Each file is read in 1 MiB blocks, only where the record's file count and byte
-    total (``nfiles``, ``size``) are the workspace's. ``same`` is False too where it cannot be
-    told: no record of a folder, or one that cannot be read, a record of DVC 2's hash
-    (``md5-dos2unix``: no ``hash: md5``), a ``.dvcignore`` inside (``dvc add`` refuses it), a
-    file that is not a regular one or cannot be read, ``target`` not a folder of a DVC
-    repository."""
+    the record's. Each file is read (:func:`~visage_ml.io.md5_file`) only where the record's
+    file count and byte total (``nfiles``, ``size``) are the workspace's. ``same`` is False
+    too where it cannot be told: no record of a folder, or one that cannot be read, a record of
+    DVC 2's hash (``md5-dos2unix``: no ``hash: md5``), a ``.dvcignore`` inside (``dvc add``
+    refuses it), a file that is not a regular one or cannot be read, ``target`` not a folder of
+    a DVC repository."""
     target = Path(target).absolute()
     try:
         doc = yaml.safe_load(Path(f"{target}.dvc").read_text(encoding="utf-8")) or {}
@@ -171,12 +172,12 @@ def folder_state(target: Path) -> FolderState:
         or (isinstance(size, int) and size != sum(n for _, n in files.values()))
     ):
         return state
-    listing = []
-    for rel, (path, _) in sorted(files.items()):
-        digest = _file_md5(path)
-        if digest is None:
-            return state
-        listing.append({"md5": digest, "relpath": rel})
+    try:
+        listing = [
+            {"md5": md5_file(path), "relpath": rel} for rel, (path, _) in sorted(files.items())
+        ]
+    except OSError:  # a file that cannot be read: not shown to be the record's
+        return state
     # DVC's Tree.as_bytes and Tree.digest (dvc-data): the listing sorted by path as JSON, its md5.
     body = json.dumps(listing, sort_keys=True).encode("utf-8")
     return state._replace(same=hashlib.md5(body, usedforsecurity=False).hexdigest() == md5[:-4])
@@ -207,18 +208,6 @@ def _folder_files(target: Path) -> dict[str, tuple[Path, int]] | None:
                 size = -1
             found[path.relative_to(target).as_posix()] = (path, size)
     return found
-
-
-def _file_md5(path: Path) -> str | None:
-    """The md5 of a file, read in 1 MiB blocks; None where it cannot be read."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    try:
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                md5.update(block)
-    except OSError:
-        return None
-    return md5.hexdigest()
 
 
 def in_cache(start: Path, md5: str) -> bool:

@@ -10,8 +10,8 @@ window at a time from its file (:class:`Utf8Reader`), and read as a UTF-8 text i
 (:mod:`~visage_ml.rights.embedded_text`). A run cut out of it is cut from the text it decodes
 to exactly, and that written back in its byte order with its mark (:func:`utf16_of`): UTF-16
 and UTF-8 spell the same characters, so what is not cut comes back byte for byte. A text
-without a mark (rarely written: PowerShell 7's ``-Encoding Unicode`` writes one too) is not
-told one.
+without a mark is told one only where its first bytes are UTF-16LE of printable ASCII
+(:func:`_unmarked`: Python's ``encode("utf-16-le")``), and written back without one.
 """
 
 from __future__ import annotations
