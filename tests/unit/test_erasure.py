@@ -807,6 +807,49 @@ def test_an_erasure_whose_photograph_is_lost_for_good_can_go_on_once_the_loss_is
     assert report.ok, report.findings
 
 
+@pytest.mark.pipeline
+def test_an_erasure_where_a_recorded_file_is_gone_with_the_listing_erases_nothing_until_fetched(
+    tiny_project,
+):
+    """A file DVC records in data/raw that no table lists (another subject's photograph filed
+    under a third with a name of its own), gone from the workspace, and data/raw.dvc's listing
+    not in the DVC cache: every photograph the tables list is there, so the erasure went on and
+    the raw step's `dvc add` made a version without the file. Refused now before anything is
+    erased, the request kept with its failure, naming no one; once fetched and checked out, it
+    is erased and the file kept in the version recorded."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    paths = proj.paths
+    victim, other, third = proj.pids
+    copy = paths.raw / third / "kept.sealed"
+    copy.write_bytes(sorted((paths.raw / other).iterdir())[0].read_bytes())
+    assert _dvc(root, "add", "data/raw").returncode == 0
+    copy.unlink()
+    md5 = str(tracked_md5(root, paths.raw))
+    listing = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    kept = listing.read_bytes()
+    listing.chmod(0o600)
+    listing.unlink()
+    key = PrivacyCore(paths).data_keys.key(victim)
+
+    with pytest.raises(RawDataMissingError, match="not shown to be what") as stopped:
+        Erasure(paths).erase(victim)
+
+    said = " ".join(str(stopped.value).split())
+    assert "run `dvc fetch data/raw` first" in said and other not in said, said
+    assert third not in said and copy.name not in said, said
+    st = _kept_stopped_at_preflight(paths, victim, key, stopped.value)
+
+    listing.write_bytes(kept)  # as `dvc fetch data/raw` from a remote holding it brings it
+    assert _dvc(root, "checkout", "data/raw").returncode == 0 and copy.is_file()
+    result = Erasure(paths).run(st.request_id)
+
+    assert not (paths.raw / victim).exists() and copy.is_file()
+    assert f"{third}/{copy.name}" in {e["relpath"] for e in _dir_listing(root)}
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
+
+
 def _dir_listing(root: Path) -> list[dict]:
     """The entries of data/raw.dvc's .dir object in the DVC cache."""
     md5 = yaml.safe_load((root / "data" / "raw.dvc").read_text())["outs"][0]["md5"]

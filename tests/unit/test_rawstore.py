@@ -768,3 +768,94 @@ def test_photographs_deleted_where_dvc_does_not_track_data_raw_do_not_stop_a_tra
     assert list(read_images(paths.raw)["image_id"]) == [a1, b1]
     assert "1 photograph(s) that data/raw/images.parquet lists are not in data/raw" in caplog.text
     assert PID_A not in caplog.text
+
+
+PID_C = "p" + "c" * 16
+
+
+def _a_recorded_copy_the_tables_do_not_list(store: RawStore) -> Path:
+    """Two photographs of one subject and one of another tracked by DVC, then a copy of the
+    first subject's photograph filed under the other with a name of its own (no table lists
+    it) and `dvc add`ed; returns the copy's path."""
+    ids = _two_photographs_tracked(store)
+    commit_one(store, PID_B, b"other subject")
+    copy = store.paths.raw / PID_B / "kept.sealed"
+    copy.write_bytes((store.paths.raw / PID_A / f"{ids[0]}.sealed").read_bytes())
+    assert _dvc_in(store.paths.root, "add", "data/raw").returncode == 0
+    return copy
+
+
+def _without_the_listing(root: Path, what: str) -> Callable[[], None]:
+    """``what`` of the DVC cache gone (``the_listing``: data/raw.dvc's .dir object;
+    ``the_whole_cache``); returns what `dvc fetch data/raw` from a remote holding them would
+    do: put them back."""
+    cache = root / ".dvc" / "cache"
+    kept = root.parent / "fetchable"
+    shutil.copytree(cache, kept)
+    if what == "the_listing":
+        cached = cached_object(root, str(dvcops.tracked_md5(root, root / "data" / "raw")))
+        cached.chmod(0o600)
+        cached.unlink()
+    else:
+        shutil.rmtree(cache)
+    return partial(shutil.copytree, kept, cache, dirs_exist_ok=True)
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("what", ["the_listing", "the_whole_cache"])
+def test_a_recorded_file_no_table_lists_gone_with_the_listing_stops_a_transaction(
+    store, tmp_path, what
+):
+    """A file DVC records in data/raw that images.parquet does not list (a copy of a photograph
+    filed under another subject), gone from the workspace, and data/raw.dvc's listing not in the
+    DVC cache: every photograph the table lists is there, so the transaction went on and its
+    `dvc add data/raw` made a version without the file, which `dvc checkout data/raw` then
+    brought back no more. Refused now before anything is staged, counting files and naming
+    none, saying to fetch first (the advice followed takes nothing out of the workspace); once
+    fetched and checked out, the same change keeps the file in the version it records."""
+    paths = store.paths
+    _dvc_repo(paths.root)
+    copy = _a_recorded_copy_the_tables_do_not_list(store)
+    copy.unlink()
+    fetched = _without_the_listing(paths.root, what)
+    before = _links_and_files(paths.data)
+
+    with pytest.raises(rawstore.RawDataMissingError) as err:
+        commit_one(store, PID_C, b"new subject")
+
+    said = " ".join(str(err.value).split())
+    assert _links_and_files(paths.data) == before  # nothing staged, data/raw.dvc untouched
+    assert "5 file(s)" in said and "6 file(s)" in said and "nothing was changed" in said, said
+    assert "not in the DVC cache" in said and "run `dvc fetch data/raw` first" in said, said
+    assert "`dvc add data/raw`" in said, said  # where no remote holds it: record it as it is
+    assert not {PID_A, PID_B, PID_C, copy.name} & set(said.replace("/", " ").split()), said
+    follow_first_advice(said, paths.root, tmp_path / "followed")
+    assert _links_and_files(tmp_path / "followed" / "data") == before, said
+
+    fetched()
+    assert _dvc_in(paths.root, "checkout", "data/raw").returncode == 0 and copy.is_file()
+    commit_one(store, PID_C, b"new subject")
+    assert f"{PID_B}/{copy.name}" in (dvcops.tracked_objects(paths.raw) or {})
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("change", ["none", "recorded_by_hand"])
+def test_data_raw_shown_to_be_its_record_without_the_listing_takes_a_transaction(store, change):
+    """data/raw.dvc's listing not in the DVC cache (a checkout whose cache is gone), and data/raw
+    what it records, told from its files: the transaction goes on. So too once a change made by
+    hand (the copy deleted on purpose) is recorded with `dvc add data/raw`, as the refusal
+    says where no remote holds the listing."""
+    paths = store.paths
+    _dvc_repo(paths.root)
+    copy = _a_recorded_copy_the_tables_do_not_list(store)
+    if change == "recorded_by_hand":
+        copy.unlink()
+    _without_the_listing(paths.root, "the_whole_cache")
+    if change == "recorded_by_hand":
+        assert _dvc_in(paths.root, "add", "data/raw").returncode == 0
+
+    commit_one(store, PID_C, b"new subject")
+
+    assert PID_C in set(read_subjects(paths.raw)["pid"])
+    recorded = dvcops.tracked_objects(paths.raw) or {}
+    assert (f"{PID_B}/{copy.name}" in recorded) == (change == "none")

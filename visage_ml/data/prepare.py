@@ -171,7 +171,7 @@ def prepare(
     # Not from a data/raw that is not checked out (or cut short): the advice to acquire data
     # would write it anew without the tracked subjects, and a part of it is not the data set
     # (the folders are listed, every subject's: dvc.lock would record data/raw as found).
-    check_checked_out(paths.raw, effect=EFFECT_PREPARED)
+    check_checked_out(paths.raw, effect=EFFECT_PREPARED, written=False)
     subjects = read_subjects(paths.raw)
     snapshot = _narrowed_to_registry(
         read_snapshot(paths.consents),

@@ -81,7 +81,10 @@ Nor does it begin where both tables are there but photographs they list are not,
 record of ``data/raw`` holds them (:func:`check_images`: a checkout cut short, or run for some
 files): the next ``dvc add`` would record a version without them, and ``dvc checkout`` would
 bring them back no more. Photographs that nothing can bring back (DVC does not track
-``data/raw``, or its record lacks them) stop nothing; a warning counts them.
+``data/raw``, or its record lacks them) stop nothing; a warning counts them. Nor, where the
+record's listing is not in the DVC cache, where ``data/raw`` is not shown to be what the record
+holds (:func:`check_recorded`): a file it holds that no table lists, not here, would be gone
+from the next version too.
 
 Recovery rule, applied under the lock when a transaction starts (:meth:`RawStore.recover`):
 
@@ -238,6 +241,18 @@ MSG_RAW_IMAGES_NOT_CACHED = (
     "in the DVC cache either, and " + CHECKOUT_TAKES_ALL + ", then run again; where "
     "no remote holds them, they are lost: `dvc add data/raw` records data/raw without them, "
     "after which this goes on (a warning counts them)"
+)
+# data/raw.dvc's listing not in the DVC cache, and data/raw not shown to be what that record
+# holds (dvcops.folder_state): a file it holds that no table lists, not here, cannot be told,
+# and the `dvc add` that ends a write would make it gone from the current version.
+MSG_RAW_NOT_RECORDED = (
+    "data/raw here ({here} file(s)) is not shown to be what DVC's record of it (data/raw.dvc, "
+    "{recorded} file(s)) holds, and " + NOT_CACHED_LISTING + " not in the DVC cache: a file of "
+    "that record may be neither here nor listed by a table, and data/raw written without it "
+    "would make it gone from the version `dvc add` makes of it, so nothing was changed; "
+    + CHECKOUT_TAKES_ALL
+    + ", then run again; where no remote holds it, or data/raw here is what is to be kept (a "
+    "file taken out on purpose), `dvc add data/raw` records it as it is, after which this goes on"
 )
 # What going on without the photographs would do, for MSG_RAW_IMAGES_NOT_CHECKED_OUT.
 EFFECT_WRITTEN = (
@@ -587,12 +602,51 @@ def check_images(
     )
 
 
-def check_checked_out(raw_dir: Path, *, effect: str = EFFECT_WRITTEN) -> None:
+def check_recorded(raw_dir: Path) -> None:
+    """Refuse to go on where DVC's listing of ``raw_dir`` (``data/raw.dvc``'s ``.dir`` object)
+    is not in the DVC cache and ``raw_dir`` is not shown to be what that record holds
+    (:func:`~visage_ml.dvcops.folder_state`: its file count and byte total, then its md5 as
+    ``dvc add`` computes it): a file the record holds that no table lists (a copy filed under
+    another subject, any file), not here, is not seen by :func:`check_images`, which reads the
+    tables, and the ``dvc add data/raw`` that ends a write would make it gone from the current
+    version. What a writer of ``data/raw`` checks (:func:`check_checked_out`); a reader needs
+    none of it.
+
+    Nothing is hashed where DVC does not track ``raw_dir`` in a DVC repository (no ``dvc add``
+    follows a write), or its listing is in the cache (one read of it; a recorded file no table
+    lists is not looked for there), or records no file; each file of ``raw_dir`` is read only
+    where the record's file count and byte total are the workspace's.
+
+    Raises
+    ------
+    RawDataMissingError
+        :data:`MSG_RAW_NOT_RECORDED`: the files here and recorded counted, none named; fetch
+        the listing first (a checkout without it takes the whole folder out of the workspace),
+        or ``dvc add data/raw`` where ``data/raw`` here is what is to be kept.
+    """
+    raw_dir = Path(raw_dir)
+    if not dvc_file(raw_dir).is_file() or dvcops.tracked_objects(raw_dir) is not None:
+        return
+    if not any(dvcops.is_dvc_repo(d) for d in raw_dir.absolute().parents):
+        return
+    state = dvcops.folder_state(raw_dir)
+    if state.same:
+        return
+    recorded = "an unknown number of" if state.recorded is None else state.recorded
+    raise RawDataMissingError(MSG_RAW_NOT_RECORDED.format(here=state.files, recorded=recorded))
+
+
+def check_checked_out(raw_dir: Path, *, effect: str = EFFECT_WRITTEN, written: bool = True) -> None:
     """Refuse to go on where ``data/raw`` is not checked out (:func:`check_tables`) or only in
     part (:func:`check_images`, every subject's photographs; ``effect``: what going on without
-    them would do): what every writer of ``data/raw`` and the ``prepare`` stage check first."""
+    them would do), or, ``written`` (a ``dvc add data/raw`` records what the caller writes),
+    where it is not shown to be what DVC records without the record's listing
+    (:func:`check_recorded`): what every writer of ``data/raw`` and the ``prepare`` stage
+    (not ``written``) check first."""
     check_tables(raw_dir)
     check_images(raw_dir, effect=effect)
+    if written:
+        check_recorded(raw_dir)
 
 
 def _check_gender(values: pd.Series) -> None:
@@ -1157,8 +1211,9 @@ class RawStore:
             written back, it would hold only this transaction's rows, and the next ``dvc add``
             would make every other subject's rows gone from the current version. So too where
             photographs the tables list are not there though DVC can bring them back
-            (:func:`check_images`): ``dvc add`` would make a version without them
-            (:func:`check_checked_out`).
+            (:func:`check_images`): ``dvc add`` would make a version without them; or where
+            ``data/raw`` is not shown to be what DVC records, the record's listing not in the
+            cache (:func:`check_recorded`) (:func:`check_checked_out`).
 
         Notes
         -----

@@ -31,6 +31,7 @@ from visage_ml.data.rawstore import (
     absent_shown,
     absent_tables,
     check_images,
+    check_recorded,
     tables_expected,
     uncached_shown,
 )
@@ -83,14 +84,19 @@ def check_raw(
     everyone
         Check every subject's photographs, not only ``pid``'s: the action writes ``data/raw``
         again (an erasure, a rectification), and the version ``dvc add`` then makes would
-        lack any photograph not there.
+        lack any photograph not there; and, where DVC's listing of ``data/raw`` is not in the
+        cache, that ``data/raw`` is what DVC records
+        (:func:`~visage_ml.data.rawstore.check_recorded`): a file the record holds that no
+        table lists would be lacking too.
 
     Raises
     ------
     visage_ml.data.rawstore.RawDataMissingError
         A table is not there though the subject's rows are expected in it, or photographs the
         tables list (the subject's; with ``everyone``, anyone's) are not there though DVC's
-        record of ``data/raw`` holds them: the message says which, why and what to run
+        record of ``data/raw`` holds them, or (``everyone``) ``data/raw`` is not shown to be
+        what that record holds where its listing is not in the cache: the message says which,
+        why and what to run
         (``dvc checkout data/raw``; ``dvc fetch data/raw`` first where the DVC cache lacks
         what the checkout needs, :func:`~visage_ml.data.rawstore.uncached_shown`, which would
         otherwise take the whole of ``data/raw`` out of the workspace).
@@ -102,6 +108,8 @@ def check_raw(
             pids=None if everyone else [pid],
             effect=EFFECT_WRITTEN if everyone else EFFECT_READ,
         )
+        if everyone:
+            check_recorded(paths.raw)
         return
     why = tables_expected(paths.raw, missing) or _theirs_expected(paths, pid, source, crops)
     if why is None:

@@ -364,7 +364,9 @@ def seal_project(paths: ProjectPaths, *, core: PrivacyCore | None = None) -> Sea
         there though rows are expected in it (:func:`~visage_ml.data.rawstore.check_tables`):
         the ``dvc add data/raw`` that ends the seal would make a version without them current.
         So too where photographs the tables list are not there though DVC can bring them back
-        (:func:`~visage_ml.data.rawstore.check_images`: checked out only in part).
+        (:func:`~visage_ml.data.rawstore.check_images`: checked out only in part), or where
+        ``data/raw`` is not shown to be what DVC records, its listing not in the DVC cache
+        (:func:`~visage_ml.data.rawstore.check_recorded`).
     """
     if dvcops.is_dvc_repo(paths.root):
         check_checked_out(paths.raw)
