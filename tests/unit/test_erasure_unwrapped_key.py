@@ -722,3 +722,48 @@ def test_the_unwrapped_key_in_a_legacy_torch_checkpoint_stops_the_erasure(proj, 
         return _legacy_checkpoint(key, dtype)
 
     _stops_until_taken_out(proj, proj.paths.root / "models" / "debug", ".pt", saved)
+
+
+# The key printed within a longer string, pickled: a letter of the string's opcode, length or
+# memo's put lies against its run, so the text reader reads a run one too long. ``key.hex() +
+# ".bin"`` with protocol 4 (its length 68 is ``D``, a hex digit), ``"key=" + `` its unpadded
+# base64 with protocol 1 to 3 (the BINPUT ``q`` after it).
+_IN_LONGER = {
+    "hex_bin_4": lambda key: pickle.dumps({"f": key.hex() + ".bin"}, protocol=4),
+    **{
+        f"b64_after_key_{p}": lambda key, p=p: pickle.dumps(
+            {"k": "key=" + base64.b64encode(key).decode().rstrip("=")}, protocol=p
+        )
+        for p in (1, 2, 3)
+    },
+}
+
+
+@pytest.mark.parametrize("form", sorted(_IN_LONGER))
+def test_the_key_printed_within_a_longer_pickled_string_stops_the_erasure(proj, form):
+    # Only strings of a printed key's length were read by their opcode: a longer one holding it
+    # was left to the text reader, whose run took the opcode's letter in, and the erasure
+    # certified.
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".pkl", _IN_LONGER[form])
+
+
+@pytest.mark.parametrize("form", sorted(_IN_LONGER))
+def test_a_key_within_a_longer_pickled_string_is_found_mapped_and_held_in_another(tmp_path, form):
+    # Read from its file mapped, and held as a value of another pickle (whose text is not
+    # read): found alike; a longer run of the string's own (65 hex digits, base64 of 33
+    # bytes) is no key.
+    key = os.urandom(32)
+    sha = hashlib.sha256(key).hexdigest()
+    data = _IN_LONGER[form](key)
+    assert sha in set(embedded.inside(data, embedded.BINARY))
+    (tmp_path / form).write_bytes(data)
+    with open(tmp_path / form, "rb") as fh:
+        assert sha in set(embedded.inside_large(fh, embedded.BINARY))
+    queue = pickle.dumps({"records": [data, bytes(64)]}, protocol=4)
+    assert sha in set(embedded.inside(queue, embedded.BINARY))
+    for near in (
+        pickle.dumps({"f": key.hex() + "0.bin"}, protocol=4),
+        pickle.dumps({"f": "0" + key.hex() + ".bin"}, protocol=4),
+        pickle.dumps({"k": "key=" + base64.b64encode(key + b"!").decode()}, protocol=2),
+    ):
+        assert sha not in set(embedded.inside(near, embedded.BINARY))

@@ -1037,7 +1037,7 @@ def _pickled(
     if not PICKLE_MAGIC.match(data[begins : begins + 2]):
         if _old_pickle(bytes(data[:SNIFF])):
             yield from _old_pickled(data, sizes, depth, budget)
-            yield from _printed_keys(data, None, sizes, depth, budget)
+            yield from _printed_keys(data, sizes, depth, budget)
         return
     test = key_test(sizes)
     if test is not None:
@@ -1047,7 +1047,7 @@ def _pickled(
     floor, protocols = smallest_sought(sizes), _protocols(data, begins)
     yield from _pickled_values(data, sizes, depth, budget, floor, protocols)
     yield from _latin1_values(data, _latin1_strings(data), sizes, depth, budget, floor)
-    yield from _printed_keys(data, protocols, sizes, depth, budget)
+    yield from _printed_keys(data, sizes, depth, budget)
 
 
 def _keys_after(
