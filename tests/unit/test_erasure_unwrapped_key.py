@@ -767,3 +767,32 @@ def test_a_key_within_a_longer_pickled_string_is_found_mapped_and_held_in_anothe
         pickle.dumps({"k": "key=" + base64.b64encode(key + b"!").decode()}, protocol=2),
     ):
         assert sha not in set(embedded.inside(near, embedded.BINARY))
+
+
+def _der_b64(key: bytes) -> str:
+    """The key as an ASN.1 OCTET STRING of 32 bytes (``04 20``, then its bytes), in base64."""
+    return base64.b64encode(b"\x04\x20" + key).decode()
+
+
+# The key DER-wrapped as PKCS#8 and raw-key tools print it: between PEM lines, or alone in a log.
+_DER_TEXTS = {
+    "pem": lambda k: f"-----BEGIN PRIVATE KEY-----\n{_der_b64(k)}\n-----END PRIVATE KEY-----\n",
+    "alone": lambda k: f"run 12\nkey (der): {_der_b64(k)}\nthreshold 0.41\n",
+}
+
+
+@pytest.mark.parametrize("form", sorted(_DER_TEXTS))
+def test_the_key_der_wrapped_in_base64_is_found_and_cut(proj, form):
+    # Base64 of 34 bytes (04 20, then the key's 32) is no run of a key's length, and the
+    # erasure certified with it in the text: the key opens every sealed copy off-site.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    key, theirs = _data_key(proj, victim), _data_key(proj, other)
+    text, kept = _DER_TEXTS[form](key), _DER_TEXTS[form](theirs)
+    path = _put(root / "reports" / "key.pem", text)
+    other_path = _put(root / "reports" / "theirs.pem", kept)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert _der_b64(key) not in path.read_text(encoding="utf-8")
+    assert other_path.read_text(encoding="utf-8") == kept
+    _put_back_fails(result, path, text, root=root)

@@ -81,6 +81,12 @@ B64_KEY = re.compile(
     rb"(?:(?<![A-Za-z0-9+/_\\-])|(?<=\\[nrt]))[A-Za-z0-9+/_-]{43}(?:=|(?![A-Za-z0-9+/_=-]))"
 )
 KEY_CHARS = 43
+# A key DER-wrapped as PKCS#8 and raw-key tools print it (between PEM lines, or alone): an ASN.1
+# OCTET STRING of its 32 bytes (``04 20``, then them), 34 bytes, base64 of 46 letters and its
+# padding.
+DER_KEY = b"\x04\x20"
+DER_KEY_CHARS = (46, 48)
+_DER_SIZE = len(DER_KEY) + embedded.KEY_SIZE
 # Either lies in a run of :data:`KEY_CHARS` bytes at least holding no backslash nor line break:
 # found with ``bytes.find`` in the run with those as NULs (:func:`_keys`), so that a run of
 # escapes (Python 2's ``repr`` of bytes, ``\\xhh`` every few bytes) is not searched for a key.
@@ -429,7 +435,8 @@ def _keys(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], 
     """Each key the run from ``start`` to ``end`` of ``data`` may hold (:data:`HEX_KEY`,
     :data:`B64_KEY`), decoded. A run of one line without an escape (nearly all: a log's
     SHA-256, a key printed alone) is one only by its length, or holds 64 hex digits among other
-    letters (``0x…``, ``key_…``); one of lines or escapes is searched whole."""
+    letters (``0x…``, ``key_…``), or is base64 of the key DER-wrapped (:data:`DER_KEY`: its
+    last 32 bytes); one of lines or escapes is searched whole."""
     n = end - start
     if n == 64:  # nearly all: a SHA-256 of a log, a key printed alone (no escape is hex)
         with contextlib.suppress(binascii.Error, ValueError):
@@ -444,6 +451,10 @@ def _keys(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], 
             raw = _decoded(data[start:end])
             if raw is not None and len(raw) == embedded.KEY_SIZE:
                 yield (start, end), raw
+        elif n in DER_KEY_CHARS:
+            raw = _decoded(data[start:end])
+            if raw is not None and len(raw) == _DER_SIZE and raw.startswith(DER_KEY):
+                yield (start, end), raw[len(DER_KEY) :]
         elif n > 64:
             for m in HEX_KEY.finditer(data, start, end):
                 yield m.span(), binascii.unhexlify(m.group())
