@@ -796,3 +796,31 @@ def test_the_key_der_wrapped_in_base64_is_found_and_cut(proj, form):
     assert _der_b64(key) not in path.read_text(encoding="utf-8")
     assert other_path.read_text(encoding="utf-8") == kept
     _put_back_fails(result, path, text, root=root)
+
+
+def _database_text(key: bytes, how: str) -> bytes:
+    """A SQLite database holding ``key``'s 32 bytes as a TEXT: decoded as latin-1 (its
+    characters, stored as UTF-8) or a BLOB cast (its bytes as they are), beside a note."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE keys (run INTEGER, key TEXT, note TEXT)")
+    value = "CAST(? AS TEXT)" if how == "cast" else "?"
+    held = key if how == "cast" else key.decode("latin-1")
+    db.execute(f"INSERT INTO keys VALUES (1, {value}, 'data')", (held,))  # noqa: S608
+    db.commit()
+    assert db.execute("SELECT typeof(key) FROM keys").fetchone() == ("text",)
+    data = db.serialize()
+    db.close()
+    return data
+
+
+@pytest.mark.parametrize("how", ["latin1", "cast"])
+def test_the_unwrapped_key_as_a_databases_text_stops_the_erasure(proj, how):
+    # The key's 32 bytes kept as a TEXT (``key.decode("latin-1")``, or cast): shorter than
+    # anything sought and no printed key, it was passed over in SQLite unread, and the erasure
+    # certified with the key in the database.
+    def made(key: bytes) -> bytes:
+        return _database_text(key, how)
+
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".db", made)

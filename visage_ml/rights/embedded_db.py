@@ -739,8 +739,9 @@ def _worth(q: str) -> str:
     :func:`~visage_ml.rights.embedded._part` and of a short text's runs, loosened, so that a
     table of short values (a log's hex ids, names, labels) is passed over in SQLite, its rows
     never made into Python's; but, while a key is sought, a text as long as a key printed
-    (:func:`~visage_ml.rights.embedded.key_texts`) and a BLOB of a key's bytes
-    (:data:`~visage_ml.rights.embedded.KEY_SIZE`, tested as a part of that size is)."""
+    (:func:`~visage_ml.rights.embedded.key_texts`) and a BLOB or TEXT of a key's bytes
+    (:data:`~visage_ml.rights.embedded.KEY_SIZE`, tested as a part of that size is; a TEXT's
+    may be cast, ``CAST(? AS TEXT)``), or a TEXT of as many characters (:func:`_latin1_key`)."""
     b = f"CAST({q} AS BLOB)"
     first = ", ".join(f"X'{base64.b64decode(p + b'==').hex()}'" for p in sorted(B64_EXPANDS))
     runs = " OR ".join(f"instr({b}, X'{p.hex()}') > 0" for p in sorted(B64_EXPANDS))
@@ -750,9 +751,24 @@ def _worth(q: str) -> str:
         f"OR (length({b}) >= {embedded_text.B64_MIN} AND ({runs})) "
         # A key printed in it (embedded.key_texts), where a key is sought (``:keys``).
         f"OR (:keys AND length({b}) >= {embedded.KEY_TEXT_MIN}) "
-        # A key's own bytes, where one is sought: a BLOB of exactly that many.
-        f"OR (:keys AND typeof({q}) = 'blob' AND length({q}) = {embedded.KEY_SIZE}))"
+        # A key's own bytes, where one is sought: a BLOB or TEXT of exactly that many, or a
+        # TEXT of that many characters (its bytes decoded as latin-1: _latin1_key).
+        f"OR (:keys AND (length({b}) = {embedded.KEY_SIZE} OR length({q}) = {embedded.KEY_SIZE})))"
     )
+
+
+def _latin1_key(value: bytes) -> bytes | None:
+    """The :data:`~visage_ml.rights.embedded.KEY_SIZE` bytes a TEXT of as many characters holds
+    (``INSERT ... VALUES (?)`` with ``key.decode("latin-1")``: SQLite keeps its UTF-8, each
+    byte from 0x80 up two), each character's code a byte; None for another value (of its own
+    bytes, tested as they are; longer; a character past latin-1)."""
+    if not embedded.KEY_SIZE < len(value) <= 2 * embedded.KEY_SIZE:
+        return None
+    try:
+        chars = value.decode("utf-8")
+        return chars.encode("latin-1") if len(chars) == embedded.KEY_SIZE else None
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return None
 
 
 def _values(
@@ -802,6 +818,8 @@ def _values(
                 continue
             budget.spend(len(value))
             yield from _part(value, sizes, depth, budget)
+            if keys and (raw := _latin1_key(value)) is not None:
+                yield from _part(raw, sizes, depth, budget)
             if (
                 embedded_text.B64_MIN <= len(value) < below
                 and embedded.kind(value[: embedded.SNIFF]) == embedded.TEXT
