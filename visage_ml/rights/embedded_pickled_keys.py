@@ -20,7 +20,7 @@ import pickletools
 from collections.abc import Callable, Iterator
 
 from visage_ml.rights import embedded, embedded_text
-from visage_ml.rights.embedded_mapping import LET_GO, Buffer, _let_go
+from visage_ml.rights.embedded_mapping import Buffer, _let_go
 
 # The fewest letters a printed key is (base64 without its padding), in a row of the text
 # reader's class (letters, digits, ``+/_-`` and a backslash: :data:`embedded_text._RUN_CLASS`).
@@ -28,8 +28,9 @@ KEY_CHARS = embedded_text.KEY_CHARS
 _LEAD = b"\x01" * KEY_CHARS
 # How far past a run its padding may reach (``=`` or ``==``, not of the class).
 _PAD = 2
-# What a run's end is looked for in, a piece at a time, where it goes on past its window.
-_RUN_PIECE = 1 << 20
+# The window its mask is made of at a time, and what a run's end is looked for in past it:
+# small, so that a mapped file is read in bounded memory (its bytes and its mask copied).
+_WINDOW = 1 << 18
 
 # Each opcode's argument, as pickletools describes it: its size in bytes (>= 0), a line (-1),
 # or a count of so many little-endian bytes before it (-2: one, -3: four signed, -4: four, -5:
@@ -61,11 +62,11 @@ _ARGS: dict[int, tuple[int, int, bool]] = {
 def _letter_runs(data: Buffer) -> Iterator[tuple[int, int]]:
     """Each run of :data:`KEY_CHARS` letters at least of the text reader's class in ``data``,
     in order: found in a mask of the bytes (``bytes.find`` over ``bytes.translate``), a window
-    of :data:`LET_GO` at a time (a mapped file's pages let go of behind it), its end looked for
+    of :data:`_WINDOW` at a time (a mapped file's pages let go of behind it), its end looked for
     past the window where it goes on."""
     size, at = len(data), 0
     while at < size:
-        stop = min(at + LET_GO, size)
+        stop = min(at + _WINDOW, size)
         mask = bytes(data[at : min(stop + KEY_CHARS, size)]).translate(embedded_text._RUN_CLASS)
         found, end = mask.find(_LEAD), stop
         while 0 <= found < stop - at:
@@ -82,7 +83,7 @@ def _run_end(data: Buffer, at: int) -> int:
     """Where the run of the text reader's class going on at ``at`` ends."""
     size = len(data)
     while at < size:
-        piece = bytes(data[at : at + _RUN_PIECE]).translate(embedded_text._RUN_CLASS)
+        piece = bytes(data[at : at + _WINDOW]).translate(embedded_text._RUN_CLASS)
         gap = piece.find(b"\x00")
         if gap >= 0:
             return at + gap
