@@ -42,6 +42,7 @@ from visage_ml.rights import dvc_objects
 from visage_ml.rights.certify import verify_certificate
 from visage_ml.rights.content_hashes import PLAINTEXT_WITHHELD
 from visage_ml.rights.erasure import STEPS, Erasure
+from visage_ml.rights.erasure import copies as copies_mod
 from visage_ml.rights.erasure import orchestrator as erasure_mod
 from visage_ml.rights.erasure.mlflow import purge_mlflow, scan_mlflow
 from visage_ml.rights.export import Delivery, export_subject
@@ -846,6 +847,94 @@ def test_an_erasure_where_a_recorded_file_is_gone_with_the_listing_erases_nothin
 
     assert not (paths.raw / victim).exists() and copy.is_file()
     assert f"{third}/{copy.name}" in {e["relpath"] for e in _dir_listing(root)}
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("filed", ["under_another", "in_its_own_folder"])
+@pytest.mark.parametrize("listing", ["cached", "not_cached"])
+def test_an_erasure_of_a_recorded_copy_in_data_raw_leaves_it_recorded_without_it(
+    tiny_project, filed, listing
+):
+    """A copy of the subject's photograph in clear that no table lists, filed in data/raw under
+    another subject or in the subject's own folder under a name of its own, `dvc add`ed. The
+    copies step removed the one under another subject (its file and its DVC object) after the
+    raw step's `dvc add data/raw` had recorded it: data/raw.dvc still listed it, so the
+    verifier could not tell right after the erasure (a recorded file neither here nor in the
+    cache), nor, its listing not cached, data/raw shown to be its record, and the next writer
+    of data/raw stopped until `dvc add data/raw`; the raw step's version, which names the copy,
+    stayed in the cache. Now data/raw is recorded again as the erasure leaves it: the
+    certificate verifies, the copy is gone from the workspace, every listing in the cache and
+    the cache, and the next writer goes on."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    paths = proj.paths
+    victim, _, third = proj.pids
+    photo = next(iter(proj.images[victim].values()))
+    folder = third if filed == "under_another" else victim
+    copy = paths.raw / folder / "kept.png"
+    copy.write_bytes(photo)
+    assert _dvc(root, "add", "data/raw").returncode == 0
+    md5 = hashlib.md5(photo, usedforsecurity=False).hexdigest()
+    obj = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    assert obj.is_file()
+
+    result = Erasure(paths).erase(victim)
+
+    assert not copy.exists() and not (paths.raw / victim).exists()
+    assert f"{folder}/{copy.name}" not in {e["relpath"] for e in _dir_listing(root)}
+    assert not obj.exists()
+    # Nor does any version of data/raw left in the cache list it (the raw step's, superseded).
+    manifests = (root / ".dvc" / "cache" / "files" / "md5").glob("*/*.dir")
+    assert not [m for m in manifests if copy.name.encode() in m.read_bytes()]
+    if listing == "not_cached":
+        after = str(tracked_md5(root, paths.raw))
+        kept = root / ".dvc" / "cache" / "files" / "md5" / after[:2] / after[2:]
+        kept.chmod(0o600)
+        kept.unlink()
+    report = verify_certificate(result.certificate_path, root=root)
+    assert report.ok, report.findings
+    status = _dvc(root, "status", "data/raw.dvc")
+    assert status.returncode == 0, status.stdout + status.stderr
+    if listing == "cached":
+        assert "up to date" in status.stdout, status.stdout
+    # The next writer of data/raw goes on: what is here is what data/raw.dvc records.
+    with RawStore(paths, core=PrivacyCore(paths), track=False).transaction() as txn:
+        txn.discard()
+
+
+@pytest.mark.pipeline
+def test_an_erasure_stopped_before_data_raw_is_recorded_again_records_it_on_resume(
+    tiny_project, monkeypatch
+):
+    """The copies step took the copy out of data/raw, then stopped before recording data/raw
+    again (DVC failed): the run resumed finds no copy there any more and records data/raw all
+    the same, from the count its plan kept, and the certificate verifies."""
+    root = tiny_project(dvc=True)
+    proj = make_project(root, n_subjects=3, track=True, processed=False)
+    paths = proj.paths
+    victim, _, third = proj.pids
+    copy = paths.raw / third / "kept.png"
+    copy.write_bytes(next(iter(proj.images[victim].values())))
+    assert _dvc(root, "add", "data/raw").returncode == 0
+
+    def failing(ctx):
+        raise RuntimeError(copies_mod.raw.MSG_DVC_ADD.format(target="data/raw", error="down"))
+
+    with monkeypatch.context() as m:
+        m.setattr(copies_mod.raw, "record_again", failing)
+        with pytest.raises(RuntimeError, match="run `visage privacy resume`"):
+            Erasure(paths).erase(victim)
+    assert not copy.exists()
+    assert f"{third}/{copy.name}" in {e["relpath"] for e in _dir_listing(root)}
+
+    [result] = Erasure(paths).resume()
+
+    assert result.resumed_steps == ["copies"]
+    assert f"{third}/{copy.name}" not in {e["relpath"] for e in _dir_listing(root)}
+    dataset = result.certificate["claims"]["dataset"]
+    assert dataset["raw_md5_after"] == tracked_md5(root, paths.raw)
     report = verify_certificate(result.certificate_path, root=root)
     assert report.ok, report.findings
 

@@ -28,6 +28,12 @@ stack's S3 the volumes are compacted after (:func:`_on_stack`). A remote that
 cannot be reached or listed stops the erasure before the certificate (:data:`MSG_REMOTE_DOWN`):
 it is not shown clean. The subject's own objects are the dvc step's.
 
+A copy taken out of ``data/raw`` (a photograph filed under another subject with a name no table
+lists, ``dvc add``ed) was recorded by the raw step's ``dvc add``, which runs first: ``data/raw``
+is recorded again, under the raw store's lock (:func:`.raw.record_again`), whose md5 the
+certificate then gives as ``raw_md5_after``; the plan counts such copies (``copies_in_data_raw``),
+so that a run resumed after they went records it again too.
+
 The ledger and the certificate record a count per top folder (``top level`` for the project's
 own files), never a path or a hash: a file name may be the person's name, and a plaintext's hash
 leads a photograph to the pid. A copy that cannot be removed stops the erasure before the
@@ -37,6 +43,7 @@ folder, the larger of the earlier plan's count and its own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -45,12 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from visage_ml.config import ProjectPaths
+from visage_ml.data.rawstore import RawStore
 from visage_ml.io import secure_unlink
 from visage_ml.privacy.notebooks import drop_images
 from visage_ml.rights import content_scan, embedded
 from visage_ml.rights.content_hashes import ContentHashes
 from visage_ml.rights.embedded import cut_encoded
-from visage_ml.rights.erasure import dvc_remote
+from visage_ml.rights.erasure import dvc_remote, raw
 from visage_ml.rights.erasure.base import (
     CRYPTO_SHREDDED,
     Artefact,
@@ -68,6 +76,8 @@ REMOVED = "copies_removed"
 IN_USE = content_scan.IN_USE
 IN_GIT = "copies_in_git"
 HELD = "copies_held_inside"
+IN_RAW = "copies_in_data_raw"
+RAW_AFTER = "raw_md5_after"  # data/raw's md5 as recorded again (the certificate's, then)
 MSG_NOT_REMOVED = (
     "{n} exact copy(ies) of the erased content could not be removed ({where}); the erasure stops "
     "before its certificate. Make them removable (a read-only mount, an immutable file, a "
@@ -307,7 +317,16 @@ def plan(ctx: Context, pid: str) -> Plan:
         info[IN_GIT] = result.in_git
     if result.held:
         info[HELD] = result.held
+    # Counted for a resumed run too, which finds them gone: data/raw is recorded again.
+    if in_raw := max(int(before.get(IN_RAW) or 0), sum(1 for c in found if _in_raw(ctx, c))):
+        info[IN_RAW] = in_raw
     return Plan(info=info, state=result)
+
+
+def _in_raw(ctx: Context, copy: Copy) -> bool:
+    """Whether ``copy`` is a file of ``data/raw`` (one ``data/raw.dvc`` may record)."""
+    raw_dir = ctx.paths.raw.resolve()
+    return copy.path is not None and raw_dir in copy.path.resolve().parents
 
 
 def _on_stack(ctx: Context, copies: list[Copy]) -> tuple[Any, list[str]] | None:
@@ -337,16 +356,24 @@ def _on_stack(ctx: Context, copies: list[Copy]) -> tuple[Any, list[str]] | None:
 def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) -> Outcome:
     """Remove the copies; an OSError saying where (top folder) and what to do if one stays."""
     result: Found = plan.state if plan is not None else Found()
+    info = (plan.info or {}) if plan is not None else {}
     found = result.copies
     stack = _on_stack(ctx, found)
+    # A copy taken out of data/raw after the raw step's `dvc add` recorded it: data/raw is
+    # recorded again without it, under the raw store's lock (no writer in between), or its
+    # record names a file gone from the workspace and the cache (the verifier cannot tell).
+    again = bool(info.get(IN_RAW)) and raw.tracked(ctx)
+    store = RawStore(ctx.paths, core=ctx.core, track=False)
     stuck: dict[str, str] = {}
-    for copy in found:
-        try:
-            copy.remove()
-        except OSError as exc:
-            stuck.setdefault(copy.where, exc.strerror or type(exc).__name__)
-        except (ValueError, TypeError, AttributeError) as exc:  # a notebook not rewritable
-            stuck.setdefault(copy.where, f"not rewritable ({type(exc).__name__})")
+    with store.lock() if again else contextlib.nullcontext():
+        for copy in found:
+            try:
+                copy.remove()
+            except OSError as exc:
+                stuck.setdefault(copy.where, exc.strerror or type(exc).__name__)
+            except (ValueError, TypeError, AttributeError) as exc:  # a notebook not rewritable
+                stuck.setdefault(copy.where, f"not rewritable ({type(exc).__name__})")
+        raw_after = raw.record_again(ctx) if again else None
     if stuck:
         where = "; ".join(f"{folder}: {why}" for folder, why in sorted(stuck.items()))
         n = sum(1 for c in found if c.exists())
@@ -365,9 +392,13 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
         raise OSError(MSG_HELD.format(n=sum(result.held.values()), where=where))
     if result.in_git:
         raise OSError(MSG_IN_GIT.format(n=result.in_git))
-    info = (plan.info or {}) if plan is not None else {}
     removed = {f: n for f, n in (info.get(FOUND) or {}).items() if n}
-    return Outcome(info={REMOVED: removed, **({IN_USE: info[IN_USE]} if IN_USE in info else {})})
+    out: dict[str, Any] = {REMOVED: removed}
+    if IN_USE in info:
+        out[IN_USE] = info[IN_USE]
+    if raw_after is not None:
+        out[RAW_AFTER] = raw_after
+    return Outcome(info=out)
 
 
 def verify(ctx: Context, pid: str) -> list[str]:

@@ -37,7 +37,8 @@ copies         exact copies of what the steps listed, of any erased image's plai
                adds them to the tombstones first in each step that destroys a key),
                wherever the verifier looks (``data/``, ``reports/``, ``notebooks/``, the top,
                ...): removed, counted by top folder (:mod:`.copies`); a copy that cannot be
-               removed stops the erasure before the certificate
+               removed stops the erasure before the certificate; one taken out of
+               ``data/raw`` after the raw step recorded it: ``data/raw`` recorded again
 snapshot       the consent snapshot refreshed
 certificate    ``erasure.completed`` (committing to the claims, cosigned by the witnesses
                at once), a tree head, the signed certificate carrying the checkpoint the
@@ -528,7 +529,9 @@ class Erasure:
             "artefacts": artefacts,
             "dataset": {
                 "raw_md5_before": raw_info.get("raw_md5_before") or lin.get("raw_md5_before"),
-                "raw_md5_after": raw_info.get("raw_md5_after"),
+                # Recorded again where the copies step took a copy out of data/raw.
+                "raw_md5_after": (info.get("copies") or {}).get(copies.RAW_AFTER)
+                or raw_info.get("raw_md5_after"),
                 "processed_md5_before": proc.get("processed_md5_before"),
                 "processed_md5_after": proc.get("processed_md5_after"),
                 "processed_on_erasure": proc.get("mode"),

@@ -34,7 +34,14 @@ from pathlib import Path
 
 from visage_ml import dvcops
 from visage_ml.data.importers import drop_lfw_pairs, lfw_pairs_file, lfw_pairs_naming
-from visage_ml.data.rawstore import IMAGE_EXT, IMAGE_ID_RE, PLAIN_EXTS, RawStore, read_images
+from visage_ml.data.rawstore import (
+    IMAGE_EXT,
+    IMAGE_ID_RE,
+    PLAIN_EXTS,
+    RawStore,
+    dvc_file,
+    read_images,
+)
 from visage_ml.io import sha256_sized
 from visage_ml.rights import dvc_objects
 from visage_ml.rights.erasure.base import (
@@ -180,16 +187,46 @@ def erase(ctx: Context, pid: str, planned: list[Artefact], plan: Plan | None) ->
             targets.append(ctx.paths.protocols)  # the old table's object is then unreferenced
         with store.lock():
             for target in targets:
-                try:
-                    md5 = dvc_objects.add(ctx.paths.root, target)
-                except Exception as exc:  # DVC's own errors: say how to finish
-                    rel = ctx.rel(target)
-                    raise RuntimeError(MSG_DVC_ADD.format(target=rel, error=exc)) from exc
+                md5 = _add(ctx, target)
                 after = md5 if target == ctx.paths.raw else after
     before = plan.state if plan is not None else None
     return Outcome(
         info={"raw_md5_before": before, "raw_md5_after": after, "lfw_pairs_removed": sum(dropped)}
     )
+
+
+def _add(ctx: Context, target: Path) -> str | None:
+    """``dvc add`` ``target`` in this process; DVC's own error says how to finish
+    (:data:`MSG_DVC_ADD`)."""
+    try:
+        return dvc_objects.add(ctx.paths.root, target)
+    except Exception as exc:  # DVC's own errors: say how to finish
+        raise RuntimeError(MSG_DVC_ADD.format(target=ctx.rel(target), error=exc)) from exc
+
+
+def tracked(ctx: Context) -> bool:
+    """Whether DVC tracks ``data/raw`` (``data/raw.dvc`` in a DVC repository)."""
+    return ctx.is_dvc and dvc_file(ctx.paths.raw).is_file()
+
+
+def record_again(ctx: Context) -> str | None:
+    """``dvc add data/raw`` once a later step took a file out of it (the copies step: a copy
+    filed under another subject, which the raw step's ``dvc add`` recorded); its new md5.
+
+    The version the raw step recorded, made by this erasure and referenced by nothing now,
+    leaves the DVC cache: its listing names that copy (under a name someone chose, which may be
+    the person's) and its md5. The caller holds the raw store's lock; a resumed run does it
+    again (the same md5, nothing left to remove).
+    """
+    made = str((ctx.infos.get(STEP) or {}).get("raw_md5_after") or "")
+    after = _add(ctx, ctx.paths.raw)
+    if made.endswith(".dir") and made != after:
+        setup = ctx.dvc_setup()
+        if made not in dvc_objects.current_references(setup, unreachable_ok=True):
+            for store in setup.stores:
+                if store.kind == "cache":
+                    store.remove(made)
+    return after
 
 
 def verify(ctx: Context, pid: str) -> list[str]:
