@@ -22,6 +22,13 @@ from project_helpers import (
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Under pytest-xdist (`make test`: a worker per core) every core has a busy process already:
+# torch's OpenMP threads, one per core by default, then spin-wait against the other workers (a
+# training step of the default backbone on 2 cores beside a busy worker: 1.8 s with 2 threads,
+# 0.3 s with 1). One thread per worker process, and per stage process it runs (set before torch
+# is imported; subprocesses inherit it). A value the user sets is kept.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The default directory witness of test projects (privacy.witness) lives in a folder of this
 # test session, never in the user's ~/.local/share/visage-ml/witness.
 # Each pytest process (each xdist worker) makes its own, and removes it as it exits: one was
