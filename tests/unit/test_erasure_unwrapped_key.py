@@ -824,3 +824,36 @@ def test_the_unwrapped_key_as_a_databases_text_stops_the_erasure(proj, how):
         return _database_text(key, how)
 
     _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", ".db", made)
+
+
+def _table(value: str, store: str) -> bytes:
+    """A table holding ``value`` as a row's string among others: a Parquet string column, or a
+    SQLite TEXT."""
+    import sqlite3
+
+    import pandas as pd
+
+    rows = {"run": [1, 2, 3], "value": ["a" * 40, value, "threshold 0.41"]}
+    if store == "parquet":
+        out = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(out)
+        return out.getvalue()
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE k (run INTEGER, value TEXT)")
+    db.executemany("INSERT INTO k VALUES (?, ?)", zip(*rows.values(), strict=True))
+    db.commit()
+    data = db.serialize()
+    db.close()
+    return data
+
+
+@pytest.mark.parametrize("store", ["parquet", "sqlite"])
+def test_the_key_der_wrapped_in_base64_as_a_tables_value_stops_the_erasure(proj, store):
+    # The DER-wrapped key's base64 (46 letters and ``==``) as a value of its own: a table's
+    # values were picked for a key's run of 43 letters, and the erasure certified.
+    suffix = ".parquet" if store == "parquet" else ".db"
+
+    def made(key: bytes) -> bytes:
+        return _table(_der_b64(key), store)
+
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", suffix, made)

@@ -919,24 +919,26 @@ def _part(
 
 
 # The fewest characters a key's 32 bytes are printed in (base64 without its padding), and where
-# one may be printed: 64 hex digits in a row, or embedded_text.B64_KEY (as it is): a superset of
+# one may be printed: 64 hex digits in a row, or embedded_text.B64_KEY (as it is), or a run of
+# 46 letters so bounded (base64 of the key DER-wrapped, embedded_text.DER_KEY): a superset of
 # what embedded_text._keys finds, searched first so that a table's labels and names cost no call.
 KEY_TEXT_MIN = 43
 _HEX64 = re.compile(rb"[0-9A-Fa-f]{64}")
 _KEY_LIKE = re.compile(
     rb"[0-9A-Fa-f]{64}|"
-    rb"(?:(?<![A-Za-z0-9+/_\\-])|(?<=\\[nrt]))[A-Za-z0-9+/_-]{43}(?:=|(?![A-Za-z0-9+/_=-]))"
+    rb"(?:(?<![A-Za-z0-9+/_\\-])|(?<=\\[nrt]))[A-Za-z0-9+/_-]{43}(?:[A-Za-z0-9+/_-]{3})?"
+    rb"(?:=|(?![A-Za-z0-9+/_=-]))"
 )
 
 
 def key_texts(data: bytes, sizes: SizeFilter | None, depth: int, budget: _Budget) -> Iterator[str]:
     """The keys printed in ``data``, a part too short to be looked inside (:func:`_part`: a
     table's value, an archive's member) that is text: each run of 64 hex digits or of a key's
-    base64 (either alphabet) decoded and tested as :func:`_part` tests :data:`KEY_SIZE` bytes.
-    An operator's table of the keys they unwrapped (a column of ``key.hex()`` or base64, a JSON
-    value holding one) is no text file, whose printed keys :func:`inside` finds; a part is
-    text here when its first bytes are UTF-8 without a NUL (:func:`kind`'s other tests cost
-    a table of a million SHA-256s in hex 8 s). ``sizes`` is
+    base64 (either alphabet; DER-wrapped too) decoded and tested as :func:`_part` tests
+    :data:`KEY_SIZE` bytes. An operator's table of the keys they unwrapped (a column of
+    ``key.hex()`` or base64, a JSON value holding one) is no text file, whose printed keys
+    :func:`inside` finds; a part is text here when its first bytes are UTF-8 without a NUL
+    (:func:`kind`'s other tests cost a table of a million SHA-256s in hex 8 s). ``sizes`` is
     asked (:func:`key_test`) at the first run that may be a key, as a text's runs ask it, so
     that a table of names and labels leaves the scan cache no note of a key's size."""
     if len(data) < KEY_TEXT_MIN:
