@@ -15,6 +15,9 @@ and one size sought (a photograph's, which nothing in the file has):
   ``str``, each memoized (``S'...'``, ``p1``: 32 MiB);
 - ``short_bytes``: ``pickle.dumps`` (protocol 3) of a list of random 4-byte ``bytes`` (each
   SHORT_BINBYTES, memoized: 36 MiB);
+- ``sha256_log``: a text log of SHA-256s as ``sha256sum`` prints them (64 MiB: 64 hex digits,
+  two spaces, a file's name), each line's run of 64 letters a candidate key's, half of them in
+  upper case (as Windows' ``certutil`` prints them: letters of base32's alphabet too);
 - ``random_64``, ``random_512``: random bytes (64 and 512 MiB: a sealed file, a model's
   weights), told nothing by their first 4 KiB, each of their blocks searched for a tar's header
   (:class:`~visage_ml.rights.embedded_archives.HeaderSearch`; before, one of a size not sought
@@ -114,6 +117,18 @@ def _short_bytes(mib: int = 32) -> bytes:
     return pickle.dumps([rng.randbytes(4) for _ in range(mib * MIB // 8)], protocol=3)
 
 
+def _sha256_log(mib: int = 64) -> bytes:
+    import hashlib
+
+    out, n, i = [], 0, 0
+    while n < mib * MIB:
+        digest = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
+        line = f"{digest.upper() if i % 2 else digest}  data/raw/s{i % 977:04d}/{i}.png\n"
+        out.append(line.encode())
+        n, i = n + len(line), i + 1
+    return b"".join(out)
+
+
 def _random(mib: int) -> bytes:
     import numpy as np
 
@@ -125,6 +140,7 @@ CASES = {
     "py2_pickle0": _py2_pickle0,
     "py2_short_strings": _py2_short_strings,
     "short_bytes": _short_bytes,
+    "sha256_log": _sha256_log,
     "random_64": lambda: _random(64),
     "random_512": lambda: _random(512),
 }

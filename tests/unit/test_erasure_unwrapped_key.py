@@ -857,3 +857,61 @@ def test_the_key_der_wrapped_in_base64_as_a_tables_value_stops_the_erasure(proj,
         return _table(_der_b64(key), store)
 
     _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", suffix, made)
+
+
+def _b32(key: bytes) -> str:
+    """The key in base32 (RFC 4648) as TOTP tools and some secret managers print one: 52
+    letters and ``====``."""
+    return base64.b32encode(key).decode()
+
+
+# The key's base32 in a text: a log, a .env line (unpadded), a JSON value; each the base32 as
+# it lies, and the text around it.
+_B32_TEXTS = {
+    "log": (_b32, lambda b: f"run 12\ntotp secret: {b}\nthreshold 0.41\n"),
+    "env": (lambda k: _b32(k).rstrip("="), lambda b: f"DB_HOST=localhost\nDATA_KEY={b}\nDEBUG=0\n"),
+    "json": (_b32, lambda b: json.dumps({"kind": "data", "key": b})),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_B32_TEXTS))
+def test_the_key_in_base32_is_found_and_cut(proj, form):
+    # Base32 of the key (56 characters, or 52 unpadded) is no run of a key's length in base64
+    # or hex, and the erasure certified with it in the text: the key opens every sealed copy.
+    root, victim, other = proj.paths.root, proj.pids[0], proj.pids[1]
+    encode, around = _B32_TEXTS[form]
+    key, theirs = _data_key(proj, victim), _data_key(proj, other)
+    text, kept = around(encode(key)), around(encode(theirs))
+    path = _put(root / "reports" / "secrets.txt", text)
+    other_path = _put(root / "reports" / "theirs.txt", kept)
+
+    result = Erasure(proj.paths).erase(victim)
+
+    assert path.read_text(encoding="utf-8") == around("")
+    assert other_path.read_text(encoding="utf-8") == kept
+    _put_back_fails(result, path, text, root=root)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("store", ["parquet", "sqlite"])
+def test_the_key_in_base32_as_a_tables_value_stops_the_erasure(proj, store, padded):
+    suffix = ".parquet" if store == "parquet" else ".db"
+
+    def made(key: bytes) -> bytes:
+        return _table(_b32(key) if padded else _b32(key).rstrip("="), store)
+
+    _stops_until_taken_out(proj, proj.paths.root / "data" / "interim", suffix, made)
+
+
+def test_base32_near_a_key_is_no_key(tmp_path):
+    # 52 letters within a longer run of base32, or of 33 bytes, decode to no key: looked at and
+    # let go, nothing hashed as a key's.
+    key = os.urandom(32)
+    sha = hashlib.sha256(key).hexdigest()
+    assert sha in set(embedded.inside(f"k: {_b32(key)}\n".encode(), embedded.TEXT))
+    for near in (
+        f"k: A{_b32(key).rstrip('=')}\n",
+        f"k: {_b32(key).rstrip('=')}Q\n",
+        f"k: {_b32(key + b'!')}\n",
+    ):
+        assert sha not in set(embedded.inside(near.encode(), embedded.TEXT))

@@ -87,6 +87,16 @@ KEY_CHARS = 43
 DER_KEY = b"\x04\x20"
 DER_KEY_CHARS = (46, 48)
 _DER_SIZE = len(DER_KEY) + embedded.KEY_SIZE
+# A key in base32 (RFC 4648, ``base64.b32encode(key)``), as TOTP tools and some secret managers
+# print one: 52 letters of ``A-Z2-7``, then ``====`` or not; no more of them in a row. Its
+# letters are base64's too, so it lies in a run :func:`_run_spans` finds, of 52 letters or
+# more (the base64 alphabet's other letters about it), where it is found in a mask of the run
+# (:data:`B32_CLASS`, ``bytes.find``): only runs of 52 letters at least are masked, and a
+# log's SHA-256 (64 hex digits) is decoded as hex before.
+B32_KEY_CHARS = 52
+B32_CLASS = bytes(1 if chr(b) in string.ascii_uppercase + "234567" else 0 for b in range(256))
+_B32_SPAN = b"\x01" * B32_KEY_CHARS
+_B32_PAD = b"===="
 # Either lies in a run of :data:`KEY_CHARS` bytes at least holding no backslash nor line break:
 # found with ``bytes.find`` in the run with those as NULs (:func:`_keys`), so that a run of
 # escapes (Python 2's ``repr`` of bytes, ``\\xhh`` every few bytes) is not searched for a key.
@@ -433,10 +443,11 @@ def _run_spans(data: bytes) -> Iterator[tuple[int, int]]:
 
 def _keys(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], bytes]]:
     """Each key the run from ``start`` to ``end`` of ``data`` may hold (:data:`HEX_KEY`,
-    :data:`B64_KEY`), decoded. A run of one line without an escape (nearly all: a log's
-    SHA-256, a key printed alone) is one only by its length, or holds 64 hex digits among other
-    letters (``0x…``, ``key_…``), or is base64 of the key DER-wrapped (:data:`DER_KEY`: its
-    last 32 bytes); one of lines or escapes is searched whole."""
+    :data:`B64_KEY`, base32: :func:`_base32`), decoded. A run of one line without an escape
+    (nearly all: a log's SHA-256, a key printed alone) is one only by its length, or holds 64
+    hex digits or 52 letters of base32 among other letters (``0x…``, ``key_…``), or is base64
+    of the key DER-wrapped (:data:`DER_KEY`: its last 32 bytes); one of lines or escapes is
+    searched whole."""
     n = end - start
     if n == 64:  # nearly all: a SHA-256 of a log, a key printed alone (no escape is hex)
         with contextlib.suppress(binascii.Error, ValueError):
@@ -455,9 +466,12 @@ def _keys(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], 
             raw = _decoded(data[start:end])
             if raw is not None and len(raw) == _DER_SIZE and raw.startswith(DER_KEY):
                 yield (start, end), raw[len(DER_KEY) :]
-        elif n > 64:
-            for m in HEX_KEY.finditer(data, start, end):
-                yield m.span(), binascii.unhexlify(m.group())
+        else:
+            if n > 64:
+                for m in HEX_KEY.finditer(data, start, end):
+                    yield m.span(), binascii.unhexlify(m.group())
+            if n >= B32_KEY_CHARS:
+                yield from _base32(data, start, end)
         return
     if data[start:end].translate(_KEY_FREE).find(_KEY_SPAN) < 0:  # a run of escapes: no key
         return
@@ -467,6 +481,26 @@ def _keys(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], 
         raw = _decoded(m.group())
         if raw is not None and len(raw) == embedded.KEY_SIZE:
             yield m.span(), raw
+    yield from _base32(data, start, end)
+
+
+def _base32(data: bytes, start: int, end: int) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """Each key in base32 (:data:`B32_KEY_CHARS` letters of its alphabet, no more in a row) in
+    the run from ``start`` to ``end`` of ``data``, decoded, with its span (its ``====`` too)."""
+    mask = bytes(data[start:end]).translate(B32_CLASS)
+    size, at = len(mask), 0
+    while (i := mask.find(_B32_SPAN, at)) >= 0:
+        j = i + B32_KEY_CHARS
+        if j < size and mask[j]:  # more letters: a longer run, no key
+            at = mask.find(b"\x00", j)
+            if at < 0:
+                return
+            continue
+        at = j
+        first, last = start + i, start + j
+        with contextlib.suppress(binascii.Error, ValueError):
+            raw = base64.b32decode(bytes(data[first:last]) + _B32_PAD)
+            yield (first, last + len(_B32_PAD) * (data[last : last + 4] == _B32_PAD)), raw
 
 
 def _literals(data: bytes) -> Iterator[tuple[tuple[int, int], bytes]]:
